@@ -1,0 +1,107 @@
+//! loongctl, the operator's CLI. It only asks: every decision is loongd's.
+//!
+//! Each subcommand lives in its own file under `cmd/`. Commands that read state take
+//! `--json`, whose field names are documented in `docs/cli.md` and stay stable.
+
+mod cmd;
+pub mod exit;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use loong_ipc::{
+    client::{Client, ClientError, ConnectOptions},
+    paths::Layout,
+    ErrorKind, PeerKind,
+};
+
+/// How long loongctl waits to connect and handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The deadline of a simple control request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The Loong operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "loongctl", version, after_help = exit::HELP)]
+pub struct Cli {
+    /// The home of the daemon to talk to (default: $LOONG_HOME, else $XDG_STATE_HOME/loong, else ~/.local/state/loong).
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "system")]
+    pub home: Option<PathBuf>,
+    /// Talk to the system daemon (/run/loong/loongd.sock).
+    #[arg(long, global = true)]
+    pub system: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// loongctl's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the daemon's version, pid, uptime, home, socket and connected clients.
+    Status {
+        /// Print JSON (fields: version, protocol_version, pid, uptime_ms, home, socket_path, connected_clients).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, stop or check the daemon.
+    #[command(subcommand)]
+    Daemon(cmd::daemon::DaemonCommand),
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// One of the constants in [`exit`].
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        let error = e.into();
+        let code = match error.downcast_ref::<ClientError>() {
+            Some(ClientError::NotRunning { .. }) => exit::DAEMON_NOT_RUNNING,
+            Some(ClientError::Remote(r)) => match r.kind {
+                ErrorKind::Denied => exit::DENIED,
+                ErrorKind::ApprovalPending => exit::APPROVAL_PENDING,
+                ErrorKind::SandboxUnavailable => exit::SANDBOX_UNAVAILABLE,
+                ErrorKind::WorkerFailed => exit::WORKER_FAILED,
+                _ => exit::UNEXPECTED,
+            },
+            _ => exit::UNEXPECTED,
+        };
+        Failure { code, error }
+    }
+}
+
+/// Runs a parsed command line; the `Ok` value is the exit code.
+pub fn run(cli: Cli) -> Result<u8, Failure> {
+    let layout = Layout::resolve(cli.home.as_deref(), cli.system).map_err(|e| Failure { code: exit::USAGE, error: e.into() })?;
+    match cli.command {
+        Command::Status { json } => cmd::status::run(&layout, json),
+        Command::Daemon(c) => cmd::daemon::run(&layout, c),
+    }
+}
+
+/// Connects to the daemon of `layout`; a missing daemon is an error that names the command
+/// that starts one.
+pub(crate) fn connect(layout: &Layout) -> Result<Client, Failure> {
+    let opts = ConnectOptions {
+        peer_kind: PeerKind::Operator,
+        build: concat!("loongctl ", env!("CARGO_PKG_VERSION")).to_string(),
+        timeout: CONNECT_TIMEOUT,
+    };
+    Client::connect(&layout.socket, &opts).map_err(|e| match e {
+        ClientError::NotRunning { .. } => Failure {
+            code: exit::DAEMON_NOT_RUNNING,
+            error: anyhow::anyhow!(
+                "loongd is not running for home {} (nothing listens on {}); start it with `loongctl --home {} daemon start`",
+                layout.home.display(),
+                layout.socket.display(),
+                layout.home.display()
+            ),
+        },
+        other => other.into(),
+    })
+}

@@ -1,0 +1,17 @@
+//! `loongctl`: parses arguments, calls [`loongctl::run`] and maps the outcome to one of the
+//! exit codes in [`loongctl::exit`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = loongctl::Cli::parse();
+    match loongctl::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("loongctl: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

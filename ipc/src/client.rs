@@ -1,0 +1,186 @@
+//! A small blocking client: one connection, one request at a time.
+//!
+//! loongctl uses it so that the CLI needs neither tokio nor threads. It speaks any message
+//! family: [`Client::call`] is generic over the request and response types.
+
+use std::{
+    io::{self, Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    frame::{self, FrameBuffer, FrameError, FrameLimit},
+    message::{
+        envelope::{Call, RemoteError, Reply, RequestId, MAX_DEADLINE_MS},
+        handshake::{HandshakeError, HandshakeReply, Hello, PeerKind, Welcome},
+    },
+};
+
+/// Extra time the client waits past a request's deadline for the callee's own
+/// "deadline exceeded" answer.
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// What this client is.
+    pub peer_kind: PeerKind,
+    /// This client's build, sent in `Hello`.
+    pub build: String,
+    /// Bound on connecting and on the handshake.
+    pub timeout: Duration,
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket (it does not exist, or no process accepts on it).
+    #[error("no daemon is listening on {}", socket.display())]
+    NotRunning { socket: PathBuf },
+    /// Connecting failed for another reason (permissions, a path that is not a socket).
+    #[error("cannot connect to {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The socket failed after connecting.
+    #[error("i/o error on the control socket: {0}")]
+    Io(#[source] io::Error),
+    /// No answer arrived in time.
+    #[error("no answer before the deadline")]
+    Timeout,
+    /// The peer closed the connection.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// A frame was over the limit or did not decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The callee answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The callee answered a request this client did not send.
+    #[error("answer to request {got}, expected {expected}")]
+    UnexpectedReply { expected: RequestId, got: RequestId },
+}
+
+/// A connected, handshaken client.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    buf: FrameBuffer,
+    out: Vec<u8>,
+    welcome: Welcome,
+    next_id: RequestId,
+}
+
+impl Client {
+    /// Connects to `socket` and performs the handshake.
+    pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning { socket: socket.to_path_buf() }
+            }
+            _ => ClientError::Connect { socket: socket.to_path_buf(), source },
+        })?;
+        let mut client = Client {
+            stream,
+            buf: FrameBuffer::new(FrameLimit::DEFAULT),
+            out: Vec::new(),
+            welcome: Welcome {
+                protocol_version: 0,
+                build: String::new(),
+                connection_id: 0,
+                limits: crate::Limits { max_frame_bytes: 0, max_in_flight: 0, frame_read_timeout_ms: 0 },
+            },
+            next_id: 1,
+        };
+        let deadline = Instant::now() + opts.timeout;
+        client.send(&Hello::new(opts.peer_kind, opts.build.clone()), deadline)?;
+        let reply: HandshakeReply = client.receive(deadline)?;
+        client.welcome = reply.into_welcome()?;
+        client.buf.set_limit(FrameLimit::new(u64::from(client.welcome.limits.max_frame_bytes))?);
+        Ok(client)
+    }
+
+    /// What the callee said in its `Welcome`.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends one request and waits for its answer, up to `deadline` plus [`DEADLINE_GRACE`].
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: Req, deadline: Duration) -> Result<Resp, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(MAX_DEADLINE_MS).min(MAX_DEADLINE_MS);
+        let until = Instant::now() + deadline + DEADLINE_GRACE;
+        self.send(&Call::Request { id, deadline_ms, body }, until)?;
+        loop {
+            match self.receive::<Reply<Resp>>(until)? {
+                Reply::Response { id: got, result } if got == id => return Ok(result?),
+                Reply::Response { id: got, .. } => return Err(ClientError::UnexpectedReply { expected: id, got }),
+                Reply::Pong { .. } => continue,
+            }
+        }
+    }
+
+    /// Sends a ping and waits for its pong.
+    pub fn ping(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let nonce = self.next_id;
+        self.next_id += 1;
+        let until = Instant::now() + timeout;
+        self.send(&Call::<()>::Ping { nonce }, until)?;
+        loop {
+            if let Reply::<()>::Pong { nonce: got } = self.receive(until)? {
+                if got == nonce {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn send<T: Serialize>(&mut self, msg: &T, until: Instant) -> Result<(), ClientError> {
+        self.out.clear();
+        frame::encode(msg, self.buf.limit(), &mut self.out)?;
+        self.stream.set_write_timeout(Some(remaining(until)?)).map_err(ClientError::Io)?;
+        self.stream.write_all(&self.out).map_err(|e| io_error(e))
+    }
+
+    fn receive<T: DeserializeOwned>(&mut self, until: Instant) -> Result<T, ClientError> {
+        loop {
+            if let Some(msg) = self.buf.next()? {
+                return Ok(msg);
+            }
+            self.stream.set_read_timeout(Some(remaining(until)?)).map_err(ClientError::Io)?;
+            let stream = &mut self.stream;
+            match self.buf.fill(|space| stream.read(space))? {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+    }
+}
+
+fn remaining(until: Instant) -> Result<Duration, ClientError> {
+    match until.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(ClientError::Timeout),
+    }
+}
+
+fn io_error(e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ClientError::Closed,
+        _ => ClientError::Io(e),
+    }
+}

@@ -1,0 +1,32 @@
+//! `loong-ipc`: the only crate both ends of a Loong socket share.
+//!
+//! Layers, kept apart as in mini-redis:
+//! - [`frame`]: bytes ↔ one postcard message behind a `u32` little-endian length prefix;
+//!   the length is checked against the connection's limit before anything is allocated.
+//! - [`message`]: what the frames mean: the handshake, the request/reply envelope and the
+//!   message families (the control API spoken by loongctl and loongd).
+//! - [`connection`] (feature `tokio`): async framed reading and writing with deadlines.
+//! - [`client`]: a small blocking client, so loongctl stays light and needs no runtime.
+//!
+//! Every wire type is a closed enum or struct defined here, with a doc comment per variant.
+//! Kernel-internal types never derive `Serialize`; they are converted at the edge.
+
+pub mod client;
+#[cfg(feature = "tokio")]
+pub mod connection;
+pub mod frame;
+pub mod message;
+pub mod paths;
+
+pub use frame::{FrameError, FrameLimit};
+pub use message::{
+    control::{ControlRequest, ControlResponse, StatusReport},
+    envelope::{Call, ErrorKind, RemoteError, Reply, RequestId},
+    handshake::{
+        HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
+        PROTOCOL_VERSION,
+    },
+};
+
+#[cfg(test)]
+mod proptests;

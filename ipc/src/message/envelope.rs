@@ -1,0 +1,131 @@
+//! The envelope around every frame after the handshake.
+//!
+//! The caller sends [`Call`]s; the callee sends [`Reply`]s. Requests carry an id, unique
+//! among the caller's requests in flight, and a relative deadline in milliseconds (relative,
+//! so the two processes need not agree on a clock). Replies match by id and may arrive in
+//! any order. The callee bounds requests in flight per connection
+//! ([`Limits::max_in_flight`](super::handshake::Limits)); one above it is answered with
+//! [`ErrorKind::Overloaded`] at once.
+
+use serde::{Deserialize, Serialize};
+
+/// A request id, chosen by the caller.
+pub type RequestId = u64;
+
+/// Bound on [`RemoteError::message`].
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+/// The longest deadline a request may carry (one day); above it is treated as this.
+pub const MAX_DEADLINE_MS: u32 = 24 * 60 * 60 * 1000;
+
+/// A frame from the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Call<Req> {
+    /// A request; answered by exactly one [`Reply::Response`] with the same id.
+    Request {
+        /// The caller's id for this request.
+        id: RequestId,
+        /// Milliseconds the caller will wait; the callee answers
+        /// [`ErrorKind::DeadlineExceeded`] when it cannot finish in time.
+        deadline_ms: u32,
+        /// What is asked.
+        body: Req,
+    },
+    /// The caller no longer wants the answer to request `id`; the callee stops work on it and
+    /// answers [`ErrorKind::Cancelled`] (or nothing, when it had already answered).
+    Cancel {
+        /// The request to cancel.
+        id: RequestId,
+    },
+    /// A liveness probe, answered by [`Reply::Pong`] with the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+}
+
+/// A frame from the callee.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Reply<Resp> {
+    /// The outcome of request `id`.
+    Response {
+        /// The request answered.
+        id: RequestId,
+        /// The answer, or why there is none.
+        result: Result<Resp, RemoteError>,
+    },
+    /// The answer to [`Call::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+/// Why a request failed, as the callee tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[error("{kind}: {message}")]
+pub struct RemoteError {
+    /// The class of failure; loongctl maps it to an exit code.
+    pub kind: ErrorKind,
+    /// A human-readable explanation (at most [`MAX_ERROR_MESSAGE_BYTES`]).
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error of `kind`, its message cut to the bound on a character boundary.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut cut = MAX_ERROR_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        RemoteError { kind, message }
+    }
+}
+
+/// Classes of request failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ErrorKind {
+    /// The request was not valid (a field out of bounds, an unknown name).
+    #[error("bad request")]
+    BadRequest,
+    /// The request's deadline passed before it finished.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The caller cancelled the request.
+    #[error("cancelled")]
+    Cancelled,
+    /// Too many requests are in flight on this connection.
+    #[error("overloaded")]
+    Overloaded,
+    /// A request with this id is already in flight.
+    #[error("duplicate request id")]
+    DuplicateId,
+    /// Policy denied the effect.
+    #[error("denied by policy")]
+    Denied,
+    /// The effect needs an approval that was not given in time.
+    #[error("approval pending")]
+    ApprovalPending,
+    /// The host cannot enforce the sandbox the effect needs.
+    #[error("sandbox unavailable")]
+    SandboxUnavailable,
+    /// The worker running the effect failed.
+    #[error("worker failed")]
+    WorkerFailed,
+    /// The named thing does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The daemon is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// An unexpected failure inside the callee.
+    #[error("internal error")]
+    Internal,
+}

@@ -1,0 +1,259 @@
+//! `loongd.toml`: the daemon's own configuration.
+//!
+//! Written with every key commented out (showing its default) on first start. Unknown keys
+//! and out-of-range values are errors naming the file, the line and the key.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use loong_ipc::frame::{DEFAULT_MAX_FRAME_BYTES, HARD_MAX_FRAME_BYTES};
+use serde::Deserialize;
+
+/// Operator connections served at once by default.
+pub const DEFAULT_MAX_CLIENTS: u32 = 256;
+/// The most operator connections the setting may allow.
+pub const MAX_MAX_CLIENTS: u32 = 65_536;
+/// Default: once a frame's first byte arrives, the rest must come within this many ms.
+pub const DEFAULT_FRAME_READ_TIMEOUT_MS: u64 = 5_000;
+/// Default: a new connection must send its hello within this many ms.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Default: a connection with no frame for this many ms is closed.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
+/// Default requests in flight per connection.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+/// The most requests in flight the setting may allow.
+pub const MAX_MAX_IN_FLIGHT: u32 = 4_096;
+/// Bounds on every timeout setting, in ms: at least 10 ms, at most one day.
+pub const TIMEOUT_RANGE_MS: (u64, u64) = (10, 86_400_000);
+/// The largest configuration file loongd reads.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The commented defaults written on first start.
+pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is optional: the commented values are the defaults.
+# An unknown key is an error, so a typo never goes unnoticed.
+
+[control]
+# A Unix group whose members may use the control socket, besides loongd's own uid and root.
+# allowed_group = "loong"
+# Operator connections served at once (1..=65536).
+# max_clients = 256
+
+[ipc]
+# Largest frame body in bytes (1..=16777216).
+# max_frame_bytes = 1048576
+# Once a frame's first byte arrives, the whole frame must arrive within this many ms.
+# frame_read_timeout_ms = 5000
+# A new connection must send its hello within this many ms.
+# handshake_timeout_ms = 5000
+# A connection with no frame for this many ms is closed.
+# idle_timeout_ms = 600000
+# Requests in flight per connection (1..=4096).
+# max_in_flight = 64
+
+[log]
+# The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
+# level = "info"
+"#;
+
+/// The parsed configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The control socket.
+    pub control: ControlConfig,
+    /// Framing and timeouts, on every connection.
+    pub ipc: IpcConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// A group whose members may connect.
+    pub allowed_group: Option<String>,
+    /// Operator connections served at once.
+    #[serde(deserialize_with = "max_clients")]
+    pub max_clients: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { allowed_group: None, max_clients: DEFAULT_MAX_CLIENTS }
+    }
+}
+
+/// `[ipc]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpcConfig {
+    /// Largest frame body.
+    #[serde(deserialize_with = "frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// Frame deadline from first byte to last, ms.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub frame_read_timeout_ms: u64,
+    /// Deadline for the hello, ms.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Idle connections are closed after this many ms.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Requests in flight per connection.
+    #[serde(deserialize_with = "max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        IpcConfig {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            frame_read_timeout_ms: DEFAULT_FRAME_READ_TIMEOUT_MS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl IpcConfig {
+    /// The frame deadline.
+    pub fn frame_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_read_timeout_ms)
+    }
+    /// The hello deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The tracing filter.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+fn ranged<'de, D, T>(d: D, lo: T, hi: T, unit: &str) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + std::fmt::Display + Copy,
+{
+    let v = T::deserialize(d)?;
+    if v < lo || v > hi {
+        return Err(serde::de::Error::custom(format!("{v} is outside {lo}..={hi} {unit}")));
+    }
+    Ok(v)
+}
+
+fn max_clients<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_CLIENTS, "connections")
+}
+fn frame_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, HARD_MAX_FRAME_BYTES, "bytes")
+}
+fn timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, TIMEOUT_RANGE_MS.0, TIMEOUT_RANGE_MS.1, "ms")
+}
+fn max_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_IN_FLIGHT, "requests")
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or writing the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is too large to be a configuration.
+    #[error("{}: {len} bytes is above the {MAX_CONFIG_BYTES}-byte limit for a configuration file", path.display())]
+    TooLarge { path: PathBuf, len: u64 },
+    /// The file does not parse, has an unknown key or a value out of range.
+    #[error("{}:{line}: {message}", path.display())]
+    Invalid { path: PathBuf, line: usize, message: String },
+}
+
+impl Config {
+    /// Parses configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
+            ConfigError::Invalid { path: path.to_path_buf(), line, message: e.message().trim().to_string() }
+        })
+    }
+
+    /// Loads `path`, first writing the commented defaults there (mode 0600) if it does not
+    /// exist.
+    pub fn load_or_init(path: &Path) -> Result<Config, ConfigError> {
+        let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
+        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(mut f) => {
+                f.write_all(DEFAULT_CONFIG_TEXT.as_bytes()).map_err(io)?;
+                tracing::info!(path = %path.display(), "wrote default configuration");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let len = fs::metadata(path).map_err(io)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_path_buf(), len });
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        Config::parse(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expect: Result<Config, &str>) {
+        let got = Config::parse(text, Path::new("/h/loongd.toml")).map_err(|e| e.to_string());
+        assert_eq!(got, expect.map_err(str::to_string), "for {text:?}");
+    }
+
+    #[test]
+    fn defaults_text_parses_to_the_defaults() {
+        check(DEFAULT_CONFIG_TEXT, Ok(Config::default()));
+        check("", Ok(Config::default()));
+    }
+
+    #[test]
+    fn values_and_errors() {
+        let mut c = Config::default();
+        c.ipc.max_frame_bytes = 4096;
+        c.control.allowed_group = Some("ops".into());
+        check("[control]\nallowed_group = \"ops\"\n[ipc]\nmax_frame_bytes = 4096\n", Ok(c));
+        check(
+            "[ipc]\n\nmax_frame_byts = 4096\n",
+            Err("/h/loongd.toml:3: unknown field `max_frame_byts`, expected one of `max_frame_bytes`, `frame_read_timeout_ms`, `handshake_timeout_ms`, `idle_timeout_ms`, `max_in_flight`"),
+        );
+        check("[ipc]\nmax_frame_bytes = 0\n", Err("/h/loongd.toml:2: 0 is outside 1..=16777216 bytes"));
+        check("[ipc]\nmax_frame_bytes = 16777217\n", Err("/h/loongd.toml:2: 16777217 is outside 1..=16777216 bytes"));
+        check("[control]\nmax_clients = -1\n", Err("/h/loongd.toml:2: invalid value: integer `-1`, expected u32"));
+        check("[ipc]\nidle_timeout_ms = 1\n", Err("/h/loongd.toml:2: 1 is outside 10..=86400000 ms"));
+        check("bogus = 1\n", Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `log`"));
+        check("[ipc\n", Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"));
+    }
+}

@@ -1,0 +1,70 @@
+//! The control socket: accepting operator connections and serving the control API.
+
+mod connection;
+mod handlers;
+mod peer;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use loong_ipc::{HandshakeReply, RejectReason};
+use tokio::{net::UnixListener, task::JoinSet};
+
+use crate::Kernel;
+
+/// How long shutdown waits for connections to finish their requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (for example when out of file descriptors).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Counts a connection for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ClientSlot(Arc<Kernel>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until shutdown, then lets them finish for up to [`SHUTDOWN_GRACE`].
+pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
+    let mut conns = JoinSet::new();
+    let mut next_id: u64 = 0;
+    let max = kernel.config.control.max_clients;
+    loop {
+        tokio::select! {
+            _ = kernel.shut_down() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    next_id += 1;
+                    if kernel.connected.fetch_add(1, Ordering::Relaxed) >= max {
+                        kernel.connected.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(conn = next_id, limit = max, "refused a control connection: too many connections");
+                        connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::TooManyConnections { limit: max }));
+                        continue;
+                    }
+                    let slot = ClientSlot(kernel.clone());
+                    conns.spawn(connection::serve(stream, kernel.clone(), next_id, slot));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the control socket failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a control connection task failed");
+                }
+            }
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(left = conns.len(), "connections still busy after the shutdown grace period; closing them");
+        conns.shutdown().await;
+    }
+}

@@ -1,0 +1,145 @@
+//! loongd, the Loong kernel daemon.
+//!
+//! For now it owns a home (directories, lock, configuration) and serves the control API on
+//! its Unix socket. Later issues add policy, approvals, tokens, audit and the worker
+//! supervisor; all of them live here and nowhere else.
+
+pub mod config;
+mod control;
+pub mod home;
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use anyhow::{bail, Context};
+use loong_ipc::paths::Layout;
+use nix::unistd::{Gid, Group};
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// How loongd was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The home to own.
+    pub layout: Layout,
+    /// Stay in the caller's session (for a terminal or a service manager). Otherwise loongd
+    /// leaves the caller's session, as `loongctl daemon start` wants.
+    pub foreground: bool,
+}
+
+/// State shared by every part of the running daemon.
+#[derive(Debug)]
+pub struct Kernel {
+    started: Instant,
+    layout: Layout,
+    config: Config,
+    allowed_gid: Option<Gid>,
+    connected: AtomicU32,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Kernel {
+    fn new(layout: Layout, config: Config, allowed_gid: Option<Gid>) -> Kernel {
+        Kernel {
+            started: Instant::now(),
+            layout,
+            config,
+            allowed_gid,
+            connected: AtomicU32::new(0),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    /// Asks every part of the daemon to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has been asked for.
+    pub async fn shut_down(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn connected(&self) -> u32 {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Loads the configuration, takes the home and serves until shutdown. `init_log` receives the
+/// configured log filter and installs the subscriber (binaries own subscribers).
+pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
+    let layout = opts.layout;
+    if let Some(dir) = layout.config_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Everything loongd creates is private unless it says otherwise.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let config = Config::load_or_init(&layout.config_file)?;
+    init_log(&config.log.level);
+    if !opts.foreground {
+        // Leave the launcher's session so that its terminal's signals do not reach us. This
+        // fails when we already lead a process group (started from an interactive shell);
+        // then there is no launcher to leave and we go on.
+        if let Err(e) = nix::unistd::setsid() {
+            tracing::debug!(error = %e, "setsid not possible; staying in the current session");
+        }
+    }
+    let allowed_gid = match &config.control.allowed_group {
+        None => None,
+        Some(name) => match Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            Ok(None) => bail!("{}: control.allowed_group names group `{name}`, which does not exist on this host", layout.config_file.display()),
+            Err(e) => bail!("looking up group `{name}` from {}: {e}", layout.config_file.display()),
+        },
+    };
+    let (lock, listener) = home::take(&layout, allowed_gid)?;
+    listener.set_nonblocking(true).context("making the control socket non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loongd")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid));
+    let result = runtime.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener).context("registering the control socket")?;
+        tracing::info!(
+            pid = std::process::id(),
+            home = %kernel.layout.home.display(),
+            socket = %kernel.layout.socket.display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "loongd started"
+        );
+        tokio::spawn(signals(kernel.clone()));
+        control::serve(listener, kernel.clone()).await;
+        anyhow::Ok(())
+    });
+    drop(lock);
+    tracing::info!("loongd stopped");
+    result
+}
+
+async fn signals(kernel: Arc<Kernel>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; use `loongctl daemon stop` to stop loongd");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => { tracing::info!("SIGHUP ignored: restart loongd to apply a changed configuration"); }
+        }
+    }
+    kernel.shutdown();
+}

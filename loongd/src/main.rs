@@ -1,0 +1,60 @@
+//! `loongd`: the Loong kernel daemon. Parses arguments, installs tracing and calls
+//! [`loongd::run`].
+//!
+//! Exit codes: 0 after a clean shutdown, 1 on a fatal error (the message says which input
+//! or mechanism), 2 on a usage error.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use loong_ipc::paths::Layout;
+
+/// The Loong kernel daemon: policy, approvals, capability tokens, audit and the worker
+/// supervisor, serving the control API on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "Exit codes: 0 clean shutdown, 1 fatal error, 2 usage error.")]
+struct Args {
+    /// The home to own (default: $LOONG_HOME, else $XDG_STATE_HOME/loong, else ~/.local/state/loong).
+    #[arg(long, value_name = "DIR", conflicts_with = "system")]
+    home: Option<PathBuf>,
+    /// Use the system layout: /var/lib/loong, /etc/loong/loongd.toml, /run/loong/loongd.sock.
+    #[arg(long)]
+    system: bool,
+    /// Stay in the caller's session and log for a terminal (use this under systemd too).
+    #[arg(long)]
+    foreground: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let layout = match Layout::resolve(args.home.as_deref(), args.system) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("loongd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let foreground = args.foreground;
+    let logging = std::cell::Cell::new(false);
+    let opts = loongd::Options { layout, foreground };
+    let init_log = |level: &str| {
+        let filter = std::env::var("LOONG_LOG").ok().unwrap_or_else(|| level.to_string());
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+            eprintln!("loongd: log filter `{filter}` is invalid ({e}); using `info`");
+            tracing_subscriber::EnvFilter::new("info")
+        });
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(foreground).init();
+        logging.set(true);
+    };
+    match loongd::run(opts, init_log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if logging.get() {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("loongd: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
