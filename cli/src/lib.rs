@@ -77,7 +77,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 /// Runs a parsed command line; the `Ok` value is the exit code.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
-    let layout = Layout::resolve(cli.home.as_deref(), cli.system).map_err(|e| Failure { code: exit::USAGE, error: e.into() })?;
+    let layout = Layout::resolve(cli.home.as_deref(), cli.system).map_err(|e| Failure {
+        code: exit::USAGE,
+        error: e.into(),
+    })?;
     match cli.command {
         Command::Status { json } => cmd::status::run(&layout, json),
         Command::Daemon(c) => cmd::daemon::run(&layout, c),

@@ -85,10 +85,13 @@ impl Client {
     /// Connects to `socket` and performs the handshake.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                ClientError::NotRunning { socket: socket.to_path_buf() }
-            }
-            _ => ClientError::Connect { socket: socket.to_path_buf(), source },
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                socket: socket.to_path_buf(),
+            },
+            _ => ClientError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            },
         })?;
         let mut client = Client {
             stream,
@@ -98,7 +101,11 @@ impl Client {
                 protocol_version: 0,
                 build: String::new(),
                 connection_id: 0,
-                limits: crate::Limits { max_frame_bytes: 0, max_in_flight: 0, frame_read_timeout_ms: 0 },
+                limits: crate::Limits {
+                    max_frame_bytes: 0,
+                    max_in_flight: 0,
+                    frame_read_timeout_ms: 0,
+                },
             },
             next_id: 1,
         };
@@ -106,7 +113,9 @@ impl Client {
         client.send(&Hello::new(opts.peer_kind, opts.build.clone()), deadline)?;
         let reply: HandshakeReply = client.receive(deadline)?;
         client.welcome = reply.into_welcome()?;
-        client.buf.set_limit(FrameLimit::new(u64::from(client.welcome.limits.max_frame_bytes))?);
+        client.buf.set_limit(FrameLimit::new(u64::from(
+            client.welcome.limits.max_frame_bytes,
+        ))?);
         Ok(client)
     }
 
@@ -116,16 +125,31 @@ impl Client {
     }
 
     /// Sends one request and waits for its answer, up to `deadline` plus [`DEADLINE_GRACE`].
-    pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: Req, deadline: Duration) -> Result<Resp, ClientError> {
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        body: Req,
+        deadline: Duration,
+    ) -> Result<Resp, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(MAX_DEADLINE_MS).min(MAX_DEADLINE_MS);
+        let deadline_ms = u32::try_from(deadline.as_millis())
+            .unwrap_or(MAX_DEADLINE_MS)
+            .min(MAX_DEADLINE_MS);
         let until = Instant::now() + deadline + DEADLINE_GRACE;
-        self.send(&Call::Request { id, deadline_ms, body }, until)?;
+        self.send(
+            &Call::Request {
+                id,
+                deadline_ms,
+                body,
+            },
+            until,
+        )?;
         loop {
             match self.receive::<Reply<Resp>>(until)? {
                 Reply::Response { id: got, result } if got == id => return Ok(result?),
-                Reply::Response { id: got, .. } => return Err(ClientError::UnexpectedReply { expected: id, got }),
+                Reply::Response { id: got, .. } => {
+                    return Err(ClientError::UnexpectedReply { expected: id, got })
+                }
                 Reply::Pong { .. } => continue,
             }
         }
@@ -149,16 +173,20 @@ impl Client {
     fn send<T: Serialize>(&mut self, msg: &T, until: Instant) -> Result<(), ClientError> {
         self.out.clear();
         frame::encode(msg, self.buf.limit(), &mut self.out)?;
-        self.stream.set_write_timeout(Some(remaining(until)?)).map_err(ClientError::Io)?;
-        self.stream.write_all(&self.out).map_err(|e| io_error(e))
+        self.stream
+            .set_write_timeout(Some(remaining(until)?))
+            .map_err(ClientError::Io)?;
+        self.stream.write_all(&self.out).map_err(io_error)
     }
 
     fn receive<T: DeserializeOwned>(&mut self, until: Instant) -> Result<T, ClientError> {
         loop {
-            if let Some(msg) = self.buf.next()? {
+            if let Some(msg) = self.buf.next_message()? {
                 return Ok(msg);
             }
-            self.stream.set_read_timeout(Some(remaining(until)?)).map_err(ClientError::Io)?;
+            self.stream
+                .set_read_timeout(Some(remaining(until)?))
+                .map_err(ClientError::Io)?;
             let stream = &mut self.stream;
             match self.buf.fill(|space| stream.read(space))? {
                 Ok(0) => return Err(ClientError::Closed),

@@ -28,7 +28,9 @@ pub enum ConnError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     /// A frame's bytes did not all arrive within the frame deadline.
-    #[error("frame not complete within {timeout_ms} ms of its first byte ({buffered} bytes received)")]
+    #[error(
+        "frame not complete within {timeout_ms} ms of its first byte ({buffered} bytes received)"
+    )]
     FrameTimeout { timeout_ms: u128, buffered: usize },
     /// No frame began within the idle timeout.
     #[error("no frame within the idle timeout of {timeout_ms} ms")]
@@ -59,7 +61,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader over `inner` that accepts frames up to `limit` and gives each frame
     /// `frame_timeout` from its first byte to its last.
     pub fn new(inner: R, limit: FrameLimit, frame_timeout: Duration) -> FrameReader<R> {
-        FrameReader { inner, buf: FrameBuffer::new(limit), frame_timeout }
+        FrameReader {
+            inner,
+            buf: FrameBuffer::new(limit),
+            frame_timeout,
+        }
     }
 
     /// Changes the frame limit.
@@ -69,13 +75,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next message. Waits up to `idle` (forever when `None`) for a frame to
     /// begin; `Ok(None)` is a clean end of stream between frames.
-    pub async fn read<T: DeserializeOwned>(&mut self, idle: Option<Duration>) -> Result<Option<T>, ConnError> {
-        self.read_with(idle, FrameBuffer::next).await
+    pub async fn read<T: DeserializeOwned>(
+        &mut self,
+        idle: Option<Duration>,
+    ) -> Result<Option<T>, ConnError> {
+        self.read_with(idle, FrameBuffer::next_message).await
     }
 
     /// Like [`read`](Self::read) but returns the raw body, for messages that must be
     /// inspected before they are decoded (the handshake).
-    pub async fn read_body(&mut self, idle: Option<Duration>) -> Result<Option<Vec<u8>>, ConnError> {
+    pub async fn read_body(
+        &mut self,
+        idle: Option<Duration>,
+    ) -> Result<Option<Vec<u8>>, ConnError> {
         self.read_with(idle, FrameBuffer::next_body).await
     }
 
@@ -85,7 +97,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         take: impl Fn(&mut FrameBuffer) -> Result<Option<T>, FrameError>,
     ) -> Result<Option<T>, ConnError> {
         let idle_deadline = idle.map(|d| Instant::now() + d);
-        let mut frame_deadline = (self.buf.buffered() > 0).then(|| Instant::now() + self.frame_timeout);
+        let mut frame_deadline =
+            (self.buf.buffered() > 0).then(|| Instant::now() + self.frame_timeout);
         loop {
             if let Some(msg) = take(&mut self.buf)? {
                 return Ok(Some(msg));
@@ -93,13 +106,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let space = self.buf.read_space()?;
             let read = self.inner.read(space);
             let n = match (frame_deadline, idle_deadline) {
-                (Some(at), _) => timeout_at(at, read).await.map_err(|_| ConnError::FrameTimeout {
-                    timeout_ms: self.frame_timeout.as_millis(),
-                    buffered: self.buf.buffered(),
-                })??,
-                (None, Some(at)) => timeout_at(at, read)
-                    .await
-                    .map_err(|_| ConnError::IdleTimeout { timeout_ms: idle.unwrap_or_default().as_millis() })??,
+                (Some(at), _) => {
+                    timeout_at(at, read)
+                        .await
+                        .map_err(|_| ConnError::FrameTimeout {
+                            timeout_ms: self.frame_timeout.as_millis(),
+                            buffered: self.buf.buffered(),
+                        })??
+                }
+                (None, Some(at)) => {
+                    timeout_at(at, read)
+                        .await
+                        .map_err(|_| ConnError::IdleTimeout {
+                            timeout_ms: idle.unwrap_or_default().as_millis(),
+                        })??
+                }
                 (None, None) => read.await?,
             };
             if n == 0 {
@@ -127,7 +148,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer over `inner` that sends frames up to `limit` and gives up on a peer that
     /// does not take one within `write_timeout`.
     pub fn new(inner: W, limit: FrameLimit, write_timeout: Duration) -> FrameWriter<W> {
-        FrameWriter { inner, out: Vec::new(), limit, write_timeout }
+        FrameWriter {
+            inner,
+            out: Vec::new(),
+            limit,
+            write_timeout,
+        }
     }
 
     /// Changes the frame limit.
@@ -141,7 +167,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         frame::encode(msg, self.limit, &mut self.out)?;
         tokio::time::timeout(self.write_timeout, self.inner.write_all(&self.out))
             .await
-            .map_err(|_| ConnError::WriteTimeout { timeout_ms: self.write_timeout.as_millis() })??;
+            .map_err(|_| ConnError::WriteTimeout {
+                timeout_ms: self.write_timeout.as_millis(),
+            })??;
         Ok(())
     }
 
@@ -153,8 +181,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 /// Reads the callee's side of the handshake: the caller's `Hello`, within `timeout`.
-pub async fn read_hello<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>, timeout: Duration) -> Result<Hello, ConnError> {
-    let body = reader.read_body(Some(timeout)).await?.ok_or(ConnError::ClosedDuringHandshake)?;
+pub async fn read_hello<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    timeout: Duration,
+) -> Result<Hello, ConnError> {
+    let body = reader
+        .read_body(Some(timeout))
+        .await?
+        .ok_or(ConnError::ClosedDuringHandshake)?;
     Ok(Hello::decode(&body)?)
 }
 
@@ -170,7 +204,10 @@ where
     W: AsyncWrite + Unpin,
 {
     writer.write(hello).await?;
-    let reply: HandshakeReply = reader.read(Some(timeout)).await?.ok_or(ConnError::ClosedDuringHandshake)?;
+    let reply: HandshakeReply = reader
+        .read(Some(timeout))
+        .await?
+        .ok_or(ConnError::ClosedDuringHandshake)?;
     let welcome = reply.into_welcome()?;
     let limit = FrameLimit::new(u64::from(welcome.limits.max_frame_bytes))?;
     reader.set_limit(limit);
@@ -188,8 +225,16 @@ mod tests {
         let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
         let mut reader = FrameReader::new(a, FrameLimit::DEFAULT, Duration::from_millis(150));
         let mut bytes = Vec::new();
-        frame::encode(&Call::Request { id: 1, deadline_ms: 10, body: ControlRequest::Status }, FrameLimit::DEFAULT, &mut bytes)
-            .expect("encodes");
+        frame::encode(
+            &Call::Request {
+                id: 1,
+                deadline_ms: 10,
+                body: ControlRequest::Status,
+            },
+            FrameLimit::DEFAULT,
+            &mut bytes,
+        )
+        .expect("encodes");
         let trickle = tokio::spawn(async move {
             for byte in bytes {
                 if b.write_all(&[byte]).await.is_err() {
@@ -199,7 +244,16 @@ mod tests {
             }
         });
         let got = reader.read::<Call<ControlRequest>>(None).await;
-        assert!(matches!(got, Err(ConnError::FrameTimeout { timeout_ms: 150, .. })), "{got:?}");
+        assert!(
+            matches!(
+                got,
+                Err(ConnError::FrameTimeout {
+                    timeout_ms: 150,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
         trickle.abort();
     }
 
@@ -209,7 +263,12 @@ mod tests {
         let mut reader = FrameReader::new(a, FrameLimit::DEFAULT, Duration::from_secs(5));
         let mut bytes = Vec::new();
         for id in 0..50u64 {
-            frame::encode(&Call::<ControlRequest>::Ping { nonce: id }, FrameLimit::DEFAULT, &mut bytes).expect("encodes");
+            frame::encode(
+                &Call::<ControlRequest>::Ping { nonce: id },
+                FrameLimit::DEFAULT,
+                &mut bytes,
+            )
+            .expect("encodes");
         }
         let writer = tokio::spawn(async move {
             for chunk in bytes.chunks(7) {
@@ -217,10 +276,20 @@ mod tests {
             }
         });
         for id in 0..50u64 {
-            assert_eq!(reader.read::<Call<ControlRequest>>(None).await.expect("reads"), Some(Call::Ping { nonce: id }));
+            assert_eq!(
+                reader
+                    .read::<Call<ControlRequest>>(None)
+                    .await
+                    .expect("reads"),
+                Some(Call::Ping { nonce: id })
+            );
         }
         writer.await.expect("writer");
-        assert!(reader.read::<Call<ControlRequest>>(None).await.expect("eof").is_none());
+        assert!(reader
+            .read::<Call<ControlRequest>>(None)
+            .await
+            .expect("eof")
+            .is_none());
     }
 
     #[tokio::test]
@@ -232,19 +301,35 @@ mod tests {
             let mut r = FrameReader::new(br, FrameLimit::DEFAULT, Duration::from_secs(1));
             let mut w = FrameWriter::new(bw, FrameLimit::DEFAULT, Duration::from_secs(1));
             let got = read_hello(&mut r, Duration::from_secs(1)).await;
-            let Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours, theirs })) = got else {
+            let Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours, theirs })) = got
+            else {
                 panic!("expected a mismatch, got {got:?}");
             };
-            w.write(&HandshakeReply::Rejected(crate::RejectReason::VersionMismatch { server: ours, client: theirs }))
-                .await
-                .expect("writes");
+            w.write(&HandshakeReply::Rejected(
+                crate::RejectReason::VersionMismatch {
+                    server: ours,
+                    client: theirs,
+                },
+            ))
+            .await
+            .expect("writes");
         });
         let mut r = FrameReader::new(ar, FrameLimit::DEFAULT, Duration::from_secs(1));
         let mut w = FrameWriter::new(aw, FrameLimit::DEFAULT, Duration::from_secs(1));
-        let hello = Hello { protocol_version: 77, peer_kind: PeerKind::Operator, build: "t".into() };
+        let hello = Hello {
+            protocol_version: 77,
+            peer_kind: PeerKind::Operator,
+            build: "t".into(),
+        };
         let got = handshake_as_caller(&mut r, &mut w, &hello, Duration::from_secs(1)).await;
         assert!(
-            matches!(got, Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours: 77, theirs: 1 }))),
+            matches!(
+                got,
+                Err(ConnError::Handshake(HandshakeError::VersionMismatch {
+                    ours: 77,
+                    theirs: 1
+                }))
+            ),
             "{got:?}"
         );
         callee.await.expect("callee");

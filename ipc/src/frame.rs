@@ -68,10 +68,18 @@ pub enum FrameError {
 }
 
 /// Appends one frame holding `msg` to `out`. On error `out` is left as it was.
-pub fn encode<T: Serialize>(msg: &T, limit: FrameLimit, out: &mut Vec<u8>) -> Result<(), FrameError> {
-    let body = postcard::to_allocvec(msg).map_err(|source| FrameError::Malformed { len: 0, source })?;
+pub fn encode<T: Serialize>(
+    msg: &T,
+    limit: FrameLimit,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let body =
+        postcard::to_allocvec(msg).map_err(|source| FrameError::Malformed { len: 0, source })?;
     if body.len() > limit.get() as usize {
-        return Err(FrameError::TooLarge { len: body.len() as u64, limit: limit.get() });
+        return Err(FrameError::TooLarge {
+            len: body.len() as u64,
+            limit: limit.get(),
+        });
     }
     out.reserve(LEN_PREFIX_BYTES + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -87,7 +95,10 @@ pub fn declared_len(buf: &[u8], limit: FrameLimit) -> Result<Option<usize>, Fram
     };
     let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     if len > limit.get() {
-        return Err(FrameError::TooLarge { len: u64::from(len), limit: limit.get() });
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            limit: limit.get(),
+        });
     }
     Ok(Some(len as usize))
 }
@@ -103,8 +114,10 @@ pub fn split(buf: &[u8], limit: FrameLimit) -> Result<Option<(&[u8], usize)>, Fr
 
 /// Decodes a whole body into one message; trailing bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, rest) = postcard::take_from_bytes(body)
-        .map_err(|source| FrameError::Malformed { len: body.len(), source })?;
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|source| FrameError::Malformed {
+        len: body.len(),
+        source,
+    })?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes { extra: rest.len() });
     }
@@ -113,7 +126,10 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 
 /// Decodes the first frame in `buf`: the message and the bytes it used, or `None` when more
 /// bytes are needed.
-pub fn decode<T: DeserializeOwned>(buf: &[u8], limit: FrameLimit) -> Result<Option<(T, usize)>, FrameError> {
+pub fn decode<T: DeserializeOwned>(
+    buf: &[u8],
+    limit: FrameLimit,
+) -> Result<Option<(T, usize)>, FrameError> {
     match split(buf, limit)? {
         Some((body, used)) => Ok(Some((decode_body(body)?, used))),
         None => Ok(None),
@@ -136,7 +152,11 @@ pub struct FrameBuffer {
 impl FrameBuffer {
     /// An empty buffer for a connection with `limit`.
     pub fn new(limit: FrameLimit) -> FrameBuffer {
-        FrameBuffer { buf: Vec::new(), filled: 0, limit }
+        FrameBuffer {
+            buf: Vec::new(),
+            filled: 0,
+            limit,
+        }
     }
 
     /// The connection's limit.
@@ -171,7 +191,7 @@ impl FrameBuffer {
     }
 
     /// Decodes the next whole frame out of the buffer, if there is one.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some((body, used)) = split(&self.buf[..self.filled], self.limit)? else {
             return Ok(None);
         };
@@ -186,7 +206,9 @@ impl FrameBuffer {
     pub fn read_space(&mut self) -> Result<&mut [u8], FrameError> {
         let want = match declared_len(&self.buf[..self.filled], self.limit)? {
             None => READ_CHUNK_BYTES,
-            Some(len) => (LEN_PREFIX_BYTES + len).saturating_sub(self.filled).max(READ_CHUNK_BYTES),
+            Some(len) => (LEN_PREFIX_BYTES + len)
+                .saturating_sub(self.filled)
+                .max(READ_CHUNK_BYTES),
         };
         if self.buf.len() < self.filled + want {
             self.buf.resize(self.filled + want, 0);
@@ -201,7 +223,10 @@ impl FrameBuffer {
 
     /// Reads once through `read` into [`read_space`](Self::read_space) and commits what it
     /// read; returns what `read` returned (0 means end of stream).
-    pub fn fill<E>(&mut self, read: impl FnOnce(&mut [u8]) -> Result<usize, E>) -> Result<Result<usize, E>, FrameError> {
+    pub fn fill<E>(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, FrameError> {
         let res = read(self.read_space()?);
         if let Ok(n) = res {
             self.commit(n);
@@ -224,13 +249,24 @@ mod tests {
 
     #[test]
     fn round_trip_and_need_more() {
-        let msg: Call<ControlRequest> = Call::Request { id: 7, deadline_ms: 1000, body: ControlRequest::Status };
+        let msg: Call<ControlRequest> = Call::Request {
+            id: 7,
+            deadline_ms: 1000,
+            body: ControlRequest::Status,
+        };
         let mut out = Vec::new();
         encode(&msg, FrameLimit::DEFAULT, &mut out).expect("encodes");
         for cut in 0..out.len() {
-            assert_eq!(decode::<Call<ControlRequest>>(&out[..cut], FrameLimit::DEFAULT), Ok(None), "cut at {cut}");
+            assert_eq!(
+                decode::<Call<ControlRequest>>(&out[..cut], FrameLimit::DEFAULT),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
-        assert_eq!(decode(&out, FrameLimit::DEFAULT), Ok(Some((msg, out.len()))));
+        assert_eq!(
+            decode(&out, FrameLimit::DEFAULT),
+            Ok(Some((msg, out.len())))
+        );
     }
 
     #[test]
@@ -238,7 +274,10 @@ mod tests {
         let four_gib = u32::MAX.to_le_bytes();
         assert_eq!(
             decode::<Call<ControlRequest>>(&four_gib, FrameLimit::DEFAULT),
-            Err(FrameError::TooLarge { len: u64::from(u32::MAX), limit: DEFAULT_MAX_FRAME_BYTES })
+            Err(FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                limit: DEFAULT_MAX_FRAME_BYTES
+            })
         );
         let mut fb = FrameBuffer::new(FrameLimit::DEFAULT);
         fb.fill(|b: &mut [u8]| -> Result<usize, ()> {
@@ -250,19 +289,34 @@ mod tests {
         // The next fill must refuse instead of asking for 4 GiB of room.
         assert_eq!(
             fb.fill(|_: &mut [u8]| -> Result<usize, ()> { Ok(0) }).err(),
-            Some(FrameError::TooLarge { len: u64::from(u32::MAX), limit: DEFAULT_MAX_FRAME_BYTES })
+            Some(FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                limit: DEFAULT_MAX_FRAME_BYTES
+            })
         );
     }
 
     #[test]
     fn trailing_bytes_and_truncated_bodies() {
-        let mut body = postcard::to_allocvec(&Call::<ControlRequest>::Ping { nonce: 1 }).expect("encodes");
+        let mut body =
+            postcard::to_allocvec(&Call::<ControlRequest>::Ping { nonce: 1 }).expect("encodes");
         body.push(0);
-        assert_eq!(decode::<Call<ControlRequest>>(&frame(&body), FrameLimit::DEFAULT), Err(FrameError::TrailingBytes { extra: 1 }));
+        assert_eq!(
+            decode::<Call<ControlRequest>>(&frame(&body), FrameLimit::DEFAULT),
+            Err(FrameError::TrailingBytes { extra: 1 })
+        );
         // A request whose body is cut short inside the frame is malformed, not "need more".
-        let full = postcard::to_allocvec(&Call::Request { id: 300, deadline_ms: 5, body: ControlRequest::Status }).expect("encodes");
+        let full = postcard::to_allocvec(&Call::Request {
+            id: 300,
+            deadline_ms: 5,
+            body: ControlRequest::Status,
+        })
+        .expect("encodes");
         let r = decode::<Call<ControlRequest>>(&frame(&full[..2]), FrameLimit::DEFAULT);
-        assert!(matches!(r, Err(FrameError::Malformed { len: 2, .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(FrameError::Malformed { len: 2, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -270,7 +324,10 @@ mod tests {
         let limit = FrameLimit::new(8).expect("valid");
         let mut out = vec![1, 2, 3];
         let msg = String::from("a string longer than eight bytes");
-        assert_eq!(encode(&msg, limit, &mut out), Err(FrameError::TooLarge { len: 33, limit: 8 }));
+        assert_eq!(
+            encode(&msg, limit, &mut out),
+            Err(FrameError::TooLarge { len: 33, limit: 8 })
+        );
         assert_eq!(out, vec![1, 2, 3]);
     }
 
@@ -278,6 +335,9 @@ mod tests {
     fn limits_are_bounded() {
         assert!(FrameLimit::new(0).is_err());
         assert!(FrameLimit::new(u64::from(HARD_MAX_FRAME_BYTES) + 1).is_err());
-        assert_eq!(FrameLimit::new(u64::from(HARD_MAX_FRAME_BYTES)).map(FrameLimit::get), Ok(HARD_MAX_FRAME_BYTES));
+        assert_eq!(
+            FrameLimit::new(u64::from(HARD_MAX_FRAME_BYTES)).map(FrameLimit::get),
+            Ok(HARD_MAX_FRAME_BYTES)
+        );
     }
 }

@@ -40,7 +40,9 @@ pub struct Layout {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayoutError {
     /// No home was given and neither `XDG_STATE_HOME` nor `HOME` is set.
-    #[error("no home given: pass --home DIR or set LOONG_HOME (neither XDG_STATE_HOME nor HOME is set)")]
+    #[error(
+        "no home given: pass --home DIR or set LOONG_HOME (neither XDG_STATE_HOME nor HOME is set)"
+    )]
     NoHome,
     /// The socket path would not fit in `sun_path`.
     #[error("control socket path {} is {len} bytes, above the kernel's limit of {MAX_SOCKET_PATH_BYTES}; choose a shorter --home", path.display())]
@@ -116,7 +118,10 @@ impl Layout {
     fn checked(self) -> Result<Layout, LayoutError> {
         let len = self.socket.as_os_str().len();
         if len > MAX_SOCKET_PATH_BYTES {
-            return Err(LayoutError::SocketPathTooLong { path: self.socket, len });
+            return Err(LayoutError::SocketPathTooLong {
+                path: self.socket,
+                len,
+            });
         }
         Ok(self)
     }
@@ -128,18 +133,50 @@ mod tests {
     use std::ffi::OsString;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
     fn resolution_order() {
-        let all = [("LOONG_HOME", "/a"), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")];
+        let all = [
+            ("LOONG_HOME", "/a"),
+            ("XDG_STATE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
         let home = |l: Result<Layout, LayoutError>| l.map(|l| l.home);
-        assert_eq!(home(Layout::resolve_with(Some(Path::new("/cli")), false, env(&all))), Ok("/cli".into()));
-        assert_eq!(home(Layout::resolve_with(None, false, env(&all))), Ok("/a".into()));
-        assert_eq!(home(Layout::resolve_with(None, false, env(&all[1..]))), Ok("/x/loong".into()));
-        assert_eq!(home(Layout::resolve_with(None, false, env(&all[2..]))), Ok("/h/.local/state/loong".into()));
-        assert_eq!(home(Layout::resolve_with(None, false, env(&[("LOONG_HOME", "")]))), Err(LayoutError::NoHome));
+        assert_eq!(
+            home(Layout::resolve_with(
+                Some(Path::new("/cli")),
+                false,
+                env(&all)
+            )),
+            Ok("/cli".into())
+        );
+        assert_eq!(
+            home(Layout::resolve_with(None, false, env(&all))),
+            Ok("/a".into())
+        );
+        assert_eq!(
+            home(Layout::resolve_with(None, false, env(&all[1..]))),
+            Ok("/x/loong".into())
+        );
+        assert_eq!(
+            home(Layout::resolve_with(None, false, env(&all[2..]))),
+            Ok("/h/.local/state/loong".into())
+        );
+        assert_eq!(
+            home(Layout::resolve_with(
+                None,
+                false,
+                env(&[("LOONG_HOME", "")])
+            )),
+            Err(LayoutError::NoHome)
+        );
         let sys = Layout::resolve_with(Some(Path::new("/cli")), true, env(&all)).expect("system");
         assert_eq!(sys.socket, PathBuf::from("/run/loong/loongd.sock"));
         assert_eq!(sys.config_file, PathBuf::from("/etc/loong/loongd.toml"));
@@ -148,7 +185,10 @@ mod tests {
     #[test]
     fn socket_path_length_is_checked() {
         let long = format!("/{}", "d".repeat(100));
-        assert!(matches!(Layout::user(Path::new(&long)), Err(LayoutError::SocketPathTooLong { len: 117, .. })));
+        assert!(matches!(
+            Layout::user(Path::new(&long)),
+            Err(LayoutError::SocketPathTooLong { len: 117, .. })
+        ));
         assert!(Layout::user(Path::new("/tmp/short")).is_ok());
     }
 }

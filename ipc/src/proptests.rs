@@ -13,12 +13,18 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let mut out = Vec::new();
-    frame::encode(msg, FrameLimit::CEILING, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert_eq!(frame::decode::<T>(&out, FrameLimit::CEILING), Ok(Some((clone_of(msg)?, out.len()))));
+    frame::encode(msg, FrameLimit::CEILING, &mut out)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(
+        frame::decode::<T>(&out, FrameLimit::CEILING),
+        Ok(Some((clone_of(msg)?, out.len())))
+    );
     Ok(())
 }
 
-fn clone_of<T: serde::Serialize + serde::de::DeserializeOwned>(msg: &T) -> Result<T, TestCaseError> {
+fn clone_of<T: serde::Serialize + serde::de::DeserializeOwned>(
+    msg: &T,
+) -> Result<T, TestCaseError> {
     let bytes = postcard::to_allocvec(msg).map_err(|e| TestCaseError::fail(e.to_string()))?;
     postcard::from_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))
 }
@@ -27,10 +33,19 @@ fn clone_of<T: serde::Serialize + serde::de::DeserializeOwned>(msg: &T) -> Resul
 fn decodes_totally(bytes: &[u8], limit: FrameLimit) {
     match frame::decode::<Call<ControlRequest>>(bytes, limit) {
         Ok(Some((_, used))) => assert!(used <= bytes.len()),
-        Ok(None) => assert!(bytes.len() < 4 || bytes.len() < 4 + frame::declared_len(bytes, limit).ok().flatten().unwrap_or(0)),
+        Ok(None) => assert!(
+            bytes.len() < 4
+                || bytes.len()
+                    < 4 + frame::declared_len(bytes, limit)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+        ),
         Err(FrameError::TooLarge { limit: l, .. }) => assert_eq!(l, limit.get()),
         Err(FrameError::Malformed { .. } | FrameError::TrailingBytes { .. }) => {}
-        Err(e @ FrameError::LimitOutOfRange { .. }) => panic!("decoder invented a config error: {e}"),
+        Err(e @ FrameError::LimitOutOfRange { .. }) => {
+            panic!("decoder invented a config error: {e}")
+        }
     }
     let _ = frame::decode::<Reply<ControlResponse>>(bytes, limit);
     let _ = frame::decode::<HandshakeReply>(bytes, limit);
@@ -98,7 +113,7 @@ proptest! {
                 space[..n].copy_from_slice(&wire[pos..pos + n]);
                 Ok(n)
             }).expect("within limit").map(|n| pos += n).expect("read");
-            while let Some(m) = buf.next::<Call<ControlRequest>>().expect("valid frames") {
+            while let Some(m) = buf.next_message::<Call<ControlRequest>>().expect("valid frames") {
                 got.push(m);
             }
         }

@@ -85,7 +85,10 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { allowed_group: None, max_clients: DEFAULT_MAX_CLIENTS }
+        ControlConfig {
+            allowed_group: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
     }
 }
 
@@ -147,7 +150,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig {
+            level: "info".into(),
+        }
     }
 }
 
@@ -158,7 +163,9 @@ where
 {
     let v = T::deserialize(d)?;
     if v < lo || v > hi {
-        return Err(serde::de::Error::custom(format!("{v} is outside {lo}..={hi} {unit}")));
+        return Err(serde::de::Error::custom(format!(
+            "{v} is outside {lo}..={hi} {unit}"
+        )));
     }
     Ok(v)
 }
@@ -191,23 +198,42 @@ pub enum ConfigError {
     TooLarge { path: PathBuf, len: u64 },
     /// The file does not parse, has an unknown key or a value out of range.
     #[error("{}:{line}: {message}", path.display())]
-    Invalid { path: PathBuf, line: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
 }
 
 impl Config {
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
-            ConfigError::Invalid { path: path.to_path_buf(), line, message: e.message().trim().to_string() }
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().trim().to_string(),
+            }
         })
     }
 
     /// Loads `path`, first writing the commented defaults there (mode 0600) if it does not
     /// exist.
     pub fn load_or_init(path: &Path) -> Result<Config, ConfigError> {
-        let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
-        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        let io = |source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(mut f) => {
                 f.write_all(DEFAULT_CONFIG_TEXT.as_bytes()).map_err(io)?;
                 tracing::info!(path = %path.display(), "wrote default configuration");
@@ -217,7 +243,10 @@ impl Config {
         }
         let len = fs::metadata(path).map_err(io)?.len();
         if len > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge { path: path.to_path_buf(), len });
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                len,
+            });
         }
         let text = fs::read_to_string(path).map_err(io)?;
         Config::parse(&text, path)
@@ -244,16 +273,37 @@ mod tests {
         let mut c = Config::default();
         c.ipc.max_frame_bytes = 4096;
         c.control.allowed_group = Some("ops".into());
-        check("[control]\nallowed_group = \"ops\"\n[ipc]\nmax_frame_bytes = 4096\n", Ok(c));
+        check(
+            "[control]\nallowed_group = \"ops\"\n[ipc]\nmax_frame_bytes = 4096\n",
+            Ok(c),
+        );
         check(
             "[ipc]\n\nmax_frame_byts = 4096\n",
             Err("/h/loongd.toml:3: unknown field `max_frame_byts`, expected one of `max_frame_bytes`, `frame_read_timeout_ms`, `handshake_timeout_ms`, `idle_timeout_ms`, `max_in_flight`"),
         );
-        check("[ipc]\nmax_frame_bytes = 0\n", Err("/h/loongd.toml:2: 0 is outside 1..=16777216 bytes"));
-        check("[ipc]\nmax_frame_bytes = 16777217\n", Err("/h/loongd.toml:2: 16777217 is outside 1..=16777216 bytes"));
-        check("[control]\nmax_clients = -1\n", Err("/h/loongd.toml:2: invalid value: integer `-1`, expected u32"));
-        check("[ipc]\nidle_timeout_ms = 1\n", Err("/h/loongd.toml:2: 1 is outside 10..=86400000 ms"));
-        check("bogus = 1\n", Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `log`"));
-        check("[ipc\n", Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"));
+        check(
+            "[ipc]\nmax_frame_bytes = 0\n",
+            Err("/h/loongd.toml:2: 0 is outside 1..=16777216 bytes"),
+        );
+        check(
+            "[ipc]\nmax_frame_bytes = 16777217\n",
+            Err("/h/loongd.toml:2: 16777217 is outside 1..=16777216 bytes"),
+        );
+        check(
+            "[control]\nmax_clients = -1\n",
+            Err("/h/loongd.toml:2: invalid value: integer `-1`, expected u32"),
+        );
+        check(
+            "[ipc]\nidle_timeout_ms = 1\n",
+            Err("/h/loongd.toml:2: 1 is outside 10..=86400000 ms"),
+        );
+        check(
+            "bogus = 1\n",
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `log`"),
+        );
+        check(
+            "[ipc\n",
+            Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"),
+        );
     }
 }

@@ -34,7 +34,11 @@ pub enum HomeError {
     NotASocket { path: PathBuf },
     /// A directory loongd must own belongs to someone else.
     #[error("{} is owned by uid {owner}, not by loongd's uid {ours}; fix its ownership", path.display())]
-    ForeignOwner { path: PathBuf, owner: u32, ours: u32 },
+    ForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        ours: u32,
+    },
     /// A file system operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -46,7 +50,11 @@ pub enum HomeError {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> HomeError + 'a {
-    move |source| HomeError::Io { what, path: path.to_path_buf(), source }
+    move |source| HomeError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A home this process owns: the lock is held until it is dropped, and the socket is
@@ -73,16 +81,27 @@ pub fn take(layout: &Layout, group: Option<Gid>) -> Result<(HomeLock, UnixListen
     let ours = Uid::effective().as_raw();
     make_private_dir(&layout.home, 0o700, ours)?;
     if let Some(config_dir) = layout.config_file.parent() {
-        DirBuilder::new().recursive(true).mode(0o700).create(config_dir).map_err(io("creating", config_dir))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(config_dir)
+            .map_err(io("creating", config_dir))?;
     }
     if let Some(log_dir) = layout.log_file.parent() {
         make_private_dir(log_dir, 0o700, ours)?;
     }
-    let run_mode = if group.is_some() { RUN_DIR_GROUP_MODE } else { RUN_DIR_MODE };
+    let run_mode = if group.is_some() {
+        RUN_DIR_GROUP_MODE
+    } else {
+        RUN_DIR_MODE
+    };
     make_private_dir(&layout.run_dir, run_mode, ours)?;
     if let Some(gid) = group {
-        nix::unistd::chown(&layout.run_dir, None, Some(gid))
-            .map_err(|e| HomeError::Io { what: "changing the group of", path: layout.run_dir.clone(), source: e.into() })?;
+        nix::unistd::chown(&layout.run_dir, None, Some(gid)).map_err(|e| HomeError::Io {
+            what: "changing the group of",
+            path: layout.run_dir.clone(),
+            source: e.into(),
+        })?;
     }
 
     let lock = lock(layout)?;
@@ -91,32 +110,58 @@ pub fn take(layout: &Layout, group: Option<Gid>) -> Result<(HomeLock, UnixListen
         Ok(m) if m.file_type().is_socket() => {
             // We hold the lock, so no daemon serves this socket: it is stale.
             tracing::warn!(socket = %layout.socket.display(), "replacing a stale control socket left by a daemon that did not shut down");
-            fs::remove_file(&layout.socket).map_err(io("removing the stale socket", &layout.socket))?;
+            fs::remove_file(&layout.socket)
+                .map_err(io("removing the stale socket", &layout.socket))?;
         }
-        Ok(_) => return Err(HomeError::NotASocket { path: layout.socket.clone() }),
+        Ok(_) => {
+            return Err(HomeError::NotASocket {
+                path: layout.socket.clone(),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting", &layout.socket)(e)),
     }
-    let listener = UnixListener::bind(&layout.socket).map_err(io("binding the control socket", &layout.socket))?;
-    let guard = HomeLock { _lock: lock, socket: layout.socket.clone() };
-    let mode = if group.is_some() { SOCKET_GROUP_MODE } else { SOCKET_MODE };
-    fs::set_permissions(&layout.socket, fs::Permissions::from_mode(mode)).map_err(io("setting the mode of", &layout.socket))?;
+    let listener = UnixListener::bind(&layout.socket)
+        .map_err(io("binding the control socket", &layout.socket))?;
+    let guard = HomeLock {
+        _lock: lock,
+        socket: layout.socket.clone(),
+    };
+    let mode = if group.is_some() {
+        SOCKET_GROUP_MODE
+    } else {
+        SOCKET_MODE
+    };
+    fs::set_permissions(&layout.socket, fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode of", &layout.socket))?;
     if let Some(gid) = group {
-        nix::unistd::chown(&layout.socket, None, Some(gid))
-            .map_err(|e| HomeError::Io { what: "changing the group of", path: layout.socket.clone(), source: e.into() })?;
+        nix::unistd::chown(&layout.socket, None, Some(gid)).map_err(|e| HomeError::Io {
+            what: "changing the group of",
+            path: layout.socket.clone(),
+            source: e.into(),
+        })?;
     }
     Ok((guard, listener))
 }
 
 /// Creates `path` with `mode` if missing; if present, it must be ours, and its mode is set.
 fn make_private_dir(path: &Path, mode: u32, ours: u32) -> Result<(), HomeError> {
-    DirBuilder::new().recursive(true).mode(mode).create(path).map_err(io("creating", path))?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io("creating", path))?;
     let meta = fs::metadata(path).map_err(io("inspecting", path))?;
     if meta.uid() != ours {
-        return Err(HomeError::ForeignOwner { path: path.to_path_buf(), owner: meta.uid(), ours });
+        return Err(HomeError::ForeignOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            ours,
+        });
     }
     if meta.mode() & 0o7777 != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("setting the mode of", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(io("setting the mode of", path))?;
     }
     Ok(())
 }
@@ -137,7 +182,14 @@ fn lock(layout: &Layout) -> Result<File, HomeError> {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim().chars().take(20).collect::<String>();
-            return Err(HomeError::AlreadyRunning { home: layout.home.clone(), pid: if pid.is_empty() { "unknown".into() } else { pid } });
+            return Err(HomeError::AlreadyRunning {
+                home: layout.home.clone(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                },
+            });
         }
         Err(fs::TryLockError::Error(e)) => return Err(io("locking", path)(e)),
     }
@@ -158,11 +210,20 @@ mod tests {
         let (guard, _l) = take(&layout, None).expect("first take");
         let mode = fs::metadata(&layout.socket).expect("socket").mode() & 0o777;
         assert_eq!(mode, SOCKET_MODE);
-        assert_eq!(fs::metadata(&layout.run_dir).expect("run dir").mode() & 0o777, RUN_DIR_MODE);
+        assert_eq!(
+            fs::metadata(&layout.run_dir).expect("run dir").mode() & 0o777,
+            RUN_DIR_MODE
+        );
         let err = take(&layout, None).expect_err("second take");
-        assert!(matches!(&err, HomeError::AlreadyRunning { pid, .. } if *pid == std::process::id().to_string()), "{err}");
+        assert!(
+            matches!(&err, HomeError::AlreadyRunning { pid, .. } if *pid == std::process::id().to_string()),
+            "{err}"
+        );
         drop((guard, _l));
-        assert!(!layout.socket.exists(), "a clean release removes the socket");
+        assert!(
+            !layout.socket.exists(),
+            "a clean release removes the socket"
+        );
         let _again = take(&layout, None).expect("taken again after release");
         // A crashed daemon leaves its socket behind; the next one replaces it.
         let dir2 = tempfile::tempdir().expect("tempdir");
@@ -170,7 +231,10 @@ mod tests {
         fs::create_dir_all(&layout2.run_dir).expect("run dir");
         drop(UnixListener::bind(&layout2.socket).expect("stale socket"));
         let (_g, _l2) = take(&layout2, None).expect("stale socket replaced");
-        assert!(fs::symlink_metadata(&layout2.socket).expect("socket").file_type().is_socket());
+        assert!(fs::symlink_metadata(&layout2.socket)
+            .expect("socket")
+            .file_type()
+            .is_socket());
     }
 
     #[test]
@@ -179,6 +243,9 @@ mod tests {
         let layout = Layout::user(dir.path()).expect("layout");
         fs::create_dir_all(&layout.run_dir).expect("run dir");
         fs::write(&layout.socket, b"not a socket").expect("file");
-        assert!(matches!(take(&layout, None), Err(HomeError::NotASocket { .. })));
+        assert!(matches!(
+            take(&layout, None),
+            Err(HomeError::NotASocket { .. })
+        ));
     }
 }

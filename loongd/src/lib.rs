@@ -95,12 +95,20 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         None => None,
         Some(name) => match Group::from_name(name) {
             Ok(Some(g)) => Some(g.gid),
-            Ok(None) => bail!("{}: control.allowed_group names group `{name}`, which does not exist on this host", layout.config_file.display()),
-            Err(e) => bail!("looking up group `{name}` from {}: {e}", layout.config_file.display()),
+            Ok(None) => bail!(
+                "{}: control.allowed_group names group `{name}`, which does not exist on this host",
+                layout.config_file.display()
+            ),
+            Err(e) => bail!(
+                "looking up group `{name}` from {}: {e}",
+                layout.config_file.display()
+            ),
         },
     };
     let (lock, listener) = home::take(&layout, allowed_gid)?;
-    listener.set_nonblocking(true).context("making the control socket non-blocking")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the control socket non-blocking")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("loongd")
@@ -109,7 +117,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let kernel = Arc::new(Kernel::new(layout, config, allowed_gid));
     let result = runtime.block_on(async {
-        let listener = tokio::net::UnixListener::from_std(listener).context("registering the control socket")?;
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .context("registering the control socket")?;
         tracing::info!(
             pid = std::process::id(),
             home = %kernel.layout.home.display(),
@@ -128,10 +137,14 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
 
 async fn signals(kernel: Arc<Kernel>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; use `loongctl daemon stop` to stop loongd");
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!(
+            "cannot install signal handlers; use `loongctl daemon stop` to stop loongd"
+        );
         return;
     };
     loop {

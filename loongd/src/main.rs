@@ -12,7 +12,10 @@ use loong_ipc::paths::Layout;
 /// The Loong kernel daemon: policy, approvals, capability tokens, audit and the worker
 /// supervisor, serving the control API on a Unix socket.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Exit codes: 0 clean shutdown, 1 fatal error, 2 usage error.")]
+#[command(
+    version,
+    after_help = "Exit codes: 0 clean shutdown, 1 fatal error, 2 usage error."
+)]
 struct Args {
     /// The home to own (default: $LOONG_HOME, else $XDG_STATE_HOME/loong, else ~/.local/state/loong).
     #[arg(long, value_name = "DIR", conflicts_with = "system")]
@@ -38,12 +41,18 @@ fn main() -> ExitCode {
     let logging = std::cell::Cell::new(false);
     let opts = loongd::Options { layout, foreground };
     let init_log = |level: &str| {
-        let filter = std::env::var("LOONG_LOG").ok().unwrap_or_else(|| level.to_string());
+        let filter = std::env::var("LOONG_LOG")
+            .ok()
+            .unwrap_or_else(|| level.to_string());
         let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
             eprintln!("loongd: log filter `{filter}` is invalid ({e}); using `info`");
             tracing_subscriber::EnvFilter::new("info")
         });
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(foreground).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(foreground)
+            .init();
         logging.set(true);
     };
     match loongd::run(opts, init_log) {

@@ -46,7 +46,12 @@ pub(crate) fn run(layout: &Layout, cmd: DaemonCommand) -> Result<u8, Failure> {
         DaemonCommand::Stop => stop(layout),
         DaemonCommand::Status => {
             let s = fetch(layout)?;
-            println!("loongd is running (pid {}, up {}, home {})", s.pid, human_duration(s.uptime_ms), s.home);
+            println!(
+                "loongd is running (pid {}, up {}, home {})",
+                s.pid,
+                human_duration(s.uptime_ms),
+                s.home
+            );
             Ok(exit::OK)
         }
     }
@@ -136,7 +141,10 @@ fn stop(layout: &Layout) -> Result<u8, Failure> {
     let until = Instant::now() + STOP_TIMEOUT;
     while process_alive(pid) {
         if Instant::now() > until {
-            return Err(anyhow!("loongd (pid {pid}) is still running {STOP_TIMEOUT:?} after being asked to stop").into());
+            return Err(anyhow!(
+                "loongd (pid {pid}) is still running {STOP_TIMEOUT:?} after being asked to stop"
+            )
+            .into());
         }
         thread::sleep(POLL_INTERVAL);
     }
@@ -148,14 +156,18 @@ fn stop(layout: &Layout) -> Result<u8, Failure> {
 fn process_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the first field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
 }
 
 /// loongd next to this executable, else on PATH.
 fn find_loongd() -> Result<PathBuf, Failure> {
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("loongd")));
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("loongd")));
     if let Some(p) = beside.filter(|p| is_executable(p)) {
         return Ok(p);
     }
@@ -167,7 +179,10 @@ fn find_loongd() -> Result<PathBuf, Failure> {
     {
         return Ok(p);
     }
-    Err(anyhow!("cannot find the loongd executable next to loongctl or on PATH; install it beside loongctl").into())
+    Err(anyhow!(
+        "cannot find the loongd executable next to loongctl or on PATH; install it beside loongctl"
+    )
+    .into())
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
         if fed.is_err() {
             return;
         }
-        while let Ok(Some(_)) = buf.next::<Call<ControlRequest>>() {}
+        while let Ok(Some(_)) = buf.next_message::<Call<ControlRequest>>() {}
     }
 });

@@ -42,16 +42,31 @@ pub struct Hello {
 impl Hello {
     /// A `Hello` for this build.
     pub fn new(peer_kind: PeerKind, build: impl Into<String>) -> Hello {
-        Hello { protocol_version: PROTOCOL_VERSION, peer_kind, build: build.into() }
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer_kind,
+            build: build.into(),
+        }
     }
 
     /// Reads a `Hello` body: the version first, so a mismatch is reported as such even when
     /// the rest of the body has a layout this build does not know.
     pub fn decode(body: &[u8]) -> Result<Hello, HandshakeError> {
-        let (version, _) = postcard::take_from_bytes::<u16>(body)
-            .map_err(|source| HandshakeError::Frame(FrameError::Malformed { len: body.len(), source }))?;
+        let (version, _) = postcard::take_from_bytes::<u16>(body).map_err(|source| {
+            HandshakeError::Frame(FrameError::Malformed {
+                len: body.len(),
+                source,
+            })
+        })?;
+        if version == 0 {
+            // Versions start at 1; a zero is some other message sent before the hello.
+            return Err(HandshakeError::NotAHello);
+        }
         if version != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version });
+            return Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
         }
         let hello: Hello = frame::decode_body(body)?;
         check_len("build", &hello.build, MAX_BUILD_BYTES)?;
@@ -124,14 +139,20 @@ impl HandshakeReply {
     pub fn into_welcome(self) -> Result<Welcome, HandshakeError> {
         match self {
             HandshakeReply::Welcome(w) if w.protocol_version != PROTOCOL_VERSION => {
-                Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: w.protocol_version })
+                Err(HandshakeError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: w.protocol_version,
+                })
             }
             HandshakeReply::Welcome(w) => {
                 check_len("build", &w.build, MAX_BUILD_BYTES)?;
                 Ok(w)
             }
             HandshakeReply::Rejected(RejectReason::VersionMismatch { server, client }) => {
-                Err(HandshakeError::VersionMismatch { ours: client, theirs: server })
+                Err(HandshakeError::VersionMismatch {
+                    ours: client,
+                    theirs: server,
+                })
             }
             HandshakeReply::Rejected(reason) => Err(HandshakeError::Rejected(reason)),
         }
@@ -147,6 +168,9 @@ pub enum HandshakeError {
     /// The peer refused the connection.
     #[error("connection refused by the peer: {0}")]
     Rejected(RejectReason),
+    /// The first frame was some other message (its leading field is not a version).
+    #[error("the first frame is not a hello")]
+    NotAHello,
     /// The handshake frame did not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -164,18 +188,54 @@ mod tests {
         // Version 9 with a body layout this build cannot parse.
         let mut body = postcard::to_allocvec(&9u16).expect("encodes");
         body.extend_from_slice(&[0xff; 40]);
-        assert_eq!(Hello::decode(&body), Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 9 }));
+        assert_eq!(
+            Hello::decode(&body),
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            })
+        );
         let ok = postcard::to_allocvec(&Hello::new(PeerKind::Operator, "t")).expect("encodes");
         assert_eq!(Hello::decode(&ok), Ok(Hello::new(PeerKind::Operator, "t")));
     }
 
     #[test]
+    fn a_request_sent_before_the_hello_is_not_a_hello() {
+        use crate::{Call, ControlRequest};
+        let body = postcard::to_allocvec(&Call::Request {
+            id: 1,
+            deadline_ms: 5,
+            body: ControlRequest::Status,
+        })
+        .expect("encodes");
+        assert_eq!(Hello::decode(&body), Err(HandshakeError::NotAHello));
+    }
+
+    #[test]
     fn both_sides_see_a_typed_mismatch() {
-        let server_says = HandshakeReply::Rejected(RejectReason::VersionMismatch { server: 1, client: 2 });
-        assert_eq!(server_says.into_welcome(), Err(HandshakeError::VersionMismatch { ours: 2, theirs: 1 }));
-        let limits = Limits { max_frame_bytes: 1, max_in_flight: 1, frame_read_timeout_ms: 1 };
-        let w = Welcome { protocol_version: 5, build: String::new(), connection_id: 1, limits };
-        assert_eq!(HandshakeReply::Welcome(w).into_welcome(), Err(HandshakeError::VersionMismatch { ours: 1, theirs: 5 }));
+        let server_says = HandshakeReply::Rejected(RejectReason::VersionMismatch {
+            server: 1,
+            client: 2,
+        });
+        assert_eq!(
+            server_says.into_welcome(),
+            Err(HandshakeError::VersionMismatch { ours: 2, theirs: 1 })
+        );
+        let limits = Limits {
+            max_frame_bytes: 1,
+            max_in_flight: 1,
+            frame_read_timeout_ms: 1,
+        };
+        let w = Welcome {
+            protocol_version: 5,
+            build: String::new(),
+            connection_id: 1,
+            limits,
+        };
+        assert_eq!(
+            HandshakeReply::Welcome(w).into_welcome(),
+            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 5 })
+        );
     }
 
     #[test]
@@ -184,7 +244,11 @@ mod tests {
         let body = postcard::to_allocvec(&h).expect("encodes");
         assert_eq!(
             Hello::decode(&body),
-            Err(HandshakeError::Bound(BoundError { field: "build", len: MAX_BUILD_BYTES + 1, max: MAX_BUILD_BYTES }))
+            Err(HandshakeError::Bound(BoundError {
+                field: "build",
+                len: MAX_BUILD_BYTES + 1,
+                max: MAX_BUILD_BYTES
+            }))
         );
     }
 }

@@ -11,7 +11,11 @@ pub mod handshake;
 /// Checks a variable-size text field against its documented bound.
 pub(crate) fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), BoundError> {
     if value.len() > max {
-        return Err(BoundError { field, len: value.len(), max });
+        return Err(BoundError {
+            field,
+            len: value.len(),
+            max,
+        });
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::{
 use loong_ipc::{
     connection::{read_hello, ConnError, FrameReader, FrameWriter},
     frame::FrameLimit,
-    Call, ControlRequest, ControlResponse, ErrorKind, HandshakeError, HandshakeReply, Limits, PeerKind,
-    RejectReason, RemoteError, Reply, RequestId, Welcome, PROTOCOL_VERSION,
+    Call, ControlRequest, ControlResponse, ErrorKind, HandshakeError, HandshakeReply, Limits,
+    PeerKind, RejectReason, RemoteError, Reply, RequestId, Welcome, PROTOCOL_VERSION,
 };
 use tokio::{
     net::{unix::UCred, UnixStream},
@@ -47,11 +47,18 @@ pub(crate) async fn serve(stream: UnixStream, kernel: Arc<Kernel>, conn: u64, _s
             return;
         }
     };
-    let span = tracing::info_span!("conn", id = conn, uid = cred.uid(), pid = cred.pid().unwrap_or(0));
+    let span = tracing::info_span!(
+        "conn",
+        id = conn,
+        uid = cred.uid(),
+        pid = cred.pid().unwrap_or(0)
+    );
     async move {
         match run(stream, &kernel, conn, cred).await {
             Ok(()) => tracing::debug!("connection closed"),
-            Err(ConnError::IdleTimeout { timeout_ms }) => tracing::debug!(timeout_ms, "idle connection closed"),
+            Err(ConnError::IdleTimeout { timeout_ms }) => {
+                tracing::debug!(timeout_ms, "idle connection closed")
+            }
             Err(ConnError::Io(e)) => tracing::debug!(error = %e, "connection ended"),
             // Everything else is the peer breaking the protocol.
             Err(e) => tracing::warn!(error = %e, "protocol violation; connection closed"),
@@ -61,7 +68,12 @@ pub(crate) async fn serve(stream: UnixStream, kernel: Arc<Kernel>, conn: u64, _s
     .await
 }
 
-async fn run(stream: UnixStream, kernel: &Arc<Kernel>, conn: u64, cred: UCred) -> Result<(), ConnError> {
+async fn run(
+    stream: UnixStream,
+    kernel: &Arc<Kernel>,
+    conn: u64,
+    cred: UCred,
+) -> Result<(), ConnError> {
     let ipc = &kernel.config.ipc;
     let limit = FrameLimit::new(u64::from(ipc.max_frame_bytes))?;
     let (r, w) = stream.into_split();
@@ -69,21 +81,29 @@ async fn run(stream: UnixStream, kernel: &Arc<Kernel>, conn: u64, cred: UCred) -
     let mut writer = FrameWriter::new(w, limit, ipc.frame_read_timeout());
 
     let refusal = match read_hello(&mut reader, ipc.handshake_timeout()).await {
-        Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours, theirs })) => {
-            Some((RejectReason::VersionMismatch { server: ours, client: theirs }, None))
-        }
+        Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours, theirs })) => Some((
+            RejectReason::VersionMismatch {
+                server: ours,
+                client: theirs,
+            },
+            None,
+        )),
         Err(ConnError::Io(e)) => return Err(ConnError::Io(e)),
         Err(e) => Some((RejectReason::BadHello, Some(e))),
         Ok(_) if !peer::allowed(&cred, kernel.allowed_gid) => {
             tracing::warn!(uid = cred.uid(), "refused a control connection from uid {}: not loongd's uid, root or the allowed group", cred.uid());
             Some((RejectReason::PeerNotAllowed { uid: cred.uid() }, None))
         }
-        Ok(h) if h.peer_kind != PeerKind::Operator => Some((RejectReason::WrongPeerKind { kind: h.peer_kind }, None)),
+        Ok(h) if h.peer_kind != PeerKind::Operator => {
+            Some((RejectReason::WrongPeerKind { kind: h.peer_kind }, None))
+        }
         Ok(_) if *kernel.shutdown.borrow() => Some((RejectReason::ShuttingDown, None)),
         Ok(_) => None,
     };
     if let Some((reason, cause)) = refusal {
-        let _ = writer.write(&HandshakeReply::Rejected(reason.clone())).await;
+        let _ = writer
+            .write(&HandshakeReply::Rejected(reason.clone()))
+            .await;
         return match cause {
             Some(e) => Err(e),
             None => Err(ConnError::Handshake(HandshakeError::Rejected(reason))),
@@ -126,9 +146,29 @@ async fn run(stream: UnixStream, kernel: &Arc<Kernel>, conn: u64, cred: UCred) -
             Err(e) => break Err(e),
         };
         match call {
-            Call::Request { id, deadline_ms, body } => {
-                if let Some(refusal) = start(kernel, &in_flight, &tx, cred, id, deadline_ms, body, max_in_flight) {
-                    if tx.send(Reply::Response { id, result: Err(refusal) }).await.is_err() {
+            Call::Request {
+                id,
+                deadline_ms,
+                body,
+            } => {
+                if let Some(refusal) = start(
+                    kernel,
+                    &in_flight,
+                    &tx,
+                    cred,
+                    id,
+                    deadline_ms,
+                    body,
+                    max_in_flight,
+                ) {
+                    if tx
+                        .send(Reply::Response {
+                            id,
+                            result: Err(refusal),
+                        })
+                        .await
+                        .is_err()
+                    {
                         break Ok(());
                     }
                 }
@@ -137,7 +177,10 @@ async fn run(stream: UnixStream, kernel: &Arc<Kernel>, conn: u64, cred: UCred) -
                 let handle = lock(&in_flight).remove(&id);
                 if let Some(handle) = handle {
                     handle.abort();
-                    let result = Err(RemoteError::new(ErrorKind::Cancelled, format!("request {id} cancelled by the client")));
+                    let result = Err(RemoteError::new(
+                        ErrorKind::Cancelled,
+                        format!("request {id} cancelled by the client"),
+                    ));
                     if tx.send(Reply::Response { id, result }).await.is_err() {
                         break Ok(());
                     }
@@ -179,27 +222,40 @@ fn start(
 ) -> Option<RemoteError> {
     let mut map = lock(in_flight);
     if map.contains_key(&id) {
-        return Some(RemoteError::new(ErrorKind::DuplicateId, format!("request {id} is already in flight")));
+        return Some(RemoteError::new(
+            ErrorKind::DuplicateId,
+            format!("request {id} is already in flight"),
+        ));
     }
     if map.len() >= max_in_flight {
-        return Some(RemoteError::new(ErrorKind::Overloaded, format!("{max_in_flight} requests already in flight on this connection")));
+        return Some(RemoteError::new(
+            ErrorKind::Overloaded,
+            format!("{max_in_flight} requests already in flight on this connection"),
+        ));
     }
     let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) = (kernel.clone(), in_flight.clone(), tx.clone());
-    let task = tokio::spawn(
-        async move {
-            let result = match tokio::time::timeout(deadline, handlers::handle(&kernel, body, &cred)).await {
-                Ok(r) => r,
-                Err(_) => Err(RemoteError::new(ErrorKind::DeadlineExceeded, format!("request {id} did not finish within {deadline_ms} ms"))),
-            };
-            // Whoever removes the entry answers: this task, or a Cancel that got there first.
-            let mine = lock(&in_flight_task).remove(&id).is_some();
-            if mine {
-                let _ = tx.send(Reply::Response { id, result }).await;
+    let task =
+        tokio::spawn(
+            async move {
+                let result =
+                    match tokio::time::timeout(deadline, handlers::handle(&kernel, body, &cred))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(RemoteError::new(
+                            ErrorKind::DeadlineExceeded,
+                            format!("request {id} did not finish within {deadline_ms} ms"),
+                        )),
+                    };
+                // Whoever removes the entry answers: this task, or a Cancel that got there first.
+                let mine = lock(&in_flight_task).remove(&id).is_some();
+                if mine {
+                    let _ = tx.send(Reply::Response { id, result }).await;
+                }
             }
-        }
-        .in_current_span(),
-    );
+            .in_current_span(),
+        );
     // The map is still locked, so the task cannot finish before its entry exists.
     map.insert(id, task.abort_handle());
     None

@@ -6,7 +6,11 @@ use tokio::net::unix::UCred;
 use crate::Kernel;
 
 /// Serves one control request for the peer `cred`.
-pub(crate) async fn handle(kernel: &Kernel, req: ControlRequest, cred: &UCred) -> Result<ControlResponse, RemoteError> {
+pub(crate) async fn handle(
+    kernel: &Kernel,
+    req: ControlRequest,
+    cred: &UCred,
+) -> Result<ControlResponse, RemoteError> {
     match req {
         ControlRequest::Status => Ok(ControlResponse::Status(status(kernel))),
         ControlRequest::Shutdown => {

@@ -62,9 +62,15 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(left = conns.len(), "connections still busy after the shutdown grace period; closing them");
+        tracing::warn!(
+            left = conns.len(),
+            "connections still busy after the shutdown grace period; closing them"
+        );
         conns.shutdown().await;
     }
 }

@@ -14,7 +14,8 @@ pub(crate) fn allowed(cred: &UCred, group: Option<Gid>) -> bool {
     if cred.gid() == gid.as_raw() {
         return true;
     }
-    cred.pid().is_some_and(|pid| supplementary_groups(pid).contains(&gid.as_raw()))
+    cred.pid()
+        .is_some_and(|pid| supplementary_groups(pid).contains(&gid.as_raw()))
 }
 
 /// The supplementary groups of `pid`, read from `/proc/PID/status`; empty when unreadable.
@@ -25,6 +26,10 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

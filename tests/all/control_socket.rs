@@ -1,0 +1,317 @@
+//! The control socket under attack: each attack ends only its own connection, and a
+//! well-behaved client and `loongctl status` keep being answered throughout.
+
+use std::{process::Command, time::Duration};
+
+use loong_ipc::{
+    Call, ControlRequest, ControlResponse, ErrorKind, HandshakeReply, Hello, PeerKind,
+    RejectReason, Reply,
+};
+
+use crate::support::{bin, is_root, skip, text, wait_until, Home, Raw};
+
+/// Short deadlines so the trickle attack is quick; the rest is default.
+const FAST_CONFIG: &str = "[ipc]\nframe_read_timeout_ms = 400\nhandshake_timeout_ms = 1000\n";
+
+fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// The daemon still serves: a long-lived client gets a pong, and loongctl gets a status.
+fn still_serving(home: &Home, loyal: &mut Raw, nonce: u64) {
+    loyal
+        .send(&Call::<ControlRequest>::Ping { nonce })
+        .expect("loyal ping");
+    assert_eq!(
+        loyal.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Pong { nonce }),
+        "loyal client after attack {nonce}"
+    );
+    home.status();
+}
+
+#[test]
+fn attacks_end_only_their_own_connection() {
+    let home = Home::with_config(FAST_CONFIG);
+    let pid = home.start();
+    let sock = home.socket();
+    let mut loyal = Raw::connect(&sock);
+    loyal.handshake();
+
+    // 1. A 4 GiB length prefix, after a valid handshake and as the very first frame.
+    let mut a = Raw::connect(&sock);
+    a.handshake();
+    a.send_bytes(&u32::MAX.to_le_bytes()).expect("send prefix");
+    assert!(a.closed_by_peer(), "4 GiB prefix after hello");
+    let mut a = Raw::connect(&sock);
+    a.send_bytes(&u32::MAX.to_le_bytes()).expect("send prefix");
+    assert_eq!(
+        a.recv::<HandshakeReply>(),
+        Some(HandshakeReply::Rejected(RejectReason::BadHello))
+    );
+    assert!(a.closed_by_peer());
+    still_serving(&home, &mut loyal, 1);
+
+    // 2. Truncated postcard: a request cut inside its varint id.
+    let mut a = Raw::connect(&sock);
+    a.handshake();
+    a.send_bytes(&frame_of(&[0, 0x80])).expect("send");
+    assert!(a.closed_by_peer(), "truncated body");
+    still_serving(&home, &mut loyal, 2);
+
+    // 3. Trailing garbage after a valid ping inside one frame.
+    let mut a = Raw::connect(&sock);
+    a.handshake();
+    a.send_bytes(&frame_of(&[2, 5, 0xde, 0xad])).expect("send");
+    assert!(a.closed_by_peer(), "trailing bytes");
+    still_serving(&home, &mut loyal, 3);
+
+    // 4. A request before the hello.
+    let mut a = Raw::connect(&sock);
+    a.send(&Call::Request {
+        id: 1,
+        deadline_ms: 1000,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    assert_eq!(
+        a.recv::<HandshakeReply>(),
+        Some(HandshakeReply::Rejected(RejectReason::BadHello))
+    );
+    assert!(a.closed_by_peer(), "request before hello");
+    still_serving(&home, &mut loyal, 4);
+
+    // 5. A wrong protocol version: a typed refusal naming both versions.
+    let mut a = Raw::connect(&sock);
+    a.send(&Hello {
+        protocol_version: 2,
+        peer_kind: PeerKind::Operator,
+        build: "future".into(),
+    })
+    .expect("send");
+    assert_eq!(
+        a.recv::<HandshakeReply>(),
+        Some(HandshakeReply::Rejected(RejectReason::VersionMismatch {
+            server: 1,
+            client: 2
+        }))
+    );
+    assert!(a.closed_by_peer(), "wrong version");
+    still_serving(&home, &mut loyal, 5);
+
+    // 6. A frame trickled a byte at a time, slower than the frame deadline allows.
+    let mut a = Raw::connect(&sock);
+    a.handshake();
+    let mut bytes = Vec::new();
+    loong_ipc::frame::encode(
+        &Call::Request {
+            id: 9,
+            deadline_ms: 1000,
+            body: ControlRequest::Status,
+        },
+        loong_ipc::FrameLimit::DEFAULT,
+        &mut bytes,
+    )
+    .expect("encodes");
+    let mut sent = 0;
+    for b in &bytes {
+        if a.send_bytes(&[*b]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(a.closed_by_peer(), "trickled frame");
+    assert!(
+        sent < bytes.len() || a.recv::<Reply<ControlResponse>>().is_none(),
+        "the trickled request must not be answered"
+    );
+    still_serving(&home, &mut loyal, 6);
+
+    // 7. Two hundred connections at once, half of them handshaken, all idle.
+    let mut crowd: Vec<Raw> = (0..200).map(|_| Raw::connect(&sock)).collect();
+    for c in crowd.iter_mut().step_by(2) {
+        c.handshake();
+    }
+    let during = home.status();
+    assert!(
+        during.connected_clients >= 100,
+        "connected_clients {} while 100 handshaken clients are connected",
+        during.connected_clients
+    );
+    still_serving(&home, &mut loyal, 7);
+    drop(crowd);
+    assert!(
+        wait_until(Duration::from_secs(10), || home.status().connected_clients
+            <= 2),
+        "the crowd's slots are released"
+    );
+
+    // The daemon never restarted, and it logged the violations.
+    assert_eq!(home.status().pid, pid);
+    let log = home.log();
+    assert!(
+        log.contains("protocol violation"),
+        "log names protocol violations:\n{log}"
+    );
+}
+
+#[test]
+fn requests_are_bounded_deadlined_and_matched_by_id() {
+    let home = Home::with_config("[ipc]\nmax_in_flight = 2\n");
+    home.start();
+    let mut c = Raw::connect(&home.socket());
+    let welcome = c.handshake();
+    assert_eq!(welcome.limits.max_in_flight, 2);
+    // Two pipelined requests with distinct ids both get their own answers.
+    c.send(&Call::Request {
+        id: 10,
+        deadline_ms: 5000,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    c.send(&Call::Request {
+        id: 11,
+        deadline_ms: 5000,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        match c.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Response {
+                id,
+                result: Ok(ControlResponse::Status(s)),
+            }) => {
+                assert_eq!(s.protocol_version, loong_ipc::PROTOCOL_VERSION);
+                ids.push(id);
+            }
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![10, 11]);
+    // Cancelling a request that is already answered is a no-op; a ping still answers.
+    c.send(&Call::<ControlRequest>::Cancel { id: 10 })
+        .expect("send");
+    c.send(&Call::<ControlRequest>::Ping { nonce: 99 })
+        .expect("send");
+    assert_eq!(
+        c.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Pong { nonce: 99 })
+    );
+    // A zero deadline cannot be met.
+    c.send(&Call::Request {
+        id: 12,
+        deadline_ms: 0,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 12,
+            result: Err(e),
+        }) => assert_eq!(e.kind, ErrorKind::DeadlineExceeded),
+        Some(Reply::Response {
+            id: 12,
+            result: Ok(_),
+        }) => {} // answered within the same tick: allowed
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn peers_are_checked_with_so_peercred() {
+    if !is_root() {
+        skip(
+            "peers_are_checked_with_so_peercred",
+            "needs root to run a client under another uid",
+        );
+        return;
+    }
+    // With `nogroup` allowed, the socket is group-reachable; nobody:nogroup gets in, while
+    // nobody with another primary group is refused by the credential check itself.
+    let home = Home::with_config("[control]\nallowed_group = \"nogroup\"\n");
+    home.start();
+    // The home itself is 0700; let others traverse it to reach run/ (0710, group nogroup).
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod home");
+    let as_user = |gid: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["status", "--json"])
+            .output()
+            .expect("setpriv")
+    };
+    let allowed = as_user("65534");
+    assert!(
+        allowed.status.success(),
+        "nobody:nogroup is in the allowed group: {}",
+        text(&allowed.stderr)
+    );
+    // Same uid, another group: to reach the socket it must still pass the mode bits, so
+    // open them and let SO_PEERCRED be the only guard.
+    std::fs::set_permissions(
+        home.path().join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod run");
+    std::fs::set_permissions(
+        home.socket(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod sock");
+    let refused = as_user("1");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("uid 65534 is not allowed"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || home
+            .log()
+            .contains("refused a control connection from uid 65534")),
+        "log names the uid:\n{}",
+        home.log()
+    );
+    home.status();
+}
+
+#[test]
+fn connections_beyond_max_clients_are_refused_then_served_again() {
+    let home = Home::with_config("[control]\nmax_clients = 2\n");
+    home.start();
+    let mut a = Raw::connect(&home.socket());
+    a.handshake();
+    let mut b = Raw::connect(&home.socket());
+    b.handshake();
+    let mut c = Raw::connect(&home.socket());
+    assert_eq!(
+        c.recv::<HandshakeReply>(),
+        Some(HandshakeReply::Rejected(RejectReason::TooManyConnections {
+            limit: 2
+        }))
+    );
+    assert_eq!(
+        home.ctl(&["status"]).status.code(),
+        Some(1),
+        "status is refused while both slots are taken"
+    );
+    drop((a, b));
+    assert!(
+        wait_until(Duration::from_secs(5), || home
+            .ctl(&["status"])
+            .status
+            .success()),
+        "a freed slot serves again"
+    );
+}

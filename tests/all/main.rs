@@ -1,0 +1,9 @@
+//! Cross-process tests: real `loongd` and `loongctl` binaries, real sockets, temporary homes.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which the test
+//! command does). Each module is one area.
+
+mod control_socket;
+mod daemon_lifecycle;
+mod support;
+mod tidy;

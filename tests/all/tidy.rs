@@ -1,0 +1,147 @@
+//! Repository invariants, checked like any other behaviour: every Rust file opens with a
+//! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
+//! direction (loong-ipc on no project crate, loongctl on loong-ipc only, nothing on loongd).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let mut files = Vec::new();
+    rust_files(&root(), &mut files);
+    assert!(files.len() > 10, "found only {} files", files.len());
+    let missing: Vec<_> = files
+        .iter()
+        .filter(|f| !fs::read_to_string(f).is_ok_and(|t| t.trim_start().starts_with("//!")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a leading `//!` line: {missing:?}"
+    );
+}
+
+#[test]
+fn unsafe_only_in_sandbox() {
+    let mut files = Vec::new();
+    rust_files(&root(), &mut files);
+    let sandbox = root().join("sandbox");
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(&sandbox))
+        .flat_map(|f| {
+            let text = fs::read_to_string(f).unwrap_or_default();
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    let code = l.split("//").next().unwrap_or("");
+                    code.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|w| w == "unsafe")
+                })
+                .map(|(i, _)| format!("{}:{}", f.display(), i + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // This file names the word in a string; the check splits on non-identifier characters,
+    // so a quoted word in code still counts: exclude exactly this file.
+    let this = file!().rsplit('/').next().unwrap_or_default();
+    let offenders: Vec<_> = offenders
+        .into_iter()
+        .filter(|o| !o.contains(this))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "`unsafe` outside sandbox/: {offenders:?}"
+    );
+}
+
+/// The project crates a manifest depends on (any dependency section).
+fn project_deps(manifest: &Path) -> Vec<String> {
+    let text = fs::read_to_string(manifest).expect("manifest");
+    let crates = [
+        "loong-ipc",
+        "loong-sandbox",
+        "loong-profiles",
+        "loongd",
+        "loongctl",
+        "loong-worker",
+    ];
+    let mut in_deps = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_deps = l.contains("dependencies");
+            continue;
+        }
+        if in_deps {
+            if let Some(name) = l.split(['=', '.', ' ']).next() {
+                if crates.iter().any(|c| {
+                    name == *c || (c.ends_with('-') || *c == "loong-worker") && name.starts_with(c)
+                }) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn crate_dependency_direction() {
+    let r = root();
+    assert_eq!(
+        project_deps(&r.join("ipc/Cargo.toml")),
+        Vec::<String>::new(),
+        "loong-ipc depends on no project crate"
+    );
+    assert_eq!(
+        project_deps(&r.join("cli/Cargo.toml")),
+        vec!["loong-ipc".to_string()],
+        "loongctl depends on loong-ipc only"
+    );
+    for m in [
+        "loongd",
+        "cli",
+        "ipc",
+        "tests",
+        "sandbox",
+        "policy-profiles",
+    ] {
+        let manifest = r.join(m).join("Cargo.toml");
+        if manifest.exists() && m != "loongd" {
+            assert!(
+                !project_deps(&manifest).contains(&"loongd".to_string()),
+                "{m} must not depend on loongd"
+            );
+        }
+    }
+    // The check itself must be able to see a dependency.
+    assert!(project_deps(&r.join("loongd/Cargo.toml")).contains(&"loong-ipc".to_string()));
+}

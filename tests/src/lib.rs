@@ -1,0 +1,1 @@
+//! Holds nothing: the cross-process tests are in `all/`.
