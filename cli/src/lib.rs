@@ -46,6 +46,19 @@ pub enum Command {
     /// Start, stop or check the daemon.
     #[command(subcommand)]
     Daemon(cmd::daemon::DaemonCommand),
+    /// Show which confinement mechanisms this host has and which tiers loongd can enforce
+    /// (exit 6 when a tier cannot be fully enforced).
+    Doctor {
+        /// Print JSON (fields: root, landlock_abi, error, mechanisms[name, available, detail, fix], tiers[tier, enforceable, missing]).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run programs in sandboxes.
+    #[command(subcommand)]
+    Sandbox(cmd::sandbox::SandboxCommand),
+    /// Check policy files.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -67,6 +80,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                 ErrorKind::ApprovalPending => exit::APPROVAL_PENDING,
                 ErrorKind::SandboxUnavailable => exit::SANDBOX_UNAVAILABLE,
                 ErrorKind::WorkerFailed => exit::WORKER_FAILED,
+                ErrorKind::BadRequest => exit::USAGE,
                 _ => exit::UNEXPECTED,
             },
             _ => exit::UNEXPECTED,
@@ -84,6 +98,9 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Status { json } => cmd::status::run(&layout, json),
         Command::Daemon(c) => cmd::daemon::run(&layout, c),
+        Command::Doctor { json } => cmd::doctor::run(&layout, json),
+        Command::Sandbox(c) => cmd::sandbox::run(&layout, c),
+        Command::Policy(c) => cmd::policy::run(&layout, c),
     }
 }
 

@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::{
     frame::{self, FrameBuffer, FrameError, FrameLimit},
     message::{
-        envelope::{Call, RemoteError, Reply, RequestId, MAX_DEADLINE_MS},
+        envelope::{Call, RemoteError, Reply, RequestId, StreamChunk, MAX_DEADLINE_MS},
         handshake::{HandshakeError, HandshakeReply, Hello, PeerKind, Welcome},
     },
 };
@@ -69,6 +69,38 @@ pub enum ClientError {
     /// The callee answered a request this client did not send.
     #[error("answer to request {got}, expected {expected}")]
     UnexpectedReply { expected: RequestId, got: RequestId },
+}
+
+/// How long a blocking write of one frame may take.
+pub const CONNECT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An event of a streaming request.
+#[derive(Debug)]
+pub enum Event<Resp> {
+    /// Output while it runs.
+    Chunk(StreamChunk),
+    /// The final answer.
+    Done(Resp),
+}
+
+/// Sends input chunks for a streaming request (see [`Client::input`]).
+#[derive(Debug)]
+pub struct InputWriter {
+    stream: UnixStream,
+    out: Vec<u8>,
+    limit: FrameLimit,
+}
+
+impl InputWriter {
+    /// Sends `chunk` for request `id`.
+    pub fn send(&mut self, id: RequestId, chunk: StreamChunk) -> Result<(), ClientError> {
+        self.out.clear();
+        frame::encode(&Call::<()>::Stream { id, chunk }, self.limit, &mut self.out)?;
+        self.stream
+            .set_write_timeout(Some(CONNECT_WRITE_TIMEOUT))
+            .map_err(ClientError::Io)?;
+        self.stream.write_all(&self.out).map_err(io_error)
+    }
 }
 
 /// A connected, handshaken client.
@@ -150,9 +182,61 @@ impl Client {
                 Reply::Response { id: got, .. } => {
                     return Err(ClientError::UnexpectedReply { expected: id, got })
                 }
+                Reply::Pong { .. } | Reply::Stream { .. } => continue,
+            }
+        }
+    }
+
+    /// Sends a request whose answer streams (see [`Client::next_event`]); returns its id.
+    pub fn start<Req: Serialize>(
+        &mut self,
+        body: Req,
+        deadline: Duration,
+    ) -> Result<RequestId, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline_ms = u32::try_from(deadline.as_millis())
+            .unwrap_or(MAX_DEADLINE_MS)
+            .min(MAX_DEADLINE_MS);
+        self.send(
+            &Call::Request {
+                id,
+                deadline_ms,
+                body,
+            },
+            Instant::now() + CONNECT_WRITE_TIMEOUT,
+        )?;
+        Ok(id)
+    }
+
+    /// The next chunk or the final answer of streaming request `id`, waiting until `until`.
+    pub fn next_event<Resp: DeserializeOwned>(
+        &mut self,
+        id: RequestId,
+        until: Instant,
+    ) -> Result<Event<Resp>, ClientError> {
+        loop {
+            match self.receive::<Reply<Resp>>(until)? {
+                Reply::Stream { id: got, chunk } if got == id => return Ok(Event::Chunk(chunk)),
+                Reply::Response { id: got, result } if got == id => {
+                    return Ok(Event::Done(result?))
+                }
+                Reply::Stream { id: got, .. } | Reply::Response { id: got, .. } => {
+                    return Err(ClientError::UnexpectedReply { expected: id, got })
+                }
                 Reply::Pong { .. } => continue,
             }
         }
+    }
+
+    /// A second handle on the connection that sends input chunks, for a thread feeding a
+    /// streaming request while this client reads its events.
+    pub fn input(&self) -> Result<InputWriter, ClientError> {
+        Ok(InputWriter {
+            stream: self.stream.try_clone().map_err(ClientError::Io)?,
+            out: Vec::new(),
+            limit: self.buf.limit(),
+        })
     }
 
     /// Sends a ping and waits for its pong.

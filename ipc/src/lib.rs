@@ -20,8 +20,11 @@ pub mod paths;
 
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
-    control::{ControlRequest, ControlResponse, StatusReport},
-    envelope::{Call, ErrorKind, RemoteError, Reply, RequestId},
+    control::{
+        ControlRequest, ControlResponse, DoctorReport, MechanismReport, SandboxExit,
+        SandboxRunRequest, StatusReport, TierReport,
+    },
+    envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,

@@ -55,10 +55,22 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Requests in flight per connection (1..=4096).
 # max_in_flight = 64
 
+[sandbox]
+# Run a tier even where this host cannot enforce it (every such run is logged and audited).
+# allow_degraded = false
+# The uid and gid sandboxes run as when loongd is root.
+# uid = 65534
+# gid = 65534
+# Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
+# max_output_bytes = 67108864
+
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
 "#;
+
+/// Default cap on the output relayed from one sandboxed run (64 MiB).
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
 
 /// The parsed configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -68,8 +80,37 @@ pub struct Config {
     pub control: ControlConfig,
     /// Framing and timeouts, on every connection.
     pub ipc: IpcConfig,
+    /// Sandboxes.
+    pub sandbox: SandboxConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Permit tiers the host cannot fully enforce.
+    pub allow_degraded: bool,
+    /// uid of sandboxes when loongd is root (never 0).
+    #[serde(deserialize_with = "not_root")]
+    pub uid: u32,
+    /// gid of sandboxes when loongd is root (never 0).
+    #[serde(deserialize_with = "not_root")]
+    pub gid: u32,
+    /// Output cap per run.
+    pub max_output_bytes: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            allow_degraded: false,
+            uid: 65534,
+            gid: 65534,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
 }
 
 /// `[control]`.
@@ -178,6 +219,15 @@ fn frame_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> 
 }
 fn timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ranged(d, TIMEOUT_RANGE_MS.0, TIMEOUT_RANGE_MS.1, "ms")
+}
+fn not_root<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v == 0 {
+        return Err(serde::de::Error::custom(
+            "0 is root: a sandbox never keeps root; choose an unprivileged id",
+        ));
+    }
+    Ok(v)
 }
 fn max_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, 1, MAX_MAX_IN_FLIGHT, "requests")
@@ -299,7 +349,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `log`"),
         );
         check(
             "[ipc\n",

@@ -7,6 +7,7 @@
 pub mod config;
 mod control;
 pub mod home;
+mod sandbox;
 
 use std::{
     sync::{
@@ -42,11 +43,19 @@ pub struct Kernel {
     allowed_gid: Option<Gid>,
     connected: AtomicU32,
     shutdown: watch::Sender<bool>,
+    /// The sandbox spawner, or why there is none (sandbox requests then fail closed).
+    spawner: Result<Arc<loong_sandbox::Spawner>, String>,
 }
 
 impl Kernel {
-    fn new(layout: Layout, config: Config, allowed_gid: Option<Gid>) -> Kernel {
+    fn new(
+        layout: Layout,
+        config: Config,
+        allowed_gid: Option<Gid>,
+        spawner: Result<Arc<loong_sandbox::Spawner>, String>,
+    ) -> Kernel {
         Kernel {
+            spawner,
             started: Instant::now(),
             layout,
             config,
@@ -115,7 +124,25 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid));
+    // loongd's own state is invisible to every sandbox.
+    let mut hidden = vec![layout.home.clone(), layout.run_dir.clone()];
+    if let Some(dir) = layout.config_file.parent() {
+        hidden.push(dir.to_path_buf());
+    }
+    let spawner = sandbox::start_spawner(hidden, config.sandbox.uid, config.sandbox.gid);
+    match &spawner {
+        Ok(s) => {
+            for t in loong_sandbox::Tier::ALL {
+                let missing = s.host().missing_for(t);
+                if !missing.is_empty() {
+                    let names: Vec<&str> = missing.iter().map(|m| m.name()).collect();
+                    tracing::warn!(tier = %t, missing = ?names, "this host cannot fully enforce the tier; its sandboxes are refused unless degraded mode is allowed");
+                }
+            }
+        }
+        Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
+    }
+    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid, spawner));
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
             .context("registering the control socket")?;

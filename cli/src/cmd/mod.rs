@@ -1,4 +1,7 @@
 //! One file per subcommand.
 
 pub(crate) mod daemon;
+pub(crate) mod doctor;
+pub(crate) mod policy;
+pub(crate) mod sandbox;
 pub(crate) mod status;

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bound on each text field of [`StatusReport`].
 pub const MAX_STATUS_TEXT_BYTES: usize = 4096;
+/// Bound on the text of a policy file sent for checking.
+pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
 
 /// What an operator client asks loongd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +16,48 @@ pub enum ControlRequest {
     /// Shut down gracefully: stop accepting, finish requests in flight, remove the socket;
     /// answered by [`ControlResponse::ShuttingDown`] before the daemon exits.
     Shutdown,
+    /// Report which confinement mechanisms this host has and which tiers it can enforce;
+    /// answered by [`ControlResponse::Doctor`].
+    Doctor,
+    /// Run a program in a sandbox. Its stdin arrives as `Call::Stream` chunks, its output
+    /// leaves as `Reply::Stream` chunks, and [`ControlResponse::SandboxExited`] ends it.
+    SandboxRun(SandboxRunRequest),
+    /// Check a policy file's text; answered by [`ControlResponse::PolicyReport`].
+    PolicyCheck {
+        /// The file's name, for the report.
+        file: String,
+        /// Its contents (at most [`MAX_POLICY_TEXT_BYTES`]).
+        text: String,
+    },
+}
+
+/// `loongctl sandbox run`'s request. Paths are absolute (loongctl resolves them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SandboxRunRequest {
+    /// `restricted`, `balanced` or `trusted`.
+    pub tier: String,
+    /// The program and its arguments.
+    pub program: String,
+    pub args: Vec<String>,
+    /// Read-only grants.
+    pub read: Vec<String>,
+    /// Read-write grants.
+    pub write: Vec<String>,
+    /// `HOST:PORT` network grants.
+    pub allow_net: Vec<String>,
+    /// Wall-clock limit in ms.
+    pub timeout_ms: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Process limit.
+    pub pids: Option<u64>,
+    /// Environment entries passed in (names validated by loongd).
+    pub env: Vec<(String, String)>,
+    /// Run even where the host cannot enforce the tier (audited).
+    pub allow_degraded: bool,
+    /// Largest output (stdout + stderr) relayed before the program is killed.
+    pub max_output_bytes: Option<u64>,
 }
 
 /// loongd's answers on the control socket.
@@ -24,6 +68,12 @@ pub enum ControlResponse {
     Status(StatusReport),
     /// The answer to [`ControlRequest::Shutdown`]: the daemon is going down.
     ShuttingDown,
+    /// The answer to [`ControlRequest::Doctor`].
+    Doctor(DoctorReport),
+    /// The end of [`ControlRequest::SandboxRun`].
+    SandboxExited(SandboxExit),
+    /// The answer to [`ControlRequest::PolicyCheck`]: every problem, one line each.
+    PolicyReport { problems: Vec<String> },
 }
 
 /// The daemon's state as `loongctl status` shows it.
@@ -46,4 +96,61 @@ pub struct StatusReport {
     pub socket_path: String,
     /// Clients connected to the control socket, this one included.
     pub connected_clients: u32,
+}
+
+/// One confinement mechanism on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MechanismReport {
+    pub name: String,
+    pub available: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+/// Whether a tier can be fully enforced here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TierReport {
+    pub tier: String,
+    pub enforceable: bool,
+    /// Mechanisms the tier needs that are missing.
+    pub missing: Vec<String>,
+}
+
+/// `loongctl doctor`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DoctorReport {
+    pub mechanisms: Vec<MechanismReport>,
+    pub tiers: Vec<TierReport>,
+    /// The kernel's landlock ABI (0 when absent).
+    pub landlock_abi: i32,
+    /// Whether loongd runs as root.
+    pub root: bool,
+    /// Why the sandbox is unusable altogether (for example, the helper is missing).
+    pub error: Option<String>,
+}
+
+/// How a sandboxed program ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SandboxExit {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal, when it was killed (9 after a timeout or an output flood, 31 for seccomp).
+    pub signal: Option<i32>,
+    /// The shell's view: the code, or 128 + the signal.
+    pub shell_code: i32,
+    /// Killed at the wall-clock limit.
+    pub timed_out: bool,
+    /// Killed for exceeding the output limit.
+    pub output_limit_exceeded: bool,
+    /// The kernel OOM-killed a process of the sandbox.
+    pub oom_killed: bool,
+    pub user_us: u64,
+    pub system_us: u64,
+    pub max_rss_kib: u64,
+    /// Mechanisms the tier needs that this run went without (degraded mode).
+    pub degraded: Vec<String>,
 }

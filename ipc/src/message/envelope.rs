@@ -42,6 +42,43 @@ pub enum Call<Req> {
         /// Echoed back.
         nonce: u64,
     },
+    /// Input for request `id` while it runs (a sandboxed program's stdin). Ignored for
+    /// requests that take no input.
+    Stream {
+        /// The request the chunk belongs to.
+        id: RequestId,
+        /// The chunk.
+        chunk: StreamChunk,
+    },
+}
+
+/// Bound on the bytes of one [`StreamChunk`].
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A piece of a running request's byte streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum StreamChunk {
+    /// Bytes for the program's stdin (at most [`MAX_CHUNK_BYTES`]).
+    Stdin(Vec<u8>),
+    /// The caller's stdin ended.
+    StdinEnd,
+    /// Bytes the program wrote to stdout (at most [`MAX_CHUNK_BYTES`]).
+    Stdout(Vec<u8>),
+    /// Bytes the program wrote to stderr (at most [`MAX_CHUNK_BYTES`]).
+    Stderr(Vec<u8>),
+}
+
+impl StreamChunk {
+    /// Whether the chunk is within [`MAX_CHUNK_BYTES`].
+    pub fn within_bounds(&self) -> bool {
+        match self {
+            StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => {
+                b.len() <= MAX_CHUNK_BYTES
+            }
+            StreamChunk::StdinEnd => true,
+        }
+    }
 }
 
 /// A frame from the callee.
@@ -59,6 +96,13 @@ pub enum Reply<Resp> {
     Pong {
         /// The ping's nonce.
         nonce: u64,
+    },
+    /// Output of request `id` while it runs; its [`Reply::Response`] comes last.
+    Stream {
+        /// The request the chunk belongs to.
+        id: RequestId,
+        /// The chunk.
+        chunk: StreamChunk,
     },
 }
 

@@ -11,7 +11,7 @@ use loong_ipc::{
     connection::{read_hello, ConnError, FrameReader, FrameWriter},
     frame::FrameLimit,
     Call, ControlRequest, ControlResponse, ErrorKind, HandshakeError, HandshakeReply, Limits,
-    PeerKind, RejectReason, RemoteError, Reply, RequestId, Welcome, PROTOCOL_VERSION,
+    PeerKind, RejectReason, RemoteError, Reply, RequestId, StreamChunk, Welcome, PROTOCOL_VERSION,
 };
 use tokio::{
     net::{unix::UCred, UnixStream},
@@ -23,8 +23,38 @@ use tracing::Instrument;
 use super::{handlers, peer, ClientSlot};
 use crate::Kernel;
 
-type InFlight = Arc<Mutex<HashMap<RequestId, AbortHandle>>>;
-type Outbox = mpsc::Sender<Reply<ControlResponse>>;
+type InFlight = Arc<Mutex<HashMap<RequestId, Entry>>>;
+pub(crate) type Outbox = mpsc::Sender<Reply<ControlResponse>>;
+
+/// Input chunks queued per request before the connection stops reading.
+const INPUT_QUEUE: usize = 8;
+
+/// A request in flight: how to abort it and where its input goes.
+#[derive(Debug)]
+struct Entry {
+    abort: AbortHandle,
+    input: mpsc::Sender<StreamChunk>,
+}
+
+/// A running request's byte streams: its output goes out as `Reply::Stream` chunks ahead of
+/// its response; its input arrives from `Call::Stream` chunks.
+#[derive(Debug)]
+pub(crate) struct RequestIo {
+    id: RequestId,
+    out: Outbox,
+    /// Input chunks (a sandboxed program's stdin).
+    pub(crate) input: mpsc::Receiver<StreamChunk>,
+}
+
+impl RequestIo {
+    /// Sends an output chunk; `false` when the client is gone.
+    pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
+        self.out
+            .send(Reply::Stream { id: self.id, chunk })
+            .await
+            .is_ok()
+    }
+}
 
 /// Replies queued for the writer beyond the in-flight bound (pongs, refusals).
 const OUTBOX_SLACK: usize = 16;
@@ -173,10 +203,24 @@ async fn run(
                     }
                 }
             }
+            Call::Stream { id, chunk } => {
+                if !chunk.within_bounds() {
+                    break Err(ConnError::Frame(loong_ipc::FrameError::TooLarge {
+                        len: loong_ipc::MAX_CHUNK_BYTES as u64 + 1,
+                        limit: loong_ipc::MAX_CHUNK_BYTES as u32,
+                    }));
+                }
+                let input = lock(&in_flight).get(&id).map(|e| e.input.clone());
+                if let Some(input) = input {
+                    // Back-pressure: a program that does not read its stdin stalls this
+                    // connection's reading, and only this connection's.
+                    let _ = input.send(chunk).await;
+                }
+            }
             Call::Cancel { id } => {
-                let handle = lock(&in_flight).remove(&id);
-                if let Some(handle) = handle {
-                    handle.abort();
+                let entry = lock(&in_flight).remove(&id);
+                if let Some(entry) = entry {
+                    entry.abort.abort();
                     let result = Err(RemoteError::new(
                         ErrorKind::Cancelled,
                         format!("request {id} cancelled by the client"),
@@ -195,8 +239,8 @@ async fn run(
     };
     if outcome.is_err() {
         // The peer broke the protocol: its pending requests are abandoned with it.
-        for (_, handle) in lock(&in_flight).drain() {
-            handle.abort();
+        for (_, entry) in lock(&in_flight).drain() {
+            entry.abort.abort();
         }
     }
     drop(tx);
@@ -235,32 +279,43 @@ fn start(
     }
     let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) = (kernel.clone(), in_flight.clone(), tx.clone());
-    let task =
-        tokio::spawn(
-            async move {
-                let result =
-                    match tokio::time::timeout(deadline, handlers::handle(&kernel, body, &cred))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(RemoteError::new(
-                            ErrorKind::DeadlineExceeded,
-                            format!("request {id} did not finish within {deadline_ms} ms"),
-                        )),
-                    };
-                // Whoever removes the entry answers: this task, or a Cancel that got there first.
-                let mine = lock(&in_flight_task).remove(&id).is_some();
-                if mine {
-                    let _ = tx.send(Reply::Response { id, result }).await;
-                }
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let io = RequestIo {
+        id,
+        out: tx.clone(),
+        input: input_rx,
+    };
+    let task = tokio::spawn(
+        async move {
+            let result =
+                match tokio::time::timeout(deadline, handlers::handle(&kernel, body, &cred, io))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(RemoteError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!("request {id} did not finish within {deadline_ms} ms"),
+                    )),
+                };
+            // Whoever removes the entry answers: this task, or a Cancel that got there first.
+            let mine = lock(&in_flight_task).remove(&id).is_some();
+            if mine {
+                let _ = tx.send(Reply::Response { id, result }).await;
             }
-            .in_current_span(),
-        );
+        }
+        .in_current_span(),
+    );
     // The map is still locked, so the task cannot finish before its entry exists.
-    map.insert(id, task.abort_handle());
+    map.insert(
+        id,
+        Entry {
+            abort: task.abort_handle(),
+            input: input_tx,
+        },
+    );
     None
 }
 
-fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RequestId, AbortHandle>> {
+fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RequestId, Entry>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -1,8 +1,11 @@
 //! What each control request does.
 
-use loong_ipc::{ControlRequest, ControlResponse, RemoteError, StatusReport, PROTOCOL_VERSION};
+use loong_ipc::{
+    ControlRequest, ControlResponse, ErrorKind, RemoteError, StatusReport, PROTOCOL_VERSION,
+};
 use tokio::net::unix::UCred;
 
+use super::connection::RequestIo;
 use crate::Kernel;
 
 /// Serves one control request for the peer `cred`.
@@ -10,6 +13,7 @@ pub(crate) async fn handle(
     kernel: &Kernel,
     req: ControlRequest,
     cred: &UCred,
+    io: RequestIo,
 ) -> Result<ControlResponse, RemoteError> {
     match req {
         ControlRequest::Status => Ok(ControlResponse::Status(status(kernel))),
@@ -17,6 +21,24 @@ pub(crate) async fn handle(
             tracing::info!(uid = cred.uid(), pid = ?cred.pid(), "shutdown requested over the control socket");
             kernel.shutdown();
             Ok(ControlResponse::ShuttingDown)
+        }
+        ControlRequest::Doctor => Ok(ControlResponse::Doctor(crate::sandbox::doctor(kernel))),
+        ControlRequest::SandboxRun(req) => crate::sandbox::run(kernel, req, cred, io).await,
+        ControlRequest::PolicyCheck { file, text } => {
+            if text.len() > loong_ipc::message::control::MAX_POLICY_TEXT_BYTES {
+                return Err(RemoteError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{file} is {} bytes, above the 1 MiB limit for a policy file",
+                        text.len()
+                    ),
+                ));
+            }
+            let problems = loong_profiles::check(&text, &file)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            Ok(ControlResponse::PolicyReport { problems })
         }
     }
 }

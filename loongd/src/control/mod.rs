@@ -1,6 +1,8 @@
 //! The control socket: accepting operator connections and serving the control API.
 
 mod connection;
+
+pub(crate) use connection::RequestIo;
 mod handlers;
 mod peer;
 

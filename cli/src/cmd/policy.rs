@@ -1,0 +1,70 @@
+//! `loongctl policy check FILE [--json]`: every problem of a policy file, in one run (exit 1
+//! when there are problems).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use loong_ipc::{
+    message::control::MAX_POLICY_TEXT_BYTES, paths::Layout, ControlRequest, ControlResponse,
+};
+
+use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+
+/// `loongctl policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file (a tier profile) and list every problem with its line.
+    Check {
+        /// The file.
+        file: PathBuf,
+        /// Print JSON: {"file": …, "problems": [ … ]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
+    let PolicyCommand::Check { file, json } = cmd;
+    let meta = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?;
+    if meta.len() > MAX_POLICY_TEXT_BYTES as u64 {
+        return Err(anyhow::anyhow!(
+            "{}: {} bytes is above the 1 MiB limit for a policy file",
+            file.display(),
+            meta.len()
+        )
+        .into());
+    }
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{}: not readable as UTF-8 text", file.display()))?;
+    let name = file.display().to_string();
+    let mut client = connect(layout)?;
+    let ControlResponse::PolicyReport { problems } = client.call::<_, ControlResponse>(
+        ControlRequest::PolicyCheck {
+            file: name.clone(),
+            text,
+        },
+        REQUEST_DEADLINE,
+    )?
+    else {
+        return Err(anyhow::anyhow!("unexpected answer to policy check").into());
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "file": name, "problems": problems })
+        );
+    } else if problems.is_empty() {
+        println!("{name}: ok");
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        eprintln!("{} problem(s) in {name}", problems.len());
+    }
+    Ok(if problems.is_empty() {
+        exit::OK
+    } else {
+        exit::UNEXPECTED
+    })
+}

@@ -1,0 +1,310 @@
+//! loongd's side of sandboxes: the spawner it owns, `doctor`, and `sandbox run` with its
+//! stdio relayed over the control connection.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use loong_ipc::{
+    ControlResponse, DoctorReport, ErrorKind, MechanismReport, RemoteError, SandboxExit,
+    SandboxRunRequest, StreamChunk, TierReport, MAX_CHUNK_BYTES,
+};
+use loong_sandbox::{
+    Killer, Limits, NetGrant, SandboxSpec, SpawnError, Spawner, SpawnerConfig, SpecError,
+    StdioSpec, Tier,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::unix::{pipe, UCred},
+    sync::mpsc,
+};
+
+use crate::{control::RequestIo, Kernel};
+
+/// Starts the spawner with the bundled tier profiles; loongd's own paths are hidden from
+/// every sandbox.
+pub(crate) fn start_spawner(
+    kernel_paths: Vec<PathBuf>,
+    uid: u32,
+    gid: u32,
+) -> Result<Arc<Spawner>, String> {
+    let profiles = loong_profiles::bundled().map_err(|ps| {
+        let lines: Vec<String> = ps.iter().map(ToString::to_string).collect();
+        format!("bundled tier profiles are invalid:\n{}", lines.join("\n"))
+    })?;
+    let mut config = SpawnerConfig::new(profiles);
+    config.hidden = kernel_paths;
+    config.sandbox_id = (uid, gid);
+    if !config.helper.exists() {
+        return Err(format!(
+            "the sandbox helper {} is missing; install loong-spawn next to loongd",
+            config.helper.display()
+        ));
+    }
+    Spawner::start(config)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn unavailable(msg: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::SandboxUnavailable, msg)
+}
+
+/// `loongctl doctor`.
+pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
+    let spawner = match &kernel.spawner {
+        Ok(s) => s,
+        Err(e) => {
+            return DoctorReport {
+                mechanisms: Vec::new(),
+                tiers: Vec::new(),
+                landlock_abi: 0,
+                root: nix::unistd::Uid::effective().is_root(),
+                error: Some(e.clone()),
+            }
+        }
+    };
+    let host = spawner.host();
+    DoctorReport {
+        mechanisms: host
+            .mechanisms
+            .iter()
+            .map(|(m, a)| MechanismReport {
+                name: m.name().into(),
+                available: a.available,
+                detail: a.detail.clone(),
+                fix: a.fix.clone(),
+            })
+            .collect(),
+        tiers: Tier::ALL
+            .iter()
+            .map(|t| {
+                let missing: Vec<String> = host
+                    .missing_for(*t)
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect();
+                TierReport {
+                    tier: t.to_string(),
+                    enforceable: missing.is_empty(),
+                    missing,
+                }
+            })
+            .collect(),
+        landlock_abi: host.landlock_abi,
+        root: host.root,
+        error: None,
+    }
+}
+
+fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpec, RemoteError> {
+    let bad = |m: String| RemoteError::new(ErrorKind::BadRequest, m);
+    let tier: Tier = req.tier.parse().map_err(bad)?;
+    let net = req
+        .allow_net
+        .iter()
+        .map(|g| g.parse::<NetGrant>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    Ok(SandboxSpec {
+        tier: Some(tier),
+        program: PathBuf::from(&req.program),
+        args: req.args.iter().map(Into::into).collect(),
+        env: req.env.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
+        read: req.read.iter().map(PathBuf::from).collect(),
+        write: req.write.iter().map(PathBuf::from).collect(),
+        net,
+        limits: Limits {
+            memory_bytes: req.memory_bytes,
+            pids: req.pids,
+            timeout: req.timeout_ms.map(Duration::from_millis),
+        },
+        allow_degraded: req.allow_degraded || allow_degraded,
+        pass_fds: 0,
+    })
+}
+
+fn spawn_error(e: SpawnError) -> RemoteError {
+    match e {
+        SpawnError::Spec(SpecError::Unavailable { .. }) => unavailable(e.to_string()),
+        SpawnError::Spec(s) => RemoteError::new(ErrorKind::BadRequest, s.to_string()),
+        SpawnError::Setup { .. } | SpawnError::Helper { .. } | SpawnError::Stopped => {
+            unavailable(e.to_string())
+        }
+        SpawnError::Cgroup(_) | SpawnError::Seccomp(_) => {
+            RemoteError::new(ErrorKind::Internal, e.to_string())
+        }
+    }
+}
+
+/// Kills the sandbox if the request is dropped (cancelled, deadline, client gone) before the
+/// sandbox has been waited for.
+struct KillOnDrop(Option<Killer>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(k) = self.0.take() {
+            let _ = k.kill();
+        }
+    }
+}
+
+fn receiver(fd: Option<std::os::fd::OwnedFd>) -> Option<pipe::Receiver> {
+    fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
+}
+
+/// `loongctl sandbox run`.
+pub(crate) async fn run(
+    kernel: &Kernel,
+    req: SandboxRunRequest,
+    cred: &UCred,
+    mut io: RequestIo,
+) -> Result<ControlResponse, RemoteError> {
+    let spawner = kernel.spawner.clone().map_err(unavailable)?;
+    let spec = spec_from(&req, kernel.config.sandbox.allow_degraded)?;
+    let tier = spec.tier;
+    let timeout = spec.limits.timeout;
+    let max_output = req
+        .max_output_bytes
+        .unwrap_or(kernel.config.sandbox.max_output_bytes);
+    let program = req.program.clone();
+    let mut child = tokio::task::spawn_blocking(move || {
+        spawner.spawn(
+            spec,
+            [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
+            Vec::new(),
+        )
+    })
+    .await
+    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+    .map_err(spawn_error)?;
+    let degraded: Vec<String> = child
+        .degraded
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    if degraded.is_empty() {
+        tracing::info!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), "sandbox started");
+    } else {
+        tracing::warn!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), degraded = ?degraded, "sandbox started DEGRADED: the tier is not fully enforced");
+    }
+    let mut guard =
+        KillOnDrop(Some(child.killer().map_err(|e| {
+            RemoteError::new(ErrorKind::Internal, e.to_string())
+        })?));
+    let stdin = child
+        .stdin
+        .take()
+        .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+    let mut stdout = receiver(child.stdout.take());
+    let mut stderr = receiver(child.stderr.take());
+    let waiter = tokio::task::spawn_blocking(move || child.wait());
+
+    // Stdin: forwarded by its own task, so a program that does not read cannot stall output.
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(4);
+    let feeder = tokio::spawn(async move {
+        let Some(mut pipe) = stdin else { return };
+        while let Some(bytes) = stdin_rx.recv().await {
+            if pipe.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut stdin_tx = Some(stdin_tx);
+
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let (mut out_buf, mut err_buf) = (vec![0u8; MAX_CHUNK_BYTES], vec![0u8; MAX_CHUNK_BYTES]);
+    let (mut relayed, mut exceeded, mut timed_out) = (0u64, false, false);
+    let kill = |g: &KillOnDrop| {
+        if let Some(k) = &g.0 {
+            let _ = k.kill();
+        }
+    };
+    while stdout.is_some() || stderr.is_some() {
+        let (chunk, which_out) = tokio::select! {
+            r = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => (r, true),
+            r = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => (r, false),
+            input = io.input.recv(), if stdin_tx.is_some() => {
+                match input {
+                    Some(StreamChunk::Stdin(b)) => {
+                        if let Some(tx) = &stdin_tx {
+                            if tx.send(b).await.is_err() {
+                                stdin_tx = None;
+                            }
+                        }
+                    }
+                    // End of input (or a client that stopped sending): close the program's stdin.
+                    Some(StreamChunk::StdinEnd) | None => stdin_tx = None,
+                    Some(_) => {}
+                }
+                continue;
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !timed_out => {
+                timed_out = true;
+                kill(&guard);
+                continue;
+            }
+        };
+        let n = match chunk {
+            Ok(n) if n > 0 => n,
+            _ => {
+                if which_out {
+                    stdout = None;
+                } else {
+                    stderr = None;
+                }
+                continue;
+            }
+        };
+        if exceeded {
+            continue; // draining after the kill
+        }
+        relayed += n as u64;
+        if relayed > max_output {
+            exceeded = true;
+            kill(&guard);
+            continue;
+        }
+        let buf = if which_out {
+            &out_buf[..n]
+        } else {
+            &err_buf[..n]
+        };
+        let chunk = if which_out {
+            StreamChunk::Stdout(buf.to_vec())
+        } else {
+            StreamChunk::Stderr(buf.to_vec())
+        };
+        if !io.emit(chunk).await {
+            kill(&guard);
+        }
+    }
+    drop(stdin_tx);
+    feeder.abort();
+    let report = waiter
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| {
+            RemoteError::new(ErrorKind::Internal, format!("waiting for the sandbox: {e}"))
+        })?;
+    guard.0 = None;
+    tracing::info!(tier = ?tier, code = ?report.code, signal = ?report.signal, timed_out, exceeded, "sandbox exited");
+    Ok(ControlResponse::SandboxExited(SandboxExit {
+        code: report.code,
+        signal: report.signal,
+        shell_code: report.shell_code(),
+        timed_out,
+        output_limit_exceeded: exceeded,
+        oom_killed: report.oom_killed,
+        user_us: report.user_us,
+        system_us: report.system_us,
+        max_rss_kib: report.max_rss_kib,
+        degraded,
+    }))
+}
+
+/// Reads from an open pipe; never completes for a closed one (its select branch is off).
+async fn read_some(pipe: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,102 @@
+//! `loong-profiles`: Loong's policy data (tier profiles for now) parsed and validated.
+//!
+//! Every problem in a file is reported in one run, each with the file, the line and the field,
+//! so an operator fixes a profile in one pass. The bundled profiles live in
+//! `policy-profiles/tiers/` and are compiled into loongd.
+
+mod tier;
+
+use std::{collections::BTreeMap, fmt};
+
+use loong_sandbox::{Tier, TierProfile};
+
+pub use tier::parse_tier;
+
+/// The bundled restricted profile.
+pub const RESTRICTED: &str = include_str!("../tiers/restricted.toml");
+/// The bundled balanced profile.
+pub const BALANCED: &str = include_str!("../tiers/balanced.toml");
+/// The bundled trusted profile.
+pub const TRUSTED: &str = include_str!("../tiers/trusted.toml");
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, as the caller named it.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// The field (dotted path; empty for syntax errors).
+    pub field: String,
+    /// What is wrong and, where knowable, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.field, self.message
+            )
+        }
+    }
+}
+
+/// The three bundled tier profiles, parsed.
+pub fn bundled() -> Result<BTreeMap<Tier, TierProfile>, Vec<Problem>> {
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (file, text) in [
+        ("tiers/restricted.toml", RESTRICTED),
+        ("tiers/balanced.toml", BALANCED),
+        ("tiers/trusted.toml", TRUSTED),
+    ] {
+        match parse_tier(text, file) {
+            Ok(p) => {
+                out.insert(p.tier, p);
+            }
+            Err(mut ps) => problems.append(&mut ps),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks any policy file Loong knows; returns every problem (empty when it is valid).
+pub fn check(text: &str, file: &str) -> Vec<Problem> {
+    parse_tier(text, file).err().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_profiles_are_valid() {
+        let p = bundled().unwrap_or_else(|ps| panic!("bundled profiles have problems: {ps:#?}"));
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[&Tier::Restricted].seccomp_mode,
+            loong_sandbox::SeccompMode::Allowlist
+        );
+        assert_eq!(
+            p[&Tier::Balanced].seccomp_mode,
+            loong_sandbox::SeccompMode::Denylist
+        );
+        assert!(p[&Tier::Restricted]
+            .syscalls
+            .iter()
+            .any(|s| s.name == "execve"));
+        // Every profile compiles to BPF.
+        for prof in p.values() {
+            loong_sandbox::seccomp::compile(prof, false).expect("compiles");
+        }
+    }
+}

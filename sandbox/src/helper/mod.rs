@@ -1,0 +1,272 @@
+//! The spawn helper: the code `loong-spawn` runs. It is single-threaded and executes a
+//! [`Plan`] in the order the anchors converge on:
+//!
+//! parent-death signal → read the plan → close every other fd → new session → cgroups →
+//! unshare namespaces (and write the id maps) → fork the reaper (pid 1 of the new pid
+//! namespace) → the reaper builds the root and forks the payload → the payload: fds, cwd,
+//! rlimits, uid/gid drop, `no_new_privs`, landlock, seccomp (last) → `execve`.
+//!
+//! The helper stays outside the namespaces and reports to loongd on fd 4, one line each:
+//! `exec` when the payload's `execve` succeeded, `error STEP\tERRNO\tDETAIL` when a step
+//! failed (nothing ran), `exit CODE SIGNAL UTIME_US STIME_US MAXRSS_KB` at the end.
+
+mod confine;
+mod mounts;
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{Read, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+};
+
+use nix::{
+    sys::{
+        prctl,
+        signal::Signal,
+        wait::{waitpid, WaitStatus},
+    },
+    unistd::Pid,
+};
+
+use crate::{
+    plan::{Plan, MAX_PLAN_BYTES},
+    sys::{self, Forked},
+};
+
+/// The helper's fd carrying the plan.
+pub const PLAN_FD: i32 = 3;
+/// The helper's fd for reports to loongd.
+pub const REPORT_FD: i32 = 4;
+/// The first descriptor handed over for the payload.
+pub const FIRST_PASSED_FD: i32 = 5;
+/// Exit code of the helper when setup failed before the payload ran.
+pub const SETUP_FAILED: i32 = 125;
+
+/// A failed step: its name, the errno, and what it was acting on.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    step: &'static str,
+    errno: i32,
+    detail: String,
+}
+
+impl Failure {
+    pub(crate) fn new(step: &'static str, errno: i32, detail: impl Into<String>) -> Failure {
+        Failure {
+            step,
+            errno,
+            detail: detail.into(),
+        }
+    }
+
+    fn line(&self) -> String {
+        let clean = |s: &str| s.replace(['\t', '\n'], " ");
+        format!(
+            "error {}\t{}\t{}\n",
+            self.step,
+            self.errno,
+            clean(&self.detail)
+        )
+    }
+}
+
+fn nix_fail(step: &'static str) -> impl FnOnce(nix::Error) -> Failure {
+    move |e| Failure::new(step, e as i32, "")
+}
+
+/// Entry point of `loong-spawn`. Never returns.
+pub fn main() -> ! {
+    // Die with the thread that launched us (loongd's spawner thread lives as long as loongd).
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut report = match sys::adopt_inherited_fd(REPORT_FD) {
+        Ok(fd) => File::from(fd),
+        Err(_) => {
+            eprintln!("loong-spawn is started by loongd only (fd 4 is not open)");
+            sys::exit_now(SETUP_FAILED)
+        }
+    };
+    if nix::unistd::getppid().as_raw() == 1 {
+        sys::exit_now(SETUP_FAILED);
+    }
+    let code = match run(&mut report) {
+        Ok(code) => code,
+        Err(f) => {
+            let _ = report.write_all(f.line().as_bytes());
+            SETUP_FAILED
+        }
+    };
+    sys::exit_now(code)
+}
+
+fn read_plan() -> Result<Plan, Failure> {
+    let fd = sys::adopt_inherited_fd(PLAN_FD)
+        .map_err(|e| Failure::new("open plan", e.raw_os_error().unwrap_or(0), ""))?;
+    let mut buf = Vec::new();
+    File::from(fd)
+        .take(MAX_PLAN_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::new("read plan", e.raw_os_error().unwrap_or(0), ""))?;
+    Plan::decode(&buf).map_err(|e| Failure::new("decode plan", libc::EINVAL, e.to_string()))
+}
+
+fn run(report: &mut File) -> Result<i32, Failure> {
+    let plan = read_plan()?;
+    // Only stdio, the report fd and the handed-over fds survive.
+    let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds;
+    sys::close_from(keep_to)
+        .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
+    nix::fcntl::fcntl(
+        report.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(nix_fail("cloexec report fd"))?;
+    nix::unistd::setsid().map_err(nix_fail("setsid"))?;
+    for procs in &plan.cgroup_procs {
+        std::fs::write(procs, std::process::id().to_string()).map_err(|e| {
+            Failure::new(
+                "join cgroup",
+                e.raw_os_error().unwrap_or(0),
+                procs.display().to_string(),
+            )
+        })?;
+    }
+    confine::unshare(&plan)?;
+
+    // The payload reports a failed step (or nothing, when execve succeeds) on this pipe.
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(nix_fail("pipe"))?;
+    // The reaper reports the payload's wait status on this one.
+    let (st_r, st_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(nix_fail("pipe"))?;
+    let reaper = match sys::fork()
+        .map_err(|e| Failure::new("fork reaper", e.raw_os_error().unwrap_or(0), ""))?
+    {
+        Forked::Child => {
+            drop((err_r, st_r));
+            reaper(&plan, err_w, st_w)
+        }
+        Forked::Parent(pid) => Pid::from_raw(pid),
+    };
+    drop((err_w, st_w));
+
+    let mut setup = String::new();
+    let _ = File::from(err_r).take(4096).read_to_string(&mut setup);
+    let setup = setup.trim_end();
+    let exec_ok = setup.is_empty();
+    if exec_ok {
+        let _ = report.write_all(b"exec\n");
+    } else {
+        let _ = report.write_all(format!("error {setup}\n").as_bytes());
+    }
+    let reaped = loop {
+        match waitpid(reaper, None) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let mut st = [0u8; 8];
+    let got = File::from(st_r).read(&mut st).unwrap_or(0);
+    // The payload's own status, as the reaper saw it; else the reaper's.
+    let (code, signal) = if got == 8 {
+        (
+            i32::from_le_bytes([st[0], st[1], st[2], st[3]]),
+            i32::from_le_bytes([st[4], st[5], st[6], st[7]]),
+        )
+    } else {
+        match reaped {
+            Ok(WaitStatus::Exited(_, c)) => (c, 0),
+            Ok(WaitStatus::Signaled(_, s, _)) => (-1, s as i32),
+            _ => (-1, libc::SIGKILL),
+        }
+    };
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
+    let (ut, stt, rss) = usage
+        .map(|u| {
+            let us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
+            (us(u.user_time()), us(u.system_time()), u.max_rss())
+        })
+        .unwrap_or_default();
+    let _ = report.write_all(format!("exit {code} {signal} {ut} {stt} {rss}\n").as_bytes());
+    if !exec_ok {
+        return Ok(SETUP_FAILED);
+    }
+    Ok(if signal != 0 { 128 + signal } else { code })
+}
+
+/// The reaper: pid 1 of the new pid namespace. Builds the root, forks the payload, waits
+/// for it and reports its status; its exit takes every process left in the namespace down.
+fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let report = |f: Failure| -> ! {
+        send_failure(&err_w, &f);
+        sys::exit_now(SETUP_FAILED)
+    };
+    if let Err(f) = confine::setup_root(plan) {
+        report(f);
+    }
+    let payload = match sys::fork() {
+        Ok(Forked::Child) => {
+            drop(st_w);
+            payload(plan, err_w)
+        }
+        Ok(Forked::Parent(pid)) => Pid::from_raw(pid),
+        Err(e) => report(Failure::new(
+            "fork payload",
+            e.raw_os_error().unwrap_or(0),
+            "",
+        )),
+    };
+    drop(err_w);
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == payload => finish(&st_w, code, 0),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => {
+                finish(&st_w, -1, sig as i32)
+            }
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(_) => finish(&st_w, -1, libc::SIGKILL),
+        }
+    }
+}
+
+fn finish(st_w: &OwnedFd, code: i32, signal: i32) -> ! {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&code.to_le_bytes());
+    b[4..].copy_from_slice(&signal.to_le_bytes());
+    let _ = nix::unistd::write(st_w, &b);
+    sys::exit_now(if signal != 0 {
+        128 + signal
+    } else {
+        code & 0xff
+    })
+}
+
+/// The payload: final confinement, then `execve`. On failure it reports on `err_w`.
+fn payload(plan: &Plan, err_w: OwnedFd) -> ! {
+    let f = match confine::payload(plan, &err_w) {
+        Err(f) => f,
+        Ok(()) => {
+            let c = |b: &[u8]| CString::new(b).unwrap_or_default();
+            let prog = c(plan.program.as_os_str().as_bytes());
+            let argv: Vec<CString> = plan.argv.iter().map(|a| c(a.as_bytes())).collect();
+            let env: Vec<CString> = plan.env.iter().map(|e| c(e.as_bytes())).collect();
+            let e = nix::unistd::execve(&prog, &argv, &env)
+                .err()
+                .unwrap_or(nix::Error::EINVAL);
+            Failure::new("execve", e as i32, plan.program.display().to_string())
+        }
+    };
+    send_failure(&err_w, &f);
+    sys::exit_now(SETUP_FAILED)
+}
+
+/// Writes a failed step to the helper's error pipe (without the `error ` prefix, which the
+/// helper adds when it forwards the line to loongd).
+fn send_failure(fd: &OwnedFd, f: &Failure) {
+    let line = f.line();
+    let _ = nix::unistd::write(fd, line.trim_start_matches("error ").as_bytes());
+}

@@ -1,0 +1,204 @@
+//! Building the sandbox's root, bubblewrap style: a tmpfs base, `pivot_root` into it with the
+//! old root kept at `/oldroot`, the new root assembled under `/newroot` from the plan's
+//! steps, then a second `pivot_root` that leaves the old root unreachable.
+
+use std::{
+    fs, io,
+    os::unix::fs::{symlink, DirBuilderExt},
+    path::{Component, Path, PathBuf},
+};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::Failure;
+use crate::plan::MountOp;
+
+/// Size of the base tmpfs that holds the two pivot points.
+const BASE_TMPFS_BYTES: u64 = 1 << 20;
+/// Size of the new root's own tmpfs (directories and mount points only).
+const ROOT_TMPFS_BYTES: u64 = 4 << 20;
+/// Device nodes in the minimal `/dev`.
+const DEV_NODES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+
+fn fail<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Failure + 'a {
+    move |e| Failure::new(step, e as i32, path.display().to_string())
+}
+
+fn io_fail<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Failure + 'a {
+    move |e| {
+        Failure::new(
+            step,
+            e.raw_os_error().unwrap_or(libc::EIO),
+            path.display().to_string(),
+        )
+    }
+}
+
+/// `dst` (absolute inside the sandbox) placed under `root`.
+fn under(root: &Path, dst: &Path) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in dst.components() {
+        if let Component::Normal(n) = c {
+            p.push(n);
+        }
+    }
+    p
+}
+
+fn mkdirs(p: &Path) -> Result<(), Failure> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(io_fail("mkdir", p))
+}
+
+fn tmpfs(dst: &Path, size: u64, mode: u32) -> Result<(), Failure> {
+    let data = format!("size={size},mode={mode:o}");
+    mount(
+        Some("tmpfs"),
+        dst,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(fail("mount tmpfs", dst))
+}
+
+/// Re-applies a bind mount's flags, keeping those the kernel has locked (a bind made inside
+/// a user namespace may not drop `nosuid`, `nodev`, `noexec` or `ro` inherited from the host).
+fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
+    let st = nix::sys::statvfs::statvfs(dst).map_err(fail("statvfs", dst))?;
+    use nix::sys::statvfs::FsFlags;
+    for (have, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(have) {
+            flags |= keep;
+        }
+    }
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+        None::<&str>,
+    )
+    .map_err(fail("remount bind", dst))
+}
+
+fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
+    let meta = fs::metadata(src).map_err(io_fail("stat bind source", src))?;
+    if meta.is_dir() {
+        mkdirs(dst)?;
+    } else {
+        if let Some(parent) = dst.parent() {
+            mkdirs(parent)?;
+        }
+        if !dst.exists() {
+            fs::File::create(dst).map_err(io_fail("create bind target", dst))?;
+        }
+    }
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(fail("bind", dst))?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    remount_bind(dst, flags)
+}
+
+/// Builds the new root from `ops` and makes it `/`. Runs in a new mount namespace.
+pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+    let root = Path::new("/");
+    // Nothing we do may propagate back to the host.
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(fail("make mounts private", root))?;
+    let base = Path::new("/tmp");
+    tmpfs(base, BASE_TMPFS_BYTES, 0o755)?;
+    mkdirs(&base.join("newroot"))?;
+    mkdirs(&base.join("oldroot"))?;
+    nix::unistd::pivot_root(base, &base.join("oldroot"))
+        .map_err(fail("pivot_root into the base", base))?;
+    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+    let old = Path::new("/oldroot");
+    let new = Path::new("/newroot");
+    tmpfs(new, ROOT_TMPFS_BYTES, 0o755)?;
+
+    for op in ops {
+        match op {
+            MountOp::Tmpfs { dst, size, mode } => {
+                let d = under(new, dst);
+                mkdirs(&d)?;
+                tmpfs(&d, *size, *mode)?;
+            }
+            MountOp::Bind { src, dst, writable } => {
+                bind(&under(old, src), &under(new, dst), *writable)?
+            }
+            MountOp::Symlink { target, dst } => {
+                let d = under(new, dst);
+                if let Some(parent) = d.parent() {
+                    mkdirs(parent)?;
+                }
+                symlink(target, &d).map_err(io_fail("symlink", &d))?;
+            }
+            MountOp::Proc { dst } => {
+                let d = under(new, dst);
+                mkdirs(&d)?;
+                mount(
+                    Some("proc"),
+                    &d,
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(fail("mount proc", &d))?;
+            }
+            MountOp::Dev { dst } => {
+                let d = under(new, dst);
+                mkdirs(&d)?;
+                tmpfs(&d, 64 << 10, 0o755)?;
+                for node in DEV_NODES {
+                    bind(&old.join("dev").join(node), &d.join(node), true)?;
+                }
+                for (name, target) in [
+                    ("fd", "/proc/self/fd"),
+                    ("stdin", "/proc/self/fd/0"),
+                    ("stdout", "/proc/self/fd/1"),
+                    ("stderr", "/proc/self/fd/2"),
+                ] {
+                    symlink(target, d.join(name)).map_err(io_fail("symlink", &d))?;
+                }
+            }
+        }
+    }
+
+    umount2(old, MntFlags::MNT_DETACH).map_err(fail("detach the old root", old))?;
+    nix::unistd::chdir(new).map_err(fail("chdir", new))?;
+    nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
+    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+    // The root's own tmpfs holds only mount points: make it read-only.
+    remount_bind(
+        root,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )
+}

@@ -1,0 +1,466 @@
+//! The plan: everything the spawn helper does, fully resolved by the parent, and its wire
+//! encoding on the helper's fd 3.
+//!
+//! The helper decides nothing; it executes a plan. The encoding is a small, bounded
+//! length-prefixed format written by hand, so the privileged launch path links no serde.
+
+use std::{
+    ffi::OsString,
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::PathBuf,
+};
+
+use seccompiler::sock_filter;
+
+/// The largest plan the helper reads.
+pub const MAX_PLAN_BYTES: usize = 4 << 20;
+/// The most items in any list of a plan.
+pub const MAX_PLAN_ITEMS: usize = 4096;
+/// Plan format version, checked by the helper.
+pub const PLAN_VERSION: u32 = 1;
+
+/// One step of building the new root, relative to it (paths are absolute inside the sandbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOp {
+    /// A tmpfs at `dst` of at most `size` bytes, with the root directory's `mode`.
+    Tmpfs { dst: PathBuf, size: u64, mode: u32 },
+    /// A bind mount of host `src` at `dst`, read-only unless `writable`; `nosuid`, `nodev`.
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        writable: bool,
+    },
+    /// A symlink at `dst` pointing to `target`.
+    Symlink { target: PathBuf, dst: PathBuf },
+    /// A fresh procfs at `dst` (needs the new pid namespace).
+    Proc { dst: PathBuf },
+    /// A minimal `/dev`: null, zero, full, random, urandom, and nothing else.
+    Dev { dst: PathBuf },
+}
+
+/// What landlock enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LandlockPlan {
+    /// Readable and executable trees (system directories, the program).
+    pub rx: Vec<PathBuf>,
+    /// Readable trees.
+    pub ro: Vec<PathBuf>,
+    /// Readable and writable trees.
+    pub rw: Vec<PathBuf>,
+    /// Whether TCP bind/connect is handled (ABI ≥ 4).
+    pub restrict_net: bool,
+    /// TCP ports connect is allowed to.
+    pub connect_ports: Vec<u16>,
+    /// Whether abstract unix sockets and signals are scoped (ABI ≥ 6).
+    pub scopes: bool,
+    /// Refuse to run unless the ruleset is fully enforced.
+    pub required: bool,
+}
+
+/// A uid/gid mapping for a new user namespace: `inside` maps to the helper's own ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub inside_uid: u32,
+    pub inside_gid: u32,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// `CLONE_NEW*` flags to unshare.
+    pub namespaces: i32,
+    /// Present when a user namespace is created.
+    pub id_map: Option<IdMap>,
+    /// Hostname in the new UTS namespace.
+    pub hostname: String,
+    /// Steps that build the new root; empty means the root is not changed.
+    pub mounts: Vec<MountOp>,
+    /// Landlock, when applied.
+    pub landlock: Option<LandlockPlan>,
+    /// `(resource, soft, hard)` triples.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// `cgroup.procs` files the helper writes its pid to before unsharing.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Seccomp programs, installed in order (last, just before exec).
+    pub seccomp: Vec<Vec<sock_filter>>,
+    /// uid and gid to switch to (when the helper runs as root without a user namespace).
+    pub creds: Option<(u32, u32)>,
+    /// The payload's environment, `NAME=value` each.
+    pub env: Vec<OsString>,
+    /// The program, as a path inside the sandbox.
+    pub program: PathBuf,
+    /// `argv`, `argv[0]` included.
+    pub argv: Vec<OsString>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// Descriptors handed to the payload: the helper receives them at 5, 6, … and the
+    /// payload gets them at 3, 4, … in order.
+    pub pass_fds: u32,
+}
+
+/// A plan that did not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("plan truncated at byte {0}")]
+    Truncated(usize),
+    #[error("plan list of {0} items is above the limit of {MAX_PLAN_ITEMS}")]
+    TooMany(usize),
+    #[error("plan of {0} bytes is above the limit of {MAX_PLAN_BYTES}")]
+    TooLarge(usize),
+    #[error("plan version {0} is not {PLAN_VERSION}")]
+    Version(u32),
+    #[error("unknown tag {0} in plan")]
+    Tag(u8),
+    #[error("{0} trailing bytes after the plan")]
+    Trailing(usize),
+}
+
+#[derive(Default)]
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn path(&mut self, p: &std::path::Path) {
+        self.bytes(p.as_os_str().as_bytes());
+    }
+    fn len(&mut self, n: usize) {
+        self.u32(n as u32);
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PlanError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(PlanError::Truncated(self.pos))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, PlanError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, PlanError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, PlanError> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, PlanError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn os(&mut self) -> Result<OsString, PlanError> {
+        Ok(OsString::from_vec(self.bytes()?))
+    }
+    fn path(&mut self) -> Result<PathBuf, PlanError> {
+        Ok(PathBuf::from(self.os()?))
+    }
+    fn len(&mut self) -> Result<usize, PlanError> {
+        let n = self.u32()? as usize;
+        if n > MAX_PLAN_ITEMS {
+            return Err(PlanError::TooMany(n));
+        }
+        Ok(n)
+    }
+    fn list<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> Result<T, PlanError>,
+    ) -> Result<Vec<T>, PlanError> {
+        let n = self.len()?;
+        (0..n).map(|_| f(self)).collect()
+    }
+}
+
+impl Plan {
+    /// Encodes the plan.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W::default();
+        w.u32(PLAN_VERSION);
+        w.u32(self.namespaces as u32);
+        match self.id_map {
+            None => w.u8(0),
+            Some(m) => {
+                w.u8(1);
+                w.u32(m.inside_uid);
+                w.u32(m.inside_gid);
+            }
+        }
+        w.bytes(self.hostname.as_bytes());
+        w.len(self.mounts.len());
+        for m in &self.mounts {
+            match m {
+                MountOp::Tmpfs { dst, size, mode } => {
+                    w.u8(0);
+                    w.path(dst);
+                    w.u64(*size);
+                    w.u32(*mode);
+                }
+                MountOp::Bind { src, dst, writable } => {
+                    w.u8(1);
+                    w.path(src);
+                    w.path(dst);
+                    w.u8(u8::from(*writable));
+                }
+                MountOp::Symlink { target, dst } => {
+                    w.u8(2);
+                    w.path(target);
+                    w.path(dst);
+                }
+                MountOp::Proc { dst } => {
+                    w.u8(3);
+                    w.path(dst);
+                }
+                MountOp::Dev { dst } => {
+                    w.u8(4);
+                    w.path(dst);
+                }
+            }
+        }
+        match &self.landlock {
+            None => w.u8(0),
+            Some(l) => {
+                w.u8(1);
+                for set in [&l.rx, &l.ro, &l.rw] {
+                    w.len(set.len());
+                    set.iter().for_each(|p| w.path(p));
+                }
+                w.u8(u8::from(l.restrict_net));
+                w.len(l.connect_ports.len());
+                l.connect_ports.iter().for_each(|p| w.u32(u32::from(*p)));
+                w.u8(u8::from(l.scopes));
+                w.u8(u8::from(l.required));
+            }
+        }
+        w.len(self.rlimits.len());
+        for (r, s, h) in &self.rlimits {
+            w.u32(*r);
+            w.u64(*s);
+            w.u64(*h);
+        }
+        w.len(self.cgroup_procs.len());
+        self.cgroup_procs.iter().for_each(|p| w.path(p));
+        w.len(self.seccomp.len());
+        for prog in &self.seccomp {
+            w.len(prog.len());
+            for i in prog {
+                w.u32(u32::from(i.code));
+                w.u8(i.jt);
+                w.u8(i.jf);
+                w.u32(i.k);
+            }
+        }
+        match self.creds {
+            None => w.u8(0),
+            Some((u, g)) => {
+                w.u8(1);
+                w.u32(u);
+                w.u32(g);
+            }
+        }
+        w.len(self.env.len());
+        self.env.iter().for_each(|e| w.bytes(e.as_bytes()));
+        w.path(&self.program);
+        w.len(self.argv.len());
+        self.argv.iter().for_each(|a| w.bytes(a.as_bytes()));
+        w.path(&self.cwd);
+        w.u32(self.pass_fds);
+        w.0
+    }
+
+    /// Decodes a plan, refusing anything over its bounds.
+    pub fn decode(b: &[u8]) -> Result<Plan, PlanError> {
+        if b.len() > MAX_PLAN_BYTES {
+            return Err(PlanError::TooLarge(b.len()));
+        }
+        let mut r = R { b, pos: 0 };
+        let v = r.u32()?;
+        if v != PLAN_VERSION {
+            return Err(PlanError::Version(v));
+        }
+        let namespaces = r.u32()? as i32;
+        let id_map = match r.u8()? {
+            0 => None,
+            1 => Some(IdMap {
+                inside_uid: r.u32()?,
+                inside_gid: r.u32()?,
+            }),
+            t => return Err(PlanError::Tag(t)),
+        };
+        let hostname = String::from_utf8_lossy(&r.bytes()?).into_owned();
+        let mounts = r.list(|r| {
+            Ok(match r.u8()? {
+                0 => MountOp::Tmpfs {
+                    dst: r.path()?,
+                    size: r.u64()?,
+                    mode: r.u32()?,
+                },
+                1 => MountOp::Bind {
+                    src: r.path()?,
+                    dst: r.path()?,
+                    writable: r.u8()? != 0,
+                },
+                2 => MountOp::Symlink {
+                    target: r.path()?,
+                    dst: r.path()?,
+                },
+                3 => MountOp::Proc { dst: r.path()? },
+                4 => MountOp::Dev { dst: r.path()? },
+                t => return Err(PlanError::Tag(t)),
+            })
+        })?;
+        let landlock = match r.u8()? {
+            0 => None,
+            1 => Some(LandlockPlan {
+                rx: r.list(R::path)?,
+                ro: r.list(R::path)?,
+                rw: r.list(R::path)?,
+                restrict_net: r.u8()? != 0,
+                connect_ports: r.list(|r| Ok(r.u32()? as u16))?,
+                scopes: r.u8()? != 0,
+                required: r.u8()? != 0,
+            }),
+            t => return Err(PlanError::Tag(t)),
+        };
+        let rlimits = r.list(|r| Ok((r.u32()?, r.u64()?, r.u64()?)))?;
+        let cgroup_procs = r.list(R::path)?;
+        let seccomp = r.list(|r| {
+            r.list(|r| {
+                Ok(sock_filter {
+                    code: r.u32()? as u16,
+                    jt: r.u8()?,
+                    jf: r.u8()?,
+                    k: r.u32()?,
+                })
+            })
+        })?;
+        let creds = match r.u8()? {
+            0 => None,
+            1 => Some((r.u32()?, r.u32()?)),
+            t => return Err(PlanError::Tag(t)),
+        };
+        let env = r.list(R::os)?;
+        let program = r.path()?;
+        let argv = r.list(R::os)?;
+        let cwd = r.path()?;
+        let pass_fds = r.u32()?;
+        if r.pos != b.len() {
+            return Err(PlanError::Trailing(b.len() - r.pos));
+        }
+        Ok(Plan {
+            namespaces,
+            id_map,
+            hostname,
+            mounts,
+            landlock,
+            rlimits,
+            cgroup_procs,
+            seccomp,
+            creds,
+            env,
+            program,
+            argv,
+            cwd,
+            pass_fds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Plan {
+        Plan {
+            namespaces: libc::CLONE_NEWPID | libc::CLONE_NEWNS,
+            id_map: Some(IdMap {
+                inside_uid: 1000,
+                inside_gid: 1000,
+            }),
+            hostname: "loong".into(),
+            mounts: vec![
+                MountOp::Tmpfs {
+                    dst: "/".into(),
+                    size: 1 << 20,
+                    mode: 0o755,
+                },
+                MountOp::Bind {
+                    src: "/usr".into(),
+                    dst: "/usr".into(),
+                    writable: false,
+                },
+                MountOp::Symlink {
+                    target: "usr/bin".into(),
+                    dst: "/bin".into(),
+                },
+                MountOp::Proc {
+                    dst: "/proc".into(),
+                },
+                MountOp::Dev { dst: "/dev".into() },
+            ],
+            landlock: Some(LandlockPlan {
+                rx: vec!["/usr".into()],
+                ro: vec![],
+                rw: vec!["/tmp/x".into()],
+                restrict_net: true,
+                connect_ports: vec![443],
+                scopes: true,
+                required: true,
+            }),
+            rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
+            cgroup_procs: vec!["/sys/fs/cgroup/pids/loong/1/cgroup.procs".into()],
+            seccomp: vec![vec![sock_filter {
+                code: 6,
+                jt: 0,
+                jf: 0,
+                k: 0x7fff_0000,
+            }]],
+            creds: Some((65534, 65534)),
+            env: vec!["PATH=/usr/bin".into()],
+            program: "/bin/true".into(),
+            argv: vec!["true".into()],
+            cwd: "/".into(),
+            pass_fds: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let p = sample();
+        assert_eq!(Plan::decode(&p.encode()), Ok(p));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(Plan::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(Plan::decode(&long), Err(PlanError::Trailing(1)));
+    }
+}

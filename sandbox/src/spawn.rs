@@ -1,0 +1,514 @@
+//! The parent side: a dedicated spawner thread starts `loong-spawn` with a plan, and a
+//! [`Child`] tracks the sandbox by pidfd until it exits.
+//!
+//! Spawning happens on one long-lived thread because the helper's parent-death signal fires
+//! when the *thread* that forked it exits; a short-lived thread (a runtime's blocking pool)
+//! would kill sandboxes when it retires. The thread lives as long as the [`Spawner`].
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{self, BufRead, BufReader, Write},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use crate::{
+    cgroup::{CgroupLimits, SandboxCgroup},
+    helper::{FIRST_PASSED_FD, PLAN_FD, REPORT_FD},
+    host::{Host, Mechanism},
+    profile::{Tier, TierProfile},
+    seccomp,
+    spec::{PlanContext, SandboxSpec, SpecError, DEFAULT_SANDBOX_ID},
+    sys,
+};
+
+/// The helper's executable name, found next to the running executable.
+pub const HELPER_NAME: &str = "loong-spawn";
+/// Handed-over descriptors are moved at least this high before mapping, so no source
+/// collides with a target.
+const FD_STAGING_MIN: i32 = 64;
+/// The most descriptors a spec may hand over.
+pub const MAX_PASS_FDS: usize = FD_STAGING_MIN as usize - 8;
+/// How long the helper may take to report `exec` or a failed step.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a payload's standard stream is connected.
+#[derive(Debug, Default)]
+pub enum StdioSpec {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// A new pipe; the parent's end is in the [`Child`].
+    Pipe,
+    /// This descriptor.
+    Fd(OwnedFd),
+}
+
+/// Why spawning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The spec was refused; nothing ran.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A confinement step failed in the helper; the payload never ran.
+    #[error("sandbox setup failed at `{step}`: {} ({detail})", nix::Error::from_raw(*errno))]
+    Setup {
+        step: String,
+        errno: i32,
+        detail: String,
+    },
+    /// Starting the helper, or talking to it, failed.
+    #[error("cannot start the sandbox helper {}: {source}", helper.display())]
+    Helper {
+        helper: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The per-sandbox cgroup could not be created.
+    #[error("cannot create the sandbox's cgroup: {0}")]
+    Cgroup(#[source] io::Error),
+    /// A profile did not compile.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The spawner thread is gone.
+    #[error("the spawner thread has stopped")]
+    Stopped,
+}
+
+/// How the payload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    /// The exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal, when it was killed.
+    pub signal: Option<i32>,
+    /// CPU time in user mode (µs) of everything in the sandbox.
+    pub user_us: u64,
+    /// CPU time in kernel mode (µs).
+    pub system_us: u64,
+    /// Peak resident memory (KiB) of the largest process.
+    pub max_rss_kib: u64,
+    /// The kernel OOM-killed a process of the sandbox.
+    pub oom_killed: bool,
+}
+
+impl ExitReport {
+    /// The shell's view: the exit code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (_, Some(s)) => 128 + s,
+            (Some(c), None) => c,
+            (None, None) => 1,
+        }
+    }
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Child {
+    helper: std::process::Child,
+    pidfd: OwnedFd,
+    report: BufReader<File>,
+    cgroup: Option<SandboxCgroup>,
+    /// The parent's end of the payload's stdin, when it was [`StdioSpec::Pipe`].
+    pub stdin: Option<OwnedFd>,
+    /// The parent's end of the payload's stdout.
+    pub stdout: Option<OwnedFd>,
+    /// The parent's end of the payload's stderr.
+    pub stderr: Option<OwnedFd>,
+    /// Mechanisms the tier needs that this sandbox runs without (degraded mode).
+    pub degraded: Vec<Mechanism>,
+}
+
+impl Child {
+    /// The helper's pid (the sandbox's outermost process).
+    pub fn pid(&self) -> u32 {
+        self.helper.id()
+    }
+
+    /// A pidfd for the helper; readable once it has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Kills the whole sandbox: the helper dies, its reaper follows (parent-death signal),
+    /// and with the reaper (pid 1) every process of the pid namespace.
+    pub fn kill(&self) -> io::Result<()> {
+        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// A handle that can kill this sandbox after the `Child` has moved elsewhere (to a thread
+    /// waiting for it).
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer {
+            pidfd: self.pidfd.try_clone()?,
+        })
+    }
+
+    /// Waits for the sandbox to end (blocking) and returns how it ended.
+    pub fn wait(mut self) -> io::Result<ExitReport> {
+        let mut report = None;
+        let mut line = String::new();
+        while self.report.read_line(&mut line)? > 0 {
+            if let Some(rest) = line.trim_end().strip_prefix("exit ") {
+                report = parse_exit(rest);
+            }
+            line.clear();
+        }
+        let status = self.helper.wait()?;
+        let oom = self.cgroup.as_ref().is_some_and(SandboxCgroup::oom_killed);
+        let mut r = report.unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            ExitReport {
+                code: status.code(),
+                signal: status.signal(),
+                user_us: 0,
+                system_us: 0,
+                max_rss_kib: 0,
+                oom_killed: false,
+            }
+        });
+        r.oom_killed = oom;
+        Ok(r)
+    }
+}
+
+/// Kills a sandbox through its pidfd (no pid-reuse race).
+#[derive(Debug)]
+pub struct Killer {
+    pidfd: OwnedFd,
+}
+
+impl Killer {
+    /// Sends SIGKILL to the sandbox's helper, which takes the whole sandbox down.
+    pub fn kill(&self) -> io::Result<()> {
+        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn parse_exit(s: &str) -> Option<ExitReport> {
+    let v: Vec<i64> = s
+        .split(' ')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [code, signal, ut, st, rss] = v[..] else {
+        return None;
+    };
+    Some(ExitReport {
+        code: (signal == 0).then_some(code as i32),
+        signal: (signal != 0).then_some(signal as i32),
+        user_us: ut.max(0) as u64,
+        system_us: st.max(0) as u64,
+        max_rss_kib: rss.max(0) as u64,
+        oom_killed: false,
+    })
+}
+
+/// Configuration of a [`Spawner`].
+#[derive(Debug, Clone)]
+pub struct SpawnerConfig {
+    /// The `loong-spawn` executable.
+    pub helper: PathBuf,
+    /// One profile per tier.
+    pub profiles: BTreeMap<Tier, TierProfile>,
+    /// uid/gid sandboxes run as when loongd is root.
+    pub sandbox_id: (u32, u32),
+    /// Paths no sandbox may see.
+    pub hidden: Vec<PathBuf>,
+    /// Prefix of per-sandbox cgroup names.
+    pub cgroup_prefix: String,
+}
+
+impl SpawnerConfig {
+    /// Defaults: the helper next to the running executable, `nobody`, nothing hidden.
+    pub fn new(profiles: BTreeMap<Tier, TierProfile>) -> SpawnerConfig {
+        let helper = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join(HELPER_NAME)))
+            .unwrap_or_else(|| PathBuf::from(HELPER_NAME));
+        SpawnerConfig {
+            helper,
+            profiles,
+            sandbox_id: DEFAULT_SANDBOX_ID,
+            hidden: Vec::new(),
+            cgroup_prefix: format!("loong-{}", std::process::id()),
+        }
+    }
+}
+
+struct Job {
+    spec: SandboxSpec,
+    stdio: [StdioSpec; 3],
+    pass: Vec<OwnedFd>,
+    reply: mpsc::Sender<Result<Child, SpawnError>>,
+}
+
+/// Starts sandboxes from one long-lived thread.
+#[derive(Debug)]
+pub struct Spawner {
+    jobs: mpsc::Sender<Job>,
+    host: Arc<Host>,
+}
+
+impl Spawner {
+    /// Probes the host (with the helper) and starts the spawner thread.
+    pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
+        let host = Arc::new(probe_host(&config.helper)?);
+        let mut compiled = BTreeMap::new();
+        for (tier, p) in &config.profiles {
+            compiled.insert((*tier, false), seccomp::compile(p, false)?);
+            compiled.insert((*tier, true), seccomp::compile(p, true)?);
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread_host = host.clone();
+        std::thread::Builder::new()
+            .name("loong-spawner".into())
+            .spawn(move || {
+                let seq = AtomicU64::new(0);
+                for job in rx {
+                    let r = spawn_one(
+                        &config,
+                        &thread_host,
+                        &compiled,
+                        &seq,
+                        job.spec,
+                        job.stdio,
+                        job.pass,
+                    );
+                    let _ = job.reply.send(r);
+                }
+            })
+            .map_err(|source| SpawnError::Helper {
+                helper: PathBuf::from("loong-spawner thread"),
+                source,
+            })?;
+        Ok(Spawner { jobs: tx, host })
+    }
+
+    /// What the host can enforce.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Spawns a sandbox; blocks until its payload has exec'd or setup failed.
+    pub fn spawn(
+        &self,
+        spec: SandboxSpec,
+        stdio: [StdioSpec; 3],
+        pass: Vec<OwnedFd>,
+    ) -> Result<Child, SpawnError> {
+        let (reply, rx) = mpsc::channel();
+        self.jobs
+            .send(Job {
+                spec,
+                stdio,
+                pass,
+                reply,
+            })
+            .map_err(|_| SpawnError::Stopped)?;
+        rx.recv().map_err(|_| SpawnError::Stopped)?
+    }
+}
+
+/// Probes the host: local checks plus `loong-spawn --probe` for namespaces.
+pub fn probe_host(helper: &Path) -> Result<Host, SpawnError> {
+    let out = Command::new(helper)
+        .arg("--probe")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| SpawnError::Helper {
+            helper: helper.to_path_buf(),
+            source,
+        })?;
+    Ok(Host::assemble(&crate::host::parse_probe(
+        &String::from_utf8_lossy(&out.stdout),
+    )))
+}
+
+fn stdio_pair(s: StdioSpec, payload_reads: bool) -> io::Result<(Stdio, Option<OwnedFd>)> {
+    Ok(match s {
+        StdioSpec::Null => (Stdio::null(), None),
+        StdioSpec::Fd(fd) => (Stdio::from(fd), None),
+        StdioSpec::Pipe => {
+            let (r, w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+            if payload_reads {
+                (Stdio::from(r), Some(w))
+            } else {
+                (Stdio::from(w), Some(r))
+            }
+        }
+    })
+}
+
+fn staged(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let raw = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FD_STAGING_MIN),
+    )
+    .map_err(io::Error::from)?;
+    sys::adopt_inherited_fd(raw)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_one(
+    config: &SpawnerConfig,
+    host: &Host,
+    compiled: &BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
+    seq: &AtomicU64,
+    spec: SandboxSpec,
+    stdio: [StdioSpec; 3],
+    pass: Vec<OwnedFd>,
+) -> Result<Child, SpawnError> {
+    let tier = spec.tier.ok_or(SpecError::NoTier)?;
+    let profile = config.profiles.get(&tier).ok_or(SpecError::NoTier)?;
+    if pass.len() > MAX_PASS_FDS {
+        return Err(SpecError::TooMany {
+            what: "handed-over descriptors",
+            count: pass.len(),
+            max: MAX_PASS_FDS,
+        }
+        .into());
+    }
+    let mut spec = spec;
+    spec.pass_fds = pass.len() as u32;
+    let n = seq.fetch_add(1, Ordering::Relaxed);
+    let wants_cgroup = spec.limits.memory_bytes.is_some() || spec.limits.pids.is_some();
+    let (cgroup, procs) = if wants_cgroup && host.has(Mechanism::Cgroup) {
+        let (c, p) = SandboxCgroup::create(
+            &host.cgroup,
+            &format!("{}-{n}", config.cgroup_prefix),
+            CgroupLimits {
+                memory_bytes: spec.limits.memory_bytes,
+                pids: spec.limits.pids,
+            },
+        )
+        .map_err(SpawnError::Cgroup)?;
+        (Some(c), p)
+    } else {
+        (None, Vec::new())
+    };
+    let seccomp = compiled
+        .get(&(tier, !spec.net.is_empty()))
+        .cloned()
+        .unwrap_or_default();
+    let planned = spec.plan(PlanContext {
+        host,
+        profile,
+        sandbox_id: config.sandbox_id,
+        hidden: &config.hidden,
+        seccomp,
+        cgroup_procs: procs,
+    })?;
+    let helper_err = |source| SpawnError::Helper {
+        helper: config.helper.clone(),
+        source,
+    };
+
+    let [i, o, e] = stdio;
+    let (si, pin) = stdio_pair(i, true).map_err(helper_err)?;
+    let (so, pout) = stdio_pair(o, false).map_err(helper_err)?;
+    let (se, perr) = stdio_pair(e, false).map_err(helper_err)?;
+    let (plan_r, plan_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
+    let (rep_r, rep_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
+    // Stage every source above the targets, then map: plan → 3, report → 4, passed → 5…
+    let mut sources = vec![
+        staged(&plan_r).map_err(helper_err)?,
+        staged(&rep_w).map_err(helper_err)?,
+    ];
+    for fd in &pass {
+        sources.push(staged(fd).map_err(helper_err)?);
+    }
+    drop((plan_r, rep_w, pass));
+    let mut map = vec![
+        (sources[0].as_raw_fd(), PLAN_FD),
+        (sources[1].as_raw_fd(), REPORT_FD),
+    ];
+    for (k, fd) in sources[2..].iter().enumerate() {
+        map.push((fd.as_raw_fd(), FIRST_PASSED_FD + k as i32));
+    }
+    let mut cmd = Command::new(&config.helper);
+    cmd.stdin(si).stdout(so).stderr(se).env_clear();
+    sys::map_fds(&mut cmd, map);
+    let helper = cmd.spawn().map_err(helper_err)?;
+    drop(sources);
+    drop(cmd);
+    let pidfd = sys::pidfd_open(helper.id() as i32).map_err(helper_err)?;
+    let mut plan_w = File::from(plan_w);
+    // A failed write means the helper died early; its report says why.
+    let _ = plan_w.write_all(&planned.plan.encode());
+    drop(plan_w);
+
+    let mut report = BufReader::new(File::from(rep_r));
+    let ready = wait_readable(report.get_ref().as_fd(), SETUP_TIMEOUT);
+    let mut line = String::new();
+    if ready {
+        report.read_line(&mut line).map_err(helper_err)?;
+    }
+    let mut child = Child {
+        helper,
+        pidfd,
+        report,
+        cgroup,
+        stdin: pin,
+        stdout: pout,
+        stderr: perr,
+        degraded: planned.degraded,
+    };
+    match line.trim_end() {
+        "exec" => Ok(child),
+        other => {
+            let _ = child.kill();
+            let (step, errno, detail) = parse_error(other);
+            let _ = child.helper.wait();
+            Err(SpawnError::Setup {
+                step,
+                errno,
+                detail,
+            })
+        }
+    }
+}
+
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+}
+
+fn parse_error(line: &str) -> (String, i32, String) {
+    let Some(rest) = line.strip_prefix("error ") else {
+        return (
+            "helper".into(),
+            libc::EIO,
+            if line.is_empty() {
+                "the helper exited without a report".into()
+            } else {
+                line.into()
+            },
+        );
+    };
+    let mut it = rest.splitn(3, '\t');
+    let step = it.next().unwrap_or("unknown").to_string();
+    let errno = it.next().and_then(|e| e.parse().ok()).unwrap_or(libc::EIO);
+    let detail = it.next().unwrap_or("").to_string();
+    (step, errno, detail)
+}

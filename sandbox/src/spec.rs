@@ -1,0 +1,528 @@
+//! `SandboxSpec`: what a caller asks for, validated and turned into a [`Plan`] for a tier
+//! profile on this host. Bad input is refused here, before anything is spawned.
+
+use std::{
+    ffi::OsString,
+    os::unix::{ffi::OsStringExt, fs::PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    host::{Host, Mechanism},
+    plan::{IdMap, LandlockPlan, MountOp, Plan},
+    profile::{LandlockMode, TierProfile},
+    Tier,
+};
+
+/// The uid and gid a sandbox runs as when loongd is root (`nobody`/`nogroup`).
+pub const DEFAULT_SANDBOX_ID: (u32, u32) = (65534, 65534);
+/// The most grants of each kind one spec may carry.
+pub const MAX_GRANTS: usize = 256;
+/// The most arguments and environment entries.
+pub const MAX_ARGS: usize = 4096;
+/// `PATH` inside a sandbox.
+pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+/// A TCP destination a sandbox may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetGrant {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for NetGrant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NetGrant, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("network grant `{s}` is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("network grant `{s}`: `{port}` is not a port number"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(format!(
+                "network grant `{s}` needs a host and a port above 0"
+            ));
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
+        {
+            return Err(format!(
+                "network grant `{s}`: `{host}` is not a host name or address"
+            ));
+        }
+        Ok(NetGrant {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Resource limits of one sandbox; `None` leaves the tier's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory: cgroup `memory.max` where available, and `RLIMIT_AS`.
+    pub memory_bytes: Option<u64>,
+    /// Processes: cgroup `pids.max` where available, else `RLIMIT_NPROC`.
+    pub pids: Option<u64>,
+    /// Wall-clock limit, enforced by the parent (and `RLIMIT_CPU` as a backstop).
+    pub timeout: Option<Duration>,
+}
+
+/// What to run and how to confine it.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    pub tier: Option<Tier>,
+    /// The program: an absolute path, or a name looked up on the sandbox's `PATH`.
+    pub program: PathBuf,
+    /// Arguments after `argv[0]`.
+    pub args: Vec<OsString>,
+    /// Extra environment (names validated; the rest of the environment is cleared).
+    pub env: Vec<(String, OsString)>,
+    /// Paths readable inside, at the same path.
+    pub read: Vec<PathBuf>,
+    /// Paths readable and writable inside, at the same path.
+    pub write: Vec<PathBuf>,
+    /// TCP destinations.
+    pub net: Vec<NetGrant>,
+    pub limits: Limits,
+    /// Run even if the host lacks a mechanism the tier needs (the caller audits it).
+    pub allow_degraded: bool,
+    /// Descriptors handed to the payload as 3, 4, … (counted; the fds travel separately).
+    pub pass_fds: u32,
+}
+
+/// Why a spec was refused. Nothing was spawned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("no tier given: choose restricted, balanced or trusted")]
+    NoTier,
+    #[error("program `{0}` not found (give an absolute path or a name on {SANDBOX_PATH})")]
+    ProgramNotFound(String),
+    #[error("program {0} is not an executable file")]
+    NotExecutable(String),
+    #[error("{flag} {path}: the path does not exist")]
+    PathNotFound { flag: &'static str, path: String },
+    #[error("{flag} {path}: give an absolute path")]
+    NotAbsolute { flag: &'static str, path: String },
+    #[error("conflicting grants: {0}")]
+    Conflict(String),
+    #[error("{what} of 0 is not a limit; omit it to use the tier's default")]
+    ZeroLimit { what: &'static str },
+    #[error("too many {what}: {count}, at most {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("environment name `{0}` is not a valid variable name")]
+    BadEnvName(String),
+    #[error("tier {tier} cannot be enforced on this host: {} missing (see `loongctl doctor`); pass --allow-degraded to run it anyway", names(.missing))]
+    Unavailable { tier: Tier, missing: Vec<Mechanism> },
+}
+
+fn names(m: &[Mechanism]) -> String {
+    m.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The context a spec is planned in.
+#[derive(Debug)]
+pub struct PlanContext<'a> {
+    pub host: &'a Host,
+    pub profile: &'a TierProfile,
+    /// uid/gid to drop to when root.
+    pub sandbox_id: (u32, u32),
+    /// Paths no sandbox may see (loongd's home, keys, configuration); granting one is a
+    /// conflict, and the trusted tier gets them masked.
+    pub hidden: &'a [PathBuf],
+    pub seccomp: Vec<Vec<seccompiler::sock_filter>>,
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// A validated plan and the mechanisms it runs without (degraded).
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: Plan,
+    pub degraded: Vec<Mechanism>,
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn check_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, SpecError> {
+    if paths.len() > MAX_GRANTS {
+        return Err(SpecError::TooMany {
+            what: "grants",
+            count: paths.len(),
+            max: MAX_GRANTS,
+        });
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let shown = p.display().to_string();
+            if !p.is_absolute() {
+                return Err(SpecError::NotAbsolute { flag, path: shown });
+            }
+            std::fs::canonicalize(p).map_err(|_| SpecError::PathNotFound { flag, path: shown })
+        })
+        .collect()
+}
+
+impl SandboxSpec {
+    /// Validates the spec and resolves it into a plan for `ctx`.
+    pub fn plan(&self, ctx: PlanContext<'_>) -> Result<Planned, SpecError> {
+        let tier = self.tier.ok_or(SpecError::NoTier)?;
+        let profile = ctx.profile;
+        for (what, v) in [
+            ("memory", self.limits.memory_bytes),
+            ("pids", self.limits.pids),
+        ] {
+            if v == Some(0) {
+                return Err(SpecError::ZeroLimit { what });
+            }
+        }
+        if self.limits.timeout == Some(Duration::ZERO) {
+            return Err(SpecError::ZeroLimit { what: "timeout" });
+        }
+        if self.args.len() > MAX_ARGS || self.env.len() > MAX_ARGS {
+            return Err(SpecError::TooMany {
+                what: "arguments or environment entries",
+                count: self.args.len().max(self.env.len()),
+                max: MAX_ARGS,
+            });
+        }
+        for (name, _) in &self.env {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(SpecError::BadEnvName(name.clone()));
+            }
+        }
+        let read = check_paths("--read", &self.read)?;
+        let write = check_paths("--write", &self.write)?;
+        for r in &read {
+            if write.contains(r) {
+                return Err(SpecError::Conflict(format!(
+                    "{} is granted both --read and --write; keep one",
+                    r.display()
+                )));
+            }
+        }
+        for g in read.iter().chain(&write) {
+            if g == Path::new("/") {
+                return Err(SpecError::Conflict(
+                    "granting / defeats the sandbox; grant the directories needed".into(),
+                ));
+            }
+            if let Some(h) = ctx
+                .hidden
+                .iter()
+                .find(|h| g.starts_with(h) || h.starts_with(g))
+            {
+                return Err(SpecError::Conflict(format!(
+                    "{} overlaps loongd's own state at {}",
+                    g.display(),
+                    h.display()
+                )));
+            }
+        }
+        if !self.net.is_empty() && tier == Tier::Restricted {
+            return Err(SpecError::Conflict(
+                "the restricted tier has no network; use --tier balanced for --allow-net".into(),
+            ));
+        }
+        let program = self.resolve_program()?;
+
+        // Fail closed on missing mechanisms, unless degraded mode was asked for.
+        let missing = ctx.host.missing_for(tier);
+        if !missing.is_empty() && !self.allow_degraded {
+            return Err(SpecError::Unavailable { tier, missing });
+        }
+        let has = |m: Mechanism| ctx.host.has(m);
+        let root = ctx.host.root;
+        let ns = profile.namespaces;
+        let mut flags = 0;
+        let want_net_ns = ns.net && self.net.is_empty();
+        for (on, mech) in [
+            (ns.pid, Mechanism::PidNs),
+            (ns.mount, Mechanism::MountNs),
+            (want_net_ns, Mechanism::NetNs),
+            (ns.ipc, Mechanism::IpcNs),
+            (ns.uts, Mechanism::UtsNs),
+        ] {
+            if on && has(mech) {
+                flags |= mech.clone_flag().unwrap_or(0);
+            }
+        }
+        let mut id_map = None;
+        if !root && flags != 0 {
+            if has(Mechanism::UserNs) {
+                flags |= libc::CLONE_NEWUSER;
+                let uid = nix::unistd::Uid::effective().as_raw();
+                let gid = nix::unistd::Gid::effective().as_raw();
+                id_map = Some(IdMap {
+                    inside_uid: uid,
+                    inside_gid: gid,
+                });
+            } else {
+                // Without a user namespace an unprivileged helper cannot unshare the rest.
+                flags = 0;
+            }
+        }
+
+        let mounts = if flags & libc::CLONE_NEWNS != 0 {
+            self.mounts(tier, profile, &program, &read, &write, ctx.hidden)
+        } else {
+            Vec::new()
+        };
+        let landlock = match profile.landlock {
+            LandlockMode::Off => None,
+            _ if !has(Mechanism::Landlock) => None,
+            mode => Some(self.landlock(profile, mode, &program, &read, &write)),
+        };
+        let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
+        let r = &profile.rlimits;
+        let mem = self.limits.memory_bytes.or(r.address_space);
+        let cpu = self
+            .limits
+            .timeout
+            .map(|t| t.as_secs().max(1))
+            .or(r.cpu_secs);
+        // With a cgroup the pids limit is its pids.max; without one it falls back to
+        // RLIMIT_NPROC (which counts every process of the sandbox's uid).
+        let nproc = if ctx.cgroup_procs.is_empty() {
+            self.limits.pids.or(r.processes)
+        } else {
+            r.processes
+        };
+        for (res, v) in [
+            (libc::RLIMIT_AS, mem),
+            (libc::RLIMIT_CPU, cpu),
+            (libc::RLIMIT_FSIZE, r.file_size),
+            (libc::RLIMIT_NOFILE, r.open_files),
+            (libc::RLIMIT_NPROC, nproc),
+        ] {
+            if let Some(v) = v {
+                // CPU: SIGXCPU at the soft limit, SIGKILL a second later.
+                let hard = if res == libc::RLIMIT_CPU { v + 1 } else { v };
+                rlimits.push((res, v, hard));
+            }
+        }
+        let mut env: Vec<OsString> = vec![
+            format!("PATH={SANDBOX_PATH}").into(),
+            "HOME=/".into(),
+            "LANG=C.UTF-8".into(),
+        ];
+        for (k, v) in &self.env {
+            let mut e = format!("{k}=").into_bytes();
+            e.extend_from_slice(v.as_encoded_bytes());
+            env.push(OsString::from_vec(e));
+        }
+        let argv0 = program
+            .file_name()
+            .map(OsString::from)
+            .unwrap_or_else(|| program.clone().into_os_string());
+        let mut argv = vec![argv0];
+        argv.extend(self.args.iter().cloned());
+
+        let mut degraded: Vec<Mechanism> = missing;
+        if !ctx.host.has(Mechanism::Cgroup)
+            && (self.limits.memory_bytes.is_some() || self.limits.pids.is_some())
+        {
+            degraded.push(Mechanism::Cgroup);
+        }
+        degraded.sort();
+        degraded.dedup();
+        Ok(Planned {
+            plan: Plan {
+                namespaces: flags,
+                id_map,
+                hostname: "loong".into(),
+                mounts,
+                landlock,
+                rlimits,
+                cgroup_procs: ctx.cgroup_procs,
+                seccomp: if has(Mechanism::Seccomp) {
+                    ctx.seccomp
+                } else {
+                    Vec::new()
+                },
+                creds: root.then_some(ctx.sandbox_id),
+                env,
+                program,
+                argv,
+                cwd: PathBuf::from("/"),
+                pass_fds: self.pass_fds,
+            },
+            degraded,
+        })
+    }
+
+    fn resolve_program(&self) -> Result<PathBuf, SpecError> {
+        let shown = self.program.display().to_string();
+        let p = if self.program.is_absolute() {
+            self.program.clone()
+        } else if self.program.components().count() == 1 {
+            SANDBOX_PATH
+                .split(':')
+                .map(|d| Path::new(d).join(&self.program))
+                .find(|c| is_executable(c))
+                .ok_or_else(|| SpecError::ProgramNotFound(shown.clone()))?
+        } else {
+            return Err(SpecError::NotAbsolute {
+                flag: "program",
+                path: shown,
+            });
+        };
+        if !p.exists() {
+            return Err(SpecError::ProgramNotFound(shown));
+        }
+        if !is_executable(&p) {
+            return Err(SpecError::NotExecutable(shown));
+        }
+        Ok(p)
+    }
+
+    fn mounts(
+        &self,
+        tier: Tier,
+        profile: &TierProfile,
+        program: &Path,
+        read: &[PathBuf],
+        write: &[PathBuf],
+        hidden: &[PathBuf],
+    ) -> Vec<MountOp> {
+        let mut ops = Vec::new();
+        if tier == Tier::Trusted {
+            ops.push(MountOp::Bind {
+                src: "/".into(),
+                dst: "/".into(),
+                writable: true,
+            });
+            for h in hidden {
+                if h.exists() {
+                    ops.push(MountOp::Tmpfs {
+                        dst: h.clone(),
+                        size: 4096,
+                        mode: 0o700,
+                    });
+                }
+            }
+            ops.push(MountOp::Proc {
+                dst: "/proc".into(),
+            });
+            return ops;
+        }
+        for sp in &profile.system_paths {
+            if sp.path == Path::new("/proc") {
+                continue; // the sandbox gets its own procfs below; the host's is never bound
+            }
+            match std::fs::symlink_metadata(&sp.path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&sp.path) {
+                        ops.push(MountOp::Symlink {
+                            target,
+                            dst: sp.path.clone(),
+                        });
+                    }
+                }
+                Ok(_) => ops.push(MountOp::Bind {
+                    src: sp.path.clone(),
+                    dst: sp.path.clone(),
+                    writable: false,
+                }),
+                Err(_) => {}
+            }
+        }
+        ops.push(MountOp::Proc {
+            dst: "/proc".into(),
+        });
+        ops.push(MountOp::Dev { dst: "/dev".into() });
+        if profile.tmp_bytes > 0 {
+            ops.push(MountOp::Tmpfs {
+                dst: "/tmp".into(),
+                size: profile.tmp_bytes,
+                mode: if profile.tmp_writable { 0o1777 } else { 0o755 },
+            });
+        }
+        let covered = |p: &Path| {
+            profile.system_paths.iter().any(|s| p.starts_with(&s.path))
+                || read.iter().chain(write).any(|g| p.starts_with(g))
+        };
+        if !covered(program) {
+            ops.push(MountOp::Bind {
+                src: program.to_path_buf(),
+                dst: program.to_path_buf(),
+                writable: false,
+            });
+        }
+        // Shallow grants first, so a deeper grant is mounted on top of its parent's.
+        let mut grants: Vec<(&PathBuf, bool)> = read
+            .iter()
+            .map(|p| (p, false))
+            .chain(write.iter().map(|p| (p, true)))
+            .collect();
+        grants.sort_by_key(|(p, _)| p.components().count());
+        for (p, writable) in grants {
+            ops.push(MountOp::Bind {
+                src: p.clone(),
+                dst: p.clone(),
+                writable,
+            });
+        }
+        ops
+    }
+
+    fn landlock(
+        &self,
+        profile: &TierProfile,
+        mode: LandlockMode,
+        program: &Path,
+        read: &[PathBuf],
+        write: &[PathBuf],
+    ) -> LandlockPlan {
+        let mut rx: Vec<PathBuf> = profile
+            .system_paths
+            .iter()
+            .filter(|s| s.exec)
+            .map(|s| s.path.clone())
+            .collect();
+        rx.push(program.to_path_buf());
+        let mut ro: Vec<PathBuf> = profile
+            .system_paths
+            .iter()
+            .filter(|s| !s.exec)
+            .map(|s| s.path.clone())
+            .collect();
+        ro.extend(read.iter().cloned());
+        let mut rw: Vec<PathBuf> = write.to_vec();
+        rw.extend(
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+            ]
+            .map(PathBuf::from),
+        );
+        if profile.tmp_bytes > 0 && profile.tmp_writable {
+            rw.push("/tmp".into());
+        }
+        LandlockPlan {
+            rx,
+            ro,
+            rw,
+            restrict_net: profile.landlock_net,
+            connect_ports: self.net.iter().map(|g| g.port).collect(),
+            scopes: profile.landlock_scopes,
+            required: mode == LandlockMode::Required,
+        }
+    }
+}

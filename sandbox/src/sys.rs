@@ -1,0 +1,159 @@
+//! The only module in the workspace allowed to use `unsafe`: thin wrappers over the few
+//! system calls nix does not cover safely (fork, close_range, pidfd_open, raw errno-style
+//! probes), each with a `// SAFETY:` argument that local reasoning can check.
+#![allow(unsafe_code)]
+
+use std::{
+    io,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+    process::Command,
+};
+
+/// Result of [`fork`].
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// Only the spawn helper calls this, and the helper is single-threaded (it is its own
+/// process, started by `execve`, and never creates a thread), so the child may run any code.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller is the single-threaded spawn helper (see above), so no lock can be
+    // held by another thread at the time of the fork.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
+pub(crate) fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and only closes descriptors; no memory is
+    // passed. Descriptors owned by Rust objects alive in this process could be invalidated,
+    // so callers use it only in the helper before any such object exists above `first`.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `pidfd_open(pid, 0)`.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; on success the kernel returns a new descriptor that
+    // nothing else owns, which we wrap exactly once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by no one else (see above).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
+pub(crate) fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments and a null siginfo pointer, which the call documents as valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Arranges for the child of `cmd` to receive `fds[i].0` as descriptor `fds[i].1`.
+///
+/// The closure runs between fork and exec in a possibly multi-threaded parent, so it does
+/// only async-signal-safe work: `dup2`/`fcntl` on descriptors that were opened before the
+/// fork. Targets must not collide with each other's sources (the caller places sources above
+/// every target).
+pub(crate) fn map_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    let closure = move || -> io::Result<()> {
+        for &(from, to) in &fds {
+            if from == to {
+                // SAFETY: fcntl on a descriptor that is open in the child; clears CLOEXEC so it
+                // survives exec. Async-signal-safe.
+                let flags = unsafe { libc::fcntl(from, libc::F_GETFD) };
+                // SAFETY: as above.
+                if flags < 0
+                    || unsafe { libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            // SAFETY: dup2 of an open descriptor onto a target number; async-signal-safe, and
+            // the new descriptor does not carry CLOEXEC.
+            } else if unsafe { libc::dup2(from, to) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe, and touches
+    // no memory other than its own captured vector (allocated before the fork).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, closure);
+    }
+}
+
+/// A raw system call with up to six integer arguments; returns the result or `-errno`.
+/// Used only by the host probe (`host.rs`) to ask the kernel whether a mechanism exists.
+pub(crate) fn raw_syscall(nr: i64, args: [u64; 6]) -> i64 {
+    // SAFETY: callers pass only integer arguments (null pointers or sizes), never pointers to
+    // memory the kernel could write; the probe calls are ones whose integer-only forms are
+    // harmless (queries).
+    let rc = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+    if rc < 0 {
+        -i64::from(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+        )
+    } else {
+        rc
+    }
+}
+
+/// Adopts descriptor `fd`, which this process inherited from its parent by contract (the
+/// spawn helper's fds 3 and 4), as an owned descriptor.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // F_GETFD tells us whether the descriptor is open at all, without side effects.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    // SAFETY: the descriptor is open (checked above), was inherited across exec by contract,
+    // and nothing else in this freshly exec'd process has taken ownership of it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `_exit(code)`: leaves a forked child without running the parent's exit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an integer and never returns; skipping atexit handlers is the point.
+    unsafe { libc::_exit(code) }
+}
+
+/// `close_range(first, last, 0)`.
+pub(crate) fn close_between(first: u32, last: u32) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: as for `close_from`: integer arguments, called in a forked child that owns no
+    // Rust object whose descriptor lies in the range.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
