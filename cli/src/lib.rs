@@ -35,6 +35,8 @@ pub struct Cli {
 }
 
 /// loongctl's commands.
+// Parsed once per process; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the daemon's version, pid, uptime, home, socket and connected clients.

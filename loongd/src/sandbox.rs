@@ -116,6 +116,7 @@ fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpe
             memory_bytes: req.memory_bytes,
             pids: req.pids,
             timeout: req.timeout_ms.map(Duration::from_millis),
+            cpu_secs: req.cpu_secs,
         },
         allow_degraded: req.allow_degraded || allow_degraded,
         pass_fds: 0,

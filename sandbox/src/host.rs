@@ -327,7 +327,13 @@ pub fn probe_namespaces_main() -> ! {
         Mechanism::IpcNs,
         Mechanism::UtsNs,
     ] {
-        let flag = mech.clone_flag().unwrap_or(0);
+        // Unprivileged, namespaces come with a user namespace (as the plans use them).
+        let with_user = if nix::unistd::Uid::effective().is_root() {
+            0
+        } else {
+            libc::CLONE_NEWUSER
+        };
+        let flag = mech.clone_flag().unwrap_or(0) | with_user;
         let result = match sys::fork() {
             Ok(sys::Forked::Child) => {
                 let code =

@@ -3,9 +3,11 @@
 //! Besides the profile's own list, every tier gets structural guards that a list of names
 //! cannot express:
 //! - `clone3` answers ENOSYS, so libc falls back to `clone`, whose flags a filter can see;
-//! - `clone` with any `CLONE_NEW*` flag is refused (EPERM, or a kill under an allowlist);
-//! - under a denylist, `socket`/`socketpair` outside the allowed families answer
-//!   EAFNOSUPPORT, and any x32 syscall number (`nr | 0x40000000`) kills the process
+//! - `clone` with any `CLONE_NEW*` flag is refused (a kill under an allowlist; EPERM under a
+//!   denylist that denies `unshare`, so both ways of making a namespace agree);
+//! - under a denylist in a tier that isolates the network, `socket`/`socketpair` outside the
+//!   allowed families (and non-stream INET sockets) answer EAFNOSUPPORT;
+//! - under a denylist, any x32 syscall number (`nr | 0x40000000`) kills the process
 //!   (seccompiler checks the architecture but not the x32 bit).
 //!
 //! Filters stack: the kernel runs all and applies the most severe action. The profile's own
@@ -31,6 +33,18 @@ pub const CLONE_NAMESPACE_FLAGS: [i32; 7] = [
     libc::CLONE_NEWUTS,
     libc::CLONE_NEWCGROUP,
 ];
+
+/// Socket types other than `SOCK_STREAM`, refused for AF_INET/AF_INET6 even with a grant.
+pub const NON_STREAM_SOCKET_TYPES: [i32; 6] = [
+    libc::SOCK_DGRAM,
+    libc::SOCK_RAW,
+    libc::SOCK_RDM,
+    libc::SOCK_SEQPACKET,
+    6,  /* SOCK_DCCP */
+    10, /* SOCK_PACKET */
+];
+/// The bits of `socket`'s type argument that hold the type (the rest are flags).
+pub const SOCKET_TYPE_MASK: u64 = 0xf;
 
 /// The x32 ABI bit of a syscall number.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -133,9 +147,12 @@ pub fn compile(profile: &TierProfile, net: bool) -> Result<Vec<BpfProgram>, Secc
             for s in &profile.syscalls {
                 rules.insert(s.nr, Vec::new());
             }
-            rules
-                .entry(libc::SYS_clone)
-                .or_insert(ns_clone().map_err(err)?);
+            // A profile that denies unshare denies namespaces: clone may not make them either.
+            if rules.contains_key(&libc::SYS_unshare) {
+                rules
+                    .entry(libc::SYS_clone)
+                    .or_insert(ns_clone().map_err(err)?);
+            }
             let deny = program(
                 rules,
                 SeccompAction::Allow,
@@ -148,24 +165,41 @@ pub fn compile(profile: &TierProfile, net: bool) -> Result<Vec<BpfProgram>, Secc
                 families.extend([libc::AF_INET as u64, libc::AF_INET6 as u64]);
             }
             let not_allowed = || -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-                Ok(vec![rule(
+                let mut rules = vec![rule(
                     families
                         .iter()
                         .map(|f| cond(0, SeccompCmpOp::Ne, *f))
                         .collect::<Result<_, _>>()?,
-                )?])
+                )?];
+                // Landlock restricts TCP only: a network grant never extends to datagram,
+                // raw or packet sockets.
+                if net {
+                    for fam in [libc::AF_INET, libc::AF_INET6] {
+                        for ty in NON_STREAM_SOCKET_TYPES {
+                            rules.push(rule(vec![
+                                cond(0, SeccompCmpOp::Eq, fam as u64)?,
+                                cond(1, SeccompCmpOp::MaskedEq(SOCKET_TYPE_MASK), ty as u64)?,
+                            ])?);
+                        }
+                    }
+                }
+                Ok(rules)
             };
-            let mut fam = BTreeMap::new();
-            fam.insert(libc::SYS_socket, not_allowed().map_err(err)?);
-            fam.insert(libc::SYS_socketpair, not_allowed().map_err(err)?);
-            out.push(
-                program(
-                    fam,
-                    SeccompAction::Allow,
-                    SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
-                )
-                .map_err(err)?,
-            );
+            // Tiers that isolate the network also filter socket families; a tier that shares
+            // the host's network (trusted) does not.
+            if profile.namespaces.net {
+                let mut fam = BTreeMap::new();
+                fam.insert(libc::SYS_socket, not_allowed().map_err(err)?);
+                fam.insert(libc::SYS_socketpair, not_allowed().map_err(err)?);
+                out.push(
+                    program(
+                        fam,
+                        SeccompAction::Allow,
+                        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+                    )
+                    .map_err(err)?,
+                );
+            }
             out.push(deny);
         }
     }

@@ -21,6 +21,9 @@ pub const DEFAULT_SANDBOX_ID: (u32, u32) = (65534, 65534);
 pub const MAX_GRANTS: usize = 256;
 /// The most arguments and environment entries.
 pub const MAX_ARGS: usize = 4096;
+/// Host trees no grant may reach into: the sandbox gets its own `/proc` and `/dev`, and no
+/// `/sys`.
+pub const KERNEL_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// `PATH` inside a sandbox.
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
@@ -68,8 +71,10 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// Processes: cgroup `pids.max` where available, else `RLIMIT_NPROC`.
     pub pids: Option<u64>,
-    /// Wall-clock limit, enforced by the parent (and `RLIMIT_CPU` as a backstop).
+    /// Wall-clock limit, enforced by the parent.
     pub timeout: Option<Duration>,
+    /// CPU seconds (`RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL a second later).
+    pub cpu_secs: Option<u64>,
 }
 
 /// What to run and how to confine it.
@@ -181,6 +186,7 @@ impl SandboxSpec {
         for (what, v) in [
             ("memory", self.limits.memory_bytes),
             ("pids", self.limits.pids),
+            ("cpu", self.limits.cpu_secs),
         ] {
             if v == Some(0) {
                 return Err(SpecError::ZeroLimit { what });
@@ -219,6 +225,12 @@ impl SandboxSpec {
                 return Err(SpecError::Conflict(
                     "granting / defeats the sandbox; grant the directories needed".into(),
                 ));
+            }
+            if let Some(k) = KERNEL_TREES.iter().find(|k| g.starts_with(k)) {
+                return Err(SpecError::Conflict(format!(
+                    "{} is under {k}, which would expose the host's kernel interfaces; the sandbox has its own",
+                    g.display()
+                )));
             }
             if let Some(h) = ctx
                 .hidden
@@ -288,12 +300,14 @@ impl SandboxSpec {
         };
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
         let r = &profile.rlimits;
-        let mem = self.limits.memory_bytes.or(r.address_space);
-        let cpu = self
-            .limits
-            .timeout
-            .map(|t| t.as_secs().max(1))
-            .or(r.cpu_secs);
+        // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and the
+        // address space keeps the tier's bound; without one, RLIMIT_AS carries the limit.
+        let mem = if ctx.cgroup_procs.is_empty() {
+            self.limits.memory_bytes.or(r.address_space)
+        } else {
+            r.address_space
+        };
+        let cpu = self.limits.cpu_secs.or(r.cpu_secs);
         // With a cgroup the pids limit is its pids.max; without one it falls back to
         // RLIMIT_NPROC (which counts every process of the sandbox's uid).
         let nproc = if ctx.cgroup_procs.is_empty() {

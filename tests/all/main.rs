@@ -5,5 +5,7 @@
 
 mod control_socket;
 mod daemon_lifecycle;
+mod sandbox;
+mod sandbox_probes;
 mod support;
 mod tidy;

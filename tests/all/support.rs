@@ -85,17 +85,30 @@ impl Home {
 
     /// Runs `loongctl --home HOME ARGS…`.
     pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_env(args, &[])
+    }
+
+    /// Runs `loongctl --home HOME ARGS…` with extra environment (which a daemon it starts
+    /// inherits).
+    pub fn ctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(bin("loongctl"))
             .arg("--home")
             .arg(self.path())
             .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
             .output()
             .expect("run loongctl")
     }
 
     /// Starts the daemon and returns its pid.
     pub fn start(&self) -> u32 {
-        let out = self.ctl(&["daemon", "start"]);
+        self.start_env(&[])
+    }
+
+    /// Starts the daemon with extra environment and returns its pid.
+    pub fn start_env(&self, env: &[(&str, &str)]) -> u32 {
+        let out = self.ctl_env(&["daemon", "start"], env);
         assert!(
             out.status.success(),
             "daemon start failed: {}\n{}",

@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Process limit.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
+    /// CPU-time limit in seconds (RLIMIT_CPU: SIGXCPU, exit 152).
+    #[arg(long, value_name = "SECS")]
+    cpu: Option<u64>,
     /// Pass this variable from loongctl's environment (the rest is cleared).
     #[arg(long = "env", value_name = "NAME")]
     env: Vec<String>,
@@ -150,6 +153,7 @@ fn request(a: &RunArgs) -> Result<SandboxRunRequest, Failure> {
             .transpose()
             .map_err(usage)?,
         pids: a.pids,
+        cpu_secs: a.cpu,
         env,
         allow_degraded: a.allow_degraded,
         max_output_bytes: a
@@ -169,7 +173,7 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .map(|t| Duration::from_millis(t) + DEADLINE_SLACK)
         .unwrap_or(NO_TIMEOUT_DEADLINE);
     let mut client = connect(layout)?;
-    let id = client.start(ControlRequest::SandboxRun(req), deadline)?;
+    let id = client.start(ControlRequest::SandboxRun(Box::new(req)), deadline)?;
     let mut input = client.input()?;
     // Stdin is fed from a thread; the process exits without waiting for it.
     std::thread::spawn(move || {

@@ -21,7 +21,7 @@ pub enum ControlRequest {
     Doctor,
     /// Run a program in a sandbox. Its stdin arrives as `Call::Stream` chunks, its output
     /// leaves as `Reply::Stream` chunks, and [`ControlResponse::SandboxExited`] ends it.
-    SandboxRun(SandboxRunRequest),
+    SandboxRun(Box<SandboxRunRequest>),
     /// Check a policy file's text; answered by [`ControlResponse::PolicyReport`].
     PolicyCheck {
         /// The file's name, for the report.
@@ -52,6 +52,8 @@ pub struct SandboxRunRequest {
     pub memory_bytes: Option<u64>,
     /// Process limit.
     pub pids: Option<u64>,
+    /// CPU seconds (`RLIMIT_CPU`).
+    pub cpu_secs: Option<u64>,
     /// Environment entries passed in (names validated by loongd).
     pub env: Vec<(String, String)>,
     /// Run even where the host cannot enforce the tier (audited).

@@ -23,7 +23,7 @@ pub(crate) async fn handle(
             Ok(ControlResponse::ShuttingDown)
         }
         ControlRequest::Doctor => Ok(ControlResponse::Doctor(crate::sandbox::doctor(kernel))),
-        ControlRequest::SandboxRun(req) => crate::sandbox::run(kernel, req, cred, io).await,
+        ControlRequest::SandboxRun(req) => crate::sandbox::run(kernel, *req, cred, io).await,
         ControlRequest::PolicyCheck { file, text } => {
             if text.len() > loong_ipc::message::control::MAX_POLICY_TEXT_BYTES {
                 return Err(RemoteError::new(

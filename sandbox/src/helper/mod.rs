@@ -114,6 +114,9 @@ fn read_plan() -> Result<Plan, Failure> {
 }
 
 fn run(report: &mut File) -> Result<i32, Failure> {
+    // loongd runs with umask 077; the sandbox's root must be traversable by the sandbox uid,
+    // and programs expect the conventional mask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let plan = read_plan()?;
     // Only stdio, the report fd and the handed-over fds survive.
     let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds;

@@ -94,6 +94,11 @@ fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
 }
 
 fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
+    bind_with(src, dst, writable, MsFlags::MS_NODEV)
+}
+
+/// A bind mount; `extra` are flags besides `nosuid` (device nodes need `nodev` off).
+fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
     let meta = fs::metadata(src).map_err(io_fail("stat bind source", src))?;
     if meta.is_dir() {
         mkdirs(dst)?;
@@ -113,7 +118,7 @@ fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(fail("bind", dst))?;
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut flags = MsFlags::MS_NOSUID | extra;
     if !writable {
         flags |= MsFlags::MS_RDONLY;
     }
@@ -177,7 +182,12 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
                 mkdirs(&d)?;
                 tmpfs(&d, 64 << 10, 0o755)?;
                 for node in DEV_NODES {
-                    bind(&old.join("dev").join(node), &d.join(node), true)?;
+                    bind_with(
+                        &old.join("dev").join(node),
+                        &d.join(node),
+                        true,
+                        MsFlags::empty(),
+                    )?;
                 }
                 for (name, target) in [
                     ("fd", "/proc/self/fd"),
@@ -196,7 +206,14 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
     nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
     nix::unistd::chdir("/").map_err(fail("chdir", root))?;
-    // The root's own tmpfs holds only mount points: make it read-only.
+    // The root's own tmpfs holds only mount points: make it read-only (unless the root is a
+    // bind of the host's, as in the trusted tier, which keeps its own flags).
+    if ops
+        .iter()
+        .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
+    {
+        return Ok(());
+    }
     remount_bind(
         root,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,

@@ -1,0 +1,590 @@
+//! Sandbox behaviour beyond single escape attempts: what the host sees of a confined process,
+//! cleanup when loongd dies, failing closed, setuid, bad input, doctor, policy check, and the
+//! unprivileged (user namespace) path.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::support::{bin, is_root, process_alive, skip, text, wait_until, Home};
+
+const PROBE: &str = env!("LOONG_PROBE");
+
+fn probe(test: &str) -> Option<PathBuf> {
+    if PROBE.starts_with("unavailable") {
+        skip(test, PROBE);
+        return None;
+    }
+    Some(PathBuf::from(PROBE))
+}
+
+/// Pids of processes whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    crate::support::cmdline_has(*pid, marker)
+                        && !crate::support::cmdline_has(*pid, "loongctl")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+#[test]
+fn confined_process_seen_from_the_host_and_killed_with_loongd() {
+    let Some(probe) = probe("confined_process_seen_from_the_host_and_killed_with_loongd") else {
+        return;
+    };
+    let home = Home::new();
+    let loongd = home.start();
+    let marker = format!("marker-{}-{loongd}", std::process::id());
+    let mut runs = Vec::new();
+    for tier in ["restricted", "balanced", "trusted"] {
+        let m = format!("{marker}-{tier}");
+        let child = Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["sandbox", "run", "--tier", tier, "--"])
+            .arg(&probe)
+            .args(["spin", &m])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loongctl");
+        runs.push((tier, m, child));
+    }
+    let mut payloads = Vec::new();
+    for (tier, m, _) in &runs {
+        assert!(
+            wait_until(Duration::from_secs(10), || !pids_with(m).is_empty()),
+            "{tier} payload never appeared"
+        );
+        let pid = pids_with(m)[0];
+        // Positive control: this test's own process has neither.
+        assert_eq!(
+            status_field(std::process::id(), "NoNewPrivs:").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            status_field(pid, "NoNewPrivs:").as_deref(),
+            Some("1"),
+            "{tier}"
+        );
+        assert_eq!(
+            status_field(pid, "Seccomp:").as_deref(),
+            Some("2"),
+            "{tier}"
+        );
+        assert_eq!(
+            status_field(pid, "CapEff:").as_deref(),
+            Some("0000000000000000"),
+            "{tier}"
+        );
+        if is_root() {
+            let uid = status_field(pid, "Uid:").unwrap_or_default();
+            assert!(uid.starts_with("65534"), "{tier} runs as {uid}, not nobody");
+        }
+        // The payload is not pid 1 of its namespace: a reaper is.
+        let nspid = status_field(pid, "NSpid:").unwrap_or_default();
+        assert!(
+            nspid.ends_with("\t2") || nspid.ends_with(" 2"),
+            "{tier} NSpid {nspid:?}"
+        );
+        payloads.push(pid);
+    }
+    // kill -9 of loongd takes every sandbox down.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(loongd as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    for pid in &payloads {
+        assert!(
+            wait_until(Duration::from_secs(10), || !process_alive(*pid)),
+            "confined pid {pid} survived loongd"
+        );
+    }
+    assert!(
+        pids_with(&marker).is_empty(),
+        "leftover confined processes: {:?}",
+        pids_with(&marker)
+    );
+    for (_, _, mut c) in runs {
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn missing_mechanism_fails_closed_unless_degraded_is_asked() {
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "landlock")]);
+    let refused = home.ctl(&["sandbox", "run", "--tier", "restricted", "--", "/bin/true"]);
+    assert_eq!(refused.status.code(), Some(6), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("tier restricted cannot be enforced on this host: landlock missing")
+            && err.contains("--allow-degraded"),
+        "{err}"
+    );
+    // Positive control: a tier that does not need landlock still runs.
+    let trusted = home.ctl(&["sandbox", "run", "--tier", "trusted", "--", "/bin/true"]);
+    assert_eq!(trusted.status.code(), Some(0), "{}", text(&trusted.stderr));
+    // Asked for explicitly, degraded mode runs, says so, and is logged.
+    let degraded = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "restricted",
+        "--allow-degraded",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(
+        degraded.status.code(),
+        Some(0),
+        "{}",
+        text(&degraded.stderr)
+    );
+    assert!(
+        text(&degraded.stderr).contains("ran DEGRADED, without landlock"),
+        "{}",
+        text(&degraded.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || home
+            .log()
+            .contains("sandbox started DEGRADED")),
+        "{}",
+        home.log()
+    );
+    // doctor says the same, with exit 6.
+    let doc = home.ctl(&["doctor", "--json"]);
+    assert_eq!(doc.status.code(), Some(6));
+    let v: serde_json::Value = serde_json::from_slice(&doc.stdout).expect("json");
+    let mech = v["mechanisms"]
+        .as_array()
+        .expect("mechanisms")
+        .iter()
+        .find(|m| m["name"] == "landlock")
+        .expect("landlock row");
+    assert_eq!(mech["available"], false);
+    assert!(mech["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("LOONG_SANDBOX_DISABLE"));
+    let tier = |name: &str| {
+        v["tiers"]
+            .as_array()
+            .expect("tiers")
+            .iter()
+            .find(|t| t["tier"] == name)
+            .cloned()
+            .expect("tier")
+    };
+    assert_eq!(tier("restricted")["enforceable"], false);
+    assert_eq!(
+        tier("restricted")["missing"],
+        serde_json::json!(["landlock"])
+    );
+    assert_eq!(tier("trusted")["enforceable"], true);
+}
+
+#[test]
+fn doctor_reports_every_mechanism_and_tier() {
+    let home = Home::new();
+    home.start();
+    let out = home.ctl(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let names: Vec<&str> = v["mechanisms"]
+        .as_array()
+        .expect("mechanisms")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    for n in [
+        "landlock",
+        "seccomp",
+        "no_new_privs",
+        "userns",
+        "pidns",
+        "mountns",
+        "netns",
+        "ipcns",
+        "utsns",
+        "cgroup",
+        "pidfd",
+    ] {
+        assert!(names.contains(&n), "doctor lacks {n}: {names:?}");
+    }
+    for m in v["mechanisms"].as_array().expect("mechanisms") {
+        if m["available"] == false {
+            assert!(
+                m["fix"].is_string(),
+                "a missing mechanism names its fix: {m}"
+            );
+        }
+    }
+    let all_ok = v["tiers"]
+        .as_array()
+        .expect("tiers")
+        .iter()
+        .all(|t| t["enforceable"] == true);
+    assert_eq!(out.status.code(), Some(if all_ok { 0 } else { 6 }));
+    if v["landlock_abi"].as_i64().unwrap_or(0) >= 6 && all_ok {
+        // On this kernel the restricted tier runs with landlock at HardRequirement: a spawn
+        // succeeding proves full enforcement (anything less refuses to start).
+        let ok = home.ctl(&["sandbox", "run", "--tier", "restricted", "--", "/bin/true"]);
+        assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    }
+}
+
+#[test]
+fn setuid_binaries_do_not_elevate() {
+    let Some(probe) = probe("setuid_binaries_do_not_elevate") else {
+        return;
+    };
+    if !is_root() {
+        skip(
+            "setuid_binaries_do_not_elevate",
+            "needs root to make a setuid-root binary",
+        );
+        return;
+    }
+    let home = Home::new();
+    home.start();
+    let dir = tempfile::Builder::new()
+        .prefix("ls")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let suid = dir.path().join("suid-probe");
+    fs::copy(&probe, &suid).expect("copy");
+    fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).expect("setuid");
+    // Positive control: run by nobody outside any sandbox, the setuid bit works.
+    let control = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&suid)
+        .arg("euid")
+        .output()
+        .expect("setpriv");
+    assert_eq!(text(&control.stdout).trim(), "euid=0");
+    for tier in ["restricted", "balanced", "trusted"] {
+        let d = dir.path().display().to_string();
+        let s = suid.display().to_string();
+        let out = home.ctl(&[
+            "sandbox", "run", "--tier", tier, "--read", &d, "--", &s, "euid",
+        ]);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "euid=65534",
+            "{tier}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_spawns() {
+    let home = Home::new();
+    home.start();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--tier",
+                "balanced",
+                "--read",
+                "/definitely/not/here",
+                "--",
+                "/bin/true",
+            ],
+            "--read /definitely/not/here: the path does not exist",
+        ),
+        (
+            &["--tier", "medium", "--", "/bin/true"],
+            "unknown tier `medium`: expected restricted, balanced or trusted",
+        ),
+        (
+            &["--tier", "balanced", "--memory", "0", "--", "/bin/true"],
+            "memory of 0 is not a limit",
+        ),
+        (
+            &["--tier", "balanced", "--pids", "0", "--", "/bin/true"],
+            "pids of 0 is not a limit",
+        ),
+        (
+            &["--tier", "balanced", "--", "/no/such/program"],
+            "program `/no/such/program` not found",
+        ),
+        (
+            &["--tier", "balanced", "--", "no-such-program-anywhere"],
+            "program `no-such-program-anywhere` not found",
+        ),
+        (
+            &[
+                "--tier",
+                "balanced",
+                "--read",
+                "/etc",
+                "--write",
+                "/etc",
+                "--",
+                "/bin/true",
+            ],
+            "/etc is granted both --read and --write",
+        ),
+        (
+            &[
+                "--tier",
+                "restricted",
+                "--allow-net",
+                "127.0.0.1:80",
+                "--",
+                "/bin/true",
+            ],
+            "the restricted tier has no network",
+        ),
+        (
+            &["--tier", "balanced", "--read", "/proc/1", "--", "/bin/true"],
+            "/proc/1 is under /proc",
+        ),
+        (
+            &["--tier", "balanced", "--write", "/", "--", "/bin/true"],
+            "granting / defeats the sandbox",
+        ),
+        (
+            &[
+                "--tier",
+                "balanced",
+                "--allow-net",
+                "example:0",
+                "--",
+                "/bin/true",
+            ],
+            "needs a host and a port above 0",
+        ),
+        (
+            &[
+                "--tier",
+                "balanced",
+                "--allow-net",
+                "nocolon",
+                "--",
+                "/bin/true",
+            ],
+            "`nocolon` is not HOST:PORT",
+        ),
+        (
+            &["--tier", "balanced", "--memory", "lots", "--", "/bin/true"],
+            "--memory lots: expected a number of bytes",
+        ),
+        (
+            &[
+                "--tier",
+                "balanced",
+                "--env",
+                "LOONG_TEST_SURELY_UNSET",
+                "--",
+                "/bin/true",
+            ],
+            "--env LOONG_TEST_SURELY_UNSET: not set",
+        ),
+    ];
+    let home_str = home.path().display().to_string();
+    for (args, want) in cases {
+        let mut a = vec!["sandbox", "run"];
+        a.extend_from_slice(args);
+        let out = home.ctl(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: expected `{want}` in {}",
+            text(&out.stderr)
+        );
+    }
+    // A grant of loongd's own home is refused too.
+    let own = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--read",
+        &home_str,
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(own.status.code(), Some(2));
+    assert!(
+        text(&own.stderr).contains("overlaps loongd's own state"),
+        "{}",
+        text(&own.stderr)
+    );
+    assert!(
+        !home.log().contains("sandbox started"),
+        "nothing may have been spawned:\n{}",
+        home.log()
+    );
+    // Positive control: the same daemon runs a valid request.
+    let ok = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--read",
+        "/etc",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+}
+
+#[test]
+fn policy_check_reports_every_problem_at_once() {
+    let home = Home::new();
+    home.start();
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.toml");
+    fs::write(&bad, "tier = \"balanced\"\nsurprise = 1\n[seccomp]\nmode = \"maybe\"\nsyscalls = [ { name = \"nosuchcall\", why = \"x\" } ]\n").expect("write");
+    let out = home.ctl(&["policy", "check", &bad.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    let f = bad.display().to_string();
+    for want in [
+        format!("{f}:2: surprise: unknown key"),
+        format!("{f}:4: seccomp.mode: expected \"allowlist\" or \"denylist\""),
+        format!("{f}:5: seccomp.syscalls[0].name: `nosuchcall` is not a known x86_64 syscall"),
+    ] {
+        assert!(report.contains(&want), "missing `{want}` in:\n{report}");
+    }
+    // Positive control: the bundled profiles check clean.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .join("policy-profiles/tiers");
+    for t in ["restricted", "balanced", "trusted"] {
+        let p = root.join(format!("{t}.toml")).display().to_string();
+        let ok = home.ctl(&["policy", "check", &p]);
+        assert_eq!(ok.status.code(), Some(0), "{t}: {}", text(&ok.stdout));
+    }
+}
+
+#[test]
+fn unprivileged_sandbox_basics() {
+    let Some(probe) = probe("unprivileged_sandbox_basics") else {
+        return;
+    };
+    if fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|v| v.trim() == "0") {
+        skip(
+            "unprivileged_sandbox_basics",
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+        );
+        return;
+    }
+    // As root, run loongd and loongctl as nobody; unprivileged already, run them as we are.
+    let home = Home::new();
+    let work = tempfile::Builder::new()
+        .prefix("lu")
+        .tempdir_in("/tmp")
+        .expect("work");
+    let as_user = |args: &[&str]| {
+        let mut c = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(bin("loongctl"));
+            c
+        } else {
+            Command::new(bin("loongctl"))
+        };
+        c.arg("--home")
+            .arg(home.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("loongctl")
+    };
+    if is_root() {
+        for p in [home.path(), work.path()] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).expect("chown");
+        }
+    }
+    let started = as_user(&["daemon", "start"]);
+    assert!(
+        started.status.success(),
+        "{}\n{}",
+        text(&started.stderr),
+        home.log()
+    );
+    let doc = as_user(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&doc.stdout).expect("doctor");
+    assert_eq!(v["root"], false);
+    let userns = v["mechanisms"]
+        .as_array()
+        .expect("m")
+        .iter()
+        .any(|m| m["name"] == "userns" && m["available"] == true);
+    if !userns {
+        skip(
+            "unprivileged_sandbox_basics",
+            "this host refuses unprivileged user namespaces",
+        );
+        as_user(&["daemon", "stop"]);
+        return;
+    }
+    let w = work.path().display().to_string();
+    let p = probe.display().to_string();
+    let run = |tier: &str, args: &[&str]| {
+        let mut a = vec!["sandbox", "run", "--tier", tier, "--write", &w, "--", &p];
+        a.extend_from_slice(args);
+        let out = as_user(&a);
+        (
+            out.status.code(),
+            text(&out.stdout).trim().to_string(),
+            text(&out.stderr),
+        )
+    };
+    let created = format!("{w}/made-unprivileged");
+    for (tier, args, want) in [
+        (
+            "restricted",
+            vec!["create", created.as_str()],
+            (Some(0), "ok"),
+        ),
+        (
+            "restricted",
+            vec!["tcp-connect", "127.0.0.1", "9"],
+            (Some(159), ""),
+        ),
+        (
+            "balanced",
+            vec!["tcp-connect", "127.0.0.1", "9"],
+            (Some(0), "EAFNOSUPPORT"),
+        ),
+        ("balanced", vec!["keyctl"], (Some(0), "EPERM")),
+        ("balanced", vec!["list-fds"], (Some(0), "0 1 2")),
+        ("balanced", vec!["read", "/etc/shadow"], (Some(0), "EACCES")),
+        ("restricted", vec!["x32"], (Some(159), "")),
+    ] {
+        let got = run(tier, &args);
+        assert_eq!((got.0, got.1.as_str()), want, "{tier} {args:?}: {}", got.2);
+    }
+    assert!(Path::new(&created).exists(), "the write grant really wrote");
+    as_user(&["daemon", "stop"]);
+}
