@@ -96,6 +96,9 @@ pub struct Plan {
     /// Descriptors handed to the payload: the helper receives them at 5, 6, … and the
     /// payload gets them at 3, 4, … in order.
     pub pass_fds: u32,
+    /// Join the spawn server's shared empty network namespace instead of creating one (only
+    /// when landlock scopes keep sandboxes in it from reaching each other's abstract sockets).
+    pub share_netns: bool,
 }
 
 /// A plan that did not decode.
@@ -288,6 +291,7 @@ impl Plan {
         self.argv.iter().for_each(|a| w.bytes(a.as_bytes()));
         w.path(&self.cwd);
         w.u32(self.pass_fds);
+        w.u8(u8::from(self.share_netns));
         w.0
     }
 
@@ -367,6 +371,7 @@ impl Plan {
         let argv = r.list(R::os)?;
         let cwd = r.path()?;
         let pass_fds = r.u32()?;
+        let share_netns = r.u8()? != 0;
         if r.pos != b.len() {
             return Err(PlanError::Trailing(b.len() - r.pos));
         }
@@ -385,6 +390,7 @@ impl Plan {
             argv,
             cwd,
             pass_fds,
+            share_netns,
         })
     }
 }
@@ -444,6 +450,7 @@ mod tests {
             argv: vec!["true".into()],
             cwd: "/".into(),
             pass_fds: 1,
+            share_netns: true,
         }
     }
 

@@ -1,15 +1,17 @@
-//! The parent side: a dedicated spawner thread starts `loong-spawn` with a plan, and a
-//! [`Child`] tracks the sandbox by pidfd until it exits.
+//! The parent side: a dedicated spawner thread owns the spawn server (`loong-spawn --serve`)
+//! and sends it one request per sandbox; a [`Child`] tracks the sandbox by pidfd until it
+//! exits.
 //!
-//! Spawning happens on one long-lived thread because the helper's parent-death signal fires
+//! The server is started from one long-lived thread because its parent-death signal fires
 //! when the *thread* that forked it exits; a short-lived thread (a runtime's blocking pool)
-//! would kill sandboxes when it retires. The thread lives as long as the [`Spawner`].
+//! would kill every sandbox when it retired. The thread lives as long as the [`Spawner`]. A
+//! server that died is restarted on the next spawn.
 
 use std::{
     collections::BTreeMap,
     fs::File,
     io::{self, BufRead, BufReader, Write},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -21,7 +23,7 @@ use std::{
 
 use crate::{
     cgroup::{CgroupLimits, SandboxCgroup},
-    helper::{FIRST_PASSED_FD, PLAN_FD, REPORT_FD},
+    helper::server,
     host::{Host, Mechanism},
     profile::{Tier, TierProfile},
     seccomp,
@@ -31,11 +33,10 @@ use crate::{
 
 /// The helper's executable name, found next to the running executable.
 pub const HELPER_NAME: &str = "loong-spawn";
-/// Handed-over descriptors are moved at least this high before mapping, so no source
-/// collides with a target.
+/// The server's socket is moved at least this high before it is mapped to fd 3.
 const FD_STAGING_MIN: i32 = 64;
 /// The most descriptors a spec may hand over.
-pub const MAX_PASS_FDS: usize = FD_STAGING_MIN as usize - 8;
+pub const MAX_PASS_FDS: usize = server::MAX_PASS_FDS;
 /// How long the helper may take to report `exec` or a failed step.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -113,7 +114,7 @@ impl ExitReport {
 /// A running sandbox.
 #[derive(Debug)]
 pub struct Child {
-    helper: std::process::Child,
+    pid: u32,
     pidfd: OwnedFd,
     report: BufReader<File>,
     cgroup: Option<SandboxCgroup>,
@@ -130,7 +131,7 @@ pub struct Child {
 impl Child {
     /// The helper's pid (the sandbox's outermost process).
     pub fn pid(&self) -> u32 {
-        self.helper.id()
+        self.pid
     }
 
     /// A pidfd for the helper; readable once it has exited.
@@ -155,7 +156,9 @@ impl Child {
         })
     }
 
-    /// Waits for the sandbox to end (blocking) and returns how it ended.
+    /// Waits for the sandbox to end (blocking) and returns how it ended. The helper writes
+    /// an `exit` line last; a helper that was killed writes none, and is reported as killed
+    /// by SIGKILL once its pidfd says it is gone.
     pub fn wait(mut self) -> io::Result<ExitReport> {
         let mut report = None;
         let mut line = String::new();
@@ -165,20 +168,16 @@ impl Child {
             }
             line.clear();
         }
-        let status = self.helper.wait()?;
-        let oom = self.cgroup.as_ref().is_some_and(SandboxCgroup::oom_killed);
-        let mut r = report.unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            ExitReport {
-                code: status.code(),
-                signal: status.signal(),
-                user_us: 0,
-                system_us: 0,
-                max_rss_kib: 0,
-                oom_killed: false,
-            }
+        while !wait_readable(self.pidfd.as_fd(), Duration::from_secs(60)) {}
+        let mut r = report.unwrap_or(ExitReport {
+            code: None,
+            signal: Some(libc::SIGKILL),
+            user_us: 0,
+            system_us: 0,
+            max_rss_kib: 0,
+            oom_killed: false,
         });
-        r.oom_killed = oom;
+        r.oom_killed = self.cgroup.as_ref().is_some_and(SandboxCgroup::oom_killed);
         Ok(r)
     }
 }
@@ -264,7 +263,7 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Probes the host (with the helper) and starts the spawner thread.
+    /// Probes the host (with the helper), starts the spawner thread and its spawn server.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
         let mut compiled = BTreeMap::new();
@@ -273,21 +272,31 @@ impl Spawner {
             compiled.insert((*tier, true), seccomp::compile(p, true)?);
         }
         let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let thread_host = host.clone();
         std::thread::Builder::new()
             .name("loong-spawner".into())
             .spawn(move || {
+                // The server must be forked by this thread (see the module docs).
+                let mut server = match Server::start(&config.helper) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Some(s)
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let seq = AtomicU64::new(0);
                 for job in rx {
-                    let r = spawn_one(
-                        &config,
-                        &thread_host,
-                        &compiled,
-                        &seq,
-                        job.spec,
-                        job.stdio,
-                        job.pass,
-                    );
+                    let ctx = Ctx {
+                        config: &config,
+                        host: &thread_host,
+                        compiled: &compiled,
+                        seq: &seq,
+                    };
+                    let r = spawn_one(&ctx, &mut server, job.spec, job.stdio, job.pass);
                     let _ = job.reply.send(r);
                 }
             })
@@ -295,7 +304,14 @@ impl Spawner {
                 helper: PathBuf::from("loong-spawner thread"),
                 source,
             })?;
-        Ok(Spawner { jobs: tx, host })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Spawner { jobs: tx, host }),
+            Ok(Err(source)) => Err(SpawnError::Helper {
+                helper: PathBuf::from(HELPER_NAME),
+                source,
+            }),
+            Err(_) => Err(SpawnError::Stopped),
+        }
     }
 
     /// What the host can enforce.
@@ -339,17 +355,116 @@ pub fn probe_host(helper: &Path) -> Result<Host, SpawnError> {
     )))
 }
 
-fn stdio_pair(s: StdioSpec, payload_reads: bool) -> io::Result<(Stdio, Option<OwnedFd>)> {
+/// The running spawn server and our end of its socket.
+#[derive(Debug)]
+struct Server {
+    sock: OwnedFd,
+    process: std::process::Child,
+}
+
+impl Server {
+    fn start(helper: &Path) -> io::Result<Server> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let staged_theirs = staged(&theirs)?;
+        let mut cmd = Command::new(helper);
+        cmd.arg("--serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .env_clear();
+        sys::map_fds(
+            &mut cmd,
+            vec![(staged_theirs.as_raw_fd(), server::SERVER_FD)],
+        );
+        let process = cmd.spawn()?;
+        Ok(Server {
+            sock: ours,
+            process,
+        })
+    }
+
+    /// Sends one request; returns the new helper's pid and pidfd.
+    fn request(&self, fds: &[RawFd], pass: u32) -> io::Result<(u32, OwnedFd)> {
+        use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+        let mut req = [0u8; 5];
+        req[0] = server::SPAWN;
+        req[1..].copy_from_slice(&pass.to_le_bytes());
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[io::IoSlice::new(&req)],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let mut buf = [0u8; 16];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut got = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(r) = c {
+                got.extend(r);
+            }
+        }
+        let received: Vec<OwnedFd> = got
+            .into_iter()
+            .filter_map(|fd| sys::adopt_fd(fd).ok())
+            .collect();
+        if msg.bytes < 5 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spawn server closed its socket",
+            ));
+        }
+        let value = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        match (buf[0], received.into_iter().next()) {
+            (server::SPAWNED, Some(pidfd)) => Ok((value as u32, pidfd)),
+            (server::FAILED, _) => Err(io::Error::from_raw_os_error(value)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed answer from the spawn server",
+            )),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn stdio_fd(s: StdioSpec, payload_reads: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
     Ok(match s {
-        StdioSpec::Null => (Stdio::null(), None),
-        StdioSpec::Fd(fd) => (Stdio::from(fd), None),
+        StdioSpec::Null => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            (OwnedFd::from(f), None)
+        }
+        StdioSpec::Fd(fd) => (fd, None),
         StdioSpec::Pipe => {
             let (r, w) =
                 nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
             if payload_reads {
-                (Stdio::from(r), Some(w))
+                (r, Some(w))
             } else {
-                (Stdio::from(w), Some(r))
+                (w, Some(r))
             }
         }
     })
@@ -361,19 +476,25 @@ fn staged(fd: &OwnedFd) -> io::Result<OwnedFd> {
         nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FD_STAGING_MIN),
     )
     .map_err(io::Error::from)?;
-    sys::adopt_inherited_fd(raw)
+    sys::adopt_fd(raw)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the spawner thread keeps between jobs.
+struct Ctx<'a> {
+    config: &'a SpawnerConfig,
+    host: &'a Host,
+    compiled: &'a BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
+    seq: &'a AtomicU64,
+}
+
 fn spawn_one(
-    config: &SpawnerConfig,
-    host: &Host,
-    compiled: &BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
-    seq: &AtomicU64,
+    ctx: &Ctx<'_>,
+    server: &mut Option<Server>,
     spec: SandboxSpec,
     stdio: [StdioSpec; 3],
     pass: Vec<OwnedFd>,
 ) -> Result<Child, SpawnError> {
+    let config = ctx.config;
     let tier = spec.tier.ok_or(SpecError::NoTier)?;
     let profile = config.profiles.get(&tier).ok_or(SpecError::NoTier)?;
     if pass.len() > MAX_PASS_FDS {
@@ -386,11 +507,11 @@ fn spawn_one(
     }
     let mut spec = spec;
     spec.pass_fds = pass.len() as u32;
-    let n = seq.fetch_add(1, Ordering::Relaxed);
+    let n = ctx.seq.fetch_add(1, Ordering::Relaxed);
     let wants_cgroup = spec.limits.memory_bytes.is_some() || spec.limits.pids.is_some();
-    let (cgroup, procs) = if wants_cgroup && host.has(Mechanism::Cgroup) {
+    let (cgroup, procs) = if wants_cgroup && ctx.host.has(Mechanism::Cgroup) {
         let (c, p) = SandboxCgroup::create(
-            &host.cgroup,
+            &ctx.host.cgroup,
             &format!("{}-{n}", config.cgroup_prefix),
             CgroupLimits {
                 memory_bytes: spec.limits.memory_bytes,
@@ -402,12 +523,13 @@ fn spawn_one(
     } else {
         (None, Vec::new())
     };
-    let seccomp = compiled
+    let seccomp = ctx
+        .compiled
         .get(&(tier, !spec.net.is_empty()))
         .cloned()
         .unwrap_or_default();
     let planned = spec.plan(PlanContext {
-        host,
+        host: ctx.host,
         profile,
         sandbox_id: config.sandbox_id,
         hidden: &config.hidden,
@@ -420,36 +542,35 @@ fn spawn_one(
     };
 
     let [i, o, e] = stdio;
-    let (si, pin) = stdio_pair(i, true).map_err(helper_err)?;
-    let (so, pout) = stdio_pair(o, false).map_err(helper_err)?;
-    let (se, perr) = stdio_pair(e, false).map_err(helper_err)?;
+    let (si, pin) = stdio_fd(i, true).map_err(helper_err)?;
+    let (so, pout) = stdio_fd(o, false).map_err(helper_err)?;
+    let (se, perr) = stdio_fd(e, false).map_err(helper_err)?;
     let (plan_r, plan_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
     let (rep_r, rep_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
-    // Stage every source above the targets, then map: plan → 3, report → 4, passed → 5…
-    let mut sources = vec![
-        staged(&plan_r).map_err(helper_err)?,
-        staged(&rep_w).map_err(helper_err)?,
-    ];
-    for fd in &pass {
-        sources.push(staged(fd).map_err(helper_err)?);
+    let mut fds: Vec<RawFd> = [&plan_r, &rep_w, &si, &so, &se]
+        .iter()
+        .map(|f| f.as_raw_fd())
+        .collect();
+    fds.extend(pass.iter().map(|f| f.as_raw_fd()));
+    // A server that died is replaced once, then the request is retried.
+    let mut answer = match server.as_ref() {
+        Some(s) => s.request(&fds, pass.len() as u32),
+        None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+    };
+    if answer.as_ref().is_err_and(|e| {
+        matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
+            || e.kind() == io::ErrorKind::UnexpectedEof
+    }) {
+        *server = None;
+        let restarted = Server::start(&config.helper).map_err(helper_err)?;
+        answer = restarted.request(&fds, pass.len() as u32);
+        *server = Some(restarted);
     }
-    drop((plan_r, rep_w, pass));
-    let mut map = vec![
-        (sources[0].as_raw_fd(), PLAN_FD),
-        (sources[1].as_raw_fd(), REPORT_FD),
-    ];
-    for (k, fd) in sources[2..].iter().enumerate() {
-        map.push((fd.as_raw_fd(), FIRST_PASSED_FD + k as i32));
-    }
-    let mut cmd = Command::new(&config.helper);
-    cmd.stdin(si).stdout(so).stderr(se).env_clear();
-    sys::map_fds(&mut cmd, map);
-    let helper = cmd.spawn().map_err(helper_err)?;
-    drop(sources);
-    drop(cmd);
-    let pidfd = sys::pidfd_open(helper.id() as i32).map_err(helper_err)?;
+    let (pid, pidfd) = answer.map_err(helper_err)?;
+    // Our copies of the sandbox's ends go now, so EOFs mean what they should.
+    drop((plan_r, rep_w, si, so, se, pass));
     let mut plan_w = File::from(plan_w);
     // A failed write means the helper died early; its report says why.
     let _ = plan_w.write_all(&planned.plan.encode());
@@ -461,8 +582,8 @@ fn spawn_one(
     if ready {
         report.read_line(&mut line).map_err(helper_err)?;
     }
-    let mut child = Child {
-        helper,
+    let child = Child {
+        pid,
         pidfd,
         report,
         cgroup,
@@ -476,7 +597,7 @@ fn spawn_one(
         other => {
             let _ = child.kill();
             let (step, errno, detail) = parse_error(other);
-            let _ = child.helper.wait();
+            let _ = child.wait();
             Err(SpawnError::Setup {
                 step,
                 errno,

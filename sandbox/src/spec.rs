@@ -298,6 +298,11 @@ impl SandboxSpec {
             _ if !has(Mechanism::Landlock) => None,
             mode => Some(self.landlock(profile, mode, &program, &read, &write)),
         };
+        // Only root's sandboxes share the server's network namespace, and only where landlock
+        // scopes abstract unix sockets to each sandbox.
+        let share_netns = root
+            && flags & libc::CLONE_NEWNET != 0
+            && landlock.as_ref().is_some_and(|l| l.scopes && l.required);
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
         let r = &profile.rlimits;
         // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and the
@@ -373,6 +378,7 @@ impl SandboxSpec {
                 argv,
                 cwd: PathBuf::from("/"),
                 pass_fds: self.pass_fds,
+                share_netns,
             },
             degraded,
         })

@@ -127,14 +127,31 @@ pub(crate) fn raw_syscall(nr: i64, args: [u64; 6]) -> i64 {
     }
 }
 
-/// Adopts descriptor `fd`, which this process inherited from its parent by contract (the
-/// spawn helper's fds 3 and 4), as an owned descriptor.
-pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+/// Adopts descriptor `fd` as an owned descriptor. Callers pass only descriptors that nothing
+/// else in this process owns: ones inherited across exec by contract (the spawn helper's fds
+/// 3 and 4), received through SCM_RIGHTS, or just returned by `fcntl(F_DUPFD_CLOEXEC)`.
+pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // F_GETFD tells us whether the descriptor is open at all, without side effects.
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
-    // SAFETY: the descriptor is open (checked above), was inherited across exec by contract,
-    // and nothing else in this freshly exec'd process has taken ownership of it.
+    // SAFETY: the descriptor is open (checked above) and, by the callers' contract, owned by
+    // nothing else in this process, so wrapping it once cannot double-close it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets SIGCHLD's disposition: ignored (the kernel reaps children at once, as the spawn
+/// server wants) or the default (what every forked child must restore before it waits).
+pub(crate) fn sigchld(ignore: bool) -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let handler = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: SIG_IGN and SIG_DFL are not functions, so no handler code can run in a signal
+    // context; changing a disposition is otherwise harmless in this single-threaded process.
+    unsafe { signal(Signal::SIGCHLD, handler) }
+        .map(|_| ())
+        .map_err(io::Error::from)
 }
 
 /// `_exit(code)`: leaves a forked child without running the parent's exit handlers.

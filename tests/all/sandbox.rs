@@ -588,3 +588,76 @@ fn unprivileged_sandbox_basics() {
     assert!(Path::new(&created).exists(), "the write grant really wrote");
     as_user(&["daemon", "stop"]);
 }
+
+#[test]
+fn sandboxes_sharing_a_network_namespace_cannot_reach_each_other() {
+    let Some(probe) = probe("sandboxes_sharing_a_network_namespace_cannot_reach_each_other") else {
+        return;
+    };
+    let home = Home::new();
+    home.start();
+    let name = format!("loong-shared-{}", std::process::id());
+    let p = probe.display().to_string();
+    let mut listener = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            &p,
+            "abstract-listen",
+            &name,
+            "20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listener");
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(listener.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "listening");
+    for tier in ["restricted", "balanced"] {
+        let out = home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            tier,
+            "--",
+            &p,
+            "abstract-connect",
+            &name,
+        ]);
+        let want = if tier == "restricted" {
+            (Some(159), "")
+        } else {
+            (Some(0), "EPERM")
+        };
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).trim()),
+            want,
+            "{tier}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Positive control: inside one sandbox, abstract sockets work.
+    let own = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        &p,
+        "abstract-self",
+        &format!("{name}-self"),
+    ]);
+    assert_eq!(text(&own.stdout).trim(), "ok", "{}", text(&own.stderr));
+    let _ = listener.kill();
+    let _ = listener.wait();
+}

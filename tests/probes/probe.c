@@ -93,6 +93,22 @@ int main(int argc, char **argv) {
         }
         return result(connect(s, (void *)&a, len));
     }
+    if (!strcmp(m, "abstract-listen") || !strcmp(m, "abstract-self")) {
+        // listen on abstract a1; "-self" then connects to itself, "-listen" waits a2 seconds
+        int l = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        strncpy(a.sun_path + 1, a1, sizeof a.sun_path - 2);
+        socklen_t len = offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a1);
+        if (l < 0 || bind(l, (void *)&a, len) < 0 || listen(l, 8) < 0) return result(-1);
+        if (m[9] == 's') {
+            int c = socket(AF_UNIX, SOCK_STREAM, 0);
+            return result(connect(c, (void *)&a, len));
+        }
+        printf("listening\n");
+        fflush(stdout);
+        sleep(atoi(a2));
+        return 0;
+    }
     if (!strcmp(m, "kill")) return result(kill(atoi(a1), 0));
     if (!strcmp(m, "ptrace")) return result(ptrace(PTRACE_ATTACH, atoi(a1), 0, 0));
     if (!strcmp(m, "vmread")) {

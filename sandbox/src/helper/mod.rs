@@ -12,6 +12,7 @@
 
 mod confine;
 mod mounts;
+pub mod server;
 
 use std::{
     ffi::CString,
@@ -82,7 +83,7 @@ fn nix_fail(step: &'static str) -> impl FnOnce(nix::Error) -> Failure {
 pub fn main() -> ! {
     // Die with the thread that launched us (loongd's spawner thread lives as long as loongd).
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
-    let mut report = match sys::adopt_inherited_fd(REPORT_FD) {
+    let mut report = match sys::adopt_fd(REPORT_FD) {
         Ok(fd) => File::from(fd),
         Err(_) => {
             eprintln!("loong-spawn is started by loongd only (fd 4 is not open)");
@@ -103,7 +104,7 @@ pub fn main() -> ! {
 }
 
 fn read_plan() -> Result<Plan, Failure> {
-    let fd = sys::adopt_inherited_fd(PLAN_FD)
+    let fd = sys::adopt_fd(PLAN_FD)
         .map_err(|e| Failure::new("open plan", e.raw_os_error().unwrap_or(0), ""))?;
     let mut buf = Vec::new();
     File::from(fd)
@@ -117,7 +118,16 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     // loongd runs with umask 077; the sandbox's root must be traversable by the sandbox uid,
     // and programs expect the conventional mask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let plan = read_plan()?;
+    let mut plan = read_plan()?;
+    // Join the server's shared empty network namespace (before its descriptor is closed
+    // below) instead of unsharing one.
+    if plan.share_netns && plan.namespaces & libc::CLONE_NEWNET != 0 {
+        if let Some(netns) = server::SHARED_NETNS.get() {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(nix_fail("setns shared netns"))?;
+            plan.namespaces &= !libc::CLONE_NEWNET;
+        }
+    }
     // Only stdio, the report fd and the handed-over fds survive.
     let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds;
     sys::close_from(keep_to)

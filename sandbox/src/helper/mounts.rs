@@ -17,8 +17,14 @@ use crate::plan::MountOp;
 const BASE_TMPFS_BYTES: u64 = 1 << 20;
 /// Size of the new root's own tmpfs (directories and mount points only).
 const ROOT_TMPFS_BYTES: u64 = 4 << 20;
-/// Device nodes in the minimal `/dev`.
-const DEV_NODES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+/// Device nodes in the minimal `/dev`, with their (major, minor) numbers.
+const DEV_NODES: [(&str, u64, u64); 5] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+];
 
 fn fail<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Failure + 'a {
     move |e| Failure::new(step, e as i32, path.display().to_string())
@@ -125,6 +131,44 @@ fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(
     remount_bind(dst, flags)
 }
 
+/// A tmpfs at `d` with the minimal device nodes: made with `mknod` when we are root outside
+/// any user namespace (cheap), else bound from the host's `/dev` (a user namespace may not
+/// create device nodes).
+fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    use std::os::unix::fs::PermissionsExt;
+    if nix::unistd::Uid::effective().is_root() {
+        // No nodev here: the nodes must work. Nothing else can be created on it later.
+        let data = "size=65536,mode=755";
+        mount(
+            Some("tmpfs"),
+            d,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(data),
+        )
+        .map_err(fail("mount tmpfs", d))?;
+        for (node, major, minor) in DEV_NODES {
+            let p = d.join(node);
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            )
+            .map_err(fail("mknod", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                .map_err(io_fail("chmod", &p))?;
+        }
+    } else {
+        tmpfs(d, 64 << 10, 0o755)?;
+        for (node, _, _) in DEV_NODES {
+            bind_with(&host_dev.join(node), &d.join(node), true, MsFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the new root from `ops` and makes it `/`. Runs in a new mount namespace.
 pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
     let root = Path::new("/");
@@ -180,15 +224,7 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
             MountOp::Dev { dst } => {
                 let d = under(new, dst);
                 mkdirs(&d)?;
-                tmpfs(&d, 64 << 10, 0o755)?;
-                for node in DEV_NODES {
-                    bind_with(
-                        &old.join("dev").join(node),
-                        &d.join(node),
-                        true,
-                        MsFlags::empty(),
-                    )?;
-                }
+                dev_nodes(&old.join("dev"), &d)?;
                 for (name, target) in [
                     ("fd", "/proc/self/fd"),
                     ("stdin", "/proc/self/fd/0"),

@@ -1,0 +1,216 @@
+//! `loong-spawn --serve`: the spawn server. loongd's spawner thread starts it once; it stays
+//! single-threaded and, per request, forks a child that runs the ordinary helper path
+//! ([`super::main`]) on the descriptors the request carried. Forking this small process is
+//! far cheaper than loongd forking itself and exec'ing a helper for every sandbox.
+//!
+//! Protocol on fd 3 (a `SOCK_SEQPACKET` socket): a request is one message, `b'S'` and the
+//! number of handed-over descriptors (u32 LE), carrying by SCM_RIGHTS the plan pipe's read
+//! end, the report pipe's write end, stdin, stdout, stderr and the handed-over descriptors.
+//! The answer is `b'P'` and the child's pid (i32 LE) with a pidfd for it, or `b'E'` and an
+//! errno. The server ignores SIGCHLD, so the kernel reaps its children; how a sandbox ended
+//! travels on its report pipe.
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::{
+    prctl,
+    signal::Signal,
+    socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags},
+};
+
+use super::{FIRST_PASSED_FD, PLAN_FD, REPORT_FD};
+use crate::sys::{self, Forked};
+
+/// The server's fd carrying requests.
+pub const SERVER_FD: RawFd = 3;
+/// Request tag.
+pub const SPAWN: u8 = b'S';
+/// Answer tag: spawned.
+pub const SPAWNED: u8 = b'P';
+/// Answer tag: failed.
+pub const FAILED: u8 = b'E';
+/// The most descriptors a spec may hand over.
+pub const MAX_PASS_FDS: usize = 32;
+/// Descriptors in a request besides the handed-over ones.
+pub const FIXED_FDS: usize = 5;
+/// Received descriptors are moved at least this high before being placed, so no source
+/// collides with a target (targets stay below `FIRST_PASSED_FD + MAX_PASS_FDS`).
+const STAGE_MIN: RawFd = 64;
+/// Where the shared network namespace's descriptor lives in the server and its children.
+const SHARED_NETNS_FD: RawFd = STAGE_MIN - 1;
+
+fn answer(sock: &OwnedFd, tag: u8, value: i32, fd: Option<&OwnedFd>) {
+    let mut bytes = [0u8; 5];
+    bytes[0] = tag;
+    bytes[1..].copy_from_slice(&value.to_le_bytes());
+    let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    let _ = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        &cmsgs,
+        MsgFlags::empty(),
+        None,
+    );
+}
+
+/// Entry point of `loong-spawn --serve`. Never returns.
+pub fn main() -> ! {
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let Ok(sock) = sys::adopt_fd(SERVER_FD) else {
+        eprintln!("loong-spawn --serve is started by loongd only (fd 3 is not open)");
+        sys::exit_now(super::SETUP_FAILED)
+    };
+    if nix::unistd::getppid().as_raw() == 1
+        || sys::close_from(SERVER_FD as u32 + 1).is_err()
+        || sys::sigchld(true).is_err()
+    {
+        sys::exit_now(super::SETUP_FAILED);
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if nix::unistd::Uid::effective().is_root() {
+        // Parked at a fixed number above every placement target and below the staging range,
+        // so placing a request's descriptors never overwrites it.
+        let parked = shared_netns().and_then(|fd| {
+            let raw = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(SHARED_NETNS_FD),
+            )
+            .ok()?;
+            let owned = sys::adopt_fd(raw).ok()?;
+            (raw == SHARED_NETNS_FD).then_some(owned)
+        });
+        if let Some(fd) = parked {
+            let _ = SHARED_NETNS.set(fd);
+        }
+    }
+    loop {
+        let mut buf = [0u8; 16];
+        let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (n, truncated, raw) = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut raw = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            raw.extend(fds);
+                        }
+                    }
+                }
+                (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC), raw)
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => sys::exit_now(0),
+        };
+        // Own every received descriptor first, so each is closed whatever happens next.
+        let fds: Vec<OwnedFd> = raw
+            .into_iter()
+            .filter_map(|fd| sys::adopt_fd(fd).ok())
+            .collect();
+        if n == 0 {
+            sys::exit_now(0); // loongd closed its end
+        }
+        let pass = if n >= 5 {
+            u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+        } else {
+            usize::MAX
+        };
+        if buf[0] != SPAWN || truncated || pass > MAX_PASS_FDS || fds.len() != FIXED_FDS + pass {
+            answer(&sock, FAILED, libc::EINVAL, None);
+            continue;
+        }
+        match sys::fork() {
+            Ok(Forked::Child) => {
+                drop(sock);
+                child(fds)
+            }
+            Ok(Forked::Parent(pid)) => {
+                drop(fds);
+                match sys::pidfd_open(pid) {
+                    Ok(pidfd) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
+                    Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
+                }
+            }
+            Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
+        }
+    }
+}
+
+/// The shared empty network namespace, when the server holds one.
+pub(crate) static SHARED_NETNS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Creates an empty network namespace held by a child that only waits, and returns a
+/// descriptor for it. Sandboxes joining it skip creating and destroying a namespace of their
+/// own (the largest fixed cost of a spawn); its loopback is down and, without capabilities,
+/// stays down.
+fn shared_netns() -> Option<OwnedFd> {
+    match sys::fork().ok()? {
+        Forked::Child => {
+            let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+            let _ = sys::close_from(0);
+            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                sys::exit_now(1);
+            }
+            loop {
+                nix::unistd::pause();
+            }
+        }
+        Forked::Parent(pid) => {
+            // Wait until the holder has left our namespace.
+            let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+            for _ in 0..1000 {
+                match std::fs::read_link(format!("/proc/{pid}/ns/net")) {
+                    Ok(theirs) if theirs != ours => {
+                        let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+                        return Some(OwnedFd::from(f));
+                    }
+                    Ok(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    Err(_) => return None,
+                }
+            }
+            None
+        }
+    }
+}
+
+/// In the forked child: put the request's descriptors where the helper expects them, then
+/// run the helper. Request order: plan, report, stdin, stdout, stderr, handed-over….
+fn child(fds: Vec<OwnedFd>) -> ! {
+    if sys::sigchld(false).is_err() {
+        sys::exit_now(super::SETUP_FAILED);
+    }
+    let mut targets = vec![PLAN_FD, REPORT_FD, 0, 1, 2];
+    targets.extend((0..fds.len().saturating_sub(FIXED_FDS)).map(|i| FIRST_PASSED_FD + i as RawFd));
+    let mut staged = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        match nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(STAGE_MIN),
+        ) {
+            Ok(raw) => staged.push(raw),
+            Err(_) => sys::exit_now(super::SETUP_FAILED),
+        }
+    }
+    drop(fds);
+    for (&from, &to) in staged.iter().zip(&targets) {
+        if nix::unistd::dup2(from, to).is_err() {
+            sys::exit_now(super::SETUP_FAILED);
+        }
+    }
+    // The staged copies (all at or above STAGE_MIN) go; the helper closes anything else.
+    let _ = sys::close_from(STAGE_MIN as u32);
+    super::main()
+}
