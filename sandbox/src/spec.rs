@@ -307,19 +307,26 @@ impl SandboxSpec {
         let r = &profile.rlimits;
         // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and the
         // address space keeps the tier's bound; without one, RLIMIT_AS carries the limit.
-        let mem = if ctx.cgroup_procs.is_empty() {
-            self.limits.memory_bytes.or(r.address_space)
-        } else {
+        // A request only ever tightens its tier's limits (the smaller of the two wins).
+        let tighter = |asked: Option<u64>, tier: Option<u64>| match (asked, tier) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        };
+        // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and
+        // processes its pids.max, and the rlimits keep the tier's bounds; without one, the
+        // rlimits carry the request too (RLIMIT_NPROC counts every process of the uid).
+        let cgroup = !ctx.cgroup_procs.is_empty();
+        let mem = if cgroup {
             r.address_space
-        };
-        let cpu = self.limits.cpu_secs.or(r.cpu_secs);
-        // With a cgroup the pids limit is its pids.max; without one it falls back to
-        // RLIMIT_NPROC (which counts every process of the sandbox's uid).
-        let nproc = if ctx.cgroup_procs.is_empty() {
-            self.limits.pids.or(r.processes)
         } else {
-            r.processes
+            tighter(self.limits.memory_bytes, r.address_space)
         };
+        let nproc = if cgroup {
+            r.processes
+        } else {
+            tighter(self.limits.pids, r.processes)
+        };
+        let cpu = tighter(self.limits.cpu_secs, r.cpu_secs);
         for (res, v) in [
             (libc::RLIMIT_AS, mem),
             (libc::RLIMIT_CPU, cpu),
@@ -544,5 +551,108 @@ impl SandboxSpec {
             scopes: profile.landlock_scopes,
             required: mode == LandlockMode::Required,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        host::{Availability, CgroupSupport},
+        profile::{Namespaces, RlimitProfile, SeccompMode},
+    };
+
+    fn host() -> Host {
+        let ok = Availability {
+            available: true,
+            detail: String::new(),
+            fix: None,
+        };
+        Host {
+            landlock_abi: 7,
+            mechanisms: Mechanism::ALL
+                .iter()
+                .map(|m| (*m, ok.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            cgroup: CgroupSupport::None,
+            root: true,
+        }
+    }
+
+    fn profile() -> TierProfile {
+        TierProfile {
+            tier: Tier::Restricted,
+            namespaces: Namespaces {
+                pid: true,
+                mount: true,
+                net: true,
+                ipc: true,
+                uts: true,
+            },
+            landlock: LandlockMode::Required,
+            landlock_net: true,
+            landlock_scopes: true,
+            system_paths: Vec::new(),
+            tmp_bytes: 0,
+            tmp_writable: false,
+            seccomp_mode: SeccompMode::Allowlist,
+            syscalls: Vec::new(),
+            rlimits: RlimitProfile {
+                address_space: Some(1 << 30),
+                cpu_secs: Some(60),
+                file_size: None,
+                open_files: Some(64),
+                processes: Some(0),
+            },
+        }
+    }
+
+    fn rlimit(plan: &Plan, res: u32) -> Option<u64> {
+        plan.rlimits
+            .iter()
+            .find(|(r, _, _)| *r == res)
+            .map(|(_, soft, _)| *soft)
+    }
+
+    #[test]
+    fn a_request_never_widens_its_tier() {
+        let (h, p) = (host(), profile());
+        let ctx = || PlanContext {
+            host: &h,
+            profile: &p,
+            sandbox_id: DEFAULT_SANDBOX_ID,
+            hidden: &[],
+            seccomp: Vec::new(),
+            cgroup_procs: Vec::new(),
+        };
+        let spec = |limits| SandboxSpec {
+            tier: Some(Tier::Restricted),
+            program: "/bin/true".into(),
+            limits,
+            ..SandboxSpec::default()
+        };
+        let wide = spec(Limits {
+            memory_bytes: Some(8 << 30),
+            pids: Some(16),
+            timeout: None,
+            cpu_secs: Some(600),
+        });
+        let plan = wide.plan(ctx()).expect("plans").plan;
+        assert_eq!(rlimit(&plan, libc::RLIMIT_NPROC), Some(0));
+        assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(1 << 30));
+        assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(60));
+        // Tighter requests do apply.
+        let tight = spec(Limits {
+            memory_bytes: Some(64 << 20),
+            pids: None,
+            timeout: None,
+            cpu_secs: Some(2),
+        });
+        let plan = tight.plan(ctx()).expect("plans").plan;
+        assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(64 << 20));
+        assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(2));
+        assert_eq!(rlimit(&plan, libc::RLIMIT_CORE), Some(0));
     }
 }
