@@ -77,6 +77,16 @@ impl Mechanism {
         })
     }
 
+    /// The namespace kinds, in probe order.
+    pub const NAMESPACES: [Mechanism; 6] = [
+        Mechanism::UserNs,
+        Mechanism::PidNs,
+        Mechanism::MountNs,
+        Mechanism::NetNs,
+        Mechanism::IpcNs,
+        Mechanism::UtsNs,
+    ];
+
     fn from_name(s: &str) -> Option<Mechanism> {
         Mechanism::ALL.into_iter().find(|m| m.name() == s)
     }
@@ -171,14 +181,7 @@ impl Host {
                 missing("not reported".into(), "a kernel ≥ 3.5")
             },
         );
-        for mech in [
-            Mechanism::UserNs,
-            Mechanism::PidNs,
-            Mechanism::MountNs,
-            Mechanism::NetNs,
-            Mechanism::IpcNs,
-            Mechanism::UtsNs,
-        ] {
+        for mech in Mechanism::NAMESPACES {
             let a = match namespaces.get(&mech) {
                 Some(Ok(())) => ok("unshare works".into()),
                 Some(Err(e)) => missing(
@@ -319,14 +322,7 @@ fn detect_cgroup(root: bool) -> CgroupSupport {
 /// `NAME ERRNO` lines.
 pub fn probe_namespaces_main() -> ! {
     let mut out = String::new();
-    for mech in [
-        Mechanism::UserNs,
-        Mechanism::PidNs,
-        Mechanism::MountNs,
-        Mechanism::NetNs,
-        Mechanism::IpcNs,
-        Mechanism::UtsNs,
-    ] {
+    for mech in Mechanism::NAMESPACES {
         // Unprivileged, namespaces come with a user namespace (as the plans use them).
         let with_user = if nix::unistd::Uid::effective().is_root() {
             0

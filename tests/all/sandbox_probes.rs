@@ -16,7 +16,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use crate::support::{is_root, skip, text, Home};
+use crate::support::{ctl, is_root, skip, text, Home, NOBODY};
 
 /// Where the build script put the probe (or why it could not).
 const PROBE: &str = env!("LOONG_PROBE");
@@ -552,25 +552,6 @@ const ROWS: &[Row] = &[
         trusted: Some(Says("NoNewPrivs:\t1\nSeccomp:\t2")),
     },
 ];
-
-/// The uid and gid of `nobody`, which an unprivileged loongd runs as in these tests.
-const NOBODY: u32 = 65534;
-
-/// `loongctl --home HOME ARGS…`, as `nobody` when asked (root uses setpriv for that).
-fn ctl(home: &Home, as_nobody: bool, args: &[&str]) -> std::process::Output {
-    if !as_nobody {
-        return home.ctl(args);
-    }
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(crate::support::bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv loongctl")
-}
 
 /// Rows whose outcome differs when loongd is not root, and why. Everything else must match
 /// the root column exactly.

@@ -247,3 +247,22 @@ impl Raw {
         }
     }
 }
+
+/// The uid and gid of `nobody`, which an unprivileged loongd runs as in these tests.
+pub const NOBODY: u32 = 65534;
+
+/// `loongctl --home HOME ARGS…`, as `nobody` when asked (root switches with setpriv).
+pub fn ctl(home: &Home, as_nobody: bool, args: &[&str]) -> Output {
+    if !as_nobody {
+        return home.ctl(args);
+    }
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv loongctl")
+}
