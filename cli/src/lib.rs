@@ -61,6 +61,9 @@ pub enum Command {
     /// Check policy files.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -103,6 +106,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Doctor { json } => cmd::doctor::run(&layout, json),
         Command::Sandbox(c) => cmd::sandbox::run(&layout, c),
         Command::Policy(c) => cmd::policy::run(&layout, c),
+        Command::Audit(c) => cmd::audit::run(&layout, c),
     }
 }
 

@@ -21,8 +21,8 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ControlRequest, ControlResponse, DoctorReport, MechanismReport, SandboxExit,
-        SandboxRunRequest, StatusReport, TierReport,
+        AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest, ControlResponse,
+        DoctorReport, MechanismReport, SandboxExit, SandboxRunRequest, StatusReport, TierReport,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{

@@ -4,6 +4,7 @@
 //! its Unix socket. Later issues add policy, approvals, tokens, audit and the worker
 //! supervisor; all of them live here and nowhere else.
 
+pub mod audit;
 pub mod config;
 mod control;
 pub mod home;
@@ -45,6 +46,8 @@ pub struct Kernel {
     shutdown: watch::Sender<bool>,
     /// The sandbox spawner, or why there is none (sandbox requests then fail closed).
     spawner: Result<Arc<loong_sandbox::Spawner>, String>,
+    /// The audit trail.
+    audit: audit::Audit,
 }
 
 impl Kernel {
@@ -53,9 +56,11 @@ impl Kernel {
         config: Config,
         allowed_gid: Option<Gid>,
         spawner: Result<Arc<loong_sandbox::Spawner>, String>,
+        audit: audit::Audit,
     ) -> Kernel {
         Kernel {
             spawner,
+            audit,
             started: Instant::now(),
             layout,
             config,
@@ -142,7 +147,20 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         }
         Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
     }
-    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid, spawner));
+    // No audit trail, no daemon: every decision must be recorded.
+    let audit = audit::open(&layout.home).context("opening the audit trail")?;
+    let unenforceable: Vec<String> = match &spawner {
+        Ok(s) => loong_sandbox::Tier::ALL
+            .iter()
+            .filter(|t| !s.host().missing_for(**t).is_empty())
+            .map(ToString::to_string)
+            .collect(),
+        Err(_) => loong_sandbox::Tier::ALL
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    };
+    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid, spawner, audit));
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
             .context("registering the control socket")?;
@@ -153,8 +171,29 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "loongd started"
         );
+        kernel
+            .audit
+            .record(audit::Event::daemon(
+                audit::Kind::DaemonStarted,
+                serde_json::json!({
+                    "pid": std::process::id(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "home": kernel.layout.home.display().to_string(),
+                    "tiers_not_enforceable": unenforceable,
+                }),
+            ))
+            .await
+            .context("recording the start in the audit trail")?;
         tokio::spawn(signals(kernel.clone()));
         control::serve(listener, kernel.clone()).await;
+        let stopped = audit::Event::daemon(
+            audit::Kind::DaemonStopped,
+            serde_json::json!({ "pid": std::process::id() }),
+        );
+        if let Err(e) = kernel.audit.record(stopped).await {
+            tracing::error!(error = %e, "could not record the shutdown in the audit trail");
+        }
+        kernel.audit.shutdown().await;
         anyhow::Ok(())
     });
     drop(lock);

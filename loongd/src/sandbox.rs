@@ -17,7 +17,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{control::RequestIo, Kernel};
+use crate::{audit::Kind, control::RequestIo, Kernel};
 
 /// Starts the spawner with the bundled tier profiles; loongd's own paths are hidden from
 /// every sandbox.
@@ -159,33 +159,75 @@ pub(crate) async fn run(
     cred: &UCred,
     mut io: RequestIo,
 ) -> Result<ControlResponse, RemoteError> {
-    let spawner = kernel.spawner.clone().map_err(unavailable)?;
-    let spec = spec_from(&req, kernel.config.sandbox.allow_degraded)?;
-    let tier = spec.tier;
-    let timeout = spec.limits.timeout;
+    let actor = format!("uid:{}", cred.uid());
+    let correlation = io.correlation();
+    let event = |kind, detail| crate::audit::Event {
+        kind,
+        actor: actor.clone(),
+        correlation: correlation.clone(),
+        detail,
+    };
+    let asked = serde_json::json!({
+        "tier": req.tier, "program": req.program, "args": req.args, "read": req.read, "write": req.write,
+        "allow_net": req.allow_net, "timeout_ms": req.timeout_ms, "memory_bytes": req.memory_bytes,
+        "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
+    });
+    let spawned = match kernel.spawner.clone().map_err(unavailable) {
+        Err(e) => Err(e),
+        Ok(spawner) => match spec_from(&req, kernel.config.sandbox.allow_degraded) {
+            Err(e) => Err(e),
+            Ok(spec) => {
+                let limits = (spec.tier, spec.limits.timeout);
+                tokio::task::spawn_blocking(move || {
+                    spawner.spawn(
+                        spec,
+                        [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
+                        Vec::new(),
+                    )
+                })
+                .await
+                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+                .and_then(|r| r.map_err(spawn_error))
+                .map(|c| (c, limits))
+            }
+        },
+    };
+    let (mut child, (tier, timeout)) = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let detail = serde_json::json!({ "request": asked, "reason": e.message, "class": e.kind.to_string() });
+            kernel
+                .audit
+                .record_later(event(Kind::SandboxRefused, detail))
+                .await;
+            return Err(e);
+        }
+    };
     let max_output = req
         .max_output_bytes
         .unwrap_or(kernel.config.sandbox.max_output_bytes);
     let program = req.program.clone();
-    let mut child = tokio::task::spawn_blocking(move || {
-        spawner.spawn(
-            spec,
-            [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
-            Vec::new(),
-        )
-    })
-    .await
-    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
-    .map_err(spawn_error)?;
     let degraded: Vec<String> = child
         .degraded
         .iter()
         .map(|m| m.name().to_string())
         .collect();
+    let spawned_detail =
+        serde_json::json!({ "request": asked, "pid": child.pid(), "degraded": degraded });
+    kernel
+        .audit
+        .record_later(event(Kind::SandboxSpawned, spawned_detail))
+        .await;
     if degraded.is_empty() {
         tracing::info!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), "sandbox started");
     } else {
         tracing::warn!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), degraded = ?degraded, "sandbox started DEGRADED: the tier is not fully enforced");
+        let detail =
+            serde_json::json!({ "tier": req.tier, "program": req.program, "missing": degraded });
+        kernel
+            .audit
+            .record_later(event(Kind::SandboxDegraded, detail))
+            .await;
     }
     let mut guard =
         KillOnDrop(Some(child.killer().map_err(|e| {
@@ -288,7 +330,7 @@ pub(crate) async fn run(
         })?;
     guard.0 = None;
     tracing::info!(tier = ?tier, code = ?report.code, signal = ?report.signal, timed_out, exceeded, "sandbox exited");
-    Ok(ControlResponse::SandboxExited(SandboxExit {
+    let exit = SandboxExit {
         code: report.code,
         signal: report.signal,
         shell_code: report.shell_code(),
@@ -299,7 +341,25 @@ pub(crate) async fn run(
         system_us: report.system_us,
         max_rss_kib: report.max_rss_kib,
         degraded,
-    }))
+    };
+    let detail = serde_json::json!({
+        "tier": req.tier, "program": req.program, "code": exit.code, "signal": exit.signal,
+        "timed_out": exit.timed_out, "output_limit_exceeded": exit.output_limit_exceeded,
+        "oom_killed": exit.oom_killed, "user_us": exit.user_us, "system_us": exit.system_us,
+        "max_rss_kib": exit.max_rss_kib, "relayed_bytes": relayed,
+    });
+    // The client hears of the exit only once it is in the audit trail.
+    kernel
+        .audit
+        .record(event(Kind::SandboxExited, detail))
+        .await
+        .map_err(|e| {
+            RemoteError::new(
+                ErrorKind::Internal,
+                format!("the sandbox exited but the audit trail failed: {e}"),
+            )
+        })?;
+    Ok(ControlResponse::SandboxExited(exit))
 }
 
 /// Reads from an open pipe; never completes for a closed one (its select branch is off).

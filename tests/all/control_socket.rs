@@ -283,6 +283,11 @@ fn peers_are_checked_with_so_peercred() {
         "log names the uid:\n{}",
         home.log()
     );
+    // The refusal is in the audit trail, naming the uid.
+    let audit = home.ctl(&["audit", "recent", "--kind", "peer.refused", "--json"]);
+    let records: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("json");
+    assert_eq!(records[0]["detail"]["uid"], 65534, "{records}");
+    assert_eq!(records[0]["actor"], "uid:65534");
     home.status();
 }
 

@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 /// Bound on each text field of [`StatusReport`].
 pub const MAX_STATUS_TEXT_BYTES: usize = 4096;
+/// The most audit records one answer carries.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+/// An audit answer stops adding records past this many bytes of detail (page with
+/// `after_seq`).
+pub const MAX_AUDIT_PAGE_BYTES: usize = 512 * 1024;
 /// Bound on the text of a policy file sent for checking.
 pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
 
@@ -29,6 +34,60 @@ pub enum ControlRequest {
         /// Its contents (at most [`MAX_POLICY_TEXT_BYTES`]).
         text: String,
     },
+    /// Audit records matching a query; answered by [`ControlResponse::AuditRecords`].
+    AuditQuery(AuditQuery),
+    /// One audit record; answered by [`ControlResponse::AuditRecords`] (empty when absent).
+    AuditShow {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Verify the whole audit trail; answered by [`ControlResponse::AuditVerified`].
+    AuditVerify,
+}
+
+/// Which audit records to return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditQuery {
+    /// Only this kind (`sandbox.exited`, …).
+    pub kind: Option<String>,
+    /// Only records at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only records at or before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Only records after this sequence number (paging, oldest first).
+    pub after_seq: Option<u64>,
+    /// At most this many (capped at [`MAX_AUDIT_PAGE`]).
+    pub limit: u32,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+/// One audit record as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditRecordView {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    pub correlation: String,
+    /// JSON text.
+    pub detail: String,
+    /// The record's chain hash, hex.
+    pub hash: String,
+}
+
+/// The outcome of `audit verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditVerifyReport {
+    pub records: u64,
+    pub checkpoints: u64,
+    /// The first bad sequence number, if any.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong there.
+    pub problem: Option<String>,
 }
 
 /// `loongctl sandbox run`'s request. Paths are absolute (loongctl resolves them).
@@ -76,6 +135,10 @@ pub enum ControlResponse {
     SandboxExited(SandboxExit),
     /// The answer to [`ControlRequest::PolicyCheck`]: every problem, one line each.
     PolicyReport { problems: Vec<String> },
+    /// Audit records.
+    AuditRecords(Vec<AuditRecordView>),
+    /// The answer to [`ControlRequest::AuditVerify`].
+    AuditVerified(AuditVerifyReport),
 }
 
 /// The daemon's state as `loongctl status` shows it.

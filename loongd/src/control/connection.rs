@@ -21,7 +21,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{handlers, peer, ClientSlot};
-use crate::Kernel;
+use crate::{audit, Kernel};
 
 type InFlight = Arc<Mutex<HashMap<RequestId, Entry>>>;
 pub(crate) type Outbox = mpsc::Sender<Reply<ControlResponse>>;
@@ -41,12 +41,18 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct RequestIo {
     id: RequestId,
+    conn: u64,
     out: Outbox,
     /// Input chunks (a sandboxed program's stdin).
     pub(crate) input: mpsc::Receiver<StreamChunk>,
 }
 
 impl RequestIo {
+    /// The audit correlation id of this request.
+    pub(crate) fn correlation(&self) -> String {
+        format!("conn-{}/req-{}", self.conn, self.id)
+    }
+
     /// Sends an output chunk; `false` when the client is gone.
     pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
         self.out
@@ -90,8 +96,18 @@ pub(crate) async fn serve(stream: UnixStream, kernel: Arc<Kernel>, conn: u64, _s
                 tracing::debug!(timeout_ms, "idle connection closed")
             }
             Err(ConnError::Io(e)) => tracing::debug!(error = %e, "connection ended"),
+            Err(ConnError::Handshake(HandshakeError::Rejected(RejectReason::ShuttingDown))) => {}
+            Err(ConnError::Handshake(HandshakeError::Rejected(RejectReason::PeerNotAllowed { uid }))) => {
+                let detail = serde_json::json!({ "conn": conn, "uid": uid, "pid": cred.pid() });
+                kernel.audit.record_later(audit::Event { kind: audit::Kind::PeerRefused, actor: format!("uid:{uid}"), correlation: format!("conn-{conn}"), detail }).await;
+            }
             // Everything else is the peer breaking the protocol.
-            Err(e) => tracing::warn!(error = %e, "protocol violation; connection closed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "protocol violation; connection closed");
+                let detail = serde_json::json!({ "conn": conn, "uid": cred.uid(), "pid": cred.pid(), "error": e.to_string() });
+                let actor = format!("uid:{}", cred.uid());
+                kernel.audit.record_later(audit::Event { kind: audit::Kind::ProtocolViolation, actor, correlation: format!("conn-{conn}"), detail }).await;
+            }
         }
     }
     .instrument(span)
@@ -183,6 +199,7 @@ async fn run(
             } => {
                 if let Some(refusal) = start(
                     kernel,
+                    conn,
                     &in_flight,
                     &tx,
                     cred,
@@ -256,6 +273,7 @@ async fn run(
 #[allow(clippy::too_many_arguments)]
 fn start(
     kernel: &Arc<Kernel>,
+    conn: u64,
     in_flight: &InFlight,
     tx: &Outbox,
     cred: UCred,
@@ -282,6 +300,7 @@ fn start(
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let io = RequestIo {
         id,
+        conn,
         out: tx.clone(),
         input: input_rx,
     };

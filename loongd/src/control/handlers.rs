@@ -40,6 +40,9 @@ pub(crate) async fn handle(
                 .collect();
             Ok(ControlResponse::PolicyReport { problems })
         }
+        ControlRequest::AuditQuery(q) => super::audit_api::query(kernel, q).await,
+        ControlRequest::AuditShow { seq } => super::audit_api::show(kernel, seq).await,
+        ControlRequest::AuditVerify => super::audit_api::verify(kernel).await,
     }
 }
 

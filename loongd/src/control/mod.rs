@@ -1,5 +1,6 @@
 //! The control socket: accepting operator connections and serving the control API.
 
+mod audit_api;
 mod connection;
 
 pub(crate) use connection::RequestIo;

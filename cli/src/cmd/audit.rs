@@ -1,0 +1,264 @@
+//! `loongctl audit recent | show SEQ | verify | export --format jsonl`.
+
+use std::{
+    io::Write,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use loong_ipc::{
+    message::control::MAX_AUDIT_PAGE, paths::Layout, AuditQuery, AuditRecordView, ControlRequest,
+    ControlResponse,
+};
+
+use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+
+/// `loongctl audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The newest audit records.
+    Recent {
+        /// Only this kind (daemon.started, sandbox.spawned, sandbox.exited, …).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only records newer than this: a duration (30s, 10m, 2h, 1d) or Unix milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON (an array of {seq, time_ms, kind, actor, correlation, detail, hash}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record.
+    Show {
+        seq: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole trail: the hash chain and the signed checkpoints (exit 1 when broken,
+    /// naming the first bad record).
+    Verify {
+        /// Print JSON ({records, checkpoints, ok, first_bad_seq, problem}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record, oldest first, one JSON object per line (for a SIEM).
+    Export {
+        /// Only `jsonl`.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only records at or after this (duration ago, or Unix ms).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records at or before this (duration ago, or Unix ms).
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `30s`, `10m`, `2h`, `1d` ago, or Unix milliseconds.
+fn when(flag: &str, s: &str) -> Result<i64, Failure> {
+    let usage = |m: String| Failure {
+        code: exit::USAGE,
+        error: anyhow!(m),
+    };
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let mult = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(usage(format!(
+                "{flag} {s}: expected a duration like 30s, 10m, 2h, 1d, or Unix milliseconds"
+            )))
+        }
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| usage(format!("{flag} {s}: `{num}` is not a number")))?;
+    Ok(now_ms() - n.saturating_mul(mult))
+}
+
+/// Unix ms as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, proleptic Gregorian).
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn json_of(r: &AuditRecordView) -> serde_json::Value {
+    let detail: serde_json::Value = serde_json::from_str(&r.detail)
+        .unwrap_or_else(|_| serde_json::Value::String(r.detail.clone()));
+    serde_json::json!({
+        "seq": r.seq, "time_ms": r.time_ms, "time": rfc3339(r.time_ms), "kind": r.kind, "actor": r.actor,
+        "correlation": r.correlation, "detail": detail, "hash": r.hash,
+    })
+}
+
+fn records(layout: &Layout, req: ControlRequest) -> Result<Vec<AuditRecordView>, Failure> {
+    let mut client = connect(layout)?;
+    match client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)? {
+        ControlResponse::AuditRecords(r) => Ok(r),
+        other => Err(anyhow!("unexpected answer: {other:?}").into()),
+    }
+}
+
+fn print_human(rs: &[AuditRecordView]) {
+    for r in rs {
+        println!(
+            "{:>6}  {}  {:<18} {:<10} {:<16} {}",
+            r.seq,
+            rfc3339(r.time_ms),
+            r.kind,
+            r.actor,
+            r.correlation,
+            r.detail
+        );
+    }
+}
+
+pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
+    match cmd {
+        AuditCommand::Recent {
+            kind,
+            since,
+            limit,
+            json,
+        } => {
+            let since_ms = since.as_deref().map(|s| when("--since", s)).transpose()?;
+            let q = AuditQuery {
+                kind,
+                since_ms,
+                limit: limit.clamp(1, MAX_AUDIT_PAGE),
+                ..AuditQuery::default()
+            };
+            let rs = records(layout, ControlRequest::AuditQuery(q))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rs.iter().map(json_of).collect::<Vec<_>>())?
+                );
+            } else {
+                print_human(&rs);
+            }
+            Ok(exit::OK)
+        }
+        AuditCommand::Show { seq, json } => {
+            let rs = records(layout, ControlRequest::AuditShow { seq })?;
+            let Some(r) = rs.first() else {
+                return Err(Failure {
+                    code: exit::UNEXPECTED,
+                    error: anyhow!("no audit record {seq}"),
+                });
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json_of(r))?);
+            } else {
+                print_human(&rs);
+            }
+            Ok(exit::OK)
+        }
+        AuditCommand::Verify { json } => {
+            let mut client = connect(layout)?;
+            let ControlResponse::AuditVerified(v) =
+                client.call::<_, ControlResponse>(ControlRequest::AuditVerify, REQUEST_DEADLINE)?
+            else {
+                return Err(anyhow!("unexpected answer to audit verify").into());
+            };
+            if json {
+                let j = serde_json::json!({ "records": v.records, "checkpoints": v.checkpoints, "ok": v.first_bad_seq.is_none(), "first_bad_seq": v.first_bad_seq, "problem": v.problem });
+                println!("{j}");
+            } else if let Some(seq) = v.first_bad_seq {
+                println!(
+                    "audit trail BROKEN at record {seq}: {}",
+                    v.problem.unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "audit trail verified: {} records, {} signed checkpoints",
+                    v.records, v.checkpoints
+                );
+            }
+            Ok(if v.first_bad_seq.is_none() {
+                exit::OK
+            } else {
+                exit::UNEXPECTED
+            })
+        }
+        AuditCommand::Export {
+            format,
+            since,
+            until,
+        } => {
+            if format != "jsonl" {
+                return Err(Failure {
+                    code: exit::USAGE,
+                    error: anyhow!("--format {format}: only jsonl is supported"),
+                });
+            }
+            let since_ms = since.as_deref().map(|s| when("--since", s)).transpose()?;
+            let until_ms = until.as_deref().map(|s| when("--until", s)).transpose()?;
+            let mut after_seq = None;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let q = AuditQuery {
+                    since_ms,
+                    until_ms,
+                    after_seq,
+                    limit: MAX_AUDIT_PAGE,
+                    oldest_first: true,
+                    ..AuditQuery::default()
+                };
+                let page = records(layout, ControlRequest::AuditQuery(q))?;
+                let Some(last) = page.last() else { break };
+                after_seq = Some(last.seq);
+                for r in &page {
+                    writeln!(out, "{}", json_of(r))?;
+                }
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            super::rfc3339(1_795_651_200_000),
+            "2026-11-26T00:00:00.000Z"
+        );
+    }
+}

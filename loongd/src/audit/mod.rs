@@ -1,0 +1,351 @@
+//! The audit trail: an append-only, hash-chained record stream in SQLite (WAL), with
+//! checkpoints signed by the daemon's own ed25519 key, verifiable offline.
+//!
+//! Every record's hash is `sha256(previous hash ‖ canonical encoding)`, the first record's
+//! previous hash being 32 zero bytes. A checkpoint signs `(seq, hash)` every
+//! [`CHECKPOINT_EVERY`] records and at shutdown, so rewriting the chain after a change is
+//! caught too. One writer thread owns the database: appends queue to it, and it commits them
+//! in groups ([`GROUP_MAX`] at most per transaction), acknowledging each append only after
+//! its transaction committed. A client that saw an acknowledgement can rely on the record.
+//!
+//! The audit trail is not logging: kinds are a closed enum, records are versioned, and
+//! `audit verify` checks the whole stream.
+
+mod key;
+mod store;
+mod verify;
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub use key::AuditKey;
+pub use store::{Audit, AuditError, Query};
+pub use verify::{verify, VerifyReport};
+
+/// Records committed in one transaction at most.
+pub const GROUP_MAX: usize = 4096;
+/// A checkpoint is signed after this many records (and at shutdown).
+pub const CHECKPOINT_EVERY: u64 = 256;
+/// Appends queued before callers wait.
+pub const QUEUE_DEPTH: usize = 65_536;
+/// Bound on a record's detail text.
+pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
+/// The database file inside the home.
+pub const DB_FILE: &str = "audit.db";
+
+/// What happened. Closed: a new kind is a new variant, with a test that it is emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// loongd started on its home.
+    DaemonStarted,
+    /// loongd shut down cleanly (a final checkpoint follows).
+    DaemonStopped,
+    /// A sandbox was started.
+    SandboxSpawned,
+    /// A sandbox ran without a mechanism its tier needs (degraded mode, as asked).
+    SandboxDegraded,
+    /// A sandbox ended.
+    SandboxExited,
+    /// A sandbox request was refused before anything ran.
+    SandboxRefused,
+    /// A peer broke the protocol; its connection was closed.
+    ProtocolViolation,
+    /// A peer was refused by the SO_PEERCRED check.
+    PeerRefused,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 8] = [
+        Kind::DaemonStarted,
+        Kind::DaemonStopped,
+        Kind::SandboxSpawned,
+        Kind::SandboxDegraded,
+        Kind::SandboxExited,
+        Kind::SandboxRefused,
+        Kind::ProtocolViolation,
+        Kind::PeerRefused,
+    ];
+
+    /// The stable name stored and shown (`--kind` takes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::DaemonStarted => "daemon.started",
+            Kind::DaemonStopped => "daemon.stopped",
+            Kind::SandboxSpawned => "sandbox.spawned",
+            Kind::SandboxDegraded => "sandbox.degraded",
+            Kind::SandboxExited => "sandbox.exited",
+            Kind::SandboxRefused => "sandbox.refused",
+            Kind::ProtocolViolation => "protocol.violation",
+            Kind::PeerRefused => "peer.refused",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// An event to record. Kernel-internal: the detail is built explicitly as JSON.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: Kind,
+    /// Who caused it: `uid:N` for a control-socket peer, `loongd` for the daemon itself.
+    pub actor: String,
+    /// Ties records of one request together (`conn-N/req-M`).
+    pub correlation: String,
+    pub detail: serde_json::Value,
+}
+
+impl Event {
+    /// An event by loongd itself.
+    pub fn daemon(kind: Kind, detail: serde_json::Value) -> Event {
+        Event {
+            kind,
+            actor: "loongd".into(),
+            correlation: String::new(),
+            detail,
+        }
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    pub correlation: String,
+    /// JSON text.
+    pub detail: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// The canonical encoding hashed into the chain (format version 1).
+pub fn canonical(
+    seq: u64,
+    time_ms: i64,
+    kind: &str,
+    actor: &str,
+    correlation: &str,
+    detail: &str,
+) -> Vec<u8> {
+    let mut v =
+        Vec::with_capacity(64 + kind.len() + actor.len() + correlation.len() + detail.len());
+    v.extend_from_slice(b"loong-audit-v1\0");
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&time_ms.to_be_bytes());
+    for field in [kind, actor, correlation, detail] {
+        v.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        v.extend_from_slice(field.as_bytes());
+    }
+    v
+}
+
+/// `sha256(prev ‖ canonical)`.
+pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+/// The message a checkpoint signs.
+pub fn checkpoint_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"loong-audit-checkpoint-v1\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// Opens the home's audit trail (creating the database and the key on first use).
+pub fn open(home: &Path) -> Result<Audit, AuditError> {
+    let key = AuditKey::load_or_create(&home.join("keys"))?;
+    Audit::open(&home.join(DB_FILE), key)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A trail of `n` records (with a final checkpoint), and its database path.
+    fn trail(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        runtime().block_on(async {
+            for i in 0..n {
+                let e = Event {
+                    kind: Kind::SandboxExited,
+                    actor: "uid:0".into(),
+                    correlation: format!("c-{i}"),
+                    detail: serde_json::json!({ "i": i }),
+                };
+                audit.record(e).await.expect("records");
+            }
+            audit.shutdown().await;
+        });
+        let db = dir.path().join(DB_FILE);
+        (dir, db)
+    }
+
+    fn verify_at(dir: &Path) -> VerifyReport {
+        let key = AuditKey::load_or_create(&dir.join("keys")).expect("key");
+        verify(
+            &Connection::open(dir.join(DB_FILE)).expect("db"),
+            &key.verifying(),
+        )
+        .expect("verifies")
+    }
+
+    fn first_bad(dir: &Path) -> Option<(u64, String)> {
+        verify_at(dir).first_bad
+    }
+
+    #[test]
+    fn an_untouched_trail_verifies_with_its_checkpoints() {
+        let (dir, _) = trail(600);
+        let r = verify_at(dir.path());
+        assert_eq!(r.first_bad, None);
+        assert_eq!(r.records, 600);
+        // Periodic checkpoints at 256 and 512, and the final one at 600.
+        assert_eq!(r.checkpoints, 3);
+    }
+
+    #[test]
+    fn a_changed_record_is_found() {
+        let (dir, db) = trail(10);
+        Connection::open(&db)
+            .expect("db")
+            .execute("UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 4", [])
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 4);
+        assert!(why.contains("do not match its hash"), "{why}");
+    }
+
+    #[test]
+    fn a_deleted_record_is_found() {
+        let (dir, db) = trail(10);
+        Connection::open(&db)
+            .expect("db")
+            .execute("DELETE FROM audit WHERE seq = 6", [])
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 6);
+        assert!(why.contains("missing"), "{why}");
+    }
+
+    #[test]
+    fn reordered_records_are_found() {
+        let (dir, db) = trail(10);
+        let c = Connection::open(&db).expect("db");
+        // Swap the contents (everything but the position) of records 3 and 4.
+        c.execute_batch(
+            "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = -3;",
+        )
+        .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 3);
+        assert!(
+            why.contains("link to the previous record is broken"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_consistently_rewritten_chain_is_caught_by_the_signed_checkpoint() {
+        let (dir, db) = trail(10);
+        let c = Connection::open(&db).expect("db");
+        // Change record 5 and recompute every hash after it, as a careful forger would.
+        c.execute(
+            "UPDATE audit SET detail = '{\"i\":\"forged\"}' WHERE seq = 5",
+            [],
+        )
+        .expect("tamper");
+        let mut prev: [u8; 32] = c
+            .query_row("SELECT hash FROM audit WHERE seq = 4", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .map(|v| v.try_into().expect("32"))
+            .expect("row");
+        for seq in 5..=10i64 {
+            let (t, k, a, co, d): (i64, String, String, String, String) = c
+                .query_row(
+                    "SELECT time_ms, kind, actor, correlation, detail FROM audit WHERE seq = ?1",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .expect("row");
+            let h = chain_hash(&prev, &canonical(seq as u64, t, &k, &a, &co, &d));
+            c.execute(
+                "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                params![prev.as_slice(), h.as_slice(), seq],
+            )
+            .expect("rewrite");
+            prev = h;
+        }
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 10);
+        assert!(
+            why.contains("differs from what the signed checkpoint recorded"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_forged_checkpoint_signature_is_found() {
+        let (dir, db) = trail(10);
+        Connection::open(&db)
+            .expect("db")
+            .execute(
+                "UPDATE checkpoints SET signature = zeroblob(64) WHERE seq = 10",
+                [],
+            )
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 10);
+        assert!(why.contains("signature does not verify"), "{why}");
+    }
+
+    #[test]
+    fn a_truncated_tail_behind_a_checkpoint_is_found() {
+        let (dir, db) = trail(10);
+        Connection::open(&db)
+            .expect("db")
+            .execute("DELETE FROM audit WHERE seq >= 9", [])
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 10);
+        assert!(why.contains("truncated"), "{why}");
+    }
+
+    #[test]
+    fn every_kind_is_emitted_somewhere() {
+        // Each declared kind must appear outside this module, or it is dead vocabulary.
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut text = String::new();
+        for f in ["lib.rs", "sandbox.rs", "control/connection.rs"] {
+            text.push_str(&std::fs::read_to_string(src.join(f)).expect("source"));
+        }
+        for k in Kind::ALL {
+            let name = format!("{k:?}");
+            assert!(
+                text.contains(&format!("Kind::{name}")),
+                "audit kind {name} is declared but never emitted"
+            );
+        }
+    }
+}

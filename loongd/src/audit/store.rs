@@ -1,0 +1,392 @@
+//! The SQLite store and its single writer thread (group commit).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    thread::JoinHandle,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    canonical, chain_hash, checkpoint_message, verify::VerifyReport, AuditKey, Event, Record,
+    CHECKPOINT_EVERY, GROUP_MAX, MAX_DETAIL_BYTES, QUEUE_DEPTH,
+};
+
+/// Why the audit trail failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit database {}: {source}", path.display())]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("audit key {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit key {} is {len} bytes, not 32; restore it from a backup (a new key cannot verify old checkpoints)", path.display())]
+    BadKey { path: PathBuf, len: usize },
+    #[error("the audit writer failed to commit: {0}")]
+    Commit(String),
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    correlation TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_kind ON audit (kind, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    time_ms INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('format', '1');
+";
+
+/// A query for `audit recent` / `export`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub kind: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only records after this sequence number.
+    pub after_seq: Option<u64>,
+    /// Most records returned.
+    pub limit: u32,
+    /// Oldest first (export) instead of newest first (recent).
+    pub ascending: bool,
+}
+
+/// Where the writer acknowledges an append: its sequence number, or why the commit failed.
+type Ack = oneshot::Sender<Result<u64, String>>;
+
+enum Msg {
+    Append(Event, Option<Ack>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on the audit trail; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+    db: Arc<PathBuf>,
+    verifying: VerifyingKey,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+    move |source| AuditError::Db {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads a 32-byte hash column.
+fn hash32(v: Vec<u8>) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    if v.len() == 32 {
+        h.copy_from_slice(&v);
+    }
+    h
+}
+
+pub(super) fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        seq: row.get::<_, i64>(0)? as u64,
+        time_ms: row.get(1)?,
+        kind: row.get(2)?,
+        actor: row.get(3)?,
+        correlation: row.get(4)?,
+        detail: row.get(5)?,
+        prev_hash: hash32(row.get(6)?),
+        hash: hash32(row.get(7)?),
+    })
+}
+
+pub(super) const RECORD_COLUMNS: &str =
+    "seq, time_ms, kind, actor, correlation, detail, prev_hash, hash";
+
+impl Audit {
+    /// Opens (creating) the database at `db` and starts the writer thread.
+    pub fn open(db: &Path, key: AuditKey) -> Result<Audit, AuditError> {
+        let conn = Connection::open(db).map_err(db_err(db))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err(db))?;
+        // Every committed group is on disk before its appends are acknowledged.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err(db))?;
+        conn.execute_batch(SCHEMA).map_err(db_err(db))?;
+        let tail: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err(db))?;
+        let (last_seq, last_hash) = tail
+            .map(|(s, h)| (s as u64, hash32(h)))
+            .unwrap_or((0, [0u8; 32]));
+        let verifying = key.verifying();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("loong-audit".into())
+            .spawn(move || writer(conn, key, rx, last_seq, last_hash))
+            .map_err(|source| AuditError::Key {
+                path: db.to_path_buf(),
+                source,
+            })?;
+        Ok(Audit {
+            tx,
+            db: Arc::new(db.to_path_buf()),
+            verifying,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Appends `event` and waits until it is committed; returns its sequence number.
+    pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Append(event, Some(ack)))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        done.await
+            .map_err(|_| AuditError::Stopped)?
+            .map_err(AuditError::Commit)
+    }
+
+    /// Appends `event` without waiting for the commit (it is still queued in order; a failed
+    /// commit is logged by the writer).
+    pub async fn record_later(&self, event: Event) {
+        if self.tx.send(Msg::Append(event, None)).await.is_err() {
+            tracing::error!("the audit writer has stopped; an audit record could not be queued");
+        }
+    }
+
+    /// Commits what is queued, signs a final checkpoint and stops the writer.
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    fn reader(&self) -> Result<Connection, AuditError> {
+        Connection::open_with_flags(
+            self.db.as_path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err(&self.db))
+    }
+
+    /// Records matching `q`.
+    pub fn query(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
+        let conn = self.reader()?;
+        let order = if q.ascending { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM audit WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR time_ms >= ?2) \
+             AND (?3 IS NULL OR time_ms <= ?3) AND (?5 IS NULL OR seq > ?5) ORDER BY seq {order} LIMIT ?4"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(db_err(&self.db))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    q.kind,
+                    q.since_ms,
+                    q.until_ms,
+                    q.limit,
+                    q.after_seq.map(|s| s as i64)
+                ],
+                read_record,
+            )
+            .map_err(db_err(&self.db))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.db))?;
+        Ok(rows)
+    }
+
+    /// The record `seq`.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, AuditError> {
+        let conn = self.reader()?;
+        conn.query_row(
+            &format!("SELECT {RECORD_COLUMNS} FROM audit WHERE seq = ?1"),
+            [seq as i64],
+            read_record,
+        )
+        .optional()
+        .map_err(db_err(&self.db))
+    }
+
+    /// Verifies the whole trail against the chain and the signed checkpoints.
+    pub fn verify(&self) -> Result<VerifyReport, AuditError> {
+        super::verify(&self.reader()?, &self.verifying).map_err(db_err(&self.db))
+    }
+}
+
+fn writer(
+    mut conn: Connection,
+    key: AuditKey,
+    mut rx: mpsc::Receiver<Msg>,
+    mut last_seq: u64,
+    mut last_hash: [u8; 32],
+) {
+    let mut batch: Vec<(Event, Option<Ack>)> = Vec::new();
+    loop {
+        let mut shutdown = None;
+        match rx.blocking_recv() {
+            Some(Msg::Append(e, a)) => batch.push((e, a)),
+            Some(Msg::Shutdown(a)) => shutdown = Some(a),
+            None => break,
+        }
+        while batch.len() < GROUP_MAX && shutdown.is_none() {
+            match rx.try_recv() {
+                Ok(Msg::Append(e, a)) => batch.push((e, a)),
+                Ok(Msg::Shutdown(a)) => shutdown = Some(a),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
+        match commit(
+            &mut conn,
+            &key,
+            &events,
+            last_seq,
+            last_hash,
+            shutdown.is_some(),
+        ) {
+            Ok((seq, hash)) => {
+                for (n, (_, ack)) in batch.drain(..).enumerate() {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Ok(last_seq + 1 + n as u64));
+                    }
+                }
+                (last_seq, last_hash) = (seq, hash);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "audit commit failed");
+                for (_, ack) in batch.drain(..) {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        if let Some(a) = shutdown {
+            let _ = a.send(());
+            break;
+        }
+    }
+}
+
+/// Appends `events` in one transaction; returns the new tail. Nothing changes on error.
+fn commit(
+    conn: &mut Connection,
+    key: &AuditKey,
+    events: &[&Event],
+    mut seq: u64,
+    mut hash: [u8; 32],
+    final_checkpoint: bool,
+) -> rusqlite::Result<(u64, [u8; 32])> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (seq, time_ms, kind, actor, correlation, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut checkpoint =
+            tx.prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, time_ms, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        let key_id = key.id();
+        let mut sign = |seq: u64, hash: &[u8; 32], time: i64| -> rusqlite::Result<()> {
+            let sig = key.sign(&checkpoint_message(seq, hash));
+            checkpoint.execute(params![
+                seq as i64,
+                hash.as_slice(),
+                time,
+                key_id,
+                sig.as_slice()
+            ])?;
+            Ok(())
+        };
+        for e in events {
+            let time = now_ms();
+            let mut detail = e.detail.to_string();
+            if detail.len() > MAX_DETAIL_BYTES {
+                detail =
+                    serde_json::json!({ "truncated": true, "bytes": detail.len() }).to_string();
+            }
+            let prev = hash;
+            seq += 1;
+            hash = chain_hash(
+                &prev,
+                &canonical(
+                    seq,
+                    time,
+                    e.kind.as_str(),
+                    &e.actor,
+                    &e.correlation,
+                    &detail,
+                ),
+            );
+            insert.execute(params![
+                seq as i64,
+                time,
+                e.kind.as_str(),
+                e.actor,
+                e.correlation,
+                detail,
+                prev.as_slice(),
+                hash.as_slice()
+            ])?;
+            if seq.is_multiple_of(CHECKPOINT_EVERY) {
+                sign(seq, &hash, time)?;
+            }
+        }
+        if final_checkpoint && seq > 0 {
+            sign(seq, &hash, now_ms())?;
+        }
+    }
+    tx.commit()?;
+    Ok((seq, hash))
+}

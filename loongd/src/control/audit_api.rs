@@ -1,0 +1,98 @@
+//! The audit queries of the control API: `audit recent|show|verify|export`.
+
+use loong_ipc::{
+    message::control::{MAX_AUDIT_PAGE, MAX_AUDIT_PAGE_BYTES},
+    AuditQuery, AuditRecordView, AuditVerifyReport, ControlResponse, ErrorKind, RemoteError,
+};
+
+use crate::{
+    audit::{Query, Record},
+    Kernel,
+};
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+fn view(r: Record) -> AuditRecordView {
+    AuditRecordView {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        kind: r.kind,
+        actor: r.actor,
+        correlation: r.correlation,
+        detail: r.detail,
+        hash: hex::encode(r.hash),
+    }
+}
+
+/// Records matching `q`, bounded in count and bytes (the caller pages with `after_seq`).
+pub(crate) async fn query(kernel: &Kernel, q: AuditQuery) -> Result<ControlResponse, RemoteError> {
+    if let Some(k) = &q.kind {
+        if crate::audit::Kind::parse(k).is_none() {
+            let known: Vec<&str> = crate::audit::Kind::ALL.iter().map(|k| k.as_str()).collect();
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "unknown audit kind `{k}`; known kinds: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let audit = kernel.audit.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        audit.query(&Query {
+            kind: q.kind,
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+            after_seq: q.after_seq,
+            limit: q.limit.clamp(1, MAX_AUDIT_PAGE),
+            ascending: q.oldest_first,
+        })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for r in records {
+        bytes += r.detail.len() + r.kind.len() + r.actor.len() + r.correlation.len() + 96;
+        if bytes > MAX_AUDIT_PAGE_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push(view(r));
+    }
+    Ok(ControlResponse::AuditRecords(out))
+}
+
+/// One record.
+pub(crate) async fn show(kernel: &Kernel, seq: u64) -> Result<ControlResponse, RemoteError> {
+    let audit = kernel.audit.clone();
+    let r = tokio::task::spawn_blocking(move || audit.get(seq))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(ControlResponse::AuditRecords(
+        r.into_iter().map(view).collect(),
+    ))
+}
+
+/// Verifies the whole trail.
+pub(crate) async fn verify(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+    let audit = kernel.audit.clone();
+    let r = tokio::task::spawn_blocking(move || audit.verify())
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let (first_bad_seq, problem) = match r.first_bad {
+        Some((s, p)) => (Some(s), Some(p)),
+        None => (None, None),
+    };
+    Ok(ControlResponse::AuditVerified(AuditVerifyReport {
+        records: r.records,
+        checkpoints: r.checkpoints,
+        first_bad_seq,
+        problem,
+    }))
+}

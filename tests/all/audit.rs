@@ -1,0 +1,198 @@
+//! The audit trail seen through loongctl: what loongd records, verification that names the
+//! first bad record, and durability under `kill -9`.
+
+use std::{
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use crate::support::{bin, text, wait_until, Home, Raw};
+
+fn recent(home: &Home, kind: &str) -> Vec<serde_json::Value> {
+    let out = home.ctl(&[
+        "audit", "recent", "--kind", kind, "--limit", "1000", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn loongd_records_what_it_does_and_verify_names_the_first_bad_record() {
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "landlock")]);
+    // A run, a degraded run, a refusal and a protocol violation.
+    assert!(home
+        .ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "trusted",
+            "--",
+            "/bin/echo",
+            "audited"
+        ])
+        .status
+        .success());
+    assert!(home
+        .ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "restricted",
+            "--allow-degraded",
+            "--",
+            "/bin/true"
+        ])
+        .status
+        .success());
+    assert_eq!(
+        home.ctl(&["sandbox", "run", "--tier", "restricted", "--", "/bin/true"])
+            .status
+            .code(),
+        Some(6)
+    );
+    let mut raw = Raw::connect(&home.socket());
+    raw.send_bytes(&u32::MAX.to_le_bytes()).expect("send");
+    assert!(raw.closed_by_peer());
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    home.start();
+
+    let started = recent(&home, "daemon.started");
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(recent(&home, "daemon.stopped").len(), 1);
+    let spawned = recent(&home, "sandbox.spawned");
+    assert_eq!(spawned.len(), 2);
+    let echo = spawned
+        .iter()
+        .find(|r| r["detail"]["request"]["args"] == serde_json::json!(["audited"]))
+        .expect("the echo run");
+    assert_eq!(
+        echo["actor"],
+        format!("uid:{}", nix::unistd::Uid::effective().as_raw())
+    );
+    let exited = recent(&home, "sandbox.exited");
+    assert!(
+        exited
+            .iter()
+            .any(|r| r["correlation"] == echo["correlation"] && r["detail"]["code"] == 0),
+        "{exited:?}"
+    );
+    let degraded = recent(&home, "sandbox.degraded");
+    assert_eq!(degraded.len(), 1);
+    assert_eq!(
+        degraded[0]["detail"]["missing"],
+        serde_json::json!(["landlock"])
+    );
+    let refused = recent(&home, "sandbox.refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["detail"]["class"], "sandbox unavailable");
+    assert!(wait_until(Duration::from_secs(5), || !recent(
+        &home,
+        "protocol.violation"
+    )
+    .is_empty()));
+    let unknown = home.ctl(&["audit", "recent", "--kind", "no.such.kind"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("unknown audit kind `no.such.kind`"));
+
+    // Untouched, the trail verifies, with the checkpoint signed at the clean stop.
+    let ok = home.ctl(&["audit", "verify", "--json"]);
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(v["ok"], true);
+    assert!(v["checkpoints"].as_u64() >= Some(1), "{v}");
+    // Change one stored record behind loongd's back: verify fails and names it.
+    let db = rusqlite::Connection::open(home.path().join("audit.db")).expect("db");
+    db.execute("UPDATE audit SET detail = '{}' WHERE seq = 3", [])
+        .expect("tamper");
+    let bad = home.ctl(&["audit", "verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stdout).contains("audit trail BROKEN at record 3"),
+        "{}",
+        text(&bad.stdout)
+    );
+}
+
+#[test]
+fn acknowledged_runs_survive_kill_9() {
+    let home = Arc::new(Home::new());
+    let pid = home.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for c in 0..3 {
+        let (home, stop, acked) = (home.clone(), stop.clone(), acked.clone());
+        clients.push(std::thread::spawn(move || {
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let marker = format!("m-{c}-{n}");
+                let out = Command::new(bin("loongctl"))
+                    .arg("--home")
+                    .arg(home.path())
+                    .args([
+                        "sandbox",
+                        "run",
+                        "--tier",
+                        "trusted",
+                        "--",
+                        "/bin/echo",
+                        &marker,
+                    ])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("loongctl");
+                if out.status.success() && text(&out.stdout).trim() == marker {
+                    acked.lock().expect("lock").push(marker);
+                } else {
+                    return; // the daemon is gone
+                }
+            }
+        }));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || acked
+            .lock()
+            .expect("lock")
+            .len()
+            >= 30),
+        "runs did not get going"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    home.start();
+    let ok = home.ctl(&["audit", "verify", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    let spawned = recent(&home, "sandbox.spawned");
+    let exited = recent(&home, "sandbox.exited");
+    let acked = acked.lock().expect("lock").clone();
+    for marker in &acked {
+        let s = spawned
+            .iter()
+            .find(|r| r["detail"]["request"]["args"] == serde_json::json!([marker]))
+            .unwrap_or_else(|| panic!("acknowledged run {marker} has no spawned record"));
+        assert!(
+            exited.iter().any(|e| e["correlation"] == s["correlation"]),
+            "acknowledged run {marker} has no exited record"
+        );
+    }
+    assert!(acked.len() >= 30, "only {} runs acknowledged", acked.len());
+}
