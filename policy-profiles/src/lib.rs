@@ -4,6 +4,8 @@
 //! so an operator fixes a profile in one pass. The bundled profiles live in
 //! `policy-profiles/tiers/` and are compiled into loongd.
 
+mod doc;
+pub mod pack;
 mod tier;
 
 use std::{collections::BTreeMap, fmt};
@@ -18,6 +20,33 @@ pub const RESTRICTED: &str = include_str!("../tiers/restricted.toml");
 pub const BALANCED: &str = include_str!("../tiers/balanced.toml");
 /// The bundled trusted profile.
 pub const TRUSTED: &str = include_str!("../tiers/trusted.toml");
+
+/// The bundled operator pack.
+pub const OPERATOR_PACK: &str = include_str!("../packs/operator.toml");
+/// The bundled example pack.
+pub const DOCS_READER_PACK: &str = include_str!("../packs/docs-reader.toml");
+/// The bundled denylist.
+pub const DENYLIST: &str = include_str!("../denylist.toml");
+
+/// The bundled packs, parsed.
+pub fn bundled_packs() -> Result<Vec<pack::Pack>, Vec<Problem>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (file, text) in [
+        ("packs/operator.toml", OPERATOR_PACK),
+        ("packs/docs-reader.toml", DOCS_READER_PACK),
+    ] {
+        match pack::parse_pack(text, file) {
+            Ok(p) => out.push(p),
+            Err(mut ps) => problems.append(&mut ps),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
 
 /// One problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +98,17 @@ pub fn bundled() -> Result<BTreeMap<Tier, TierProfile>, Vec<Problem>> {
     }
 }
 
-/// Checks any policy file Loong knows; returns every problem (empty when it is valid).
+/// Checks any policy file Loong knows (a tier profile, a pack or a denylist, told apart by
+/// their keys); returns every problem (empty when it is valid).
 pub fn check(text: &str, file: &str) -> Vec<Problem> {
-    parse_tier(text, file).err().unwrap_or_default()
+    let has = |key: &str| text.lines().any(|l| l.trim_start().starts_with(key));
+    if has("grants") || has("domain") {
+        pack::parse_pack(text, file).err().unwrap_or_default()
+    } else if has("programs") || has("hosts") || (has("paths") && !has("tier")) {
+        pack::parse_denylist(text, file).err().unwrap_or_default()
+    } else {
+        parse_tier(text, file).err().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +135,15 @@ mod tests {
         for prof in p.values() {
             loong_sandbox::seccomp::compile(prof, false).expect("compiles");
         }
+        let packs =
+            bundled_packs().unwrap_or_else(|ps| panic!("bundled packs have problems: {ps:#?}"));
+        assert_eq!(packs[0].id, "operator");
+        assert!(
+            pack::Capability::ALL
+                .iter()
+                .all(|c| packs[0].allows(*c, None)),
+            "the operator pack grants everything"
+        );
+        pack::parse_denylist(DENYLIST, "denylist.toml").expect("bundled denylist is valid");
     }
 }

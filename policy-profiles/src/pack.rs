@@ -1,0 +1,507 @@
+//! Capabilities, scoped grants, vertical packs and the denylist, as data.
+//!
+//! A grant is written `CAPABILITY` or `CAPABILITY:SCOPE`: `fs.read:/srv/docs` (a path prefix),
+//! `net.egress:*.example.com` (a host pattern), `tool.invoke:echo` (a name). A capability
+//! without a scope grants it everywhere.
+
+use std::{
+    fmt,
+    path::{Component, Path, PathBuf},
+    str::FromStr,
+};
+
+use toml_edit::{ImDocument, TableLike};
+
+use crate::{doc::Ctx, Problem};
+
+/// What an effect needs. Closed: a new capability is a new variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    FsRead,
+    FsWrite,
+    NetEgress,
+    ProcessExec,
+    ToolInvoke,
+    ConnectorInvoke,
+    MemoryRead,
+    MemoryWrite,
+    BrowserControl,
+    ChannelSend,
+    ControlRead,
+    ControlWrite,
+    ControlApprovals,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 13] = [
+        Capability::FsRead,
+        Capability::FsWrite,
+        Capability::NetEgress,
+        Capability::ProcessExec,
+        Capability::ToolInvoke,
+        Capability::ConnectorInvoke,
+        Capability::MemoryRead,
+        Capability::MemoryWrite,
+        Capability::BrowserControl,
+        Capability::ChannelSend,
+        Capability::ControlRead,
+        Capability::ControlWrite,
+        Capability::ControlApprovals,
+    ];
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::FsRead => "fs.read",
+            Capability::FsWrite => "fs.write",
+            Capability::NetEgress => "net.egress",
+            Capability::ProcessExec => "process.exec",
+            Capability::ToolInvoke => "tool.invoke",
+            Capability::ConnectorInvoke => "connector.invoke",
+            Capability::MemoryRead => "memory.read",
+            Capability::MemoryWrite => "memory.write",
+            Capability::BrowserControl => "browser.control",
+            Capability::ChannelSend => "channel.send",
+            Capability::ControlRead => "control.read",
+            Capability::ControlWrite => "control.write",
+            Capability::ControlApprovals => "control.approvals",
+        }
+    }
+
+    /// The kind of scope it takes.
+    pub fn scope_kind(self) -> ScopeKind {
+        match self {
+            Capability::FsRead | Capability::FsWrite => ScopeKind::Paths,
+            Capability::NetEgress => ScopeKind::Hosts,
+            Capability::ProcessExec | Capability::ToolInvoke | Capability::ConnectorInvoke => {
+                ScopeKind::Names
+            }
+            _ => ScopeKind::None,
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Capability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Capability, String> {
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+                format!("unknown capability `{s}`; known: {}", names.join(", "))
+            })
+    }
+}
+
+/// What a capability's scope ranges over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeKind {
+    /// Absolute path prefixes.
+    Paths,
+    /// Host patterns (`example.com`, `*.example.com`, optionally `:PORT`).
+    Hosts,
+    /// Names (tools, connectors, programs).
+    Names,
+    /// No scope: the capability is all or nothing.
+    None,
+}
+
+/// A grant: a capability, everywhere or within one scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Grant {
+    pub cap: Capability,
+    /// `None`: everywhere.
+    pub scope: Option<String>,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scope {
+            None => write!(f, "{}", self.cap),
+            Some(s) => write!(f, "{}:{s}", self.cap),
+        }
+    }
+}
+
+/// Normalises an absolute path lexically (`.` and `..` resolved); `None` if not absolute.
+pub fn lexical(p: &Path) -> Option<PathBuf> {
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pat, pport) = pattern
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or((pattern, None), |(h, p)| (h, Some(p)));
+    let (h, hport) = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or((host, None), |(h, p)| (h, Some(p)));
+    if pport.is_some() && pport != hport {
+        return false;
+    }
+    let (pat, h) = (pat.to_ascii_lowercase(), h.to_ascii_lowercase());
+    match pat.strip_prefix("*.") {
+        Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
+        None => pat == h,
+    }
+}
+
+impl Grant {
+    /// Parses `CAP` or `CAP:SCOPE`.
+    pub fn parse(s: &str) -> Result<Grant, String> {
+        let (cap, scope) = match s.split_once(':') {
+            Some((c, sc)) => (c, Some(sc.to_string())),
+            None => (s, None),
+        };
+        let cap: Capability = cap.parse()?;
+        if let Some(sc) = &scope {
+            match cap.scope_kind() {
+                ScopeKind::None => return Err(format!("`{cap}` takes no scope (`{s}`)")),
+                ScopeKind::Paths if lexical(Path::new(sc)).is_none() => {
+                    return Err(format!("the scope of `{s}` must be an absolute path"));
+                }
+                _ if sc.is_empty() => return Err(format!("`{s}` has an empty scope")),
+                _ => {}
+            }
+        }
+        Ok(Grant { cap, scope })
+    }
+
+    /// Whether this grant allows `cap` on `target` (a path, host or name; `None` when the
+    /// request names no target, which only an unscoped grant allows).
+    pub fn allows(&self, cap: Capability, target: Option<&str>) -> bool {
+        if self.cap != cap {
+            return false;
+        }
+        let Some(scope) = &self.scope else {
+            return true;
+        };
+        let Some(target) = target else { return false };
+        match cap.scope_kind() {
+            ScopeKind::Paths => match (lexical(Path::new(scope)), lexical(Path::new(target))) {
+                (Some(root), Some(t)) => t.starts_with(root),
+                _ => false,
+            },
+            ScopeKind::Hosts => host_matches(scope, target),
+            ScopeKind::Names => scope == "*" || scope == target,
+            ScopeKind::None => false,
+        }
+    }
+
+    /// Whether this grant covers all of `other` (so `other` may be delegated under it).
+    pub fn covers(&self, other: &Grant) -> bool {
+        if self.cap != other.cap {
+            return false;
+        }
+        match (&self.scope, &other.scope) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(o)) => match self.cap.scope_kind() {
+                ScopeKind::Hosts if o.starts_with("*.") => self
+                    .scope
+                    .as_deref()
+                    .is_some_and(|s| s == o || (s.starts_with("*.") && o.ends_with(&s[1..]))),
+                _ => self.allows(self.cap, Some(o)),
+            },
+        }
+    }
+}
+
+/// A vertical pack: a namespace of grants and connectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pack {
+    pub id: String,
+    pub domain: String,
+    pub version: String,
+    pub summary: String,
+    pub grants: Vec<Grant>,
+    pub connectors: Vec<String>,
+    /// The approval preset: `never`, `on-high-risk` or `always`.
+    pub approval: String,
+}
+
+impl Pack {
+    /// Whether the pack grants `cap` on `target`.
+    pub fn allows(&self, cap: Capability, target: Option<&str>) -> bool {
+        self.grants.iter().any(|g| g.allows(cap, target))
+    }
+
+    /// Whether every grant of `wanted` lies within this pack's grants.
+    pub fn covers(&self, wanted: &Grant) -> bool {
+        self.grants.iter().any(|g| g.covers(wanted))
+    }
+}
+
+fn strings(
+    c: &mut Ctx<'_>,
+    t: &dyn TableLike,
+    key: &str,
+) -> Vec<(String, Option<std::ops::Range<usize>>)> {
+    let Some(item) = t.get(key) else {
+        return Vec::new();
+    };
+    let Some(arr) = item.as_array() else {
+        c.add(item.span(), key, "expected an array of strings");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for v in arr.iter() {
+        match v.as_str() {
+            Some(s) => out.push((s.to_string(), v.span())),
+            None => c.add(v.span(), key, "expected a string"),
+        }
+    }
+    out
+}
+
+/// Parses a pack file; `Err` holds every problem.
+pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
+    let mut c = Ctx {
+        text,
+        file,
+        problems: Vec::new(),
+    };
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            c.add(e.span(), "", e.message().trim().to_string());
+            return Err(c.problems);
+        }
+    };
+    let root = doc.as_table() as &dyn TableLike;
+    c.known_keys(
+        root,
+        "",
+        &[
+            "id",
+            "domain",
+            "version",
+            "summary",
+            "grants",
+            "connectors",
+            "approval",
+        ],
+    );
+    let mut text_field = |c: &mut Ctx<'_>, key: &str| {
+        c.string(root, key, "", None)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let id = text_field(&mut c, "id");
+    if !id.is_empty()
+        && !id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        c.add(
+            root.get("id").and_then(|i| i.span()),
+            "id",
+            format!("`{id}` may hold only letters, digits, `-` and `_`"),
+        );
+    }
+    let domain = text_field(&mut c, "domain");
+    let version = text_field(&mut c, "version");
+    let summary = root
+        .get("summary")
+        .and_then(|i| i.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let approval = root
+        .get("approval")
+        .and_then(|i| i.as_str())
+        .unwrap_or("on-high-risk")
+        .to_string();
+    if !["never", "on-high-risk", "always"].contains(&approval.as_str()) {
+        c.add(
+            root.get("approval").and_then(|i| i.span()),
+            "approval",
+            "expected \"never\", \"on-high-risk\" or \"always\"",
+        );
+    }
+    let mut grants = Vec::new();
+    for (g, span) in strings(&mut c, root, "grants") {
+        match Grant::parse(&g) {
+            Ok(g) => grants.push(g),
+            Err(e) => c.add(span, "grants", e),
+        }
+    }
+    let connectors = strings(&mut c, root, "connectors")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    if c.problems.is_empty() {
+        Ok(Pack {
+            id,
+            domain,
+            version,
+            summary,
+            grants,
+            connectors,
+            approval,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+/// What no grant, no pack and no approval can allow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Denylist {
+    /// Path prefixes.
+    pub paths: Vec<PathBuf>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Program names (anywhere in a command line) and tool names.
+    pub programs: Vec<String>,
+}
+
+/// Parses a denylist file; `Err` holds every problem.
+pub fn parse_denylist(text: &str, file: &str) -> Result<Denylist, Vec<Problem>> {
+    let mut c = Ctx {
+        text,
+        file,
+        problems: Vec::new(),
+    };
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            c.add(e.span(), "", e.message().trim().to_string());
+            return Err(c.problems);
+        }
+    };
+    let root = doc.as_table() as &dyn TableLike;
+    c.known_keys(root, "", &["paths", "hosts", "programs"]);
+    let mut paths = Vec::new();
+    for (p, span) in strings(&mut c, root, "paths") {
+        match lexical(Path::new(&p)) {
+            Some(p) => paths.push(p),
+            None => c.add(span, "paths", format!("`{p}` is not an absolute path")),
+        }
+    }
+    let hosts = strings(&mut c, root, "hosts")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let programs = strings(&mut c, root, "programs")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    if c.problems.is_empty() {
+        Ok(Denylist {
+            paths,
+            hosts,
+            programs,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+impl Denylist {
+    /// Whether `target` of `cap` is denylisted.
+    pub fn denies(&self, cap: Capability, target: &str) -> Option<String> {
+        match cap.scope_kind() {
+            ScopeKind::Paths => {
+                let t = lexical(Path::new(target))?;
+                self.paths
+                    .iter()
+                    .find(|p| t.starts_with(p))
+                    .map(|p| format!("path {} is denylisted", p.display()))
+            }
+            ScopeKind::Hosts => self
+                .hosts
+                .iter()
+                .find(|h| host_matches(h, target))
+                .map(|h| format!("host {h} is denylisted")),
+            ScopeKind::Names => {
+                let base = Path::new(target)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(target);
+                self.programs
+                    .iter()
+                    .find(|p| *p == base || *p == target)
+                    .map(|p| format!("{p} is denylisted"))
+            }
+            ScopeKind::None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_scopes_and_coverage() {
+        let g = |s: &str| Grant::parse(s).expect("valid");
+        assert!(g("fs.read:/srv/docs").allows(Capability::FsRead, Some("/srv/docs/a/b.txt")));
+        assert!(!g("fs.read:/srv/docs").allows(Capability::FsRead, Some("/srv/docs/../secret")));
+        assert!(!g("fs.read:/srv/docs").allows(Capability::FsRead, Some("/srv/docsx")));
+        assert!(!g("fs.read:/srv/docs").allows(Capability::FsWrite, Some("/srv/docs/a")));
+        assert!(g("net.egress:*.example.com")
+            .allows(Capability::NetEgress, Some("api.example.com:443")));
+        assert!(!g("net.egress:*.example.com").allows(Capability::NetEgress, Some("example.com")));
+        assert!(g("net.egress:api.example.com:443")
+            .allows(Capability::NetEgress, Some("API.example.com:443")));
+        assert!(!g("net.egress:api.example.com:443")
+            .allows(Capability::NetEgress, Some("api.example.com:80")));
+        assert!(g("fs.read").covers(&g("fs.read:/x")));
+        assert!(!g("fs.read:/x").covers(&g("fs.read")));
+        assert!(g("fs.read:/x").covers(&g("fs.read:/x/y")));
+        assert!(g("net.egress:*.a.com").covers(&g("net.egress:*.b.a.com")));
+        assert!(!g("net.egress:b.a.com").covers(&g("net.egress:*.a.com")));
+        assert_eq!(
+            Grant::parse("memory.read:/x"),
+            Err("`memory.read` takes no scope (`memory.read:/x`)".into())
+        );
+        assert_eq!(
+            Grant::parse("fs.read:relative"),
+            Err("the scope of `fs.read:relative` must be an absolute path".into())
+        );
+        assert!(Grant::parse("fs.teleport").is_err());
+    }
+
+    #[test]
+    fn pack_problems_are_all_reported() {
+        let text = "id = \"bad id!\"\ndomain = \"d\"\nversion = \"1\"\ncolour = 1\ngrants = [\"fs.read:rel\", \"bogus.cap\", \"tool.invoke:echo\"]\napproval = \"sometimes\"\n";
+        let p: Vec<String> = parse_pack(text, "p.toml")
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            p,
+            vec![
+                "p.toml:4: colour: unknown key; expected one of: id, domain, version, summary, grants, connectors, approval",
+                "p.toml:1: id: `bad id!` may hold only letters, digits, `-` and `_`",
+                "p.toml:6: approval: expected \"never\", \"on-high-risk\" or \"always\"",
+                "p.toml:5: grants: the scope of `fs.read:rel` must be an absolute path",
+                "p.toml:5: grants: unknown capability `bogus.cap`; known: fs.read, fs.write, net.egress, process.exec, tool.invoke, connector.invoke, memory.read, memory.write, browser.control, channel.send, control.read, control.write, control.approvals",
+            ]
+        );
+    }
+}
