@@ -5,6 +5,7 @@
 //! supervisor; all of them live here and nowhere else.
 
 pub mod audit;
+pub mod authority;
 pub mod config;
 mod control;
 pub mod home;

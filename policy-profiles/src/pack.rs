@@ -304,7 +304,7 @@ pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
             "approval",
         ],
     );
-    let mut text_field = |c: &mut Ctx<'_>, key: &str| {
+    let text_field = |c: &mut Ctx<'_>, key: &str| {
         c.string(root, key, "", None)
             .map(str::to_string)
             .unwrap_or_default()

@@ -8,10 +8,7 @@ use loong_sandbox::{
 };
 use toml_edit::{ImDocument, Item, TableLike};
 
-use crate::{
-    doc::{join, Ctx},
-    Problem,
-};
+use crate::{doc::Ctx, Problem};
 
 fn span_of(item: &Item) -> Option<Range<usize>> {
     item.span()

@@ -1,0 +1,396 @@
+//! The decision pipeline, in order: token → capability in token → pack grants → denylist
+//! (always wins) → tighten-only extensions → `Allow | Deny`. (The risk-profile and approval
+//! stages come with approvals; until then nothing answers "needs approval".)
+//!
+//! Pure over its inputs, so it is property-tested and benchmarked in memory; the token's own
+//! validity (unknown, expired, revoked, stale generation) is checked by the token table first.
+
+use std::path::{Path, PathBuf};
+
+use loong_profiles::pack::{lexical, Capability, Denylist, Pack};
+
+use super::{shell, tokens::Token};
+
+/// One request for an effect.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `None`: the operator (loongctl without --token), acting with the operator pack.
+    pub token: Option<&'a Token>,
+    pub cap: Capability,
+    /// The path, host or program name the effect is on.
+    pub target: Option<&'a str>,
+    /// For `process.exec`: the whole command line.
+    pub argv: Option<&'a [String]>,
+}
+
+/// Where a denial came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deny {
+    NotInToken,
+    NotInPack,
+    Denylisted(String),
+    Extension { name: &'static str, reason: String },
+}
+
+impl std::fmt::Display for Deny {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deny::NotInToken => f.write_str("the token does not grant it"),
+            Deny::NotInPack => f.write_str("the pack does not grant it"),
+            Deny::Denylisted(why) => write!(f, "denylisted: {why}"),
+            Deny::Extension { name, reason } => write!(f, "{name}: {reason}"),
+        }
+    }
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(Deny),
+}
+
+/// A tighten-only extension: it may deny what the stages before allowed, never the reverse.
+pub trait Extension: Send + Sync {
+    /// Its name, in denial reasons.
+    fn name(&self) -> &'static str;
+    /// `Some(reason)` to deny.
+    fn check(&self, req: &Request<'_>, pack: &Pack, denylist: &Denylist) -> Option<String>;
+}
+
+/// Runs the pipeline for `req` in `pack`.
+pub fn decide(
+    req: &Request<'_>,
+    pack: &Pack,
+    denylist: &Denylist,
+    extensions: &[&dyn Extension],
+) -> Decision {
+    if let Some(t) = req.token {
+        if !t.grants.iter().any(|g| g.allows(req.cap, req.target)) {
+            return Decision::Deny(Deny::NotInToken);
+        }
+    }
+    if !pack.allows(req.cap, req.target) {
+        return Decision::Deny(Deny::NotInPack);
+    }
+    if let Some(why) = req.target.and_then(|t| denylist.denies(req.cap, t)) {
+        return Decision::Deny(Deny::Denylisted(why));
+    }
+    for e in extensions {
+        if let Some(reason) = e.check(req, pack, denylist) {
+            return Decision::Deny(Deny::Extension {
+                name: e.name(),
+                reason,
+            });
+        }
+    }
+    Decision::Allow
+}
+
+/// The canonical form of `p`: symlinks resolved for the part that exists, the rest appended
+/// lexically.
+pub fn canonical(p: &Path) -> Option<PathBuf> {
+    let p = lexical(p)?;
+    let mut existing = p.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&existing) {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        let name = existing.file_name()?.to_os_string();
+        rest.push(name);
+        if !existing.pop() {
+            return None;
+        }
+    }
+}
+
+/// File-root confinement: a file system target must stay within the grants after its path is
+/// canonicalised (symlinks and `..` resolved), and off the denylist.
+#[derive(Debug)]
+pub struct FileRoots;
+
+impl Extension for FileRoots {
+    fn name(&self) -> &'static str {
+        "file roots"
+    }
+
+    fn check(&self, req: &Request<'_>, pack: &Pack, denylist: &Denylist) -> Option<String> {
+        if !matches!(req.cap, Capability::FsRead | Capability::FsWrite) {
+            return None;
+        }
+        let target = req.target?;
+        let Some(real) = canonical(Path::new(target)) else {
+            return Some(format!("{target} is not an absolute path"));
+        };
+        let real_s = real.to_string_lossy();
+        let in_token = req
+            .token
+            .is_none_or(|t| t.grants.iter().any(|g| g.allows(req.cap, Some(&real_s))));
+        if !in_token || !pack.allows(req.cap, Some(&real_s)) {
+            return Some(format!(
+                "{target} resolves to {real_s}, outside the granted roots"
+            ));
+        }
+        denylist
+            .denies(req.cap, &real_s)
+            .map(|why| format!("{target} resolves to {real_s}: {why}"))
+    }
+}
+
+/// Shell rules: every program a command line would run (through pipes, `;`, `&&`,
+/// subshells, substitutions, wrappers and `sh -c`) must be granted and off the denylist.
+#[derive(Debug)]
+pub struct ShellRules;
+
+impl Extension for ShellRules {
+    fn name(&self) -> &'static str {
+        "shell rules"
+    }
+
+    fn check(&self, req: &Request<'_>, pack: &Pack, denylist: &Denylist) -> Option<String> {
+        if req.cap != Capability::ProcessExec {
+            return None;
+        }
+        let argv = req.argv?;
+        for prog in shell::programs(argv) {
+            if let Some(why) = denylist.denies(Capability::ProcessExec, &prog) {
+                return Some(format!("the command line runs {prog}: {why}"));
+            }
+            let in_token = req.token.is_none_or(|t| {
+                t.grants
+                    .iter()
+                    .any(|g| g.allows(Capability::ProcessExec, Some(&prog)))
+            });
+            if !in_token || !pack.allows(Capability::ProcessExec, Some(&prog)) {
+                return Some(format!(
+                    "the command line runs {prog}, which is not granted"
+                ));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loong_profiles::pack::Grant;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PATHS: &[&str] = &["/a", "/a/b", "/a/b/c", "/c", "/c/../a/b"];
+    const HOSTS: &[&str] = &["x.com", "*.x.com", "api.x.com", "y.org"];
+    const NAMES: &[&str] = &["cat", "grep", "rm", "*"];
+
+    fn grant() -> impl Strategy<Value = Grant> {
+        (0..Capability::ALL.len(), 0..6usize).prop_map(|(c, s)| {
+            let cap = Capability::ALL[c];
+            let scope = match (cap.scope_kind(), s) {
+                (_, 0) => None,
+                (loong_profiles::pack::ScopeKind::Paths, s) => {
+                    Some(PATHS[s % PATHS.len()].to_string())
+                }
+                (loong_profiles::pack::ScopeKind::Hosts, s) => {
+                    Some(HOSTS[s % HOSTS.len()].to_string())
+                }
+                (loong_profiles::pack::ScopeKind::Names, s) => {
+                    Some(NAMES[s % NAMES.len()].to_string())
+                }
+                (loong_profiles::pack::ScopeKind::None, _) => None,
+            };
+            Grant { cap, scope }
+        })
+    }
+
+    fn target() -> impl Strategy<Value = (usize, Option<String>)> {
+        (0..Capability::ALL.len(), 0..8usize).prop_map(|(c, s)| {
+            let cap = Capability::ALL[c];
+            let t = match cap.scope_kind() {
+                loong_profiles::pack::ScopeKind::Paths => Some(
+                    [
+                        "/a/b/file",
+                        "/a/x",
+                        "/c/d",
+                        "/a/b/../../c",
+                        "/z",
+                        "/a",
+                        "/c",
+                        "/a/b/c/d",
+                    ][s]
+                        .to_string(),
+                ),
+                loong_profiles::pack::ScopeKind::Hosts => Some(
+                    [
+                        "x.com",
+                        "api.x.com",
+                        "y.org",
+                        "evil.com",
+                        "a.b.x.com",
+                        "x.com:443",
+                        "y.org:80",
+                        "z",
+                    ][s]
+                        .to_string(),
+                ),
+                loong_profiles::pack::ScopeKind::Names => {
+                    Some(["cat", "grep", "rm", "dd", "ls", "cat", "rm", "sh"][s].to_string())
+                }
+                loong_profiles::pack::ScopeKind::None => None,
+            };
+            (c, t)
+        })
+    }
+
+    fn pack(grants: Vec<Grant>) -> Pack {
+        Pack {
+            id: "p".into(),
+            domain: "d".into(),
+            version: "1".into(),
+            summary: String::new(),
+            grants,
+            connectors: Vec::new(),
+            approval: "never".into(),
+        }
+    }
+
+    fn token(grants: Vec<Grant>) -> Token {
+        Token {
+            id: "t".into(),
+            pack: "p".into(),
+            agent: "a".into(),
+            grants,
+            issued_ms: 0,
+            expires_ms: i64::MAX,
+            generation: 0,
+            revoked_ms: None,
+        }
+    }
+
+    /// Denies everything; a tighten-only extension at its most severe.
+    struct DenyAll;
+    impl Extension for DenyAll {
+        fn name(&self) -> &'static str {
+            "deny all"
+        }
+        fn check(&self, _: &Request<'_>, _: &Pack, _: &Denylist) -> Option<String> {
+            Some("no".into())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn no_allow_outside_token_and_pack(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target(), operator in any::<bool>()) {
+            let (p, tok) = (pack(pg), token(tg));
+            let cap = Capability::ALL[c];
+            let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), argv: None };
+            if decide(&req, &p, &Denylist::default(), &[]) == Decision::Allow {
+                prop_assert!(p.allows(cap, t.as_deref()), "allowed outside the pack");
+                if !operator {
+                    prop_assert!(tok.grants.iter().any(|g| g.allows(cap, t.as_deref())), "allowed outside the token");
+                }
+            }
+        }
+
+        #[test]
+        fn the_denylist_beats_full_access((c, t) in target()) {
+            let cap = Capability::ALL[c];
+            let Some(t) = t else { return Ok(()) };
+            let full = pack(Capability::ALL.iter().map(|c| Grant { cap: *c, scope: None }).collect());
+            let deny = Denylist { paths: vec![lexical(Path::new(&t)).unwrap_or_default()], hosts: vec![t.clone()], programs: vec![t.clone()] };
+            let req = Request { token: None, cap, target: Some(&t), argv: None };
+            prop_assert!(matches!(decide(&req, &full, &deny, &[]), Decision::Deny(Deny::Denylisted(_))));
+        }
+
+        #[test]
+        fn extensions_never_turn_a_deny_into_anything_else(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target()) {
+            let (p, tok) = (pack(pg), token(tg));
+            let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), argv: None };
+            let before = decide(&req, &p, &Denylist::default(), &[]);
+            let with = decide(&req, &p, &Denylist::default(), &[&FileRoots, &ShellRules]);
+            if before != Decision::Allow {
+                prop_assert_eq!(&with, &before, "an extension changed a denial");
+            }
+            prop_assert!(decide(&req, &p, &Denylist::default(), &[&DenyAll]) != Decision::Allow);
+        }
+    }
+
+    #[test]
+    fn file_roots_follow_symlinks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let granted = dir.path().join("granted");
+        std::fs::create_dir(&granted).expect("mkdir");
+        std::fs::write(dir.path().join("secret"), "s").expect("secret");
+        std::os::unix::fs::symlink(dir.path().join("secret"), granted.join("link")).expect("link");
+        let g = Grant::parse(&format!("fs.read:{}", granted.display())).expect("grant");
+        let (p, tok) = (pack(vec![g.clone()]), token(vec![g]));
+        let via_link = granted.join("link").display().to_string();
+        let plain = granted.join("plain.txt").display().to_string();
+        let req = |t: &'_ str| {
+            decide(
+                &Request {
+                    token: Some(&tok),
+                    cap: Capability::FsRead,
+                    target: Some(t),
+                    argv: None,
+                },
+                &p,
+                &Denylist::default(),
+                &[&FileRoots],
+            )
+        };
+        assert!(
+            matches!(
+                req(&via_link),
+                Decision::Deny(Deny::Extension {
+                    name: "file roots",
+                    ..
+                })
+            ),
+            "{:?}",
+            req(&via_link)
+        );
+        assert_eq!(req(&plain), Decision::Allow);
+    }
+
+    #[test]
+    fn shell_rules_see_the_whole_command_line() {
+        let p = pack(vec![
+            Grant::parse("process.exec:sh").expect("g"),
+            Grant::parse("process.exec:ls").expect("g"),
+            Grant::parse("process.exec:grep").expect("g"),
+        ]);
+        let deny = Denylist {
+            programs: vec!["dd".into()],
+            ..Denylist::default()
+        };
+        let run = |argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            decide(
+                &Request {
+                    token: None,
+                    cap: Capability::ProcessExec,
+                    target: Some(&argv[0]),
+                    argv: Some(&argv),
+                },
+                &p,
+                &deny,
+                &[&ShellRules],
+            )
+        };
+        assert_eq!(run(&["sh", "-c", "ls | grep x"]), Decision::Allow);
+        assert!(matches!(
+            run(&["sh", "-c", "ls; cat /etc/passwd"]),
+            Decision::Deny(Deny::Extension { .. })
+        ));
+        assert!(
+            matches!(run(&["sh", "-c", "ls $(dd if=/dev/zero)"]), Decision::Deny(Deny::Extension { reason, .. }) if reason.contains("dd: dd is denylisted"))
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The kernel's authority: packs, the denylist, capability tokens and the decision pipeline.
+//! All of it lives in loongd; no worker ever holds a token's grants or mints one.
+
+pub mod decide;
+pub mod shell;
+pub mod tokens;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use loong_profiles::pack::{parse_denylist, parse_pack, Capability, Denylist, Pack};
+
+pub use decide::{Decision, Deny};
+pub use tokens::{Token, TokenDenial, TokenError, TokenStore};
+
+/// The pack loongctl acts with when no token is given.
+pub const OPERATOR_PACK: &str = "operator";
+/// Where operator packs live in the home.
+pub const PACK_DIR: &str = "packs";
+/// Most operator pack files read.
+pub const MAX_PACK_FILES: usize = 256;
+
+/// Why the authority could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("policy data has problems:\n{}", .0.join("\n"))]
+    Problems(Vec<String>),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+}
+
+/// What a request was decided as, and on whose behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Result<Decision, TokenDenial>,
+    pub pack: String,
+    pub agent: Option<String>,
+}
+
+impl Outcome {
+    /// Whether the effect may happen.
+    pub fn allowed(&self) -> bool {
+        self.decision == Ok(Decision::Allow)
+    }
+
+    /// Why not, for an error message.
+    pub fn reason(&self) -> Option<String> {
+        match &self.decision {
+            Ok(Decision::Allow) => None,
+            Ok(Decision::Deny(d)) => Some(d.to_string()),
+            Err(t) => Some(t.to_string()),
+        }
+    }
+}
+
+/// Packs, denylist and tokens.
+#[derive(Debug)]
+pub struct Authority {
+    pub tokens: TokenStore,
+    packs: BTreeMap<String, Pack>,
+    denylist: Denylist,
+}
+
+impl Authority {
+    /// Loads the bundled packs and denylist, the operator's packs from `HOME/packs/*.toml`,
+    /// and the token table. Every problem in every file is reported at once. loongd's own
+    /// home is always denylisted.
+    pub fn load(home: &Path) -> Result<Authority, AuthorityError> {
+        let mut problems = Vec::new();
+        let mut packs = BTreeMap::new();
+        match loong_profiles::bundled_packs() {
+            Ok(ps) => packs.extend(ps.into_iter().map(|p| (p.id.clone(), p))),
+            Err(ps) => problems.extend(ps.iter().map(ToString::to_string)),
+        }
+        let dir = home.join(PACK_DIR);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        if files.len() > MAX_PACK_FILES {
+            problems.push(format!(
+                "{}: {} pack files, at most {MAX_PACK_FILES} are read",
+                dir.display(),
+                files.len()
+            ));
+            files.truncate(MAX_PACK_FILES);
+        }
+        for f in files {
+            let name = f.display().to_string();
+            match std::fs::read_to_string(&f)
+                .map_err(|e| format!("{name}: {e}"))
+                .and_then(|t| {
+                    parse_pack(&t, &name).map_err(|ps| {
+                        ps.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }) {
+                Ok(p) if packs.contains_key(&p.id) => {
+                    problems.push(format!("{name}: id: pack `{}` is already defined", p.id))
+                }
+                Ok(p) => {
+                    packs.insert(p.id.clone(), p);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        let mut denylist = parse_denylist(loong_profiles::DENYLIST, "denylist.toml")
+            .unwrap_or_else(|ps| {
+                problems.extend(ps.iter().map(ToString::to_string));
+                Denylist::default()
+            });
+        denylist.paths.push(home.to_path_buf());
+        if !problems.is_empty() {
+            return Err(AuthorityError::Problems(problems));
+        }
+        Ok(Authority {
+            tokens: TokenStore::open(&home.join("state.db"))?,
+            packs,
+            denylist,
+        })
+    }
+
+    /// The pack `id`.
+    pub fn pack(&self, id: &str) -> Option<&Pack> {
+        self.packs.get(id)
+    }
+
+    /// Every pack.
+    pub fn packs(&self) -> impl Iterator<Item = &Pack> {
+        self.packs.values()
+    }
+
+    /// Decides `cap` on `target` for the holder of `token` (the operator when `None`).
+    pub fn decide(
+        &self,
+        token: Option<&str>,
+        cap: Capability,
+        target: Option<&str>,
+        argv: Option<&[String]>,
+    ) -> Result<Outcome, TokenError> {
+        let checked = match token {
+            None => None,
+            Some(id) => match self.tokens.check(id)? {
+                Ok(t) => Some(t),
+                Err(denial) => {
+                    return Ok(Outcome {
+                        decision: Err(denial),
+                        pack: String::new(),
+                        agent: None,
+                    })
+                }
+            },
+        };
+        let pack_id = checked
+            .as_ref()
+            .map_or(OPERATOR_PACK, |t| t.pack.as_str())
+            .to_string();
+        let Some(pack) = self.packs.get(&pack_id) else {
+            return Ok(Outcome {
+                decision: Ok(Decision::Deny(Deny::NotInPack)),
+                pack: pack_id,
+                agent: checked.map(|t| t.agent),
+            });
+        };
+        let req = decide::Request {
+            token: checked.as_ref(),
+            cap,
+            target,
+            argv,
+        };
+        let decision = decide::decide(
+            &req,
+            pack,
+            &self.denylist,
+            &[&decide::FileRoots, &decide::ShellRules],
+        );
+        Ok(Outcome {
+            decision: Ok(decision),
+            pack: pack_id,
+            agent: checked.map(|t| t.agent),
+        })
+    }
+}
