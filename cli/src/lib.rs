@@ -64,6 +64,12 @@ pub enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Issue, list and revoke capability tokens.
+    #[command(subcommand)]
+    Tokens(cmd::tokens::TokensCommand),
+    /// Show vertical packs.
+    #[command(subcommand)]
+    Packs(cmd::tokens::PacksCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -107,6 +113,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Sandbox(c) => cmd::sandbox::run(&layout, c),
         Command::Policy(c) => cmd::policy::run(&layout, c),
         Command::Audit(c) => cmd::audit::run(&layout, c),
+        Command::Tokens(c) => cmd::tokens::run_tokens(&layout, c),
+        Command::Packs(c) => cmd::tokens::run_packs(&layout, c),
     }
 }
 

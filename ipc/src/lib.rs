@@ -22,7 +22,8 @@ pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
         AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest, ControlResponse,
-        DoctorReport, MechanismReport, SandboxExit, SandboxRunRequest, StatusReport, TierReport,
+        DecisionView, DoctorReport, MechanismReport, PackView, SandboxExit, SandboxRunRequest,
+        StatusReport, TierReport, TokenView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{

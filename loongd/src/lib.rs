@@ -49,6 +49,8 @@ pub struct Kernel {
     spawner: Result<Arc<loong_sandbox::Spawner>, String>,
     /// The audit trail.
     audit: audit::Audit,
+    /// Packs, the denylist, tokens and the decision pipeline.
+    authority: authority::Authority,
 }
 
 impl Kernel {
@@ -58,10 +60,12 @@ impl Kernel {
         allowed_gid: Option<Gid>,
         spawner: Result<Arc<loong_sandbox::Spawner>, String>,
         audit: audit::Audit,
+        authority: authority::Authority,
     ) -> Kernel {
         Kernel {
             spawner,
             audit,
+            authority,
             started: Instant::now(),
             layout,
             config,
@@ -161,7 +165,17 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect(),
     };
-    let kernel = Arc::new(Kernel::new(layout, config, allowed_gid, spawner, audit));
+    // Policy data that does not load stops loongd, with every problem named.
+    let authority = authority::Authority::load(&layout.home)
+        .context("loading packs, the denylist and the token table")?;
+    let kernel = Arc::new(Kernel::new(
+        layout,
+        config,
+        allowed_gid,
+        spawner,
+        audit,
+        authority,
+    ));
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
             .context("registering the control socket")?;

@@ -152,6 +152,63 @@ fn receiver(fd: Option<std::os::fd::OwnedFd>) -> Option<pipe::Receiver> {
     fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
 }
 
+/// Decides every effect a run asks for; the first denial is the answer.
+async fn authorize(
+    kernel: &Kernel,
+    req: &SandboxRunRequest,
+    cred: &UCred,
+    io: &RequestIo,
+) -> Result<(), RemoteError> {
+    use loong_profiles::pack::Capability;
+    let argv: Vec<String> = std::iter::once(req.program.clone())
+        .chain(req.args.iter().cloned())
+        .collect();
+    let program = std::path::Path::new(&req.program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(&req.program)
+        .to_string();
+    let mut checks: Vec<(Capability, String, Option<&[String]>)> =
+        vec![(Capability::ProcessExec, program, Some(&argv))];
+    checks.extend(
+        req.read
+            .iter()
+            .map(|p| (Capability::FsRead, p.clone(), None)),
+    );
+    checks.extend(
+        req.write
+            .iter()
+            .map(|p| (Capability::FsWrite, p.clone(), None)),
+    );
+    checks.extend(
+        req.allow_net
+            .iter()
+            .map(|h| (Capability::NetEgress, h.clone(), None)),
+    );
+    for (cap, target, argv) in checks {
+        let o = crate::control::authority_api::decide(
+            kernel,
+            cred,
+            io,
+            req.token.as_deref(),
+            cap,
+            Some(&target),
+            argv,
+        )
+        .await?;
+        if !o.allowed() {
+            return Err(RemoteError::new(
+                ErrorKind::Denied,
+                format!(
+                    "{cap} on {target} denied: {}",
+                    o.reason().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `loongctl sandbox run`.
 pub(crate) async fn run(
     kernel: &Kernel,
@@ -172,6 +229,16 @@ pub(crate) async fn run(
         "allow_net": req.allow_net, "timeout_ms": req.timeout_ms, "memory_bytes": req.memory_bytes,
         "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
     });
+    // The decision pipeline first: every effect the run asks for, under the presented token
+    // (or the operator's pack). Nothing spawns unless all are allowed.
+    if let Err(e) = authorize(kernel, &req, cred, &io).await {
+        let detail = serde_json::json!({ "request": asked, "reason": e.message, "class": e.kind.to_string() });
+        kernel
+            .audit
+            .record_later(event(Kind::SandboxRefused, detail))
+            .await;
+        return Err(e);
+    }
     let spawned = match kernel.spawner.clone().map_err(unavailable) {
         Err(e) => Err(e),
         Ok(spawner) => match spec_from(&req, kernel.config.sandbox.allow_degraded) {

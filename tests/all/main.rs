@@ -4,6 +4,7 @@
 //! command does). Each module is one area.
 
 mod audit;
+mod authority;
 mod control_socket;
 mod daemon_lifecycle;
 mod sandbox;

@@ -6,3 +6,4 @@ pub(crate) mod doctor;
 pub(crate) mod policy;
 pub(crate) mod sandbox;
 pub(crate) mod status;
+pub(crate) mod tokens;

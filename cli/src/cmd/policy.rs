@@ -22,10 +22,53 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decide a request without carrying it out (audited); exit 4 when denied.
+    Decide {
+        /// The capability asked for.
+        #[arg(long)]
+        cap: String,
+        /// Its target: a path, HOST[:PORT] or name.
+        #[arg(long)]
+        target: Option<String>,
+        /// Decide under this token (default: the operator's pack).
+        #[arg(long)]
+        token: Option<String>,
+        /// Print JSON ({allowed, reason, pack}).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
-    let PolicyCommand::Check { file, json } = cmd;
+    let (file, json) = match cmd {
+        PolicyCommand::Check { file, json } => (file, json),
+        PolicyCommand::Decide {
+            cap,
+            target,
+            token,
+            json,
+        } => {
+            let mut client = connect(layout)?;
+            let ControlResponse::Decided(d) = client.call::<_, ControlResponse>(
+                ControlRequest::PolicyDecide { token, cap, target },
+                REQUEST_DEADLINE,
+            )?
+            else {
+                return Err(anyhow::anyhow!("unexpected answer to policy decide").into());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "allowed": d.allowed, "reason": d.reason, "pack": d.pack })
+                );
+            } else if d.allowed {
+                println!("allowed (pack {})", d.pack);
+            } else {
+                println!("denied: {}", d.reason.unwrap_or_default());
+            }
+            return Ok(if d.allowed { exit::OK } else { exit::DENIED });
+        }
+    };
     let meta = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?;
     if meta.len() > MAX_POLICY_TEXT_BYTES as u64 {
         return Err(anyhow::anyhow!(

@@ -43,6 +43,70 @@ pub enum ControlRequest {
     },
     /// Verify the whole audit trail; answered by [`ControlResponse::AuditVerified`].
     AuditVerify,
+    /// Issue a capability token; answered by [`ControlResponse::Tokens`] (the new one).
+    TokenIssue {
+        pack: String,
+        agent: String,
+        /// `CAP` or `CAP:SCOPE` each, within the pack's grants.
+        grants: Vec<String>,
+        ttl_ms: i64,
+    },
+    /// Every token; answered by [`ControlResponse::Tokens`].
+    TokenList,
+    /// Revoke one token; answered by [`ControlResponse::Revoked`].
+    TokenRevoke { id: String },
+    /// Revoke every token of a pack by bumping its generation; answered by
+    /// [`ControlResponse::Revoked`].
+    TokenRevokeGeneration { pack: String },
+    /// Every pack; answered by [`ControlResponse::Packs`].
+    PackList,
+    /// Decide a request without carrying it out (audited like any decision); answered by
+    /// [`ControlResponse::Decided`].
+    PolicyDecide {
+        token: Option<String>,
+        cap: String,
+        target: Option<String>,
+    },
+}
+
+/// A capability token as the CLI shows it. The id is the bearer secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TokenView {
+    pub id: String,
+    pub pack: String,
+    pub agent: String,
+    pub grants: Vec<String>,
+    pub issued_ms: i64,
+    pub expires_ms: i64,
+    pub generation: u64,
+    /// `active`, `expired`, `revoked` or `stale` (its pack's generation moved on).
+    pub state: String,
+}
+
+/// A pack as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PackView {
+    pub id: String,
+    pub domain: String,
+    pub version: String,
+    pub summary: String,
+    pub grants: Vec<String>,
+    pub connectors: Vec<String>,
+    pub approval: String,
+    pub generation: u64,
+}
+
+/// A decision as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DecisionView {
+    pub allowed: bool,
+    /// Why not, when denied.
+    pub reason: Option<String>,
+    /// The pack the request was decided in.
+    pub pack: String,
 }
 
 /// Which audit records to return.
@@ -119,6 +183,8 @@ pub struct SandboxRunRequest {
     pub allow_degraded: bool,
     /// Largest output (stdout + stderr) relayed before the program is killed.
     pub max_output_bytes: Option<u64>,
+    /// The capability token the run is decided under (`None`: the operator's own authority).
+    pub token: Option<String>,
 }
 
 /// loongd's answers on the control socket.
@@ -139,6 +205,18 @@ pub enum ControlResponse {
     AuditRecords(Vec<AuditRecordView>),
     /// The answer to [`ControlRequest::AuditVerify`].
     AuditVerified(AuditVerifyReport),
+    /// Tokens.
+    Tokens(Vec<TokenView>),
+    /// The answer to a revocation: how many tokens it touched (a generation bump reports the
+    /// new generation).
+    Revoked {
+        existed: bool,
+        generation: Option<u64>,
+    },
+    /// Packs.
+    Packs(Vec<PackView>),
+    /// The answer to [`ControlRequest::PolicyDecide`].
+    Decided(DecisionView),
 }
 
 /// The daemon's state as `loongctl status` shows it.

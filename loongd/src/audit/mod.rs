@@ -53,11 +53,19 @@ pub enum Kind {
     ProtocolViolation,
     /// A peer was refused by the SO_PEERCRED check.
     PeerRefused,
+    /// The decision pipeline decided a request (allowed or denied, and why).
+    PolicyDecision,
+    /// A capability token was issued.
+    TokenIssued,
+    /// A capability token was revoked.
+    TokenRevoked,
+    /// A pack's generation was bumped, revoking all its earlier tokens.
+    GenerationBumped,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 12] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -66,6 +74,10 @@ impl Kind {
         Kind::SandboxRefused,
         Kind::ProtocolViolation,
         Kind::PeerRefused,
+        Kind::PolicyDecision,
+        Kind::TokenIssued,
+        Kind::TokenRevoked,
+        Kind::GenerationBumped,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -79,6 +91,10 @@ impl Kind {
             Kind::SandboxRefused => "sandbox.refused",
             Kind::ProtocolViolation => "protocol.violation",
             Kind::PeerRefused => "peer.refused",
+            Kind::PolicyDecision => "policy.decision",
+            Kind::TokenIssued => "token.issued",
+            Kind::TokenRevoked => "token.revoked",
+            Kind::GenerationBumped => "token.generation_bumped",
         }
     }
 
@@ -337,7 +353,12 @@ mod tests {
         // Each declared kind must appear outside this module, or it is dead vocabulary.
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut text = String::new();
-        for f in ["lib.rs", "sandbox.rs", "control/connection.rs"] {
+        for f in [
+            "lib.rs",
+            "sandbox.rs",
+            "control/connection.rs",
+            "control/authority_api.rs",
+        ] {
             text.push_str(&std::fs::read_to_string(src.join(f)).expect("source"));
         }
         for k in Kind::ALL {

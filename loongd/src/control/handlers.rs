@@ -43,6 +43,23 @@ pub(crate) async fn handle(
         ControlRequest::AuditQuery(q) => super::audit_api::query(kernel, q).await,
         ControlRequest::AuditShow { seq } => super::audit_api::show(kernel, seq).await,
         ControlRequest::AuditVerify => super::audit_api::verify(kernel).await,
+        ControlRequest::TokenIssue {
+            pack,
+            agent,
+            grants,
+            ttl_ms,
+        } => super::authority_api::issue(kernel, cred, &io, pack, agent, grants, ttl_ms).await,
+        ControlRequest::TokenList => super::authority_api::list(kernel),
+        ControlRequest::TokenRevoke { id } => {
+            super::authority_api::revoke(kernel, cred, &io, id).await
+        }
+        ControlRequest::TokenRevokeGeneration { pack } => {
+            super::authority_api::revoke_generation(kernel, cred, &io, pack).await
+        }
+        ControlRequest::PackList => super::authority_api::packs(kernel),
+        ControlRequest::PolicyDecide { token, cap, target } => {
+            super::authority_api::dry_run(kernel, cred, &io, token, cap, target).await
+        }
     }
 }
 

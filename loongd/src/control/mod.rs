@@ -1,6 +1,7 @@
 //! The control socket: accepting operator connections and serving the control API.
 
 mod audit_api;
+pub(crate) mod authority_api;
 mod connection;
 
 pub(crate) use connection::RequestIo;

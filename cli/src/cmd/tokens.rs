@@ -1,0 +1,232 @@
+//! `loongctl tokens issue | list | revoke ID | revoke-generation --pack P` and
+//! `loongctl packs list | show ID`.
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, PackView, TokenView};
+
+use super::audit::rfc3339;
+use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+
+/// `loongctl tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a capability token (prints its id: the bearer secret).
+    Issue {
+        /// The pack it belongs to.
+        #[arg(long)]
+        pack: String,
+        /// The agent it is for.
+        #[arg(long)]
+        agent: String,
+        /// A capability it grants, `CAP` or `CAP:SCOPE` (repeatable; within the pack's grants).
+        #[arg(long = "cap", required = true, value_name = "CAP[:SCOPE]")]
+        caps: Vec<String>,
+        /// Lifetime: 30s, 10m, 2h, 7d.
+        #[arg(long)]
+        ttl: String,
+        /// Print JSON (the token's fields).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every token with its state (active, expired, revoked, stale).
+    List {
+        /// Print JSON (an array of {id, pack, agent, grants, issued_ms, expires_ms, generation, state}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one token.
+    Revoke { id: String },
+    /// Revoke every token of a pack at once (bumps the pack's generation).
+    RevokeGeneration {
+        #[arg(long)]
+        pack: String,
+    },
+}
+
+/// `loongctl packs …`.
+#[derive(Debug, Subcommand)]
+pub enum PacksCommand {
+    /// Every pack.
+    List {
+        /// Print JSON (an array of {id, domain, version, summary, grants, connectors, approval, generation}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One pack.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `30s`, `10m`, `2h`, `7d` in milliseconds.
+fn ttl(s: &str) -> Result<i64, Failure> {
+    let usage = |m: String| Failure {
+        code: exit::USAGE,
+        error: anyhow!(m),
+    };
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let mult = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(usage(format!(
+                "--ttl {s}: expected a duration like 30s, 10m, 2h, 7d"
+            )))
+        }
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| usage(format!("--ttl {s}: `{num}` is not a number")))?;
+    Ok(n.saturating_mul(mult))
+}
+
+fn call(layout: &Layout, req: ControlRequest) -> Result<ControlResponse, Failure> {
+    let mut client = connect(layout)?;
+    Ok(client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)?)
+}
+
+fn token_json(t: &TokenView) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id, "pack": t.pack, "agent": t.agent, "grants": t.grants, "issued_ms": t.issued_ms,
+        "expires_ms": t.expires_ms, "generation": t.generation, "state": t.state,
+    })
+}
+
+fn pack_json(p: &PackView) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id, "domain": p.domain, "version": p.version, "summary": p.summary, "grants": p.grants,
+        "connectors": p.connectors, "approval": p.approval, "generation": p.generation,
+    })
+}
+
+pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Failure> {
+    match cmd {
+        TokensCommand::Issue {
+            pack,
+            agent,
+            caps,
+            ttl: t,
+            json,
+        } => {
+            let ttl_ms = ttl(&t)?;
+            let ControlResponse::Tokens(ts) = call(
+                layout,
+                ControlRequest::TokenIssue {
+                    pack,
+                    agent,
+                    grants: caps,
+                    ttl_ms,
+                },
+            )?
+            else {
+                return Err(anyhow!("unexpected answer to tokens issue").into());
+            };
+            let t = ts
+                .first()
+                .ok_or_else(|| anyhow!("no token in the answer"))?;
+            if json {
+                println!("{}", token_json(t));
+            } else {
+                println!("{}", t.id);
+                eprintln!(
+                    "token for {} in pack {} until {}",
+                    t.agent,
+                    t.pack,
+                    rfc3339(t.expires_ms)
+                );
+            }
+            Ok(exit::OK)
+        }
+        TokensCommand::List { json } => {
+            let ControlResponse::Tokens(ts) = call(layout, ControlRequest::TokenList)? else {
+                return Err(anyhow!("unexpected answer to tokens list").into());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(ts.iter().map(token_json).collect())
+                );
+            } else {
+                for t in &ts {
+                    println!(
+                        "{}  {:<8} {:<16} {:<16} until {}  {}",
+                        t.id,
+                        t.state,
+                        t.pack,
+                        t.agent,
+                        rfc3339(t.expires_ms),
+                        t.grants.join(" ")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        TokensCommand::Revoke { id } => {
+            match call(layout, ControlRequest::TokenRevoke { id: id.clone() })? {
+                ControlResponse::Revoked { existed: true, .. } => {
+                    println!("revoked {id}");
+                    Ok(exit::OK)
+                }
+                ControlResponse::Revoked { existed: false, .. } => Err(Failure {
+                    code: exit::UNEXPECTED,
+                    error: anyhow!("no active token {id}"),
+                }),
+                other => Err(anyhow!("unexpected answer: {other:?}").into()),
+            }
+        }
+        TokensCommand::RevokeGeneration { pack } => match call(
+            layout,
+            ControlRequest::TokenRevokeGeneration { pack: pack.clone() },
+        )? {
+            ControlResponse::Revoked {
+                generation: Some(g),
+                ..
+            } => {
+                println!("pack {pack} is now at generation {g}; every earlier token is revoked");
+                Ok(exit::OK)
+            }
+            other => Err(anyhow!("unexpected answer: {other:?}").into()),
+        },
+    }
+}
+
+pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failure> {
+    let ControlResponse::Packs(ps) = call(layout, ControlRequest::PackList)? else {
+        return Err(anyhow!("unexpected answer to packs list").into());
+    };
+    match cmd {
+        PacksCommand::List { json } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(ps.iter().map(pack_json).collect())
+                );
+            } else {
+                for p in &ps {
+                    println!(
+                        "{:<16} {:<16} v{:<4} gen {:<3} {}",
+                        p.id, p.domain, p.version, p.generation, p.summary
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        PacksCommand::Show { id, json } => {
+            let p = ps.iter().find(|p| p.id == id).ok_or_else(|| Failure {
+                code: exit::UNEXPECTED,
+                error: anyhow!("no pack `{id}`"),
+            })?;
+            if json {
+                println!("{}", pack_json(p));
+            } else {
+                println!("{} ({}, version {}, generation {})\n  {}\n  grants: {}\n  connectors: {}\n  approval: {}", p.id, p.domain, p.version, p.generation, p.summary, p.grants.join(" "), p.connectors.join(" "), p.approval);
+            }
+            Ok(exit::OK)
+        }
+    }
+}
