@@ -70,6 +70,9 @@ pub enum Command {
     /// Show vertical packs.
     #[command(subcommand)]
     Packs(cmd::tokens::PacksCommand),
+    /// List, approve and deny requests that wait for an operator.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Audit(c) => cmd::audit::run(&layout, c),
         Command::Tokens(c) => cmd::tokens::run_tokens(&layout, c),
         Command::Packs(c) => cmd::tokens::run_packs(&layout, c),
+        Command::Approvals(c) => cmd::approvals::run(&layout, c),
     }
 }
 

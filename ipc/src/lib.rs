@@ -21,9 +21,9 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest, ControlResponse,
-        DecisionView, DoctorReport, MechanismReport, PackView, SandboxExit, SandboxRunRequest,
-        StatusReport, TierReport, TokenView,
+        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest,
+        ControlResponse, DecisionView, DoctorReport, FullAccess, MechanismReport, PackView,
+        SandboxExit, SandboxRunRequest, StatusReport, TierReport, TokenView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{

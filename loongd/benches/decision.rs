@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
                 &pack,
                 &deny,
                 &[&FileRoots, &ShellRules],
+                None,
             ))
         })
     });
@@ -77,6 +78,7 @@ fn bench(c: &mut Criterion) {
                 &pack,
                 &deny,
                 &[&FileRoots, &ShellRules],
+                None,
             ))
         })
     });
@@ -93,6 +95,7 @@ fn bench(c: &mut Criterion) {
                 &pack,
                 &deny,
                 &[&FileRoots, &ShellRules],
+                None,
             ))
         })
     });

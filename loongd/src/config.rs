@@ -64,6 +64,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
 # max_output_bytes = 67108864
 
+[approvals]
+# How long a request that needs approval waits for an operator before it is denied, in ms.
+# timeout_ms = 300000
+
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
@@ -82,8 +86,27 @@ pub struct Config {
     pub ipc: IpcConfig,
     /// Sandboxes.
     pub sandbox: SandboxConfig,
+    /// Approvals.
+    pub approvals: ApprovalsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long a request waits for an approval, ms.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout_ms: 300_000,
+        }
+    }
 }
 
 /// `[sandbox]`.
@@ -349,7 +372,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `approvals`, `log`"),
         );
         check(
             "[ipc\n",

@@ -51,6 +51,8 @@ pub struct Kernel {
     audit: audit::Audit,
     /// Packs, the denylist, tokens and the decision pipeline.
     authority: authority::Authority,
+    /// Requests waiting for an approval, woken when it is resolved.
+    approval_waiters: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl Kernel {
@@ -66,6 +68,7 @@ impl Kernel {
             spawner,
             audit,
             authority,
+            approval_waiters: std::sync::Mutex::default(),
             started: Instant::now(),
             layout,
             config,
@@ -199,6 +202,21 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             ))
             .await
             .context("recording the start in the audit trail")?;
+        // Requests that were waiting for an approval died with the previous daemon.
+        for id in kernel
+            .authority
+            .approvals
+            .expire_all_pending()
+            .context("expiring approvals left pending")?
+        {
+            kernel
+                .audit
+                .record_later(audit::Event::daemon(
+                    audit::Kind::ApprovalExpired,
+                    serde_json::json!({ "approval": id, "why": "loongd restarted" }),
+                ))
+                .await;
+        }
         tokio::spawn(signals(kernel.clone()));
         control::serve(listener, kernel.clone()).await;
         let stopped = audit::Event::daemon(

@@ -196,6 +196,14 @@ async fn authorize(
             argv,
         )
         .await?;
+        if matches!(
+            o.decision,
+            Ok(crate::authority::Decision::NeedsApproval { .. })
+        ) {
+            crate::control::authority_api::await_approval(kernel, cred, io, &o, cap, &target)
+                .await?;
+            continue;
+        }
         if !o.allowed() {
             return Err(RemoteError::new(
                 ErrorKind::Denied,

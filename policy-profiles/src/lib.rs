@@ -6,6 +6,7 @@
 
 mod doc;
 pub mod pack;
+pub mod risk;
 mod tier;
 
 use std::{collections::BTreeMap, fmt};
@@ -25,6 +26,8 @@ pub const TRUSTED: &str = include_str!("../tiers/trusted.toml");
 pub const OPERATOR_PACK: &str = include_str!("../packs/operator.toml");
 /// The bundled example pack.
 pub const DOCS_READER_PACK: &str = include_str!("../packs/docs-reader.toml");
+/// The bundled risk profile.
+pub const RISK: &str = include_str!("../risk/default.toml");
 /// The bundled denylist.
 pub const DENYLIST: &str = include_str!("../denylist.toml");
 
@@ -102,7 +105,9 @@ pub fn bundled() -> Result<BTreeMap<Tier, TierProfile>, Vec<Problem>> {
 /// their keys); returns every problem (empty when it is valid).
 pub fn check(text: &str, file: &str) -> Vec<Problem> {
     let has = |key: &str| text.lines().any(|l| l.trim_start().starts_with(key));
-    if has("grants") || has("domain") {
+    if has("threshold") {
+        risk::parse_risk(text, file).err().unwrap_or_default()
+    } else if has("grants") || has("domain") {
         pack::parse_pack(text, file).err().unwrap_or_default()
     } else if has("programs") || has("hosts") || (has("paths") && !has("tier")) {
         pack::parse_denylist(text, file).err().unwrap_or_default()

@@ -59,14 +59,20 @@ pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "allowed": d.allowed, "reason": d.reason, "pack": d.pack })
+                    serde_json::json!({ "allowed": d.allowed, "needs_approval": d.needs_approval, "reason": d.reason, "pack": d.pack })
                 );
             } else if d.allowed {
                 println!("allowed (pack {})", d.pack);
             } else {
                 println!("denied: {}", d.reason.unwrap_or_default());
             }
-            return Ok(if d.allowed { exit::OK } else { exit::DENIED });
+            return Ok(if d.allowed {
+                exit::OK
+            } else if d.needs_approval {
+                exit::APPROVAL_PENDING
+            } else {
+                exit::DENIED
+            });
         }
     };
     let meta = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?;

@@ -60,6 +60,15 @@ pub enum ControlRequest {
     TokenRevokeGeneration { pack: String },
     /// Every pack; answered by [`ControlResponse::Packs`].
     PackList,
+    /// Every approval request, pending first; answered by [`ControlResponse::Approvals`].
+    ApprovalList,
+    /// Approve or deny a pending request; answered by [`ControlResponse::Approvals`].
+    ApprovalResolve {
+        id: String,
+        approve: bool,
+        /// With an approval: also open a full-access window.
+        full_access: Option<FullAccess>,
+    },
     /// Decide a request without carrying it out (audited like any decision); answered by
     /// [`ControlResponse::Decided`].
     PolicyDecide {
@@ -67,6 +76,35 @@ pub enum ControlRequest {
         cap: String,
         target: Option<String>,
     },
+}
+
+/// A one-time full-access window: requests that need approval are approved while it lasts
+/// and has uses left. The denylist still applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct FullAccess {
+    pub ttl_ms: i64,
+    pub uses: u32,
+    /// Only this pack (`None`: every pack).
+    pub pack: Option<String>,
+}
+
+/// An approval request as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ApprovalView {
+    pub id: String,
+    pub created_ms: i64,
+    pub deadline_ms: i64,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    pub actor: String,
+    pub pack: String,
+    pub capability: String,
+    pub target: String,
+    pub score: u32,
+    pub reasons: String,
+    pub resolver: Option<String>,
 }
 
 /// A capability token as the CLI shows it. The id is the bearer secret.
@@ -103,6 +141,8 @@ pub struct PackView {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct DecisionView {
     pub allowed: bool,
+    /// Allowed once approved.
+    pub needs_approval: bool,
     /// Why not, when denied.
     pub reason: Option<String>,
     /// The pack the request was decided in.
@@ -217,6 +257,8 @@ pub enum ControlResponse {
     Packs(Vec<PackView>),
     /// The answer to [`ControlRequest::PolicyDecide`].
     Decided(DecisionView),
+    /// Approval requests.
+    Approvals(Vec<ApprovalView>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

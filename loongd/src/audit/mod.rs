@@ -61,11 +61,18 @@ pub enum Kind {
     TokenRevoked,
     /// A pack's generation was bumped, revoking all its earlier tokens.
     GenerationBumped,
+    /// A request waits for an operator's approval.
+    ApprovalRequested,
+    /// An approval request was approved or denied (by whom), or a full-access window
+    /// approved a request.
+    ApprovalResolved,
+    /// An approval request went unanswered past its deadline (denied).
+    ApprovalExpired,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -78,6 +85,9 @@ impl Kind {
         Kind::TokenIssued,
         Kind::TokenRevoked,
         Kind::GenerationBumped,
+        Kind::ApprovalRequested,
+        Kind::ApprovalResolved,
+        Kind::ApprovalExpired,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -95,6 +105,9 @@ impl Kind {
             Kind::TokenIssued => "token.issued",
             Kind::TokenRevoked => "token.revoked",
             Kind::GenerationBumped => "token.generation_bumped",
+            Kind::ApprovalRequested => "approval.requested",
+            Kind::ApprovalResolved => "approval.resolved",
+            Kind::ApprovalExpired => "approval.expired",
         }
     }
 

@@ -1,13 +1,17 @@
 //! The decision pipeline, in order: token → capability in token → pack grants → denylist
-//! (always wins) → tighten-only extensions → `Allow | Deny`. (The risk-profile and approval
-//! stages come with approvals; until then nothing answers "needs approval".)
+//! (always wins) → tighten-only extensions → risk profile and the pack's approval preset →
+//! `Allow | Deny | NeedsApproval`. Only what would otherwise be allowed can need approval, so
+//! no approval (nor a full-access window) can reach past a denial.
 //!
 //! Pure over its inputs, so it is property-tested and benchmarked in memory; the token's own
 //! validity (unknown, expired, revoked, stale generation) is checked by the token table first.
 
 use std::path::{Path, PathBuf};
 
-use loong_profiles::pack::{lexical, Capability, Denylist, Pack};
+use loong_profiles::{
+    pack::{lexical, Capability, Denylist, Pack},
+    risk::RiskProfile,
+};
 
 use super::{shell, tokens::Token};
 
@@ -48,6 +52,11 @@ impl std::fmt::Display for Deny {
 pub enum Decision {
     Allow,
     Deny(Deny),
+    /// Allowed only once an operator approves (or a full-access window covers it).
+    NeedsApproval {
+        score: u32,
+        reasons: Vec<String>,
+    },
 }
 
 /// A tighten-only extension: it may deny what the stages before allowed, never the reverse.
@@ -64,6 +73,7 @@ pub fn decide(
     pack: &Pack,
     denylist: &Denylist,
     extensions: &[&dyn Extension],
+    risk: Option<&RiskProfile>,
 ) -> Decision {
     if let Some(t) = req.token {
         if !t.grants.iter().any(|g| g.allows(req.cap, req.target)) {
@@ -84,7 +94,36 @@ pub fn decide(
             });
         }
     }
-    Decision::Allow
+    match pack.approval.as_str() {
+        "always" => Decision::NeedsApproval {
+            score: 0,
+            reasons: vec![format!(
+                "pack {} requires approval for every effect",
+                pack.id
+            )],
+        },
+        "on-high-risk" => {
+            let Some(r) = risk else {
+                return Decision::Allow;
+            };
+            let programs = match (req.cap, req.argv) {
+                (Capability::ProcessExec, Some(argv)) => shell::programs(argv),
+                _ => Vec::new(),
+            };
+            let text = req
+                .argv
+                .map(|a| a.join(" "))
+                .or(req.target.map(str::to_string))
+                .unwrap_or_default();
+            let (score, reasons) = r.score(&programs, &text);
+            if score >= r.threshold {
+                Decision::NeedsApproval { score, reasons }
+            } else {
+                Decision::Allow
+            }
+        }
+        _ => Decision::Allow,
+    }
 }
 
 /// The canonical form of `p`: symlinks resolved for the part that exists, the rest appended
@@ -290,7 +329,7 @@ mod tests {
             let (p, tok) = (pack(pg), token(tg));
             let cap = Capability::ALL[c];
             let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), argv: None };
-            if decide(&req, &p, &Denylist::default(), &[]) == Decision::Allow {
+            if decide(&req, &p, &Denylist::default(), &[], None) == Decision::Allow {
                 prop_assert!(p.allows(cap, t.as_deref()), "allowed outside the pack");
                 if !operator {
                     prop_assert!(tok.grants.iter().any(|g| g.allows(cap, t.as_deref())), "allowed outside the token");
@@ -305,19 +344,19 @@ mod tests {
             let full = pack(Capability::ALL.iter().map(|c| Grant { cap: *c, scope: None }).collect());
             let deny = Denylist { paths: vec![lexical(Path::new(&t)).unwrap_or_default()], hosts: vec![t.clone()], programs: vec![t.clone()] };
             let req = Request { token: None, cap, target: Some(&t), argv: None };
-            prop_assert!(matches!(decide(&req, &full, &deny, &[]), Decision::Deny(Deny::Denylisted(_))));
+            prop_assert!(matches!(decide(&req, &full, &deny, &[], None), Decision::Deny(Deny::Denylisted(_))));
         }
 
         #[test]
         fn extensions_never_turn_a_deny_into_anything_else(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target()) {
             let (p, tok) = (pack(pg), token(tg));
             let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), argv: None };
-            let before = decide(&req, &p, &Denylist::default(), &[]);
-            let with = decide(&req, &p, &Denylist::default(), &[&FileRoots, &ShellRules]);
+            let before = decide(&req, &p, &Denylist::default(), &[], None);
+            let with = decide(&req, &p, &Denylist::default(), &[&FileRoots, &ShellRules], None);
             if before != Decision::Allow {
                 prop_assert_eq!(&with, &before, "an extension changed a denial");
             }
-            prop_assert!(decide(&req, &p, &Denylist::default(), &[&DenyAll]) != Decision::Allow);
+            prop_assert!(decide(&req, &p, &Denylist::default(), &[&DenyAll], None) != Decision::Allow);
         }
     }
 
@@ -343,6 +382,7 @@ mod tests {
                 &p,
                 &Denylist::default(),
                 &[&FileRoots],
+                None,
             )
         };
         assert!(
@@ -382,6 +422,7 @@ mod tests {
                 &p,
                 &deny,
                 &[&ShellRules],
+                None,
             )
         };
         assert_eq!(run(&["sh", "-c", "ls | grep x"]), Decision::Allow);

@@ -1,6 +1,7 @@
 //! The kernel's authority: packs, the denylist, capability tokens and the decision pipeline.
 //! All of it lives in loongd; no worker ever holds a token's grants or mints one.
 
+pub mod approvals;
 pub mod decide;
 pub mod shell;
 pub mod tokens;
@@ -10,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loong_profiles::pack::{parse_denylist, parse_pack, Capability, Denylist, Pack};
+use loong_profiles::{
+    pack::{parse_denylist, parse_pack, Capability, Denylist, Pack},
+    risk::{parse_risk, RiskProfile},
+};
 
 pub use decide::{Decision, Deny};
 pub use tokens::{Token, TokenDenial, TokenError, TokenStore};
@@ -50,6 +54,10 @@ impl Outcome {
         match &self.decision {
             Ok(Decision::Allow) => None,
             Ok(Decision::Deny(d)) => Some(d.to_string()),
+            Ok(Decision::NeedsApproval { score, reasons }) => Some(format!(
+                "needs approval (risk {score}: {})",
+                reasons.join(", ")
+            )),
             Err(t) => Some(t.to_string()),
         }
     }
@@ -59,6 +67,8 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Authority {
     pub tokens: TokenStore,
+    pub approvals: approvals::ApprovalStore,
+    risk: RiskProfile,
     packs: BTreeMap<String, Pack>,
     denylist: Denylist,
 }
@@ -119,11 +129,18 @@ impl Authority {
                 Denylist::default()
             });
         denylist.paths.push(home.to_path_buf());
+        let risk = parse_risk(loong_profiles::RISK, "risk/default.toml").unwrap_or_else(|ps| {
+            problems.extend(ps.iter().map(ToString::to_string));
+            RiskProfile::default()
+        });
         if !problems.is_empty() {
             return Err(AuthorityError::Problems(problems));
         }
+        let state = home.join("state.db");
         Ok(Authority {
-            tokens: TokenStore::open(&home.join("state.db"))?,
+            tokens: TokenStore::open(&state)?,
+            approvals: approvals::ApprovalStore::open(&state)?,
+            risk,
             packs,
             denylist,
         })
@@ -182,6 +199,7 @@ impl Authority {
             pack,
             &self.denylist,
             &[&decide::FileRoots, &decide::ShellRules],
+            Some(&self.risk),
         );
         Ok(Outcome {
             decision: Ok(decision),

@@ -1,14 +1,22 @@
 //! Tokens, packs and dry-run decisions on the control API. Every issue, revocation and
 //! decision is audited with the operator's uid.
 
-use loong_ipc::{ControlResponse, DecisionView, ErrorKind, PackView, RemoteError, TokenView};
+use std::{sync::Arc, time::Duration};
+
+use loong_ipc::{
+    ApprovalView, ControlResponse, DecisionView, ErrorKind, FullAccess, PackView, RemoteError,
+    StreamChunk, TokenView,
+};
 use loong_profiles::pack::{Capability, Grant};
 use tokio::net::unix::UCred;
 
 use super::connection::RequestIo;
 use crate::{
     audit::{Event, Kind},
-    authority::{Outcome, Token},
+    authority::{
+        approvals::{Approval, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
+        Decision, Outcome, Token,
+    },
     Kernel,
 };
 
@@ -239,9 +247,206 @@ pub(crate) async fn dry_run(
         None,
     )
     .await?;
+    let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
     Ok(ControlResponse::Decided(DecisionView {
         allowed: o.allowed(),
+        needs_approval,
         reason: o.reason(),
         pack: o.pack,
     }))
+}
+
+fn approval_view(a: Approval) -> ApprovalView {
+    ApprovalView {
+        id: a.id,
+        created_ms: a.created_ms,
+        deadline_ms: a.deadline_ms,
+        state: a.state,
+        actor: a.actor,
+        pack: a.pack,
+        capability: a.capability,
+        target: a.target,
+        score: a.score,
+        reasons: a.reasons,
+        resolver: a.resolver,
+    }
+}
+
+/// `approvals list`.
+pub(crate) fn approvals(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+    kernel
+        .authority
+        .approvals
+        .expire_overdue()
+        .map_err(internal)?;
+    let all = kernel.authority.approvals.list().map_err(internal)?;
+    Ok(ControlResponse::Approvals(
+        all.into_iter().map(approval_view).collect(),
+    ))
+}
+
+fn waiters(
+    kernel: &Kernel,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Notify>>> {
+    kernel
+        .approval_waiters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `approvals approve|deny ID [--full-access …]`.
+pub(crate) async fn resolve(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    id: String,
+    approve: bool,
+    full_access: Option<FullAccess>,
+) -> Result<ControlResponse, RemoteError> {
+    if let Some(f) = &full_access {
+        if !approve {
+            return Err(bad("--full-access goes with approve, not deny"));
+        }
+        if !(1_000..=MAX_WINDOW_TTL_MS).contains(&f.ttl_ms)
+            || !(1..=MAX_WINDOW_USES).contains(&f.uses)
+        {
+            return Err(bad(format!(
+                "a full-access window lasts 1s to 1d and has 1 to {MAX_WINDOW_USES} uses"
+            )));
+        }
+        if let Some(p) = &f.pack {
+            if kernel.authority.pack(p).is_none() {
+                return Err(bad(format!("unknown pack `{p}`")));
+            }
+        }
+    }
+    let resolver = format!("uid:{}", cred.uid());
+    let state = if approve { "approved" } else { "denied" };
+    let Some(a) = kernel
+        .authority
+        .approvals
+        .resolve(&id, state, &resolver)
+        .map_err(internal)?
+    else {
+        return Err(RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no pending approval {id}"),
+        ));
+    };
+    let window = match &full_access {
+        Some(f) => Some(
+            kernel
+                .authority
+                .approvals
+                .open_window(f.pack.as_deref(), f.ttl_ms, f.uses, &resolver)
+                .map_err(internal)?,
+        ),
+        None => None,
+    };
+    let detail = serde_json::json!({
+        "approval": id, "state": state, "resolver": resolver, "window": window,
+        "full_access": full_access.as_ref().map(|f| serde_json::json!({ "ttl_ms": f.ttl_ms, "uses": f.uses, "pack": f.pack })),
+    });
+    kernel
+        .audit
+        .record(event(Kind::ApprovalResolved, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    let waiter = waiters(kernel).get(&id).cloned();
+    if let Some(n) = waiter {
+        n.notify_one();
+    }
+    Ok(ControlResponse::Approvals(vec![approval_view(a)]))
+}
+
+/// A request that needs approval: a live full-access window approves it at once; otherwise it
+/// waits for an operator until the approval timeout, telling its client how to approve.
+pub(crate) async fn await_approval(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    o: &Outcome,
+    cap: Capability,
+    target: &str,
+) -> Result<(), RemoteError> {
+    let (score, reasons) = match &o.decision {
+        Ok(Decision::NeedsApproval { score, reasons }) => (*score, reasons.join("; ")),
+        _ => {
+            return Err(internal(
+                "await_approval called without an approval to wait for",
+            ))
+        }
+    };
+    let store = &kernel.authority.approvals;
+    if let Some(window) = store.take_window_use(&o.pack).map_err(internal)? {
+        let detail = serde_json::json!({ "window": window, "state": "approved", "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score });
+        kernel
+            .audit
+            .record(event(Kind::ApprovalResolved, cred, io, detail))
+            .await
+            .map_err(internal)?;
+        return Ok(());
+    }
+    let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
+    let deadline = now_ms() + timeout.as_millis() as i64;
+    let a = store
+        .create(
+            &format!("uid:{}", cred.uid()),
+            &o.pack,
+            cap.as_str(),
+            target,
+            score,
+            &reasons,
+            deadline,
+        )
+        .map_err(internal)?;
+    let detail = serde_json::json!({ "approval": a.id, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "reasons": reasons, "deadline_ms": a.deadline_ms });
+    kernel
+        .audit
+        .record(event(Kind::ApprovalRequested, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    let notify = Arc::new(tokio::sync::Notify::new());
+    waiters(kernel).insert(a.id.clone(), notify.clone());
+    let note = format!(
+        "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); approve with `loongctl approvals approve {}`\n",
+        a.id, a.id
+    );
+    io.emit(StreamChunk::Stderr(note.into_bytes())).await;
+    let until = tokio::time::Instant::now() + timeout;
+    let result = loop {
+        let current = store.get(&a.id).map_err(internal)?;
+        match current.as_ref().map(|s| s.state.as_str()) {
+            Some("approved") => break Ok(()),
+            Some("denied") => {
+                let by = current.and_then(|s| s.resolver).unwrap_or_default();
+                break Err(RemoteError::new(
+                    ErrorKind::Denied,
+                    format!("approval {} denied by {by}", a.id),
+                ));
+            }
+            Some("pending") => {}
+            _ => {
+                break Err(RemoteError::new(
+                    ErrorKind::ApprovalPending,
+                    format!("approval {} expired", a.id),
+                ))
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep_until(until) => {
+                if store.resolve(&a.id, "expired", "loongd").map_err(internal)?.is_some() {
+                    let detail = serde_json::json!({ "approval": a.id, "why": "unanswered before its deadline" });
+                    kernel.audit.record(event(Kind::ApprovalExpired, cred, io, detail)).await.map_err(internal)?;
+                    break Err(RemoteError::new(
+                        ErrorKind::ApprovalPending,
+                        format!("approval {} was not answered within {} ms: denied", a.id, timeout.as_millis()),
+                    ));
+                }
+            }
+        }
+    };
+    waiters(kernel).remove(&a.id);
+    result
 }

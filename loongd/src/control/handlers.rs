@@ -57,6 +57,12 @@ pub(crate) async fn handle(
             super::authority_api::revoke_generation(kernel, cred, &io, pack).await
         }
         ControlRequest::PackList => super::authority_api::packs(kernel),
+        ControlRequest::ApprovalList => super::authority_api::approvals(kernel),
+        ControlRequest::ApprovalResolve {
+            id,
+            approve,
+            full_access,
+        } => super::authority_api::resolve(kernel, cred, &io, id, approve, full_access).await,
         ControlRequest::PolicyDecide { token, cap, target } => {
             super::authority_api::dry_run(kernel, cred, &io, token, cap, target).await
         }
