@@ -64,6 +64,17 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
 # max_output_bytes = 67108864
 
+[audit]
+# Also append every audit record as one JSON line to this file (for a SIEM).
+# jsonl_file = "/var/log/loong/audit.jsonl"
+# What a failed write to it does: "open" logs it and lets the effect proceed; "closed"
+# refuses the effect (the record stays in the trail).
+# jsonl_failure = "open"
+# Also send every record to syslog (RFC 5424 on a unix datagram socket).
+# syslog = false
+# syslog_socket = "/dev/log"
+# syslog_failure = "open"
+
 [approvals]
 # How long a request that needs approval waits for an operator before it is denied, in ms.
 # timeout_ms = 300000
@@ -86,10 +97,70 @@ pub struct Config {
     pub ipc: IpcConfig,
     /// Sandboxes.
     pub sandbox: SandboxConfig,
+    /// The audit trail's SIEM lane.
+    pub audit: AuditConfig,
     /// Approvals.
     pub approvals: ApprovalsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub jsonl_file: Option<std::path::PathBuf>,
+    #[serde(deserialize_with = "failure_mode")]
+    pub jsonl_failure: String,
+    pub syslog: bool,
+    pub syslog_socket: std::path::PathBuf,
+    #[serde(deserialize_with = "failure_mode")]
+    pub syslog_failure: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            jsonl_file: None,
+            jsonl_failure: "open".into(),
+            syslog: false,
+            syslog_socket: "/dev/log".into(),
+            syslog_failure: "open".into(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The SIEM transports this configures.
+    pub fn siem(&self) -> crate::audit::siem::SiemConfig {
+        use crate::audit::siem::FailureMode;
+        let mode = |m: &str| {
+            if m == "closed" {
+                FailureMode::Closed
+            } else {
+                FailureMode::Open
+            }
+        };
+        crate::audit::siem::SiemConfig {
+            jsonl: self
+                .jsonl_file
+                .clone()
+                .map(|p| (p, mode(&self.jsonl_failure))),
+            syslog: self
+                .syslog
+                .then(|| (self.syslog_socket.clone(), mode(&self.syslog_failure))),
+        }
+    }
+}
+
+fn failure_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = String::deserialize(d)?;
+    if v != "open" && v != "closed" {
+        return Err(serde::de::Error::custom(format!(
+            "`{v}` is not \"open\" or \"closed\""
+        )));
+    }
+    Ok(v)
 }
 
 /// `[approvals]`.
@@ -372,7 +443,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `approvals`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `approvals`, `log`"),
         );
         check(
             "[ipc\n",

@@ -156,7 +156,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
     }
     // No audit trail, no daemon: every decision must be recorded.
-    let audit = audit::open(&layout.home).context("opening the audit trail")?;
+    let audit =
+        audit::open_with(&layout.home, config.audit.siem()).context("opening the audit trail")?;
     let unenforceable: Vec<String> = match &spawner {
         Ok(s) => loong_sandbox::Tier::ALL
             .iter()

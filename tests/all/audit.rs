@@ -196,3 +196,85 @@ fn acknowledged_runs_survive_kill_9() {
     }
     assert!(acked.len() >= 30, "only {} runs acknowledged", acked.len());
 }
+
+#[test]
+fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
+    let dir = tempfile::Builder::new()
+        .prefix("ls")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let jsonl = dir.path().join("audit.jsonl");
+    let sock_path = dir.path().join("log.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("syslog socket");
+    syslog.set_nonblocking(true).expect("nonblocking");
+    let config = format!(
+        "[audit]\njsonl_file = \"{}\"\njsonl_failure = \"closed\"\nsyslog = true\nsyslog_socket = \"{}\"\n",
+        jsonl.display(),
+        sock_path.display()
+    );
+    let home = Home::with_config(&config);
+    home.start();
+    assert!(home
+        .ctl(&["sandbox", "run", "--tier", "trusted", "--", "/bin/true"])
+        .status
+        .success());
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    // The JSONL file holds exactly the trail, line for line.
+    home.start();
+    let export = text(&home.ctl(&["audit", "export", "--format", "jsonl"]).stdout);
+    let exported: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let shipped: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(shipped.len() >= 5, "{shipped:?}");
+    for (s, e) in shipped.iter().zip(&exported) {
+        assert_eq!(
+            (&s["seq"], &s["hash"], &s["kind"]),
+            (&e["seq"], &e["hash"], &e["kind"])
+        );
+    }
+    // Syslog got an RFC 5424 message per record.
+    let mut buf = [0u8; 65536];
+    let mut messages = Vec::new();
+    while let Ok(n) = syslog.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        messages.len() >= shipped.len(),
+        "{} syslog messages for {} records",
+        messages.len(),
+        shipped.len()
+    );
+    assert!(
+        messages.iter().all(|m| m.starts_with("<86>1 - - loongd ")),
+        "{messages:?}"
+    );
+    assert!(messages
+        .iter()
+        .any(|m| m.contains("\"kind\":\"sandbox.exited\"")));
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+
+    // Fail-closed: a JSONL lane that cannot be written refuses what it would record (here
+    // loongd's own start); fail-open lets it proceed.
+    let unwritable =
+        "[audit]\njsonl_file = \"/nonexistent-dir/audit.jsonl\"\njsonl_failure = \"closed\"\n";
+    let closed = Home::with_config(unwritable);
+    let out = closed.ctl(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("audit JSONL lane /nonexistent-dir/audit.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
+    let open = Home::with_config(&unwritable.replace("closed", "open"));
+    open.start();
+    assert!(open
+        .ctl(&["sandbox", "run", "--tier", "trusted", "--", "/bin/true"])
+        .status
+        .success());
+}

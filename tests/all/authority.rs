@@ -220,6 +220,49 @@ fn tokens_within_packs_revocation_and_restarts() {
     assert_eq!(kinds("token.generation_bumped"), 1);
     assert!(kinds("policy.decision") >= 12);
     assert!(f.home.ctl(&["audit", "verify"]).status.success());
+
+    // The token's own trail, and decisions summarised per pack.
+    let trail: serde_json::Value = serde_json::from_slice(
+        &f.home
+            .ctl(&["audit", "token-trail", &token, "--json"])
+            .stdout,
+    )
+    .expect("json");
+    let kinds: Vec<&str> = trail
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"token.issued"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"policy.decision") && kinds.contains(&"token.revoked"),
+        "{kinds:?}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(
+        &f.home
+            .ctl(&["audit", "summary", "--group-by", "pack", "--json"])
+            .stdout,
+    )
+    .expect("json");
+    let t = summary
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|g| g["key"] == "t")
+        .cloned()
+        .expect("pack t");
+    assert!(
+        t["allowed"].as_u64() >= Some(4) && t["denied"].as_u64() >= Some(2),
+        "{t}"
+    );
+    assert_eq!(
+        f.home
+            .ctl(&["audit", "summary", "--group-by", "colour"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]

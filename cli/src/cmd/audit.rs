@@ -39,6 +39,21 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Records counted per kind, pack, agent or token (decisions split into allowed and
+    /// denied).
+    Summary {
+        #[arg(long, default_value = "kind")]
+        group_by: String,
+        /// Print JSON (an array of {key, records, allowed, denied}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record about one capability token, oldest first.
+    TokenTrail {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the whole trail: the hash chain and the signed checkpoints (exit 1 when broken,
     /// naming the first bad record).
     Verify {
@@ -162,6 +177,37 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
                 ..AuditQuery::default()
             };
             let rs = records(layout, ControlRequest::AuditQuery(q))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rs.iter().map(json_of).collect::<Vec<_>>())?
+                );
+            } else {
+                print_human(&rs);
+            }
+            Ok(exit::OK)
+        }
+        AuditCommand::Summary { group_by, json } => {
+            let mut client = connect(layout)?;
+            let ControlResponse::AuditSummary(rows) = client.call::<_, ControlResponse>(
+                ControlRequest::AuditSummary { group_by },
+                REQUEST_DEADLINE,
+            )?
+            else {
+                return Err(anyhow!("unexpected answer to audit summary").into());
+            };
+            if json {
+                let v: Vec<serde_json::Value> = rows.iter().map(|(k, n, a, d)| serde_json::json!({ "key": k, "records": n, "allowed": a, "denied": d })).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for (k, n, a, d) in &rows {
+                    println!("{k:<40} {n:>8} records  {a:>6} allowed  {d:>6} denied");
+                }
+            }
+            Ok(exit::OK)
+        }
+        AuditCommand::TokenTrail { id, json } => {
+            let rs = records(layout, ControlRequest::AuditTokenTrail { token: id })?;
             if json {
                 println!(
                     "{}",

@@ -43,6 +43,11 @@ pub enum ControlRequest {
     },
     /// Verify the whole audit trail; answered by [`ControlResponse::AuditVerified`].
     AuditVerify,
+    /// Records counted per group (`kind`, `pack`, `agent`, `token`); answered by
+    /// [`ControlResponse::AuditSummary`].
+    AuditSummary { group_by: String },
+    /// Every record about one capability token; answered by [`ControlResponse::AuditRecords`].
+    AuditTokenTrail { token: String },
     /// Issue a capability token; answered by [`ControlResponse::Tokens`] (the new one).
     TokenIssue {
         pack: String,
@@ -259,6 +264,8 @@ pub enum ControlResponse {
     Decided(DecisionView),
     /// Approval requests.
     Approvals(Vec<ApprovalView>),
+    /// `(group, records, decisions allowed, decisions denied)`, largest first.
+    AuditSummary(Vec<(String, u64, u64, u64)>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

@@ -12,6 +12,7 @@
 //! `audit verify` checks the whole stream.
 
 mod key;
+pub mod siem;
 mod store;
 mod verify;
 
@@ -193,8 +194,13 @@ pub fn checkpoint_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
 
 /// Opens the home's audit trail (creating the database and the key on first use).
 pub fn open(home: &Path) -> Result<Audit, AuditError> {
+    open_with(home, siem::SiemConfig::default())
+}
+
+/// [`open`] with SIEM transports.
+pub fn open_with(home: &Path, siem: siem::SiemConfig) -> Result<Audit, AuditError> {
     let key = AuditKey::load_or_create(&home.join("keys"))?;
-    Audit::open(&home.join(DB_FILE), key)
+    Audit::open(&home.join(DB_FILE), key, siem)
 }
 
 #[cfg(test)]

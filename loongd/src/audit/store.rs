@@ -142,7 +142,11 @@ pub(super) const RECORD_COLUMNS: &str =
 
 impl Audit {
     /// Opens (creating) the database at `db` and starts the writer thread.
-    pub fn open(db: &Path, key: AuditKey) -> Result<Audit, AuditError> {
+    pub fn open(
+        db: &Path,
+        key: AuditKey,
+        siem: super::siem::SiemConfig,
+    ) -> Result<Audit, AuditError> {
         let conn = Connection::open(db).map_err(db_err(db))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err(db))?;
@@ -165,7 +169,16 @@ impl Audit {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("loong-audit".into())
-            .spawn(move || writer(conn, key, rx, last_seq, last_hash))
+            .spawn(move || {
+                writer(
+                    conn,
+                    key,
+                    rx,
+                    last_seq,
+                    last_hash,
+                    super::siem::Siem::new(siem),
+                )
+            })
             .map_err(|source| AuditError::Key {
                 path: db.to_path_buf(),
                 source,
@@ -260,6 +273,49 @@ impl Audit {
         .map_err(db_err(&self.db))
     }
 
+    /// Records per `group` (`kind`, `pack`, `agent` or `token`), with how many decisions in
+    /// each were allowed and denied; largest groups first.
+    pub fn summary(&self, group: &str) -> Result<Vec<(String, u64, u64, u64)>, AuditError> {
+        let key = match group {
+            "kind" => "kind",
+            "pack" => "json_extract(detail, '$.pack')",
+            "agent" => "json_extract(detail, '$.agent')",
+            "token" => "json_extract(detail, '$.token')",
+            _ => return Ok(Vec::new()),
+        };
+        let conn = self.reader()?;
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*), \
+             SUM(kind = 'policy.decision' AND json_extract(detail, '$.allowed') = 1), \
+             SUM(kind = 'policy.decision' AND json_extract(detail, '$.allowed') = 0) \
+             FROM audit WHERE k IS NOT NULL GROUP BY k ORDER BY COUNT(*) DESC LIMIT 1000"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(db_err(&self.db))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let n = |i| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
+                Ok((r.get::<_, String>(0)?, n(1)?, n(2)?, n(3)?))
+            })
+            .map_err(db_err(&self.db))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.db))?;
+        Ok(rows)
+    }
+
+    /// Every record about capability token `token`, oldest first.
+    pub fn token_trail(&self, token: &str) -> Result<Vec<Record>, AuditError> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT {RECORD_COLUMNS} FROM audit WHERE json_extract(detail, '$.token') = ?1 ORDER BY seq ASC LIMIT 10000"))
+            .map_err(db_err(&self.db))?;
+        let rows = stmt
+            .query_map([token], read_record)
+            .map_err(db_err(&self.db))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.db))?;
+        Ok(rows)
+    }
+
     /// Verifies the whole trail against the chain and the signed checkpoints.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
         super::verify(&self.reader()?, &self.verifying).map_err(db_err(&self.db))
@@ -272,6 +328,7 @@ fn writer(
     mut rx: mpsc::Receiver<Msg>,
     mut last_seq: u64,
     mut last_hash: [u8; 32],
+    mut siem: super::siem::Siem,
 ) {
     let mut batch: Vec<(Event, Option<Ack>)> = Vec::new();
     loop {
@@ -297,10 +354,13 @@ fn writer(
             last_hash,
             shutdown.is_some(),
         ) {
-            Ok((seq, hash)) => {
+            Ok((seq, hash, records)) => {
+                // The records are committed; a fail-closed SIEM lane that failed still refuses
+                // the effects they record.
+                let shipped = siem.ship(&records);
                 for (n, (_, ack)) in batch.drain(..).enumerate() {
                     if let Some(ack) = ack {
-                        let _ = ack.send(Ok(last_seq + 1 + n as u64));
+                        let _ = ack.send(shipped.clone().map(|()| last_seq + 1 + n as u64));
                     }
                 }
                 (last_seq, last_hash) = (seq, hash);
@@ -329,8 +389,9 @@ fn commit(
     mut seq: u64,
     mut hash: [u8; 32],
     final_checkpoint: bool,
-) -> rusqlite::Result<(u64, [u8; 32])> {
+) -> rusqlite::Result<(u64, [u8; 32], Vec<Record>)> {
     let tx = conn.transaction()?;
+    let mut records = Vec::with_capacity(events.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit (seq, time_ms, kind, actor, correlation, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -379,6 +440,23 @@ fn commit(
                 prev.as_slice(),
                 hash.as_slice()
             ])?;
+            records.push(Record {
+                seq,
+
+                time_ms: time,
+
+                kind: e.kind.as_str().to_string(),
+
+                actor: e.actor.clone(),
+
+                correlation: e.correlation.clone(),
+
+                detail: detail.clone(),
+
+                prev_hash: prev,
+
+                hash,
+            });
             if seq.is_multiple_of(CHECKPOINT_EVERY) {
                 sign(seq, &hash, time)?;
             }
@@ -388,5 +466,5 @@ fn commit(
         }
     }
     tx.commit()?;
-    Ok((seq, hash))
+    Ok((seq, hash, records))
 }

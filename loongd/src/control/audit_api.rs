@@ -96,3 +96,37 @@ pub(crate) async fn verify(kernel: &Kernel) -> Result<ControlResponse, RemoteErr
         problem,
     }))
 }
+
+/// `audit summary --group-by G`.
+pub(crate) async fn summary(
+    kernel: &Kernel,
+    group_by: String,
+) -> Result<ControlResponse, RemoteError> {
+    if !["kind", "pack", "agent", "token"].contains(&group_by.as_str()) {
+        return Err(RemoteError::new(
+            ErrorKind::BadRequest,
+            format!("--group-by {group_by}: expected kind, pack, agent or token"),
+        ));
+    }
+    let audit = kernel.audit.clone();
+    let rows = tokio::task::spawn_blocking(move || audit.summary(&group_by))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(ControlResponse::AuditSummary(rows))
+}
+
+/// `audit token-trail ID`.
+pub(crate) async fn token_trail(
+    kernel: &Kernel,
+    token: String,
+) -> Result<ControlResponse, RemoteError> {
+    let audit = kernel.audit.clone();
+    let rows = tokio::task::spawn_blocking(move || audit.token_trail(&token))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(ControlResponse::AuditRecords(
+        rows.into_iter().map(view).collect(),
+    ))
+}

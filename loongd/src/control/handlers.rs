@@ -43,6 +43,12 @@ pub(crate) async fn handle(
         ControlRequest::AuditQuery(q) => super::audit_api::query(kernel, q).await,
         ControlRequest::AuditShow { seq } => super::audit_api::show(kernel, seq).await,
         ControlRequest::AuditVerify => super::audit_api::verify(kernel).await,
+        ControlRequest::AuditSummary { group_by } => {
+            super::audit_api::summary(kernel, group_by).await
+        }
+        ControlRequest::AuditTokenTrail { token } => {
+            super::audit_api::token_trail(kernel, token).await
+        }
         ControlRequest::TokenIssue {
             pack,
             agent,

@@ -1,0 +1,129 @@
+//! The SIEM lane: every committed record also leaves the host as one JSON line, to a JSONL
+//! file and/or to syslog (an RFC 5424 message on a unix datagram socket, `/dev/log` by
+//! default). Each transport is fail-open (a failure is logged, the effect proceeds) or
+//! fail-closed (a failure refuses the effect being recorded; the record stays in the trail).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    os::unix::{fs::OpenOptionsExt, net::UnixDatagram},
+    path::PathBuf,
+};
+
+use super::Record;
+
+/// What a transport failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Log it and carry on.
+    Open,
+    /// Refuse the effect being recorded.
+    Closed,
+}
+
+/// The configured transports.
+#[derive(Debug, Clone, Default)]
+pub struct SiemConfig {
+    pub jsonl: Option<(PathBuf, FailureMode)>,
+    pub syslog: Option<(PathBuf, FailureMode)>,
+}
+
+/// The open transports, owned by the writer thread.
+#[derive(Debug, Default)]
+pub(super) struct Siem {
+    config: SiemConfig,
+    file: Option<File>,
+    socket: Option<UnixDatagram>,
+}
+
+/// One record as its JSON line (the same shape `loongctl audit export` prints).
+pub fn json_line(r: &Record) -> String {
+    let detail: serde_json::Value = serde_json::from_str(&r.detail)
+        .unwrap_or_else(|_| serde_json::Value::String(r.detail.clone()));
+    serde_json::json!({
+        "seq": r.seq, "time_ms": r.time_ms, "kind": r.kind, "actor": r.actor,
+        "correlation": r.correlation, "detail": detail, "hash": hex::encode(r.hash),
+    })
+    .to_string()
+}
+
+impl Siem {
+    pub(super) fn new(config: SiemConfig) -> Siem {
+        Siem {
+            config,
+            file: None,
+            socket: None,
+        }
+    }
+
+    /// Ships `records`; `Err` only when a fail-closed transport failed.
+    pub(super) fn ship(&mut self, records: &[Record]) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut closed_failure = None;
+        if let Some((path, mode)) = self.config.jsonl.clone() {
+            if let Err(e) = self.write_jsonl(&path, records) {
+                self.file = None; // reopen next time
+                let msg = format!("audit JSONL lane {}: {e}", path.display());
+                tracing::error!("{msg}");
+                if mode == FailureMode::Closed {
+                    closed_failure = Some(msg);
+                }
+            }
+        }
+        if let Some((path, mode)) = self.config.syslog.clone() {
+            if let Err(e) = self.send_syslog(&path, records) {
+                let msg = format!("audit syslog lane {}: {e}", path.display());
+                tracing::error!("{msg}");
+                if mode == FailureMode::Closed {
+                    closed_failure = Some(msg);
+                }
+            }
+        }
+        closed_failure.map_or(Ok(()), Err)
+    }
+
+    fn write_jsonl(&mut self, path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?,
+            );
+        }
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("not open"))?;
+        let mut buf = String::new();
+        for r in records {
+            buf.push_str(&json_line(r));
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes())?;
+        f.sync_data()
+    }
+
+    fn send_syslog(&mut self, path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+        if self.socket.is_none() {
+            self.socket = Some(UnixDatagram::unbound()?);
+        }
+        let s = self
+            .socket
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no socket"))?;
+        for r in records {
+            // facility authpriv (10), severity info (6); no timestamp or host: the receiver's.
+            let msg = format!(
+                "<86>1 - - loongd {} audit - {}",
+                std::process::id(),
+                json_line(r)
+            );
+            s.send_to(msg.as_bytes(), path)?;
+        }
+        Ok(())
+    }
+}
