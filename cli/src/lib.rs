@@ -4,6 +4,7 @@
 //! `--json`, whose field names are documented in `docs/cli.md` and stay stable.
 
 mod cmd;
+mod duration;
 pub mod exit;
 
 use std::{path::PathBuf, time::Duration};

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use toml_edit::TableLike;
+use toml_edit::{ImDocument, TableLike};
 
 use crate::Problem;
 
@@ -130,5 +130,16 @@ pub(crate) fn join(at: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{at}.{key}")
+    }
+}
+
+/// Parses the context's text, recording a syntax error as its one problem.
+pub(crate) fn parse<'a>(c: &mut Ctx<'a>) -> Option<ImDocument<&'a str>> {
+    match ImDocument::parse(c.text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            c.add(e.span(), "", e.message().trim().to_string());
+            None
+        }
     }
 }

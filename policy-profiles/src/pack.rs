@@ -10,7 +10,7 @@ use std::{
     str::FromStr,
 };
 
-use toml_edit::{ImDocument, TableLike};
+use toml_edit::TableLike;
 
 use crate::{doc::Ctx, Problem};
 
@@ -283,12 +283,8 @@ pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
         file,
         problems: Vec::new(),
     };
-    let doc = match ImDocument::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            c.add(e.span(), "", e.message().trim().to_string());
-            return Err(c.problems);
-        }
+    let Some(doc) = crate::doc::parse(&mut c) else {
+        return Err(c.problems);
     };
     let root = doc.as_table() as &dyn TableLike;
     c.known_keys(
@@ -384,12 +380,8 @@ pub fn parse_denylist(text: &str, file: &str) -> Result<Denylist, Vec<Problem>> 
         file,
         problems: Vec::new(),
     };
-    let doc = match ImDocument::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            c.add(e.span(), "", e.message().trim().to_string());
-            return Err(c.problems);
-        }
+    let Some(doc) = crate::doc::parse(&mut c) else {
+        return Err(c.problems);
     };
     let root = doc.as_table() as &dyn TableLike;
     c.known_keys(root, "", &["paths", "hosts", "programs"]);

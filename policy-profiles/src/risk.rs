@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use toml_edit::{ImDocument, TableLike};
+use toml_edit::TableLike;
 
 use crate::{doc::Ctx, Problem};
 
@@ -66,12 +66,8 @@ pub fn parse_risk(text: &str, file: &str) -> Result<RiskProfile, Vec<Problem>> {
         file,
         problems: Vec::new(),
     };
-    let doc = match ImDocument::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            c.add(e.span(), "", e.message().trim().to_string());
-            return Err(c.problems);
-        }
+    let Some(doc) = crate::doc::parse(&mut c) else {
+        return Err(c.problems);
     };
     let root = doc.as_table() as &dyn TableLike;
     c.known_keys(root, "", &["threshold", "programs", "keywords"]);

@@ -6,7 +6,7 @@ use loong_sandbox::{
     syscalls, LandlockMode, Namespaces, RlimitProfile, SeccompMode, SyscallEntry, SystemPath, Tier,
     TierProfile,
 };
-use toml_edit::{ImDocument, Item, TableLike};
+use toml_edit::{Item, TableLike};
 
 use crate::{doc::Ctx, Problem};
 
@@ -21,12 +21,8 @@ pub fn parse_tier(text: &str, file: &str) -> Result<TierProfile, Vec<Problem>> {
         file,
         problems: Vec::new(),
     };
-    let doc = match ImDocument::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            c.add(e.span(), "", e.message().trim().to_string());
-            return Err(c.problems);
-        }
+    let Some(doc) = crate::doc::parse(&mut c) else {
+        return Err(c.problems);
     };
     let root = doc.as_table() as &dyn TableLike;
     c.known_keys(

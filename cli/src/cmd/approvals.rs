@@ -44,29 +44,6 @@ pub enum ApprovalsCommand {
     Deny { id: String },
 }
 
-fn ttl_ms(s: &str) -> Result<i64, Failure> {
-    let usage = |m: String| Failure {
-        code: exit::USAGE,
-        error: anyhow!(m),
-    };
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let mult = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(usage(format!(
-                "--ttl {s}: expected a duration like 30s, 10m, 2h"
-            )))
-        }
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| usage(format!("--ttl {s}: `{num}` is not a number")))?;
-    Ok(n.saturating_mul(mult))
-}
-
 fn json_of(a: &ApprovalView) -> serde_json::Value {
     serde_json::json!({
         "id": a.id, "state": a.state, "actor": a.actor, "pack": a.pack, "capability": a.capability,
@@ -138,7 +115,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
         } => {
             let full_access = if full_access {
                 Some(FullAccess {
-                    ttl_ms: ttl_ms(ttl.as_deref().unwrap_or_default())?,
+                    ttl_ms: crate::duration::millis("--ttl", ttl.as_deref().unwrap_or_default())?,
                     uses: uses.unwrap_or(0),
                     pack,
                 })

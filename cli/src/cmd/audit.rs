@@ -82,31 +82,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `30s`, `10m`, `2h`, `1d` ago, or Unix milliseconds.
+/// A duration ago (`30s`, `10m`, `2h`, `1d`), or Unix milliseconds.
 fn when(flag: &str, s: &str) -> Result<i64, Failure> {
-    let usage = |m: String| Failure {
-        code: exit::USAGE,
-        error: anyhow!(m),
-    };
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let mult = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(usage(format!(
-                "{flag} {s}: expected a duration like 30s, 10m, 2h, 1d, or Unix milliseconds"
-            )))
-        }
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| usage(format!("{flag} {s}: `{num}` is not a number")))?;
-    Ok(now_ms() - n.saturating_mul(mult))
+    Ok(now_ms() - crate::duration::millis(flag, s)?)
 }
 
 /// Unix ms as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, proleptic Gregorian).

@@ -62,28 +62,6 @@ pub enum PacksCommand {
 }
 
 /// `30s`, `10m`, `2h`, `7d` in milliseconds.
-fn ttl(s: &str) -> Result<i64, Failure> {
-    let usage = |m: String| Failure {
-        code: exit::USAGE,
-        error: anyhow!(m),
-    };
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let mult = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(usage(format!(
-                "--ttl {s}: expected a duration like 30s, 10m, 2h, 7d"
-            )))
-        }
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| usage(format!("--ttl {s}: `{num}` is not a number")))?;
-    Ok(n.saturating_mul(mult))
-}
 
 fn call(layout: &Layout, req: ControlRequest) -> Result<ControlResponse, Failure> {
     let mut client = connect(layout)?;
@@ -113,7 +91,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             ttl: t,
             json,
         } => {
-            let ttl_ms = ttl(&t)?;
+            let ttl_ms = crate::duration::millis("--ttl", &t)?;
             let ControlResponse::Tokens(ts) = call(
                 layout,
                 ControlRequest::TokenIssue {

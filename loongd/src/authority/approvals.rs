@@ -2,8 +2,7 @@
 //! full-access windows (a scope, an expiry and a number of uses).
 
 use std::{
-    path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -86,8 +85,7 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
 /// The approvals table.
 #[derive(Debug)]
 pub struct ApprovalStore {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: super::db::StateDb,
 }
 
 fn random_id() -> Result<String, TokenError> {
@@ -99,28 +97,13 @@ fn random_id() -> Result<String, TokenError> {
 impl ApprovalStore {
     /// Opens (creating) the tables in `path`.
     pub fn open(path: &Path) -> Result<ApprovalStore, TokenError> {
-        let err = |source| TokenError::Db {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(ApprovalStore {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+            db: super::db::StateDb::open(path, SCHEMA)?,
         })
     }
 
     fn db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, TokenError> {
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&conn).map_err(|source| TokenError::Db {
-            path: self.path.clone(),
-            source,
-        })
+        self.db.with(f)
     }
 
     /// Records a pending request that expires at `deadline_ms`.

@@ -2,6 +2,7 @@
 //! All of it lives in loongd; no worker ever holds a token's grants or mints one.
 
 pub mod approvals;
+pub mod db;
 pub mod decide;
 pub mod shell;
 pub mod tokens;

@@ -6,7 +6,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -71,8 +70,7 @@ pub enum TokenError {
 /// The token table.
 #[derive(Debug)]
 pub struct TokenStore {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: super::db::StateDb,
 }
 
 fn now_ms() -> i64 {
@@ -119,28 +117,13 @@ const COLUMNS: &str = "id, pack, agent, grants, issued_ms, expires_ms, generatio
 impl TokenStore {
     /// Opens (creating) the table in `path`.
     pub fn open(path: &Path) -> Result<TokenStore, TokenError> {
-        let err = |source| TokenError::Db {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(TokenStore {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+            db: super::db::StateDb::open(path, SCHEMA)?,
         })
     }
 
     fn db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, TokenError> {
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&conn).map_err(|source| TokenError::Db {
-            path: self.path.clone(),
-            source,
-        })
+        self.db.with(f)
     }
 
     /// The current generation of `pack`.
