@@ -61,8 +61,6 @@ pub enum PacksCommand {
     },
 }
 
-/// `30s`, `10m`, `2h`, `7d` in milliseconds.
-
 fn call(layout: &Layout, req: ControlRequest) -> Result<ControlResponse, Failure> {
     let mut client = connect(layout)?;
     Ok(client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)?)
