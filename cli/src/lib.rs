@@ -74,6 +74,9 @@ pub enum Command {
     /// List, approve and deny requests that wait for an operator.
     #[command(subcommand)]
     Approvals(cmd::approvals::ApprovalsCommand),
+    /// Trust anchors: generate, add, list, revoke and rotate keys; sign policy files.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Tokens(c) => cmd::tokens::run_tokens(&layout, c),
         Command::Packs(c) => cmd::tokens::run_packs(&layout, c),
         Command::Approvals(c) => cmd::approvals::run(&layout, c),
+        Command::Keys(c) => cmd::keys::run(&layout, c),
     }
 }
 

@@ -22,8 +22,8 @@ pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
         ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest,
-        ControlResponse, DecisionView, DoctorReport, FullAccess, MechanismReport, PackView,
-        SandboxExit, SandboxRunRequest, StatusReport, TierReport, TokenView,
+        ControlResponse, DecisionView, DoctorReport, FullAccess, KeyView, MechanismReport,
+        PackView, SandboxExit, SandboxRunRequest, StatusReport, TierReport, TokenView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{

@@ -75,6 +75,15 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # syslog_socket = "/dev/log"
 # syslog_failure = "open"
 
+[policy]
+# A risk profile to use instead of the bundled one.
+# risk_profile = "/etc/loong/risk.toml"
+# Refuse it (and refuse to start) unless its sha256 is this.
+# risk_profile_sha256 = "…"
+# Refuse it unless FILE.sig holds a signature by an active key of the keyring (`loongctl keys`).
+# A FILE.sig that is present is always checked.
+# risk_profile_signed = false
+
 [approvals]
 # How long a request that needs approval waits for an operator before it is denied, in ms.
 # timeout_ms = 300000
@@ -99,6 +108,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// The audit trail's SIEM lane.
     pub audit: AuditConfig,
+    /// Policy data from outside the bundle.
+    pub policy: PolicyConfig,
     /// Approvals.
     pub approvals: ApprovalsConfig,
     /// Logging.
@@ -161,6 +172,15 @@ fn failure_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
         )));
     }
     Ok(v)
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub risk_profile: Option<std::path::PathBuf>,
+    pub risk_profile_sha256: Option<String>,
+    pub risk_profile_signed: bool,
 }
 
 /// `[approvals]`.
@@ -443,7 +463,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `approvals`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `log`"),
         );
         check(
             "[ipc\n",

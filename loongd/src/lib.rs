@@ -170,8 +170,25 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             .collect(),
     };
     // Policy data that does not load stops loongd, with every problem named.
-    let authority = authority::Authority::load(&layout.home)
+    let mut authority = authority::Authority::load(&layout.home)
         .context("loading packs, the denylist and the token table")?;
+    // An operator risk profile must match its pin and signature, or loongd does not start;
+    // either way the audit trail says so.
+    let profile = authority.load_risk_profile(&config.policy);
+    let (kind, detail) = match &profile {
+        Ok(d) => (audit::Kind::ProfileLoaded, d.clone()),
+        Err(why) => (
+            audit::Kind::ProfileRejected,
+            serde_json::json!({ "profile": config.policy.risk_profile, "reason": why }),
+        ),
+    };
+    runtime
+        .block_on(audit.record(audit::Event::daemon(kind, detail)))
+        .context("recording the risk profile in the audit trail")?;
+    if let Err(why) = profile {
+        runtime.block_on(audit.shutdown());
+        bail!("the risk profile is refused: {why}");
+    }
     let kernel = Arc::new(Kernel::new(
         layout,
         config,

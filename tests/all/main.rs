@@ -8,6 +8,7 @@ mod audit;
 mod authority;
 mod control_socket;
 mod daemon_lifecycle;
+mod keys;
 mod sandbox;
 mod sandbox_probes;
 mod support;

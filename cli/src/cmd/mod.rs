@@ -4,6 +4,7 @@ pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod daemon;
 pub(crate) mod doctor;
+pub(crate) mod keys;
 pub(crate) mod policy;
 pub(crate) mod sandbox;
 pub(crate) mod status;

@@ -65,6 +65,24 @@ pub enum ControlRequest {
     TokenRevokeGeneration { pack: String },
     /// Every pack; answered by [`ControlResponse::Packs`].
     PackList,
+    /// Add a trust anchor (an ed25519 public key, 64 hex digits); answered by
+    /// [`ControlResponse::Keys`].
+    KeyAdd {
+        name: String,
+        tier: String,
+        public: String,
+    },
+    /// Every trust anchor; answered by [`ControlResponse::Keys`].
+    KeyList,
+    /// Revoke a trust anchor; answered by [`ControlResponse::Keys`].
+    KeyRevoke { id: String },
+    /// Replace a key by a new one it signed; answered by [`ControlResponse::Keys`] (the new key).
+    KeyRotate {
+        old_id: String,
+        new_public: String,
+        /// The old key's signature over the rotation message, hex.
+        signature: String,
+    },
     /// Every approval request, pending first; answered by [`ControlResponse::Approvals`].
     ApprovalList,
     /// Approve or deny a pending request; answered by [`ControlResponse::Approvals`].
@@ -92,6 +110,20 @@ pub struct FullAccess {
     pub uses: u32,
     /// Only this pack (`None`: every pack).
     pub pack: Option<String>,
+}
+
+/// A trust anchor as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub public: String,
+    pub added_ms: i64,
+    /// `active`, `revoked` or `replaced`.
+    pub state: String,
+    pub replaced_by: Option<String>,
 }
 
 /// An approval request as the CLI shows it.
@@ -264,6 +296,8 @@ pub enum ControlResponse {
     Decided(DecisionView),
     /// Approval requests.
     Approvals(Vec<ApprovalView>),
+    /// Trust anchors.
+    Keys(Vec<KeyView>),
     /// `(group, records, decisions allowed, decisions denied)`, largest first.
     AuditSummary(Vec<(String, u64, u64, u64)>),
 }
@@ -345,4 +379,12 @@ pub struct SandboxExit {
     pub max_rss_kib: u64,
     /// Mechanisms the tier needs that this run went without (degraded mode).
     pub degraded: Vec<String>,
+}
+
+/// The bytes a key rotation signs: the new public key, under the key it replaces. Both loongctl
+/// (which signs) and loongd (which verifies) build it here.
+pub fn rotation_message(new_public: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"loong-key-rotation-v1\0".to_vec();
+    m.extend_from_slice(new_public);
+    m
 }

@@ -69,11 +69,21 @@ pub enum Kind {
     ApprovalResolved,
     /// An approval request went unanswered past its deadline (denied).
     ApprovalExpired,
+    /// A trust anchor was added to the keyring.
+    KeyAdded,
+    /// A trust anchor was revoked.
+    KeyRevoked,
+    /// A trust anchor was replaced by a key it signed.
+    KeyRotated,
+    /// A policy profile was loaded (with its sha256 and signer).
+    ProfileLoaded,
+    /// A policy profile was refused (pin mismatch, bad or missing signature, invalid).
+    ProfileRejected,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 20] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -89,6 +99,11 @@ impl Kind {
         Kind::ApprovalRequested,
         Kind::ApprovalResolved,
         Kind::ApprovalExpired,
+        Kind::KeyAdded,
+        Kind::KeyRevoked,
+        Kind::KeyRotated,
+        Kind::ProfileLoaded,
+        Kind::ProfileRejected,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -109,6 +124,11 @@ impl Kind {
             Kind::ApprovalRequested => "approval.requested",
             Kind::ApprovalResolved => "approval.resolved",
             Kind::ApprovalExpired => "approval.expired",
+            Kind::KeyAdded => "key.added",
+            Kind::KeyRevoked => "key.revoked",
+            Kind::KeyRotated => "key.rotated",
+            Kind::ProfileLoaded => "profile.loaded",
+            Kind::ProfileRejected => "profile.rejected",
         }
     }
 

@@ -106,8 +106,10 @@ pub fn decide(
             let Some(r) = risk else {
                 return Decision::Allow;
             };
-            let programs = match (req.cap, req.argv) {
-                (Capability::ProcessExec, Some(argv)) => shell::programs(argv),
+            let programs = match (req.cap, req.argv, req.target) {
+                (Capability::ProcessExec, Some(argv), _) => shell::programs(argv),
+                // Without a command line, the program asked for is the one that runs.
+                (Capability::ProcessExec, None, Some(t)) => shell::programs(&[t.to_string()]),
                 _ => Vec::new(),
             };
             let text = req

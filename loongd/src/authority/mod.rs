@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod db;
 pub mod decide;
+pub mod keys;
 pub mod shell;
 pub mod tokens;
 
@@ -69,6 +70,7 @@ impl Outcome {
 pub struct Authority {
     pub tokens: TokenStore,
     pub approvals: approvals::ApprovalStore,
+    pub keys: keys::Keyring,
     risk: RiskProfile,
     packs: BTreeMap<String, Pack>,
     denylist: Denylist,
@@ -141,10 +143,67 @@ impl Authority {
         Ok(Authority {
             tokens: TokenStore::open(&state)?,
             approvals: approvals::ApprovalStore::open(&state)?,
+            keys: keys::Keyring::open(&state)?,
             risk,
             packs,
             denylist,
         })
+    }
+
+    /// Loads the operator's risk profile named by `[policy]`, checking its pin and signature;
+    /// the bundled one when none is named. `Err` says why it is refused (loongd then refuses
+    /// to start). The `Ok` detail is what the audit records.
+    pub fn load_risk_profile(
+        &mut self,
+        policy: &crate::config::PolicyConfig,
+    ) -> Result<serde_json::Value, String> {
+        use sha2::{Digest, Sha256};
+        let Some(path) = &policy.risk_profile else {
+            return Ok(serde_json::json!({ "profile": "bundled" }));
+        };
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+        if meta.len() > 1 << 20 {
+            return Err(format!(
+                "{shown}: {} bytes is above the 1 MiB limit for a policy file",
+                meta.len()
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if let Some(pin) = &policy.risk_profile_sha256 {
+            if !pin.trim().eq_ignore_ascii_case(&sha) {
+                return Err(format!(
+                    "{shown}: its sha256 {sha} does not match the pinned {}",
+                    pin.trim()
+                ));
+            }
+        }
+        let sig_path = PathBuf::from(format!("{shown}.sig"));
+        let signer = if sig_path.exists() || policy.risk_profile_signed {
+            let sig = std::fs::read_to_string(&sig_path)
+                .map_err(|e| format!("{}: {e} (a signature is required)", sig_path.display()))?;
+            let sig: [u8; 64] = hex::decode(sig.trim())
+                .ok()
+                .and_then(|b| b.as_slice().try_into().ok())
+                .ok_or_else(|| {
+                    format!("{}: not a signature (128 hex digits)", sig_path.display())
+                })?;
+            let key = self.keys.verifier(&bytes, &sig).map_err(|e| e.to_string())?.ok_or_else(|| {
+                format!("{}: no active trust anchor signed {shown} (forged, changed after signing, or signed by a revoked key)", sig_path.display())
+            })?;
+            Some(key.id)
+        } else {
+            None
+        };
+        let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not UTF-8 text"))?;
+        self.risk = parse_risk(&text, &shown).map_err(|ps| {
+            ps.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        Ok(serde_json::json!({ "profile": shown, "sha256": sha, "signer": signer }))
     }
 
     /// The pack `id`.

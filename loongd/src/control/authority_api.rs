@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use loong_ipc::{
-    ApprovalView, ControlResponse, DecisionView, ErrorKind, FullAccess, PackView, RemoteError,
-    StreamChunk, TokenView,
+    ApprovalView, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView, PackView,
+    RemoteError, StreamChunk, TokenView,
 };
 use loong_profiles::pack::{Capability, Grant};
 use tokio::net::unix::UCred;
@@ -449,4 +449,86 @@ pub(crate) async fn await_approval(
     };
     waiters(kernel).remove(&a.id);
     result
+}
+
+fn key_view(k: crate::authority::keys::TrustKey) -> KeyView {
+    let state = match (&k.revoked_ms, &k.replaced_by) {
+        (None, _) => "active",
+        (Some(_), Some(_)) => "replaced",
+        (Some(_), None) => "revoked",
+    };
+    KeyView {
+        id: k.id,
+        name: k.name,
+        tier: k.tier,
+        public: k.public,
+        added_ms: k.added_ms,
+        state: state.into(),
+        replaced_by: k.replaced_by,
+    }
+}
+
+/// `keys add|list|revoke|rotate`; every change is audited.
+pub(crate) async fn keys(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    req: loong_ipc::ControlRequest,
+) -> Result<ControlResponse, RemoteError> {
+    use loong_ipc::ControlRequest as R;
+    let ring = &kernel.authority.keys;
+    let refuse = |e: crate::authority::keys::KeyError| bad(e.to_string());
+    let (kind, key) = match req {
+        R::KeyList => {
+            return Ok(ControlResponse::Keys(
+                ring.list()
+                    .map_err(refuse)?
+                    .into_iter()
+                    .map(key_view)
+                    .collect(),
+            ))
+        }
+        R::KeyAdd { name, tier, public } => (
+            Kind::KeyAdded,
+            ring.add(&name, &tier, &public).map_err(refuse)?,
+        ),
+        R::KeyRevoke { id } => {
+            ring.revoke(&id).map_err(refuse)?;
+            let k = ring
+                .list()
+                .map_err(refuse)?
+                .into_iter()
+                .find(|k| k.id == id)
+                .ok_or_else(|| internal("revoked key vanished"))?;
+            (Kind::KeyRevoked, k)
+        }
+        R::KeyRotate {
+            old_id,
+            new_public,
+            signature,
+        } => {
+            let k = ring
+                .rotate(&old_id, &new_public, &signature)
+                .map_err(refuse)?;
+            kernel
+                .audit
+                .record(event(
+                    Kind::KeyRotated,
+                    cred,
+                    io,
+                    serde_json::json!({ "old": old_id, "new": k.id }),
+                ))
+                .await
+                .map_err(internal)?;
+            return Ok(ControlResponse::Keys(vec![key_view(k)]));
+        }
+        _ => return Err(internal("not a keyring request")),
+    };
+    let detail = serde_json::json!({ "key": key.id, "name": key.name, "tier": key.tier });
+    kernel
+        .audit
+        .record(event(kind, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    Ok(ControlResponse::Keys(vec![key_view(key)]))
 }

@@ -64,6 +64,12 @@ pub(crate) async fn handle(
         }
         ControlRequest::PackList => super::authority_api::packs(kernel),
         ControlRequest::ApprovalList => super::authority_api::approvals(kernel),
+        r @ (ControlRequest::KeyAdd { .. }
+        | ControlRequest::KeyList
+        | ControlRequest::KeyRevoke { .. }
+        | ControlRequest::KeyRotate { .. }) => {
+            super::authority_api::keys(kernel, cred, &io, r).await
+        }
         ControlRequest::ApprovalResolve {
             id,
             approve,

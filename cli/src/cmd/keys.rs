@@ -1,0 +1,215 @@
+//! `loongctl keys generate | add | list | revoke | rotate | sign`. Private keys stay on this
+//! side: loongctl generates them and signs with them; loongd holds public keys only.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use ed25519_dalek::{Signer, SigningKey};
+use loong_ipc::{
+    message::control::rotation_message, paths::Layout, ControlRequest, ControlResponse, KeyView,
+};
+use sha2::{Digest, Sha256};
+
+use super::audit::rfc3339;
+use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+
+/// `loongctl keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a key pair: the private key goes to FILE (mode 0600, never overwritten); the
+    /// public key and its id are printed.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Add a trust anchor to loongd's keyring.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The public key: 64 hex digits, or @FILE holding them.
+        #[arg(long)]
+        public: String,
+        /// official or verified-community.
+        #[arg(long, default_value = "verified-community")]
+        tier: String,
+    },
+    /// Every trust anchor.
+    List {
+        /// Print JSON (an array of {id, name, tier, public, added_ms, state, replaced_by}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a trust anchor.
+    Revoke { id: String },
+    /// Replace key ID by a new key, signing the new public key with the old private key.
+    Rotate {
+        id: String,
+        /// The old private key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The new public key: 64 hex digits, or @FILE.
+        #[arg(long)]
+        new_public: String,
+    },
+    /// Sign FILE (a policy file) with a private key: writes FILE.sig.
+    Sign {
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        file: PathBuf,
+    },
+}
+
+fn key_id(public: &[u8; 32]) -> String {
+    hex::encode(&Sha256::digest(public)[..8])
+}
+
+fn read_secret(path: &Path) -> Result<SigningKey, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the private key {}", path.display()))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| anyhow!("{}: not a private key (64 hex digits)", path.display()))?;
+    let secret: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("{}: not a private key (64 hex digits)", path.display()))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+fn public_arg(s: &str) -> Result<String, Failure> {
+    match s.strip_prefix('@') {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("reading {f}"))?
+            .trim()
+            .to_string()),
+        None => Ok(s.trim().to_string()),
+    }
+}
+
+fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<KeyView>, Failure> {
+    let mut client = connect(layout)?;
+    match client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)? {
+        ControlResponse::Keys(k) => Ok(k),
+        other => Err(anyhow!("unexpected answer: {other:?}").into()),
+    }
+}
+
+fn print(k: &KeyView) {
+    println!(
+        "{}  {:<8} {:<18} {:<20} added {}{}",
+        k.id,
+        k.state,
+        k.tier,
+        k.name,
+        rfc3339(k.added_ms),
+        k.replaced_by
+            .as_deref()
+            .map(|r| format!("  replaced by {r}"))
+            .unwrap_or_default()
+    );
+}
+
+pub(crate) fn run(layout: &Layout, cmd: KeysCommand) -> Result<u8, Failure> {
+    match cmd {
+        KeysCommand::Generate { out } => {
+            let mut secret = [0u8; 32];
+            getrandom::getrandom(&mut secret).map_err(|e| anyhow!("no randomness: {e}"))?;
+            let key = SigningKey::from_bytes(&secret);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| {
+                    format!(
+                        "creating {} (an existing file is never overwritten)",
+                        out.display()
+                    )
+                })?;
+            f.write_all(hex::encode(secret).as_bytes())?;
+            f.sync_all()?;
+            let public = key.verifying_key().to_bytes();
+            println!("public: {}", hex::encode(public));
+            println!("id: {}", key_id(&public));
+            Ok(exit::OK)
+        }
+        KeysCommand::Add { name, public, tier } => {
+            call(
+                layout,
+                ControlRequest::KeyAdd {
+                    name,
+                    tier,
+                    public: public_arg(&public)?,
+                },
+            )?
+            .iter()
+            .for_each(print);
+            Ok(exit::OK)
+        }
+        KeysCommand::List { json } => {
+            let keys = call(layout, ControlRequest::KeyList)?;
+            if json {
+                let v: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|k| serde_json::json!({ "id": k.id, "name": k.name, "tier": k.tier, "public": k.public, "added_ms": k.added_ms, "state": k.state, "replaced_by": k.replaced_by }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                keys.iter().for_each(print);
+            }
+            Ok(exit::OK)
+        }
+        KeysCommand::Revoke { id } => {
+            call(layout, ControlRequest::KeyRevoke { id })?
+                .iter()
+                .for_each(print);
+            Ok(exit::OK)
+        }
+        KeysCommand::Rotate {
+            id,
+            key,
+            new_public,
+        } => {
+            let old = read_secret(&key)?;
+            let new_public = public_arg(&new_public)?;
+            let bytes: [u8; 32] = hex::decode(&new_public)
+                .ok()
+                .and_then(|b| b.as_slice().try_into().ok())
+                .ok_or_else(|| Failure {
+                    code: exit::USAGE,
+                    error: anyhow!("--new-public: expected 64 hex digits"),
+                })?;
+            let signature = hex::encode(old.sign(&rotation_message(&bytes)).to_bytes());
+            call(
+                layout,
+                ControlRequest::KeyRotate {
+                    old_id: id,
+                    new_public,
+                    signature,
+                },
+            )?
+            .iter()
+            .for_each(print);
+            Ok(exit::OK)
+        }
+        KeysCommand::Sign { key, file } => {
+            let k = read_secret(&key)?;
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+            std::fs::write(&sig_path, hex::encode(k.sign(&data).to_bytes()))
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            println!(
+                "signed {} with key {} → {}",
+                file.display(),
+                key_id(&k.verifying_key().to_bytes()),
+                sig_path.display()
+            );
+            Ok(exit::OK)
+        }
+    }
+}
