@@ -13,6 +13,8 @@ pub struct RiskProfile {
     pub threshold: u32,
     pub programs: BTreeMap<String, u32>,
     pub keywords: BTreeMap<String, u32>,
+    /// Keys of a tool call's JSON payload (anywhere in it) and their weights.
+    pub payload_keys: BTreeMap<String, u32>,
 }
 
 impl RiskProfile {
@@ -59,6 +61,36 @@ fn weights(c: &mut Ctx<'_>, t: &dyn TableLike, key: &str) -> BTreeMap<String, u3
     out
 }
 
+impl RiskProfile {
+    /// The score the keys of a tool call's JSON `payload` add (each key counted once), and
+    /// what contributed.
+    pub fn score_payload(&self, payload: &serde_json::Value) -> (u32, Vec<String>) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = vec![payload];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, inner) in m {
+                        if self.payload_keys.contains_key(k) {
+                            seen.insert(k.clone());
+                        }
+                        stack.push(inner);
+                    }
+                }
+                serde_json::Value::Array(a) => stack.extend(a.iter()),
+                _ => {}
+            }
+        }
+        let score = seen.iter().map(|k| self.payload_keys[k]).sum();
+        (
+            score,
+            seen.iter()
+                .map(|k| format!("payload has `{k}` (+{})", self.payload_keys[k]))
+                .collect(),
+        )
+    }
+}
+
 /// Parses a risk profile; `Err` holds every problem.
 pub fn parse_risk(text: &str, file: &str) -> Result<RiskProfile, Vec<Problem>> {
     let mut c = Ctx {
@@ -70,7 +102,11 @@ pub fn parse_risk(text: &str, file: &str) -> Result<RiskProfile, Vec<Problem>> {
         return Err(c.problems);
     };
     let root = doc.as_table() as &dyn TableLike;
-    c.known_keys(root, "", &["threshold", "programs", "keywords"]);
+    c.known_keys(
+        root,
+        "",
+        &["threshold", "programs", "keywords", "payload_keys"],
+    );
     let threshold = match root.get("threshold").map(|i| (i.as_integer(), i.span())) {
         Some((Some(t), _)) if t >= 1 => t as u32,
         Some((_, span)) => {
@@ -84,11 +120,13 @@ pub fn parse_risk(text: &str, file: &str) -> Result<RiskProfile, Vec<Problem>> {
     };
     let programs = weights(&mut c, root, "programs");
     let keywords = weights(&mut c, root, "keywords");
+    let payload_keys = weights(&mut c, root, "payload_keys");
     if c.problems.is_empty() {
         Ok(RiskProfile {
             threshold,
             programs,
             keywords,
+            payload_keys,
         })
     } else {
         Err(c.problems)
@@ -107,6 +145,12 @@ mod tests {
         assert_eq!(why, vec!["runs rm (+6)", "contains `-rf` (+5)"]);
         assert!(s >= r.threshold);
         assert_eq!(r.score(&["cat".into()], "cat /usr/share/doc").0, 0);
+        let (p, why) = r.score_payload(&serde_json::json!({ "path": "/x", "opts": [{ "recursive": true }], "command": "ls", "n": { "command": 1 } }));
+        assert_eq!(p, 9, "{why:?}");
+        assert_eq!(
+            why,
+            vec!["payload has `command` (+5)", "payload has `recursive` (+4)"]
+        );
         let bad: Vec<String> = parse_risk(
             "threshold = 0\nextra = 1\n[programs]\nrm = \"x\"\n",
             "r.toml",
@@ -119,7 +163,7 @@ mod tests {
         assert_eq!(
             bad,
             vec![
-                "r.toml:2: extra: unknown key; expected one of: threshold, programs, keywords",
+                "r.toml:2: extra: unknown key; expected one of: threshold, programs, keywords, payload_keys",
                 "r.toml:1: threshold: expected an integer of at least 1",
                 "r.toml:4: programs.rm: expected a weight from 0 to 1000",
             ]
