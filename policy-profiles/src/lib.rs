@@ -152,3 +152,28 @@ mod tests {
         pack::parse_denylist(DENYLIST, "denylist.toml").expect("bundled denylist is valid");
     }
 }
+
+#[cfg(test)]
+mod fuzz_corpus {
+    /// The cargo-fuzz seed corpus (`fuzz/corpus/parse`) through every parser, as the fuzz
+    /// target does, so the corpus is exercised on every test run; each must report its
+    /// problems, not panic.
+    #[test]
+    fn seed_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parse");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed corpus present") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("utf-8 seed");
+            let _ = crate::parse_tier(&text, "seed");
+            let _ = crate::pack::parse_pack(&text, "seed");
+            let _ = crate::pack::parse_denylist(&text, "seed");
+            let _ = crate::risk::parse_risk(&text, "seed");
+            let _ = crate::check(&text, "seed");
+            seen += 1;
+        }
+        assert!(seen >= 10, "seed corpus has only {seen} entries");
+        // The invalid seeds really are invalid: the replay is not vacuous.
+        let bad = std::fs::read_to_string(dir.join("bad-pack.toml")).expect("seed");
+        assert!(crate::check(&bad, "bad-pack.toml").len() >= 3);
+    }
+}
