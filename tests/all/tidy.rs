@@ -1,6 +1,7 @@
 //! Repository invariants, checked like any other behaviour: every Rust file opens with a
 //! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
-//! direction (loong-ipc on no project crate, loongctl on loong-ipc only, nothing on loongd).
+//! direction (loong-ipc on no project crate, loongctl on loong-ipc only, workers on
+//! loong-ipc and loong-sandbox only, nothing on loongd or a worker).
 
 use std::{
     fs,
@@ -129,6 +130,7 @@ fn crate_dependency_direction() {
         "tests",
         "sandbox",
         "policy-profiles",
+        "workers/wasm",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -138,6 +140,22 @@ fn crate_dependency_direction() {
             );
         }
     }
+    // Workers depend on loong-ipc and loong-sandbox only, and loongd on no worker:
+    // untrusted modules are compiled inside a worker, never in the kernel.
+    for worker in ["workers/wasm"] {
+        for dep in project_deps(&r.join(worker).join("Cargo.toml")) {
+            assert!(
+                dep == "loong-ipc" || dep == "loong-sandbox",
+                "{worker} depends on {dep}"
+            );
+        }
+    }
+    assert!(
+        !project_deps(&r.join("loongd/Cargo.toml"))
+            .iter()
+            .any(|d| d.starts_with("loong-worker")),
+        "loongd must not link a worker (wasmtime stays out of the kernel)"
+    );
     // The check itself must be able to see a dependency.
     assert!(project_deps(&r.join("loongd/Cargo.toml")).contains(&"loong-ipc".to_string()));
 }

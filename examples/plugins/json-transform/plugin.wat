@@ -1,0 +1,26 @@
+;; json-transform: writes {"plugin":"json-transform","input":<input>}.
+(module
+  (import "loong" "input_len" (func $input_len (result i32)))
+  (import "loong" "read_input" (func $read_input (param i32 i32) (result i32)))
+  (import "loong" "write_output" (func $write_output (param i32 i32) (result i32)))
+  (import "loong" "log" (func $log (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{\"plugin\":\"json-transform\",\"input\":")
+  (data (i32.const 64) "}")
+  (data (i32.const 128) "json-transform: wrapping input")
+  (func (export "run") (result i32)
+    (local $n i32)
+    (local.set $n (call $input_len))
+    (if (i32.gt_u (local.get $n) (i32.const 64512))
+      (then
+        (if (i32.lt_s
+              (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1)))
+              (i32.const 0))
+          (then (return (i32.const 3))))))
+    (drop (call $log (i32.const 128) (i32.const 30)))
+    (if (i32.lt_s (call $read_input (i32.const 1024) (local.get $n)) (i32.const 0))
+      (then (return (i32.const 1))))
+    (drop (call $write_output (i32.const 0) (i32.const 35)))
+    (drop (call $write_output (i32.const 1024) (local.get $n)))
+    (drop (call $write_output (i32.const 64) (i32.const 1)))
+    (i32.const 0)))

@@ -1,0 +1,274 @@
+//! Host ABI v0: the `"loong"` import module.
+//!
+//! Every function checks guest pointers against the guest's exported
+//! `memory` and answers with an error code instead of trusting them. The
+//! codes are public Loong's: `-1` error, `-2` config unavailable, `-3`
+//! buffer too small, `0` log dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
+
+use crate::{
+    HOST_MODULE, MAX_CONFIG_KEY_BYTES, MAX_LOG_ENTRIES, MAX_LOG_ENTRY_BYTES, MAX_LOG_TOTAL_BYTES,
+};
+
+pub(crate) const ERR: i32 = -1;
+pub(crate) const CONFIG_UNAVAILABLE: i32 = -2;
+pub(crate) const BUFFER_TOO_SMALL: i32 = -3;
+pub(crate) const LOG_DROPPED: i32 = 0;
+
+/// The names [`link`] defines; any other import is refused at load.
+pub(crate) const HOST_FUNCTIONS: &[&str] = &[
+    "input_len",
+    "read_input",
+    "config_len",
+    "read_config",
+    "write_output",
+    "log",
+    "abort",
+];
+
+/// Guest-readable configuration: only allowlisted keys are present.
+pub(crate) type GuestConfig = Arc<BTreeMap<String, String>>;
+
+/// Why a call was stopped by the host rather than by the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostStop {
+    MemoryLimit { requested: usize },
+    TableLimit,
+    OutputFlood,
+    Abort { code: i32 },
+}
+
+/// Per-call state: one per `Store`.
+#[derive(Debug)]
+pub(crate) struct HostState {
+    pub input: Arc<[u8]>,
+    pub config: GuestConfig,
+    pub output: Vec<u8>,
+    pub max_output: usize,
+    pub logs: Vec<String>,
+    pub log_bytes: usize,
+    pub logs_dropped: u32,
+    pub max_memory: usize,
+    pub peak_memory: usize,
+    pub stop: Option<HostStop>,
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.stop = Some(HostStop::MemoryLimit { requested: desired });
+            return Err(wasmtime::format_err!(
+                "linear memory of {desired} bytes exceeds the plugin's limit of {} bytes",
+                self.max_memory
+            ));
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > crate::MAX_TABLE_ELEMENTS {
+            self.stop = Some(HostStop::TableLimit);
+            return Err(wasmtime::format_err!(
+                "table of {desired} elements exceeds the limit of {}",
+                crate::MAX_TABLE_ELEMENTS
+            ));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        crate::MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        crate::MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// Copies `len` bytes at `ptr` out of the guest's memory, or `None` when the
+/// guest has no memory or the range is out of bounds.
+fn guest_read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let (start, len) = (usize::try_from(ptr).ok()?, usize::try_from(len).ok()?);
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let data = memory.data(&*caller);
+    Some(data.get(start..start.checked_add(len)?)?.to_vec())
+}
+
+/// Writes `bytes` into the guest's memory at `ptr`; `false` when out of bounds.
+fn guest_write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> bool {
+    let Ok(start) = usize::try_from(ptr) else {
+        return false;
+    };
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return false;
+    };
+    let data = memory.data_mut(&mut *caller);
+    match start
+        .checked_add(bytes.len())
+        .and_then(|end| data.get_mut(start..end))
+    {
+        Some(slot) => {
+            slot.copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The value of a guest-readable key, or `None` when it is not granted.
+fn config_value(
+    caller: &mut Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+) -> Result<String, i32> {
+    if usize::try_from(key_len).map_or(true, |len| len > MAX_CONFIG_KEY_BYTES) {
+        return Err(ERR);
+    }
+    let key = guest_read(caller, key_ptr, key_len).ok_or(ERR)?;
+    let key = String::from_utf8(key).map_err(|_| ERR)?;
+    caller
+        .data()
+        .config
+        .get(&key)
+        .cloned()
+        .ok_or(CONFIG_UNAVAILABLE)
+}
+
+/// Writes `bytes` to the guest buffer `(ptr, buf_len)`: the length written,
+/// `-3` when the buffer is too small, `-1` when it is out of bounds.
+fn write_if_fits(caller: &mut Caller<'_, HostState>, ptr: i32, buf_len: i32, bytes: &[u8]) -> i32 {
+    match usize::try_from(buf_len) {
+        Ok(len) if len >= bytes.len() => {
+            if guest_write(caller, ptr, bytes) {
+                len_i32(bytes.len())
+            } else {
+                ERR
+            }
+        }
+        Ok(_) => BUFFER_TOO_SMALL,
+        Err(_) => ERR,
+    }
+}
+
+fn len_i32(len: usize) -> i32 {
+    i32::try_from(len).unwrap_or(ERR)
+}
+
+/// Defines the `"loong"` host functions in `linker`.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(HOST_MODULE, "input_len", |caller: Caller<'_, HostState>| {
+        len_i32(caller.data().input.len())
+    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "read_input",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            let input = caller.data().input.clone();
+            write_if_fits(&mut caller, ptr, len, &input)
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "config_len",
+        |mut caller: Caller<'_, HostState>, key_ptr: i32, key_len: i32| -> i32 {
+            match config_value(&mut caller, key_ptr, key_len) {
+                Ok(value) => len_i32(value.len()),
+                Err(code) => code,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "read_config",
+        |mut caller: Caller<'_, HostState>,
+         key_ptr: i32,
+         key_len: i32,
+         buf_ptr: i32,
+         buf_len: i32|
+         -> i32 {
+            let value = match config_value(&mut caller, key_ptr, key_len) {
+                Ok(value) => value,
+                Err(code) => return code,
+            };
+            write_if_fits(&mut caller, buf_ptr, buf_len, value.as_bytes())
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "write_output",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let Ok(wanted) = usize::try_from(len) else {
+                return Ok(ERR);
+            };
+            let state = caller.data();
+            if state.output.len().saturating_add(wanted) > state.max_output {
+                let cap = state.max_output;
+                caller.data_mut().stop = Some(HostStop::OutputFlood);
+                return Err(wasmtime::format_err!(
+                    "plugin output exceeds the cap of {cap} bytes"
+                ));
+            }
+            let Some(bytes) = guest_read(&mut caller, ptr, len) else {
+                return Ok(ERR);
+            };
+            caller.data_mut().output.extend_from_slice(&bytes);
+            Ok(len)
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "log",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            let Ok(wanted) = usize::try_from(len) else {
+                return ERR;
+            };
+            let state = caller.data();
+            if wanted > MAX_LOG_ENTRY_BYTES
+                || state.logs.len() >= MAX_LOG_ENTRIES
+                || state.log_bytes.saturating_add(wanted) > MAX_LOG_TOTAL_BYTES
+            {
+                caller.data_mut().logs_dropped += 1;
+                return LOG_DROPPED;
+            }
+            let Some(bytes) = guest_read(&mut caller, ptr, len) else {
+                return ERR;
+            };
+            let state = caller.data_mut();
+            state.log_bytes += bytes.len();
+            state
+                .logs
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            len.max(1)
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "abort",
+        |mut caller: Caller<'_, HostState>, code: i32| -> wasmtime::Result<()> {
+            caller.data_mut().stop = Some(HostStop::Abort { code });
+            Err(wasmtime::format_err!("plugin called abort({code})"))
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The engine, plugin loading and the per-call store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
+    PoolingAllocationConfig, Store, Trap, ValType,
+};
+
+use crate::abi::{self, HostState, HostStop};
+use crate::{
+    ALWAYS_BLOCKED_IMPORT_PREFIXES, EPOCH_TICK_MS, HOST_MODULE, MAX_INPUT_BYTES,
+    MAX_MEMORY_BYTES_CEILING, MAX_MODULE_BYTES_CEILING, MAX_OUTPUT_BYTES_CEILING, MAX_TABLES,
+    MAX_TIMEOUT_MS, POOL_SLOTS,
+};
+
+/// The limits one plugin runs under; every value is clamped to its ceiling
+/// when the plugin is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Wall-clock deadline per call.
+    pub timeout_ms: u64,
+    /// Linear-memory cap per call.
+    pub max_memory_bytes: usize,
+    /// Cap on the bytes a call may write with `write_output`.
+    pub max_output_bytes: usize,
+    /// Fuel per call, or `None` for no instruction budget.
+    pub fuel: Option<u64>,
+    /// Module size cap, checked before compilation.
+    pub max_module_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: crate::DEFAULT_TIMEOUT_MS,
+            max_memory_bytes: crate::DEFAULT_MAX_MEMORY_BYTES,
+            max_output_bytes: crate::DEFAULT_MAX_OUTPUT_BYTES,
+            fuel: None,
+            max_module_bytes: crate::DEFAULT_MAX_MODULE_BYTES,
+        }
+    }
+}
+
+/// Everything needed to load one plugin.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSpec {
+    /// The plugin's id, used in error messages.
+    pub plugin_id: String,
+    /// The module's bytes (a WebAssembly binary).
+    pub module: Vec<u8>,
+    /// The exported entry function (public Loong's default is `run`).
+    pub entrypoint: String,
+    /// Limits per call.
+    pub limits: PluginLimits,
+    /// The plugin's configuration; only `guest_readable_config_keys` reach the guest.
+    pub config: BTreeMap<String, String>,
+    /// The config keys the guest may read.
+    pub guest_readable_config_keys: Vec<String>,
+    /// Expected sha256 of `module`, lowercase hex, when pinned.
+    pub sha256: Option<String>,
+    /// Import module prefixes refused in addition to the ones always refused.
+    pub blocked_import_prefixes: Vec<String>,
+}
+
+/// Why a plugin could not be loaded. Each message names the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin {plugin}: module is {size} bytes, over the cap of {cap} bytes")]
+    TooLarge {
+        plugin: String,
+        size: usize,
+        cap: usize,
+    },
+    #[error("plugin {plugin}: module sha256 is {actual}, but the manifest pins {expected}")]
+    DigestMismatch {
+        plugin: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin {plugin}: the sha256 pin {pin:?} is not 64 hex digits")]
+    BadDigestPin { plugin: String, pin: String },
+    #[error("plugin {plugin}: not a valid WebAssembly module: {reason}")]
+    Invalid { plugin: String, reason: String },
+    #[error("plugin {plugin}: import {module}::{name} is refused: {reason}")]
+    ImportRefused {
+        plugin: String,
+        module: String,
+        name: String,
+        reason: String,
+    },
+    #[error("plugin {plugin}: {reason}")]
+    Entrypoint { plugin: String, reason: String },
+    #[error("plugin {plugin}: {limit} must be greater than zero")]
+    ZeroLimit { plugin: String, limit: &'static str },
+}
+
+/// Why a call failed. The plugin stays loaded; the next call starts afresh.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvokeError {
+    #[error("input is {size} bytes, over the limit of {limit} bytes")]
+    InputTooLarge { size: usize, limit: usize },
+    #[error("plugin ran past its deadline of {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("plugin used up its fuel budget of {fuel}")]
+    FuelExhausted { fuel: u64 },
+    #[error("plugin asked for {requested} bytes of memory, over its limit of {limit} bytes")]
+    MemoryLimit { requested: usize, limit: usize },
+    #[error(
+        "plugin grew a table past the limit of {} elements",
+        crate::MAX_TABLE_ELEMENTS
+    )]
+    TableLimit,
+    #[error("plugin output exceeds the cap of {cap} bytes")]
+    OutputTooLarge { cap: usize },
+    #[error("plugin called abort({code})")]
+    Aborted { code: i32 },
+    #[error("plugin exited with code {code}")]
+    ExitCode { code: i32 },
+    #[error("plugin trapped: {message}")]
+    Trap { message: String },
+    #[error("plugin output is not JSON: {reason}")]
+    OutputNotJson { reason: String },
+}
+
+/// The result of a successful call.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The JSON the plugin wrote.
+    pub output: serde_json::Value,
+    /// The log entries kept.
+    pub logs: Vec<String>,
+    /// Log entries dropped by the log bounds.
+    pub logs_dropped: u32,
+    /// Wall time of the call (instantiation included).
+    pub wall: Duration,
+    /// Fuel consumed, when the plugin has a fuel budget.
+    pub fuel_consumed: Option<u64>,
+    /// The largest linear memory the call reached.
+    pub peak_memory_bytes: usize,
+}
+
+/// Stops the epoch ticker when the last engine handle is dropped.
+#[derive(Debug)]
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One wasmtime engine with its linker. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    _ticker: Ticker,
+}
+
+impl WasmEngine {
+    /// Builds the engine (epoch interruption and fuel metering on) and the
+    /// host ABI linker, and starts the epoch ticker thread.
+    pub fn new() -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .max_memories_per_module(1)
+            .max_tables_per_module(MAX_TABLES as u32)
+            .table_elements(crate::MAX_TABLE_ELEMENTS)
+            .max_memory_size(MAX_MEMORY_BYTES_CEILING);
+        let mut config = Config::new();
+        // The pooling allocator keeps instantiation to about a microsecond: the
+        // slots are reserved once per engine, and one engine serves a worker.
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        abi::link(&mut linker)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        thread::Builder::new()
+            .name("loong-wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
+        Ok(Self {
+            engine,
+            linker,
+            _ticker: Ticker { stop },
+        })
+    }
+
+    /// Checks, compiles and links one plugin. Nothing from the module runs.
+    pub fn load(&self, spec: PluginSpec) -> Result<LoadedPlugin, LoadError> {
+        let plugin = spec.plugin_id.clone();
+        let limits = clamp(&plugin, spec.limits)?;
+        if spec.module.len() > limits.max_module_bytes {
+            return Err(LoadError::TooLarge {
+                plugin,
+                size: spec.module.len(),
+                cap: limits.max_module_bytes,
+            });
+        }
+        if let Some(pin) = &spec.sha256 {
+            let pin = pin.trim().to_ascii_lowercase();
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(LoadError::BadDigestPin { plugin, pin });
+            }
+            let actual = hex::encode(Sha256::digest(&spec.module));
+            if actual != pin {
+                return Err(LoadError::DigestMismatch {
+                    plugin,
+                    expected: pin,
+                    actual,
+                });
+            }
+        }
+        let module =
+            Module::from_binary(&self.engine, &spec.module).map_err(|e| LoadError::Invalid {
+                plugin: plugin.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        check_imports(&plugin, &module, &spec.blocked_import_prefixes)?;
+        let entrypoint = if spec.entrypoint.is_empty() {
+            "run".to_owned()
+        } else {
+            spec.entrypoint
+        };
+        let returns_code = check_entrypoint(&plugin, &module, &entrypoint)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Invalid {
+                plugin: plugin.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let config = spec
+            .guest_readable_config_keys
+            .iter()
+            .filter_map(|key| Some((key.clone(), spec.config.get(key)?.clone())))
+            .collect();
+        Ok(LoadedPlugin {
+            plugin_id: plugin,
+            engine: self.engine.clone(),
+            pre,
+            entrypoint,
+            returns_code,
+            limits,
+            config: Arc::new(config),
+        })
+    }
+}
+
+fn clamp(plugin: &str, mut limits: PluginLimits) -> Result<PluginLimits, LoadError> {
+    let zero = |limit| LoadError::ZeroLimit {
+        plugin: plugin.to_owned(),
+        limit,
+    };
+    if limits.timeout_ms == 0 {
+        return Err(zero("timeout_ms"));
+    }
+    if limits.max_memory_bytes == 0 {
+        return Err(zero("max_memory_bytes"));
+    }
+    if limits.max_module_bytes == 0 {
+        return Err(zero("max_module_bytes"));
+    }
+    if limits.fuel == Some(0) {
+        return Err(zero("fuel"));
+    }
+    limits.timeout_ms = limits.timeout_ms.min(MAX_TIMEOUT_MS);
+    limits.max_memory_bytes = limits.max_memory_bytes.min(MAX_MEMORY_BYTES_CEILING);
+    limits.max_output_bytes = limits.max_output_bytes.min(MAX_OUTPUT_BYTES_CEILING);
+    limits.max_module_bytes = limits.max_module_bytes.min(MAX_MODULE_BYTES_CEILING);
+    Ok(limits)
+}
+
+fn check_imports(plugin: &str, module: &Module, extra_blocked: &[String]) -> Result<(), LoadError> {
+    for import in module.imports() {
+        let refuse = |reason: String| LoadError::ImportRefused {
+            plugin: plugin.to_owned(),
+            module: import.module().to_owned(),
+            name: import.name().to_owned(),
+            reason,
+        };
+        let blocked = ALWAYS_BLOCKED_IMPORT_PREFIXES
+            .iter()
+            .copied()
+            .chain(extra_blocked.iter().map(String::as_str))
+            .find(|prefix| !prefix.is_empty() && import.module().starts_with(prefix));
+        if let Some(prefix) = blocked {
+            let why = if prefix == "wasi" {
+                "WASI is not provided to plugins (blocked prefix \"wasi\")".to_owned()
+            } else {
+                format!("import prefix {prefix:?} is blocked")
+            };
+            return Err(refuse(why));
+        }
+        if import.module() != HOST_MODULE {
+            return Err(refuse(format!(
+                "only the {HOST_MODULE:?} host module is provided"
+            )));
+        }
+        if !abi::HOST_FUNCTIONS.contains(&import.name()) {
+            return Err(refuse(format!(
+                "host ABI v{} has no such function",
+                crate::HOST_ABI_VERSION
+            )));
+        }
+        if !matches!(import.ty(), ExternType::Func(_)) {
+            return Err(refuse("host ABI imports are functions".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the entry export; `true` when it returns an exit code.
+fn check_entrypoint(plugin: &str, module: &Module, entrypoint: &str) -> Result<bool, LoadError> {
+    let err = |reason: String| LoadError::Entrypoint {
+        plugin: plugin.to_owned(),
+        reason,
+    };
+    let Some(ExternType::Func(ty)) = module.get_export(entrypoint) else {
+        return Err(err(format!(
+            "the module exports no function {entrypoint:?}; set metadata.entrypoint"
+        )));
+    };
+    if ty.params().len() != 0 {
+        return Err(err(format!("{entrypoint:?} must take no parameters")));
+    }
+    let results: Vec<ValType> = ty.results().collect();
+    match results.as_slice() {
+        [] => Ok(false),
+        [ValType::I32] => Ok(true),
+        _ => Err(err(format!("{entrypoint:?} must return i32 or nothing"))),
+    }
+}
+
+/// A compiled, linked plugin, ready to be called many times.
+pub struct LoadedPlugin {
+    plugin_id: String,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    entrypoint: String,
+    returns_code: bool,
+    limits: PluginLimits,
+    config: abi::GuestConfig,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("plugin_id", &self.plugin_id)
+            .field("entrypoint", &self.entrypoint)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// The plugin's id.
+    pub fn plugin_id(&self) -> &str {
+        &self.plugin_id
+    }
+
+    /// The limits in force (after clamping).
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Runs one call in a fresh store: `input` is the JSON request payload.
+    pub fn invoke(&self, input: &[u8]) -> Result<Invocation, InvokeError> {
+        if input.len() > MAX_INPUT_BYTES {
+            return Err(InvokeError::InputTooLarge {
+                size: input.len(),
+                limit: MAX_INPUT_BYTES,
+            });
+        }
+        let started = Instant::now();
+        let limits = &self.limits;
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                input: Arc::from(input),
+                config: self.config.clone(),
+                output: Vec::new(),
+                max_output: limits.max_output_bytes,
+                logs: Vec::new(),
+                log_bytes: 0,
+                logs_dropped: 0,
+                max_memory: limits.max_memory_bytes,
+                peak_memory: 0,
+                stop: None,
+            },
+        );
+        store.limiter(|state| state);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        store.set_fuel(fuel).map_err(|e| self.trap(&store, e))?;
+        store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK_MS) + 1);
+        store.epoch_deadline_trap();
+
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.trap(&store, e))?;
+        let code = if self.returns_code {
+            let run = instance
+                .get_typed_func::<(), i32>(&mut store, &self.entrypoint)
+                .map_err(|e| self.trap(&store, e))?;
+            run.call(&mut store, ()).map_err(|e| self.trap(&store, e))?
+        } else {
+            let run = instance
+                .get_typed_func::<(), ()>(&mut store, &self.entrypoint)
+                .map_err(|e| self.trap(&store, e))?;
+            run.call(&mut store, ()).map_err(|e| self.trap(&store, e))?;
+            0
+        };
+        if code != 0 {
+            return Err(InvokeError::ExitCode { code });
+        }
+        let fuel_consumed = match limits.fuel {
+            Some(budget) => store.get_fuel().ok().map(|left| budget - left),
+            None => None,
+        };
+        let wall = started.elapsed();
+        let state = store.into_data();
+        let output =
+            serde_json::from_slice(&state.output).map_err(|e| InvokeError::OutputNotJson {
+                reason: e.to_string(),
+            })?;
+        Ok(Invocation {
+            output,
+            logs: state.logs,
+            logs_dropped: state.logs_dropped,
+            wall,
+            fuel_consumed,
+            peak_memory_bytes: state.peak_memory,
+        })
+    }
+
+    /// Turns a wasmtime error into the call's typed error: what the host
+    /// stopped first, then the trap code, then the message.
+    fn trap(&self, store: &Store<HostState>, error: wasmtime::Error) -> InvokeError {
+        match store.data().stop {
+            Some(HostStop::MemoryLimit { requested }) => {
+                return InvokeError::MemoryLimit {
+                    requested,
+                    limit: self.limits.max_memory_bytes,
+                }
+            }
+            Some(HostStop::TableLimit) => return InvokeError::TableLimit,
+            Some(HostStop::OutputFlood) => {
+                return InvokeError::OutputTooLarge {
+                    cap: self.limits.max_output_bytes,
+                }
+            }
+            Some(HostStop::Abort { code }) => return InvokeError::Aborted { code },
+            None => {}
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => InvokeError::Timeout {
+                timeout_ms: self.limits.timeout_ms,
+            },
+            Some(Trap::OutOfFuel) => InvokeError::FuelExhausted {
+                fuel: self.limits.fuel.unwrap_or(u64::MAX),
+            },
+            _ => InvokeError::Trap {
+                message: format!("{error:#}"),
+            },
+        }
+    }
+}

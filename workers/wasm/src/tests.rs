@@ -1,0 +1,425 @@
+//! Hostile and well-behaved plugins against one engine. Every refusal is
+//! followed by a normal call on the same engine that must succeed.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{WasmPluginManifest, MANIFEST_FILE};
+use crate::{InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine};
+
+fn engine() -> &'static WasmEngine {
+    static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| WasmEngine::new().expect("engine"))
+}
+
+fn spec(id: &str, wat_text: &str) -> PluginSpec {
+    PluginSpec {
+        plugin_id: id.into(),
+        module: wat::parse_str(wat_text).expect("test WAT compiles"),
+        entrypoint: "run".into(),
+        limits: PluginLimits {
+            timeout_ms: 200,
+            ..PluginLimits::default()
+        },
+        ..PluginSpec::default()
+    }
+}
+
+fn load(id: &str, wat_text: &str) -> LoadedPlugin {
+    engine().load(spec(id, wat_text)).expect("plugin loads")
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins")
+}
+
+/// Copies an example plugin into `into`, compiling its WAT to `plugin.wasm`.
+fn stage_example(name: &str, into: &Path) -> PathBuf {
+    let src = examples_dir().join(name);
+    let dir = into.join(name);
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(src.join(MANIFEST_FILE), dir.join(MANIFEST_FILE)).expect("copy manifest");
+    let wasm = wat::parse_file(src.join("plugin.wat")).expect("example WAT compiles");
+    std::fs::write(dir.join("plugin.wasm"), wasm).expect("write module");
+    dir
+}
+
+fn example(name: &str) -> LoadedPlugin {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = stage_example(name, tmp.path());
+    let manifest = WasmPluginManifest::load_dir(&dir).expect("example manifest");
+    engine()
+        .load(manifest.into_spec().expect("example module"))
+        .expect("example loads")
+}
+
+/// The positive control run after every refusal.
+fn echo_still_works() {
+    let echo = example("echo");
+    let out = echo.invoke(br#"{"ping":1}"#).expect("echo call");
+    assert_eq!(out.output, json!({"ping": 1}));
+}
+
+const IMPORTS: &str = r#"
+  (import "loong" "input_len" (func $input_len (result i32)))
+  (import "loong" "read_input" (func $read_input (param i32 i32) (result i32)))
+  (import "loong" "write_output" (func $write_output (param i32 i32) (result i32)))
+  (import "loong" "log" (func $log (param i32 i32) (result i32)))
+  (import "loong" "abort" (func $abort (param i32)))
+"#;
+
+fn module(body: &str) -> String {
+    format!("(module {IMPORTS} (memory (export \"memory\") 1) {body})")
+}
+
+#[test]
+fn examples_behave() {
+    let echo = example("echo");
+    let big = json!({"text": "x".repeat(200_000)});
+    let out = echo.invoke(big.to_string().as_bytes()).expect("large echo");
+    assert_eq!(out.output, big);
+
+    let transform = example("json-transform");
+    let out = transform.invoke(br#"[1,2,3]"#).expect("transform");
+    assert_eq!(
+        out.output,
+        json!({"plugin": "json-transform", "input": [1, 2, 3]})
+    );
+    assert_eq!(out.logs, vec!["json-transform: wrapping input".to_owned()]);
+
+    let reader = example("config-reader");
+    let out = reader.invoke(b"{}").expect("config reader");
+    assert_eq!(
+        out.output,
+        json!({"provider.name": "demo", "secret.token": "unavailable"})
+    );
+    let fuel = out.fuel_consumed.expect("fuel budget set in the manifest");
+    assert!(fuel > 0 && fuel < 1_000_000, "fuel used: {fuel}");
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    let looping = load(
+        "loop",
+        &module(r#"(func (export "run") (result i32) (loop $l (br $l)) (i32.const 0))"#),
+    );
+    assert_eq!(
+        looping.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::Timeout { timeout_ms: 200 }
+    );
+    echo_still_works();
+}
+
+#[test]
+fn fuel_runs_out() {
+    let mut s = spec(
+        "burn",
+        &module(r#"(func (export "run") (result i32) (loop $l (br $l)) (i32.const 0))"#),
+    );
+    s.limits.fuel = Some(10_000);
+    s.limits.timeout_ms = 10_000;
+    let burn = engine().load(s).expect("loads");
+    assert_eq!(
+        burn.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::FuelExhausted { fuel: 10_000 }
+    );
+    echo_still_works();
+}
+
+#[test]
+fn memory_grow_bomb_hits_the_limit() {
+    let bomb = load(
+        "grow-bomb",
+        &module(
+            r#"(func (export "run") (result i32)
+                 (loop $l (br_if $l (i32.ge_s (memory.grow (i32.const 16)) (i32.const 0))))
+                 (i32.const 0))"#,
+        ),
+    );
+    match bomb.invoke(b"{}").expect_err("must be refused") {
+        InvokeError::MemoryLimit { requested, limit } => {
+            assert_eq!(limit, crate::DEFAULT_MAX_MEMORY_BYTES);
+            assert!(requested > limit);
+        }
+        other => panic!("expected a memory limit error, got {other:?}"),
+    }
+    // A module whose initial memory is already over the limit fails the same way.
+    let huge = load(
+        "huge-initial",
+        &format!("(module {IMPORTS} (memory (export \"memory\") 1000) (func (export \"run\") (result i32) (i32.const 0)))"),
+    );
+    assert!(matches!(
+        huge.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::MemoryLimit { .. }
+    ));
+    echo_still_works();
+}
+
+#[test]
+fn output_flood_is_refused_past_the_cap() {
+    let flood = load(
+        "flood",
+        &module(
+            r#"(func (export "run") (result i32)
+                 (loop $l (drop (call $write_output (i32.const 0) (i32.const 65536))) (br $l))
+                 (i32.const 0))"#,
+        ),
+    );
+    assert_eq!(
+        flood.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::OutputTooLarge {
+            cap: crate::DEFAULT_MAX_OUTPUT_BYTES
+        }
+    );
+    echo_still_works();
+}
+
+#[test]
+fn abort_is_a_typed_error() {
+    let aborting = load(
+        "aborting",
+        &module(r#"(func (export "run") (result i32) (call $abort (i32.const 42)) (i32.const 0))"#),
+    );
+    assert_eq!(
+        aborting.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::Aborted { code: 42 }
+    );
+    echo_still_works();
+}
+
+#[test]
+fn traps_exit_codes_and_bad_output_are_errors() {
+    let trapping = load(
+        "trap",
+        &module(r#"(func (export "run") (result i32) unreachable)"#),
+    );
+    assert!(matches!(
+        trapping.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::Trap { .. }
+    ));
+    let failing = load(
+        "exit",
+        &module(r#"(func (export "run") (result i32) (i32.const 7))"#),
+    );
+    assert_eq!(
+        failing.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::ExitCode { code: 7 }
+    );
+    let garbage = load(
+        "garbage",
+        &module(
+            r#"(data (i32.const 0) "not json")
+               (func (export "run") (drop (call $write_output (i32.const 0) (i32.const 8))))"#,
+        ),
+    );
+    assert!(matches!(
+        garbage.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::OutputNotJson { .. }
+    ));
+    // Out-of-bounds pointers get -1, not host memory.
+    let probe = load(
+        "oob",
+        &module(
+            r#"(data (i32.const 0) "{\"oob\":true}")
+               (func (export "run") (result i32)
+                 (if (i32.ne (call $write_output (i32.const 65530) (i32.const 100)) (i32.const -1))
+                   (then (return (i32.const 9))))
+                 (if (i32.ne (call $read_input (i32.const -5) (i32.const 100)) (i32.const -1))
+                   (then (return (i32.const 10))))
+                 (drop (call $write_output (i32.const 0) (i32.const 12)))
+                 (i32.const 0))"#,
+        ),
+    );
+    assert_eq!(
+        probe.invoke(b"{}").expect("oob probe").output,
+        json!({"oob": true})
+    );
+    let too_big = vec![b' '; crate::MAX_INPUT_BYTES + 1];
+    assert!(matches!(
+        probe.invoke(&too_big).expect_err("must be refused"),
+        InvokeError::InputTooLarge { .. }
+    ));
+    echo_still_works();
+}
+
+#[test]
+fn logs_are_bounded() {
+    let chatty = load(
+        "chatty",
+        &module(
+            r#"(data (i32.const 0) "{}")
+               (func (export "run") (result i32) (local $i i32)
+                 (loop $l
+                   (drop (call $log (i32.const 100) (i32.const 100)))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
+                 (drop (call $write_output (i32.const 0) (i32.const 2)))
+                 (i32.const 0))"#,
+        ),
+    );
+    let out = chatty.invoke(b"{}").expect("chatty call");
+    assert_eq!(out.logs.len(), crate::MAX_LOG_ENTRIES);
+    assert_eq!(out.logs_dropped as usize, 1000 - crate::MAX_LOG_ENTRIES);
+}
+
+#[test]
+fn imports_are_policed_at_load() {
+    let wasi = spec(
+        "wasi",
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                   (func (export "run")))"#,
+    );
+    let err = engine().load(wasi).expect_err("must be refused");
+    assert!(matches!(err, LoadError::ImportRefused { .. }), "{err}");
+    assert!(err.to_string().contains("WASI"), "{err}");
+
+    let mut blocked = spec(
+        "blocked",
+        r#"(module (import "env" "syscall" (func)) (func (export "run")))"#,
+    );
+    blocked.blocked_import_prefixes = vec!["env".into()];
+    let err = engine().load(blocked).expect_err("must be refused");
+    assert!(err.to_string().contains("\"env\" is blocked"), "{err}");
+
+    let foreign = spec(
+        "foreign",
+        r#"(module (import "host" "spawn" (func)) (func (export "run")))"#,
+    );
+    assert!(matches!(
+        engine().load(foreign).expect_err("must be refused"),
+        LoadError::ImportRefused { .. }
+    ));
+    let unknown = spec(
+        "unknown",
+        r#"(module (import "loong" "exec" (func)) (func (export "run")))"#,
+    );
+    assert!(engine()
+        .load(unknown)
+        .expect_err("must be refused")
+        .to_string()
+        .contains("no such function"));
+    let no_entry = spec("no-entry", r#"(module (func (export "main")))"#);
+    assert!(matches!(
+        engine().load(no_entry).expect_err("must be refused"),
+        LoadError::Entrypoint { .. }
+    ));
+    let bad_sig = spec("bad-sig", r#"(module (func (export "run") (param i32)))"#);
+    assert!(matches!(
+        engine().load(bad_sig).expect_err("must be refused"),
+        LoadError::Entrypoint { .. }
+    ));
+    let mut not_wasm = spec("not-wasm", "(module)");
+    not_wasm.module = b"\0asm\x01\0\0\0garbage".to_vec();
+    assert!(matches!(
+        engine().load(not_wasm).expect_err("must be refused"),
+        LoadError::Invalid { .. }
+    ));
+    echo_still_works();
+}
+
+#[test]
+fn size_cap_and_digest_pin() {
+    let text = module(
+        r#"(data (i32.const 0) "{}") (func (export "run") (drop (call $write_output (i32.const 0) (i32.const 2))))"#,
+    );
+    let mut oversize = spec("oversize", &text);
+    let size = oversize.module.len();
+    oversize.limits.max_module_bytes = size - 1;
+    assert!(matches!(
+        engine().load(oversize).expect_err("must be refused"),
+        LoadError::TooLarge { cap, .. } if cap == size - 1
+    ));
+
+    let mut pinned = spec("pinned", &text);
+    let digest = hex::encode(Sha256::digest(&pinned.module));
+    pinned.sha256 = Some("0".repeat(64));
+    assert!(matches!(
+        engine().load(pinned.clone()).expect_err("must be refused"),
+        LoadError::DigestMismatch { .. }
+    ));
+    pinned.sha256 = Some("not-hex".into());
+    assert!(matches!(
+        engine().load(pinned.clone()).expect_err("must be refused"),
+        LoadError::BadDigestPin { .. }
+    ));
+    // Positive controls: the right pin and the exact size both load and run.
+    pinned.sha256 = Some(digest.to_uppercase());
+    pinned.limits.max_module_bytes = size;
+    let ok = engine().load(pinned).expect("pinned module loads");
+    assert_eq!(ok.invoke(b"{}").expect("pinned call").output, json!({}));
+    echo_still_works();
+}
+
+#[test]
+fn manifests_are_validated() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = stage_example("config-reader", tmp.path());
+    let good = std::fs::read_to_string(dir.join(MANIFEST_FILE)).expect("read");
+    let path = dir.join(MANIFEST_FILE);
+    let parsed = WasmPluginManifest::parse(&path, good.as_bytes()).expect("example parses");
+    assert_eq!(parsed.plugin_id, "config-reader");
+    assert_eq!(parsed.limits.fuel, Some(1_000_000));
+    assert_eq!(parsed.component, dir.join("plugin.wasm"));
+
+    let cases = [
+        (
+            r#""api_version": "v1alpha1""#,
+            r#""api_version": "v2""#,
+            "api_version",
+        ),
+        (
+            r#""plugin_id": "config-reader""#,
+            r#""plugin_id": "../etc""#,
+            "plugin_id",
+        ),
+        (
+            r#""component": "plugin.wasm""#,
+            r#""component": "../x.wasm""#,
+            "metadata.component",
+        ),
+        (
+            r#""component": "plugin.wasm""#,
+            r#""component": "/etc/passwd""#,
+            "metadata.component",
+        ),
+        (
+            r#""bridge_kind": "wasm""#,
+            r#""bridge_kind": "process_stdio""#,
+            "bridge_kind",
+        ),
+        (
+            r#""tier": "restricted""#,
+            r#""tier": "trusted""#,
+            "sandbox.tier",
+        ),
+        (r#""summary""#, r#""surprise": 1, "summary""#, "surprise"),
+        (
+            r#""fuel": 1000000"#,
+            r#""fuel": 1, "allow_wasi": true"#,
+            "allow_wasi",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(good.contains(from), "fixture lacks {from}");
+        let bad = good.replacen(from, to, 1);
+        let err = WasmPluginManifest::parse(&path, bad.as_bytes()).expect_err("must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{to}: {msg}");
+        assert!(msg.contains(MANIFEST_FILE), "error names the file: {msg}");
+    }
+
+    // A symlinked module that leads outside the plugin directory is refused.
+    let outside = tmp.path().join("outside.wasm");
+    std::fs::copy(dir.join("plugin.wasm"), &outside).expect("copy");
+    std::fs::remove_file(dir.join("plugin.wasm")).expect("rm");
+    std::os::unix::fs::symlink(&outside, dir.join("plugin.wasm")).expect("symlink");
+    let manifest = WasmPluginManifest::load_dir(&dir).expect("manifest parses");
+    let err = manifest.into_spec().expect_err("must be refused");
+    assert!(
+        err.to_string().contains("outside the plugin directory"),
+        "{err}"
+    );
+}
