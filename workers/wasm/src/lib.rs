@@ -69,6 +69,8 @@ pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Instances (and memories, and tables) one engine runs at once; a call past
 /// this many concurrent calls on one engine fails instead of allocating more.
 pub const POOL_SLOTS: u32 = 64;
+/// Bytes of each pooled memory and table kept resident between calls.
+pub const KEEP_RESIDENT_BYTES: usize = 128 * 1024;
 /// How often the epoch ticker advances; deadlines are rounded up to it.
 pub const EPOCH_TICK_MS: u64 = 5;
 /// Import module prefixes refused for every plugin.
