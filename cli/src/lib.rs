@@ -127,6 +127,15 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// Sends one control request to the daemon of `layout` on a fresh connection and returns
+/// its answer.
+pub(crate) fn request(
+    layout: &Layout,
+    req: loong_ipc::message::control::ControlRequest,
+) -> Result<loong_ipc::message::control::ControlResponse, Failure> {
+    Ok(connect(layout)?.call(req, REQUEST_DEADLINE)?)
+}
+
 /// Connects to the daemon of `layout`; a missing daemon is an error that names the command
 /// that starts one.
 pub(crate) fn connect(layout: &Layout) -> Result<Client, Failure> {

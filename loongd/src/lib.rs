@@ -273,3 +273,12 @@ async fn signals(kernel: Arc<Kernel>) {
     }
     kernel.shutdown();
 }
+
+/// Milliseconds since the Unix epoch, the unit every stored timestamp uses (0 if the clock
+/// reads before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -217,6 +217,28 @@ async fn authorize(
     Ok(())
 }
 
+/// Builds the spec for `req` and spawns it on the spawner's thread; returns the child with
+/// the tier and timeout it runs under.
+async fn spawn(
+    kernel: &Kernel,
+    req: &SandboxRunRequest,
+) -> Result<(loong_sandbox::Child, (Option<Tier>, Option<Duration>)), RemoteError> {
+    let spawner = kernel.spawner.clone().map_err(unavailable)?;
+    let spec = spec_from(req, kernel.config.sandbox.allow_degraded)?;
+    let limits = (spec.tier, spec.limits.timeout);
+    let child = tokio::task::spawn_blocking(move || {
+        spawner.spawn(
+            spec,
+            [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
+            Vec::new(),
+        )
+    })
+    .await
+    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+    .map_err(spawn_error)?;
+    Ok((child, limits))
+}
+
 /// `loongctl sandbox run`.
 pub(crate) async fn run(
     kernel: &Kernel,
@@ -239,37 +261,14 @@ pub(crate) async fn run(
     });
     // The decision pipeline first: every effect the run asks for, under the presented token
     // (or the operator's pack). Nothing spawns unless all are allowed.
-    if let Err(e) = authorize(kernel, &req, cred, &io).await {
-        let detail = serde_json::json!({ "request": asked, "reason": e.message, "class": e.kind.to_string() });
-        kernel
-            .audit
-            .record_later(event(Kind::SandboxRefused, detail))
-            .await;
-        return Err(e);
-    }
-    let spawned = match kernel.spawner.clone().map_err(unavailable) {
+    let spawned = match authorize(kernel, &req, cred, &io).await {
         Err(e) => Err(e),
-        Ok(spawner) => match spec_from(&req, kernel.config.sandbox.allow_degraded) {
-            Err(e) => Err(e),
-            Ok(spec) => {
-                let limits = (spec.tier, spec.limits.timeout);
-                tokio::task::spawn_blocking(move || {
-                    spawner.spawn(
-                        spec,
-                        [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
-                        Vec::new(),
-                    )
-                })
-                .await
-                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
-                .and_then(|r| r.map_err(spawn_error))
-                .map(|c| (c, limits))
-            }
-        },
+        Ok(()) => spawn(kernel, &req).await,
     };
     let (mut child, (tier, timeout)) = match spawned {
         Ok(c) => c,
         Err(e) => {
+            // Every refusal, by the pipeline or by the spawner, records what was asked.
             let detail = serde_json::json!({ "request": asked, "reason": e.message, "class": e.kind.to_string() });
             kernel
                 .audit

@@ -134,12 +134,27 @@ pub(crate) fn join(at: &str, key: &str) -> String {
 }
 
 /// Parses the context's text, recording a syntax error as its one problem.
-pub(crate) fn parse<'a>(c: &mut Ctx<'a>) -> Option<ImDocument<&'a str>> {
-    match ImDocument::parse(c.text) {
-        Ok(d) => Some(d),
+/// Parses `text` (named `file` in problems) and checks its top-level keys against `known`.
+/// A document that is not TOML at all gives `Err` with its one problem; anything else is
+/// left for the caller to walk, collecting problems in the returned context.
+pub(crate) fn open<'a>(
+    text: &'a str,
+    file: &'a str,
+    known: &[&str],
+) -> Result<(Ctx<'a>, ImDocument<&'a str>), Vec<Problem>> {
+    let mut c = Ctx {
+        text,
+        file,
+        problems: Vec::new(),
+    };
+    match ImDocument::parse(text) {
+        Ok(doc) => {
+            c.known_keys(doc.as_table(), "", known);
+            Ok((c, doc))
+        }
         Err(e) => {
             c.add(e.span(), "", e.message().trim().to_string());
-            None
+            Err(c.problems)
         }
     }
 }

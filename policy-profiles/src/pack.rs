@@ -278,18 +278,9 @@ fn strings(
 
 /// Parses a pack file; `Err` holds every problem.
 pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
-    let mut c = Ctx {
+    let (mut c, doc) = crate::doc::open(
         text,
         file,
-        problems: Vec::new(),
-    };
-    let Some(doc) = crate::doc::parse(&mut c) else {
-        return Err(c.problems);
-    };
-    let root = doc.as_table() as &dyn TableLike;
-    c.known_keys(
-        root,
-        "",
         &[
             "id",
             "domain",
@@ -299,7 +290,8 @@ pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
             "connectors",
             "approval",
         ],
-    );
+    )?;
+    let root = doc.as_table() as &dyn TableLike;
     let text_field = |c: &mut Ctx<'_>, key: &str| {
         c.string(root, key, "", None)
             .map(str::to_string)
@@ -375,16 +367,8 @@ pub struct Denylist {
 
 /// Parses a denylist file; `Err` holds every problem.
 pub fn parse_denylist(text: &str, file: &str) -> Result<Denylist, Vec<Problem>> {
-    let mut c = Ctx {
-        text,
-        file,
-        problems: Vec::new(),
-    };
-    let Some(doc) = crate::doc::parse(&mut c) else {
-        return Err(c.problems);
-    };
+    let (mut c, doc) = crate::doc::open(text, file, &["paths", "hosts", "programs"])?;
     let root = doc.as_table() as &dyn TableLike;
-    c.known_keys(root, "", &["paths", "hosts", "programs"]);
     let mut paths = Vec::new();
     for (p, span) in strings(&mut c, root, "paths") {
         match lexical(Path::new(&p)) {

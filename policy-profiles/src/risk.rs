@@ -93,20 +93,12 @@ impl RiskProfile {
 
 /// Parses a risk profile; `Err` holds every problem.
 pub fn parse_risk(text: &str, file: &str) -> Result<RiskProfile, Vec<Problem>> {
-    let mut c = Ctx {
+    let (mut c, doc) = crate::doc::open(
         text,
         file,
-        problems: Vec::new(),
-    };
-    let Some(doc) = crate::doc::parse(&mut c) else {
-        return Err(c.problems);
-    };
-    let root = doc.as_table() as &dyn TableLike;
-    c.known_keys(
-        root,
-        "",
         &["threshold", "programs", "keywords", "payload_keys"],
-    );
+    )?;
+    let root = doc.as_table() as &dyn TableLike;
     let threshold = match root.get("threshold").map(|i| (i.as_integer(), i.span())) {
         Some((Some(t), _)) if t >= 1 => t as u32,
         Some((_, span)) => {

@@ -8,7 +8,7 @@ use loong_sandbox::{
 };
 use toml_edit::{Item, TableLike};
 
-use crate::{doc::Ctx, Problem};
+use crate::Problem;
 
 fn span_of(item: &Item) -> Option<Range<usize>> {
     item.span()
@@ -16,18 +16,9 @@ fn span_of(item: &Item) -> Option<Range<usize>> {
 
 /// Parses a tier profile; `Err` holds every problem found.
 pub fn parse_tier(text: &str, file: &str) -> Result<TierProfile, Vec<Problem>> {
-    let mut c = Ctx {
+    let (mut c, doc) = crate::doc::open(
         text,
         file,
-        problems: Vec::new(),
-    };
-    let Some(doc) = crate::doc::parse(&mut c) else {
-        return Err(c.problems);
-    };
-    let root = doc.as_table() as &dyn TableLike;
-    c.known_keys(
-        root,
-        "",
         &[
             "tier",
             "namespaces",
@@ -36,7 +27,8 @@ pub fn parse_tier(text: &str, file: &str) -> Result<TierProfile, Vec<Problem>> {
             "rlimits",
             "seccomp",
         ],
-    );
+    )?;
+    let root = doc.as_table() as &dyn TableLike;
 
     let tier = match root.get("tier") {
         None => {

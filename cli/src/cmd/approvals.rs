@@ -6,7 +6,7 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ApprovalView, ControlRequest, ControlResponse, FullAccess};
 
 use super::audit::rfc3339;
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{exit, Failure};
 
 /// `loongctl approvals …`.
 #[derive(Debug, Subcommand)]
@@ -53,8 +53,7 @@ fn json_of(a: &ApprovalView) -> serde_json::Value {
 }
 
 fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<ApprovalView>, Failure> {
-    let mut client = connect(layout)?;
-    match client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)? {
+    match crate::request(layout, req)? {
         ControlResponse::Approvals(a) => Ok(a),
         other => Err(anyhow!("unexpected answer: {other:?}").into()),
     }

@@ -121,11 +121,21 @@ fn json_of(r: &AuditRecordView) -> serde_json::Value {
 }
 
 fn records(layout: &Layout, req: ControlRequest) -> Result<Vec<AuditRecordView>, Failure> {
-    let mut client = connect(layout)?;
-    match client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)? {
+    match crate::request(layout, req)? {
         ControlResponse::AuditRecords(r) => Ok(r),
         other => Err(anyhow!("unexpected answer: {other:?}").into()),
     }
+}
+
+/// Prints records as a JSON array or one line each.
+fn print_records(rs: &[AuditRecordView], json: bool) -> Result<(), Failure> {
+    if json {
+        let values: Vec<_> = rs.iter().map(json_of).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        print_human(rs);
+    }
+    Ok(())
 }
 
 fn print_human(rs: &[AuditRecordView]) {
@@ -158,14 +168,7 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
                 ..AuditQuery::default()
             };
             let rs = records(layout, ControlRequest::AuditQuery(q))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rs.iter().map(json_of).collect::<Vec<_>>())?
-                );
-            } else {
-                print_human(&rs);
-            }
+            print_records(&rs, json)?;
             Ok(exit::OK)
         }
         AuditCommand::Summary { group_by, json } => {
@@ -189,14 +192,7 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
         }
         AuditCommand::TokenTrail { id, json } => {
             let rs = records(layout, ControlRequest::AuditTokenTrail { token: id })?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rs.iter().map(json_of).collect::<Vec<_>>())?
-                );
-            } else {
-                print_human(&rs);
-            }
+            print_records(&rs, json)?;
             Ok(exit::OK)
         }
         AuditCommand::Show { seq, json } => {

@@ -16,7 +16,7 @@ use loong_ipc::{
 use sha2::{Digest, Sha256};
 
 use super::audit::rfc3339;
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{exit, Failure};
 
 /// `loongctl keys …`.
 #[derive(Debug, Subcommand)]
@@ -91,8 +91,7 @@ fn public_arg(s: &str) -> Result<String, Failure> {
 }
 
 fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<KeyView>, Failure> {
-    let mut client = connect(layout)?;
-    match client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)? {
+    match crate::request(layout, req)? {
         ControlResponse::Keys(k) => Ok(k),
         other => Err(anyhow!("unexpected answer: {other:?}").into()),
     }

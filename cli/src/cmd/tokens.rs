@@ -6,7 +6,7 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, PackView, TokenView};
 
 use super::audit::rfc3339;
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{exit, Failure};
 
 /// `loongctl tokens …`.
 #[derive(Debug, Subcommand)]
@@ -61,11 +61,6 @@ pub enum PacksCommand {
     },
 }
 
-fn call(layout: &Layout, req: ControlRequest) -> Result<ControlResponse, Failure> {
-    let mut client = connect(layout)?;
-    Ok(client.call::<_, ControlResponse>(req, REQUEST_DEADLINE)?)
-}
-
 fn token_json(t: &TokenView) -> serde_json::Value {
     serde_json::json!({
         "id": t.id, "pack": t.pack, "agent": t.agent, "grants": t.grants, "issued_ms": t.issued_ms,
@@ -90,7 +85,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             json,
         } => {
             let ttl_ms = crate::duration::millis("--ttl", &t)?;
-            let ControlResponse::Tokens(ts) = call(
+            let ControlResponse::Tokens(ts) = crate::request(
                 layout,
                 ControlRequest::TokenIssue {
                     pack,
@@ -119,7 +114,8 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             Ok(exit::OK)
         }
         TokensCommand::List { json } => {
-            let ControlResponse::Tokens(ts) = call(layout, ControlRequest::TokenList)? else {
+            let ControlResponse::Tokens(ts) = crate::request(layout, ControlRequest::TokenList)?
+            else {
                 return Err(anyhow!("unexpected answer to tokens list").into());
             };
             if json {
@@ -143,7 +139,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             Ok(exit::OK)
         }
         TokensCommand::Revoke { id } => {
-            match call(layout, ControlRequest::TokenRevoke { id: id.clone() })? {
+            match crate::request(layout, ControlRequest::TokenRevoke { id: id.clone() })? {
                 ControlResponse::Revoked { existed: true, .. } => {
                     println!("revoked {id}");
                     Ok(exit::OK)
@@ -155,7 +151,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
                 other => Err(anyhow!("unexpected answer: {other:?}").into()),
             }
         }
-        TokensCommand::RevokeGeneration { pack } => match call(
+        TokensCommand::RevokeGeneration { pack } => match crate::request(
             layout,
             ControlRequest::TokenRevokeGeneration { pack: pack.clone() },
         )? {
@@ -172,7 +168,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
 }
 
 pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failure> {
-    let ControlResponse::Packs(ps) = call(layout, ControlRequest::PackList)? else {
+    let ControlResponse::Packs(ps) = crate::request(layout, ControlRequest::PackList)? else {
         return Err(anyhow!("unexpected answer to packs list").into());
     };
     match cmd {

@@ -4,7 +4,6 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     thread::JoinHandle,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use ed25519_dalek::VerifyingKey;
@@ -99,13 +98,6 @@ impl std::fmt::Debug for Audit {
             .field("db", &self.db)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
@@ -411,7 +403,7 @@ fn commit(
             Ok(())
         };
         for e in events {
-            let time = now_ms();
+            let time = crate::now_ms();
             let mut detail = e.detail.to_string();
             if detail.len() > MAX_DETAIL_BYTES {
                 detail =
@@ -462,7 +454,7 @@ fn commit(
             }
         }
         if final_checkpoint && seq > 0 {
-            sign(seq, &hash, now_ms())?;
+            sign(seq, &hash, crate::now_ms())?;
         }
     }
     tx.commit()?;

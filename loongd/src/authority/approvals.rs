@@ -1,10 +1,7 @@
 //! Approvals, persisted in `HOME/state.db`: requests that wait for an operator, and one-time
 //! full-access windows (a scope, an expiry and a number of uses).
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -30,13 +27,6 @@ pub struct Approval {
     pub score: u32,
     pub reasons: String,
     pub resolver: Option<String>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 const SCHEMA: &str = "
@@ -120,7 +110,7 @@ impl ApprovalStore {
     ) -> Result<Approval, TokenError> {
         let a = Approval {
             id: random_id()?,
-            created_ms: now_ms(),
+            created_ms: crate::now_ms(),
             deadline_ms,
             state: "pending".into(),
             actor: actor.into(),
@@ -172,7 +162,7 @@ impl ApprovalStore {
         let n = self.db(|c| {
             c.execute(
                 "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4 WHERE id = ?1 AND state = 'pending'",
-                params![id, state, resolver, now_ms()],
+                params![id, state, resolver, crate::now_ms()],
             )
         })?;
         if n == 0 {
@@ -186,7 +176,7 @@ impl ApprovalStore {
         self.db(|c| {
             c.execute(
                 "UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 WHERE state = 'pending' AND deadline_ms <= ?1",
-                [now_ms()],
+                [crate::now_ms()],
             )
         })
     }
@@ -199,7 +189,7 @@ impl ApprovalStore {
                 let rows = s.query_map([], |r| r.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
-            c.execute("UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 WHERE state = 'pending'", [now_ms()])?;
+            c.execute("UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 WHERE state = 'pending'", [crate::now_ms()])?;
             Ok(ids)
         })
     }
@@ -213,7 +203,7 @@ impl ApprovalStore {
         creator: &str,
     ) -> Result<String, TokenError> {
         let id = random_id()?;
-        self.db(|c| c.execute("INSERT INTO windows (id, pack, expires_ms, uses_left, creator) VALUES (?1, ?2, ?3, ?4, ?5)", params![id, pack, now_ms() + ttl_ms, uses, creator]))?;
+        self.db(|c| c.execute("INSERT INTO windows (id, pack, expires_ms, uses_left, creator) VALUES (?1, ?2, ?3, ?4, ?5)", params![id, pack, crate::now_ms() + ttl_ms, uses, creator]))?;
         Ok(id)
     }
 
@@ -223,7 +213,7 @@ impl ApprovalStore {
             let id: Option<String> = c
                 .query_row(
                     "SELECT id FROM windows WHERE (pack IS NULL OR pack = ?1) AND uses_left > 0 AND expires_ms > ?2 ORDER BY expires_ms LIMIT 1",
-                    params![pack, now_ms()],
+                    params![pack, crate::now_ms()],
                     |r| r.get(0),
                 )
                 .optional()?;

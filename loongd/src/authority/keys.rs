@@ -3,10 +3,7 @@
 //! a signature by the key it replaces; revocation: a revoked or replaced key verifies nothing.
 //! Private keys never reach loongd (loongctl generates and signs locally).
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use rusqlite::{params, OptionalExtension};
@@ -64,13 +61,6 @@ CREATE TABLE IF NOT EXISTS trust_keys (
     replaced_by TEXT
 );
 ";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrustKey> {
     Ok(TrustKey {
@@ -130,7 +120,7 @@ impl Keyring {
             name: name.into(),
             tier: tier.into(),
             public: hex::encode(public),
-            added_ms: now_ms(),
+            added_ms: crate::now_ms(),
             revoked_ms: None,
             replaced_by: None,
         };
@@ -177,7 +167,7 @@ impl Keyring {
         self.db.with(|c| {
             c.execute(
                 "UPDATE trust_keys SET revoked_ms = ?2 WHERE id = ?1",
-                params![id, now_ms()],
+                params![id, crate::now_ms()],
             )
         })?;
         Ok(())
@@ -209,7 +199,7 @@ impl Keyring {
         self.db.with(|c| {
             c.execute(
                 "UPDATE trust_keys SET revoked_ms = ?2, replaced_by = ?3 WHERE id = ?1",
-                params![old_id, now_ms(), new.id],
+                params![old_id, crate::now_ms(), new.id],
             )
         })?;
         Ok(new)

@@ -4,10 +4,7 @@
 //! grants), for which agent, until when, and its pack's generation when it was issued. Bumping
 //! a pack's generation revokes all of that pack's tokens at once.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::{Path, PathBuf};
 
 use loong_profiles::pack::{Grant, Pack};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -71,13 +68,6 @@ pub enum TokenError {
 #[derive(Debug)]
 pub struct TokenStore {
     db: super::db::StateDb,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 const SCHEMA: &str = "
@@ -164,7 +154,7 @@ impl TokenStore {
         }
         let mut raw = [0u8; 16];
         getrandom::getrandom(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
-        let now = now_ms();
+        let now = crate::now_ms();
         let token = Token {
             id: hex::encode(raw),
             pack: pack.id.clone(),
@@ -211,7 +201,7 @@ impl TokenStore {
         self.db(|c| {
             c.execute(
                 "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-                params![id, now_ms()],
+                params![id, crate::now_ms()],
             )
         })
         .map(|n| n > 0)
@@ -244,7 +234,7 @@ impl TokenStore {
         if t.revoked_ms.is_some() {
             return Ok(Err(TokenDenial::Revoked));
         }
-        if t.expires_ms <= now_ms() {
+        if t.expires_ms <= crate::now_ms() {
             return Ok(Err(TokenDenial::Expired));
         }
         let pack_gen = self.generation(&t.pack)?;

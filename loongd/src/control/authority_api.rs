@@ -28,17 +28,10 @@ fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn view(t: &Token, pack_generation: u64) -> TokenView {
     let state = if t.revoked_ms.is_some() {
         "revoked"
-    } else if t.expires_ms <= now_ms() {
+    } else if t.expires_ms <= crate::now_ms() {
         "expired"
     } else if t.generation < pack_generation {
         "stale"
@@ -388,7 +381,7 @@ pub(crate) async fn await_approval(
         return Ok(());
     }
     let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
-    let deadline = now_ms() + timeout.as_millis() as i64;
+    let deadline = crate::now_ms() + timeout.as_millis() as i64;
     let a = store
         .create(
             &format!("uid:{}", cred.uid()),

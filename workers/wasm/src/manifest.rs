@@ -97,18 +97,13 @@ struct RawSandbox {
 pub struct WasmPluginManifest {
     /// Where the manifest was read from.
     pub path: PathBuf,
-    pub plugin_id: String,
     pub version: String,
     pub summary: String,
     pub capabilities: Vec<String>,
     /// The module file, resolved against the manifest's directory.
     pub component: PathBuf,
-    pub entrypoint: String,
-    pub limits: PluginLimits,
-    pub config: BTreeMap<String, String>,
-    pub guest_readable_config_keys: Vec<String>,
-    pub sha256: Option<String>,
-    pub blocked_import_prefixes: Vec<String>,
+    /// What the engine loads, with `module` still empty: [`Self::into_spec`] reads it.
+    pub plugin: PluginSpec,
 }
 
 impl WasmPluginManifest {
@@ -217,21 +212,24 @@ impl WasmPluginManifest {
         let dir = path.parent().unwrap_or(Path::new("."));
         Ok(Self {
             path: path.to_owned(),
-            plugin_id: raw.plugin_id,
             version: raw.version,
             summary: raw.summary,
             capabilities: raw.capabilities,
             component: dir.join(relative),
-            entrypoint: raw
-                .metadata
-                .get("entrypoint")
-                .cloned()
-                .unwrap_or_else(|| "run".into()),
-            limits,
-            config: raw.sandbox.config,
-            guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
-            sha256: raw.sandbox.sha256,
-            blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
+            plugin: PluginSpec {
+                plugin_id: raw.plugin_id,
+                module: Vec::new(),
+                entrypoint: raw
+                    .metadata
+                    .get("entrypoint")
+                    .cloned()
+                    .unwrap_or_else(|| "run".into()),
+                limits,
+                config: raw.sandbox.config,
+                guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
+                sha256: raw.sandbox.sha256,
+                blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
+            },
         })
     }
 
@@ -239,6 +237,7 @@ impl WasmPluginManifest {
     /// all) and returns the spec the engine loads.
     pub fn into_spec(self) -> Result<PluginSpec, ManifestError> {
         let cap = self
+            .plugin
             .limits
             .max_module_bytes
             .min(crate::MAX_MODULE_BYTES_CEILING);
@@ -260,14 +259,8 @@ impl WasmPluginManifest {
         // One byte over the cap is read so the engine reports the size error.
         let module = read_capped_lenient(&real, cap as u64 + 1)?;
         Ok(PluginSpec {
-            plugin_id: self.plugin_id,
             module,
-            entrypoint: self.entrypoint,
-            limits: self.limits,
-            config: self.config,
-            guest_readable_config_keys: self.guest_readable_config_keys,
-            sha256: self.sha256,
-            blocked_import_prefixes: self.blocked_import_prefixes,
+            ..self.plugin
         })
     }
 }

@@ -360,8 +360,8 @@ fn manifests_are_validated() {
     let good = std::fs::read_to_string(dir.join(MANIFEST_FILE)).expect("read");
     let path = dir.join(MANIFEST_FILE);
     let parsed = WasmPluginManifest::parse(&path, good.as_bytes()).expect("example parses");
-    assert_eq!(parsed.plugin_id, "config-reader");
-    assert_eq!(parsed.limits.fuel, Some(1_000_000));
+    assert_eq!(parsed.plugin.plugin_id, "config-reader");
+    assert_eq!(parsed.plugin.limits.fuel, Some(1_000_000));
     assert_eq!(parsed.component, dir.join("plugin.wasm"));
 
     let cases = [
