@@ -77,6 +77,15 @@ pub enum Command {
     /// Trust anchors: generate, add, list, revoke and rotate keys; sign policy files.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Call a tool (a plugin) in a confined worker; prints its JSON output (exit 4 when
+    /// denied, 5 when an approval is pending past the deadline, 7 when the worker failed).
+    Invoke(cmd::tools::InvokeArgs),
+    /// List and reload the plugins in HOME/plugins.
+    #[command(subcommand)]
+    Plugins(cmd::tools::PluginsCommand),
+    /// List and kill worker processes.
+    #[command(subcommand)]
+    Workers(cmd::tools::WorkersCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -124,6 +133,9 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Packs(c) => cmd::tokens::run_packs(&layout, c),
         Command::Approvals(c) => cmd::approvals::run(&layout, c),
         Command::Keys(c) => cmd::keys::run(&layout, c),
+        Command::Invoke(a) => cmd::tools::invoke(&layout, a),
+        Command::Plugins(c) => cmd::tools::plugins(&layout, c),
+        Command::Workers(c) => cmd::tools::workers(&layout, c),
     }
 }
 
@@ -133,7 +145,16 @@ pub(crate) fn request(
     layout: &Layout,
     req: loong_ipc::message::control::ControlRequest,
 ) -> Result<loong_ipc::message::control::ControlResponse, Failure> {
-    Ok(connect(layout)?.call(req, REQUEST_DEADLINE)?)
+    request_within(layout, req, REQUEST_DEADLINE)
+}
+
+/// [`request`] with its own deadline.
+pub(crate) fn request_within(
+    layout: &Layout,
+    req: loong_ipc::message::control::ControlRequest,
+    deadline: Duration,
+) -> Result<loong_ipc::message::control::ControlResponse, Failure> {
+    Ok(connect(layout)?.call(req, deadline)?)
 }
 
 /// Connects to the daemon of `layout`; a missing daemon is an error that names the command

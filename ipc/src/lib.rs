@@ -22,13 +22,18 @@ pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
         ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest,
-        ControlResponse, DecisionView, DoctorReport, FullAccess, KeyView, MechanismReport,
-        PackView, SandboxExit, SandboxRunRequest, StatusReport, TierReport, TokenView,
+        ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
+        KeyView, MechanismReport, PackView, PluginView, SandboxExit, SandboxRunRequest,
+        StatusReport, TierReport, TokenView, WorkerView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,
+    },
+    worker::{
+        CallOutput, FailureKind, PluginFailure, WasmPlugin, WorkerRequest, WorkerResponse,
+        WorkerStats,
     },
 };
 

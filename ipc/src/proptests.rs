@@ -5,7 +5,8 @@ use proptest::prelude::*;
 
 use crate::{
     frame::{self, FrameBuffer, FrameError, FrameLimit, HARD_MAX_FRAME_BYTES},
-    Call, ControlRequest, ControlResponse, HandshakeReply, Hello, Reply,
+    Call, ControlRequest, ControlResponse, HandshakeReply, Hello, Reply, WorkerRequest,
+    WorkerResponse,
 };
 
 fn round_trip<T>(msg: &T) -> Result<(), TestCaseError>
@@ -49,11 +50,22 @@ fn decodes_totally(bytes: &[u8], limit: FrameLimit) {
     }
     let _ = frame::decode::<Reply<ControlResponse>>(bytes, limit);
     let _ = frame::decode::<HandshakeReply>(bytes, limit);
+    let _ = frame::decode::<Call<WorkerRequest>>(bytes, limit);
+    let _ = frame::decode::<Reply<WorkerResponse>>(bytes, limit);
     let _ = Hello::decode(bytes);
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn worker_messages_round_trip(
+        call in any::<Call<WorkerRequest>>(),
+        reply in any::<Reply<WorkerResponse>>(),
+    ) {
+        round_trip(&call)?;
+        round_trip(&reply)?;
+    }
 
     #[test]
     fn calls_round_trip(msg in any::<Call<ControlRequest>>()) {

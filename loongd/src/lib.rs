@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 pub mod home;
 mod sandbox;
+mod workers;
 
 use std::{
     sync::{
@@ -53,6 +54,10 @@ pub struct Kernel {
     authority: authority::Authority,
     /// Requests waiting for an approval, woken when it is resolved.
     approval_waiters: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The worker pool.
+    workers: Arc<workers::Supervisor>,
+    /// Discovered plugins, replaced whole by a reload.
+    plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
 }
 
 impl Kernel {
@@ -64,7 +69,14 @@ impl Kernel {
         audit: audit::Audit,
         authority: authority::Authority,
     ) -> Kernel {
+        let workers = Arc::new(workers::Supervisor::new(
+            spawner.clone(),
+            config.sandbox.allow_degraded,
+            audit.clone(),
+        ));
         Kernel {
+            workers,
+            plugins: std::sync::RwLock::default(),
             spawner,
             audit,
             authority,
@@ -87,6 +99,21 @@ impl Kernel {
     pub async fn shut_down(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The plugins as they stand now (a reload replaces the whole set, not this one).
+    fn plugins_snapshot(&self) -> Arc<workers::plugins::Registry> {
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_plugins(&self, registry: workers::plugins::Registry) {
+        *self
+            .plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(registry);
     }
 
     fn connected(&self) -> u32 {
@@ -236,7 +263,12 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 .await;
         }
         tokio::spawn(signals(kernel.clone()));
+        tokio::spawn(workers::health_loop(kernel.workers.clone()));
+        // Plugins are discovered, and each loaded once in a worker, before the first request
+        // is served, so a client never sees a half-discovered set.
+        control::tools_api::reload(&kernel).await;
         control::serve(listener, kernel.clone()).await;
+        kernel.workers.shutdown();
         let stopped = audit::Event::daemon(
             audit::Kind::DaemonStopped,
             serde_json::json!({ "pid": std::process::id() }),

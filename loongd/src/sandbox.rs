@@ -120,6 +120,7 @@ fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpe
         },
         allow_degraded: req.allow_degraded || allow_degraded,
         pass_fds: 0,
+        kernel: Default::default(),
     })
 }
 
@@ -186,33 +187,16 @@ async fn authorize(
             .map(|h| (Capability::NetEgress, h.clone(), None)),
     );
     for (cap, target, argv) in checks {
-        let o = crate::control::authority_api::decide(
+        crate::control::authority_api::authorize(
             kernel,
             cred,
             io,
             req.token.as_deref(),
             cap,
-            Some(&target),
+            &target,
             argv,
         )
         .await?;
-        if matches!(
-            o.decision,
-            Ok(crate::authority::Decision::NeedsApproval { .. })
-        ) {
-            crate::control::authority_api::await_approval(kernel, cred, io, &o, cap, &target)
-                .await?;
-            continue;
-        }
-        if !o.allowed() {
-            return Err(RemoteError::new(
-                ErrorKind::Denied,
-                format!(
-                    "{cap} on {target} denied: {}",
-                    o.reason().unwrap_or_default()
-                ),
-            ));
-        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `loong-profiles`: Loong's policy data (tier profiles for now) parsed and validated.
+//! `loong-profiles`: Loong's policy data (tier profiles, packs, risk, the denylist) and plugin
+//! manifests, parsed and validated.
 //!
 //! Every problem in a file is reported in one run, each with the file, the line and the field,
 //! so an operator fixes a profile in one pass. The bundled profiles live in
@@ -6,6 +7,7 @@
 
 mod doc;
 pub mod pack;
+pub mod plugin;
 pub mod risk;
 mod tier;
 

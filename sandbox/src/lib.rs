@@ -17,6 +17,7 @@ pub mod spawn;
 pub mod spec;
 mod sys;
 pub mod syscalls;
+pub mod worker;
 
 pub use host::{Host, Mechanism};
 pub use profile::{
@@ -24,4 +25,4 @@ pub use profile::{
     TierProfile,
 };
 pub use spawn::{Child, ExitReport, Killer, SpawnError, Spawner, SpawnerConfig, StdioSpec};
-pub use spec::{Limits, NetGrant, SandboxSpec, SpecError};
+pub use spec::{KernelOverrides, Limits, NetGrant, SandboxSpec, SpecError};

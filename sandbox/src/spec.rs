@@ -98,6 +98,23 @@ pub struct SandboxSpec {
     pub allow_degraded: bool,
     /// Descriptors handed to the payload as 3, 4, … (counted; the fds travel separately).
     pub pass_fds: u32,
+    /// Set by loongd for its own worker programs only, never from a request.
+    pub kernel: KernelOverrides,
+}
+
+/// Departures from a tier's rlimits that loongd makes for its own worker programs (a request
+/// can only tighten its tier; see [`Limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelOverrides {
+    /// No `RLIMIT_AS`: wasmtime reserves gigabytes of address space for each linear memory
+    /// (guard regions), so the cgroup's `memory.max` and the engine's own limits bound memory.
+    pub unbounded_address_space: bool,
+    /// No `RLIMIT_CPU`: a long-lived worker would otherwise die after the tier's CPU seconds
+    /// summed over all its calls; each call is bounded by its own deadline instead.
+    pub unbounded_cpu: bool,
+    /// Tasks (threads) the payload may run, instead of the tier's process limit: the cgroup's
+    /// `pids.max` where there is one, else `RLIMIT_NPROC`.
+    pub threads: Option<u64>,
 }
 
 /// Why a spec was refused. Nothing was spawned.
@@ -316,17 +333,25 @@ impl SandboxSpec {
         // processes its pids.max, and the rlimits keep the tier's bounds; without one, the
         // rlimits carry the request too (RLIMIT_NPROC counts every process of the uid).
         let cgroup = !ctx.cgroup_procs.is_empty();
-        let mem = if cgroup {
+        let mem = if self.kernel.unbounded_address_space {
+            None
+        } else if cgroup {
             r.address_space
         } else {
             tighter(self.limits.memory_bytes, r.address_space)
         };
-        let nproc = if cgroup {
-            r.processes
-        } else {
-            tighter(self.limits.pids, r.processes)
+        let nproc = match self.kernel.threads {
+            // RLIMIT_NPROC counts every task of the uid host-wide; pids.max counts this one.
+            Some(_) if cgroup => None,
+            Some(t) => Some(t),
+            None if cgroup => r.processes,
+            None => tighter(self.limits.pids, r.processes),
         };
-        let cpu = tighter(self.limits.cpu_secs, r.cpu_secs);
+        let cpu = if self.kernel.unbounded_cpu {
+            self.limits.cpu_secs
+        } else {
+            tighter(self.limits.cpu_secs, r.cpu_secs)
+        };
         for (res, v) in [
             (libc::RLIMIT_AS, mem),
             (libc::RLIMIT_CPU, cpu),

@@ -174,3 +174,28 @@ pub(crate) fn close_between(first: u32, last: u32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)`: installs one more filter on the calling
+/// thread without `prctl` (a worker under the restricted allowlist may call `seccomp` but
+/// not `prctl`; `no_new_privs` is already set by its sandbox).
+pub(crate) fn seccomp_set_filter(prog: &[seccompiler::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the
+    // program and keeps no pointer to it. seccompiler's `sock_filter` has libc's layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0u32,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

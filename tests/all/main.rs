@@ -13,3 +13,4 @@ mod sandbox;
 mod sandbox_probes;
 mod support;
 mod tidy;
+mod workers;

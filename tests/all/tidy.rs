@@ -1,7 +1,8 @@
 //! Repository invariants, checked like any other behaviour: every Rust file opens with a
 //! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
 //! direction (loong-ipc on no project crate, loongctl on loong-ipc only, workers on
-//! loong-ipc and loong-sandbox only, nothing on loongd or a worker).
+//! loong-ipc, loong-sandbox and the shared worker runtime only, nothing on loongd or a
+//! worker).
 
 use std::{
     fs,
@@ -130,6 +131,7 @@ fn crate_dependency_direction() {
         "tests",
         "sandbox",
         "policy-profiles",
+        "workers/runtime",
         "workers/wasm",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
@@ -142,10 +144,15 @@ fn crate_dependency_direction() {
     }
     // Workers depend on loong-ipc and loong-sandbox only, and loongd on no worker:
     // untrusted modules are compiled inside a worker, never in the kernel.
-    for worker in ["workers/wasm"] {
-        for dep in project_deps(&r.join(worker).join("Cargo.toml")) {
+    for worker in ["workers/runtime", "workers/wasm"] {
+        let deps = project_deps(&r.join(worker).join("Cargo.toml"));
+        assert!(
+            deps.contains(&"loong-ipc".to_string()),
+            "{worker}: {deps:?}"
+        );
+        for dep in deps {
             assert!(
-                dep == "loong-ipc" || dep == "loong-sandbox",
+                dep == "loong-ipc" || dep == "loong-sandbox" || dep == "loong-worker-runtime",
                 "{worker} depends on {dep}"
             );
         }

@@ -9,3 +9,4 @@ pub(crate) mod policy;
 pub(crate) mod sandbox;
 pub(crate) mod status;
 pub(crate) mod tokens;
+pub(crate) mod tools;

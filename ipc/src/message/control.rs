@@ -99,6 +99,88 @@ pub enum ControlRequest {
         cap: String,
         target: Option<String>,
     },
+    /// Call a tool (a plugin) through the decision pipeline and a confined worker; answered
+    /// by [`ControlResponse::Invoked`].
+    Invoke(InvokeRequest),
+    /// Every discovered plugin with its state; answered by [`ControlResponse::Plugins`].
+    PluginList,
+    /// Discover plugins again (`HOME/plugins`); answered by [`ControlResponse::Plugins`].
+    PluginReload,
+    /// Every worker process; answered by [`ControlResponse::Workers`].
+    WorkerList,
+    /// Kill one worker (its call in flight fails; it is replaced); answered by
+    /// [`ControlResponse::Workers`] (the killed one).
+    WorkerKill { id: u64 },
+}
+
+/// Bound on [`InvokeRequest::input`].
+pub const MAX_INVOKE_INPUT_BYTES: usize = 1024 * 1024;
+
+/// A tool call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InvokeRequest {
+    /// The tool: a plugin id.
+    pub tool: String,
+    /// The JSON input (at most [`MAX_INVOKE_INPUT_BYTES`]).
+    pub input: String,
+    /// The capability token the call is decided under (`None`: the operator's authority).
+    pub token: Option<String>,
+}
+
+/// A completed tool call and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InvokeResult {
+    pub tool: String,
+    /// The JSON the tool returned.
+    pub output: String,
+    /// The worker that ran it.
+    pub worker: u64,
+    pub logs: Vec<String>,
+    /// Wall time in loongd, from decision to answer, µs.
+    pub wall_us: u64,
+    /// Wall time inside the worker, µs.
+    pub worker_wall_us: u64,
+    /// CPU time of the worker's thread during the call, µs.
+    pub cpu_us: u64,
+    pub fuel_consumed: Option<u64>,
+    pub peak_memory_bytes: u64,
+}
+
+/// A plugin as `loongctl plugins list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PluginView {
+    pub id: String,
+    pub version: String,
+    pub summary: String,
+    pub bridge_kind: String,
+    /// `ready` or `failed`.
+    pub state: String,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// The module's sha256, once a worker loaded it.
+    pub sha256: Option<String>,
+    /// The plugin's directory.
+    pub path: String,
+}
+
+/// A worker process as `loongctl workers list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct WorkerView {
+    pub id: u64,
+    pub pid: u32,
+    /// `wasm`.
+    pub kind: String,
+    pub tier: String,
+    /// `idle` or `busy`.
+    pub state: String,
+    /// The tool it is running, when busy.
+    pub tool: Option<String>,
+    pub calls: u64,
+    pub started_ms: i64,
 }
 
 /// A one-time full-access window: requests that need approval are approved while it lasts
@@ -300,6 +382,12 @@ pub enum ControlResponse {
     Keys(Vec<KeyView>),
     /// `(group, records, decisions allowed, decisions denied)`, largest first.
     AuditSummary(Vec<(String, u64, u64, u64)>),
+    /// The answer to [`ControlRequest::Invoke`].
+    Invoked(InvokeResult),
+    /// Plugins.
+    Plugins(Vec<PluginView>),
+    /// Workers.
+    Workers(Vec<WorkerView>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

@@ -120,15 +120,10 @@ pub struct RemoteError {
 impl RemoteError {
     /// An error of `kind`, its message cut to the bound on a character boundary.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
-        let mut message = message.into();
-        if message.len() > MAX_ERROR_MESSAGE_BYTES {
-            let mut cut = MAX_ERROR_MESSAGE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+        RemoteError {
+            kind,
+            message: super::truncated(message.into(), MAX_ERROR_MESSAGE_BYTES),
         }
-        RemoteError { kind, message }
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod envelope;
 pub mod handshake;
+pub mod worker;
 
 /// Checks a variable-size text field against its documented bound.
 pub(crate) fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), BoundError> {
@@ -18,6 +19,18 @@ pub(crate) fn check_len(field: &'static str, value: &str, max: usize) -> Result<
         });
     }
     Ok(())
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+pub(crate) fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
 }
 
 /// A field longer than its documented bound.

@@ -79,11 +79,25 @@ pub enum Kind {
     ProfileLoaded,
     /// A policy profile was refused (pin mismatch, bad or missing signature, invalid).
     ProfileRejected,
+    /// A worker process was started (its id, pid, tier and cold-start time).
+    WorkerSpawned,
+    /// A worker process ended or was killed (why, exit code, signal, OOM).
+    WorkerExited,
+    /// A tool call was allowed and handed to a worker.
+    ToolInvoked,
+    /// A tool call answered (with its wall time, CPU, fuel and peak memory).
+    ToolCompleted,
+    /// A tool call failed (the plugin's failure class, or the worker's death).
+    ToolFailed,
+    /// A plugin was discovered and loaded by a worker (with its module's sha256).
+    PluginLoaded,
+    /// A plugin was refused at discovery or load (with the reason).
+    PluginRefused,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 27] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -104,6 +118,13 @@ impl Kind {
         Kind::KeyRotated,
         Kind::ProfileLoaded,
         Kind::ProfileRejected,
+        Kind::WorkerSpawned,
+        Kind::WorkerExited,
+        Kind::ToolInvoked,
+        Kind::ToolCompleted,
+        Kind::ToolFailed,
+        Kind::PluginLoaded,
+        Kind::PluginRefused,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -129,6 +150,13 @@ impl Kind {
             Kind::KeyRotated => "key.rotated",
             Kind::ProfileLoaded => "profile.loaded",
             Kind::ProfileRejected => "profile.rejected",
+            Kind::WorkerSpawned => "worker.spawned",
+            Kind::WorkerExited => "worker.exited",
+            Kind::ToolInvoked => "tool.invoked",
+            Kind::ToolCompleted => "tool.completed",
+            Kind::ToolFailed => "tool.failed",
+            Kind::PluginLoaded => "plugin.loaded",
+            Kind::PluginRefused => "plugin.refused",
         }
     }
 
@@ -397,6 +425,8 @@ mod tests {
             "sandbox.rs",
             "control/connection.rs",
             "control/authority_api.rs",
+            "control/tools_api.rs",
+            "workers/mod.rs",
         ] {
             text.push_str(&std::fs::read_to_string(src.join(f)).expect("source"));
         }

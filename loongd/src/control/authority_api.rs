@@ -50,7 +50,7 @@ fn view(t: &Token, pack_generation: u64) -> TokenView {
     }
 }
 
-fn event(kind: Kind, cred: &UCred, io: &RequestIo, detail: serde_json::Value) -> Event {
+pub(crate) fn event(kind: Kind, cred: &UCred, io: &RequestIo, detail: serde_json::Value) -> Event {
     Event {
         kind,
         actor: format!("uid:{}", cred.uid()),
@@ -218,6 +218,34 @@ pub(crate) async fn decide(
         .await
         .map_err(internal)?;
     Ok(outcome)
+}
+
+/// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
+/// may go ahead; a denial is [`ErrorKind::Denied`], an unanswered approval
+/// [`ErrorKind::ApprovalPending`].
+pub(crate) async fn authorize(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    token: Option<&str>,
+    cap: Capability,
+    target: &str,
+    argv: Option<&[String]>,
+) -> Result<(), RemoteError> {
+    let o = decide(kernel, cred, io, token, cap, Some(target), argv).await?;
+    if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
+        return await_approval(kernel, cred, io, &o, cap, target).await;
+    }
+    if !o.allowed() {
+        return Err(RemoteError::new(
+            ErrorKind::Denied,
+            format!(
+                "{cap} on {target} denied: {}",
+                o.reason().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `policy decide` (a dry run).

@@ -78,6 +78,11 @@ pub(crate) async fn handle(
         ControlRequest::PolicyDecide { token, cap, target } => {
             super::authority_api::dry_run(kernel, cred, &io, token, cap, target).await
         }
+        ControlRequest::Invoke(req) => super::tools_api::invoke(kernel, cred, &io, req).await,
+        ControlRequest::PluginList => Ok(super::tools_api::list(kernel)),
+        ControlRequest::PluginReload => Ok(super::tools_api::reload(kernel).await),
+        ControlRequest::WorkerList => Ok(super::tools_api::workers(kernel)),
+        ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
     }
 }
 

@@ -10,7 +10,7 @@
 //! `exec` when the payload's `execve` succeeded, `error STEP\tERRNO\tDETAIL` when a step
 //! failed (nothing ran), `exit CODE SIGNAL UTIME_US STIME_US MAXRSS_KB` at the end.
 
-mod confine;
+pub(crate) mod confine;
 mod mounts;
 pub mod server;
 

@@ -68,6 +68,30 @@ pub struct PluginSpec {
     pub blocked_import_prefixes: Vec<String>,
 }
 
+impl From<loong_ipc::WasmPlugin> for PluginSpec {
+    /// The wire form loongd sends; sizes that do not fit `usize` saturate and are then
+    /// clamped to the engine's ceilings at load.
+    fn from(w: loong_ipc::WasmPlugin) -> Self {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        PluginSpec {
+            plugin_id: w.plugin_id,
+            module: w.module,
+            entrypoint: w.entrypoint,
+            limits: PluginLimits {
+                timeout_ms: w.timeout_ms,
+                max_memory_bytes: size(w.max_memory_bytes),
+                max_output_bytes: size(w.max_output_bytes),
+                fuel: w.fuel,
+                max_module_bytes: size(w.max_module_bytes),
+            },
+            config: w.config.into_iter().collect(),
+            guest_readable_config_keys: w.guest_readable_config_keys,
+            sha256: w.sha256,
+            blocked_import_prefixes: w.blocked_import_prefixes,
+        }
+    }
+}
+
 /// Why a plugin could not be loaded. Each message names the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -185,6 +209,9 @@ impl WasmEngine {
         // The pooling allocator keeps instantiation to about a microsecond: the
         // slots are reserved once per engine, and one engine serves a worker.
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Data segments are copied in at instantiation, not mapped from a memfd image: a
+        // confined worker may not call memfd_create, and plugins' data is small.
+        config.memory_init_cow(false);
         config
             .epoch_interruption(true)
             .consume_fuel(true)
@@ -195,8 +222,8 @@ impl WasmEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
+        // Unnamed: naming a thread takes `prctl`, which the restricted tier refuses.
         thread::Builder::new()
-            .name("loong-wasm-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     thread::sleep(Duration::from_millis(EPOCH_TICK_MS));

@@ -22,12 +22,10 @@
 
 mod abi;
 mod engine;
-pub mod manifest;
 
 pub use engine::{
     Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine,
 };
-pub use manifest::{ManifestError, WasmPluginManifest};
 
 /// The host ABI version this engine implements.
 pub const HOST_ABI_VERSION: u32 = 0;

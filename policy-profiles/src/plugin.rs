@@ -1,18 +1,16 @@
-//! WASM plugin manifests: public Loong's `loong.plugin.json` shape, with
-//! the `sandbox` block that says how the plugin runs here.
+//! Plugin manifests: public Loong's `loong.plugin.json` shape, with the `sandbox` block that
+//! says how the plugin runs here. loongd reads them (it never compiles a module: the worker
+//! does); only the `wasm` bridge is runnable so far.
 //!
-//! Unknown top-level fields are refused (as public Loong refuses them);
-//! public Loong's other top-level fields are accepted and ignored by this
-//! engine. The module path (`metadata.component`) is relative to the
-//! manifest and may not leave the plugin's directory.
+//! Unknown top-level fields are refused (as public Loong refuses them); public Loong's other
+//! top-level fields are accepted and ignored. The module path (`metadata.component`) is
+//! relative to the manifest and may not leave the plugin's directory, symlinks included.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
-
-use crate::engine::{PluginLimits, PluginSpec};
 
 /// The only manifest API version understood.
 pub const MANIFEST_API_VERSION: &str = "v1alpha1";
@@ -22,6 +20,15 @@ pub const MANIFEST_FILE: &str = "loong.plugin.json";
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
 /// Longest plugin id.
 pub const MAX_PLUGIN_ID_LEN: usize = 64;
+/// Longest config key the guest may be allowed to read.
+pub const MAX_CONFIG_KEY_BYTES: usize = 1024;
+/// The largest module a manifest may declare (what one worker frame carries).
+pub const MAX_MODULE_BYTES: u64 = 15 * 1024 * 1024;
+/// Defaults of the `sandbox` block, as public Loong documents them.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 * 1024;
+pub const DEFAULT_MAX_MODULE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// A problem with one manifest; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +84,9 @@ struct RawManifest {
 struct RawSandbox {
     tier: Option<String>,
     timeout_ms: Option<u64>,
-    max_memory_bytes: Option<usize>,
-    max_output_bytes: Option<usize>,
-    max_module_bytes: Option<usize>,
+    max_memory_bytes: Option<u64>,
+    max_output_bytes: Option<u64>,
+    max_module_bytes: Option<u64>,
     fuel: Option<u64>,
     #[serde(default)]
     config: BTreeMap<String, String>,
@@ -92,21 +99,38 @@ struct RawSandbox {
     blocked_import_prefixes: Vec<String>,
 }
 
+/// The limits one plugin runs under (the worker clamps each to its own ceiling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub timeout_ms: u64,
+    pub max_memory_bytes: u64,
+    pub max_output_bytes: u64,
+    /// Fuel per call, or `None` for no instruction budget.
+    pub fuel: Option<u64>,
+    pub max_module_bytes: u64,
+}
+
 /// A parsed, validated WASM plugin manifest.
 #[derive(Debug, Clone)]
-pub struct WasmPluginManifest {
+pub struct PluginManifest {
     /// Where the manifest was read from.
     pub path: PathBuf,
+    pub plugin_id: String,
     pub version: String,
     pub summary: String,
     pub capabilities: Vec<String>,
     /// The module file, resolved against the manifest's directory.
     pub component: PathBuf,
-    /// What the engine loads, with `module` still empty: [`Self::into_spec`] reads it.
-    pub plugin: PluginSpec,
+    /// The exported entry function (public Loong's default is `run`).
+    pub entrypoint: String,
+    pub limits: PluginLimits,
+    pub config: BTreeMap<String, String>,
+    pub guest_readable_config_keys: Vec<String>,
+    pub sha256: Option<String>,
+    pub blocked_import_prefixes: Vec<String>,
 }
 
-impl WasmPluginManifest {
+impl PluginManifest {
     /// Reads and validates `dir/loong.plugin.json`.
     pub fn load_dir(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
@@ -185,30 +209,38 @@ impl WasmPluginManifest {
             ));
         }
         for key in &raw.sandbox.guest_readable_config_keys {
-            if key.len() > crate::MAX_CONFIG_KEY_BYTES {
+            if key.len() > MAX_CONFIG_KEY_BYTES {
                 return Err(field(
                     "sandbox.guest_readable_config_keys",
-                    format!("a key is over {} bytes", crate::MAX_CONFIG_KEY_BYTES),
+                    format!("a key is over {MAX_CONFIG_KEY_BYTES} bytes"),
                 ));
             }
         }
-        let defaults = PluginLimits::default();
         let limits = PluginLimits {
-            timeout_ms: raw.sandbox.timeout_ms.unwrap_or(defaults.timeout_ms),
+            timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             max_memory_bytes: raw
                 .sandbox
                 .max_memory_bytes
-                .unwrap_or(defaults.max_memory_bytes),
+                .unwrap_or(DEFAULT_MAX_MEMORY_BYTES),
             max_output_bytes: raw
                 .sandbox
                 .max_output_bytes
-                .unwrap_or(defaults.max_output_bytes),
+                .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
             fuel: raw.sandbox.fuel,
             max_module_bytes: raw
                 .sandbox
                 .max_module_bytes
-                .unwrap_or(defaults.max_module_bytes),
+                .unwrap_or(DEFAULT_MAX_MODULE_BYTES),
         };
+        if limits.max_module_bytes > MAX_MODULE_BYTES {
+            return Err(field(
+                "sandbox.max_module_bytes",
+                format!(
+                    "{} is over the {MAX_MODULE_BYTES}-byte ceiling a worker accepts",
+                    limits.max_module_bytes
+                ),
+            ));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         Ok(Self {
             path: path.to_owned(),
@@ -216,31 +248,24 @@ impl WasmPluginManifest {
             summary: raw.summary,
             capabilities: raw.capabilities,
             component: dir.join(relative),
-            plugin: PluginSpec {
-                plugin_id: raw.plugin_id,
-                module: Vec::new(),
-                entrypoint: raw
-                    .metadata
-                    .get("entrypoint")
-                    .cloned()
-                    .unwrap_or_else(|| "run".into()),
-                limits,
-                config: raw.sandbox.config,
-                guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
-                sha256: raw.sandbox.sha256,
-                blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
-            },
+            plugin_id: raw.plugin_id,
+            entrypoint: raw
+                .metadata
+                .get("entrypoint")
+                .cloned()
+                .unwrap_or_else(|| "run".into()),
+            limits,
+            config: raw.sandbox.config,
+            guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
+            sha256: raw.sandbox.sha256,
+            blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
         })
     }
 
-    /// Reads the module (refusing one over the size cap without reading it
-    /// all) and returns the spec the engine loads.
-    pub fn into_spec(self) -> Result<PluginSpec, ManifestError> {
-        let cap = self
-            .plugin
-            .limits
-            .max_module_bytes
-            .min(crate::MAX_MODULE_BYTES_CEILING);
+    /// Reads the module, at most one byte over its size cap (so that the worker reports the
+    /// size error by name) and never out of the plugin directory.
+    pub fn read_module(&self) -> Result<Vec<u8>, ManifestError> {
+        let cap = self.limits.max_module_bytes.min(MAX_MODULE_BYTES);
         // A symlink may not lead the module path out of the plugin directory.
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let io = |source| ManifestError::Io {
@@ -257,11 +282,7 @@ impl WasmPluginManifest {
             });
         }
         // One byte over the cap is read so the engine reports the size error.
-        let module = read_capped_lenient(&real, cap as u64 + 1)?;
-        Ok(PluginSpec {
-            module,
-            ..self.plugin
-        })
+        read_capped_lenient(&real, cap + 1)
     }
 }
 
@@ -285,4 +306,98 @@ fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ManifestError> {
         });
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_are_validated() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("config-reader");
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/config-reader");
+        std::fs::copy(example.join(MANIFEST_FILE), dir.join(MANIFEST_FILE)).expect("copy manifest");
+        std::fs::write(dir.join("plugin.wasm"), b"\0asm\x01\0\0\0").expect("module");
+        let good = std::fs::read_to_string(dir.join(MANIFEST_FILE)).expect("read");
+        let path = dir.join(MANIFEST_FILE);
+        let parsed = PluginManifest::parse(&path, good.as_bytes()).expect("example parses");
+        assert_eq!(parsed.plugin_id, "config-reader");
+        assert_eq!(parsed.limits.fuel, Some(1_000_000));
+        assert_eq!(parsed.component, dir.join("plugin.wasm"));
+
+        let cases = [
+            (
+                r#""api_version": "v1alpha1""#,
+                r#""api_version": "v2""#,
+                "api_version",
+            ),
+            (
+                r#""plugin_id": "config-reader""#,
+                r#""plugin_id": "../etc""#,
+                "plugin_id",
+            ),
+            (
+                r#""component": "plugin.wasm""#,
+                r#""component": "../x.wasm""#,
+                "metadata.component",
+            ),
+            (
+                r#""component": "plugin.wasm""#,
+                r#""component": "/etc/passwd""#,
+                "metadata.component",
+            ),
+            (
+                r#""bridge_kind": "wasm""#,
+                r#""bridge_kind": "process_stdio""#,
+                "bridge_kind",
+            ),
+            (
+                r#""tier": "restricted""#,
+                r#""tier": "trusted""#,
+                "sandbox.tier",
+            ),
+            (r#""summary""#, r#""surprise": 1, "summary""#, "surprise"),
+            (
+                r#""fuel": 1000000"#,
+                r#""fuel": 1, "allow_wasi": true"#,
+                "allow_wasi",
+            ),
+        ];
+        for (from, to, expect) in cases {
+            assert!(good.contains(from), "fixture lacks {from}");
+            let bad = good.replacen(from, to, 1);
+            let err = PluginManifest::parse(&path, bad.as_bytes()).expect_err("must be refused");
+            let msg = err.to_string();
+            assert!(msg.contains(expect), "{to}: {msg}");
+            assert!(msg.contains(MANIFEST_FILE), "error names the file: {msg}");
+        }
+
+        // A symlinked module that leads outside the plugin directory is refused.
+        let outside = tmp.path().join("outside.wasm");
+        std::fs::copy(dir.join("plugin.wasm"), &outside).expect("copy");
+        std::fs::remove_file(dir.join("plugin.wasm")).expect("rm");
+        std::os::unix::fs::symlink(&outside, dir.join("plugin.wasm")).expect("symlink");
+        let manifest = PluginManifest::load_dir(&dir).expect("manifest parses");
+        let err = manifest.read_module().expect_err("must be refused");
+        assert!(
+            err.to_string().contains("outside the plugin directory"),
+            "{err}"
+        );
+        // Positive control: the module inside the directory is read.
+        std::fs::remove_file(dir.join("plugin.wasm")).expect("rm");
+        std::fs::copy(&outside, dir.join("plugin.wasm")).expect("copy back");
+        assert_eq!(manifest.read_module().expect("module reads").len(), 8);
+
+        // A declared module cap over what a worker frame carries is refused by name.
+        let big = good.replacen(
+            r#""fuel": 1000000"#,
+            r#""fuel": 1000000, "max_module_bytes": 99999999999"#,
+            1,
+        );
+        let err = PluginManifest::parse(&path, big.as_bytes()).expect_err("over the ceiling");
+        assert!(err.to_string().contains("max_module_bytes"), "{err}");
+    }
 }

@@ -1,0 +1,249 @@
+//! `loongctl invoke TOOL`, `loongctl plugins list | reload` and
+//! `loongctl workers list | kill ID`.
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use loong_ipc::{
+    client::{ClientError, Event},
+    message::control::MAX_INVOKE_INPUT_BYTES,
+    paths::Layout,
+    ControlRequest, ControlResponse, ErrorKind, InvokeRequest, InvokeResult, PluginView,
+    StreamChunk, WorkerView,
+};
+
+use super::audit::rfc3339;
+use crate::{exit, Failure};
+
+/// How long `invoke` waits by default (an approval may be pending meanwhile).
+pub const DEFAULT_INVOKE_TIMEOUT_SECS: f64 = 120.0;
+
+/// `loongctl invoke`.
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The tool: a plugin id (`loongctl plugins list`).
+    pub tool: String,
+    /// The JSON input, or `@FILE` to read it from a file.
+    #[arg(long, default_value = "{}", value_name = "JSON|@FILE")]
+    pub input: String,
+    /// The capability token to act under (default: the operator's own authority).
+    #[arg(long, value_name = "ID")]
+    pub token: Option<String>,
+    /// Seconds to wait for the answer, approval included.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Print JSON (fields: tool, output (the tool's JSON), worker, logs, wall_us, worker_wall_us, cpu_us, fuel_consumed, peak_memory_bytes).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `loongctl plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin in HOME/plugins with its state and any load error.
+    List {
+        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Discover HOME/plugins again and load each plugin once in a worker.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `loongctl workers …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// Every worker process.
+    List {
+        /// Print JSON (an array of {id, pid, kind, tier, state, tool, calls, started_ms}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill one worker (SIGKILL); a call it runs fails, and it is replaced.
+    Kill { id: u64 },
+}
+
+fn usage(m: String) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        error: anyhow!(m),
+    }
+}
+
+fn read_input(arg: &str) -> Result<String, Failure> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => {
+            let meta =
+                std::fs::metadata(path).map_err(|e| usage(format!("--input @{path}: {e}")))?;
+            if meta.len() > MAX_INVOKE_INPUT_BYTES as u64 {
+                return Err(usage(format!(
+                    "--input @{path}: {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit",
+                    meta.len()
+                )));
+            }
+            std::fs::read_to_string(path).map_err(|e| usage(format!("--input @{path}: {e}")))?
+        }
+        None => arg.to_string(),
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| usage(format!("--input is not JSON: {e}")))?;
+    Ok(text)
+}
+
+fn result_json(r: &InvokeResult) -> serde_json::Value {
+    let output = serde_json::from_str::<serde_json::Value>(&r.output)
+        .unwrap_or_else(|_| serde_json::Value::String(r.output.clone()));
+    serde_json::json!({
+        "tool": r.tool, "output": output, "worker": r.worker, "logs": r.logs, "wall_us": r.wall_us,
+        "worker_wall_us": r.worker_wall_us, "cpu_us": r.cpu_us, "fuel_consumed": r.fuel_consumed,
+        "peak_memory_bytes": r.peak_memory_bytes,
+    })
+}
+
+/// `loongctl invoke`: prints the tool's JSON output on stdout.
+pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
+    let secs = args.timeout.unwrap_or(DEFAULT_INVOKE_TIMEOUT_SECS);
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(usage(format!(
+            "--timeout {secs}: give seconds between 0 and 86400"
+        )));
+    }
+    let deadline = Duration::from_secs_f64(secs);
+    let input = read_input(&args.input)?;
+    let mut client = crate::connect(layout)?;
+    let id = client.start(
+        ControlRequest::Invoke(InvokeRequest {
+            tool: args.tool,
+            input,
+            token: args.token,
+        }),
+        deadline,
+    )?;
+    let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
+    // An approval note seen means a deadline hit while the approval was pending (exit 5).
+    let mut approval_pending = false;
+    loop {
+        let event = match client.next_event::<ControlResponse>(id, until) {
+            Err(ClientError::Remote(r)) if r.kind == ErrorKind::DeadlineExceeded => {
+                let code = if approval_pending {
+                    exit::APPROVAL_PENDING
+                } else {
+                    exit::WORKER_FAILED
+                };
+                return Err(Failure {
+                    code,
+                    error: ClientError::Remote(r).into(),
+                });
+            }
+            other => other?,
+        };
+        match event {
+            Event::Chunk(StreamChunk::Stderr(b)) => {
+                approval_pending |= String::from_utf8_lossy(&b).contains("approval");
+                let _ = std::io::stderr().write_all(&b);
+            }
+            Event::Chunk(_) => {}
+            Event::Done(ControlResponse::Invoked(r)) => {
+                if args.json {
+                    println!("{}", result_json(&r));
+                } else {
+                    println!("{}", r.output);
+                    for line in &r.logs {
+                        eprintln!("log: {line}");
+                    }
+                }
+                return Ok(exit::OK);
+            }
+            Event::Done(other) => {
+                return Err(anyhow!("unexpected answer to invoke: {other:?}").into())
+            }
+        }
+    }
+}
+
+fn plugin_json(p: &PluginView) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id, "version": p.version, "summary": p.summary, "bridge_kind": p.bridge_kind,
+        "state": p.state, "error": p.error, "sha256": p.sha256, "path": p.path,
+    })
+}
+
+pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failure> {
+    let (req, json) = match cmd {
+        PluginsCommand::List { json } => (ControlRequest::PluginList, json),
+        PluginsCommand::Reload { json } => (ControlRequest::PluginReload, json),
+    };
+    let ControlResponse::Plugins(ps) =
+        crate::request_within(layout, req, Duration::from_secs(120))?
+    else {
+        return Err(anyhow!("unexpected answer to plugins").into());
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(ps.iter().map(plugin_json).collect())
+        );
+    } else {
+        for p in &ps {
+            match &p.error {
+                None => println!(
+                    "{:<24} {:<10} {:<7} {}",
+                    p.id, p.version, p.state, p.summary
+                ),
+                Some(e) => println!("{:<24} {:<10} {:<7} {e}", p.id, p.version, p.state),
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn worker_json(w: &WorkerView) -> serde_json::Value {
+    serde_json::json!({
+        "id": w.id, "pid": w.pid, "kind": w.kind, "tier": w.tier, "state": w.state,
+        "tool": w.tool, "calls": w.calls, "started_ms": w.started_ms,
+    })
+}
+
+pub(crate) fn workers(layout: &Layout, cmd: WorkersCommand) -> Result<u8, Failure> {
+    match cmd {
+        WorkersCommand::List { json } => {
+            let ControlResponse::Workers(ws) = crate::request(layout, ControlRequest::WorkerList)?
+            else {
+                return Err(anyhow!("unexpected answer to workers list").into());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(ws.iter().map(worker_json).collect())
+                );
+            } else {
+                for w in &ws {
+                    println!(
+                        "{:<5} pid {:<8} {:<5} {:<10} {:<5} calls {:<6} since {}  {}",
+                        w.id,
+                        w.pid,
+                        w.kind,
+                        w.tier,
+                        w.state,
+                        w.calls,
+                        rfc3339(w.started_ms),
+                        w.tool.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        WorkersCommand::Kill { id } => {
+            crate::request(layout, ControlRequest::WorkerKill { id })?;
+            eprintln!("worker {id} killed");
+            Ok(exit::OK)
+        }
+    }
+}

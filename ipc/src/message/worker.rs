@@ -1,0 +1,233 @@
+//! The worker protocol: loongd (the caller, [`PeerKind::Kernel`](super::handshake::PeerKind))
+//! → a worker process (the callee), on the socketpair the worker inherits as fd 3.
+//!
+//! A worker runs one call at a time; loongd keeps a pool of workers for concurrency. Every
+//! plugin failure is a typed [`PluginFailure`] in an `Ok` answer, so that loongd can tell
+//! "the plugin misbehaved and the worker is fine" from "the worker itself failed" (a
+//! [`RemoteError`](super::envelope::RemoteError), a broken connection, or a dead process).
+//!
+//! Modules travel in the `Load` request, so a WASM worker needs no file-system grant at
+//! all. A module is bounded by [`MAX_WIRE_MODULE_BYTES`], which fits one frame of the
+//! worker connection's limit ([`WORKER_MAX_FRAME_BYTES`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_len, BoundError};
+
+/// The frame limit on worker connections: a module travels in one frame.
+pub const WORKER_MAX_FRAME_BYTES: u32 = crate::frame::HARD_MAX_FRAME_BYTES;
+/// The largest module a `Load` carries (the frame limit less room for the other fields).
+pub const MAX_WIRE_MODULE_BYTES: usize = 15 * 1024 * 1024;
+/// Bound on a plugin id.
+pub const MAX_PLUGIN_ID_BYTES: usize = 64;
+/// Bound on a config key or value, and on an import prefix or entry point name.
+pub const MAX_CONFIG_TEXT_BYTES: usize = 1024;
+/// Bound on the config entries, guest-readable keys and blocked prefixes of one plugin.
+pub const MAX_CONFIG_ENTRIES: usize = 256;
+/// Bound on a call's input and output bytes.
+pub const MAX_CALL_BYTES: usize = 1024 * 1024;
+/// Bound on the log lines one call returns, and on each line.
+pub const MAX_LOG_LINES: usize = 64;
+/// Bound on one returned log line.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Bound on [`PluginFailure::message`].
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
+
+/// What loongd asks a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum WorkerRequest {
+    /// Compile and keep a plugin; answered by [`WorkerResponse::Loaded`] or
+    /// [`WorkerResponse::Failed`]. Loading an id again replaces it.
+    Load(Box<WasmPlugin>),
+    /// Call a loaded plugin's entry point; answered by [`WorkerResponse::Output`] or
+    /// [`WorkerResponse::Failed`].
+    Invoke {
+        /// The plugin.
+        plugin_id: String,
+        /// The JSON input (at most [`MAX_CALL_BYTES`]).
+        input: Vec<u8>,
+    },
+    /// Drop a plugin; answered by [`WorkerResponse::Unloaded`].
+    Unload { plugin_id: String },
+    /// The worker's own figures; answered by [`WorkerResponse::Stats`].
+    Stats,
+}
+
+/// A WASM plugin as loongd sends it: the module's bytes and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct WasmPlugin {
+    pub plugin_id: String,
+    /// The module (at most [`MAX_WIRE_MODULE_BYTES`]).
+    pub module: Vec<u8>,
+    /// The exported entry function.
+    pub entrypoint: String,
+    pub timeout_ms: u64,
+    pub max_memory_bytes: u64,
+    pub max_output_bytes: u64,
+    pub max_module_bytes: u64,
+    /// Fuel per call, when metered.
+    pub fuel: Option<u64>,
+    /// The plugin's configuration; only `guest_readable_config_keys` reach the guest.
+    pub config: Vec<(String, String)>,
+    pub guest_readable_config_keys: Vec<String>,
+    /// The module's pinned sha256 (hex), when the manifest pins one.
+    pub sha256: Option<String>,
+    pub blocked_import_prefixes: Vec<String>,
+}
+
+impl WasmPlugin {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("plugin_id", &self.plugin_id, MAX_PLUGIN_ID_BYTES)?;
+        check_len("entrypoint", &self.entrypoint, MAX_CONFIG_TEXT_BYTES)?;
+        if self.module.len() > MAX_WIRE_MODULE_BYTES {
+            return Err(BoundError {
+                field: "module",
+                len: self.module.len(),
+                max: MAX_WIRE_MODULE_BYTES,
+            });
+        }
+        let count = |field, len| {
+            if len > MAX_CONFIG_ENTRIES {
+                return Err(BoundError {
+                    field,
+                    len,
+                    max: MAX_CONFIG_ENTRIES,
+                });
+            }
+            Ok(())
+        };
+        count("config", self.config.len())?;
+        count(
+            "guest_readable_config_keys",
+            self.guest_readable_config_keys.len(),
+        )?;
+        count(
+            "blocked_import_prefixes",
+            self.blocked_import_prefixes.len(),
+        )?;
+        for (k, v) in &self.config {
+            check_len("config key", k, MAX_CONFIG_TEXT_BYTES)?;
+            check_len("config value", v, MAX_CONFIG_TEXT_BYTES)?;
+        }
+        for k in self
+            .guest_readable_config_keys
+            .iter()
+            .chain(&self.blocked_import_prefixes)
+            .chain(&self.sha256)
+        {
+            check_len("config key", k, MAX_CONFIG_TEXT_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a worker answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum WorkerResponse {
+    /// The plugin compiled and is ready.
+    Loaded {
+        plugin_id: String,
+        /// The module's sha256 (hex), as the worker computed it.
+        sha256: String,
+    },
+    /// A call's result.
+    Output(CallOutput),
+    /// The plugin refused to load or the call failed; the worker is fine.
+    Failed(PluginFailure),
+    /// The plugin is gone (or was never loaded).
+    Unloaded,
+    /// The worker's figures.
+    Stats(WorkerStats),
+}
+
+/// A successful call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CallOutput {
+    /// The JSON the plugin wrote (at most [`MAX_CALL_BYTES`]).
+    pub output: Vec<u8>,
+    /// Log lines kept (at most [`MAX_LOG_LINES`] of [`MAX_LOG_LINE_BYTES`]).
+    pub logs: Vec<String>,
+    pub logs_dropped: u32,
+    /// Wall time inside the worker, µs.
+    pub wall_us: u64,
+    /// CPU time of the worker's thread during the call, µs.
+    pub cpu_us: u64,
+    pub fuel_consumed: Option<u64>,
+    pub peak_memory_bytes: u64,
+}
+
+/// Why a plugin failed to load or a call failed, with the worker intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PluginFailure {
+    pub kind: FailureKind,
+    /// What happened, naming the plugin (at most [`MAX_FAILURE_MESSAGE_BYTES`]).
+    pub message: String,
+}
+
+/// Classes of [`PluginFailure`]; they name audit records and loongctl's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum FailureKind {
+    /// The module was refused at load (size, digest, imports, entry point, validity).
+    LoadRefused,
+    /// No plugin of that id is loaded in this worker.
+    NotLoaded,
+    InputTooLarge,
+    Timeout,
+    FuelExhausted,
+    MemoryLimit,
+    TableLimit,
+    OutputTooLarge,
+    Aborted,
+    ExitCode,
+    Trap,
+    OutputNotJson,
+}
+
+impl FailureKind {
+    /// A stable lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::LoadRefused => "load_refused",
+            FailureKind::NotLoaded => "not_loaded",
+            FailureKind::InputTooLarge => "input_too_large",
+            FailureKind::Timeout => "timeout",
+            FailureKind::FuelExhausted => "fuel_exhausted",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::TableLimit => "table_limit",
+            FailureKind::OutputTooLarge => "output_too_large",
+            FailureKind::Aborted => "aborted",
+            FailureKind::ExitCode => "exit_code",
+            FailureKind::Trap => "trap",
+            FailureKind::OutputNotJson => "output_not_json",
+        }
+    }
+}
+
+impl PluginFailure {
+    /// A failure of `kind`, its message cut to the bound on a character boundary.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> PluginFailure {
+        PluginFailure {
+            kind,
+            message: super::truncated(message.into(), MAX_FAILURE_MESSAGE_BYTES),
+        }
+    }
+}
+
+/// A worker's own figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct WorkerStats {
+    /// Resident memory of the worker process, KiB.
+    pub rss_kib: u64,
+    /// Plugins loaded.
+    pub loaded: Vec<String>,
+    /// Calls answered since start.
+    pub calls: u64,
+}

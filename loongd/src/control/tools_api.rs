@@ -1,0 +1,249 @@
+//! Tools and their workers on the control socket: `invoke`, `plugins list|reload`,
+//! `workers list|kill`.
+//!
+//! A call is decided (`tool.invoke` on the plugin id, under the caller's token or the
+//! operator's authority), then audited as `tool.invoked` before any byte reaches a worker,
+//! and closed by exactly one `tool.completed` or `tool.failed` record.
+
+use std::time::{Duration, Instant};
+
+use loong_ipc::{
+    message::control::MAX_INVOKE_INPUT_BYTES, ControlResponse, ErrorKind, InvokeRequest,
+    InvokeResult, RemoteError,
+};
+use loong_profiles::pack::Capability;
+use tokio::net::unix::UCred;
+
+use super::{
+    authority_api::{authorize, event},
+    connection::RequestIo,
+};
+use crate::{
+    audit::{Event, Kind},
+    workers::{
+        plugins::{self, State},
+        CallError,
+    },
+    Kernel,
+};
+
+/// How long a call may wait for a free worker.
+pub const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
+
+fn bad(m: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::BadRequest, m)
+}
+
+/// `loongctl invoke`.
+pub(crate) async fn invoke(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    req: InvokeRequest,
+) -> Result<ControlResponse, RemoteError> {
+    let started = Instant::now();
+    if req.input.len() > MAX_INVOKE_INPUT_BYTES {
+        return Err(bad(format!(
+            "the input is {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit",
+            req.input.len()
+        )));
+    }
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&req.input) {
+        return Err(bad(format!("the input is not JSON: {e}")));
+    }
+    let plugin = kernel
+        .plugins_snapshot()
+        .get(&req.tool)
+        .cloned()
+        .ok_or_else(|| {
+            RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no tool named {:?}; `loongctl plugins list` shows what is installed",
+                    req.tool
+                ),
+            )
+        })?;
+    let (loadable, sha256) = match plugin.state {
+        State::Ready { plugin, sha256 } => (plugin, sha256),
+        State::Failed(why) => {
+            return Err(bad(format!(
+                "plugin {} is in a failed state and cannot run: {why}",
+                req.tool
+            )))
+        }
+    };
+    authorize(
+        kernel,
+        cred,
+        io,
+        req.token.as_deref(),
+        Capability::ToolInvoke,
+        &req.tool,
+        None,
+    )
+    .await?;
+    let record = |kind, detail| event(kind, cred, io, detail);
+    let invoked = serde_json::json!({
+        "tool": req.tool, "version": plugin.version, "sha256": sha256,
+        "input_bytes": req.input.len(), "token": req.token,
+    });
+    kernel
+        .audit
+        .record(record(Kind::ToolInvoked, invoked))
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+    let mut open = Unanswered(Some((
+        kernel.audit.clone(),
+        record(
+            Kind::ToolFailed,
+            serde_json::json!({ "tool": req.tool, "failure": "abandoned",
+                "message": "the request ended (deadline or client gone) before the worker answered" }),
+        ),
+    )));
+    let called = kernel
+        .workers
+        .call(
+            &loadable,
+            req.input.into_bytes(),
+            QUEUE_DEADLINE,
+            &io.correlation(),
+        )
+        .await;
+    open.0 = None;
+    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match called.result {
+        Ok(out) => {
+            let detail = serde_json::json!({
+                "tool": req.tool, "worker": called.worker, "wall_us": wall_us,
+                "worker_wall_us": out.wall_us, "cpu_us": out.cpu_us,
+                "fuel_consumed": out.fuel_consumed, "peak_memory_bytes": out.peak_memory_bytes,
+                "output_bytes": out.output.len(), "logs_dropped": out.logs_dropped,
+            });
+            kernel
+                .audit
+                .record_later(record(Kind::ToolCompleted, detail))
+                .await;
+            Ok(ControlResponse::Invoked(InvokeResult {
+                tool: req.tool,
+                output: String::from_utf8_lossy(&out.output).into_owned(),
+                worker: called.worker,
+                logs: out.logs,
+                wall_us,
+                worker_wall_us: out.wall_us,
+                cpu_us: out.cpu_us,
+                fuel_consumed: out.fuel_consumed,
+                peak_memory_bytes: out.peak_memory_bytes,
+            }))
+        }
+        Err(e) => {
+            let (class, message) = match &e {
+                CallError::Plugin(f) => (f.kind.name(), f.message.clone()),
+                CallError::Worker(why) => ("worker_died", why.clone()),
+                CallError::Unavailable(why) => ("unavailable", why.clone()),
+            };
+            let detail = serde_json::json!({
+                "tool": req.tool, "worker": called.worker, "wall_us": wall_us,
+                "failure": class, "message": message,
+            });
+            kernel
+                .audit
+                .record_later(record(Kind::ToolFailed, detail))
+                .await;
+            Err(RemoteError::from(&e))
+        }
+    }
+}
+
+/// Closes a `tool.invoked` record with a `tool.failed` one when the call is dropped before it
+/// answered, so that every invocation record has its outcome.
+struct Unanswered(Option<(crate::audit::Audit, Event)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((audit, event)) = self.0.take() {
+            tokio::spawn(async move { audit.record_later(event).await });
+        }
+    }
+}
+
+/// `plugins list`.
+pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
+    ControlResponse::Plugins(
+        kernel
+            .plugins_snapshot()
+            .values()
+            .map(|p| p.view())
+            .collect(),
+    )
+}
+
+/// Discovers `HOME/plugins` again and loads each plugin once in a worker; every plugin's
+/// outcome is audited (`plugin.loaded` or `plugin.refused`). Used at start and by
+/// `plugins reload`.
+pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
+    let root = kernel.layout.home.join("plugins");
+    let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root))
+        .await
+        .unwrap_or_default();
+    for p in &mut found {
+        let outcome = match &p.state {
+            State::Failed(why) => Err(why.clone()),
+            State::Ready { plugin, .. } => match kernel.workers.check_load(plugin).await {
+                Ok(sha) => Ok(sha),
+                Err(CallError::Plugin(f)) => Err(f.message),
+                Err(CallError::Worker(why) | CallError::Unavailable(why)) => {
+                    Err(format!("could not be loaded in a worker: {why}"))
+                }
+            },
+        };
+        let detail = match &outcome {
+            Ok(sha) => serde_json::json!({ "plugin": p.id, "version": p.version, "sha256": sha }),
+            Err(why) => serde_json::json!({ "plugin": p.id, "reason": why }),
+        };
+        let kind = if outcome.is_ok() {
+            Kind::PluginLoaded
+        } else {
+            Kind::PluginRefused
+        };
+        kernel.audit.record_later(Event::daemon(kind, detail)).await;
+        match outcome {
+            Ok(sha) => {
+                if let State::Ready { sha256, .. } = &mut p.state {
+                    *sha256 = Some(sha);
+                }
+            }
+            Err(why) => {
+                tracing::warn!(plugin = %p.id, "plugin refused: {why}");
+                p.state = State::Failed(why);
+            }
+        }
+    }
+    let registry: plugins::Registry = found.into_iter().map(|p| (p.id.clone(), p)).collect();
+    kernel.set_plugins(registry);
+    list(kernel)
+}
+
+/// `workers list`.
+pub(crate) fn workers(kernel: &Kernel) -> ControlResponse {
+    ControlResponse::Workers(kernel.workers.list())
+}
+
+/// `workers kill ID`.
+pub(crate) fn kill(kernel: &Kernel, cred: &UCred, id: u64) -> Result<ControlResponse, RemoteError> {
+    let killed = kernel
+        .workers
+        .kill(id, &format!("uid:{}", cred.uid()))
+        .ok_or_else(|| {
+            RemoteError::new(
+                ErrorKind::NotFound,
+                format!("no worker {id}; `loongctl workers list` shows them"),
+            )
+        })?;
+    tracing::info!(
+        worker = id,
+        uid = cred.uid(),
+        "worker killed by an operator"
+    );
+    Ok(ControlResponse::Workers(vec![killed]))
+}

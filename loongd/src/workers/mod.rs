@@ -1,0 +1,772 @@
+//! The worker supervisor: a pool of `loong-worker-wasm` processes, each in a restricted
+//! sandbox, each running one call at a time.
+//!
+//! - A call takes a permit (at most [`WASM_POOL_SIZE`] calls run at once; the rest queue
+//!   until their deadline), then an idle worker, or spawns one (a cold start).
+//! - A worker is tracked by its pidfd (through [`loong_sandbox::Child`]). One that dies,
+//!   breaks the protocol or overruns a call's deadline (the plugin's timeout plus
+//!   [`CALL_GRACE`]) is killed and retired: that call fails, the death is audited
+//!   (`worker.exited`, with its signal, exit code and OOM flag), and a replacement is started
+//!   in the background with exponential backoff.
+//! - Idle workers are pinged every [`HEALTH_INTERVAL`]; a silent one is retired.
+//! - Plugins are loaded into a worker the first time it runs them (the module travels over
+//!   the socket); a worker remembers the plugin generations it has loaded.
+
+pub(crate) mod plugins;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    connection::{handshake_as_caller, FrameReader, FrameWriter},
+    frame::FrameLimit,
+    message::worker::WORKER_MAX_FRAME_BYTES,
+    Call, CallOutput, Hello, PeerKind, PluginFailure, RemoteError, Reply, WasmPlugin,
+    WorkerRequest, WorkerResponse, WorkerView,
+};
+use loong_sandbox::{
+    Child, KernelOverrides, Killer, Limits, SandboxSpec, Spawner, StdioSpec, Tier,
+};
+use tokio::{
+    io::AsyncReadExt,
+    net::{
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+        UnixStream,
+    },
+    sync::Semaphore,
+};
+
+use crate::audit::{Audit, Event, Kind};
+
+/// The worker executable, found next to loongd.
+pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
+/// Workers (and so calls at once) in the WASM pool.
+pub const WASM_POOL_SIZE: usize = 2;
+/// A WASM worker's memory (cgroup `memory.max`): the engine, its pool and one call.
+pub const WORKER_MEMORY_BYTES: u64 = 768 * 1024 * 1024;
+/// Threads a WASM worker may run: its main thread and the epoch ticker, with room to spare.
+pub const WORKER_THREADS: u64 = 4;
+/// How long past a plugin's own timeout loongd waits before it kills the worker.
+pub const CALL_GRACE: Duration = Duration::from_millis(1_000);
+/// How long a worker has from spawn to a finished handshake.
+pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plugin load (compilation in the worker) may take.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle workers are pinged.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may take.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// First and longest delay between attempts to replace a retired worker.
+pub const RESTART_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(5));
+/// Replacement attempts before the pool waits for the next call to spawn on demand.
+pub const RESTART_ATTEMPTS: u32 = 6;
+/// Bytes of a worker's stderr kept for the log.
+pub const MAX_WORKER_STDERR_BYTES: usize = 16 * 1024;
+/// Largest frame write may take this long before the worker counts as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call did not produce an output.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The plugin failed (refused at load, trapped, timed out, …); its worker is fine.
+    Plugin(PluginFailure),
+    /// The worker failed (died, overran the deadline, broke the protocol) and was retired.
+    Worker(String),
+    /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    Unavailable(String),
+}
+
+/// A finished call: what the worker answered and which worker it was.
+#[derive(Debug)]
+pub(crate) struct Called {
+    pub worker: u64,
+    pub result: Result<CallOutput, CallError>,
+}
+
+/// A plugin as the supervisor loads it: the wire form and a generation that changes when
+/// the plugin is rediscovered.
+#[derive(Debug, Clone)]
+pub(crate) struct Loadable {
+    pub wire: Arc<WasmPlugin>,
+    pub generation: u64,
+}
+
+/// What `workers list` shows of one worker.
+#[derive(Debug)]
+struct Entry {
+    pid: u32,
+    started_ms: i64,
+    busy: Option<String>,
+    calls: u64,
+    killer: Killer,
+    /// Who killed it through `workers kill`, for its exit record.
+    killed_by: Option<String>,
+}
+
+/// One worker process and the caller's end of its socket.
+struct Worker {
+    id: u64,
+    pid: u32,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    child: Option<Child>,
+    loaded: HashMap<String, u64>,
+    next_req: u64,
+}
+
+/// Why a request to a worker failed (the worker is retired for each).
+#[derive(Debug)]
+enum WorkerFault {
+    Deadline(Duration),
+    Broken(String),
+}
+
+impl std::fmt::Display for WorkerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerFault::Deadline(d) => write!(f, "no answer within {} ms", d.as_millis()),
+            WorkerFault::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Worker {
+    /// Sends one request and waits for its answer until `deadline`.
+    async fn request(
+        &mut self,
+        body: WorkerRequest,
+        deadline: Duration,
+    ) -> Result<WorkerResponse, WorkerFault> {
+        self.next_req += 1;
+        let id = self.next_req;
+        let call = Call::Request {
+            id,
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            body,
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        self.writer
+            .write(&call)
+            .await
+            .map_err(|e| WorkerFault::Broken(format!("sending the request: {e}")))?;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let reply = tokio::time::timeout(left, self.reader.read::<Reply<WorkerResponse>>(None))
+                .await
+                .map_err(|_| WorkerFault::Deadline(deadline))?
+                .map_err(|e| WorkerFault::Broken(format!("reading the answer: {e}")))?
+                .ok_or_else(|| WorkerFault::Broken("the worker closed its socket".into()))?;
+            match reply {
+                Reply::Response { id: got, result } if got == id => {
+                    return result.map_err(|e| WorkerFault::Broken(format!("worker error: {e}")))
+                }
+                Reply::Pong { .. } => continue,
+                other => {
+                    return Err(WorkerFault::Broken(format!(
+                        "unexpected frame from the worker: {}",
+                        frame_name(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// A ping answered within [`PING_TIMEOUT`].
+    async fn ping(&mut self) -> Result<(), WorkerFault> {
+        let nonce = self.next_req.wrapping_add(1) ^ 0x5eed;
+        self.writer
+            .write(&Call::<WorkerRequest>::Ping { nonce })
+            .await
+            .map_err(|e| WorkerFault::Broken(format!("sending a ping: {e}")))?;
+        let reply = tokio::time::timeout(
+            PING_TIMEOUT,
+            self.reader.read::<Reply<WorkerResponse>>(None),
+        )
+        .await
+        .map_err(|_| WorkerFault::Deadline(PING_TIMEOUT))?
+        .map_err(|e| WorkerFault::Broken(format!("reading a pong: {e}")))?;
+        match reply {
+            Some(Reply::Pong { nonce: n }) if n == nonce => Ok(()),
+            Some(other) => Err(WorkerFault::Broken(format!(
+                "unexpected frame for a ping: {}",
+                frame_name(&other)
+            ))),
+            None => Err(WorkerFault::Broken("the worker closed its socket".into())),
+        }
+    }
+
+    /// Whether the worker process has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        self.child.as_ref().is_none_or(|c| {
+            let mut fds = [nix::poll::PollFd::new(
+                c.pidfd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        })
+    }
+}
+
+fn frame_name(r: &Reply<WorkerResponse>) -> &'static str {
+    match r {
+        Reply::Response { .. } => "a response to another request",
+        Reply::Pong { .. } => "a pong",
+        Reply::Stream { .. } => "a stream chunk",
+    }
+}
+
+/// The supervisor.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    program: PathBuf,
+    spawner: Result<Arc<Spawner>, String>,
+    allow_degraded: bool,
+    audit: Audit,
+    permits: Semaphore,
+    idle: Mutex<Vec<Worker>>,
+    table: Mutex<BTreeMap<u64, Entry>>,
+    next_id: AtomicU64,
+    live: AtomicU32,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Supervisor {
+    /// A supervisor whose workers run `WASM_WORKER_NAME` from loongd's own directory.
+    pub(crate) fn new(
+        spawner: Result<Arc<Spawner>, String>,
+        allow_degraded: bool,
+        audit: Audit,
+    ) -> Supervisor {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join(WASM_WORKER_NAME)))
+            .unwrap_or_else(|| PathBuf::from(WASM_WORKER_NAME));
+        Supervisor {
+            program,
+            spawner,
+            allow_degraded,
+            audit,
+            permits: Semaphore::new(WASM_POOL_SIZE),
+            idle: Mutex::default(),
+            table: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            live: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `plugin` on `input` in a worker; `correlation` ties the worker's records to the
+    /// call's. Waits for a free worker at most `queue_deadline`.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+        input: Vec<u8>,
+        queue_deadline: Duration,
+        correlation: &str,
+    ) -> Called {
+        let call_deadline = Duration::from_millis(plugin.wire.timeout_ms) + CALL_GRACE;
+        let permit = match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return unavailable("the worker pool is closed"),
+            Err(_) => {
+                return unavailable(format!(
+                    "no worker became free within {} ms",
+                    queue_deadline.as_millis()
+                ))
+            }
+        };
+        let worker = match self.take_or_spawn().await {
+            Ok(w) => w,
+            Err(why) => return unavailable(why),
+        };
+        let id = worker.id;
+        self.mark(id, Some(&plugin.wire.plugin_id));
+        // If this future is dropped mid-call (the request's deadline, a client gone), the
+        // guard kills the worker: its state is unknown, and it must not answer a stale call.
+        let mut out = Checkout {
+            sup: self.clone(),
+            worker: Some(worker),
+            correlation: correlation.to_string(),
+        };
+        let Some(worker) = out.worker.as_mut() else {
+            return unavailable("internal: checkout without a worker");
+        };
+        let result = self.run_on(worker, plugin, input, call_deadline).await;
+        let Some(worker) = out.worker.take() else {
+            return unavailable("internal: checkout without a worker");
+        };
+        drop(permit);
+        match result {
+            Ok(r) => {
+                self.mark(id, None);
+                self.give_back(worker);
+                Called {
+                    worker: id,
+                    result: r,
+                }
+            }
+            Err(fault) => {
+                let why = format!("worker {id} failed during the call: {fault}");
+                self.retire(worker, &why, correlation).await;
+                self.replace_in_background();
+                Called {
+                    worker: id,
+                    result: Err(CallError::Worker(why)),
+                }
+            }
+        }
+    }
+
+    /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
+    /// whether the module is acceptable and gives its digest.
+    pub(crate) async fn check_load(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+    ) -> Result<String, CallError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CallError::Unavailable("the worker pool is closed".into()))?;
+        let mut worker = self.take_or_spawn().await.map_err(CallError::Unavailable)?;
+        let result = worker
+            .request(
+                WorkerRequest::Load(Box::new((*plugin.wire).clone())),
+                LOAD_TIMEOUT,
+            )
+            .await;
+        match result {
+            Ok(WorkerResponse::Loaded { sha256, .. }) => {
+                worker
+                    .loaded
+                    .insert(plugin.wire.plugin_id.clone(), plugin.generation);
+                self.give_back(worker);
+                Ok(sha256)
+            }
+            Ok(WorkerResponse::Failed(f)) => {
+                self.give_back(worker);
+                Err(CallError::Plugin(f))
+            }
+            Ok(other) => {
+                let why = format!("answered a load with {other:?}");
+                self.retire(worker, &why, "").await;
+                Err(CallError::Worker(why))
+            }
+            Err(fault) => {
+                let why = format!("failed while loading {}: {fault}", plugin.wire.plugin_id);
+                self.retire(worker, &why, "").await;
+                self.replace_in_background();
+                Err(CallError::Worker(why))
+            }
+        }
+    }
+
+    async fn run_on(
+        &self,
+        worker: &mut Worker,
+        plugin: &Loadable,
+        input: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Result<CallOutput, CallError>, WorkerFault> {
+        let id = &plugin.wire.plugin_id;
+        if worker.loaded.get(id) != Some(&plugin.generation) {
+            match worker
+                .request(
+                    WorkerRequest::Load(Box::new((*plugin.wire).clone())),
+                    LOAD_TIMEOUT,
+                )
+                .await?
+            {
+                WorkerResponse::Loaded { .. } => {
+                    worker.loaded.insert(id.clone(), plugin.generation);
+                }
+                WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
+                other => {
+                    return Err(WorkerFault::Broken(format!(
+                        "answered a load with {other:?}"
+                    )))
+                }
+            }
+        }
+        let answer = worker
+            .request(
+                WorkerRequest::Invoke {
+                    plugin_id: id.clone(),
+                    input,
+                },
+                deadline,
+            )
+            .await?;
+        if let Some(e) = lock(&self.table).get_mut(&worker.id) {
+            e.calls += 1;
+        }
+        match answer {
+            WorkerResponse::Output(out) => Ok(Ok(out)),
+            WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
+            other => Err(WorkerFault::Broken(format!(
+                "answered a call with {other:?}"
+            ))),
+        }
+    }
+
+    /// An idle worker that is still alive, or a new one.
+    async fn take_or_spawn(self: &Arc<Self>) -> Result<Worker, String> {
+        loop {
+            let w = lock(&self.idle).pop();
+            match w {
+                Some(w) if w.exited() => {
+                    self.retire(w, "found dead while idle", "").await;
+                }
+                Some(w) => return Ok(w),
+                None => return self.spawn().await,
+            }
+        }
+    }
+
+    fn give_back(&self, worker: Worker) {
+        if self.stopping.load(Ordering::Relaxed) {
+            kill_now(&worker);
+            return;
+        }
+        lock(&self.idle).push(worker);
+    }
+
+    fn mark(&self, id: u64, busy: Option<&str>) {
+        if let Some(e) = lock(&self.table).get_mut(&id) {
+            e.busy = busy.map(String::from);
+        }
+    }
+
+    /// Spawns, handshakes and registers a worker; audited as `worker.spawned`.
+    async fn spawn(self: &Arc<Self>) -> Result<Worker, String> {
+        let spawner = self
+            .spawner
+            .clone()
+            .map_err(|e| format!("sandboxes are unavailable: {e}"))?;
+        if !self.program.exists() {
+            return Err(format!(
+                "the WASM worker {} is missing; install {WASM_WORKER_NAME} next to loongd",
+                self.program.display()
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let spec = SandboxSpec {
+            tier: Some(Tier::Restricted),
+            program: self.program.clone(),
+            limits: Limits {
+                memory_bytes: Some(WORKER_MEMORY_BYTES),
+                pids: Some(WORKER_THREADS),
+                ..Limits::default()
+            },
+            allow_degraded: self.allow_degraded,
+            kernel: KernelOverrides {
+                unbounded_address_space: true,
+                unbounded_cpu: true,
+                threads: Some(WORKER_THREADS),
+            },
+            ..SandboxSpec::default()
+        };
+        let mut child = tokio::task::spawn_blocking(move || {
+            spawner.spawn(
+                spec,
+                [StdioSpec::Null, StdioSpec::Null, StdioSpec::Pipe],
+                vec![theirs.into()],
+            )
+        })
+        .await
+        .map_err(|e| format!("spawn task: {e}"))?
+        .map_err(|e| format!("spawning a WASM worker: {e}"))?;
+        let pid = child.pid();
+        let killer = child.killer().map_err(|e| format!("pidfd: {e}"))?;
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(log_stderr(id, err));
+        }
+        let connected = async {
+            ours.set_nonblocking(true)?;
+            let (r, w) = UnixStream::from_std(ours)?.into_split();
+            let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES))
+                .map_err(std::io::Error::other)?;
+            let mut reader = FrameReader::new(r, limit, WORKER_START_TIMEOUT);
+            let mut writer = FrameWriter::new(w, limit, WRITE_TIMEOUT);
+            let hello = Hello::new(
+                PeerKind::Kernel,
+                concat!("loongd ", env!("CARGO_PKG_VERSION")),
+            );
+            handshake_as_caller(&mut reader, &mut writer, &hello, WORKER_START_TIMEOUT)
+                .await
+                .map_err(std::io::Error::other)?;
+            std::io::Result::Ok((reader, writer))
+        };
+        let (reader, writer) = match connected.await {
+            Ok(rw) => rw,
+            Err(e) => {
+                let _ = killer.kill();
+                let report = tokio::task::spawn_blocking(move || child.wait()).await;
+                return Err(format!(
+                    "the WASM worker did not start: {e} (it ended with {report:?})"
+                ));
+            }
+        };
+        let cold_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        lock(&self.table).insert(
+            id,
+            Entry {
+                pid,
+                started_ms: crate::now_ms(),
+                busy: None,
+                calls: 0,
+                killer,
+                killed_by: None,
+            },
+        );
+        self.audit
+            .record_later(Event::daemon(
+                Kind::WorkerSpawned,
+                serde_json::json!({
+                    "worker": id, "pid": pid, "kind": "wasm", "tier": "restricted",
+                    "cold_start_us": cold_us, "degraded": child.degraded.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                }),
+            ))
+            .await;
+        Ok(Worker {
+            id,
+            pid,
+            reader,
+            writer,
+            child: Some(child),
+            loaded: HashMap::new(),
+            next_req: 0,
+        })
+    }
+
+    /// Kills a worker, waits for it (off the runtime) and audits how it ended.
+    async fn retire(&self, mut worker: Worker, why: &str, correlation: &str) {
+        kill_now(&worker);
+        let killed_by = lock(&self.table)
+            .remove(&worker.id)
+            .and_then(|e| e.killed_by);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        let Some(child) = worker.child.take() else {
+            return;
+        };
+        let report = tokio::task::spawn_blocking(move || child.wait()).await;
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let (code, signal, oom) = match &report {
+            Ok(Ok(r)) => (r.code, r.signal, r.oom_killed),
+            _ => (None, None, false),
+        };
+        tracing::warn!(
+            worker = worker.id,
+            pid = worker.pid,
+            ?signal,
+            ?code,
+            why,
+            "worker retired"
+        );
+        self.audit
+            .record_later(Event {
+                kind: Kind::WorkerExited,
+                actor: "loongd".into(),
+                correlation: correlation.into(),
+                detail: serde_json::json!({
+                    "worker": worker.id, "pid": worker.pid, "why": why, "exit_code": code,
+                    "signal": signal, "oom_killed": oom, "killed_by": killed_by,
+                }),
+            })
+            .await;
+    }
+
+    /// Starts a replacement worker in the background, backing off after failures.
+    fn replace_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut delay = RESTART_BACKOFF.0;
+            for _ in 0..RESTART_ATTEMPTS {
+                if me.stopping.load(Ordering::Relaxed)
+                    || me.live.load(Ordering::Relaxed) as usize >= WASM_POOL_SIZE
+                {
+                    return;
+                }
+                match me.spawn().await {
+                    Ok(w) => {
+                        me.give_back(w);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replacing a worker failed; backing off");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RESTART_BACKOFF.1);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Pings every idle worker; retires the ones that do not answer.
+    pub(crate) async fn health_check(self: &Arc<Self>) {
+        let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
+        for mut w in idle {
+            match w.ping().await {
+                Ok(()) => self.give_back(w),
+                Err(fault) => {
+                    let why = format!("health check failed: {fault}");
+                    self.retire(w, &why, "").await;
+                    self.replace_in_background();
+                }
+            }
+        }
+    }
+
+    /// Every live worker.
+    pub(crate) fn list(&self) -> Vec<WorkerView> {
+        lock(&self.table)
+            .iter()
+            .map(|(id, e)| WorkerView {
+                id: *id,
+                pid: e.pid,
+                kind: "wasm".into(),
+                tier: "restricted".into(),
+                state: if e.busy.is_some() { "busy" } else { "idle" }.into(),
+                tool: e.busy.clone(),
+                calls: e.calls,
+                started_ms: e.started_ms,
+            })
+            .collect()
+    }
+
+    /// Kills worker `id` (SIGKILL through its pidfd) for `by`. Its call in flight fails and
+    /// is audited on the call's path; an idle one is found dead (and audited) at its next use
+    /// or health check, whichever comes first.
+    pub(crate) fn kill(&self, id: u64, by: &str) -> Option<WorkerView> {
+        let view = self.list().into_iter().find(|w| w.id == id)?;
+        if let Some(e) = lock(&self.table).get_mut(&id) {
+            e.killed_by = Some(by.to_string());
+            let _ = e.killer.kill();
+        }
+        Some(view)
+    }
+
+    /// Kills every worker (loongd is stopping; nothing more is audited about them).
+    pub(crate) fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.permits.close();
+        for e in lock(&self.table).values() {
+            let _ = e.killer.kill();
+        }
+    }
+}
+
+/// A worker checked out for one call; dropped with the worker still inside, it retires it.
+struct Checkout {
+    sup: Arc<Supervisor>,
+    worker: Option<Worker>,
+    correlation: String,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            kill_now(&w);
+            let sup = self.sup.clone();
+            let correlation = std::mem::take(&mut self.correlation);
+            tokio::spawn(async move {
+                sup.retire(
+                    w,
+                    "its call was abandoned (deadline or client gone)",
+                    &correlation,
+                )
+                .await;
+                sup.replace_in_background();
+            });
+        }
+    }
+}
+
+fn kill_now(worker: &Worker) {
+    if let Some(c) = &worker.child {
+        let _ = c.kill();
+    }
+}
+
+fn unavailable(why: impl Into<String>) -> Called {
+    Called {
+        worker: 0,
+        result: Err(CallError::Unavailable(why.into())),
+    }
+}
+
+/// Relays a worker's stderr to loongd's log, up to [`MAX_WORKER_STDERR_BYTES`].
+async fn log_stderr(id: u64, fd: std::os::fd::OwnedFd) {
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = vec![0u8; 4096];
+    let mut total = 0usize;
+    while let Ok(n) = rx.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if total < MAX_WORKER_STDERR_BYTES {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            tracing::warn!(worker = id, "worker stderr: {}", text.trim_end());
+        }
+        total += n;
+    }
+}
+
+/// Pings idle workers every [`HEALTH_INTERVAL`] until loongd stops.
+pub(crate) async fn health_loop(sup: Arc<Supervisor>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if sup.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        sup.health_check().await;
+    }
+}
+
+impl From<&CallError> for RemoteError {
+    fn from(e: &CallError) -> Self {
+        use loong_ipc::ErrorKind;
+        match e {
+            CallError::Plugin(f) => RemoteError::new(
+                ErrorKind::WorkerFailed,
+                format!("{}: {}", f.kind.name(), f.message),
+            ),
+            CallError::Worker(why) => RemoteError::new(ErrorKind::WorkerFailed, why.clone()),
+            CallError::Unavailable(why) => {
+                RemoteError::new(ErrorKind::SandboxUnavailable, why.clone())
+            }
+        }
+    }
+}

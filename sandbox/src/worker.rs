@@ -1,0 +1,148 @@
+//! What a worker process does for itself inside its sandbox: take the socket loongd handed it
+//! (fd 3), and, once initialised, confine itself further before it reads the first untrusted
+//! byte.
+//!
+//! The final step narrows what the tier already enforces, never widens it:
+//! - a landlock ruleset that handles every file-system and network access and grants none,
+//!   and scopes signals and abstract sockets (after it, no path opens at all);
+//! - a seccomp filter that kills the process on `execve`, new processes (`fork`, `vfork`,
+//!   `clone` without `CLONE_THREAD`), `open*`, sockets, `ptrace` and cross-process memory
+//!   access. Threads started during initialisation (the WASM epoch ticker) keep running.
+//!
+//! Both calls only ever add restrictions, which is why the restricted tier's allowlist lets a
+//! payload make them (`seccomp`, `landlock_*`) while it refuses `prctl`.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    os::{fd::AsRawFd, unix::net::UnixStream},
+};
+
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope,
+};
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
+};
+
+use crate::{helper::confine::LANDLOCK_ABI, sys};
+
+/// The descriptor a worker's control socket arrives on.
+pub const WORKER_SOCKET_FD: i32 = 3;
+
+/// Syscalls a confined worker may never make again (each kills the process).
+pub const FINAL_DENIED_SYSCALLS: &[(&str, i64)] = &[
+    ("execve", libc::SYS_execve),
+    ("execveat", libc::SYS_execveat),
+    ("fork", libc::SYS_fork),
+    ("vfork", libc::SYS_vfork),
+    ("open", libc::SYS_open),
+    ("openat", libc::SYS_openat),
+    ("openat2", libc::SYS_openat2),
+    ("creat", libc::SYS_creat),
+    ("socket", libc::SYS_socket),
+    ("socketpair", libc::SYS_socketpair),
+    ("connect", libc::SYS_connect),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("memfd_create", libc::SYS_memfd_create),
+    ("mknod", libc::SYS_mknod),
+    ("mknodat", libc::SYS_mknodat),
+];
+
+/// Why a worker could not confine itself; the worker must then exit.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("landlock: {0}")]
+    Landlock(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+}
+
+/// Takes ownership of the control socket loongd handed over as fd 3.
+pub fn inherited_socket() -> io::Result<UnixStream> {
+    let fd = sys::adopt_fd(WORKER_SOCKET_FD)?;
+    let stat = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(io::Error::from)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {WORKER_SOCKET_FD} is not a socket; a worker is started by loongd"),
+        ));
+    }
+    Ok(UnixStream::from(fd))
+}
+
+/// The final self-confinement (see the module docs). Fails closed: the caller exits on error.
+pub fn confine_self() -> Result<(), ConfineError> {
+    let err = |e: landlock::RulesetError| ConfineError::Landlock(e.to_string());
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .scope(Scope::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        // The sandbox set no_new_privs already; setting it again needs prctl.
+        .no_new_privs(false)
+        .restrict_self()
+        .map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(ConfineError::Landlock(format!(
+            "ruleset {:?}, full enforcement required",
+            status.ruleset
+        )));
+    }
+    sys::seccomp_set_filter(&final_filter()?).map_err(|e| ConfineError::Seccomp(e.to_string()))
+}
+
+fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
+    let err = |e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string());
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = FINAL_DENIED_SYSCALLS
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
+    // clone without CLONE_THREAD makes a process.
+    let no_thread = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        0,
+    )
+    .map_err(err)?;
+    rules.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![no_thread]).map_err(err)?],
+    );
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    seccompiler::BpfProgram::try_from(filter).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_filter_compiles_and_names_real_syscalls() {
+        let prog = final_filter().expect("compiles");
+        assert!(prog.len() > FINAL_DENIED_SYSCALLS.len());
+        for (name, nr) in FINAL_DENIED_SYSCALLS {
+            assert_eq!(crate::syscalls::number(name), Some(*nr), "{name}");
+        }
+    }
+}

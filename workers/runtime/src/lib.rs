@@ -1,0 +1,239 @@
+//! The shared worker runtime: what every worker process does around its own work.
+//!
+//! 1. Adopt the socket loongd handed over as fd 3 ([`loong_sandbox::worker`]).
+//! 2. Build the worker's state (for the WASM worker: the engine, its linker and ticker).
+//! 3. Confine itself a final time, before reading the first byte from loongd: no path opens
+//!    and no process, socket or exec from here on.
+//! 4. Answer loongd's handshake as the callee; only `PeerKind::Kernel` is served.
+//! 5. Serve: one request at a time, pings answered between requests (loongd's health
+//!    checks), until loongd closes the socket.
+//!
+//! The loop is blocking and single-threaded: a worker runs one call at a time and loongd
+//! keeps a pool. A worker holds no secrets and never mints tokens; it only answers.
+
+use std::{
+    io::{self, Read, Write},
+    os::{fd::AsFd, unix::net::UnixStream},
+    time::Duration,
+};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use loong_ipc::{
+    frame::{self, FrameBuffer, FrameLimit},
+    message::worker::WORKER_MAX_FRAME_BYTES,
+    Call, ErrorKind, HandshakeReply, Hello, Limits, PeerKind, RejectReason, RemoteError, Reply,
+    Welcome, WorkerRequest, WorkerResponse, PROTOCOL_VERSION,
+};
+
+/// How long loongd has to send its hello once the worker is ready.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one frame may take from its first byte to its last.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a worker kind does with each request.
+pub trait Handler {
+    /// Answers one request. `Err` is a failure of the worker itself (loongd replaces it);
+    /// a plugin's own failure is an `Ok(WorkerResponse::Failed(..))`.
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, RemoteError>;
+}
+
+/// Why a worker stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// loongd closed the socket between frames: a normal end.
+    Closed,
+    /// Anything else; the message says what.
+    Failed(String),
+}
+
+/// Runs a worker: adopt the socket, `build` the state, confine, handshake, serve. Returns
+/// the process exit code (0 for a normal end, 2 when anything failed, reported on stderr).
+pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) -> i32 {
+    match run(build_id, build) {
+        Stop::Closed => 0,
+        Stop::Failed(why) => {
+            let _ = writeln!(io::stderr(), "worker: {why}");
+            2
+        }
+    }
+}
+
+fn run<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) -> Stop {
+    let sock = match loong_sandbox::worker::inherited_socket() {
+        Ok(s) => s,
+        Err(e) => return Stop::Failed(format!("no control socket: {e}")),
+    };
+    let mut handler = match build() {
+        Ok(h) => h,
+        Err(e) => return Stop::Failed(format!("initialisation failed: {e}")),
+    };
+    if let Err(e) = loong_sandbox::worker::confine_self() {
+        return Stop::Failed(format!("final self-confinement failed: {e}"));
+    }
+    let mut conn = match Conn::new(sock) {
+        Ok(c) => c,
+        Err(e) => return Stop::Failed(format!("control socket: {e}")),
+    };
+    if let Err(e) = conn.handshake(build_id) {
+        return Stop::Failed(format!("handshake: {e}"));
+    }
+    serve(&mut conn, &mut handler)
+}
+
+fn serve<H: Handler>(conn: &mut Conn, handler: &mut H) -> Stop {
+    loop {
+        let call: Call<WorkerRequest> = match conn.read(None) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Stop::Closed,
+            Err(e) => return Stop::Failed(format!("reading a request: {e}")),
+        };
+        let reply = match call {
+            Call::Request { id, body, .. } => Reply::Response {
+                id,
+                result: handler.handle(body),
+            },
+            Call::Ping { nonce } => Reply::Pong { nonce },
+            // One call at a time: a request is finished before the next frame is read, so
+            // there is nothing in flight to cancel or to stream into.
+            Call::Cancel { .. } | Call::Stream { .. } => continue,
+        };
+        if let Err(e) = conn.write(&reply) {
+            return Stop::Failed(format!("writing a reply: {e}"));
+        }
+    }
+}
+
+/// A blocking framed connection over the inherited socket.
+struct Conn {
+    /// The socket as a plain file: read(2) and write(2), because the restricted tier refuses
+    /// recvfrom and sendto, which the socket types use.
+    sock: std::fs::File,
+    buf: FrameBuffer,
+    limit: FrameLimit,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn new(sock: UnixStream) -> io::Result<Conn> {
+        let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Conn {
+            sock: std::fs::File::from(std::os::fd::OwnedFd::from(sock)),
+            buf: FrameBuffer::new(limit),
+            limit,
+            out: Vec::new(),
+        })
+    }
+
+    fn handshake(&mut self, build_id: &str) -> io::Result<()> {
+        let body = self
+            .read_body(Some(HELLO_TIMEOUT))?
+            .ok_or_else(|| io::Error::other("loongd closed before its hello"))?;
+        let reject = |me: &mut Conn, why: RejectReason| {
+            let _ = me.write(&HandshakeReply::Rejected(why.clone()));
+            Err(io::Error::other(why.to_string()))
+        };
+        let hello = match Hello::decode(&body) {
+            Ok(h) => h,
+            Err(loong_ipc::HandshakeError::VersionMismatch { theirs, .. }) => {
+                return reject(
+                    self,
+                    RejectReason::VersionMismatch {
+                        server: PROTOCOL_VERSION,
+                        client: theirs,
+                    },
+                )
+            }
+            Err(_) => return reject(self, RejectReason::BadHello),
+        };
+        if hello.peer_kind != PeerKind::Kernel {
+            return reject(
+                self,
+                RejectReason::WrongPeerKind {
+                    kind: hello.peer_kind,
+                },
+            );
+        }
+        self.write(&HandshakeReply::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            build: build_id.chars().take(64).collect(),
+            connection_id: 0,
+            limits: Limits {
+                max_frame_bytes: WORKER_MAX_FRAME_BYTES,
+                max_in_flight: 1,
+                frame_read_timeout_ms: FRAME_TIMEOUT.as_millis() as u32,
+            },
+        }))
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(
+        &mut self,
+        idle: Option<Duration>,
+    ) -> io::Result<Option<T>> {
+        match self.read_body(idle)? {
+            None => Ok(None),
+            Some(body) => frame::decode_body(&body)
+                .map(Some)
+                .map_err(|e| io::Error::other(e.to_string())),
+        }
+    }
+
+    /// The next frame's body; `None` at a clean end of stream between frames.
+    fn read_body(&mut self, idle: Option<Duration>) -> io::Result<Option<Vec<u8>>> {
+        let mut started = false;
+        loop {
+            if let Some(body) = self
+                .buf
+                .next_body()
+                .map_err(|e| io::Error::other(e.to_string()))?
+            {
+                return Ok(Some(body));
+            }
+            let waiting = if started || self.buf.buffered() > 0 {
+                Some(FRAME_TIMEOUT)
+            } else {
+                idle
+            };
+            // poll(2), not SO_RCVTIMEO: the restricted tier refuses setsockopt.
+            if let Some(limit) = waiting {
+                let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(ms)).map_err(io::Error::from)? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data within {} ms", limit.as_millis()),
+                    ));
+                }
+            }
+            let sock = &mut self.sock;
+            let n = self
+                .buf
+                .fill(|space| sock.read(space))
+                .map_err(|e| io::Error::other(e.to_string()))??;
+            if n == 0 {
+                return if self.buf.buffered() == 0 {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended inside a frame",
+                    ))
+                };
+            }
+            started = true;
+        }
+    }
+
+    fn write<T: serde::Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        self.out.clear();
+        frame::encode(msg, self.limit, &mut self.out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.sock.write_all(&self.out)
+    }
+}
+
+/// Turns an unexpected internal failure into the error loongd sees.
+pub fn internal(message: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, message)
+}

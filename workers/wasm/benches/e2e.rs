@@ -1,0 +1,302 @@
+//! A plugin call end to end, against its floors, in one run:
+//!
+//! - the in-process floor: a fresh `Store`, instantiation and the echo plugin's `run`;
+//! - a raw Unix-socket round trip (64 bytes each way, blocking, two threads);
+//! - the warm call: a control client → loongd (decision, audit) → a WASM worker → back;
+//! - the cold call: a worker killed, then the next call (spawn, handshake, load, call);
+//! - 1,000 concurrent calls over 50 connections, each answered exactly once;
+//! - resident memory of an idle loongd and an idle worker.
+//!
+//! It drives the release binaries (`cargo build --release --bins`, which `scripts/bench`
+//! does) on a temporary home; without them it says so and measures only the floor. Times are
+//! medians and 99th percentiles of hand-timed samples: the goal is stated as a ratio to the
+//! floors measured here, in the same run, on the same machine.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    client::{Client, ConnectOptions},
+    ControlRequest, ControlResponse, InvokeRequest, PeerKind,
+};
+use loong_worker_wasm::{PluginSpec, WasmEngine};
+
+const WARM_CALLS: usize = 3_000;
+const FLOOR_CALLS: usize = 20_000;
+const RTT_SAMPLES: usize = 20_000;
+const COLD_SAMPLES: usize = 20;
+const CONCURRENT_THREADS: usize = 50;
+const CONCURRENT_PER_THREAD: usize = 20;
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn report(name: &str, samples: &mut [Duration]) -> Duration {
+    let med = percentile(samples, 0.5);
+    let p99 = percentile(samples, 0.99);
+    println!(
+        "{name:40} median {:9.1} µs   p99 {:9.1} µs   (n = {})",
+        med.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        samples.len()
+    );
+    med
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins")
+}
+
+fn floor() -> Duration {
+    let engine = WasmEngine::new().expect("engine");
+    let module = std::fs::read(examples().join("echo/plugin.wasm")).expect("echo module");
+    let echo = engine
+        .load(PluginSpec {
+            plugin_id: "echo".into(),
+            module,
+            entrypoint: "run".into(),
+            ..PluginSpec::default()
+        })
+        .expect("echo loads");
+    let input = br#"{"ping":1}"#;
+    let mut samples: Vec<Duration> = (0..FLOOR_CALLS)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(echo.invoke(input).expect("call"));
+            t.elapsed()
+        })
+        .collect();
+    report("floor: in-process call (fresh Store)", &mut samples)
+}
+
+fn unix_round_trip() -> Duration {
+    let (mut a, mut b) = UnixStream::pair().expect("pair");
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let msg = [7u8; 64];
+    let mut buf = [0u8; 64];
+    let mut samples: Vec<Duration> = (0..RTT_SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            a.write_all(&msg).expect("write");
+            a.read_exact(&mut buf).expect("read");
+            t.elapsed()
+        })
+        .collect();
+    drop(a);
+    let _ = echo.join();
+    report("floor: raw unix-socket round trip", &mut samples)
+}
+
+fn release_dir() -> Option<PathBuf> {
+    // target/release/deps/e2e-… → target/release
+    let dir = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    ["loongd", "loongctl", "loong-spawn", "loong-worker-wasm"]
+        .iter()
+        .all(|b| dir.join(b).exists())
+        .then_some(dir)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn descendant(pid: u32, comm: &str) -> Option<u32> {
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        if name.trim().starts_with(comm) {
+            return Some(p);
+        }
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        queue.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+    }
+    None
+}
+
+fn invoke(c: &mut Client, n: u64) -> u64 {
+    let r: ControlResponse = c
+        .call(
+            ControlRequest::Invoke(InvokeRequest {
+                tool: "echo".into(),
+                input: format!(r#"{{"n":{n}}}"#),
+                token: None,
+            }),
+            Duration::from_secs(60),
+        )
+        .expect("call");
+    let ControlResponse::Invoked(out) = r else {
+        panic!("unexpected answer {r:?}")
+    };
+    out.worker
+}
+
+fn connect(socket: &Path) -> Client {
+    let opts = ConnectOptions {
+        peer_kind: PeerKind::Operator,
+        build: "bench".into(),
+        timeout: Duration::from_secs(5),
+    };
+    Client::connect(socket, &opts).expect("connect")
+}
+
+fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
+    let home = tempfile::tempdir_in("/tmp").expect("home");
+    let plugins = home.path().join("plugins/echo");
+    std::fs::create_dir_all(&plugins).expect("plugins");
+    for f in ["loong.plugin.json", "plugin.wasm"] {
+        std::fs::copy(examples().join("echo").join(f), plugins.join(f)).expect("copy");
+    }
+    let ctl = |args: &[&str]| {
+        Command::new(bin.join("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(args)
+            .output()
+            .expect("loongctl")
+    };
+    let out = ctl(&["daemon", "start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = home.path().join("run/loongd.sock");
+    let mut c = connect(&socket);
+    for i in 0..200 {
+        invoke(&mut c, i);
+    }
+
+    let mut samples: Vec<Duration> = (0..WARM_CALLS as u64)
+        .map(|i| {
+            let t = Instant::now();
+            invoke(&mut c, i);
+            t.elapsed()
+        })
+        .collect();
+    let warm = report("warm call: client → loongd → worker", &mut samples);
+    let budget = floor + rtt * 2;
+    println!(
+        "{:40} {:.2}× (floor + 2 round trips = {:.1} µs; goal ≤ 2×)",
+        "warm / (floor + 2 round trips)",
+        warm.as_secs_f64() / budget.as_secs_f64(),
+        budget.as_secs_f64() * 1e6
+    );
+
+    // Idle memory, after the warm-up and before the cold and concurrent runs.
+    std::thread::sleep(Duration::from_millis(300));
+    let status = ctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
+    let loongd_pid = status["pid"].as_u64().expect("pid") as u32;
+    let workers = ctl(&["workers", "list", "--json"]);
+    let workers: serde_json::Value = serde_json::from_slice(&workers.stdout).expect("workers");
+    let helper = workers[0]["pid"].as_u64().expect("worker pid") as u32;
+    let worker = descendant(helper, "loong-worker-wa").expect("worker process");
+    println!(
+        "{:40} loongd {} KiB (goal ≤ 20480), WASM worker {} KiB (goal ≤ 30720)",
+        "idle resident memory",
+        rss_kib(loongd_pid).unwrap_or(0),
+        rss_kib(worker).unwrap_or(0)
+    );
+
+    // Cold: kill every worker, then time the next call (spawn, handshake, load, call).
+    let mut cold: Vec<Duration> = Vec::new();
+    for i in 0..COLD_SAMPLES as u64 {
+        loop {
+            let list = ctl(&["workers", "list", "--json"]);
+            let list: serde_json::Value = serde_json::from_slice(&list.stdout).expect("list");
+            let ids: Vec<u64> = list
+                .as_array()
+                .map(|a| a.iter().filter_map(|w| w["id"].as_u64()).collect())
+                .unwrap_or_default();
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                ctl(&["workers", "kill", &id.to_string()]);
+            }
+            // Let background replacements start and be killed in turn.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let t = Instant::now();
+        invoke(&mut c, i);
+        cold.push(t.elapsed());
+    }
+    report("cold call: spawn + load + call", &mut cold);
+
+    let t = Instant::now();
+    let answered: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CONCURRENT_THREADS)
+            .map(|th| {
+                let socket = socket.clone();
+                s.spawn(move || {
+                    let mut c = connect(&socket);
+                    (0..CONCURRENT_PER_THREAD)
+                        .map(|i| {
+                            let n = (th * CONCURRENT_PER_THREAD + i) as u64;
+                            invoke(&mut c, n);
+                            n
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let wall = t.elapsed();
+    let unique: std::collections::BTreeSet<u64> = answered.iter().copied().collect();
+    println!(
+        "{:40} {} calls, {} distinct answers, {:.0} ms, {:.0} calls/s",
+        "concurrent: 50 connections × 20",
+        answered.len(),
+        unique.len(),
+        wall.as_secs_f64() * 1e3,
+        answered.len() as f64 / wall.as_secs_f64()
+    );
+    ctl(&["daemon", "stop"]);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this binary takes no options.
+    let floor = floor();
+    let rtt = unix_round_trip();
+    match release_dir() {
+        Some(dir) => end_to_end(&dir, floor, rtt),
+        None => println!(
+            "end to end: skipped: the release binaries are missing; run `cargo build --release --bins` (scripts/bench does)"
+        ),
+    }
+}

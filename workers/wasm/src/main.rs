@@ -1,0 +1,140 @@
+//! `loong-worker-wasm`: the restricted-tier worker process that runs WASM plugins.
+//!
+//! loongd starts it in a restricted sandbox with its control socket as fd 3. It builds one
+//! engine (and the epoch ticker thread), confines itself a final time through the shared
+//! worker runtime, and then loads and calls plugins as loongd asks: modules arrive over the
+//! socket, so the worker reads no file at all.
+
+use std::collections::BTreeMap;
+
+use loong_ipc::{
+    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
+};
+use loong_worker_runtime::{internal, Handler};
+use loong_worker_wasm::{InvokeError, LoadError, LoadedPlugin, PluginSpec, WasmEngine};
+use sha2::{Digest, Sha256};
+
+struct Worker {
+    engine: WasmEngine,
+    plugins: BTreeMap<String, LoadedPlugin>,
+    calls: u64,
+}
+
+fn load_failure(e: &LoadError) -> PluginFailure {
+    PluginFailure::new(FailureKind::LoadRefused, e.to_string())
+}
+
+fn call_failure(e: &InvokeError) -> PluginFailure {
+    let kind = match e {
+        InvokeError::InputTooLarge { .. } => FailureKind::InputTooLarge,
+        InvokeError::Timeout { .. } => FailureKind::Timeout,
+        InvokeError::FuelExhausted { .. } => FailureKind::FuelExhausted,
+        InvokeError::MemoryLimit { .. } => FailureKind::MemoryLimit,
+        InvokeError::TableLimit => FailureKind::TableLimit,
+        InvokeError::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
+        InvokeError::Aborted { .. } => FailureKind::Aborted,
+        InvokeError::ExitCode { .. } => FailureKind::ExitCode,
+        InvokeError::Trap { .. } => FailureKind::Trap,
+        InvokeError::OutputNotJson { .. } => FailureKind::OutputNotJson,
+    };
+    PluginFailure::new(kind, e.to_string())
+}
+
+/// Peak resident memory of this process, from `getrusage` (the worker can no longer open
+/// `/proc` once confined).
+fn peak_rss_kib() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of the calling thread, µs.
+fn thread_cpu_us() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .map(|u| {
+            let us = |t: nix::sys::time::TimeVal| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                    + u64::try_from(t.tv_usec()).unwrap_or(0)
+            };
+            us(u.user_time()) + us(u.system_time())
+        })
+        .unwrap_or(0)
+}
+
+impl Handler for Worker {
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        Ok(match req {
+            WorkerRequest::Load(plugin) => {
+                if let Err(e) = plugin.check_bounds() {
+                    return Ok(WorkerResponse::Failed(PluginFailure::new(
+                        FailureKind::LoadRefused,
+                        e.to_string(),
+                    )));
+                }
+                let sha256 = hex::encode(Sha256::digest(&plugin.module));
+                let id = plugin.plugin_id.clone();
+                match self.engine.load(PluginSpec::from(*plugin)) {
+                    Ok(loaded) => {
+                        self.plugins.insert(id.clone(), loaded);
+                        WorkerResponse::Loaded {
+                            plugin_id: id,
+                            sha256,
+                        }
+                    }
+                    Err(e) => {
+                        self.plugins.remove(&id);
+                        WorkerResponse::Failed(load_failure(&e))
+                    }
+                }
+            }
+            WorkerRequest::Invoke { plugin_id, input } => {
+                self.calls += 1;
+                let Some(plugin) = self.plugins.get(&plugin_id) else {
+                    return Ok(WorkerResponse::Failed(PluginFailure::new(
+                        FailureKind::NotLoaded,
+                        format!("plugin {plugin_id} is not loaded in this worker"),
+                    )));
+                };
+                let cpu_before = thread_cpu_us();
+                let result = plugin.invoke(&input);
+                let cpu_us = thread_cpu_us().saturating_sub(cpu_before);
+                match result {
+                    Ok(out) => WorkerResponse::Output(CallOutput {
+                        output: serde_json::to_vec(&out.output)
+                            .map_err(|e| internal(format!("re-encoding output: {e}")))?,
+                        logs: out.logs,
+                        logs_dropped: out.logs_dropped,
+                        wall_us: u64::try_from(out.wall.as_micros()).unwrap_or(u64::MAX),
+                        cpu_us,
+                        fuel_consumed: out.fuel_consumed,
+                        peak_memory_bytes: out.peak_memory_bytes as u64,
+                    }),
+                    Err(e) => WorkerResponse::Failed(call_failure(&e)),
+                }
+            }
+            WorkerRequest::Unload { plugin_id } => {
+                self.plugins.remove(&plugin_id);
+                WorkerResponse::Unloaded
+            }
+            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
+                rss_kib: peak_rss_kib(),
+                loaded: self.plugins.keys().cloned().collect(),
+                calls: self.calls,
+            }),
+        })
+    }
+}
+
+fn main() {
+    let code = loong_worker_runtime::main(
+        concat!("loong-worker-wasm ", env!("CARGO_PKG_VERSION")),
+        || {
+            Ok(Worker {
+                engine: WasmEngine::new().map_err(|e| format!("wasm engine: {e}"))?,
+                plugins: BTreeMap::new(),
+                calls: 0,
+            })
+        },
+    );
+    std::process::exit(code);
+}
