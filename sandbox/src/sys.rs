@@ -175,9 +175,10 @@ pub(crate) fn close_between(first: u32, last: u32) -> io::Result<()> {
     }
 }
 
-/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)`: installs one more filter on the calling
-/// thread without `prctl` (a worker under the restricted allowlist may call `seccomp` but
-/// not `prctl`; `no_new_privs` is already set by its sandbox).
+/// `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, prog)`: installs one more
+/// filter on every thread of the process without `prctl` (a worker under the restricted
+/// allowlist may call `seccomp` but not `prctl`; `no_new_privs` is already set by its
+/// sandbox).
 pub(crate) fn seccomp_set_filter(prog: &[seccompiler::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
@@ -189,13 +190,16 @@ pub(crate) fn seccomp_set_filter(prog: &[seccompiler::sock_filter]) -> io::Resul
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0u32,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
             &fprog as *const libc::sock_fprog,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match rc {
+        0 => Ok(()),
+        // With TSYNC, a positive answer is the id of a thread that could not be synced.
+        tid if tid > 0 => Err(io::Error::other(format!(
+            "thread {tid} could not take the filter"
+        ))),
+        _ => Err(io::Error::last_os_error()),
     }
 }

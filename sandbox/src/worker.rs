@@ -7,7 +7,10 @@
 //!   and scopes signals and abstract sockets (after it, no path opens at all);
 //! - a seccomp filter that kills the process on `execve`, new processes (`fork`, `vfork`,
 //!   `clone` without `CLONE_THREAD`), `open*`, sockets, `ptrace` and cross-process memory
-//!   access. Threads started during initialisation (the WASM epoch ticker) keep running.
+//!   access, installed on every thread (`SECCOMP_FILTER_FLAG_TSYNC`), so the threads started
+//!   during initialisation (the WASM epoch ticker) carry it too. The landlock ruleset binds
+//!   the calling thread, which is the one that runs plugin code; the other threads keep the
+//!   tier's ruleset (landlock has no thread sync before ABI 8).
 //!
 //! Both calls only ever add restrictions, which is why the restricted tier's allowlist lets a
 //! payload make them (`seccomp`, `landlock_*`) while it refuses `prctl`.
@@ -136,6 +139,43 @@ fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CHILD: &str = "LOONG_FINAL_CONFINE_CHILD";
+
+    /// In a child process (this test binary run again): a file opens before the final
+    /// confinement (the positive control) and the same open kills the process after it.
+    #[test]
+    fn after_confine_self_an_open_kills_the_worker() {
+        if std::env::var_os(CHILD).is_some() {
+            nix::sys::prctl::set_no_new_privs().expect("no_new_privs");
+            std::fs::read("/proc/self/status").expect("opens before confinement");
+            println!("opened-before");
+            confine_self().expect("confines");
+            println!("confined");
+            let after = std::fs::read("/proc/self/status");
+            println!("opened-after {}", after.is_ok());
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "worker::tests::after_confine_self_an_open_kills_the_worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("opened-before"), "{stdout}");
+        assert!(stdout.contains("confined"), "{stdout}");
+        assert!(
+            !stdout.contains("opened-after"),
+            "the open survived: {stdout}"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{:?}", out.status);
+    }
 
     #[test]
     fn final_filter_compiles_and_names_real_syscalls() {

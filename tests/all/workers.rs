@@ -186,6 +186,20 @@ fn example_plugins_run_confined_and_audited() {
         status_field(worker_pid, "Seccomp_filters").as_deref(),
         Some("3")
     );
+    // Every thread, the epoch ticker included, carries the final filter.
+    let tasks: Vec<String> = fs::read_dir(format!("/proc/{worker_pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        tasks.len() >= 2,
+        "the worker runs its ticker thread: {tasks:?}"
+    );
+    for t in &tasks {
+        let st = fs::read_to_string(format!("/proc/{worker_pid}/task/{t}/status")).expect("status");
+        assert!(st.contains("Seccomp_filters:\t3"), "thread {t}: {st}");
+    }
     assert_eq!(
         status_field(worker_pid, "CapEff").as_deref(),
         Some("0000000000000000")
@@ -580,4 +594,57 @@ fn tool_calls_are_decided_denied_and_held_for_approval() {
         "a held call ran"
     );
     echo_works(&home);
+}
+
+/// The same call from a loongd without privileges (as `nobody` through setpriv when the tests
+/// run as root): user namespaces instead of a uid change, `RLIMIT_NPROC` instead of a cgroup
+/// for the worker's threads, and the same final self-confinement.
+#[test]
+fn plugins_run_under_an_unprivileged_loongd() {
+    let as_nobody = is_root();
+    let home = Home::new();
+    install_examples(&home);
+    if as_nobody {
+        let out = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(home.path())
+            .output()
+            .expect("chown");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let ctl = |args: &[&str]| crate::support::ctl(&home, as_nobody, args);
+    let started = ctl(&["daemon", "start"]);
+    if !started.status.success() {
+        let err = text(&started.stderr);
+        if err.contains("user namespace") || err.contains("unavailable") {
+            crate::support::skip(
+                "plugins_run_under_an_unprivileged_loongd",
+                "user namespaces are not available to an unprivileged loongd here",
+            );
+            return;
+        }
+        panic!("unprivileged daemon start failed: {err}\n{}", home.log());
+    }
+    let out = ctl(&["invoke", "echo", "--input", r#"{"u":1}"#]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    assert_eq!(text(&out.stdout).trim(), r#"{"u":1}"#);
+    let out = ctl(&["workers", "list", "--json"]);
+    let ws: serde_json::Value = serde_json::from_slice(&out.stdout).expect("workers JSON");
+    let pid = ws[0]["pid"].as_u64().expect("pid");
+    let worker = find_descendant(pid, "loong-worker-wa").expect("worker process");
+    assert_eq!(
+        status_field(worker, "Seccomp_filters").as_deref(),
+        Some("3")
+    );
+    // A second plugin, with a fuel budget, loads into the same confined worker.
+    let out = ctl(&["invoke", "config-reader"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("demo"), "{}", text(&out.stdout));
+    let out = ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
