@@ -21,11 +21,15 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use key::AuditKey;
-pub use store::{Audit, AuditError, Query};
+pub use store::{Audit, AuditError, Commit, Query};
 pub use verify::{verify, VerifyReport};
 
 /// Records committed in one transaction at most.
 pub const GROUP_MAX: usize = 4096;
+/// How long a group of records that nobody waits for (`record_later`) lingers for company
+/// before it is committed alone: a call's outcome record then shares the next call's commit
+/// (one fsync) instead of costing one of its own.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// A checkpoint is signed after this many records (and at shutdown).
 pub const CHECKPOINT_EVERY: u64 = 256;
 /// Appends queued before callers wait.
@@ -295,6 +299,42 @@ mod tests {
 
     fn first_bad(dir: &Path) -> Option<(u64, String)> {
         verify_at(dir).first_bad
+    }
+
+    #[test]
+    fn unwaited_records_linger_for_company_and_flush_or_time_commits_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let ev = |i: u64| Event::daemon(Kind::SandboxExited, serde_json::json!({ "i": i }));
+        let all = Query {
+            kind: None,
+            since_ms: None,
+            until_ms: None,
+            after_seq: None,
+            limit: 100,
+            ascending: true,
+        };
+        runtime().block_on(async {
+            // Alone, an unwaited record is not committed at once …
+            audit.record_later(ev(0)).await;
+            tokio::time::sleep(LINGER / 4).await;
+            assert!(audit.query(&all).expect("query").is_empty());
+            // … a waited record joins it in one commit, in order …
+            let seq = audit.record(ev(1)).await.expect("records");
+            assert_eq!(seq, 2);
+            assert_eq!(audit.query(&all).expect("query").len(), 2);
+            // … a flush commits it for a reader …
+            audit.record_later(ev(2)).await;
+            audit.flush().await.expect("flushes");
+            assert_eq!(audit.query(&all).expect("query").len(), 3);
+            // … and so does the end of the linger.
+            audit.record_later(ev(3)).await;
+            tokio::time::sleep(LINGER * 5).await;
+            assert_eq!(audit.query(&all).expect("query").len(), 4);
+            audit.shutdown().await;
+        });
+        let report = verify_at(dir.path());
+        assert_eq!((report.records, report.first_bad.is_none()), (4, true));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     canonical, chain_hash, checkpoint_message, verify::VerifyReport, AuditKey, Event, Record,
-    CHECKPOINT_EVERY, GROUP_MAX, MAX_DETAIL_BYTES, QUEUE_DEPTH,
+    CHECKPOINT_EVERY, GROUP_MAX, LINGER, MAX_DETAIL_BYTES, QUEUE_DEPTH,
 };
 
 /// Why the audit trail failed.
@@ -78,8 +78,24 @@ pub struct Query {
 /// Where the writer acknowledges an append: its sequence number, or why the commit failed.
 type Ack = oneshot::Sender<Result<u64, String>>;
 
+/// A queued record's commit (see [`Audit::queue`]).
+#[derive(Debug)]
+pub struct Commit(oneshot::Receiver<Result<u64, String>>);
+
+impl Commit {
+    /// Waits until the record is on disk; returns its sequence number.
+    pub async fn committed(self) -> Result<u64, AuditError> {
+        self.0
+            .await
+            .map_err(|_| AuditError::Stopped)?
+            .map_err(AuditError::Commit)
+    }
+}
+
 enum Msg {
     Append(Event, Option<Ack>),
+    /// Commit whatever is queued (a reader wants to see it).
+    Flush(Ack),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -185,14 +201,20 @@ impl Audit {
 
     /// Appends `event` and waits until it is committed; returns its sequence number.
     pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
+        self.queue(event).await?.committed().await
+    }
+
+    /// Queues `event` and returns at once with a handle that resolves when it is committed.
+    /// Records are committed in the order they are queued, in groups, so work that does not
+    /// depend on the record can overlap the commit; the caller still waits for it before it
+    /// answers anyone.
+    pub async fn queue(&self, event: Event) -> Result<Commit, AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Append(event, Some(ack)))
             .await
             .map_err(|_| AuditError::Stopped)?;
-        done.await
-            .map_err(|_| AuditError::Stopped)?
-            .map_err(AuditError::Commit)
+        Ok(Commit(done))
     }
 
     /// Appends `event` without waiting for the commit (it is still queued in order; a failed
@@ -201,6 +223,17 @@ impl Audit {
         if self.tx.send(Msg::Append(event, None)).await.is_err() {
             tracing::error!("the audit writer has stopped; an audit record could not be queued");
         }
+    }
+
+    /// Commits every record queued so far (lingering ones included); readers call it first so
+    /// that they see everything that happened before they asked.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(ack))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        Commit(done).committed().await.map(|_| ())
     }
 
     /// Commits what is queued, signs a final checkpoint and stops the writer.
@@ -323,19 +356,46 @@ fn writer(
     mut siem: super::siem::Siem,
 ) {
     let mut batch: Vec<(Event, Option<Ack>)> = Vec::new();
+    let mut flushes: Vec<Ack> = Vec::new();
+    // A timer for the linger only; the writer stays a plain thread.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok();
     loop {
         let mut shutdown = None;
         match rx.blocking_recv() {
-            Some(Msg::Append(e, a)) => batch.push((e, a)),
-            Some(Msg::Shutdown(a)) => shutdown = Some(a),
+            Some(m) => take(m, &mut batch, &mut flushes, &mut shutdown),
             None => break,
         }
-        while batch.len() < GROUP_MAX && shutdown.is_none() {
-            match rx.try_recv() {
-                Ok(Msg::Append(e, a)) => batch.push((e, a)),
-                Ok(Msg::Shutdown(a)) => shutdown = Some(a),
-                Err(_) => break,
+        let mut lingered = false;
+        loop {
+            while batch.len() < GROUP_MAX && shutdown.is_none() {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut batch, &mut flushes, &mut shutdown),
+                    Err(_) => break,
+                }
             }
+            // Only records nobody waits for: linger once for company.
+            let unwaited = flushes.is_empty() && batch.iter().all(|(_, ack)| ack.is_none());
+            let Some(rt) = timer
+                .as_ref()
+                .filter(|_| unwaited && !lingered && shutdown.is_none())
+            else {
+                break;
+            };
+            lingered = true;
+            // The timer is made inside the runtime (a `Sleep` needs its time driver).
+            match rt.block_on(async { tokio::time::timeout(LINGER, rx.recv()).await }) {
+                Ok(Some(m)) => take(m, &mut batch, &mut flushes, &mut shutdown),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if batch.is_empty() && shutdown.is_none() {
+            for a in flushes.drain(..) {
+                let _ = a.send(Ok(last_seq));
+            }
+            continue;
         }
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
         match commit(
@@ -356,6 +416,9 @@ fn writer(
                     }
                 }
                 (last_seq, last_hash) = (seq, hash);
+                for a in flushes.drain(..) {
+                    let _ = a.send(Ok(last_seq));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "audit commit failed");
@@ -364,12 +427,29 @@ fn writer(
                         let _ = ack.send(Err(e.to_string()));
                     }
                 }
+                for a in flushes.drain(..) {
+                    let _ = a.send(Err(e.to_string()));
+                }
             }
         }
         if let Some(a) = shutdown {
             let _ = a.send(());
             break;
         }
+    }
+}
+
+/// Sorts one message into the writer's pending work.
+fn take(
+    msg: Msg,
+    batch: &mut Vec<(Event, Option<Ack>)>,
+    flushes: &mut Vec<Ack>,
+    shutdown: &mut Option<oneshot::Sender<()>>,
+) {
+    match msg {
+        Msg::Append(e, a) => batch.push((e, a)),
+        Msg::Flush(a) => flushes.push(a),
+        Msg::Shutdown(a) => *shutdown = Some(a),
     }
 }
 

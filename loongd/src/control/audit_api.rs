@@ -40,6 +40,8 @@ pub(crate) async fn query(kernel: &Kernel, q: AuditQuery) -> Result<ControlRespo
             ));
         }
     }
+    // Lingering records first, so a reader sees everything that happened before it asked.
+    kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
     let records = tokio::task::spawn_blocking(move || {
         audit.query(&Query {
@@ -68,6 +70,8 @@ pub(crate) async fn query(kernel: &Kernel, q: AuditQuery) -> Result<ControlRespo
 
 /// One record.
 pub(crate) async fn show(kernel: &Kernel, seq: u64) -> Result<ControlResponse, RemoteError> {
+    // Lingering records first, so a reader sees everything that happened before it asked.
+    kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
     let r = tokio::task::spawn_blocking(move || audit.get(seq))
         .await
@@ -80,6 +84,8 @@ pub(crate) async fn show(kernel: &Kernel, seq: u64) -> Result<ControlResponse, R
 
 /// Verifies the whole trail.
 pub(crate) async fn verify(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+    // Lingering records first, so a reader sees everything that happened before it asked.
+    kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
     let r = tokio::task::spawn_blocking(move || audit.verify())
         .await
@@ -108,6 +114,8 @@ pub(crate) async fn summary(
             format!("--group-by {group_by}: expected kind, pack, agent or token"),
         ));
     }
+    // Lingering records first, so a reader sees everything that happened before it asked.
+    kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
     let rows = tokio::task::spawn_blocking(move || audit.summary(&group_by))
         .await
@@ -121,6 +129,8 @@ pub(crate) async fn token_trail(
     kernel: &Kernel,
     token: String,
 ) -> Result<ControlResponse, RemoteError> {
+    // Lingering records first, so a reader sees everything that happened before it asked.
+    kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
     let rows = tokio::task::spawn_blocking(move || audit.token_trail(&token))
         .await

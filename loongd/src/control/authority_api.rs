@@ -12,7 +12,7 @@ use tokio::net::unix::UCred;
 
 use super::connection::RequestIo;
 use crate::{
-    audit::{Event, Kind},
+    audit::{Commit, Event, Kind},
     authority::{
         approvals::{Approval, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
         Decision, Outcome, Token,
@@ -194,7 +194,7 @@ pub(crate) fn packs(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
     Ok(ControlResponse::Packs(out))
 }
 
-/// Decides one request and audits the decision.
+/// Decides one request and audits the decision (committed before this returns).
 pub(crate) async fn decide(
     kernel: &Kernel,
     cred: &UCred,
@@ -204,6 +204,22 @@ pub(crate) async fn decide(
     target: Option<&str>,
     argv: Option<&[String]>,
 ) -> Result<Outcome, RemoteError> {
+    let (outcome, commit) = decide_queued(kernel, cred, io, token, cap, target, argv).await?;
+    commit.committed().await.map_err(internal)?;
+    Ok(outcome)
+}
+
+/// Decides one request and queues its audit record; the caller awaits the commit before it
+/// answers anyone (see [`crate::audit::Audit::queue`]).
+async fn decide_queued(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    token: Option<&str>,
+    cap: Capability,
+    target: Option<&str>,
+    argv: Option<&[String]>,
+) -> Result<(Outcome, Commit), RemoteError> {
     let outcome = kernel
         .authority
         .decide(token, cap, target, argv)
@@ -212,12 +228,12 @@ pub(crate) async fn decide(
         "capability": cap.as_str(), "target": target, "argv": argv, "token": token, "pack": outcome.pack,
         "agent": outcome.agent, "allowed": outcome.allowed(), "reason": outcome.reason(),
     });
-    kernel
+    let commit = kernel
         .audit
-        .record(event(Kind::PolicyDecision, cred, io, detail))
+        .queue(event(Kind::PolicyDecision, cred, io, detail))
         .await
         .map_err(internal)?;
-    Ok(outcome)
+    Ok((outcome, commit))
 }
 
 /// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
@@ -232,20 +248,40 @@ pub(crate) async fn authorize(
     target: &str,
     argv: Option<&[String]>,
 ) -> Result<(), RemoteError> {
-    let o = decide(kernel, cred, io, token, cap, Some(target), argv).await?;
-    if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
-        return await_approval(kernel, cred, io, &o, cap, target).await;
-    }
-    if !o.allowed() {
-        return Err(RemoteError::new(
-            ErrorKind::Denied,
-            format!(
-                "{cap} on {target} denied: {}",
-                o.reason().unwrap_or_default()
-            ),
-        ));
+    if let Some(commit) = authorize_queued(kernel, cred, io, token, cap, target, argv).await? {
+        commit.committed().await.map_err(internal)?;
     }
     Ok(())
+}
+
+/// [`authorize`], except that an allowed decision's record may still be on its way to disk:
+/// the caller awaits the returned commit before it answers (`None`: every record is already
+/// committed). A denial or an approval wait commits the decision first.
+pub(crate) async fn authorize_queued(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    token: Option<&str>,
+    cap: Capability,
+    target: &str,
+    argv: Option<&[String]>,
+) -> Result<Option<Commit>, RemoteError> {
+    let (o, commit) = decide_queued(kernel, cred, io, token, cap, Some(target), argv).await?;
+    if o.allowed() {
+        return Ok(Some(commit));
+    }
+    commit.committed().await.map_err(internal)?;
+    if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
+        await_approval(kernel, cred, io, &o, cap, target).await?;
+        return Ok(None);
+    }
+    Err(RemoteError::new(
+        ErrorKind::Denied,
+        format!(
+            "{cap} on {target} denied: {}",
+            o.reason().unwrap_or_default()
+        ),
+    ))
 }
 
 /// `policy decide` (a dry run).

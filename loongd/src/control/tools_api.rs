@@ -15,7 +15,7 @@ use loong_profiles::pack::Capability;
 use tokio::net::unix::UCred;
 
 use super::{
-    authority_api::{authorize, event},
+    authority_api::{authorize_queued, event},
     connection::RequestIo,
 };
 use crate::{
@@ -73,7 +73,7 @@ pub(crate) async fn invoke(
             )))
         }
     };
-    authorize(
+    let decided = authorize_queued(
         kernel,
         cred,
         io,
@@ -88,11 +88,22 @@ pub(crate) async fn invoke(
         "tool": req.tool, "version": plugin.version, "sha256": sha256,
         "input_bytes": req.input.len(), "token": req.token,
     });
-    kernel
+    let internal =
+        |e: crate::audit::AuditError| RemoteError::new(ErrorKind::Internal, e.to_string());
+    let invoked = kernel
         .audit
-        .record(record(Kind::ToolInvoked, invoked))
+        .queue(record(Kind::ToolInvoked, invoked))
         .await
-        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+        .map_err(internal)?;
+    // The decision's and the invocation's records are committed (one group, one fsync) while
+    // the worker runs the call: a WASM call has no effect outside its worker, and nothing is
+    // answered before both records are on disk.
+    let committed = async {
+        if let Some(d) = decided {
+            d.committed().await?;
+        }
+        invoked.committed().await
+    };
     let mut open = Unanswered(Some((
         kernel.audit.clone(),
         record(
@@ -101,16 +112,18 @@ pub(crate) async fn invoke(
                 "message": "the request ended (deadline or client gone) before the worker answered" }),
         ),
     )));
-    let called = kernel
-        .workers
-        .call(
+    let correlation = io.correlation();
+    let (called, committed) = tokio::join!(
+        kernel.workers.call(
             &loadable,
             req.input.into_bytes(),
             QUEUE_DEADLINE,
-            &io.correlation(),
-        )
-        .await;
+            &correlation
+        ),
+        committed
+    );
     open.0 = None;
+    committed.map_err(internal)?;
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     match called.result {
         Ok(out) => {
