@@ -49,6 +49,34 @@ fn spawn(c: &mut Criterion) {
             })
         });
     }
+    // The WASM worker's spec (a memory and pids cgroup, loongd's rlimit overrides) around
+    // the same payload: what a cold worker pays before its own start-up.
+    g.bench_function("restricted_worker_spec", |b| {
+        b.iter(|| {
+            let spec = SandboxSpec {
+                limits: loong_sandbox::Limits {
+                    memory_bytes: Some(768 << 20),
+                    pids: Some(4),
+                    ..Default::default()
+                },
+                kernel: loong_sandbox::KernelOverrides {
+                    unbounded_address_space: true,
+                    unbounded_cpu: true,
+                    threads: Some(4),
+                },
+                ..spec(Tier::Restricted)
+            };
+            let child = spawner
+                .spawn(
+                    spec,
+                    [StdioSpec::Null, StdioSpec::Null, StdioSpec::Null],
+                    Vec::new(),
+                )
+                .expect("spawns");
+            let r = child.wait().expect("waits");
+            assert_eq!(r.code, Some(0));
+        })
+    });
     if Path::new("/usr/bin/bwrap").exists() {
         g.bench_function("bwrap_unshare_all", |b| {
             b.iter(|| {

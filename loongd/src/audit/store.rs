@@ -96,6 +96,8 @@ enum Msg {
     Append(Event, Option<Ack>),
     /// Commit whatever is queued (a reader wants to see it).
     Flush(Ack),
+    /// Records appended together, acknowledged once, for the last of them.
+    Batch(Vec<Event>, Ack),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -223,6 +225,17 @@ impl Audit {
         if self.tx.send(Msg::Append(event, None)).await.is_err() {
             tracing::error!("the audit writer has stopped; an audit record could not be queued");
         }
+    }
+
+    /// Queues `events` as one message, so that they are committed in the same group, and
+    /// returns the commit of the last.
+    pub async fn queue_all(&self, events: Vec<Event>) -> Result<Commit, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Batch(events, ack))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        Ok(Commit(done))
     }
 
     /// Commits every record queued so far (lingering ones included); readers call it first so
@@ -449,6 +462,17 @@ fn take(
     match msg {
         Msg::Append(e, a) => batch.push((e, a)),
         Msg::Flush(a) => flushes.push(a),
+        Msg::Batch(events, a) => {
+            let last = events.len().saturating_sub(1);
+            let mut ack = Some(a);
+            for (i, e) in events.into_iter().enumerate() {
+                batch.push((e, if i == last { ack.take() } else { None }));
+            }
+            // An empty batch has nothing to acknowledge later: answer with the current tail.
+            if let Some(a) = ack {
+                flushes.push(a);
+            }
+        }
         Msg::Shutdown(a) => *shutdown = Some(a),
     }
 }

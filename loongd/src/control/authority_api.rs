@@ -12,7 +12,7 @@ use tokio::net::unix::UCred;
 
 use super::connection::RequestIo;
 use crate::{
-    audit::{Commit, Event, Kind},
+    audit::{Event, Kind},
     authority::{
         approvals::{Approval, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
         Decision, Outcome, Token,
@@ -204,14 +204,13 @@ pub(crate) async fn decide(
     target: Option<&str>,
     argv: Option<&[String]>,
 ) -> Result<Outcome, RemoteError> {
-    let (outcome, commit) = decide_queued(kernel, cred, io, token, cap, target, argv).await?;
-    commit.committed().await.map_err(internal)?;
+    let (outcome, record) = decision(kernel, cred, io, token, cap, target, argv)?;
+    kernel.audit.record(record).await.map_err(internal)?;
     Ok(outcome)
 }
 
-/// Decides one request and queues its audit record; the caller awaits the commit before it
-/// answers anyone (see [`crate::audit::Audit::queue`]).
-async fn decide_queued(
+/// Decides one request; returns the outcome and its audit record, not yet queued.
+fn decision(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
@@ -219,7 +218,7 @@ async fn decide_queued(
     cap: Capability,
     target: Option<&str>,
     argv: Option<&[String]>,
-) -> Result<(Outcome, Commit), RemoteError> {
+) -> Result<(Outcome, Event), RemoteError> {
     let outcome = kernel
         .authority
         .decide(token, cap, target, argv)
@@ -228,12 +227,7 @@ async fn decide_queued(
         "capability": cap.as_str(), "target": target, "argv": argv, "token": token, "pack": outcome.pack,
         "agent": outcome.agent, "allowed": outcome.allowed(), "reason": outcome.reason(),
     });
-    let commit = kernel
-        .audit
-        .queue(event(Kind::PolicyDecision, cred, io, detail))
-        .await
-        .map_err(internal)?;
-    Ok((outcome, commit))
+    Ok((outcome, event(Kind::PolicyDecision, cred, io, detail)))
 }
 
 /// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
@@ -248,16 +242,17 @@ pub(crate) async fn authorize(
     target: &str,
     argv: Option<&[String]>,
 ) -> Result<(), RemoteError> {
-    if let Some(commit) = authorize_queued(kernel, cred, io, token, cap, target, argv).await? {
-        commit.committed().await.map_err(internal)?;
+    if let Some(record) = authorize_unrecorded(kernel, cred, io, token, cap, target, argv).await? {
+        kernel.audit.record(record).await.map_err(internal)?;
     }
     Ok(())
 }
 
-/// [`authorize`], except that an allowed decision's record may still be on its way to disk:
-/// the caller awaits the returned commit before it answers (`None`: every record is already
-/// committed). A denial or an approval wait commits the decision first.
-pub(crate) async fn authorize_queued(
+/// [`authorize`], except that an allowed decision's record is returned to the caller, who
+/// queues it with its own records (one commit) and awaits that commit before it answers
+/// (`None`: the records are already committed). A denial, or a decision that needs an
+/// approval, is committed here first.
+pub(crate) async fn authorize_unrecorded(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
@@ -265,12 +260,12 @@ pub(crate) async fn authorize_queued(
     cap: Capability,
     target: &str,
     argv: Option<&[String]>,
-) -> Result<Option<Commit>, RemoteError> {
-    let (o, commit) = decide_queued(kernel, cred, io, token, cap, Some(target), argv).await?;
+) -> Result<Option<Event>, RemoteError> {
+    let (o, record) = decision(kernel, cred, io, token, cap, Some(target), argv)?;
     if o.allowed() {
-        return Ok(Some(commit));
+        return Ok(Some(record));
     }
-    commit.committed().await.map_err(internal)?;
+    kernel.audit.record(record).await.map_err(internal)?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
         await_approval(kernel, cred, io, &o, cap, target).await?;
         return Ok(None);

@@ -15,7 +15,7 @@ use loong_profiles::pack::Capability;
 use tokio::net::unix::UCred;
 
 use super::{
-    authority_api::{authorize_queued, event},
+    authority_api::{authorize_unrecorded, event},
     connection::RequestIo,
 };
 use crate::{
@@ -73,7 +73,7 @@ pub(crate) async fn invoke(
             )))
         }
     };
-    let decided = authorize_queued(
+    let decided = authorize_unrecorded(
         kernel,
         cred,
         io,
@@ -90,20 +90,20 @@ pub(crate) async fn invoke(
     });
     let internal =
         |e: crate::audit::AuditError| RemoteError::new(ErrorKind::Internal, e.to_string());
-    let invoked = kernel
+    // The decision's and the invocation's records go to the writer as one message, so they
+    // share one commit (one fsync), which runs while the worker runs the call: a WASM call
+    // has no effect outside its worker, and nothing is answered before both are on disk.
+    let committed = kernel
         .audit
-        .queue(record(Kind::ToolInvoked, invoked))
+        .queue_all(
+            decided
+                .into_iter()
+                .chain([record(Kind::ToolInvoked, invoked)])
+                .collect(),
+        )
         .await
-        .map_err(internal)?;
-    // The decision's and the invocation's records are committed (one group, one fsync) while
-    // the worker runs the call: a WASM call has no effect outside its worker, and nothing is
-    // answered before both records are on disk.
-    let committed = async {
-        if let Some(d) = decided {
-            d.committed().await?;
-        }
-        invoked.committed().await
-    };
+        .map_err(internal)?
+        .committed();
     let mut open = Unanswered(Some((
         kernel.audit.clone(),
         record(

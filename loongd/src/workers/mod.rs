@@ -500,6 +500,7 @@ impl Supervisor {
         .await
         .map_err(|e| format!("spawn task: {e}"))?
         .map_err(|e| format!("spawning a WASM worker: {e}"))?;
+        let sandboxed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let pid = child.pid();
         let killer = child.killer().map_err(|e| format!("pidfd: {e}"))?;
         if let Some(err) = child.stderr.take() {
@@ -549,7 +550,7 @@ impl Supervisor {
                 Kind::WorkerSpawned,
                 serde_json::json!({
                     "worker": id, "pid": pid, "kind": "wasm", "tier": "restricted",
-                    "cold_start_us": cold_us, "degraded": child.degraded.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                    "cold_start_us": cold_us, "sandbox_us": sandboxed_us, "degraded": child.degraded.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
             ))
             .await;
