@@ -64,6 +64,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
 # max_output_bytes = 67108864
 
+[workers]
+# WASM worker processes kept in the pool: calls run at once, one per worker (1..=64).
+# wasm_pool_size = 2
+
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
 # jsonl_file = "/var/log/loong/audit.jsonl"
@@ -112,6 +116,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Approvals.
     pub approvals: ApprovalsConfig,
+    /// The worker pool.
+    pub workers: WorkersConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -227,6 +233,24 @@ impl Default for SandboxConfig {
     }
 }
 
+/// `[workers]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// WASM workers in the pool (and so WASM calls at once).
+    #[serde(deserialize_with = "pool_size")]
+    pub wasm_pool_size: u32,
+}
+
+/// The largest WASM pool.
+pub const MAX_WASM_POOL_SIZE: u32 = 64;
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { wasm_pool_size: 2 }
+    }
+}
+
 /// `[control]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -327,6 +351,9 @@ where
 
 fn max_clients<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, 1, MAX_MAX_CLIENTS, "connections")
+}
+fn pool_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_WASM_POOL_SIZE, "workers")
 }
 fn frame_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, 1, HARD_MAX_FRAME_BYTES, "bytes")
@@ -463,8 +490,15 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `log`"),
         );
+        check(
+            "[workers]\nwasm_pool_size = 0\n",
+            Err("/h/loongd.toml:2: 0 is outside 1..=64 workers"),
+        );
+        let mut c = Config::default();
+        c.workers.wasm_pool_size = 4;
+        check("[workers]\nwasm_pool_size = 4\n", Ok(c));
         check(
             "[ipc\n",
             Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"),

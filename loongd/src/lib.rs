@@ -72,6 +72,7 @@ impl Kernel {
         let workers = Arc::new(workers::Supervisor::new(
             spawner.clone(),
             config.sandbox.allow_degraded,
+            config.workers.wasm_pool_size as usize,
             audit.clone(),
         ));
         Kernel {

@@ -1,7 +1,7 @@
 //! The worker supervisor: a pool of `loong-worker-wasm` processes, each in a restricted
 //! sandbox, each running one call at a time.
 //!
-//! - A call takes a permit (at most [`WASM_POOL_SIZE`] calls run at once; the rest queue
+//! - A call takes a permit (at most `[workers] wasm_pool_size` calls run at once; the rest queue
 //!   until their deadline), then an idle worker, or spawns one (a cold start).
 //! - A worker is tracked by its pidfd (through [`loong_sandbox::Child`]). One that dies,
 //!   breaks the protocol or overruns a call's deadline (the plugin's timeout plus
@@ -47,8 +47,6 @@ use crate::audit::{Audit, Event, Kind};
 
 /// The worker executable, found next to loongd.
 pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
-/// Workers (and so calls at once) in the WASM pool.
-pub const WASM_POOL_SIZE: usize = 2;
 /// A WASM worker's memory (cgroup `memory.max`): the engine, its pool and one call.
 pub const WORKER_MEMORY_BYTES: u64 = 768 * 1024 * 1024;
 /// Threads a WASM worker may run: its main thread and the epoch ticker, with room to spare.
@@ -231,6 +229,7 @@ pub(crate) struct Supervisor {
     allow_degraded: bool,
     audit: Audit,
     permits: Semaphore,
+    pool_size: usize,
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
     next_id: AtomicU64,
@@ -252,10 +251,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    /// A supervisor whose workers run `WASM_WORKER_NAME` from loongd's own directory.
+    /// A supervisor of `pool_size` workers running `WASM_WORKER_NAME` from loongd's own
+    /// directory.
     pub(crate) fn new(
         spawner: Result<Arc<Spawner>, String>,
         allow_degraded: bool,
+        pool_size: usize,
         audit: Audit,
     ) -> Supervisor {
         let program = std::env::current_exe()
@@ -267,7 +268,8 @@ impl Supervisor {
             spawner,
             allow_degraded,
             audit,
-            permits: Semaphore::new(WASM_POOL_SIZE),
+            permits: Semaphore::new(pool_size),
+            pool_size,
             idle: Mutex::default(),
             table: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -444,9 +446,15 @@ impl Supervisor {
         }
     }
 
-    fn give_back(&self, worker: Worker) {
+    fn give_back(self: &Arc<Self>, worker: Worker) {
         if self.stopping.load(Ordering::Relaxed) {
             kill_now(&worker);
+            return;
+        }
+        // A background replacement racing an on-demand spawn can make one worker too many.
+        if self.live.load(Ordering::Relaxed) as usize > self.pool_size {
+            let me = self.clone();
+            tokio::spawn(async move { me.retire(worker, "above the pool size", "").await });
             return;
         }
         lock(&self.idle).push(worker);
@@ -611,7 +619,7 @@ impl Supervisor {
             let mut delay = RESTART_BACKOFF.0;
             for _ in 0..RESTART_ATTEMPTS {
                 if me.stopping.load(Ordering::Relaxed)
-                    || me.live.load(Ordering::Relaxed) as usize >= WASM_POOL_SIZE
+                    || me.live.load(Ordering::Relaxed) as usize >= me.pool_size
                 {
                     return;
                 }
@@ -630,10 +638,23 @@ impl Supervisor {
         });
     }
 
-    /// Pings every idle worker; retires the ones that do not answer.
+    /// Pings the idle workers, one at a time and each under a permit (so that a call never
+    /// finds the pool empty because of a ping); retires the ones that do not answer.
     pub(crate) async fn health_check(self: &Arc<Self>) {
-        let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
-        for mut w in idle {
+        let idle = lock(&self.idle).len();
+        for _ in 0..idle {
+            // A pool with no free permit is busy, and its workers are answering calls.
+            let Ok(_permit) = self.permits.try_acquire() else {
+                return;
+            };
+            // The oldest idle worker (calls take the newest).
+            let mut w = {
+                let mut idle = lock(&self.idle);
+                if idle.is_empty() {
+                    return;
+                }
+                idle.remove(0)
+            };
             match w.ping().await {
                 Ok(()) => self.give_back(w),
                 Err(fault) => {
