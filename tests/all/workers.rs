@@ -678,3 +678,45 @@ fn a_silent_worker_is_retired_by_the_health_check() {
     assert!(workers(&home).iter().all(|w| w["id"].as_u64() != Some(id)));
     assert_eq!(home.status().pid, pid);
 }
+
+/// An answer larger than the connection's frame limit is refused by name (exit 7) instead of
+/// breaking the connection; a small call on the same daemon still succeeds.
+#[test]
+fn an_answer_over_the_frame_limit_is_a_clean_failure() {
+    let home = Home::with_config("[ipc]\nmax_frame_bytes = 65536\n");
+    install_examples(&home);
+    // A JSON string of 100,000 `a`s.
+    let big = |home: &Home| {
+        install(
+            home,
+            "big-answer",
+            r#"(module
+             (import "loong" "write_output" (func $write_output (param i32 i32) (result i32)))
+             (memory (export "memory") 2)
+             (data (i32.const 0) "\"")
+             (func (export "run")
+               (memory.fill (i32.const 1) (i32.const 97) (i32.const 100000))
+               (i32.store8 (i32.const 100001) (i32.const 34))
+               (drop (call $write_output (i32.const 0) (i32.const 100002)))))"#,
+            "",
+        )
+    };
+    // Positive control: under the default 1 MiB frame limit the same answer arrives whole.
+    let roomy = Home::new();
+    big(&roomy);
+    roomy.start();
+    let (code, out, err) = invoke(&roomy, &["big-answer"]);
+    assert_eq!((code, out.trim().len()), (0, 100_002), "{err}");
+
+    big(&home);
+    let pid = home.start();
+    let (code, _, err) = invoke(&home, &["big-answer"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("frame limit"), "{err}");
+    echo_works(&home);
+    assert_eq!(home.status().pid, pid);
+    assert!(records(&home, "tool.failed")
+        .iter()
+        .map(detail)
+        .any(|d| d["tool"] == "big-answer" && d["failure"] == "output_too_large"));
+}

@@ -161,6 +161,30 @@ pub struct CallOutput {
     pub peak_memory_bytes: u64,
 }
 
+impl CallOutput {
+    /// Checks the output and logs against their bounds (a worker's answer is not trusted).
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        if self.output.len() > MAX_CALL_BYTES {
+            return Err(BoundError {
+                field: "output",
+                len: self.output.len(),
+                max: MAX_CALL_BYTES,
+            });
+        }
+        if self.logs.len() > MAX_LOG_LINES {
+            return Err(BoundError {
+                field: "logs",
+                len: self.logs.len(),
+                max: MAX_LOG_LINES,
+            });
+        }
+        for line in &self.logs {
+            check_len("log line", line, MAX_LOG_LINE_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a plugin failed to load or a call failed, with the worker intact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -230,4 +254,56 @@ pub struct WorkerStats {
     pub loaded: Vec<String>,
     /// Calls answered since start.
     pub calls: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_answer_is_checked_against_its_bounds() {
+        let ok = CallOutput {
+            output: b"{}".to_vec(),
+            logs: vec!["fine".into()],
+            logs_dropped: 0,
+            wall_us: 1,
+            cpu_us: 0,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+        };
+        assert_eq!(ok.check_bounds(), Ok(()));
+        let mut big = ok.clone();
+        big.output = vec![b' '; MAX_CALL_BYTES + 1];
+        assert_eq!(big.check_bounds().map_err(|e| e.field), Err("output"));
+        let mut chatty = ok.clone();
+        chatty.logs = vec![String::new(); MAX_LOG_LINES + 1];
+        assert_eq!(chatty.check_bounds().map_err(|e| e.field), Err("logs"));
+        let mut long = ok;
+        long.logs = vec!["x".repeat(MAX_LOG_LINE_BYTES + 1)];
+        assert_eq!(long.check_bounds().map_err(|e| e.field), Err("log line"));
+    }
+
+    #[test]
+    fn a_load_is_checked_against_its_bounds() {
+        let mut p = WasmPlugin {
+            plugin_id: "echo".into(),
+            module: vec![0; 8],
+            entrypoint: "run".into(),
+            timeout_ms: 1,
+            max_memory_bytes: 1,
+            max_output_bytes: 1,
+            max_module_bytes: 8,
+            fuel: None,
+            config: vec![("k".into(), "v".into())],
+            guest_readable_config_keys: vec!["k".into()],
+            sha256: None,
+            blocked_import_prefixes: Vec::new(),
+        };
+        assert_eq!(p.check_bounds(), Ok(()));
+        p.plugin_id = "x".repeat(MAX_PLUGIN_ID_BYTES + 1);
+        assert_eq!(p.check_bounds().map_err(|e| e.field), Err("plugin_id"));
+        p.plugin_id = "echo".into();
+        p.config = vec![(String::new(), String::new()); MAX_CONFIG_ENTRIES + 1];
+        assert_eq!(p.check_bounds().map_err(|e| e.field), Err("config"));
+    }
 }

@@ -27,6 +27,9 @@ use crate::{
     Kernel,
 };
 
+/// Room kept in a reply frame for everything but the output and the logs.
+pub const ANSWER_OVERHEAD_BYTES: usize = 1024;
+
 /// How long a call may wait for a free worker.
 pub const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -125,7 +128,21 @@ pub(crate) async fn invoke(
     open.0 = None;
     committed.map_err(internal)?;
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    match called.result {
+    // The answer must fit this connection's frame limit, or the client would lose it.
+    let room = kernel.config.ipc.max_frame_bytes as usize;
+    let result = called.result.and_then(|out| {
+        let size = out.output.len() + out.logs.iter().map(|l| l.len() + 8).sum::<usize>();
+        if size + ANSWER_OVERHEAD_BYTES > room {
+            return Err(CallError::Plugin(loong_ipc::PluginFailure::new(
+                loong_ipc::FailureKind::OutputTooLarge,
+                format!(
+                    "the answer ({size} bytes) does not fit this connection's frame limit of {room} bytes; raise ipc.max_frame_bytes or lower the plugin's max_output_bytes"
+                ),
+            )));
+        }
+        Ok(out)
+    });
+    match result {
         Ok(out) => {
             let detail = serde_json::json!({
                 "tool": req.tool, "worker": called.worker, "wall_us": wall_us,

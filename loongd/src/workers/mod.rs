@@ -424,7 +424,14 @@ impl Supervisor {
             e.calls += 1;
         }
         match answer {
-            WorkerResponse::Output(out) => Ok(Ok(out)),
+            // A worker's answer is checked, not trusted: bounds, and JSON as promised.
+            WorkerResponse::Output(out) => {
+                out.check_bounds()
+                    .map_err(|e| WorkerFault::Broken(format!("answer out of bounds: {e}")))?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
+                    .map_err(|e| WorkerFault::Broken(format!("output is not JSON: {e}")))?;
+                Ok(Ok(out))
+            }
             WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
             other => Err(WorkerFault::Broken(format!(
                 "answered a call with {other:?}"
