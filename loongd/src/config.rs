@@ -78,6 +78,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # syslog = false
 # syslog_socket = "/dev/log"
 # syslog_failure = "open"
+# "full": every commit waits for an fsync, so a record survives a power loss. "normal": a
+# commit survives loongd crashing but the last moments may be lost with the machine; a tool
+# call then waits for no fsync.
+# sync = "full"
 
 [policy]
 # A risk profile to use instead of the bundled one.
@@ -133,6 +137,10 @@ pub struct AuditConfig {
     pub syslog_socket: std::path::PathBuf,
     #[serde(deserialize_with = "failure_mode")]
     pub syslog_failure: String,
+    /// `full` (every commit fsynced) or `normal` (commits survive a loongd crash, not a power
+    /// loss).
+    #[serde(deserialize_with = "durability")]
+    pub sync: String,
 }
 
 impl Default for AuditConfig {
@@ -143,11 +151,21 @@ impl Default for AuditConfig {
             syslog: false,
             syslog_socket: "/dev/log".into(),
             syslog_failure: "open".into(),
+            sync: "full".into(),
         }
     }
 }
 
 impl AuditConfig {
+    /// The trail's durability.
+    pub fn durability(&self) -> crate::audit::Durability {
+        if self.sync == "normal" {
+            crate::audit::Durability::Normal
+        } else {
+            crate::audit::Durability::Full
+        }
+    }
+
     /// The SIEM transports this configures.
     pub fn siem(&self) -> crate::audit::siem::SiemConfig {
         use crate::audit::siem::FailureMode;
@@ -170,6 +188,15 @@ impl AuditConfig {
     }
 }
 
+fn durability<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = String::deserialize(d)?;
+    if v != "full" && v != "normal" {
+        return Err(serde::de::Error::custom(format!(
+            "`{v}` is not \"full\" or \"normal\""
+        )));
+    }
+    Ok(v)
+}
 fn failure_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let v = String::deserialize(d)?;
     if v != "open" && v != "closed" {
@@ -496,6 +523,14 @@ mod tests {
             "[workers]\nwasm_pool_size = 0\n",
             Err("/h/loongd.toml:2: 0 is outside 1..=64 workers"),
         );
+        check(
+            "[audit]\nsync = \"sometimes\"\n",
+            Err("/h/loongd.toml:2: `sometimes` is not \"full\" or \"normal\""),
+        );
+        let mut c = Config::default();
+        c.audit.sync = "normal".into();
+        assert_eq!(c.audit.durability(), crate::audit::Durability::Normal);
+        check("[audit]\nsync = \"normal\"\n", Ok(c));
         let mut c = Config::default();
         c.workers.wasm_pool_size = 4;
         check("[workers]\nwasm_pool_size = 4\n", Ok(c));

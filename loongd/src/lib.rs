@@ -184,8 +184,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
     }
     // No audit trail, no daemon: every decision must be recorded.
-    let audit =
-        audit::open_with(&layout.home, config.audit.siem()).context("opening the audit trail")?;
+    let audit = audit::open_with(&layout.home, config.audit.siem(), config.audit.durability())
+        .context("opening the audit trail")?;
     let unenforceable: Vec<String> = match &spawner {
         Ok(s) => loong_sandbox::Tier::ALL
             .iter()
@@ -243,6 +243,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                     "pid": std::process::id(),
                     "version": env!("CARGO_PKG_VERSION"),
                     "home": kernel.layout.home.display().to_string(),
+                    "audit_sync": kernel.config.audit.durability().as_str(),
                     "tiers_not_enforceable": unenforceable,
                 }),
             ))

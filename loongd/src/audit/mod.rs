@@ -244,15 +244,41 @@ pub fn checkpoint_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     m
 }
 
-/// Opens the home's audit trail (creating the database and the key on first use).
-pub fn open(home: &Path) -> Result<Audit, AuditError> {
-    open_with(home, siem::SiemConfig::default())
+/// When a committed group counts as recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk: every commit waits for an fsync (SQLite `synchronous = FULL`), so a record
+    /// survives a power loss. The default.
+    #[default]
+    Full,
+    /// In the operating system: a commit survives loongd crashing or being killed, but the
+    /// last groups may be lost with the machine (`synchronous = NORMAL` in WAL mode).
+    Normal,
 }
 
-/// [`open`] with SIEM transports.
-pub fn open_with(home: &Path, siem: siem::SiemConfig) -> Result<Audit, AuditError> {
+impl Durability {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        }
+    }
+}
+
+/// Opens the home's audit trail (creating the database and the key on first use).
+pub fn open(home: &Path) -> Result<Audit, AuditError> {
+    open_with(home, siem::SiemConfig::default(), Durability::Full)
+}
+
+/// [`open`] with SIEM transports and a durability.
+pub fn open_with(
+    home: &Path,
+    siem: siem::SiemConfig,
+    durability: Durability,
+) -> Result<Audit, AuditError> {
     let key = AuditKey::load_or_create(&home.join("keys"))?;
-    Audit::open(&home.join(DB_FILE), key, siem)
+    Audit::open(&home.join(DB_FILE), key, siem, durability)
 }
 
 #[cfg(test)]

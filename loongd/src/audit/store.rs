@@ -156,12 +156,17 @@ impl Audit {
         db: &Path,
         key: AuditKey,
         siem: super::siem::SiemConfig,
+        durability: super::Durability,
     ) -> Result<Audit, AuditError> {
         let conn = Connection::open(db).map_err(db_err(db))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err(db))?;
-        // Every committed group is on disk before its appends are acknowledged.
-        conn.pragma_update(None, "synchronous", "FULL")
+        // With `Full`, every committed group is on disk before its appends are acknowledged.
+        let sync = match durability {
+            super::Durability::Full => "FULL",
+            super::Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
             .map_err(db_err(db))?;
         conn.execute_batch(SCHEMA).map_err(db_err(db))?;
         let tail: Option<(i64, Vec<u8>)> = conn
