@@ -144,6 +144,19 @@ pub enum WorkerResponse {
     Stats(WorkerStats),
 }
 
+impl WorkerResponse {
+    /// The variant's name, for messages (never its possibly large contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerResponse::Loaded { .. } => "Loaded",
+            WorkerResponse::Output(_) => "Output",
+            WorkerResponse::Failed(_) => "Failed",
+            WorkerResponse::Unloaded => "Unloaded",
+            WorkerResponse::Stats(_) => "Stats",
+        }
+    }
+}
+
 /// A successful call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

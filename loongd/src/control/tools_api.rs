@@ -30,6 +30,9 @@ use crate::{
 /// Room kept in a reply frame for everything but the output and the logs.
 pub const ANSWER_OVERHEAD_BYTES: usize = 1024;
 
+/// Encoding overhead counted per log line of an answer (its length prefix, with room).
+pub const LOG_LINE_OVERHEAD_BYTES: usize = 8;
+
 /// How long a call may wait for a free worker.
 pub const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -51,7 +54,7 @@ pub(crate) async fn invoke(
             req.input.len()
         )));
     }
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(&req.input) {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&req.input) {
         return Err(bad(format!("the input is not JSON: {e}")));
     }
     let plugin = kernel
@@ -131,7 +134,8 @@ pub(crate) async fn invoke(
     // The answer must fit this connection's frame limit, or the client would lose it.
     let room = kernel.config.ipc.max_frame_bytes as usize;
     let result = called.result.and_then(|out| {
-        let size = out.output.len() + out.logs.iter().map(|l| l.len() + 8).sum::<usize>();
+        let size = out.output.len()
+            + out.logs.iter().map(|l| l.len() + LOG_LINE_OVERHEAD_BYTES).sum::<usize>();
         if size + ANSWER_OVERHEAD_BYTES > room {
             return Err(CallError::Plugin(loong_ipc::PluginFailure::new(
                 loong_ipc::FailureKind::OutputTooLarge,

@@ -18,7 +18,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
@@ -87,6 +87,23 @@ pub(crate) enum CallError {
 pub(crate) struct Called {
     pub worker: u64,
     pub result: Result<CallOutput, CallError>,
+}
+
+/// What a checked-out worker is asked to do.
+#[derive(Debug)]
+enum Job {
+    /// Load the plugin (discovery's check).
+    Check,
+    /// Call it with this input, loading it first when needed.
+    Call(Vec<u8>),
+}
+
+/// What a job produced.
+#[derive(Debug)]
+enum Done {
+    /// The module's sha256.
+    Loaded(String),
+    Output(CallOutput),
 }
 
 /// A plugin as the supervisor loads it: the wire form and a generation that changes when
@@ -233,7 +250,6 @@ pub(crate) struct Supervisor {
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
     next_id: AtomicU64,
-    live: AtomicU32,
     stopping: AtomicBool,
 }
 
@@ -273,7 +289,6 @@ impl Supervisor {
             idle: Mutex::default(),
             table: Mutex::default(),
             next_id: AtomicU64::new(1),
-            live: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
         }
     }
@@ -287,10 +302,46 @@ impl Supervisor {
         queue_deadline: Duration,
         correlation: &str,
     ) -> Called {
-        let call_deadline = Duration::from_millis(plugin.wire.timeout_ms) + CALL_GRACE;
+        let (worker, result) = self
+            .run(plugin, Job::Call(input), queue_deadline, correlation)
+            .await;
+        let result = result.and_then(|done| match done {
+            Done::Output(out) => Ok(out),
+            Done::Loaded(_) => Err(CallError::Worker(
+                "internal: a call answered as a load".into(),
+            )),
+        });
+        Called { worker, result }
+    }
+
+    /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
+    /// whether the module is acceptable and gives its digest.
+    pub(crate) async fn check_load(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+    ) -> Result<String, CallError> {
+        let (_, result) = self.run(plugin, Job::Check, LOAD_TIMEOUT, "").await;
+        match result? {
+            Done::Loaded(sha256) => Ok(sha256),
+            Done::Output(_) => Err(CallError::Worker(
+                "internal: a load answered as a call".into(),
+            )),
+        }
+    }
+
+    /// Checks a worker out under a permit, runs `job` on it and gives it back, or retires it
+    /// (and starts a replacement) when it failed. Returns the worker's id (0: none was had).
+    async fn run(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+        job: Job,
+        queue_deadline: Duration,
+        correlation: &str,
+    ) -> (u64, Result<Done, CallError>) {
+        let unavailable = |why: String| (0, Err(CallError::Unavailable(why)));
         let permit = match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) => return unavailable("the worker pool is closed"),
+            Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
             Err(_) => {
                 return unavailable(format!(
                     "no worker became free within {} ms",
@@ -304,122 +355,67 @@ impl Supervisor {
         };
         let id = worker.id;
         self.mark(id, Some(&plugin.wire.plugin_id));
-        // If this future is dropped mid-call (the request's deadline, a client gone), the
-        // guard kills the worker: its state is unknown, and it must not answer a stale call.
         let mut out = Checkout {
             sup: self.clone(),
             worker: Some(worker),
             correlation: correlation.to_string(),
         };
-        let Some(worker) = out.worker.as_mut() else {
-            return unavailable("internal: checkout without a worker");
-        };
-        let result = self.run_on(worker, plugin, input, call_deadline).await;
-        let Some(worker) = out.worker.take() else {
-            return unavailable("internal: checkout without a worker");
-        };
+        let result = self.run_on(out.worker(), plugin, job).await;
+        let worker = out.release();
         drop(permit);
         match result {
             Ok(r) => {
                 self.mark(id, None);
                 self.give_back(worker);
-                Called {
-                    worker: id,
-                    result: r,
-                }
+                (id, r)
             }
             Err(fault) => {
-                let why = format!("worker {id} failed during the call: {fault}");
+                let why = format!("worker {id} failed: {fault}");
                 self.retire(worker, &why, correlation).await;
                 self.replace_in_background();
-                Called {
-                    worker: id,
-                    result: Err(CallError::Worker(why)),
-                }
+                (id, Err(CallError::Worker(why)))
             }
         }
     }
 
-    /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
-    /// whether the module is acceptable and gives its digest.
-    pub(crate) async fn check_load(
-        self: &Arc<Self>,
-        plugin: &Loadable,
-    ) -> Result<String, CallError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| CallError::Unavailable("the worker pool is closed".into()))?;
-        let mut worker = self.take_or_spawn().await.map_err(CallError::Unavailable)?;
-        let result = worker
-            .request(
-                WorkerRequest::Load(Box::new((*plugin.wire).clone())),
-                LOAD_TIMEOUT,
-            )
-            .await;
-        match result {
-            Ok(WorkerResponse::Loaded { sha256, .. }) => {
-                worker
-                    .loaded
-                    .insert(plugin.wire.plugin_id.clone(), plugin.generation);
-                self.give_back(worker);
-                Ok(sha256)
-            }
-            Ok(WorkerResponse::Failed(f)) => {
-                self.give_back(worker);
-                Err(CallError::Plugin(f))
-            }
-            Ok(other) => {
-                let why = format!("answered a load with {other:?}");
-                self.retire(worker, &why, "").await;
-                Err(CallError::Worker(why))
-            }
-            Err(fault) => {
-                let why = format!("failed while loading {}: {fault}", plugin.wire.plugin_id);
-                self.retire(worker, &why, "").await;
-                self.replace_in_background();
-                Err(CallError::Worker(why))
-            }
-        }
-    }
-
+    /// Loads the plugin into `worker` (always for a check; for a call, unless this generation
+    /// is loaded already), then calls it for a call. A plugin's own failure is the inner
+    /// `Err`; a worker that misbehaves is the outer one.
     async fn run_on(
         &self,
         worker: &mut Worker,
         plugin: &Loadable,
-        input: Vec<u8>,
-        deadline: Duration,
-    ) -> Result<Result<CallOutput, CallError>, WorkerFault> {
+        job: Job,
+    ) -> Result<Result<Done, CallError>, WorkerFault> {
         let id = &plugin.wire.plugin_id;
-        if worker.loaded.get(id) != Some(&plugin.generation) {
-            match worker
-                .request(
-                    WorkerRequest::Load(Box::new((*plugin.wire).clone())),
-                    LOAD_TIMEOUT,
-                )
-                .await?
-            {
-                WorkerResponse::Loaded { .. } => {
+        let loaded = worker.loaded.get(id) == Some(&plugin.generation);
+        let sha256 = if matches!(job, Job::Check) || !loaded {
+            let load = WorkerRequest::Load(Box::new((*plugin.wire).clone()));
+            match worker.request(load, LOAD_TIMEOUT).await? {
+                WorkerResponse::Loaded { sha256, .. } => {
                     worker.loaded.insert(id.clone(), plugin.generation);
+                    sha256
                 }
                 WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
                 other => {
                     return Err(WorkerFault::Broken(format!(
-                        "answered a load with {other:?}"
+                        "answered a load with {}",
+                        other.name()
                     )))
                 }
             }
-        }
-        let answer = worker
-            .request(
-                WorkerRequest::Invoke {
-                    plugin_id: id.clone(),
-                    input,
-                },
-                deadline,
-            )
-            .await?;
+        } else {
+            String::new()
+        };
+        let Job::Call(input) = job else {
+            return Ok(Ok(Done::Loaded(sha256)));
+        };
+        let deadline = Duration::from_millis(plugin.wire.timeout_ms) + CALL_GRACE;
+        let invoke = WorkerRequest::Invoke {
+            plugin_id: id.clone(),
+            input,
+        };
+        let answer = worker.request(invoke, deadline).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {
             e.calls += 1;
         }
@@ -430,13 +426,19 @@ impl Supervisor {
                     .map_err(|e| WorkerFault::Broken(format!("answer out of bounds: {e}")))?;
                 serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
                     .map_err(|e| WorkerFault::Broken(format!("output is not JSON: {e}")))?;
-                Ok(Ok(out))
+                Ok(Ok(Done::Output(out)))
             }
             WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
             other => Err(WorkerFault::Broken(format!(
-                "answered a call with {other:?}"
+                "answered a call with {}",
+                other.name()
             ))),
         }
+    }
+
+    /// Workers spawned and not yet retired.
+    fn live(&self) -> usize {
+        lock(&self.table).len()
     }
 
     /// An idle worker that is still alive, or a new one.
@@ -459,7 +461,7 @@ impl Supervisor {
             return;
         }
         // A background replacement racing an on-demand spawn can make one worker too many.
-        if self.live.load(Ordering::Relaxed) as usize > self.pool_size {
+        if self.live() > self.pool_size {
             let me = self.clone();
             tokio::spawn(async move { me.retire(worker, "above the pool size", "").await });
             return;
@@ -548,7 +550,6 @@ impl Supervisor {
             }
         };
         let cold_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.live.fetch_add(1, Ordering::Relaxed);
         lock(&self.table).insert(
             id,
             Entry {
@@ -586,7 +587,6 @@ impl Supervisor {
         let killed_by = lock(&self.table)
             .remove(&worker.id)
             .and_then(|e| e.killed_by);
-        self.live.fetch_sub(1, Ordering::Relaxed);
         let Some(child) = worker.child.take() else {
             return;
         };
@@ -625,9 +625,7 @@ impl Supervisor {
         tokio::spawn(async move {
             let mut delay = RESTART_BACKOFF.0;
             for _ in 0..RESTART_ATTEMPTS {
-                if me.stopping.load(Ordering::Relaxed)
-                    || me.live.load(Ordering::Relaxed) as usize >= me.pool_size
-                {
+                if me.stopping.load(Ordering::Relaxed) || me.live() >= me.pool_size {
                     return;
                 }
                 match me.spawn().await {
@@ -712,11 +710,27 @@ impl Supervisor {
     }
 }
 
-/// A worker checked out for one call; dropped with the worker still inside, it retires it.
+/// A worker out on one job. Dropped before [`Checkout::release`] (the job's future was
+/// dropped: a deadline, a client gone), it kills the worker, whose state is then unknown, and
+/// retires it in the background.
 struct Checkout {
     sup: Arc<Supervisor>,
     worker: Option<Worker>,
     correlation: String,
+}
+
+impl Checkout {
+    fn worker(&mut self) -> &mut Worker {
+        self.worker
+            .as_mut()
+            .expect("a checkout holds its worker until it is released")
+    }
+
+    fn release(mut self) -> Worker {
+        self.worker
+            .take()
+            .expect("a checkout holds its worker until it is released")
+    }
 }
 
 impl Drop for Checkout {
@@ -728,7 +742,7 @@ impl Drop for Checkout {
             tokio::spawn(async move {
                 sup.retire(
                     w,
-                    "its call was abandoned (deadline or client gone)",
+                    "its job was abandoned (deadline or client gone)",
                     &correlation,
                 )
                 .await;
@@ -741,13 +755,6 @@ impl Drop for Checkout {
 fn kill_now(worker: &Worker) {
     if let Some(c) = &worker.child {
         let _ = c.kill();
-    }
-}
-
-fn unavailable(why: impl Into<String>) -> Called {
-    Called {
-        worker: 0,
-        result: Err(CallError::Unavailable(why.into())),
     }
 }
 

@@ -14,7 +14,7 @@
 use std::{
     io::{self, Read, Write},
     os::{fd::AsFd, unix::net::UnixStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -157,7 +157,7 @@ impl Conn {
         }
         self.write(&HandshakeReply::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
-            build: build_id.chars().take(64).collect(),
+            build: build_id.into(),
             connection_id: 0,
             limits: Limits {
                 max_frame_bytes: WORKER_MAX_FRAME_BYTES,
@@ -181,7 +181,8 @@ impl Conn {
 
     /// The next frame's body; `None` at a clean end of stream between frames.
     fn read_body(&mut self, idle: Option<Duration>) -> io::Result<Option<Vec<u8>>> {
-        let mut started = false;
+        // Set at the frame's first byte: the rest must arrive by then.
+        let mut frame_deadline: Option<Instant> = None;
         loop {
             if let Some(body) = self
                 .buf
@@ -190,8 +191,9 @@ impl Conn {
             {
                 return Ok(Some(body));
             }
-            let waiting = if started || self.buf.buffered() > 0 {
-                Some(FRAME_TIMEOUT)
+            let waiting = if self.buf.buffered() > 0 {
+                let until = *frame_deadline.get_or_insert_with(|| Instant::now() + FRAME_TIMEOUT);
+                Some(until.saturating_duration_since(Instant::now()))
             } else {
                 idle
             };
@@ -221,7 +223,6 @@ impl Conn {
                     ))
                 };
             }
-            started = true;
         }
     }
 
