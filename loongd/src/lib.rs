@@ -70,6 +70,7 @@ impl Kernel {
         authority: authority::Authority,
     ) -> Kernel {
         let workers = Arc::new(workers::Supervisor::new(
+            workers::WorkerKind::wasm(),
             spawner.clone(),
             config.sandbox.allow_degraded,
             config.workers.wasm_pool_size as usize,
@@ -110,11 +111,28 @@ impl Kernel {
             .clone()
     }
 
-    fn set_plugins(&self, registry: workers::plugins::Registry) {
-        *self
-            .plugins
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(registry);
+    /// Replaces the plugin set; returns the previous one.
+    fn set_plugins(&self, registry: workers::plugins::Registry) -> Arc<workers::plugins::Registry> {
+        std::mem::replace(
+            &mut *self
+                .plugins
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::new(registry),
+        )
+    }
+
+    /// A pool of one worker of `kind` (a foreign program's), with its health checks.
+    fn new_pool(&self, kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+        let pool = Arc::new(workers::Supervisor::new(
+            kind,
+            self.spawner.clone(),
+            self.config.sandbox.allow_degraded,
+            1,
+            self.audit.clone(),
+        ));
+        tokio::spawn(workers::health_loop(pool.clone()));
+        pool
     }
 
     fn connected(&self) -> u32 {
@@ -271,6 +289,9 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         control::tools_api::reload(&kernel).await;
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
+        for pool in control::tools_api::own_pools(&kernel.plugins_snapshot(), &kernel) {
+            pool.shutdown();
+        }
         let stopped = audit::Event::daemon(
             audit::Kind::DaemonStopped,
             serde_json::json!({ "pid": std::process::id() }),

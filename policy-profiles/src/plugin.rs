@@ -97,7 +97,74 @@ struct RawSandbox {
     allow_wasi: bool,
     #[serde(default)]
     blocked_import_prefixes: Vec<String>,
+    #[serde(default)]
+    read: Vec<String>,
+    #[serde(default)]
+    write: Vec<String>,
+    #[serde(default)]
+    net: Vec<String>,
+    max_line_bytes: Option<u64>,
 }
+
+/// How a foreign program is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignKind {
+    /// `process_stdio`: JSON lines, `{method, id, payload, version}`.
+    ProcessStdio,
+    /// `mcp_stdio`: an MCP server over stdio.
+    McpStdio,
+}
+
+impl ForeignKind {
+    /// The manifest's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForeignKind::ProcessStdio => "process_stdio",
+            ForeignKind::McpStdio => "mcp_stdio",
+        }
+    }
+}
+
+/// A foreign program and what its sandbox grants (bridge kinds `process_stdio`, `mcp_stdio`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignBridge {
+    pub kind: ForeignKind,
+    /// `metadata.command`: an absolute path, or a name on the sandbox's `PATH`.
+    pub command: String,
+    /// `metadata.args_json`, parsed.
+    pub args: Vec<String>,
+    /// `sandbox.read`: paths readable inside the sandbox.
+    pub read: Vec<PathBuf>,
+    /// `sandbox.write`: paths readable and writable inside the sandbox.
+    pub write: Vec<PathBuf>,
+    /// `sandbox.net`: TCP destinations, `host:port`.
+    pub net: Vec<loong_sandbox::NetGrant>,
+    /// Longest line accepted from the program.
+    pub max_line_bytes: u64,
+}
+
+/// What runs the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bridge {
+    /// A WASM module in the restricted WASM worker (`component`, `entrypoint`).
+    Wasm,
+    /// A foreign program in a balanced-tier stdio worker.
+    Foreign(ForeignBridge),
+}
+
+/// The most arguments `metadata.args_json` may hold.
+pub const MAX_ARGS: usize = 256;
+/// Default and ceiling of `sandbox.max_line_bytes`.
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 1024 * 1024;
+pub const MAX_LINE_BYTES: u64 = 8 * 1024 * 1024;
+/// Directories a bare command name is looked up in.
+pub const COMMAND_PATH: [&str; 5] = [
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+    "/usr/local/sbin",
+    "/usr/sbin",
+];
 
 /// The limits one plugin runs under (the worker clamps each to its own ceiling).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +195,7 @@ pub struct PluginManifest {
     pub guest_readable_config_keys: Vec<String>,
     pub sha256: Option<String>,
     pub blocked_import_prefixes: Vec<String>,
+    pub bridge: Bridge,
 }
 
 impl PluginManifest {
@@ -135,7 +203,58 @@ impl PluginManifest {
     pub fn load_dir(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let text = read_capped(&path, MAX_MANIFEST_BYTES)?;
-        Self::parse(&path, &text)
+        let mut m = Self::parse(&path, &text)?;
+        m.check_host()?;
+        Ok(m)
+    }
+
+    /// Checks what the manifest names on this host: a foreign program must be an executable
+    /// file, and every granted path must exist. Resolves the command to its absolute path.
+    pub fn check_host(&mut self) -> Result<(), ManifestError> {
+        let path = self.path.clone();
+        let Bridge::Foreign(f) = &mut self.bridge else {
+            return Ok(());
+        };
+        let field = |field, message: String| ManifestError::Field {
+            path: path.clone(),
+            field,
+            message,
+        };
+        let runnable = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        let resolved = if f.command.starts_with('/') {
+            Some(PathBuf::from(&f.command)).filter(|p| runnable(p))
+        } else {
+            COMMAND_PATH
+                .iter()
+                .map(|d| Path::new(d).join(&f.command))
+                .find(|p| runnable(p))
+        };
+        let Some(resolved) = resolved else {
+            return Err(field(
+                "metadata.command",
+                format!(
+                    "program {:?} not found or not executable (give an absolute path or a name in {})",
+                    f.command,
+                    COMMAND_PATH.join(":")
+                ),
+            ));
+        };
+        f.command = resolved.display().to_string();
+        for (name, grants) in [("sandbox.read", &f.read), ("sandbox.write", &f.write)] {
+            if let Some(missing) = grants.iter().find(|g| !g.exists()) {
+                return Err(field(
+                    name,
+                    format!(
+                        "{}: the path does not exist; create it or remove the grant",
+                        missing.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validates manifest text; `path` names it in errors and roots `component`.
@@ -171,14 +290,29 @@ impl PluginManifest {
                 ),
             ));
         }
-        match raw.metadata.get("bridge_kind").map(String::as_str) {
-            Some("wasm" | "wasm_component") => {}
+        let foreign = match raw.metadata.get("bridge_kind").map(String::as_str) {
+            Some("wasm" | "wasm_component") => None,
+            Some("process_stdio") => Some(ForeignKind::ProcessStdio),
+            Some("mcp_stdio") => Some(ForeignKind::McpStdio),
+            Some("http_json") => {
+                check_endpoint(raw.metadata.get("endpoint").map(String::as_str))
+                    .map_err(|m| field("metadata.endpoint", m))?;
+                return Err(field(
+                    "metadata.bridge_kind",
+                    "\"http_json\": this build does not run http_json connectors yet".into(),
+                ));
+            }
             other => {
                 return Err(field(
                     "metadata.bridge_kind",
-                    format!("{other:?}: this loader takes \"wasm\" or \"wasm_component\""),
+                    format!(
+                        "{other:?}: expected \"wasm\", \"wasm_component\", \"process_stdio\" or \"mcp_stdio\""
+                    ),
                 ))
             }
+        };
+        if let Some(kind) = foreign {
+            return Self::parse_foreign(path, raw, kind);
         }
         let component = raw
             .metadata
@@ -259,6 +393,132 @@ impl PluginManifest {
             guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
             sha256: raw.sandbox.sha256,
             blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
+            bridge: Bridge::Wasm,
+        })
+    }
+
+    fn parse_foreign(
+        path: &Path,
+        raw: RawManifest,
+        kind: ForeignKind,
+    ) -> Result<Self, ManifestError> {
+        let field = |field, message: String| ManifestError::Field {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let command = raw
+            .metadata
+            .get("command")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                field(
+                    "metadata.command",
+                    "missing: name the program to run".into(),
+                )
+            })?
+            .clone();
+        let args: Vec<String> = match raw.metadata.get("args_json") {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                field(
+                    "metadata.args_json",
+                    format!("not a JSON array of strings: {e}"),
+                )
+            })?,
+        };
+        if args.len() > MAX_ARGS {
+            return Err(field(
+                "metadata.args_json",
+                format!("{} arguments, at most {MAX_ARGS}", args.len()),
+            ));
+        }
+        let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
+        if tier != "balanced" {
+            return Err(field(
+                "sandbox.tier",
+                format!("{tier:?}: foreign programs run in the balanced tier"),
+            ));
+        }
+        for (name, set) in [
+            ("sandbox.config", !raw.sandbox.config.is_empty()),
+            ("sandbox.fuel", raw.sandbox.fuel.is_some()),
+            ("sandbox.sha256", raw.sandbox.sha256.is_some()),
+            ("sandbox.allow_wasi", raw.sandbox.allow_wasi),
+        ] {
+            if set {
+                return Err(field(
+                    name,
+                    format!(
+                        "applies to WASM plugins only; remove it from a {} plugin",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+        let grants = |name: &'static str, list: &[String]| -> Result<Vec<PathBuf>, ManifestError> {
+            if list.len() > MAX_ARGS {
+                return Err(field(
+                    name,
+                    format!("{} grants, at most {MAX_ARGS}", list.len()),
+                ));
+            }
+            list.iter()
+                .map(|g| {
+                    let p = PathBuf::from(g);
+                    if !p.is_absolute() || g.contains('\0') {
+                        return Err(field(name, format!("{g:?}: give an absolute path")));
+                    }
+                    Ok(p)
+                })
+                .collect()
+        };
+        let read = grants("sandbox.read", &raw.sandbox.read)?;
+        let write = grants("sandbox.write", &raw.sandbox.write)?;
+        let net = raw
+            .sandbox
+            .net
+            .iter()
+            .map(|n| n.parse().map_err(|e: String| field("sandbox.net", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_line_bytes = raw.sandbox.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
+            return Err(field(
+                "sandbox.max_line_bytes",
+                format!("{max_line_bytes}: give 1 to {MAX_LINE_BYTES}"),
+            ));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            plugin_id: raw.plugin_id,
+            version: raw.version,
+            summary: raw.summary,
+            capabilities: raw.capabilities,
+            component: PathBuf::new(),
+            entrypoint: String::new(),
+            limits: PluginLimits {
+                timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                max_memory_bytes: raw.sandbox.max_memory_bytes.unwrap_or(0),
+                max_output_bytes: raw
+                    .sandbox
+                    .max_output_bytes
+                    .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+                fuel: None,
+                max_module_bytes: 0,
+            },
+            config: BTreeMap::new(),
+            guest_readable_config_keys: Vec::new(),
+            sha256: None,
+            blocked_import_prefixes: Vec::new(),
+            bridge: Bridge::Foreign(ForeignBridge {
+                kind,
+                command,
+                args,
+                read,
+                write,
+                net,
+                max_line_bytes,
+            }),
         })
     }
 
@@ -284,6 +544,31 @@ impl PluginManifest {
         // One byte over the cap is read so the engine reports the size error.
         read_capped_lenient(&real, cap + 1)
     }
+}
+
+/// Checks an `http_json` endpoint: `http://` or `https://`, a host, an optional port.
+fn check_endpoint(endpoint: Option<&str>) -> Result<(), String> {
+    let e = endpoint.ok_or("missing: give the URL the connector posts to")?;
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or_else(|| format!("{e:?} does not parse: expected http://HOST[:PORT]/PATH"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok || authority.contains('@') {
+        return Err(format!(
+            "{e:?} does not parse: expected http://HOST[:PORT]/PATH"
+        ));
+    }
+    Ok(())
 }
 
 fn read_capped_lenient(path: &Path, limit: u64) -> Result<Vec<u8>, ManifestError> {
@@ -351,7 +636,7 @@ mod tests {
             ),
             (
                 r#""bridge_kind": "wasm""#,
-                r#""bridge_kind": "process_stdio""#,
+                r#""bridge_kind": "native_ffi""#,
                 "bridge_kind",
             ),
             (
@@ -399,5 +684,98 @@ mod tests {
         );
         let err = PluginManifest::parse(&path, big.as_bytes()).expect_err("over the ceiling");
         assert!(err.to_string().contains("max_module_bytes"), "{err}");
+    }
+
+    #[test]
+    fn foreign_manifests_are_validated() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        let good = r#"{"api_version": "v1alpha1", "plugin_id": "lines", "version": "1",
+            "metadata": {"bridge_kind": "process_stdio", "command": "sh",
+                "args_json": "[\"-c\", \"cat\"]"},
+            "sandbox": {"read": ["/usr/share"], "net": ["127.0.0.1:8080"], "timeout_ms": 500}}"#;
+        let mut m = PluginManifest::parse(&path, good.as_bytes()).expect("parses");
+        let Bridge::Foreign(f) = &m.bridge else {
+            panic!("a foreign bridge: {:?}", m.bridge)
+        };
+        assert_eq!(f.kind, ForeignKind::ProcessStdio);
+        assert_eq!(f.args, ["-c", "cat"]);
+        assert_eq!(f.net[0].port, 8080);
+        assert_eq!(m.limits.timeout_ms, 500);
+        m.check_host().expect("sh exists");
+        let Bridge::Foreign(f) = &m.bridge else {
+            unreachable!()
+        };
+        assert!(
+            f.command.starts_with('/') && f.command.ends_with("/sh"),
+            "{}",
+            f.command
+        );
+
+        let cases = [
+            (r#""command": "sh","#, "", "metadata.command"),
+            (
+                r#""[\"-c\", \"cat\"]""#,
+                r#""-c cat""#,
+                "metadata.args_json",
+            ),
+            (
+                r#""timeout_ms""#,
+                r#""tier": "restricted", "timeout_ms""#,
+                "sandbox.tier",
+            ),
+            (r#""/usr/share""#, r#""usr/share""#, "sandbox.read"),
+            (r#""127.0.0.1:8080""#, r#""127.0.0.1""#, "sandbox.net"),
+            (
+                r#""timeout_ms""#,
+                r#""fuel": 5, "timeout_ms""#,
+                "sandbox.fuel",
+            ),
+            (
+                r#""timeout_ms""#,
+                r#""max_line_bytes": 0, "timeout_ms""#,
+                "max_line_bytes",
+            ),
+            (r#""process_stdio""#, r#""native_ffi""#, "bridge_kind"),
+        ];
+        for (from, to, expect) in cases {
+            assert!(good.contains(from), "fixture lacks {from}");
+            let bad = good.replacen(from, to, 1);
+            let err = PluginManifest::parse(&path, bad.as_bytes()).expect_err(to);
+            assert!(err.to_string().contains(expect), "{to}: {err}");
+        }
+        // An http_json endpoint that does not parse is named; a good one is refused only
+        // because that bridge is not built.
+        let http = |endpoint: &str| {
+            good.replacen(
+                r#""process_stdio""#,
+                &format!(r#""http_json", "endpoint": "{endpoint}""#),
+                1,
+            )
+        };
+        let err = PluginManifest::parse(&path, http("http//x:99999").as_bytes()).expect_err("bad");
+        assert!(err.to_string().contains("metadata.endpoint"), "{err}");
+        let err = PluginManifest::parse(&path, http("http://127.0.0.1:8/x").as_bytes())
+            .expect_err("not built");
+        assert!(err.to_string().contains("not run http_json"), "{err}");
+
+        // What the host lacks is named: a program, a granted path.
+        for (from, to, expect) in [
+            (
+                r#""sh""#,
+                r#""loong-no-such-program""#,
+                "loong-no-such-program",
+            ),
+            (
+                r#""/usr/share""#,
+                r#""/loong/no/such/dir""#,
+                "/loong/no/such/dir",
+            ),
+        ] {
+            let bad = good.replacen(from, to, 1);
+            let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
+            let err = m.check_host().expect_err(to);
+            assert!(err.to_string().contains(expect), "{to}: {err}");
+        }
     }
 }

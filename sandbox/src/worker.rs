@@ -79,6 +79,12 @@ pub fn inherited_socket() -> io::Result<UnixStream> {
             format!("fd {WORKER_SOCKET_FD} is not a socket; a worker is started by loongd"),
         ));
     }
+    // Close-on-exec: a worker that starts a foreign program must not hand it loongd's socket.
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(io::Error::from)?;
     Ok(UnixStream::from(fd))
 }
 

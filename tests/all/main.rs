@@ -6,6 +6,7 @@
 mod approvals;
 mod audit;
 mod authority;
+mod bridges;
 mod control_socket;
 mod daemon_lifecycle;
 mod keys;

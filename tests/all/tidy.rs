@@ -133,6 +133,7 @@ fn crate_dependency_direction() {
         "policy-profiles",
         "workers/runtime",
         "workers/wasm",
+        "workers/stdio",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -144,7 +145,7 @@ fn crate_dependency_direction() {
     }
     // Workers depend on loong-ipc and loong-sandbox only, and loongd on no worker:
     // untrusted modules are compiled inside a worker, never in the kernel.
-    for worker in ["workers/runtime", "workers/wasm"] {
+    for worker in ["workers/runtime", "workers/wasm", "workers/stdio"] {
         let deps = project_deps(&r.join(worker).join("Cargo.toml"));
         assert!(
             deps.contains(&"loong-ipc".to_string()),

@@ -22,7 +22,7 @@ fn examples() -> std::path::PathBuf {
 }
 
 /// Copies the example plugins (their committed `plugin.wasm`) into `home/plugins`.
-fn install_examples(home: &Home) {
+pub(crate) fn install_examples(home: &Home) {
     for name in ["echo", "json-transform", "config-reader"] {
         let dst = home.path().join("plugins").join(name);
         fs::create_dir_all(&dst).expect("plugin dir");
@@ -59,7 +59,7 @@ fn module(body: &str) -> String {
 }
 
 /// `loongctl invoke`, returning (exit code, stdout, stderr).
-fn invoke(home: &Home, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn invoke(home: &Home, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["invoke"];
     all.extend_from_slice(args);
     let out = home.ctl(&all);
@@ -71,7 +71,7 @@ fn invoke(home: &Home, args: &[&str]) -> (i32, String, String) {
 }
 
 /// The positive control: echo answers its input.
-fn echo_works(home: &Home) {
+pub(crate) fn echo_works(home: &Home) {
     let (code, out, err) = invoke(home, &["echo", "--input", r#"{"ping":1}"#]);
     assert_eq!(
         (code, out.trim()),
@@ -81,7 +81,7 @@ fn echo_works(home: &Home) {
 }
 
 /// The JSON array a `loongctl … --json` command prints; the command must succeed.
-fn json_list(home: &Home, args: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn json_list(home: &Home, args: &[&str]) -> Vec<serde_json::Value> {
     let out = home.ctl(args);
     assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -91,16 +91,16 @@ fn json_list(home: &Home, args: &[&str]) -> Vec<serde_json::Value> {
         .expect("a JSON array")
 }
 
-fn plugins(home: &Home) -> Vec<serde_json::Value> {
+pub(crate) fn plugins(home: &Home) -> Vec<serde_json::Value> {
     json_list(home, &["plugins", "list", "--json"])
 }
 
-fn workers(home: &Home) -> Vec<serde_json::Value> {
+pub(crate) fn workers(home: &Home) -> Vec<serde_json::Value> {
     json_list(home, &["workers", "list", "--json"])
 }
 
 /// Audit records of `kind`, as JSON objects (newest first).
-fn records(home: &Home, kind: &str) -> Vec<serde_json::Value> {
+pub(crate) fn records(home: &Home, kind: &str) -> Vec<serde_json::Value> {
     json_list(
         home,
         &[
@@ -109,14 +109,14 @@ fn records(home: &Home, kind: &str) -> Vec<serde_json::Value> {
     )
 }
 
-fn detail(r: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn detail(r: &serde_json::Value) -> serde_json::Value {
     match &r["detail"] {
         serde_json::Value::String(s) => serde_json::from_str(s).expect("detail JSON"),
         other => other.clone(),
     }
 }
 
-fn status_field(pid: u64, field: &str) -> Option<String> {
+pub(crate) fn status_field(pid: u64, field: &str) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
@@ -234,7 +234,7 @@ fn example_plugins_run_confined_and_audited() {
 }
 
 /// The first process under `pid` (itself included) whose comm starts with `comm`.
-fn find_descendant(pid: u64, comm: &str) -> Option<u64> {
+pub(crate) fn find_descendant(pid: u64, comm: &str) -> Option<u64> {
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
         let name = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();

@@ -46,7 +46,7 @@ pub struct InvokeArgs {
 pub enum PluginsCommand {
     /// Every plugin in HOME/plugins with its state and any load error.
     List {
-        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path}).
+        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools}).
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +172,7 @@ fn plugin_json(p: &PluginView) -> serde_json::Value {
     serde_json::json!({
         "id": p.id, "version": p.version, "summary": p.summary, "bridge_kind": p.bridge_kind,
         "state": p.state, "error": p.error, "sha256": p.sha256, "path": p.path,
+        "tools": p.tools,
     })
 }
 
@@ -194,10 +195,19 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         for p in &ps {
             match &p.error {
                 None => println!(
-                    "{:<24} {:<10} {:<7} {}",
-                    p.id, p.version, p.state, p.summary
+                    "{:<24} {:<10} {:<14} {:<7} {}",
+                    p.id, p.version, p.bridge_kind, p.state, p.summary
                 ),
-                Some(e) => println!("{:<24} {:<10} {:<7} {e}", p.id, p.version, p.state),
+                Some(e) => println!(
+                    "{:<24} {:<10} {:<14} {:<7} {e}",
+                    p.id, p.version, p.bridge_kind, p.state
+                ),
+            }
+            // An MCP server's tools, one per line under it.
+            if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
+                for t in &p.tools {
+                    println!("    {t}");
+                }
             }
         }
     }

@@ -164,6 +164,8 @@ pub struct PluginView {
     pub sha256: Option<String>,
     /// The plugin's directory.
     pub path: String,
+    /// The tools it offers (`PLUGIN_ID/TOOL` for an MCP server; its own id otherwise).
+    pub tools: Vec<String>,
 }
 
 /// A worker process as `loongctl workers list` shows it.

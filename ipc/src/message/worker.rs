@@ -52,6 +52,97 @@ pub enum WorkerRequest {
     Unload { plugin_id: String },
     /// The worker's own figures; answered by [`WorkerResponse::Stats`].
     Stats,
+    /// Start (or restart) a foreign program in a stdio worker and list its tools; answered by
+    /// [`WorkerResponse::Described`] or [`WorkerResponse::Failed`]. `Invoke` then names a
+    /// tool of it (an MCP tool's own name, or the plugin id for a JSON-lines program).
+    Start(Box<PeerSpec>),
+}
+
+/// How a stdio worker talks to its foreign program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum PeerProtocol {
+    /// One JSON object per line each way: `{method, id, payload, version}`.
+    JsonLines,
+    /// MCP over stdio: JSON-RPC 2.0, one message per line.
+    Mcp,
+}
+
+/// A foreign program as loongd sends it to a stdio worker. The program runs inside the
+/// worker's own sandbox, so its grants are the worker's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PeerSpec {
+    pub plugin_id: String,
+    pub protocol: PeerProtocol,
+    /// The program (an absolute path, resolved by loongd).
+    pub command: String,
+    pub args: Vec<String>,
+    /// The working directory (a granted directory, or `/tmp`).
+    pub cwd: String,
+    /// Per-call deadline.
+    pub timeout_ms: u64,
+    /// Longest line accepted from the program.
+    pub max_line_bytes: u64,
+    /// Largest output of one call.
+    pub max_output_bytes: u64,
+}
+
+impl PeerSpec {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("plugin_id", &self.plugin_id, MAX_PLUGIN_ID_BYTES)?;
+        check_len("command", &self.command, MAX_CONFIG_TEXT_BYTES)?;
+        check_len("cwd", &self.cwd, MAX_CONFIG_TEXT_BYTES)?;
+        if self.args.len() > MAX_CONFIG_ENTRIES {
+            return Err(BoundError {
+                field: "args",
+                len: self.args.len(),
+                max: MAX_CONFIG_ENTRIES,
+            });
+        }
+        for a in &self.args {
+            check_len("argument", a, MAX_CONFIG_TEXT_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// One tool a foreign program offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ToolInfo {
+    /// At most [`MAX_TOOL_NAME_BYTES`].
+    pub name: String,
+    /// Cut to [`MAX_TOOL_DESCRIPTION_BYTES`].
+    pub description: String,
+}
+
+/// Bound on the tools one program lists.
+pub const MAX_TOOLS: usize = 256;
+/// Bound on a tool's name.
+pub const MAX_TOOL_NAME_BYTES: usize = 128;
+/// Bound on a tool's description (longer ones are cut).
+pub const MAX_TOOL_DESCRIPTION_BYTES: usize = 1024;
+
+/// Checks a tool list against its bounds (a worker's answer is not trusted).
+pub fn check_tools(tools: &[ToolInfo]) -> Result<(), BoundError> {
+    if tools.len() > MAX_TOOLS {
+        return Err(BoundError {
+            field: "tools",
+            len: tools.len(),
+            max: MAX_TOOLS,
+        });
+    }
+    for t in tools {
+        check_len("tool name", &t.name, MAX_TOOL_NAME_BYTES)?;
+        check_len(
+            "tool description",
+            &t.description,
+            MAX_TOOL_DESCRIPTION_BYTES,
+        )?;
+    }
+    Ok(())
 }
 
 /// A WASM plugin as loongd sends it: the module's bytes and how to run it.
@@ -142,6 +233,8 @@ pub enum WorkerResponse {
     Unloaded,
     /// The worker's figures.
     Stats(WorkerStats),
+    /// A foreign program started; its tools.
+    Described(Vec<ToolInfo>),
 }
 
 impl WorkerResponse {
@@ -153,6 +246,7 @@ impl WorkerResponse {
             WorkerResponse::Failed(_) => "Failed",
             WorkerResponse::Unloaded => "Unloaded",
             WorkerResponse::Stats(_) => "Stats",
+            WorkerResponse::Described(_) => "Described",
         }
     }
 }
@@ -225,6 +319,21 @@ pub enum FailureKind {
     ExitCode,
     Trap,
     OutputNotJson,
+    /// A foreign program could not be started or refused the handshake.
+    PeerStartFailed,
+    /// A foreign program wrote a line that is not the expected JSON.
+    PeerMalformed,
+    /// A foreign program wrote a line over the limit.
+    PeerLineTooLarge,
+    /// A foreign program answered with an id no call is waiting for.
+    PeerWrongId,
+    /// A foreign program exited during a call.
+    PeerExited,
+    /// The tool ran and reported an error (an MCP `isError` result, a JSON-RPC error, or a
+    /// JSON-lines `error` answer).
+    ToolError,
+    /// No such tool in this program.
+    UnknownTool,
 }
 
 impl FailureKind {
@@ -243,6 +352,13 @@ impl FailureKind {
             FailureKind::ExitCode => "exit_code",
             FailureKind::Trap => "trap",
             FailureKind::OutputNotJson => "output_not_json",
+            FailureKind::PeerStartFailed => "peer_start_failed",
+            FailureKind::PeerMalformed => "peer_malformed",
+            FailureKind::PeerLineTooLarge => "peer_line_too_large",
+            FailureKind::PeerWrongId => "peer_wrong_id",
+            FailureKind::PeerExited => "peer_exited",
+            FailureKind::ToolError => "tool_error",
+            FailureKind::UnknownTool => "unknown_tool",
         }
     }
 }

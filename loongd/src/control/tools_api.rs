@@ -5,7 +5,10 @@
 //! operator's authority), then audited as `tool.invoked` before any byte reaches a worker,
 //! and closed by exactly one `tool.completed` or `tool.failed` record.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use loong_ipc::{
     message::control::MAX_INVOKE_INPUT_BYTES, ControlResponse, ErrorKind, InvokeRequest,
@@ -22,7 +25,7 @@ use crate::{
     audit::{Event, Kind},
     workers::{
         plugins::{self, State},
-        CallError,
+        CallError, Supervisor,
     },
     Kernel,
 };
@@ -57,25 +60,24 @@ pub(crate) async fn invoke(
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&req.input) {
         return Err(bad(format!("the input is not JSON: {e}")));
     }
-    let plugin = kernel
-        .plugins_snapshot()
-        .get(&req.tool)
-        .cloned()
-        .ok_or_else(|| {
-            RemoteError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "no tool named {:?}; `loongctl plugins list` shows what is installed",
-                    req.tool
-                ),
-            )
-        })?;
-    let (loadable, sha256) = match plugin.state {
-        State::Ready { plugin, sha256 } => (plugin, sha256),
+    let (plugin, tool) = resolve(kernel, &req.tool)?;
+    let (loadable, sha256, pool) = match plugin.state {
+        State::Ready {
+            plugin: loadable,
+            info,
+            pool: Some(pool),
+            ..
+        } => (loadable, info.sha256, pool),
+        State::Ready { .. } => {
+            return Err(bad(format!(
+                "plugin {} has not been loaded yet; run `loongctl plugins reload`",
+                plugin.id
+            )))
+        }
         State::Failed(why) => {
             return Err(bad(format!(
                 "plugin {} is in a failed state and cannot run: {why}",
-                req.tool
+                plugin.id
             )))
         }
     };
@@ -120,8 +122,9 @@ pub(crate) async fn invoke(
     )));
     let correlation = io.correlation();
     let (called, committed) = tokio::join!(
-        kernel.workers.call(
+        pool.call(
             &loadable,
+            &tool,
             req.input.into_bytes(),
             QUEUE_DEADLINE,
             &correlation
@@ -201,6 +204,47 @@ impl Drop for Unanswered {
     }
 }
 
+/// The plugin that serves `name`, and the tool name its worker knows: a plugin's own id
+/// (WASM, JSON lines), or `PLUGIN_ID/TOOL` for one of an MCP server's tools.
+fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), RemoteError> {
+    let registry = kernel.plugins_snapshot();
+    let not_found = || {
+        RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no tool named {name:?}; `loongctl plugins list` shows what is installed"),
+        )
+    };
+    if let Some(p) = registry.get(name) {
+        if p.has_named_tools() {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{name} is an MCP server; call one of its tools: {}",
+                    p.tool_names().join(", ")
+                ),
+            ));
+        }
+        return Ok((p.clone(), name.to_string()));
+    }
+    let (id, tool) = name.split_once('/').ok_or_else(not_found)?;
+    let p = registry
+        .get(id)
+        .filter(|p| p.has_named_tools())
+        .ok_or_else(not_found)?;
+    if let State::Ready { info, .. } = &p.state {
+        if !info.tools.iter().any(|t| t.name == tool) {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "MCP server {id} has no tool {tool:?}; it offers: {}",
+                    p.tool_names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok((p.clone(), tool.to_string()))
+}
+
 /// `plugins list`.
 pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
     ControlResponse::Plugins(
@@ -214,25 +258,46 @@ pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
 
 /// Discovers `HOME/plugins` again and loads each plugin once in a worker; every plugin's
 /// outcome is audited (`plugin.loaded` or `plugin.refused`). Used at start and by
-/// `plugins reload`.
+/// `plugins reload`. The previous set's own pools (foreign programs) are stopped once the
+/// new set is in place.
 pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
     let root = kernel.layout.home.join("plugins");
     let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root))
         .await
         .unwrap_or_default();
     for p in &mut found {
-        let outcome = match &p.state {
+        let outcome = match &mut p.state {
             State::Failed(why) => Err(why.clone()),
-            State::Ready { plugin, .. } => match kernel.workers.check_load(plugin).await {
-                Ok(sha) => Ok(sha),
-                Err(CallError::Plugin(f)) => Err(f.message),
-                Err(CallError::Worker(why) | CallError::Unavailable(why)) => {
-                    Err(format!("could not be loaded in a worker: {why}"))
+            State::Ready {
+                plugin, kind, pool, ..
+            } => {
+                let runner = match kind {
+                    None => kernel.workers.clone(),
+                    Some(kind) => kernel.new_pool((**kind).clone()),
+                };
+                *pool = Some(runner.clone());
+                match runner.check_load(plugin).await {
+                    Ok(info) => Ok(info),
+                    Err(e) => {
+                        if !Arc::ptr_eq(&runner, &kernel.workers) {
+                            runner.shutdown();
+                        }
+                        Err(match e {
+                            CallError::Plugin(f) => f.message,
+                            CallError::Worker(why) | CallError::Unavailable(why) => {
+                                format!("could not be loaded in a worker: {why}")
+                            }
+                        })
+                    }
                 }
-            },
+            }
         };
         let detail = match &outcome {
-            Ok(sha) => serde_json::json!({ "plugin": p.id, "version": p.version, "sha256": sha }),
+            Ok(info) => serde_json::json!({
+                "plugin": p.id, "version": p.version, "bridge_kind": p.bridge_kind,
+                "sha256": info.sha256,
+                "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            }),
             Err(why) => serde_json::json!({ "plugin": p.id, "reason": why }),
         };
         let kind = if outcome.is_ok() {
@@ -242,9 +307,9 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
         };
         kernel.audit.record_later(Event::daemon(kind, detail)).await;
         match outcome {
-            Ok(sha) => {
-                if let State::Ready { sha256, .. } = &mut p.state {
-                    *sha256 = Some(sha);
+            Ok(loaded) => {
+                if let State::Ready { info, .. } = &mut p.state {
+                    *info = loaded;
                 }
             }
             Err(why) => {
@@ -254,20 +319,46 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
         }
     }
     let registry: plugins::Registry = found.into_iter().map(|p| (p.id.clone(), p)).collect();
-    kernel.set_plugins(registry);
+    let old = kernel.set_plugins(registry);
+    for pool in own_pools(&old, kernel) {
+        pool.shutdown();
+    }
     list(kernel)
+}
+
+/// The pools of foreign programs in `registry` (not the shared WASM pool).
+pub(crate) fn own_pools(registry: &plugins::Registry, kernel: &Kernel) -> Vec<Arc<Supervisor>> {
+    registry
+        .values()
+        .filter_map(|p| match &p.state {
+            State::Ready {
+                pool: Some(pool), ..
+            } if !Arc::ptr_eq(pool, &kernel.workers) => Some(pool.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every pool: the WASM pool, then each foreign program's.
+fn all_pools(kernel: &Kernel) -> Vec<Arc<Supervisor>> {
+    let mut pools = vec![kernel.workers.clone()];
+    pools.extend(own_pools(&kernel.plugins_snapshot(), kernel));
+    pools
 }
 
 /// `workers list`.
 pub(crate) fn workers(kernel: &Kernel) -> ControlResponse {
-    ControlResponse::Workers(kernel.workers.list())
+    let mut all: Vec<_> = all_pools(kernel).iter().flat_map(|p| p.list()).collect();
+    all.sort_by_key(|w| w.id);
+    ControlResponse::Workers(all)
 }
 
 /// `workers kill ID`.
 pub(crate) fn kill(kernel: &Kernel, cred: &UCred, id: u64) -> Result<ControlResponse, RemoteError> {
-    let killed = kernel
-        .workers
-        .kill(id, &format!("uid:{}", cred.uid()))
+    let by = format!("uid:{}", cred.uid());
+    let killed = all_pools(kernel)
+        .iter()
+        .find_map(|p| p.kill(id, &by))
         .ok_or_else(|| {
             RemoteError::new(
                 ErrorKind::NotFound,

@@ -1,5 +1,7 @@
-//! The worker supervisor: a pool of `loong-worker-wasm` processes, each in a restricted
-//! sandbox, each running one call at a time.
+//! The worker supervisor: a pool of worker processes of one kind, each in its tier's
+//! sandbox, each running one call at a time. loongd keeps one pool of `loong-worker-wasm`
+//! processes (restricted) for every WASM plugin, and one pool of `loong-worker-stdio`
+//! processes (balanced, with the plugin's grants) for each foreign program.
 //!
 //! - A call takes a permit (at most `[workers] wasm_pool_size` calls run at once; the rest queue
 //!   until their deadline), then an idle worker, or spawns one (a cold start).
@@ -28,11 +30,11 @@ use loong_ipc::{
     connection::{handshake_as_caller, FrameReader, FrameWriter},
     frame::FrameLimit,
     message::worker::WORKER_MAX_FRAME_BYTES,
-    Call, CallOutput, Hello, PeerKind, PluginFailure, RemoteError, Reply, WasmPlugin,
-    WorkerRequest, WorkerResponse, WorkerView,
+    Call, CallOutput, Hello, PeerKind, PeerSpec, PluginFailure, RemoteError, Reply, ToolInfo,
+    WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
 };
 use loong_sandbox::{
-    Child, KernelOverrides, Killer, Limits, SandboxSpec, Spawner, StdioSpec, Tier,
+    Child, KernelOverrides, Killer, Limits, NetGrant, SandboxSpec, Spawner, StdioSpec, Tier,
 };
 use tokio::{
     io::AsyncReadExt,
@@ -45,8 +47,16 @@ use tokio::{
 
 use crate::audit::{Audit, Event, Kind};
 
-/// The worker executable, found next to loongd.
+/// The worker executables, found next to loongd.
 pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
+pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
+/// A stdio worker's memory (cgroup `memory.max`): the worker and its program.
+pub const STDIO_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Tasks a stdio worker and its program may run (a JavaScript runtime starts about a dozen
+/// threads).
+pub const STDIO_WORKER_TASKS: u64 = 64;
+/// How long a stdio worker may take to (re)start its program within a call.
+pub const PEER_START_ALLOWANCE: Duration = Duration::from_secs(20);
 /// A WASM worker's memory (cgroup `memory.max`): the engine, its pool and one call.
 pub const WORKER_MEMORY_BYTES: u64 = 768 * 1024 * 1024;
 /// Threads a WASM worker may run: its main thread and the epoch ticker, with room to spare.
@@ -94,25 +104,115 @@ pub(crate) struct Called {
 enum Job {
     /// Load the plugin (discovery's check).
     Check,
-    /// Call it with this input, loading it first when needed.
-    Call(Vec<u8>),
+    /// Call `tool` with this input, loading the plugin first when needed.
+    Call { tool: String, input: Vec<u8> },
+}
+
+/// What a load told about the plugin.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadInfo {
+    /// A WASM module's sha256.
+    pub sha256: Option<String>,
+    /// A foreign program's tools.
+    pub tools: Vec<ToolInfo>,
 }
 
 /// What a job produced.
 #[derive(Debug)]
 enum Done {
-    /// The module's sha256.
-    Loaded(String),
+    Loaded(LoadInfo),
     Output(CallOutput),
+}
+
+/// What loads a plugin into a worker.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    Wasm(WasmPlugin),
+    Peer(PeerSpec),
 }
 
 /// A plugin as the supervisor loads it: the wire form and a generation that changes when
 /// the plugin is rediscovered.
 #[derive(Debug, Clone)]
 pub(crate) struct Loadable {
-    pub wire: Arc<WasmPlugin>,
+    pub id: String,
+    pub wire: Arc<Wire>,
     pub generation: u64,
 }
+
+impl Loadable {
+    fn request(&self) -> WorkerRequest {
+        match &*self.wire {
+            Wire::Wasm(w) => WorkerRequest::Load(Box::new(w.clone())),
+            Wire::Peer(p) => WorkerRequest::Start(Box::new(p.clone())),
+        }
+    }
+
+    /// How long loongd waits for a call's answer before it kills the worker.
+    fn call_deadline(&self) -> Duration {
+        match &*self.wire {
+            Wire::Wasm(w) => Duration::from_millis(w.timeout_ms) + CALL_GRACE,
+            // The worker may have to restart its program first.
+            Wire::Peer(p) => {
+                Duration::from_millis(p.timeout_ms) + PEER_START_ALLOWANCE + CALL_GRACE
+            }
+        }
+    }
+}
+
+/// What a pool runs: the worker program and the sandbox around it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerKind {
+    /// `wasm` or `stdio`.
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub tier: Tier,
+    pub memory_bytes: u64,
+    pub tasks: u64,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub net: Vec<NetGrant>,
+}
+
+fn next_to_loongd(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl WorkerKind {
+    /// The WASM worker: restricted, no grant at all.
+    pub(crate) fn wasm() -> WorkerKind {
+        WorkerKind {
+            name: "wasm",
+            program: next_to_loongd(WASM_WORKER_NAME),
+            tier: Tier::Restricted,
+            memory_bytes: WORKER_MEMORY_BYTES,
+            tasks: WORKER_THREADS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+        }
+    }
+
+    /// A stdio worker with a foreign program's grants.
+    pub(crate) fn stdio(read: Vec<PathBuf>, write: Vec<PathBuf>, net: Vec<NetGrant>) -> WorkerKind {
+        WorkerKind {
+            name: "stdio",
+            program: next_to_loongd(STDIO_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: STDIO_WORKER_MEMORY_BYTES,
+            tasks: STDIO_WORKER_TASKS,
+            read,
+            write,
+            net,
+        }
+    }
+}
+
+/// Worker ids are unique across every pool.
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What `workers list` shows of one worker.
 #[derive(Debug)]
@@ -241,7 +341,7 @@ fn frame_name(r: &Reply<WorkerResponse>) -> &'static str {
 /// The supervisor.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
-    program: PathBuf,
+    kind: WorkerKind,
     spawner: Result<Arc<Spawner>, String>,
     allow_degraded: bool,
     audit: Audit,
@@ -249,7 +349,6 @@ pub(crate) struct Supervisor {
     pool_size: usize,
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
-    next_id: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -267,20 +366,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    /// A supervisor of `pool_size` workers running `WASM_WORKER_NAME` from loongd's own
-    /// directory.
+    /// A supervisor of `pool_size` workers of `kind`.
     pub(crate) fn new(
+        kind: WorkerKind,
         spawner: Result<Arc<Spawner>, String>,
         allow_degraded: bool,
         pool_size: usize,
         audit: Audit,
     ) -> Supervisor {
-        let program = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join(WASM_WORKER_NAME)))
-            .unwrap_or_else(|| PathBuf::from(WASM_WORKER_NAME));
         Supervisor {
-            program,
+            kind,
             spawner,
             allow_degraded,
             audit,
@@ -288,7 +383,6 @@ impl Supervisor {
             pool_size,
             idle: Mutex::default(),
             table: Mutex::default(),
-            next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
         }
     }
@@ -298,13 +392,16 @@ impl Supervisor {
     pub(crate) async fn call(
         self: &Arc<Self>,
         plugin: &Loadable,
+        tool: &str,
         input: Vec<u8>,
         queue_deadline: Duration,
         correlation: &str,
     ) -> Called {
-        let (worker, result) = self
-            .run(plugin, Job::Call(input), queue_deadline, correlation)
-            .await;
+        let job = Job::Call {
+            tool: tool.to_string(),
+            input,
+        };
+        let (worker, result) = self.run(plugin, job, queue_deadline, correlation).await;
         let result = result.and_then(|done| match done {
             Done::Output(out) => Ok(out),
             Done::Loaded(_) => Err(CallError::Worker(
@@ -315,14 +412,14 @@ impl Supervisor {
     }
 
     /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
-    /// whether the module is acceptable and gives its digest.
+    /// whether the module is acceptable and gives its digest, or the program's tools.
     pub(crate) async fn check_load(
         self: &Arc<Self>,
         plugin: &Loadable,
-    ) -> Result<String, CallError> {
+    ) -> Result<LoadInfo, CallError> {
         let (_, result) = self.run(plugin, Job::Check, LOAD_TIMEOUT, "").await;
         match result? {
-            Done::Loaded(sha256) => Ok(sha256),
+            Done::Loaded(info) => Ok(info),
             Done::Output(_) => Err(CallError::Worker(
                 "internal: a load answered as a call".into(),
             )),
@@ -354,7 +451,7 @@ impl Supervisor {
             Err(why) => return unavailable(why),
         };
         let id = worker.id;
-        self.mark(id, Some(&plugin.wire.plugin_id));
+        self.mark(id, Some(&plugin.id));
         let mut out = Checkout {
             sup: self.clone(),
             worker: Some(worker),
@@ -387,14 +484,21 @@ impl Supervisor {
         plugin: &Loadable,
         job: Job,
     ) -> Result<Result<Done, CallError>, WorkerFault> {
-        let id = &plugin.wire.plugin_id;
+        let id = &plugin.id;
         let loaded = worker.loaded.get(id) == Some(&plugin.generation);
-        let sha256 = if matches!(job, Job::Check) || !loaded {
-            let load = WorkerRequest::Load(Box::new((*plugin.wire).clone()));
-            match worker.request(load, LOAD_TIMEOUT).await? {
-                WorkerResponse::Loaded { sha256, .. } => {
-                    worker.loaded.insert(id.clone(), plugin.generation);
-                    sha256
+        let info = if matches!(job, Job::Check) || !loaded {
+            let info = match worker.request(plugin.request(), LOAD_TIMEOUT).await? {
+                WorkerResponse::Loaded { sha256, .. } => LoadInfo {
+                    sha256: Some(sha256),
+                    tools: Vec::new(),
+                },
+                WorkerResponse::Described(tools) => {
+                    loong_ipc::message::worker::check_tools(&tools)
+                        .map_err(|e| WorkerFault::Broken(format!("tool list: {e}")))?;
+                    LoadInfo {
+                        sha256: None,
+                        tools,
+                    }
                 }
                 WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
                 other => {
@@ -403,16 +507,18 @@ impl Supervisor {
                         other.name()
                     )))
                 }
-            }
+            };
+            worker.loaded.insert(id.clone(), plugin.generation);
+            info
         } else {
-            String::new()
+            LoadInfo::default()
         };
-        let Job::Call(input) = job else {
-            return Ok(Ok(Done::Loaded(sha256)));
+        let Job::Call { tool, input } = job else {
+            return Ok(Ok(Done::Loaded(info)));
         };
-        let deadline = Duration::from_millis(plugin.wire.timeout_ms) + CALL_GRACE;
+        let deadline = plugin.call_deadline();
         let invoke = WorkerRequest::Invoke {
-            plugin_id: id.clone(),
+            plugin_id: tool,
             input,
         };
         let answer = worker.request(invoke, deadline).await?;
@@ -481,29 +587,36 @@ impl Supervisor {
             .spawner
             .clone()
             .map_err(|e| format!("sandboxes are unavailable: {e}"))?;
-        if !self.program.exists() {
+        let kind = &self.kind;
+        if !kind.program.exists() {
             return Err(format!(
-                "the WASM worker {} is missing; install {WASM_WORKER_NAME} next to loongd",
-                self.program.display()
+                "the {} worker {} is missing; install it next to loongd",
+                kind.name,
+                kind.program.display()
             ));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let spec = SandboxSpec {
-            tier: Some(Tier::Restricted),
-            program: self.program.clone(),
+            tier: Some(kind.tier),
+            program: kind.program.clone(),
+            read: kind.read.clone(),
+            write: kind.write.clone(),
+            net: kind.net.clone(),
             limits: Limits {
-                memory_bytes: Some(WORKER_MEMORY_BYTES),
-                pids: Some(WORKER_THREADS),
+                memory_bytes: Some(kind.memory_bytes),
+                pids: Some(kind.tasks),
                 ..Limits::default()
             },
             allow_degraded: self.allow_degraded,
+            // wasmtime reserves address space per memory and a JavaScript runtime reserves
+            // its heap cage up front, so memory is bounded by the cgroup, not RLIMIT_AS.
             kernel: KernelOverrides {
                 unbounded_address_space: true,
                 unbounded_cpu: true,
-                threads: Some(WORKER_THREADS),
+                threads: Some(kind.tasks),
             },
             ..SandboxSpec::default()
         };
@@ -516,7 +629,7 @@ impl Supervisor {
         })
         .await
         .map_err(|e| format!("spawn task: {e}"))?
-        .map_err(|e| format!("spawning a WASM worker: {e}"))?;
+        .map_err(|e| format!("spawning a {} worker: {e}", self.kind.name))?;
         let sandboxed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let pid = child.pid();
         let killer = child.killer().map_err(|e| format!("pidfd: {e}"))?;
@@ -545,7 +658,8 @@ impl Supervisor {
                 let _ = killer.kill();
                 let report = tokio::task::spawn_blocking(move || child.wait()).await;
                 return Err(format!(
-                    "the WASM worker did not start: {e} (it ended with {report:?})"
+                    "the {} worker did not start: {e} (it ended with {report:?})",
+                    self.kind.name
                 ));
             }
         };
@@ -565,7 +679,7 @@ impl Supervisor {
             .record_later(Event::daemon(
                 Kind::WorkerSpawned,
                 serde_json::json!({
-                    "worker": id, "pid": pid, "kind": "wasm", "tier": "restricted",
+                    "worker": id, "pid": pid, "kind": self.kind.name, "tier": self.kind.tier.as_str(),
                     "cold_start_us": cold_us, "sandbox_us": sandboxed_us, "degraded": child.degraded.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
             ))
@@ -678,8 +792,8 @@ impl Supervisor {
             .map(|(id, e)| WorkerView {
                 id: *id,
                 pid: e.pid,
-                kind: "wasm".into(),
-                tier: "restricted".into(),
+                kind: self.kind.name.into(),
+                tier: self.kind.tier.as_str().into(),
                 state: if e.busy.is_some() { "busy" } else { "idle" }.into(),
                 tool: e.busy.clone(),
                 calls: e.calls,

@@ -4,8 +4,11 @@
 //! loongd parses the manifest and reads the module's bytes (bounded, never through a symlink
 //! out of the plugin's directory); it never compiles a module. Each ready plugin is then
 //! loaded once in a worker, which is where a module that is invalid, too large, pinned to
-//! another digest or importing something refused is found out. A broken plugin is kept in a
-//! `failed` state with the reason; it never stops loongd or another plugin.
+//! another digest or importing something refused is found out. A foreign program
+//! (`process_stdio`, `mcp_stdio`) gets a pool of its own, one stdio worker whose sandbox
+//! carries the plugin's grants; loading it starts the program and lists its tools. A broken
+//! plugin is kept in a `failed` state with the reason; it never stops loongd or another
+//! plugin.
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +19,10 @@ use std::{
     },
 };
 
-use loong_ipc::{PluginView, WasmPlugin};
-use loong_profiles::plugin::{PluginManifest, MANIFEST_FILE};
+use loong_ipc::{PeerProtocol, PeerSpec, PluginView, WasmPlugin};
+use loong_profiles::plugin::{Bridge, ForeignKind, PluginManifest, MANIFEST_FILE};
 
-use super::Loadable;
+use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
 /// The most plugin directories read.
 pub const MAX_PLUGINS: usize = 256;
@@ -34,36 +37,60 @@ pub(crate) struct Plugin {
     pub version: String,
     pub summary: String,
     pub dir: PathBuf,
+    /// `wasm`, `process_stdio` or `mcp_stdio`.
+    pub bridge_kind: &'static str,
     pub state: State,
 }
 
 /// Where a plugin stands.
 #[derive(Debug, Clone)]
 pub(crate) enum State {
-    /// Loadable; `sha256` once a worker loaded it.
+    /// Loadable: what loads it, the worker kind of its own pool (`None`: the shared WASM
+    /// pool), and, once a worker loaded it, its digest or tools and the pool that runs it.
     Ready {
         plugin: Loadable,
-        sha256: Option<String>,
+        kind: Option<Box<WorkerKind>>,
+        info: LoadInfo,
+        pool: Option<Arc<Supervisor>>,
     },
     /// Not runnable, and why.
     Failed(String),
 }
 
 impl Plugin {
+    /// Whether its tools are named `ID/TOOL` (an MCP server's) rather than by its id.
+    pub(crate) fn has_named_tools(&self) -> bool {
+        self.bridge_kind == ForeignKind::McpStdio.as_str()
+    }
+
+    /// The tool names callers use.
+    pub(crate) fn tool_names(&self) -> Vec<String> {
+        match &self.state {
+            State::Ready { info, .. } if self.has_named_tools() => info
+                .tools
+                .iter()
+                .map(|t| format!("{}/{}", self.id, t.name))
+                .collect(),
+            State::Ready { .. } => vec![self.id.clone()],
+            State::Failed(_) => Vec::new(),
+        }
+    }
+
     pub(crate) fn view(&self) -> PluginView {
         let (state, error, sha256) = match &self.state {
-            State::Ready { sha256, .. } => ("ready", None, sha256.clone()),
+            State::Ready { info, .. } => ("ready", None, info.sha256.clone()),
             State::Failed(why) => ("failed", Some(why.clone()), None),
         };
         PluginView {
             id: self.id.clone(),
             version: self.version.clone(),
             summary: self.summary.clone(),
-            bridge_kind: "wasm".into(),
+            bridge_kind: self.bridge_kind.into(),
             state: state.into(),
             error,
             sha256,
             path: self.dir.display().to_string(),
+            tools: self.tool_names(),
         }
     }
 }
@@ -90,6 +117,7 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
             version: String::new(),
             summary: String::new(),
             dir: dir.clone(),
+            bridge_kind: "unknown",
             state: State::Failed(why),
         };
         let plugin = match PluginManifest::load_dir(&dir) {
@@ -99,26 +127,68 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
                 dir.join(MANIFEST_FILE).display(),
                 m.plugin_id
             )),
-            Ok(m) => match m.read_module() {
-                Err(e) => failed(e.to_string()),
-                Ok(module) => Plugin {
-                    id: m.plugin_id.clone(),
-                    version: m.version.clone(),
-                    summary: m.summary.clone(),
-                    dir: dir.clone(),
-                    state: State::Ready {
-                        plugin: Loadable {
-                            wire: Arc::new(wire(m, module)),
-                            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-                        },
-                        sha256: None,
-                    },
-                },
+            Ok(m) => match ready(m) {
+                Ok(p) => p,
+                Err(why) => failed(why),
             },
         };
         out.push(plugin);
     }
     out
+}
+
+fn ready(m: PluginManifest) -> Result<Plugin, String> {
+    let (bridge_kind, wire, kind) = match &m.bridge {
+        Bridge::Wasm => {
+            let module = m.read_module().map_err(|e| e.to_string())?;
+            ("wasm", Wire::Wasm(wire(m.clone(), module)), None)
+        }
+        Bridge::Foreign(f) => {
+            // The program's working directory: its first writable grant, else its first
+            // readable directory, else the sandbox's private /tmp.
+            let cwd = f
+                .write
+                .iter()
+                .chain(&f.read)
+                .find(|p| p.is_dir())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "/tmp".into());
+            let spec = PeerSpec {
+                plugin_id: m.plugin_id.clone(),
+                protocol: match f.kind {
+                    ForeignKind::ProcessStdio => PeerProtocol::JsonLines,
+                    ForeignKind::McpStdio => PeerProtocol::Mcp,
+                },
+                command: f.command.clone(),
+                args: f.args.clone(),
+                cwd,
+                timeout_ms: m.limits.timeout_ms,
+                max_line_bytes: f.max_line_bytes,
+                max_output_bytes: m.limits.max_output_bytes,
+            };
+            spec.check_bounds()
+                .map_err(|e| format!("{}: {e}", m.path.display()))?;
+            let kind = WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone());
+            (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
+        }
+    };
+    Ok(Plugin {
+        id: m.plugin_id.clone(),
+        version: m.version.clone(),
+        summary: m.summary.clone(),
+        dir: m.path.parent().map(PathBuf::from).unwrap_or_default(),
+        bridge_kind,
+        state: State::Ready {
+            plugin: Loadable {
+                id: m.plugin_id,
+                wire: Arc::new(wire),
+                generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            },
+            kind,
+            info: LoadInfo::default(),
+            pool: None,
+        },
+    })
 }
 
 fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {

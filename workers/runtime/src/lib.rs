@@ -50,7 +50,26 @@ pub enum Stop {
 /// Runs a worker: adopt the socket, `build` the state, confine, handshake, serve. Returns
 /// the process exit code (0 for a normal end, 2 when anything failed, reported on stderr).
 pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) -> i32 {
-    match run(build_id, build) {
+    main_with(build_id, Final::Confine, build)
+}
+
+/// The last confinement step a worker takes before serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Final {
+    /// [`loong_sandbox::worker::confine_self`]: no opens, no processes, no sockets.
+    Confine,
+    /// The tier's sandbox only: for a worker that must start a foreign program itself (the
+    /// program inherits the same sandbox, which is the boundary).
+    TierOnly,
+}
+
+/// [`main`] with a choice of the final step.
+pub fn main_with<H: Handler>(
+    build_id: &str,
+    last: Final,
+    build: impl FnOnce() -> Result<H, String>,
+) -> i32 {
+    match run(build_id, last, build) {
         Stop::Closed => 0,
         Stop::Failed(why) => {
             let _ = writeln!(io::stderr(), "worker: {why}");
@@ -59,7 +78,7 @@ pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String
     }
 }
 
-fn run<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) -> Stop {
+fn run<H: Handler>(build_id: &str, last: Final, build: impl FnOnce() -> Result<H, String>) -> Stop {
     let sock = match loong_sandbox::worker::inherited_socket() {
         Ok(s) => s,
         Err(e) => return Stop::Failed(format!("no control socket: {e}")),
@@ -68,8 +87,10 @@ fn run<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) ->
         Ok(h) => h,
         Err(e) => return Stop::Failed(format!("initialisation failed: {e}")),
     };
-    if let Err(e) = loong_sandbox::worker::confine_self() {
-        return Stop::Failed(format!("final self-confinement failed: {e}"));
+    if last == Final::Confine {
+        if let Err(e) = loong_sandbox::worker::confine_self() {
+            return Stop::Failed(format!("final self-confinement failed: {e}"));
+        }
     }
     let mut conn = match Conn::new(sock) {
         Ok(c) => c,

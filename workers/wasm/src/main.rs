@@ -116,6 +116,13 @@ impl Handler for Worker {
                 self.plugins.remove(&plugin_id);
                 WorkerResponse::Unloaded
             }
+            WorkerRequest::Start(peer) => WorkerResponse::Failed(PluginFailure::new(
+                FailureKind::LoadRefused,
+                format!(
+                    "plugin {}: this worker runs WASM plugins; a foreign program needs loong-worker-stdio",
+                    peer.plugin_id
+                ),
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: peak_rss_kib(),
                 loaded: self.plugins.keys().cloned().collect(),

@@ -1,0 +1,419 @@
+//! Foreign programs end to end: loongctl → loongd → a balanced stdio worker → the program it
+//! runs inside its own sandbox → back. A JSON-lines program that misbehaves in every way the
+//! bridge must survive, real MCP servers from npm and PyPI confined to their grants, and
+//! manifests that name what does not exist.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    support::{is_root, skip, text, Home},
+    workers::{
+        detail, echo_works, find_descendant, install_examples, invoke, plugins, records,
+        status_field, workers,
+    },
+};
+
+/// Where `.ci/run` installs the MCP servers the tests run (outside any home, readable by
+/// the sandbox's uid).
+const MCP_ROOT: &str = "/opt/loong-mcp";
+
+/// A directory outside loongd's home (which no sandbox may see), readable by every uid.
+fn shared_dir(prefix: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+fn write_file(path: &Path, body: &str, mode: u32) {
+    fs::write(path, body).expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Installs a foreign-program plugin: `metadata` and `sandbox` are the objects' inner text.
+fn install_foreign(home: &Home, id: &str, metadata: &str, sandbox: &str) {
+    let dir = home.path().join("plugins").join(id);
+    fs::create_dir_all(&dir).expect("plugin dir");
+    let manifest = format!(
+        r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "0.1.0",
+        "summary": "test {id}", "capabilities": [], "metadata": {{{metadata}}},
+        "sandbox": {{{sandbox}}}}}"#
+    );
+    fs::write(dir.join("loong.plugin.json"), manifest).expect("manifest");
+}
+
+fn args_json(args: &[&str]) -> String {
+    serde_json::to_string(&serde_json::to_string(args).expect("args")).expect("quoted")
+}
+
+/// The JSON-lines peer copied into a shared directory; returns (dir, script path).
+fn jsonl_peer() -> (tempfile::TempDir, PathBuf) {
+    let dir = shared_dir("lp");
+    let script = dir.path().join("jsonl_peer.py");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/jsonl_peer.py");
+    let body = fs::read_to_string(src).expect("peer script");
+    write_file(&script, &body, 0o644);
+    (dir, script)
+}
+
+fn lines_ok(home: &Home) -> u64 {
+    let (code, out, err) = invoke(home, &["lines", "--input", r#"{"n":1}"#]);
+    assert_eq!(code, 0, "the normal call failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON answer");
+    assert_eq!(v["echo"], serde_json::json!({"n": 1}), "{v}");
+    v["pid"].as_u64().expect("the peer's pid")
+}
+
+#[test]
+fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
+    let (dir, script) = jsonl_peer();
+    let home = Home::new();
+    install_examples(&home);
+    install_foreign(
+        &home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        &format!(
+            r#""read": [{:?}], "timeout_ms": 1500"#,
+            dir.path().display().to_string()
+        ),
+    );
+    let daemon = home.start();
+    let ps = plugins(&home);
+    let lines = ps.iter().find(|p| p["id"] == "lines").expect("listed");
+    assert_eq!(
+        (lines["state"].as_str(), lines["bridge_kind"].as_str()),
+        (Some("ready"), Some("process_stdio")),
+        "{lines}"
+    );
+    let mut pid = lines_ok(&home);
+
+    // Each way of misbehaving: its class, then the program is replaced (a new pid) and the
+    // next call, and a WASM plugin's, succeed on the same daemon.
+    let cases = [
+        ("flood", "peer_malformed"),
+        ("big_line", "peer_line_too_large"),
+        ("wrong_id", "peer_wrong_id"),
+        ("silent", "timeout"),
+        ("exit", "peer_exited"),
+    ];
+    for (mode, class) in cases {
+        let input = format!(r#"{{"mode": "{mode}"}}"#);
+        let (code, _, err) = invoke(&home, &["lines", "--input", &input]);
+        assert_eq!(code, 7, "{mode}: {err}");
+        assert!(err.contains(class), "{mode}: expected {class}: {err}");
+        let next = lines_ok(&home);
+        assert_ne!(
+            next, pid,
+            "{mode}: the program must be restarted, not trusted again"
+        );
+        pid = next;
+        echo_works(&home);
+        assert_eq!(home.status().pid, daemon, "loongd restarted after {mode}");
+    }
+    // An exit names the program's last words; a tool's own error keeps the program.
+    let failed = records(&home, "tool.failed");
+    let exit = failed
+        .iter()
+        .map(detail)
+        .find(|d| d["failure"] == "peer_exited")
+        .expect("peer_exited recorded");
+    assert!(
+        exit["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("giving up mid-call")),
+        "{exit}"
+    );
+    for (_, class) in cases {
+        assert!(
+            failed.iter().any(|r| detail(r)["failure"] == class),
+            "no tool.failed with {class}"
+        );
+    }
+    let (code, _, err) = invoke(&home, &["lines", "--input", r#"{"mode": "error"}"#]);
+    assert!(code == 7 && err.contains("tool_error"), "{code} {err}");
+    assert_eq!(lines_ok(&home), pid, "a tool's own error keeps the program");
+
+    // A silent call holds only its own worker: the WASM pool answers meanwhile.
+    let silent = {
+        let home_path = home.path().to_path_buf();
+        std::thread::spawn(move || {
+            std::process::Command::new(crate::support::bin("loongctl"))
+                .arg("--home")
+                .arg(home_path)
+                .args(["invoke", "lines", "--input", r#"{"mode": "silent"}"#])
+                .output()
+                .expect("loongctl")
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    echo_works(&home);
+    let out = silent.join().expect("silent call");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    lines_ok(&home);
+
+    // The worker is a balanced sandbox; the program is its child, under the same filter.
+    let ws = workers(&home);
+    let w = ws
+        .iter()
+        .find(|w| w["kind"] == "stdio")
+        .expect("a stdio worker");
+    assert_eq!(w["tier"], "balanced");
+    let python = find_descendant(w["pid"].as_u64().expect("pid"), "python3")
+        .expect("the program runs under the worker");
+    assert_eq!(status_field(python, "NoNewPrivs").as_deref(), Some("1"));
+    assert_eq!(status_field(python, "Seccomp").as_deref(), Some("2"));
+    if is_root() {
+        let uid = status_field(python, "Uid").expect("uid");
+        assert!(
+            uid.starts_with("65534"),
+            "the program runs as nobody: {uid}"
+        );
+    }
+    let out = home.ctl(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The MCP servers `.ci/run` installs, or why they are not there.
+fn mcp_servers() -> Result<(PathBuf, PathBuf), String> {
+    let time = Path::new(MCP_ROOT).join("venv/bin/mcp-server-time");
+    let fs_server = Path::new(MCP_ROOT)
+        .join("npm/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
+    for p in [&time, &fs_server] {
+        if !p.exists() {
+            return Err(format!(
+                "{} is missing (`.ci/run` installs mcp-server-time and @modelcontextprotocol/server-filesystem under {MCP_ROOT})",
+                p.display()
+            ));
+        }
+    }
+    Ok((time, fs_server))
+}
+
+#[test]
+fn real_mcp_servers_serve_their_tools_and_the_sandbox_is_the_boundary() {
+    let (time, fs_server) = match mcp_servers() {
+        Ok(p) => p,
+        Err(why) => {
+            return skip(
+                "real_mcp_servers_serve_their_tools_and_the_sandbox_is_the_boundary",
+                &why,
+            )
+        }
+    };
+    // The file server is told on its command line that the whole shared directory is its
+    // root; the sandbox grants only `granted/`.
+    let root = shared_dir("lm");
+    let granted = root.path().join("granted");
+    fs::create_dir(&granted).expect("granted dir");
+    fs::set_permissions(&granted, fs::Permissions::from_mode(0o777)).expect("chmod");
+    write_file(&granted.join("inside.txt"), "inside\n", 0o644);
+    write_file(&root.path().join("outside.txt"), "outside\n", 0o644);
+    let root_s = root.path().display().to_string();
+    let granted_s = granted.display().to_string();
+
+    let home = Home::new();
+    install_foreign(
+        &home,
+        "time",
+        &format!(
+            r#""bridge_kind": "mcp_stdio", "command": {:?}, "args_json": {}"#,
+            time.display().to_string(),
+            args_json(&["--local-timezone", "UTC"])
+        ),
+        r#""timeout_ms": 10000"#,
+    );
+    install_foreign(
+        &home,
+        "files",
+        &format!(
+            r#""bridge_kind": "mcp_stdio", "command": "node", "args_json": {}"#,
+            args_json(&[&fs_server.display().to_string(), &root_s])
+        ),
+        &format!(r#""write": [{granted_s:?}], "timeout_ms": 10000"#),
+    );
+    let daemon = home.start();
+    let ps = plugins(&home);
+    for p in &ps {
+        assert_eq!(p["state"], "ready", "{p}");
+    }
+    let tools = |id: &str| -> Vec<String> {
+        ps.iter()
+            .find(|p| p["id"] == id)
+            .and_then(|p| p["tools"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        tools("time").contains(&"time/get_current_time".to_string()),
+        "{ps:?}"
+    );
+    assert!(
+        tools("files").contains(&"files/read_text_file".to_string()),
+        "{ps:?}"
+    );
+
+    let (code, out, err) = invoke(
+        &home,
+        &["time/get_current_time", "--input", r#"{"timezone": "UTC"}"#],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["structuredContent"]["timezone"], "UTC", "{v}");
+
+    // Reads: inside the grant succeeds; outside it (inside the server's own root) is refused
+    // by the OS, and the refusal is in the audit trail.
+    let read = |path: &Path| {
+        let input = serde_json::json!({ "path": path }).to_string();
+        invoke(&home, &["files/read_text_file", "--input", &input])
+    };
+    let (code, out, err) = read(&granted.join("inside.txt"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("inside"), "{out}");
+    let outside = root.path().join("outside.txt");
+    let (code, out, err) = read(&outside);
+    assert_eq!(code, 7, "a read outside the grant must fail: {out}");
+    assert!(err.contains("tool_error"), "{err}");
+    assert!(!out.contains("outside\\n"), "{out}");
+
+    // Writes: inside the grant a file appears; outside it none does.
+    let write = |path: &Path| {
+        let input = serde_json::json!({ "path": path, "content": "written" }).to_string();
+        invoke(&home, &["files/write_file", "--input", &input])
+    };
+    let (code, _, err) = write(&granted.join("new.txt"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(granted.join("new.txt")).expect("written inside"),
+        "written"
+    );
+    let escaped = root.path().join("escaped.txt");
+    let (code, _, err) = write(&escaped);
+    assert_eq!(code, 7, "a write outside the grant must fail");
+    assert!(err.contains("EACCES") || err.contains("EROFS"), "{err}");
+    assert!(
+        !escaped.exists(),
+        "nothing may be written outside the grant"
+    );
+
+    let failed: Vec<serde_json::Value> = records(&home, "tool.failed").iter().map(detail).collect();
+    for (tool, path) in [
+        ("files/read_text_file", &outside),
+        ("files/write_file", &escaped),
+    ] {
+        let path = path.display().to_string();
+        assert!(
+            failed
+                .iter()
+                .any(|d| d["tool"] == tool
+                    && d["message"].as_str().is_some_and(|m| m.contains(&path))),
+            "no tool.failed for {tool} naming {path}: {failed:?}"
+        );
+    }
+
+    // Names: the server alone, or a tool it does not have, is refused with the list.
+    let (code, _, err) = invoke(&home, &["files"]);
+    assert!(code != 0 && err.contains("files/read_text_file"), "{err}");
+    let (code, _, err) = invoke(&home, &["files/format_disk", "--input", "{}"]);
+    assert!(code != 0 && err.contains("no tool"), "{err}");
+
+    // Both servers run as the sandbox's children, under its filter.
+    let stdio: Vec<u64> = workers(&home)
+        .iter()
+        .filter(|w| w["kind"] == "stdio" && w["tier"] == "balanced")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    for comm in ["node", "mcp-server-ti"] {
+        let p = stdio
+            .iter()
+            .find_map(|&w| find_descendant(w, comm))
+            .unwrap_or_else(|| panic!("{comm} runs under a stdio worker"));
+        assert_eq!(status_field(p, "Seccomp").as_deref(), Some("2"), "{comm}");
+        assert_eq!(
+            status_field(p, "NoNewPrivs").as_deref(),
+            Some("1"),
+            "{comm}"
+        );
+    }
+    assert_eq!(home.status().pid, daemon);
+}
+
+#[test]
+fn bridge_manifests_that_name_what_is_not_there_start_nothing() {
+    let home = Home::new();
+    install_foreign(
+        &home,
+        "no-program",
+        r#""bridge_kind": "process_stdio", "command": "/usr/bin/loong-no-such-program""#,
+        "",
+    );
+    install_foreign(
+        &home,
+        "missing-grant",
+        r#""bridge_kind": "mcp_stdio", "command": "/usr/bin/python3""#,
+        r#""read": ["/tmp/loong-no-such-directory/data"]"#,
+    );
+    install_foreign(
+        &home,
+        "bad-endpoint",
+        r#""bridge_kind": "http_json", "endpoint": "http//example:99999""#,
+        "",
+    );
+    install_foreign(
+        &home,
+        "bad-args",
+        r##""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": "[1, 2""##,
+        "",
+    );
+    // Positive control: a well-formed foreign plugin beside them is ready.
+    let (dir, script) = jsonl_peer();
+    install_foreign(
+        &home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        &format!(r#""read": [{:?}]"#, dir.path().display().to_string()),
+    );
+    home.start();
+    let ps = plugins(&home);
+    let expect = [
+        ("no-program", "/usr/bin/loong-no-such-program"),
+        ("missing-grant", "/tmp/loong-no-such-directory/data"),
+        ("bad-endpoint", "metadata.endpoint"),
+        ("bad-args", "metadata.args_json"),
+    ];
+    for (id, named) in expect {
+        let p = ps.iter().find(|p| p["id"] == id).expect("listed");
+        assert_eq!(p["state"], "failed", "{p}");
+        let error = p["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(named),
+            "{id}: the error must name {named}: {error}"
+        );
+        assert!(
+            error.contains("loong.plugin.json"),
+            "{id}: names the file: {error}"
+        );
+        let (code, _, err) = invoke(&home, &[id, "--input", "{}"]);
+        assert_eq!(code, 2, "{id}: {err}");
+    }
+    // Only the good plugin's worker was ever started.
+    let spawned = records(&home, "worker.spawned");
+    assert_eq!(spawned.len(), 1, "{spawned:?}");
+    lines_ok(&home);
+}

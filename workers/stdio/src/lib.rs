@@ -1,0 +1,788 @@
+//! One foreign program, run as a child of the stdio worker inside the worker's own sandbox,
+//! and spoken to over its stdin and stdout: JSON lines (`process_stdio`) or MCP
+//! (`mcp_stdio`, JSON-RPC 2.0, one message per line).
+//!
+//! The program is never trusted: every line it writes is bounded ([`PeerSpec::max_line_bytes`]),
+//! parsed, and matched to the call waiting for it; every call has a deadline; its stderr is
+//! kept up to [`MAX_STDERR_BYTES`]. A malformed line, an oversized line, an answer to another
+//! id, silence past the deadline or an exit mid-call fails that call with a typed
+//! [`PeerError`], and the program is killed; the next call starts it afresh.
+
+use std::{
+    collections::VecDeque,
+    io::{self, Read, Write},
+    os::fd::AsFd,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    message::worker::{MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_TOOLS, MAX_TOOL_NAME_BYTES},
+    FailureKind, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::{json, Value};
+
+/// Bytes of the program's stderr kept (the most recent ones).
+pub const MAX_STDERR_BYTES: usize = 64 * 1024;
+/// Bytes of stderr quoted in a failure message.
+pub const STDERR_QUOTE_BYTES: usize = 1024;
+/// How long a program has to start and (MCP) finish its handshake and tool listing.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Messages a program may send during one call besides the answer (MCP notifications,
+/// its own requests); past this the call fails as a flood.
+pub const MAX_MESSAGES_PER_CALL: usize = 1024;
+/// Pages of `tools/list` followed.
+pub const MAX_TOOL_PAGES: usize = 16;
+/// The JSON-lines protocol version spoken (`version` in each frame).
+pub const JSON_LINES_VERSION: u64 = 1;
+/// The MCP protocol version asked for.
+pub const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
+/// `PATH` given to the program.
+pub const PEER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Bytes read from the program per read(2).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a call to the program failed. The program is killed after each, except
+/// [`PeerError::Tool`] and [`PeerError::UnknownTool`], which are well-formed answers.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the program could not be started: {0}")]
+    Start(String),
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("a line over {0} bytes")]
+    LineTooLarge(u64),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("an answer for id {got}, while call {want} was waiting")]
+    WrongId { got: String, want: u64 },
+    #[error("the program exited during the call ({0})")]
+    Exited(String),
+    #[error("the output is {len} bytes, over the {max}-byte limit")]
+    OutputTooLarge { len: usize, max: u64 },
+    #[error("the tool reported an error: {0}")]
+    Tool(String),
+    #[error("no tool named {0:?}")]
+    UnknownTool(String),
+    #[error("the input is not a JSON object of arguments: {0}")]
+    BadInput(String),
+}
+
+impl PeerError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            PeerError::Start(_) => FailureKind::PeerStartFailed,
+            PeerError::Timeout(_) => FailureKind::Timeout,
+            PeerError::LineTooLarge(_) => FailureKind::PeerLineTooLarge,
+            PeerError::Malformed(_) => FailureKind::PeerMalformed,
+            PeerError::WrongId { .. } => FailureKind::PeerWrongId,
+            PeerError::Exited(_) => FailureKind::PeerExited,
+            PeerError::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
+            PeerError::Tool(_) => FailureKind::ToolError,
+            PeerError::UnknownTool(_) => FailureKind::UnknownTool,
+            PeerError::BadInput(_) => FailureKind::ToolError,
+        }
+    }
+
+    /// Whether the program may be used again after this error.
+    fn keeps_program(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Tool(_) | PeerError::UnknownTool(_) | PeerError::BadInput(_)
+        )
+    }
+}
+
+/// The most recent stderr bytes of the program.
+#[derive(Debug, Default)]
+struct StderrLog {
+    kept: VecDeque<u8>,
+    /// Bytes written in all.
+    total: u64,
+}
+
+type SharedLog = Arc<Mutex<StderrLog>>;
+
+fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, StderrLog> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StderrLog {
+    fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        self.kept.extend(bytes);
+        let over = self.kept.len().saturating_sub(MAX_STDERR_BYTES);
+        self.kept.drain(..over);
+    }
+
+    /// The bytes written since `mark` (a past `total`) that are still kept.
+    fn since(&self, mark: u64) -> Vec<u8> {
+        let new = usize::try_from(self.total - mark).unwrap_or(usize::MAX);
+        let start = self.kept.len().saturating_sub(new);
+        self.kept.range(start..).copied().collect()
+    }
+}
+
+/// A running program.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    lines: LineReader,
+    stderr: SharedLog,
+}
+
+impl Running {
+    fn start(spec: &PeerSpec) -> Result<Running, PeerError> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(&spec.command)
+            .args(&spec.args)
+            .current_dir(&spec.cwd)
+            .env_clear()
+            .env("PATH", PEER_PATH)
+            .env("HOME", &spec.cwd)
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that whatever it starts is killed with it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| PeerError::Start(format!("{}: {e}", spec.command)))?;
+        let (Some(stdin), Some(stdout), Some(mut err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(PeerError::Start("its pipes were not set up".into()));
+        };
+        set_nonblocking(&stdin).map_err(|e| PeerError::Start(format!("stdin: {e}")))?;
+        let stderr = SharedLog::default();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                lock(&log).push(&buf[..n]);
+            }
+        });
+        Ok(Running {
+            child,
+            stdin,
+            lines: LineReader::new(stdout, spec.max_line_bytes),
+            stderr,
+        })
+    }
+
+    /// Writes one line (a newline is added) by `deadline`.
+    fn send(&mut self, msg: &Value, deadline: Instant) -> Result<(), PeerError> {
+        let mut line = serde_json::to_vec(msg).map_err(|e| PeerError::BadInput(e.to_string()))?;
+        line.push(b'\n');
+        let mut rest = &line[..];
+        while !rest.is_empty() {
+            match self.stdin.write(rest) {
+                Ok(0) => return Err(self.exited()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(self.stdin.as_fd(), PollFlags::POLLOUT, deadline)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(self.exited()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next line, parsed as JSON.
+    fn receive(&mut self, deadline: Instant) -> Result<Value, PeerError> {
+        match self.lines.next_line(deadline) {
+            Ok(line) => serde_json::from_slice(&line).map_err(|e| {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
+                PeerError::Malformed(format!("{e} in {shown:?}"))
+            }),
+            Err(LineError::Eof) => Err(self.exited()),
+            Err(LineError::TooLarge(max)) => Err(PeerError::LineTooLarge(max)),
+            Err(LineError::Timeout(ms)) => Err(PeerError::Timeout(ms)),
+            Err(LineError::Io(e)) => Err(PeerError::Malformed(format!("reading: {e}"))),
+        }
+    }
+
+    /// The program's end, as an error: its status once it is reaped, with its last stderr.
+    fn exited(&mut self) -> PeerError {
+        // Its stdout closed; give it a moment to be reaped and its stderr to be read.
+        let until = Instant::now() + Duration::from_millis(200);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s.to_string(),
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => break "its stdout closed".into(),
+            }
+        };
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            PeerError::Exited(status)
+        } else {
+            PeerError::Exited(format!("{status}; stderr ends: {tail}"))
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let log = lock(&self.stderr);
+        let mark = log.total.saturating_sub(STDERR_QUOTE_BYTES as u64);
+        String::from_utf8_lossy(&log.since(mark)).trim().to_string()
+    }
+
+    fn kill(mut self) {
+        let pgid = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_fd().as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+    fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Waits until `fd` is ready for `what`, or fails with a timeout at `deadline`.
+fn wait_for(
+    fd: std::os::fd::BorrowedFd<'_>,
+    what: PollFlags,
+    deadline: Instant,
+) -> Result<(), PeerError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, what)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) if Instant::now() >= deadline => {
+                return Err(PeerError::Timeout(left.as_millis()));
+            }
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(PeerError::Malformed(format!("poll: {e}"))),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum LineError {
+    Eof,
+    TooLarge(u64),
+    Timeout(u128),
+    Io(io::Error),
+}
+
+/// Newline-delimited reading with a bound on each line.
+#[derive(Debug)]
+struct LineReader {
+    src: ChildStdout,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    max: u64,
+}
+
+impl LineReader {
+    fn new(src: ChildStdout, max: u64) -> LineReader {
+        LineReader {
+            src,
+            buf: Vec::new(),
+            scanned: 0,
+            max,
+        }
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Result<Vec<u8>, LineError> {
+        let started = Instant::now();
+        loop {
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + pos;
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                self.scanned = 0;
+                if line.len() as u64 > self.max {
+                    return Err(LineError::TooLarge(self.max));
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(line);
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() as u64 > self.max {
+                return Err(LineError::TooLarge(self.max));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.src.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) if Instant::now() >= deadline => {
+                    return Err(LineError::Timeout(started.elapsed().as_millis()))
+                }
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(LineError::Io(e.into())),
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + READ_CHUNK, 0);
+            let read = self.src.read(&mut self.buf[len..]);
+            self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                // poll said readable and nothing came: the end of the stream.
+                Ok(0) => return Err(LineError::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LineError::Io(e)),
+            }
+        }
+    }
+}
+
+/// What one successful call produced.
+#[derive(Debug)]
+pub struct Answer {
+    /// The output, as JSON text.
+    pub output: Vec<u8>,
+    /// Lines the program wrote to stderr during the call (bounded).
+    pub logs: Vec<String>,
+    pub logs_dropped: u32,
+}
+
+/// The worker's program: started on [`Peer::start`], restarted after any failure that
+/// leaves it untrusted.
+#[derive(Debug)]
+pub struct Peer {
+    spec: PeerSpec,
+    running: Option<Running>,
+    tools: Vec<ToolInfo>,
+    next_id: u64,
+}
+
+impl Peer {
+    pub fn new(spec: PeerSpec) -> Peer {
+        Peer {
+            spec,
+            running: None,
+            tools: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The plugin this program serves.
+    pub fn plugin_id(&self) -> &str {
+        &self.spec.plugin_id
+    }
+
+    /// Starts the program (MCP: handshake and tool listing) and returns its tools.
+    pub fn start(&mut self) -> Result<Vec<ToolInfo>, PluginFailure> {
+        self.stop();
+        self.ensure_running().map_err(|e| self.failure(&e))?;
+        Ok(self.tools.clone())
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.kill();
+        }
+    }
+
+    fn ensure_running(&mut self) -> Result<(), PeerError> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let mut running = Running::start(&self.spec)?;
+        let tools = match self.spec.protocol {
+            PeerProtocol::JsonLines => Ok(vec![ToolInfo {
+                name: self.spec.plugin_id.clone(),
+                description: String::new(),
+            }]),
+            PeerProtocol::Mcp => self.mcp_handshake(&mut running),
+        };
+        match tools {
+            Ok(tools) => {
+                self.tools = tools;
+                self.running = Some(running);
+                Ok(())
+            }
+            Err(e) => {
+                let e = match e {
+                    PeerError::Start(_) => e,
+                    other => {
+                        PeerError::Start(format!("{other}{}", quote_stderr(&running.stderr_tail())))
+                    }
+                };
+                running.kill();
+                Err(e)
+            }
+        }
+    }
+
+    /// Calls `tool` with `input` (JSON text).
+    pub fn call(&mut self, tool: &str, input: &[u8]) -> Result<Answer, PluginFailure> {
+        let result = self.try_call(tool, input);
+        result.map_err(|e| {
+            let failure = self.failure(&e);
+            if !e.keeps_program() {
+                self.stop();
+            }
+            failure
+        })
+    }
+
+    fn failure(&self, e: &PeerError) -> PluginFailure {
+        PluginFailure::new(e.kind(), format!("plugin {}: {e}", self.spec.plugin_id))
+    }
+
+    fn try_call(&mut self, tool: &str, input: &[u8]) -> Result<Answer, PeerError> {
+        let input: Value =
+            serde_json::from_slice(input).map_err(|e| PeerError::BadInput(e.to_string()))?;
+        self.ensure_running()?;
+        if !self.tools.iter().any(|t| t.name == tool) {
+            return Err(PeerError::UnknownTool(tool.to_string()));
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let deadline = Instant::now() + Duration::from_millis(self.spec.timeout_ms);
+        let protocol = self.spec.protocol;
+        let max_output = self.spec.max_output_bytes;
+        let running = self
+            .running
+            .as_mut()
+            .ok_or(PeerError::Exited("the program is not running".into()))?;
+        let mark = lock(&running.stderr).total;
+        let output = match protocol {
+            PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline)?,
+            PeerProtocol::Mcp => mcp_call(running, id, tool, input, deadline)?,
+        };
+        let output =
+            serde_json::to_vec(&output).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        if output.len() as u64 > max_output {
+            return Err(PeerError::OutputTooLarge {
+                len: output.len(),
+                max: max_output,
+            });
+        }
+        let (logs, logs_dropped) = stderr_lines(&lock(&running.stderr).since(mark));
+        Ok(Answer {
+            output,
+            logs,
+            logs_dropped,
+        })
+    }
+
+    /// `initialize`, `notifications/initialized`, then `tools/list` (following cursors).
+    fn mcp_handshake(&mut self, running: &mut Running) -> Result<Vec<ToolInfo>, PeerError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        self.next_id += 1;
+        let init = json!({
+            "protocolVersion": MCP_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "loong", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let answer = mcp_request(running, self.next_id, "initialize", init, deadline)?;
+        if answer
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(PeerError::Malformed(
+                "the initialize result has no protocolVersion".into(),
+            ));
+        }
+        running.send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            deadline,
+        )?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_TOOL_PAGES {
+            self.next_id += 1;
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let page = mcp_request(running, self.next_id, "tools/list", params, deadline)?;
+            let listed = page
+                .get("tools")
+                .and_then(Value::as_array)
+                .ok_or_else(|| PeerError::Malformed("tools/list has no tools array".into()))?;
+            for t in listed {
+                let name = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| valid_tool_name(n))
+                    .ok_or_else(|| {
+                        PeerError::Malformed(format!(
+                            "a tool name must be 1 to {MAX_TOOL_NAME_BYTES} of A-Z a-z 0-9 _ - ."
+                        ))
+                    })?;
+                if tools.len() == MAX_TOOLS {
+                    return Err(PeerError::Malformed(format!("more than {MAX_TOOLS} tools")));
+                }
+                let description = t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                tools.push(ToolInfo {
+                    name: name.to_string(),
+                    description: cut(
+                        description,
+                        loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
+                    ),
+                });
+            }
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(String::from);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(tools)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tool name as Loong names it (`PLUGIN_ID/NAME`): no slash, no space, no control bytes.
+pub fn valid_tool_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= MAX_TOOL_NAME_BYTES
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn quote_stderr(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr ends: {tail}")
+    }
+}
+
+/// Splits stderr bytes into at most [`MAX_LOG_LINES`] lines of [`MAX_LOG_LINE_BYTES`].
+fn stderr_lines(bytes: &[u8]) -> (Vec<String>, u32) {
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let dropped = all.len().saturating_sub(MAX_LOG_LINES);
+    let logs = all
+        .into_iter()
+        .take(MAX_LOG_LINES)
+        .map(|l| cut(l, MAX_LOG_LINE_BYTES))
+        .collect();
+    (logs, u32::try_from(dropped).unwrap_or(u32::MAX))
+}
+
+/// One JSON-lines exchange: `{method, id, payload, version}` out, the frame with the same id
+/// back, whose `payload` is the output (or whose `error` is the tool's failure).
+fn json_lines_call(
+    running: &mut Running,
+    id: u64,
+    input: Value,
+    deadline: Instant,
+) -> Result<Value, PeerError> {
+    let want = id.to_string();
+    running.send(
+        &json!({"method": "tools/call", "id": want, "payload": input, "version": JSON_LINES_VERSION}),
+        deadline,
+    )?;
+    let frame = running.receive(deadline)?;
+    let obj = frame
+        .as_object()
+        .ok_or_else(|| PeerError::Malformed("a frame must be a JSON object".into()))?;
+    let got = match obj.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(PeerError::Malformed("the frame has no id".into())),
+    };
+    if got != want {
+        return Err(PeerError::WrongId { got, want: id });
+    }
+    if let Some(v) = obj.get("version") {
+        if v.as_u64().is_none_or(|v| v > JSON_LINES_VERSION) {
+            return Err(PeerError::Malformed(format!(
+                "version {v}, this bridge speaks {JSON_LINES_VERSION}"
+            )));
+        }
+    }
+    if let Some(e) = obj.get("error") {
+        let msg = e
+            .get("message")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| e.to_string());
+        return Err(PeerError::Tool(cut(&msg, 1024)));
+    }
+    obj.get("payload")
+        .cloned()
+        .ok_or_else(|| PeerError::Malformed("the frame has neither payload nor error".into()))
+}
+
+/// `tools/call`; an `isError` result is the tool's failure. At the deadline the server is
+/// told the request is cancelled (it is then killed by the caller).
+fn mcp_call(
+    running: &mut Running,
+    id: u64,
+    tool: &str,
+    input: Value,
+    deadline: Instant,
+) -> Result<Value, PeerError> {
+    if !input.is_object() {
+        return Err(PeerError::BadInput(
+            "MCP tools take an object of named arguments".into(),
+        ));
+    }
+    let params = json!({"name": tool, "arguments": input});
+    let result = match mcp_request(running, id, "tools/call", params, deadline) {
+        Err(PeerError::Timeout(ms)) => {
+            let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": id, "reason": "deadline passed"}});
+            let _ = running.send(&cancel, Instant::now() + Duration::from_millis(100));
+            return Err(PeerError::Timeout(ms));
+        }
+        other => other?,
+    };
+    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+        let text: Vec<&str> = result
+            .get("content")
+            .and_then(Value::as_array)
+            .map(|c| {
+                c.iter()
+                    .filter_map(|item| item.get("text").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(PeerError::Tool(cut(&text.join("\n"), 2048)));
+    }
+    Ok(result)
+}
+
+/// Sends a JSON-RPC request and waits for its response, answering the server's own requests
+/// (a `ping`; anything else is "method not found") and skipping its notifications.
+fn mcp_request(
+    running: &mut Running,
+    id: u64,
+    method: &str,
+    params: Value,
+    deadline: Instant,
+) -> Result<Value, PeerError> {
+    running.send(
+        &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        deadline,
+    )?;
+    for _ in 0..MAX_MESSAGES_PER_CALL {
+        let msg = running.receive(deadline)?;
+        let obj = msg
+            .as_object()
+            .ok_or_else(|| PeerError::Malformed("a JSON-RPC message must be an object".into()))?;
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(PeerError::Malformed("not JSON-RPC 2.0".into()));
+        }
+        match (obj.get("id"), obj.get("method")) {
+            // The server's own request.
+            (Some(their), Some(m)) => {
+                let reply = if m.as_str() == Some("ping") {
+                    json!({"jsonrpc": "2.0", "id": their, "result": {}})
+                } else {
+                    json!({"jsonrpc": "2.0", "id": their,
+                        "error": {"code": -32601, "message": "method not found"}})
+                };
+                running.send(&reply, deadline)?;
+            }
+            // A notification (logging, progress, list changes).
+            (None, Some(_)) => {}
+            (Some(got), None) => {
+                if got.as_u64() != Some(id) {
+                    return Err(PeerError::WrongId {
+                        got: got.to_string(),
+                        want: id,
+                    });
+                }
+                if let Some(e) = obj.get("error") {
+                    let msg = e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message");
+                    return Err(PeerError::Tool(format!("{method}: {}", cut(msg, 1024))));
+                }
+                return obj
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| PeerError::Malformed("a response without a result".into()));
+            }
+            (None, None) => {
+                return Err(PeerError::Malformed(
+                    "a message with neither id nor method".into(),
+                ))
+            }
+        }
+    }
+    Err(PeerError::Malformed(format!(
+        "more than {MAX_MESSAGES_PER_CALL} messages without an answer"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_keeps_the_most_recent_bytes() {
+        let mut log = StderrLog::default();
+        log.push(&vec![b'a'; MAX_STDERR_BYTES]);
+        let mark = log.total;
+        log.push(b"late\n");
+        assert_eq!(log.kept.len(), MAX_STDERR_BYTES);
+        assert_eq!(log.since(mark), b"late\n");
+        assert_eq!(log.total, MAX_STDERR_BYTES as u64 + 5);
+    }
+
+    #[test]
+    fn tool_names_are_checked() {
+        assert!(valid_tool_name("read_text_file"));
+        assert!(valid_tool_name("get-current.time"));
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a\nb",
+            &"x".repeat(MAX_TOOL_NAME_BYTES + 1),
+        ] {
+            assert!(!valid_tool_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stderr_lines_are_bounded() {
+        let many = "x\n".repeat(MAX_LOG_LINES + 3);
+        let (logs, dropped) = stderr_lines(many.as_bytes());
+        assert_eq!((logs.len(), dropped), (MAX_LOG_LINES, 3));
+        let (logs, _) = stderr_lines("y".repeat(MAX_LOG_LINE_BYTES * 2).as_bytes());
+        assert_eq!(logs[0].len(), MAX_LOG_LINE_BYTES);
+    }
+}

@@ -1,0 +1,98 @@
+//! `loong-worker-stdio`: the balanced-tier worker that runs one foreign program.
+//!
+//! loongd starts it in a balanced sandbox that carries the plugin's grants, with its control
+//! socket as fd 3 (close-on-exec, so the program never sees it). On `Start` it runs the
+//! program as its child, inside the same sandbox, and speaks JSON lines or MCP with it (see
+//! the library). Unlike the WASM worker it does not take the final self-confinement step:
+//! it must be able to start the program again after a failure, so the tier's sandbox, which
+//! the program inherits, is the boundary.
+
+use loong_ipc::{
+    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
+};
+use loong_worker_runtime::{Final, Handler};
+use loong_worker_stdio::Peer;
+
+#[derive(Debug, Default)]
+struct Worker {
+    peer: Option<Peer>,
+    calls: u64,
+}
+
+fn refused(message: String) -> WorkerResponse {
+    WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, message))
+}
+
+impl Handler for Worker {
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        Ok(match req {
+            WorkerRequest::Start(spec) => {
+                if let Err(e) = spec.check_bounds() {
+                    return Ok(refused(e.to_string()));
+                }
+                if let Some(p) = &self.peer {
+                    if p.plugin_id() != spec.plugin_id {
+                        return Ok(refused(format!(
+                            "this worker serves plugin {}, not {}",
+                            p.plugin_id(),
+                            spec.plugin_id
+                        )));
+                    }
+                }
+                let peer = self.peer.insert(Peer::new(*spec));
+                match peer.start() {
+                    Ok(tools) => WorkerResponse::Described(tools),
+                    Err(f) => WorkerResponse::Failed(f),
+                }
+            }
+            WorkerRequest::Invoke { plugin_id, input } => {
+                self.calls += 1;
+                let Some(peer) = self.peer.as_mut() else {
+                    return Ok(WorkerResponse::Failed(PluginFailure::new(
+                        FailureKind::NotLoaded,
+                        "no program was started in this worker".to_string(),
+                    )));
+                };
+                let started = std::time::Instant::now();
+                match peer.call(&plugin_id, &input) {
+                    Ok(a) => WorkerResponse::Output(CallOutput {
+                        output: a.output,
+                        logs: a.logs,
+                        logs_dropped: a.logs_dropped,
+                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        cpu_us: 0,
+                        fuel_consumed: None,
+                        peak_memory_bytes: 0,
+                    }),
+                    Err(f) => WorkerResponse::Failed(f),
+                }
+            }
+            WorkerRequest::Load(p) => refused(format!(
+                "plugin {}: this worker runs foreign programs; WASM plugins need loong-worker-wasm",
+                p.plugin_id
+            )),
+            WorkerRequest::Unload { .. } => {
+                self.peer = None;
+                WorkerResponse::Unloaded
+            }
+            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
+                rss_kib: 0,
+                loaded: self
+                    .peer
+                    .iter()
+                    .map(|p| p.plugin_id().to_string())
+                    .collect(),
+                calls: self.calls,
+            }),
+        })
+    }
+}
+
+fn main() {
+    let code = loong_worker_runtime::main_with(
+        concat!("loong-worker-stdio ", env!("CARGO_PKG_VERSION")),
+        Final::TierOnly,
+        || Ok(Worker::default()),
+    );
+    std::process::exit(code);
+}
