@@ -5,8 +5,14 @@
 
 use std::{
     fs,
+    io::{Read, Write},
+    net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use crate::{
@@ -416,4 +422,121 @@ fn bridge_manifests_that_name_what_is_not_there_start_nothing() {
     let spawned = records(&home, "worker.spawned");
     assert_eq!(spawned.len(), 1, "{spawned:?}");
     lines_ok(&home);
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that answers every request with `body` (as
+/// `text/plain`) and counts the connections it accepted.
+struct TextServer {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl TextServer {
+    fn start(body: &'static str) -> TextServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TextServer { port, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/page.txt", self.port)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn an_mcp_server_connects_only_where_its_grant_allows() {
+    let fetch = Path::new(MCP_ROOT).join("venv/bin/mcp-server-fetch");
+    if !fetch.exists() {
+        return skip(
+            "an_mcp_server_connects_only_where_its_grant_allows",
+            &format!(
+                "{} is missing (`.ci/run` installs it with scripts/install-mcp-servers)",
+                fetch.display()
+            ),
+        );
+    }
+    let granted = TextServer::start("loong-granted-page");
+    let other = TextServer::start("loong-other-page");
+    let home = Home::new();
+    // The server's own private-address guard and robots.txt check are switched off on its
+    // command line: the sandbox, not the server's goodwill, is the boundary.
+    let metadata = format!(
+        r#""bridge_kind": "mcp_stdio", "command": {:?}, "args_json": {}"#,
+        fetch.display().to_string(),
+        args_json(&["--allow-private-ips", "--ignore-robots-txt"])
+    );
+    install_foreign(
+        &home,
+        "fetch",
+        &metadata,
+        &format!(
+            r#""net": ["127.0.0.1:{}"], "timeout_ms": 15000"#,
+            granted.port
+        ),
+    );
+    install_foreign(&home, "offline", &metadata, r#""timeout_ms": 15000"#);
+    home.start();
+    for p in plugins(&home) {
+        assert_eq!(p["state"], "ready", "{p}");
+    }
+    let get = |tool: &str, url: &str| {
+        let input = serde_json::json!({ "url": url, "raw": true }).to_string();
+        invoke(&home, &[tool, "--input", &input])
+    };
+    // Positive control: the granted destination answers.
+    let (code, out, err) = get("fetch/fetch", &granted.url());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loong-granted-page"), "{out}");
+    assert_eq!(granted.accepted(), 1);
+    // Another port on the same host: refused by landlock before a connection is made.
+    let (code, out, err) = get("fetch/fetch", &other.url());
+    assert_eq!(code, 7, "a connect outside the grant must fail: {out}");
+    assert!(err.contains("tool_error"), "{err}");
+    // No grant at all: an empty network namespace, so not even the granted page is reached.
+    let (code, out, _) = get("offline/fetch", &granted.url());
+    assert_eq!(code, 7, "a server without a grant must not connect: {out}");
+    assert_eq!(other.accepted(), 0, "the ungranted server saw a connection");
+    assert_eq!(
+        granted.accepted(),
+        1,
+        "the offline server reached the network"
+    );
+    let failed: Vec<serde_json::Value> = records(&home, "tool.failed").iter().map(detail).collect();
+    for (tool, url) in [
+        ("fetch/fetch", other.url()),
+        ("offline/fetch", granted.url()),
+    ] {
+        assert!(
+            failed
+                .iter()
+                .any(|d| d["tool"] == tool
+                    && d["message"].as_str().is_some_and(|m| m.contains(&url))),
+            "no tool.failed for {tool} naming {url}: {failed:?}"
+        );
+    }
 }
