@@ -86,6 +86,9 @@ pub enum Command {
     /// List and kill worker processes.
     #[command(subcommand)]
     Workers(cmd::tools::WorkersCommand),
+    /// Search the tools of active and deferred plugins.
+    #[command(subcommand)]
+    Tools(cmd::tools::ToolsCommand),
 }
 
 /// A failure with the exit code it maps to.
@@ -136,6 +139,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Invoke(a) => cmd::tools::invoke(&layout, a),
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),
+        Command::Tools(c) => cmd::tools::tools(&layout, c),
     }
 }
 

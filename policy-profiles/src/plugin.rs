@@ -196,6 +196,114 @@ pub struct PluginManifest {
     pub sha256: Option<String>,
     pub blocked_import_prefixes: Vec<String>,
     pub bridge: Bridge,
+    /// What tool search shows: public Loong's `tags`, `input_examples`, `output_examples`
+    /// (each example as JSON text), the trust tier the manifest claims, and `defer_loading`.
+    pub catalog: Catalog,
+}
+
+/// The trust tiers, most trusted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TrustTier {
+    Official,
+    VerifiedCommunity,
+    Unverified,
+}
+
+impl TrustTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustTier::Official => "official",
+            TrustTier::VerifiedCommunity => "verified-community",
+            TrustTier::Unverified => "unverified",
+        }
+    }
+}
+
+impl std::str::FromStr for TrustTier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TrustTier, String> {
+        match s {
+            "official" => Ok(TrustTier::Official),
+            "verified-community" | "verified_community" => Ok(TrustTier::VerifiedCommunity),
+            "unverified" => Ok(TrustTier::Unverified),
+            other => Err(format!(
+                "{other:?}: expected official, verified-community or unverified"
+            )),
+        }
+    }
+}
+
+/// A plugin's searchable description.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub tags: Vec<String>,
+    pub input_examples: Vec<String>,
+    pub output_examples: Vec<String>,
+    /// What the manifest claims; nothing proves it until plugins are signed.
+    pub claimed_trust: Option<TrustTier>,
+    /// Not started at discovery, only at its first call.
+    pub defer_loading: bool,
+}
+
+/// Bounds on a catalog: tags, examples, and each one's length.
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_BYTES: usize = 64;
+pub const MAX_EXAMPLES: usize = 16;
+pub const MAX_EXAMPLE_BYTES: usize = 4096;
+
+impl Catalog {
+    fn parse(raw: &RawManifest) -> Result<Catalog, (&'static str, String)> {
+        let tags: Vec<String> = match &raw.tags {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| ("tags", "must be an array of strings".to_string()))?,
+        };
+        if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_BYTES) {
+            return Err((
+                "tags",
+                format!("at most {MAX_TAGS} tags of 1 to {MAX_TAG_BYTES} bytes"),
+            ));
+        }
+        let examples = |field: &'static str, v: &Option<serde_json::Value>| {
+            let list = match v {
+                None => return Ok(Vec::new()),
+                Some(serde_json::Value::Array(a)) => a,
+                Some(_) => return Err((field, "must be an array".to_string())),
+            };
+            if list.len() > MAX_EXAMPLES {
+                return Err((field, format!("at most {MAX_EXAMPLES} examples")));
+            }
+            list.iter()
+                .map(|e| {
+                    let text = e.to_string();
+                    if text.len() > MAX_EXAMPLE_BYTES {
+                        return Err((
+                            field,
+                            format!("an example is over {MAX_EXAMPLE_BYTES} bytes"),
+                        ));
+                    }
+                    Ok(text)
+                })
+                .collect()
+        };
+        let claimed_trust = match &raw.trust_tier {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(t)) => Some(t.parse().map_err(|e| ("trust_tier", e))?),
+            Some(_) => return Err(("trust_tier", "must be a string".to_string())),
+        };
+        let defer_loading = match &raw.defer_loading {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(("defer_loading", "must be true or false".to_string())),
+        };
+        Ok(Catalog {
+            tags,
+            input_examples: examples("input_examples", &raw.input_examples)?,
+            output_examples: examples("output_examples", &raw.output_examples)?,
+            claimed_trust,
+            defer_loading,
+        })
+    }
 }
 
 impl PluginManifest {
@@ -290,6 +398,7 @@ impl PluginManifest {
                 ),
             ));
         }
+        let catalog = Catalog::parse(&raw).map_err(|(f, m)| field(f, m))?;
         let foreign = match raw.metadata.get("bridge_kind").map(String::as_str) {
             Some("wasm" | "wasm_component") => None,
             Some("process_stdio") => Some(ForeignKind::ProcessStdio),
@@ -312,7 +421,7 @@ impl PluginManifest {
             }
         };
         if let Some(kind) = foreign {
-            return Self::parse_foreign(path, raw, kind);
+            return Self::parse_foreign(path, raw, kind, catalog);
         }
         let component = raw
             .metadata
@@ -394,6 +503,7 @@ impl PluginManifest {
             sha256: raw.sandbox.sha256,
             blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
             bridge: Bridge::Wasm,
+            catalog,
         })
     }
 
@@ -401,6 +511,7 @@ impl PluginManifest {
         path: &Path,
         raw: RawManifest,
         kind: ForeignKind,
+        catalog: Catalog,
     ) -> Result<Self, ManifestError> {
         let field = |field, message: String| ManifestError::Field {
             path: path.to_owned(),
@@ -519,6 +630,7 @@ impl PluginManifest {
                 net,
                 max_line_bytes,
             }),
+            catalog,
         })
     }
 
@@ -702,6 +814,19 @@ mod tests {
         assert_eq!(f.args, ["-c", "cat"]);
         assert_eq!(f.net[0].port, 8080);
         assert_eq!(m.limits.timeout_ms, 500);
+        assert_eq!(m.catalog, Catalog::default());
+        let with_catalog = good.replacen(
+            r#""version": "1","#,
+            r#""version": "1", "tags": ["a"], "trust_tier": "verified-community", "defer_loading": true, "input_examples": [{"n": 1}],"#,
+            1,
+        );
+        let c = PluginManifest::parse(&path, with_catalog.as_bytes())
+            .expect("catalog parses")
+            .catalog;
+        assert_eq!(c.tags, ["a"]);
+        assert_eq!(c.claimed_trust, Some(TrustTier::VerifiedCommunity));
+        assert!(c.defer_loading);
+        assert_eq!(c.input_examples, [r#"{"n":1}"#]);
         m.check_host().expect("sh exists");
         let Bridge::Foreign(f) = &m.bridge else {
             unreachable!()
@@ -737,6 +862,26 @@ mod tests {
                 "max_line_bytes",
             ),
             (r#""process_stdio""#, r#""native_ffi""#, "bridge_kind"),
+            (
+                r#""version": "1","#,
+                r#""version": "1", "tags": "x","#,
+                "tags",
+            ),
+            (
+                r#""version": "1","#,
+                r#""version": "1", "trust_tier": "gold","#,
+                "trust_tier",
+            ),
+            (
+                r#""version": "1","#,
+                r#""version": "1", "defer_loading": "yes","#,
+                "defer_loading",
+            ),
+            (
+                r#""version": "1","#,
+                r#""version": "1", "input_examples": {},"#,
+                "input_examples",
+            ),
         ];
         for (from, to, expect) in cases {
             assert!(good.contains(from), "fixture lacks {from}");

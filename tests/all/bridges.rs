@@ -540,3 +540,82 @@ fn an_mcp_server_connects_only_where_its_grant_allows() {
         );
     }
 }
+
+fn search(home: &Home, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["tools", "search"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    crate::workers::json_list(home, &all)
+}
+
+fn names(hits: &[serde_json::Value]) -> Vec<String> {
+    hits.iter()
+        .filter_map(|h| h["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn tool_search_covers_active_and_deferred_plugins_and_trusts_no_claim() {
+    let (dir, script) = jsonl_peer();
+    let home = Home::new();
+    install_examples(&home);
+    let dir_s = dir.path().display().to_string();
+    let plugin_dir = home.path().join("plugins/lines");
+    fs::create_dir_all(&plugin_dir).expect("plugin dir");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "lines", "version": "0.1.0",
+        "summary": "answers JSON lines", "tags": ["echo", "json-lines"],
+        "input_examples": [{"n": 1}], "output_examples": [{"echo": {"n": 1}}],
+        "trust_tier": "official", "defer_loading": true,
+        "metadata": {"bridge_kind": "process_stdio", "command": "/usr/bin/python3",
+            "args_json": serde_json::to_string(&[script.display().to_string()]).expect("args")},
+        "sandbox": {"read": [dir_s]},
+    });
+    fs::write(plugin_dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    home.start();
+
+    // The deferred plugin is found, with its catalog, and nothing of it runs yet.
+    let hits = search(&home, &["json lines"]);
+    assert_eq!(
+        names(&hits),
+        ["lines", "json-transform", "echo"],
+        "best first: a name part and the summary, a name part, the summary"
+    );
+    let h = &hits[0];
+    assert_eq!(h["state"], "deferred");
+    assert_eq!(h["tags"], serde_json::json!(["echo", "json-lines"]));
+    assert_eq!(h["input_examples"], serde_json::json!([{"n": 1}]));
+    assert_eq!(
+        (h["trust"].as_str(), h["claimed_trust"].as_str()),
+        (Some("unverified"), Some("official")),
+        "a claimed tier proves nothing"
+    );
+    assert!(
+        !workers(&home).iter().any(|w| w["kind"] == "stdio"),
+        "a deferred plugin is not started at discovery"
+    );
+    // A name part outranks a tag: the echo plugin first, the tagged one after it.
+    assert_eq!(names(&search(&home, &["echo"])), ["echo", "lines"]);
+    assert!(search(&home, &["zebra"]).is_empty());
+    // The trust filter: nothing installed is proved verified; everything is unverified.
+    assert!(search(&home, &["", "--trust", "verified-community"]).is_empty());
+    assert_eq!(search(&home, &["", "--trust", "unverified"]).len(), 4);
+    assert_eq!(search(&home, &["", "--limit", "2"]).len(), 2);
+    let out = home.ctl(&["tools", "search", "x", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = home.ctl(&["tools", "search", "x", "--trust", "gold"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // Each search that ran is audited with its query and what it found (the two refused
+    // requests ran none).
+    let searched: Vec<serde_json::Value> =
+        records(&home, "tool.searched").iter().map(detail).collect();
+    assert_eq!(searched.len(), 6, "{searched:?}");
+    assert!(searched
+        .iter()
+        .any(|d| d["query"] == "json lines" && d["names"][0] == "lines"));
+
+    // The first call starts it.
+    lines_ok(&home);
+    assert!(workers(&home).iter().any(|w| w["kind"] == "stdio"));
+}

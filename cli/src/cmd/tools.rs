@@ -57,6 +57,27 @@ pub enum PluginsCommand {
     },
 }
 
+/// `loongctl tools …`.
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Tools whose names, tags, summaries or descriptions match QUERY, best first (each
+    /// search is audited).
+    Search {
+        /// Words to look for (empty: every tool).
+        #[arg(default_value = "")]
+        query: String,
+        /// Only tools at least this trusted: official, verified-community or unverified.
+        #[arg(long, value_name = "TIER")]
+        trust: Option<String>,
+        /// At most this many hits (1 to 100).
+        #[arg(long, default_value_t = loong_ipc::message::control::DEFAULT_SEARCH_LIMIT)]
+        limit: u32,
+        /// Print JSON (an array of {name, plugin, summary, description, tags, input_examples, output_examples, trust, claimed_trust, state, bridge_kind, score}).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `loongctl workers …`.
 #[derive(Debug, Subcommand)]
 pub enum WorkersCommand {
@@ -208,6 +229,61 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
                 for t in &p.tools {
                     println!("    {t}");
                 }
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub(crate) fn tools(layout: &Layout, cmd: ToolsCommand) -> Result<u8, Failure> {
+    let ToolsCommand::Search {
+        query,
+        trust,
+        limit,
+        json,
+    } = cmd;
+    let req = ControlRequest::ToolSearch(loong_ipc::ToolSearchRequest {
+        query,
+        trust,
+        limit,
+    });
+    let ControlResponse::ToolHits(hits) = crate::request(layout, req)? else {
+        return Err(anyhow!("unexpected answer to tools search").into());
+    };
+    if json {
+        let examples = |list: &[String]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|e| serde_json::from_str(e).unwrap_or(serde_json::Value::String(e.clone())))
+                .collect()
+        };
+        let all: Vec<serde_json::Value> = hits
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "name": h.name, "plugin": h.plugin, "summary": h.summary,
+                    "description": h.description, "tags": h.tags,
+                    "input_examples": examples(&h.input_examples),
+                    "output_examples": examples(&h.output_examples),
+                    "trust": h.trust, "claimed_trust": h.claimed_trust, "state": h.state,
+                    "bridge_kind": h.bridge_kind, "score": h.score,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        for h in &hits {
+            let about = if h.description.is_empty() {
+                &h.summary
+            } else {
+                &h.description
+            };
+            let first = about.lines().next().unwrap_or_default();
+            println!("{:<32} {:<18} {:<8} {first}", h.name, h.trust, h.state);
+            if !h.tags.is_empty() {
+                println!("    tags: {}", h.tags.join(", "));
+            }
+            for e in &h.input_examples {
+                println!("    example input: {e}");
             }
         }
     }

@@ -111,6 +111,51 @@ pub enum ControlRequest {
     /// Kill one worker (its call in flight fails; it is replaced); answered by
     /// [`ControlResponse::Workers`] (the killed one).
     WorkerKill { id: u64 },
+    /// Search the tools (active and deferred plugins); answered by
+    /// [`ControlResponse::ToolHits`]. Audited.
+    ToolSearch(ToolSearchRequest),
+}
+
+/// Bound on a search query.
+pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
+/// The most hits one search returns, and the default.
+pub const MAX_SEARCH_LIMIT: u32 = 100;
+pub const DEFAULT_SEARCH_LIMIT: u32 = 10;
+
+/// A tool search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ToolSearchRequest {
+    /// Words matched against names, tags, summaries and descriptions (empty: every tool).
+    pub query: String,
+    /// Only tools at least this trusted: `official`, `verified-community` or `unverified`.
+    pub trust: Option<String>,
+    /// At most this many hits (1 to [`MAX_SEARCH_LIMIT`]).
+    pub limit: u32,
+}
+
+/// One tool found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ToolHit {
+    /// What `invoke` takes.
+    pub name: String,
+    pub plugin: String,
+    pub summary: String,
+    /// The MCP tool's own description, when there is one.
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Example inputs and outputs, as JSON text.
+    pub input_examples: Vec<String>,
+    pub output_examples: Vec<String>,
+    /// The trust tier loongd grants (what is proved, not what the manifest claims).
+    pub trust: String,
+    /// What the manifest claims, if anything.
+    pub claimed_trust: Option<String>,
+    /// `active` or `deferred`.
+    pub state: String,
+    pub bridge_kind: String,
+    pub score: u32,
 }
 
 /// Bound on [`InvokeRequest::input`].
@@ -390,6 +435,8 @@ pub enum ControlResponse {
     Plugins(Vec<PluginView>),
     /// Workers.
     Workers(Vec<WorkerView>),
+    /// Tools found, best first.
+    ToolHits(Vec<ToolHit>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

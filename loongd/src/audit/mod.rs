@@ -97,11 +97,13 @@ pub enum Kind {
     PluginLoaded,
     /// A plugin was refused at discovery or load (with the reason).
     PluginRefused,
+    /// A tool search (the query, the trust filter and what was found).
+    ToolSearched,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 28] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -129,6 +131,7 @@ impl Kind {
         Kind::ToolFailed,
         Kind::PluginLoaded,
         Kind::PluginRefused,
+        Kind::ToolSearched,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -161,6 +164,7 @@ impl Kind {
             Kind::ToolFailed => "tool.failed",
             Kind::PluginLoaded => "plugin.loaded",
             Kind::PluginRefused => "plugin.refused",
+            Kind::ToolSearched => "tool.searched",
         }
     }
 

@@ -83,6 +83,7 @@ pub(crate) async fn handle(
         ControlRequest::PluginReload => Ok(super::tools_api::reload(kernel).await),
         ControlRequest::WorkerList => Ok(super::tools_api::workers(kernel)),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
+        ControlRequest::ToolSearch(req) => super::tools_api::search(kernel, cred, &io, req).await,
     }
 }
 

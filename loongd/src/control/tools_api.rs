@@ -11,10 +11,12 @@ use std::{
 };
 
 use loong_ipc::{
-    message::control::MAX_INVOKE_INPUT_BYTES, ControlResponse, ErrorKind, InvokeRequest,
-    InvokeResult, RemoteError,
+    message::control::{MAX_INVOKE_INPUT_BYTES, MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_BYTES},
+    ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
+    ToolSearchRequest,
 };
 use loong_profiles::pack::Capability;
+use loong_profiles::plugin::TrustTier;
 use tokio::net::unix::UCred;
 
 use super::{
@@ -232,7 +234,9 @@ fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), Rem
         .filter(|p| p.has_named_tools())
         .ok_or_else(not_found)?;
     if let State::Ready { info, .. } = &p.state {
-        if !info.tools.iter().any(|t| t.name == tool) {
+        // A deferred server's tools are not known before its first call; its worker refuses
+        // an unknown one.
+        if !p.deferred() && !info.tools.iter().any(|t| t.name == tool) {
             return Err(RemoteError::new(
                 ErrorKind::NotFound,
                 format!(
@@ -276,6 +280,20 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
                     Some(kind) => kernel.new_pool((**kind).clone()),
                 };
                 *pool = Some(runner.clone());
+                if p.catalog.defer_loading {
+                    // Started by its first call; its manifest was checked above.
+                    kernel
+                        .audit
+                        .record_later(Event::daemon(
+                            Kind::PluginLoaded,
+                            serde_json::json!({
+                                "plugin": p.id, "version": p.version,
+                                "bridge_kind": p.bridge_kind, "deferred": true,
+                            }),
+                        ))
+                        .await;
+                    continue;
+                }
                 match runner.check_load(plugin).await {
                     Ok(info) => Ok(info),
                     Err(e) => {
@@ -371,4 +389,149 @@ pub(crate) fn kill(kernel: &Kernel, cred: &UCred, id: u64) -> Result<ControlResp
         "worker killed by an operator"
     );
     Ok(ControlResponse::Workers(vec![killed]))
+}
+
+/// The most words of a query that count.
+pub const MAX_QUERY_WORDS: usize = 16;
+
+/// `loongctl tools search`: every tool of the active and deferred plugins, scored against
+/// the query's words, best first. The trust tier shown is what loongd grants: a plugin's
+/// claim proves nothing until plugins are signed, so every installed plugin is `unverified`.
+pub(crate) async fn search(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    req: ToolSearchRequest,
+) -> Result<ControlResponse, RemoteError> {
+    if req.query.len() > MAX_SEARCH_QUERY_BYTES {
+        return Err(bad(format!(
+            "the query is {} bytes, above the {MAX_SEARCH_QUERY_BYTES}-byte limit",
+            req.query.len()
+        )));
+    }
+    if req.limit == 0 || req.limit > MAX_SEARCH_LIMIT {
+        return Err(bad(format!(
+            "limit {}: give 1 to {MAX_SEARCH_LIMIT}",
+            req.limit
+        )));
+    }
+    let floor: TrustTier = match &req.trust {
+        None => TrustTier::Unverified,
+        Some(t) => t.parse().map_err(|e: String| bad(format!("--trust {e}")))?,
+    };
+    let words = query_words(&req.query);
+    let mut hits: Vec<ToolHit> = Vec::new();
+    for p in kernel.plugins_snapshot().values() {
+        let State::Ready { info, .. } = &p.state else {
+            continue;
+        };
+        // Nothing proves a plugin's claim yet (plugins are not signed).
+        let trust = TrustTier::Unverified;
+        if trust > floor {
+            continue;
+        }
+        let tools: Vec<(String, String)> = if p.has_named_tools() && !info.tools.is_empty() {
+            info.tools
+                .iter()
+                .map(|t| (format!("{}/{}", p.id, t.name), t.description.clone()))
+                .collect()
+        } else {
+            vec![(p.id.clone(), String::new())]
+        };
+        for (name, description) in tools {
+            let score = score(&words, &name, &p.summary, &description, &p.catalog.tags);
+            if score == 0 && !words.is_empty() {
+                continue;
+            }
+            hits.push(ToolHit {
+                name,
+                plugin: p.id.clone(),
+                summary: p.summary.clone(),
+                description,
+                tags: p.catalog.tags.clone(),
+                input_examples: p.catalog.input_examples.clone(),
+                output_examples: p.catalog.output_examples.clone(),
+                trust: trust.as_str().into(),
+                claimed_trust: p.catalog.claimed_trust.map(|t| t.as_str().into()),
+                state: if p.deferred() { "deferred" } else { "active" }.into(),
+                bridge_kind: p.bridge_kind.into(),
+                score,
+            });
+        }
+    }
+    hits.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.name.cmp(&b.name)));
+    hits.truncate(req.limit as usize);
+    let detail = serde_json::json!({
+        "query": req.query, "trust": floor.as_str(), "limit": req.limit,
+        "hits": hits.len(), "names": hits.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+    });
+    kernel
+        .audit
+        .record(event(Kind::ToolSearched, cred, io, detail))
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+    Ok(ControlResponse::ToolHits(hits))
+}
+
+/// The query's distinct lowercase words (letters and digits), at most [`MAX_QUERY_WORDS`].
+fn query_words(query: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for w in query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+    {
+        if !words.contains(&w) && words.len() < MAX_QUERY_WORDS {
+            words.push(w);
+        }
+    }
+    words
+}
+
+/// A tool's score: per word, 8 for a whole name part, 4 for a part of the name, 3 for a tag,
+/// 2 for the summary or the description.
+fn score(words: &[String], name: &str, summary: &str, description: &str, tags: &[String]) -> u32 {
+    let name = name.to_lowercase();
+    let parts: Vec<&str> = name
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let text = format!("{} {}", summary.to_lowercase(), description.to_lowercase());
+    words
+        .iter()
+        .map(|w| {
+            let mut s = 0;
+            if parts.iter().any(|p| p == w) {
+                s += 8;
+            } else if name.contains(w.as_str()) {
+                s += 4;
+            }
+            if tags.iter().any(|t| t.to_lowercase() == *w) {
+                s += 3;
+            }
+            if text.contains(w.as_str()) {
+                s += 2;
+            }
+            s
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_scores_names_above_tags_above_text() {
+        let words = query_words("Read FILE, read!");
+        assert_eq!(words, ["read", "file"]);
+        let tags = vec!["files".to_string()];
+        let named = score(&words, "fs/read_file", "", "", &[]);
+        let tagged = score(&words, "fs/cat", "", "", &["read".to_string()]);
+        let described = score(&words, "fs/cat", "reads a file", "", &tags);
+        assert_eq!(named, 16);
+        assert_eq!(tagged, 3);
+        assert_eq!(described, 4);
+        assert_eq!(score(&words, "time/now", "the time", "", &tags), 0);
+    }
 }

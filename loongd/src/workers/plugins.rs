@@ -20,7 +20,7 @@ use std::{
 };
 
 use loong_ipc::{PeerProtocol, PeerSpec, PluginView, WasmPlugin};
-use loong_profiles::plugin::{Bridge, ForeignKind, PluginManifest, MANIFEST_FILE};
+use loong_profiles::plugin::{Bridge, Catalog, ForeignKind, PluginManifest, MANIFEST_FILE};
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
@@ -39,6 +39,8 @@ pub(crate) struct Plugin {
     pub dir: PathBuf,
     /// `wasm`, `process_stdio` or `mcp_stdio`.
     pub bridge_kind: &'static str,
+    /// What tool search shows (and `defer_loading`).
+    pub catalog: Catalog,
     pub state: State,
 }
 
@@ -76,8 +78,14 @@ impl Plugin {
         }
     }
 
+    /// Not started at discovery: its first call loads it.
+    pub(crate) fn deferred(&self) -> bool {
+        self.catalog.defer_loading && matches!(self.state, State::Ready { .. })
+    }
+
     pub(crate) fn view(&self) -> PluginView {
         let (state, error, sha256) = match &self.state {
+            State::Ready { .. } if self.deferred() => ("deferred", None, None),
             State::Ready { info, .. } => ("ready", None, info.sha256.clone()),
             State::Failed(why) => ("failed", Some(why.clone()), None),
         };
@@ -118,6 +126,7 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
             summary: String::new(),
             dir: dir.clone(),
             bridge_kind: "unknown",
+            catalog: Catalog::default(),
             state: State::Failed(why),
         };
         let plugin = match PluginManifest::load_dir(&dir) {
@@ -178,6 +187,7 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
         summary: m.summary.clone(),
         dir: m.path.parent().map(PathBuf::from).unwrap_or_default(),
         bridge_kind,
+        catalog: m.catalog.clone(),
         state: State::Ready {
             plugin: Loadable {
                 id: m.plugin_id,
