@@ -32,8 +32,8 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     worker::{
-        CallOutput, FailureKind, PeerProtocol, PeerSpec, PluginFailure, ToolInfo, WasmPlugin,
-        WorkerRequest, WorkerResponse, WorkerStats,
+        CallOutput, FailureKind, HttpSpec, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
+        WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
     },
 };
 

@@ -104,6 +104,8 @@ struct RawSandbox {
     #[serde(default)]
     net: Vec<String>,
     max_line_bytes: Option<u64>,
+    #[serde(default)]
+    allow_private_network: bool,
 }
 
 /// How a foreign program is spoken to.
@@ -150,6 +152,39 @@ pub enum Bridge {
     Wasm,
     /// A foreign program in a balanced-tier stdio worker.
     Foreign(ForeignBridge),
+    /// An `http_json` connector in an HTTP worker.
+    Http(HttpBridge),
+}
+
+/// An `http_json` connector: where it posts, and what its answer must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpBridge {
+    /// `metadata.endpoint`, as written.
+    pub endpoint: String,
+    pub host: String,
+    pub port: u16,
+    /// Path and query (`/` when the endpoint has none).
+    pub path: String,
+    /// `metadata.response_contract_json`'s `required` keys.
+    pub required_keys: Option<Vec<String>>,
+    /// `metadata.response_contract_json`'s `allow_other_keys` (default true).
+    pub allow_other_keys: bool,
+    /// `sandbox.allow_private_network`: whether the endpoint may be (or resolve to) a
+    /// loopback, private or link-local address.
+    pub allow_private_network: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContract {
+    #[serde(default)]
+    required: Vec<String>,
+    #[serde(default = "yes")]
+    allow_other_keys: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The most arguments `metadata.args_json` may hold.
@@ -403,19 +438,12 @@ impl PluginManifest {
             Some("wasm" | "wasm_component") => None,
             Some("process_stdio") => Some(ForeignKind::ProcessStdio),
             Some("mcp_stdio") => Some(ForeignKind::McpStdio),
-            Some("http_json") => {
-                check_endpoint(raw.metadata.get("endpoint").map(String::as_str))
-                    .map_err(|m| field("metadata.endpoint", m))?;
-                return Err(field(
-                    "metadata.bridge_kind",
-                    "\"http_json\": this build does not run http_json connectors yet".into(),
-                ));
-            }
+            Some("http_json") => return Self::parse_http(path, raw, catalog),
             other => {
                 return Err(field(
                     "metadata.bridge_kind",
                     format!(
-                        "{other:?}: expected \"wasm\", \"wasm_component\", \"process_stdio\" or \"mcp_stdio\""
+                        "{other:?}: expected \"wasm\", \"wasm_component\", \"process_stdio\", \"mcp_stdio\" or \"http_json\""
                     ),
                 ))
             }
@@ -503,6 +531,93 @@ impl PluginManifest {
             sha256: raw.sandbox.sha256,
             blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
             bridge: Bridge::Wasm,
+            catalog,
+        })
+    }
+
+    fn parse_http(path: &Path, raw: RawManifest, catalog: Catalog) -> Result<Self, ManifestError> {
+        let field = |field, message: String| ManifestError::Field {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let endpoint = raw.metadata.get("endpoint").cloned().unwrap_or_default();
+        let (host, port, target) =
+            parse_endpoint(&endpoint).map_err(|m| field("metadata.endpoint", m))?;
+        let (required_keys, allow_other_keys) = match raw.metadata.get("response_contract_json") {
+            None => (None, true),
+            Some(text) => {
+                let c: RawContract = serde_json::from_str(text).map_err(|e| {
+                    field(
+                        "metadata.response_contract_json",
+                        format!(
+                            "expected {{\"required\": [KEY, …], \"allow_other_keys\": BOOL}}: {e}"
+                        ),
+                    )
+                })?;
+                if c.required.len() > MAX_ARGS {
+                    return Err(field(
+                        "metadata.response_contract_json",
+                        format!("at most {MAX_ARGS} required keys"),
+                    ));
+                }
+                (Some(c.required), c.allow_other_keys)
+            }
+        };
+        let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
+        if tier != "balanced" {
+            return Err(field(
+                "sandbox.tier",
+                format!("{tier:?}: http_json connectors run in the balanced tier"),
+            ));
+        }
+        for (name, set) in [
+            ("sandbox.read", !raw.sandbox.read.is_empty()),
+            ("sandbox.write", !raw.sandbox.write.is_empty()),
+            ("sandbox.net", !raw.sandbox.net.is_empty()),
+            ("sandbox.config", !raw.sandbox.config.is_empty()),
+            ("sandbox.fuel", raw.sandbox.fuel.is_some()),
+            ("sandbox.sha256", raw.sandbox.sha256.is_some()),
+        ] {
+            if set {
+                return Err(field(
+                    name,
+                    "an http_json connector reaches its endpoint only and reads no file; remove it"
+                        .into(),
+                ));
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            plugin_id: raw.plugin_id,
+            version: raw.version,
+            summary: raw.summary,
+            capabilities: raw.capabilities,
+            component: PathBuf::new(),
+            entrypoint: String::new(),
+            limits: PluginLimits {
+                timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                max_memory_bytes: 0,
+                max_output_bytes: raw
+                    .sandbox
+                    .max_output_bytes
+                    .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+                fuel: None,
+                max_module_bytes: 0,
+            },
+            config: BTreeMap::new(),
+            guest_readable_config_keys: Vec::new(),
+            sha256: None,
+            blocked_import_prefixes: Vec::new(),
+            bridge: Bridge::Http(HttpBridge {
+                endpoint,
+                host,
+                port,
+                path: target,
+                required_keys,
+                allow_other_keys,
+                allow_private_network: raw.sandbox.allow_private_network,
+            }),
             catalog,
         })
     }
@@ -658,29 +773,63 @@ impl PluginManifest {
     }
 }
 
-/// Checks an `http_json` endpoint: `http://` or `https://`, a host, an optional port.
-fn check_endpoint(endpoint: Option<&str>) -> Result<(), String> {
-    let e = endpoint.ok_or("missing: give the URL the connector posts to")?;
-    let rest = e
-        .strip_prefix("http://")
-        .or_else(|| e.strip_prefix("https://"))
-        .ok_or_else(|| format!("{e:?} does not parse: expected http://HOST[:PORT]/PATH"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
+/// Longest endpoint URL.
+pub const MAX_ENDPOINT_BYTES: usize = 1024;
+
+/// Splits an `http_json` endpoint `http://HOST[:PORT][/PATH]` into host, port and request
+/// target. `https://` is refused: the connector has no TLS yet.
+pub fn parse_endpoint(e: &str) -> Result<(String, u16, String), String> {
+    let bad = || format!("{e:?} does not parse: expected http://HOST[:PORT]/PATH");
+    if e.is_empty() {
+        return Err("missing: give the URL the connector posts to".into());
+    }
+    if e.len() > MAX_ENDPOINT_BYTES || e.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(bad());
+    }
+    if e.starts_with("https://") {
+        return Err(format!(
+            "{e:?}: https is not supported yet (this build's connector has no TLS); use an http:// endpoint on a trusted network"
+        ));
+    }
+    let rest = e.strip_prefix("http://").ok_or_else(bad)?;
+    let (authority, target) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let target = if target.starts_with('?') {
+        format!("/{target}")
+    } else {
+        target.to_string()
+    };
+    if authority.contains('@') || target.contains('#') {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad()),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
     };
     let host_ok = !host.is_empty()
         && host
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c));
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
-    if !host_ok || !port_ok || authority.contains('@') {
-        return Err(format!(
-            "{e:?} does not parse: expected http://HOST[:PORT]/PATH"
-        ));
+            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(bad)?,
+    };
+    if !host_ok {
+        return Err(bad());
     }
-    Ok(())
+    Ok((host.to_ascii_lowercase(), port, target))
 }
 
 fn read_capped_lenient(path: &Path, limit: u64) -> Result<Vec<u8>, ManifestError> {
@@ -889,20 +1038,46 @@ mod tests {
             let err = PluginManifest::parse(&path, bad.as_bytes()).expect_err(to);
             assert!(err.to_string().contains(expect), "{to}: {err}");
         }
-        // An http_json endpoint that does not parse is named; a good one is refused only
-        // because that bridge is not built.
-        let http = |endpoint: &str| {
-            good.replacen(
-                r#""process_stdio""#,
-                &format!(r#""http_json", "endpoint": "{endpoint}""#),
-                1,
+        // http_json: the endpoint is parsed and named when it does not parse; https and
+        // grants are refused by name.
+        let http = |endpoint: &str, sandbox: &str| {
+            format!(
+                r#"{{"api_version": "v1alpha1", "plugin_id": "hook", "version": "1",
+                "metadata": {{"bridge_kind": "http_json", "endpoint": "{endpoint}",
+                "response_contract_json": "{{\"required\": [\"ok\"]}}"}},
+                "sandbox": {{{sandbox}}}}}"#
             )
         };
-        let err = PluginManifest::parse(&path, http("http//x:99999").as_bytes()).expect_err("bad");
-        assert!(err.to_string().contains("metadata.endpoint"), "{err}");
-        let err = PluginManifest::parse(&path, http("http://127.0.0.1:8/x").as_bytes())
-            .expect_err("not built");
-        assert!(err.to_string().contains("not run http_json"), "{err}");
+        let m = PluginManifest::parse(
+            &path,
+            http("http://Svc.example:8080/v1/hook?x=1", "").as_bytes(),
+        )
+        .expect("an http_json manifest parses");
+        let Bridge::Http(h) = &m.bridge else {
+            panic!("an http bridge: {:?}", m.bridge)
+        };
+        assert_eq!(
+            (h.host.as_str(), h.port, h.path.as_str()),
+            ("svc.example", 8080, "/v1/hook?x=1")
+        );
+        assert_eq!(h.required_keys.as_deref(), Some(&["ok".to_string()][..]));
+        assert!(h.allow_other_keys && !h.allow_private_network);
+        for (endpoint, sandbox, expect) in [
+            ("http//x:99999", "", "metadata.endpoint"),
+            ("http://x:99999/", "", "metadata.endpoint"),
+            ("http://user@x/", "", "metadata.endpoint"),
+            ("https://x/", "", "https is not supported"),
+            ("http://x/", r#""net": ["x:80"]"#, "sandbox.net"),
+            ("http://x/", r#""tier": "trusted""#, "sandbox.tier"),
+        ] {
+            let err = PluginManifest::parse(&path, http(endpoint, sandbox).as_bytes())
+                .expect_err(endpoint);
+            assert!(err.to_string().contains(expect), "{endpoint}: {err}");
+        }
+        assert_eq!(
+            parse_endpoint("http://[::1]:9/").expect("v6"),
+            ("::1".to_string(), 9, "/".to_string())
+        );
 
         // What the host lacks is named: a program, a granted path.
         for (from, to, expect) in [

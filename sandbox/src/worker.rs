@@ -69,14 +69,27 @@ pub enum ConfineError {
     Seccomp(String),
 }
 
+/// The descriptor a worker that receives connected sockets from loongd (the HTTP worker)
+/// gets them on.
+pub const WORKER_BROKER_FD: i32 = 4;
+
 /// Takes ownership of the control socket loongd handed over as fd 3.
 pub fn inherited_socket() -> io::Result<UnixStream> {
-    let fd = sys::adopt_fd(WORKER_SOCKET_FD)?;
+    adopt_socket(WORKER_SOCKET_FD)
+}
+
+/// Takes ownership of the socket loongd passes connections on, fd 4.
+pub fn inherited_broker() -> io::Result<UnixStream> {
+    adopt_socket(WORKER_BROKER_FD)
+}
+
+fn adopt_socket(n: i32) -> io::Result<UnixStream> {
+    let fd = sys::adopt_fd(n)?;
     let stat = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(io::Error::from)?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("fd {WORKER_SOCKET_FD} is not a socket; a worker is started by loongd"),
+            format!("fd {n} is not a socket; a worker is started by loongd"),
         ));
     }
     // Close-on-exec: a worker that starts a foreign program must not hand it loongd's socket.
@@ -140,6 +153,29 @@ fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
     )
     .map_err(err)?;
     seccompiler::BpfProgram::try_from(filter).map_err(err)
+}
+
+/// loongd's side of a broker socket: passes one connected socket to the worker.
+pub fn send_connection(broker: &UnixStream, conn: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    sys::send_fd(broker.as_fd(), conn)
+}
+
+/// A worker's side: waits up to `wait` for the one socket loongd passes on `broker`.
+pub fn receive_connection(
+    broker: &UnixStream,
+    wait: std::time::Duration,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    broker.set_read_timeout(Some(wait))?;
+    let mut fds = sys::receive_fds(broker.as_fd())?.into_iter();
+    match (fds.next(), fds.next()) {
+        (Some(fd), None) => Ok(fd),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "expected exactly one descriptor",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -619,3 +619,212 @@ fn tool_search_covers_active_and_deferred_plugins_and_trusts_no_claim() {
     lines_ok(&home);
     assert!(workers(&home).iter().any(|w| w["kind"] == "stdio"));
 }
+
+/// A real HTTP/1.1 server on 127.0.0.1 for connectors: it reads each POST (by its
+/// Content-Length) and answers by path: `/hook` echoes the body as `{"ok", "got"}`,
+/// `/redirect` redirects to the cloud metadata address, `/slow` waits 3 s, `/text` answers
+/// text. It counts the requests it served.
+struct HookServer {
+    port: u16,
+    served: Arc<AtomicUsize>,
+}
+
+impl HookServer {
+    fn start() -> HookServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (status, kind, answer) = match path.as_str() {
+                        "/redirect" => (
+                            "302 Found\r\nLocation: http://169.254.169.254/latest",
+                            "text/plain",
+                            String::new(),
+                        ),
+                        "/slow" => {
+                            std::thread::sleep(std::time::Duration::from_secs(3));
+                            ("200 OK", "application/json", "{}".to_string())
+                        }
+                        "/text" => ("200 OK", "text/plain", "plain words".to_string()),
+                        _ => {
+                            let got: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                            let out = serde_json::json!({ "ok": true, "got": got });
+                            ("200 OK", "application/json", out.to_string())
+                        }
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                });
+            }
+        });
+        HookServer { port, served }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+fn install_hook(home: &Home, id: &str, endpoint: &str, extra_metadata: &str, sandbox: &str) {
+    install_foreign(
+        home,
+        id,
+        &format!(r#""bridge_kind": "http_json", "endpoint": "{endpoint}"{extra_metadata}"#),
+        sandbox,
+    );
+}
+
+#[test]
+fn http_json_connectors_reach_only_their_pinned_endpoint() {
+    let server = HookServer::start();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let private = r#""allow_private_network": true, "timeout_ms": 1000"#;
+    let contract = r#", "response_contract_json": "{\"required\": [\"ok\"]}""#;
+    let strict =
+        r#", "response_contract_json": "{\"required\": [\"ok\"], \"allow_other_keys\": false}""#;
+    let home = Home::new();
+    install_hook(&home, "hook", &format!("{base}/hook"), contract, private);
+    install_hook(&home, "strict", &format!("{base}/hook"), strict, private);
+    install_hook(&home, "redirect", &format!("{base}/redirect"), "", private);
+    install_hook(&home, "slow", &format!("{base}/slow"), "", private);
+    install_hook(&home, "text", &format!("{base}/text"), "", private);
+    // Nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    install_hook(
+        &home,
+        "closed",
+        &format!("http://127.0.0.1:{closed_port}/"),
+        "",
+        private,
+    );
+    // A name that resolves to loopback, without the operator's leave.
+    install_hook(
+        &home,
+        "by-name",
+        &format!("http://localhost:{}/hook", server.port),
+        "",
+        "",
+    );
+    install_hook(&home, "tls", "https://example.com/hook", "", "");
+    let daemon = home.start();
+
+    let ps = plugins(&home);
+    let state = |id: &str| {
+        let p = ps.iter().find(|p| p["id"] == id).expect("listed");
+        (
+            p["state"].as_str().unwrap_or_default().to_string(),
+            p["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    for id in ["hook", "strict", "redirect", "slow", "text", "closed"] {
+        assert_eq!(state(id).0, "ready", "{id}: {}", state(id).1);
+    }
+    let (st, err) = state("by-name");
+    assert!(
+        st == "failed" && err.contains("127.0.0.1") && err.contains("allow_private_network"),
+        "a name resolving to loopback is refused: {st} {err}"
+    );
+    let (st, err) = state("tls");
+    assert!(st == "failed" && err.contains("https"), "{st} {err}");
+
+    let hook_ok = |n: u64| {
+        let input = format!(r#"{{"n": {n}}}"#);
+        let (code, out, err) = invoke(&home, &["hook", "--input", &input]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(v, serde_json::json!({"ok": true, "got": {"n": n}}));
+    };
+    hook_ok(1);
+    let cases = [
+        ("strict", "contract_violation"),
+        ("redirect", "redirect_refused"),
+        ("slow", "timeout"),
+        ("text", "output_not_json"),
+        ("closed", "connect_failed"),
+    ];
+    for (i, (id, class)) in cases.iter().enumerate() {
+        let (code, _, err) = invoke(&home, &[id, "--input", "{}"]);
+        assert_eq!(code, 7, "{id}: {err}");
+        assert!(err.contains(class), "{id}: expected {class}: {err}");
+        hook_ok(i as u64 + 2);
+    }
+    let failed = records(&home, "tool.failed");
+    for (id, class) in cases {
+        assert!(
+            failed
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == id && d["failure"] == class),
+            "no tool.failed {class} for {id}"
+        );
+    }
+    // The redirect's target was never asked: only the server's own requests were served.
+    let redirect_msg = failed
+        .iter()
+        .map(detail)
+        .find(|d| d["tool"] == "redirect")
+        .expect("redirect recorded");
+    assert!(
+        redirect_msg["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("169.254.169.254")),
+        "{redirect_msg}"
+    );
+    assert!(server.served() >= 7, "{}", server.served());
+
+    // The worker has no network of its own (another network namespace) and carries the final
+    // filter on top of the tier's.
+    let w = workers(&home)
+        .into_iter()
+        .find(|w| w["kind"] == "http")
+        .expect("an http worker");
+    assert_eq!(w["tier"], "balanced");
+    let pid = find_descendant(w["pid"].as_u64().expect("pid"), "loong-worker-ht")
+        .expect("the worker process");
+    let ns = |p: &str| fs::read_link(format!("/proc/{p}/ns/net")).expect("net ns");
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "the worker shares the host's network"
+    );
+    assert_eq!(status_field(pid, "NoNewPrivs").as_deref(), Some("1"));
+    let filters: u32 = status_field(pid, "Seccomp_filters")
+        .and_then(|f| f.parse().ok())
+        .expect("filters");
+    assert!(
+        filters >= 2,
+        "the tier's filter and the final one: {filters}"
+    );
+    assert_eq!(home.status().pid, daemon);
+}

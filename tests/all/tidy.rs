@@ -134,6 +134,7 @@ fn crate_dependency_direction() {
         "workers/runtime",
         "workers/wasm",
         "workers/stdio",
+        "workers/http",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -145,7 +146,12 @@ fn crate_dependency_direction() {
     }
     // Workers depend on loong-ipc and loong-sandbox only, and loongd on no worker:
     // untrusted modules are compiled inside a worker, never in the kernel.
-    for worker in ["workers/runtime", "workers/wasm", "workers/stdio"] {
+    for worker in [
+        "workers/runtime",
+        "workers/wasm",
+        "workers/stdio",
+        "workers/http",
+    ] {
         let deps = project_deps(&r.join(worker).join("Cargo.toml"));
         assert!(
             deps.contains(&"loong-ipc".to_string()),

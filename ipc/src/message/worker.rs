@@ -56,6 +56,51 @@ pub enum WorkerRequest {
     /// [`WorkerResponse::Described`] or [`WorkerResponse::Failed`]. `Invoke` then names a
     /// tool of it (an MCP tool's own name, or the plugin id for a JSON-lines program).
     Start(Box<PeerSpec>),
+    /// Configure an HTTP worker for one `http_json` connector; answered by
+    /// [`WorkerResponse::Described`] (one tool, the plugin id). Each `Invoke` then uses the
+    /// connected socket loongd passes on the worker's second descriptor (fd 4) just before.
+    Connector(Box<HttpSpec>),
+}
+
+/// An `http_json` connector as loongd sends it to an HTTP worker. The worker has no network
+/// of its own: loongd connects to the endpoint's pinned address for each call and hands the
+/// worker that one socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HttpSpec {
+    pub plugin_id: String,
+    /// The `Host` header: the endpoint's host, with its port when not 80.
+    pub host: String,
+    /// The request target (path and query).
+    pub path: String,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
+    /// Keys the answer (a JSON object) must have, when a contract is declared.
+    pub required_keys: Option<Vec<String>>,
+    /// Whether keys beyond `required_keys` are allowed.
+    pub allow_other_keys: bool,
+}
+
+impl HttpSpec {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("plugin_id", &self.plugin_id, MAX_PLUGIN_ID_BYTES)?;
+        check_len("host", &self.host, MAX_CONFIG_TEXT_BYTES)?;
+        check_len("path", &self.path, MAX_CONFIG_TEXT_BYTES)?;
+        if let Some(keys) = &self.required_keys {
+            if keys.len() > MAX_CONFIG_ENTRIES {
+                return Err(BoundError {
+                    field: "required_keys",
+                    len: keys.len(),
+                    max: MAX_CONFIG_ENTRIES,
+                });
+            }
+            for k in keys {
+                check_len("required key", k, MAX_CONFIG_TEXT_BYTES)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a stdio worker talks to its foreign program.
@@ -334,6 +379,12 @@ pub enum FailureKind {
     ToolError,
     /// No such tool in this program.
     UnknownTool,
+    /// loongd could not connect to a connector's endpoint.
+    ConnectFailed,
+    /// The endpoint answered with a redirect, which a connector never follows.
+    RedirectRefused,
+    /// The endpoint's answer broke the declared response contract, or was not HTTP.
+    ContractViolation,
 }
 
 impl FailureKind {
@@ -359,6 +410,9 @@ impl FailureKind {
             FailureKind::PeerExited => "peer_exited",
             FailureKind::ToolError => "tool_error",
             FailureKind::UnknownTool => "unknown_tool",
+            FailureKind::ConnectFailed => "connect_failed",
+            FailureKind::RedirectRefused => "redirect_refused",
+            FailureKind::ContractViolation => "contract_violation",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - Plugins are loaded into a worker the first time it runs them (the module travels over
 //!   the socket); a worker remembers the plugin generations it has loaded.
 
+pub(crate) mod net;
 pub(crate) mod plugins;
 
 use std::{
@@ -30,8 +31,8 @@ use loong_ipc::{
     connection::{handshake_as_caller, FrameReader, FrameWriter},
     frame::FrameLimit,
     message::worker::WORKER_MAX_FRAME_BYTES,
-    Call, CallOutput, Hello, PeerKind, PeerSpec, PluginFailure, RemoteError, Reply, ToolInfo,
-    WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
+    Call, CallOutput, Hello, HttpSpec, PeerKind, PeerSpec, PluginFailure, RemoteError, Reply,
+    ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
 };
 use loong_sandbox::{
     Child, KernelOverrides, Killer, Limits, NetGrant, SandboxSpec, Spawner, StdioSpec, Tier,
@@ -50,6 +51,13 @@ use crate::audit::{Audit, Event, Kind};
 /// The worker executables, found next to loongd.
 pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
 pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
+pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
+/// An HTTP worker's memory and tasks: one single-threaded exchange at a time.
+pub const HTTP_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+pub const HTTP_WORKER_TASKS: u64 = 4;
+/// The longest loongd spends connecting to a connector's endpoint (less when the call's own
+/// timeout is shorter).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stdio worker's memory (cgroup `memory.max`): the worker and its program.
 pub const STDIO_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
 /// Tasks a stdio worker and its program may run (a JavaScript runtime starts about a dozen
@@ -129,6 +137,12 @@ enum Done {
 pub(crate) enum Wire {
     Wasm(WasmPlugin),
     Peer(PeerSpec),
+    /// An `http_json` connector and the addresses its endpoint was pinned to at discovery:
+    /// loongd connects to these (and nowhere else) for each call.
+    Http {
+        spec: HttpSpec,
+        addrs: Vec<std::net::SocketAddr>,
+    },
 }
 
 /// A plugin as the supervisor loads it: the wire form and a generation that changes when
@@ -145,6 +159,7 @@ impl Loadable {
         match &*self.wire {
             Wire::Wasm(w) => WorkerRequest::Load(Box::new(w.clone())),
             Wire::Peer(p) => WorkerRequest::Start(Box::new(p.clone())),
+            Wire::Http { spec, .. } => WorkerRequest::Connector(Box::new(spec.clone())),
         }
     }
 
@@ -156,6 +171,7 @@ impl Loadable {
             Wire::Peer(p) => {
                 Duration::from_millis(p.timeout_ms) + PEER_START_ALLOWANCE + CALL_GRACE
             }
+            Wire::Http { spec, .. } => Duration::from_millis(spec.timeout_ms) + CALL_GRACE,
         }
     }
 }
@@ -172,6 +188,8 @@ pub(crate) struct WorkerKind {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     pub net: Vec<NetGrant>,
+    /// A second socket (fd 4) on which loongd passes connected sockets.
+    pub broker: bool,
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -193,6 +211,22 @@ impl WorkerKind {
             read: Vec::new(),
             write: Vec::new(),
             net: Vec::new(),
+            broker: false,
+        }
+    }
+
+    /// An HTTP worker: balanced, no grant, no network of its own.
+    pub(crate) fn http() -> WorkerKind {
+        WorkerKind {
+            name: "http",
+            program: next_to_loongd(HTTP_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: HTTP_WORKER_MEMORY_BYTES,
+            tasks: HTTP_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+            broker: true,
         }
     }
 
@@ -207,6 +241,7 @@ impl WorkerKind {
             read,
             write,
             net,
+            broker: false,
         }
     }
 }
@@ -235,6 +270,8 @@ struct Worker {
     child: Option<Child>,
     loaded: HashMap<String, u64>,
     next_req: u64,
+    /// loongd's end of the worker's fd 4, for a kind with a broker.
+    broker: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Why a request to a worker failed (the worker is retired for each).
@@ -517,6 +554,25 @@ impl Supervisor {
             return Ok(Ok(Done::Loaded(info)));
         };
         let deadline = plugin.call_deadline();
+        if let Wire::Http { spec, addrs } = &*plugin.wire {
+            let conn = match connect(addrs, spec.timeout_ms).await {
+                Ok(c) => c,
+                Err(why) => {
+                    return Ok(Err(CallError::Plugin(PluginFailure::new(
+                        loong_ipc::FailureKind::ConnectFailed,
+                        format!("plugin {id}: {why}"),
+                    ))))
+                }
+            };
+            let broker = worker
+                .broker
+                .as_ref()
+                .ok_or_else(|| WorkerFault::Broken("an HTTP worker without a broker".into()))?;
+            loong_sandbox::worker::send_connection(broker, std::os::fd::AsFd::as_fd(&conn))
+                .map_err(|e| WorkerFault::Broken(format!("passing the connection: {e}")))?;
+            // The worker holds its own copy now.
+            drop(conn);
+        }
         let invoke = WorkerRequest::Invoke {
             plugin_id: tool,
             input,
@@ -599,6 +655,15 @@ impl Supervisor {
         let started = Instant::now();
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut pass: Vec<std::os::fd::OwnedFd> = vec![theirs.into()];
+        let broker = if kind.broker {
+            let (b_ours, b_theirs) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+            pass.push(b_theirs.into());
+            Some(b_ours)
+        } else {
+            None
+        };
         let spec = SandboxSpec {
             tier: Some(kind.tier),
             program: kind.program.clone(),
@@ -624,7 +689,7 @@ impl Supervisor {
             spawner.spawn(
                 spec,
                 [StdioSpec::Null, StdioSpec::Null, StdioSpec::Pipe],
-                vec![theirs.into()],
+                pass,
             )
         })
         .await
@@ -692,6 +757,7 @@ impl Supervisor {
             child: Some(child),
             loaded: HashMap::new(),
             next_req: 0,
+            broker,
         })
     }
 
@@ -870,6 +936,33 @@ fn kill_now(worker: &Worker) {
     if let Some(c) = &worker.child {
         let _ = c.kill();
     }
+}
+
+/// Connects to the first of `addrs` that answers, within the call's timeout (at most
+/// [`CONNECT_TIMEOUT`]); returns the socket as a blocking std stream to pass on.
+async fn connect(
+    addrs: &[std::net::SocketAddr],
+    timeout_ms: u64,
+) -> Result<std::net::TcpStream, String> {
+    let limit = Duration::from_millis(timeout_ms).min(CONNECT_TIMEOUT);
+    let mut why = String::from("no address to connect to");
+    for addr in addrs {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let s = s.into_std().map_err(|e| e.to_string())?;
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Ok(Err(e)) => why = format!("connecting to {addr}: {e}"),
+            Err(_) => {
+                why = format!(
+                    "connecting to {addr}: no answer within {} ms",
+                    limit.as_millis()
+                )
+            }
+        }
+    }
+    Err(why)
 }
 
 /// Relays a worker's stderr to loongd's log, up to [`MAX_WORKER_STDERR_BYTES`].

@@ -19,7 +19,7 @@ use std::{
     },
 };
 
-use loong_ipc::{PeerProtocol, PeerSpec, PluginView, WasmPlugin};
+use loong_ipc::{HttpSpec, PeerProtocol, PeerSpec, PluginView, WasmPlugin};
 use loong_profiles::plugin::{Bridge, Catalog, ForeignKind, PluginManifest, MANIFEST_FILE};
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
@@ -179,6 +179,39 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
                 .map_err(|e| format!("{}: {e}", m.path.display()))?;
             let kind = WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone());
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
+        }
+        Bridge::Http(h) => {
+            // Resolved once, here: each call connects to these addresses and no others.
+            let addrs = super::net::pin(&h.host, h.port, h.allow_private_network).map_err(|e| {
+                format!(
+                    "{}: metadata.endpoint {}: {e}",
+                    m.path.display(),
+                    h.endpoint
+                )
+            })?;
+            let host = if h.port == 80 {
+                h.host.clone()
+            } else if h.host.contains(':') {
+                format!("[{}]:{}", h.host, h.port)
+            } else {
+                format!("{}:{}", h.host, h.port)
+            };
+            let spec = HttpSpec {
+                plugin_id: m.plugin_id.clone(),
+                host,
+                path: h.path.clone(),
+                timeout_ms: m.limits.timeout_ms,
+                max_output_bytes: m.limits.max_output_bytes,
+                required_keys: h.required_keys.clone(),
+                allow_other_keys: h.allow_other_keys,
+            };
+            spec.check_bounds()
+                .map_err(|e| format!("{}: {e}", m.path.display()))?;
+            (
+                "http_json",
+                Wire::Http { spec, addrs },
+                Some(Box::new(WorkerKind::http())),
+            )
         }
     };
     Ok(Plugin {

@@ -75,6 +75,10 @@ impl Handler for Worker {
                 self.peer = None;
                 WorkerResponse::Unloaded
             }
+            WorkerRequest::Connector(c) => refused(format!(
+                "plugin {}: this worker runs foreign programs; an http_json connector needs loong-worker-http",
+                c.plugin_id
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: 0,
                 loaded: self

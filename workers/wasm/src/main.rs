@@ -123,6 +123,13 @@ impl Handler for Worker {
                     peer.plugin_id
                 ),
             )),
+            WorkerRequest::Connector(c) => WorkerResponse::Failed(PluginFailure::new(
+                FailureKind::LoadRefused,
+                format!(
+                    "plugin {}: this worker runs WASM plugins; an http_json connector needs loong-worker-http",
+                    c.plugin_id
+                ),
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: peak_rss_kib(),
                 loaded: self.plugins.keys().cloned().collect(),

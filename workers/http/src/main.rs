@@ -1,0 +1,116 @@
+//! `loong-worker-http`: the balanced-tier worker that runs one `http_json` connector.
+//!
+//! Its sandbox has no network at all (an empty network namespace). For each call loongd
+//! connects to the endpoint's pinned address and passes the connected socket on fd 4
+//! (`SCM_RIGHTS`), then sends the `Invoke`; the worker speaks HTTP/1.1 on that one socket and
+//! closes it. After initialisation it takes the final self-confinement step like the WASM
+//! worker: no opens, no new sockets, no connects, no processes.
+
+use std::{
+    net::TcpStream,
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    CallOutput, FailureKind, HttpSpec, PluginFailure, ToolInfo, WorkerRequest, WorkerResponse,
+    WorkerStats,
+};
+use loong_worker_runtime::{internal, Handler};
+
+/// How long the socket for a call may take to arrive after its request.
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Worker {
+    broker: UnixStream,
+    spec: Option<HttpSpec>,
+    calls: u64,
+}
+
+impl Worker {
+    /// The connected socket loongd passed for this call.
+    fn receive_socket(&self) -> Result<TcpStream, String> {
+        loong_sandbox::worker::receive_connection(&self.broker, SOCKET_WAIT)
+            .map(TcpStream::from)
+            .map_err(|e| format!("receiving the connection from loongd: {e}"))
+    }
+}
+
+impl Handler for Worker {
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        let refused =
+            |m: String| WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, m));
+        Ok(match req {
+            WorkerRequest::Connector(spec) => {
+                if let Err(e) = spec.check_bounds() {
+                    return Ok(refused(e.to_string()));
+                }
+                let tool = ToolInfo {
+                    name: spec.plugin_id.clone(),
+                    description: String::new(),
+                };
+                self.spec = Some(*spec);
+                WorkerResponse::Described(vec![tool])
+            }
+            WorkerRequest::Invoke { plugin_id, input } => {
+                self.calls += 1;
+                let Some(spec) = self.spec.as_ref().filter(|s| s.plugin_id == plugin_id) else {
+                    return Ok(WorkerResponse::Failed(PluginFailure::new(
+                        FailureKind::NotLoaded,
+                        format!("connector {plugin_id} is not configured in this worker"),
+                    )));
+                };
+                // A socket that does not arrive is loongd's and this worker's problem, not
+                // the connector's: the worker is replaced.
+                let stream = self.receive_socket().map_err(internal)?;
+                let started = Instant::now();
+                match loong_worker_http::post(stream, spec, &input) {
+                    Ok(output) => WorkerResponse::Output(CallOutput {
+                        output,
+                        logs: Vec::new(),
+                        logs_dropped: 0,
+                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        cpu_us: 0,
+                        fuel_consumed: None,
+                        peak_memory_bytes: 0,
+                    }),
+                    Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
+                }
+            }
+            WorkerRequest::Load(p) => refused(format!(
+                "plugin {}: this worker runs http_json connectors; WASM plugins need loong-worker-wasm",
+                p.plugin_id
+            )),
+            WorkerRequest::Start(p) => refused(format!(
+                "plugin {}: this worker runs http_json connectors; foreign programs need loong-worker-stdio",
+                p.plugin_id
+            )),
+            WorkerRequest::Unload { .. } => {
+                self.spec = None;
+                WorkerResponse::Unloaded
+            }
+            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
+                rss_kib: 0,
+                loaded: self.spec.iter().map(|s| s.plugin_id.clone()).collect(),
+                calls: self.calls,
+            }),
+        })
+    }
+}
+
+fn main() {
+    let code = loong_worker_runtime::main(
+        concat!("loong-worker-http ", env!("CARGO_PKG_VERSION")),
+        || {
+            let broker = loong_sandbox::worker::inherited_broker()
+                .map_err(|e| format!("no connection socket on fd 4: {e}"))?;
+            Ok(Worker {
+                broker,
+                spec: None,
+                calls: 0,
+            })
+        },
+    );
+    std::process::exit(code);
+}
