@@ -32,8 +32,8 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     worker::{
-        CallOutput, FailureKind, HttpSpec, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
-        WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
+        BuiltinSpec, CallOutput, FailureKind, HttpSpec, PeerProtocol, PeerSpec, PluginFailure,
+        ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
     },
 };
 

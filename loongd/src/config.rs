@@ -68,6 +68,19 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # WASM worker processes kept in the pool: calls run at once, one per worker (1..=64).
 # wasm_pool_size = 2
 
+[builtins]
+# The built-in tools, each in its own balanced-tier worker whose sandbox grants exactly these
+# paths (absolute). file.read reads under read_roots and write_roots; file.write and
+# file.edit change files under write_roots; shell.exec runs `sh -c` in workspace, with the
+# network only to shell_net ("host:port"). A tool with nothing granted is listed as failed.
+# read_roots = []
+# write_roots = []
+# workspace = "/srv/loong/work"
+# shell_net = []
+# Each call's deadline, and the cap on what one call reads or prints.
+# timeout_ms = 10000
+# max_output_bytes = 1048576
+
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
 # jsonl_file = "/var/log/loong/audit.jsonl"
@@ -122,6 +135,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The worker pool.
     pub workers: WorkersConfig,
+    /// The built-in tools' grants.
+    pub builtins: BuiltinsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -276,6 +291,83 @@ impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig { wasm_pool_size: 2 }
     }
+}
+
+/// `[builtins]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinsConfig {
+    #[serde(deserialize_with = "absolute_paths")]
+    pub read_roots: Vec<std::path::PathBuf>,
+    #[serde(deserialize_with = "absolute_paths")]
+    pub write_roots: Vec<std::path::PathBuf>,
+    #[serde(deserialize_with = "absolute_path")]
+    pub workspace: Option<std::path::PathBuf>,
+    #[serde(deserialize_with = "net_grants")]
+    pub shell_net: Vec<String>,
+    #[serde(deserialize_with = "timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(deserialize_with = "output_bytes")]
+    pub max_output_bytes: u64,
+}
+
+/// Defaults of `[builtins]`.
+pub const DEFAULT_BUILTIN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BUILTIN_OUTPUT_BYTES: u64 = 1024 * 1024;
+
+impl Default for BuiltinsConfig {
+    fn default() -> Self {
+        BuiltinsConfig {
+            read_roots: Vec::new(),
+            write_roots: Vec::new(),
+            workspace: None,
+            shell_net: Vec::new(),
+            timeout_ms: DEFAULT_BUILTIN_TIMEOUT_MS,
+            max_output_bytes: DEFAULT_BUILTIN_OUTPUT_BYTES,
+        }
+    }
+}
+
+fn absolute(p: std::path::PathBuf) -> Result<std::path::PathBuf, String> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("{}: give an absolute path", p.display()))
+    }
+}
+fn absolute_paths<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::path::PathBuf>, D::Error> {
+    let v = Vec::<std::path::PathBuf>::deserialize(d)?;
+    if v.len() > loong_sandbox::spec::MAX_GRANTS {
+        return Err(serde::de::Error::custom("too many paths"));
+    }
+    v.into_iter()
+        .map(|p| absolute(p).map_err(serde::de::Error::custom))
+        .collect()
+}
+fn absolute_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    absolute(std::path::PathBuf::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+fn net_grants<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for g in &v {
+        g.parse::<loong_sandbox::NetGrant>()
+            .map_err(serde::de::Error::custom)?;
+    }
+    Ok(v)
+}
+fn output_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(
+        d,
+        1,
+        loong_ipc::message::worker::MAX_CALL_BYTES as u64,
+        "bytes",
+    )
 }
 
 /// `[control]`.
@@ -517,7 +609,15 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `log`"),
+        );
+        check(
+            "[builtins]\nread_roots = [\"relative/dir\"]\n",
+            Err("/h/loongd.toml:2: relative/dir: give an absolute path"),
+        );
+        check(
+            "[builtins]\nshell_net = [\"nohost\"]\n",
+            Err("/h/loongd.toml:2: network grant `nohost` is not HOST:PORT"),
         );
         check(
             "[workers]\nwasm_pool_size = 0\n",

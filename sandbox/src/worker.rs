@@ -127,6 +127,44 @@ pub fn confine_self() -> Result<(), ConfineError> {
     sys::seccomp_set_filter(&final_filter()?).map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 
+/// Narrows the calling thread (and the threads and processes it starts afterwards) to
+/// `read` and `write` and nothing else on the file system: a landlock ruleset that handles
+/// every file-system access and grants reads beneath `read` and everything beneath `write`.
+/// For a worker whose work is opening paths under a few roots: after this, even the tier's
+/// read-only system directories are refused. Fails closed.
+pub fn confine_to_roots(
+    read: &[std::path::PathBuf],
+    write: &[std::path::PathBuf],
+) -> Result<(), ConfineError> {
+    let err = |e: landlock::RulesetError| ConfineError::Landlock(e.to_string());
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(landlock::path_beneath_rules(
+            read,
+            AccessFs::from_read(LANDLOCK_ABI),
+        ))
+        .map_err(err)?
+        .add_rules(landlock::path_beneath_rules(
+            write,
+            AccessFs::from_all(LANDLOCK_ABI),
+        ))
+        .map_err(err)?
+        .no_new_privs(false)
+        .restrict_self()
+        .map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(ConfineError::Landlock(format!(
+            "ruleset {:?}, full enforcement required",
+            status.ruleset
+        )));
+    }
+    Ok(())
+}
+
 fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
     let err = |e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = FINAL_DENIED_SYSCALLS

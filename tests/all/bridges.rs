@@ -828,3 +828,185 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
     );
     assert_eq!(home.status().pid, daemon);
 }
+
+#[test]
+fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
+    let shared = shared_dir("lb");
+    let ro = shared.path().join("ro");
+    let rw = shared.path().join("rw");
+    let ws = shared.path().join("ws");
+    for (d, mode) in [(&ro, 0o755), (&rw, 0o777), (&ws, 0o777)] {
+        fs::create_dir(d).expect("dir");
+        fs::set_permissions(d, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    write_file(&ro.join("a.txt"), "readable\n", 0o644);
+    // Inside a root, leading out of it: the lexical check passes, landlock does not.
+    std::os::unix::fs::symlink("/etc/hostname", ro.join("out")).expect("symlink");
+    assert!(
+        fs::read_to_string("/etc/hostname").is_ok(),
+        "the target itself is readable"
+    );
+    let listener = TextServer::start("loong-shell-page");
+    let home = Home::with_config(&format!(
+        "[builtins]\nread_roots = [{:?}]\nwrite_roots = [{:?}]\nworkspace = {:?}\ntimeout_ms = 1500\n",
+        ro.display().to_string(),
+        rw.display().to_string(),
+        ws.display().to_string()
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/reader.toml"),
+        format!(
+            "id = \"reader\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"fs.read:{}\"]\napproval = \"never\"\n",
+            ro.display()
+        ),
+    )
+    .expect("pack");
+    home.start();
+    let call = |tool: &str, input: serde_json::Value| {
+        invoke(&home, &[tool, "--input", &input.to_string(), "--json"])
+    };
+    let output = |out: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(out).expect("JSON")["output"].clone()
+    };
+
+    let (code, out, err) = call("file.read", serde_json::json!({"path": ro.join("a.txt")}));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(output(&out)["content"], "readable\n");
+    let (code, _, err) = call("file.read", serde_json::json!({"path": ro.join("out")}));
+    assert_eq!(
+        code, 7,
+        "a symlink out of the root must not be followed: {err}"
+    );
+    assert!(
+        err.contains("Permission denied"),
+        "landlock refuses it: {err}"
+    );
+    let (code, _, err) = call("file.read", serde_json::json!({"path": "/etc/hostname"}));
+    assert!(code == 7 && err.contains("outside"), "{err}");
+
+    let target = rw.join("new.txt");
+    let (code, _, err) = call(
+        "file.write",
+        serde_json::json!({"path": target, "content": "one two"}),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = call(
+        "file.edit",
+        serde_json::json!({"path": target, "old": "two", "new": "2"}),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(output(&out)["replacements"], 1);
+    assert_eq!(fs::read_to_string(&target).expect("written"), "one 2");
+    // Writing is for write_roots only, even where reading is granted.
+    let (code, _, err) = call(
+        "file.write",
+        serde_json::json!({"path": ro.join("b.txt"), "content": "x"}),
+    );
+    assert_eq!(code, 7, "{err}");
+    assert!(!ro.join("b.txt").exists());
+
+    // shell.exec: in the workspace, without the file roots, without a network, bounded.
+    let script = format!(
+        "pwd; echo made > made.txt; cat {} || echo no-read-root; \
+         (exec 3<>/dev/tcp/127.0.0.1/{}) 2>/dev/null && echo connected || echo no-network",
+        ro.join("a.txt").display(),
+        listener.port
+    );
+    let (code, out, err) = call(
+        "shell.exec",
+        serde_json::json!({"command": format!("bash -c {}", shell_quote(&script))}),
+    );
+    assert_eq!(code, 0, "{err}");
+    let o = output(&out);
+    let stdout = o["stdout"].as_str().unwrap_or_default();
+    assert!(stdout.starts_with(&ws.display().to_string()), "{o}");
+    assert!(
+        stdout.contains("no-read-root") && stdout.contains("no-network"),
+        "{o}"
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("made.txt")).expect("made"),
+        "made\n"
+    );
+    assert_eq!(listener.accepted(), 0);
+    let (code, out, err) = call("shell.exec", serde_json::json!({"command": "sleep 30"}));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(output(&out)["timed_out"], true);
+
+    // Decided on the effect: a token that may read the read root reads there, and may not
+    // write or read elsewhere (exit 4).
+    let out = home.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        "reader",
+        "--agent",
+        "bot",
+        "--cap",
+        &format!("fs.read:{}", ro.display()),
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let with_token = |tool: &str, input: serde_json::Value| {
+        invoke(
+            &home,
+            &[tool, "--token", &token, "--input", &input.to_string()],
+        )
+    };
+    let (code, _, err) = with_token("file.read", serde_json::json!({"path": ro.join("a.txt")}));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = with_token("file.read", serde_json::json!({"path": target}));
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = with_token(
+        "file.write",
+        serde_json::json!({"path": rw.join("t.txt"), "content": "x"}),
+    );
+    assert_eq!(code, 4, "{err}");
+    let decisions: Vec<serde_json::Value> = records(&home, "policy.decision")
+        .iter()
+        .map(detail)
+        .collect();
+    assert!(
+        decisions.iter().any(|d| d.to_string().contains("fs.write")),
+        "the write was decided as fs.write: {decisions:?}"
+    );
+
+    // Found by search, as official: they are part of loongd.
+    let hits = search(&home, &["shell"]);
+    assert_eq!(hits[0]["name"], "shell.exec");
+    assert_eq!(hits[0]["trust"], "official");
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[test]
+fn builtin_tools_are_offered_only_as_granted() {
+    let home = Home::with_config("[builtins]\nread_roots = [\"/tmp/loong-no-such-root\"]\n");
+    home.start();
+    let ps = plugins(&home);
+    let file_read = ps
+        .iter()
+        .find(|p| p["id"] == "file.read")
+        .expect("file.read is granted a root, so it is listed");
+    assert_eq!(file_read["state"], "failed");
+    assert!(
+        file_read["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/tmp/loong-no-such-root")),
+        "{file_read}"
+    );
+    // Nothing granted: not offered at all.
+    for id in ["file.write", "file.edit", "shell.exec"] {
+        assert!(!ps.iter().any(|p| p["id"] == id), "{id} is offered: {ps:?}");
+        let (code, _, err) = invoke(&home, &[id, "--input", r#"{"command": "id"}"#]);
+        assert!(code != 0 && err.contains("no tool named"), "{id}: {err}");
+    }
+    let (code, _, err) = invoke(&home, &["file.read", "--input", r#"{"path": "/tmp/x"}"#]);
+    assert_eq!(code, 2, "{err}");
+    assert!(records(&home, "worker.spawned").is_empty());
+}

@@ -135,6 +135,7 @@ fn crate_dependency_direction() {
         "workers/wasm",
         "workers/stdio",
         "workers/http",
+        "workers/builtin",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -151,6 +152,7 @@ fn crate_dependency_direction() {
         "workers/wasm",
         "workers/stdio",
         "workers/http",
+        "workers/builtin",
     ] {
         let deps = project_deps(&r.join(worker).join("Cargo.toml"));
         assert!(

@@ -60,6 +60,42 @@ pub enum WorkerRequest {
     /// [`WorkerResponse::Described`] (one tool, the plugin id). Each `Invoke` then uses the
     /// connected socket loongd passes on the worker's second descriptor (fd 4) just before.
     Connector(Box<HttpSpec>),
+    /// Configure a built-in tool's worker (`file.read`, `file.write`, `file.edit`,
+    /// `shell.exec`); answered by [`WorkerResponse::Described`] (that one tool).
+    Builtin(Box<BuiltinSpec>),
+}
+
+/// A built-in tool as loongd configures its worker. The worker's sandbox grants exactly the
+/// roots named here (landlock and the mount namespace are the boundary); the worker checks
+/// paths against them too, to give a clear error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BuiltinSpec {
+    /// `file.read`, `file.write`, `file.edit` or `shell.exec`.
+    pub tool: String,
+    /// Directories the tool works under (read-only for `file.read`, read-write otherwise;
+    /// `shell.exec`'s first one is its working directory).
+    pub roots: Vec<String>,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
+}
+
+impl BuiltinSpec {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("tool", &self.tool, MAX_PLUGIN_ID_BYTES)?;
+        if self.roots.len() > MAX_CONFIG_ENTRIES {
+            return Err(BoundError {
+                field: "roots",
+                len: self.roots.len(),
+                max: MAX_CONFIG_ENTRIES,
+            });
+        }
+        for r in &self.roots {
+            check_len("root", r, MAX_CONFIG_TEXT_BYTES)?;
+        }
+        Ok(())
+    }
 }
 
 /// An `http_json` connector as loongd sends it to an HTTP worker. The worker has no network

@@ -83,14 +83,21 @@ pub(crate) async fn invoke(
             )))
         }
     };
+    // A built-in tool is decided on the effect it has (the path it reads or writes, the
+    // command it runs); any other tool on `tool.invoke` of its name.
+    let (cap, target, argv) = if plugin.bridge_kind == crate::workers::builtins::BUILTIN {
+        builtin_effect(&req.tool, &req.input)?
+    } else {
+        (Capability::ToolInvoke, req.tool.clone(), None)
+    };
     let decided = authorize_unrecorded(
         kernel,
         cred,
         io,
         req.token.as_deref(),
-        Capability::ToolInvoke,
-        &req.tool,
-        None,
+        cap,
+        &target,
+        argv.as_deref(),
     )
     .await?;
     let record = |kind, detail| event(kind, cred, io, detail);
@@ -206,6 +213,31 @@ impl Drop for Unanswered {
     }
 }
 
+/// What a built-in call would do, for the decision: `fs.read` or `fs.write` on its path, or
+/// `process.exec` of `sh -c COMMAND` (which the shell rules see through).
+fn builtin_effect(
+    tool: &str,
+    input: &str,
+) -> Result<(Capability, String, Option<Vec<String>>), RemoteError> {
+    let v: serde_json::Value =
+        serde_json::from_str(input).map_err(|e| bad(format!("the input is not JSON: {e}")))?;
+    let field = |name: &str| {
+        v.get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| bad(format!("{tool} needs `{name}` (a string) in its input")))
+    };
+    Ok(match tool {
+        "file.read" => (Capability::FsRead, field("path")?, None),
+        "file.write" | "file.edit" => (Capability::FsWrite, field("path")?, None),
+        _ => {
+            let command = field("command")?;
+            let argv = vec!["/bin/sh".to_string(), "-c".to_string(), command];
+            (Capability::ProcessExec, "/bin/sh".to_string(), Some(argv))
+        }
+    })
+}
+
 /// The plugin that serves `name`, and the tool name its worker knows: a plugin's own id
 /// (WASM, JSON lines), or `PLUGIN_ID/TOOL` for one of an MCP server's tools.
 fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), RemoteError> {
@@ -266,9 +298,13 @@ pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
 /// new set is in place.
 pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
     let root = kernel.layout.home.join("plugins");
+    let builtins = crate::workers::builtins::entries(&kernel.config.builtins);
     let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root))
         .await
         .unwrap_or_default();
+    // A plugin directory named after a built-in tool failed discovery (and is audited as
+    // refused below); the built-in, last in the list, keeps the name in the registry.
+    found.extend(builtins);
     for p in &mut found {
         let outcome = match &mut p.state {
             State::Failed(why) => Err(why.clone()),
@@ -425,8 +461,13 @@ pub(crate) async fn search(
         let State::Ready { info, .. } = &p.state else {
             continue;
         };
-        // Nothing proves a plugin's claim yet (plugins are not signed).
-        let trust = TrustTier::Unverified;
+        // Built-in tools are part of loongd; nothing proves a plugin's claim yet (plugins
+        // are not signed).
+        let trust = if p.bridge_kind == crate::workers::builtins::BUILTIN {
+            TrustTier::Official
+        } else {
+            TrustTier::Unverified
+        };
         if trust > floor {
             continue;
         }

@@ -14,6 +14,7 @@
 //! - Plugins are loaded into a worker the first time it runs them (the module travels over
 //!   the socket); a worker remembers the plugin generations it has loaded.
 
+pub(crate) mod builtins;
 pub(crate) mod net;
 pub(crate) mod plugins;
 
@@ -31,8 +32,8 @@ use loong_ipc::{
     connection::{handshake_as_caller, FrameReader, FrameWriter},
     frame::FrameLimit,
     message::worker::WORKER_MAX_FRAME_BYTES,
-    Call, CallOutput, Hello, HttpSpec, PeerKind, PeerSpec, PluginFailure, RemoteError, Reply,
-    ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
+    BuiltinSpec, Call, CallOutput, Hello, HttpSpec, PeerKind, PeerSpec, PluginFailure, RemoteError,
+    Reply, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
 };
 use loong_sandbox::{
     Child, KernelOverrides, Killer, Limits, NetGrant, SandboxSpec, Spawner, StdioSpec, Tier,
@@ -52,6 +53,7 @@ use crate::audit::{Audit, Event, Kind};
 pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
 pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
 pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
+pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
 /// An HTTP worker's memory and tasks: one single-threaded exchange at a time.
 pub const HTTP_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const HTTP_WORKER_TASKS: u64 = 4;
@@ -143,6 +145,7 @@ pub(crate) enum Wire {
         spec: HttpSpec,
         addrs: Vec<std::net::SocketAddr>,
     },
+    Builtin(BuiltinSpec),
 }
 
 /// A plugin as the supervisor loads it: the wire form and a generation that changes when
@@ -160,6 +163,7 @@ impl Loadable {
             Wire::Wasm(w) => WorkerRequest::Load(Box::new(w.clone())),
             Wire::Peer(p) => WorkerRequest::Start(Box::new(p.clone())),
             Wire::Http { spec, .. } => WorkerRequest::Connector(Box::new(spec.clone())),
+            Wire::Builtin(b) => WorkerRequest::Builtin(Box::new(b.clone())),
         }
     }
 
@@ -172,6 +176,7 @@ impl Loadable {
                 Duration::from_millis(p.timeout_ms) + PEER_START_ALLOWANCE + CALL_GRACE
             }
             Wire::Http { spec, .. } => Duration::from_millis(spec.timeout_ms) + CALL_GRACE,
+            Wire::Builtin(b) => Duration::from_millis(b.timeout_ms) + CALL_GRACE,
         }
     }
 }
@@ -227,6 +232,20 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: true,
+        }
+    }
+
+    /// A built-in tool's worker, with the tool's grants (balanced, like a foreign program:
+    /// `shell.exec` starts processes, the file tools open paths).
+    pub(crate) fn builtin(
+        read: Vec<PathBuf>,
+        write: Vec<PathBuf>,
+        net: Vec<NetGrant>,
+    ) -> WorkerKind {
+        WorkerKind {
+            name: "builtin",
+            program: next_to_loongd(BUILTIN_WORKER_NAME),
+            ..WorkerKind::stdio(read, write, net)
         }
     }
 

@@ -30,6 +30,11 @@ pub const MAX_PLUGINS: usize = 256;
 /// Each discovery's plugins get a new generation, so workers reload changed modules.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// A new plugin generation.
+pub(crate) fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A discovered plugin.
 #[derive(Debug, Clone)]
 pub(crate) struct Plugin {
@@ -131,6 +136,11 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
         };
         let plugin = match PluginManifest::load_dir(&dir) {
             Err(e) => failed(e.to_string()),
+            Ok(m) if super::builtins::is_builtin(&m.plugin_id) => failed(format!(
+                "{}: plugin_id {:?} is the name of a built-in tool; choose another",
+                dir.join(MANIFEST_FILE).display(),
+                m.plugin_id
+            )),
             Ok(m) if m.plugin_id != name => failed(format!(
                 "{}: plugin_id {:?} does not match its directory {name:?}; rename one",
                 dir.join(MANIFEST_FILE).display(),
@@ -225,7 +235,7 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
             plugin: Loadable {
                 id: m.plugin_id,
                 wire: Arc::new(wire),
-                generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+                generation: next_generation(),
             },
             kind,
             info: LoadInfo::default(),

@@ -90,6 +90,10 @@ impl Handler for Worker {
                 self.spec = None;
                 WorkerResponse::Unloaded
             }
+            WorkerRequest::Builtin(b) => refused(format!(
+                "tool {}: built-in tools run in loong-worker-builtin",
+                b.tool
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: 0,
                 loaded: self.spec.iter().map(|s| s.plugin_id.clone()).collect(),

@@ -79,6 +79,10 @@ impl Handler for Worker {
                 "plugin {}: this worker runs foreign programs; an http_json connector needs loong-worker-http",
                 c.plugin_id
             )),
+            WorkerRequest::Builtin(b) => refused(format!(
+                "tool {}: built-in tools run in loong-worker-builtin",
+                b.tool
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: 0,
                 loaded: self

@@ -130,6 +130,10 @@ impl Handler for Worker {
                     c.plugin_id
                 ),
             )),
+            WorkerRequest::Builtin(b) => WorkerResponse::Failed(PluginFailure::new(
+                FailureKind::LoadRefused,
+                format!("tool {}: built-in tools run in loong-worker-builtin", b.tool),
+            )),
             WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
                 rss_kib: peak_rss_kib(),
                 loaded: self.plugins.keys().cloned().collect(),

@@ -1,0 +1,129 @@
+//! The built-in tools as registry entries: `file.read`, `file.write`, `file.edit` and
+//! `shell.exec`, each run by its own `loong-worker-builtin` whose sandbox grants exactly the
+//! paths `[builtins]` names. A tool with nothing granted is not offered at all (the operator
+//! has not enabled it); one whose granted path is missing is listed as failed with the reason,
+//! and nothing is started for it.
+
+use std::{path::PathBuf, sync::Arc};
+
+use loong_ipc::BuiltinSpec;
+use loong_profiles::plugin::Catalog;
+
+use super::{
+    plugins::{Plugin, State},
+    LoadInfo, Loadable, Wire, WorkerKind,
+};
+use crate::config::BuiltinsConfig;
+
+/// `bridge_kind` of a built-in tool.
+pub const BUILTIN: &str = "builtin";
+
+struct Def {
+    tool: &'static str,
+    summary: &'static str,
+    tags: &'static [&'static str],
+    example: &'static str,
+}
+
+const DEFS: [Def; 4] = [
+    Def {
+        tool: "file.read",
+        summary: "Read a UTF-8 text file under the granted read roots",
+        tags: &["file", "read", "fs", "builtin"],
+        example: r#"{"path": "/srv/data/notes.txt"}"#,
+    },
+    Def {
+        tool: "file.write",
+        summary: "Write a text file under the granted write roots",
+        tags: &["file", "write", "fs", "builtin"],
+        example: r#"{"path": "/srv/data/out.txt", "content": "text"}"#,
+    },
+    Def {
+        tool: "file.edit",
+        summary: "Replace text in a file under the granted write roots (one match unless all)",
+        tags: &["file", "edit", "fs", "builtin"],
+        example: r#"{"path": "/srv/data/out.txt", "old": "before", "new": "after"}"#,
+    },
+    Def {
+        tool: "shell.exec",
+        summary: "Run a shell command in the granted workspace (output capped, timed out)",
+        tags: &["shell", "exec", "command", "builtin"],
+        example: r#"{"command": "ls -l"}"#,
+    },
+];
+
+/// Whether `id` names a built-in tool.
+pub(crate) fn is_builtin(id: &str) -> bool {
+    DEFS.iter().any(|d| d.tool == id)
+}
+
+/// The built-in tools `cfg` grants something to.
+pub(crate) fn entries(cfg: &BuiltinsConfig) -> Vec<Plugin> {
+    DEFS.iter().filter_map(|d| entry(d, cfg)).collect()
+}
+
+fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
+    let readable: Vec<PathBuf> = cfg
+        .read_roots
+        .iter()
+        .chain(&cfg.write_roots)
+        .cloned()
+        .collect();
+    let net: Vec<loong_sandbox::NetGrant> = cfg
+        .shell_net
+        .iter()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let (roots, kind) = match d.tool {
+        "file.read" => (
+            readable.clone(),
+            WorkerKind::builtin(readable, Vec::new(), Vec::new()),
+        ),
+        "shell.exec" => {
+            let ws: Vec<PathBuf> = cfg.workspace.iter().cloned().collect();
+            (ws.clone(), WorkerKind::builtin(Vec::new(), ws, net))
+        }
+        _ => (
+            cfg.write_roots.clone(),
+            WorkerKind::builtin(Vec::new(), cfg.write_roots.clone(), Vec::new()),
+        ),
+    };
+    if roots.is_empty() {
+        return None;
+    }
+    let state = if let Some(missing) = roots.iter().find(|r| !r.is_dir()) {
+        State::Failed(format!(
+            "[builtins] grants {}, which is not a directory; create it or change loongd.toml",
+            missing.display()
+        ))
+    } else {
+        State::Ready {
+            plugin: Loadable {
+                id: d.tool.to_string(),
+                wire: Arc::new(Wire::Builtin(BuiltinSpec {
+                    tool: d.tool.to_string(),
+                    roots: roots.iter().map(|r| r.display().to_string()).collect(),
+                    timeout_ms: cfg.timeout_ms,
+                    max_output_bytes: cfg.max_output_bytes,
+                })),
+                generation: super::plugins::next_generation(),
+            },
+            kind: Some(Box::new(kind)),
+            info: LoadInfo::default(),
+            pool: None,
+        }
+    };
+    Some(Plugin {
+        id: d.tool.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        summary: d.summary.to_string(),
+        dir: PathBuf::new(),
+        bridge_kind: BUILTIN,
+        catalog: Catalog {
+            tags: d.tags.iter().map(|t| t.to_string()).collect(),
+            input_examples: vec![d.example.to_string()],
+            ..Catalog::default()
+        },
+        state,
+    })
+}

@@ -1,0 +1,100 @@
+//! `loong-worker-builtin`: the balanced-tier worker for one built-in tool. loongd starts one
+//! per tool, with the tool's roots as the sandbox's grants (read-only for `file.read`,
+//! read-write for the others). It does not take the final self-confinement step: file tools
+//! open paths and `shell.exec` starts a shell, so the tier's sandbox, with exactly those
+//! grants, is the boundary.
+
+use loong_ipc::{
+    CallOutput, FailureKind, PluginFailure, ToolInfo, WorkerRequest, WorkerResponse, WorkerStats,
+};
+use loong_worker_runtime::{internal, Final, Handler};
+
+#[derive(Debug, Default)]
+struct Worker {
+    spec: Option<loong_ipc::BuiltinSpec>,
+    calls: u64,
+}
+
+impl Handler for Worker {
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        let refused =
+            |m: String| WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, m));
+        Ok(match req {
+            WorkerRequest::Builtin(spec) => {
+                if let Err(e) = spec.check_bounds() {
+                    return Ok(refused(e.to_string()));
+                }
+                if !loong_worker_builtin::TOOLS.contains(&spec.tool.as_str()) {
+                    return Ok(refused(format!("no built-in tool {:?}", spec.tool)));
+                }
+                // The file tools narrow themselves to their roots, below the tier's system
+                // directories: a symlink out of a root then leads nowhere.
+                let roots: Vec<std::path::PathBuf> =
+                    spec.roots.iter().map(std::path::PathBuf::from).collect();
+                let confined = match spec.tool.as_str() {
+                    "file.read" => loong_sandbox::worker::confine_to_roots(&roots, &[]),
+                    "file.write" | "file.edit" => {
+                        loong_sandbox::worker::confine_to_roots(&[], &roots)
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = confined {
+                    return Err(internal(format!(
+                        "confining {} to its roots: {e}",
+                        spec.tool
+                    )));
+                }
+                let tool = ToolInfo {
+                    name: spec.tool.clone(),
+                    description: String::new(),
+                };
+                self.spec = Some(*spec);
+                WorkerResponse::Described(vec![tool])
+            }
+            WorkerRequest::Invoke { plugin_id, input } => {
+                self.calls += 1;
+                let Some(spec) = self.spec.as_ref().filter(|s| s.tool == plugin_id) else {
+                    return Ok(WorkerResponse::Failed(PluginFailure::new(
+                        FailureKind::NotLoaded,
+                        format!("{plugin_id} is not configured in this worker"),
+                    )));
+                };
+                let started = std::time::Instant::now();
+                match loong_worker_builtin::run(spec, &input) {
+                    Ok(out) => WorkerResponse::Output(CallOutput {
+                        output: serde_json::to_vec(&out)
+                            .map_err(|e| internal(format!("encoding the answer: {e}")))?,
+                        logs: Vec::new(),
+                        logs_dropped: 0,
+                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        cpu_us: 0,
+                        fuel_consumed: None,
+                        peak_memory_bytes: 0,
+                    }),
+                    Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
+                }
+            }
+            WorkerRequest::Load(p) => refused(format!("{}: not a built-in tool", p.plugin_id)),
+            WorkerRequest::Start(p) => refused(format!("{}: not a built-in tool", p.plugin_id)),
+            WorkerRequest::Connector(c) => refused(format!("{}: not a built-in tool", c.plugin_id)),
+            WorkerRequest::Unload { .. } => {
+                self.spec = None;
+                WorkerResponse::Unloaded
+            }
+            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
+                rss_kib: 0,
+                loaded: self.spec.iter().map(|s| s.tool.clone()).collect(),
+                calls: self.calls,
+            }),
+        })
+    }
+}
+
+fn main() {
+    let code = loong_worker_runtime::main_with(
+        concat!("loong-worker-builtin ", env!("CARGO_PKG_VERSION")),
+        Final::TierOnly,
+        || Ok(Worker::default()),
+    );
+    std::process::exit(code);
+}
