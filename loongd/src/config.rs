@@ -77,6 +77,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # write_roots = []
 # workspace = "/srv/loong/work"
 # shell_net = []
+# web.fetch: GET http:// URLs (decided as net.egress on HOST:PORT); loopback, private and
+# link-local answers are refused unless fetch_allow_private.
+# fetch = false
+# fetch_allow_private = false
 # Each call's deadline, and the cap on what one call reads or prints.
 # timeout_ms = 10000
 # max_output_bytes = 1048576
@@ -305,6 +309,8 @@ pub struct BuiltinsConfig {
     pub workspace: Option<std::path::PathBuf>,
     #[serde(deserialize_with = "net_grants")]
     pub shell_net: Vec<String>,
+    pub fetch: bool,
+    pub fetch_allow_private: bool,
     #[serde(deserialize_with = "timeout_ms")]
     pub timeout_ms: u64,
     #[serde(deserialize_with = "output_bytes")]
@@ -322,6 +328,8 @@ impl Default for BuiltinsConfig {
             write_roots: Vec::new(),
             workspace: None,
             shell_net: Vec::new(),
+            fetch: false,
+            fetch_allow_private: false,
             timeout_ms: DEFAULT_BUILTIN_TIMEOUT_MS,
             max_output_bytes: DEFAULT_BUILTIN_OUTPUT_BYTES,
         }

@@ -1010,3 +1010,81 @@ fn builtin_tools_are_offered_only_as_granted() {
     assert_eq!(code, 2, "{err}");
     assert!(records(&home, "worker.spawned").is_empty());
 }
+
+#[test]
+fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() {
+    let page = TextServer::start("loong-fetched-page");
+    let url = page.url();
+    let input = serde_json::json!({ "url": url }).to_string();
+
+    // Without the operator's leave, a loopback address is refused before any connection.
+    let strict = Home::with_config("[builtins]\nfetch = true\n");
+    strict.start();
+    let (code, _, err) = invoke(&strict, &["web.fetch", "--input", &input]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("address_refused") && err.contains("fetch_allow_private"),
+        "{err}"
+    );
+    assert_eq!(page.accepted(), 0, "a refused fetch connected");
+    let failed: Vec<serde_json::Value> =
+        records(&strict, "tool.failed").iter().map(detail).collect();
+    assert!(
+        failed.iter().any(|d| d["failure"] == "address_refused"),
+        "{failed:?}"
+    );
+
+    // With it: fetched, as JSON describing the answer.
+    let open = Home::with_config("[builtins]\nfetch = true\nfetch_allow_private = true\n");
+    fs::create_dir_all(open.path().join("packs")).expect("packs");
+    fs::write(
+        open.path().join("packs/fetcher.toml"),
+        format!(
+            "id = \"fetcher\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"net.egress:127.0.0.1:{}\"]\napproval = \"never\"\n",
+            page.port
+        ),
+    )
+    .expect("pack");
+    open.start();
+    let (code, out, err) = invoke(&open, &["web.fetch", "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (v["status"].as_u64(), v["body"].as_str()),
+        (Some(200), Some("loong-fetched-page"))
+    );
+    assert_eq!(page.accepted(), 1);
+    // https and non-http URLs are refused by name before anything is decided.
+    let (code, _, err) = invoke(
+        &open,
+        &["web.fetch", "--input", r#"{"url": "https://example.com/"}"#],
+    );
+    assert!(code == 2 && err.contains("https"), "{err}");
+
+    // Decided as net.egress on HOST:PORT: a token for this port fetches, another port is
+    // denied (exit 4) and never connected.
+    let out = open.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        "fetcher",
+        "--agent",
+        "bot",
+        "--cap",
+        &format!("net.egress:127.0.0.1:{}", page.port),
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let (code, _, err) = invoke(&open, &["web.fetch", "--token", &token, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let other = TextServer::start("never");
+    let other_input = serde_json::json!({ "url": other.url() }).to_string();
+    let (code, _, err) = invoke(
+        &open,
+        &["web.fetch", "--token", &token, "--input", &other_input],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(other.accepted(), 0);
+}

@@ -115,6 +115,9 @@ pub struct HttpSpec {
     pub required_keys: Option<Vec<String>>,
     /// Whether keys beyond `required_keys` are allowed.
     pub allow_other_keys: bool,
+    /// The built-in `web.fetch`: each call's input is `{host, path}` (set by loongd from the
+    /// URL it decided on and connected to), the request a GET, and the answer the page.
+    pub fetch: bool,
 }
 
 impl HttpSpec {
@@ -421,6 +424,8 @@ pub enum FailureKind {
     RedirectRefused,
     /// The endpoint's answer broke the declared response contract, or was not HTTP.
     ContractViolation,
+    /// A fetch's host resolved to an address it may not reach (loopback, private, …).
+    AddressRefused,
 }
 
 impl FailureKind {
@@ -449,6 +454,7 @@ impl FailureKind {
             FailureKind::ConnectFailed => "connect_failed",
             FailureKind::RedirectRefused => "redirect_refused",
             FailureKind::ContractViolation => "contract_violation",
+            FailureKind::AddressRefused => "address_refused",
         }
     }
 }

@@ -230,6 +230,12 @@ fn builtin_effect(
     Ok(match tool {
         "file.read" => (Capability::FsRead, field("path")?, None),
         "file.write" | "file.edit" => (Capability::FsWrite, field("path")?, None),
+        "web.fetch" => {
+            let url = field("url")?;
+            let (host, port, _) = loong_profiles::plugin::parse_endpoint(&url)
+                .map_err(|e| bad(format!("web.fetch url: {e}")))?;
+            (Capability::NetEgress, format!("{host}:{port}"), None)
+        }
         _ => {
             let command = field("command")?;
             let argv = vec!["/bin/sh".to_string(), "-c".to_string(), command];

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use loong_ipc::BuiltinSpec;
+use loong_ipc::{BuiltinSpec, HttpSpec};
 use loong_profiles::plugin::Catalog;
 
 use super::{
@@ -25,7 +25,7 @@ struct Def {
     example: &'static str,
 }
 
-const DEFS: [Def; 4] = [
+const DEFS: [Def; 5] = [
     Def {
         tool: "file.read",
         summary: "Read a UTF-8 text file under the granted read roots",
@@ -50,6 +50,12 @@ const DEFS: [Def; 4] = [
         tags: &["shell", "exec", "command", "builtin"],
         example: r#"{"command": "ls -l"}"#,
     },
+    Def {
+        tool: "web.fetch",
+        summary: "Fetch an http:// URL (GET; redirects answered, not followed; size capped)",
+        tags: &["web", "fetch", "http", "url", "builtin"],
+        example: r#"{"url": "http://example.com/"}"#,
+    },
 ];
 
 /// Whether `id` names a built-in tool.
@@ -63,6 +69,9 @@ pub(crate) fn entries(cfg: &BuiltinsConfig) -> Vec<Plugin> {
 }
 
 fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
+    if d.tool == "web.fetch" {
+        return cfg.fetch.then(|| fetch_entry(d, cfg));
+    }
     let readable: Vec<PathBuf> = cfg
         .read_roots
         .iter()
@@ -113,7 +122,11 @@ fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
             pool: None,
         }
     };
-    Some(Plugin {
+    Some(described(d, state))
+}
+
+fn described(d: &Def, state: State) -> Plugin {
+    Plugin {
         id: d.tool.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         summary: d.summary.to_string(),
@@ -125,5 +138,35 @@ fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
             ..Catalog::default()
         },
         state,
-    })
+    }
+}
+
+/// `web.fetch`: an HTTP worker with no network; loongd resolves, checks and connects each
+/// call's URL and hands it the socket.
+fn fetch_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
+    let spec = HttpSpec {
+        plugin_id: d.tool.to_string(),
+        host: String::new(),
+        path: String::new(),
+        timeout_ms: cfg.timeout_ms,
+        max_output_bytes: cfg.max_output_bytes,
+        required_keys: None,
+        allow_other_keys: true,
+        fetch: true,
+    };
+    let state = State::Ready {
+        plugin: Loadable {
+            id: d.tool.to_string(),
+            wire: Arc::new(Wire::Http {
+                spec,
+                addrs: Vec::new(),
+                fetch_allow_private: cfg.fetch_allow_private,
+            }),
+            generation: super::plugins::next_generation(),
+        },
+        kind: Some(Box::new(WorkerKind::http())),
+        info: LoadInfo::default(),
+        pool: None,
+    };
+    described(d, state)
 }

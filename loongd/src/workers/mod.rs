@@ -144,6 +144,9 @@ pub(crate) enum Wire {
     Http {
         spec: HttpSpec,
         addrs: Vec<std::net::SocketAddr>,
+        /// For `web.fetch` (`spec.fetch`): whether a URL may resolve to loopback, private or
+        /// link-local addresses. Each call's URL is resolved and checked then.
+        fetch_allow_private: bool,
     },
     Builtin(BuiltinSpec),
 }
@@ -569,12 +572,28 @@ impl Supervisor {
         } else {
             LoadInfo::default()
         };
-        let Job::Call { tool, input } = job else {
+        let Job::Call { tool, mut input } = job else {
             return Ok(Ok(Done::Loaded(info)));
         };
         let deadline = plugin.call_deadline();
-        if let Wire::Http { spec, addrs } = &*plugin.wire {
-            let conn = match connect(addrs, spec.timeout_ms).await {
+        if let Wire::Http {
+            spec,
+            addrs,
+            fetch_allow_private,
+        } = &*plugin.wire
+        {
+            let addrs = if spec.fetch {
+                match fetch_route(&input, *fetch_allow_private).await {
+                    Ok((addrs, target)) => {
+                        input = target;
+                        addrs
+                    }
+                    Err(f) => return Ok(Err(CallError::Plugin(f))),
+                }
+            } else {
+                addrs.clone()
+            };
+            let conn = match connect(&addrs, spec.timeout_ms).await {
                 Ok(c) => c,
                 Err(why) => {
                     return Ok(Err(CallError::Plugin(PluginFailure::new(
@@ -955,6 +974,43 @@ fn kill_now(worker: &Worker) {
     if let Some(c) = &worker.child {
         let _ = c.kill();
     }
+}
+
+/// A `web.fetch` call's route: its URL resolved now, every address checked, and the input the
+/// worker gets (`{host, path}`).
+async fn fetch_route(
+    input: &[u8],
+    allow_private: bool,
+) -> Result<(Vec<std::net::SocketAddr>, Vec<u8>), PluginFailure> {
+    use loong_ipc::FailureKind;
+    let url = serde_json::from_slice::<serde_json::Value>(input)
+        .ok()
+        .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
+        .ok_or_else(|| PluginFailure::new(FailureKind::ToolError, "web.fetch needs `url`"))?;
+    let (host, port, path) = loong_profiles::plugin::parse_endpoint(&url)
+        .map_err(|e| PluginFailure::new(FailureKind::ToolError, format!("web.fetch: {e}")))?;
+    let lookup = host.clone();
+    let addrs = tokio::task::spawn_blocking(move || net::pin(&lookup, port, allow_private))
+        .await
+        .map_err(|e| PluginFailure::new(FailureKind::ConnectFailed, e.to_string()))?
+        .map_err(|e| {
+            let fix = e.replace(
+                "sandbox.allow_private_network",
+                "[builtins] fetch_allow_private",
+            );
+            PluginFailure::new(
+                FailureKind::AddressRefused,
+                format!("web.fetch {url}: {fix}"),
+            )
+        })?;
+    let header = match (port, host.contains(':')) {
+        (80, false) => host,
+        (80, true) => format!("[{host}]"),
+        (p, false) => format!("{host}:{p}"),
+        (p, true) => format!("[{host}]:{p}"),
+    };
+    let target = serde_json::json!({ "host": header, "path": path }).to_string();
+    Ok((addrs, target.into_bytes()))
 }
 
 /// Connects to the first of `addrs` that answers, within the call's timeout (at most

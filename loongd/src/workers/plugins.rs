@@ -214,12 +214,17 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
                 max_output_bytes: m.limits.max_output_bytes,
                 required_keys: h.required_keys.clone(),
                 allow_other_keys: h.allow_other_keys,
+                fetch: false,
             };
             spec.check_bounds()
                 .map_err(|e| format!("{}: {e}", m.path.display()))?;
             (
                 "http_json",
-                Wire::Http { spec, addrs },
+                Wire::Http {
+                    spec,
+                    addrs,
+                    fetch_allow_private: false,
+                },
                 Some(Box::new(WorkerKind::http())),
             )
         }

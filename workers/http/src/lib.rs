@@ -127,21 +127,75 @@ impl Timed {
 
 /// POSTs `body` (JSON) as `spec` says over `stream` and returns the checked answer (JSON).
 pub fn post(stream: TcpStream, spec: &HttpSpec, body: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let (status, body) = exchange(stream, spec, "POST", &spec.host, &spec.path, Some(body))?;
+    if !(200..300).contains(&status.code) {
+        return Err(match status.code {
+            300..=399 => HttpError::Redirect {
+                status: status.code,
+                location: status.location,
+            },
+            code => HttpError::Status {
+                status: code,
+                body: quote(&body),
+            },
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| HttpError::NotJson(e.to_string()))?;
+    check_contract(&value, spec)?;
+    serde_json::to_vec(&value).map_err(|e| HttpError::NotJson(e.to_string()))
+}
+
+/// `web.fetch`: GETs `path` from `host` over `stream` and describes the answer as JSON
+/// (`{status, content_type, location, bytes, body}`, the body as text). A redirect is
+/// answered, not followed: fetching its target is another call, decided again.
+pub fn get(
+    stream: TcpStream,
+    spec: &HttpSpec,
+    host: &str,
+    path: &str,
+) -> Result<Vec<u8>, HttpError> {
+    let (status, body) = exchange(stream, spec, "GET", host, path, None)?;
+    let answer = serde_json::json!({
+        "status": status.code,
+        "content_type": status.content_type,
+        "location": (!status.location.is_empty()).then_some(&status.location),
+        "bytes": body.len(),
+        "body": String::from_utf8_lossy(&body),
+    });
+    serde_json::to_vec(&answer).map_err(|e| HttpError::NotJson(e.to_string()))
+}
+
+/// One request and its bounded answer.
+fn exchange(
+    stream: TcpStream,
+    spec: &HttpSpec,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(Status, Vec<u8>), HttpError> {
     let started = Instant::now();
     let mut io = Timed {
         stream,
         deadline: started + Duration::from_millis(spec.timeout_ms),
         started,
     };
+    let content = match body {
+        Some(b) => format!(
+            "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ),
+        None => String::new(),
+    };
     let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nUser-Agent: loong-worker-http/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        spec.path,
-        spec.host,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}User-Agent: loong-worker-http/{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION"),
-        body.len()
     );
     io.write_all(head.as_bytes())?;
-    io.write_all(body)?;
+    if let Some(b) = body {
+        io.write_all(b)?;
+    }
     let max = spec.max_output_bytes;
     let (status, framing, mut buf) = read_head(&mut io)?;
     let body = match framing {
@@ -173,27 +227,13 @@ pub fn post(stream: TcpStream, spec: &HttpSpec, body: &[u8]) -> Result<Vec<u8>, 
     if body.len() as u64 > max {
         return Err(HttpError::TooLarge(max));
     }
-    if !(200..300).contains(&status.code) {
-        return Err(match status.code {
-            300..=399 => HttpError::Redirect {
-                status: status.code,
-                location: status.location,
-            },
-            code => HttpError::Status {
-                status: code,
-                body: quote(&body),
-            },
-        });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| HttpError::NotJson(e.to_string()))?;
-    check_contract(&value, spec)?;
-    serde_json::to_vec(&value).map_err(|e| HttpError::NotJson(e.to_string()))
+    Ok((status, body))
 }
 
-/// The answer's status and where it redirects, if it does.
+/// The answer's status, what it is, and where it redirects, if it does.
 struct Status {
     code: u16,
+    content_type: String,
     location: String,
 }
 
@@ -235,6 +275,7 @@ fn read_head(io: &mut Timed) -> Result<(Status, Framing, Vec<u8>), HttpError> {
                 };
                 let status = Status {
                     code,
+                    content_type: header("content-type").unwrap_or_default(),
                     location: header("location").unwrap_or_default(),
                 };
                 buf.drain(..len);
@@ -337,6 +378,7 @@ mod tests {
             max_output_bytes: 1024,
             required_keys: None,
             allow_other_keys: true,
+            fetch: false,
         }
     }
 

@@ -65,7 +65,22 @@ impl Handler for Worker {
                 // the connector's: the worker is replaced.
                 let stream = self.receive_socket().map_err(internal)?;
                 let started = Instant::now();
-                match loong_worker_http::post(stream, spec, &input) {
+                let answer = if spec.fetch {
+                    // loongd wrote this input from the URL it decided on and connected to.
+                    let target: serde_json::Value = serde_json::from_slice(&input)
+                        .map_err(|e| internal(format!("a fetch target from loongd: {e}")))?;
+                    let field = |k: &str| {
+                        target
+                            .get(k)
+                            .and_then(serde_json::Value::as_str)
+                            .map(String::from)
+                            .ok_or_else(|| internal(format!("a fetch target without {k}")))
+                    };
+                    loong_worker_http::get(stream, spec, &field("host")?, &field("path")?)
+                } else {
+                    loong_worker_http::post(stream, spec, &input)
+                };
+                match answer {
                     Ok(output) => WorkerResponse::Output(CallOutput {
                         output,
                         logs: Vec::new(),
