@@ -535,6 +535,36 @@ impl PluginManifest {
         })
     }
 
+    /// A manifest whose bridge runs no module (a foreign program, a connector): only the
+    /// limits that apply to it are kept.
+    fn without_module(path: &Path, raw: RawManifest, bridge: Bridge, catalog: Catalog) -> Self {
+        Self {
+            path: path.to_owned(),
+            plugin_id: raw.plugin_id,
+            version: raw.version,
+            summary: raw.summary,
+            capabilities: raw.capabilities,
+            component: PathBuf::new(),
+            entrypoint: String::new(),
+            limits: PluginLimits {
+                timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                max_memory_bytes: raw.sandbox.max_memory_bytes.unwrap_or(0),
+                max_output_bytes: raw
+                    .sandbox
+                    .max_output_bytes
+                    .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+                fuel: None,
+                max_module_bytes: 0,
+            },
+            config: BTreeMap::new(),
+            guest_readable_config_keys: Vec::new(),
+            sha256: None,
+            blocked_import_prefixes: Vec::new(),
+            bridge,
+            catalog,
+        }
+    }
+
     fn parse_http(path: &Path, raw: RawManifest, catalog: Catalog) -> Result<Self, ManifestError> {
         let field = |field, message: String| ManifestError::Field {
             path: path.to_owned(),
@@ -587,39 +617,21 @@ impl PluginManifest {
                 ));
             }
         }
-        Ok(Self {
-            path: path.to_owned(),
-            plugin_id: raw.plugin_id,
-            version: raw.version,
-            summary: raw.summary,
-            capabilities: raw.capabilities,
-            component: PathBuf::new(),
-            entrypoint: String::new(),
-            limits: PluginLimits {
-                timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-                max_memory_bytes: 0,
-                max_output_bytes: raw
-                    .sandbox
-                    .max_output_bytes
-                    .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-                fuel: None,
-                max_module_bytes: 0,
-            },
-            config: BTreeMap::new(),
-            guest_readable_config_keys: Vec::new(),
-            sha256: None,
-            blocked_import_prefixes: Vec::new(),
-            bridge: Bridge::Http(HttpBridge {
+        let allow_private_network = raw.sandbox.allow_private_network;
+        Ok(Self::without_module(
+            path,
+            raw,
+            Bridge::Http(HttpBridge {
                 endpoint,
                 host,
                 port,
                 path: target,
                 required_keys,
                 allow_other_keys,
-                allow_private_network: raw.sandbox.allow_private_network,
+                allow_private_network,
             }),
             catalog,
-        })
+        ))
     }
 
     fn parse_foreign(
@@ -714,29 +726,10 @@ impl PluginManifest {
                 format!("{max_line_bytes}: give 1 to {MAX_LINE_BYTES}"),
             ));
         }
-        Ok(Self {
-            path: path.to_owned(),
-            plugin_id: raw.plugin_id,
-            version: raw.version,
-            summary: raw.summary,
-            capabilities: raw.capabilities,
-            component: PathBuf::new(),
-            entrypoint: String::new(),
-            limits: PluginLimits {
-                timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-                max_memory_bytes: raw.sandbox.max_memory_bytes.unwrap_or(0),
-                max_output_bytes: raw
-                    .sandbox
-                    .max_output_bytes
-                    .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-                fuel: None,
-                max_module_bytes: 0,
-            },
-            config: BTreeMap::new(),
-            guest_readable_config_keys: Vec::new(),
-            sha256: None,
-            blocked_import_prefixes: Vec::new(),
-            bridge: Bridge::Foreign(ForeignBridge {
+        Ok(Self::without_module(
+            path,
+            raw,
+            Bridge::Foreign(ForeignBridge {
                 kind,
                 command,
                 args,
@@ -746,7 +739,7 @@ impl PluginManifest {
                 max_line_bytes,
             }),
             catalog,
-        })
+        ))
     }
 
     /// Reads the module, at most one byte over its size cap (so that the worker reports the

@@ -118,12 +118,7 @@ pub fn confine_self() -> Result<(), ConfineError> {
         .no_new_privs(false)
         .restrict_self()
         .map_err(err)?;
-    if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(ConfineError::Landlock(format!(
-            "ruleset {:?}, full enforcement required",
-            status.ruleset
-        )));
-    }
+    fully_enforced(status.ruleset)?;
     sys::seccomp_set_filter(&final_filter()?).map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 
@@ -156,10 +151,14 @@ pub fn confine_to_roots(
         .no_new_privs(false)
         .restrict_self()
         .map_err(err)?;
-    if status.ruleset != RulesetStatus::FullyEnforced {
+    fully_enforced(status.ruleset)?;
+    Ok(())
+}
+
+fn fully_enforced(ruleset: RulesetStatus) -> Result<(), ConfineError> {
+    if ruleset != RulesetStatus::FullyEnforced {
         return Err(ConfineError::Landlock(format!(
-            "ruleset {:?}, full enforcement required",
-            status.ruleset
+            "ruleset {ruleset:?}, full enforcement required"
         )));
     }
     Ok(())

@@ -424,39 +424,44 @@ fn bridge_manifests_that_name_what_is_not_there_start_nothing() {
     lines_ok(&home);
 }
 
-/// A real HTTP/1.1 server on 127.0.0.1 that answers every request with `body` (as
-/// `text/plain`) and counts the connections it accepted.
-struct TextServer {
+/// What a local server answers: status line text, content type, body.
+type Answer = (String, &'static str, String);
+
+/// A real HTTP/1.1 server on 127.0.0.1, one thread per connection: it reads each request (its
+/// head, and its body by Content-Length), answers with `respond(path, body)`, and counts the
+/// connections it accepted and the requests it answered.
+struct LocalHttp {
     port: u16,
     accepted: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
 }
 
-impl TextServer {
-    fn start(body: &'static str) -> TextServer {
+impl LocalHttp {
+    fn start(respond: impl Fn(&str, &[u8]) -> Answer + Send + Sync + 'static) -> LocalHttp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let (a, sv) = (accepted.clone(), served.clone());
+        let respond = Arc::new(respond);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let Ok(conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (sv, respond) = (sv.clone(), respond.clone());
+                std::thread::spawn(move || serve_one(conn, &sv, &*respond));
             }
         });
-        TextServer { port, accepted }
+        LocalHttp {
+            port,
+            accepted,
+            served,
+        }
+    }
+
+    /// Answers every request with `body` as text.
+    fn text(body: &'static str) -> LocalHttp {
+        LocalHttp::start(move |_, _| ("200 OK".into(), "text/plain", body.into()))
     }
 
     fn url(&self) -> String {
@@ -466,6 +471,43 @@ impl TextServer {
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_one(
+    mut conn: std::net::TcpStream,
+    served: &AtomicUsize,
+    respond: &dyn Fn(&str, &[u8]) -> Answer,
+) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if conn.read_exact(&mut body).is_err() {
+        return;
+    }
+    served.fetch_add(1, Ordering::SeqCst);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, kind, answer) = respond(&path, &body);
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
 }
 
 #[test]
@@ -480,8 +522,8 @@ fn an_mcp_server_connects_only_where_its_grant_allows() {
             ),
         );
     }
-    let granted = TextServer::start("loong-granted-page");
-    let other = TextServer::start("loong-other-page");
+    let granted = LocalHttp::text("loong-granted-page");
+    let other = LocalHttp::text("loong-other-page");
     let home = Home::new();
     // The server's own private-address guard and robots.txt check are switched off on its
     // command line: the sandbox, not the server's goodwill, is the boundary.
@@ -620,77 +662,27 @@ fn tool_search_covers_active_and_deferred_plugins_and_trusts_no_claim() {
     assert!(workers(&home).iter().any(|w| w["kind"] == "stdio"));
 }
 
-/// A real HTTP/1.1 server on 127.0.0.1 for connectors: it reads each POST (by its
-/// Content-Length) and answers by path: `/hook` echoes the body as `{"ok", "got"}`,
+/// What the connectors' server answers, by path: `/hook` echoes the body as `{"ok", "got"}`,
 /// `/redirect` redirects to the cloud metadata address, `/slow` waits 3 s, `/text` answers
-/// text. It counts the requests it served.
-struct HookServer {
-    port: u16,
-    served: Arc<AtomicUsize>,
-}
-
-impl HookServer {
-    fn start() -> HookServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let served = Arc::new(AtomicUsize::new(0));
-        let count = served.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                        match conn.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|n| n.trim().parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if conn.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let (status, kind, answer) = match path.as_str() {
-                        "/redirect" => (
-                            "302 Found\r\nLocation: http://169.254.169.254/latest",
-                            "text/plain",
-                            String::new(),
-                        ),
-                        "/slow" => {
-                            std::thread::sleep(std::time::Duration::from_secs(3));
-                            ("200 OK", "application/json", "{}".to_string())
-                        }
-                        "/text" => ("200 OK", "text/plain", "plain words".to_string()),
-                        _ => {
-                            let got: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                            let out = serde_json::json!({ "ok": true, "got": got });
-                            ("200 OK", "application/json", out.to_string())
-                        }
-                    };
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                });
-            }
-        });
-        HookServer { port, served }
-    }
-
-    fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
+/// text.
+fn hook_answer(path: &str, body: &[u8]) -> Answer {
+    match path {
+        "/redirect" => (
+            "302 Found\r\nLocation: http://169.254.169.254/latest".into(),
+            "text/plain",
+            String::new(),
+        ),
+        "/slow" => {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            ("200 OK".into(), "application/json", "{}".into())
+        }
+        "/text" => ("200 OK".into(), "text/plain", "plain words".into()),
+        _ => {
+            let got: serde_json::Value =
+                serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+            let out = serde_json::json!({ "ok": true, "got": got });
+            ("200 OK".into(), "application/json", out.to_string())
+        }
     }
 }
 
@@ -705,7 +697,7 @@ fn install_hook(home: &Home, id: &str, endpoint: &str, extra_metadata: &str, san
 
 #[test]
 fn http_json_connectors_reach_only_their_pinned_endpoint() {
-    let server = HookServer::start();
+    let server = LocalHttp::start(hook_answer);
     let base = format!("http://127.0.0.1:{}", server.port);
     let private = r#""allow_private_network": true, "timeout_ms": 1000"#;
     let contract = r#", "response_contract_json": "{\"required\": [\"ok\"]}""#;
@@ -846,7 +838,7 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
         fs::read_to_string("/etc/hostname").is_ok(),
         "the target itself is readable"
     );
-    let listener = TextServer::start("loong-shell-page");
+    let listener = LocalHttp::text("loong-shell-page");
     let home = Home::with_config(&format!(
         "[builtins]\nread_roots = [{:?}]\nwrite_roots = [{:?}]\nworkspace = {:?}\ntimeout_ms = 1500\n",
         ro.display().to_string(),
@@ -1013,7 +1005,7 @@ fn builtin_tools_are_offered_only_as_granted() {
 
 #[test]
 fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() {
-    let page = TextServer::start("loong-fetched-page");
+    let page = LocalHttp::text("loong-fetched-page");
     let url = page.url();
     let input = serde_json::json!({ "url": url }).to_string();
 
@@ -1079,7 +1071,7 @@ fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() 
     let token = text(&out.stdout).trim().to_string();
     let (code, _, err) = invoke(&open, &["web.fetch", "--token", &token, "--input", &input]);
     assert_eq!(code, 0, "{err}");
-    let other = TextServer::start("never");
+    let other = LocalHttp::text("never");
     let other_input = serde_json::json!({ "url": other.url() }).to_string();
     let (code, _, err) = invoke(
         &open,

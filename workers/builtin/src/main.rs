@@ -5,7 +5,7 @@
 //! grants, is the boundary.
 
 use loong_ipc::{
-    CallOutput, FailureKind, PluginFailure, ToolInfo, WorkerRequest, WorkerResponse, WorkerStats,
+    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
 };
 use loong_worker_runtime::{internal, Final, Handler};
 
@@ -44,20 +44,14 @@ impl Handler for Worker {
                         spec.tool
                     )));
                 }
-                let tool = ToolInfo {
-                    name: spec.tool.clone(),
-                    description: String::new(),
-                };
+                let answer = loong_worker_runtime::one_tool(&spec.tool);
                 self.spec = Some(*spec);
-                WorkerResponse::Described(vec![tool])
+                answer
             }
             WorkerRequest::Invoke { plugin_id, input } => {
                 self.calls += 1;
                 let Some(spec) = self.spec.as_ref().filter(|s| s.tool == plugin_id) else {
-                    return Ok(WorkerResponse::Failed(PluginFailure::new(
-                        FailureKind::NotLoaded,
-                        format!("{plugin_id} is not configured in this worker"),
-                    )));
+                    return Ok(loong_worker_runtime::not_configured(&plugin_id));
                 };
                 let started = std::time::Instant::now();
                 match loong_worker_builtin::run(spec, &input) {

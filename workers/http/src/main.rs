@@ -13,8 +13,7 @@ use std::{
 };
 
 use loong_ipc::{
-    CallOutput, FailureKind, HttpSpec, PluginFailure, ToolInfo, WorkerRequest, WorkerResponse,
-    WorkerStats,
+    CallOutput, FailureKind, HttpSpec, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
 };
 use loong_worker_runtime::{internal, Handler};
 
@@ -46,20 +45,14 @@ impl Handler for Worker {
                 if let Err(e) = spec.check_bounds() {
                     return Ok(refused(e.to_string()));
                 }
-                let tool = ToolInfo {
-                    name: spec.plugin_id.clone(),
-                    description: String::new(),
-                };
+                let answer = loong_worker_runtime::one_tool(&spec.plugin_id);
                 self.spec = Some(*spec);
-                WorkerResponse::Described(vec![tool])
+                answer
             }
             WorkerRequest::Invoke { plugin_id, input } => {
                 self.calls += 1;
                 let Some(spec) = self.spec.as_ref().filter(|s| s.plugin_id == plugin_id) else {
-                    return Ok(WorkerResponse::Failed(PluginFailure::new(
-                        FailureKind::NotLoaded,
-                        format!("connector {plugin_id} is not configured in this worker"),
-                    )));
+                    return Ok(loong_worker_runtime::not_configured(&plugin_id));
                 };
                 // A socket that does not arrive is loongd's and this worker's problem, not
                 // the connector's: the worker is replaced.

@@ -259,3 +259,19 @@ impl Conn {
 pub fn internal(message: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, message)
 }
+
+/// The answer to configuring a worker that serves one tool, `name`.
+pub fn one_tool(name: &str) -> WorkerResponse {
+    WorkerResponse::Described(vec![loong_ipc::ToolInfo {
+        name: name.to_string(),
+        description: String::new(),
+    }])
+}
+
+/// The answer to a call for a tool this worker was not configured with.
+pub fn not_configured(name: &str) -> WorkerResponse {
+    WorkerResponse::Failed(loong_ipc::PluginFailure::new(
+        loong_ipc::FailureKind::NotLoaded,
+        format!("{name} is not configured in this worker"),
+    ))
+}
