@@ -16,6 +16,7 @@ pub mod client;
 pub mod connection;
 pub mod frame;
 pub mod message;
+pub mod package;
 pub mod paths;
 
 pub use frame::{FrameError, FrameLimit};

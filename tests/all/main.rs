@@ -12,6 +12,7 @@ mod daemon_lifecycle;
 mod keys;
 mod sandbox;
 mod sandbox_probes;
+mod supply_chain;
 mod support;
 mod tidy;
 mod workers;

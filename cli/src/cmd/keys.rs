@@ -64,11 +64,11 @@ pub enum KeysCommand {
     },
 }
 
-fn key_id(public: &[u8; 32]) -> String {
+pub(crate) fn key_id(public: &[u8; 32]) -> String {
     hex::encode(&Sha256::digest(public)[..8])
 }
 
-fn read_secret(path: &Path) -> Result<SigningKey, Failure> {
+pub(crate) fn read_secret(path: &Path) -> Result<SigningKey, Failure> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the private key {}", path.display()))?;
     let bytes = hex::decode(text.trim())

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use loong_ipc::{
     client::{ClientError, Event},
@@ -46,7 +46,7 @@ pub struct InvokeArgs {
 pub enum PluginsCommand {
     /// Every plugin in HOME/plugins with its state and any load error.
     List {
-        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools}).
+        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools, trust, signer}).
         #[arg(long)]
         json: bool,
     },
@@ -54,6 +54,14 @@ pub enum PluginsCommand {
     Reload {
         #[arg(long)]
         json: bool,
+    },
+    /// Sign a plugin package (a directory) with a private key: writes DIR/loong.plugin.sig,
+    /// a detached ed25519 signature over the digest of every file in it. Runs locally.
+    Sign {
+        dir: std::path::PathBuf,
+        /// The private key (from `loongctl keys generate`).
+        #[arg(long, value_name = "FILE")]
+        key: std::path::PathBuf,
     },
 }
 
@@ -189,11 +197,46 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
     }
 }
 
+/// `plugins sign`: the package digest, signed with the private key, next to the manifest.
+fn sign(dir: &std::path::Path, key: &std::path::Path) -> Result<u8, Failure> {
+    use ed25519_dalek::Signer;
+    use loong_ipc::package::{self, PackageSignature, PACKAGE_FORMAT, SIGNATURE_FILE};
+    let signing = super::keys::read_secret(key)?;
+    let digest = package::digest(dir).map_err(|e| usage(e.to_string()))?;
+    if digest.files.is_empty() {
+        return Err(usage(format!("{}: no files to sign", dir.display())));
+    }
+    let public = signing.verifying_key().to_bytes();
+    let sig = PackageSignature {
+        format: PACKAGE_FORMAT.into(),
+        key_id: super::keys::key_id(&public),
+        digest: digest.digest.clone(),
+        signature: hex::encode(signing.sign(&digest.message).to_bytes()),
+        files: digest
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect(),
+    };
+    let path = dir.join(SIGNATURE_FILE);
+    let text = serde_json::to_string_pretty(&sig).map_err(|e| anyhow!(e))?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "signed {} ({} files, digest {}) with key {} → {}",
+        dir.display(),
+        digest.files.len(),
+        digest.digest,
+        sig.key_id,
+        path.display()
+    );
+    Ok(exit::OK)
+}
+
 fn plugin_json(p: &PluginView) -> serde_json::Value {
     serde_json::json!({
         "id": p.id, "version": p.version, "summary": p.summary, "bridge_kind": p.bridge_kind,
         "state": p.state, "error": p.error, "sha256": p.sha256, "path": p.path,
-        "tools": p.tools,
+        "tools": p.tools, "trust": p.trust, "signer": p.signer,
     })
 }
 
@@ -201,6 +244,7 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
     let (req, json) = match cmd {
         PluginsCommand::List { json } => (ControlRequest::PluginList, json),
         PluginsCommand::Reload { json } => (ControlRequest::PluginReload, json),
+        PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
     };
     let ControlResponse::Plugins(ps) =
         crate::request_within(layout, req, Duration::from_secs(120))?
@@ -216,8 +260,8 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         for p in &ps {
             match &p.error {
                 None => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {}",
-                    p.id, p.version, p.bridge_kind, p.state, p.summary
+                    "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
+                    p.id, p.version, p.bridge_kind, p.state, p.trust, p.summary
                 ),
                 Some(e) => println!(
                     "{:<24} {:<10} {:<14} {:<7} {e}",

@@ -211,6 +211,11 @@ pub struct PluginView {
     pub path: String,
     /// The tools it offers (`PLUGIN_ID/TOOL` for an MCP server; its own id otherwise).
     pub tools: Vec<String>,
+    /// The effective trust tier: the lowest of what the manifest claims and what its
+    /// signature proves (`unverified` when unsigned).
+    pub trust: String,
+    /// The signing key (`ID (NAME)`), when the package is signed by a trust anchor.
+    pub signer: Option<String>,
 }
 
 /// A worker process as `loongctl workers list` shows it.

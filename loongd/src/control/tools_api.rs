@@ -305,7 +305,11 @@ pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
 pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
     let root = kernel.layout.home.join("plugins");
     let builtins = crate::workers::builtins::entries(&kernel.config.builtins);
-    let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root))
+    let keys = kernel.authority.keys.list().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading the keyring; every signed plugin will be refused");
+        Vec::new()
+    });
+    let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root, &keys))
         .await
         .unwrap_or_default();
     // A plugin directory named after a built-in tool failed discovery (and is audited as
@@ -355,6 +359,7 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
         let detail = match &outcome {
             Ok(info) => serde_json::json!({
                 "plugin": p.id, "version": p.version, "bridge_kind": p.bridge_kind,
+                "trust": p.trust.as_str(), "signer": p.signer,
                 "sha256": info.sha256,
                 "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             }),
@@ -467,13 +472,9 @@ pub(crate) async fn search(
         let State::Ready { info, .. } = &p.state else {
             continue;
         };
-        // Built-in tools are part of loongd; nothing proves a plugin's claim yet (plugins
-        // are not signed).
-        let trust = if p.bridge_kind == crate::workers::builtins::BUILTIN {
-            TrustTier::Official
-        } else {
-            TrustTier::Unverified
-        };
+        // Built-in tools are part of loongd; a plugin has what its signature proves, at
+        // most what it claims.
+        let trust = p.trust;
         if trust > floor {
             continue;
         }

@@ -132,6 +132,8 @@ fn described(d: &Def, state: State) -> Plugin {
         summary: d.summary.to_string(),
         dir: PathBuf::new(),
         bridge_kind: BUILTIN,
+        trust: loong_profiles::plugin::TrustTier::Official,
+        signer: None,
         catalog: Catalog {
             tags: d.tags.iter().map(|t| t.to_string()).collect(),
             input_examples: vec![d.example.to_string()],

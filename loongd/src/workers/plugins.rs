@@ -20,7 +20,11 @@ use std::{
 };
 
 use loong_ipc::{HttpSpec, PeerProtocol, PeerSpec, PluginView, WasmPlugin};
-use loong_profiles::plugin::{Bridge, Catalog, ForeignKind, PluginManifest, MANIFEST_FILE};
+use loong_profiles::plugin::{
+    Bridge, Catalog, ForeignKind, PluginManifest, TrustTier, MANIFEST_FILE,
+};
+
+use crate::authority::keys::{parse_public, TrustKey};
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
@@ -46,6 +50,10 @@ pub(crate) struct Plugin {
     pub bridge_kind: &'static str,
     /// What tool search shows (and `defer_loading`).
     pub catalog: Catalog,
+    /// The effective trust tier (see [`trust_of`]).
+    pub trust: TrustTier,
+    /// The key that signed the package: `ID (NAME)`.
+    pub signer: Option<String>,
     pub state: State,
 }
 
@@ -104,12 +112,97 @@ impl Plugin {
             sha256,
             path: self.dir.display().to_string(),
             tools: self.tool_names(),
+            trust: self.trust.as_str().into(),
+            signer: self.signer.clone(),
         }
     }
 }
 
-/// Reads every plugin directory under `root` (absent: no plugins), sorted by id.
-pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
+/// Checks a package's signature against the keyring. `Ok(None)`: unsigned. An error (the
+/// plugin is then refused) names what is wrong: a file changed after signing, an unknown or
+/// revoked key, a signature that does not verify.
+pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<TrustKey>, String> {
+    use loong_ipc::package::{self, PackageSignature, PACKAGE_FORMAT, SIGNATURE_FILE};
+    let sig_path = dir.join(SIGNATURE_FILE);
+    if !sig_path.exists() {
+        return Ok(None);
+    }
+    let shown = sig_path.display();
+    let text = std::fs::read(&sig_path).map_err(|e| format!("{shown}: {e}"))?;
+    if text.len() > 1024 * 1024 {
+        return Err(format!("{shown}: over 1 MiB"));
+    }
+    let sig: PackageSignature =
+        serde_json::from_slice(&text).map_err(|e| format!("{shown}: {e}"))?;
+    if sig.format != PACKAGE_FORMAT {
+        return Err(format!(
+            "{shown}: format {:?}, expected {PACKAGE_FORMAT:?}",
+            sig.format
+        ));
+    }
+    let now = package::digest(dir).map_err(|e| e.to_string())?;
+    if now.digest != sig.digest {
+        let changed = sig.changed_files(&now);
+        return Err(format!(
+            "{}: the package changed after it was signed ({}); refusing it",
+            dir.display(),
+            if changed.is_empty() {
+                "the signed file list does not match the signed digest".to_string()
+            } else {
+                changed.join(", ")
+            }
+        ));
+    }
+    let key = keys.iter().find(|k| k.id == sig.key_id).ok_or_else(|| {
+        format!(
+            "{shown}: signed by key {}, which is not in the keyring (`loongctl keys add`)",
+            sig.key_id
+        )
+    })?;
+    if key.revoked_ms.is_some() {
+        return Err(format!(
+            "{shown}: signed by key {} ({}), which is revoked{}; refusing it",
+            key.id,
+            key.name,
+            key.replaced_by
+                .as_ref()
+                .map(|r| format!(" (replaced by {r}: sign again with it)"))
+                .unwrap_or_default()
+        ));
+    }
+    let signature: [u8; 64] = hex::decode(&sig.signature)
+        .ok()
+        .and_then(|b| b.as_slice().try_into().ok())
+        .ok_or_else(|| format!("{shown}: the signature is not 128 hex digits"))?;
+    let public = parse_public(&key.public).map_err(|e| e.to_string())?;
+    let verifies = ed25519_dalek::VerifyingKey::from_bytes(&public).is_ok_and(|v| {
+        v.verify_strict(
+            &now.message,
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .is_ok()
+    });
+    if !verifies {
+        return Err(format!(
+            "{shown}: the signature does not verify under key {} ({}); refusing it",
+            key.id, key.name
+        ));
+    }
+    Ok(Some(key.clone()))
+}
+
+/// The effective trust tier: the lowest of what the manifest claims (no claim: no limit) and
+/// what the signature proves (unsigned: `unverified`).
+pub(crate) fn trust_of(claimed: Option<TrustTier>, signer: Option<&TrustKey>) -> TrustTier {
+    let proved = signer
+        .and_then(|k| k.tier.parse().ok())
+        .unwrap_or(TrustTier::Unverified);
+    proved.max(claimed.unwrap_or(TrustTier::Official))
+}
+
+/// Reads every plugin directory under `root` (absent: no plugins), sorted by id; each
+/// package's signature is checked against `keys`.
+pub(crate) fn discover(root: &Path, keys: &[TrustKey]) -> Vec<Plugin> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
@@ -132,6 +225,8 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
             dir: dir.clone(),
             bridge_kind: "unknown",
             catalog: Catalog::default(),
+            trust: TrustTier::Unverified,
+            signer: None,
             state: State::Failed(why),
         };
         let plugin = match PluginManifest::load_dir(&dir) {
@@ -146,9 +241,16 @@ pub(crate) fn discover(root: &Path) -> Vec<Plugin> {
                 dir.join(MANIFEST_FILE).display(),
                 m.plugin_id
             )),
-            Ok(m) => match ready(m) {
-                Ok(p) => p,
+            Ok(m) => match verify_package(&dir, keys) {
                 Err(why) => failed(why),
+                Ok(signer) => match ready(m) {
+                    Ok(mut p) => {
+                        p.trust = trust_of(p.catalog.claimed_trust, signer.as_ref());
+                        p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
+                        p
+                    }
+                    Err(why) => failed(why),
+                },
             },
         };
         out.push(plugin);
@@ -236,6 +338,8 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
         dir: m.path.parent().map(PathBuf::from).unwrap_or_default(),
         bridge_kind,
         catalog: m.catalog.clone(),
+        trust: TrustTier::Unverified,
+        signer: None,
         state: State::Ready {
             plugin: Loadable {
                 id: m.plugin_id,

@@ -1,0 +1,231 @@
+//! A plugin package's canonical digest: what a publisher signs (`loongctl plugins sign`) and
+//! loongd verifies at discovery. Both ends must compute it byte for byte alike, which is why
+//! it lives in the one crate they share.
+//!
+//! The signed message is a line naming the format, then one line per regular file of the
+//! package directory (recursively, the signature file excepted), sorted by path:
+//!
+//! ```text
+//! loong-plugin-package v1
+//! <sha256 hex>  <relative path>
+//! ```
+//!
+//! A symlink, a special file, a name that is not UTF-8 or holds a newline, or a package past
+//! the bounds below cannot be signed or verified: the error names it.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+/// The first line of the signed message.
+pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
+/// The detached signature's file name inside the package.
+pub const SIGNATURE_FILE: &str = "loong.plugin.sig";
+/// Bounds on a package.
+pub const MAX_PACKAGE_FILES: usize = 1024;
+pub const MAX_PACKAGE_BYTES: u64 = 256 * 1024 * 1024;
+pub const MAX_PACKAGE_DEPTH: usize = 8;
+
+/// One file of a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFile {
+    /// Relative to the package directory, `/`-separated.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A package's files and the message a signature covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageDigest {
+    pub files: Vec<PackageFile>,
+    /// The signed message (see the module docs).
+    pub message: Vec<u8>,
+    /// sha256 of `message`, hex: the package's identity in the lockfile and the audit trail.
+    pub digest: String,
+}
+
+/// Why a package could not be digested.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0}: a package may hold only regular files and directories (no symlinks or special files)"
+    )]
+    NotRegular(PathBuf),
+    #[error("{0}: a file name must be UTF-8 without newlines")]
+    BadName(PathBuf),
+    #[error("{0}: the package is over {MAX_PACKAGE_FILES} files, {MAX_PACKAGE_BYTES} bytes or {MAX_PACKAGE_DEPTH} levels")]
+    TooLarge(PathBuf),
+}
+
+/// Digests the package directory `dir`.
+pub fn digest(dir: &Path) -> Result<PackageDigest, PackageError> {
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    walk(dir, dir, 0, &mut files, &mut total)?;
+    files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mut message = format!("{PACKAGE_FORMAT}\n").into_bytes();
+    for f in &files {
+        message.extend_from_slice(format!("{}  {}\n", f.sha256, f.path).as_bytes());
+    }
+    let digest = hex(&Sha256::digest(&message));
+    Ok(PackageDigest {
+        files,
+        message,
+        digest,
+    })
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    files: &mut Vec<PackageFile>,
+    total: &mut u64,
+) -> Result<(), PackageError> {
+    if depth > MAX_PACKAGE_DEPTH {
+        return Err(PackageError::TooLarge(dir.to_path_buf()));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PackageError::Io { path, source }
+    };
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
+            walk(root, &path, depth + 1, files, total)?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(PackageError::NotRegular(path));
+        }
+        let rel = path
+            .strip_prefix(root)
+            .ok()
+            .and_then(|r| r.to_str())
+            .filter(|r| !r.contains('\n'))
+            .ok_or_else(|| PackageError::BadName(path.clone()))?
+            .to_string();
+        if rel == SIGNATURE_FILE {
+            continue;
+        }
+        if files.len() == MAX_PACKAGE_FILES {
+            return Err(PackageError::TooLarge(path));
+        }
+        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut bytes = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            *total += n as u64;
+            if *total > MAX_PACKAGE_BYTES {
+                return Err(PackageError::TooLarge(path));
+            }
+            hasher.update(&buf[..n]);
+        }
+        files.push(PackageFile {
+            path: rel,
+            sha256: hex(&hasher.finalize()),
+            bytes,
+        });
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A detached package signature (`loong.plugin.sig`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSignature {
+    /// [`PACKAGE_FORMAT`].
+    pub format: String,
+    /// The signing key's id (what `loongctl keys list` shows).
+    pub key_id: String,
+    /// The package digest signed, hex.
+    pub digest: String,
+    /// The ed25519 signature over the message, hex (128 digits).
+    pub signature: String,
+    /// The files signed, `[path, sha256]` (part of the signed message; kept here so that a
+    /// verifier can name the file that changed).
+    pub files: Vec<(String, String)>,
+}
+
+impl PackageSignature {
+    /// The files that differ between what was signed and `now`: changed, added or removed.
+    pub fn changed_files(&self, now: &PackageDigest) -> Vec<String> {
+        let signed: std::collections::BTreeMap<&str, &str> = self
+            .files
+            .iter()
+            .map(|(p, h)| (p.as_str(), h.as_str()))
+            .collect();
+        let current: std::collections::BTreeMap<&str, &str> = now
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256.as_str()))
+            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for (p, h) in &current {
+            match signed.get(p) {
+                Some(s) if s == h => {}
+                Some(_) => out.push(format!("{p} (changed)")),
+                None => out.push(format!("{p} (added)")),
+            }
+        }
+        for p in signed.keys().filter(|p| !current.contains_key(*p)) {
+            out.push(format!("{p} (removed)"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_covers_every_file_but_the_signature_in_a_fixed_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("sub")).expect("sub");
+        std::fs::write(dir.path().join("b.txt"), "b").expect("b");
+        std::fs::write(dir.path().join("sub/a.txt"), "a").expect("a");
+        let one = digest(dir.path()).expect("digest");
+        assert_eq!(
+            one.files
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>(),
+            ["b.txt", "sub/a.txt"]
+        );
+        assert!(one.message.starts_with(b"loong-plugin-package v1\n"));
+        // The signature file is not covered; any other change is.
+        std::fs::write(dir.path().join(SIGNATURE_FILE), "{}").expect("sig");
+        assert_eq!(digest(dir.path()).expect("digest").digest, one.digest);
+        std::fs::write(dir.path().join("sub/a.txt"), "A").expect("tamper");
+        assert_ne!(digest(dir.path()).expect("digest").digest, one.digest);
+        std::fs::write(dir.path().join("sub/a.txt"), "a").expect("restore");
+        std::fs::write(dir.path().join("c.txt"), "").expect("add");
+        assert_ne!(digest(dir.path()).expect("digest").digest, one.digest);
+        // A symlink cannot be signed.
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("link");
+        let err = digest(dir.path()).expect_err("symlink");
+        assert!(err.to_string().contains("link"), "{err}");
+    }
+}
