@@ -268,6 +268,68 @@ impl std::str::FromStr for TrustTier {
     }
 }
 
+/// How a plugin holds a runtime slot (public Loong's `slot_claims[].mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotMode {
+    /// No other plugin may claim the same slot and key.
+    Exclusive,
+    Shared,
+    Advisory,
+}
+
+/// One of public Loong's `slot_claims`: `{slot, key, mode}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotClaim {
+    pub slot: String,
+    pub key: String,
+    pub mode: SlotMode,
+}
+
+/// The most slot claims one manifest makes.
+pub const MAX_SLOT_CLAIMS: usize = 32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlot {
+    slot: String,
+    #[serde(default)]
+    key: String,
+    mode: String,
+}
+
+fn parse_slots(v: &Option<serde_json::Value>) -> Result<Vec<SlotClaim>, String> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let raw: Vec<RawSlot> = serde_json::from_value(v.clone())
+        .map_err(|e| format!("expected [{{\"slot\", \"key\", \"mode\"}}, …]: {e}"))?;
+    if raw.len() > MAX_SLOT_CLAIMS {
+        return Err(format!("at most {MAX_SLOT_CLAIMS} claims"));
+    }
+    raw.into_iter()
+        .map(|r| {
+            let mode = match r.mode.as_str() {
+                "exclusive" => SlotMode::Exclusive,
+                "shared" => SlotMode::Shared,
+                "advisory" => SlotMode::Advisory,
+                other => {
+                    return Err(format!(
+                        "mode {other:?}: expected exclusive, shared or advisory"
+                    ))
+                }
+            };
+            if r.slot.is_empty() || r.slot.len() > 128 || r.key.len() > 128 {
+                return Err("a slot is 1 to 128 bytes, a key at most 128".into());
+            }
+            Ok(SlotClaim {
+                slot: r.slot,
+                key: r.key,
+                mode,
+            })
+        })
+        .collect()
+}
+
 /// A plugin's searchable description.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
@@ -278,6 +340,8 @@ pub struct Catalog {
     pub claimed_trust: Option<TrustTier>,
     /// Not started at discovery, only at its first call.
     pub defer_loading: bool,
+    /// Runtime slots it claims.
+    pub slots: Vec<SlotClaim>,
 }
 
 /// Bounds on a catalog: tags, examples, and each one's length.
@@ -337,6 +401,7 @@ impl Catalog {
             output_examples: examples("output_examples", &raw.output_examples)?,
             claimed_trust,
             defer_loading,
+            slots: parse_slots(&raw.slot_claims).map_err(|m| ("slot_claims", m))?,
         })
     }
 }

@@ -181,3 +181,79 @@ fn signatures_prove_a_tier_and_tampering_or_revocation_refuses_the_package() {
         "{p}"
     );
 }
+
+/// Copies the echo example as plugin `id` with `slot_claims`.
+fn echo_as(home: &Home, id: &str, slots: serde_json::Value) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/echo");
+    let dst = home.path().join("plugins").join(id);
+    fs::create_dir_all(&dst).expect("dir");
+    fs::copy(src.join("plugin.wasm"), dst.join("plugin.wasm")).expect("module");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(src.join("loong.plugin.json")).expect("manifest"))
+            .expect("JSON");
+    m["plugin_id"] = serde_json::Value::String(id.into());
+    m["slot_claims"] = slots;
+    fs::write(dst.join("loong.plugin.json"), m.to_string()).expect("manifest");
+}
+
+#[test]
+fn an_exclusive_slot_goes_to_one_plugin_and_the_refusal_names_both() {
+    let home = Home::new();
+    let claim =
+        |mode: &str| serde_json::json!([{"slot": "channel.telegram", "key": "main", "mode": mode}]);
+    // Written in reverse order: the outcome follows the ids, not the directory order.
+    echo_as(&home, "zulu", claim("exclusive"));
+    echo_as(&home, "alpha", claim("exclusive"));
+    echo_as(&home, "mike", claim("shared"));
+    echo_as(
+        &home,
+        "bravo",
+        serde_json::json!([{"slot": "memory", "key": "", "mode": "shared"}]),
+    );
+    echo_as(
+        &home,
+        "charlie",
+        serde_json::json!([{"slot": "memory", "key": "", "mode": "shared"}]),
+    );
+    home.start();
+    for _ in 0..2 {
+        let states: Vec<(String, String)> = plugins(&home)
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap_or_default().to_string(),
+                    p["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let state = |id: &str| {
+            states
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(state("alpha"), "ready", "{states:?}");
+        // Two shared claims on another slot coexist (the positive control).
+        assert_eq!(
+            (state("bravo"), state("charlie")),
+            ("ready".into(), "ready".into())
+        );
+        for loser in ["mike", "zulu"] {
+            assert_eq!(state(loser), "failed", "{states:?}");
+            let error = view(&home, loser)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                error.contains("alpha")
+                    && error.contains(loser)
+                    && error.contains("channel.telegram"),
+                "{loser}: {error}"
+            );
+        }
+        reload(&home);
+    }
+    let (code, _, err) = invoke(&home, &["alpha", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+}

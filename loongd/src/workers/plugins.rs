@@ -255,7 +255,42 @@ pub(crate) fn discover(root: &Path, keys: &[TrustKey]) -> Vec<Plugin> {
         };
         out.push(plugin);
     }
+    refuse_slot_conflicts(&mut out);
     out
+}
+
+/// Two ready plugins may not hold the same slot and key when either claims it exclusively:
+/// the first by id keeps it, the later one is refused with a reason naming both. The order
+/// is the plugins' ids, so the outcome does not depend on timing or directory order.
+pub(crate) fn refuse_slot_conflicts(plugins: &mut [Plugin]) {
+    use loong_profiles::plugin::SlotMode;
+    let mut held: BTreeMap<(String, String), (String, SlotMode)> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..plugins.len()).collect();
+    order.sort_by(|a, b| plugins[*a].id.cmp(&plugins[*b].id));
+    for i in order {
+        let p = &plugins[i];
+        if !matches!(p.state, State::Ready { .. }) {
+            continue;
+        }
+        let conflict = p.catalog.slots.iter().find_map(|c| {
+            let (holder, mode) = held.get(&(c.slot.clone(), c.key.clone()))?;
+            (c.mode == SlotMode::Exclusive || *mode == SlotMode::Exclusive).then(|| {
+                format!(
+                    "slot {:?} (key {:?}) is claimed by {holder} and {}, and at least one claim is exclusive; {} keeps it (first by id), {} is refused",
+                    c.slot, c.key, p.id, holder, p.id
+                )
+            })
+        });
+        match conflict {
+            Some(why) => plugins[i].state = State::Failed(why),
+            None => {
+                for c in &p.catalog.slots {
+                    held.entry((c.slot.clone(), c.key.clone()))
+                        .or_insert((p.id.clone(), c.mode));
+                }
+            }
+        }
+    }
 }
 
 fn ready(m: PluginManifest) -> Result<Plugin, String> {
