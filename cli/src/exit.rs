@@ -16,6 +16,8 @@ pub const APPROVAL_PENDING: u8 = 5;
 pub const SANDBOX_UNAVAILABLE: u8 = 6;
 /// The worker running the request failed.
 pub const WORKER_FAILED: u8 = 7;
+/// A verification found a difference (installed plugins drifted from the lockfile).
+pub const VERIFY_FAILED: u8 = 8;
 
 /// The text of `--help` that lists the codes.
 pub const HELP: &str = "Exit codes:
@@ -26,4 +28,5 @@ pub const HELP: &str = "Exit codes:
   4  denied by policy
   5  approval pending or expired
   6  sandbox unavailable
-  7  worker failed";
+  7  worker failed
+  8  verification failed (lock drift)";

@@ -24,7 +24,7 @@ pub use message::{
     control::{
         ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest,
         ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
-        KeyView, MechanismReport, PackView, PluginView, SandboxExit, SandboxRunRequest,
+        KeyView, LockCheck, MechanismReport, PackView, PluginView, SandboxExit, SandboxRunRequest,
         StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest, WorkerView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},

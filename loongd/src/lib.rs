@@ -58,6 +58,8 @@ pub struct Kernel {
     workers: Arc<workers::Supervisor>,
     /// Discovered plugins, replaced whole by a reload.
     plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
+    /// Held by whatever changes the plugin set (reload, install, enable, …), one at a time.
+    plugin_ops: tokio::sync::Mutex<()>,
 }
 
 impl Kernel {
@@ -79,6 +81,7 @@ impl Kernel {
         Kernel {
             workers,
             plugins: std::sync::RwLock::default(),
+            plugin_ops: tokio::sync::Mutex::new(()),
             spawner,
             audit,
             authority,

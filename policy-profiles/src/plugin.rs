@@ -330,6 +330,27 @@ fn parse_slots(v: &Option<serde_json::Value>) -> Result<Vec<SlotClaim>, String> 
         .collect()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    tool: Option<String>,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+}
+
+fn parse_probe(text: Option<&String>) -> Result<Option<(Option<String>, String)>, String> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let p: RawProbe = serde_json::from_str(text)
+        .map_err(|e| format!("expected {{\"tool\": NAME, \"input\": JSON}}: {e}"))?;
+    let input = p.input.unwrap_or_else(|| serde_json::json!({})).to_string();
+    if input.len() > MAX_EXAMPLE_BYTES {
+        return Err(format!("the input is over {MAX_EXAMPLE_BYTES} bytes"));
+    }
+    Ok(Some((p.tool, input)))
+}
+
 /// A plugin's searchable description.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
@@ -342,6 +363,10 @@ pub struct Catalog {
     pub defer_loading: bool,
     /// Runtime slots it claims.
     pub slots: Vec<SlotClaim>,
+    /// The probe call an install or upgrade makes before traffic moves to the new version
+    /// (`metadata.health_check_json`: `{"tool": NAME?, "input": JSON}`): the tool (`None`:
+    /// the plugin's own) and the input as JSON text.
+    pub probe: Option<(Option<String>, String)>,
 }
 
 /// Bounds on a catalog: tags, examples, and each one's length.
@@ -402,6 +427,8 @@ impl Catalog {
             claimed_trust,
             defer_loading,
             slots: parse_slots(&raw.slot_claims).map_err(|m| ("slot_claims", m))?,
+            probe: parse_probe(raw.metadata.get("health_check_json"))
+                .map_err(|m| ("metadata.health_check_json", m))?,
         })
     }
 }

@@ -257,3 +257,246 @@ fn an_exclusive_slot_goes_to_one_plugin_and_the_refusal_names_both() {
     let (code, _, err) = invoke(&home, &["alpha", "--input", "{}"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Writes a WASM plugin package `id` at `version` into `dir` (outside any home): `module` is
+/// the compiled module, `probe` the manifest's health check.
+fn wasm_package(dir: &Path, id: &str, version: &str, module: &[u8], probe: Option<&str>) {
+    fs::create_dir_all(dir).expect("package dir");
+    fs::write(dir.join("plugin.wasm"), module).expect("module");
+    let mut metadata = serde_json::json!({"bridge_kind": "wasm", "component": "plugin.wasm"});
+    if let Some(p) = probe {
+        metadata["health_check_json"] = serde_json::Value::String(p.into());
+    }
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": id, "version": version,
+        "summary": format!("{id} {version}"), "metadata": metadata,
+        "sandbox": {"tier": "restricted", "timeout_ms": 2000},
+    });
+    fs::write(dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+}
+
+fn example_module(name: &str) -> Vec<u8> {
+    fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/plugins")
+            .join(name)
+            .join("plugin.wasm"),
+    )
+    .expect("example module")
+}
+
+fn ctl_ok(home: &Home, args: &[&str]) -> String {
+    let out = home.ctl(args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn upgrades_switch_without_losing_a_call_and_a_failed_one_rolls_back() {
+    use loong_ipc::{
+        client::{Client, ConnectOptions},
+        ControlRequest, ControlResponse, InvokeRequest, PeerKind,
+    };
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    let pkgs = tempfile::Builder::new()
+        .prefix("lk")
+        .tempdir_in("/tmp")
+        .expect("packages");
+    let probe = Some(r#"{"input": {"probe": true}}"#);
+    let v1 = pkgs.path().join("v1");
+    let v2 = pkgs.path().join("v2");
+    let v3 = pkgs.path().join("v3");
+    wasm_package(&v1, "greeter", "0.1.0", &example_module("echo"), probe);
+    wasm_package(
+        &v2,
+        "greeter",
+        "0.2.0",
+        &example_module("json-transform"),
+        probe,
+    );
+    let aborts = wat::parse_str(crate::workers::module(
+        r#"(func (export "run") (call $abort (i32.const 3)))"#,
+    ))
+    .expect("WAT");
+    wasm_package(&v3, "greeter", "0.3.0", &aborts, probe);
+
+    let home = Home::new();
+    home.start();
+    ctl_ok(&home, &["plugins", "install", &v1.display().to_string()]);
+    let greeter = view(&home, "greeter");
+    assert_eq!(greeter["state"], "ready", "{greeter}");
+    assert_eq!(greeter["version"], "0.1.0");
+    assert_eq!(
+        greeter["lock_digest"].as_str().map(str::len),
+        Some(64),
+        "{greeter}"
+    );
+
+    // A steady load of calls through the whole sequence.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let socket = home.socket();
+            std::thread::spawn(move || {
+                let opts = ConnectOptions {
+                    peer_kind: PeerKind::Operator,
+                    build: "test".into(),
+                    timeout: std::time::Duration::from_secs(5),
+                };
+                let mut c = Client::connect(&socket, &opts).expect("connect");
+                while !stop.load(Ordering::SeqCst) {
+                    let r: Result<ControlResponse, _> = c.call(
+                        ControlRequest::Invoke(InvokeRequest {
+                            tool: "greeter".into(),
+                            input: r#"{"n": 1}"#.into(),
+                            token: None,
+                        }),
+                        std::time::Duration::from_secs(60),
+                    );
+                    match r {
+                        Ok(ControlResponse::Invoked(_)) => ok.fetch_add(1, Ordering::SeqCst),
+                        other => {
+                            eprintln!("a call failed: {other:?}");
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    ctl_ok(&home, &["plugins", "upgrade", &v2.display().to_string()]);
+    let (code, out, err) = invoke(&home, &["greeter", "--input", r#"{"n": 2}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("json-transform"),
+        "the new version serves: {out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // The next version aborts on its probe: refused, the running one keeps serving.
+    let out = home.ctl(&["plugins", "upgrade", &v3.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("health check") && err.contains("0.2.0 keeps serving"),
+        "{err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().expect("load thread");
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "a call failed during the upgrades"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "{} calls",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_eq!(view(&home, "greeter")["version"], "0.2.0");
+    let installed = records(&home, "plugin.installed");
+    assert_eq!(installed.len(), 2, "{installed:?}");
+    let rolled: Vec<serde_json::Value> = records(&home, "plugin.rolled_back")
+        .iter()
+        .map(crate::workers::detail)
+        .collect();
+    assert!(
+        rolled.len() == 1 && rolled[0]["version"] == "0.3.0" && rolled[0]["serving"] == "0.2.0",
+        "{rolled:?}"
+    );
+    assert!(
+        !home
+            .path()
+            .join("plugins")
+            .read_dir()
+            .expect("plugins")
+            .any(|e| e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".staging")),
+        "a failed upgrade leaves no staging copy"
+    );
+
+    // The lock: clean, then drift after a change behind loongd's back.
+    let out = home.ctl(&["plugins", "verify", "--lock"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    fs::write(
+        home.path().join("plugins/greeter/plugin.wasm"),
+        b"\0asm\x01\0\0\0",
+    )
+    .expect("tamper");
+    let out = home.ctl(&["plugins", "verify", "--lock"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("plugin.wasm (changed)"),
+        "{}",
+        text(&out.stdout)
+    );
+    reload(&home);
+    let p = view(&home, "greeter");
+    assert!(
+        p["state"] == "failed" && p["error"].as_str().is_some_and(|e| e.contains("lock")),
+        "{p}"
+    );
+}
+
+#[test]
+fn an_unverified_native_bridge_is_installed_disabled_until_an_operator_enables_it() {
+    let pkgs = tempfile::Builder::new()
+        .prefix("ln")
+        .tempdir_in("/tmp")
+        .expect("packages");
+    let pkg = pkgs.path().join("lines");
+    fs::create_dir_all(&pkg).expect("pkg");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "lines", "version": "0.1.0",
+        "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat"},
+        "sandbox": {"timeout_ms": 2000},
+    });
+    fs::write(pkg.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    let home = Home::new();
+    home.start();
+    ctl_ok(&home, &["plugins", "install", &pkg.display().to_string()]);
+    let p = view(&home, "lines");
+    assert_eq!(p["state"], "disabled", "{p}");
+    assert!(
+        records(&home, "worker.spawned").is_empty(),
+        "nothing runs before enable"
+    );
+    let (code, _, err) = invoke(&home, &["lines", "--input", "{}"]);
+    assert!(code == 2 && err.contains("disabled"), "{err}");
+
+    ctl_ok(&home, &["plugins", "enable", "lines"]);
+    assert_eq!(view(&home, "lines")["state"], "ready");
+    let enabled = records(&home, "plugin.enabled");
+    assert!(
+        enabled.len() == 1
+            && enabled[0]["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("uid:")),
+        "{enabled:?}"
+    );
+    // `cat` echoes the request frame, which answers it: its id and its payload.
+    let (code, out, err) = invoke(&home, &["lines", "--input", r#"{"cat": 1}"#]);
+    assert_eq!((code, out.trim()), (0, r#"{"cat":1}"#), "{err}");
+
+    ctl_ok(&home, &["plugins", "disable", "lines"]);
+    assert_eq!(view(&home, "lines")["state"], "disabled");
+    ctl_ok(&home, &["plugins", "remove", "lines"]);
+    assert!(!plugins(&home).iter().any(|p| p["id"] == "lines"));
+    assert!(!home.path().join("plugins/lines").exists());
+    for kind in ["plugin.installed", "plugin.disabled", "plugin.removed"] {
+        assert_eq!(records(&home, kind).len(), 1, "{kind}");
+    }
+}

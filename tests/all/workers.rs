@@ -54,7 +54,7 @@ const IMPORTS: &str = r#"
   (import "loong" "abort" (func $abort (param i32)))
 "#;
 
-fn module(body: &str) -> String {
+pub(crate) fn module(body: &str) -> String {
     format!("(module {IMPORTS} (memory (export \"memory\") 1) {body})")
 }
 

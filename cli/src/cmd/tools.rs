@@ -55,6 +55,34 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Install a plugin package (a directory): checked, loaded and probed before it serves;
+    /// an unverified package whose bridge runs native code is installed disabled.
+    Install {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade an installed plugin from a package directory; on a failed check or health
+    /// probe the running version keeps serving (rolled back, audited).
+    Upgrade {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable an installed plugin (audited).
+    Enable { id: String },
+    /// Disable an installed plugin; calls running on it finish (audited).
+    Disable { id: String },
+    /// Remove an installed plugin and its lock entry (audited).
+    Remove { id: String },
+    /// Check installed plugins: `--lock` re-hashes every package against the lockfile and
+    /// reports drift (exit 8 when there is any).
+    Verify {
+        #[arg(long, required = true)]
+        lock: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Sign a plugin package (a directory) with a private key: writes DIR/loong.plugin.sig,
     /// a detached ed25519 signature over the digest of every file in it. Runs locally.
     Sign {
@@ -197,6 +225,57 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
     }
 }
 
+fn install_request(dir: &std::path::Path, upgrade_only: bool) -> Result<ControlRequest, Failure> {
+    let abs = std::fs::canonicalize(dir)
+        .with_context(|| format!("{}: the package directory", dir.display()))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    Ok(ControlRequest::PluginInstall {
+        path: abs.display().to_string(),
+        upgrade_only,
+    })
+}
+
+/// `plugins verify --lock`.
+fn verify_lock(layout: &Layout, json: bool) -> Result<u8, Failure> {
+    let ControlResponse::LockReport(checks) = crate::request_within(
+        layout,
+        ControlRequest::PluginVerifyLock,
+        Duration::from_secs(120),
+    )?
+    else {
+        return Err(anyhow!("unexpected answer to plugins verify").into());
+    };
+    let drifted = checks.iter().filter(|c| !c.drift.is_empty()).count();
+    if json {
+        let all: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|c| {
+                serde_json::json!({"id": c.id, "version": c.version, "locked": c.locked,
+                    "drift": c.drift})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        for c in &checks {
+            if c.drift.is_empty() {
+                println!("{:<24} {:<10} ok      {}", c.id, c.version, c.locked);
+            } else {
+                println!(
+                    "{:<24} {:<10} DRIFT   {}",
+                    c.id,
+                    c.version,
+                    c.drift.join(", ")
+                );
+            }
+        }
+    }
+    Ok(if drifted > 0 {
+        exit::VERIFY_FAILED
+    } else {
+        exit::OK
+    })
+}
+
 /// `plugins sign`: the package digest, signed with the private key, next to the manifest.
 fn sign(dir: &std::path::Path, key: &std::path::Path) -> Result<u8, Failure> {
     use ed25519_dalek::Signer;
@@ -236,7 +315,7 @@ fn plugin_json(p: &PluginView) -> serde_json::Value {
     serde_json::json!({
         "id": p.id, "version": p.version, "summary": p.summary, "bridge_kind": p.bridge_kind,
         "state": p.state, "error": p.error, "sha256": p.sha256, "path": p.path,
-        "tools": p.tools, "trust": p.trust, "signer": p.signer,
+        "tools": p.tools, "trust": p.trust, "signer": p.signer, "lock_digest": p.lock_digest,
     })
 }
 
@@ -245,6 +324,12 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         PluginsCommand::List { json } => (ControlRequest::PluginList, json),
         PluginsCommand::Reload { json } => (ControlRequest::PluginReload, json),
         PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
+        PluginsCommand::Install { dir, json } => (install_request(&dir, false)?, json),
+        PluginsCommand::Upgrade { dir, json } => (install_request(&dir, true)?, json),
+        PluginsCommand::Enable { id } => (ControlRequest::PluginEnable { id }, false),
+        PluginsCommand::Disable { id } => (ControlRequest::PluginDisable { id }, false),
+        PluginsCommand::Remove { id } => (ControlRequest::PluginRemove { id }, false),
+        PluginsCommand::Verify { lock: _, json } => return verify_lock(layout, json),
     };
     let ControlResponse::Plugins(ps) =
         crate::request_within(layout, req, Duration::from_secs(120))?

@@ -45,9 +45,13 @@ pub enum ControlRequest {
     AuditVerify,
     /// Records counted per group (`kind`, `pack`, `agent`, `token`); answered by
     /// [`ControlResponse::AuditSummary`].
-    AuditSummary { group_by: String },
+    AuditSummary {
+        group_by: String,
+    },
     /// Every record about one capability token; answered by [`ControlResponse::AuditRecords`].
-    AuditTokenTrail { token: String },
+    AuditTokenTrail {
+        token: String,
+    },
     /// Issue a capability token; answered by [`ControlResponse::Tokens`] (the new one).
     TokenIssue {
         pack: String,
@@ -59,10 +63,14 @@ pub enum ControlRequest {
     /// Every token; answered by [`ControlResponse::Tokens`].
     TokenList,
     /// Revoke one token; answered by [`ControlResponse::Revoked`].
-    TokenRevoke { id: String },
+    TokenRevoke {
+        id: String,
+    },
     /// Revoke every token of a pack by bumping its generation; answered by
     /// [`ControlResponse::Revoked`].
-    TokenRevokeGeneration { pack: String },
+    TokenRevokeGeneration {
+        pack: String,
+    },
     /// Every pack; answered by [`ControlResponse::Packs`].
     PackList,
     /// Add a trust anchor (an ed25519 public key, 64 hex digits); answered by
@@ -75,7 +83,9 @@ pub enum ControlRequest {
     /// Every trust anchor; answered by [`ControlResponse::Keys`].
     KeyList,
     /// Revoke a trust anchor; answered by [`ControlResponse::Keys`].
-    KeyRevoke { id: String },
+    KeyRevoke {
+        id: String,
+    },
     /// Replace a key by a new one it signed; answered by [`ControlResponse::Keys`] (the new key).
     KeyRotate {
         old_id: String,
@@ -110,10 +120,45 @@ pub enum ControlRequest {
     WorkerList,
     /// Kill one worker (its call in flight fails; it is replaced); answered by
     /// [`ControlResponse::Workers`] (the killed one).
-    WorkerKill { id: u64 },
+    WorkerKill {
+        id: u64,
+    },
     /// Search the tools (active and deferred plugins); answered by
     /// [`ControlResponse::ToolHits`]. Audited.
     ToolSearch(ToolSearchRequest),
+    /// Install a plugin package from a directory on loongd's host, or upgrade the installed
+    /// plugin of the same id (with a health check, rolled back on failure); answered by
+    /// [`ControlResponse::Plugins`] (the plugin as installed). Audited.
+    PluginInstall {
+        path: String,
+        upgrade_only: bool,
+    },
+    /// Enable, disable or remove an installed plugin; answered by
+    /// [`ControlResponse::Plugins`]. Audited.
+    PluginEnable {
+        id: String,
+    },
+    PluginDisable {
+        id: String,
+    },
+    PluginRemove {
+        id: String,
+    },
+    /// Re-hash every installed plugin against the lockfile; answered by
+    /// [`ControlResponse::LockReport`].
+    PluginVerifyLock,
+}
+
+/// One installed plugin checked against its lock entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LockCheck {
+    pub id: String,
+    pub version: String,
+    /// The digest in the lockfile.
+    pub locked: String,
+    /// What differs: files changed, added or removed, or the package missing (empty: none).
+    pub drift: Vec<String>,
 }
 
 /// Bound on a search query.
@@ -216,6 +261,8 @@ pub struct PluginView {
     pub trust: String,
     /// The signing key (`ID (NAME)`), when the package is signed by a trust anchor.
     pub signer: Option<String>,
+    /// The package digest in the lockfile, for an installed plugin.
+    pub lock_digest: Option<String>,
 }
 
 /// A worker process as `loongctl workers list` shows it.
@@ -442,6 +489,8 @@ pub enum ControlResponse {
     Workers(Vec<WorkerView>),
     /// Tools found, best first.
     ToolHits(Vec<ToolHit>),
+    /// The installed plugins against the lockfile.
+    LockReport(Vec<LockCheck>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

@@ -99,11 +99,19 @@ pub enum Kind {
     PluginRefused,
     /// A tool search (the query, the trust filter and what was found).
     ToolSearched,
+    /// A plugin package installed or upgraded (version, digest, trust, signer, enabled).
+    PluginInstalled,
+    /// An upgrade or install that failed its checks; the previous version kept serving.
+    PluginRolledBack,
+    /// An operator enabled, disabled or removed an installed plugin.
+    PluginEnabled,
+    PluginDisabled,
+    PluginRemoved,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 28] = [
+    pub const ALL: [Kind; 33] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::SandboxSpawned,
@@ -132,6 +140,11 @@ impl Kind {
         Kind::PluginLoaded,
         Kind::PluginRefused,
         Kind::ToolSearched,
+        Kind::PluginInstalled,
+        Kind::PluginRolledBack,
+        Kind::PluginEnabled,
+        Kind::PluginDisabled,
+        Kind::PluginRemoved,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -165,6 +178,11 @@ impl Kind {
             Kind::PluginLoaded => "plugin.loaded",
             Kind::PluginRefused => "plugin.refused",
             Kind::ToolSearched => "tool.searched",
+            Kind::PluginInstalled => "plugin.installed",
+            Kind::PluginRolledBack => "plugin.rolled_back",
+            Kind::PluginEnabled => "plugin.enabled",
+            Kind::PluginDisabled => "plugin.disabled",
+            Kind::PluginRemoved => "plugin.removed",
         }
     }
 
@@ -496,6 +514,7 @@ mod tests {
             "control/connection.rs",
             "control/authority_api.rs",
             "control/tools_api.rs",
+            "control/plugins_api.rs",
             "workers/mod.rs",
         ] {
             text.push_str(&std::fs::read_to_string(src.join(f)).expect("source"));

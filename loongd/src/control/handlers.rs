@@ -84,6 +84,19 @@ pub(crate) async fn handle(
         ControlRequest::WorkerList => Ok(super::tools_api::workers(kernel)),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
         ControlRequest::ToolSearch(req) => super::tools_api::search(kernel, cred, &io, req).await,
+        ControlRequest::PluginInstall { path, upgrade_only } => {
+            super::plugins_api::install(kernel, cred, &io, path, upgrade_only).await
+        }
+        ControlRequest::PluginEnable { id } => {
+            super::plugins_api::set_enabled(kernel, cred, &io, id, true).await
+        }
+        ControlRequest::PluginDisable { id } => {
+            super::plugins_api::set_enabled(kernel, cred, &io, id, false).await
+        }
+        ControlRequest::PluginRemove { id } => {
+            super::plugins_api::remove(kernel, cred, &io, id).await
+        }
+        ControlRequest::PluginVerifyLock => super::plugins_api::verify_lock(kernel).await,
     }
 }
 

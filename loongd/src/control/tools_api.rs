@@ -82,6 +82,9 @@ pub(crate) async fn invoke(
                 plugin.id
             )))
         }
+        State::Disabled(why) => {
+            return Err(bad(format!("plugin {} is disabled: {why}", plugin.id)))
+        }
     };
     // A built-in tool is decided on the effect it has (the path it reads or writes, the
     // command it runs); any other tool on `tool.invoke` of its name.
@@ -303,13 +306,23 @@ pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
 /// `plugins reload`. The previous set's own pools (foreign programs) are stopped once the
 /// new set is in place.
 pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
+    let _ops = kernel.plugin_ops.lock().await;
+    reload_locked(kernel).await
+}
+
+/// [`reload`], for a caller that holds `plugin_ops`.
+pub(crate) async fn reload_locked(kernel: &Kernel) -> ControlResponse {
     let root = kernel.layout.home.join("plugins");
+    let lock = crate::workers::lock::read(&kernel.layout.home).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading the lockfile; installed plugins are checked against nothing");
+        Default::default()
+    });
     let builtins = crate::workers::builtins::entries(&kernel.config.builtins);
     let keys = kernel.authority.keys.list().unwrap_or_else(|e| {
         tracing::error!(error = %e, "reading the keyring; every signed plugin will be refused");
         Vec::new()
     });
-    let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root, &keys))
+    let mut found = tokio::task::spawn_blocking(move || plugins::discover(&root, &keys, &lock))
         .await
         .unwrap_or_default();
     // A plugin directory named after a built-in tool failed discovery (and is audited as
@@ -317,6 +330,7 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
     found.extend(builtins);
     for p in &mut found {
         let outcome = match &mut p.state {
+            State::Disabled(_) => continue,
             State::Failed(why) => Err(why.clone()),
             State::Ready {
                 plugin, kind, pool, ..
@@ -385,8 +399,9 @@ pub(crate) async fn reload(kernel: &Kernel) -> ControlResponse {
     }
     let registry: plugins::Registry = found.into_iter().map(|p| (p.id.clone(), p)).collect();
     let old = kernel.set_plugins(registry);
+    // The calls the previous set's own pools are running finish first.
     for pool in own_pools(&old, kernel) {
-        pool.shutdown();
+        tokio::spawn(pool.drain_then_shutdown());
     }
     list(kernel)
 }

@@ -134,6 +134,7 @@ fn described(d: &Def, state: State) -> Plugin {
         bridge_kind: BUILTIN,
         trust: loong_profiles::plugin::TrustTier::Official,
         signer: None,
+        lock_digest: None,
         catalog: Catalog {
             tags: d.tags.iter().map(|t| t.to_string()).collect(),
             input_examples: vec![d.example.to_string()],

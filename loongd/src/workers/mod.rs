@@ -15,6 +15,7 @@
 //!   the socket); a worker remembers the plugin generations it has loaded.
 
 pub(crate) mod builtins;
+pub(crate) mod lock;
 pub(crate) mod net;
 pub(crate) mod plugins;
 
@@ -88,6 +89,8 @@ pub const RESTART_BACKOFF: (Duration, Duration) =
 pub const RESTART_ATTEMPTS: u32 = 6;
 /// Bytes of a worker's stderr kept for the log.
 pub const MAX_WORKER_STDERR_BYTES: usize = 16 * 1024;
+/// How long a replaced pool may finish the calls it runs before it is stopped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest frame write may take this long before the worker counts as stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -916,6 +919,15 @@ impl Supervisor {
             let _ = e.killer.kill();
         }
         Some(view)
+    }
+
+    /// Waits (at most [`DRAIN_TIMEOUT`]) for the calls in flight to finish, then stops the
+    /// pool: what an upgrade or a reload does to the pool it replaced, so that no call that
+    /// already started is cut off.
+    pub(crate) async fn drain_then_shutdown(self: Arc<Self>) {
+        let all = u32::try_from(self.pool_size).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all)).await;
+        self.shutdown();
     }
 
     /// Kills every worker (loongd is stopping; nothing more is audited about them).

@@ -54,6 +54,8 @@ pub(crate) struct Plugin {
     pub trust: TrustTier,
     /// The key that signed the package: `ID (NAME)`.
     pub signer: Option<String>,
+    /// The package digest its lock entry records, for an installed plugin.
+    pub lock_digest: Option<String>,
     pub state: State,
 }
 
@@ -70,6 +72,9 @@ pub(crate) enum State {
     },
     /// Not runnable, and why.
     Failed(String),
+    /// Installed and checked, but not enabled by the operator (an unverified plugin whose
+    /// bridge runs native code, or one an operator disabled).
+    Disabled(String),
 }
 
 impl Plugin {
@@ -87,7 +92,7 @@ impl Plugin {
                 .map(|t| format!("{}/{}", self.id, t.name))
                 .collect(),
             State::Ready { .. } => vec![self.id.clone()],
-            State::Failed(_) => Vec::new(),
+            State::Failed(_) | State::Disabled(_) => Vec::new(),
         }
     }
 
@@ -101,6 +106,7 @@ impl Plugin {
             State::Ready { .. } if self.deferred() => ("deferred", None, None),
             State::Ready { info, .. } => ("ready", None, info.sha256.clone()),
             State::Failed(why) => ("failed", Some(why.clone()), None),
+            State::Disabled(why) => ("disabled", Some(why.clone()), None),
         };
         PluginView {
             id: self.id.clone(),
@@ -114,6 +120,7 @@ impl Plugin {
             tools: self.tool_names(),
             trust: self.trust.as_str().into(),
             signer: self.signer.clone(),
+            lock_digest: self.lock_digest.clone(),
         }
     }
 }
@@ -200,9 +207,83 @@ pub(crate) fn trust_of(claimed: Option<TrustTier>, signer: Option<&TrustKey>) ->
     proved.max(claimed.unwrap_or(TrustTier::Official))
 }
 
-/// Reads every plugin directory under `root` (absent: no plugins), sorted by id; each
-/// package's signature is checked against `keys`.
-pub(crate) fn discover(root: &Path, keys: &[TrustKey]) -> Vec<Plugin> {
+/// Whether a plugin bridge runs native code (a foreign program): such a plugin is never
+/// enabled automatically unless its signature proves a tier above `unverified`.
+pub(crate) fn runs_native_code(bridge_kind: &str) -> bool {
+    bridge_kind == ForeignKind::ProcessStdio.as_str()
+        || bridge_kind == ForeignKind::McpStdio.as_str()
+}
+
+/// Reads one package directory: manifest, signature, lock entry.
+pub(crate) fn read_package(
+    dir: &Path,
+    name: &str,
+    keys: &[TrustKey],
+    lock: &super::lock::Lock,
+) -> Plugin {
+    let failed = |why: String| Plugin {
+        id: name.to_string(),
+        version: String::new(),
+        summary: String::new(),
+        dir: dir.to_path_buf(),
+        bridge_kind: "unknown",
+        catalog: Catalog::default(),
+        trust: TrustTier::Unverified,
+        signer: None,
+        lock_digest: lock.get(name).map(|e| e.digest.clone()),
+        state: State::Failed(why),
+    };
+    let m = match PluginManifest::load_dir(dir) {
+        Err(e) => return failed(e.to_string()),
+        Ok(m) => m,
+    };
+    if super::builtins::is_builtin(&m.plugin_id) {
+        return failed(format!(
+            "{}: plugin_id {:?} is the name of a built-in tool; choose another",
+            dir.join(MANIFEST_FILE).display(),
+            m.plugin_id
+        ));
+    }
+    if m.plugin_id != name {
+        return failed(format!(
+            "{}: plugin_id {:?} does not match its directory {name:?}; rename one",
+            dir.join(MANIFEST_FILE).display(),
+            m.plugin_id
+        ));
+    }
+    let signer = match verify_package(dir, keys) {
+        Err(why) => return failed(why),
+        Ok(s) => s,
+    };
+    let mut p = match ready(m) {
+        Ok(p) => p,
+        Err(why) => return failed(why),
+    };
+    p.dir = dir.to_path_buf();
+    p.trust = trust_of(p.catalog.claimed_trust, signer.as_ref());
+    p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
+    if let Some(entry) = lock.get(name) {
+        p.lock_digest = Some(entry.digest.clone());
+        let drift = super::lock::drift(entry, dir);
+        if !drift.is_empty() {
+            p.state = State::Failed(format!(
+                "{}: the package no longer matches its lock entry ({}); reinstall it or run `loongctl plugins verify --lock`",
+                dir.display(),
+                drift.join(", ")
+            ));
+        } else if !entry.enabled {
+            p.state = State::Disabled(format!(
+                "installed but not enabled: `loongctl plugins enable {name}`"
+            ));
+        }
+    }
+    p
+}
+
+/// Reads every plugin directory under `root` (absent: no plugins; names starting with `.`
+/// are loongd's own staging), sorted by id; each package's signature is checked against
+/// `keys` and an installed one against its lock entry.
+pub(crate) fn discover(root: &Path, keys: &[TrustKey], lock: &super::lock::Lock) -> Vec<Plugin> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
@@ -218,42 +299,10 @@ pub(crate) fn discover(root: &Path, keys: &[TrustKey]) -> Vec<Plugin> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let failed = |why: String| Plugin {
-            id: name.clone(),
-            version: String::new(),
-            summary: String::new(),
-            dir: dir.clone(),
-            bridge_kind: "unknown",
-            catalog: Catalog::default(),
-            trust: TrustTier::Unverified,
-            signer: None,
-            state: State::Failed(why),
-        };
-        let plugin = match PluginManifest::load_dir(&dir) {
-            Err(e) => failed(e.to_string()),
-            Ok(m) if super::builtins::is_builtin(&m.plugin_id) => failed(format!(
-                "{}: plugin_id {:?} is the name of a built-in tool; choose another",
-                dir.join(MANIFEST_FILE).display(),
-                m.plugin_id
-            )),
-            Ok(m) if m.plugin_id != name => failed(format!(
-                "{}: plugin_id {:?} does not match its directory {name:?}; rename one",
-                dir.join(MANIFEST_FILE).display(),
-                m.plugin_id
-            )),
-            Ok(m) => match verify_package(&dir, keys) {
-                Err(why) => failed(why),
-                Ok(signer) => match ready(m) {
-                    Ok(mut p) => {
-                        p.trust = trust_of(p.catalog.claimed_trust, signer.as_ref());
-                        p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
-                        p
-                    }
-                    Err(why) => failed(why),
-                },
-            },
-        };
-        out.push(plugin);
+        if name.starts_with('.') {
+            continue;
+        }
+        out.push(read_package(&dir, &name, keys, lock));
     }
     refuse_slot_conflicts(&mut out);
     out
@@ -375,6 +424,7 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
         catalog: m.catalog.clone(),
         trust: TrustTier::Unverified,
         signer: None,
+        lock_digest: None,
         state: State::Ready {
             plugin: Loadable {
                 id: m.plugin_id,

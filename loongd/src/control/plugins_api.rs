@@ -1,0 +1,430 @@
+//! The plugin lifecycle on the control socket: `plugins install|upgrade DIR`,
+//! `enable|disable|remove ID`, `verify --lock`. Each holds `plugin_ops`, so they and reloads
+//! run one at a time.
+//!
+//! An install or upgrade never touches the running version until the new one has proved
+//! itself: the package is copied into a staging directory in loongd's home (what is checked
+//! is the copy, never the source, which could change under it), its manifest, signature and
+//! slots are checked, and, when it is to be enabled, it is loaded in a worker and its probe
+//! call (`metadata.health_check_json`) must succeed. Only then is the staged copy renamed into
+//! place, the lockfile rewritten and the registry entry switched; calls already running on the
+//! previous version finish on it (its own pool is drained, then stopped). On any failure the
+//! staging copy is deleted and the previous version, which served throughout, stays.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use loong_ipc::{package, ControlResponse, ErrorKind, LockCheck, RemoteError};
+use loong_profiles::plugin::TrustTier;
+use tokio::net::unix::UCred;
+
+use super::{authority_api::event, connection::RequestIo, tools_api};
+use crate::{
+    audit::Kind,
+    workers::{
+        lock::{self, LockEntry},
+        plugins::{self, Plugin, State},
+        CallError, Supervisor,
+    },
+    Kernel,
+};
+
+/// Staging directories are unique within one loongd.
+static STAGING: AtomicU64 = AtomicU64::new(1);
+
+fn bad(m: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::BadRequest, m)
+}
+
+fn internal(m: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, m)
+}
+
+/// Copies the package at `src` into `dst` (regular files and directories only, within the
+/// package bounds).
+fn copy_package(src: &Path, dst: &Path) -> Result<(), String> {
+    // The digest walks the same tree with the same refusals (symlinks, special files, size).
+    let digest = package::digest(src).map_err(|e| e.to_string())?;
+    for f in &digest.files {
+        let to = dst.join(&f.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::copy(src.join(&f.path), &to).map_err(|e| format!("{}: {e}", f.path))?;
+    }
+    if digest.files.is_empty() {
+        return Err(format!("{}: the package is empty", src.display()));
+    }
+    let sig = src.join(package::SIGNATURE_FILE);
+    if sig.is_file() {
+        std::fs::copy(&sig, dst.join(package::SIGNATURE_FILE))
+            .map_err(|e| format!("{}: {e}", sig.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a plugin directory");
+        }
+    });
+}
+
+/// The pool a plugin runs in: the shared WASM pool, or a new one of its own.
+fn pool_for(kernel: &Kernel, p: &Plugin) -> Option<Arc<Supervisor>> {
+    match &p.state {
+        State::Ready { kind: None, .. } => Some(kernel.workers.clone()),
+        State::Ready { kind: Some(k), .. } => Some(kernel.new_pool((**k).clone())),
+        _ => None,
+    }
+}
+
+fn stop_if_own(kernel: &Kernel, pool: &Arc<Supervisor>) {
+    if !Arc::ptr_eq(pool, &kernel.workers) {
+        pool.shutdown();
+    }
+}
+
+/// Loads the staged plugin in a worker and makes its probe call. `Ok` leaves `p` ready with
+/// its pool; `Err` has stopped any pool it started.
+async fn prove(kernel: &Kernel, p: &mut Plugin, correlation: &str) -> Result<(), String> {
+    let Some(pool) = pool_for(kernel, p) else {
+        return Err("not ready".into());
+    };
+    let State::Ready {
+        plugin,
+        info,
+        pool: slot,
+        ..
+    } = &mut p.state
+    else {
+        return Err("not ready".into());
+    };
+    let why = |e: CallError| match e {
+        CallError::Plugin(f) => format!("{}: {}", f.kind.name(), f.message),
+        CallError::Worker(w) | CallError::Unavailable(w) => w,
+    };
+    match pool.check_load(plugin).await {
+        Ok(loaded) => *info = loaded,
+        Err(e) => {
+            stop_if_own(kernel, &pool);
+            return Err(format!("the load check failed: {}", why(e)));
+        }
+    }
+    if let Some((tool, input)) = &p.catalog.probe {
+        let tool = tool.clone().unwrap_or_else(|| p.id.clone());
+        let called = pool
+            .call(
+                plugin,
+                &tool,
+                input.clone().into_bytes(),
+                tools_api::QUEUE_DEADLINE,
+                correlation,
+            )
+            .await;
+        if let Err(e) = called.result {
+            stop_if_own(kernel, &pool);
+            return Err(format!("the health check ({tool}) failed: {}", why(e)));
+        }
+    }
+    *slot = Some(pool);
+    Ok(())
+}
+
+/// `plugins install DIR` and `plugins upgrade DIR`.
+pub(crate) async fn install(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    path: String,
+    upgrade_only: bool,
+) -> Result<ControlResponse, RemoteError> {
+    let _ops = kernel.plugin_ops.lock().await;
+    let src = std::fs::canonicalize(&path)
+        .map_err(|e| bad(format!("{path}: {e}; give the package directory")))?;
+    if !src.is_dir() {
+        return Err(bad(format!(
+            "{path}: not a directory; give the package directory"
+        )));
+    }
+    let root = kernel.layout.home.join("plugins");
+    if src.starts_with(&kernel.layout.home) {
+        return Err(bad(format!(
+            "{path} is inside loongd's home; install from a copy elsewhere"
+        )));
+    }
+    std::fs::create_dir_all(&root).map_err(|e| internal(format!("{}: {e}", root.display())))?;
+    let staging = root.join(format!(
+        ".staging-{}-{}",
+        std::process::id(),
+        STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
+    let (from, to) = (src.clone(), staging.clone());
+    let copied = tokio::task::spawn_blocking(move || copy_package(&from, &to))
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    if let Err(why) = copied {
+        remove_dir(staging);
+        return Err(bad(why));
+    }
+    let outcome = stage_and_switch(kernel, cred, io, &staging, &root, upgrade_only).await;
+    if outcome.is_err() {
+        remove_dir(staging);
+    }
+    outcome
+}
+
+async fn stage_and_switch(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    staging: &Path,
+    root: &Path,
+    upgrade_only: bool,
+) -> Result<ControlResponse, RemoteError> {
+    let record = |kind, detail| event(kind, cred, io, detail);
+    let manifest = loong_profiles::plugin::PluginManifest::load_dir(staging)
+        .map_err(|e| bad(e.to_string()))?;
+    let id = manifest.plugin_id.clone();
+    let current = kernel.plugins_snapshot().get(&id).cloned();
+    if upgrade_only && current.is_none() {
+        return Err(bad(format!(
+            "no plugin {id} is installed; use `loongctl plugins install`"
+        )));
+    }
+    let keys = kernel
+        .authority
+        .keys
+        .list()
+        .map_err(|e| internal(e.to_string()))?;
+    let mut p = plugins::read_package(staging, &id, &keys, &lock::Lock::new());
+    // The slots of everything else that is ready, with the candidate among them.
+    if matches!(p.state, State::Ready { .. }) {
+        let mut all: Vec<Plugin> = kernel
+            .plugins_snapshot()
+            .values()
+            .filter(|o| o.id != id)
+            .cloned()
+            .chain([p.clone()])
+            .collect();
+        plugins::refuse_slot_conflicts(&mut all);
+        if let Some(State::Failed(why)) = all.iter().find(|o| o.id == id).map(|o| o.state.clone()) {
+            p.state = State::Failed(why);
+        }
+    }
+    let previous = current.as_ref().map(|c| c.version.clone());
+    let refuse = |why: String| async move {
+        let kind = if previous.is_some() {
+            Kind::PluginRolledBack
+        } else {
+            Kind::PluginRefused
+        };
+        kernel
+            .audit
+            .record_later(record(
+                kind,
+                serde_json::json!({"plugin": id, "version": manifest.version,
+                    "serving": previous, "reason": why}),
+            ))
+            .await;
+        Err(bad(match &previous {
+            Some(v) => format!("{why}; {id} {v} keeps serving"),
+            None => why,
+        }))
+    };
+    if let State::Failed(why) = &p.state {
+        return refuse(why.clone()).await;
+    }
+    let enabled = !(plugins::runs_native_code(p.bridge_kind) && p.trust == TrustTier::Unverified);
+    if enabled {
+        if let Err(why) = prove(kernel, &mut p, &io.correlation()).await {
+            return refuse(why).await;
+        }
+    } else {
+        p.state = State::Disabled(format!(
+            "installed but not enabled: its bridge runs native code and nothing proves its publisher; `loongctl plugins enable {}`",
+            p.id
+        ));
+    }
+    // Proved: move the files, write the lock entry, switch the registry.
+    let digest = package::digest(staging).map_err(|e| internal(e.to_string()))?;
+    let dir = root.join(&p.id);
+    let retired = root.join(format!(
+        ".old-{}-{}",
+        p.id,
+        STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
+    let moved = (|| -> std::io::Result<()> {
+        if dir.exists() {
+            std::fs::rename(&dir, &retired)?;
+        }
+        std::fs::rename(staging, &dir)
+    })();
+    if let Err(e) = moved {
+        if let State::Ready {
+            pool: Some(pool), ..
+        } = &p.state
+        {
+            stop_if_own(kernel, pool);
+        }
+        return Err(internal(format!(
+            "moving {} into place: {e}",
+            dir.display()
+        )));
+    }
+    if retired.exists() {
+        remove_dir(retired);
+    }
+    p.dir = dir;
+    p.lock_digest = Some(digest.digest.clone());
+    let mut entries = lock::read(&kernel.layout.home).map_err(internal)?;
+    entries.insert(
+        p.id.clone(),
+        LockEntry {
+            version: p.version.clone(),
+            digest: digest.digest.clone(),
+            files: digest
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.sha256.clone()))
+                .collect(),
+            signer: p.signer.clone(),
+            trust: p.trust.as_str().into(),
+            enabled,
+            installed_ms: crate::now_ms(),
+        },
+    );
+    lock::write(&kernel.layout.home, &entries).map_err(internal)?;
+    let mut registry = (*kernel.plugins_snapshot()).clone();
+    let replaced = registry.insert(p.id.clone(), p.clone());
+    kernel.set_plugins(registry);
+    if let Some(State::Ready {
+        pool: Some(old), ..
+    }) = replaced.map(|r| r.state)
+    {
+        if !Arc::ptr_eq(&old, &kernel.workers) {
+            tokio::spawn(old.drain_then_shutdown());
+        }
+    }
+    kernel
+        .audit
+        .record_later(record(
+            Kind::PluginInstalled,
+            serde_json::json!({
+                "plugin": p.id, "version": p.version, "previous_version": current.map(|c| c.version),
+                "digest": digest.digest, "trust": p.trust.as_str(), "signer": p.signer,
+                "enabled": enabled, "bridge_kind": p.bridge_kind,
+            }),
+        ))
+        .await;
+    Ok(ControlResponse::Plugins(vec![p.view()]))
+}
+
+/// `plugins enable|disable ID`: the lock entry's flag, then a rediscovery.
+pub(crate) async fn set_enabled(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    id: String,
+    enabled: bool,
+) -> Result<ControlResponse, RemoteError> {
+    let _ops = kernel.plugin_ops.lock().await;
+    let mut entries = lock::read(&kernel.layout.home).map_err(internal)?;
+    let entry = entries.get_mut(&id).ok_or_else(|| {
+        RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no installed plugin {id}; `loongctl plugins list` shows them"),
+        )
+    })?;
+    entry.enabled = enabled;
+    let version = entry.version.clone();
+    lock::write(&kernel.layout.home, &entries).map_err(internal)?;
+    let kind = if enabled {
+        Kind::PluginEnabled
+    } else {
+        Kind::PluginDisabled
+    };
+    kernel
+        .audit
+        .record(event(
+            kind,
+            cred,
+            io,
+            serde_json::json!({"plugin": id, "version": version}),
+        ))
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    let ControlResponse::Plugins(all) = tools_api::reload_locked(kernel).await else {
+        return Err(internal("reload answered something else"));
+    };
+    Ok(ControlResponse::Plugins(
+        all.into_iter().filter(|p| p.id == id).collect(),
+    ))
+}
+
+/// `plugins remove ID`: the package and its lock entry go; calls running on it finish.
+pub(crate) async fn remove(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    id: String,
+) -> Result<ControlResponse, RemoteError> {
+    let _ops = kernel.plugin_ops.lock().await;
+    let mut entries = lock::read(&kernel.layout.home).map_err(internal)?;
+    let entry = entries.remove(&id).ok_or_else(|| {
+        RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no installed plugin {id}; `loongctl plugins list` shows them"),
+        )
+    })?;
+    let root = kernel.layout.home.join("plugins");
+    let dir = root.join(&id);
+    let gone = root.join(format!(
+        ".removed-{id}-{}",
+        STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
+    if dir.exists() {
+        std::fs::rename(&dir, &gone).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+        remove_dir(gone);
+    }
+    lock::write(&kernel.layout.home, &entries).map_err(internal)?;
+    kernel
+        .audit
+        .record(event(
+            Kind::PluginRemoved,
+            cred,
+            io,
+            serde_json::json!({"plugin": id, "version": entry.version, "digest": entry.digest}),
+        ))
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    tools_api::reload_locked(kernel).await;
+    Ok(ControlResponse::Plugins(Vec::new()))
+}
+
+/// `plugins verify --lock`.
+pub(crate) async fn verify_lock(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+    let home = kernel.layout.home.clone();
+    let checks = tokio::task::spawn_blocking(move || -> Result<Vec<LockCheck>, String> {
+        let entries = lock::read(&home)?;
+        Ok(entries
+            .iter()
+            .map(|(id, e)| LockCheck {
+                id: id.clone(),
+                version: e.version.clone(),
+                locked: e.digest.clone(),
+                drift: lock::drift(e, &home.join("plugins").join(id)),
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(internal)?;
+    Ok(ControlResponse::LockReport(checks))
+}
