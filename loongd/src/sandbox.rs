@@ -120,7 +120,9 @@ fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpe
         },
         allow_degraded: req.allow_degraded || allow_degraded,
         pass_fds: 0,
+        // A request never carries kernel overrides or a package: loongd's own workers only.
         kernel: Default::default(),
+        package: None,
     })
 }
 

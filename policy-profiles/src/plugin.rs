@@ -187,6 +187,9 @@ fn yes() -> bool {
     true
 }
 
+/// Expanded in `metadata.command` and `metadata.args_json` to the plugin's own directory.
+pub const PLUGIN_DIR_VAR: &str = "${PLUGIN_DIR}";
+
 /// The most arguments `metadata.args_json` may hold.
 pub const MAX_ARGS: usize = 256;
 /// Default and ceiling of `sandbox.max_line_bytes`.
@@ -763,6 +766,17 @@ impl PluginManifest {
                 format!("{} arguments, at most {MAX_ARGS}", args.len()),
             ));
         }
+        // `${PLUGIN_DIR}` is the package's own directory, which the program's sandbox may read.
+        let dir = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .display()
+            .to_string();
+        let command = command.replace(PLUGIN_DIR_VAR, &dir);
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| a.replace(PLUGIN_DIR_VAR, &dir))
+            .collect();
         let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
         if tier != "balanced" {
             return Err(field(

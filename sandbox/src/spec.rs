@@ -100,6 +100,10 @@ pub struct SandboxSpec {
     pub pass_fds: u32,
     /// Set by loongd for its own worker programs only, never from a request.
     pub kernel: KernelOverrides,
+    /// A plugin's own installed package, readable inside at the same path. Set by loongd
+    /// only: it is the one path under loongd's (hidden) home a sandbox may see, and it may not
+    /// contain any hidden path.
+    pub package: Option<PathBuf>,
 }
 
 /// Departures from a tier's rlimits that loongd makes for its own worker programs (a request
@@ -265,6 +269,24 @@ impl SandboxSpec {
             return Err(SpecError::Conflict(
                 "the restricted tier has no network; use --tier balanced for --allow-net".into(),
             ));
+        }
+        let mut read = read;
+        if let Some(pkg) = &self.package {
+            let shown = pkg.display().to_string();
+            let pkg = std::fs::canonicalize(pkg).map_err(|_| SpecError::PathNotFound {
+                flag: "package",
+                path: shown.clone(),
+            })?;
+            if let Some(h) = ctx.hidden.iter().find(|h| h.starts_with(&pkg)) {
+                return Err(SpecError::Conflict(format!(
+                    "the package {shown} contains loongd's own state at {}",
+                    h.display()
+                )));
+            }
+            if KERNEL_TREES.iter().any(|k| pkg.starts_with(k)) || pkg == Path::new("/") {
+                return Err(SpecError::Conflict(format!("{shown} cannot be a package")));
+            }
+            read.push(pkg);
         }
         let program = self.resolve_program()?;
 

@@ -459,9 +459,18 @@ fn an_unverified_native_bridge_is_installed_disabled_until_an_operator_enables_i
         .expect("packages");
     let pkg = pkgs.path().join("lines");
     fs::create_dir_all(&pkg).expect("pkg");
+    // The program is the package's own script, run from where it is installed (inside
+    // loongd's home, which the sandbox sees only that one directory of).
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/jsonl_peer.py"),
+        pkg.join("peer.py"),
+    )
+    .expect("script");
     let manifest = serde_json::json!({
         "api_version": "v1alpha1", "plugin_id": "lines", "version": "0.1.0",
-        "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat"},
+        "metadata": {"bridge_kind": "process_stdio", "command": "/usr/bin/python3",
+            "args_json": "[\"${PLUGIN_DIR}/peer.py\"]",
+            "health_check_json": "{\"input\": {\"probe\": 1}}"},
         "sandbox": {"timeout_ms": 2000},
     });
     fs::write(pkg.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
@@ -487,9 +496,25 @@ fn an_unverified_native_bridge_is_installed_disabled_until_an_operator_enables_i
                 .is_some_and(|a| a.starts_with("uid:")),
         "{enabled:?}"
     );
-    // `cat` echoes the request frame, which answers it: its id and its payload.
-    let (code, out, err) = invoke(&home, &["lines", "--input", r#"{"cat": 1}"#]);
-    assert_eq!((code, out.trim()), (0, r#"{"cat":1}"#), "{err}");
+    let (code, out, err) = invoke(&home, &["lines", "--input", r#"{"n": 1}"#]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["echo"], serde_json::json!({"n": 1}), "{v}");
+    // It reads its own package, and nothing else of loongd's home.
+    let read = |path: &Path| {
+        let input = serde_json::json!({"mode": "read", "path": path}).to_string();
+        let (code, out, err) = invoke(&home, &["lines", "--input", &input]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+    };
+    let own = read(&home.path().join("plugins/lines/peer.py"));
+    assert!(own["read"].as_u64().is_some_and(|n| n > 0), "{own}");
+    for secret in ["plugins.lock", "state.db", "loongd.toml"] {
+        let path = home.path().join(secret);
+        let got = read(&path);
+        assert!(got["error"].is_string(), "{secret} is visible: {got}");
+    }
+    assert!(home.path().join("plugins.lock").exists());
 
     ctl_ok(&home, &["plugins", "disable", "lines"]);
     assert_eq!(view(&home, "lines")["state"], "disabled");

@@ -46,16 +46,34 @@ fn internal(m: impl Into<String>) -> RemoteError {
 }
 
 /// Copies the package at `src` into `dst` (regular files and directories only, within the
-/// package bounds).
+/// package bounds). The copy is world-readable whatever loongd's umask (directories 0755,
+/// files 0644, or 0755 when executable): a foreign program's sandbox reads its package as the
+/// sandbox uid, and a package holds nothing secret.
 fn copy_package(src: &Path, dst: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     // The digest walks the same tree with the same refusals (symlinks, special files, size).
     let digest = package::digest(src).map_err(|e| e.to_string())?;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
     for f in &digest.files {
         let to = dst.join(&f.path);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            let mut d = parent;
+            while d.starts_with(dst) {
+                set(d, 0o755)?;
+                match d.parent() {
+                    Some(up) => d = up,
+                    None => break,
+                }
+            }
         }
-        std::fs::copy(src.join(&f.path), &to).map_err(|e| format!("{}: {e}", f.path))?;
+        let from = src.join(&f.path);
+        std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", f.path))?;
+        let exec = std::fs::metadata(&from).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        set(&to, if exec { 0o755 } else { 0o644 })?;
     }
     if digest.files.is_empty() {
         return Err(format!("{}: the package is empty", src.display()));
@@ -277,6 +295,31 @@ async fn stage_and_switch(
             "moving {} into place: {e}",
             dir.display()
         )));
+    }
+    // A foreign program reads its own package at its path: the one proved ran from the
+    // staging copy, so it is started again from its place, and on failure the move is undone.
+    let from_package =
+        matches!(&p.state, State::Ready { kind: Some(k), .. } if k.package.is_some());
+    if from_package {
+        if let State::Ready {
+            pool: Some(staged), ..
+        } = &p.state
+        {
+            stop_if_own(kernel, staged);
+        }
+        let mut placed = plugins::read_package(&dir, &p.id, &keys, &lock::Lock::new());
+        let proved = match &placed.state {
+            State::Failed(why) => Err(why.clone()),
+            _ => prove(kernel, &mut placed, &io.correlation()).await,
+        };
+        if let Err(why) = proved {
+            let _ = std::fs::rename(&dir, staging);
+            if retired.exists() {
+                let _ = std::fs::rename(&retired, &dir);
+            }
+            return refuse(format!("started from its place: {why}")).await;
+        }
+        p = placed;
     }
     if retired.exists() {
         remove_dir(retired);

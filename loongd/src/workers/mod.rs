@@ -201,6 +201,8 @@ pub(crate) struct WorkerKind {
     pub net: Vec<NetGrant>,
     /// A second socket (fd 4) on which loongd passes connected sockets.
     pub broker: bool,
+    /// The plugin's own package directory, readable inside (a foreign program's files).
+    pub package: Option<PathBuf>,
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -223,6 +225,7 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: false,
+            package: None,
         }
     }
 
@@ -238,6 +241,7 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: true,
+            package: None,
         }
     }
 
@@ -267,6 +271,7 @@ impl WorkerKind {
             write,
             net,
             broker: false,
+            package: None,
         }
     }
 }
@@ -724,6 +729,7 @@ impl Supervisor {
                 unbounded_cpu: true,
                 threads: Some(kind.tasks),
             },
+            package: kind.package.clone(),
             ..SandboxSpec::default()
         };
         let mut child = tokio::task::spawn_blocking(move || {

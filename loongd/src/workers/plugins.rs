@@ -373,7 +373,11 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
             };
             spec.check_bounds()
                 .map_err(|e| format!("{}: {e}", m.path.display()))?;
-            let kind = WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone());
+            // The program may read its own package (a script, its modules), read-only.
+            let kind = WorkerKind {
+                package: m.path.parent().map(PathBuf::from),
+                ..WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone())
+            };
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
         }
         Bridge::Http(h) => {

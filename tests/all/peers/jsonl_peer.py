@@ -30,6 +30,14 @@ for line in sys.stdin:
         sys.stderr.write("giving up mid-call\n")
         sys.stderr.flush()
         os._exit(3)
+    elif mode == "read":
+        try:
+            with open(payload["path"], "rb") as f:
+                answer = {"read": len(f.read())}
+        except OSError as e:
+            answer = {"error": e.strerror}
+        out.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+        out.flush()
     elif mode == "error":
         out.write(json.dumps({"id": frame["id"], "error": {"message": "refused by the tool"}}) + "\n")
         out.flush()
