@@ -525,3 +525,120 @@ fn an_unverified_native_bridge_is_installed_disabled_until_an_operator_enables_i
         assert_eq!(records(&home, kind).len(), 1, "{kind}");
     }
 }
+
+/// Splits a command line on spaces, keeping single-quoted words whole (what the README's
+/// commands need).
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn the_readme_quickstart_goes_from_init_to_an_audited_confined_call() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("README");
+    let block = readme
+        .split("<!-- plugin-quickstart -->")
+        .nth(1)
+        .and_then(|b| b.split("<!-- /plugin-quickstart -->").next())
+        .expect("the README marks its quickstart");
+    let commands: Vec<Vec<String>> = block
+        .lines()
+        .filter(|l| l.starts_with("loongctl "))
+        .map(|l| words(l)[1..].to_vec())
+        .collect();
+    assert!(commands.len() >= 4, "{commands:?}");
+    let home = Home::new();
+    home.start();
+    let work = tempfile::Builder::new()
+        .prefix("lq")
+        .tempdir_in("/tmp")
+        .expect("work dir");
+    let mut last = String::new();
+    for args in &commands {
+        let out = std::process::Command::new(crate::support::bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .expect("loongctl");
+        assert!(
+            out.status.success(),
+            "README step {args:?} failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if args.first().is_some_and(|a| a == "invoke") {
+            assert_eq!(text(&out.stdout).trim(), r#"{"hello":"loong"}"#);
+        }
+        last = text(&out.stdout);
+    }
+    // The last step shows the call's audit records.
+    assert!(last.contains("tool.completed"), "{last}");
+    let done = records(&home, "tool.completed");
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(view(&home, "hello")["trust"], "unverified");
+}
+
+#[test]
+fn every_kind_init_makes_runs_as_it_is() {
+    let home = Home::new();
+    home.start();
+    let work = tempfile::Builder::new()
+        .prefix("li")
+        .tempdir_in("/tmp")
+        .expect("work dir");
+    for kind in ["wasm", "stdio", "mcp"] {
+        let dir = work.path().join(format!("made-{kind}"));
+        let d = dir.display().to_string();
+        ctl_ok(&home, &["plugins", "init", &d, "--kind", kind]);
+        let doctor = ctl_ok(&home, &["plugins", "doctor", &d]);
+        assert!(doctor.contains("no problem found"), "{doctor}");
+        ctl_ok(&home, &["plugins", "install", &d]);
+        let id = format!("made-{kind}");
+        if kind != "wasm" {
+            assert_eq!(view(&home, &id)["state"], "disabled");
+            ctl_ok(&home, &["plugins", "enable", &id]);
+        }
+        let tool = if kind == "mcp" {
+            format!("{id}/hello")
+        } else {
+            id.clone()
+        };
+        let (code, out, err) = invoke(&home, &[&tool, "--input", r#"{"name": "loong"}"#]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        assert!(out.contains("loong"), "{kind}: {out}");
+    }
+    // The doctor names what would stop a package, without running it.
+    let broken = work.path().join("made-wasm");
+    fs::write(broken.join("plugin.wasm"), b"not wasm").expect("break");
+    let manifest = broken.join("loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&manifest).expect("manifest")).expect("JSON");
+    m["surprise"] = serde_json::json!(1);
+    m["another"] = serde_json::json!(2);
+    fs::write(&manifest, m.to_string()).expect("manifest");
+    let out = home.ctl(&["plugins", "doctor", &broken.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let report = text(&out.stdout);
+    for named in ["\"surprise\"", "\"another\"", "not a WebAssembly module"] {
+        assert!(report.contains(named), "{named}: {report}");
+    }
+}

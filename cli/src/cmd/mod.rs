@@ -7,6 +7,7 @@ pub(crate) mod doctor;
 pub(crate) mod keys;
 pub(crate) mod policy;
 pub(crate) mod sandbox;
+pub(crate) mod scaffold;
 pub(crate) mod status;
 pub(crate) mod tokens;
 pub(crate) mod tools;

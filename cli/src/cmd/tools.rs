@@ -55,6 +55,14 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new plugin package into DIR that runs as it is (manifest, README, code).
+    Init {
+        dir: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        kind: super::scaffold::Kind,
+    },
+    /// Diagnose a package without running any of it (exit 2 when something would stop it).
+    Doctor { dir: std::path::PathBuf },
     /// Install a plugin package (a directory): checked, loaded and probed before it serves;
     /// an unverified package whose bridge runs native code is installed disabled.
     Install {
@@ -324,6 +332,8 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         PluginsCommand::List { json } => (ControlRequest::PluginList, json),
         PluginsCommand::Reload { json } => (ControlRequest::PluginReload, json),
         PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
+        PluginsCommand::Init { dir, kind } => return super::scaffold::init(&dir, kind),
+        PluginsCommand::Doctor { dir } => return super::scaffold::doctor(&dir),
         PluginsCommand::Install { dir, json } => (install_request(&dir, false)?, json),
         PluginsCommand::Upgrade { dir, json } => (install_request(&dir, true)?, json),
         PluginsCommand::Enable { id } => (ControlRequest::PluginEnable { id }, false),

@@ -1,0 +1,433 @@
+//! `loongctl plugins init DIR --kind …` (a package that runs as it is) and
+//! `loongctl plugins doctor DIR` (a diagnosis that runs none of it). Both work without a
+//! daemon.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context};
+use loong_ipc::package;
+
+use crate::{exit, Failure};
+
+/// What `init` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// A WASM plugin (host ABI v0): the echo module and its WebAssembly text.
+    Wasm,
+    /// A JSON-lines program (`process_stdio`): a Python script that answers each line.
+    Stdio,
+    /// An MCP server (`mcp_stdio`): a dependency-free Python server with one tool.
+    Mcp,
+    /// An HTTP connector (`http_json`) and a small local service to post to.
+    Http,
+}
+
+const ECHO_WASM: &[u8] = include_bytes!("../../../examples/plugins/echo/plugin.wasm");
+const ECHO_WAT: &str = include_str!("../../../examples/plugins/echo/plugin.wat");
+
+const STDIO_PY: &str = r#""""A Loong process_stdio plugin: one JSON object per line in, one per line out."""
+import json
+import sys
+
+for line in sys.stdin:
+    frame = json.loads(line)
+    answer = {"hello": frame.get("payload")}
+    sys.stdout.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+    sys.stdout.flush()
+"#;
+
+const MCP_PY: &str = r#""""A minimal MCP server over stdio (JSON-RPC 2.0, one message per line), no dependencies."""
+import json
+import sys
+
+TOOLS = [{
+    "name": "hello",
+    "description": "Greets whoever is named",
+    "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+}]
+
+
+def answer(msg):
+    method = msg.get("method")
+    if method == "initialize":
+        return {"protocolVersion": msg["params"].get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "hello", "version": "0.1.0"}}
+    if method == "tools/list":
+        return {"tools": TOOLS}
+    if method == "tools/call":
+        name = msg["params"].get("arguments", {}).get("name", "world")
+        return {"content": [{"type": "text", "text": f"hello, {name}"}], "isError": False}
+    if method == "ping":
+        return {}
+    return None
+
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue  # a notification
+    result = answer(msg)
+    if result is None:
+        reply = {"jsonrpc": "2.0", "id": msg["id"],
+                 "error": {"code": -32601, "message": "method not found"}}
+    else:
+        reply = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+"#;
+
+const HTTP_SERVE_PY: &str = r#""""A local service for the http_json connector to post to: python3 serve.py [PORT]."""
+import http.server
+import json
+import sys
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        out = json.dumps({"ok": True, "got": json.loads(body or b"null")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
+http.server.HTTPServer(("127.0.0.1", port), Hook).serve_forever()
+"#;
+
+/// A plugin id from a directory name: lowercase, `[a-z0-9-_.]`, not leading `.`.
+fn id_from(dir: &Path) -> Result<String, Failure> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| usage(format!("{}: name the package directory", dir.display())))?;
+    let id: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let id = id.trim_start_matches('.').to_string();
+    if id.is_empty() || id.len() > 64 {
+        return Err(usage(format!(
+            "{name:?} does not make a plugin id (1 to 64 of a-z 0-9 - _ .)"
+        )));
+    }
+    Ok(id)
+}
+
+fn usage(m: String) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        error: anyhow!(m),
+    }
+}
+
+/// `plugins init DIR --kind KIND`.
+pub(crate) fn init(dir: &Path, kind: Kind) -> Result<u8, Failure> {
+    if dir.exists()
+        && fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(usage(format!(
+            "{} exists and is not empty; init writes a new package",
+            dir.display()
+        )));
+    }
+    let id = id_from(dir)?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let probe = |input: serde_json::Value| serde_json::json!({ "input": input }).to_string();
+    let (metadata, sandbox, files, run): (
+        serde_json::Value,
+        serde_json::Value,
+        Vec<(&str, &[u8])>,
+        String,
+    ) = match kind {
+        Kind::Wasm => (
+            serde_json::json!({"bridge_kind": "wasm", "component": "plugin.wasm",
+                "entrypoint": "run", "health_check_json": probe(serde_json::json!({"probe": true}))}),
+            serde_json::json!({"tier": "restricted", "timeout_ms": 2000,
+                "max_memory_bytes": 16_777_216, "max_output_bytes": 262_144}),
+            vec![("plugin.wasm", ECHO_WASM), ("plugin.wat", ECHO_WAT.as_bytes())],
+            format!("loongctl invoke {id} --input '{{\"hello\":\"loong\"}}'"),
+        ),
+        Kind::Stdio => (
+            serde_json::json!({"bridge_kind": "process_stdio", "command": "/usr/bin/python3",
+                "args_json": "[\"${PLUGIN_DIR}/plugin.py\"]",
+                "health_check_json": probe(serde_json::json!({"probe": true}))}),
+            serde_json::json!({"tier": "balanced", "timeout_ms": 5000}),
+            vec![("plugin.py", STDIO_PY.as_bytes())],
+            format!("loongctl invoke {id} --input '{{\"name\":\"loong\"}}'"),
+        ),
+        Kind::Mcp => (
+            serde_json::json!({"bridge_kind": "mcp_stdio", "command": "/usr/bin/python3",
+                "args_json": "[\"${PLUGIN_DIR}/server.py\"]",
+                "health_check_json": serde_json::json!({"tool": "hello", "input": {"name": "probe"}}).to_string()}),
+            serde_json::json!({"tier": "balanced", "timeout_ms": 5000}),
+            vec![("server.py", MCP_PY.as_bytes())],
+            format!("loongctl invoke {id}/hello --input '{{\"name\":\"loong\"}}'"),
+        ),
+        Kind::Http => (
+            serde_json::json!({"bridge_kind": "http_json", "endpoint": "http://127.0.0.1:8080/hook",
+                "response_contract_json": "{\"required\": [\"ok\"]}"}),
+            serde_json::json!({"tier": "balanced", "timeout_ms": 5000,
+                "allow_private_network": true}),
+            vec![("serve.py", HTTP_SERVE_PY.as_bytes())],
+            format!("python3 {}/serve.py 8080 &  # the service it posts to\nloongctl invoke {id} --input '{{\"hello\":\"loong\"}}'", dir.display()),
+        ),
+    };
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1",
+        "plugin_id": id,
+        "version": "0.1.0",
+        "summary": format!("{id}: a {} plugin made by loongctl plugins init", kind_name(kind)),
+        "capabilities": [],
+        "tags": [kind_name(kind)],
+        "input_examples": [{"hello": "loong"}],
+        "metadata": metadata,
+        "sandbox": sandbox,
+    });
+    let mut all: Vec<(PathBuf, Vec<u8>)> = vec![(
+        dir.join("loong.plugin.json"),
+        serde_json::to_vec_pretty(&manifest).map_err(|e| anyhow!(e))?,
+    )];
+    all.extend(files.into_iter().map(|(n, b)| (dir.join(n), b.to_vec())));
+    let readme = format!(
+        "# {id}\n\nA {} plugin for Loong, made by `loongctl plugins init`.\n\n```sh\nloongctl plugins doctor {dir}\nloongctl plugins install {dir}\n{run}\n```\n\nEdit `loong.plugin.json` (its fields: docs/plugins.md and docs/bridges.md), then\n`loongctl plugins upgrade {dir}`.\n",
+        kind_name(kind),
+        dir = dir.display()
+    );
+    all.push((dir.join("README.md"), readme.into_bytes()));
+    for (path, bytes) in &all {
+        fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "created {} ({} plugin {id}):",
+        dir.display(),
+        kind_name(kind)
+    );
+    for (path, _) in &all {
+        println!("  {}", path.display());
+    }
+    println!(
+        "next: loongctl plugins doctor {0} && loongctl plugins install {0}",
+        dir.display()
+    );
+    Ok(exit::OK)
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Wasm => "wasm",
+        Kind::Stdio => "process_stdio",
+        Kind::Mcp => "mcp_stdio",
+        Kind::Http => "http_json",
+    }
+}
+
+/// `plugins doctor DIR`: what would stop this package, found without running any of it.
+pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let manifest_path = dir.join("loong.plugin.json");
+    let manifest: Option<serde_json::Value> = match fs::read(&manifest_path) {
+        Err(e) => {
+            problems.push(format!("{}: {e}", manifest_path.display()));
+            None
+        }
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Err(e) => {
+                problems.push(format!("{}: not JSON: {e}", manifest_path.display()));
+                None
+            }
+            Ok(v) => Some(v),
+        },
+    };
+    if let Some(m) = &manifest {
+        check_manifest(dir, m, &mut problems, &mut notes);
+    }
+    match package::digest(dir) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(d) => {
+            notes.push(format!(
+                "package: {} files, {} bytes, digest {}",
+                d.files.len(),
+                d.files.iter().map(|f| f.bytes).sum::<u64>(),
+                d.digest
+            ));
+            let sig_path = dir.join(package::SIGNATURE_FILE);
+            match fs::read(&sig_path) {
+                Err(_) => notes.push(
+                    "unsigned: installs as unverified (a bridge that runs native code then waits for `plugins enable`)".into(),
+                ),
+                Ok(bytes) => match serde_json::from_slice::<package::PackageSignature>(&bytes) {
+                    Err(e) => problems.push(format!("{}: {e}", sig_path.display())),
+                    Ok(sig) if sig.digest != d.digest => problems.push(format!(
+                        "{}: the package changed after it was signed ({}); sign it again",
+                        sig_path.display(),
+                        sig.changed_files(&d).join(", ")
+                    )),
+                    Ok(sig) => notes.push(format!(
+                        "signed by key {}; loongd checks the key against its keyring at install",
+                        sig.key_id
+                    )),
+                },
+            }
+        }
+    }
+    for n in &notes {
+        println!("  ok    {n}");
+    }
+    for p in &problems {
+        println!("  FAIL  {p}");
+    }
+    if problems.is_empty() {
+        println!("{}: no problem found (nothing was run)", dir.display());
+        Ok(exit::OK)
+    } else {
+        println!("{}: {} problem(s)", dir.display(), problems.len());
+        Ok(exit::USAGE)
+    }
+}
+
+/// Every problem of a manifest that can be seen without loongd: all unknown fields, the
+/// bridge's required fields, and, on this host, the program and the granted paths.
+fn check_manifest(
+    dir: &Path,
+    m: &serde_json::Value,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    const TOP: &[&str] = &[
+        "api_version",
+        "plugin_id",
+        "version",
+        "summary",
+        "capabilities",
+        "metadata",
+        "sandbox",
+        "provider_id",
+        "connector_name",
+        "channel_id",
+        "endpoint",
+        "trust_tier",
+        "tags",
+        "input_examples",
+        "output_examples",
+        "defer_loading",
+        "setup",
+        "slot_claims",
+        "compatibility",
+    ];
+    let Some(obj) = m.as_object() else {
+        problems.push("the manifest must be a JSON object".into());
+        return;
+    };
+    for k in obj.keys().filter(|k| !TOP.contains(&k.as_str())) {
+        problems.push(format!("unknown field {k:?}"));
+    }
+    let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    if text("api_version") != "v1alpha1" {
+        problems.push("api_version must be \"v1alpha1\"".into());
+    }
+    let expected = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if text("plugin_id").is_empty() {
+        problems.push("plugin_id is missing".into());
+    } else if text("plugin_id") != expected {
+        notes.push(format!(
+            "plugin_id {:?} differs from the directory name {expected:?}: install places it in plugins/{}",
+            text("plugin_id"),
+            text("plugin_id")
+        ));
+    }
+    if text("version").is_empty() {
+        problems.push("version is missing".into());
+    }
+    let meta = obj.get("metadata").and_then(|v| v.as_object());
+    let get = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let expand = |s: &str| s.replace("${PLUGIN_DIR}", &dir.display().to_string());
+    match get("bridge_kind").as_str() {
+        "wasm" | "wasm_component" => {
+            let component = get("component");
+            let module = dir.join(&component);
+            match fs::read(&module) {
+                Ok(b) if b.starts_with(b"\0asm") => {
+                    notes.push(format!("module {component}: {} bytes", b.len()))
+                }
+                Ok(_) => problems.push(format!("{component} is not a WebAssembly module")),
+                Err(e) => problems.push(format!("metadata.component {component:?}: {e}")),
+            }
+        }
+        "process_stdio" | "mcp_stdio" => {
+            let command = expand(&get("command"));
+            let found = if command.starts_with('/') {
+                Path::new(&command).is_file()
+            } else {
+                ["/usr/local/bin", "/usr/bin", "/bin"]
+                    .iter()
+                    .any(|d| Path::new(d).join(&command).is_file())
+            };
+            if command.is_empty() {
+                problems.push("metadata.command is missing".into());
+            } else if !found {
+                problems.push(format!("metadata.command {command:?} is not on this host"));
+            }
+            let args = get("args_json");
+            if !args.is_empty() {
+                match serde_json::from_str::<Vec<String>>(&args) {
+                    Err(e) => problems.push(format!("metadata.args_json: {e}")),
+                    Ok(a) => {
+                        for arg in a.iter().filter(|a| a.contains("${PLUGIN_DIR}")) {
+                            let p = expand(arg);
+                            if !Path::new(&p).exists() {
+                                problems.push(format!("{arg} names {p}, which is not there"));
+                            }
+                        }
+                    }
+                }
+            }
+            notes.push("a bridge that runs native code: unsigned, it installs disabled".into());
+        }
+        "http_json" => {
+            let e = get("endpoint");
+            if !e.starts_with("http://") {
+                problems.push(format!("metadata.endpoint {e:?}: give an http:// URL"));
+            }
+        }
+        other => problems.push(format!(
+            "metadata.bridge_kind {other:?}: wasm, process_stdio, mcp_stdio or http_json"
+        )),
+    }
+    if let Some(sb) = obj.get("sandbox").and_then(|v| v.as_object()) {
+        for key in ["read", "write"] {
+            for p in sb
+                .get(key)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+            {
+                if !Path::new(p).exists() {
+                    problems.push(format!("sandbox.{key} grants {p}, which does not exist"));
+                }
+            }
+        }
+    }
+}
