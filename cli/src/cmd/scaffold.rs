@@ -134,6 +134,14 @@ fn usage(m: String) -> Failure {
     }
 }
 
+/// A kind's manifest metadata and sandbox block, its files, and the command that calls it.
+type Scaffold = (
+    serde_json::Value,
+    serde_json::Value,
+    Vec<(&'static str, &'static [u8])>,
+    String,
+);
+
 /// `plugins init DIR --kind KIND`.
 pub(crate) fn init(dir: &Path, kind: Kind) -> Result<u8, Failure> {
     if dir.exists()
@@ -149,12 +157,7 @@ pub(crate) fn init(dir: &Path, kind: Kind) -> Result<u8, Failure> {
     let id = id_from(dir)?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let probe = |input: serde_json::Value| serde_json::json!({ "input": input }).to_string();
-    let (metadata, sandbox, files, run): (
-        serde_json::Value,
-        serde_json::Value,
-        Vec<(&str, &[u8])>,
-        String,
-    ) = match kind {
+    let (metadata, sandbox, files, run): Scaffold = match kind {
         Kind::Wasm => (
             serde_json::json!({"bridge_kind": "wasm", "component": "plugin.wasm",
                 "entrypoint": "run", "health_check_json": probe(serde_json::json!({"probe": true}))}),
