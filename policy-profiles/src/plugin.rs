@@ -48,6 +48,92 @@ pub enum ManifestError {
         field: &'static str,
         message: String,
     },
+    #[error("{path}: {} problems:\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    Problems { path: PathBuf, problems: Vec<String> },
+}
+
+/// The top-level fields a manifest may have (public Loong's).
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "api_version",
+    "plugin_id",
+    "version",
+    "summary",
+    "capabilities",
+    "metadata",
+    "sandbox",
+    "provider_id",
+    "connector_name",
+    "channel_id",
+    "endpoint",
+    "trust_tier",
+    "tags",
+    "input_examples",
+    "output_examples",
+    "defer_loading",
+    "setup",
+    "slot_claims",
+    "compatibility",
+];
+
+/// The fields of the `sandbox` block.
+pub const SANDBOX_FIELDS: &[&str] = &[
+    "tier",
+    "timeout_ms",
+    "max_memory_bytes",
+    "max_output_bytes",
+    "max_module_bytes",
+    "fuel",
+    "config",
+    "guest_readable_config_keys",
+    "sha256",
+    "allow_wasi",
+    "blocked_import_prefixes",
+    "read",
+    "write",
+    "net",
+    "max_line_bytes",
+    "allow_private_network",
+];
+
+/// Every structural problem of a manifest at once: unknown fields (top level and `sandbox`),
+/// missing required ones, and values of the wrong JSON type, before the typed parse (which
+/// stops at its first).
+fn structural_problems(v: &serde_json::Value) -> Vec<String> {
+    let Some(obj) = v.as_object() else {
+        return vec!["the manifest must be a JSON object".into()];
+    };
+    let mut out = Vec::new();
+    for k in obj.keys().filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
+        out.push(format!("unknown field {k:?}"));
+    }
+    for k in ["api_version", "plugin_id", "version"] {
+        match obj.get(k) {
+            None => out.push(format!("{k} is missing")),
+            Some(serde_json::Value::String(_)) => {}
+            Some(_) => out.push(format!("{k} must be a string")),
+        }
+    }
+    match obj.get("metadata") {
+        None => out.push("metadata is missing (it names the bridge_kind)".into()),
+        Some(serde_json::Value::Object(m)) => {
+            for (k, v) in m {
+                if !v.is_string() {
+                    out.push(format!("metadata.{k} must be a string"));
+                }
+            }
+        }
+        Some(_) => out.push("metadata must be an object of strings".into()),
+    }
+    match obj.get("sandbox") {
+        None => {}
+        Some(serde_json::Value::Object(sb)) => {
+            for k in sb.keys().filter(|k| !SANDBOX_FIELDS.contains(&k.as_str())) {
+                out.push(format!("unknown field sandbox.{k}"));
+            }
+        }
+        Some(_) => out.push("sandbox must be an object".into()),
+    }
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,7 +588,19 @@ impl PluginManifest {
             field,
             message,
         };
-        let raw: RawManifest = serde_json::from_slice(text).map_err(|e| ManifestError::Parse {
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| ManifestError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let problems = structural_problems(&value);
+        if !problems.is_empty() {
+            return Err(ManifestError::Problems {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        let raw: RawManifest = serde_json::from_value(value).map_err(|e| ManifestError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -1195,6 +1293,27 @@ mod tests {
             let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
             let err = m.check_host().expect_err(to);
             assert!(err.to_string().contains(expect), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported_in_one_run() {
+        let path = Path::new("/p/loong.plugin.json");
+        let text = r#"{"api_version": "v1alpha1", "plugin_id": "x", "surprise": 1,
+            "also": true, "metadata": {"bridge_kind": "wasm", "component": 5},
+            "sandbox": {"tier": "restricted", "tiers": "typo"}}"#;
+        let err = PluginManifest::parse(path, text.as_bytes()).expect_err("refused");
+        let msg = err.to_string();
+        for named in [
+            "unknown field \"surprise\"",
+            "unknown field \"also\"",
+            "version is missing",
+            "metadata.component must be a string",
+            "unknown field sandbox.tiers",
+            "5 problems",
+            "/p/loong.plugin.json",
+        ] {
+            assert!(msg.contains(named), "{named}: {msg}");
         }
     }
 }
