@@ -49,7 +49,10 @@ pub enum ManifestError {
         message: String,
     },
     #[error("{path}: {} problems:\n  - {}", .problems.len(), .problems.join("\n  - "))]
-    Problems { path: PathBuf, problems: Vec<String> },
+    Problems {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 /// The top-level fields a manifest may have (public Loong's).
@@ -103,7 +106,10 @@ fn structural_problems(v: &serde_json::Value) -> Vec<String> {
         return vec!["the manifest must be a JSON object".into()];
     };
     let mut out = Vec::new();
-    for k in obj.keys().filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
+    for k in obj
+        .keys()
+        .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
+    {
         out.push(format!("unknown field {k:?}"));
     }
     for k in ["api_version", "plugin_id", "version"] {

@@ -642,3 +642,93 @@ fn every_kind_init_makes_runs_as_it_is() {
         assert!(report.contains(named), "{named}: {report}");
     }
 }
+
+#[test]
+fn the_static_scan_and_the_operator_ceiling_shape_an_install() {
+    let home = Home::new();
+    home.start();
+    let pkgs = tempfile::Builder::new()
+        .prefix("ls")
+        .tempdir_in("/tmp")
+        .expect("packages");
+    let keys = tempfile::tempdir().expect("keys");
+    let official = keys.path().join("official.key");
+    let (public, _) = generate(&home, &official);
+    ctl_ok(
+        &home,
+        &[
+            "keys", "add", "--name", "vendor", "--public", &public, "--tier", "official",
+        ],
+    );
+
+    // A grant its capabilities do not declare: refused, naming what to declare.
+    let grants = pkgs.path().join("grants");
+    fs::create_dir_all(&grants).expect("dir");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "grants", "version": "1",
+        "capabilities": ["invoke_tool", "teleport"],
+        "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat"},
+        "sandbox": {"write": ["/tmp"]},
+    });
+    fs::write(grants.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    let out = home.ctl(&["plugins", "install", &grants.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("filesystem_write") && err.contains("teleport"),
+        "{err}"
+    );
+    assert!(!plugins(&home).iter().any(|p| p["id"] == "grants"));
+
+    // A high-risk keyword keeps an unsigned WASM plugin disabled; signed by an official key,
+    // the same package is enabled, unless the operator caps its tier.
+    let risky = pkgs.path().join("risky");
+    wasm_package(&risky, "risky", "1", &example_module("echo"), None);
+    let path = risky.join("loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).expect("manifest")).expect("JSON");
+    m["summary"] = serde_json::json!("runs sudo for you");
+    fs::write(&path, m.to_string()).expect("manifest");
+    let r = risky.display().to_string();
+    ctl_ok(&home, &["plugins", "install", &r]);
+    let p = view(&home, "risky");
+    assert_eq!(p["state"], "disabled", "{p}");
+    assert!(
+        p["error"].as_str().is_some_and(|e| e.contains("sudo")),
+        "{p}"
+    );
+    ctl_ok(
+        &home,
+        &[
+            "plugins",
+            "sign",
+            &r,
+            "--key",
+            &official.display().to_string(),
+        ],
+    );
+    ctl_ok(&home, &["plugins", "upgrade", &r]);
+    let p = view(&home, "risky");
+    assert_eq!(
+        (p["state"].as_str(), p["trust"].as_str()),
+        (Some("ready"), Some("official"))
+    );
+    ctl_ok(
+        &home,
+        &["plugins", "upgrade", &r, "--trust", "verified-community"],
+    );
+    reload(&home);
+    let p = view(&home, "risky");
+    assert_eq!(
+        (p["state"].as_str(), p["trust"].as_str()),
+        (Some("ready"), Some("verified-community")),
+        "the operator's ceiling holds across a reload"
+    );
+    let installed: Vec<serde_json::Value> = records(&home, "plugin.installed")
+        .iter()
+        .map(crate::workers::detail)
+        .collect();
+    assert!(installed
+        .iter()
+        .any(|d| d["findings"].to_string().contains("sudo") && d["enabled"] == false));
+}

@@ -191,12 +191,16 @@ pub(crate) fn init(dir: &Path, kind: Kind) -> Result<u8, Failure> {
             format!("python3 {}/serve.py 8080 &  # the service it posts to\nloongctl invoke {id} --input '{{\"hello\":\"loong\"}}'", dir.display()),
         ),
     };
+    let capabilities: Vec<&str> = match kind {
+        Kind::Http => vec!["invoke_connector", "network_egress"],
+        _ => vec!["invoke_tool"],
+    };
     let manifest = serde_json::json!({
         "api_version": "v1alpha1",
         "plugin_id": id,
         "version": "0.1.0",
         "summary": format!("{id}: a {} plugin made by loongctl plugins init", kind_name(kind)),
-        "capabilities": [],
+        "capabilities": capabilities,
         "tags": [kind_name(kind)],
         "input_examples": [{"hello": "loong"}],
         "metadata": metadata,

@@ -67,6 +67,10 @@ pub enum PluginsCommand {
     /// an unverified package whose bridge runs native code is installed disabled.
     Install {
         dir: std::path::PathBuf,
+        /// Cap the plugin's trust tier (official, verified-community, unverified), whatever
+        /// its signature proves.
+        #[arg(long, value_name = "TIER")]
+        trust: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +78,8 @@ pub enum PluginsCommand {
     /// probe the running version keeps serving (rolled back, audited).
     Upgrade {
         dir: std::path::PathBuf,
+        #[arg(long, value_name = "TIER")]
+        trust: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -233,13 +239,18 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
     }
 }
 
-fn install_request(dir: &std::path::Path, upgrade_only: bool) -> Result<ControlRequest, Failure> {
+fn install_request(
+    dir: &std::path::Path,
+    upgrade_only: bool,
+    trust: Option<String>,
+) -> Result<ControlRequest, Failure> {
     let abs = std::fs::canonicalize(dir)
         .with_context(|| format!("{}: the package directory", dir.display()))
         .map_err(|e| usage(format!("{e:#}")))?;
     Ok(ControlRequest::PluginInstall {
         path: abs.display().to_string(),
         upgrade_only,
+        trust,
     })
 }
 
@@ -334,8 +345,10 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
         PluginsCommand::Init { dir, kind } => return super::scaffold::init(&dir, kind),
         PluginsCommand::Doctor { dir } => return super::scaffold::doctor(&dir),
-        PluginsCommand::Install { dir, json } => (install_request(&dir, false)?, json),
-        PluginsCommand::Upgrade { dir, json } => (install_request(&dir, true)?, json),
+        PluginsCommand::Install { dir, trust, json } => {
+            (install_request(&dir, false, trust)?, json)
+        }
+        PluginsCommand::Upgrade { dir, trust, json } => (install_request(&dir, true, trust)?, json),
         PluginsCommand::Enable { id } => (ControlRequest::PluginEnable { id }, false),
         PluginsCommand::Disable { id } => (ControlRequest::PluginDisable { id }, false),
         PluginsCommand::Remove { id } => (ControlRequest::PluginRemove { id }, false),

@@ -132,6 +132,8 @@ pub enum ControlRequest {
     PluginInstall {
         path: String,
         upgrade_only: bool,
+        /// A ceiling the operator puts on the plugin's trust tier.
+        trust: Option<String>,
     },
     /// Enable, disable or remove an installed plugin; answered by
     /// [`ControlResponse::Plugins`]. Audited.

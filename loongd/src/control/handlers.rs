@@ -84,9 +84,11 @@ pub(crate) async fn handle(
         ControlRequest::WorkerList => Ok(super::tools_api::workers(kernel)),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
         ControlRequest::ToolSearch(req) => super::tools_api::search(kernel, cred, &io, req).await,
-        ControlRequest::PluginInstall { path, upgrade_only } => {
-            super::plugins_api::install(kernel, cred, &io, path, upgrade_only).await
-        }
+        ControlRequest::PluginInstall {
+            path,
+            upgrade_only,
+            trust,
+        } => super::plugins_api::install(kernel, cred, &io, path, upgrade_only, trust).await,
         ControlRequest::PluginEnable { id } => {
             super::plugins_api::set_enabled(kernel, cred, &io, id, true).await
         }

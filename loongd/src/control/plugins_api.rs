@@ -162,7 +162,13 @@ pub(crate) async fn install(
     io: &RequestIo,
     path: String,
     upgrade_only: bool,
+    trust: Option<String>,
 ) -> Result<ControlResponse, RemoteError> {
+    let ceiling: Option<TrustTier> = trust
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| bad(format!("--trust {e}")))?;
     let _ops = kernel.plugin_ops.lock().await;
     let src = std::fs::canonicalize(&path)
         .map_err(|e| bad(format!("{path}: {e}; give the package directory")))?;
@@ -191,7 +197,7 @@ pub(crate) async fn install(
         remove_dir(staging);
         return Err(bad(why));
     }
-    let outcome = stage_and_switch(kernel, cred, io, &staging, &root, upgrade_only).await;
+    let outcome = stage_and_switch(kernel, cred, io, &staging, &root, upgrade_only, ceiling).await;
     if outcome.is_err() {
         remove_dir(staging);
     }
@@ -205,10 +211,22 @@ async fn stage_and_switch(
     staging: &Path,
     root: &Path,
     upgrade_only: bool,
+    ceiling: Option<TrustTier>,
 ) -> Result<ControlResponse, RemoteError> {
     let record = |kind, detail| event(kind, cred, io, detail);
     let manifest = loong_profiles::plugin::PluginManifest::load_dir(staging)
         .map_err(|e| bad(e.to_string()))?;
+    // The static scan: capabilities against what the bridge needs, high-risk keywords.
+    let text = std::fs::read_to_string(staging.join(loong_profiles::plugin::MANIFEST_FILE))
+        .unwrap_or_default();
+    let scan = plugins::scan(&manifest, &text);
+    if !scan.problems.is_empty() {
+        return Err(bad(format!(
+            "{}: {}",
+            manifest.plugin_id,
+            scan.problems.join("; ")
+        )));
+    }
     let id = manifest.plugin_id.clone();
     let current = kernel.plugins_snapshot().get(&id).cloned();
     if upgrade_only && current.is_none() {
@@ -259,14 +277,23 @@ async fn stage_and_switch(
     if let State::Failed(why) = &p.state {
         return refuse(why.clone()).await;
     }
-    let enabled = !(plugins::runs_native_code(p.bridge_kind) && p.trust == TrustTier::Unverified);
+    if let Some(c) = ceiling {
+        p.trust = p.trust.max(c);
+    }
+    let high_risk = plugins::runs_native_code(p.bridge_kind) || !scan.findings.is_empty();
+    let enabled = !(high_risk && p.trust == TrustTier::Unverified);
     if enabled {
         if let Err(why) = prove(kernel, &mut p, &io.correlation()).await {
             return refuse(why).await;
         }
     } else {
         p.state = State::Disabled(format!(
-            "installed but not enabled: its bridge runs native code and nothing proves its publisher; `loongctl plugins enable {}`",
+            "installed but not enabled: it is high-risk ({}) and nothing proves its publisher; `loongctl plugins enable {}`",
+            if scan.findings.is_empty() {
+                "its bridge runs native code".to_string()
+            } else {
+                scan.findings.join(", ")
+            },
             p.id
         ));
     }
@@ -339,6 +366,7 @@ async fn stage_and_switch(
                 .collect(),
             signer: p.signer.clone(),
             trust: p.trust.as_str().into(),
+            ceiling: ceiling.map(|c| c.as_str().into()),
             enabled,
             installed_ms: crate::now_ms(),
         },
@@ -363,6 +391,7 @@ async fn stage_and_switch(
                 "plugin": p.id, "version": p.version, "previous_version": current.map(|c| c.version),
                 "digest": digest.digest, "trust": p.trust.as_str(), "signer": p.signer,
                 "enabled": enabled, "bridge_kind": p.bridge_kind,
+                "findings": scan.findings, "ceiling": ceiling.map(|c| c.as_str()),
             }),
         ))
         .await;

@@ -29,6 +29,9 @@ pub struct LockEntry {
     pub files: Vec<(String, String)>,
     pub signer: Option<String>,
     pub trust: String,
+    /// The tier the operator capped this plugin at when installing it (`--trust`).
+    #[serde(default)]
+    pub ceiling: Option<String>,
     pub enabled: bool,
     pub installed_ms: i64,
 }

@@ -214,6 +214,95 @@ pub(crate) fn runs_native_code(bridge_kind: &str) -> bool {
         || bridge_kind == ForeignKind::McpStdio.as_str()
 }
 
+/// Words in a manifest's summary or metadata that mark a plugin high-risk (public Loong's
+/// `high_risk_metadata_keywords`): an unverified high-risk plugin is installed disabled.
+pub const HIGH_RISK_KEYWORDS: &[&str] = &[
+    "sudo",
+    "rm -rf",
+    "| sh",
+    "|sh",
+    "curl ",
+    "wget ",
+    "base64 -d",
+    "chmod 777",
+    "/etc/shadow",
+    "nc -e",
+    "eval ",
+    "--privileged",
+    "docker.sock",
+];
+
+/// The capability names a manifest may declare (public Loong's, snake_case).
+pub const KNOWN_CAPABILITIES: &[&str] = &[
+    "invoke_tool",
+    "invoke_connector",
+    "memory_read",
+    "memory_write",
+    "filesystem_read",
+    "filesystem_write",
+    "network_egress",
+    "observe_telemetry",
+    "control_read",
+    "control_write",
+    "control_approvals",
+    "control_pairing",
+    "control_acp",
+];
+
+/// What a static scan of a manifest found: problems that refuse an install, and findings
+/// (high-risk keywords) that keep an unverified plugin disabled.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub problems: Vec<String>,
+    pub findings: Vec<String>,
+}
+
+/// Scans a manifest without running anything: capabilities it declares against what its
+/// bridge needs, unknown capability names, and high-risk keywords.
+pub(crate) fn scan(m: &PluginManifest, raw_text: &str) -> Scan {
+    let mut scan = Scan::default();
+    for c in m
+        .capabilities
+        .iter()
+        .filter(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+    {
+        scan.problems.push(format!(
+            "capability {c:?} is not one of {}",
+            KNOWN_CAPABILITIES.join(", ")
+        ));
+    }
+    let mut needs: Vec<(&str, &str)> = Vec::new();
+    match &m.bridge {
+        Bridge::Http(_) => needs.push(("network_egress", "it posts to an endpoint")),
+        Bridge::Foreign(f) => {
+            if !f.net.is_empty() {
+                needs.push(("network_egress", "it is granted sandbox.net"));
+            }
+            if !f.write.is_empty() {
+                needs.push(("filesystem_write", "it is granted sandbox.write"));
+            }
+            if !f.read.is_empty() {
+                needs.push(("filesystem_read", "it is granted sandbox.read"));
+            }
+        }
+        Bridge::Wasm => {}
+    }
+    for (cap, why) in needs {
+        if !m.capabilities.iter().any(|c| c == cap) {
+            scan.problems.push(format!(
+                "capabilities must declare {cap:?} because {why}, so that operators see it"
+            ));
+        }
+    }
+    let lower = raw_text.to_ascii_lowercase();
+    for k in HIGH_RISK_KEYWORDS {
+        if lower.contains(k) {
+            scan.findings.push(format!("high-risk keyword {k:?}"));
+        }
+    }
+    scan
+}
+
 /// Reads one package directory: manifest, signature, lock entry.
 pub(crate) fn read_package(
     dir: &Path,
@@ -264,6 +353,13 @@ pub(crate) fn read_package(
     p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
     if let Some(entry) = lock.get(name) {
         p.lock_digest = Some(entry.digest.clone());
+        if let Some(ceiling) = entry
+            .ceiling
+            .as_deref()
+            .and_then(|c| c.parse::<TrustTier>().ok())
+        {
+            p.trust = p.trust.max(ceiling);
+        }
         let drift = super::lock::drift(entry, dir);
         if !drift.is_empty() {
             p.state = State::Failed(format!(
