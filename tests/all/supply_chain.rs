@@ -732,3 +732,73 @@ fn the_static_scan_and_the_operator_ceiling_shape_an_install() {
         .iter()
         .any(|d| d["findings"].to_string().contains("sudo") && d["enabled"] == false));
 }
+
+#[test]
+fn an_archive_installs_like_its_directory_and_a_hostile_one_writes_nothing() {
+    let home = Home::new();
+    home.start();
+    let pkgs = tempfile::Builder::new()
+        .prefix("la")
+        .tempdir_in("/tmp")
+        .expect("packages");
+    let dir = pkgs.path().join("archived");
+    wasm_package(&dir, "archived", "1", &example_module("echo"), None);
+    let good = pkgs.path().join("archived.tar.gz");
+    let out = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&good)
+        .arg("-C")
+        .arg(pkgs.path())
+        .arg("archived")
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ctl_ok(&home, &["plugins", "install", &good.display().to_string()]);
+    assert_eq!(view(&home, "archived")["state"], "ready");
+    let (code, out, err) = invoke(&home, &["archived", "--input", r#"{"a": 1}"#]);
+    assert_eq!((code, out.trim()), (0, r#"{"a":1}"#), "{err}");
+
+    // Hostile archives, made with Python's tarfile: a path out of the package, an absolute
+    // path, a symlink, a device. Each is refused naming its entry, and nothing is written.
+    let script = r#"
+import io, sys, tarfile
+kind, path = sys.argv[1], sys.argv[2]
+with tarfile.open(path, "w") as t:
+    def add(name, data=b"x", **kw):
+        info = tarfile.TarInfo(name)
+        for k, v in kw.items():
+            setattr(info, k, v)
+        info.size = len(data) if info.type == tarfile.REGTYPE else 0
+        t.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+    add("pkg/loong.plugin.json", b"{}")
+    if kind == "dotdot":
+        add("pkg/../../loong-escaped")
+    elif kind == "absolute":
+        add("/tmp/loong-escaped-abs")
+    elif kind == "symlink":
+        add("pkg/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+    elif kind == "device":
+        add("pkg/dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+"#;
+    for (kind, entry) in [
+        ("dotdot", "pkg/../../loong-escaped"),
+        ("absolute", "/tmp/loong-escaped-abs"),
+        ("symlink", "pkg/link"),
+        ("device", "pkg/dev"),
+    ] {
+        let archive = pkgs.path().join(format!("{kind}.tar"));
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, kind])
+            .arg(&archive)
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = home.ctl(&["plugins", "install", &archive.display().to_string()]);
+        assert_eq!(out.status.code(), Some(2), "{kind}");
+        let err = text(&out.stderr);
+        assert!(err.contains(entry), "{kind}: {err}");
+    }
+    assert!(!Path::new("/tmp/loong-escaped").exists());
+    assert!(!Path::new("/tmp/loong-escaped-abs").exists());
+    assert_eq!(plugins(&home).len(), 1);
+}

@@ -438,3 +438,126 @@ fn check_manifest(
         }
     }
 }
+
+/// A package unpacked from an archive into a private directory, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Unpacked {
+    root: PathBuf,
+    /// The package directory: the root, or its single top-level directory.
+    pub dir: PathBuf,
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Whether `path` names an archive `plugins install` unpacks (`.tar`, `.tar.gz`, `.tgz`).
+pub(crate) fn is_archive(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
+/// Unpacks a plugin archive: only regular files and directories with relative, plain paths,
+/// within the package bounds; anything else refuses the whole archive, naming the entry.
+pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let file = fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let name = archive.to_string_lossy();
+    let reader: Box<dyn std::io::Read> = if name.ends_with(".tar") {
+        Box::new(file)
+    } else {
+        Box::new(flate2::read::GzDecoder::new(file))
+    };
+    let mut suffix = [0u8; 8];
+    getrandom::getrandom(&mut suffix).map_err(|e| anyhow!("no randomness: {e}"))?;
+    let root = std::env::temp_dir().join(format!("loong-unpack-{}", hex::encode(suffix)));
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&root)
+        .with_context(|| format!("creating {}", root.display()))?;
+    let unpacked = Unpacked {
+        root: root.clone(),
+        dir: root.clone(),
+    };
+    let refuse =
+        |entry: &str, why: &str| usage(format!("{}: entry {entry:?}: {why}", archive.display()));
+    let mut files = 0usize;
+    let mut total = 0u64;
+    let mut tar = tar::Archive::new(reader);
+    for entry in tar
+        .entries()
+        .with_context(|| format!("reading {}", archive.display()))?
+    {
+        let mut entry = entry.with_context(|| format!("reading {}", archive.display()))?;
+        let path = entry
+            .path()
+            .with_context(|| format!("reading {}", archive.display()))?
+            .into_owned();
+        let shown = path.display().to_string();
+        if path.is_absolute()
+            || !path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(refuse(&shown, "a path must be relative, without .."));
+        }
+        let to = root.join(&path);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&to)
+                    .with_context(|| format!("creating {}", to.display()))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                files += 1;
+                total += entry.header().size().unwrap_or(u64::MAX);
+                if files > package::MAX_PACKAGE_FILES || total > package::MAX_PACKAGE_BYTES {
+                    return Err(refuse(&shown, "the archive is over the package bounds"));
+                }
+                if let Some(parent) = to.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                let exec = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if exec { 0o755 } else { 0o644 })
+                    .open(&to)
+                    .map_err(|e| refuse(&shown, &e.to_string()))?;
+                let limit = package::MAX_PACKAGE_BYTES;
+                std::io::copy(&mut std::io::Read::take(&mut entry, limit), &mut out)
+                    .with_context(|| format!("writing {}", to.display()))?;
+            }
+            other => {
+                return Err(refuse(
+                    &shown,
+                    &format!("{other:?} entries are not allowed (only files and directories)"),
+                ))
+            }
+        }
+    }
+    // A single top-level directory is the package.
+    let top: Vec<PathBuf> = fs::read_dir(&root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let dir = match top.as_slice() {
+        [only] if only.is_dir() && !root.join("loong.plugin.json").exists() => only.clone(),
+        _ => root.clone(),
+    };
+    let mut unpacked = unpacked;
+    unpacked.dir = dir;
+    Ok(unpacked)
+}

@@ -63,7 +63,8 @@ pub enum PluginsCommand {
     },
     /// Diagnose a package without running any of it (exit 2 when something would stop it).
     Doctor { dir: std::path::PathBuf },
-    /// Install a plugin package (a directory): checked, loaded and probed before it serves;
+    /// Install a plugin package (a directory, or a .tar, .tar.gz or .tgz archive unpacked
+    /// here first): checked, loaded and probed before it serves;
     /// an unverified package whose bridge runs native code is installed disabled.
     Install {
         dir: std::path::PathBuf,
@@ -345,6 +346,18 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
         PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
         PluginsCommand::Init { dir, kind } => return super::scaffold::init(&dir, kind),
         PluginsCommand::Doctor { dir } => return super::scaffold::doctor(&dir),
+        PluginsCommand::Install { dir, trust, json } if super::scaffold::is_archive(&dir) => {
+            // Unpacked here, on the operator's side; loongd installs the directory.
+            let unpacked = super::scaffold::unpack(&dir)?;
+            let req = install_request(&unpacked.dir, false, trust)?;
+            let ControlResponse::Plugins(ps) =
+                crate::request_within(layout, req, Duration::from_secs(120))?
+            else {
+                return Err(anyhow!("unexpected answer to plugins install").into());
+            };
+            print_plugins(&ps, json);
+            return Ok(exit::OK);
+        }
         PluginsCommand::Install { dir, trust, json } => {
             (install_request(&dir, false, trust)?, json)
         }
@@ -359,31 +372,7 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
     else {
         return Err(anyhow!("unexpected answer to plugins").into());
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::Value::Array(ps.iter().map(plugin_json).collect())
-        );
-    } else {
-        for p in &ps {
-            match &p.error {
-                None => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
-                    p.id, p.version, p.bridge_kind, p.state, p.trust, p.summary
-                ),
-                Some(e) => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {e}",
-                    p.id, p.version, p.bridge_kind, p.state
-                ),
-            }
-            // An MCP server's tools, one per line under it.
-            if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
-                for t in &p.tools {
-                    println!("    {t}");
-                }
-            }
-        }
-    }
+    print_plugins(&ps, json);
     Ok(exit::OK)
 }
 
@@ -440,6 +429,34 @@ pub(crate) fn tools(layout: &Layout, cmd: ToolsCommand) -> Result<u8, Failure> {
         }
     }
     Ok(exit::OK)
+}
+
+fn print_plugins(ps: &[PluginView], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(ps.iter().map(plugin_json).collect())
+        );
+    } else {
+        for p in ps {
+            match &p.error {
+                None => println!(
+                    "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
+                    p.id, p.version, p.bridge_kind, p.state, p.trust, p.summary
+                ),
+                Some(e) => println!(
+                    "{:<24} {:<10} {:<14} {:<7} {e}",
+                    p.id, p.version, p.bridge_kind, p.state
+                ),
+            }
+            // An MCP server's tools, one per line under it.
+            if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
+                for t in &p.tools {
+                    println!("    {t}");
+                }
+            }
+        }
+    }
 }
 
 fn worker_json(w: &WorkerView) -> serde_json::Value {

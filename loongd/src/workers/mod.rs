@@ -526,14 +526,17 @@ impl Supervisor {
         };
         let result = self.run_on(out.worker(), plugin, job).await;
         let worker = out.release();
-        drop(permit);
         match result {
             Ok(r) => {
                 self.mark(id, None);
+                // Back in the idle list before the permit is free: a call that takes the
+                // permit must find it there, or it would spawn one worker too many.
                 self.give_back(worker);
+                drop(permit);
                 (id, r)
             }
             Err(fault) => {
+                drop(permit);
                 let why = format!("worker {id} failed: {fault}");
                 self.retire(worker, &why, correlation).await;
                 self.replace_in_background();
