@@ -20,6 +20,49 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+/// The top-level fields a manifest may have (public Loong's).
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "api_version",
+    "plugin_id",
+    "version",
+    "summary",
+    "capabilities",
+    "metadata",
+    "sandbox",
+    "provider_id",
+    "connector_name",
+    "channel_id",
+    "endpoint",
+    "trust_tier",
+    "tags",
+    "input_examples",
+    "output_examples",
+    "defer_loading",
+    "setup",
+    "slot_claims",
+    "compatibility",
+];
+
+/// The fields of the `sandbox` block.
+pub const SANDBOX_FIELDS: &[&str] = &[
+    "tier",
+    "timeout_ms",
+    "max_memory_bytes",
+    "max_output_bytes",
+    "max_module_bytes",
+    "fuel",
+    "config",
+    "guest_readable_config_keys",
+    "sha256",
+    "allow_wasi",
+    "blocked_import_prefixes",
+    "read",
+    "write",
+    "net",
+    "max_line_bytes",
+    "allow_private_network",
+];
+
 /// The first line of the signed message.
 pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
 /// The detached signature's file name inside the package.

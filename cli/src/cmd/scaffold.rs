@@ -317,32 +317,14 @@ fn check_manifest(
     problems: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) {
-    const TOP: &[&str] = &[
-        "api_version",
-        "plugin_id",
-        "version",
-        "summary",
-        "capabilities",
-        "metadata",
-        "sandbox",
-        "provider_id",
-        "connector_name",
-        "channel_id",
-        "endpoint",
-        "trust_tier",
-        "tags",
-        "input_examples",
-        "output_examples",
-        "defer_loading",
-        "setup",
-        "slot_claims",
-        "compatibility",
-    ];
     let Some(obj) = m.as_object() else {
         problems.push("the manifest must be a JSON object".into());
         return;
     };
-    for k in obj.keys().filter(|k| !TOP.contains(&k.as_str())) {
+    for k in obj
+        .keys()
+        .filter(|k| !package::TOP_LEVEL_FIELDS.contains(&k.as_str()))
+    {
         problems.push(format!("unknown field {k:?}"));
     }
     let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).unwrap_or_default();
