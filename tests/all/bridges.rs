@@ -102,6 +102,16 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
         "{lines}"
     );
     let mut pid = lines_ok(&home);
+    // The program's own memory is accounted per call.
+    let (code, out, err) = invoke(&home, &["lines", "--input", "{}", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(
+        v["peak_memory_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1024 * 1024),
+        "{v}"
+    );
 
     // Each way of misbehaving: its class, then the program is replaced (a new pid) and the
     // next call, and a WASM plugin's, succeed on the same daemon.
@@ -925,6 +935,14 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     let (code, out, err) = call("shell.exec", serde_json::json!({"command": "sleep 30"}));
     assert_eq!(code, 0, "{err}");
     assert_eq!(output(&out)["timed_out"], true);
+    // A call's CPU is accounted, the shell's included.
+    let (code, out, err) = call(
+        "shell.exec",
+        serde_json::json!({"command": "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"}),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(v["cpu_us"].as_u64().is_some_and(|c| c > 0), "{v}");
 
     // Decided on the effect: a token that may read the read root reads there, and may not
     // write or read elsewhere (exit 4).

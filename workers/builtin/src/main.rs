@@ -54,6 +54,8 @@ impl Handler for Worker {
                     return Ok(loong_worker_runtime::not_configured(&plugin_id));
                 };
                 let started = std::time::Instant::now();
+                let cpu_before =
+                    loong_worker_runtime::thread_cpu_us() + loong_worker_runtime::children_cpu_us();
                 match loong_worker_builtin::run(spec, &input) {
                     Ok(out) => WorkerResponse::Output(CallOutput {
                         output: serde_json::to_vec(&out)
@@ -61,9 +63,11 @@ impl Handler for Worker {
                         logs: Vec::new(),
                         logs_dropped: 0,
                         wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        cpu_us: 0,
+                        cpu_us: (loong_worker_runtime::thread_cpu_us()
+                            + loong_worker_runtime::children_cpu_us())
+                        .saturating_sub(cpu_before),
                         fuel_consumed: None,
-                        peak_memory_bytes: 0,
+                        peak_memory_bytes: loong_worker_runtime::peak_rss_kib() * 1024,
                     }),
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }

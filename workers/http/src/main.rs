@@ -58,6 +58,8 @@ impl Handler for Worker {
                 // the connector's: the worker is replaced.
                 let stream = self.receive_socket().map_err(internal)?;
                 let started = Instant::now();
+                let cpu_before =
+                    loong_worker_runtime::thread_cpu_us() + loong_worker_runtime::children_cpu_us();
                 let answer = if spec.fetch {
                     // loongd wrote this input from the URL it decided on and connected to.
                     let target: serde_json::Value = serde_json::from_slice(&input)
@@ -79,9 +81,11 @@ impl Handler for Worker {
                         logs: Vec::new(),
                         logs_dropped: 0,
                         wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        cpu_us: 0,
+                        cpu_us: (loong_worker_runtime::thread_cpu_us()
+                            + loong_worker_runtime::children_cpu_us())
+                        .saturating_sub(cpu_before),
                         fuel_consumed: None,
-                        peak_memory_bytes: 0,
+                        peak_memory_bytes: loong_worker_runtime::peak_rss_kib() * 1024,
                     }),
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }

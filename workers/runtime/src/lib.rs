@@ -275,3 +275,35 @@ pub fn not_configured(name: &str) -> WorkerResponse {
         format!("{name} is not configured in this worker"),
     ))
 }
+
+/// CPU time (user + system) of the calling thread, µs: a call's cost when the worker runs it
+/// on its own thread.
+pub fn thread_cpu_us() -> u64 {
+    usage_us(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+}
+
+/// CPU time of the worker's waited-for children, µs: a call's cost when it ran a program
+/// that has ended.
+pub fn children_cpu_us() -> u64 {
+    usage_us(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+}
+
+fn usage_us(who: nix::sys::resource::UsageWho) -> u64 {
+    nix::sys::resource::getrusage(who)
+        .map(|u| {
+            let us = |t: nix::sys::time::TimeVal| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                    + u64::try_from(t.tv_usec()).unwrap_or(0)
+            };
+            us(u.user_time()) + us(u.system_time())
+        })
+        .unwrap_or(0)
+}
+
+/// Peak resident memory of this process, KiB, from `getrusage` (a confined worker can no
+/// longer open `/proc`).
+pub fn peak_rss_kib() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))
+        .unwrap_or(0)
+}

@@ -358,6 +358,40 @@ pub struct Answer {
     /// Lines the program wrote to stderr during the call (bounded).
     pub logs: Vec<String>,
     pub logs_dropped: u32,
+    /// CPU the program used during the call, µs (from its `/proc` entry; 0 if unreadable).
+    pub cpu_us: u64,
+    /// The program's peak resident memory so far, bytes (`VmHWM`).
+    pub peak_memory_bytes: u64,
+}
+
+/// The program's CPU time so far, µs (`utime + stime` of `/proc/PID/stat`).
+fn proc_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(100);
+    Some(ticks * 1_000_000 / hz)
+}
+
+/// The program's peak resident memory, bytes (`VmHWM` of `/proc/PID/status`).
+fn proc_peak_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The worker's program: started on [`Peer::start`], restarted after any failure that
@@ -462,6 +496,8 @@ impl Peer {
             .as_mut()
             .ok_or(PeerError::Exited("the program is not running".into()))?;
         let mark = lock(&running.stderr).total;
+        let pid = running.child.id();
+        let cpu_before = proc_cpu_us(pid);
         let output = match protocol {
             PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline)?,
             PeerProtocol::Mcp => mcp_call(running, id, tool, input, deadline)?,
@@ -475,10 +511,16 @@ impl Peer {
             });
         }
         let (logs, logs_dropped) = stderr_lines(&lock(&running.stderr).since(mark));
+        let cpu_us = match (cpu_before, proc_cpu_us(pid)) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
         Ok(Answer {
             output,
             logs,
             logs_dropped,
+            cpu_us,
+            peak_memory_bytes: proc_peak_bytes(pid).unwrap_or(0),
         })
     }
 

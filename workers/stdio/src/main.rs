@@ -60,9 +60,9 @@ impl Handler for Worker {
                         logs: a.logs,
                         logs_dropped: a.logs_dropped,
                         wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        cpu_us: 0,
+                        cpu_us: a.cpu_us,
                         fuel_consumed: None,
-                        peak_memory_bytes: 0,
+                        peak_memory_bytes: a.peak_memory_bytes,
                     }),
                     Err(f) => WorkerResponse::Failed(f),
                 }

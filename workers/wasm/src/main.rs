@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use loong_ipc::{
     CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
 };
-use loong_worker_runtime::{internal, Handler};
+use loong_worker_runtime::{internal, peak_rss_kib, thread_cpu_us, Handler};
 use loong_worker_wasm::{InvokeError, LoadError, LoadedPlugin, PluginSpec, WasmEngine};
 use sha2::{Digest, Sha256};
 
@@ -38,27 +38,6 @@ fn call_failure(e: &InvokeError) -> PluginFailure {
         InvokeError::OutputNotJson { .. } => FailureKind::OutputNotJson,
     };
     PluginFailure::new(kind, e.to_string())
-}
-
-/// Peak resident memory of this process, from `getrusage` (the worker can no longer open
-/// `/proc` once confined).
-fn peak_rss_kib() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) of the calling thread, µs.
-fn thread_cpu_us() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
-        .map(|u| {
-            let us = |t: nix::sys::time::TimeVal| {
-                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
-                    + u64::try_from(t.tv_usec()).unwrap_or(0)
-            };
-            us(u.user_time()) + us(u.system_time())
-        })
-        .unwrap_or(0)
 }
 
 impl Handler for Worker {
