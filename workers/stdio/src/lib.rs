@@ -101,6 +101,8 @@ struct StderrLog {
     kept: VecDeque<u8>,
     /// Bytes written in all.
     total: u64,
+    /// The program's stderr reached its end (everything it wrote is here).
+    closed: bool,
 }
 
 type SharedLog = Arc<Mutex<StderrLog>>;
@@ -169,6 +171,7 @@ impl Running {
                 }
                 lock(&log).push(&buf[..n]);
             }
+            lock(&log).closed = true;
         });
         Ok(Running {
             child,
@@ -224,6 +227,10 @@ impl Running {
                 _ => break "its stdout closed".into(),
             }
         };
+        // Its last words: the stderr reader reaches the end once the program is gone.
+        while !lock(&self.stderr).closed && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let tail = self.stderr_tail();
         if tail.is_empty() {
             PeerError::Exited(status)
