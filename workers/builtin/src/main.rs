@@ -4,9 +4,7 @@
 //! open paths and `shell.exec` starts a shell, so the tier's sandbox, with exactly those
 //! grants, is the boundary.
 
-use loong_ipc::{
-    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
-};
+use loong_ipc::{FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
 use loong_worker_runtime::{internal, Final, Handler};
 
 #[derive(Debug, Default)]
@@ -57,18 +55,12 @@ impl Handler for Worker {
                 let cpu_before =
                     loong_worker_runtime::thread_cpu_us() + loong_worker_runtime::children_cpu_us();
                 match loong_worker_builtin::run(spec, &input) {
-                    Ok(out) => WorkerResponse::Output(CallOutput {
-                        output: serde_json::to_vec(&out)
+                    Ok(out) => loong_worker_runtime::plain_output(
+                        serde_json::to_vec(&out)
                             .map_err(|e| internal(format!("encoding the answer: {e}")))?,
-                        logs: Vec::new(),
-                        logs_dropped: 0,
-                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        cpu_us: (loong_worker_runtime::thread_cpu_us()
-                            + loong_worker_runtime::children_cpu_us())
-                        .saturating_sub(cpu_before),
-                        fuel_consumed: None,
-                        peak_memory_bytes: loong_worker_runtime::peak_rss_kib() * 1024,
-                    }),
+                        started,
+                        cpu_before,
+                    ),
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }
             }
@@ -79,11 +71,10 @@ impl Handler for Worker {
                 self.spec = None;
                 WorkerResponse::Unloaded
             }
-            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
-                rss_kib: 0,
-                loaded: self.spec.iter().map(|s| s.tool.clone()).collect(),
-                calls: self.calls,
-            }),
+            WorkerRequest::Stats => loong_worker_runtime::stats(
+                self.spec.iter().map(|s| s.tool.clone()).collect(),
+                self.calls,
+            ),
         })
     }
 }

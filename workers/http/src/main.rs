@@ -12,9 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loong_ipc::{
-    CallOutput, FailureKind, HttpSpec, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
-};
+use loong_ipc::{FailureKind, HttpSpec, PluginFailure, WorkerRequest, WorkerResponse};
 use loong_worker_runtime::{internal, Handler};
 
 /// How long the socket for a call may take to arrive after its request.
@@ -76,17 +74,7 @@ impl Handler for Worker {
                     loong_worker_http::post(stream, spec, &input)
                 };
                 match answer {
-                    Ok(output) => WorkerResponse::Output(CallOutput {
-                        output,
-                        logs: Vec::new(),
-                        logs_dropped: 0,
-                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        cpu_us: (loong_worker_runtime::thread_cpu_us()
-                            + loong_worker_runtime::children_cpu_us())
-                        .saturating_sub(cpu_before),
-                        fuel_consumed: None,
-                        peak_memory_bytes: loong_worker_runtime::peak_rss_kib() * 1024,
-                    }),
+                    Ok(output) => loong_worker_runtime::plain_output(output, started, cpu_before),
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }
             }
@@ -106,11 +94,10 @@ impl Handler for Worker {
                 "tool {}: built-in tools run in loong-worker-builtin",
                 b.tool
             )),
-            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
-                rss_kib: 0,
-                loaded: self.spec.iter().map(|s| s.plugin_id.clone()).collect(),
-                calls: self.calls,
-            }),
+            WorkerRequest::Stats => loong_worker_runtime::stats(
+                self.spec.iter().map(|s| s.plugin_id.clone()).collect(),
+                self.calls,
+            ),
         })
     }
 }

@@ -307,3 +307,27 @@ pub fn peak_rss_kib() -> u64 {
         .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))
         .unwrap_or(0)
 }
+
+/// A call's answer for a worker that neither meters fuel nor keeps logs: `output`, with the
+/// wall time since `started`, the CPU since `cpu_before` (thread plus waited-for children),
+/// and the worker's peak resident memory.
+pub fn plain_output(output: Vec<u8>, started: Instant, cpu_before: u64) -> WorkerResponse {
+    WorkerResponse::Output(loong_ipc::CallOutput {
+        output,
+        logs: Vec::new(),
+        logs_dropped: 0,
+        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        cpu_us: (thread_cpu_us() + children_cpu_us()).saturating_sub(cpu_before),
+        fuel_consumed: None,
+        peak_memory_bytes: peak_rss_kib() * 1024,
+    })
+}
+
+/// A worker's figures: what it has loaded and how many calls it answered.
+pub fn stats(loaded: Vec<String>, calls: u64) -> WorkerResponse {
+    WorkerResponse::Stats(loong_ipc::WorkerStats {
+        rss_kib: peak_rss_kib(),
+        loaded,
+        calls,
+    })
+}
