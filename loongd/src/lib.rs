@@ -292,8 +292,10 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         control::tools_api::reload(&kernel).await;
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
+        kernel.workers.reap_idle().await;
         for pool in control::tools_api::own_pools(&kernel.plugins_snapshot(), &kernel) {
             pool.shutdown();
+            pool.reap_idle().await;
         }
         let stopped = audit::Event::daemon(
             audit::Kind::DaemonStopped,

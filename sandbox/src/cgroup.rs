@@ -75,6 +75,44 @@ impl SandboxCgroup {
     }
 }
 
+/// Removes the empty per-sandbox cgroups (`loong-PID-…`) that processes no longer alive
+/// left behind (a loongd that was killed never dropped its sandboxes' cgroups). A cgroup of a
+/// live process, or one that still holds a task, is left alone.
+pub fn sweep_stale(support: &CgroupSupport) -> usize {
+    let bases: Vec<&Path> = match support {
+        CgroupSupport::None => Vec::new(),
+        CgroupSupport::V2 { dir } => vec![dir.as_path()],
+        CgroupSupport::V1 { memory, pids, .. } => vec![memory.as_path(), pids.as_path()],
+    };
+    let mut removed = 0;
+    for base in bases {
+        let Ok(entries) = fs::read_dir(base) else {
+            continue;
+        };
+        // Listed first, removed after: removing while reading a cgroup directory skips entries.
+        let names: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        for (name, path) in names {
+            let Some(pid) = name
+                .strip_prefix("loong-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            if fs::remove_dir(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         for d in self.dirs.iter().rev() {
@@ -82,5 +120,33 @@ impl Drop for SandboxCgroup {
             // next loongd start (it removes stale `loong-*` children).
             let _ = fs::remove_dir(d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_cgroups_of_dead_processes_are_swept_and_live_ones_kept() {
+        let base = tempfile::tempdir().expect("dir");
+        // A pid above pid_max is never alive; this process's own is.
+        let dead = base.path().join("loong-4194305-1700000000000-3");
+        let live = base
+            .path()
+            .join(format!("loong-{}-1700000000000-0", std::process::id()));
+        let other = base.path().join("someone-else");
+        let busy = base.path().join("loong-4194306-1-0");
+        for d in [&dead, &live, &other, &busy] {
+            fs::create_dir(d).expect("dir");
+        }
+        // A non-empty cgroup directory cannot be removed (as with a task in it).
+        fs::write(busy.join("cgroup.procs"), "1").expect("file");
+        let support = CgroupSupport::V2 {
+            dir: base.path().to_path_buf(),
+        };
+        assert_eq!(sweep_stale(&support), 1);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists() && busy.exists());
     }
 }

@@ -243,7 +243,16 @@ impl SpawnerConfig {
             profiles,
             sandbox_id: DEFAULT_SANDBOX_ID,
             hidden: Vec::new(),
-            cgroup_prefix: format!("loong-{}", std::process::id()),
+            // The pid and the start time: a pid is reused, and a cgroup left by a process
+            // that was killed must not collide with a new one's.
+            cgroup_prefix: format!(
+                "loong-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ),
         }
     }
 }
@@ -266,6 +275,7 @@ impl Spawner {
     /// Probes the host (with the helper), starts the spawner thread and its spawn server.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
+        crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
             compiled.insert((*tier, false), seccomp::compile(p, false)?);

@@ -937,6 +937,23 @@ impl Supervisor {
         let all = u32::try_from(self.pool_size).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all)).await;
         self.shutdown();
+        self.reap_idle().await;
+    }
+
+    /// Waits for the killed idle workers, so that their sandboxes (and cgroups) are removed
+    /// before loongd exits, rather than left behind.
+    pub(crate) async fn reap_idle(&self) {
+        let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
+        for mut w in idle {
+            kill_now(&w);
+            if let Some(child) = w.child.take() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::task::spawn_blocking(move || child.wait()),
+                )
+                .await;
+            }
+        }
     }
 
     /// Kills every worker (loongd is stopping; nothing more is audited about them).
