@@ -67,6 +67,8 @@ pub const SANDBOX_FIELDS: &[&str] = &[
 pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
 /// The detached signature's file name inside the package.
 pub const SIGNATURE_FILE: &str = "loong.plugin.sig";
+/// The largest signature file read.
+pub const MAX_SIGNATURE_BYTES: usize = 1024 * 1024;
 /// Bounds on a package.
 pub const MAX_PACKAGE_FILES: usize = 1024;
 pub const MAX_PACKAGE_BYTES: u64 = 256 * 1024 * 1024;

@@ -125,6 +125,19 @@ impl Kernel {
         )
     }
 
+    /// The pool a plugin runs in: the shared WASM pool (`None`), or a new pool of its own.
+    fn pool_for(&self, kind: Option<&workers::WorkerKind>) -> Arc<workers::Supervisor> {
+        match kind {
+            None => self.workers.clone(),
+            Some(k) => self.new_pool(k.clone()),
+        }
+    }
+
+    /// Whether `pool` belongs to one plugin (not the shared WASM pool).
+    fn is_own_pool(&self, pool: &Arc<workers::Supervisor>) -> bool {
+        !Arc::ptr_eq(pool, &self.workers)
+    }
+
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
     fn new_pool(&self, kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
         let pool = Arc::new(workers::Supervisor::new(

@@ -664,6 +664,70 @@ mod tests {
     }
 
     #[test]
+    fn only_a_package_may_be_seen_inside_loongd_s_home_and_never_its_state() {
+        let (h, p) = (host(), profile());
+        let home = tempfile::tempdir().expect("home");
+        let home = home.path().canonicalize().expect("real path");
+        let package = home.join("plugins/lines");
+        // loongd's state placed under the plugins directory (a run directory, say).
+        let state = home.join("plugins/.run");
+        std::fs::create_dir_all(&package).expect("package");
+        std::fs::create_dir_all(&state).expect("state");
+        let hidden = [home.clone()];
+        let ctx = || PlanContext {
+            host: &h,
+            profile: &p,
+            sandbox_id: DEFAULT_SANDBOX_ID,
+            hidden: &hidden,
+            seccomp: Vec::new(),
+            cgroup_procs: Vec::new(),
+        };
+        let base = SandboxSpec {
+            tier: Some(Tier::Restricted),
+            program: "/bin/true".into(),
+            ..SandboxSpec::default()
+        };
+        // The package is readable inside, although it is under the hidden home.
+        let with_package = SandboxSpec {
+            package: Some(package.clone()),
+            ..base.clone()
+        };
+        let plan = with_package.plan(ctx()).expect("a package plans").plan;
+        let landlock = plan.landlock.expect("landlock is planned");
+        assert!(landlock.ro.contains(&package), "{:?}", landlock.ro);
+        assert!(!landlock.rw.contains(&package));
+        // The same path as an ordinary grant is refused: only loongd sets a package.
+        let as_grant = SandboxSpec {
+            read: vec![package.clone()],
+            ..base.clone()
+        };
+        assert!(matches!(as_grant.plan(ctx()), Err(SpecError::Conflict(_))));
+        // A package that holds loongd's state is refused: the home itself, or a directory
+        // with a hidden path inside it.
+        for wide in [home.clone(), home.join("plugins")] {
+            let hidden_inside = [home.clone(), state.clone()];
+            let ctx = PlanContext {
+                hidden: if wide == home {
+                    &hidden
+                } else {
+                    &hidden_inside
+                },
+                ..ctx()
+            };
+            let spec = SandboxSpec {
+                package: Some(wide.clone()),
+                ..base.clone()
+            };
+            let err = spec.plan(ctx).expect_err("refused");
+            assert!(
+                matches!(err, SpecError::Conflict(_)),
+                "{}: {err}",
+                wide.display()
+            );
+        }
+    }
+
+    #[test]
     fn a_request_never_widens_its_tier() {
         let (h, p) = (host(), profile());
         let ctx = || PlanContext {

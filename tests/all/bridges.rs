@@ -18,7 +18,7 @@ use std::{
 use crate::{
     support::{is_root, skip, text, Home},
     workers::{
-        detail, echo_works, find_descendant, install_examples, invoke, plugins, records,
+        details, echo_works, find_descendant, install_examples, invoke, plugins, records,
         status_field, workers,
     },
 };
@@ -102,6 +102,23 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
         "{lines}"
     );
     let mut pid = lines_ok(&home);
+    // The program holds its stdio pipes and none of the worker's sockets (loongd's control
+    // socket is close-on-exec in the worker).
+    let (code, out, err) = invoke(&home, &["lines", "--input", r#"{"mode": "fds"}"#]);
+    assert_eq!(code, 0, "{err}");
+    let fds: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let fds = fds["fds"].as_object().expect("fd table").clone();
+    assert!(
+        fds.get("0")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t.starts_with("pipe:")),
+        "stdin is the worker's pipe: {fds:?}"
+    );
+    assert!(
+        !fds.values()
+            .any(|t| t.as_str().is_some_and(|t| t.starts_with("socket:"))),
+        "the program inherited a socket: {fds:?}"
+    );
     // The program's own memory is accounted per call.
     let (code, out, err) = invoke(&home, &["lines", "--input", "{}", "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -137,10 +154,9 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
         assert_eq!(home.status().pid, daemon, "loongd restarted after {mode}");
     }
     // An exit names the program's last words; a tool's own error keeps the program.
-    let failed = records(&home, "tool.failed");
+    let failed = details(&home, "tool.failed");
     let exit = failed
         .iter()
-        .map(detail)
         .find(|d| d["failure"] == "peer_exited")
         .expect("peer_exited recorded");
     assert!(
@@ -151,7 +167,7 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
     );
     for (_, class) in cases {
         assert!(
-            failed.iter().any(|r| detail(r)["failure"] == class),
+            failed.iter().any(|d| d["failure"] == class),
             "no tool.failed with {class}"
         );
     }
@@ -325,7 +341,7 @@ fn real_mcp_servers_serve_their_tools_and_the_sandbox_is_the_boundary() {
         "nothing may be written outside the grant"
     );
 
-    let failed: Vec<serde_json::Value> = records(&home, "tool.failed").iter().map(detail).collect();
+    let failed: Vec<serde_json::Value> = details(&home, "tool.failed");
     for (tool, path) in [
         ("files/read_text_file", &outside),
         ("files/write_file", &escaped),
@@ -578,7 +594,7 @@ fn an_mcp_server_connects_only_where_its_grant_allows() {
         1,
         "the offline server reached the network"
     );
-    let failed: Vec<serde_json::Value> = records(&home, "tool.failed").iter().map(detail).collect();
+    let failed: Vec<serde_json::Value> = details(&home, "tool.failed");
     for (tool, url) in [
         ("fetch/fetch", other.url()),
         ("offline/fetch", granted.url()),
@@ -660,8 +676,7 @@ fn tool_search_covers_active_and_deferred_plugins_and_trusts_no_claim() {
 
     // Each search that ran is audited with its query and what it found (the two refused
     // requests ran none).
-    let searched: Vec<serde_json::Value> =
-        records(&home, "tool.searched").iter().map(detail).collect();
+    let searched: Vec<serde_json::Value> = details(&home, "tool.searched");
     assert_eq!(searched.len(), 6, "{searched:?}");
     assert!(searched
         .iter()
@@ -781,12 +796,11 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
         assert!(err.contains(class), "{id}: expected {class}: {err}");
         hook_ok(i as u64 + 2);
     }
-    let failed = records(&home, "tool.failed");
+    let failed = details(&home, "tool.failed");
     for (id, class) in cases {
         assert!(
             failed
                 .iter()
-                .map(detail)
                 .any(|d| d["tool"] == id && d["failure"] == class),
             "no tool.failed {class} for {id}"
         );
@@ -794,7 +808,6 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
     // The redirect's target was never asked: only the server's own requests were served.
     let redirect_msg = failed
         .iter()
-        .map(detail)
         .find(|d| d["tool"] == "redirect")
         .expect("redirect recorded");
     assert!(
@@ -975,10 +988,7 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
         serde_json::json!({"path": rw.join("t.txt"), "content": "x"}),
     );
     assert_eq!(code, 4, "{err}");
-    let decisions: Vec<serde_json::Value> = records(&home, "policy.decision")
-        .iter()
-        .map(detail)
-        .collect();
+    let decisions: Vec<serde_json::Value> = details(&home, "policy.decision");
     assert!(
         decisions.iter().any(|d| d.to_string().contains("fs.write")),
         "the write was decided as fs.write: {decisions:?}"
@@ -1037,8 +1047,7 @@ fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() 
         "{err}"
     );
     assert_eq!(page.accepted(), 0, "a refused fetch connected");
-    let failed: Vec<serde_json::Value> =
-        records(&strict, "tool.failed").iter().map(detail).collect();
+    let failed: Vec<serde_json::Value> = details(&strict, "tool.failed");
     assert!(
         failed.iter().any(|d| d["failure"] == "address_refused"),
         "{failed:?}"

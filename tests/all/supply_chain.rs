@@ -6,7 +6,7 @@ use std::{fs, path::Path};
 
 use crate::{
     support::{text, Home},
-    workers::{install_examples, invoke, json_list, plugins, records},
+    workers::{details, install_examples, invoke, json_list, plugins, records},
 };
 
 /// `keys generate` into `file`; returns (public hex, key id).
@@ -116,10 +116,7 @@ fn signatures_prove_a_tier_and_tampering_or_revocation_refuses_the_package() {
     };
     assert_eq!(names("official"), ["json-transform"]);
     assert_eq!(names("verified-community"), ["echo", "json-transform"]);
-    let loaded: Vec<serde_json::Value> = records(&home, "plugin.loaded")
-        .iter()
-        .map(crate::workers::detail)
-        .collect();
+    let loaded: Vec<serde_json::Value> = details(&home, "plugin.loaded");
     assert!(loaded
         .iter()
         .any(|d| d["plugin"] == "echo" && d["trust"] == "verified-community"));
@@ -161,9 +158,8 @@ fn signatures_prove_a_tier_and_tampering_or_revocation_refuses_the_package() {
         "{p}"
     );
     assert_eq!(view(&home, "json-transform")["state"], "ready");
-    assert!(records(&home, "plugin.refused")
-        .iter()
-        .map(crate::workers::detail)
+    assert!(details(&home, "plugin.refused")
+        .into_iter()
         .any(|d| d["plugin"] == "echo"
             && d["reason"].as_str().is_some_and(|r| r.contains("revoked"))));
 
@@ -406,10 +402,7 @@ fn upgrades_switch_without_losing_a_call_and_a_failed_one_rolls_back() {
     assert_eq!(view(&home, "greeter")["version"], "0.2.0");
     let installed = records(&home, "plugin.installed");
     assert_eq!(installed.len(), 2, "{installed:?}");
-    let rolled: Vec<serde_json::Value> = records(&home, "plugin.rolled_back")
-        .iter()
-        .map(crate::workers::detail)
-        .collect();
+    let rolled: Vec<serde_json::Value> = details(&home, "plugin.rolled_back");
     assert!(
         rolled.len() == 1 && rolled[0]["version"] == "0.3.0" && rolled[0]["serving"] == "0.2.0",
         "{rolled:?}"
@@ -724,10 +717,7 @@ fn the_static_scan_and_the_operator_ceiling_shape_an_install() {
         (Some("ready"), Some("verified-community")),
         "the operator's ceiling holds across a reload"
     );
-    let installed: Vec<serde_json::Value> = records(&home, "plugin.installed")
-        .iter()
-        .map(crate::workers::detail)
-        .collect();
+    let installed: Vec<serde_json::Value> = details(&home, "plugin.installed");
     assert!(installed
         .iter()
         .any(|d| d["findings"].to_string().contains("sudo") && d["enabled"] == false));

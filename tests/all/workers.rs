@@ -109,6 +109,11 @@ pub(crate) fn records(home: &Home, kind: &str) -> Vec<serde_json::Value> {
     )
 }
 
+/// The details of the audit records of `kind` (newest first).
+pub(crate) fn details(home: &Home, kind: &str) -> Vec<serde_json::Value> {
+    records(home, kind).iter().map(detail).collect()
+}
+
 pub(crate) fn detail(r: &serde_json::Value) -> serde_json::Value {
     match &r["detail"] {
         serde_json::Value::String(s) => serde_json::from_str(s).expect("detail JSON"),

@@ -97,14 +97,13 @@ fn remove_dir(dir: PathBuf) {
 /// The pool a plugin runs in: the shared WASM pool, or a new one of its own.
 fn pool_for(kernel: &Kernel, p: &Plugin) -> Option<Arc<Supervisor>> {
     match &p.state {
-        State::Ready { kind: None, .. } => Some(kernel.workers.clone()),
-        State::Ready { kind: Some(k), .. } => Some(kernel.new_pool((**k).clone())),
+        State::Ready { kind, .. } => Some(kernel.pool_for(kind.as_deref())),
         _ => None,
     }
 }
 
 fn stop_if_own(kernel: &Kernel, pool: &Arc<Supervisor>) {
-    if !Arc::ptr_eq(pool, &kernel.workers) {
+    if kernel.is_own_pool(pool) {
         pool.shutdown();
     }
 }
@@ -379,7 +378,7 @@ async fn stage_and_switch(
         pool: Some(old), ..
     }) = replaced.map(|r| r.state)
     {
-        if !Arc::ptr_eq(&old, &kernel.workers) {
+        if kernel.is_own_pool(&old) {
             tokio::spawn(old.drain_then_shutdown());
         }
     }

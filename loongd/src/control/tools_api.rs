@@ -335,10 +335,7 @@ pub(crate) async fn reload_locked(kernel: &Kernel) -> ControlResponse {
             State::Ready {
                 plugin, kind, pool, ..
             } => {
-                let runner = match kind {
-                    None => kernel.workers.clone(),
-                    Some(kind) => kernel.new_pool((**kind).clone()),
-                };
+                let runner = kernel.pool_for(kind.as_deref());
                 *pool = Some(runner.clone());
                 if p.catalog.defer_loading {
                     // Started by its first call; its manifest was checked above.
@@ -357,7 +354,7 @@ pub(crate) async fn reload_locked(kernel: &Kernel) -> ControlResponse {
                 match runner.check_load(plugin).await {
                     Ok(info) => Ok(info),
                     Err(e) => {
-                        if !Arc::ptr_eq(&runner, &kernel.workers) {
+                        if kernel.is_own_pool(&runner) {
                             runner.shutdown();
                         }
                         Err(match e {
@@ -413,7 +410,7 @@ pub(crate) fn own_pools(registry: &plugins::Registry, kernel: &Kernel) -> Vec<Ar
         .filter_map(|p| match &p.state {
             State::Ready {
                 pool: Some(pool), ..
-            } if !Arc::ptr_eq(pool, &kernel.workers) => Some(pool.clone()),
+            } if kernel.is_own_pool(pool) => Some(pool.clone()),
             _ => None,
         })
         .collect()

@@ -89,6 +89,8 @@ pub const RESTART_BACKOFF: (Duration, Duration) =
 pub const RESTART_ATTEMPTS: u32 = 6;
 /// Bytes of a worker's stderr kept for the log.
 pub const MAX_WORKER_STDERR_BYTES: usize = 16 * 1024;
+/// How long loongd waits for a killed idle worker to be reaped when a pool stops.
+pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a replaced pool may finish the calls it runs before it is stopped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest frame write may take this long before the worker counts as stuck.
@@ -593,18 +595,21 @@ impl Supervisor {
             fetch_allow_private,
         } = &*plugin.wire
         {
-            let addrs = if spec.fetch {
+            // A connector's addresses were pinned at discovery; a fetch resolves its URL now.
+            let resolved;
+            let addrs: &[std::net::SocketAddr] = if spec.fetch {
                 match fetch_route(&input, *fetch_allow_private).await {
-                    Ok((addrs, target)) => {
+                    Ok((found, target)) => {
                         input = target;
-                        addrs
+                        resolved = found;
+                        &resolved
                     }
                     Err(f) => return Ok(Err(CallError::Plugin(f))),
                 }
             } else {
-                addrs.clone()
+                addrs
             };
-            let conn = match connect(&addrs, spec.timeout_ms).await {
+            let conn = match connect(addrs, spec.timeout_ms).await {
                 Ok(c) => c,
                 Err(why) => {
                     return Ok(Err(CallError::Plugin(PluginFailure::new(
@@ -948,7 +953,7 @@ impl Supervisor {
             kill_now(&w);
             if let Some(child) = w.child.take() {
                 let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
+                    REAP_TIMEOUT,
                     tokio::task::spawn_blocking(move || child.wait()),
                 )
                 .await;

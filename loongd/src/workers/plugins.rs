@@ -136,8 +136,11 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
     }
     let shown = sig_path.display();
     let text = std::fs::read(&sig_path).map_err(|e| format!("{shown}: {e}"))?;
-    if text.len() > 1024 * 1024 {
-        return Err(format!("{shown}: over 1 MiB"));
+    if text.len() > package::MAX_SIGNATURE_BYTES {
+        return Err(format!(
+            "{shown}: over {} bytes",
+            package::MAX_SIGNATURE_BYTES
+        ));
     }
     let sig: PackageSignature =
         serde_json::from_slice(&text).map_err(|e| format!("{shown}: {e}"))?;

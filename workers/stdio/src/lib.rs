@@ -43,6 +43,17 @@ pub const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
 pub const PEER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Bytes read from the program per read(2).
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes of a tool's own error text kept in a failure.
+pub const MAX_TOOL_ERROR_BYTES: usize = 2048;
+/// Bytes of a malformed line quoted in a failure.
+pub const MALFORMED_QUOTE_BYTES: usize = 120;
+/// How long an ended program has to be reaped and to finish its stderr before its exit is
+/// reported.
+pub const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// How long the cancellation of a request past its deadline may take to send.
+pub const CANCEL_SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often an ending program is polled.
+const REAP_POLL: Duration = Duration::from_millis(2);
 
 /// Why a call to the program failed. The program is killed after each, except
 /// [`PeerError::Tool`] and [`PeerError::UnknownTool`], which are well-formed answers.
@@ -204,7 +215,8 @@ impl Running {
     fn receive(&mut self, deadline: Instant) -> Result<Value, PeerError> {
         match self.lines.next_line(deadline) {
             Ok(line) => serde_json::from_slice(&line).map_err(|e| {
-                let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
+                let shown = String::from_utf8_lossy(&line[..line.len().min(MALFORMED_QUOTE_BYTES)])
+                    .into_owned();
                 PeerError::Malformed(format!("{e} in {shown:?}"))
             }),
             Err(LineError::Eof) => Err(self.exited()),
@@ -217,19 +229,19 @@ impl Running {
     /// The program's end, as an error: its status once it is reaped, with its last stderr.
     fn exited(&mut self) -> PeerError {
         // Its stdout closed; give it a moment to be reaped and its stderr to be read.
-        let until = Instant::now() + Duration::from_millis(200);
+        let until = Instant::now() + EXIT_GRACE;
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break s.to_string(),
                 Ok(None) if Instant::now() < until => {
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(REAP_POLL);
                 }
                 _ => break "its stdout closed".into(),
             }
         };
         // Its last words: the stderr reader reaches the end once the program is gone.
         while !lock(&self.stderr).closed && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(REAP_POLL);
         }
         let tail = self.stderr_tail();
         if tail.is_empty() {
@@ -685,7 +697,7 @@ fn json_lines_call(
             .and_then(Value::as_str)
             .map(String::from)
             .unwrap_or_else(|| e.to_string());
-        return Err(PeerError::Tool(cut(&msg, 1024)));
+        return Err(PeerError::Tool(cut(&msg, MAX_TOOL_ERROR_BYTES)));
     }
     obj.get("payload")
         .cloned()
@@ -711,7 +723,7 @@ fn mcp_call(
         Err(PeerError::Timeout(ms)) => {
             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": id, "reason": "deadline passed"}});
-            let _ = running.send(&cancel, Instant::now() + Duration::from_millis(100));
+            let _ = running.send(&cancel, Instant::now() + CANCEL_SEND_TIMEOUT);
             return Err(PeerError::Timeout(ms));
         }
         other => other?,
@@ -726,7 +738,7 @@ fn mcp_call(
                     .collect()
             })
             .unwrap_or_default();
-        return Err(PeerError::Tool(cut(&text.join("\n"), 2048)));
+        return Err(PeerError::Tool(cut(&text.join("\n"), MAX_TOOL_ERROR_BYTES)));
     }
     Ok(result)
 }
@@ -777,7 +789,10 @@ fn mcp_request(
                         .get("message")
                         .and_then(Value::as_str)
                         .unwrap_or("no message");
-                    return Err(PeerError::Tool(format!("{method}: {}", cut(msg, 1024))));
+                    return Err(PeerError::Tool(format!(
+                        "{method}: {}",
+                        cut(msg, MAX_TOOL_ERROR_BYTES)
+                    )));
                 }
                 return obj
                     .get("result")
