@@ -8,6 +8,32 @@ use std::{
 
 use crate::host::CgroupSupport;
 
+/// The file a single-threaded process writes `0` to, to move itself into a v1 cgroup.
+pub const JOIN_V1: &str = "tasks";
+/// The file a process writes `0` to, to move itself into a v2 cgroup.
+pub const JOIN_V2: &str = "cgroup.procs";
+
+/// Moves the calling process into the cgroup whose `file` ([`JOIN_V1`] or [`JOIN_V2`]) is
+/// given. Through `tasks` only the calling thread moves, so the process must have exactly one
+/// thread; this is checked, and a process with more is refused (`EBUSY`) rather than left
+/// partly outside its limits.
+pub fn join_self(file: &Path) -> std::io::Result<()> {
+    if file.file_name().is_some_and(|n| n == JOIN_V1) && threads()? != 1 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    fs::write(file, "0")
+}
+
+/// The calling process's thread count, from `/proc/self/stat` (field 20).
+fn threads() -> std::io::Result<u64> {
+    let stat = fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// Limits for one sandbox's cgroup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CgroupLimits {
@@ -23,7 +49,7 @@ pub struct SandboxCgroup {
 
 impl SandboxCgroup {
     /// Creates the cgroup `name` under what `support` offers and writes the limits. Returns
-    /// the `cgroup.procs` files the helper joins.
+    /// the files the helper joins through (see [`join_self`]).
     pub fn create(
         support: &CgroupSupport,
         name: &str,
@@ -59,8 +85,17 @@ impl SandboxCgroup {
                 }
             }
         }
-        let procs = cg.dirs.iter().map(|d| d.join("cgroup.procs")).collect();
-        Ok((cg, procs))
+        let join = match support {
+            // v1: the helper, still single-threaded, moves its own thread through `tasks`.
+            // Writing a pid to `cgroup.procs` takes the global threadgroup lock for writing,
+            // which waits for an RCU grace period (about 10 ms on the development machine);
+            // moving the calling thread alone does not take it (about 0.3 ms per hierarchy).
+            CgroupSupport::V1 { .. } => JOIN_V1,
+            // v2 has no such path: `cgroup.threads` cannot cross domain cgroups.
+            _ => JOIN_V2,
+        };
+        let files = cg.dirs.iter().map(|d| d.join(join)).collect();
+        Ok((cg, files))
     }
 
     /// Whether the kernel OOM-killed something in this cgroup.
@@ -126,6 +161,25 @@ impl Drop for SandboxCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_single_threaded_process_moves_itself_through_tasks() {
+        let dir = tempfile::tempdir().expect("dir");
+        // The test process has the harness's threads and this one.
+        let (stop, parked) = std::sync::mpsc::channel::<()>();
+        let extra = std::thread::spawn(move || parked.recv());
+        assert!(threads().expect("threads") >= 2);
+        let tasks = dir.path().join(JOIN_V1);
+        let err = join_self(&tasks).expect_err("a threaded process is refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+        assert!(!tasks.exists(), "nothing was written");
+        // Positive control: the whole-process file takes any process.
+        let procs = dir.path().join(JOIN_V2);
+        join_self(&procs).expect("cgroup.procs");
+        assert_eq!(fs::read_to_string(&procs).expect("read"), "0");
+        drop(stop);
+        let _ = extra.join();
+    }
 
     #[test]
     fn stale_cgroups_of_dead_processes_are_swept_and_live_ones_kept() {

@@ -79,8 +79,9 @@ pub struct Plan {
     pub landlock: Option<LandlockPlan>,
     /// `(resource, soft, hard)` triples.
     pub rlimits: Vec<(u32, u64, u64)>,
-    /// `cgroup.procs` files the helper writes its pid to before unsharing.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The cgroup files the helper moves itself through before unsharing
+    /// ([`crate::cgroup::join_self`]).
+    pub cgroup_join: Vec<PathBuf>,
     /// Seccomp programs, installed in order (last, just before exec).
     pub seccomp: Vec<Vec<sock_filter>>,
     /// uid and gid to switch to (when the helper runs as root without a user namespace).
@@ -264,8 +265,8 @@ impl Plan {
             w.u64(*s);
             w.u64(*h);
         }
-        w.len(self.cgroup_procs.len());
-        self.cgroup_procs.iter().for_each(|p| w.path(p));
+        w.len(self.cgroup_join.len());
+        self.cgroup_join.iter().for_each(|p| w.path(p));
         w.len(self.seccomp.len());
         for prog in &self.seccomp {
             w.len(prog.len());
@@ -350,7 +351,7 @@ impl Plan {
             t => return Err(PlanError::Tag(t)),
         };
         let rlimits = r.list(|r| Ok((r.u32()?, r.u64()?, r.u64()?)))?;
-        let cgroup_procs = r.list(R::path)?;
+        let cgroup_join = r.list(R::path)?;
         let seccomp = r.list(|r| {
             r.list(|r| {
                 Ok(sock_filter {
@@ -382,7 +383,7 @@ impl Plan {
             mounts,
             landlock,
             rlimits,
-            cgroup_procs,
+            cgroup_join,
             seccomp,
             creds,
             env,
@@ -437,7 +438,7 @@ mod tests {
                 required: true,
             }),
             rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
-            cgroup_procs: vec!["/sys/fs/cgroup/pids/loong/1/cgroup.procs".into()],
+            cgroup_join: vec!["/sys/fs/cgroup/pids/loong/1/cgroup.procs".into()],
             seccomp: vec![vec![sock_filter {
                 code: 6,
                 jt: 0,

@@ -544,7 +544,7 @@ fn spawn_one(
         sandbox_id: config.sandbox_id,
         hidden: &config.hidden,
         seccomp,
-        cgroup_procs: procs,
+        cgroup_join: procs,
     })?;
     let helper_err = |source| SpawnError::Helper {
         helper: config.helper.clone(),

@@ -165,7 +165,7 @@ pub struct PlanContext<'a> {
     /// conflict, and the trusted tier gets them masked.
     pub hidden: &'a [PathBuf],
     pub seccomp: Vec<Vec<seccompiler::sock_filter>>,
-    pub cgroup_procs: Vec<PathBuf>,
+    pub cgroup_join: Vec<PathBuf>,
 }
 
 /// A validated plan and the mechanisms it runs without (degraded).
@@ -354,7 +354,7 @@ impl SandboxSpec {
         // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and
         // processes its pids.max, and the rlimits keep the tier's bounds; without one, the
         // rlimits carry the request too (RLIMIT_NPROC counts every process of the uid).
-        let cgroup = !ctx.cgroup_procs.is_empty();
+        let cgroup = !ctx.cgroup_join.is_empty();
         let mem = if self.kernel.unbounded_address_space {
             None
         } else if cgroup {
@@ -420,7 +420,7 @@ impl SandboxSpec {
                 mounts,
                 landlock,
                 rlimits,
-                cgroup_procs: ctx.cgroup_procs,
+                cgroup_join: ctx.cgroup_join,
                 seccomp: if has(Mechanism::Seccomp) {
                     ctx.seccomp
                 } else {
@@ -680,7 +680,7 @@ mod tests {
             sandbox_id: DEFAULT_SANDBOX_ID,
             hidden: &hidden,
             seccomp: Vec::new(),
-            cgroup_procs: Vec::new(),
+            cgroup_join: Vec::new(),
         };
         let base = SandboxSpec {
             tier: Some(Tier::Restricted),
@@ -736,7 +736,7 @@ mod tests {
             sandbox_id: DEFAULT_SANDBOX_ID,
             hidden: &[],
             seccomp: Vec::new(),
-            cgroup_procs: Vec::new(),
+            cgroup_join: Vec::new(),
         };
         let spec = |limits| SandboxSpec {
             tier: Some(Tier::Restricted),

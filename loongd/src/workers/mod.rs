@@ -663,7 +663,13 @@ impl Supervisor {
             let w = lock(&self.idle).pop();
             match w {
                 Some(w) if w.exited() => {
-                    self.retire(w, "found dead while idle", "").await;
+                    // Reaped (its sandbox and cgroup removed) and audited in the background:
+                    // the call goes on to a live or new worker without waiting for that.
+                    let killed_by = self.unregister(&w);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.reap(w, killed_by, "found dead while idle", "").await;
+                    });
                 }
                 Some(w) => return Ok(w),
                 None => return self.spawn().await,
@@ -817,11 +823,28 @@ impl Supervisor {
     }
 
     /// Kills a worker, waits for it (off the runtime) and audits how it ended.
-    async fn retire(&self, mut worker: Worker, why: &str, correlation: &str) {
-        kill_now(&worker);
-        let killed_by = lock(&self.table)
+    async fn retire(&self, worker: Worker, why: &str, correlation: &str) {
+        let killed_by = self.unregister(&worker);
+        self.reap(worker, killed_by, why, correlation).await;
+    }
+
+    /// Kills a worker and takes it out of the table (so the pool may replace it at once);
+    /// returns who had killed it, if anyone.
+    fn unregister(&self, worker: &Worker) -> Option<String> {
+        kill_now(worker);
+        lock(&self.table)
             .remove(&worker.id)
-            .and_then(|e| e.killed_by);
+            .and_then(|e| e.killed_by)
+    }
+
+    /// Waits for an unregistered worker (off the runtime) and audits how it ended.
+    async fn reap(
+        &self,
+        mut worker: Worker,
+        killed_by: Option<String>,
+        why: &str,
+        correlation: &str,
+    ) {
         let Some(child) = worker.child.take() else {
             return;
         };

@@ -138,12 +138,12 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     )
     .map_err(nix_fail("cloexec report fd"))?;
     nix::unistd::setsid().map_err(nix_fail("setsid"))?;
-    for procs in &plan.cgroup_procs {
-        std::fs::write(procs, std::process::id().to_string()).map_err(|e| {
+    for file in &plan.cgroup_join {
+        crate::cgroup::join_self(file).map_err(|e| {
             Failure::new(
                 "join cgroup",
                 e.raw_os_error().unwrap_or(0),
-                procs.display().to_string(),
+                file.display().to_string(),
             )
         })?;
     }
