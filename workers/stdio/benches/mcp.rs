@@ -11,7 +11,7 @@
 //! `scripts/install-mcp-servers` installs; without either it says so and measures nothing.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -21,26 +21,13 @@ use loong_ipc::{
     ControlRequest, ControlResponse, InvokeRequest, PeerKind,
 };
 
+#[path = "../../bench_support.rs"]
+mod bench_support;
+use bench_support::{percentile, release_dir};
+
 const CALLS: usize = 1_000;
 const WARMUP: usize = 100;
 const MCP_ROOT: &str = "/opt/loong-mcp";
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn release_dir() -> Option<PathBuf> {
-    let dir = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
-    ["loongd", "loongctl", "loong-spawn", "loong-worker-stdio"]
-        .iter()
-        .all(|b| dir.join(b).exists())
-        .then_some(dir)
-}
 
 fn direct(server: &Path) -> Duration {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mcp_direct.py");
@@ -150,7 +137,7 @@ fn through_loong(bin: &Path, server: &Path, config: &str, name: &str, direct: Du
 
 fn main() {
     let server = Path::new(MCP_ROOT).join("venv/bin/mcp-server-time");
-    let Some(bin) = release_dir() else {
+    let Some(bin) = release_dir("loong-worker-stdio") else {
         println!("mcp: skipped: the release binaries are missing; run scripts/bench");
         return;
     };

@@ -27,18 +27,16 @@ use loong_ipc::{
 };
 use loong_worker_wasm::{PluginSpec, WasmEngine};
 
+#[path = "../../bench_support.rs"]
+mod bench_support;
+use bench_support::{percentile, release_dir};
+
 const WARM_CALLS: usize = 3_000;
 const FLOOR_CALLS: usize = 20_000;
 const RTT_SAMPLES: usize = 20_000;
 const COLD_SAMPLES: usize = 20;
 const CONCURRENT_THREADS: usize = 50;
 const CONCURRENT_PER_THREAD: usize = 20;
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i]
-}
 
 fn report(name: &str, samples: &mut [Duration]) -> Duration {
     let med = percentile(samples, 0.5);
@@ -118,19 +116,6 @@ fn fsync_floor(dir: &Path) -> Duration {
         .collect();
     let _ = std::fs::remove_file(&path);
     report("floor: fsync of an append (audit commit)", &mut samples)
-}
-
-fn release_dir() -> Option<PathBuf> {
-    // target/release/deps/e2e-… → target/release
-    let dir = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
-    ["loongd", "loongctl", "loong-spawn", "loong-worker-wasm"]
-        .iter()
-        .all(|b| dir.join(b).exists())
-        .then_some(dir)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -356,7 +341,7 @@ fn main() {
     // `cargo bench` passes `--bench`; this binary takes no options.
     let floor = floor();
     let rtt = unix_round_trip();
-    match release_dir() {
+    match release_dir("loong-worker-wasm") {
         Some(dir) => end_to_end(&dir, floor, rtt),
         None => println!(
             "end to end: skipped: the release binaries are missing; run `cargo build --release --bins` (scripts/bench does)"

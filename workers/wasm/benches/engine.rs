@@ -42,6 +42,11 @@ fn bench(c: &mut Criterion) {
     c.bench_function("wasm/load_echo_compile", |b| {
         b.iter(|| black_box(engine.load(spec.clone()).expect("load")))
     });
+    // What a new worker does before its first call: the engine (its pool reserved, its
+    // ticker started), then the plugin's compile.
+    c.bench_function("wasm/engine_new", |b| {
+        b.iter(|| black_box(WasmEngine::new().expect("engine")))
+    });
 }
 
 criterion_group!(benches, bench);
