@@ -717,6 +717,49 @@ fn the_static_scan_and_the_operator_ceiling_shape_an_install() {
         (Some("ready"), Some("verified-community")),
         "the operator's ceiling holds across a reload"
     );
+
+    // An unsigned copy would install disabled. As an upgrade of the serving plugin it is
+    // refused and the signed version keeps serving; once disabled by hand, it replaces it.
+    let unsigned = pkgs.path().join("risky-unsigned");
+    fs::create_dir_all(&unsigned).expect("dir");
+    for f in ["loong.plugin.json", "plugin.wasm"] {
+        fs::copy(risky.join(f), unsigned.join(f)).expect("copy");
+    }
+    let u = unsigned.display().to_string();
+    let out = home.ctl(&["plugins", "upgrade", &u]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    for named in [
+        "would be installed disabled",
+        "sudo",
+        "plugins disable risky",
+        "risky 1 keeps serving",
+    ] {
+        assert!(err.contains(named), "{named}: {err}");
+    }
+    let p = view(&home, "risky");
+    assert_eq!(
+        (p["state"].as_str(), p["trust"].as_str()),
+        (Some("ready"), Some("verified-community"))
+    );
+    let (code, out, err) = invoke(&home, &["risky", "--input", r#"{"ping":2}"#]);
+    assert_eq!((code, out.trim()), (0, r#"{"ping":2}"#), "{err}");
+    assert!(details(&home, "plugin.rolled_back")
+        .iter()
+        .any(|d| d["plugin"] == "risky"
+            && d["serving"] == "1"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("would be installed disabled"))));
+    ctl_ok(&home, &["plugins", "disable", "risky"]);
+    ctl_ok(&home, &["plugins", "upgrade", &u]);
+    let p = view(&home, "risky");
+    assert_eq!(
+        (p["state"].as_str(), p["trust"].as_str()),
+        (Some("disabled"), Some("unverified")),
+        "{p}"
+    );
+
     let installed: Vec<serde_json::Value> = details(&home, "plugin.installed");
     assert!(installed
         .iter()

@@ -154,6 +154,15 @@ async fn prove(kernel: &Kernel, p: &mut Plugin, correlation: &str) -> Result<(),
     Ok(())
 }
 
+/// Why a package counts as high-risk: the scan's findings, or else its native bridge.
+fn risk_reason(findings: &[String]) -> String {
+    if findings.is_empty() {
+        "its bridge runs native code".to_string()
+    } else {
+        findings.join(", ")
+    }
+}
+
 /// `plugins install DIR` and `plugins upgrade DIR`.
 pub(crate) async fn install(
     kernel: &Kernel,
@@ -281,6 +290,21 @@ async fn stage_and_switch(
     }
     let high_risk = plugins::runs_native_code(p.bridge_kind) || !scan.findings.is_empty();
     let enabled = !(high_risk && p.trust == TrustTier::Unverified);
+    // An upgrade never takes a serving plugin down: a version that would install disabled
+    // replaces only a plugin that is not serving (disabled, or failed) now.
+    let serving = current
+        .as_ref()
+        .is_some_and(|c| matches!(c.state, State::Ready { .. }));
+    if !enabled && serving {
+        return refuse(format!(
+            "{} {} is high-risk ({}) and nothing proves its publisher, so it would be installed disabled and stop the version serving now; sign it with a key in loongd's keyring, or run `loongctl plugins disable {}` first to replace it deliberately",
+            p.id,
+            p.version,
+            risk_reason(&scan.findings),
+            p.id
+        ))
+        .await;
+    }
     if enabled {
         if let Err(why) = prove(kernel, &mut p, &io.correlation()).await {
             return refuse(why).await;
@@ -288,11 +312,7 @@ async fn stage_and_switch(
     } else {
         p.state = State::Disabled(format!(
             "installed but not enabled: it is high-risk ({}) and nothing proves its publisher; `loongctl plugins enable {}`",
-            if scan.findings.is_empty() {
-                "its bridge runs native code".to_string()
-            } else {
-                scan.findings.join(", ")
-            },
+            risk_reason(&scan.findings),
             p.id
         ));
     }
