@@ -57,6 +57,64 @@ pub enum ManifestError {
 
 pub use loong_ipc::package::{SANDBOX_FIELDS, TOP_LEVEL_FIELDS};
 
+/// The semantic problems of one manifest, gathered in one pass so that an author sees all of
+/// them at once: one is reported as that field's error, several as a list.
+struct Findings<'a> {
+    path: &'a Path,
+    found: Vec<(&'static str, String)>,
+}
+
+impl<'a> Findings<'a> {
+    fn new(path: &'a Path) -> Self {
+        Findings {
+            path,
+            found: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, field: &'static str, message: String) {
+        self.found.push((field, message));
+    }
+
+    /// `r`'s value, or `None` with its error noted.
+    fn take<T>(&mut self, field: &'static str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.add(field, m)).ok()
+    }
+
+    /// Every problem found, when the parse cannot go on after one.
+    fn stop(self) -> ManifestError {
+        let path = self.path.to_owned();
+        self.finish(()).err().unwrap_or(ManifestError::Parse {
+            path,
+            message: "the manifest cannot be read further".into(),
+        })
+    }
+
+    /// `value` when nothing was found, else every problem.
+    fn finish<T>(self, value: T) -> Result<T, ManifestError> {
+        let path = self.path.to_owned();
+        let mut found = self.found;
+        match found.len() {
+            0 => Ok(value),
+            1 => {
+                let (field, message) = found.remove(0);
+                Err(ManifestError::Field {
+                    path,
+                    field,
+                    message,
+                })
+            }
+            _ => Err(ManifestError::Problems {
+                path,
+                problems: found
+                    .into_iter()
+                    .map(|(f, m)| format!("{f}: {m}"))
+                    .collect(),
+            }),
+        }
+    }
+}
+
 /// Every structural problem of a manifest at once: unknown fields (top level and `sandbox`),
 /// missing required ones, and values of the wrong JSON type, before the typed parse (which
 /// stops at its first).
@@ -430,35 +488,38 @@ pub const MAX_EXAMPLES: usize = 16;
 pub const MAX_EXAMPLE_BYTES: usize = 4096;
 
 impl Catalog {
-    fn parse(raw: &RawManifest) -> Result<Catalog, (&'static str, String)> {
+    /// The catalog fields; a bad one is noted in `bad` and left at its default.
+    fn parse(raw: &RawManifest, bad: &mut Findings<'_>) -> Catalog {
         let tags: Vec<String> = match &raw.tags {
             None => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|_| ("tags", "must be an array of strings".to_string()))?,
+            Some(v) => bad
+                .take(
+                    "tags",
+                    serde_json::from_value(v.clone())
+                        .map_err(|_| "must be an array of strings".to_string()),
+                )
+                .unwrap_or_default(),
         };
         if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_BYTES) {
-            return Err((
+            bad.add(
                 "tags",
                 format!("at most {MAX_TAGS} tags of 1 to {MAX_TAG_BYTES} bytes"),
-            ));
+            );
         }
-        let examples = |field: &'static str, v: &Option<serde_json::Value>| {
+        let examples = |v: &Option<serde_json::Value>| -> Result<Vec<String>, String> {
             let list = match v {
                 None => return Ok(Vec::new()),
                 Some(serde_json::Value::Array(a)) => a,
-                Some(_) => return Err((field, "must be an array".to_string())),
+                Some(_) => return Err("must be an array".to_string()),
             };
             if list.len() > MAX_EXAMPLES {
-                return Err((field, format!("at most {MAX_EXAMPLES} examples")));
+                return Err(format!("at most {MAX_EXAMPLES} examples"));
             }
             list.iter()
                 .map(|e| {
                     let text = e.to_string();
                     if text.len() > MAX_EXAMPLE_BYTES {
-                        return Err((
-                            field,
-                            format!("an example is over {MAX_EXAMPLE_BYTES} bytes"),
-                        ));
+                        return Err(format!("an example is over {MAX_EXAMPLE_BYTES} bytes"));
                     }
                     Ok(text)
                 })
@@ -466,24 +527,40 @@ impl Catalog {
         };
         let claimed_trust = match &raw.trust_tier {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(t)) => Some(t.parse().map_err(|e| ("trust_tier", e))?),
-            Some(_) => return Err(("trust_tier", "must be a string".to_string())),
+            Some(serde_json::Value::String(t)) => bad.take("trust_tier", t.parse()),
+            Some(_) => {
+                bad.add("trust_tier", "must be a string".to_string());
+                None
+            }
         };
         let defer_loading = match &raw.defer_loading {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => return Err(("defer_loading", "must be true or false".to_string())),
+            Some(_) => {
+                bad.add("defer_loading", "must be true or false".to_string());
+                false
+            }
         };
-        Ok(Catalog {
+        Catalog {
             tags,
-            input_examples: examples("input_examples", &raw.input_examples)?,
-            output_examples: examples("output_examples", &raw.output_examples)?,
+            input_examples: bad
+                .take("input_examples", examples(&raw.input_examples))
+                .unwrap_or_default(),
+            output_examples: bad
+                .take("output_examples", examples(&raw.output_examples))
+                .unwrap_or_default(),
             claimed_trust,
             defer_loading,
-            slots: parse_slots(&raw.slot_claims).map_err(|m| ("slot_claims", m))?,
-            probe: parse_probe(raw.metadata.get("health_check_json"))
-                .map_err(|m| ("metadata.health_check_json", m))?,
-        })
+            slots: bad
+                .take("slot_claims", parse_slots(&raw.slot_claims))
+                .unwrap_or_default(),
+            probe: bad
+                .take(
+                    "metadata.health_check_json",
+                    parse_probe(raw.metadata.get("health_check_json")),
+                )
+                .flatten(),
+        }
     }
 }
 
@@ -548,11 +625,6 @@ impl PluginManifest {
 
     /// Validates manifest text; `path` names it in errors and roots `component`.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Self, ManifestError> {
-        let field = |field, message: String| ManifestError::Field {
-            path: path.to_owned(),
-            field,
-            message,
-        };
         let value: serde_json::Value =
             serde_json::from_slice(text).map_err(|e| ManifestError::Parse {
                 path: path.to_owned(),
@@ -569,11 +641,12 @@ impl PluginManifest {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        let mut bad = Findings::new(path);
         if raw.api_version != MANIFEST_API_VERSION {
-            return Err(field(
+            bad.add(
                 "api_version",
                 format!("{:?} is not {MANIFEST_API_VERSION:?}", raw.api_version),
-            ));
+            );
         }
         if raw.plugin_id.is_empty()
             || raw.plugin_id.len() > MAX_PLUGIN_ID_LEN
@@ -583,67 +656,75 @@ impl PluginManifest {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
             || raw.plugin_id.starts_with('.')
         {
-            return Err(field(
+            bad.add(
                 "plugin_id",
                 format!(
                     "{:?}: use 1 to {MAX_PLUGIN_ID_LEN} of a-z 0-9 - _ . (not leading .)",
                     raw.plugin_id
                 ),
-            ));
+            );
         }
-        let catalog = Catalog::parse(&raw).map_err(|(f, m)| field(f, m))?;
+        let catalog = Catalog::parse(&raw, &mut bad);
         let foreign = match raw.metadata.get("bridge_kind").map(String::as_str) {
             Some("wasm" | "wasm_component") => None,
             Some("process_stdio") => Some(ForeignKind::ProcessStdio),
             Some("mcp_stdio") => Some(ForeignKind::McpStdio),
-            Some("http_json") => return Self::parse_http(path, raw, catalog),
+            Some("http_json") => return Self::parse_http(path, raw, catalog, bad),
             other => {
-                return Err(field(
+                bad.add(
                     "metadata.bridge_kind",
                     format!(
                         "{other:?}: expected \"wasm\", \"wasm_component\", \"process_stdio\", \"mcp_stdio\" or \"http_json\""
                     ),
-                ))
+                );
+                // Nothing more can be checked without knowing the bridge.
+                return Err(bad.stop());
             }
         };
         if let Some(kind) = foreign {
-            return Self::parse_foreign(path, raw, kind, catalog);
+            return Self::parse_foreign(path, raw, kind, catalog, bad);
         }
-        let component = raw
-            .metadata
-            .get("component")
-            .ok_or_else(|| field("metadata.component", "missing: name the .wasm file".into()))?;
-        let relative = Path::new(component);
-        if component.is_empty()
-            || !relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(field(
-                "metadata.component",
-                format!("{component:?} must be a relative path inside the plugin directory"),
-            ));
-        }
+        let component = match raw.metadata.get("component") {
+            None => {
+                bad.add("metadata.component", "missing: name the .wasm file".into());
+                ""
+            }
+            Some(c) => {
+                let inside = Path::new(c)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+                if c.is_empty() || !inside {
+                    bad.add(
+                        "metadata.component",
+                        format!("{c:?} must be a relative path inside the plugin directory"),
+                    );
+                }
+                c.as_str()
+            }
+        };
         let tier = raw.sandbox.tier.as_deref().unwrap_or("restricted");
         if tier != "restricted" {
-            return Err(field(
+            bad.add(
                 "sandbox.tier",
                 format!("{tier:?}: WASM plugins run in the restricted tier"),
-            ));
+            );
         }
         if raw.sandbox.allow_wasi {
-            return Err(field(
+            bad.add(
                 "sandbox.allow_wasi",
                 "WASI is not provided to plugins; remove allow_wasi".into(),
-            ));
+            );
         }
-        for key in &raw.sandbox.guest_readable_config_keys {
-            if key.len() > MAX_CONFIG_KEY_BYTES {
-                return Err(field(
-                    "sandbox.guest_readable_config_keys",
-                    format!("a key is over {MAX_CONFIG_KEY_BYTES} bytes"),
-                ));
-            }
+        if raw
+            .sandbox
+            .guest_readable_config_keys
+            .iter()
+            .any(|key| key.len() > MAX_CONFIG_KEY_BYTES)
+        {
+            bad.add(
+                "sandbox.guest_readable_config_keys",
+                format!("a key is over {MAX_CONFIG_KEY_BYTES} bytes"),
+            );
         }
         let limits = PluginLimits {
             timeout_ms: raw.sandbox.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
@@ -662,21 +743,22 @@ impl PluginManifest {
                 .unwrap_or(DEFAULT_MAX_MODULE_BYTES),
         };
         if limits.max_module_bytes > MAX_MODULE_BYTES {
-            return Err(field(
+            bad.add(
                 "sandbox.max_module_bytes",
                 format!(
                     "{} is over the {MAX_MODULE_BYTES}-byte ceiling a worker accepts",
                     limits.max_module_bytes
                 ),
-            ));
+            );
         }
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let component = path.parent().unwrap_or(Path::new(".")).join(component);
+        bad.finish(())?;
         Ok(Self {
             path: path.to_owned(),
             version: raw.version,
             summary: raw.summary,
             capabilities: raw.capabilities,
-            component: dir.join(relative),
+            component,
             plugin_id: raw.plugin_id,
             entrypoint: raw
                 .metadata
@@ -723,41 +805,44 @@ impl PluginManifest {
         }
     }
 
-    fn parse_http(path: &Path, raw: RawManifest, catalog: Catalog) -> Result<Self, ManifestError> {
-        let field = |field, message: String| ManifestError::Field {
-            path: path.to_owned(),
-            field,
-            message,
-        };
+    fn parse_http(
+        path: &Path,
+        raw: RawManifest,
+        catalog: Catalog,
+        mut bad: Findings<'_>,
+    ) -> Result<Self, ManifestError> {
         let endpoint = raw.metadata.get("endpoint").cloned().unwrap_or_default();
-        let (host, port, target) =
-            parse_endpoint(&endpoint).map_err(|m| field("metadata.endpoint", m))?;
+        let parsed = bad.take("metadata.endpoint", parse_endpoint(&endpoint));
         let (required_keys, allow_other_keys) = match raw.metadata.get("response_contract_json") {
             None => (None, true),
             Some(text) => {
-                let c: RawContract = serde_json::from_str(text).map_err(|e| {
-                    field(
-                        "metadata.response_contract_json",
+                let c = bad.take(
+                    "metadata.response_contract_json",
+                    serde_json::from_str::<RawContract>(text).map_err(|e| {
                         format!(
                             "expected {{\"required\": [KEY, …], \"allow_other_keys\": BOOL}}: {e}"
-                        ),
-                    )
-                })?;
-                if c.required.len() > MAX_ARGS {
-                    return Err(field(
-                        "metadata.response_contract_json",
-                        format!("at most {MAX_ARGS} required keys"),
-                    ));
+                        )
+                    }),
+                );
+                match c {
+                    Some(c) if c.required.len() > MAX_ARGS => {
+                        bad.add(
+                            "metadata.response_contract_json",
+                            format!("at most {MAX_ARGS} required keys"),
+                        );
+                        (None, true)
+                    }
+                    Some(c) => (Some(c.required), c.allow_other_keys),
+                    None => (None, true),
                 }
-                (Some(c.required), c.allow_other_keys)
             }
         };
         let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
         if tier != "balanced" {
-            return Err(field(
+            bad.add(
                 "sandbox.tier",
                 format!("{tier:?}: http_json connectors run in the balanced tier"),
-            ));
+            );
         }
         for (name, set) in [
             ("sandbox.read", !raw.sandbox.read.is_empty()),
@@ -768,13 +853,19 @@ impl PluginManifest {
             ("sandbox.sha256", raw.sandbox.sha256.is_some()),
         ] {
             if set {
-                return Err(field(
+                bad.add(
                     name,
                     "an http_json connector reaches its endpoint only and reads no file; remove it"
                         .into(),
-                ));
+                );
             }
         }
+        // A failed endpoint parse is a finding, so `parsed` is there when nothing was found.
+        let (host, port, target) = bad.finish(parsed)?.ok_or(ManifestError::Field {
+            path: path.to_owned(),
+            field: "metadata.endpoint",
+            message: "cannot be parsed".into(),
+        })?;
         let allow_private_network = raw.sandbox.allow_private_network;
         Ok(Self::without_module(
             path,
@@ -797,37 +888,33 @@ impl PluginManifest {
         raw: RawManifest,
         kind: ForeignKind,
         catalog: Catalog,
+        mut bad: Findings<'_>,
     ) -> Result<Self, ManifestError> {
-        let field = |field, message: String| ManifestError::Field {
-            path: path.to_owned(),
-            field,
-            message,
-        };
-        let command = raw
-            .metadata
-            .get("command")
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                field(
+        let command = match raw.metadata.get("command").filter(|c| !c.is_empty()) {
+            Some(c) => c.clone(),
+            None => {
+                bad.add(
                     "metadata.command",
                     "missing: name the program to run".into(),
-                )
-            })?
-            .clone();
+                );
+                String::new()
+            }
+        };
         let args: Vec<String> = match raw.metadata.get("args_json") {
             None => Vec::new(),
-            Some(text) => serde_json::from_str(text).map_err(|e| {
-                field(
+            Some(text) => bad
+                .take(
                     "metadata.args_json",
-                    format!("not a JSON array of strings: {e}"),
+                    serde_json::from_str(text)
+                        .map_err(|e| format!("not a JSON array of strings: {e}")),
                 )
-            })?,
+                .unwrap_or_default(),
         };
         if args.len() > MAX_ARGS {
-            return Err(field(
+            bad.add(
                 "metadata.args_json",
                 format!("{} arguments, at most {MAX_ARGS}", args.len()),
-            ));
+            );
         }
         // `${PLUGIN_DIR}` is the package's own directory, which the program's sandbox may read.
         let dir = path
@@ -842,10 +929,10 @@ impl PluginManifest {
             .collect();
         let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
         if tier != "balanced" {
-            return Err(field(
+            bad.add(
                 "sandbox.tier",
                 format!("{tier:?}: foreign programs run in the balanced tier"),
-            ));
+            );
         }
         for (name, set) in [
             ("sandbox.config", !raw.sandbox.config.is_empty()),
@@ -854,47 +941,47 @@ impl PluginManifest {
             ("sandbox.allow_wasi", raw.sandbox.allow_wasi),
         ] {
             if set {
-                return Err(field(
+                bad.add(
                     name,
                     format!(
                         "applies to WASM plugins only; remove it from a {} plugin",
                         kind.as_str()
                     ),
-                ));
+                );
             }
         }
-        let grants = |name: &'static str, list: &[String]| -> Result<Vec<PathBuf>, ManifestError> {
+        let mut grants = |name: &'static str, list: &[String]| -> Vec<PathBuf> {
             if list.len() > MAX_ARGS {
-                return Err(field(
-                    name,
-                    format!("{} grants, at most {MAX_ARGS}", list.len()),
-                ));
+                bad.add(name, format!("{} grants, at most {MAX_ARGS}", list.len()));
+                return Vec::new();
             }
             list.iter()
-                .map(|g| {
+                .filter_map(|g| {
                     let p = PathBuf::from(g);
                     if !p.is_absolute() || g.contains('\0') {
-                        return Err(field(name, format!("{g:?}: give an absolute path")));
+                        bad.add(name, format!("{g:?}: give an absolute path"));
+                        return None;
                     }
-                    Ok(p)
+                    Some(p)
                 })
                 .collect()
         };
-        let read = grants("sandbox.read", &raw.sandbox.read)?;
-        let write = grants("sandbox.write", &raw.sandbox.write)?;
+        let read = grants("sandbox.read", &raw.sandbox.read);
+        let write = grants("sandbox.write", &raw.sandbox.write);
         let net = raw
             .sandbox
             .net
             .iter()
-            .map(|n| n.parse().map_err(|e: String| field("sandbox.net", e)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|n| bad.take("sandbox.net", n.parse()))
+            .collect::<Vec<_>>();
         let max_line_bytes = raw.sandbox.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
-            return Err(field(
+            bad.add(
                 "sandbox.max_line_bytes",
                 format!("{max_line_bytes}: give 1 to {MAX_LINE_BYTES}"),
-            ));
+            );
         }
+        bad.finish(())?;
         Ok(Self::without_module(
             path,
             raw,
@@ -1280,5 +1367,89 @@ mod tests {
         ] {
             assert!(msg.contains(named), "{named}: {msg}");
         }
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_in_one_run() {
+        let path = Path::new("/p/loong.plugin.json");
+        let problems = |text: &str| match PluginManifest::parse(path, text.as_bytes()) {
+            Err(ManifestError::Problems { problems, .. }) => problems,
+            other => panic!("expected a list of problems, got {other:?}"),
+        };
+        let wasm = problems(
+            r#"{"api_version": "v2", "plugin_id": "Bad Id", "version": "1", "tags": 3,
+            "metadata": {"bridge_kind": "wasm", "component": "../out.wasm"},
+            "sandbox": {"tier": "balanced", "allow_wasi": true}}"#,
+        );
+        let foreign = problems(
+            r#"{"api_version": "v1alpha1", "plugin_id": "f", "version": "1",
+            "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat",
+                "args_json": "{}"},
+            "sandbox": {"tier": "trusted", "read": ["relative"], "net": ["nowhere"],
+                "fuel": 5}}"#,
+        );
+        let http = problems(
+            r#"{"api_version": "v1alpha1", "plugin_id": "h", "version": "1",
+            "metadata": {"bridge_kind": "http_json", "endpoint": "ftp://x"},
+            "sandbox": {"tier": "restricted", "read": ["/etc"]}}"#,
+        );
+        for (list, fields) in [
+            (
+                &wasm,
+                &[
+                    "api_version",
+                    "plugin_id",
+                    "tags",
+                    "metadata.component",
+                    "sandbox.tier",
+                    "sandbox.allow_wasi",
+                ][..],
+            ),
+            (
+                &foreign,
+                &[
+                    "metadata.args_json",
+                    "sandbox.tier",
+                    "sandbox.fuel",
+                    "sandbox.read",
+                    "sandbox.net",
+                ][..],
+            ),
+            (
+                &http,
+                &["metadata.endpoint", "sandbox.tier", "sandbox.read"][..],
+            ),
+        ] {
+            assert_eq!(list.len(), fields.len(), "{list:?}");
+            for f in fields {
+                assert!(
+                    list.iter().any(|p| p.starts_with(&format!("{f}: "))),
+                    "{f}: {list:?}"
+                );
+            }
+        }
+        // One problem keeps its field's own error, and a sound manifest parses.
+        let one = PluginManifest::parse(
+            path,
+            br#"{"api_version": "v1alpha1", "plugin_id": "o", "version": "1",
+            "metadata": {"bridge_kind": "wasm", "component": "p.wasm"},
+            "sandbox": {"allow_wasi": true}}"#,
+        );
+        assert!(
+            matches!(
+                one,
+                Err(ManifestError::Field {
+                    field: "sandbox.allow_wasi",
+                    ..
+                })
+            ),
+            "{one:?}"
+        );
+        PluginManifest::parse(
+            path,
+            br#"{"api_version": "v1alpha1", "plugin_id": "o", "version": "1",
+            "metadata": {"bridge_kind": "wasm", "component": "p.wasm"}}"#,
+        )
+        .expect("a sound manifest parses");
     }
 }
