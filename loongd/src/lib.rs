@@ -114,6 +114,38 @@ impl Kernel {
             .clone()
     }
 
+    /// Records what a deferred plugin's first load told (its tools, or its module's digest),
+    /// so that listing and search show it. Only while the registry still holds that plugin
+    /// at that generation on that pool: a reload in between made a new entry, which learns
+    /// from its own first call. Returns whether the entry changed.
+    fn learn(
+        &self,
+        id: &str,
+        generation: u64,
+        pool: &Arc<workers::Supervisor>,
+        learned: workers::LoadInfo,
+    ) -> bool {
+        use workers::plugins::State;
+        let mut guard = self
+            .plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let same = |p: &workers::plugins::Plugin| {
+            p.deferred()
+                && matches!(&p.state, State::Ready { plugin, pool: Some(own), .. }
+                    if plugin.generation == generation && Arc::ptr_eq(own, pool))
+        };
+        if !guard.get(id).is_some_and(same) {
+            return false;
+        }
+        let mut next = (**guard).clone();
+        if let Some(State::Ready { info, .. }) = next.get_mut(id).map(|p| &mut p.state) {
+            *info = learned;
+        }
+        *guard = Arc::new(next);
+        true
+    }
+
     /// Replaces the plugin set; returns the previous one.
     fn set_plugins(&self, registry: workers::plugins::Registry) -> Arc<workers::plugins::Registry> {
         std::mem::replace(

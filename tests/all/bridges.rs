@@ -232,6 +232,103 @@ fn mcp_servers() -> Result<(PathBuf, PathBuf), String> {
 }
 
 #[test]
+fn a_deferred_mcp_server_shows_its_tools_once_its_first_call_loaded_it() {
+    let time = match mcp_servers() {
+        Ok((time, _)) => time,
+        Err(why) => {
+            return skip(
+                "a_deferred_mcp_server_shows_its_tools_once_its_first_call_loaded_it",
+                &why,
+            )
+        }
+    };
+    let home = Home::new();
+    let dir = home.path().join("plugins/later");
+    fs::create_dir_all(&dir).expect("plugin dir");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "later", "version": "0.1.0",
+        "summary": "the time, started on demand", "defer_loading": true,
+        "metadata": {"bridge_kind": "mcp_stdio", "command": time.display().to_string(),
+            "args_json": serde_json::to_string(&["--local-timezone", "UTC"]).expect("args")},
+        "sandbox": {"timeout_ms": 10000},
+    });
+    fs::write(dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    home.start();
+    let later = || {
+        plugins(&home)
+            .into_iter()
+            .find(|p| p["id"] == "later")
+            .expect("later listed")
+    };
+    let tools = |p: &serde_json::Value| -> Vec<String> {
+        p["tools"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = later();
+    assert_eq!(before["state"], "deferred", "{before}");
+    assert!(
+        tools(&before).is_empty(),
+        "nothing is known before it runs: {before}"
+    );
+    assert!(!workers(&home).iter().any(|w| w["kind"] == "stdio"));
+
+    let (code, out, err) = invoke(
+        &home,
+        &[
+            "later/get_current_time",
+            "--input",
+            r#"{"timezone": "UTC"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UTC"), "{out}");
+    let after = later();
+    assert_eq!(after["state"], "ready", "{after}");
+    for t in ["later/get_current_time", "later/convert_time"] {
+        assert!(tools(&after).contains(&t.to_string()), "{t}: {after}");
+    }
+    // Now that its tools are known, a tool it lacks is refused by loongd, naming the ones it
+    // has, without a call reaching the server.
+    let calls = records(&home, "tool.invoked").len();
+    let (code, _, err) = invoke(&home, &["later/no_such_tool", "--input", "{}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("later/convert_time"), "{err}");
+    assert_eq!(records(&home, "tool.invoked").len(), calls);
+    // The trail records what the first call loaded, once.
+    let first: Vec<serde_json::Value> = details(&home, "plugin.loaded")
+        .into_iter()
+        .filter(|d| d["plugin"] == "later" && d["first_call"] == true)
+        .collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0]["tools"].to_string().contains("convert_time"),
+        "{first:?}"
+    );
+    let (code, _, err) = invoke(
+        &home,
+        &[
+            "later/get_current_time",
+            "--input",
+            r#"{"timezone": "UTC"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        details(&home, "plugin.loaded")
+            .iter()
+            .filter(|d| d["plugin"] == "later" && d["first_call"] == true)
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn real_mcp_servers_serve_their_tools_and_the_sandbox_is_the_boundary() {
     let (time, fs_server) = match mcp_servers() {
         Ok(p) => p,

@@ -63,6 +63,7 @@ pub(crate) async fn invoke(
         return Err(bad(format!("the input is not JSON: {e}")));
     }
     let (plugin, tool) = resolve(kernel, &req.tool)?;
+    let deferred = plugin.deferred();
     let (loadable, sha256, pool) = match plugin.state {
         State::Ready {
             plugin: loadable,
@@ -145,6 +146,22 @@ pub(crate) async fn invoke(
     );
     open.0 = None;
     committed.map_err(internal)?;
+    // A deferred plugin's first load tells its tools (or its module's digest): listing and
+    // search show them from now on, and the trail records what was loaded.
+    if let Some(info) = called.loaded.as_ref().filter(|_| deferred) {
+        let detail = serde_json::json!({
+            "plugin": plugin.id, "version": plugin.version, "bridge_kind": plugin.bridge_kind,
+            "trust": plugin.trust.as_str(), "signer": plugin.signer,
+            "sha256": info.sha256, "first_call": true,
+            "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        });
+        if kernel.learn(&plugin.id, loadable.generation, &pool, info.clone()) {
+            kernel
+                .audit
+                .record_later(Event::daemon(Kind::PluginLoaded, detail))
+                .await;
+        }
+    }
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     // The answer must fit this connection's frame limit, or the client would lose it.
     let room = kernel.config.ipc.max_frame_bytes as usize;

@@ -112,6 +112,9 @@ pub(crate) enum CallError {
 pub(crate) struct Called {
     pub worker: u64,
     pub result: Result<CallOutput, CallError>,
+    /// What loading the plugin told, when this call was the one that loaded it into its
+    /// worker and then answered.
+    pub loaded: Option<LoadInfo>,
 }
 
 /// What a checked-out worker is asked to do.
@@ -126,6 +129,9 @@ enum Job {
 /// What a load told about the plugin.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoadInfo {
+    /// Whether a worker has loaded it (a deferred plugin's is not known before its first
+    /// call).
+    pub loaded: bool,
     /// A WASM module's sha256.
     pub sha256: Option<String>,
     /// A foreign program's tools.
@@ -136,7 +142,8 @@ pub(crate) struct LoadInfo {
 #[derive(Debug)]
 enum Done {
     Loaded(LoadInfo),
-    Output(CallOutput),
+    /// A call's output, and what the load before it told when the call made one.
+    Output(CallOutput, Option<LoadInfo>),
 }
 
 /// What loads a plugin into a worker.
@@ -471,13 +478,21 @@ impl Supervisor {
             input,
         };
         let (worker, result) = self.run(plugin, job, queue_deadline, correlation).await;
+        let mut loaded = None;
         let result = result.and_then(|done| match done {
-            Done::Output(out) => Ok(out),
+            Done::Output(out, info) => {
+                loaded = info;
+                Ok(out)
+            }
             Done::Loaded(_) => Err(CallError::Worker(
                 "internal: a call answered as a load".into(),
             )),
         });
-        Called { worker, result }
+        Called {
+            worker,
+            result,
+            loaded,
+        }
     }
 
     /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
@@ -489,7 +504,7 @@ impl Supervisor {
         let (_, result) = self.run(plugin, Job::Check, LOAD_TIMEOUT, "").await;
         match result? {
             Done::Loaded(info) => Ok(info),
-            Done::Output(_) => Err(CallError::Worker(
+            Done::Output(..) => Err(CallError::Worker(
                 "internal: a load answered as a call".into(),
             )),
         }
@@ -561,6 +576,7 @@ impl Supervisor {
         let info = if matches!(job, Job::Check) || !loaded {
             let info = match worker.request(plugin.request(), LOAD_TIMEOUT).await? {
                 WorkerResponse::Loaded { sha256, .. } => LoadInfo {
+                    loaded: true,
                     sha256: Some(sha256),
                     tools: Vec::new(),
                 },
@@ -568,6 +584,7 @@ impl Supervisor {
                     loong_ipc::message::worker::check_tools(&tools)
                         .map_err(|e| WorkerFault::Broken(format!("tool list: {e}")))?;
                     LoadInfo {
+                        loaded: true,
                         sha256: None,
                         tools,
                     }
@@ -642,7 +659,7 @@ impl Supervisor {
                     .map_err(|e| WorkerFault::Broken(format!("answer out of bounds: {e}")))?;
                 serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
                     .map_err(|e| WorkerFault::Broken(format!("output is not JSON: {e}")))?;
-                Ok(Ok(Done::Output(out)))
+                Ok(Ok(Done::Output(out, info.loaded.then_some(info))))
             }
             WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
             other => Err(WorkerFault::Broken(format!(

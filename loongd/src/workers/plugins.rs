@@ -96,9 +96,10 @@ impl Plugin {
         }
     }
 
-    /// Not started at discovery: its first call loads it.
+    /// Not started at discovery, and not loaded yet: its first call loads it.
     pub(crate) fn deferred(&self) -> bool {
-        self.catalog.defer_loading && matches!(self.state, State::Ready { .. })
+        self.catalog.defer_loading
+            && matches!(&self.state, State::Ready { info, .. } if !info.loaded)
     }
 
     pub(crate) fn view(&self) -> PluginView {
