@@ -278,16 +278,25 @@ fn a_deferred_mcp_server_shows_its_tools_once_its_first_call_loaded_it() {
     );
     assert!(!workers(&home).iter().any(|w| w["kind"] == "stdio"));
 
-    let (code, out, err) = invoke(
-        &home,
-        &[
-            "later/get_current_time",
-            "--input",
-            r#"{"timezone": "UTC"}"#,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("UTC"), "{out}");
+    let call_time = || {
+        let (code, out, err) = invoke(
+            &home,
+            &[
+                "later/get_current_time",
+                "--input",
+                r#"{"timezone": "UTC"}"#,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("UTC"), "{out}");
+    };
+    let first_loads = || -> Vec<serde_json::Value> {
+        details(&home, "plugin.loaded")
+            .into_iter()
+            .filter(|d| d["plugin"] == "later" && d["first_call"] == true)
+            .collect()
+    };
+    call_time();
     let after = later();
     assert_eq!(after["state"], "ready", "{after}");
     for t in ["later/get_current_time", "later/convert_time"] {
@@ -301,31 +310,14 @@ fn a_deferred_mcp_server_shows_its_tools_once_its_first_call_loaded_it() {
     assert!(err.contains("later/convert_time"), "{err}");
     assert_eq!(records(&home, "tool.invoked").len(), calls);
     // The trail records what the first call loaded, once.
-    let first: Vec<serde_json::Value> = details(&home, "plugin.loaded")
-        .into_iter()
-        .filter(|d| d["plugin"] == "later" && d["first_call"] == true)
-        .collect();
+    let first = first_loads();
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(
         first[0]["tools"].to_string().contains("convert_time"),
         "{first:?}"
     );
-    let (code, _, err) = invoke(
-        &home,
-        &[
-            "later/get_current_time",
-            "--input",
-            r#"{"timezone": "UTC"}"#,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        details(&home, "plugin.loaded")
-            .iter()
-            .filter(|d| d["plugin"] == "later" && d["first_call"] == true)
-            .count(),
-        1
-    );
+    call_time();
+    assert_eq!(first_loads().len(), 1);
 }
 
 #[test]
