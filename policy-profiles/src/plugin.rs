@@ -581,11 +581,7 @@ impl PluginManifest {
         let Bridge::Foreign(f) = &mut self.bridge else {
             return Ok(());
         };
-        let field = |field, message: String| ManifestError::Field {
-            path: path.clone(),
-            field,
-            message,
-        };
+        let mut bad = Findings::new(&path);
         let runnable = |p: &Path| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -598,29 +594,29 @@ impl PluginManifest {
                 .map(|d| Path::new(d).join(&f.command))
                 .find(|p| runnable(p))
         };
-        let Some(resolved) = resolved else {
-            return Err(field(
+        match resolved {
+            Some(resolved) => f.command = resolved.display().to_string(),
+            None => bad.add(
                 "metadata.command",
                 format!(
                     "program {:?} not found or not executable (give an absolute path or a name in {})",
                     f.command,
                     COMMAND_PATH.join(":")
                 ),
-            ));
-        };
-        f.command = resolved.display().to_string();
+            ),
+        }
         for (name, grants) in [("sandbox.read", &f.read), ("sandbox.write", &f.write)] {
-            if let Some(missing) = grants.iter().find(|g| !g.exists()) {
-                return Err(field(
+            for missing in grants.iter().filter(|g| !g.exists()) {
+                bad.add(
                     name,
                     format!(
                         "{}: the path does not exist; create it or remove the grant",
                         missing.display()
                     ),
-                ));
+                );
             }
         }
-        Ok(())
+        bad.finish(())
     }
 
     /// Validates manifest text; `path` names it in errors and roots `component`.
@@ -1345,6 +1341,22 @@ mod tests {
             let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
             let err = m.check_host().expect_err(to);
             assert!(err.to_string().contains(expect), "{to}: {err}");
+        }
+        // Both at once are both named.
+        let bad = good
+            .replacen(r#""sh""#, r#""loong-no-such-program""#, 1)
+            .replacen(r#""/usr/share""#, r#""/loong/no/such/dir""#, 1);
+        let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
+        match m.check_host() {
+            Err(ManifestError::Problems { problems, .. }) => {
+                assert_eq!(problems.len(), 2, "{problems:?}");
+                assert!(
+                    problems[0].contains("loong-no-such-program"),
+                    "{problems:?}"
+                );
+                assert!(problems[1].contains("/loong/no/such/dir"), "{problems:?}");
+            }
+            other => panic!("expected both problems, got {other:?}"),
         }
     }
 
