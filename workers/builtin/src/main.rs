@@ -4,8 +4,8 @@
 //! open paths and `shell.exec` starts a shell, so the tier's sandbox, with exactly those
 //! grants, is the boundary.
 
-use loong_ipc::{FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
-use loong_worker_runtime::{internal, Final, Handler};
+use loong_ipc::{WorkerRequest, WorkerResponse};
+use loong_worker_runtime::{internal, refused, Final, Handler};
 
 #[derive(Debug, Default)]
 struct Worker {
@@ -15,8 +15,6 @@ struct Worker {
 
 impl Handler for Worker {
     fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
-        let refused =
-            |m: String| WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, m));
         Ok(match req {
             WorkerRequest::Builtin(spec) => {
                 if let Err(e) = spec.check_bounds() {
@@ -64,9 +62,11 @@ impl Handler for Worker {
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }
             }
-            WorkerRequest::Load(p) => refused(format!("{}: not a built-in tool", p.plugin_id)),
-            WorkerRequest::Start(p) => refused(format!("{}: not a built-in tool", p.plugin_id)),
-            WorkerRequest::Connector(c) => refused(format!("{}: not a built-in tool", c.plugin_id)),
+            other @ (WorkerRequest::Load(_)
+            | WorkerRequest::Start(_)
+            | WorkerRequest::Connector(_)) => {
+                loong_worker_runtime::wrong_worker(&other, "loong-worker-builtin")
+            }
             WorkerRequest::Unload { .. } => {
                 self.spec = None;
                 WorkerResponse::Unloaded

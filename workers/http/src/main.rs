@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loong_ipc::{FailureKind, HttpSpec, PluginFailure, WorkerRequest, WorkerResponse};
-use loong_worker_runtime::{internal, Handler};
+use loong_ipc::{HttpSpec, WorkerRequest, WorkerResponse};
+use loong_worker_runtime::{internal, refused, Handler};
 
 /// How long the socket for a call may take to arrive after its request.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
@@ -36,8 +36,6 @@ impl Worker {
 
 impl Handler for Worker {
     fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
-        let refused =
-            |m: String| WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, m));
         Ok(match req {
             WorkerRequest::Connector(spec) => {
                 if let Err(e) = spec.check_bounds() {
@@ -78,22 +76,15 @@ impl Handler for Worker {
                     Err(e) => WorkerResponse::Failed(e.failure(&plugin_id)),
                 }
             }
-            WorkerRequest::Load(p) => refused(format!(
-                "plugin {}: this worker runs http_json connectors; WASM plugins need loong-worker-wasm",
-                p.plugin_id
-            )),
-            WorkerRequest::Start(p) => refused(format!(
-                "plugin {}: this worker runs http_json connectors; foreign programs need loong-worker-stdio",
-                p.plugin_id
-            )),
             WorkerRequest::Unload { .. } => {
                 self.spec = None;
                 WorkerResponse::Unloaded
             }
-            WorkerRequest::Builtin(b) => refused(format!(
-                "tool {}: built-in tools run in loong-worker-builtin",
-                b.tool
-            )),
+            other @ (WorkerRequest::Load(_)
+            | WorkerRequest::Start(_)
+            | WorkerRequest::Builtin(_)) => {
+                loong_worker_runtime::wrong_worker(&other, "loong-worker-http")
+            }
             WorkerRequest::Stats => loong_worker_runtime::stats(
                 self.spec.iter().map(|s| s.plugin_id.clone()).collect(),
                 self.calls,

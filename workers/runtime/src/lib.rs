@@ -260,6 +260,30 @@ pub fn internal(message: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, message)
 }
 
+/// A load or start refused, saying why.
+pub fn refused(message: String) -> WorkerResponse {
+    WorkerResponse::Failed(loong_ipc::PluginFailure::new(
+        loong_ipc::FailureKind::LoadRefused,
+        message,
+    ))
+}
+
+/// The answer to a configuring request meant for another kind of worker: names the plugin
+/// (or tool) and the worker that runs it. loongd never sends one; it answers a confused or
+/// hostile peer. `this` is the worker's own program name.
+pub fn wrong_worker(req: &WorkerRequest, this: &str) -> WorkerResponse {
+    let (what, name, runs) = match req {
+        WorkerRequest::Load(p) => ("plugin", &p.plugin_id, "loong-worker-wasm"),
+        WorkerRequest::Start(p) => ("plugin", &p.plugin_id, "loong-worker-stdio"),
+        WorkerRequest::Connector(c) => ("plugin", &c.plugin_id, "loong-worker-http"),
+        WorkerRequest::Builtin(b) => ("tool", &b.tool, "loong-worker-builtin"),
+        _ => return refused(format!("{this} does not take this request")),
+    };
+    refused(format!(
+        "{what} {name}: {this} does not run it; {runs} does"
+    ))
+}
+
 /// The answer to configuring a worker that serves one tool, `name`.
 pub fn one_tool(name: &str) -> WorkerResponse {
     WorkerResponse::Described(vec![loong_ipc::ToolInfo {
@@ -330,4 +354,36 @@ pub fn stats(loaded: Vec<String>, calls: u64) -> WorkerResponse {
         loaded,
         calls,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_for_another_worker_names_the_one_that_runs_it() {
+        let builtin = WorkerRequest::Builtin(Box::new(loong_ipc::BuiltinSpec {
+            tool: "file.read".into(),
+            roots: Vec::new(),
+            timeout_ms: 1,
+            max_output_bytes: 1,
+        }));
+        let WorkerResponse::Failed(f) = wrong_worker(&builtin, "loong-worker-http") else {
+            panic!("refused")
+        };
+        assert_eq!(f.kind, loong_ipc::FailureKind::LoadRefused);
+        assert_eq!(
+            f.message,
+            "tool file.read: loong-worker-http does not run it; loong-worker-builtin does"
+        );
+        let WorkerResponse::Failed(f) = wrong_worker(&WorkerRequest::Stats, "loong-worker-http")
+        else {
+            panic!("refused")
+        };
+        assert!(
+            f.message.contains("loong-worker-http does not take"),
+            "{}",
+            f.message
+        );
+    }
 }

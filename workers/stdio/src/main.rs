@@ -7,20 +7,14 @@
 //! it must be able to start the program again after a failure, so the tier's sandbox, which
 //! the program inherits, is the boundary.
 
-use loong_ipc::{
-    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
-};
-use loong_worker_runtime::{Final, Handler};
+use loong_ipc::{CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
+use loong_worker_runtime::{refused, Final, Handler};
 use loong_worker_stdio::Peer;
 
 #[derive(Debug, Default)]
 struct Worker {
     peer: Option<Peer>,
     calls: u64,
-}
-
-fn refused(message: String) -> WorkerResponse {
-    WorkerResponse::Failed(PluginFailure::new(FailureKind::LoadRefused, message))
 }
 
 impl Handler for Worker {
@@ -67,31 +61,22 @@ impl Handler for Worker {
                     Err(f) => WorkerResponse::Failed(f),
                 }
             }
-            WorkerRequest::Load(p) => refused(format!(
-                "plugin {}: this worker runs foreign programs; WASM plugins need loong-worker-wasm",
-                p.plugin_id
-            )),
             WorkerRequest::Unload { .. } => {
                 self.peer = None;
                 WorkerResponse::Unloaded
             }
-            WorkerRequest::Connector(c) => refused(format!(
-                "plugin {}: this worker runs foreign programs; an http_json connector needs loong-worker-http",
-                c.plugin_id
-            )),
-            WorkerRequest::Builtin(b) => refused(format!(
-                "tool {}: built-in tools run in loong-worker-builtin",
-                b.tool
-            )),
-            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
-                rss_kib: 0,
-                loaded: self
-                    .peer
+            other @ (WorkerRequest::Load(_)
+            | WorkerRequest::Connector(_)
+            | WorkerRequest::Builtin(_)) => {
+                loong_worker_runtime::wrong_worker(&other, "loong-worker-stdio")
+            }
+            WorkerRequest::Stats => loong_worker_runtime::stats(
+                self.peer
                     .iter()
                     .map(|p| p.plugin_id().to_string())
                     .collect(),
-                calls: self.calls,
-            }),
+                self.calls,
+            ),
         })
     }
 }

@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use loong_ipc::{
-    CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse, WorkerStats,
-};
-use loong_worker_runtime::{internal, peak_rss_kib, thread_cpu_us, Handler};
+use loong_ipc::{CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
+use loong_worker_runtime::{internal, thread_cpu_us, Handler};
 use loong_worker_wasm::{InvokeError, LoadError, LoadedPlugin, PluginSpec, WasmEngine};
 use sha2::{Digest, Sha256};
 
@@ -95,29 +93,14 @@ impl Handler for Worker {
                 self.plugins.remove(&plugin_id);
                 WorkerResponse::Unloaded
             }
-            WorkerRequest::Start(peer) => WorkerResponse::Failed(PluginFailure::new(
-                FailureKind::LoadRefused,
-                format!(
-                    "plugin {}: this worker runs WASM plugins; a foreign program needs loong-worker-stdio",
-                    peer.plugin_id
-                ),
-            )),
-            WorkerRequest::Connector(c) => WorkerResponse::Failed(PluginFailure::new(
-                FailureKind::LoadRefused,
-                format!(
-                    "plugin {}: this worker runs WASM plugins; an http_json connector needs loong-worker-http",
-                    c.plugin_id
-                ),
-            )),
-            WorkerRequest::Builtin(b) => WorkerResponse::Failed(PluginFailure::new(
-                FailureKind::LoadRefused,
-                format!("tool {}: built-in tools run in loong-worker-builtin", b.tool),
-            )),
-            WorkerRequest::Stats => WorkerResponse::Stats(WorkerStats {
-                rss_kib: peak_rss_kib(),
-                loaded: self.plugins.keys().cloned().collect(),
-                calls: self.calls,
-            }),
+            other @ (WorkerRequest::Start(_)
+            | WorkerRequest::Connector(_)
+            | WorkerRequest::Builtin(_)) => {
+                loong_worker_runtime::wrong_worker(&other, "loong-worker-wasm")
+            }
+            WorkerRequest::Stats => {
+                loong_worker_runtime::stats(self.plugins.keys().cloned().collect(), self.calls)
+            }
         })
     }
 }
