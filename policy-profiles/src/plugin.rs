@@ -76,6 +76,17 @@ impl<'a> Findings<'a> {
         self.found.push((field, message));
     }
 
+    /// The one tier a bridge runs in (the default when none is named); `who` names the bridge.
+    fn tier(&mut self, raw: &RawManifest, only: &str, who: &str) {
+        let tier = raw.sandbox.tier.as_deref().unwrap_or(only);
+        if tier != only {
+            self.add(
+                "sandbox.tier",
+                format!("{tier:?}: {who} run in the {only} tier"),
+            );
+        }
+    }
+
     /// `r`'s value, or `None` with its error noted.
     fn take<T>(&mut self, field: &'static str, r: Result<T, String>) -> Option<T> {
         r.map_err(|m| self.add(field, m)).ok()
@@ -698,13 +709,7 @@ impl PluginManifest {
                 c.as_str()
             }
         };
-        let tier = raw.sandbox.tier.as_deref().unwrap_or("restricted");
-        if tier != "restricted" {
-            bad.add(
-                "sandbox.tier",
-                format!("{tier:?}: WASM plugins run in the restricted tier"),
-            );
-        }
+        bad.tier(&raw, "restricted", "WASM plugins");
         if raw.sandbox.allow_wasi {
             bad.add(
                 "sandbox.allow_wasi",
@@ -833,13 +838,7 @@ impl PluginManifest {
                 }
             }
         };
-        let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
-        if tier != "balanced" {
-            bad.add(
-                "sandbox.tier",
-                format!("{tier:?}: http_json connectors run in the balanced tier"),
-            );
-        }
+        bad.tier(&raw, "balanced", "http_json connectors");
         for (name, set) in [
             ("sandbox.read", !raw.sandbox.read.is_empty()),
             ("sandbox.write", !raw.sandbox.write.is_empty()),
@@ -923,13 +922,7 @@ impl PluginManifest {
             .into_iter()
             .map(|a| a.replace(PLUGIN_DIR_VAR, &dir))
             .collect();
-        let tier = raw.sandbox.tier.as_deref().unwrap_or("balanced");
-        if tier != "balanced" {
-            bad.add(
-                "sandbox.tier",
-                format!("{tier:?}: foreign programs run in the balanced tier"),
-            );
-        }
+        bad.tier(&raw, "balanced", "foreign programs");
         for (name, set) in [
             ("sandbox.config", !raw.sandbox.config.is_empty()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),

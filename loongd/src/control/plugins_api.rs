@@ -417,6 +417,13 @@ async fn stage_and_switch(
     Ok(ControlResponse::Plugins(vec![p.view()]))
 }
 
+fn not_installed(id: &str) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::NotFound,
+        format!("no installed plugin {id}; `loongctl plugins list` shows them"),
+    )
+}
+
 /// `plugins enable|disable ID`: the lock entry's flag, then a rediscovery.
 pub(crate) async fn set_enabled(
     kernel: &Kernel,
@@ -427,12 +434,7 @@ pub(crate) async fn set_enabled(
 ) -> Result<ControlResponse, RemoteError> {
     let _ops = kernel.plugin_ops.lock().await;
     let mut entries = lock::read(&kernel.layout.home).map_err(internal)?;
-    let entry = entries.get_mut(&id).ok_or_else(|| {
-        RemoteError::new(
-            ErrorKind::NotFound,
-            format!("no installed plugin {id}; `loongctl plugins list` shows them"),
-        )
-    })?;
+    let entry = entries.get_mut(&id).ok_or_else(|| not_installed(&id))?;
     entry.enabled = enabled;
     let version = entry.version.clone();
     lock::write(&kernel.layout.home, &entries).map_err(internal)?;
@@ -468,12 +470,7 @@ pub(crate) async fn remove(
 ) -> Result<ControlResponse, RemoteError> {
     let _ops = kernel.plugin_ops.lock().await;
     let mut entries = lock::read(&kernel.layout.home).map_err(internal)?;
-    let entry = entries.remove(&id).ok_or_else(|| {
-        RemoteError::new(
-            ErrorKind::NotFound,
-            format!("no installed plugin {id}; `loongctl plugins list` shows them"),
-        )
-    })?;
+    let entry = entries.remove(&id).ok_or_else(|| not_installed(&id))?;
     let root = kernel.layout.home.join("plugins");
     let dir = root.join(&id);
     let gone = root.join(format!(
