@@ -278,3 +278,91 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
         .status
         .success());
 }
+
+/// sha256 of `s`, hex (by `sha256sum`, independent of loongd's code).
+fn sha256_hex(s: &str) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), s.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum");
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string()
+}
+
+#[test]
+fn a_padded_operator_run_keeps_who_asked_and_what_was_decided_in_every_lane() {
+    let dir = tempfile::Builder::new()
+        .prefix("lb")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let jsonl = dir.path().join("audit.jsonl");
+    let home = Home::with_config(&format!("[audit]\njsonl_file = \"{}\"\n", jsonl.display()));
+    home.start();
+    let padded = format!("marker{}", " ".repeat(17_000));
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "trusted",
+        "--",
+        "/bin/echo",
+        &padded,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let uid = format!("uid:{}", nix::unistd::Uid::effective().as_raw());
+    let check_arg = |arg: &serde_json::Value| {
+        assert_eq!(arg["truncated"], true, "{arg}");
+        assert_eq!(arg["bytes"], padded.len(), "{arg}");
+        assert_eq!(arg["sha256"], sha256_hex(&padded), "{arg}");
+        assert!(
+            arg["head"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("marker")),
+            "{arg}"
+        );
+    };
+    let spawned = recent(&home, "sandbox.spawned");
+    assert_eq!(spawned.len(), 1, "{spawned:?}");
+    let s = &spawned[0];
+    assert_eq!(s["actor"], uid);
+    assert_eq!(s["detail"]["request"]["tier"], "trusted");
+    assert_eq!(s["detail"]["request"]["program"], "/bin/echo");
+    assert!(s["detail"]["pid"].as_u64().is_some(), "{s}");
+    check_arg(&s["detail"]["request"]["args"][0]);
+    let decisions: Vec<_> = recent(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| r["correlation"] == s["correlation"])
+        .collect();
+    assert!(!decisions.is_empty(), "no decision for the run");
+    for d in &decisions {
+        assert_eq!(d["actor"], uid);
+        assert_eq!(d["detail"]["allowed"], true, "{d}");
+        assert!(d["detail"]["capability"].as_str().is_some(), "{d}");
+        assert!(d["detail"].get("truncated").is_none(), "{d}");
+    }
+    let exec = decisions
+        .iter()
+        .find(|d| d["detail"]["capability"] == "process.exec")
+        .expect("the process.exec decision");
+    assert_eq!(exec["detail"]["target"], "echo", "{exec}");
+    assert_eq!(exec["detail"]["argv"][0], "/bin/echo", "{exec}");
+    check_arg(&exec["detail"]["argv"][1]);
+    // The JSONL lane ships the same bounded record.
+    let shipped: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let lane = shipped
+        .iter()
+        .find(|r| r["kind"] == "sandbox.spawned")
+        .expect("shipped");
+    assert_eq!(lane["detail"], s["detail"]);
+}

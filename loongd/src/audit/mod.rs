@@ -11,6 +11,7 @@
 //! The audit trail is not logging: kinds are a closed enum, records are versioned, and
 //! `audit verify` checks the whole stream.
 
+pub mod bound;
 mod key;
 pub mod siem;
 mod store;
@@ -34,7 +35,7 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 pub const CHECKPOINT_EVERY: u64 = 256;
 /// Appends queued before callers wait.
 pub const QUEUE_DEPTH: usize = 65_536;
-/// Bound on a record's detail text.
+/// Bound on a record's detail text (see [`bound`]: over-long fields are cut one by one).
 pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
 /// The database file inside the home.
 pub const DB_FILE: &str = "audit.db";

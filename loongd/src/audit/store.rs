@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     canonical, chain_hash, checkpoint_message, verify::VerifyReport, AuditKey, Event, Record,
-    CHECKPOINT_EVERY, GROUP_MAX, LINGER, MAX_DETAIL_BYTES, QUEUE_DEPTH,
+    CHECKPOINT_EVERY, GROUP_MAX, LINGER, QUEUE_DEPTH,
 };
 
 /// Why the audit trail failed.
@@ -513,11 +513,7 @@ fn commit(
         };
         for e in events {
             let time = crate::now_ms();
-            let mut detail = e.detail.to_string();
-            if detail.len() > MAX_DETAIL_BYTES {
-                detail =
-                    serde_json::json!({ "truncated": true, "bytes": detail.len() }).to_string();
-            }
+            let detail = super::bound::bound(&e.detail);
             let prev = hash;
             seq += 1;
             hash = chain_hash(
