@@ -49,6 +49,7 @@ fn control(c: &mut Criterion) {
             loongd::Options {
                 layout: daemon_layout,
                 foreground: true,
+                accept_audit_integrity_failure: false,
             },
             |_| {},
         )

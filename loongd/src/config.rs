@@ -95,6 +95,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # syslog = false
 # syslog_socket = "/dev/log"
 # syslog_failure = "open"
+# The latest signed checkpoint is also written here (atomically), and loongd's start and
+# `loongctl audit verify` check the database against it, so a trail cut back together with
+# its checkpoints is caught. Put it on another file system than the home. Default: HOME/audit.witness.
+# witness_file = "/var/lib/loong-witness/audit.witness"
 # "full": every commit waits for an fsync, so a record survives a power loss. "normal": a
 # commit survives loongd crashing but the last moments may be lost with the machine; a tool
 # call then waits for no fsync.
@@ -160,6 +164,8 @@ pub struct AuditConfig {
     /// loss).
     #[serde(deserialize_with = "durability")]
     pub sync: String,
+    /// Where the latest signed checkpoint is also written (default: `HOME/audit.witness`).
+    pub witness_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -171,6 +177,7 @@ impl Default for AuditConfig {
             syslog_socket: "/dev/log".into(),
             syslog_failure: "open".into(),
             sync: "full".into(),
+            witness_file: None,
         }
     }
 }
@@ -183,6 +190,13 @@ impl AuditConfig {
         } else {
             crate::audit::Durability::Full
         }
+    }
+
+    /// The witness file for a trail in `home`.
+    pub fn witness(&self, home: &std::path::Path) -> std::path::PathBuf {
+        self.witness_file
+            .clone()
+            .unwrap_or_else(|| home.join(crate::audit::witness::DEFAULT_WITNESS_FILE))
     }
 
     /// The SIEM transports this configures.

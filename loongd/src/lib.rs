@@ -1,8 +1,8 @@
 //! loongd, the Loong kernel daemon.
 //!
-//! For now it owns a home (directories, lock, configuration) and serves the control API on
-//! its Unix socket. Later issues add policy, approvals, tokens, audit and the worker
-//! supervisor; all of them live here and nowhere else.
+//! It owns a home (directories, lock, configuration), checks its audit trail, and serves the
+//! control API on its Unix socket: policy, approvals, tokens, audit and the worker supervisor
+//! live here and nowhere else.
 
 pub mod audit;
 pub mod authority;
@@ -35,6 +35,9 @@ pub struct Options {
     /// Stay in the caller's session (for a terminal or a service manager). Otherwise loongd
     /// leaves the caller's session, as `loongctl daemon start` wants.
     pub foreground: bool,
+    /// Start even when the audit trail fails its start-up verification, recording
+    /// `audit.integrity_failed` (the operator's explicit override).
+    pub accept_audit_integrity_failure: bool,
 }
 
 /// State shared by every part of the running daemon.
@@ -250,8 +253,27 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
     }
     // No audit trail, no daemon: every decision must be recorded.
-    let audit = audit::open_with(&layout.home, config.audit.siem(), config.audit.durability())
-        .context("opening the audit trail")?;
+    let witness = config.audit.witness(&layout.home);
+    let audit = audit::open_with(
+        &layout.home,
+        config.audit.siem(),
+        config.audit.durability(),
+        &witness,
+    )
+    .context("opening the audit trail")?;
+    // A trail that fails its check (the tail since the newest checkpoint, and the witness)
+    // is not appended to, unless the operator says so; then the trail says so too.
+    let integrity_failed = audit.startup().integrity.first_bad.clone();
+    if let Some((seq, problem)) = &integrity_failed {
+        if !opts.accept_audit_integrity_failure {
+            runtime.block_on(audit.shutdown());
+            bail!(
+                "the audit trail fails verification at record {seq}: {problem}; compare it with the SIEM lanes and the witness file {}, restore it from a backup, or start loongd with --accept-audit-integrity-failure to record the failure and go on",
+                witness.display()
+            );
+        }
+        tracing::error!(first_bad_seq = seq, problem, "the audit trail fails verification; starting anyway, as --accept-audit-integrity-failure asks");
+    }
     let unenforceable: Vec<String> = match &spawner {
         Ok(s) => loong_sandbox::Tier::ALL
             .iter()
@@ -301,18 +323,30 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "loongd started"
         );
+        let started = audit::Event::daemon(
+            audit::Kind::DaemonStarted,
+            serde_json::json!({
+                "pid": std::process::id(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "home": kernel.layout.home.display().to_string(),
+                "audit_sync": kernel.config.audit.durability().as_str(),
+                "audit_witness": witness.display().to_string(),
+                "tiers_not_enforceable": unenforceable,
+            }),
+        );
+        // One commit: the start, what the previous run left open, and an accepted failure.
+        let mut events = vec![started];
+        events.extend(after_previous_run(
+            &kernel.audit.startup().previous,
+            integrity_failed.as_ref(),
+            &witness,
+        ));
         kernel
             .audit
-            .record(audit::Event::daemon(
-                audit::Kind::DaemonStarted,
-                serde_json::json!({
-                    "pid": std::process::id(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "home": kernel.layout.home.display().to_string(),
-                    "audit_sync": kernel.config.audit.durability().as_str(),
-                    "tiers_not_enforceable": unenforceable,
-                }),
-            ))
+            .queue_all(events)
+            .await
+            .context("recording the start in the audit trail")?
+            .committed()
             .await
             .context("recording the start in the audit trail")?;
         // Requests that were waiting for an approval died with the previous daemon.
@@ -355,6 +389,53 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     drop(lock);
     tracing::info!("loongd stopped");
     result
+}
+
+/// The records that follow `daemon.started`: the previous run's unclean stop (right after
+/// it, as verification expects), an accepted integrity failure, and a `tool.failed` for each
+/// call the previous run left without an outcome.
+fn after_previous_run(
+    previous: &audit::PreviousRun,
+    integrity_failed: Option<&(u64, String)>,
+    witness: &std::path::Path,
+) -> Vec<audit::Event> {
+    let mut events = Vec::new();
+    if let Some(started) = previous.unclean {
+        events.push(audit::Event::daemon(
+            audit::Kind::DaemonUncleanStop,
+            serde_json::json!({
+                "previous_start_seq": started, "last_seq": previous.last_seq,
+                "dangling_calls": previous.dangling.len(),
+            }),
+        ));
+    }
+    if let Some((seq, problem)) = integrity_failed {
+        events.push(audit::Event::daemon(
+            audit::Kind::AuditIntegrityFailed,
+            serde_json::json!({
+                "first_bad_seq": seq, "problem": problem,
+                "witness_file": witness.display().to_string(),
+                "override": "--accept-audit-integrity-failure",
+            }),
+        ));
+    }
+    let how = if previous.unclean.is_some() {
+        "loongd stopped (an unclean stop: a crash or kill -9) before the call answered; its outcome is unknown"
+    } else {
+        "loongd stopped before the call answered; its outcome is unknown"
+    };
+    for d in &previous.dangling {
+        events.push(audit::Event {
+            kind: audit::Kind::ToolFailed,
+            actor: d.actor.clone(),
+            correlation: d.correlation.clone(),
+            detail: serde_json::json!({
+                "tool": d.tool, "failure": "kernel_stopped", "message": how,
+                "invoked_seq": d.seq,
+            }),
+        });
+    }
+    events
 }
 
 async fn signals(kernel: Arc<Kernel>) {

@@ -26,6 +26,11 @@ struct Args {
     /// Stay in the caller's session and log for a terminal (use this under systemd too).
     #[arg(long)]
     foreground: bool,
+    /// Start even when the audit trail fails its start-up check (tail since the newest
+    /// checkpoint, and the witness file); the trail then records `audit.integrity_failed`
+    /// naming the first bad record.
+    #[arg(long)]
+    accept_audit_integrity_failure: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +44,11 @@ fn main() -> ExitCode {
     };
     let foreground = args.foreground;
     let logging = std::cell::Cell::new(false);
-    let opts = loongd::Options { layout, foreground };
+    let opts = loongd::Options {
+        layout,
+        foreground,
+        accept_audit_integrity_failure: args.accept_audit_integrity_failure,
+    };
     let init_log = |level: &str| {
         let filter = std::env::var("LOONG_LOG")
             .ok()

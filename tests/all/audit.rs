@@ -1,5 +1,7 @@
 //! The audit trail seen through loongctl: what loongd records, verification that names the
-//! first bad record, and durability under `kill -9`.
+//! first bad record, durability under `kill -9`, tampered trails that stop loongd's start
+//! (truncated, cut back, rechained), the witness, calls closed after a crash, and details
+//! bounded field by field.
 
 use std::{
     process::{Command, Stdio},
@@ -226,10 +228,12 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
+    // (Checkpoint lines are shipped between them.)
     let shipped: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
         .expect("jsonl")
         .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|l| l.get("checkpoint").is_none())
         .collect();
     assert!(shipped.len() >= 5, "{shipped:?}");
     for (s, e) in shipped.iter().zip(&exported) {
@@ -279,21 +283,10 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
         .success());
 }
 
-/// sha256 of `s`, hex (by `sha256sum`, independent of loongd's code).
+/// sha256 of `s`, hex.
 fn sha256_hex(s: &str) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), s.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("sha256sum");
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("digest")
-        .to_string()
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
 #[test]
@@ -365,4 +358,295 @@ fn a_padded_operator_run_keeps_who_asked_and_what_was_decided_in_every_lane() {
         .find(|r| r["kind"] == "sandbox.spawned")
         .expect("shipped");
     assert_eq!(lane["detail"], s["detail"]);
+}
+
+/// The stored trail of a stopped daemon's home.
+fn db(home: &Home) -> rusqlite::Connection {
+    rusqlite::Connection::open(home.path().join("audit.db")).expect("db")
+}
+
+/// The sequence numbers of the records of `kind`, oldest first.
+fn seqs(c: &rusqlite::Connection, kind: &str) -> Vec<i64> {
+    let mut stmt = c
+        .prepare("SELECT seq FROM audit WHERE kind = ?1 ORDER BY seq")
+        .expect("query");
+    stmt.query_map([kind], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("seqs")
+}
+
+/// A home with two clean runs (each with a sandbox run), stopped, and the sequence numbers
+/// of its two `daemon.stopped` records. Untouched, it verifies (the positive control).
+fn two_runs(config: &str) -> (Home, i64, i64) {
+    let home = Home::with_config(config);
+    for _ in 0..2 {
+        home.start();
+        assert!(home
+            .ctl(&["sandbox", "run", "--tier", "trusted", "--", "/bin/true"])
+            .status
+            .success());
+        let ok = home.ctl(&["audit", "verify", "--json"]);
+        assert!(ok.status.success(), "{}", text(&ok.stdout));
+        assert!(home.ctl(&["daemon", "stop"]).status.success());
+    }
+    let stops = seqs(&db(&home), "daemon.stopped");
+    assert_eq!(stops.len(), 2);
+    (home, stops[0], stops[1])
+}
+
+/// `sha256(prev ‖ canonical)` of record `seq` as it is stored (format v1).
+fn chain(c: &rusqlite::Connection, prev: &[u8], seq: i64) -> Vec<u8> {
+    use sha2::Digest;
+    let (t, fields): (i64, [String; 4]) = c
+        .query_row(
+            "SELECT time_ms, kind, actor, correlation, detail FROM audit WHERE seq = ?1",
+            [seq],
+            |r| Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?])),
+        )
+        .expect("row");
+    let mut v = b"loong-audit-v1\0".to_vec();
+    v.extend_from_slice(&(seq as u64).to_be_bytes());
+    v.extend_from_slice(&t.to_be_bytes());
+    for f in &fields {
+        v.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        v.extend_from_slice(f.as_bytes());
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(prev);
+    h.update(&v);
+    h.finalize().to_vec()
+}
+
+/// Recomputes every link and hash from `from` to the head, as a careful forger would.
+fn rechain(c: &rusqlite::Connection, from: i64) {
+    let head: i64 = c
+        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+        .expect("head");
+    let mut prev: Vec<u8> = c
+        .query_row("SELECT hash FROM audit WHERE seq = ?1", [from - 1], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|_| vec![0u8; 32]);
+    for seq in from..=head {
+        let h = chain(c, &prev, seq);
+        c.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, h, seq],
+        )
+        .expect("rewrite");
+        prev = h;
+    }
+}
+
+/// `daemon start` must fail, naming `seq` as the first bad record and `why`.
+fn refused_at(home: &Home, seq: i64, why: &str) {
+    let out = home.ctl(&["daemon", "start"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the audit trail fails verification at record {seq}:"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(why), "{err}");
+}
+
+#[test]
+fn newest_records_deleted_with_their_checkpoints_stop_the_start_until_the_operator_overrides() {
+    let (home, _, s2) = two_runs("");
+    let c = db(&home);
+    let cut = s2 - 3;
+    c.execute("DELETE FROM audit WHERE seq > ?1", [cut])
+        .expect("tamper");
+    c.execute("DELETE FROM checkpoints WHERE seq > ?1", [cut])
+        .expect("tamper");
+    refused_at(
+        &home,
+        s2,
+        &format!("but the database ends at record {cut} (the trail was truncated)"),
+    );
+    // The override starts it, and the trail says what was accepted.
+    let out = home.ctl(&["daemon", "start", "--accept-audit-integrity-failure"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let failed = recent(&home, "audit.integrity_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["detail"]["first_bad_seq"], s2);
+    assert!(failed[0]["detail"]["problem"]
+        .as_str()
+        .is_some_and(|p| p.contains("truncated")));
+    // The cut run looks unstopped, so the start also records the unclean stop.
+    assert_eq!(recent(&home, "daemon.unclean_stop").len(), 1);
+    let v = home.ctl(&["audit", "verify", "--json"]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v.stdout));
+    // A run that then stops cleanly is signed and witnessed: the next start needs no override.
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    home.start();
+}
+
+#[test]
+fn a_trail_cut_back_to_an_older_checkpoint_is_refused_by_the_witness() {
+    let (home, s1, s2) = two_runs("");
+    let c = db(&home);
+    c.execute("DELETE FROM audit WHERE seq > ?1", [s1])
+        .expect("tamper");
+    c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
+        .expect("tamper");
+    refused_at(
+        &home,
+        s2,
+        &format!("the witness file holds a signed checkpoint at record {s2}, but the database ends at record {s1}"),
+    );
+}
+
+#[test]
+fn a_rewritten_and_rechained_span_with_its_checkpoints_deleted_is_refused() {
+    let (home, s1, s2) = two_runs("");
+    let c = db(&home);
+    c.execute(
+        "UPDATE audit SET detail = '{\"forged\":true}' WHERE seq = ?1",
+        [s1 + 3],
+    )
+    .expect("tamper");
+    rechain(&c, s1 + 3);
+    c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
+        .expect("tamper");
+    refused_at(&home, s2, "no signed checkpoint covers the stop");
+}
+
+#[test]
+fn a_middle_record_deleted_renumbered_and_rechained_without_checkpoints_is_refused() {
+    let (home, s1, _) = two_runs("");
+    let c = db(&home);
+    c.execute("DELETE FROM audit WHERE seq = 3", [])
+        .expect("tamper");
+    let head: i64 = c
+        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+        .expect("head");
+    for seq in 4..=head {
+        c.execute("UPDATE audit SET seq = ?1 WHERE seq = ?2", [seq - 1, seq])
+            .expect("renumber");
+    }
+    rechain(&c, 3);
+    c.execute("DELETE FROM checkpoints", []).expect("tamper");
+    refused_at(&home, s1 - 1, "no signed checkpoint covers the stop");
+}
+
+#[test]
+fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
+    let dir = tempfile::Builder::new()
+        .prefix("lw")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let (witness, jsonl) = (
+        dir.path().join("w/audit.witness"),
+        dir.path().join("a.jsonl"),
+    );
+    std::fs::create_dir(dir.path().join("w")).expect("witness dir");
+    let config = format!(
+        "[audit]\nwitness_file = \"{}\"\njsonl_file = \"{}\"\n",
+        witness.display(),
+        jsonl.display()
+    );
+    let (home, _, s2) = two_runs(&config);
+    assert!(!home.path().join("audit.witness").exists());
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&witness).expect("witness")).expect("json");
+    assert_eq!(w["seq"], s2, "{w}");
+    assert_eq!(w["format"], "loong-audit-witness-v1");
+    let stored: Vec<u8> = db(&home)
+        .query_row("SELECT hash FROM audit WHERE seq = ?1", [s2], |r| r.get(0))
+        .expect("record");
+    assert_eq!(w["hash"], hex::encode(stored));
+    let lines = std::fs::read_to_string(&jsonl).expect("jsonl");
+    let last = lines
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l.get("checkpoint").is_some())
+        .expect("a checkpoint line");
+    assert_eq!(last["checkpoint"], w);
+    // Without its witness the trail's newest checkpoint cannot be confirmed: refused.
+    let kept = std::fs::read(&witness).expect("witness");
+    std::fs::remove_file(&witness).expect("remove");
+    refused_at(&home, s2, "is missing, though loongd wrote it");
+    std::fs::write(&witness, &kept).expect("restore");
+    home.start();
+}
+
+#[test]
+fn calls_cut_off_by_kill_9_are_closed_at_the_next_start() {
+    let home = Home::new();
+    crate::workers::install_examples(&home);
+    crate::workers::install(
+        &home,
+        "spin",
+        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
+        r#""timeout_ms": 60000"#,
+    );
+    let pid = home.start();
+    crate::workers::echo_works(&home);
+    const CALLS: usize = 3;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            Command::new(bin("loongctl"))
+                .arg("--home")
+                .arg(home.path())
+                .args(["invoke", "spin"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("invoke")
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || recent(&home, "tool.invoked")
+            .iter()
+            .filter(|r| r["detail"]["tool"] == "spin")
+            .count()
+            == CALLS),
+        "the calls did not start"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    for mut c in calls {
+        let _ = c.wait();
+    }
+    home.start();
+    let unclean = recent(&home, "daemon.unclean_stop");
+    assert_eq!(unclean.len(), 1, "{unclean:?}");
+    assert_eq!(unclean[0]["detail"]["dangling_calls"], CALLS);
+    let failed = recent(&home, "tool.failed");
+    let invoked = recent(&home, "tool.invoked");
+    for i in &invoked {
+        let outcomes: Vec<_> = failed
+            .iter()
+            .chain(&recent(&home, "tool.completed"))
+            .filter(|f| f["correlation"] == i["correlation"])
+            .cloned()
+            .collect();
+        assert_eq!(outcomes.len(), 1, "{i}: {outcomes:?}");
+        if i["detail"]["tool"] == "spin" {
+            let f = &outcomes[0];
+            assert_eq!(f["kind"], "tool.failed");
+            assert_eq!(f["actor"], i["actor"]);
+            assert_eq!(f["detail"]["failure"], "kernel_stopped");
+            assert_eq!(f["detail"]["invoked_seq"], i["seq"]);
+            assert!(
+                f["detail"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("loongd stopped")),
+                "{f}"
+            );
+        } else {
+            // The positive control: the echo call that answered keeps its own outcome.
+            assert_eq!(outcomes[0]["kind"], "tool.completed", "{outcomes:?}");
+        }
+    }
+    let v = home.ctl(&["audit", "verify", "--json"]);
+    assert!(v.status.success(), "{}", text(&v.stdout));
 }

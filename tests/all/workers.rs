@@ -33,7 +33,7 @@ pub(crate) fn install_examples(home: &Home) {
 }
 
 /// Installs a plugin from WAT with extra `sandbox` fields (a JSON object's inner text).
-fn install(home: &Home, id: &str, wat_text: &str, sandbox_extra: &str) {
+pub(crate) fn install(home: &Home, id: &str, wat_text: &str, sandbox_extra: &str) {
     let dir = home.path().join("plugins").join(id);
     fs::create_dir_all(&dir).expect("plugin dir");
     let module = wat::parse_str(wat_text).expect("test WAT compiles");

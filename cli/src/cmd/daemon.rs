@@ -33,6 +33,10 @@ pub enum DaemonCommand {
         /// Run loongd in this terminal instead of in the background.
         #[arg(long)]
         foreground: bool,
+        /// Start loongd even when its audit trail fails the start-up check; the trail records
+        /// `audit.integrity_failed` naming the first bad record.
+        #[arg(long)]
+        accept_audit_integrity_failure: bool,
     },
     /// Ask loongd to shut down gracefully and wait until it has exited (no daemon: exit 0).
     Stop,
@@ -42,7 +46,10 @@ pub enum DaemonCommand {
 
 pub(crate) fn run(layout: &Layout, cmd: DaemonCommand) -> Result<u8, Failure> {
     match cmd {
-        DaemonCommand::Start { foreground } => start(layout, foreground),
+        DaemonCommand::Start {
+            foreground,
+            accept_audit_integrity_failure,
+        } => start(layout, foreground, accept_audit_integrity_failure),
         DaemonCommand::Stop => stop(layout),
         DaemonCommand::Status => {
             let s = fetch(layout)?;
@@ -65,7 +72,7 @@ fn home_args(layout: &Layout) -> Vec<std::ffi::OsString> {
     }
 }
 
-fn start(layout: &Layout, foreground: bool) -> Result<u8, Failure> {
+fn start(layout: &Layout, foreground: bool, accept_failure: bool) -> Result<u8, Failure> {
     if let Ok(s) = fetch(layout) {
         println!("loongd is already running (pid {}, home {})", s.pid, s.home);
         return Ok(exit::OK);
@@ -73,6 +80,9 @@ fn start(layout: &Layout, foreground: bool) -> Result<u8, Failure> {
     let loongd = find_loongd()?;
     let mut cmd = Command::new(&loongd);
     cmd.args(home_args(layout));
+    if accept_failure {
+        cmd.arg("--accept-audit-integrity-failure");
+    }
     if foreground {
         cmd.arg("--foreground");
         // exec only returns on failure.

@@ -155,7 +155,7 @@ pub fn bound(detail: &Value) -> String {
         let mut found = Vec::new();
         leaves(&v, "", &mut found);
         // Markers (already cut strings and lists) are leaves too: their heads go first.
-        found.sort_by(|a, b| b.1.cmp(&a.1));
+        found.sort_by_key(|(_, len)| std::cmp::Reverse(*len));
         for (at, len) in found {
             if size <= MAX_DETAIL_BYTES {
                 break;

@@ -16,14 +16,15 @@ mod key;
 pub mod siem;
 mod store;
 mod verify;
+pub mod witness;
 
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 pub use key::AuditKey;
-pub use store::{Audit, AuditError, Commit, Query};
-pub use verify::{verify, VerifyReport};
+pub use store::{Audit, AuditError, Commit, Dangling, PreviousRun, Query, Startup};
+pub use verify::{verify, verify_scope, Scope, VerifyReport};
 
 /// Records committed in one transaction at most.
 pub const GROUP_MAX: usize = 4096;
@@ -31,7 +32,8 @@ pub const GROUP_MAX: usize = 4096;
 /// before it is committed alone: a call's outcome record then shares the next call's commit
 /// (one fsync) instead of costing one of its own.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
-/// A checkpoint is signed after this many records (and at shutdown).
+/// A checkpoint is signed after this many records (and on every `daemon.stopped`, and at
+/// shutdown); verification expects one at every multiple of it.
 pub const CHECKPOINT_EVERY: u64 = 256;
 /// Appends queued before callers wait.
 pub const QUEUE_DEPTH: usize = 65_536;
@@ -45,8 +47,14 @@ pub const DB_FILE: &str = "audit.db";
 pub enum Kind {
     /// loongd started on its home.
     DaemonStarted,
-    /// loongd shut down cleanly (a final checkpoint follows).
+    /// loongd shut down cleanly (the record carries a signed checkpoint).
     DaemonStopped,
+    /// loongd started after a run that recorded no clean stop (a crash or `kill -9`); the
+    /// run's calls without an outcome are closed by `tool.failed` records that follow.
+    DaemonUncleanStop,
+    /// loongd started although its trail failed verification, because the operator said so
+    /// (`--accept-audit-integrity-failure`); names the first bad record.
+    AuditIntegrityFailed,
     /// A sandbox was started.
     SandboxSpawned,
     /// A sandbox ran without a mechanism its tier needs (degraded mode, as asked).
@@ -112,9 +120,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 33] = [
+    pub const ALL: [Kind; 35] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
+        Kind::DaemonUncleanStop,
+        Kind::AuditIntegrityFailed,
         Kind::SandboxSpawned,
         Kind::SandboxDegraded,
         Kind::SandboxExited,
@@ -153,6 +163,8 @@ impl Kind {
         match self {
             Kind::DaemonStarted => "daemon.started",
             Kind::DaemonStopped => "daemon.stopped",
+            Kind::DaemonUncleanStop => "daemon.unclean_stop",
+            Kind::AuditIntegrityFailed => "audit.integrity_failed",
             Kind::SandboxSpawned => "sandbox.spawned",
             Kind::SandboxDegraded => "sandbox.degraded",
             Kind::SandboxExited => "sandbox.exited",
@@ -289,19 +301,26 @@ impl Durability {
     }
 }
 
-/// Opens the home's audit trail (creating the database and the key on first use).
+/// Opens the home's audit trail (creating the database and the key on first use), with its
+/// witness in the home.
 pub fn open(home: &Path) -> Result<Audit, AuditError> {
-    open_with(home, siem::SiemConfig::default(), Durability::Full)
+    open_with(
+        home,
+        siem::SiemConfig::default(),
+        Durability::Full,
+        &home.join(witness::DEFAULT_WITNESS_FILE),
+    )
 }
 
-/// [`open`] with SIEM transports and a durability.
+/// [`open`] with SIEM transports, a durability and a witness file.
 pub fn open_with(
     home: &Path,
     siem: siem::SiemConfig,
     durability: Durability,
+    witness: &Path,
 ) -> Result<Audit, AuditError> {
     let key = AuditKey::load_or_create(&home.join("keys"))?;
-    Audit::open(&home.join(DB_FILE), key, siem, durability)
+    Audit::open(&home.join(DB_FILE), key, siem, durability, witness)
 }
 
 #[cfg(test)]
@@ -502,6 +521,155 @@ mod tests {
         let (seq, why) = first_bad(dir.path()).expect("detected");
         assert_eq!(seq, 10);
         assert!(why.contains("truncated"), "{why}");
+    }
+
+    /// A trail of `runs` clean runs of `n` records each (`daemon.started` … `daemon.stopped`).
+    fn runs(runs: u64, n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        for _ in 0..runs {
+            let audit = open(dir.path()).expect("opens");
+            runtime().block_on(async {
+                let ev = |k| Event::daemon(k, serde_json::json!({}));
+                audit
+                    .record(ev(Kind::DaemonStarted))
+                    .await
+                    .expect("records");
+                for _ in 2..n {
+                    audit
+                        .record(ev(Kind::SandboxExited))
+                        .await
+                        .expect("records");
+                }
+                audit
+                    .record(ev(Kind::DaemonStopped))
+                    .await
+                    .expect("records");
+                audit.shutdown().await;
+            });
+        }
+        let db = dir.path().join(DB_FILE);
+        (dir, db)
+    }
+
+    #[test]
+    fn a_clean_stop_carries_its_checkpoint_and_one_without_it_is_found() {
+        let (dir, db) = runs(2, 5);
+        // Positive control: each stop (records 5 and 10) is signed.
+        let r = verify_at(dir.path());
+        assert_eq!((r.first_bad, r.checkpoints), (None, 2));
+        Connection::open(&db)
+            .expect("db")
+            .execute("DELETE FROM checkpoints WHERE seq = 5", [])
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 5);
+        assert!(
+            why.contains("no signed checkpoint covers the stop"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_head_past_its_expected_checkpoint_is_found() {
+        let (dir, db) = trail(600);
+        Connection::open(&db)
+            .expect("db")
+            .execute("DELETE FROM checkpoints WHERE seq >= 512", [])
+            .expect("tamper");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 512);
+        assert!(why.contains("one is expected every 256 records"), "{why}");
+    }
+
+    #[test]
+    fn a_start_after_an_unstopped_run_must_say_so() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        runtime().block_on(async {
+            let ev = |k| Event::daemon(k, serde_json::json!({}));
+            for k in [
+                Kind::DaemonStarted,
+                Kind::SandboxExited,
+                Kind::DaemonStarted,
+                Kind::DaemonUncleanStop,
+                Kind::DaemonStopped,
+            ] {
+                audit.record(ev(k)).await.expect("records");
+            }
+            audit.shutdown().await;
+        });
+        assert_eq!(first_bad(dir.path()), None);
+        // Rebuild the chain without the daemon.unclean_stop (record 4).
+        let c = Connection::open(dir.path().join(DB_FILE)).expect("db");
+        c.execute_batch(
+            "DELETE FROM audit WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; DELETE FROM checkpoints;",
+        )
+        .expect("tamper");
+        rechain(&c, 4, 4);
+        let key = AuditKey::load_or_create(&dir.path().join("keys")).expect("key");
+        let sig = key.sign(&checkpoint_message(4, &hash_of(&c, 4)));
+        c.execute(
+            "INSERT INTO checkpoints VALUES (4, ?1, 0, ?2, ?3)",
+            params![hash_of(&c, 4).as_slice(), key.id(), sig.as_slice()],
+        )
+        .expect("re-signed");
+        let (seq, why) = first_bad(dir.path()).expect("detected");
+        assert_eq!(seq, 3);
+        assert!(why.contains("daemon.unclean_stop"), "{why}");
+    }
+
+    #[test]
+    fn the_tail_scope_reads_only_past_the_newest_checkpoint() {
+        let (dir, db) = runs(2, 5);
+        let c = Connection::open(&db).expect("db");
+        // A change before the newest checkpoint is the full walk's to find …
+        c.execute("UPDATE audit SET detail = '{\"x\":1}' WHERE seq = 2", [])
+            .expect("tamper");
+        let key = AuditKey::load_or_create(&dir.path().join("keys")).expect("key");
+        let tail = verify_scope(&c, &key.verifying(), Scope::Tail).expect("verifies");
+        assert_eq!((tail.first_bad, tail.records), (None, 0));
+        assert_eq!(first_bad(dir.path()).map(|b| b.0), Some(2));
+        // … a change after it is the tail's.
+        c.execute(
+            "INSERT INTO audit SELECT 11, time_ms, kind, actor, correlation, detail, hash, hash FROM audit WHERE seq = 10",
+            [],
+        )
+        .expect("append");
+        let tail = verify_scope(&c, &key.verifying(), Scope::Tail).expect("verifies");
+        assert_eq!(tail.first_bad.map(|b| b.0), Some(11));
+    }
+
+    fn hash_of(c: &Connection, seq: i64) -> [u8; 32] {
+        c.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map(|v| v.try_into().expect("32"))
+        .expect("row")
+    }
+
+    /// Recomputes the chain from `from` to `to`, as a careful forger would.
+    fn rechain(c: &Connection, from: i64, to: i64) {
+        let mut prev = if from > 1 {
+            hash_of(c, from - 1)
+        } else {
+            [0u8; 32]
+        };
+        for seq in from..=to {
+            let (t, k, a, co, d): (i64, String, String, String, String) = c
+                .query_row(
+                    "SELECT time_ms, kind, actor, correlation, detail FROM audit WHERE seq = ?1",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .expect("row");
+            let h = chain_hash(&prev, &canonical(seq as u64, t, &k, &a, &co, &d));
+            c.execute(
+                "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                params![prev.as_slice(), h.as_slice(), seq],
+            )
+            .expect("rewrite");
+            prev = h;
+        }
     }
 
     #[test]

@@ -58,6 +58,12 @@ impl Siem {
 
     /// Ships `records`; `Err` only when a fail-closed transport failed.
     pub(super) fn ship(&mut self, records: &[Record]) -> Result<(), String> {
+        let lines: Vec<String> = records.iter().map(json_line).collect();
+        self.ship_lines(&lines)
+    }
+
+    /// Ships one JSON line each; `Err` only when a fail-closed transport failed.
+    fn ship_lines(&mut self, records: &[String]) -> Result<(), String> {
         if records.is_empty() {
             return Ok(());
         }
@@ -84,7 +90,15 @@ impl Siem {
         closed_failure.map_or(Ok(()), Err)
     }
 
-    fn write_jsonl(&mut self, path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+    /// Ships a signed checkpoint as one line `{"checkpoint": {seq, hash, time_ms, key_id,
+    /// signature, format}}` on every lane, so that a trail cut back behind it is caught from
+    /// outside the host too.
+    pub(super) fn ship_checkpoint(&mut self, w: &super::witness::Witness) -> Result<(), String> {
+        let line = serde_json::json!({ "checkpoint": w.to_json() }).to_string();
+        self.ship_lines(&[line])
+    }
+
+    fn write_jsonl(&mut self, path: &PathBuf, records: &[String]) -> std::io::Result<()> {
         if self.file.is_none() {
             self.file = Some(
                 OpenOptions::new()
@@ -100,14 +114,14 @@ impl Siem {
             .ok_or_else(|| std::io::Error::other("not open"))?;
         let mut buf = String::new();
         for r in records {
-            buf.push_str(&json_line(r));
+            buf.push_str(r);
             buf.push('\n');
         }
         f.write_all(buf.as_bytes())?;
         f.sync_data()
     }
 
-    fn send_syslog(&mut self, path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+    fn send_syslog(&mut self, path: &PathBuf, records: &[String]) -> std::io::Result<()> {
         if self.socket.is_none() {
             self.socket = Some(UnixDatagram::unbound()?);
         }
@@ -117,11 +131,7 @@ impl Siem {
             .ok_or_else(|| std::io::Error::other("no socket"))?;
         for r in records {
             // facility authpriv (10), severity info (6); no timestamp or host: the receiver's.
-            let msg = format!(
-                "<86>1 - - loongd {} audit - {}",
-                std::process::id(),
-                json_line(r)
-            );
+            let msg = format!("<86>1 - - loongd {} audit - {}", std::process::id(), r);
             s.send_to(msg.as_bytes(), path)?;
         }
         Ok(())

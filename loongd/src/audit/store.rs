@@ -11,8 +11,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    canonical, chain_hash, checkpoint_message, verify::VerifyReport, AuditKey, Event, Record,
-    CHECKPOINT_EVERY, GROUP_MAX, LINGER, QUEUE_DEPTH,
+    canonical, chain_hash, checkpoint_message,
+    verify::{Scope, VerifyReport},
+    witness::{self, Witness},
+    AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, GROUP_MAX, LINGER, QUEUE_DEPTH,
 };
 
 /// Why the audit trail failed.
@@ -106,8 +108,39 @@ enum Msg {
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     db: Arc<PathBuf>,
+    witness: Arc<PathBuf>,
     verifying: VerifyingKey,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    startup: Arc<Startup>,
+}
+
+/// What the trail said when it was opened, before anything was appended.
+#[derive(Debug, Clone)]
+pub struct Startup {
+    /// The tail since the newest checkpoint, checked against the witness.
+    pub integrity: VerifyReport,
+    /// The run before this one.
+    pub previous: PreviousRun,
+}
+
+/// The last run recorded in the trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousRun {
+    /// The sequence number of its `daemon.started`, when it did not record `daemon.stopped`.
+    pub unclean: Option<u64>,
+    /// The last record in the trail.
+    pub last_seq: u64,
+    /// Its `tool.invoked` records that have no outcome.
+    pub dangling: Vec<Dangling>,
+}
+
+/// A `tool.invoked` record without a `tool.completed` or `tool.failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dangling {
+    pub seq: u64,
+    pub actor: String,
+    pub correlation: String,
+    pub tool: Option<String>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -126,7 +159,7 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
 }
 
 /// Reads a 32-byte hash column.
-fn hash32(v: Vec<u8>) -> [u8; 32] {
+pub(super) fn hash32(v: Vec<u8>) -> [u8; 32] {
     let mut h = [0u8; 32];
     if v.len() == 32 {
         h.copy_from_slice(&v);
@@ -157,6 +190,7 @@ impl Audit {
         key: AuditKey,
         siem: super::siem::SiemConfig,
         durability: super::Durability,
+        witness: &Path,
     ) -> Result<Audit, AuditError> {
         let conn = Connection::open(db).map_err(db_err(db))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -181,7 +215,12 @@ impl Audit {
             .map(|(s, h)| (s as u64, hash32(h)))
             .unwrap_or((0, [0u8; 32]));
         let verifying = key.verifying();
+        let startup = Startup {
+            integrity: integrity(&conn, &verifying, witness, Scope::Tail).map_err(db_err(db))?,
+            previous: previous_run(&conn).map_err(db_err(db))?,
+        };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let witness_path = witness.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("loong-audit".into())
             .spawn(move || {
@@ -189,9 +228,9 @@ impl Audit {
                     conn,
                     key,
                     rx,
-                    last_seq,
-                    last_hash,
+                    (last_seq, last_hash),
                     super::siem::Siem::new(siem),
+                    witness_path,
                 )
             })
             .map_err(|source| AuditError::Key {
@@ -201,9 +240,16 @@ impl Audit {
         Ok(Audit {
             tx,
             db: Arc::new(db.to_path_buf()),
+            witness: Arc::new(witness.to_path_buf()),
             verifying,
             thread: Arc::new(Mutex::new(Some(thread))),
+            startup: Arc::new(startup),
         })
+    }
+
+    /// What the trail said when it was opened.
+    pub fn startup(&self) -> &Startup {
+        &self.startup
     }
 
     /// Appends `event` and waits until it is committed; returns its sequence number.
@@ -359,9 +405,10 @@ impl Audit {
         Ok(rows)
     }
 
-    /// Verifies the whole trail against the chain and the signed checkpoints.
+    /// Verifies the whole trail against the chain, the signed checkpoints and the witness.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        super::verify(&self.reader()?, &self.verifying).map_err(db_err(&self.db))
+        integrity(&self.reader()?, &self.verifying, &self.witness, Scope::Full)
+            .map_err(db_err(&self.db))
     }
 }
 
@@ -369,11 +416,14 @@ fn writer(
     mut conn: Connection,
     key: AuditKey,
     mut rx: mpsc::Receiver<Msg>,
-    mut last_seq: u64,
-    mut last_hash: [u8; 32],
+    (mut last_seq, mut last_hash): (u64, [u8; 32]),
     mut siem: super::siem::Siem,
+    witness_path: PathBuf,
 ) {
     let mut batch: Vec<(Event, Option<Ack>)> = Vec::new();
+    // The final checkpoint signs only what this run appended: a trail that failed its start
+    // check and was closed at once keeps its evidence unsigned.
+    let mut appended = false;
     let mut flushes: Vec<Ack> = Vec::new();
     // A timer for the linger only; the writer stays a plain thread.
     let timer = tokio::runtime::Builder::new_current_thread()
@@ -416,18 +466,23 @@ fn writer(
             continue;
         }
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
+        appended |= !events.is_empty();
         match commit(
             &mut conn,
             &key,
             &events,
             last_seq,
             last_hash,
-            shutdown.is_some(),
+            shutdown.is_some() && appended,
         ) {
-            Ok((seq, hash, records)) => {
+            Ok((seq, hash, records, signed)) => {
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
                 // the effects they record.
-                let shipped = siem.ship(&records);
+                let mut shipped = siem.ship(&records);
+                if let Some(w) = signed {
+                    witness_out(&conn, &witness_path, &w);
+                    shipped = shipped.and(siem.ship_checkpoint(&w));
+                }
                 for (n, (_, ack)) in batch.drain(..).enumerate() {
                     if let Some(ack) = ack {
                         let _ = ack.send(shipped.clone().map(|()| last_seq + 1 + n as u64));
@@ -482,6 +537,10 @@ fn take(
     }
 }
 
+/// What one transaction committed: the new tail (sequence number and hash), its records, and
+/// the newest checkpoint it signed.
+type Committed = (u64, [u8; 32], Vec<Record>, Option<Witness>);
+
 /// Appends `events` in one transaction; returns the new tail. Nothing changes on error.
 fn commit(
     conn: &mut Connection,
@@ -490,9 +549,10 @@ fn commit(
     mut seq: u64,
     mut hash: [u8; 32],
     final_checkpoint: bool,
-) -> rusqlite::Result<(u64, [u8; 32], Vec<Record>)> {
+) -> rusqlite::Result<Committed> {
     let tx = conn.transaction()?;
     let mut records = Vec::with_capacity(events.len());
+    let mut signed = None;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit (seq, time_ms, kind, actor, correlation, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -509,6 +569,13 @@ fn commit(
                 key_id,
                 sig.as_slice()
             ])?;
+            signed = Some(Witness {
+                seq,
+                hash: *hash,
+                time_ms: time,
+                key_id: key_id.clone(),
+                signature: sig.to_vec(),
+            });
             Ok(())
         };
         for e in events {
@@ -554,7 +621,9 @@ fn commit(
 
                 hash,
             });
-            if seq.is_multiple_of(CHECKPOINT_EVERY) {
+            // A clean stop carries its own checkpoint, in its own transaction, so that no
+            // crash can leave a `daemon.stopped` unsigned.
+            if seq.is_multiple_of(CHECKPOINT_EVERY) || e.kind == Kind::DaemonStopped {
                 sign(seq, &hash, time)?;
             }
         }
@@ -563,5 +632,107 @@ fn commit(
         }
     }
     tx.commit()?;
-    Ok((seq, hash, records))
+    Ok((seq, hash, records, signed))
+}
+
+/// Writes the witness after a commit that signed a checkpoint, and notes in the database
+/// that it exists (so that a missing one is noticed). A failure is logged: the checkpoint is
+/// in the database, and the next one writes the witness again.
+fn witness_out(conn: &Connection, path: &Path, w: &Witness) {
+    if let Err(e) = witness::write(path, w) {
+        tracing::error!(error = %e, "could not write the audit witness");
+        return;
+    }
+    let noted = conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('witness_file', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+        [path.to_string_lossy()],
+    );
+    if let Err(e) = noted {
+        tracing::error!(error = %e, "could not note the audit witness in the database");
+    }
+}
+
+/// Verifies `conn` over `scope`, then against the witness at `path`. The witness is read
+/// first: it is written after its commit, so the database read after it holds at least that.
+fn integrity(
+    conn: &Connection,
+    key: &VerifyingKey,
+    path: &Path,
+    scope: Scope,
+) -> rusqlite::Result<VerifyReport> {
+    let read = witness::read(path);
+    let mut report = super::verify::verify_scope(conn, key, scope)?;
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))?;
+    let at = newest.map_or(0, |s| s as u64);
+    match read {
+        Ok(Some(w)) => super::verify::check_witness(conn, key, &w, &mut report)?,
+        Ok(None) => {
+            let noted: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'witness_file'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if noted.as_deref() == Some(&*path.to_string_lossy()) {
+                report.bad(at, format!("the witness file {} is missing, though loongd wrote it (it was deleted, or the trail's newest checkpoint cannot be confirmed); restore it from a backup or the SIEM's last checkpoint line", path.display()));
+            }
+        }
+        Err(e) => report.bad(at, e.to_string()),
+    }
+    Ok(report)
+}
+
+/// The last run in the trail: whether it stopped cleanly, and its calls without an outcome.
+fn previous_run(conn: &Connection) -> rusqlite::Result<PreviousRun> {
+    let last_of = |kind: Kind| -> rusqlite::Result<Option<i64>> {
+        conn.query_row(
+            "SELECT MAX(seq) FROM audit WHERE kind = ?1",
+            [kind.as_str()],
+            |r| r.get(0),
+        )
+    };
+    let last_seq: Option<i64> = conn.query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))?;
+    let Some(started) = last_of(Kind::DaemonStarted)? else {
+        return Ok(PreviousRun {
+            last_seq: last_seq.map_or(0, |s| s as u64),
+            ..PreviousRun::default()
+        });
+    };
+    let stopped = last_of(Kind::DaemonStopped)?.is_some_and(|s| s > started);
+    // Correlations are unique within one run: an outcome after the invocation closes it.
+    let mut answered = std::collections::HashSet::new();
+    let mut stmt =
+        conn.prepare("SELECT correlation FROM audit WHERE kind IN (?1, ?2) AND seq > ?3")?;
+    let mut rows = stmt.query(params![
+        Kind::ToolCompleted.as_str(),
+        Kind::ToolFailed.as_str(),
+        started
+    ])?;
+    while let Some(r) = rows.next()? {
+        answered.insert(r.get::<_, String>(0)?);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT seq, actor, correlation, json_extract(detail, '$.tool') FROM audit WHERE kind = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let dangling = stmt
+        .query_map(params![Kind::ToolInvoked.as_str(), started], |r| {
+            Ok(Dangling {
+                seq: r.get::<_, i64>(0)? as u64,
+                actor: r.get(1)?,
+                correlation: r.get(2)?,
+                tool: r.get::<_, Option<String>>(3).ok().flatten(),
+            })
+        })?
+        .filter(|d| {
+            d.as_ref()
+                .map_or(true, |d| !answered.contains(&d.correlation))
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(PreviousRun {
+        unclean: (!stopped).then_some(started as u64),
+        last_seq: last_seq.map_or(0, |s| s as u64),
+        dangling,
+    })
 }

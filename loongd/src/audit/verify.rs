@@ -1,11 +1,21 @@
 //! Verifying a trail: every record links to the one before and hashes to what is stored,
 //! sequence numbers have no gap, and every checkpoint's signature holds and matches the record
-//! it signs. Offline: it needs only the database and the daemon's public key.
+//! it signs. Checkpoints are also expected: one at every multiple of [`CHECKPOINT_EVERY`] and
+//! one on every `daemon.stopped` record, so a trail cut back or rechained with its later
+//! checkpoints deleted is caught; and a start after an unstopped run must say so
+//! (`daemon.unclean_stop` right after its `daemon.started`). The witness (the latest signed
+//! checkpoint, kept outside the database) catches a tail removed with every checkpoint that
+//! covered it. Offline: it needs only the database, the witness and the daemon's public key.
+
+use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
-use super::{canonical, chain_hash, checkpoint_message, store::read_record, store::RECORD_COLUMNS};
+use super::{
+    canonical, chain_hash, checkpoint_message, store::read_record, store::RECORD_COLUMNS,
+    witness::Witness, Kind, CHECKPOINT_EVERY,
+};
 
 /// The outcome of a verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,41 +28,189 @@ pub struct VerifyReport {
     pub first_bad: Option<(u64, String)>,
 }
 
-/// Verifies the trail in `conn` against `key`.
+impl VerifyReport {
+    pub(super) fn bad(&mut self, seq: u64, why: String) {
+        if self.first_bad.as_ref().is_none_or(|(s, _)| seq < *s) {
+            self.first_bad = Some((seq, why));
+        }
+    }
+}
+
+/// How much of the trail to walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every record (`audit verify`).
+    Full,
+    /// The records after the newest checkpoint (loongd's start): the chain before it was
+    /// verified when that checkpoint was signed.
+    Tail,
+}
+
+/// Verifies the whole trail in `conn` against `key`.
 pub fn verify(conn: &Connection, key: &VerifyingKey) -> rusqlite::Result<VerifyReport> {
+    verify_scope(conn, key, Scope::Full)
+}
+
+/// Verifies the trail in `conn` against `key`, over `scope`.
+pub fn verify_scope(
+    conn: &Connection,
+    key: &VerifyingKey,
+    scope: Scope,
+) -> rusqlite::Result<VerifyReport> {
     let mut report = VerifyReport {
         records: 0,
         checkpoints: 0,
         first_bad: None,
     };
-    let bad = |seq: u64, why: String, r: &mut VerifyReport| {
-        let earlier = r.first_bad.as_ref().is_none_or(|(s, _)| seq < *s);
-        if earlier {
-            r.first_bad = Some((seq, why));
-        }
+    let from = match scope {
+        Scope::Full => 0,
+        Scope::Tail => conn
+            .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .map_or(0, |s| s as u64),
     };
+    let signed = checkpoints(conn, key, from, &mut report)?;
+    let head = walk(conn, from, &signed, &mut report)?;
+    for (&seq, _) in signed.range(head.max(from) + 1..) {
+        report.bad(
+            seq,
+            "a signed checkpoint covers it, but it is missing (the trail was truncated)".into(),
+        );
+    }
+    // Checkpoints every CHECKPOINT_EVERY records: a trail whose head is further past its
+    // last checkpoint lost checkpoints (deleted, or the records after them rechained).
+    let mut expected = from
+        .next_multiple_of(CHECKPOINT_EVERY)
+        .max(CHECKPOINT_EVERY);
+    while expected <= head {
+        if !signed.contains_key(&expected) {
+            report.bad(
+                expected,
+                format!("no signed checkpoint covers it, though one is expected every {CHECKPOINT_EVERY} records (checkpoints were deleted or the chain rebuilt)"),
+            );
+            break;
+        }
+        expected += CHECKPOINT_EVERY;
+    }
+    Ok(report)
+}
+
+/// The checkpoints at or after `from` whose signature holds; reports the others.
+fn checkpoints(
+    conn: &Connection,
+    key: &VerifyingKey,
+    from: u64,
+    report: &mut VerifyReport,
+) -> rusqlite::Result<BTreeMap<u64, [u8; 32]>> {
+    let mut out = BTreeMap::new();
+    let mut stmt =
+        conn.prepare("SELECT seq, hash, signature FROM checkpoints WHERE seq >= ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([from as i64])?;
+    while let Some(row) = rows.next()? {
+        let seq = row.get::<_, i64>(0)? as u64;
+        let hash: Vec<u8> = row.get(1)?;
+        let sig: Vec<u8> = row.get(2)?;
+        let Ok(hash32) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            report.bad(seq, "its checkpoint's hash is malformed".into());
+            continue;
+        };
+        if signature_holds(key, seq, &hash32, &sig) {
+            out.insert(seq, hash32);
+        } else {
+            report.bad(
+                seq,
+                "its checkpoint's signature does not verify (forged or from another key)".into(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `sig` is `key`'s signature of the checkpoint `(seq, hash)`.
+pub(super) fn signature_holds(key: &VerifyingKey, seq: u64, hash: &[u8; 32], sig: &[u8]) -> bool {
+    <[u8; 64]>::try_from(sig).is_ok_and(|s| {
+        key.verify_strict(&checkpoint_message(seq, hash), &Signature::from_bytes(&s))
+            .is_ok()
+    })
+}
+
+/// Where a walk starts: the record before the first one read and whether loongd was
+/// running there (started, not yet stopped).
+fn start_of(conn: &Connection, from: u64) -> rusqlite::Result<Option<([u8; 32], bool)>> {
+    if from == 0 {
+        return Ok(Some(([0u8; 32], false)));
+    }
+    let prev: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            [from as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let last: Option<String> = conn
+        .query_row(
+            "SELECT kind FROM audit WHERE kind IN (?1, ?2) AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+            rusqlite::params![
+                Kind::DaemonStarted.as_str(),
+                Kind::DaemonStopped.as_str(),
+                from as i64
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let running = last.as_deref() == Some(Kind::DaemonStarted.as_str());
+    Ok(prev.map(|v| (super::store::hash32(v), running)))
+}
+
+/// Walks the records after `from`; returns the head (the last sequence number read in order).
+fn walk(
+    conn: &Connection,
+    from: u64,
+    signed: &BTreeMap<u64, [u8; 32]>,
+    report: &mut VerifyReport,
+) -> rusqlite::Result<u64> {
+    let Some((mut prev, mut running)) = start_of(conn, from)? else {
+        report.bad(
+            from,
+            "a signed checkpoint covers it, but it is missing (the trail was truncated)".into(),
+        );
+        let head: Option<i64> = conn.query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))?;
+        return Ok(head.map_or(0, |h| h as u64));
+    };
+    if let Some(h) = signed.get(&from) {
+        if from > 0 && *h == prev {
+            report.checkpoints += 1;
+        } else if from > 0 {
+            report.bad(
+                from,
+                "it differs from what the signed checkpoint recorded".into(),
+            );
+            return Ok(from);
+        }
+    }
     let mut stmt = conn.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM audit ORDER BY seq ASC"
+        "SELECT {RECORD_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq ASC"
     ))?;
-    let mut rows = stmt.query([])?;
-    let (mut expected, mut prev) = (1u64, [0u8; 32]);
-    let mut hashes = std::collections::HashMap::new();
+    let mut rows = stmt.query([from as i64])?;
+    let mut expected = from + 1;
+    // A `daemon.started` after an unstopped run, waiting for its `daemon.unclean_stop`.
+    let mut unclean_start: Option<u64> = None;
     while let Some(row) = rows.next()? {
         let r = read_record(row)?;
         report.records += 1;
         if r.seq != expected {
-            bad(
+            report.bad(
                 expected,
                 format!(
                     "record {expected} is missing (the next stored record is {})",
                     r.seq
                 ),
-                &mut report,
             );
             break;
         }
         if r.prev_hash != prev {
-            bad(r.seq, "its link to the previous record is broken (removed, reordered or rewritten records)".into(), &mut report);
+            report.bad(r.seq, "its link to the previous record is broken (removed, reordered or rewritten records)".into());
             break;
         }
         let h = chain_hash(
@@ -67,58 +225,87 @@ pub fn verify(conn: &Connection, key: &VerifyingKey) -> rusqlite::Result<VerifyR
             ),
         );
         if h != r.hash {
-            bad(
+            report.bad(
                 r.seq,
                 "its contents do not match its hash (the record was changed)".into(),
-                &mut report,
             );
             break;
         }
-        hashes.insert(r.seq, r.hash);
-        prev = r.hash;
+        match signed.get(&r.seq) {
+            Some(c) if *c == h => report.checkpoints += 1,
+            Some(_) => report.bad(
+                r.seq,
+                "it differs from what the signed checkpoint recorded".into(),
+            ),
+            None => {}
+        }
+        if let Some(started) = unclean_start.take() {
+            if r.kind != Kind::DaemonUncleanStop.as_str() {
+                report.bad(started, "loongd started after a run that did not stop cleanly, but the next record is not its daemon.unclean_stop (records were removed or the chain rebuilt)".into());
+            }
+        }
+        if r.kind == Kind::DaemonStarted.as_str() {
+            if running {
+                unclean_start = Some(r.seq);
+            }
+            running = true;
+        } else if r.kind == Kind::DaemonStopped.as_str() {
+            running = false;
+            if !signed.contains_key(&r.seq) {
+                report.bad(r.seq, "loongd stopped cleanly here, but no signed checkpoint covers the stop (checkpoints were deleted or the chain rebuilt)".into());
+            }
+        }
+        prev = h;
         expected += 1;
     }
-    let mut cps = conn.prepare("SELECT seq, hash, signature FROM checkpoints ORDER BY seq ASC")?;
-    let mut rows = cps.query([])?;
-    while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)? as u64;
-        let hash: Vec<u8> = row.get(1)?;
-        let sig: Vec<u8> = row.get(2)?;
-        let Ok(hash32) = <[u8; 32]>::try_from(hash.as_slice()) else {
-            bad(
-                seq,
-                "its checkpoint's hash is malformed".into(),
-                &mut report,
+    if let Some(started) = unclean_start {
+        report.bad(started, "loongd started after a run that did not stop cleanly, but no daemon.unclean_stop follows (records were removed or the chain rebuilt)".into());
+    }
+    Ok(expected - 1)
+}
+
+/// Checks the database against the witness: it must hold the witness's record with the
+/// witness's hash, signed by `key`.
+pub fn check_witness(
+    conn: &Connection,
+    key: &VerifyingKey,
+    witness: &Witness,
+    report: &mut VerifyReport,
+) -> rusqlite::Result<()> {
+    if !signature_holds(key, witness.seq, &witness.hash, &witness.signature) {
+        report.bad(
+            witness.seq,
+            "the witness file's checkpoint signature does not verify (forged or from another key)"
+                .into(),
+        );
+        return Ok(());
+    }
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            [witness.seq as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match stored {
+        Some(h) if h.as_slice() == witness.hash => {}
+        Some(_) => report.bad(
+            witness.seq,
+            "it differs from the signed checkpoint the witness file holds (the trail was rewritten)"
+                .into(),
+        ),
+        None => {
+            let head: Option<i64> =
+                conn.query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))?;
+            report.bad(
+                witness.seq,
+                format!(
+                    "the witness file holds a signed checkpoint at record {}, but the database ends at record {} (the trail was truncated)",
+                    witness.seq,
+                    head.unwrap_or(0)
+                ),
             );
-            continue;
-        };
-        let signature = <[u8; 64]>::try_from(sig.as_slice())
-            .ok()
-            .map(|s| Signature::from_bytes(&s));
-        if signature.is_none_or(|s| {
-            key.verify_strict(&checkpoint_message(seq, &hash32), &s)
-                .is_err()
-        }) {
-            bad(
-                seq,
-                "its checkpoint's signature does not verify (forged or from another key)".into(),
-                &mut report,
-            );
-            continue;
-        }
-        match hashes.get(&seq) {
-            Some(h) if *h == hash32 => report.checkpoints += 1,
-            Some(_) => bad(
-                seq,
-                "it differs from what the signed checkpoint recorded".into(),
-                &mut report,
-            ),
-            None => bad(
-                seq,
-                "a signed checkpoint covers it, but it is missing (the trail was truncated)".into(),
-                &mut report,
-            ),
         }
     }
-    Ok(report)
+    Ok(())
 }

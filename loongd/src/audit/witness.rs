@@ -1,0 +1,127 @@
+//! The witness: the latest signed checkpoint (sequence, head hash, time, key id, signature),
+//! kept in a file outside the database (`audit.witness_file`, ideally on another file system),
+//! so that a trail cut back together with its checkpoints is still caught. Written atomically
+//! (a temporary file beside it, fsync, rename, fsync of the directory) after every commit that
+//! signed a checkpoint; `audit verify` and loongd's start check the database against it.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+/// The witness file's format tag.
+pub const WITNESS_FORMAT: &str = "loong-audit-witness-v1";
+/// A witness file longer than this is not one (it holds one short JSON object).
+pub const MAX_WITNESS_BYTES: u64 = 4096;
+/// The default witness file inside the home (an operator should move it to another file
+/// system with `audit.witness_file`).
+pub const DEFAULT_WITNESS_FILE: &str = "audit.witness";
+
+/// A signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub time_ms: i64,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// Why a witness file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("audit witness file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit witness file {} is not a witness ({why}); restore it from the SIEM's last checkpoint line or a backup", path.display())]
+    Malformed { path: PathBuf, why: String },
+}
+
+impl Witness {
+    /// Its JSON form (the witness file's content, and the SIEM lanes' checkpoint line).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "format": WITNESS_FORMAT, "seq": self.seq, "hash": hex::encode(self.hash),
+            "time_ms": self.time_ms, "key_id": self.key_id,
+            "signature": hex::encode(&self.signature),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Result<Witness, String> {
+        if v["format"] != WITNESS_FORMAT {
+            return Err(format!("its format is not {WITNESS_FORMAT}"));
+        }
+        let hex_of = |k: &str| {
+            v[k].as_str()
+                .and_then(|s| hex::decode(s).ok())
+                .ok_or_else(|| format!("`{k}` is not hex"))
+        };
+        let hash = <[u8; 32]>::try_from(hex_of("hash")?.as_slice())
+            .map_err(|_| "`hash` is not 32 bytes".to_string())?;
+        Ok(Witness {
+            seq: v["seq"].as_u64().ok_or("`seq` is not a number")?,
+            hash,
+            time_ms: v["time_ms"].as_i64().ok_or("`time_ms` is not a number")?,
+            key_id: v["key_id"].as_str().unwrap_or_default().to_string(),
+            signature: hex_of("signature")?,
+        })
+    }
+}
+
+/// Reads the witness at `path`; `None` when there is no file.
+pub fn read(path: &Path) -> Result<Option<Witness>, WitnessError> {
+    let io = |source| WitnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let malformed = |why: String| WitnessError::Malformed {
+        path: path.to_path_buf(),
+        why,
+    };
+    if meta.len() > MAX_WITNESS_BYTES {
+        return Err(malformed(format!(
+            "{} bytes, above {MAX_WITNESS_BYTES}",
+            meta.len()
+        )));
+    }
+    let text = fs::read_to_string(path).map_err(io)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    Witness::from_json(&v).map(Some).map_err(malformed)
+}
+
+/// Replaces the witness at `path` with `w`, atomically and durably.
+pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
+    let io = |source| WitnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(format!("{}\n", w.to_json()).as_bytes())
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
