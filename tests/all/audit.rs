@@ -650,3 +650,61 @@ fn calls_cut_off_by_kill_9_are_closed_at_the_next_start() {
     let v = home.ctl(&["audit", "verify", "--json"]);
     assert!(v.status.success(), "{}", text(&v.stdout));
 }
+
+#[test]
+fn an_mcp_server_listing_many_long_tool_names_keeps_its_plugin_loaded_identity() {
+    let dir = tempfile::Builder::new()
+        .prefix("lm")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = dir.path().join("many_tools_mcp.py");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/many_tools_mcp.py"),
+        &script,
+    )
+    .expect("copy the server");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let home = Home::new();
+    let plugin = home.path().join("plugins/many");
+    std::fs::create_dir_all(&plugin).expect("plugin dir");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "many", "version": "0.1.0",
+        "summary": "many long tool names", "capabilities": [],
+        "metadata": {"bridge_kind": "mcp_stdio", "command": "/usr/bin/python3",
+            "args_json": serde_json::to_string(&[script.display().to_string()]).expect("args")},
+        "sandbox": {"read": [dir.path().display().to_string()], "timeout_ms": 10000},
+    });
+    std::fs::write(plugin.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    home.start();
+    let loaded = recent(&home, "plugin.loaded");
+    let many = loaded
+        .iter()
+        .find(|r| r["detail"]["plugin"] == "many")
+        .unwrap_or_else(|| panic!("no plugin.loaded for many: {loaded:?}"));
+    let d = &many["detail"];
+    let listed = crate::workers::plugins(&home)
+        .into_iter()
+        .find(|p| p["id"] == "many")
+        .expect("listed");
+    assert_eq!(d["version"], "0.1.0", "{d}");
+    assert_eq!(d["bridge_kind"], "mcp_stdio", "{d}");
+    assert_eq!(d["trust"], listed["trust"], "{d}");
+    assert!(d.get("signer").is_some(), "{d}");
+    let names: Vec<String> = (0..202)
+        .map(|i| format!("t{i:03}{}", "x".repeat(124)))
+        .collect();
+    let list = serde_json::to_string(&names).expect("names");
+    let tools = &d["tools"];
+    assert_eq!(tools["truncated"], true, "{d}");
+    assert_eq!(tools["items"], 202);
+    assert_eq!(tools["bytes"], list.len());
+    assert_eq!(tools["sha256"], sha256_hex(&list));
+    assert_eq!(tools["head"].as_array().map(Vec::len), Some(64));
+    assert_eq!(tools["head"][0], names[0].as_str());
+}
