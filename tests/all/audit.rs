@@ -708,3 +708,64 @@ fn an_mcp_server_listing_many_long_tool_names_keeps_its_plugin_loaded_identity()
     assert_eq!(tools["head"].as_array().map(Vec::len), Some(64));
     assert_eq!(tools["head"][0], names[0].as_str());
 }
+
+#[test]
+fn a_denied_padded_shell_command_keeps_who_asked_and_why_it_was_denied() {
+    let ws = tempfile::Builder::new()
+        .prefix("lx")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let home = Home::with_config(&format!("[builtins]\nworkspace = {:?}\n", ws.path()));
+    std::fs::create_dir_all(home.path().join("packs")).expect("packs");
+    std::fs::write(
+        home.path().join("packs/reader.toml"),
+        "id = \"reader\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"fs.read:/tmp\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let out = home.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        "reader",
+        "--agent",
+        "bot",
+        "--cap",
+        "fs.read:/tmp",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let command = format!("rm -rf /tmp/x{}", " ".repeat(17_000));
+    let input = serde_json::json!({ "command": command }).to_string();
+    let out = home.ctl(&["invoke", "shell.exec", "--token", &token, "--input", &input]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let denied: Vec<_> = recent(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| r["detail"]["allowed"] == false)
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    let d = &denied[0]["detail"];
+    assert_eq!(d["capability"], "process.exec", "{d}");
+    assert_eq!(d["agent"], "bot", "{d}");
+    assert_eq!(d["pack"], "reader", "{d}");
+    assert!(d["token"].as_str().is_some_and(|t| !t.is_empty()), "{d}");
+    assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
+    assert_eq!(d["target"], "/bin/sh", "{d}");
+    let argv = &d["argv"][2];
+    assert_eq!(argv["truncated"], true, "{d}");
+    assert_eq!(argv["bytes"], command.len());
+    assert_eq!(argv["sha256"], sha256_hex(&command));
+    assert!(
+        argv["head"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("rm -rf /tmp/x")),
+        "{d}"
+    );
+}
