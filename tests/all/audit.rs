@@ -261,6 +261,11 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
     assert!(messages
         .iter()
         .any(|m| m.contains("\"kind\":\"sandbox.exited\"")));
+    // The signed checkpoint of the clean stop went to syslog too.
+    assert!(
+        messages.iter().any(|m| m.contains("{\"checkpoint\":{")),
+        "{messages:?}"
+    );
     assert!(home.ctl(&["daemon", "stop"]).status.success());
 
     // Fail-closed: a JSONL lane that cannot be written refuses what it would record (here
@@ -573,6 +578,16 @@ fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
     refused_at(&home, s2, "is missing, though loongd wrote it");
     std::fs::write(&witness, &kept).expect("restore");
     home.start();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    // A witness that cannot be written stops the start, not the first checkpoint.
+    let lost = Home::with_config("[audit]\nwitness_file = \"/nonexistent-dir/audit.witness\"\n");
+    let out = lost.ctl(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("audit witness file /nonexistent-dir/audit.witness"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

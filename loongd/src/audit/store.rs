@@ -38,6 +38,8 @@ pub enum AuditError {
     Commit(String),
     #[error("the audit writer has stopped")]
     Stopped,
+    #[error("{0}; set audit.witness_file to a writable path (ideally on another file system)")]
+    Witness(#[from] witness::WitnessError),
 }
 
 const SCHEMA: &str = "
@@ -192,6 +194,7 @@ impl Audit {
         durability: super::Durability,
         witness: &Path,
     ) -> Result<Audit, AuditError> {
+        witness::probe(witness)?;
         let conn = Connection::open(db).map_err(db_err(db))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err(db))?;
@@ -480,8 +483,10 @@ fn writer(
                 // the effects they record.
                 let mut shipped = siem.ship(&records);
                 if let Some(w) = signed {
-                    witness_out(&conn, &witness_path, &w);
-                    shipped = shipped.and(siem.ship_checkpoint(&w));
+                    // Like a fail-closed lane: an unwritten witness refuses the effects
+                    // recorded with its checkpoint (the records stay in the trail).
+                    let witnessed = witness_out(&conn, &witness_path, &w);
+                    shipped = shipped.and(siem.ship_checkpoint(&w)).and(witnessed);
                 }
                 for (n, (_, ack)) in batch.drain(..).enumerate() {
                     if let Some(ack) = ack {
@@ -636,12 +641,12 @@ fn commit(
 }
 
 /// Writes the witness after a commit that signed a checkpoint, and notes in the database
-/// that it exists (so that a missing one is noticed). A failure is logged: the checkpoint is
-/// in the database, and the next one writes the witness again.
-fn witness_out(conn: &Connection, path: &Path, w: &Witness) {
+/// that it exists (so that a missing one is noticed). A failed write is logged and returned:
+/// the checkpoint is in the database, and the next one writes the witness again.
+fn witness_out(conn: &Connection, path: &Path, w: &Witness) -> Result<(), String> {
     if let Err(e) = witness::write(path, w) {
         tracing::error!(error = %e, "could not write the audit witness");
-        return;
+        return Err(e.to_string());
     }
     let noted = conn.execute(
         "INSERT INTO meta (key, value) VALUES ('witness_file', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
@@ -650,6 +655,7 @@ fn witness_out(conn: &Connection, path: &Path, w: &Witness) {
     if let Err(e) = noted {
         tracing::error!(error = %e, "could not note the audit witness in the database");
     }
+    Ok(())
 }
 
 /// Verifies `conn` over `scope`, then against the witness at `path`. The witness is read

@@ -100,6 +100,34 @@ pub fn read(path: &Path) -> Result<Option<Witness>, WitnessError> {
     Witness::from_json(&v).map(Some).map_err(malformed)
 }
 
+/// The temporary file a witness is written to before it is renamed into place.
+fn temporary(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.tmp"))
+}
+
+/// Checks that a witness can be written at `path` (its directory exists and is writable), so
+/// that a misplaced witness stops loongd's start instead of its first checkpoint.
+pub fn probe(path: &Path) -> Result<(), WitnessError> {
+    let tmp = temporary(path);
+    let io = |source| WitnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    fs::remove_file(&tmp).map_err(io)
+}
+
 /// Replaces the witness at `path` with `w`, atomically and durably.
 pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
     let io = |source| WitnessError::Io {
@@ -107,11 +135,7 @@ pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = temporary(path);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
