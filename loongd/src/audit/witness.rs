@@ -149,3 +149,60 @@ pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
     fs::rename(&tmp, path).map_err(io)?;
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Witness {
+        Witness {
+            seq: 512,
+            hash: [7u8; 32],
+            time_ms: 1_700_000_000_000,
+            key_id: "0011223344556677".into(),
+            signature: vec![9u8; 64],
+        }
+    }
+
+    #[test]
+    fn a_written_witness_reads_back_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.witness");
+        assert_eq!(read(&path).expect("reads"), None);
+        probe(&path).expect("writable");
+        write(&path, &sample()).expect("writes");
+        assert_eq!(read(&path).expect("reads"), Some(sample()));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("audit.witness")]);
+    }
+
+    #[test]
+    fn what_is_not_a_witness_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.witness");
+        for (body, why) in [
+            ("not json".to_string(), "not JSON"),
+            ("{\"format\":\"other\"}".into(), "its format is not"),
+            (
+                " ".repeat(MAX_WITNESS_BYTES as usize + 1),
+                "bytes, above 4096",
+            ),
+            (
+                sample()
+                    .to_json()
+                    .to_string()
+                    .replace("\"hash\":\"07", "\"hash\":\"zz"),
+                "`hash` is not hex",
+            ),
+        ] {
+            fs::write(&path, body).expect("write");
+            let e = read(&path).expect_err("refused").to_string();
+            assert!(e.contains(why) && e.contains("audit.witness"), "{e}");
+        }
+        let missing = dir.path().join("no-such-dir/audit.witness");
+        assert!(probe(&missing).is_err());
+    }
+}
