@@ -10,7 +10,11 @@ fn main() -> ExitCode {
     match loongctl::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("loongctl: {:#}", f.error);
+            // The error may quote foreign text (a plugin's error, a path an agent chose).
+            eprintln!(
+                "loongctl: {}",
+                loongctl::text::esc_lines(&format!("{:#}", f.error))
+            );
             ExitCode::from(f.code)
         }
     }

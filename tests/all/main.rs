@@ -14,5 +14,6 @@ mod sandbox;
 mod sandbox_probes;
 mod supply_chain;
 mod support;
+mod terminal;
 mod tidy;
 mod workers;

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ApprovalView, ControlRequest, ControlResponse, FullAccess};
 
 use super::audit::rfc3339;
-use crate::{exit, Failure};
+use crate::{exit, text::Esc, Failure};
 
 /// `loongctl approvals …`.
 #[derive(Debug, Subcommand)]
@@ -62,17 +62,17 @@ fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<ApprovalView>, Failu
 fn print(a: &ApprovalView) {
     println!(
         "{}  {:<8} {:<10} {:<12} {} on {}  risk {}  until {}{}",
-        a.id,
-        a.state,
-        a.actor,
-        a.pack,
-        a.capability,
-        a.target,
+        Esc(&a.id),
+        Esc(&a.state),
+        Esc(&a.actor),
+        Esc(&a.pack),
+        Esc(&a.capability),
+        Esc(&a.target),
         a.score,
         rfc3339(a.deadline_ms),
         a.resolver
             .as_deref()
-            .map(|r| format!("  by {r}"))
+            .map(|r| format!("  by {}", Esc(r)))
             .unwrap_or_default()
     );
 }
@@ -101,7 +101,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
                 println!("{}", json_of(a));
             } else {
                 print(a);
-                println!("  reasons: {}", a.reasons);
+                println!("  reasons: {}", Esc(&a.reasons));
             }
             Ok(exit::OK)
         }

@@ -12,7 +12,7 @@ use loong_ipc::{
     ControlResponse,
 };
 
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
 
 /// `loongctl audit …`.
 #[derive(Debug, Subcommand)]
@@ -144,10 +144,10 @@ fn print_human(rs: &[AuditRecordView]) {
             "{:>6}  {}  {:<18} {:<10} {:<16} {}",
             r.seq,
             rfc3339(r.time_ms),
-            r.kind,
-            r.actor,
-            r.correlation,
-            r.detail
+            Esc(&r.kind),
+            Esc(&r.actor),
+            Esc(&r.correlation),
+            Esc(&r.detail)
         );
     }
 }
@@ -185,7 +185,10 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 for (k, n, a, d) in &rows {
-                    println!("{k:<40} {n:>8} records  {a:>6} allowed  {d:>6} denied");
+                    println!(
+                        "{:<40} {n:>8} records  {a:>6} allowed  {d:>6} denied",
+                        Esc(k)
+                    );
                 }
             }
             Ok(exit::OK)
@@ -223,7 +226,7 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
             } else if let Some(seq) = v.first_bad_seq {
                 println!(
                     "audit trail BROKEN at record {seq}: {}",
-                    v.problem.unwrap_or_default()
+                    Esc(&v.problem.unwrap_or_default())
                 );
             } else {
                 println!(

@@ -4,7 +4,11 @@
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse};
 use serde::Serialize;
 
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{
+    connect, exit,
+    text::{esc_join, Esc},
+    Failure, REQUEST_DEADLINE,
+};
 
 /// The JSON shape of `doctor --json` (stable field names, docs/cli.md).
 #[derive(Debug, Serialize)]
@@ -67,7 +71,7 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         if let Some(e) = &r.error {
-            println!("sandboxes unavailable: {e}");
+            println!("sandboxes unavailable: {}", Esc(e));
         }
         println!(
             "loongd runs as {}; landlock ABI {}",
@@ -81,20 +85,20 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
         println!();
         for m in &r.mechanisms {
             let mark = if m.available { "ok     " } else { "MISSING" };
-            println!("  {mark} {:<13} {}", m.name, m.detail);
+            println!("  {mark} {:<13} {}", Esc(&m.name), Esc(&m.detail));
             if let (false, Some(fix)) = (m.available, &m.fix) {
-                println!("          fix: {fix}");
+                println!("          fix: {}", Esc(fix));
             }
         }
         println!();
         for t in &r.tiers {
             if t.enforceable {
-                println!("  {:<10} fully enforced", t.tier);
+                println!("  {:<10} fully enforced", Esc(&t.tier));
             } else {
                 println!(
                     "  {:<10} NOT enforceable: missing {}",
-                    t.tier,
-                    t.missing.join(", ")
+                    Esc(&t.tier),
+                    esc_join(&t.missing, ", ")
                 );
             }
         }

@@ -16,7 +16,7 @@ use loong_ipc::{
 use sha2::{Digest, Sha256};
 
 use super::audit::rfc3339;
-use crate::{exit, Failure};
+use crate::{exit, text::Esc, Failure};
 
 /// `loongctl keys …`.
 #[derive(Debug, Subcommand)]
@@ -100,14 +100,14 @@ fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<KeyView>, Failure> {
 fn print(k: &KeyView) {
     println!(
         "{}  {:<8} {:<18} {:<20} added {}{}",
-        k.id,
-        k.state,
-        k.tier,
-        k.name,
+        Esc(&k.id),
+        Esc(&k.state),
+        Esc(&k.tier),
+        Esc(&k.name),
         rfc3339(k.added_ms),
         k.replaced_by
             .as_deref()
-            .map(|r| format!("  replaced by {r}"))
+            .map(|r| format!("  replaced by {}", Esc(r)))
             .unwrap_or_default()
     );
 }

@@ -9,7 +9,7 @@ use loong_ipc::{
     message::control::MAX_POLICY_TEXT_BYTES, paths::Layout, ControlRequest, ControlResponse,
 };
 
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
 
 /// `loongctl policy …`.
 #[derive(Debug, Subcommand)]
@@ -62,9 +62,9 @@ pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
                     serde_json::json!({ "allowed": d.allowed, "needs_approval": d.needs_approval, "reason": d.reason, "pack": d.pack })
                 );
             } else if d.allowed {
-                println!("allowed (pack {})", d.pack);
+                println!("allowed (pack {})", Esc(&d.pack));
             } else {
-                println!("denied: {}", d.reason.unwrap_or_default());
+                println!("denied: {}", Esc(&d.reason.unwrap_or_default()));
             }
             return Ok(if d.allowed {
                 exit::OK
@@ -107,7 +107,7 @@ pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
         println!("{name}: ok");
     } else {
         for p in &problems {
-            println!("{p}");
+            println!("{}", Esc(p));
         }
         eprintln!("{} problem(s) in {name}", problems.len());
     }

@@ -217,7 +217,7 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
                 if !e.degraded.is_empty() {
                     eprintln!(
                         "loongctl: warning: ran DEGRADED, without {}",
-                        e.degraded.join(", ")
+                        crate::text::esc_join(&e.degraded, ", ")
                     );
                 }
                 if e.timed_out {

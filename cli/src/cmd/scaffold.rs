@@ -10,7 +10,11 @@ use std::{
 use anyhow::{anyhow, Context};
 use loong_ipc::package;
 
-use crate::{exit, Failure};
+use crate::{
+    exit,
+    text::{esc, esc_lines, needs_escape, Esc},
+    Failure,
+};
 
 /// What `init` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -262,8 +266,10 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
             Ok(v) => Some(v),
         },
     };
+    let mut warnings: Vec<String> = Vec::new();
     if let Some(m) = &manifest {
         check_manifest(dir, m, &mut problems, &mut notes);
+        control_characters(m, "", &mut warnings);
     }
     match package::digest(dir) {
         Err(e) => problems.push(e.to_string()),
@@ -295,10 +301,13 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
         }
     }
     for n in &notes {
-        println!("  ok    {n}");
+        println!("  ok    {}", esc_lines(n));
+    }
+    for w in &warnings {
+        println!("  WARN  {}", Esc(w));
     }
     for p in &problems {
-        println!("  FAIL  {p}");
+        println!("  FAIL  {}", esc_lines(p));
     }
     if problems.is_empty() {
         println!("{}: no problem found (nothing was run)", dir.display());
@@ -306,6 +315,43 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
     } else {
         println!("{}: {} problem(s)", dir.display(), problems.len());
         Ok(exit::USAGE)
+    }
+}
+
+/// The most control-character warnings `plugins doctor` lists for one manifest.
+const MAX_TEXT_WARNINGS: usize = 20;
+
+/// A warning for every text of the manifest (keys and string values, at any depth) that holds
+/// characters a terminal would obey rather than show: they reach the operator's views (loongctl
+/// escapes them there) and mean someone is trying to hide what the plugin says it is.
+fn control_characters(v: &serde_json::Value, at: &str, warnings: &mut Vec<String>) {
+    fn flag(warnings: &mut Vec<String>, field: &str, text: &str) {
+        if warnings.len() < MAX_TEXT_WARNINGS && text.chars().any(needs_escape) {
+            warnings.push(format!(
+                "{field}: control or invisible format characters in {}; they are shown escaped",
+                esc(text)
+            ));
+        }
+    }
+    match v {
+        serde_json::Value::String(s) => flag(warnings, at, s),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                control_characters(item, &format!("{at}[{i}]"), warnings);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, item) in map {
+                let field = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                flag(warnings, &field, k);
+                control_characters(item, &field, warnings);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -3,7 +3,7 @@
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, StatusReport};
 use serde::Serialize;
 
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
 
 /// The JSON shape of `loongctl status --json`; field names are stable (docs/cli.md).
 #[derive(Debug, Serialize)]
@@ -45,11 +45,15 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
     if json {
         println!("{}", serde_json::to_string_pretty(&StatusJson::from(&s))?);
     } else {
-        println!("loongd {} (protocol {})", s.version, s.protocol_version);
+        println!(
+            "loongd {} (protocol {})",
+            Esc(&s.version),
+            s.protocol_version
+        );
         println!("  pid:               {}", s.pid);
         println!("  uptime:            {}", human_duration(s.uptime_ms));
-        println!("  home:              {}", s.home);
-        println!("  socket:            {}", s.socket_path);
+        println!("  home:              {}", Esc(&s.home));
+        println!("  socket:            {}", Esc(&s.socket_path));
         println!("  connected clients: {}", s.connected_clients);
     }
     Ok(exit::OK)

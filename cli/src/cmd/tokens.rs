@@ -6,7 +6,11 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, PackView, TokenView};
 
 use super::audit::rfc3339;
-use crate::{exit, Failure};
+use crate::{
+    exit,
+    text::{esc_join, Esc},
+    Failure,
+};
 
 /// `loongctl tokens …`.
 #[derive(Debug, Subcommand)]
@@ -103,11 +107,11 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             if json {
                 println!("{}", token_json(t));
             } else {
-                println!("{}", t.id);
+                println!("{}", Esc(&t.id));
                 eprintln!(
                     "token for {} in pack {} until {}",
-                    t.agent,
-                    t.pack,
+                    Esc(&t.agent),
+                    Esc(&t.pack),
                     rfc3339(t.expires_ms)
                 );
             }
@@ -127,12 +131,12 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
                 for t in &ts {
                     println!(
                         "{}  {:<8} {:<16} {:<16} until {}  {}",
-                        t.id,
-                        t.state,
-                        t.pack,
-                        t.agent,
+                        Esc(&t.id),
+                        Esc(&t.state),
+                        Esc(&t.pack),
+                        Esc(&t.agent),
                         rfc3339(t.expires_ms),
-                        t.grants.join(" ")
+                        esc_join(&t.grants, " ")
                     );
                 }
             }
@@ -182,7 +186,11 @@ pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failur
                 for p in &ps {
                     println!(
                         "{:<16} {:<16} v{:<4} gen {:<3} {}",
-                        p.id, p.domain, p.version, p.generation, p.summary
+                        Esc(&p.id),
+                        Esc(&p.domain),
+                        Esc(&p.version),
+                        p.generation,
+                        Esc(&p.summary)
                     );
                 }
             }
@@ -196,7 +204,17 @@ pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failur
             if json {
                 println!("{}", pack_json(p));
             } else {
-                println!("{} ({}, version {}, generation {})\n  {}\n  grants: {}\n  connectors: {}\n  approval: {}", p.id, p.domain, p.version, p.generation, p.summary, p.grants.join(" "), p.connectors.join(" "), p.approval);
+                println!(
+                    "{} ({}, version {}, generation {})\n  {}\n  grants: {}\n  connectors: {}\n  approval: {}",
+                    Esc(&p.id),
+                    Esc(&p.domain),
+                    Esc(&p.version),
+                    p.generation,
+                    Esc(&p.summary),
+                    esc_join(&p.grants, " "),
+                    esc_join(&p.connectors, " "),
+                    Esc(&p.approval)
+                );
             }
             Ok(exit::OK)
         }

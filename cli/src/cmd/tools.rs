@@ -17,7 +17,11 @@ use loong_ipc::{
 };
 
 use super::audit::rfc3339;
-use crate::{exit, Failure};
+use crate::{
+    exit,
+    text::{esc_join, esc_lines, Esc},
+    Failure,
+};
 
 /// How long `invoke` waits by default (an approval may be pending meanwhile).
 pub const DEFAULT_INVOKE_TIMEOUT_SECS: f64 = 120.0;
@@ -219,7 +223,8 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
         match event {
             Event::Chunk(StreamChunk::Stderr(b)) => {
                 approval_pending |= String::from_utf8_lossy(&b).contains("approval");
-                let _ = std::io::stderr().write_all(&b);
+                let note = String::from_utf8_lossy(&b);
+                let _ = std::io::stderr().write_all(esc_lines(&note).as_bytes());
             }
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::Invoked(r)) => {
@@ -228,7 +233,7 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
                 } else {
                     println!("{}", r.output);
                     for line in &r.logs {
-                        eprintln!("log: {line}");
+                        eprintln!("log: {}", Esc(line));
                     }
                 }
                 return Ok(exit::OK);
@@ -278,13 +283,18 @@ fn verify_lock(layout: &Layout, json: bool) -> Result<u8, Failure> {
     } else {
         for c in &checks {
             if c.drift.is_empty() {
-                println!("{:<24} {:<10} ok      {}", c.id, c.version, c.locked);
+                println!(
+                    "{:<24} {:<10} ok      {}",
+                    Esc(&c.id),
+                    Esc(&c.version),
+                    Esc(&c.locked)
+                );
             } else {
                 println!(
                     "{:<24} {:<10} DRIFT   {}",
-                    c.id,
-                    c.version,
-                    c.drift.join(", ")
+                    Esc(&c.id),
+                    Esc(&c.version),
+                    esc_join(&c.drift, ", ")
                 );
             }
         }
@@ -419,12 +429,18 @@ pub(crate) fn tools(layout: &Layout, cmd: ToolsCommand) -> Result<u8, Failure> {
                 &h.description
             };
             let first = about.lines().next().unwrap_or_default();
-            println!("{:<32} {:<18} {:<8} {first}", h.name, h.trust, h.state);
+            println!(
+                "{:<32} {:<18} {:<8} {}",
+                Esc(&h.name),
+                Esc(&h.trust),
+                Esc(&h.state),
+                Esc(first)
+            );
             if !h.tags.is_empty() {
-                println!("    tags: {}", h.tags.join(", "));
+                println!("    tags: {}", esc_join(&h.tags, ", "));
             }
             for e in &h.input_examples {
-                println!("    example input: {e}");
+                println!("    example input: {}", Esc(e));
             }
         }
     }
@@ -442,17 +458,26 @@ fn print_plugins(ps: &[PluginView], json: bool) {
             match &p.error {
                 None => println!(
                     "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
-                    p.id, p.version, p.bridge_kind, p.state, p.trust, p.summary
+                    Esc(&p.id),
+                    Esc(&p.version),
+                    Esc(&p.bridge_kind),
+                    Esc(&p.state),
+                    Esc(&p.trust),
+                    Esc(&p.summary)
                 ),
                 Some(e) => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {e}",
-                    p.id, p.version, p.bridge_kind, p.state
+                    "{:<24} {:<10} {:<14} {:<7} {}",
+                    Esc(&p.id),
+                    Esc(&p.version),
+                    Esc(&p.bridge_kind),
+                    Esc(&p.state),
+                    Esc(e)
                 ),
             }
             // An MCP server's tools, one per line under it.
             if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
                 for t in &p.tools {
-                    println!("    {t}");
+                    println!("    {}", Esc(t));
                 }
             }
         }
@@ -484,12 +509,12 @@ pub(crate) fn workers(layout: &Layout, cmd: WorkersCommand) -> Result<u8, Failur
                         "{:<5} pid {:<8} {:<5} {:<10} {:<5} calls {:<6} since {}  {}",
                         w.id,
                         w.pid,
-                        w.kind,
-                        w.tier,
-                        w.state,
+                        Esc(&w.kind),
+                        Esc(&w.tier),
+                        Esc(&w.state),
                         w.calls,
                         rfc3339(w.started_ms),
-                        w.tool.as_deref().unwrap_or("")
+                        Esc(w.tool.as_deref().unwrap_or(""))
                     );
                 }
             }
