@@ -10,6 +10,8 @@ mod bridges;
 mod control_socket;
 mod daemon_lifecycle;
 mod keys;
+mod package_copy;
+mod revocation;
 mod sandbox;
 mod sandbox_probes;
 mod supply_chain;
