@@ -10,6 +10,7 @@ mod bridges;
 mod control_socket;
 mod daemon_lifecycle;
 mod keys;
+mod package_checks;
 mod package_copy;
 mod revocation;
 mod sandbox;
