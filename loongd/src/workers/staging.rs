@@ -56,6 +56,8 @@ pub(crate) enum StageError {
     TooLarge(String),
     #[error("{0}: the package is empty")]
     Empty(String),
+    #[error("{0}: give the package directory as an absolute path")]
+    Relative(String),
     #[error("{0} is inside loongd's home; install from a copy elsewhere")]
     InsideHome(String),
     #[error("staging {path}: {source}")]
@@ -99,6 +101,9 @@ pub(crate) fn copy_package(
     reader: Reader,
 ) -> Result<(), StageError> {
     let shown = src.display().to_string();
+    if !src.is_absolute() {
+        return Err(StageError::Relative(shown));
+    }
     let root: OwnedFd = fs::OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
@@ -203,9 +208,16 @@ impl Copy {
         names.sort();
         for name in names {
             let name = String::from_utf8(name)
-                .ok()
-                .filter(|n| !n.contains('\n'))
-                .ok_or_else(|| StageError::BadName(format!("{rel}/…")))?;
+                .map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                .and_then(|n| if n.contains('\n') { Err(n) } else { Ok(n) })
+                .map_err(|bad| {
+                    let bad = bad.escape_debug();
+                    StageError::BadName(if rel.is_empty() {
+                        bad.to_string()
+                    } else {
+                        format!("{rel}/{bad}")
+                    })
+                })?;
             let path = if rel.is_empty() {
                 name.clone()
             } else {
@@ -388,6 +400,24 @@ mod tests {
             let err = r.expect_err(name).to_string();
             assert!(err.contains(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn a_relative_path_or_a_newline_in_a_name_is_refused_by_name() {
+        let (_out, r) = stage(Path::new("relative/pkg"), ROOT);
+        let err = r.expect_err("relative").to_string();
+        assert!(
+            err.contains("relative/pkg") && err.contains("absolute"),
+            "{err}"
+        );
+        let pkg = package();
+        fs::write(pkg.path().join("sub/bad\nname"), "x").expect("bad name");
+        let (_out, r) = stage(pkg.path(), ROOT);
+        let err = r.expect_err("newline").to_string();
+        assert!(
+            err.contains("sub/bad\\nname") && !err.contains('\n'),
+            "{err}"
+        );
     }
 
     #[test]
