@@ -16,8 +16,11 @@ pub const APPROVAL_PENDING: u8 = 5;
 pub const SANDBOX_UNAVAILABLE: u8 = 6;
 /// The worker running the request failed.
 pub const WORKER_FAILED: u8 = 7;
-/// A verification found a difference (installed plugins drifted from the lockfile).
+/// A verification found a difference (installed plugins drifted from the lockfile, or a
+/// package does not match its signature).
 pub const VERIFY_FAILED: u8 = 8;
+/// A plugin the command enabled did not come up (`plugins enable`): the message says why.
+pub const PLUGIN_FAILED: u8 = 9;
 
 /// The text of `--help` that lists the codes.
 pub const HELP: &str = "Exit codes:
@@ -29,4 +32,5 @@ pub const HELP: &str = "Exit codes:
   5  approval pending or expired
   6  sandbox unavailable
   7  worker failed
-  8  verification failed (lock drift)";
+  8  verification failed (lock drift, a package that does not match its signature)
+  9  plugin failed (enabled, but its load check or probe failed)";

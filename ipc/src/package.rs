@@ -213,37 +213,189 @@ pub struct PackageSignature {
     pub files: Vec<(String, String)>,
 }
 
+/// Why a signature file cannot be taken at its word: each names only what loongd or loongctl
+/// recomputed or what the format allows, never free text from the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureFileError {
+    #[error("not a signature file ({0}); sign the package again with `loongctl plugins sign`")]
+    Syntax(String),
+    #[error(
+        "its format is not {PACKAGE_FORMAT:?}; sign the package again with `loongctl plugins sign`"
+    )]
+    Format,
+    #[error("its key id is not {KEY_ID_HEX} hex digits; sign the package again")]
+    KeyId,
+    #[error("its file list does not give its digest, so the list is not what was signed; sign the package again")]
+    FileList,
+}
+
+/// The length of a key id in hex digits (the first 8 bytes of sha256(public key)).
+pub const KEY_ID_HEX: usize = 16;
+
+/// How one file of a package compares with what was signed (or locked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Same,
+    Changed,
+    Added,
+    Removed,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Same => "ok",
+            FileState::Changed => "changed",
+            FileState::Added => "added",
+            FileState::Removed => "removed",
+        }
+    }
+}
+
+/// A path as it may be shown: control characters escaped, so a hostile name cannot forge
+/// lines or terminal sequences in a message.
+pub fn shown(path: &str) -> String {
+    if path.chars().any(char::is_control) {
+        path.escape_debug().to_string()
+    } else {
+        path.to_string()
+    }
+}
+
+/// Every path of `signed` and `now`, sorted, with how it compares.
+pub fn compare(signed: &[(String, String)], now: &PackageDigest) -> Vec<(String, FileState)> {
+    let signed: std::collections::BTreeMap<&str, &str> = signed
+        .iter()
+        .map(|(p, h)| (p.as_str(), h.as_str()))
+        .collect();
+    let current: std::collections::BTreeMap<&str, &str> = now
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .collect();
+    let mut out: Vec<(String, FileState)> = current
+        .iter()
+        .map(|(p, h)| {
+            let state = match signed.get(p) {
+                Some(s) if s == h => FileState::Same,
+                Some(_) => FileState::Changed,
+                None => FileState::Added,
+            };
+            (p.to_string(), state)
+        })
+        .collect();
+    out.extend(
+        signed
+            .keys()
+            .filter(|p| !current.contains_key(*p))
+            .map(|p| (p.to_string(), FileState::Removed)),
+    );
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out
+}
+
 impl PackageSignature {
-    /// The files that differ between what was signed and `now`: changed, added or removed.
-    pub fn changed_files(&self, now: &PackageDigest) -> Vec<String> {
-        let signed: std::collections::BTreeMap<&str, &str> = self
-            .files
-            .iter()
-            .map(|(p, h)| (p.as_str(), h.as_str()))
-            .collect();
-        let current: std::collections::BTreeMap<&str, &str> = now
-            .files
-            .iter()
-            .map(|f| (f.path.as_str(), f.sha256.as_str()))
-            .collect();
-        let mut out: Vec<String> = Vec::new();
-        for (p, h) in &current {
-            match signed.get(p) {
-                Some(s) if s == h => {}
-                Some(_) => out.push(format!("{p} (changed)")),
-                None => out.push(format!("{p} (added)")),
+    /// Parses a signature file and checks what can be checked without a key: its format, the
+    /// shape of its key id, and that its file list rebuilds its digest (so that, once the
+    /// signature verifies over [`PackageSignature::message`], the list is authenticated too).
+    pub fn parse(bytes: &[u8]) -> Result<PackageSignature, SignatureFileError> {
+        let sig: PackageSignature = serde_json::from_slice(bytes).map_err(|e| {
+            SignatureFileError::Syntax(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if sig.format != PACKAGE_FORMAT {
+            return Err(SignatureFileError::Format);
+        }
+        if sig.key_id.len() != KEY_ID_HEX || !sig.key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SignatureFileError::KeyId);
+        }
+        let rebuilt = sig.message().ok_or(SignatureFileError::FileList)?;
+        if hex(&Sha256::digest(&rebuilt)) != sig.digest {
+            return Err(SignatureFileError::FileList);
+        }
+        Ok(sig)
+    }
+
+    /// The message the file list stands for (what the signature must verify over), or `None`
+    /// when a name or hash could not have been produced by [`digest`] (a newline, a hash
+    /// that is not 64 lowercase hex digits, an unsorted or repeated path).
+    pub fn message(&self) -> Option<Vec<u8>> {
+        let mut message = format!("{PACKAGE_FORMAT}\n").into_bytes();
+        let mut last: Option<&str> = None;
+        for (path, sha) in &self.files {
+            let hash_ok =
+                sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let sorted = last.is_none_or(|l| l.as_bytes() < path.as_bytes());
+            if !hash_ok || !sorted || path.is_empty() || path.contains('\n') {
+                return None;
             }
+            last = Some(path);
+            message.extend_from_slice(format!("{sha}  {path}\n").as_bytes());
         }
-        for p in signed.keys().filter(|p| !current.contains_key(*p)) {
-            out.push(format!("{p} (removed)"));
-        }
-        out
+        Some(message)
+    }
+
+    /// The files that differ between what was signed and `now`: changed, added or removed.
+    /// Only meaningful once the signature verified (the list is then authenticated).
+    pub fn changed_files(&self, now: &PackageDigest) -> Vec<String> {
+        compare(&self.files, now)
+            .into_iter()
+            .filter(|(_, s)| *s != FileState::Same)
+            .map(|(p, s)| format!("{} ({})", shown(&p), s.as_str()))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_file_is_taken_only_when_its_file_list_gives_its_digest() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("a.txt"), "a").expect("a");
+        let d = digest(dir.path()).expect("digest");
+        let sig = |files: Vec<(String, String)>, key_id: &str| {
+            serde_json::to_vec(&PackageSignature {
+                format: PACKAGE_FORMAT.into(),
+                key_id: key_id.into(),
+                digest: d.digest.clone(),
+                signature: String::new(),
+                files,
+            })
+            .expect("json")
+        };
+        let honest: Vec<(String, String)> = d
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect();
+        let parsed = PackageSignature::parse(&sig(honest.clone(), "0123456789abcdef"))
+            .expect("an honest file parses");
+        assert_eq!(parsed.message().as_deref(), Some(d.message.as_slice()));
+        // A list with forged names (a newline to fake a line of a message) does not.
+        let mut forged = honest.clone();
+        forged.push(("zz\nrefusing: all is fine".into(), "0".repeat(64)));
+        assert_eq!(
+            PackageSignature::parse(&sig(forged, "0123456789abcdef")),
+            Err(SignatureFileError::FileList)
+        );
+        // Nor a key id that is free text, nor JSON that is not a signature (the error names
+        // the position, never the file's text).
+        assert_eq!(
+            PackageSignature::parse(&sig(honest, "vendor\nok")),
+            Err(SignatureFileError::KeyId)
+        );
+        let err = PackageSignature::parse(br#"{"format": "x", "zz\nforged": 1}"#)
+            .expect_err("not a signature")
+            .to_string();
+        assert!(!err.contains("forged"), "{err}");
+        assert_eq!(shown("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    }
 
     #[test]
     fn the_digest_covers_every_file_but_the_signature_in_a_fixed_order() {

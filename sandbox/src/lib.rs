@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod helper;
 pub mod host;
+pub mod openat;
 pub mod plan;
 pub mod profile;
 pub mod seccomp;

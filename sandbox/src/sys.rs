@@ -129,7 +129,8 @@ pub(crate) fn raw_syscall(nr: i64, args: [u64; 6]) -> i64 {
 
 /// Adopts descriptor `fd` as an owned descriptor. Callers pass only descriptors that nothing
 /// else in this process owns: ones inherited across exec by contract (the spawn helper's fds
-/// 3 and 4), received through SCM_RIGHTS, or just returned by `fcntl(F_DUPFD_CLOEXEC)`.
+/// 3 and 4), received through SCM_RIGHTS, or just returned by `fcntl(F_DUPFD_CLOEXEC)` or
+/// a successful `openat2` (`openat::openat2`).
 pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // F_GETFD tells us whether the descriptor is open at all, without side effects.
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;

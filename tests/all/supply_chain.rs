@@ -48,7 +48,7 @@ fn set_claim(home: &Home, plugin: &str, tier: &str) {
     fs::write(&path, m.to_string()).expect("manifest");
 }
 
-fn view(home: &Home, id: &str) -> serde_json::Value {
+pub(crate) fn view(home: &Home, id: &str) -> serde_json::Value {
     plugins(home)
         .into_iter()
         .find(|p| p["id"] == id)
@@ -256,7 +256,13 @@ fn an_exclusive_slot_goes_to_one_plugin_and_the_refusal_names_both() {
 
 /// Writes a WASM plugin package `id` at `version` into `dir` (outside any home): `module` is
 /// the compiled module, `probe` the manifest's health check.
-fn wasm_package(dir: &Path, id: &str, version: &str, module: &[u8], probe: Option<&str>) {
+pub(crate) fn wasm_package(
+    dir: &Path,
+    id: &str,
+    version: &str,
+    module: &[u8],
+    probe: Option<&str>,
+) {
     fs::create_dir_all(dir).expect("package dir");
     fs::write(dir.join("plugin.wasm"), module).expect("module");
     let mut metadata = serde_json::json!({"bridge_kind": "wasm", "component": "plugin.wasm"});
@@ -271,7 +277,7 @@ fn wasm_package(dir: &Path, id: &str, version: &str, module: &[u8], probe: Optio
     fs::write(dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
 }
 
-fn example_module(name: &str) -> Vec<u8> {
+pub(crate) fn example_module(name: &str) -> Vec<u8> {
     fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/plugins")
@@ -281,7 +287,7 @@ fn example_module(name: &str) -> Vec<u8> {
     .expect("example module")
 }
 
-fn ctl_ok(home: &Home, args: &[&str]) -> String {
+pub(crate) fn ctl_ok(home: &Home, args: &[&str]) -> String {
     let out = home.ctl(args);
     assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     text(&out.stdout)

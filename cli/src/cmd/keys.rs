@@ -68,10 +68,21 @@ pub(crate) fn key_id(public: &[u8; 32]) -> String {
     hex::encode(&Sha256::digest(public)[..8])
 }
 
+/// The first line of a private key file `keys generate` writes, so that a private key is
+/// never mistaken for a public one (`keys add --public @FILE` refuses it).
+pub const PRIVATE_KEY_LABEL: &str = "loong-ed25519-private-key v1";
+
+/// A private key file: [`PRIVATE_KEY_LABEL`] then 64 hex digits (older files: the digits
+/// alone).
 pub(crate) fn read_secret(path: &Path) -> Result<SigningKey, Failure> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the private key {}", path.display()))?;
-    let bytes = hex::decode(text.trim())
+    let digits = text
+        .trim()
+        .strip_prefix(PRIVATE_KEY_LABEL)
+        .unwrap_or(&text)
+        .trim();
+    let bytes = hex::decode(digits)
         .map_err(|_| anyhow!("{}: not a private key (64 hex digits)", path.display()))?;
     let secret: [u8; 32] = bytes
         .as_slice()
@@ -80,14 +91,34 @@ pub(crate) fn read_secret(path: &Path) -> Result<SigningKey, Failure> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
-fn public_arg(s: &str) -> Result<String, Failure> {
-    match s.strip_prefix('@') {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("reading {f}"))?
-            .trim()
-            .to_string()),
-        None => Ok(s.trim().to_string()),
+/// A public key given as 64 hex digits or `@FILE`. A file that holds a private key (the
+/// label `keys generate` writes, or, for a file made before the label, 64 hex digits that
+/// only its owner may read, as `keys generate` leaves it) is refused, naming it: its seed must
+/// never become a trust anchor.
+fn public_arg(flag: &str, s: &str) -> Result<String, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(f) = s.strip_prefix('@') else {
+        return Ok(s.trim().to_string());
+    };
+    let refuse = |why: &str| {
+        Failure {
+        code: exit::USAGE,
+        error: anyhow!(
+            "{flag} @{f}: {why}; give the public key `keys generate` printed (64 hex digits) or a file holding only it"
+        ),
     }
+    };
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
+    if text.contains(PRIVATE_KEY_LABEL) {
+        return Err(refuse("the file holds a private key"));
+    }
+    let private_mode = std::fs::metadata(f).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+    if private_mode {
+        return Err(refuse(
+            "the file is readable by its owner only, like a private key from `keys generate`",
+        ));
+    }
+    Ok(text.trim().to_string())
 }
 
 fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<KeyView>, Failure> {
@@ -129,7 +160,7 @@ pub(crate) fn run(layout: &Layout, cmd: KeysCommand) -> Result<u8, Failure> {
                         out.display()
                     )
                 })?;
-            f.write_all(hex::encode(secret).as_bytes())?;
+            f.write_all(format!("{PRIVATE_KEY_LABEL}\n{}\n", hex::encode(secret)).as_bytes())?;
             f.sync_all()?;
             let public = key.verifying_key().to_bytes();
             println!("public: {}", hex::encode(public));
@@ -142,7 +173,7 @@ pub(crate) fn run(layout: &Layout, cmd: KeysCommand) -> Result<u8, Failure> {
                 ControlRequest::KeyAdd {
                     name,
                     tier,
-                    public: public_arg(&public)?,
+                    public: public_arg("--public", &public)?,
                 },
             )?
             .iter()
@@ -174,7 +205,7 @@ pub(crate) fn run(layout: &Layout, cmd: KeysCommand) -> Result<u8, Failure> {
             new_public,
         } => {
             let old = read_secret(&key)?;
-            let new_public = public_arg(&new_public)?;
+            let new_public = public_arg("--new-public", &new_public)?;
             let bytes: [u8; 32] = hex::decode(&new_public)
                 .ok()
                 .and_then(|b| b.as_slice().try_into().ok())

@@ -11,3 +11,4 @@ pub(crate) mod scaffold;
 pub(crate) mod status;
 pub(crate) mod tokens;
 pub(crate) mod tools;
+pub(crate) mod verify;

@@ -285,12 +285,14 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
                 Err(_) => notes.push(
                     "unsigned: installs as unverified (a bridge that runs native code then waits for `plugins enable`)".into(),
                 ),
-                Ok(bytes) => match serde_json::from_slice::<package::PackageSignature>(&bytes) {
+                Ok(bytes) => match package::PackageSignature::parse(&bytes) {
                     Err(e) => problems.push(format!("{}: {e}", sig_path.display())),
+                    // The signed list is not authenticated here (no keyring): its names are
+                    // not shown; `plugins verify DIR` checks the signature and names them.
                     Ok(sig) if sig.digest != d.digest => problems.push(format!(
-                        "{}: the package changed after it was signed ({}); sign it again",
+                        "{}: the package changed after it was signed; sign it again, or see which files with `loongctl plugins verify {}`",
                         sig_path.display(),
-                        sig.changed_files(&d).join(", ")
+                        dir.display()
                     )),
                     Ok(sig) => notes.push(format!(
                         "signed by key {}; loongd checks the key against its keyring at install",
@@ -581,9 +583,30 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
         .flatten()
         .map(|e| e.path())
         .collect();
+    let manifest = "loong.plugin.json";
     let dir = match top.as_slice() {
-        [only] if only.is_dir() && !root.join("loong.plugin.json").exists() => only.clone(),
-        _ => root.clone(),
+        _ if root.join(manifest).is_file() => root.clone(),
+        [only] if only.is_dir() && only.join(manifest).is_file() => only.clone(),
+        [only] if only.is_dir() => {
+            return Err(usage(format!(
+            "{}: its one top-level directory {}/ holds no {manifest}; an archive holds one package",
+            archive.display(),
+            package::shown(&only.file_name().unwrap_or_default().to_string_lossy())
+        )))
+        }
+        _ => {
+            let mut names: Vec<String> = top
+                .iter()
+                .map(|p| package::shown(&p.file_name().unwrap_or_default().to_string_lossy()))
+                .collect();
+            names.sort();
+            return Err(usage(format!(
+                "{}: an archive holds one package: {manifest} at its top, or one top-level directory holding it; this one has {} top-level entries ({}) and no {manifest} at its top",
+                archive.display(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
     };
     let mut unpacked = unpacked;
     unpacked.dir = dir;

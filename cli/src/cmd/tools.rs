@@ -94,10 +94,14 @@ pub enum PluginsCommand {
     Disable { id: String },
     /// Remove an installed plugin and its lock entry (audited).
     Remove { id: String },
-    /// Check installed plugins: `--lock` re-hashes every package against the lockfile and
-    /// reports drift (exit 8 when there is any).
+    /// Check a package directory (DIR: its signature, the signer in loongd's keyring and its
+    /// tier, every file's hash) or the installed plugins (`--lock`: every package re-hashed
+    /// against the lockfile). Exit 8 when anything does not hold.
     Verify {
-        #[arg(long, required = true)]
+        /// The package directory to check (runs as you; asks loongd only for its keyring).
+        #[arg(required_unless_present = "lock", conflicts_with = "lock")]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
         lock: bool,
         #[arg(long)]
         json: bool,
@@ -306,6 +310,30 @@ fn verify_lock(layout: &Layout, json: bool) -> Result<u8, Failure> {
     })
 }
 
+/// `plugins enable ID`: exits [`exit::PLUGIN_FAILED`], naming why, when the plugin did not
+/// come up (its load check or probe failed, or its package drifted).
+fn enable(layout: &Layout, id: String) -> Result<u8, Failure> {
+    let ControlResponse::Plugins(ps) = crate::request_within(
+        layout,
+        ControlRequest::PluginEnable { id: id.clone() },
+        Duration::from_secs(120),
+    )?
+    else {
+        return Err(anyhow!("unexpected answer to plugins enable").into());
+    };
+    print_plugins(&ps, false);
+    match ps.iter().find(|p| p.id == id) {
+        Some(p) if p.state == "failed" => Err(Failure {
+            code: exit::PLUGIN_FAILED,
+            error: anyhow!(
+                "plugins enable {id}: enabled, but it failed: {}",
+                p.error.as_deref().unwrap_or("no reason given")
+            ),
+        }),
+        _ => Ok(exit::OK),
+    }
+}
+
 /// `plugins sign`: the package digest, signed with the private key, next to the manifest.
 fn sign(dir: &std::path::Path, key: &std::path::Path) -> Result<u8, Failure> {
     use ed25519_dalek::Signer;
@@ -372,10 +400,15 @@ pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failur
             (install_request(&dir, false, trust)?, json)
         }
         PluginsCommand::Upgrade { dir, trust, json } => (install_request(&dir, true, trust)?, json),
-        PluginsCommand::Enable { id } => (ControlRequest::PluginEnable { id }, false),
+        PluginsCommand::Enable { id } => return enable(layout, id),
         PluginsCommand::Disable { id } => (ControlRequest::PluginDisable { id }, false),
         PluginsCommand::Remove { id } => (ControlRequest::PluginRemove { id }, false),
-        PluginsCommand::Verify { lock: _, json } => return verify_lock(layout, json),
+        PluginsCommand::Verify {
+            dir: Some(dir),
+            json,
+            ..
+        } => return super::verify::verify_dir(layout, &dir, json),
+        PluginsCommand::Verify { json, .. } => return verify_lock(layout, json),
     };
     let ControlResponse::Plugins(ps) =
         crate::request_within(layout, req, Duration::from_secs(120))?

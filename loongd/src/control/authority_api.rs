@@ -572,6 +572,8 @@ pub(crate) async fn keys(
                 ))
                 .await
                 .map_err(internal)?;
+            // A rotated-out key verifies nothing from now on, like a revoked one.
+            super::plugins_api::key_withdrawn(kernel, &old_id).await;
             return Ok(ControlResponse::Keys(vec![key_view(k)]));
         }
         _ => return Err(internal("not a keyring request")),
@@ -582,5 +584,8 @@ pub(crate) async fn keys(
         .record(event(kind, cred, io, detail))
         .await
         .map_err(internal)?;
+    if kind == Kind::KeyRevoked {
+        super::plugins_api::key_withdrawn(kernel, &key.id).await;
+    }
     Ok(ControlResponse::Keys(vec![key_view(key)]))
 }

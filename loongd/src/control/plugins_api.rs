@@ -1,15 +1,18 @@
 //! The plugin lifecycle on the control socket: `plugins install|upgrade DIR`,
-//! `enable|disable|remove ID`, `verify --lock`. Each holds `plugin_ops`, so they and reloads
-//! run one at a time.
+//! `enable|disable|remove ID`, `verify --lock`, and the withdrawal of what a revoked key
+//! signed. Each holds `plugin_ops`, so they and reloads run one at a time; an install takes it
+//! only after it copied the operator's tree, so a slow or hostile tree delays nothing else.
 //!
 //! An install or upgrade never touches the running version until the new one has proved
-//! itself: the package is copied into a staging directory in loongd's home (what is checked
-//! is the copy, never the source, which could change under it), its manifest, signature and
-//! slots are checked, and, when it is to be enabled, it is loaded in a worker and its probe
-//! call (`metadata.health_check_json`) must succeed. Only then is the staged copy renamed into
-//! place, the lockfile rewritten and the registry entry switched; calls already running on the
-//! previous version finish on it (its own pool is drained, then stopped). On any failure the
-//! staging copy is deleted and the previous version, which served throughout, stays.
+//! itself: the package is copied into a staging directory in loongd's home by
+//! `workers::staging` (each entry opened once, beneath the package, never through a link;
+//! what is checked is the copy, never the source, which could change under it), its
+//! manifest, signature and slots are checked, and, when it is to be enabled, it is loaded in
+//! a worker and its probe call (`metadata.health_check_json`) must succeed. Only then is the
+//! staged copy renamed into place, the lockfile rewritten and the registry entry switched;
+//! calls already running on the previous version finish on it (its own pool is drained, then
+//! stopped). On any failure the staging copy is deleted and the previous version, which
+//! served throughout, stays.
 
 use std::{
     path::{Path, PathBuf},
@@ -29,7 +32,7 @@ use crate::{
     workers::{
         lock::{self, LockEntry},
         plugins::{self, Plugin, State},
-        CallError, Supervisor,
+        staging, CallError, Supervisor,
     },
     Kernel,
 };
@@ -43,47 +46,6 @@ fn bad(m: impl Into<String>) -> RemoteError {
 
 fn internal(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, m)
-}
-
-/// Copies the package at `src` into `dst` (regular files and directories only, within the
-/// package bounds). The copy is world-readable whatever loongd's umask (directories 0755,
-/// files 0644, or 0755 when executable): a foreign program's sandbox reads its package as the
-/// sandbox uid, and a package holds nothing secret.
-fn copy_package(src: &Path, dst: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    // The digest walks the same tree with the same refusals (symlinks, special files, size).
-    let digest = package::digest(src).map_err(|e| e.to_string())?;
-    let set = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    for f in &digest.files {
-        let to = dst.join(&f.path);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-            let mut d = parent;
-            while d.starts_with(dst) {
-                set(d, 0o755)?;
-                match d.parent() {
-                    Some(up) => d = up,
-                    None => break,
-                }
-            }
-        }
-        let from = src.join(&f.path);
-        std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", f.path))?;
-        let exec = std::fs::metadata(&from).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-        set(&to, if exec { 0o755 } else { 0o644 })?;
-    }
-    if digest.files.is_empty() {
-        return Err(format!("{}: the package is empty", src.display()));
-    }
-    let sig = src.join(package::SIGNATURE_FILE);
-    if sig.is_file() {
-        std::fs::copy(&sig, dst.join(package::SIGNATURE_FILE))
-            .map_err(|e| format!("{}: {e}", sig.display()))?;
-    }
-    Ok(())
 }
 
 fn remove_dir(dir: PathBuf) {
@@ -177,34 +139,33 @@ pub(crate) async fn install(
         .map(str::parse)
         .transpose()
         .map_err(|e: String| bad(format!("--trust {e}")))?;
-    let _ops = kernel.plugin_ops.lock().await;
-    let src = std::fs::canonicalize(&path)
-        .map_err(|e| bad(format!("{path}: {e}; give the package directory")))?;
-    if !src.is_dir() {
-        return Err(bad(format!(
-            "{path}: not a directory; give the package directory"
-        )));
-    }
+    // The operator's tree is read once, by descriptor, with no lock held: a package that
+    // stalls or races the copy delays no other plugin operation (see `workers::staging`).
     let root = kernel.layout.home.join("plugins");
-    if src.starts_with(&kernel.layout.home) {
-        return Err(bad(format!(
-            "{path} is inside loongd's home; install from a copy elsewhere"
-        )));
-    }
     std::fs::create_dir_all(&root).map_err(|e| internal(format!("{}: {e}", root.display())))?;
     let staging = root.join(format!(
         ".staging-{}-{}",
         std::process::id(),
         STAGING.fetch_add(1, Ordering::Relaxed)
     ));
-    let (from, to) = (src.clone(), staging.clone());
-    let copied = tokio::task::spawn_blocking(move || copy_package(&from, &to))
-        .await
-        .map_err(|e| internal(e.to_string()))?;
+    let reader = staging::Reader {
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    let (from, to, home) = (
+        PathBuf::from(&path),
+        staging.clone(),
+        kernel.layout.home.clone(),
+    );
+    let copied =
+        tokio::task::spawn_blocking(move || staging::copy_package(&from, &to, &home, reader))
+            .await
+            .map_err(|e| internal(e.to_string()))?;
     if let Err(why) = copied {
         remove_dir(staging);
-        return Err(bad(why));
+        return Err(bad(why.to_string()));
     }
+    let _ops = kernel.plugin_ops.lock().await;
     let outcome = stage_and_switch(kernel, cred, io, &staging, &root, upgrade_only, ceiling).await;
     if outcome.is_err() {
         remove_dir(staging);
@@ -494,6 +455,74 @@ pub(crate) async fn remove(
         .map_err(|e| internal(e.to_string()))?;
     tools_api::reload_locked(kernel).await;
     Ok(ControlResponse::Plugins(Vec::new()))
+}
+
+/// After `keys revoke` or `keys rotate`: every plugin the key `key_id` vouched for loses that
+/// proof at once, not at the next reload. Its package is read again against the keyring now
+/// (a signature by a revoked or replaced key refuses the package, as discovery would), the
+/// registry entry switches to that refusal, its own pool drains (running calls finish, new
+/// ones are refused), and each change is audited as `plugin.refused` naming the key.
+/// Plugins the key did not sign are not touched.
+pub(crate) async fn key_withdrawn(kernel: &Kernel, key_id: &str) {
+    let _ops = kernel.plugin_ops.lock().await;
+    let snapshot = kernel.plugins_snapshot();
+    let affected: Vec<Plugin> = snapshot
+        .values()
+        .filter(|p| p.signer_key() == Some(key_id))
+        .cloned()
+        .collect();
+    if affected.is_empty() {
+        return;
+    }
+    let keys = kernel.authority.keys.list().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading the keyring; the plugins it signed are refused");
+        Vec::new()
+    });
+    let entries = lock::read(&kernel.layout.home).unwrap_or_default();
+    let mut registry = (*snapshot).clone();
+    let mut retired = Vec::new();
+    for old in affected {
+        let (dir, id, ring, locked) = (
+            old.dir.clone(),
+            old.id.clone(),
+            keys.clone(),
+            entries.clone(),
+        );
+        let now =
+            tokio::task::spawn_blocking(move || plugins::read_package(&dir, &id, &ring, &locked))
+                .await
+                .ok();
+        let why = match now.map(|p| p.state) {
+            Some(State::Failed(why)) => why,
+            _ => format!(
+                "its signer, key {key_id}, was revoked; install a package signed by an active key"
+            ),
+        };
+        let mut p = old.clone();
+        p.state = State::Failed(why.clone());
+        p.trust = TrustTier::Unverified;
+        if let State::Ready {
+            pool: Some(pool), ..
+        } = &old.state
+        {
+            if kernel.is_own_pool(pool) {
+                retired.push(pool.clone());
+            }
+        }
+        registry.insert(p.id.clone(), p);
+        kernel
+            .audit
+            .record_later(crate::audit::Event::daemon(
+                Kind::PluginRefused,
+                serde_json::json!({"plugin": old.id, "version": old.version, "key": key_id,
+                    "reason": why}),
+            ))
+            .await;
+    }
+    kernel.set_plugins(registry);
+    for pool in retired {
+        tokio::spawn(pool.drain_then_shutdown());
+    }
 }
 
 /// `plugins verify --lock`.

@@ -18,6 +18,7 @@ pub(crate) mod builtins;
 pub(crate) mod lock;
 pub(crate) mod net;
 pub(crate) mod plugins;
+pub(crate) mod staging;
 
 use std::{
     collections::{BTreeMap, HashMap},

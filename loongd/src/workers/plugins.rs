@@ -96,6 +96,14 @@ impl Plugin {
         }
     }
 
+    /// The id of the key that signed its package (`signer` is `ID (NAME)`).
+    pub(crate) fn signer_key(&self) -> Option<&str> {
+        self.signer
+            .as_deref()
+            .and_then(|s| s.split(' ').next())
+            .filter(|id| !id.is_empty())
+    }
+
     /// Not started at discovery, and not loaded yet: its first call loads it.
     pub(crate) fn deferred(&self) -> bool {
         self.catalog.defer_loading
@@ -127,10 +135,12 @@ impl Plugin {
 }
 
 /// Checks a package's signature against the keyring. `Ok(None)`: unsigned. An error (the
-/// plugin is then refused) names what is wrong: a file changed after signing, an unknown or
-/// revoked key, a signature that does not verify.
+/// plugin is then refused) names what is wrong: an unknown or revoked key, a signature that
+/// does not verify, a file changed after signing. The signature is checked first, over the
+/// message its own file list rebuilds, so the file names a refusal shows are either signed
+/// or recomputed from the package, never free text from the signature file.
 pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<TrustKey>, String> {
-    use loong_ipc::package::{self, PackageSignature, PACKAGE_FORMAT, SIGNATURE_FILE};
+    use loong_ipc::package::{self, PackageSignature, SIGNATURE_FILE};
     let sig_path = dir.join(SIGNATURE_FILE);
     if !sig_path.exists() {
         return Ok(None);
@@ -143,27 +153,11 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
             package::MAX_SIGNATURE_BYTES
         ));
     }
-    let sig: PackageSignature =
-        serde_json::from_slice(&text).map_err(|e| format!("{shown}: {e}"))?;
-    if sig.format != PACKAGE_FORMAT {
-        return Err(format!(
-            "{shown}: format {:?}, expected {PACKAGE_FORMAT:?}",
-            sig.format
-        ));
-    }
-    let now = package::digest(dir).map_err(|e| e.to_string())?;
-    if now.digest != sig.digest {
-        let changed = sig.changed_files(&now);
-        return Err(format!(
-            "{}: the package changed after it was signed ({}); refusing it",
-            dir.display(),
-            if changed.is_empty() {
-                "the signed file list does not match the signed digest".to_string()
-            } else {
-                changed.join(", ")
-            }
-        ));
-    }
+    let sig = PackageSignature::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+    // `parse` checked the key id is hex and the file list rebuilds the digest.
+    let message = sig
+        .message()
+        .ok_or_else(|| format!("{shown}: {}", package::SignatureFileError::FileList))?;
     let key = keys.iter().find(|k| k.id == sig.key_id).ok_or_else(|| {
         format!(
             "{shown}: signed by key {}, which is not in the keyring (`loongctl keys add`)",
@@ -187,16 +181,21 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
         .ok_or_else(|| format!("{shown}: the signature is not 128 hex digits"))?;
     let public = parse_public(&key.public).map_err(|e| e.to_string())?;
     let verifies = ed25519_dalek::VerifyingKey::from_bytes(&public).is_ok_and(|v| {
-        v.verify_strict(
-            &now.message,
-            &ed25519_dalek::Signature::from_bytes(&signature),
-        )
-        .is_ok()
+        v.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&signature))
+            .is_ok()
     });
     if !verifies {
         return Err(format!(
             "{shown}: the signature does not verify under key {} ({}); refusing it",
             key.id, key.name
+        ));
+    }
+    let now = package::digest(dir).map_err(|e| e.to_string())?;
+    if now.digest != sig.digest {
+        return Err(format!(
+            "{}: the package changed after it was signed ({}); refusing it",
+            dir.display(),
+            sig.changed_files(&now).join(", ")
         ));
     }
     Ok(Some(key.clone()))
@@ -314,9 +313,11 @@ pub(crate) fn read_package(
     keys: &[TrustKey],
     lock: &super::lock::Lock,
 ) -> Plugin {
+    let entry = lock.get(name);
     let failed = |why: String| Plugin {
         id: name.to_string(),
-        version: String::new(),
+        // What the lock says was installed, when the package itself cannot say.
+        version: entry.map(|e| e.version.clone()).unwrap_or_default(),
         summary: String::new(),
         dir: dir.to_path_buf(),
         bridge_kind: "unknown",
@@ -326,6 +327,20 @@ pub(crate) fn read_package(
         lock_digest: lock.get(name).map(|e| e.digest.clone()),
         state: State::Failed(why),
     };
+    // An installed package is first compared with its lock entry: a drifted one is refused
+    // as drift (with its locked version), whatever else is now wrong with it.
+    if let Some(entry) = entry {
+        let drift = super::lock::drift(entry, dir);
+        if !drift.is_empty() {
+            return failed(format!(
+                "{}: the package no longer matches its lock entry ({} {}: {}); reinstall it or run `loongctl plugins verify --lock`",
+                dir.display(),
+                name,
+                entry.version,
+                drift.join(", ")
+            ));
+        }
+    }
     let m = match PluginManifest::load_dir(dir) {
         Err(e) => return failed(e.to_string()),
         Ok(m) => m,
@@ -355,7 +370,7 @@ pub(crate) fn read_package(
     p.dir = dir.to_path_buf();
     p.trust = trust_of(p.catalog.claimed_trust, signer.as_ref());
     p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
-    if let Some(entry) = lock.get(name) {
+    if let Some(entry) = entry {
         p.lock_digest = Some(entry.digest.clone());
         if let Some(ceiling) = entry
             .ceiling
@@ -364,14 +379,7 @@ pub(crate) fn read_package(
         {
             p.trust = p.trust.max(ceiling);
         }
-        let drift = super::lock::drift(entry, dir);
-        if !drift.is_empty() {
-            p.state = State::Failed(format!(
-                "{}: the package no longer matches its lock entry ({}); reinstall it or run `loongctl plugins verify --lock`",
-                dir.display(),
-                drift.join(", ")
-            ));
-        } else if !entry.enabled {
+        if !entry.enabled {
             p.state = State::Disabled(format!(
                 "installed but not enabled: `loongctl plugins enable {name}`"
             ));
