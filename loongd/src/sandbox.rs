@@ -128,7 +128,9 @@ fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpe
 
 fn spawn_error(e: SpawnError) -> RemoteError {
     match e {
-        SpawnError::Spec(SpecError::Unavailable { .. }) => unavailable(e.to_string()),
+        SpawnError::Spec(SpecError::Unavailable { .. } | SpecError::NetUnenforced { .. }) => {
+            unavailable(e.to_string())
+        }
         SpawnError::Spec(s) => RemoteError::new(ErrorKind::BadRequest, s.to_string()),
         SpawnError::Setup { .. } | SpawnError::Helper { .. } | SpawnError::Stopped => {
             unavailable(e.to_string())

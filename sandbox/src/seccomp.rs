@@ -6,7 +6,13 @@
 //! - `clone` with any `CLONE_NEW*` flag is refused (a kill under an allowlist; EPERM under a
 //!   denylist that denies `unshare`, so both ways of making a namespace agree);
 //! - under a denylist in a tier that isolates the network, `socket`/`socketpair` outside the
-//!   allowed families (and non-stream INET sockets) answer EAFNOSUPPORT;
+//!   allowed families answer EAFNOSUPPORT;
+//! - with a TCP grant (the sandbox then shares the host's network namespace, and landlock's
+//!   TCP rules are all that narrow it to the granted ports), every path past those rules is
+//!   closed: INET sockets other than plain TCP streams (UDP, raw, MPTCP, SCTP, SMC) answer
+//!   EAFNOSUPPORT, connect-on-send (`MSG_FASTOPEN`, the fast-open socket options) answers
+//!   EOPNOTSUPP, TCP repair and listening or accepting (a listener there would be reachable
+//!   from the host) answer EPERM;
 //! - under a denylist, any x32 syscall number (`nr | 0x40000000`) kills the process
 //!   (seccompiler checks the architecture but not the x32 bit).
 //!
@@ -38,6 +44,63 @@ pub const CLONE_NAMESPACE_FLAGS: [i32; 7] = [
 
 /// The bits of `socket`'s type argument that hold the type (the rest are flags).
 pub const SOCKET_TYPE_MASK: u64 = 0xf;
+
+/// The `socket` protocols an `AF_INET`/`AF_INET6` stream socket may name under a TCP grant:
+/// the default (which is TCP) and `IPPROTO_TCP`. Landlock's TCP rules see TCP only, so an
+/// MPTCP (262), SCTP (132) or SMC (256) stream socket would connect past them.
+pub const GRANTED_STREAM_PROTOCOLS: [u32; 2] = [0, libc::IPPROTO_TCP as u32];
+
+/// The `send*` flag that connects on send (TCP fast open) without `connect`, which is the
+/// only call landlock's connect rule sees. Refused with EOPNOTSUPP, what a kernel with client
+/// fast open disabled answers, so programs fall back to `connect`.
+pub const CONNECT_ON_SEND: u32 = libc::MSG_FASTOPEN as u32;
+
+/// The `send*` calls that take flags, each with the argument that holds them (for `sendmsg`
+/// the argument, not the `msghdr`'s `msg_flags`, which the kernel overwrites).
+pub const SEND_FLAGS_ARG: [(&str, i64, u8); 3] = [
+    ("sendto", libc::SYS_sendto, 3),
+    ("sendmsg", libc::SYS_sendmsg, 2),
+    ("sendmmsg", libc::SYS_sendmmsg, 3),
+];
+
+/// `IPPROTO_TCP` socket options refused under a TCP grant, with the errno and why.
+pub const REFUSED_TCP_OPTIONS: [(i32, i32, &str); 9] = [
+    (
+        libc::TCP_FASTOPEN_CONNECT,
+        libc::EOPNOTSUPP,
+        "connects on the first send",
+    ),
+    (
+        libc::TCP_FASTOPEN,
+        libc::EOPNOTSUPP,
+        "fast open on a listener",
+    ),
+    (libc::TCP_FASTOPEN_KEY, libc::EOPNOTSUPP, "fast open keys"),
+    (
+        libc::TCP_FASTOPEN_NO_COOKIE,
+        libc::EOPNOTSUPP,
+        "fast open without a cookie",
+    ),
+    (
+        libc::TCP_REPAIR,
+        libc::EPERM,
+        "a connection without a handshake",
+    ),
+    (libc::TCP_REPAIR_QUEUE, libc::EPERM, "repair mode"),
+    (libc::TCP_QUEUE_SEQ, libc::EPERM, "repair mode"),
+    (libc::TCP_REPAIR_OPTIONS, libc::EPERM, "repair mode"),
+    (libc::TCP_REPAIR_WINDOW, libc::EPERM, "repair mode"),
+];
+
+/// Calls refused with EPERM when the sandbox shares the host's network namespace (a TCP
+/// grant): a listener there is reachable from the host, and `listen` on an unbound socket
+/// autobinds an ephemeral port on every address without the `bind` landlock sees. Seccomp
+/// cannot see a descriptor's family, so unix sockets cannot listen there either.
+pub const HOST_LISTEN_SYSCALLS: [(&str, i64); 3] = [
+    ("listen", libc::SYS_listen),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+];
 
 /// The x32 ABI bit of a syscall number.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -76,7 +139,8 @@ fn program(
 pub enum SocketPolicy {
     /// `AF_UNIX` only.
     UnixOnly,
-    /// `AF_UNIX`, and `AF_INET`/`AF_INET6` stream sockets (a TCP grant).
+    /// `AF_UNIX`, and `AF_INET`/`AF_INET6` TCP stream sockets that connect only through
+    /// `connect` and never listen (a TCP grant, in the host's network namespace).
     UnixAndTcp,
 }
 
@@ -126,18 +190,25 @@ fn assemble(prog: &[Ins]) -> BpfProgram {
     out
 }
 
+/// Where `seccomp_data` keeps the low 32 bits of argument `n` (the kernel reads an `int`
+/// argument from exactly those).
+const fn arg_lo(n: u8) -> u32 {
+    16 + 8 * n as u32
+}
+
+fn errno(e: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | e as u32
+}
+
 /// Hand-written guard, one program so that it costs one install: kill on a foreign
-/// architecture or any x32 syscall number, answer ENOSYS to `clone3`, and, with a socket
-/// policy, answer EAFNOSUPPORT to sockets outside it; allow everything else (the profile's
-/// own filter decides that).
+/// architecture (so the ia32 `socketcall` entry too) or any x32 syscall number, answer ENOSYS
+/// to `clone3`, and, with a socket policy, refuse the sockets and socket calls outside it (see
+/// the module docs); allow everything else (the profile's own filter decides that).
 pub fn guard(sockets: Option<SocketPolicy>) -> BpfProgram {
     use Ins::*;
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
     const NR: u32 = 0;
     const ARCH: u32 = 4;
-    const ARG0_LO: u32 = 16;
-    const ARG1_LO: u32 = 24;
-    let errno = |e: i32| libc::SECCOMP_RET_ERRNO | e as u32;
     let mut p = vec![
         Ld(ARCH),
         Jeq(AUDIT_ARCH_X86_64, None, Some("kill")),
@@ -149,26 +220,23 @@ pub fn guard(sockets: Option<SocketPolicy>) -> BpfProgram {
         p.extend([
             Jeq(libc::SYS_socket as u32, Some("family"), None),
             Jeq(libc::SYS_socketpair as u32, Some("family"), None),
+        ]);
+        if policy == SocketPolicy::UnixAndTcp {
+            p.extend(host_network_dispatch());
+        }
+        p.extend([
             Ret(libc::SECCOMP_RET_ALLOW),
             Label("family"),
-            // The domain is an int: its low 32 bits are what the kernel reads.
-            Ld(ARG0_LO),
+            Ld(arg_lo(0)),
             Jeq(libc::AF_UNIX as u32, Some("allow"), None),
         ]);
         if policy == SocketPolicy::UnixAndTcp {
-            p.extend([
-                Jeq(libc::AF_INET as u32, Some("stream"), None),
-                Jeq(libc::AF_INET6 as u32, Some("stream"), None),
-                Ret(errno(libc::EAFNOSUPPORT)),
-                // Landlock restricts TCP only: a grant never extends to datagram, raw or
-                // packet sockets.
-                Label("stream"),
-                Ld(ARG1_LO),
-                And(SOCKET_TYPE_MASK as u32),
-                Jeq(libc::SOCK_STREAM as u32, Some("allow"), None),
-            ]);
+            p.extend(tcp_socket());
         }
-        p.push(Ret(errno(libc::EAFNOSUPPORT)));
+        p.extend([Label("eafnosupport"), Ret(errno(libc::EAFNOSUPPORT))]);
+        if policy == SocketPolicy::UnixAndTcp {
+            p.extend(host_network_checks());
+        }
     }
     p.extend([
         Label("allow"),
@@ -179,6 +247,77 @@ pub fn guard(sockets: Option<SocketPolicy>) -> BpfProgram {
         Ret(libc::SECCOMP_RET_KILL_PROCESS),
     ]);
     assemble(&p)
+}
+
+/// With a TCP grant: which syscalls go to which check (the accumulator holds the number;
+/// each `send*` call's check is labelled with its name).
+fn host_network_dispatch() -> Vec<Ins> {
+    use Ins::*;
+    let mut p = Vec::new();
+    for (name, nr, _) in SEND_FLAGS_ARG {
+        p.push(Jeq(nr as u32, Some(name), None));
+    }
+    p.push(Jeq(libc::SYS_setsockopt as u32, Some("sockopt"), None));
+    for (_, nr) in HOST_LISTEN_SYSCALLS {
+        p.push(Jeq(nr as u32, Some("eperm"), None));
+    }
+    p
+}
+
+/// With a TCP grant, after the domain was loaded: `AF_INET`/`AF_INET6` only as plain TCP
+/// streams (landlock restricts TCP only); everything else falls through or jumps to the
+/// EAFNOSUPPORT that ends the family check.
+fn tcp_socket() -> Vec<Ins> {
+    use Ins::*;
+    let mut p = vec![
+        Jeq(libc::AF_INET as u32, Some("stream"), None),
+        Jeq(libc::AF_INET6 as u32, None, Some("eafnosupport")),
+        Label("stream"),
+        Ld(arg_lo(1)),
+        And(SOCKET_TYPE_MASK as u32),
+        Jeq(libc::SOCK_STREAM as u32, None, Some("eafnosupport")),
+        Ld(arg_lo(2)),
+    ];
+    for proto in GRANTED_STREAM_PROTOCOLS {
+        p.push(Jeq(proto, Some("allow"), None));
+    }
+    p
+}
+
+/// With a TCP grant: the flag and option checks the dispatch jumps to.
+fn host_network_checks() -> Vec<Ins> {
+    use Ins::*;
+    let mut p = Vec::new();
+    for (name, _, arg) in SEND_FLAGS_ARG {
+        p.extend([
+            Label(name),
+            Ld(arg_lo(arg)),
+            And(CONNECT_ON_SEND),
+            Jeq(0, Some("allow"), Some("eopnotsupp")),
+        ]);
+    }
+    p.extend([
+        Label("sockopt"),
+        Ld(arg_lo(1)),
+        Jeq(libc::IPPROTO_TCP as u32, None, Some("allow")),
+        Ld(arg_lo(2)),
+    ]);
+    for (opt, e, _) in REFUSED_TCP_OPTIONS {
+        let to = if e == libc::EPERM {
+            "eperm"
+        } else {
+            "eopnotsupp"
+        };
+        p.push(Jeq(opt as u32, Some(to), None));
+    }
+    p.extend([
+        Ret(libc::SECCOMP_RET_ALLOW),
+        Label("eopnotsupp"),
+        Ret(errno(libc::EOPNOTSUPP)),
+        Label("eperm"),
+        Ret(errno(libc::EPERM)),
+    ]);
+    p
 }
 
 /// Compiles `profile`; `net` says whether the sandbox was granted network (AF_INET/AF_INET6
@@ -274,6 +413,97 @@ mod tests {
                 "{policy:?} ends in returns"
             );
             assert_eq!(last[2].k, libc::SECCOMP_RET_KILL_PROCESS);
+        }
+    }
+
+    /// Runs `prog` on an x86_64 syscall `nr` with `args`, as the kernel would (only the
+    /// instructions [`assemble`] emits).
+    fn run(prog: &BpfProgram, nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
+        data[4..8].copy_from_slice(&0xC000_003Eu32.to_le_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            match i.code {
+                0x20 => {
+                    let k = i.k as usize;
+                    acc = u32::from_le_bytes(data[k..k + 4].try_into().expect("4 bytes"));
+                }
+                0x54 => acc &= i.k,
+                0x15 => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+                0x35 => pc += usize::from(if acc >= i.k { i.jt } else { i.jf }),
+                0x06 => return i.k,
+                other => panic!("instruction {other:#x} is not interpreted"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_tcp_grant_admits_plain_tcp_connects_only() {
+        use libc::*;
+        let allow = SECCOMP_RET_ALLOW;
+        let err = |e: i32| SECCOMP_RET_ERRNO | e as u32;
+        let tcp = Some(SocketPolicy::UnixAndTcp);
+        let unix = Some(SocketPolicy::UnixOnly);
+        let stream = SOCK_STREAM as u64 | SOCK_CLOEXEC as u64 | SOCK_NONBLOCK as u64;
+        let inet = AF_INET as u64;
+        let inet6 = AF_INET6 as u64;
+        let fastopen = MSG_FASTOPEN as u64 | MSG_NOSIGNAL as u64;
+        let tcp_level = IPPROTO_TCP as u64;
+        #[rustfmt::skip]
+        let cases: &[(Option<SocketPolicy>, i64, [u64; 6], u32)] = &[
+            // Sockets: plain TCP streams only, whatever the flags in the type.
+            (tcp, SYS_socket, [inet, stream, 0, 0, 0, 0], allow),
+            (tcp, SYS_socket, [inet6, SOCK_STREAM as u64, IPPROTO_TCP as u64, 0, 0, 0], allow),
+            (tcp, SYS_socket, [AF_UNIX as u64, SOCK_DGRAM as u64, 0, 0, 0, 0], allow),
+            (tcp, SYS_socket, [inet, stream, IPPROTO_MPTCP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet6, stream, IPPROTO_MPTCP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet, stream, IPPROTO_SCTP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet, stream, 256, 0, 0, 0], err(EAFNOSUPPORT)),
+            // The kernel reads an int: high bits do not smuggle a protocol of 0 past the check.
+            (tcp, SYS_socket, [inet, stream, 1 << 32 | IPPROTO_MPTCP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet, SOCK_DGRAM as u64, 0, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet, SOCK_RAW as u64, IPPROTO_TCP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [inet, SOCK_SEQPACKET as u64, IPPROTO_SCTP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socket, [AF_NETLINK as u64, SOCK_RAW as u64, 0, 0, 0, 0], err(EAFNOSUPPORT)),
+            (tcp, SYS_socketpair, [inet, stream, IPPROTO_MPTCP as u64, 0, 0, 0], err(EAFNOSUPPORT)),
+            // Connect-on-send, in each call's own flags argument.
+            (tcp, SYS_sendto, [3, 0, 1, fastopen, 0, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_sendto, [3, 0, 1, MSG_NOSIGNAL as u64, 0, 0], allow),
+            (tcp, SYS_sendmsg, [3, 0, fastopen, 0, 0, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_sendmsg, [3, 0, MSG_DONTWAIT as u64, 0, 0, 0], allow),
+            (tcp, SYS_sendmmsg, [3, 0, 1, fastopen, 0, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_sendmmsg, [3, 0, 1, 0, 0, 0], allow),
+            // TCP options that connect without connect, or repair a connection.
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_FASTOPEN_CONNECT as u64, 0, 4, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_FASTOPEN as u64, 0, 4, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_REPAIR as u64, 0, 4, 0], err(EPERM)),
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_REPAIR_WINDOW as u64, 0, 4, 0], err(EPERM)),
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_NODELAY as u64, 0, 4, 0], allow),
+            (tcp, SYS_setsockopt, [3, SOL_SOCKET as u64, TCP_FASTOPEN_CONNECT as u64, 0, 4, 0], allow),
+            // No listener in the host's network namespace.
+            (tcp, SYS_listen, [3, 8, 0, 0, 0, 0], err(EPERM)),
+            (tcp, SYS_accept, [3, 0, 0, 0, 0, 0], err(EPERM)),
+            (tcp, SYS_accept4, [3, 0, 0, 0, 0, 0], err(EPERM)),
+            (tcp, SYS_connect, [3, 0, 16, 0, 0, 0], allow),
+            (tcp, SYS_bind, [3, 0, 16, 0, 0, 0], allow),
+            // Without a grant the namespace is empty: unix listeners and flags are its own.
+            (unix, SYS_socket, [inet, stream, 0, 0, 0, 0], err(EAFNOSUPPORT)),
+            (unix, SYS_socket, [AF_UNIX as u64, stream, 0, 0, 0, 0], allow),
+            (unix, SYS_listen, [3, 8, 0, 0, 0, 0], allow),
+            (unix, SYS_sendto, [3, 0, 1, fastopen, 0, 0], allow),
+            // The trusted tier's guard does not look at sockets.
+            (None, SYS_socket, [inet, stream, IPPROTO_MPTCP as u64, 0, 0, 0], allow),
+            (None, SYS_listen, [3, 8, 0, 0, 0, 0], allow),
+        ];
+        for &(policy, nr, args, want) in cases {
+            let got = run(&guard(policy), nr, args);
+            assert_eq!(got, want, "{policy:?} syscall {nr} {args:?}");
         }
     }
 }

@@ -148,6 +148,8 @@ pub enum SpecError {
     BadEnvName(String),
     #[error("tier {tier} cannot be enforced on this host: {} missing (see `loongctl doctor`); pass --allow-degraded to run it anyway", names(.missing))]
     Unavailable { tier: Tier, missing: Vec<Mechanism> },
+    #[error("--allow-net cannot be enforced on this host: {} missing (see `loongctl doctor`); a network grant never runs without them, not even with --allow-degraded", names(.missing))]
+    NetUnenforced { missing: Vec<Mechanism> },
 }
 
 fn names(m: &[Mechanism]) -> String {
@@ -270,6 +272,13 @@ impl SandboxSpec {
                 "the restricted tier has no network; use --tier balanced for --allow-net".into(),
             ));
         }
+        // A tier that keeps the host's network (trusted) has nothing a grant could narrow:
+        // refused rather than accepted as a promise nothing keeps.
+        if !self.net.is_empty() && !profile.namespaces.net {
+            return Err(SpecError::Conflict(format!(
+                "the {tier} tier has the host's whole network, which --allow-net cannot narrow; use --tier balanced for a port grant"
+            )));
+        }
         let mut read = read;
         if let Some(pkg) = &self.package {
             let shown = pkg.display().to_string();
@@ -337,6 +346,21 @@ impl SandboxSpec {
             _ if !has(Mechanism::Landlock) => None,
             mode => Some(self.landlock(profile, mode, &program, &read, &write)),
         };
+        // A grant shares the host's network namespace: landlock's TCP rules keep it to its
+        // ports and the seccomp guard closes the paths past them. Degraded mode may drop
+        // mechanisms, never those two under a grant.
+        if !self.net.is_empty() {
+            let mut missing = Vec::new();
+            if !landlock.as_ref().is_some_and(|l| l.restrict_net) {
+                missing.push(Mechanism::Landlock);
+            }
+            if !has(Mechanism::Seccomp) {
+                missing.push(Mechanism::Seccomp);
+            }
+            if !missing.is_empty() {
+                return Err(SpecError::NetUnenforced { missing });
+            }
+        }
         // Only root's sandboxes share the server's network namespace, and only where landlock
         // scopes abstract unix sockets to each sandbox.
         let share_netns = root
@@ -765,5 +789,78 @@ mod tests {
         assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(64 << 20));
         assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(2));
         assert_eq!(rlimit(&plan, libc::RLIMIT_CORE), Some(0));
+    }
+
+    #[test]
+    fn a_network_grant_is_refused_where_nothing_enforces_it() {
+        let balanced = TierProfile {
+            tier: Tier::Balanced,
+            seccomp_mode: SeccompMode::Denylist,
+            ..profile()
+        };
+        let trusted = TierProfile {
+            tier: Tier::Trusted,
+            namespaces: Namespaces {
+                net: false,
+                ..balanced.namespaces
+            },
+            landlock: LandlockMode::Off,
+            landlock_net: false,
+            ..balanced.clone()
+        };
+        let without = |m: Mechanism| {
+            let mut h = host();
+            h.mechanisms.entry(m).and_modify(|a| a.available = false);
+            h
+        };
+        let spec = |tier, net: &str| SandboxSpec {
+            tier: Some(tier),
+            program: "/bin/true".into(),
+            net: net
+                .split_whitespace()
+                .map(|g| g.parse().expect("grant"))
+                .collect(),
+            allow_degraded: true,
+            ..SandboxSpec::default()
+        };
+        let plan = |h: &Host, p: &TierProfile, s: SandboxSpec| {
+            s.plan(PlanContext {
+                host: h,
+                profile: p,
+                sandbox_id: DEFAULT_SANDBOX_ID,
+                hidden: &[],
+                seccomp: Vec::new(),
+                cgroup_join: Vec::new(),
+            })
+        };
+        // Control: a balanced grant plans, as landlock's connect rule for its port only, and
+        // in the host's network namespace.
+        let ok = plan(&host(), &balanced, spec(Tier::Balanced, "127.0.0.1:8080"))
+            .expect("a balanced grant plans")
+            .plan;
+        let l = ok.landlock.expect("landlock is planned");
+        assert!(l.restrict_net && l.connect_ports == [8080], "{l:?}");
+        assert_eq!(ok.namespaces & libc::CLONE_NEWNET, 0);
+        // Degraded mode may run without landlock or seccomp, but not with a grant.
+        for m in [Mechanism::Landlock, Mechanism::Seccomp] {
+            let h = without(m);
+            plan(&h, &balanced, spec(Tier::Balanced, ""))
+                .unwrap_or_else(|e| panic!("degraded without {m:?} and no grant plans: {e}"));
+            let err =
+                plan(&h, &balanced, spec(Tier::Balanced, "127.0.0.1:8080")).expect_err("refused");
+            assert!(
+                matches!(&err, SpecError::NetUnenforced { missing } if *missing == [m]),
+                "{m:?}: {err}"
+            );
+        }
+        // The trusted tier keeps the host's network: a grant there would narrow nothing.
+        plan(&host(), &trusted, spec(Tier::Trusted, "")).expect("trusted plans");
+        let err =
+            plan(&host(), &trusted, spec(Tier::Trusted, "127.0.0.1:8080")).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("the trusted tier has the host's whole network"),
+            "{err}"
+        );
     }
 }

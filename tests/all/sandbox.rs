@@ -172,6 +172,26 @@ fn missing_mechanism_fails_closed_unless_degraded_is_asked() {
         "{}",
         home.log()
     );
+    // Degraded mode never drops what keeps a network grant to its port: the same degraded
+    // run with --allow-net is refused (the run above is its control).
+    let granted = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-degraded",
+        "--allow-net",
+        "127.0.0.1:9",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(granted.status.code(), Some(6), "{}", text(&granted.stderr));
+    assert!(
+        text(&granted.stderr)
+            .contains("--allow-net cannot be enforced on this host: landlock missing"),
+        "{}",
+        text(&granted.stderr)
+    );
     // doctor says the same, with exit 6.
     let doc = home.ctl(&["doctor", "--json"]);
     assert_eq!(doc.status.code(), Some(6));
@@ -357,6 +377,17 @@ fn bad_input_is_refused_and_nothing_spawns() {
                 "/bin/true",
             ],
             "the restricted tier has no network",
+        ),
+        (
+            &[
+                "--tier",
+                "trusted",
+                "--allow-net",
+                "127.0.0.1:80",
+                "--",
+                "/bin/true",
+            ],
+            "the trusted tier has the host's whole network, which --allow-net cannot narrow",
         ),
         (
             &["--tier", "balanced", "--read", "/proc/1", "--", "/bin/true"],

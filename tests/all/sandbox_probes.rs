@@ -3,11 +3,14 @@
 //! run` per tier where it applies; the test asserts the exact refusal (errno or signal). Every
 //! row also runs unconfined as its positive control, so no row can pass because the probe
 //! never really tried; where running unconfined would change the host (`mount`), the control
-//! is a harmless variant that proves the same call works.
+//! is a harmless variant that proves the same call works. The network rows are checked from
+//! the host side as well: no confined run may reach the listener on `{other}` (whatever the
+//! probe printed), and every unconfined control aimed at it must have arrived.
 
 use std::{
     fs,
-    net::TcpListener,
+    io::BufRead,
+    net::{TcpListener, TcpStream},
     os::unix::{
         fs::PermissionsExt,
         net::{SocketAddr, UnixListener},
@@ -16,7 +19,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use crate::support::{ctl, is_root, skip, text, Home, NOBODY};
+use crate::support::{bin, ctl, is_root, skip, text, Home, NOBODY};
 
 mod rows;
 
@@ -46,7 +49,11 @@ struct Lab {
     as_nobody: bool,
     sibling: Child,
     loongd: u32,
-    _keep: (TcpListener, TcpListener, UnixListener, UnixListener),
+    /// The listeners on `{port}` (the port rows grant) and `{other}` (never granted), both
+    /// non-blocking so that [`Lab::reached_other`] can empty their queues.
+    granted: TcpListener,
+    ungranted: TcpListener,
+    _keep: (UnixListener, UnixListener),
 }
 
 impl Drop for Lab {
@@ -94,6 +101,9 @@ impl Lab {
         .expect("chmod");
         let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
         let other = TcpListener::bind("127.0.0.1:0").expect("tcp");
+        for l in [&tcp, &other] {
+            l.set_nonblocking(true).expect("non-blocking listener");
+        }
         let abstract_name = format!("loong-probe-{}-{}", std::process::id(), loongd);
         let abs = UnixListener::bind_addr(
             &SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("name"),
@@ -118,8 +128,18 @@ impl Lab {
             as_nobody,
             sibling,
             loongd,
-            _keep: (tcp, other, abs, sock),
+            granted: tcp,
+            ungranted: other,
+            _keep: (abs, sock),
         }
+    }
+
+    /// How many connections reached the `{other}` listener since the last call; empties both
+    /// listeners' queues (connections to `{port}` are expected and only drained).
+    fn reached_other(&self) -> usize {
+        let drain = |l: &TcpListener| std::iter::from_fn(|| l.accept().ok()).count();
+        drain(&self.granted);
+        drain(&self.ungranted)
     }
 
     fn fill(&self, s: &str, tier: &str) -> String {
@@ -250,6 +270,14 @@ fn run_catalogue(probe: &Path, as_nobody: bool) {
                     row.name
                 ));
             }
+            // A control aimed at {other} must really arrive there, or the host-side check
+            // below proves nothing for that row.
+            if lab.reached_other() == 0 && args.contains(&"{other}") {
+                failures.push(format!(
+                    "{}: the unconfined control never reached the listener on {{other}}",
+                    row.name
+                ));
+            }
         }
         for (tier, expect) in [
             ("restricted", row.restricted),
@@ -270,6 +298,14 @@ fn run_catalogue(probe: &Path, as_nobody: bool) {
             if !matches(expect, &got) {
                 failures.push(format!(
                     "{} [{tier}]: expected {expect:?}, got {got:?}",
+                    row.name
+                ));
+            }
+            // No sandbox ever reaches the port no row grants, whatever the probe printed.
+            let reached = lab.reached_other();
+            if reached > 0 {
+                failures.push(format!(
+                    "{} [{tier}]: {reached} connection(s) reached the ungranted listener on {{other}}",
                     row.name
                 ));
             }
@@ -301,5 +337,80 @@ fn run_catalogue(probe: &Path, as_nobody: bool) {
             &["alloc", "256", "touch"],
         );
         assert!(oom.2.contains("OOM-killed"), "{}", oom.2);
+    }
+}
+
+/// How long a knock on a port a probe says it listens on may take.
+const KNOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `cmd` (a probe in a listen mode), reads its first line and, when it says
+/// "listening PORT", tries to connect to that port on the host's 127.0.0.1. Returns the line
+/// and whether the host got through.
+fn listen_and_knock(mut cmd: Command) -> (String, bool) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the listening probe");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the probe's first line");
+    let line = line.trim().to_string();
+    let reached = line
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| {
+            TcpStream::connect_timeout(&([127, 0, 0, 1], p).into(), KNOCK_TIMEOUT).is_ok()
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    (line, reached)
+}
+
+/// A sandbox with a connect grant shares the host's network namespace, where `listen()` on an
+/// unbound socket would autobind an ephemeral port on every host address. It is refused, and
+/// the host reaches nothing. Control: the same probe unconfined is reachable from the host
+/// (rows 9c–9h of the catalogue show the errno per tier, and that a sandbox without a grant
+/// still listens on unix sockets).
+#[test]
+fn a_sandbox_with_a_network_grant_listens_on_nothing_the_host_can_reach() {
+    let test = "a_sandbox_with_a_network_grant_listens_on_nothing_the_host_can_reach";
+    let Some(probe) = probe_path(test) else {
+        return;
+    };
+    let home = Home::new();
+    home.start();
+    let granted = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let grant = format!("127.0.0.1:{}", granted.local_addr().expect("addr").port());
+    let sandboxed = |mode: &str| {
+        let mut c = Command::new(bin("loongctl"));
+        c.arg("--home").arg(home.path());
+        c.args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &grant,
+        ]);
+        c.arg("--").arg(&probe).args([mode, "3"]);
+        c
+    };
+    for mode in ["tcp-listen", "tcp6-listen"] {
+        let mut unconfined = Command::new(&probe);
+        unconfined.args([mode, "3"]);
+        let (line, reached) = listen_and_knock(unconfined);
+        assert!(
+            line.starts_with("listening ") && reached,
+            "{mode} unconfined: {line}, reached from the host: {reached}"
+        );
+        let (line, reached) = listen_and_knock(sandboxed(mode));
+        assert_eq!(
+            (line.as_str(), reached),
+            ("EPERM", false),
+            "{mode} with a connect grant"
+        );
     }
 }

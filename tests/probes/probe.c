@@ -10,6 +10,7 @@
 #include <linux/perf_event.h>
 #include <linux/userfaultfd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -47,6 +48,75 @@ static long tcp(int connect_, const char *host, int port) {
     return connect_ ? connect(s, (void *)&a, sizeof a) : bind(s, (void *)&a, sizeof a);
 }
 
+// The network escapes below take "GRANTED OTHER": a plain connect to 127.0.0.1:GRANTED first
+// (the sandbox's own positive control, printed as "granted=ok" or "granted=ERRNO"), then the
+// attempt on 127.0.0.1:OTHER, whose outcome is the second line. The test's listener on OTHER
+// shows from the host side whether anything arrived.
+static void granted(const char *port) {
+    long rc = tcp(1, "127.0.0.1", atoi(port));
+    const char *n = rc < 0 ? strerrorname_np(errno) : "ok";
+    printf("granted=%s\n", n ? n : "EUNKNOWN");
+    fflush(stdout);
+}
+
+static struct sockaddr_in loopback(const char *port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port))};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    return a;
+}
+
+// A stream socket of protocol `proto` connecting to 127.0.0.1:port (IPv4, or IPv6 through the
+// v4-mapped address).
+static long stream_connect(int v6, int proto, const char *port) {
+    int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, proto);
+    if (s < 0) return -1;
+    if (!v6) {
+        struct sockaddr_in a = loopback(port);
+        return connect(s, (void *)&a, sizeof a);
+    }
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(atoi(port))};
+    inet_pton(AF_INET6, "::ffff:127.0.0.1", &a.sin6_addr);
+    return connect(s, (void *)&a, sizeof a);
+}
+
+// Connect-on-send: TCP fast open through sendto, sendmsg or sendmmsg (kind 't', 'm', 'M').
+static long fastopen(char kind, const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return -1;
+    struct sockaddr_in a = loopback(port);
+    struct iovec v = {"x", 1};
+    struct msghdr h = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v, .msg_iovlen = 1};
+    if (kind == 't') return sendto(s, "x", 1, MSG_FASTOPEN, (void *)&a, sizeof a);
+    if (kind == 'm') return sendmsg(s, &h, MSG_FASTOPEN);
+    struct mmsghdr mm = {.msg_hdr = h};
+    return sendmmsg(s, &mm, 1, MSG_FASTOPEN);
+}
+
+// A TCP socket option on a fresh TCP socket; for TCP_FASTOPEN_CONNECT, then connect and send.
+static long tcp_option(int opt, const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (s < 0) return -1;
+    if (setsockopt(s, IPPROTO_TCP, opt, &one, sizeof one) < 0) return -1;
+    if (opt != TCP_FASTOPEN_CONNECT) return 0;
+    struct sockaddr_in a = loopback(port);
+    if (connect(s, (void *)&a, sizeof a) < 0) return -1;
+    return write(s, "x", 1);
+}
+
+// listen() on an unbound socket (which autobinds an ephemeral port on every address); on
+// success prints "listening PORT" and stays up for `secs` seconds.
+static int listen_unbound(int v6, int secs) {
+    int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (s < 0 || listen(s, 8) < 0) return result(-1);
+    struct sockaddr_in6 a;
+    socklen_t len = sizeof a;
+    if (getsockname(s, (void *)&a, &len) < 0) return result(-1);
+    printf("listening %d\n", ntohs(a.sin6_port));  // sin_port and sin6_port share the offset
+    fflush(stdout);
+    sleep(secs);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: loong-probe MODE [ARGS]\n");
@@ -71,6 +141,38 @@ int main(int argc, char **argv) {
     if (!strcmp(m, "rename")) return result(rename(a1, a2));
     if (!strcmp(m, "tcp-connect")) return result(tcp(1, a1, atoi(a2)));
     if (!strcmp(m, "tcp-bind")) return result(tcp(0, "127.0.0.1", atoi(a1)));
+    if (!strcmp(m, "fastopen-sendto") || !strcmp(m, "fastopen-sendmsg") || !strcmp(m, "fastopen-sendmmsg")) {
+        granted(a1);
+        char kind = !strcmp(m, "fastopen-sendto") ? 't' : !strcmp(m, "fastopen-sendmsg") ? 'm' : 'M';
+        return result(fastopen(kind, a2));
+    }
+    if (!strcmp(m, "fastopen-connect")) {  // TCP_FASTOPEN_CONNECT, then connect and send
+        granted(a1);
+        return result(tcp_option(TCP_FASTOPEN_CONNECT, a2));
+    }
+    if (!strcmp(m, "tcp-option")) return result(tcp_option(atoi(a1), ""));  // a1: optname
+    if (!strcmp(m, "proto-connect") || !strcmp(m, "proto6-connect")) {
+        // a1 granted port, a2 other port, argv[4] the stream socket's protocol number
+        granted(a1);
+        return result(stream_connect(m[5] == '6', argc > 4 ? atoi(argv[4]) : 0, a2));
+    }
+    if (!strcmp(m, "tcp-listen") || !strcmp(m, "tcp6-listen")) return listen_unbound(m[3] == '6', atoi(a1));
+    if (!strcmp(m, "tcp-accept")) {  // accept4 on a fresh socket: EINVAL when reachable
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (s < 0) return result(-1);
+        return result(accept4(s, NULL, NULL, 0));
+    }
+    if (!strcmp(m, "ia32-socket")) {  // socketcall(SYS_SOCKET, AF_INET, SOCK_STREAM, 0) via int 0x80
+        int *args = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+        if (args == MAP_FAILED) return result(-1);
+        args[0] = AF_INET;
+        args[1] = SOCK_STREAM;
+        args[2] = 0;
+        long rc;
+        __asm__ volatile("int $0x80" : "=a"(rc) : "a"(102 /* socketcall */), "b"(1 /* SYS_SOCKET */), "c"((long)args) : "memory");
+        if (rc < 0) errno = -rc;
+        return result(rc);
+    }
     if (!strcmp(m, "udp-send")) {
         int s = socket(AF_INET, SOCK_DGRAM, 0);
         if (s < 0) return result(-1);

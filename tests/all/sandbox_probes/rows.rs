@@ -36,8 +36,8 @@ const SIGXFSZ: i32 = 25;
 const SIGSYS: i32 = 31;
 
 /// The catalogue. Placeholders: {secret} (a host dir not granted), {ro} (a read grant),
-/// {work} (a write grant), {port}/{other} (TCP listeners), {abstract}, {home}, {sibling},
-/// {loongd}, {tier}.
+/// {work} (a write grant), {port}/{other} (TCP listeners: rows grant {port}, never {other}),
+/// {abstract}, {home}, {sibling}, {loongd}, {tier}.
 pub(super) const ROWS: &[Row] = &[
     Row {
         name: "1 read /etc/shadow",
@@ -171,6 +171,139 @@ pub(super) const ROWS: &[Row] = &[
         balanced: Some(Says("EACCES")),
         trusted: None,
     },
+    // Every other way to a port: each row below connects to the granted {port} first (the
+    // sandbox's own positive control, "granted=ok"), then aims at {other}; the suite checks
+    // from the host that nothing arrived on {other} from any sandbox, and that each unconfined
+    // control did reach it.
+    Row {
+        name: "8d TCP fast open (sendto) to a port outside the grant",
+        args: &["fastopen-sendto", "{port}", "{other}"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["fastopen-sendto", "{port}", "{other}"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
+        name: "8e TCP fast open (sendmsg) to a port outside the grant",
+        args: &["fastopen-sendmsg", "{port}", "{other}"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["fastopen-sendmsg", "{port}", "{other}"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
+        name: "8f TCP fast open (sendmmsg) to a port outside the grant",
+        args: &["fastopen-sendmmsg", "{port}", "{other}"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["fastopen-sendmmsg", "{port}", "{other}"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
+        name: "8g TCP_FASTOPEN_CONNECT to a port outside the grant",
+        args: &["fastopen-connect", "{port}", "{other}"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["fastopen-connect", "{port}", "{other}"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
+        name: "8h MPTCP connect to a port outside the grant",
+        args: &["proto-connect", "{port}", "{other}", "262"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["proto-connect", "{port}", "{other}", "262"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEAFNOSUPPORT")),
+        trusted: None,
+    },
+    Row {
+        name: "8i MPTCP over IPv6 to a port outside the grant",
+        args: &["proto6-connect", "{port}", "{other}", "262"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((
+            &["proto6-connect", "{port}", "{other}", "262"],
+            Says("granted=ok\nok"),
+        )),
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEAFNOSUPPORT")),
+        trusted: None,
+    },
+    Row {
+        // No control: a kernel without SCTP answers EPROTONOSUPPORT itself; the guard's
+        // EAFNOSUPPORT shows the socket was refused before the kernel looked.
+        name: "8j SCTP stream socket with a TCP grant",
+        args: &["proto-connect", "{port}", "{other}", "132"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEAFNOSUPPORT")),
+        trusted: None,
+    },
+    Row {
+        // As 8j: SMC through IPPROTO_SMC on an AF_INET socket (Linux ≥ 6.11).
+        name: "8k SMC stream socket with a TCP grant",
+        args: &["proto-connect", "{port}", "{other}", "256"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEAFNOSUPPORT")),
+        trusted: None,
+    },
+    Row {
+        name: "8l TCP_REPAIR with a grant",
+        args: &["tcp-option", "19"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((&["tcp-option", "19"], Says("ok"))),
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
+        name: "8m TCP_FASTOPEN (the listener option) with a grant",
+        args: &["tcp-option", "23"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((&["tcp-option", "23"], Says("ok"))),
+        restricted: None,
+        balanced: Some(Says("EOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
+        name: "8n TCP fast open without a grant",
+        args: &["fastopen-sendto", "{port}", "{other}"],
+        flags: &[],
+        control: None,
+        restricted: Some(Killed(SIGSYS)),
+        balanced: Some(Says("granted=EAFNOSUPPORT\nEAFNOSUPPORT")),
+        trusted: None,
+    },
+    Row {
+        name: "8o MPTCP without a grant",
+        args: &["proto-connect", "{port}", "{other}", "262"],
+        flags: &[],
+        control: None,
+        restricted: Some(Killed(SIGSYS)),
+        balanced: Some(Says("granted=EAFNOSUPPORT\nEAFNOSUPPORT")),
+        trusted: None,
+    },
     Row {
         name: "9 TCP bind",
         args: &["tcp-bind", "0"],
@@ -188,6 +321,62 @@ pub(super) const ROWS: &[Row] = &[
         restricted: None,
         balanced: Some(Says("EACCES")),
         trusted: None,
+    },
+    Row {
+        name: "9c listen on an unbound socket with a connect grant",
+        args: &["tcp-listen", "0"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((&["tcp-listen", "0"], Starts("listening "))),
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
+        name: "9d listen on an unbound IPv6 socket with a connect grant",
+        args: &["tcp6-listen", "0"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((&["tcp6-listen", "0"], Starts("listening "))),
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
+        name: "9e accept with a connect grant",
+        args: &["tcp-accept"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: Some((&["tcp-accept"], Says("EINVAL"))),
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
+        // The trusted tier has the host's network by design.
+        name: "9f listen without a grant",
+        args: &["tcp-listen", "0"],
+        flags: &[],
+        control: None,
+        restricted: Some(Killed(SIGSYS)),
+        balanced: Some(Says("EAFNOSUPPORT")),
+        trusted: Some(Starts("listening ")),
+    },
+    Row {
+        // Seccomp cannot see a descriptor's family: with a grant no socket listens.
+        name: "9g listen on a unix socket with a connect grant",
+        args: &["abstract-self", "loong-9g-{tier}"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
+        name: "9h listen on a unix socket without a grant (control of 9c, 9d and 9g)",
+        args: &["abstract-self", "loong-9h-{tier}"],
+        flags: &[],
+        control: Some((&["abstract-self", "loong-9h-control"], Says("ok"))),
+        restricted: Some(Killed(SIGSYS)),
+        balanced: Some(Says("ok")),
+        trusted: Some(Says("ok")),
     },
     Row {
         name: "10 UDP sendto 127.0.0.1",
@@ -380,6 +569,15 @@ pub(super) const ROWS: &[Row] = &[
         trusted: Some(Says("ok")),
     },
     Row {
+        name: "27b io_uring_setup with a grant (its send ops would pass every socket check)",
+        args: &["io-uring"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Says("EPERM")),
+        trusted: None,
+    },
+    Row {
         name: "28 userfaultfd",
         args: &["userfaultfd"],
         flags: &[],
@@ -423,6 +621,24 @@ pub(super) const ROWS: &[Row] = &[
         restricted: Some(Killed(SIGSYS)),
         balanced: Some(Killed(SIGSYS)),
         trusted: Some(Killed(SIGSYS)),
+    },
+    Row {
+        name: "32b ia32 socketcall through int 0x80",
+        args: &["ia32-socket"],
+        flags: &[],
+        control: Some((&["ia32-socket"], Says("ok"))),
+        restricted: Some(Killed(SIGSYS)),
+        balanced: Some(Killed(SIGSYS)),
+        trusted: Some(Killed(SIGSYS)),
+    },
+    Row {
+        name: "32c ia32 socketcall with a grant",
+        args: &["ia32-socket"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Killed(SIGSYS)),
+        trusted: None,
     },
     Row {
         name: "34 fork bomb",
