@@ -142,8 +142,13 @@ impl Client {
             next_id: 1,
         };
         let deadline = Instant::now() + opts.timeout;
-        client.send(&Hello::new(opts.peer_kind, opts.build.clone()), deadline)?;
-        let reply: HandshakeReply = client.receive(deadline)?;
+        // A daemon that refuses the peer at accept writes its refusal and closes without
+        // reading the hello: sending may then fail, but the refusal is still there to read.
+        let sent = client.send(&Hello::new(opts.peer_kind, opts.build.clone()), deadline);
+        let reply: HandshakeReply = match (client.receive(deadline), sent) {
+            (Ok(reply), _) => reply,
+            (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
+        };
         client.welcome = reply.into_welcome()?;
         client.buf.set_limit(FrameLimit::new(u64::from(
             client.welcome.limits.max_frame_bytes,

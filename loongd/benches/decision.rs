@@ -8,6 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use loong_profiles::pack::{parse_denylist, Capability, Grant, Pack};
 use loongd::authority::{
     decide::{decide, FileRoots, Request, ShellRules},
+    shell::CommandLine,
     Token,
 };
 
@@ -53,7 +54,7 @@ fn bench(c: &mut Criterion) {
             token: Some(&token),
             cap: Capability::NetEgress,
             target: Some("api.example.com:443"),
-            argv: None,
+            command: None,
         };
         b.iter(|| {
             black_box(decide(
@@ -70,7 +71,7 @@ fn bench(c: &mut Criterion) {
             token: Some(&token),
             cap: Capability::ProcessExec,
             target: Some("sh"),
-            argv: Some(&argv),
+            command: Some(CommandLine::Argv(&argv)),
         };
         b.iter(|| {
             black_box(decide(
@@ -87,7 +88,7 @@ fn bench(c: &mut Criterion) {
             token: Some(&token),
             cap: Capability::FsRead,
             target: Some("/usr/share/doc"),
-            argv: None,
+            command: None,
         };
         b.iter(|| {
             black_box(decide(

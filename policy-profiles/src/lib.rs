@@ -6,6 +6,7 @@
 //! `policy-profiles/tiers/` and are compiled into loongd.
 
 mod doc;
+pub mod exec;
 pub mod pack;
 pub mod plugin;
 pub mod risk;
@@ -32,6 +33,8 @@ pub const DOCS_READER_PACK: &str = include_str!("../packs/docs-reader.toml");
 pub const RISK: &str = include_str!("../risk/default.toml");
 /// The bundled denylist.
 pub const DENYLIST: &str = include_str!("../denylist.toml");
+/// The bundled list of programs that run other programs or code.
+pub const EXEC_WRAPPERS: &str = include_str!("../exec-wrappers.toml");
 
 /// The bundled packs, parsed.
 pub fn bundled_packs() -> Result<Vec<pack::Pack>, Vec<Problem>> {
@@ -103,11 +106,14 @@ pub fn bundled() -> Result<BTreeMap<Tier, TierProfile>, Vec<Problem>> {
     }
 }
 
-/// Checks any policy file Loong knows (a tier profile, a pack or a denylist, told apart by
-/// their keys); returns every problem (empty when it is valid).
+/// Checks any policy file Loong knows (a tier profile, a pack, a denylist or the list of
+/// programs that run programs, told apart by their keys); returns every problem (empty when
+/// it is valid).
 pub fn check(text: &str, file: &str) -> Vec<Problem> {
     let has = |key: &str| text.lines().any(|l| l.trim_start().starts_with(key));
-    if has("threshold") {
+    if has("[program.") {
+        exec::parse_runners(text, file).err().unwrap_or_default()
+    } else if has("threshold") {
         risk::parse_risk(text, file).err().unwrap_or_default()
     } else if has("grants") || has("domain") {
         pack::parse_pack(text, file).err().unwrap_or_default()
@@ -170,6 +176,7 @@ mod fuzz_corpus {
             let _ = crate::pack::parse_pack(&text, "seed");
             let _ = crate::pack::parse_denylist(&text, "seed");
             let _ = crate::risk::parse_risk(&text, "seed");
+            let _ = crate::exec::parse_runners(&text, "seed");
             let _ = crate::check(&text, "seed");
             seen += 1;
         }

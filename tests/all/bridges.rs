@@ -1094,6 +1094,84 @@ fn shell_quote(s: &str) -> String {
 }
 
 #[test]
+fn shell_exec_runs_only_the_programs_its_token_grants() {
+    let shared = shared_dir("lx");
+    let ws = shared.path().join("ws");
+    fs::create_dir(&ws).expect("dir");
+    fs::set_permissions(&ws, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let home = Home::with_config(&format!(
+        "[builtins]\nworkspace = {:?}\ntimeout_ms = 5000\n",
+        ws.display().to_string()
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/runner.toml"),
+        "id = \"runner\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let issue = |caps: &[&str]| {
+        let mut args = vec![
+            "tokens", "issue", "--pack", "runner", "--agent", "bot", "--ttl", "1h",
+        ];
+        for c in caps {
+            args.extend(["--cap", c]);
+        }
+        let out = home.ctl(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let run = |token: &str, command: &str| {
+        let input = serde_json::json!({ "command": command }).to_string();
+        invoke(
+            &home,
+            &["shell.exec", "--token", token, "--input", &input, "--json"],
+        )
+    };
+    let stdout = |out: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(out).expect("JSON");
+        v["output"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The shell shell.exec starts is the tool's own: echo and cat are all it needs.
+    let echo_cat = issue(&["process.exec:echo", "process.exec:cat"]);
+    let (code, out, err) = run(&echo_cat, "echo hi | cat");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout(&out), "hi\n");
+    // A shell in the command line is decided like any program: not granted.
+    for smuggled in [
+        "echo id | sh",
+        "sh -c id",
+        "env sh -c id",
+        "echo id | xargs sh",
+    ] {
+        let (code, _, err) = run(&echo_cat, smuggled);
+        assert_eq!(code, 4, "{smuggled}: {err}");
+        assert!(
+            err.contains("process.exec on sh denied: the token does not grant it")
+                || err.contains("the command line runs sh and sh itself is not granted")
+                || err.contains("the command line runs sh, which runs code from its arguments or input, and sh itself is not granted"),
+            "{smuggled}: {err}"
+        );
+    }
+    // Positive control: a token that grants sh itself runs it.
+    let with_sh = issue(&["process.exec:echo", "process.exec:sh"]);
+    let (code, out, err) = run(&with_sh, "echo 'echo from-sh' | sh");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout(&out), "from-sh\n");
+    // The decision records the script, not a shell the tool implies.
+    let decisions = details(&home, "policy.decision");
+    assert!(
+        decisions.iter().any(|d| d["script"] == "echo hi | cat"
+            && d["target"] == "echo"
+            && d["allowed"] == true),
+        "{decisions:?}"
+    );
+}
+
+#[test]
 fn builtin_tools_are_offered_only_as_granted() {
     let home = Home::with_config("[builtins]\nread_roots = [\"/tmp/loong-no-such-root\"]\n");
     home.start();

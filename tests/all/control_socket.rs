@@ -320,3 +320,131 @@ fn connections_beyond_max_clients_are_refused_then_served_again() {
         "a freed slot serves again"
     );
 }
+
+/// Opens `count` connections to `socket` as `uid:gid` and holds them, idle, until its stdin
+/// closes; returns once all are connected.
+struct IdlePeers(std::process::Child);
+
+impl IdlePeers {
+    fn open(socket: &std::path::Path, uid: u32, gid: u32, count: usize) -> IdlePeers {
+        use std::io::BufRead;
+        const HOLD: &str = r#"use Socket; my @held;
+for (1..$ARGV[1]) { socket(my $s, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+  connect($s, pack_sockaddr_un($ARGV[0])) or die "connect: $!"; push @held, $s; }
+$| = 1; print "held\n"; my $eof = <STDIN>;"#;
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "perl",
+                "-e",
+                HOLD,
+            ])
+            .arg(socket)
+            .arg(count.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv perl");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line, "held\n", "all {count} connections are open");
+        IdlePeers(child)
+    }
+}
+
+impl Drop for IdlePeers {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// Lets any uid reach the socket through the mode bits, so SO_PEERCRED is the only guard.
+fn open_to_everyone(home: &Home) {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [
+        (home.path().to_path_buf(), 0o711),
+        (home.path().join("run"), 0o711),
+        (home.socket(), 0o666),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+#[test]
+fn a_refused_peer_holds_nothing() {
+    if !is_root() || Command::new("perl").arg("-v").output().is_err() {
+        skip(
+            "a_refused_peer_holds_nothing",
+            "needs root (to connect as another uid) and perl (to hold idle connections)",
+        );
+        return;
+    }
+    // A long handshake timeout: a slot a refused peer held would stay taken all test long.
+    let home = Home::with_config("[ipc]\nhandshake_timeout_ms = 60000\n");
+    home.start();
+    open_to_everyone(&home);
+    // More idle connections from a refused uid than there are slots.
+    let _idle = IdlePeers::open(&home.socket(), 65534, 65534, 300);
+    home.status();
+    // A refused client is told why, not that the daemon closed the connection.
+    let refused = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["status"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("refused: uid 65534 is not allowed on this socket"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let audit = home.ctl(&["audit", "recent", "--kind", "peer.refused", "--json"]);
+    let records: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("json");
+    assert_eq!(records[0]["actor"], "uid:65534", "{records}");
+}
+
+#[test]
+fn the_group_leaves_a_reserve_for_the_operator() {
+    if !is_root() || Command::new("perl").arg("-v").output().is_err() {
+        skip(
+            "the_group_leaves_a_reserve_for_the_operator",
+            "needs root (to connect as another uid) and perl (to hold idle connections)",
+        );
+        return;
+    }
+    // Four slots: the group may take two, the last two are root's and loongd's.
+    let home = Home::with_config(
+        "[control]\nallowed_group = \"nogroup\"\nmax_clients = 4\n[ipc]\nhandshake_timeout_ms = 60000\n",
+    );
+    home.start();
+    open_to_everyone(&home);
+    let as_member = || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["status"])
+            .output()
+            .expect("setpriv")
+    };
+    // Positive control: a member is served while the group's slots are free.
+    let served = as_member();
+    assert!(served.status.success(), "{}", text(&served.stderr));
+    let _idle = IdlePeers::open(&home.socket(), 65534, 65534, 2);
+    let full = as_member();
+    assert!(
+        text(&full.stderr).contains("too many connections (limit 2)"),
+        "{}",
+        text(&full.stderr)
+    );
+    home.status();
+}

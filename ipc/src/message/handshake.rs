@@ -108,7 +108,9 @@ pub enum RejectReason {
     #[error("protocol version mismatch: server speaks {server}, client speaks {client}")]
     VersionMismatch { server: u16, client: u16 },
     /// The peer's uid (from SO_PEERCRED) is neither the daemon's, root, nor in the allowed group.
-    #[error("uid {uid} is not allowed on this socket")]
+    #[error(
+        "uid {uid} is not allowed on this socket (only root, the daemon's own uid and members of its `control.allowed_group` may connect; run loongctl as one of them)"
+    )]
     PeerNotAllowed { uid: u32 },
     /// The callee already serves its maximum number of connections.
     #[error("too many connections (limit {limit})")]
@@ -166,7 +168,7 @@ pub enum HandshakeError {
     #[error("protocol version mismatch: this side speaks {ours}, the peer speaks {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
     /// The peer refused the connection.
-    #[error("connection refused by the peer: {0}")]
+    #[error("refused: {0}")]
     Rejected(RejectReason),
     /// The first frame was some other message (its leading field is not a version).
     #[error("the first frame is not a hello")]

@@ -13,7 +13,10 @@ use loong_profiles::{
     risk::RiskProfile,
 };
 
-use super::{shell, tokens::Token};
+use super::{
+    shell::{self, CommandLine, How},
+    tokens::Token,
+};
 
 /// One request for an effect.
 #[derive(Debug, Clone)]
@@ -24,7 +27,7 @@ pub struct Request<'a> {
     /// The path, host or program name the effect is on.
     pub target: Option<&'a str>,
     /// For `process.exec`: the whole command line.
-    pub argv: Option<&'a [String]>,
+    pub command: Option<CommandLine<'a>>,
 }
 
 /// Where a denial came from.
@@ -106,15 +109,15 @@ pub fn decide(
             let Some(r) = risk else {
                 return Decision::Allow;
             };
-            let programs = match (req.cap, req.argv, req.target) {
-                (Capability::ProcessExec, Some(argv), _) => shell::programs(argv),
+            let programs = match (req.cap, req.command, req.target) {
+                (Capability::ProcessExec, Some(command), _) => command.plan().names(),
                 // Without a command line, the program asked for is the one that runs.
                 (Capability::ProcessExec, None, Some(t)) => shell::programs(&[t.to_string()]),
                 _ => Vec::new(),
             };
             let text = req
-                .argv
-                .map(|a| a.join(" "))
+                .command
+                .map(|c| c.text())
                 .or(req.target.map(str::to_string))
                 .unwrap_or_default();
             let (score, reasons) = r.score(&programs, &text);
@@ -184,7 +187,9 @@ impl Extension for FileRoots {
 }
 
 /// Shell rules: every program a command line would run (through pipes, `;`, `&&`,
-/// subshells, substitutions, wrappers and `sh -c`) must be granted and off the denylist.
+/// subshells, substitutions, wrappers and `sh -c`) must be granted and off the denylist; a
+/// program that runs code must be granted itself; a line that changes what programs run
+/// (`PATH=…`) is denied.
 #[derive(Debug)]
 pub struct ShellRules;
 
@@ -197,19 +202,28 @@ impl Extension for ShellRules {
         if req.cap != Capability::ProcessExec {
             return None;
         }
-        let argv = req.argv?;
-        for prog in shell::programs(argv) {
-            if let Some(why) = denylist.denies(Capability::ProcessExec, &prog) {
-                return Some(format!("the command line runs {prog}: {why}"));
+        let plan = req.command?.plan();
+        if let Some(why) = plan.refusals.first() {
+            return Some(format!("the command line {why}"));
+        }
+        for prog in &plan.programs {
+            let name = prog.name.as_str();
+            if let Some(why) = denylist.denies(Capability::ProcessExec, name) {
+                return Some(format!("the command line runs {name}: {why}"));
             }
             let in_token = req.token.is_none_or(|t| {
                 t.grants
                     .iter()
-                    .any(|g| g.allows(Capability::ProcessExec, Some(&prog)))
+                    .any(|g| g.allows(Capability::ProcessExec, Some(name)))
             });
-            if !in_token || !pack.allows(Capability::ProcessExec, Some(&prog)) {
+            if !in_token || !pack.allows(Capability::ProcessExec, Some(name)) {
+                let what = match prog.how {
+                    How::Plain => "",
+                    How::Code => ", which runs code from its arguments or input,",
+                    How::Privileged => ", which runs a program with other privileges,",
+                };
                 return Some(format!(
-                    "the command line runs {prog}, which is not granted"
+                    "the command line runs {name}{what} and {name} itself is not granted"
                 ));
             }
         }
@@ -330,7 +344,7 @@ mod tests {
         fn no_allow_outside_token_and_pack(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target(), operator in any::<bool>()) {
             let (p, tok) = (pack(pg), token(tg));
             let cap = Capability::ALL[c];
-            let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), argv: None };
+            let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), command: None };
             if decide(&req, &p, &Denylist::default(), &[], None) == Decision::Allow {
                 prop_assert!(p.allows(cap, t.as_deref()), "allowed outside the pack");
                 if !operator {
@@ -345,14 +359,14 @@ mod tests {
             let Some(t) = t else { return Ok(()) };
             let full = pack(Capability::ALL.iter().map(|c| Grant { cap: *c, scope: None }).collect());
             let deny = Denylist { paths: vec![lexical(Path::new(&t)).unwrap_or_default()], hosts: vec![t.clone()], programs: vec![t.clone()] };
-            let req = Request { token: None, cap, target: Some(&t), argv: None };
+            let req = Request { token: None, cap, target: Some(&t), command: None };
             prop_assert!(matches!(decide(&req, &full, &deny, &[], None), Decision::Deny(Deny::Denylisted(_))));
         }
 
         #[test]
         fn extensions_never_turn_a_deny_into_anything_else(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target()) {
             let (p, tok) = (pack(pg), token(tg));
-            let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), argv: None };
+            let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), command: None };
             let before = decide(&req, &p, &Denylist::default(), &[], None);
             let with = decide(&req, &p, &Denylist::default(), &[&FileRoots, &ShellRules], None);
             if before != Decision::Allow {
@@ -379,7 +393,7 @@ mod tests {
                     token: Some(&tok),
                     cap: Capability::FsRead,
                     target: Some(t),
-                    argv: None,
+                    command: None,
                 },
                 &p,
                 &Denylist::default(),
@@ -419,7 +433,7 @@ mod tests {
                     token: None,
                     cap: Capability::ProcessExec,
                     target: Some(&argv[0]),
-                    argv: Some(&argv),
+                    command: Some(CommandLine::Argv(&argv)),
                 },
                 &p,
                 &deny,
@@ -435,5 +449,190 @@ mod tests {
         assert!(
             matches!(run(&["sh", "-c", "ls $(dd if=/dev/zero)"]), Decision::Deny(Deny::Extension { reason, .. }) if reason.contains("dd: dd is denylisted"))
         );
+    }
+    /// A `shell.exec` command line decided as the tool decides it: under `grants` (on a token
+    /// of a pack that grants every program), with `dd` denylisted.
+    fn shell_exec(grants: &[&str], command: &str) -> Decision {
+        let g: Vec<Grant> = grants
+            .iter()
+            .map(|g| Grant::parse(g).expect("grant"))
+            .collect();
+        let (p, tok) = (
+            pack(vec![Grant::parse("process.exec").expect("g")]),
+            token(g),
+        );
+        let deny = Denylist {
+            programs: vec!["dd".into()],
+            ..Denylist::default()
+        };
+        let line = CommandLine::Script(command);
+        let first = line.plan().programs.first().map(|p| p.name.clone());
+        decide(
+            &Request {
+                token: Some(&tok),
+                cap: Capability::ProcessExec,
+                target: first.as_deref(),
+                command: Some(line),
+            },
+            &p,
+            &deny,
+            &[&ShellRules],
+            None,
+        )
+    }
+
+    #[test]
+    fn shell_exec_runs_only_what_the_token_grants() {
+        const ECHO_CAT: &[&str] = &["process.exec:echo", "process.exec:cat"];
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum E {
+            Allow,
+            Deny,
+        }
+        use E::{Allow, Deny};
+        let table: &[(&[&str], &str, E)] = &[
+            // The shell shell.exec starts is the tool's; what it runs is decided.
+            (ECHO_CAT, "echo hi | cat", Allow),
+            (ECHO_CAT, "echo hi; cat /dev/null", Allow),
+            (ECHO_CAT, "echo hi && cat x || echo no", Allow),
+            (ECHO_CAT, "echo \"$(echo nested)\" | cat", Allow),
+            (ECHO_CAT, "echo hi 2>&1 | cat >|out", Allow),
+            (ECHO_CAT, "(echo a; cat b) > out", Allow),
+            (ECHO_CAT, "echo 'sh -c id | bash'", Allow),
+            (ECHO_CAT, "FOO=bar echo hi", Allow),
+            (ECHO_CAT, "for i in 1 2; do echo $i; done", Allow),
+            (ECHO_CAT, "/bin/echo hi; /usr/bin/cat f", Allow),
+            // A wrapper is decided as what it runs.
+            (ECHO_CAT, "env echo hi", Allow),
+            (ECHO_CAT, "env -i FOO=1 cat f", Allow),
+            (ECHO_CAT, "nice -n 5 echo hi", Allow),
+            (ECHO_CAT, "nice -10 echo hi", Allow),
+            (ECHO_CAT, "timeout -s KILL 5 cat f", Allow),
+            (ECHO_CAT, "nohup echo hi", Allow),
+            (ECHO_CAT, "setsid -w echo hi", Allow),
+            (ECHO_CAT, "stdbuf -oL cat", Allow),
+            (ECHO_CAT, "xargs -0 -n1 cat < list", Allow),
+            (ECHO_CAT, "xargs < list", Allow),
+            (ECHO_CAT, "command echo hi; exec cat f", Allow),
+            (ECHO_CAT, "time echo hi", Allow),
+            // A shell, however it is reached.
+            (ECHO_CAT, "echo id | sh", Deny),
+            (ECHO_CAT, "sh -c id", Deny),
+            (ECHO_CAT, "echo id | bash", Deny),
+            (ECHO_CAT, "echo id | /bin/sh", Deny),
+            (ECHO_CAT, "\"s\"h -c id", Deny),
+            (ECHO_CAT, "s\\h -c id", Deny),
+            (ECHO_CAT, "$SHELL -c id", Deny),
+            (ECHO_CAT, "echo $(sh -c id)", Deny),
+            (ECHO_CAT, "echo `bash`", Deny),
+            (ECHO_CAT, "cat <(sh -c id)", Deny),
+            (ECHO_CAT, "xargs sh", Deny),
+            (ECHO_CAT, "echo id | xargs -I{} sh -c '{}'", Deny),
+            (ECHO_CAT, "env sh", Deny),
+            (ECHO_CAT, "env -S 'sh -c id'", Deny),
+            (ECHO_CAT, "nice sh", Deny),
+            (ECHO_CAT, "timeout 5 bash -c id", Deny),
+            (ECHO_CAT, "setsid bash", Deny),
+            (ECHO_CAT, "exec sh", Deny),
+            (ECHO_CAT, "command sh", Deny),
+            // Programs that run code, unless granted themselves.
+            (ECHO_CAT, "find . -exec cat {} +", Deny),
+            (ECHO_CAT, "python3 -c 'import os'", Deny),
+            (ECHO_CAT, "nohup python3 x.py", Deny),
+            (ECHO_CAT, "awk 'BEGIN{system(\"id\")}'", Deny),
+            (ECHO_CAT, "sed -e '1e id' f", Deny),
+            (ECHO_CAT, "perl -e 'system(\"id\")'", Deny),
+            (ECHO_CAT, "busybox sh", Deny),
+            (ECHO_CAT, "busybox echo hi", Deny),
+            (ECHO_CAT, "eval 'echo hi'", Deny),
+            (ECHO_CAT, ". ./script", Deny),
+            (ECHO_CAT, "trap 'sh' EXIT; echo hi", Deny),
+            (ECHO_CAT, "sudo echo hi", Deny),
+            (ECHO_CAT, "echo hi | tee f", Deny),
+            // A wrapper option the list does not know: decided as code.
+            (ECHO_CAT, "env --bogus echo hi", Deny),
+            (ECHO_CAT, "timeout --bogus 5 echo hi", Deny),
+            // Another program under a granted name, or a changed search path.
+            (ECHO_CAT, "./echo hi", Deny),
+            (ECHO_CAT, "/tmp/cat f", Deny),
+            (ECHO_CAT, "/bin/../tmp/echo hi", Deny),
+            (ECHO_CAT, "PATH=. echo hi", Deny),
+            (ECHO_CAT, "export PATH=.; echo hi", Deny),
+            (ECHO_CAT, "env PATH=. echo hi", Deny),
+            (ECHO_CAT, "LD_PRELOAD=/tmp/x.so cat f", Deny),
+            // Text the shell reads as commands where a naive reader sees quotes.
+            (ECHO_CAT, "echo hi # a comment", Allow),
+            (ECHO_CAT, "echo hi # it's\nsh -c id\necho '", Deny),
+            (ECHO_CAT, "cat <<EOF\necho '\nEOF\nsh -c id\necho '", Deny),
+            (ECHO_CAT, "echo $(echo \")\"; sh -c id)", Deny),
+            (ECHO_CAT, "echo `echo ')'; sh`", Deny),
+            (ECHO_CAT, "echo hi &>x sh -c id", Deny),
+            (ECHO_CAT, "echo $'\\''; sh -c id; echo '", Deny),
+            // Other grants.
+            (
+                &["process.exec:find", "process.exec:cat"],
+                "find . -name x -exec cat {} +",
+                Allow,
+            ),
+            (
+                &["process.exec:find", "process.exec:cat"],
+                "find . -exec sh -c id \\;",
+                Deny,
+            ),
+            (
+                &["process.exec:find", "process.exec:cat"],
+                "find . -execdir bash \\;",
+                Deny,
+            ),
+            (
+                &["process.exec:awk", "process.exec:echo"],
+                "echo x | awk '{print}'",
+                Allow,
+            ),
+            (
+                &["process.exec:sh", "process.exec:echo"],
+                "echo id | sh",
+                Allow,
+            ),
+            (
+                &["process.exec:sudo", "process.exec:echo"],
+                "sudo -u root echo hi",
+                Allow,
+            ),
+            (&["process.exec:sudo", "process.exec:echo"], "sudo sh", Deny),
+            (
+                &["process.exec:busybox", "process.exec:echo"],
+                "busybox echo hi",
+                Allow,
+            ),
+            (&["process.exec:./echo"], "./echo hi", Allow),
+            (&["process.exec:*"], "python3 -c 'import os' | sh", Allow),
+            (&["process.exec:*"], "PATH=. echo hi", Deny),
+            (&["process.exec:*"], "env dd if=/dev/zero", Deny),
+            (&["process.exec:*"], "busybox dd", Deny),
+        ];
+        assert!(table.len() >= 40);
+        let mut wrong = Vec::new();
+        for (grants, command, expect) in table {
+            let got = shell_exec(grants, command);
+            let as_e = if got == Decision::Allow { Allow } else { Deny };
+            if as_e != *expect {
+                wrong.push(format!(
+                    "{grants:?} {command:?}: expected {expect:?}, got {got:?}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // A denial names the program and why.
+        assert!(matches!(
+            shell_exec(ECHO_CAT, "echo id | python3"),
+            Decision::Deny(super::Deny::Extension { reason, .. })
+                if reason == "the command line runs python3, which runs code from its arguments or input, and python3 itself is not granted"
+        ));
+        assert!(matches!(
+            shell_exec(ECHO_CAT, "PATH=. echo"),
+            Decision::Deny(super::Deny::Extension { reason, .. })
+                if reason == "the command line sets PATH, which changes what programs run"
+        ));
     }
 }

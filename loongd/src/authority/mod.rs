@@ -132,6 +132,9 @@ impl Authority {
                 Denylist::default()
             });
         denylist.paths.push(home.to_path_buf());
+        if let Err(why) = shell::check_runners() {
+            problems.push(why);
+        }
         let risk = parse_risk(loong_profiles::RISK, "risk/default.toml").unwrap_or_else(|ps| {
             problems.extend(ps.iter().map(ToString::to_string));
             RiskProfile::default()
@@ -222,7 +225,7 @@ impl Authority {
         token: Option<&str>,
         cap: Capability,
         target: Option<&str>,
-        argv: Option<&[String]>,
+        command: Option<shell::CommandLine<'_>>,
     ) -> Result<Outcome, TokenError> {
         let checked = match token {
             None => None,
@@ -252,7 +255,7 @@ impl Authority {
             token: checked.as_ref(),
             cap,
             target,
-            argv,
+            command,
         };
         let decision = decide::decide(
             &req,

@@ -15,6 +15,7 @@ use crate::{
     audit::{Event, Kind},
     authority::{
         approvals::{Approval, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
+        shell::CommandLine,
         Decision, Outcome, Token,
     },
     Kernel,
@@ -202,9 +203,9 @@ pub(crate) async fn decide(
     token: Option<&str>,
     cap: Capability,
     target: Option<&str>,
-    argv: Option<&[String]>,
+    command: Option<CommandLine<'_>>,
 ) -> Result<Outcome, RemoteError> {
-    let (outcome, record) = decision(kernel, cred, io, token, cap, target, argv)?;
+    let (outcome, record) = decision(kernel, cred, io, token, cap, target, command)?;
     kernel.audit.record(record).await.map_err(internal)?;
     Ok(outcome)
 }
@@ -217,14 +218,19 @@ fn decision(
     token: Option<&str>,
     cap: Capability,
     target: Option<&str>,
-    argv: Option<&[String]>,
+    command: Option<CommandLine<'_>>,
 ) -> Result<(Outcome, Event), RemoteError> {
     let outcome = kernel
         .authority
-        .decide(token, cap, target, argv)
+        .decide(token, cap, target, command)
         .map_err(internal)?;
+    let (argv, script) = match command {
+        Some(CommandLine::Argv(a)) => (Some(a), None),
+        Some(CommandLine::Script(s)) => (None, Some(s)),
+        None => (None, None),
+    };
     let detail = serde_json::json!({
-        "capability": cap.as_str(), "target": target, "argv": argv, "token": token, "pack": outcome.pack,
+        "capability": cap.as_str(), "target": target, "argv": argv, "script": script, "token": token, "pack": outcome.pack,
         "agent": outcome.agent, "allowed": outcome.allowed(), "reason": outcome.reason(),
     });
     Ok((outcome, event(Kind::PolicyDecision, cred, io, detail)))
@@ -242,7 +248,10 @@ pub(crate) async fn authorize(
     target: &str,
     argv: Option<&[String]>,
 ) -> Result<(), RemoteError> {
-    if let Some(record) = authorize_unrecorded(kernel, cred, io, token, cap, target, argv).await? {
+    let command = argv.map(CommandLine::Argv);
+    if let Some(record) =
+        authorize_unrecorded(kernel, cred, io, token, cap, target, command).await?
+    {
         kernel.audit.record(record).await.map_err(internal)?;
     }
     Ok(())
@@ -259,15 +268,20 @@ pub(crate) async fn authorize_unrecorded(
     token: Option<&str>,
     cap: Capability,
     target: &str,
-    argv: Option<&[String]>,
+    command: Option<CommandLine<'_>>,
 ) -> Result<Option<Event>, RemoteError> {
-    let (o, record) = decision(kernel, cred, io, token, cap, Some(target), argv)?;
+    let (o, record) = decision(kernel, cred, io, token, cap, Some(target), command)?;
     if o.allowed() {
         return Ok(Some(record));
     }
     kernel.audit.record(record).await.map_err(internal)?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
-        await_approval(kernel, cred, io, &o, cap, target).await?;
+        // The approver sees the whole script, not only the first program it runs.
+        let shown = match command {
+            Some(CommandLine::Script(s)) => s,
+            _ => target,
+        };
+        await_approval(kernel, cred, io, &o, cap, shown).await?;
         return Ok(None);
     }
     Err(RemoteError::new(

@@ -1,4 +1,4 @@
-//! One operator connection: handshake, peer check, then requests until the peer leaves,
+//! One operator connection (its peer already checked at accept): handshake, then requests until the peer leaves,
 //! misbehaves, idles out or the daemon shuts down. Anything wrong ends this connection only.
 
 use std::{
@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::{handlers, peer, ClientSlot};
+use super::{handlers, ClientSlot};
 use crate::{audit, Kernel};
 
 type InFlight = Arc<Mutex<HashMap<RequestId, Entry>>>;
@@ -75,14 +75,14 @@ pub(crate) fn reject_now(stream: &UnixStream, reply: &HandshakeReply) {
     }
 }
 
-pub(crate) async fn serve(stream: UnixStream, kernel: Arc<Kernel>, conn: u64, _slot: ClientSlot) {
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(conn, error = %e, "cannot read the peer's credentials; closing");
-            return;
-        }
-    };
+/// Serves one connection whose peer `cred` was already found allowed at accept.
+pub(crate) async fn serve(
+    stream: UnixStream,
+    kernel: Arc<Kernel>,
+    conn: u64,
+    _slot: ClientSlot,
+    cred: UCred,
+) {
     let span = tracing::info_span!(
         "conn",
         id = conn,
@@ -97,10 +97,6 @@ pub(crate) async fn serve(stream: UnixStream, kernel: Arc<Kernel>, conn: u64, _s
             }
             Err(ConnError::Io(e)) => tracing::debug!(error = %e, "connection ended"),
             Err(ConnError::Handshake(HandshakeError::Rejected(RejectReason::ShuttingDown))) => {}
-            Err(ConnError::Handshake(HandshakeError::Rejected(RejectReason::PeerNotAllowed { uid }))) => {
-                let detail = serde_json::json!({ "conn": conn, "uid": uid, "pid": cred.pid() });
-                kernel.audit.record_later(audit::Event { kind: audit::Kind::PeerRefused, actor: format!("uid:{uid}"), correlation: format!("conn-{conn}"), detail }).await;
-            }
             // Everything else is the peer breaking the protocol.
             Err(e) => {
                 tracing::warn!(error = %e, "protocol violation; connection closed");
@@ -136,10 +132,6 @@ async fn run(
         )),
         Err(ConnError::Io(e)) => return Err(ConnError::Io(e)),
         Err(e) => Some((RejectReason::BadHello, Some(e))),
-        Ok(_) if !peer::allowed(&cred, kernel.allowed_gid) => {
-            tracing::warn!(uid = cred.uid(), "refused a control connection from uid {}: not loongd's uid, root or the allowed group", cred.uid());
-            Some((RejectReason::PeerNotAllowed { uid: cred.uid() }, None))
-        }
         Ok(h) if h.peer_kind != PeerKind::Operator => {
             Some((RejectReason::WrongPeerKind { kind: h.peer_kind }, None))
         }

@@ -46,14 +46,31 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     next_id += 1;
-                    if kernel.connected.fetch_add(1, Ordering::Relaxed) >= max {
+                    // The peer is checked before it holds anything: no slot, no task, no hello.
+                    let cred = match stream.peer_cred() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(conn = next_id, error = %e, "cannot read the peer's credentials; closing");
+                            continue;
+                        }
+                    };
+                    let class = peer::classify(&cred, kernel.allowed_gid);
+                    if class == peer::Class::Refused {
+                        tracing::warn!(conn = next_id, uid = cred.uid(), "refused a control connection from uid {}: not loongd's uid, root or the allowed group", cred.uid());
+                        connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::PeerNotAllowed { uid: cred.uid() }));
+                        drop(stream);
+                        conns.spawn(peer::audit_refusal(kernel.clone(), next_id, cred));
+                        continue;
+                    }
+                    let limit = peer::slot_limit(class, max);
+                    if kernel.connected.fetch_add(1, Ordering::Relaxed) >= limit {
                         kernel.connected.fetch_sub(1, Ordering::Relaxed);
-                        tracing::warn!(conn = next_id, limit = max, "refused a control connection: too many connections");
-                        connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::TooManyConnections { limit: max }));
+                        tracing::warn!(conn = next_id, limit, "refused a control connection: too many connections");
+                        connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::TooManyConnections { limit }));
                         continue;
                     }
                     let slot = ClientSlot(kernel.clone());
-                    conns.spawn(connection::serve(stream, kernel.clone(), next_id, slot));
+                    conns.spawn(connection::serve(stream, kernel.clone(), next_id, slot, cred));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on the control socket failed");

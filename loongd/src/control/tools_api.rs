@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     audit::{Event, Kind},
+    authority::shell::CommandLine,
     workers::{
         plugins::{self, State},
         CallError, Supervisor,
@@ -89,7 +90,7 @@ pub(crate) async fn invoke(
     };
     // A built-in tool is decided on the effect it has (the path it reads or writes, the
     // command it runs); any other tool on `tool.invoke` of its name.
-    let (cap, target, argv) = if plugin.bridge_kind == crate::workers::builtins::BUILTIN {
+    let (cap, target, script) = if plugin.bridge_kind == crate::workers::builtins::BUILTIN {
         builtin_effect(&req.tool, &req.input)?
     } else {
         (Capability::ToolInvoke, req.tool.clone(), None)
@@ -101,7 +102,7 @@ pub(crate) async fn invoke(
         req.token.as_deref(),
         cap,
         &target,
-        argv.as_deref(),
+        script.as_deref().map(CommandLine::Script),
     )
     .await?;
     let record = |kind, detail| event(kind, cred, io, detail);
@@ -233,12 +234,14 @@ impl Drop for Unanswered {
     }
 }
 
-/// What a built-in call would do, for the decision: `fs.read` or `fs.write` on its path, or
-/// `process.exec` of `sh -c COMMAND` (which the shell rules see through).
+/// What a built-in call would do, for the decision: `fs.read` or `fs.write` on its path,
+/// `net.egress` on its host, or `process.exec` of the programs its command runs (the shell
+/// `shell.exec` starts is the tool's own and is not decided; the first program the command
+/// runs is the target, and the shell rules see every other).
 fn builtin_effect(
     tool: &str,
     input: &str,
-) -> Result<(Capability, String, Option<Vec<String>>), RemoteError> {
+) -> Result<(Capability, String, Option<String>), RemoteError> {
     let v: serde_json::Value =
         serde_json::from_str(input).map_err(|e| bad(format!("the input is not JSON: {e}")))?;
     let field = |name: &str| {
@@ -258,8 +261,13 @@ fn builtin_effect(
         }
         _ => {
             let command = field("command")?;
-            let argv = vec!["/bin/sh".to_string(), "-c".to_string(), command];
-            (Capability::ProcessExec, "/bin/sh".to_string(), Some(argv))
+            let plan = CommandLine::Script(&command).plan();
+            let first = plan.programs.first().map(|p| p.name.clone()).ok_or_else(|| {
+                bad(format!(
+                    "{tool}: the command {command:?} runs no program; give a command line such as `ls -l`"
+                ))
+            })?;
+            (Capability::ProcessExec, first, Some(command))
         }
     })
 }

@@ -1,4 +1,5 @@
-//! Fuzzes the policy parsers (tier profiles, packs, denylists, risk profiles): any text gives a
+//! Fuzzes the policy parsers (tier profiles, packs, denylists, risk profiles, the list of
+//! programs that run programs): any text gives a
 //! value or a list of problems, never a panic. Run with `cargo +nightly fuzz run parse` from
 //! `policy-profiles/`.
 #![no_main]
@@ -11,5 +12,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = loong_profiles::pack::parse_pack(text, "fuzz");
     let _ = loong_profiles::pack::parse_denylist(text, "fuzz");
     let _ = loong_profiles::risk::parse_risk(text, "fuzz");
+    let _ = loong_profiles::exec::parse_runners(text, "fuzz");
     let _ = loong_profiles::check(text, "fuzz");
 });
