@@ -262,6 +262,10 @@ impl Running {
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Everything it started, including what left its process group and session: the
+        // worker is their subreaper, so they are its children by now or once their parent
+        // dies.
+        let _ = loong_worker_runtime::descendants::kill_descendants();
     }
 }
 
@@ -516,6 +520,9 @@ impl Peer {
             .ok_or(PeerError::Exited("the program is not running".into()))?;
         let mark = lock(&running.stderr).total;
         let pid = running.child.id();
+        // Orphans of the program that ended since the last call, held by the worker as
+        // their subreaper.
+        loong_worker_runtime::descendants::reap_ended(Some(pid));
         let cpu_before = proc_cpu_us(pid);
         let output = match protocol {
             PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline)?,
