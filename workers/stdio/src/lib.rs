@@ -573,7 +573,7 @@ impl Peer {
             &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
             deadline,
         )?;
-        let mut tools = Vec::new();
+        let mut listing = ToolListing::default();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_TOOL_PAGES {
             self.next_id += 1;
@@ -582,44 +582,75 @@ impl Peer {
                 None => json!({}),
             };
             let page = mcp_request(running, self.next_id, "tools/list", params, deadline)?;
-            let listed = page
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| PeerError::Malformed("tools/list has no tools array".into()))?;
-            for t in listed {
-                let name = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| valid_tool_name(n))
-                    .ok_or_else(|| {
-                        PeerError::Malformed(format!(
-                            "a tool name must be 1 to {MAX_TOOL_NAME_BYTES} of A-Z a-z 0-9 _ - ."
-                        ))
-                    })?;
-                if tools.len() == MAX_TOOLS {
-                    return Err(PeerError::Malformed(format!("more than {MAX_TOOLS} tools")));
-                }
-                let description = t
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                tools.push(ToolInfo {
-                    name: name.to_string(),
-                    description: cut(
-                        description,
-                        loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
-                    ),
-                });
-            }
-            cursor = page
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(String::from);
+            cursor = listing.add_page(&page)?;
             if cursor.is_none() {
                 break;
             }
         }
-        Ok(tools)
+        Ok(listing.tools)
+    }
+}
+
+/// The tools of an MCP server's `tools/list` pages as they arrive. A server names each tool
+/// once and hands out each cursor once: a name listed twice (on one page or across pages) or
+/// a cursor that repeats refuses the whole listing, naming it, so the plugin's load fails
+/// with the reason rather than serving copies of one tool.
+#[derive(Debug, Default)]
+struct ToolListing {
+    tools: Vec<ToolInfo>,
+    names: std::collections::HashSet<String>,
+    cursors: std::collections::HashSet<String>,
+}
+
+impl ToolListing {
+    /// Adds one page; returns the cursor of the next one, if any.
+    fn add_page(&mut self, page: &Value) -> Result<Option<String>, PeerError> {
+        let listed = page
+            .get("tools")
+            .and_then(Value::as_array)
+            .ok_or_else(|| PeerError::Malformed("tools/list has no tools array".into()))?;
+        for t in listed {
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| valid_tool_name(n))
+                .ok_or_else(|| {
+                    PeerError::Malformed(format!(
+                        "a tool name must be 1 to {MAX_TOOL_NAME_BYTES} of A-Z a-z 0-9 _ - ."
+                    ))
+                })?;
+            if self.tools.len() == MAX_TOOLS {
+                return Err(PeerError::Malformed(format!("more than {MAX_TOOLS} tools")));
+            }
+            if !self.names.insert(name.to_string()) {
+                return Err(PeerError::Malformed(format!(
+                    "tools/list names the tool {name:?} more than once; a server lists each \
+                     tool once"
+                )));
+            }
+            let description = t
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.tools.push(ToolInfo {
+                name: name.to_string(),
+                description: cut(
+                    description,
+                    loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
+                ),
+            });
+        }
+        let Some(cursor) = page.get("nextCursor").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        if !self.cursors.insert(cursor.to_string()) {
+            let shown = cut(cursor, MALFORMED_QUOTE_BYTES);
+            return Err(PeerError::Malformed(format!(
+                "tools/list handed out the cursor {shown:?} twice; a server's cursors must \
+                 move on"
+            )));
+        }
+        Ok(Some(cursor.to_string()))
     }
 }
 
@@ -846,6 +877,53 @@ mod tests {
         ] {
             assert!(!valid_tool_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_tool_listed_twice_or_a_cursor_that_repeats_refuses_the_listing() {
+        let tool = |n: &str| json!({"name": n, "description": "d"});
+        // Control: distinct names over two pages, then the end.
+        let mut ok = ToolListing::default();
+        let next = ok
+            .add_page(&json!({"tools": [tool("a"), tool("b")], "nextCursor": "p2"}))
+            .expect("first page");
+        assert_eq!(next.as_deref(), Some("p2"));
+        assert_eq!(
+            ok.add_page(&json!({"tools": [tool("c")]})).expect("last"),
+            None
+        );
+        let names: Vec<&str> = ok.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+
+        // The same name twice on one page.
+        let err = ToolListing::default()
+            .add_page(&json!({"tools": [tool("a"), tool("a")]}))
+            .expect_err("duplicate on one page");
+        assert!(
+            err.to_string().contains(r#"the tool "a" more than once"#),
+            "{err}"
+        );
+
+        // The same name on a later page.
+        let mut l = ToolListing::default();
+        l.add_page(&json!({"tools": [tool("a")], "nextCursor": "p2"}))
+            .expect("first page");
+        let err = l
+            .add_page(&json!({"tools": [tool("a")], "nextCursor": "p3"}))
+            .expect_err("duplicate across pages");
+        assert!(
+            err.to_string().contains(r#"the tool "a" more than once"#),
+            "{err}"
+        );
+
+        // A cursor that comes back, even with new names on its page.
+        let mut l = ToolListing::default();
+        l.add_page(&json!({"tools": [tool("a")], "nextCursor": "again"}))
+            .expect("first page");
+        let err = l
+            .add_page(&json!({"tools": [tool("b")], "nextCursor": "again"}))
+            .expect_err("a repeated cursor");
+        assert!(err.to_string().contains(r#"cursor "again" twice"#), "{err}");
     }
 
     #[test]
