@@ -314,6 +314,53 @@ fn what_a_program_starts_dies_with_it_and_the_worker_is_out_of_its_reach() {
     );
 }
 
+#[test]
+fn a_granted_directory_the_sandbox_cannot_enter_is_named_with_its_mode_and_uid() {
+    if !is_root() {
+        // Without root the sandbox runs as loongd's own uid, which owns every directory it
+        // could grant.
+        return skip(
+            "a_granted_directory_the_sandbox_cannot_enter_is_named_with_its_mode_and_uid",
+            "needs root (the sandbox's uid differs from the owner only then)",
+        );
+    }
+    let (dir, script) = jsonl_peer();
+    // A granted directory only root may enter. (Its parents do not matter: the sandbox's
+    // root recreates the parents of every grant; the grant itself keeps its mode.)
+    let locked = dir.path().join("locked");
+    fs::create_dir(&locked).expect("dir");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let home = Home::new();
+    install_foreign(
+        &home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        // The first readable directory is the program's working directory.
+        &format!(
+            r#""read": [{:?}, {:?}]"#,
+            locked.display().to_string(),
+            dir.path().display().to_string()
+        ),
+    );
+    home.start();
+    let (code, _, err) = invoke(&home, &["lines", "--input", "{}"]);
+    assert_ne!(code, 0, "the program started: {err}");
+    let want = format!(
+        "the working directory {} (mode 0700, owner uid 0 gid 0) cannot be used by the \
+         sandbox's uid 65534",
+        locked.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Control: readable, it runs.
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lines_ok(&home);
+}
+
 /// The MCP servers `.ci/run` installs, or why they are not there.
 fn mcp_servers() -> Result<(PathBuf, PathBuf), String> {
     let time = Path::new(MCP_ROOT).join("venv/bin/mcp-server-time");

@@ -163,7 +163,7 @@ impl Running {
             // Its own process group, so that whatever it starts is killed with it.
             .process_group(0)
             .spawn()
-            .map_err(|e| PeerError::Start(format!("{}: {e}", spec.command)))?;
+            .map_err(|e| PeerError::Start(start_failure(spec, &e)))?;
         let (Some(stdin), Some(stdout), Some(mut err)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -267,6 +267,74 @@ impl Running {
         // dies.
         let _ = loong_worker_runtime::descendants::kill_descendants();
     }
+}
+
+/// Why the program could not be started, naming the path at fault: a spawn reports only
+/// an errno (`Permission denied`), which reads as if the program itself were unreadable when
+/// it is often the working directory (a granted directory) that the sandbox's uid cannot
+/// enter.
+fn start_failure(spec: &PeerSpec, e: &io::Error) -> String {
+    use nix::unistd::AccessFlags;
+    let cwd = std::path::Path::new(&spec.cwd);
+    let command = std::path::Path::new(&spec.command);
+    let checks = [
+        (
+            cwd,
+            AccessFlags::R_OK | AccessFlags::X_OK,
+            "the working directory",
+        ),
+        (command, AccessFlags::X_OK, "the program"),
+    ];
+    for (path, need, role) in checks {
+        if let Some(why) = inaccessible(path, need) {
+            return format!("{}: {e}: {role} {why}", spec.command);
+        }
+    }
+    format!("{}: {e}", spec.command)
+}
+
+/// The first component of `path` (an absolute path) that this process cannot use: every
+/// ancestor must be searchable, and `path` itself allow `need`. Names the component, its
+/// mode and owner, and the uid asking; `None` when everything is reachable.
+fn inaccessible(path: &std::path::Path, need: nix::unistd::AccessFlags) -> Option<String> {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    // `access` answers for the real uid, the one the sandbox gave this worker and its
+    // program.
+    let uid = nix::unistd::getuid();
+    let ancestors: Vec<&std::path::Path> = path.ancestors().collect();
+    for (i, p) in ancestors.iter().rev().enumerate() {
+        let last = i + 1 == ancestors.len();
+        let flags = if last { need } else { AccessFlags::X_OK };
+        if access(*p, flags).is_ok() {
+            continue;
+        }
+        let shown = match std::fs::metadata(p) {
+            Ok(m) => format!(
+                "(mode {:04o}, owner uid {} gid {})",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ),
+            Err(e) => format!("({e})"),
+        };
+        return Some(if last {
+            format!(
+                "{} {shown} cannot be used by the sandbox's uid {uid}: make it readable and \
+                 searchable for that uid (for example chmod o+rx) or grant a path it can read",
+                p.display()
+            )
+        } else {
+            format!(
+                "{} lies under {} {shown}, which the sandbox's uid {uid} cannot search: make \
+                 that directory searchable for that uid (for example chmod o+x) or grant a \
+                 path outside it",
+                path.display(),
+                p.display()
+            )
+        });
+    }
+    None
 }
 
 fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
