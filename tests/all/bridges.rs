@@ -1297,6 +1297,22 @@ fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() 
         "{err}"
     );
     assert_eq!(page.accepted(), 0, "a refused fetch connected");
+    // The same for the IPv6 forms that carry a loopback IPv4 address.
+    for host in [
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::1]",
+        "[::ffff:127.0.0.1]",
+    ] {
+        let input = serde_json::json!({ "url": format!("http://{host}:{}/", page.port) });
+        let (code, _, err) = invoke(&strict, &["web.fetch", "--input", &input.to_string()]);
+        assert_eq!(code, 7, "{host}: {err}");
+        assert!(
+            err.contains("address_refused") && err.contains("loopback"),
+            "{host}: {err}"
+        );
+    }
+    assert_eq!(page.accepted(), 0, "a refused fetch connected");
     let failed: Vec<serde_json::Value> = details(&strict, "tool.failed");
     assert!(
         failed.iter().any(|d| d["failure"] == "address_refused"),
