@@ -185,4 +185,49 @@ mod fuzz_corpus {
         let bad = std::fs::read_to_string(dir.join("bad-pack.toml")).expect("seed");
         assert!(crate::check(&bad, "bad-pack.toml").len() >= 3);
     }
+
+    /// The manifest target's seed corpus (`fuzz/corpus/manifest`, seeded from the example
+    /// plugins and every bridge kind, plus broken ones) through the manifest parser as the
+    /// fuzz target calls it: the valid seeds parse, every other one is refused with its
+    /// problems, and none panics.
+    #[test]
+    fn manifest_seed_corpus_replays() {
+        use crate::plugin::{PluginManifest, MAX_MANIFEST_BYTES};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/manifest");
+        let path = std::path::Path::new("/nonexistent/fuzz/loong.plugin.json");
+        let mut parsed = Vec::new();
+        let mut refused = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("seed corpus present") {
+            let seed = entry.expect("entry").path();
+            let bytes = std::fs::read(&seed).expect("seed");
+            assert!(
+                bytes.len() as u64 <= MAX_MANIFEST_BYTES,
+                "{}",
+                seed.display()
+            );
+            let name = seed
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            match PluginManifest::parse(path, &bytes) {
+                Ok(_) => parsed.push(name),
+                Err(_) => refused.push(name),
+            }
+        }
+        parsed.sort();
+        assert_eq!(
+            parsed,
+            [
+                "example-config-reader.json",
+                "example-echo.json",
+                "example-json-transform.json",
+                "http-json.json",
+                "mcp-stdio.json",
+                "process-stdio.json"
+            ],
+            "refused: {refused:?}"
+        );
+        assert!(refused.len() >= 6, "too few broken seeds: {refused:?}");
+    }
 }

@@ -215,6 +215,152 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// The host pid of the process that is `inner` in the pid namespace of host process `anchor`.
+fn host_pid_in_namespace_of(anchor: u64, inner: u64) -> Option<u64> {
+    let ns = fs::read_link(format!("/proc/{anchor}/ns/pid")).ok()?;
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u64>().ok()?;
+        if fs::read_link(format!("/proc/{pid}/ns/pid")).ok()? != ns {
+            return None;
+        }
+        let nspid = status_field(pid, "NSpid")?;
+        (nspid.split_whitespace().last()?.parse::<u64>().ok()? == inner).then_some(pid)
+    })
+}
+
+fn lines_call(home: &Home, input: serde_json::Value) -> serde_json::Value {
+    let (code, out, err) = invoke(home, &["lines", "--input", &input.to_string()]);
+    assert_eq!(code, 0, "{input}: {err}");
+    serde_json::from_str(&out).expect("JSON answer")
+}
+
+/// Starts a daemon from the program (double fork and `setsid`); returns its pid inside the
+/// sandbox and on the host, after checking it runs in a session of its own.
+fn start_daemon(home: &Home) -> (u64, u64) {
+    let v = lines_call(home, serde_json::json!({"mode": "daemonize"}));
+    let inner = v["daemon"].as_u64().expect("the daemon's pid");
+    assert_ne!(
+        v["sid"], v["own_sid"],
+        "the daemon is in a session of its own: {v}"
+    );
+    let worker = workers(home)
+        .iter()
+        .find(|w| w["kind"] == "stdio")
+        .and_then(|w| w["pid"].as_u64())
+        .expect("a stdio worker");
+    let program = find_descendant(worker, "python3").expect("the program runs");
+    let host = host_pid_in_namespace_of(program, inner).expect("the daemon runs on the host");
+    let alive = lines_call(home, serde_json::json!({"mode": "alive", "pid": inner}));
+    assert_eq!(
+        alive["alive"], true,
+        "control: the daemon outlives its call: {alive}"
+    );
+    (inner, host)
+}
+
+#[test]
+fn what_a_program_starts_dies_with_it_and_the_worker_is_out_of_its_reach() {
+    let (dir, script) = jsonl_peer();
+    let home = Home::new();
+    install_foreign(
+        &home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        &format!(
+            r#""read": [{:?}], "timeout_ms": 3000"#,
+            dir.path().display().to_string()
+        ),
+    );
+    home.start();
+    let gone = |host: u64| {
+        crate::support::wait_until(std::time::Duration::from_secs(5), || {
+            !crate::support::process_alive(u32::try_from(host).expect("pid"))
+        })
+    };
+
+    // A restart (after the program failed a call) ends the daemon it left behind, although
+    // it left the program's process group and session.
+    let (inner, host) = start_daemon(&home);
+    let (code, _, err) = invoke(&home, &["lines", "--input", r#"{"mode": "exit"}"#]);
+    assert!(code == 7 && err.contains("peer_exited"), "{code} {err}");
+    let alive = lines_call(&home, serde_json::json!({"mode": "alive", "pid": inner}));
+    assert_eq!(
+        alive["alive"], false,
+        "the daemon survived the restart: {alive}"
+    );
+    assert!(
+        gone(host),
+        "the daemon (host pid {host}) survived the restart"
+    );
+
+    // The program cannot open the worker's memory or environment; its own it can.
+    let peek = lines_call(&home, serde_json::json!({"mode": "peek"}));
+    assert_eq!(peek["own_environ"], "opened", "control: {peek}");
+    for what in ["worker_mem", "worker_environ"] {
+        assert_eq!(peek[what], "Permission denied", "{what}: {peek}");
+    }
+
+    // The plugin going away (its package removed, then a reload) ends its daemon too.
+    let (_, host) = start_daemon(&home);
+    fs::remove_dir_all(home.path().join("plugins/lines")).expect("remove the package");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        gone(host),
+        "the daemon (host pid {host}) survived its plugin"
+    );
+}
+
+#[test]
+fn a_granted_directory_the_sandbox_cannot_enter_is_named_with_its_mode_and_uid() {
+    if !is_root() {
+        // Without root the sandbox runs as loongd's own uid, which owns every directory it
+        // could grant.
+        return skip(
+            "a_granted_directory_the_sandbox_cannot_enter_is_named_with_its_mode_and_uid",
+            "needs root (the sandbox's uid differs from the owner only then)",
+        );
+    }
+    let (dir, script) = jsonl_peer();
+    // A granted directory only root may enter. (Its parents do not matter: the sandbox's
+    // root recreates the parents of every grant; the grant itself keeps its mode.)
+    let locked = dir.path().join("locked");
+    fs::create_dir(&locked).expect("dir");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let home = Home::new();
+    install_foreign(
+        &home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        // The first readable directory is the program's working directory.
+        &format!(
+            r#""read": [{:?}, {:?}]"#,
+            locked.display().to_string(),
+            dir.path().display().to_string()
+        ),
+    );
+    home.start();
+    let (code, _, err) = invoke(&home, &["lines", "--input", "{}"]);
+    assert_ne!(code, 0, "the program started: {err}");
+    let want = format!(
+        "the working directory {} (mode 0700, owner uid 0 gid 0) cannot be used by the \
+         sandbox's uid 65534",
+        locked.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Control: readable, it runs.
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lines_ok(&home);
+}
+
 /// The MCP servers `.ci/run` installs, or why they are not there.
 fn mcp_servers() -> Result<(PathBuf, PathBuf), String> {
     let time = Path::new(MCP_ROOT).join("venv/bin/mcp-server-time");
@@ -1037,6 +1183,21 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     let (code, out, err) = call("shell.exec", serde_json::json!({"command": "sleep 30"}));
     assert_eq!(code, 0, "{err}");
     assert_eq!(output(&out)["timed_out"], true);
+    // What a command leaves running, even in a session of its own, ends with its call; while
+    // the call runs, it runs (the control).
+    let daemon = "setsid -f sh -c 'while :; do date +%s%N > tick; sleep 0.05; done' \
+                  </dev/null >/dev/null 2>&1; sleep 0.5; test -s tick && echo ticking";
+    let (code, out, err) = call("shell.exec", serde_json::json!({"command": daemon}));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(output(&out)["stdout"], "ticking\n", "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tick = fs::read_to_string(ws.join("tick")).expect("tick");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        fs::read_to_string(ws.join("tick")).expect("tick"),
+        tick,
+        "the command's daemon outlived its call"
+    );
     // A call's CPU is accounted, the shell's included.
     let (code, out, err) = call(
         "shell.exec",
@@ -1213,6 +1374,22 @@ fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() 
         err.contains("address_refused") && err.contains("fetch_allow_private"),
         "{err}"
     );
+    assert_eq!(page.accepted(), 0, "a refused fetch connected");
+    // The same for the IPv6 forms that carry a loopback IPv4 address.
+    for host in [
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::1]",
+        "[::ffff:127.0.0.1]",
+    ] {
+        let input = serde_json::json!({ "url": format!("http://{host}:{}/", page.port) });
+        let (code, _, err) = invoke(&strict, &["web.fetch", "--input", &input.to_string()]);
+        assert_eq!(code, 7, "{host}: {err}");
+        assert!(
+            err.contains("address_refused") && err.contains("loopback"),
+            "{host}: {err}"
+        );
+    }
     assert_eq!(page.accepted(), 0, "a refused fetch connected");
     let failed: Vec<serde_json::Value> = details(&strict, "tool.failed");
     assert!(

@@ -71,8 +71,10 @@ pub const STDIO_WORKER_TASKS: u64 = 64;
 pub const PEER_START_ALLOWANCE: Duration = Duration::from_secs(20);
 /// A WASM worker's memory (cgroup `memory.max`): the engine, its pool and one call.
 pub const WORKER_MEMORY_BYTES: u64 = 768 * 1024 * 1024;
-/// Threads a WASM worker may run: its main thread and the epoch ticker, with room to spare.
-pub const WORKER_THREADS: u64 = 4;
+/// Tasks a WASM worker's sandbox may hold: the spawn helper and the reaper (in the cgroup
+/// with it), the worker's main thread, the epoch ticker and the compiler thread, and one to
+/// spare.
+pub const WORKER_THREADS: u64 = 6;
 /// How long past a plugin's own timeout loongd waits before it kills the worker.
 pub const CALL_GRACE: Duration = Duration::from_millis(1_000);
 /// How long a worker has from spawn to a finished handshake.

@@ -47,6 +47,55 @@ for line in sys.stdin:
             answer = {"error": e.strerror}
         out.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
         out.flush()
+    elif mode == "daemonize":
+        # A daemon the classic way: fork, setsid, fork again, let the middle one exit; the
+        # grandchild is in its own session and process group, and an orphan.
+        r, w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.write(w, str(os.getpid()).encode())
+                os.close(w)
+                while True:
+                    time.sleep(3600)
+            os._exit(0)
+        os.close(w)
+        daemon = int(os.read(r, 32))
+        os.close(r)
+        os.waitpid(middle, 0)
+        answer = {"daemon": daemon, "sid": os.getsid(daemon), "own_sid": os.getsid(0)}
+        out.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+        out.flush()
+    elif mode == "alive":
+        try:
+            with open(f"/proc/{payload['pid']}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            answer = {"alive": state not in ("Z", "X")}
+        except OSError:
+            answer = {"alive": False}
+        out.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+        out.flush()
+    elif mode == "peek":
+        # What of the worker (its parent) and of itself the program can open.
+        answer = {}
+        for name, path in [
+            ("worker_mem", f"/proc/{os.getppid()}/mem"),
+            ("worker_environ", f"/proc/{os.getppid()}/environ"),
+            ("own_environ", "/proc/self/environ"),
+        ]:
+            try:
+                # Opening is what is checked (a ptrace-mode read check, at open time).
+                with open(path, "rb"):
+                    answer[name] = "opened"
+            except OSError as e:
+                answer[name] = e.strerror
+        out.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+        out.flush()
     elif mode == "error":
         out.write(json.dumps({"id": frame["id"], "error": {"message": "refused by the tool"}}) + "\n")
         out.flush()

@@ -236,8 +236,11 @@ fn shell(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
             Err(e) => return Err(ToolError::Spawn(e)),
         }
     };
-    // Whatever the shell left running holds the pipes open: end the group.
+    // Whatever the shell left running holds the pipes open: end the group, and every
+    // process it started that left the group (`setsid`), which the worker holds as their
+    // subreaper.
     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = loong_worker_runtime::descendants::kill_descendants();
     let (stdout, out_total) = out.join().unwrap_or_default();
     let (stderr, err_total) = err.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;

@@ -3,7 +3,9 @@
 //! 1. Adopt the socket loongd handed over as fd 3 ([`loong_sandbox::worker`]).
 //! 2. Build the worker's state (for the WASM worker: the engine, its linker and ticker).
 //! 3. Confine itself a final time, before reading the first byte from loongd: no path opens
-//!    and no process, socket or exec from here on.
+//!    and no process, socket or exec from here on. A worker that runs foreign programs
+//!    instead becomes the child subreaper of what it starts and makes itself non-dumpable
+//!    ([`descendants`]).
 //! 4. Answer loongd's handshake as the callee; only `PeerKind::Kernel` is served.
 //! 5. Serve: one request at a time, pings answered between requests (loongd's health
 //!    checks), until loongd closes the socket.
@@ -18,6 +20,8 @@ use std::{
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+pub mod descendants;
 
 use loong_ipc::{
     frame::{self, FrameBuffer, FrameLimit},
@@ -59,7 +63,9 @@ pub enum Final {
     /// [`loong_sandbox::worker::confine_self`]: no opens, no processes, no sockets.
     Confine,
     /// The tier's sandbox only: for a worker that must start a foreign program itself (the
-    /// program inherits the same sandbox, which is the boundary).
+    /// program inherits the same sandbox, which is the boundary). The worker holds what it
+    /// starts instead ([`descendants::hold_descendants`]): it is their child subreaper and is
+    /// itself non-dumpable.
     TierOnly,
 }
 
@@ -87,9 +93,16 @@ fn run<H: Handler>(build_id: &str, last: Final, build: impl FnOnce() -> Result<H
         Ok(h) => h,
         Err(e) => return Stop::Failed(format!("initialisation failed: {e}")),
     };
-    if last == Final::Confine {
-        if let Err(e) = loong_sandbox::worker::confine_self() {
-            return Stop::Failed(format!("final self-confinement failed: {e}"));
+    match last {
+        Final::Confine => {
+            if let Err(e) = loong_sandbox::worker::confine_self() {
+                return Stop::Failed(format!("final self-confinement failed: {e}"));
+            }
+        }
+        Final::TierOnly => {
+            if let Err(e) = descendants::hold_descendants() {
+                return Stop::Failed(e.to_string());
+            }
         }
     }
     let mut conn = match Conn::new(sock) {

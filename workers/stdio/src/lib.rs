@@ -163,7 +163,7 @@ impl Running {
             // Its own process group, so that whatever it starts is killed with it.
             .process_group(0)
             .spawn()
-            .map_err(|e| PeerError::Start(format!("{}: {e}", spec.command)))?;
+            .map_err(|e| PeerError::Start(start_failure(spec, &e)))?;
         let (Some(stdin), Some(stdout), Some(mut err)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -262,7 +262,79 @@ impl Running {
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Everything it started, including what left its process group and session: the
+        // worker is their subreaper, so they are its children by now or once their parent
+        // dies.
+        let _ = loong_worker_runtime::descendants::kill_descendants();
     }
+}
+
+/// Why the program could not be started, naming the path at fault: a spawn reports only
+/// an errno (`Permission denied`), which reads as if the program itself were unreadable when
+/// it is often the working directory (a granted directory) that the sandbox's uid cannot
+/// enter.
+fn start_failure(spec: &PeerSpec, e: &io::Error) -> String {
+    use nix::unistd::AccessFlags;
+    let cwd = std::path::Path::new(&spec.cwd);
+    let command = std::path::Path::new(&spec.command);
+    let checks = [
+        (
+            cwd,
+            AccessFlags::R_OK | AccessFlags::X_OK,
+            "the working directory",
+        ),
+        (command, AccessFlags::X_OK, "the program"),
+    ];
+    for (path, need, role) in checks {
+        if let Some(why) = inaccessible(path, need) {
+            return format!("{}: {e}: {role} {why}", spec.command);
+        }
+    }
+    format!("{}: {e}", spec.command)
+}
+
+/// The first component of `path` (an absolute path) that this process cannot use: every
+/// ancestor must be searchable, and `path` itself allow `need`. Names the component, its
+/// mode and owner, and the uid asking; `None` when everything is reachable.
+fn inaccessible(path: &std::path::Path, need: nix::unistd::AccessFlags) -> Option<String> {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    // `access` answers for the real uid, the one the sandbox gave this worker and its
+    // program.
+    let uid = nix::unistd::getuid();
+    let ancestors: Vec<&std::path::Path> = path.ancestors().collect();
+    for (i, p) in ancestors.iter().rev().enumerate() {
+        let last = i + 1 == ancestors.len();
+        let flags = if last { need } else { AccessFlags::X_OK };
+        if access(*p, flags).is_ok() {
+            continue;
+        }
+        let shown = match std::fs::metadata(p) {
+            Ok(m) => format!(
+                "(mode {:04o}, owner uid {} gid {})",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ),
+            Err(e) => format!("({e})"),
+        };
+        return Some(if last {
+            format!(
+                "{} {shown} cannot be used by the sandbox's uid {uid}: make it readable and \
+                 searchable for that uid (for example chmod o+rx) or grant a path it can read",
+                p.display()
+            )
+        } else {
+            format!(
+                "{} lies under {} {shown}, which the sandbox's uid {uid} cannot search: make \
+                 that directory searchable for that uid (for example chmod o+x) or grant a \
+                 path outside it",
+                path.display(),
+                p.display()
+            )
+        });
+    }
+    None
 }
 
 fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
@@ -516,6 +588,9 @@ impl Peer {
             .ok_or(PeerError::Exited("the program is not running".into()))?;
         let mark = lock(&running.stderr).total;
         let pid = running.child.id();
+        // Orphans of the program that ended since the last call, held by the worker as
+        // their subreaper.
+        loong_worker_runtime::descendants::reap_ended(Some(pid));
         let cpu_before = proc_cpu_us(pid);
         let output = match protocol {
             PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline)?,
@@ -566,7 +641,7 @@ impl Peer {
             &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
             deadline,
         )?;
-        let mut tools = Vec::new();
+        let mut listing = ToolListing::default();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_TOOL_PAGES {
             self.next_id += 1;
@@ -575,44 +650,75 @@ impl Peer {
                 None => json!({}),
             };
             let page = mcp_request(running, self.next_id, "tools/list", params, deadline)?;
-            let listed = page
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| PeerError::Malformed("tools/list has no tools array".into()))?;
-            for t in listed {
-                let name = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| valid_tool_name(n))
-                    .ok_or_else(|| {
-                        PeerError::Malformed(format!(
-                            "a tool name must be 1 to {MAX_TOOL_NAME_BYTES} of A-Z a-z 0-9 _ - ."
-                        ))
-                    })?;
-                if tools.len() == MAX_TOOLS {
-                    return Err(PeerError::Malformed(format!("more than {MAX_TOOLS} tools")));
-                }
-                let description = t
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                tools.push(ToolInfo {
-                    name: name.to_string(),
-                    description: cut(
-                        description,
-                        loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
-                    ),
-                });
-            }
-            cursor = page
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(String::from);
+            cursor = listing.add_page(&page)?;
             if cursor.is_none() {
                 break;
             }
         }
-        Ok(tools)
+        Ok(listing.tools)
+    }
+}
+
+/// The tools of an MCP server's `tools/list` pages as they arrive. A server names each tool
+/// once and hands out each cursor once: a name listed twice (on one page or across pages) or
+/// a cursor that repeats refuses the whole listing, naming it, so the plugin's load fails
+/// with the reason rather than serving copies of one tool.
+#[derive(Debug, Default)]
+struct ToolListing {
+    tools: Vec<ToolInfo>,
+    names: std::collections::HashSet<String>,
+    cursors: std::collections::HashSet<String>,
+}
+
+impl ToolListing {
+    /// Adds one page; returns the cursor of the next one, if any.
+    fn add_page(&mut self, page: &Value) -> Result<Option<String>, PeerError> {
+        let listed = page
+            .get("tools")
+            .and_then(Value::as_array)
+            .ok_or_else(|| PeerError::Malformed("tools/list has no tools array".into()))?;
+        for t in listed {
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| valid_tool_name(n))
+                .ok_or_else(|| {
+                    PeerError::Malformed(format!(
+                        "a tool name must be 1 to {MAX_TOOL_NAME_BYTES} of A-Z a-z 0-9 _ - ."
+                    ))
+                })?;
+            if self.tools.len() == MAX_TOOLS {
+                return Err(PeerError::Malformed(format!("more than {MAX_TOOLS} tools")));
+            }
+            if !self.names.insert(name.to_string()) {
+                return Err(PeerError::Malformed(format!(
+                    "tools/list names the tool {name:?} more than once; a server lists each \
+                     tool once"
+                )));
+            }
+            let description = t
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.tools.push(ToolInfo {
+                name: name.to_string(),
+                description: cut(
+                    description,
+                    loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
+                ),
+            });
+        }
+        let Some(cursor) = page.get("nextCursor").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        if !self.cursors.insert(cursor.to_string()) {
+            let shown = cut(cursor, MALFORMED_QUOTE_BYTES);
+            return Err(PeerError::Malformed(format!(
+                "tools/list handed out the cursor {shown:?} twice; a server's cursors must \
+                 move on"
+            )));
+        }
+        Ok(Some(cursor.to_string()))
     }
 }
 
@@ -839,6 +945,53 @@ mod tests {
         ] {
             assert!(!valid_tool_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_tool_listed_twice_or_a_cursor_that_repeats_refuses_the_listing() {
+        let tool = |n: &str| json!({"name": n, "description": "d"});
+        // Control: distinct names over two pages, then the end.
+        let mut ok = ToolListing::default();
+        let next = ok
+            .add_page(&json!({"tools": [tool("a"), tool("b")], "nextCursor": "p2"}))
+            .expect("first page");
+        assert_eq!(next.as_deref(), Some("p2"));
+        assert_eq!(
+            ok.add_page(&json!({"tools": [tool("c")]})).expect("last"),
+            None
+        );
+        let names: Vec<&str> = ok.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+
+        // The same name twice on one page.
+        let err = ToolListing::default()
+            .add_page(&json!({"tools": [tool("a"), tool("a")]}))
+            .expect_err("duplicate on one page");
+        assert!(
+            err.to_string().contains(r#"the tool "a" more than once"#),
+            "{err}"
+        );
+
+        // The same name on a later page.
+        let mut l = ToolListing::default();
+        l.add_page(&json!({"tools": [tool("a")], "nextCursor": "p2"}))
+            .expect("first page");
+        let err = l
+            .add_page(&json!({"tools": [tool("a")], "nextCursor": "p3"}))
+            .expect_err("duplicate across pages");
+        assert!(
+            err.to_string().contains(r#"the tool "a" more than once"#),
+            "{err}"
+        );
+
+        // A cursor that comes back, even with new names on its page.
+        let mut l = ToolListing::default();
+        l.add_page(&json!({"tools": [tool("a")], "nextCursor": "again"}))
+            .expect("first page");
+        let err = l
+            .add_page(&json!({"tools": [tool("b")], "nextCursor": "again"}))
+            .expect_err("a repeated cursor");
+        assert!(err.to_string().contains(r#"cursor "again" twice"#), "{err}");
     }
 
     #[test]

@@ -115,6 +115,20 @@ fn guest_read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<
     Some(data.get(start..start.checked_add(len)?)?.to_vec())
 }
 
+/// Whether `[ptr, ptr + len)` lies inside the guest's memory (`false` for a negative pointer
+/// or length, or a guest with no memory).
+fn guest_range_in_memory(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> bool {
+    let (Ok(start), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
+        return false;
+    };
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return false;
+    };
+    start
+        .checked_add(len)
+        .is_some_and(|end| end <= memory.data_size(&*caller))
+}
+
 /// Writes `bytes` into the guest's memory at `ptr`; `false` when out of bounds.
 fn guest_write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> bool {
     let Ok(start) = usize::try_from(ptr) else {
@@ -157,7 +171,14 @@ fn config_value(
 
 /// Writes `bytes` to the guest buffer `(ptr, buf_len)`: the length written,
 /// `-3` when the buffer is too small, `-1` when it is out of bounds.
+///
+/// The whole buffer the guest names must lie in its memory, whatever the bytes' length: a
+/// guest that claims a buffer it does not have gets `-1` (`read_input(0, 0x7fffffff)` in a
+/// one-page memory is an error, as `docs/plugins.md` says), never a partial write.
 fn write_if_fits(caller: &mut Caller<'_, HostState>, ptr: i32, buf_len: i32, bytes: &[u8]) -> i32 {
+    if !guest_range_in_memory(caller, ptr, buf_len) {
+        return ERR;
+    }
     match usize::try_from(buf_len) {
         Ok(len) if len >= bytes.len() => {
             if guest_write(caller, ptr, bytes) {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,9 @@ use wasmtime::{
 
 use crate::abi::{self, HostState, HostStop};
 use crate::{
-    ALWAYS_BLOCKED_IMPORT_PREFIXES, EPOCH_TICK_MS, HOST_MODULE, KEEP_RESIDENT_BYTES,
-    MAX_INPUT_BYTES, MAX_MEMORY_BYTES_CEILING, MAX_MODULE_BYTES_CEILING, MAX_OUTPUT_BYTES_CEILING,
-    MAX_TABLES, MAX_TIMEOUT_MS, POOL_SLOTS,
+    ALWAYS_BLOCKED_IMPORT_PREFIXES, COMPILE_TIMEOUT, EPOCH_TICK_MS, HOST_MODULE,
+    KEEP_RESIDENT_BYTES, MAX_INPUT_BYTES, MAX_MEMORY_BYTES_CEILING, MAX_MODULE_BYTES_CEILING,
+    MAX_OUTPUT_BYTES_CEILING, MAX_TABLES, MAX_TIMEOUT_MS, POOL_SLOTS,
 };
 
 /// The limits one plugin runs under; every value is clamped to its ceiling
@@ -122,6 +122,23 @@ pub enum LoadError {
     Entrypoint { plugin: String, reason: String },
     #[error("plugin {plugin}: {limit} must be greater than zero")]
     ZeroLimit { plugin: String, limit: &'static str },
+    #[error("plugin {plugin}: the module has {reason}")]
+    Shape { plugin: String, reason: String },
+    #[error(
+        "plugin {plugin}: compiling the module took longer than {} ms; it is refused (a \
+         smaller module, or fewer or smaller functions, compiles in time)",
+        timeout.as_millis()
+    )]
+    CompileTimeout { plugin: String, timeout: Duration },
+}
+
+impl LoadError {
+    /// Whether the worker that saw this error must be replaced: a compilation past its
+    /// deadline is still running on a thread nothing can stop, and only the worker's death
+    /// ends it.
+    pub fn poisons_worker(&self) -> bool {
+        matches!(self, LoadError::CompileTimeout { .. })
+    }
 }
 
 /// Why a call failed. The plugin stays loaded; the next call starts afresh.
@@ -186,7 +203,30 @@ impl Drop for Ticker {
 pub struct WasmEngine {
     engine: Engine,
     linker: Linker<HostState>,
+    compile_timeout: Duration,
+    /// The compiler thread's queue (see [`WasmEngine::compile`]).
+    compiler: Mutex<mpsc::Sender<CompileJob>>,
     _ticker: Ticker,
+}
+
+/// A module's bytes and where its compiled form goes.
+type CompileJob = (Vec<u8>, mpsc::SyncSender<wasmtime::Result<Module>>);
+
+/// Starts the thread that compiles modules, one at a time, until the engine is dropped. It
+/// exists from the start, like the ticker: a confined worker's task limit leaves no room to
+/// start threads per load.
+fn start_compiler(engine: &Engine) -> wasmtime::Result<mpsc::Sender<CompileJob>> {
+    let (tx, rx) = mpsc::channel::<CompileJob>();
+    let engine = engine.clone();
+    // Unnamed: naming a thread takes `prctl`, which the restricted tier refuses.
+    thread::Builder::new()
+        .spawn(move || {
+            while let Ok((bytes, reply)) = rx.recv() {
+                let _ = reply.send(Module::from_binary(&engine, &bytes));
+            }
+        })
+        .map_err(|e| wasmtime::format_err!("cannot start the compiler thread: {e}"))?;
+    Ok(tx)
 }
 
 impl WasmEngine {
@@ -215,7 +255,9 @@ impl WasmEngine {
         config
             .epoch_interruption(true)
             .consume_fuel(true)
-            .cranelift_opt_level(OptLevel::Speed);
+            .cranelift_opt_level(OptLevel::Speed)
+            // Host ABI v0 passes 32-bit pointers (the precheck names the refusal first).
+            .wasm_memory64(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         abi::link(&mut linker)?;
@@ -234,11 +276,48 @@ impl WasmEngine {
                 }
             })
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
+        let compiler = Mutex::new(start_compiler(&engine)?);
         Ok(Self {
             engine,
             linker,
+            compile_timeout: COMPILE_TIMEOUT,
+            compiler,
             _ticker: Ticker { stop },
         })
+    }
+
+    /// The same engine with another compile deadline (the tests shorten it).
+    pub fn with_compile_timeout(mut self, timeout: Duration) -> Self {
+        self.compile_timeout = timeout;
+        self
+    }
+
+    /// Compiles `bytes` on the compiler thread, waiting at most the compile deadline. Past
+    /// it the compilation cannot be stopped (it has no cancellation point): the error says so
+    /// ([`LoadError::poisons_worker`]) and the worker is replaced.
+    fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<Module, LoadError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = self
+            .compiler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send((bytes.to_vec(), reply));
+        if sent.is_err() {
+            return Err(LoadError::Invalid {
+                plugin: plugin.to_owned(),
+                reason: "the compiler thread is gone".to_owned(),
+            });
+        }
+        match answer.recv_timeout(self.compile_timeout) {
+            Ok(compiled) => compiled.map_err(|e| LoadError::Invalid {
+                plugin: plugin.to_owned(),
+                reason: format!("{e:#}"),
+            }),
+            Err(_) => Err(LoadError::CompileTimeout {
+                plugin: plugin.to_owned(),
+                timeout: self.compile_timeout,
+            }),
+        }
     }
 
     /// Checks, compiles and links one plugin. Nothing from the module runs.
@@ -266,11 +345,8 @@ impl WasmEngine {
                 });
             }
         }
-        let module =
-            Module::from_binary(&self.engine, &spec.module).map_err(|e| LoadError::Invalid {
-                plugin: plugin.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        crate::precheck::precheck(&plugin, &spec.module)?;
+        let module = self.compile(&plugin, &spec.module)?;
         check_imports(&plugin, &module, &spec.blocked_import_prefixes)?;
         let entrypoint = if spec.entrypoint.is_empty() {
             "run".to_owned()

@@ -9,7 +9,10 @@
 //! enforce:
 //!
 //! - a module size cap and an optional sha256 pin, checked before the module
-//!   is compiled;
+//!   is compiled, then a cheap parse that refuses 64-bit memories and tables
+//!   (host ABI v0 is 32-bit), more than [`MAX_FUNCTIONS`] functions and any
+//!   function body over [`MAX_FUNCTION_BODY_BYTES`]; compilation itself runs
+//!   under [`COMPILE_TIMEOUT`];
 //! - an import policy: only the `"loong"` host functions link; WASI and
 //!   blocked import prefixes are refused at load with the reason;
 //! - per call, a fresh `Store` with memory, table and instance limits, an
@@ -22,6 +25,7 @@
 
 mod abi;
 mod engine;
+mod precheck;
 
 pub use engine::{
     Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine,
@@ -36,6 +40,16 @@ pub const HOST_MODULE: &str = "loong";
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 2 * 1024 * 1024;
 /// No manifest may raise the module size cap above this.
 pub const MAX_MODULE_BYTES_CEILING: usize = 32 * 1024 * 1024;
+/// Functions (imported and defined) a module may have: compilation is work in proportion to
+/// them (a module of 60,000 empty functions took over 30 s of CPU to compile). Generous for
+/// plugins compiled from Rust or C, whose modules are capped at a few MiB anyway.
+pub const MAX_FUNCTIONS: usize = 10_000;
+/// Bytes one function body may have: a single huge body can make compilation superlinear.
+pub const MAX_FUNCTION_BODY_BYTES: usize = 512 * 1024;
+/// How long compiling one module may take before the load is refused and the worker, whose
+/// compiler thread cannot be stopped, is replaced. Shorter than loongd's load deadline, so the
+/// refusal says why.
+pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default cap on a call's output.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 256 * 1024;
 /// No manifest may raise the output cap above this (the IPC frame limit).

@@ -58,6 +58,11 @@ impl Handler for Worker {
                             sha256,
                         }
                     }
+                    Err(e) if e.poisons_worker() => {
+                        // Answered as the worker's own failure: loongd replaces this worker,
+                        // which ends the compilation nothing else can stop.
+                        return Err(loong_worker_runtime::internal(e.to_string()));
+                    }
                     Err(e) => {
                         self.plugins.remove(&id);
                         WorkerResponse::Failed(load_failure(&e))

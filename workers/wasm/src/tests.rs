@@ -256,6 +256,15 @@ fn traps_exit_codes_and_bad_output_are_errors() {
                    (then (return (i32.const 9))))
                  (if (i32.ne (call $read_input (i32.const -5) (i32.const 100)) (i32.const -1))
                    (then (return (i32.const 10))))
+                 ;; A buffer the guest does not have, although the input would fit at its
+                 ;; start, and one that ends one byte past the memory.
+                 (if (i32.ne (call $read_input (i32.const 0) (i32.const 0x7fffffff)) (i32.const -1))
+                   (then (return (i32.const 11))))
+                 (if (i32.ne (call $read_input (i32.const 65000) (i32.const 537)) (i32.const -1))
+                   (then (return (i32.const 12))))
+                 ;; Control: a buffer that ends exactly at the memory's end is served.
+                 (if (i32.ne (call $read_input (i32.const 65000) (i32.const 536)) (i32.const 2))
+                   (then (return (i32.const 13))))
                  (drop (call $write_output (i32.const 0) (i32.const 12)))
                  (i32.const 0))"#,
         ),
@@ -408,4 +417,99 @@ fn example_modules_match_their_wat() {
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} examples found");
+}
+
+/// A module of `n` empty functions, each exported so none is dead code.
+fn many_functions(n: usize) -> String {
+    let funcs: String = (0..n)
+        .map(|i| format!("(func (export \"f{i}\") (result i32) (i32.const {i}))"))
+        .collect();
+    module(&format!(
+        r#"{funcs} (data (i32.const 0) "{{}}")
+           (func (export "run") (result i32)
+             (drop (call $write_output (i32.const 0) (i32.const 2))) (i32.const 0))"#
+    ))
+}
+
+#[test]
+fn compile_work_is_bounded_before_and_during_compilation() {
+    // 60,000 functions are refused by a parse of the headers, well before any compilation.
+    let hostile = spec("many", &many_functions(60_000));
+    let started = std::time::Instant::now();
+    let err = engine().load(hostile).expect_err("must be refused");
+    assert!(
+        matches!(err, LoadError::Shape { .. })
+            && err.to_string().contains("over the limit of 10000"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Control: a module of many functions, within the limits, loads and runs.
+    let fine = engine()
+        .load(spec("some", &many_functions(200)))
+        .expect("loads");
+    assert_eq!(fine.invoke(b"{}").expect("runs").output, json!({}));
+
+    // One oversized function body.
+    let body: String = "(drop (i32.const 1))".repeat(200_000);
+    let err = engine()
+        .load(spec(
+            "huge-body",
+            &module(&format!(r#"(func (export "run") {body})"#)),
+        ))
+        .expect_err("must be refused");
+    assert!(err.to_string().contains("a function body of"), "{err}");
+
+    // The deadline: a compilation past it is refused, and the worker told to go.
+    let hurried = WasmEngine::new()
+        .expect("engine")
+        .with_compile_timeout(std::time::Duration::from_millis(1));
+    let err = hurried
+        .load(spec("slow", &many_functions(2_000)))
+        .expect_err("must be refused");
+    assert!(
+        matches!(err, LoadError::CompileTimeout { .. }) && err.poisons_worker(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("longer than 1 ms"), "{err}");
+    echo_still_works();
+}
+
+#[test]
+fn a_64_bit_memory_is_refused_at_load() {
+    for (what, wat_text) in [
+        (
+            "memory",
+            r#"(module (memory (export "memory") i64 1) (func (export "run")))"#,
+        ),
+        (
+            "memory",
+            r#"(module (import "loong" "mem" (memory i64 1)) (func (export "run")))"#,
+        ),
+        (
+            "table",
+            r#"(module (memory (export "memory") 1) (table i64 1 funcref) (func (export "run")))"#,
+        ),
+    ] {
+        let err = engine()
+            .load(spec("wide", wat_text))
+            .expect_err("must be refused");
+        assert!(
+            matches!(err, LoadError::Shape { .. })
+                && err
+                    .to_string()
+                    .contains(&format!("a 64-bit {what} (memory64)")),
+            "{wat_text}: {err}"
+        );
+    }
+    // wasmtime itself refuses it too, behind the precheck.
+    let mut config = wasmtime::Config::new();
+    config.wasm_memory64(false);
+    let plain = wasmtime::Engine::new(&config).expect("engine");
+    let bytes = wat::parse_str(r#"(module (memory i64 1))"#).expect("wat");
+    assert!(wasmtime::Module::from_binary(&plain, &bytes).is_err());
+    echo_still_works();
 }
