@@ -5,6 +5,7 @@
 
 mod cmd;
 mod duration;
+pub mod escape;
 pub mod exit;
 
 use std::{path::PathBuf, time::Duration};

@@ -30,8 +30,8 @@ pub enum PolicyCommand {
         /// Its target: a path, HOST[:PORT] or name.
         #[arg(long)]
         target: Option<String>,
-        /// Decide under this token (default: the operator's pack).
-        #[arg(long)]
+        /// Decide under this token, given by its secret (default: the operator's pack).
+        #[arg(long, value_name = "SECRET")]
         token: Option<String>,
         /// Print JSON ({allowed, reason, pack}).
         #[arg(long)]

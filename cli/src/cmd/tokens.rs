@@ -11,7 +11,8 @@ use crate::{exit, Failure};
 /// `loongctl tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Issue a capability token (prints its id: the bearer secret).
+    /// Issue a capability token: prints its bearer secret (for --token), shown only this
+    /// once, and its public id on stderr.
     Issue {
         /// The pack it belongs to.
         #[arg(long)]
@@ -25,7 +26,7 @@ pub enum TokensCommand {
         /// Lifetime: 30s, 10m, 2h, 7d.
         #[arg(long)]
         ttl: String,
-        /// Print JSON (the token's fields).
+        /// Print JSON (the token's fields, as in `tokens list`, and `secret`).
         #[arg(long)]
         json: bool,
     },
@@ -35,7 +36,7 @@ pub enum TokensCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke one token.
+    /// Revoke one token, by its public id (`tok_…`).
     Revoke { id: String },
     /// Revoke every token of a pack at once (bumps the pack's generation).
     RevokeGeneration {
@@ -100,12 +101,19 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             let t = ts
                 .first()
                 .ok_or_else(|| anyhow!("no token in the answer"))?;
+            let secret = t
+                .secret
+                .as_deref()
+                .ok_or_else(|| anyhow!("no secret in the answer to tokens issue"))?;
             if json {
-                println!("{}", token_json(t));
+                let mut v = token_json(t);
+                v["secret"] = secret.into();
+                println!("{v}");
             } else {
-                println!("{}", t.id);
+                println!("{secret}");
                 eprintln!(
-                    "token for {} in pack {} until {}",
+                    "token {} for {} in pack {} until {}; its secret (above) is shown only now",
+                    t.id,
                     t.agent,
                     t.pack,
                     rfc3339(t.expires_ms)

@@ -101,6 +101,9 @@ pub enum ControlRequest {
         approve: bool,
         /// With an approval: also open a full-access window.
         full_access: Option<FullAccess>,
+        /// The bearer secret of a token that grants `control.approvals` to resolve under
+        /// (`None`: the operator's authority).
+        token: Option<String>,
     },
     /// Decide a request without carrying it out (audited like any decision); answered by
     /// [`ControlResponse::Decided`].
@@ -325,9 +328,29 @@ pub struct ApprovalView {
     pub score: u32,
     pub reasons: String,
     pub resolver: Option<String>,
+    /// The public id of the token the request was made under (`None`: the operator).
+    pub token: Option<String>,
+    /// That token's agent.
+    pub agent: Option<String>,
+    /// For `process.exec`: the program and every argument, as they would run.
+    pub argv: Vec<String>,
+    /// For a tool call: the tool.
+    pub tool: Option<String>,
+    /// For a tool call: the start of its input, at most [`MAX_INPUT_PREVIEW_BYTES`].
+    pub input_preview: Option<String>,
+    /// For a tool call: the sha256 of its whole input, in hex.
+    pub input_sha256: Option<String>,
+    /// For a tool call: the size of its whole input (more than the preview when it was cut).
+    pub input_bytes: Option<u64>,
+    /// Why loongd decided it (a denial because its token died while it waited).
+    pub note: Option<String>,
 }
 
-/// A capability token as the CLI shows it. The id is the bearer secret.
+/// Bound on [`ApprovalView::input_preview`].
+pub const MAX_INPUT_PREVIEW_BYTES: usize = 1024;
+
+/// A capability token as the CLI shows it: its public id, never its secret (but see
+/// `secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TokenView {
@@ -340,6 +363,9 @@ pub struct TokenView {
     pub generation: u64,
     /// `active`, `expired`, `revoked` or `stale` (its pack's generation moved on).
     pub state: String,
+    /// The bearer secret: only in the answer to [`ControlRequest::TokenIssue`], the one time
+    /// it is shown; loongd keeps only its hash.
+    pub secret: Option<String>,
 }
 
 /// A pack as the CLI shows it.
