@@ -199,7 +199,14 @@ async fn authorize(
             argv: *argv,
             call: None,
         };
-        token = authority_api::authorize(kernel, cred, io, req.token.as_deref(), &effect).await?;
+        token = authority_api::authorize(
+            kernel,
+            cred,
+            io,
+            req.token.as_ref().map(loong_ipc::BearerSecret::expose),
+            &effect,
+        )
+        .await?;
     }
     authority_api::recheck(
         kernel,

@@ -522,6 +522,20 @@ fn bearer_secrets_never_reach_the_trail_logs_exports_or_errors() {
     let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
     assert_eq!(ctl(&ok), Some(0));
     assert_eq!(ctl(&echo), Some(4));
+    // The secret can stay out of the process list: LOONG_TOKEN instead of --token.
+    let by_env = [
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        "/bin/echo",
+        "x",
+    ];
+    assert_eq!(home.ctl(&by_env).status.code(), Some(0), "the operator may");
+    let env = home.ctl_env(&by_env, &[("LOONG_TOKEN", &secret)]);
+    assert_eq!(env.status.code(), Some(4), "{}", text(&env.stderr));
+    assert!(!format!("{}{}", text(&env.stdout), text(&env.stderr)).contains(&secret));
     assert_eq!(
         ctl(&[
             "policy",

@@ -43,14 +43,14 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         pack: Option<String>,
         /// Resolve under this token's secret (it needs control.approvals; never the token or
-        /// agent that asked). Default: the operator's own authority.
+        /// agent that asked). Default: $LOONG_TOKEN, else the operator's own authority.
         #[arg(long, value_name = "SECRET")]
         token: Option<String>,
     },
     /// Deny a pending request.
     Deny {
         id: String,
-        /// Resolve under this token's secret (as for approve).
+        /// Resolve under this token's secret (as for approve; default: $LOONG_TOKEN).
         #[arg(long, value_name = "SECRET")]
         token: Option<String>,
     },
@@ -189,7 +189,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
                     id,
                     approve: true,
                     full_access,
-                    token,
+                    token: crate::bearer(token),
                 },
             )?;
             done.iter().for_each(print);
@@ -202,7 +202,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
                     id,
                     approve: false,
                     full_access: None,
-                    token,
+                    token: crate::bearer(token),
                 },
             )?;
             done.iter().for_each(print);

@@ -103,7 +103,8 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
                 .ok_or_else(|| anyhow!("no token in the answer"))?;
             let secret = t
                 .secret
-                .as_deref()
+                .as_ref()
+                .map(loong_ipc::BearerSecret::expose)
                 .ok_or_else(|| anyhow!("no secret in the answer to tokens issue"))?;
             if json {
                 let mut v = token_json(t);

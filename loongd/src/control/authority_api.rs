@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use loong_ipc::{
-    ApprovalView, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView, PackView,
-    RemoteError, StreamChunk, TokenView,
+    ApprovalView, BearerSecret, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView,
+    PackView, RemoteError, StreamChunk, TokenView,
 };
 use loong_profiles::pack::{Capability, Grant};
 use tokio::net::unix::UCred;
@@ -96,7 +96,7 @@ pub(crate) async fn issue(
         .await
         .map_err(internal)?;
     let mut shown = view(token, token.generation);
-    shown.secret = Some(issued.secret);
+    shown.secret = Some(BearerSecret::new(issued.secret));
     Ok(ControlResponse::Tokens(vec![shown]))
 }
 
@@ -367,7 +367,7 @@ pub(crate) async fn dry_run(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
-    token: Option<String>,
+    token: Option<BearerSecret>,
     cap: String,
     target: Option<String>,
 ) -> Result<ControlResponse, RemoteError> {
@@ -376,7 +376,7 @@ pub(crate) async fn dry_run(
         kernel,
         cred,
         io,
-        token.as_deref(),
+        token.as_ref().map(BearerSecret::expose),
         cap,
         target.as_deref(),
         None,
@@ -556,8 +556,9 @@ pub(crate) async fn resolve(
     id: String,
     approve: bool,
     full_access: Option<FullAccess>,
-    token: Option<String>,
+    token: Option<BearerSecret>,
 ) -> Result<ControlResponse, RemoteError> {
+    let token = token.as_ref().map(BearerSecret::expose);
     if let Some(f) = &full_access {
         if !approve {
             return Err(bad("--full-access goes with approve, not deny"));
@@ -587,7 +588,7 @@ pub(crate) async fn resolve(
         .map_err(internal)?
         .filter(|a| a.state == "pending")
         .ok_or_else(not_pending)?;
-    let by = approver(kernel, cred, io, token.as_deref(), &asked).await?;
+    let by = approver(kernel, cred, io, token, &asked).await?;
     // The authority that asked must still hold when the request is approved.
     if let (true, Some(tid)) = (approve, asked.token.as_deref()) {
         if let Err(denial) = kernel.authority.tokens.check_id(tid).map_err(internal)? {

@@ -12,7 +12,7 @@ use std::{
 
 use loong_ipc::{
     message::control::{MAX_INVOKE_INPUT_BYTES, MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_BYTES},
-    ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
+    BearerSecret, ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
     ToolSearchRequest,
 };
 use loong_profiles::pack::Capability;
@@ -100,7 +100,14 @@ pub(crate) async fn invoke(
         argv: argv.as_deref(),
         call: Some((&req.tool, &req.input)),
     };
-    let decided = authorize_unrecorded(kernel, cred, io, req.token.as_deref(), &effect).await?;
+    let decided = authorize_unrecorded(
+        kernel,
+        cred,
+        io,
+        req.token.as_ref().map(BearerSecret::expose),
+        &effect,
+    )
+    .await?;
     if decided.record.is_none() {
         // It waited for an approval: its token must still be valid now that it runs.
         recheck(kernel, cred, io, decided.token.as_deref(), cap, &target).await?;
