@@ -569,12 +569,18 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
         "id = \"ops\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:sh\", \"process.exec:rm\", \"control.approvals\"]\napproval = \"on-high-risk\"\n",
     )
     .expect("pack");
+    fs::write(
+        home.path().join("packs/other.toml"),
+        "id = \"other\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"control.approvals\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
     home.start();
     let caps = ["process.exec:sh", "process.exec:rm", "control.approvals"];
     let requester = issue(&home, "ops", "bot", &caps, "1h");
     let same_agent = issue(&home, "ops", "bot", &["control.approvals"], "1h");
     let no_grant = issue(&home, "ops", "carol", &["process.exec:sh"], "1h");
     let reviewer = issue(&home, "ops", "alice", &["control.approvals"], "1h");
+    let outsider = issue(&home, "other", "dave", &["control.approvals"], "1h");
     let risky = [
         "--token",
         &requester,
@@ -603,6 +609,10 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     );
     refused(&no_grant, "control.approvals on");
     refused(&no_grant, "the token does not grant it");
+    refused(
+        &outsider,
+        "a token of pack other resolves only its own pack's requests",
+    );
     // A window is the operator's alone.
     let window = home.ctl(&[
         "approvals",
@@ -636,10 +646,37 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
             r["detail"]["capability"] == "control.approvals" && r["detail"]["allowed"] == false
         })
         .count();
-    assert_eq!(refusals, 8, "every refusal is audited");
-    // The operator, whose pack grants control.approvals, still resolves.
+    assert_eq!(refusals, 10, "every refusal is audited");
+    // The operator, whose pack grants control.approvals, still resolves; a token may not
+    // resolve the operator's own requests (another pack).
     let child = run(&home, &risky);
     let id = one_pending(&home);
+    let theirs = run(
+        &home,
+        &[
+            "--",
+            "/bin/sh",
+            "-c",
+            "rm -rf /tmp/loong-approvals-nothing-here",
+        ],
+    );
+    let mut both = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        both = pending(&home);
+        both.len() == 2
+    }));
+    let operators = both
+        .iter()
+        .find(|p| **p != id)
+        .expect("the operator's request")
+        .clone();
+    let out = home.ctl(&["approvals", "approve", &operators, "--token", &reviewer]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert!(home
+        .ctl(&["approvals", "deny", &operators])
+        .status
+        .success());
     assert_eq!(finish(child).0, Some(4));
+    assert_eq!(finish(theirs).0, Some(4));
 }

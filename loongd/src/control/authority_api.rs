@@ -500,7 +500,8 @@ async fn deny_orphaned_approvals(
 }
 
 /// Who resolves an approval: `control.approvals` under their token (or the operator's pack),
-/// and never the token or the agent that asked. The refusal names which rule.
+/// a token only within its own pack, and never the token or the agent that asked. The
+/// refusal names which rule.
 async fn approver(
     kernel: &Kernel,
     cred: &UCred,
@@ -518,6 +519,10 @@ async fn approver(
         (Some(_), _, Some(asked), Some(by)) if asked == by => Some(format!(
             "approval {} was requested by agent {asked}; the same agent cannot resolve it",
             a.id
+        )),
+        (_, Some(_), _, _) if o.pack != a.pack => Some(format!(
+            "approval {} is in pack {}; a token of pack {} resolves only its own pack's requests",
+            a.id, a.pack, o.pack
         )),
         _ => None,
     };
