@@ -368,10 +368,11 @@ fn an_approval_never_outlives_the_token_that_asked() {
     );
 
     // Expired while it waits: approving it is refused and turns it into a denial.
-    let short = issue(&home, "careful", "bot", &["process.exec:echo"], "2s");
+    let issued = std::time::Instant::now();
+    let short = issue(&home, "careful", "bot", &["process.exec:echo"], "4s");
     let child = run(&home, &["--token", &short, "--", "/bin/echo", "expired"]);
     let id = one_pending(&home);
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(4300).saturating_sub(issued.elapsed()));
     let late = home.ctl(&["approvals", "approve", &id]);
     assert_eq!(late.status.code(), Some(4), "{}", text(&late.stderr));
     assert!(
