@@ -192,12 +192,14 @@ async fn authorize(
             .map(|h| (Capability::NetEgress, h.clone(), None)),
     );
     let mut token = None;
+    let argv_all = argv.clone();
     for (cap, target, argv) in &checks {
         let effect = authority_api::Effect {
             cap: *cap,
             target,
             argv: *argv,
             call: None,
+            run: Some(&argv_all),
         };
         token = authority_api::authorize(
             kernel,

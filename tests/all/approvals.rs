@@ -559,6 +559,42 @@ fn approvers_see_a_tool_call_with_its_input_previewed_and_digested() {
     assert!(home.ctl(&["approvals", "deny", &id]).status.success());
     assert_eq!(finish(child).0, Some(4));
     assert!(!std::path::Path::new(&path).exists());
+
+    // A path a sandbox run asks for is shown with the command line that will use it.
+    let child = run(
+        &home,
+        &[
+            "--token",
+            &token,
+            "--write",
+            &d,
+            "--",
+            "/bin/echo",
+            "writes",
+        ],
+    );
+    let exec = one_pending(&home);
+    assert!(home.ctl(&["approvals", "approve", &exec]).status.success());
+    let mut write = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            write = pending(&home).into_iter().next().unwrap_or_default();
+            !write.is_empty()
+        }),
+        "the write waits for its own approval"
+    );
+    let shown = show(&home, &write);
+    assert_eq!(
+        (&shown["capability"], &shown["target"], &shown["argv"]),
+        (
+            &"fs.write".into(),
+            &d.as_str().into(),
+            &serde_json::json!(["/bin/echo", "writes"])
+        ),
+        "{shown}"
+    );
+    assert!(home.ctl(&["approvals", "deny", &write]).status.success());
+    assert_eq!(finish(child).0, Some(4));
 }
 
 #[test]

@@ -208,6 +208,9 @@ pub(crate) struct Effect<'a> {
     pub argv: Option<&'a [String]>,
     /// For a tool call: the tool and its input.
     pub call: Option<(&'a str, &'a str)>,
+    /// For a path or destination a sandbox run asks for: the run's command line. Shown to
+    /// an approver (what will read, write or connect), never decided on.
+    pub run: Option<&'a [String]>,
 }
 
 impl Effect<'_> {
@@ -216,7 +219,11 @@ impl Effect<'_> {
             Some((tool, input)) => EffectDetail::tool_call(tool, input),
             None => EffectDetail::default(),
         };
-        d.argv = self.argv.map(<[String]>::to_vec).unwrap_or_default();
+        d.argv = self
+            .argv
+            .or(self.run)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
         d
     }
 }

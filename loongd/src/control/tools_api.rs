@@ -99,6 +99,7 @@ pub(crate) async fn invoke(
         target: &target,
         argv: argv.as_deref(),
         call: Some((&req.tool, &req.input)),
+        run: None,
     };
     let decided = authorize_unrecorded(
         kernel,
