@@ -323,3 +323,88 @@ impl ApprovalStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>, effect: EffectDetail) -> Approval {
+        Approval {
+            id: String::new(),
+            created_ms: 0,
+            deadline_ms: i64::MAX,
+            state: String::new(),
+            actor: "uid:0".into(),
+            pack: "p".into(),
+            capability: "process.exec".into(),
+            target: "sh".into(),
+            score: 11,
+            reasons: "r".into(),
+            resolver: None,
+            token: token.map(String::from),
+            agent: token.map(|_| "bot".to_string()),
+            effect,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_its_effect_and_its_token_and_old_tables_gain_the_columns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        // An approvals table as loongd wrote it before effects and tokens were kept.
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, state TEXT NOT NULL, actor TEXT NOT NULL, pack TEXT NOT NULL, capability TEXT NOT NULL, target TEXT NOT NULL, score INTEGER NOT NULL, reasons TEXT NOT NULL, resolver TEXT, resolved_ms INTEGER);
+                 INSERT INTO approvals VALUES ('old', 0, 1, 'denied', 'uid:0', 'p', 'fs.read', '/x', 0, '', 'uid:0', 1);",
+            )
+            .expect("old table");
+        }
+        let store = ApprovalStore::open(&path).expect("migrates");
+        let old = store.get("old").expect("get").expect("old row");
+        assert_eq!((old.token, old.effect), (None, EffectDetail::default()));
+
+        let input = format!(
+            "{{\"command\": \"{}\"}}",
+            "é".repeat(MAX_INPUT_PREVIEW_BYTES)
+        );
+        let mut effect = EffectDetail::tool_call("shell.exec", &input);
+        effect.argv = vec!["/bin/sh".into(), "-c".into(), "rm -rf / # \u{1b}[2K".into()];
+        let a = store
+            .create(request(Some("tok_1"), effect.clone()))
+            .expect("create");
+        let back = store.get(&a.id).expect("get").expect("row");
+        assert_eq!(back.effect, effect);
+        assert_eq!(
+            (back.token.as_deref(), back.agent.as_deref()),
+            (Some("tok_1"), Some("bot"))
+        );
+        // The preview is cut on a character boundary, within the bound; size and digest are
+        // of the whole input.
+        let preview = effect.input_preview.as_deref().unwrap_or_default();
+        assert!(
+            preview.len() <= MAX_INPUT_PREVIEW_BYTES && preview.len() > MAX_INPUT_PREVIEW_BYTES - 4
+        );
+        assert!(input.starts_with(preview));
+        assert_eq!(effect.input_bytes, Some(input.len() as u64));
+        assert_eq!(effect.input_sha256.as_deref().map(str::len), Some(64));
+        // Only requests under a token are listed for re-checking.
+        store
+            .create(request(None, EffectDetail::default()))
+            .expect("operator's");
+        let under: Vec<String> = store
+            .pending_under_tokens()
+            .expect("pending")
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(under, vec![a.id.clone()]);
+        let denied = store
+            .resolve_noted(&a.id, "denied", "loongd", Some("its token died"))
+            .expect("resolve")
+            .expect("was pending");
+        assert_eq!(denied.note.as_deref(), Some("its token died"));
+        assert!(store.pending_under_tokens().expect("pending").is_empty());
+    }
+}
