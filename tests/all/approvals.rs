@@ -441,7 +441,7 @@ fn approvers_see_the_whole_effect_escaped() {
         "{shown}"
     );
     let requested = kinds(&home, "approval.requested");
-    assert_eq!(requested[0]["detail"]["effect"]["argv"][2], cmd);
+    assert_eq!(requested[0]["detail"]["argv"][2], cmd);
     for view in [
         home.ctl(&["approvals", "show", &id]),
         home.ctl(&["approvals", "list"]),

@@ -692,11 +692,22 @@ pub(crate) async fn await_approval(
             note: None,
         })
         .map_err(internal)?;
-    let detail = serde_json::json!({
-        "approval": a.id, "capability": cap.as_str(), "target": target, "pack": o.pack,
-        "score": score, "reasons": reasons, "deadline_ms": a.deadline_ms, "token": a.token,
-        "agent": a.agent, "effect": a.effect.to_json(),
-    });
+    // The effect's parts sit beside the capability and target, as argv does in
+    // policy.decision.
+    let mut detail = a.effect.to_json();
+    for (k, v) in [
+        ("approval", serde_json::json!(a.id)),
+        ("capability", cap.as_str().into()),
+        ("target", target.into()),
+        ("pack", o.pack.clone().into()),
+        ("score", score.into()),
+        ("reasons", reasons.clone().into()),
+        ("deadline_ms", a.deadline_ms.into()),
+        ("token", serde_json::json!(a.token)),
+        ("agent", serde_json::json!(a.agent)),
+    ] {
+        detail[k] = v;
+    }
     kernel
         .audit
         .record(event(Kind::ApprovalRequested, cred, io, detail))
