@@ -17,6 +17,16 @@ use loong_ipc::{
     ErrorKind, PeerKind,
 };
 
+/// The environment variable a token's secret may be given in, instead of `--token` (where any
+/// local user could read it in the process list).
+pub const TOKEN_ENV: &str = "LOONG_TOKEN";
+
+/// The bearer secret to act under: `--token`, else `LOONG_TOKEN`, else none (the operator).
+pub(crate) fn bearer(flag: Option<String>) -> Option<loong_ipc::BearerSecret> {
+    flag.or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+        .map(loong_ipc::BearerSecret::new)
+}
+
 /// How long loongctl waits to connect and handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The deadline of a simple control request.

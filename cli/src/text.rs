@@ -6,7 +6,8 @@
 //! one) or invisible Unicode that reorders what the operator reads. Every human-readable view
 //! passes such text through [`esc`], which shows each of those characters visibly instead:
 //! C0 controls (newline and tab included), DEL and C1 controls as `\xNN` (`\n`, `\r`, `\t` by
-//! name), and Unicode format characters (bidi overrides and isolates, zero-width characters,
+//! name), the backslash itself as `\\` (so the shown text maps back to exactly one input),
+//! and Unicode format characters (bidi overrides and isolates, zero-width characters,
 //! line and paragraph separators, the BOM, tags) as `\u{…}`. `--json` output is left as it
 //! is: JSON escapes control characters itself, and a program reads it, not a person.
 
@@ -50,7 +51,7 @@ fn is_format(u: u32) -> bool {
 /// `s` with every character that [`needs_escape`] shown as an escape; borrowed when there is
 /// none.
 pub fn esc(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
+    if !s.chars().any(|c| c == '\\' || needs_escape(c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -63,6 +64,7 @@ pub fn esc(s: &str) -> Cow<'_, str> {
 fn push_escaped(out: &mut String, c: char) {
     use fmt::Write as _;
     match c {
+        '\\' => out.push_str("\\\\"),
         '\n' => out.push_str("\\n"),
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
@@ -81,6 +83,12 @@ fn push_escaped(out: &mut String, c: char) {
 /// problems), which may quote foreign text.
 pub fn esc_lines(s: &str) -> String {
     s.split('\n').map(|l| esc(l)).collect::<Vec<_>>().join("\n")
+}
+
+/// `s` escaped and in double quotes (a quote inside is escaped too): one argument of a
+/// command line, shown so that its bounds are plain.
+pub fn quoted(s: &str) -> String {
+    format!("\"{}\"", esc(s).replace('"', "\\\""))
 }
 
 /// Each of `items` escaped, joined by `sep`.
@@ -119,6 +127,8 @@ mod tests {
         check("zero\u{200b}width\u{feff}", "zero\\u{200b}width\\u{feff}");
         check("\u{2066}isolate\u{2069}", "\\u{2066}isolate\\u{2069}");
         check("tag\u{e0041}", "tag\\u{e0041}");
+        check("back\\slash \\x1b", "back\\\\slash \\\\x1b");
+        assert_eq!(quoted("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
         assert!(matches!(esc("nothing to do"), Cow::Borrowed(_)));
     }
 

@@ -22,7 +22,7 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, ControlRequest,
+        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest,
         ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
         KeyView, LockCheck, MechanismReport, PackView, PluginView, SandboxExit, SandboxRunRequest,
         StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest, WorkerView,

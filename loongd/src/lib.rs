@@ -364,6 +364,22 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 ))
                 .await;
         }
+        // A token from before ids and secrets were split has its secret in the trail: it is
+        // revoked, and the revocation audited, before any request is served.
+        for id in kernel
+            .authority
+            .tokens
+            .retire_old_format()
+            .context("revoking tokens of the old format")?
+        {
+            kernel
+                .audit
+                .record_later(audit::Event::daemon(
+                    audit::Kind::TokenRevoked,
+                    serde_json::json!({ "token": id, "why": "old format: its id was its bearer secret and is in the audit trail; issue a new token" }),
+                ))
+                .await;
+        }
         tokio::spawn(signals(kernel.clone()));
         tokio::spawn(workers::health_loop(kernel.workers.clone()));
         // Plugins are discovered, and each loaded once in a worker, before the first request

@@ -157,13 +157,16 @@ fn receiver(fd: Option<std::os::fd::OwnedFd>) -> Option<pipe::Receiver> {
     fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
 }
 
-/// Decides every effect a run asks for; the first denial is the answer.
+/// Decides every effect a run asks for; the first denial is the answer. Once all are allowed
+/// (some perhaps after waiting for an approval), the token is checked once more, so nothing
+/// spawns under a token that died meanwhile.
 async fn authorize(
     kernel: &Kernel,
     req: &SandboxRunRequest,
     cred: &UCred,
     io: &RequestIo,
 ) -> Result<(), RemoteError> {
+    use crate::control::authority_api;
     use loong_profiles::pack::Capability;
     let argv: Vec<String> = std::iter::once(req.program.clone())
         .chain(req.args.iter().cloned())
@@ -190,19 +193,34 @@ async fn authorize(
             .iter()
             .map(|h| (Capability::NetEgress, h.clone(), None)),
     );
-    for (cap, target, argv) in checks {
-        crate::control::authority_api::authorize(
+    let mut token = None;
+    let argv_all = argv.clone();
+    for (cap, target, argv) in &checks {
+        let effect = authority_api::Effect {
+            cap: *cap,
+            target,
+            command: argv.map(crate::authority::shell::CommandLine::Argv),
+            call: None,
+            run: Some(&argv_all),
+        };
+        token = authority_api::authorize(
             kernel,
             cred,
             io,
-            req.token.as_deref(),
-            cap,
-            &target,
-            argv,
+            req.token.as_ref().map(loong_ipc::BearerSecret::expose),
+            &effect,
         )
         .await?;
     }
-    Ok(())
+    authority_api::recheck(
+        kernel,
+        cred,
+        io,
+        token.as_deref(),
+        Capability::ProcessExec,
+        &req.program,
+    )
+    .await
 }
 
 /// Builds the spec for `req` and spawns it on the spawner's thread; returns the child with

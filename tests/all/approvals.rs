@@ -299,3 +299,421 @@ fn risky_operator_commands_need_approval() {
         "the program alone is below the threshold"
     );
 }
+
+/// Issues a token in `pack` for `agent`; its secret.
+fn issue(home: &Home, pack: &str, agent: &str, caps: &[&str], ttl: &str) -> String {
+    let mut a = vec![
+        "tokens", "issue", "--pack", pack, "--agent", agent, "--ttl", ttl,
+    ];
+    for c in caps {
+        a.extend(["--cap", c]);
+    }
+    let out = home.ctl(&a);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+fn show(home: &Home, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&home.ctl(&["approvals", "show", id, "--json"]).stdout).expect("json")
+}
+
+#[test]
+fn an_approval_never_outlives_the_token_that_asked() {
+    let (home, token) = home_with(20_000);
+    // Revoked while its request waits: the request is denied at once, by loongd, audited.
+    let child = run(&home, &["--token", &token, "--", "/bin/echo", "revoked"]);
+    let id = one_pending(&home);
+    let asked = show(&home, &id);
+    let tok = asked["token"]
+        .as_str()
+        .expect("the token's public id")
+        .to_string();
+    assert!(
+        tok.starts_with("tok_") && asked["agent"] == "bot",
+        "{asked}"
+    );
+    let requested = kinds(&home, "approval.requested");
+    assert_eq!(
+        (
+            &requested[0]["detail"]["token"],
+            &requested[0]["detail"]["agent"]
+        ),
+        (&serde_json::json!(tok), &serde_json::json!("bot"))
+    );
+    assert!(home.ctl(&["tokens", "revoke", &tok]).status.success());
+    let (code, out, err) = finish(child);
+    assert_eq!((code, out.as_str()), (Some(4), ""), "{err}");
+    assert!(
+        err.contains(&format!(
+            "approval {id} denied by loongd: its token {tok} is no longer valid: token revoked"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        home.ctl(&["approvals", "approve", &id]).status.code(),
+        Some(1),
+        "no longer pending"
+    );
+    let resolved = kinds(&home, "approval.resolved");
+    assert!(
+        resolved
+            .iter()
+            .any(|r| r["detail"]["approval"] == id.as_str()
+                && r["detail"]["state"] == "denied"
+                && r["detail"]["resolver"] == "loongd"
+                && r["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("token revoked"))),
+        "{resolved:?}"
+    );
+
+    // Expired while it waits: approving it is refused and turns it into a denial.
+    let issued = std::time::Instant::now();
+    let short = issue(&home, "careful", "bot", &["process.exec:echo"], "4s");
+    let child = run(&home, &["--token", &short, "--", "/bin/echo", "expired"]);
+    let id = one_pending(&home);
+    std::thread::sleep(Duration::from_millis(4300).saturating_sub(issued.elapsed()));
+    let late = home.ctl(&["approvals", "approve", &id]);
+    assert_eq!(late.status.code(), Some(4), "{}", text(&late.stderr));
+    assert!(
+        text(&late.stderr).contains(&format!("approval {id} cannot be approved: its token"))
+            && text(&late.stderr).contains("token expired"),
+        "{}",
+        text(&late.stderr)
+    );
+    let (code, out, err) = finish(child);
+    assert_eq!((code, out.as_str()), (Some(4), ""), "{err}");
+    assert!(
+        err.contains("denied by loongd") && err.contains("token expired"),
+        "{err}"
+    );
+
+    // Outlived by its pack's generation while it waits.
+    let live = issue(&home, "careful", "bot", &["process.exec:echo"], "1h");
+    let child = run(&home, &["--token", &live, "--", "/bin/echo", "stale"]);
+    let id = one_pending(&home);
+    assert!(home
+        .ctl(&["tokens", "revoke-generation", "--pack", "careful"])
+        .status
+        .success());
+    let (code, out, err) = finish(child);
+    assert_eq!((code, out.as_str()), (Some(4), ""), "{err}");
+    assert!(
+        err.contains(&format!("approval {id} denied by loongd"))
+            && err.contains("below its pack's generation"),
+        "{err}"
+    );
+
+    // Positive control: a live token's request, approved, runs.
+    let fresh = issue(&home, "careful", "bot", &["process.exec:echo"], "1h");
+    let child = run(&home, &["--token", &fresh, "--", "/bin/echo", "fresh"]);
+    let id = one_pending(&home);
+    assert!(home.ctl(&["approvals", "approve", &id]).status.success());
+    let (code, out, err) = finish(child);
+    assert_eq!((code, out.as_str()), (Some(0), "fresh\n"), "{err}");
+    assert!(home.ctl(&["audit", "verify"]).status.success());
+}
+
+fn spawn_ctl(home: &Home, args: &[&str]) -> Child {
+    Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl")
+}
+
+#[test]
+fn approvers_see_the_whole_effect_escaped() {
+    let (home, _) = home_with(20_000);
+    // A risky command whose tail hides itself on a terminal: an escape that clears the line,
+    // a carriage return, a comment.
+    let cmd = "rm -rf /tmp/loong-approvals-nothing-here # \u{1b}[2K\rall clear";
+    let risky = run(&home, &["--", "/bin/sh", "-c", cmd]);
+    let id = one_pending(&home);
+    let shown = show(&home, &id);
+    assert_eq!(
+        shown["argv"],
+        serde_json::json!(["/bin/sh", "-c", cmd]),
+        "{shown}"
+    );
+    let requested = kinds(&home, "approval.requested");
+    assert_eq!(requested[0]["detail"]["argv"][2], cmd);
+    for view in [
+        home.ctl(&["approvals", "show", &id]),
+        home.ctl(&["approvals", "list"]),
+    ] {
+        let out = text(&view.stdout);
+        assert!(
+            out.contains(
+                "command: \"/bin/sh\" \"-c\" \"rm -rf /tmp/loong-approvals-nothing-here # \\x1b[2K\\rall clear\""
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\r'),
+            "raw control characters: {out:?}"
+        );
+    }
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(risky).0, Some(4));
+}
+
+#[test]
+fn approvers_see_a_tool_call_with_its_input_previewed_and_digested() {
+    let dir = tempfile::Builder::new()
+        .prefix("lap")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let d = dir.path().display().to_string();
+    let home = Home::with_config(&format!(
+        "[approvals]\ntimeout_ms = 20000\n[builtins]\nwrite_roots = [\"{d}\"]\nworkspace = \"{d}\"\n"
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/writers.toml"),
+        format!("id = \"writers\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec\", \"fs.write:{d}\"]\napproval = \"always\"\n"),
+    )
+    .expect("pack");
+    home.start();
+    let token = issue(
+        &home,
+        "writers",
+        "bot",
+        &["process.exec", &format!("fs.write:{d}")],
+        "1h",
+    );
+
+    // shell.exec: the full command line, and the tool with its input.
+    let input = serde_json::json!({ "command": "rm -rf ./x # \u{1b}]0;title\u{7}" }).to_string();
+    let child = spawn_ctl(
+        &home,
+        &["invoke", "shell.exec", "--token", &token, "--input", &input],
+    );
+    let id = one_pending(&home);
+    let shown = show(&home, &id);
+    assert_eq!(
+        shown["argv"],
+        serde_json::json!(["/bin/sh", "-c", "rm -rf ./x # \u{1b}]0;title\u{7}"]),
+        "{shown}"
+    );
+    assert_eq!(
+        (
+            &shown["tool"],
+            &shown["input_preview"],
+            &shown["input_truncated"]
+        ),
+        (&"shell.exec".into(), &input.as_str().into(), &false.into()),
+        "{shown}"
+    );
+    let out = text(&home.ctl(&["approvals", "show", &id]).stdout);
+    assert!(
+        out.contains("\\x1b]0;title\\x07") && !out.contains('\u{1b}'),
+        "{out:?}"
+    );
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(child).0, Some(4));
+
+    // file.write with a large input: the path, a bounded preview that says it was cut, and
+    // the digest and size of the whole input.
+    let path = format!("{d}/out.txt");
+    let content = format!("\u{1b}[2J{}", "x".repeat(3000));
+    let input = serde_json::json!({ "path": path, "content": content }).to_string();
+    let child = spawn_ctl(
+        &home,
+        &["invoke", "file.write", "--token", &token, "--input", &input],
+    );
+    let id = one_pending(&home);
+    let shown = show(&home, &id);
+    let sha = {
+        let mut c = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sha256sum");
+        std::io::Write::write_all(&mut c.stdin.take().expect("stdin"), input.as_bytes())
+            .expect("write");
+        let out = c.wait_with_output().expect("sha256sum");
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(shown["target"], path.as_str());
+    assert_eq!(shown["tool"], "file.write");
+    assert_eq!(shown["input_bytes"], input.len());
+    assert_eq!(shown["input_sha256"], sha.as_str());
+    assert_eq!(shown["input_truncated"], true);
+    assert_eq!(shown["input_preview"], &input[..1024]);
+    let out = text(&home.ctl(&["approvals", "show", &id]).stdout);
+    assert!(
+        out.contains(&format!("cut: the first 1024 of {} bytes", input.len()))
+            && out.contains(&sha)
+            && !out.contains('\u{1b}'),
+        "{out:?}"
+    );
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(child).0, Some(4));
+    assert!(!std::path::Path::new(&path).exists());
+
+    // A path a sandbox run asks for is shown with the command line that will use it.
+    let child = run(
+        &home,
+        &[
+            "--token",
+            &token,
+            "--write",
+            &d,
+            "--",
+            "/bin/echo",
+            "writes",
+        ],
+    );
+    let exec = one_pending(&home);
+    assert!(home.ctl(&["approvals", "approve", &exec]).status.success());
+    let mut write = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            write = pending(&home).into_iter().next().unwrap_or_default();
+            !write.is_empty()
+        }),
+        "the write waits for its own approval"
+    );
+    let shown = show(&home, &write);
+    assert_eq!(
+        (&shown["capability"], &shown["target"], &shown["argv"]),
+        (
+            &"fs.write".into(),
+            &d.as_str().into(),
+            &serde_json::json!(["/bin/echo", "writes"])
+        ),
+        "{shown}"
+    );
+    assert!(home.ctl(&["approvals", "deny", &write]).status.success());
+    assert_eq!(finish(child).0, Some(4));
+}
+
+#[test]
+fn an_approver_needs_control_approvals_and_is_never_the_requester() {
+    let home = Home::with_config("[approvals]\ntimeout_ms = 20000\n");
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/ops.toml"),
+        "id = \"ops\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:sh\", \"process.exec:rm\", \"control.approvals\"]\napproval = \"on-high-risk\"\n",
+    )
+    .expect("pack");
+    fs::write(
+        home.path().join("packs/other.toml"),
+        "id = \"other\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"control.approvals\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let caps = ["process.exec:sh", "process.exec:rm", "control.approvals"];
+    let requester = issue(&home, "ops", "bot", &caps, "1h");
+    let same_agent = issue(&home, "ops", "bot", &["control.approvals"], "1h");
+    let no_grant = issue(&home, "ops", "carol", &["process.exec:sh"], "1h");
+    let reviewer = issue(&home, "ops", "alice", &["control.approvals"], "1h");
+    let outsider = issue(&home, "other", "dave", &["control.approvals"], "1h");
+    let risky = [
+        "--token",
+        &requester,
+        "--",
+        "/bin/sh",
+        "-c",
+        "rm -rf /tmp/loong-approvals-nothing-here",
+    ];
+    let child = run(&home, &risky);
+    let id = one_pending(&home);
+    let refused = |token: &str, want: &str| {
+        for verb in ["approve", "deny"] {
+            let out = home.ctl(&["approvals", verb, &id, "--token", token]);
+            assert_eq!(out.status.code(), Some(4), "{verb}: {}", text(&out.stderr));
+            assert!(
+                text(&out.stderr).contains(want),
+                "{verb}: {}",
+                text(&out.stderr)
+            );
+        }
+    };
+    refused(&requester, "the same token cannot resolve it");
+    refused(
+        &same_agent,
+        "requested by agent bot; the same agent cannot resolve it",
+    );
+    refused(&no_grant, "control.approvals on");
+    refused(&no_grant, "the token does not grant it");
+    refused(
+        &outsider,
+        "a token of pack other resolves only its own pack's requests",
+    );
+    // A window is the operator's alone.
+    let window = home.ctl(&[
+        "approvals",
+        "approve",
+        &id,
+        "--token",
+        &reviewer,
+        "--full-access",
+        "--ttl",
+        "1h",
+        "--uses",
+        "3",
+    ]);
+    assert_eq!(window.status.code(), Some(2), "{}", text(&window.stderr));
+    assert_eq!(pending(&home), vec![id.clone()], "still waiting");
+    // Positive control: another agent's token that holds control.approvals.
+    let ok = home.ctl(&["approvals", "approve", &id, "--token", &reviewer]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let (code, _, err) = finish(child);
+    assert_eq!(code, Some(0), "{err}");
+    let resolved = kinds(&home, "approval.resolved");
+    assert!(
+        resolved[0]["detail"]["resolver"]
+            .as_str()
+            .is_some_and(|r| r.contains("agent:alice")),
+        "{resolved:?}"
+    );
+    let refusals = kinds(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| {
+            r["detail"]["capability"] == "control.approvals" && r["detail"]["allowed"] == false
+        })
+        .count();
+    assert_eq!(refusals, 10, "every refusal is audited");
+    // The operator, whose pack grants control.approvals, still resolves; a token may not
+    // resolve the operator's own requests (another pack).
+    let child = run(&home, &risky);
+    let id = one_pending(&home);
+    let theirs = run(
+        &home,
+        &[
+            "--",
+            "/bin/sh",
+            "-c",
+            "rm -rf /tmp/loong-approvals-nothing-here",
+        ],
+    );
+    let mut both = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        both = pending(&home);
+        both.len() == 2
+    }));
+    let operators = both
+        .iter()
+        .find(|p| **p != id)
+        .expect("the operator's request")
+        .clone();
+    let out = home.ctl(&["approvals", "approve", &operators, "--token", &reviewer]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert!(home
+        .ctl(&["approvals", "deny", &operators])
+        .status
+        .success());
+    assert_eq!(finish(child).0, Some(4));
+    assert_eq!(finish(theirs).0, Some(4));
+}

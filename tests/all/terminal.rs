@@ -16,10 +16,10 @@ use std::{
 
 use loong_ipc::{
     frame::{self, FrameLimit},
-    ApprovalView, AuditRecordView, AuditVerifyReport, Call, ControlRequest, ControlResponse,
-    DecisionView, DoctorReport, ErrorKind, HandshakeReply, Hello, InvokeResult, KeyView, Limits,
-    LockCheck, MechanismReport, PackView, PluginView, RemoteError, Reply, SandboxExit,
-    StatusReport, StreamChunk, TierReport, TokenView, ToolHit, Welcome, WorkerView,
+    ApprovalView, AuditRecordView, AuditVerifyReport, BearerSecret, Call, ControlRequest,
+    ControlResponse, DecisionView, DoctorReport, ErrorKind, HandshakeReply, Hello, InvokeResult,
+    KeyView, Limits, LockCheck, MechanismReport, PackView, PluginView, RemoteError, Reply,
+    SandboxExit, StatusReport, StreamChunk, TierReport, TokenView, ToolHit, Welcome, WorkerView,
     PROTOCOL_VERSION,
 };
 
@@ -96,6 +96,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
                 expires_ms: 0,
                 generation: 1,
                 state: h(),
+                secret: Some(BearerSecret::new(h())),
             }])
         }
         ControlRequest::PackList => R::Packs(vec![PackView {
@@ -121,6 +122,14 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
                 score: 1,
                 reasons: h(),
                 resolver: Some(h()),
+                token: Some(h()),
+                agent: Some(h()),
+                argv: vec![h(), h()],
+                tool: Some(h()),
+                input_preview: Some(h()),
+                input_sha256: Some(h()),
+                input_bytes: Some(1),
+                note: Some(h()),
             }])
         }
         ControlRequest::KeyList | ControlRequest::KeyRevoke { .. } => R::Keys(vec![KeyView {

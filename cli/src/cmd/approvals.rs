@@ -6,14 +6,18 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ApprovalView, ControlRequest, ControlResponse, FullAccess};
 
 use super::audit::rfc3339;
-use crate::{exit, text::Esc, Failure};
+use crate::{
+    exit,
+    text::{esc, quoted},
+    Failure,
+};
 
 /// `loongctl approvals …`.
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
     /// Every approval request, pending first.
     List {
-        /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver}).
+        /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver, token, agent, argv, tool, input_preview, input_sha256, input_bytes, input_truncated, note}).
         #[arg(long)]
         json: bool,
     },
@@ -39,17 +43,72 @@ pub enum ApprovalsCommand {
         /// Only requests in this pack (default: every pack).
         #[arg(long)]
         pack: Option<String>,
+        /// Resolve under this token's secret (it needs control.approvals; never the token or
+        /// agent that asked). Default: $LOONG_TOKEN, else the operator's own authority.
+        #[arg(long, value_name = "SECRET")]
+        token: Option<String>,
     },
     /// Deny a pending request.
-    Deny { id: String },
+    Deny {
+        id: String,
+        /// Resolve under this token's secret (as for approve; default: $LOONG_TOKEN).
+        #[arg(long, value_name = "SECRET")]
+        token: Option<String>,
+    },
+}
+
+fn truncated(a: &ApprovalView) -> bool {
+    match (&a.input_preview, a.input_bytes) {
+        (Some(p), Some(n)) => (p.len() as u64) < n,
+        _ => false,
+    }
 }
 
 fn json_of(a: &ApprovalView) -> serde_json::Value {
     serde_json::json!({
         "id": a.id, "state": a.state, "actor": a.actor, "pack": a.pack, "capability": a.capability,
         "target": a.target, "score": a.score, "reasons": a.reasons, "created_ms": a.created_ms,
-        "deadline_ms": a.deadline_ms, "resolver": a.resolver,
+        "deadline_ms": a.deadline_ms, "resolver": a.resolver, "token": a.token, "agent": a.agent,
+        "argv": a.argv, "tool": a.tool, "input_preview": a.input_preview,
+        "input_sha256": a.input_sha256, "input_bytes": a.input_bytes,
+        "input_truncated": truncated(a), "note": a.note,
     })
+}
+
+/// The whole effect, one line per part, every foreign byte escaped; a cut preview says so.
+fn effect_lines(a: &ApprovalView) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !a.argv.is_empty() {
+        let args: Vec<String> = a.argv.iter().map(|x| quoted(x)).collect();
+        lines.push(format!("command: {}", args.join(" ")));
+    }
+    if let Some(tool) = &a.tool {
+        lines.push(format!("tool: {}", esc(tool)));
+    }
+    if let Some(p) = &a.input_preview {
+        let more = match a.input_bytes {
+            Some(n) if truncated(a) => format!(
+                " … (cut: the first {} of {n} bytes; the digest is of all of them)",
+                p.len()
+            ),
+            _ => String::new(),
+        };
+        lines.push(format!("input: {}{more}", quoted(p)));
+    }
+    if let (Some(sha), Some(n)) = (&a.input_sha256, a.input_bytes) {
+        lines.push(format!("input sha256: {} ({n} bytes)", esc(sha)));
+    }
+    if let Some(t) = &a.token {
+        lines.push(format!(
+            "asked under token {} of agent {}",
+            esc(t),
+            esc(a.agent.as_deref().unwrap_or("?"))
+        ));
+    }
+    if let Some(n) = &a.note {
+        lines.push(format!("note: {}", esc(n)));
+    }
+    lines
 }
 
 fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<ApprovalView>, Failure> {
@@ -62,19 +121,22 @@ fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<ApprovalView>, Failu
 fn print(a: &ApprovalView) {
     println!(
         "{}  {:<8} {:<10} {:<12} {} on {}  risk {}  until {}{}",
-        Esc(&a.id),
-        Esc(&a.state),
-        Esc(&a.actor),
-        Esc(&a.pack),
-        Esc(&a.capability),
-        Esc(&a.target),
+        esc(&a.id),
+        esc(&a.state),
+        esc(&a.actor),
+        esc(&a.pack),
+        esc(&a.capability),
+        quoted(&a.target),
         a.score,
         rfc3339(a.deadline_ms),
         a.resolver
             .as_deref()
-            .map(|r| format!("  by {}", Esc(r)))
+            .map(|r| format!("  by {}", esc(r)))
             .unwrap_or_default()
     );
+    for line in effect_lines(a) {
+        println!("  {line}");
+    }
 }
 
 pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure> {
@@ -101,7 +163,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
                 println!("{}", json_of(a));
             } else {
                 print(a);
-                println!("  reasons: {}", Esc(&a.reasons));
+                println!("  reasons: {}", esc(&a.reasons));
             }
             Ok(exit::OK)
         }
@@ -111,6 +173,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
             ttl,
             uses,
             pack,
+            token,
         } => {
             let full_access = if full_access {
                 Some(FullAccess {
@@ -127,18 +190,20 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
                     id,
                     approve: true,
                     full_access,
+                    token: crate::bearer(token),
                 },
             )?;
             done.iter().for_each(print);
             Ok(exit::OK)
         }
-        ApprovalsCommand::Deny { id } => {
+        ApprovalsCommand::Deny { id, token } => {
             let done = call(
                 layout,
                 ControlRequest::ApprovalResolve {
                     id,
                     approve: false,
                     full_access: None,
+                    token: crate::bearer(token),
                 },
             )?;
             done.iter().for_each(print);

@@ -30,8 +30,9 @@ pub enum PolicyCommand {
         /// Its target: a path, HOST[:PORT] or name.
         #[arg(long)]
         target: Option<String>,
-        /// Decide under this token (default: the operator's pack).
-        #[arg(long)]
+        /// Decide under this token, given by its secret (default: $LOONG_TOKEN, else the
+        /// operator's pack).
+        #[arg(long, value_name = "SECRET")]
         token: Option<String>,
         /// Print JSON ({allowed, reason, pack}).
         #[arg(long)]
@@ -50,7 +51,11 @@ pub(crate) fn run(layout: &Layout, cmd: PolicyCommand) -> Result<u8, Failure> {
         } => {
             let mut client = connect(layout)?;
             let ControlResponse::Decided(d) = client.call::<_, ControlResponse>(
-                ControlRequest::PolicyDecide { token, cap, target },
+                ControlRequest::PolicyDecide {
+                    token: crate::bearer(token),
+                    cap,
+                    target,
+                },
                 REQUEST_DEADLINE,
             )?
             else {

@@ -63,8 +63,9 @@ pub struct RunArgs {
     /// Run even where this host cannot fully enforce the tier (logged and audited).
     #[arg(long)]
     allow_degraded: bool,
-    /// Decide the run under this capability token (default: the operator's own authority).
-    #[arg(long, value_name = "ID")]
+    /// Decide the run under this capability token, given by its secret (default:
+    /// $LOONG_TOKEN, else the operator's own authority).
+    #[arg(long, value_name = "SECRET")]
     token: Option<String>,
     /// Output (stdout + stderr) relayed before the program is killed (suffixes K, M, G).
     #[arg(long, value_name = "BYTES")]
@@ -157,7 +158,7 @@ fn request(a: &RunArgs) -> Result<SandboxRunRequest, Failure> {
             .map_err(usage)?,
         pids: a.pids,
         cpu_secs: a.cpu,
-        token: a.token.clone(),
+        token: crate::bearer(a.token.clone()),
         env,
         allow_degraded: a.allow_degraded,
         max_output_bytes: a

@@ -15,7 +15,8 @@ use crate::{
 /// `loongctl tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Issue a capability token (prints its id: the bearer secret).
+    /// Issue a capability token: prints its bearer secret (for --token), shown only this
+    /// once, and its public id on stderr.
     Issue {
         /// The pack it belongs to.
         #[arg(long)]
@@ -29,7 +30,7 @@ pub enum TokensCommand {
         /// Lifetime: 30s, 10m, 2h, 7d.
         #[arg(long)]
         ttl: String,
-        /// Print JSON (the token's fields).
+        /// Print JSON (the token's fields, as in `tokens list`, and `secret`).
         #[arg(long)]
         json: bool,
     },
@@ -39,7 +40,7 @@ pub enum TokensCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke one token.
+    /// Revoke one token, by its public id (`tok_…`).
     Revoke { id: String },
     /// Revoke every token of a pack at once (bumps the pack's generation).
     RevokeGeneration {
@@ -104,12 +105,20 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             let t = ts
                 .first()
                 .ok_or_else(|| anyhow!("no token in the answer"))?;
+            let secret = t
+                .secret
+                .as_ref()
+                .map(loong_ipc::BearerSecret::expose)
+                .ok_or_else(|| anyhow!("no secret in the answer to tokens issue"))?;
             if json {
-                println!("{}", token_json(t));
+                let mut v = token_json(t);
+                v["secret"] = secret.into();
+                println!("{v}");
             } else {
-                println!("{}", Esc(&t.id));
+                println!("{}", Esc(secret));
                 eprintln!(
-                    "token for {} in pack {} until {}",
+                    "token {} for {} in pack {} until {}; its secret (above) is shown only now",
+                    Esc(&t.id),
                     Esc(&t.agent),
                     Esc(&t.pack),
                     rfc3339(t.expires_ms)

@@ -34,8 +34,9 @@ pub struct InvokeArgs {
     /// The JSON input, or `@FILE` to read it from a file.
     #[arg(long, default_value = "{}", value_name = "JSON|@FILE")]
     pub input: String,
-    /// The capability token to act under (default: the operator's own authority).
-    #[arg(long, value_name = "ID")]
+    /// The capability token to act under, given by its secret (default: $LOONG_TOKEN, else
+    /// the operator's own authority).
+    #[arg(long, value_name = "SECRET")]
     pub token: Option<String>,
     /// Seconds to wait for the answer, approval included.
     #[arg(long, value_name = "SECS")]
@@ -202,7 +203,7 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
         ControlRequest::Invoke(InvokeRequest {
             tool: args.tool,
             input,
-            token: args.token,
+            token: crate::bearer(args.token),
         }),
         deadline,
     )?;

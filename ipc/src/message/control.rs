@@ -12,6 +12,32 @@ pub const MAX_AUDIT_PAGE_BYTES: usize = 512 * 1024;
 /// Bound on the text of a policy file sent for checking.
 pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
 
+/// A capability token's bearer secret on the wire. Its `Debug` form is redacted, so no log
+/// line, error or panic message that prints a request or an answer carries it; the text is
+/// reached only through [`BearerSecret::expose`], where it is used.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(transparent)]
+pub struct BearerSecret(String);
+
+impl BearerSecret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> BearerSecret {
+        BearerSecret(secret.into())
+    }
+
+    /// The secret's text, for checking it or handing it to its owner.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerSecret(<redacted>)")
+    }
+}
+
 /// What an operator client asks loongd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -101,11 +127,15 @@ pub enum ControlRequest {
         approve: bool,
         /// With an approval: also open a full-access window.
         full_access: Option<FullAccess>,
+        /// The bearer secret of a token that grants `control.approvals` to resolve under
+        /// (`None`: the operator's authority).
+        token: Option<BearerSecret>,
     },
     /// Decide a request without carrying it out (audited like any decision); answered by
     /// [`ControlResponse::Decided`].
     PolicyDecide {
-        token: Option<String>,
+        /// The bearer secret to decide under (`None`: the operator's pack).
+        token: Option<BearerSecret>,
         cap: String,
         target: Option<String>,
     },
@@ -216,8 +246,9 @@ pub struct InvokeRequest {
     pub tool: String,
     /// The JSON input (at most [`MAX_INVOKE_INPUT_BYTES`]).
     pub input: String,
-    /// The capability token the call is decided under (`None`: the operator's authority).
-    pub token: Option<String>,
+    /// The bearer secret of the token the call is decided under (`None`: the operator's
+    /// authority).
+    pub token: Option<BearerSecret>,
 }
 
 /// A completed tool call and what it cost.
@@ -325,9 +356,29 @@ pub struct ApprovalView {
     pub score: u32,
     pub reasons: String,
     pub resolver: Option<String>,
+    /// The public id of the token the request was made under (`None`: the operator).
+    pub token: Option<String>,
+    /// That token's agent.
+    pub agent: Option<String>,
+    /// For `process.exec`: the program and every argument, as they would run.
+    pub argv: Vec<String>,
+    /// For a tool call: the tool.
+    pub tool: Option<String>,
+    /// For a tool call: the start of its input, at most [`MAX_INPUT_PREVIEW_BYTES`].
+    pub input_preview: Option<String>,
+    /// For a tool call: the sha256 of its whole input, in hex.
+    pub input_sha256: Option<String>,
+    /// For a tool call: the size of its whole input (more than the preview when it was cut).
+    pub input_bytes: Option<u64>,
+    /// Why loongd decided it (a denial because its token died while it waited).
+    pub note: Option<String>,
 }
 
-/// A capability token as the CLI shows it. The id is the bearer secret.
+/// Bound on [`ApprovalView::input_preview`].
+pub const MAX_INPUT_PREVIEW_BYTES: usize = 1024;
+
+/// A capability token as the CLI shows it: its public id, never its secret (but see
+/// `secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TokenView {
@@ -340,6 +391,9 @@ pub struct TokenView {
     pub generation: u64,
     /// `active`, `expired`, `revoked` or `stale` (its pack's generation moved on).
     pub state: String,
+    /// The bearer secret: only in the answer to [`ControlRequest::TokenIssue`], the one time
+    /// it is shown; loongd keeps only its hash.
+    pub secret: Option<BearerSecret>,
 }
 
 /// A pack as the CLI shows it.
@@ -443,8 +497,9 @@ pub struct SandboxRunRequest {
     pub allow_degraded: bool,
     /// Largest output (stdout + stderr) relayed before the program is killed.
     pub max_output_bytes: Option<u64>,
-    /// The capability token the run is decided under (`None`: the operator's own authority).
-    pub token: Option<String>,
+    /// The bearer secret of the token the run is decided under (`None`: the operator's own
+    /// authority).
+    pub token: Option<BearerSecret>,
 }
 
 /// loongd's answers on the control socket.
@@ -580,4 +635,29 @@ pub fn rotation_message(new_public: &[u8; 32]) -> Vec<u8> {
     let mut m = b"loong-key-rotation-v1\0".to_vec();
     m.extend_from_slice(new_public);
     m
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_bearer_secret_never_shows_in_debug_output_and_encodes_as_its_text() {
+        let secret = "loong_00ff00ff";
+        let req = ControlRequest::Invoke(InvokeRequest {
+            tool: "echo".into(),
+            input: "{}".into(),
+            token: Some(BearerSecret::new(secret)),
+        });
+        let shown = format!("{req:?} {req:#?}");
+        assert!(
+            !shown.contains(secret) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        // On the wire it is the plain string it always was.
+        let plain = postcard::to_allocvec(&Some(secret.to_string())).expect("encode");
+        let wrapped = postcard::to_allocvec(&Some(BearerSecret::new(secret))).expect("encode");
+        assert_eq!(plain, wrapped);
+        assert_eq!(BearerSecret::new(secret).expose(), secret);
+    }
 }

@@ -1,5 +1,10 @@
 //! Approvals, persisted in `HOME/state.db`: requests that wait for an operator, and one-time
 //! full-access windows (a scope, an expiry and a number of uses).
+//!
+//! A request keeps what its approver must see: the whole effect (the command line, the path,
+//! the host and port, or the tool with a preview and digest of its input) and the authority
+//! that asked (its token's public id and agent), so the token can be re-checked when it is
+//! resolved and the requester kept from approving its own request.
 
 use std::path::Path;
 
@@ -27,7 +32,79 @@ pub struct Approval {
     pub score: u32,
     pub reasons: String,
     pub resolver: Option<String>,
+    /// The public id of the token it was asked under (`None`: the operator).
+    pub token: Option<String>,
+    /// That token's agent.
+    pub agent: Option<String>,
+    /// What it would do, beyond the capability and target.
+    pub effect: EffectDetail,
+    /// Why loongd resolved it, when loongd did.
+    pub note: Option<String>,
 }
+
+/// The parts of an effect an approver sees beside its capability and target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectDetail {
+    /// For `process.exec`: the program and every argument.
+    pub argv: Vec<String>,
+    /// For a tool call: the tool.
+    pub tool: Option<String>,
+    /// For a tool call: the start of its input (at most `MAX_INPUT_PREVIEW_BYTES`).
+    pub input_preview: Option<String>,
+    /// For a tool call: the sha256 of the whole input.
+    pub input_sha256: Option<String>,
+    /// For a tool call: the size of the whole input.
+    pub input_bytes: Option<u64>,
+}
+
+impl EffectDetail {
+    /// Its JSON form, as the state database and the audit trail hold it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "argv": self.argv, "tool": self.tool, "input_preview": self.input_preview,
+            "input_sha256": self.input_sha256, "input_bytes": self.input_bytes,
+        })
+    }
+
+    /// Reads [`EffectDetail::to_json`]'s form; what is missing or mistyped is left empty.
+    pub fn from_json(v: &serde_json::Value) -> EffectDetail {
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
+        EffectDetail {
+            argv: v
+                .get("argv")
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            tool: text("tool"),
+            input_preview: text("input_preview"),
+            input_sha256: text("input_sha256"),
+            input_bytes: v.get("input_bytes").and_then(serde_json::Value::as_u64),
+        }
+    }
+
+    /// The detail of a call of `tool` with `input`: the input's digest and size, and its
+    /// first [`MAX_INPUT_PREVIEW_BYTES`] bytes (cut on a character boundary).
+    pub fn tool_call(tool: &str, input: &str) -> EffectDetail {
+        use sha2::{Digest, Sha256};
+        let mut end = input.len().min(MAX_INPUT_PREVIEW_BYTES);
+        while !input.is_char_boundary(end) {
+            end -= 1;
+        }
+        EffectDetail {
+            argv: Vec::new(),
+            tool: Some(tool.to_string()),
+            input_preview: Some(input[..end].to_string()),
+            input_sha256: Some(hex::encode(Sha256::digest(input.as_bytes()))),
+            input_bytes: Some(input.len() as u64),
+        }
+    }
+}
+
+pub use loong_ipc::message::control::MAX_INPUT_PREVIEW_BYTES;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS approvals (
@@ -53,8 +130,16 @@ CREATE TABLE IF NOT EXISTS windows (
 );
 ";
 
+/// Columns added since the table was first written: `(name, declaration)`.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("token", "TEXT"),
+    ("agent", "TEXT"),
+    ("effect", "TEXT"),
+    ("note", "TEXT"),
+];
+
 const COLUMNS: &str =
-    "id, created_ms, deadline_ms, state, actor, pack, capability, target, score, reasons, resolver";
+    "id, created_ms, deadline_ms, state, actor, pack, capability, target, score, reasons, resolver, token, agent, effect, note";
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
     Ok(Approval {
@@ -69,6 +154,15 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         score: r.get::<_, i64>(8)? as u32,
         reasons: r.get(9)?,
         resolver: r.get(10)?,
+        token: r.get(11)?,
+        agent: r.get(12)?,
+        // Written by this module only; a row from before the column shows no detail.
+        effect: r
+            .get::<_, Option<String>>(13)?
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(&e).ok())
+            .map(|e| EffectDetail::from_json(&e))
+            .unwrap_or_default(),
+        note: r.get(14)?,
     })
 }
 
@@ -87,44 +181,27 @@ fn random_id() -> Result<String, TokenError> {
 impl ApprovalStore {
     /// Opens (creating) the tables in `path`.
     pub fn open(path: &Path) -> Result<ApprovalStore, TokenError> {
-        Ok(ApprovalStore {
-            db: super::db::StateDb::open(path, SCHEMA)?,
-        })
+        let db = super::db::StateDb::open(path, SCHEMA)?;
+        db.add_columns("approvals", ADDED_COLUMNS)?;
+        Ok(ApprovalStore { db })
     }
 
     fn db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, TokenError> {
         self.db.with(f)
     }
 
-    /// Records a pending request that expires at `deadline_ms`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create(
-        &self,
-        actor: &str,
-        pack: &str,
-        capability: &str,
-        target: &str,
-        score: u32,
-        reasons: &str,
-        deadline_ms: i64,
-    ) -> Result<Approval, TokenError> {
-        let a = Approval {
-            id: random_id()?,
-            created_ms: crate::now_ms(),
-            deadline_ms,
-            state: "pending".into(),
-            actor: actor.into(),
-            pack: pack.into(),
-            capability: capability.into(),
-            target: target.into(),
-            score,
-            reasons: reasons.into(),
-            resolver: None,
-        };
+    /// Records `a` as a pending request (its id and creation time are set here).
+    pub fn create(&self, mut a: Approval) -> Result<Approval, TokenError> {
+        a.id = random_id()?;
+        a.created_ms = crate::now_ms();
+        a.state = "pending".into();
+        a.resolver = None;
+        a.note = None;
+        let effect = a.effect.to_json().to_string();
         self.db(|c| {
             c.execute(
-                &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)"),
-                params![a.id, a.created_ms, a.deadline_ms, a.state, a.actor, a.pack, a.capability, a.target, a.score, a.reasons],
+                &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11, ?12, ?13, NULL)"),
+                params![a.id, a.created_ms, a.deadline_ms, a.state, a.actor, a.pack, a.capability, a.target, a.score, a.reasons, a.token, a.agent, effect],
             )
         })?;
         Ok(a)
@@ -151,6 +228,17 @@ impl ApprovalStore {
         })
     }
 
+    /// Every pending request that was made under a token.
+    pub fn pending_under_tokens(&self) -> Result<Vec<Approval>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' AND token IS NOT NULL"
+            ))?;
+            let rows = s.query_map([], read)?;
+            rows.collect()
+        })
+    }
+
     /// Moves a pending request to `state` (approved, denied, expired); `None` if it was not
     /// pending.
     pub fn resolve(
@@ -159,10 +247,21 @@ impl ApprovalStore {
         state: &str,
         resolver: &str,
     ) -> Result<Option<Approval>, TokenError> {
+        self.resolve_noted(id, state, resolver, None)
+    }
+
+    /// [`ApprovalStore::resolve`], recording why (`note`).
+    pub fn resolve_noted(
+        &self,
+        id: &str,
+        state: &str,
+        resolver: &str,
+        note: Option<&str>,
+    ) -> Result<Option<Approval>, TokenError> {
         let n = self.db(|c| {
             c.execute(
-                "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4 WHERE id = ?1 AND state = 'pending'",
-                params![id, state, resolver, crate::now_ms()],
+                "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4, note = ?5 WHERE id = ?1 AND state = 'pending'",
+                params![id, state, resolver, crate::now_ms(), note],
             )
         })?;
         if n == 0 {
@@ -222,5 +321,90 @@ impl ApprovalStore {
             }
             Ok(id)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>, effect: EffectDetail) -> Approval {
+        Approval {
+            id: String::new(),
+            created_ms: 0,
+            deadline_ms: i64::MAX,
+            state: String::new(),
+            actor: "uid:0".into(),
+            pack: "p".into(),
+            capability: "process.exec".into(),
+            target: "sh".into(),
+            score: 11,
+            reasons: "r".into(),
+            resolver: None,
+            token: token.map(String::from),
+            agent: token.map(|_| "bot".to_string()),
+            effect,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_its_effect_and_its_token_and_old_tables_gain_the_columns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        // An approvals table as loongd wrote it before effects and tokens were kept.
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, state TEXT NOT NULL, actor TEXT NOT NULL, pack TEXT NOT NULL, capability TEXT NOT NULL, target TEXT NOT NULL, score INTEGER NOT NULL, reasons TEXT NOT NULL, resolver TEXT, resolved_ms INTEGER);
+                 INSERT INTO approvals VALUES ('old', 0, 1, 'denied', 'uid:0', 'p', 'fs.read', '/x', 0, '', 'uid:0', 1);",
+            )
+            .expect("old table");
+        }
+        let store = ApprovalStore::open(&path).expect("migrates");
+        let old = store.get("old").expect("get").expect("old row");
+        assert_eq!((old.token, old.effect), (None, EffectDetail::default()));
+
+        let input = format!(
+            "{{\"command\": \"{}\"}}",
+            "é".repeat(MAX_INPUT_PREVIEW_BYTES)
+        );
+        let mut effect = EffectDetail::tool_call("shell.exec", &input);
+        effect.argv = vec!["/bin/sh".into(), "-c".into(), "rm -rf / # \u{1b}[2K".into()];
+        let a = store
+            .create(request(Some("tok_1"), effect.clone()))
+            .expect("create");
+        let back = store.get(&a.id).expect("get").expect("row");
+        assert_eq!(back.effect, effect);
+        assert_eq!(
+            (back.token.as_deref(), back.agent.as_deref()),
+            (Some("tok_1"), Some("bot"))
+        );
+        // The preview is cut on a character boundary, within the bound; size and digest are
+        // of the whole input.
+        let preview = effect.input_preview.as_deref().unwrap_or_default();
+        assert!(
+            preview.len() <= MAX_INPUT_PREVIEW_BYTES && preview.len() > MAX_INPUT_PREVIEW_BYTES - 4
+        );
+        assert!(input.starts_with(preview));
+        assert_eq!(effect.input_bytes, Some(input.len() as u64));
+        assert_eq!(effect.input_sha256.as_deref().map(str::len), Some(64));
+        // Only requests under a token are listed for re-checking.
+        store
+            .create(request(None, EffectDetail::default()))
+            .expect("operator's");
+        let under: Vec<String> = store
+            .pending_under_tokens()
+            .expect("pending")
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(under, vec![a.id.clone()]);
+        let denied = store
+            .resolve_noted(&a.id, "denied", "loongd", Some("its token died"))
+            .expect("resolve")
+            .expect("was pending");
+        assert_eq!(denied.note.as_deref(), Some("its token died"));
+        assert!(store.pending_under_tokens().expect("pending").is_empty());
     }
 }

@@ -47,4 +47,22 @@ impl StateDb {
             source,
         })
     }
+
+    /// Adds each of `columns` (`(name, declaration)`) that `table` lacks: a table written by
+    /// an older loongd gains them, with NULL in its existing rows.
+    pub fn add_columns(&self, table: &str, columns: &[(&str, &str)]) -> Result<(), TokenError> {
+        self.with(|c| {
+            let present: Vec<String> = {
+                let mut s = c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (name, decl) in columns {
+                if !present.iter().any(|p| p == name) {
+                    c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}"))?;
+                }
+            }
+            Ok(())
+        })
+    }
 }

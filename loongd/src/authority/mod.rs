@@ -43,6 +43,9 @@ pub struct Outcome {
     pub decision: Result<Decision, TokenDenial>,
     pub pack: String,
     pub agent: Option<String>,
+    /// The public id of the token it was decided under (`None`: the operator, or a secret
+    /// that matches no token).
+    pub token: Option<String>,
 }
 
 impl Outcome {
@@ -219,7 +222,8 @@ impl Authority {
         self.packs.values()
     }
 
-    /// Decides `cap` on `target` for the holder of `token` (the operator when `None`).
+    /// Decides `cap` on `target` for the holder of the bearer secret `token` (the operator
+    /// when `None`).
     pub fn decide(
         &self,
         token: Option<&str>,
@@ -229,14 +233,16 @@ impl Authority {
     ) -> Result<Outcome, TokenError> {
         let checked = match token {
             None => None,
-            Some(id) => match self.tokens.check(id)? {
+            Some(secret) => match self.tokens.check(secret)? {
                 Ok(t) => Some(t),
                 Err(denial) => {
+                    // A dead token is named by its public id, so its trail shows the attempt.
                     return Ok(Outcome {
                         decision: Err(denial),
                         pack: String::new(),
                         agent: None,
-                    })
+                        token: self.tokens.id_of(secret)?,
+                    });
                 }
             },
         };
@@ -248,6 +254,7 @@ impl Authority {
             return Ok(Outcome {
                 decision: Ok(Decision::Deny(Deny::NotInPack)),
                 pack: pack_id,
+                token: checked.as_ref().map(|t| t.id.clone()),
                 agent: checked.map(|t| t.agent),
             });
         };
@@ -267,6 +274,7 @@ impl Authority {
         Ok(Outcome {
             decision: Ok(decision),
             pack: pack_id,
+            token: checked.as_ref().map(|t| t.id.clone()),
             agent: checked.map(|t| t.agent),
         })
     }

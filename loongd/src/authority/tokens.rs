@@ -1,13 +1,22 @@
 //! The capability-token table, persisted in `HOME/state.db` so tokens survive restarts.
 //!
-//! A token is a 128-bit random id; the table holds what it grants (always within its pack's
-//! grants), for which agent, until when, and its pack's generation when it was issued. Bumping
-//! a pack's generation revokes all of that pack's tokens at once.
+//! A token has two names. Its public id (`tok_` and 128 random bits in hex) is what records,
+//! lists, revocation and the audit trail use. Its bearer secret (`loong_` and 256 random bits
+//! in hex) is what a caller presents; it is shown once, when the token is issued, and the
+//! table keeps only its sha256. The table also holds what the token grants (always within its
+//! pack's grants), for which agent, until when, and its pack's generation when it was issued.
+//! Bumping a pack's generation revokes all of that pack's tokens at once.
+//!
+//! A table written before the split (where the id was the secret, and so sits in the audit
+//! trail) is migrated on open: those rows keep their id, get no secret hash (so no presented
+//! secret ever matches them) and are revoked by [`TokenStore::retire_old_format`], which
+//! loongd audits at startup.
 
 use std::path::{Path, PathBuf};
 
 use loong_profiles::pack::{Grant, Pack};
 use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
 
 /// Bounds on a token's lifetime.
 pub const MIN_TTL_MS: i64 = 1_000;
@@ -16,10 +25,19 @@ pub const MAX_TTL_MS: i64 = 366 * 86_400_000;
 pub const MAX_AGENT_BYTES: usize = 128;
 /// Most grants one token carries.
 pub const MAX_TOKEN_GRANTS: usize = 64;
+/// What a public token id starts with.
+pub const ID_PREFIX: &str = "tok_";
+/// What a bearer secret starts with.
+pub const SECRET_PREFIX: &str = "loong_";
+/// Random bytes in a public id.
+pub const ID_BYTES: usize = 16;
+/// Random bytes in a bearer secret.
+pub const SECRET_BYTES: usize = 32;
 
-/// A token as the table holds it.
+/// A token as the table holds it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
+    /// The public id.
     pub id: String,
     pub pack: String,
     pub agent: String,
@@ -52,7 +70,7 @@ pub enum TokenError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("no randomness for a token id: {0}")]
+    #[error("no randomness for a token id or secret: {0}")]
     Random(String),
     #[error("--ttl must be between 1s and 366d")]
     Ttl,
@@ -64,10 +82,28 @@ pub enum TokenError {
     NotInPack { pack: String, grant: String },
 }
 
+/// A token just issued, with its bearer secret: the only time loongd holds the secret.
+#[derive(Debug)]
+pub struct Issued {
+    pub token: Token,
+    pub secret: String,
+}
+
 /// The token table.
 #[derive(Debug)]
 pub struct TokenStore {
     db: super::db::StateDb,
+}
+
+/// The stored form of a bearer secret.
+fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn random_hex(n: usize) -> Result<String, TokenError> {
+    let mut raw = vec![0u8; n];
+    getrandom::getrandom(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
+    Ok(hex::encode(raw))
 }
 
 const SCHEMA: &str = "
@@ -83,6 +119,11 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE TABLE IF NOT EXISTS pack_generations (pack TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 ";
+
+/// Columns added since the table was first written: `(name, declaration)`.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("secret_sha256", "TEXT")];
+
+const INDEXES: &str = "CREATE UNIQUE INDEX IF NOT EXISTS tokens_secret ON tokens (secret_sha256);";
 
 fn read_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
     let grants: String = r.get(3)?;
@@ -107,8 +148,28 @@ const COLUMNS: &str = "id, pack, agent, grants, issued_ms, expires_ms, generatio
 impl TokenStore {
     /// Opens (creating) the table in `path`.
     pub fn open(path: &Path) -> Result<TokenStore, TokenError> {
-        Ok(TokenStore {
-            db: super::db::StateDb::open(path, SCHEMA)?,
+        let db = super::db::StateDb::open(path, SCHEMA)?;
+        db.add_columns("tokens", ADDED_COLUMNS)?;
+        db.with(|c| c.execute_batch(INDEXES))?;
+        Ok(TokenStore { db })
+    }
+
+    /// Revokes every live token written before ids and secrets were split (its id was its
+    /// secret, and is in the audit trail); returns their ids, for loongd to audit.
+    pub fn retire_old_format(&self) -> Result<Vec<String>, TokenError> {
+        self.db(|c| {
+            let ids: Vec<String> = {
+                let mut s = c.prepare(
+                    "SELECT id FROM tokens WHERE secret_sha256 IS NULL AND revoked_ms IS NULL",
+                )?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            c.execute(
+                "UPDATE tokens SET revoked_ms = ?1 WHERE secret_sha256 IS NULL AND revoked_ms IS NULL",
+                [crate::now_ms()],
+            )?;
+            Ok(ids)
         })
     }
 
@@ -129,14 +190,15 @@ impl TokenStore {
         })
     }
 
-    /// Issues a token for `agent` in `pack` with `grants` (each within the pack's grants).
+    /// Issues a token for `agent` in `pack` with `grants` (each within the pack's grants);
+    /// the answer carries its secret, which the table does not keep.
     pub fn issue(
         &self,
         pack: &Pack,
         agent: &str,
         grants: Vec<Grant>,
         ttl_ms: i64,
-    ) -> Result<Token, TokenError> {
+    ) -> Result<Issued, TokenError> {
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
             return Err(TokenError::Ttl);
         }
@@ -152,11 +214,10 @@ impl TokenStore {
                 grant: g.to_string(),
             });
         }
-        let mut raw = [0u8; 16];
-        getrandom::getrandom(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
+        let secret = format!("{SECRET_PREFIX}{}", random_hex(SECRET_BYTES)?);
         let now = crate::now_ms();
         let token = Token {
-            id: hex::encode(raw),
+            id: format!("{ID_PREFIX}{}", random_hex(ID_BYTES)?),
             pack: pack.id.clone(),
             agent: agent.to_string(),
             grants,
@@ -169,7 +230,7 @@ impl TokenStore {
         self.db(|c| {
             c.execute(
                 &format!(
-                    "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"
+                    "INSERT INTO tokens ({COLUMNS}, secret_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)"
                 ),
                 params![
                     token.id,
@@ -178,11 +239,12 @@ impl TokenStore {
                     text.join("\n"),
                     token.issued_ms,
                     token.expires_ms,
-                    token.generation as i64
+                    token.generation as i64,
+                    secret_hash(&secret),
                 ],
             )
         })?;
-        Ok(token)
+        Ok(Issued { token, secret })
     }
 
     /// Every token, newest first.
@@ -196,7 +258,7 @@ impl TokenStore {
         })
     }
 
-    /// Revokes one token; `false` when there is no such token.
+    /// Revokes one token by its public id; `false` when there is no such live token.
     pub fn revoke(&self, id: &str) -> Result<bool, TokenError> {
         self.db(|c| {
             c.execute(
@@ -218,12 +280,40 @@ impl TokenStore {
         })
     }
 
-    /// The token `id` if it is valid now, else why not.
-    pub fn check(&self, id: &str) -> Result<Result<Token, TokenDenial>, TokenError> {
+    /// The token whose bearer secret is `secret`, if it is valid now, else why not.
+    pub fn check(&self, secret: &str) -> Result<Result<Token, TokenDenial>, TokenError> {
+        let hash = secret_hash(secret);
+        self.check_where("secret_sha256", &hash)
+    }
+
+    /// The public id of the token whose secret is `secret`, live or not (`None`: no token).
+    pub fn id_of(&self, secret: &str) -> Result<Option<String>, TokenError> {
+        let hash = secret_hash(secret);
+        self.db(|c| {
+            c.query_row(
+                "SELECT id FROM tokens WHERE secret_sha256 = ?1",
+                [hash],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// The token with public id `id`, if it is valid now, else why not (for re-checking the
+    /// authority behind a request that waited, where loongd kept only the id).
+    pub fn check_id(&self, id: &str) -> Result<Result<Token, TokenDenial>, TokenError> {
+        self.check_where("id", id)
+    }
+
+    fn check_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Result<Token, TokenDenial>, TokenError> {
         let found = self.db(|c| {
             c.query_row(
-                &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
-                [id],
+                &format!("SELECT {COLUMNS} FROM tokens WHERE {column} = ?1"),
+                [value],
                 read_token,
             )
             .optional()
@@ -231,6 +321,11 @@ impl TokenStore {
         let Some(t) = found else {
             return Ok(Err(TokenDenial::Unknown));
         };
+        self.validity(t)
+    }
+
+    /// `t` if it is valid now, else why not.
+    fn validity(&self, t: Token) -> Result<Result<Token, TokenDenial>, TokenError> {
         if t.revoked_ms.is_some() {
             return Ok(Err(TokenDenial::Revoked));
         }
@@ -245,5 +340,103 @@ impl TokenStore {
             }));
         }
         Ok(Ok(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack() -> Pack {
+        Pack {
+            id: "p".into(),
+            domain: "d".into(),
+            version: "1".into(),
+            summary: String::new(),
+            grants: vec![Grant::parse("fs.read:/a").expect("grant")],
+            connectors: Vec::new(),
+            approval: "never".into(),
+        }
+    }
+
+    #[test]
+    fn a_token_is_presented_by_its_secret_and_named_by_its_id() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        let store = TokenStore::open(&path).expect("open");
+        let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
+        let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
+        let (id, secret) = (issued.token.id.clone(), issued.secret.clone());
+        assert!(id.starts_with(ID_PREFIX) && id.len() == ID_PREFIX.len() + 2 * ID_BYTES);
+        assert!(
+            secret.starts_with(SECRET_PREFIX)
+                && secret.len() == SECRET_PREFIX.len() + 2 * SECRET_BYTES
+        );
+        // The secret opens it; the public id does not; the id finds it for a re-check.
+        assert_eq!(
+            store.check(&secret).expect("check").map(|t| t.id),
+            Ok(id.clone())
+        );
+        assert_eq!(store.check(&id).expect("check"), Err(TokenDenial::Unknown));
+        assert_eq!(
+            store.check_id(&id).expect("check").map(|t| t.id),
+            Ok(id.clone())
+        );
+        assert_eq!(
+            store.check_id(&secret).expect("check"),
+            Err(TokenDenial::Unknown)
+        );
+        assert_eq!(store.id_of(&secret).expect("id"), Some(id.clone()));
+        // The table keeps only the secret's hash.
+        drop(store);
+        let bytes = [&path, &dir.path().join("state.db-wal")]
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .flatten()
+            .collect::<Vec<u8>>();
+        let hex = &secret[SECRET_PREFIX.len()..];
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(hex),
+            "the secret is stored"
+        );
+        assert!(String::from_utf8_lossy(&bytes).contains(&secret_hash(&secret)));
+    }
+
+    #[test]
+    fn old_format_rows_are_migrated_and_retired() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        // A table as loongd wrote it before the split: the id was the bearer secret.
+        let old = "00112233445566778899aabbccddeeff";
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(SCHEMA.replace("IF NOT EXISTS ", "").as_str())
+                .expect("old schema");
+            c.execute(
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, 'p', 'bot', 'fs.read:/a', 0, ?2, 0, NULL)"),
+                params![old, i64::MAX],
+            )
+            .expect("old row");
+        }
+        let store = TokenStore::open(&path).expect("migrates");
+        // Presented as before, it opens nothing, even before it is retired.
+        assert_eq!(store.check(old).expect("check"), Err(TokenDenial::Unknown));
+        assert_eq!(
+            store.retire_old_format().expect("retire"),
+            vec![old.to_string()]
+        );
+        assert_eq!(
+            store.check_id(old).expect("check"),
+            Err(TokenDenial::Revoked)
+        );
+        assert!(store.retire_old_format().expect("again").is_empty(), "once");
+        // Positive control: a token issued after the migration works.
+        let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
+        let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
+        assert!(store.check(&issued.secret).expect("check").is_ok());
+        // Opening again keeps the migrated table as it is.
+        drop(store);
+        let again = TokenStore::open(&path).expect("reopen");
+        assert_eq!(again.list().expect("list").len(), 2);
     }
 }

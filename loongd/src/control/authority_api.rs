@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use loong_ipc::{
-    ApprovalView, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView, PackView,
-    RemoteError, StreamChunk, TokenView,
+    ApprovalView, BearerSecret, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView,
+    PackView, RemoteError, StreamChunk, TokenView,
 };
 use loong_profiles::pack::{Capability, Grant};
 use tokio::net::unix::UCred;
@@ -14,9 +14,9 @@ use super::connection::RequestIo;
 use crate::{
     audit::{Event, Kind},
     authority::{
-        approvals::{Approval, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
+        approvals::{Approval, EffectDetail, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
         shell::CommandLine,
-        Decision, Outcome, Token,
+        Decision, Outcome, Token, TokenDenial,
     },
     Kernel,
 };
@@ -48,6 +48,7 @@ fn view(t: &Token, pack_generation: u64) -> TokenView {
         expires_ms: t.expires_ms,
         generation: t.generation,
         state: state.into(),
+        secret: None,
     }
 }
 
@@ -82,21 +83,22 @@ pub(crate) async fn issue(
         .map(|g| Grant::parse(g))
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
-    let token = kernel
+    let issued = kernel
         .authority
         .tokens
         .issue(p, &agent, parsed, ttl_ms)
         .map_err(|e| bad(e.to_string()))?;
+    let token = &issued.token;
+    // The record names the public id; the secret goes only to this answer.
     let detail = serde_json::json!({ "token": token.id, "pack": token.pack, "agent": token.agent, "grants": grants, "expires_ms": token.expires_ms, "generation": token.generation });
     kernel
         .audit
         .record(event(Kind::TokenIssued, cred, io, detail))
         .await
         .map_err(internal)?;
-    Ok(ControlResponse::Tokens(vec![view(
-        &token,
-        token.generation,
-    )]))
+    let mut shown = view(token, token.generation);
+    shown.secret = Some(BearerSecret::new(issued.secret));
+    Ok(ControlResponse::Tokens(vec![shown]))
 }
 
 /// `tokens list`.
@@ -135,6 +137,7 @@ pub(crate) async fn revoke(
             ))
             .await
             .map_err(internal)?;
+        deny_orphaned_approvals(kernel, cred, io).await?;
     }
     Ok(ControlResponse::Revoked {
         existed,
@@ -167,6 +170,7 @@ pub(crate) async fn revoke_generation(
         ))
         .await
         .map_err(internal)?;
+    deny_orphaned_approvals(kernel, cred, io).await?;
     Ok(ControlResponse::Revoked {
         existed: true,
         generation: Some(generation),
@@ -195,6 +199,46 @@ pub(crate) fn packs(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
     Ok(ControlResponse::Packs(out))
 }
 
+/// One effect as the decision pipeline and an approver see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Effect<'a> {
+    pub cap: Capability,
+    /// The path, `HOST:PORT`, program or tool it is on.
+    pub target: &'a str,
+    /// For `process.exec`: the whole command line, or the script of `shell.exec`.
+    pub command: Option<CommandLine<'a>>,
+    /// For a tool call: the tool and its input.
+    pub call: Option<(&'a str, &'a str)>,
+    /// For a path or destination a sandbox run asks for: the run's command line. Shown to
+    /// an approver (what will read, write or connect), never decided on.
+    pub run: Option<&'a [String]>,
+}
+
+impl Effect<'_> {
+    fn detail(&self) -> EffectDetail {
+        let mut d = match self.call {
+            Some((tool, input)) => EffectDetail::tool_call(tool, input),
+            None => EffectDetail::default(),
+        };
+        d.argv = match self.command {
+            Some(CommandLine::Argv(a)) => a.to_vec(),
+            // The shell the tool starts, shown with the whole script it runs.
+            Some(CommandLine::Script(s)) => vec!["/bin/sh".into(), "-c".into(), s.into()],
+            None => self.run.map(<[String]>::to_vec).unwrap_or_default(),
+        };
+        d
+    }
+}
+
+/// An effect that may go ahead.
+#[derive(Debug)]
+pub(crate) struct Authorized {
+    /// The allowed decision's record, not yet queued (`None`: already committed).
+    pub record: Option<Event>,
+    /// The public id of the token it was decided under, to re-check at dispatch.
+    pub token: Option<String>,
+}
+
 /// Decides one request and audits the decision (committed before this returns).
 pub(crate) async fn decide(
     kernel: &Kernel,
@@ -208,6 +252,25 @@ pub(crate) async fn decide(
     let (outcome, record) = decision(kernel, cred, io, token, cap, target, command)?;
     kernel.audit.record(record).await.map_err(internal)?;
     Ok(outcome)
+}
+
+/// The audit detail of a decision: the token by its public id, never the presented secret.
+fn decision_detail(
+    o: &Outcome,
+    cap: Capability,
+    target: Option<&str>,
+    command: Option<CommandLine<'_>>,
+) -> serde_json::Value {
+    let (argv, script) = match command {
+        Some(CommandLine::Argv(a)) => (Some(a), None),
+        Some(CommandLine::Script(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    serde_json::json!({
+        "capability": cap.as_str(), "target": target, "argv": argv, "script": script,
+        "token": o.token, "pack": o.pack, "agent": o.agent, "allowed": o.allowed(),
+        "reason": o.reason(),
+    })
 }
 
 /// Decides one request; returns the outcome and its audit record, not yet queued.
@@ -224,37 +287,25 @@ fn decision(
         .authority
         .decide(token, cap, target, command)
         .map_err(internal)?;
-    let (argv, script) = match command {
-        Some(CommandLine::Argv(a)) => (Some(a), None),
-        Some(CommandLine::Script(s)) => (None, Some(s)),
-        None => (None, None),
-    };
-    let detail = serde_json::json!({
-        "capability": cap.as_str(), "target": target, "argv": argv, "script": script, "token": token, "pack": outcome.pack,
-        "agent": outcome.agent, "allowed": outcome.allowed(), "reason": outcome.reason(),
-    });
+    let detail = decision_detail(&outcome, cap, target, command);
     Ok((outcome, event(Kind::PolicyDecision, cred, io, detail)))
 }
 
-/// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
-/// may go ahead; a denial is [`ErrorKind::Denied`], an unanswered approval
-/// [`ErrorKind::ApprovalPending`].
+/// Decides one effect and waits for an approval when policy asks for one: `Ok` (with the
+/// public id of the token it was decided under) only when it may go ahead; a denial is
+/// [`ErrorKind::Denied`], an unanswered approval [`ErrorKind::ApprovalPending`].
 pub(crate) async fn authorize(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
     token: Option<&str>,
-    cap: Capability,
-    target: &str,
-    argv: Option<&[String]>,
-) -> Result<(), RemoteError> {
-    let command = argv.map(CommandLine::Argv);
-    if let Some(record) =
-        authorize_unrecorded(kernel, cred, io, token, cap, target, command).await?
-    {
+    effect: &Effect<'_>,
+) -> Result<Option<String>, RemoteError> {
+    let done = authorize_unrecorded(kernel, cred, io, token, effect).await?;
+    if let Some(record) = done.record {
         kernel.audit.record(record).await.map_err(internal)?;
     }
-    Ok(())
+    Ok(done.token)
 }
 
 /// [`authorize`], except that an allowed decision's record is returned to the caller, who
@@ -266,23 +317,23 @@ pub(crate) async fn authorize_unrecorded(
     cred: &UCred,
     io: &RequestIo,
     token: Option<&str>,
-    cap: Capability,
-    target: &str,
-    command: Option<CommandLine<'_>>,
-) -> Result<Option<Event>, RemoteError> {
-    let (o, record) = decision(kernel, cred, io, token, cap, Some(target), command)?;
+    effect: &Effect<'_>,
+) -> Result<Authorized, RemoteError> {
+    let (cap, target) = (effect.cap, effect.target);
+    let (o, record) = decision(kernel, cred, io, token, cap, Some(target), effect.command)?;
     if o.allowed() {
-        return Ok(Some(record));
+        return Ok(Authorized {
+            record: Some(record),
+            token: o.token,
+        });
     }
     kernel.audit.record(record).await.map_err(internal)?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
-        // The approver sees the whole script, not only the first program it runs.
-        let shown = match command {
-            Some(CommandLine::Script(s)) => s,
-            _ => target,
-        };
-        await_approval(kernel, cred, io, &o, cap, shown).await?;
-        return Ok(None);
+        await_approval(kernel, cred, io, &o, effect).await?;
+        return Ok(Authorized {
+            record: None,
+            token: o.token,
+        });
     }
     Err(RemoteError::new(
         ErrorKind::Denied,
@@ -293,12 +344,45 @@ pub(crate) async fn authorize_unrecorded(
     ))
 }
 
+/// Checks the token an effect was decided under once more, right before the effect runs (an
+/// approval may have kept it waiting while the token was revoked, expired or outlived by its
+/// pack's generation). A dead token is a denial, audited as a decision with its reason.
+pub(crate) async fn recheck(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    token: Option<&str>,
+    cap: Capability,
+    target: &str,
+) -> Result<(), RemoteError> {
+    let Some(id) = token else {
+        return Ok(());
+    };
+    let Err(denial) = kernel.authority.tokens.check_id(id).map_err(internal)? else {
+        return Ok(());
+    };
+    let reason = format!("{denial} (checked again before it ran)");
+    let detail = serde_json::json!({
+        "capability": cap.as_str(), "target": target, "token": id, "allowed": false,
+        "reason": reason, "stage": "dispatch",
+    });
+    kernel
+        .audit
+        .record(event(Kind::PolicyDecision, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    Err(RemoteError::new(
+        ErrorKind::Denied,
+        format!("{cap} on {target} denied: {reason}"),
+    ))
+}
+
 /// `policy decide` (a dry run).
 pub(crate) async fn dry_run(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
-    token: Option<String>,
+    token: Option<BearerSecret>,
     cap: String,
     target: Option<String>,
 ) -> Result<ControlResponse, RemoteError> {
@@ -307,7 +391,7 @@ pub(crate) async fn dry_run(
         kernel,
         cred,
         io,
-        token.as_deref(),
+        token.as_ref().map(BearerSecret::expose),
         cap,
         target.as_deref(),
         None,
@@ -335,6 +419,14 @@ fn approval_view(a: Approval) -> ApprovalView {
         score: a.score,
         reasons: a.reasons,
         resolver: a.resolver,
+        token: a.token,
+        agent: a.agent,
+        argv: a.effect.argv,
+        tool: a.effect.tool,
+        input_preview: a.effect.input_preview,
+        input_sha256: a.effect.input_sha256,
+        input_bytes: a.effect.input_bytes,
+        note: a.note,
     }
 }
 
@@ -360,7 +452,123 @@ fn waiters(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `approvals approve|deny ID [--full-access …]`.
+fn wake(kernel: &Kernel, id: &str) {
+    let waiter = waiters(kernel).get(id).cloned();
+    if let Some(n) = waiter {
+        n.notify_one();
+    }
+}
+
+/// Turns the pending request `a`, whose token is dead, into a denial by loongd, audited with
+/// the reason, and wakes its waiter. `false` when it was no longer pending.
+async fn deny_for_dead_token(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    a: &Approval,
+    denial: &TokenDenial,
+) -> Result<bool, RemoteError> {
+    let token = a.token.as_deref().unwrap_or_default();
+    let note = format!("its token {token} is no longer valid: {denial}");
+    let resolved = kernel
+        .authority
+        .approvals
+        .resolve_noted(&a.id, "denied", "loongd", Some(&note))
+        .map_err(internal)?;
+    if resolved.is_none() {
+        return Ok(false);
+    }
+    let detail = serde_json::json!({
+        "approval": a.id, "state": "denied", "resolver": "loongd", "token": a.token,
+        "agent": a.agent, "reason": note,
+    });
+    kernel
+        .audit
+        .record(event(Kind::ApprovalResolved, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    wake(kernel, &a.id);
+    Ok(true)
+}
+
+/// Denies every pending request whose token is no longer valid (after a revocation or a
+/// generation bump), so none waits on behalf of authority that is gone.
+async fn deny_orphaned_approvals(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+) -> Result<(), RemoteError> {
+    let pending = kernel
+        .authority
+        .approvals
+        .pending_under_tokens()
+        .map_err(internal)?;
+    for a in pending {
+        let Some(id) = a.token.as_deref() else {
+            continue;
+        };
+        if let Err(denial) = kernel.authority.tokens.check_id(id).map_err(internal)? {
+            deny_for_dead_token(kernel, cred, io, &a, &denial).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Who resolves an approval: `control.approvals` under their token (or the operator's pack),
+/// a token only within its own pack, and never the token or the agent that asked. The
+/// refusal names which rule.
+async fn approver(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    token: Option<&str>,
+    a: &Approval,
+) -> Result<Outcome, RemoteError> {
+    let cap = Capability::ControlApprovals;
+    let (o, _) = decision(kernel, cred, io, token, cap, None, None)?;
+    let separation = match (&a.token, &o.token, &a.agent, &o.agent) {
+        (Some(asked), Some(by), _, _) if asked == by => Some(format!(
+            "approval {} was requested under token {asked}; the same token cannot resolve it",
+            a.id
+        )),
+        (Some(_), _, Some(asked), Some(by)) if asked == by => Some(format!(
+            "approval {} was requested by agent {asked}; the same agent cannot resolve it",
+            a.id
+        )),
+        (_, Some(_), _, _) if o.pack != a.pack => Some(format!(
+            "approval {} is in pack {}; a token of pack {} resolves only its own pack's requests",
+            a.id, a.pack, o.pack
+        )),
+        _ => None,
+    };
+    let refusal = match (&o.decision, separation) {
+        (Ok(Decision::Allow), None) => None,
+        (Ok(Decision::Allow), Some(why)) => Some(why),
+        (Ok(Decision::NeedsApproval { .. }), _) => Some(
+            "the pack asks for approval of control.approvals, and resolving an approval cannot itself wait for one".to_string(),
+        ),
+        _ => o.reason(),
+    };
+    let mut detail = decision_detail(&o, cap, Some(&a.id), None);
+    if let Some(why) = &refusal {
+        detail["allowed"] = false.into();
+        detail["reason"] = why.as_str().into();
+    }
+    kernel
+        .audit
+        .record(event(Kind::PolicyDecision, cred, io, detail))
+        .await
+        .map_err(internal)?;
+    match refusal {
+        None => Ok(o),
+        Some(why) => Err(RemoteError::new(
+            ErrorKind::Denied,
+            format!("control.approvals on {} denied: {why}", a.id),
+        )),
+    }
+}
+
+/// `approvals approve|deny ID [--full-access …] [--token SECRET]`.
 pub(crate) async fn resolve(
     kernel: &Kernel,
     cred: &UCred,
@@ -368,10 +576,17 @@ pub(crate) async fn resolve(
     id: String,
     approve: bool,
     full_access: Option<FullAccess>,
+    token: Option<BearerSecret>,
 ) -> Result<ControlResponse, RemoteError> {
+    let token = token.as_ref().map(BearerSecret::expose);
     if let Some(f) = &full_access {
         if !approve {
             return Err(bad("--full-access goes with approve, not deny"));
+        }
+        if token.is_some() {
+            return Err(bad(
+                "--full-access is the operator's: a window opened under a token could approve that token's own agent; approve without --full-access, or without --token",
+            ));
         }
         if !(1_000..=MAX_WINDOW_TTL_MS).contains(&f.ttl_ms)
             || !(1..=MAX_WINDOW_USES).contains(&f.uses)
@@ -386,24 +601,38 @@ pub(crate) async fn resolve(
             }
         }
     }
-    let resolver = format!("uid:{}", cred.uid());
+    let not_pending = || RemoteError::new(ErrorKind::NotFound, format!("no pending approval {id}"));
+    let store = &kernel.authority.approvals;
+    let asked = store
+        .get(&id)
+        .map_err(internal)?
+        .filter(|a| a.state == "pending")
+        .ok_or_else(not_pending)?;
+    let by = approver(kernel, cred, io, token, &asked).await?;
+    // The authority that asked must still hold when the request is approved.
+    if let (true, Some(tid)) = (approve, asked.token.as_deref()) {
+        if let Err(denial) = kernel.authority.tokens.check_id(tid).map_err(internal)? {
+            if deny_for_dead_token(kernel, cred, io, &asked, &denial).await? {
+                return Err(RemoteError::new(
+                    ErrorKind::Denied,
+                    format!("approval {id} cannot be approved: its token {tid} is no longer valid ({denial}); loongd denied it"),
+                ));
+            }
+            return Err(not_pending());
+        }
+    }
+    let resolver = match (&by.token, &by.agent) {
+        (Some(t), Some(agent)) => format!("uid:{} token:{t} agent:{agent}", cred.uid()),
+        _ => format!("uid:{}", cred.uid()),
+    };
     let state = if approve { "approved" } else { "denied" };
-    let Some(a) = kernel
-        .authority
-        .approvals
+    let a = store
         .resolve(&id, state, &resolver)
         .map_err(internal)?
-    else {
-        return Err(RemoteError::new(
-            ErrorKind::NotFound,
-            format!("no pending approval {id}"),
-        ));
-    };
+        .ok_or_else(not_pending)?;
     let window = match &full_access {
         Some(f) => Some(
-            kernel
-                .authority
-                .approvals
+            store
                 .open_window(f.pack.as_deref(), f.ttl_ms, f.uses, &resolver)
                 .map_err(internal)?,
         ),
@@ -412,16 +641,14 @@ pub(crate) async fn resolve(
     let detail = serde_json::json!({
         "approval": id, "state": state, "resolver": resolver, "window": window,
         "full_access": full_access.as_ref().map(|f| serde_json::json!({ "ttl_ms": f.ttl_ms, "uses": f.uses, "pack": f.pack })),
+        "resolver_token": by.token, "resolver_agent": by.agent,
     });
     kernel
         .audit
         .record(event(Kind::ApprovalResolved, cred, io, detail))
         .await
         .map_err(internal)?;
-    let waiter = waiters(kernel).get(&id).cloned();
-    if let Some(n) = waiter {
-        n.notify_one();
-    }
+    wake(kernel, &id);
     Ok(ControlResponse::Approvals(vec![approval_view(a)]))
 }
 
@@ -432,9 +659,9 @@ pub(crate) async fn await_approval(
     cred: &UCred,
     io: &RequestIo,
     o: &Outcome,
-    cap: Capability,
-    target: &str,
+    effect: &Effect<'_>,
 ) -> Result<(), RemoteError> {
+    let (cap, target) = (effect.cap, effect.target);
     let (score, reasons) = match &o.decision {
         Ok(Decision::NeedsApproval { score, reasons }) => (*score, reasons.join("; ")),
         _ => {
@@ -445,7 +672,7 @@ pub(crate) async fn await_approval(
     };
     let store = &kernel.authority.approvals;
     if let Some(window) = store.take_window_use(&o.pack).map_err(internal)? {
-        let detail = serde_json::json!({ "window": window, "state": "approved", "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score });
+        let detail = serde_json::json!({ "window": window, "state": "approved", "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
         kernel
             .audit
             .record(event(Kind::ApprovalResolved, cred, io, detail))
@@ -454,19 +681,41 @@ pub(crate) async fn await_approval(
         return Ok(());
     }
     let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
-    let deadline = crate::now_ms() + timeout.as_millis() as i64;
     let a = store
-        .create(
-            &format!("uid:{}", cred.uid()),
-            &o.pack,
-            cap.as_str(),
-            target,
+        .create(Approval {
+            id: String::new(),
+            created_ms: 0,
+            deadline_ms: crate::now_ms() + timeout.as_millis() as i64,
+            state: String::new(),
+            actor: format!("uid:{}", cred.uid()),
+            pack: o.pack.clone(),
+            capability: cap.as_str().into(),
+            target: target.into(),
             score,
-            &reasons,
-            deadline,
-        )
+            reasons: reasons.clone(),
+            resolver: None,
+            token: o.token.clone(),
+            agent: o.agent.clone(),
+            effect: effect.detail(),
+            note: None,
+        })
         .map_err(internal)?;
-    let detail = serde_json::json!({ "approval": a.id, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "reasons": reasons, "deadline_ms": a.deadline_ms });
+    // The effect's parts sit beside the capability and target, as argv does in
+    // policy.decision.
+    let mut detail = a.effect.to_json();
+    for (k, v) in [
+        ("approval", serde_json::json!(a.id)),
+        ("capability", cap.as_str().into()),
+        ("target", target.into()),
+        ("pack", o.pack.clone().into()),
+        ("score", score.into()),
+        ("reasons", reasons.clone().into()),
+        ("deadline_ms", a.deadline_ms.into()),
+        ("token", serde_json::json!(a.token)),
+        ("agent", serde_json::json!(a.agent)),
+    ] {
+        detail[k] = v;
+    }
     kernel
         .audit
         .record(event(Kind::ApprovalRequested, cred, io, detail))
@@ -475,46 +724,62 @@ pub(crate) async fn await_approval(
     let notify = Arc::new(tokio::sync::Notify::new());
     waiters(kernel).insert(a.id.clone(), notify.clone());
     let note = format!(
-        "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); approve with `loongctl approvals approve {}`\n",
-        a.id, a.id
+        "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); see it with `loongctl approvals show {}`, approve with `loongctl approvals approve {}`\n",
+        a.id, a.id, a.id
     );
     io.emit(StreamChunk::Stderr(note.into_bytes())).await;
+    let result = wait_for_answer(kernel, cred, io, &a.id, &notify, timeout).await;
+    waiters(kernel).remove(&a.id);
+    result
+}
+
+/// Waits until the request `id` is answered or its deadline passes (then it expires).
+async fn wait_for_answer(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    id: &str,
+    notify: &tokio::sync::Notify,
+    timeout: Duration,
+) -> Result<(), RemoteError> {
+    let store = &kernel.authority.approvals;
     let until = tokio::time::Instant::now() + timeout;
-    let result = loop {
-        let current = store.get(&a.id).map_err(internal)?;
+    loop {
+        let current = store.get(id).map_err(internal)?;
         match current.as_ref().map(|s| s.state.as_str()) {
-            Some("approved") => break Ok(()),
+            Some("approved") => return Ok(()),
             Some("denied") => {
-                let by = current.and_then(|s| s.resolver).unwrap_or_default();
-                break Err(RemoteError::new(
+                let (by, note) = current
+                    .map(|s| (s.resolver.unwrap_or_default(), s.note))
+                    .unwrap_or_default();
+                let why = note.map(|n| format!(": {n}")).unwrap_or_default();
+                return Err(RemoteError::new(
                     ErrorKind::Denied,
-                    format!("approval {} denied by {by}", a.id),
+                    format!("approval {id} denied by {by}{why}"),
                 ));
             }
             Some("pending") => {}
             _ => {
-                break Err(RemoteError::new(
+                return Err(RemoteError::new(
                     ErrorKind::ApprovalPending,
-                    format!("approval {} expired", a.id),
+                    format!("approval {id} expired"),
                 ))
             }
         }
         tokio::select! {
             _ = notify.notified() => {}
             _ = tokio::time::sleep_until(until) => {
-                if store.resolve(&a.id, "expired", "loongd").map_err(internal)?.is_some() {
-                    let detail = serde_json::json!({ "approval": a.id, "why": "unanswered before its deadline" });
+                if store.resolve(id, "expired", "loongd").map_err(internal)?.is_some() {
+                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline" });
                     kernel.audit.record(event(Kind::ApprovalExpired, cred, io, detail)).await.map_err(internal)?;
-                    break Err(RemoteError::new(
+                    return Err(RemoteError::new(
                         ErrorKind::ApprovalPending,
-                        format!("approval {} was not answered within {} ms: denied", a.id, timeout.as_millis()),
+                        format!("approval {id} was not answered within {} ms: denied", timeout.as_millis()),
                     ));
                 }
             }
         }
-    };
-    waiters(kernel).remove(&a.id);
-    result
+    }
 }
 
 fn key_view(k: crate::authority::keys::TrustKey) -> KeyView {

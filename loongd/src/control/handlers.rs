@@ -74,7 +74,10 @@ pub(crate) async fn handle(
             id,
             approve,
             full_access,
-        } => super::authority_api::resolve(kernel, cred, &io, id, approve, full_access).await,
+            token,
+        } => {
+            super::authority_api::resolve(kernel, cred, &io, id, approve, full_access, token).await
+        }
         ControlRequest::PolicyDecide { token, cap, target } => {
             super::authority_api::dry_run(kernel, cred, &io, token, cap, target).await
         }

@@ -12,7 +12,7 @@ use std::{
 
 use loong_ipc::{
     message::control::{MAX_INVOKE_INPUT_BYTES, MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_BYTES},
-    ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
+    BearerSecret, ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
     ToolSearchRequest,
 };
 use loong_profiles::pack::Capability;
@@ -20,7 +20,7 @@ use loong_profiles::plugin::TrustTier;
 use tokio::net::unix::UCred;
 
 use super::{
-    authority_api::{authorize_unrecorded, event},
+    authority_api::{authorize_unrecorded, event, recheck, Effect},
     connection::RequestIo,
 };
 use crate::{
@@ -95,20 +95,29 @@ pub(crate) async fn invoke(
     } else {
         (Capability::ToolInvoke, req.tool.clone(), None)
     };
+    let effect = Effect {
+        cap,
+        target: &target,
+        command: script.as_deref().map(CommandLine::Script),
+        call: Some((&req.tool, &req.input)),
+        run: None,
+    };
     let decided = authorize_unrecorded(
         kernel,
         cred,
         io,
-        req.token.as_deref(),
-        cap,
-        &target,
-        script.as_deref().map(CommandLine::Script),
+        req.token.as_ref().map(BearerSecret::expose),
+        &effect,
     )
     .await?;
+    if decided.record.is_none() {
+        // It waited for an approval: its token must still be valid now that it runs.
+        recheck(kernel, cred, io, decided.token.as_deref(), cap, &target).await?;
+    }
     let record = |kind, detail| event(kind, cred, io, detail);
     let invoked = serde_json::json!({
         "tool": req.tool, "version": plugin.version, "sha256": sha256,
-        "input_bytes": req.input.len(), "token": req.token,
+        "input_bytes": req.input.len(), "token": decided.token,
     });
     let internal =
         |e: crate::audit::AuditError| RemoteError::new(ErrorKind::Internal, e.to_string());
@@ -119,6 +128,7 @@ pub(crate) async fn invoke(
         .audit
         .queue_all(
             decided
+                .record
                 .into_iter()
                 .chain([record(Kind::ToolInvoked, invoked)])
                 .collect(),
