@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::NetEgress,
             target: Some("api.example.com:443"),
             argv: None,
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(
@@ -71,6 +72,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::ProcessExec,
             target: Some("sh"),
             argv: Some(&argv),
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(
@@ -88,6 +90,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::FsRead,
             target: Some("/usr/share/doc"),
             argv: None,
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(

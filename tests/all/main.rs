@@ -7,6 +7,7 @@ mod approvals;
 mod audit;
 mod authority;
 mod bridges;
+mod builtin_files;
 mod control_socket;
 mod daemon_lifecycle;
 mod keys;

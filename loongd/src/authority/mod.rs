@@ -43,6 +43,9 @@ pub struct Outcome {
     pub decision: Result<Decision, TokenDenial>,
     pub pack: String,
     pub agent: Option<String>,
+    /// For `fs.read` and `fs.write` that is not denied: the resolved target and the scope
+    /// the grants confine it to, which the effect must be bound to.
+    pub file: Option<decide::FileScope>,
 }
 
 impl Outcome {
@@ -233,6 +236,7 @@ impl Authority {
                         decision: Err(denial),
                         pack: String::new(),
                         agent: None,
+                        file: None,
                     })
                 }
             },
@@ -246,13 +250,22 @@ impl Authority {
                 decision: Ok(Decision::Deny(Deny::NotInPack)),
                 pack: pack_id,
                 agent: checked.map(|t| t.agent),
+                file: None,
             });
+        };
+        // A file target is resolved once: the decision and the effect use the same path.
+        let resolved = match cap {
+            Capability::FsRead | Capability::FsWrite => {
+                target.and_then(|t| decide::canonical(Path::new(t)))
+            }
+            _ => None,
         };
         let req = decide::Request {
             token: checked.as_ref(),
             cap,
             target,
             argv,
+            resolved: resolved.as_deref(),
         };
         let decision = decide::decide(
             &req,
@@ -261,10 +274,15 @@ impl Authority {
             &[&decide::FileRoots, &decide::ShellRules],
             Some(&self.risk),
         );
+        let file = match (&decision, &resolved) {
+            (Decision::Deny(_), _) | (_, None) => None,
+            (_, Some(real)) => decide::file_scope(req.token, pack, cap, real),
+        };
         Ok(Outcome {
             decision: Ok(decision),
             pack: pack_id,
             agent: checked.map(|t| t.agent),
+            file,
         })
     }
 }

@@ -242,10 +242,22 @@ pub(crate) async fn authorize(
     target: &str,
     argv: Option<&[String]>,
 ) -> Result<(), RemoteError> {
-    if let Some(record) = authorize_unrecorded(kernel, cred, io, token, cap, target, argv).await? {
+    if let Some(record) = authorize_unrecorded(kernel, cred, io, token, cap, target, argv)
+        .await?
+        .record
+    {
         kernel.audit.record(record).await.map_err(internal)?;
     }
     Ok(())
+}
+
+/// What [`authorize_unrecorded`] allowed.
+#[derive(Debug)]
+pub(crate) struct Authorized {
+    /// The decision's record, for the caller to queue (`None`: already committed).
+    pub record: Option<Event>,
+    /// For a file effect: the resolved target and its scope, which the effect must use.
+    pub file: Option<crate::authority::decide::FileScope>,
 }
 
 /// [`authorize`], except that an allowed decision's record is returned to the caller, who
@@ -260,15 +272,21 @@ pub(crate) async fn authorize_unrecorded(
     cap: Capability,
     target: &str,
     argv: Option<&[String]>,
-) -> Result<Option<Event>, RemoteError> {
+) -> Result<Authorized, RemoteError> {
     let (o, record) = decision(kernel, cred, io, token, cap, Some(target), argv)?;
     if o.allowed() {
-        return Ok(Some(record));
+        return Ok(Authorized {
+            record: Some(record),
+            file: o.file,
+        });
     }
     kernel.audit.record(record).await.map_err(internal)?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
         await_approval(kernel, cred, io, &o, cap, target).await?;
-        return Ok(None);
+        return Ok(Authorized {
+            record: None,
+            file: o.file,
+        });
     }
     Err(RemoteError::new(
         ErrorKind::Denied,
