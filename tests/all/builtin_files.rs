@@ -201,11 +201,30 @@ fn a_read_scoped_to_one_root_never_reads_another_through_a_swapped_symlink() {
     symlink(s.other.join("secret"), s.docs.join("swap")).expect("symlink");
     let mut c = client(&s.home);
     let input = serde_json::json!({ "path": s.docs.join("race") });
-    // The control: the same call reads the ordinary file.
-    match call(&mut c, &s.token, "file.read", input.clone()) {
-        Ended::Answered(v) => assert_eq!(v["content"], "public"),
-        other => panic!("control: {other:?}"),
+    // The control: the same call reads the ordinary file, and a symlink that stays in the
+    // token's root still works (loongd resolves it before deciding).
+    symlink(s.docs.join("race"), s.docs.join("alias")).expect("symlink");
+    for path in [s.docs.join("race"), s.docs.join("alias")] {
+        match call(
+            &mut c,
+            &s.token,
+            "file.read",
+            serde_json::json!({ "path": path }),
+        ) {
+            Ended::Answered(v) => assert_eq!(v["content"], "public"),
+            other => panic!("control {}: {other:?}", path.display()),
+        }
     }
+    // One that leads into the other root is denied.
+    assert_eq!(
+        call(
+            &mut c,
+            &s.token,
+            "file.read",
+            serde_json::json!({ "path": s.docs.join("swap") })
+        ),
+        Ended::Denied
+    );
     let (ends, swaps) = while_swapping(&s.docs.join("race"), &s.docs.join("swap"), || {
         (0..RACE_CALLS)
             .map(|_| call(&mut c, &s.token, "file.read", input.clone()))

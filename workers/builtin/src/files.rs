@@ -41,6 +41,11 @@ const NEW_FILE_MODE: u32 = 0o666;
 pub struct Roots(Vec<(PathBuf, OwnedFd)>);
 
 impl Roots {
+    /// No roots: every file is outside them (`shell.exec`).
+    pub fn none() -> Roots {
+        Roots(Vec::new())
+    }
+
     /// Opens each root, an absolute path without symlinks (loongd resolved it).
     pub fn open(roots: &[String]) -> Result<Roots, ToolError> {
         // O_PATH: the tier's landlock domain grants no read of `/` itself.

@@ -88,7 +88,7 @@ impl Builtin {
         let roots = if spec.tool.starts_with("file.") {
             files::Roots::open(&spec.roots)?
         } else {
-            files::Roots::open(&[])?
+            files::Roots::none()
         };
         Ok(Builtin { spec, roots })
     }
