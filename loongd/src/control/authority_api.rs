@@ -231,8 +231,8 @@ fn decision(
 }
 
 /// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
-/// may go ahead; a denial is [`ErrorKind::Denied`], an unanswered approval
-/// [`ErrorKind::ApprovalPending`].
+/// may go ahead (with, for a file effect, the resolved path and scope it was decided on); a
+/// denial is [`ErrorKind::Denied`], an unanswered approval [`ErrorKind::ApprovalPending`].
 pub(crate) async fn authorize(
     kernel: &Kernel,
     cred: &UCred,
@@ -241,14 +241,12 @@ pub(crate) async fn authorize(
     cap: Capability,
     target: &str,
     argv: Option<&[String]>,
-) -> Result<(), RemoteError> {
-    if let Some(record) = authorize_unrecorded(kernel, cred, io, token, cap, target, argv)
-        .await?
-        .record
-    {
+) -> Result<Option<crate::authority::decide::FileScope>, RemoteError> {
+    let allowed = authorize_unrecorded(kernel, cred, io, token, cap, target, argv).await?;
+    if let Some(record) = allowed.record {
         kernel.audit.record(record).await.map_err(internal)?;
     }
-    Ok(())
+    Ok(allowed.file)
 }
 
 /// What [`authorize_unrecorded`] allowed.

@@ -1,8 +1,9 @@
-//! The built-in file tools use the file their call was decided on: a name swapped for a
-//! symlink into another root between the decision and the open (`renameat2(RENAME_EXCHANGE)`
-//! in a loop), a directory on the path swapped the same way, and a hard link to a file in
-//! another root never let a token scoped to one root read or write under another. Paths with
-//! `.` or `..` are refused as the docs say.
+//! A file decision binds to the object that is used. The built-in file tools open the file
+//! their call was decided on: a name swapped for a symlink into another root between the
+//! decision and the open (`renameat2(RENAME_EXCHANGE)` in a loop), a directory on the path
+//! swapped the same way, and a hard link to a file in another root never let a token scoped
+//! to one root read or write under another. Paths with `.` or `..` are refused as the docs
+//! say. A `sandbox run` binds the grant it decided, not what the name leads to later.
 
 use std::{
     fs,
@@ -63,7 +64,7 @@ fn setup() -> Setup {
     fs::write(
         home.path().join("packs/agent.toml"),
         format!(
-            "id = \"agent\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"fs.read:{}\", \"fs.write:{}\"]\napproval = \"never\"\n",
+            "id = \"agent\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"fs.read:{}\", \"fs.write:{}\", \"process.exec:cat\"]\napproval = \"never\"\n",
             docs.display(),
             out.display()
         ),
@@ -81,6 +82,8 @@ fn setup() -> Setup {
         &format!("fs.read:{}", docs.display()),
         "--cap",
         &format!("fs.write:{}", out.display()),
+        "--cap",
+        "process.exec:cat",
         "--ttl",
         "1h",
     ]);
@@ -385,4 +388,62 @@ fn paths_with_dot_or_dot_dot_are_refused_as_the_docs_say() {
         }
     }
     assert!(!s.out.join("new").exists());
+}
+
+#[test]
+fn a_sandbox_run_binds_the_grant_it_decided_not_what_the_name_leads_to_later() {
+    // Each run starts a sandbox, so fewer than the tools' calls; each still races.
+    const RUNS: usize = 200;
+    let s = setup();
+    write_file(&s.docs.join("race"), "public");
+    write_file(&s.other.join("secret"), "SECRET-other-root");
+    // Relative: the spawn helper resolves an absolute one against its own (temporary) root.
+    symlink("../other/secret", s.docs.join("swap")).expect("symlink");
+    let (race, secret) = (s.docs.join("race"), s.other.join("secret"));
+    let run = || {
+        let out = s.home.ctl(&[
+            "sandbox",
+            "run",
+            "--token",
+            &s.token,
+            "--tier",
+            "balanced",
+            "--read",
+            &race.display().to_string(),
+            "--",
+            "/usr/bin/cat",
+            &race.display().to_string(),
+            &secret.display().to_string(),
+        ]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // The control: the granted file is read, the other root is not there.
+    let (_, stdout, stderr) = run();
+    assert!(
+        stdout.contains("public") && !stdout.contains("SECRET"),
+        "{stdout} {stderr}"
+    );
+    let (ends, swaps) = while_swapping(&race, &s.docs.join("swap"), || {
+        (0..RUNS).map(|_| run()).collect::<Vec<_>>()
+    });
+    let leaks = ends.iter().filter(|(_, o, _)| o.contains("SECRET")).count();
+    let read = ends.iter().filter(|(_, o, _)| o.contains("public")).count();
+    let refused = ends
+        .iter()
+        .filter(|(c, o, _)| *c != Some(0) && !o.contains("public"))
+        .count();
+    assert_eq!(
+        leaks, 0,
+        "{read} read, {refused} refused or denied: {ends:?}"
+    );
+    assert!(
+        swaps > 0 && refused > 0,
+        "the swapper raced the runs: {read} read, {refused} refused"
+    );
+    settle(&race, &s.docs.join("swap"));
+    let (_, stdout, stderr) = run();
+    assert!(
+        stdout.contains("public"),
+        "control after the race: {stdout} {stderr}"
+    );
 }
