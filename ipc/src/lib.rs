@@ -33,8 +33,8 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     worker::{
-        BuiltinSpec, CallOutput, FailureKind, HttpSpec, PeerProtocol, PeerSpec, PluginFailure,
-        ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
+        BuiltinSpec, CallOutput, DecidedFile, FailureKind, HttpSpec, PeerProtocol, PeerSpec,
+        PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
     },
 };
 

@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::NetEgress,
             target: Some("api.example.com:443"),
             command: None,
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(
@@ -72,6 +73,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::ProcessExec,
             target: Some("sh"),
             command: Some(CommandLine::Argv(&argv)),
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(
@@ -89,6 +91,7 @@ fn bench(c: &mut Criterion) {
             cap: Capability::FsRead,
             target: Some("/usr/share/doc"),
             command: None,
+            resolved: None,
         };
         b.iter(|| {
             black_box(decide(

@@ -95,7 +95,11 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
     }
 }
 
-fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpec, RemoteError> {
+fn spec_from(
+    req: &SandboxRunRequest,
+    decided: DecidedGrants,
+    allow_degraded: bool,
+) -> Result<SandboxSpec, RemoteError> {
     let bad = |m: String| RemoteError::new(ErrorKind::BadRequest, m);
     let tier: Tier = req.tier.parse().map_err(bad)?;
     let net = req
@@ -109,8 +113,10 @@ fn spec_from(req: &SandboxRunRequest, allow_degraded: bool) -> Result<SandboxSpe
         program: PathBuf::from(&req.program),
         args: req.args.iter().map(Into::into).collect(),
         env: req.env.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
-        read: req.read.iter().map(PathBuf::from).collect(),
-        write: req.write.iter().map(PathBuf::from).collect(),
+        // What the decisions resolved and allowed, refused at planning if it changed since.
+        read: decided.read,
+        write: decided.write,
+        decided_grants: true,
         net,
         limits: Limits {
             memory_bytes: req.memory_bytes,
@@ -157,15 +163,23 @@ fn receiver(fd: Option<std::os::fd::OwnedFd>) -> Option<pipe::Receiver> {
     fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
 }
 
+/// The resolved paths a run's read and write grants were decided on (bound as decided).
+#[derive(Debug, Default)]
+struct DecidedGrants {
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+}
+
 /// Decides every effect a run asks for; the first denial is the answer. Once all are allowed
 /// (some perhaps after waiting for an approval), the token is checked once more, so nothing
-/// spawns under a token that died meanwhile.
+/// spawns under a token that died meanwhile. Returns the resolved paths of the file grants,
+/// which are what the sandbox binds.
 async fn authorize(
     kernel: &Kernel,
     req: &SandboxRunRequest,
     cred: &UCred,
     io: &RequestIo,
-) -> Result<(), RemoteError> {
+) -> Result<DecidedGrants, RemoteError> {
     use crate::control::authority_api;
     use loong_profiles::pack::Capability;
     let argv: Vec<String> = std::iter::once(req.program.clone())
@@ -194,6 +208,7 @@ async fn authorize(
             .map(|h| (Capability::NetEgress, h.clone(), None)),
     );
     let mut token = None;
+    let mut decided = DecidedGrants::default();
     let argv_all = argv.clone();
     for (cap, target, argv) in &checks {
         let effect = authority_api::Effect {
@@ -203,7 +218,7 @@ async fn authorize(
             call: None,
             run: Some(&argv_all),
         };
-        token = authority_api::authorize(
+        let allowed = authority_api::authorize(
             kernel,
             cred,
             io,
@@ -211,6 +226,19 @@ async fn authorize(
             &effect,
         )
         .await?;
+        token = allowed.token;
+        let into = match cap {
+            Capability::FsRead => &mut decided.read,
+            Capability::FsWrite => &mut decided.write,
+            _ => continue,
+        };
+        let file = allowed.file.ok_or_else(|| {
+            RemoteError::new(
+                ErrorKind::Denied,
+                format!("{cap} on {target}: the path could not be resolved to one the grants cover; give a plain absolute path"),
+            )
+        })?;
+        into.push(file.path);
     }
     authority_api::recheck(
         kernel,
@@ -220,17 +248,19 @@ async fn authorize(
         Capability::ProcessExec,
         &req.program,
     )
-    .await
+    .await?;
+    Ok(decided)
 }
 
-/// Builds the spec for `req` and spawns it on the spawner's thread; returns the child with
-/// the tier and timeout it runs under.
+/// Builds the spec for `req` with the grants as decided and spawns it on the spawner's
+/// thread; returns the child with the tier and timeout it runs under.
 async fn spawn(
     kernel: &Kernel,
     req: &SandboxRunRequest,
+    decided: DecidedGrants,
 ) -> Result<(loong_sandbox::Child, (Option<Tier>, Option<Duration>)), RemoteError> {
     let spawner = kernel.spawner.clone().map_err(unavailable)?;
-    let spec = spec_from(req, kernel.config.sandbox.allow_degraded)?;
+    let spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
     let limits = (spec.tier, spec.limits.timeout);
     let child = tokio::task::spawn_blocking(move || {
         spawner.spawn(
@@ -269,7 +299,7 @@ pub(crate) async fn run(
     // (or the operator's pack). Nothing spawns unless all are allowed.
     let spawned = match authorize(kernel, &req, cred, &io).await {
         Err(e) => Err(e),
-        Ok(()) => spawn(kernel, &req).await,
+        Ok(decided) => spawn(kernel, &req, decided).await,
     };
     let (mut child, (tier, timeout)) = match spawned {
         Ok(c) => c,

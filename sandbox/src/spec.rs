@@ -104,6 +104,10 @@ pub struct SandboxSpec {
     /// only: it is the one path under loongd's (hidden) home a sandbox may see, and it may not
     /// contain any hidden path.
     pub package: Option<PathBuf>,
+    /// Set when `read` and `write` are the resolved paths a decision allowed (loongd's
+    /// `sandbox run`): a grant that no longer resolves to itself changed since it was decided
+    /// and is refused ([`SpecError::GrantChanged`]) rather than resolved anew.
+    pub decided_grants: bool,
 }
 
 /// Departures from a tier's rlimits that loongd makes for its own worker programs (a request
@@ -134,6 +138,12 @@ pub enum SpecError {
     PathNotFound { flag: &'static str, path: String },
     #[error("{flag} {path}: give an absolute path")]
     NotAbsolute { flag: &'static str, path: String },
+    #[error("{flag} {path} changed after it was decided (it now resolves to {now}); nothing was run, run again")]
+    GrantChanged {
+        flag: &'static str,
+        path: String,
+        now: String,
+    },
     #[error("conflicting grants: {0}")]
     Conflict(String),
     #[error("{what} of 0 is not a limit; omit it to use the tier's default")]
@@ -181,7 +191,11 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn check_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, SpecError> {
+fn check_paths(
+    flag: &'static str,
+    paths: &[PathBuf],
+    decided: bool,
+) -> Result<Vec<PathBuf>, SpecError> {
     if paths.len() > MAX_GRANTS {
         return Err(SpecError::TooMany {
             what: "grants",
@@ -196,7 +210,18 @@ fn check_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Sp
             if !p.is_absolute() {
                 return Err(SpecError::NotAbsolute { flag, path: shown });
             }
-            std::fs::canonicalize(p).map_err(|_| SpecError::PathNotFound { flag, path: shown })
+            let real = std::fs::canonicalize(p).map_err(|_| SpecError::PathNotFound {
+                flag,
+                path: shown.clone(),
+            })?;
+            if decided && real != *p {
+                return Err(SpecError::GrantChanged {
+                    flag,
+                    path: shown,
+                    now: real.display().to_string(),
+                });
+            }
+            Ok(real)
         })
         .collect()
 }
@@ -233,8 +258,8 @@ impl SandboxSpec {
                 return Err(SpecError::BadEnvName(name.clone()));
             }
         }
-        let read = check_paths("--read", &self.read)?;
-        let write = check_paths("--write", &self.write)?;
+        let read = check_paths("--read", &self.read, self.decided_grants)?;
+        let write = check_paths("--write", &self.write, self.decided_grants)?;
         for r in &read {
             if write.contains(r) {
                 return Err(SpecError::Conflict(format!(

@@ -192,6 +192,34 @@ fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
     seccompiler::BpfProgram::try_from(filter).map_err(err)
 }
 
+/// How [`open_beneath`] resolves a path: never above the directory it starts from, through
+/// no symlink (so through no magic link either).
+pub const BENEATH_NO_SYMLINKS: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// Opens `path`, a relative path of plain names, beneath the directory `dir` with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`: the kernel
+/// refuses a `..` or absolute path (`EXDEV`) and any symlink met on the way, the last name
+/// included (`ELOOP`), at the moment of the open. So a name swapped for a symlink between a
+/// check and this open is refused, not followed. `flags` are `open(2)` flags (close-on-exec
+/// is always added), `mode` the mode of a file `O_CREAT` makes. An empty `path` opens `dir`
+/// itself again.
+pub fn open_beneath(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &std::path::Path,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let rel = if path.as_os_str().is_empty() {
+        std::ffi::CString::from(c".")
+    } else {
+        std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?
+    };
+    sys::openat2(dir, &rel, flags, mode, BENEATH_NO_SYMLINKS)
+}
+
 /// loongd's side of a broker socket: passes one connected socket to the worker.
 pub fn send_connection(broker: &UnixStream, conn: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsFd;

@@ -9,6 +9,7 @@ mod authority;
 mod bridges;
 mod control_socket;
 mod daemon_lifecycle;
+mod file_binding;
 mod keys;
 mod package_checks;
 mod package_copy;

@@ -32,6 +32,8 @@ pub const MAX_LOG_LINES: usize = 64;
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
 /// Bound on [`PluginFailure::message`].
 pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
+/// Bound on each path of a [`DecidedFile`] (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// What loongd asks a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,9 @@ pub enum WorkerRequest {
         plugin_id: String,
         /// The JSON input (at most [`MAX_CALL_BYTES`]).
         input: Vec<u8>,
+        /// For a built-in file tool: the file the call was decided on, which is the only one
+        /// the worker may open; `None` for every other call.
+        decided: Option<DecidedFile>,
     },
     /// Drop a plugin; answered by [`WorkerResponse::Unloaded`].
     Unload { plugin_id: String },
@@ -66,8 +71,8 @@ pub enum WorkerRequest {
 }
 
 /// A built-in tool as loongd configures its worker. The worker's sandbox grants exactly the
-/// roots named here (landlock and the mount namespace are the boundary); the worker checks
-/// paths against them too, to give a clear error.
+/// roots named here (landlock and the mount namespace are the boundary); a file tool holds
+/// them open and opens each call's [`DecidedFile`] beneath one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct BuiltinSpec {
@@ -95,6 +100,30 @@ impl BuiltinSpec {
             check_len("root", r, MAX_CONFIG_TEXT_BYTES)?;
         }
         Ok(())
+    }
+}
+
+/// The file a built-in file tool's call was decided on. loongd resolved the caller's path
+/// (every symlink and `..`) and checked it against the caller's grants; the worker opens
+/// exactly `path`, walking down from a descriptor of `scope` with the kernel refusing any
+/// symlink, magic link or escape on the way (`openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`), so that what is opened is what was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DecidedFile {
+    /// The resolved absolute path (at most [`MAX_PATH_BYTES`]).
+    pub path: String,
+    /// The directory the decision confines the call to: the narrowest of the caller's
+    /// token grant and pack grant that cover `path` (`/` when neither narrows it); the
+    /// worker narrows it further to the tool's own root (at most [`MAX_PATH_BYTES`]).
+    pub scope: String,
+}
+
+impl DecidedFile {
+    /// Checks both paths against their bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("decided path", &self.path, MAX_PATH_BYTES)?;
+        check_len("decided scope", &self.scope, MAX_PATH_BYTES)
     }
 }
 

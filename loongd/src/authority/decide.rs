@@ -28,6 +28,10 @@ pub struct Request<'a> {
     pub target: Option<&'a str>,
     /// For `process.exec`: the whole command line.
     pub command: Option<CommandLine<'a>>,
+    /// For `fs.read` and `fs.write`: the target's canonical form, resolved once by the caller
+    /// so that the decision and the effect use the same path (`None`: [`FileRoots`]
+    /// resolves it).
+    pub resolved: Option<&'a Path>,
 }
 
 /// Where a denial came from.
@@ -168,7 +172,11 @@ impl Extension for FileRoots {
             return None;
         }
         let target = req.target?;
-        let Some(real) = canonical(Path::new(target)) else {
+        let Some(real) = req
+            .resolved
+            .map(Path::to_path_buf)
+            .or_else(|| canonical(Path::new(target)))
+        else {
             return Some(format!("{target} is not an absolute path"));
         };
         let real_s = real.to_string_lossy();
@@ -184,6 +192,54 @@ impl Extension for FileRoots {
             .denies(req.cap, &real_s)
             .map(|why| format!("{target} resolves to {real_s}: {why}"))
     }
+}
+
+/// What an allowed file decision confines its effect to: the resolved path and the
+/// directory the grants that allowed it cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileScope {
+    /// The target, canonical (as the decision saw it).
+    pub path: PathBuf,
+    /// The narrowest directory that both the caller's token (when there is one) and its pack
+    /// grant `path` under: for each, the widest of its grants that cover `path`, and of those
+    /// two the deeper (both lie above `path`, so one lies within the other). `/` when neither
+    /// narrows it.
+    pub scope: PathBuf,
+}
+
+/// The [`FileScope`] of `cap` on the canonical path `real` under `token` and `pack`; `None`
+/// when they do not grant it.
+pub fn file_scope(
+    token: Option<&Token>,
+    pack: &Pack,
+    cap: Capability,
+    real: &Path,
+) -> Option<FileScope> {
+    let real_s = real.to_str()?;
+    let widest = |grants: &[loong_profiles::pack::Grant]| {
+        grants
+            .iter()
+            .filter(|g| g.allows(cap, Some(real_s)))
+            .filter_map(|g| match &g.scope {
+                None => Some(PathBuf::from("/")),
+                Some(s) => lexical(Path::new(s)),
+            })
+            .min_by_key(|p| p.components().count())
+    };
+    let from_pack = widest(&pack.grants)?;
+    let from_token = match token {
+        None => PathBuf::from("/"),
+        Some(t) => widest(&t.grants)?,
+    };
+    let scope = if from_token.starts_with(&from_pack) {
+        from_token
+    } else {
+        from_pack
+    };
+    real.starts_with(&scope).then(|| FileScope {
+        path: real.to_path_buf(),
+        scope,
+    })
 }
 
 /// Shell rules: every program a command line would run (through pipes, `;`, `&&`,
@@ -344,7 +400,7 @@ mod tests {
         fn no_allow_outside_token_and_pack(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target(), operator in any::<bool>()) {
             let (p, tok) = (pack(pg), token(tg));
             let cap = Capability::ALL[c];
-            let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), command: None };
+            let req = Request { token: (!operator).then_some(&tok), cap, target: t.as_deref(), command: None, resolved: None };
             if decide(&req, &p, &Denylist::default(), &[], None) == Decision::Allow {
                 prop_assert!(p.allows(cap, t.as_deref()), "allowed outside the pack");
                 if !operator {
@@ -359,14 +415,30 @@ mod tests {
             let Some(t) = t else { return Ok(()) };
             let full = pack(Capability::ALL.iter().map(|c| Grant { cap: *c, scope: None }).collect());
             let deny = Denylist { paths: vec![lexical(Path::new(&t)).unwrap_or_default()], hosts: vec![t.clone()], programs: vec![t.clone()] };
-            let req = Request { token: None, cap, target: Some(&t), command: None };
+            let req = Request { token: None, cap, target: Some(&t), command: None, resolved: None };
             prop_assert!(matches!(decide(&req, &full, &deny, &[], None), Decision::Deny(Deny::Denylisted(_))));
+        }
+
+        #[test]
+        fn everything_beneath_a_file_scope_is_granted_by_token_and_pack(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target(), operator in any::<bool>()) {
+            let (p, tok) = (pack(pg), token(tg));
+            let cap = Capability::ALL[c];
+            let Some(real) = t.as_deref().and_then(|t| lexical(Path::new(t))) else { return Ok(()) };
+            if let Some(f) = file_scope((!operator).then_some(&tok), &p, cap, &real) {
+                prop_assert!(real.starts_with(&f.scope));
+                let below = f.scope.join("any/file");
+                let below = below.to_string_lossy();
+                prop_assert!(p.allows(cap, Some(&below)), "the scope reaches outside the pack");
+                if !operator {
+                    prop_assert!(tok.grants.iter().any(|g| g.allows(cap, Some(&below))), "the scope reaches outside the token");
+                }
+            }
         }
 
         #[test]
         fn extensions_never_turn_a_deny_into_anything_else(pg in proptest::collection::vec(grant(), 0..6), tg in proptest::collection::vec(grant(), 0..6), (c, t) in target()) {
             let (p, tok) = (pack(pg), token(tg));
-            let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), command: None };
+            let req = Request { token: Some(&tok), cap: Capability::ALL[c], target: t.as_deref(), command: None, resolved: None };
             let before = decide(&req, &p, &Denylist::default(), &[], None);
             let with = decide(&req, &p, &Denylist::default(), &[&FileRoots, &ShellRules], None);
             if before != Decision::Allow {
@@ -394,6 +466,7 @@ mod tests {
                     cap: Capability::FsRead,
                     target: Some(t),
                     command: None,
+                    resolved: None,
                 },
                 &p,
                 &Denylist::default(),
@@ -416,6 +489,35 @@ mod tests {
     }
 
     #[test]
+    fn a_file_decision_hands_over_the_narrowest_scope_that_token_and_pack_both_grant() {
+        let g = |s: &str| Grant::parse(s).expect("grant");
+        let p = pack(vec![g("fs.read:/srv"), g("fs.read:/srv/docs/deep")]);
+        let scope = |tok: Option<&Token>, path: &str| {
+            file_scope(tok, &p, Capability::FsRead, Path::new(path)).map(|f| f.scope)
+        };
+        // The operator: the pack's widest grant that covers the path.
+        assert_eq!(scope(None, "/srv/docs/deep/a"), Some(PathBuf::from("/srv")));
+        // A token narrower than the pack: its own scope; wider (unscoped): the pack's.
+        let narrow = token(vec![g("fs.read:/srv/docs"), g("fs.read:/srv/docs/x")]);
+        assert_eq!(
+            scope(Some(&narrow), "/srv/docs/x/a"),
+            Some(PathBuf::from("/srv/docs"))
+        );
+        let wide = token(vec![g("fs.read")]);
+        assert_eq!(
+            scope(Some(&wide), "/srv/docs/a"),
+            Some(PathBuf::from("/srv"))
+        );
+        // Not granted by one of them, or another capability: no scope at all.
+        assert_eq!(scope(Some(&narrow), "/srv/other/a"), None);
+        assert_eq!(scope(None, "/etc/hostname"), None);
+        assert_eq!(
+            file_scope(None, &p, Capability::FsWrite, Path::new("/srv/a")),
+            None
+        );
+    }
+
+    #[test]
     fn shell_rules_see_the_whole_command_line() {
         let p = pack(vec![
             Grant::parse("process.exec:sh").expect("g"),
@@ -434,6 +536,7 @@ mod tests {
                     cap: Capability::ProcessExec,
                     target: Some(&argv[0]),
                     command: Some(CommandLine::Argv(&argv)),
+                    resolved: None,
                 },
                 &p,
                 &deny,
@@ -473,6 +576,7 @@ mod tests {
                 cap: Capability::ProcessExec,
                 target: first.as_deref(),
                 command: Some(line),
+                resolved: None,
             },
             &p,
             &deny,

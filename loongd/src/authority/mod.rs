@@ -46,6 +46,9 @@ pub struct Outcome {
     /// The public id of the token it was decided under (`None`: the operator, or a secret
     /// that matches no token).
     pub token: Option<String>,
+    /// For `fs.read` and `fs.write` that is not denied: the resolved target and the scope
+    /// the grants confine it to, which the effect must be bound to.
+    pub file: Option<decide::FileScope>,
 }
 
 impl Outcome {
@@ -242,6 +245,7 @@ impl Authority {
                         pack: String::new(),
                         agent: None,
                         token: self.tokens.id_of(secret)?,
+                        file: None,
                     });
                 }
             },
@@ -256,13 +260,22 @@ impl Authority {
                 pack: pack_id,
                 token: checked.as_ref().map(|t| t.id.clone()),
                 agent: checked.map(|t| t.agent),
+                file: None,
             });
+        };
+        // A file target is resolved once: the decision and the effect use the same path.
+        let resolved = match cap {
+            Capability::FsRead | Capability::FsWrite => {
+                target.and_then(|t| decide::canonical(Path::new(t)))
+            }
+            _ => None,
         };
         let req = decide::Request {
             token: checked.as_ref(),
             cap,
             target,
             command,
+            resolved: resolved.as_deref(),
         };
         let decision = decide::decide(
             &req,
@@ -271,11 +284,16 @@ impl Authority {
             &[&decide::FileRoots, &decide::ShellRules],
             Some(&self.risk),
         );
+        let file = match (&decision, &resolved) {
+            (Decision::Deny(_), _) | (_, None) => None,
+            (_, Some(real)) => decide::file_scope(req.token, pack, cap, real),
+        };
         Ok(Outcome {
             decision: Ok(decision),
             pack: pack_id,
             token: checked.as_ref().map(|t| t.id.clone()),
             agent: checked.map(|t| t.agent),
+            file,
         })
     }
 }

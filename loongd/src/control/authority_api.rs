@@ -237,6 +237,8 @@ pub(crate) struct Authorized {
     pub record: Option<Event>,
     /// The public id of the token it was decided under, to re-check at dispatch.
     pub token: Option<String>,
+    /// For a file effect: the resolved target and its scope, which the effect must use.
+    pub file: Option<crate::authority::decide::FileScope>,
 }
 
 /// Decides one request and audits the decision (committed before this returns).
@@ -291,21 +293,22 @@ fn decision(
     Ok((outcome, event(Kind::PolicyDecision, cred, io, detail)))
 }
 
-/// Decides one effect and waits for an approval when policy asks for one: `Ok` (with the
-/// public id of the token it was decided under) only when it may go ahead; a denial is
-/// [`ErrorKind::Denied`], an unanswered approval [`ErrorKind::ApprovalPending`].
+/// Decides one effect and waits for an approval when policy asks for one: `Ok` only when it
+/// may go ahead, with the public id of the token it was decided under and, for a file effect,
+/// the resolved path and scope it was decided on; a denial is [`ErrorKind::Denied`], an
+/// unanswered approval [`ErrorKind::ApprovalPending`].
 pub(crate) async fn authorize(
     kernel: &Kernel,
     cred: &UCred,
     io: &RequestIo,
     token: Option<&str>,
     effect: &Effect<'_>,
-) -> Result<Option<String>, RemoteError> {
-    let done = authorize_unrecorded(kernel, cred, io, token, effect).await?;
-    if let Some(record) = done.record {
+) -> Result<Authorized, RemoteError> {
+    let mut done = authorize_unrecorded(kernel, cred, io, token, effect).await?;
+    if let Some(record) = done.record.take() {
         kernel.audit.record(record).await.map_err(internal)?;
     }
-    Ok(done.token)
+    Ok(done)
 }
 
 /// [`authorize`], except that an allowed decision's record is returned to the caller, who
@@ -325,6 +328,7 @@ pub(crate) async fn authorize_unrecorded(
         return Ok(Authorized {
             record: Some(record),
             token: o.token,
+            file: o.file,
         });
     }
     kernel.audit.record(record).await.map_err(internal)?;
@@ -333,6 +337,7 @@ pub(crate) async fn authorize_unrecorded(
         return Ok(Authorized {
             record: None,
             token: o.token,
+            file: o.file,
         });
     }
     Err(RemoteError::new(

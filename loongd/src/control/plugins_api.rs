@@ -103,6 +103,7 @@ async fn prove(kernel: &Kernel, p: &mut Plugin, correlation: &str) -> Result<(),
                 plugin,
                 &tool,
                 input.clone().into_bytes(),
+                None,
                 tools_api::QUEUE_DEADLINE,
                 correlation,
             )

@@ -12,8 +12,8 @@ use std::{
 
 use loong_ipc::{
     message::control::{MAX_INVOKE_INPUT_BYTES, MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_BYTES},
-    BearerSecret, ControlResponse, ErrorKind, InvokeRequest, InvokeResult, RemoteError, ToolHit,
-    ToolSearchRequest,
+    BearerSecret, ControlResponse, DecidedFile, ErrorKind, InvokeRequest, InvokeResult,
+    RemoteError, ToolHit, ToolSearchRequest,
 };
 use loong_profiles::pack::Capability;
 use loong_profiles::plugin::TrustTier;
@@ -114,6 +114,15 @@ pub(crate) async fn invoke(
         // It waited for an approval: its token must still be valid now that it runs.
         recheck(kernel, cred, io, decided.token.as_deref(), cap, &target).await?;
     }
+    // A file tool opens only the file the decision resolved, beneath the scope it decided
+    // (without one, its worker refuses the call).
+    let file = decided
+        .file
+        .filter(|_| matches!(cap, Capability::FsRead | Capability::FsWrite))
+        .map(|f| DecidedFile {
+            path: f.path.to_string_lossy().into_owned(),
+            scope: f.scope.to_string_lossy().into_owned(),
+        });
     let record = |kind, detail| event(kind, cred, io, detail);
     let invoked = serde_json::json!({
         "tool": req.tool, "version": plugin.version, "sha256": sha256,
@@ -150,6 +159,7 @@ pub(crate) async fn invoke(
             &loadable,
             &tool,
             req.input.into_bytes(),
+            file,
             QUEUE_DEADLINE,
             &correlation
         ),
@@ -260,9 +270,20 @@ fn builtin_effect(
             .map(String::from)
             .ok_or_else(|| bad(format!("{tool} needs `{name}` (a string) in its input")))
     };
+    // A file path is absolute and names no `.` or `..` (the docs promise this; `Path` would
+    // drop a `.` silently, so the text is checked).
+    let path = || {
+        let p = field("path")?;
+        if !p.starts_with('/') || p.split('/').any(|c| c == "." || c == "..") {
+            return Err(bad(format!(
+                "{tool} path {p:?}: give an absolute path without . or .. components"
+            )));
+        }
+        Ok(p)
+    };
     Ok(match tool {
-        "file.read" => (Capability::FsRead, field("path")?, None),
-        "file.write" | "file.edit" => (Capability::FsWrite, field("path")?, None),
+        "file.read" => (Capability::FsRead, path()?, None),
+        "file.write" | "file.edit" => (Capability::FsWrite, path()?, None),
         "web.fetch" => {
             let url = field("url")?;
             let (host, port, _) = loong_profiles::plugin::parse_endpoint(&url)

@@ -111,7 +111,13 @@ fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
                 id: d.tool.to_string(),
                 wire: Arc::new(Wire::Builtin(BuiltinSpec {
                     tool: d.tool.to_string(),
-                    roots: roots.iter().map(|r| r.display().to_string()).collect(),
+                    // Resolved as loongd resolves a call's path (the sandbox binds a root at
+                    // its real path; the worker opens it without following symlinks).
+                    roots: roots
+                        .iter()
+                        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
+                        .map(|r| r.display().to_string())
+                        .collect(),
                     timeout_ms: cfg.timeout_ms,
                     max_output_bytes: cfg.max_output_bytes,
                 })),

@@ -125,8 +125,13 @@ pub(crate) struct Called {
 enum Job {
     /// Load the plugin (discovery's check).
     Check,
-    /// Call `tool` with this input, loading the plugin first when needed.
-    Call { tool: String, input: Vec<u8> },
+    /// Call `tool` with this input, loading the plugin first when needed; `decided` is the
+    /// file a built-in file tool's call was decided on.
+    Call {
+        tool: String,
+        input: Vec<u8>,
+        decided: Option<loong_ipc::DecidedFile>,
+    },
 }
 
 /// What a load told about the plugin.
@@ -466,19 +471,22 @@ impl Supervisor {
         }
     }
 
-    /// Runs `plugin` on `input` in a worker; `correlation` ties the worker's records to the
-    /// call's. Waits for a free worker at most `queue_deadline`.
+    /// Runs `plugin` on `input` in a worker; `decided` is the file a built-in file tool's
+    /// call was decided on (the only one its worker opens); `correlation` ties the worker's
+    /// records to the call's. Waits for a free worker at most `queue_deadline`.
     pub(crate) async fn call(
         self: &Arc<Self>,
         plugin: &Loadable,
         tool: &str,
         input: Vec<u8>,
+        decided: Option<loong_ipc::DecidedFile>,
         queue_deadline: Duration,
         correlation: &str,
     ) -> Called {
         let job = Job::Call {
             tool: tool.to_string(),
             input,
+            decided,
         };
         let (worker, result) = self.run(plugin, job, queue_deadline, correlation).await;
         let mut loaded = None;
@@ -605,7 +613,12 @@ impl Supervisor {
         } else {
             LoadInfo::default()
         };
-        let Job::Call { tool, mut input } = job else {
+        let Job::Call {
+            tool,
+            mut input,
+            decided,
+        } = job
+        else {
             return Ok(Ok(Done::Loaded(info)));
         };
         let deadline = plugin.call_deadline();
@@ -650,6 +663,7 @@ impl Supervisor {
         let invoke = WorkerRequest::Invoke {
             plugin_id: tool,
             input,
+            decided,
         };
         let answer = worker.request(invoke, deadline).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {

@@ -1,6 +1,8 @@
 //! Building the sandbox's root, bubblewrap style: a tmpfs base, `pivot_root` into it with the
 //! old root kept at `/oldroot`, the new root assembled under `/newroot` from the plan's
-//! steps, then a second `pivot_root` that leaves the old root unreachable.
+//! steps, then a second `pivot_root` that leaves the old root unreachable. Every bind source
+//! (resolved by the plan) is opened without following a symlink and bound through that
+//! descriptor, so a name swapped for a symlink after planning is refused, not followed.
 
 use std::{
     fs, io,
@@ -13,6 +15,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use super::Failure;
 use crate::plan::MountOp;
 
+/// Where the helper's own descriptors are named while the root is built: the host's procfs,
+/// under the old root (the mount follows `N` there to the object the descriptor holds).
+const OLD_ROOT_FDS: &str = "/oldroot/proc/self/fd";
 /// Size of the base tmpfs that holds the two pivot points.
 const BASE_TMPFS_BYTES: u64 = 1 << 20;
 /// Size of the new root's own tmpfs (directories and mount points only).
@@ -103,10 +108,41 @@ fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
     bind_with(src, dst, writable, MsFlags::MS_NODEV)
 }
 
-/// A bind mount; `extra` are flags besides `nosuid` (device nodes need `nodev` off).
+/// Opens `src` (absolute) for a bind without following any symlink on its path
+/// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from `/`): the plan resolved every source
+/// already, so a symlink met now was swapped in since, and is refused (`ELOOP`), not followed.
+fn pin_source(src: &Path) -> Result<std::os::fd::OwnedFd, Failure> {
+    use std::os::{fd::AsFd, unix::ffi::OsStrExt, unix::fs::OpenOptionsExt};
+    let top = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open("/")
+        .map_err(io_fail("open / for a bind source", src))?;
+    let rel = src.strip_prefix("/").unwrap_or(src).as_os_str().as_bytes();
+    let rel = if rel.is_empty() { b"." } else { rel };
+    let rel = std::ffi::CString::new(rel)
+        .map_err(|_| Failure::new("bind source", libc::EINVAL, src.display().to_string()))?;
+    crate::sys::openat2(
+        top.as_fd(),
+        &rel,
+        libc::O_PATH,
+        0,
+        crate::worker::BENEATH_NO_SYMLINKS,
+    )
+    .map_err(io_fail("open bind source without symlinks", src))
+}
+
+/// A bind mount; `extra` are flags besides `nosuid` (device nodes need `nodev` off). The
+/// source is pinned first ([`pin_source`]) and bound through its descriptor, so what is bound
+/// is what was opened.
 fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
-    let meta = fs::metadata(src).map_err(io_fail("stat bind source", src))?;
-    if meta.is_dir() {
+    use std::os::fd::AsRawFd;
+    let pinned = pin_source(src)?;
+    let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+    let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let by_fd = Path::new(OLD_ROOT_FDS).join(pinned.as_raw_fd().to_string());
+    let src = by_fd.as_path();
+    if is_dir {
         mkdirs(dst)?;
     } else {
         if let Some(parent) = dst.parent() {

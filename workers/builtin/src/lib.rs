@@ -8,19 +8,20 @@
 //!   (`/bin/sh -c` in the workspace, an empty environment but `PATH`, output capped, killed at
 //!   the deadline with its whole process group).
 //!
-//! Paths must be absolute and lexically under one of the tool's roots; that check only words
-//! the error. The boundary is the sandbox: its mount namespace and landlock grant those roots
-//! and nothing else, so a symlink inside a root that leads out of it is refused by the kernel.
+//! A file tool opens only the file loongd decided the call on, beneath the decided scope,
+//! with the kernel refusing any symlink on the way ([`files`]). Behind that, the sandbox's
+//! mount namespace and the worker's landlock domain grant the tool's roots and nothing else.
 
 use std::{
     io::{self, Read},
-    path::{Component, Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use loong_ipc::{BuiltinSpec, FailureKind, PluginFailure};
+use loong_ipc::{BuiltinSpec, DecidedFile, FailureKind, PluginFailure};
 use serde_json::{json, Value};
+
+pub mod files;
 
 /// The built-in tools this worker runs.
 pub const TOOLS: [&str; 4] = ["file.read", "file.write", "file.edit", "shell.exec"];
@@ -36,6 +37,14 @@ pub enum ToolError {
     Input(String),
     #[error("{0} is outside this tool's roots ({1})")]
     OutsideRoots(String, String),
+    #[error("{0} changed after the call was decided (a symlink or an escape is now on its path); nothing was opened, call again")]
+    Swapped(String),
+    #[error("{0} is not a regular file")]
+    NotRegular(String),
+    #[error("{0} has {1} hard links, and another name may lie outside the scope; write to a file with one link")]
+    HardLinked(String, u64),
+    #[error("{0}: the call carries no decided file; loongd decides every file call")]
+    NotDecided(String),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("{0} is not UTF-8 text")]
@@ -58,115 +67,46 @@ impl ToolError {
     }
 }
 
-fn str_field<'a>(input: &'a Value, name: &str) -> Result<&'a str, ToolError> {
+pub(crate) fn str_field<'a>(input: &'a Value, name: &str) -> Result<&'a str, ToolError> {
     input
         .get(name)
         .and_then(Value::as_str)
         .ok_or_else(|| ToolError::Input(format!("`{name}` (a string) is required")))
 }
 
-/// An absolute path without `.` or `..`, lexically under one of `roots`.
-pub fn checked_path(path: &str, roots: &[String]) -> Result<PathBuf, ToolError> {
-    let p = Path::new(path);
-    if !p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(ToolError::Input(format!(
-            "{path:?}: give an absolute path without . or .."
-        )));
-    }
-    if !roots.iter().any(|r| p.starts_with(r)) {
-        return Err(ToolError::OutsideRoots(path.into(), roots.join(", ")));
-    }
-    Ok(p.to_path_buf())
+/// A configured built-in tool: its spec and, for a file tool, its roots held open.
+#[derive(Debug)]
+pub struct Builtin {
+    pub spec: BuiltinSpec,
+    roots: files::Roots,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ToolError + '_ {
-    move |source| ToolError::Io {
-        path: path.display().to_string(),
-        source,
+impl Builtin {
+    /// Takes `spec`; a file tool opens its roots now (before the worker narrows its landlock
+    /// domain to them).
+    pub fn configure(spec: BuiltinSpec) -> Result<Builtin, ToolError> {
+        let roots = if spec.tool.starts_with("file.") {
+            files::Roots::open(&spec.roots)?
+        } else {
+            files::Roots::none()
+        };
+        Ok(Builtin { spec, roots })
     }
-}
 
-/// Runs one built-in call; the answer is JSON.
-pub fn run(spec: &BuiltinSpec, input: &[u8]) -> Result<Value, ToolError> {
-    let input: Value =
-        serde_json::from_slice(input).map_err(|e| ToolError::Input(e.to_string()))?;
-    match spec.tool.as_str() {
-        "file.read" => read(spec, &input),
-        "file.write" => write(spec, &input),
-        "file.edit" => edit(spec, &input),
-        "shell.exec" => shell(spec, &input),
-        other => Err(ToolError::Input(format!("no built-in tool {other:?}"))),
-    }
-}
-
-fn read(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
-    let path = checked_path(str_field(input, "path")?, &spec.roots)?;
-    let limit = input
-        .get("max_bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(spec.max_output_bytes)
-        .min(spec.max_output_bytes);
-    let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(&path))?;
-    let truncated = bytes.len() as u64 > limit;
-    bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let content = match String::from_utf8(bytes) {
-        Ok(s) => s,
-        // A cut may split a character: keep the whole ones.
-        Err(e) if truncated && e.utf8_error().error_len().is_none() => {
-            let good = e.utf8_error().valid_up_to();
-            let mut b = e.into_bytes();
-            b.truncate(good);
-            String::from_utf8(b).map_err(|_| ToolError::NotText(path.display().to_string()))?
+    /// Runs one call; the answer is JSON. A file tool opens only `decided`, the file loongd
+    /// decided the call on.
+    pub fn run(&self, input: &[u8], decided: Option<&DecidedFile>) -> Result<Value, ToolError> {
+        let input: Value =
+            serde_json::from_slice(input).map_err(|e| ToolError::Input(e.to_string()))?;
+        let (spec, roots) = (&self.spec, &self.roots);
+        match spec.tool.as_str() {
+            "file.read" => files::read(spec, roots, decided, &input),
+            "file.write" => files::write(spec, roots, decided, &input),
+            "file.edit" => files::edit(spec, roots, decided, &input),
+            "shell.exec" => shell(spec, &input),
+            other => Err(ToolError::Input(format!("no built-in tool {other:?}"))),
         }
-        Err(_) => return Err(ToolError::NotText(path.display().to_string())),
-    };
-    Ok(json!({"path": path, "bytes": content.len(), "content": content, "truncated": truncated}))
-}
-
-fn write(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
-    let path = checked_path(str_field(input, "path")?, &spec.roots)?;
-    let content = str_field(input, "content")?;
-    std::fs::write(&path, content).map_err(io_err(&path))?;
-    Ok(json!({"path": path, "bytes": content.len()}))
-}
-
-fn edit(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
-    let path = checked_path(str_field(input, "path")?, &spec.roots)?;
-    let old = str_field(input, "old")?;
-    let new = str_field(input, "new")?;
-    let all = input.get("all").and_then(Value::as_bool).unwrap_or(false);
-    if old.is_empty() {
-        return Err(ToolError::Input("`old` must not be empty".into()));
     }
-    let limit = spec.max_output_bytes;
-    let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
-    if meta.len() > limit {
-        return Err(ToolError::TooLarge(limit));
-    }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let found = text.matches(old).count();
-    if found == 0 {
-        return Err(ToolError::Edit(format!(
-            "{}: the text to replace is not there",
-            path.display()
-        )));
-    }
-    if found > 1 && !all {
-        return Err(ToolError::Edit(format!(
-            "{}: the text to replace occurs {found} times; give more context or set all",
-            path.display()
-        )));
-    }
-    let edited = text.replace(old, new);
-    std::fs::write(&path, edited).map_err(io_err(&path))?;
-    Ok(json!({"path": path, "replacements": found}))
 }
 
 fn shell(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
@@ -258,7 +198,7 @@ fn shell(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
 mod tests {
     use super::*;
 
-    fn spec(tool: &str, root: &Path) -> BuiltinSpec {
+    fn spec(tool: &str, root: &std::path::Path) -> BuiltinSpec {
         BuiltinSpec {
             tool: tool.into(),
             roots: vec![root.display().to_string()],
@@ -268,56 +208,9 @@ mod tests {
     }
 
     fn call(spec: &BuiltinSpec, input: Value) -> Result<Value, ToolError> {
-        run(spec, input.to_string().as_bytes())
-    }
-
-    #[test]
-    fn file_tools_read_write_and_edit_inside_their_roots() {
-        let dir = tempfile::tempdir().expect("dir");
-        let f = dir.path().join("a.txt");
-        let path = f.display().to_string();
-        let w = call(
-            &spec("file.write", dir.path()),
-            json!({"path": path, "content": "one two two"}),
-        )
-        .expect("write");
-        assert_eq!(w["bytes"], 11);
-        let r = call(&spec("file.read", dir.path()), json!({"path": path})).expect("read");
-        assert_eq!(r["content"], "one two two");
-        let err = call(
-            &spec("file.edit", dir.path()),
-            json!({"path": path, "old": "two", "new": "2"}),
-        )
-        .expect_err("ambiguous");
-        assert!(err.to_string().contains("2 times"), "{err}");
-        let e = call(
-            &spec("file.edit", dir.path()),
-            json!({"path": path, "old": "two", "new": "2", "all": true}),
-        )
-        .expect("edit all");
-        assert_eq!(e["replacements"], 2);
-        assert_eq!(std::fs::read_to_string(&f).expect("read"), "one 2 2");
-        // Reads are capped; a cut never splits a character.
-        std::fs::write(&f, "é".repeat(40)).expect("write");
-        let r = call(&spec("file.read", dir.path()), json!({"path": path})).expect("read");
-        assert_eq!(
-            (r["bytes"].as_u64(), r["truncated"].as_bool()),
-            (Some(64), Some(true))
-        );
-        // Outside the roots, relative, or with `..`: refused by name.
-        for bad in [
-            "/etc/hostname",
-            "a.txt",
-            &format!("{}/../x", dir.path().display()),
-        ] {
-            let err =
-                call(&spec("file.read", dir.path()), json!({"path": bad})).expect_err("refused");
-            assert_eq!(
-                err.failure("file.read").kind,
-                FailureKind::ToolError,
-                "{bad}"
-            );
-        }
+        Builtin::configure(spec.clone())
+            .expect("configured")
+            .run(input.to_string().as_bytes(), None)
     }
 
     #[test]

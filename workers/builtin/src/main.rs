@@ -9,7 +9,7 @@ use loong_worker_runtime::{internal, refused, Final, Handler};
 
 #[derive(Debug, Default)]
 struct Worker {
-    spec: Option<loong_ipc::BuiltinSpec>,
+    tool: Option<loong_worker_builtin::Builtin>,
     calls: u64,
 }
 
@@ -23,8 +23,15 @@ impl Handler for Worker {
                 if !loong_worker_builtin::TOOLS.contains(&spec.tool.as_str()) {
                     return Ok(refused(format!("no built-in tool {:?}", spec.tool)));
                 }
-                // The file tools narrow themselves to their roots, below the tier's system
-                // directories: a symlink out of a root then leads nowhere.
+                // A file tool holds its roots open first (every call's file is opened beneath
+                // one), then narrows itself to them, below the tier's system directories: a
+                // symlink out of a root then leads nowhere.
+                let tool = match loong_worker_builtin::Builtin::configure((*spec).clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Err(internal(format!("opening the roots of {}: {e}", spec.tool)))
+                    }
+                };
                 let roots: Vec<std::path::PathBuf> =
                     spec.roots.iter().map(std::path::PathBuf::from).collect();
                 let confined = match spec.tool.as_str() {
@@ -41,18 +48,22 @@ impl Handler for Worker {
                     )));
                 }
                 let answer = loong_worker_runtime::one_tool(&spec.tool);
-                self.spec = Some(*spec);
+                self.tool = Some(tool);
                 answer
             }
-            WorkerRequest::Invoke { plugin_id, input } => {
+            WorkerRequest::Invoke {
+                plugin_id,
+                input,
+                decided,
+            } => {
                 self.calls += 1;
-                let Some(spec) = self.spec.as_ref().filter(|s| s.tool == plugin_id) else {
+                let Some(tool) = self.tool.as_ref().filter(|t| t.spec.tool == plugin_id) else {
                     return Ok(loong_worker_runtime::not_configured(&plugin_id));
                 };
                 let started = std::time::Instant::now();
                 let cpu_before =
                     loong_worker_runtime::thread_cpu_us() + loong_worker_runtime::children_cpu_us();
-                match loong_worker_builtin::run(spec, &input) {
+                match tool.run(&input, decided.as_ref()) {
                     Ok(out) => loong_worker_runtime::plain_output(
                         serde_json::to_vec(&out)
                             .map_err(|e| internal(format!("encoding the answer: {e}")))?,
@@ -68,11 +79,11 @@ impl Handler for Worker {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-builtin")
             }
             WorkerRequest::Unload { .. } => {
-                self.spec = None;
+                self.tool = None;
                 WorkerResponse::Unloaded
             }
             WorkerRequest::Stats => loong_worker_runtime::stats(
-                self.spec.iter().map(|s| s.tool.clone()).collect(),
+                self.tool.iter().map(|t| t.spec.tool.clone()).collect(),
                 self.calls,
             ),
         })

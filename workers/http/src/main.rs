@@ -45,7 +45,9 @@ impl Handler for Worker {
                 self.spec = Some(*spec);
                 answer
             }
-            WorkerRequest::Invoke { plugin_id, input } => {
+            WorkerRequest::Invoke {
+                plugin_id, input, ..
+            } => {
                 self.calls += 1;
                 let Some(spec) = self.spec.as_ref().filter(|s| s.plugin_id == plugin_id) else {
                     return Ok(loong_worker_runtime::not_configured(&plugin_id));

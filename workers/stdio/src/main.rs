@@ -39,7 +39,9 @@ impl Handler for Worker {
                     Err(f) => WorkerResponse::Failed(f),
                 }
             }
-            WorkerRequest::Invoke { plugin_id, input } => {
+            WorkerRequest::Invoke {
+                plugin_id, input, ..
+            } => {
                 self.calls += 1;
                 let Some(peer) = self.peer.as_mut() else {
                     return Ok(WorkerResponse::Failed(PluginFailure::new(

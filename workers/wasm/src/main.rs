@@ -69,7 +69,9 @@ impl Handler for Worker {
                     }
                 }
             }
-            WorkerRequest::Invoke { plugin_id, input } => {
+            WorkerRequest::Invoke {
+                plugin_id, input, ..
+            } => {
                 self.calls += 1;
                 let Some(plugin) = self.plugins.get(&plugin_id) else {
                     return Ok(WorkerResponse::Failed(PluginFailure::new(
