@@ -6,6 +6,7 @@
 mod cmd;
 mod duration;
 pub mod exit;
+mod paging;
 pub mod text;
 
 use std::{path::PathBuf, time::Duration};

@@ -67,6 +67,12 @@ pub enum FrameError {
     LimitOutOfRange { bytes: u64 },
 }
 
+/// The bytes `msg` takes in a frame's body (`None` when it cannot be encoded), for a sender
+/// that sizes an answer before it sends it.
+pub fn encoded_len<T: Serialize>(msg: &T) -> Option<usize> {
+    postcard::experimental::serialized_size(msg).ok()
+}
+
 /// Appends one frame holding `msg` to `out`. On error `out` is left as it was.
 pub fn encode<T: Serialize>(
     msg: &T,

@@ -24,8 +24,9 @@ pub use message::{
     control::{
         ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest,
         ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
-        KeyView, LockCheck, MechanismReport, PackView, PluginView, SandboxExit, SandboxRunRequest,
-        StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest, WorkerView,
+        KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
+        SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
+        WorkerView,
     },
     envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
     handshake::{

@@ -11,6 +11,7 @@ mod control_socket;
 mod daemon_lifecycle;
 mod file_binding;
 mod keys;
+mod lists;
 mod package_checks;
 mod package_copy;
 mod revocation;

@@ -39,6 +39,16 @@ fn h() -> String {
 fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
     use ControlResponse as R;
     Ok(match req {
+        // Every list is one page long: the page after it is empty.
+        ControlRequest::TokenList(p) if p.after.is_some() => R::Tokens(vec![]),
+        ControlRequest::PackList(p) if p.after.is_some() => R::Packs(vec![]),
+        ControlRequest::ApprovalList(p) if p.after.is_some() => R::Approvals(vec![]),
+        ControlRequest::KeyList(p) if p.after.is_some() => R::Keys(vec![]),
+        ControlRequest::PluginList(p) if p.after.is_some() => R::Plugins(vec![]),
+        ControlRequest::WorkerList(p) if p.after.is_some() => R::Workers(vec![]),
+        ControlRequest::AuditTokenTrail { page, .. } if page.after.is_some() => {
+            R::AuditRecords(vec![])
+        }
         ControlRequest::Status => R::Status(StatusReport {
             version: h(),
             protocol_version: PROTOCOL_VERSION,
@@ -86,7 +96,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             first_bad_seq: Some(1),
             problem: Some(h()),
         }),
-        ControlRequest::TokenList | ControlRequest::TokenIssue { .. } => {
+        ControlRequest::TokenList(_) | ControlRequest::TokenIssue { .. } => {
             R::Tokens(vec![TokenView {
                 id: h(),
                 pack: h(),
@@ -99,7 +109,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
                 secret: Some(BearerSecret::new(h())),
             }])
         }
-        ControlRequest::PackList => R::Packs(vec![PackView {
+        ControlRequest::PackList(_) => R::Packs(vec![PackView {
             id: HOSTILE_PACK.into(),
             domain: h(),
             version: h(),
@@ -109,7 +119,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             approval: h(),
             generation: 1,
         }]),
-        ControlRequest::ApprovalList | ControlRequest::ApprovalResolve { .. } => {
+        ControlRequest::ApprovalList(_) | ControlRequest::ApprovalResolve { .. } => {
             R::Approvals(vec![ApprovalView {
                 id: HOSTILE_APPROVAL.into(),
                 created_ms: 0,
@@ -132,7 +142,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
                 note: Some(h()),
             }])
         }
-        ControlRequest::KeyList | ControlRequest::KeyRevoke { .. } => R::Keys(vec![KeyView {
+        ControlRequest::KeyList(_) | ControlRequest::KeyRevoke { .. } => R::Keys(vec![KeyView {
             id: h(),
             name: h(),
             tier: h(),
@@ -161,7 +171,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             fuel_consumed: None,
             peak_memory_bytes: 1,
         }),
-        ControlRequest::PluginList | ControlRequest::PluginReload => {
+        ControlRequest::PluginList(_) | ControlRequest::PluginReload => {
             R::Plugins(vec![plugin(None), plugin(Some(h()))])
         }
         ControlRequest::PluginVerifyLock => R::LockReport(vec![
@@ -192,7 +202,7 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             bridge_kind: h(),
             score: 1,
         }]),
-        ControlRequest::WorkerList => R::Workers(vec![WorkerView {
+        ControlRequest::WorkerList(_) => R::Workers(vec![WorkerView {
             id: 1,
             pid: 1,
             kind: h(),

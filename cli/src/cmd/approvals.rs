@@ -8,6 +8,7 @@ use loong_ipc::{paths::Layout, ApprovalView, ControlRequest, ControlResponse, Fu
 use super::audit::rfc3339;
 use crate::{
     exit,
+    paging::{self, PageArgs},
     text::{esc, quoted},
     Failure,
 };
@@ -15,11 +16,13 @@ use crate::{
 /// `loongctl approvals …`.
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
-    /// Every approval request, pending first.
+    /// Approval requests, pending first, then newest first, fetched a page at a time.
     List {
         /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver, token, agent, argv, tool, input_preview, input_sha256, input_bytes, input_truncated, note}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One request.
     Show {
@@ -118,6 +121,13 @@ fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<ApprovalView>, Failu
     }
 }
 
+fn take(r: ControlResponse) -> Option<Vec<ApprovalView>> {
+    match r {
+        ControlResponse::Approvals(a) => Some(a),
+        _ => None,
+    }
+}
+
 fn print(a: &ApprovalView) {
     println!(
         "{}  {:<8} {:<10} {:<12} {} on {}  risk {}  until {}{}",
@@ -141,24 +151,29 @@ fn print(a: &ApprovalView) {
 
 pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure> {
     match cmd {
-        ApprovalsCommand::List { json } => {
-            let all = call(layout, ControlRequest::ApprovalList)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(all.iter().map(json_of).collect())
-                );
-            } else {
-                all.iter().for_each(print);
-            }
-            Ok(exit::OK)
-        }
+        ApprovalsCommand::List { json, page } => paging::print_list(
+            layout,
+            &page,
+            json,
+            ControlRequest::ApprovalList,
+            take,
+            |a| a.id.clone(),
+            json_of,
+            print,
+        ),
         ApprovalsCommand::Show { id, json } => {
-            let all = call(layout, ControlRequest::ApprovalList)?;
-            let a = all.iter().find(|a| a.id == id).ok_or_else(|| Failure {
+            let a = paging::find(
+                layout,
+                ControlRequest::ApprovalList,
+                take,
+                |a| a.id.clone(),
+                |a| a.id == id,
+            )?
+            .ok_or_else(|| Failure {
                 code: exit::UNEXPECTED,
                 error: anyhow!("no approval {id}"),
             })?;
+            let a = &a;
             if json {
                 println!("{}", json_of(a));
             } else {

@@ -12,7 +12,12 @@ use loong_ipc::{
     ControlResponse,
 };
 
-use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
+use crate::{
+    connect, exit,
+    paging::{self, PageArgs},
+    text::Esc,
+    Failure, REQUEST_DEADLINE,
+};
 
 /// `loongctl audit …`.
 #[derive(Debug, Subcommand)]
@@ -48,11 +53,14 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every record about one capability token, oldest first.
+    /// Every record about one capability token, oldest first, fetched a page at a time
+    /// (`--after` takes a record number).
     TokenTrail {
         id: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Check the whole trail: the hash chain and the signed checkpoints (exit 1 when broken,
     /// naming the first bad record).
@@ -193,11 +201,22 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        AuditCommand::TokenTrail { id, json } => {
-            let rs = records(layout, ControlRequest::AuditTokenTrail { token: id })?;
-            print_records(&rs, json)?;
-            Ok(exit::OK)
-        }
+        AuditCommand::TokenTrail { id, json, page } => paging::print_list(
+            layout,
+            &page,
+            json,
+            |p| ControlRequest::AuditTokenTrail {
+                token: id.clone(),
+                page: p,
+            },
+            |r| match r {
+                ControlResponse::AuditRecords(rs) => Some(rs),
+                _ => None,
+            },
+            |r| r.seq.to_string(),
+            json_of,
+            |r| print_human(std::slice::from_ref(r)),
+        ),
         AuditCommand::Show { seq, json } => {
             let rs = records(layout, ControlRequest::AuditShow { seq })?;
             let Some(r) = rs.first() else {

@@ -16,7 +16,7 @@ use loong_ipc::{
 use sha2::{Digest, Sha256};
 
 use super::audit::rfc3339;
-use crate::{exit, text::Esc, Failure};
+use crate::{exit, paging::PageArgs, text::Esc, Failure};
 
 /// `loongctl keys …`.
 #[derive(Debug, Subcommand)]
@@ -38,11 +38,13 @@ pub enum KeysCommand {
         #[arg(long, default_value = "verified-community")]
         tier: String,
     },
-    /// Every trust anchor.
+    /// Trust anchors by id.
     List {
         /// Print JSON (an array of {id, name, tier, public, added_ms, state, replaced_by}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revoke a trust anchor.
     Revoke { id: String },
@@ -180,19 +182,19 @@ pub(crate) fn run(layout: &Layout, cmd: KeysCommand) -> Result<u8, Failure> {
             .for_each(print);
             Ok(exit::OK)
         }
-        KeysCommand::List { json } => {
-            let keys = call(layout, ControlRequest::KeyList)?;
-            if json {
-                let v: Vec<serde_json::Value> = keys
-                    .iter()
-                    .map(|k| serde_json::json!({ "id": k.id, "name": k.name, "tier": k.tier, "public": k.public, "added_ms": k.added_ms, "state": k.state, "replaced_by": k.replaced_by }))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                keys.iter().for_each(print);
-            }
-            Ok(exit::OK)
-        }
+        KeysCommand::List { json, page } => crate::paging::print_list(
+            layout,
+            &page,
+            json,
+            ControlRequest::KeyList,
+            |r| match r {
+                ControlResponse::Keys(ks) => Some(ks),
+                _ => None,
+            },
+            |k| k.id.clone(),
+            |k| serde_json::json!({ "id": k.id, "name": k.name, "tier": k.tier, "public": k.public, "added_ms": k.added_ms, "state": k.state, "replaced_by": k.replaced_by }),
+            print,
+        ),
         KeysCommand::Revoke { id } => {
             call(layout, ControlRequest::KeyRevoke { id })?
                 .iter()

@@ -12,7 +12,7 @@ use loong_ipc::package;
 
 use crate::{
     exit,
-    text::{esc, esc_lines, needs_escape, Esc},
+    text::{esc, esc_lines, needs_escape},
     Failure,
 };
 
@@ -306,7 +306,8 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
         println!("  ok    {}", esc_lines(n));
     }
     for w in &warnings {
-        println!("  WARN  {}", Esc(w));
+        // Built from escaped text only.
+        println!("  WARN  {w}");
     }
     for p in &problems {
         println!("  FAIL  {}", esc_lines(p));
@@ -330,7 +331,8 @@ fn control_characters(v: &serde_json::Value, at: &str, warnings: &mut Vec<String
     fn flag(warnings: &mut Vec<String>, field: &str, text: &str) {
         if warnings.len() < MAX_TEXT_WARNINGS && text.chars().any(needs_escape) {
             warnings.push(format!(
-                "{field}: control or invisible format characters in {}; they are shown escaped",
+                "{}: control or invisible format characters in {}; they are shown escaped",
+                esc(field),
                 esc(text)
             ));
         }

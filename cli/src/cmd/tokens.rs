@@ -8,6 +8,7 @@ use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, PackView, TokenV
 use super::audit::rfc3339;
 use crate::{
     exit,
+    paging::{self, PageArgs},
     text::{esc_join, Esc},
     Failure,
 };
@@ -34,11 +35,14 @@ pub enum TokensCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every token with its state (active, expired, revoked, stale).
+    /// Tokens with their state (active, expired, revoked, stale), newest first, fetched a page
+    /// at a time.
     List {
         /// Print JSON (an array of {id, pack, agent, grants, issued_ms, expires_ms, generation, state}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revoke one token, by its public id (`tok_…`).
     Revoke { id: String },
@@ -52,11 +56,13 @@ pub enum TokensCommand {
 /// `loongctl packs …`.
 #[derive(Debug, Subcommand)]
 pub enum PacksCommand {
-    /// Every pack.
+    /// Packs by id.
     List {
         /// Print JSON (an array of {id, domain, version, summary, grants, connectors, approval, generation}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One pack.
     Show {
@@ -126,31 +132,29 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             }
             Ok(exit::OK)
         }
-        TokensCommand::List { json } => {
-            let ControlResponse::Tokens(ts) = crate::request(layout, ControlRequest::TokenList)?
-            else {
-                return Err(anyhow!("unexpected answer to tokens list").into());
-            };
-            if json {
+        TokensCommand::List { json, page } => paging::print_list(
+            layout,
+            &page,
+            json,
+            ControlRequest::TokenList,
+            |r| match r {
+                ControlResponse::Tokens(ts) => Some(ts),
+                _ => None,
+            },
+            |t| t.id.clone(),
+            token_json,
+            |t| {
                 println!(
-                    "{}",
-                    serde_json::Value::Array(ts.iter().map(token_json).collect())
-                );
-            } else {
-                for t in &ts {
-                    println!(
-                        "{}  {:<8} {:<16} {:<16} until {}  {}",
-                        Esc(&t.id),
-                        Esc(&t.state),
-                        Esc(&t.pack),
-                        Esc(&t.agent),
-                        rfc3339(t.expires_ms),
-                        esc_join(&t.grants, " ")
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+                    "{}  {:<8} {:<16} {:<16} until {}  {}",
+                    Esc(&t.id),
+                    Esc(&t.state),
+                    Esc(&t.pack),
+                    Esc(&t.agent),
+                    rfc3339(t.expires_ms),
+                    esc_join(&t.grants, " ")
+                )
+            },
+        ),
         TokensCommand::Revoke { id } => {
             match crate::request(layout, ControlRequest::TokenRevoke { id: id.clone() })? {
                 ControlResponse::Revoked { existed: true, .. } => {
@@ -181,35 +185,38 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
 }
 
 pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failure> {
-    let ControlResponse::Packs(ps) = crate::request(layout, ControlRequest::PackList)? else {
-        return Err(anyhow!("unexpected answer to packs list").into());
+    let take = |r| match r {
+        ControlResponse::Packs(ps) => Some(ps),
+        _ => None,
     };
+    let key = |p: &PackView| p.id.clone();
     match cmd {
-        PacksCommand::List { json } => {
-            if json {
+        PacksCommand::List { json, page } => paging::print_list(
+            layout,
+            &page,
+            json,
+            ControlRequest::PackList,
+            take,
+            key,
+            pack_json,
+            |p| {
                 println!(
-                    "{}",
-                    serde_json::Value::Array(ps.iter().map(pack_json).collect())
-                );
-            } else {
-                for p in &ps {
-                    println!(
-                        "{:<16} {:<16} v{:<4} gen {:<3} {}",
-                        Esc(&p.id),
-                        Esc(&p.domain),
-                        Esc(&p.version),
-                        p.generation,
-                        Esc(&p.summary)
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+                    "{:<16} {:<16} v{:<4} gen {:<3} {}",
+                    Esc(&p.id),
+                    Esc(&p.domain),
+                    Esc(&p.version),
+                    p.generation,
+                    Esc(&p.summary)
+                )
+            },
+        ),
         PacksCommand::Show { id, json } => {
-            let p = ps.iter().find(|p| p.id == id).ok_or_else(|| Failure {
-                code: exit::UNEXPECTED,
-                error: anyhow!("no pack `{id}`"),
-            })?;
+            let p = paging::find(layout, ControlRequest::PackList, take, key, |p| p.id == id)?
+                .ok_or_else(|| Failure {
+                    code: exit::UNEXPECTED,
+                    error: anyhow!("no pack `{id}`"),
+                })?;
+            let p = &p;
             if json {
                 println!("{}", pack_json(p));
             } else {

@@ -19,6 +19,7 @@ use loong_ipc::{
 use super::audit::rfc3339;
 use crate::{
     exit,
+    paging::PageArgs,
     text::{esc_join, esc_lines, Esc},
     Failure,
 };
@@ -49,13 +50,15 @@ pub struct InvokeArgs {
 /// `loongctl plugins …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// Every plugin in HOME/plugins with its state and any load error.
+    /// The plugins in HOME/plugins by id, with their state and any load error.
     List {
         /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools, trust, signer}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
-    /// Discover HOME/plugins again and load each plugin once in a worker.
+    /// Discover HOME/plugins again and load each plugin once in a worker, then list them.
     Reload {
         #[arg(long)]
         json: bool,
@@ -141,11 +144,13 @@ pub enum ToolsCommand {
 /// `loongctl workers …`.
 #[derive(Debug, Subcommand)]
 pub enum WorkersCommand {
-    /// Every worker process.
+    /// Worker processes by number.
     List {
         /// Print JSON (an array of {id, pid, kind, tier, state, tool, calls, started_ms}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Kill one worker (SIGKILL); a call it runs fails, and it is replaced.
     Kill { id: u64 },
@@ -380,8 +385,16 @@ fn plugin_json(p: &PluginView) -> serde_json::Value {
 
 pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failure> {
     let (req, json) = match cmd {
-        PluginsCommand::List { json } => (ControlRequest::PluginList, json),
-        PluginsCommand::Reload { json } => (ControlRequest::PluginReload, json),
+        PluginsCommand::List { json, page } => return list_plugins(layout, &page, json),
+        PluginsCommand::Reload { json } => {
+            // The answer is the first page; the list is shown whole, a page at a time.
+            crate::request_within(
+                layout,
+                ControlRequest::PluginReload,
+                Duration::from_secs(120),
+            )?;
+            return list_plugins(layout, &PageArgs::default(), json);
+        }
         PluginsCommand::Sign { dir, key } => return sign(&dir, &key),
         PluginsCommand::Init { dir, kind } => return super::scaffold::init(&dir, kind),
         PluginsCommand::Doctor { dir } => return super::scaffold::doctor(&dir),
@@ -481,6 +494,22 @@ pub(crate) fn tools(layout: &Layout, cmd: ToolsCommand) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
+fn list_plugins(layout: &Layout, page: &PageArgs, json: bool) -> Result<u8, Failure> {
+    crate::paging::print_list(
+        layout,
+        page,
+        json,
+        ControlRequest::PluginList,
+        |r| match r {
+            ControlResponse::Plugins(ps) => Some(ps),
+            _ => None,
+        },
+        |p| p.id.clone(),
+        plugin_json,
+        print_plugin,
+    )
+}
+
 fn print_plugins(ps: &[PluginView], json: bool) {
     if json {
         println!(
@@ -488,32 +517,34 @@ fn print_plugins(ps: &[PluginView], json: bool) {
             serde_json::Value::Array(ps.iter().map(plugin_json).collect())
         );
     } else {
-        for p in ps {
-            match &p.error {
-                None => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
-                    Esc(&p.id),
-                    Esc(&p.version),
-                    Esc(&p.bridge_kind),
-                    Esc(&p.state),
-                    Esc(&p.trust),
-                    Esc(&p.summary)
-                ),
-                Some(e) => println!(
-                    "{:<24} {:<10} {:<14} {:<7} {}",
-                    Esc(&p.id),
-                    Esc(&p.version),
-                    Esc(&p.bridge_kind),
-                    Esc(&p.state),
-                    Esc(e)
-                ),
-            }
-            // An MCP server's tools, one per line under it.
-            if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
-                for t in &p.tools {
-                    println!("    {}", Esc(t));
-                }
-            }
+        ps.iter().for_each(print_plugin);
+    }
+}
+
+fn print_plugin(p: &PluginView) {
+    match &p.error {
+        None => println!(
+            "{:<24} {:<10} {:<14} {:<7} {:<18} {}",
+            Esc(&p.id),
+            Esc(&p.version),
+            Esc(&p.bridge_kind),
+            Esc(&p.state),
+            Esc(&p.trust),
+            Esc(&p.summary)
+        ),
+        Some(e) => println!(
+            "{:<24} {:<10} {:<14} {:<7} {}",
+            Esc(&p.id),
+            Esc(&p.version),
+            Esc(&p.bridge_kind),
+            Esc(&p.state),
+            Esc(e)
+        ),
+    }
+    // An MCP server's tools, one per line under it.
+    if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
+        for t in &p.tools {
+            println!("    {}", Esc(t));
         }
     }
 }
@@ -527,33 +558,31 @@ fn worker_json(w: &WorkerView) -> serde_json::Value {
 
 pub(crate) fn workers(layout: &Layout, cmd: WorkersCommand) -> Result<u8, Failure> {
     match cmd {
-        WorkersCommand::List { json } => {
-            let ControlResponse::Workers(ws) = crate::request(layout, ControlRequest::WorkerList)?
-            else {
-                return Err(anyhow!("unexpected answer to workers list").into());
-            };
-            if json {
+        WorkersCommand::List { json, page } => crate::paging::print_list(
+            layout,
+            &page,
+            json,
+            ControlRequest::WorkerList,
+            |r| match r {
+                ControlResponse::Workers(ws) => Some(ws),
+                _ => None,
+            },
+            |w| w.id.to_string(),
+            worker_json,
+            |w| {
                 println!(
-                    "{}",
-                    serde_json::Value::Array(ws.iter().map(worker_json).collect())
-                );
-            } else {
-                for w in &ws {
-                    println!(
-                        "{:<5} pid {:<8} {:<5} {:<10} {:<5} calls {:<6} since {}  {}",
-                        w.id,
-                        w.pid,
-                        Esc(&w.kind),
-                        Esc(&w.tier),
-                        Esc(&w.state),
-                        w.calls,
-                        rfc3339(w.started_ms),
-                        Esc(w.tool.as_deref().unwrap_or(""))
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+                    "{:<5} pid {:<8} {:<5} {:<10} {:<5} calls {:<6} since {}  {}",
+                    w.id,
+                    w.pid,
+                    Esc(&w.kind),
+                    Esc(&w.tier),
+                    Esc(&w.state),
+                    w.calls,
+                    rfc3339(w.started_ms),
+                    Esc(w.tool.as_deref().unwrap_or(""))
+                )
+            },
+        ),
         WorkersCommand::Kill { id } => {
             crate::request(layout, ControlRequest::WorkerKill { id })?;
             eprintln!("worker {id} killed");

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use anyhow::anyhow;
 use loong_ipc::{
     package::{self, FileState, PackageSignature, SIGNATURE_FILE},
     ControlRequest, ControlResponse, KeyView,
@@ -25,10 +24,22 @@ struct Report {
 }
 
 fn keyring(layout: &loong_ipc::paths::Layout) -> Result<Vec<KeyView>, Failure> {
-    match crate::request(layout, ControlRequest::KeyList)? {
-        ControlResponse::Keys(k) => Ok(k),
-        other => Err(anyhow!("unexpected answer to keys list: {other:?}").into()),
-    }
+    let mut all = Vec::new();
+    crate::paging::each(
+        layout,
+        &crate::paging::PageArgs::default(),
+        ControlRequest::KeyList,
+        |r| match r {
+            ControlResponse::Keys(k) => Some(k),
+            _ => None,
+        },
+        |k| k.id.clone(),
+        |k| {
+            all.push(k.clone());
+            Ok(())
+        },
+    )?;
+    Ok(all)
 }
 
 /// Checks `sig` against the keyring and `now`, filling `report`.

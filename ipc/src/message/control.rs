@@ -9,6 +9,34 @@ pub const MAX_AUDIT_PAGE: u32 = 1000;
 /// An audit answer stops adding records past this many bytes of detail (page with
 /// `after_seq`).
 pub const MAX_AUDIT_PAGE_BYTES: usize = 512 * 1024;
+/// The most items one page of a list carries, and the default.
+pub const MAX_PAGE_ITEMS: u32 = 500;
+/// A page stops adding items once its encoded items pass this many bytes (it always carries
+/// at least one), so every answer fits the default frame limit whatever its items hold.
+pub const MAX_PAGE_BYTES: usize = 512 * 1024;
+
+/// Which part of a list to return: the items whose key (the list's own: a token's or an
+/// approval's id, a plugin's id, a worker's number, …) sorts after `after`, at most `limit`
+/// of them (1 to [`MAX_PAGE_ITEMS`]; 0 means the most), and fewer when
+/// [`MAX_PAGE_BYTES`] is reached. An empty page is the end of the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Page {
+    /// The key of the last item already seen (`None`: from the start).
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+impl Page {
+    /// The number of items this page may carry.
+    pub fn items(&self) -> usize {
+        match self.limit {
+            0 => MAX_PAGE_ITEMS as usize,
+            n => n.min(MAX_PAGE_ITEMS) as usize,
+        }
+    }
+}
+
 /// Bound on the text of a policy file sent for checking.
 pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
 
@@ -74,9 +102,11 @@ pub enum ControlRequest {
     AuditSummary {
         group_by: String,
     },
-    /// Every record about one capability token; answered by [`ControlResponse::AuditRecords`].
+    /// The records about one capability token, oldest first, a page at a time (the page's
+    /// key is the record's sequence number); answered by [`ControlResponse::AuditRecords`].
     AuditTokenTrail {
         token: String,
+        page: Page,
     },
     /// Issue a capability token; answered by [`ControlResponse::Tokens`] (the new one).
     TokenIssue {
@@ -86,8 +116,8 @@ pub enum ControlRequest {
         grants: Vec<String>,
         ttl_ms: i64,
     },
-    /// Every token; answered by [`ControlResponse::Tokens`].
-    TokenList,
+    /// Tokens by id, a page at a time; answered by [`ControlResponse::Tokens`].
+    TokenList(Page),
     /// Revoke one token; answered by [`ControlResponse::Revoked`].
     TokenRevoke {
         id: String,
@@ -97,8 +127,8 @@ pub enum ControlRequest {
     TokenRevokeGeneration {
         pack: String,
     },
-    /// Every pack; answered by [`ControlResponse::Packs`].
-    PackList,
+    /// Packs by id, a page at a time; answered by [`ControlResponse::Packs`].
+    PackList(Page),
     /// Add a trust anchor (an ed25519 public key, 64 hex digits); answered by
     /// [`ControlResponse::Keys`].
     KeyAdd {
@@ -106,8 +136,8 @@ pub enum ControlRequest {
         tier: String,
         public: String,
     },
-    /// Every trust anchor; answered by [`ControlResponse::Keys`].
-    KeyList,
+    /// Trust anchors by id, a page at a time; answered by [`ControlResponse::Keys`].
+    KeyList(Page),
     /// Revoke a trust anchor; answered by [`ControlResponse::Keys`].
     KeyRevoke {
         id: String,
@@ -119,8 +149,8 @@ pub enum ControlRequest {
         /// The old key's signature over the rotation message, hex.
         signature: String,
     },
-    /// Every approval request, pending first; answered by [`ControlResponse::Approvals`].
-    ApprovalList,
+    /// Approval requests by id, a page at a time; answered by [`ControlResponse::Approvals`].
+    ApprovalList(Page),
     /// Approve or deny a pending request; answered by [`ControlResponse::Approvals`].
     ApprovalResolve {
         id: String,
@@ -142,12 +172,15 @@ pub enum ControlRequest {
     /// Call a tool (a plugin) through the decision pipeline and a confined worker; answered
     /// by [`ControlResponse::Invoked`].
     Invoke(InvokeRequest),
-    /// Every discovered plugin with its state; answered by [`ControlResponse::Plugins`].
-    PluginList,
-    /// Discover plugins again (`HOME/plugins`); answered by [`ControlResponse::Plugins`].
+    /// Discovered plugins by id with their state, a page at a time; answered by
+    /// [`ControlResponse::Plugins`].
+    PluginList(Page),
+    /// Discover plugins again (`HOME/plugins`); answered by [`ControlResponse::Plugins`] (the
+    /// first page; [`ControlRequest::PluginList`] gives the rest).
     PluginReload,
-    /// Every worker process; answered by [`ControlResponse::Workers`].
-    WorkerList,
+    /// Worker processes by number, a page at a time (the key is the number in decimal);
+    /// answered by [`ControlResponse::Workers`].
+    WorkerList(Page),
     /// Kill one worker (its call in flight fails; it is replaced); answered by
     /// [`ControlResponse::Workers`] (the killed one).
     WorkerKill {

@@ -395,13 +395,20 @@ impl Audit {
     }
 
     /// Every record about capability token `token`, oldest first.
-    pub fn token_trail(&self, token: &str) -> Result<Vec<Record>, AuditError> {
+    pub fn token_trail(
+        &self,
+        token: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, AuditError> {
         let conn = self.reader()?;
         let mut stmt = conn
-            .prepare(&format!("SELECT {RECORD_COLUMNS} FROM audit WHERE json_extract(detail, '$.token') = ?1 ORDER BY seq ASC LIMIT 10000"))
+            .prepare(&format!("SELECT {RECORD_COLUMNS} FROM audit WHERE json_extract(detail, '$.token') = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"))
             .map_err(db_err(&self.db))?;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map([token], read_record)
+            .query_map(rusqlite::params![token, after, limit], read_record)
             .map_err(db_err(&self.db))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err(&self.db))?;

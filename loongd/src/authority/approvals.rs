@@ -220,10 +220,19 @@ impl ApprovalStore {
     }
 
     /// Every request, pending first, newest first.
-    pub fn list(&self) -> Result<Vec<Approval>, TokenError> {
+    /// At most `limit` requests, pending first and newest first, after the request `after`
+    /// in that order (from the start when `None`; nothing when `after` names no request).
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Approval>, TokenError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db(|c| {
-            let mut s = c.prepare(&format!("SELECT {COLUMNS} FROM approvals ORDER BY state != 'pending', created_ms DESC LIMIT 1000"))?;
-            let rows = s.query_map([], read)?;
+            let mut s = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals
+                 WHERE ?1 IS NULL
+                    OR (state != 'pending', -created_ms, id)
+                       > (SELECT state != 'pending', -created_ms, id FROM approvals WHERE id = ?1)
+                 ORDER BY state != 'pending', created_ms DESC, id LIMIT ?2"
+            ))?;
+            let rows = s.query_map(params![after, limit], read)?;
             rows.collect()
         })
     }

@@ -118,6 +118,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS pack_generations (pack TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tokens_newest_first ON tokens (issued_ms DESC, id);
 ";
 
 /// Columns added since the table was first written: `(name, declaration)`.
@@ -248,12 +249,18 @@ impl TokenStore {
     }
 
     /// Every token, newest first.
-    pub fn list(&self) -> Result<Vec<Token>, TokenError> {
+    /// At most `limit` tokens, newest first, after the token `after` in that order (from the
+    /// newest when `None`; nothing when `after` names no token).
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Token>, TokenError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db(|c| {
             let mut s = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM tokens ORDER BY issued_ms DESC"
+                "SELECT {COLUMNS} FROM tokens
+                 WHERE ?1 IS NULL
+                    OR (-issued_ms, id) > (SELECT -issued_ms, id FROM tokens WHERE id = ?1)
+                 ORDER BY issued_ms DESC, id LIMIT ?2"
             ))?;
-            let rows = s.query_map([], read_token)?;
+            let rows = s.query_map(params![after, limit], read_token)?;
             rows.collect()
         })
     }
@@ -437,6 +444,6 @@ mod tests {
         // Opening again keeps the migrated table as it is.
         drop(store);
         let again = TokenStore::open(&path).expect("reopen");
-        assert_eq!(again.list().expect("list").len(), 2);
+        assert_eq!(again.list(None, 10).expect("list").len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 
 use loong_ipc::{
     message::control::{MAX_AUDIT_PAGE, MAX_AUDIT_PAGE_BYTES},
-    AuditQuery, AuditRecordView, AuditVerifyReport, ControlResponse, ErrorKind, RemoteError,
+    AuditQuery, AuditRecordView, AuditVerifyReport, ControlResponse, ErrorKind, Page, RemoteError,
 };
 
 use crate::{
@@ -56,16 +56,7 @@ pub(crate) async fn query(kernel: &Kernel, q: AuditQuery) -> Result<ControlRespo
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    let mut bytes = 0;
-    let mut out = Vec::new();
-    for r in records {
-        bytes += r.detail.len() + r.kind.len() + r.actor.len() + r.correlation.len() + 96;
-        if bytes > MAX_AUDIT_PAGE_BYTES && !out.is_empty() {
-            break;
-        }
-        out.push(view(r));
-    }
-    Ok(ControlResponse::AuditRecords(out))
+    Ok(ControlResponse::AuditRecords(bounded(records)))
 }
 
 /// One record.
@@ -128,15 +119,39 @@ pub(crate) async fn summary(
 pub(crate) async fn token_trail(
     kernel: &Kernel,
     token: String,
+    page: Page,
 ) -> Result<ControlResponse, RemoteError> {
+    let after_seq = match page.after.as_deref() {
+        None => 0,
+        Some(a) => a.parse::<u64>().map_err(|_| {
+            RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("--after {a}: a token trail pages by record number (a whole number)"),
+            )
+        })?,
+    };
     // Lingering records first, so a reader sees everything that happened before it asked.
     kernel.audit.flush().await.map_err(internal)?;
     let audit = kernel.audit.clone();
-    let rows = tokio::task::spawn_blocking(move || audit.token_trail(&token))
+    let limit = page.items();
+    let rows = tokio::task::spawn_blocking(move || audit.token_trail(&token, after_seq, limit))
         .await
         .map_err(internal)?
         .map_err(internal)?;
-    Ok(ControlResponse::AuditRecords(
-        rows.into_iter().map(view).collect(),
-    ))
+    Ok(ControlResponse::AuditRecords(bounded(rows)))
+}
+
+/// The records' views, stopping once their text passes [`MAX_AUDIT_PAGE_BYTES`] (at least
+/// one is kept, so a page always moves on).
+fn bounded(records: Vec<Record>) -> Vec<AuditRecordView> {
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for r in records {
+        bytes += r.detail.len() + r.kind.len() + r.actor.len() + r.correlation.len() + 96;
+        if bytes > MAX_AUDIT_PAGE_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push(view(r));
+    }
+    out
 }

@@ -5,12 +5,15 @@ use std::{sync::Arc, time::Duration};
 
 use loong_ipc::{
     ApprovalView, BearerSecret, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView,
-    PackView, RemoteError, StreamChunk, TokenView,
+    PackView, Page, RemoteError, StreamChunk, TokenView,
 };
 use loong_profiles::pack::{Capability, Grant};
 use tokio::net::unix::UCred;
 
-use super::connection::RequestIo;
+use super::{
+    connection::RequestIo,
+    paging::{after_text, page_of},
+};
 use crate::{
     audit::{Event, Kind},
     authority::{
@@ -102,8 +105,12 @@ pub(crate) async fn issue(
 }
 
 /// `tokens list`.
-pub(crate) fn list(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
-    let tokens = kernel.authority.tokens.list().map_err(internal)?;
+pub(crate) fn list(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
+    let tokens = kernel
+        .authority
+        .tokens
+        .list(page.after.as_deref(), page.items())
+        .map_err(internal)?;
     let mut out = Vec::with_capacity(tokens.len());
     for t in &tokens {
         out.push(view(
@@ -115,7 +122,7 @@ pub(crate) fn list(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
                 .map_err(internal)?,
         ));
     }
-    Ok(ControlResponse::Tokens(out))
+    Ok(ControlResponse::Tokens(page_of(out, |_| true, page)))
 }
 
 /// `tokens revoke ID`.
@@ -178,9 +185,11 @@ pub(crate) async fn revoke_generation(
 }
 
 /// `packs list|show`.
-pub(crate) fn packs(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+pub(crate) fn packs(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
     let mut out = Vec::new();
-    for p in kernel.authority.packs() {
+    let mut packs: Vec<_> = kernel.authority.packs().collect();
+    packs.sort_by(|a, b| a.id.cmp(&b.id));
+    for p in packs.into_iter().filter(|p| after_text(page, &p.id)) {
         out.push(PackView {
             id: p.id.clone(),
             domain: p.domain.clone(),
@@ -196,7 +205,7 @@ pub(crate) fn packs(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
                 .map_err(internal)?,
         });
     }
-    Ok(ControlResponse::Packs(out))
+    Ok(ControlResponse::Packs(page_of(out, |_| true, page)))
 }
 
 /// One effect as the decision pipeline and an approver see it.
@@ -436,16 +445,22 @@ fn approval_view(a: Approval) -> ApprovalView {
 }
 
 /// `approvals list`.
-pub(crate) fn approvals(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+pub(crate) fn approvals(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
     kernel
         .authority
         .approvals
         .expire_overdue()
         .map_err(internal)?;
-    let all = kernel.authority.approvals.list().map_err(internal)?;
-    Ok(ControlResponse::Approvals(
-        all.into_iter().map(approval_view).collect(),
-    ))
+    let all = kernel
+        .authority
+        .approvals
+        .list(page.after.as_deref(), page.items())
+        .map_err(internal)?;
+    Ok(ControlResponse::Approvals(page_of(
+        all.into_iter().map(approval_view),
+        |_| true,
+        page,
+    )))
 }
 
 fn waiters(
@@ -815,14 +830,16 @@ pub(crate) async fn keys(
     let ring = &kernel.authority.keys;
     let refuse = |e: crate::authority::keys::KeyError| bad(e.to_string());
     let (kind, key) = match req {
-        R::KeyList => {
-            return Ok(ControlResponse::Keys(
-                ring.list()
-                    .map_err(refuse)?
-                    .into_iter()
-                    .map(key_view)
-                    .collect(),
-            ))
+        R::KeyList(page) => {
+            let mut keys = ring.list().map_err(refuse)?;
+            keys.sort_by(|a, b| a.id.cmp(&b.id));
+            return Ok(ControlResponse::Keys(page_of(
+                keys.into_iter()
+                    .filter(|k| after_text(&page, &k.id))
+                    .map(key_view),
+                |_| true,
+                &page,
+            )));
         }
         R::KeyAdd { name, tier, public } => (
             Kind::KeyAdded,

@@ -46,8 +46,8 @@ pub(crate) async fn handle(
         ControlRequest::AuditSummary { group_by } => {
             super::audit_api::summary(kernel, group_by).await
         }
-        ControlRequest::AuditTokenTrail { token } => {
-            super::audit_api::token_trail(kernel, token).await
+        ControlRequest::AuditTokenTrail { token, page } => {
+            super::audit_api::token_trail(kernel, token, page).await
         }
         ControlRequest::TokenIssue {
             pack,
@@ -55,17 +55,17 @@ pub(crate) async fn handle(
             grants,
             ttl_ms,
         } => super::authority_api::issue(kernel, cred, &io, pack, agent, grants, ttl_ms).await,
-        ControlRequest::TokenList => super::authority_api::list(kernel),
+        ControlRequest::TokenList(page) => super::authority_api::list(kernel, &page),
         ControlRequest::TokenRevoke { id } => {
             super::authority_api::revoke(kernel, cred, &io, id).await
         }
         ControlRequest::TokenRevokeGeneration { pack } => {
             super::authority_api::revoke_generation(kernel, cred, &io, pack).await
         }
-        ControlRequest::PackList => super::authority_api::packs(kernel),
-        ControlRequest::ApprovalList => super::authority_api::approvals(kernel),
+        ControlRequest::PackList(page) => super::authority_api::packs(kernel, &page),
+        ControlRequest::ApprovalList(page) => super::authority_api::approvals(kernel, &page),
         r @ (ControlRequest::KeyAdd { .. }
-        | ControlRequest::KeyList
+        | ControlRequest::KeyList(_)
         | ControlRequest::KeyRevoke { .. }
         | ControlRequest::KeyRotate { .. }) => {
             super::authority_api::keys(kernel, cred, &io, r).await
@@ -82,9 +82,9 @@ pub(crate) async fn handle(
             super::authority_api::dry_run(kernel, cred, &io, token, cap, target).await
         }
         ControlRequest::Invoke(req) => super::tools_api::invoke(kernel, cred, &io, req).await,
-        ControlRequest::PluginList => Ok(super::tools_api::list(kernel)),
+        ControlRequest::PluginList(page) => Ok(super::tools_api::list(kernel, &page)),
         ControlRequest::PluginReload => Ok(super::tools_api::reload(kernel).await),
-        ControlRequest::WorkerList => Ok(super::tools_api::workers(kernel)),
+        ControlRequest::WorkerList(page) => super::tools_api::workers(kernel, &page),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
         ControlRequest::ToolSearch(req) => super::tools_api::search(kernel, cred, &io, req).await,
         ControlRequest::PluginInstall {

@@ -6,6 +6,7 @@ mod connection;
 
 pub(crate) use connection::RequestIo;
 mod handlers;
+mod paging;
 mod peer;
 pub(crate) mod plugins_api;
 pub(crate) mod tools_api;

@@ -415,11 +415,14 @@ pub(crate) async fn set_enabled(
         ))
         .await
         .map_err(|e| internal(e.to_string()))?;
-    let ControlResponse::Plugins(all) = tools_api::reload_locked(kernel).await else {
-        return Err(internal("reload answered something else"));
-    };
+    tools_api::reload_locked(kernel).await;
     Ok(ControlResponse::Plugins(
-        all.into_iter().filter(|p| p.id == id).collect(),
+        kernel
+            .plugins_snapshot()
+            .get(&id)
+            .map(|p| p.view())
+            .into_iter()
+            .collect(),
     ))
 }
 

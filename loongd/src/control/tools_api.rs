@@ -12,7 +12,7 @@ use std::{
 
 use loong_ipc::{
     message::control::{MAX_INVOKE_INPUT_BYTES, MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_BYTES},
-    BearerSecret, ControlResponse, DecidedFile, ErrorKind, InvokeRequest, InvokeResult,
+    BearerSecret, ControlResponse, DecidedFile, ErrorKind, InvokeRequest, InvokeResult, Page,
     RemoteError, ToolHit, ToolSearchRequest,
 };
 use loong_profiles::pack::Capability;
@@ -22,6 +22,7 @@ use tokio::net::unix::UCred;
 use super::{
     authority_api::{authorize_unrecorded, event, recheck, Effect},
     connection::RequestIo,
+    paging::{after_text, page_of},
 };
 use crate::{
     audit::{Event, Kind},
@@ -346,15 +347,14 @@ fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), Rem
     Ok((p.clone(), tool.to_string()))
 }
 
-/// `plugins list`.
-pub(crate) fn list(kernel: &Kernel) -> ControlResponse {
-    ControlResponse::Plugins(
-        kernel
-            .plugins_snapshot()
-            .values()
-            .map(|p| p.view())
-            .collect(),
-    )
+/// `plugins list`: a page of the plugins, by id.
+pub(crate) fn list(kernel: &Kernel, page: &Page) -> ControlResponse {
+    let snapshot = kernel.plugins_snapshot();
+    let after = snapshot
+        .values()
+        .filter(|p| after_text(page, &p.id))
+        .map(|p| p.view());
+    ControlResponse::Plugins(page_of(after, |_| true, page))
 }
 
 /// Discovers `HOME/plugins` again and loads each plugin once in a worker; every plugin's
@@ -456,7 +456,7 @@ pub(crate) async fn reload_locked(kernel: &Kernel) -> ControlResponse {
     for pool in own_pools(&old, kernel) {
         tokio::spawn(pool.drain_then_shutdown());
     }
-    list(kernel)
+    list(kernel, &Page::default())
 }
 
 /// The pools of foreign programs in `registry` (not the shared WASM pool).
@@ -479,11 +479,23 @@ fn all_pools(kernel: &Kernel) -> Vec<Arc<Supervisor>> {
     pools
 }
 
-/// `workers list`.
-pub(crate) fn workers(kernel: &Kernel) -> ControlResponse {
+/// `workers list`: a page of the workers, by number.
+pub(crate) fn workers(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<u64>().map_err(|_| {
+            bad(format!(
+                "--after {a}: workers page by their number (a whole number)"
+            ))
+        })?),
+    };
     let mut all: Vec<_> = all_pools(kernel).iter().flat_map(|p| p.list()).collect();
     all.sort_by_key(|w| w.id);
-    ControlResponse::Workers(all)
+    Ok(ControlResponse::Workers(page_of(
+        all,
+        |w| after.is_none_or(|a| w.id > a),
+        page,
+    )))
 }
 
 /// `workers kill ID`.
@@ -576,7 +588,15 @@ pub(crate) async fn search(
         }
     }
     hits.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.name.cmp(&b.name)));
-    hits.truncate(req.limit as usize);
+    // The best hits, as many as asked and as fit one page's bytes.
+    let hits = page_of(
+        hits,
+        |_| true,
+        &Page {
+            after: None,
+            limit: req.limit,
+        },
+    );
     let detail = serde_json::json!({
         "query": req.query, "trust": floor.as_str(), "limit": req.limit,
         "hits": hits.len(), "names": hits.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
