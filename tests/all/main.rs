@@ -11,6 +11,7 @@ mod control_socket;
 mod daemon_lifecycle;
 mod keys;
 mod sandbox;
+mod sandbox_client;
 mod sandbox_probes;
 mod supply_chain;
 mod support;
