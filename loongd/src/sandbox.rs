@@ -402,8 +402,8 @@ pub(crate) async fn run(
 }
 
 /// Bytes read from a sandbox's stdout or stderr at a time, and so the largest output chunk
-/// loongd queues; with the connection's output budget (`OUTPUT_BUDGET_BYTES`) it bounds what a client that reads slowly
-/// costs.
+/// loongd queues; with the connection's output budget (`OUTPUT_BUDGET_BYTES`) it bounds what
+/// a client that reads slowly costs.
 pub(crate) const RELAY_CHUNK_BYTES: usize = 8 * 1024;
 const _: () = assert!(RELAY_CHUNK_BYTES <= MAX_CHUNK_BYTES);
 

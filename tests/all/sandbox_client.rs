@@ -300,3 +300,134 @@ fn clients_that_stop_reading_cannot_grow_loongd() {
         "every stalled run records client_gone"
     );
 }
+
+#[test]
+fn a_long_run_is_not_idleness_and_idle_connections_still_end() {
+    let home = Home::with_config("[ipc]\nidle_timeout_ms = 500\n");
+    home.start();
+    // A run that sends and reads nothing for four idle timeouts is not idle: it finishes.
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        "/bin/sleep",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(exits_with(&home, "exited").len(), 1);
+    // Positive controls: a connection with nothing in flight still idles out, and so does
+    // one whose request has ended.
+    let started = Instant::now();
+    let mut idle = Raw::connect(&home.socket());
+    idle.handshake();
+    assert!(idle.closed_by_peer(), "an idle connection stayed open");
+    let mut done = Raw::connect(&home.socket());
+    done.handshake();
+    done.send(&Call::Request {
+        id: 1,
+        deadline_ms: 5_000,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    assert!(matches!(
+        done.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Response { id: 1, .. })
+    ));
+    assert!(
+        done.closed_by_peer(),
+        "a connection idle after its request stayed open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn a_cancelled_run_is_killed_and_recorded_as_cancelled() {
+    let home = Home::new();
+    home.start();
+    let m = marker(21);
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 7,
+        deadline_ms: 60_000,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/sleep".into(),
+            args: vec![m.clone()],
+            ..Default::default()
+        })),
+    })
+    .expect("send the run");
+    let pid = payload_of(&m);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(process_alive(pid), "died before the cancel");
+    c.send(&Call::<ControlRequest>::Cancel { id: 7 })
+        .expect("send the cancel");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 7,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.kind, loong_ipc::ErrorKind::Cancelled, "{e}")
+        }
+        other => panic!("expected the cancellation, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(
+        wait_until(Duration::from_secs(10), || exits_with(&home, "cancelled")
+            .len()
+            == 1),
+        "{:?}",
+        details(&home, "sandbox.exited")
+    );
+    // The connection itself lives on.
+    c.send(&Call::<ControlRequest>::Ping { nonce: 3 })
+        .expect("ping");
+    assert!(matches!(
+        c.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Pong { nonce: 3 })
+    ));
+}
+
+#[test]
+fn a_closed_output_ends_loongctl_and_its_sandbox() {
+    let home = Home::new();
+    home.start();
+    let m = marker(31);
+    let mut ctl = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/usr/bin/yes",
+            &m,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    let pid = payload_of(&m);
+    // Positive control: while loongctl's output is read, the program runs.
+    let mut stdout = ctl.stdout.take().expect("piped stdout");
+    let mut head = vec![0u8; 4096];
+    std::io::Read::read_exact(&mut stdout, &mut head).expect("output");
+    assert!(text(&head).contains(&m));
+    assert!(process_alive(pid));
+    drop(stdout); // `| head` has read enough
+    let status = ctl.wait().expect("loongctl");
+    assert_eq!(status.code(), Some(141), "{status:?}");
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(wait_until(Duration::from_secs(10), || exits_with(
+        &home,
+        "client_gone"
+    )
+    .len()
+        == 1));
+}
