@@ -304,8 +304,8 @@ pub(crate) async fn run(
         .stdin
         .take()
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
-    let mut stdout = receiver(child.stdout.take());
-    let mut stderr = receiver(child.stderr.take());
+    let stdout = receiver(child.stdout.take());
+    let stderr = receiver(child.stderr.take());
     let ended = Arc::new(Mutex::new(Ended::default()));
     // The exit is waited for and recorded by a task of its own, so `sandbox.exited` is
     // written however this request ends: finished, or dropped (client gone, cancelled,
@@ -334,33 +334,75 @@ pub(crate) async fn run(
 
     // Stdin and interrupts: read by their own task, so a program that does not read its
     // stdin stalls neither its output nor the queue behind it once its stdin is closed.
-    let (interrupt_tx, mut interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
+    let (interrupt_tx, interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
     let input = std::mem::replace(&mut io.input, mpsc::channel(1).1);
     let feeder = tokio::spawn(feed(stdin, input, interrupt_tx));
 
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    relay(
+        Relay {
+            io: &io,
+            killer: &killer,
+            ended: &ended,
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            max_output,
+        },
+        [stdout, stderr],
+        interrupts,
+    )
+    .await;
+    feeder.abort();
+    guard.finish();
+    exit_rx.await.map_err(|_| {
+        RemoteError::new(
+            ErrorKind::Internal,
+            "the sandbox's exit was not recorded; see loongd's log",
+        )
+    })?
+}
+
+/// What the relay of one run works with.
+struct Relay<'a> {
+    io: &'a RequestIo,
+    killer: &'a Killer,
+    ended: &'a Mutex<Ended>,
+    deadline: Option<tokio::time::Instant>,
+    max_output: u64,
+}
+
+impl Relay<'_> {
+    /// Kills the sandbox, noting why unless an earlier reason is noted.
+    fn kill(&self, why: &'static str) {
+        lock(self.ended).killed.get_or_insert(why);
+        let _ = self.killer.kill();
+    }
+}
+
+/// Relays the program's stdout and stderr until both end, acting on interrupts, the
+/// wall-clock limit, the output limit and a client that is gone; after a kill the pipes are
+/// drained to their end.
+async fn relay(
+    r: Relay<'_>,
+    [mut stdout, mut stderr]: [Option<pipe::Receiver>; 2],
+    mut interrupts: mpsc::Receiver<()>,
+) {
     let (mut relayed, mut interrupted) = (0u64, 0u32);
-    let kill = |why: &'static str| {
-        lock(&ended).killed.get_or_insert(why);
-        let _ = killer.kill();
-    };
     while stdout.is_some() || stderr.is_some() {
-        let killed = lock(&ended).killed.is_some();
+        let killed = lock(r.ended).killed.is_some();
         let (read, which_out) = tokio::select! {
-            r = relay_read(&mut stdout, &io, killed), if stdout.is_some() => (r, true),
-            r = relay_read(&mut stderr, &io, killed), if stderr.is_some() => (r, false),
+            x = relay_read(&mut stdout, r.io, killed), if stdout.is_some() => (x, true),
+            x = relay_read(&mut stderr, r.io, killed), if stderr.is_some() => (x, false),
             Some(()) = interrupts.recv(), if !killed => {
                 interrupted += 1;
-                lock(&ended).interrupts = interrupted;
+                lock(r.ended).interrupts = interrupted;
                 if interrupted >= INTERRUPTS_TO_KILL {
-                    kill("interrupted");
+                    r.kill("interrupted");
                 } else {
-                    let _ = killer.interrupt();
+                    let _ = r.killer.interrupt();
                 }
                 continue;
             }
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !killed => {
-                kill("timeout");
+            _ = async { match r.deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !killed => {
+                r.kill("timeout");
                 continue;
             }
         };
@@ -377,9 +419,9 @@ pub(crate) async fn run(
             }
         };
         relayed += bytes.len() as u64;
-        lock(&ended).relayed = relayed;
-        if relayed > max_output {
-            kill("output_limit");
+        lock(r.ended).relayed = relayed;
+        if relayed > r.max_output {
+            r.kill("output_limit");
             continue;
         }
         let chunk = if which_out {
@@ -387,18 +429,10 @@ pub(crate) async fn run(
         } else {
             StreamChunk::Stderr(bytes)
         };
-        if !io.emit_within(chunk, share).await {
-            kill(StopCause::ClientGone.name());
+        if !r.io.emit_within(chunk, share).await {
+            r.kill(StopCause::ClientGone.name());
         }
     }
-    feeder.abort();
-    guard.finish();
-    exit_rx.await.map_err(|_| {
-        RemoteError::new(
-            ErrorKind::Internal,
-            "the sandbox's exit was not recorded; see loongd's log",
-        )
-    })?
 }
 
 /// Bytes read from a sandbox's stdout or stderr at a time, and so the largest output chunk
