@@ -1,6 +1,7 @@
 //! A sandbox run and its client: the sandbox dies with the client's connection whatever ends
 //! loongctl (and `sandbox.exited` says `client_gone`), Ctrl-C is passed on and then escalates
-//! to a kill, and clients that stop reading cost loongd a bounded amount of memory.
+//! to a kill, a cancel or a deadline is recorded as such, a long run is not idleness, and
+//! clients that stop reading cost loongd a bounded amount of memory.
 
 use std::{
     io::Write,
@@ -343,7 +344,7 @@ fn a_long_run_is_not_idleness_and_idle_connections_still_end() {
 }
 
 #[test]
-fn a_cancelled_run_is_killed_and_recorded_as_cancelled() {
+fn cancelled_and_deadlined_runs_are_killed_and_recorded_so() {
     let home = Home::new();
     home.start();
     let m = marker(21);
@@ -389,6 +390,37 @@ fn a_cancelled_run_is_killed_and_recorded_as_cancelled() {
         c.recv::<Reply<ControlResponse>>(),
         Some(Reply::Pong { nonce: 3 })
     ));
+    // A run past its request's deadline is killed and recorded as such.
+    let m = marker(22);
+    c.send(&Call::Request {
+        id: 8,
+        deadline_ms: 1_500,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/sleep".into(),
+            args: vec![m.clone()],
+            ..Default::default()
+        })),
+    })
+    .expect("send the run");
+    let pid = payload_of(&m);
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 8,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.kind, loong_ipc::ErrorKind::DeadlineExceeded, "{e}")
+        }
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(
+        wait_until(Duration::from_secs(10), || exits_with(&home, "deadline")
+            .len()
+            == 1),
+        "{:?}",
+        details(&home, "sandbox.exited")
+    );
 }
 
 #[test]
