@@ -4,7 +4,7 @@ mod audit_api;
 pub(crate) mod authority_api;
 mod connection;
 
-pub(crate) use connection::RequestIo;
+pub(crate) use connection::{RequestIo, StopCause, StopCell};
 mod handlers;
 mod paging;
 mod peer;
