@@ -448,3 +448,70 @@ fn the_group_leaves_a_reserve_for_the_operator() {
     );
     home.status();
 }
+
+#[test]
+fn a_flood_of_refused_peers_is_counted_not_recorded_one_by_one() {
+    if !is_root() || Command::new("perl").arg("-v").output().is_err() {
+        skip(
+            "a_flood_of_refused_peers_is_counted_not_recorded_one_by_one",
+            "needs root (to connect as another uid) and perl (to open many connections)",
+        );
+        return;
+    }
+    // control::peer::REFUSALS_RECORDED_PER_WINDOW
+    const ONE_BY_ONE: usize = 16;
+    const FLOOD: usize = 400;
+    let home = Home::new();
+    home.start();
+    open_to_everyone(&home);
+    drop(IdlePeers::open(&home.socket(), 65534, 65534, FLOOD));
+    // The backlog is served in order: once this is answered, every refused peer was seen.
+    home.status();
+    let refused = |home: &Home| -> Vec<serde_json::Value> {
+        let out = home.ctl(&[
+            "audit",
+            "recent",
+            "--kind",
+            "peer.refused",
+            "--limit",
+            "1000",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let records: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        records.as_array().expect("records").clone()
+    };
+    // Positive control: the first refusals are each recorded, naming the uid.
+    assert!(
+        wait_until(Duration::from_secs(5), || refused(&home).len()
+            >= ONE_BY_ONE),
+        "{:?}",
+        refused(&home)
+    );
+    let records = refused(&home);
+    assert_eq!(
+        records.len(),
+        ONE_BY_ONE,
+        "the flood is not one record each"
+    );
+    assert!(
+        records.iter().all(|r| r["actor"] == "uid:65534"),
+        "{records:?}"
+    );
+    // The rest are counted, and the count reaches the trail at the latest when loongd stops.
+    assert_eq!(home.ctl(&["daemon", "stop"]).status.code(), Some(0));
+    home.start();
+    let records = refused(&home);
+    let counted: Vec<_> = records
+        .iter()
+        .filter(|r| r["detail"]["refusals"].is_u64())
+        .collect();
+    assert_eq!(counted.len(), 1, "{records:?}");
+    assert_eq!(counted[0]["actor"], "uid:65534");
+    assert_eq!(
+        counted[0]["detail"]["refusals"],
+        (FLOOD - ONE_BY_ONE) as u64,
+        "{records:?}"
+    );
+    assert_eq!(records.len(), ONE_BY_ONE + 1, "{records:?}");
+}
