@@ -103,6 +103,15 @@ static long tcp_option(int opt, const char *port) {
     return write(s, "x", 1);
 }
 
+// An upper layer (TCP_ULP `ulp`, e.g. "smc") on a fresh TCP socket, then a connect to `port`.
+static long tcp_ulp(const char *ulp, const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return -1;
+    if (setsockopt(s, IPPROTO_TCP, TCP_ULP, ulp, strlen(ulp)) < 0) return -1;
+    struct sockaddr_in a = loopback(port);
+    return connect(s, (void *)&a, sizeof a);
+}
+
 // listen() on an unbound socket (which autobinds an ephemeral port on every address); on
 // success prints "listening PORT" and stays up for `secs` seconds.
 static int listen_unbound(int v6, int secs) {
@@ -151,6 +160,10 @@ int main(int argc, char **argv) {
         return result(tcp_option(TCP_FASTOPEN_CONNECT, a2));
     }
     if (!strcmp(m, "tcp-option")) return result(tcp_option(atoi(a1), ""));  // a1: optname
+    if (!strcmp(m, "tcp-ulp")) {  // a1 granted port, a2 other port, argv[4] the ULP's name
+        granted(a1);
+        return result(tcp_ulp(argc > 4 ? argv[4] : "smc", a2));
+    }
     if (!strcmp(m, "proto-connect") || !strcmp(m, "proto6-connect")) {
         // a1 granted port, a2 other port, argv[4] the stream socket's protocol number
         granted(a1);
