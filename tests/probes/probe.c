@@ -224,6 +224,24 @@ int main(int argc, char **argv) {
         sleep(atoi(a2));
         return 0;
     }
+    if (!strcmp(m, "abstract-dgram")) {
+        // bind a datagram socket to abstract a1; on success print "bound", then print what
+        // arrives within a2 seconds ("received DATA", or "nothing")
+        int d = socket(AF_UNIX, SOCK_DGRAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        strncpy(a.sun_path + 1, a1, sizeof a.sun_path - 2);
+        socklen_t len = offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a1);
+        if (d < 0 || bind(d, (void *)&a, len) < 0) return result(-1);
+        printf("bound\n");
+        fflush(stdout);
+        struct timeval t = {.tv_sec = atoi(a2)};
+        setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
+        char buf[64] = {0};
+        long n = recv(d, buf, sizeof buf - 1, 0);
+        printf(n > 0 ? "received %s\n" : "nothing\n", buf);
+        fflush(stdout);
+        return 0;
+    }
     if (!strcmp(m, "kill")) return result(kill(atoi(a1), 0));
     if (!strcmp(m, "ptrace")) return result(ptrace(PTRACE_ATTACH, atoi(a1), 0, 0));
     if (!strcmp(m, "vmread")) {
