@@ -57,7 +57,12 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
                             continue;
                         }
                     };
-                    let class = peer::classify(&cred, kernel.allowed_gid);
+                    // Without its groups a peer is judged by its uid and primary group only.
+                    let groups = loong_sandbox::peer::peer_groups(std::os::fd::AsFd::as_fd(&stream)).unwrap_or_else(|e| {
+                        tracing::warn!(conn = next_id, error = %e, "cannot read the peer's groups; judging by its uid and primary group");
+                        Vec::new()
+                    });
+                    let class = peer::classify(&cred, &groups, kernel.allowed_gid);
                     if class == peer::Class::Refused {
                         connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::PeerNotAllowed { uid: cred.uid() }));
                         drop(stream);

@@ -1,5 +1,5 @@
 //! Who may use the control socket: loongd's own uid, root, and members of the configured
-//! group, as SO_PEERCRED reports the connecting process. Checked right after `accept`, so a
+//! group, as SO_PEERCRED and SO_PEERGROUPS report the connecting process. Checked right after `accept`, so a
 //! refused peer never holds a connection slot, a task or the handshake timer; the last
 //! [`OPERATOR_RESERVE`] slots are kept for root and loongd's uid, so members of the group
 //! cannot lock the operator out either.
@@ -30,8 +30,10 @@ pub(crate) enum Class {
     Refused,
 }
 
-/// The class of the peer described by `cred`.
-pub(crate) fn classify(cred: &UCred, group: Option<Gid>) -> Class {
+/// The class of the peer described by `cred` and `groups`, its supplementary groups, both as
+/// the kernel recorded them when it connected (SO_PEERCRED, SO_PEERGROUPS): never read from
+/// `/proc/PID`, which describes whatever process holds that pid by the time of `accept`.
+pub(crate) fn classify(cred: &UCred, groups: &[u32], group: Option<Gid>) -> Class {
     let uid = cred.uid();
     if uid == 0 || uid == Uid::effective().as_raw() {
         return Class::Operator;
@@ -39,10 +41,7 @@ pub(crate) fn classify(cred: &UCred, group: Option<Gid>) -> Class {
     let Some(gid) = group else {
         return Class::Refused;
     };
-    let member = cred.gid() == gid.as_raw()
-        || cred
-            .pid()
-            .is_some_and(|pid| supplementary_groups(pid).contains(&gid.as_raw()));
+    let member = cred.gid() == gid.as_raw() || groups.contains(&gid.as_raw());
     if member {
         Class::Member
     } else {
@@ -185,22 +184,6 @@ pub(crate) async fn record(kernel: Arc<Kernel>, events: Vec<audit::Event>) {
     for event in events {
         kernel.audit.record_later(event).await;
     }
-}
-
-/// The supplementary groups of `pid`, read from `/proc/PID/status`; empty when unreadable.
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
