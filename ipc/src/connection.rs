@@ -337,7 +337,7 @@ mod tests {
                 got,
                 Err(ConnError::Handshake(HandshakeError::VersionMismatch {
                     ours: 77,
-                    theirs: 1
+                    theirs: crate::PROTOCOL_VERSION
                 }))
             ),
             "{got:?}"

@@ -347,3 +347,44 @@ pub(crate) fn openat2(
     // refers to, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13; the same number on x86_64 and every generic architecture).
+const SO_PEERGROUPS: libc::c_int = 59;
+/// The most supplementary groups a process may have (`NGROUPS_MAX`).
+const NGROUPS_MAX: usize = 65536;
+/// Groups asked for on the first try; a longer list is read again at its size.
+const PEER_GROUPS_FIRST_TRY: usize = 64;
+
+/// `getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS)`: the supplementary groups the peer of a unix
+/// socket had when it connected (as this process's user namespace sees them).
+pub(crate) fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut want = PEER_GROUPS_FIRST_TRY;
+    loop {
+        let mut groups = vec![0u32; want];
+        let mut len = libc::socklen_t::try_from(want * std::mem::size_of::<u32>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a live buffer of `len` bytes that getsockopt may fill, and `len`
+        // is a live socklen_t it may update; the fd is borrowed for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let bytes = len as usize;
+        if rc == 0 {
+            groups.truncate(bytes / std::mem::size_of::<u32>());
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the list is longer; `len` now holds its size.
+        let need = bytes / std::mem::size_of::<u32>();
+        if err.raw_os_error() != Some(libc::ERANGE) || need <= want || need > NGROUPS_MAX {
+            return Err(err);
+        }
+        want = need;
+    }
+}
