@@ -173,6 +173,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Sends one message as one frame, waiting for the peer as long as it takes: for output
+    /// that back-pressures its producer while the peer reads slowly. The caller bounds the
+    /// wait (a request's own deadline, the peer closing).
+    pub async fn write_waiting<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
+        self.out.clear();
+        frame::encode(msg, self.limit, &mut self.out)?;
+        self.inner.write_all(&self.out).await?;
+        Ok(())
+    }
+
     /// Shuts the write side down, so the peer sees the end of the stream.
     pub async fn shutdown(&mut self) -> Result<(), ConnError> {
         self.inner.shutdown().await?;
@@ -327,7 +337,7 @@ mod tests {
                 got,
                 Err(ConnError::Handshake(HandshakeError::VersionMismatch {
                     ours: 77,
-                    theirs: 1
+                    theirs: crate::PROTOCOL_VERSION
                 }))
             ),
             "{got:?}"

@@ -28,7 +28,10 @@ pub use message::{
         SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
         WorkerView,
     },
-    envelope::{Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, MAX_CHUNK_BYTES},
+    envelope::{
+        Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, INTERRUPTS_TO_KILL,
+        MAX_CHUNK_BYTES,
+    },
     handshake::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,

@@ -73,6 +73,9 @@ pub const MAX_SIGNATURE_BYTES: usize = 1024 * 1024;
 pub const MAX_PACKAGE_FILES: usize = 1024;
 pub const MAX_PACKAGE_BYTES: u64 = 256 * 1024 * 1024;
 pub const MAX_PACKAGE_DEPTH: usize = 8;
+/// Bound on the entries of a package (files and directories, empty ones too) and of the names
+/// one walk may list: an operator's package is walked, listed and unpacked only this far.
+pub const MAX_PACKAGE_ENTRIES: usize = 4 * MAX_PACKAGE_FILES;
 
 /// One file of a package.
 #[derive(Debug, Clone, PartialEq, Eq)]

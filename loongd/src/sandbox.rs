@@ -1,23 +1,32 @@
 //! loongd's side of sandboxes: the spawner it owns, `doctor`, and `sandbox run` with its
 //! stdio relayed over the control connection.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use loong_ipc::{
     ControlResponse, DoctorReport, ErrorKind, MechanismReport, RemoteError, SandboxExit,
-    SandboxRunRequest, StreamChunk, TierReport, MAX_CHUNK_BYTES,
+    SandboxRunRequest, StreamChunk, TierReport, INTERRUPTS_TO_KILL, MAX_CHUNK_BYTES,
 };
 use loong_sandbox::{
     Killer, Limits, NetGrant, SandboxSpec, SpawnError, Spawner, SpawnerConfig, SpecError,
     StdioSpec, Tier,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
     net::unix::{pipe, UCred},
-    sync::mpsc,
+    sync::{mpsc, oneshot, OwnedSemaphorePermit},
 };
+use tracing::Instrument;
 
-use crate::{audit::Kind, control::RequestIo, Kernel};
+use crate::{
+    audit::Kind,
+    control::{RequestIo, StopCause, StopCell},
+    Kernel,
+};
 
 /// Starts the spawner with the bundled tier profiles; loongd's own paths are hidden from
 /// every sandbox.
@@ -147,18 +156,6 @@ fn spawn_error(e: SpawnError) -> RemoteError {
     }
 }
 
-/// Kills the sandbox if the request is dropped (cancelled, deadline, client gone) before the
-/// sandbox has been waited for.
-struct KillOnDrop(Option<Killer>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(k) = self.0.take() {
-            let _ = k.kill();
-        }
-    }
-}
-
 fn receiver(fd: Option<std::os::fd::OwnedFd>) -> Option<pipe::Receiver> {
     fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
 }
@@ -262,16 +259,25 @@ async fn spawn(
     let spawner = kernel.spawner.clone().map_err(unavailable)?;
     let spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
     let limits = (spec.tier, spec.limits.timeout);
-    let child = tokio::task::spawn_blocking(move || {
-        spawner.spawn(
+    // Queued on the spawner's thread, not on a blocking thread per request; a request dropped
+    // while its sandbox starts (its client gone) never receives the child, which is killed.
+    let (tx, rx) = oneshot::channel();
+    spawner
+        .submit(
             spec,
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
+            Box::new(move |r| {
+                if let Err(Ok(child)) = tx.send(r) {
+                    let _ = child.kill();
+                }
+            }),
         )
-    })
-    .await
-    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
-    .map_err(spawn_error)?;
+        .map_err(spawn_error)?;
+    let child = rx
+        .await
+        .map_err(|_| unavailable("the spawner thread has stopped"))?
+        .map_err(spawn_error)?;
     Ok((child, limits))
 }
 
@@ -339,66 +345,121 @@ pub(crate) async fn run(
             .record_later(event(Kind::SandboxDegraded, detail))
             .await;
     }
-    let mut guard =
-        KillOnDrop(Some(child.killer().map_err(|e| {
-            RemoteError::new(ErrorKind::Internal, e.to_string())
-        })?));
+    let killer = Arc::new(
+        child
+            .killer()
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?,
+    );
     let stdin = child
         .stdin
         .take()
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
-    let mut stdout = receiver(child.stdout.take());
-    let mut stderr = receiver(child.stderr.take());
-    let waiter = tokio::task::spawn_blocking(move || child.wait());
-
-    // Stdin: forwarded by its own task, so a program that does not read cannot stall output.
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(4);
-    let feeder = tokio::spawn(async move {
-        let Some(mut pipe) = stdin else { return };
-        while let Some(bytes) = stdin_rx.recv().await {
-            if pipe.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut stdin_tx = Some(stdin_tx);
-
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let (mut out_buf, mut err_buf) = (vec![0u8; MAX_CHUNK_BYTES], vec![0u8; MAX_CHUNK_BYTES]);
-    let (mut relayed, mut exceeded, mut timed_out) = (0u64, false, false);
-    let kill = |g: &KillOnDrop| {
-        if let Some(k) = &g.0 {
-            let _ = k.kill();
-        }
+    let stdout = receiver(child.stdout.take());
+    let stderr = receiver(child.stderr.take());
+    let ended = Arc::new(Mutex::new(Ended::default()));
+    // The exit is waited for and recorded by a task of its own, so `sandbox.exited` is
+    // written however this request ends: finished, or dropped (client gone, cancelled,
+    // deadline), in which case the guard kills the sandbox and the record says why.
+    let (relay_done, relay_done_rx) = oneshot::channel();
+    let (exit_tx, exit_rx) = oneshot::channel();
+    let mut guard = KillOnDrop {
+        killer: killer.clone(),
+        ended: ended.clone(),
+        stop: io.stop_cell(),
+        relay_done: Some(relay_done),
     };
+    let detail = serde_json::json!({ "tier": req.tier, "program": req.program });
+    tokio::spawn(
+        record_exit(Reaper {
+            audit: kernel.audit.clone(),
+            event: event(Kind::SandboxExited, detail),
+            child,
+            relay_done: relay_done_rx,
+            ended: ended.clone(),
+            degraded,
+            exit: exit_tx,
+        })
+        .in_current_span(),
+    );
+
+    // Stdin and interrupts: read by their own task, so a program that does not read its
+    // stdin stalls neither its output nor the queue behind it once its stdin is closed.
+    let (interrupt_tx, interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
+    let input = std::mem::replace(&mut io.input, mpsc::channel(1).1);
+    let feeder = tokio::spawn(feed(stdin, input, interrupt_tx));
+
+    relay(
+        Relay {
+            io: &io,
+            killer: &killer,
+            ended: &ended,
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            max_output,
+        },
+        [stdout, stderr],
+        interrupts,
+    )
+    .await;
+    feeder.abort();
+    guard.finish();
+    exit_rx.await.map_err(|_| {
+        RemoteError::new(
+            ErrorKind::Internal,
+            "the sandbox's exit was not recorded; see loongd's log",
+        )
+    })?
+}
+
+/// What the relay of one run works with.
+struct Relay<'a> {
+    io: &'a RequestIo,
+    killer: &'a Killer,
+    ended: &'a Mutex<Ended>,
+    deadline: Option<tokio::time::Instant>,
+    max_output: u64,
+}
+
+impl Relay<'_> {
+    /// Kills the sandbox, noting why unless an earlier reason is noted.
+    fn kill(&self, why: &'static str) {
+        lock(self.ended).killed.get_or_insert(why);
+        let _ = self.killer.kill();
+    }
+}
+
+/// Relays the program's stdout and stderr until both end, acting on interrupts, the
+/// wall-clock limit, the output limit and a client that is gone; after a kill the pipes are
+/// drained to their end.
+async fn relay(
+    r: Relay<'_>,
+    [mut stdout, mut stderr]: [Option<pipe::Receiver>; 2],
+    mut interrupts: mpsc::Receiver<()>,
+) {
+    let (mut relayed, mut interrupted) = (0u64, 0u32);
     while stdout.is_some() || stderr.is_some() {
-        let (chunk, which_out) = tokio::select! {
-            r = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => (r, true),
-            r = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => (r, false),
-            input = io.input.recv(), if stdin_tx.is_some() => {
-                match input {
-                    Some(StreamChunk::Stdin(b)) => {
-                        if let Some(tx) = &stdin_tx {
-                            if tx.send(b).await.is_err() {
-                                stdin_tx = None;
-                            }
-                        }
-                    }
-                    // End of input (or a client that stopped sending): close the program's stdin.
-                    Some(StreamChunk::StdinEnd) | None => stdin_tx = None,
-                    Some(_) => {}
+        let killed = lock(r.ended).killed.is_some();
+        let (read, which_out) = tokio::select! {
+            x = relay_read(&mut stdout, r.io, killed), if stdout.is_some() => (x, true),
+            x = relay_read(&mut stderr, r.io, killed), if stderr.is_some() => (x, false),
+            Some(()) = interrupts.recv(), if !killed => {
+                interrupted += 1;
+                lock(r.ended).interrupts = interrupted;
+                if interrupted >= INTERRUPTS_TO_KILL {
+                    r.kill("interrupted");
+                } else {
+                    let _ = r.killer.interrupt();
                 }
                 continue;
             }
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !timed_out => {
-                timed_out = true;
-                kill(&guard);
+            _ = async { match r.deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !killed => {
+                r.kill("timeout");
                 continue;
             }
         };
-        let n = match chunk {
-            Ok(n) if n > 0 => n,
-            _ => {
+        let (bytes, share) = match read {
+            Ok(Relayed::Bytes(bytes, share)) => (bytes, share),
+            Ok(Relayed::Drained) => continue,
+            Ok(Relayed::End) | Err(_) => {
                 if which_out {
                     stdout = None;
                 } else {
@@ -407,75 +468,237 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        if exceeded {
-            continue; // draining after the kill
-        }
-        relayed += n as u64;
-        if relayed > max_output {
-            exceeded = true;
-            kill(&guard);
+        relayed += bytes.len() as u64;
+        lock(r.ended).relayed = relayed;
+        if relayed > r.max_output {
+            r.kill("output_limit");
             continue;
         }
-        let buf = if which_out {
-            &out_buf[..n]
-        } else {
-            &err_buf[..n]
-        };
         let chunk = if which_out {
-            StreamChunk::Stdout(buf.to_vec())
+            StreamChunk::Stdout(bytes)
         } else {
-            StreamChunk::Stderr(buf.to_vec())
+            StreamChunk::Stderr(bytes)
         };
-        if !io.emit(chunk).await {
-            kill(&guard);
+        if !r.io.emit_within(chunk, share).await {
+            r.kill(StopCause::ClientGone.name());
         }
     }
-    drop(stdin_tx);
-    feeder.abort();
-    let report = waiter
-        .await
-        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
-        .map_err(|e| {
-            RemoteError::new(ErrorKind::Internal, format!("waiting for the sandbox: {e}"))
-        })?;
-    guard.0 = None;
-    tracing::info!(tier = ?tier, code = ?report.code, signal = ?report.signal, timed_out, exceeded, "sandbox exited");
+}
+
+/// Bytes read from a sandbox's stdout or stderr at a time, and so the largest output chunk
+/// loongd queues; with the connection's output budget (`OUTPUT_BUDGET_BYTES`) it bounds what
+/// a client that reads slowly costs.
+pub(crate) const RELAY_CHUNK_BYTES: usize = 8 * 1024;
+const _: () = assert!(RELAY_CHUNK_BYTES <= MAX_CHUNK_BYTES);
+
+/// How a run is ending, as the relay saw it; read when the exit is recorded.
+#[derive(Debug, Default)]
+struct Ended {
+    /// Why loongd killed the sandbox, first reason only (`None`: it ended by itself).
+    killed: Option<&'static str>,
+    relayed: u64,
+    interrupts: u32,
+}
+
+fn lock(m: &Mutex<Ended>) -> std::sync::MutexGuard<'_, Ended> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Kills the sandbox if the request is dropped (cancelled, deadline, client gone) before its
+/// relay finished, noting why for the exit record.
+struct KillOnDrop {
+    killer: Arc<Killer>,
+    ended: Arc<Mutex<Ended>>,
+    stop: StopCell,
+    relay_done: Option<oneshot::Sender<()>>,
+}
+
+impl KillOnDrop {
+    /// The relay finished: the exit may be recorded; nothing is killed.
+    fn finish(&mut self) {
+        if let Some(done) = self.relay_done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.relay_done.take().is_some() {
+            let why = self.stop.get().map_or("dropped", |c| c.name());
+            lock(&self.ended).killed.get_or_insert(why);
+            let _ = self.killer.kill();
+        }
+    }
+}
+
+/// Everything the exit record needs, owned by the task that writes it.
+struct Reaper {
+    audit: crate::audit::Audit,
+    event: crate::audit::Event,
+    child: loong_sandbox::Child,
+    relay_done: oneshot::Receiver<()>,
+    ended: Arc<Mutex<Ended>>,
+    degraded: Vec<String>,
+    exit: oneshot::Sender<Result<ControlResponse, RemoteError>>,
+}
+
+/// Waits for the relay to end (or be dropped) and the sandbox to exit, records
+/// `sandbox.exited` with the cause, then hands the exit to the request if it still waits:
+/// the client hears of the exit only once it is in the audit trail.
+async fn record_exit(r: Reaper) {
+    let _ = r.relay_done.await;
+    // The helper's exit is awaited on the runtime (its pidfd turns readable), not on a
+    // blocking thread per sandbox; reading its report is then immediate.
+    if let Ok(pidfd) = r.child.pidfd().try_clone_to_owned() {
+        // The safe constructor is deprecated for descriptors a type could swap or close
+        // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and the
+        // replacement is `unsafe`, which this crate does not allow.
+        #[allow(deprecated)]
+        let registered = AsyncFd::with_interest(pidfd, Interest::READABLE);
+        if let Ok(fd) = registered {
+            let _ = fd.readable().await;
+        }
+    }
+    let child = r.child;
+    let report = match tokio::task::spawn_blocking(move || child.wait()).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "waiting for a sandbox failed");
+            let _ = r.exit.send(Err(RemoteError::new(
+                ErrorKind::Internal,
+                format!("waiting for the sandbox: {e}"),
+            )));
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the task waiting for a sandbox failed");
+            let _ = r
+                .exit
+                .send(Err(RemoteError::new(ErrorKind::Internal, e.to_string())));
+            return;
+        }
+    };
+    let (killed, relayed, interrupts) = {
+        let e = lock(&r.ended);
+        (e.killed, e.relayed, e.interrupts)
+    };
+    let cause = killed.unwrap_or("exited");
+    tracing::info!(code = ?report.code, signal = ?report.signal, cause, interrupts, "sandbox exited");
     let exit = SandboxExit {
         code: report.code,
         signal: report.signal,
         shell_code: report.shell_code(),
-        timed_out,
-        output_limit_exceeded: exceeded,
+        timed_out: killed == Some("timeout"),
+        output_limit_exceeded: killed == Some("output_limit"),
         oom_killed: report.oom_killed,
         user_us: report.user_us,
         system_us: report.system_us,
         max_rss_kib: report.max_rss_kib,
-        degraded,
+        degraded: r.degraded,
     };
-    let detail = serde_json::json!({
-        "tier": req.tier, "program": req.program, "code": exit.code, "signal": exit.signal,
-        "timed_out": exit.timed_out, "output_limit_exceeded": exit.output_limit_exceeded,
-        "oom_killed": exit.oom_killed, "user_us": exit.user_us, "system_us": exit.system_us,
-        "max_rss_kib": exit.max_rss_kib, "relayed_bytes": relayed,
-    });
-    // The client hears of the exit only once it is in the audit trail.
-    kernel
-        .audit
-        .record(event(Kind::SandboxExited, detail))
-        .await
-        .map_err(|e| {
-            RemoteError::new(
+    let mut event = r.event;
+    if let Some(detail) = event.detail.as_object_mut() {
+        let more = serde_json::json!({
+            "code": exit.code, "signal": exit.signal, "cause": cause, "interrupts": interrupts,
+            "timed_out": exit.timed_out, "output_limit_exceeded": exit.output_limit_exceeded,
+            "oom_killed": exit.oom_killed, "user_us": exit.user_us, "system_us": exit.system_us,
+            "max_rss_kib": exit.max_rss_kib, "relayed_bytes": relayed,
+        });
+        if let serde_json::Value::Object(more) = more {
+            detail.extend(more);
+        }
+    }
+    let answer = match r.audit.record(event).await {
+        Ok(_) => Ok(ControlResponse::SandboxExited(exit)),
+        Err(e) => {
+            tracing::error!(error = %e, "a sandbox's exit could not be recorded");
+            Err(RemoteError::new(
                 ErrorKind::Internal,
                 format!("the sandbox exited but the audit trail failed: {e}"),
-            )
-        })?;
-    Ok(ControlResponse::SandboxExited(exit))
+            ))
+        }
+    };
+    let _ = r.exit.send(answer);
 }
 
-/// Reads from an open pipe; never completes for a closed one (its select branch is off).
-async fn read_some(pipe: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> std::io::Result<usize> {
-    match pipe {
-        Some(p) => p.read(buf).await,
-        None => std::future::pending().await,
+/// Feeds a program's stdin from the request's input and passes interrupts on. Input that
+/// arrives after the program's stdin closed is read and dropped, so it never stalls the
+/// connection.
+async fn feed(
+    mut stdin: Option<pipe::Sender>,
+    mut input: mpsc::Receiver<StreamChunk>,
+    interrupts: mpsc::Sender<()>,
+) {
+    while let Some(chunk) = input.recv().await {
+        match chunk {
+            StreamChunk::Stdin(bytes) => {
+                if let Some(pipe) = &mut stdin {
+                    if pipe.write_all(&bytes).await.is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            // The client's stdin ended: so does the program's.
+            StreamChunk::StdinEnd => stdin = None,
+            StreamChunk::Interrupt => {
+                let _ = interrupts.try_send(());
+            }
+            StreamChunk::Stdout(_) | StreamChunk::Stderr(_) => {}
+        }
     }
 }
+
+/// Reads up to [`RELAY_CHUNK_BYTES`] from an open pipe once the connection's output budget
+/// has room for them, so a client that does not read stops the reading (and the program, on
+/// its full pipe) before anything is allocated. After a kill the pipe is drained into a
+/// scratch buffer instead (`Ok(None)` for bytes read), so its end is seen whatever the client
+/// does. Never completes for a closed pipe (its select branch is off).
+async fn relay_read(
+    pipe: &mut Option<pipe::Receiver>,
+    io: &RequestIo,
+    killed: bool,
+) -> std::io::Result<Relayed> {
+    let Some(p) = pipe else {
+        return std::future::pending().await;
+    };
+    if killed {
+        let mut scratch = [0u8; DRAIN_BYTES];
+        return match p.read(&mut scratch).await? {
+            0 => Ok(Relayed::End),
+            _ => Ok(Relayed::Drained),
+        };
+    }
+    loop {
+        // Readable first, then the budget: a share is never held while waiting for output
+        // (stderr waiting for a share while stdout's sits idle would starve both).
+        p.readable().await?;
+        let Some(share) = io.reserve(RELAY_CHUNK_BYTES).await else {
+            // The connection is gone: the relay ends as if the pipe had.
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        let mut bytes = vec![0u8; RELAY_CHUNK_BYTES];
+        match p.try_read(&mut bytes) {
+            Ok(0) => return Ok(Relayed::End),
+            Ok(n) => {
+                bytes.truncate(n);
+                return Ok(Relayed::Bytes(bytes, share));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What one [`relay_read`] got.
+enum Relayed {
+    /// Output to relay, with its share of the connection's output budget.
+    Bytes(Vec<u8>, OwnedSemaphorePermit),
+    /// Output of a killed sandbox, dropped.
+    Drained,
+    /// The pipe's end.
+    End,
+}
+
+/// The scratch buffer a killed sandbox's output is drained through.
+const DRAIN_BYTES: usize = 4096;

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod helper;
 pub mod host;
 pub mod openat;
+pub mod peer;
 pub mod plan;
 pub mod profile;
 pub mod seccomp;

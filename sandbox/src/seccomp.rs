@@ -11,8 +11,9 @@
 //!   TCP rules are all that narrow it to the granted ports), every path past those rules is
 //!   closed: INET sockets other than plain TCP streams (UDP, raw, MPTCP, SCTP, SMC) answer
 //!   EAFNOSUPPORT, connect-on-send (`MSG_FASTOPEN`, the fast-open socket options) answers
-//!   EOPNOTSUPP, TCP repair and listening or accepting (a listener there would be reachable
-//!   from the host) answer EPERM;
+//!   EOPNOTSUPP, an upper layer (`TCP_ULP`, which can make the socket SMC) answers
+//!   EOPNOTSUPP, TCP repair, binding, listening or accepting (a listener or an abstract unix
+//!   name there would be reachable from the host) answer EPERM;
 //! - under a denylist, any x32 syscall number (`nr | 0x40000000`) kills the process
 //!   (seccompiler checks the architecture but not the x32 bit).
 //!
@@ -64,7 +65,16 @@ pub const SEND_FLAGS_ARG: [(&str, i64, u8); 3] = [
 ];
 
 /// `IPPROTO_TCP` socket options refused under a TCP grant, with the errno and why.
-pub const REFUSED_TCP_OPTIONS: [(i32, i32, &str); 9] = [
+/// `TCP_ULP` swaps the socket's protocol operations for an upper layer's: with `smc` (kernels
+/// that offer it) the socket stops being TCP to landlock, which then checks none of its
+/// connects, so no upper layer is attached at all (kernel TLS offload included; TLS in the
+/// program is unaffected). EOPNOTSUPP, as for a layer the kernel lacks, so programs fall back.
+pub const REFUSED_TCP_OPTIONS: [(i32, i32, &str); 10] = [
+    (
+        libc::TCP_ULP,
+        libc::EOPNOTSUPP,
+        "an upper layer landlock does not see",
+    ),
     (
         libc::TCP_FASTOPEN_CONNECT,
         libc::EOPNOTSUPP,
@@ -95,8 +105,12 @@ pub const REFUSED_TCP_OPTIONS: [(i32, i32, &str); 9] = [
 /// Calls refused with EPERM when the sandbox shares the host's network namespace (a TCP
 /// grant): a listener there is reachable from the host, and `listen` on an unbound socket
 /// autobinds an ephemeral port on every address without the `bind` landlock sees. Seccomp
-/// cannot see a descriptor's family, so unix sockets cannot listen there either.
-pub const HOST_LISTEN_SYSCALLS: [(&str, i64); 3] = [
+/// cannot see a descriptor's family, so unix sockets cannot listen there either. `bind` too:
+/// landlock refuses every TCP port already, and an abstract unix name bound there is in the
+/// host's namespace (a datagram socket receives what host processes send to that name, and
+/// any socket takes the name from the host service that would bind it).
+pub const HOST_LISTEN_SYSCALLS: [(&str, i64); 4] = [
+    ("bind", libc::SYS_bind),
     ("listen", libc::SYS_listen),
     ("accept", libc::SYS_accept),
     ("accept4", libc::SYS_accept4),
@@ -484,6 +498,9 @@ mod tests {
             (tcp, SYS_setsockopt, [3, tcp_level, TCP_FASTOPEN as u64, 0, 4, 0], err(EOPNOTSUPP)),
             (tcp, SYS_setsockopt, [3, tcp_level, TCP_REPAIR as u64, 0, 4, 0], err(EPERM)),
             (tcp, SYS_setsockopt, [3, tcp_level, TCP_REPAIR_WINDOW as u64, 0, 4, 0], err(EPERM)),
+            (tcp, SYS_setsockopt, [3, tcp_level, TCP_ULP as u64, 0, 4, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_setsockopt, [3, SOL_TCP as u64, TCP_ULP as u64, 0, 4, 0], err(EOPNOTSUPP)),
+            (tcp, SYS_setsockopt, [3, tcp_level | 1 << 32, TCP_ULP as u64 | 1 << 32, 0, 4, 0], err(EOPNOTSUPP)),
             (tcp, SYS_setsockopt, [3, tcp_level, TCP_NODELAY as u64, 0, 4, 0], allow),
             (tcp, SYS_setsockopt, [3, SOL_SOCKET as u64, TCP_FASTOPEN_CONNECT as u64, 0, 4, 0], allow),
             // No listener in the host's network namespace.
@@ -491,7 +508,9 @@ mod tests {
             (tcp, SYS_accept, [3, 0, 0, 0, 0, 0], err(EPERM)),
             (tcp, SYS_accept4, [3, 0, 0, 0, 0, 0], err(EPERM)),
             (tcp, SYS_connect, [3, 0, 16, 0, 0, 0], allow),
-            (tcp, SYS_bind, [3, 0, 16, 0, 0, 0], allow),
+            (tcp, SYS_bind, [3, 0, 16, 0, 0, 0], err(EPERM)),
+            (tcp, SYS_bind, [3, 0, 3 + 12, 0, 0, 0], err(EPERM)),
+            (unix, SYS_bind, [3, 0, 3 + 12, 0, 0, 0], allow),
             // Without a grant the namespace is empty: unix listeners and flags are its own.
             (unix, SYS_socket, [inet, stream, 0, 0, 0, 0], err(EAFNOSUPPORT)),
             (unix, SYS_socket, [AF_UNIX as u64, stream, 0, 0, 0, 0], allow),

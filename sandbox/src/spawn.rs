@@ -37,6 +37,8 @@ pub const HELPER_NAME: &str = "loong-spawn";
 const FD_STAGING_MIN: i32 = 64;
 /// The most descriptors a spec may hand over.
 pub const MAX_PASS_FDS: usize = server::MAX_PASS_FDS;
+/// The buffer a [`Child`] reads its helper's report lines through.
+const REPORT_BUFFER_BYTES: usize = 512;
 /// How long the helper may take to report `exec` or a failed step.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -191,7 +193,17 @@ pub struct Killer {
 impl Killer {
     /// Sends SIGKILL to the sandbox's helper, which takes the whole sandbox down.
     pub fn kill(&self) -> io::Result<()> {
-        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL) {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Sends SIGINT to the sandbox's helper, which passes it to every process of the sandbox
+    /// (what Ctrl-C does to a terminal's foreground processes); they may catch or ignore it.
+    pub fn interrupt(&self) -> io::Result<()> {
+        self.signal(libc::SIGINT)
+    }
+
+    fn signal(&self, sig: i32) -> io::Result<()> {
+        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), sig) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             other => other,
         }
@@ -257,11 +269,15 @@ impl SpawnerConfig {
     }
 }
 
+/// Where a spawn's outcome goes: called once, on the spawner thread. A caller that no longer
+/// wants the [`Child`] (its request was dropped) must kill it, so no sandbox runs unwatched.
+pub type SpawnReply = Box<dyn FnOnce(Result<Child, SpawnError>) + Send>;
+
 struct Job {
     spec: SandboxSpec,
     stdio: [StdioSpec; 3],
     pass: Vec<OwnedFd>,
-    reply: mpsc::Sender<Result<Child, SpawnError>>,
+    reply: SpawnReply,
 }
 
 /// Starts sandboxes from one long-lived thread.
@@ -307,7 +323,7 @@ impl Spawner {
                         seq: &seq,
                     };
                     let r = spawn_one(&ctx, &mut server, job.spec, job.stdio, job.pass);
-                    let _ = job.reply.send(r);
+                    (job.reply)(r);
                 }
             })
             .map_err(|source| SpawnError::Helper {
@@ -337,6 +353,25 @@ impl Spawner {
         pass: Vec<OwnedFd>,
     ) -> Result<Child, SpawnError> {
         let (reply, rx) = mpsc::channel();
+        self.submit(
+            spec,
+            stdio,
+            pass,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        )?;
+        rx.recv().map_err(|_| SpawnError::Stopped)?
+    }
+
+    /// Queues a spawn without waiting for it: `reply` gets the outcome on the spawner thread.
+    pub fn submit(
+        &self,
+        spec: SandboxSpec,
+        stdio: [StdioSpec; 3],
+        pass: Vec<OwnedFd>,
+        reply: SpawnReply,
+    ) -> Result<(), SpawnError> {
         self.jobs
             .send(Job {
                 spec,
@@ -344,8 +379,7 @@ impl Spawner {
                 pass,
                 reply,
             })
-            .map_err(|_| SpawnError::Stopped)?;
-        rx.recv().map_err(|_| SpawnError::Stopped)?
+            .map_err(|_| SpawnError::Stopped)
     }
 }
 
@@ -586,7 +620,8 @@ fn spawn_one(
     let _ = plan_w.write_all(&planned.plan.encode());
     drop(plan_w);
 
-    let mut report = BufReader::new(File::from(rep_r));
+    // Report lines are short; a sandbox can live long, so its reader stays small.
+    let mut report = BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(rep_r));
     let ready = wait_readable(report.get_ref().as_fd(), SETUP_TIMEOUT);
     let mut line = String::new();
     if ready {

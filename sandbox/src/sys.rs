@@ -155,6 +155,59 @@ pub(crate) fn sigchld(ignore: bool) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Where [`forward_interrupt`] sends SIGINT: a pidfd (the helper's reaper), or -1.
+static INTERRUPT_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The SIGINT handler of the helper and the reaper. The helper (outside the sandbox) passes
+/// the signal to its reaper through the reaper's pidfd; the reaper, pid 1 of the sandbox's
+/// pid namespace, passes it to every other process of that namespace (`kill(-1)`, what a
+/// terminal's Ctrl-C does to a foreground process group). Any other process (the payload
+/// between fork and `execve`, which resets handlers) does nothing: `kill(-1)` is only ever
+/// sent from pid 1 of a new pid namespace, never on the host.
+extern "C" fn forward_interrupt(_sig: libc::c_int) {
+    // SAFETY: errno is thread-local and this process has one thread; saving and restoring it
+    // keeps the interrupted code's errno. getpid, kill and pidfd_send_signal take integers
+    // (and a null siginfo) and are async-signal-safe; the atomic load is lock-free.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = INTERRUPT_PIDFD.load(std::sync::atomic::Ordering::Relaxed);
+        if fd >= 0 {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGINT,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            );
+        } else if libc::getpid() == 1 {
+            libc::kill(-1, libc::SIGINT);
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs [`forward_interrupt`] for SIGINT (with `SA_RESTART`), forwarding to `to` (a
+/// pidfd this process keeps open for the rest of its life) when given.
+pub(crate) fn forward_interrupts(to: Option<OwnedFd>) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    if let Some(fd) = to {
+        INTERRUPT_PIDFD.store(fd.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the fields set
+    // below are plain integers and the address of an `extern "C"` handler that only does
+    // async-signal-safe work (see `forward_interrupt`).
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = forward_interrupt as extern "C" fn(libc::c_int) as usize;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: `act` is a valid sigaction that outlives the call; the old action is not asked
+    // for (null), which the call documents as valid.
+    let rc = unsafe { libc::sigaction(libc::SIGINT, &act, std::ptr::null_mut()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `_exit(code)`: leaves a forked child without running the parent's exit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an integer and never returns; skipping atexit handlers is the point.
@@ -293,4 +346,45 @@ pub(crate) fn openat2(
     // SAFETY: a successful openat2 returns a new descriptor that nothing else in this process
     // refers to, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13; the same number on x86_64 and every generic architecture).
+const SO_PEERGROUPS: libc::c_int = 59;
+/// The most supplementary groups a process may have (`NGROUPS_MAX`).
+const NGROUPS_MAX: usize = 65536;
+/// Groups asked for on the first try; a longer list is read again at its size.
+const PEER_GROUPS_FIRST_TRY: usize = 64;
+
+/// `getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS)`: the supplementary groups the peer of a unix
+/// socket had when it connected (as this process's user namespace sees them).
+pub(crate) fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut want = PEER_GROUPS_FIRST_TRY;
+    loop {
+        let mut groups = vec![0u32; want];
+        let mut len = libc::socklen_t::try_from(want * std::mem::size_of::<u32>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a live buffer of `len` bytes that getsockopt may fill, and `len`
+        // is a live socklen_t it may update; the fd is borrowed for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let bytes = len as usize;
+        if rc == 0 {
+            groups.truncate(bytes / std::mem::size_of::<u32>());
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the list is longer; `len` now holds its size.
+        let need = bytes / std::mem::size_of::<u32>();
+        if err.raw_os_error() != Some(libc::ERANGE) || need <= want || need > NGROUPS_MAX {
+            return Err(err);
+        }
+        want = need;
+    }
 }

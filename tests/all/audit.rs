@@ -772,13 +772,14 @@ fn a_denied_padded_shell_command_keeps_who_asked_and_why_it_was_denied() {
     assert_eq!(d["pack"], "reader", "{d}");
     assert!(d["token"].as_str().is_some_and(|t| !t.is_empty()), "{d}");
     assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
-    assert_eq!(d["target"], "/bin/sh", "{d}");
-    let argv = &d["argv"][2];
-    assert_eq!(argv["truncated"], true, "{d}");
-    assert_eq!(argv["bytes"], command.len());
-    assert_eq!(argv["sha256"], sha256_hex(&command));
+    // shell.exec is decided on its script: the target is the first program it runs.
+    assert_eq!(d["target"], "rm", "{d}");
+    let script = &d["script"];
+    assert_eq!(script["truncated"], true, "{d}");
+    assert_eq!(script["bytes"], command.len());
+    assert_eq!(script["sha256"], sha256_hex(&command));
     assert!(
-        argv["head"]
+        script["head"]
             .as_str()
             .is_some_and(|h| h.starts_with("rm -rf /tmp/x")),
         "{d}"

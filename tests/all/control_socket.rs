@@ -448,3 +448,192 @@ fn the_group_leaves_a_reserve_for_the_operator() {
     );
     home.status();
 }
+
+#[test]
+fn a_flood_of_refused_peers_is_counted_not_recorded_one_by_one() {
+    if !is_root() || Command::new("perl").arg("-v").output().is_err() {
+        skip(
+            "a_flood_of_refused_peers_is_counted_not_recorded_one_by_one",
+            "needs root (to connect as another uid) and perl (to open many connections)",
+        );
+        return;
+    }
+    // control::peer::REFUSALS_RECORDED_PER_WINDOW
+    const ONE_BY_ONE: usize = 16;
+    const FLOOD: usize = 400;
+    let home = Home::new();
+    home.start();
+    open_to_everyone(&home);
+    drop(IdlePeers::open(&home.socket(), 65534, 65534, FLOOD));
+    // The backlog is served in order: once this is answered, every refused peer was seen.
+    home.status();
+    let refused = |home: &Home| -> Vec<serde_json::Value> {
+        let out = home.ctl(&[
+            "audit",
+            "recent",
+            "--kind",
+            "peer.refused",
+            "--limit",
+            "1000",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let records: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        records.as_array().expect("records").clone()
+    };
+    // Positive control: the first refusals are each recorded, naming the uid.
+    assert!(
+        wait_until(Duration::from_secs(5), || refused(&home).len()
+            >= ONE_BY_ONE),
+        "{:?}",
+        refused(&home)
+    );
+    let records = refused(&home);
+    assert_eq!(
+        records.len(),
+        ONE_BY_ONE,
+        "the flood is not one record each"
+    );
+    assert!(
+        records.iter().all(|r| r["actor"] == "uid:65534"),
+        "{records:?}"
+    );
+    // The rest are counted, and the count reaches the trail at the latest when loongd stops.
+    assert_eq!(home.ctl(&["daemon", "stop"]).status.code(), Some(0));
+    home.start();
+    let records = refused(&home);
+    let counted: Vec<_> = records
+        .iter()
+        .filter(|r| r["detail"]["refusals"].is_u64())
+        .collect();
+    assert_eq!(counted.len(), 1, "{records:?}");
+    assert_eq!(counted[0]["actor"], "uid:65534");
+    assert_eq!(
+        counted[0]["detail"]["refusals"],
+        (FLOOD - ONE_BY_ONE) as u64,
+        "{records:?}"
+    );
+    assert_eq!(records.len(), ONE_BY_ONE + 1, "{records:?}");
+}
+
+/// Connects to `socket` as uid 65534, primary group 1 and no others (not a member of
+/// `nogroup`), leaves the connection to a forked child and exits; returns the pids of the
+/// connecting process and of the child.
+fn connect_and_leave(socket: &std::path::Path) -> (u32, u32) {
+    use std::io::BufRead;
+    const LEAVE: &str = r#"use Socket; socket(my $s, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+connect($s, pack_sockaddr_un($ARGV[0])) or die "connect: $!";
+my $child = fork() // die "fork: $!"; if ($child == 0) { close STDOUT; sleep 30; exit 0 }
+$| = 1; print "$$ $child\n";"#;
+    let mut perl = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=1",
+            "--clear-groups",
+            "perl",
+            "-e",
+            LEAVE,
+        ])
+        .arg(socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv perl");
+    let mut line = String::new();
+    std::io::BufReader::new(perl.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    perl.wait().expect("wait");
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    (pids[0], pids[1])
+}
+
+/// Starts a process that is a member of `nogroup` (uid 1, supplementary group 65534) as pid
+/// `pid` (through `ns_last_pid`); `None` when another process took the pid first.
+fn member_at_pid(pid: u32) -> Option<std::process::Child> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+    let child = Command::new("setpriv")
+        .args(["--reuid=1", "--regid=1", "--groups=65534", "sleep", "30"])
+        .spawn()
+        .expect("setpriv sleep");
+    if child.id() == pid {
+        return Some(child);
+    }
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn membership_is_what_the_peer_had_when_it_connected_not_what_its_pid_is_now() {
+    let test = "membership_is_what_the_peer_had_when_it_connected_not_what_its_pid_is_now";
+    if !is_root()
+        || Command::new("perl").arg("-v").output().is_err()
+        || std::fs::metadata("/proc/sys/kernel/ns_last_pid").is_err()
+    {
+        skip(
+            test,
+            "needs root, perl and ns_last_pid (to put another process at the peer's pid)",
+        );
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let home = Home::with_config("[control]\nallowed_group = \"nogroup\"\n");
+    let daemon = Pid::from_raw(home.start() as i32);
+    open_to_everyone(&home);
+    // Positive control: a member by its supplementary groups only is served.
+    let member = Command::new("setpriv")
+        .args(["--reuid=1", "--regid=1", "--groups=65534"])
+        .arg(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["status"])
+        .output()
+        .expect("setpriv");
+    assert!(member.status.success(), "{}", text(&member.stderr));
+    // A non-member connects while loongd is stopped, so the connection waits in the backlog;
+    // it leaves the connection to a child and exits, and a member takes its pid.
+    let mut held = None;
+    for _ in 0..5 {
+        kill(daemon, Signal::SIGSTOP).expect("SIGSTOP");
+        let (peer, child) = connect_and_leave(&home.socket());
+        let reused = (0..20).find_map(|_| member_at_pid(peer));
+        if let Some(m) = reused {
+            held = Some((m, child));
+            break;
+        }
+        let _ = kill(Pid::from_raw(child as i32), Signal::SIGKILL);
+        kill(daemon, Signal::SIGCONT).expect("SIGCONT");
+    }
+    let Some((mut impostor, child)) = held else {
+        let _ = kill(daemon, Signal::SIGCONT);
+        skip(
+            test,
+            "could not put a process at the peer's pid (a busy host)",
+        );
+        return;
+    };
+    // The impostor is a member once setpriv has set its groups (and exec'd sleep).
+    let status = format!("/proc/{}/status", impostor.id());
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&status)
+            .is_ok_and(
+                |s| s.contains("Groups:\t65534") && s.contains("Name:\tsleep")
+            )),
+        "the impostor is a member of nogroup"
+    );
+    kill(daemon, Signal::SIGCONT).expect("SIGCONT");
+    let refused = wait_until(Duration::from_secs(5), || {
+        home.log()
+            .contains("refused a control connection from uid 65534")
+    });
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    let _ = kill(Pid::from_raw(child as i32), Signal::SIGKILL);
+    assert!(refused, "the non-member is refused:\n{}", home.log());
+    home.status();
+}

@@ -16,6 +16,7 @@ mod package_checks;
 mod package_copy;
 mod revocation;
 mod sandbox;
+mod sandbox_client;
 mod sandbox_probes;
 mod supply_chain;
 mod support;

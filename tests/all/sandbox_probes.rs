@@ -414,3 +414,73 @@ fn a_sandbox_with_a_network_grant_listens_on_nothing_the_host_can_reach() {
         );
     }
 }
+
+/// A sandbox with a connect grant shares the host's abstract unix namespace: a datagram
+/// socket bound to a name there would receive what host processes send to that name (and take
+/// the name from the service that should have it). `bind` is refused. Control: the same probe
+/// unconfined binds and receives the host's datagram.
+#[test]
+fn a_sandbox_with_a_network_grant_takes_no_abstract_name_the_host_can_send_to() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let test = "a_sandbox_with_a_network_grant_takes_no_abstract_name_the_host_can_send_to";
+    let Some(probe) = probe_path(test) else {
+        return;
+    };
+    let home = Home::new();
+    home.start();
+    let granted = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let grant = format!("127.0.0.1:{}", granted.local_addr().expect("addr").port());
+    // Binds NAME in the probe, then sends it a datagram from the host; the probe's lines.
+    let bind_and_send = |mut cmd: Command, name: &str| -> Vec<String> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the probe");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        out.read_line(&mut line).expect("first line");
+        lines.push(line.trim().to_string());
+        if line.trim() == "bound" {
+            let addr = SocketAddr::from_abstract_name(name).expect("abstract address");
+            let host = UnixDatagram::unbound().expect("datagram");
+            let _ = host.send_to_addr(b"from-the-host", &addr);
+            let mut line = String::new();
+            out.read_line(&mut line).expect("second line");
+            lines.push(line.trim().to_string());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    };
+    let name = format!("loong-squat-{}", std::process::id());
+    let mut unconfined = Command::new(&probe);
+    unconfined.args(["abstract-dgram", &name, "3"]);
+    assert_eq!(
+        bind_and_send(unconfined, &name),
+        ["bound", "received from-the-host"],
+        "unconfined"
+    );
+    let mut sandboxed = Command::new(bin("loongctl"));
+    sandboxed.arg("--home").arg(home.path());
+    sandboxed.args([
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        &grant,
+    ]);
+    sandboxed
+        .arg("--")
+        .arg(&probe)
+        .args(["abstract-dgram", &name, "3"]);
+    assert_eq!(
+        bind_and_send(sandboxed, &name),
+        ["EPERM"],
+        "with a connect grant"
+    );
+}

@@ -798,7 +798,7 @@ fn an_archive_installs_like_its_directory_and_a_hostile_one_writes_nothing() {
     assert_eq!((code, out.trim()), (0, r#"{"a":1}"#), "{err}");
 
     // Hostile archives, made with Python's tarfile: a path out of the package, an absolute
-    // path, a symlink, a device. Each is refused naming its entry, and nothing is written.
+    // path, a symlink, a device, too many directories, too deep a path. Each is refused naming its entry, and nothing is written.
     let script = r#"
 import io, sys, tarfile
 kind, path = sys.argv[1], sys.argv[2]
@@ -818,12 +818,21 @@ with tarfile.open(path, "w") as t:
         add("pkg/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")
     elif kind == "device":
         add("pkg/dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+    elif kind == "wide":
+        for i in range(4096):
+            add("pkg/d%d" % i, type=tarfile.DIRTYPE)
+    elif kind == "deep":
+        add("pkg/" + "d/" * 12 + "f")
 "#;
     for (kind, entry) in [
         ("dotdot", "pkg/../../loong-escaped"),
         ("absolute", "/tmp/loong-escaped-abs"),
         ("symlink", "pkg/link"),
         ("device", "pkg/dev"),
+        // Bounds on every entry, directories too (package::MAX_PACKAGE_ENTRIES is 4096: the
+        // manifest is the first), and on nesting.
+        ("wide", "pkg/d4095"),
+        ("deep", "pkg/d/d/d/d/d/d/d/d/d/d/d/d/f"),
     ] {
         let archive = pkgs.path().join(format!("{kind}.tar"));
         let out = std::process::Command::new("python3")

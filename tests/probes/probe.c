@@ -103,6 +103,15 @@ static long tcp_option(int opt, const char *port) {
     return write(s, "x", 1);
 }
 
+// An upper layer (TCP_ULP `ulp`, e.g. "smc") on a fresh TCP socket, then a connect to `port`.
+static long tcp_ulp(const char *ulp, const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return -1;
+    if (setsockopt(s, IPPROTO_TCP, TCP_ULP, ulp, strlen(ulp)) < 0) return -1;
+    struct sockaddr_in a = loopback(port);
+    return connect(s, (void *)&a, sizeof a);
+}
+
 // listen() on an unbound socket (which autobinds an ephemeral port on every address); on
 // success prints "listening PORT" and stays up for `secs` seconds.
 static int listen_unbound(int v6, int secs) {
@@ -151,6 +160,10 @@ int main(int argc, char **argv) {
         return result(tcp_option(TCP_FASTOPEN_CONNECT, a2));
     }
     if (!strcmp(m, "tcp-option")) return result(tcp_option(atoi(a1), ""));  // a1: optname
+    if (!strcmp(m, "tcp-ulp")) {  // a1 granted port, a2 other port, argv[4] the ULP's name
+        granted(a1);
+        return result(tcp_ulp(argc > 4 ? argv[4] : "smc", a2));
+    }
     if (!strcmp(m, "proto-connect") || !strcmp(m, "proto6-connect")) {
         // a1 granted port, a2 other port, argv[4] the stream socket's protocol number
         granted(a1);
@@ -209,6 +222,24 @@ int main(int argc, char **argv) {
         printf("listening\n");
         fflush(stdout);
         sleep(atoi(a2));
+        return 0;
+    }
+    if (!strcmp(m, "abstract-dgram")) {
+        // bind a datagram socket to abstract a1; on success print "bound", then print what
+        // arrives within a2 seconds ("received DATA", or "nothing")
+        int d = socket(AF_UNIX, SOCK_DGRAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        strncpy(a.sun_path + 1, a1, sizeof a.sun_path - 2);
+        socklen_t len = offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a1);
+        if (d < 0 || bind(d, (void *)&a, len) < 0) return result(-1);
+        printf("bound\n");
+        fflush(stdout);
+        struct timeval t = {.tv_sec = atoi(a2)};
+        setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
+        char buf[64] = {0};
+        long n = recv(d, buf, sizeof buf - 1, 0);
+        printf(n > 0 ? "received %s\n" : "nothing\n", buf);
+        fflush(stdout);
         return 0;
     }
     if (!strcmp(m, "kill")) return result(kill(atoi(a1), 0));

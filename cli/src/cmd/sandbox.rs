@@ -5,15 +5,22 @@ use std::{
     ffi::OsString,
     io::{Read, Write},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use loong_ipc::{
-    client::Event, paths::Layout, ControlRequest, ControlResponse, SandboxRunRequest, StreamChunk,
+    client::{Event, InputWriter},
+    paths::Layout,
+    ControlRequest, ControlResponse, RequestId, SandboxRunRequest, StreamChunk, INTERRUPTS_TO_KILL,
     MAX_CHUNK_BYTES,
 };
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::{connect, Failure};
 
@@ -27,6 +34,10 @@ pub const NO_TIMEOUT_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 pub enum SandboxCommand {
     /// Run PROGRAM in a sandbox of the given tier; stdio is relayed, and loongctl exits with
     /// the program's exit code, or 128 + the signal that killed it (159 for a seccomp kill).
+    ///
+    /// The sandbox lives only as long as loongctl: whatever ends loongctl (SIGTERM, SIGHUP,
+    /// SIGKILL, a closed stdout) ends it too. Ctrl-C is passed to the program as SIGINT; a
+    /// second Ctrl-C kills it (137), a third leaves at once (130).
     Run(RunArgs),
 }
 
@@ -178,39 +189,31 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .map(|t| Duration::from_millis(t) + DEADLINE_SLACK)
         .unwrap_or(NO_TIMEOUT_DEADLINE);
     let mut client = connect(layout)?;
+    // From here on SIGINT is taken by a thread of its own (blocked before any thread starts,
+    // and only once connected, so a daemon that `connect` started never inherits the mask).
+    let sigint = SigSet::from(Signal::SIGINT);
+    sigint
+        .thread_block()
+        .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
     let id = client.start(ControlRequest::SandboxRun(Box::new(req)), deadline)?;
-    let mut input = client.input()?;
-    // Stdin is fed from a thread; the process exits without waiting for it.
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = input.send(id, StreamChunk::StdinEnd);
-                    return;
-                }
-                Ok(n) => {
-                    if input
-                        .send(id, StreamChunk::Stdin(buf[..n].to_vec()))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let input = Arc::new(Mutex::new(client.input()?));
+    let interrupts = Arc::new(AtomicU32::new(0));
+    spawn_stdin_feeder(input.clone(), id);
+    spawn_interrupter(sigint, input, id, interrupts.clone());
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    // Stderr stays unlocked between writes: the interrupt thread reports on it too.
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     loop {
         match client.next_event::<ControlResponse>(id, until)? {
             Event::Chunk(StreamChunk::Stdout(b)) => {
-                let _ = out.write_all(&b);
-                let _ = out.flush();
+                if let Err(e) = out.write_all(&b).and_then(|()| out.flush()) {
+                    return Err(reader_gone(e));
+                }
             }
             Event::Chunk(StreamChunk::Stderr(b)) => {
-                let _ = err.write_all(&b);
+                if let Err(e) = err.write_all(&b) {
+                    return Err(reader_gone(e));
+                }
             }
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::SandboxExited(e)) => {
@@ -233,6 +236,11 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
                 if e.oom_killed {
                     eprintln!("loongctl: the kernel OOM-killed a process at the memory limit");
                 }
+                if interrupts.load(Ordering::Relaxed) >= INTERRUPTS_TO_KILL
+                    && e.signal == Some(Signal::SIGKILL as i32)
+                {
+                    eprintln!("loongctl: killed at interrupt {INTERRUPTS_TO_KILL}");
+                }
                 return Ok(u8::try_from(e.shell_code.clamp(0, 255)).unwrap_or(1));
             }
             Event::Done(other) => {
@@ -240,4 +248,87 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
             }
         }
     }
+}
+
+/// loongctl's own stdout or stderr is closed (`| head`): loongctl leaves as a SIGPIPE death
+/// would, and its connection's end makes loongd kill the program.
+fn reader_gone(e: std::io::Error) -> Failure {
+    Failure {
+        code: EXIT_OUTPUT_CLOSED,
+        error: anyhow!("writing the program's output: {e}; the program is killed"),
+    }
+}
+
+/// Exit status when loongctl's own output is closed: 128 + SIGPIPE, as a shell reports a
+/// process killed by it.
+pub const EXIT_OUTPUT_CLOSED: u8 = 141;
+/// Exit status when the operator leaves with repeated interrupts: 128 + SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// How long an interrupt waits for the connection while stdin is being sent.
+pub const INTERRUPT_SEND_WAIT: Duration = Duration::from_millis(500);
+
+/// Sends loongctl's stdin as input chunks; the process exits without waiting for it.
+fn spawn_stdin_feeder(input: Arc<Mutex<InputWriter>>, id: RequestId) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let chunk = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(StreamChunk::Stdin(buf[..n].to_vec())),
+            };
+            let last = chunk.is_none();
+            let sent = lock(&input).send(id, chunk.unwrap_or(StreamChunk::StdinEnd));
+            if last || sent.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Takes SIGINT (Ctrl-C): each one up to [`INTERRUPTS_TO_KILL`] is sent to loongd, which
+/// delivers SIGINT to the program and kills it at the last; one more and loongctl leaves at
+/// once (its connection's end makes loongd kill the program, recorded as `client_gone`).
+fn spawn_interrupter(
+    sigint: SigSet,
+    input: Arc<Mutex<InputWriter>>,
+    id: RequestId,
+    count: Arc<AtomicU32>,
+) {
+    std::thread::spawn(move || {
+        while sigint.wait().is_ok() {
+            let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > INTERRUPTS_TO_KILL {
+                eprintln!("loongctl: interrupted {n} times; leaving (loongd kills the program)");
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            // The stdin thread may be blocked sending to a program that does not read: then
+            // the interrupt cannot pass, and the next Ctrl-C leaves.
+            let until = Instant::now() + INTERRUPT_SEND_WAIT;
+            let sent = loop {
+                if let Ok(mut w) = input.try_lock() {
+                    break w.send(id, StreamChunk::Interrupt).is_ok();
+                }
+                if Instant::now() >= until {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            match (sent, n < INTERRUPTS_TO_KILL) {
+                (true, true) => eprintln!(
+                    "loongctl: interrupt passed to the program; Ctrl-C again kills it"
+                ),
+                (true, false) => {
+                    eprintln!("loongctl: killing the program; Ctrl-C again leaves at once")
+                }
+                (false, _) => eprintln!(
+                    "loongctl: the interrupt could not reach loongd (the program is not reading its input); Ctrl-C again leaves at once"
+                ),
+            }
+        }
+    });
+}
+
+fn lock(m: &Mutex<InputWriter>) -> std::sync::MutexGuard<'_, InputWriter> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -516,6 +516,7 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
     let refuse =
         |entry: &str, why: &str| usage(format!("{}: entry {entry:?}: {why}", archive.display()));
     let mut files = 0usize;
+    let mut entries = 0usize;
     let mut total = 0u64;
     let mut tar = tar::Archive::new(reader);
     for entry in tar
@@ -537,6 +538,15 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
             })
         {
             return Err(refuse(&shown, "a path must be relative, without .."));
+        }
+        // Every entry counts (directories too), and no path nests deeper than a package may
+        // (its levels, a top-level directory and the file's own name): a hostile archive
+        // cannot fill the disk with directories before loongd's bounds would refuse them.
+        entries += 1;
+        if entries > package::MAX_PACKAGE_ENTRIES
+            || path.components().count() > package::MAX_PACKAGE_DEPTH + 2
+        {
+            return Err(refuse(&shown, "the archive is over the package bounds"));
         }
         let to = root.join(&path);
         match entry.header().entry_type() {

@@ -54,6 +54,9 @@ pub enum Call<Req> {
 
 /// Bound on the bytes of one [`StreamChunk`].
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// The [`StreamChunk::Interrupt`] that kills the program; the ones before it are delivered
+/// to the program as SIGINT.
+pub const INTERRUPTS_TO_KILL: u32 = 2;
 
 /// A piece of a running request's byte streams.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +70,9 @@ pub enum StreamChunk {
     Stdout(Vec<u8>),
     /// Bytes the program wrote to stderr (at most [`MAX_CHUNK_BYTES`]).
     Stderr(Vec<u8>),
+    /// The operator interrupted the caller (Ctrl-C): the callee delivers SIGINT to the
+    /// program, and kills it at the [`INTERRUPTS_TO_KILL`]th interrupt.
+    Interrupt,
 }
 
 impl StreamChunk {
@@ -76,7 +82,7 @@ impl StreamChunk {
             StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => {
                 b.len() <= MAX_CHUNK_BYTES
             }
-            StreamChunk::StdinEnd => true,
+            StreamChunk::StdinEnd | StreamChunk::Interrupt => true,
         }
     }
 }

@@ -236,7 +236,10 @@ mod tests {
         };
         assert_eq!(
             HandshakeReply::Welcome(w).into_welcome(),
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 5 })
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 5
+            })
         );
     }
 

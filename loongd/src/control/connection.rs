@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    os::fd::AsFd,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -14,8 +15,9 @@ use loong_ipc::{
     PeerKind, RejectReason, RemoteError, Reply, RequestId, StreamChunk, Welcome, PROTOCOL_VERSION,
 };
 use tokio::{
+    io::Interest,
     net::{unix::UCred, UnixStream},
-    sync::mpsc,
+    sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 use tracing::Instrument;
@@ -24,16 +26,70 @@ use super::{handlers, ClientSlot};
 use crate::{audit, Kernel};
 
 type InFlight = Arc<Mutex<HashMap<RequestId, Entry>>>;
-pub(crate) type Outbox = mpsc::Sender<Reply<ControlResponse>>;
+/// Boxed, so the channel's slots (allocated in blocks) stay small for every connection.
+pub(crate) type Outbox = mpsc::Sender<Box<Outgoing>>;
 
 /// Input chunks queued per request before the connection stops reading.
-const INPUT_QUEUE: usize = 8;
+const INPUT_QUEUE: usize = 2;
+/// Output bytes (stream chunks) queued per connection for a client that reads slowly, the
+/// chunk being written included. A producer that finds the budget spent waits for the
+/// client: a sandbox's output back-pressures the program, and a stalled client costs loongd
+/// at most this much, never an amount that grows with the program's output.
+pub(crate) const OUTPUT_BUDGET_BYTES: usize = 8 * 1024;
+
+/// Why a request stopped before it finished. A sandbox run records it in `sandbox.exited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopCause {
+    /// The client cancelled the request.
+    Cancelled,
+    /// The client's connection ended (it closed, was killed, broke the protocol or stopped
+    /// taking replies).
+    ClientGone,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl StopCause {
+    /// The name audit records use.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StopCause::Cancelled => "cancelled",
+            StopCause::ClientGone => "client_gone",
+            StopCause::Deadline => "deadline",
+        }
+    }
+}
+
+/// Set once, before a request's task is stopped, so its cleanup can say why.
+pub(crate) type StopCell = Arc<OnceLock<StopCause>>;
 
 /// A request in flight: how to abort it and where its input goes.
 #[derive(Debug)]
 struct Entry {
     abort: AbortHandle,
     input: mpsc::Sender<StreamChunk>,
+    stop: StopCell,
+    /// Whether the request lives only for its client (a sandbox run): it is stopped when the
+    /// client's connection ends. Other requests run to their end and are audited; their
+    /// answers are dropped.
+    ends_with_client: bool,
+}
+
+/// A reply on its way to the writer. A stream chunk holds its share of the connection's
+/// [`OUTPUT_BUDGET_BYTES`] until its frame is written.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    reply: Reply<ControlResponse>,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Reply<ControlResponse>> for Box<Outgoing> {
+    fn from(reply: Reply<ControlResponse>) -> Box<Outgoing> {
+        Box::new(Outgoing {
+            reply,
+            _budget: None,
+        })
+    }
 }
 
 /// A running request's byte streams: its output goes out as `Reply::Stream` chunks ahead of
@@ -43,7 +99,9 @@ pub(crate) struct RequestIo {
     id: RequestId,
     conn: u64,
     out: Outbox,
-    /// Input chunks (a sandboxed program's stdin).
+    budget: Arc<Semaphore>,
+    stop: StopCell,
+    /// Input chunks (a sandboxed program's stdin, the operator's interrupts).
     pub(crate) input: mpsc::Receiver<StreamChunk>,
 }
 
@@ -53,10 +111,43 @@ impl RequestIo {
         format!("conn-{}/req-{}", self.conn, self.id)
     }
 
-    /// Sends an output chunk; `false` when the client is gone.
+    /// Why the request was stopped, once it has been (read by cleanup that outlives it).
+    pub(crate) fn stop_cell(&self) -> StopCell {
+        self.stop.clone()
+    }
+
+    /// Sends an output chunk, first waiting for its share of the connection's output budget
+    /// (the client reading what is queued); `false` when the client is gone.
     pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
+        let bytes = match &chunk {
+            StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => b.len(),
+            StreamChunk::StdinEnd | StreamChunk::Interrupt => 0,
+        };
+        match self.reserve(bytes).await {
+            Some(share) => self.emit_within(chunk, share).await,
+            None => false,
+        }
+    }
+
+    /// Waits until the connection's output budget has room for `bytes` (at least 1, at most
+    /// the whole budget) and holds it; `None` when the connection is gone.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let share = u32::try_from(bytes.clamp(1, OUTPUT_BUDGET_BYTES)).unwrap_or(1);
+        self.budget.clone().acquire_many_owned(share).await.ok()
+    }
+
+    /// Sends an output chunk under a share [`reserve`](Self::reserve)d for it, released once
+    /// its frame is written; `false` when the client is gone.
+    pub(crate) async fn emit_within(
+        &self,
+        chunk: StreamChunk,
+        share: OwnedSemaphorePermit,
+    ) -> bool {
         self.out
-            .send(Reply::Stream { id: self.id, chunk })
+            .send(Box::new(Outgoing {
+                reply: Reply::Stream { id: self.id, chunk },
+                _budget: Some(share),
+            }))
             .await
             .is_ok()
     }
@@ -118,6 +209,13 @@ async fn run(
 ) -> Result<(), ConnError> {
     let ipc = &kernel.config.ipc;
     let limit = FrameLimit::new(u64::from(ipc.max_frame_bytes))?;
+    // A second handle on the socket that only watches for the peer's hang-up, for the times
+    // the connection stops reading (a program's stdin queue is full).
+    let watch = stream.as_fd().try_clone_to_owned().ok().and_then(|fd| {
+        let std = std::os::unix::net::UnixStream::from(fd);
+        std.set_nonblocking(true).ok()?;
+        UnixStream::from_std(std).ok()
+    });
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, limit, ipc.frame_read_timeout());
     let mut writer = FrameWriter::new(w, limit, ipc.frame_read_timeout());
@@ -161,22 +259,35 @@ async fn run(
         .await?;
 
     let max_in_flight = ipc.max_in_flight as usize;
-    let (tx, mut rx) = mpsc::channel::<Reply<ControlResponse>>(max_in_flight + OUTBOX_SLACK);
+    let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(max_in_flight + OUTBOX_SLACK);
+    // A client that reads slowly is back-pressure, not an error: the writer waits for it as
+    // long as the connection lives, and the connection's end stops the writer (below).
     let writer_task = tokio::spawn(
         async move {
-            while let Some(reply) = rx.recv().await {
-                writer.write(&reply).await?;
+            while let Some(out) = rx.recv().await {
+                writer.write_waiting(&out.reply).await?;
             }
             Ok::<_, ConnError>(())
         }
         .in_current_span(),
     );
+    let writer_abort = writer_task.abort_handle();
     let in_flight: InFlight = Arc::default();
-    let idle = Some(ipc.idle_timeout());
+    let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+    // Signalled when a request ends, so the idle timeout starts once none is in flight.
+    let request_ended = Arc::new(Notify::new());
+    let mut shutting_down = false;
     let outcome = loop {
+        // The idle timeout is for connections with nothing in flight: a long sandbox run or an
+        // approval wait is not idleness.
+        let idle = lock(&in_flight).is_empty().then(|| ipc.idle_timeout());
         let call = tokio::select! {
             call = reader.read::<Call<ControlRequest>>(idle) => call,
-            _ = kernel.shut_down() => break Ok(()),
+            () = request_ended.notified(), if idle.is_none() => continue,
+            _ = kernel.shut_down() => {
+                shutting_down = true;
+                break Ok(());
+            }
         };
         let call = match call {
             Ok(Some(call)) => call,
@@ -189,11 +300,16 @@ async fn run(
                 deadline_ms,
                 body,
             } => {
+                let shared = Shared {
+                    in_flight: &in_flight,
+                    tx: &tx,
+                    budget: &budget,
+                    request_ended: &request_ended,
+                };
                 if let Some(refusal) = start(
                     kernel,
                     conn,
-                    &in_flight,
-                    &tx,
+                    shared,
                     cred,
                     id,
                     deadline_ms,
@@ -201,10 +317,13 @@ async fn run(
                     max_in_flight,
                 ) {
                     if tx
-                        .send(Reply::Response {
-                            id,
-                            result: Err(refusal),
-                        })
+                        .send(
+                            Reply::Response {
+                                id,
+                                result: Err(refusal),
+                            }
+                            .into(),
+                        )
                         .await
                         .is_err()
                     {
@@ -222,38 +341,57 @@ async fn run(
                 let input = lock(&in_flight).get(&id).map(|e| e.input.clone());
                 if let Some(input) = input {
                     // Back-pressure: a program that does not read its stdin stalls this
-                    // connection's reading, and only this connection's.
-                    let _ = input.send(chunk).await;
+                    // connection's reading, and only this connection's. A client that leaves
+                    // meanwhile is still noticed.
+                    tokio::select! {
+                        _ = input.send(chunk) => {}
+                        () = hang_up(watch.as_ref()) => break Ok(()),
+                    }
                 }
             }
             Call::Cancel { id } => {
                 let entry = lock(&in_flight).remove(&id);
                 if let Some(entry) = entry {
+                    let _ = entry.stop.set(StopCause::Cancelled);
                     entry.abort.abort();
                     let result = Err(RemoteError::new(
                         ErrorKind::Cancelled,
                         format!("request {id} cancelled by the client"),
                     ));
-                    if tx.send(Reply::Response { id, result }).await.is_err() {
+                    if tx
+                        .send(Reply::Response { id, result }.into())
+                        .await
+                        .is_err()
+                    {
                         break Ok(());
                     }
                 }
             }
             Call::Ping { nonce } => {
-                if tx.send(Reply::Pong { nonce }).await.is_err() {
+                if tx.send(Reply::Pong { nonce }.into()).await.is_err() {
                     break Ok(());
                 }
             }
         }
     };
-    if outcome.is_err() {
-        // The peer broke the protocol: its pending requests are abandoned with it.
-        for (_, entry) in lock(&in_flight).drain() {
-            entry.abort.abort();
-        }
+    if !shutting_down {
+        // The client is gone (it closed, was killed, broke the protocol or stopped taking
+        // replies). A request that lives only for it is stopped and records why; after a
+        // protocol violation every request is abandoned.
+        lock(&in_flight).retain(|_, entry| {
+            let stop = outcome.is_err() || entry.ends_with_client;
+            if stop {
+                let _ = entry.stop.set(StopCause::ClientGone);
+                entry.abort.abort();
+            }
+            !stop
+        });
     }
     drop(tx);
-    match tokio::time::timeout(WRITER_FLUSH, writer_task).await {
+    let flushed = tokio::time::timeout(WRITER_FLUSH, writer_task).await;
+    // A writer still waiting for a client that does not read ends with the connection.
+    writer_abort.abort();
+    match flushed {
         Ok(Ok(Err(e))) if outcome.is_ok() => return Err(e),
         Ok(_) => {}
         Err(_) => tracing::debug!("writer did not flush in time"),
@@ -261,20 +399,49 @@ async fn run(
     outcome
 }
 
+/// Resolves once the peer has hung up, without reading from the socket; never when there is
+/// no watch handle.
+async fn hang_up(watch: Option<&UnixStream>) {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    loop {
+        match watch.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            // Bytes are waiting that this connection will read later: forget this readiness
+            // and wait for the next event (more bytes, or the hang-up, which stays set).
+            Ok(_) => {
+                let _ = watch.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// What requests of one connection share.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    in_flight: &'a InFlight,
+    tx: &'a Outbox,
+    budget: &'a Arc<Semaphore>,
+    request_ended: &'a Arc<Notify>,
+}
+
 /// Starts a request, or says why it is refused at once.
 #[allow(clippy::too_many_arguments)]
 fn start(
     kernel: &Arc<Kernel>,
     conn: u64,
-    in_flight: &InFlight,
-    tx: &Outbox,
+    shared: Shared<'_>,
     cred: UCred,
     id: RequestId,
     deadline_ms: u32,
     body: ControlRequest,
     max_in_flight: usize,
 ) -> Option<RemoteError> {
-    let mut map = lock(in_flight);
+    let mut map = lock(shared.in_flight);
     if map.contains_key(&id) {
         return Some(RemoteError::new(
             ErrorKind::DuplicateId,
@@ -288,30 +455,39 @@ fn start(
         ));
     }
     let deadline = Duration::from_millis(u64::from(deadline_ms));
-    let (kernel, in_flight_task, tx) = (kernel.clone(), in_flight.clone(), tx.clone());
+    let (kernel, in_flight_task, tx) =
+        (kernel.clone(), shared.in_flight.clone(), shared.tx.clone());
+    let ended = shared.request_ended.clone();
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let stop = StopCell::default();
+    let ends_with_client = matches!(body, ControlRequest::SandboxRun(_));
     let io = RequestIo {
         id,
         conn,
         out: tx.clone(),
+        budget: shared.budget.clone(),
+        stop: stop.clone(),
         input: input_rx,
     };
+    let stop_task = stop.clone();
     let task = tokio::spawn(
         async move {
-            let result =
-                match tokio::time::timeout(deadline, handlers::handle(&kernel, body, &cred, io))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(RemoteError::new(
-                        ErrorKind::DeadlineExceeded,
-                        format!("request {id} did not finish within {deadline_ms} ms"),
-                    )),
-                };
+            let result = tokio::select! {
+                r = handlers::handle(&kernel, body, &cred, io) => r,
+                // The cause is set before the handler is dropped, so its cleanup sees it.
+                () = async {
+                    tokio::time::sleep(deadline).await;
+                    let _ = stop_task.set(StopCause::Deadline);
+                } => Err(RemoteError::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!("request {id} did not finish within {deadline_ms} ms"),
+                )),
+            };
             // Whoever removes the entry answers: this task, or a Cancel that got there first.
             let mine = lock(&in_flight_task).remove(&id).is_some();
+            ended.notify_one();
             if mine {
-                let _ = tx.send(Reply::Response { id, result }).await;
+                let _ = tx.send(Reply::Response { id, result }.into()).await;
             }
         }
         .in_current_span(),
@@ -322,6 +498,8 @@ fn start(
         Entry {
             abort: task.abort_handle(),
             input: input_tx,
+            stop,
+            ends_with_client,
         },
     );
     None

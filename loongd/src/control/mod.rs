@@ -4,7 +4,7 @@ mod audit_api;
 pub(crate) mod authority_api;
 mod connection;
 
-pub(crate) use connection::RequestIo;
+pub(crate) use connection::{RequestIo, StopCause, StopCell};
 mod handlers;
 mod paging;
 mod peer;
@@ -41,6 +41,9 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
     let mut conns = JoinSet::new();
     let mut next_id: u64 = 0;
     let max = kernel.config.control.max_clients;
+    let mut refusals = peer::Refusals::new(std::time::Instant::now());
+    let mut window = tokio::time::interval(peer::REFUSAL_WINDOW);
+    window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = kernel.shut_down() => break,
@@ -55,12 +58,23 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
                             continue;
                         }
                     };
-                    let class = peer::classify(&cred, kernel.allowed_gid);
+                    // Without its groups a peer is judged by its uid and primary group only.
+                    let groups = loong_sandbox::peer::peer_groups(std::os::fd::AsFd::as_fd(&stream)).unwrap_or_else(|e| {
+                        tracing::warn!(conn = next_id, error = %e, "cannot read the peer's groups; judging by its uid and primary group");
+                        Vec::new()
+                    });
+                    let class = peer::classify(&cred, &groups, kernel.allowed_gid);
                     if class == peer::Class::Refused {
-                        tracing::warn!(conn = next_id, uid = cred.uid(), "refused a control connection from uid {}: not loongd's uid, root or the allowed group", cred.uid());
                         connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::PeerNotAllowed { uid: cred.uid() }));
                         drop(stream);
-                        conns.spawn(peer::audit_refusal(kernel.clone(), next_id, cred));
+                        // Recorded one by one up to a bound per window, then counted per uid.
+                        let (events, one_by_one) = refusals.refused(std::time::Instant::now(), next_id, cred.uid(), cred.pid());
+                        if one_by_one {
+                            tracing::warn!(conn = next_id, uid = cred.uid(), "refused a control connection from uid {}: not loongd's uid, root or the allowed group", cred.uid());
+                        }
+                        if !events.is_empty() {
+                            conns.spawn(peer::record(kernel.clone(), events));
+                        }
                         continue;
                     }
                     let limit = peer::slot_limit(class, max);
@@ -78,6 +92,13 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
+            _ = window.tick() => {
+                let events = refusals.roll(std::time::Instant::now());
+                if !events.is_empty() {
+                    tracing::warn!(records = events.len(), "refused control connections were counted in the last window; see peer.refused");
+                    conns.spawn(peer::record(kernel.clone(), events));
+                }
+            }
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "a control connection task failed");
@@ -86,6 +107,8 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
         }
     }
     drop(listener);
+    // Refusals still counted are recorded before the trail closes.
+    peer::record(kernel.clone(), refusals.drain()).await;
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while conns.join_next().await.is_some() {}
     })

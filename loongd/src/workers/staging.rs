@@ -22,12 +22,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loong_ipc::package::{MAX_PACKAGE_BYTES, MAX_PACKAGE_DEPTH, MAX_PACKAGE_FILES};
+use loong_ipc::package::{
+    MAX_PACKAGE_BYTES, MAX_PACKAGE_DEPTH, MAX_PACKAGE_ENTRIES, MAX_PACKAGE_FILES,
+};
 use loong_sandbox::openat::{self, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, SFlag};
 
 /// The size of the buffer a file is copied through.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The read bit of a mode's owner, group or other triple.
+const READ: u32 = 0o4;
+/// The search (execute) bit of a mode's triple.
+const SEARCH: u32 = 0o1;
 
 /// Who asked for the copy: root reads anything, anyone else only what they could read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +59,7 @@ pub(crate) enum StageError {
     NotReadable { path: String, uid: u32 },
     #[error("{0}: a file name must be UTF-8 without newlines")]
     BadName(String),
-    #[error("{0}: the package is over {MAX_PACKAGE_FILES} files, {MAX_PACKAGE_BYTES} bytes or {MAX_PACKAGE_DEPTH} levels")]
+    #[error("{0}: the package is over {MAX_PACKAGE_FILES} files, {MAX_PACKAGE_ENTRIES} entries, {MAX_PACKAGE_BYTES} bytes or {MAX_PACKAGE_DEPTH} levels")]
     TooLarge(String),
     #[error("{0}: the package is empty")]
     Empty(String),
@@ -128,9 +135,20 @@ pub(crate) fn copy_package(
         dst: dst.to_path_buf(),
         reader,
         files: 0,
+        entries: 0,
         bytes: 0,
         made: Vec::new(),
     };
+    // The caller must reach the package as well as read it: a directory they cannot search
+    // (another user's 0700 home) hides what is below it, whatever its own bits say.
+    for above in real.ancestors().skip(1) {
+        let at = above.display().to_string();
+        let stat = nix::sys::stat::stat(above).map_err(|e| StageError::Open {
+            path: at.clone(),
+            source: e.into(),
+        })?;
+        copy.allows(&stat, &at, SEARCH)?;
+    }
     let stat = fstat(&root, &shown)?;
     copy.readable(&stat, &shown, true)?;
     copy.dir(root, "", 0)?;
@@ -152,6 +170,8 @@ struct Copy {
     dst: PathBuf,
     reader: Reader,
     files: usize,
+    /// Every name listed so far (directories too, empty ones included).
+    entries: usize,
     bytes: u64,
     /// Directories of the copy created so far (relative).
     made: Vec<String>,
@@ -160,10 +180,14 @@ struct Copy {
 impl Copy {
     /// Whether the caller could read (and, for a directory, search) what `stat` describes.
     fn readable(&self, stat: &FileStat, shown: &str, directory: bool) -> Result<(), StageError> {
+        self.allows(stat, shown, if directory { READ | SEARCH } else { READ })
+    }
+
+    /// Whether the mode bits in `stat` grant the caller `need` (of [`READ`], [`SEARCH`]).
+    fn allows(&self, stat: &FileStat, shown: &str, need: u32) -> Result<(), StageError> {
         if self.reader.uid == 0 {
             return Ok(());
         }
-        let need = if directory { 0o5 } else { 0o4 };
         let bits = if stat.st_uid == self.reader.uid {
             stat.st_mode >> 6
         } else if stat.st_gid == self.reader.gid {
@@ -202,6 +226,15 @@ impl Copy {
             })?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
+                // Counted as listed: a directory of a million names is refused, not held.
+                self.entries += 1;
+                if self.entries > MAX_PACKAGE_ENTRIES {
+                    return Err(StageError::TooLarge(if rel.is_empty() {
+                        ".".to_string()
+                    } else {
+                        rel.to_string()
+                    }));
+                }
                 names.push(name.to_vec());
             }
         }
@@ -403,6 +436,27 @@ mod tests {
     }
 
     #[test]
+    fn empty_directories_count_against_the_entry_bound() {
+        // Positive control: a package with a few empty directories stages.
+        let pkg = package();
+        for i in 0..8 {
+            fs::create_dir(pkg.path().join(format!("empty{i}"))).expect("dir");
+        }
+        let (_out, r) = stage(pkg.path(), ROOT);
+        r.expect("a few empty directories");
+        // Names past the bound in one directory, none of them a file: refused while listed.
+        let pkg = package();
+        let wide = pkg.path().join("sub/wide");
+        fs::create_dir(&wide).expect("wide");
+        for i in 0..=MAX_PACKAGE_ENTRIES {
+            fs::create_dir(wide.join(i.to_string())).expect("dir");
+        }
+        let (_out, r) = stage(pkg.path(), ROOT);
+        let err = r.expect_err("too many entries").to_string();
+        assert!(err.contains("sub/wide") && err.contains("entries"), "{err}");
+    }
+
+    #[test]
     fn a_relative_path_or_a_newline_in_a_name_is_refused_by_name() {
         let (_out, r) = stage(Path::new("relative/pkg"), ROOT);
         let err = r.expect_err("relative").to_string();
@@ -451,5 +505,38 @@ mod tests {
         );
         let (_out, r) = stage(pkg.path(), ROOT);
         r.expect("root reads it");
+    }
+
+    #[test]
+    fn a_caller_who_is_not_root_stages_nothing_below_a_directory_it_cannot_search() {
+        use std::os::unix::fs::MetadataExt;
+        // A world-readable package inside a private directory (another user's 0700 home).
+        let private = tempfile::tempdir().expect("private");
+        let pkg = private.path().join("pkg");
+        fs::create_dir(&pkg).expect("pkg");
+        fs::write(pkg.join("loong.plugin.json"), "{}").expect("manifest");
+        fs::set_permissions(&pkg, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(
+            pkg.join("loong.plugin.json"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        let owner = fs::metadata(&pkg).expect("meta");
+        let other = Reader {
+            uid: owner.uid() + 4242,
+            gid: owner.gid() + 4242,
+        };
+        fs::set_permissions(private.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        let (_out, r) = stage(&pkg, other);
+        let err = r.expect_err("private parent").to_string();
+        let shown = fs::canonicalize(private.path()).expect("real");
+        assert!(
+            err.contains(&shown.display().to_string()) && err.contains("cannot read"),
+            "{err}"
+        );
+        // Control: once the parent is searchable (not even readable), it stages.
+        fs::set_permissions(private.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+        let (_out, r) = stage(&pkg, other);
+        r.expect("a searchable parent");
     }
 }

@@ -165,6 +165,12 @@ fn run(report: &mut File) -> Result<i32, Failure> {
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
     drop((err_w, st_w));
+    // loongd interrupts a sandbox (an operator's Ctrl-C) by sending SIGINT to this helper,
+    // which passes it on to the reaper by pidfd (no pid-reuse race). Installed before `exec`
+    // is reported, so loongd never interrupts a helper that would die of it.
+    if let Ok(pidfd) = sys::pidfd_open(reaper.as_raw()) {
+        let _ = sys::forward_interrupts(Some(pidfd));
+    }
 
     let mut setup = String::new();
     let _ = File::from(err_r).take(4096).read_to_string(&mut setup);
@@ -214,6 +220,9 @@ fn run(report: &mut File) -> Result<i32, Failure> {
 /// for it and reports its status; its exit takes every process left in the namespace down.
 fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
+    // to every process of the namespace.
+    let _ = sys::forward_interrupts(None);
     let report = |f: Failure| -> ! {
         send_failure(&err_w, &f);
         sys::exit_now(SETUP_FAILED)

@@ -287,6 +287,18 @@ pub(super) const ROWS: &[Row] = &[
         trusted: None,
     },
     Row {
+        // No control: a kernel without the SMC upper layer answers ENOENT itself (one with
+        // it makes the socket SMC, whose connects landlock does not check); the guard's
+        // EOPNOTSUPP shows the option was refused before the kernel looked.
+        name: "8p TCP_ULP smc then a connect outside the grant",
+        args: &["tcp-ulp", "{port}", "{other}", "smc"],
+        flags: &["--allow-net", "127.0.0.1:{port}"],
+        control: None,
+        restricted: None,
+        balanced: Some(Says("granted=ok\nEOPNOTSUPP")),
+        trusted: None,
+    },
+    Row {
         name: "8n TCP fast open without a grant",
         args: &["fastopen-sendto", "{port}", "{other}"],
         flags: &[],
@@ -314,12 +326,13 @@ pub(super) const ROWS: &[Row] = &[
         trusted: Some(Says("ok")),
     },
     Row {
+        // Landlock refuses every port (EACCES); seccomp refuses bind before it looks.
         name: "9b TCP bind with a connect grant",
         args: &["tcp-bind", "0"],
         flags: &["--allow-net", "127.0.0.1:{port}"],
         control: None,
         restricted: None,
-        balanced: Some(Says("EACCES")),
+        balanced: Some(Says("EPERM")),
         trusted: None,
     },
     Row {

@@ -1,0 +1,465 @@
+//! A sandbox run and its client: the sandbox dies with the client's connection whatever ends
+//! loongctl (and `sandbox.exited` says `client_gone`), Ctrl-C is passed on and then escalates
+//! to a kill, a cancel or a deadline is recorded as such, a long run is not idleness, and
+//! clients that stop reading cost loongd a bounded amount of memory.
+
+use std::{
+    io::Write,
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{Call, ControlRequest, ControlResponse, Reply, SandboxRunRequest, StreamChunk};
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::{
+    support::{bin, cmdline_has, process_alive, text, wait_until, Home, Raw},
+    workers::details,
+};
+
+/// Pids of sandboxed processes whose command line contains `marker` (loongctl's own
+/// command line names it too, and is left out).
+fn payloads(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| cmdline_has(*pid, marker) && !cmdline_has(*pid, "loongctl"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `loongctl sandbox run --tier balanced -- ARGV…`, stdin from `stdin`.
+fn run(home: &Home, argv: &[&str], stdin: Stdio) -> Child {
+    Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["sandbox", "run", "--tier", "balanced", "--"])
+        .args(argv)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl")
+}
+
+fn signal(child: &Child, sig: Signal) {
+    nix::sys::signal::kill(Pid::from_raw(child.id() as i32), sig).expect("signal loongctl");
+}
+
+/// Waits for the payload carrying `marker` and returns its pid.
+fn payload_of(marker: &str) -> u32 {
+    assert!(
+        wait_until(Duration::from_secs(20), || !payloads(marker).is_empty()),
+        "the payload {marker} never appeared"
+    );
+    payloads(marker)[0]
+}
+
+/// The `sandbox.exited` details whose `cause` is `cause`.
+fn exits_with(home: &Home, cause: &str) -> Vec<serde_json::Value> {
+    details(home, "sandbox.exited")
+        .into_iter()
+        .filter(|d| d["cause"] == cause)
+        .collect()
+}
+
+/// Marker arguments for `sleep`: a long, unique number of seconds.
+fn marker(n: u32) -> String {
+    format!("{}.{}", 100_000 + n, std::process::id())
+}
+
+/// Feeds `child`'s stdin without end, so the run's input stalls on a program that does not
+/// read it.
+fn flood_stdin(child: &mut Child) {
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    std::thread::spawn(move || {
+        let block = vec![b'x'; 64 * 1024];
+        while stdin.write_all(&block).is_ok() {}
+    });
+}
+
+#[test]
+fn a_sandbox_dies_with_its_client_whatever_ends_loongctl() {
+    let home = Home::new();
+    home.start();
+    // Positive control: a run that ends by itself records `exited`.
+    let done = home.ctl(&["sandbox", "run", "--tier", "balanced", "--", "/bin/true"]);
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done.stderr));
+    assert_eq!(exits_with(&home, "exited").len(), 1);
+
+    let cases = [
+        (Signal::SIGTERM, false),
+        (Signal::SIGKILL, false),
+        (Signal::SIGHUP, false),
+        // The program reads no stdin and loongctl has more to send: loongd has stopped
+        // reading this connection (back-pressure) and must notice the hang-up anyway.
+        (Signal::SIGKILL, true),
+    ];
+    for (i, (sig, stalled)) in cases.into_iter().enumerate() {
+        let m = marker(i as u32 + 1);
+        let stdin = if stalled {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut ctl = run(&home, &["/bin/sleep", &m], stdin);
+        if stalled {
+            flood_stdin(&mut ctl);
+        }
+        let pid = payload_of(&m);
+        // Positive control: while loongctl lives, so does the sandbox.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(process_alive(pid), "{sig} stalled={stalled}: died early");
+        assert!(ctl.try_wait().expect("try_wait").is_none());
+        signal(&ctl, sig);
+        let status = ctl.wait().expect("wait loongctl");
+        assert_eq!(status.signal(), Some(sig as i32), "{status:?}");
+        assert!(
+            wait_until(Duration::from_secs(10), || !process_alive(pid)),
+            "{sig} stalled={stalled}: the sandboxed program outlived its client"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || exits_with(&home, "client_gone")
+                .len()
+                == i + 1),
+            "{sig} stalled={stalled}: no client_gone record: {:?}",
+            details(&home, "sandbox.exited")
+        );
+    }
+    for d in exits_with(&home, "client_gone") {
+        assert_eq!(d["signal"], 9, "{d}");
+        assert_eq!(d["program"], "/bin/sleep", "{d}");
+    }
+}
+
+#[test]
+fn repeated_interrupts_escalate_to_a_kill() {
+    let home = Home::new();
+    home.start();
+    let gap = Duration::from_millis(800);
+
+    // Positive control: a program that keeps SIGINT's default dies of the first Ctrl-C.
+    let m = marker(11);
+    let ctl = run(&home, &["/bin/sleep", &m], Stdio::null());
+    let pid = payload_of(&m);
+    signal(&ctl, Signal::SIGINT);
+    let out = ctl.wait_with_output().expect("loongctl");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(!process_alive(pid));
+    let exited = exits_with(&home, "exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    assert_eq!(
+        (exited[0]["signal"].clone(), exited[0]["interrupts"].clone()),
+        (2.into(), 1.into())
+    );
+
+    // A program that ignores SIGINT survives the first, and the second kills it.
+    let ignoring = |m: &str| format!("trap '' INT; exec /bin/sleep {m}");
+    let m = marker(12);
+    let script = ignoring(&m);
+    let mut ctl = run(&home, &["/bin/sh", "-c", &script], Stdio::null());
+    let pid = payload_of(&m);
+    signal(&ctl, Signal::SIGINT);
+    std::thread::sleep(gap);
+    assert!(process_alive(pid), "a program ignoring SIGINT died of one");
+    assert!(ctl.try_wait().expect("try_wait").is_none());
+    signal(&ctl, Signal::SIGINT);
+    let out = ctl.wait_with_output().expect("loongctl");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("killed at interrupt 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    let interrupted = exits_with(&home, "interrupted");
+    assert_eq!(interrupted.len(), 1, "{interrupted:?}");
+    assert_eq!(interrupted[0]["interrupts"], 2);
+
+    // With its input stalled the interrupts cannot reach loongd; the third leaves, and the
+    // connection's end kills the program.
+    let m = marker(13);
+    let script = ignoring(&m);
+    let mut ctl = run(&home, &["/bin/sh", "-c", &script], Stdio::piped());
+    flood_stdin(&mut ctl);
+    let pid = payload_of(&m);
+    for _ in 0..2 {
+        signal(&ctl, Signal::SIGINT);
+        std::thread::sleep(gap);
+        assert!(process_alive(pid));
+    }
+    signal(&ctl, Signal::SIGINT);
+    let status = ctl.wait().expect("loongctl");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !process_alive(pid)),
+        "the program outlived loongctl's third interrupt"
+    );
+    assert!(wait_until(Duration::from_secs(10), || exits_with(
+        &home,
+        "client_gone"
+    )
+    .len()
+        == 1));
+}
+
+/// Resident and peak resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Clients that stop reading a sandbox's endless output (the control socket's whole limit of
+/// them) cost loongd a bounded amount of memory, and it is returned when they leave.
+const STALLED_CLIENTS: usize = 256;
+/// loongd's peak resident memory with every client stalled.
+const PEAK_LIMIT_KIB: u64 = 64 * 1024;
+/// loongd's resident memory once they are gone.
+const AFTER_LIMIT_KIB: u64 = 32 * 1024;
+/// How long loongd has to get there.
+const RETURN_WITHIN: Duration = Duration::from_secs(15);
+
+#[test]
+fn clients_that_stop_reading_cannot_grow_loongd() {
+    let home = Home::new();
+    let loongd = home.start();
+    let started = Instant::now();
+    let marker = format!("stalled-{}-{loongd}", std::process::id());
+    let (base, _) = rss_kib(loongd);
+    let request = Call::Request {
+        id: 1,
+        deadline_ms: 300_000,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/usr/bin/yes".into(),
+            args: vec![marker.clone()],
+            ..Default::default()
+        })),
+    };
+    let mut clients: Vec<Raw> = (0..STALLED_CLIENTS)
+        .map(|_| {
+            let mut c = Raw::connect(&home.socket());
+            c.handshake();
+            c.send(&request).expect("send the run");
+            c
+        })
+        .collect();
+    // Each run is confirmed by its first output chunk; from then on nobody reads.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        match c.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Stream {
+                chunk: StreamChunk::Stdout(_),
+                ..
+            }) => {}
+            other => panic!("client {i}: expected output, got {other:?}\n{}", home.log()),
+        }
+    }
+    assert_eq!(payloads(&marker).len(), STALLED_CLIENTS);
+    // Every program is blocked on its full pipe: the output it would write grows nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let (during, peak) = rss_kib(loongd);
+    eprintln!("loongd RSS: {base} KiB idle, {during} KiB with {STALLED_CLIENTS} stalled clients, peak {peak} KiB ({:?})", started.elapsed());
+    assert!(
+        peak < PEAK_LIMIT_KIB,
+        "loongd peaked at {peak} KiB with {STALLED_CLIENTS} stalled clients"
+    );
+    drop(clients);
+    assert!(
+        wait_until(Duration::from_secs(30), || payloads(&marker).is_empty()),
+        "{} sandboxes outlived their clients",
+        payloads(&marker).len()
+    );
+    assert!(wait_until(Duration::from_secs(10), || home
+        .status()
+        .connected_clients
+        <= 1));
+    // The last exits are being recorded while the check starts; give them a moment.
+    let gone = Instant::now();
+    let returned = wait_until(RETURN_WITHIN, || rss_kib(loongd).0 < AFTER_LIMIT_KIB);
+    let (after, _) = rss_kib(loongd);
+    eprintln!(
+        "loongd RSS after the clients left: {after} KiB ({:?} later)",
+        gone.elapsed()
+    );
+    assert!(returned, "loongd kept {after} KiB after the clients left");
+    assert_eq!(
+        exits_with(&home, "client_gone").len(),
+        STALLED_CLIENTS,
+        "every stalled run records client_gone"
+    );
+}
+
+#[test]
+fn a_long_run_is_not_idleness_and_idle_connections_still_end() {
+    let home = Home::with_config("[ipc]\nidle_timeout_ms = 500\n");
+    home.start();
+    // A run that sends and reads nothing for four idle timeouts is not idle: it finishes.
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        "/bin/sleep",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(exits_with(&home, "exited").len(), 1);
+    // Positive controls: a connection with nothing in flight still idles out, and so does
+    // one whose request has ended.
+    let started = Instant::now();
+    let mut idle = Raw::connect(&home.socket());
+    idle.handshake();
+    assert!(idle.closed_by_peer(), "an idle connection stayed open");
+    let mut done = Raw::connect(&home.socket());
+    done.handshake();
+    done.send(&Call::Request {
+        id: 1,
+        deadline_ms: 5_000,
+        body: ControlRequest::Status,
+    })
+    .expect("send");
+    assert!(matches!(
+        done.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Response { id: 1, .. })
+    ));
+    assert!(
+        done.closed_by_peer(),
+        "a connection idle after its request stayed open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn cancelled_and_deadlined_runs_are_killed_and_recorded_so() {
+    let home = Home::new();
+    home.start();
+    let m = marker(21);
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 7,
+        deadline_ms: 60_000,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/sleep".into(),
+            args: vec![m.clone()],
+            ..Default::default()
+        })),
+    })
+    .expect("send the run");
+    let pid = payload_of(&m);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(process_alive(pid), "died before the cancel");
+    c.send(&Call::<ControlRequest>::Cancel { id: 7 })
+        .expect("send the cancel");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 7,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.kind, loong_ipc::ErrorKind::Cancelled, "{e}")
+        }
+        other => panic!("expected the cancellation, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(
+        wait_until(Duration::from_secs(10), || exits_with(&home, "cancelled")
+            .len()
+            == 1),
+        "{:?}",
+        details(&home, "sandbox.exited")
+    );
+    // The connection itself lives on.
+    c.send(&Call::<ControlRequest>::Ping { nonce: 3 })
+        .expect("ping");
+    assert!(matches!(
+        c.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Pong { nonce: 3 })
+    ));
+    // A run past its request's deadline is killed and recorded as such.
+    let m = marker(22);
+    c.send(&Call::Request {
+        id: 8,
+        deadline_ms: 1_500,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/sleep".into(),
+            args: vec![m.clone()],
+            ..Default::default()
+        })),
+    })
+    .expect("send the run");
+    let pid = payload_of(&m);
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 8,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.kind, loong_ipc::ErrorKind::DeadlineExceeded, "{e}")
+        }
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(
+        wait_until(Duration::from_secs(10), || exits_with(&home, "deadline")
+            .len()
+            == 1),
+        "{:?}",
+        details(&home, "sandbox.exited")
+    );
+}
+
+#[test]
+fn a_closed_output_ends_loongctl_and_its_sandbox() {
+    let home = Home::new();
+    home.start();
+    let m = marker(31);
+    let mut ctl = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/usr/bin/yes",
+            &m,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    let pid = payload_of(&m);
+    // Positive control: while loongctl's output is read, the program runs.
+    let mut stdout = ctl.stdout.take().expect("piped stdout");
+    let mut head = vec![0u8; 4096];
+    std::io::Read::read_exact(&mut stdout, &mut head).expect("output");
+    assert!(text(&head).contains(&m));
+    assert!(process_alive(pid));
+    drop(stdout); // `| head` has read enough
+    let status = ctl.wait().expect("loongctl");
+    assert_eq!(status.code(), Some(141), "{status:?}");
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    assert!(wait_until(Duration::from_secs(10), || exits_with(
+        &home,
+        "client_gone"
+    )
+    .len()
+        == 1));
+}
