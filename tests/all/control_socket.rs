@@ -5,7 +5,7 @@ use std::{process::Command, time::Duration};
 
 use loong_ipc::{
     Call, ControlRequest, ControlResponse, ErrorKind, HandshakeReply, Hello, PeerKind,
-    RejectReason, Reply,
+    RejectReason, Reply, PROTOCOL_VERSION,
 };
 
 use crate::support::{bin, is_root, skip, text, wait_until, Home, Raw};
@@ -86,7 +86,7 @@ fn attacks_end_only_their_own_connection() {
     // 5. A wrong protocol version: a typed refusal naming both versions.
     let mut a = Raw::connect(&sock);
     a.send(&Hello {
-        protocol_version: 2,
+        protocol_version: PROTOCOL_VERSION + 1,
         peer_kind: PeerKind::Operator,
         build: "future".into(),
     })
@@ -94,8 +94,8 @@ fn attacks_end_only_their_own_connection() {
     assert_eq!(
         a.recv::<HandshakeReply>(),
         Some(HandshakeReply::Rejected(RejectReason::VersionMismatch {
-            server: 1,
-            client: 2
+            server: PROTOCOL_VERSION,
+            client: PROTOCOL_VERSION + 1
         }))
     );
     assert!(a.closed_by_peer(), "wrong version");
