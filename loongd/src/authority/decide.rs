@@ -568,6 +568,37 @@ mod tests {
             (ECHO_CAT, "echo `echo ')'; sh`", Deny),
             (ECHO_CAT, "echo hi &>x sh -c id", Deny),
             (ECHO_CAT, "echo $'\\''; sh -c id; echo '", Deny),
+            // Blanks are space and tab only: another space-like character is part of a word,
+            // so a `#` after it starts no comment.
+            (ECHO_CAT, "echo\r#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{b}#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{a0}#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{c}# x\nsh", Deny),
+            // A word the shell computes names no granted program, and splits or globs into
+            // other words before a wrapper's command.
+            (ECHO_CAT, "$(echo 'sh -c id ')echo", Deny),
+            (ECHO_CAT, "c$(echo)at f", Deny),
+            (ECHO_CAT, "\"$(echo /tmp/)cat\" f", Deny),
+            (ECHO_CAT, "`echo /tmp/`echo", Deny),
+            (ECHO_CAT, "x='5 sh -c id'; nice -n $x cat", Deny),
+            (ECHO_CAT, "nice -n * cat", Deny),
+            (ECHO_CAT, "env -i$(echo ' sh -c id') cat", Deny),
+            (ECHO_CAT, "timeout ${T} cat f", Deny),
+            (ECHO_CAT, "nice -n \"$x\" cat f", Allow),
+            (ECHO_CAT, "nice -n 5 cat $x *", Allow),
+            (ECHO_CAT, "FOO=$(echo a) echo $FOO", Allow),
+            // Nested backticks are unescaped before their command is read; a `case` pattern's
+            // `)` does not end a substitution; a line continuation is not read.
+            (ECHO_CAT, "echo `echo \\`sh -c id\\``", Deny),
+            (ECHO_CAT, "echo \"$(case x in x) sh -c id;; esac)\"", Deny),
+            (
+                ECHO_CAT,
+                "cat <\\\n<EOF\necho '\nEOF\nsh -c id\necho '",
+                Deny,
+            ),
+            (ECHO_CAT, "echo `echo \\`echo hi\\``", Allow),
+            (ECHO_CAT, "echo \"$(echo x)\" '\\\n'", Deny),
+            (ECHO_CAT, "echo a\0", Deny),
             // Other grants.
             (
                 &["process.exec:find", "process.exec:cat"],

@@ -42,6 +42,12 @@ pub const EXEC_VARIABLES: &[&str] = &[
 ];
 /// Prefixes of such variables (the dynamic loader's, bash's exported functions).
 pub const EXEC_VARIABLE_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_"];
+/// Marks a script's word whose value the shell computes (an unquoted `$…`, substitution or
+/// glob): it may become other words, or none, when the shell splits and globs it. No script
+/// holds it (one with a NUL byte is refused), and no program name ends with it.
+const COMPUTED: char = '\0';
+/// The characters that separate words, as /bin/sh reads a line (a newline ends a command).
+const BLANKS: [char; 2] = [' ', '\t'];
 /// Builtins whose `NAME=value` arguments set variables.
 const SETTERS: &[&str] = &["export", "declare", "typeset", "local", "readonly"];
 /// Reserved words that may start a command and are followed by one.
@@ -194,7 +200,7 @@ impl Walker<'_> {
             i += 1;
         }
         let Some(first) = words.get(i) else { return };
-        let name = program_name(first);
+        let name = program_name(first.trim_end_matches(COMPUTED));
         let rest = &words[i + 1..];
         match self.runners.get(&name) {
             None => {
@@ -257,6 +263,15 @@ impl Walker<'_> {
                 continue;
             }
             break;
+        }
+        // A computed word before the program may split or glob into other words (`nice -n
+        // $x cat` with x='5 sh'): which program runs cannot be read.
+        if rest[..i.min(rest.len())]
+            .iter()
+            .any(|w| w.ends_with(COMPUTED))
+        {
+            self.push(name, How::Code);
+            return;
         }
         i += r.positionals.saturating_sub(operands);
         if i < rest.len() {
@@ -399,6 +414,14 @@ impl Walker<'_> {
             self.refuse(format!("nests programs more than {MAX_DEPTH} deep"));
             return;
         }
+        if script.contains('\0') {
+            self.refuse("holds a NUL byte, which no shell reads".into());
+        }
+        // `\` before a line break joins the lines before anything else is read, so it can
+        // make `<<`, `$(` or a quote out of what is read here as two words.
+        if script.contains("\\\n") {
+            self.refuse("continues a line with a backslash, which the shell rules do not read; write the command on one line".into());
+        }
         let mut words: Vec<String> = Vec::new();
         // Whether each word was written without quotes or escapes (only those can be
         // reserved words).
@@ -408,9 +431,14 @@ impl Walker<'_> {
         let mut quoted = false;
         let chars: Vec<char> = script.chars().collect();
         let mut i = 0;
+        // Whether the current word holds an unquoted expansion.
+        let mut computed = false;
         macro_rules! flush_word {
             () => {
                 if in_word {
+                    if std::mem::take(&mut computed) {
+                        word.push(COMPUTED);
+                    }
                     words.push(std::mem::take(&mut word));
                     bare.push(!quoted);
                     in_word = false;
@@ -467,13 +495,18 @@ impl Walker<'_> {
                     i += 1;
                     while i < chars.len() && chars[i] != '"' {
                         if chars[i] == '\\' && i + 1 < chars.len() {
+                            // Inside double quotes a backslash escapes only these.
+                            if !"$`\"\\\n".contains(chars[i + 1]) {
+                                word.push('\\');
+                            }
                             word.push(chars[i + 1]);
                             i += 2;
                             continue;
                         }
                         if chars[i] == '`' || (chars[i] == '$' && chars.get(i + 1) == Some(&'(')) {
-                            let (inner, next) = substitution(&chars, i);
-                            self.script(&inner, depth + 1);
+                            let next = self.substitute(&chars, i, true, depth);
+                            // The word keeps the substitution's text: it names no program.
+                            word.extend(&chars[i..next]);
                             i = next;
                             continue;
                         }
@@ -490,12 +523,19 @@ impl Walker<'_> {
                     i += 1;
                 }
                 '`' | '$' if c == '`' || chars.get(i + 1) == Some(&'(') => {
-                    let (inner, next) = substitution(&chars, i);
-                    self.script(&inner, depth + 1);
+                    let next = self.substitute(&chars, i, false, depth);
+                    word.extend(&chars[i..next]);
                     in_word = true;
                     quoted = true;
+                    computed = true;
                     i = next;
                     continue;
+                }
+                // A parameter expansion or a glob: the shell computes the word.
+                '$' | '*' | '?' | '[' => {
+                    in_word = true;
+                    computed = true;
+                    word.push(c);
                 }
                 // Redirections `2>&1`, `<&0` and `>|file` are words, not separators. (`&>` is
                 // bash's; /bin/sh reads `a &>f b` as `a &` then `>f b`, so `&` stays one.)
@@ -512,7 +552,7 @@ impl Walker<'_> {
                     if in_word
                         || !chars
                             .get(i + 1)
-                            .is_none_or(|n| n.is_whitespace() || ";|&)".contains(*n)) =>
+                            .is_none_or(|n| BLANKS.contains(n) || ";|&)\n".contains(*n)) =>
                 {
                     in_word = true;
                     word.push(c);
@@ -521,7 +561,7 @@ impl Walker<'_> {
                     flush_word!();
                     end_command!();
                 }
-                c if c.is_whitespace() => flush_word!(),
+                c if BLANKS.contains(&c) => flush_word!(),
                 c => {
                     in_word = true;
                     word.push(c);
@@ -530,10 +570,28 @@ impl Walker<'_> {
             i += 1;
         }
         if in_word {
+            if computed {
+                word.push(COMPUTED);
+            }
             words.push(word);
             bare.push(!quoted);
         }
         end_command!();
+    }
+
+    /// Decides the substitution starting at `chars[i]` (inside double quotes or not); the
+    /// index after it.
+    fn substitute(&mut self, chars: &[char], i: usize, in_quotes: bool, depth: usize) -> usize {
+        let (inner, next) = substitution(chars, i, in_quotes);
+        if chars[i] == '$'
+            && inner
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == "case")
+        {
+            self.refuse("uses case inside $(…), whose patterns end in `)`, which the shell rules do not read; use if, or backticks".into());
+        }
+        self.script(&inner, depth + 1);
+        next
     }
 
     /// One simple command of a script: reserved words first, then the command, without its
@@ -614,7 +672,9 @@ fn is_assignment(w: &str) -> bool {
 /// The text of a `$(…)` or backtick substitution starting at `i`, and the index after it.
 /// Quotes, escapes and comments inside it are skipped over, so a `)` or a backtick in them
 /// does not end it early.
-fn substitution(chars: &[char], i: usize) -> (String, usize) {
+/// In backticks, `\$`, `` \` `` and `\\` (and `\"` inside double quotes) lose their backslash
+/// before the command is read, as the shell does, so nested backticks are read as such.
+fn substitution(chars: &[char], i: usize, in_quotes: bool) -> (String, usize) {
     let backtick = chars[i] == '`';
     let mut j = if backtick { i + 1 } else { i + 2 };
     let mut depth = 0;
@@ -628,6 +688,13 @@ fn substitution(chars: &[char], i: usize) -> (String, usize) {
     while j < chars.len() {
         match chars[j] {
             '`' if backtick => return (s, j + 1),
+            '\\' if backtick
+                && chars
+                    .get(j + 1)
+                    .is_some_and(|n| "$`\\".contains(*n) || (in_quotes && *n == '"')) =>
+            {
+                j += 1;
+            }
             ')' if !backtick && depth == 0 => return (s, j + 1),
             ')' if !backtick => depth -= 1,
             '(' if !backtick => depth += 1,
@@ -647,7 +714,10 @@ fn substitution(chars: &[char], i: usize) -> (String, usize) {
                     take(&mut j, &mut s);
                 }
             }
-            '#' if !backtick && j > 0 && (chars[j - 1].is_whitespace() || chars[j - 1] == '(') => {
+            '#' if !backtick
+                && j > 0
+                && (BLANKS.contains(&chars[j - 1]) || "(\n".contains(chars[j - 1])) =>
+            {
                 while j + 1 < chars.len() && chars[j + 1] != '\n' {
                     take(&mut j, &mut s);
                 }
