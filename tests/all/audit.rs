@@ -208,7 +208,19 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
     let jsonl = dir.path().join("audit.jsonl");
     let sock_path = dir.path().join("log.sock");
     let syslog = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("syslog socket");
-    syslog.set_nonblocking(true).expect("nonblocking");
+    // A syslog daemon reads as messages come (a datagram queue holds only a few), until the
+    // test has what it needs.
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut messages = Vec::new();
+        while let Ok(n) = syslog.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        messages
+    });
     let config = format!(
         "[audit]\njsonl_file = \"{}\"\njsonl_failure = \"closed\"\nsyslog = true\nsyslog_socket = \"{}\"\n",
         jsonl.display(),
@@ -243,11 +255,7 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
         );
     }
     // Syslog got an RFC 5424 message per record.
-    let mut buf = [0u8; 65536];
-    let mut messages = Vec::new();
-    while let Ok(n) = syslog.recv(&mut buf) {
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let messages = reader.join().expect("syslog reader");
     assert!(
         messages.len() >= shipped.len(),
         "{} syslog messages for {} records",
@@ -517,12 +525,17 @@ fn a_rewritten_and_rechained_span_with_its_checkpoints_deleted_is_refused() {
     rechain(&c, s1 + 3);
     c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
         .expect("tamper");
-    refused_at(&home, s2, "no signed checkpoint covers the stop");
+    // The second run's first records lost the checkpoint loongd signs at every run's start.
+    refused_at(
+        &home,
+        s1 + 1,
+        "records follow a clean stop that no signed checkpoint covers",
+    );
 }
 
 #[test]
 fn a_middle_record_deleted_renumbered_and_rechained_without_checkpoints_is_refused() {
-    let (home, s1, _) = two_runs("");
+    let (home, _, _) = two_runs("");
     let c = db(&home);
     c.execute("DELETE FROM audit WHERE seq = 3", [])
         .expect("tamper");
@@ -535,7 +548,27 @@ fn a_middle_record_deleted_renumbered_and_rechained_without_checkpoints_is_refus
     }
     rechain(&c, 3);
     c.execute("DELETE FROM checkpoints", []).expect("tamper");
-    refused_at(&home, s1 - 1, "no signed checkpoint covers the stop");
+    let start = seqs(&c, "daemon.started")[0];
+    refused_at(&home, start, "no signed checkpoint covers the start");
+}
+
+#[test]
+fn a_run_appended_after_the_witnessed_clean_stop_is_refused() {
+    let (home, _, s2) = two_runs("");
+    let c = db(&home);
+    // A forged run, chained correctly after the signed and witnessed stop: its start cannot
+    // carry loongd's checkpoint.
+    c.execute_batch(&format!(
+        "INSERT INTO audit SELECT seq + 1, time_ms, 'daemon.started', actor, '', '{{}}', hash, hash FROM audit WHERE seq = {s2};
+         INSERT INTO audit SELECT seq + 1, time_ms, 'approval.resolved', 'uid:0', '', '{{\"approved\":true}}', hash, hash FROM audit WHERE seq = {s2} + 1;"
+    ))
+    .expect("append");
+    rechain(&c, s2 + 1);
+    refused_at(&home, s2 + 1, "no signed checkpoint covers the start");
+    // Positive control: without the forged run, the trail starts.
+    c.execute("DELETE FROM audit WHERE seq > ?1", [s2])
+        .expect("restore");
+    home.start();
 }
 
 #[test]
@@ -772,8 +805,9 @@ fn a_denied_padded_shell_command_keeps_who_asked_and_why_it_was_denied() {
     assert_eq!(d["pack"], "reader", "{d}");
     assert!(d["token"].as_str().is_some_and(|t| !t.is_empty()), "{d}");
     assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
-    assert_eq!(d["target"], "/bin/sh", "{d}");
-    let argv = &d["argv"][2];
+    // shell.exec is decided on its script: the target is the first program it runs.
+    assert_eq!(d["target"], "rm", "{d}");
+    let argv = &d["script"];
     assert_eq!(argv["truncated"], true, "{d}");
     assert_eq!(argv["bytes"], command.len());
     assert_eq!(argv["sha256"], sha256_hex(&command));

@@ -469,14 +469,16 @@ fn writer(
             continue;
         }
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
+        // This run's first records are signed at once: records after a clean stop that no
+        // checkpoint covers were not written by loongd.
+        let first = !appended && !events.is_empty();
         appended |= !events.is_empty();
         match commit(
             &mut conn,
             &key,
             &events,
-            last_seq,
-            last_hash,
-            shutdown.is_some() && appended,
+            (last_seq, last_hash),
+            first || (shutdown.is_some() && appended),
         ) {
             Ok((seq, hash, records, signed)) => {
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
@@ -546,14 +548,15 @@ fn take(
 /// the newest checkpoint it signed.
 type Committed = (u64, [u8; 32], Vec<Record>, Option<Witness>);
 
-/// Appends `events` in one transaction; returns the new tail. Nothing changes on error.
+/// Appends `events` in one transaction after the tail `(seq, hash)`, signing a checkpoint at
+/// every multiple of [`CHECKPOINT_EVERY`], every `daemon.started` and `daemon.stopped`, and at
+/// the end when `sign_last`; returns the new tail. Nothing changes on error.
 fn commit(
     conn: &mut Connection,
     key: &AuditKey,
     events: &[&Event],
-    mut seq: u64,
-    mut hash: [u8; 32],
-    final_checkpoint: bool,
+    (mut seq, mut hash): (u64, [u8; 32]),
+    sign_last: bool,
 ) -> rusqlite::Result<Committed> {
     let tx = conn.transaction()?;
     let mut records = Vec::with_capacity(events.len());
@@ -627,12 +630,15 @@ fn commit(
                 hash,
             });
             // A clean stop carries its own checkpoint, in its own transaction, so that no
-            // crash can leave a `daemon.stopped` unsigned.
-            if seq.is_multiple_of(CHECKPOINT_EVERY) || e.kind == Kind::DaemonStopped {
+            // crash can leave a `daemon.stopped` unsigned; a start carries one too, so that a
+            // run appended by someone else after a clean stop cannot pass for loongd's.
+            if seq.is_multiple_of(CHECKPOINT_EVERY)
+                || matches!(e.kind, Kind::DaemonStopped | Kind::DaemonStarted)
+            {
                 sign(seq, &hash, time)?;
             }
         }
-        if final_checkpoint && seq > 0 {
+        if sign_last && seq > 0 {
             sign(seq, &hash, crate::now_ms())?;
         }
     }
