@@ -572,6 +572,52 @@ fn a_run_appended_after_the_witnessed_clean_stop_is_refused() {
 }
 
 #[test]
+fn a_configuration_pointed_at_a_fresh_witness_does_not_set_the_old_one_aside() {
+    let (home, s1, s2) = two_runs("");
+    let (old, new) = (
+        home.path().join("audit.witness"),
+        home.path().join("new.witness"),
+    );
+    let config = home.path().join("loongd.toml");
+    std::fs::write(
+        &config,
+        format!("[audit]\nwitness_file = \"{}\"\n", new.display()),
+    )
+    .expect("config");
+    // Positive control: the operator moves the witness with the configuration.
+    std::fs::copy(&old, &new).expect("copy");
+    std::fs::remove_file(&old).expect("move");
+    home.start();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    std::fs::copy(&new, &old).expect("copy back");
+    std::fs::write(&config, "").expect("config");
+    home.start();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    // The attack: the configuration names a fresh path, the database forgets the old one, and
+    // the trail is cut back to the first run; the old witness is still where it was.
+    let head = seqs(&db(&home), "daemon.stopped").pop().expect("stop");
+    std::fs::remove_file(&new).expect("stale");
+    std::fs::write(
+        &config,
+        format!("[audit]\nwitness_file = \"{}\"\n", new.display()),
+    )
+    .expect("config");
+    let c = db(&home);
+    c.execute("DELETE FROM audit WHERE seq > ?1", [s1])
+        .expect("tamper");
+    c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
+        .expect("tamper");
+    c.execute("DELETE FROM meta WHERE key = 'witness_file'", [])
+        .expect("tamper");
+    assert!(head > s2);
+    refused_at(
+        &home,
+        head,
+        &format!("but the database ends at record {s1} (the trail was truncated)"),
+    );
+}
+
+#[test]
 fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
     let dir = tempfile::Builder::new()
         .prefix("lw")

@@ -693,6 +693,25 @@ fn integrity(
         }
         Err(e) => report.bad(at, e.to_string()),
     }
+    // The witness the newest start named, when the configuration now names another: a
+    // configuration pointed at a fresh path (and the database's note of the old one
+    // deleted) must not set aside the witness kept out of reach. One the operator moved
+    // away is gone, and is not asked for.
+    let named: Option<String> = conn
+        .query_row(
+            "SELECT json_extract(detail, '$.audit_witness') FROM audit WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+            [super::Kind::DaemonStarted.as_str()],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(old) = named.filter(|n| Path::new(n) != path) {
+        match witness::read(Path::new(&old)) {
+            Ok(Some(w)) => super::verify::check_witness(conn, key, &w, &mut report)?,
+            Ok(None) => {}
+            Err(e) => report.bad(at, e.to_string()),
+        }
+    }
     Ok(report)
 }
 
