@@ -515,7 +515,7 @@ fn a_trail_cut_back_to_an_older_checkpoint_is_refused_by_the_witness() {
 
 #[test]
 fn a_rewritten_and_rechained_span_with_its_checkpoints_deleted_is_refused() {
-    let (home, s1, s2) = two_runs("");
+    let (home, s1, _) = two_runs("");
     let c = db(&home);
     c.execute(
         "UPDATE audit SET detail = '{\"forged\":true}' WHERE seq = ?1",

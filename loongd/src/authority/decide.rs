@@ -599,6 +599,16 @@ mod tests {
             (ECHO_CAT, "echo `echo \\`echo hi\\``", Allow),
             (ECHO_CAT, "echo \"$(echo x)\" '\\\n'", Deny),
             (ECHO_CAT, "echo a\0", Deny),
+            // A `)` inside a parameter expansion, backticks or a nested quoted substitution
+            // does not end the substitution around it.
+            (ECHO_CAT, "echo \"$(echo ${x:-)}; sh -c id)\"", Deny),
+            (
+                ECHO_CAT,
+                "echo \"$(echo `echo )`; sh -c id; echo `echo x`)\"",
+                Deny,
+            ),
+            (ECHO_CAT, "echo \"$(echo \"$(echo ')')\"; sh -c id)\"", Deny),
+            (ECHO_CAT, "echo \"$(echo \"$(echo ')')\" `echo )`)\"", Allow),
             // Other grants.
             (
                 &["process.exec:find", "process.exec:cat"],

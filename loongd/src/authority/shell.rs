@@ -506,7 +506,7 @@ impl Walker<'_> {
                         if chars[i] == '`' || (chars[i] == '$' && chars.get(i + 1) == Some(&'(')) {
                             let next = self.substitute(&chars, i, true, depth);
                             // The word keeps the substitution's text: it names no program.
-                            word.extend(&chars[i..next]);
+                            word.extend(&chars[i..next.min(chars.len())]);
                             i = next;
                             continue;
                         }
@@ -524,7 +524,7 @@ impl Walker<'_> {
                 }
                 '`' | '$' if c == '`' || chars.get(i + 1) == Some(&'(') => {
                     let next = self.substitute(&chars, i, false, depth);
-                    word.extend(&chars[i..next]);
+                    word.extend(&chars[i..next.min(chars.len())]);
                     in_word = true;
                     quoted = true;
                     computed = true;
@@ -582,7 +582,12 @@ impl Walker<'_> {
     /// Decides the substitution starting at `chars[i]` (inside double quotes or not); the
     /// index after it.
     fn substitute(&mut self, chars: &[char], i: usize, in_quotes: bool, depth: usize) -> usize {
-        let (inner, next) = substitution(chars, i, in_quotes);
+        let mut too_deep = false;
+        let (inner, next) = nested(chars, i, in_quotes, 0, &mut too_deep);
+        if too_deep || depth >= MAX_DEPTH {
+            self.refuse(format!("nests programs more than {MAX_DEPTH} deep"));
+            return next;
+        }
         if chars[i] == '$'
             && inner
                 .split(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -674,7 +679,14 @@ fn is_assignment(w: &str) -> bool {
 /// does not end it early.
 /// In backticks, `\$`, `` \` `` and `\\` (and `\"` inside double quotes) lose their backslash
 /// before the command is read, as the shell does, so nested backticks are read as such.
-fn substitution(chars: &[char], i: usize, in_quotes: bool) -> (String, usize) {
+/// `level` substitutions deep; sets `too_deep` past [`MAX_DEPTH`] levels.
+fn nested(
+    chars: &[char],
+    i: usize,
+    in_quotes: bool,
+    level: usize,
+    too_deep: &mut bool,
+) -> (String, usize) {
     let backtick = chars[i] == '`';
     let mut j = if backtick { i + 1 } else { i + 2 };
     let mut depth = 0;
@@ -705,13 +717,14 @@ fn substitution(chars: &[char], i: usize, in_quotes: bool) -> (String, usize) {
                     take(&mut j, &mut s);
                 }
             }
-            '"' if !backtick => {
-                take(&mut j, &mut s);
-                while j < chars.len() && chars[j] != '"' {
-                    if chars[j] == '\\' {
-                        take(&mut j, &mut s);
-                    }
-                    take(&mut j, &mut s);
+            // Nested substitutions, parameter expansions and double-quoted strings are
+            // skipped whole: a `)` inside `${x:-)}` or `` `echo )` `` does not end this one.
+            '"' | '`' | '$' if !backtick => {
+                let end = nested_end(chars, j, level + 1, too_deep);
+                if end > j + 1 {
+                    s.extend(&chars[j..end.min(chars.len())]);
+                    j = end;
+                    continue;
                 }
             }
             '#' if !backtick
@@ -727,6 +740,50 @@ fn substitution(chars: &[char], i: usize, in_quotes: bool) -> (String, usize) {
         take(&mut j, &mut s);
     }
     (s, j)
+}
+
+/// Where the quoted string, substitution or parameter expansion starting at `chars[j]` ends
+/// (the index after it), as the shell reads it inside `$(…)`; `j + 1` when none starts there.
+/// Past [`MAX_DEPTH`] nested levels it takes the rest of the text and sets `too_deep`.
+fn nested_end(chars: &[char], j: usize, level: usize, too_deep: &mut bool) -> usize {
+    if level > MAX_DEPTH {
+        *too_deep = true;
+        return chars.len();
+    }
+    match (chars[j], chars.get(j + 1)) {
+        ('`', _) | ('$', Some('(')) => nested(chars, j, false, level, too_deep).1,
+        ('$', Some('{')) => {
+            let mut k = j + 2;
+            while k < chars.len() {
+                match chars[k] {
+                    '\\' => k += 2,
+                    '\'' => {
+                        k += 1;
+                        while k < chars.len() && chars[k] != '\'' {
+                            k += 1;
+                        }
+                        k += 1;
+                    }
+                    '"' | '`' | '$' => k = nested_end(chars, k, level + 1, too_deep),
+                    '}' => return k + 1,
+                    _ => k += 1,
+                }
+            }
+            k
+        }
+        ('"', _) => {
+            let mut k = j + 1;
+            while k < chars.len() && chars[k] != '"' {
+                match chars[k] {
+                    '\\' => k += 2,
+                    '`' | '$' => k = nested_end(chars, k, level + 1, too_deep),
+                    _ => k += 1,
+                }
+            }
+            k + 1
+        }
+        _ => j + 1,
+    }
 }
 
 #[cfg(test)]
@@ -805,6 +862,38 @@ mod tests {
         // A quoted reserved word is a program name.
         assert_eq!(names("\"if\" x"), ["if"]);
         assert_eq!(names("x=1"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let n = 100_000;
+        for (open, close) in [("$(echo ", ")"), ("\"$(echo ${x:-", "})\"")] {
+            let line = format!("echo \"{}{}\"", open.repeat(n), close.repeat(n));
+            let plan = CommandLine::Script(&line).plan();
+            assert!(
+                plan.refusals
+                    .iter()
+                    .any(|r| r.contains("nests programs more than")),
+                "{:?}",
+                plan.refusals
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_cut_inside_a_substitution_is_read_without_a_panic() {
+        for line in [
+            "echo $(echo \\",
+            "echo `echo \\",
+            "echo \"$(echo \\",
+            "echo \"$(echo \"",
+            "echo \"$(echo ${x",
+            "echo \"$(echo `",
+            "c$(",
+            "\"$(",
+        ] {
+            let _ = CommandLine::Script(line).plan();
+        }
     }
 
     #[test]
