@@ -700,6 +700,32 @@ mod tests {
     }
 
     #[test]
+    fn a_trigger_or_view_slipped_into_the_database_stops_the_open() {
+        for (kind, sql) in [
+            ("trigger", "CREATE TRIGGER drop_exits BEFORE INSERT ON audit WHEN NEW.kind = 'sandbox.exited' BEGIN SELECT RAISE(IGNORE); END"),
+            ("view", "CREATE VIEW recent AS SELECT * FROM audit"),
+            ("table", "CREATE TABLE extra (x)"),
+            (
+                "index",
+                "ALTER TABLE audit RENAME TO old; CREATE TABLE audit (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, correlation TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL, UNIQUE (kind, actor) ON CONFLICT IGNORE); INSERT INTO audit SELECT * FROM old; DROP TABLE old",
+            ),
+        ] {
+            let (dir, db) = trail(3);
+            // Positive control: the untouched trail opens again.
+            open(dir.path()).expect("opens");
+            Connection::open(&db)
+                .expect("db")
+                .execute_batch(sql)
+                .expect("tamper");
+            let e = open(dir.path()).expect_err("refused").to_string();
+            assert!(
+                e.contains("holds an object loongd did not create") && e.contains(kind),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_record_numbered_below_one_is_found() {
         for seq in [0, -7] {
             let (dir, db) = trail(10);

@@ -38,6 +38,12 @@ pub enum AuditError {
     Commit(String),
     #[error("the audit writer has stopped")]
     Stopped,
+    #[error("audit database {} holds an object loongd did not create ({kind} {name}), which could change or drop records as they are written; remove it, then verify the trail", path.display())]
+    Foreign {
+        path: PathBuf,
+        kind: String,
+        name: String,
+    },
     #[error("{0}; set audit.witness_file to a writable path (ideally on another file system)")]
     Witness(#[from] witness::WitnessError),
 }
@@ -206,6 +212,23 @@ impl Audit {
         conn.pragma_update(None, "synchronous", sync)
             .map_err(db_err(db))?;
         conn.execute_batch(SCHEMA).map_err(db_err(db))?;
+        // Only loongd's tables and indexes: a trigger, or a constraint's index with ON
+        // CONFLICT IGNORE, slipped in while loongd was stopped would run inside every append.
+        let foreign: Option<(String, String)> = conn
+            .query_row(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') OR (type = 'table' AND name NOT IN ('audit', 'checkpoints', 'meta')) OR (type = 'index' AND name NOT IN ('audit_kind', 'sqlite_autoindex_meta_1')) LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err(db))?;
+        if let Some((kind, name)) = foreign {
+            return Err(AuditError::Foreign {
+                path: db.to_path_buf(),
+                kind,
+                name,
+            });
+        }
         let tail: Option<(i64, Vec<u8>)> = conn
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
