@@ -609,6 +609,14 @@ mod tests {
             ),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\"; sh -c id)\"", Deny),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\" `echo )`)\"", Allow),
+            // Quotes inside a double-quoted ${…} are quotes or text by operator in /bin/sh.
+            (ECHO_CAT, "echo \"${x:-\"'\"}\"; sh -c id; echo \"'\"", Deny),
+            (
+                ECHO_CAT,
+                "echo \"$(echo \"${x:-\"'\"}\"; sh -c id; echo \"'\")\"",
+                Deny,
+            ),
+            (ECHO_CAT, "echo \"${x:-a}${HOME}\" | cat", Allow),
             // Other grants.
             (
                 &["process.exec:find", "process.exec:cat"],

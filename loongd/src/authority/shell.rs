@@ -503,6 +503,9 @@ impl Walker<'_> {
                             i += 2;
                             continue;
                         }
+                        if quoted_param(&chars, i) {
+                            self.refuse(Trouble::QuoteInParam.why());
+                        }
                         if chars[i] == '`' || (chars[i] == '$' && chars.get(i + 1) == Some(&'(')) {
                             let next = self.substitute(&chars, i, true, depth);
                             // The word keeps the substitution's text: it names no program.
@@ -582,10 +585,13 @@ impl Walker<'_> {
     /// Decides the substitution starting at `chars[i]` (inside double quotes or not); the
     /// index after it.
     fn substitute(&mut self, chars: &[char], i: usize, in_quotes: bool, depth: usize) -> usize {
-        let mut too_deep = false;
-        let (inner, next) = nested(chars, i, in_quotes, 0, &mut too_deep);
-        if too_deep || depth >= MAX_DEPTH {
-            self.refuse(format!("nests programs more than {MAX_DEPTH} deep"));
+        let mut trouble = None;
+        let (inner, next) = nested(chars, i, in_quotes, 0, &mut trouble);
+        if depth >= MAX_DEPTH {
+            trouble = Some(Trouble::TooDeep);
+        }
+        if let Some(why) = trouble {
+            self.refuse(why.why());
             return next;
         }
         if chars[i] == '$'
@@ -679,13 +685,14 @@ fn is_assignment(w: &str) -> bool {
 /// does not end it early.
 /// In backticks, `\$`, `` \` `` and `\\` (and `\"` inside double quotes) lose their backslash
 /// before the command is read, as the shell does, so nested backticks are read as such.
-/// `level` substitutions deep; sets `too_deep` past [`MAX_DEPTH`] levels.
+/// `level` substitutions deep; sets `trouble` to why it cannot be read (past [`MAX_DEPTH`]
+/// levels, or quotes inside a `${…}` inside double quotes).
 fn nested(
     chars: &[char],
     i: usize,
     in_quotes: bool,
     level: usize,
-    too_deep: &mut bool,
+    trouble: &mut Option<Trouble>,
 ) -> (String, usize) {
     let backtick = chars[i] == '`';
     let mut j = if backtick { i + 1 } else { i + 2 };
@@ -720,7 +727,7 @@ fn nested(
             // Nested substitutions, parameter expansions and double-quoted strings are
             // skipped whole: a `)` inside `${x:-)}` or `` `echo )` `` does not end this one.
             '"' | '`' | '$' if !backtick => {
-                let end = nested_end(chars, j, level + 1, too_deep);
+                let end = nested_end(chars, j, level + 1, trouble);
                 if end > j + 1 {
                     s.extend(&chars[j..end.min(chars.len())]);
                     j = end;
@@ -742,16 +749,60 @@ fn nested(
     (s, j)
 }
 
+/// Why a substitution cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    /// It nests past [`MAX_DEPTH`] levels.
+    TooDeep,
+    /// A `${…}` inside double quotes holds quotes.
+    QuoteInParam,
+}
+
+impl Trouble {
+    fn why(self) -> String {
+        match self {
+            Trouble::TooDeep => format!("nests programs more than {MAX_DEPTH} deep"),
+            Trouble::QuoteInParam => "puts quotes inside a ${…} within double quotes, which /bin/sh reads as quotes or as text depending on the operator; set a variable first".into(),
+        }
+    }
+}
+
+/// Whether `chars[i]` starts a `${…}` that holds a quote character (read inside double
+/// quotes).
+fn quoted_param(chars: &[char], i: usize) -> bool {
+    if chars[i] != '$' || chars.get(i + 1) != Some(&'{') {
+        return false;
+    }
+    let mut braces = 1;
+    let mut k = i + 2;
+    while k < chars.len() {
+        match chars[k] {
+            '\\' => k += 1,
+            '\'' | '"' => return true,
+            '{' if chars[k - 1] == '$' => braces += 1,
+            '}' => {
+                braces -= 1;
+                if braces == 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    false
+}
+
 /// Where the quoted string, substitution or parameter expansion starting at `chars[j]` ends
 /// (the index after it), as the shell reads it inside `$(…)`; `j + 1` when none starts there.
-/// Past [`MAX_DEPTH`] nested levels it takes the rest of the text and sets `too_deep`.
-fn nested_end(chars: &[char], j: usize, level: usize, too_deep: &mut bool) -> usize {
+/// Past [`MAX_DEPTH`] nested levels it takes the rest of the text and sets `trouble`.
+fn nested_end(chars: &[char], j: usize, level: usize, trouble: &mut Option<Trouble>) -> usize {
     if level > MAX_DEPTH {
-        *too_deep = true;
+        *trouble = Some(Trouble::TooDeep);
         return chars.len();
     }
     match (chars[j], chars.get(j + 1)) {
-        ('`', _) | ('$', Some('(')) => nested(chars, j, false, level, too_deep).1,
+        ('`', _) | ('$', Some('(')) => nested(chars, j, false, level, trouble).1,
         ('$', Some('{')) => {
             let mut k = j + 2;
             while k < chars.len() {
@@ -764,7 +815,7 @@ fn nested_end(chars: &[char], j: usize, level: usize, too_deep: &mut bool) -> us
                         }
                         k += 1;
                     }
-                    '"' | '`' | '$' => k = nested_end(chars, k, level + 1, too_deep),
+                    '"' | '`' | '$' => k = nested_end(chars, k, level + 1, trouble),
                     '}' => return k + 1,
                     _ => k += 1,
                 }
@@ -776,7 +827,11 @@ fn nested_end(chars: &[char], j: usize, level: usize, too_deep: &mut bool) -> us
             while k < chars.len() && chars[k] != '"' {
                 match chars[k] {
                     '\\' => k += 2,
-                    '`' | '$' => k = nested_end(chars, k, level + 1, too_deep),
+                    '$' if quoted_param(chars, k) => {
+                        *trouble = Some(Trouble::QuoteInParam);
+                        return chars.len();
+                    }
+                    '`' | '$' => k = nested_end(chars, k, level + 1, trouble),
                     _ => k += 1,
                 }
             }
