@@ -649,6 +649,51 @@ mod tests {
                 Allow,
             ),
             (&["process.exec:sudo", "process.exec:echo"], "sudo sh", Deny),
+            // A privileged wrapper named without a program runs a shell ($SHELL, else sh).
+            (
+                &["process.exec:unshare", "process.exec:echo"],
+                "echo id | unshare -r",
+                Deny,
+            ),
+            (
+                &["process.exec:nsenter", "process.exec:echo"],
+                "echo id | nsenter -t 1 -a",
+                Deny,
+            ),
+            (
+                &["process.exec:chroot", "process.exec:echo"],
+                "echo id | chroot /",
+                Deny,
+            ),
+            (
+                &["process.exec:doas", "process.exec:echo"],
+                "echo id | doas -s",
+                Deny,
+            ),
+            (
+                &["process.exec:unshare", "process.exec:echo"],
+                "unshare -r echo hi",
+                Allow,
+            ),
+            (
+                &[
+                    "process.exec:unshare",
+                    "process.exec:sh",
+                    "process.exec:echo",
+                ],
+                "echo id | unshare -r",
+                Allow,
+            ),
+            (
+                &["process.exec:flock", "process.exec:echo"],
+                "SHELL=/usr/bin/python3 flock -c 'echo hi' f",
+                Deny,
+            ),
+            (
+                &["process.exec:flock", "process.exec:echo"],
+                "flock -c 'echo hi' f",
+                Allow,
+            ),
             (
                 &["process.exec:busybox", "process.exec:echo"],
                 "busybox echo hi",

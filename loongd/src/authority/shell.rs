@@ -31,6 +31,7 @@ pub const SYSTEM_DIRS: &[&str] = &[
 /// command line that sets one is denied, whatever the grants.
 pub const EXEC_VARIABLES: &[&str] = &[
     "PATH",
+    "SHELL",
     "ENV",
     "BASH_ENV",
     "IFS",
