@@ -609,6 +609,12 @@ mod tests {
             ),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\"; sh -c id)\"", Deny),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\" `echo )`)\"", Allow),
+            // A quoted name makes a command of what looks like an assignment.
+            (ECHO_CAT, "'x=/tmp/a' echo", Deny),
+            (ECHO_CAT, "x\\=./sh echo", Deny),
+            (ECHO_CAT, "\"x\"=./sh cat f", Deny),
+            (ECHO_CAT, "x='./sh' cat f", Allow),
+            (ECHO_CAT, "x=\"$(echo a)\" y=`echo b` echo", Allow),
             // Quotes inside a double-quoted ${…} are quotes or text by operator in /bin/sh.
             (ECHO_CAT, "echo \"${x:-\"'\"}\"; sh -c id; echo \"'\"", Deny),
             (

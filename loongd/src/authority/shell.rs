@@ -427,6 +427,10 @@ impl Walker<'_> {
         // Whether each word was written without quotes or escapes (only those can be
         // reserved words).
         let mut bare: Vec<bool> = Vec::new();
+        // Whether each word has quotes or escapes before its first `=`: `'x=/tmp/a'` is a
+        // command to the shell, not an assignment.
+        let mut named_quoted: Vec<bool> = Vec::new();
+        let mut first_quote: Option<usize> = None;
         let mut word = String::new();
         let mut in_word = false;
         let mut quoted = false;
@@ -437,11 +441,13 @@ impl Walker<'_> {
         macro_rules! flush_word {
             () => {
                 if in_word {
+                    let early = first_quote.take().is_some_and(|q| !word[..q].contains('='));
                     if std::mem::take(&mut computed) {
                         word.push(COMPUTED);
                     }
                     words.push(std::mem::take(&mut word));
                     bare.push(!quoted);
+                    named_quoted.push(early);
                     in_word = false;
                     quoted = false;
                 }
@@ -450,9 +456,10 @@ impl Walker<'_> {
         macro_rules! end_command {
             () => {
                 if !words.is_empty() {
-                    self.simple(&words, &bare, depth);
+                    self.simple(&words, &bare, &named_quoted, depth);
                     words.clear();
                     bare.clear();
+                    named_quoted.clear();
                 }
             };
         }
@@ -484,6 +491,7 @@ impl Walker<'_> {
                 '\'' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     i += 1;
                     while i < chars.len() && chars[i] != '\'' {
                         word.push(chars[i]);
@@ -493,6 +501,7 @@ impl Walker<'_> {
                 '"' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     i += 1;
                     while i < chars.len() && chars[i] != '"' {
                         if chars[i] == '\\' && i + 1 < chars.len() {
@@ -521,6 +530,7 @@ impl Walker<'_> {
                 '\\' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     if let Some(n) = chars.get(i + 1) {
                         word.push(*n);
                     }
@@ -531,6 +541,7 @@ impl Walker<'_> {
                     word.extend(&chars[i..next.min(chars.len())]);
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     computed = true;
                     i = next;
                     continue;
@@ -574,11 +585,13 @@ impl Walker<'_> {
             i += 1;
         }
         if in_word {
+            let early = first_quote.is_some_and(|q| !word[..q].contains('='));
             if computed {
                 word.push(COMPUTED);
             }
             words.push(word);
             bare.push(!quoted);
+            named_quoted.push(early);
         }
         end_command!();
     }
@@ -608,7 +621,7 @@ impl Walker<'_> {
 
     /// One simple command of a script: reserved words first, then the command, without its
     /// redirections (which may stand anywhere in it).
-    fn simple(&mut self, words: &[String], bare: &[bool], depth: usize) {
+    fn simple(&mut self, words: &[String], bare: &[bool], named_quoted: &[bool], depth: usize) {
         let mut i = 0;
         while i < words.len() && bare[i] && RESERVED_PREFIX.contains(&words[i].as_str()) {
             i += 1;
@@ -617,15 +630,31 @@ impl Walker<'_> {
             return;
         }
         let mut kept = Vec::new();
+        let mut early = Vec::new();
         while i < words.len() {
             match redirection(&words[i]).filter(|_| bare[i]) {
                 Some(Operand::Next) => i += 2,
                 Some(Operand::Attached) => i += 1,
                 None => {
                     kept.push(words[i].clone());
+                    early.push(named_quoted.get(i).copied().unwrap_or(false));
                     i += 1;
                 }
             }
+        }
+        // A word like an assignment whose name is quoted is the command (`'x=/tmp/a'` runs
+        // the program at that relative path).
+        let settings = kept
+            .iter()
+            .zip(&early)
+            .take_while(|(w, q)| is_assignment(w) && !**q)
+            .count();
+        if let Some(word) = kept.get(settings).filter(|w| is_assignment(w)) {
+            for w in &kept[..settings] {
+                self.assignment(w);
+            }
+            self.push(&program_name(word.trim_end_matches(COMPUTED)), How::Plain);
+            return;
         }
         self.command(&kept, depth);
     }
