@@ -1164,6 +1164,7 @@ fn shell_exec_runs_only_the_programs_its_token_grants() {
         "echo `echo \\`sh -c id\\``",
         "echo \"$(echo ${x:-)}; sh -c id)\"",
         "echo \"$(case x in x) sh -c id;; esac)\"",
+        "for PATH in .; do cat x; done",
     ] {
         let (code, _, err) = run(&echo_cat, line);
         assert_eq!(code, 4, "{line:?}: {err}");

@@ -609,6 +609,29 @@ mod tests {
             ),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\"; sh -c id)\"", Deny),
             (ECHO_CAT, "echo \"$(echo \"$(echo ')')\" `echo )`)\"", Allow),
+            // for, read and getopts set the variables they name.
+            (ECHO_CAT, "for PATH in .; do cat x; done", Deny),
+            (ECHO_CAT, "for f in a b; do cat $f; done", Allow),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read PATH < f; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read -r LD_PRELOAD < f; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:getopts", "process.exec:cat"],
+                "getopts a: PATH; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read -r l < f; cat $l",
+                Allow,
+            ),
             // A quoted name makes a command of what looks like an assignment.
             (ECHO_CAT, "'x=/tmp/a' echo", Deny),
             (ECHO_CAT, "x\\=./sh echo", Deny),

@@ -211,6 +211,12 @@ impl Walker<'_> {
                         self.assignment(w);
                     }
                 }
+                // `read NAME…` and `getopts OPTS NAME` set the variables they name.
+                if matches!(name.as_str(), "read" | "getopts") {
+                    for w in rest.iter().filter(|w| !w.starts_with('-')) {
+                        self.assignment(&format!("{}=", w.trim_end_matches(COMPUTED)));
+                    }
+                }
             }
             Some(r) => match r.runs {
                 Runs::Code => {
@@ -627,6 +633,12 @@ impl Walker<'_> {
             i += 1;
         }
         if i < words.len() && bare[i] && RESERVED_WHOLE.contains(&words[i].as_str()) {
+            // `for NAME in …` sets NAME.
+            if words[i] == "for" {
+                if let Some(name) = words.get(i + 1) {
+                    self.assignment(&format!("{name}="));
+                }
+            }
             return;
         }
         let mut kept = Vec::new();
