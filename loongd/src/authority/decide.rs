@@ -632,6 +632,9 @@ mod tests {
                 "read -r l < f; cat $l",
                 Allow,
             ),
+            (ECHO_CAT, "echo ${LD_PRELOAD:=/tmp/x.so} | cat", Deny),
+            (ECHO_CAT, "echo \"${PATH=.}\"", Deny),
+            (ECHO_CAT, "echo ${x:=a} ${y=b} ${PATH:-.} | cat", Allow),
             // A quoted name makes a command of what looks like an assignment.
             (ECHO_CAT, "'x=/tmp/a' echo", Deny),
             (ECHO_CAT, "x\\=./sh echo", Deny),

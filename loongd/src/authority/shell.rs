@@ -429,6 +429,17 @@ impl Walker<'_> {
         if script.contains("\\\n") {
             self.refuse("continues a line with a backslash, which the shell rules do not read; write the command on one line".into());
         }
+        // `${NAME=value}` and `${NAME:=value}` set NAME as they expand.
+        for (at, _) in script.match_indices("${") {
+            let name: String = script[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let after = &script[at + 2 + name.len()..];
+            if !name.is_empty() && (after.starts_with('=') || after.starts_with(":=")) {
+                self.assignment(&format!("{name}="));
+            }
+        }
         let mut words: Vec<String> = Vec::new();
         // Whether each word was written without quotes or escapes (only those can be
         // reserved words).
