@@ -273,6 +273,19 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             );
         }
         tracing::error!(first_bad_seq = seq, problem, "the audit trail fails verification; starting anyway, as --accept-audit-integrity-failure asks");
+        // The first record of this run, so the checkpoint that signs the failed trail signs
+        // this note with it.
+        let failed = audit::Event::daemon(
+            audit::Kind::AuditIntegrityFailed,
+            serde_json::json!({
+                "first_bad_seq": seq, "problem": problem,
+                "witness_file": witness.display().to_string(),
+                "override": "--accept-audit-integrity-failure",
+            }),
+        );
+        runtime
+            .block_on(audit.record(failed))
+            .context("recording the accepted integrity failure in the audit trail")?;
     }
     let unenforceable: Vec<String> = match &spawner {
         Ok(s) => loong_sandbox::Tier::ALL
@@ -336,11 +349,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         );
         // One commit: the start, what the previous run left open, and an accepted failure.
         let mut events = vec![started];
-        events.extend(after_previous_run(
-            &kernel.audit.startup().previous,
-            integrity_failed.as_ref(),
-            &witness,
-        ));
+        events.extend(after_previous_run(&kernel.audit.startup().previous));
         kernel
             .audit
             .queue_all(events)
@@ -408,13 +417,9 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
 }
 
 /// The records that follow `daemon.started`: the previous run's unclean stop (right after
-/// it, as verification expects), an accepted integrity failure, and a `tool.failed` for each
-/// call the previous run left without an outcome.
-fn after_previous_run(
-    previous: &audit::PreviousRun,
-    integrity_failed: Option<&(u64, String)>,
-    witness: &std::path::Path,
-) -> Vec<audit::Event> {
+/// it, as verification expects) and a `tool.failed` for each call the previous run left
+/// without an outcome.
+fn after_previous_run(previous: &audit::PreviousRun) -> Vec<audit::Event> {
     let mut events = Vec::new();
     if let Some(started) = previous.unclean {
         events.push(audit::Event::daemon(
@@ -422,16 +427,6 @@ fn after_previous_run(
             serde_json::json!({
                 "previous_start_seq": started, "last_seq": previous.last_seq,
                 "dangling_calls": previous.dangling.len(),
-            }),
-        ));
-    }
-    if let Some((seq, problem)) = integrity_failed {
-        events.push(audit::Event::daemon(
-            audit::Kind::AuditIntegrityFailed,
-            serde_json::json!({
-                "first_bad_seq": seq, "problem": problem,
-                "witness_file": witness.display().to_string(),
-                "override": "--accept-audit-integrity-failure",
             }),
         ));
     }

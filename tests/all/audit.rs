@@ -208,7 +208,19 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
     let jsonl = dir.path().join("audit.jsonl");
     let sock_path = dir.path().join("log.sock");
     let syslog = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("syslog socket");
-    syslog.set_nonblocking(true).expect("nonblocking");
+    // A syslog daemon reads as messages come (a datagram queue holds only a few), until the
+    // test has what it needs.
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut messages = Vec::new();
+        while let Ok(n) = syslog.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        messages
+    });
     let config = format!(
         "[audit]\njsonl_file = \"{}\"\njsonl_failure = \"closed\"\nsyslog = true\nsyslog_socket = \"{}\"\n",
         jsonl.display(),
@@ -243,11 +255,7 @@ fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
         );
     }
     // Syslog got an RFC 5424 message per record.
-    let mut buf = [0u8; 65536];
-    let mut messages = Vec::new();
-    while let Ok(n) = syslog.recv(&mut buf) {
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let messages = reader.join().expect("syslog reader");
     assert!(
         messages.len() >= shipped.len(),
         "{} syslog messages for {} records",
@@ -507,7 +515,7 @@ fn a_trail_cut_back_to_an_older_checkpoint_is_refused_by_the_witness() {
 
 #[test]
 fn a_rewritten_and_rechained_span_with_its_checkpoints_deleted_is_refused() {
-    let (home, s1, s2) = two_runs("");
+    let (home, s1, _) = two_runs("");
     let c = db(&home);
     c.execute(
         "UPDATE audit SET detail = '{\"forged\":true}' WHERE seq = ?1",
@@ -517,12 +525,17 @@ fn a_rewritten_and_rechained_span_with_its_checkpoints_deleted_is_refused() {
     rechain(&c, s1 + 3);
     c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
         .expect("tamper");
-    refused_at(&home, s2, "no signed checkpoint covers the stop");
+    // The second run's first records lost the checkpoint loongd signs at every run's start.
+    refused_at(
+        &home,
+        s1 + 1,
+        "records follow a clean stop that no signed checkpoint covers",
+    );
 }
 
 #[test]
 fn a_middle_record_deleted_renumbered_and_rechained_without_checkpoints_is_refused() {
-    let (home, s1, _) = two_runs("");
+    let (home, _, _) = two_runs("");
     let c = db(&home);
     c.execute("DELETE FROM audit WHERE seq = 3", [])
         .expect("tamper");
@@ -535,7 +548,73 @@ fn a_middle_record_deleted_renumbered_and_rechained_without_checkpoints_is_refus
     }
     rechain(&c, 3);
     c.execute("DELETE FROM checkpoints", []).expect("tamper");
-    refused_at(&home, s1 - 1, "no signed checkpoint covers the stop");
+    let start = seqs(&c, "daemon.started")[0];
+    refused_at(&home, start, "no signed checkpoint covers the start");
+}
+
+#[test]
+fn a_run_appended_after_the_witnessed_clean_stop_is_refused() {
+    let (home, _, s2) = two_runs("");
+    let c = db(&home);
+    // A forged run, chained correctly after the signed and witnessed stop: its start cannot
+    // carry loongd's checkpoint.
+    c.execute_batch(&format!(
+        "INSERT INTO audit SELECT seq + 1, time_ms, 'daemon.started', actor, '', '{{}}', hash, hash FROM audit WHERE seq = {s2};
+         INSERT INTO audit SELECT seq + 1, time_ms, 'approval.resolved', 'uid:0', '', '{{\"approved\":true}}', hash, hash FROM audit WHERE seq = {s2} + 1;"
+    ))
+    .expect("append");
+    rechain(&c, s2 + 1);
+    refused_at(&home, s2 + 1, "no signed checkpoint covers the start");
+    // Positive control: without the forged run, the trail starts.
+    c.execute("DELETE FROM audit WHERE seq > ?1", [s2])
+        .expect("restore");
+    home.start();
+}
+
+#[test]
+fn a_configuration_pointed_at_a_fresh_witness_does_not_set_the_old_one_aside() {
+    let (home, s1, s2) = two_runs("");
+    let (old, new) = (
+        home.path().join("audit.witness"),
+        home.path().join("new.witness"),
+    );
+    let config = home.path().join("loongd.toml");
+    std::fs::write(
+        &config,
+        format!("[audit]\nwitness_file = \"{}\"\n", new.display()),
+    )
+    .expect("config");
+    // Positive control: the operator moves the witness with the configuration.
+    std::fs::copy(&old, &new).expect("copy");
+    std::fs::remove_file(&old).expect("move");
+    home.start();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    std::fs::copy(&new, &old).expect("copy back");
+    std::fs::write(&config, "").expect("config");
+    home.start();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    // The attack: the configuration names a fresh path, the database forgets the old one, and
+    // the trail is cut back to the first run; the old witness is still where it was.
+    let head = seqs(&db(&home), "daemon.stopped").pop().expect("stop");
+    std::fs::remove_file(&new).expect("stale");
+    std::fs::write(
+        &config,
+        format!("[audit]\nwitness_file = \"{}\"\n", new.display()),
+    )
+    .expect("config");
+    let c = db(&home);
+    c.execute("DELETE FROM audit WHERE seq > ?1", [s1])
+        .expect("tamper");
+    c.execute("DELETE FROM checkpoints WHERE seq > ?1", [s1])
+        .expect("tamper");
+    c.execute("DELETE FROM meta WHERE key = 'witness_file'", [])
+        .expect("tamper");
+    assert!(head > s2);
+    refused_at(
+        &home,
+        head,
+        &format!("but the database ends at record {s1} (the trail was truncated)"),
+    );
 }
 
 #[test]

@@ -1317,6 +1317,19 @@ fn shell_exec_runs_only_the_programs_its_token_grants() {
             "{smuggled}: {err}"
         );
     }
+    // Lines /bin/sh reads otherwise than a naive reader did: each ran sh before.
+    for line in [
+        "echo\r#;sh -c id",
+        "$(echo 'sh -c id ')echo",
+        "x='5 sh -c id'; nice -n $x cat",
+        "echo `echo \\`sh -c id\\``",
+        "echo \"$(echo ${x:-)}; sh -c id)\"",
+        "echo \"$(case x in x) sh -c id;; esac)\"",
+        "for PATH in .; do cat x; done",
+    ] {
+        let (code, _, err) = run(&echo_cat, line);
+        assert_eq!(code, 4, "{line:?}: {err}");
+    }
     // Positive control: a token that grants sh itself runs it.
     let with_sh = issue(&["process.exec:echo", "process.exec:sh"]);
     let (code, out, err) = run(&with_sh, "echo 'echo from-sh' | sh");

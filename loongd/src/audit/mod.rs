@@ -411,8 +411,8 @@ mod tests {
         let r = verify_at(dir.path());
         assert_eq!(r.first_bad, None);
         assert_eq!(r.records, 600);
-        // Periodic checkpoints at 256 and 512, and the final one at 600.
-        assert_eq!(r.checkpoints, 3);
+        // The run's first record, periodic checkpoints at 256 and 512, and the final one at 600.
+        assert_eq!(r.checkpoints, 4);
     }
 
     #[test]
@@ -554,9 +554,9 @@ mod tests {
     #[test]
     fn a_clean_stop_carries_its_checkpoint_and_one_without_it_is_found() {
         let (dir, db) = runs(2, 5);
-        // Positive control: each stop (records 5 and 10) is signed.
+        // Positive control: each start and stop (records 1, 5, 6 and 10) is signed.
         let r = verify_at(dir.path());
-        assert_eq!((r.first_bad, r.checkpoints), (None, 2));
+        assert_eq!((r.first_bad, r.checkpoints), (None, 4));
         Connection::open(&db)
             .expect("db")
             .execute("DELETE FROM checkpoints WHERE seq = 5", [])
@@ -602,7 +602,7 @@ mod tests {
         // Rebuild the chain without the daemon.unclean_stop (record 4).
         let c = Connection::open(dir.path().join(DB_FILE)).expect("db");
         c.execute_batch(
-            "DELETE FROM audit WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; DELETE FROM checkpoints;",
+            "DELETE FROM audit WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; DELETE FROM checkpoints WHERE seq >= 4;",
         )
         .expect("tamper");
         rechain(&c, 4, 4);
@@ -637,6 +637,111 @@ mod tests {
         .expect("append");
         let tail = verify_scope(&c, &key.verifying(), Scope::Tail).expect("verifies");
         assert_eq!(tail.first_bad.map(|b| b.0), Some(11));
+    }
+
+    /// Appends a record of `kind` chained to the head, as someone without the key can.
+    fn append(c: &Connection, kind: Kind) -> i64 {
+        let head: i64 = c
+            .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+            .expect("head");
+        let (seq, prev) = (head + 1, hash_of(c, head));
+        let detail = "{\"forged\":true}";
+        let h = chain_hash(
+            &prev,
+            &canonical(seq as u64, 1, kind.as_str(), "uid:0", "", detail),
+        );
+        c.execute(
+            "INSERT INTO audit VALUES (?1, 1, ?2, 'uid:0', '', ?3, ?4, ?5)",
+            params![seq, kind.as_str(), detail, prev.as_slice(), h.as_slice()],
+        )
+        .expect("append");
+        seq
+    }
+
+    fn tail_first_bad(dir: &Path) -> Option<(u64, String)> {
+        let key = AuditKey::load_or_create(&dir.join("keys")).expect("key");
+        let c = Connection::open(dir.join(DB_FILE)).expect("db");
+        verify_scope(&c, &key.verifying(), Scope::Tail)
+            .expect("verifies")
+            .first_bad
+    }
+
+    #[test]
+    fn records_appended_after_a_clean_stop_are_found() {
+        // A forged run (its start cannot be signed) and forged records without a start, each
+        // chained correctly after the signed stop at 5.
+        for kinds in [
+            &[Kind::DaemonStarted, Kind::ApprovalResolved][..],
+            &[Kind::ApprovalResolved, Kind::TokenRevoked][..],
+            &[
+                Kind::ProfileLoaded,
+                Kind::DaemonStarted,
+                Kind::DaemonUncleanStop,
+            ][..],
+        ] {
+            let (dir, db) = runs(1, 5);
+            assert_eq!(first_bad(dir.path()), None);
+            let c = Connection::open(&db).expect("db");
+            for k in kinds {
+                append(&c, *k);
+            }
+            for (scope, bad) in [
+                ("full", first_bad(dir.path())),
+                ("tail", tail_first_bad(dir.path())),
+            ] {
+                let (seq, why) = bad.unwrap_or_else(|| panic!("{kinds:?} {scope}: not found"));
+                assert_eq!(seq, 6, "{kinds:?} {scope}: {why}");
+                assert!(why.contains("no signed checkpoint covers"), "{why}");
+            }
+        }
+        // Positive control: loongd's own next run (its first records signed) verifies.
+        let (dir, _) = runs(2, 5);
+        assert_eq!(tail_first_bad(dir.path()), None);
+    }
+
+    #[test]
+    fn a_trigger_or_view_slipped_into_the_database_stops_the_open() {
+        for (kind, sql) in [
+            ("trigger", "CREATE TRIGGER drop_exits BEFORE INSERT ON audit WHEN NEW.kind = 'sandbox.exited' BEGIN SELECT RAISE(IGNORE); END"),
+            ("view", "CREATE VIEW recent AS SELECT * FROM audit"),
+            ("table", "CREATE TABLE extra (x)"),
+            (
+                "index",
+                "ALTER TABLE audit RENAME TO old; CREATE TABLE audit (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, correlation TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL, UNIQUE (kind, actor) ON CONFLICT IGNORE); INSERT INTO audit SELECT * FROM old; DROP TABLE old",
+            ),
+        ] {
+            let (dir, db) = trail(3);
+            // Positive control: the untouched trail opens again.
+            open(dir.path()).expect("opens");
+            Connection::open(&db)
+                .expect("db")
+                .execute_batch(sql)
+                .expect("tamper");
+            let e = open(dir.path()).expect_err("refused").to_string();
+            assert!(
+                e.contains("holds an object loongd did not create") && e.contains(kind),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_numbered_below_one_is_found() {
+        for seq in [0, -7] {
+            let (dir, db) = trail(10);
+            Connection::open(&db)
+                .expect("db")
+                .execute(
+                    "INSERT INTO audit SELECT ?1, time_ms, kind, actor, correlation, '{\"forged\":1}', prev_hash, hash FROM audit WHERE seq = 3",
+                    [seq],
+                )
+                .expect("tamper");
+            for bad in [first_bad(dir.path()), tail_first_bad(dir.path())] {
+                let (at, why) = bad.expect("found");
+                assert_eq!(at, 0);
+                assert!(why.contains(&format!("numbered {seq}")), "{why}");
+            }
+        }
     }
 
     fn hash_of(c: &Connection, seq: i64) -> [u8; 32] {

@@ -38,6 +38,12 @@ pub enum AuditError {
     Commit(String),
     #[error("the audit writer has stopped")]
     Stopped,
+    #[error("audit database {} holds an object loongd did not create ({kind} {name}), which could change or drop records as they are written; remove it, then verify the trail", path.display())]
+    Foreign {
+        path: PathBuf,
+        kind: String,
+        name: String,
+    },
     #[error("{0}; set audit.witness_file to a writable path (ideally on another file system)")]
     Witness(#[from] witness::WitnessError),
 }
@@ -206,6 +212,23 @@ impl Audit {
         conn.pragma_update(None, "synchronous", sync)
             .map_err(db_err(db))?;
         conn.execute_batch(SCHEMA).map_err(db_err(db))?;
+        // Only loongd's tables and indexes: a trigger, or a constraint's index with ON
+        // CONFLICT IGNORE, slipped in while loongd was stopped would run inside every append.
+        let foreign: Option<(String, String)> = conn
+            .query_row(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') OR (type = 'table' AND name NOT IN ('audit', 'checkpoints', 'meta')) OR (type = 'index' AND name NOT IN ('audit_kind', 'sqlite_autoindex_meta_1')) LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err(db))?;
+        if let Some((kind, name)) = foreign {
+            return Err(AuditError::Foreign {
+                path: db.to_path_buf(),
+                kind,
+                name,
+            });
+        }
         let tail: Option<(i64, Vec<u8>)> = conn
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -476,14 +499,16 @@ fn writer(
             continue;
         }
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
+        // This run's first records are signed at once: records after a clean stop that no
+        // checkpoint covers were not written by loongd.
+        let first = !appended && !events.is_empty();
         appended |= !events.is_empty();
         match commit(
             &mut conn,
             &key,
             &events,
-            last_seq,
-            last_hash,
-            shutdown.is_some() && appended,
+            (last_seq, last_hash),
+            first || (shutdown.is_some() && appended),
         ) {
             Ok((seq, hash, records, signed)) => {
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
@@ -553,14 +578,15 @@ fn take(
 /// the newest checkpoint it signed.
 type Committed = (u64, [u8; 32], Vec<Record>, Option<Witness>);
 
-/// Appends `events` in one transaction; returns the new tail. Nothing changes on error.
+/// Appends `events` in one transaction after the tail `(seq, hash)`, signing a checkpoint at
+/// every multiple of [`CHECKPOINT_EVERY`], every `daemon.started` and `daemon.stopped`, and at
+/// the end when `sign_last`; returns the new tail. Nothing changes on error.
 fn commit(
     conn: &mut Connection,
     key: &AuditKey,
     events: &[&Event],
-    mut seq: u64,
-    mut hash: [u8; 32],
-    final_checkpoint: bool,
+    (mut seq, mut hash): (u64, [u8; 32]),
+    sign_last: bool,
 ) -> rusqlite::Result<Committed> {
     let tx = conn.transaction()?;
     let mut records = Vec::with_capacity(events.len());
@@ -634,12 +660,15 @@ fn commit(
                 hash,
             });
             // A clean stop carries its own checkpoint, in its own transaction, so that no
-            // crash can leave a `daemon.stopped` unsigned.
-            if seq.is_multiple_of(CHECKPOINT_EVERY) || e.kind == Kind::DaemonStopped {
+            // crash can leave a `daemon.stopped` unsigned; a start carries one too, so that a
+            // run appended by someone else after a clean stop cannot pass for loongd's.
+            if seq.is_multiple_of(CHECKPOINT_EVERY)
+                || matches!(e.kind, Kind::DaemonStopped | Kind::DaemonStarted)
+            {
                 sign(seq, &hash, time)?;
             }
         }
-        if final_checkpoint && seq > 0 {
+        if sign_last && seq > 0 {
             sign(seq, &hash, crate::now_ms())?;
         }
     }
@@ -693,6 +722,25 @@ fn integrity(
             }
         }
         Err(e) => report.bad(at, e.to_string()),
+    }
+    // The witness the newest start named, when the configuration now names another: a
+    // configuration pointed at a fresh path (and the database's note of the old one
+    // deleted) must not set aside the witness kept out of reach. One the operator moved
+    // away is gone, and is not asked for.
+    let named: Option<String> = conn
+        .query_row(
+            "SELECT json_extract(detail, '$.audit_witness') FROM audit WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+            [super::Kind::DaemonStarted.as_str()],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(old) = named.filter(|n| Path::new(n) != path) {
+        match witness::read(Path::new(&old)) {
+            Ok(Some(w)) => super::verify::check_witness(conn, key, &w, &mut report)?,
+            Ok(None) => {}
+            Err(e) => report.bad(at, e.to_string()),
+        }
     }
     Ok(report)
 }

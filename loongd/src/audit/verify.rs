@@ -70,6 +70,35 @@ pub fn verify_scope(
             })?
             .map_or(0, |s| s as u64),
     };
+    // Rows no walk reads (sequence numbers start at 1) would still be listed and exported.
+    let stray: Option<i64> =
+        conn.query_row("SELECT MAX(seq) FROM audit WHERE seq < 1", [], |r| r.get(0))?;
+    if let Some(s) = stray {
+        report.bad(
+            0,
+            format!("a record numbered {s} is stored, but records are numbered from 1 (it was inserted)"),
+        );
+    }
+    // A break loongd was told to accept stays reported by the full walk: a trail cut back
+    // with its checkpoints is consistent again once the next checkpoint is signed.
+    if scope == Scope::Full {
+        let accepted: Option<(i64, Option<i64>, Option<String>)> = conn
+            .query_row(
+                "SELECT seq, json_extract(detail, '$.first_bad_seq'), json_extract(detail, '$.problem') FROM audit WHERE kind = ?1 ORDER BY seq LIMIT 1",
+                [Kind::AuditIntegrityFailed.as_str()],
+                |r| Ok((r.get(0)?, r.get(1).ok().flatten(), r.get(2).ok().flatten())),
+            )
+            .optional()?;
+        if let Some((at, bad, problem)) = accepted {
+            report.bad(
+                bad.map_or(at as u64, |b| b.max(0) as u64),
+                format!(
+                    "{} (loongd was started over this failure with --accept-audit-integrity-failure, recorded as audit.integrity_failed at record {at})",
+                    problem.unwrap_or_else(|| "the trail failed verification".into())
+                ),
+            );
+        }
+    }
     let signed = checkpoints(conn, key, from, &mut report)?;
     let head = walk(conn, from, &signed, &mut report)?;
     for (&seq, _) in signed.range(head.max(from) + 1..) {
@@ -135,11 +164,11 @@ pub(super) fn signature_holds(key: &VerifyingKey, seq: u64, hash: &[u8; 32], sig
     })
 }
 
-/// Where a walk starts: the record before the first one read and whether loongd was
-/// running there (started, not yet stopped).
-fn start_of(conn: &Connection, from: u64) -> rusqlite::Result<Option<([u8; 32], bool)>> {
+/// Where a walk starts: the record before the first one read, and whether loongd was
+/// running there (started, not yet stopped) or had stopped cleanly.
+fn start_of(conn: &Connection, from: u64) -> rusqlite::Result<Option<([u8; 32], Run)>> {
     if from == 0 {
-        return Ok(Some(([0u8; 32], false)));
+        return Ok(Some(([0u8; 32], Run::Unknown)));
     }
     let prev: Option<Vec<u8>> = conn
         .query_row(
@@ -159,8 +188,24 @@ fn start_of(conn: &Connection, from: u64) -> rusqlite::Result<Option<([u8; 32], 
             |r| r.get(0),
         )
         .optional()?;
-    let running = last.as_deref() == Some(Kind::DaemonStarted.as_str());
-    Ok(prev.map(|v| (super::store::hash32(v), running)))
+    let run = match last.as_deref() {
+        Some(k) if k == Kind::DaemonStarted.as_str() => Run::Running,
+        Some(k) if k == Kind::DaemonStopped.as_str() => Run::Stopped,
+        _ => Run::Unknown,
+    };
+    Ok(prev.map(|v| (super::store::hash32(v), run)))
+}
+
+/// Where the trail was, as far as loongd's runs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Before any `daemon.started`.
+    Unknown,
+    /// After a `daemon.started`, before its `daemon.stopped`.
+    Running,
+    /// After a `daemon.stopped`: loongd appends nothing until it starts again, and signs the
+    /// first records of its next run.
+    Stopped,
 }
 
 /// Walks the records after `from`; returns the head (the last sequence number read in order).
@@ -170,7 +215,7 @@ fn walk(
     signed: &BTreeMap<u64, [u8; 32]>,
     report: &mut VerifyReport,
 ) -> rusqlite::Result<u64> {
-    let Some((mut prev, mut running)) = start_of(conn, from)? else {
+    let Some((mut prev, mut run)) = start_of(conn, from)? else {
         report.bad(
             from,
             "a signed checkpoint covers it, but it is missing (the trail was truncated)".into(),
@@ -196,6 +241,9 @@ fn walk(
     let mut expected = from + 1;
     // A `daemon.started` after an unstopped run, waiting for its `daemon.unclean_stop`.
     let mut unclean_start: Option<u64> = None;
+    // The first record after a clean stop that no checkpoint covers yet.
+    let mut unsigned_after_stop: Option<u64> = None;
+    const AFTER_STOP: &str = "records follow a clean stop that no signed checkpoint covers, though loongd signs the first records of every run (they were appended by someone else)";
     while let Some(row) = rows.next()? {
         let r = read_record(row)?;
         report.records += 1;
@@ -231,6 +279,12 @@ fn walk(
             );
             break;
         }
+        if run == Run::Stopped && r.kind != Kind::DaemonStopped.as_str() {
+            unsigned_after_stop.get_or_insert(r.seq);
+        }
+        if signed.contains_key(&r.seq) {
+            unsigned_after_stop = None;
+        }
         match signed.get(&r.seq) {
             Some(c) if *c == h => report.checkpoints += 1,
             Some(_) => report.bad(
@@ -245,18 +299,27 @@ fn walk(
             }
         }
         if r.kind == Kind::DaemonStarted.as_str() {
-            if running {
+            if !signed.contains_key(&r.seq) {
+                report.bad(r.seq, "loongd started here, but no signed checkpoint covers the start (loongd signs every start: the run was appended by someone else, or its checkpoint deleted)".into());
+            }
+            if let Some(s) = unsigned_after_stop.take() {
+                report.bad(s, AFTER_STOP.into());
+            }
+            if run == Run::Running {
                 unclean_start = Some(r.seq);
             }
-            running = true;
+            run = Run::Running;
         } else if r.kind == Kind::DaemonStopped.as_str() {
-            running = false;
+            run = Run::Stopped;
             if !signed.contains_key(&r.seq) {
                 report.bad(r.seq, "loongd stopped cleanly here, but no signed checkpoint covers the stop (checkpoints were deleted or the chain rebuilt)".into());
             }
         }
         prev = h;
         expected += 1;
+    }
+    if let Some(s) = unsigned_after_stop {
+        report.bad(s, AFTER_STOP.into());
     }
     if let Some(started) = unclean_start {
         report.bad(started, "loongd started after a run that did not stop cleanly, but no daemon.unclean_stop follows (records were removed or the chain rebuilt)".into());

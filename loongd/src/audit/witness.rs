@@ -110,6 +110,22 @@ fn temporary(path: &Path) -> PathBuf {
     dir.join(format!(".{name}.tmp"))
 }
 
+/// Creates the temporary file afresh: whatever is at its name (a file left by a crash, or a
+/// symlink planted while loongd was stopped) is unlinked, never followed, and the new file is
+/// created exclusively.
+fn create_temporary(tmp: &Path) -> std::io::Result<fs::File> {
+    match fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+}
+
 /// Checks that a witness can be written at `path` (its directory exists and is writable), so
 /// that a misplaced witness stops loongd's start instead of its first checkpoint.
 pub fn probe(path: &Path) -> Result<(), WitnessError> {
@@ -118,13 +134,7 @@ pub fn probe(path: &Path) -> Result<(), WitnessError> {
         path: path.to_path_buf(),
         source,
     };
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    create_temporary(&tmp).map_err(io)?;
     fs::remove_file(&tmp).map_err(io)
 }
 
@@ -136,13 +146,7 @@ pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temporary(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    let mut f = create_temporary(&tmp).map_err(io)?;
     f.write_all(format!("{}\n", w.to_json()).as_bytes())
         .map_err(io)?;
     f.sync_all().map_err(io)?;
@@ -177,6 +181,30 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("audit.witness")]);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.witness");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").expect("victim");
+        let tmp = temporary(&path);
+        for step in ["probe", "write"] {
+            std::os::unix::fs::symlink(&victim, &tmp).expect("plant");
+            if step == "probe" {
+                probe(&path).expect("writable");
+            } else {
+                write(&path, &sample()).expect("writes");
+            }
+            assert_eq!(
+                fs::read_to_string(&victim).expect("victim"),
+                "keep",
+                "{step}"
+            );
+        }
+        assert_eq!(read(&path).expect("reads"), Some(sample()));
+        assert!(!fs::symlink_metadata(&path).expect("witness").is_symlink());
     }
 
     #[test]

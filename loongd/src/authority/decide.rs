@@ -672,6 +672,87 @@ mod tests {
             (ECHO_CAT, "echo `echo ')'; sh`", Deny),
             (ECHO_CAT, "echo hi &>x sh -c id", Deny),
             (ECHO_CAT, "echo $'\\''; sh -c id; echo '", Deny),
+            // Blanks are space and tab only: another space-like character is part of a word,
+            // so a `#` after it starts no comment.
+            (ECHO_CAT, "echo\r#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{b}#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{a0}#;sh -c id", Deny),
+            (ECHO_CAT, "echo\u{c}# x\nsh", Deny),
+            // A word the shell computes names no granted program, and splits or globs into
+            // other words before a wrapper's command.
+            (ECHO_CAT, "$(echo 'sh -c id ')echo", Deny),
+            (ECHO_CAT, "c$(echo)at f", Deny),
+            (ECHO_CAT, "\"$(echo /tmp/)cat\" f", Deny),
+            (ECHO_CAT, "`echo /tmp/`echo", Deny),
+            (ECHO_CAT, "x='5 sh -c id'; nice -n $x cat", Deny),
+            (ECHO_CAT, "nice -n * cat", Deny),
+            (ECHO_CAT, "env -i$(echo ' sh -c id') cat", Deny),
+            (ECHO_CAT, "timeout ${T} cat f", Deny),
+            (ECHO_CAT, "nice -n \"$x\" cat f", Allow),
+            (ECHO_CAT, "nice -n 5 cat $x *", Allow),
+            (ECHO_CAT, "FOO=$(echo a) echo $FOO", Allow),
+            // Nested backticks are unescaped before their command is read; a `case` pattern's
+            // `)` does not end a substitution; a line continuation is not read.
+            (ECHO_CAT, "echo `echo \\`sh -c id\\``", Deny),
+            (ECHO_CAT, "echo \"$(case x in x) sh -c id;; esac)\"", Deny),
+            (
+                ECHO_CAT,
+                "cat <\\\n<EOF\necho '\nEOF\nsh -c id\necho '",
+                Deny,
+            ),
+            (ECHO_CAT, "echo `echo \\`echo hi\\``", Allow),
+            (ECHO_CAT, "echo \"$(echo x)\" '\\\n'", Deny),
+            (ECHO_CAT, "echo a\0", Deny),
+            // A `)` inside a parameter expansion, backticks or a nested quoted substitution
+            // does not end the substitution around it.
+            (ECHO_CAT, "echo \"$(echo ${x:-)}; sh -c id)\"", Deny),
+            (
+                ECHO_CAT,
+                "echo \"$(echo `echo )`; sh -c id; echo `echo x`)\"",
+                Deny,
+            ),
+            (ECHO_CAT, "echo \"$(echo \"$(echo ')')\"; sh -c id)\"", Deny),
+            (ECHO_CAT, "echo \"$(echo \"$(echo ')')\" `echo )`)\"", Allow),
+            // for, read and getopts set the variables they name.
+            (ECHO_CAT, "for PATH in .; do cat x; done", Deny),
+            (ECHO_CAT, "for f in a b; do cat $f; done", Allow),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read PATH < f; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read -r LD_PRELOAD < f; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:getopts", "process.exec:cat"],
+                "getopts a: PATH; cat x",
+                Deny,
+            ),
+            (
+                &["process.exec:read", "process.exec:cat"],
+                "read -r l < f; cat $l",
+                Allow,
+            ),
+            (ECHO_CAT, "echo ${LD_PRELOAD:=/tmp/x.so} | cat", Deny),
+            (ECHO_CAT, "echo \"${PATH=.}\"", Deny),
+            (ECHO_CAT, "echo ${x:=a} ${y=b} ${PATH:-.} | cat", Allow),
+            // A quoted name makes a command of what looks like an assignment.
+            (ECHO_CAT, "'x=/tmp/a' echo", Deny),
+            (ECHO_CAT, "x\\=./sh echo", Deny),
+            (ECHO_CAT, "\"x\"=./sh cat f", Deny),
+            (ECHO_CAT, "x='./sh' cat f", Allow),
+            (ECHO_CAT, "x=\"$(echo a)\" y=`echo b` echo", Allow),
+            // Quotes inside a double-quoted ${…} are quotes or text by operator in /bin/sh.
+            (ECHO_CAT, "echo \"${x:-\"'\"}\"; sh -c id; echo \"'\"", Deny),
+            (
+                ECHO_CAT,
+                "echo \"$(echo \"${x:-\"'\"}\"; sh -c id; echo \"'\")\"",
+                Deny,
+            ),
+            (ECHO_CAT, "echo \"${x:-a}${HOME}\" | cat", Allow),
             // Other grants.
             (
                 &["process.exec:find", "process.exec:cat"],
@@ -704,6 +785,51 @@ mod tests {
                 Allow,
             ),
             (&["process.exec:sudo", "process.exec:echo"], "sudo sh", Deny),
+            // A privileged wrapper named without a program runs a shell ($SHELL, else sh).
+            (
+                &["process.exec:unshare", "process.exec:echo"],
+                "echo id | unshare -r",
+                Deny,
+            ),
+            (
+                &["process.exec:nsenter", "process.exec:echo"],
+                "echo id | nsenter -t 1 -a",
+                Deny,
+            ),
+            (
+                &["process.exec:chroot", "process.exec:echo"],
+                "echo id | chroot /",
+                Deny,
+            ),
+            (
+                &["process.exec:doas", "process.exec:echo"],
+                "echo id | doas -s",
+                Deny,
+            ),
+            (
+                &["process.exec:unshare", "process.exec:echo"],
+                "unshare -r echo hi",
+                Allow,
+            ),
+            (
+                &[
+                    "process.exec:unshare",
+                    "process.exec:sh",
+                    "process.exec:echo",
+                ],
+                "echo id | unshare -r",
+                Allow,
+            ),
+            (
+                &["process.exec:flock", "process.exec:echo"],
+                "SHELL=/usr/bin/python3 flock -c 'echo hi' f",
+                Deny,
+            ),
+            (
+                &["process.exec:flock", "process.exec:echo"],
+                "flock -c 'echo hi' f",
+                Allow,
+            ),
             (
                 &["process.exec:busybox", "process.exec:echo"],
                 "busybox echo hi",

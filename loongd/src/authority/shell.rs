@@ -31,6 +31,7 @@ pub const SYSTEM_DIRS: &[&str] = &[
 /// command line that sets one is denied, whatever the grants.
 pub const EXEC_VARIABLES: &[&str] = &[
     "PATH",
+    "SHELL",
     "ENV",
     "BASH_ENV",
     "IFS",
@@ -42,6 +43,12 @@ pub const EXEC_VARIABLES: &[&str] = &[
 ];
 /// Prefixes of such variables (the dynamic loader's, bash's exported functions).
 pub const EXEC_VARIABLE_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_"];
+/// Marks a script's word whose value the shell computes (an unquoted `$…`, substitution or
+/// glob): it may become other words, or none, when the shell splits and globs it. No script
+/// holds it (one with a NUL byte is refused), and no program name ends with it.
+const COMPUTED: char = '\0';
+/// The characters that separate words, as /bin/sh reads a line (a newline ends a command).
+const BLANKS: [char; 2] = [' ', '\t'];
 /// Builtins whose `NAME=value` arguments set variables.
 const SETTERS: &[&str] = &["export", "declare", "typeset", "local", "readonly"];
 /// Reserved words that may start a command and are followed by one.
@@ -194,7 +201,7 @@ impl Walker<'_> {
             i += 1;
         }
         let Some(first) = words.get(i) else { return };
-        let name = program_name(first);
+        let name = program_name(first.trim_end_matches(COMPUTED));
         let rest = &words[i + 1..];
         match self.runners.get(&name) {
             None => {
@@ -202,6 +209,12 @@ impl Walker<'_> {
                 if SETTERS.contains(&name.as_str()) {
                     for w in rest.iter().filter(|w| is_assignment(w)) {
                         self.assignment(w);
+                    }
+                }
+                // `read NAME…` and `getopts OPTS NAME` set the variables they name.
+                if matches!(name.as_str(), "read" | "getopts") {
+                    for w in rest.iter().filter(|w| !w.starts_with('-')) {
+                        self.assignment(&format!("{}=", w.trim_end_matches(COMPUTED)));
                     }
                 }
             }
@@ -257,6 +270,15 @@ impl Walker<'_> {
                 continue;
             }
             break;
+        }
+        // A computed word before the program may split or glob into other words (`nice -n
+        // $x cat` with x='5 sh'): which program runs cannot be read.
+        if rest[..i.min(rest.len())]
+            .iter()
+            .any(|w| w.ends_with(COMPUTED))
+        {
+            self.push(name, How::Code);
+            return;
         }
         i += r.positionals.saturating_sub(operands);
         if i < rest.len() {
@@ -399,20 +421,50 @@ impl Walker<'_> {
             self.refuse(format!("nests programs more than {MAX_DEPTH} deep"));
             return;
         }
+        if script.contains('\0') {
+            self.refuse("holds a NUL byte, which no shell reads".into());
+        }
+        // `\` before a line break joins the lines before anything else is read, so it can
+        // make `<<`, `$(` or a quote out of what is read here as two words.
+        if script.contains("\\\n") {
+            self.refuse("continues a line with a backslash, which the shell rules do not read; write the command on one line".into());
+        }
+        // `${NAME=value}` and `${NAME:=value}` set NAME as they expand.
+        for (at, _) in script.match_indices("${") {
+            let name: String = script[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let after = &script[at + 2 + name.len()..];
+            if !name.is_empty() && (after.starts_with('=') || after.starts_with(":=")) {
+                self.assignment(&format!("{name}="));
+            }
+        }
         let mut words: Vec<String> = Vec::new();
         // Whether each word was written without quotes or escapes (only those can be
         // reserved words).
         let mut bare: Vec<bool> = Vec::new();
+        // Whether each word has quotes or escapes before its first `=`: `'x=/tmp/a'` is a
+        // command to the shell, not an assignment.
+        let mut named_quoted: Vec<bool> = Vec::new();
+        let mut first_quote: Option<usize> = None;
         let mut word = String::new();
         let mut in_word = false;
         let mut quoted = false;
         let chars: Vec<char> = script.chars().collect();
         let mut i = 0;
+        // Whether the current word holds an unquoted expansion.
+        let mut computed = false;
         macro_rules! flush_word {
             () => {
                 if in_word {
+                    let early = first_quote.take().is_some_and(|q| !word[..q].contains('='));
+                    if std::mem::take(&mut computed) {
+                        word.push(COMPUTED);
+                    }
                     words.push(std::mem::take(&mut word));
                     bare.push(!quoted);
+                    named_quoted.push(early);
                     in_word = false;
                     quoted = false;
                 }
@@ -421,9 +473,10 @@ impl Walker<'_> {
         macro_rules! end_command {
             () => {
                 if !words.is_empty() {
-                    self.simple(&words, &bare, depth);
+                    self.simple(&words, &bare, &named_quoted, depth);
                     words.clear();
                     bare.clear();
+                    named_quoted.clear();
                 }
             };
         }
@@ -455,6 +508,7 @@ impl Walker<'_> {
                 '\'' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     i += 1;
                     while i < chars.len() && chars[i] != '\'' {
                         word.push(chars[i]);
@@ -464,16 +518,25 @@ impl Walker<'_> {
                 '"' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     i += 1;
                     while i < chars.len() && chars[i] != '"' {
                         if chars[i] == '\\' && i + 1 < chars.len() {
+                            // Inside double quotes a backslash escapes only these.
+                            if !"$`\"\\\n".contains(chars[i + 1]) {
+                                word.push('\\');
+                            }
                             word.push(chars[i + 1]);
                             i += 2;
                             continue;
                         }
+                        if quoted_param(&chars, i) {
+                            self.refuse(Trouble::QuoteInParam.why());
+                        }
                         if chars[i] == '`' || (chars[i] == '$' && chars.get(i + 1) == Some(&'(')) {
-                            let (inner, next) = substitution(&chars, i);
-                            self.script(&inner, depth + 1);
+                            let next = self.substitute(&chars, i, true, depth);
+                            // The word keeps the substitution's text: it names no program.
+                            word.extend(&chars[i..next.min(chars.len())]);
                             i = next;
                             continue;
                         }
@@ -484,18 +547,27 @@ impl Walker<'_> {
                 '\\' => {
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
                     if let Some(n) = chars.get(i + 1) {
                         word.push(*n);
                     }
                     i += 1;
                 }
                 '`' | '$' if c == '`' || chars.get(i + 1) == Some(&'(') => {
-                    let (inner, next) = substitution(&chars, i);
-                    self.script(&inner, depth + 1);
+                    let next = self.substitute(&chars, i, false, depth);
+                    word.extend(&chars[i..next.min(chars.len())]);
                     in_word = true;
                     quoted = true;
+                    first_quote.get_or_insert(word.len());
+                    computed = true;
                     i = next;
                     continue;
+                }
+                // A parameter expansion or a glob: the shell computes the word.
+                '$' | '*' | '?' | '[' => {
+                    in_word = true;
+                    computed = true;
+                    word.push(c);
                 }
                 // Redirections `2>&1`, `<&0` and `>|file` are words, not separators. (`&>` is
                 // bash's; /bin/sh reads `a &>f b` as `a &` then `>f b`, so `&` stays one.)
@@ -512,7 +584,7 @@ impl Walker<'_> {
                     if in_word
                         || !chars
                             .get(i + 1)
-                            .is_none_or(|n| n.is_whitespace() || ";|&)".contains(*n)) =>
+                            .is_none_or(|n| BLANKS.contains(n) || ";|&)\n".contains(*n)) =>
                 {
                     in_word = true;
                     word.push(c);
@@ -521,7 +593,7 @@ impl Walker<'_> {
                     flush_word!();
                     end_command!();
                 }
-                c if c.is_whitespace() => flush_word!(),
+                c if BLANKS.contains(&c) => flush_word!(),
                 c => {
                     in_word = true;
                     word.push(c);
@@ -530,32 +602,82 @@ impl Walker<'_> {
             i += 1;
         }
         if in_word {
+            let early = first_quote.is_some_and(|q| !word[..q].contains('='));
+            if computed {
+                word.push(COMPUTED);
+            }
             words.push(word);
             bare.push(!quoted);
+            named_quoted.push(early);
         }
         end_command!();
     }
 
+    /// Decides the substitution starting at `chars[i]` (inside double quotes or not); the
+    /// index after it.
+    fn substitute(&mut self, chars: &[char], i: usize, in_quotes: bool, depth: usize) -> usize {
+        let mut trouble = None;
+        let (inner, next) = nested(chars, i, in_quotes, 0, &mut trouble);
+        if depth >= MAX_DEPTH {
+            trouble = Some(Trouble::TooDeep);
+        }
+        if let Some(why) = trouble {
+            self.refuse(why.why());
+            return next;
+        }
+        if chars[i] == '$'
+            && inner
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == "case")
+        {
+            self.refuse("uses case inside $(…), whose patterns end in `)`, which the shell rules do not read; use if, or backticks".into());
+        }
+        self.script(&inner, depth + 1);
+        next
+    }
+
     /// One simple command of a script: reserved words first, then the command, without its
     /// redirections (which may stand anywhere in it).
-    fn simple(&mut self, words: &[String], bare: &[bool], depth: usize) {
+    fn simple(&mut self, words: &[String], bare: &[bool], named_quoted: &[bool], depth: usize) {
         let mut i = 0;
         while i < words.len() && bare[i] && RESERVED_PREFIX.contains(&words[i].as_str()) {
             i += 1;
         }
         if i < words.len() && bare[i] && RESERVED_WHOLE.contains(&words[i].as_str()) {
+            // `for NAME in …` sets NAME.
+            if words[i] == "for" {
+                if let Some(name) = words.get(i + 1) {
+                    self.assignment(&format!("{name}="));
+                }
+            }
             return;
         }
         let mut kept = Vec::new();
+        let mut early = Vec::new();
         while i < words.len() {
             match redirection(&words[i]).filter(|_| bare[i]) {
                 Some(Operand::Next) => i += 2,
                 Some(Operand::Attached) => i += 1,
                 None => {
                     kept.push(words[i].clone());
+                    early.push(named_quoted.get(i).copied().unwrap_or(false));
                     i += 1;
                 }
             }
+        }
+        // A word like an assignment whose name is quoted is the command (`'x=/tmp/a'` runs
+        // the program at that relative path).
+        let settings = kept
+            .iter()
+            .zip(&early)
+            .take_while(|(w, q)| is_assignment(w) && !**q)
+            .count();
+        if let Some(word) = kept.get(settings).filter(|w| is_assignment(w)) {
+            for w in &kept[..settings] {
+                self.assignment(w);
+            }
+            self.push(&program_name(word.trim_end_matches(COMPUTED)), How::Plain);
+            return;
         }
         self.command(&kept, depth);
     }
@@ -614,7 +736,17 @@ fn is_assignment(w: &str) -> bool {
 /// The text of a `$(…)` or backtick substitution starting at `i`, and the index after it.
 /// Quotes, escapes and comments inside it are skipped over, so a `)` or a backtick in them
 /// does not end it early.
-fn substitution(chars: &[char], i: usize) -> (String, usize) {
+/// In backticks, `\$`, `` \` `` and `\\` (and `\"` inside double quotes) lose their backslash
+/// before the command is read, as the shell does, so nested backticks are read as such.
+/// `level` substitutions deep; sets `trouble` to why it cannot be read (past [`MAX_DEPTH`]
+/// levels, or quotes inside a `${…}` inside double quotes).
+fn nested(
+    chars: &[char],
+    i: usize,
+    in_quotes: bool,
+    level: usize,
+    trouble: &mut Option<Trouble>,
+) -> (String, usize) {
     let backtick = chars[i] == '`';
     let mut j = if backtick { i + 1 } else { i + 2 };
     let mut depth = 0;
@@ -628,6 +760,13 @@ fn substitution(chars: &[char], i: usize) -> (String, usize) {
     while j < chars.len() {
         match chars[j] {
             '`' if backtick => return (s, j + 1),
+            '\\' if backtick
+                && chars
+                    .get(j + 1)
+                    .is_some_and(|n| "$`\\".contains(*n) || (in_quotes && *n == '"')) =>
+            {
+                j += 1;
+            }
             ')' if !backtick && depth == 0 => return (s, j + 1),
             ')' if !backtick => depth -= 1,
             '(' if !backtick => depth += 1,
@@ -638,16 +777,20 @@ fn substitution(chars: &[char], i: usize) -> (String, usize) {
                     take(&mut j, &mut s);
                 }
             }
-            '"' if !backtick => {
-                take(&mut j, &mut s);
-                while j < chars.len() && chars[j] != '"' {
-                    if chars[j] == '\\' {
-                        take(&mut j, &mut s);
-                    }
-                    take(&mut j, &mut s);
+            // Nested substitutions, parameter expansions and double-quoted strings are
+            // skipped whole: a `)` inside `${x:-)}` or `` `echo )` `` does not end this one.
+            '"' | '`' | '$' if !backtick => {
+                let end = nested_end(chars, j, level + 1, trouble);
+                if end > j + 1 {
+                    s.extend(&chars[j..end.min(chars.len())]);
+                    j = end;
+                    continue;
                 }
             }
-            '#' if !backtick && j > 0 && (chars[j - 1].is_whitespace() || chars[j - 1] == '(') => {
+            '#' if !backtick
+                && j > 0
+                && (BLANKS.contains(&chars[j - 1]) || "(\n".contains(chars[j - 1])) =>
+            {
                 while j + 1 < chars.len() && chars[j + 1] != '\n' {
                     take(&mut j, &mut s);
                 }
@@ -657,6 +800,98 @@ fn substitution(chars: &[char], i: usize) -> (String, usize) {
         take(&mut j, &mut s);
     }
     (s, j)
+}
+
+/// Why a substitution cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    /// It nests past [`MAX_DEPTH`] levels.
+    TooDeep,
+    /// A `${…}` inside double quotes holds quotes.
+    QuoteInParam,
+}
+
+impl Trouble {
+    fn why(self) -> String {
+        match self {
+            Trouble::TooDeep => format!("nests programs more than {MAX_DEPTH} deep"),
+            Trouble::QuoteInParam => "puts quotes inside a ${…} within double quotes, which /bin/sh reads as quotes or as text depending on the operator; set a variable first".into(),
+        }
+    }
+}
+
+/// Whether `chars[i]` starts a `${…}` that holds a quote character (read inside double
+/// quotes).
+fn quoted_param(chars: &[char], i: usize) -> bool {
+    if chars[i] != '$' || chars.get(i + 1) != Some(&'{') {
+        return false;
+    }
+    let mut braces = 1;
+    let mut k = i + 2;
+    while k < chars.len() {
+        match chars[k] {
+            '\\' => k += 1,
+            '\'' | '"' => return true,
+            '{' if chars[k - 1] == '$' => braces += 1,
+            '}' => {
+                braces -= 1;
+                if braces == 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    false
+}
+
+/// Where the quoted string, substitution or parameter expansion starting at `chars[j]` ends
+/// (the index after it), as the shell reads it inside `$(…)`; `j + 1` when none starts there.
+/// Past [`MAX_DEPTH`] nested levels it takes the rest of the text and sets `trouble`.
+fn nested_end(chars: &[char], j: usize, level: usize, trouble: &mut Option<Trouble>) -> usize {
+    if level > MAX_DEPTH {
+        *trouble = Some(Trouble::TooDeep);
+        return chars.len();
+    }
+    match (chars[j], chars.get(j + 1)) {
+        ('`', _) | ('$', Some('(')) => nested(chars, j, false, level, trouble).1,
+        ('$', Some('{')) => {
+            let mut k = j + 2;
+            while k < chars.len() {
+                match chars[k] {
+                    '\\' => k += 2,
+                    '\'' => {
+                        k += 1;
+                        while k < chars.len() && chars[k] != '\'' {
+                            k += 1;
+                        }
+                        k += 1;
+                    }
+                    '"' | '`' | '$' => k = nested_end(chars, k, level + 1, trouble),
+                    '}' => return k + 1,
+                    _ => k += 1,
+                }
+            }
+            k
+        }
+        ('"', _) => {
+            let mut k = j + 1;
+            while k < chars.len() && chars[k] != '"' {
+                match chars[k] {
+                    '\\' => k += 2,
+                    '$' if quoted_param(chars, k) => {
+                        *trouble = Some(Trouble::QuoteInParam);
+                        return chars.len();
+                    }
+                    '`' | '$' => k = nested_end(chars, k, level + 1, trouble),
+                    _ => k += 1,
+                }
+            }
+            k + 1
+        }
+        _ => j + 1,
+    }
 }
 
 #[cfg(test)]
@@ -735,6 +970,38 @@ mod tests {
         // A quoted reserved word is a program name.
         assert_eq!(names("\"if\" x"), ["if"]);
         assert_eq!(names("x=1"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let n = 100_000;
+        for (open, close) in [("$(echo ", ")"), ("\"$(echo ${x:-", "})\"")] {
+            let line = format!("echo \"{}{}\"", open.repeat(n), close.repeat(n));
+            let plan = CommandLine::Script(&line).plan();
+            assert!(
+                plan.refusals
+                    .iter()
+                    .any(|r| r.contains("nests programs more than")),
+                "{:?}",
+                plan.refusals
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_cut_inside_a_substitution_is_read_without_a_panic() {
+        for line in [
+            "echo $(echo \\",
+            "echo `echo \\",
+            "echo \"$(echo \\",
+            "echo \"$(echo \"",
+            "echo \"$(echo ${x",
+            "echo \"$(echo `",
+            "c$(",
+            "\"$(",
+        ] {
+            let _ = CommandLine::Script(line).plan();
+        }
     }
 
     #[test]
