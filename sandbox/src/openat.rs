@@ -18,3 +18,21 @@ pub fn openat2(dir: BorrowedFd<'_>, name: &str, how: OpenHow) -> io::Result<Owne
     // The descriptor was just returned by a successful open: nothing else owns it.
     crate::sys::adopt_fd(fd)
 }
+
+/// [`openat2`] with the open flags, mode and resolution rules given as the kernel's numbers
+/// (`O_*`, a mode, `RESOLVE_*`); close-on-exec is always added.
+pub fn openat2_bits(
+    dir: BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::from_bits_retain(flags | libc::O_CLOEXEC))
+        .mode(nix::sys::stat::Mode::from_bits_retain(mode))
+        .resolve(ResolveFlag::from_bits_retain(resolve));
+    let fd = nix::fcntl::openat2(dir.as_raw_fd(), path, how).map_err(io::Error::from)?;
+    // The descriptor was just returned by a successful open: nothing else owns it.
+    crate::sys::adopt_fd(fd)
+}

@@ -305,49 +305,6 @@ pub(crate) fn receive_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
     Ok(out)
 }
 
-/// `struct open_how` of `linux/openat2.h` (version 0, 24 bytes).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// `openat2(dir, path, {flags, mode, resolve})`: opens `path` relative to `dir` under the
-/// resolution rules in `resolve` (`RESOLVE_*`), always close-on-exec.
-pub(crate) fn openat2(
-    dir: BorrowedFd<'_>,
-    path: &std::ffi::CStr,
-    flags: i32,
-    mode: u32,
-    resolve: u64,
-) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: u64::from((flags | libc::O_CLOEXEC).cast_unsigned()),
-        mode: u64::from(mode),
-        resolve,
-    };
-    // SAFETY: `path` is a NUL-terminated string and `how` a fully initialised `open_how`,
-    // both alive for the call; the size passed is that of the struct passed. The kernel only
-    // reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: a successful openat2 returns a new descriptor that nothing else in this process
-    // refers to, so this is its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// `SO_PEERGROUPS` (Linux 4.13; the same number on x86_64 and every generic architecture).
 const SO_PEERGROUPS: libc::c_int = 59;
 /// The most supplementary groups a process may have (`NGROUPS_MAX`).

@@ -217,7 +217,7 @@ pub fn open_beneath(
         std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?
     };
-    sys::openat2(dir, &rel, flags, mode, BENEATH_NO_SYMLINKS)
+    crate::openat::openat2_bits(dir, &rel, flags, mode, BENEATH_NO_SYMLINKS)
 }
 
 /// loongd's side of a broker socket: passes one connected socket to the worker.

@@ -122,7 +122,7 @@ fn pin_source(src: &Path) -> Result<std::os::fd::OwnedFd, Failure> {
     let rel = if rel.is_empty() { b"." } else { rel };
     let rel = std::ffi::CString::new(rel)
         .map_err(|_| Failure::new("bind source", libc::EINVAL, src.display().to_string()))?;
-    crate::sys::openat2(
+    crate::openat::openat2_bits(
         top.as_fd(),
         &rel,
         libc::O_PATH,
