@@ -6,7 +6,8 @@
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
 use crate::{
-    revocation::{generate, native_package, sign},
+    revocation::{native_package, sign},
+    supply_chain::generate,
     supply_chain::{ctl_ok, example_module, view, wasm_package},
     support::{text, Home},
 };

@@ -5,27 +5,13 @@
 use std::{fs, path::Path, time::Duration};
 
 use crate::{
-    supply_chain::{ctl_ok, example_module, view, wasm_package},
-    support::{text, Home},
+    supply_chain::{ctl_ok, example_module, generate, view, wasm_package},
+    support::Home,
     workers::{details, invoke, json_list, workers},
 };
 
 /// How long a drained pool may take to stop its worker.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
-
-pub(crate) fn generate(home: &Home, file: &Path) -> (String, String) {
-    let out = home.ctl(&["keys", "generate", "--out", &file.display().to_string()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let printed = text(&out.stdout);
-    let field = |name: &str| {
-        printed
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .expect("generate prints the key")
-    };
-    (field("public:"), field("id:"))
-}
 
 pub(crate) fn sign(home: &Home, dir: &Path, key: &Path) {
     ctl_ok(

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// `keys generate` into `file`; returns (public hex, key id).
-fn generate(home: &Home, file: &Path) -> (String, String) {
+pub(crate) fn generate(home: &Home, file: &Path) -> (String, String) {
     let out = home.ctl(&["keys", "generate", "--out", &file.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
