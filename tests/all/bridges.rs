@@ -296,10 +296,17 @@ fn what_a_program_starts_dies_with_it_and_the_worker_is_out_of_its_reach() {
         "the daemon (host pid {host}) survived the restart"
     );
 
-    // The program cannot open the worker's memory or environment; its own it can.
+    // The program cannot open the worker's memory or environment, list its descriptors, name
+    // its socket to loongd or open its stderr; its own environment it can.
     let peek = lines_call(&home, serde_json::json!({"mode": "peek"}));
     assert_eq!(peek["own_environ"], "opened", "control: {peek}");
-    for what in ["worker_mem", "worker_environ"] {
+    for what in [
+        "worker_mem",
+        "worker_environ",
+        "worker_fds",
+        "worker_socket",
+        "worker_stderr",
+    ] {
         assert_eq!(peek[what], "Permission denied", "{what}: {peek}");
     }
 
