@@ -296,10 +296,17 @@ fn what_a_program_starts_dies_with_it_and_the_worker_is_out_of_its_reach() {
         "the daemon (host pid {host}) survived the restart"
     );
 
-    // The program cannot open the worker's memory or environment; its own it can.
+    // The program cannot open the worker's memory or environment, list its descriptors, name
+    // its socket to loongd or open its stderr; its own environment it can.
     let peek = lines_call(&home, serde_json::json!({"mode": "peek"}));
     assert_eq!(peek["own_environ"], "opened", "control: {peek}");
-    for what in ["worker_mem", "worker_environ"] {
+    for what in [
+        "worker_mem",
+        "worker_environ",
+        "worker_fds",
+        "worker_socket",
+        "worker_stderr",
+    ] {
         assert_eq!(peek[what], "Permission denied", "{what}: {peek}");
     }
 
@@ -1197,6 +1204,28 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
         fs::read_to_string(ws.join("tick")).expect("tick"),
         tick,
         "the command's daemon outlived its call"
+    );
+    // Nor does a tree that outgrows the kill rounds: its deepest process forks again as soon
+    // as a pid is free, so each round that takes the top generation away gives a new one at
+    // the bottom (at most 100 generations where the machine sets no pids limit). It is
+    // running when the call ends (the control: `full` is written at generation 40) and is
+    // still ended with the call, all of it.
+    let grows = r#"my $d = 0; while (1) { my $p = fork; if (!defined $p) { open my $f, ">", "grow"; print $f "$d $$ " . rand; close $f; next } if ($p) { waitpid $p, 0; next } $d++; open my $g, ">", "grow"; print $g "$d $$"; close $g; if ($d == 40) { open my $f, ">", "full"; close $f } if ($d >= 100) { while (1) { open my $f, ">", "grow"; print $f rand; close $f; select undef, undef, undef, 0.01 } } }"#;
+    let grower = format!(
+        "setsid -f perl -e {} </dev/null >/dev/null 2>&1; \
+         while ! test -e full; do :; done; echo full",
+        shell_quote(grows)
+    );
+    let (code, out, err) = call("shell.exec", serde_json::json!({"command": grower}));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(output(&out)["stdout"], "full\n", "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let grew = fs::read_to_string(ws.join("grow")).expect("grow");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        fs::read_to_string(ws.join("grow")).expect("grow"),
+        grew,
+        "a tree that forks again as it is killed outlived its call"
     );
     // A call's CPU is accounted, the shell's included.
     let (code, out, err) = call(

@@ -637,3 +637,79 @@ fn membership_is_what_the_peer_had_when_it_connected_not_what_its_pid_is_now() {
     assert!(refused, "the non-member is refused:\n{}", home.log());
     home.status();
 }
+
+/// Requests a client sends without reading a single answer (far more than loongd's socket
+/// buffers and the client's could hold if loongd stopped reading).
+const UNREAD_REQUESTS: u64 = 10_000;
+/// Requests sent at once, then a pause: half of the default `max_in_flight`, so that each
+/// batch is answered before the next and none is refused for being in flight.
+const UNREAD_BATCH: u64 = 32;
+
+/// A client that sends requests and reads none of the answers holds at most `max_in_flight`
+/// answers in loongd: past that it is refused, and once the refusals fill its queue it is no
+/// longer read, so its own sends block. Each answer had been taken off the in-flight count
+/// before it was queued, so a client pacing its requests below `max_in_flight` was read on
+/// without bound, parking one task and its answer per request behind the stalled writer.
+/// Once the client reads, everything it was answered arrives (the control), and another
+/// client is served throughout.
+#[test]
+fn a_client_that_reads_no_answers_is_no_longer_read() {
+    use std::io::Write;
+    let home = Home::new();
+    home.start();
+    let mut loyal = Raw::connect(&home.socket());
+    loyal.handshake();
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    let mut sender = c.stream.try_clone().expect("clone");
+    sender
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("write timeout");
+    let mut sent = 0;
+    for id in 1..=UNREAD_REQUESTS {
+        let mut frame = Vec::new();
+        loong_ipc::frame::encode(
+            &Call::Request {
+                id,
+                deadline_ms: 60_000,
+                body: ControlRequest::Status,
+            },
+            loong_ipc::FrameLimit::CEILING,
+            &mut frame,
+        )
+        .expect("encodes");
+        if sender.write_all(&frame).is_err() {
+            break;
+        }
+        sent += 1;
+        if id % UNREAD_BATCH == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(
+        sent < UNREAD_REQUESTS,
+        "loongd read all {sent} requests of a client that read none of its answers"
+    );
+    still_serving(&home, &mut loyal, 1);
+    // The control: what was answered arrives once the client reads, refusals after the
+    // first answers. (The last frame may be cut, which then ends the connection.)
+    let (mut answered, mut refused) = (0, 0);
+    while let Some(reply) = c.recv::<Reply<ControlResponse>>() {
+        match reply {
+            Reply::Response { result: Ok(_), .. } => answered += 1,
+            Reply::Response { result: Err(e), .. } if e.kind == ErrorKind::Overloaded => {
+                refused += 1
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        if answered + refused == sent {
+            break;
+        }
+    }
+    eprintln!("{sent} sent, {answered} answered, {refused} refused");
+    assert!(
+        answered >= 4 && refused >= 1,
+        "{sent} sent, {answered} answered, {refused} refused"
+    );
+    still_serving(&home, &mut loyal, 2);
+}

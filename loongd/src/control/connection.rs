@@ -76,19 +76,17 @@ struct Entry {
 }
 
 /// A reply on its way to the writer. A stream chunk holds its share of the connection's
-/// [`OUTPUT_BUDGET_BYTES`] until its frame is written.
+/// [`OUTPUT_BUDGET_BYTES`], and a request's answer its request's slot of `max_in_flight`,
+/// until its frame is written.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     reply: Reply<ControlResponse>,
-    _budget: Option<OwnedSemaphorePermit>,
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl From<Reply<ControlResponse>> for Box<Outgoing> {
     fn from(reply: Reply<ControlResponse>) -> Box<Outgoing> {
-        Box::new(Outgoing {
-            reply,
-            _budget: None,
-        })
+        Box::new(Outgoing { reply, _held: None })
     }
 }
 
@@ -146,7 +144,7 @@ impl RequestIo {
         self.out
             .send(Box::new(Outgoing {
                 reply: Reply::Stream { id: self.id, chunk },
-                _budget: Some(share),
+                _held: Some(share),
             }))
             .await
             .is_ok()
@@ -157,6 +155,16 @@ impl RequestIo {
 const OUTBOX_SLACK: usize = 16;
 /// How long a closing connection waits for its writer to flush.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
+
+/// Queues a reply the reading loop itself makes (a pong, a refusal, a cancellation's
+/// answer), waiting at most `wait` (the idle timeout) for room: a client that takes none of
+/// its replies for that long is gone. `false` when it is.
+async fn queue(tx: &Outbox, reply: Reply<ControlResponse>, wait: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(wait, tx.send(reply.into())).await,
+        Ok(Ok(()))
+    )
+}
 
 /// Writes a refusal without waiting; used when the daemon will not even read the hello.
 pub(crate) fn reject_now(stream: &UnixStream, reply: &HandshakeReply) {
@@ -274,6 +282,10 @@ async fn run(
     let writer_abort = writer_task.abort_handle();
     let in_flight: InFlight = Arc::default();
     let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+    // A request holds one of these from its start until its answer is written, so a client
+    // that sends requests and reads no answers holds at most `max_in_flight` of them (and
+    // their tasks) in loongd, then is refused, then is no longer read.
+    let answers = Arc::new(Semaphore::new(max_in_flight));
     // Signalled when a request ends, so the idle timeout starts once none is in flight.
     let request_ended = Arc::new(Notify::new());
     let mut shutting_down = false;
@@ -304,6 +316,7 @@ async fn run(
                     in_flight: &in_flight,
                     tx: &tx,
                     budget: &budget,
+                    answers: &answers,
                     request_ended: &request_ended,
                 };
                 if let Some(refusal) = start(
@@ -316,17 +329,11 @@ async fn run(
                     body,
                     max_in_flight,
                 ) {
-                    if tx
-                        .send(
-                            Reply::Response {
-                                id,
-                                result: Err(refusal),
-                            }
-                            .into(),
-                        )
-                        .await
-                        .is_err()
-                    {
+                    let refused = Reply::Response {
+                        id,
+                        result: Err(refusal),
+                    };
+                    if !queue(&tx, refused, ipc.idle_timeout()).await {
                         break Ok(());
                     }
                 }
@@ -358,17 +365,14 @@ async fn run(
                         ErrorKind::Cancelled,
                         format!("request {id} cancelled by the client"),
                     ));
-                    if tx
-                        .send(Reply::Response { id, result }.into())
-                        .await
-                        .is_err()
-                    {
+                    let answer = Reply::Response { id, result };
+                    if !queue(&tx, answer, ipc.idle_timeout()).await {
                         break Ok(());
                     }
                 }
             }
             Call::Ping { nonce } => {
-                if tx.send(Reply::Pong { nonce }.into()).await.is_err() {
+                if !queue(&tx, Reply::Pong { nonce }, ipc.idle_timeout()).await {
                     break Ok(());
                 }
             }
@@ -426,6 +430,7 @@ struct Shared<'a> {
     in_flight: &'a InFlight,
     tx: &'a Outbox,
     budget: &'a Arc<Semaphore>,
+    answers: &'a Arc<Semaphore>,
     request_ended: &'a Arc<Notify>,
 }
 
@@ -448,12 +453,16 @@ fn start(
             format!("request {id} is already in flight"),
         ));
     }
-    if map.len() >= max_in_flight {
+    // In flight, or answered and waiting for the client to read the answer.
+    let Ok(answer_slot) = shared.answers.clone().try_acquire_owned() else {
         return Some(RemoteError::new(
             ErrorKind::Overloaded,
-            format!("{max_in_flight} requests already in flight on this connection"),
+            format!(
+                "{max_in_flight} requests already in flight on this connection or answered \
+                 and not yet read"
+            ),
         ));
-    }
+    };
     let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) =
         (kernel.clone(), shared.in_flight.clone(), shared.tx.clone());
@@ -487,7 +496,11 @@ fn start(
             let mine = lock(&in_flight_task).remove(&id).is_some();
             ended.notify_one();
             if mine {
-                let _ = tx.send(Reply::Response { id, result }.into()).await;
+                let answer = Box::new(Outgoing {
+                    reply: Reply::Response { id, result },
+                    _held: Some(answer_slot),
+                });
+                let _ = tx.send(answer).await;
             }
         }
         .in_current_span(),

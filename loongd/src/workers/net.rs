@@ -65,6 +65,13 @@ fn v4_range(ip: Ipv4Addr) -> Option<Special> {
         refused("a link-local address (cloud metadata lives here)")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         refused("a shared (carrier-grade NAT) address")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        refused("a benchmarking address (198.18.0.0/15, which networks use inside themselves)")
+    } else if o[..3] == [192, 0, 0] && !matches!(o[3], 9 | 10) {
+        // 192.0.0.9 and 192.0.0.10 are globally reachable anycast services (PCP, TURN).
+        refused("an IETF protocol assignment address (192.0.0.0/24: NAT64 discovery, DS-Lite)")
+    } else if matches!(o[..3], [192, 0, 2] | [198, 51, 100] | [203, 0, 113]) {
+        never("a documentation address")
     } else if ip.is_broadcast() || ip.is_multicast() || o[0] >= 240 {
         never("a broadcast, multicast or reserved address")
     } else {
@@ -129,8 +136,16 @@ fn v6_range(ip: Ipv6Addr) -> Option<Special> {
         refused("a link-local or site-local address")
     } else if ip.is_multicast() {
         never("a multicast address")
-    } else if s[0] == 0x2001 && s[1] == 0xdb8 || s[..4] == [0x100, 0, 0, 0] {
+    } else if s[0] == 0x2001 && s[1] == 0xdb8
+        || s[0] == 0x3fff && s[1] < 0x1000
+        || s[..4] == [0x100, 0, 0, 0]
+    {
+        // 2001:db8::/32 and 3fff::/20 (RFC 9637) are documentation; 100::/64 discards.
         never("a documentation or discard-only address")
+    } else if s[..3] == [0x2001, 2, 0] {
+        refused("a benchmarking address (2001:2::/48, which networks use inside themselves)")
+    } else if s[0] == 0x2001 && matches!(s[1] & 0xfff0, 0x10 | 0x20) {
+        never("an ORCHID address (2001:10::/28, 2001:20::/28: identifiers, not locators)")
     } else {
         None
     }
@@ -239,6 +254,51 @@ mod tests {
         ] {
             assert_eq!(special_range(ip.parse().expect("an address")), None, "{ip}");
         }
+    }
+
+    /// The IPv4 and IPv6 ranges no service on the internet has beyond loopback, private and
+    /// link-local: benchmarking (which networks use inside themselves), IETF protocol
+    /// assignments, documentation and ORCHID, also carried in an IPv6 form; the two globally
+    /// reachable anycast addresses among the protocol assignments stay reachable.
+    #[test]
+    fn benchmarking_protocol_and_documentation_ranges_are_not_public() {
+        for (ip, want) in [
+            ("198.18.0.1", Some("benchmarking")),
+            ("198.19.255.254", Some("benchmarking")),
+            ("::ffff:198.18.0.1", Some("benchmarking")),
+            ("64:ff9b::c612:1", Some("benchmarking")),
+            ("192.0.0.170", Some("protocol assignment")),
+            ("192.0.0.8", Some("protocol assignment")),
+            ("192.0.2.1", Some("documentation")),
+            ("198.51.100.7", Some("documentation")),
+            ("203.0.113.9", Some("documentation")),
+            ("2001:2::1", Some("benchmarking")),
+            ("2001:10::1", Some("ORCHID")),
+            ("2001:20::1", Some("ORCHID")),
+            ("3fff::1", Some("documentation")),
+            // Controls: the anycast protocol addresses, and neighbours of each range.
+            ("192.0.0.9", None),
+            ("192.0.0.10", None),
+            ("198.17.255.254", None),
+            ("198.20.0.1", None),
+            ("192.0.1.1", None),
+            ("2001:3::1", None),
+            ("2001:30::1", None),
+            ("3fff:1000::1", None),
+        ] {
+            let got = special_range(ip.parse().expect("an address"));
+            match want {
+                None => assert_eq!(got, None, "{ip}"),
+                Some(w) => assert!(
+                    got.as_ref().is_some_and(|g| g.to_string().contains(w)),
+                    "{ip}: {got:?}, expected {w:?}"
+                ),
+            }
+        }
+        assert!(
+            special_range("192.0.2.1".parse().expect("an address")).is_some_and(|g| g.never),
+            "documentation addresses are never reachable"
+        );
     }
 
     #[test]

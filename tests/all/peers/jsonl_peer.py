@@ -83,6 +83,17 @@ for line in sys.stdin:
     elif mode == "peek":
         # What of the worker (its parent) and of itself the program can open.
         answer = {}
+        # Its descriptors: the list, the socket to loongd (fd 3) by name, its stderr.
+        for name, look in [
+            ("worker_fds", lambda: os.listdir(f"/proc/{os.getppid()}/fd")),
+            ("worker_socket", lambda: os.readlink(f"/proc/{os.getppid()}/fd/3")),
+            ("worker_stderr", lambda: open(f"/proc/{os.getppid()}/fd/2", "wb").close()),
+        ]:
+            try:
+                look()
+                answer[name] = "opened"
+            except OSError as e:
+                answer[name] = e.strerror
         for name, path in [
             ("worker_mem", f"/proc/{os.getppid()}/mem"),
             ("worker_environ", f"/proc/{os.getppid()}/environ"),

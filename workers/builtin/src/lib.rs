@@ -180,7 +180,7 @@ fn shell(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
     // process it started that left the group (`setsid`), which the worker holds as their
     // subreaper.
     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
-    let _ = loong_worker_runtime::descendants::kill_descendants();
+    loong_worker_runtime::descendants::end_descendants();
     let (stdout, out_total) = out.join().unwrap_or_default();
     let (stderr, err_total) = err.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;

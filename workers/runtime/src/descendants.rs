@@ -6,12 +6,19 @@
 //! uid cannot open the worker's `/proc/PID/mem` or `environ` (a non-dumpable process's
 //! `/proc` entries need `CAP_SYS_PTRACE`, which no sandbox holds).
 //!
-//! A process group or session kill is not enough: `setsid` leaves both. Killing the worker's
-//! children round after round is: killing a parent hands its own children to the worker, so
-//! each round reaches one generation further, until none is left.
+//! A process group or session kill is not enough: `setsid` leaves both. Nor is killing the
+//! worker's children round after round on its own: a tree whose deepest process forks again
+//! whenever a pid is free grows back by one generation while each round takes one away, and
+//! outlasts any number of rounds. In its own pid namespace (its parent is the namespace's
+//! pid 1, the sandbox's reaper) the worker therefore sends `kill(-1, SIGKILL)`, which the
+//! kernel delivers to every other process of the namespace but pid 1 in one step that a fork
+//! cannot outrun (a fork under way when it lands fails), and the rounds only reap. Where the
+//! rounds are all there is and a tree outlasts them, [`end_descendants`] ends the worker
+//! itself: its reaper, pid 1, then exits and the kernel kills what is left of the namespace.
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write},
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -25,10 +32,12 @@ use nix::{
 };
 
 /// Rounds of "kill every child, reap it" before [`kill_descendants`] gives up. Each round
-/// reaches at least one generation deeper; the sandbox's pids limit bounds how many processes
-/// there can be, so a tree that survives this many rounds is a fork bomb, which the worker's
-/// own death (loongd retires it) ends.
+/// reaches at least one generation deeper; a tree that survives this many rounds keeps
+/// forking, which the worker's own death ends ([`end_descendants`]).
 pub const MAX_KILL_ROUNDS: usize = 64;
+
+/// The exit code of a worker that could not end what it started ([`end_descendants`]).
+pub const DESCENDANTS_SURVIVED: i32 = 3;
 
 /// Set once [`hold_descendants`] succeeded: only then are this process's children all its
 /// own programs' (a library's unit tests share their process with other tests' children,
@@ -114,13 +123,32 @@ fn parse_stat(stat: &str) -> Option<(u8, i64)> {
     Some((state, ppid))
 }
 
-/// Kills every process this worker started that is still there, and reaps them: each round
-/// SIGKILLs every child (a child's pid cannot be reused before it is reaped, so the signal
-/// reaches that process) and waits for it. Returns how many were killed. Does nothing in a
-/// process that did not call [`hold_descendants`].
+/// Whether this process is alone with what it starts in a pid namespace of its own: its
+/// parent is the namespace's pid 1 (the sandbox's reaper). Nowhere else is `kill(-1)` safe:
+/// outside a namespace of its own it reaches every process of the uid. A worker whose
+/// spawner died is killed by its parent-death signal, so it is never adopted by a host's
+/// pid 1 and taken for one in a namespace of its own.
+fn own_pid_namespace() -> bool {
+    std::process::id() != 1 && nix::unistd::getppid() == Pid::from_raw(1)
+}
+
+/// Kills every process this worker started that is still there, and reaps them. In a pid
+/// namespace of its own, one `kill(-1, SIGKILL)` reaches them all at once (and a fork under
+/// way with them); then, or elsewhere alone, each round SIGKILLs every child (a child's pid
+/// cannot be reused before it is reaped, so the signal reaches that process) and waits for
+/// it. Returns how many were reaped; an error when processes were still being started after
+/// [`MAX_KILL_ROUNDS`] rounds. Does nothing in a process that did not call
+/// [`hold_descendants`].
 pub fn kill_descendants() -> io::Result<usize> {
     if !HOLDING.load(Ordering::SeqCst) {
         return Ok(0);
+    }
+    if own_pid_namespace() {
+        match kill(Pid::from_raw(-1), Signal::SIGKILL) {
+            // ESRCH: nothing but pid 1 and the worker is left.
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(errno) => return Err(io::Error::from(errno)),
+        }
     }
     let mut killed = 0;
     for _ in 0..MAX_KILL_ROUNDS {
@@ -139,6 +167,20 @@ pub fn kill_descendants() -> io::Result<usize> {
     Err(io::Error::other(format!(
         "processes were still being started after {MAX_KILL_ROUNDS} rounds of kills"
     )))
+}
+
+/// [`kill_descendants`], and when that fails, the end of the worker (exit code
+/// [`DESCENDANTS_SURVIVED`]): a worker must not go on serving beside processes it could not
+/// end, and its death ends them (its reaper, pid 1 of the sandbox, exits with it and the
+/// kernel kills the rest of the namespace; loongd replaces the worker).
+pub fn end_descendants() {
+    if let Err(e) = kill_descendants() {
+        let _ = writeln!(
+            io::stderr(),
+            "worker: the processes a program started could not be ended ({e}); stopping"
+        );
+        std::process::exit(DESCENDANTS_SURVIVED);
+    }
 }
 
 /// Reaps the children that have already ended (orphans of a running program that the worker

@@ -265,7 +265,7 @@ impl Running {
         // Everything it started, including what left its process group and session: the
         // worker is their subreaper, so they are its children by now or once their parent
         // dies.
-        let _ = loong_worker_runtime::descendants::kill_descendants();
+        loong_worker_runtime::descendants::end_descendants();
     }
 }
 
