@@ -573,14 +573,17 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
         }
-        let len = fs::metadata(path).map_err(io)?.len();
-        if len > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_path_buf(),
-                len,
-            });
-        }
-        let text = fs::read_to_string(path).map_err(io)?;
+        let bytes = match crate::home::read_bounded(path, MAX_CONFIG_BYTES).map_err(io)? {
+            crate::home::Bounded::Read(b) => b,
+            crate::home::Bounded::TooLarge(len) => {
+                return Err(ConfigError::TooLarge {
+                    path: path.to_path_buf(),
+                    len,
+                })
+            }
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Config::parse(&text, path)
     }
 }
@@ -588,6 +591,34 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_that_is_a_fifo_or_a_link_to_a_device_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let zero = dir.path().join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("link");
+        for path in [fifo, zero] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(Config::load_or_init(&p).map_err(|e| e.to_string()));
+            });
+            let err = rx
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("{}: the load hung", path.display()))
+                .expect_err("refused");
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        // The control: a configuration written in place loads.
+        let good = dir.path().join("loongd.toml");
+        Config::load_or_init(&good).expect("defaults written");
+        assert_eq!(
+            Config::load_or_init(&good).expect("load"),
+            Config::default()
+        );
+    }
 
     fn check(text: &str, expect: Result<Config, &str>) {
         let got = Config::parse(text, Path::new("/h/loongd.toml")).map_err(|e| e.to_string());

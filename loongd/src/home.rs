@@ -199,9 +199,72 @@ fn lock(layout: &Layout) -> Result<File, HomeError> {
     Ok(file)
 }
 
+/// What [`read_bounded`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bounded {
+    /// The whole file, at most the bound.
+    Read(Vec<u8>),
+    /// The file is larger than the bound (its size, or more than the bound when it grew).
+    TooLarge(u64),
+}
+
+/// Reads the regular file at `path`, at most `max` bytes, from one descriptor: the size is
+/// judged on the file that is read, not on what the name led to a moment before (a symlink
+/// to `/dev/zero` has size 0, and a file swapped in after a `metadata` could be any size).
+/// Opening never waits (`O_NONBLOCK`: a FIFO opens at once) and anything but a regular file
+/// is refused before a byte is read, so a FIFO or device at the name cannot hang or exhaust
+/// loongd.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Bounded> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory); give a file",
+        ));
+    }
+    if meta.len() > max {
+        return Ok(Bounded::TooLarge(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    let len = bytes.len() as u64;
+    Ok(if len > max {
+        Bounded::TooLarge(len)
+    } else {
+        Bounded::Read(bytes)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_read_judges_the_file_it_reads() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("f");
+        fs::write(&file, "12345").expect("write");
+        // The control: a regular file within the bound, and one just above it.
+        assert_eq!(
+            read_bounded(&file, 5).expect("read"),
+            Bounded::Read(b"12345".to_vec())
+        );
+        assert_eq!(read_bounded(&file, 4).expect("read"), Bounded::TooLarge(5));
+        // A link to an endless device (size 0 by metadata), a FIFO with no writer and a
+        // directory are refused before a byte is read.
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("link");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        for p in [&zero, &fifo, &dir.path().to_path_buf()] {
+            let err = read_bounded(p, 4096).expect_err("refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{p:?}: {err}");
+        }
+    }
 
     #[test]
     fn second_take_is_refused_and_stale_socket_replaced() {

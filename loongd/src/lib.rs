@@ -239,6 +239,14 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     if let Some(dir) = layout.config_file.parent() {
         hidden.push(dir.to_path_buf());
     }
+    // As the grants they are compared with are, and as the spawn helper reaches a mount
+    // point: resolved, without a symlink on the way (a home under a symlinked directory was
+    // neither matched against a grant of its real path nor masked in the trusted tier).
+    for h in &mut hidden {
+        if let Ok(real) = std::fs::canonicalize(&*h) {
+            *h = real;
+        }
+    }
     let spawner = sandbox::start_spawner(hidden, config.sandbox.uid, config.sandbox.gid);
     match &spawner {
         Ok(s) => {

@@ -3,7 +3,8 @@
 //! decision and the open (`renameat2(RENAME_EXCHANGE)` in a loop), a directory on the path
 //! swapped the same way, and a hard link to a file in another root never let a token scoped
 //! to one root read or write under another. Paths with `.` or `..` are refused as the docs
-//! say. A `sandbox run` binds the grant it decided, not what the name leads to later.
+//! say. A `sandbox run` binds the grant it decided, not what the name leads to later, and
+//! makes a mount point only where it was planned, never through a symlink swapped in.
 
 use std::{
     fs,
@@ -445,5 +446,71 @@ fn a_sandbox_run_binds_the_grant_it_decided_not_what_the_name_leads_to_later() {
     assert!(
         stdout.contains("public"),
         "control after the race: {stdout} {stderr}"
+    );
+}
+
+#[test]
+fn a_sandbox_run_never_makes_a_mount_point_through_a_directory_swapped_for_a_symlink() {
+    // The spawn helper makes a deeper grant's mount point inside the bind of its parent
+    // grant, which is the host's directory: a name on the way swapped for a symlink into the
+    // host's root (seen from the helper under /oldroot) must fail the spawn, not make the
+    // directory there as root.
+    const RUNS: usize = 200;
+    let s = setup();
+    let victim = s.out.parent().expect("base").join("victim");
+    fs::create_dir(&victim).expect("victim");
+    let (a, link) = (s.out.join("a"), s.out.join("l"));
+    fs::create_dir_all(a.join("b")).expect("nested grant");
+    write_file(&a.join("b/f"), "nested");
+    symlink(
+        Path::new("/oldroot").join(victim.strip_prefix("/").expect("absolute")),
+        &link,
+    )
+    .expect("symlink");
+    let nested = a.join("b");
+    let run = || {
+        let out = s.home.ctl(&[
+            "sandbox",
+            "run",
+            "--token",
+            &s.token,
+            "--tier",
+            "balanced",
+            "--write",
+            &s.out.display().to_string(),
+            "--write",
+            &nested.display().to_string(),
+            "--",
+            "/usr/bin/cat",
+            &nested.join("f").display().to_string(),
+        ]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // The control: the nested grant is mounted and its file read.
+    let (code, stdout, stderr) = run();
+    assert!(
+        code == Some(0) && stdout.contains("nested"),
+        "{code:?} {stdout} {stderr}"
+    );
+    let (ends, swaps) = while_swapping(&a, &link, || (0..RUNS).map(|_| run()).collect::<Vec<_>>());
+    let made: Vec<_> = fs::read_dir(&victim)
+        .expect("victim")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    let read = ends.iter().filter(|(_, o, _)| o.contains("nested")).count();
+    let refused = ends.iter().filter(|(c, _, _)| *c != Some(0)).count();
+    assert!(
+        made.is_empty(),
+        "made {made:?} outside the grants ({read} read, {refused} refused)"
+    );
+    assert!(
+        swaps > 0 && refused > 0,
+        "the swapper raced the runs: {read} read, {refused} refused"
+    );
+    settle(&a, &link);
+    let (code, stdout, stderr) = run();
+    assert!(
+        code == Some(0) && stdout.contains("nested"),
+        "control after the race: {code:?} {stdout} {stderr}"
     );
 }

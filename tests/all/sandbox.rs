@@ -591,3 +591,53 @@ fn sandboxes_sharing_a_network_namespace_cannot_reach_each_other() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+#[test]
+fn a_home_reached_through_a_symlink_overlaps_a_grant_of_its_real_path() {
+    // loongd's own paths are compared with a grant as the grant is, resolved: a home named
+    // through a symlinked directory is still loongd's state at its real path.
+    let base = tempfile::Builder::new()
+        .prefix("lhs")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let base_real = base.path().canonicalize().expect("real path");
+    let (real, other) = (base_real.join("real"), base_real.join("other"));
+    fs::create_dir(&real).expect("real");
+    fs::create_dir(&other).expect("other");
+    std::os::unix::fs::symlink(&real, base_real.join("link")).expect("link");
+    let home = base_real.join("link/home");
+    let ctl = |args: &[&str]| {
+        Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run loongctl")
+    };
+    let started = ctl(&["daemon", "start"]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let run = |grant: &Path| {
+        let out = ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--read",
+            &grant.display().to_string(),
+            "--",
+            "/usr/bin/true",
+        ]);
+        (out.status.code(), text(&out.stderr))
+    };
+    // The control: a directory beside it is granted. (Both run before any assertion, so
+    // the daemon is stopped whatever they show.)
+    let ((code, stderr), control) = (run(&real), run(&other));
+    let stopped = ctl(&["daemon", "stop"]);
+    assert!(
+        code != Some(0) && stderr.contains("overlaps loongd's own state"),
+        "{code:?} {stderr}"
+    );
+    assert_eq!(control.0, Some(0), "{}", control.1);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+}

@@ -79,22 +79,20 @@ pub fn read(path: &Path) -> Result<Option<Witness>, WitnessError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
     let malformed = |why: String| WitnessError::Malformed {
         path: path.to_path_buf(),
         why,
     };
-    if meta.len() > MAX_WITNESS_BYTES {
-        return Err(malformed(format!(
-            "{} bytes, above {MAX_WITNESS_BYTES}",
-            meta.len()
-        )));
-    }
-    let text = fs::read_to_string(path).map_err(io)?;
+    let text = match crate::home::read_bounded(path, MAX_WITNESS_BYTES) {
+        Ok(crate::home::Bounded::Read(b)) => {
+            String::from_utf8(b).map_err(|_| malformed("not UTF-8".to_string()))?
+        }
+        Ok(crate::home::Bounded::TooLarge(len)) => {
+            return Err(malformed(format!("{len} bytes, above {MAX_WITNESS_BYTES}")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| malformed(format!("not JSON: {e}")))?;
     Witness::from_json(&v).map(Some).map_err(malformed)
@@ -157,6 +155,37 @@ pub fn write(path: &Path, w: &Witness) -> Result<(), WitnessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` on a thread of its own and waits at most a few seconds for its answer (a
+    /// read that blocks on a FIFO never answers).
+    fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn a_witness_that_is_a_fifo_or_a_link_to_a_device_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo.witness");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let zero = dir.path().join("zero.witness");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("link");
+        for path in [fifo, zero] {
+            let shown = path.display().to_string();
+            let got = within_seconds(move || read(&path).map_err(|e| e.to_string()));
+            let err = got
+                .unwrap_or_else(|| panic!("{shown}: the read hung"))
+                .expect_err("refused");
+            assert!(err.contains("not a regular file"), "{shown}: {err}");
+        }
+        // The control: a witness written in place is read back.
+        let good = dir.path().join("good.witness");
+        write(&good, &sample()).expect("write");
+        assert_eq!(read(&good).expect("read"), Some(sample()));
+    }
 
     fn sample() -> Witness {
         Witness {

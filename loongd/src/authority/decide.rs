@@ -135,9 +135,16 @@ pub fn decide(
     }
 }
 
+/// The longest file target resolved (Linux's `PATH_MAX`); a longer one is not a path any
+/// open would take, and is refused before it is resolved.
+pub const MAX_FILE_TARGET_BYTES: usize = 4096;
+
 /// The canonical form of `p`: symlinks resolved for the part that exists, the rest appended
-/// lexically.
+/// lexically; `None` when `p` is not absolute or longer than [`MAX_FILE_TARGET_BYTES`].
 pub fn canonical(p: &Path) -> Option<PathBuf> {
+    if p.as_os_str().len() > MAX_FILE_TARGET_BYTES {
+        return None;
+    }
     let p = lexical(p)?;
     let mut existing = p.clone();
     let mut rest = Vec::new();
@@ -177,7 +184,9 @@ impl Extension for FileRoots {
             .map(Path::to_path_buf)
             .or_else(|| canonical(Path::new(target)))
         else {
-            return Some(format!("{target} is not an absolute path"));
+            return Some(format!(
+                "{target} is not an absolute path of at most {MAX_FILE_TARGET_BYTES} bytes"
+            ));
         };
         let real_s = real.to_string_lossy();
         let in_token = req
@@ -486,6 +495,31 @@ mod tests {
             req(&via_link)
         );
         assert_eq!(req(&plain), Decision::Allow);
+    }
+
+    #[test]
+    fn a_file_target_longer_than_path_max_is_not_resolved_name_by_name() {
+        // Resolving pops one name per failed canonicalize, each copying the whole path: a
+        // path of 100,000 names (a call's input may be 1 MiB) cost loongd seconds of copying.
+        let dir = tempfile::tempdir().expect("dir");
+        let real = dir.path().canonicalize().expect("real");
+        let long = format!("{}{}", real.display(), "/a".repeat(100_000));
+        let started = std::time::Instant::now();
+        assert!(
+            canonical(Path::new(&long)).is_none(),
+            "a target of {} bytes was resolved",
+            long.len()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // The control: a path of PATH_MAX bytes is resolved (its missing part lexically).
+        let room = MAX_FILE_TARGET_BYTES - real.as_os_str().len();
+        let at_max = format!("{}{}", real.display(), "/a".repeat(room / 2));
+        assert!(at_max.len() <= MAX_FILE_TARGET_BYTES);
+        assert_eq!(canonical(Path::new(&at_max)), Some(PathBuf::from(&at_max)));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub const OPERATOR_PACK: &str = "operator";
 pub const PACK_DIR: &str = "packs";
 /// Most operator pack files read.
 pub const MAX_PACK_FILES: usize = 256;
+/// Bound on a pack file and on the risk profile.
+pub const MAX_POLICY_FILE_BYTES: u64 = 1 << 20;
+/// Bound on the risk profile's signature file (128 hex digits and white space).
+pub const MAX_POLICY_SIGNATURE_BYTES: u64 = 4096;
 
 /// Why the authority could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +117,16 @@ impl Authority {
         }
         for f in files {
             let name = f.display().to_string();
-            match std::fs::read_to_string(&f)
+            match crate::home::read_bounded(&f, MAX_POLICY_FILE_BYTES)
                 .map_err(|e| format!("{name}: {e}"))
+                .and_then(|b| match b {
+                    crate::home::Bounded::Read(b) => {
+                        String::from_utf8(b).map_err(|_| format!("{name}: not UTF-8 text"))
+                    }
+                    crate::home::Bounded::TooLarge(len) => Err(format!(
+                        "{name}: {len} bytes is above the {MAX_POLICY_FILE_BYTES}-byte limit for a policy file"
+                    )),
+                })
                 .and_then(|t| {
                     parse_pack(&t, &name).map_err(|ps| {
                         ps.iter()
@@ -171,14 +183,16 @@ impl Authority {
             return Ok(serde_json::json!({ "profile": "bundled" }));
         };
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
-        if meta.len() > 1 << 20 {
-            return Err(format!(
-                "{shown}: {} bytes is above the 1 MiB limit for a policy file",
-                meta.len()
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+        let bytes = match crate::home::read_bounded(path, MAX_POLICY_FILE_BYTES)
+            .map_err(|e| format!("{shown}: {e}"))?
+        {
+            crate::home::Bounded::Read(b) => b,
+            crate::home::Bounded::TooLarge(len) => {
+                return Err(format!(
+                    "{shown}: {len} bytes is above the {MAX_POLICY_FILE_BYTES}-byte limit for a policy file"
+                ))
+            }
+        };
         let sha = hex::encode(Sha256::digest(&bytes));
         if let Some(pin) = &policy.risk_profile_sha256 {
             if !pin.trim().eq_ignore_ascii_case(&sha) {
@@ -190,8 +204,16 @@ impl Authority {
         }
         let sig_path = PathBuf::from(format!("{shown}.sig"));
         let signer = if sig_path.exists() || policy.risk_profile_signed {
-            let sig = std::fs::read_to_string(&sig_path)
-                .map_err(|e| format!("{}: {e} (a signature is required)", sig_path.display()))?;
+            let sig = match crate::home::read_bounded(&sig_path, MAX_POLICY_SIGNATURE_BYTES) {
+                Ok(crate::home::Bounded::Read(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(crate::home::Bounded::TooLarge(_)) => String::new(),
+                Err(e) => {
+                    return Err(format!(
+                        "{}: {e} (a signature is required)",
+                        sig_path.display()
+                    ))
+                }
+            };
             let sig: [u8; 64] = hex::decode(sig.trim())
                 .ok()
                 .and_then(|b| b.as_slice().try_into().ok())

@@ -140,14 +140,34 @@ pub(crate) fn copy_package(
         made: Vec::new(),
     };
     // The caller must reach the package as well as read it: a directory they cannot search
-    // (another user's 0700 home) hides what is below it, whatever its own bits say.
-    for above in real.ancestors().skip(1) {
-        let at = above.display().to_string();
-        let stat = nix::sys::stat::stat(above).map_err(|e| StageError::Open {
-            path: at.clone(),
-            source: e.into(),
+    // (another user's 0700 home) hides what is below it, whatever its own bits say. The
+    // directories are those that hold the opened package, reached by `..` from its
+    // descriptor, not those its path names now (a directory above it renamed between the
+    // open and the check showed searchable ones in their place).
+    if reader.uid != 0 {
+        let mut below = root.try_clone().map_err(|source| StageError::Open {
+            path: shown.clone(),
+            source,
         })?;
-        copy.allows(&stat, &at, SEARCH)?;
+        let mut below_stat = fstat(&below, &shown)?;
+        for depth in 1.. {
+            let at = real
+                .ancestors()
+                .nth(depth)
+                .map_or_else(|| shown.clone(), |p| p.display().to_string());
+            let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
+            let above =
+                openat::openat2(below.as_fd(), "..", how).map_err(|source| StageError::Open {
+                    path: at.clone(),
+                    source,
+                })?;
+            let stat = fstat(&above, &at)?;
+            if (stat.st_dev, stat.st_ino) == (below_stat.st_dev, below_stat.st_ino) {
+                break; // `/`, its own parent
+            }
+            copy.allows(&stat, &at, SEARCH)?;
+            (below, below_stat) = (above, stat);
+        }
     }
     let stat = fstat(&root, &shown)?;
     copy.readable(&stat, &shown, true)?;
@@ -538,5 +558,74 @@ mod tests {
         fs::set_permissions(private.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
         let (_out, r) = stage(&pkg, other);
         r.expect("a searchable parent");
+    }
+
+    #[test]
+    fn the_directories_above_a_package_are_judged_as_they_hold_it_not_by_their_names() {
+        use std::os::unix::fs::MetadataExt;
+        // ATTEMPTS stagings race a swapper that exchanges `shared` (holding a private `v`
+        // above a world-readable package) with `decoy` (a searchable `v` and a package of
+        // the same name): the private package must never stage for another user, however
+        // the names and the directories above it line up.
+        const ATTEMPTS: usize = 2_000;
+        let base = tempfile::tempdir().expect("base");
+        let base = base.path().canonicalize().map(|p| (base, p)).expect("real");
+        let (shared, decoy) = (base.1.join("shared"), base.1.join("decoy"));
+        for (top, v_mode, body) in [(&shared, 0o700, "private"), (&decoy, 0o755, "decoy")] {
+            let pkg = top.join("v/pkg");
+            fs::create_dir_all(&pkg).expect("pkg");
+            fs::write(pkg.join("loong.plugin.json"), body).expect("manifest");
+            fs::set_permissions(
+                pkg.join("loong.plugin.json"),
+                fs::Permissions::from_mode(0o644),
+            )
+            .expect("chmod");
+            fs::set_permissions(&pkg, fs::Permissions::from_mode(0o755)).expect("chmod");
+            fs::set_permissions(top.join("v"), fs::Permissions::from_mode(v_mode)).expect("chmod");
+        }
+        let owner = fs::metadata(&shared).expect("meta");
+        let other = Reader {
+            uid: owner.uid() + 4242,
+            gid: owner.gid() + 4242,
+        };
+        let given = shared.join("v/pkg");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (mut staged, mut leaked, mut refused) = (0, 0, 0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    nix::fcntl::renameat2(
+                        None,
+                        &shared,
+                        None,
+                        &decoy,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    )
+                    .expect("exchange");
+                }
+            });
+            for _ in 0..ATTEMPTS {
+                let (out, r) = stage(&given, other);
+                match r {
+                    Ok(()) => {
+                        let body = fs::read_to_string(out.path().join("staged/loong.plugin.json"))
+                            .expect("staged");
+                        if body == "private" {
+                            leaked += 1;
+                        } else {
+                            staged += 1;
+                        }
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_eq!(leaked, 0, "{staged} staged, {refused} refused");
+        // The control: the decoy, searchable all the way, staged during the race.
+        assert!(
+            staged > 0 && refused > 0,
+            "{staged} staged, {refused} refused"
+        );
     }
 }

@@ -2,18 +2,24 @@
 //! old root kept at `/oldroot`, the new root assembled under `/newroot` from the plan's
 //! steps, then a second `pivot_root` that leaves the old root unreachable. Every bind source
 //! (resolved by the plan) is opened without following a symlink and bound through that
-//! descriptor, so a name swapped for a symlink after planning is refused, not followed.
+//! descriptor, so a name swapped for a symlink after planning is refused, not followed. Every
+//! mount point is reached the same way from the base, name by name (a deeper grant's lies in
+//! the host directory of the grant above it, which its writers can swap for a symlink), and
+//! mounted through its descriptor.
 
 use std::{
     fs, io,
-    os::unix::fs::{symlink, DirBuilderExt},
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::fs::{symlink, DirBuilderExt, OpenOptionsExt},
+    },
     path::{Component, Path, PathBuf},
 };
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::Failure;
-use crate::plan::MountOp;
+use crate::{plan::MountOp, worker::open_beneath};
 
 /// Where the helper's own descriptors are named while the root is built: the host's procfs,
 /// under the old root (the mount follows `N` there to the object the descriptor holds).
@@ -111,8 +117,8 @@ fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
 /// Opens `src` (absolute) for a bind without following any symlink on its path
 /// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from `/`): the plan resolved every source
 /// already, so a symlink met now was swapped in since, and is refused (`ELOOP`), not followed.
-fn pin_source(src: &Path) -> Result<std::os::fd::OwnedFd, Failure> {
-    use std::os::{fd::AsFd, unix::ffi::OsStrExt, unix::fs::OpenOptionsExt};
+fn pin_source(src: &Path) -> Result<OwnedFd, Failure> {
+    use std::os::unix::ffi::OsStrExt;
     let top = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -132,39 +138,176 @@ fn pin_source(src: &Path) -> Result<std::os::fd::OwnedFd, Failure> {
     .map_err(io_fail("open bind source without symlinks", src))
 }
 
+/// The `/oldroot/proc/self/fd` name of `fd`: a mount or `statvfs` given it acts on the
+/// object the descriptor holds, whatever its path names now.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    Path::new(OLD_ROOT_FDS).join(fd.as_raw_fd().to_string())
+}
+
+/// A mount point inside the new root, reached without following any symlink: the new root's
+/// directories below a grant are the host's, which whoever may write the grant can swap for
+/// a symlink at any moment, so a path walked now could lead anywhere on the host (where the
+/// helper would create directories and files as root, and mount).
+struct Target {
+    /// The directory that holds the mount point, opened from `/` (the base) name by name.
+    parent: OwnedFd,
+    name: std::ffi::OsString,
+    /// The whole path, for errors.
+    shown: PathBuf,
+}
+
+impl Target {
+    /// `dst` (absolute, below the base's `/newroot`), its missing directories made on the
+    /// way, each name opened beneath the last with `openat2(RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS)`; the last name is left as it is.
+    fn walk(dst: &Path) -> Result<Target, Failure> {
+        let shown = dst.to_path_buf();
+        let mut names: Vec<&std::ffi::OsStr> = dst
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let name = names
+            .pop()
+            .ok_or_else(|| Failure::new("mount point", libc::EINVAL, dst.display().to_string()))?
+            .to_os_string();
+        let mut parent = base()?;
+        for n in names {
+            parent = child_dir(&parent, n, dst)?;
+        }
+        Ok(Target {
+            parent,
+            name,
+            shown,
+        })
+    }
+
+    /// [`Target::walk`], and the last name made a directory (`dir`) or an empty file when
+    /// it is missing.
+    fn make(dst: &Path, dir: bool) -> Result<Target, Failure> {
+        let t = Target::walk(dst)?;
+        if dir {
+            child_dir(&t.parent, &t.name, dst)?;
+        } else {
+            match t.open() {
+                Ok(_) => {}
+                Err(f) if f.errno == libc::ENOENT => {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+                    open_beneath(t.parent.as_fd(), Path::new(&t.name), flags, 0o644)
+                        .map_err(io_fail("create bind target", dst))?;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        Ok(t)
+    }
+
+    /// The mount point (or, once something is mounted there, the mount's root), opened
+    /// `O_PATH` without following a symlink.
+    fn open(&self) -> Result<OwnedFd, Failure> {
+        open_beneath(self.parent.as_fd(), Path::new(&self.name), libc::O_PATH, 0)
+            .map_err(io_fail("open mount point without symlinks", &self.shown))
+    }
+
+    /// The mount made at this point, checked to be the one holding `want` (`st_dev`,
+    /// `st_ino`) at its root: what a remount then acts on.
+    fn mounted(&self, want: &nix::sys::stat::FileStat) -> Result<OwnedFd, Failure> {
+        let fd = self.open()?;
+        let got = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(fail("stat mount", &self.shown))?;
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino) {
+            return Err(Failure::new(
+                "mount point changed while the root was built",
+                libc::EXDEV,
+                self.shown.display().to_string(),
+            ));
+        }
+        Ok(fd)
+    }
+}
+
+/// The base (`/` while the root is built, a tmpfs of the helper's own).
+fn base() -> Result<OwnedFd, Failure> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open("/")
+        .map(OwnedFd::from)
+        .map_err(io_fail("open the base", Path::new("/")))
+}
+
+/// The directory `name` beneath `dir`, made when missing; never through a symlink.
+fn child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path) -> Result<OwnedFd, Failure> {
+    let open = || {
+        open_beneath(
+            dir.as_fd(),
+            Path::new(name),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // mkdirat makes no directory through a symlink at `name` (EEXIST, then the open
+            // refuses it).
+            match nix::sys::stat::mkdirat(
+                Some(dir.as_raw_fd()),
+                name,
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(fail("mkdir", shown)(e)),
+            }
+            open().map_err(io_fail("open directory without symlinks", shown))
+        }
+        r => r.map_err(io_fail("open directory without symlinks", shown)),
+    }
+}
+
 /// A bind mount; `extra` are flags besides `nosuid` (device nodes need `nodev` off). The
-/// source is pinned first ([`pin_source`]) and bound through its descriptor, so what is bound
-/// is what was opened.
+/// source is pinned first ([`pin_source`]) and bound through its descriptor onto a mount
+/// point reached without symlinks ([`Target`]), so what is bound is what was opened, where
+/// it was planned; the remount acts on that mount only.
 fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
-    use std::os::fd::AsRawFd;
     let pinned = pin_source(src)?;
     let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
     let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    let by_fd = Path::new(OLD_ROOT_FDS).join(pinned.as_raw_fd().to_string());
-    let src = by_fd.as_path();
-    if is_dir {
-        mkdirs(dst)?;
-    } else {
-        if let Some(parent) = dst.parent() {
-            mkdirs(parent)?;
-        }
-        if !dst.exists() {
-            fs::File::create(dst).map_err(io_fail("create bind target", dst))?;
-        }
-    }
+    let target = Target::make(dst, is_dir)?;
+    let at = target.open()?;
     mount(
-        Some(src),
-        dst,
+        Some(fd_path(&pinned).as_path()),
+        fd_path(&at).as_path(),
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .map_err(fail("bind", dst))?;
+    let mounted = target.mounted(&meta)?;
     let mut flags = MsFlags::MS_NOSUID | extra;
     if !writable {
         flags |= MsFlags::MS_RDONLY;
     }
-    remount_bind(dst, flags)
+    remount_bind(&fd_path(&mounted), flags)
+}
+
+/// A file system of its own (`tmpfs`, `proc`) mounted at `dst`, reached without symlinks.
+fn mount_fs(
+    fstype: &'static str,
+    dst: &Path,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Failure> {
+    let target = Target::make(dst, true)?;
+    let at = target.open()?;
+    mount(
+        Some(fstype),
+        fd_path(&at).as_path(),
+        Some(fstype),
+        flags,
+        data,
+    )
+    .map_err(fail("mount", dst))
 }
 
 /// A tmpfs at `d` with the minimal device nodes: made with `mknod` when we are root outside
@@ -176,14 +319,12 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
     if nix::unistd::Uid::effective().is_root() {
         // No nodev here: the nodes must work. Nothing else can be created on it later.
         let data = "size=65536,mode=755";
-        mount(
-            Some("tmpfs"),
+        mount_fs(
+            "tmpfs",
             d,
-            Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some(data),
-        )
-        .map_err(fail("mount tmpfs", d))?;
+        )?;
         for (node, major, minor) in DEV_NODES {
             let p = d.join(node);
             mknod(
@@ -197,7 +338,12 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
                 .map_err(io_fail("chmod", &p))?;
         }
     } else {
-        tmpfs(d, 64 << 10, 0o755)?;
+        mount_fs(
+            "tmpfs",
+            d,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=65536,mode=755"),
+        )?;
         for (node, _, _) in DEV_NODES {
             bind_with(&host_dev.join(node), &d.join(node), true, MsFlags::empty())?;
         }
@@ -231,35 +377,33 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
     for op in ops {
         match op {
             MountOp::Tmpfs { dst, size, mode } => {
-                let d = under(new, dst);
-                mkdirs(&d)?;
-                tmpfs(&d, *size, *mode)?;
+                let data = format!("size={size},mode={mode:o}");
+                mount_fs(
+                    "tmpfs",
+                    &under(new, dst),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(data.as_str()),
+                )?;
             }
             MountOp::Bind { src, dst, writable } => {
                 bind(&under(old, src), &under(new, dst), *writable)?
             }
             MountOp::Symlink { target, dst } => {
                 let d = under(new, dst);
-                if let Some(parent) = d.parent() {
-                    mkdirs(parent)?;
-                }
-                symlink(target, &d).map_err(io_fail("symlink", &d))?;
+                let t = Target::walk(&d)?;
+                nix::unistd::symlinkat(target, Some(t.parent.as_raw_fd()), t.name.as_os_str())
+                    .map_err(fail("symlink", &d))?;
             }
             MountOp::Proc { dst } => {
-                let d = under(new, dst);
-                mkdirs(&d)?;
-                mount(
-                    Some("proc"),
-                    &d,
-                    Some("proc"),
+                mount_fs(
+                    "proc",
+                    &under(new, dst),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                    None::<&str>,
-                )
-                .map_err(fail("mount proc", &d))?;
+                    None,
+                )?;
             }
             MountOp::Dev { dst } => {
                 let d = under(new, dst);
-                mkdirs(&d)?;
                 dev_nodes(&old.join("dev"), &d)?;
                 for (name, target) in [
                     ("fd", "/proc/self/fd"),
