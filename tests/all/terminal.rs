@@ -162,7 +162,9 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
         },
         ControlRequest::Invoke(_) => R::Invoked(InvokeResult {
             tool: h(),
-            output: "{\"ok\":true}".into(),
+            // A tool's JSON: valid JSON keeps C1 controls, bidi overrides and zero-width
+            // characters raw inside its strings, and a carriage return between its tokens.
+            output: format!("{}\r", serde_json::json!({ "ok": h() })),
             worker: 1,
             logs: vec![h()],
             wall_us: 1,
@@ -264,8 +266,11 @@ fn recv<T: serde::de::DeserializeOwned>(s: &mut UnixStream) -> Option<T> {
     frame::decode_body(&body).ok()
 }
 
+/// How a stand-in daemon answers a request.
+type Answer = fn(&ControlRequest) -> Result<ControlResponse, RemoteError>;
+
 /// One connection of the stand-in daemon: handshake, then answer each request.
-fn serve(mut s: UnixStream) {
+fn serve(mut s: UnixStream, answer: Answer) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let Some(_hello) = recv::<Hello>(&mut s) else {
         return;
@@ -326,7 +331,7 @@ fn every_view_escapes_foreign_text() {
     let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(s));
+            std::thread::spawn(move || serve(s, answer));
         }
     });
     let policy = home.path().join("p.toml");
@@ -335,6 +340,7 @@ fn every_view_escapes_foreign_text() {
     // Every human-readable view loongctl has that shows text from loongd.
     let views: &[&[&str]] = &[
         &["status"],
+        &["daemon", "status"],
         &["doctor"],
         &["audit", "recent"],
         &["audit", "show", "1"],
@@ -410,4 +416,38 @@ fn plugins_doctor_warns_about_control_characters_in_manifest_text() {
     );
     assert!(text.contains("WARN  tags[1]: "), "{text}");
     assert!(!text.contains("tags[0]"), "{text}");
+}
+
+#[test]
+fn package_views_show_foreign_names_escaped_one_line_each() {
+    let home = Home::new();
+    let dir = home.path().join("pkg");
+    let dir_s = dir.display().to_string();
+    let out = home.ctl(&["plugins", "init", &dir_s, "--kind", "wasm"]);
+    assert!(out.status.success(), "{out:?}");
+    // Positive control: the package's own names are listed as they are.
+    let clean = home.ctl(&["plugins", "verify", &dir_s]);
+    let clean_text = String::from_utf8_lossy(&clean.stdout).to_string();
+    assert!(clean_text.contains("  loong.plugin.json"), "{clean_text}");
+
+    // A file name is the package's: a bidi override and a C1 CSI are valid in one.
+    std::fs::write(dir.join("evil\u{202e}gnp.exe\u{9b}1m"), b"x").expect("file");
+    let out = home.ctl(&["plugins", "verify", &dir_s]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(obeyed(&text).is_empty(), "{text:?}");
+    assert!(text.contains("evil\\u{202e}gnp.exe\\x9b1m"), "{text}");
+
+    // A line break in the manifest's text never makes a line of doctor's own.
+    let manifest = dir.join("loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    m["plugin_id"] = serde_json::Value::String("pkg\n  ok    FORGED".into());
+    std::fs::write(&manifest, m.to_string()).expect("write manifest");
+    let out = home.ctl(&["plugins", "doctor", &dir_s]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("FORGED"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("  ok    FORGED")),
+        "{text}"
+    );
 }
