@@ -451,3 +451,72 @@ fn package_views_show_foreign_names_escaped_one_line_each() {
         "{text}"
     );
 }
+
+/// A daemon whose lists never move on: every page asked for, whatever its cursor, is the
+/// first one again.
+fn stuck(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
+    match req {
+        ControlRequest::TokenList(_) => Ok(ControlResponse::Tokens(vec![TokenView {
+            id: "tok_same".into(),
+            pack: "p".into(),
+            agent: "a".into(),
+            grants: vec![],
+            issued_ms: 0,
+            expires_ms: 0,
+            generation: 1,
+            state: "active".into(),
+            secret: None,
+        }])),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_list_that_does_not_move_on_ends_loongctl() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("run")).expect("run dir");
+    let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(s, stuck));
+        }
+    });
+    // Positive control: `--limit` ends a list whatever the daemon answers.
+    let out = home.ctl(&["tokens", "list", "--limit", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("tok_same")
+            .count(),
+        1
+    );
+    // Without it loongctl asked for the page after tok_same forever, printing it each time.
+    let mut child = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["tokens", "list"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run loongctl");
+    let ended = crate::support::wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("loongctl's output");
+    assert!(ended, "loongctl still asking after 20 s");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not move on"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("tok_same")
+            .count(),
+        1
+    );
+}

@@ -106,6 +106,16 @@ pub(crate) async fn issue(
 
 /// `tokens list`.
 pub(crate) fn list(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
+    // The page starts after the cursor's place in the list, which only a token that exists
+    // has: an unknown one is refused, not answered as an empty (ended) list.
+    if let Some(a) = page.after.as_deref() {
+        if matches!(
+            kernel.authority.tokens.check_id(a).map_err(internal)?,
+            Err(TokenDenial::Unknown)
+        ) {
+            return Err(bad(format!("--after {a}: there is no token {a}")));
+        }
+    }
     let tokens = kernel
         .authority
         .tokens
@@ -451,6 +461,18 @@ pub(crate) fn approvals(kernel: &Kernel, page: &Page) -> Result<ControlResponse,
         .approvals
         .expire_overdue()
         .map_err(internal)?;
+    // As for tokens: a cursor names a request that exists, or the list would seem to end.
+    if let Some(a) = page.after.as_deref() {
+        if kernel
+            .authority
+            .approvals
+            .get(a)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(bad(format!("--after {a}: there is no approval {a}")));
+        }
+    }
     let all = kernel
         .authority
         .approvals
