@@ -28,7 +28,7 @@ pub const MAX_TOKEN_GRANTS: usize = 64;
 /// What a public token id starts with.
 pub const ID_PREFIX: &str = "tok_";
 /// What a bearer secret starts with.
-pub const SECRET_PREFIX: &str = "loong_";
+pub const SECRET_PREFIX: &str = loong_ipc::message::control::BEARER_SECRET_PREFIX;
 /// Random bytes in a public id.
 pub const ID_BYTES: usize = 16;
 /// Random bytes in a bearer secret.
