@@ -615,6 +615,8 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     let caps = ["process.exec:sh", "process.exec:rm", "control.approvals"];
     let requester = issue(&home, "ops", "bot", &caps, "1h");
     let same_agent = issue(&home, "ops", "bot", &["control.approvals"], "1h");
+    // The same agent under another spelling: a capital and a zero-width space.
+    let same_agent_spelled = issue(&home, "ops", "Bot\u{200b}", &["control.approvals"], "1h");
     let no_grant = issue(&home, "ops", "carol", &["process.exec:sh"], "1h");
     let reviewer = issue(&home, "ops", "alice", &["control.approvals"], "1h");
     let outsider = issue(&home, "other", "dave", &["control.approvals"], "1h");
@@ -642,7 +644,11 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     refused(&requester, "the same token cannot resolve it");
     refused(
         &same_agent,
-        "requested by agent bot; the same agent cannot resolve it",
+        "requested by agent bot; the same agent (bot) cannot resolve it",
+    );
+    refused(
+        &same_agent_spelled,
+        "requested by agent bot; the same agent (Bot\\u{200b}) cannot resolve it",
     );
     refused(&no_grant, "control.approvals on");
     refused(&no_grant, "the token does not grant it");
@@ -683,7 +689,7 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
             r["detail"]["capability"] == "control.approvals" && r["detail"]["allowed"] == false
         })
         .count();
-    assert_eq!(refusals, 10, "every refusal is audited");
+    assert_eq!(refusals, 12, "every refusal is audited");
     // The operator, whose pack grants control.approvals, still resolves; a token may not
     // resolve the operator's own requests (another pack).
     let child = run(&home, &risky);

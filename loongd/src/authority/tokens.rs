@@ -350,9 +350,60 @@ impl TokenStore {
     }
 }
 
+/// Who an agent's name names, for separation of duties: its letters in lower case, without
+/// whitespace, controls or the invisible characters that only change how a name looks
+/// (soft hyphen, zero-width and bidi marks, joiners, variation selectors, tags). Tokens for
+/// "bot", "Bot" and "bot\u{200b}" are one agent's, which cannot approve its own requests.
+pub fn agent_key(name: &str) -> String {
+    name.chars()
+        .filter(|c| {
+            let u = *c as u32;
+            !(c.is_whitespace()
+                || c.is_control()
+                || matches!(
+                    u,
+                    0x00AD
+                        | 0x034F
+                        | 0x061C
+                        | 0x115F..=0x1160
+                        | 0x180B..=0x180F
+                        | 0x200B..=0x200F
+                        | 0x202A..=0x202E
+                        | 0x2060..=0x206F
+                        | 0x3164
+                        | 0xFE00..=0xFE0F
+                        | 0xFEFF
+                        | 0xFFA0
+                        | 0x1D173..=0x1D17A
+                        | 0xE0000..=0xE0FFF
+                ))
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_names_that_read_alike_are_one_agent() {
+        for alike in [
+            "Bot",
+            "BOT",
+            " bot",
+            "bot\u{200b}",
+            "b\u{200d}ot",
+            "bot\u{fe0f}",
+            "\u{202e}bot",
+        ] {
+            assert_eq!(agent_key(alike), agent_key("bot"), "{alike:?}");
+        }
+        // Positive control: other names stay apart.
+        for other in ["bot2", "robot", "b-ot", "bøt"] {
+            assert_ne!(agent_key(other), agent_key("bot"), "{other:?}");
+        }
+    }
 
     fn pack() -> Pack {
         Pack {

@@ -19,6 +19,7 @@ use crate::{
     authority::{
         approvals::{Approval, EffectDetail, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
         shell::CommandLine,
+        tokens::agent_key,
         Decision, Outcome, Token, TokenDenial,
     },
     Kernel,
@@ -557,8 +558,8 @@ async fn deny_orphaned_approvals(
 }
 
 /// Who resolves an approval: `control.approvals` under their token (or the operator's pack),
-/// a token only within its own pack, and never the token or the agent that asked. The
-/// refusal names which rule.
+/// a token only within its own pack, and never the token or the agent that asked (by the
+/// agent's name as [`agent_key`] reads it, so "Bot" is "bot"). The refusal names which rule.
 async fn approver(
     kernel: &Kernel,
     cred: &UCred,
@@ -573,8 +574,8 @@ async fn approver(
             "approval {} was requested under token {asked}; the same token cannot resolve it",
             a.id
         )),
-        (Some(_), _, Some(asked), Some(by)) if asked == by => Some(format!(
-            "approval {} was requested by agent {asked}; the same agent cannot resolve it",
+        (Some(_), _, Some(asked), Some(by)) if agent_key(asked) == agent_key(by) => Some(format!(
+            "approval {} was requested by agent {asked}; the same agent ({by}) cannot resolve it",
             a.id
         )),
         (_, Some(_), _, _) if o.pack != a.pack => Some(format!(
