@@ -520,3 +520,34 @@ fn a_list_that_does_not_move_on_ends_loongctl() {
         1
     );
 }
+
+/// A daemon relaying a plugin's failure whose message holds a line of loongctl's own.
+fn failing(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
+    match req {
+        ControlRequest::Invoke(_) => Err(RemoteError::new(
+            ErrorKind::WorkerFailed,
+            "invalid_input: bad\nloongctl: FORGED approval granted",
+        )),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_plugins_failure_never_prints_a_line_of_loongctls_own() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("run")).expect("run dir");
+    let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(s, failing));
+        }
+    });
+    let out = home.ctl(&["invoke", "t", "--input", "{}"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad\\nloongctl: FORGED"), "{err}");
+    assert!(
+        !err.lines().any(|l| l.starts_with("loongctl: FORGED")),
+        "{err}"
+    );
+}
