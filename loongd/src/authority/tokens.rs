@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use loong_ipc::BearerSecret;
 use loong_profiles::pack::{Grant, Pack};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -82,11 +83,12 @@ pub enum TokenError {
     NotInPack { pack: String, grant: String },
 }
 
-/// A token just issued, with its bearer secret: the only time loongd holds the secret.
+/// A token just issued, with its bearer secret: the only time loongd holds the secret (as a
+/// [`BearerSecret`], so a `Debug` of this, in a log line or a failed test, never shows it).
 #[derive(Debug)]
 pub struct Issued {
     pub token: Token,
-    pub secret: String,
+    pub secret: BearerSecret,
 }
 
 /// The token table.
@@ -245,7 +247,10 @@ impl TokenStore {
                 ],
             )
         })?;
-        Ok(Issued { token, secret })
+        Ok(Issued {
+            token,
+            secret: BearerSecret::new(secret),
+        })
     }
 
     /// Every token, newest first.
@@ -424,12 +429,14 @@ mod tests {
         let store = TokenStore::open(&path).expect("open");
         let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
         let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
-        let (id, secret) = (issued.token.id.clone(), issued.secret.clone());
+        let (id, secret) = (issued.token.id.clone(), issued.secret.expose().to_string());
         assert!(id.starts_with(ID_PREFIX) && id.len() == ID_PREFIX.len() + 2 * ID_BYTES);
         assert!(
             secret.starts_with(SECRET_PREFIX)
                 && secret.len() == SECRET_PREFIX.len() + 2 * SECRET_BYTES
         );
+        // Printing what issue returned (a log line, a failed assertion) never shows it.
+        assert!(!format!("{issued:?}").contains(&secret[SECRET_PREFIX.len()..]));
         // The secret opens it; the public id does not; the id finds it for a re-check.
         assert_eq!(
             store.check(&secret).expect("check").map(|t| t.id),
@@ -491,7 +498,7 @@ mod tests {
         // Positive control: a token issued after the migration works.
         let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
         let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
-        assert!(store.check(&issued.secret).expect("check").is_ok());
+        assert!(store.check(issued.secret.expose()).expect("check").is_ok());
         // Opening again keeps the migrated table as it is.
         drop(store);
         let again = TokenStore::open(&path).expect("reopen");

@@ -101,7 +101,7 @@ pub(crate) async fn issue(
         .await
         .map_err(internal)?;
     let mut shown = view(token, token.generation);
-    shown.secret = Some(BearerSecret::new(issued.secret));
+    shown.secret = Some(issued.secret);
     Ok(ControlResponse::Tokens(vec![shown]))
 }
 
