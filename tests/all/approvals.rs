@@ -723,3 +723,47 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     assert_eq!(finish(child).0, Some(4));
     assert_eq!(finish(theirs).0, Some(4));
 }
+
+#[test]
+fn a_request_too_large_to_show_is_denied_and_never_stops_the_list() {
+    let (home, token) = home_with(20_000);
+    // A megabyte of arguments (8 of the kernel's longest): an approver could not be shown
+    // it whole, and its page would pass the frame limit.
+    let big = "a".repeat(131_000);
+    let mut args: Vec<&str> = vec!["--token", &token, "--", "/bin/echo"];
+    args.extend(std::iter::repeat_n(big.as_str(), 8));
+    args.push("tail");
+    let (code, _, err) = finish(run(&home, &args));
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("denied without asking"), "{err}");
+    assert!(pending(&home).is_empty(), "nothing was put to an approver");
+    // Positive control: a request an approver can read waits for one.
+    let child = run(&home, &["--token", &token, "--", "/bin/echo", &big]);
+    let id = one_pending(&home);
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(child).0, Some(4));
+
+    // A request stored larger than a page (written into the table while loongd was stopped)
+    // is listed with its command line replaced by a note, and the list goes on.
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    {
+        let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+        let effect = serde_json::json!({ "argv": vec![big.as_str(); 9] }).to_string();
+        db.execute(
+            "INSERT INTO approvals (id, created_ms, deadline_ms, state, actor, pack, capability,
+             target, score, reasons, effect) VALUES ('ap-huge', 1, 2, 'expired', 'uid:0',
+             'careful', 'process.exec', 'echo', 0, 'test', ?1)",
+            [effect],
+        )
+        .expect("huge approval");
+    }
+    home.start();
+    let out = home.ctl(&["approvals", "list"]);
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listed.contains("ap-huge") && listed.contains("too large to list") && listed.contains(&id),
+        "{}",
+        &listed[..listed.len().min(2000)]
+    );
+}
