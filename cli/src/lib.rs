@@ -28,6 +28,21 @@ pub(crate) fn bearer(flag: Option<String>) -> Option<loong_ipc::BearerSecret> {
         .map(loong_ipc::BearerSecret::new)
 }
 
+/// Refuses a bearer secret given where a token's public id belongs (`tokens revoke ID`,
+/// `audit token-trail ID`), before it is sent on: loongd would only answer that no such token
+/// exists, and echo the secret back in that answer.
+pub(crate) fn public_token_id(id: &str) -> Result<(), Failure> {
+    if id.starts_with(loong_ipc::message::control::BEARER_SECRET_PREFIX) {
+        return Err(Failure {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "that is a token's bearer secret, not its id: name the token by its public id (tok_…, shown when it was issued and by `loongctl tokens list`); the secret was not sent"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// How long loongctl waits to connect and handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The deadline of a simple control request.

@@ -11,10 +11,16 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             // The error may quote foreign text (a plugin's error, a path an agent chose).
-            eprintln!(
-                "loongctl: {}",
-                loongctl::text::esc_lines(&format!("{:#}", f.error))
-            );
+            // loongd's own multi-line messages keep their line breaks; a worker's failure is
+            // a plugin's or a program's word, and shows its line breaks escaped, so it never
+            // prints a line that looks like loongctl's own.
+            let text = format!("{:#}", f.error);
+            let shown = if f.code == loongctl::exit::WORKER_FAILED {
+                loongctl::text::esc(&text).into_owned()
+            } else {
+                loongctl::text::esc_lines(&text)
+            };
+            eprintln!("loongctl: {shown}");
             ExitCode::from(f.code)
         }
     }

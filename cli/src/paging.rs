@@ -2,7 +2,7 @@
 //! asks for the next one after the last key it printed, so a list of any length (100,000
 //! tokens) is shown without any frame near its limit, and `--limit`/`--after` show a part.
 
-use std::io::Write;
+use std::{collections::HashSet, io::Write};
 
 use loong_ipc::{
     message::control::MAX_PAGE_ITEMS, paths::Layout, ControlRequest, ControlResponse, Page,
@@ -37,6 +37,9 @@ pub(crate) fn each<T>(
     let mut client = connect(layout)?;
     let mut after = args.after.clone();
     let mut shown = 0usize;
+    // Every cursor asked after: a page that ends on one of them again would be asked for
+    // forever (a daemon that answers the same page, or a cycle of pages).
+    let mut cursors: HashSet<String> = after.iter().cloned().collect();
     loop {
         let want = match args.limit {
             Some(n) => {
@@ -57,7 +60,14 @@ pub(crate) fn each<T>(
         let Some(last) = items.last() else {
             return Ok(shown);
         };
-        after = Some(key(last));
+        let next = key(last);
+        if !cursors.insert(next.clone()) {
+            return Err(anyhow::anyhow!(
+                "loongd answered a page ending at {next} again; the list does not move on, so loongctl stops ({shown} items shown)"
+            )
+            .into());
+        }
+        after = Some(next);
         for item in &items {
             show(item)?;
         }

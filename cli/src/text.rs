@@ -96,6 +96,35 @@ pub fn esc_join(items: &[String], sep: &str) -> String {
     items.iter().map(|s| esc(s)).collect::<Vec<_>>().join(sep)
 }
 
+/// A tool's JSON output made safe for a terminal and still the same JSON: a character that
+/// [`needs_escape`] inside a string becomes its `\uXXXX` escape (a C1 control, a bidi
+/// override or a line separator is valid raw in a JSON string), a carriage return or tab
+/// between tokens becomes a space, and line breaks between tokens stay. Text that is not JSON
+/// is shown as [`esc_lines`] shows it.
+pub fn json_text(s: &str) -> String {
+    use fmt::Write as _;
+    if serde_json::from_str::<serde::de::IgnoredAny>(s).is_err() {
+        return esc_lines(s);
+    }
+    // In valid JSON a control character outside a string is whitespace, and every other
+    // character that needs escaping is inside a string, where its escape is the same text.
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | ' ' => out.push(c),
+            '\r' | '\t' => out.push(' '),
+            c if needs_escape(c) => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A value that prints as [`esc`] of its text.
 #[derive(Debug, Clone, Copy)]
 pub struct Esc<'a>(pub &'a str);
@@ -138,6 +167,26 @@ mod tests {
             esc_lines("2 problems:\n  - a\r\x1b[1A\n  - b"),
             "2 problems:\n  - a\\r\\x1b[1A\n  - b"
         );
+    }
+
+    #[test]
+    fn json_output_stays_json_and_shows_what_a_terminal_would_obey() {
+        let raw = "{\"a\":\"x\u{9b}1m\u{202e}y\u{2028}\u{1d173}\u{7f}\"}\r\t\n";
+        let shown = json_text(raw);
+        assert!(
+            !shown.chars().any(|c| c != '\n' && needs_escape(c)),
+            "{shown}"
+        );
+        assert_eq!(
+            shown,
+            "{\"a\":\"x\\u009b1m\\u202ey\\u2028\\ud834\\udd73\\u007f\"}  \n"
+        );
+        let same: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+        let orig: serde_json::Value = serde_json::from_str(raw).expect("JSON");
+        assert_eq!(same, orig);
+        // Positive control: plain JSON is untouched; text that is not JSON is escaped.
+        assert_eq!(json_text("{\"ok\": [1, \"é\"]}"), "{\"ok\": [1, \"é\"]}");
+        assert_eq!(json_text("not json\x1b[2J"), "not json\\x1b[2J");
     }
 
     #[test]

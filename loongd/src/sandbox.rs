@@ -179,6 +179,20 @@ async fn authorize(
 ) -> Result<DecidedGrants, RemoteError> {
     use crate::control::authority_api;
     use loong_profiles::pack::Capability;
+    // What is decided (and shown to an approver) is the program and its arguments: a variable
+    // that makes it run other code (LD_PRELOAD of a library in a granted directory) or another
+    // program by the same name (PATH) would run what nobody decided, so none is passed in, as
+    // a shell.exec line setting one is denied.
+    if let Some((name, _)) = req
+        .env
+        .iter()
+        .find(|(name, _)| crate::authority::shell::is_exec_variable(name))
+    {
+        return Err(RemoteError::new(
+            ErrorKind::Denied,
+            format!("--env {name}: a variable that changes which program runs, or makes it run other code, is not passed into a sandbox"),
+        ));
+    }
     let argv: Vec<String> = std::iter::once(req.program.clone())
         .chain(req.args.iter().cloned())
         .collect();
@@ -300,6 +314,7 @@ pub(crate) async fn run(
         "tier": req.tier, "program": req.program, "args": req.args, "read": req.read, "write": req.write,
         "allow_net": req.allow_net, "timeout_ms": req.timeout_ms, "memory_bytes": req.memory_bytes,
         "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
+        "env": req.env.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
     });
     // The decision pipeline first: every effect the run asks for, under the presented token
     // (or the operator's pack). Nothing spawns unless all are allowed.

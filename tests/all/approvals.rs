@@ -615,6 +615,8 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     let caps = ["process.exec:sh", "process.exec:rm", "control.approvals"];
     let requester = issue(&home, "ops", "bot", &caps, "1h");
     let same_agent = issue(&home, "ops", "bot", &["control.approvals"], "1h");
+    // The same agent under another spelling: a capital and a zero-width space.
+    let same_agent_spelled = issue(&home, "ops", "Bot\u{200b}", &["control.approvals"], "1h");
     let no_grant = issue(&home, "ops", "carol", &["process.exec:sh"], "1h");
     let reviewer = issue(&home, "ops", "alice", &["control.approvals"], "1h");
     let outsider = issue(&home, "other", "dave", &["control.approvals"], "1h");
@@ -642,7 +644,11 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
     refused(&requester, "the same token cannot resolve it");
     refused(
         &same_agent,
-        "requested by agent bot; the same agent cannot resolve it",
+        "requested by agent bot; the same agent (bot) cannot resolve it",
+    );
+    refused(
+        &same_agent_spelled,
+        "requested by agent bot; the same agent (Bot\\u{200b}) cannot resolve it",
     );
     refused(&no_grant, "control.approvals on");
     refused(&no_grant, "the token does not grant it");
@@ -683,7 +689,7 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
             r["detail"]["capability"] == "control.approvals" && r["detail"]["allowed"] == false
         })
         .count();
-    assert_eq!(refusals, 10, "every refusal is audited");
+    assert_eq!(refusals, 12, "every refusal is audited");
     // The operator, whose pack grants control.approvals, still resolves; a token may not
     // resolve the operator's own requests (another pack).
     let child = run(&home, &risky);
@@ -716,4 +722,48 @@ fn an_approver_needs_control_approvals_and_is_never_the_requester() {
         .success());
     assert_eq!(finish(child).0, Some(4));
     assert_eq!(finish(theirs).0, Some(4));
+}
+
+#[test]
+fn a_request_too_large_to_show_is_denied_and_never_stops_the_list() {
+    let (home, token) = home_with(20_000);
+    // A megabyte of arguments (8 of the kernel's longest): an approver could not be shown
+    // it whole, and its page would pass the frame limit.
+    let big = "a".repeat(131_000);
+    let mut args: Vec<&str> = vec!["--token", &token, "--", "/bin/echo"];
+    args.extend(std::iter::repeat_n(big.as_str(), 8));
+    args.push("tail");
+    let (code, _, err) = finish(run(&home, &args));
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("denied without asking"), "{err}");
+    assert!(pending(&home).is_empty(), "nothing was put to an approver");
+    // Positive control: a request an approver can read waits for one.
+    let child = run(&home, &["--token", &token, "--", "/bin/echo", &big]);
+    let id = one_pending(&home);
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(child).0, Some(4));
+
+    // A request stored larger than a page (written into the table while loongd was stopped)
+    // is listed with its command line replaced by a note, and the list goes on.
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    {
+        let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+        let effect = serde_json::json!({ "argv": vec![big.as_str(); 9] }).to_string();
+        db.execute(
+            "INSERT INTO approvals (id, created_ms, deadline_ms, state, actor, pack, capability,
+             target, score, reasons, effect) VALUES ('ap-huge', 1, 2, 'expired', 'uid:0',
+             'careful', 'process.exec', 'echo', 0, 'test', ?1)",
+            [effect],
+        )
+        .expect("huge approval");
+    }
+    home.start();
+    let out = home.ctl(&["approvals", "list"]);
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listed.contains("ap-huge") && listed.contains("too large to list") && listed.contains(&id),
+        "{}",
+        &listed[..listed.len().min(2000)]
+    );
 }

@@ -162,8 +162,8 @@ fn tokens_within_packs_revocation_and_restarts() {
     let (second, second_id) = f.issued(&[&format!("fs.read:{d}"), "process.exec:cat"], "10m");
     assert_eq!(
         f.home.ctl(&["tokens", "revoke", &token]).status.code(),
-        Some(1),
-        "revocation takes the public id, not the secret"
+        Some(2),
+        "revocation takes the public id; loongctl does not send the secret"
     );
     assert!(f
         .home
@@ -608,5 +608,28 @@ fn bearer_secrets_never_reach_the_trail_logs_exports_or_errors() {
         "token.revoked",
     ] {
         assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
+    }
+}
+
+#[test]
+fn a_bearer_secret_given_as_a_token_id_is_not_sent() {
+    // No daemon runs: a request that loongctl sends fails as "not running", one it refuses
+    // first fails as a usage error.
+    let home = Home::new();
+    let secret = format!("loong_{}", "ab".repeat(32));
+    // Positive control: a public id is sent on.
+    let out = home.ctl(&["tokens", "revoke", "tok_0011"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    for args in [
+        &["tokens", "revoke", secret.as_str()][..],
+        &["audit", "token-trail", secret.as_str()][..],
+    ] {
+        let out = home.ctl(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("the secret was not sent") && !err.contains(&secret),
+            "{args:?}: {err}"
+        );
     }
 }

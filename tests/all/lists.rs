@@ -145,4 +145,24 @@ fn approvals_page_past_their_first_page() {
         "{}",
         text(&out.stderr)
     );
+    // A cursor that names nothing is refused, never answered as a list that has ended
+    // (tokens and approvals page by the cursor's place, which only a real one has); a real
+    // one is the control.
+    let out = home.ctl(&[
+        "approvals",
+        "list",
+        "--after",
+        all[0]["id"].as_str().expect("id"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (list, kind) in [("approvals", "approval"), ("tokens", "token")] {
+        let out = home.ctl(&[list, "list", "--after", "nope-9"]);
+        assert!(
+            !out.status.success()
+                && text(&out.stderr).contains(&format!("there is no {kind} nope-9")),
+            "{list}: {} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }

@@ -641,3 +641,64 @@ fn a_home_reached_through_a_symlink_overlaps_a_grant_of_its_real_path() {
     assert_eq!(control.0, Some(0), "{}", control.1);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
 }
+
+#[test]
+fn a_variable_that_changes_what_runs_is_not_passed_in() {
+    let home = Home::new();
+    home.start();
+    let run = |name: &str, value: &str| {
+        home.ctl_env(
+            &[
+                "sandbox",
+                "run",
+                "--tier",
+                "balanced",
+                "--env",
+                name,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo \"[$LD_PRELOAD][$LOONG_TEST_PASSED]\"",
+            ],
+            &[(name, value)],
+        )
+    };
+    // Positive control: another variable is passed in.
+    let out = run("LOONG_TEST_PASSED", "yes");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("[][yes]"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The dynamic loader's, and the search path's: what runs would not be what was decided.
+    for (name, value) in [
+        ("LD_PRELOAD", "/nonexistent/x.so"),
+        ("PATH", "/tmp"),
+        ("BASH_ENV", "/tmp/x"),
+    ] {
+        let out = run(name, value);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{name}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(&format!(
+                "--env {name}: a variable that changes which program runs"
+            )),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stdout).contains("[/nonexistent"), "{name}");
+    }
+    // The refusal is audited with the names asked for (never their values).
+    let out = home.ctl(&["audit", "recent", "--kind", "sandbox.refused", "--json"]);
+    let records = text(&out.stdout);
+    assert!(
+        records.contains("LD_PRELOAD") && !records.contains("/nonexistent/x.so"),
+        "{records}"
+    );
+}

@@ -162,7 +162,9 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
         },
         ControlRequest::Invoke(_) => R::Invoked(InvokeResult {
             tool: h(),
-            output: "{\"ok\":true}".into(),
+            // A tool's JSON: valid JSON keeps C1 controls, bidi overrides and zero-width
+            // characters raw inside its strings, and a carriage return between its tokens.
+            output: format!("{}\r", serde_json::json!({ "ok": h() })),
             worker: 1,
             logs: vec![h()],
             wall_us: 1,
@@ -264,8 +266,11 @@ fn recv<T: serde::de::DeserializeOwned>(s: &mut UnixStream) -> Option<T> {
     frame::decode_body(&body).ok()
 }
 
+/// How a stand-in daemon answers a request.
+type Answer = fn(&ControlRequest) -> Result<ControlResponse, RemoteError>;
+
 /// One connection of the stand-in daemon: handshake, then answer each request.
-fn serve(mut s: UnixStream) {
+fn serve(mut s: UnixStream, answer: Answer) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let Some(_hello) = recv::<Hello>(&mut s) else {
         return;
@@ -326,7 +331,7 @@ fn every_view_escapes_foreign_text() {
     let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(s));
+            std::thread::spawn(move || serve(s, answer));
         }
     });
     let policy = home.path().join("p.toml");
@@ -335,6 +340,7 @@ fn every_view_escapes_foreign_text() {
     // Every human-readable view loongctl has that shows text from loongd.
     let views: &[&[&str]] = &[
         &["status"],
+        &["daemon", "status"],
         &["doctor"],
         &["audit", "recent"],
         &["audit", "show", "1"],
@@ -410,4 +416,138 @@ fn plugins_doctor_warns_about_control_characters_in_manifest_text() {
     );
     assert!(text.contains("WARN  tags[1]: "), "{text}");
     assert!(!text.contains("tags[0]"), "{text}");
+}
+
+#[test]
+fn package_views_show_foreign_names_escaped_one_line_each() {
+    let home = Home::new();
+    let dir = home.path().join("pkg");
+    let dir_s = dir.display().to_string();
+    let out = home.ctl(&["plugins", "init", &dir_s, "--kind", "wasm"]);
+    assert!(out.status.success(), "{out:?}");
+    // Positive control: the package's own names are listed as they are.
+    let clean = home.ctl(&["plugins", "verify", &dir_s]);
+    let clean_text = String::from_utf8_lossy(&clean.stdout).to_string();
+    assert!(clean_text.contains("  loong.plugin.json"), "{clean_text}");
+
+    // A file name is the package's: a bidi override and a C1 CSI are valid in one.
+    std::fs::write(dir.join("evil\u{202e}gnp.exe\u{9b}1m"), b"x").expect("file");
+    let out = home.ctl(&["plugins", "verify", &dir_s]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(obeyed(&text).is_empty(), "{text:?}");
+    assert!(text.contains("evil\\u{202e}gnp.exe\\x9b1m"), "{text}");
+
+    // A line break in the manifest's text never makes a line of doctor's own.
+    let manifest = dir.join("loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    m["plugin_id"] = serde_json::Value::String("pkg\n  ok    FORGED".into());
+    std::fs::write(&manifest, m.to_string()).expect("write manifest");
+    let out = home.ctl(&["plugins", "doctor", &dir_s]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("FORGED"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("  ok    FORGED")),
+        "{text}"
+    );
+}
+
+/// A daemon whose lists never move on: every page asked for, whatever its cursor, is the
+/// first one again.
+fn stuck(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
+    match req {
+        ControlRequest::TokenList(_) => Ok(ControlResponse::Tokens(vec![TokenView {
+            id: "tok_same".into(),
+            pack: "p".into(),
+            agent: "a".into(),
+            grants: vec![],
+            issued_ms: 0,
+            expires_ms: 0,
+            generation: 1,
+            state: "active".into(),
+            secret: None,
+        }])),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_list_that_does_not_move_on_ends_loongctl() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("run")).expect("run dir");
+    let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(s, stuck));
+        }
+    });
+    // Positive control: `--limit` ends a list whatever the daemon answers.
+    let out = home.ctl(&["tokens", "list", "--limit", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("tok_same")
+            .count(),
+        1
+    );
+    // Without it loongctl asked for the page after tok_same forever, printing it each time.
+    let mut child = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["tokens", "list"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run loongctl");
+    let ended = crate::support::wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("loongctl's output");
+    assert!(ended, "loongctl still asking after 20 s");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not move on"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("tok_same")
+            .count(),
+        1
+    );
+}
+
+/// A daemon relaying a plugin's failure whose message holds a line of loongctl's own.
+fn failing(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
+    match req {
+        ControlRequest::Invoke(_) => Err(RemoteError::new(
+            ErrorKind::WorkerFailed,
+            "invalid_input: bad\nloongctl: FORGED approval granted",
+        )),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_plugins_failure_never_prints_a_line_of_loongctls_own() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("run")).expect("run dir");
+    let listener = UnixListener::bind(home.socket()).expect("bind the stand-in socket");
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(s, failing));
+        }
+    });
+    let out = home.ctl(&["invoke", "t", "--input", "{}"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad\\nloongctl: FORGED"), "{err}");
+    assert!(
+        !err.lines().any(|l| l.starts_with("loongctl: FORGED")),
+        "{err}"
+    );
 }

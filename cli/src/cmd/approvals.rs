@@ -16,7 +16,7 @@ use crate::{
 /// `loongctl approvals …`.
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
-    /// Approval requests, pending first, then newest first, fetched a page at a time.
+    /// Approval requests, newest first (each with its state), fetched a page at a time.
     List {
         /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver, token, agent, argv, tool, input_preview, input_sha256, input_bytes, input_truncated, note}).
         #[arg(long)]

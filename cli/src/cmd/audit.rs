@@ -201,22 +201,25 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        AuditCommand::TokenTrail { id, json, page } => paging::print_list(
-            layout,
-            &page,
-            json,
-            |p| ControlRequest::AuditTokenTrail {
-                token: id.clone(),
-                page: p,
-            },
-            |r| match r {
-                ControlResponse::AuditRecords(rs) => Some(rs),
-                _ => None,
-            },
-            |r| r.seq.to_string(),
-            json_of,
-            |r| print_human(std::slice::from_ref(r)),
-        ),
+        AuditCommand::TokenTrail { id, json, page } => {
+            crate::public_token_id(&id)?;
+            paging::print_list(
+                layout,
+                &page,
+                json,
+                |p| ControlRequest::AuditTokenTrail {
+                    token: id.clone(),
+                    page: p,
+                },
+                |r| match r {
+                    ControlResponse::AuditRecords(rs) => Some(rs),
+                    _ => None,
+                },
+                |r| r.seq.to_string(),
+                json_of,
+                |r| print_human(std::slice::from_ref(r)),
+            )
+        }
         AuditCommand::Show { seq, json } => {
             let rs = records(layout, ControlRequest::AuditShow { seq })?;
             let Some(r) = rs.first() else {

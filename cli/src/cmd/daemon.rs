@@ -14,7 +14,7 @@ use clap::Subcommand;
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse};
 
 use super::status::{fetch, human_duration};
-use crate::{connect, exit, Failure, REQUEST_DEADLINE};
+use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
 
 /// How long `daemon start` waits for a new daemon to answer.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -57,7 +57,7 @@ pub(crate) fn run(layout: &Layout, cmd: DaemonCommand) -> Result<u8, Failure> {
                 "loongd is running (pid {}, up {}, home {})",
                 s.pid,
                 human_duration(s.uptime_ms),
-                s.home
+                Esc(&s.home)
             );
             Ok(exit::OK)
         }
@@ -74,7 +74,11 @@ fn home_args(layout: &Layout) -> Vec<std::ffi::OsString> {
 
 fn start(layout: &Layout, foreground: bool, accept_failure: bool) -> Result<u8, Failure> {
     if let Ok(s) = fetch(layout) {
-        println!("loongd is already running (pid {}, home {})", s.pid, s.home);
+        println!(
+            "loongd is already running (pid {}, home {})",
+            s.pid,
+            Esc(&s.home)
+        );
         return Ok(exit::OK);
     }
     let loongd = find_loongd()?;
@@ -109,7 +113,11 @@ fn start(layout: &Layout, foreground: bool, accept_failure: bool) -> Result<u8, 
     let until = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(s) = fetch(layout) {
-            println!("loongd started (pid {}, socket {})", s.pid, s.socket_path);
+            println!(
+                "loongd started (pid {}, socket {})",
+                s.pid,
+                Esc(&s.socket_path)
+            );
             return Ok(exit::OK);
         }
         if let Some(status) = child.try_wait().context("waiting for loongd")? {

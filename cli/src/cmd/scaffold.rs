@@ -12,7 +12,7 @@ use loong_ipc::package;
 
 use crate::{
     exit,
-    text::{esc, esc_lines, needs_escape},
+    text::{esc, needs_escape, Esc},
     Failure,
 };
 
@@ -302,21 +302,30 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
             }
         }
     }
+    // One line each: a line break in a manifest's text (a plugin_id, a granted path) is shown,
+    // never a fresh "ok" or "FAIL" line of its own.
     for n in &notes {
-        println!("  ok    {}", esc_lines(n));
+        println!("  ok    {}", esc(n));
     }
     for w in &warnings {
         // Built from escaped text only.
         println!("  WARN  {w}");
     }
     for p in &problems {
-        println!("  FAIL  {}", esc_lines(p));
+        println!("  FAIL  {}", esc(p));
     }
     if problems.is_empty() {
-        println!("{}: no problem found (nothing was run)", dir.display());
+        println!(
+            "{}: no problem found (nothing was run)",
+            Esc(&dir.display().to_string())
+        );
         Ok(exit::OK)
     } else {
-        println!("{}: {} problem(s)", dir.display(), problems.len());
+        println!(
+            "{}: {} problem(s)",
+            Esc(&dir.display().to_string()),
+            problems.len()
+        );
         Ok(exit::USAGE)
     }
 }

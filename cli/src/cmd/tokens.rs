@@ -156,6 +156,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             },
         ),
         TokensCommand::Revoke { id } => {
+            crate::public_token_id(&id)?;
             match crate::request(layout, ControlRequest::TokenRevoke { id: id.clone() })? {
                 ControlResponse::Revoked { existed: true, .. } => {
                     println!("revoked {id}");

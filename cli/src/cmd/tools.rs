@@ -20,7 +20,7 @@ use super::audit::rfc3339;
 use crate::{
     exit,
     paging::PageArgs,
-    text::{esc_join, esc_lines, Esc},
+    text::{esc_join, esc_lines, json_text, Esc},
     Failure,
 };
 
@@ -241,7 +241,7 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
                 if args.json {
                     println!("{}", result_json(&r));
                 } else {
-                    println!("{}", r.output);
+                    println!("{}", json_text(&r.output));
                     for line in &r.logs {
                         eprintln!("log: {}", Esc(line));
                     }

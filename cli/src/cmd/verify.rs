@@ -11,7 +11,7 @@ use loong_ipc::{
     ControlRequest, ControlResponse, KeyView,
 };
 
-use crate::{exit, Failure};
+use crate::{exit, text::Esc, Failure};
 
 /// What was found, for printing.
 #[derive(Debug, Default)]
@@ -97,7 +97,7 @@ fn check(sig: &PackageSignature, keys: &[KeyView], now: &package::PackageDigest,
         if state != FileState::Same {
             r.problems.push(format!(
                 "{} is {} since it was signed",
-                package::shown(&path),
+                path,
                 state.as_str()
             ));
         }
@@ -183,21 +183,27 @@ fn print(dir: &Path, r: &Report, json: bool) {
         );
         return;
     }
+    // File names, the signature file's text and the key's fields are foreign: each is shown
+    // escaped, one line each.
+    let dir = dir.display().to_string();
     for (path, hash, state) in &r.files {
-        println!("  {:<8} {hash}  {}", label(*state), package::shown(path));
+        println!("  {:<8} {}  {}", label(*state), Esc(hash), Esc(path));
     }
     if let Some(k) = signer {
         println!(
             "  signer   {} ({}), tier {}, {}",
-            k.id, k.name, k.tier, k.state
+            Esc(&k.id),
+            Esc(&k.name),
+            Esc(&k.tier),
+            Esc(&k.state)
         );
     }
     for p in &r.problems {
-        println!("  FAIL     {p}");
+        println!("  FAIL     {}", Esc(p));
     }
     if r.problems.is_empty() {
-        println!("{}: the signature holds for every file", dir.display());
+        println!("{}: the signature holds for every file", Esc(&dir));
     } else {
-        println!("{}: {} problem(s)", dir.display(), r.problems.len());
+        println!("{}: {} problem(s)", Esc(&dir), r.problems.len());
     }
 }

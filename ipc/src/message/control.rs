@@ -40,6 +40,10 @@ impl Page {
 /// Bound on the text of a policy file sent for checking.
 pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
 
+/// What every bearer secret starts with (a public token id starts with `tok_`), so a client
+/// can tell one given where an id belongs and refuse to send it on.
+pub const BEARER_SECRET_PREFIX: &str = "loong_";
+
 /// A capability token's bearer secret on the wire. Its `Debug` form is redacted, so no log
 /// line, error or panic message that prints a request or an answer carries it; the text is
 /// reached only through [`BearerSecret::expose`], where it is used.

@@ -219,18 +219,20 @@ impl ApprovalStore {
         })
     }
 
-    /// Every request, pending first, newest first.
-    /// At most `limit` requests, pending first and newest first, after the request `after`
-    /// in that order (from the start when `None`; nothing when `after` names no request).
+    /// At most `limit` requests, newest first, after the request `after` in that order (from
+    /// the start when `None`; nothing when `after` names no request). The order is by what
+    /// never changes (when a request was made, then its id), so a request resolved or expired
+    /// between two pages keeps its place and the next page starts where the last one ended
+    /// (ordered pending first, a cursor resolved meanwhile moved behind every pending request,
+    /// and the next page skipped them all).
     pub fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Approval>, TokenError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db(|c| {
             let mut s = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM approvals
                  WHERE ?1 IS NULL
-                    OR (state != 'pending', -created_ms, id)
-                       > (SELECT state != 'pending', -created_ms, id FROM approvals WHERE id = ?1)
-                 ORDER BY state != 'pending', created_ms DESC, id LIMIT ?2"
+                    OR (-created_ms, id) > (SELECT -created_ms, id FROM approvals WHERE id = ?1)
+                 ORDER BY created_ms DESC, id LIMIT ?2"
             ))?;
             let rows = s.query_map(params![after, limit], read)?;
             rows.collect()
@@ -415,5 +417,37 @@ mod tests {
             .expect("was pending");
         assert_eq!(denied.note.as_deref(), Some("its token died"));
         assert!(store.pending_under_tokens().expect("pending").is_empty());
+    }
+
+    #[test]
+    fn a_request_resolved_between_pages_keeps_its_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
+        for _ in 0..5 {
+            store
+                .create(request(Some("tok_1"), EffectDetail::default()))
+                .expect("create");
+        }
+        let ids = |after: Option<&str>, limit| -> Vec<String> {
+            let page = store.list(after, limit).expect("list");
+            page.into_iter().map(|a| a.id).collect()
+        };
+        let all = ids(None, 10);
+        assert_eq!(all.len(), 5);
+        // Positive control: pages of two give the same list when nothing changes.
+        let first = ids(None, 2);
+        let mut paged = first.clone();
+        paged.extend(ids(Some(&first[1]), 10));
+        assert_eq!(paged, all);
+        // The last request of the first page is resolved (or expires) before the next page:
+        // the rest still follow it, and the one resolved is not shown again.
+        store
+            .resolve(&first[1], "approved", "uid:0")
+            .expect("resolve")
+            .expect("was pending");
+        let rest = ids(Some(&first[1]), 10);
+        let mut paged = first;
+        paged.extend(rest);
+        assert_eq!(paged, all);
     }
 }

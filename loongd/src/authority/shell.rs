@@ -43,6 +43,11 @@ pub const EXEC_VARIABLES: &[&str] = &[
 ];
 /// Prefixes of such variables (the dynamic loader's, bash's exported functions).
 pub const EXEC_VARIABLE_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_"];
+/// Whether setting `name` can change which program a name runs or make a program run other
+/// code ([`EXEC_VARIABLES`], [`EXEC_VARIABLE_PREFIXES`]).
+pub fn is_exec_variable(name: &str) -> bool {
+    EXEC_VARIABLES.contains(&name) || EXEC_VARIABLE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 /// Marks a script's word whose value the shell computes (an unquoted `$…`, substitution or
 /// glob): it may become other words, or none, when the shell splits and globs it. No script
 /// holds it (one with a NUL byte is refused), and no program name ends with it.
@@ -182,9 +187,7 @@ impl Walker<'_> {
         let Some((name, _)) = w.split_once('=') else {
             return;
         };
-        if EXEC_VARIABLES.contains(&name)
-            || EXEC_VARIABLE_PREFIXES.iter().any(|p| name.starts_with(p))
-        {
+        if is_exec_variable(name) {
             self.refuse(format!("sets {name}, which changes what programs run"));
         }
     }

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use loong_ipc::BearerSecret;
 use loong_profiles::pack::{Grant, Pack};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ pub const MAX_TOKEN_GRANTS: usize = 64;
 /// What a public token id starts with.
 pub const ID_PREFIX: &str = "tok_";
 /// What a bearer secret starts with.
-pub const SECRET_PREFIX: &str = "loong_";
+pub const SECRET_PREFIX: &str = loong_ipc::message::control::BEARER_SECRET_PREFIX;
 /// Random bytes in a public id.
 pub const ID_BYTES: usize = 16;
 /// Random bytes in a bearer secret.
@@ -82,11 +83,12 @@ pub enum TokenError {
     NotInPack { pack: String, grant: String },
 }
 
-/// A token just issued, with its bearer secret: the only time loongd holds the secret.
+/// A token just issued, with its bearer secret: the only time loongd holds the secret (as a
+/// [`BearerSecret`], so a `Debug` of this, in a log line or a failed test, never shows it).
 #[derive(Debug)]
 pub struct Issued {
     pub token: Token,
-    pub secret: String,
+    pub secret: BearerSecret,
 }
 
 /// The token table.
@@ -245,7 +247,10 @@ impl TokenStore {
                 ],
             )
         })?;
-        Ok(Issued { token, secret })
+        Ok(Issued {
+            token,
+            secret: BearerSecret::new(secret),
+        })
     }
 
     /// Every token, newest first.
@@ -350,9 +355,60 @@ impl TokenStore {
     }
 }
 
+/// Who an agent's name names, for separation of duties: its letters in lower case, without
+/// whitespace, controls or the invisible characters that only change how a name looks
+/// (soft hyphen, zero-width and bidi marks, joiners, variation selectors, tags). Tokens for
+/// "bot", "Bot" and "bot\u{200b}" are one agent's, which cannot approve its own requests.
+pub fn agent_key(name: &str) -> String {
+    name.chars()
+        .filter(|c| {
+            let u = *c as u32;
+            !(c.is_whitespace()
+                || c.is_control()
+                || matches!(
+                    u,
+                    0x00AD
+                        | 0x034F
+                        | 0x061C
+                        | 0x115F..=0x1160
+                        | 0x180B..=0x180F
+                        | 0x200B..=0x200F
+                        | 0x202A..=0x202E
+                        | 0x2060..=0x206F
+                        | 0x3164
+                        | 0xFE00..=0xFE0F
+                        | 0xFEFF
+                        | 0xFFA0
+                        | 0x1D173..=0x1D17A
+                        | 0xE0000..=0xE0FFF
+                ))
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_names_that_read_alike_are_one_agent() {
+        for alike in [
+            "Bot",
+            "BOT",
+            " bot",
+            "bot\u{200b}",
+            "b\u{200d}ot",
+            "bot\u{fe0f}",
+            "\u{202e}bot",
+        ] {
+            assert_eq!(agent_key(alike), agent_key("bot"), "{alike:?}");
+        }
+        // Positive control: other names stay apart.
+        for other in ["bot2", "robot", "b-ot", "bøt"] {
+            assert_ne!(agent_key(other), agent_key("bot"), "{other:?}");
+        }
+    }
 
     fn pack() -> Pack {
         Pack {
@@ -373,12 +429,14 @@ mod tests {
         let store = TokenStore::open(&path).expect("open");
         let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
         let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
-        let (id, secret) = (issued.token.id.clone(), issued.secret.clone());
+        let (id, secret) = (issued.token.id.clone(), issued.secret.expose().to_string());
         assert!(id.starts_with(ID_PREFIX) && id.len() == ID_PREFIX.len() + 2 * ID_BYTES);
         assert!(
             secret.starts_with(SECRET_PREFIX)
                 && secret.len() == SECRET_PREFIX.len() + 2 * SECRET_BYTES
         );
+        // Printing what issue returned (a log line, a failed assertion) never shows it.
+        assert!(!format!("{issued:?}").contains(&secret[SECRET_PREFIX.len()..]));
         // The secret opens it; the public id does not; the id finds it for a re-check.
         assert_eq!(
             store.check(&secret).expect("check").map(|t| t.id),
@@ -440,7 +498,7 @@ mod tests {
         // Positive control: a token issued after the migration works.
         let grants = vec![Grant::parse("fs.read:/a").expect("grant")];
         let issued = store.issue(&pack(), "bot", grants, 60_000).expect("issue");
-        assert!(store.check(&issued.secret).expect("check").is_ok());
+        assert!(store.check(issued.secret.expose()).expect("check").is_ok());
         // Opening again keeps the migrated table as it is.
         drop(store);
         let again = TokenStore::open(&path).expect("reopen");

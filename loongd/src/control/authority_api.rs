@@ -19,6 +19,7 @@ use crate::{
     authority::{
         approvals::{Approval, EffectDetail, MAX_WINDOW_TTL_MS, MAX_WINDOW_USES},
         shell::CommandLine,
+        tokens::agent_key,
         Decision, Outcome, Token, TokenDenial,
     },
     Kernel,
@@ -100,12 +101,22 @@ pub(crate) async fn issue(
         .await
         .map_err(internal)?;
     let mut shown = view(token, token.generation);
-    shown.secret = Some(BearerSecret::new(issued.secret));
+    shown.secret = Some(issued.secret);
     Ok(ControlResponse::Tokens(vec![shown]))
 }
 
 /// `tokens list`.
 pub(crate) fn list(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
+    // The page starts after the cursor's place in the list, which only a token that exists
+    // has: an unknown one is refused, not answered as an empty (ended) list.
+    if let Some(a) = page.after.as_deref() {
+        if matches!(
+            kernel.authority.tokens.check_id(a).map_err(internal)?,
+            Err(TokenDenial::Unknown)
+        ) {
+            return Err(bad(format!("--after {a}: there is no token {a}")));
+        }
+    }
     let tokens = kernel
         .authority
         .tokens
@@ -444,6 +455,31 @@ fn approval_view(a: Approval) -> ApprovalView {
     }
 }
 
+/// The most bytes of an effect (its target, reasons, command line and input preview) that is
+/// put to an approver: the whole of it is shown, and it must fit a page of `approvals list`
+/// ([`loong_ipc::message::control::MAX_PAGE_BYTES`]) with room to spare.
+pub const MAX_APPROVAL_SHOWN_BYTES: usize = 256 * 1024;
+
+/// `view` as a page can carry it: a request stored larger than a page (by a loongd before
+/// [`MAX_APPROVAL_SHOWN_BYTES`], or written into the table while it was stopped) is listed
+/// with its command line and preview replaced by a note of their size, so it never stops the
+/// list.
+fn fit_page(mut view: ApprovalView) -> ApprovalView {
+    use loong_ipc::message::control::MAX_PAGE_BYTES;
+    if loong_ipc::frame::encoded_len(&view).is_some_and(|n| n <= MAX_PAGE_BYTES / 2) {
+        return view;
+    }
+    let argv_bytes: usize = view.argv.iter().map(String::len).sum();
+    view.argv = vec![format!(
+        "(a command line of {} arguments, {argv_bytes} bytes, too large to list)",
+        view.argv.len()
+    )];
+    view.input_preview = None;
+    view.target = view.target.chars().take(1024).collect();
+    view.reasons = view.reasons.chars().take(1024).collect();
+    view
+}
+
 /// `approvals list`.
 pub(crate) fn approvals(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
     kernel
@@ -451,13 +487,25 @@ pub(crate) fn approvals(kernel: &Kernel, page: &Page) -> Result<ControlResponse,
         .approvals
         .expire_overdue()
         .map_err(internal)?;
+    // As for tokens: a cursor names a request that exists, or the list would seem to end.
+    if let Some(a) = page.after.as_deref() {
+        if kernel
+            .authority
+            .approvals
+            .get(a)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(bad(format!("--after {a}: there is no approval {a}")));
+        }
+    }
     let all = kernel
         .authority
         .approvals
         .list(page.after.as_deref(), page.items())
         .map_err(internal)?;
     Ok(ControlResponse::Approvals(page_of(
-        all.into_iter().map(approval_view),
+        all.into_iter().map(approval_view).map(fit_page),
         |_| true,
         page,
     )))
@@ -535,8 +583,8 @@ async fn deny_orphaned_approvals(
 }
 
 /// Who resolves an approval: `control.approvals` under their token (or the operator's pack),
-/// a token only within its own pack, and never the token or the agent that asked. The
-/// refusal names which rule.
+/// a token only within its own pack, and never the token or the agent that asked (by the
+/// agent's name as [`agent_key`] reads it, so "Bot" is "bot"). The refusal names which rule.
 async fn approver(
     kernel: &Kernel,
     cred: &UCred,
@@ -551,8 +599,8 @@ async fn approver(
             "approval {} was requested under token {asked}; the same token cannot resolve it",
             a.id
         )),
-        (Some(_), _, Some(asked), Some(by)) if asked == by => Some(format!(
-            "approval {} was requested by agent {asked}; the same agent cannot resolve it",
+        (Some(_), _, Some(asked), Some(by)) if agent_key(asked) == agent_key(by) => Some(format!(
+            "approval {} was requested by agent {asked}; the same agent ({by}) cannot resolve it",
             a.id
         )),
         (_, Some(_), _, _) if o.pack != a.pack => Some(format!(
@@ -669,7 +717,7 @@ pub(crate) async fn resolve(
         .await
         .map_err(internal)?;
     wake(kernel, &id);
-    Ok(ControlResponse::Approvals(vec![approval_view(a)]))
+    Ok(ControlResponse::Approvals(vec![fit_page(approval_view(a))]))
 }
 
 /// A request that needs approval: a live full-access window approves it at once; otherwise it
@@ -699,6 +747,29 @@ pub(crate) async fn await_approval(
             .await
             .map_err(internal)?;
         return Ok(());
+    }
+    // An approver is shown the whole effect, and every request is listed in a page: one too
+    // large for either is denied without asking (a request of a megabyte of arguments made
+    // every `approvals list` fail at the frame limit, for good, since requests are kept).
+    let shown = effect.detail();
+    let shown_bytes = target.len()
+        + reasons.len()
+        + shown.argv.iter().map(String::len).sum::<usize>()
+        + shown.input_preview.as_deref().map_or(0, str::len);
+    if shown_bytes > MAX_APPROVAL_SHOWN_BYTES {
+        let why = format!(
+            "the effect is {shown_bytes} bytes, over the {MAX_APPROVAL_SHOWN_BYTES} an approver is shown whole; denied without asking"
+        );
+        let detail = serde_json::json!({ "state": "denied", "resolver": "loongd", "reason": why, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
+        kernel
+            .audit
+            .record(event(Kind::ApprovalResolved, cred, io, detail))
+            .await
+            .map_err(internal)?;
+        return Err(RemoteError::new(
+            ErrorKind::Denied,
+            format!("{cap} needs approval, and {why}"),
+        ));
     }
     let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
     let a = store
