@@ -68,6 +68,22 @@ fn jsonl_peer() -> (tempfile::TempDir, PathBuf) {
     (dir, script)
 }
 
+/// Installs the JSON-lines peer `script` (in `dir`, granted read-only) as plugin `lines`.
+fn install_jsonl_peer(home: &Home, dir: &Path, script: &Path, timeout_ms: u32) {
+    install_foreign(
+        home,
+        "lines",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        &format!(
+            r#""read": [{:?}], "timeout_ms": {timeout_ms}"#,
+            dir.display().to_string()
+        ),
+    );
+}
+
 fn lines_ok(home: &Home) -> u64 {
     let (code, out, err) = invoke(home, &["lines", "--input", r#"{"n":1}"#]);
     assert_eq!(code, 0, "the normal call failed: {err}");
@@ -81,18 +97,7 @@ fn a_json_lines_program_that_misbehaves_fails_only_its_own_call() {
     let (dir, script) = jsonl_peer();
     let home = Home::new();
     install_examples(&home);
-    install_foreign(
-        &home,
-        "lines",
-        &format!(
-            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
-            args_json(&[&script.display().to_string()])
-        ),
-        &format!(
-            r#""read": [{:?}], "timeout_ms": 1500"#,
-            dir.path().display().to_string()
-        ),
-    );
+    install_jsonl_peer(&home, dir.path(), &script, 1500);
     let daemon = home.start();
     let ps = plugins(&home);
     let lines = ps.iter().find(|p| p["id"] == "lines").expect("listed");
@@ -262,18 +267,7 @@ fn start_daemon(home: &Home) -> (u64, u64) {
 fn what_a_program_starts_dies_with_it_and_the_worker_is_out_of_its_reach() {
     let (dir, script) = jsonl_peer();
     let home = Home::new();
-    install_foreign(
-        &home,
-        "lines",
-        &format!(
-            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
-            args_json(&[&script.display().to_string()])
-        ),
-        &format!(
-            r#""read": [{:?}], "timeout_ms": 3000"#,
-            dir.path().display().to_string()
-        ),
-    );
+    install_jsonl_peer(&home, dir.path(), &script, 3000);
     home.start();
     let gone = |host: u64| {
         crate::support::wait_until(std::time::Duration::from_secs(5), || {
