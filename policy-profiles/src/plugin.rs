@@ -29,6 +29,62 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 * 1024;
 pub const DEFAULT_MAX_MODULE_BYTES: u64 = 2 * 1024 * 1024;
+/// Public Loong's pin of a WASM module's sha256 (`metadata.component_sha256`).
+pub const COMPONENT_SHA256_FIELD: &str = "metadata.component_sha256";
+/// This project's own pin of a WASM module's sha256 (`sandbox.sha256`).
+pub const SANDBOX_SHA256_FIELD: &str = "sandbox.sha256";
+/// The most characters of a malformed pin an error message shows.
+const MAX_PIN_SHOWN_CHARS: usize = 80;
+
+/// A sha256 pin as public Loong normalises it: surrounding whitespace trimmed, an optional
+/// `sha256:` prefix (any case) removed, the hex lowercased. `None` when what is left is not
+/// 64 hex digits.
+pub fn normalize_sha256_pin(raw: &str) -> Option<String> {
+    let lowered = raw.trim().to_ascii_lowercase();
+    let digest = lowered.strip_prefix("sha256:").unwrap_or(&lowered).trim();
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
+}
+
+/// The module pins a manifest gives (`metadata.component_sha256`, `sandbox.sha256`), each
+/// normalised; a malformed pin, or two that disagree, is a finding naming the field.
+/// Returns the pin and the field(s) it was read from.
+fn module_pin(raw: &RawManifest, bad: &mut Findings) -> Option<(String, &'static str)> {
+    let given = [
+        (COMPONENT_SHA256_FIELD, raw.metadata.get("component_sha256")),
+        (SANDBOX_SHA256_FIELD, raw.sandbox.sha256.as_ref()),
+    ];
+    let mut pin: Option<(String, &'static str)> = None;
+    for (field, value) in given {
+        let Some(value) = value else { continue };
+        let Some(digest) = normalize_sha256_pin(value) else {
+            let shown: String = value.chars().take(MAX_PIN_SHOWN_CHARS).collect();
+            bad.add(
+                field,
+                format!(
+                    "{shown:?} is not a sha256 digest: write 64 hex digits, optionally prefixed with sha256:"
+                ),
+            );
+            continue;
+        };
+        pin = match pin {
+            None => Some((digest, field)),
+            // Two fields, in order: the second agrees with the first.
+            Some((first, _)) if first == digest => {
+                Some((first, "metadata.component_sha256 and sandbox.sha256"))
+            }
+            Some((first, first_field)) => {
+                bad.add(
+                    field,
+                    format!(
+                        "pins sha256 {digest}, but {first_field} pins {first}; make the two pins agree or keep one"
+                    ),
+                );
+                Some((first, first_field))
+            }
+        };
+    }
+    pin
+}
 
 /// A problem with one manifest; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +407,11 @@ pub struct PluginManifest {
     pub limits: PluginLimits,
     pub config: BTreeMap<String, String>,
     pub guest_readable_config_keys: Vec<String>,
+    /// The module's pinned sha256, normalised (lowercase hex), when the manifest pins one.
     pub sha256: Option<String>,
+    /// Where the pin was read from (`metadata.component_sha256`, `sandbox.sha256` or both),
+    /// for error messages; empty when there is no pin.
+    pub sha256_field: &'static str,
     pub blocked_import_prefixes: Vec<String>,
     pub bridge: Bridge,
     /// What tool search shows: public Loong's `tags`, `input_examples`, `output_examples`
@@ -752,8 +812,13 @@ impl PluginManifest {
                 ),
             );
         }
+        let pin = module_pin(&raw, &mut bad);
         let component = path.parent().unwrap_or(Path::new(".")).join(component);
         bad.finish(())?;
+        let (sha256, sha256_field) = match pin {
+            Some((digest, field)) => (Some(digest), field),
+            None => (None, ""),
+        };
         Ok(Self {
             path: path.to_owned(),
             version: raw.version,
@@ -769,7 +834,8 @@ impl PluginManifest {
             limits,
             config: raw.sandbox.config,
             guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
-            sha256: raw.sandbox.sha256,
+            sha256,
+            sha256_field,
             blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
             bridge: Bridge::Wasm,
             catalog,
@@ -800,6 +866,7 @@ impl PluginManifest {
             config: BTreeMap::new(),
             guest_readable_config_keys: Vec::new(),
             sha256: None,
+            sha256_field: "",
             blocked_import_prefixes: Vec::new(),
             bridge,
             catalog,
@@ -846,6 +913,10 @@ impl PluginManifest {
             ("sandbox.config", !raw.sandbox.config.is_empty()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),
             ("sandbox.sha256", raw.sandbox.sha256.is_some()),
+            (
+                COMPONENT_SHA256_FIELD,
+                raw.metadata.contains_key("component_sha256"),
+            ),
         ] {
             if set {
                 bad.add(
@@ -927,6 +998,10 @@ impl PluginManifest {
             ("sandbox.config", !raw.sandbox.config.is_empty()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),
             ("sandbox.sha256", raw.sandbox.sha256.is_some()),
+            (
+                COMPONENT_SHA256_FIELD,
+                raw.metadata.contains_key("component_sha256"),
+            ),
             ("sandbox.allow_wasi", raw.sandbox.allow_wasi),
         ] {
             if set {
@@ -1244,6 +1319,11 @@ mod tests {
                 "sandbox.fuel",
             ),
             (
+                r#""command": "sh","#,
+                r#""command": "sh", "component_sha256": "","#,
+                "metadata.component_sha256",
+            ),
+            (
                 r#""timeout_ms""#,
                 r#""max_line_bytes": 0, "timeout_ms""#,
                 "max_line_bytes",
@@ -1351,6 +1431,133 @@ mod tests {
             }
             other => panic!("expected both problems, got {other:?}"),
         }
+    }
+
+    /// A WASM manifest with the given extra `metadata` and `sandbox` members (JSON text,
+    /// each with a trailing comma or empty).
+    fn wasm_with(metadata: &str, sandbox: &str) -> String {
+        format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+            "metadata": {{{metadata} "bridge_kind": "wasm", "component": "p.wasm"}},
+            "sandbox": {{{sandbox} "tier": "restricted"}}}}"#
+        )
+    }
+
+    #[test]
+    fn sha256_pins_are_normalised_as_public_loong_does() {
+        let hex = "ab".repeat(32);
+        for accepted in [
+            hex.clone(),
+            format!("sha256:{hex}"),
+            format!("SHA256:{hex}"),
+            format!("Sha256:{}", hex.to_uppercase()),
+            hex.to_uppercase(),
+            format!("  sha256: {hex}\n"),
+            format!("\t{hex} "),
+        ] {
+            assert_eq!(
+                normalize_sha256_pin(&accepted).as_deref(),
+                Some(hex.as_str()),
+                "{accepted:?}"
+            );
+        }
+        for refused in [
+            String::new(),
+            "  ".into(),
+            "sha256:".into(),
+            "ab".repeat(31),
+            "ab".repeat(33),
+            format!("{}zz", "ab".repeat(31)),
+            format!("sha512:{hex}"),
+            format!("sha256:sha256:{hex}"),
+            format!("{}:{}", &hex[..32], &hex[32..]),
+            format!("{hex}\u{0}"),
+        ] {
+            assert_eq!(normalize_sha256_pin(&refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_module_pin_is_honoured_in_either_field_and_both_must_agree() {
+        let path = Path::new("/p/loong.plugin.json");
+        let hex = "0f".repeat(32);
+        let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+        // Positive controls: each accepted spelling, in each field, gives the normalised pin.
+        for (metadata, sandbox, field) in [
+            (
+                format!(r#""component_sha256": "sha256:{hex}","#),
+                String::new(),
+                COMPONENT_SHA256_FIELD,
+            ),
+            (
+                format!(r#""component_sha256": " SHA256:{}  ","#, hex.to_uppercase()),
+                String::new(),
+                COMPONENT_SHA256_FIELD,
+            ),
+            (
+                String::new(),
+                format!(r#""sha256": "{}","#, hex.to_uppercase()),
+                SANDBOX_SHA256_FIELD,
+            ),
+            (
+                format!(r#""component_sha256": "{hex}","#),
+                format!(r#""sha256": "sha256:{hex}","#),
+                "metadata.component_sha256 and sandbox.sha256",
+            ),
+        ] {
+            let m = parse(wasm_with(&metadata, &sandbox)).expect("a good pin parses");
+            assert_eq!(
+                m.sha256.as_deref(),
+                Some(hex.as_str()),
+                "{metadata} {sandbox}"
+            );
+            assert_eq!(m.sha256_field, field);
+        }
+        let unpinned = parse(wasm_with("", "")).expect("unpinned parses");
+        assert_eq!((unpinned.sha256, unpinned.sha256_field), (None, ""));
+
+        // Refusals: a malformed pin in either field, and two pins that disagree.
+        let other = "1e".repeat(32);
+        for (metadata, sandbox, field, says) in [
+            (
+                r#""component_sha256": "sha256:abc","#.to_string(),
+                String::new(),
+                COMPONENT_SHA256_FIELD,
+                "\"sha256:abc\" is not a sha256 digest",
+            ),
+            (
+                r#""component_sha256": "","#.to_string(),
+                String::new(),
+                COMPONENT_SHA256_FIELD,
+                "is not a sha256 digest",
+            ),
+            (
+                String::new(),
+                format!(r#""sha256": "md5:{hex}","#),
+                SANDBOX_SHA256_FIELD,
+                "is not a sha256 digest",
+            ),
+            (
+                format!(r#""component_sha256": "{hex}","#),
+                format!(r#""sha256": "{other}","#),
+                SANDBOX_SHA256_FIELD,
+                "make the two pins agree",
+            ),
+        ] {
+            let err = parse(wasm_with(&metadata, &sandbox)).expect_err("refused");
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, ManifestError::Field { field: f, .. } if *f == field),
+                "{field}: {msg}"
+            );
+            assert!(msg.contains(says), "{says}: {msg}");
+        }
+        // A pin too long to show whole is cut in the message.
+        let long = format!(r#""component_sha256": "{}","#, "x".repeat(10_000));
+        let msg = parse(wasm_with(&long, ""))
+            .expect_err("refused")
+            .to_string();
+        assert!(msg.len() < 1_000, "{} bytes", msg.len());
     }
 
     #[test]

@@ -131,6 +131,131 @@ pub(crate) fn status_field(pid: u64, field: &str) -> Option<String> {
         })
 }
 
+/// Rewrites the installed echo's manifest with `metadata.component_sha256` and
+/// `sandbox.sha256` set (`None`: absent) and reloads.
+fn pin_echo(home: &Home, component_sha256: Option<&str>, sandbox_sha256: Option<&str>) {
+    let path = home.path().join("plugins/echo/loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("manifest JSON");
+    match component_sha256 {
+        Some(pin) => m["metadata"]["component_sha256"] = pin.into(),
+        None => {
+            m["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("component_sha256");
+        }
+    }
+    m["sandbox"]["sha256"] = sandbox_sha256.into();
+    fs::write(&path, m.to_string()).expect("manifest");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Public Loong's pin, `metadata.component_sha256`, is honoured by loongd before a worker
+/// sees the module: a matching pin (in each spelling public Loong accepts) loads, a wrong
+/// one, a malformed one and one that disagrees with `sandbox.sha256` are refused, listed
+/// with the reason and audited as `plugin.refused`.
+#[test]
+fn component_sha256_pins_are_honoured() {
+    use sha2::{Digest, Sha256};
+    let home = Home::new();
+    install_examples(&home);
+    let actual = hex::encode(Sha256::digest(
+        fs::read(home.path().join("plugins/echo/plugin.wasm")).expect("module"),
+    ));
+    home.start();
+    echo_works(&home);
+    let echo = |home: &Home| {
+        plugins(home)
+            .into_iter()
+            .find(|p| p["id"] == "echo")
+            .expect("echo listed")
+    };
+    let refusals = |home: &Home| {
+        details(home, "plugin.refused")
+            .into_iter()
+            .filter(|d| d["plugin"] == "echo")
+            .count()
+    };
+
+    // Positive controls: the right digest in each accepted spelling and place answers.
+    let upper = format!("  SHA256:{}\n", actual.to_uppercase());
+    let prefixed = format!("sha256:{actual}");
+    for (component, sandbox) in [
+        (Some(actual.as_str()), None),
+        (Some(upper.as_str()), None),
+        (Some(prefixed.as_str()), None),
+        (Some(upper.as_str()), Some(actual.as_str())),
+        (None, Some(prefixed.as_str())),
+    ] {
+        pin_echo(&home, component, sandbox);
+        let p = echo(&home);
+        assert_eq!(p["state"], "ready", "{component:?} {sandbox:?}: {p}");
+        assert_eq!(p["sha256"], actual.as_str(), "{p}");
+        echo_works(&home);
+    }
+    assert_eq!(refusals(&home), 0);
+
+    // A wrong pin: refused, naming the field, the pinned and the actual digest.
+    let wrong = "0".repeat(64);
+    let other = format!("sha256:{}", "1f".repeat(32));
+    let cases: [(Option<&str>, Option<&str>, &[&str]); 4] = [
+        (
+            Some(&wrong),
+            None,
+            &[
+                "metadata.component_sha256",
+                &wrong,
+                &actual,
+                "correct the pin",
+            ],
+        ),
+        (
+            Some("sha256:abc"),
+            None,
+            &[
+                "metadata.component_sha256",
+                "\"sha256:abc\" is not a sha256 digest",
+            ],
+        ),
+        (
+            Some(" "),
+            None,
+            &["metadata.component_sha256", "is not a sha256 digest"],
+        ),
+        (
+            Some(&actual),
+            Some(&other),
+            &[
+                "sandbox.sha256",
+                "metadata.component_sha256",
+                "make the two pins agree",
+            ],
+        ),
+    ];
+    for (n, (component, sandbox, says)) in cases.into_iter().enumerate() {
+        pin_echo(&home, component, sandbox);
+        let p = echo(&home);
+        assert_eq!(p["state"], "failed", "{component:?} {sandbox:?}: {p}");
+        let why = p["error"].as_str().unwrap_or_default();
+        for s in says {
+            assert!(why.contains(s), "{s:?} not in {why}");
+        }
+        let (code, _, err) = invoke(&home, &["echo", "--input", "{}"]);
+        assert!(code == 2 && err.contains("failed state"), "{code} {err}");
+        assert_eq!(refusals(&home), n + 1, "each refusal is audited");
+        let audited = details(&home, "plugin.refused");
+        assert_eq!(audited[0]["plugin"], "echo", "{audited:?}");
+        assert_eq!(audited[0]["reason"], why, "{audited:?}");
+    }
+
+    // And a fixed pin loads again.
+    pin_echo(&home, Some(&prefixed), None);
+    assert_eq!(echo(&home)["state"], "ready");
+    echo_works(&home);
+}
+
 #[test]
 fn example_plugins_run_confined_and_audited() {
     let home = Home::new();

@@ -2,9 +2,9 @@
 //! `loongctl plugins reload`.
 //!
 //! loongd parses the manifest and reads the module's bytes (bounded, never through a symlink
-//! out of the plugin's directory); it never compiles a module. Each ready plugin is then
-//! loaded once in a worker, which is where a module that is invalid, too large, pinned to
-//! another digest or importing something refused is found out. A foreign program
+//! out of the plugin's directory) and checks them against the manifest's sha256 pin, if any;
+//! it never compiles a module. Each ready plugin is then loaded once in a worker, which is
+//! where a module that is invalid, too large or importing something refused is found out. A foreign program
 //! (`process_stdio`, `mcp_stdio`) gets a pool of its own, one stdio worker whose sandbox
 //! carries the plugin's grants; loading it starts the program and lists its tools. A broken
 //! plugin is kept in a `failed` state with the reason; it never stops loongd or another
@@ -23,6 +23,8 @@ use loong_ipc::{HttpSpec, PeerProtocol, PeerSpec, PluginView, WasmPlugin};
 use loong_profiles::plugin::{
     Bridge, Catalog, ForeignKind, PluginManifest, TrustTier, MANIFEST_FILE,
 };
+
+use sha2::{Digest, Sha256};
 
 use crate::authority::keys::{parse_public, TrustKey};
 
@@ -454,6 +456,7 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
     let (bridge_kind, wire, kind) = match &m.bridge {
         Bridge::Wasm => {
             let module = m.read_module().map_err(|e| e.to_string())?;
+            check_pin(&m, &module)?;
             ("wasm", Wire::Wasm(wire(m.clone(), module)), None)
         }
         Bridge::Foreign(f) => {
@@ -548,6 +551,24 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
             pool: None,
         },
     })
+}
+
+/// A pinned module (`metadata.component_sha256`, `sandbox.sha256`; normalised when the
+/// manifest was parsed) must have that sha256; checked here, before any worker sees the bytes.
+fn check_pin(m: &PluginManifest, module: &[u8]) -> Result<(), String> {
+    let Some(expected) = &m.sha256 else {
+        return Ok(());
+    };
+    let actual = hex::encode(Sha256::digest(module));
+    if &actual == expected {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: {} pins the module {} to sha256 {expected}, but its sha256 is {actual}; correct the pin or replace the module",
+        m.path.display(),
+        m.sha256_field,
+        m.component.display(),
+    ))
 }
 
 fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {
