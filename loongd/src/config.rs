@@ -85,6 +85,15 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # timeout_ms = 10000
 # max_output_bytes = 1048576
 
+[plugins]
+# Refuse a WASM plugin whose module is pinned neither by its manifest
+# (metadata.component_sha256 or sandbox.sha256) nor below (audited as plugin.refused).
+# require_wasm_pin = false
+# The operator's pin of a plugin's module, by plugin id: its sha256 must be this (and agree
+# with the manifest's pin, if any). Accepted as the manifest's pins are: "sha256:HEX" too.
+# [plugins.wasm_sha256]
+# echo = "sha256:…"
+
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
 # jsonl_file = "/var/log/loong/audit.jsonl"
@@ -145,6 +154,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// The built-in tools' grants.
     pub builtins: BuiltinsConfig,
+    /// What a plugin must satisfy to load: the operator's module pins.
+    pub plugins: PluginsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -329,6 +340,43 @@ pub struct BuiltinsConfig {
     pub timeout_ms: u64,
     #[serde(deserialize_with = "output_bytes")]
     pub max_output_bytes: u64,
+}
+
+/// `[plugins]`: the operator's pins of WASM modules.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Refuse a WASM plugin whose module is pinned neither by its manifest nor here.
+    pub require_wasm_pin: bool,
+    /// Plugin id → the sha256 its module must have (normalised: lowercase hex).
+    #[serde(deserialize_with = "wasm_pins")]
+    pub wasm_sha256: std::collections::BTreeMap<String, String>,
+}
+
+/// The most operator pins `[plugins.wasm_sha256]` may hold.
+pub const MAX_OPERATOR_PINS: usize = 4096;
+
+fn wasm_pins<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let v = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    if v.len() > MAX_OPERATOR_PINS {
+        return Err(serde::de::Error::custom(format!(
+            "plugins.wasm_sha256 holds {} pins, over {MAX_OPERATOR_PINS}",
+            v.len()
+        )));
+    }
+    v.into_iter()
+        .map(|(id, pin)| {
+            match loong_profiles::plugin::normalize_sha256_pin(&pin) {
+                Some(digest) => Ok((id, digest)),
+                None => Err(serde::de::Error::custom(format!(
+                    "plugins.wasm_sha256.{id}: {:?} is not a sha256 digest: write 64 hex digits, optionally prefixed with sha256:",
+                    pin.chars().take(80).collect::<String>()
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Defaults of `[builtins]`.
@@ -662,7 +710,27 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`"),
+        );
+        let hex = "ab".repeat(32);
+        check(
+            &format!(
+                "[plugins]\nrequire_wasm_pin = true\n[plugins.wasm_sha256]\necho = \" SHA256:{}\"\nx = \"{hex}\"\n",
+                hex.to_uppercase()
+            ),
+            Ok(Config {
+                plugins: PluginsConfig {
+                    require_wasm_pin: true,
+                    wasm_sha256: [("echo".into(), hex.clone()), ("x".into(), hex.clone())]
+                        .into_iter()
+                        .collect(),
+                },
+                ..Config::default()
+            }),
+        );
+        check(
+            "[plugins.wasm_sha256]\necho = \"sha256:abc\"\n",
+            Err("/h/loongd.toml:1: plugins.wasm_sha256.echo: \"sha256:abc\" is not a sha256 digest: write 64 hex digits, optionally prefixed with sha256:"),
         );
         check(
             "[builtins]\nread_roots = [\"relative/dir\"]\n",

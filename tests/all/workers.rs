@@ -134,7 +134,12 @@ pub(crate) fn status_field(pid: u64, field: &str) -> Option<String> {
 /// Rewrites the installed echo's manifest with `metadata.component_sha256` and
 /// `sandbox.sha256` set (`None`: absent) and reloads.
 fn pin_echo(home: &Home, component_sha256: Option<&str>, sandbox_sha256: Option<&str>) {
-    let path = home.path().join("plugins/echo/loong.plugin.json");
+    pin_plugin(home, "echo", component_sha256, sandbox_sha256);
+}
+
+/// [`pin_echo`] for plugin `id`.
+fn pin_plugin(home: &Home, id: &str, component_sha256: Option<&str>, sandbox_sha256: Option<&str>) {
+    let path = home.path().join(format!("plugins/{id}/loong.plugin.json"));
     let mut m: serde_json::Value =
         serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("manifest JSON");
     match component_sha256 {
@@ -254,6 +259,78 @@ fn component_sha256_pins_are_honoured() {
     pin_echo(&home, Some(&prefixed), None);
     assert_eq!(echo(&home)["state"], "ready");
     echo_works(&home);
+}
+
+/// The operator's side: `[plugins.wasm_sha256]` pins a plugin's module from loongd.toml and
+/// `[plugins] require_wasm_pin` refuses a module pinned nowhere; both refusals are listed and
+/// audited as `plugin.refused`, and the plugins that satisfy them load.
+#[test]
+fn operator_pins_and_the_require_pin_policy_refuse_at_load() {
+    use sha2::{Digest, Sha256};
+    let digest = |home: &Home, id: &str| {
+        hex::encode(Sha256::digest(
+            fs::read(home.path().join(format!("plugins/{id}/plugin.wasm"))).expect("module"),
+        ))
+    };
+    let probe = Home::new();
+    install_examples(&probe);
+    let (echo, transform) = (digest(&probe, "echo"), digest(&probe, "json-transform"));
+    let reader = digest(&probe, "config-reader");
+    let wrong = "0".repeat(64);
+    let home = Home::with_config(&format!(
+        "[plugins]\nrequire_wasm_pin = true\n[plugins.wasm_sha256]\necho = \" SHA256:{}\"\n\"json-transform\" = \"sha256:{wrong}\"\n",
+        echo.to_uppercase()
+    ));
+    install_examples(&home);
+    home.start();
+    let state = |home: &Home, id: &str| {
+        plugins(home)
+            .into_iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("{id} listed"))
+    };
+    // Positive control: the operator's pin matches, so echo loads and answers.
+    assert_eq!(state(&home, "echo")["state"], "ready");
+    echo_works(&home);
+    let refused: [(&str, &[&str]); 2] = [
+        (
+            "json-transform",
+            &[
+                "loongd.toml plugins.wasm_sha256.json-transform",
+                &wrong,
+                &transform,
+            ],
+        ),
+        ("config-reader", &["not pinned", "plugins.require_wasm_pin"]),
+    ];
+    let audited = details(&home, "plugin.refused");
+    for (id, says) in refused {
+        let p = state(&home, id);
+        assert_eq!(p["state"], "failed", "{p}");
+        let why = p["error"].as_str().unwrap_or_default();
+        for s in says {
+            assert!(why.contains(s), "{id}: {s:?} not in {why}");
+        }
+        assert!(
+            audited
+                .iter()
+                .any(|d| d["plugin"] == id && d["reason"] == why),
+            "{id}: {audited:?}"
+        );
+    }
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    // The manifest's own pin satisfies the policy: config-reader pinned there loads.
+    pin_plugin(
+        &home,
+        "config-reader",
+        Some(&format!("sha256:{reader}")),
+        None,
+    );
+    assert_eq!(state(&home, "config-reader")["state"], "ready");
+    // A manifest pin that matches the module but not the operator's pin is still refused.
+    pin_plugin(&home, "json-transform", Some(&transform), None);
+    let p = state(&home, "json-transform");
+    assert_eq!(p["state"], "failed", "{p}");
 }
 
 #[test]

@@ -209,7 +209,13 @@ async fn stage_and_switch(
         .keys
         .list()
         .map_err(|e| internal(e.to_string()))?;
-    let mut p = plugins::read_package(staging, &id, &keys, &lock::Lock::new());
+    let mut p = plugins::read_package(
+        staging,
+        &id,
+        &keys,
+        &lock::Lock::new(),
+        &kernel.config.plugins,
+    );
     // The slots of everything else that is ready, with the candidate among them.
     if matches!(p.state, State::Ready { .. }) {
         let mut all: Vec<Plugin> = kernel
@@ -315,7 +321,13 @@ async fn stage_and_switch(
         {
             stop_if_own(kernel, staged);
         }
-        let mut placed = plugins::read_package(&dir, &p.id, &keys, &lock::Lock::new());
+        let mut placed = plugins::read_package(
+            &dir,
+            &p.id,
+            &keys,
+            &lock::Lock::new(),
+            &kernel.config.plugins,
+        );
         let proved = match &placed.state {
             State::Failed(why) => Err(why.clone()),
             _ => prove(kernel, &mut placed, &io.correlation()).await,
@@ -486,16 +498,18 @@ pub(crate) async fn key_withdrawn(kernel: &Kernel, key_id: &str) {
     let mut registry = (*snapshot).clone();
     let mut retired = Vec::new();
     for old in affected {
-        let (dir, id, ring, locked) = (
+        let (dir, id, ring, locked, pins) = (
             old.dir.clone(),
             old.id.clone(),
             keys.clone(),
             entries.clone(),
+            kernel.config.plugins.clone(),
         );
-        let now =
-            tokio::task::spawn_blocking(move || plugins::read_package(&dir, &id, &ring, &locked))
-                .await
-                .ok();
+        let now = tokio::task::spawn_blocking(move || {
+            plugins::read_package(&dir, &id, &ring, &locked, &pins)
+        })
+        .await
+        .ok();
         let why = match now.map(|p| p.state) {
             Some(State::Failed(why)) => why,
             _ => format!(

@@ -27,6 +27,7 @@ use loong_profiles::plugin::{
 use sha2::{Digest, Sha256};
 
 use crate::authority::keys::{parse_public, TrustKey};
+use crate::config::PluginsConfig;
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
@@ -314,6 +315,7 @@ pub(crate) fn read_package(
     name: &str,
     keys: &[TrustKey],
     lock: &super::lock::Lock,
+    pins: &PluginsConfig,
 ) -> Plugin {
     let entry = lock.get(name);
     let failed = |why: String| Plugin {
@@ -365,10 +367,14 @@ pub(crate) fn read_package(
         Err(why) => return failed(why),
         Ok(s) => s,
     };
+    let manifest = m.path.clone();
     let mut p = match ready(m) {
         Ok(p) => p,
         Err(why) => return failed(why),
     };
+    if let Err(why) = check_operator_pin(&p, &manifest, pins) {
+        return failed(why);
+    }
     p.dir = dir.to_path_buf();
     p.trust = trust_of(p.catalog.claimed_trust, signer.as_ref());
     p.signer = signer.map(|k| format!("{} ({})", k.id, k.name));
@@ -393,7 +399,12 @@ pub(crate) fn read_package(
 /// Reads every plugin directory under `root` (absent: no plugins; names starting with `.`
 /// are loongd's own staging), sorted by id; each package's signature is checked against
 /// `keys` and an installed one against its lock entry.
-pub(crate) fn discover(root: &Path, keys: &[TrustKey], lock: &super::lock::Lock) -> Vec<Plugin> {
+pub(crate) fn discover(
+    root: &Path,
+    keys: &[TrustKey],
+    lock: &super::lock::Lock,
+    pins: &PluginsConfig,
+) -> Vec<Plugin> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
@@ -412,7 +423,7 @@ pub(crate) fn discover(root: &Path, keys: &[TrustKey], lock: &super::lock::Lock)
         if name.starts_with('.') {
             continue;
         }
-        out.push(read_package(&dir, &name, keys, lock));
+        out.push(read_package(&dir, &name, keys, lock, pins));
     }
     refuse_slot_conflicts(&mut out);
     out
@@ -569,6 +580,40 @@ fn check_pin(m: &PluginManifest, module: &[u8]) -> Result<(), String> {
         m.sha256_field,
         m.component.display(),
     ))
+}
+
+/// The operator's pins (`[plugins]` in loongd.toml) for a ready WASM plugin, checked before
+/// any worker sees its module: a pin in `plugins.wasm_sha256` must match the module (and so
+/// the manifest's pin, which matched already), and with `plugins.require_wasm_pin` a module
+/// pinned nowhere is refused.
+fn check_operator_pin(p: &Plugin, manifest: &Path, pins: &PluginsConfig) -> Result<(), String> {
+    let State::Ready { plugin, .. } = &p.state else {
+        return Ok(());
+    };
+    let Wire::Wasm(w) = plugin.wire.as_ref() else {
+        return Ok(());
+    };
+    match pins.wasm_sha256.get(&p.id) {
+        Some(expected) => {
+            let actual = hex::encode(Sha256::digest(&w.module));
+            if &actual != expected {
+                return Err(format!(
+                    "{}: loongd.toml plugins.wasm_sha256.{} pins the module to sha256 {expected}, but its sha256 is {actual}; correct the pin or replace the module",
+                    manifest.display(),
+                    p.id
+                ));
+            }
+        }
+        None if pins.require_wasm_pin && w.sha256.is_none() => {
+            return Err(format!(
+                "{}: the module is not pinned, and loongd.toml sets plugins.require_wasm_pin; pin its sha256 in metadata.component_sha256 or in loongd.toml plugins.wasm_sha256.{}",
+                manifest.display(),
+                p.id
+            ));
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {
