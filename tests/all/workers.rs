@@ -259,6 +259,36 @@ fn component_sha256_pins_are_honoured() {
     pin_echo(&home, Some(&prefixed), None);
     assert_eq!(echo(&home)["state"], "ready");
     echo_works(&home);
+
+    // `plugins install` reads the package the same way: a wrong pin is refused and audited,
+    // the right one installs.
+    let pkg = tempfile::tempdir().expect("package dir");
+    let dir = pkg.path().join("pinned-echo");
+    fs::create_dir_all(&dir).expect("dir");
+    let echo_dir = home.path().join("plugins/echo");
+    fs::copy(echo_dir.join("plugin.wasm"), dir.join("plugin.wasm")).expect("module");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(echo_dir.join("loong.plugin.json")).expect("manifest"))
+            .expect("manifest JSON");
+    m["plugin_id"] = "pinned-echo".into();
+    let shown = dir.display().to_string();
+    for (pin, installs) in [(wrong.as_str(), false), (upper.as_str(), true)] {
+        m["metadata"]["component_sha256"] = pin.into();
+        fs::write(dir.join("loong.plugin.json"), m.to_string()).expect("manifest");
+        let out = home.ctl(&["plugins", "install", &shown]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.success(), installs, "{pin}: {err}");
+        if !installs {
+            assert!(
+                err.contains("metadata.component_sha256") && err.contains(&actual),
+                "{err}"
+            );
+            let audited = details(&home, "plugin.refused");
+            assert_eq!(audited[0]["plugin"], "pinned-echo", "{audited:?}");
+        }
+    }
+    let (code, out, err) = invoke(&home, &["pinned-echo", "--input", "[1]"]);
+    assert_eq!((code, out.trim()), (0, "[1]"), "{err}");
 }
 
 /// The operator's side: `[plugins.wasm_sha256]` pins a plugin's module from loongd.toml and
