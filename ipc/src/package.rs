@@ -63,6 +63,119 @@ pub const SANDBOX_FIELDS: &[&str] = &[
     "allow_private_network",
 ];
 
+/// The capability names a manifest may declare: ours (snake_case) and public Loong's
+/// serialised spelling of the same `Capability` variant (serde's default, the variant name).
+/// Both spellings mean the same capability; loongd keeps ours.
+pub const CAPABILITIES: &[(&str, &str)] = &[
+    ("invoke_tool", "InvokeTool"),
+    ("invoke_connector", "InvokeConnector"),
+    ("memory_read", "MemoryRead"),
+    ("memory_write", "MemoryWrite"),
+    ("filesystem_read", "FilesystemRead"),
+    ("filesystem_write", "FilesystemWrite"),
+    ("network_egress", "NetworkEgress"),
+    ("observe_telemetry", "ObserveTelemetry"),
+    ("control_read", "ControlRead"),
+    ("control_write", "ControlWrite"),
+    ("control_approvals", "ControlApprovals"),
+    ("control_pairing", "ControlPairing"),
+    ("control_acp", "ControlAcp"),
+];
+
+/// Our name of a capability given in either spelling (`invoke_tool` or `InvokeTool`), or
+/// `None` for a name that is neither.
+pub fn capability(name: &str) -> Option<&'static str> {
+    CAPABILITIES
+        .iter()
+        .find(|(ours, upstream)| *ours == name || *upstream == name)
+        .map(|(ours, _)| *ours)
+}
+
+/// The bridge loongd runs a plugin with, named by `metadata.bridge_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeKind {
+    /// A WebAssembly module in the WASM worker.
+    Wasm,
+    /// A foreign program spoken to in JSON lines.
+    ProcessStdio,
+    /// An MCP server over stdio.
+    McpStdio,
+    /// A connector that posts JSON to an endpoint.
+    HttpJson,
+}
+
+/// Every `metadata.bridge_kind` label accepted, with the bridge it runs on: ours and public
+/// Loong's aliases (its `parse_bridge_kind_label`, which also ignores case and surrounding
+/// whitespace).
+pub const BRIDGE_KINDS: &[(&str, BridgeKind)] = &[
+    ("wasm", BridgeKind::Wasm),
+    ("wasm_component", BridgeKind::Wasm),
+    ("process_stdio", BridgeKind::ProcessStdio),
+    ("stdio", BridgeKind::ProcessStdio),
+    ("mcp_stdio", BridgeKind::McpStdio),
+    ("mcp_server", BridgeKind::McpStdio),
+    ("mcp", BridgeKind::McpStdio),
+    ("http_json", BridgeKind::HttpJson),
+    ("http", BridgeKind::HttpJson),
+];
+
+/// Public Loong's bridge kinds this kernel does not run, with what each is.
+pub const REFUSED_BRIDGE_KINDS: &[(&str, &str)] = &[
+    (
+        "native_ffi",
+        "public Loong's native FFI bridge (a library loaded into the host process)",
+    ),
+    (
+        "ffi",
+        "public Loong's native FFI bridge (a library loaded into the host process)",
+    ),
+    ("acp_bridge", "public Loong's ACP bridge"),
+    ("acp", "public Loong's ACP bridge"),
+    ("acp_runtime", "public Loong's ACP runtime"),
+    ("acpx", "public Loong's ACP runtime"),
+    (
+        "unknown",
+        "public Loong's placeholder for a bridge it could not infer",
+    ),
+];
+
+/// Why a `metadata.bridge_kind` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeKindError {
+    /// A kind public Loong names but this kernel does not run.
+    #[error("bridge_kind `{label}` is {what}, which this kernel does not run: package it as wasm, process_stdio, mcp_stdio or http_json")]
+    NotRun {
+        /// The label as the manifest gave it.
+        label: String,
+        /// What the kind is.
+        what: &'static str,
+    },
+    /// A label no one defines.
+    #[error("bridge_kind {label:?} is unknown: use wasm, process_stdio, mcp_stdio or http_json (or one of public Loong's aliases)")]
+    Unknown {
+        /// The label as the manifest gave it.
+        label: String,
+    },
+}
+
+/// The bridge a `metadata.bridge_kind` label runs on, compared as public Loong does (ASCII
+/// case and surrounding whitespace ignored). A kind we do not run is refused by name.
+pub fn bridge_kind(label: &str) -> Result<BridgeKind, BridgeKindError> {
+    let key = label.trim().to_ascii_lowercase();
+    if let Some((_, kind)) = BRIDGE_KINDS.iter().find(|(name, _)| *name == key) {
+        return Ok(*kind);
+    }
+    match REFUSED_BRIDGE_KINDS.iter().find(|(name, _)| *name == key) {
+        Some((_, what)) => Err(BridgeKindError::NotRun {
+            label: label.to_owned(),
+            what,
+        }),
+        None => Err(BridgeKindError::Unknown {
+            label: label.to_owned(),
+        }),
+    }
+}
+
 /// The first line of the signed message.
 pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
 /// The detached signature's file name inside the package.
@@ -356,6 +469,66 @@ impl PackageSignature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_loongs_capability_spelling_means_the_same_capability_as_ours() {
+        for (ours, upstream) in CAPABILITIES {
+            assert_eq!(capability(ours), Some(*ours), "{ours}");
+            assert_eq!(capability(upstream), Some(*ours), "{upstream}");
+        }
+        assert_eq!(capability("InvokeConnector"), Some("invoke_connector"));
+        for refused in ["invokeconnector", "Invoke_Tool", "invoke.tool", "", "root"] {
+            assert_eq!(capability(refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn every_bridge_kind_alias_maps_to_the_bridge_of_our_name_or_is_refused_by_name() {
+        let ours = [
+            ("wasm", BridgeKind::Wasm),
+            ("process_stdio", BridgeKind::ProcessStdio),
+            ("mcp_stdio", BridgeKind::McpStdio),
+            ("http_json", BridgeKind::HttpJson),
+        ];
+        for (name, kind) in ours {
+            assert_eq!(bridge_kind(name), Ok(kind), "{name}");
+        }
+        let aliases = [
+            ("wasm_component", "wasm"),
+            ("stdio", "process_stdio"),
+            ("mcp", "mcp_stdio"),
+            ("mcp_server", "mcp_stdio"),
+            ("http", "http_json"),
+            (" HTTP_JSON ", "http_json"),
+            ("Wasm", "wasm"),
+        ];
+        for (alias, name) in aliases {
+            assert_eq!(bridge_kind(alias), bridge_kind(name), "{alias}");
+        }
+        for label in [
+            "native_ffi",
+            "ffi",
+            "FFI",
+            "acp_bridge",
+            "acp",
+            "acp_runtime",
+            "acpx",
+            "unknown",
+        ] {
+            let e = bridge_kind(label).expect_err(label);
+            assert!(matches!(e, BridgeKindError::NotRun { .. }), "{label}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("`{label}`")), "{text}");
+            assert!(text.contains("does not run"), "{text}");
+        }
+        assert!(bridge_kind("ffi")
+            .expect_err("ffi")
+            .to_string()
+            .contains("native FFI bridge"));
+        let e = bridge_kind("carrier_pigeon").expect_err("unknown");
+        assert!(matches!(e, BridgeKindError::Unknown { .. }), "{e}");
+        assert!(e.to_string().contains("carrier_pigeon"), "{e}");
+    }
 
     #[test]
     fn a_signature_file_is_taken_only_when_its_file_list_gives_its_digest() {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use loong_ipc::package::BridgeKind;
 use serde::Deserialize;
 
 /// The only manifest API version understood.
@@ -732,19 +733,34 @@ impl PluginManifest {
             );
         }
         let catalog = Catalog::parse(&raw, &mut bad);
-        let foreign = match raw.metadata.get("bridge_kind").map(String::as_str) {
-            Some("wasm" | "wasm_component") => None,
-            Some("process_stdio") => Some(ForeignKind::ProcessStdio),
-            Some("mcp_stdio") => Some(ForeignKind::McpStdio),
-            Some("http_json") => return Self::parse_http(path, raw, catalog, bad),
-            other => {
+        // Public Loong's capability spelling (`InvokeTool`) means the same as ours; loongd
+        // keeps ours. A name that is neither is kept as given, and loongd's scan refuses it.
+        let mut raw = raw;
+        for c in raw.capabilities.iter_mut() {
+            if let Some(ours) = loong_ipc::package::capability(c) {
+                *c = ours.to_owned();
+            }
+        }
+        let foreign = match raw
+            .metadata
+            .get("bridge_kind")
+            .map(|k| loong_ipc::package::bridge_kind(k))
+        {
+            Some(Ok(BridgeKind::Wasm)) => None,
+            Some(Ok(BridgeKind::ProcessStdio)) => Some(ForeignKind::ProcessStdio),
+            Some(Ok(BridgeKind::McpStdio)) => Some(ForeignKind::McpStdio),
+            Some(Ok(BridgeKind::HttpJson)) => return Self::parse_http(path, raw, catalog, bad),
+            Some(Err(e)) => {
+                bad.add("metadata.bridge_kind", e.to_string());
+                // Nothing more can be checked without knowing the bridge.
+                return Err(bad.stop());
+            }
+            None => {
                 bad.add(
                     "metadata.bridge_kind",
-                    format!(
-                        "{other:?}: expected \"wasm\", \"wasm_component\", \"process_stdio\", \"mcp_stdio\" or \"http_json\""
-                    ),
+                    "missing: expected \"wasm\", \"process_stdio\", \"mcp_stdio\" or \"http_json\""
+                        .into(),
                 );
-                // Nothing more can be checked without knowing the bridge.
                 return Err(bad.stop());
             }
         };
@@ -1258,6 +1274,84 @@ mod tests {
         );
         let err = PluginManifest::parse(&path, big.as_bytes()).expect_err("over the ceiling");
         assert!(err.to_string().contains("max_module_bytes"), "{err}");
+    }
+
+    #[test]
+    fn public_loongs_capability_spelling_and_bridge_aliases_read_as_ours() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(MANIFEST_FILE);
+        let manifest = |caps: &str, kind: &str, extra: &str| {
+            format!(
+                r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+                "capabilities": [{caps}],
+                "metadata": {{"bridge_kind": "{kind}", {extra}}}}}"#
+            )
+        };
+        let parsed = |caps: &str, kind: &str, extra: &str| {
+            let text = manifest(caps, kind, extra);
+            let m = PluginManifest::parse(&path, text.as_bytes()).expect(&text);
+            format!("{m:?}")
+        };
+        // Positive control: our spelling.
+        let ours = r#""invoke_connector", "network_egress", "filesystem_read""#;
+        let upstream = r#""InvokeConnector", "NetworkEgress", "FilesystemRead""#;
+        let mixed = r#""InvokeConnector", "network_egress", "FilesystemRead""#;
+        let wasm = r#""component": "p.wasm""#;
+        let stdio = r#""command": "sh""#;
+        let http = r#""endpoint": "http://127.0.0.1:8080/h""#;
+        let bridges = [
+            ("wasm", wasm, &["wasm_component", "WASM", " wasm "][..]),
+            ("process_stdio", stdio, &["stdio", "Stdio"][..]),
+            ("mcp_stdio", stdio, &["mcp", "mcp_server"][..]),
+            ("http_json", http, &["http", "HTTP_JSON"][..]),
+        ];
+        for (kind, extra, aliases) in bridges {
+            let want = parsed(ours, kind, extra);
+            assert!(
+                want.contains(
+                    r#"capabilities: ["invoke_connector", "network_egress", "filesystem_read"]"#
+                ),
+                "{want}"
+            );
+            assert_eq!(
+                parsed(upstream, kind, extra),
+                want,
+                "{kind}: upstream spelling"
+            );
+            assert_eq!(parsed(mixed, kind, extra), want, "{kind}: mixed spelling");
+            for alias in aliases {
+                assert_eq!(parsed(upstream, alias, extra), want, "{alias}");
+            }
+        }
+        // A name that is neither spelling is kept as given (loongd's scan refuses it).
+        let kept = parsed(r#""invokeConnector""#, "wasm", wasm);
+        assert!(kept.contains(r#"["invokeConnector"]"#), "{kept}");
+        // The kinds public Loong names but this kernel does not run are refused by name.
+        for label in [
+            "native_ffi",
+            "ffi",
+            "acp_bridge",
+            "acp",
+            "acp_runtime",
+            "acpx",
+            "unknown",
+        ] {
+            let text = manifest(upstream, label, stdio);
+            let err = PluginManifest::parse(&path, text.as_bytes()).expect_err(label);
+            let err = err.to_string();
+            assert!(err.contains("metadata.bridge_kind"), "{label}: {err}");
+            assert!(err.contains(&format!("`{label}`")), "{label}: {err}");
+            assert!(err.contains("does not run"), "{label}: {err}");
+        }
+        let text = manifest(upstream, "ffi", stdio);
+        let err = PluginManifest::parse(&path, text.as_bytes()).expect_err("ffi");
+        assert!(err.to_string().contains("native FFI bridge"), "{err}");
+        let text = manifest(upstream, "carrier_pigeon", stdio);
+        let err = PluginManifest::parse(&path, text.as_bytes()).expect_err("unknown");
+        assert!(
+            err.to_string().contains("\"carrier_pigeon\" is unknown"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -411,8 +411,29 @@ fn check_manifest(
             .to_string()
     };
     let expand = |s: &str| s.replace("${PLUGIN_DIR}", &dir.display().to_string());
-    match get("bridge_kind").as_str() {
-        "wasm" | "wasm_component" => {
+    // Public Loong's capability spelling (`InvokeTool`) is accepted as well as ours, from the
+    // list loongd reads manifests with.
+    for c in obj
+        .get("capabilities")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        match c.as_str() {
+            Some(name) if package::capability(name).is_some() => {}
+            _ => problems.push(format!(
+                "capability {c}: use one of {} (or public Loong's spelling, such as InvokeTool)",
+                package::CAPABILITIES
+                    .iter()
+                    .map(|(ours, _)| *ours)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    use package::BridgeKind;
+    match package::bridge_kind(&get("bridge_kind")) {
+        Ok(BridgeKind::Wasm) => {
             let component = get("component");
             let module = dir.join(&component);
             match fs::read(&module) {
@@ -423,7 +444,7 @@ fn check_manifest(
                 Err(e) => problems.push(format!("metadata.component {component:?}: {e}")),
             }
         }
-        "process_stdio" | "mcp_stdio" => {
+        Ok(BridgeKind::ProcessStdio | BridgeKind::McpStdio) => {
             let command = expand(&get("command"));
             let found = if command.starts_with('/') {
                 Path::new(&command).is_file()
@@ -453,15 +474,13 @@ fn check_manifest(
             }
             notes.push("a bridge that runs native code: unsigned, it installs disabled".into());
         }
-        "http_json" => {
+        Ok(BridgeKind::HttpJson) => {
             let e = get("endpoint");
             if !e.starts_with("http://") {
                 problems.push(format!("metadata.endpoint {e:?}: give an http:// URL"));
             }
         }
-        other => problems.push(format!(
-            "metadata.bridge_kind {other:?}: wasm, process_stdio, mcp_stdio or http_json"
-        )),
+        Err(e) => problems.push(format!("metadata.{e}")),
     }
     if let Some(sb) = obj.get("sandbox").and_then(|v| v.as_object()) {
         for key in ["read", "write"] {
@@ -632,4 +651,83 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
     let mut unpacked = unpacked;
     unpacked.dir = dir;
     Ok(unpacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `plugins doctor`'s problems for a manifest in a fresh directory holding a module.
+    fn doctor_problems(caps: &str, kind: &str) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "loongctl-doctor-{}-{}",
+            std::process::id(),
+            kind.trim()
+        ));
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join("p.wasm"), b"\0asm\x01\0\0\0").expect("module");
+        let text = format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+            "capabilities": [{caps}],
+            "metadata": {{"bridge_kind": "{kind}", "component": "p.wasm",
+                "command": "/bin/sh", "endpoint": "http://127.0.0.1:8080/h"}}}}"#
+        );
+        let m: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let (mut problems, mut notes) = (Vec::new(), Vec::new());
+        check_manifest(&dir, &m, &mut problems, &mut notes);
+        let _ = fs::remove_dir_all(&dir);
+        problems
+    }
+
+    #[test]
+    fn doctor_reads_public_loongs_capability_spelling_and_bridge_aliases_as_loongd_does() {
+        let ours = r#""invoke_connector", "network_egress""#;
+        let upstream = r#""InvokeConnector", "NetworkEgress""#;
+        for kind in [
+            "wasm",
+            "wasm_component",
+            "process_stdio",
+            "stdio",
+            "mcp_stdio",
+            "mcp",
+            "mcp_server",
+            "http_json",
+            "http",
+            " HTTP ",
+        ] {
+            assert_eq!(doctor_problems(ours, kind), Vec::<String>::new(), "{kind}");
+            assert_eq!(
+                doctor_problems(upstream, kind),
+                Vec::<String>::new(),
+                "{kind}"
+            );
+        }
+        let bad = doctor_problems(r#""invokeConnector""#, "wasm");
+        assert!(
+            bad.len() == 1 && bad[0].contains("\"invokeConnector\""),
+            "{bad:?}"
+        );
+        for kind in [
+            "native_ffi",
+            "ffi",
+            "acp",
+            "acp_bridge",
+            "acpx",
+            "acp_runtime",
+            "unknown",
+        ] {
+            let bad = doctor_problems(upstream, kind);
+            assert!(
+                bad.len() == 1
+                    && bad[0].contains(&format!("bridge_kind `{kind}`"))
+                    && bad[0].contains("does not run"),
+                "{kind}: {bad:?}"
+            );
+        }
+        let bad = doctor_problems(upstream, "carrier_pigeon");
+        assert!(
+            bad.len() == 1 && bad[0].contains("\"carrier_pigeon\" is unknown"),
+            "{bad:?}"
+        );
+    }
 }

@@ -238,23 +238,6 @@ pub const HIGH_RISK_KEYWORDS: &[&str] = &[
     "docker.sock",
 ];
 
-/// The capability names a manifest may declare (public Loong's, snake_case).
-pub const KNOWN_CAPABILITIES: &[&str] = &[
-    "invoke_tool",
-    "invoke_connector",
-    "memory_read",
-    "memory_write",
-    "filesystem_read",
-    "filesystem_write",
-    "network_egress",
-    "observe_telemetry",
-    "control_read",
-    "control_write",
-    "control_approvals",
-    "control_pairing",
-    "control_acp",
-];
-
 /// What a static scan of a manifest found: problems that refuse an install, and findings
 /// (high-risk keywords) that keep an unverified plugin disabled.
 #[derive(Debug, Default)]
@@ -270,11 +253,15 @@ pub(crate) fn scan(m: &PluginManifest, raw_text: &str) -> Scan {
     for c in m
         .capabilities
         .iter()
-        .filter(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+        .filter(|c| loong_ipc::package::capability(c).is_none())
     {
+        let known: Vec<&str> = loong_ipc::package::CAPABILITIES
+            .iter()
+            .map(|(ours, _)| *ours)
+            .collect();
         scan.problems.push(format!(
-            "capability {c:?} is not one of {}",
-            KNOWN_CAPABILITIES.join(", ")
+            "capability {c:?} is not one of {} (or public Loong's spelling of one, such as InvokeTool)",
+            known.join(", ")
         ));
     }
     let mut needs: Vec<(&str, &str)> = Vec::new();
