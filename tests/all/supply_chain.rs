@@ -850,3 +850,79 @@ with tarfile.open(path, "w") as t:
     assert!(!Path::new("/tmp/loong-escaped-abs").exists());
     assert_eq!(plugins(&home).len(), 1);
 }
+
+#[test]
+fn a_manifest_in_public_loongs_spelling_installs_and_answers_and_a_kind_we_do_not_run_is_refused_by_name(
+) {
+    let home = Home::new();
+    home.start();
+    let pkgs = tempfile::Builder::new()
+        .prefix("up")
+        .tempdir_in("/tmp")
+        .expect("packages");
+    let rewrite = |dir: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join("loong.plugin.json");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("manifest")).expect("JSON");
+        f(&mut m);
+        fs::write(&path, m.to_string()).expect("manifest");
+    };
+
+    // Upstream's capability spelling and bridge alias: installed, ready, and it answers.
+    let up = pkgs.path().join("upstream-caps");
+    wasm_package(&up, "upstream-caps", "1", &example_module("echo"), None);
+    rewrite(&up, &|m| {
+        m["capabilities"] = serde_json::json!(["InvokeTool", "ObserveTelemetry"]);
+        m["metadata"]["bridge_kind"] = serde_json::json!("wasm_component");
+    });
+    ctl_ok(&home, &["plugins", "install", &up.display().to_string()]);
+    let p = view(&home, "upstream-caps");
+    assert_eq!(p["state"], "ready", "{p}");
+    let (code, out, err) = invoke(&home, &["upstream-caps", "--input", r#"{"ping":1}"#]);
+    assert_eq!((code, out.trim()), (0, r#"{"ping":1}"#), "{err}");
+
+    // A grant declared in upstream's spelling meets the scan (the native bridge installs,
+    // disabled as unsigned); the same package without the declaration is refused.
+    let native = pkgs.path().join("upstream-native");
+    fs::create_dir_all(&native).expect("dir");
+    let manifest = |caps: serde_json::Value, kind: &str| {
+        serde_json::json!({
+            "api_version": "v1alpha1", "plugin_id": "upstream-native", "version": "1",
+            "capabilities": caps,
+            "metadata": {"bridge_kind": kind, "command": "/bin/cat"},
+            "sandbox": {"write": ["/tmp"]},
+        })
+        .to_string()
+    };
+    let n = native.display().to_string();
+    let path = native.join("loong.plugin.json");
+    fs::write(&path, manifest(serde_json::json!(["InvokeTool"]), "stdio")).expect("manifest");
+    let out = home.ctl(&["plugins", "install", &n]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("filesystem_write"),
+        "{}",
+        text(&out.stderr)
+    );
+    let caps = serde_json::json!(["InvokeTool", "FilesystemWrite"]);
+    fs::write(&path, manifest(caps.clone(), "stdio")).expect("manifest");
+    ctl_ok(&home, &["plugins", "install", &n]);
+    assert_eq!(view(&home, "upstream-native")["state"], "disabled");
+
+    // Public Loong's native FFI bridge: refused at install, naming the kind; nothing installed.
+    let ffi = pkgs.path().join("upstream-ffi");
+    fs::create_dir_all(&ffi).expect("dir");
+    fs::write(
+        ffi.join("loong.plugin.json"),
+        manifest(caps, "ffi").replace("upstream-native", "upstream-ffi"),
+    )
+    .expect("manifest");
+    let out = home.ctl(&["plugins", "install", &ffi.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bridge_kind `ffi`") && err.contains("does not run"),
+        "{err}"
+    );
+    assert!(!plugins(&home).iter().any(|p| p["id"] == "upstream-ffi"));
+}
