@@ -82,13 +82,77 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("control_acp", "ControlAcp"),
 ];
 
-/// Our name of a capability given in either spelling (`invoke_tool` or `InvokeTool`), or
-/// `None` for a name that is neither.
+/// Public Loong's dotted capability names (its newer `capability.rs` wire names) that mean
+/// one of ours.
+pub const CAPABILITY_ALIASES: &[(&str, &str)] = &[
+    ("fs.read", "filesystem_read"),
+    ("fs.write", "filesystem_write"),
+];
+
+/// Public Loong's capabilities this kernel does not honour, with what each is: a manifest
+/// declaring one is refused, naming it.
+pub const REFUSED_CAPABILITIES: &[(&str, &str)] = &[
+    ("ScheduleTask", "public Loong's task scheduling"),
+    ("schedule_task", "public Loong's task scheduling"),
+    ("agent.spawn_subagent", "public Loong's sub-agent spawning"),
+];
+
+/// Our name of a capability given in any accepted spelling (`invoke_tool`, `InvokeTool`,
+/// `fs.read`), or `None` for a name that is none of them.
 pub fn capability(name: &str) -> Option<&'static str> {
     CAPABILITIES
         .iter()
         .find(|(ours, upstream)| *ours == name || *upstream == name)
         .map(|(ours, _)| *ours)
+        .or_else(|| {
+            CAPABILITY_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == name)
+                .map(|(_, ours)| *ours)
+        })
+}
+
+/// Why a declared capability is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapabilityError {
+    /// A capability public Loong defines but this kernel does not honour.
+    #[error("capability `{name}` is {what}, which this kernel does not honour: remove it")]
+    NotHonoured {
+        /// The name as the manifest gave it.
+        name: String,
+        /// What the capability is.
+        what: &'static str,
+    },
+    /// A name no one defines.
+    #[error("capability {name:?} is unknown: use one of {known} (or public Loong's spelling of one, such as InvokeTool)")]
+    Unknown {
+        /// The name as the manifest gave it.
+        name: String,
+        /// Our names, comma-separated.
+        known: String,
+    },
+}
+
+/// Our name of a declared capability, or why it is refused (one public Loong defines that we
+/// do not honour is named as such, not as unknown).
+pub fn check_capability(name: &str) -> Result<&'static str, CapabilityError> {
+    if let Some(ours) = capability(name) {
+        return Ok(ours);
+    }
+    match REFUSED_CAPABILITIES.iter().find(|(n, _)| *n == name) {
+        Some((_, what)) => Err(CapabilityError::NotHonoured {
+            name: name.to_owned(),
+            what,
+        }),
+        None => Err(CapabilityError::Unknown {
+            name: name.to_owned(),
+            known: CAPABILITIES
+                .iter()
+                .map(|(ours, _)| *ours)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }
 
 /// The bridge loongd runs a plugin with, named by `metadata.bridge_kind`.
@@ -477,9 +541,21 @@ mod tests {
             assert_eq!(capability(upstream), Some(*ours), "{upstream}");
         }
         assert_eq!(capability("InvokeConnector"), Some("invoke_connector"));
+        assert_eq!(capability("fs.read"), Some("filesystem_read"));
+        assert_eq!(capability("fs.write"), Some("filesystem_write"));
         for refused in ["invokeconnector", "Invoke_Tool", "invoke.tool", "", "root"] {
             assert_eq!(capability(refused), None, "{refused:?}");
+            let e = check_capability(refused).expect_err(refused);
+            assert!(matches!(e, CapabilityError::Unknown { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("{refused:?}")), "{e}");
         }
+        for (name, _) in REFUSED_CAPABILITIES {
+            let e = check_capability(name).expect_err(name);
+            assert!(matches!(e, CapabilityError::NotHonoured { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
+            assert!(e.to_string().contains("does not honour"), "{e}");
+        }
+        assert_eq!(check_capability("InvokeTool"), Ok("invoke_tool"));
     }
 
     #[test]

@@ -1323,6 +1323,11 @@ mod tests {
                 assert_eq!(parsed(upstream, alias, extra), want, "{alias}");
             }
         }
+        // Public Loong's dotted names for the filesystem capabilities.
+        assert_eq!(
+            parsed(r#""fs.read", "fs.write""#, "wasm", wasm),
+            parsed(r#""filesystem_read", "filesystem_write""#, "wasm", wasm)
+        );
         // A name that is neither spelling is kept as given (loongd's scan refuses it).
         let kept = parsed(r#""invokeConnector""#, "wasm", wasm);
         assert!(kept.contains(r#"["invokeConnector"]"#), "{kept}");

@@ -909,6 +909,21 @@ fn a_manifest_in_public_loongs_spelling_installs_and_answers_and_a_kind_we_do_no
     ctl_ok(&home, &["plugins", "install", &n]);
     assert_eq!(view(&home, "upstream-native")["state"], "disabled");
 
+    // A capability public Loong defines that this kernel does not honour: refused by name.
+    let sched = pkgs.path().join("upstream-sched");
+    wasm_package(&sched, "upstream-sched", "1", &example_module("echo"), None);
+    rewrite(&sched, &|m| {
+        m["capabilities"] = serde_json::json!(["InvokeTool", "ScheduleTask"]);
+    });
+    let out = home.ctl(&["plugins", "install", &sched.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("capability `ScheduleTask`") && err.contains("does not honour"),
+        "{err}"
+    );
+    assert!(!plugins(&home).iter().any(|p| p["id"] == "upstream-sched"));
+
     // Public Loong's native FFI bridge: refused at install, naming the kind; nothing installed.
     let ffi = pkgs.path().join("upstream-ffi");
     fs::create_dir_all(&ffi).expect("dir");

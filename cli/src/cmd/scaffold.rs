@@ -419,16 +419,10 @@ fn check_manifest(
         .into_iter()
         .flatten()
     {
-        match c.as_str() {
-            Some(name) if package::capability(name).is_some() => {}
-            _ => problems.push(format!(
-                "capability {c}: use one of {} (or public Loong's spelling, such as InvokeTool)",
-                package::CAPABILITIES
-                    .iter()
-                    .map(|(ours, _)| *ours)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        match c.as_str().map(package::check_capability) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => problems.push(e.to_string()),
+            None => problems.push(format!("capability {c}: give a name")),
         }
     }
     use package::BridgeKind;
@@ -702,9 +696,18 @@ mod tests {
                 "{kind}"
             );
         }
+        let dotted = r#""fs.read", "fs.write""#;
+        assert_eq!(doctor_problems(dotted, "wasm"), Vec::<String>::new());
         let bad = doctor_problems(r#""invokeConnector""#, "wasm");
         assert!(
-            bad.len() == 1 && bad[0].contains("\"invokeConnector\""),
+            bad.len() == 1 && bad[0].contains("\"invokeConnector\" is unknown"),
+            "{bad:?}"
+        );
+        let bad = doctor_problems(r#""ScheduleTask""#, "wasm");
+        assert!(
+            bad.len() == 1
+                && bad[0].contains("`ScheduleTask`")
+                && bad[0].contains("does not honour"),
             "{bad:?}"
         );
         for kind in [

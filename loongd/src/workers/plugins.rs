@@ -253,16 +253,9 @@ pub(crate) fn scan(m: &PluginManifest, raw_text: &str) -> Scan {
     for c in m
         .capabilities
         .iter()
-        .filter(|c| loong_ipc::package::capability(c).is_none())
+        .filter_map(|c| loong_ipc::package::check_capability(c).err())
     {
-        let known: Vec<&str> = loong_ipc::package::CAPABILITIES
-            .iter()
-            .map(|(ours, _)| *ours)
-            .collect();
-        scan.problems.push(format!(
-            "capability {c:?} is not one of {} (or public Loong's spelling of one, such as InvokeTool)",
-            known.join(", ")
-        ));
+        scan.problems.push(c.to_string());
     }
     let mut needs: Vec<(&str, &str)> = Vec::new();
     match &m.bridge {
