@@ -1,0 +1,580 @@
+//! Unit tests of the manifest parser: structure, semantics, pins, slots, bridges and the
+//! seed corpus of the manifest fuzz target.
+
+use super::*;
+
+#[test]
+fn manifests_are_validated() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("config-reader");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/config-reader");
+    std::fs::copy(example.join(MANIFEST_FILE), dir.join(MANIFEST_FILE)).expect("copy manifest");
+    std::fs::write(dir.join("plugin.wasm"), b"\0asm\x01\0\0\0").expect("module");
+    let good = std::fs::read_to_string(dir.join(MANIFEST_FILE)).expect("read");
+    let path = dir.join(MANIFEST_FILE);
+    let parsed = PluginManifest::parse(&path, good.as_bytes()).expect("example parses");
+    assert_eq!(parsed.plugin_id, "config-reader");
+    assert_eq!(parsed.limits.fuel, Some(1_000_000));
+    assert_eq!(parsed.component, dir.join("plugin.wasm"));
+
+    let cases = [
+        (
+            r#""api_version": "v1alpha1""#,
+            r#""api_version": "v2""#,
+            "api_version",
+        ),
+        (
+            r#""plugin_id": "config-reader""#,
+            r#""plugin_id": "../etc""#,
+            "plugin_id",
+        ),
+        (
+            r#""component": "plugin.wasm""#,
+            r#""component": "../x.wasm""#,
+            "metadata.component",
+        ),
+        (
+            r#""component": "plugin.wasm""#,
+            r#""component": "/etc/passwd""#,
+            "metadata.component",
+        ),
+        (
+            r#""bridge_kind": "wasm""#,
+            r#""bridge_kind": "native_ffi""#,
+            "bridge_kind",
+        ),
+        (
+            r#""tier": "restricted""#,
+            r#""tier": "trusted""#,
+            "sandbox.tier",
+        ),
+        (r#""summary""#, r#""surprise": 1, "summary""#, "surprise"),
+        (
+            r#""fuel": 1000000"#,
+            r#""fuel": 1, "allow_wasi": true"#,
+            "allow_wasi",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(good.contains(from), "fixture lacks {from}");
+        let bad = good.replacen(from, to, 1);
+        let err = PluginManifest::parse(&path, bad.as_bytes()).expect_err("must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{to}: {msg}");
+        assert!(msg.contains(MANIFEST_FILE), "error names the file: {msg}");
+    }
+
+    // A symlinked module that leads outside the plugin directory is refused.
+    let outside = tmp.path().join("outside.wasm");
+    std::fs::copy(dir.join("plugin.wasm"), &outside).expect("copy");
+    std::fs::remove_file(dir.join("plugin.wasm")).expect("rm");
+    std::os::unix::fs::symlink(&outside, dir.join("plugin.wasm")).expect("symlink");
+    let manifest = PluginManifest::load_dir(&dir).expect("manifest parses");
+    let err = manifest.read_module().expect_err("must be refused");
+    assert!(
+        err.to_string().contains("outside the plugin directory"),
+        "{err}"
+    );
+    // Positive control: the module inside the directory is read.
+    std::fs::remove_file(dir.join("plugin.wasm")).expect("rm");
+    std::fs::copy(&outside, dir.join("plugin.wasm")).expect("copy back");
+    assert_eq!(manifest.read_module().expect("module reads").len(), 8);
+
+    // A declared module cap over what a worker frame carries is refused by name.
+    let big = good.replacen(
+        r#""fuel": 1000000"#,
+        r#""fuel": 1000000, "max_module_bytes": 99999999999"#,
+        1,
+    );
+    let err = PluginManifest::parse(&path, big.as_bytes()).expect_err("over the ceiling");
+    assert!(err.to_string().contains("max_module_bytes"), "{err}");
+}
+
+#[test]
+fn public_loongs_capability_spelling_and_bridge_aliases_read_as_ours() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join(MANIFEST_FILE);
+    let manifest = |caps: &str, kind: &str, extra: &str| {
+        format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+            "capabilities": [{caps}],
+            "metadata": {{"bridge_kind": "{kind}", {extra}}}}}"#
+        )
+    };
+    let parsed = |caps: &str, kind: &str, extra: &str| {
+        let text = manifest(caps, kind, extra);
+        let m = PluginManifest::parse(&path, text.as_bytes()).expect(&text);
+        format!("{m:?}")
+    };
+    // Positive control: our spelling.
+    let ours = r#""invoke_connector", "network_egress", "filesystem_read""#;
+    let upstream = r#""InvokeConnector", "NetworkEgress", "FilesystemRead""#;
+    let mixed = r#""InvokeConnector", "network_egress", "FilesystemRead""#;
+    let wasm = r#""component": "p.wasm""#;
+    let stdio = r#""command": "sh""#;
+    let http = r#""endpoint": "http://127.0.0.1:8080/h""#;
+    let bridges = [
+        ("wasm", wasm, &["wasm_component", "WASM", " wasm "][..]),
+        ("process_stdio", stdio, &["stdio", "Stdio"][..]),
+        ("mcp_stdio", stdio, &["mcp", "mcp_server"][..]),
+        ("http_json", http, &["http", "HTTP_JSON"][..]),
+    ];
+    for (kind, extra, aliases) in bridges {
+        let want = parsed(ours, kind, extra);
+        assert!(
+            want.contains(
+                r#"capabilities: ["invoke_connector", "network_egress", "filesystem_read"]"#
+            ),
+            "{want}"
+        );
+        assert_eq!(
+            parsed(upstream, kind, extra),
+            want,
+            "{kind}: upstream spelling"
+        );
+        assert_eq!(parsed(mixed, kind, extra), want, "{kind}: mixed spelling");
+        for alias in aliases {
+            assert_eq!(parsed(upstream, alias, extra), want, "{alias}");
+        }
+    }
+    // Public Loong's dotted names for the filesystem capabilities.
+    assert_eq!(
+        parsed(r#""fs.read", "fs.write""#, "wasm", wasm),
+        parsed(r#""filesystem_read", "filesystem_write""#, "wasm", wasm)
+    );
+    // A name that is neither spelling is kept as given (loongd's scan refuses it).
+    let kept = parsed(r#""invokeConnector""#, "wasm", wasm);
+    assert!(kept.contains(r#"["invokeConnector"]"#), "{kept}");
+    // The kinds public Loong names but this kernel does not run are refused by name.
+    for label in [
+        "native_ffi",
+        "ffi",
+        "acp_bridge",
+        "acp",
+        "acp_runtime",
+        "acpx",
+        "unknown",
+    ] {
+        let text = manifest(upstream, label, stdio);
+        let err = PluginManifest::parse(&path, text.as_bytes()).expect_err(label);
+        let err = err.to_string();
+        assert!(err.contains("metadata.bridge_kind"), "{label}: {err}");
+        assert!(err.contains(&format!("`{label}`")), "{label}: {err}");
+        assert!(err.contains("does not run"), "{label}: {err}");
+    }
+    let text = manifest(upstream, "ffi", stdio);
+    let err = PluginManifest::parse(&path, text.as_bytes()).expect_err("ffi");
+    assert!(err.to_string().contains("native FFI bridge"), "{err}");
+    let text = manifest(upstream, "carrier_pigeon", stdio);
+    let err = PluginManifest::parse(&path, text.as_bytes()).expect_err("unknown");
+    assert!(
+        err.to_string().contains("\"carrier_pigeon\" is unknown"),
+        "{err}"
+    );
+}
+
+#[test]
+fn foreign_manifests_are_validated() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join(MANIFEST_FILE);
+    let good = r#"{"api_version": "v1alpha1", "plugin_id": "lines", "version": "1",
+        "metadata": {"bridge_kind": "process_stdio", "command": "sh",
+            "args_json": "[\"-c\", \"cat\"]"},
+        "sandbox": {"read": ["/usr/share"], "net": ["127.0.0.1:8080"], "timeout_ms": 500}}"#;
+    let mut m = PluginManifest::parse(&path, good.as_bytes()).expect("parses");
+    let Bridge::Foreign(f) = &m.bridge else {
+        panic!("a foreign bridge: {:?}", m.bridge)
+    };
+    assert_eq!(f.kind, ForeignKind::ProcessStdio);
+    assert_eq!(f.args, ["-c", "cat"]);
+    assert_eq!(f.net[0].port, 8080);
+    assert_eq!(m.limits.timeout_ms, 500);
+    assert_eq!(m.catalog, Catalog::default());
+    let with_catalog = good.replacen(
+        r#""version": "1","#,
+        r#""version": "1", "tags": ["a"], "trust_tier": "verified-community", "defer_loading": true, "input_examples": [{"n": 1}],"#,
+        1,
+    );
+    let c = PluginManifest::parse(&path, with_catalog.as_bytes())
+        .expect("catalog parses")
+        .catalog;
+    assert_eq!(c.tags, ["a"]);
+    assert_eq!(c.claimed_trust, Some(TrustTier::VerifiedCommunity));
+    assert!(c.defer_loading);
+    assert_eq!(c.input_examples, [r#"{"n":1}"#]);
+    m.check_host().expect("sh exists");
+    let Bridge::Foreign(f) = &m.bridge else {
+        unreachable!()
+    };
+    assert!(
+        f.command.starts_with('/') && f.command.ends_with("/sh"),
+        "{}",
+        f.command
+    );
+
+    let cases = [
+        (r#""command": "sh","#, "", "metadata.command"),
+        (
+            r#""[\"-c\", \"cat\"]""#,
+            r#""-c cat""#,
+            "metadata.args_json",
+        ),
+        (
+            r#""timeout_ms""#,
+            r#""tier": "restricted", "timeout_ms""#,
+            "sandbox.tier",
+        ),
+        (r#""/usr/share""#, r#""usr/share""#, "sandbox.read"),
+        (r#""127.0.0.1:8080""#, r#""127.0.0.1""#, "sandbox.net"),
+        (
+            r#""timeout_ms""#,
+            r#""fuel": 5, "timeout_ms""#,
+            "sandbox.fuel",
+        ),
+        (
+            r#""command": "sh","#,
+            r#""command": "sh", "component_sha256": "","#,
+            "metadata.component_sha256",
+        ),
+        (
+            r#""timeout_ms""#,
+            r#""max_line_bytes": 0, "timeout_ms""#,
+            "max_line_bytes",
+        ),
+        (r#""process_stdio""#, r#""native_ffi""#, "bridge_kind"),
+        (
+            r#""version": "1","#,
+            r#""version": "1", "tags": "x","#,
+            "tags",
+        ),
+        (
+            r#""version": "1","#,
+            r#""version": "1", "trust_tier": "gold","#,
+            "trust_tier",
+        ),
+        (
+            r#""version": "1","#,
+            r#""version": "1", "defer_loading": "yes","#,
+            "defer_loading",
+        ),
+        (
+            r#""version": "1","#,
+            r#""version": "1", "input_examples": {},"#,
+            "input_examples",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(good.contains(from), "fixture lacks {from}");
+        let bad = good.replacen(from, to, 1);
+        let err = PluginManifest::parse(&path, bad.as_bytes()).expect_err(to);
+        assert!(err.to_string().contains(expect), "{to}: {err}");
+    }
+    // http_json: the endpoint is parsed and named when it does not parse; https and
+    // grants are refused by name.
+    let http = |endpoint: &str, sandbox: &str| {
+        format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "hook", "version": "1",
+            "metadata": {{"bridge_kind": "http_json", "endpoint": "{endpoint}",
+            "response_contract_json": "{{\"required\": [\"ok\"]}}"}},
+            "sandbox": {{{sandbox}}}}}"#
+        )
+    };
+    let m = PluginManifest::parse(
+        &path,
+        http("http://Svc.example:8080/v1/hook?x=1", "").as_bytes(),
+    )
+    .expect("an http_json manifest parses");
+    let Bridge::Http(h) = &m.bridge else {
+        panic!("an http bridge: {:?}", m.bridge)
+    };
+    assert_eq!(
+        (h.host.as_str(), h.port, h.path.as_str()),
+        ("svc.example", 8080, "/v1/hook?x=1")
+    );
+    assert_eq!(h.required_keys.as_deref(), Some(&["ok".to_string()][..]));
+    assert!(h.allow_other_keys && !h.allow_private_network);
+    for (endpoint, sandbox, expect) in [
+        ("http//x:99999", "", "metadata.endpoint"),
+        ("http://x:99999/", "", "metadata.endpoint"),
+        ("http://user@x/", "", "metadata.endpoint"),
+        ("https://x/", "", "https is not supported"),
+        ("http://x/", r#""net": ["x:80"]"#, "sandbox.net"),
+        ("http://x/", r#""tier": "trusted""#, "sandbox.tier"),
+    ] {
+        let err =
+            PluginManifest::parse(&path, http(endpoint, sandbox).as_bytes()).expect_err(endpoint);
+        assert!(err.to_string().contains(expect), "{endpoint}: {err}");
+    }
+    assert_eq!(
+        parse_endpoint("http://[::1]:9/").expect("v6"),
+        ("::1".to_string(), 9, "/".to_string())
+    );
+
+    // What the host lacks is named: a program, a granted path.
+    for (from, to, expect) in [
+        (
+            r#""sh""#,
+            r#""loong-no-such-program""#,
+            "loong-no-such-program",
+        ),
+        (
+            r#""/usr/share""#,
+            r#""/loong/no/such/dir""#,
+            "/loong/no/such/dir",
+        ),
+    ] {
+        let bad = good.replacen(from, to, 1);
+        let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
+        let err = m.check_host().expect_err(to);
+        assert!(err.to_string().contains(expect), "{to}: {err}");
+    }
+    // Both at once are both named.
+    let bad = good
+        .replacen(r#""sh""#, r#""loong-no-such-program""#, 1)
+        .replacen(r#""/usr/share""#, r#""/loong/no/such/dir""#, 1);
+    let mut m = PluginManifest::parse(&path, bad.as_bytes()).expect("parses");
+    match m.check_host() {
+        Err(ManifestError::Problems { problems, .. }) => {
+            assert_eq!(problems.len(), 2, "{problems:?}");
+            assert!(
+                problems[0].contains("loong-no-such-program"),
+                "{problems:?}"
+            );
+            assert!(problems[1].contains("/loong/no/such/dir"), "{problems:?}");
+        }
+        other => panic!("expected both problems, got {other:?}"),
+    }
+}
+
+/// A WASM manifest with the given extra `metadata` and `sandbox` members (JSON text,
+/// each with a trailing comma or empty).
+fn wasm_with(metadata: &str, sandbox: &str) -> String {
+    format!(
+        r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+        "metadata": {{{metadata} "bridge_kind": "wasm", "component": "p.wasm"}},
+        "sandbox": {{{sandbox} "tier": "restricted"}}}}"#
+    )
+}
+
+#[test]
+fn sha256_pins_are_normalised_as_public_loong_does() {
+    let hex = "ab".repeat(32);
+    for accepted in [
+        hex.clone(),
+        format!("sha256:{hex}"),
+        format!("SHA256:{hex}"),
+        format!("Sha256:{}", hex.to_uppercase()),
+        hex.to_uppercase(),
+        format!("  sha256: {hex}\n"),
+        format!("\t{hex} "),
+    ] {
+        assert_eq!(
+            normalize_sha256_pin(&accepted).as_deref(),
+            Some(hex.as_str()),
+            "{accepted:?}"
+        );
+    }
+    for refused in [
+        String::new(),
+        "  ".into(),
+        "sha256:".into(),
+        "ab".repeat(31),
+        "ab".repeat(33),
+        format!("{}zz", "ab".repeat(31)),
+        format!("sha512:{hex}"),
+        format!("sha256:sha256:{hex}"),
+        format!("{}:{}", &hex[..32], &hex[32..]),
+        format!("{hex}\u{0}"),
+    ] {
+        assert_eq!(normalize_sha256_pin(&refused), None, "{refused:?}");
+    }
+}
+
+#[test]
+fn a_module_pin_is_honoured_in_either_field_and_both_must_agree() {
+    let path = Path::new("/p/loong.plugin.json");
+    let hex = "0f".repeat(32);
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    // Positive controls: each accepted spelling, in each field, gives the normalised pin.
+    for (metadata, sandbox, field) in [
+        (
+            format!(r#""component_sha256": "sha256:{hex}","#),
+            String::new(),
+            COMPONENT_SHA256_FIELD,
+        ),
+        (
+            format!(r#""component_sha256": " SHA256:{}  ","#, hex.to_uppercase()),
+            String::new(),
+            COMPONENT_SHA256_FIELD,
+        ),
+        (
+            String::new(),
+            format!(r#""sha256": "{}","#, hex.to_uppercase()),
+            SANDBOX_SHA256_FIELD,
+        ),
+        (
+            format!(r#""component_sha256": "{hex}","#),
+            format!(r#""sha256": "sha256:{hex}","#),
+            "metadata.component_sha256 and sandbox.sha256",
+        ),
+    ] {
+        let m = parse(wasm_with(&metadata, &sandbox)).expect("a good pin parses");
+        assert_eq!(
+            m.sha256.as_deref(),
+            Some(hex.as_str()),
+            "{metadata} {sandbox}"
+        );
+        assert_eq!(m.sha256_field, field);
+    }
+    let unpinned = parse(wasm_with("", "")).expect("unpinned parses");
+    assert_eq!((unpinned.sha256, unpinned.sha256_field), (None, ""));
+
+    // Refusals: a malformed pin in either field, and two pins that disagree.
+    let other = "1e".repeat(32);
+    for (metadata, sandbox, field, says) in [
+        (
+            r#""component_sha256": "sha256:abc","#.to_string(),
+            String::new(),
+            COMPONENT_SHA256_FIELD,
+            "\"sha256:abc\" is not a sha256 digest",
+        ),
+        (
+            r#""component_sha256": "","#.to_string(),
+            String::new(),
+            COMPONENT_SHA256_FIELD,
+            "is not a sha256 digest",
+        ),
+        (
+            String::new(),
+            format!(r#""sha256": "md5:{hex}","#),
+            SANDBOX_SHA256_FIELD,
+            "is not a sha256 digest",
+        ),
+        (
+            format!(r#""component_sha256": "{hex}","#),
+            format!(r#""sha256": "{other}","#),
+            SANDBOX_SHA256_FIELD,
+            "make the two pins agree",
+        ),
+    ] {
+        let err = parse(wasm_with(&metadata, &sandbox)).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, ManifestError::Field { field: f, .. } if *f == field),
+            "{field}: {msg}"
+        );
+        assert!(msg.contains(says), "{says}: {msg}");
+    }
+    // A pin too long to show whole is cut in the message.
+    let long = format!(r#""component_sha256": "{}","#, "x".repeat(10_000));
+    let msg = parse(wasm_with(&long, ""))
+        .expect_err("refused")
+        .to_string();
+    assert!(msg.len() < 1_000, "{} bytes", msg.len());
+}
+
+#[test]
+fn every_structural_problem_is_reported_in_one_run() {
+    let path = Path::new("/p/loong.plugin.json");
+    let text = r#"{"api_version": "v1alpha1", "plugin_id": "x", "surprise": 1,
+        "also": true, "metadata": {"bridge_kind": "wasm", "component": 5},
+        "sandbox": {"tier": "restricted", "tiers": "typo"}}"#;
+    let err = PluginManifest::parse(path, text.as_bytes()).expect_err("refused");
+    let msg = err.to_string();
+    for named in [
+        "unknown field \"surprise\"",
+        "unknown field \"also\"",
+        "version is missing",
+        "metadata.component must be a string",
+        "unknown field sandbox.tiers",
+        "5 problems",
+        "/p/loong.plugin.json",
+    ] {
+        assert!(msg.contains(named), "{named}: {msg}");
+    }
+}
+
+#[test]
+fn every_semantic_problem_is_reported_in_one_run() {
+    let path = Path::new("/p/loong.plugin.json");
+    let problems = |text: &str| match PluginManifest::parse(path, text.as_bytes()) {
+        Err(ManifestError::Problems { problems, .. }) => problems,
+        other => panic!("expected a list of problems, got {other:?}"),
+    };
+    let wasm = problems(
+        r#"{"api_version": "v2", "plugin_id": "Bad Id", "version": "1", "tags": 3,
+        "metadata": {"bridge_kind": "wasm", "component": "../out.wasm"},
+        "sandbox": {"tier": "balanced", "allow_wasi": true}}"#,
+    );
+    let foreign = problems(
+        r#"{"api_version": "v1alpha1", "plugin_id": "f", "version": "1",
+        "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat",
+            "args_json": "{}"},
+        "sandbox": {"tier": "trusted", "read": ["relative"], "net": ["nowhere"],
+            "fuel": 5}}"#,
+    );
+    let http = problems(
+        r#"{"api_version": "v1alpha1", "plugin_id": "h", "version": "1",
+        "metadata": {"bridge_kind": "http_json", "endpoint": "ftp://x"},
+        "sandbox": {"tier": "restricted", "read": ["/etc"]}}"#,
+    );
+    for (list, fields) in [
+        (
+            &wasm,
+            &[
+                "api_version",
+                "plugin_id",
+                "tags",
+                "metadata.component",
+                "sandbox.tier",
+                "sandbox.allow_wasi",
+            ][..],
+        ),
+        (
+            &foreign,
+            &[
+                "metadata.args_json",
+                "sandbox.tier",
+                "sandbox.fuel",
+                "sandbox.read",
+                "sandbox.net",
+            ][..],
+        ),
+        (
+            &http,
+            &["metadata.endpoint", "sandbox.tier", "sandbox.read"][..],
+        ),
+    ] {
+        assert_eq!(list.len(), fields.len(), "{list:?}");
+        for f in fields {
+            assert!(
+                list.iter().any(|p| p.starts_with(&format!("{f}: "))),
+                "{f}: {list:?}"
+            );
+        }
+    }
+    // One problem keeps its field's own error, and a sound manifest parses.
+    let one = PluginManifest::parse(
+        path,
+        br#"{"api_version": "v1alpha1", "plugin_id": "o", "version": "1",
+        "metadata": {"bridge_kind": "wasm", "component": "p.wasm"},
+        "sandbox": {"allow_wasi": true}}"#,
+    );
+    assert!(
+        matches!(
+            one,
+            Err(ManifestError::Field {
+                field: "sandbox.allow_wasi",
+                ..
+            })
+        ),
+        "{one:?}"
+    );
+    PluginManifest::parse(
+        path,
+        br#"{"api_version": "v1alpha1", "plugin_id": "o", "version": "1",
+        "metadata": {"bridge_kind": "wasm", "component": "p.wasm"}}"#,
+    )
+    .expect("a sound manifest parses");
+}
