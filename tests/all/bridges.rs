@@ -1191,14 +1191,15 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     let (code, out, err) = call("shell.exec", serde_json::json!({"command": daemon}));
     assert_eq!(code, 0, "{err}");
     assert_eq!(output(&out)["stdout"], "ticking\n", "{out}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let tick = fs::read_to_string(ws.join("tick")).expect("tick");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(
-        fs::read_to_string(ws.join("tick")).expect("tick"),
-        tick,
-        "the command's daemon outlived its call"
-    );
+    // A file a process left behind keeps changing while anything of it still runs.
+    let stays_still = |name: &str, why: &str| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let before = fs::read_to_string(ws.join(name)).expect(name);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let after = fs::read_to_string(ws.join(name)).expect(name);
+        assert_eq!(after, before, "{why}");
+    };
+    stays_still("tick", "the command's daemon outlived its call");
     // Nor does a tree that outgrows the kill rounds: its deepest process forks again as soon
     // as a pid is free, so each round that takes the top generation away gives a new one at
     // the bottom (at most 100 generations where the machine sets no pids limit). It is
@@ -1213,13 +1214,9 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     let (code, out, err) = call("shell.exec", serde_json::json!({"command": grower}));
     assert_eq!(code, 0, "{err}");
     assert_eq!(output(&out)["stdout"], "full\n", "{out}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let grew = fs::read_to_string(ws.join("grow")).expect("grow");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(
-        fs::read_to_string(ws.join("grow")).expect("grow"),
-        grew,
-        "a tree that forks again as it is killed outlived its call"
+    stays_still(
+        "grow",
+        "a tree that forks again as it is killed outlived its call",
     );
     // A call's CPU is accounted, the shell's included.
     let (code, out, err) = call(
