@@ -37,8 +37,8 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     worker::{
-        BuiltinSpec, CallOutput, DecidedFile, FailureKind, HttpSpec, PeerProtocol, PeerSpec,
-        PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
+        BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,
+        PeerSpec, PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
     },
 };
 

@@ -61,6 +61,7 @@ pub const SANDBOX_FIELDS: &[&str] = &[
     "net",
     "max_line_bytes",
     "allow_private_network",
+    "input",
 ];
 
 /// The capability names a manifest may declare: ours (snake_case) and public Loong's

@@ -34,6 +34,16 @@ pub const DEFAULT_MAX_MODULE_BYTES: u64 = 2 * 1024 * 1024;
 pub const COMPONENT_SHA256_FIELD: &str = "metadata.component_sha256";
 /// This project's own pin of a WASM module's sha256 (`sandbox.sha256`).
 pub const SANDBOX_SHA256_FIELD: &str = "sandbox.sha256";
+/// Guest-readable keys under this prefix read the manifest's `metadata` (public Loong's
+/// provider metadata): `provider.region` is `metadata.region`.
+pub const PROVIDER_CONFIG_PREFIX: &str = "provider.";
+/// Guest-readable keys under this prefix read the channel's metadata, which public Loong sets
+/// to `source_plugin` (the plugin id) when the manifest names a `channel_id`.
+pub const CHANNEL_CONFIG_PREFIX: &str = "channel.";
+/// `sandbox.input`: the guest reads public Loong's request envelope (the default).
+pub const INPUT_ENVELOPE: &str = "envelope";
+/// `sandbox.input`: the guest reads the caller's input as given.
+pub const INPUT_BARE: &str = "bare";
 /// The most characters of a malformed pin an error message shows.
 const MAX_PIN_SHOWN_CHARS: usize = 80;
 
@@ -44,6 +54,94 @@ pub fn normalize_sha256_pin(raw: &str) -> Option<String> {
     let lowered = raw.trim().to_ascii_lowercase();
     let digest = lowered.strip_prefix("sha256:").unwrap_or(&lowered).trim();
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
+}
+
+/// A top-level text field of public Loong's (`provider_id`, `channel_id`): its text, `None`
+/// when absent; a finding when it is not a string or is longer than a config key.
+fn text_field(
+    value: Option<&serde_json::Value>,
+    field: &'static str,
+    bad: &mut Findings,
+) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) if s.len() <= MAX_CONFIG_KEY_BYTES => Some(s.clone()),
+        serde_json::Value::String(_) => {
+            bad.add(field, format!("is over {MAX_CONFIG_KEY_BYTES} bytes"));
+            None
+        }
+        _ => {
+            bad.add(field, "must be a string".into());
+            None
+        }
+    }
+}
+
+/// What the guest reads (`sandbox.input`): public Loong's request envelope unless the
+/// manifest declares `"bare"`. The envelope names the manifest's `provider_id` (the plugin
+/// id when there is none) and its `channel_id` (`null` when there is none).
+fn guest_input(raw: &RawManifest, bad: &mut Findings) -> Option<loong_ipc::GuestInput> {
+    let provider_id = text_field(raw.provider_id.as_ref(), "provider_id", bad);
+    let channel_id = text_field(raw.channel_id.as_ref(), "channel_id", bad);
+    match raw.sandbox.input.as_deref() {
+        None | Some(INPUT_ENVELOPE) => Some(loong_ipc::GuestInput::Envelope {
+            provider_id: provider_id.unwrap_or_else(|| raw.plugin_id.clone()),
+            channel_id,
+        }),
+        Some(INPUT_BARE) => Some(loong_ipc::GuestInput::Bare),
+        Some(other) => {
+            bad.add(
+                "sandbox.input",
+                format!("{other:?} is not {INPUT_ENVELOPE:?} or {INPUT_BARE:?}"),
+            );
+            None
+        }
+    }
+}
+
+/// The configuration the guest may read: `sandbox.config`, and each guest-readable key under
+/// `provider.` or `channel.` resolved as public Loong resolves it (the rest of the key must
+/// be non-empty with no whitespace; `provider.K` is `metadata.K`, `channel.source_plugin` is
+/// the plugin id when the manifest names a `channel_id`; a key that resolves to nothing stays
+/// unset). A resolved key that `sandbox.config` also sets is refused, as ambiguous.
+fn guest_config(raw: &RawManifest, bad: &mut Findings) -> BTreeMap<String, String> {
+    let mut config = raw.sandbox.config.clone();
+    for key in &raw.sandbox.guest_readable_config_keys {
+        let (rest, value) = if let Some(rest) = key.strip_prefix(PROVIDER_CONFIG_PREFIX) {
+            (rest, raw.metadata.get(rest).cloned())
+        } else if let Some(rest) = key.strip_prefix(CHANNEL_CONFIG_PREFIX) {
+            let declared = raw.channel_id.is_some();
+            (
+                rest,
+                (declared && rest == "source_plugin").then(|| raw.plugin_id.clone()),
+            )
+        } else {
+            continue;
+        };
+        if rest.is_empty() || rest.chars().any(char::is_whitespace) {
+            bad.add(
+                "sandbox.guest_readable_config_keys",
+                format!("{key:?}: after the prefix, name a key with no whitespace"),
+            );
+            continue;
+        }
+        let Some(value) = value else { continue };
+        if config.contains_key(key) {
+            bad.add(
+                "sandbox.config",
+                format!("{key:?} is also read from the manifest's metadata; remove one"),
+            );
+            continue;
+        }
+        if value.len() > MAX_CONFIG_KEY_BYTES {
+            bad.add(
+                "sandbox.guest_readable_config_keys",
+                format!("{key:?} resolves to a value over {MAX_CONFIG_KEY_BYTES} bytes"),
+            );
+            continue;
+        }
+        config.insert(key.clone(), value);
+    }
+    config
 }
 
 /// The module pins a manifest gives (`metadata.component_sha256`, `sandbox.sha256`), each
@@ -283,6 +381,7 @@ struct RawSandbox {
     max_line_bytes: Option<u64>,
     #[serde(default)]
     allow_private_network: bool,
+    input: Option<String>,
 }
 
 /// How a foreign program is spoken to.
@@ -414,6 +513,8 @@ pub struct PluginManifest {
     /// for error messages; empty when there is no pin.
     pub sha256_field: &'static str,
     pub blocked_import_prefixes: Vec<String>,
+    /// What the guest reads with `read_input` (`sandbox.input`; WASM plugins only).
+    pub input: loong_ipc::GuestInput,
     pub bridge: Bridge,
     /// What tool search shows: public Loong's `tags`, `input_examples`, `output_examples`
     /// (each example as JSON text), the trust tier the manifest claims, and `defer_loading`.
@@ -829,6 +930,8 @@ impl PluginManifest {
             );
         }
         let pin = module_pin(&raw, &mut bad);
+        let input = guest_input(&raw, &mut bad);
+        let config = guest_config(&raw, &mut bad);
         let component = path.parent().unwrap_or(Path::new(".")).join(component);
         bad.finish(())?;
         let (sha256, sha256_field) = match pin {
@@ -848,11 +951,12 @@ impl PluginManifest {
                 .cloned()
                 .unwrap_or_else(|| "run".into()),
             limits,
-            config: raw.sandbox.config,
+            config,
             guest_readable_config_keys: raw.sandbox.guest_readable_config_keys,
             sha256,
             sha256_field,
             blocked_import_prefixes: raw.sandbox.blocked_import_prefixes,
+            input: input.unwrap_or(loong_ipc::GuestInput::Bare),
             bridge: Bridge::Wasm,
             catalog,
         })
@@ -884,6 +988,7 @@ impl PluginManifest {
             sha256: None,
             sha256_field: "",
             blocked_import_prefixes: Vec::new(),
+            input: loong_ipc::GuestInput::Bare,
             bridge,
             catalog,
         }
@@ -927,6 +1032,7 @@ impl PluginManifest {
             ("sandbox.write", !raw.sandbox.write.is_empty()),
             ("sandbox.net", !raw.sandbox.net.is_empty()),
             ("sandbox.config", !raw.sandbox.config.is_empty()),
+            ("sandbox.input", raw.sandbox.input.is_some()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),
             ("sandbox.sha256", raw.sandbox.sha256.is_some()),
             (
@@ -1012,6 +1118,7 @@ impl PluginManifest {
         bad.tier(&raw, "balanced", "foreign programs");
         for (name, set) in [
             ("sandbox.config", !raw.sandbox.config.is_empty()),
+            ("sandbox.input", raw.sandbox.input.is_some()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),
             ("sandbox.sha256", raw.sandbox.sha256.is_some()),
             (

@@ -22,4 +22,5 @@ mod supply_chain;
 mod support;
 mod terminal;
 mod tidy;
+mod upstream_abi;
 mod workers;

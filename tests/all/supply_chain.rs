@@ -255,7 +255,8 @@ fn an_exclusive_slot_goes_to_one_plugin_and_the_refusal_names_both() {
 }
 
 /// Writes a WASM plugin package `id` at `version` into `dir` (outside any home): `module` is
-/// the compiled module, `probe` the manifest's health check.
+/// the compiled module, `probe` the manifest's health check; the guest reads the caller's
+/// input as given (`sandbox.input = "bare"`).
 pub(crate) fn wasm_package(
     dir: &Path,
     id: &str,
@@ -272,7 +273,7 @@ pub(crate) fn wasm_package(
     let manifest = serde_json::json!({
         "api_version": "v1alpha1", "plugin_id": id, "version": version,
         "summary": format!("{id} {version}"), "metadata": metadata,
-        "sandbox": {"tier": "restricted", "timeout_ms": 2000},
+        "sandbox": {"input": "bare", "tier": "restricted", "timeout_ms": 2000},
     });
     fs::write(dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
 }

@@ -32,7 +32,8 @@ pub(crate) fn install_examples(home: &Home) {
     }
 }
 
-/// Installs a plugin from WAT with extra `sandbox` fields (a JSON object's inner text).
+/// Installs a plugin from WAT with extra `sandbox` fields (a JSON object's inner text); the
+/// guest reads the caller's input as given (`sandbox.input = "bare"`).
 pub(crate) fn install(home: &Home, id: &str, wat_text: &str, sandbox_extra: &str) {
     let dir = home.path().join("plugins").join(id);
     fs::create_dir_all(&dir).expect("plugin dir");
@@ -42,7 +43,7 @@ pub(crate) fn install(home: &Home, id: &str, wat_text: &str, sandbox_extra: &str
     let manifest = format!(
         r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "0.1.0", "summary": "test",
         "capabilities": [], "metadata": {{"bridge_kind": "wasm", "component": "plugin.wasm"}},
-        "sandbox": {{"tier": "restricted"{comma}{sandbox_extra}}}}}"#
+        "sandbox": {{"input": "bare", "tier": "restricted"{comma}{sandbox_extra}}}}}"#
     );
     fs::write(dir.join("loong.plugin.json"), manifest).expect("manifest");
 }
@@ -509,7 +510,12 @@ fn hostile_plugins_fail_cleanly_and_loongd_stays_up() {
         &home,
         "flood",
         &module(
-            r#"(func (export "run") (loop $l (drop (call $write_output (i32.const 0) (i32.const 65536))) (br $l)))"#,
+            // Each write over the cap answers -1 (public Loong's code) and the call fails with
+            // it; the guest keeps trying a thousand times.
+            r#"(func (export "run") (local $i i32)
+                 (loop $l (drop (call $write_output (i32.const 0) (i32.const 65536)))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get $i) (i32.const 1000)))))"#,
         ),
         r#""max_output_bytes": 1024"#,
     );

@@ -165,7 +165,10 @@ pub(crate) fn init(dir: &Path, kind: Kind) -> Result<u8, Failure> {
         Kind::Wasm => (
             serde_json::json!({"bridge_kind": "wasm", "component": "plugin.wasm",
                 "entrypoint": "run", "health_check_json": probe(serde_json::json!({"probe": true}))}),
-            serde_json::json!({"tier": "restricted", "timeout_ms": 2000,
+            // The echo module writes back what it reads: the caller's input as given
+            // ("bare"), not public Loong's request envelope (the default for a manifest that
+            // does not say).
+            serde_json::json!({"input": "bare", "tier": "restricted", "timeout_ms": 2000,
                 "max_memory_bytes": 16_777_216, "max_output_bytes": 262_144}),
             vec![("plugin.wasm", ECHO_WASM), ("plugin.wat", ECHO_WAT.as_bytes())],
             format!("loongctl invoke {id} --input '{{\"hello\":\"loong\"}}'"),

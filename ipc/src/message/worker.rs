@@ -279,6 +279,25 @@ pub struct WasmPlugin {
     /// The module's pinned sha256 (hex), when the manifest pins one.
     pub sha256: Option<String>,
     pub blocked_import_prefixes: Vec<String>,
+    /// What the guest reads with `read_input`: the caller's input, or public Loong's request
+    /// envelope around it.
+    pub input: GuestInput,
+}
+
+/// What a WASM guest reads with `read_input` (the manifest's `sandbox.input`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum GuestInput {
+    /// Public Loong's request envelope, `{"provider_id", "channel_id", "operation",
+    /// "payload"}`, with the caller's input as `payload` (the default).
+    Envelope {
+        /// The manifest's `provider_id` (at most [`MAX_CONFIG_TEXT_BYTES`]).
+        provider_id: String,
+        /// The manifest's `channel_id`, when it names one (at most [`MAX_CONFIG_TEXT_BYTES`]).
+        channel_id: Option<String>,
+    },
+    /// The caller's input as given (`sandbox.input = "bare"`).
+    Bare,
 }
 
 impl WasmPlugin {
@@ -323,6 +342,16 @@ impl WasmPlugin {
             .chain(&self.sha256)
         {
             check_len("config key", k, MAX_CONFIG_TEXT_BYTES)?;
+        }
+        if let GuestInput::Envelope {
+            provider_id,
+            channel_id,
+        } = &self.input
+        {
+            check_len("provider_id", provider_id, MAX_CONFIG_TEXT_BYTES)?;
+            if let Some(c) = channel_id {
+                check_len("channel_id", c, MAX_CONFIG_TEXT_BYTES)?;
+            }
         }
         Ok(())
     }
@@ -432,6 +461,13 @@ pub enum FailureKind {
     ExitCode,
     Trap,
     OutputNotJson,
+    /// A WASM plugin's envelope could not be built: the caller's input is not JSON.
+    InputNotJson,
+    /// A WASM module imports a host function that uses guest memory but exports no `memory`.
+    MemoryNotExported,
+    /// `write_output` was refused and the guest did not write again: a second write, bytes
+    /// outside the guest's memory, or a negative length.
+    OutputRefused,
     /// A foreign program could not be started or refused the handshake.
     PeerStartFailed,
     /// A foreign program wrote a line that is not the expected JSON.
@@ -473,6 +509,9 @@ impl FailureKind {
             FailureKind::ExitCode => "exit_code",
             FailureKind::Trap => "trap",
             FailureKind::OutputNotJson => "output_not_json",
+            FailureKind::InputNotJson => "input_not_json",
+            FailureKind::MemoryNotExported => "memory_not_exported",
+            FailureKind::OutputRefused => "output_refused",
             FailureKind::PeerStartFailed => "peer_start_failed",
             FailureKind::PeerMalformed => "peer_malformed",
             FailureKind::PeerLineTooLarge => "peer_line_too_large",
@@ -552,6 +591,7 @@ mod tests {
             guest_readable_config_keys: vec!["k".into()],
             sha256: None,
             blocked_import_prefixes: Vec::new(),
+            input: GuestInput::Bare,
         };
         assert_eq!(p.check_bounds(), Ok(()));
         p.plugin_id = "x".repeat(MAX_PLUGIN_ID_BYTES + 1);
@@ -559,5 +599,21 @@ mod tests {
         p.plugin_id = "echo".into();
         p.config = vec![(String::new(), String::new()); MAX_CONFIG_ENTRIES + 1];
         assert_eq!(p.check_bounds().map_err(|e| e.field), Err("config"));
+        p.config = Vec::new();
+        p.input = GuestInput::Envelope {
+            provider_id: "x".repeat(MAX_CONFIG_TEXT_BYTES + 1),
+            channel_id: None,
+        };
+        assert_eq!(p.check_bounds().map_err(|e| e.field), Err("provider_id"));
+        p.input = GuestInput::Envelope {
+            provider_id: "p".into(),
+            channel_id: Some("x".repeat(MAX_CONFIG_TEXT_BYTES + 1)),
+        };
+        assert_eq!(p.check_bounds().map_err(|e| e.field), Err("channel_id"));
+        p.input = GuestInput::Envelope {
+            provider_id: "p".into(),
+            channel_id: Some("c".into()),
+        };
+        assert_eq!(p.check_bounds(), Ok(()));
     }
 }

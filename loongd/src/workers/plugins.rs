@@ -610,6 +610,7 @@ fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {
         guest_readable_config_keys: m.guest_readable_config_keys,
         sha256: m.sha256,
         blocked_import_prefixes: m.blocked_import_prefixes,
+        input: m.input,
     }
 }
 

@@ -578,3 +578,147 @@ fn every_semantic_problem_is_reported_in_one_run() {
     )
     .expect("a sound manifest parses");
 }
+
+/// A WASM manifest in public Loong's shape (top-level `provider_id`/`channel_id` as given,
+/// no `sandbox` block unless `sandbox`, members with a trailing comma, is non-empty).
+fn upstream_wasm(top: &str, metadata: &str, sandbox: &str) -> String {
+    let sandbox = if sandbox.is_empty() {
+        String::new()
+    } else {
+        format!(r#", "sandbox": {{{sandbox} "tier": "restricted"}}"#)
+    };
+    format!(
+        r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1", {top}
+        "metadata": {{{metadata} "bridge_kind": "wasm_component", "component": "p.wasm"}}{sandbox}}}"#
+    )
+}
+
+/// `sandbox.input`: public Loong's request envelope unless the manifest says `"bare"`; the
+/// envelope names `provider_id` (the plugin id when absent) and `channel_id` (none when
+/// absent). A value that is neither, a non-string id, and the field on a bridge that runs no
+/// module are refused by name.
+#[test]
+fn the_guest_reads_the_envelope_unless_the_manifest_says_bare() {
+    let path = Path::new("/p/loong.plugin.json");
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    let envelope = |p: &str, c: Option<&str>| loong_ipc::GuestInput::Envelope {
+        provider_id: p.into(),
+        channel_id: c.map(String::from),
+    };
+    let upstream = upstream_wasm(r#""provider_id": "prov", "channel_id": "primary","#, "", "");
+    assert_eq!(
+        parse(upstream).expect("upstream shape").input,
+        envelope("prov", Some("primary"))
+    );
+    assert_eq!(
+        parse(upstream_wasm("", "", "")).expect("no ids").input,
+        envelope("p", None)
+    );
+    assert_eq!(
+        parse(wasm_with("", r#""input": "envelope","#))
+            .expect("explicit")
+            .input,
+        envelope("p", None)
+    );
+    assert_eq!(
+        parse(wasm_with("", r#""input": "bare","#))
+            .expect("bare")
+            .input,
+        loong_ipc::GuestInput::Bare
+    );
+    for (text, field) in [
+        (wasm_with("", r#""input": "raw","#), "sandbox.input"),
+        (upstream_wasm(r#""provider_id": 7,"#, "", ""), "provider_id"),
+        (
+            upstream_wasm(r#""channel_id": ["a"],"#, "", ""),
+            "channel_id",
+        ),
+    ] {
+        let err = parse(text).expect_err("refused").to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let stdio = r#"{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+        "metadata": {"bridge_kind": "process_stdio", "command": "/bin/cat"},
+        "sandbox": {"input": "bare"}}"#;
+    let err = parse(stdio.into()).expect_err("refused").to_string();
+    assert!(err.contains("sandbox.input"), "{err}");
+}
+
+/// Public Loong's `build_wasm_guest_config_includes_allowlisted_provider_and_channel_values`
+/// (`crates/spec/src/spec_runtime/wasm_runtime_tests.rs`), with the manifest as the provider:
+///   provider metadata {"region": "ap-southeast-1", "secret": "hidden"}, channel metadata
+///   {"mode": "strict"}; allowlist {"channel.mode", "provider.missing", "provider.region"}
+///   assert_eq!(guest_config, {"channel.mode": b"strict", "provider.region": b"ap-southeast-1"})
+/// A manifest's channel carries public Loong's channel metadata, `source_plugin` (the plugin
+/// id), so `channel.source_plugin` stands for `channel.mode`. And its key rule, from
+/// `bridge_runtime_policy_tests.rs` (`"provider.region name"` is refused naming
+/// guest_readable_config_keys): a prefixed key must name a key with no whitespace.
+#[test]
+fn provider_and_channel_keys_resolve_from_the_manifest_as_public_loong_does() {
+    let path = Path::new("/p/loong.plugin.json");
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    let keys = r#""guest_readable_config_keys":
+        ["channel.source_plugin", "provider.missing", "provider.region", "greeting"],
+        "config": {"greeting": "hi", "hidden": "no"},"#;
+    let m = parse(upstream_wasm(
+        r#""channel_id": "primary","#,
+        r#""region": "ap-southeast-1", "secret": "hidden","#,
+        keys,
+    ))
+    .expect("parses");
+    let config: Vec<(&str, &str)> = m
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        config,
+        [
+            ("channel.source_plugin", "p"),
+            ("greeting", "hi"),
+            ("hidden", "no"),
+            ("provider.region", "ap-southeast-1"),
+        ]
+    );
+    // Only the allowlisted keys reach the guest (the engine filters `config` by them):
+    // `provider.secret` is not among them, and without a channel_id there is no channel.
+    assert!(!m.config.contains_key("provider.secret"));
+    let no_channel = parse(upstream_wasm("", r#""region": "x","#, keys)).expect("parses");
+    assert!(!no_channel.config.contains_key("channel.source_plugin"));
+    for (sandbox, field) in [
+        (
+            r#""guest_readable_config_keys": ["provider.region name"],"#,
+            "guest_readable_config_keys",
+        ),
+        (
+            r#""guest_readable_config_keys": ["provider."],"#,
+            "guest_readable_config_keys",
+        ),
+        (
+            r#""guest_readable_config_keys": ["channel. x"],"#,
+            "guest_readable_config_keys",
+        ),
+        // Set twice: in sandbox.config and from metadata.
+        (
+            r#""guest_readable_config_keys": ["provider.region"],
+               "config": {"provider.region": "eu"},"#,
+            "sandbox.config",
+        ),
+    ] {
+        let err = parse(upstream_wasm("", r#""region": "x","#, sandbox))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains(field), "{sandbox}: {err}");
+    }
+    // Control: a sandbox.config key under the prefix that metadata does not set is kept.
+    let own = parse(upstream_wasm(
+        "",
+        r#""region": "x","#,
+        r#""guest_readable_config_keys": ["provider.name"], "config": {"provider.name": "demo"},"#,
+    ))
+    .expect("parses");
+    assert_eq!(
+        own.config.get("provider.name").map(String::as_str),
+        Some("demo")
+    );
+}

@@ -3,7 +3,9 @@
 //! Every function checks guest pointers against the guest's exported
 //! `memory` and answers with an error code instead of trusting them. The
 //! codes are public Loong's: `-1` error, `-2` config unavailable, `-3`
-//! buffer too small, `0` log dropped.
+//! buffer too small (`read_config` only; a short `read_input` buffer is `-1`), `0` log
+//! dropped. `write_output` answers once per call; its refusals fail the call unless the
+//! guest then writes successfully (see [`OutputRefusal`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,8 +40,20 @@ pub(crate) type GuestConfig = Arc<BTreeMap<String, String>>;
 pub(crate) enum HostStop {
     MemoryLimit { requested: usize },
     TableLimit,
-    OutputFlood,
     Abort { code: i32 },
+}
+
+/// Why the last `write_output` was refused (it answered `-1`). As in public Loong, the call
+/// fails with it unless a later `write_output` succeeds, which only a guest that has not
+/// written yet can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputRefusal {
+    /// Longer than the plugin's output cap.
+    TooLarge,
+    /// Output was already written: a call writes it once.
+    Twice,
+    /// A negative length, bytes outside the guest's memory, or no exported memory.
+    Unreadable,
 }
 
 /// Per-call state: one per `Store`.
@@ -47,7 +61,9 @@ pub(crate) enum HostStop {
 pub(crate) struct HostState {
     pub input: Arc<[u8]>,
     pub config: GuestConfig,
-    pub output: Vec<u8>,
+    /// What `write_output` accepted; `None` when the guest wrote nothing.
+    pub output: Option<Vec<u8>>,
+    pub output_refused: Option<OutputRefusal>,
     pub max_output: usize,
     pub logs: Vec<String>,
     pub log_bytes: usize,
@@ -192,6 +208,34 @@ fn write_if_fits(caller: &mut Caller<'_, HostState>, ptr: i32, buf_len: i32, byt
     }
 }
 
+/// The bytes a `write_output(ptr, len)` hands over, or why they are refused; checked in
+/// public Loong's order: the length, the cap, the guest's memory, then whether output was
+/// already written.
+fn write_output(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, OutputRefusal> {
+    let wanted = usize::try_from(len).map_err(|_| OutputRefusal::Unreadable)?;
+    if wanted > caller.data().max_output {
+        return Err(OutputRefusal::TooLarge);
+    }
+    let bytes = guest_read(caller, ptr, len).ok_or(OutputRefusal::Unreadable)?;
+    if caller.data().output.is_some() {
+        return Err(OutputRefusal::Twice);
+    }
+    Ok(bytes)
+}
+
+/// Whether an import of host function `name` needs the guest's exported `memory` (public
+/// Loong's list: every function that takes a pointer).
+pub(crate) fn uses_guest_memory(name: &str) -> bool {
+    matches!(
+        name,
+        "read_input" | "config_len" | "read_config" | "write_output" | "log"
+    )
+}
+
 fn len_i32(len: usize) -> i32 {
     i32::try_from(len).unwrap_or(ERR)
 }
@@ -206,7 +250,11 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "read_input",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
             let input = caller.data().input.clone();
-            write_if_fits(&mut caller, ptr, len, &input)
+            // Public Loong answers a buffer shorter than the input with -1, not -3.
+            match write_if_fits(&mut caller, ptr, len, &input) {
+                BUFFER_TOO_SMALL => ERR,
+                code => code,
+            }
         },
     )?;
     linker.func_wrap(
@@ -238,49 +286,49 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         HOST_MODULE,
         "write_output",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let Ok(wanted) = usize::try_from(len) else {
-                return Ok(ERR);
-            };
-            let state = caller.data();
-            if state.output.len().saturating_add(wanted) > state.max_output {
-                let cap = state.max_output;
-                caller.data_mut().stop = Some(HostStop::OutputFlood);
-                return Err(wasmtime::format_err!(
-                    "plugin output exceeds the cap of {cap} bytes"
-                ));
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            match write_output(&mut caller, ptr, len) {
+                Ok(written) => {
+                    let state = caller.data_mut();
+                    state.output = Some(written);
+                    state.output_refused = None;
+                    len
+                }
+                Err(refusal) => {
+                    caller.data_mut().output_refused = Some(refusal);
+                    ERR
+                }
             }
-            let Some(bytes) = guest_read(&mut caller, ptr, len) else {
-                return Ok(ERR);
-            };
-            caller.data_mut().output.extend_from_slice(&bytes);
-            Ok(len)
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "log",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            // As public Loong: an entry over the entry bound, outside memory or not UTF-8 is
+            // an error (-1); one past the count or total bound is dropped (0) and counted.
             let Ok(wanted) = usize::try_from(len) else {
                 return ERR;
             };
-            let state = caller.data();
-            if wanted > MAX_LOG_ENTRY_BYTES
-                || state.logs.len() >= MAX_LOG_ENTRIES
-                || state.log_bytes.saturating_add(wanted) > MAX_LOG_TOTAL_BYTES
-            {
-                caller.data_mut().logs_dropped += 1;
-                return LOG_DROPPED;
+            if wanted > MAX_LOG_ENTRY_BYTES {
+                return ERR;
             }
             let Some(bytes) = guest_read(&mut caller, ptr, len) else {
                 return ERR;
             };
+            let Ok(entry) = String::from_utf8(bytes) else {
+                return ERR;
+            };
             let state = caller.data_mut();
-            state.log_bytes += bytes.len();
-            state
-                .logs
-                .push(String::from_utf8_lossy(&bytes).into_owned());
-            len.max(1)
+            if state.logs.len() >= MAX_LOG_ENTRIES
+                || state.log_bytes.saturating_add(entry.len()) > MAX_LOG_TOTAL_BYTES
+            {
+                state.logs_dropped += 1;
+                return LOG_DROPPED;
+            }
+            state.log_bytes += entry.len();
+            state.logs.push(entry);
+            len
         },
     )?;
     linker.func_wrap(

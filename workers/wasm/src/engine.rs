@@ -12,7 +12,7 @@ use wasmtime::{
     PoolingAllocationConfig, Store, Trap, ValType,
 };
 
-use crate::abi::{self, HostState, HostStop};
+use crate::abi::{self, HostState, HostStop, OutputRefusal};
 use crate::{
     ALWAYS_BLOCKED_IMPORT_PREFIXES, COMPILE_TIMEOUT, EPOCH_TICK_MS, HOST_MODULE,
     KEEP_RESIDENT_BYTES, MAX_INPUT_BYTES, MAX_MEMORY_BYTES_CEILING, MAX_MODULE_BYTES_CEILING,
@@ -66,6 +66,40 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     /// Import module prefixes refused in addition to the ones always refused.
     pub blocked_import_prefixes: Vec<String>,
+    /// Public Loong's request envelope the guest reads around the caller's input, or `None`
+    /// for the caller's input as given.
+    pub envelope: Option<RequestEnvelope>,
+}
+
+/// Who a call is addressed to, in public Loong's request envelope: the guest reads
+/// `{"provider_id", "channel_id", "operation", "payload"}` with the caller's input as
+/// `payload` and [`ENVELOPE_OPERATION`] as `operation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEnvelope {
+    pub provider_id: String,
+    /// `null` in the envelope when `None`.
+    pub channel_id: Option<String>,
+}
+
+/// The envelope's `operation`: a call here invokes the plugin as one tool and names no
+/// operation of its own, so it is public Loong's plugin call, `invoke`.
+pub const ENVELOPE_OPERATION: &str = "invoke";
+
+impl RequestEnvelope {
+    /// The envelope's bytes up to `payload`'s value; the payload and a closing `}` follow.
+    fn prefix(&self) -> Vec<u8> {
+        let text = |v: &str| serde_json::Value::from(v).to_string();
+        let channel = self
+            .channel_id
+            .as_deref()
+            .map_or_else(|| "null".to_owned(), text);
+        format!(
+            "{{\"provider_id\":{},\"channel_id\":{channel},\"operation\":{},\"payload\":",
+            text(&self.provider_id),
+            text(ENVELOPE_OPERATION),
+        )
+        .into_bytes()
+    }
 }
 
 impl From<loong_ipc::WasmPlugin> for PluginSpec {
@@ -88,6 +122,16 @@ impl From<loong_ipc::WasmPlugin> for PluginSpec {
             guest_readable_config_keys: w.guest_readable_config_keys,
             sha256: w.sha256,
             blocked_import_prefixes: w.blocked_import_prefixes,
+            envelope: match w.input {
+                loong_ipc::GuestInput::Envelope {
+                    provider_id,
+                    channel_id,
+                } => Some(RequestEnvelope {
+                    provider_id,
+                    channel_id,
+                }),
+                loong_ipc::GuestInput::Bare => None,
+            },
         }
     }
 }
@@ -146,6 +190,16 @@ impl LoadError {
 pub enum InvokeError {
     #[error("input is {size} bytes, over the limit of {limit} bytes")]
     InputTooLarge { size: usize, limit: usize },
+    #[error(
+        "input is not JSON, so it cannot be the request envelope's payload: {reason}; send \
+         JSON, or declare sandbox.input \"bare\""
+    )]
+    InputNotJson { reason: String },
+    #[error(
+        "plugin imports loong::{import}, which needs the guest's memory, but exports no \
+         memory named \"memory\"; export it"
+    )]
+    MemoryNotExported { import: String },
     #[error("plugin ran past its deadline of {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
     #[error("plugin used up its fuel budget of {fuel}")]
@@ -159,6 +213,13 @@ pub enum InvokeError {
     TableLimit,
     #[error("plugin output exceeds the cap of {cap} bytes")]
     OutputTooLarge { cap: usize },
+    #[error("plugin called write_output more than once; a call writes its output once")]
+    OutputWrittenTwice,
+    #[error(
+        "plugin's write_output named bytes outside its memory (or a negative length) and \
+         wrote no output after it"
+    )]
+    OutputUnreadable,
     #[error("plugin called abort({code})")]
     Aborted { code: i32 },
     #[error("plugin exited with code {code}")]
@@ -354,6 +415,7 @@ impl WasmEngine {
             spec.entrypoint
         };
         let returns_code = check_entrypoint(&plugin, &module, &entrypoint)?;
+        let needs_memory = memory_import_without_memory(&module);
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -374,8 +436,22 @@ impl WasmEngine {
             returns_code,
             limits,
             config: Arc::new(config),
+            envelope_prefix: spec.envelope.as_ref().map(RequestEnvelope::prefix),
+            needs_memory,
         })
     }
+}
+
+/// The first `"loong"` import that uses guest memory, when the module exports no memory
+/// named `memory` (public Loong fails each call of such a module after instantiation).
+fn memory_import_without_memory(module: &Module) -> Option<String> {
+    if matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+        return None;
+    }
+    module
+        .imports()
+        .find(|i| i.module() == HOST_MODULE && abi::uses_guest_memory(i.name()))
+        .map(|i| i.name().to_owned())
 }
 
 fn clamp(plugin: &str, mut limits: PluginLimits) -> Result<PluginLimits, LoadError> {
@@ -472,6 +548,10 @@ pub struct LoadedPlugin {
     returns_code: bool,
     limits: PluginLimits,
     config: abi::GuestConfig,
+    /// The request envelope's bytes before the payload, when the guest reads the envelope.
+    envelope_prefix: Option<Vec<u8>>,
+    /// A memory-using host import of a module with no exported memory: each call fails.
+    needs_memory: Option<String>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -495,22 +575,49 @@ impl LoadedPlugin {
         &self.limits
     }
 
-    /// Runs one call in a fresh store: `input` is the JSON request payload.
-    pub fn invoke(&self, input: &[u8]) -> Result<Invocation, InvokeError> {
+    /// What the guest reads for the caller's `input`: the input, or the request envelope
+    /// around it. The bound on input applies to what the guest reads, envelope included.
+    fn guest_input(&self, input: &[u8]) -> Result<Arc<[u8]>, InvokeError> {
+        let too_large = |size| InvokeError::InputTooLarge {
+            size,
+            limit: MAX_INPUT_BYTES,
+        };
         if input.len() > MAX_INPUT_BYTES {
-            return Err(InvokeError::InputTooLarge {
-                size: input.len(),
-                limit: MAX_INPUT_BYTES,
-            });
+            return Err(too_large(input.len()));
         }
+        let Some(prefix) = &self.envelope_prefix else {
+            return Ok(Arc::from(input));
+        };
+        // Checked as JSON (without building it) so that the envelope is JSON too; spliced
+        // as given, so the guest reads the caller's bytes.
+        serde_json::from_slice::<serde::de::IgnoredAny>(input).map_err(|e| {
+            InvokeError::InputNotJson {
+                reason: e.to_string(),
+            }
+        })?;
+        let size = prefix.len() + input.len() + 1;
+        if size > MAX_INPUT_BYTES {
+            return Err(too_large(size));
+        }
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(prefix);
+        bytes.extend_from_slice(input);
+        bytes.push(b'}');
+        Ok(Arc::from(bytes))
+    }
+
+    /// Runs one call in a fresh store: `input` is the caller's JSON input.
+    pub fn invoke(&self, input: &[u8]) -> Result<Invocation, InvokeError> {
+        let input = self.guest_input(input)?;
         let started = Instant::now();
         let limits = &self.limits;
         let mut store = Store::new(
             &self.engine,
             HostState {
-                input: Arc::from(input),
+                input,
                 config: self.config.clone(),
-                output: Vec::new(),
+                output: None,
+                output_refused: None,
                 max_output: limits.max_output_bytes,
                 logs: Vec::new(),
                 log_bytes: 0,
@@ -530,6 +637,11 @@ impl LoadedPlugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.trap(&store, e))?;
+        if let Some(import) = &self.needs_memory {
+            return Err(InvokeError::MemoryNotExported {
+                import: import.clone(),
+            });
+        }
         let code = if self.returns_code {
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, &self.entrypoint)
@@ -542,8 +654,15 @@ impl LoadedPlugin {
             run.call(&mut store, ()).map_err(|e| self.trap(&store, e))?;
             0
         };
-        if code != 0 {
-            return Err(InvokeError::ExitCode { code });
+        match store.data().output_refused {
+            Some(OutputRefusal::TooLarge) => {
+                return Err(InvokeError::OutputTooLarge {
+                    cap: limits.max_output_bytes,
+                })
+            }
+            Some(OutputRefusal::Twice) => return Err(InvokeError::OutputWrittenTwice),
+            Some(OutputRefusal::Unreadable) => return Err(InvokeError::OutputUnreadable),
+            None => {}
         }
         let fuel_consumed = match limits.fuel {
             Some(budget) => store.get_fuel().ok().map(|left| budget - left),
@@ -551,10 +670,19 @@ impl LoadedPlugin {
         };
         let wall = started.elapsed();
         let state = store.into_data();
-        let output =
-            serde_json::from_slice(&state.output).map_err(|e| InvokeError::OutputNotJson {
-                reason: e.to_string(),
-            })?;
+        // A guest that writes nothing answers `null`, as in public Loong.
+        let output = match &state.output {
+            None => serde_json::Value::Null,
+            Some(bytes) => {
+                serde_json::from_slice(bytes).map_err(|e| InvokeError::OutputNotJson {
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        // Public Loong's order: a refused write, then the output's JSON, then the exit code.
+        if code != 0 {
+            return Err(InvokeError::ExitCode { code });
+        }
         Ok(Invocation {
             output,
             logs: state.logs,
@@ -576,11 +704,6 @@ impl LoadedPlugin {
                 }
             }
             Some(HostStop::TableLimit) => return InvokeError::TableLimit,
-            Some(HostStop::OutputFlood) => {
-                return InvokeError::OutputTooLarge {
-                    cap: self.limits.max_output_bytes,
-                }
-            }
             Some(HostStop::Abort { code }) => return InvokeError::Aborted { code },
             None => {}
         }

@@ -28,7 +28,8 @@ mod engine;
 mod precheck;
 
 pub use engine::{
-    Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine,
+    Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, RequestEnvelope,
+    WasmEngine, ENVELOPE_OPERATION,
 };
 
 /// The host ABI version this engine implements.

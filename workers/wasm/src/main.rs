@@ -25,6 +25,11 @@ fn load_failure(e: &LoadError) -> PluginFailure {
 fn call_failure(e: &InvokeError) -> PluginFailure {
     let kind = match e {
         InvokeError::InputTooLarge { .. } => FailureKind::InputTooLarge,
+        InvokeError::InputNotJson { .. } => FailureKind::InputNotJson,
+        InvokeError::MemoryNotExported { .. } => FailureKind::MemoryNotExported,
+        InvokeError::OutputWrittenTwice | InvokeError::OutputUnreadable => {
+            FailureKind::OutputRefused
+        }
         InvokeError::Timeout { .. } => FailureKind::Timeout,
         InvokeError::FuelExhausted { .. } => FailureKind::FuelExhausted,
         InvokeError::MemoryLimit { .. } => FailureKind::MemoryLimit,

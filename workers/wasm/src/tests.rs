@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine};
 
+mod upstream;
+
 fn engine() -> &'static WasmEngine {
     static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
     ENGINE.get_or_init(|| WasmEngine::new().expect("engine"))
@@ -33,6 +35,10 @@ fn load(id: &str, wat_text: &str) -> LoadedPlugin {
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins")
+}
+
+fn id_of(m: &serde_json::Value) -> &str {
+    m["plugin_id"].as_str().expect("plugin_id")
 }
 
 /// An example plugin as loongd would send it: its manifest's `sandbox` block (loongd parses
@@ -77,6 +83,13 @@ fn example(name: &str) -> LoadedPlugin {
         guest_readable_config_keys: strings(&sb["guest_readable_config_keys"]),
         sha256: None,
         blocked_import_prefixes: Vec::new(),
+        input: match sb["input"].as_str() {
+            Some("bare") => loong_ipc::GuestInput::Bare,
+            _ => loong_ipc::GuestInput::Envelope {
+                provider_id: m["provider_id"].as_str().unwrap_or(id_of(&m)).into(),
+                channel_id: m["channel_id"].as_str().map(String::from),
+            },
+        },
     };
     engine()
         .load(PluginSpec::from(wire))
@@ -185,22 +198,74 @@ fn memory_grow_bomb_hits_the_limit() {
     echo_still_works();
 }
 
+/// `write_output` is public Loong's: one write per call, `-1` for a write over the cap or a
+/// second write, and a call whose last write was refused fails with that refusal.
 #[test]
-fn output_flood_is_refused_past_the_cap() {
+fn output_is_written_once_and_capped() {
+    // A guest that keeps writing: the first write is taken, every later one answers -1
+    // (the guest checks), and the call fails as written twice.
     let flood = load(
         "flood",
         &module(
-            r#"(func (export "run") (result i32)
-                 (loop $l (drop (call $write_output (i32.const 0) (i32.const 65536))) (br $l))
+            r#"(data (i32.const 0) "{}")
+               (func (export "run") (result i32) (local $i i32)
+                 (if (i32.ne (call $write_output (i32.const 0) (i32.const 2)) (i32.const 2))
+                   (then (return (i32.const 5))))
+                 (loop $l
+                   (if (i32.ne (call $write_output (i32.const 0) (i32.const 65536)) (i32.const -1))
+                     (then (return (i32.const 6))))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
                  (i32.const 0))"#,
         ),
     );
     assert_eq!(
         flood.invoke(b"{}").expect_err("must be refused"),
-        InvokeError::OutputTooLarge {
-            cap: crate::DEFAULT_MAX_OUTPUT_BYTES
-        }
+        InvokeError::OutputWrittenTwice
     );
+    // One write over the cap answers -1 before any byte is copied; the call fails with it.
+    let mut over = spec(
+        "over-cap",
+        &module(
+            r#"(func (export "run") (result i32)
+                 (if (i32.ne (call $write_output (i32.const 0) (i32.const 65536)) (i32.const -1))
+                   (then (return (i32.const 5))))
+                 (i32.const 0))"#,
+        ),
+    );
+    over.limits.max_output_bytes = 1024;
+    let over = engine().load(over).expect("loads");
+    assert_eq!(
+        over.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::OutputTooLarge { cap: 1024 }
+    );
+    // Bytes outside the guest's memory: -1, and the call fails with it.
+    let outside = load(
+        "outside",
+        &module(
+            r#"(func (export "run") (result i32)
+                 (if (i32.ne (call $write_output (i32.const 65530) (i32.const 100)) (i32.const -1))
+                   (then (return (i32.const 5))))
+                 (i32.const 0))"#,
+        ),
+    );
+    assert_eq!(
+        outside.invoke(b"{}").expect_err("must be refused"),
+        InvokeError::OutputUnreadable
+    );
+    // Control: a refused write followed by one that fits is the call's output, as in public
+    // Loong (a refusal is cleared by the next successful write).
+    let retry = load(
+        "retry",
+        &module(
+            r#"(data (i32.const 0) "{\"ok\":1}")
+               (func (export "run") (result i32)
+                 (drop (call $write_output (i32.const 0) (i32.const 0x7fffffff)))
+                 (drop (call $write_output (i32.const 0) (i32.const 8)))
+                 (i32.const 0))"#,
+        ),
+    );
+    assert_eq!(retry.invoke(b"{}").expect("retry").output, json!({"ok": 1}));
     echo_still_works();
 }
 
@@ -512,4 +577,105 @@ fn a_64_bit_memory_is_refused_at_load() {
     let bytes = wat::parse_str(r#"(module (memory i64 1))"#).expect("wat");
     assert!(wasmtime::Module::from_binary(&plain, &bytes).is_err());
     echo_still_works();
+}
+
+/// The codes of public Loong's `wasm_host_abi.rs` that its fixtures do not reach: a
+/// `read_input` buffer shorter than the input is -1 (not -3, which only `read_config` uses);
+/// a `log` entry over 4 KiB or not UTF-8 is -1 and not kept; an entry past the count bound is
+/// dropped with 0; an empty entry is kept and answers its length, 0.
+#[test]
+fn host_abi_codes_match_public_loong() {
+    let probe = load(
+        "codes",
+        &module(
+            r#"(data (i32.const 0) "\ff\fe")
+               (data (i32.const 16) "{}")
+               (func (export "run") (result i32) (local $i i32)
+                 ;; The input is 8 bytes; a 7-byte buffer is -1, an 8-byte one is served.
+                 (if (i32.ne (call $read_input (i32.const 1024) (i32.const 7)) (i32.const -1))
+                   (then (return (i32.const 10))))
+                 (if (i32.ne (call $read_input (i32.const 1024) (i32.const 8)) (i32.const 8))
+                   (then (return (i32.const 11))))
+                 ;; An entry over 4 KiB, and one that is not UTF-8: -1.
+                 (if (i32.ne (call $log (i32.const 1024) (i32.const 4097)) (i32.const -1))
+                   (then (return (i32.const 12))))
+                 (if (i32.ne (call $log (i32.const 0) (i32.const 2)) (i32.const -1))
+                   (then (return (i32.const 13))))
+                 ;; A 4 KiB entry is kept; an empty one is kept and answers 0.
+                 (if (i32.ne (call $log (i32.const 1024) (i32.const 4096)) (i32.const 4096))
+                   (then (return (i32.const 14))))
+                 (if (i32.ne (call $log (i32.const 16) (i32.const 0)) (i32.const 0))
+                   (then (return (i32.const 15))))
+                 ;; Fill the count bound, then one more is dropped (0).
+                 (loop $l
+                   (drop (call $log (i32.const 16) (i32.const 1)))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get $i) (i32.const 62))))
+                 (if (i32.ne (call $log (i32.const 16) (i32.const 1)) (i32.const 0))
+                   (then (return (i32.const 16))))
+                 (drop (call $write_output (i32.const 16) (i32.const 2)))
+                 (i32.const 0))"#,
+        ),
+    );
+    let out = probe.invoke(b"[1,2,33]").expect("codes probe");
+    assert_eq!(out.output, json!({}));
+    assert_eq!(out.logs.len(), crate::MAX_LOG_ENTRIES);
+    assert_eq!(out.logs[0].len(), 4096);
+    assert_eq!(out.logs[1], "");
+    assert_eq!(out.logs_dropped, 1);
+}
+
+/// The request envelope: the caller's bytes as `payload`, `channel_id` null when the manifest
+/// names none, the input bound applied to what the guest reads (envelope included), and a
+/// caller's input that is not JSON refused before the guest runs. Control: the same module
+/// without the envelope reads the input as given.
+#[test]
+fn the_request_envelope_wraps_the_callers_input() {
+    let echo_wat = std::fs::read_to_string(examples_dir().join("echo/plugin.wat")).expect("wat");
+    let mut s = spec("enveloped", &echo_wat);
+    s.envelope = Some(crate::RequestEnvelope {
+        provider_id: "prov \"quoted\"".into(),
+        channel_id: None,
+    });
+    let enveloped = engine().load(s).expect("loads");
+    let out = enveloped
+        .invoke(br#" {"b":1,"a":[true]} "#)
+        .expect("enveloped");
+    assert_eq!(
+        out.output,
+        json!({"provider_id": "prov \"quoted\"", "channel_id": null, "operation": "invoke",
+               "payload": {"b": 1, "a": [true]}})
+    );
+    assert!(matches!(
+        enveloped.invoke(b"{not json").expect_err("must be refused"),
+        InvokeError::InputNotJson { .. }
+    ));
+    assert!(matches!(
+        enveloped.invoke(b"").expect_err("must be refused"),
+        InvokeError::InputNotJson { .. }
+    ));
+    // An input that fits alone but not with the envelope around it.
+    let near = format!("\"{}\"", "x".repeat(crate::MAX_INPUT_BYTES - 2));
+    match enveloped
+        .invoke(near.as_bytes())
+        .expect_err("must be refused")
+    {
+        InvokeError::InputTooLarge { size, limit } => {
+            assert_eq!(limit, crate::MAX_INPUT_BYTES);
+            assert!(size > limit, "{size}");
+        }
+        other => panic!("expected InputTooLarge, got {other:?}"),
+    }
+    // Control: bare, the same bytes reach the guest as given.
+    let mut bare = spec("bare", &echo_wat);
+    bare.limits.max_output_bytes = crate::MAX_OUTPUT_BYTES_CEILING;
+    let bare = engine().load(bare).expect("loads");
+    assert_eq!(
+        bare.invoke(br#"{"b":1}"#).expect("bare").output,
+        json!({"b": 1})
+    );
+    assert_eq!(
+        bare.invoke(near.as_bytes()).expect("fits bare").output,
+        json!("x".repeat(crate::MAX_INPUT_BYTES - 2))
+    );
 }
