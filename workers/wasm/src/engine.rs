@@ -654,23 +654,33 @@ impl LoadedPlugin {
             run.call(&mut store, ()).map_err(|e| self.trap(&store, e))?;
             0
         };
+        self.finish(store, code, started)
+    }
+
+    /// What a call that ran to its end answers, in public Loong's order: a refused write, then
+    /// the output's JSON (`null` when the guest wrote none), then the exit code.
+    fn finish(
+        &self,
+        store: Store<HostState>,
+        code: i32,
+        started: Instant,
+    ) -> Result<Invocation, InvokeError> {
         match store.data().output_refused {
             Some(OutputRefusal::TooLarge) => {
                 return Err(InvokeError::OutputTooLarge {
-                    cap: limits.max_output_bytes,
+                    cap: self.limits.max_output_bytes,
                 })
             }
             Some(OutputRefusal::Twice) => return Err(InvokeError::OutputWrittenTwice),
             Some(OutputRefusal::Unreadable) => return Err(InvokeError::OutputUnreadable),
             None => {}
         }
-        let fuel_consumed = match limits.fuel {
+        let fuel_consumed = match self.limits.fuel {
             Some(budget) => store.get_fuel().ok().map(|left| budget - left),
             None => None,
         };
         let wall = started.elapsed();
         let state = store.into_data();
-        // A guest that writes nothing answers `null`, as in public Loong.
         let output = match &state.output {
             None => serde_json::Value::Null,
             Some(bytes) => {
@@ -679,7 +689,6 @@ impl LoadedPlugin {
                 })?
             }
         };
-        // Public Loong's order: a refused write, then the output's JSON, then the exit code.
         if code != 0 {
             return Err(InvokeError::ExitCode { code });
         }
