@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 * 1024;
 pub const DEFAULT_MAX_MODULE_BYTES: u64 = 2 * 1024 * 1024;
 /// Public Loong's pin of a WASM module's sha256 (`metadata.component_sha256`).
 pub const COMPONENT_SHA256_FIELD: &str = "metadata.component_sha256";
+/// Public Loong's two other metadata pins, which it reads beside `component_sha256` (its
+/// `resolve_expected_wasm_sha256` and install scan): honoured the same way, never ignored.
+pub const COMPONENT_SHA256_PIN_FIELD: &str = "metadata.component_sha256_pin";
+pub const COMPONENT_SHA256_HEX_FIELD: &str = "metadata.component_sha256_hex";
 /// This project's own pin of a WASM module's sha256 (`sandbox.sha256`).
 pub const SANDBOX_SHA256_FIELD: &str = "sandbox.sha256";
 /// Guest-readable keys under this prefix read the manifest's `metadata` (public Loong's
@@ -150,6 +154,14 @@ fn guest_config(raw: &RawManifest, bad: &mut Findings) -> BTreeMap<String, Strin
 fn module_pin(raw: &RawManifest, bad: &mut Findings) -> Option<(String, &'static str)> {
     let given = [
         (COMPONENT_SHA256_FIELD, raw.metadata.get("component_sha256")),
+        (
+            COMPONENT_SHA256_PIN_FIELD,
+            raw.metadata.get("component_sha256_pin"),
+        ),
+        (
+            COMPONENT_SHA256_HEX_FIELD,
+            raw.metadata.get("component_sha256_hex"),
+        ),
         (SANDBOX_SHA256_FIELD, raw.sandbox.sha256.as_ref()),
     ];
     let mut pin: Option<(String, &'static str)> = None;
@@ -168,9 +180,15 @@ fn module_pin(raw: &RawManifest, bad: &mut Findings) -> Option<(String, &'static
         pin = match pin {
             None => Some((digest, field)),
             // Two fields, in order: the second agrees with the first.
-            Some((first, _)) if first == digest => {
-                Some((first, "metadata.component_sha256 and sandbox.sha256"))
-            }
+            Some((first, first_field)) if first == digest => Some((
+                first,
+                match (first_field, field) {
+                    (COMPONENT_SHA256_FIELD, SANDBOX_SHA256_FIELD) => {
+                        "metadata.component_sha256 and sandbox.sha256"
+                    }
+                    _ => first_field,
+                },
+            )),
             Some((first, first_field)) => {
                 bad.add(
                     field,
@@ -1039,6 +1057,14 @@ impl PluginManifest {
                 COMPONENT_SHA256_FIELD,
                 raw.metadata.contains_key("component_sha256"),
             ),
+            (
+                COMPONENT_SHA256_PIN_FIELD,
+                raw.metadata.contains_key("component_sha256_pin"),
+            ),
+            (
+                COMPONENT_SHA256_HEX_FIELD,
+                raw.metadata.contains_key("component_sha256_hex"),
+            ),
         ] {
             if set {
                 bad.add(
@@ -1124,6 +1150,14 @@ impl PluginManifest {
             (
                 COMPONENT_SHA256_FIELD,
                 raw.metadata.contains_key("component_sha256"),
+            ),
+            (
+                COMPONENT_SHA256_PIN_FIELD,
+                raw.metadata.contains_key("component_sha256_pin"),
+            ),
+            (
+                COMPONENT_SHA256_HEX_FIELD,
+                raw.metadata.contains_key("component_sha256_hex"),
             ),
             ("sandbox.allow_wasi", raw.sandbox.allow_wasi),
         ] {

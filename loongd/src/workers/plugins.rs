@@ -544,8 +544,9 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
     })
 }
 
-/// A pinned module (`metadata.component_sha256`, `sandbox.sha256`; normalised when the
-/// manifest was parsed) must have that sha256; checked here, before any worker sees the bytes.
+/// A pinned module (`metadata.component_sha256` or its `_pin`/`_hex` spellings,
+/// `sandbox.sha256`; normalised when the manifest was parsed) must have that sha256; checked
+/// here, before any worker sees the bytes.
 fn check_pin(m: &PluginManifest, module: &[u8]) -> Result<(), String> {
     let Some(expected) = &m.sha256 else {
         return Ok(());

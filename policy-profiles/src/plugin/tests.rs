@@ -722,3 +722,53 @@ fn provider_and_channel_keys_resolve_from_the_manifest_as_public_loong_does() {
         Some("demo")
     );
 }
+
+/// Public Loong's other metadata pins, `component_sha256_pin` and `component_sha256_hex`, are
+/// honoured like `component_sha256`, never ignored. Its
+/// `resolve_expected_wasm_sha256_rejects_conflicting_metadata_pins`
+/// (`crates/spec/src/spec_runtime/wasm_runtime_tests.rs`):
+///   metadata {"component_sha256": "aa"×32, "component_sha256_pin": "bb"×32}
+///   assert!(error.contains("conflicting wasm sha256 pins"));
+/// Ours refuses naming the second field and both digests. A bridge that runs no module
+/// refuses each of them too.
+#[test]
+fn public_loongs_other_metadata_pins_are_honoured() {
+    let path = Path::new("/p/loong.plugin.json");
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    let (aa, bb) = ("aa".repeat(32), "bb".repeat(32));
+    for (key, field) in [
+        ("component_sha256_pin", COMPONENT_SHA256_PIN_FIELD),
+        ("component_sha256_hex", COMPONENT_SHA256_HEX_FIELD),
+    ] {
+        // Positive control: the pin is read, normalised, and named.
+        let m = parse(wasm_with(&format!(r#""{key}": " SHA256:{aa} ","#), ""))
+            .expect("a good pin parses");
+        assert_eq!(
+            (m.sha256.as_deref(), m.sha256_field),
+            (Some(aa.as_str()), field)
+        );
+        // Agreeing with component_sha256: one pin.
+        let m = parse(wasm_with(
+            &format!(r#""component_sha256": "{aa}", "{key}": "sha256:{aa}","#),
+            "",
+        ))
+        .expect("agreeing pins parse");
+        assert_eq!(m.sha256.as_deref(), Some(aa.as_str()));
+        for metadata in [
+            format!(r#""component_sha256": "{aa}", "{key}": "{bb}","#),
+            format!(r#""{key}": "deadbeef","#),
+        ] {
+            let err = parse(wasm_with(&metadata, "")).expect_err("refused");
+            assert!(
+                matches!(&err, ManifestError::Field { field: f, .. } if *f == field),
+                "{metadata}: {err}"
+            );
+        }
+        let stdio = format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
+            "metadata": {{"bridge_kind": "process_stdio", "command": "/bin/cat", "{key}": "{aa}"}}}}"#
+        );
+        let err = parse(stdio).expect_err("refused").to_string();
+        assert!(err.contains(field), "{err}");
+    }
+}
