@@ -726,3 +726,26 @@ fn every_error_serialises_with_its_code_and_step() {
         "step s: placeholder {{x}}: no step is named x"
     );
 }
+
+#[test]
+fn resolution_stops_at_the_bound_before_copying_the_rest() {
+    // 4096 references to 10 KiB: resolution must stop after about 1 MiB of it, not build
+    // 40 MiB and measure it afterwards.
+    let big = json!("z".repeat(10 * 1024));
+    let looked_up = Cell::new(0usize);
+    let lookup = |id: &str| {
+        looked_up.set(looked_up.get() + 1);
+        (id == "big").then_some(&big)
+    };
+    let refs = Value::Array((0..MAX_TEMPLATES).map(|_| json!("{{big}}")).collect());
+    let r = crate::template::resolve(&refs, &lookup, MAX_VALUE_BYTES);
+    assert!(
+        matches!(r, Err(crate::template::ResolveError::TooLarge)),
+        "{r:?}"
+    );
+    assert!(
+        looked_up.get() <= MAX_VALUE_BYTES / (10 * 1024) + 2,
+        "{} lookups",
+        looked_up.get()
+    );
+}
