@@ -8,6 +8,8 @@
 //! The calls in flight are futures polled together on the run's one thread; no task is
 //! spawned. When a call fails and the batch does not continue on error, no further call is
 //! started; the ones in flight finish, then the step fails (upstream starts the rest too).
+//! A failure that ends the run ([`CallError::ends_run`], or the wall time) stops the batch
+//! at once whatever `continue_on_error` says, and the calls in flight are dropped.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -40,8 +42,8 @@ pub(crate) struct BatchRun {
     pub reports: Vec<Value>,
     pub summary: SchedulerSummary,
     pub metrics: Vec<CallMetrics>,
-    /// The first failure that stops the step (a wall-time overrun always does; a call's
-    /// failure does unless the batch continues on error).
+    /// The first failure that stops the step (one that ends the run always does; a call's
+    /// other failures do unless the batch continues on error).
     pub stop: Option<Stop>,
 }
 
@@ -125,11 +127,12 @@ pub(crate) async fn run<K: Kernel>(
             *slot = Some((result, metrics));
         }
         match failed {
-            Some(CallFailure::WallTime) => {
-                // Every call in flight shares the deadline that just passed: drop them.
+            Some(f) if ends_run(&f) => {
+                // Every call in flight would meet the same end (the deadline that just
+                // passed, the spent root budget): drop them, which cancels them.
                 stop = Some(Stop {
                     index: i,
-                    failure: CallFailure::WallTime,
+                    failure: f,
                     attempts,
                 });
                 break;
@@ -216,6 +219,15 @@ fn report(call: &Prepared<'_>, result: &Result<Value, CallFailure>, m: &CallMetr
         r.extend(fields);
     }
     r
+}
+
+/// Whether a failure stops the batch whatever `continue_on_error` says.
+fn ends_run(f: &CallFailure) -> bool {
+    match f {
+        CallFailure::WallTime => true,
+        CallFailure::Kernel(e) => e.ends_run(),
+        CallFailure::CircuitOpen { .. } => false,
+    }
 }
 
 /// Whether a failure shrinks the in-flight budget under `adaptive_reduce_on`.

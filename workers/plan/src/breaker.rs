@@ -81,7 +81,7 @@ impl Breaker {
             let until = self.open_until.unwrap_or(now);
             if until > now {
                 return Err(Refusal::Open {
-                    remaining_cooldown_ms: millis(until - now),
+                    remaining_cooldown_ms: millis(until.saturating_duration_since(now)),
                 });
             }
             self.phase = Phase::HalfOpen;

@@ -139,7 +139,7 @@ impl<'p, K: Kernel> Run<'p, K> {
             self.dispatch(index, step, &mut t).await
         };
         let result = result.and_then(|done| self.store(step, done));
-        t.wall_ms = millis(Instant::now() - started);
+        t.wall_ms = millis(started.elapsed());
         if result.is_err() {
             t.status = StepStatus::Failed;
         }

@@ -79,7 +79,7 @@ impl Shared {
         let (result, outcome) = self.attempts(kernel, spec, &mut m).await;
         m.circuit_phase_after = self.record(spec.connector, outcome);
         m.retries = m.attempts.saturating_sub(1);
-        m.wall_ms = millis(Instant::now() - started);
+        m.wall_ms = millis(started.elapsed());
         (result, m)
     }
 
@@ -161,7 +161,7 @@ impl Shared {
             connector.to_string(),
             slot + Duration::from_millis(limit.min_interval_ms),
         );
-        slot - now
+        slot.saturating_duration_since(now)
     }
 }
 

@@ -109,6 +109,23 @@ impl CallError {
         }
     }
 
+    /// Whether the failure ends the run, even inside a batch that continues on error: every
+    /// further call would meet it too (the root's budget is spent, the chain is at its
+    /// depth, the link to the kernel is gone).
+    pub fn ends_run(&self) -> bool {
+        match self {
+            CallError::DepthExceeded
+            | CallError::BudgetExceeded { .. }
+            | CallError::Transport { .. } => true,
+            CallError::Denied { .. }
+            | CallError::ApprovalRequired { .. }
+            | CallError::NotFound
+            | CallError::ToolFailed { .. }
+            | CallError::Timeout
+            | CallError::Overloaded => false,
+        }
+    }
+
     /// What the failure does to the connector's breaker.
     pub fn breaker_outcome(&self) -> BreakerOutcome {
         match self {

@@ -350,3 +350,73 @@ pub(super) const UPSTREAM_EXAMPLE: &str = r#"{
        "payload": {"channel": "ops-audit", "text": "fanout total={{fanout#/total_calls}} success={{fanout#/success_calls}} failed={{fanout#/failed_calls}}"}}
     ]
 }"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_parallel_batch_starts_no_further_call_and_lets_the_started_finish() {
+    let k = TestKernel::new().failing("broken", permanent("no"));
+    let e = fails(
+        &k,
+        json!({"caller": "t", "concurrency": {"max_in_flight": 2}, "steps": [
+            {"kind": "connector_batch", "step_id": "b", "calls": [
+                {"call_id": "slow", "connector_name": "echo", "payload": {"delay_ms": 50}},
+                {"call_id": "bad", "connector_name": "broken"},
+                {"call_id": "never", "connector_name": "echo"}
+            ]}
+        ]}),
+    )
+    .await;
+    assert!(
+        matches!(&e, PlanError::StepFailed { call: Some(c), .. } if c == "bad"),
+        "{e:?}"
+    );
+    let tools: Vec<String> = k
+        .calls()
+        .iter()
+        .map(|s| {
+            s.input["_loong"]["call_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tools, vec!["slow", "bad"], "the third call never started");
+    assert_eq!(k.in_flight.get(), 0, "the started call ran to its end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_root_budget_ends_the_run_even_when_the_batch_continues_on_error() {
+    for (error, ends) in [
+        (
+            CallError::BudgetExceeded {
+                reason: "calls".into(),
+            },
+            true,
+        ),
+        (CallError::DepthExceeded, true),
+        (
+            CallError::Transport {
+                message: "closed".into(),
+            },
+            true,
+        ),
+        (CallError::NotFound, false),
+    ] {
+        let k = TestKernel::new().failing("k", error.clone());
+        let r = run_json(&k, json!({"caller": "t", "concurrency": {"max_in_flight": 1}, "steps": [
+            {"kind": "connector_batch", "step_id": "b", "continue_on_error": true, "calls": [
+                {"call_id": "one", "connector_name": "k"}, {"call_id": "two", "connector_name": "echo"}]}
+        ]}))
+        .await;
+        match (ends, r) {
+            (true, Err(f)) => {
+                assert!(
+                    matches!(&f.error, PlanError::StepFailed { cause, .. } if *cause == error),
+                    "{f:?}"
+                );
+                assert_eq!(k.calls().len(), 1, "{error:?}: no call after it");
+            }
+            (false, Ok(a)) => assert_eq!(a.result["failed_calls"], 1, "{error:?}"),
+            (_, other) => panic!("{error:?}: {other:?}"),
+        }
+    }
+}
