@@ -68,20 +68,7 @@ pub(crate) async fn run<K: Kernel>(
     conc: &Concurrency,
 ) -> BatchRun {
     let parallel = parallel && calls.len() > 1;
-    let mut summary = SchedulerSummary {
-        mode: if parallel { "parallel" } else { "serial" },
-        fairness: conc.fairness,
-        adaptive_budget: parallel && conc.adaptive_budget,
-        configured_max_in_flight: conc.max_in_flight,
-        configured_min_in_flight: conc.min_in_flight,
-        peak_in_flight: 0,
-        final_in_flight_budget: if parallel { conc.max_in_flight } else { 1 },
-        budget_reductions: 0,
-        budget_increases: 0,
-        scheduler_wait_cycles: 0,
-        dispatch_order: Vec::new(),
-        priority_dispatch_counts: BTreeMap::from([("high", 0), ("normal", 0), ("low", 0)]),
-    };
+    let mut summary = summary_for(parallel, conc);
     let mut results: Vec<Option<(Result<Value, CallFailure>, CallMetrics)>> =
         vec![None; calls.len()];
     let mut queues = Queues::new(calls, conc);
@@ -93,21 +80,15 @@ pub(crate) async fn run<K: Kernel>(
     loop {
         let pending_before = queues.len();
         while inflight.len() < budget && stop.is_none() {
-            let Some(i) = (if parallel {
+            let next = if parallel {
                 queues.pop()
             } else {
                 queues.pop_in_order()
-            }) else {
+            };
+            let Some((i, call)) = next.and_then(|i| Some((i, calls.get(i)?))) else {
                 break;
             };
-            let Some(call) = calls.get(i) else { break };
-            summary.dispatch_order.push(call.call_id.to_string());
-            if let Some(n) = summary
-                .priority_dispatch_counts
-                .get_mut(call.spec.priority.as_str())
-            {
-                *n += 1;
-            }
+            summary.dispatched(call);
             inflight.push(Box::pin(async move {
                 let (r, m) = shared.invoke(kernel, &call.spec).await;
                 (i, r, m)
@@ -126,44 +107,28 @@ pub(crate) async fn run<K: Kernel>(
         if let Some(slot) = results.get_mut(i) {
             *slot = Some((result, metrics));
         }
-        match failed {
-            Some(f) if ends_run(&f) => {
-                // Every call in flight would meet the same end (the deadline that just
-                // passed, the spent root budget): drop them, which cancels them.
+        if let Some(f) = &failed {
+            if (ends_run(f) || !continue_on_error) && stop.is_none() {
                 stop = Some(Stop {
                     index: i,
-                    failure: f,
+                    failure: f.clone(),
                     attempts,
                 });
+            }
+            if ends_run(f) {
+                // Every call in flight would meet the same end (the deadline that just
+                // passed, the spent root budget): drop them, which cancels them.
                 break;
             }
-            Some(f) => {
-                if !continue_on_error && stop.is_none() {
-                    stop = Some(Stop {
-                        index: i,
-                        failure: f.clone(),
-                        attempts,
-                    });
-                }
-                successes_in_a_row = 0;
-                if summary.adaptive_budget && reduces(conc, &f) && budget > conc.min_in_flight {
-                    budget = budget
-                        .saturating_sub(conc.adaptive_downshift_step)
-                        .max(conc.min_in_flight);
-                    summary.budget_reductions += 1;
-                }
-            }
-            None if summary.adaptive_budget => {
-                successes_in_a_row += 1;
-                if budget < conc.max_in_flight
-                    && successes_in_a_row >= conc.adaptive_recovery_successes
-                {
-                    budget = (budget + conc.adaptive_upshift_step).min(conc.max_in_flight);
-                    summary.budget_increases += 1;
-                    successes_in_a_row = 0;
-                }
-            }
-            None => {}
+        }
+        if summary.adaptive_budget {
+            budget = adapt(
+                conc,
+                &mut summary,
+                budget,
+                &mut successes_in_a_row,
+                failed.as_ref(),
+            );
         }
         summary.final_in_flight_budget = budget;
     }
@@ -182,6 +147,71 @@ pub(crate) async fn run<K: Kernel>(
         summary,
         metrics,
         stop,
+    }
+}
+
+/// The scheduler summary before the first call.
+fn summary_for(parallel: bool, conc: &Concurrency) -> SchedulerSummary {
+    SchedulerSummary {
+        mode: if parallel { "parallel" } else { "serial" },
+        fairness: conc.fairness,
+        adaptive_budget: parallel && conc.adaptive_budget,
+        configured_max_in_flight: conc.max_in_flight,
+        configured_min_in_flight: conc.min_in_flight,
+        peak_in_flight: 0,
+        final_in_flight_budget: if parallel { conc.max_in_flight } else { 1 },
+        budget_reductions: 0,
+        budget_increases: 0,
+        scheduler_wait_cycles: 0,
+        dispatch_order: Vec::new(),
+        priority_dispatch_counts: BTreeMap::from([("high", 0), ("normal", 0), ("low", 0)]),
+    }
+}
+
+impl SchedulerSummary {
+    fn dispatched(&mut self, call: &Prepared<'_>) {
+        self.dispatch_order.push(call.call_id.to_string());
+        if let Some(n) = self
+            .priority_dispatch_counts
+            .get_mut(call.spec.priority.as_str())
+        {
+            *n += 1;
+        }
+    }
+}
+
+/// The in-flight budget after a call's outcome, as upstream adapts it: a failure resets the
+/// run of successes and, when `adaptive_reduce_on` names it, shrinks the budget toward
+/// `min_in_flight`; enough successes in a row grow it toward `max_in_flight`.
+fn adapt(
+    conc: &Concurrency,
+    summary: &mut SchedulerSummary,
+    budget: usize,
+    successes_in_a_row: &mut usize,
+    failed: Option<&CallFailure>,
+) -> usize {
+    match failed {
+        Some(f) => {
+            *successes_in_a_row = 0;
+            if reduces(conc, f) && budget > conc.min_in_flight {
+                summary.budget_reductions += 1;
+                return budget
+                    .saturating_sub(conc.adaptive_downshift_step)
+                    .max(conc.min_in_flight);
+            }
+            budget
+        }
+        None => {
+            *successes_in_a_row += 1;
+            if budget < conc.max_in_flight
+                && *successes_in_a_row >= conc.adaptive_recovery_successes
+            {
+                summary.budget_increases += 1;
+                *successes_in_a_row = 0;
+                return (budget + conc.adaptive_upshift_step).min(conc.max_in_flight);
+            }
+            budget
+        }
     }
 }
 

@@ -183,35 +183,14 @@ impl<'p, K: Kernel> Run<'p, K> {
                 payload,
                 ..
             } => {
-                self.reserve_calls(id, 1)?;
-                let spec = self.prepare(
-                    index,
-                    id,
-                    None,
-                    connector_name,
-                    operation.as_deref(),
+                let call = OneCall {
+                    connector: connector_name,
+                    operation: operation.as_deref(),
                     retry,
-                    *priority_class,
+                    priority: *priority_class,
                     payload,
-                )?;
-                let (result, m) = self.shared.invoke(self.kernel, &spec).await;
-                self.connector_calls += 1;
-                add_metrics(t, &m);
-                t.breakers
-                    .insert(connector_name.clone(), m.circuit_phase_after);
-                let outcome =
-                    result.map_err(|f| self.call_error(id, None, connector_name, f, m.attempts))?;
-                Ok(Done {
-                    output: json!({
-                        "connector_name": connector_name,
-                        "outcome": outcome,
-                        "priority_class": priority_class.as_str(),
-                        "execution": m,
-                    }),
-                    trace: trace_fields(
-                        json!({"connector_name": connector_name, "operation": operation}),
-                    ),
-                })
+                };
+                self.connector_call(index, id, &call, t).await
             }
             Step::ConnectorBatch {
                 parallel,
@@ -231,18 +210,8 @@ impl<'p, K: Kernel> Run<'p, K> {
                 when_false,
                 ..
             } => {
-                let source = self.output(from_step);
-                let evaluated = match pointer {
-                    Some(p) => source.pointer(&normalise_pointer(p.trim())).cloned(),
-                    None => Some(source.clone()),
-                };
-                let mut matched = true;
-                if let Some(want) = exists {
-                    matched &= evaluated.is_some() == *want;
-                }
-                if let Some(want) = equals {
-                    matched &= evaluated.as_ref() == Some(want);
-                }
+                let (evaluated, matched) =
+                    evaluate(self.output(from_step), pointer.as_deref(), equals, *exists);
                 let selected = if matched {
                     when_true
                 } else {
@@ -264,6 +233,35 @@ impl<'p, K: Kernel> Run<'p, K> {
         }
     }
 
+    async fn connector_call(
+        &mut self,
+        index: usize,
+        id: &'p str,
+        call: &OneCall<'p>,
+        t: &mut StepTelemetry,
+    ) -> Result<Done, PlanError> {
+        self.reserve_calls(id, 1)?;
+        let spec = self.prepare(index, id, None, call)?;
+        let (result, m) = self.shared.invoke(self.kernel, &spec).await;
+        self.connector_calls += 1;
+        add_metrics(t, &m);
+        t.breakers
+            .insert(call.connector.to_string(), m.circuit_phase_after);
+        let outcome =
+            result.map_err(|f| self.call_error(id, None, call.connector, f, m.attempts))?;
+        Ok(Done {
+            output: json!({
+                "connector_name": call.connector,
+                "outcome": outcome,
+                "priority_class": call.priority.as_str(),
+                "execution": m,
+            }),
+            trace: trace_fields(
+                json!({"connector_name": call.connector, "operation": call.operation}),
+            ),
+        })
+    }
+
     async fn batch(
         &mut self,
         index: usize,
@@ -280,16 +278,7 @@ impl<'p, K: Kernel> Run<'p, K> {
                 Ok(Prepared {
                     call_id: &c.call_id,
                     operation: c.operation.as_deref(),
-                    spec: self.prepare(
-                        index,
-                        id,
-                        Some(&c.call_id),
-                        &c.connector_name,
-                        c.operation.as_deref(),
-                        &c.retry,
-                        c.priority_class,
-                        &c.payload,
-                    )?,
+                    spec: self.prepare(index, id, Some(&c.call_id), &OneCall::of(c))?,
                 })
             })
             .collect::<Result<Vec<_>, PlanError>>()?;
@@ -322,27 +311,8 @@ impl<'p, K: Kernel> Run<'p, K> {
                 stop.attempts,
             ));
         }
-        let failed = run
-            .reports
-            .iter()
-            .filter(|r| r["status"] == "error")
-            .count();
-        let by_call: Map<String, Value> = run
-            .reports
-            .iter()
-            .filter_map(|r| Some((r.get("call_id")?.as_str()?.to_string(), r.clone())))
-            .collect();
         Ok(Done {
-            output: json!({
-                "parallel": parallel,
-                "continue_on_error": continue_on_error,
-                "total_calls": run.reports.len(),
-                "success_calls": run.reports.len() - failed,
-                "failed_calls": failed,
-                "calls": run.reports,
-                "by_call": by_call,
-                "scheduler": run.summary,
-            }),
+            output: batch_output(parallel, continue_on_error, run),
             trace: trace_fields(
                 json!({"parallel": parallel, "continue_on_error": continue_on_error}),
             ),
@@ -350,19 +320,14 @@ impl<'p, K: Kernel> Run<'p, K> {
     }
 
     /// A call's input: the payload's placeholders resolved, then the provenance written.
-    #[allow(clippy::too_many_arguments)]
     fn prepare<'a>(
         &self,
         index: usize,
         step: &'a str,
         call: Option<&'a str>,
-        connector: &'a str,
-        operation: Option<&str>,
-        retry: &Option<RetryPolicy>,
-        priority: PriorityClass,
-        payload: &Value,
+        c: &OneCall<'a>,
     ) -> Result<CallSpec<'a>, PlanError> {
-        let resolved = self.resolve(step, call, payload, ValueKind::Payload)?;
+        let resolved = self.resolve(step, call, c.payload, ValueKind::Payload)?;
         let mut input = match resolved {
             Value::Object(map) => map,
             other => Map::from_iter([("input".to_string(), other)]),
@@ -375,7 +340,7 @@ impl<'p, K: Kernel> Run<'p, K> {
         if let Some(c) = call {
             provenance.insert("call_id".into(), json!(c));
         }
-        if let Some(op) = operation {
+        if let Some(op) = c.operation {
             provenance.insert("operation".into(), json!(op));
         }
         input.insert("_loong".into(), Value::Object(provenance));
@@ -386,10 +351,10 @@ impl<'p, K: Kernel> Run<'p, K> {
         Ok(CallSpec {
             step,
             call,
-            connector,
+            connector: c.connector,
             input,
-            retry: retry.clone().unwrap_or_default(),
-            priority,
+            retry: c.retry.clone().unwrap_or_default(),
+            priority: c.priority,
         })
     }
 
@@ -548,4 +513,71 @@ fn trace_fields(v: Value) -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     }
+}
+
+/// The fields a `connector_call` step and a batch call share.
+struct OneCall<'a> {
+    connector: &'a str,
+    operation: Option<&'a str>,
+    retry: &'a Option<RetryPolicy>,
+    priority: PriorityClass,
+    payload: &'a Value,
+}
+
+impl<'a> OneCall<'a> {
+    fn of(c: &'a BatchCall) -> Self {
+        OneCall {
+            connector: &c.connector_name,
+            operation: c.operation.as_deref(),
+            retry: &c.retry,
+            priority: c.priority_class,
+            payload: &c.payload,
+        }
+    }
+}
+
+/// A conditional's test, as upstream: the value at `pointer` (the whole output when
+/// absent), and whether every predicate given holds.
+fn evaluate(
+    source: &Value,
+    pointer: Option<&str>,
+    equals: &Option<Value>,
+    exists: Option<bool>,
+) -> (Option<Value>, bool) {
+    let evaluated = match pointer {
+        Some(p) => source.pointer(&normalise_pointer(p.trim())).cloned(),
+        None => Some(source.clone()),
+    };
+    let mut matched = true;
+    if let Some(want) = exists {
+        matched &= evaluated.is_some() == want;
+    }
+    if let Some(want) = equals {
+        matched &= evaluated.as_ref() == Some(want);
+    }
+    (evaluated, matched)
+}
+
+/// A batch step's output, upstream's shape.
+fn batch_output(parallel: bool, continue_on_error: bool, run: batch::BatchRun) -> Value {
+    let failed = run
+        .reports
+        .iter()
+        .filter(|r| r["status"] == "error")
+        .count();
+    let by_call: Map<String, Value> = run
+        .reports
+        .iter()
+        .filter_map(|r| Some((r.get("call_id")?.as_str()?.to_string(), r.clone())))
+        .collect();
+    json!({
+        "parallel": parallel,
+        "continue_on_error": continue_on_error,
+        "total_calls": run.reports.len(),
+        "success_calls": run.reports.len() - failed,
+        "failed_calls": failed,
+        "calls": run.reports,
+        "by_call": by_call,
+        "scheduler": run.summary,
+    })
 }

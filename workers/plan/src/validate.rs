@@ -431,32 +431,7 @@ impl<'p> Walker<'p> {
                 self.count_calls(id, 1);
                 Ok(())
             }
-            Step::ConnectorBatch { calls, .. } => {
-                if calls.is_empty() || calls.len() > MAX_BATCH_CALLS {
-                    return Err(invalid(
-                        Some(id),
-                        None,
-                        field("calls"),
-                        format!("has {} calls: give 1 to {MAX_BATCH_CALLS}", calls.len()),
-                    ));
-                }
-                let mut seen = BTreeSet::new();
-                for (i, c) in calls.iter().enumerate() {
-                    let cf = format!("steps[{index}].calls[{i}]");
-                    check_id(&c.call_id, || format!("{cf}.call_id"), (Some(id), None))?;
-                    if !seen.insert(c.call_id.as_str()) {
-                        return Err(invalid(
-                            Some(id),
-                            Some(&c.call_id),
-                            format!("{cf}.call_id"),
-                            "is used by an earlier call of the batch: give each call its own id",
-                        ));
-                    }
-                    self.call(id, Some(&c.call_id), &format!("{cf}."), CallFields::of(c))?;
-                }
-                self.count_calls(id, calls.len());
-                Ok(())
-            }
+            Step::ConnectorBatch { calls, .. } => self.batch(index, id, calls),
             Step::Conditional {
                 from_step,
                 pointer,
@@ -493,6 +468,33 @@ impl<'p> Walker<'p> {
                 Ok(())
             }
         }
+    }
+
+    fn batch(&mut self, index: usize, id: &str, calls: &[BatchCall]) -> Result<(), PlanError> {
+        if calls.is_empty() || calls.len() > MAX_BATCH_CALLS {
+            return Err(invalid(
+                Some(id),
+                None,
+                format!("steps[{index}].calls"),
+                format!("has {} calls: give 1 to {MAX_BATCH_CALLS}", calls.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, c) in calls.iter().enumerate() {
+            let cf = format!("steps[{index}].calls[{i}]");
+            check_id(&c.call_id, || format!("{cf}.call_id"), (Some(id), None))?;
+            if !seen.insert(c.call_id.as_str()) {
+                return Err(invalid(
+                    Some(id),
+                    Some(&c.call_id),
+                    format!("{cf}.call_id"),
+                    "is used by an earlier call of the batch: give each call its own id",
+                ));
+            }
+            self.call(id, Some(&c.call_id), &format!("{cf}."), CallFields::of(c))?;
+        }
+        self.count_calls(id, calls.len());
+        Ok(())
     }
 
     fn count_calls(&mut self, step: &str, n: usize) {
