@@ -24,7 +24,9 @@ use crate::{
     answer::{CallMetrics, SchedulerSummary},
     invoke::{CallFailure, CallSpec, Shared},
     kernel::{CallError, Kernel},
+    limits::MAX_VALUE_BYTES,
     plan::{Concurrency, Fairness, PriorityClass, ReduceOn},
+    template::json_size,
 };
 
 /// A batch call, ready to go.
@@ -76,6 +78,7 @@ pub(crate) async fn run<K: Kernel>(
     let mut successes_in_a_row = 0usize;
     let mut inflight: Vec<InFlight<'_>> = Vec::new();
     let mut stop: Option<Stop> = None;
+    let mut answer_bytes = 0usize;
 
     loop {
         let pending_before = queues.len();
@@ -101,7 +104,14 @@ pub(crate) async fn run<K: Kernel>(
         if pending_before > 0 && inflight.len() >= budget {
             summary.scheduler_wait_cycles += 1;
         }
-        let (i, result, metrics) = next_ready(&mut inflight).await;
+        let (i, mut result, metrics) = next_ready(&mut inflight).await;
+        if let Ok(v) = &result {
+            // The step's output holds every answer: stop keeping them once they cannot fit.
+            match json_size(v, MAX_VALUE_BYTES.saturating_sub(answer_bytes)) {
+                Some(n) => answer_bytes += n,
+                None => result = Err(CallFailure::TooLarge),
+            }
+        }
         let failed = result.as_ref().err().cloned();
         let attempts = metrics.attempts;
         if let Some(slot) = results.get_mut(i) {
@@ -244,6 +254,11 @@ fn report(call: &Prepared<'_>, result: &Result<Value, CallFailure>, m: &CallMetr
             "error_code": "budget_exceeded",
             "error": "the run's wall time is spent",
         }),
+        Err(CallFailure::TooLarge) => json!({
+            "status": "error",
+            "error_code": "value_too_large",
+            "error": "the batch's answers are over the bound of a step's output",
+        }),
     };
     if let (Value::Object(r), Value::Object(fields)) = (&mut r, fields) {
         r.extend(fields);
@@ -254,7 +269,7 @@ fn report(call: &Prepared<'_>, result: &Result<Value, CallFailure>, m: &CallMetr
 /// Whether a failure stops the batch whatever `continue_on_error` says.
 fn ends_run(f: &CallFailure) -> bool {
     match f {
-        CallFailure::WallTime => true,
+        CallFailure::WallTime | CallFailure::TooLarge => true,
         CallFailure::Kernel(e) => e.ends_run(),
         CallFailure::CircuitOpen { .. } => false,
     }
@@ -268,7 +283,7 @@ fn reduces(conc: &Concurrency, f: &CallFailure) -> bool {
     }
     let e = match f {
         CallFailure::CircuitOpen { .. } => return on.contains(&ReduceOn::CircuitOpen),
-        CallFailure::WallTime => return false,
+        CallFailure::WallTime | CallFailure::TooLarge => return false,
         CallFailure::Kernel(e) => e,
     };
     match e {

@@ -422,6 +422,7 @@ impl<'p, K: Kernel> Run<'p, K> {
                 cause,
             },
             CallFailure::WallTime => self.wall_time_spent(step, call),
+            CallFailure::TooLarge => too_large(step, call, ValueKind::Output),
         }
     }
 

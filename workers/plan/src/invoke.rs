@@ -40,9 +40,13 @@ pub(crate) struct CallSpec<'a> {
 /// Why a call produced no value.
 #[derive(Debug, Clone)]
 pub(crate) enum CallFailure {
-    CircuitOpen { remaining_cooldown_ms: u64 },
+    CircuitOpen {
+        remaining_cooldown_ms: u64,
+    },
     Kernel(CallError),
     WallTime,
+    /// A batch's answers together are over the bound of the step's output.
+    TooLarge,
 }
 
 impl Shared {

@@ -364,17 +364,20 @@ fn check_return_step(plan: &Plan, all_ids: &BTreeMap<&str, usize>) -> Result<(),
     }
 }
 
-/// The output a step will have, when it is known before the run.
-fn known_output(step: &Step, before: &BTreeMap<&str, Option<Value>>) -> Option<Value> {
+/// The output a step will have, when it is known before the run: a reference into the plan,
+/// never a copy (a plan of many pointers into one large literal must not multiply it).
+fn known_output<'p>(
+    step: &'p Step,
+    before: &BTreeMap<&str, Option<&'p Value>>,
+) -> Option<&'p Value> {
     match step {
-        Step::SetLiteral { value, .. } => Some(value.clone()),
+        Step::SetLiteral { value, .. } => Some(value),
         Step::JsonPointer {
             from_step, pointer, ..
         } => before
             .get(from_step.as_str())?
             .as_ref()?
-            .pointer(&normalise_pointer(pointer))
-            .cloned(),
+            .pointer(&normalise_pointer(pointer)),
         Step::ConnectorCall { .. } | Step::ConnectorBatch { .. } | Step::Conditional { .. } => None,
     }
 }
@@ -383,7 +386,7 @@ struct Walker<'p> {
     plan: &'p Plan,
     all_ids: BTreeMap<&'p str, usize>,
     /// The steps before the current one, with their output when it is known.
-    before: BTreeMap<&'p str, Option<Value>>,
+    before: BTreeMap<&'p str, Option<&'p Value>>,
     calls: usize,
     over_at: Option<String>,
     templates: usize,

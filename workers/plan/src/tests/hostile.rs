@@ -749,3 +749,67 @@ fn resolution_stops_at_the_bound_before_copying_the_rest() {
         looked_up.get()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_stops_keeping_answers_once_they_cannot_fit_its_output() {
+    let answer = json!("a".repeat(300 * 1024));
+    let k = TestKernel::new().script(
+        "big",
+        Script {
+            always: Some(Ok(answer)),
+            ..Script::default()
+        },
+    );
+    let calls: Vec<Value> = (0..8)
+        .map(|i| json!({"call_id": format!("c{i}"), "connector_name": "big"}))
+        .collect();
+    let e = fails(&k, json!({"caller": "t", "concurrency": {"max_in_flight": 1},
+        "steps": [{"kind": "connector_batch", "step_id": "b", "continue_on_error": true, "calls": calls}]}))
+    .await;
+    assert_eq!(
+        e,
+        PlanError::ValueTooLarge {
+            step: Some("b".into()),
+            call: Some("c3".into()),
+            what: ValueKind::Output,
+            max: MAX_VALUE_BYTES
+        }
+    );
+    assert_eq!(
+        k.calls().len(),
+        4,
+        "no call after the answers stopped fitting"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_of_a_large_output_are_bounded_by_what_a_run_keeps() {
+    // Each json_pointer "" copies the whole 600 KiB literal; the run keeps at most 8 MiB.
+    let mut steps =
+        vec![json!({"kind": "set_literal", "step_id": "big", "value": "b".repeat(600 * 1024)})];
+    steps.extend((0..40).map(|i| json!({"kind": "json_pointer", "step_id": format!("p{i}"), "from_step": "big", "pointer": ""})));
+    let k = TestKernel::new();
+    let e = fails(&k, json!({"caller": "t", "steps": steps})).await;
+    assert!(
+        matches!(&e, PlanError::ValueTooLarge { what: ValueKind::Retained, step: Some(s), .. } if s == "p12"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_field_given_twice_is_refused_not_read_one_way() {
+    let cases = [
+        r#"{"caller":"t","max_calls":1,"max_calls":200,"steps":[{"kind":"set_literal","step_id":"s","value":1}]}"#,
+        r#"{"caller":"t","steps":[{"kind":"set_literal","step_id":"s","step_id":"t","value":1}]}"#,
+        r#"{"caller":"t","steps":[{"kind":"set_literal","kind":"connector_call","step_id":"s","value":1}]}"#,
+        r#"{"caller":"t","steps":[{"kind":"connector_call","step_id":"c","connector_name":"e","retry":{"max_attempts":1,"max_attempts":9}}]}"#,
+    ];
+    for text in cases {
+        match crate::parse(text.as_bytes()) {
+            Err(PlanError::Malformed { message, .. }) => {
+                assert!(message.contains("duplicate field"), "{text}: {message}")
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
