@@ -136,6 +136,7 @@ fn crate_dependency_direction() {
         "workers/stdio",
         "workers/http",
         "workers/builtin",
+        "workers/plan",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -166,6 +167,13 @@ fn crate_dependency_direction() {
             );
         }
     }
+    // The plan interpreter is a library that talks to the kernel only through its `Kernel`
+    // trait: it depends on no project crate, so the worker that wraps it chooses the wire.
+    assert_eq!(
+        project_deps(&r.join("workers/plan/Cargo.toml")),
+        Vec::<String>::new(),
+        "loong-worker-plan depends on no project crate"
+    );
     assert!(
         !project_deps(&r.join("loongd/Cargo.toml"))
             .iter()
