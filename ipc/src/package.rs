@@ -240,6 +240,16 @@ pub fn bridge_kind(label: &str) -> Result<BridgeKind, BridgeKindError> {
     }
 }
 
+/// The built-in tools' names (loongd's `file.read`, …): a plugin may not take one as its id,
+/// which loongd's loader and `loongctl plugins doctor` both check against this list.
+pub const BUILTIN_TOOLS: &[&str] = &[
+    "file.read",
+    "file.write",
+    "file.edit",
+    "shell.exec",
+    "web.fetch",
+];
+
 /// The first line of the signed message.
 pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
 /// The detached signature's file name inside the package.
