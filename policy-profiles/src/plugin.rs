@@ -877,12 +877,21 @@ impl PluginManifest {
     }
 
     fn parse_value(path: &Path, value: serde_json::Value) -> Result<Self, ManifestError> {
-        let problems = structural_problems(&value);
-        if !problems.is_empty() {
-            return Err(ManifestError::Problems {
-                path: path.to_owned(),
-                problems,
-            });
+        let mut problems = structural_problems(&value);
+        match problems.len() {
+            0 => {}
+            1 => {
+                return Err(ManifestError::Parse {
+                    path: path.to_owned(),
+                    message: problems.remove(0),
+                })
+            }
+            _ => {
+                return Err(ManifestError::Problems {
+                    path: path.to_owned(),
+                    problems,
+                })
+            }
         }
         let raw: RawManifest = serde_json::from_value(value).map_err(|e| ManifestError::Parse {
             path: path.to_owned(),
@@ -1319,7 +1328,7 @@ impl PluginManifest {
         };
         if !module.starts_with(WASM_MAGIC) {
             return Err(field(format!(
-                "{} is not a WebAssembly module (it does not start with \\0asm)",
+                "{} is not a WebAssembly module (its first bytes are not 00 61 73 6d)",
                 self.component.display()
             )));
         }
