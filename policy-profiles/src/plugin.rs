@@ -849,8 +849,16 @@ impl PluginManifest {
     /// them.
     fn check_declarations(&self) -> Result<(), ManifestError> {
         let mut needs: Vec<(&str, &str)> = Vec::new();
+        let connector = self.capabilities.iter().any(|c| c == "invoke_connector");
         match &self.bridge {
-            Bridge::Http(_) => needs.push(("network_egress", "it posts to an endpoint")),
+            // Public Loong's connectors declare InvokeConnector only: a connector posts to
+            // its one endpoint, which the manifest and `plugins list` show, so declaring it a
+            // connector says as much as network_egress does.
+            Bridge::Http(_) if connector => {}
+            Bridge::Http(_) => needs.push((
+                "network_egress",
+                "it posts to an endpoint (or \"invoke_connector\", as public Loong's connectors do)",
+            )),
             Bridge::Foreign(f) => {
                 if !f.net.is_empty() {
                     needs.push(("network_egress", "it is granted sandbox.net"));

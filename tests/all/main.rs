@@ -23,4 +23,5 @@ mod supply_chain;
 mod support;
 mod terminal;
 mod tidy;
+mod upstream_packages;
 mod workers;

@@ -257,8 +257,15 @@ fn corpus() -> Vec<Case> {
             Some(r#"must declare "filesystem_read" because it is granted sandbox.read"#),
         ),
         http(
-            "undeclared-egress",
+            "connector-egress",
             r#"["InvokeConnector"]"#,
+            r#""endpoint": "http://127.0.0.1:9/hook","#,
+            "",
+            None,
+        ),
+        http(
+            "undeclared-egress",
+            r#"["InvokeTool"]"#,
             r#""endpoint": "http://127.0.0.1:9/hook","#,
             "",
             Some(r#"must declare "network_egress" because it posts to an endpoint"#),
