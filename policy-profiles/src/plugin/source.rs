@@ -186,7 +186,7 @@ fn is_marker(line: &str, marker: &str) -> bool {
 
 /// The JSON between the first start marker line and the end marker line after it, or `None`
 /// when the text has no start marker line.
-pub(crate) fn block(text: &str) -> Result<Option<String>, String> {
+pub fn block(text: &str) -> Result<Option<String>, String> {
     let mut lines = text.lines();
     if !lines.by_ref().any(|l| is_marker(l, START_MARKER)) {
         return Ok(None);
