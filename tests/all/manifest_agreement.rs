@@ -580,3 +580,54 @@ fn doctor_install_and_reload_agree_on_every_package_of_the_corpus() {
         disagreements.join("\n")
     );
 }
+
+/// What install's staging copy refuses in the package's tree (a hard-linked file, an empty
+/// package), doctor refuses too, in the same words; a good package is the control.
+#[test]
+fn doctor_refuses_what_the_install_copy_refuses_in_the_tree_in_its_words() {
+    let work = tempfile::Builder::new()
+        .prefix("lmt")
+        .tempdir_in("/tmp")
+        .expect("work");
+    let home = Home::new();
+    home.start();
+    let good = write_case(work.path(), &wasm("tree-good", "", None));
+    let linked = write_case(work.path(), &wasm("tree-linked", "", None));
+    fs::write(work.path().join("outside.txt"), "shared").expect("outside");
+    fs::hard_link(work.path().join("outside.txt"), linked.join("notes.txt")).expect("link");
+    let empty = work.path().join("tree-empty");
+    fs::create_dir_all(&empty).expect("empty");
+    let cases = [
+        (&good, None),
+        (
+            &linked,
+            Some("notes.txt: a file with other hard links is not installed"),
+        ),
+        (&empty, Some(": the package is empty")),
+    ];
+    for (dir, refused) in cases {
+        let shown = dir.display().to_string();
+        let doctor = home.ctl(&["plugins", "doctor", &shown]);
+        let report = text(&doctor.stdout);
+        let install = home.ctl(&["plugins", "install", &shown]);
+        let err = text(&install.stderr);
+        match refused {
+            None => assert!(
+                doctor.status.success() && install.status.success(),
+                "{shown}: {report}{err}"
+            ),
+            Some(why) => {
+                assert!(
+                    !doctor.status.success() && !install.status.success(),
+                    "{shown}: {report}{err}"
+                );
+                let line = report
+                    .lines()
+                    .filter_map(|l| l.trim_start().strip_prefix("FAIL  "))
+                    .find(|l| l.contains(why))
+                    .unwrap_or_else(|| panic!("doctor does not say {why:?}: {report}"));
+                assert!(err.contains(line), "install said {err:?}, doctor {line:?}");
+            }
+        }
+    }
+}

@@ -266,6 +266,8 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
             control_characters(&v, "", &mut warnings);
         }
     }
+    // What install's staging copy refuses in the tree itself, in its words.
+    problems.extend(package::tree_problems(dir).iter().map(|e| e.to_string()));
     match package::digest(dir) {
         Err(e) => problems.push(e.to_string()),
         Ok(d) => {
