@@ -15,8 +15,9 @@ use serde::Deserialize;
 
 mod source;
 pub use source::{
-    block as embedded_block, ManifestSource, END_MARKER, IDENTITY_FIELDS, MAX_SOURCE_DEPTH,
-    MAX_SOURCE_FILES, MAX_SOURCE_FILE_BYTES, OPENCLAW_MANIFEST_FILE, SKIPPED_DIRS, START_MARKER,
+    block as embedded_block, holds_manifest, ManifestSource, END_MARKER, IDENTITY_FIELDS,
+    MAX_SOURCE_DEPTH, MAX_SOURCE_FILES, MAX_SOURCE_FILE_BYTES, OPENCLAW_MANIFEST_FILE,
+    SKIPPED_DIRS, START_MARKER,
 };
 
 /// The only manifest API version understood.

@@ -68,6 +68,24 @@ fn the_stdio_echo_example_installs_from_its_python_source_and_answers_with_the_e
     assert_eq!(p["bridge_kind"], "process_stdio", "{p}");
     assert_eq!(p["state"], "disabled", "{p}");
     assert_eq!(p["trust"], "unverified", "{p}");
+    // The same package as an archive (one directory holding the one source file) installs as
+    // its directory does: the archive's package is found as install finds a manifest.
+    let archive = work.path().join("stdio-echo.tar.gz");
+    let packed = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(work.path())
+        .arg("stdio-echo")
+        .status()
+        .expect("tar");
+    assert!(packed.success());
+    ctl_ok(&home, &["plugins", "remove", "stdio-echo-py"]);
+    ctl_ok(
+        &home,
+        &["plugins", "install", &archive.display().to_string()],
+    );
+    assert_eq!(view(&home, "stdio-echo-py")["state"], "disabled");
     ctl_ok(&home, &["plugins", "enable", "stdio-echo-py"]);
     // `cat` writes back the request line loongd's bridge sent, whose payload is the input.
     let (code, out, err) = invoke(

@@ -541,12 +541,15 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
         .map(|e| e.path())
         .collect();
     let manifest = "loong.plugin.json";
+    // A manifest is found as install finds it: loong.plugin.json, or a source file embedding
+    // one (public Loong's examples are a single such file), or an OpenClaw manifest (which
+    // install then refuses by name).
     let dir = match top.as_slice() {
-        _ if root.join(manifest).is_file() => root.clone(),
-        [only] if only.is_dir() && only.join(manifest).is_file() => only.clone(),
+        _ if plugin::holds_manifest(&root) => root.clone(),
+        [only] if only.is_dir() && plugin::holds_manifest(only) => only.clone(),
         [only] if only.is_dir() => {
             return Err(usage(format!(
-            "{}: its one top-level directory {}/ holds no {manifest}; an archive holds one package",
+            "{}: its one top-level directory {}/ holds no {manifest} (nor a source file embedding a manifest); an archive holds one package",
             archive.display(),
             package::shown(&only.file_name().unwrap_or_default().to_string_lossy())
         )))
