@@ -241,6 +241,16 @@ pub fn bridge_kind(label: &str) -> Result<BridgeKind, BridgeKindError> {
     }
 }
 
+/// The built-in tools' names (loongd's `file.read`, …): a plugin may not take one as its id,
+/// which loongd's loader and `loongctl plugins doctor` both check against this list.
+pub const BUILTIN_TOOLS: &[&str] = &[
+    "file.read",
+    "file.write",
+    "file.edit",
+    "shell.exec",
+    "web.fetch",
+];
+
 /// The first line of the signed message.
 pub const PACKAGE_FORMAT: &str = "loong-plugin-package v1";
 /// The detached signature's file name inside the package.
@@ -290,6 +300,69 @@ pub enum PackageError {
     BadName(PathBuf),
     #[error("{0}: the package is over {MAX_PACKAGE_FILES} files, {MAX_PACKAGE_BYTES} bytes or {MAX_PACKAGE_DEPTH} levels")]
     TooLarge(PathBuf),
+}
+
+/// What an install refuses in a package's tree that its digest does not (loongd's staging copy
+/// refuses each with this very text, which its unit tests hold it to), so that
+/// `loongctl plugins doctor` refuses it too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("{0}: a file with other hard links is not installed; copy it into the package")]
+    HardLink(String),
+    #[error("{0}: a package may hold only regular files and directories (no symlinks, mount points or special files)")]
+    NotRegular(String),
+    #[error("{0}: the package is empty")]
+    Empty(String),
+}
+
+/// The tree problems of the package directory `dir` (paths relative to it), within the
+/// package bounds (a tree past them is [`digest`]'s to refuse).
+pub fn tree_problems(dir: &Path) -> Vec<TreeError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return out;
+    };
+    let mut files = 0usize;
+    let mut entries = 0usize;
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((at, depth)) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            entries += 1;
+            if entries > MAX_PACKAGE_ENTRIES || depth > MAX_PACKAGE_DEPTH {
+                return out;
+            }
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(dir)
+                .map(|r| shown(&r.to_string_lossy()))
+                .unwrap_or_default();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if meta.dev() != root.dev() {
+                    out.push(TreeError::NotRegular(rel));
+                } else {
+                    stack.push((path, depth + 1));
+                }
+            } else if meta.is_file() {
+                if meta.nlink() != 1 {
+                    out.push(TreeError::HardLink(rel.clone()));
+                }
+                if rel != SIGNATURE_FILE {
+                    files += 1;
+                }
+            }
+        }
+    }
+    if files == 0 {
+        out.push(TreeError::Empty(dir.display().to_string()));
+    }
+    out
 }
 
 /// Digests the package directory `dir`.

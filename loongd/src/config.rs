@@ -89,6 +89,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Refuse a WASM plugin whose module is pinned neither by its manifest
 # (metadata.component_sha256 or sandbox.sha256) nor below (audited as plugin.refused).
 # require_wasm_pin = false
+# http_json connectors (by plugin id) whose endpoint may be a loopback, private or link-local
+# address although their manifest does not set sandbox.allow_private_network: for a package
+# written for public Loong that posts to a bridge on this host, installed unchanged.
+# private_endpoints = ["whatsapp-personal-baileys-bridge"]
 # The operator's pin of a plugin's module, by plugin id: its sha256 must be this (and agree
 # with the manifest's pin, if any). Accepted as the manifest's pins are: "sha256:HEX" too.
 # [plugins.wasm_sha256]
@@ -351,6 +355,24 @@ pub struct PluginsConfig {
     /// Plugin id → the sha256 its module must have (normalised: lowercase hex).
     #[serde(deserialize_with = "wasm_pins")]
     pub wasm_sha256: std::collections::BTreeMap<String, String>,
+    /// Plugin ids whose `http_json` endpoint may be a loopback, private or link-local address
+    /// (the operator's `sandbox.allow_private_network` for a manifest that does not set it).
+    #[serde(deserialize_with = "private_endpoints")]
+    pub private_endpoints: Vec<String>,
+}
+
+/// The most plugin ids `[plugins] private_endpoints` may name.
+pub const MAX_PRIVATE_ENDPOINTS: usize = 4096;
+
+fn private_endpoints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.len() > MAX_PRIVATE_ENDPOINTS {
+        return Err(serde::de::Error::custom(format!(
+            "plugins.private_endpoints names {} plugins, over {MAX_PRIVATE_ENDPOINTS}",
+            v.len()
+        )));
+    }
+    Ok(v)
 }
 
 /// The most operator pins `[plugins.wasm_sha256]` may hold.
@@ -715,7 +737,7 @@ mod tests {
         let hex = "ab".repeat(32);
         check(
             &format!(
-                "[plugins]\nrequire_wasm_pin = true\n[plugins.wasm_sha256]\necho = \" SHA256:{}\"\nx = \"{hex}\"\n",
+                "[plugins]\nrequire_wasm_pin = true\nprivate_endpoints = [\"wa\"]\n[plugins.wasm_sha256]\necho = \" SHA256:{}\"\nx = \"{hex}\"\n",
                 hex.to_uppercase()
             ),
             Ok(Config {
@@ -724,6 +746,7 @@ mod tests {
                     wasm_sha256: [("echo".into(), hex.clone()), ("x".into(), hex.clone())]
                         .into_iter()
                         .collect(),
+                    private_endpoints: vec!["wa".into()],
                 },
                 ..Config::default()
             }),

@@ -210,8 +210,26 @@ mod fuzz_corpus {
                 .expect("name")
                 .to_string_lossy()
                 .into_owned();
-            match PluginManifest::parse(path, &bytes) {
-                Ok(_) => parsed.push(name),
+            // A source file (not .json) is read as the fuzz target reads it too: the
+            // manifest embedded between its marker lines.
+            let outcome = if name.ends_with(".json") {
+                PluginManifest::parse(path, &bytes).map(|_| ())
+            } else {
+                let text = String::from_utf8(bytes).expect("a UTF-8 source seed");
+                match crate::plugin::embedded_block(&text) {
+                    Ok(Some(json)) => PluginManifest::parse_from(
+                        path,
+                        json.as_bytes(),
+                        crate::plugin::ManifestSource::EmbeddedSource("seed".into()),
+                    )
+                    .map(|_| ()),
+                    Ok(None) | Err(_) => {
+                        Err(crate::plugin::ManifestError::NoManifest { dir: seed.clone() })
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => parsed.push(name),
                 Err(_) => refused.push(name),
             }
         }
@@ -224,7 +242,9 @@ mod fuzz_corpus {
                 "example-json-transform.json",
                 "http-json.json",
                 "mcp-stdio.json",
-                "process-stdio.json"
+                "process-stdio.json",
+                "upstream-stdio-echo.py",
+                "upstream-whatsapp.json"
             ],
             "refused: {refused:?}"
         );

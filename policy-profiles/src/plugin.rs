@@ -13,6 +13,13 @@ use std::path::{Component, Path, PathBuf};
 use loong_ipc::package::BridgeKind;
 use serde::Deserialize;
 
+mod source;
+pub use source::{
+    block as embedded_block, holds_manifest, ManifestSource, END_MARKER, IDENTITY_FIELDS,
+    MAX_SOURCE_DEPTH, MAX_SOURCE_FILES, MAX_SOURCE_FILE_BYTES, OPENCLAW_MANIFEST_FILE,
+    SKIPPED_DIRS, START_MARKER,
+};
+
 /// The only manifest API version understood.
 pub const MANIFEST_API_VERSION: &str = "v1alpha1";
 /// The manifest's file name inside a plugin directory.
@@ -60,36 +67,18 @@ pub fn normalize_sha256_pin(raw: &str) -> Option<String> {
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
 }
 
-/// A top-level text field of public Loong's (`provider_id`, `channel_id`): its text, `None`
-/// when absent; a finding when it is not a string or is longer than a config key.
-fn text_field(
-    value: Option<&serde_json::Value>,
-    field: &'static str,
-    bad: &mut Findings,
-) -> Option<String> {
-    match value? {
-        serde_json::Value::String(s) if s.len() <= MAX_CONFIG_KEY_BYTES => Some(s.clone()),
-        serde_json::Value::String(_) => {
-            bad.add(field, format!("is over {MAX_CONFIG_KEY_BYTES} bytes"));
-            None
-        }
-        _ => {
-            bad.add(field, "must be a string".into());
-            None
-        }
-    }
-}
-
 /// What the guest reads (`sandbox.input`): public Loong's request envelope unless the
 /// manifest declares `"bare"`. The envelope names the manifest's `provider_id` (the plugin
 /// id when there is none) and its `channel_id` (`null` when there is none).
-fn guest_input(raw: &RawManifest, bad: &mut Findings) -> Option<loong_ipc::GuestInput> {
-    let provider_id = text_field(raw.provider_id.as_ref(), "provider_id", bad);
-    let channel_id = text_field(raw.channel_id.as_ref(), "channel_id", bad);
+fn guest_input(
+    raw: &RawManifest,
+    identity: &Identity,
+    bad: &mut Findings,
+) -> Option<loong_ipc::GuestInput> {
     match raw.sandbox.input.as_deref() {
         None | Some(INPUT_ENVELOPE) => Some(loong_ipc::GuestInput::Envelope {
-            provider_id: provider_id.unwrap_or_else(|| raw.plugin_id.clone()),
-            channel_id,
+            provider_id: identity.provider_id.clone(),
+            channel_id: identity.channel_id.clone(),
         }),
         Some(INPUT_BARE) => Some(loong_ipc::GuestInput::Bare),
         Some(other) => {
@@ -226,6 +215,33 @@ pub enum ManifestError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    #[error("{dir}: no {MANIFEST_FILE}, and no file in it holds a manifest between {START_MARKER} and {END_MARKER} comment lines; write a {MANIFEST_FILE}")]
+    NoManifest { dir: PathBuf },
+    #[error("{dir}: {} source files hold a manifest ({}); a package is one plugin: keep one block, or write a {MANIFEST_FILE}", .files.len(), .files.join(", "))]
+    SeveralEmbedded { dir: PathBuf, files: Vec<String> },
+    #[error("{dir}: over {limit} files to search for a manifest; write a {MANIFEST_FILE}, or make the package smaller")]
+    TooManyFiles { dir: PathBuf, limit: usize },
+    #[error("{path}: {field} differs from the embedded manifest in {source_file}; make the two agree, or remove the marker block")]
+    Conflict {
+        path: PathBuf,
+        source_file: PathBuf,
+        field: &'static str,
+    },
+    #[error("{path}: {what}; give the package a {MANIFEST_FILE} that runs it here (bridge_kind process_stdio or mcp_stdio with a metadata.command, or a wasm module)")]
+    OpenClaw { path: PathBuf, what: String },
+}
+
+impl ManifestError {
+    /// Each problem on a line of its own, the file named first (what `plugins doctor` lists).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ManifestError::Problems { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 pub use loong_ipc::package::{SANDBOX_FIELDS, TOP_LEVEL_FIELDS};
@@ -320,6 +336,11 @@ fn structural_problems(v: &serde_json::Value) -> Vec<String> {
             Some(_) => out.push(format!("{k} must be a string")),
         }
     }
+    for k in IDENTITY_FIELDS.iter().filter(|k| **k != "plugin_id") {
+        if obj.get(*k).is_some_and(|v| !v.is_string() && !v.is_null()) {
+            out.push(format!("{k} must be a string"));
+        }
+    }
     match obj.get("metadata") {
         None => out.push("metadata is missing (it names the bridge_kind)".into()),
         Some(serde_json::Value::Object(m)) => {
@@ -358,10 +379,10 @@ struct RawManifest {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     sandbox: RawSandbox,
-    provider_id: Option<serde_json::Value>,
-    connector_name: Option<serde_json::Value>,
-    channel_id: Option<serde_json::Value>,
-    endpoint: Option<serde_json::Value>,
+    provider_id: Option<String>,
+    connector_name: Option<String>,
+    channel_id: Option<String>,
+    endpoint: Option<String>,
     trust_tier: Option<serde_json::Value>,
     tags: Option<serde_json::Value>,
     input_examples: Option<serde_json::Value>,
@@ -537,6 +558,86 @@ pub struct PluginManifest {
     /// What tool search shows: public Loong's `tags`, `input_examples`, `output_examples`
     /// (each example as JSON text), the trust tier the manifest claims, and `defer_loading`.
     pub catalog: Catalog,
+    /// Public Loong's identity fields (`provider_id`, `connector_name`, `channel_id`,
+    /// `endpoint`), with its defaults.
+    pub identity: Identity,
+    /// Where the manifest was read from.
+    pub source: ManifestSource,
+    /// The high-risk keywords its text holds: they keep an unverified plugin disabled.
+    pub high_risk: Vec<String>,
+}
+
+/// Public Loong's top-level identity fields. `provider_id` and `connector_name` default to
+/// the plugin id (public Loong requires them; this kernel names a plugin by its id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The provider the plugin registers (the WASM request's `provider_id`).
+    pub provider_id: String,
+    /// The connector name it registers.
+    pub connector_name: String,
+    /// The channel it registers, if any (the WASM request's `channel_id`).
+    pub channel_id: Option<String>,
+    /// The channel's endpoint: an `http_json` connector's URL when `metadata.endpoint` is
+    /// absent; for other bridges a label (public Loong's examples write `local://…`).
+    pub endpoint: Option<String>,
+}
+
+/// The longest `provider_id`, `connector_name` or `channel_id`.
+pub const MAX_IDENTITY_BYTES: usize = 128;
+
+impl Identity {
+    /// The identity fields; a bad one is noted in `bad` and left at its default.
+    fn parse(raw: &RawManifest, bad: &mut Findings<'_>) -> Identity {
+        let mut field = |name: &'static str, value: &Option<String>, limit: usize| {
+            let v = value.as_ref()?;
+            if v.trim().is_empty() || v.len() > limit || v.chars().any(char::is_control) {
+                bad.add(
+                    name,
+                    format!("give 1 to {limit} bytes without control characters"),
+                );
+                return None;
+            }
+            Some(v.clone())
+        };
+        let provider_id = field("provider_id", &raw.provider_id, MAX_IDENTITY_BYTES);
+        let connector_name = field("connector_name", &raw.connector_name, MAX_IDENTITY_BYTES);
+        let channel_id = field("channel_id", &raw.channel_id, MAX_IDENTITY_BYTES);
+        let endpoint = field("endpoint", &raw.endpoint, MAX_ENDPOINT_BYTES);
+        Identity {
+            provider_id: provider_id.unwrap_or_else(|| raw.plugin_id.clone()),
+            connector_name: connector_name.unwrap_or_else(|| raw.plugin_id.clone()),
+            channel_id,
+            endpoint,
+        }
+    }
+}
+
+/// Words in a manifest that mark a plugin high-risk (public Loong's
+/// `high_risk_metadata_keywords`): an unverified high-risk plugin is installed disabled.
+pub const HIGH_RISK_KEYWORDS: &[&str] = &[
+    "sudo",
+    "rm -rf",
+    "| sh",
+    "|sh",
+    "curl ",
+    "wget ",
+    "base64 -d",
+    "chmod 777",
+    "/etc/shadow",
+    "nc -e",
+    "eval ",
+    "--privileged",
+    "docker.sock",
+];
+
+/// The high-risk keywords `text` holds, as findings.
+pub fn high_risk_findings(text: &[u8]) -> Vec<String> {
+    let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
+    HIGH_RISK_KEYWORDS
+        .iter()
+        .filter(|k| lower.contains(*k))
+        .map(|k| format!("high-risk keyword {k:?}"))
+        .collect()
 }
 
 /// The trust tiers, most trusted first.
@@ -756,11 +857,11 @@ impl Catalog {
 }
 
 impl PluginManifest {
-    /// Reads and validates `dir/loong.plugin.json`.
+    /// Reads and validates a package's manifest: `dir/loong.plugin.json`, or else the one
+    /// manifest embedded in a source file of the package (see [`source`]).
     pub fn load_dir(dir: &Path) -> Result<Self, ManifestError> {
-        let path = dir.join(MANIFEST_FILE);
-        let text = read_capped(&path, MAX_MANIFEST_BYTES)?;
-        let mut m = Self::parse(&path, &text)?;
+        let found = source::find(dir)?;
+        let mut m = Self::parse_from(&found.path, &found.text, found.source)?;
         m.check_host()?;
         Ok(m)
     }
@@ -812,17 +913,95 @@ impl PluginManifest {
 
     /// Validates manifest text; `path` names it in errors and roots `component`.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Self, ManifestError> {
-        let value: serde_json::Value =
+        Self::parse_from(path, text, ManifestSource::Package)
+    }
+
+    /// Validates manifest text read from `source`. An embedded source manifest may omit
+    /// `api_version` and `version` (public Loong's embedded contract): its version is then
+    /// `metadata.version`, else [`DEFAULT_EMBEDDED_VERSION`].
+    pub fn parse_from(
+        path: &Path,
+        text: &[u8],
+        source: ManifestSource,
+    ) -> Result<Self, ManifestError> {
+        let mut value: serde_json::Value =
             serde_json::from_slice(text).map_err(|e| ManifestError::Parse {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
-        let problems = structural_problems(&value);
-        if !problems.is_empty() {
-            return Err(ManifestError::Problems {
-                path: path.to_owned(),
-                problems,
-            });
+        if let (ManifestSource::EmbeddedSource(_), Some(obj)) = (&source, value.as_object_mut()) {
+            obj.entry("api_version")
+                .or_insert_with(|| MANIFEST_API_VERSION.into());
+            let version = obj
+                .get("metadata")
+                .and_then(|m| m.get("version"))
+                .and_then(|v| v.as_str())
+                .unwrap_or(DEFAULT_EMBEDDED_VERSION)
+                .to_owned();
+            obj.entry("version").or_insert_with(|| version.into());
+        }
+        let mut m = Self::parse_value(path, value)?;
+        m.high_risk = high_risk_findings(text);
+        m.source = source;
+        m.check_declarations()?;
+        Ok(m)
+    }
+
+    /// The capabilities its bridge and grants need must be declared, so that operators see
+    /// them.
+    fn check_declarations(&self) -> Result<(), ManifestError> {
+        let mut needs: Vec<(&str, &str)> = Vec::new();
+        let connector = self.capabilities.iter().any(|c| c == "invoke_connector");
+        match &self.bridge {
+            // Public Loong's connectors declare InvokeConnector only: a connector posts to
+            // its one endpoint, which the manifest and `plugins list` show, so declaring it a
+            // connector says as much as network_egress does.
+            Bridge::Http(_) if connector => {}
+            Bridge::Http(_) => needs.push((
+                "network_egress",
+                "it posts to an endpoint (or \"invoke_connector\", as public Loong's connectors do)",
+            )),
+            Bridge::Foreign(f) => {
+                if !f.net.is_empty() {
+                    needs.push(("network_egress", "it is granted sandbox.net"));
+                }
+                if !f.write.is_empty() {
+                    needs.push(("filesystem_write", "it is granted sandbox.write"));
+                }
+                if !f.read.is_empty() {
+                    needs.push(("filesystem_read", "it is granted sandbox.read"));
+                }
+            }
+            Bridge::Wasm => {}
+        }
+        let mut bad = Findings::new(&self.path);
+        for (cap, why) in needs {
+            if !self.capabilities.iter().any(|c| c == cap) {
+                bad.add(
+                    "capabilities",
+                    format!("must declare {cap:?} because {why}, so that operators see it"),
+                );
+            }
+        }
+        bad.finish(())
+    }
+
+    fn parse_value(path: &Path, value: serde_json::Value) -> Result<Self, ManifestError> {
+        let mut problems = structural_problems(&value);
+        match problems.len() {
+            0 => {}
+            1 => {
+                return Err(ManifestError::Parse {
+                    path: path.to_owned(),
+                    message: problems.remove(0),
+                })
+            }
+            _ => {
+                return Err(ManifestError::Problems {
+                    path: path.to_owned(),
+                    problems,
+                })
+            }
         }
         let raw: RawManifest = serde_json::from_value(value).map_err(|e| ManifestError::Parse {
             path: path.to_owned(),
@@ -851,13 +1030,36 @@ impl PluginManifest {
                 ),
             );
         }
+        if loong_ipc::package::BUILTIN_TOOLS.contains(&raw.plugin_id.as_str()) {
+            bad.add(
+                "plugin_id",
+                format!(
+                    "{:?} is the name of a built-in tool; choose another",
+                    raw.plugin_id
+                ),
+            );
+        }
+        // Public Loong refuses a manifest whose two versions disagree.
+        if let Some(v) = raw.metadata.get("version") {
+            if v.trim() != raw.version.trim() {
+                bad.add(
+                    "metadata.version",
+                    format!(
+                        "{v:?} differs from version {:?}; keep the top-level version only",
+                        raw.version
+                    ),
+                );
+            }
+        }
         let catalog = Catalog::parse(&raw, &mut bad);
+        let identity = Identity::parse(&raw, &mut bad);
         // Public Loong's capability spelling (`InvokeTool`) means the same as ours; loongd
-        // keeps ours. A name that is neither is kept as given, and loongd's scan refuses it.
+        // keeps ours. Any other name is refused, naming it.
         let mut raw = raw;
         for c in raw.capabilities.iter_mut() {
-            if let Some(ours) = loong_ipc::package::capability(c) {
-                *c = ours.to_owned();
+            match loong_ipc::package::check_capability(c) {
+                Ok(ours) => *c = ours.to_owned(),
+                Err(e) => bad.add("capabilities", e.to_string()),
             }
         }
         let foreign = match raw
@@ -868,7 +1070,9 @@ impl PluginManifest {
             Some(Ok(BridgeKind::Wasm)) => None,
             Some(Ok(BridgeKind::ProcessStdio)) => Some(ForeignKind::ProcessStdio),
             Some(Ok(BridgeKind::McpStdio)) => Some(ForeignKind::McpStdio),
-            Some(Ok(BridgeKind::HttpJson)) => return Self::parse_http(path, raw, catalog, bad),
+            Some(Ok(BridgeKind::HttpJson)) => {
+                return Self::parse_http(path, raw, (catalog, identity), bad)
+            }
             Some(Err(e)) => {
                 bad.add("metadata.bridge_kind", e.to_string());
                 // Nothing more can be checked without knowing the bridge.
@@ -884,7 +1088,7 @@ impl PluginManifest {
             }
         };
         if let Some(kind) = foreign {
-            return Self::parse_foreign(path, raw, kind, catalog, bad);
+            return Self::parse_foreign(path, raw, kind, (catalog, identity), bad);
         }
         let component = match raw.metadata.get("component") {
             None => {
@@ -948,7 +1152,7 @@ impl PluginManifest {
             );
         }
         let pin = module_pin(&raw, &mut bad);
-        let input = guest_input(&raw, &mut bad);
+        let input = guest_input(&raw, &identity, &mut bad);
         let config = guest_config(&raw, &mut bad);
         let component = path.parent().unwrap_or(Path::new(".")).join(component);
         bad.finish(())?;
@@ -977,12 +1181,20 @@ impl PluginManifest {
             input: input.unwrap_or(loong_ipc::GuestInput::Bare),
             bridge: Bridge::Wasm,
             catalog,
+            identity,
+            source: ManifestSource::Package,
+            high_risk: Vec::new(),
         })
     }
 
     /// A manifest whose bridge runs no module (a foreign program, a connector): only the
     /// limits that apply to it are kept.
-    fn without_module(path: &Path, raw: RawManifest, bridge: Bridge, catalog: Catalog) -> Self {
+    fn without_module(
+        path: &Path,
+        raw: RawManifest,
+        bridge: Bridge,
+        (catalog, identity): (Catalog, Identity),
+    ) -> Self {
         Self {
             path: path.to_owned(),
             plugin_id: raw.plugin_id,
@@ -1009,17 +1221,34 @@ impl PluginManifest {
             input: loong_ipc::GuestInput::Bare,
             bridge,
             catalog,
+            identity,
+            source: ManifestSource::Package,
+            high_risk: Vec::new(),
         }
     }
 
     fn parse_http(
         path: &Path,
         raw: RawManifest,
-        catalog: Catalog,
+        described: (Catalog, Identity),
         mut bad: Findings<'_>,
     ) -> Result<Self, ManifestError> {
-        let endpoint = raw.metadata.get("endpoint").cloned().unwrap_or_default();
-        let parsed = bad.take("metadata.endpoint", parse_endpoint(&endpoint));
+        // Public Loong's place for the URL is the top-level endpoint; ours is
+        // metadata.endpoint. Either may give it; two that differ are refused.
+        let top = described.1.endpoint.clone();
+        let (endpoint_field, endpoint) = match (raw.metadata.get("endpoint"), top) {
+            (Some(m), Some(t)) if *m != t => {
+                bad.add(
+                    "endpoint",
+                    format!("{t:?} differs from metadata.endpoint {m:?}; keep one"),
+                );
+                ("metadata.endpoint", m.clone())
+            }
+            (Some(m), _) => ("metadata.endpoint", m.clone()),
+            (None, Some(t)) => ("endpoint", t),
+            (None, None) => ("metadata.endpoint", String::new()),
+        };
+        let parsed = bad.take(endpoint_field, parse_endpoint(&endpoint));
         let (required_keys, allow_other_keys) = match raw.metadata.get("response_contract_json") {
             None => (None, true),
             Some(text) => {
@@ -1077,7 +1306,7 @@ impl PluginManifest {
         // A failed endpoint parse is a finding, so `parsed` is there when nothing was found.
         let (host, port, target) = bad.finish(parsed)?.ok_or(ManifestError::Field {
             path: path.to_owned(),
-            field: "metadata.endpoint",
+            field: endpoint_field,
             message: "cannot be parsed".into(),
         })?;
         let allow_private_network = raw.sandbox.allow_private_network;
@@ -1093,7 +1322,7 @@ impl PluginManifest {
                 allow_other_keys,
                 allow_private_network,
             }),
-            catalog,
+            described,
         ))
     }
 
@@ -1101,7 +1330,7 @@ impl PluginManifest {
         path: &Path,
         raw: RawManifest,
         kind: ForeignKind,
-        catalog: Catalog,
+        described: (Catalog, Identity),
         mut bad: Findings<'_>,
     ) -> Result<Self, ManifestError> {
         let command = match raw.metadata.get("command").filter(|c| !c.is_empty()) {
@@ -1215,8 +1444,41 @@ impl PluginManifest {
                 net,
                 max_line_bytes,
             }),
-            catalog,
+            described,
         ))
+    }
+
+    /// The module as loongd hands it to a worker: read (see [`Self::read_module`]), a
+    /// WebAssembly module by its magic number, and of the sha256 the manifest pins, if any.
+    /// loongd's loader and `loongctl plugins doctor` both check a module this way.
+    pub fn read_checked_module(&self) -> Result<Vec<u8>, ManifestError> {
+        let module = self.read_module()?;
+        let field = |message: String| ManifestError::Field {
+            path: self.path.clone(),
+            field: "metadata.component",
+            message,
+        };
+        if !module.starts_with(WASM_MAGIC) {
+            return Err(field(format!(
+                "{} is not a WebAssembly module (its first bytes are not 00 61 73 6d)",
+                self.component.display()
+            )));
+        }
+        if let Some(expected) = &self.sha256 {
+            use sha2::Digest;
+            let actual = hex(&sha2::Sha256::digest(&module));
+            if &actual != expected {
+                return Err(ManifestError::Field {
+                    path: self.path.clone(),
+                    field: self.sha256_field,
+                    message: format!(
+                        "pins the module {} to sha256 {expected}, but its sha256 is {actual}; correct the pin or replace the module",
+                        self.component.display()
+                    ),
+                });
+            }
+        }
+        Ok(module)
     }
 
     /// Reads the module, at most one byte over its size cap (so that the worker reports the
@@ -1242,6 +1504,40 @@ impl PluginManifest {
         read_capped_lenient(&real, cap + 1)
     }
 }
+
+/// The checks every package gets, the same wherever it comes from: `loongctl plugins doctor`,
+/// loongd's install and its discovery (`plugins reload`, start) all call this one function, so
+/// a package one of them refuses the others refuse with the same message. It reads the
+/// manifest ([`PluginManifest::load_dir`]: `loong.plugin.json` or an embedded source manifest,
+/// every field, capabilities against the bridge's grants, the program and granted paths on
+/// this host) and, for a WASM plugin, the module ([`PluginManifest::read_checked_module`]: a
+/// WebAssembly module of the sha256 the manifest pins). What only loongd holds is checked by
+/// loongd after it: the package's directory name, its signature against the keyring, the
+/// operator's pins and address policy in loongd.toml, and the load in a worker.
+pub fn check_package(dir: &Path) -> Result<(PluginManifest, Option<Vec<u8>>), ManifestError> {
+    let m = PluginManifest::load_dir(dir)?;
+    let module = match m.bridge {
+        Bridge::Wasm => Some(m.read_checked_module()?),
+        Bridge::Foreign(_) | Bridge::Http(_) => None,
+    };
+    Ok((m, module))
+}
+
+/// The manifest text of a package as [`PluginManifest::load_dir`] finds it (its file, its
+/// JSON text and where it came from), for a reader that shows it (`plugins doctor`).
+pub fn find_manifest(dir: &Path) -> Result<(PathBuf, Vec<u8>, ManifestSource), ManifestError> {
+    source::find(dir).map(|f| (f.path, f.text, f.source))
+}
+
+/// The first bytes of every WebAssembly binary.
+pub const WASM_MAGIC: &[u8] = b"\0asm";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The version of an embedded source manifest that gives none (public Loong's default).
+pub const DEFAULT_EMBEDDED_VERSION: &str = "0.1.0";
 
 /// Longest endpoint URL.
 pub const MAX_ENDPOINT_BYTES: usize = 1024;

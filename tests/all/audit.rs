@@ -769,7 +769,7 @@ fn an_mcp_server_listing_many_long_tool_names_keeps_its_plugin_loaded_identity()
     std::fs::create_dir_all(&plugin).expect("plugin dir");
     let manifest = serde_json::json!({
         "api_version": "v1alpha1", "plugin_id": "many", "version": "0.1.0",
-        "summary": "many long tool names", "capabilities": [],
+        "summary": "many long tool names", "capabilities": ["filesystem_read"],
         "metadata": {"bridge_kind": "mcp_stdio", "command": "/usr/bin/python3",
             "args_json": serde_json::to_string(&[script.display().to_string()]).expect("args")},
         "sandbox": {"read": [dir.path().display().to_string()], "timeout_ms": 10000},

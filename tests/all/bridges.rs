@@ -43,12 +43,28 @@ fn write_file(path: &Path, body: &str, mode: u32) {
 }
 
 /// Installs a foreign-program plugin: `metadata` and `sandbox` are the objects' inner text.
+/// Its capabilities declare what its bridge and grants need (discovery refuses a manifest that
+/// does not, as install does).
 fn install_foreign(home: &Home, id: &str, metadata: &str, sandbox: &str) {
     let dir = home.path().join("plugins").join(id);
     fs::create_dir_all(&dir).expect("plugin dir");
+    let mut caps: Vec<&str> = Vec::new();
+    for (granted, cap) in [
+        (sandbox.contains(r#""read""#), "filesystem_read"),
+        (sandbox.contains(r#""write""#), "filesystem_write"),
+        (
+            sandbox.contains(r#""net""#) || metadata.contains("http_json"),
+            "network_egress",
+        ),
+    ] {
+        if granted {
+            caps.push(cap);
+        }
+    }
+    let caps = serde_json::to_string(&caps).expect("capabilities");
     let manifest = format!(
         r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "0.1.0",
-        "summary": "test {id}", "capabilities": [], "metadata": {{{metadata}}},
+        "summary": "test {id}", "capabilities": {caps}, "metadata": {{{metadata}}},
         "sandbox": {{{sandbox}}}}}"#
     );
     fs::write(dir.join("loong.plugin.json"), manifest).expect("manifest");
@@ -870,7 +886,7 @@ fn tool_search_covers_active_and_deferred_plugins_and_trusts_no_claim() {
         "api_version": "v1alpha1", "plugin_id": "lines", "version": "0.1.0",
         "summary": "answers JSON lines", "tags": ["echo", "json-lines"],
         "input_examples": [{"n": 1}], "output_examples": [{"echo": {"n": 1}}],
-        "trust_tier": "official", "defer_loading": true,
+        "trust_tier": "official", "defer_loading": true, "capabilities": ["filesystem_read"],
         "metadata": {"bridge_kind": "process_stdio", "command": "/usr/bin/python3",
             "args_json": serde_json::to_string(&[script.display().to_string()]).expect("args")},
         "sandbox": {"read": [dir_s]},

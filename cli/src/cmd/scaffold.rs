@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{anyhow, Context};
 use loong_ipc::package;
+use loong_profiles::plugin::{self, check_package, Bridge, ManifestSource, PluginManifest};
 
 use crate::{
     exit,
@@ -251,29 +252,25 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// `plugins doctor DIR`: what would stop this package, found without running any of it.
+/// `plugins doctor DIR`: what would stop this package, found without running any of it. The
+/// manifest and module checks are loongd's own ([`check_package`], which its install and
+/// discovery call too), so a package refused here is refused there with the same message.
 pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
     let mut problems: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    let manifest_path = dir.join("loong.plugin.json");
-    let manifest: Option<serde_json::Value> = match fs::read(&manifest_path) {
-        Err(e) => {
-            problems.push(format!("{}: {e}", manifest_path.display()));
-            None
-        }
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Err(e) => {
-                problems.push(format!("{}: not JSON: {e}", manifest_path.display()));
-                None
-            }
-            Ok(v) => Some(v),
-        },
-    };
     let mut warnings: Vec<String> = Vec::new();
-    if let Some(m) = &manifest {
-        check_manifest(dir, m, &mut problems, &mut notes);
-        control_characters(m, "", &mut warnings);
+    match check_package(dir) {
+        Err(e) => problems.extend(e.lines()),
+        Ok((m, module)) => describe(dir, &m, module.as_deref(), &mut notes),
     }
+    // What the found manifest's text says, shown escaped if it hides control characters.
+    if let Ok((_, text, _)) = plugin::find_manifest(dir) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
+            control_characters(&v, "", &mut warnings);
+        }
+    }
+    // What install's staging copy refuses in the tree itself, in its words.
+    problems.extend(package::tree_problems(dir).iter().map(|e| e.to_string()));
     match package::digest(dir) {
         Err(e) => problems.push(e.to_string()),
         Ok(d) => {
@@ -333,6 +330,57 @@ pub(crate) fn doctor(dir: &Path) -> Result<u8, Failure> {
     }
 }
 
+/// What a package that passed the checks will be, and what loongd alone decides about it.
+fn describe(dir: &Path, m: &PluginManifest, module: Option<&[u8]>, notes: &mut Vec<String>) {
+    match &m.source {
+        ManifestSource::Package => notes.push(format!("manifest {}", plugin::MANIFEST_FILE)),
+        ManifestSource::EmbeddedSource(file) => notes.push(format!(
+            "manifest embedded in {} (between {} and {}); a {} would take precedence",
+            file.display(),
+            plugin::START_MARKER,
+            plugin::END_MARKER,
+            plugin::MANIFEST_FILE
+        )),
+    }
+    let expected = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if m.plugin_id != expected {
+        notes.push(format!(
+            "plugin_id {:?} differs from the directory name {expected:?}: install places it in plugins/{}",
+            m.plugin_id, m.plugin_id
+        ));
+    }
+    if let Some(claimed) = m.catalog.claimed_trust {
+        notes.push(format!(
+            "trust_tier {:?} is a claim: the tier is what a signature in loongd's keyring proves, lowered to the claim, never raised by it",
+            claimed.as_str()
+        ));
+    }
+    match &m.bridge {
+        Bridge::Wasm => {
+            notes.push(format!(
+                "module {}: {} bytes{}",
+                m.component.display(),
+                module.map_or(0, <[u8]>::len),
+                if m.sha256.is_some() {
+                    format!(", matching the pin in {}", m.sha256_field)
+                } else {
+                    String::new()
+                }
+            ));
+            notes.push(
+                "loongd.toml may pin it too ([plugins.wasm_sha256], require_wasm_pin): loongd checks those at install and load".into(),
+            );
+        }
+        Bridge::Foreign(_) => {
+            notes.push("a bridge that runs native code: unsigned, it installs disabled".into())
+        }
+        Bridge::Http(h) => notes.push(format!(
+            "loongd resolves {} when it loads the connector and refuses a loopback, private or link-local address unless sandbox.allow_private_network or loongd.toml [plugins] private_endpoints allows it",
+            h.host
+        )),
+    }
+}
+
 /// The most control-character warnings `plugins doctor` lists for one manifest.
 const MAX_TEXT_WARNINGS: usize = 20;
 
@@ -368,131 +416,6 @@ fn control_characters(v: &serde_json::Value, at: &str, warnings: &mut Vec<String
             }
         }
         _ => {}
-    }
-}
-
-/// Every problem of a manifest that can be seen without loongd: all unknown fields, the
-/// bridge's required fields, and, on this host, the program and the granted paths.
-fn check_manifest(
-    dir: &Path,
-    m: &serde_json::Value,
-    problems: &mut Vec<String>,
-    notes: &mut Vec<String>,
-) {
-    let Some(obj) = m.as_object() else {
-        problems.push("the manifest must be a JSON object".into());
-        return;
-    };
-    for k in obj
-        .keys()
-        .filter(|k| !package::TOP_LEVEL_FIELDS.contains(&k.as_str()))
-    {
-        problems.push(format!("unknown field {k:?}"));
-    }
-    let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-    if text("api_version") != "v1alpha1" {
-        problems.push("api_version must be \"v1alpha1\"".into());
-    }
-    let expected = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    if text("plugin_id").is_empty() {
-        problems.push("plugin_id is missing".into());
-    } else if text("plugin_id") != expected {
-        notes.push(format!(
-            "plugin_id {:?} differs from the directory name {expected:?}: install places it in plugins/{}",
-            text("plugin_id"),
-            text("plugin_id")
-        ));
-    }
-    if text("version").is_empty() {
-        problems.push("version is missing".into());
-    }
-    let meta = obj.get("metadata").and_then(|v| v.as_object());
-    let get = |k: &str| {
-        meta.and_then(|m| m.get(k))
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let expand = |s: &str| s.replace("${PLUGIN_DIR}", &dir.display().to_string());
-    // Public Loong's capability spelling (`InvokeTool`) is accepted as well as ours, from the
-    // list loongd reads manifests with.
-    for c in obj
-        .get("capabilities")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-    {
-        match c.as_str().map(package::check_capability) {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => problems.push(e.to_string()),
-            None => problems.push(format!("capability {c}: give a name")),
-        }
-    }
-    use package::BridgeKind;
-    match package::bridge_kind(&get("bridge_kind")) {
-        Ok(BridgeKind::Wasm) => {
-            let component = get("component");
-            let module = dir.join(&component);
-            match fs::read(&module) {
-                Ok(b) if b.starts_with(b"\0asm") => {
-                    notes.push(format!("module {component}: {} bytes", b.len()))
-                }
-                Ok(_) => problems.push(format!("{component} is not a WebAssembly module")),
-                Err(e) => problems.push(format!("metadata.component {component:?}: {e}")),
-            }
-        }
-        Ok(BridgeKind::ProcessStdio | BridgeKind::McpStdio) => {
-            let command = expand(&get("command"));
-            let found = if command.starts_with('/') {
-                Path::new(&command).is_file()
-            } else {
-                ["/usr/local/bin", "/usr/bin", "/bin"]
-                    .iter()
-                    .any(|d| Path::new(d).join(&command).is_file())
-            };
-            if command.is_empty() {
-                problems.push("metadata.command is missing".into());
-            } else if !found {
-                problems.push(format!("metadata.command {command:?} is not on this host"));
-            }
-            let args = get("args_json");
-            if !args.is_empty() {
-                match serde_json::from_str::<Vec<String>>(&args) {
-                    Err(e) => problems.push(format!("metadata.args_json: {e}")),
-                    Ok(a) => {
-                        for arg in a.iter().filter(|a| a.contains("${PLUGIN_DIR}")) {
-                            let p = expand(arg);
-                            if !Path::new(&p).exists() {
-                                problems.push(format!("{arg} names {p}, which is not there"));
-                            }
-                        }
-                    }
-                }
-            }
-            notes.push("a bridge that runs native code: unsigned, it installs disabled".into());
-        }
-        Ok(BridgeKind::HttpJson) => {
-            let e = get("endpoint");
-            if !e.starts_with("http://") {
-                problems.push(format!("metadata.endpoint {e:?}: give an http:// URL"));
-            }
-        }
-        Err(e) => problems.push(format!("metadata.{e}")),
-    }
-    if let Some(sb) = obj.get("sandbox").and_then(|v| v.as_object()) {
-        for key in ["read", "write"] {
-            for p in sb
-                .get(key)
-                .and_then(|v| v.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-            {
-                if !Path::new(p).exists() {
-                    problems.push(format!("sandbox.{key} grants {p}, which does not exist"));
-                }
-            }
-        }
     }
 }
 
@@ -621,12 +544,15 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
         .map(|e| e.path())
         .collect();
     let manifest = "loong.plugin.json";
+    // A manifest is found as install finds it: loong.plugin.json, or a source file embedding
+    // one (public Loong's examples are a single such file), or an OpenClaw manifest (which
+    // install then refuses by name).
     let dir = match top.as_slice() {
-        _ if root.join(manifest).is_file() => root.clone(),
-        [only] if only.is_dir() && only.join(manifest).is_file() => only.clone(),
+        _ if plugin::holds_manifest(&root) => root.clone(),
+        [only] if only.is_dir() && plugin::holds_manifest(only) => only.clone(),
         [only] if only.is_dir() => {
             return Err(usage(format!(
-            "{}: its one top-level directory {}/ holds no {manifest}; an archive holds one package",
+            "{}: its one top-level directory {}/ holds no {manifest} (nor a source file embedding a manifest); an archive holds one package",
             archive.display(),
             package::shown(&only.file_name().unwrap_or_default().to_string_lossy())
         )))
@@ -663,15 +589,22 @@ mod tests {
         ));
         fs::create_dir_all(&dir).expect("dir");
         fs::write(dir.join("p.wasm"), b"\0asm\x01\0\0\0").expect("module");
+        let endpoint = if kind.trim().to_ascii_lowercase().starts_with("http") {
+            r#", "endpoint": "http://127.0.0.1:8080/h""#
+        } else {
+            ""
+        };
         let text = format!(
             r#"{{"api_version": "v1alpha1", "plugin_id": "p", "version": "1",
             "capabilities": [{caps}],
             "metadata": {{"bridge_kind": "{kind}", "component": "p.wasm",
-                "command": "/bin/sh", "endpoint": "http://127.0.0.1:8080/h"}}}}"#
+                "command": "/bin/sh"{endpoint}}}}}"#
         );
-        let m: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let (mut problems, mut notes) = (Vec::new(), Vec::new());
-        check_manifest(&dir, &m, &mut problems, &mut notes);
+        fs::write(dir.join("loong.plugin.json"), text).expect("manifest");
+        let problems = match check_package(&dir) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.lines(),
+        };
         let _ = fs::remove_dir_all(&dir);
         problems
     }

@@ -186,17 +186,9 @@ async fn stage_and_switch(
     let record = |kind, detail| event(kind, cred, io, detail);
     let manifest = loong_profiles::plugin::PluginManifest::load_dir(staging)
         .map_err(|e| bad(e.to_string()))?;
-    // The static scan: capabilities against what the bridge needs, high-risk keywords.
-    let text = std::fs::read_to_string(staging.join(loong_profiles::plugin::MANIFEST_FILE))
-        .unwrap_or_default();
-    let scan = plugins::scan(&manifest, &text);
-    if !scan.problems.is_empty() {
-        return Err(bad(format!(
-            "{}: {}",
-            manifest.plugin_id,
-            scan.problems.join("; ")
-        )));
-    }
+    // The high-risk keywords of the manifest's text. What refuses a package is checked by
+    // `load_dir` above and `plugins::read_package` below, as discovery and doctor check it.
+    let scan = plugins::scan(&manifest);
     let id = manifest.plugin_id.clone();
     let current = kernel.plugins_snapshot().get(&id).cloned();
     if upgrade_only && current.is_none() {

@@ -58,11 +58,6 @@ const DEFS: [Def; 5] = [
     },
 ];
 
-/// Whether `id` names a built-in tool.
-pub(crate) fn is_builtin(id: &str) -> bool {
-    DEFS.iter().any(|d| d.tool == id)
-}
-
 /// The built-in tools `cfg` grants something to.
 pub(crate) fn entries(cfg: &BuiltinsConfig) -> Vec<Plugin> {
     DEFS.iter().filter_map(|d| entry(d, cfg)).collect()
@@ -178,4 +173,15 @@ fn fetch_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
         pool: None,
     };
     described(d, state)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The names a plugin id may not take (checked by the manifest parser, which loongd and
+    /// `loongctl plugins doctor` share) are exactly the built-in tools.
+    #[test]
+    fn the_shared_list_of_built_in_names_is_the_built_in_tools() {
+        let tools: Vec<&str> = super::DEFS.iter().map(|d| d.tool).collect();
+        assert_eq!(tools, loong_ipc::package::BUILTIN_TOOLS);
+    }
 }

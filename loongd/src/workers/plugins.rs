@@ -20,9 +20,7 @@ use std::{
 };
 
 use loong_ipc::{HttpSpec, PeerProtocol, PeerSpec, PluginView, WasmPlugin};
-use loong_profiles::plugin::{
-    Bridge, Catalog, ForeignKind, PluginManifest, TrustTier, MANIFEST_FILE,
-};
+use loong_profiles::plugin::{Bridge, Catalog, ForeignKind, PluginManifest, TrustTier};
 
 use sha2::{Digest, Sha256};
 
@@ -220,73 +218,20 @@ pub(crate) fn runs_native_code(bridge_kind: &str) -> bool {
         || bridge_kind == ForeignKind::McpStdio.as_str()
 }
 
-/// Words in a manifest's summary or metadata that mark a plugin high-risk (public Loong's
-/// `high_risk_metadata_keywords`): an unverified high-risk plugin is installed disabled.
-pub const HIGH_RISK_KEYWORDS: &[&str] = &[
-    "sudo",
-    "rm -rf",
-    "| sh",
-    "|sh",
-    "curl ",
-    "wget ",
-    "base64 -d",
-    "chmod 777",
-    "/etc/shadow",
-    "nc -e",
-    "eval ",
-    "--privileged",
-    "docker.sock",
-];
-
-/// What a static scan of a manifest found: problems that refuse an install, and findings
-/// (high-risk keywords) that keep an unverified plugin disabled.
+/// What the install's scan adds to the checks every load makes: the findings (high-risk
+/// keywords, found by the parser in the manifest's text, embedded in a source file or not)
+/// that keep an unverified plugin disabled. It refuses nothing: every refusal is the
+/// manifest parser's, which discovery and `loongctl plugins doctor` share.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
-    pub problems: Vec<String>,
     pub findings: Vec<String>,
 }
 
-/// Scans a manifest without running anything: capabilities it declares against what its
-/// bridge needs, unknown capability names, and high-risk keywords.
-pub(crate) fn scan(m: &PluginManifest, raw_text: &str) -> Scan {
-    let mut scan = Scan::default();
-    for c in m
-        .capabilities
-        .iter()
-        .filter_map(|c| loong_ipc::package::check_capability(c).err())
-    {
-        scan.problems.push(c.to_string());
+/// The install's scan of a parsed manifest.
+pub(crate) fn scan(m: &PluginManifest) -> Scan {
+    Scan {
+        findings: m.high_risk.clone(),
     }
-    let mut needs: Vec<(&str, &str)> = Vec::new();
-    match &m.bridge {
-        Bridge::Http(_) => needs.push(("network_egress", "it posts to an endpoint")),
-        Bridge::Foreign(f) => {
-            if !f.net.is_empty() {
-                needs.push(("network_egress", "it is granted sandbox.net"));
-            }
-            if !f.write.is_empty() {
-                needs.push(("filesystem_write", "it is granted sandbox.write"));
-            }
-            if !f.read.is_empty() {
-                needs.push(("filesystem_read", "it is granted sandbox.read"));
-            }
-        }
-        Bridge::Wasm => {}
-    }
-    for (cap, why) in needs {
-        if !m.capabilities.iter().any(|c| c == cap) {
-            scan.problems.push(format!(
-                "capabilities must declare {cap:?} because {why}, so that operators see it"
-            ));
-        }
-    }
-    let lower = raw_text.to_ascii_lowercase();
-    for k in HIGH_RISK_KEYWORDS {
-        if lower.contains(k) {
-            scan.findings.push(format!("high-risk keyword {k:?}"));
-        }
-    }
-    scan
 }
 
 /// Reads one package directory: manifest, signature, lock entry.
@@ -325,21 +270,19 @@ pub(crate) fn read_package(
             ));
         }
     }
-    let m = match PluginManifest::load_dir(dir) {
+    // The checks `loongctl plugins doctor` makes too (one library function), then loongd's
+    // own: the directory name, the keyring, the operator's pins and address policy.
+    let (mut m, module) = match loong_profiles::plugin::check_package(dir) {
         Err(e) => return failed(e.to_string()),
-        Ok(m) => m,
+        Ok(checked) => checked,
     };
-    if super::builtins::is_builtin(&m.plugin_id) {
-        return failed(format!(
-            "{}: plugin_id {:?} is the name of a built-in tool; choose another",
-            dir.join(MANIFEST_FILE).display(),
-            m.plugin_id
-        ));
+    if let Bridge::Http(h) = &mut m.bridge {
+        h.allow_private_network |= pins.private_endpoints.contains(&m.plugin_id);
     }
     if m.plugin_id != name {
         return failed(format!(
             "{}: plugin_id {:?} does not match its directory {name:?}; rename one",
-            dir.join(MANIFEST_FILE).display(),
+            m.path.display(),
             m.plugin_id
         ));
     }
@@ -348,7 +291,7 @@ pub(crate) fn read_package(
         Ok(s) => s,
     };
     let manifest = m.path.clone();
-    let mut p = match ready(m) {
+    let mut p = match ready(m, module) {
         Ok(p) => p,
         Err(why) => return failed(why),
     };
@@ -443,11 +386,11 @@ pub(crate) fn refuse_slot_conflicts(plugins: &mut [Plugin]) {
     }
 }
 
-fn ready(m: PluginManifest) -> Result<Plugin, String> {
+fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
     let (bridge_kind, wire, kind) = match &m.bridge {
         Bridge::Wasm => {
-            let module = m.read_module().map_err(|e| e.to_string())?;
-            check_pin(&m, &module)?;
+            // `check_package` read and checked it (magic number, the manifest's pin).
+            let module = module.ok_or_else(|| format!("{}: no module read", m.path.display()))?;
             ("wasm", Wire::Wasm(wire(m.clone(), module)), None)
         }
         Bridge::Foreign(f) => {
@@ -542,25 +485,6 @@ fn ready(m: PluginManifest) -> Result<Plugin, String> {
             pool: None,
         },
     })
-}
-
-/// A pinned module (`metadata.component_sha256` or its `_pin`/`_hex` spellings,
-/// `sandbox.sha256`; normalised when the manifest was parsed) must have that sha256; checked
-/// here, before any worker sees the bytes.
-fn check_pin(m: &PluginManifest, module: &[u8]) -> Result<(), String> {
-    let Some(expected) = &m.sha256 else {
-        return Ok(());
-    };
-    let actual = hex::encode(Sha256::digest(module));
-    if &actual == expected {
-        return Ok(());
-    }
-    Err(format!(
-        "{}: {} pins the module {} to sha256 {expected}, but its sha256 is {actual}; correct the pin or replace the module",
-        m.path.display(),
-        m.sha256_field,
-        m.component.display(),
-    ))
 }
 
 /// The operator's pins (`[plugins]` in loongd.toml) for a ready WASM plugin, checked before

@@ -402,6 +402,27 @@ fn is_link_or_mount(errno: i32) -> bool {
 mod tests {
     use super::*;
 
+    /// `loongctl plugins doctor` finds these in a tree with `loong_ipc::package::tree_problems`
+    /// and must say what the staging copy says.
+    #[test]
+    fn doctor_words_the_tree_refusals_as_the_staging_copy_does() {
+        use loong_ipc::package::TreeError;
+        let p = "sub/a.txt".to_string();
+        for (ours, doctors) in [
+            (
+                StageError::HardLink(p.clone()),
+                TreeError::HardLink(p.clone()),
+            ),
+            (
+                StageError::NotRegular(p.clone()),
+                TreeError::NotRegular(p.clone()),
+            ),
+            (StageError::Empty(p.clone()), TreeError::Empty(p.clone())),
+        ] {
+            assert_eq!(ours.to_string(), doctors.to_string());
+        }
+    }
+
     const ROOT: Reader = Reader { uid: 0, gid: 0 };
 
     fn package() -> tempfile::TempDir {

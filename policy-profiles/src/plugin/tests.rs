@@ -143,9 +143,15 @@ fn public_loongs_capability_spelling_and_bridge_aliases_read_as_ours() {
         parsed(r#""fs.read", "fs.write""#, "wasm", wasm),
         parsed(r#""filesystem_read", "filesystem_write""#, "wasm", wasm)
     );
-    // A name that is neither spelling is kept as given (loongd's scan refuses it).
-    let kept = parsed(r#""invokeConnector""#, "wasm", wasm);
-    assert!(kept.contains(r#"["invokeConnector"]"#), "{kept}");
+    // A name that is neither spelling is refused by the parser, naming it (so discovery,
+    // install and doctor, which all parse, refuse it alike).
+    let text = manifest(r#""invokeConnector""#, "wasm", wasm);
+    let err = PluginManifest::parse(&path, text.as_bytes()).expect_err("unknown capability");
+    assert!(
+        err.to_string()
+            .contains(r#"capabilities: capability "invokeConnector" is unknown"#),
+        "{err}"
+    );
     // The kinds public Loong names but this kernel does not run are refused by name.
     for label in [
         "native_ffi",
@@ -179,6 +185,7 @@ fn foreign_manifests_are_validated() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join(MANIFEST_FILE);
     let good = r#"{"api_version": "v1alpha1", "plugin_id": "lines", "version": "1",
+        "capabilities": ["filesystem_read", "network_egress"],
         "metadata": {"bridge_kind": "process_stdio", "command": "sh",
             "args_json": "[\"-c\", \"cat\"]"},
         "sandbox": {"read": ["/usr/share"], "net": ["127.0.0.1:8080"], "timeout_ms": 500}}"#;
@@ -275,6 +282,7 @@ fn foreign_manifests_are_validated() {
     let http = |endpoint: &str, sandbox: &str| {
         format!(
             r#"{{"api_version": "v1alpha1", "plugin_id": "hook", "version": "1",
+            "capabilities": ["network_egress"],
             "metadata": {{"bridge_kind": "http_json", "endpoint": "{endpoint}",
             "response_contract_json": "{{\"required\": [\"ok\"]}}"}},
             "sandbox": {{{sandbox}}}}}"#
@@ -771,4 +779,128 @@ fn public_loongs_other_metadata_pins_are_honoured() {
         let err = parse(stdio).expect_err("refused").to_string();
         assert!(err.contains(field), "{err}");
     }
+}
+#[test]
+fn public_loongs_identity_fields_are_read_with_its_defaults_and_the_top_level_endpoint_serves_http()
+{
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join(MANIFEST_FILE);
+    let parse = |extra: &str, metadata: &str| {
+        let text = format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "wa", "version": "0.1.0",
+            "capabilities": ["InvokeConnector", "NetworkEgress"], {extra}
+            "metadata": {{"bridge_kind": "http_json"{metadata}}}}}"#
+        );
+        PluginManifest::parse(&path, text.as_bytes())
+    };
+    // Upstream's shape: the URL at the top level only.
+    let m = parse(
+        r#""provider_id": "wa-bridge", "connector_name": "wa-http", "channel_id": "wa",
+        "endpoint": "http://127.0.0.1:39731/bridge","#,
+        "",
+    )
+    .expect("the top-level endpoint serves an http_json connector");
+    let Bridge::Http(h) = &m.bridge else {
+        panic!("http: {:?}", m.bridge)
+    };
+    assert_eq!(
+        (h.host.as_str(), h.port, h.path.as_str()),
+        ("127.0.0.1", 39731, "/bridge")
+    );
+    assert_eq!(
+        m.identity,
+        Identity {
+            provider_id: "wa-bridge".into(),
+            connector_name: "wa-http".into(),
+            channel_id: Some("wa".into()),
+            endpoint: Some("http://127.0.0.1:39731/bridge".into()),
+        }
+    );
+    // Ours: metadata.endpoint; the identity defaults to the plugin id.
+    let m = parse("", r#", "endpoint": "http://127.0.0.1:9/h""#).expect("ours");
+    assert_eq!(m.identity.provider_id, "wa");
+    assert_eq!(m.identity.connector_name, "wa");
+    assert_eq!(m.identity.channel_id, None);
+    // Both, agreeing: fine; differing: refused naming both.
+    parse(
+        r#""endpoint": "http://127.0.0.1:9/h","#,
+        r#", "endpoint": "http://127.0.0.1:9/h""#,
+    )
+    .expect("agreeing endpoints");
+    let err = parse(
+        r#""endpoint": "http://127.0.0.1:9/a","#,
+        r#", "endpoint": "http://127.0.0.1:9/h""#,
+    )
+    .expect_err("two endpoints");
+    assert!(
+        err.to_string()
+            .contains("endpoint: \"http://127.0.0.1:9/a\" differs from metadata.endpoint"),
+        "{err}"
+    );
+    // Neither: the connector has nowhere to post.
+    let err = parse("", "").expect_err("no endpoint");
+    assert!(
+        err.to_string().contains("metadata.endpoint: missing"),
+        "{err}"
+    );
+    // A bad identity field is named; a non-string is a type error.
+    for (extra, want) in [
+        (r#""provider_id": "","#, "provider_id: give 1 to"),
+        (r#""channel_id": "a\nb","#, "channel_id: give 1 to"),
+        (r#""connector_name": 7,"#, "connector_name must be a string"),
+    ] {
+        let err = parse(extra, r#", "endpoint": "http://127.0.0.1:9/h""#).expect_err(extra);
+        assert!(err.to_string().contains(want), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn a_built_in_name_two_versions_that_disagree_and_a_module_that_is_not_one_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let write = |id: &str, version_meta: &str, module: &[u8], pin: &str| {
+        std::fs::write(tmp.path().join("p.wasm"), module).expect("module");
+        let text = format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "1.0.0",
+            "metadata": {{"bridge_kind": "wasm", "component": "p.wasm"{version_meta}{pin}}}}}"#
+        );
+        std::fs::write(tmp.path().join(MANIFEST_FILE), text).expect("manifest");
+        check_package(tmp.path())
+    };
+    let module = b"\0asm\x01\0\0\0";
+    // Positive control.
+    let (m, read) = write("ok", "", module, "").expect("a good package");
+    assert_eq!(read.as_deref(), Some(&module[..]));
+    assert_eq!(m.source, ManifestSource::Package);
+    let err = write("file.read", "", module, "").expect_err("built-in");
+    assert!(
+        err.to_string()
+            .contains("plugin_id: \"file.read\" is the name of a built-in tool"),
+        "{err}"
+    );
+    write("ok", r#", "version": "1.0.0""#, module, "").expect("the same version");
+    let err = write("ok", r#", "version": "2.0.0""#, module, "").expect_err("two versions");
+    assert!(
+        err.to_string()
+            .contains("metadata.version: \"2.0.0\" differs from version \"1.0.0\""),
+        "{err}"
+    );
+    let err = write("ok", "", b"MZ not wasm", "").expect_err("not wasm");
+    assert!(
+        err.to_string().contains("is not a WebAssembly module"),
+        "{err}"
+    );
+    // The manifest's pin is checked against the module by the same function.
+    let digest = {
+        use sha2::Digest;
+        super::hex(&sha2::Sha256::digest(module))
+    };
+    let pin = |d: &str| format!(r#", "component_sha256": "sha256:{d}""#);
+    write("ok", "", module, &pin(&digest.to_uppercase())).expect("a matching pin");
+    let err = write("ok", "", module, &pin(&"0".repeat(64))).expect_err("a wrong pin");
+    let text = err.to_string();
+    assert!(
+        text.contains("metadata.component_sha256: pins the module")
+            && text.contains(&format!("but its sha256 is {digest}")),
+        "{text}"
+    );
 }

@@ -1,0 +1,2 @@
+// LOONG_PLUGIN_START
+// {"plugin_id": "x",
