@@ -118,7 +118,9 @@ fn guest_config(raw: &RawManifest, bad: &mut Findings) -> BTreeMap<String, Strin
             continue;
         }
         let Some(value) = value else { continue };
-        if config.contains_key(key) {
+        // Against the manifest's own `sandbox.config`: a key listed twice resolves to the
+        // same value twice (public Loong's allowlist is a set) and is not a conflict.
+        if raw.sandbox.config.contains_key(key) {
             bad.add(
                 "sandbox.config",
                 format!("{key:?} is also read from the manifest's metadata; remove one"),

@@ -904,3 +904,35 @@ fn a_built_in_name_two_versions_that_disagree_and_a_module_that_is_not_one_are_r
         "{text}"
     );
 }
+
+/// A guest-readable key listed twice is one key, as in public Loong (its allowlist is a
+/// set): the second listing resolves to the same value and is not refused as set both in
+/// `sandbox.config` and from `metadata`. Control: a key that `sandbox.config` really sets
+/// as well is still refused naming `sandbox.config`.
+#[test]
+fn a_guest_readable_key_listed_twice_is_one_key() {
+    let path = Path::new("/p/loong.plugin.json");
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    let twice = r#""guest_readable_config_keys": ["provider.region", "provider.region",
+        "channel.source_plugin", "channel.source_plugin"],"#;
+    let m = parse(upstream_wasm(
+        r#""channel_id": "c","#,
+        r#""region": "r","#,
+        twice,
+    ))
+    .expect("a key listed twice parses");
+    assert_eq!(
+        m.config.get("provider.region").map(String::as_str),
+        Some("r")
+    );
+    assert_eq!(
+        m.config.get("channel.source_plugin").map(String::as_str),
+        Some("p")
+    );
+    let both = r#""guest_readable_config_keys": ["provider.region"],
+        "config": {"provider.region": "s"},"#;
+    let err = parse(upstream_wasm("", r#""region": "r","#, both))
+        .expect_err("set twice")
+        .to_string();
+    assert!(err.contains("sandbox.config"), "{err}");
+}

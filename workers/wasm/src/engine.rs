@@ -589,8 +589,14 @@ impl LoadedPlugin {
             return Ok(Arc::from(input));
         };
         // Checked as JSON (without building it) so that the envelope is JSON too; spliced
-        // as given, so the guest reads the caller's bytes.
-        serde_json::from_slice::<serde::de::IgnoredAny>(input).map_err(|e| {
+        // as given, so the guest reads the caller's bytes. UTF-8 is checked first and whole:
+        // serde_json skips a string it ignores without decoding it, so bytes that are not
+        // UTF-8 (an overlong `"` a lenient guest decoder would read as a quote, ending the
+        // payload early and adding top-level keys after it) would reach the guest.
+        let text = std::str::from_utf8(input).map_err(|e| InvokeError::InputNotJson {
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
             InvokeError::InputNotJson {
                 reason: e.to_string(),
             }

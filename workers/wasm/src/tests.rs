@@ -679,3 +679,51 @@ fn the_request_envelope_wraps_the_callers_input() {
         json!("x".repeat(crate::MAX_INPUT_BYTES - 2))
     );
 }
+
+/// The envelope is always JSON: a caller's input that is not exactly one JSON value in UTF-8
+/// never reaches the guest. serde_json skips a string it ignores without decoding it, so bytes
+/// that are not UTF-8 inside a string passed the check; a guest with a lenient decoder would
+/// read an overlong `"` (`C0 A2`) as a quote, end the payload early and see top-level keys the
+/// caller wrote after it (a second `provider_id`). Control: the same shapes in valid UTF-8.
+#[test]
+fn the_envelope_holds_only_one_utf8_json_value() {
+    let echo_wat = std::fs::read_to_string(examples_dir().join("echo/plugin.wat")).expect("wat");
+    let mut s = spec("enveloped-utf8", &echo_wat);
+    s.envelope = Some(crate::RequestEnvelope {
+        provider_id: "p".into(),
+        channel_id: Some("c\u{1}\"".into()),
+    });
+    let p = engine().load(s).expect("loads");
+    let refused: &[&[u8]] = &[
+        // One JSON string to a skipping parser; to a decoder that reads C0 A2 as `"`:
+        // `"", "provider_id": "evil", "x": ""`, which overrides the envelope's provider_id.
+        b"\"\xc0\xa2,\xc0\xa2provider_id\xc0\xa2:\xc0\xa2evil\xc0\xa2,\xc0\xa2x\xc0\xa2:\"",
+        b"\"\xff\xfe\"",
+        b"{\"\xc3\":1}",
+        b"\xef\xbb\xbf{}",
+        b"{} {}",
+        b"{},",
+        b"{}}{",
+        b"{\"a\":[}",
+        b"{}\0",
+        "{}\u{a0}".as_bytes(),
+    ];
+    for input in refused {
+        match p.invoke(input) {
+            Err(InvokeError::InputNotJson { .. }) => {}
+            other => panic!(
+                "{:?} must be refused as not JSON, got {other:?}",
+                input.escape_ascii().to_string()
+            ),
+        }
+    }
+    let out = p
+        .invoke(" {\"\u{e9}\":\"\u{1F600}\",\"a\":1,\"a\":2}\n".as_bytes())
+        .expect("valid UTF-8 JSON is enveloped");
+    assert_eq!(out.output["provider_id"], json!("p"));
+    assert_eq!(out.output["channel_id"], json!("c\u{1}\""));
+    assert_eq!(
+        out.output["payload"],
+        json!({"\u{e9}": "\u{1F600}", "a": 2})
+    );
+}
