@@ -138,6 +138,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                 ErrorKind::SandboxUnavailable => exit::SANDBOX_UNAVAILABLE,
                 ErrorKind::WorkerFailed => exit::WORKER_FAILED,
                 ErrorKind::BadRequest => exit::USAGE,
+                ErrorKind::BudgetExceeded => exit::BUDGET_EXCEEDED,
                 _ => exit::UNEXPECTED,
             },
             _ => exit::UNEXPECTED,

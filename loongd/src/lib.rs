@@ -8,7 +8,10 @@ pub mod audit;
 pub mod authority;
 pub mod config;
 mod control;
+mod effects;
 pub mod home;
+mod registry;
+mod request;
 mod sandbox;
 mod workers;
 
@@ -401,11 +404,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         tokio::spawn(workers::health_loop(kernel.workers.clone()));
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
-        control::tools_api::reload(&kernel).await;
+        registry::reload(&kernel).await;
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
-        for pool in control::tools_api::own_pools(&kernel.plugins_snapshot(), &kernel) {
+        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {
             pool.shutdown();
             pool.reap_idle().await;
         }

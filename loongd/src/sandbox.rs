@@ -24,7 +24,8 @@ use tracing::Instrument;
 
 use crate::{
     audit::Kind,
-    control::{RequestIo, StopCause, StopCell},
+    effects::{self, Actor, Effect},
+    request::{RequestIo, StopCause, StopCell},
     Kernel,
 };
 
@@ -177,7 +178,6 @@ async fn authorize(
     cred: &UCred,
     io: &RequestIo,
 ) -> Result<DecidedGrants, RemoteError> {
-    use crate::control::authority_api;
     use loong_profiles::pack::Capability;
     // What is decided (and shown to an approver) is the program and its arguments: a variable
     // that makes it run other code (LD_PRELOAD of a library in a granted directory) or another
@@ -188,9 +188,11 @@ async fn authorize(
         .iter()
         .find(|(name, _)| crate::authority::shell::is_exec_variable(name))
     {
-        return Err(RemoteError::new(
-            ErrorKind::Denied,
-            format!("--env {name}: a variable that changes which program runs, or makes it run other code, is not passed into a sandbox"),
+        return Err(effects::denied(
+            loong_ipc::DenialStage::Request,
+            Capability::ProcessExec,
+            &req.program,
+            &format!("--env {name}: a variable that changes which program runs, or makes it run other code, is not passed into a sandbox"),
         ));
     }
     let argv: Vec<String> = std::iter::once(req.program.clone())
@@ -221,22 +223,20 @@ async fn authorize(
     let mut token = None;
     let mut decided = DecidedGrants::default();
     let argv_all = argv.clone();
+    let actor = Actor::operator(
+        cred.uid(),
+        req.token.as_ref().map(loong_ipc::BearerSecret::expose),
+        io,
+    );
     for (cap, target, argv) in &checks {
-        let effect = authority_api::Effect {
+        let effect = Effect {
             cap: *cap,
             target,
             command: argv.map(crate::authority::shell::CommandLine::Argv),
             call: None,
             run: Some(&argv_all),
         };
-        let allowed = authority_api::authorize(
-            kernel,
-            cred,
-            io,
-            req.token.as_ref().map(loong_ipc::BearerSecret::expose),
-            &effect,
-        )
-        .await?;
+        let allowed = effects::authorize(kernel, &actor, &effect).await?;
         token = allowed.token;
         let into = match cap {
             Capability::FsRead => &mut decided.read,
@@ -244,17 +244,18 @@ async fn authorize(
             _ => continue,
         };
         let file = allowed.file.ok_or_else(|| {
-            RemoteError::new(
-                ErrorKind::Denied,
-                format!("{cap} on {target}: the path could not be resolved to one the grants cover; give a plain absolute path"),
+            effects::denied(
+                loong_ipc::DenialStage::Request,
+                cap,
+                target,
+                "the path could not be resolved to one the grants cover; give a plain absolute path",
             )
         })?;
         into.push(file.path);
     }
-    authority_api::recheck(
+    effects::recheck(
         kernel,
-        cred,
-        io,
+        &actor,
         token.as_deref(),
         Capability::ProcessExec,
         &req.program,

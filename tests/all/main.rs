@@ -12,6 +12,7 @@ mod daemon_lifecycle;
 mod file_binding;
 mod keys;
 mod lists;
+mod outcomes;
 mod package_checks;
 mod package_copy;
 mod revocation;

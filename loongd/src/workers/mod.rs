@@ -34,8 +34,9 @@ use loong_ipc::{
     connection::{handshake_as_caller, FrameReader, FrameWriter},
     frame::FrameLimit,
     message::worker::WORKER_MAX_FRAME_BYTES,
-    BuiltinSpec, Call, CallOutput, Hello, HttpSpec, PeerKind, PeerSpec, PluginFailure, RemoteError,
-    Reply, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerView,
+    BuiltinSpec, Call, CallOutput, FailureClass, Hello, HttpSpec, PeerKind, PeerSpec,
+    PluginFailure, RemoteError, Reply, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse,
+    WorkerView,
 };
 use loong_sandbox::{
     Child, KernelOverrides, Killer, Limits, NetGrant, SandboxSpec, Spawner, StdioSpec, Tier,
@@ -100,14 +101,37 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call did not produce an output.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
     /// The plugin failed (refused at load, trapped, timed out, …); its worker is fine.
+    #[error("{}: {}", .0.kind.name(), .0.message)]
     Plugin(PluginFailure),
-    /// The worker failed (died, overran the deadline, broke the protocol) and was retired.
-    Worker(String),
+    /// The worker failed (died, overran the deadline, broke the protocol: the class says
+    /// which) and was retired.
+    #[error("{1}")]
+    Worker(FailureClass, String),
     /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    #[error("{0}")]
     Unavailable(String),
+}
+
+impl CallError {
+    /// The failure's class, as the caller is answered and `tool.failed` records it.
+    pub(crate) fn class(&self) -> FailureClass {
+        match self {
+            CallError::Plugin(f) => FailureClass::Plugin(f.kind),
+            CallError::Worker(class, _) => *class,
+            CallError::Unavailable(_) => FailureClass::Unavailable,
+        }
+    }
+
+    /// What happened, for people (the class is not repeated).
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            CallError::Plugin(f) => &f.message,
+            CallError::Worker(_, why) | CallError::Unavailable(why) => why,
+        }
+    }
 }
 
 /// A finished call: what the worker answered and which worker it was.
@@ -322,17 +346,26 @@ struct Worker {
 }
 
 /// Why a request to a worker failed (the worker is retired for each).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum WorkerFault {
+    /// No answer within the deadline.
+    #[error("no answer within {} ms", .0.as_millis())]
     Deadline(Duration),
-    Broken(String),
+    /// The socket failed or closed: the worker died or is dying.
+    #[error("{0}")]
+    Died(String),
+    /// The worker answered with something it must not (an unexpected frame, an answer out of
+    /// bounds).
+    #[error("{0}")]
+    Protocol(String),
 }
 
-impl std::fmt::Display for WorkerFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl WorkerFault {
+    fn class(&self) -> FailureClass {
         match self {
-            WorkerFault::Deadline(d) => write!(f, "no answer within {} ms", d.as_millis()),
-            WorkerFault::Broken(why) => f.write_str(why),
+            WorkerFault::Deadline(_) => FailureClass::WorkerDeadline,
+            WorkerFault::Died(_) => FailureClass::WorkerDied,
+            WorkerFault::Protocol(_) => FailureClass::WorkerProtocol,
         }
     }
 }
@@ -355,21 +388,21 @@ impl Worker {
         self.writer
             .write(&call)
             .await
-            .map_err(|e| WorkerFault::Broken(format!("sending the request: {e}")))?;
+            .map_err(|e| WorkerFault::Died(format!("sending the request: {e}")))?;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let reply = tokio::time::timeout(left, self.reader.read::<Reply<WorkerResponse>>(None))
                 .await
                 .map_err(|_| WorkerFault::Deadline(deadline))?
-                .map_err(|e| WorkerFault::Broken(format!("reading the answer: {e}")))?
-                .ok_or_else(|| WorkerFault::Broken("the worker closed its socket".into()))?;
+                .map_err(|e| WorkerFault::Died(format!("reading the answer: {e}")))?
+                .ok_or_else(|| WorkerFault::Died("the worker closed its socket".into()))?;
             match reply {
                 Reply::Response { id: got, result } if got == id => {
-                    return result.map_err(|e| WorkerFault::Broken(format!("worker error: {e}")))
+                    return result.map_err(|e| WorkerFault::Protocol(format!("worker error: {e}")))
                 }
                 Reply::Pong { .. } => continue,
                 other => {
-                    return Err(WorkerFault::Broken(format!(
+                    return Err(WorkerFault::Protocol(format!(
                         "unexpected frame from the worker: {}",
                         frame_name(&other)
                     )))
@@ -384,21 +417,21 @@ impl Worker {
         self.writer
             .write(&Call::<WorkerRequest>::Ping { nonce })
             .await
-            .map_err(|e| WorkerFault::Broken(format!("sending a ping: {e}")))?;
+            .map_err(|e| WorkerFault::Died(format!("sending a ping: {e}")))?;
         let reply = tokio::time::timeout(
             PING_TIMEOUT,
             self.reader.read::<Reply<WorkerResponse>>(None),
         )
         .await
         .map_err(|_| WorkerFault::Deadline(PING_TIMEOUT))?
-        .map_err(|e| WorkerFault::Broken(format!("reading a pong: {e}")))?;
+        .map_err(|e| WorkerFault::Died(format!("reading a pong: {e}")))?;
         match reply {
             Some(Reply::Pong { nonce: n }) if n == nonce => Ok(()),
-            Some(other) => Err(WorkerFault::Broken(format!(
+            Some(other) => Err(WorkerFault::Protocol(format!(
                 "unexpected frame for a ping: {}",
                 frame_name(&other)
             ))),
-            None => Err(WorkerFault::Broken("the worker closed its socket".into())),
+            None => Err(WorkerFault::Died("the worker closed its socket".into())),
         }
     }
 
@@ -496,6 +529,7 @@ impl Supervisor {
                 Ok(out)
             }
             Done::Loaded(_) => Err(CallError::Worker(
+                FailureClass::WorkerProtocol,
                 "internal: a call answered as a load".into(),
             )),
         });
@@ -516,6 +550,7 @@ impl Supervisor {
         match result? {
             Done::Loaded(info) => Ok(info),
             Done::Output(..) => Err(CallError::Worker(
+                FailureClass::WorkerProtocol,
                 "internal: a load answered as a call".into(),
             )),
         }
@@ -568,7 +603,7 @@ impl Supervisor {
                 let why = format!("worker {id} failed: {fault}");
                 self.retire(worker, &why, correlation).await;
                 self.replace_in_background();
-                (id, Err(CallError::Worker(why)))
+                (id, Err(CallError::Worker(fault.class(), why)))
             }
         }
     }
@@ -593,7 +628,7 @@ impl Supervisor {
                 },
                 WorkerResponse::Described(tools) => {
                     loong_ipc::message::worker::check_tools(&tools)
-                        .map_err(|e| WorkerFault::Broken(format!("tool list: {e}")))?;
+                        .map_err(|e| WorkerFault::Protocol(format!("tool list: {e}")))?;
                     LoadInfo {
                         loaded: true,
                         sha256: None,
@@ -602,7 +637,7 @@ impl Supervisor {
                 }
                 WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
                 other => {
-                    return Err(WorkerFault::Broken(format!(
+                    return Err(WorkerFault::Protocol(format!(
                         "answered a load with {}",
                         other.name()
                     )))
@@ -654,9 +689,9 @@ impl Supervisor {
             let broker = worker
                 .broker
                 .as_ref()
-                .ok_or_else(|| WorkerFault::Broken("an HTTP worker without a broker".into()))?;
+                .ok_or_else(|| WorkerFault::Protocol("an HTTP worker without a broker".into()))?;
             loong_sandbox::worker::send_connection(broker, std::os::fd::AsFd::as_fd(&conn))
-                .map_err(|e| WorkerFault::Broken(format!("passing the connection: {e}")))?;
+                .map_err(|e| WorkerFault::Died(format!("passing the connection: {e}")))?;
             // The worker holds its own copy now.
             drop(conn);
         }
@@ -673,13 +708,13 @@ impl Supervisor {
             // A worker's answer is checked, not trusted: bounds, and JSON as promised.
             WorkerResponse::Output(out) => {
                 out.check_bounds()
-                    .map_err(|e| WorkerFault::Broken(format!("answer out of bounds: {e}")))?;
+                    .map_err(|e| WorkerFault::Protocol(format!("answer out of bounds: {e}")))?;
                 serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
-                    .map_err(|e| WorkerFault::Broken(format!("output is not JSON: {e}")))?;
+                    .map_err(|e| WorkerFault::Protocol(format!("output is not JSON: {e}")))?;
                 Ok(Ok(Done::Output(out, info.loaded.then_some(info))))
             }
             WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
-            other => Err(WorkerFault::Broken(format!(
+            other => Err(WorkerFault::Protocol(format!(
                 "answered a call with {}",
                 other.name()
             ))),
@@ -1090,19 +1125,14 @@ async fn fetch_route(
     let (host, port, path) = loong_profiles::plugin::parse_endpoint(&url)
         .map_err(|e| PluginFailure::new(FailureKind::ToolError, format!("web.fetch: {e}")))?;
     let lookup = host.clone();
-    let addrs = tokio::task::spawn_blocking(move || net::pin(&lookup, port, allow_private))
-        .await
-        .map_err(|e| PluginFailure::new(FailureKind::ConnectFailed, e.to_string()))?
-        .map_err(|e| {
-            let fix = e.replace(
-                "sandbox.allow_private_network",
-                "[builtins] fetch_allow_private",
-            );
-            PluginFailure::new(
-                FailureKind::AddressRefused,
-                format!("web.fetch {url}: {fix}"),
-            )
-        })?;
+    let addrs = tokio::task::spawn_blocking(move || {
+        net::pin_for(&lookup, port, allow_private, net::FETCH_PRIVATE_SETTING)
+    })
+    .await
+    .map_err(|e| PluginFailure::new(FailureKind::ConnectFailed, e.to_string()))?
+    .map_err(|e| {
+        PluginFailure::new(FailureKind::AddressRefused, format!("web.fetch {url}: {e}"))
+    })?;
     let header = match (port, host.contains(':')) {
         (80, false) => host,
         (80, true) => format!("[{host}]"),
@@ -1175,16 +1205,11 @@ pub(crate) async fn health_loop(sup: Arc<Supervisor>) {
 
 impl From<&CallError> for RemoteError {
     fn from(e: &CallError) -> Self {
-        use loong_ipc::ErrorKind;
-        match e {
-            CallError::Plugin(f) => RemoteError::new(
-                ErrorKind::WorkerFailed,
-                format!("{}: {}", f.kind.name(), f.message),
-            ),
-            CallError::Worker(why) => RemoteError::new(ErrorKind::WorkerFailed, why.clone()),
-            CallError::Unavailable(why) => {
-                RemoteError::new(ErrorKind::SandboxUnavailable, why.clone())
-            }
-        }
+        use loong_ipc::{ErrorDetail, ErrorKind};
+        let kind = match e {
+            CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
+            CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
+        };
+        RemoteError::new(kind, e.to_string()).with_detail(ErrorDetail::WorkerFailed(e.class()))
     }
 }
