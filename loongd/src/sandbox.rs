@@ -12,8 +12,7 @@ use loong_ipc::{
     SandboxRunRequest, StreamChunk, TierReport, INTERRUPTS_TO_KILL, MAX_CHUNK_BYTES,
 };
 use loong_sandbox::{
-    Killer, Limits, NetGrant, SandboxSpec, SpawnError, Spawner, SpawnerConfig, SpecError,
-    StdioSpec, Tier,
+    Killer, Limits, NetGrant, SandboxSpec, SpawnError, SpecError, StdioSpec, Tier,
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
@@ -29,31 +28,6 @@ use crate::{
     Kernel,
 };
 
-/// Starts the spawner with the bundled tier profiles; loongd's own paths are hidden from
-/// every sandbox.
-pub(crate) fn start_spawner(
-    kernel_paths: Vec<PathBuf>,
-    uid: u32,
-    gid: u32,
-) -> Result<Arc<Spawner>, String> {
-    let profiles = loong_profiles::bundled().map_err(|ps| {
-        let lines: Vec<String> = ps.iter().map(ToString::to_string).collect();
-        format!("bundled tier profiles are invalid:\n{}", lines.join("\n"))
-    })?;
-    let mut config = SpawnerConfig::new(profiles);
-    config.hidden = kernel_paths;
-    config.sandbox_id = (uid, gid);
-    if !config.helper.exists() {
-        return Err(format!(
-            "the sandbox helper {} is missing; install loong-spawn next to loongd",
-            config.helper.display()
-        ));
-    }
-    Spawner::start(config)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
-}
-
 fn unavailable(msg: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::SandboxUnavailable, msg)
 }
@@ -68,7 +42,7 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
                 tiers: Vec::new(),
                 landlock_abi: 0,
                 root: nix::unistd::Uid::effective().is_root(),
-                error: Some(e.clone()),
+                error: Some(e.to_string()),
             }
         }
     };
@@ -110,14 +84,14 @@ fn spec_from(
     decided: DecidedGrants,
     allow_degraded: bool,
 ) -> Result<SandboxSpec, RemoteError> {
-    let bad = |m: String| RemoteError::new(ErrorKind::BadRequest, m);
-    let tier: Tier = req.tier.parse().map_err(bad)?;
+    let bad = |m: &dyn std::fmt::Display| RemoteError::new(ErrorKind::BadRequest, m.to_string());
+    let tier: Tier = req.tier.parse().map_err(|e| bad(&e))?;
     let net = req
         .allow_net
         .iter()
         .map(|g| g.parse::<NetGrant>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
+        .map_err(|e| bad(&e))?;
     Ok(SandboxSpec {
         tier: Some(tier),
         program: PathBuf::from(&req.program),
@@ -271,7 +245,10 @@ async fn spawn(
     req: &SandboxRunRequest,
     decided: DecidedGrants,
 ) -> Result<(loong_sandbox::Child, (Option<Tier>, Option<Duration>)), RemoteError> {
-    let spawner = kernel.spawner.clone().map_err(unavailable)?;
+    let spawner = kernel
+        .spawner
+        .clone()
+        .map_err(|e| unavailable(e.to_string()))?;
     let spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
     let limits = (spec.tier, spec.limits.timeout);
     // Queued on the spawner's thread, not on a blocking thread per request; a request dropped

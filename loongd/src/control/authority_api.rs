@@ -5,7 +5,7 @@ use loong_ipc::{
     ApprovalView, BearerSecret, ControlResponse, DecisionView, ErrorKind, FullAccess, KeyView,
     PackView, Page, RemoteError, TokenView,
 };
-use loong_profiles::pack::{Capability, Grant};
+use loong_profiles::pack::{Capability, Grant, GrantError};
 use tokio::net::unix::UCred;
 
 use super::paging::{after_text, page_of};
@@ -79,7 +79,7 @@ pub(crate) async fn issue(
         .iter()
         .map(|g| Grant::parse(g))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
+        .map_err(|e| bad(e.to_string()))?;
     let issued = kernel
         .authority
         .tokens
@@ -221,7 +221,7 @@ pub(crate) async fn dry_run(
     cap: String,
     target: Option<String>,
 ) -> Result<ControlResponse, RemoteError> {
-    let cap: Capability = cap.parse().map_err(bad)?;
+    let cap: Capability = cap.parse().map_err(|e: GrantError| bad(e.to_string()))?;
     let actor = Actor::operator(cred.uid(), token.as_ref().map(BearerSecret::expose), io);
     let (o, record) = effects::decide(kernel, &actor, cap, target.as_deref(), None)?;
     effects::record(kernel, record).await?;

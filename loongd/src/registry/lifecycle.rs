@@ -50,8 +50,8 @@ fn bad(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, m)
 }
 
-fn internal(m: impl Into<String>) -> RemoteError {
-    RemoteError::new(ErrorKind::Internal, m)
+fn internal(m: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, m.to_string())
 }
 
 fn remove_dir(dir: PathBuf) {
@@ -542,7 +542,7 @@ pub(crate) async fn key_withdrawn(kernel: &Kernel, key_id: &str) {
 /// `plugins verify --lock`.
 pub(crate) async fn verify_lock(kernel: &Kernel) -> Result<Vec<LockCheck>, RemoteError> {
     let home = kernel.layout.home.clone();
-    let checks = tokio::task::spawn_blocking(move || -> Result<Vec<LockCheck>, String> {
+    let checks = tokio::task::spawn_blocking(move || -> Result<Vec<LockCheck>, lock::LockError> {
         let entries = lock::read(&home)?;
         Ok(entries
             .iter()

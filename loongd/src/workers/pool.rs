@@ -148,7 +148,7 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     kind: WorkerKind,
-    spawner: Result<Arc<Spawner>, String>,
+    spawner: Result<Arc<Spawner>, crate::spawner::SpawnerUnavailable>,
     allow_degraded: bool,
     audit: Audit,
     permits: Semaphore,
@@ -166,7 +166,7 @@ impl Supervisor {
     /// A supervisor of `pool_size` workers of `kind`.
     pub(crate) fn new(
         kind: WorkerKind,
-        spawner: Result<Arc<Spawner>, String>,
+        spawner: Result<Arc<Spawner>, crate::spawner::SpawnerUnavailable>,
         allow_degraded: bool,
         pool_size: usize,
         audit: Audit,
