@@ -2,7 +2,7 @@
 //! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
 //! direction (loong-ipc on no project crate, loongctl on loong-ipc only, workers on
 //! loong-ipc, loong-sandbox and the shared worker runtime only, nothing on loongd or a
-//! worker).
+//! worker), and loongd's modules name each other without a cycle.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
