@@ -75,9 +75,12 @@ fn pending(home: &Home) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A home with the example plugins and a pack that asks for approval of every call.
-fn home_with_careful_pack() -> Home {
-    let home = Home::new();
+/// A home with the example plugins and a pack that asks for approval of every call, whose
+/// requests expire after `approval_timeout_ms`.
+fn home_with_careful_pack(approval_timeout_ms: u64) -> Home {
+    let home = Home::with_config(&format!(
+        "[approvals]\ntimeout_ms = {approval_timeout_ms}\n"
+    ));
     install_examples(&home);
     fs::create_dir_all(home.path().join("packs")).expect("packs");
     fs::write(
@@ -95,7 +98,7 @@ fn home_with_careful_pack() -> Home {
 /// pending. loongctl's exit code follows the typed class.
 #[test]
 fn a_deadline_passed_during_an_approval_is_a_typed_approval_pending() {
-    let home = home_with_careful_pack();
+    let home = home_with_careful_pack(300_000);
     // Positive control: the operator's own call needs no approval and answers.
     assert!(matches!(
         invoke(&home, "echo", None, Duration::from_secs(30)),
@@ -190,5 +193,65 @@ fn denials_and_failures_are_typed() {
             FailureKind::Trap
         ))),
         "{err}"
+    );
+}
+
+/// An approval nobody answers before its own deadline is a typed `ApprovalExpired` naming it,
+/// and a denied one a denial at the approval stage.
+#[test]
+fn an_expired_or_denied_approval_is_typed() {
+    let home = home_with_careful_pack(1_000);
+    let careful = token(&home, "careful", "tool.invoke:echo");
+    let err = invoke(&home, "echo", Some(&careful), Duration::from_secs(30)).expect_err("expired");
+    assert_eq!(err.kind, ErrorKind::ApprovalPending, "{err}");
+    let Some(ErrorDetail::ApprovalExpired { approval }) = &err.detail else {
+        panic!("not a typed expiry: {err:?}");
+    };
+    let shown = home.ctl(&["approvals", "show", approval, "--json"]);
+    assert!(
+        text(&shown.stdout).contains("expired"),
+        "{}",
+        text(&shown.stdout)
+    );
+    // Denied by an operator while it waits: a denial at the approval stage.
+    let home = home_with_careful_pack(300_000);
+    let careful = token(&home, "careful", "tool.invoke:echo");
+    let asker = {
+        let socket = home.socket();
+        let secret = careful.clone();
+        std::thread::spawn(move || {
+            let opts = ConnectOptions {
+                peer_kind: PeerKind::Operator,
+                build: "test".into(),
+                timeout: Duration::from_secs(5),
+            };
+            let mut c = Client::connect(&socket, &opts).expect("connect");
+            c.call::<_, ControlResponse>(
+                ControlRequest::Invoke(InvokeRequest {
+                    tool: "echo".into(),
+                    input: "{}".into(),
+                    token: Some(BearerSecret::new(secret)),
+                }),
+                Duration::from_secs(30),
+            )
+        })
+    };
+    let mut waiting = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        waiting = pending(&home);
+        waiting.len() == 1
+    }));
+    assert!(home
+        .ctl(&["approvals", "deny", &waiting[0]])
+        .status
+        .success());
+    let err = match asker.join().expect("asker") {
+        Err(ClientError::Remote(e)) => e,
+        other => panic!("not denied: {other:?}"),
+    };
+    assert_eq!(err.kind, ErrorKind::Denied, "{err}");
+    assert!(
+        matches!(&err.detail, Some(ErrorDetail::Denied(d)) if d.stage == DenialStage::Approval && d.target == "echo"),
+        "{err:?}"
     );
 }
