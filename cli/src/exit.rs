@@ -21,6 +21,8 @@ pub const WORKER_FAILED: u8 = 7;
 pub const VERIFY_FAILED: u8 = 8;
 /// A plugin the command enabled did not come up (`plugins enable`): the message says why.
 pub const PLUGIN_FAILED: u8 = 9;
+/// A budget of the call chain ran out (its depth, its calls or its wall time).
+pub const BUDGET_EXCEEDED: u8 = 10;
 
 /// The text of `--help` that lists the codes.
 pub const HELP: &str = "Exit codes:
@@ -33,4 +35,5 @@ pub const HELP: &str = "Exit codes:
   6  sandbox unavailable
   7  worker failed
   8  verification failed (lock drift, a package that does not match its signature)
-  9  plugin failed (enabled, but its load check or probe failed)";
+  9  plugin failed (enabled, but its load check or probe failed)
+ 10  budget exceeded (a call chain's depth, calls or wall time)";

@@ -138,6 +138,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                 ErrorKind::SandboxUnavailable => exit::SANDBOX_UNAVAILABLE,
                 ErrorKind::WorkerFailed => exit::WORKER_FAILED,
                 ErrorKind::BadRequest => exit::USAGE,
+                ErrorKind::BudgetExceeded => exit::BUDGET_EXCEEDED,
                 _ => exit::UNEXPECTED,
             },
             _ => exit::UNEXPECTED,
@@ -208,4 +209,37 @@ pub(crate) fn connect(layout: &Layout) -> Result<Client, Failure> {
         },
         other => other.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use loong_ipc::{ErrorDetail, RemoteError};
+
+    use super::*;
+
+    /// The exit code follows the answer's class, whatever its message says.
+    #[test]
+    fn exit_codes_come_from_the_class_not_the_text() {
+        let code = |kind, message: &str| {
+            let err = RemoteError::new(kind, message).with_detail(ErrorDetail::ApprovalPending {
+                approval: "a1".into(),
+            });
+            Failure::from(ClientError::Remote(err)).code
+        };
+        for (kind, want) in [
+            (ErrorKind::Denied, exit::DENIED),
+            (ErrorKind::ApprovalPending, exit::APPROVAL_PENDING),
+            (ErrorKind::SandboxUnavailable, exit::SANDBOX_UNAVAILABLE),
+            (ErrorKind::WorkerFailed, exit::WORKER_FAILED),
+            (ErrorKind::BadRequest, exit::USAGE),
+            (ErrorKind::BudgetExceeded, exit::BUDGET_EXCEEDED),
+            (ErrorKind::Internal, exit::UNEXPECTED),
+        ] {
+            assert_eq!(
+                code(kind, "approval pending, denied, worker"),
+                want,
+                "{kind:?}"
+            );
+        }
+    }
 }

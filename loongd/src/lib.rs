@@ -8,8 +8,12 @@ pub mod audit;
 pub mod authority;
 pub mod config;
 mod control;
+mod effects;
 pub mod home;
+mod registry;
+mod request;
 mod sandbox;
+mod spawner;
 mod workers;
 
 use std::{
@@ -50,7 +54,7 @@ pub struct Kernel {
     connected: AtomicU32,
     shutdown: watch::Sender<bool>,
     /// The sandbox spawner, or why there is none (sandbox requests then fail closed).
-    spawner: Result<Arc<loong_sandbox::Spawner>, String>,
+    spawner: Result<Arc<loong_sandbox::Spawner>, crate::spawner::SpawnerUnavailable>,
     /// The audit trail.
     audit: audit::Audit,
     /// Packs, the denylist, tokens and the decision pipeline.
@@ -70,7 +74,7 @@ impl Kernel {
         layout: Layout,
         config: Config,
         allowed_gid: Option<Gid>,
-        spawner: Result<Arc<loong_sandbox::Spawner>, String>,
+        spawner: Result<Arc<loong_sandbox::Spawner>, crate::spawner::SpawnerUnavailable>,
         audit: audit::Audit,
         authority: authority::Authority,
     ) -> Kernel {
@@ -247,7 +251,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             *h = real;
         }
     }
-    let spawner = sandbox::start_spawner(hidden, config.sandbox.uid, config.sandbox.gid);
+    let spawner = spawner::start_spawner(hidden, config.sandbox.uid, config.sandbox.gid);
     match &spawner {
         Ok(s) => {
             for t in loong_sandbox::Tier::ALL {
@@ -316,7 +320,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         Ok(d) => (audit::Kind::ProfileLoaded, d.clone()),
         Err(why) => (
             audit::Kind::ProfileRejected,
-            serde_json::json!({ "profile": config.policy.risk_profile, "reason": why }),
+            serde_json::json!({ "profile": config.policy.risk_profile, "reason": why.to_string() }),
         ),
     };
     runtime
@@ -401,11 +405,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         tokio::spawn(workers::health_loop(kernel.workers.clone()));
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
-        control::tools_api::reload(&kernel).await;
+        registry::reload(&kernel).await;
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
-        for pool in control::tools_api::own_pools(&kernel.plugins_snapshot(), &kernel) {
+        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {
             pool.shutdown();
             pool.reap_idle().await;
         }

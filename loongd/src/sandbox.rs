@@ -12,8 +12,7 @@ use loong_ipc::{
     SandboxRunRequest, StreamChunk, TierReport, INTERRUPTS_TO_KILL, MAX_CHUNK_BYTES,
 };
 use loong_sandbox::{
-    Killer, Limits, NetGrant, SandboxSpec, SpawnError, Spawner, SpawnerConfig, SpecError,
-    StdioSpec, Tier,
+    Killer, Limits, NetGrant, SandboxSpec, SpawnError, SpecError, StdioSpec, Tier,
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
@@ -24,34 +23,10 @@ use tracing::Instrument;
 
 use crate::{
     audit::Kind,
-    control::{RequestIo, StopCause, StopCell},
+    effects::{self, Actor, Effect},
+    request::{RequestIo, StopCause, StopCell},
     Kernel,
 };
-
-/// Starts the spawner with the bundled tier profiles; loongd's own paths are hidden from
-/// every sandbox.
-pub(crate) fn start_spawner(
-    kernel_paths: Vec<PathBuf>,
-    uid: u32,
-    gid: u32,
-) -> Result<Arc<Spawner>, String> {
-    let profiles = loong_profiles::bundled().map_err(|ps| {
-        let lines: Vec<String> = ps.iter().map(ToString::to_string).collect();
-        format!("bundled tier profiles are invalid:\n{}", lines.join("\n"))
-    })?;
-    let mut config = SpawnerConfig::new(profiles);
-    config.hidden = kernel_paths;
-    config.sandbox_id = (uid, gid);
-    if !config.helper.exists() {
-        return Err(format!(
-            "the sandbox helper {} is missing; install loong-spawn next to loongd",
-            config.helper.display()
-        ));
-    }
-    Spawner::start(config)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
-}
 
 fn unavailable(msg: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::SandboxUnavailable, msg)
@@ -67,7 +42,7 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
                 tiers: Vec::new(),
                 landlock_abi: 0,
                 root: nix::unistd::Uid::effective().is_root(),
-                error: Some(e.clone()),
+                error: Some(e.to_string()),
             }
         }
     };
@@ -109,14 +84,14 @@ fn spec_from(
     decided: DecidedGrants,
     allow_degraded: bool,
 ) -> Result<SandboxSpec, RemoteError> {
-    let bad = |m: String| RemoteError::new(ErrorKind::BadRequest, m);
-    let tier: Tier = req.tier.parse().map_err(bad)?;
+    let bad = |m: &dyn std::fmt::Display| RemoteError::new(ErrorKind::BadRequest, m.to_string());
+    let tier: Tier = req.tier.parse().map_err(|e| bad(&e))?;
     let net = req
         .allow_net
         .iter()
         .map(|g| g.parse::<NetGrant>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
+        .map_err(|e| bad(&e))?;
     Ok(SandboxSpec {
         tier: Some(tier),
         program: PathBuf::from(&req.program),
@@ -177,7 +152,6 @@ async fn authorize(
     cred: &UCred,
     io: &RequestIo,
 ) -> Result<DecidedGrants, RemoteError> {
-    use crate::control::authority_api;
     use loong_profiles::pack::Capability;
     // What is decided (and shown to an approver) is the program and its arguments: a variable
     // that makes it run other code (LD_PRELOAD of a library in a granted directory) or another
@@ -188,9 +162,11 @@ async fn authorize(
         .iter()
         .find(|(name, _)| crate::authority::shell::is_exec_variable(name))
     {
-        return Err(RemoteError::new(
-            ErrorKind::Denied,
-            format!("--env {name}: a variable that changes which program runs, or makes it run other code, is not passed into a sandbox"),
+        return Err(effects::denied(
+            loong_ipc::DenialStage::Request,
+            Capability::ProcessExec,
+            &req.program,
+            &format!("--env {name}: a variable that changes which program runs, or makes it run other code, is not passed into a sandbox"),
         ));
     }
     let argv: Vec<String> = std::iter::once(req.program.clone())
@@ -221,22 +197,20 @@ async fn authorize(
     let mut token = None;
     let mut decided = DecidedGrants::default();
     let argv_all = argv.clone();
+    let actor = Actor::operator(
+        cred.uid(),
+        req.token.as_ref().map(loong_ipc::BearerSecret::expose),
+        io,
+    );
     for (cap, target, argv) in &checks {
-        let effect = authority_api::Effect {
+        let effect = Effect {
             cap: *cap,
             target,
             command: argv.map(crate::authority::shell::CommandLine::Argv),
             call: None,
             run: Some(&argv_all),
         };
-        let allowed = authority_api::authorize(
-            kernel,
-            cred,
-            io,
-            req.token.as_ref().map(loong_ipc::BearerSecret::expose),
-            &effect,
-        )
-        .await?;
+        let allowed = effects::authorize(kernel, &actor, &effect).await?;
         token = allowed.token;
         let into = match cap {
             Capability::FsRead => &mut decided.read,
@@ -244,17 +218,18 @@ async fn authorize(
             _ => continue,
         };
         let file = allowed.file.ok_or_else(|| {
-            RemoteError::new(
-                ErrorKind::Denied,
-                format!("{cap} on {target}: the path could not be resolved to one the grants cover; give a plain absolute path"),
+            effects::denied(
+                loong_ipc::DenialStage::Request,
+                cap,
+                target,
+                "the path could not be resolved to one the grants cover; give a plain absolute path",
             )
         })?;
         into.push(file.path);
     }
-    authority_api::recheck(
+    effects::recheck(
         kernel,
-        cred,
-        io,
+        &actor,
         token.as_deref(),
         Capability::ProcessExec,
         &req.program,
@@ -270,7 +245,10 @@ async fn spawn(
     req: &SandboxRunRequest,
     decided: DecidedGrants,
 ) -> Result<(loong_sandbox::Child, (Option<Tier>, Option<Duration>)), RemoteError> {
-    let spawner = kernel.spawner.clone().map_err(unavailable)?;
+    let spawner = kernel
+        .spawner
+        .clone()
+        .map_err(|e| unavailable(e.to_string()))?;
     let spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
     let limits = (spec.tier, spec.limits.timeout);
     // Queued on the spawner's thread, not on a blocking thread per request; a request dropped

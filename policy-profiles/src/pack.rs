@@ -88,15 +88,27 @@ impl fmt::Display for Capability {
     }
 }
 
+/// Why a capability or grant does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("unknown capability `{name}`; known: {}", Capability::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))]
+    UnknownCapability { name: String },
+    #[error("`{cap}` takes no scope (`{grant}`)")]
+    NoScope { cap: Capability, grant: String },
+    #[error("the scope of `{0}` must be an absolute path")]
+    NotAbsolute(String),
+    #[error("`{0}` has an empty scope")]
+    EmptyScope(String),
+}
+
 impl FromStr for Capability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Capability, String> {
+    type Err = GrantError;
+    fn from_str(s: &str) -> Result<Capability, GrantError> {
         Capability::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
-                format!("unknown capability `{s}`; known: {}", names.join(", "))
+            .ok_or_else(|| GrantError::UnknownCapability {
+                name: s.to_string(),
             })
     }
 }
@@ -170,7 +182,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 
 impl Grant {
     /// Parses `CAP` or `CAP:SCOPE`.
-    pub fn parse(s: &str) -> Result<Grant, String> {
+    pub fn parse(s: &str) -> Result<Grant, GrantError> {
         let (cap, scope) = match s.split_once(':') {
             Some((c, sc)) => (c, Some(sc.to_string())),
             None => (s, None),
@@ -178,11 +190,16 @@ impl Grant {
         let cap: Capability = cap.parse()?;
         if let Some(sc) = &scope {
             match cap.scope_kind() {
-                ScopeKind::None => return Err(format!("`{cap}` takes no scope (`{s}`)")),
-                ScopeKind::Paths if lexical(Path::new(sc)).is_none() => {
-                    return Err(format!("the scope of `{s}` must be an absolute path"));
+                ScopeKind::None => {
+                    return Err(GrantError::NoScope {
+                        cap,
+                        grant: s.to_string(),
+                    })
                 }
-                _ if sc.is_empty() => return Err(format!("`{s}` has an empty scope")),
+                ScopeKind::Paths if lexical(Path::new(sc)).is_none() => {
+                    return Err(GrantError::NotAbsolute(s.to_string()));
+                }
+                _ if sc.is_empty() => return Err(GrantError::EmptyScope(s.to_string())),
                 _ => {}
             }
         }
@@ -332,7 +349,7 @@ pub fn parse_pack(text: &str, file: &str) -> Result<Pack, Vec<Problem>> {
     for (g, span) in strings(&mut c, root, "grants") {
         match Grant::parse(&g) {
             Ok(g) => grants.push(g),
-            Err(e) => c.add(span, "grants", e),
+            Err(e) => c.add(span, "grants", e.to_string()),
         }
     }
     let connectors = strings(&mut c, root, "connectors")
@@ -449,15 +466,19 @@ mod tests {
         assert!(g("fs.read:/x").covers(&g("fs.read:/x/y")));
         assert!(g("net.egress:*.a.com").covers(&g("net.egress:*.b.a.com")));
         assert!(!g("net.egress:b.a.com").covers(&g("net.egress:*.a.com")));
+        let err = |s: &str| Grant::parse(s).map_err(|e| e.to_string());
         assert_eq!(
-            Grant::parse("memory.read:/x"),
+            err("memory.read:/x"),
             Err("`memory.read` takes no scope (`memory.read:/x`)".into())
         );
         assert_eq!(
-            Grant::parse("fs.read:relative"),
+            err("fs.read:relative"),
             Err("the scope of `fs.read:relative` must be an absolute path".into())
         );
-        assert!(Grant::parse("fs.teleport").is_err());
+        assert!(matches!(
+            Grant::parse("fs.teleport"),
+            Err(GrantError::UnknownCapability { name }) if name == "fs.teleport"
+        ));
     }
 
     #[test]

@@ -1424,7 +1424,13 @@ impl PluginManifest {
             .sandbox
             .net
             .iter()
-            .filter_map(|n| bad.take("sandbox.net", n.parse()))
+            .filter_map(|n| {
+                bad.take(
+                    "sandbox.net",
+                    n.parse()
+                        .map_err(|e: loong_sandbox::NetGrantError| e.to_string()),
+                )
+            })
             .collect::<Vec<_>>();
         let max_line_bytes = raw.sandbox.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {

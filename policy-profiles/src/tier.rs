@@ -38,7 +38,7 @@ pub fn parse_tier(text: &str, file: &str) -> Result<TierProfile, Vec<Problem>> {
         Some(i) => match i.as_str().map(str::parse::<Tier>) {
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => {
-                c.add(i.span(), "tier", e);
+                c.add(i.span(), "tier", e.to_string());
                 None
             }
             None => {

@@ -24,7 +24,7 @@ pub mod worker;
 pub use host::{Host, Mechanism};
 pub use profile::{
     LandlockMode, Namespaces, RlimitProfile, SeccompMode, SyscallEntry, SystemPath, Tier,
-    TierProfile,
+    TierProfile, UnknownTier,
 };
 pub use spawn::{Child, ExitReport, Killer, SpawnError, Spawner, SpawnerConfig, StdioSpec};
-pub use spec::{KernelOverrides, Limits, NetGrant, SandboxSpec, SpecError};
+pub use spec::{KernelOverrides, Limits, NetGrant, NetGrantError, SandboxSpec, SpecError};

@@ -36,16 +36,19 @@ impl fmt::Display for Tier {
     }
 }
 
+/// A tier name that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tier `{0}`: expected restricted, balanced or trusted")]
+pub struct UnknownTier(pub String);
+
 impl FromStr for Tier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Tier, String> {
+    type Err = UnknownTier;
+    fn from_str(s: &str) -> Result<Tier, UnknownTier> {
         match s {
             "restricted" => Ok(Tier::Restricted),
             "balanced" => Ok(Tier::Balanced),
             "trusted" => Ok(Tier::Trusted),
-            other => Err(format!(
-                "unknown tier `{other}`: expected restricted, balanced or trusted"
-            )),
+            other => Err(UnknownTier(other.to_string())),
         }
     }
 }

@@ -34,28 +34,41 @@ pub struct NetGrant {
     pub port: u16,
 }
 
+/// Why a network grant does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetGrantError {
+    #[error("network grant `{0}` is not HOST:PORT")]
+    NotHostPort(String),
+    #[error("network grant `{grant}`: `{port}` is not a port number")]
+    BadPort { grant: String, port: String },
+    #[error("network grant `{0}` needs a host and a port above 0")]
+    Empty(String),
+    #[error("network grant `{grant}`: `{host}` is not a host name or address")]
+    BadHost { grant: String, host: String },
+}
+
 impl std::str::FromStr for NetGrant {
-    type Err = String;
-    fn from_str(s: &str) -> Result<NetGrant, String> {
+    type Err = NetGrantError;
+    fn from_str(s: &str) -> Result<NetGrant, NetGrantError> {
         let (host, port) = s
             .rsplit_once(':')
-            .ok_or_else(|| format!("network grant `{s}` is not HOST:PORT"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("network grant `{s}`: `{port}` is not a port number"))?;
+            .ok_or_else(|| NetGrantError::NotHostPort(s.to_string()))?;
+        let port: u16 = port.parse().map_err(|_| NetGrantError::BadPort {
+            grant: s.to_string(),
+            port: port.to_string(),
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || port == 0 {
-            return Err(format!(
-                "network grant `{s}` needs a host and a port above 0"
-            ));
+            return Err(NetGrantError::Empty(s.to_string()));
         }
         if !host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
         {
-            return Err(format!(
-                "network grant `{s}`: `{host}` is not a host name or address"
-            ));
+            return Err(NetGrantError::BadHost {
+                grant: s.to_string(),
+                host: host.to_string(),
+            });
         }
         Ok(NetGrant {
             host: host.to_string(),

@@ -2,9 +2,10 @@
 //! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
 //! direction (loong-ipc on no project crate, loongctl on loong-ipc only, workers on
 //! loong-ipc, loong-sandbox and the shared worker runtime only, nothing on loongd or a
-//! worker).
+//! worker), and loongd's modules name each other without a cycle.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
 };
@@ -188,4 +189,304 @@ fn crate_dependency_direction() {
     );
     // The check itself must be able to see a dependency.
     assert!(project_deps(&r.join("loongd/Cargo.toml")).contains(&"loong-ipc".to_string()));
+}
+
+/// `text` with comments removed and string and character literals blanked, so that only code
+/// is read for module paths.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let (mut in_str, mut block) = (false, 0u32);
+    while let Some(c) = chars.next() {
+        if block > 0 {
+            if c == '*' && chars.peek() == Some(&'/') {
+                chars.next();
+                block -= 1;
+            } else if c == '/' && chars.peek() == Some(&'*') {
+                chars.next();
+                block += 1;
+            }
+            continue;
+        }
+        if in_str {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    in_str = false;
+                    out.push('"');
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_str = true;
+                out.push('"');
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                block = 1;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Identifiers, `::` and single punctuation characters.
+fn tokens(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            let mut word = c.to_string();
+            while let Some(&n) = chars.peek() {
+                if n.is_alphanumeric() || n == '_' {
+                    word.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(word);
+        } else if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            out.push("::".into());
+        } else if !c.is_whitespace() {
+            out.push(c.to_string());
+        }
+    }
+    out
+}
+
+fn is_ident(t: &str) -> bool {
+    t.chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+}
+
+/// The paths a `use` tree names, from `toks[*at]` up to its end (`;`, `,` or `}` not
+/// consumed), each prefixed with `prefix`.
+fn use_tree(toks: &[String], at: &mut usize, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    let mut path = prefix.to_vec();
+    while *at < toks.len() {
+        let t = toks[*at].as_str();
+        match t {
+            "{" => {
+                *at += 1;
+                while *at < toks.len() && toks[*at] != "}" {
+                    use_tree(toks, at, &path, out);
+                    if *at < toks.len() && toks[*at] == "," {
+                        *at += 1;
+                    }
+                }
+                *at += 1;
+                return;
+            }
+            "::" => *at += 1,
+            ";" | "," | "}" => break,
+            "as" => *at += 2,
+            "*" => *at += 1,
+            // `use a::{self, …}` names `a` itself.
+            "self" if !path.is_empty() => *at += 1,
+            _ => {
+                path.push(t.to_string());
+                *at += 1;
+            }
+        }
+    }
+    out.push(path);
+}
+
+/// Every module path (from the crate root) that a file of module `module` names: through
+/// `use` trees and through paths in code that start at `crate`, `super`, `self` or a child
+/// module.
+fn named_paths(code: &str, module: &[String], modules: &BTreeSet<Vec<String>>) -> Vec<Vec<String>> {
+    let mut toks = tokens(code);
+    // A file's unit tests (`#[cfg(test)] mod …`, last by convention) are not part of its
+    // module's dependencies.
+    let test_mod = ["#", "[", "cfg", "(", "test", ")", "]", "mod"];
+    if let Some(at) = toks.windows(test_mod.len()).position(|w| w == test_mod) {
+        toks.truncate(at);
+    }
+    let mut raw: Vec<Vec<String>> = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] == "use" {
+            i += 1;
+            let mut found = Vec::new();
+            use_tree(&toks, &mut i, &[], &mut found);
+            raw.extend(found);
+        } else if is_ident(&toks[i]) && toks.get(i + 1).is_some_and(|t| t == "::") {
+            let mut path = vec![toks[i].clone()];
+            let mut j = i + 1;
+            while toks.get(j).is_some_and(|t| t == "::")
+                && toks.get(j + 1).is_some_and(|t| is_ident(t))
+            {
+                path.push(toks[j + 1].clone());
+                j += 2;
+            }
+            raw.push(path);
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for path in raw {
+        let Some(first) = path.first() else { continue };
+        let mut base: Vec<String> = match first.as_str() {
+            "crate" => Vec::new(),
+            "super" | "self" => module.to_vec(),
+            _ => {
+                let mut child = module.to_vec();
+                child.push(first.clone());
+                if !modules.contains(&child) {
+                    continue;
+                }
+                module.to_vec()
+            }
+        };
+        let mut rest = path.iter().peekable();
+        if first == "crate" || first == "self" {
+            rest.next();
+        }
+        while rest.peek().is_some_and(|s| *s == "super") {
+            rest.next();
+            base.pop();
+        }
+        base.extend(rest.cloned());
+        // The longest prefix that is a module.
+        while !base.is_empty() && !modules.contains(&base) {
+            base.pop();
+        }
+        out.push(base);
+    }
+    out
+}
+
+/// Where a module counts in the graph: each file of the control API on its own (its files
+/// must not name each other in a circle), every other module as the top-level concern it is
+/// part of (a module and its children are one concern, free to name each other).
+fn concern(module: &[String]) -> Vec<String> {
+    match module.first().map(String::as_str) {
+        Some("control") => module.to_vec(),
+        _ => module.iter().take(1).cloned().collect(),
+    }
+}
+
+/// The concerns of loongd and the concerns each one names (the crate root, which holds the
+/// shared `Kernel`, is left out: every module names it).
+fn loongd_module_graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let src = root().join("loongd/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let module_of = |f: &Path| -> Vec<String> {
+        let rel = f.strip_prefix(&src).expect("beneath src");
+        let mut parts: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
+            .collect();
+        if parts
+            .last()
+            .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+        {
+            parts.pop();
+        }
+        parts
+    };
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(f)).collect();
+    let mut graph = BTreeMap::new();
+    for f in &files {
+        let module = module_of(f);
+        if module.is_empty() {
+            continue;
+        }
+        let code = code_only(&fs::read_to_string(f).expect("read"));
+        let node = concern(&module);
+        let named: Vec<Vec<String>> = named_paths(&code, &module, &modules)
+            .into_iter()
+            .filter(|m| !m.is_empty())
+            .map(|m| concern(&m))
+            .filter(|m| *m != node)
+            .collect();
+        graph
+            .entry(node)
+            .or_insert_with(BTreeSet::new)
+            .extend(named);
+    }
+    graph
+}
+
+/// A cycle in `graph`, as the modules along it, if there is one.
+fn find_cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &Vec<String>,
+        graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        state: &mut BTreeMap<Vec<String>, u8>,
+        stack: &mut Vec<Vec<String>>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let from = stack.iter().position(|m| m == n).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[from..].iter().map(|m| m.join("::")).collect();
+                cycle.push(n.join("::"));
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state.insert(n.clone(), 1);
+        stack.push(n.clone());
+        for next in graph.get(n).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, state, stack) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        state.insert(n.clone(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut state, &mut Vec::new()))
+}
+
+/// loongd's concerns, and the files of its control API, name each other without a cycle:
+/// the control API translates and calls down into the effect path, the registry and the
+/// supervisor; nothing below names the control API (ARCHITECTURE.md, "Layers of loongd").
+#[test]
+fn loongd_modules_form_no_cycle() {
+    let graph = loongd_module_graph();
+    // The graph is read, not empty: the control API names the effect path, and a module
+    // that names its parent is seen.
+    let control = vec!["control".to_string(), "tools_api".to_string()];
+    assert!(
+        graph
+            .get(&control)
+            .is_some_and(|n| n.contains(&vec!["effects".to_string()])),
+        "{graph:?}"
+    );
+    let mut with_cycle = graph.clone();
+    with_cycle
+        .entry(vec!["effects".to_string()])
+        .or_default()
+        .insert(control);
+    assert!(
+        find_cycle(&with_cycle).is_some(),
+        "a cycle added is not found"
+    );
+    assert_eq!(find_cycle(&graph), None, "{graph:#?}");
 }

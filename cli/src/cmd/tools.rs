@@ -213,26 +213,21 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
         deadline,
     )?;
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
-    // An approval note seen means a deadline hit while the approval was pending (exit 5).
-    let mut approval_pending = false;
     loop {
+        // The exit code follows the answer's class: a deadline that passed while an approval
+        // was pending is answered `ApprovalPending` (exit 5) by loongd, naming the approval.
         let event = match client.next_event::<ControlResponse>(id, until) {
             Err(ClientError::Remote(r)) if r.kind == ErrorKind::DeadlineExceeded => {
-                let code = if approval_pending {
-                    exit::APPROVAL_PENDING
-                } else {
-                    exit::WORKER_FAILED
-                };
                 return Err(Failure {
-                    code,
+                    code: exit::WORKER_FAILED,
                     error: ClientError::Remote(r).into(),
                 });
             }
             other => other?,
         };
         match event {
+            // Notes for people (an approval's instructions), shown escaped, never parsed.
             Event::Chunk(StreamChunk::Stderr(b)) => {
-                approval_pending |= String::from_utf8_lossy(&b).contains("approval");
                 let note = String::from_utf8_lossy(&b);
                 let _ = std::io::stderr().write_all(esc_lines(&note).as_bytes());
             }

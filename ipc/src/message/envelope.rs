@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::outcome::ErrorDetail;
+
 /// A request id, chosen by the caller.
 pub type RequestId = u64;
 
@@ -119,8 +121,18 @@ pub enum Reply<Resp> {
 pub struct RemoteError {
     /// The class of failure; loongctl maps it to an exit code.
     pub kind: ErrorKind,
-    /// A human-readable explanation (at most [`MAX_ERROR_MESSAGE_BYTES`]).
+    /// A human-readable explanation (at most [`MAX_ERROR_MESSAGE_BYTES`]). For people only:
+    /// what a client acts on is `kind` and `detail`.
     pub message: String,
+    /// What there is to act on beyond the class, typed (protocol 3).
+    // Boxed in the property tests' strategy, whose nested type would overflow their stack.
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::strategy::Strategy::boxed(proptest::prelude::any::<Option<ErrorDetail>>())"
+        )
+    )]
+    pub detail: Option<ErrorDetail>,
 }
 
 impl RemoteError {
@@ -129,7 +141,14 @@ impl RemoteError {
         RemoteError {
             kind,
             message: super::truncated(message.into(), MAX_ERROR_MESSAGE_BYTES),
+            detail: None,
         }
+    }
+
+    /// This error with its typed detail.
+    pub fn with_detail(mut self, detail: ErrorDetail) -> RemoteError {
+        self.detail = Some(detail);
+        self
     }
 }
 
@@ -173,4 +192,8 @@ pub enum ErrorKind {
     /// An unexpected failure inside the callee.
     #[error("internal error")]
     Internal,
+    /// A budget of the call chain ran out (its depth, its calls, its wall time); the detail
+    /// names which.
+    #[error("budget exceeded")]
+    BudgetExceeded,
 }

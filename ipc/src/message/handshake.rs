@@ -11,7 +11,7 @@ use super::{check_len, BoundError};
 use crate::frame::{self, FrameError};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bound on [`Hello::build`] and [`Welcome::build`].
 pub const MAX_BUILD_BYTES: usize = 128;
 
@@ -229,7 +229,7 @@ mod tests {
             frame_read_timeout_ms: 1,
         };
         let w = Welcome {
-            protocol_version: 5,
+            protocol_version: PROTOCOL_VERSION + 1,
             build: String::new(),
             connection_id: 1,
             limits,
@@ -238,7 +238,7 @@ mod tests {
             HandshakeReply::Welcome(w).into_welcome(),
             Err(HandshakeError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
-                theirs: 5
+                theirs: PROTOCOL_VERSION + 1
             })
         );
     }

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod envelope;
 pub mod handshake;
+pub mod outcome;
 pub mod worker;
 
 /// Checks a variable-size text field against its documented bound.

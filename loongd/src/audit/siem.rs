@@ -12,6 +12,16 @@ use std::{
 
 use super::Record;
 
+/// A fail-closed lane that could not ship: the effects its records record are refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit {lane} lane {}: {message}", path.display())]
+pub(crate) struct LaneError {
+    /// `JSONL` or `syslog`.
+    pub lane: &'static str,
+    pub path: PathBuf,
+    pub message: String,
+}
+
 /// What a transport failure does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
@@ -57,13 +67,13 @@ impl Siem {
     }
 
     /// Ships `records`; `Err` only when a fail-closed transport failed.
-    pub(super) fn ship(&mut self, records: &[Record]) -> Result<(), String> {
+    pub(super) fn ship(&mut self, records: &[Record]) -> Result<(), LaneError> {
         let lines: Vec<String> = records.iter().map(json_line).collect();
         self.ship_lines(&lines)
     }
 
     /// Ships one JSON line each; `Err` only when a fail-closed transport failed.
-    fn ship_lines(&mut self, records: &[String]) -> Result<(), String> {
+    fn ship_lines(&mut self, records: &[String]) -> Result<(), LaneError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -71,19 +81,27 @@ impl Siem {
         if let Some((path, mode)) = self.config.jsonl.clone() {
             if let Err(e) = self.write_jsonl(&path, records) {
                 self.file = None; // reopen next time
-                let msg = format!("audit JSONL lane {}: {e}", path.display());
-                tracing::error!("{msg}");
+                let failed = LaneError {
+                    lane: "JSONL",
+                    path,
+                    message: e.to_string(),
+                };
+                tracing::error!("{failed}");
                 if mode == FailureMode::Closed {
-                    closed_failure = Some(msg);
+                    closed_failure = Some(failed);
                 }
             }
         }
         if let Some((path, mode)) = self.config.syslog.clone() {
             if let Err(e) = self.send_syslog(&path, records) {
-                let msg = format!("audit syslog lane {}: {e}", path.display());
-                tracing::error!("{msg}");
+                let failed = LaneError {
+                    lane: "syslog",
+                    path,
+                    message: e.to_string(),
+                };
+                tracing::error!("{failed}");
                 if mode == FailureMode::Closed {
-                    closed_failure = Some(msg);
+                    closed_failure = Some(failed);
                 }
             }
         }
@@ -93,7 +111,7 @@ impl Siem {
     /// Ships a signed checkpoint as one line `{"checkpoint": {seq, hash, time_ms, key_id,
     /// signature, format}}` on every lane, so that a trail cut back behind it is caught from
     /// outside the host too.
-    pub(super) fn ship_checkpoint(&mut self, w: &super::witness::Witness) -> Result<(), String> {
+    pub(super) fn ship_checkpoint(&mut self, w: &super::witness::Witness) -> Result<(), LaneError> {
         let line = serde_json::json!({ "checkpoint": w.to_json() }).to_string();
         self.ship_lines(&[line])
     }

@@ -513,12 +513,14 @@ fn writer(
             Ok((seq, hash, records, signed)) => {
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
                 // the effects they record.
-                let mut shipped = siem.ship(&records);
+                let mut shipped = siem.ship(&records).map_err(|e| e.to_string());
                 if let Some(w) = signed {
                     // Like a fail-closed lane: an unwritten witness refuses the effects
                     // recorded with its checkpoint (the records stay in the trail).
                     let witnessed = witness_out(&conn, &witness_path, &w);
-                    shipped = shipped.and(siem.ship_checkpoint(&w)).and(witnessed);
+                    shipped = shipped
+                        .and(siem.ship_checkpoint(&w).map_err(|e| e.to_string()))
+                        .and(witnessed);
                 }
                 for (n, (_, ack)) in batch.drain(..).enumerate() {
                     if let Some(ack) = ack {

@@ -41,6 +41,41 @@ pub enum AuthorityError {
     Tokens(#[from] TokenError),
 }
 
+/// Why the operator's risk profile is refused (loongd then does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {len} bytes is above the {MAX_POLICY_FILE_BYTES}-byte limit for a policy file"
+    )]
+    TooLarge { path: String, len: u64 },
+    #[error("{path}: its sha256 {actual} does not match the pinned {pinned}")]
+    PinMismatch {
+        path: String,
+        actual: String,
+        pinned: String,
+    },
+    #[error("{signature}: {source} (a signature is required)")]
+    SignatureUnreadable {
+        signature: String,
+        source: std::io::Error,
+    },
+    #[error("{signature}: not a signature (128 hex digits)")]
+    NotASignature { signature: String },
+    #[error("{signature}: no active trust anchor signed {path} (forged, changed after signing, or signed by a revoked key)")]
+    Unsigned { signature: String, path: String },
+    #[error("reading the keyring to check the signature: {0}")]
+    Keyring(#[from] keys::KeyError),
+    #[error("{path}: not UTF-8 text")]
+    NotText { path: String },
+    #[error("{}", .0.join("\n"))]
+    Problems(Vec<String>),
+}
+
 /// What a request was decided as, and on whose behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -151,7 +186,7 @@ impl Authority {
             });
         denylist.paths.push(home.to_path_buf());
         if let Err(why) = shell::check_runners() {
-            problems.push(why);
+            problems.extend(why.problems);
         }
         let risk = parse_risk(loong_profiles::RISK, "risk/default.toml").unwrap_or_else(|ps| {
             problems.extend(ps.iter().map(ToString::to_string));
@@ -177,63 +212,64 @@ impl Authority {
     pub fn load_risk_profile(
         &mut self,
         policy: &crate::config::PolicyConfig,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, ProfileError> {
         use sha2::{Digest, Sha256};
         let Some(path) = &policy.risk_profile else {
             return Ok(serde_json::json!({ "profile": "bundled" }));
         };
         let shown = path.display().to_string();
-        let bytes = match crate::home::read_bounded(path, MAX_POLICY_FILE_BYTES)
-            .map_err(|e| format!("{shown}: {e}"))?
-        {
-            crate::home::Bounded::Read(b) => b,
-            crate::home::Bounded::TooLarge(len) => {
-                return Err(format!(
-                    "{shown}: {len} bytes is above the {MAX_POLICY_FILE_BYTES}-byte limit for a policy file"
-                ))
-            }
-        };
+        let bytes =
+            match crate::home::read_bounded(path, MAX_POLICY_FILE_BYTES).map_err(|source| {
+                ProfileError::Read {
+                    path: shown.clone(),
+                    source,
+                }
+            })? {
+                crate::home::Bounded::Read(b) => b,
+                crate::home::Bounded::TooLarge(len) => {
+                    return Err(ProfileError::TooLarge { path: shown, len })
+                }
+            };
         let sha = hex::encode(Sha256::digest(&bytes));
         if let Some(pin) = &policy.risk_profile_sha256 {
             if !pin.trim().eq_ignore_ascii_case(&sha) {
-                return Err(format!(
-                    "{shown}: its sha256 {sha} does not match the pinned {}",
-                    pin.trim()
-                ));
+                return Err(ProfileError::PinMismatch {
+                    path: shown,
+                    actual: sha,
+                    pinned: pin.trim().to_string(),
+                });
             }
         }
         let sig_path = PathBuf::from(format!("{shown}.sig"));
         let signer = if sig_path.exists() || policy.risk_profile_signed {
+            let signature = sig_path.display().to_string();
             let sig = match crate::home::read_bounded(&sig_path, MAX_POLICY_SIGNATURE_BYTES) {
                 Ok(crate::home::Bounded::Read(b)) => String::from_utf8_lossy(&b).into_owned(),
                 Ok(crate::home::Bounded::TooLarge(_)) => String::new(),
-                Err(e) => {
-                    return Err(format!(
-                        "{}: {e} (a signature is required)",
-                        sig_path.display()
-                    ))
-                }
+                Err(source) => return Err(ProfileError::SignatureUnreadable { signature, source }),
             };
             let sig: [u8; 64] = hex::decode(sig.trim())
                 .ok()
                 .and_then(|b| b.as_slice().try_into().ok())
-                .ok_or_else(|| {
-                    format!("{}: not a signature (128 hex digits)", sig_path.display())
+                .ok_or_else(|| ProfileError::NotASignature {
+                    signature: signature.clone(),
                 })?;
-            let key = self.keys.verifier(&bytes, &sig).map_err(|e| e.to_string())?.ok_or_else(|| {
-                format!("{}: no active trust anchor signed {shown} (forged, changed after signing, or signed by a revoked key)", sig_path.display())
-            })?;
+            let key = self
+                .keys
+                .verifier(&bytes, &sig)?
+                .ok_or_else(|| ProfileError::Unsigned {
+                    signature,
+                    path: shown.clone(),
+                })?;
             Some(key.id)
         } else {
             None
         };
-        let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not UTF-8 text"))?;
-        self.risk = parse_risk(&text, &shown).map_err(|ps| {
-            ps.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
+        let text = String::from_utf8(bytes).map_err(|_| ProfileError::NotText {
+            path: shown.clone(),
         })?;
+        self.risk = parse_risk(&text, &shown)
+            .map_err(|ps| ProfileError::Problems(ps.iter().map(ToString::to_string).collect()))?;
         Ok(serde_json::json!({ "profile": shown, "sha256": sha, "signer": signer }))
     }
 

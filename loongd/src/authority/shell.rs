@@ -63,19 +63,25 @@ const RESERVED_WHOLE: &[&str] = &[
     "fi", "done", "esac", "for", "select", "case", "function", "in",
 ];
 
-/// The bundled list of programs that run programs; `Err` (the reason) when it does not
-/// parse, and then every command line is denied.
-static RUNNERS: LazyLock<Result<Runners, String>> = LazyLock::new(|| {
+/// The bundled list of programs that run programs does not parse (then every command line
+/// is denied); each problem names its line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct RunnersInvalid {
+    pub problems: Vec<String>,
+}
+
+/// The bundled list of programs that run programs, or why it does not parse.
+static RUNNERS: LazyLock<Result<Runners, RunnersInvalid>> = LazyLock::new(|| {
     parse_runners(loong_profiles::EXEC_WRAPPERS, "exec-wrappers.toml").map_err(|ps| {
-        ps.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
+        RunnersInvalid {
+            problems: ps.iter().map(ToString::to_string).collect(),
+        }
     })
 });
 
 /// Whether the bundled list of programs that run programs is valid; `Err` says why not.
-pub fn check_runners() -> Result<(), String> {
+pub fn check_runners() -> Result<(), RunnersInvalid> {
     RUNNERS.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 

@@ -4,64 +4,48 @@
 use std::{
     collections::HashMap,
     os::fd::AsFd,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use loong_ipc::{
     connection::{read_hello, ConnError, FrameReader, FrameWriter},
     frame::FrameLimit,
-    Call, ControlRequest, ControlResponse, ErrorKind, HandshakeError, HandshakeReply, Limits,
-    PeerKind, RejectReason, RemoteError, Reply, RequestId, StreamChunk, Welcome, PROTOCOL_VERSION,
+    Budget, BudgetExceeded, Call, ControlRequest, ControlResponse, ErrorDetail, ErrorKind,
+    HandshakeError, HandshakeReply, Limits, PeerKind, RejectReason, RemoteError, Reply, RequestId,
+    StreamChunk, Welcome, PROTOCOL_VERSION,
 };
 use tokio::{
     io::Interest,
     net::{unix::UCred, UnixStream},
-    sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore},
+    sync::{mpsc, Notify, Semaphore},
     task::AbortHandle,
 };
 use tracing::Instrument;
 
-use super::{handlers, ClientSlot};
-use crate::{audit, Kernel};
+use super::handlers;
+use crate::{
+    audit,
+    request::{Outbox, Outgoing, RequestIo, StopCause, StopCell, WaitCell, OUTPUT_BUDGET_BYTES},
+    Kernel,
+};
 
 type InFlight = Arc<Mutex<HashMap<RequestId, Entry>>>;
-/// Boxed, so the channel's slots (allocated in blocks) stay small for every connection.
-pub(crate) type Outbox = mpsc::Sender<Box<Outgoing>>;
 
 /// Input chunks queued per request before the connection stops reading.
 const INPUT_QUEUE: usize = 2;
-/// Output bytes (stream chunks) queued per connection for a client that reads slowly, the
-/// chunk being written included. A producer that finds the budget spent waits for the
-/// client: a sandbox's output back-pressures the program, and a stalled client costs loongd
-/// at most this much, never an amount that grows with the program's output.
-pub(crate) const OUTPUT_BUDGET_BYTES: usize = 8 * 1024;
 
-/// Why a request stopped before it finished. A sandbox run records it in `sandbox.exited`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopCause {
-    /// The client cancelled the request.
-    Cancelled,
-    /// The client's connection ended (it closed, was killed, broke the protocol or stopped
-    /// taking replies).
-    ClientGone,
-    /// The request's deadline passed.
-    Deadline,
-}
+/// Counts a connection for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ClientSlot(pub(crate) Arc<Kernel>);
 
-impl StopCause {
-    /// The name audit records use.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            StopCause::Cancelled => "cancelled",
-            StopCause::ClientGone => "client_gone",
-            StopCause::Deadline => "deadline",
-        }
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
-
-/// Set once, before a request's task is stopped, so its cleanup can say why.
-pub(crate) type StopCell = Arc<OnceLock<StopCause>>;
 
 /// A request in flight: how to abort it and where its input goes.
 #[derive(Debug)]
@@ -73,82 +57,6 @@ struct Entry {
     /// client's connection ends. Other requests run to their end and are audited; their
     /// answers are dropped.
     ends_with_client: bool,
-}
-
-/// A reply on its way to the writer. A stream chunk holds its share of the connection's
-/// [`OUTPUT_BUDGET_BYTES`], and a request's answer its request's slot of `max_in_flight`,
-/// until its frame is written.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    reply: Reply<ControlResponse>,
-    _held: Option<OwnedSemaphorePermit>,
-}
-
-impl From<Reply<ControlResponse>> for Box<Outgoing> {
-    fn from(reply: Reply<ControlResponse>) -> Box<Outgoing> {
-        Box::new(Outgoing { reply, _held: None })
-    }
-}
-
-/// A running request's byte streams: its output goes out as `Reply::Stream` chunks ahead of
-/// its response; its input arrives from `Call::Stream` chunks.
-#[derive(Debug)]
-pub(crate) struct RequestIo {
-    id: RequestId,
-    conn: u64,
-    out: Outbox,
-    budget: Arc<Semaphore>,
-    stop: StopCell,
-    /// Input chunks (a sandboxed program's stdin, the operator's interrupts).
-    pub(crate) input: mpsc::Receiver<StreamChunk>,
-}
-
-impl RequestIo {
-    /// The audit correlation id of this request.
-    pub(crate) fn correlation(&self) -> String {
-        format!("conn-{}/req-{}", self.conn, self.id)
-    }
-
-    /// Why the request was stopped, once it has been (read by cleanup that outlives it).
-    pub(crate) fn stop_cell(&self) -> StopCell {
-        self.stop.clone()
-    }
-
-    /// Sends an output chunk, first waiting for its share of the connection's output budget
-    /// (the client reading what is queued); `false` when the client is gone.
-    pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
-        let bytes = match &chunk {
-            StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => b.len(),
-            StreamChunk::StdinEnd | StreamChunk::Interrupt => 0,
-        };
-        match self.reserve(bytes).await {
-            Some(share) => self.emit_within(chunk, share).await,
-            None => false,
-        }
-    }
-
-    /// Waits until the connection's output budget has room for `bytes` (at least 1, at most
-    /// the whole budget) and holds it; `None` when the connection is gone.
-    pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let share = u32::try_from(bytes.clamp(1, OUTPUT_BUDGET_BYTES)).unwrap_or(1);
-        self.budget.clone().acquire_many_owned(share).await.ok()
-    }
-
-    /// Sends an output chunk under a share [`reserve`](Self::reserve)d for it, released once
-    /// its frame is written; `false` when the client is gone.
-    pub(crate) async fn emit_within(
-        &self,
-        chunk: StreamChunk,
-        share: OwnedSemaphorePermit,
-    ) -> bool {
-        self.out
-            .send(Box::new(Outgoing {
-                reply: Reply::Stream { id: self.id, chunk },
-                _held: Some(share),
-            }))
-            .await
-            .is_ok()
-    }
 }
 
 /// Replies queued for the writer beyond the in-flight bound (pongs, refusals).
@@ -455,13 +363,19 @@ fn start(
     }
     // In flight, or answered and waiting for the client to read the answer.
     let Ok(answer_slot) = shared.answers.clone().try_acquire_owned() else {
-        return Some(RemoteError::new(
-            ErrorKind::Overloaded,
-            format!(
-                "{max_in_flight} requests already in flight on this connection or answered \
+        return Some(
+            RemoteError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "{max_in_flight} requests already in flight on this connection or answered \
                  and not yet read"
-            ),
-        ));
+                ),
+            )
+            .with_detail(ErrorDetail::BudgetExceeded(BudgetExceeded {
+                budget: Budget::InFlight,
+                limit: max_in_flight as u64,
+            })),
+        );
     };
     let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) =
@@ -469,6 +383,7 @@ fn start(
     let ended = shared.request_ended.clone();
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let stop = StopCell::default();
+    let waiting = WaitCell::default();
     let ends_with_client = matches!(body, ControlRequest::SandboxRun(_));
     let io = RequestIo {
         id,
@@ -476,6 +391,7 @@ fn start(
         out: tx.clone(),
         budget: shared.budget.clone(),
         stop: stop.clone(),
+        waiting: waiting.clone(),
         input: input_rx,
     };
     let stop_task = stop.clone();
@@ -483,14 +399,13 @@ fn start(
         async move {
             let result = tokio::select! {
                 r = handlers::handle(&kernel, body, &cred, io) => r,
-                // The cause is set before the handler is dropped, so its cleanup sees it.
-                () = async {
+                // The cause is set before the handler is dropped, so its cleanup sees it; and
+                // what it waits for is read before that cleanup clears it.
+                approval = async {
                     tokio::time::sleep(deadline).await;
                     let _ = stop_task.set(StopCause::Deadline);
-                } => Err(RemoteError::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!("request {id} did not finish within {deadline_ms} ms"),
-                )),
+                    waiting.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                } => Err(past_deadline(id, deadline_ms, approval)),
             };
             // Whoever removes the entry answers: this task, or a Cancel that got there first.
             let mine = lock(&in_flight_task).remove(&id).is_some();
@@ -516,6 +431,25 @@ fn start(
         },
     );
     None
+}
+
+/// The answer to a request whose deadline passed: `ApprovalPending`, naming the approval,
+/// when it was waiting for one (the approval stays pending and may still be answered), else
+/// `DeadlineExceeded`.
+fn past_deadline(id: RequestId, deadline_ms: u32, approval: Option<String>) -> RemoteError {
+    match approval {
+        Some(approval) => RemoteError::new(
+            ErrorKind::ApprovalPending,
+            format!(
+                "request {id} did not finish within {deadline_ms} ms: approval {approval} is still pending; approve it with `loongctl approvals approve {approval}` and ask again"
+            ),
+        )
+        .with_detail(ErrorDetail::ApprovalPending { approval }),
+        None => RemoteError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("request {id} did not finish within {deadline_ms} ms"),
+        ),
+    }
 }
 
 fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RequestId, Entry>> {

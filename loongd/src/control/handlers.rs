@@ -5,8 +5,7 @@ use loong_ipc::{
 };
 use tokio::net::unix::UCred;
 
-use super::connection::RequestIo;
-use crate::Kernel;
+use crate::{request::RequestIo, Kernel};
 
 /// Serves one control request for the peer `cred`.
 pub(crate) async fn handle(

@@ -1,15 +1,13 @@
 //! The control socket: accepting operator connections and serving the control API.
 
 mod audit_api;
-pub(crate) mod authority_api;
+mod authority_api;
 mod connection;
-
-pub(crate) use connection::{RequestIo, StopCause, StopCell};
 mod handlers;
 mod paging;
 mod peer;
-pub(crate) mod plugins_api;
-pub(crate) mod tools_api;
+mod plugins_api;
+mod tools_api;
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -25,16 +23,6 @@ use crate::Kernel;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (for example when out of file descriptors).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Counts a connection for as long as it lives.
-#[derive(Debug)]
-pub(crate) struct ClientSlot(Arc<Kernel>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Accepts connections until shutdown, then lets them finish for up to [`SHUTDOWN_GRACE`].
 pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
@@ -84,7 +72,7 @@ pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {
                         connection::reject_now(&stream, &HandshakeReply::Rejected(RejectReason::TooManyConnections { limit }));
                         continue;
                     }
-                    let slot = ClientSlot(kernel.clone());
+                    let slot = connection::ClientSlot(kernel.clone());
                     conns.spawn(connection::serve(stream, kernel.clone(), next_id, slot, cred));
                 }
                 Err(e) => {

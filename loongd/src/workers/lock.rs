@@ -50,42 +50,70 @@ fn path(home: &Path) -> PathBuf {
     home.join(LOCK_FILE)
 }
 
+/// Why the lockfile could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: over {MAX_LOCK_BYTES} bytes; restore it from a backup or reinstall the plugins", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: format {found:?}, expected {LOCK_FORMAT:?}", path.display())]
+    Format { path: PathBuf, found: String },
+}
+
 /// Reads the lockfile (absent: empty).
-pub fn read(home: &Path) -> Result<Lock, String> {
+pub fn read(home: &Path) -> Result<Lock, LockError> {
     let p = path(home);
-    let shown = p.display();
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::new()),
-        Err(e) => return Err(format!("{shown}: {e}")),
+        Err(source) => return Err(LockError::Io { path: p, source }),
     };
     if bytes.len() as u64 > MAX_LOCK_BYTES {
-        return Err(format!("{shown}: over {MAX_LOCK_BYTES} bytes"));
+        return Err(LockError::TooLarge { path: p });
     }
-    let file: LockFile = serde_json::from_slice(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let file: LockFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(source) => return Err(LockError::Json { path: p, source }),
+    };
     if file.format != LOCK_FORMAT {
-        return Err(format!(
-            "{shown}: format {:?}, expected {LOCK_FORMAT:?}",
-            file.format
-        ));
+        return Err(LockError::Format {
+            path: p,
+            found: file.format,
+        });
     }
     Ok(file.plugins)
 }
 
 /// Replaces the lockfile with `lock`, atomically.
-pub fn write(home: &Path, lock: &Lock) -> Result<(), String> {
+pub fn write(home: &Path, lock: &Lock) -> Result<(), LockError> {
     let p = path(home);
     let tmp = home.join(format!(".{LOCK_FILE}.tmp"));
     let file = LockFile {
         format: LOCK_FORMAT.into(),
         plugins: lock.clone(),
     };
-    let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let text = serde_json::to_vec_pretty(&file).map_err(|source| LockError::Json {
+        path: p.clone(),
+        source,
+    })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LockError::Io { path, source }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(&text)
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))?;
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io(&p))?;
     if let Ok(dir) = std::fs::File::open(home) {
         let _ = dir.sync_all();
     }

@@ -151,29 +151,80 @@ fn v6_range(ip: Ipv6Addr) -> Option<Special> {
     }
 }
 
+/// The setting that lets a connector reach loopback, private and link-local addresses.
+pub(crate) const CONNECTOR_PRIVATE_SETTING: &str = "sandbox.allow_private_network";
+/// The setting that lets `web.fetch` reach them.
+pub(crate) const FETCH_PRIVATE_SETTING: &str = "[builtins] fetch_allow_private";
+
+/// Why an endpoint could not be pinned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PinError {
+    #[error("{host} does not resolve: {source}")]
+    Unresolved {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("{host} resolves to {addr}, {range}; a connector cannot reach it")]
+    Never {
+        host: String,
+        addr: IpAddr,
+        range: Special,
+    },
+    #[error("{host} resolves to {addr}, {range}; set {setting} to true to reach it")]
+    Private {
+        host: String,
+        addr: IpAddr,
+        range: Special,
+        /// The setting that allows it, for the caller's kind of endpoint.
+        setting: &'static str,
+    },
+}
+
+/// [`pin_for`] a connector's endpoint (allowed by [`CONNECTOR_PRIVATE_SETTING`]).
+pub(crate) fn pin(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, PinError> {
+    pin_for(host, port, allow_private, CONNECTOR_PRIVATE_SETTING)
+}
+
 /// Resolves `host:port` once and checks every answer: with `allow_private`, loopback, private
-/// and link-local answers are accepted; unspecified, broadcast and multicast never are.
-/// Blocking (the system resolver): call it off the async runtime.
-pub(crate) fn pin(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, String> {
+/// and link-local answers are accepted; unspecified, broadcast and multicast never are. A
+/// refusal names `setting`, the one that would allow it. Blocking (the system resolver): call
+/// it off the async runtime.
+pub(crate) fn pin_for(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+    setting: &'static str,
+) -> Result<Vec<SocketAddr>, PinError> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("{host} does not resolve: {e}"))?
+        .map_err(|source| PinError::Unresolved {
+            host: host.to_string(),
+            source,
+        })?
         .take(MAX_PINNED_ADDRS)
         .collect();
     if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
+        return Err(PinError::NoAddress {
+            host: host.to_string(),
+        });
     }
     for a in &addrs {
-        let Some(special) = special_range(a.ip()) else {
+        let Some(range) = special_range(a.ip()) else {
             continue;
         };
-        if special.never || !allow_private {
-            let fix = if special.never {
-                "a connector cannot reach it"
-            } else {
-                "set sandbox.allow_private_network to true to reach it"
-            };
-            return Err(format!("{host} resolves to {}, {special}; {fix}", a.ip()));
+        let (host, addr) = (host.to_string(), a.ip());
+        if range.never {
+            return Err(PinError::Never { host, addr, range });
+        }
+        if !allow_private {
+            return Err(PinError::Private {
+                host,
+                addr,
+                range,
+                setting,
+            });
         }
     }
     Ok(addrs)
@@ -303,19 +354,30 @@ mod tests {
 
     #[test]
     fn an_embedded_unreachable_address_is_never_reachable() {
-        let err = pin("64:ff9b::e000:1", 80, true).expect_err("multicast via NAT64");
+        let err = pin("64:ff9b::e000:1", 80, true)
+            .expect_err("multicast via NAT64")
+            .to_string();
         assert!(err.contains("cannot reach"), "{err}");
-        let err = pin("64:ff9b::7f00:1", 80, false).expect_err("loopback via NAT64");
+        let err = pin("64:ff9b::7f00:1", 80, false)
+            .expect_err("loopback via NAT64")
+            .to_string();
         assert!(err.contains("allow_private_network"), "{err}");
     }
 
     #[test]
     fn pinning_refuses_private_answers_unless_allowed() {
-        let err = pin("localhost", 80, false).expect_err("loopback refused");
+        let err = pin("localhost", 80, false)
+            .expect_err("loopback refused")
+            .to_string();
         assert!(err.contains("allow_private_network"), "{err}");
+        // A fetch's refusal names its own setting, not the connectors'.
+        let err = pin_for("localhost", 80, false, FETCH_PRIVATE_SETTING)
+            .expect_err("loopback refused")
+            .to_string();
+        assert!(err.contains("[builtins] fetch_allow_private"), "{err}");
         let ok = pin("127.0.0.1", 80, true).expect("allowed");
         assert_eq!(ok, ["127.0.0.1:80".parse::<SocketAddr>().expect("addr")]);
-        let err = pin("0.0.0.0", 80, true).expect_err("never");
+        let err = pin("0.0.0.0", 80, true).expect_err("never").to_string();
         assert!(err.contains("cannot reach"), "{err}");
     }
 }

@@ -1,0 +1,222 @@
+//! Typed outcomes: what a failed request says beyond its class, as variants a client acts on.
+//!
+//! A [`RemoteError`](super::envelope::RemoteError) carries a coarse [`ErrorKind`] (what
+//! loongctl maps to an exit code), a message for people, and, where there is more to act on,
+//! an [`ErrorDetail`]: the approval that is pending or expired, the stage of the pipeline that
+//! denied an effect and why, the class of a worker failure, the budget that ran out. A client
+//! reads these variants; it never parses the message.
+//!
+//! [`ErrorKind`]: super::envelope::ErrorKind
+
+use serde::{Deserialize, Serialize};
+
+use super::{truncated, worker::FailureKind};
+
+/// Bound on each text field of an [`ErrorDetail`] (an approval id, a capability, a target, a
+/// reason); longer text is cut on a character boundary.
+pub const MAX_DETAIL_FIELD_BYTES: usize = 1024;
+
+/// What a failed request says beyond its class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ErrorDetail {
+    /// Policy denied the effect.
+    Denied(Denial),
+    /// The effect waits for approval `approval`, and the request's deadline passed first; the
+    /// request is still pending and may be approved later (class `ApprovalPending`).
+    ApprovalPending {
+        /// The approval's id (`loongctl approvals show ID`).
+        approval: String,
+    },
+    /// Approval `approval` was not answered before its own deadline, so the effect was
+    /// denied (class `ApprovalPending`).
+    ApprovalExpired {
+        /// The approval's id.
+        approval: String,
+    },
+    /// The worker running the effect failed, of this class (class `WorkerFailed`, or
+    /// `SandboxUnavailable` when no worker could be had).
+    WorkerFailed(FailureClass),
+    /// A budget ran out (class `Overloaded`, `BadRequest` or `BudgetExceeded`).
+    BudgetExceeded(BudgetExceeded),
+}
+
+/// A denial: the stage of the pipeline that said no, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Denial {
+    /// Where the decision was made.
+    pub stage: DenialStage,
+    /// The capability asked for (`tool.invoke`, `fs.read`, …).
+    pub capability: String,
+    /// What it was asked on (a tool, a path, `HOST:PORT`, a program, an approval id).
+    pub target: String,
+    /// Why, for people (at most [`MAX_DETAIL_FIELD_BYTES`]).
+    pub reason: String,
+}
+
+impl Denial {
+    /// A denial at `stage`, each text field cut to [`MAX_DETAIL_FIELD_BYTES`].
+    pub fn new(
+        stage: DenialStage,
+        capability: impl Into<String>,
+        target: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Denial {
+        Denial {
+            stage,
+            capability: truncated(capability.into(), MAX_DETAIL_FIELD_BYTES),
+            target: truncated(target.into(), MAX_DETAIL_FIELD_BYTES),
+            reason: truncated(reason.into(), MAX_DETAIL_FIELD_BYTES),
+        }
+    }
+}
+
+/// The stage that denied an effect, in the pipeline's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum DenialStage {
+    /// The request itself asks for something never allowed (a variable that changes which
+    /// program runs, a path that cannot be resolved to one the grants cover).
+    Request,
+    /// The presented token is unknown, revoked, expired or of an old generation.
+    Token,
+    /// The token does not grant the capability on the target.
+    TokenGrants,
+    /// The pack does not grant it.
+    PackGrants,
+    /// The denylist names it (it always wins).
+    Denylist,
+    /// A tighten-only extension (file roots, shell rules) refused it.
+    Extension,
+    /// An approver, or loongd on their behalf (a dead token, an effect too large to show),
+    /// denied the approval the effect waited for.
+    Approval,
+    /// Who may resolve an approval: the asking token or agent, or another pack's token.
+    Separation,
+    /// The token was checked again right before the effect ran, and no longer holds.
+    Dispatch,
+}
+
+impl DenialStage {
+    /// A stable lowercase name (audit records and JSON output use it).
+    pub fn name(self) -> &'static str {
+        match self {
+            DenialStage::Request => "request",
+            DenialStage::Token => "token",
+            DenialStage::TokenGrants => "token_grants",
+            DenialStage::PackGrants => "pack_grants",
+            DenialStage::Denylist => "denylist",
+            DenialStage::Extension => "extension",
+            DenialStage::Approval => "approval",
+            DenialStage::Separation => "separation",
+            DenialStage::Dispatch => "dispatch",
+        }
+    }
+}
+
+/// Why a call to a worker produced no output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum FailureClass {
+    /// The plugin failed in a healthy worker (refused at load, trapped, timed out, …).
+    Plugin(FailureKind),
+    /// The worker died or closed its socket; it was retired.
+    WorkerDied,
+    /// The worker did not answer within the call's deadline; it was killed and retired.
+    WorkerDeadline,
+    /// The worker broke the protocol (an unexpected frame, an answer out of bounds); it was
+    /// retired.
+    WorkerProtocol,
+    /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    Unavailable,
+    /// The call was dropped before its worker answered (its request's deadline, its client
+    /// gone); the worker was retired.
+    Abandoned,
+}
+
+impl FailureClass {
+    /// A stable lowercase name; `tool.failed` records carry it as `failure`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Plugin(k) => k.name(),
+            FailureClass::WorkerDied => "worker_died",
+            FailureClass::WorkerDeadline => "worker_deadline",
+            FailureClass::WorkerProtocol => "worker_protocol",
+            FailureClass::Unavailable => "unavailable",
+            FailureClass::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A budget that ran out, and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BudgetExceeded {
+    /// Which budget.
+    pub budget: Budget,
+    /// Its limit, in the budget's unit.
+    pub limit: u64,
+}
+
+/// The budgets loongd keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Budget {
+    /// Requests in flight on one connection (or answered and not yet read).
+    InFlight,
+    /// Bytes of a request's input.
+    InputBytes,
+    /// Bytes of an answer (the connection's frame limit).
+    OutputBytes,
+    /// Depth of a chain of nested calls.
+    CallDepth,
+    /// Calls made on behalf of one root call.
+    Calls,
+    /// Milliseconds of wall time spent on behalf of one root call.
+    WallTimeMs,
+}
+
+impl Budget {
+    /// A stable lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Budget::InFlight => "in_flight",
+            Budget::InputBytes => "input_bytes",
+            Budget::OutputBytes => "output_bytes",
+            Budget::CallDepth => "call_depth",
+            Budget::Calls => "calls",
+            Budget::WallTimeMs => "wall_time_ms",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_is_bounded_field_by_field() {
+        let long = "é".repeat(MAX_DETAIL_FIELD_BYTES);
+        let d = Denial::new(DenialStage::Denylist, "fs.read", long.clone(), long);
+        assert!(d.target.len() <= MAX_DETAIL_FIELD_BYTES);
+        assert!(d.reason.len() <= MAX_DETAIL_FIELD_BYTES);
+        assert_eq!(d.capability, "fs.read");
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let classes = [
+            FailureClass::WorkerDied,
+            FailureClass::WorkerDeadline,
+            FailureClass::WorkerProtocol,
+            FailureClass::Unavailable,
+            FailureClass::Abandoned,
+            FailureClass::Plugin(FailureKind::Trap),
+        ];
+        let mut names: Vec<&str> = classes.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), classes.len());
+    }
+}

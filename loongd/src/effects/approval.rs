@@ -1,0 +1,377 @@
+//! Approvals on the effect path: an effect that needs one waits here (a full-access window
+//! approves it at once; otherwise an approver, the approval's deadline or the request's
+//! deadline ends the wait), and resolving one is itself an effect (`control.approvals`),
+//! decided with separation of duties.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use loong_ipc::{DenialStage, ErrorDetail, ErrorKind, FullAccess, RemoteError, StreamChunk};
+use loong_profiles::pack::Capability;
+use tokio::sync::Notify;
+
+use super::{decide, decision_detail, denial_stage, denied, internal, record, Actor, Effect};
+use crate::{
+    audit::Kind,
+    authority::{approvals::Approval, tokens::agent_key, Decision, Outcome, TokenDenial},
+    Kernel,
+};
+
+/// The most bytes of an effect (its target, reasons, command line and input preview) that is
+/// put to an approver: the whole of it is shown, and it must fit a page of `approvals list`
+/// ([`loong_ipc::message::control::MAX_PAGE_BYTES`]) with room to spare.
+pub const MAX_APPROVAL_SHOWN_BYTES: usize = 256 * 1024;
+
+fn waiters(kernel: &Kernel) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    kernel
+        .approval_waiters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn wake(kernel: &Kernel, id: &str) {
+    let waiter = waiters(kernel).get(id).cloned();
+    if let Some(n) = waiter {
+        n.notify_one();
+    }
+}
+
+/// Takes a waiter out of the table, and the request's note of what it waits for, however
+/// the wait ends (answered, or the request dropped at its deadline).
+struct Waiting<'k> {
+    kernel: &'k Kernel,
+    id: String,
+    io: Option<&'k crate::request::RequestIo>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        waiters(self.kernel).remove(&self.id);
+        if let Some(io) = self.io {
+            io.set_waiting(None);
+        }
+    }
+}
+
+/// An effect that needs approval (`o`): a live full-access window approves it at once;
+/// otherwise it waits for an operator until the approval's timeout, telling its asker how to
+/// approve.
+pub(crate) async fn wait(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    o: &Outcome,
+    effect: &Effect<'_>,
+) -> Result<(), RemoteError> {
+    let (cap, target) = (effect.cap, effect.target);
+    let (score, reasons) = match &o.decision {
+        Ok(Decision::NeedsApproval { score, reasons }) => (*score, reasons.join("; ")),
+        _ => {
+            return Err(internal(
+                "an approval wait was asked for an effect that needs none",
+            ))
+        }
+    };
+    let store = &kernel.authority.approvals;
+    if let Some(window) = store.take_window_use(&o.pack).map_err(internal)? {
+        let detail = serde_json::json!({ "window": window, "state": "approved", "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
+        return record(kernel, actor.event(Kind::ApprovalResolved, detail)).await;
+    }
+    // An approver is shown the whole effect, and every request is listed in a page: one too
+    // large for either is denied without asking (a request of a megabyte of arguments made
+    // every `approvals list` fail at the frame limit, for good, since requests are kept).
+    let shown = effect.detail();
+    let shown_bytes = target.len()
+        + reasons.len()
+        + shown.argv.iter().map(String::len).sum::<usize>()
+        + shown.input_preview.as_deref().map_or(0, str::len);
+    if shown_bytes > MAX_APPROVAL_SHOWN_BYTES {
+        let why = format!(
+            "the effect is {shown_bytes} bytes, over the {MAX_APPROVAL_SHOWN_BYTES} an approver is shown whole; denied without asking"
+        );
+        let detail = serde_json::json!({ "state": "denied", "resolver": "loongd", "reason": why, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
+        record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
+        return Err(RemoteError::new(
+            ErrorKind::Denied,
+            format!("{cap} needs approval, and {why}"),
+        )
+        .with_detail(ErrorDetail::Denied(loong_ipc::Denial::new(
+            DenialStage::Approval,
+            cap.as_str(),
+            target,
+            why,
+        ))));
+    }
+    let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
+    let a = store
+        .create(Approval {
+            id: String::new(),
+            created_ms: 0,
+            deadline_ms: crate::now_ms() + timeout.as_millis() as i64,
+            state: String::new(),
+            actor: actor.who.name(),
+            pack: o.pack.clone(),
+            capability: cap.as_str().into(),
+            target: target.into(),
+            score,
+            reasons: reasons.clone(),
+            resolver: None,
+            token: o.token.clone(),
+            agent: o.agent.clone(),
+            effect: shown,
+            note: None,
+        })
+        .map_err(internal)?;
+    // The effect's parts sit beside the capability and target, as argv does in
+    // policy.decision.
+    let mut detail = a.effect.to_json();
+    for (k, v) in [
+        ("approval", serde_json::json!(a.id)),
+        ("capability", cap.as_str().into()),
+        ("target", target.into()),
+        ("pack", o.pack.clone().into()),
+        ("score", score.into()),
+        ("reasons", reasons.clone().into()),
+        ("deadline_ms", a.deadline_ms.into()),
+        ("token", serde_json::json!(a.token)),
+        ("agent", serde_json::json!(a.agent)),
+    ] {
+        detail[k] = v;
+    }
+    record(kernel, actor.event(Kind::ApprovalRequested, detail)).await?;
+    let notify = Arc::new(Notify::new());
+    waiters(kernel).insert(a.id.clone(), notify.clone());
+    let _waiting = Waiting {
+        kernel,
+        id: a.id.clone(),
+        io: actor.io,
+    };
+    if let Some(io) = actor.io {
+        io.set_waiting(Some(&a.id));
+        // For people: what a client acts on is the typed answer, never this text.
+        let note = format!(
+            "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); see it with `loongctl approvals show {}`, approve with `loongctl approvals approve {}`\n",
+            a.id, a.id, a.id
+        );
+        io.emit(StreamChunk::Stderr(note.into_bytes())).await;
+    }
+    wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await
+}
+
+/// Waits until the request `id` is answered or its deadline passes (then it expires).
+async fn wait_for_answer(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    id: &str,
+    effect: &Effect<'_>,
+    notify: &Notify,
+    timeout: Duration,
+) -> Result<(), RemoteError> {
+    let store = &kernel.authority.approvals;
+    let until = tokio::time::Instant::now() + timeout;
+    let expired = |message: String| {
+        RemoteError::new(ErrorKind::ApprovalPending, message).with_detail(
+            ErrorDetail::ApprovalExpired {
+                approval: id.to_string(),
+            },
+        )
+    };
+    loop {
+        let current = store.get(id).map_err(internal)?;
+        match current.as_ref().map(|s| s.state.as_str()) {
+            Some("approved") => return Ok(()),
+            Some("denied") => {
+                let (by, note) = current
+                    .map(|s| (s.resolver.unwrap_or_default(), s.note))
+                    .unwrap_or_default();
+                let why = note.map(|n| format!(": {n}")).unwrap_or_default();
+                let reason = format!("approval {id} denied by {by}{why}");
+                return Err(
+                    RemoteError::new(ErrorKind::Denied, reason.clone()).with_detail(
+                        ErrorDetail::Denied(loong_ipc::Denial::new(
+                            DenialStage::Approval,
+                            effect.cap.as_str(),
+                            effect.target,
+                            reason,
+                        )),
+                    ),
+                );
+            }
+            Some("pending") => {}
+            _ => return Err(expired(format!("approval {id} expired"))),
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep_until(until) => {
+                if store.resolve(id, "expired", "loongd").map_err(internal)?.is_some() {
+                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline" });
+                    record(kernel, actor.event(Kind::ApprovalExpired, detail)).await?;
+                    return Err(expired(format!(
+                        "approval {id} was not answered within {} ms: denied",
+                        timeout.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Who resolves an approval: `control.approvals` under their token (or the operator's pack),
+/// a token only within its own pack, and never the token or the agent that asked (by the
+/// agent's name as [`agent_key`] reads it, so "Bot" is "bot"). The refusal names which rule.
+async fn approver(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    a: &Approval,
+) -> Result<Outcome, RemoteError> {
+    let cap = Capability::ControlApprovals;
+    let (o, _) = decide(kernel, actor, cap, None, None)?;
+    let separation = match (&a.token, &o.token, &a.agent, &o.agent) {
+        (Some(asked), Some(by), _, _) if asked == by => Some(format!(
+            "approval {} was requested under token {asked}; the same token cannot resolve it",
+            a.id
+        )),
+        (Some(_), _, Some(asked), Some(by)) if agent_key(asked) == agent_key(by) => Some(format!(
+            "approval {} was requested by agent {asked}; the same agent ({by}) cannot resolve it",
+            a.id
+        )),
+        (_, Some(_), _, _) if o.pack != a.pack => Some(format!(
+            "approval {} is in pack {}; a token of pack {} resolves only its own pack's requests",
+            a.id, a.pack, o.pack
+        )),
+        _ => None,
+    };
+    let refusal = match (&o.decision, separation) {
+        (Ok(Decision::Allow), None) => None,
+        (Ok(Decision::Allow), Some(why)) => Some((DenialStage::Separation, why)),
+        (Ok(Decision::NeedsApproval { .. }), _) => Some((
+            DenialStage::Approval,
+            "the pack asks for approval of control.approvals, and resolving an approval cannot itself wait for one".to_string(),
+        )),
+        _ => Some((
+            denial_stage(&o).unwrap_or(DenialStage::Request),
+            o.reason().unwrap_or_default(),
+        )),
+    };
+    let mut detail = decision_detail(&o, cap, Some(&a.id), None);
+    if let Some((_, why)) = &refusal {
+        detail["allowed"] = false.into();
+        detail["reason"] = why.as_str().into();
+    }
+    record(kernel, actor.event(Kind::PolicyDecision, detail)).await?;
+    match refusal {
+        None => Ok(o),
+        Some((stage, why)) => Err(denied(stage, cap, &a.id, &why)),
+    }
+}
+
+/// Resolves pending approval `id` for `actor` (an approver, under their token or the
+/// operator's pack): decided as `control.approvals`, the asking token re-checked when it is
+/// approved, audited as `approval.resolved`, and its waiter woken. `full_access` opens a
+/// window (checked by the caller). Returns the resolved request.
+pub(crate) async fn resolve(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    id: &str,
+    approve: bool,
+    full_access: Option<&FullAccess>,
+) -> Result<Approval, RemoteError> {
+    let not_pending = || RemoteError::new(ErrorKind::NotFound, format!("no pending approval {id}"));
+    let store = &kernel.authority.approvals;
+    let asked = store
+        .get(id)
+        .map_err(internal)?
+        .filter(|a| a.state == "pending")
+        .ok_or_else(not_pending)?;
+    let by = approver(kernel, actor, &asked).await?;
+    // The authority that asked must still hold when the request is approved.
+    if let (true, Some(tid)) = (approve, asked.token.as_deref()) {
+        if let Err(denial) = kernel.authority.tokens.check_id(tid).map_err(internal)? {
+            if deny_for_dead_token(kernel, actor, &asked, &denial).await? {
+                let reason =
+                    format!("its token {tid} is no longer valid ({denial}); loongd denied it");
+                return Err(RemoteError::new(
+                    ErrorKind::Denied,
+                    format!("approval {id} cannot be approved: {reason}"),
+                )
+                .with_detail(ErrorDetail::Denied(loong_ipc::Denial::new(
+                    DenialStage::Token,
+                    asked.capability.as_str(),
+                    asked.target.as_str(),
+                    reason,
+                ))));
+            }
+            return Err(not_pending());
+        }
+    }
+    let uid = actor.who.name();
+    let resolver = match (&by.token, &by.agent) {
+        (Some(t), Some(agent)) => format!("{uid} token:{t} agent:{agent}"),
+        _ => uid,
+    };
+    let state = if approve { "approved" } else { "denied" };
+    let a = store
+        .resolve(id, state, &resolver)
+        .map_err(internal)?
+        .ok_or_else(not_pending)?;
+    let window = match full_access {
+        Some(f) => Some(
+            store
+                .open_window(f.pack.as_deref(), f.ttl_ms, f.uses, &resolver)
+                .map_err(internal)?,
+        ),
+        None => None,
+    };
+    let detail = serde_json::json!({
+        "approval": id, "state": state, "resolver": resolver, "window": window,
+        "full_access": full_access.map(|f| serde_json::json!({ "ttl_ms": f.ttl_ms, "uses": f.uses, "pack": f.pack })),
+        "resolver_token": by.token, "resolver_agent": by.agent,
+    });
+    record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
+    wake(kernel, id);
+    Ok(a)
+}
+
+/// Turns the pending request `a`, whose token is dead, into a denial by loongd, audited with
+/// the reason, and wakes its waiter. `false` when it was no longer pending.
+async fn deny_for_dead_token(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    a: &Approval,
+    denial: &TokenDenial,
+) -> Result<bool, RemoteError> {
+    let token = a.token.as_deref().unwrap_or_default();
+    let note = format!("its token {token} is no longer valid: {denial}");
+    let resolved = kernel
+        .authority
+        .approvals
+        .resolve_noted(&a.id, "denied", "loongd", Some(&note))
+        .map_err(internal)?;
+    if resolved.is_none() {
+        return Ok(false);
+    }
+    let detail = serde_json::json!({
+        "approval": a.id, "state": "denied", "resolver": "loongd", "token": a.token,
+        "agent": a.agent, "reason": note,
+    });
+    record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
+    wake(kernel, &a.id);
+    Ok(true)
+}
+
+/// Denies every pending request whose token is no longer valid (after a revocation or a
+/// generation bump), so none waits on behalf of authority that is gone.
+pub(crate) async fn deny_orphaned(kernel: &Kernel, actor: &Actor<'_>) -> Result<(), RemoteError> {
+    let pending = kernel
+        .authority
+        .approvals
+        .pending_under_tokens()
+        .map_err(internal)?;
+    for a in pending {
+        let Some(id) = a.token.as_deref() else {
+            continue;
+        };
+        if let Err(denial) = kernel.authority.tokens.check_id(id).map_err(internal)? {
+            deny_for_dead_token(kernel, actor, &a, &denial).await?;
+        }
+    }
+    Ok(())
+}

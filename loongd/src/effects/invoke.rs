@@ -1,0 +1,382 @@
+//! A tool call on the effect path: the tool resolved to its plugin, the effect decided
+//! (`tool.invoke` on the tool's name, or a built-in's own effect: the path it reads or writes,
+//! the host it fetches from, the programs its command runs), recorded as `tool.invoked` before
+//! any byte reaches a worker, dispatched to the plugin's pool, and closed by exactly one
+//! `tool.completed` or `tool.failed` record, whose `failure` is the typed class the caller
+//! is answered with.
+
+use std::time::{Duration, Instant};
+
+use loong_ipc::{
+    message::control::MAX_INVOKE_INPUT_BYTES, Budget, BudgetExceeded, DecidedFile, ErrorDetail,
+    ErrorKind, FailureKind, InvokeResult, PluginFailure, RemoteError,
+};
+use loong_profiles::pack::Capability;
+
+use super::{authorize_unrecorded, internal, recheck, Actor, Authorized, Effect};
+use crate::{
+    audit::{Audit, Event, Kind},
+    authority::shell::CommandLine,
+    workers::{
+        plugins::{self, State},
+        CallError, Called, Loadable, Supervisor,
+    },
+    Kernel,
+};
+
+/// Room kept in a reply frame for everything but the output and the logs.
+pub const ANSWER_OVERHEAD_BYTES: usize = 1024;
+
+/// Encoding overhead counted per log line of an answer (its length prefix, with room).
+pub const LOG_LINE_OVERHEAD_BYTES: usize = 8;
+
+/// How long a call may wait for a free worker.
+pub const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
+
+fn bad(m: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::BadRequest, m)
+}
+
+/// A ready plugin, as a call needs it.
+struct Target {
+    plugin: plugins::Plugin,
+    /// The tool name its worker knows.
+    tool: String,
+    loadable: Loadable,
+    sha256: Option<String>,
+    pool: std::sync::Arc<Supervisor>,
+}
+
+/// Calls `tool` with `input` for `actor`: decide, record, dispatch, record the outcome.
+pub(crate) async fn call(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    tool: String,
+    input: String,
+) -> Result<InvokeResult, RemoteError> {
+    let started = Instant::now();
+    check_input(&input)?;
+    let target = ready(kernel, &tool)?;
+    let decided = decide(kernel, actor, &target, &tool, &input).await?;
+    // A file tool opens only the file the decision resolved, beneath the scope it decided
+    // (without one, its worker refuses the call).
+    let file = decided.file.clone().map(|f| DecidedFile {
+        path: f.path.to_string_lossy().into_owned(),
+        scope: f.scope.to_string_lossy().into_owned(),
+    });
+    let invoked = serde_json::json!({
+        "tool": tool, "version": target.plugin.version, "sha256": target.sha256,
+        "input_bytes": input.len(), "token": decided.token,
+    });
+    // The decision's and the invocation's records go to the writer as one message, so they
+    // share one commit (one fsync), which runs while the worker runs the call: a WASM call
+    // has no effect outside its worker, and nothing is answered before both are on disk.
+    let committed = kernel
+        .audit
+        .queue_all(
+            decided
+                .record
+                .into_iter()
+                .chain([actor.event(Kind::ToolInvoked, invoked)])
+                .collect(),
+        )
+        .await
+        .map_err(internal)?
+        .committed();
+    let mut open = Unanswered(Some((
+        kernel.audit.clone(),
+        actor.event(
+            Kind::ToolFailed,
+            serde_json::json!({ "tool": tool, "failure": loong_ipc::FailureClass::Abandoned.name(),
+                "message": "the request ended (deadline or client gone) before the worker answered" }),
+        ),
+    )));
+    let correlation = actor.correlation();
+    let (called, committed) = tokio::join!(
+        target.pool.call(
+            &target.loadable,
+            &target.tool,
+            input.into_bytes(),
+            file,
+            QUEUE_DEADLINE,
+            &correlation
+        ),
+        committed
+    );
+    open.0 = None;
+    committed.map_err(internal)?;
+    learn(kernel, &target, &called).await;
+    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    record_outcome(kernel, actor, tool, called, wall_us).await
+}
+
+/// The input's size and syntax, checked before anything is decided.
+fn check_input(input: &str) -> Result<(), RemoteError> {
+    if input.len() > MAX_INVOKE_INPUT_BYTES {
+        return Err(bad(format!(
+            "the input is {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit",
+            input.len()
+        ))
+        .with_detail(ErrorDetail::BudgetExceeded(BudgetExceeded {
+            budget: Budget::InputBytes,
+            limit: MAX_INVOKE_INPUT_BYTES as u64,
+        })));
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(input) {
+        return Err(bad(format!("the input is not JSON: {e}")));
+    }
+    Ok(())
+}
+
+/// The plugin that serves `name`, ready to run.
+fn ready(kernel: &Kernel, name: &str) -> Result<Target, RemoteError> {
+    let (plugin, tool) = resolve(kernel, name)?;
+    match plugin.state.clone() {
+        State::Ready {
+            plugin: loadable,
+            info,
+            pool: Some(pool),
+            ..
+        } => Ok(Target {
+            plugin,
+            tool,
+            loadable,
+            sha256: info.sha256,
+            pool,
+        }),
+        State::Ready { .. } => Err(bad(format!(
+            "plugin {} has not been loaded yet; run `loongctl plugins reload`",
+            plugin.id
+        ))),
+        State::Failed(why) => Err(bad(format!(
+            "plugin {} is in a failed state and cannot run: {why}",
+            plugin.id
+        ))),
+        State::Disabled(why) => Err(bad(format!("plugin {} is disabled: {why}", plugin.id))),
+    }
+}
+
+/// Decides the call: a built-in tool on the effect it has (the path it reads or writes, the
+/// command it runs), any other tool on `tool.invoke` of its name; after an approval, the
+/// token is checked again. The allowed decision's record is left for the caller to queue.
+async fn decide(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    target: &Target,
+    tool: &str,
+    input: &str,
+) -> Result<Authorized, RemoteError> {
+    let (cap, on, script) = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN {
+        builtin_effect(tool, input)?
+    } else {
+        (Capability::ToolInvoke, tool.to_string(), None)
+    };
+    let effect = Effect {
+        cap,
+        target: &on,
+        command: script.as_deref().map(CommandLine::Script),
+        call: Some((tool, input)),
+        run: None,
+    };
+    let mut decided = authorize_unrecorded(kernel, actor, &effect).await?;
+    if decided.record.is_none() {
+        // It waited for an approval: its token must still be valid now that it runs.
+        recheck(kernel, actor, decided.token.as_deref(), cap, &on).await?;
+    }
+    if !matches!(cap, Capability::FsRead | Capability::FsWrite) {
+        decided.file = None;
+    }
+    Ok(decided)
+}
+
+/// A deferred plugin's first load tells its tools (or its module's digest): listing and
+/// search show them from now on, and the trail records what was loaded.
+async fn learn(kernel: &Kernel, target: &Target, called: &Called) {
+    let plugin = &target.plugin;
+    let Some(info) = called.loaded.as_ref().filter(|_| plugin.deferred()) else {
+        return;
+    };
+    let detail = serde_json::json!({
+        "plugin": plugin.id, "version": plugin.version, "bridge_kind": plugin.bridge_kind,
+        "trust": plugin.trust.as_str(), "signer": plugin.signer,
+        "sha256": info.sha256, "first_call": true,
+        "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+    });
+    if kernel.learn(
+        &plugin.id,
+        target.loadable.generation,
+        &target.pool,
+        info.clone(),
+    ) {
+        kernel
+            .audit
+            .record_later(Event::daemon(Kind::PluginLoaded, detail))
+            .await;
+    }
+}
+
+/// Records the call's outcome (`tool.completed`, or `tool.failed` with its class) and
+/// answers with it. The answer must fit the connection's frame limit, or the client would
+/// lose it.
+async fn record_outcome(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    tool: String,
+    called: Called,
+    wall_us: u64,
+) -> Result<InvokeResult, RemoteError> {
+    let room = kernel.config.ipc.max_frame_bytes as usize;
+    let result = called.result.and_then(|out| {
+        let size = out.output.len()
+            + out.logs.iter().map(|l| l.len() + LOG_LINE_OVERHEAD_BYTES).sum::<usize>();
+        if size + ANSWER_OVERHEAD_BYTES > room {
+            return Err(CallError::Plugin(PluginFailure::new(
+                FailureKind::OutputTooLarge,
+                format!(
+                    "the answer ({size} bytes) does not fit this connection's frame limit of {room} bytes; raise ipc.max_frame_bytes or lower the plugin's max_output_bytes"
+                ),
+            )));
+        }
+        Ok(out)
+    });
+    match result {
+        Ok(out) => {
+            let detail = serde_json::json!({
+                "tool": tool, "worker": called.worker, "wall_us": wall_us,
+                "worker_wall_us": out.wall_us, "cpu_us": out.cpu_us,
+                "fuel_consumed": out.fuel_consumed, "peak_memory_bytes": out.peak_memory_bytes,
+                "output_bytes": out.output.len(), "logs_dropped": out.logs_dropped,
+            });
+            kernel
+                .audit
+                .record_later(actor.event(Kind::ToolCompleted, detail))
+                .await;
+            Ok(InvokeResult {
+                tool,
+                output: String::from_utf8_lossy(&out.output).into_owned(),
+                worker: called.worker,
+                logs: out.logs,
+                wall_us,
+                worker_wall_us: out.wall_us,
+                cpu_us: out.cpu_us,
+                fuel_consumed: out.fuel_consumed,
+                peak_memory_bytes: out.peak_memory_bytes,
+            })
+        }
+        Err(e) => {
+            let detail = serde_json::json!({
+                "tool": tool, "worker": called.worker, "wall_us": wall_us,
+                "failure": e.class().name(), "message": e.message(),
+            });
+            kernel
+                .audit
+                .record_later(actor.event(Kind::ToolFailed, detail))
+                .await;
+            Err(RemoteError::from(&e))
+        }
+    }
+}
+
+/// Closes a `tool.invoked` record with a `tool.failed` one when the call is dropped before it
+/// answered, so that every invocation record has its outcome.
+struct Unanswered(Option<(Audit, Event)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((audit, event)) = self.0.take() {
+            tokio::spawn(async move { audit.record_later(event).await });
+        }
+    }
+}
+
+/// What a built-in call would do, for the decision: `fs.read` or `fs.write` on its path,
+/// `net.egress` on its host, or `process.exec` of the programs its command runs (the shell
+/// `shell.exec` starts is the tool's own and is not decided; the first program the command
+/// runs is the target, and the shell rules see every other).
+fn builtin_effect(
+    tool: &str,
+    input: &str,
+) -> Result<(Capability, String, Option<String>), RemoteError> {
+    let v: serde_json::Value =
+        serde_json::from_str(input).map_err(|e| bad(format!("the input is not JSON: {e}")))?;
+    let field = |name: &str| {
+        v.get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| bad(format!("{tool} needs `{name}` (a string) in its input")))
+    };
+    // A file path is absolute and names no `.` or `..` (the docs promise this; `Path` would
+    // drop a `.` silently, so the text is checked).
+    let path = || {
+        let p = field("path")?;
+        if !p.starts_with('/') || p.split('/').any(|c| c == "." || c == "..") {
+            return Err(bad(format!(
+                "{tool} path {p:?}: give an absolute path without . or .. components"
+            )));
+        }
+        Ok(p)
+    };
+    Ok(match tool {
+        "file.read" => (Capability::FsRead, path()?, None),
+        "file.write" | "file.edit" => (Capability::FsWrite, path()?, None),
+        "web.fetch" => {
+            let url = field("url")?;
+            let (host, port, _) = loong_profiles::plugin::parse_endpoint(&url)
+                .map_err(|e| bad(format!("web.fetch url: {e}")))?;
+            (Capability::NetEgress, format!("{host}:{port}"), None)
+        }
+        _ => {
+            let command = field("command")?;
+            let plan = CommandLine::Script(&command).plan();
+            let first = plan.programs.first().map(|p| p.name.clone()).ok_or_else(|| {
+                bad(format!(
+                    "{tool}: the command {command:?} runs no program; give a command line such as `ls -l`"
+                ))
+            })?;
+            (Capability::ProcessExec, first, Some(command))
+        }
+    })
+}
+
+/// The plugin that serves `name`, and the tool name its worker knows: a plugin's own id
+/// (WASM, JSON lines), or `PLUGIN_ID/TOOL` for one of an MCP server's tools.
+fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), RemoteError> {
+    let registry = kernel.plugins_snapshot();
+    let not_found = || {
+        RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no tool named {name:?}; `loongctl plugins list` shows what is installed"),
+        )
+    };
+    if let Some(p) = registry.get(name) {
+        if p.has_named_tools() {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{name} is an MCP server; call one of its tools: {}",
+                    p.tool_names().join(", ")
+                ),
+            ));
+        }
+        return Ok((p.clone(), name.to_string()));
+    }
+    let (id, tool) = name.split_once('/').ok_or_else(not_found)?;
+    let p = registry
+        .get(id)
+        .filter(|p| p.has_named_tools())
+        .ok_or_else(not_found)?;
+    if let State::Ready { info, .. } = &p.state {
+        // A deferred server's tools are not known before its first call; its worker refuses
+        // an unknown one.
+        if !p.deferred() && !info.tools.iter().any(|t| t.name == tool) {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "MCP server {id} has no tool {tool:?}; it offers: {}",
+                    p.tool_names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok((p.clone(), tool.to_string()))
+}

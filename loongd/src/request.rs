@@ -1,0 +1,133 @@
+//! One request's handle, shared by the connection that serves it and the effect path below:
+//! its correlation id, its byte streams (output as stream chunks under the connection's
+//! output budget, input from the client), why it stopped, and the approval it waits for.
+//!
+//! It sits below `control/` and `effects/` so that neither imports the other for it: the
+//! connection makes one per request, the effect path only uses it.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use loong_ipc::{ControlResponse, Reply, RequestId, StreamChunk};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Boxed, so the channel's slots (allocated in blocks) stay small for every connection.
+pub(crate) type Outbox = mpsc::Sender<Box<Outgoing>>;
+
+/// Output bytes (stream chunks) queued per connection for a client that reads slowly, the
+/// chunk being written included. A producer that finds the budget spent waits for the
+/// client: a sandbox's output back-pressures the program, and a stalled client costs loongd
+/// at most this much, never an amount that grows with the program's output.
+pub(crate) const OUTPUT_BUDGET_BYTES: usize = 8 * 1024;
+
+/// Why a request stopped before it finished. A sandbox run records it in `sandbox.exited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopCause {
+    /// The client cancelled the request.
+    Cancelled,
+    /// The client's connection ended (it closed, was killed, broke the protocol or stopped
+    /// taking replies).
+    ClientGone,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl StopCause {
+    /// The name audit records use.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StopCause::Cancelled => "cancelled",
+            StopCause::ClientGone => "client_gone",
+            StopCause::Deadline => "deadline",
+        }
+    }
+}
+
+/// Set once, before a request's task is stopped, so its cleanup can say why.
+pub(crate) type StopCell = Arc<OnceLock<StopCause>>;
+
+/// The approval a request waits for, while it waits: read by the connection when the
+/// request's deadline passes, so the answer is the typed `ApprovalPending`, not a bare
+/// deadline.
+pub(crate) type WaitCell = Arc<Mutex<Option<String>>>;
+
+/// A reply on its way to the writer. A stream chunk holds its share of the connection's
+/// [`OUTPUT_BUDGET_BYTES`], and a request's answer its request's slot of `max_in_flight`,
+/// until its frame is written.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) reply: Reply<ControlResponse>,
+    pub(crate) _held: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Reply<ControlResponse>> for Box<Outgoing> {
+    fn from(reply: Reply<ControlResponse>) -> Box<Outgoing> {
+        Box::new(Outgoing { reply, _held: None })
+    }
+}
+
+/// A running request's byte streams: its output goes out as `Reply::Stream` chunks ahead of
+/// its response; its input arrives from `Call::Stream` chunks.
+#[derive(Debug)]
+pub(crate) struct RequestIo {
+    pub(crate) id: RequestId,
+    pub(crate) conn: u64,
+    pub(crate) out: Outbox,
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) stop: StopCell,
+    pub(crate) waiting: WaitCell,
+    /// Input chunks (a sandboxed program's stdin, the operator's interrupts).
+    pub(crate) input: mpsc::Receiver<StreamChunk>,
+}
+
+impl RequestIo {
+    /// The audit correlation id of this request.
+    pub(crate) fn correlation(&self) -> String {
+        format!("conn-{}/req-{}", self.conn, self.id)
+    }
+
+    /// Why the request was stopped, once it has been (read by cleanup that outlives it).
+    pub(crate) fn stop_cell(&self) -> StopCell {
+        self.stop.clone()
+    }
+
+    /// Notes that the request waits for approval `id` (`None`: it no longer waits).
+    pub(crate) fn set_waiting(&self, id: Option<&str>) {
+        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = id.map(String::from);
+    }
+
+    /// Sends an output chunk, first waiting for its share of the connection's output budget
+    /// (the client reading what is queued); `false` when the client is gone.
+    pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
+        let bytes = match &chunk {
+            StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => b.len(),
+            StreamChunk::StdinEnd | StreamChunk::Interrupt => 0,
+        };
+        match self.reserve(bytes).await {
+            Some(share) => self.emit_within(chunk, share).await,
+            None => false,
+        }
+    }
+
+    /// Waits until the connection's output budget has room for `bytes` (at least 1, at most
+    /// the whole budget) and holds it; `None` when the connection is gone.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let share = u32::try_from(bytes.clamp(1, OUTPUT_BUDGET_BYTES)).unwrap_or(1);
+        self.budget.clone().acquire_many_owned(share).await.ok()
+    }
+
+    /// Sends an output chunk under a share [`reserve`](Self::reserve)d for it, released once
+    /// its frame is written; `false` when the client is gone.
+    pub(crate) async fn emit_within(
+        &self,
+        chunk: StreamChunk,
+        share: OwnedSemaphorePermit,
+    ) -> bool {
+        self.out
+            .send(Box::new(Outgoing {
+                reply: Reply::Stream { id: self.id, chunk },
+                _held: Some(share),
+            }))
+            .await
+            .is_ok()
+    }
+}

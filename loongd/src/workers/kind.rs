@@ -1,0 +1,170 @@
+//! The worker kinds: what a pool runs (the worker program and the sandbox around it) and
+//! what loads a plugin into one of its workers (the wire form and the call's deadline).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use loong_ipc::{BuiltinSpec, HttpSpec, PeerSpec, WasmPlugin, WorkerRequest};
+use loong_sandbox::{NetGrant, Tier};
+
+/// The worker executables, found next to loongd.
+pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
+pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
+pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
+pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
+/// An HTTP worker's memory and tasks: one single-threaded exchange at a time.
+pub const HTTP_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+pub const HTTP_WORKER_TASKS: u64 = 4;
+/// A stdio worker's memory (cgroup `memory.max`): the worker and its program.
+pub const STDIO_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Tasks a stdio worker and its program may run (a JavaScript runtime starts about a dozen
+/// threads).
+pub const STDIO_WORKER_TASKS: u64 = 64;
+/// How long a stdio worker may take to (re)start its program within a call.
+pub const PEER_START_ALLOWANCE: Duration = Duration::from_secs(20);
+/// A WASM worker's memory (cgroup `memory.max`): the engine, its pool and one call.
+pub const WORKER_MEMORY_BYTES: u64 = 768 * 1024 * 1024;
+/// Tasks a WASM worker's sandbox may hold: the spawn helper and the reaper (in the cgroup
+/// with it), the worker's main thread, the epoch ticker and the compiler thread, and one to
+/// spare.
+pub const WORKER_THREADS: u64 = 6;
+/// How long past a plugin's own timeout loongd waits before it kills the worker.
+pub const CALL_GRACE: Duration = Duration::from_millis(1_000);
+
+/// What loads a plugin into a worker.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    Wasm(WasmPlugin),
+    Peer(PeerSpec),
+    /// An `http_json` connector and the addresses its endpoint was pinned to at discovery:
+    /// loongd connects to these (and nowhere else) for each call.
+    Http {
+        spec: HttpSpec,
+        addrs: Vec<std::net::SocketAddr>,
+        /// For `web.fetch` (`spec.fetch`): whether a URL may resolve to loopback, private or
+        /// link-local addresses. Each call's URL is resolved and checked then.
+        fetch_allow_private: bool,
+    },
+    Builtin(BuiltinSpec),
+}
+
+/// A plugin as the supervisor loads it: the wire form and a generation that changes when
+/// the plugin is rediscovered.
+#[derive(Debug, Clone)]
+pub(crate) struct Loadable {
+    pub id: String,
+    pub wire: Arc<Wire>,
+    pub generation: u64,
+}
+
+impl Loadable {
+    pub(super) fn request(&self) -> WorkerRequest {
+        match &*self.wire {
+            Wire::Wasm(w) => WorkerRequest::Load(Box::new(w.clone())),
+            Wire::Peer(p) => WorkerRequest::Start(Box::new(p.clone())),
+            Wire::Http { spec, .. } => WorkerRequest::Connector(Box::new(spec.clone())),
+            Wire::Builtin(b) => WorkerRequest::Builtin(Box::new(b.clone())),
+        }
+    }
+
+    /// How long loongd waits for a call's answer before it kills the worker.
+    pub(super) fn call_deadline(&self) -> Duration {
+        match &*self.wire {
+            Wire::Wasm(w) => Duration::from_millis(w.timeout_ms) + CALL_GRACE,
+            // The worker may have to restart its program first.
+            Wire::Peer(p) => {
+                Duration::from_millis(p.timeout_ms) + PEER_START_ALLOWANCE + CALL_GRACE
+            }
+            Wire::Http { spec, .. } => Duration::from_millis(spec.timeout_ms) + CALL_GRACE,
+            Wire::Builtin(b) => Duration::from_millis(b.timeout_ms) + CALL_GRACE,
+        }
+    }
+}
+
+/// What a pool runs: the worker program and the sandbox around it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerKind {
+    /// `wasm` or `stdio`.
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub tier: Tier,
+    pub memory_bytes: u64,
+    pub tasks: u64,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub net: Vec<NetGrant>,
+    /// A second socket (fd 4) on which loongd passes connected sockets.
+    pub broker: bool,
+    /// The plugin's own package directory, readable inside (a foreign program's files).
+    pub package: Option<PathBuf>,
+}
+
+fn next_to_loongd(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl WorkerKind {
+    /// The WASM worker: restricted, no grant at all.
+    pub(crate) fn wasm() -> WorkerKind {
+        WorkerKind {
+            name: "wasm",
+            program: next_to_loongd(WASM_WORKER_NAME),
+            tier: Tier::Restricted,
+            memory_bytes: WORKER_MEMORY_BYTES,
+            tasks: WORKER_THREADS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+            broker: false,
+            package: None,
+        }
+    }
+
+    /// An HTTP worker: balanced, no grant, no network of its own.
+    pub(crate) fn http() -> WorkerKind {
+        WorkerKind {
+            name: "http",
+            program: next_to_loongd(HTTP_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: HTTP_WORKER_MEMORY_BYTES,
+            tasks: HTTP_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+            broker: true,
+            package: None,
+        }
+    }
+
+    /// A built-in tool's worker, with the tool's grants (balanced, like a foreign program:
+    /// `shell.exec` starts processes, the file tools open paths).
+    pub(crate) fn builtin(
+        read: Vec<PathBuf>,
+        write: Vec<PathBuf>,
+        net: Vec<NetGrant>,
+    ) -> WorkerKind {
+        WorkerKind {
+            name: "builtin",
+            program: next_to_loongd(BUILTIN_WORKER_NAME),
+            ..WorkerKind::stdio(read, write, net)
+        }
+    }
+
+    /// A stdio worker with a foreign program's grants.
+    pub(crate) fn stdio(read: Vec<PathBuf>, write: Vec<PathBuf>, net: Vec<NetGrant>) -> WorkerKind {
+        WorkerKind {
+            name: "stdio",
+            program: next_to_loongd(STDIO_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: STDIO_WORKER_MEMORY_BYTES,
+            tasks: STDIO_WORKER_TASKS,
+            read,
+            write,
+            net,
+            broker: false,
+            package: None,
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! A pool of worker processes of one kind, each in its tier's sandbox, each running one call
+//! at a time.
+//!
+//! - A call takes a permit (at most the pool's size run at once; the rest queue until their
+//!   deadline), then an idle worker, or spawns one (a cold start).
+//! - A worker that dies, breaks the protocol or overruns a call's deadline is killed and
+//!   retired: that call fails with the fault's class, the death is audited (`worker.exited`,
+//!   with its signal, exit code and OOM flag), and a replacement is started in the
+//!   background with exponential backoff.
+//! - Idle workers are pinged every [`HEALTH_INTERVAL`]; a silent one is retired.
+//! - Plugins are loaded into a worker the first time it runs them (the module travels over
+//!   the socket); a worker remembers the plugin generations it has loaded.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    connection::{handshake_as_caller, FrameReader, FrameWriter},
+    frame::FrameLimit,
+    message::worker::WORKER_MAX_FRAME_BYTES,
+    CallOutput, FailureClass, Hello, PeerKind, PluginFailure, RemoteError, ToolInfo, WorkerRequest,
+    WorkerResponse, WorkerView,
+};
+use loong_sandbox::{KernelOverrides, Killer, Limits, SandboxSpec, Spawner, StdioSpec};
+use tokio::{net::UnixStream, sync::Semaphore};
+
+use super::{
+    broker,
+    kind::{Loadable, WorkerKind},
+    worker::{kill_now, log_stderr, Worker, WorkerFault, WORKER_START_TIMEOUT, WRITE_TIMEOUT},
+};
+use crate::audit::{Audit, Event, Kind};
+
+/// How long a plugin load (compilation in the worker) may take.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle workers are pinged.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// First and longest delay between attempts to replace a retired worker.
+pub const RESTART_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(5));
+/// Replacement attempts before the pool waits for the next call to spawn on demand.
+pub const RESTART_ATTEMPTS: u32 = 6;
+/// How long loongd waits for a killed idle worker to be reaped when a pool stops.
+pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replaced pool may finish the calls it runs before it is stopped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a call did not produce an output.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The plugin failed (refused at load, trapped, timed out, …); its worker is fine.
+    #[error("{}: {}", .0.kind.name(), .0.message)]
+    Plugin(PluginFailure),
+    /// The worker failed (died, overran the deadline, broke the protocol: the class says
+    /// which) and was retired.
+    #[error("{1}")]
+    Worker(FailureClass, String),
+    /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CallError {
+    /// The failure's class, as the caller is answered and `tool.failed` records it.
+    pub(crate) fn class(&self) -> FailureClass {
+        match self {
+            CallError::Plugin(f) => FailureClass::Plugin(f.kind),
+            CallError::Worker(class, _) => *class,
+            CallError::Unavailable(_) => FailureClass::Unavailable,
+        }
+    }
+
+    /// What happened, for people (the class is not repeated).
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            CallError::Plugin(f) => &f.message,
+            CallError::Worker(_, why) | CallError::Unavailable(why) => why,
+        }
+    }
+}
+
+/// A finished call: what the worker answered and which worker it was.
+#[derive(Debug)]
+pub(crate) struct Called {
+    pub worker: u64,
+    pub result: Result<CallOutput, CallError>,
+    /// What loading the plugin told, when this call was the one that loaded it into its
+    /// worker and then answered.
+    pub loaded: Option<LoadInfo>,
+}
+
+/// What a checked-out worker is asked to do.
+#[derive(Debug)]
+enum Job {
+    /// Load the plugin (discovery's check).
+    Check,
+    /// Call `tool` with this input, loading the plugin first when needed; `decided` is the
+    /// file a built-in file tool's call was decided on.
+    Call {
+        tool: String,
+        input: Vec<u8>,
+        decided: Option<loong_ipc::DecidedFile>,
+    },
+}
+
+/// What a load told about the plugin.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadInfo {
+    /// Whether a worker has loaded it (a deferred plugin's is not known before its first
+    /// call).
+    pub loaded: bool,
+    /// A WASM module's sha256.
+    pub sha256: Option<String>,
+    /// A foreign program's tools.
+    pub tools: Vec<ToolInfo>,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+enum Done {
+    Loaded(LoadInfo),
+    /// A call's output, and what the load before it told when the call made one.
+    Output(CallOutput, Option<LoadInfo>),
+}
+
+/// Worker ids are unique across every pool.
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What `workers list` shows of one worker.
+#[derive(Debug)]
+struct Entry {
+    pid: u32,
+    started_ms: i64,
+    busy: Option<String>,
+    calls: u64,
+    killer: Killer,
+    /// Who killed it through `workers kill`, for its exit record.
+    killed_by: Option<String>,
+}
+
+/// The supervisor.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    kind: WorkerKind,
+    spawner: Result<Arc<Spawner>, crate::spawner::SpawnerUnavailable>,
+    allow_degraded: bool,
+    audit: Audit,
+    permits: Semaphore,
+    pool_size: usize,
+    idle: Mutex<Vec<Worker>>,
+    table: Mutex<BTreeMap<u64, Entry>>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Supervisor {
+    /// A supervisor of `pool_size` workers of `kind`.
+    pub(crate) fn new(
+        kind: WorkerKind,
+        spawner: Result<Arc<Spawner>, crate::spawner::SpawnerUnavailable>,
+        allow_degraded: bool,
+        pool_size: usize,
+        audit: Audit,
+    ) -> Supervisor {
+        Supervisor {
+            kind,
+            spawner,
+            allow_degraded,
+            audit,
+            permits: Semaphore::new(pool_size),
+            pool_size,
+            idle: Mutex::default(),
+            table: Mutex::default(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `plugin` on `input` in a worker; `decided` is the file a built-in file tool's
+    /// call was decided on (the only one its worker opens); `correlation` ties the worker's
+    /// records to the call's. Waits for a free worker at most `queue_deadline`.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+        tool: &str,
+        input: Vec<u8>,
+        decided: Option<loong_ipc::DecidedFile>,
+        queue_deadline: Duration,
+        correlation: &str,
+    ) -> Called {
+        let job = Job::Call {
+            tool: tool.to_string(),
+            input,
+            decided,
+        };
+        let (worker, result) = self.run(plugin, job, queue_deadline, correlation).await;
+        let mut loaded = None;
+        let result = result.and_then(|done| match done {
+            Done::Output(out, info) => {
+                loaded = info;
+                Ok(out)
+            }
+            Done::Loaded(_) => Err(CallError::Worker(
+                FailureClass::WorkerProtocol,
+                "internal: a call answered as a load".into(),
+            )),
+        });
+        Called {
+            worker,
+            result,
+            loaded,
+        }
+    }
+
+    /// Loads `plugin` in a worker without calling it (discovery's check); the answer says
+    /// whether the module is acceptable and gives its digest, or the program's tools.
+    pub(crate) async fn check_load(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+    ) -> Result<LoadInfo, CallError> {
+        let (_, result) = self.run(plugin, Job::Check, LOAD_TIMEOUT, "").await;
+        match result? {
+            Done::Loaded(info) => Ok(info),
+            Done::Output(..) => Err(CallError::Worker(
+                FailureClass::WorkerProtocol,
+                "internal: a load answered as a call".into(),
+            )),
+        }
+    }
+
+    /// Checks a worker out under a permit, runs `job` on it and gives it back, or retires it
+    /// (and starts a replacement) when it failed. Returns the worker's id (0: none was had).
+    async fn run(
+        self: &Arc<Self>,
+        plugin: &Loadable,
+        job: Job,
+        queue_deadline: Duration,
+        correlation: &str,
+    ) -> (u64, Result<Done, CallError>) {
+        let unavailable = |why: String| (0, Err(CallError::Unavailable(why)));
+        let permit = match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
+            Err(_) => {
+                return unavailable(format!(
+                    "no worker became free within {} ms",
+                    queue_deadline.as_millis()
+                ))
+            }
+        };
+        let worker = match self.take_or_spawn().await {
+            Ok(w) => w,
+            Err(why) => return unavailable(why),
+        };
+        let id = worker.id;
+        self.mark(id, Some(&plugin.id));
+        let mut out = Checkout {
+            sup: self.clone(),
+            worker: Some(worker),
+            correlation: correlation.to_string(),
+        };
+        let result = self.run_on(out.worker(), plugin, job).await;
+        let worker = out.release();
+        match result {
+            Ok(r) => {
+                self.mark(id, None);
+                // Back in the idle list before the permit is free: a call that takes the
+                // permit must find it there, or it would spawn one worker too many.
+                self.give_back(worker);
+                drop(permit);
+                (id, r)
+            }
+            Err(fault) => {
+                drop(permit);
+                let why = format!("worker {id} failed: {fault}");
+                self.retire(worker, &why, correlation).await;
+                self.replace_in_background();
+                (id, Err(CallError::Worker(fault.class(), why)))
+            }
+        }
+    }
+
+    /// Loads the plugin into `worker` (always for a check; for a call, unless this generation
+    /// is loaded already), then calls it for a call. A plugin's own failure is the inner
+    /// `Err`; a worker that misbehaves is the outer one.
+    async fn run_on(
+        &self,
+        worker: &mut Worker,
+        plugin: &Loadable,
+        job: Job,
+    ) -> Result<Result<Done, CallError>, WorkerFault> {
+        let id = &plugin.id;
+        let loaded = worker.loaded.get(id) == Some(&plugin.generation);
+        let info = if matches!(job, Job::Check) || !loaded {
+            let info = match worker.request(plugin.request(), LOAD_TIMEOUT).await? {
+                WorkerResponse::Loaded { sha256, .. } => LoadInfo {
+                    loaded: true,
+                    sha256: Some(sha256),
+                    tools: Vec::new(),
+                },
+                WorkerResponse::Described(tools) => {
+                    loong_ipc::message::worker::check_tools(&tools)
+                        .map_err(|e| WorkerFault::Protocol(format!("tool list: {e}")))?;
+                    LoadInfo {
+                        loaded: true,
+                        sha256: None,
+                        tools,
+                    }
+                }
+                WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
+                other => {
+                    return Err(WorkerFault::Protocol(format!(
+                        "answered a load with {}",
+                        other.name()
+                    )))
+                }
+            };
+            worker.loaded.insert(id.clone(), plugin.generation);
+            info
+        } else {
+            LoadInfo::default()
+        };
+        let Job::Call {
+            tool,
+            mut input,
+            decided,
+        } = job
+        else {
+            return Ok(Ok(Done::Loaded(info)));
+        };
+        let deadline = plugin.call_deadline();
+        // A kind with a broker gets the connection loongd made for this call (a connector's
+        // pinned endpoint, a fetch's checked URL) beside its input.
+        match broker::route(&plugin.wire, id, &mut input).await {
+            Ok(None) => {}
+            Ok(Some(conn)) => worker.pass_connection(&conn)?,
+            Err(f) => return Ok(Err(CallError::Plugin(f))),
+        }
+        let invoke = WorkerRequest::Invoke {
+            plugin_id: tool,
+            input,
+            decided,
+        };
+        let answer = worker.request(invoke, deadline).await?;
+        if let Some(e) = lock(&self.table).get_mut(&worker.id) {
+            e.calls += 1;
+        }
+        match answer {
+            // A worker's answer is checked, not trusted: bounds, and JSON as promised.
+            WorkerResponse::Output(out) => {
+                out.check_bounds()
+                    .map_err(|e| WorkerFault::Protocol(format!("answer out of bounds: {e}")))?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
+                    .map_err(|e| WorkerFault::Protocol(format!("output is not JSON: {e}")))?;
+                Ok(Ok(Done::Output(out, info.loaded.then_some(info))))
+            }
+            WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
+            other => Err(WorkerFault::Protocol(format!(
+                "answered a call with {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Workers spawned and not yet retired.
+    fn live(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// An idle worker that is still alive, or a new one.
+    async fn take_or_spawn(self: &Arc<Self>) -> Result<Worker, String> {
+        loop {
+            let w = lock(&self.idle).pop();
+            match w {
+                Some(w) if w.exited() => {
+                    // Reaped (its sandbox and cgroup removed) and audited in the background:
+                    // the call goes on to a live or new worker without waiting for that.
+                    let killed_by = self.unregister(&w);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.reap(w, killed_by, "found dead while idle", "").await;
+                    });
+                }
+                Some(w) => return Ok(w),
+                None => return self.spawn().await,
+            }
+        }
+    }
+
+    fn give_back(self: &Arc<Self>, worker: Worker) {
+        if self.stopping.load(Ordering::Relaxed) {
+            kill_now(&worker);
+            return;
+        }
+        // A background replacement racing an on-demand spawn can make one worker too many.
+        if self.live() > self.pool_size {
+            let me = self.clone();
+            tokio::spawn(async move { me.retire(worker, "above the pool size", "").await });
+            return;
+        }
+        lock(&self.idle).push(worker);
+    }
+
+    fn mark(&self, id: u64, busy: Option<&str>) {
+        if let Some(e) = lock(&self.table).get_mut(&id) {
+            e.busy = busy.map(String::from);
+        }
+    }
+
+    /// Spawns, handshakes and registers a worker; audited as `worker.spawned`.
+    async fn spawn(self: &Arc<Self>) -> Result<Worker, String> {
+        let spawner = self
+            .spawner
+            .clone()
+            .map_err(|e| format!("sandboxes are unavailable: {e}"))?;
+        let kind = &self.kind;
+        if !kind.program.exists() {
+            return Err(format!(
+                "the {} worker {} is missing; install it next to loongd",
+                kind.name,
+                kind.program.display()
+            ));
+        }
+        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut pass: Vec<std::os::fd::OwnedFd> = vec![theirs.into()];
+        let broker = if kind.broker {
+            let (b_ours, b_theirs) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+            pass.push(b_theirs.into());
+            Some(b_ours)
+        } else {
+            None
+        };
+        let spec = SandboxSpec {
+            tier: Some(kind.tier),
+            program: kind.program.clone(),
+            read: kind.read.clone(),
+            write: kind.write.clone(),
+            net: kind.net.clone(),
+            limits: Limits {
+                memory_bytes: Some(kind.memory_bytes),
+                pids: Some(kind.tasks),
+                ..Limits::default()
+            },
+            allow_degraded: self.allow_degraded,
+            // wasmtime reserves address space per memory and a JavaScript runtime reserves
+            // its heap cage up front, so memory is bounded by the cgroup, not RLIMIT_AS.
+            kernel: KernelOverrides {
+                unbounded_address_space: true,
+                unbounded_cpu: true,
+                threads: Some(kind.tasks),
+            },
+            package: kind.package.clone(),
+            ..SandboxSpec::default()
+        };
+        let mut child = tokio::task::spawn_blocking(move || {
+            spawner.spawn(
+                spec,
+                [StdioSpec::Null, StdioSpec::Null, StdioSpec::Pipe],
+                pass,
+            )
+        })
+        .await
+        .map_err(|e| format!("spawn task: {e}"))?
+        .map_err(|e| format!("spawning a {} worker: {e}", self.kind.name))?;
+        let sandboxed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let pid = child.pid();
+        let killer = child.killer().map_err(|e| format!("pidfd: {e}"))?;
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(log_stderr(id, err));
+        }
+        let connected = async {
+            ours.set_nonblocking(true)?;
+            let (r, w) = UnixStream::from_std(ours)?.into_split();
+            let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES))
+                .map_err(std::io::Error::other)?;
+            let mut reader = FrameReader::new(r, limit, WORKER_START_TIMEOUT);
+            let mut writer = FrameWriter::new(w, limit, WRITE_TIMEOUT);
+            let hello = Hello::new(
+                PeerKind::Kernel,
+                concat!("loongd ", env!("CARGO_PKG_VERSION")),
+            );
+            handshake_as_caller(&mut reader, &mut writer, &hello, WORKER_START_TIMEOUT)
+                .await
+                .map_err(std::io::Error::other)?;
+            std::io::Result::Ok((reader, writer))
+        };
+        let (reader, writer) = match connected.await {
+            Ok(rw) => rw,
+            Err(e) => {
+                let _ = killer.kill();
+                let report = tokio::task::spawn_blocking(move || child.wait()).await;
+                return Err(format!(
+                    "the {} worker did not start: {e} (it ended with {report:?})",
+                    self.kind.name
+                ));
+            }
+        };
+        let cold_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lock(&self.table).insert(
+            id,
+            Entry {
+                pid,
+                started_ms: crate::now_ms(),
+                busy: None,
+                calls: 0,
+                killer,
+                killed_by: None,
+            },
+        );
+        self.audit
+            .record_later(Event::daemon(
+                Kind::WorkerSpawned,
+                serde_json::json!({
+                    "worker": id, "pid": pid, "kind": self.kind.name, "tier": self.kind.tier.as_str(),
+                    "cold_start_us": cold_us, "sandbox_us": sandboxed_us, "degraded": child.degraded.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                }),
+            ))
+            .await;
+        Ok(Worker {
+            id,
+            pid,
+            reader,
+            writer,
+            child: Some(child),
+            loaded: HashMap::new(),
+            next_req: 0,
+            broker,
+        })
+    }
+
+    /// Kills a worker, waits for it (off the runtime) and audits how it ended.
+    async fn retire(&self, worker: Worker, why: &str, correlation: &str) {
+        let killed_by = self.unregister(&worker);
+        self.reap(worker, killed_by, why, correlation).await;
+    }
+
+    /// Kills a worker and takes it out of the table (so the pool may replace it at once);
+    /// returns who had killed it, if anyone.
+    fn unregister(&self, worker: &Worker) -> Option<String> {
+        kill_now(worker);
+        lock(&self.table)
+            .remove(&worker.id)
+            .and_then(|e| e.killed_by)
+    }
+
+    /// Waits for an unregistered worker (off the runtime) and audits how it ended.
+    async fn reap(
+        &self,
+        mut worker: Worker,
+        killed_by: Option<String>,
+        why: &str,
+        correlation: &str,
+    ) {
+        let Some(child) = worker.child.take() else {
+            return;
+        };
+        let report = tokio::task::spawn_blocking(move || child.wait()).await;
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let (code, signal, oom) = match &report {
+            Ok(Ok(r)) => (r.code, r.signal, r.oom_killed),
+            _ => (None, None, false),
+        };
+        tracing::warn!(
+            worker = worker.id,
+            pid = worker.pid,
+            ?signal,
+            ?code,
+            why,
+            "worker retired"
+        );
+        self.audit
+            .record_later(Event {
+                kind: Kind::WorkerExited,
+                actor: "loongd".into(),
+                correlation: correlation.into(),
+                detail: serde_json::json!({
+                    "worker": worker.id, "pid": worker.pid, "why": why, "exit_code": code,
+                    "signal": signal, "oom_killed": oom, "killed_by": killed_by,
+                }),
+            })
+            .await;
+    }
+
+    /// Starts a replacement worker in the background, backing off after failures.
+    fn replace_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut delay = RESTART_BACKOFF.0;
+            for _ in 0..RESTART_ATTEMPTS {
+                if me.stopping.load(Ordering::Relaxed) || me.live() >= me.pool_size {
+                    return;
+                }
+                match me.spawn().await {
+                    Ok(w) => {
+                        me.give_back(w);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replacing a worker failed; backing off");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RESTART_BACKOFF.1);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Pings the idle workers, one at a time and each under a permit (so that a call never
+    /// finds the pool empty because of a ping); retires the ones that do not answer.
+    pub(crate) async fn health_check(self: &Arc<Self>) {
+        let idle = lock(&self.idle).len();
+        for _ in 0..idle {
+            // A pool with no free permit is busy, and its workers are answering calls.
+            let Ok(_permit) = self.permits.try_acquire() else {
+                return;
+            };
+            // The oldest idle worker (calls take the newest).
+            let mut w = {
+                let mut idle = lock(&self.idle);
+                if idle.is_empty() {
+                    return;
+                }
+                idle.remove(0)
+            };
+            match w.ping().await {
+                Ok(()) => self.give_back(w),
+                Err(fault) => {
+                    let why = format!("health check failed: {fault}");
+                    self.retire(w, &why, "").await;
+                    self.replace_in_background();
+                }
+            }
+        }
+    }
+
+    /// Every live worker.
+    pub(crate) fn list(&self) -> Vec<WorkerView> {
+        lock(&self.table)
+            .iter()
+            .map(|(id, e)| WorkerView {
+                id: *id,
+                pid: e.pid,
+                kind: self.kind.name.into(),
+                tier: self.kind.tier.as_str().into(),
+                state: if e.busy.is_some() { "busy" } else { "idle" }.into(),
+                tool: e.busy.clone(),
+                calls: e.calls,
+                started_ms: e.started_ms,
+            })
+            .collect()
+    }
+
+    /// Kills worker `id` (SIGKILL through its pidfd) for `by`. Its call in flight fails and
+    /// is audited on the call's path; an idle one is found dead (and audited) at its next use
+    /// or health check, whichever comes first.
+    pub(crate) fn kill(&self, id: u64, by: &str) -> Option<WorkerView> {
+        let view = self.list().into_iter().find(|w| w.id == id)?;
+        if let Some(e) = lock(&self.table).get_mut(&id) {
+            e.killed_by = Some(by.to_string());
+            let _ = e.killer.kill();
+        }
+        Some(view)
+    }
+
+    /// Waits (at most [`DRAIN_TIMEOUT`]) for the calls in flight to finish, then stops the
+    /// pool: what an upgrade or a reload does to the pool it replaced, so that no call that
+    /// already started is cut off.
+    pub(crate) async fn drain_then_shutdown(self: Arc<Self>) {
+        let all = u32::try_from(self.pool_size).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all)).await;
+        self.shutdown();
+        self.reap_idle().await;
+    }
+
+    /// Waits for the killed idle workers, so that their sandboxes (and cgroups) are removed
+    /// before loongd exits, rather than left behind.
+    pub(crate) async fn reap_idle(&self) {
+        let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
+        for mut w in idle {
+            kill_now(&w);
+            if let Some(child) = w.child.take() {
+                let _ = tokio::time::timeout(
+                    REAP_TIMEOUT,
+                    tokio::task::spawn_blocking(move || child.wait()),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Kills every worker (loongd is stopping; nothing more is audited about them).
+    pub(crate) fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.permits.close();
+        for e in lock(&self.table).values() {
+            let _ = e.killer.kill();
+        }
+    }
+}
+
+/// A worker out on one job. Dropped before [`Checkout::release`] (the job's future was
+/// dropped: a deadline, a client gone), it kills the worker, whose state is then unknown, and
+/// retires it in the background.
+struct Checkout {
+    sup: Arc<Supervisor>,
+    worker: Option<Worker>,
+    correlation: String,
+}
+
+impl Checkout {
+    fn worker(&mut self) -> &mut Worker {
+        self.worker
+            .as_mut()
+            .expect("a checkout holds its worker until it is released")
+    }
+
+    fn release(mut self) -> Worker {
+        self.worker
+            .take()
+            .expect("a checkout holds its worker until it is released")
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            kill_now(&w);
+            let sup = self.sup.clone();
+            let correlation = std::mem::take(&mut self.correlation);
+            tokio::spawn(async move {
+                sup.retire(
+                    w,
+                    "its job was abandoned (deadline or client gone)",
+                    &correlation,
+                )
+                .await;
+                sup.replace_in_background();
+            });
+        }
+    }
+}
+
+/// Pings idle workers every [`HEALTH_INTERVAL`] until loongd stops.
+pub(crate) async fn health_loop(sup: Arc<Supervisor>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if sup.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        sup.health_check().await;
+    }
+}
+
+impl From<&CallError> for RemoteError {
+    fn from(e: &CallError) -> Self {
+        use loong_ipc::{ErrorDetail, ErrorKind};
+        let kind = match e {
+            CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
+            CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
+        };
+        RemoteError::new(kind, e.to_string()).with_detail(ErrorDetail::WorkerFailed(e.class()))
+    }
+}
