@@ -136,7 +136,45 @@ fn guest_config(raw: &RawManifest, bad: &mut Findings) -> BTreeMap<String, Strin
         }
         config.insert(key.clone(), value);
     }
+    config_bounds(raw, &config, bad);
     config
+}
+
+/// The bounds the Load message holds a WASM plugin's configuration to, checked here so a
+/// manifest over them is refused at install naming its field, never loaded and refused by
+/// the worker at every call.
+fn config_bounds(raw: &RawManifest, config: &BTreeMap<String, String>, bad: &mut Findings) {
+    use loong_ipc::message::worker::{MAX_CONFIG_ENTRIES, MAX_CONFIG_TEXT_BYTES};
+    if config.len() > MAX_CONFIG_ENTRIES {
+        bad.add(
+            "sandbox.config",
+            format!(
+                "{} entries with the resolved guest-readable keys, over {MAX_CONFIG_ENTRIES}",
+                config.len()
+            ),
+        );
+    }
+    if raw.sandbox.guest_readable_config_keys.len() > MAX_CONFIG_ENTRIES {
+        bad.add(
+            "sandbox.guest_readable_config_keys",
+            format!(
+                "{} keys, over {MAX_CONFIG_ENTRIES}",
+                raw.sandbox.guest_readable_config_keys.len()
+            ),
+        );
+    }
+    if let Some((key, _)) = raw
+        .sandbox
+        .config
+        .iter()
+        .find(|(k, v)| k.len() > MAX_CONFIG_TEXT_BYTES || v.len() > MAX_CONFIG_TEXT_BYTES)
+    {
+        let shown: String = key.chars().take(MAX_PIN_SHOWN_CHARS).collect();
+        bad.add(
+            "sandbox.config",
+            format!("{shown:?}: a key or value is over {MAX_CONFIG_TEXT_BYTES} bytes"),
+        );
+    }
 }
 
 /// The module pins a manifest gives (`metadata.component_sha256`, `sandbox.sha256`), each

@@ -936,3 +936,49 @@ fn a_guest_readable_key_listed_twice_is_one_key() {
         .to_string();
     assert!(err.contains("sandbox.config"), "{err}");
 }
+
+/// A WASM plugin's configuration is held to the Load message's bounds when the manifest is
+/// read: more entries than one message carries (counting the resolved `provider.` keys), or
+/// a value over the text bound, is refused naming the field, never loaded and refused by the
+/// worker at every call. Control: exactly at each bound parses.
+#[test]
+fn configuration_over_the_load_messages_bounds_is_refused_at_parse() {
+    use loong_ipc::message::worker::{MAX_CONFIG_ENTRIES, MAX_CONFIG_TEXT_BYTES};
+    let path = Path::new("/p/loong.plugin.json");
+    let parse = |text: String| PluginManifest::parse(path, text.as_bytes());
+    let config = |n: usize, value_len: usize| {
+        let entries: Vec<String> = (0..n)
+            .map(|i| format!(r#""k{i}": "{}""#, "v".repeat(value_len)))
+            .collect();
+        format!(r#""config": {{{}}},"#, entries.join(","))
+    };
+    parse(wasm_with(
+        "",
+        &config(MAX_CONFIG_ENTRIES, MAX_CONFIG_TEXT_BYTES),
+    ))
+    .expect("at both bounds");
+    let err = parse(wasm_with("", &config(MAX_CONFIG_ENTRIES + 1, 1)))
+        .expect_err("one entry too many")
+        .to_string();
+    assert!(
+        err.contains("sandbox.config") && err.contains("entries"),
+        "{err}"
+    );
+    let err = parse(wasm_with("", &config(1, MAX_CONFIG_TEXT_BYTES + 1)))
+        .expect_err("a value too long")
+        .to_string();
+    assert!(
+        err.contains("sandbox.config") && err.contains("bytes"),
+        "{err}"
+    );
+    // The resolved keys count: 256 set in config plus one provider key resolved from metadata.
+    let mut sandbox = config(MAX_CONFIG_ENTRIES, 1);
+    sandbox.push_str(r#""guest_readable_config_keys": ["provider.region"],"#);
+    let err = parse(wasm_with(r#""region": "r","#, &sandbox))
+        .expect_err("a resolved key over the count")
+        .to_string();
+    assert!(
+        err.contains("sandbox.config") && err.contains("entries"),
+        "{err}"
+    );
+}
