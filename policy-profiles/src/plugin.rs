@@ -261,6 +261,10 @@ pub enum ManifestError {
     SeveralEmbedded { dir: PathBuf, files: Vec<String> },
     #[error("{dir}: over {limit} files to search for a manifest; write a {MANIFEST_FILE}, or make the package smaller")]
     TooManyFiles { dir: PathBuf, limit: usize },
+    #[error("{dir}: over {limit} files and directories to search for a manifest; make the package smaller")]
+    TooManyEntries { dir: PathBuf, limit: usize },
+    #[error("{path}: a package may hold only regular files and directories (no symlinks, mount points or special files)")]
+    NotRegular { path: PathBuf },
     #[error("{path}: {field} differs from the embedded manifest in {source_file}; make the two agree, or remove the marker block")]
     Conflict {
         path: PathBuf,
@@ -1546,8 +1550,10 @@ impl PluginManifest {
                 message: format!("{} leads outside the plugin directory", real.display()),
             });
         }
+        let rel = real.strip_prefix(&real_dir).unwrap_or(&real);
+        let root = open_package_dir(&real_dir)?;
         // One byte over the cap is read so the engine reports the size error.
-        read_capped_lenient(&real, cap + 1)
+        read_beneath(&root, &real_dir, rel, cap + 1)
     }
 }
 
@@ -1644,27 +1650,106 @@ pub fn parse_endpoint(e: &str) -> Result<(String, u16, String), String> {
     Ok((host.to_ascii_lowercase(), port, target))
 }
 
-fn read_capped_lenient(path: &Path, limit: u64) -> Result<Vec<u8>, ManifestError> {
-    let io = |source| ManifestError::Io {
-        path: path.to_owned(),
+/// Opens a package directory `dir` for [`open_beneath`].
+fn open_package_dir(dir: &Path) -> Result<std::fs::File, ManifestError> {
+    use loong_sandbox::openat::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_DIRECTORY.bits())
+        .open(dir)
+        .map_err(|source| ManifestError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Opens the file `rel` beneath the package directory `root` (at `dir`) as loongd's staging
+/// copy opens a package's entries: through no symlink (at any component), not across a mount,
+/// without blocking (a FIFO opens at once), and only a regular file passes its `fstat`. So a
+/// package's files are read from inside it whatever it swaps in while it is read.
+fn open_beneath(
+    root: &std::fs::File,
+    dir: &Path,
+    rel: &Path,
+) -> Result<std::fs::File, ManifestError> {
+    use loong_sandbox::openat::{self, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsFd;
+    let path = dir.join(rel);
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
+        )
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let name = rel.to_str().ok_or_else(|| ManifestError::Parse {
+        path: path.clone(),
+        message: "the file name is not UTF-8".into(),
+    })?;
+    let fd = openat::openat2(root.as_fd(), name, how).map_err(|source| {
+        let link_or_mount = [nix::errno::Errno::ELOOP, nix::errno::Errno::EXDEV]
+            .iter()
+            .any(|e| source.raw_os_error() == Some(*e as i32));
+        if link_or_mount {
+            ManifestError::NotRegular { path: path.clone() }
+        } else {
+            ManifestError::Io {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|source| ManifestError::Io {
+        path: path.clone(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
+    })?;
+    if !meta.is_file() {
+        return Err(ManifestError::NotRegular { path });
+    }
+    Ok(file)
+}
+
+/// At most `limit` bytes of the package file `rel` (see [`open_beneath`]).
+fn read_beneath(
+    root: &std::fs::File,
+    dir: &Path,
+    rel: &Path,
+    limit: u64,
+) -> Result<Vec<u8>, ManifestError> {
+    let file = open_beneath(root, dir, rel)?;
     let mut bytes = Vec::new();
-    file.take(limit).read_to_end(&mut bytes).map_err(io)?;
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ManifestError::Io {
+            path: dir.join(rel),
+            source,
+        })?;
     Ok(bytes)
 }
 
-fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ManifestError> {
-    let bytes = read_capped_lenient(path, limit + 1)?;
+/// [`read_beneath`], refusing a file over `limit` bytes.
+fn read_beneath_capped(
+    root: &std::fs::File,
+    dir: &Path,
+    rel: &Path,
+    limit: u64,
+) -> Result<Vec<u8>, ManifestError> {
+    let bytes = read_beneath(root, dir, rel, limit + 1)?;
     if bytes.len() as u64 > limit {
         return Err(ManifestError::TooLarge {
-            path: path.to_owned(),
+            path: dir.join(rel),
             limit,
         });
     }
     Ok(bytes)
 }
-
 #[cfg(test)]
 mod tests;

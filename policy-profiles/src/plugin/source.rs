@@ -8,11 +8,15 @@
 //!
 //! Unlike public Loong's scanner, the search is bounded: at most [`MAX_SOURCE_FILES`] files,
 //! [`MAX_SOURCE_DEPTH`] levels, and a file over [`MAX_SOURCE_FILE_BYTES`] is not searched.
-//! Symlinks are never followed.
+//! [`MAX_SOURCE_ENTRIES`] entries listed. Symlinks are never followed: every file is opened
+//! beneath the package directory's descriptor, through no link, without blocking, and read only
+//! when it is a regular file.
 
+use std::fs::File;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::{read_capped, ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use super::{ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// The comment line that opens an embedded manifest.
 pub const START_MARKER: &str = "LOONG_PLUGIN_START";
@@ -20,6 +24,8 @@ pub const START_MARKER: &str = "LOONG_PLUGIN_START";
 pub const END_MARKER: &str = "LOONG_PLUGIN_END";
 /// The most files of one package searched for an embedded manifest (more refuse the package).
 pub const MAX_SOURCE_FILES: usize = loong_ipc::package::MAX_PACKAGE_FILES;
+/// The most entries (files and directories, empty ones too) one search lists.
+pub const MAX_SOURCE_ENTRIES: usize = loong_ipc::package::MAX_PACKAGE_ENTRIES;
 /// A larger file is not searched for an embedded manifest (so one search reads at most
 /// `MAX_SOURCE_FILES * MAX_SOURCE_FILE_BYTES`, 256 MiB, the most a package may hold).
 pub const MAX_SOURCE_FILE_BYTES: u64 = 256 * 1024;
@@ -61,27 +67,34 @@ pub(crate) struct Found {
     pub source: ManifestSource,
 }
 
-/// The package's manifest: `loong.plugin.json`, else its one embedded source manifest.
+/// The package's manifest: `loong.plugin.json`, else its one embedded source manifest. Every
+/// file is read beneath the package directory's descriptor (see [`super::open_beneath`]).
 pub(crate) fn find(dir: &Path) -> Result<Found, ManifestError> {
+    let root = super::open_package_dir(dir)?;
     let package = dir.join(MANIFEST_FILE);
-    let embedded = embedded_manifests(dir)?;
-    if std::fs::symlink_metadata(&package).is_ok() {
-        let text = read_capped(&package, MAX_MANIFEST_BYTES)?;
-        for (file, block) in &embedded {
-            no_conflict(&package, &text, file, block)?;
-        }
+    let package_text = match super::read_beneath_capped(
+        &root,
+        dir,
+        Path::new(MANIFEST_FILE),
+        MAX_MANIFEST_BYTES,
+    ) {
+        Ok(text) => Some(text),
+        Err(ManifestError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let embedded = embedded_manifests(&root, dir, package_text.as_deref())?;
+    if let Some(text) = package_text {
         return Ok(Found {
             path: package,
             text,
             source: ManifestSource::Package,
         });
     }
-    match embedded.len() {
-        1 => {
-            let (file, block) = embedded.into_iter().next().ok_or(ManifestError::Parse {
-                path: package,
-                message: "the embedded manifest vanished".into(),
-            })?;
+    match embedded {
+        Embedded::None => Err(openclaw(&root, dir)?.unwrap_or(ManifestError::NoManifest {
+            dir: dir.to_owned(),
+        })),
+        Embedded::One(file, block) => {
             let relative = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
             Ok(Found {
                 path: file,
@@ -89,14 +102,11 @@ pub(crate) fn find(dir: &Path) -> Result<Found, ManifestError> {
                 source: ManifestSource::EmbeddedSource(relative),
             })
         }
-        0 => Err(openclaw(dir)?.unwrap_or(ManifestError::NoManifest {
+        Embedded::Several(files) => Err(ManifestError::SeveralEmbedded {
             dir: dir.to_owned(),
-        })),
-        _ => Err(ManifestError::SeveralEmbedded {
-            dir: dir.to_owned(),
-            files: embedded
+            files: files
                 .iter()
-                .map(|(f, _)| f.strip_prefix(dir).unwrap_or(f).display().to_string())
+                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string())
                 .collect(),
         }),
     }
@@ -124,39 +134,72 @@ pub fn holds_manifest(dir: &Path) -> bool {
     })
 }
 
-/// Every embedded manifest block in the package's files, sorted by path.
-fn embedded_manifests(dir: &Path) -> Result<Vec<(PathBuf, String)>, ManifestError> {
+/// The embedded manifests of a package: at most one block is kept in memory.
+enum Embedded {
+    None,
+    One(PathBuf, String),
+    /// The files holding one, in path order (their blocks are not kept).
+    Several(Vec<PathBuf>),
+}
+
+/// The embedded manifest blocks in the package's files, by path. Beside a `loong.plugin.json`
+/// (`package`) each is checked not to contradict it as it is found.
+fn embedded_manifests(
+    root: &File,
+    dir: &Path,
+    package: Option<&[u8]>,
+) -> Result<Embedded, ManifestError> {
     let mut files = Vec::new();
-    collect(dir, 0, &mut files)?;
+    let mut entries = 0;
+    collect(dir, 0, &mut files, &mut entries)?;
     files.sort();
-    let mut out = Vec::new();
+    let mut out = Embedded::None;
     for (file, len) in files {
         if len > MAX_SOURCE_FILE_BYTES {
             continue;
         }
-        let Ok(bytes) = super::read_capped_lenient(&file, MAX_SOURCE_FILE_BYTES + 1) else {
+        let rel = file.strip_prefix(dir).unwrap_or(&file);
+        // A file swapped since the walk for a link, a FIFO or a device is not read.
+        let Ok(bytes) = super::read_beneath(root, dir, rel, MAX_SOURCE_FILE_BYTES + 1) else {
             continue;
         };
         // A file that is not UTF-8 holds no manifest (public Loong skips it too).
         let Ok(text) = String::from_utf8(bytes) else {
             continue;
         };
-        match block(&text) {
-            Ok(None) => {}
-            Ok(Some(b)) => out.push((file, b)),
+        let found = match block(&text) {
+            Ok(None) => continue,
+            Ok(Some(b)) => b,
             Err(message) => {
                 return Err(ManifestError::Parse {
                     path: file,
                     message,
                 })
             }
+        };
+        if let Some(package_text) = package {
+            no_conflict(&dir.join(MANIFEST_FILE), package_text, &file, &found)?;
         }
+        out = match out {
+            Embedded::None => Embedded::One(file, found),
+            Embedded::One(first, _) => Embedded::Several(vec![first, file]),
+            Embedded::Several(mut all) => {
+                all.push(file);
+                Embedded::Several(all)
+            }
+        };
     }
     Ok(out)
 }
 
-/// The regular files under `dir` (symlinks and special files are not followed or read).
-fn collect(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64)>) -> Result<(), ManifestError> {
+/// The regular files under `dir` (symlinks and special files are not followed or read), at
+/// most [`MAX_SOURCE_FILES`] of them among at most [`MAX_SOURCE_ENTRIES`] entries.
+fn collect(
+    dir: &Path,
+    depth: usize,
+    files: &mut Vec<(PathBuf, u64)>,
+    entries: &mut usize,
+) -> Result<(), ManifestError> {
     if depth > MAX_SOURCE_DEPTH {
         return Ok(());
     }
@@ -166,6 +209,13 @@ fn collect(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64)>) -> Result<
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
+        *entries += 1;
+        if *entries > MAX_SOURCE_ENTRIES {
+            return Err(ManifestError::TooManyEntries {
+                dir: dir.to_owned(),
+                limit: MAX_SOURCE_ENTRIES,
+            });
+        }
         let kind = entry.file_type().map_err(io)?;
         let path = entry.path();
         if kind.is_dir() {
@@ -174,7 +224,7 @@ fn collect(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64)>) -> Result<
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| SKIPPED_DIRS.contains(&n));
             if !skipped {
-                collect(&path, depth + 1, files)?;
+                collect(&path, depth + 1, files, entries)?;
             }
         } else if kind.is_file() {
             if files.len() == MAX_SOURCE_FILES {
@@ -261,12 +311,20 @@ fn no_conflict(
     Ok(())
 }
 
+/// The file `name` of the package, or `None` when it has none.
+fn read_if_present(root: &File, dir: &Path, name: &str) -> Result<Option<Vec<u8>>, ManifestError> {
+    match super::read_beneath_capped(root, dir, Path::new(name), MAX_MANIFEST_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(ManifestError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The refusal of an OpenClaw package, as public Loong's compatibility shim reads it, or
 /// `None` when the directory holds none.
-fn openclaw(dir: &Path) -> Result<Option<ManifestError>, ManifestError> {
+fn openclaw(root: &File, dir: &Path) -> Result<Option<ManifestError>, ManifestError> {
     let modern = dir.join(OPENCLAW_MANIFEST_FILE);
-    if std::fs::symlink_metadata(&modern).is_ok() {
-        let text = read_capped(&modern, MAX_MANIFEST_BYTES)?;
+    if let Some(text) = read_if_present(root, dir, OPENCLAW_MANIFEST_FILE)? {
         let v: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| ManifestError::Parse {
                 path: modern.clone(),
@@ -295,8 +353,7 @@ fn openclaw(dir: &Path) -> Result<Option<ManifestError>, ManifestError> {
         }));
     }
     let legacy = dir.join(PACKAGE_JSON_FILE);
-    if std::fs::symlink_metadata(&legacy).is_ok() {
-        let text = read_capped(&legacy, MAX_MANIFEST_BYTES)?;
+    if let Some(text) = read_if_present(root, dir, PACKAGE_JSON_FILE)? {
         let declares = serde_json::from_slice::<serde_json::Value>(&text)
             .ok()
             .is_some_and(|v| v.get("openclaw").is_some_and(|o| o.is_object()));
@@ -467,6 +524,80 @@ print("hello")
         }
         let err = PluginManifest::load_dir(dir.path()).expect_err("too many");
         assert!(matches!(err, ManifestError::TooManyFiles { .. }), "{err}");
+    }
+
+    /// `check_package` on `dir` in a thread, or `None` when it has not answered in time.
+    fn check_within(dir: &Path) -> Option<Result<(), String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let outcome = crate::plugin::check_package(&dir)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = tx.send(outcome);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn a_package_file_that_is_a_symlink_or_a_fifo_is_refused_not_followed_or_waited_on() {
+        let json = r#"{"api_version": "v1alpha1", "plugin_id": "echo-py", "version": "0.2.0",
+            "capabilities": ["invoke_tool"],
+            "metadata": {"bridge_kind": "process_stdio", "command": "cat"}}"#;
+        // The control: the same manifest as a regular file loads.
+        let good = package(&[(MANIFEST_FILE, json)]);
+        assert_eq!(check_within(good.path()), Some(Ok(())));
+        // A loong.plugin.json that is a symlink to a manifest outside the package.
+        let dir = package(&[]);
+        std::os::unix::fs::symlink(
+            good.path().join(MANIFEST_FILE),
+            dir.path().join(MANIFEST_FILE),
+        )
+        .expect("symlink");
+        let outcome = check_within(dir.path()).expect("an answer");
+        assert!(
+            outcome
+                .as_ref()
+                .is_err_and(|e| e.contains("only regular files and directories")),
+            "{outcome:?}"
+        );
+        // The same through a symlinked directory on the way to a file.
+        let dir = package(&[]);
+        std::os::unix::fs::symlink(good.path(), dir.path().join("src")).expect("symlink");
+        let module = r#"{"api_version": "v1alpha1", "plugin_id": "w", "version": "1",
+            "capabilities": ["invoke_tool"],
+            "metadata": {"bridge_kind": "wasm", "component": "src/loong.plugin.json"}}"#;
+        std::fs::write(dir.path().join(MANIFEST_FILE), module).expect("manifest");
+        let outcome = check_within(dir.path()).expect("an answer");
+        assert!(outcome.is_err(), "{outcome:?}");
+        // A FIFO where a manifest or an OpenClaw manifest is: refused at once, nothing waits.
+        for name in [MANIFEST_FILE, OPENCLAW_MANIFEST_FILE, PACKAGE_JSON_FILE] {
+            let dir = package(&[]);
+            nix::unistd::mkfifo(&dir.path().join(name), nix::sys::stat::Mode::S_IRWXU)
+                .expect("fifo");
+            let outcome = check_within(dir.path());
+            assert!(
+                outcome
+                    .as_ref()
+                    .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("only regular files"))),
+                "{name}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_search_lists_a_bounded_number_of_directories() {
+        // Empty directories hold no file, yet each is listed: their number is bounded too.
+        let dir = package(&[("p.py", PY)]);
+        for i in 0..=MAX_SOURCE_ENTRIES {
+            std::fs::create_dir(dir.path().join(format!("d{i}"))).expect("dir");
+        }
+        let err = PluginManifest::load_dir(dir.path()).expect_err("too many entries");
+        assert!(matches!(err, ManifestError::TooManyEntries { .. }), "{err}");
+        // The control: at the bound, it is searched.
+        std::fs::remove_dir(dir.path().join("d0")).expect("rm");
+        std::fs::remove_dir(dir.path().join("d1")).expect("rm");
+        PluginManifest::load_dir(dir.path()).expect("within the bound");
     }
 
     #[test]
