@@ -1581,6 +1581,25 @@ pub fn find_manifest(dir: &Path) -> Result<(PathBuf, Vec<u8>, ManifestSource), M
     source::find(dir).map(|f| (f.path, f.text, f.source))
 }
 
+/// The file `name` directly in the package directory `dir`, read as every package file is
+/// (beneath the directory, through no symlink, without blocking, a regular file only), or
+/// `None` when there is none. Over `limit` bytes is [`ManifestError::TooLarge`], read no
+/// further. What loongd reads a package's signature file with.
+pub fn read_package_file(
+    dir: &Path,
+    name: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, ManifestError> {
+    let root = open_package_dir(dir)?;
+    match read_beneath_capped(&root, dir, Path::new(name), limit) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ManifestError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The first bytes of every WebAssembly binary.
 pub const WASM_MAGIC: &[u8] = b"\0asm";
 

@@ -143,17 +143,19 @@ impl Plugin {
 pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<TrustKey>, String> {
     use loong_ipc::package::{self, PackageSignature, SIGNATURE_FILE};
     let sig_path = dir.join(SIGNATURE_FILE);
-    if !sig_path.exists() {
-        return Ok(None);
-    }
     let shown = sig_path.display();
-    let text = std::fs::read(&sig_path).map_err(|e| format!("{shown}: {e}"))?;
-    if text.len() > package::MAX_SIGNATURE_BYTES {
-        return Err(format!(
-            "{shown}: over {} bytes",
-            package::MAX_SIGNATURE_BYTES
-        ));
-    }
+    // Read as the manifest is: never through a link, never waiting on a FIFO, and no more
+    // than the bound (a hand-placed package's signature may be anything).
+    let read = loong_profiles::plugin::read_package_file(
+        dir,
+        SIGNATURE_FILE,
+        package::MAX_SIGNATURE_BYTES as u64,
+    );
+    let text = match read {
+        Ok(None) => return Ok(None),
+        Ok(Some(text)) => text,
+        Err(e) => return Err(e.to_string()),
+    };
     let sig = PackageSignature::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
     // `parse` checked the key id is hex and the file list rebuilds the digest.
     let message = sig
@@ -541,3 +543,66 @@ fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {
 
 /// The plugins by id.
 pub(crate) type Registry = BTreeMap<String, Plugin>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `verify_package` on `dir` in a thread, or `None` when it has not answered in time.
+    fn verify_within(dir: &Path) -> Option<Result<Option<TrustKey>, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(verify_package(&dir, &[]));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn a_signature_file_that_is_a_fifo_a_link_or_endless_is_refused_without_waiting_or_reading_it_all(
+    ) {
+        use loong_ipc::package::SIGNATURE_FILE;
+        // The control: no signature file is an unsigned package.
+        let dir = tempfile::tempdir().expect("dir");
+        assert!(matches!(verify_within(dir.path()), Some(Ok(None))));
+        // A FIFO: refused at once, nothing waits for a writer.
+        let fifo = tempfile::tempdir().expect("dir");
+        nix::unistd::mkfifo(
+            &fifo.path().join(SIGNATURE_FILE),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .expect("fifo");
+        let outcome = verify_within(fifo.path());
+        assert!(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("only regular files"))),
+            "{outcome:?}"
+        );
+        // A link to an endless file: not followed (it was read to the end, without bound).
+        let zero = tempfile::tempdir().expect("dir");
+        std::os::unix::fs::symlink("/dev/zero", zero.path().join(SIGNATURE_FILE)).expect("symlink");
+        let outcome = verify_within(zero.path());
+        assert!(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("only regular files"))),
+            "{outcome:?}"
+        );
+        // A regular file over the bound: refused naming it, read no further.
+        let big = tempfile::tempdir().expect("dir");
+        let file = std::fs::File::create(big.path().join(SIGNATURE_FILE)).expect("file");
+        file.set_len(64 * package_bound()).expect("sparse");
+        let outcome = verify_within(big.path());
+        assert!(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("over"))),
+            "{outcome:?}"
+        );
+    }
+
+    fn package_bound() -> u64 {
+        loong_ipc::package::MAX_SIGNATURE_BYTES as u64
+    }
+}
