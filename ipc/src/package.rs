@@ -369,7 +369,8 @@ pub fn tree_problems(dir: &Path) -> Vec<TreeError> {
 pub fn digest(dir: &Path) -> Result<PackageDigest, PackageError> {
     let mut files = Vec::new();
     let mut total = 0u64;
-    walk(dir, dir, 0, &mut files, &mut total)?;
+    let mut entries = 0usize;
+    walk(dir, dir, 0, &mut files, &mut total, &mut entries)?;
     files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let mut message = format!("{PACKAGE_FORMAT}\n").into_bytes();
     for f in &files {
@@ -389,6 +390,7 @@ fn walk(
     depth: usize,
     files: &mut Vec<PackageFile>,
     total: &mut u64,
+    entries: &mut usize,
 ) -> Result<(), PackageError> {
     if depth > MAX_PACKAGE_DEPTH {
         return Err(PackageError::TooLarge(dir.to_path_buf()));
@@ -400,9 +402,14 @@ fn walk(
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let path = entry.path();
+        // Empty directories too: a walk lists at most this many names.
+        *entries += 1;
+        if *entries > MAX_PACKAGE_ENTRIES {
+            return Err(PackageError::TooLarge(path));
+        }
         let kind = entry.file_type().map_err(io(&path))?;
         if kind.is_dir() {
-            walk(root, &path, depth + 1, files, total)?;
+            walk(root, &path, depth + 1, files, total, entries)?;
             continue;
         }
         if !kind.is_file() {
@@ -421,7 +428,8 @@ fn walk(
         if files.len() == MAX_PACKAGE_FILES {
             return Err(PackageError::TooLarge(path));
         }
-        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        let listed = entry.metadata().map_err(io(&path))?;
+        let mut f = open_listed(&path, &listed)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut bytes = 0u64;
@@ -444,6 +452,33 @@ fn walk(
         });
     }
     Ok(())
+}
+
+/// Opens the regular file the walk listed at `path` (`listed`, its `lstat`), never another:
+/// not through a link (`O_NOFOLLOW`), not waiting on a FIFO (`O_NONBLOCK`), and refused
+/// unless it is a regular file and the very file listed (a directory on its path swapped for
+/// a link since would lead elsewhere).
+fn open_listed(path: &Path, listed: &std::fs::Metadata) -> Result<std::fs::File, PackageError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => PackageError::NotRegular(path.to_path_buf()),
+            _ => PackageError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    let opened = f.metadata().map_err(|source| PackageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !opened.is_file() || (opened.dev(), opened.ino()) != (listed.dev(), listed.ino()) {
+        return Err(PackageError::NotRegular(path.to_path_buf()));
+    }
+    Ok(f)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -607,6 +642,54 @@ impl PackageSignature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_lists_a_bounded_tree_and_reads_only_the_regular_file_it_listed() {
+        // The control: a one-file package digests.
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("a.txt"), "a").expect("file");
+        let d = digest(dir.path()).expect("digests");
+        assert_eq!(d.files.len(), 1);
+        // Empty directories are entries too: past the bound, refused.
+        for i in 0..=MAX_PACKAGE_ENTRIES {
+            std::fs::create_dir(dir.path().join(format!("d{i}"))).expect("dir");
+        }
+        let err = digest(dir.path()).expect_err("too many entries");
+        assert!(matches!(err, PackageError::TooLarge(_)), "{err}");
+        // A file listed, then swapped for a FIFO or for a link, is not opened as listed: the
+        // open neither waits for a writer nor follows the link.
+        let swap = tempfile::tempdir().expect("dir");
+        let path = swap.path().join("f");
+        std::fs::write(&path, "f").expect("file");
+        let listed = std::fs::symlink_metadata(&path).expect("lstat");
+        std::fs::remove_file(&path).expect("rm");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo = path.clone();
+        let fifo_listed = listed.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_listed(&fifo, &fifo_listed).map(|_| ()));
+        });
+        let opened = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the open does not wait on a FIFO");
+        assert!(
+            matches!(opened, Err(PackageError::NotRegular(_))),
+            "{opened:?}"
+        );
+        std::fs::remove_file(&path).expect("rm");
+        let outside = tempfile::NamedTempFile::new().expect("outside");
+        std::os::unix::fs::symlink(outside.path(), &path).expect("symlink");
+        let opened = open_listed(&path, &listed);
+        assert!(
+            matches!(opened, Err(PackageError::NotRegular(_))),
+            "{opened:?}"
+        );
+    }
 
     #[test]
     fn public_loongs_capability_spelling_means_the_same_capability_as_ours() {
