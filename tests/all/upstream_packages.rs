@@ -331,3 +331,50 @@ fn a_manifest_without_a_sandbox_block_runs_under_the_documented_defaults() {
     );
     assert!(err.to_lowercase().contains("time"), "{err}");
 }
+
+/// An archive whose package keeps its embedded manifest in a nested source file (as a Rust
+/// or Python project does, `src/…`) installs as the same directory does: the archive's
+/// package is found by the search install runs, not by looking at its top only. Control: an
+/// archive holding no manifest anywhere is refused naming what it lacks.
+#[test]
+fn an_archive_whose_manifest_is_embedded_in_a_nested_source_file_installs() {
+    let work = work_dir();
+    let dir = work.path().join("nested-echo");
+    fs::create_dir_all(dir.join("src")).expect("src");
+    fs::copy(
+        fixture("plugins-process/stdio_echo_plugin.py"),
+        dir.join("src/stdio_echo_plugin.py"),
+    )
+    .expect("copy the fixture");
+    let tar = |name: &str, what: &str| {
+        let archive = work.path().join(name);
+        let packed = std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(work.path())
+            .arg(what)
+            .status()
+            .expect("tar");
+        assert!(packed.success());
+        archive.display().to_string()
+    };
+    let archive = tar("nested-echo.tar.gz", "nested-echo");
+    let home = Home::new();
+    home.start();
+    ctl_ok(&home, &["plugins", "install", &dir.display().to_string()]);
+    ctl_ok(&home, &["plugins", "remove", "stdio-echo-py"]);
+    ctl_ok(&home, &["plugins", "install", &archive]);
+    assert_eq!(view(&home, "stdio-echo-py")["state"], "disabled");
+    fs::create_dir_all(work.path().join("empty/src")).expect("empty");
+    fs::write(
+        work.path().join("empty/src/main.py"),
+        "print('no manifest')\n",
+    )
+    .expect("file");
+    let empty = tar("empty.tar.gz", "empty");
+    let out = home.ctl(&["plugins", "install", &empty]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("holds no loong.plugin.json"), "{err}");
+}

@@ -548,8 +548,10 @@ pub(crate) fn unpack(archive: &Path) -> Result<Unpacked, Failure> {
     // one (public Loong's examples are a single such file), or an OpenClaw manifest (which
     // install then refuses by name).
     let dir = match top.as_slice() {
-        _ if plugin::holds_manifest(&root) => root.clone(),
+        // A single top-level directory first: the search reaches into it from the top too,
+        // and the package is the directory, not the archive's top.
         [only] if only.is_dir() && plugin::holds_manifest(only) => only.clone(),
+        _ if plugin::holds_manifest(&root) => root.clone(),
         [only] if only.is_dir() => {
             return Err(usage(format!(
             "{}: its one top-level directory {}/ holds no {manifest} (nor a source file embedding a manifest); an archive holds one package",

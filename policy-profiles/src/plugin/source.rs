@@ -112,26 +112,15 @@ pub(crate) fn find(dir: &Path) -> Result<Found, ManifestError> {
     }
 }
 
-/// Whether `dir` itself (not a directory below it) holds a manifest as [`find`] looks for one:
-/// `loong.plugin.json`, a file with an embedded manifest's start line, or an OpenClaw
-/// manifest (which [`find`] then refuses by name). What an archive's unpacking asks to find
-/// the package in it.
+/// Whether `dir` holds a manifest as [`find`] looks for one: `loong.plugin.json`, a source
+/// file within the package's bounds embedding one (at any level, as install and discovery
+/// search), or an OpenClaw manifest (which [`find`] then refuses by name). What an archive's
+/// unpacking asks to find the package in it.
 pub fn holds_manifest(dir: &Path) -> bool {
-    let named = [MANIFEST_FILE, OPENCLAW_MANIFEST_FILE, PACKAGE_JSON_FILE];
-    if named.iter().any(|n| dir.join(n).is_file()) {
-        return true;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().take(MAX_SOURCE_FILES).any(|e| {
-        let small = e
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.len() <= MAX_SOURCE_FILE_BYTES);
-        small
-            && std::fs::read_to_string(e.path())
-                .is_ok_and(|t| t.lines().any(|l| is_marker(l, START_MARKER)))
-    })
+    // The same search install and discovery run (a source file anywhere within the package's
+    // bounds, not only at its top): anything but "no manifest" holds one, and a manifest it
+    // then refuses (several embedded, OpenClaw, unreadable) is reported by install by name.
+    !matches!(find(dir), Err(ManifestError::NoManifest { .. }))
 }
 
 /// The embedded manifests of a package: at most one block is kept in memory.
