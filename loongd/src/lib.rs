@@ -9,6 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 pub mod home;
+pub mod programs;
 mod sandbox;
 mod workers;
 

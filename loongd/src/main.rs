@@ -4,9 +4,9 @@
 //! Exit codes: 0 after a clean shutdown, 1 on a fatal error (the message says which input
 //! or mechanism), 2 on a usage error.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use loong_ipc::paths::Layout;
 
 /// The Loong kernel daemon: policy, approvals, capability tokens, audit and the worker
@@ -31,10 +31,44 @@ struct Args {
     /// naming the first bad record.
     #[arg(long)]
     accept_audit_integrity_failure: bool,
+    /// Print loongd's manual page (roff) and exit; the package installs it.
+    #[arg(long, hide = true)]
+    manpage: bool,
+    /// Print the commented default loongd.toml and exit; the package installs it as
+    /// /etc/loong/loongd.toml.
+    #[arg(long, hide = true)]
+    default_config: bool,
+}
+
+/// Writes generated text (the manual page, the default configuration) to stdout.
+fn print(text: &[u8]) -> ExitCode {
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loongd: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.manpage {
+        let mut out = Vec::new();
+        return match clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut out)
+        {
+            Ok(()) => print(&out),
+            Err(e) => {
+                eprintln!("loongd: rendering the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.default_config {
+        return print(loongd::config::DEFAULT_CONFIG_TEXT.as_bytes());
+    }
     let layout = match Layout::resolve(args.home.as_deref(), args.system) {
         Ok(l) => l,
         Err(e) => {

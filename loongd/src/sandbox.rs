@@ -40,12 +40,14 @@ pub(crate) fn start_spawner(
         format!("bundled tier profiles are invalid:\n{}", lines.join("\n"))
     })?;
     let mut config = SpawnerConfig::new(profiles);
+    config.helper = crate::programs::find(loong_sandbox::spawn::HELPER_NAME);
     config.hidden = kernel_paths;
     config.sandbox_id = (uid, gid);
     if !config.helper.exists() {
         return Err(format!(
-            "the sandbox helper {} is missing; install loong-spawn next to loongd",
-            config.helper.display()
+            "the sandbox helper {} is missing; install loong-spawn next to loongd or in {} from it",
+            config.helper.display(),
+            crate::programs::LIB_DIR
         ));
     }
     Spawner::start(config)

@@ -14,6 +14,7 @@ mod keys;
 mod lists;
 mod package_checks;
 mod package_copy;
+mod packaging;
 mod revocation;
 mod sandbox;
 mod sandbox_client;
