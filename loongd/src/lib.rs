@@ -9,6 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 pub mod home;
+pub mod notify;
 pub mod programs;
 mod sandbox;
 mod workers;
@@ -39,6 +40,8 @@ pub struct Options {
     /// Start even when the audit trail fails its start-up verification, recording
     /// `audit.integrity_failed` (the operator's explicit override).
     pub accept_audit_integrity_failure: bool,
+    /// The service manager to tell of readiness, shutdown and liveness, when there is one.
+    pub notify: Option<notify::Notifier>,
 }
 
 /// State shared by every part of the running daemon.
@@ -403,6 +406,9 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
         control::tools_api::reload(&kernel).await;
+        if let Some(n) = &opts.notify {
+            tell_manager(n.clone(), kernel.clone());
+        }
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
@@ -456,6 +462,29 @@ fn after_previous_run(previous: &audit::PreviousRun) -> Vec<audit::Event> {
         });
     }
     events
+}
+
+/// Tells the service manager that loongd is ready (the control socket is listening and its
+/// accept loop starts next, so a client connecting now is answered), keeps its watchdog fed
+/// at half the interval it asked for, and tells it when shutdown begins.
+fn tell_manager(n: notify::Notifier, kernel: Arc<Kernel>) {
+    n.notify("READY=1");
+    if let Some(interval) = n.watchdog() {
+        let n = n.clone();
+        // Fed from the runtime that serves requests: a wedged runtime starves it, and the
+        // manager restarts loongd.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                n.notify("WATCHDOG=1");
+            }
+        });
+    }
+    tokio::spawn(async move {
+        kernel.shut_down().await;
+        n.notify("STOPPING=1");
+    });
 }
 
 async fn signals(kernel: Arc<Kernel>) {

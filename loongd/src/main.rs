@@ -69,6 +69,14 @@ fn main() -> ExitCode {
     if args.default_config {
         return print(loongd::config::DEFAULT_CONFIG_TEXT.as_bytes());
     }
+    // Taken while loongd has one thread, and out of the environment its children inherit.
+    let notify = match loongd::notify::Notifier::take_from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("loongd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let layout = match Layout::resolve(args.home.as_deref(), args.system) {
         Ok(l) => l,
         Err(e) => {
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         layout,
         foreground,
         accept_audit_integrity_failure: args.accept_audit_integrity_failure,
+        notify,
     };
     let init_log = |level: &str| {
         let filter = std::env::var("LOONG_LOG")

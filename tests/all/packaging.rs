@@ -1,15 +1,22 @@
 //! Packaging and operations: the Debian package `scripts/package` builds (its contents, lintian,
-//! loongd finding its workers in `/usr/lib/loong/`) and the generated completions.
+//! loongd finding its workers in `/usr/lib/loong/`), the generated completions, the hardened
+//! unit's `systemd-analyze security` score, the service manager's notify protocol, and
+//! sandboxes under a service without `CAP_MKNOD`.
 
 use std::{
     collections::BTreeSet,
     fs,
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::OnceLock,
+    time::{Duration, Instant},
 };
 
-use crate::support::{bin, bin_dir, skip, text, Home};
+use crate::support::{bin, bin_dir, is_root, skip, text, Home};
+
+/// The highest `systemd-analyze security --offline=yes` exposure the root unit may score.
+const ROOT_UNIT_MAX_EXPOSURE: f64 = 3.5;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -244,4 +251,206 @@ fn completions_are_generated_for_bash_zsh_and_fish() {
         .output()
         .expect("loongctl completions");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// The number in systemd-analyze's "Overall exposure level for X: N.N …" line.
+fn exposure(unit: &Path) -> Option<f64> {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(unit)
+        .output()
+        .ok()?;
+    let report = text(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?;
+    line.rsplit_once(':')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_root_unit_scores_at_most_its_goal() {
+    if !have("systemd-analyze") {
+        skip(
+            "packaging::the_root_unit_scores_at_most_its_goal",
+            "systemd-analyze is not installed (apt-get install systemd)",
+        );
+        return;
+    }
+    let unit = workspace().join("packaging/loongd.service");
+    let score = exposure(&unit).expect("systemd-analyze prints an overall exposure");
+    assert!(
+        score <= ROOT_UNIT_MAX_EXPOSURE,
+        "packaging/loongd.service scores {score}, above {ROOT_UNIT_MAX_EXPOSURE}"
+    );
+    // Positive control: the parser reads a poor score too (a unit with no hardening).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = dir.path().join("bare.service");
+    fs::write(&bare, "[Service]\nExecStart=/usr/bin/loongd --system\n").expect("bare");
+    let bare_score = exposure(&bare).expect("a score for the bare unit");
+    assert!(bare_score > 9.0, "{bare_score}");
+    // The unit asks for the notify protocol and a watchdog, which loongd speaks.
+    let text = fs::read_to_string(&unit).expect("unit");
+    assert!(text.lines().any(|l| l == "Type=notify"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("WatchdogSec=")),
+        "{text}"
+    );
+}
+
+/// Every datagram that arrives on `sock` until `until` says enough or `limit` passes.
+fn datagrams(
+    sock: &UnixDatagram,
+    limit: Duration,
+    mut until: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let end = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < end && !until(&got) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_service_manager_hears_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    let home = Home::new();
+    let child = Command::new(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loongd");
+    let got = datagrams(&sock, Duration::from_secs(30), |g| !g.is_empty());
+    assert_eq!(got.first().map(String::as_str), Some("READY=1"), "{got:?}");
+    // READY=1 means the control socket answers now.
+    let status = home.ctl(&["status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    // The watchdog is fed at half of 400 ms.
+    let got = datagrams(&sock, Duration::from_secs(5), |g| g.len() >= 2);
+    assert!(
+        got.len() >= 2 && got.iter().all(|m| m == "WATCHDOG=1"),
+        "{got:?}"
+    );
+    stop(child);
+    let rest = datagrams(&sock, Duration::from_millis(500), |_| false);
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    assert_eq!(
+        rest.iter()
+            .filter(|m| *m != "WATCHDOG=1")
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["STOPPING=1"],
+        "only keep-alives and STOPPING=1 follow READY=1"
+    );
+}
+
+#[test]
+fn without_notify_socket_loongd_runs_and_a_bad_one_is_refused() {
+    // A malformed NOTIFY_SOCKET is refused at start, naming the variable.
+    let home = Home::new();
+    let out = Command::new(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .env("NOTIFY_SOCKET", "relative/notify")
+        .stdin(Stdio::null())
+        .output()
+        .expect("loongd");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("NOTIFY_SOCKET"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Positive control: with none, loongd starts as before.
+    home.start();
+}
+
+#[test]
+fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
+    if !is_root() || !have("setpriv") {
+        skip(
+            "packaging::a_sandbox_under_a_service_without_cap_mknod…",
+            "needs root and setpriv (util-linux)",
+        );
+        return;
+    }
+    let run = |drop_mknod: bool| {
+        let home = Home::new();
+        let mut cmd = Command::new("setpriv");
+        if drop_mknod {
+            cmd.args(["--bounding-set", "-mknod"]);
+        }
+        let out = cmd
+            .arg("--")
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["daemon", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv loongctl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let pid = home.status().pid;
+        let bounding = fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .expect("CapBnd");
+        // CAP_MKNOD is capability 27.
+        assert_eq!(bounding & (1 << 27) == 0, drop_mknod, "{bounding:x}");
+        let out = home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "restricted",
+            "--",
+            "/bin/sh",
+            "-c",
+            // Builtins only: the restricted tier allows no second process.
+            "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened",
+        ]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // With CAP_MKNOD (the nodes are made) and without (they are bound from loongd's /dev).
+    for drop_mknod in [false, true] {
+        let (code, stdout, stderr) = run(drop_mknod);
+        assert_eq!(code, Some(0), "without CAP_MKNOD: {drop_mknod}: {stderr}");
+        assert_eq!(stdout.trim(), "opened", "{stderr}");
+    }
 }
