@@ -1,8 +1,10 @@
-//! `loongd`: the Loong kernel daemon. Parses arguments, installs tracing and calls
-//! [`loongd::run`].
+//! `loongd`: the Loong kernel daemon. Parses arguments, installs tracing (to the journal or
+//! stderr, `log.rs`) and calls [`loongd::run`].
 //!
 //! Exit codes: 0 after a clean shutdown, 1 on a fatal error (the message says which input
 //! or mechanism), 2 on a usage error.
+
+mod log;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -93,18 +95,7 @@ fn main() -> ExitCode {
         notify,
     };
     let init_log = |level: &str| {
-        let filter = std::env::var("LOONG_LOG")
-            .ok()
-            .unwrap_or_else(|| level.to_string());
-        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-            eprintln!("loongd: log filter `{filter}` is invalid ({e}); using `info`");
-            tracing_subscriber::EnvFilter::new("info")
-        });
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(foreground)
-            .init();
+        log::init(level, foreground);
         logging.set(true);
     };
     match loongd::run(opts, init_log) {

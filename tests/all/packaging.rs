@@ -1,19 +1,19 @@
 //! Packaging and operations: the Debian package `scripts/package` builds (its contents, lintian,
 //! loongd finding its workers in `/usr/lib/loong/`), the generated completions, the hardened
-//! unit's `systemd-analyze security` score, the service manager's notify protocol, and
-//! sandboxes under a service without `CAP_MKNOD`.
+//! unit's `systemd-analyze security` score, the service manager's notify protocol, sandboxes
+//! under a service without `CAP_MKNOD`, and logs to the journal with structured fields.
 
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::net::UnixDatagram,
+    os::unix::{fs::MetadataExt, net::UnixDatagram},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use crate::support::{bin, bin_dir, is_root, skip, text, Home};
+use crate::support::{bin, bin_dir, is_root, skip, text, wait_until, Home};
 
 /// The highest `systemd-analyze security --offline=yes` exposure the root unit may score.
 const ROOT_UNIT_MAX_EXPOSURE: f64 = 3.5;
@@ -453,4 +453,195 @@ fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
         assert_eq!(code, Some(0), "without CAP_MKNOD: {drop_mknod}: {stderr}");
         assert_eq!(stdout.trim(), "opened", "{stderr}");
     }
+}
+
+/// The fields of one native-protocol journal record (`KEY=VALUE` lines; a value with a
+/// newline is sent as `KEY\n<len:u64le><bytes>\n`, which this reads too).
+fn fields(record: &str) -> Vec<(String, String)> {
+    let b = record.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let end = b[i..]
+            .iter()
+            .position(|c| *c == b'\n')
+            .map_or(b.len(), |p| i + p);
+        let line = &record[i..end];
+        if let Some((k, v)) = line.split_once('=') {
+            out.push((k.to_string(), v.to_string()));
+            i = end + 1;
+        } else {
+            let len_at = end + 1;
+            let Some(len) = b
+                .get(len_at..len_at + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_le_bytes)
+            else {
+                break;
+            };
+            let start = len_at + 8;
+            let stop = start + len as usize;
+            out.push((
+                line.to_string(),
+                String::from_utf8_lossy(b.get(start..stop).unwrap_or_default()).into_owned(),
+            ));
+            i = stop + 1;
+        }
+    }
+    out
+}
+
+/// Runs loongd in a mount namespace whose `/run/systemd/journal/socket` is `journal`, with
+/// `env`, stderr to `stderr`; returns it once its socket answers.
+fn loongd_with_journal(home: &Home, journal: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
+    let script = r#"mount -t tmpfs loong-test /run && mkdir -p /run/systemd/journal \
+        && : > /run/systemd/journal/socket && mount --bind "$1" /run/systemd/journal/socket \
+        && shift && exec "$@""#;
+    let err = fs::File::create(stderr).expect("stderr file");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(journal)
+        .arg(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("unshare loongd");
+    assert!(
+        wait_until(Duration::from_secs(30), || home.socket().exists()
+            && home.ctl(&["status"]).status.success()),
+        "loongd did not answer: {}",
+        fs::read_to_string(stderr).unwrap_or_default()
+    );
+    child
+}
+
+#[test]
+fn under_systemd_logs_reach_the_journal_with_structured_fields() {
+    if !is_root() || !have("unshare") {
+        skip(
+            "packaging::under_systemd_logs_reach_the_journal…",
+            "needs root and unshare (util-linux) for a mount namespace",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal_path = dir.path().join("journal");
+    let journal = UnixDatagram::bind(&journal_path).expect("bind journal socket");
+    let stderr = dir.path().join("stderr");
+    fs::write(&stderr, b"").expect("stderr file");
+    let meta = fs::metadata(&stderr).expect("stat stderr");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+
+    // Under systemd (stderr is the stream JOURNAL_STREAM names): records reach the journal.
+    let home = Home::new();
+    crate::workers::install_examples(&home);
+    let child = loongd_with_journal(
+        &home,
+        &journal_path,
+        &stderr,
+        &[
+            ("JOURNAL_STREAM", &stream),
+            ("LOONG_LOG", "info,loongd::audit=debug"),
+        ],
+    );
+    crate::workers::echo_works(&home);
+    let has = |recs: &[Vec<(String, String)>], k: &str, pred: &dyn Fn(&str) -> bool| {
+        recs.iter()
+            .any(|r| r.iter().any(|(rk, rv)| rk == k && pred(rv)))
+    };
+    let mut records: Vec<Vec<(String, String)>> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        records.extend(
+            datagrams(&journal, Duration::from_millis(300), |_| false)
+                .iter()
+                .map(|d| fields(d)),
+        );
+        if has(&records, "LOONG_WORKER_PID", &|v| v.parse::<u32>().is_ok())
+            && has(&records, "LOONG_CORRELATION", &|v| v.starts_with("conn-"))
+        {
+            break;
+        }
+    }
+    stop(child);
+    // What it logged while stopping, so the next run starts with a quiet socket.
+    records.extend(
+        datagrams(&journal, Duration::from_millis(300), |_| false)
+            .iter()
+            .map(|d| fields(d)),
+    );
+    let dump = format!("{records:?}");
+    assert!(
+        has(&records, "MESSAGE", &|v| v == "loongd started"),
+        "{dump}"
+    );
+    assert!(
+        has(&records, "SYSLOG_IDENTIFIER", &|v| v == "loongd"),
+        "{dump}"
+    );
+    assert!(
+        has(&records, "LOONG_KIND", &|v| v == "tool.invoked"),
+        "{dump}"
+    );
+    assert!(has(&records, "LOONG_PLUGIN", &|v| v == "echo"), "{dump}");
+    assert!(
+        has(&records, "LOONG_CORRELATION", &|v| v.starts_with("conn-")),
+        "{dump}"
+    );
+    // The worker's pid, on the record of its spawn.
+    assert!(
+        records.iter().any(|r| {
+            r.iter()
+                .any(|(k, v)| k == "LOONG_KIND" && v == "worker.spawned")
+                && r.iter()
+                    .any(|(k, v)| k == "LOONG_WORKER_PID" && v.parse::<u32>().is_ok())
+        }),
+        "{dump}"
+    );
+    // LOONG_LOG still filters: debug from the audit target only, nothing at debug from others
+    // (PRIORITY 6 is debug, 7 trace).
+    assert!(
+        !records.iter().any(|r| {
+            r.iter()
+                .any(|(k, v)| k == "PRIORITY" && (v == "6" || v == "7"))
+                && !r.iter().any(|(k, v)| k == "TARGET" && v == "loongd::audit")
+        }),
+        "{dump}"
+    );
+    // Nothing went to stderr.
+    let err = fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(!err.contains("loongd started"), "{err}");
+
+    // Positive control: stderr is not the journal's stream (the variable names another), so
+    // the log goes to stderr and the journal hears nothing.
+    let home = Home::new();
+    let child = loongd_with_journal(
+        &home,
+        &journal_path,
+        &stderr,
+        &[("JOURNAL_STREAM", "1:1"), ("LOONG_LOG", "info")],
+    );
+    let heard = datagrams(&journal, Duration::from_millis(500), |_| false);
+    stop(child);
+    assert!(heard.is_empty(), "{heard:?}");
+    let err = fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(err.contains("loongd started"), "{err}");
+    assert!(
+        !err.contains("audit record"),
+        "LOONG_LOG=info filters debug: {err}"
+    );
 }
