@@ -1,7 +1,8 @@
 //! Packaging and operations: the Debian package `scripts/package` builds (its contents, lintian,
 //! loongd finding its workers in `/usr/lib/loong/`), the generated completions, the hardened
 //! unit's `systemd-analyze security` score, the service manager's notify protocol, sandboxes
-//! under a service without `CAP_MKNOD`, and logs to the journal with structured fields.
+//! under a service without `CAP_MKNOD`, logs to the journal with structured fields, and
+//! `scripts/install.sh` refusing a release whose checksums do not match.
 
 use std::{
     collections::BTreeSet,
@@ -644,4 +645,183 @@ fn under_systemd_logs_reach_the_journal_with_structured_fields() {
         !err.contains("audit record"),
         "LOONG_LOG=info filters debug: {err}"
     );
+}
+
+const RELEASE_BINARIES: [&str; 7] = [
+    "loongd",
+    "loongctl",
+    "loong-spawn",
+    "loong-worker-wasm",
+    "loong-worker-http",
+    "loong-worker-builtin",
+    "loong-worker-stdio",
+];
+
+/// A change to a release directory that must make install.sh refuse it.
+type Spoil = fn(&Path);
+
+/// A release directory of small stand-in binaries and their SHA256SUMS.
+fn release(dir: &Path) {
+    fs::create_dir_all(dir).expect("release dir");
+    let mut sums = String::new();
+    for n in RELEASE_BINARIES {
+        let body = format!("#!/bin/sh\necho {n}\n");
+        fs::write(dir.join(n), &body).expect("binary");
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        sums.push_str(&format!("{digest}  {n}\n"));
+    }
+    fs::write(dir.join("SHA256SUMS"), sums).expect("sums");
+}
+
+fn install_sh(args: &[&Path]) -> std::process::Output {
+    Command::new(workspace().join("scripts/install.sh"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run install.sh")
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn install_sh_refuses_a_corrupted_binary_and_installs_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prefix = tmp.path().join("prefix");
+    let prefix_arg = format!("--prefix={}", prefix.display());
+    let prefix_arg = Path::new(&prefix_arg);
+    // Each way a release can be wrong: a changed binary (early or late in the order), a
+    // missing entry, a malformed entry, no SHA256SUMS at all, a missing binary.
+    let cases: [(&str, Spoil); 6] = [
+        ("a changed loongd", |d| {
+            fs::write(d.join("loongd"), "#!/bin/sh\necho evil\n").expect("corrupt")
+        }),
+        ("a changed worker", |d| {
+            fs::write(d.join("loong-worker-stdio"), "#!/bin/sh\necho evil\n").expect("corrupt")
+        }),
+        ("no entry for loong-spawn", |d| {
+            let sums = fs::read_to_string(d.join("SHA256SUMS")).expect("sums");
+            let kept: String = sums
+                .lines()
+                .filter(|l| !l.ends_with(" loong-spawn"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            fs::write(d.join("SHA256SUMS"), kept).expect("sums");
+        }),
+        ("a malformed entry", |d| {
+            let sums = fs::read_to_string(d.join("SHA256SUMS")).expect("sums");
+            let bad: String = sums
+                .lines()
+                .map(|l| {
+                    if l.ends_with(" loongctl") {
+                        "zz  loongctl\n".to_string()
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            fs::write(d.join("SHA256SUMS"), bad).expect("sums");
+        }),
+        ("no SHA256SUMS", |d| {
+            fs::remove_file(d.join("SHA256SUMS")).expect("rm")
+        }),
+        ("a missing worker", |d| {
+            fs::remove_file(d.join("loong-worker-wasm")).expect("rm")
+        }),
+    ];
+    for (what, spoil) in cases {
+        let dir = tmp.path().join("bad");
+        let _ = fs::remove_dir_all(&dir);
+        release(&dir);
+        spoil(&dir);
+        let out = install_sh(&[prefix_arg, &dir]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("nothing was installed")
+                || text(&out.stderr).contains("refusing"),
+            "{what}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            files_under(&prefix).is_empty(),
+            "{what}: {:?}",
+            files_under(&prefix)
+        );
+    }
+    // Positive control: the intact release installs, from a directory and from a tarball.
+    let good = tmp.path().join("loong-release");
+    release(&good);
+    let out = install_sh(&[prefix_arg, &good]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for n in RELEASE_BINARIES {
+        let place = if n.starts_with("loong-") {
+            "lib/loong"
+        } else {
+            "bin"
+        };
+        let p = prefix.join(place).join(n);
+        let ran = Command::new(&p).output().expect("installed binary");
+        assert_eq!(text(&ran.stdout).trim(), n, "{}", p.display());
+    }
+    let uninstall = Path::new("--uninstall");
+    let out = install_sh(&[prefix_arg, uninstall]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        files_under(&prefix).is_empty(),
+        "{:?}",
+        files_under(&prefix)
+    );
+    let tarball = tmp.path().join("loong-release.tar.gz");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp.path())
+        .arg("loong-release")
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+    let out = install_sh(&[prefix_arg, &tarball]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(files_under(&prefix).len(), RELEASE_BINARIES.len() + 1);
+    // A corrupted tarball installs nothing either.
+    let out = install_sh(&[prefix_arg, uninstall]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    spoil_and_pack(&good, &tarball);
+    let out = install_sh(&[prefix_arg, &tarball]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        files_under(&prefix).is_empty(),
+        "{:?}",
+        files_under(&prefix)
+    );
+}
+
+fn spoil_and_pack(dir: &Path, tarball: &Path) {
+    fs::write(dir.join("loong-spawn"), "#!/bin/sh\necho evil\n").expect("corrupt");
+    let parent = dir.parent().expect("parent");
+    let name = dir.file_name().expect("name");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(parent)
+        .arg(name)
+        .status()
+        .expect("tar");
+    assert!(tar.success());
 }
