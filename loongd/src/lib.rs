@@ -402,6 +402,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 .await;
         }
         tokio::spawn(signals(kernel.clone()));
+        // The watchdog is fed from here on: plugin discovery below may take a while, and the
+        // manager may count from the start.
+        if let Some(n) = &opts.notify {
+            feed_watchdog(n.clone());
+        }
         tokio::spawn(workers::health_loop(kernel.workers.clone()));
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
@@ -465,25 +470,27 @@ fn after_previous_run(previous: &audit::PreviousRun) -> Vec<audit::Event> {
 }
 
 /// Tells the service manager that loongd is ready (the control socket is listening and its
-/// accept loop starts next, so a client connecting now is answered), keeps its watchdog fed
-/// at half the interval it asked for, and tells it when shutdown begins.
+/// accept loop starts next, so a client connecting now is answered), and when shutdown begins.
 fn tell_manager(n: notify::Notifier, kernel: Arc<Kernel>) {
     n.notify("READY=1");
-    if let Some(interval) = n.watchdog() {
-        let n = n.clone();
-        // Fed from the runtime that serves requests: a wedged runtime starves it, and the
-        // manager restarts loongd.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval / 2);
-            loop {
-                tick.tick().await;
-                n.notify("WATCHDOG=1");
-            }
-        });
-    }
     tokio::spawn(async move {
         kernel.shut_down().await;
         n.notify("STOPPING=1");
+    });
+}
+
+/// Keeps the manager's watchdog fed at half the interval it asked for, from the runtime that
+/// serves requests: a wedged runtime starves it, and the manager restarts loongd.
+fn feed_watchdog(n: notify::Notifier) {
+    let Some(interval) = n.watchdog() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            n.notify("WATCHDOG=1");
+        }
     });
 }
 
