@@ -2,7 +2,8 @@
 //! loongd finding its workers in `/usr/lib/loong/`), the generated completions, the hardened
 //! unit's `systemd-analyze security` score, the service manager's notify protocol, sandboxes
 //! under a service without `CAP_MKNOD`, logs to the journal with structured fields, and
-//! `scripts/install.sh` refusing a release whose checksums do not match.
+//! `scripts/install.sh` refusing a release whose checksums do not match; and the system layout
+//! run end to end from the extracted package inside a mount namespace.
 
 use std::{
     collections::BTreeSet,
@@ -831,4 +832,115 @@ fn spoil_and_pack(dir: &Path, tarball: &Path) {
         .status()
         .expect("tar");
     assert!(tar.success());
+}
+
+#[test]
+fn the_system_layout_runs_from_the_package_in_a_mount_namespace() {
+    if !is_root() || !have("unshare") || !have("nsenter") || !have("dpkg-deb") {
+        skip(
+            "packaging::the_system_layout_runs_from_the_package_in_a_mount_namespace",
+            "needs root, dpkg-deb, unshare and nsenter (util-linux)",
+        );
+        return;
+    }
+    let host_paths = ["/etc/loong", "/var/lib/loong", "/run/loong"];
+    let existed: Vec<bool> = host_paths.iter().map(|p| Path::new(p).exists()).collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    extract(package(), root.path());
+    let scratch = tempfile::tempdir().expect("scratch");
+    let notify_path = scratch.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    // /etc and /var/lib get a writable layer of their own, /run a tmpfs: nothing of the host
+    // changes. The package's conffile is put where the package would put it.
+    let script = r#"set -e
+        mount -t tmpfs loong-test "$2"
+        mkdir -p "$2/e/u" "$2/e/w" "$2/v/u" "$2/v/w"
+        mount -t overlay loong-etc -o "lowerdir=/etc,upperdir=$2/e/u,workdir=$2/e/w" /etc
+        mount -t overlay loong-var -o "lowerdir=/var/lib,upperdir=$2/v/u,workdir=$2/v/w" /var/lib
+        mount -t tmpfs loong-run /run
+        mkdir -p /etc/loong
+        cp "$1/etc/loong/loongd.toml" /etc/loong/loongd.toml
+        exec "$1/usr/bin/loongd" --system --foreground"#;
+    let layers = scratch.path().join("layers");
+    fs::create_dir(&layers).expect("layers");
+    let log = scratch.path().join("stderr");
+    let err = fs::File::create(&log).expect("stderr file");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(root.path())
+        .arg(&layers)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("unshare loongd");
+    let pid = child.id().to_string();
+    let got = datagrams(&notify, Duration::from_secs(60), |g| {
+        g.iter().any(|m| m == "READY=1")
+    });
+    assert!(
+        got.iter().any(|m| m == "READY=1"),
+        "no READY=1: {got:?}\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    // loongctl --system, in loongd's mount namespace, as an operator on that host would.
+    let inside = |args: &[&str]| {
+        Command::new("nsenter")
+            .args(["--mount", "--target", &pid, "--"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    };
+    let ctl = root.path().join("usr/bin/loongctl");
+    let ctl = ctl.to_str().expect("utf-8 path");
+    let status = inside(&[ctl, "--system", "status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(v["home"], "/var/lib/loong", "{v}");
+    assert_eq!(v["socket_path"], "/run/loong/loongd.sock", "{v}");
+    // A plugin call, in a worker found in the package's usr/lib/loong.
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/echo");
+    let copy = inside(&[
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/loong/plugins/echo && cp \"$1\"/loong.plugin.json \"$1\"/plugin.wasm /var/lib/loong/plugins/echo/",
+        "sh",
+        echo.to_str().expect("utf-8 path"),
+    ]);
+    assert!(copy.status.success(), "{}", text(&copy.stderr));
+    let reload = inside(&[ctl, "--system", "plugins", "reload"]);
+    assert!(reload.status.success(), "{}", text(&reload.stderr));
+    let call = inside(&[
+        ctl,
+        "--system",
+        "invoke",
+        "echo",
+        "--input",
+        r#"{"ping":1}"#,
+    ]);
+    assert_eq!(
+        (call.status.code(), text(&call.stdout).trim()),
+        (Some(0), r#"{"ping":1}"#),
+        "{}",
+        text(&call.stderr)
+    );
+    stop(child);
+    let rest = datagrams(&notify, Duration::from_millis(500), |_| false);
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    for (p, before) in host_paths.iter().zip(existed) {
+        if !before {
+            assert!(!Path::new(p).exists(), "{p} was created on the host");
+        }
+    }
 }
