@@ -116,6 +116,15 @@ pub enum Command {
     /// Search the tools of active and deferred plugins.
     #[command(subcommand)]
     Tools(cmd::tools::ToolsCommand),
+    /// Print a completion script for SHELL on stdout (bash: source it, or save it under
+    /// /usr/share/bash-completion/completions/loongctl).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print loongctl's manual page (roff) on stdout; the package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// A failure with the exit code it maps to.
@@ -149,6 +158,12 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 /// Runs a parsed command line; the `Ok` value is the exit code.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
+    // Generated text needs no home.
+    match cli.command {
+        Command::Completions { shell } => return cmd::completions::completions(shell),
+        Command::Manpage => return cmd::completions::manpage(),
+        _ => {}
+    }
     let layout = Layout::resolve(cli.home.as_deref(), cli.system).map_err(|e| Failure {
         code: exit::USAGE,
         error: e.into(),
@@ -168,6 +183,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),
         Command::Tools(c) => cmd::tools::tools(&layout, c),
+        Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
     }
 }
 

@@ -50,6 +50,7 @@ fn control(c: &mut Criterion) {
                 layout: daemon_layout,
                 foreground: true,
                 accept_audit_integrity_failure: false,
+                notify: None,
             },
             |_| {},
         )

@@ -10,6 +10,8 @@ pub mod config;
 mod control;
 mod effects;
 pub mod home;
+pub mod notify;
+pub mod programs;
 mod registry;
 mod request;
 mod sandbox;
@@ -42,6 +44,8 @@ pub struct Options {
     /// Start even when the audit trail fails its start-up verification, recording
     /// `audit.integrity_failed` (the operator's explicit override).
     pub accept_audit_integrity_failure: bool,
+    /// The service manager to tell of readiness, shutdown and liveness, when there is one.
+    pub notify: Option<notify::Notifier>,
 }
 
 /// State shared by every part of the running daemon.
@@ -402,10 +406,18 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 .await;
         }
         tokio::spawn(signals(kernel.clone()));
+        // The watchdog is fed from here on: plugin discovery below may take a while, and the
+        // manager may count from the start.
+        if let Some(n) = &opts.notify {
+            feed_watchdog(n.clone());
+        }
         tokio::spawn(workers::health_loop(kernel.workers.clone()));
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
         registry::reload(&kernel).await;
+        if let Some(n) = &opts.notify {
+            tell_manager(n.clone(), kernel.clone());
+        }
         control::serve(listener, kernel.clone()).await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
@@ -459,6 +471,31 @@ fn after_previous_run(previous: &audit::PreviousRun) -> Vec<audit::Event> {
         });
     }
     events
+}
+
+/// Tells the service manager that loongd is ready (the control socket is listening and its
+/// accept loop starts next, so a client connecting now is answered), and when shutdown begins.
+fn tell_manager(n: notify::Notifier, kernel: Arc<Kernel>) {
+    n.notify("READY=1");
+    tokio::spawn(async move {
+        kernel.shut_down().await;
+        n.notify("STOPPING=1");
+    });
+}
+
+/// Keeps the manager's watchdog fed at half the interval it asked for, from the runtime that
+/// serves requests: a wedged runtime starves it, and the manager restarts loongd.
+fn feed_watchdog(n: notify::Notifier) {
+    let Some(interval) = n.watchdog() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            n.notify("WATCHDOG=1");
+        }
+    });
 }
 
 async fn signals(kernel: Arc<Kernel>) {

@@ -1,12 +1,14 @@
-//! `loongd`: the Loong kernel daemon. Parses arguments, installs tracing and calls
-//! [`loongd::run`].
+//! `loongd`: the Loong kernel daemon. Parses arguments, installs tracing (to the journal or
+//! stderr, `log.rs`) and calls [`loongd::run`].
 //!
 //! Exit codes: 0 after a clean shutdown, 1 on a fatal error (the message says which input
 //! or mechanism), 2 on a usage error.
 
-use std::{path::PathBuf, process::ExitCode};
+mod log;
 
-use clap::Parser;
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory, Parser};
 use loong_ipc::paths::Layout;
 
 /// The Loong kernel daemon: policy, approvals, capability tokens, audit and the worker
@@ -31,10 +33,52 @@ struct Args {
     /// naming the first bad record.
     #[arg(long)]
     accept_audit_integrity_failure: bool,
+    /// Print loongd's manual page (roff) and exit; the package installs it.
+    #[arg(long, hide = true)]
+    manpage: bool,
+    /// Print the commented default loongd.toml and exit; the package installs it as
+    /// /etc/loong/loongd.toml.
+    #[arg(long, hide = true)]
+    default_config: bool,
+}
+
+/// Writes generated text (the manual page, the default configuration) to stdout.
+fn print(text: &[u8]) -> ExitCode {
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loongd: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.manpage {
+        let mut out = Vec::new();
+        return match clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut out)
+        {
+            Ok(()) => print(&out),
+            Err(e) => {
+                eprintln!("loongd: rendering the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.default_config {
+        return print(loongd::config::DEFAULT_CONFIG_TEXT.as_bytes());
+    }
+    // Taken while loongd has one thread, and out of the environment its children inherit.
+    let notify = match loongd::notify::Notifier::take_from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("loongd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let layout = match Layout::resolve(args.home.as_deref(), args.system) {
         Ok(l) => l,
         Err(e) => {
@@ -48,20 +92,10 @@ fn main() -> ExitCode {
         layout,
         foreground,
         accept_audit_integrity_failure: args.accept_audit_integrity_failure,
+        notify,
     };
     let init_log = |level: &str| {
-        let filter = std::env::var("LOONG_LOG")
-            .ok()
-            .unwrap_or_else(|| level.to_string());
-        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-            eprintln!("loongd: log filter `{filter}` is invalid ({e}); using `info`");
-            tracing_subscriber::EnvFilter::new("info")
-        });
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(foreground)
-            .init();
+        log::init(level, foreground);
         logging.set(true);
     };
     match loongd::run(opts, init_log) {

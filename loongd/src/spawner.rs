@@ -11,7 +11,11 @@ use loong_sandbox::{SpawnError, Spawner, SpawnerConfig};
 pub(crate) enum SpawnerUnavailable {
     #[error("bundled tier profiles are invalid:\n{}", .0.join("\n"))]
     Profiles(Vec<String>),
-    #[error("the sandbox helper {} is missing; install loong-spawn next to loongd", .0.display())]
+    #[error(
+        "the sandbox helper {} is missing; install loong-spawn next to loongd or in {}",
+        .0.display(),
+        crate::programs::LIB_DIR
+    )]
     HelperMissing(PathBuf),
     #[error("{0}")]
     Start(Arc<SpawnError>),
@@ -27,6 +31,7 @@ pub(crate) fn start_spawner(
     let profiles = loong_profiles::bundled()
         .map_err(|ps| SpawnerUnavailable::Profiles(ps.iter().map(ToString::to_string).collect()))?;
     let mut config = SpawnerConfig::new(profiles);
+    config.helper = crate::programs::find(loong_sandbox::spawn::HELPER_NAME);
     config.hidden = kernel_paths;
     config.sandbox_id = (uid, gid);
     if !config.helper.exists() {

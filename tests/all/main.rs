@@ -16,6 +16,7 @@ mod manifest_agreement;
 mod outcomes;
 mod package_checks;
 mod package_copy;
+mod packaging;
 mod revocation;
 mod sandbox;
 mod sandbox_client;

@@ -511,6 +511,7 @@ fn writer(
             first || (shutdown.is_some() && appended),
         ) {
             Ok((seq, hash, records, signed)) => {
+                log_records(&records);
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
                 // the effects they record.
                 let mut shipped = siem.ship(&records).map_err(|e| e.to_string());
@@ -550,6 +551,38 @@ fn writer(
         }
     }
 }
+
+/// Echoes committed records to the log at debug level, with the fields an operator selects
+/// them by (in the journal: `LOONG_KIND`, `LOONG_CORRELATION`, `LOONG_PLUGIN`,
+/// `LOONG_WORKER_PID`, `LOONG_SEQ`). The trail stays the record; this is an index into it.
+fn log_records(records: &[super::Record]) {
+    if !tracing::enabled!(target: AUDIT_LOG_TARGET, tracing::Level::DEBUG) {
+        return;
+    }
+    for r in records {
+        let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
+        let plugin = detail.get("plugin").and_then(serde_json::Value::as_str);
+        let worker_pid = if r.kind.starts_with("worker.") {
+            detail.get("pid").and_then(serde_json::Value::as_u64)
+        } else {
+            None
+        };
+        let correlation = Some(r.correlation.as_str()).filter(|c| !c.is_empty());
+        tracing::debug!(
+            target: AUDIT_LOG_TARGET,
+            seq = r.seq,
+            kind = r.kind.as_str(),
+            actor = r.actor.as_str(),
+            correlation,
+            plugin,
+            worker_pid,
+            "audit record"
+        );
+    }
+}
+
+/// The log target of [`log_records`] (`LOONG_LOG=loongd::audit=debug` shows only these).
+pub const AUDIT_LOG_TARGET: &str = "loongd::audit";
 
 /// Sorts one message into the writer's pending work.
 fn take(

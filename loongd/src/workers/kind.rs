@@ -99,10 +99,7 @@ pub(crate) struct WorkerKind {
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
+    crate::programs::find(name)
 }
 
 impl WorkerKind {

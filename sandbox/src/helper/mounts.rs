@@ -325,17 +325,28 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some(data),
         )?;
+        // Root without CAP_MKNOD (a service with PrivateDevices=, which removes it) binds the
+        // nodes from its own /dev instead, as a user namespace does: the same five nodes.
+        let mut bind = false;
         for (node, major, minor) in DEV_NODES {
             let p = d.join(node);
-            mknod(
-                &p,
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o666),
-                makedev(major, minor),
-            )
-            .map_err(fail("mknod", &p))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
-                .map_err(io_fail("chmod", &p))?;
+            if !bind {
+                match mknod(
+                    &p,
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o666),
+                    makedev(major, minor),
+                ) {
+                    Ok(()) => {
+                        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                            .map_err(io_fail("chmod", &p))?;
+                        continue;
+                    }
+                    Err(nix::errno::Errno::EPERM) => bind = true,
+                    Err(e) => return Err(fail("mknod", &p)(e)),
+                }
+            }
+            bind_with(&host_dev.join(node), &p, true, MsFlags::empty())?;
         }
     } else {
         mount_fs(

@@ -1,0 +1,946 @@
+//! Packaging and operations: the Debian package `scripts/package` builds (its contents, lintian,
+//! loongd finding its workers in `/usr/lib/loong/`), the generated completions, the hardened
+//! unit's `systemd-analyze security` score, the service manager's notify protocol, sandboxes
+//! under a service without `CAP_MKNOD`, logs to the journal with structured fields, and
+//! `scripts/install.sh` refusing a release whose checksums do not match; and the system layout
+//! run end to end from the extracted package inside a mount namespace.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::{fs::MetadataExt, net::UnixDatagram},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use crate::support::{bin, bin_dir, is_root, skip, text, wait_until, Home};
+
+/// The highest `systemd-analyze security --offline=yes` exposure the root unit may score.
+const ROOT_UNIT_MAX_EXPOSURE: f64 = 3.5;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The package, built once per test run from the binaries the tests use (`--bins`).
+fn package() -> &'static Path {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        let out = Command::new(workspace().join("scripts/package"))
+            .arg("--bins")
+            .arg(bin_dir())
+            .output()
+            .expect("run scripts/package");
+        assert!(
+            out.status.success(),
+            "scripts/package failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let deb = PathBuf::from(text(&out.stdout).trim());
+        assert!(
+            deb.starts_with(workspace().join("target/debian")),
+            "{}",
+            deb.display()
+        );
+        deb
+    })
+}
+
+const BINARIES: [&str; 7] = [
+    "usr/bin/loongd",
+    "usr/bin/loongctl",
+    "usr/lib/loong/loong-spawn",
+    "usr/lib/loong/loong-worker-wasm",
+    "usr/lib/loong/loong-worker-http",
+    "usr/lib/loong/loong-worker-builtin",
+    "usr/lib/loong/loong-worker-stdio",
+];
+
+#[test]
+fn package_holds_every_binary_the_unit_the_conffile_man_pages_and_completions() {
+    if !have("dpkg-deb") {
+        skip(
+            "packaging::package_holds_every_binary…",
+            "dpkg-deb is not installed (apt-get install dpkg)",
+        );
+        return;
+    }
+    let deb = package();
+    let out = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(deb)
+        .output()
+        .expect("dpkg-deb -c");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let files: BTreeSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches("./"))
+        .collect();
+    let mut wanted: Vec<&str> = BINARIES.to_vec();
+    wanted.extend([
+        "lib/systemd/system/loongd.service",
+        "usr/lib/sysusers.d/loong.conf",
+        "usr/lib/tmpfiles.d/loong.conf",
+        "etc/loong/loongd.toml",
+        "usr/share/man/man8/loongd.8.gz",
+        "usr/share/man/man1/loongctl.1.gz",
+        "usr/share/bash-completion/completions/loongctl",
+        "usr/share/zsh/vendor-completions/_loongctl",
+        "usr/share/fish/vendor_completions.d/loongctl.fish",
+        "usr/share/loong/tiers/restricted.toml",
+        "usr/share/loong/packs/operator.toml",
+        "usr/share/loong/denylist.toml",
+        "usr/share/doc/loong/copyright",
+    ]);
+    for w in wanted {
+        assert!(files.contains(w), "{w} is not in the package:\n{listing}");
+    }
+    // The binaries are executable; nothing else is.
+    for l in listing.lines() {
+        let path = l.split_whitespace().nth(5).unwrap_or_default();
+        let rel = path.trim_start_matches("./");
+        if l.starts_with('-') {
+            let exec = l.as_bytes().get(3) == Some(&b'x');
+            assert_eq!(exec, BINARIES.contains(&rel), "{l}");
+        }
+    }
+    // The configuration is a conffile, so an operator's edits survive an upgrade.
+    let conffiles = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(deb)
+        .arg("conffiles")
+        .output()
+        .expect("dpkg-deb -I");
+    assert_eq!(text(&conffiles.stdout).trim(), "/etc/loong/loongd.toml");
+    // It is loongd's own commented default.
+    let extracted = tempfile::tempdir().expect("tempdir");
+    extract(deb, extracted.path());
+    let shipped = fs::read_to_string(extracted.path().join("etc/loong/loongd.toml")).expect("conf");
+    let own = Command::new(bin("loongd"))
+        .arg("--default-config")
+        .output()
+        .expect("loongd --default-config");
+    assert_eq!(shipped, text(&own.stdout));
+    assert!(shipped.contains("# level = \"info\""), "{shipped}");
+}
+
+fn extract(deb: &Path, dir: &Path) {
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dir)
+        .output()
+        .expect("dpkg-deb -x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn package_passes_lintian() {
+    if !have("dpkg-deb") || !have("lintian") {
+        skip(
+            "packaging::package_passes_lintian",
+            "lintian is not installed (apt-get install lintian; .ci/run installs it)",
+        );
+        return;
+    }
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(package())
+        .output()
+        .expect("lintian");
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "lintian: {report}");
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{report}"
+    );
+}
+
+#[test]
+fn packaged_loongd_finds_its_workers_in_usr_lib_loong() {
+    if !have("dpkg-deb") {
+        skip(
+            "packaging::packaged_loongd_finds_its_workers_in_usr_lib_loong",
+            "dpkg-deb is not installed",
+        );
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    extract(package(), root.path());
+    let ctl = root.path().join("usr/bin/loongctl");
+    // Nothing but loongd and loongctl in usr/bin: the workers are only in usr/lib/loong.
+    assert!(!root.path().join("usr/bin/loong-worker-wasm").exists());
+    let home = Home::new();
+    crate::workers::install_examples(&home);
+    let run = |args: &[&str]| {
+        Command::new(&ctl)
+            .arg("--home")
+            .arg(home.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("packaged loongctl")
+    };
+    let started = run(&["daemon", "start"]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let status = run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let pid = v["pid"].as_u64().expect("pid");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("loongd exe");
+    assert!(
+        exe.starts_with(fs::canonicalize(root.path()).expect("root")),
+        "the packaged loongd runs: {}",
+        exe.display()
+    );
+    // The spawn helper was found (the sandbox is available) and a WASM worker started.
+    let doctor = run(&["doctor", "--json"]);
+    assert!(
+        !text(&doctor.stdout).contains("loong-spawn"),
+        "{}",
+        text(&doctor.stdout)
+    );
+    let echo = run(&["invoke", "echo", "--input", r#"{"ping":1}"#]);
+    assert_eq!(
+        (echo.status.code(), text(&echo.stdout).trim()),
+        (Some(0), r#"{"ping":1}"#),
+        "{}\n{}",
+        text(&echo.stderr),
+        home.log()
+    );
+    let _ = run(&["daemon", "stop"]);
+}
+
+#[test]
+fn completions_are_generated_for_bash_zsh_and_fish() {
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef loongctl"),
+        ("fish", "complete -c loongctl"),
+    ] {
+        let out = Command::new(bin("loongctl"))
+            .args(["completions", shell])
+            .env_remove("HOME")
+            .env_remove("LOONG_HOME")
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .expect("loongctl completions");
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(needle), "{shell}: {script}");
+        assert!(script.contains("daemon"), "{shell} completes subcommands");
+    }
+    // An unknown shell is a usage error.
+    let out = Command::new(bin("loongctl"))
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("loongctl completions");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// The number in systemd-analyze's "Overall exposure level for X: N.N …" line.
+fn exposure(unit: &Path) -> Option<f64> {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(unit)
+        .output()
+        .ok()?;
+    let report = text(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?;
+    line.rsplit_once(':')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_root_unit_scores_at_most_its_goal() {
+    if !have("systemd-analyze") {
+        skip(
+            "packaging::the_root_unit_scores_at_most_its_goal",
+            "systemd-analyze is not installed (apt-get install systemd)",
+        );
+        return;
+    }
+    let unit = workspace().join("packaging/loongd.service");
+    let score = exposure(&unit).expect("systemd-analyze prints an overall exposure");
+    assert!(
+        score <= ROOT_UNIT_MAX_EXPOSURE,
+        "packaging/loongd.service scores {score}, above {ROOT_UNIT_MAX_EXPOSURE}"
+    );
+    // Positive control: the parser reads a poor score too (a unit with no hardening).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = dir.path().join("bare.service");
+    fs::write(&bare, "[Service]\nExecStart=/usr/bin/loongd --system\n").expect("bare");
+    let bare_score = exposure(&bare).expect("a score for the bare unit");
+    assert!(bare_score > 9.0, "{bare_score}");
+    // The unit asks for the notify protocol and a watchdog, which loongd speaks.
+    let text = fs::read_to_string(&unit).expect("unit");
+    assert!(text.lines().any(|l| l == "Type=notify"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("WatchdogSec=")),
+        "{text}"
+    );
+}
+
+/// Every datagram that arrives on `sock` until `until` says enough or `limit` passes.
+fn datagrams(
+    sock: &UnixDatagram,
+    limit: Duration,
+    mut until: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let end = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < end && !until(&got) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_service_manager_hears_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    let home = Home::new();
+    let child = Command::new(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loongd");
+    let got = datagrams(&sock, Duration::from_secs(30), |g| {
+        g.last().is_some_and(|m| m == "READY=1")
+    });
+    // Keep-alives may come first (the watchdog is fed from before plugin discovery).
+    assert_eq!(got.last().map(String::as_str), Some("READY=1"), "{got:?}");
+    assert!(
+        got[..got.len() - 1].iter().all(|m| m == "WATCHDOG=1"),
+        "{got:?}"
+    );
+    // READY=1 means the control socket answers now.
+    let status = home.ctl(&["status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    // The watchdog is fed at half of 400 ms.
+    let got = datagrams(&sock, Duration::from_secs(5), |g| g.len() >= 2);
+    assert!(
+        got.len() >= 2 && got.iter().all(|m| m == "WATCHDOG=1"),
+        "{got:?}"
+    );
+    stop(child);
+    let rest = datagrams(&sock, Duration::from_millis(500), |_| false);
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    assert_eq!(
+        rest.iter()
+            .filter(|m| *m != "WATCHDOG=1")
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["STOPPING=1"],
+        "only keep-alives and STOPPING=1 follow READY=1"
+    );
+}
+
+#[test]
+fn without_notify_socket_loongd_runs_and_a_bad_one_is_refused() {
+    // A malformed NOTIFY_SOCKET is refused at start, naming the variable.
+    let home = Home::new();
+    let out = Command::new(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .env("NOTIFY_SOCKET", "relative/notify")
+        .stdin(Stdio::null())
+        .output()
+        .expect("loongd");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("NOTIFY_SOCKET"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Positive control: with none, loongd starts as before.
+    home.start();
+}
+
+#[test]
+fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
+    if !is_root() || !have("setpriv") {
+        skip(
+            "packaging::a_sandbox_under_a_service_without_cap_mknod…",
+            "needs root and setpriv (util-linux)",
+        );
+        return;
+    }
+    let run = |drop_mknod: bool| {
+        let home = Home::new();
+        let mut cmd = Command::new("setpriv");
+        if drop_mknod {
+            cmd.args(["--bounding-set", "-mknod"]);
+        }
+        let out = cmd
+            .arg("--")
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["daemon", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv loongctl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let pid = home.status().pid;
+        let bounding = fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .expect("CapBnd");
+        // CAP_MKNOD is capability 27.
+        assert_eq!(bounding & (1 << 27) == 0, drop_mknod, "{bounding:x}");
+        let out = home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "restricted",
+            "--",
+            "/bin/sh",
+            "-c",
+            // Builtins only: the restricted tier allows no second process.
+            "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened",
+        ]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // With CAP_MKNOD (the nodes are made) and without (they are bound from loongd's /dev).
+    for drop_mknod in [false, true] {
+        let (code, stdout, stderr) = run(drop_mknod);
+        assert_eq!(code, Some(0), "without CAP_MKNOD: {drop_mknod}: {stderr}");
+        assert_eq!(stdout.trim(), "opened", "{stderr}");
+    }
+}
+
+/// The fields of one native-protocol journal record (`KEY=VALUE` lines; a value with a
+/// newline is sent as `KEY\n<len:u64le><bytes>\n`, which this reads too).
+fn fields(record: &str) -> Vec<(String, String)> {
+    let b = record.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let end = b[i..]
+            .iter()
+            .position(|c| *c == b'\n')
+            .map_or(b.len(), |p| i + p);
+        let line = &record[i..end];
+        if let Some((k, v)) = line.split_once('=') {
+            out.push((k.to_string(), v.to_string()));
+            i = end + 1;
+        } else {
+            let len_at = end + 1;
+            let Some(len) = b
+                .get(len_at..len_at + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_le_bytes)
+            else {
+                break;
+            };
+            let start = len_at + 8;
+            let stop = start + len as usize;
+            out.push((
+                line.to_string(),
+                String::from_utf8_lossy(b.get(start..stop).unwrap_or_default()).into_owned(),
+            ));
+            i = stop + 1;
+        }
+    }
+    out
+}
+
+/// Runs loongd in a mount namespace whose `/run/systemd/journal/socket` is `journal`, with
+/// `env`, stderr to `stderr`; returns it once its socket answers.
+fn loongd_with_journal(home: &Home, journal: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
+    let script = r#"mount -t tmpfs loong-test /run && mkdir -p /run/systemd/journal \
+        && : > /run/systemd/journal/socket && mount --bind "$1" /run/systemd/journal/socket \
+        && shift && exec "$@""#;
+    let err = fs::File::create(stderr).expect("stderr file");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(journal)
+        .arg(bin("loongd"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("--foreground")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("unshare loongd");
+    assert!(
+        wait_until(Duration::from_secs(30), || home.socket().exists()
+            && home.ctl(&["status"]).status.success()),
+        "loongd did not answer: {}",
+        fs::read_to_string(stderr).unwrap_or_default()
+    );
+    child
+}
+
+#[test]
+fn under_systemd_logs_reach_the_journal_with_structured_fields() {
+    if !is_root() || !have("unshare") {
+        skip(
+            "packaging::under_systemd_logs_reach_the_journal…",
+            "needs root and unshare (util-linux) for a mount namespace",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal_path = dir.path().join("journal");
+    let journal = UnixDatagram::bind(&journal_path).expect("bind journal socket");
+    let stderr = dir.path().join("stderr");
+    fs::write(&stderr, b"").expect("stderr file");
+    let meta = fs::metadata(&stderr).expect("stat stderr");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+
+    // Under systemd (stderr is the stream JOURNAL_STREAM names): records reach the journal.
+    let home = Home::new();
+    crate::workers::install_examples(&home);
+    let child = loongd_with_journal(
+        &home,
+        &journal_path,
+        &stderr,
+        &[
+            ("JOURNAL_STREAM", &stream),
+            ("LOONG_LOG", "info,loongd::audit=debug"),
+        ],
+    );
+    crate::workers::echo_works(&home);
+    let has = |recs: &[Vec<(String, String)>], k: &str, pred: &dyn Fn(&str) -> bool| {
+        recs.iter()
+            .any(|r| r.iter().any(|(rk, rv)| rk == k && pred(rv)))
+    };
+    let mut records: Vec<Vec<(String, String)>> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        records.extend(
+            datagrams(&journal, Duration::from_millis(300), |_| false)
+                .iter()
+                .map(|d| fields(d)),
+        );
+        if has(&records, "LOONG_WORKER_PID", &|v| v.parse::<u32>().is_ok())
+            && has(&records, "LOONG_CORRELATION", &|v| v.starts_with("conn-"))
+        {
+            break;
+        }
+    }
+    stop(child);
+    // What it logged while stopping, so the next run starts with a quiet socket.
+    records.extend(
+        datagrams(&journal, Duration::from_millis(300), |_| false)
+            .iter()
+            .map(|d| fields(d)),
+    );
+    let dump = format!("{records:?}");
+    assert!(
+        has(&records, "MESSAGE", &|v| v == "loongd started"),
+        "{dump}"
+    );
+    assert!(
+        has(&records, "SYSLOG_IDENTIFIER", &|v| v == "loongd"),
+        "{dump}"
+    );
+    assert!(
+        has(&records, "LOONG_KIND", &|v| v == "tool.invoked"),
+        "{dump}"
+    );
+    assert!(has(&records, "LOONG_PLUGIN", &|v| v == "echo"), "{dump}");
+    assert!(
+        has(&records, "LOONG_CORRELATION", &|v| v.starts_with("conn-")),
+        "{dump}"
+    );
+    // The worker's pid, on the record of its spawn.
+    assert!(
+        records.iter().any(|r| {
+            r.iter()
+                .any(|(k, v)| k == "LOONG_KIND" && v == "worker.spawned")
+                && r.iter()
+                    .any(|(k, v)| k == "LOONG_WORKER_PID" && v.parse::<u32>().is_ok())
+        }),
+        "{dump}"
+    );
+    // LOONG_LOG still filters: debug from the audit target only, nothing at debug from others
+    // (PRIORITY 6 is debug, 7 trace).
+    assert!(
+        !records.iter().any(|r| {
+            r.iter()
+                .any(|(k, v)| k == "PRIORITY" && (v == "6" || v == "7"))
+                && !r.iter().any(|(k, v)| k == "TARGET" && v == "loongd::audit")
+        }),
+        "{dump}"
+    );
+    // Nothing went to stderr.
+    let err = fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(!err.contains("loongd started"), "{err}");
+
+    // Positive control: stderr is not the journal's stream (the variable names another), so
+    // the log goes to stderr and the journal hears nothing.
+    let home = Home::new();
+    let child = loongd_with_journal(
+        &home,
+        &journal_path,
+        &stderr,
+        &[("JOURNAL_STREAM", "1:1"), ("LOONG_LOG", "info")],
+    );
+    let heard = datagrams(&journal, Duration::from_millis(500), |_| false);
+    stop(child);
+    assert!(heard.is_empty(), "{heard:?}");
+    let err = fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(err.contains("loongd started"), "{err}");
+    assert!(
+        !err.contains("audit record"),
+        "LOONG_LOG=info filters debug: {err}"
+    );
+}
+
+const RELEASE_BINARIES: [&str; 7] = [
+    "loongd",
+    "loongctl",
+    "loong-spawn",
+    "loong-worker-wasm",
+    "loong-worker-http",
+    "loong-worker-builtin",
+    "loong-worker-stdio",
+];
+
+/// A change to a release directory that must make install.sh refuse it.
+type Spoil = fn(&Path);
+
+/// A release directory of small stand-in binaries and their SHA256SUMS.
+fn release(dir: &Path) {
+    fs::create_dir_all(dir).expect("release dir");
+    let mut sums = String::new();
+    for n in RELEASE_BINARIES {
+        let body = format!("#!/bin/sh\necho {n}\n");
+        fs::write(dir.join(n), &body).expect("binary");
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        sums.push_str(&format!("{digest}  {n}\n"));
+    }
+    fs::write(dir.join("SHA256SUMS"), sums).expect("sums");
+}
+
+fn install_sh(args: &[&Path]) -> std::process::Output {
+    Command::new(workspace().join("scripts/install.sh"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run install.sh")
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn install_sh_refuses_a_corrupted_binary_and_installs_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prefix = tmp.path().join("prefix");
+    let prefix_arg = format!("--prefix={}", prefix.display());
+    let prefix_arg = Path::new(&prefix_arg);
+    // Each way a release can be wrong: a changed binary (early or late in the order), a
+    // missing entry, a malformed entry, no SHA256SUMS at all, a missing binary.
+    let cases: [(&str, Spoil); 6] = [
+        ("a changed loongd", |d| {
+            fs::write(d.join("loongd"), "#!/bin/sh\necho evil\n").expect("corrupt")
+        }),
+        ("a changed worker", |d| {
+            fs::write(d.join("loong-worker-stdio"), "#!/bin/sh\necho evil\n").expect("corrupt")
+        }),
+        ("no entry for loong-spawn", |d| {
+            let sums = fs::read_to_string(d.join("SHA256SUMS")).expect("sums");
+            let kept: String = sums
+                .lines()
+                .filter(|l| !l.ends_with(" loong-spawn"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            fs::write(d.join("SHA256SUMS"), kept).expect("sums");
+        }),
+        ("a malformed entry", |d| {
+            let sums = fs::read_to_string(d.join("SHA256SUMS")).expect("sums");
+            let bad: String = sums
+                .lines()
+                .map(|l| {
+                    if l.ends_with(" loongctl") {
+                        "zz  loongctl\n".to_string()
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            fs::write(d.join("SHA256SUMS"), bad).expect("sums");
+        }),
+        ("no SHA256SUMS", |d| {
+            fs::remove_file(d.join("SHA256SUMS")).expect("rm")
+        }),
+        ("a missing worker", |d| {
+            fs::remove_file(d.join("loong-worker-wasm")).expect("rm")
+        }),
+    ];
+    for (what, spoil) in cases {
+        let dir = tmp.path().join("bad");
+        let _ = fs::remove_dir_all(&dir);
+        release(&dir);
+        spoil(&dir);
+        let out = install_sh(&[prefix_arg, &dir]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("nothing was installed")
+                || text(&out.stderr).contains("refusing"),
+            "{what}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            files_under(&prefix).is_empty(),
+            "{what}: {:?}",
+            files_under(&prefix)
+        );
+    }
+    // Positive control: the intact release installs, from a directory and from a tarball.
+    let good = tmp.path().join("loong-release");
+    release(&good);
+    let out = install_sh(&[prefix_arg, &good]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for n in RELEASE_BINARIES {
+        let place = if n.starts_with("loong-") {
+            "lib/loong"
+        } else {
+            "bin"
+        };
+        let p = prefix.join(place).join(n);
+        let ran = Command::new(&p).output().expect("installed binary");
+        assert_eq!(text(&ran.stdout).trim(), n, "{}", p.display());
+    }
+    let uninstall = Path::new("--uninstall");
+    let out = install_sh(&[prefix_arg, uninstall]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        files_under(&prefix).is_empty(),
+        "{:?}",
+        files_under(&prefix)
+    );
+    let tarball = tmp.path().join("loong-release.tar.gz");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp.path())
+        .arg("loong-release")
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+    let out = install_sh(&[prefix_arg, &tarball]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(files_under(&prefix).len(), RELEASE_BINARIES.len() + 1);
+    // A corrupted tarball installs nothing either.
+    let out = install_sh(&[prefix_arg, uninstall]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    spoil_and_pack(&good, &tarball);
+    let out = install_sh(&[prefix_arg, &tarball]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        files_under(&prefix).is_empty(),
+        "{:?}",
+        files_under(&prefix)
+    );
+}
+
+fn spoil_and_pack(dir: &Path, tarball: &Path) {
+    fs::write(dir.join("loong-spawn"), "#!/bin/sh\necho evil\n").expect("corrupt");
+    let parent = dir.parent().expect("parent");
+    let name = dir.file_name().expect("name");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(parent)
+        .arg(name)
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+}
+
+#[test]
+fn the_system_layout_runs_from_the_package_in_a_mount_namespace() {
+    if !is_root() || !have("unshare") || !have("nsenter") || !have("dpkg-deb") {
+        skip(
+            "packaging::the_system_layout_runs_from_the_package_in_a_mount_namespace",
+            "needs root, dpkg-deb, unshare and nsenter (util-linux)",
+        );
+        return;
+    }
+    let host_paths = ["/etc/loong", "/var/lib/loong", "/run/loong"];
+    let existed: Vec<bool> = host_paths.iter().map(|p| Path::new(p).exists()).collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    extract(package(), root.path());
+    let scratch = tempfile::tempdir().expect("scratch");
+    let notify_path = scratch.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    // /etc and /var/lib get a writable layer of their own, /run a tmpfs: nothing of the host
+    // changes. The package's conffile is put where the package would put it.
+    let script = r#"set -e
+        mount -t tmpfs loong-test "$2"
+        mkdir -p "$2/e/u" "$2/e/w" "$2/v/u" "$2/v/w"
+        mount -t overlay loong-etc -o "lowerdir=/etc,upperdir=$2/e/u,workdir=$2/e/w" /etc
+        mount -t overlay loong-var -o "lowerdir=/var/lib,upperdir=$2/v/u,workdir=$2/v/w" /var/lib
+        mount -t tmpfs loong-run /run
+        mkdir -p /etc/loong
+        cp "$1/etc/loong/loongd.toml" /etc/loong/loongd.toml
+        exec "$1/usr/bin/loongd" --system --foreground"#;
+    let layers = scratch.path().join("layers");
+    fs::create_dir(&layers).expect("layers");
+    let log = scratch.path().join("stderr");
+    let err = fs::File::create(&log).expect("stderr file");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(root.path())
+        .arg(&layers)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("unshare loongd");
+    let pid = child.id().to_string();
+    let got = datagrams(&notify, Duration::from_secs(60), |g| {
+        g.iter().any(|m| m == "READY=1")
+    });
+    assert!(
+        got.iter().any(|m| m == "READY=1"),
+        "no READY=1: {got:?}\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    // loongctl --system, in loongd's mount namespace, as an operator on that host would.
+    let inside = |args: &[&str]| {
+        Command::new("nsenter")
+            .args(["--mount", "--target", &pid, "--"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    };
+    let ctl = root.path().join("usr/bin/loongctl");
+    let ctl = ctl.to_str().expect("utf-8 path");
+    let status = inside(&[ctl, "--system", "status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(v["home"], "/var/lib/loong", "{v}");
+    assert_eq!(v["socket_path"], "/run/loong/loongd.sock", "{v}");
+    // A plugin call, in a worker found in the package's usr/lib/loong.
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/echo");
+    let copy = inside(&[
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/loong/plugins/echo && cp \"$1\"/loong.plugin.json \"$1\"/plugin.wasm /var/lib/loong/plugins/echo/",
+        "sh",
+        echo.to_str().expect("utf-8 path"),
+    ]);
+    assert!(copy.status.success(), "{}", text(&copy.stderr));
+    let reload = inside(&[ctl, "--system", "plugins", "reload"]);
+    assert!(reload.status.success(), "{}", text(&reload.stderr));
+    let call = inside(&[
+        ctl,
+        "--system",
+        "invoke",
+        "echo",
+        "--input",
+        r#"{"ping":1}"#,
+    ]);
+    assert_eq!(
+        (call.status.code(), text(&call.stdout).trim()),
+        (Some(0), r#"{"ping":1}"#),
+        "{}",
+        text(&call.stderr)
+    );
+    stop(child);
+    let rest = datagrams(&notify, Duration::from_millis(500), |_| false);
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    for (p, before) in host_paths.iter().zip(existed) {
+        if !before {
+            assert!(!Path::new(p).exists(), "{p} was created on the host");
+        }
+    }
+}
