@@ -1115,7 +1115,7 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     );
     let listener = LocalHttp::text("loong-shell-page");
     let home = Home::with_config(&format!(
-        "[builtins]\nread_roots = [{:?}]\nwrite_roots = [{:?}]\nworkspace = {:?}\ntimeout_ms = 1500\n",
+        "[builtins]\nread_roots = [{:?}]\nwrite_roots = [{:?}]\nworkspace = {:?}\ntimeout_ms = 5000\n",
         ro.display().to_string(),
         rw.display().to_string(),
         ws.display().to_string()
