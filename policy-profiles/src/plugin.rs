@@ -1692,22 +1692,10 @@ fn open_beneath(
     dir: &Path,
     rel: &Path,
 ) -> Result<std::fs::File, ManifestError> {
-    use loong_sandbox::openat::{self, OFlag, OpenHow, ResolveFlag};
+    use loong_sandbox::openat;
     use std::os::fd::AsFd;
     let path = dir.join(rel);
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_RDONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY
-                | OFlag::O_CLOEXEC,
-        )
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
+    let how = openat::beneath_read_only();
     let name = rel.to_str().ok_or_else(|| ManifestError::Parse {
         path: path.clone(),
         message: "the file name is not UTF-8".into(),

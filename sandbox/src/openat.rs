@@ -9,6 +9,25 @@ use std::{
 
 pub use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 
+/// How an entry of an operator-supplied tree (a plugin package) is opened for reading:
+/// never through a link, never out of the directory or its mount, never blocking (a FIFO
+/// opens at once, to be refused by its `fstat`), never as a controlling terminal.
+pub fn beneath_read_only() -> OpenHow {
+    OpenHow::new()
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
+        )
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        )
+}
+
 /// Opens `name` relative to the directory `dir` as `how` says, returning the descriptor
 /// owned. The error is the system call's (`ELOOP` for a symlink under
 /// `RESOLVE_NO_SYMLINKS`, `EXDEV` for a mount point under `RESOLVE_NO_XDEV`, `ENOSYS` on a

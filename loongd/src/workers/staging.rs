@@ -25,7 +25,7 @@ use std::{
 use loong_ipc::package::{
     MAX_PACKAGE_BYTES, MAX_PACKAGE_DEPTH, MAX_PACKAGE_ENTRIES, MAX_PACKAGE_FILES,
 };
-use loong_sandbox::openat::{self, OFlag, OpenHow, ResolveFlag};
+use loong_sandbox::openat::{self, OFlag, OpenHow};
 use nix::sys::stat::{FileStat, SFlag};
 
 /// The size of the buffer a file is copied through.
@@ -82,19 +82,7 @@ pub(crate) enum StageError {
 /// How every entry below the package directory is opened: never through a link, never out
 /// of the directory or its mount, never blocking (a FIFO opens at once, then is refused).
 fn how() -> OpenHow {
-    OpenHow::new()
-        .flags(
-            OFlag::O_RDONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY
-                | OFlag::O_CLOEXEC,
-        )
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        )
+    openat::beneath_read_only()
 }
 
 /// Copies the package directory `src` into `dst` (which must not exist yet). The copy is
