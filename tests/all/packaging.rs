@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::{fs::MetadataExt, net::UnixDatagram},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixDatagram,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -418,9 +421,19 @@ fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
         );
         return;
     }
-    let run = |drop_mknod: bool| {
+    // `fake_null`: a regular file bound over /dev/null in loongd's own mount namespace.
+    let run = |drop_mknod: bool, fake_null: Option<&Path>, script: &str| {
         let home = Home::new();
-        let mut cmd = Command::new("setpriv");
+        let mut cmd = match fake_null {
+            None => Command::new("setpriv"),
+            Some(f) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /dev/null && exec setpriv \"$@\"")
+                    .arg(f);
+                c
+            }
+        };
         if drop_mknod {
             cmd.args(["--bounding-set", "-mknod"]);
         }
@@ -451,17 +464,31 @@ fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
             "--",
             "/bin/sh",
             "-c",
-            // Builtins only: the restricted tier allows no second process.
-            "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened",
+            script,
         ]);
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
     // With CAP_MKNOD (the nodes are made) and without (they are bound from loongd's /dev).
+    // Builtins only: the restricted tier allows no second process.
+    let opens = "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened";
     for drop_mknod in [false, true] {
-        let (code, stdout, stderr) = run(drop_mknod);
+        let (code, stdout, stderr) = run(drop_mknod, None, opens);
         assert_eq!(code, Some(0), "without CAP_MKNOD: {drop_mknod}: {stderr}");
         assert_eq!(stdout.trim(), "opened", "{stderr}");
     }
+    // What is bound must be the very node mknod would have made: a regular file standing at
+    // loongd's /dev/null (root's `rm /dev/null` and a redirection make one, which then
+    // collects whatever root discards) is refused, not handed to the sandbox.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("not-null");
+    fs::write(&fake, b"discarded by root\n").expect("write");
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let reads = "read -r line </dev/null; echo \"read:$line\"";
+    let (code, stdout, stderr) = run(true, Some(&fake), reads);
+    assert!(
+        code != Some(0) && !stdout.contains("discarded"),
+        "a regular file was bound as /dev/null: {code:?} {stdout}{stderr}"
+    );
 }
 
 /// The fields of one native-protocol journal record (`KEY=VALUE` lines; a value with a
