@@ -734,6 +734,48 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn install_sh_as_root_refuses_a_prefix_another_user_can_change() {
+    if !is_root() {
+        skip(
+            "packaging::install_sh_as_root_refuses_a_prefix_another_user_can_change",
+            "needs root (install.sh checks ownership only when run as root)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rel = tmp.path().join("release");
+    release(&rel);
+    // A directory anyone may write, one another user owns, and a root-owned symlink that
+    // leads into the first.
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).expect("open");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let owned = tmp.path().join("owned");
+    fs::create_dir_all(owned.join("lib")).expect("owned");
+    std::os::unix::fs::chown(owned.join("lib"), Some(65534), Some(65534)).expect("chown");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&open, &link).expect("symlink");
+    for prefix in [open.join("usr"), open.clone(), owned.clone(), link.clone()] {
+        let arg = format!("--prefix={}", prefix.display());
+        let out = install_sh(&[Path::new(&arg), &rel]);
+        assert!(!out.status.success(), "{}: installed", prefix.display());
+        assert!(
+            text(&out.stderr).contains("nothing was installed"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(files_under(&open).is_empty(), "{}", prefix.display());
+        assert!(files_under(&owned).is_empty(), "{}", prefix.display());
+    }
+    // Positive control: a root-owned prefix nobody else may write.
+    let good = tmp.path().join("good");
+    let arg = format!("--prefix={}", good.display());
+    let out = install_sh(&[Path::new(&arg), &rel]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(good.join("lib/loong/loong-spawn").is_file());
+}
+
+#[test]
 fn install_sh_refuses_a_corrupted_binary_and_installs_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let prefix = tmp.path().join("prefix");
