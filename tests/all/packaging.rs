@@ -42,7 +42,11 @@ fn have(tool: &str) -> bool {
 fn package() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        let out = Command::new(workspace().join("scripts/package"))
+        // Under a lax umask: the package's modes must not depend on the builder's.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("umask 002 && exec \"$0\" \"$@\"")
+            .arg(workspace().join("scripts/package"))
             .arg("--bins")
             .arg(bin_dir())
             .output()
@@ -113,6 +117,14 @@ fn package_holds_every_binary_the_unit_the_conffile_man_pages_and_completions() 
     ]);
     for w in wanted {
         assert!(files.contains(w), "{w} is not in the package:\n{listing}");
+    }
+    // Nothing is writable by group or others (whatever the builder's umask was).
+    for l in listing.lines() {
+        let mode = l.as_bytes();
+        assert!(
+            mode.get(5) != Some(&b'w') && mode.get(8) != Some(&b'w'),
+            "group- or world-writable: {l}"
+        );
     }
     // The binaries are executable; nothing else is.
     for l in listing.lines() {
