@@ -426,10 +426,10 @@ fn without_notify_socket_loongd_runs_and_a_bad_one_is_refused() {
 
 #[test]
 fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
-    if !is_root() || !have("setpriv") {
+    if !is_root() || !have("setpriv") || !have("unshare") {
         skip(
             "packaging::a_sandbox_under_a_service_without_cap_mknod…",
-            "needs root and setpriv (util-linux)",
+            "needs root, setpriv and unshare (util-linux)",
         );
         return;
     }
