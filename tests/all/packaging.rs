@@ -503,6 +503,59 @@ fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
     );
 }
 
+#[test]
+fn a_worker_is_not_handed_a_dev_null_that_is_not_the_null_device() {
+    if !is_root() || !have("unshare") {
+        skip(
+            "packaging::a_worker_is_not_handed_a_dev_null…",
+            "needs root and unshare (util-linux)",
+        );
+        return;
+    }
+    // loongd started in a mount namespace of its own, where /dev/null is `null` when given.
+    let invoke = |null: Option<&Path>| {
+        let home = Home::new();
+        crate::workers::install_examples(&home);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"]);
+        match null {
+            Some(f) => cmd
+                .arg("mount --bind \"$0\" /dev/null && exec \"$@\"")
+                .arg(f),
+            None => cmd.arg("exec \"$@\"").arg("sh"),
+        };
+        let out = cmd
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["daemon", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare loongctl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = home.ctl(&["invoke", "echo", "--input", r#"{"ping":1}"#]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // Positive control: the real null device.
+    let (code, stdout, stderr) = invoke(None);
+    assert_eq!(
+        (code, stdout.trim()),
+        (Some(0), r#"{"ping":1}"#),
+        "{stderr}"
+    );
+    // A regular file at loongd's /dev/null (root's `rm /dev/null` and a redirection) would be
+    // every worker's stdin and stdout: refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("not-null");
+    fs::write(&fake, b"discarded by root\n").expect("write");
+    let (code, stdout, stderr) = invoke(Some(&fake));
+    assert!(
+        code != Some(0) && stderr.contains("not the null device"),
+        "a worker was spawned with a regular file as /dev/null: {code:?} {stdout}{stderr}"
+    );
+    assert_eq!(fs::read(&fake).expect("read"), b"discarded by root\n");
+}
+
 /// The fields of one native-protocol journal record (`KEY=VALUE` lines; a value with a
 /// newline is sent as `KEY\n<len:u64le><bytes>\n`, which this reads too).
 fn fields(record: &str) -> Vec<(String, String)> {
