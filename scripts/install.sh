@@ -9,7 +9,8 @@
 #
 # Layout under PREFIX (default /usr/local): bin/loongd, bin/loongctl; lib/loong/ holds the
 # spawn helper and the workers, where loongd looks for them. State and configuration are never
-# touched (uninstall leaves them too). A Debian system is better served by the package
+# touched (uninstall leaves them too). As root, a prefix another user could change is refused.
+# A Debian system is better served by the package
 # (scripts/package, packaging/README.md).
 set -euo pipefail
 umask 022
@@ -36,6 +37,37 @@ done
 case "$prefix" in /*) ;; *) die "--prefix $prefix is not an absolute path" ;; esac
 bindir=$prefix/bin
 libdir=$prefix/lib/loong
+
+# Run as root, the binaries go where only root may change them: loongd runs the helper and the
+# workers as root, so a prefix another user can write (or own, or reach through a symlink they
+# can swap) would hand them root. Every directory that exists on the way to bin/ and
+# lib/loong/ must be owned by root and writable by no one else; then nobody else can change
+# the path between this check and the install, and the resolved path is the one used.
+root_only() {
+  local p=$1 rest cur next owner mode
+  [ "$(id -u)" -eq 0 ] || { printf '%s' "$p"; return 0; }
+  p=$(realpath -m -- "$p") || die "--prefix $prefix cannot be resolved"
+  cur=/
+  rest=${p#/}
+  while :; do
+    [ -e "$cur" ] || break
+    [ -d "$cur" ] && [ ! -L "$cur" ] || die "$cur (on the way to $p) is not a directory; nothing was installed"
+    read -r owner mode < <(stat -c '%u %a' -- "$cur")
+    [ "$owner" -eq 0 ] || die "$cur (on the way to $p) is owned by uid $owner, not root; nothing was installed"
+    next=${cur%/}/${rest%%/*}
+    # A sticky directory (/tmp) is let through only to a name that already exists there (and
+    # is checked next): another user cannot rename what root owns in it, but could create a
+    # name that does not exist yet.
+    (( (8#$mode & 8#022) == 0 )) || { (( (8#$mode & 8#1000) != 0 )) && [ -n "$rest" ] && [ -e "$next" ]; } \
+      || die "$cur (on the way to $p) is writable by others than root (mode $mode); nothing was installed"
+    [ -n "$rest" ] || break
+    cur=$next
+    case "$rest" in */*) rest=${rest#*/} ;; *) rest= ;; esac
+  done
+  printf '%s' "$p"
+}
+bindir=$(root_only "$bindir")
+libdir=$(root_only "$libdir")
 
 if $uninstall; then
   [ -z "$source" ] || { echo "install.sh: --uninstall takes no release" >&2; exit 2; }

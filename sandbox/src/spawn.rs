@@ -492,15 +492,37 @@ impl Drop for Server {
     }
 }
 
+/// The null device a payload's `Null` stdio is opened from.
+const NULL_DEVICE: &str = "/dev/null";
+/// The null device's (major, minor).
+const NULL_RDEV: (u64, u64) = (1, 3);
+
+/// `path` opened read-write for a payload's stdio, once it is seen to be the null device: a
+/// regular file left at loongd's `/dev/null` (root's `rm` and a redirection make one, which
+/// then collects what root discards) is refused, not handed to every worker.
+fn open_null(path: &Path) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(io::Error::from)?;
+    let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && st.st_rdev == nix::sys::stat::makedev(NULL_RDEV.0, NULL_RDEV.1);
+    if !is_null {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not the null device (a character device 1:3)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(OwnedFd::from(f))
+}
+
 fn stdio_fd(s: StdioSpec, payload_reads: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
     Ok(match s {
-        StdioSpec::Null => {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")?;
-            (OwnedFd::from(f), None)
-        }
+        StdioSpec::Null => (open_null(Path::new(NULL_DEVICE))?, None),
         StdioSpec::Fd(fd) => (fd, None),
         StdioSpec::Pipe => {
             let (r, w) =
@@ -677,4 +699,20 @@ fn parse_error(line: &str) -> (String, i32, String) {
     let errno = it.next().and_then(|e| e.parse().ok()).unwrap_or(libc::EIO);
     let detail = it.next().unwrap_or("").to_string();
     (step, errno, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payloads_null_stdio_is_the_null_device_or_nothing() {
+        // Positive control: the host's /dev/null.
+        assert!(open_null(Path::new(NULL_DEVICE)).is_ok());
+        // A regular file, and another device, at that name are refused.
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        let err = open_null(f.path()).expect_err("a regular file");
+        assert!(err.to_string().contains("is not the null device"), "{err}");
+        assert!(open_null(Path::new("/dev/zero")).is_err());
+    }
 }

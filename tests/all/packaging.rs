@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::{fs::MetadataExt, net::UnixDatagram},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixDatagram,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -39,7 +42,11 @@ fn have(tool: &str) -> bool {
 fn package() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        let out = Command::new(workspace().join("scripts/package"))
+        // Under a lax umask: the package's modes must not depend on the builder's.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("umask 002 && exec \"$0\" \"$@\"")
+            .arg(workspace().join("scripts/package"))
             .arg("--bins")
             .arg(bin_dir())
             .output()
@@ -110,6 +117,14 @@ fn package_holds_every_binary_the_unit_the_conffile_man_pages_and_completions() 
     ]);
     for w in wanted {
         assert!(files.contains(w), "{w} is not in the package:\n{listing}");
+    }
+    // Nothing is writable by group or others (whatever the builder's umask was).
+    for l in listing.lines() {
+        let mode = l.as_bytes();
+        assert!(
+            mode.get(5) != Some(&b'w') && mode.get(8) != Some(&b'w'),
+            "group- or world-writable: {l}"
+        );
     }
     // The binaries are executable; nothing else is.
     for l in listing.lines() {
@@ -411,16 +426,26 @@ fn without_notify_socket_loongd_runs_and_a_bad_one_is_refused() {
 
 #[test]
 fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
-    if !is_root() || !have("setpriv") {
+    if !is_root() || !have("setpriv") || !have("unshare") {
         skip(
             "packaging::a_sandbox_under_a_service_without_cap_mknod…",
-            "needs root and setpriv (util-linux)",
+            "needs root, setpriv and unshare (util-linux)",
         );
         return;
     }
-    let run = |drop_mknod: bool| {
+    // `fake_null`: a regular file bound over /dev/null in loongd's own mount namespace.
+    let run = |drop_mknod: bool, fake_null: Option<&Path>, script: &str| {
         let home = Home::new();
-        let mut cmd = Command::new("setpriv");
+        let mut cmd = match fake_null {
+            None => Command::new("setpriv"),
+            Some(f) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /dev/null && exec setpriv \"$@\"")
+                    .arg(f);
+                c
+            }
+        };
         if drop_mknod {
             cmd.args(["--bounding-set", "-mknod"]);
         }
@@ -451,17 +476,84 @@ fn a_sandbox_under_a_service_without_cap_mknod_still_has_its_dev_nodes() {
             "--",
             "/bin/sh",
             "-c",
-            // Builtins only: the restricted tier allows no second process.
-            "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened",
+            script,
         ]);
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
     // With CAP_MKNOD (the nodes are made) and without (they are bound from loongd's /dev).
+    // Builtins only: the restricted tier allows no second process.
+    let opens = "echo x > /dev/null && exec 3</dev/zero 4</dev/urandom 5>/dev/full && echo opened";
     for drop_mknod in [false, true] {
-        let (code, stdout, stderr) = run(drop_mknod);
+        let (code, stdout, stderr) = run(drop_mknod, None, opens);
         assert_eq!(code, Some(0), "without CAP_MKNOD: {drop_mknod}: {stderr}");
         assert_eq!(stdout.trim(), "opened", "{stderr}");
     }
+    // What is bound must be the very node mknod would have made: a regular file standing at
+    // loongd's /dev/null (root's `rm /dev/null` and a redirection make one, which then
+    // collects whatever root discards) is refused, not handed to the sandbox.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("not-null");
+    fs::write(&fake, b"discarded by root\n").expect("write");
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let reads = "read -r line </dev/null; echo \"read:$line\"";
+    let (code, stdout, stderr) = run(true, Some(&fake), reads);
+    assert!(
+        code != Some(0) && !stdout.contains("discarded"),
+        "a regular file was bound as /dev/null: {code:?} {stdout}{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_is_not_handed_a_dev_null_that_is_not_the_null_device() {
+    if !is_root() || !have("unshare") {
+        skip(
+            "packaging::a_worker_is_not_handed_a_dev_null…",
+            "needs root and unshare (util-linux)",
+        );
+        return;
+    }
+    // loongd started in a mount namespace of its own, where /dev/null is `null` when given.
+    let invoke = |null: Option<&Path>| {
+        let home = Home::new();
+        crate::workers::install_examples(&home);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"]);
+        match null {
+            Some(f) => cmd
+                .arg("mount --bind \"$0\" /dev/null && exec \"$@\"")
+                .arg(f),
+            None => cmd.arg("exec \"$@\"").arg("sh"),
+        };
+        let out = cmd
+            .arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["daemon", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare loongctl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = home.ctl(&["invoke", "echo", "--input", r#"{"ping":1}"#]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // Positive control: the real null device.
+    let (code, stdout, stderr) = invoke(None);
+    assert_eq!(
+        (code, stdout.trim()),
+        (Some(0), r#"{"ping":1}"#),
+        "{stderr}"
+    );
+    // A regular file at loongd's /dev/null (root's `rm /dev/null` and a redirection) would be
+    // every worker's stdin and stdout: refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("not-null");
+    fs::write(&fake, b"discarded by root\n").expect("write");
+    let (code, stdout, stderr) = invoke(Some(&fake));
+    assert!(
+        code != Some(0) && stderr.contains("not the null device"),
+        "a worker was spawned with a regular file as /dev/null: {code:?} {stdout}{stderr}"
+    );
+    assert_eq!(fs::read(&fake).expect("read"), b"discarded by root\n");
 }
 
 /// The fields of one native-protocol journal record (`KEY=VALUE` lines; a value with a
@@ -704,6 +796,48 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn install_sh_as_root_refuses_a_prefix_another_user_can_change() {
+    if !is_root() {
+        skip(
+            "packaging::install_sh_as_root_refuses_a_prefix_another_user_can_change",
+            "needs root (install.sh checks ownership only when run as root)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rel = tmp.path().join("release");
+    release(&rel);
+    // A directory anyone may write, one another user owns, and a root-owned symlink that
+    // leads into the first.
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).expect("open");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let owned = tmp.path().join("owned");
+    fs::create_dir_all(owned.join("lib")).expect("owned");
+    std::os::unix::fs::chown(owned.join("lib"), Some(65534), Some(65534)).expect("chown");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&open, &link).expect("symlink");
+    for prefix in [open.join("usr"), open.clone(), owned.clone(), link.clone()] {
+        let arg = format!("--prefix={}", prefix.display());
+        let out = install_sh(&[Path::new(&arg), &rel]);
+        assert!(!out.status.success(), "{}: installed", prefix.display());
+        assert!(
+            text(&out.stderr).contains("nothing was installed"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(files_under(&open).is_empty(), "{}", prefix.display());
+        assert!(files_under(&owned).is_empty(), "{}", prefix.display());
+    }
+    // Positive control: a root-owned prefix nobody else may write.
+    let good = tmp.path().join("good");
+    let arg = format!("--prefix={}", good.display());
+    let out = install_sh(&[Path::new(&arg), &rel]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(good.join("lib/loong/loong-spawn").is_file());
 }
 
 #[test]

@@ -272,18 +272,52 @@ fn child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path) -> Result<Owne
 fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
     let pinned = pin_source(src)?;
     let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+    bind_pinned(&pinned, &meta, dst, writable, extra)
+}
+
+/// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
+/// is known to hold that very node: a character device with its (major, minor). Whatever else
+/// stands at that name in loongd's `/dev` (a regular file left by `rm /dev/null` and a
+/// redirection, another device) is refused, not handed to every sandbox.
+fn bind_node(src: &Path, dst: &Path, major: u64, minor: u64) -> Result<(), Failure> {
+    let pinned = pin_source(src)?;
+    let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+    if !is_char_device(&meta, major, minor) {
+        return Err(Failure::new(
+            "check device node",
+            libc::ENODEV,
+            format!("{} (want {major}:{minor})", src.display()),
+        ));
+    }
+    bind_pinned(&pinned, &meta, dst, true, MsFlags::empty())
+}
+
+/// Whether `meta` is the character device (`major`, `minor`).
+fn is_char_device(meta: &nix::sys::stat::FileStat, major: u64, minor: u64) -> bool {
+    meta.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && meta.st_rdev == nix::sys::stat::makedev(major, minor)
+}
+
+/// [`bind_with`] for a source already pinned (and stat'ed) by the caller.
+fn bind_pinned(
+    pinned: &OwnedFd,
+    meta: &nix::sys::stat::FileStat,
+    dst: &Path,
+    writable: bool,
+    extra: MsFlags,
+) -> Result<(), Failure> {
     let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let target = Target::make(dst, is_dir)?;
     let at = target.open()?;
     mount(
-        Some(fd_path(&pinned).as_path()),
+        Some(fd_path(pinned).as_path()),
         fd_path(&at).as_path(),
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .map_err(fail("bind", dst))?;
-    let mounted = target.mounted(&meta)?;
+    let mounted = target.mounted(meta)?;
     let mut flags = MsFlags::MS_NOSUID | extra;
     if !writable {
         flags |= MsFlags::MS_RDONLY;
@@ -346,7 +380,7 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
                     Err(e) => return Err(fail("mknod", &p)(e)),
                 }
             }
-            bind_with(&host_dev.join(node), &p, true, MsFlags::empty())?;
+            bind_node(&host_dev.join(node), &p, major, minor)?;
         }
     } else {
         mount_fs(
@@ -355,8 +389,8 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("size=65536,mode=755"),
         )?;
-        for (node, _, _) in DEV_NODES {
-            bind_with(&host_dev.join(node), &d.join(node), true, MsFlags::empty())?;
+        for (node, major, minor) in DEV_NODES {
+            bind_node(&host_dev.join(node), &d.join(node), major, minor)?;
         }
     }
     Ok(())
@@ -445,4 +479,22 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
         root,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dev_node_is_bound_only_when_it_is_that_character_device() {
+        let stat = |p: &str| nix::sys::stat::stat(p).expect("stat");
+        // Positive control: the host's /dev/null is 1:3.
+        assert!(is_char_device(&stat("/dev/null"), 1, 3));
+        // Another device, and no device at all.
+        assert!(!is_char_device(&stat("/dev/zero"), 1, 3));
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        let file = nix::sys::stat::stat(f.path()).expect("stat file");
+        assert!(!is_char_device(&file, 1, 3));
+        assert!(!is_char_device(&stat("/dev"), 1, 3));
+    }
 }
