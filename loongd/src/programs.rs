@@ -11,13 +11,16 @@ use std::path::{Path, PathBuf};
 
 /// The private program directory, relative to the directory holding loongd.
 pub const LIB_DIR: &str = "../lib/loong";
+/// Where the programs are looked for when loongd's own path is unknown (no `/proc`): the
+/// system package's directory, an absolute path, so a bare name is never searched in `PATH`.
+pub const SYSTEM_LIB_DIR: &str = "/usr/lib/loong";
 
 /// The program `name` for the loongd at `exe`: beside it, else in [`LIB_DIR`] from it. When
 /// neither exists, the path beside it (so the error that follows names where it was looked
 /// for first).
 pub fn find_for(exe: &Path, name: &str) -> PathBuf {
-    let Some(dir) = exe.parent() else {
-        return PathBuf::from(name);
+    let Some(dir) = exe.parent().filter(|d| d.is_absolute()) else {
+        return Path::new(SYSTEM_LIB_DIR).join(name);
     };
     let beside = dir.join(name);
     if beside.exists() {
@@ -34,7 +37,7 @@ pub fn find_for(exe: &Path, name: &str) -> PathBuf {
 pub fn find(name: &str) -> PathBuf {
     match std::env::current_exe() {
         Ok(exe) => find_for(&exe, name),
-        Err(_) => PathBuf::from(name),
+        Err(_) => Path::new(SYSTEM_LIB_DIR).join(name),
     }
 }
 
@@ -62,5 +65,12 @@ mod tests {
         // Beside loongd wins (a build tree).
         std::fs::write(bin.join("loong-spawn"), b"").expect("write");
         assert_eq!(find_for(&exe, "loong-spawn"), bin.join("loong-spawn"));
+        // loongd's path unknown or relative: the system directory, never a bare name that a
+        // spawn would search for in PATH.
+        for exe in [Path::new("loongd"), Path::new("")] {
+            let found = find_for(exe, "loong-spawn");
+            assert!(found.is_absolute(), "{}", found.display());
+            assert_eq!(found, Path::new(SYSTEM_LIB_DIR).join("loong-spawn"));
+        }
     }
 }
