@@ -133,6 +133,12 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
+
+[metrics]
+# Serve GET /metrics (OpenMetrics text, as `loongctl metrics` prints it) without
+# authentication, on a loopback address or a Unix socket; anything else is refused.
+# listen = "127.0.0.1:9464"
+# listen = "unix:/run/loong/metrics.sock"
 "#;
 
 /// Default cap on the output relayed from one sandboxed run (64 MiB).
@@ -162,6 +168,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// `[audit]`.
@@ -546,6 +554,57 @@ impl Default for LogConfig {
     }
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (`None`: only `loongctl metrics`).
+    #[serde(deserialize_with = "metrics_listen")]
+    pub listen: Option<MetricsListen>,
+}
+
+/// Where `/metrics` is served: a loopback address, or a Unix socket (`unix:/PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    /// `unix:/ABSOLUTE/PATH`, or `IP:PORT` with a loopback IP (`127.0.0.0/8`, `[::1]`): the
+    /// endpoint has no authentication, so it is never offered beyond the host.
+    fn from_str(s: &str) -> Result<MetricsListen, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{s}: a Unix socket for metrics needs an absolute path, e.g. unix:/run/loong/metrics.sock"
+                ));
+            }
+            return Ok(MetricsListen::Unix(path));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            format!("{s} is neither IP:PORT nor unix:/PATH; use e.g. 127.0.0.1:9464")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{s} is not a loopback address: /metrics is served without authentication, so loongd listens only on 127.0.0.0/8, [::1] or a Unix socket; use 127.0.0.1:{} (and a proxy with authentication for remote scrapes)",
+                addr.port()
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
+    }
+}
+
+fn metrics_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<MetricsListen>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 fn ranged<'de, D, T>(d: D, lo: T, hi: T, unit: &str) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -702,6 +761,46 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_loopback_or_a_unix_socket() {
+        let listen = |l: MetricsListen| {
+            let mut c = Config::default();
+            c.metrics.listen = Some(l);
+            c
+        };
+        check(
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            Ok(listen(MetricsListen::Tcp(([127, 0, 0, 1], 9464).into()))),
+        );
+        check(
+            "[metrics]\nlisten = \"[::1]:9464\"\n",
+            Ok(listen(MetricsListen::Tcp(
+                "[::1]:9464".parse().expect("addr"),
+            ))),
+        );
+        check(
+            "[metrics]\nlisten = \"unix:/run/loong/metrics.sock\"\n",
+            Ok(listen(MetricsListen::Unix(
+                "/run/loong/metrics.sock".into(),
+            ))),
+        );
+        for (addr, why) in [
+            ("0.0.0.0:9464", "is not a loopback address"),
+            ("192.0.2.1:9464", "is not a loopback address"),
+            ("[::]:9464", "is not a loopback address"),
+            ("localhost:9464", "is neither IP:PORT nor unix:/PATH"),
+            ("unix:metrics.sock", "needs an absolute path"),
+        ] {
+            let text = format!("[metrics]\nlisten = \"{addr}\"\n");
+            let err = Config::parse(&text, Path::new("/h/loongd.toml")).expect_err(addr);
+            let err = err.to_string();
+            assert!(
+                err.starts_with("/h/loongd.toml:2: ") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn values_and_errors() {
         let mut c = Config::default();
         c.ipc.max_frame_bytes = 4096;
@@ -732,7 +831,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`, `metrics`"),
         );
         let hex = "ab".repeat(32);
         check(

@@ -13,6 +13,7 @@ mod file_binding;
 mod keys;
 mod lists;
 mod manifest_agreement;
+mod metrics;
 mod outcomes;
 mod package_checks;
 mod package_copy;
