@@ -98,7 +98,7 @@ fn prepare(path: &Path, known: u32, steps: &[&str]) -> Result<Option<Migration>,
         .iter()
         .enumerate()
         .skip(found as usize)
-        .take((known - found) as usize)
+        .take(known.saturating_sub(found) as usize)
     {
         tx.execute_batch(sql).map_err(err(v as u32))?;
     }

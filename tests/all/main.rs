@@ -22,6 +22,7 @@ mod revocation;
 mod sandbox;
 mod sandbox_client;
 mod sandbox_probes;
+mod schema_versions;
 mod supply_chain;
 mod support;
 mod terminal;
