@@ -349,33 +349,75 @@ pub fn bind(listen: &crate::config::MetricsListen) -> anyhow::Result<Listener> {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until shutdown.
+/// How long the accept loop waits after a failed `accept` (out of descriptors, …).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A registered listener.
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, Option<std::path::PathBuf>),
+}
+
+/// An accepted connection.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Bound {
+    async fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Bound::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until shutdown (then removes a Unix socket's file).
 pub(crate) async fn serve(listener: Listener, kernel: Arc<Kernel>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
-    let (tcp, unix) = match listener {
-        Listener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
-            Ok(l) => (Some(l), None),
-            Err(e) => return tracing::error!(error = %e, "metrics listener not registered"),
-        },
-        Listener::Unix(l) => match tokio::net::UnixListener::from_std(l) {
-            Ok(l) => (None, Some(l)),
-            Err(e) => return tracing::error!(error = %e, "metrics listener not registered"),
-        },
+    let bound = match listener {
+        Listener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Bound::Tcp),
+        Listener::Unix(l) => {
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
+            tokio::net::UnixListener::from_std(l).map(|l| Bound::Unix(l, path))
+        }
     };
+    let bound = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            return tracing::error!(error = %e, "the metrics listener could not be registered")
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+            break;
         };
-        let k = kernel.clone();
         tokio::select! {
-            _ = kernel.shut_down() => return,
-            Ok((s, _)) = async { tcp.as_ref().expect("select guard").accept().await }, if tcp.is_some() => {
-                tokio::spawn(async move { answer(s, &k).await; drop(permit) });
-            }
-            Ok((s, _)) = async { unix.as_ref().expect("select guard").accept().await }, if unix.is_some() => {
-                tokio::spawn(async move { answer(s, &k).await; drop(permit) });
+            _ = kernel.shut_down() => break,
+            accepted = bound.accept() => match accepted {
+                Ok(conn) => {
+                    let k = kernel.clone();
+                    tokio::spawn(async move {
+                        match conn {
+                            Conn::Tcp(s) => answer(s, &k).await,
+                            Conn::Unix(s) => answer(s, &k).await,
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             }
         }
+    }
+    if let Bound::Unix(_, Some(path)) = &bound {
+        let _ = std::fs::remove_file(path);
     }
 }
 

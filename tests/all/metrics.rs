@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::net::UnixStream,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -204,11 +205,33 @@ fn a_metrics_address_beyond_loopback_is_refused_at_start() {
         );
         assert!(!home.socket().exists() || home.ctl(&["status"]).status.code() != Some(0));
     }
-    // The control: a loopback address (an ephemeral port) starts and serves.
+    // The controls: a loopback address (an ephemeral port) starts; a Unix socket serves
+    // /metrics, and its file is gone after a clean stop.
     let home = Home::with_config("[metrics]\nlisten = \"127.0.0.1:0\"\n");
     home.start();
-    assert!(wait_until(Duration::from_secs(5), || home
-        .ctl(&["metrics"])
-        .status
-        .success()));
+    assert!(home.ctl(&["metrics"]).status.success());
+    let dir = tempfile::tempdir().expect("dir");
+    let sock = dir.path().join("metrics.sock");
+    let home = Home::with_config(&format!(
+        "[metrics]\nlisten = \"unix:{}\"\n",
+        sock.display()
+    ));
+    home.start();
+    let mut s = UnixStream::connect(&sock).expect("connect to the metrics socket");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut all = String::new();
+    s.read_to_string(&mut all).expect("answer");
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(
+        all.ends_with("# EOF\n") && all.contains("loong_audit_commits_total"),
+        "{all}"
+    );
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || !sock.exists()),
+        "the metrics socket outlived loongd"
+    );
 }
