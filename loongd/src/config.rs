@@ -554,6 +554,8 @@ impl Default for LogConfig {
     }
 }
 
+pub use crate::metrics::MetricsListen;
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -561,41 +563,6 @@ pub struct MetricsConfig {
     /// Where `/metrics` is served (`None`: only `loongctl metrics`).
     #[serde(deserialize_with = "metrics_listen")]
     pub listen: Option<MetricsListen>,
-}
-
-/// Where `/metrics` is served: a loopback address, or a Unix socket (`unix:/PATH`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetricsListen {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for MetricsListen {
-    type Err = String;
-
-    /// `unix:/ABSOLUTE/PATH`, or `IP:PORT` with a loopback IP (`127.0.0.0/8`, `[::1]`): the
-    /// endpoint has no authentication, so it is never offered beyond the host.
-    fn from_str(s: &str) -> Result<MetricsListen, String> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            let path = PathBuf::from(path);
-            if !path.is_absolute() {
-                return Err(format!(
-                    "{s}: a Unix socket for metrics needs an absolute path, e.g. unix:/run/loong/metrics.sock"
-                ));
-            }
-            return Ok(MetricsListen::Unix(path));
-        }
-        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
-            format!("{s} is neither IP:PORT nor unix:/PATH; use e.g. 127.0.0.1:9464")
-        })?;
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "{s} is not a loopback address: /metrics is served without authentication, so loongd listens only on 127.0.0.0/8, [::1] or a Unix socket; use 127.0.0.1:{} (and a proxy with authentication for remote scrapes)",
-                addr.port()
-            ));
-        }
-        Ok(MetricsListen::Tcp(addr))
-    }
 }
 
 fn metrics_listen<'de, D: serde::Deserializer<'de>>(

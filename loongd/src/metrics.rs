@@ -29,10 +29,7 @@ use prometheus_client::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{
-    authority::{Decision, Outcome},
-    Kernel,
-};
+use crate::Kernel;
 
 /// Most distinct tool names that get series of their own; the rest count under
 /// [`OTHER_TOOL`], so a host with many plugins cannot grow the registry without bound.
@@ -209,19 +206,16 @@ fn label(key: &'static str, value: &str) -> Labels {
     vec![(key, value.to_string())]
 }
 
-/// An effect was decided (the effect path's `decide`).
-pub(crate) fn decided(cap: Capability, outcome: &Outcome) {
+/// An effect was decided (the effect path's `decide`): allowed, sent for approval, or
+/// (neither) denied.
+pub(crate) fn decided(cap: Capability, allowed: bool, needs_approval: bool) {
     let m = &*METRICS;
     let l = label("capability", cap.as_str());
     m.effect_calls.get_or_create(&l).inc();
-    match &outcome.decision {
-        Ok(Decision::Allow) => {}
-        Ok(Decision::NeedsApproval { .. }) => {
-            approval(cap, "requested");
-        }
-        Ok(Decision::Deny(_)) | Err(_) => {
-            m.effect_denials.get_or_create(&l).inc();
-        }
+    if needs_approval {
+        approval(cap, "requested");
+    } else if !allowed {
+        m.effect_denials.get_or_create(&l).inc();
     }
 }
 
@@ -310,6 +304,41 @@ pub(crate) fn sandbox_spawned(tier: Option<loong_sandbox::Tier>) {
         .inc();
 }
 
+/// Where `/metrics` is served: a loopback address, or a Unix socket (`unix:/PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    /// `unix:/ABSOLUTE/PATH`, or `IP:PORT` with a loopback IP (`127.0.0.0/8`, `[::1]`): the
+    /// endpoint has no authentication, so it is never offered beyond the host.
+    fn from_str(s: &str) -> Result<MetricsListen, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{s}: a Unix socket for metrics needs an absolute path, e.g. unix:/run/loong/metrics.sock"
+                ));
+            }
+            return Ok(MetricsListen::Unix(path));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            format!("{s} is neither IP:PORT nor unix:/PATH; use e.g. 127.0.0.1:9464")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{s} is not a loopback address: /metrics is served without authentication, so loongd listens only on 127.0.0.0/8, [::1] or a Unix socket; use 127.0.0.1:{} (and a proxy with authentication for remote scrapes)",
+                addr.port()
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
+    }
+}
+
 /// Where `[metrics] listen` serves `/metrics`, bound at start.
 #[derive(Debug)]
 pub enum Listener {
@@ -319,18 +348,18 @@ pub enum Listener {
 
 /// Binds `listen` (already checked to be loopback or a Unix socket by the configuration).
 /// A Unix socket's stale file is replaced only when it is a socket.
-pub fn bind(listen: &crate::config::MetricsListen) -> anyhow::Result<Listener> {
+pub fn bind(listen: &MetricsListen) -> anyhow::Result<Listener> {
     use anyhow::Context;
     use std::os::unix::fs::FileTypeExt;
     match listen {
-        crate::config::MetricsListen::Tcp(addr) => {
+        MetricsListen::Tcp(addr) => {
             let l = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("metrics.listen: binding {addr}"))?;
             l.set_nonblocking(true)
                 .context("making the metrics listener non-blocking")?;
             Ok(Listener::Tcp(l))
         }
-        crate::config::MetricsListen::Unix(path) => {
+        MetricsListen::Unix(path) => {
             match std::fs::symlink_metadata(path) {
                 Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
                     .with_context(|| format!("metrics.listen: removing the stale socket {}", path.display()))?,

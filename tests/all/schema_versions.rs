@@ -53,8 +53,11 @@ fn set_version(path: &Path, v: u32) {
         .expect("set user_version");
 }
 
-/// Every audit row, as stored: (seq, kind, detail, prev_hash, hash).
-fn audit_rows(path: &Path) -> Vec<(i64, String, String, Vec<u8>, Vec<u8>)> {
+/// One audit row as stored: (seq, kind, detail, prev_hash, hash).
+type Row = (i64, String, String, Vec<u8>, Vec<u8>);
+
+/// Every audit row, as stored.
+fn audit_rows(path: &Path) -> Vec<Row> {
     let c = Connection::open(path).expect("open");
     let mut s = c
         .prepare("SELECT seq, kind, detail, prev_hash, hash FROM audit ORDER BY seq")

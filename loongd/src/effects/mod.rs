@@ -238,7 +238,11 @@ pub(crate) fn decide(
         .authority
         .decide(actor.token, cap, target, command)
         .map_err(internal)?;
-    crate::metrics::decided(cap, &outcome);
+    crate::metrics::decided(
+        cap,
+        outcome.allowed(),
+        matches!(outcome.decision, Ok(Decision::NeedsApproval { .. })),
+    );
     let detail = decision_detail(&outcome, cap, target, command);
     Ok((outcome, actor.event(Kind::PolicyDecision, detail)))
 }
