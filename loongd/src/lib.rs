@@ -196,6 +196,17 @@ impl Kernel {
         pool
     }
 
+    /// Live workers by kind, across every pool (for the metrics).
+    fn live_workers(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for pool in registry::all_pools(self) {
+            for w in pool.list() {
+                *by_kind.entry(w.kind).or_default() += 1;
+            }
+        }
+        by_kind
+    }
+
     fn connected(&self) -> u32 {
         self.connected.load(Ordering::Relaxed)
     }

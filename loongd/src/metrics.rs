@@ -166,10 +166,18 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The OpenMetrics text of every series, with the gauges read from `kernel` now.
+    /// The OpenMetrics text of every series, with the gauges read from `kernel` now (the
+    /// live workers counted in the pools themselves, so a pool stopped by a reload or an
+    /// upgrade leaves no stale count).
     pub(crate) fn render(&self, kernel: &Kernel) -> String {
         self.audit_queue_depth
             .set(i64::try_from(kernel.audit.queue_depth()).unwrap_or(i64::MAX));
+        self.workers_live.clear();
+        for (kind, n) in kernel.live_workers() {
+            self.workers_live
+                .get_or_create(&vec![("kind", kind)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail; an encoder error would leave the text short,
         // which the scraper reports (no `# EOF`).
@@ -257,11 +265,12 @@ pub(crate) fn tool_call(tool: &str, outcome: &'static str, wall_us: u64) {
         .observe(wall_us as f64 / 1e6);
 }
 
-/// A worker of `kind` was spawned (`restart`: to replace a retired one).
+/// A worker of `kind` was spawned.
 pub(crate) fn worker_spawned(kind: &'static str) {
-    let l = label("kind", kind);
-    METRICS.worker_spawns.get_or_create(&l).inc();
-    METRICS.workers_live.get_or_create(&l).inc();
+    METRICS
+        .worker_spawns
+        .get_or_create(&label("kind", kind))
+        .inc();
 }
 
 /// A worker of `kind` was spawned to replace a retired one (counted as a spawn too).
@@ -270,16 +279,6 @@ pub(crate) fn worker_restarted(kind: &'static str) {
         .worker_restarts
         .get_or_create(&label("kind", kind))
         .inc();
-}
-
-/// A worker of `kind` left the pool's table (`was_live`: it was still in it).
-pub(crate) fn worker_retired(kind: &'static str, was_live: bool) {
-    if was_live {
-        METRICS
-            .workers_live
-            .get_or_create(&label("kind", kind))
-            .dec();
-    }
 }
 
 /// An operator killed a worker of `kind`.

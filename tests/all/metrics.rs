@@ -171,9 +171,21 @@ fn metrics_count_calls_denials_sandboxes_and_kills_and_parse_as_openmetrics() {
     );
     assert!(get(&m, "loong_audit_commit_duration_seconds_count{}") >= 1.0);
     assert!(m.contains_key("loong_audit_queue_depth{}"), "{exposition}");
+    // Live workers are what the pools hold (the killed one replaced, none counted twice).
     assert!(
-        m.contains_key("loong_workers_live{kind=wasm}"),
-        "{exposition}"
+        wait_until(Duration::from_secs(10), || {
+            let listed = workers(&home)
+                .iter()
+                .filter(|w| w["kind"] == "wasm")
+                .count() as f64;
+            let out = home.ctl(&["metrics"]);
+            let live = get(
+                &parse(python, &text(&out.stdout)),
+                "loong_workers_live{kind=wasm}",
+            );
+            live >= 1.0 && live == listed
+        }),
+        "loong_workers_live disagrees with workers list"
     );
 
     // The same series over HTTP on the loopback port.

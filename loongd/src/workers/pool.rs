@@ -551,9 +551,9 @@ impl Supervisor {
     /// returns who had killed it, if anyone.
     fn unregister(&self, worker: &Worker) -> Option<String> {
         kill_now(worker);
-        let entry = lock(&self.table).remove(&worker.id);
-        crate::metrics::worker_retired(self.kind.name, entry.is_some());
-        entry.and_then(|e| e.killed_by)
+        lock(&self.table)
+            .remove(&worker.id)
+            .and_then(|e| e.killed_by)
     }
 
     /// Waits for an unregistered worker (off the runtime) and audits how it ended.
