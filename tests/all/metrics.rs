@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     os::unix::net::UnixStream,
@@ -107,23 +108,34 @@ fn metrics_count_calls_denials_sandboxes_and_kills_and_parse_as_openmetrics() {
         );
     };
     let port = free_port();
-    let home = Home::with_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let home = Home::with_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[approvals]\ntimeout_ms = 400\n"
+    ));
     install_examples(&home);
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/careful.toml"),
+        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke:echo\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
     home.start();
-    let out = home.ctl(&[
-        "tokens",
-        "issue",
-        "--pack",
-        "docs-reader",
-        "--agent",
-        "bot",
-        "--cap",
-        "tool.invoke:echo",
-        "--ttl",
-        "1h",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
+    let issue = |pack: &str| {
+        let out = home.ctl(&[
+            "tokens",
+            "issue",
+            "--pack",
+            pack,
+            "--agent",
+            "bot",
+            "--cap",
+            "tool.invoke:echo",
+            "--ttl",
+            "1h",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let token = issue("docs-reader");
     // Two allowed calls (the operator's, a token's), one denied (outside the token's grant).
     let (code, _, err) = invoke(&home, &["echo", "--input", "{}"]);
     assert_eq!(code, 0, "{err}");
@@ -131,6 +143,10 @@ fn metrics_count_calls_denials_sandboxes_and_kills_and_parse_as_openmetrics() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = invoke(&home, &["json-transform", "--token", &token]);
     assert_eq!(code, 4, "{err}");
+    // One held for an approval nobody gives: requested, then refused (expired); it never ran.
+    let careful = issue("careful");
+    let (code, _, err) = invoke(&home, &["echo", "--token", &careful]);
+    assert_eq!(code, 5, "{err}");
     let out = home.ctl(&["sandbox", "run", "--tier", "restricted", "--", "/bin/true"]);
     assert!(out.status.success(), "sandbox run: {}", text(&out.stderr));
     let id = workers(&home)[0]["id"].as_u64().expect("a worker id");
@@ -143,8 +159,16 @@ fn metrics_count_calls_denials_sandboxes_and_kills_and_parse_as_openmetrics() {
     assert!(exposition.ends_with("# EOF\n"), "{exposition}");
     let m = parse(python, &exposition);
     let expect = [
-        ("loong_effect_calls_total{capability=tool.invoke}", 3.0),
+        ("loong_effect_calls_total{capability=tool.invoke}", 4.0),
         ("loong_effect_denials_total{capability=tool.invoke}", 1.0),
+        (
+            "loong_effect_approvals_total{capability=tool.invoke,outcome=requested}",
+            1.0,
+        ),
+        (
+            "loong_effect_approvals_total{capability=tool.invoke,outcome=refused}",
+            1.0,
+        ),
         ("loong_tool_calls_total{outcome=completed,tool=echo}", 2.0),
         ("loong_tool_call_duration_seconds_count{tool=echo}", 2.0),
         ("loong_sandbox_spawns_total{tier=restricted}", 1.0),
