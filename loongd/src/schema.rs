@@ -51,13 +51,29 @@ const STATE_STEPS: &[&str] = &[""];
 const AUDIT_STEPS: &[&str] = &[""];
 
 /// Checks and migrates `HOME/state.db` and `HOME/audit.db`; returns the migrations made (a
-/// file loongd creates now is stamped, not migrated).
+/// file loongd creates now is stamped, not migrated). Every file is checked before any is
+/// migrated, so a home with one newer file is left entirely as it was.
 pub fn prepare_home(home: &Path) -> Result<Vec<Migration>, SchemaError> {
-    let mut done = Vec::new();
-    for (file, known, steps) in [
+    let files = [
         ("state.db", STATE_DB_VERSION, STATE_STEPS),
         (crate::audit::DB_FILE, AUDIT_DB_VERSION, AUDIT_STEPS),
-    ] {
+    ];
+    for (file, known, _) in files {
+        let path = home.join(file);
+        if !path.exists() {
+            continue;
+        }
+        let found = version_of(&path).map_err(|source| SchemaError::Db {
+            path: path.clone(),
+            from: 0,
+            source,
+        })?;
+        if found > known {
+            return Err(SchemaError::Newer { path, found, known });
+        }
+    }
+    let mut done = Vec::new();
+    for (file, known, steps) in files {
         if let Some(m) = prepare(&home.join(file), known, steps)? {
             done.push(m);
         }

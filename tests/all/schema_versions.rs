@@ -123,7 +123,9 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     );
     assert!(home.ctl(&["daemon", "stop"]).status.success());
 
-    // A file a newer loongd wrote is refused, named with its version, and never downgraded.
+    // A file a newer loongd wrote is refused, named with its version, and never downgraded;
+    // the other file is left at its version too (checked before anything is migrated).
+    set_version(&state, 0);
     for (file, path) in [("audit.db", &audit), ("state.db", &state)] {
         set_version(path, 2);
         let rows = audit_rows(&audit).len();
@@ -138,6 +140,13 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
             "{file}: {said}"
         );
         assert_eq!(version(path), 2, "{file} was downgraded");
+        if file == "audit.db" {
+            assert_eq!(
+                version(&state),
+                0,
+                "state.db was migrated beside a newer audit.db"
+            );
+        }
         assert_eq!(audit_rows(&audit).len(), rows, "{file}: the trail changed");
         set_version(path, 1);
     }
