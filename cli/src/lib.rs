@@ -116,6 +116,9 @@ pub enum Command {
     /// Search the tools of active and deferred plugins.
     #[command(subcommand)]
     Tools(cmd::tools::ToolsCommand),
+    /// Print the daemon's metrics as OpenMetrics text (what `[metrics] listen` serves at
+    /// /metrics).
+    Metrics,
     /// Print a completion script for SHELL on stdout (bash: source it, or save it under
     /// /usr/share/bash-completion/completions/loongctl).
     Completions {
@@ -183,6 +186,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),
         Command::Tools(c) => cmd::tools::tools(&layout, c),
+        Command::Metrics => cmd::metrics::run(&layout),
         Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
     }
 }

@@ -133,6 +133,12 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
+
+[metrics]
+# Serve GET /metrics (OpenMetrics text, as `loongctl metrics` prints it) without
+# authentication, on a loopback address or a Unix socket; anything else is refused.
+# listen = "127.0.0.1:9464"
+# listen = "unix:/run/loong/metrics.sock"
 "#;
 
 /// Default cap on the output relayed from one sandboxed run (64 MiB).
@@ -162,6 +168,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// `[audit]`.
@@ -546,6 +554,24 @@ impl Default for LogConfig {
     }
 }
 
+pub use crate::metrics::MetricsListen;
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (`None`: only `loongctl metrics`).
+    #[serde(deserialize_with = "metrics_listen")]
+    pub listen: Option<MetricsListen>,
+}
+
+fn metrics_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<MetricsListen>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 fn ranged<'de, D, T>(d: D, lo: T, hi: T, unit: &str) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -702,6 +728,46 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_loopback_or_a_unix_socket() {
+        let listen = |l: MetricsListen| {
+            let mut c = Config::default();
+            c.metrics.listen = Some(l);
+            c
+        };
+        check(
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            Ok(listen(MetricsListen::Tcp(([127, 0, 0, 1], 9464).into()))),
+        );
+        check(
+            "[metrics]\nlisten = \"[::1]:9464\"\n",
+            Ok(listen(MetricsListen::Tcp(
+                "[::1]:9464".parse().expect("addr"),
+            ))),
+        );
+        check(
+            "[metrics]\nlisten = \"unix:/run/loong/metrics.sock\"\n",
+            Ok(listen(MetricsListen::Unix(
+                "/run/loong/metrics.sock".into(),
+            ))),
+        );
+        for (addr, why) in [
+            ("0.0.0.0:9464", "is not a loopback address"),
+            ("192.0.2.1:9464", "is not a loopback address"),
+            ("[::]:9464", "is not a loopback address"),
+            ("localhost:9464", "is neither IP:PORT nor unix:/PATH"),
+            ("unix:metrics.sock", "needs an absolute path"),
+        ] {
+            let text = format!("[metrics]\nlisten = \"{addr}\"\n");
+            let err = Config::parse(&text, Path::new("/h/loongd.toml")).expect_err(addr);
+            let err = err.to_string();
+            assert!(
+                err.starts_with("/h/loongd.toml:2: ") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn values_and_errors() {
         let mut c = Config::default();
         c.ipc.max_frame_bytes = 4096;
@@ -732,7 +798,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`, `metrics`"),
         );
         let hex = "ab".repeat(32);
         check(

@@ -10,11 +10,13 @@ pub mod config;
 mod control;
 mod effects;
 pub mod home;
+pub mod metrics;
 pub mod notify;
 pub mod programs;
 mod registry;
 mod request;
 mod sandbox;
+pub mod schema;
 mod spawner;
 mod workers;
 
@@ -194,6 +196,17 @@ impl Kernel {
         pool
     }
 
+    /// Live workers by kind, across every pool (for the metrics).
+    fn live_workers(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for pool in registry::all_pools(self) {
+            for w in pool.list() {
+                *by_kind.entry(w.kind).or_default() += 1;
+            }
+        }
+        by_kind
+    }
+
     fn connected(&self) -> u32 {
         self.connected.load(Ordering::Relaxed)
     }
@@ -233,6 +246,13 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         },
     };
     let (lock, listener) = home::take(&layout, allowed_gid)?;
+    // Bound before anything is served, so that a port in use stops the start with its reason.
+    let metrics_listener = config
+        .metrics
+        .listen
+        .as_ref()
+        .map(metrics::bind)
+        .transpose()?;
     listener
         .set_nonblocking(true)
         .context("making the control socket non-blocking")?;
@@ -267,6 +287,17 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             }
         }
         Err(e) => tracing::error!("sandboxes are unavailable: {e}"),
+    }
+    // Schema versions first: a file a newer loongd wrote is refused before any store opens
+    // it; an older one is migrated forward (named in this run's `daemon.started`).
+    let migrations = schema::prepare_home(&layout.home)?;
+    for m in &migrations {
+        tracing::info!(
+            file = m.file,
+            from = m.from,
+            to = m.to,
+            "database schema migrated"
+        );
     }
     // No audit trail, no daemon: every decision must be recorded.
     let witness = config.audit.witness(&layout.home);
@@ -361,6 +392,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 "audit_sync": kernel.config.audit.durability().as_str(),
                 "audit_witness": witness.display().to_string(),
                 "tiers_not_enforceable": unenforceable,
+                "schema_migrations": migrations,
             }),
         );
         // One commit: the start, what the previous run left open, and an accepted failure.
@@ -406,6 +438,9 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 .await;
         }
         tokio::spawn(signals(kernel.clone()));
+        if let Some(l) = metrics_listener {
+            tokio::spawn(metrics::serve(l, kernel.clone()));
+        }
         // The watchdog is fed from here on: plugin discovery below may take a while, and the
         // manager may count from the start.
         if let Some(n) = &opts.notify {

@@ -315,6 +315,7 @@ pub(crate) async fn run(
     let max_output = req
         .max_output_bytes
         .unwrap_or(kernel.config.sandbox.max_output_bytes);
+    crate::metrics::sandbox_spawned(tier);
     let program = req.program.clone();
     let degraded: Vec<String> = child
         .degraded

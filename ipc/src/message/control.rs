@@ -216,6 +216,8 @@ pub enum ControlRequest {
     /// Re-hash every installed plugin against the lockfile; answered by
     /// [`ControlResponse::LockReport`].
     PluginVerifyLock,
+    /// The daemon's metrics; answered by [`ControlResponse::Metrics`].
+    Metrics,
 }
 
 /// One installed plugin checked against its lock entry.
@@ -585,6 +587,8 @@ pub enum ControlResponse {
     ToolHits(Vec<ToolHit>),
     /// The installed plugins against the lockfile.
     LockReport(Vec<LockCheck>),
+    /// The answer to [`ControlRequest::Metrics`]: OpenMetrics text (it ends with `# EOF`).
+    Metrics(String),
 }
 
 /// The daemon's state as `loongctl status` shows it.

@@ -278,6 +278,11 @@ impl Audit {
         &self.startup
     }
 
+    /// Messages queued for the writer and not yet taken (at most [`QUEUE_DEPTH`]).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Appends `event` and waits until it is committed; returns its sequence number.
     pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
         self.queue(event).await?.committed().await
@@ -503,6 +508,7 @@ fn writer(
         // checkpoint covers were not written by loongd.
         let first = !appended && !events.is_empty();
         appended |= !events.is_empty();
+        let began = std::time::Instant::now();
         match commit(
             &mut conn,
             &key,
@@ -511,6 +517,7 @@ fn writer(
             first || (shutdown.is_some() && appended),
         ) {
             Ok((seq, hash, records, signed)) => {
+                crate::metrics::audit_committed(began.elapsed());
                 log_records(&records);
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
                 // the effects they record.

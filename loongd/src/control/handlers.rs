@@ -101,6 +101,9 @@ pub(crate) async fn handle(
             super::plugins_api::remove(kernel, cred, &io, id).await
         }
         ControlRequest::PluginVerifyLock => super::plugins_api::verify_lock(kernel).await,
+        ControlRequest::Metrics => Ok(ControlResponse::Metrics(
+            crate::metrics::METRICS.render(kernel),
+        )),
     }
 }
 

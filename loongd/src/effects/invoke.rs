@@ -239,6 +239,10 @@ async fn record_outcome(
         }
         Ok(out)
     });
+    let outcome = result
+        .as_ref()
+        .map_or_else(|e| e.class().name(), |_| "completed");
+    crate::metrics::tool_call(&tool, outcome, wall_us);
     match result {
         Ok(out) => {
             let detail = serde_json::json!({

@@ -238,6 +238,11 @@ pub(crate) fn decide(
         .authority
         .decide(actor.token, cap, target, command)
         .map_err(internal)?;
+    crate::metrics::decided(
+        cap,
+        outcome.allowed(),
+        matches!(outcome.decision, Ok(Decision::NeedsApproval { .. })),
+    );
     let detail = decision_detail(&outcome, cap, target, command);
     Ok((outcome, actor.event(Kind::PolicyDecision, detail)))
 }
@@ -289,7 +294,9 @@ pub(crate) async fn authorize_unrecorded(
     }
     record(kernel, event).await?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
-        approval::wait(kernel, actor, &o, effect).await?;
+        let waited = approval::wait(kernel, actor, &o, effect).await;
+        crate::metrics::approval_waited(cap, waited.is_ok());
+        waited?;
         return Ok(Authorized {
             record: None,
             token: o.token,
@@ -322,6 +329,7 @@ pub(crate) async fn recheck(
         "capability": cap.as_str(), "target": target, "token": id, "allowed": false,
         "reason": reason, "stage": "dispatch",
     });
+    crate::metrics::denied_at_dispatch(cap);
     record(kernel, actor.event(Kind::PolicyDecision, detail)).await?;
     Err(denied(DenialStage::Dispatch, cap, target, &reason))
 }

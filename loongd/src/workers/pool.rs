@@ -519,6 +519,7 @@ impl Supervisor {
                 killed_by: None,
             },
         );
+        crate::metrics::worker_spawned(self.kind.name);
         self.audit
             .record_later(Event::daemon(
                 Kind::WorkerSpawned,
@@ -606,6 +607,7 @@ impl Supervisor {
                 }
                 match me.spawn().await {
                     Ok(w) => {
+                        crate::metrics::worker_restarted(me.kind.name);
                         me.give_back(w);
                         return;
                     }
@@ -672,6 +674,7 @@ impl Supervisor {
         if let Some(e) = lock(&self.table).get_mut(&id) {
             e.killed_by = Some(by.to_string());
             let _ = e.killer.kill();
+            crate::metrics::worker_killed(self.kind.name);
         }
         Some(view)
     }
