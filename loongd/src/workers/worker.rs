@@ -3,11 +3,12 @@
 //! has exited, and its stderr relayed to the log. Every way a worker fails is a
 //! [`WorkerFault`], whose class the call that met it fails with.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, task::Poll, time::Duration};
 
 use loong_ipc::{
     connection::{FrameReader, FrameWriter},
-    Call, FailureClass, Reply, WorkerRequest, WorkerResponse,
+    Budget, BudgetExceeded, Call, ErrorDetail, ErrorKind, FailureClass, KernelCall, RemoteError,
+    Reply, RequestId, WorkerRequest, WorkerResponse,
 };
 use loong_sandbox::Child;
 use tokio::{
@@ -62,12 +63,64 @@ impl WorkerFault {
     }
 }
 
+/// A kernel call's answer in the making: the answer's bytes, or why there are none.
+pub(crate) type KernelAnswer<'h> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'h>>;
+
+/// What serves the kernel calls a worker makes while it runs one call: the effect path,
+/// bound to that call's chain.
+pub(crate) trait KernelCalls: Send + Sync {
+    /// Kernel calls one worker may have in flight at once.
+    fn max_in_flight(&self) -> usize;
+    /// Starts `call`, made by worker `worker`; dropping the answer abandons it.
+    fn start(&self, worker: u64, call: KernelCall) -> KernelAnswer<'_>;
+}
+
+/// Polls every kernel call in flight; the first to finish, with its id.
+async fn next_done(
+    inflight: &mut Vec<(RequestId, KernelAnswer<'_>)>,
+) -> (RequestId, Result<Vec<u8>, RemoteError>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..inflight.len() {
+            if let Poll::Ready(r) = inflight[i].1.as_mut().poll(cx) {
+                let (id, _) = inflight.swap_remove(i);
+                return Poll::Ready((id, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What happened first while a request runs.
+enum Event {
+    Frame(Result<Option<Reply<WorkerResponse>>, loong_ipc::connection::ConnError>),
+    Done(RequestId, Result<Vec<u8>, RemoteError>),
+}
+
+fn refusal(kind: ErrorKind, message: String) -> RemoteError {
+    RemoteError::new(kind, message)
+}
+
 impl Worker {
     /// Sends one request and waits for its answer until `deadline`.
     pub(super) async fn request(
         &mut self,
         body: WorkerRequest,
         deadline: Duration,
+    ) -> Result<WorkerResponse, WorkerFault> {
+        self.serve(body, deadline, None).await
+    }
+
+    /// Sends one request and waits for its answer until `deadline`, serving the kernel
+    /// calls the worker makes meanwhile with `host` (without one, each is refused). A
+    /// kernel call must name this request; at most `host.max_in_flight()` run at once. When
+    /// the answer comes (or the deadline passes) the calls still in flight are abandoned.
+    pub(super) async fn serve(
+        &mut self,
+        body: WorkerRequest,
+        deadline: Duration,
+        host: Option<&dyn KernelCalls>,
     ) -> Result<WorkerResponse, WorkerFault> {
         self.next_req += 1;
         let id = self.next_req;
@@ -81,18 +134,74 @@ impl Worker {
             .write(&call)
             .await
             .map_err(|e| WorkerFault::Died(format!("sending the request: {e}")))?;
+        let mut inflight: Vec<(RequestId, KernelAnswer<'_>)> = Vec::new();
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let reply = tokio::time::timeout(left, self.reader.read::<Reply<WorkerResponse>>(None))
-                .await
-                .map_err(|_| WorkerFault::Deadline(deadline))?
-                .map_err(|e| WorkerFault::Died(format!("reading the answer: {e}")))?
-                .ok_or_else(|| WorkerFault::Died("the worker closed its socket".into()))?;
+            let reader = &mut self.reader;
+            let waiting = &mut inflight;
+            let event = tokio::time::timeout(left, async move {
+                tokio::select! {
+                    (kid, r) = next_done(waiting), if !waiting.is_empty() => Event::Done(kid, r),
+                    frame = reader.read::<Reply<WorkerResponse>>(None) => Event::Frame(frame),
+                }
+            })
+            .await
+            .map_err(|_| WorkerFault::Deadline(deadline))?;
+            let reply = match event {
+                Event::Done(kid, result) => {
+                    self.answer(kid, result).await?;
+                    continue;
+                }
+                Event::Frame(frame) => frame
+                    .map_err(|e| WorkerFault::Died(format!("reading the answer: {e}")))?
+                    .ok_or_else(|| WorkerFault::Died("the worker closed its socket".into()))?,
+            };
             match reply {
                 Reply::Response { id: got, result } if got == id => {
                     return result.map_err(|e| WorkerFault::Protocol(format!("worker error: {e}")))
                 }
                 Reply::Pong { .. } => continue,
+                Reply::Kernel(k) => {
+                    let kid = k.id;
+                    let refused = match host {
+                        None => Some(refusal(
+                            ErrorKind::Denied,
+                            "kernel calls are served only while a worker runs a tool call".into(),
+                        )),
+                        Some(_) if k.call != id => Some(refusal(
+                            ErrorKind::BadRequest,
+                            format!(
+                                "kernel call {kid} names call {}, but this worker serves call {id}: a worker asks only for the call it serves",
+                                k.call
+                            ),
+                        )),
+                        Some(_) if inflight.iter().any(|(i, _)| *i == kid) => Some(refusal(
+                            ErrorKind::DuplicateId,
+                            format!("kernel call {kid} is already in flight; use a new id"),
+                        )),
+                        Some(h) if inflight.len() >= h.max_in_flight() => Some(
+                            refusal(
+                                ErrorKind::Overloaded,
+                                format!(
+                                    "kernel call {kid}: {} kernel calls are already in flight from this worker, the most allowed (kernel_calls.max_in_flight)",
+                                    inflight.len()
+                                ),
+                            )
+                            .with_detail(ErrorDetail::BudgetExceeded(BudgetExceeded {
+                                budget: Budget::InFlight,
+                                limit: h.max_in_flight() as u64,
+                            })),
+                        ),
+                        Some(_) => None,
+                    };
+                    match (refused, host) {
+                        (Some(e), _) => self.answer(kid, Err(e)).await?,
+                        (None, Some(h)) => inflight.push((kid, h.start(self.id, k))),
+                        (None, None) => {}
+                    }
+                }
+                // Withdrawn: dropping its future abandons the call (its record is closed).
+                Reply::KernelCancel { id: kid } => inflight.retain(|(i, _)| *i != kid),
                 other => {
                     return Err(WorkerFault::Protocol(format!(
                         "unexpected frame from the worker: {}",
@@ -101,6 +210,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Answers kernel call `id`.
+    async fn answer(
+        &mut self,
+        id: RequestId,
+        result: Result<Vec<u8>, RemoteError>,
+    ) -> Result<(), WorkerFault> {
+        let reply = Call::<WorkerRequest>::KernelReply { id, result };
+        tokio::time::timeout(WRITE_TIMEOUT, self.writer.write(&reply))
+            .await
+            .map_err(|_| WorkerFault::Deadline(WRITE_TIMEOUT))?
+            .map_err(|e| WorkerFault::Died(format!("answering a kernel call: {e}")))
     }
 
     /// A ping answered within [`PING_TIMEOUT`].
@@ -154,6 +276,8 @@ fn frame_name(r: &Reply<WorkerResponse>) -> &'static str {
         Reply::Response { .. } => "a response to another request",
         Reply::Pong { .. } => "a pong",
         Reply::Stream { .. } => "a stream chunk",
+        Reply::Kernel(_) => "a kernel call",
+        Reply::KernelCancel { .. } => "a kernel call's cancel",
     }
 }
 
