@@ -362,3 +362,121 @@ fn kill_9_of_a_worker_in_a_chain_fails_the_call_with_its_class_and_leaves_no_rec
     echo_works(&home);
     assert_eq!(home.status().pid, pid);
 }
+
+/// A directory outside loongd's home, readable by every uid.
+fn shared_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// The tool-calling JSON-lines peer, copied into `dir` and installed as plugin `id`,
+/// declaring `capabilities` (a JSON array's inner text; reading its own directory needs
+/// `filesystem_read`).
+fn install_tool_calling_peer(home: &Home, dir: &Path, id: &str, capabilities: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("tool_calling_peer.py");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/tool_calling_peer.py");
+    fs::copy(src, &script).expect("peer script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let args = serde_json::to_string(
+        &serde_json::to_string(&[script.display().to_string()]).expect("args"),
+    )
+    .expect("quoted");
+    let pdir = home.path().join("plugins").join(id);
+    fs::create_dir_all(&pdir).expect("plugin dir");
+    let manifest = format!(
+        r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "0.1.0", "summary": "test",
+        "capabilities": [{capabilities}],
+        "metadata": {{"bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {args}}},
+        "sandbox": {{"read": [{:?}], "timeout_ms": 10000}}}}"#,
+        dir.display().to_string()
+    );
+    fs::write(pdir.join("loong.plugin.json"), manifest).expect("manifest");
+}
+
+/// `invoke ID` of the peer with `payload`; its answers to its tool calls.
+fn peer_answers(home: &Home, id: &str, payload: &serde_json::Value) -> Vec<serde_json::Value> {
+    let (code, out, err) = invoke(home, &[id, "--input", &payload.to_string()]);
+    assert_eq!(code, 0, "{payload}: {err}");
+    json(&out)["answers"].as_array().cloned().expect("answers")
+}
+
+#[test]
+fn a_json_lines_program_calls_a_built_in_through_the_kernel_and_bad_frames_fail_only_their_call() {
+    let data = shared_dir("kc");
+    fs::write(data.path().join("note.txt"), "kernel calls\n").expect("file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(
+            data.path().join("note.txt"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+    }
+    let home = Home::with_config(&format!(
+        "[builtins]\nread_roots = [{:?}]\n",
+        data.path().display().to_string()
+    ));
+    install_examples(&home);
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "lines",
+        r#""invoke_tool", "filesystem_read""#,
+    );
+    install_tool_calling_peer(&home, data.path(), "undeclared", r#""filesystem_read""#);
+    let pid = home.start();
+    let note = data.path().join("note.txt").display().to_string();
+    let read = serde_json::json!({"mode": "call", "tool": "file.read", "input": {"path": note}});
+
+    // The built-in answers through the kernel, recorded with the chain.
+    let good = |home: &Home| {
+        let answers = peer_answers(home, "lines", &read);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0]["id"], 1, "{answers:?}");
+        assert_eq!(
+            answers[0]["payload"]["content"], "kernel calls\n",
+            "{answers:?}"
+        );
+    };
+    good(&home);
+    let nested = records(&home, "tool.invoked")
+        .into_iter()
+        .find(|r| detail(r)["tool"] == "file.read")
+        .expect("the nested call is recorded");
+    assert_eq!(detail(&nested)["chain"]["depth"], 1, "{nested}");
+
+    // Without invoke_tool: a typed error frame, and the call itself succeeds.
+    let answers = peer_answers(&home, "undeclared", &read);
+    assert_eq!(answers[0]["error"]["kind"], "denied", "{answers:?}");
+
+    // Malformed requests fail their own call; the next call (a new program) works.
+    for (mode, count) in [
+        ("unknown_field", 1),
+        ("unknown_payload_field", 1),
+        ("reused_id", 1),
+        ("flood", 100),
+    ] {
+        let mut bad = read.clone();
+        bad["mode"] = mode.into();
+        bad["count"] = count.into();
+        let (code, _, err) = invoke(&home, &["lines", "--input", &bad.to_string()]);
+        assert_ne!(code, 0, "{mode} was accepted");
+        assert!(err.contains("tool.call"), "{mode}: {err}");
+        good(&home);
+    }
+    // Five good calls, the first of the reused ids, and the flood's first 64 ran (the 65th
+    // failed the call); the malformed requests reached no decision.
+    let nested = records(&home, "tool.invoked")
+        .iter()
+        .filter(|r| detail(r)["tool"] == "file.read")
+        .count();
+    assert_eq!(nested, 5 + 1 + 64, "nested calls recorded");
+    every_invocation_closed(&home);
+    assert_eq!(home.status().pid, pid);
+}

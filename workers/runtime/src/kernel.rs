@@ -68,6 +68,39 @@ impl std::fmt::Debug for KernelLink {
     }
 }
 
+impl KernelLinkError {
+    /// The class a plugin is told: `denied` (policy, an approval not given, or a capability
+    /// the plugin does not declare), `budget_exceeded` (the chain's depth, the root's calls
+    /// or wall time, the worker's calls in flight), `timeout` (no answer in time), or
+    /// `failed` (the tool failed or does not exist, or anything else).
+    pub fn kind_name(&self) -> &'static str {
+        use loong_ipc::{ErrorDetail, ErrorKind};
+        match self {
+            KernelLinkError::Remote(r) => {
+                if matches!(r.detail, Some(ErrorDetail::BudgetExceeded(_)))
+                    || matches!(r.kind, ErrorKind::BudgetExceeded | ErrorKind::Overloaded)
+                {
+                    "budget_exceeded"
+                } else if matches!(r.kind, ErrorKind::Denied | ErrorKind::ApprovalPending) {
+                    "denied"
+                } else {
+                    "failed"
+                }
+            }
+            KernelLinkError::Timeout(_) => "timeout",
+            KernelLinkError::Request(_) | KernelLinkError::Transport(_) => "failed",
+        }
+    }
+
+    /// What it says, for the plugin (loongd's message for a remote error).
+    pub fn message(&self) -> String {
+        match self {
+            KernelLinkError::Remote(r) => r.message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 fn transport(e: impl std::fmt::Display) -> KernelLinkError {
     KernelLinkError::Transport(e.to_string())
 }

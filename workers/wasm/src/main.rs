@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 
 use loong_ipc::{
-    CallOutput, ErrorDetail, ErrorKind, FailureKind, InvokeTool, KernelRequest, PluginFailure,
-    WorkerRequest, WorkerResponse,
+    CallOutput, FailureKind, InvokeTool, KernelRequest, PluginFailure, WorkerRequest,
+    WorkerResponse,
 };
-use loong_worker_runtime::{internal, thread_cpu_us, Handler, KernelLink, KernelLinkError};
+use loong_worker_runtime::{internal, thread_cpu_us, Handler, KernelLink};
 use loong_worker_wasm::{
     InvokeError, LoadError, LoadedPlugin, PluginSpec, ToolCallError, ToolCaller, WasmEngine,
 };
@@ -62,20 +62,11 @@ impl ToolCaller for Kernel {
             tool: tool.into(),
             input: input.into(),
         });
-        self.0.call(&req, timeout).map_err(|e| match e {
-            KernelLinkError::Timeout(_) => ToolCallError::Deadline,
-            KernelLinkError::Remote(r) => {
-                let budget = matches!(r.detail, Some(ErrorDetail::BudgetExceeded(_)))
-                    || matches!(r.kind, ErrorKind::BudgetExceeded | ErrorKind::Overloaded);
-                match r.kind {
-                    _ if budget => ToolCallError::OverBudget(r.message),
-                    ErrorKind::Denied | ErrorKind::ApprovalPending => {
-                        ToolCallError::Denied(r.message)
-                    }
-                    _ => ToolCallError::Failed(r.message),
-                }
-            }
-            other => ToolCallError::Failed(other.to_string()),
+        self.0.call(&req, timeout).map_err(|e| match e.kind_name() {
+            "timeout" => ToolCallError::Deadline,
+            "denied" => ToolCallError::Denied(e.message()),
+            "budget_exceeded" => ToolCallError::OverBudget(e.message()),
+            _ => ToolCallError::Failed(e.message()),
         })
     }
 }
