@@ -480,3 +480,114 @@ fn a_json_lines_program_calls_a_built_in_through_the_kernel_and_bad_frames_fail_
     every_invocation_closed(&home);
     assert_eq!(home.status().pid, pid);
 }
+
+#[test]
+fn a_guest_waiting_for_a_slow_tool_still_dies_at_its_own_deadline() {
+    let home = Home::new();
+    install_examples(&home);
+    crate::workers::install(
+        &home,
+        "spin",
+        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
+        r#""timeout_ms": 30000"#,
+    );
+    install_caller(&home, "calls-spin", "spin", r#""invoke_tool""#, 1500);
+    install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 1500);
+    home.start();
+
+    // The control: a fast tool answers well within the caller's deadline.
+    let (code, out, err) = invoke(&home, &["calls-echo", "--input", "[1]"]);
+    assert_eq!((code, json(&out)), (0, json("[1]")), "{err}");
+
+    // A slow one: the caller stops at its own deadline (1.5 s), not the tool's (30 s).
+    let started = std::time::Instant::now();
+    let (code, _, err) = invoke(&home, &["calls-spin", "--input", "{}"]);
+    let took = started.elapsed();
+    assert_ne!(code, 0, "the caller outlived its deadline");
+    assert!(err.contains("deadline"), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let failed: Vec<_> = records(&home, "tool.failed").iter().map(detail).collect();
+    assert!(
+        failed
+            .iter()
+            .any(|d| d["tool"] == "calls-spin" && d["failure"] == "timeout"),
+        "{failed:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            records(&home, "tool.failed")
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
+        }),
+        "the withdrawn nested call has no outcome"
+    );
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn the_root_calls_budget_bounds_a_chain() {
+    let home = Home::with_config("[kernel_calls]\nmax_calls = 2\nmax_depth = 8\n");
+    install_examples(&home);
+    install_caller(&home, "recurse", "recurse", r#""invoke_tool""#, 20_000);
+    install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 10_000);
+    home.start();
+    // The control: one nested call is within the budget.
+    let (code, out, err) = invoke(&home, &["calls-echo", "--input", "[1]"]);
+    assert_eq!((code, json(&out)), (0, json("[1]")), "{err}");
+
+    let (code, out, err) = invoke(&home, &["recurse", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+    let out = json(&out);
+    assert_eq!(out["code"], -4, "{out}");
+    let refused: Vec<_> = records(&home, "policy.decision")
+        .iter()
+        .map(detail)
+        .filter(|d| d["allowed"] == false)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["budget"], "calls", "{refused:?}");
+    assert_eq!(refused[0]["chain"]["depth"], 3, "{refused:?}");
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn the_root_wall_time_budget_abandons_a_nested_call_that_outlives_it() {
+    let home = Home::with_config("[kernel_calls]\nmax_wall_ms = 700\n");
+    install_examples(&home);
+    crate::workers::install(
+        &home,
+        "spin",
+        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
+        r#""timeout_ms": 30000"#,
+    );
+    install_caller(&home, "calls-spin", "spin", r#""invoke_tool""#, 20_000);
+    install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 20_000);
+    home.start();
+    // The control: a fast nested call is within the wall time.
+    let (code, out, err) = invoke(&home, &["calls-echo", "--input", "[1]"]);
+    assert_eq!((code, json(&out)), (0, json("[1]")), "{err}");
+
+    let started = std::time::Instant::now();
+    let (code, out, err) = invoke(&home, &["calls-spin", "--input", "{}"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(code, 0, "{err}");
+    let out = json(&out);
+    assert_eq!(out["code"], -4, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_wall_ms")),
+        "{out}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            records(&home, "tool.failed")
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
+        }),
+        "the abandoned nested call has no outcome"
+    );
+    every_invocation_closed(&home);
+}

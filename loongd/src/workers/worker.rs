@@ -314,3 +314,211 @@ pub(super) async fn log_stderr(id: u64, fd: std::os::fd::OwnedFd) {
         total += n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use loong_ipc::{frame::FrameLimit, InvokeTool, KernelRequest};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    /// Answers each kernel call with its tool's name, after `delay`.
+    struct Echoing {
+        max: usize,
+        delay: Duration,
+        started: AtomicUsize,
+    }
+
+    impl KernelCalls for Echoing {
+        fn max_in_flight(&self) -> usize {
+            self.max
+        }
+
+        fn start(&self, _worker: u64, call: KernelCall) -> KernelAnswer<'_> {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                match call.request() {
+                    Ok(KernelRequest::InvokeTool(t)) => Ok(t.tool.into_bytes()),
+                    Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
+                }
+            })
+        }
+    }
+
+    type Side = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
+
+    fn pair() -> (Worker, Side) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let (ar, aw) = a.into_split();
+        let (br, bw) = b.into_split();
+        let t = Duration::from_secs(5);
+        let worker = Worker {
+            id: 1,
+            pid: 0,
+            reader: FrameReader::new(ar, FrameLimit::DEFAULT, t),
+            writer: FrameWriter::new(aw, FrameLimit::DEFAULT, t),
+            child: None,
+            loaded: HashMap::new(),
+            next_req: 0,
+            broker: None,
+        };
+        let side = (
+            FrameReader::new(br, FrameLimit::DEFAULT, t),
+            FrameWriter::new(bw, FrameLimit::DEFAULT, t),
+        );
+        (worker, side)
+    }
+
+    fn kernel_call(id: RequestId, call: RequestId, tool: &str) -> Reply<WorkerResponse> {
+        let req = KernelRequest::InvokeTool(InvokeTool {
+            tool: tool.into(),
+            input: "{}".into(),
+        });
+        Reply::Kernel(req.encode(id, call, 1000).expect("encodes"))
+    }
+
+    async fn answer_of(side: &mut Side) -> (RequestId, Result<Vec<u8>, RemoteError>) {
+        match side.0.read::<Call<WorkerRequest>>(None).await {
+            Ok(Some(Call::KernelReply { id, result })) => (id, result),
+            other => panic!("expected a kernel reply, got {other:?}"),
+        }
+    }
+
+    /// The fake worker: reads the request, runs `script` on its side, then answers.
+    async fn serve_with(
+        host: Option<&dyn KernelCalls>,
+        script: impl AsyncFnOnce(&mut Side, RequestId),
+    ) -> Result<WorkerResponse, WorkerFault> {
+        let (mut worker, mut side) = pair();
+        let fake = async move {
+            let Ok(Some(Call::Request { id, .. })) = side.0.read::<Call<WorkerRequest>>(None).await
+            else {
+                panic!("no request")
+            };
+            script(&mut side, id).await;
+            side.1
+                .write(&Reply::Response {
+                    id,
+                    result: Ok(WorkerResponse::Unloaded),
+                })
+                .await
+                .expect("answer");
+        };
+        let (got, ()) = tokio::join!(
+            worker.serve(WorkerRequest::Stats, Duration::from_secs(10), host),
+            fake
+        );
+        got
+    }
+
+    #[tokio::test]
+    async fn a_kernel_call_is_served_only_for_the_request_in_flight() {
+        let host = Echoing {
+            max: 4,
+            delay: Duration::ZERO,
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            // Another request's id: refused, and never started.
+            side.1
+                .write(&kernel_call(1, id + 1, "echo"))
+                .await
+                .expect("send");
+            let (kid, r) = answer_of(side).await;
+            assert_eq!(kid, 1);
+            assert_eq!(r.expect_err("refused").kind, ErrorKind::BadRequest);
+            // The control: the request in flight.
+            side.1
+                .write(&kernel_call(2, id, "echo"))
+                .await
+                .expect("send");
+            assert_eq!(answer_of(side).await, (2, Ok(b"echo".to_vec())));
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 1);
+
+        // A request served without a host (a load, a probe): every kernel call is refused.
+        let got = serve_with(None, async |side, id| {
+            side.1
+                .write(&kernel_call(1, id, "echo"))
+                .await
+                .expect("send");
+            let (_, r) = answer_of(side).await;
+            assert_eq!(r.expect_err("refused").kind, ErrorKind::Denied);
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+    }
+
+    #[tokio::test]
+    async fn kernel_calls_in_flight_are_bounded_and_ids_are_unique() {
+        let host = Echoing {
+            max: 2,
+            delay: Duration::from_millis(300),
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            for (kid, tool) in [(1, "a"), (2, "b"), (3, "c"), (1, "again")] {
+                side.1
+                    .write(&kernel_call(kid, id, tool))
+                    .await
+                    .expect("send");
+            }
+            // The third is over the bound, the fourth reuses an id in flight: both refused
+            // at once, before the two in flight finish.
+            let (kid, r) = answer_of(side).await;
+            let e = r.expect_err("over the bound");
+            assert_eq!((kid, e.kind), (3, ErrorKind::Overloaded));
+            assert_eq!(
+                e.detail,
+                Some(ErrorDetail::BudgetExceeded(BudgetExceeded {
+                    budget: Budget::InFlight,
+                    limit: 2
+                }))
+            );
+            let (kid, r) = answer_of(side).await;
+            assert_eq!(
+                (kid, r.expect_err("reused").kind),
+                (1, ErrorKind::DuplicateId)
+            );
+            let mut done = vec![answer_of(side).await, answer_of(side).await];
+            done.sort_by_key(|(k, _)| *k);
+            assert_eq!(done, vec![(1, Ok(b"a".to_vec())), (2, Ok(b"b".to_vec()))]);
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_kernel_call_is_dropped_and_its_id_is_free_again() {
+        let host = Echoing {
+            max: 2,
+            delay: Duration::from_millis(100),
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            side.1
+                .write(&kernel_call(1, id, "slow"))
+                .await
+                .expect("send");
+            side.1
+                .write(&Reply::<WorkerResponse>::KernelCancel { id: 1 })
+                .await
+                .expect("cancel");
+            // The id is free again: a new call with it is served (and answered first: the
+            // withdrawn one, which would take a minute, is gone).
+            side.1.write(&kernel_call(1, id, "x")).await.expect("send");
+            let answer = tokio::time::timeout(Duration::from_secs(5), answer_of(side)).await;
+            assert_eq!(answer.expect("answered"), (1, Ok(b"x".to_vec())));
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 2);
+    }
+}
