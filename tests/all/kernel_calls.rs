@@ -501,9 +501,9 @@ fn a_guest_waiting_for_a_slow_tool_still_dies_at_its_own_deadline() {
 
     // A slow one: the caller stops at its own deadline (1.5 s), not the tool's (30 s).
     let started = std::time::Instant::now();
-    let (code, _, err) = invoke(&home, &["calls-spin", "--input", "{}"]);
+    let (code, out, err) = invoke(&home, &["calls-spin", "--input", "{}"]);
     let took = started.elapsed();
-    assert_ne!(code, 0, "the caller outlived its deadline");
+    assert_ne!(code, 0, "the caller outlived its deadline: {out}");
     assert!(err.contains("deadline"), "{err}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let failed: Vec<_> = records(&home, "tool.failed").iter().map(detail).collect();

@@ -33,6 +33,9 @@ impl Conn {
     }
 }
 
+/// loongd's answer to one kernel call: its bytes, or its error.
+pub type Answer = Result<Vec<u8>, RemoteError>;
+
 /// Why a kernel call has no answer from loongd.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelLinkError {
@@ -71,7 +74,8 @@ impl std::fmt::Debug for KernelLink {
 impl KernelLinkError {
     /// The class a plugin is told: `denied` (policy, an approval not given, or a capability
     /// the plugin does not declare), `budget_exceeded` (the chain's depth, the root's calls
-    /// or wall time, the worker's calls in flight), `timeout` (no answer in time), or
+    /// or wall time, the worker's calls in flight), `timeout` (no answer within the time the
+    /// worker gave the call, whichever side saw it pass first), or
     /// `failed` (the tool failed or does not exist, or anything else).
     pub fn kind_name(&self) -> &'static str {
         use loong_ipc::{ErrorDetail, ErrorKind};
@@ -83,6 +87,8 @@ impl KernelLinkError {
                     "budget_exceeded"
                 } else if matches!(r.kind, ErrorKind::Denied | ErrorKind::ApprovalPending) {
                     "denied"
+                } else if r.kind == ErrorKind::DeadlineExceeded {
+                    "timeout"
                 } else {
                     "failed"
                 }
@@ -153,7 +159,7 @@ impl KernelLink {
     pub fn next_answer(
         &mut self,
         until: Instant,
-    ) -> Result<Option<(RequestId, Result<Vec<u8>, RemoteError>)>, KernelLinkError> {
+    ) -> Result<Option<(RequestId, Answer)>, KernelLinkError> {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -21,7 +21,7 @@ use loong_ipc::{
     message::worker::{MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_TOOLS, MAX_TOOL_NAME_BYTES},
     FailureKind, InvokeTool, KernelRequest, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
 };
-use loong_worker_runtime::{KernelLink, KernelLinkError};
+use loong_worker_runtime::KernelLink;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Value};
 
@@ -941,7 +941,7 @@ impl<'k> KernelCalls<'k> {
                 Ok(json!({"id": id, "payload": result}))
             }
             // The call's own deadline passed while the tool ran.
-            Err(KernelLinkError::Timeout(waited)) => Err(PeerError::Timeout(waited.as_millis())),
+            Err(e) if e.kind_name() == "timeout" => Err(PeerError::Timeout(left.as_millis())),
             Err(e) => Ok(error(e.kind_name(), e.message())),
         }
     }

@@ -328,12 +328,17 @@ fn call_tool(
         state.stop = Some(HostStop::Deadline);
         return Err(wasmtime::format_err!("the call's deadline passed"));
     }
-    let answer = match state.kernel.as_mut() {
+    let mut answer = match state.kernel.as_mut() {
         None => Err(ToolCallError::Denied(
             "this call has no kernel link: tools cannot be called from it".into(),
         )),
         Some(k) => k.call_tool(&tool, &body, left),
     };
+    // Whatever came back, a guest whose deadline passed meanwhile stops here: the answer may
+    // have raced the deadline, and the guest must not outlive it.
+    if std::time::Instant::now() >= state.deadline {
+        answer = Err(ToolCallError::Deadline);
+    }
     let (code, kind, message) = match answer {
         Ok(out) if out.len() > crate::MAX_TOOL_RESULT_BYTES => (
             CALL_FAILED,
