@@ -591,3 +591,113 @@ fn the_root_wall_time_budget_abandons_a_nested_call_that_outlives_it() {
     );
     every_invocation_closed(&home);
 }
+
+/// The pending approvals' (id, target), once there are `n`.
+fn pending(home: &Home, n: usize) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let v: serde_json::Value =
+                serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
+                    .unwrap_or_default();
+            found = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|x| x["state"] == "pending")
+                        .map(|x| {
+                            (
+                                x["id"].as_str().unwrap_or_default().to_string(),
+                                x["target"].as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.len() == n
+        }),
+        "not {n} pending approvals: {found:?}"
+    );
+    found
+}
+
+#[test]
+fn a_nested_call_that_needs_an_approval_waits_for_one_like_any_call() {
+    let home = Home::with_config("[approvals]\ntimeout_ms = 20000\n");
+    install_examples(&home);
+    install_caller(&home, "caller", "echo", r#""invoke_tool""#, 30_000);
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/careful.toml"),
+        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let out = home.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        "careful",
+        "--agent",
+        "bot",
+        "--cap",
+        "tool.invoke",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let call = |home: &Home| {
+        Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["invoke", "caller", "--token", &token, "--input", "[3]"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("invoke")
+    };
+
+    // Approved: the root's approval, then the nested call's, and echo answers.
+    let child = call(&home);
+    let root = pending(&home, 1);
+    assert_eq!(root[0].1, "caller", "{root:?}");
+    assert!(home
+        .ctl(&["approvals", "approve", &root[0].0])
+        .status
+        .success());
+    let nested = pending(&home, 1);
+    assert_eq!(nested[0].1, "echo", "{nested:?}");
+    let asked = records(&home, "approval.requested")
+        .into_iter()
+        .map(|r| detail(&r))
+        .find(|d| d["target"] == "echo")
+        .expect("the nested approval is recorded");
+    assert_eq!(asked["chain"]["depth"], 1, "{asked}");
+    assert!(home
+        .ctl(&["approvals", "approve", &nested[0].0])
+        .status
+        .success());
+    let out = child.wait_with_output().expect("invoke ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&text(&out.stdout)), json("[3]"));
+
+    // Denied: the nested call is refused (-2); the root call, approved, answers that.
+    let child = call(&home);
+    let root = pending(&home, 1);
+    assert!(home
+        .ctl(&["approvals", "approve", &root[0].0])
+        .status
+        .success());
+    let nested = pending(&home, 1);
+    assert_eq!(nested[0].1, "echo", "{nested:?}");
+    assert!(home
+        .ctl(&["approvals", "deny", &nested[0].0])
+        .status
+        .success());
+    let out = child.wait_with_output().expect("invoke ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answer = json(&text(&out.stdout));
+    assert_eq!(answer["code"], -2, "{answer}");
+    every_invocation_closed(&home);
+}
