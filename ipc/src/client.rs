@@ -188,6 +188,16 @@ impl Client {
                     return Err(ClientError::UnexpectedReply { expected: id, got })
                 }
                 Reply::Pong { .. } | Reply::Stream { .. } => continue,
+                // Only a worker asks loongd; a server that asks its client is broken.
+                Reply::Kernel(k) => {
+                    return Err(ClientError::UnexpectedReply {
+                        expected: id,
+                        got: k.id,
+                    })
+                }
+                Reply::KernelCancel { id: got } => {
+                    return Err(ClientError::UnexpectedReply { expected: id, got })
+                }
             }
         }
     }
@@ -226,8 +236,16 @@ impl Client {
                 Reply::Response { id: got, result } if got == id => {
                     return Ok(Event::Done(result?))
                 }
-                Reply::Stream { id: got, .. } | Reply::Response { id: got, .. } => {
+                Reply::Stream { id: got, .. }
+                | Reply::Response { id: got, .. }
+                | Reply::KernelCancel { id: got } => {
                     return Err(ClientError::UnexpectedReply { expected: id, got })
+                }
+                Reply::Kernel(k) => {
+                    return Err(ClientError::UnexpectedReply {
+                        expected: id,
+                        got: k.id,
+                    })
                 }
                 Reply::Pong { .. } => continue,
             }

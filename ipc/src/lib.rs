@@ -36,6 +36,7 @@ pub use message::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,
     },
+    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest},
     outcome::{Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass},
     worker::{
         BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,

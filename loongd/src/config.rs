@@ -68,6 +68,17 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # WASM worker processes kept in the pool: calls run at once, one per worker (1..=64).
 # wasm_pool_size = 2
 
+[kernel_calls]
+# Calls a worker makes through loongd while it serves a call (a plugin's call_tool).
+# Deepest chain of nested calls below an operator's call (1..=16).
+# max_depth = 4
+# Kernel calls one worker may have in flight at once (1..=64).
+# max_in_flight = 8
+# Nested calls made on behalf of one root call, in all (1..=10000).
+# max_calls = 64
+# Wall time one root call's nested calls may run for, ms (10..=86400000).
+# max_wall_ms = 60000
+
 [builtins]
 # The built-in tools, each in its own balanced-tier worker whose sandbox grants exactly these
 # paths (absolute). file.read reads under read_roots and write_roots; file.write and
@@ -162,6 +173,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The worker pool.
     pub workers: WorkersConfig,
+    /// Bounds on kernel calls (nested tool calls).
+    pub kernel_calls: KernelCallsConfig,
     /// The built-in tools' grants.
     pub builtins: BuiltinsConfig,
     /// What a plugin must satisfy to load: the operator's module pins.
@@ -332,6 +345,60 @@ impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig { wasm_pool_size: 2 }
     }
+}
+
+/// Default deepest chain of nested calls.
+pub const DEFAULT_MAX_CALL_DEPTH: u32 = 4;
+/// The deepest the setting may allow.
+pub const MAX_MAX_CALL_DEPTH: u32 = 16;
+/// Default kernel calls in flight per worker.
+pub const DEFAULT_MAX_KERNEL_IN_FLIGHT: u32 = 8;
+/// The most the setting may allow.
+pub const MAX_MAX_KERNEL_IN_FLIGHT: u32 = 64;
+/// Default nested calls per root call.
+pub const DEFAULT_MAX_CHAIN_CALLS: u32 = 64;
+/// The most the setting may allow.
+pub const MAX_MAX_CHAIN_CALLS: u32 = 10_000;
+/// Default wall time of a root call's nested calls, ms.
+pub const DEFAULT_MAX_CHAIN_WALL_MS: u64 = 60_000;
+
+/// `[kernel_calls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelCallsConfig {
+    /// Deepest chain of nested calls below a root call.
+    #[serde(deserialize_with = "call_depth")]
+    pub max_depth: u32,
+    /// Kernel calls one worker may have in flight.
+    #[serde(deserialize_with = "kernel_in_flight")]
+    pub max_in_flight: u32,
+    /// Nested calls on behalf of one root call.
+    #[serde(deserialize_with = "chain_calls")]
+    pub max_calls: u32,
+    /// Wall time of one root call's nested calls, ms.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub max_wall_ms: u64,
+}
+
+impl Default for KernelCallsConfig {
+    fn default() -> Self {
+        KernelCallsConfig {
+            max_depth: DEFAULT_MAX_CALL_DEPTH,
+            max_in_flight: DEFAULT_MAX_KERNEL_IN_FLIGHT,
+            max_calls: DEFAULT_MAX_CHAIN_CALLS,
+            max_wall_ms: DEFAULT_MAX_CHAIN_WALL_MS,
+        }
+    }
+}
+
+fn call_depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_CALL_DEPTH, "calls")
+}
+fn kernel_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_KERNEL_IN_FLIGHT, "calls")
+}
+fn chain_calls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_CHAIN_CALLS, "calls")
 }
 
 /// `[builtins]`.
@@ -798,7 +865,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `builtins`, `plugins`, `log`, `metrics`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`"),
         );
         let hex = "ab".repeat(32);
         check(
@@ -844,6 +911,13 @@ mod tests {
         let mut c = Config::default();
         c.workers.wasm_pool_size = 4;
         check("[workers]\nwasm_pool_size = 4\n", Ok(c));
+        let mut k = Config::default();
+        k.kernel_calls.max_depth = 2;
+        check("[kernel_calls]\nmax_depth = 2\n", Ok(k));
+        check(
+            "[kernel_calls]\nmax_depth = 17\n",
+            Err("/h/loongd.toml:2: 17 is outside 1..=16 calls"),
+        );
         check(
             "[ipc\n",
             Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"),

@@ -10,6 +10,7 @@ mod bridges;
 mod control_socket;
 mod daemon_lifecycle;
 mod file_binding;
+mod kernel_calls;
 mod keys;
 mod lists;
 mod manifest_agreement;

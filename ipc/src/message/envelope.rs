@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::outcome::ErrorDetail;
+use super::{kernel::KernelCall, outcome::ErrorDetail};
 
 /// A request id, chosen by the caller.
 pub type RequestId = u64;
@@ -51,6 +51,15 @@ pub enum Call<Req> {
         id: RequestId,
         /// The chunk.
         chunk: StreamChunk,
+    },
+    /// The answer to the callee's kernel call `id` ([`Reply::Kernel`]): the answer's bytes
+    /// (what they are depends on the call's kind), or why there are none. Only loongd sends
+    /// it, only to its workers.
+    KernelReply {
+        /// The kernel call answered.
+        id: RequestId,
+        /// The answer, or why there is none.
+        result: Result<Vec<u8>, RemoteError>,
     },
 }
 
@@ -111,6 +120,15 @@ pub enum Reply<Resp> {
         id: RequestId,
         /// The chunk.
         chunk: StreamChunk,
+    },
+    /// A worker asks loongd for an effect on behalf of the request it serves (see
+    /// [`kernel`](super::kernel)); answered by one [`Call::KernelReply`] with the same id.
+    Kernel(KernelCall),
+    /// The worker no longer wants the answer to its kernel call `id`; loongd stops work on
+    /// it and sends no answer (one already on its way is dropped by the worker).
+    KernelCancel {
+        /// The kernel call withdrawn.
+        id: RequestId,
     },
 }
 

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod envelope;
 pub mod handshake;
+pub mod kernel;
 pub mod outcome;
 pub mod worker;
 

@@ -96,6 +96,9 @@ pub enum DenialStage {
     Separation,
     /// The token was checked again right before the effect ran, and no longer holds.
     Dispatch,
+    /// A kernel call: the calling plugin's manifest does not declare the capability it
+    /// needs (`invoke_tool` to call a tool), whatever the chain's authority grants.
+    PluginCapabilities,
 }
 
 impl DenialStage {
@@ -111,6 +114,7 @@ impl DenialStage {
             DenialStage::Approval => "approval",
             DenialStage::Separation => "separation",
             DenialStage::Dispatch => "dispatch",
+            DenialStage::PluginCapabilities => "plugin_capabilities",
         }
     }
 }

@@ -110,6 +110,17 @@ impl Outcome {
     }
 }
 
+/// Whose authority an effect is decided under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// The operator's own pack.
+    Operator,
+    /// The holder of this bearer secret.
+    Secret(&'a str),
+    /// The token with this public id (a call chain's root).
+    Id(&'a str),
+}
+
 /// Packs, denylist and tokens.
 #[derive(Debug)]
 pub struct Authority {
@@ -292,21 +303,42 @@ impl Authority {
         target: Option<&str>,
         command: Option<shell::CommandLine<'_>>,
     ) -> Result<Outcome, TokenError> {
-        let checked = match token {
+        let bearer = token.map_or(Bearer::Operator, Bearer::Secret);
+        self.decide_as(bearer, cap, target, command)
+    }
+
+    /// Decides `cap` on `target` under `bearer`'s authority: the operator's pack, a presented
+    /// secret, or a token loongd knows by its public id (a call chain's root, for a kernel
+    /// call: the worker never holds a secret).
+    pub fn decide_as(
+        &self,
+        bearer: Bearer<'_>,
+        cap: Capability,
+        target: Option<&str>,
+        command: Option<shell::CommandLine<'_>>,
+    ) -> Result<Outcome, TokenError> {
+        let found = match bearer {
+            Bearer::Operator => None,
+            Bearer::Secret(secret) => Some((self.tokens.check(secret)?, secret)),
+            Bearer::Id(id) => Some((self.tokens.check_id(id)?, id)),
+        };
+        let checked = match found {
             None => None,
-            Some(secret) => match self.tokens.check(secret)? {
-                Ok(t) => Some(t),
-                Err(denial) => {
-                    // A dead token is named by its public id, so its trail shows the attempt.
-                    return Ok(Outcome {
-                        decision: Err(denial),
-                        pack: String::new(),
-                        agent: None,
-                        token: self.tokens.id_of(secret)?,
-                        file: None,
-                    });
-                }
-            },
+            Some((Ok(t), _)) => Some(t),
+            Some((Err(denial), presented)) => {
+                // A dead token is named by its public id, so its trail shows the attempt.
+                let token = match bearer {
+                    Bearer::Id(id) => Some(id.to_string()),
+                    _ => self.tokens.id_of(presented)?,
+                };
+                return Ok(Outcome {
+                    decision: Err(denial),
+                    pack: String::new(),
+                    agent: None,
+                    token,
+                    file: None,
+                });
+            }
         };
         let pack_id = checked
             .as_ref()

@@ -246,6 +246,8 @@ async fn run(
                     }
                 }
             }
+            // loongd asks an operator client nothing: an answer to a kernel call is dropped.
+            Call::KernelReply { .. } => {}
             Call::Stream { id, chunk } => {
                 if !chunk.within_bounds() {
                     break Err(ConnError::Frame(loong_ipc::FrameError::TooLarge {

@@ -5,7 +5,10 @@
 //! `tool.completed` or `tool.failed` record, whose `failure` is the typed class the caller
 //! is answered with.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{atomic::AtomicU64, Arc},
+    time::{Duration, Instant},
+};
 
 use loong_ipc::{
     message::control::MAX_INVOKE_INPUT_BYTES, Budget, BudgetExceeded, DecidedFile, ErrorDetail,
@@ -13,7 +16,11 @@ use loong_ipc::{
 };
 use loong_profiles::pack::Capability;
 
-use super::{authorize_unrecorded, internal, recheck, Actor, Authorized, Effect};
+use super::{
+    authorize_unrecorded,
+    chain::{Host, Root, INVOKE_TOOL},
+    internal, recheck, Actor, Authorized, Effect,
+};
 use crate::{
     audit::{Audit, Event, Kind},
     authority::shell::CommandLine,
@@ -47,17 +54,39 @@ struct Target {
     pool: std::sync::Arc<Supervisor>,
 }
 
-/// Calls `tool` with `input` for `actor`: decide, record, dispatch, record the outcome.
+/// Calls `tool` with `input` for `actor`: decide, record, dispatch, record the outcome. The
+/// call is the root of its own chain.
 pub(crate) async fn call(
     kernel: &Kernel,
     actor: &Actor<'_>,
     tool: String,
     input: String,
 ) -> Result<InvokeResult, RemoteError> {
+    call_in(kernel, actor, tool, input, None).await
+}
+
+/// [`call`] in chain `root` (`None`: this call is a root). The kernel calls its worker makes
+/// meanwhile are served by a [`Host`] bound to this call's chain.
+pub(crate) async fn call_in(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    tool: String,
+    input: String,
+    root: Option<Arc<Root>>,
+) -> Result<InvokeResult, RemoteError> {
     let started = Instant::now();
     check_input(&input)?;
     let target = ready(kernel, &tool)?;
     let decided = decide(kernel, actor, &target, &tool, &input).await?;
+    let host = Host {
+        kernel,
+        io: actor.io,
+        root: root.unwrap_or_else(|| Root::new(kernel, decided.token.clone())),
+        chain: actor.chain.clone(),
+        plugin: target.plugin.id.clone(),
+        may_invoke: target.plugin.capabilities.iter().any(|c| c == INVOKE_TOOL),
+        seq: AtomicU64::new(0),
+    };
     // A file tool opens only the file the decision resolved, beneath the scope it decided
     // (without one, its worker refuses the call).
     let file = decided.file.clone().map(|f| DecidedFile {
@@ -99,7 +128,9 @@ pub(crate) async fn call(
             input.into_bytes(),
             file,
             QUEUE_DEADLINE,
-            &correlation
+            &correlation,
+            Some(&host),
+            actor.chain.depth > 0,
         ),
         committed
     );

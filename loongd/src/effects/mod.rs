@@ -23,6 +23,7 @@
 //! wire requests into these calls and their results into replies.
 
 pub(crate) mod approval;
+pub(crate) mod chain;
 pub(crate) mod invoke;
 
 use loong_ipc::{Denial, DenialStage, ErrorDetail, ErrorKind, RemoteError};
@@ -34,7 +35,7 @@ use crate::{
         approvals::EffectDetail,
         decide::{Deny, FileScope},
         shell::CommandLine,
-        Decision, Outcome,
+        Bearer, Decision, Outcome,
     },
     request::RequestIo,
     Kernel,
@@ -49,6 +50,8 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {
 pub(crate) enum Principal {
     /// An operator connection, by its peer's uid (SO_PEERCRED).
     Operator { uid: u32 },
+    /// A worker making a kernel call for the call it serves, by its number.
+    Worker { worker: u64 },
 }
 
 impl Principal {
@@ -56,6 +59,7 @@ impl Principal {
     pub(crate) fn name(self) -> String {
         match self {
             Principal::Operator { uid } => format!("uid:{uid}"),
+            Principal::Worker { worker } => format!("worker:{worker}"),
         }
     }
 }
@@ -71,15 +75,29 @@ pub(crate) struct Chain {
     pub parent: Option<String>,
     /// How many calls lie between this one and the root (0 at the root).
     pub depth: u32,
+    /// This call's own id, its records' correlation: the root's correlation at the root,
+    /// `PARENT.N` for the parent's `N`th kernel call.
+    pub call: String,
 }
 
 impl Chain {
     /// The chain a request starts: itself, at depth 0.
     pub(crate) fn root(correlation: String) -> Chain {
         Chain {
-            root: correlation,
+            root: correlation.clone(),
             parent: None,
             depth: 0,
+            call: correlation,
+        }
+    }
+
+    /// The `n`th kernel call made by this call's worker.
+    pub(crate) fn child(&self, n: u64) -> Chain {
+        Chain {
+            root: self.root.clone(),
+            parent: Some(self.call.clone()),
+            depth: self.depth.saturating_add(1),
+            call: format!("{}.{n}", self.call),
         }
     }
 
@@ -95,8 +113,9 @@ impl Chain {
 #[derive(Debug, Clone)]
 pub(crate) struct Actor<'a> {
     pub who: Principal,
-    /// The bearer secret presented (a token holder), or `None`: the operator's own pack.
-    pub token: Option<&'a str>,
+    /// The authority it acts under: a presented bearer secret, the operator's own pack, or
+    /// (a kernel call) the chain root's token by its public id.
+    pub bearer: Bearer<'a>,
     pub chain: Chain,
     /// The request's handle, for notes to the asker while it waits (an approval's note) and
     /// for the approval it waits for.
@@ -108,7 +127,7 @@ impl<'a> Actor<'a> {
     pub(crate) fn operator(uid: u32, token: Option<&'a str>, io: &'a RequestIo) -> Actor<'a> {
         Actor {
             who: Principal::Operator { uid },
-            token,
+            bearer: token.map_or(Bearer::Operator, Bearer::Secret),
             chain: Chain::root(io.correlation()),
             io: Some(io),
         }
@@ -116,10 +135,7 @@ impl<'a> Actor<'a> {
 
     /// The correlation id of this actor's records.
     pub(crate) fn correlation(&self) -> String {
-        match &self.chain.parent {
-            None => self.chain.root.clone(),
-            Some(parent) => format!("{}/{parent}", self.chain.root),
-        }
+        self.chain.call.clone()
     }
 
     /// A record of `kind` by this actor, in its chain.
@@ -236,7 +252,7 @@ pub(crate) fn decide(
 ) -> Result<(Outcome, Event), RemoteError> {
     let outcome = kernel
         .authority
-        .decide(actor.token, cap, target, command)
+        .decide_as(actor.bearer, cap, target, command)
         .map_err(internal)?;
     crate::metrics::decided(
         cap,

@@ -109,6 +109,9 @@ async fn prove(kernel: &Kernel, p: &mut Plugin, correlation: &str) -> Result<(),
                 None,
                 QUEUE_DEADLINE,
                 correlation,
+                // A probe runs under no call chain: its kernel calls are refused.
+                None,
+                false,
             )
             .await;
         if let Err(e) = called.result {

@@ -136,6 +136,7 @@ fn described(d: &Def, state: State) -> Plugin {
         trust: loong_profiles::plugin::TrustTier::Official,
         signer: None,
         lock_digest: None,
+        capabilities: Vec::new(),
         catalog: Catalog {
             tags: d.tags.iter().map(|t| t.to_string()).collect(),
             input_examples: vec![d.example.to_string()],

@@ -3,7 +3,8 @@
 //! - `kind.rs`: the worker kinds (WASM, stdio, HTTP, built-in: the program, its tier, memory,
 //!   tasks and grants) and the wire form that loads a plugin into one of their workers.
 //! - `worker.rs`: one worker process and loongd's end of its socket (requests with deadlines,
-//!   pings, a passed connection, its faults and their classes).
+//!   the kernel calls it makes while it serves one, pings, a passed connection, its faults
+//!   and their classes).
 //! - `pool.rs`: a pool of workers of one kind (`Supervisor`): permits, check-out, spawn
 //!   through the spawner, retire and replace with backoff, health pings, drain, and the call
 //!   path (`call`, `check_load`), which has no branch for any one kind.
@@ -25,3 +26,4 @@ mod worker;
 
 pub(crate) use kind::{Loadable, Wire, WorkerKind};
 pub(crate) use pool::{health_loop, CallError, Called, LoadInfo, Supervisor};
+pub(crate) use worker::{KernelAnswer, KernelCalls};

@@ -57,6 +57,9 @@ pub(crate) struct Plugin {
     pub signer: Option<String>,
     /// The package digest its lock entry records, for an installed plugin.
     pub lock_digest: Option<String>,
+    /// The capabilities its manifest declares, in our spelling (`invoke_tool`: its calls may
+    /// call tools through loongd).
+    pub capabilities: Vec<String>,
     pub state: State,
 }
 
@@ -256,6 +259,7 @@ pub(crate) fn read_package(
         trust: TrustTier::Unverified,
         signer: None,
         lock_digest: lock.get(name).map(|e| e.digest.clone()),
+        capabilities: Vec::new(),
         state: State::Failed(why),
     };
     // An installed package is first compared with its lock entry: a drifted one is refused
@@ -389,6 +393,7 @@ pub(crate) fn refuse_slot_conflicts(plugins: &mut [Plugin]) {
 }
 
 fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
+    let capabilities = m.capabilities.clone();
     let (bridge_kind, wire, kind) = match &m.bridge {
         Bridge::Wasm => {
             // `check_package` read and checked it (magic number, the manifest's pin).
@@ -476,6 +481,7 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
         trust: TrustTier::Unverified,
         signer: None,
         lock_digest: None,
+        capabilities,
         state: State::Ready {
             plugin: Loadable {
                 id: m.plugin_id,

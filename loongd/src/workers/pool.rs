@@ -33,7 +33,9 @@ use tokio::{net::UnixStream, sync::Semaphore};
 use super::{
     broker,
     kind::{Loadable, WorkerKind},
-    worker::{kill_now, log_stderr, Worker, WorkerFault, WORKER_START_TIMEOUT, WRITE_TIMEOUT},
+    worker::{
+        kill_now, log_stderr, KernelCalls, Worker, WorkerFault, WORKER_START_TIMEOUT, WRITE_TIMEOUT,
+    },
 };
 use crate::audit::{Audit, Event, Kind};
 
@@ -48,6 +50,10 @@ pub const RESTART_BACKOFF: (Duration, Duration) =
 pub const RESTART_ATTEMPTS: u32 = 6;
 /// How long loongd waits for a killed idle worker to be reaped when a pool stops.
 pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A nested call that finds its pool busy runs on an extra worker while fewer than this
+/// many times the pool's size are live (it would otherwise wait for a worker its own chain
+/// holds); past it, it queues like any call.
+pub const NESTED_OVERFLOW_FACTOR: usize = 4;
 /// How long a replaced pool may finish the calls it runs before it is stopped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -186,7 +192,12 @@ impl Supervisor {
 
     /// Runs `plugin` on `input` in a worker; `decided` is the file a built-in file tool's
     /// call was decided on (the only one its worker opens); `correlation` ties the worker's
-    /// records to the call's. Waits for a free worker at most `queue_deadline`.
+    /// records to the call's; `host` serves the kernel calls the worker makes meanwhile.
+    /// Waits for a free worker at most `queue_deadline`, except a nested call (`nested`),
+    /// which never waits for a worker its own chain may hold: when the pool is busy it runs
+    /// on an extra worker (at most [`NESTED_OVERFLOW_FACTOR`] times the pool's size live),
+    /// stopped when it is given back.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call(
         self: &Arc<Self>,
         plugin: &Loadable,
@@ -195,13 +206,17 @@ impl Supervisor {
         decided: Option<loong_ipc::DecidedFile>,
         queue_deadline: Duration,
         correlation: &str,
+        host: Option<&dyn KernelCalls>,
+        nested: bool,
     ) -> Called {
         let job = Job::Call {
             tool: tool.to_string(),
             input,
             decided,
         };
-        let (worker, result) = self.run(plugin, job, queue_deadline, correlation).await;
+        let (worker, result) = self
+            .run(plugin, job, queue_deadline, correlation, host, nested)
+            .await;
         let mut loaded = None;
         let result = result.and_then(|done| match done {
             Done::Output(out, info) => {
@@ -226,7 +241,9 @@ impl Supervisor {
         self: &Arc<Self>,
         plugin: &Loadable,
     ) -> Result<LoadInfo, CallError> {
-        let (_, result) = self.run(plugin, Job::Check, LOAD_TIMEOUT, "").await;
+        let (_, result) = self
+            .run(plugin, Job::Check, LOAD_TIMEOUT, "", None, false)
+            .await;
         match result? {
             Done::Loaded(info) => Ok(info),
             Done::Output(..) => Err(CallError::Worker(
@@ -244,17 +261,24 @@ impl Supervisor {
         job: Job,
         queue_deadline: Duration,
         correlation: &str,
+        host: Option<&dyn KernelCalls>,
+        nested: bool,
     ) -> (u64, Result<Done, CallError>) {
         let unavailable = |why: String| (0, Err(CallError::Unavailable(why)));
-        let permit = match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
-            Err(_) => {
-                return unavailable(format!(
-                    "no worker became free within {} ms",
-                    queue_deadline.as_millis()
-                ))
-            }
+        let overflow = nested && self.live() < self.pool_size * NESTED_OVERFLOW_FACTOR;
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) if overflow => None,
+            Err(_) => match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
+                Err(_) => {
+                    return unavailable(format!(
+                        "no worker became free within {} ms",
+                        queue_deadline.as_millis()
+                    ))
+                }
+            },
         };
         let worker = match self.take_or_spawn().await {
             Ok(w) => w,
@@ -267,7 +291,7 @@ impl Supervisor {
             worker: Some(worker),
             correlation: correlation.to_string(),
         };
-        let result = self.run_on(out.worker(), plugin, job).await;
+        let result = self.run_on(out.worker(), plugin, job, host).await;
         let worker = out.release();
         match result {
             Ok(r) => {
@@ -296,6 +320,7 @@ impl Supervisor {
         worker: &mut Worker,
         plugin: &Loadable,
         job: Job,
+        host: Option<&dyn KernelCalls>,
     ) -> Result<Result<Done, CallError>, WorkerFault> {
         let id = &plugin.id;
         let loaded = worker.loaded.get(id) == Some(&plugin.generation);
@@ -349,7 +374,7 @@ impl Supervisor {
             input,
             decided,
         };
-        let answer = worker.request(invoke, deadline).await?;
+        let answer = worker.serve(invoke, deadline, host).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {
             e.calls += 1;
         }

@@ -3,11 +3,12 @@
 //! has exited, and its stderr relayed to the log. Every way a worker fails is a
 //! [`WorkerFault`], whose class the call that met it fails with.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, task::Poll, time::Duration};
 
 use loong_ipc::{
     connection::{FrameReader, FrameWriter},
-    Call, FailureClass, Reply, WorkerRequest, WorkerResponse,
+    Budget, BudgetExceeded, Call, ErrorDetail, ErrorKind, FailureClass, KernelCall, RemoteError,
+    Reply, RequestId, WorkerRequest, WorkerResponse,
 };
 use loong_sandbox::Child;
 use tokio::{
@@ -62,12 +63,64 @@ impl WorkerFault {
     }
 }
 
+/// A kernel call's answer in the making: the answer's bytes, or why there are none.
+pub(crate) type KernelAnswer<'h> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'h>>;
+
+/// What serves the kernel calls a worker makes while it runs one call: the effect path,
+/// bound to that call's chain.
+pub(crate) trait KernelCalls: Send + Sync {
+    /// Kernel calls one worker may have in flight at once.
+    fn max_in_flight(&self) -> usize;
+    /// Starts `call`, made by worker `worker`; dropping the answer abandons it.
+    fn start(&self, worker: u64, call: KernelCall) -> KernelAnswer<'_>;
+}
+
+/// Polls every kernel call in flight; the first to finish, with its id.
+async fn next_done(
+    inflight: &mut Vec<(RequestId, KernelAnswer<'_>)>,
+) -> (RequestId, Result<Vec<u8>, RemoteError>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..inflight.len() {
+            if let Poll::Ready(r) = inflight[i].1.as_mut().poll(cx) {
+                let (id, _) = inflight.swap_remove(i);
+                return Poll::Ready((id, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What happened first while a request runs.
+enum Event {
+    Frame(Result<Option<Reply<WorkerResponse>>, loong_ipc::connection::ConnError>),
+    Done(RequestId, Result<Vec<u8>, RemoteError>),
+}
+
+fn refusal(kind: ErrorKind, message: String) -> RemoteError {
+    RemoteError::new(kind, message)
+}
+
 impl Worker {
     /// Sends one request and waits for its answer until `deadline`.
     pub(super) async fn request(
         &mut self,
         body: WorkerRequest,
         deadline: Duration,
+    ) -> Result<WorkerResponse, WorkerFault> {
+        self.serve(body, deadline, None).await
+    }
+
+    /// Sends one request and waits for its answer until `deadline`, serving the kernel
+    /// calls the worker makes meanwhile with `host` (without one, each is refused). A
+    /// kernel call must name this request; at most `host.max_in_flight()` run at once. When
+    /// the answer comes (or the deadline passes) the calls still in flight are abandoned.
+    pub(super) async fn serve(
+        &mut self,
+        body: WorkerRequest,
+        deadline: Duration,
+        host: Option<&dyn KernelCalls>,
     ) -> Result<WorkerResponse, WorkerFault> {
         self.next_req += 1;
         let id = self.next_req;
@@ -81,18 +134,74 @@ impl Worker {
             .write(&call)
             .await
             .map_err(|e| WorkerFault::Died(format!("sending the request: {e}")))?;
+        let mut inflight: Vec<(RequestId, KernelAnswer<'_>)> = Vec::new();
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let reply = tokio::time::timeout(left, self.reader.read::<Reply<WorkerResponse>>(None))
-                .await
-                .map_err(|_| WorkerFault::Deadline(deadline))?
-                .map_err(|e| WorkerFault::Died(format!("reading the answer: {e}")))?
-                .ok_or_else(|| WorkerFault::Died("the worker closed its socket".into()))?;
+            let reader = &mut self.reader;
+            let waiting = &mut inflight;
+            let event = tokio::time::timeout(left, async move {
+                tokio::select! {
+                    (kid, r) = next_done(waiting), if !waiting.is_empty() => Event::Done(kid, r),
+                    frame = reader.read::<Reply<WorkerResponse>>(None) => Event::Frame(frame),
+                }
+            })
+            .await
+            .map_err(|_| WorkerFault::Deadline(deadline))?;
+            let reply = match event {
+                Event::Done(kid, result) => {
+                    self.answer(kid, result).await?;
+                    continue;
+                }
+                Event::Frame(frame) => frame
+                    .map_err(|e| WorkerFault::Died(format!("reading the answer: {e}")))?
+                    .ok_or_else(|| WorkerFault::Died("the worker closed its socket".into()))?,
+            };
             match reply {
                 Reply::Response { id: got, result } if got == id => {
                     return result.map_err(|e| WorkerFault::Protocol(format!("worker error: {e}")))
                 }
                 Reply::Pong { .. } => continue,
+                Reply::Kernel(k) => {
+                    let kid = k.id;
+                    let refused = match host {
+                        None => Some(refusal(
+                            ErrorKind::Denied,
+                            "kernel calls are served only while a worker runs a tool call".into(),
+                        )),
+                        Some(_) if k.call != id => Some(refusal(
+                            ErrorKind::BadRequest,
+                            format!(
+                                "kernel call {kid} names call {}, but this worker serves call {id}: a worker asks only for the call it serves",
+                                k.call
+                            ),
+                        )),
+                        Some(_) if inflight.iter().any(|(i, _)| *i == kid) => Some(refusal(
+                            ErrorKind::DuplicateId,
+                            format!("kernel call {kid} is already in flight; use a new id"),
+                        )),
+                        Some(h) if inflight.len() >= h.max_in_flight() => Some(
+                            refusal(
+                                ErrorKind::Overloaded,
+                                format!(
+                                    "kernel call {kid}: {} kernel calls are already in flight from this worker, the most allowed (kernel_calls.max_in_flight)",
+                                    inflight.len()
+                                ),
+                            )
+                            .with_detail(ErrorDetail::BudgetExceeded(BudgetExceeded {
+                                budget: Budget::InFlight,
+                                limit: h.max_in_flight() as u64,
+                            })),
+                        ),
+                        Some(_) => None,
+                    };
+                    match (refused, host) {
+                        (Some(e), _) => self.answer(kid, Err(e)).await?,
+                        (None, Some(h)) => inflight.push((kid, h.start(self.id, k))),
+                        (None, None) => {}
+                    }
+                }
+                // Withdrawn: dropping its future abandons the call (its record is closed).
+                Reply::KernelCancel { id: kid } => inflight.retain(|(i, _)| *i != kid),
                 other => {
                     return Err(WorkerFault::Protocol(format!(
                         "unexpected frame from the worker: {}",
@@ -101,6 +210,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Answers kernel call `id`.
+    async fn answer(
+        &mut self,
+        id: RequestId,
+        result: Result<Vec<u8>, RemoteError>,
+    ) -> Result<(), WorkerFault> {
+        let reply = Call::<WorkerRequest>::KernelReply { id, result };
+        tokio::time::timeout(WRITE_TIMEOUT, self.writer.write(&reply))
+            .await
+            .map_err(|_| WorkerFault::Deadline(WRITE_TIMEOUT))?
+            .map_err(|e| WorkerFault::Died(format!("answering a kernel call: {e}")))
     }
 
     /// A ping answered within [`PING_TIMEOUT`].
@@ -154,6 +276,8 @@ fn frame_name(r: &Reply<WorkerResponse>) -> &'static str {
         Reply::Response { .. } => "a response to another request",
         Reply::Pong { .. } => "a pong",
         Reply::Stream { .. } => "a stream chunk",
+        Reply::Kernel(_) => "a kernel call",
+        Reply::KernelCancel { .. } => "a kernel call's cancel",
     }
 }
 
@@ -188,5 +312,213 @@ pub(super) async fn log_stderr(id: u64, fd: std::os::fd::OwnedFd) {
             tracing::warn!(worker = id, "worker stderr: {}", text.trim_end());
         }
         total += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use loong_ipc::{frame::FrameLimit, InvokeTool, KernelRequest};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    /// Answers each kernel call with its tool's name, after `delay`.
+    struct Echoing {
+        max: usize,
+        delay: Duration,
+        started: AtomicUsize,
+    }
+
+    impl KernelCalls for Echoing {
+        fn max_in_flight(&self) -> usize {
+            self.max
+        }
+
+        fn start(&self, _worker: u64, call: KernelCall) -> KernelAnswer<'_> {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                match call.request() {
+                    Ok(KernelRequest::InvokeTool(t)) => Ok(t.tool.into_bytes()),
+                    Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
+                }
+            })
+        }
+    }
+
+    type Side = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
+
+    fn pair() -> (Worker, Side) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let (ar, aw) = a.into_split();
+        let (br, bw) = b.into_split();
+        let t = Duration::from_secs(5);
+        let worker = Worker {
+            id: 1,
+            pid: 0,
+            reader: FrameReader::new(ar, FrameLimit::DEFAULT, t),
+            writer: FrameWriter::new(aw, FrameLimit::DEFAULT, t),
+            child: None,
+            loaded: HashMap::new(),
+            next_req: 0,
+            broker: None,
+        };
+        let side = (
+            FrameReader::new(br, FrameLimit::DEFAULT, t),
+            FrameWriter::new(bw, FrameLimit::DEFAULT, t),
+        );
+        (worker, side)
+    }
+
+    fn kernel_call(id: RequestId, call: RequestId, tool: &str) -> Reply<WorkerResponse> {
+        let req = KernelRequest::InvokeTool(InvokeTool {
+            tool: tool.into(),
+            input: "{}".into(),
+        });
+        Reply::Kernel(req.encode(id, call, 1000).expect("encodes"))
+    }
+
+    async fn answer_of(side: &mut Side) -> (RequestId, Result<Vec<u8>, RemoteError>) {
+        match side.0.read::<Call<WorkerRequest>>(None).await {
+            Ok(Some(Call::KernelReply { id, result })) => (id, result),
+            other => panic!("expected a kernel reply, got {other:?}"),
+        }
+    }
+
+    /// The fake worker: reads the request, runs `script` on its side, then answers.
+    async fn serve_with(
+        host: Option<&dyn KernelCalls>,
+        script: impl AsyncFnOnce(&mut Side, RequestId),
+    ) -> Result<WorkerResponse, WorkerFault> {
+        let (mut worker, mut side) = pair();
+        let fake = async move {
+            let Ok(Some(Call::Request { id, .. })) = side.0.read::<Call<WorkerRequest>>(None).await
+            else {
+                panic!("no request")
+            };
+            script(&mut side, id).await;
+            side.1
+                .write(&Reply::Response {
+                    id,
+                    result: Ok(WorkerResponse::Unloaded),
+                })
+                .await
+                .expect("answer");
+        };
+        let (got, ()) = tokio::join!(
+            worker.serve(WorkerRequest::Stats, Duration::from_secs(10), host),
+            fake
+        );
+        got
+    }
+
+    #[tokio::test]
+    async fn a_kernel_call_is_served_only_for_the_request_in_flight() {
+        let host = Echoing {
+            max: 4,
+            delay: Duration::ZERO,
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            // Another request's id: refused, and never started.
+            side.1
+                .write(&kernel_call(1, id + 1, "echo"))
+                .await
+                .expect("send");
+            let (kid, r) = answer_of(side).await;
+            assert_eq!(kid, 1);
+            assert_eq!(r.expect_err("refused").kind, ErrorKind::BadRequest);
+            // The control: the request in flight.
+            side.1
+                .write(&kernel_call(2, id, "echo"))
+                .await
+                .expect("send");
+            assert_eq!(answer_of(side).await, (2, Ok(b"echo".to_vec())));
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 1);
+
+        // A request served without a host (a load, a probe): every kernel call is refused.
+        let got = serve_with(None, async |side, id| {
+            side.1
+                .write(&kernel_call(1, id, "echo"))
+                .await
+                .expect("send");
+            let (_, r) = answer_of(side).await;
+            assert_eq!(r.expect_err("refused").kind, ErrorKind::Denied);
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+    }
+
+    #[tokio::test]
+    async fn kernel_calls_in_flight_are_bounded_and_ids_are_unique() {
+        let host = Echoing {
+            max: 2,
+            delay: Duration::from_millis(300),
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            for (kid, tool) in [(1, "a"), (2, "b"), (3, "c"), (1, "again")] {
+                side.1
+                    .write(&kernel_call(kid, id, tool))
+                    .await
+                    .expect("send");
+            }
+            // The third is over the bound, the fourth reuses an id in flight: both refused
+            // at once, before the two in flight finish.
+            let (kid, r) = answer_of(side).await;
+            let e = r.expect_err("over the bound");
+            assert_eq!((kid, e.kind), (3, ErrorKind::Overloaded));
+            assert_eq!(
+                e.detail,
+                Some(ErrorDetail::BudgetExceeded(BudgetExceeded {
+                    budget: Budget::InFlight,
+                    limit: 2
+                }))
+            );
+            let (kid, r) = answer_of(side).await;
+            assert_eq!(
+                (kid, r.expect_err("reused").kind),
+                (1, ErrorKind::DuplicateId)
+            );
+            let mut done = vec![answer_of(side).await, answer_of(side).await];
+            done.sort_by_key(|(k, _)| *k);
+            assert_eq!(done, vec![(1, Ok(b"a".to_vec())), (2, Ok(b"b".to_vec()))]);
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_kernel_call_is_dropped_and_its_id_is_free_again() {
+        let host = Echoing {
+            max: 2,
+            delay: Duration::from_millis(100),
+            started: AtomicUsize::new(0),
+        };
+        let got = serve_with(Some(&host), async |side, id| {
+            side.1
+                .write(&kernel_call(1, id, "slow"))
+                .await
+                .expect("send");
+            side.1
+                .write(&Reply::<WorkerResponse>::KernelCancel { id: 1 })
+                .await
+                .expect("cancel");
+            // The id is free again: a new call with it is served (and answered first: the
+            // withdrawn one, which would take a minute, is gone).
+            side.1.write(&kernel_call(1, id, "x")).await.expect("send");
+            let answer = tokio::time::timeout(Duration::from_secs(5), answer_of(side)).await;
+            assert_eq!(answer.expect("answered"), (1, Ok(b"x".to_vec())));
+        })
+        .await;
+        assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 2);
     }
 }

@@ -40,7 +40,22 @@ pub trait Handler {
     /// Answers one request. `Err` is a failure of the worker itself (loongd replaces it);
     /// a plugin's own failure is an `Ok(WorkerResponse::Failed(..))`.
     fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, RemoteError>;
+
+    /// Answers one request with `link`, on which the worker may make kernel calls on behalf
+    /// of that request while it serves it. A kind that makes none keeps the default.
+    fn handle_with(
+        &mut self,
+        req: WorkerRequest,
+        link: KernelLink,
+    ) -> Result<WorkerResponse, RemoteError> {
+        drop(link);
+        self.handle(req)
+    }
 }
+
+pub use kernel::{KernelLink, KernelLinkError};
+
+mod kernel;
 
 /// Why a worker stopped.
 #[derive(Debug)]
@@ -112,12 +127,12 @@ fn run<H: Handler>(build_id: &str, last: Final, build: impl FnOnce() -> Result<H
     if let Err(e) = conn.handshake(build_id) {
         return Stop::Failed(format!("handshake: {e}"));
     }
-    serve(&mut conn, &mut handler)
+    serve(conn.shared(), &mut handler)
 }
 
-fn serve<H: Handler>(conn: &mut Conn, handler: &mut H) -> Stop {
+fn serve<H: Handler>(conn: kernel::Shared, handler: &mut H) -> Stop {
     loop {
-        let call: Call<WorkerRequest> = match conn.read(None) {
+        let call: Call<WorkerRequest> = match kernel::lock(&conn).read(None) {
             Ok(Some(c)) => c,
             Ok(None) => return Stop::Closed,
             Err(e) => return Stop::Failed(format!("reading a request: {e}")),
@@ -125,21 +140,22 @@ fn serve<H: Handler>(conn: &mut Conn, handler: &mut H) -> Stop {
         let reply = match call {
             Call::Request { id, body, .. } => Reply::Response {
                 id,
-                result: handler.handle(body),
+                result: handler.handle_with(body, KernelLink::new(conn.clone(), id)),
             },
             Call::Ping { nonce } => Reply::Pong { nonce },
             // One call at a time: a request is finished before the next frame is read, so
-            // there is nothing in flight to cancel or to stream into.
-            Call::Cancel { .. } | Call::Stream { .. } => continue,
+            // there is nothing in flight to cancel or to stream into; an answer to a kernel
+            // call withdrawn at its deadline may still arrive, and is dropped.
+            Call::Cancel { .. } | Call::Stream { .. } | Call::KernelReply { .. } => continue,
         };
-        if let Err(e) = conn.write(&reply) {
+        if let Err(e) = kernel::lock(&conn).write(&reply) {
             return Stop::Failed(format!("writing a reply: {e}"));
         }
     }
 }
 
 /// A blocking framed connection over the inherited socket.
-struct Conn {
+pub(crate) struct Conn {
     /// The socket as a plain file: read(2) and write(2), because the restricted tier refuses
     /// recvfrom and sendto, which the socket types use.
     sock: std::fs::File,
@@ -201,7 +217,7 @@ impl Conn {
         }))
     }
 
-    fn read<T: serde::de::DeserializeOwned>(
+    pub(crate) fn read<T: serde::de::DeserializeOwned>(
         &mut self,
         idle: Option<Duration>,
     ) -> io::Result<Option<T>> {
@@ -260,7 +276,7 @@ impl Conn {
         }
     }
 
-    fn write<T: serde::Serialize>(&mut self, msg: &T) -> io::Result<()> {
+    pub(crate) fn write<T: serde::Serialize>(&mut self, msg: &T) -> io::Result<()> {
         self.out.clear();
         frame::encode(msg, self.limit, &mut self.out)
             .map_err(|e| io::Error::other(e.to_string()))?;

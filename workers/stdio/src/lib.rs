@@ -19,8 +19,9 @@ use std::{
 
 use loong_ipc::{
     message::worker::{MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_TOOLS, MAX_TOOL_NAME_BYTES},
-    FailureKind, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
+    FailureKind, InvokeTool, KernelRequest, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
 };
+use loong_worker_runtime::KernelLink;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Value};
 
@@ -52,6 +53,9 @@ pub const MALFORMED_QUOTE_BYTES: usize = 120;
 pub const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// How long the cancellation of a request past its deadline may take to send.
 pub const CANCEL_SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// `tool.call` requests a JSON-lines program may make during one call; past this the call
+/// fails as a flood.
+pub const MAX_TOOL_CALLS_PER_CALL: usize = 64;
 /// How often an ending program is polled.
 const REAP_POLL: Duration = Duration::from_millis(2);
 
@@ -556,7 +560,18 @@ impl Peer {
 
     /// Calls `tool` with `input` (JSON text).
     pub fn call(&mut self, tool: &str, input: &[u8]) -> Result<Answer, PluginFailure> {
-        let result = self.try_call(tool, input);
+        self.call_with(tool, input, None)
+    }
+
+    /// Calls `tool` with `input` (JSON text); a JSON-lines program's `tool.call` requests
+    /// go to loongd on `kernel` (without one, each is answered `denied`).
+    pub fn call_with(
+        &mut self,
+        tool: &str,
+        input: &[u8],
+        kernel: Option<&mut KernelLink>,
+    ) -> Result<Answer, PluginFailure> {
+        let result = self.try_call(tool, input, kernel);
         result.map_err(|e| {
             let failure = self.failure(&e);
             if !e.keeps_program() {
@@ -570,7 +585,12 @@ impl Peer {
         PluginFailure::new(e.kind(), format!("plugin {}: {e}", self.spec.plugin_id))
     }
 
-    fn try_call(&mut self, tool: &str, input: &[u8]) -> Result<Answer, PeerError> {
+    fn try_call(
+        &mut self,
+        tool: &str,
+        input: &[u8],
+        kernel: Option<&mut KernelLink>,
+    ) -> Result<Answer, PeerError> {
         let input: Value =
             serde_json::from_slice(input).map_err(|e| PeerError::BadInput(e.to_string()))?;
         self.ensure_running()?;
@@ -593,7 +613,7 @@ impl Peer {
         loong_worker_runtime::descendants::reap_ended(Some(pid));
         let cpu_before = proc_cpu_us(pid);
         let output = match protocol {
-            PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline)?,
+            PeerProtocol::JsonLines => json_lines_call(running, id, input, deadline, kernel)?,
             PeerProtocol::Mcp => mcp_call(running, id, tool, input, deadline)?,
         };
         let output =
@@ -766,19 +786,31 @@ fn stderr_lines(bytes: &[u8]) -> (Vec<String>, u32) {
 }
 
 /// One JSON-lines exchange: `{method, id, payload, version}` out, the frame with the same id
-/// back, whose `payload` is the output (or whose `error` is the tool's failure).
+/// back, whose `payload` is the output (or whose `error` is the tool's failure). Before it,
+/// the program may ask for tool calls (`tool.call`, see [`KernelCalls`]).
 fn json_lines_call(
     running: &mut Running,
     id: u64,
     input: Value,
     deadline: Instant,
+    kernel: Option<&mut KernelLink>,
 ) -> Result<Value, PeerError> {
     let want = id.to_string();
     running.send(
         &json!({"method": "tools/call", "id": want, "payload": input, "version": JSON_LINES_VERSION}),
         deadline,
     )?;
-    let frame = running.receive(deadline)?;
+    let mut calls = KernelCalls::new(kernel);
+    let frame = loop {
+        let frame = running.receive(deadline)?;
+        match calls.take(&frame)? {
+            None => break frame,
+            Some((cid, tool, input)) => {
+                let answer = calls.run(cid, &tool, &input, deadline)?;
+                running.send(&answer, deadline)?;
+            }
+        }
+    };
     let obj = frame
         .as_object()
         .ok_or_else(|| PeerError::Malformed("a frame must be a JSON object".into()))?;
@@ -808,6 +840,111 @@ fn json_lines_call(
     obj.get("payload")
         .cloned()
         .ok_or_else(|| PeerError::Malformed("the frame has neither payload nor error".into()))
+}
+
+/// A JSON-lines program's tool calls during one call: while it serves the call, it may write
+/// `{"method": "tool.call", "id": N, "payload": {"tool": T, "input": I}}`; the worker asks
+/// loongd (a kernel call, decided under the chain's authority) and writes back
+/// `{"id": N, "payload": RESULT}` or `{"id": N, "error": {"kind": K, "message": M}}`, `K`
+/// being `denied`, `failed` or `budget_exceeded`. A frame with another field, an id used
+/// before in this call, or more than [`MAX_TOOL_CALLS_PER_CALL`] requests fails the call
+/// (and only it). A call's deadline keeps running while a tool call waits.
+struct KernelCalls<'k> {
+    kernel: Option<&'k mut KernelLink>,
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl<'k> KernelCalls<'k> {
+    fn new(kernel: Option<&'k mut KernelLink>) -> KernelCalls<'k> {
+        KernelCalls {
+            kernel,
+            seen: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// The request a frame is, as `(id, tool, input)`; `None` for any frame that is not a
+    /// `tool.call` (the call's answer); a malformed request fails the call.
+    fn take(&mut self, frame: &Value) -> Result<Option<(Value, String, String)>, PeerError> {
+        let Some(obj) = frame.as_object() else {
+            return Ok(None);
+        };
+        if obj.get("method").and_then(Value::as_str) != Some("tool.call") {
+            return Ok(None);
+        }
+        let bad = |why: String| Err(PeerError::Malformed(format!("tool.call: {why}")));
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "method" | "id" | "payload"))
+        {
+            return bad(format!(
+                "unknown field {k:?}; a request has method, id and payload"
+            ));
+        }
+        let id = match obj.get("id") {
+            Some(v @ (Value::Number(_) | Value::String(_))) => v.clone(),
+            _ => return bad("the request has no id (a number or a string)".into()),
+        };
+        if self.seen.len() >= MAX_TOOL_CALLS_PER_CALL {
+            return bad(format!(
+                "more than {MAX_TOOL_CALLS_PER_CALL} tool calls during one call"
+            ));
+        }
+        if !self.seen.insert(id.to_string()) {
+            return bad(format!(
+                "id {id} was used before in this call; use a new id"
+            ));
+        }
+        let Some(payload) = obj.get("payload").and_then(Value::as_object) else {
+            return bad("the payload must be an object {tool, input}".into());
+        };
+        if let Some(k) = payload
+            .keys()
+            .find(|k| !matches!(k.as_str(), "tool" | "input"))
+        {
+            return bad(format!(
+                "unknown payload field {k:?}; the payload has tool and input"
+            ));
+        }
+        let Some(tool) = payload.get("tool").and_then(Value::as_str) else {
+            return bad("the payload names no tool (a string)".into());
+        };
+        let input = payload.get("input").cloned().unwrap_or(Value::Null);
+        let input =
+            serde_json::to_string(&input).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        Ok(Some((id, tool.to_string(), input)))
+    }
+
+    /// Runs one tool call; the frame to write back. Its deadline is the call's.
+    fn run(
+        &mut self,
+        id: Value,
+        tool: &str,
+        input: &str,
+        deadline: Instant,
+    ) -> Result<Value, PeerError> {
+        let error = |kind: &str, message: String| json!({"id": id, "error": {"kind": kind, "message": cut(&message, MAX_TOOL_ERROR_BYTES)}});
+        let Some(kernel) = self.kernel.as_deref_mut() else {
+            return Ok(error(
+                "denied",
+                "this call has no kernel link: tools cannot be called from it".into(),
+            ));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let req = KernelRequest::InvokeTool(InvokeTool {
+            tool: tool.to_string(),
+            input: input.to_string(),
+        });
+        match kernel.call(&req, left) {
+            Ok(out) => {
+                let result: Value = serde_json::from_slice(&out)
+                    .map_err(|e| PeerError::Malformed(format!("tool {tool}'s output: {e}")))?;
+                Ok(json!({"id": id, "payload": result}))
+            }
+            // The call's own deadline passed while the tool ran.
+            Err(e) if e.kind_name() == "timeout" => Err(PeerError::Timeout(left.as_millis())),
+            Err(e) => Ok(error(e.kind_name(), e.message())),
+        }
+    }
 }
 
 /// `tools/call`; an `isError` result is the tool's failure. At the deadline the server is

@@ -8,7 +8,7 @@
 //! the program inherits, is the boundary.
 
 use loong_ipc::{CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
-use loong_worker_runtime::{refused, Final, Handler};
+use loong_worker_runtime::{refused, Final, Handler, KernelLink};
 use loong_worker_stdio::Peer;
 
 #[derive(Debug, Default)]
@@ -18,7 +18,25 @@ struct Worker {
 }
 
 impl Handler for Worker {
+    fn handle_with(
+        &mut self,
+        req: WorkerRequest,
+        link: KernelLink,
+    ) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        self.serve(req, Some(link))
+    }
+
     fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        self.serve(req, None)
+    }
+}
+
+impl Worker {
+    fn serve(
+        &mut self,
+        req: WorkerRequest,
+        mut link: Option<KernelLink>,
+    ) -> Result<WorkerResponse, loong_ipc::RemoteError> {
         Ok(match req {
             WorkerRequest::Start(spec) => {
                 if let Err(e) = spec.check_bounds() {
@@ -50,7 +68,7 @@ impl Handler for Worker {
                     )));
                 };
                 let started = std::time::Instant::now();
-                match peer.call(&plugin_id, &input) {
+                match peer.call_with(&plugin_id, &input, link.as_mut()) {
                     Ok(a) => WorkerResponse::Output(CallOutput {
                         output: a.output,
                         logs: a.logs,

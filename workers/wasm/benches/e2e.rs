@@ -4,6 +4,8 @@
 //! - a raw Unix-socket round trip (64 bytes each way, blocking, two threads);
 //! - the warm call: a control client → loongd (decision, audit) → a WASM worker → back, with
 //!   the audit trail's default durability (an fsync per commit) and with `sync = "normal"`;
+//! - a nested kernel call: `tool-caller` calling echo through `call_tool`, against a
+//!   control-socket invoke of echo, interleaved;
 //! - the cold call: a worker killed, then the next call (spawn, handshake, load, call);
 //! - 1,000 concurrent calls over 50 connections, each answered exactly once;
 //! - resident memory of an idle loongd and an idle worker.
@@ -148,10 +150,14 @@ fn descendant(pid: u32, comm: &str) -> Option<u32> {
 }
 
 fn invoke(c: &mut Client, n: u64) -> u64 {
+    invoke_tool(c, "echo", n)
+}
+
+fn invoke_tool(c: &mut Client, tool: &str, n: u64) -> u64 {
     let r: ControlResponse = c
         .call(
             ControlRequest::Invoke(InvokeRequest {
-                tool: "echo".into(),
+                tool: tool.into(),
                 input: format!(r#"{{"n":{n}}}"#),
                 token: None,
             }),
@@ -173,13 +179,15 @@ fn connect(socket: &Path) -> Client {
     Client::connect(socket, &opts).expect("connect")
 }
 
-/// A temporary home with the echo plugin and `config` as loongd.toml.
+/// A temporary home with the echo and tool-caller plugins and `config` as loongd.toml.
 fn home_with_echo(config: &str) -> tempfile::TempDir {
     let home = tempfile::tempdir_in("/tmp").expect("home");
-    let plugins = home.path().join("plugins/echo");
-    std::fs::create_dir_all(&plugins).expect("plugins");
-    for f in ["loong.plugin.json", "plugin.wasm"] {
-        std::fs::copy(examples().join("echo").join(f), plugins.join(f)).expect("copy");
+    for name in ["echo", "tool-caller"] {
+        let plugins = home.path().join("plugins").join(name);
+        std::fs::create_dir_all(&plugins).expect("plugins");
+        for f in ["loong.plugin.json", "plugin.wasm"] {
+            std::fs::copy(examples().join(name).join(f), plugins.join(f)).expect("copy");
+        }
     }
     std::fs::write(home.path().join("loongd.toml"), config).expect("config");
     home
@@ -261,6 +269,33 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
         (budget + sync).as_secs_f64() * 1e6
     );
     warm_without_fsync(bin, budget);
+
+    // A nested kernel call: tool-caller (a warm WASM worker) calls echo through loongd. The
+    // nested call's cost is the caller's median less echo's (the caller's own work is
+    // echo's: read the input, write an output), compared with a control-socket invoke of
+    // echo, each run interleaved in the same loop.
+    for i in 0..200 {
+        invoke_tool(&mut c, "tool-caller", i);
+    }
+    let (mut direct, mut nested): (Vec<Duration>, Vec<Duration>) = (0..WARM_CALLS as u64)
+        .map(|i| {
+            let t = Instant::now();
+            invoke(&mut c, i);
+            let d = t.elapsed();
+            let t = Instant::now();
+            invoke_tool(&mut c, "tool-caller", i);
+            (d, t.elapsed())
+        })
+        .unzip();
+    let direct = report("control-socket invoke of echo", &mut direct);
+    let caller = report("invoke of tool-caller (echo nested)", &mut nested);
+    let kernel_call = caller.saturating_sub(direct);
+    println!(
+        "{:40} median {:9.1} µs   {:.2}× the control-socket invoke (goal ≤ 1.2×)",
+        "  nested call_tool to echo (difference)",
+        kernel_call.as_secs_f64() * 1e6,
+        kernel_call.as_secs_f64() / direct.as_secs_f64()
+    );
 
     // Idle memory, after the warm-up and before the cold and concurrent runs.
     std::thread::sleep(Duration::from_millis(300));

@@ -30,7 +30,42 @@ pub(crate) const HOST_FUNCTIONS: &[&str] = &[
     "write_output",
     "log",
     "abort",
+    "call_tool",
+    "read_result",
 ];
+
+/// `call_tool`'s codes beside a result's length: the tool call was denied (policy, or the
+/// plugin does not declare `invoke_tool`), the tool failed (or is unknown), or the chain's
+/// depth or the root call's budget is spent. `-1` ([`ERR`]) is a bad pointer or length.
+pub(crate) const CALL_DENIED: i32 = -2;
+pub(crate) const CALL_FAILED: i32 = -3;
+pub(crate) const CALL_OVER_BUDGET: i32 = -4;
+
+/// Why a kernel call made for `call_tool` has no result, as the guest is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolCallError {
+    /// Policy denied it (`-2`).
+    Denied(String),
+    /// The tool failed, or there is none of that name (`-3`).
+    Failed(String),
+    /// The chain's depth or the root's budget is spent (`-4`).
+    OverBudget(String),
+    /// The call's own deadline passed while it waited: the guest is stopped as at its
+    /// deadline.
+    Deadline,
+}
+
+/// The worker's way to loongd for `call_tool`: a kernel call on behalf of the request the
+/// worker serves, waiting at most `timeout`.
+pub trait ToolCaller: Send {
+    /// Calls `tool` with the JSON `input`; the tool's JSON output, or why there is none.
+    fn call_tool(
+        &mut self,
+        tool: &str,
+        input: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, ToolCallError>;
+}
 
 /// Guest-readable configuration: only allowlisted keys are present.
 pub(crate) type GuestConfig = Arc<BTreeMap<String, String>>;
@@ -38,9 +73,15 @@ pub(crate) type GuestConfig = Arc<BTreeMap<String, String>>;
 /// Why a call was stopped by the host rather than by the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HostStop {
-    MemoryLimit { requested: usize },
+    MemoryLimit {
+        requested: usize,
+    },
     TableLimit,
-    Abort { code: i32 },
+    Abort {
+        code: i32,
+    },
+    /// The call's deadline passed while `call_tool` waited for loongd.
+    Deadline,
 }
 
 /// Why the last `write_output` was refused (it answered `-1`). As in public Loong, the call
@@ -57,8 +98,15 @@ pub(crate) enum OutputRefusal {
 }
 
 /// Per-call state: one per `Store`.
-#[derive(Debug)]
 pub(crate) struct HostState {
+    /// The way to loongd for `call_tool` (`None`: a call without a kernel link, which
+    /// `call_tool` answers as denied).
+    pub kernel: Option<Box<dyn ToolCaller>>,
+    /// What the last `call_tool` left for `read_result`: the tool's output, or the error's
+    /// `{"kind", "message"}`.
+    pub last_result: Option<Vec<u8>>,
+    /// When the call's deadline passes (a kernel call waits at most until then).
+    pub deadline: std::time::Instant,
     pub input: Arc<[u8]>,
     pub config: GuestConfig,
     /// What `write_output` accepted; `None` when the guest wrote nothing.
@@ -71,6 +119,15 @@ pub(crate) struct HostState {
     pub max_memory: usize,
     pub peak_memory: usize,
     pub stop: Option<HostStop>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("kernel", &self.kernel.is_some())
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResourceLimiter for HostState {
@@ -232,8 +289,84 @@ fn write_output(
 pub(crate) fn uses_guest_memory(name: &str) -> bool {
     matches!(
         name,
-        "read_input" | "config_len" | "read_config" | "write_output" | "log"
+        "read_input"
+            | "config_len"
+            | "read_config"
+            | "write_output"
+            | "log"
+            | "call_tool"
+            | "read_result"
     )
+}
+
+/// `call_tool(name_ptr, name_len, input_ptr, input_len)`: the result's length, or a code.
+/// `Err` stops the guest (its deadline passed while the call waited).
+fn call_tool(
+    caller: &mut Caller<'_, HostState>,
+    name: (i32, i32),
+    input: (i32, i32),
+) -> wasmtime::Result<i32> {
+    caller.data_mut().last_result = None;
+    let bounded = |len: i32, max: usize| usize::try_from(len).is_ok_and(|l| l <= max);
+    if !bounded(name.1, crate::MAX_TOOL_NAME_BYTES) || !bounded(input.1, crate::MAX_INPUT_BYTES) {
+        return Ok(ERR);
+    }
+    let (Some(tool), Some(body)) = (
+        guest_read(caller, name.0, name.1),
+        guest_read(caller, input.0, input.1),
+    ) else {
+        return Ok(ERR);
+    };
+    let (Ok(tool), Ok(body)) = (String::from_utf8(tool), String::from_utf8(body)) else {
+        return Ok(ERR);
+    };
+    let state = caller.data_mut();
+    let left = state
+        .deadline
+        .saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        state.stop = Some(HostStop::Deadline);
+        return Err(wasmtime::format_err!("the call's deadline passed"));
+    }
+    let mut answer = match state.kernel.as_mut() {
+        None => Err(ToolCallError::Denied(
+            "this call has no kernel link: tools cannot be called from it".into(),
+        )),
+        Some(k) => k.call_tool(&tool, &body, left),
+    };
+    // Whatever came back, a guest whose deadline passed meanwhile stops here: the answer may
+    // have raced the deadline, and the guest must not outlive it.
+    if std::time::Instant::now() >= state.deadline {
+        answer = Err(ToolCallError::Deadline);
+    }
+    let (code, kind, message) = match answer {
+        Ok(out) if out.len() > crate::MAX_TOOL_RESULT_BYTES => (
+            CALL_FAILED,
+            "failed",
+            format!(
+                "the result of {tool} is {} bytes, above the {}-byte limit",
+                out.len(),
+                crate::MAX_TOOL_RESULT_BYTES
+            ),
+        ),
+        Ok(out) => {
+            let len = len_i32(out.len());
+            state.last_result = Some(out);
+            return Ok(len);
+        }
+        Err(ToolCallError::Deadline) => {
+            state.stop = Some(HostStop::Deadline);
+            return Err(wasmtime::format_err!(
+                "the call's deadline passed while {tool} ran"
+            ));
+        }
+        Err(ToolCallError::Denied(m)) => (CALL_DENIED, "denied", m),
+        Err(ToolCallError::Failed(m)) => (CALL_FAILED, "failed", m),
+        Err(ToolCallError::OverBudget(m)) => (CALL_OVER_BUDGET, "budget_exceeded", m),
+    };
+    let why = serde_json::json!({ "kind": kind, "message": message });
+    state.last_result = serde_json::to_vec(&why).ok();
+    Ok(code)
 }
 
 fn len_i32(len: usize) -> i32 {
@@ -329,6 +462,38 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             state.log_bytes += entry.len();
             state.logs.push(entry);
             len
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "call_tool",
+        |mut caller: Caller<'_, HostState>,
+         name_ptr: i32,
+         name_len: i32,
+         input_ptr: i32,
+         input_len: i32|
+         -> wasmtime::Result<i32> {
+            call_tool(&mut caller, (name_ptr, name_len), (input_ptr, input_len))
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "read_result",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            // Copies as much of the last result as the buffer holds (the length `call_tool`
+            // answered is the whole of it).
+            let Some(result) = caller.data().last_result.clone() else {
+                return ERR;
+            };
+            if !guest_range_in_memory(&mut caller, ptr, len) {
+                return ERR;
+            }
+            let n = usize::try_from(len).map_or(0, |l| l.min(result.len()));
+            if guest_write(&mut caller, ptr, &result[..n]) {
+                len_i32(n)
+            } else {
+                ERR
+            }
         },
     )?;
     linker.func_wrap(

@@ -612,14 +612,27 @@ impl LoadedPlugin {
         Ok(Arc::from(bytes))
     }
 
-    /// Runs one call in a fresh store: `input` is the caller's JSON input.
+    /// Runs one call in a fresh store: `input` is the caller's JSON input. The guest's
+    /// `call_tool` is answered as denied.
     pub fn invoke(&self, input: &[u8]) -> Result<Invocation, InvokeError> {
+        self.invoke_with(input, None)
+    }
+
+    /// Runs one call in a fresh store, the guest's `call_tool` going to `kernel`.
+    pub fn invoke_with(
+        &self,
+        input: &[u8],
+        kernel: Option<Box<dyn crate::ToolCaller>>,
+    ) -> Result<Invocation, InvokeError> {
         let input = self.guest_input(input)?;
         let started = Instant::now();
         let limits = &self.limits;
         let mut store = Store::new(
             &self.engine,
             HostState {
+                kernel,
+                last_result: None,
+                deadline: started + Duration::from_millis(limits.timeout_ms),
                 input,
                 config: self.config.clone(),
                 output: None,
@@ -720,6 +733,11 @@ impl LoadedPlugin {
             }
             Some(HostStop::TableLimit) => return InvokeError::TableLimit,
             Some(HostStop::Abort { code }) => return InvokeError::Aborted { code },
+            Some(HostStop::Deadline) => {
+                return InvokeError::Timeout {
+                    timeout_ms: self.limits.timeout_ms,
+                }
+            }
             None => {}
         }
         match error.downcast_ref::<Trap>() {

@@ -3,7 +3,8 @@
 //! This crate runs untrusted WebAssembly core modules that speak Loong's
 //! host ABI v0 (module `"loong"`: `input_len`, `read_input`, `config_len`,
 //! `read_config`, `write_output`, `log`, `abort`), the ABI public Loong
-//! plugins are written against. It is the engine half of
+//! plugins are written against, and its extension `call_tool` and `read_result`
+//! (a tool call through loongd, under the authority of the call chain). It is the engine half of
 //! `loong-worker-wasm`: the worker process wraps it in the shared worker
 //! runtime and OS confinement; this crate owns what only wasmtime can
 //! enforce:
@@ -27,6 +28,7 @@ mod abi;
 mod engine;
 mod precheck;
 
+pub use abi::{ToolCallError, ToolCaller};
 pub use engine::{
     Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, RequestEnvelope,
     WasmEngine, ENVELOPE_OPERATION,
@@ -65,6 +67,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Largest input a call accepts.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Longest tool name `call_tool` takes (`PLUGIN/TOOL` included).
+pub const MAX_TOOL_NAME_BYTES: usize = loong_ipc::message::kernel::MAX_KERNEL_TOOL_BYTES;
+/// Largest result `call_tool` keeps for `read_result`.
+pub const MAX_TOOL_RESULT_BYTES: usize = loong_ipc::message::kernel::MAX_KERNEL_ANSWER_BYTES;
 /// Longest config key the guest may ask for.
 pub const MAX_CONFIG_KEY_BYTES: usize = 1024;
 /// Longest single log entry kept.

@@ -7,9 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use loong_ipc::{CallOutput, FailureKind, PluginFailure, WorkerRequest, WorkerResponse};
-use loong_worker_runtime::{internal, thread_cpu_us, Handler};
-use loong_worker_wasm::{InvokeError, LoadError, LoadedPlugin, PluginSpec, WasmEngine};
+use loong_ipc::{
+    CallOutput, FailureKind, InvokeTool, KernelRequest, PluginFailure, WorkerRequest,
+    WorkerResponse,
+};
+use loong_worker_runtime::{internal, thread_cpu_us, Handler, KernelLink};
+use loong_worker_wasm::{
+    InvokeError, LoadError, LoadedPlugin, PluginSpec, ToolCallError, ToolCaller, WasmEngine,
+};
 use sha2::{Digest, Sha256};
 
 struct Worker {
@@ -43,8 +48,49 @@ fn call_failure(e: &InvokeError) -> PluginFailure {
     PluginFailure::new(kind, e.to_string())
 }
 
+/// `call_tool` as a kernel call on the worker's socket.
+struct Kernel(KernelLink);
+
+impl ToolCaller for Kernel {
+    fn call_tool(
+        &mut self,
+        tool: &str,
+        input: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, ToolCallError> {
+        let req = KernelRequest::InvokeTool(InvokeTool {
+            tool: tool.into(),
+            input: input.into(),
+        });
+        self.0.call(&req, timeout).map_err(|e| match e.kind_name() {
+            "timeout" => ToolCallError::Deadline,
+            "denied" => ToolCallError::Denied(e.message()),
+            "budget_exceeded" => ToolCallError::OverBudget(e.message()),
+            _ => ToolCallError::Failed(e.message()),
+        })
+    }
+}
+
 impl Handler for Worker {
+    fn handle_with(
+        &mut self,
+        req: WorkerRequest,
+        link: KernelLink,
+    ) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        self.serve(req, Some(link))
+    }
+
     fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, loong_ipc::RemoteError> {
+        self.serve(req, None)
+    }
+}
+
+impl Worker {
+    fn serve(
+        &mut self,
+        req: WorkerRequest,
+        link: Option<KernelLink>,
+    ) -> Result<WorkerResponse, loong_ipc::RemoteError> {
         Ok(match req {
             WorkerRequest::Load(plugin) => {
                 if let Err(e) = plugin.check_bounds() {
@@ -85,7 +131,8 @@ impl Handler for Worker {
                     )));
                 };
                 let cpu_before = thread_cpu_us();
-                let result = plugin.invoke(&input);
+                let kernel = link.map(|l| Box::new(Kernel(l)) as Box<dyn ToolCaller>);
+                let result = plugin.invoke_with(&input, kernel);
                 let cpu_us = thread_cpu_us().saturating_sub(cpu_before);
                 match result {
                     Ok(out) => WorkerResponse::Output(CallOutput {

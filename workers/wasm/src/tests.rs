@@ -727,3 +727,159 @@ fn the_envelope_holds_only_one_utf8_json_value() {
         json!({"\u{e9}": "\u{1F600}", "a": 2})
     );
 }
+
+/// A kernel link that answers `answer` (or waits past the call's deadline), recording what
+/// it was asked.
+struct Stub {
+    answer: Result<Vec<u8>, crate::ToolCallError>,
+    /// Answers only once the whole timeout has passed.
+    late: bool,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(String, String, std::time::Duration)>>>,
+}
+
+impl crate::ToolCaller for Stub {
+    fn call_tool(
+        &mut self,
+        tool: &str,
+        input: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, crate::ToolCallError> {
+        self.asked
+            .lock()
+            .expect("lock")
+            .push((tool.into(), input.into(), timeout));
+        if self.late {
+            std::thread::sleep(timeout);
+        }
+        self.answer.clone()
+    }
+}
+
+type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, String, std::time::Duration)>>>;
+
+fn stub(answer: Result<Vec<u8>, crate::ToolCallError>) -> (Box<dyn crate::ToolCaller>, Asked) {
+    let asked = Asked::default();
+    let s = Stub {
+        late: answer == Err(crate::ToolCallError::Deadline),
+        answer,
+        asked: asked.clone(),
+    };
+    (Box::new(s), asked)
+}
+
+#[test]
+fn call_tool_hands_the_result_to_read_result_and_maps_each_refusal_to_its_code() {
+    use crate::ToolCallError;
+    let caller = example("tool-caller");
+    let (link, asked) = stub(Ok(b"[1,2]".to_vec()));
+    let out = caller.invoke_with(br#"{"q":1}"#, Some(link)).expect("call");
+    assert_eq!(out.output, json!([1, 2]));
+    let asked = asked.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (asked[0].0.as_str(), asked[0].1.as_str()),
+        ("echo", r#"{"q":1}"#)
+    );
+    // The kernel call waits at most what is left of the guest's own deadline.
+    assert!(asked[0].2 <= std::time::Duration::from_millis(10_000));
+
+    for (answer, code, kind) in [
+        (ToolCallError::Denied("no".into()), -2, "denied"),
+        (ToolCallError::Failed("broke".into()), -3, "failed"),
+        (
+            ToolCallError::OverBudget("deep".into()),
+            -4,
+            "budget_exceeded",
+        ),
+    ] {
+        let (link, _) = stub(Err(answer));
+        let out = caller.invoke_with(b"{}", Some(link)).expect("call");
+        assert_eq!(out.output["code"], code, "{}", out.output);
+        assert_eq!(out.output["error"]["kind"], kind, "{}", out.output);
+    }
+    // Without a kernel link (a call loongd serves no kernel calls for): denied.
+    let out = caller.invoke(b"{}").expect("call");
+    assert_eq!(out.output["code"], -2, "{}", out.output);
+    // A result past the bound is the tool's failure, not a result.
+    let (link, _) = stub(Ok(vec![b' '; crate::MAX_TOOL_RESULT_BYTES + 1]));
+    let out = caller.invoke_with(b"{}", Some(link)).expect("call");
+    assert_eq!(out.output["code"], -3, "{}", out.output);
+    echo_still_works();
+}
+
+#[test]
+fn call_tool_refuses_bad_pointers_and_lengths_with_minus_one() {
+    let imports = r#"
+      (import "loong" "write_output" (func $write_output (param i32 i32) (result i32)))
+      (import "loong" "call_tool" (func $call_tool (param i32 i32 i32 i32) (result i32)))
+      (import "loong" "read_result" (func $read_result (param i32 i32) (result i32)))"#;
+    // Writes [call_tool(ARGS), read_result(0, 16)] as two digits-or-minus-one codes.
+    let probe = |args: &str| {
+        let wat = format!(
+            r#"(module {imports} (memory (export "memory") 1)
+              (data (i32.const 0) "echo")
+              (data (i32.const 8) "{{}}")
+              (data (i32.const 100) "[ 0, 0]")
+              (func $digit (param $at i32) (param $v i32)
+                (if (i32.lt_s (local.get $v) (i32.const 0))
+                  (then (i32.store8 (i32.sub (local.get $at) (i32.const 1)) (i32.const 45))
+                        (local.set $v (i32.sub (i32.const 0) (local.get $v)))))
+                (i32.store8 (local.get $at) (i32.add (i32.const 48) (local.get $v))))
+              (func (export "run") (result i32)
+                (call $digit (i32.const 102) (call $call_tool {args}))
+                (call $digit (i32.const 105) (call $read_result (i32.const 200) (i32.const 16)))
+                (drop (call $write_output (i32.const 100) (i32.const 7)))
+                (i32.const 0)))"#
+        );
+        let p = load("probe", &wat);
+        let (link, asked) = stub(Ok(b"7".to_vec()));
+        let out = p.invoke_with(b"{}", Some(link)).expect("call");
+        let n = asked.lock().expect("lock").len();
+        (out.output, n)
+    };
+    // The control: a good call answers the result's length (1) and read_result copies it.
+    assert_eq!(
+        probe("(i32.const 0) (i32.const 4) (i32.const 8) (i32.const 2)"),
+        (json!([1, 1]), 1)
+    );
+    for bad in [
+        "(i32.const 0) (i32.const -1) (i32.const 8) (i32.const 2)",
+        "(i32.const -5) (i32.const 4) (i32.const 8) (i32.const 2)",
+        "(i32.const 0) (i32.const 4) (i32.const 65530) (i32.const 100)",
+        "(i32.const 0) (i32.const 300) (i32.const 8) (i32.const 2)",
+    ] {
+        // -1, no result to read (-1), and loongd never asked.
+        assert_eq!(probe(bad), (json!([-1, -1]), 0), "{bad}");
+    }
+}
+
+#[test]
+fn a_guest_waiting_on_a_kernel_call_stops_at_its_own_deadline() {
+    let mut s = spec(
+        "tool-caller",
+        &std::fs::read_to_string(examples_dir().join("tool-caller/plugin.wat")).expect("wat"),
+    );
+    s.limits.timeout_ms = 300;
+    let caller = engine().load(s).expect("loads");
+    let (link, asked) = stub(Err(crate::ToolCallError::Deadline));
+    let started = std::time::Instant::now();
+    let err = caller.invoke_with(b"{}", Some(link)).expect_err("stopped");
+    assert_eq!(err, InvokeError::Timeout { timeout_ms: 300 });
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let waited = asked.lock().expect("lock")[0].2;
+    assert!(
+        waited <= std::time::Duration::from_millis(300),
+        "{waited:?}"
+    );
+    // An answer that comes back just as the deadline passes does not keep the guest alive.
+    let late = Stub {
+        answer: Ok(b"1".to_vec()),
+        late: true,
+        asked: Asked::default(),
+    };
+    let err = caller
+        .invoke_with(b"{}", Some(Box::new(late)))
+        .expect_err("stopped");
+    assert_eq!(err, InvokeError::Timeout { timeout_ms: 300 });
+    echo_still_works();
+}

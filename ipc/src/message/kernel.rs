@@ -1,0 +1,221 @@
+//! Kernel calls: a worker asks loongd for an effect while it serves a call.
+//!
+//! The worker connection otherwise runs one way (loongd asks, the worker answers). While a
+//! worker serves request `call`, it may send [`Reply::Kernel`](super::envelope::Reply) frames
+//! carrying a [`KernelCall`]; loongd answers each with one
+//! [`Call::KernelReply`](super::envelope::Call) of the same `id`, in any order. Several may be
+//! in flight at once (up to loongd's per-worker limit), matched by id; the worker withdraws
+//! one with [`Reply::KernelCancel`](super::envelope::Reply). loongd decides each under the
+//! authority of the call chain `call` belongs to: the worker never names a token or a chain,
+//! and a `call` that is not the request loongd has in flight on that connection is refused.
+//!
+//! # Room for the next kinds
+//!
+//! A kernel call is a `kind` (a short name) and a `payload` (the postcard encoding of that
+//! kind's body), not an enum, so that a new kind (memory, egress, a channel's send) is added
+//! without a protocol bump and without breaking a peer that does not know it: the frame
+//! still decodes, and loongd answers an unknown kind with [`ErrorKind::NotFound`] naming it.
+//! To add one: define its body type here, give it a `KIND_*` name, a variant of
+//! [`KernelRequest`] and an arm in [`KernelRequest::encode`] and [`KernelCall::request`], and
+//! say what its answer's bytes are.
+//!
+//! [`ErrorKind::NotFound`]: super::envelope::ErrorKind
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_len, envelope::RequestId, BoundError};
+
+/// The kind of [`InvokeTool`].
+pub const KIND_INVOKE_TOOL: &str = "invoke_tool";
+/// Bound on a kernel call's kind.
+pub const MAX_KERNEL_KIND_BYTES: usize = 64;
+/// Bound on a tool's name in [`InvokeTool`] (`PLUGIN/TOOL` included).
+pub const MAX_KERNEL_TOOL_BYTES: usize = 256;
+/// Bound on a kernel call's payload: a call's input and room for its other fields.
+pub const MAX_KERNEL_PAYLOAD_BYTES: usize = super::worker::MAX_CALL_BYTES + 4096;
+/// Bound on a kernel call's answer: a call's output.
+pub const MAX_KERNEL_ANSWER_BYTES: usize = super::worker::MAX_CALL_BYTES;
+
+/// One kernel call on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct KernelCall {
+    /// The worker's id for this kernel call, unique among its kernel calls in flight.
+    pub id: RequestId,
+    /// The loongd request the worker serves, on whose behalf it asks.
+    pub call: RequestId,
+    /// Milliseconds the worker will wait for the answer (loongd also holds it to the chain's
+    /// own deadline and budget).
+    pub deadline_ms: u32,
+    /// What is asked ([`KIND_INVOKE_TOOL`], …; at most [`MAX_KERNEL_KIND_BYTES`]).
+    pub kind: String,
+    /// The kind's body, postcard-encoded (at most [`MAX_KERNEL_PAYLOAD_BYTES`]).
+    pub payload: Vec<u8>,
+}
+
+/// Call a tool (a plugin, `PLUGIN/TOOL`, or a built-in). The answer's bytes are the tool's
+/// JSON output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InvokeTool {
+    /// The tool (at most [`MAX_KERNEL_TOOL_BYTES`]).
+    pub tool: String,
+    /// Its JSON input.
+    pub input: String,
+}
+
+/// The kernel calls this build knows, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelRequest {
+    /// [`KIND_INVOKE_TOOL`].
+    InvokeTool(InvokeTool),
+}
+
+/// Why a kernel call cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelCallError {
+    /// A kind this build does not know.
+    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool")]
+    Unsupported(String),
+    /// A field past its bound.
+    #[error("kernel call: {0}")]
+    Bound(#[from] BoundError),
+    /// The payload is not its kind's body.
+    #[error("kernel call {kind}: the payload does not decode: {reason}")]
+    Malformed {
+        /// The call's kind.
+        kind: String,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+impl KernelRequest {
+    /// The wire form of this request as kernel call `id` on behalf of request `call`.
+    pub fn encode(
+        &self,
+        id: RequestId,
+        call: RequestId,
+        deadline_ms: u32,
+    ) -> Result<KernelCall, KernelCallError> {
+        let (kind, payload) = match self {
+            KernelRequest::InvokeTool(t) => {
+                check_len("tool", &t.tool, MAX_KERNEL_TOOL_BYTES)?;
+                let body = postcard::to_allocvec(t).map_err(|e| KernelCallError::Malformed {
+                    kind: KIND_INVOKE_TOOL.into(),
+                    reason: e.to_string(),
+                })?;
+                (KIND_INVOKE_TOOL, body)
+            }
+        };
+        let call = KernelCall {
+            id,
+            call,
+            deadline_ms,
+            kind: kind.into(),
+            payload,
+        };
+        call.check_bounds()?;
+        Ok(call)
+    }
+}
+
+impl KernelCall {
+    /// Checks the kind and payload against their bounds.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("kind", &self.kind, MAX_KERNEL_KIND_BYTES)?;
+        if self.payload.len() > MAX_KERNEL_PAYLOAD_BYTES {
+            return Err(BoundError {
+                field: "payload",
+                len: self.payload.len(),
+                max: MAX_KERNEL_PAYLOAD_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The typed request, or why it cannot be read (an unknown kind, a payload that is not
+    /// its kind's body, a field past its bound).
+    pub fn request(&self) -> Result<KernelRequest, KernelCallError> {
+        self.check_bounds()?;
+        let malformed = |e: postcard::Error| KernelCallError::Malformed {
+            kind: self.kind.clone(),
+            reason: e.to_string(),
+        };
+        match self.kind.as_str() {
+            KIND_INVOKE_TOOL => {
+                let (t, rest) =
+                    postcard::take_from_bytes::<InvokeTool>(&self.payload).map_err(malformed)?;
+                if !rest.is_empty() {
+                    return Err(KernelCallError::Malformed {
+                        kind: self.kind.clone(),
+                        reason: format!("{} bytes after the body", rest.len()),
+                    });
+                }
+                check_len("tool", &t.tool, MAX_KERNEL_TOOL_BYTES)?;
+                Ok(KernelRequest::InvokeTool(t))
+            }
+            other => Err(KernelCallError::Unsupported(other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoke(tool: &str) -> KernelRequest {
+        KernelRequest::InvokeTool(InvokeTool {
+            tool: tool.into(),
+            input: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn a_request_travels_as_kind_and_payload_and_comes_back() {
+        let call = invoke("echo").encode(7, 3, 100).expect("encodes");
+        assert_eq!(
+            (call.id, call.call, call.kind.as_str()),
+            (7, 3, "invoke_tool")
+        );
+        assert_eq!(call.request(), Ok(invoke("echo")));
+    }
+
+    #[test]
+    fn an_unknown_kind_still_decodes_as_a_frame_and_is_refused_by_name() {
+        let call = KernelCall {
+            id: 1,
+            call: 1,
+            deadline_ms: 1,
+            kind: "memory_read".into(),
+            payload: vec![1, 2, 3],
+        };
+        let bytes = postcard::to_allocvec(&call).expect("encodes");
+        let back: KernelCall = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(
+            back.request(),
+            Err(KernelCallError::Unsupported("memory_read".into()))
+        );
+    }
+
+    #[test]
+    fn bounds_and_bad_payloads_are_refused() {
+        assert!(matches!(
+            invoke(&"t".repeat(MAX_KERNEL_TOOL_BYTES + 1)).encode(1, 1, 1),
+            Err(KernelCallError::Bound(_))
+        ));
+        let mut call = invoke("echo").encode(1, 1, 1).expect("encodes");
+        call.payload.push(0);
+        assert!(matches!(
+            call.request(),
+            Err(KernelCallError::Malformed { .. })
+        ));
+        call.payload = vec![0xff; 8];
+        assert!(matches!(
+            call.request(),
+            Err(KernelCallError::Malformed { .. })
+        ));
+        call.payload = vec![0; MAX_KERNEL_PAYLOAD_BYTES + 1];
+        assert!(matches!(call.request(), Err(KernelCallError::Bound(_))));
+    }
+}

@@ -1,0 +1,216 @@
+//! Kernel calls on the effect path: a worker that serves a call asks loongd for effects, and
+//! each is decided under the authority of the call chain it belongs to.
+//!
+//! ```text
+//! root call (an operator's invoke, under a token or the operator's pack)
+//!   └─ its worker ─ KernelCall{InvokeTool} ─▶ Host::start
+//!        admit: depth ≤ max_depth, root's calls ≤ max_calls, root's wall time left,
+//!               the calling plugin declares invoke_tool        (each refusal recorded)
+//!        invoke::call_in, as Actor{ worker, the root's token by its id, chain.child(n) }
+//!          └─ decide (the root's grants), record, dispatch, record the outcome
+//! ```
+//!
+//! The worker never names a token or a chain: loongd keeps both in the [`Host`] it serves
+//! the worker's call with, and the worker connection refuses a kernel call that names any
+//! other call. The root's authority is kept as the token's public id ([`Root`]), never the
+//! secret, and is checked again at every nested decision (a revoked root token stops its
+//! chain). Every nested call's records carry the chain: its root, its parent and its depth.
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    Budget, BudgetExceeded, DenialStage, ErrorDetail, ErrorKind, KernelCall, KernelCallError,
+    KernelRequest, RemoteError,
+};
+use loong_profiles::pack::Capability;
+
+use super::{denied, invoke, record, Actor, Chain, Principal};
+use crate::{
+    audit::Kind,
+    authority::Bearer,
+    config::KernelCallsConfig,
+    request::RequestIo,
+    workers::{KernelAnswer, KernelCalls},
+    Kernel,
+};
+
+/// The capability a plugin's manifest declares to call tools through loongd.
+pub const INVOKE_TOOL: &str = "invoke_tool";
+
+/// What every call of one chain shares: the root's authority and its budget.
+#[derive(Debug)]
+pub(crate) struct Root {
+    started: Instant,
+    /// Nested calls admitted so far.
+    calls: AtomicU32,
+    /// The root's token by its public id (`None`: the operator's pack).
+    token: Option<String>,
+    limits: KernelCallsConfig,
+}
+
+impl Root {
+    /// The chain of a root call decided under `token` (its public id; `None`: the operator's
+    /// pack).
+    pub(crate) fn new(kernel: &Kernel, token: Option<String>) -> Arc<Root> {
+        Arc::new(Root {
+            started: Instant::now(),
+            calls: AtomicU32::new(0),
+            token,
+            limits: kernel.config.kernel_calls.clone(),
+        })
+    }
+
+    fn bearer(&self) -> Bearer<'_> {
+        self.token.as_deref().map_or(Bearer::Operator, Bearer::Id)
+    }
+
+    /// Wall time the chain has left.
+    fn left(&self) -> Duration {
+        Duration::from_millis(self.limits.max_wall_ms).saturating_sub(self.started.elapsed())
+    }
+}
+
+/// The kernel-call side of one call a worker runs: its chain, the plugin it runs and whether
+/// that plugin may call tools.
+pub(crate) struct Host<'a> {
+    pub kernel: &'a Kernel,
+    /// The root request's handle: a nested call that needs an approval tells the root's
+    /// asker, and waits under the root request's deadline.
+    pub io: Option<&'a RequestIo>,
+    pub root: Arc<Root>,
+    /// The chain of the call the worker serves.
+    pub chain: Chain,
+    /// The plugin the worker runs.
+    pub plugin: String,
+    /// Whether its manifest declares [`INVOKE_TOOL`].
+    pub may_invoke: bool,
+    /// Kernel calls started so far (each one's number in the chain).
+    pub seq: AtomicU64,
+}
+
+fn over_budget(budget: Budget, limit: u64, message: String) -> RemoteError {
+    RemoteError::new(ErrorKind::BudgetExceeded, message).with_detail(ErrorDetail::BudgetExceeded(
+        BudgetExceeded { budget, limit },
+    ))
+}
+
+impl KernelCalls for Host<'_> {
+    fn max_in_flight(&self) -> usize {
+        self.root.limits.max_in_flight as usize
+    }
+
+    fn start(&self, worker: u64, call: KernelCall) -> KernelAnswer<'_> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Box::pin(self.run(worker, n, call))
+    }
+}
+
+impl Host<'_> {
+    async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
+        let req = call.request().map_err(|e| match e {
+            KernelCallError::Unsupported(_) => RemoteError::new(ErrorKind::NotFound, e.to_string()),
+            _ => RemoteError::new(ErrorKind::BadRequest, e.to_string()),
+        })?;
+        let KernelRequest::InvokeTool(t) = req;
+        let actor = Actor {
+            who: Principal::Worker { worker },
+            bearer: self.root.bearer(),
+            chain: self.chain.child(n),
+            io: self.io,
+        };
+        self.admit(&actor, &t.tool).await?;
+        let left = self.root.left();
+        let wait = left.min(Duration::from_millis(u64::from(call.deadline_ms)));
+        let root = Some(self.root.clone());
+        match tokio::time::timeout(
+            wait,
+            invoke::call_in(self.kernel, &actor, t.tool, t.input, root),
+        )
+        .await
+        {
+            Ok(answer) => answer.map(|out| out.output.into_bytes()),
+            Err(_) if left <= wait => Err(over_budget(
+                Budget::WallTimeMs,
+                self.root.limits.max_wall_ms,
+                format!(
+                    "the root call {} spent its {} ms of wall time (kernel_calls.max_wall_ms)",
+                    self.chain.root, self.root.limits.max_wall_ms
+                ),
+            )),
+            Err(_) => Err(RemoteError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "the kernel call did not finish within its {} ms",
+                    wait.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// The chain's bounds and the calling plugin's declared capabilities, checked before
+    /// anything is decided; a refusal is recorded (with the chain) and answered typed.
+    async fn admit(&self, actor: &Actor<'_>, tool: &str) -> Result<(), RemoteError> {
+        let limits = &self.root.limits;
+        let refused = if actor.chain.depth > limits.max_depth {
+            Some(over_budget(
+                Budget::CallDepth,
+                u64::from(limits.max_depth),
+                format!(
+                    "call {} of tool {tool} would be {} deep, past the limit of {} (kernel_calls.max_depth)",
+                    actor.chain.call, actor.chain.depth, limits.max_depth
+                ),
+            ))
+        } else if self.root.calls.fetch_add(1, Ordering::Relaxed) >= limits.max_calls {
+            Some(over_budget(
+                Budget::Calls,
+                u64::from(limits.max_calls),
+                format!(
+                    "the root call {} made its {} nested calls (kernel_calls.max_calls)",
+                    actor.chain.root, limits.max_calls
+                ),
+            ))
+        } else if self.root.left().is_zero() {
+            Some(over_budget(
+                Budget::WallTimeMs,
+                limits.max_wall_ms,
+                format!(
+                    "the root call {} spent its {} ms of wall time (kernel_calls.max_wall_ms)",
+                    actor.chain.root, limits.max_wall_ms
+                ),
+            ))
+        } else if !self.may_invoke {
+            Some(denied(
+                DenialStage::PluginCapabilities,
+                Capability::ToolInvoke,
+                tool,
+                &format!(
+                    "plugin {} does not declare the {INVOKE_TOOL} capability in its manifest",
+                    self.plugin
+                ),
+            ))
+        } else {
+            None
+        };
+        let Some(e) = refused else {
+            return Ok(());
+        };
+        let (stage, budget) = match &e.detail {
+            Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name())),
+            Some(ErrorDetail::Denied(d)) => (Some(d.stage.name()), None),
+            _ => (None, None),
+        };
+        let detail = serde_json::json!({
+            "capability": Capability::ToolInvoke.as_str(), "target": tool,
+            "token": self.root.token, "plugin": self.plugin, "allowed": false,
+            "reason": e.message, "stage": stage, "budget": budget,
+        });
+        record(self.kernel, actor.event(Kind::PolicyDecision, detail)).await?;
+        Err(e)
+    }
+}
