@@ -7,17 +7,26 @@
 //! relative to the manifest and may not leave the plugin's directory, symlinks included.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use loong_ipc::package::BridgeKind;
 use serde::Deserialize;
 
+mod package;
 mod source;
+mod wasm;
+pub use package::{check_package, find_manifest, read_package_file};
+use package::{open_package_dir, read_beneath, read_beneath_capped};
 pub use source::{
     block as embedded_block, holds_manifest, ManifestSource, END_MARKER, IDENTITY_FIELDS,
     MAX_SOURCE_DEPTH, MAX_SOURCE_FILES, MAX_SOURCE_FILE_BYTES, OPENCLAW_MANIFEST_FILE,
     SKIPPED_DIRS, START_MARKER,
+};
+use wasm::{guest_config, guest_input, module_pin};
+pub use wasm::{
+    normalize_sha256_pin, CHANNEL_CONFIG_PREFIX, COMPONENT_SHA256_FIELD,
+    COMPONENT_SHA256_HEX_FIELD, COMPONENT_SHA256_PIN_FIELD, INPUT_BARE, INPUT_ENVELOPE,
+    PROVIDER_CONFIG_PREFIX, SANDBOX_SHA256_FIELD,
 };
 
 /// The only manifest API version understood.
@@ -37,200 +46,6 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 * 1024;
 pub const DEFAULT_MAX_MODULE_BYTES: u64 = 2 * 1024 * 1024;
-/// Public Loong's pin of a WASM module's sha256 (`metadata.component_sha256`).
-pub const COMPONENT_SHA256_FIELD: &str = "metadata.component_sha256";
-/// Public Loong's two other metadata pins, which it reads beside `component_sha256` (its
-/// `resolve_expected_wasm_sha256` and install scan): honoured the same way, never ignored.
-pub const COMPONENT_SHA256_PIN_FIELD: &str = "metadata.component_sha256_pin";
-pub const COMPONENT_SHA256_HEX_FIELD: &str = "metadata.component_sha256_hex";
-/// This project's own pin of a WASM module's sha256 (`sandbox.sha256`).
-pub const SANDBOX_SHA256_FIELD: &str = "sandbox.sha256";
-/// Guest-readable keys under this prefix read the manifest's `metadata` (public Loong's
-/// provider metadata): `provider.region` is `metadata.region`.
-pub const PROVIDER_CONFIG_PREFIX: &str = "provider.";
-/// Guest-readable keys under this prefix read the channel's metadata, which public Loong sets
-/// to `source_plugin` (the plugin id) when the manifest names a `channel_id`.
-pub const CHANNEL_CONFIG_PREFIX: &str = "channel.";
-/// `sandbox.input`: the guest reads public Loong's request envelope (the default).
-pub const INPUT_ENVELOPE: &str = "envelope";
-/// `sandbox.input`: the guest reads the caller's input as given.
-pub const INPUT_BARE: &str = "bare";
-/// The most characters of a malformed pin an error message shows.
-const MAX_PIN_SHOWN_CHARS: usize = 80;
-
-/// A sha256 pin as public Loong normalises it: surrounding whitespace trimmed, an optional
-/// `sha256:` prefix (any case) removed, the hex lowercased. `None` when what is left is not
-/// 64 hex digits.
-pub fn normalize_sha256_pin(raw: &str) -> Option<String> {
-    let lowered = raw.trim().to_ascii_lowercase();
-    let digest = lowered.strip_prefix("sha256:").unwrap_or(&lowered).trim();
-    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
-}
-
-/// What the guest reads (`sandbox.input`): public Loong's request envelope unless the
-/// manifest declares `"bare"`. The envelope names the manifest's `provider_id` (the plugin
-/// id when there is none) and its `channel_id` (`null` when there is none).
-fn guest_input(
-    raw: &RawManifest,
-    identity: &Identity,
-    bad: &mut Findings,
-) -> Option<loong_ipc::GuestInput> {
-    match raw.sandbox.input.as_deref() {
-        None | Some(INPUT_ENVELOPE) => Some(loong_ipc::GuestInput::Envelope {
-            provider_id: identity.provider_id.clone(),
-            channel_id: identity.channel_id.clone(),
-        }),
-        Some(INPUT_BARE) => Some(loong_ipc::GuestInput::Bare),
-        Some(other) => {
-            bad.add(
-                "sandbox.input",
-                format!("{other:?} is not {INPUT_ENVELOPE:?} or {INPUT_BARE:?}"),
-            );
-            None
-        }
-    }
-}
-
-/// The configuration the guest may read: `sandbox.config`, and each guest-readable key under
-/// `provider.` or `channel.` resolved as public Loong resolves it (the rest of the key must
-/// be non-empty with no whitespace; `provider.K` is `metadata.K`, `channel.source_plugin` is
-/// the plugin id when the manifest names a `channel_id`; a key that resolves to nothing stays
-/// unset). A resolved key that `sandbox.config` also sets is refused, as ambiguous.
-fn guest_config(raw: &RawManifest, bad: &mut Findings) -> BTreeMap<String, String> {
-    let mut config = raw.sandbox.config.clone();
-    for key in &raw.sandbox.guest_readable_config_keys {
-        let (rest, value) = if let Some(rest) = key.strip_prefix(PROVIDER_CONFIG_PREFIX) {
-            (rest, raw.metadata.get(rest).cloned())
-        } else if let Some(rest) = key.strip_prefix(CHANNEL_CONFIG_PREFIX) {
-            let declared = raw.channel_id.is_some();
-            (
-                rest,
-                (declared && rest == "source_plugin").then(|| raw.plugin_id.clone()),
-            )
-        } else {
-            continue;
-        };
-        if rest.is_empty() || rest.chars().any(char::is_whitespace) {
-            bad.add(
-                "sandbox.guest_readable_config_keys",
-                format!("{key:?}: after the prefix, name a key with no whitespace"),
-            );
-            continue;
-        }
-        let Some(value) = value else { continue };
-        // Against the manifest's own `sandbox.config`: a key listed twice resolves to the
-        // same value twice (public Loong's allowlist is a set) and is not a conflict.
-        if raw.sandbox.config.contains_key(key) {
-            bad.add(
-                "sandbox.config",
-                format!("{key:?} is also read from the manifest's metadata; remove one"),
-            );
-            continue;
-        }
-        if value.len() > MAX_CONFIG_KEY_BYTES {
-            bad.add(
-                "sandbox.guest_readable_config_keys",
-                format!("{key:?} resolves to a value over {MAX_CONFIG_KEY_BYTES} bytes"),
-            );
-            continue;
-        }
-        config.insert(key.clone(), value);
-    }
-    config_bounds(raw, &config, bad);
-    config
-}
-
-/// The bounds the Load message holds a WASM plugin's configuration to, checked here so a
-/// manifest over them is refused at install naming its field, never loaded and refused by
-/// the worker at every call.
-fn config_bounds(raw: &RawManifest, config: &BTreeMap<String, String>, bad: &mut Findings) {
-    use loong_ipc::message::worker::{MAX_CONFIG_ENTRIES, MAX_CONFIG_TEXT_BYTES};
-    if config.len() > MAX_CONFIG_ENTRIES {
-        bad.add(
-            "sandbox.config",
-            format!(
-                "{} entries with the resolved guest-readable keys, over {MAX_CONFIG_ENTRIES}",
-                config.len()
-            ),
-        );
-    }
-    if raw.sandbox.guest_readable_config_keys.len() > MAX_CONFIG_ENTRIES {
-        bad.add(
-            "sandbox.guest_readable_config_keys",
-            format!(
-                "{} keys, over {MAX_CONFIG_ENTRIES}",
-                raw.sandbox.guest_readable_config_keys.len()
-            ),
-        );
-    }
-    if let Some((key, _)) = raw
-        .sandbox
-        .config
-        .iter()
-        .find(|(k, v)| k.len() > MAX_CONFIG_TEXT_BYTES || v.len() > MAX_CONFIG_TEXT_BYTES)
-    {
-        let shown: String = key.chars().take(MAX_PIN_SHOWN_CHARS).collect();
-        bad.add(
-            "sandbox.config",
-            format!("{shown:?}: a key or value is over {MAX_CONFIG_TEXT_BYTES} bytes"),
-        );
-    }
-}
-
-/// The module pins a manifest gives (`metadata.component_sha256`, `sandbox.sha256`), each
-/// normalised; a malformed pin, or two that disagree, is a finding naming the field.
-/// Returns the pin and the field(s) it was read from.
-fn module_pin(raw: &RawManifest, bad: &mut Findings) -> Option<(String, &'static str)> {
-    let given = [
-        (COMPONENT_SHA256_FIELD, raw.metadata.get("component_sha256")),
-        (
-            COMPONENT_SHA256_PIN_FIELD,
-            raw.metadata.get("component_sha256_pin"),
-        ),
-        (
-            COMPONENT_SHA256_HEX_FIELD,
-            raw.metadata.get("component_sha256_hex"),
-        ),
-        (SANDBOX_SHA256_FIELD, raw.sandbox.sha256.as_ref()),
-    ];
-    let mut pin: Option<(String, &'static str)> = None;
-    for (field, value) in given {
-        let Some(value) = value else { continue };
-        let Some(digest) = normalize_sha256_pin(value) else {
-            let shown: String = value.chars().take(MAX_PIN_SHOWN_CHARS).collect();
-            bad.add(
-                field,
-                format!(
-                    "{shown:?} is not a sha256 digest: write 64 hex digits, optionally prefixed with sha256:"
-                ),
-            );
-            continue;
-        };
-        pin = match pin {
-            None => Some((digest, field)),
-            // Two fields, in order: the second agrees with the first.
-            Some((first, first_field)) if first == digest => Some((
-                first,
-                match (first_field, field) {
-                    (COMPONENT_SHA256_FIELD, SANDBOX_SHA256_FIELD) => {
-                        "metadata.component_sha256 and sandbox.sha256"
-                    }
-                    _ => first_field,
-                },
-            )),
-            Some((first, first_field)) => {
-                bad.add(
-                    field,
-                    format!(
-                        "pins sha256 {digest}, but {first_field} pins {first}; make the two pins agree or keep one"
-                    ),
-                );
-                Some((first, first_field))
-            }
-        };
-    }
-    pin
-}
 
 /// A problem with one manifest; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -1557,49 +1372,6 @@ impl PluginManifest {
     }
 }
 
-/// The checks every package gets, the same wherever it comes from: `loongctl plugins doctor`,
-/// loongd's install and its discovery (`plugins reload`, start) all call this one function, so
-/// a package one of them refuses the others refuse with the same message. It reads the
-/// manifest ([`PluginManifest::load_dir`]: `loong.plugin.json` or an embedded source manifest,
-/// every field, capabilities against the bridge's grants, the program and granted paths on
-/// this host) and, for a WASM plugin, the module ([`PluginManifest::read_checked_module`]: a
-/// WebAssembly module of the sha256 the manifest pins). What only loongd holds is checked by
-/// loongd after it: the package's directory name, its signature against the keyring, the
-/// operator's pins and address policy in loongd.toml, and the load in a worker.
-pub fn check_package(dir: &Path) -> Result<(PluginManifest, Option<Vec<u8>>), ManifestError> {
-    let m = PluginManifest::load_dir(dir)?;
-    let module = match m.bridge {
-        Bridge::Wasm => Some(m.read_checked_module()?),
-        Bridge::Foreign(_) | Bridge::Http(_) => None,
-    };
-    Ok((m, module))
-}
-
-/// The manifest text of a package as [`PluginManifest::load_dir`] finds it (its file, its
-/// JSON text and where it came from), for a reader that shows it (`plugins doctor`).
-pub fn find_manifest(dir: &Path) -> Result<(PathBuf, Vec<u8>, ManifestSource), ManifestError> {
-    source::find(dir).map(|f| (f.path, f.text, f.source))
-}
-
-/// The file `name` directly in the package directory `dir`, read as every package file is
-/// (beneath the directory, through no symlink, without blocking, a regular file only), or
-/// `None` when there is none. Over `limit` bytes is [`ManifestError::TooLarge`], read no
-/// further. What loongd reads a package's signature file with.
-pub fn read_package_file(
-    dir: &Path,
-    name: &str,
-    limit: u64,
-) -> Result<Option<Vec<u8>>, ManifestError> {
-    let root = open_package_dir(dir)?;
-    match read_beneath_capped(&root, dir, Path::new(name), limit) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(ManifestError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// The first bytes of every WebAssembly binary.
 pub const WASM_MAGIC: &[u8] = b"\0asm";
 
@@ -1669,94 +1441,5 @@ pub fn parse_endpoint(e: &str) -> Result<(String, u16, String), String> {
     Ok((host.to_ascii_lowercase(), port, target))
 }
 
-/// Opens a package directory `dir` for [`open_beneath`].
-fn open_package_dir(dir: &Path) -> Result<std::fs::File, ManifestError> {
-    use loong_sandbox::openat::OFlag;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_DIRECTORY.bits())
-        .open(dir)
-        .map_err(|source| ManifestError::Io {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// Opens the file `rel` beneath the package directory `root` (at `dir`) as loongd's staging
-/// copy opens a package's entries: through no symlink (at any component), not across a mount,
-/// without blocking (a FIFO opens at once), and only a regular file passes its `fstat`. So a
-/// package's files are read from inside it whatever it swaps in while it is read.
-fn open_beneath(
-    root: &std::fs::File,
-    dir: &Path,
-    rel: &Path,
-) -> Result<std::fs::File, ManifestError> {
-    use loong_sandbox::openat;
-    use std::os::fd::AsFd;
-    let path = dir.join(rel);
-    let how = openat::beneath_read_only();
-    let name = rel.to_str().ok_or_else(|| ManifestError::Parse {
-        path: path.clone(),
-        message: "the file name is not UTF-8".into(),
-    })?;
-    let fd = openat::openat2(root.as_fd(), name, how).map_err(|source| {
-        let link_or_mount = [nix::errno::Errno::ELOOP, nix::errno::Errno::EXDEV]
-            .iter()
-            .any(|e| source.raw_os_error() == Some(*e as i32));
-        if link_or_mount {
-            ManifestError::NotRegular { path: path.clone() }
-        } else {
-            ManifestError::Io {
-                path: path.clone(),
-                source,
-            }
-        }
-    })?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|source| ManifestError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(ManifestError::NotRegular { path });
-    }
-    Ok(file)
-}
-
-/// At most `limit` bytes of the package file `rel` (see [`open_beneath`]).
-fn read_beneath(
-    root: &std::fs::File,
-    dir: &Path,
-    rel: &Path,
-    limit: u64,
-) -> Result<Vec<u8>, ManifestError> {
-    let file = open_beneath(root, dir, rel)?;
-    let mut bytes = Vec::new();
-    file.take(limit)
-        .read_to_end(&mut bytes)
-        .map_err(|source| ManifestError::Io {
-            path: dir.join(rel),
-            source,
-        })?;
-    Ok(bytes)
-}
-
-/// [`read_beneath`], refusing a file over `limit` bytes.
-fn read_beneath_capped(
-    root: &std::fs::File,
-    dir: &Path,
-    rel: &Path,
-    limit: u64,
-) -> Result<Vec<u8>, ManifestError> {
-    let bytes = read_beneath(root, dir, rel, limit + 1)?;
-    if bytes.len() as u64 > limit {
-        return Err(ManifestError::TooLarge {
-            path: dir.join(rel),
-            limit,
-        });
-    }
-    Ok(bytes)
-}
 #[cfg(test)]
 mod tests;

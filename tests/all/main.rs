@@ -7,6 +7,7 @@ mod approvals;
 mod audit;
 mod authority;
 mod bridges;
+mod builtins;
 mod control_socket;
 mod daemon_lifecycle;
 mod file_binding;

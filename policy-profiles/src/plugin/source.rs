@@ -68,7 +68,7 @@ pub(crate) struct Found {
 }
 
 /// The package's manifest: `loong.plugin.json`, else its one embedded source manifest. Every
-/// file is read beneath the package directory's descriptor (see [`super::open_beneath`]).
+/// file is read beneath the package directory's descriptor (see [`super::package::open_beneath`]).
 pub(crate) fn find(dir: &Path) -> Result<Found, ManifestError> {
     let root = super::open_package_dir(dir)?;
     let package = dir.join(MANIFEST_FILE);
