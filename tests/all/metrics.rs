@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     os::unix::net::UnixStream,
@@ -14,7 +13,7 @@ use std::{
 
 use crate::{
     support::{skip, text, wait_until, Home},
-    workers::{install_examples, invoke, workers},
+    workers::{echo_token, invoke, start_with_careful_pack, workers},
 };
 
 /// Where `.ci/run` installs `prometheus-client` (beside the MCP servers).
@@ -111,30 +110,8 @@ fn metrics_count_calls_denials_sandboxes_and_kills_and_parse_as_openmetrics() {
     let home = Home::with_config(&format!(
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[approvals]\ntimeout_ms = 400\n"
     ));
-    install_examples(&home);
-    fs::create_dir_all(home.path().join("packs")).expect("packs");
-    fs::write(
-        home.path().join("packs/careful.toml"),
-        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke:echo\"]\napproval = \"always\"\n",
-    )
-    .expect("pack");
-    home.start();
-    let issue = |pack: &str| {
-        let out = home.ctl(&[
-            "tokens",
-            "issue",
-            "--pack",
-            pack,
-            "--agent",
-            "bot",
-            "--cap",
-            "tool.invoke:echo",
-            "--ttl",
-            "1h",
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout).trim().to_string()
-    };
+    start_with_careful_pack(&home);
+    let issue = |pack: &str| echo_token(&home, pack);
     let token = issue("docs-reader");
     // Two allowed calls (the operator's, a token's), one denied (outside the token's grant).
     let (code, _, err) = invoke(&home, &["echo", "--input", "{}"]);

@@ -789,10 +789,10 @@ fn concurrent_invocations_are_each_answered_exactly_once() {
     assert!((1..=2).contains(&spawned), "{spawned} workers spawned");
 }
 
-#[test]
-fn tool_calls_are_decided_denied_and_held_for_approval() {
-    let home = Home::with_config("[approvals]\ntimeout_ms = 400\n");
-    install_examples(&home);
+/// Installs the example plugins, adds a pack `careful` whose grant of `echo` always needs an
+/// approval, and starts loongd.
+pub(crate) fn start_with_careful_pack(home: &Home) {
+    install_examples(home);
     fs::create_dir_all(home.path().join("packs")).expect("packs");
     fs::write(
         home.path().join("packs/careful.toml"),
@@ -800,22 +800,31 @@ fn tool_calls_are_decided_denied_and_held_for_approval() {
     )
     .expect("pack");
     home.start();
-    let token = |pack: &str| {
-        let out = home.ctl(&[
-            "tokens",
-            "issue",
-            "--pack",
-            pack,
-            "--agent",
-            "bot",
-            "--cap",
-            "tool.invoke:echo",
-            "--ttl",
-            "1h",
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout).trim().to_string()
-    };
+}
+
+/// The secret of a new token of `pack` for agent `bot` granting `tool.invoke:echo` for an hour.
+pub(crate) fn echo_token(home: &Home, pack: &str) -> String {
+    let out = home.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        pack,
+        "--agent",
+        "bot",
+        "--cap",
+        "tool.invoke:echo",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn tool_calls_are_decided_denied_and_held_for_approval() {
+    let home = Home::with_config("[approvals]\ntimeout_ms = 400\n");
+    start_with_careful_pack(&home);
+    let token = |pack: &str| echo_token(&home, pack);
     let reader = token("docs-reader");
     // Allowed within the token's grant (positive control), denied outside it: exit 4.
     let (code, out, err) = invoke(&home, &["echo", "--token", &reader, "--input", "{}"]);
