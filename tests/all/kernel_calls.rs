@@ -701,3 +701,75 @@ fn a_nested_call_that_needs_an_approval_waits_for_one_like_any_call() {
     assert_eq!(answer["code"], -2, "{answer}");
     every_invocation_closed(&home);
 }
+
+#[test]
+fn a_plugin_under_an_operator_root_has_only_the_built_in_effects_its_manifest_declares() {
+    let data = shared_dir("kn");
+    let work = shared_dir("kw");
+    let out = data.path().join("out");
+    fs::create_dir(&out).expect("out dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let home = Home::with_config(&format!(
+        "[builtins]\nread_roots = [{0:?}]\nwrite_roots = [{1:?}]\nworkspace = {2:?}\n",
+        data.path().display().to_string(),
+        out.display().to_string(),
+        work.path().display().to_string()
+    ));
+    install_examples(&home);
+    // Reading its own directory needs filesystem_read; it declares nothing to write with.
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "reader",
+        r#""invoke_tool", "filesystem_read""#,
+    );
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "writer",
+        r#""invoke_tool", "filesystem_read", "filesystem_write""#,
+    );
+    home.start();
+    let write = |name: &str| {
+        serde_json::json!({"mode": "call", "tool": "file.write",
+            "input": {"path": out.join(name), "content": "x"}})
+    };
+
+    // The operator's pack grants the write, but the calling plugin does not declare it.
+    let answers = peer_answers(&home, "reader", &write("reader.txt"));
+    assert_eq!(answers[0]["error"]["kind"], "denied", "{answers:?}");
+    assert!(!out.join("reader.txt").exists());
+    // No manifest capability grants running a command: a plugin's nested shell.exec never
+    // runs, whatever its root may do.
+    let made = work.path().join("made.txt");
+    let exec = serde_json::json!({"mode": "call", "tool": "shell.exec",
+        "input": {"command": "touch made.txt"}});
+    for id in ["reader", "writer"] {
+        let answers = peer_answers(&home, id, &exec);
+        assert_eq!(answers[0]["error"]["kind"], "denied", "{id}: {answers:?}");
+    }
+    assert!(!made.exists());
+    let refusals: Vec<_> = records(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| detail(r)["stage"] == "plugin_capabilities")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| detail(r)["chain"]["depth"] == 1 && detail(r)["allowed"] == false),
+        "{refusals:?}"
+    );
+
+    // Declared, the same write runs under the operator's pack.
+    let answers = peer_answers(&home, "writer", &write("writer.txt"));
+    assert!(answers[0].get("error").is_none(), "{answers:?}");
+    assert_eq!(
+        fs::read_to_string(out.join("writer.txt")).expect("written"),
+        "x"
+    );
+    every_invocation_closed(&home);
+}

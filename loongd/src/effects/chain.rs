@@ -43,6 +43,19 @@ use crate::{
 /// The capability a plugin's manifest declares to call tools through loongd.
 pub const INVOKE_TOOL: &str = "invoke_tool";
 
+/// The manifest capability a plugin must declare for its nested calls to have effect `cap`
+/// through a built-in (`None`: no manifest capability grants it, so a plugin's nested call
+/// never has it). Without this, a plugin declaring only `invoke_tool` would read, write,
+/// fetch and run commands with all of its root's authority (the operator's whole pack).
+pub(crate) fn manifest_capability(cap: Capability) -> Option<&'static str> {
+    match cap {
+        Capability::FsRead => Some("filesystem_read"),
+        Capability::FsWrite => Some("filesystem_write"),
+        Capability::NetEgress => Some("network_egress"),
+        _ => None,
+    }
+}
+
 /// What every call of one chain shares: the root's authority and its budget.
 #[derive(Debug)]
 pub(crate) struct Root {
@@ -90,6 +103,12 @@ pub(crate) struct Host<'a> {
     pub plugin: String,
     /// Whether its manifest declares [`INVOKE_TOOL`].
     pub may_invoke: bool,
+    /// Whether it is one of loongd's built-in tools (no manifest: its calls are decided
+    /// under the chain's authority alone).
+    pub builtin: bool,
+    /// The capabilities its manifest declares: a nested call of a built-in whose effect
+    /// needs one it does not declare is refused ([`manifest_capability`]).
+    pub capabilities: Vec<String>,
     /// Kernel calls started so far (each one's number in the chain).
     pub seq: AtomicU64,
 }
@@ -112,6 +131,26 @@ impl KernelCalls for Host<'_> {
 }
 
 impl Host<'_> {
+    /// The refusal of a nested call of a built-in with effect `cap` by a plugin whose
+    /// manifest does not declare the capability it needs.
+    fn undeclared(&self, cap: Capability, tool: &str) -> Option<RemoteError> {
+        if self.builtin {
+            return None;
+        }
+        let reason = match manifest_capability(cap) {
+            Some(need) if self.capabilities.iter().any(|c| c == need) => return None,
+            Some(need) => format!(
+                "plugin {} does not declare the {need} capability in its manifest, which a nested call with {cap} needs",
+                self.plugin
+            ),
+            None => format!(
+                "plugin {}: a plugin's nested call never has {cap} (no manifest capability grants it)",
+                self.plugin
+            ),
+        };
+        Some(denied(DenialStage::PluginCapabilities, cap, tool, &reason))
+    }
+
     async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
         let req = call.request().map_err(|e| match e {
             KernelCallError::Unsupported(_) => RemoteError::new(ErrorKind::NotFound, e.to_string()),
@@ -124,7 +163,8 @@ impl Host<'_> {
             chain: self.chain.child(n),
             io: self.io,
         };
-        self.admit(&actor, &t.tool).await?;
+        let effect = invoke::builtin_capability(self.kernel, &t.tool, &t.input);
+        self.admit(&actor, &t.tool, effect).await?;
         let left = self.root.left();
         let wait = left.min(Duration::from_millis(u64::from(call.deadline_ms)));
         let root = Some(self.root.clone());
@@ -155,7 +195,12 @@ impl Host<'_> {
 
     /// The chain's bounds and the calling plugin's declared capabilities, checked before
     /// anything is decided; a refusal is recorded (with the chain) and answered typed.
-    async fn admit(&self, actor: &Actor<'_>, tool: &str) -> Result<(), RemoteError> {
+    async fn admit(
+        &self,
+        actor: &Actor<'_>,
+        tool: &str,
+        effect: Option<Capability>,
+    ) -> Result<(), RemoteError> {
         let limits = &self.root.limits;
         let refused = if actor.chain.depth > limits.max_depth {
             Some(over_budget(
@@ -195,18 +240,19 @@ impl Host<'_> {
                 ),
             ))
         } else {
-            None
+            effect.and_then(|cap| self.undeclared(cap, tool))
         };
         let Some(e) = refused else {
             return Ok(());
         };
-        let (stage, budget) = match &e.detail {
-            Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name())),
-            Some(ErrorDetail::Denied(d)) => (Some(d.stage.name()), None),
-            _ => (None, None),
+        let tool_invoke = Capability::ToolInvoke.as_str().to_string();
+        let (stage, budget, capability) = match &e.detail {
+            Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name()), tool_invoke),
+            Some(ErrorDetail::Denied(d)) => (Some(d.stage.name()), None, d.capability.clone()),
+            _ => (None, None, tool_invoke),
         };
         let detail = serde_json::json!({
-            "capability": Capability::ToolInvoke.as_str(), "target": tool,
+            "capability": capability, "target": tool,
             "token": self.root.token, "plugin": self.plugin, "allowed": false,
             "reason": e.message, "stage": stage, "budget": budget,
         });

@@ -85,6 +85,8 @@ pub(crate) async fn call_in(
         chain: actor.chain.clone(),
         plugin: target.plugin.id.clone(),
         may_invoke: target.plugin.capabilities.iter().any(|c| c == INVOKE_TOOL),
+        builtin: target.plugin.bridge_kind == crate::workers::builtins::BUILTIN,
+        capabilities: target.plugin.capabilities.clone(),
         seq: AtomicU64::new(0),
     };
     // A file tool opens only the file the decision resolved, beneath the scope it decided
@@ -139,6 +141,16 @@ pub(crate) async fn call_in(
     learn(kernel, &target, &called).await;
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     record_outcome(kernel, actor, tool, called, wall_us).await
+}
+
+/// The effect a call of built-in `tool` with `input` would have (`None`: `tool` is not a
+/// built-in, or the call is malformed and fails as [`call_in`] finds it).
+pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Option<Capability> {
+    let (plugin, _) = resolve(kernel, tool).ok()?;
+    if plugin.bridge_kind != crate::workers::builtins::BUILTIN {
+        return None;
+    }
+    builtin_effect(tool, input).ok().map(|(cap, _, _)| cap)
 }
 
 /// The input's size and syntax, checked before anything is decided.
