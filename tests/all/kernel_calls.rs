@@ -773,3 +773,32 @@ fn a_plugin_under_an_operator_root_has_only_the_built_in_effects_its_manifest_de
     );
     every_invocation_closed(&home);
 }
+
+#[test]
+fn a_kernel_call_refused_before_its_decision_is_recorded_with_the_chain() {
+    let home = Home::new();
+    install_examples(&home);
+    install_caller(
+        &home,
+        "calls-nothing",
+        "no-such-tool",
+        r#""invoke_tool""#,
+        5000,
+    );
+    install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 5000);
+    home.start();
+    // The control: a call that is decided has its decision recorded.
+    let (code, _, err) = invoke(&home, &["calls-echo", "--input", "[1]"]);
+    assert_eq!(code, 0, "{err}");
+    // The plugin answers with call_tool's code; the kernel call itself is refused.
+    let _ = invoke(&home, &["calls-nothing", "--input", "{}"]);
+    let refused: Vec<_> = records(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| detail(r)["target"] == "no-such-tool")
+        .collect();
+    assert_eq!(refused.len(), 1, "the refused kernel call left no record");
+    let d = detail(&refused[0]);
+    assert_eq!(d["allowed"], false, "{d}");
+    assert_eq!(d["chain"]["depth"], 1, "{d}");
+    assert!(d["chain"]["parent"].is_string(), "{d}");
+}

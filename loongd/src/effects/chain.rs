@@ -152,19 +152,27 @@ impl Host<'_> {
     }
 
     async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
-        let req = call.request().map_err(|e| match e {
-            KernelCallError::Unsupported(_) => RemoteError::new(ErrorKind::NotFound, e.to_string()),
-            _ => RemoteError::new(ErrorKind::BadRequest, e.to_string()),
-        })?;
-        let KernelRequest::InvokeTool(t) = req;
         let actor = Actor {
             who: Principal::Worker { worker },
             bearer: self.root.bearer(),
             chain: self.chain.child(n),
             io: self.io,
         };
+        let req = match call.request() {
+            Ok(req) => req,
+            Err(e) => {
+                // Malformed or of a kind loongd does not serve: refused, and recorded.
+                let kind = match e {
+                    KernelCallError::Unsupported(_) => ErrorKind::NotFound,
+                    _ => ErrorKind::BadRequest,
+                };
+                let e = RemoteError::new(kind, e.to_string());
+                return Err(self.refuse(&actor, "", e).await);
+            }
+        };
+        let KernelRequest::InvokeTool(t) = req;
         let effect = invoke::builtin_capability(self.kernel, &t.tool, &t.input);
-        self.admit(&actor, &t.tool, effect).await?;
+        self.admit(&actor, &t.tool, &t.input, effect).await?;
         let left = self.root.left();
         let wait = left.min(Duration::from_millis(u64::from(call.deadline_ms)));
         let root = Some(self.root.clone());
@@ -199,6 +207,7 @@ impl Host<'_> {
         &self,
         actor: &Actor<'_>,
         tool: &str,
+        input: &str,
         effect: Option<Capability>,
     ) -> Result<(), RemoteError> {
         let limits = &self.root.limits;
@@ -239,12 +248,21 @@ impl Host<'_> {
                     self.plugin
                 ),
             ))
+        } else if let Err(e) = invoke::precheck(self.kernel, tool, input) {
+            // What the call would fail on before its decision (no such tool, a bad input).
+            Some(e)
         } else {
             effect.and_then(|cap| self.undeclared(cap, tool))
         };
-        let Some(e) = refused else {
-            return Ok(());
-        };
+        match refused {
+            None => Ok(()),
+            Some(e) => Err(self.refuse(actor, tool, e).await),
+        }
+    }
+
+    /// Records the refusal `e` of a kernel call of `tool` before any decision (with the
+    /// chain), so that every kernel call leaves a record; the refusal to answer with.
+    async fn refuse(&self, actor: &Actor<'_>, tool: &str, e: RemoteError) -> RemoteError {
         let tool_invoke = Capability::ToolInvoke.as_str().to_string();
         let (stage, budget, capability) = match &e.detail {
             Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name()), tool_invoke),
@@ -254,9 +272,11 @@ impl Host<'_> {
         let detail = serde_json::json!({
             "capability": capability, "target": tool,
             "token": self.root.token, "plugin": self.plugin, "allowed": false,
-            "reason": e.message, "stage": stage, "budget": budget,
+            "reason": e.message, "stage": stage, "budget": budget, "error": e.kind.to_string(),
         });
-        record(self.kernel, actor.event(Kind::PolicyDecision, detail)).await?;
-        Err(e)
+        match record(self.kernel, actor.event(Kind::PolicyDecision, detail)).await {
+            Ok(()) => e,
+            Err(failed) => failed,
+        }
     }
 }

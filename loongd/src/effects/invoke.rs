@@ -153,6 +153,13 @@ pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Op
     builtin_effect(tool, input).ok().map(|(cap, _, _)| cap)
 }
 
+/// What [`call_in`] checks before it decides: the input's size and syntax, and a ready
+/// plugin serving `tool`.
+pub(crate) fn precheck(kernel: &Kernel, tool: &str, input: &str) -> Result<(), RemoteError> {
+    check_input(input)?;
+    ready(kernel, tool).map(|_| ())
+}
+
 /// The input's size and syntax, checked before anything is decided.
 fn check_input(input: &str) -> Result<(), RemoteError> {
     if input.len() > MAX_INVOKE_INPUT_BYTES {
