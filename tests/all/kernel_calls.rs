@@ -757,12 +757,22 @@ fn a_plugin_under_an_operator_root_has_only_the_built_in_effects_its_manifest_de
         .filter(|r| detail(r)["stage"] == "plugin_capabilities")
         .collect();
     assert_eq!(refusals.len(), 3, "{refusals:?}");
+    let depth = |r: &serde_json::Value| detail(r)["chain"]["depth"] == 1;
     assert!(
         refusals
             .iter()
-            .all(|r| detail(r)["chain"]["depth"] == 1 && detail(r)["allowed"] == false),
+            .all(|r| depth(r) && detail(r)["allowed"] == false),
         "{refusals:?}"
     );
+
+    // Nor through a plugin that declares it: what a plugin's manifest lacks, no plugin it
+    // calls lends it (the writer's write, asked for by the reader, is refused).
+    let through =
+        serde_json::json!({"mode": "call", "tool": "writer", "input": write("through.txt")});
+    let answers = peer_answers(&home, "reader", &through);
+    let inner = &answers[0]["payload"]["answers"][0];
+    assert_eq!(inner["error"]["kind"], "denied", "{answers:?}");
+    assert!(!out.join("through.txt").exists());
 
     // Declared, the same write runs under the operator's pack.
     let answers = peer_answers(&home, "writer", &write("writer.txt"));

@@ -103,12 +103,11 @@ pub(crate) struct Host<'a> {
     pub plugin: String,
     /// Whether its manifest declares [`INVOKE_TOOL`].
     pub may_invoke: bool,
-    /// Whether it is one of loongd's built-in tools (no manifest: its calls are decided
-    /// under the chain's authority alone).
-    pub builtin: bool,
-    /// The capabilities its manifest declares: a nested call of a built-in whose effect
-    /// needs one it does not declare is refused ([`manifest_capability`]).
-    pub capabilities: Vec<String>,
+    /// The manifest capabilities its kernel calls may have effects under: those its own
+    /// plugin and every plugin above it declare (`None`: no plugin is in the chain, as for a
+    /// built-in an operator called). A nested call of a built-in whose effect needs one not
+    /// among them is refused ([`manifest_capability`]).
+    pub declared: Option<Arc<Vec<String>>>,
     /// Kernel calls started so far (each one's number in the chain).
     pub seq: AtomicU64,
 }
@@ -134,13 +133,11 @@ impl Host<'_> {
     /// The refusal of a nested call of a built-in with effect `cap` by a plugin whose
     /// manifest does not declare the capability it needs.
     fn undeclared(&self, cap: Capability, tool: &str) -> Option<RemoteError> {
-        if self.builtin {
-            return None;
-        }
+        let declared = self.declared.as_deref()?;
         let reason = match manifest_capability(cap) {
-            Some(need) if self.capabilities.iter().any(|c| c == need) => return None,
+            Some(need) if declared.iter().any(|c| c == need) => return None,
             Some(need) => format!(
-                "plugin {} does not declare the {need} capability in its manifest, which a nested call with {cap} needs",
+                "plugin {} (or a plugin above it in the chain) does not declare the {need} capability in its manifest, which a nested call with {cap} needs",
                 self.plugin
             ),
             None => format!(
@@ -152,10 +149,12 @@ impl Host<'_> {
     }
 
     async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
+        let mut chain = self.chain.child(n);
+        chain.declared = self.declared.clone();
         let actor = Actor {
             who: Principal::Worker { worker },
             bearer: self.root.bearer(),
-            chain: self.chain.child(n),
+            chain,
             io: self.io,
         };
         let req = match call.request() {
