@@ -701,3 +701,114 @@ fn a_nested_call_that_needs_an_approval_waits_for_one_like_any_call() {
     assert_eq!(answer["code"], -2, "{answer}");
     every_invocation_closed(&home);
 }
+
+#[test]
+fn a_plugin_under_an_operator_root_has_only_the_built_in_effects_its_manifest_declares() {
+    let data = shared_dir("kn");
+    let work = shared_dir("kw");
+    let out = data.path().join("out");
+    fs::create_dir(&out).expect("out dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let home = Home::with_config(&format!(
+        "[builtins]\nread_roots = [{0:?}]\nwrite_roots = [{1:?}]\nworkspace = {2:?}\n",
+        data.path().display().to_string(),
+        out.display().to_string(),
+        work.path().display().to_string()
+    ));
+    install_examples(&home);
+    // Reading its own directory needs filesystem_read; it declares nothing to write with.
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "reader",
+        r#""invoke_tool", "filesystem_read""#,
+    );
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "writer",
+        r#""invoke_tool", "filesystem_read", "filesystem_write""#,
+    );
+    home.start();
+    let write = |name: &str| {
+        serde_json::json!({"mode": "call", "tool": "file.write",
+            "input": {"path": out.join(name), "content": "x"}})
+    };
+
+    // The operator's pack grants the write, but the calling plugin does not declare it.
+    let answers = peer_answers(&home, "reader", &write("reader.txt"));
+    assert_eq!(answers[0]["error"]["kind"], "denied", "{answers:?}");
+    assert!(!out.join("reader.txt").exists());
+    // No manifest capability grants running a command: a plugin's nested shell.exec never
+    // runs, whatever its root may do.
+    let made = work.path().join("made.txt");
+    let exec = serde_json::json!({"mode": "call", "tool": "shell.exec",
+        "input": {"command": "touch made.txt"}});
+    for id in ["reader", "writer"] {
+        let answers = peer_answers(&home, id, &exec);
+        assert_eq!(answers[0]["error"]["kind"], "denied", "{id}: {answers:?}");
+    }
+    assert!(!made.exists());
+    let refusals: Vec<_> = records(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| detail(r)["stage"] == "plugin_capabilities")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    let depth = |r: &serde_json::Value| detail(r)["chain"]["depth"] == 1;
+    assert!(
+        refusals
+            .iter()
+            .all(|r| depth(r) && detail(r)["allowed"] == false),
+        "{refusals:?}"
+    );
+
+    // Nor through a plugin that declares it: what a plugin's manifest lacks, no plugin it
+    // calls lends it (the writer's write, asked for by the reader, is refused).
+    let through =
+        serde_json::json!({"mode": "call", "tool": "writer", "input": write("through.txt")});
+    let answers = peer_answers(&home, "reader", &through);
+    let inner = &answers[0]["payload"]["answers"][0];
+    assert_eq!(inner["error"]["kind"], "denied", "{answers:?}");
+    assert!(!out.join("through.txt").exists());
+
+    // Declared, the same write runs under the operator's pack.
+    let answers = peer_answers(&home, "writer", &write("writer.txt"));
+    assert!(answers[0].get("error").is_none(), "{answers:?}");
+    assert_eq!(
+        fs::read_to_string(out.join("writer.txt")).expect("written"),
+        "x"
+    );
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn a_kernel_call_refused_before_its_decision_is_recorded_with_the_chain() {
+    let home = Home::new();
+    install_examples(&home);
+    install_caller(
+        &home,
+        "calls-nothing",
+        "no-such-tool",
+        r#""invoke_tool""#,
+        5000,
+    );
+    install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 5000);
+    home.start();
+    // The control: a call that is decided has its decision recorded.
+    let (code, _, err) = invoke(&home, &["calls-echo", "--input", "[1]"]);
+    assert_eq!(code, 0, "{err}");
+    // The plugin answers with call_tool's code; the kernel call itself is refused.
+    let _ = invoke(&home, &["calls-nothing", "--input", "{}"]);
+    let refused: Vec<_> = records(&home, "policy.decision")
+        .into_iter()
+        .filter(|r| detail(r)["target"] == "no-such-tool")
+        .collect();
+    assert_eq!(refused.len(), 1, "the refused kernel call left no record");
+    let d = detail(&refused[0]);
+    assert_eq!(d["allowed"], false, "{d}");
+    assert_eq!(d["chain"]["depth"], 1, "{d}");
+    assert!(d["chain"]["parent"].is_string(), "{d}");
+}

@@ -43,6 +43,19 @@ use crate::{
 /// The capability a plugin's manifest declares to call tools through loongd.
 pub const INVOKE_TOOL: &str = "invoke_tool";
 
+/// The manifest capability a plugin must declare for its nested calls to have effect `cap`
+/// through a built-in (`None`: no manifest capability grants it, so a plugin's nested call
+/// never has it). Without this, a plugin declaring only `invoke_tool` would read, write,
+/// fetch and run commands with all of its root's authority (the operator's whole pack).
+pub(crate) fn manifest_capability(cap: Capability) -> Option<&'static str> {
+    match cap {
+        Capability::FsRead => Some("filesystem_read"),
+        Capability::FsWrite => Some("filesystem_write"),
+        Capability::NetEgress => Some("network_egress"),
+        _ => None,
+    }
+}
+
 /// What every call of one chain shares: the root's authority and its budget.
 #[derive(Debug)]
 pub(crate) struct Root {
@@ -90,6 +103,11 @@ pub(crate) struct Host<'a> {
     pub plugin: String,
     /// Whether its manifest declares [`INVOKE_TOOL`].
     pub may_invoke: bool,
+    /// The manifest capabilities its kernel calls may have effects under: those its own
+    /// plugin and every plugin above it declare (`None`: no plugin is in the chain, as for a
+    /// built-in an operator called). A nested call of a built-in whose effect needs one not
+    /// among them is refused ([`manifest_capability`]).
+    pub declared: Option<Arc<Vec<String>>>,
     /// Kernel calls started so far (each one's number in the chain).
     pub seq: AtomicU64,
 }
@@ -112,19 +130,48 @@ impl KernelCalls for Host<'_> {
 }
 
 impl Host<'_> {
+    /// The refusal of a nested call of a built-in with effect `cap` by a plugin whose
+    /// manifest does not declare the capability it needs.
+    fn undeclared(&self, cap: Capability, tool: &str) -> Option<RemoteError> {
+        let declared = self.declared.as_deref()?;
+        let reason = match manifest_capability(cap) {
+            Some(need) if declared.iter().any(|c| c == need) => return None,
+            Some(need) => format!(
+                "plugin {} (or a plugin above it in the chain) does not declare the {need} capability in its manifest, which a nested call with {cap} needs",
+                self.plugin
+            ),
+            None => format!(
+                "plugin {}: a plugin's nested call never has {cap} (no manifest capability grants it)",
+                self.plugin
+            ),
+        };
+        Some(denied(DenialStage::PluginCapabilities, cap, tool, &reason))
+    }
+
     async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
-        let req = call.request().map_err(|e| match e {
-            KernelCallError::Unsupported(_) => RemoteError::new(ErrorKind::NotFound, e.to_string()),
-            _ => RemoteError::new(ErrorKind::BadRequest, e.to_string()),
-        })?;
-        let KernelRequest::InvokeTool(t) = req;
+        let mut chain = self.chain.child(n);
+        chain.declared = self.declared.clone();
         let actor = Actor {
             who: Principal::Worker { worker },
             bearer: self.root.bearer(),
-            chain: self.chain.child(n),
+            chain,
             io: self.io,
         };
-        self.admit(&actor, &t.tool).await?;
+        let req = match call.request() {
+            Ok(req) => req,
+            Err(e) => {
+                // Malformed or of a kind loongd does not serve: refused, and recorded.
+                let kind = match e {
+                    KernelCallError::Unsupported(_) => ErrorKind::NotFound,
+                    _ => ErrorKind::BadRequest,
+                };
+                let e = RemoteError::new(kind, e.to_string());
+                return Err(self.refuse(&actor, "", e).await);
+            }
+        };
+        let KernelRequest::InvokeTool(t) = req;
+        let effect = invoke::builtin_capability(self.kernel, &t.tool, &t.input);
+        self.admit(&actor, &t.tool, &t.input, effect).await?;
         let left = self.root.left();
         let wait = left.min(Duration::from_millis(u64::from(call.deadline_ms)));
         let root = Some(self.root.clone());
@@ -155,7 +202,13 @@ impl Host<'_> {
 
     /// The chain's bounds and the calling plugin's declared capabilities, checked before
     /// anything is decided; a refusal is recorded (with the chain) and answered typed.
-    async fn admit(&self, actor: &Actor<'_>, tool: &str) -> Result<(), RemoteError> {
+    async fn admit(
+        &self,
+        actor: &Actor<'_>,
+        tool: &str,
+        input: &str,
+        effect: Option<Capability>,
+    ) -> Result<(), RemoteError> {
         let limits = &self.root.limits;
         let refused = if actor.chain.depth > limits.max_depth {
             Some(over_budget(
@@ -194,23 +247,35 @@ impl Host<'_> {
                     self.plugin
                 ),
             ))
+        } else if let Err(e) = invoke::precheck(self.kernel, tool, input) {
+            // What the call would fail on before its decision (no such tool, a bad input).
+            Some(e)
         } else {
-            None
+            effect.and_then(|cap| self.undeclared(cap, tool))
         };
-        let Some(e) = refused else {
-            return Ok(());
-        };
-        let (stage, budget) = match &e.detail {
-            Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name())),
-            Some(ErrorDetail::Denied(d)) => (Some(d.stage.name()), None),
-            _ => (None, None),
+        match refused {
+            None => Ok(()),
+            Some(e) => Err(self.refuse(actor, tool, e).await),
+        }
+    }
+
+    /// Records the refusal `e` of a kernel call of `tool` before any decision (with the
+    /// chain), so that every kernel call leaves a record; the refusal to answer with.
+    async fn refuse(&self, actor: &Actor<'_>, tool: &str, e: RemoteError) -> RemoteError {
+        let tool_invoke = Capability::ToolInvoke.as_str().to_string();
+        let (stage, budget, capability) = match &e.detail {
+            Some(ErrorDetail::BudgetExceeded(b)) => (None, Some(b.budget.name()), tool_invoke),
+            Some(ErrorDetail::Denied(d)) => (Some(d.stage.name()), None, d.capability.clone()),
+            _ => (None, None, tool_invoke),
         };
         let detail = serde_json::json!({
-            "capability": Capability::ToolInvoke.as_str(), "target": tool,
+            "capability": capability, "target": tool,
             "token": self.root.token, "plugin": self.plugin, "allowed": false,
-            "reason": e.message, "stage": stage, "budget": budget,
+            "reason": e.message, "stage": stage, "budget": budget, "error": e.kind.to_string(),
         });
-        record(self.kernel, actor.event(Kind::PolicyDecision, detail)).await?;
-        Err(e)
+        match record(self.kernel, actor.event(Kind::PolicyDecision, detail)).await {
+            Ok(()) => e,
+            Err(failed) => failed,
+        }
     }
 }

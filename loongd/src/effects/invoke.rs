@@ -85,6 +85,11 @@ pub(crate) async fn call_in(
         chain: actor.chain.clone(),
         plugin: target.plugin.id.clone(),
         may_invoke: target.plugin.capabilities.iter().any(|c| c == INVOKE_TOOL),
+        declared: narrowed(
+            actor.chain.declared.as_deref(),
+            target.plugin.bridge_kind == crate::workers::builtins::BUILTIN,
+            &target.plugin.capabilities,
+        ),
         seq: AtomicU64::new(0),
     };
     // A file tool opens only the file the decision resolved, beneath the scope it decided
@@ -139,6 +144,42 @@ pub(crate) async fn call_in(
     learn(kernel, &target, &called).await;
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     record_outcome(kernel, actor, tool, called, wall_us).await
+}
+
+/// What the kernel calls of a call may have, given what the plugins above it declare
+/// (`above`; `None`: no plugin) and its own plugin's `declared` capabilities (a built-in
+/// has none of its own and passes on what it was given).
+fn narrowed(
+    above: Option<&Vec<String>>,
+    builtin: bool,
+    declared: &[String],
+) -> Option<Arc<Vec<String>>> {
+    if builtin {
+        return above.cloned().map(Arc::new);
+    }
+    let within = declared
+        .iter()
+        .filter(|c| above.is_none_or(|a| a.contains(c)))
+        .cloned()
+        .collect();
+    Some(Arc::new(within))
+}
+
+/// The effect a call of built-in `tool` with `input` would have (`None`: `tool` is not a
+/// built-in, or the call is malformed and fails as [`call_in`] finds it).
+pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Option<Capability> {
+    let (plugin, _) = resolve(kernel, tool).ok()?;
+    if plugin.bridge_kind != crate::workers::builtins::BUILTIN {
+        return None;
+    }
+    builtin_effect(tool, input).ok().map(|(cap, _, _)| cap)
+}
+
+/// What [`call_in`] checks before it decides: the input's size and syntax, and a ready
+/// plugin serving `tool`.
+pub(crate) fn precheck(kernel: &Kernel, tool: &str, input: &str) -> Result<(), RemoteError> {
+    check_input(input)?;
+    ready(kernel, tool).map(|_| ())
 }
 
 /// The input's size and syntax, checked before anything is decided.

@@ -78,6 +78,10 @@ pub(crate) struct Chain {
     /// This call's own id, its records' correlation: the root's correlation at the root,
     /// `PARENT.N` for the parent's `N`th kernel call.
     pub call: String,
+    /// The manifest capabilities every plugin above this call declares (`None`: no plugin
+    /// asked for it): a nested call of a built-in has its effect only within them, so that no
+    /// plugin gets through another plugin or a built-in what its own manifest does not say.
+    pub declared: Option<std::sync::Arc<Vec<String>>>,
 }
 
 impl Chain {
@@ -88,6 +92,7 @@ impl Chain {
             parent: None,
             depth: 0,
             call: correlation,
+            declared: None,
         }
     }
 
@@ -98,6 +103,7 @@ impl Chain {
             parent: Some(self.call.clone()),
             depth: self.depth.saturating_add(1),
             call: format!("{}.{n}", self.call),
+            declared: self.declared.clone(),
         }
     }
 

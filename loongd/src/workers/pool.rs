@@ -54,6 +54,11 @@ pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// many times the pool's size are live (it would otherwise wait for a worker its own chain
 /// holds); past it, it queues like any call.
 pub const NESTED_OVERFLOW_FACTOR: usize = 4;
+/// The extra checkouts nested calls may make past a pool of `pool_size`.
+fn spare_permits(pool_size: usize) -> usize {
+    pool_size.saturating_mul(NESTED_OVERFLOW_FACTOR.saturating_sub(1))
+}
+
 /// How long a replaced pool may finish the calls it runs before it is stopped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -158,6 +163,9 @@ pub(crate) struct Supervisor {
     allow_degraded: bool,
     audit: Audit,
     permits: Semaphore,
+    /// The extra checkouts nested calls may make past the pool's size: taken before the
+    /// extra worker is spawned, so that racing nested calls cannot all see room.
+    spare: Semaphore,
     pool_size: usize,
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
@@ -183,6 +191,7 @@ impl Supervisor {
             allow_degraded,
             audit,
             permits: Semaphore::new(pool_size),
+            spare: Semaphore::new(spare_permits(pool_size)),
             pool_size,
             idle: Mutex::default(),
             table: Mutex::default(),
@@ -265,19 +274,20 @@ impl Supervisor {
         nested: bool,
     ) -> (u64, Result<Done, CallError>) {
         let unavailable = |why: String| (0, Err(CallError::Unavailable(why)));
-        let overflow = nested && self.live() < self.pool_size * NESTED_OVERFLOW_FACTOR;
         let permit = match self.permits.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) if overflow => None,
-            Err(_) => match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
-                Ok(Ok(p)) => Some(p),
-                Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
-                Err(_) => {
-                    return unavailable(format!(
-                        "no worker became free within {} ms",
-                        queue_deadline.as_millis()
-                    ))
-                }
+            Ok(p) => p,
+            Err(_) => match self.spare.try_acquire().ok().filter(|_| nested) {
+                Some(p) => p,
+                None => match tokio::time::timeout(queue_deadline, self.permits.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
+                    Err(_) => {
+                        return unavailable(format!(
+                            "no worker became free within {} ms",
+                            queue_deadline.as_millis()
+                        ))
+                    }
+                },
             },
         };
         let worker = match self.take_or_spawn().await {
@@ -709,7 +719,12 @@ impl Supervisor {
     /// already started is cut off.
     pub(crate) async fn drain_then_shutdown(self: Arc<Self>) {
         let all = u32::try_from(self.pool_size).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all)).await;
+        let spare = u32::try_from(spare_permits(self.pool_size)).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            let _calls = self.permits.acquire_many(all).await;
+            let _nested = self.spare.acquire_many(spare).await;
+        })
+        .await;
         self.shutdown();
         self.reap_idle().await;
     }
@@ -734,6 +749,7 @@ impl Supervisor {
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.permits.close();
+        self.spare.close();
         for e in lock(&self.table).values() {
             let _ = e.killer.kill();
         }
