@@ -348,3 +348,67 @@ fn programmatic_tool_call_is_offered_only_when_the_operator_enables_it() {
     assert!(loong_ipc::package::BUILTIN_TOOLS.contains(&TOOL));
     echo_works(&home);
 }
+
+/// The audit times (ms) of the `tool.invoked` records of `echo` under root call `root`.
+fn echo_times(home: &Home, root: &str) -> Vec<i64> {
+    let mut t: Vec<i64> = records(home, "tool.invoked")
+        .iter()
+        .filter(|r| detail(r)["tool"] == "echo" && detail(r)["chain"]["root"] == root)
+        .map(|r| r["time_ms"].as_i64().expect("time_ms"))
+        .collect();
+    t.sort_unstable();
+    t
+}
+
+/// The correlation of the newest plan call.
+fn last_plan_call(home: &Home) -> String {
+    records(home, "tool.invoked")
+        .iter()
+        .find(|r| detail(r)["tool"] == TOOL)
+        .expect("a plan call")["correlation"]
+        .as_str()
+        .expect("correlation")
+        .to_string()
+}
+
+#[test]
+fn min_interval_ms_is_kept_between_nested_calls_as_the_audit_times_show() {
+    /// The interval asked for, and what the audit's times may lose of it: the limit spaces
+    /// the starts of the worker's kernel calls, and each record is written after loongd
+    /// read and decided its call, which takes longer under load.
+    const INTERVAL_MS: i64 = 500;
+    const SLACK_MS: i64 = 100;
+    let home = home();
+    install_examples(&home);
+    home.start();
+    let mut plan = serde_json::json!({
+        "caller": "t",
+        "steps": [
+            {"kind": "connector_call", "step_id": "a", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "b", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "c", "connector_name": "echo", "payload": {}}
+        ]
+    });
+    // The control: without a limit, some two calls follow closer than the interval.
+    let input = plan_file(&home, "free.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let free = echo_times(&home, &last_plan_call(&home));
+    assert_eq!(free.len(), 3, "{free:?}");
+    assert!(
+        free.windows(2)
+            .any(|w| w[1] - w[0] < INTERVAL_MS - SLACK_MS),
+        "{free:?}"
+    );
+
+    plan["connector_rate_limits"] = serde_json::json!({"echo": {"min_interval_ms": INTERVAL_MS}});
+    let input = plan_file(&home, "limited.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let limited = echo_times(&home, &last_plan_call(&home));
+    assert_eq!(limited.len(), 3, "{limited:?}");
+    for w in limited.windows(2) {
+        assert!(w[1] - w[0] >= INTERVAL_MS - SLACK_MS, "{limited:?}");
+    }
+    every_invocation_closed(&home);
+}
