@@ -231,3 +231,88 @@ fn main() {
     );
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use loong_ipc::{BudgetExceeded, FailureClass as Wire};
+
+    use super::*;
+
+    fn remote(kind: ErrorKind, detail: Option<ErrorDetail>) -> CallError {
+        let r = RemoteError::new(kind, "why");
+        call_error(KernelLinkError::Remote(match detail {
+            Some(d) => r.with_detail(d),
+            None => r,
+        }))
+    }
+
+    fn budget(budget: Budget) -> Option<ErrorDetail> {
+        Some(ErrorDetail::BudgetExceeded(BudgetExceeded {
+            budget,
+            limit: 3,
+        }))
+    }
+
+    /// Each typed outcome of loongd is one class; the prose never decides it.
+    #[test]
+    fn loongds_typed_outcomes_map_to_the_interpreters_classes() {
+        let reason = || "why".to_string();
+        assert_eq!(
+            remote(ErrorKind::Denied, None),
+            CallError::Denied { reason: reason() }
+        );
+        assert_eq!(
+            remote(ErrorKind::ApprovalPending, None),
+            CallError::ApprovalRequired { reason: reason() }
+        );
+        assert_eq!(remote(ErrorKind::NotFound, None), CallError::NotFound);
+        assert_eq!(
+            remote(ErrorKind::BudgetExceeded, budget(Budget::CallDepth)),
+            CallError::DepthExceeded
+        );
+        assert_eq!(
+            remote(ErrorKind::BudgetExceeded, budget(Budget::Calls)),
+            CallError::BudgetExceeded { reason: reason() }
+        );
+        assert_eq!(
+            remote(ErrorKind::Overloaded, budget(Budget::InFlight)),
+            CallError::Overloaded
+        );
+        assert_eq!(
+            remote(ErrorKind::DeadlineExceeded, None),
+            CallError::Timeout
+        );
+        let failed = |class| {
+            remote(
+                ErrorKind::WorkerFailed,
+                Some(ErrorDetail::WorkerFailed(class)),
+            )
+        };
+        for (wire, class) in [
+            (Wire::WorkerDied, FailureClass::Transient),
+            (Wire::Plugin(FailureKind::Timeout), FailureClass::Transient),
+            (Wire::Plugin(FailureKind::Trap), FailureClass::Permanent),
+            (Wire::WorkerProtocol, FailureClass::Permanent),
+        ] {
+            assert_eq!(
+                failed(wire),
+                CallError::ToolFailed {
+                    class,
+                    message: reason()
+                },
+                "{wire:?}"
+            );
+        }
+        assert_eq!(
+            call_error(KernelLinkError::Timeout(Duration::from_millis(5))),
+            CallError::Timeout
+        );
+        assert!(matches!(
+            call_error(KernelLinkError::Transport("gone".into())),
+            CallError::Transport { .. }
+        ));
+        // Retry follows the class: a denial is never retried, a dead worker is.
+        assert!(!remote(ErrorKind::Denied, None).retryable());
+        assert!(failed(Wire::WorkerDied).retryable());
+    }
+}
