@@ -249,6 +249,7 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "file.edit",
     "shell.exec",
     "web.fetch",
+    "programmatic_tool_call",
 ];
 
 /// The first line of the signed message.

@@ -92,6 +92,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # link-local answers are refused unless fetch_allow_private.
 # fetch = false
 # fetch_allow_private = false
+# programmatic_tool_call: run plans of tool calls in a restricted plan worker, each call
+# decided and audited as a nested call of the plan's (docs/programmatic.md).
+# plans = false
 # Each call's deadline, and the cap on what one call reads or prints.
 # timeout_ms = 10000
 # max_output_bytes = 1048576
@@ -415,6 +418,8 @@ pub struct BuiltinsConfig {
     pub shell_net: Vec<String>,
     pub fetch: bool,
     pub fetch_allow_private: bool,
+    /// Offer `programmatic_tool_call`.
+    pub plans: bool,
     #[serde(deserialize_with = "timeout_ms")]
     pub timeout_ms: u64,
     #[serde(deserialize_with = "output_bytes")]
@@ -489,6 +494,7 @@ impl Default for BuiltinsConfig {
             shell_net: Vec::new(),
             fetch: false,
             fetch_allow_private: false,
+            plans: false,
             timeout_ms: DEFAULT_BUILTIN_TIMEOUT_MS,
             max_output_bytes: DEFAULT_BUILTIN_OUTPUT_BYTES,
         }

@@ -49,7 +49,7 @@ fn install_caller(home: &Home, id: &str, tool: &str, capabilities: &str, timeout
 }
 
 /// A pack `t` granting `tool.invoke` on every tool, for tokens narrowed by `--cap`.
-fn pack(home: &Home) {
+pub(crate) fn pack(home: &Home) {
     fs::create_dir_all(home.path().join("packs")).expect("packs dir");
     fs::write(
         home.path().join("packs/t.toml"),
@@ -59,7 +59,7 @@ fn pack(home: &Home) {
 }
 
 /// Issues a token of pack `t` with `caps`; its secret and public id.
-fn issue(home: &Home, caps: &[&str]) -> (String, String) {
+pub(crate) fn issue(home: &Home, caps: &[&str]) -> (String, String) {
     let mut a = vec![
         "tokens", "issue", "--pack", "t", "--agent", "bot", "--ttl", "1h", "--json",
     ];
@@ -75,12 +75,12 @@ fn issue(home: &Home, caps: &[&str]) -> (String, String) {
     )
 }
 
-fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("{s:?} is not JSON: {e}"))
 }
 
 /// The token's trail, as JSON records (oldest first).
-fn trail(home: &Home, id: &str) -> Vec<serde_json::Value> {
+pub(crate) fn trail(home: &Home, id: &str) -> Vec<serde_json::Value> {
     let out = home.ctl(&["audit", "token-trail", id, "--json", "--limit", "1000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -92,7 +92,7 @@ fn trail(home: &Home, id: &str) -> Vec<serde_json::Value> {
 
 /// Every `tool.invoked` record has exactly one outcome (`tool.completed` or `tool.failed`)
 /// of the same correlation.
-fn every_invocation_closed(home: &Home) {
+pub(crate) fn every_invocation_closed(home: &Home) {
     let corr = |kind: &str| -> Vec<String> {
         records(home, kind)
             .iter()
@@ -265,7 +265,7 @@ fn a_plugin_that_calls_itself_stops_at_the_depth_limit_with_the_chain_in_the_tra
 }
 
 /// Starts `loongctl invoke TOOL` in the background.
-fn invoke_in_background(home: &Home, tool: &str) -> std::process::Child {
+pub(crate) fn invoke_in_background(home: &Home, tool: &str) -> std::process::Child {
     Command::new(bin("loongctl"))
         .arg("--home")
         .arg(home.path())
@@ -277,7 +277,7 @@ fn invoke_in_background(home: &Home, tool: &str) -> std::process::Child {
 }
 
 /// The pid of a busy worker running `tool`, once there is one.
-fn busy_worker(home: &Home, tool: &str) -> i32 {
+pub(crate) fn busy_worker(home: &Home, tool: &str) -> i32 {
     let mut busy = None;
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -292,7 +292,7 @@ fn busy_worker(home: &Home, tool: &str) -> i32 {
     i32::try_from(pid).expect("pid")
 }
 
-fn kill9(pid: i32) {
+pub(crate) fn kill9(pid: i32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

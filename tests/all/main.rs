@@ -20,6 +20,7 @@ mod outcomes;
 mod package_checks;
 mod package_copy;
 mod packaging;
+mod plans;
 mod revocation;
 mod sandbox;
 mod sandbox_client;

@@ -67,7 +67,7 @@ fn package() -> &'static Path {
     })
 }
 
-const BINARIES: [&str; 7] = [
+const BINARIES: [&str; 8] = [
     "usr/bin/loongd",
     "usr/bin/loongctl",
     "usr/lib/loong/loong-spawn",
@@ -75,6 +75,7 @@ const BINARIES: [&str; 7] = [
     "usr/lib/loong/loong-worker-http",
     "usr/lib/loong/loong-worker-builtin",
     "usr/lib/loong/loong-worker-stdio",
+    "usr/lib/loong/loong-worker-plan",
 ];
 
 #[test]
@@ -747,7 +748,7 @@ fn under_systemd_logs_reach_the_journal_with_structured_fields() {
     );
 }
 
-const RELEASE_BINARIES: [&str; 7] = [
+const RELEASE_BINARIES: [&str; 8] = [
     "loongd",
     "loongctl",
     "loong-spawn",
@@ -755,6 +756,7 @@ const RELEASE_BINARIES: [&str; 7] = [
     "loong-worker-http",
     "loong-worker-builtin",
     "loong-worker-stdio",
+    "loong-worker-plan",
 ];
 
 /// A change to a release directory that must make install.sh refuse it.

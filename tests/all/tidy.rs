@@ -175,12 +175,26 @@ fn crate_dependency_direction() {
         }
     }
     // The plan interpreter is a library that talks to the kernel only through its `Kernel`
-    // trait: it depends on no project crate, so the worker that wraps it chooses the wire.
-    assert_eq!(
-        project_deps(&r.join("workers/plan/Cargo.toml")),
-        Vec::<String>::new(),
-        "loong-worker-plan depends on no project crate"
-    );
+    // trait: only the worker binary that wraps it (`src/main.rs`) chooses the wire, so no
+    // other file of it names a project crate, and the package depends on none but the
+    // worker's own.
+    for dep in project_deps(&r.join("workers/plan/Cargo.toml")) {
+        assert!(
+            dep == "loong-ipc" || dep == "loong-worker-runtime",
+            "workers/plan depends on {dep}"
+        );
+    }
+    let mut library = Vec::new();
+    rust_files(&r.join("workers/plan/src"), &mut library);
+    assert!(library.len() > 5, "the plan library is read: {library:?}");
+    for f in library.iter().filter(|f| !f.ends_with("src/main.rs")) {
+        let src = fs::read_to_string(f).expect("read");
+        assert!(
+            !src.contains("loong_ipc") && !src.contains("loong_worker_runtime"),
+            "{} names a project crate; only the worker binary (src/main.rs) may",
+            f.display()
+        );
+    }
     assert!(
         !project_deps(&r.join("loongd/Cargo.toml"))
             .iter()

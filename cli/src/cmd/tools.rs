@@ -32,8 +32,8 @@ pub const DEFAULT_INVOKE_TIMEOUT_SECS: f64 = 120.0;
 pub struct InvokeArgs {
     /// The tool: a plugin id (`loongctl plugins list`).
     pub tool: String,
-    /// The JSON input, or `@FILE` to read it from a file.
-    #[arg(long, default_value = "{}", value_name = "JSON|@FILE")]
+    /// The JSON input, `@FILE` to read it from a file, or `-` to read it from stdin.
+    #[arg(long, default_value = "{}", value_name = "JSON|@FILE|-")]
     pub input: String,
     /// The capability token to act under, given by its secret (default: $LOONG_TOKEN, else
     /// the operator's own authority).
@@ -164,23 +164,46 @@ fn usage(m: String) -> Failure {
 }
 
 fn read_input(arg: &str) -> Result<String, Failure> {
-    let text = match arg.strip_prefix('@') {
-        Some(path) => {
-            let meta =
-                std::fs::metadata(path).map_err(|e| usage(format!("--input @{path}: {e}")))?;
-            if meta.len() > MAX_INVOKE_INPUT_BYTES as u64 {
-                return Err(usage(format!(
-                    "--input @{path}: {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit",
-                    meta.len()
-                )));
-            }
-            std::fs::read_to_string(path).map_err(|e| usage(format!("--input @{path}: {e}")))?
-        }
-        None => arg.to_string(),
+    let text = if arg == "-" {
+        read_bounded(std::io::stdin().lock(), "-")?
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let file = std::fs::File::open(path).map_err(|e| usage(format!("--input @{path}: {e}")))?;
+        read_bounded(file, &format!("@{path}"))?
+    } else {
+        arg.to_string()
     };
     serde_json::from_str::<serde_json::Value>(&text)
-        .map_err(|e| usage(format!("--input is not JSON: {e}")))?;
+        .map_err(|e| usage(format!("--input {}: not JSON: {e}", source_name(arg))))?;
     Ok(text)
+}
+
+/// How an error names where the input came from: the file, stdin, or the argument itself.
+fn source_name(arg: &str) -> String {
+    if arg == "-" {
+        "- (stdin)".to_string()
+    } else if arg.starts_with('@') {
+        arg.to_string()
+    } else {
+        "(the argument)".to_string()
+    }
+}
+
+/// Reads at most [`MAX_INVOKE_INPUT_BYTES`] (one more byte says it is too long), as UTF-8.
+fn read_bounded(reader: impl std::io::Read, name: &str) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let shown = if name == "-" { "- (stdin)" } else { name };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_INVOKE_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| usage(format!("--input {shown}: {e}")))?;
+    if bytes.len() > MAX_INVOKE_INPUT_BYTES {
+        return Err(usage(format!(
+            "--input {shown}: more than the {MAX_INVOKE_INPUT_BYTES}-byte limit of an invoke's input; \
+             give a smaller input"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| usage(format!("--input {shown}: not UTF-8: {e}")))
 }
 
 fn result_json(r: &InvokeResult) -> serde_json::Value {

@@ -238,7 +238,11 @@ async fn decide(
     tool: &str,
     input: &str,
 ) -> Result<Authorized, RemoteError> {
-    let (cap, on, script) = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN {
+    // A plan is decided as `tool.invoke` on its name, like a plugin: loongd does not parse
+    // it (its worker does), and each call it makes is decided on its own as a nested call.
+    let (cap, on, script) = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
+        && tool != crate::workers::builtins::PROGRAMMATIC_TOOL_CALL
+    {
         builtin_effect(tool, input)?
     } else {
         (Capability::ToolInvoke, tool.to_string(), None)
@@ -401,7 +405,7 @@ fn builtin_effect(
                 .map_err(|e| bad(format!("web.fetch url: {e}")))?;
             (Capability::NetEgress, format!("{host}:{port}"), None)
         }
-        _ => {
+        "shell.exec" => {
             let command = field("command")?;
             let plan = CommandLine::Script(&command).plan();
             let first = plan.programs.first().map(|p| p.name.clone()).ok_or_else(|| {
@@ -410,6 +414,12 @@ fn builtin_effect(
                 ))
             })?;
             (Capability::ProcessExec, first, Some(command))
+        }
+        other => {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("no built-in tool {other:?} has an effect to decide"),
+            ))
         }
     })
 }

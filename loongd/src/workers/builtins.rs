@@ -25,7 +25,14 @@ struct Def {
     example: &'static str,
 }
 
-const DEFS: [Def; 5] = [
+/// The built-in that runs a `programmatic_tool_call` plan in a restricted plan worker.
+pub const PROGRAMMATIC_TOOL_CALL: &str = "programmatic_tool_call";
+/// What the plan worker declares: the capability the kernel-call path checks
+/// (`effects::chain::INVOKE_TOOL`, spelt here because the supervisor does not name the
+/// effect path; `tests/all/plans.rs` shows nested calls pass with it).
+const PLAN_CAPABILITY: &str = "invoke_tool";
+
+const DEFS: [Def; 6] = [
     Def {
         tool: "file.read",
         summary: "Read a UTF-8 text file under the granted read roots",
@@ -56,6 +63,12 @@ const DEFS: [Def; 5] = [
         tags: &["web", "fetch", "http", "url", "builtin"],
         example: r#"{"url": "http://example.com/"}"#,
     },
+    Def {
+        tool: PROGRAMMATIC_TOOL_CALL,
+        summary: "Run a plan of tool calls (steps, batches, conditionals, retries, rate limits, breakers), each call decided and audited as a nested call",
+        tags: &["plan", "programmatic", "batch", "orchestration", "builtin"],
+        example: r#"{"caller": "me", "steps": [{"id": "a", "type": "set_literal", "value": 1}]}"#,
+    },
 ];
 
 /// The built-in tools `cfg` grants something to.
@@ -66,6 +79,9 @@ pub(crate) fn entries(cfg: &BuiltinsConfig) -> Vec<Plugin> {
 fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
     if d.tool == "web.fetch" {
         return cfg.fetch.then(|| fetch_entry(d, cfg));
+    }
+    if d.tool == PROGRAMMATIC_TOOL_CALL {
+        return cfg.plans.then(|| plan_entry(d, cfg));
     }
     let readable: Vec<PathBuf> = cfg
         .read_roots
@@ -174,6 +190,30 @@ fn fetch_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
         pool: None,
     };
     described(d, state)
+}
+
+/// `programmatic_tool_call`: offered when `[builtins] plans = true` (it needs no grant). Its restricted worker holds
+/// no authority; it declares `invoke_tool`, so each connector call it makes is a kernel call
+/// decided under the root call's authority (`effects::chain`), and audited with the chain.
+fn plan_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
+    let state = State::Ready {
+        plugin: Loadable {
+            id: d.tool.to_string(),
+            wire: Arc::new(Wire::Builtin(BuiltinSpec {
+                tool: d.tool.to_string(),
+                roots: Vec::new(),
+                timeout_ms: cfg.timeout_ms,
+                max_output_bytes: cfg.max_output_bytes,
+            })),
+            generation: super::plugins::next_generation(),
+        },
+        kind: Some(Box::new(WorkerKind::plan())),
+        info: LoadInfo::default(),
+        pool: None,
+    };
+    let mut plugin = described(d, state);
+    plugin.capabilities = vec![PLAN_CAPABILITY.to_string()];
+    plugin
 }
 
 #[cfg(test)]

@@ -11,6 +11,12 @@ pub const WASM_WORKER_NAME: &str = "loong-worker-wasm";
 pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
 pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
 pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
+pub const PLAN_WORKER_NAME: &str = "loong-worker-plan";
+/// A plan worker's memory: the interpreter, one plan and its steps' outputs.
+pub const PLAN_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Tasks a plan worker's sandbox may hold: the spawn helper and the reaper, the worker's
+/// one thread, and one to spare.
+pub const PLAN_WORKER_TASKS: u64 = 4;
 /// An HTTP worker's memory and tasks: one single-threaded exchange at a time.
 pub const HTTP_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const HTTP_WORKER_TASKS: u64 = 4;
@@ -111,6 +117,23 @@ impl WorkerKind {
             tier: Tier::Restricted,
             memory_bytes: WORKER_MEMORY_BYTES,
             tasks: WORKER_THREADS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+            broker: false,
+            package: None,
+        }
+    }
+
+    /// The plan worker (`programmatic_tool_call`): restricted, no grant at all; its only way
+    /// out is a kernel call on its socket.
+    pub(crate) fn plan() -> WorkerKind {
+        WorkerKind {
+            name: "plan",
+            program: next_to_loongd(PLAN_WORKER_NAME),
+            tier: Tier::Restricted,
+            memory_bytes: PLAN_WORKER_MEMORY_BYTES,
+            tasks: PLAN_WORKER_TASKS,
             read: Vec::new(),
             write: Vec::new(),
             net: Vec::new(),

@@ -1,0 +1,414 @@
+//! `programmatic_tool_call` end to end: a plan given as `loongctl invoke programmatic_tool_call
+//! --input @plan.json` runs in its restricted plan worker, and each connector call is a kernel
+//! call that loongd decides under the root call's authority and audits with the chain.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    kernel_calls::{busy_worker, every_invocation_closed, issue, json, kill9, pack, trail},
+    support::{bin, text, wait_until, Home},
+    workers::{detail, echo_works, install_examples, invoke, records},
+};
+
+const TOOL: &str = "programmatic_tool_call";
+
+/// A home whose loongd offers `programmatic_tool_call`.
+fn home() -> Home {
+    Home::with_config("[builtins]\nplans = true\n")
+}
+
+/// Writes `plan` into the home; the `--input` argument that names it.
+fn plan_file(home: &Home, name: &str, plan: &serde_json::Value) -> String {
+    let path: PathBuf = home.path().join(name);
+    fs::write(&path, serde_json::to_vec(plan).expect("plan")).expect("plan file");
+    format!("@{}", path.display())
+}
+
+/// Every step kind and templating: a literal, a pointer into it, a conditional on it, a call
+/// of `echo` whose payload is templated from both, and a batch of two calls.
+fn every_kind() -> serde_json::Value {
+    serde_json::json!({
+        "caller": "plan-test",
+        "include_intermediate": true,
+        "allowed_connectors": ["echo"],
+        "return_step": "said",
+        "steps": [
+            {"kind": "set_literal", "step_id": "seed", "value": {"msg": "hi", "status": "green"}},
+            {"kind": "json_pointer", "step_id": "msg", "from_step": "seed", "pointer": "/msg"},
+            {"kind": "conditional", "step_id": "gate", "from_step": "seed", "pointer": "/status",
+             "equals": "green", "when_true": {"text": "go {{msg}}"}, "when_false": {"text": "hold"}},
+            {"kind": "connector_call", "step_id": "one", "connector_name": "echo",
+             "payload": {"text": "{{gate#/text}}"}},
+            {"kind": "connector_batch", "step_id": "many", "parallel": true, "calls": [
+                {"call_id": "a", "connector_name": "echo", "payload": {"n": 1}},
+                {"call_id": "b", "connector_name": "echo", "payload": {"n": 2}}
+            ]},
+            {"kind": "json_pointer", "step_id": "said", "from_step": "one", "pointer": "/outcome/text"}
+        ]
+    })
+}
+
+#[test]
+fn a_plan_runs_every_step_kind_through_kernel_calls_each_in_the_token_trail_with_its_chain() {
+    let home = home();
+    install_examples(&home);
+    pack(&home);
+    home.start();
+    let (secret, id) = issue(
+        &home,
+        &["tool.invoke:programmatic_tool_call", "tool.invoke:echo"],
+    );
+    let input = plan_file(&home, "plan.json", &every_kind());
+    let (code, out, err) = invoke(&home, &[TOOL, "--token", &secret, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let answer = json(&out);
+    assert_eq!(answer["result"], "go hi", "{answer}");
+    assert_eq!(answer["connector_calls"], 3, "{answer}");
+    let one = &answer["step_outputs"]["one"]["outcome"];
+    assert_eq!(one["text"], "go hi", "{answer}");
+    assert_eq!(one["_loong"]["caller"], "plan-test", "{answer}");
+    assert_eq!(one["_loong"]["step_id"], "one", "{answer}");
+    let many = &answer["step_outputs"]["many"];
+    assert_eq!(many["success_calls"], 2, "{many}");
+    assert_eq!(many["by_call"]["a"]["outcome"]["n"], 1, "{many}");
+    assert_eq!(many["by_call"]["b"]["outcome"]["n"], 2, "{many}");
+    assert_eq!(answer["telemetry"].as_array().map(Vec::len), Some(6));
+
+    // Every nested call is in the token's trail: decided (allowed) and invoked, with the
+    // plan call as its root and parent, one deep.
+    let records = trail(&home, &id);
+    let root = records
+        .iter()
+        .find(|r| r["kind"] == "tool.invoked" && detail(r)["tool"] == TOOL)
+        .expect("the plan call is in the trail")["correlation"]
+        .as_str()
+        .expect("correlation")
+        .to_string();
+    let nested: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "tool.invoked" && detail(r)["tool"] == "echo")
+        .map(detail)
+        .collect();
+    assert_eq!(nested.len(), 3, "{records:?}");
+    for n in &nested {
+        assert_eq!(n["chain"]["root"], root.as_str(), "{n}");
+        assert_eq!(n["chain"]["parent"], root.as_str(), "{n}");
+        assert_eq!(n["chain"]["depth"], 1, "{n}");
+    }
+    let allowed = records
+        .iter()
+        .filter(|r| r["kind"] == "policy.decision")
+        .map(detail)
+        .filter(|d| d["target"] == "echo" && d["allowed"] == true && d["chain"]["depth"] == 1)
+        .count();
+    assert_eq!(allowed, 3, "{records:?}");
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn a_plan_from_stdin_runs_as_from_a_file() {
+    let home = home();
+    install_examples(&home);
+    home.start();
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["invoke", TOOL, "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("invoke");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&serde_json::to_vec(&every_kind()).expect("plan"))
+        .expect("write the plan");
+    let out = child.wait_with_output().expect("invoke ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&text(&out.stdout))["result"], "go hi");
+}
+
+#[test]
+fn an_input_file_or_stdin_past_the_frame_bound_is_refused_naming_it() {
+    let home = home();
+    install_examples(&home);
+    home.start();
+    // A JSON string one byte past the bound.
+    let big = format!(
+        "\"{}\"",
+        "x".repeat(loong_ipc::message::control::MAX_INVOKE_INPUT_BYTES - 1)
+    );
+    let path = home.path().join("big.json");
+    fs::write(&path, &big).expect("big");
+    let arg = format!("@{}", path.display());
+    let (code, _, err) = invoke(&home, &["echo", "--input", &arg]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&arg) && err.contains("limit"), "{err}");
+
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["invoke", "echo", "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("invoke");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The reader stops at the bound; a write past it may meet a closed pipe.
+    let _ = stdin.write_all(big.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().expect("invoke ends");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("- (stdin)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A missing file is named too; and the positive control: a file at the bound's side
+    // that holds a small input works.
+    let (code, _, err) = invoke(&home, &["echo", "--input", "@/nonexistent/plan.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("@/nonexistent/plan.json"), "{err}");
+    fs::write(&path, r#"{"ping":1}"#).expect("small");
+    let (code, out, err) = invoke(&home, &["echo", "--input", &arg]);
+    assert_eq!((code, json(&out)), (0, json(r#"{"ping":1}"#)), "{err}");
+}
+
+#[test]
+fn a_connector_outside_allowed_connectors_is_refused_before_any_call() {
+    let home = home();
+    install_examples(&home);
+    home.start();
+    let plan = serde_json::json!({
+        "caller": "t", "allowed_connectors": ["echo"],
+        "steps": [
+            {"kind": "connector_call", "step_id": "ok", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "no", "connector_name": "json-transform", "payload": {}}
+        ]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("connector_not_allowed") && err.contains("json-transform"),
+        "{err}"
+    );
+    let nested: Vec<_> = records(&home, "tool.invoked")
+        .iter()
+        .map(detail)
+        .filter(|d| d["tool"] != TOOL)
+        .collect();
+    assert!(nested.is_empty(), "a call was made: {nested:?}");
+
+    // The positive control: with json-transform allowed, both calls are made.
+    let mut plan = plan;
+    plan["allowed_connectors"] = serde_json::json!(["echo", "json-transform"]);
+    let input = plan_file(&home, "plan2.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let nested = records(&home, "tool.invoked")
+        .iter()
+        .map(detail)
+        .filter(|d| d["tool"] != TOOL)
+        .count();
+    assert_eq!(nested, 2);
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn a_nested_call_the_token_does_not_grant_is_denied_though_the_plan_call_was_allowed() {
+    let home = home();
+    install_examples(&home);
+    pack(&home);
+    home.start();
+    let plan = serde_json::json!({
+        "caller": "t",
+        "steps": [{"kind": "connector_call", "step_id": "e", "connector_name": "echo", "payload": {"x": 1}}]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+
+    // The positive control: a token granting both.
+    let (both, _) = issue(
+        &home,
+        &["tool.invoke:programmatic_tool_call", "tool.invoke:echo"],
+    );
+    let (code, out, err) = invoke(&home, &[TOOL, "--token", &both, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["result"]["outcome"]["x"], 1, "{out}");
+
+    // The plan call only: allowed, and its nested call denied, with the chain.
+    let (outer, outer_id) = issue(&home, &["tool.invoke:programmatic_tool_call"]);
+    let (code, _, err) = invoke(&home, &[TOOL, "--token", &outer, "--input", &input]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("step_failed") && err.contains("denied"),
+        "{err}"
+    );
+    let decided: Vec<_> = trail(&home, &outer_id)
+        .iter()
+        .filter(|r| r["kind"] == "policy.decision")
+        .map(detail)
+        .collect();
+    assert!(
+        decided
+            .iter()
+            .any(|d| d["target"] == TOOL && d["allowed"] == true),
+        "{decided:?}"
+    );
+    let nested = decided
+        .iter()
+        .find(|d| d["target"] == "echo")
+        .expect("the nested denial is in the token's trail");
+    assert_eq!(nested["allowed"], false, "{nested}");
+    assert_eq!(nested["chain"]["depth"], 1, "{nested}");
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn kill_9_of_the_plan_worker_mid_plan_fails_the_root_call_and_leaves_no_record_open() {
+    let home = home();
+    install_examples(&home);
+    crate::workers::install(
+        &home,
+        "spin",
+        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
+        r#""timeout_ms": 30000"#,
+    );
+    let pid = home.start();
+    let plan = serde_json::json!({
+        "caller": "t",
+        "steps": [
+            {"kind": "connector_call", "step_id": "e", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "s", "connector_name": "spin", "payload": {}}
+        ]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+    let call = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["invoke", TOOL, "--input", &input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("invoke");
+    busy_worker(&home, "spin");
+    kill9(busy_worker(&home, TOOL));
+    let out = call.wait_with_output().expect("invoke ends");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let root = records(&home, "tool.failed")
+        .into_iter()
+        .map(|r| detail(&r))
+        .find(|d| d["tool"] == TOOL)
+        .expect("the plan call failed");
+    assert_eq!(root["failure"], "worker_died", "{root}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            records(&home, "tool.failed")
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
+        }),
+        "the abandoned nested call has no outcome"
+    );
+    every_invocation_closed(&home);
+
+    // loongd keeps serving: a fresh plan worker runs the next plan.
+    assert!(crate::support::process_alive(pid));
+    echo_works(&home);
+    let plan = serde_json::json!({
+        "caller": "t",
+        "steps": [{"kind": "connector_call", "step_id": "e", "connector_name": "echo", "payload": {"k": 2}}]
+    });
+    let input = plan_file(&home, "plan2.json", &plan);
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["result"]["outcome"]["k"], 2, "{out}");
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn programmatic_tool_call_is_offered_only_when_the_operator_enables_it() {
+    let home = Home::new();
+    install_examples(&home);
+    home.start();
+    let input = plan_file(&home, "plan.json", &every_kind());
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert!(code != 0 && err.contains("no tool named"), "{err}");
+    // A plugin may not take the name either (it is a built-in's).
+    assert!(loong_ipc::package::BUILTIN_TOOLS.contains(&TOOL));
+    echo_works(&home);
+}
+
+/// The audit times (ms) of the `tool.invoked` records of `echo` under root call `root`.
+fn echo_times(home: &Home, root: &str) -> Vec<i64> {
+    let mut t: Vec<i64> = records(home, "tool.invoked")
+        .iter()
+        .filter(|r| detail(r)["tool"] == "echo" && detail(r)["chain"]["root"] == root)
+        .map(|r| r["time_ms"].as_i64().expect("time_ms"))
+        .collect();
+    t.sort_unstable();
+    t
+}
+
+/// The correlation of the newest plan call.
+fn last_plan_call(home: &Home) -> String {
+    records(home, "tool.invoked")
+        .iter()
+        .find(|r| detail(r)["tool"] == TOOL)
+        .expect("a plan call")["correlation"]
+        .as_str()
+        .expect("correlation")
+        .to_string()
+}
+
+#[test]
+fn min_interval_ms_is_kept_between_nested_calls_as_the_audit_times_show() {
+    /// The interval asked for, and what the audit's times may lose of it: the limit spaces
+    /// the starts of the worker's kernel calls, and each record is written after loongd
+    /// read and decided its call, which takes longer under load.
+    const INTERVAL_MS: i64 = 500;
+    const SLACK_MS: i64 = 100;
+    let home = home();
+    install_examples(&home);
+    home.start();
+    let mut plan = serde_json::json!({
+        "caller": "t",
+        "steps": [
+            {"kind": "connector_call", "step_id": "a", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "b", "connector_name": "echo", "payload": {}},
+            {"kind": "connector_call", "step_id": "c", "connector_name": "echo", "payload": {}}
+        ]
+    });
+    // The control: without a limit, some two calls follow closer than the interval.
+    let input = plan_file(&home, "free.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let free = echo_times(&home, &last_plan_call(&home));
+    assert_eq!(free.len(), 3, "{free:?}");
+    assert!(
+        free.windows(2)
+            .any(|w| w[1] - w[0] < INTERVAL_MS - SLACK_MS),
+        "{free:?}"
+    );
+
+    plan["connector_rate_limits"] = serde_json::json!({"echo": {"min_interval_ms": INTERVAL_MS}});
+    let input = plan_file(&home, "limited.json", &plan);
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let limited = echo_times(&home, &last_plan_call(&home));
+    assert_eq!(limited.len(), 3, "{limited:?}");
+    for w in limited.windows(2) {
+        assert!(w[1] - w[0] >= INTERVAL_MS - SLACK_MS, "{limited:?}");
+    }
+    every_invocation_closed(&home);
+}
