@@ -202,7 +202,13 @@ fn a_kernel_call_is_decided_under_the_root_token_not_the_outer_grant() {
     assert_eq!(code, 0, "{err}");
     let out = json(&out);
     assert_eq!(out["code"], -2, "{out}");
-    let decided: Vec<_> = trail(&home, &outer_id)
+    outer_allowed_and_nested_echo_denied(&home, &outer_id, "caller");
+}
+
+/// The token `id`'s trail holds the outer call to `outer` allowed and the nested call to
+/// `echo` denied one level down, and every call is closed.
+pub(crate) fn outer_allowed_and_nested_echo_denied(home: &Home, id: &str, outer: &str) {
+    let decided: Vec<_> = trail(home, id)
         .iter()
         .filter(|r| r["kind"] == "policy.decision")
         .map(detail)
@@ -210,7 +216,7 @@ fn a_kernel_call_is_decided_under_the_root_token_not_the_outer_grant() {
     assert!(
         decided
             .iter()
-            .any(|d| d["target"] == "caller" && d["allowed"] == true),
+            .any(|d| d["target"] == outer && d["allowed"] == true),
         "{decided:?}"
     );
     let nested = decided
@@ -219,7 +225,7 @@ fn a_kernel_call_is_decided_under_the_root_token_not_the_outer_grant() {
         .expect("the nested denial is in the token's trail");
     assert_eq!(nested["allowed"], false, "{nested}");
     assert_eq!(nested["chain"]["depth"], 1, "{nested}");
-    every_invocation_closed(&home);
+    every_invocation_closed(home);
 }
 
 #[test]

@@ -11,7 +11,10 @@ use std::{
 };
 
 use crate::{
-    kernel_calls::{busy_worker, every_invocation_closed, issue, json, kill9, pack, trail},
+    kernel_calls::{
+        busy_worker, every_invocation_closed, issue, json, kill9,
+        outer_allowed_and_nested_echo_denied, pack, trail,
+    },
     support::{bin, text, wait_until, Home},
     workers::{detail, echo_works, install_examples, invoke, records},
 };
@@ -254,24 +257,7 @@ fn a_nested_call_the_token_does_not_grant_is_denied_though_the_plan_call_was_all
         err.contains("step_failed") && err.contains("denied"),
         "{err}"
     );
-    let decided: Vec<_> = trail(&home, &outer_id)
-        .iter()
-        .filter(|r| r["kind"] == "policy.decision")
-        .map(detail)
-        .collect();
-    assert!(
-        decided
-            .iter()
-            .any(|d| d["target"] == TOOL && d["allowed"] == true),
-        "{decided:?}"
-    );
-    let nested = decided
-        .iter()
-        .find(|d| d["target"] == "echo")
-        .expect("the nested denial is in the token's trail");
-    assert_eq!(nested["allowed"], false, "{nested}");
-    assert_eq!(nested["chain"]["depth"], 1, "{nested}");
-    every_invocation_closed(&home);
+    outer_allowed_and_nested_echo_denied(&home, &outer_id, TOOL);
 }
 
 #[test]
