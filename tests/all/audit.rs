@@ -673,12 +673,7 @@ fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
 fn calls_cut_off_by_kill_9_are_closed_at_the_next_start() {
     let home = Home::new();
     crate::workers::install_examples(&home);
-    crate::workers::install(
-        &home,
-        "spin",
-        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 60000"#,
-    );
+    crate::workers::install_spin(&home, 60_000);
     let pid = home.start();
     crate::workers::echo_works(&home);
     const CALLS: usize = 3;

@@ -205,6 +205,21 @@ fn a_kernel_call_is_decided_under_the_root_token_not_the_outer_grant() {
     outer_allowed_and_nested_echo_denied(&home, &outer_id, "caller");
 }
 
+/// The nested call to `spin` its chain gave up on is closed `abandoned` (within 10 s), and
+/// every call is closed.
+pub(crate) fn nested_spin_closed_abandoned(home: &Home) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            records(home, "tool.failed")
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
+        }),
+        "the abandoned nested call has no outcome"
+    );
+    every_invocation_closed(home);
+}
+
 /// The token `id`'s trail holds the outer call to `outer` allowed and the nested call to
 /// `echo` denied one level down, and every call is closed.
 pub(crate) fn outer_allowed_and_nested_echo_denied(home: &Home, id: &str, outer: &str) {
@@ -310,12 +325,7 @@ pub(crate) fn kill9(pid: i32) {
 fn kill_9_of_a_worker_in_a_chain_fails_the_call_with_its_class_and_leaves_no_record_open() {
     let home = Home::new();
     install_examples(&home);
-    crate::workers::install(
-        &home,
-        "spin",
-        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 30000"#,
-    );
+    crate::workers::install_spin(&home, 30_000);
     install_caller(&home, "calls-spin", "spin", r#""invoke_tool""#, 30_000);
     let pid = home.start();
 
@@ -353,16 +363,7 @@ fn kill_9_of_a_worker_in_a_chain_fails_the_call_with_its_class_and_leaves_no_rec
         .find(|d| d["tool"] == "calls-spin")
         .expect("the root call failed");
     assert_eq!(root["failure"], "worker_died", "{root}");
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            records(&home, "tool.failed")
-                .iter()
-                .map(detail)
-                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
-        }),
-        "the abandoned nested call has no outcome"
-    );
-    every_invocation_closed(&home);
+    nested_spin_closed_abandoned(&home);
 
     // loongd keeps serving, never restarted.
     echo_works(&home);
@@ -491,12 +492,7 @@ fn a_json_lines_program_calls_a_built_in_through_the_kernel_and_bad_frames_fail_
 fn a_guest_waiting_for_a_slow_tool_still_dies_at_its_own_deadline() {
     let home = Home::new();
     install_examples(&home);
-    crate::workers::install(
-        &home,
-        "spin",
-        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 30000"#,
-    );
+    crate::workers::install_spin(&home, 30_000);
     install_caller(&home, "calls-spin", "spin", r#""invoke_tool""#, 1500);
     install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 1500);
     home.start();
@@ -519,16 +515,7 @@ fn a_guest_waiting_for_a_slow_tool_still_dies_at_its_own_deadline() {
             .any(|d| d["tool"] == "calls-spin" && d["failure"] == "timeout"),
         "{failed:?}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            records(&home, "tool.failed")
-                .iter()
-                .map(detail)
-                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
-        }),
-        "the withdrawn nested call has no outcome"
-    );
-    every_invocation_closed(&home);
+    nested_spin_closed_abandoned(&home);
 }
 
 #[test]
@@ -561,12 +548,7 @@ fn the_root_calls_budget_bounds_a_chain() {
 fn the_root_wall_time_budget_abandons_a_nested_call_that_outlives_it() {
     let home = Home::with_config("[kernel_calls]\nmax_wall_ms = 700\n");
     install_examples(&home);
-    crate::workers::install(
-        &home,
-        "spin",
-        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 30000"#,
-    );
+    crate::workers::install_spin(&home, 30_000);
     install_caller(&home, "calls-spin", "spin", r#""invoke_tool""#, 20_000);
     install_caller(&home, "calls-echo", "echo", r#""invoke_tool""#, 20_000);
     home.start();
@@ -586,16 +568,7 @@ fn the_root_wall_time_budget_abandons_a_nested_call_that_outlives_it() {
             .is_some_and(|m| m.contains("max_wall_ms")),
         "{out}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            records(&home, "tool.failed")
-                .iter()
-                .map(detail)
-                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
-        }),
-        "the abandoned nested call has no outcome"
-    );
-    every_invocation_closed(&home);
+    nested_spin_closed_abandoned(&home);
 }
 
 /// The pending approvals' (id, target), once there are `n`.

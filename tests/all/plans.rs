@@ -7,15 +7,14 @@ use std::{
     io::Write as _,
     path::PathBuf,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use crate::{
     kernel_calls::{
-        busy_worker, every_invocation_closed, issue, json, kill9,
+        busy_worker, every_invocation_closed, issue, json, kill9, nested_spin_closed_abandoned,
         outer_allowed_and_nested_echo_denied, pack, trail,
     },
-    support::{bin, text, wait_until, Home},
+    support::{bin, text, Home},
     workers::{detail, echo_works, install_examples, invoke, records},
 };
 
@@ -264,12 +263,7 @@ fn a_nested_call_the_token_does_not_grant_is_denied_though_the_plan_call_was_all
 fn kill_9_of_the_plan_worker_mid_plan_fails_the_root_call_and_leaves_no_record_open() {
     let home = home();
     install_examples(&home);
-    crate::workers::install(
-        &home,
-        "spin",
-        &crate::workers::module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 30000"#,
-    );
+    crate::workers::install_spin(&home, 30_000);
     let pid = home.start();
     let plan = serde_json::json!({
         "caller": "t",
@@ -297,16 +291,7 @@ fn kill_9_of_the_plan_worker_mid_plan_fails_the_root_call_and_leaves_no_record_o
         .find(|d| d["tool"] == TOOL)
         .expect("the plan call failed");
     assert_eq!(root["failure"], "worker_died", "{root}");
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            records(&home, "tool.failed")
-                .iter()
-                .map(detail)
-                .any(|d| d["tool"] == "spin" && d["failure"] == "abandoned")
-        }),
-        "the abandoned nested call has no outcome"
-    );
-    every_invocation_closed(&home);
+    nested_spin_closed_abandoned(&home);
 
     // loongd keeps serving: a fresh plan worker runs the next plan.
     assert!(crate::support::process_alive(pid));

@@ -492,12 +492,7 @@ pub(crate) fn find_descendant(pid: u64, comm: &str) -> Option<u64> {
 fn hostile_plugins_fail_cleanly_and_loongd_stays_up() {
     let home = Home::new();
     install_examples(&home);
-    install(
-        &home,
-        "spin",
-        &module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 300"#,
-    );
+    install_spin(&home, 300);
     install(
         &home,
         "grow",
@@ -639,12 +634,7 @@ fn state_after_reload(home: &Home, id: &str) -> serde_json::Value {
 fn a_worker_killed_mid_call_fails_that_call_and_is_replaced() {
     let home = Home::new();
     install_examples(&home);
-    install(
-        &home,
-        "spin",
-        &module(r#"(func (export "run") (loop $l (br $l)))"#),
-        r#""timeout_ms": 30000"#,
-    );
+    install_spin(&home, 30_000);
     let pid = home.start();
     let call = Command::new(bin("loongctl"))
         .arg("--home")
@@ -787,6 +777,16 @@ fn concurrent_invocations_are_each_answered_exactly_once() {
     // check never leaves a call without an idle worker.
     let spawned = records(&home, "worker.spawned").len();
     assert!((1..=2).contains(&spawned), "{spawned} workers spawned");
+}
+
+/// Installs `spin`, a WASM plugin that loops until its deadline (`timeout_ms`).
+pub(crate) fn install_spin(home: &Home, timeout_ms: u64) {
+    install(
+        home,
+        "spin",
+        &module(r#"(func (export "run") (loop $l (br $l)))"#),
+        &format!(r#""timeout_ms": {timeout_ms}"#),
+    );
 }
 
 /// Installs the example plugins, adds a pack `careful` whose grant of `echo` always needs an
