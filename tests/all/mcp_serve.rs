@@ -295,6 +295,7 @@ fn mcp_serve_lists_and_calls_exactly_what_its_token_may_invoke() {
 fn raw_server(
     home: &Home,
     token: &Path,
+    extra: &[&str],
 ) -> (
     std::process::ChildStdin,
     mpsc::Receiver<String>,
@@ -305,6 +306,7 @@ fn raw_server(
         .arg(home.path())
         .args(["mcp", "serve", "--token-file"])
         .arg(token)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -344,6 +346,85 @@ fn answer(
     }
 }
 
+/// Initializes the session (request 1); its answer.
+fn initialize(
+    send: &mut impl FnMut(&str),
+    rx: &mpsc::Receiver<String>,
+    seen: &mut Vec<serde_json::Value>,
+) -> serde_json::Value {
+    send(
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}})
+        .to_string(),
+    );
+    let init = answer(rx, seen, 1, Duration::from_secs(20)).expect("initialize answered");
+    send(r#"{"jsonrpc": "2.0", "method": "notifications/initialized"}"#);
+    init
+}
+
+#[test]
+fn mcp_serve_reports_an_approval_wait_as_a_tool_error_naming_the_approval() {
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    let (file, _) = token_file(&home, &["tool.invoke:echo"], "token");
+    let (mut stdin, rx, mut child) = raw_server(&home, &file, &["--timeout", "2"]);
+    let mut seen = Vec::new();
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    initialize(&mut send, &rx, &mut seen);
+    // Listed, and the description says each call waits for an approval.
+    send(r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}"#);
+    let listed = answer(&rx, &mut seen, 2, Duration::from_secs(20)).expect("tools/list answered");
+    let tools = listed["result"]["tools"].as_array().expect("tools");
+    assert_eq!(tools.len(), 1, "{listed}");
+    assert_eq!(tools[0]["name"], "echo", "{listed}");
+    assert!(
+        tools[0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("approval")),
+        "{listed}"
+    );
+    send(
+        r#"{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"x": 1}}}"#,
+    );
+    let waited = answer(&rx, &mut seen, 3, Duration::from_secs(30)).expect("tools/call answered");
+    assert_eq!(waited["result"]["isError"], true, "{waited}");
+    let why = waited["result"]["content"][0]["text"]
+        .as_str()
+        .expect("text");
+    // The approval it names is the one waiting, and the command named approves it.
+    let list: serde_json::Value =
+        serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
+            .expect("approvals");
+    let pending: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|a| a["state"] == "pending")
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert_eq!(pending.len(), 1, "{list}");
+    assert!(
+        why.contains(&format!("approval {} is pending", pending[0]))
+            && why.contains(&format!("loongctl approvals approve {}", pending[0])),
+        "{why}"
+    );
+    drop(send);
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+}
+
 #[test]
 fn mcp_serve_answers_hostile_input_and_keeps_serving() {
     let home = Home::new();
@@ -351,7 +432,7 @@ fn mcp_serve_answers_hostile_input_and_keeps_serving() {
     install_examples(&home);
     home.start();
     let (file, _) = token_file(&home, &["tool.invoke:echo"], "token");
-    let (mut stdin, rx, mut child) = raw_server(&home, &file);
+    let (mut stdin, rx, mut child) = raw_server(&home, &file, &[]);
     let mut seen = Vec::new();
     let mut send = |line: &str| {
         stdin.write_all(line.as_bytes()).expect("write");
