@@ -121,7 +121,7 @@ fn token_file(home: &Home, caps: &[&str], name: &str) -> (std::path::PathBuf, St
     (path, id)
 }
 
-fn call<'a>(report: &'a serde_json::Value, i: usize) -> &'a serde_json::Value {
+fn call(report: &serde_json::Value, i: usize) -> &serde_json::Value {
     &report["calls"][i]
 }
 
@@ -420,7 +420,6 @@ fn mcp_serve_reports_an_approval_wait_as_a_tool_error_naming_the_approval() {
             && why.contains(&format!("loongctl approvals approve {}", pending[0])),
         "{why}"
     );
-    drop(send);
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }

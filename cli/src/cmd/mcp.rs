@@ -43,6 +43,9 @@ use crate::{exit, paging::PageArgs, Failure};
 /// `MAX_INVOKE_INPUT_BYTES` (1 MiB) of JSON, which escaping inside a request can at most
 /// double, plus the envelope. A longer line is dropped unread (the connection stays open).
 pub const MAX_MCP_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// The most tool calls in flight at once (each holds a control connection and a thread of
+/// the blocking pool); more wait their turn.
+pub const MAX_MCP_CALLS_IN_FLIGHT: usize = 16;
 /// The default wait for a tool call's answer, an approval included (`--timeout`).
 pub const DEFAULT_MCP_CALL_TIMEOUT_SECS: f64 = 120.0;
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
@@ -94,6 +97,7 @@ pub(crate) fn run(layout: &Layout, cmd: McpCommand) -> Result<u8, Failure> {
         token,
         deadline: Duration::from_secs_f64(secs),
         names: Arc::new(Mutex::new(BTreeMap::new())),
+        calls: Arc::new(tokio::sync::Semaphore::new(MAX_MCP_CALLS_IN_FLIGHT)),
     };
     // The SDK times its shutdown: the runtime needs its timer.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -165,6 +169,8 @@ struct Server {
     deadline: Duration,
     /// MCP name → (Loong name, bridge kind), from the last listing.
     names: Arc<Mutex<BTreeMap<String, (String, String)>>>,
+    /// Bounds the calls in flight ([`MAX_MCP_CALLS_IN_FLIGHT`]).
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -252,6 +258,10 @@ impl ServerHandler for Server {
             }
         };
         let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
+        let _turn =
+            self.calls.acquire().await.map_err(|e| {
+                ErrorData::internal_error(format!("the call queue closed: {e}"), None)
+            })?;
         let (layout, token, deadline) = (self.layout.clone(), self.token.clone(), self.deadline);
         let tool = loong.clone();
         let answer =
@@ -408,7 +418,7 @@ fn result(tool: &str, bridge_kind: &str, answer: anyhow::Result<InvokeResult>) -
                     "approval {approval} is pending for this call of {tool}: an operator approves it with `loongctl approvals approve {approval}`; call the tool again once it is approved ({})",
                     e.message
                 ),
-                (kind, _) => format!("{kind:?}: {} (tool {tool})", e.message),
+                (kind, _) => format!("{kind}: {} (tool {tool})", e.message),
             };
             CallToolResult::error(vec![ContentBlock::text(text)])
         }
