@@ -197,11 +197,13 @@ fn mcp_serve_lists_and_calls_exactly_what_its_token_may_invoke() {
     for (name, t) in tools {
         assert_eq!(t["schema"]["type"], "object", "{name}: {t}");
     }
-    // The description names the Loong tool, so the mapping can be read back.
+    // The description is the MCP server's own, and names the Loong tool, so the mapping can
+    // be read back.
     assert!(
         tools["time--get_current_time"]["description"]
             .as_str()
-            .is_some_and(|d| d.contains("`time/get_current_time`")),
+            .is_some_and(|d| d.contains("Get current time in a specific timezone")
+                && d.contains("`time/get_current_time`")),
         "{report}"
     );
 
@@ -422,6 +424,46 @@ fn mcp_serve_reports_an_approval_wait_as_a_tool_error_naming_the_approval() {
     );
     drop(stdin);
     assert!(child.wait().expect("wait").success());
+}
+
+/// The names `tools/list` gives under the token in `file`.
+fn listed(home: &Home, file: &Path) -> Vec<String> {
+    let (mut stdin, rx, mut child) = raw_server(home, file, &[]);
+    let mut seen = Vec::new();
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    initialize(&mut send, &rx, &mut seen);
+    send(r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}"#);
+    let listed = answer(&rx, &mut seen, 2, Duration::from_secs(20)).expect("tools/list answered");
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+    let mut names: Vec<String> = listed["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn mcp_serve_offers_programmatic_tool_call_only_to_a_token_that_may_invoke_it() {
+    let home = Home::with_config("[builtins]\nplans = true\n");
+    crate::kernel_calls::pack(&home);
+    install_examples(&home);
+    home.start();
+    let (with, _) = token_file(
+        &home,
+        &["tool.invoke:programmatic_tool_call", "tool.invoke:echo"],
+        "with",
+    );
+    let (without, _) = token_file(&home, &["tool.invoke:echo"], "without");
+    assert_eq!(listed(&home, &with), ["echo", "programmatic_tool_call"]);
+    assert_eq!(listed(&home, &without), ["echo"]);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use loong_ipc::{
     client::{ClientError, Event},
-    message::control::{BearerSecret, DecisionView},
+    message::control::{BearerSecret, DecisionView, ToolSearchRequest, MAX_SEARCH_LIMIT},
     paths::Layout,
     ControlRequest, ControlResponse, ErrorDetail, ErrorKind, InvokeRequest, InvokeResult,
     PluginView,
@@ -317,6 +317,22 @@ fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, 
         },
     )?;
     let mut client = crate::connect(layout)?;
+    // An MCP server's tools have descriptions of their own, which loongd's search holds.
+    let own: BTreeMap<String, String> = match client.call(
+        ControlRequest::ToolSearch(ToolSearchRequest {
+            query: String::new(),
+            trust: None,
+            limit: MAX_SEARCH_LIMIT,
+        }),
+        crate::REQUEST_DEADLINE,
+    )? {
+        ControlResponse::ToolHits(hits) => hits
+            .into_iter()
+            .filter(|h| !h.description.is_empty())
+            .map(|h| (h.name, h.description))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     let mut out = Vec::new();
     for p in plugins
         .iter()
@@ -335,7 +351,7 @@ fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, 
             let ControlResponse::Decided(d) = answer else {
                 return Err(anyhow!("unexpected answer to policy decide: {answer:?}").into());
             };
-            if let Some(description) = describe(p, tool, &d) {
+            if let Some(description) = describe(p, tool, own.get(tool), &d) {
                 out.push(Offer {
                     loong: tool.clone(),
                     description,
@@ -348,11 +364,11 @@ fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, 
 }
 
 /// The description of an offered tool (`None`: not offered).
-fn describe(p: &PluginView, tool: &str, d: &DecisionView) -> Option<String> {
-    let mut text = if tool == p.id {
-        p.summary.clone()
-    } else {
-        format!("{tool} (a tool of {}: {})", p.id, p.summary)
+fn describe(p: &PluginView, tool: &str, own: Option<&String>, d: &DecisionView) -> Option<String> {
+    let mut text = match own {
+        Some(own) => own.clone(),
+        None if tool == p.id => p.summary.clone(),
+        None => format!("{tool} (a tool of {}: {})", p.id, p.summary),
     };
     text.push_str(&format!(" [Loong tool `{tool}`]"));
     if d.needs_approval {
