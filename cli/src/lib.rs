@@ -116,6 +116,9 @@ pub enum Command {
     /// Search the tools of active and deferred plugins.
     #[command(subcommand)]
     Tools(cmd::tools::ToolsCommand),
+    /// Serve Loong's tools to MCP clients (`mcp serve`: on stdio, under a capability token).
+    #[command(subcommand)]
+    Mcp(cmd::mcp::McpCommand),
     /// Print the daemon's metrics as OpenMetrics text (what `[metrics] listen` serves at
     /// /metrics).
     Metrics,
@@ -186,6 +189,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),
         Command::Tools(c) => cmd::tools::tools(&layout, c),
+        Command::Mcp(c) => cmd::mcp::run(&layout, c),
         Command::Metrics => cmd::metrics::run(&layout),
         Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
     }

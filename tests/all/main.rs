@@ -15,6 +15,7 @@ mod kernel_calls;
 mod keys;
 mod lists;
 mod manifest_agreement;
+mod mcp_serve;
 mod metrics;
 mod outcomes;
 mod package_checks;

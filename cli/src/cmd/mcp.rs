@@ -1,0 +1,613 @@
+//! `loongctl mcp serve`: Loong as an MCP server on stdio, so any MCP client (Claude Code,
+//! Codex, Cursor, goose, the Python SDK) calls Loong's tools through the kernel.
+//!
+//! The protocol is spoken by the official Rust SDK (`rmcp`); this file only answers its two
+//! questions. `tools/list` offers the tools the token may invoke, each decided by loongd's
+//! dry run (`PolicyDecide`, audited like any decision) exactly as `invoke` would decide it;
+//! `tools/call` is an `invoke` on the control socket under the same token, so every call is
+//! decided, confined and audited by loongd. Nothing is decided here.
+//!
+//! MCP tool names must match `^[a-zA-Z0-9_-]{1,64}$`; Loong's names (`file.read`,
+//! `PLUGIN/TOOL`) do not. [`names`] maps them (see its documentation and docs/cli.md).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use loong_ipc::{
+    client::{ClientError, Event},
+    message::control::{BearerSecret, DecisionView, ToolSearchRequest, MAX_SEARCH_LIMIT},
+    paths::Layout,
+    ControlRequest, ControlResponse, ErrorDetail, ErrorKind, InvokeRequest, InvokeResult,
+    PluginView,
+};
+use rmcp::{
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+        Tool,
+    },
+    service::RequestContext,
+    transport::async_rw::AsyncRwTransport,
+    ErrorData, RoleServer, ServerHandler, ServiceExt,
+};
+
+use crate::{exit, paging::PageArgs, Failure};
+
+/// The longest JSON-RPC line read from the client: a tool's input is at most
+/// `MAX_INVOKE_INPUT_BYTES` (1 MiB) of JSON, which escaping inside a request can at most
+/// double, plus the envelope. A longer line is dropped unread (the connection stays open).
+pub const MAX_MCP_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// The most tool calls in flight at once (each holds a control connection and a thread of
+/// the blocking pool); more wait their turn.
+pub const MAX_MCP_CALLS_IN_FLIGHT: usize = 16;
+/// The default wait for a tool call's answer, an approval included (`--timeout`).
+pub const DEFAULT_MCP_CALL_TIMEOUT_SECS: f64 = 120.0;
+/// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
+const MCP_BRIDGE: &str = "mcp_stdio";
+/// The longest token file read (`--token-file`); a secret is far shorter.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// `loongctl mcp …`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve Loong's tools to an MCP client on stdio (JSON-RPC, one message a line): the
+    /// client's config runs `loongctl mcp serve --token-file PATH`.
+    Serve(ServeArgs),
+}
+
+/// `loongctl mcp serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The capability token to act under, given by its secret (visible in the process list:
+    /// prefer --token-file or $LOONG_TOKEN; default: $LOONG_TOKEN, else the operator's own
+    /// authority).
+    #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the token's secret from this file (its first line).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds to wait for a tool call's answer, an approval included.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
+/// Runs `loongctl mcp …`.
+pub(crate) fn run(layout: &Layout, cmd: McpCommand) -> Result<u8, Failure> {
+    let McpCommand::Serve(args) = cmd;
+    let secs = args.timeout.unwrap_or(DEFAULT_MCP_CALL_TIMEOUT_SECS);
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(usage(format!(
+            "--timeout {secs}: give seconds between 0 and 86400"
+        )));
+    }
+    let token = match &args.token_file {
+        Some(path) => Some(read_token_file(path)?),
+        None => crate::bearer(args.token),
+    };
+    // Fail early, on the terminal the client logs, when there is no daemon to serve.
+    drop(crate::connect(layout)?);
+    let server = Server {
+        layout: layout.clone(),
+        token,
+        deadline: Duration::from_secs_f64(secs),
+        names: Arc::new(Mutex::new(BTreeMap::new())),
+        calls: Arc::new(tokio::sync::Semaphore::new(MAX_MCP_CALLS_IN_FLIGHT)),
+    };
+    // The SDK times its shutdown: the runtime needs its timer.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| anyhow!("cannot start the runtime of `mcp serve`: {e}"))?;
+    runtime.block_on(async move {
+        let transport =
+            AsyncRwTransport::<RoleServer, _, _>::new(tokio::io::stdin(), tokio::io::stdout())
+                .with_max_line_length(MAX_MCP_LINE_BYTES);
+        let running = server
+            .serve(transport)
+            .await
+            .map_err(|e| anyhow!("the MCP client did not initialize the session: {e}"))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| anyhow!("the MCP session ended abnormally: {e}"))?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(exit::OK)
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        error: anyhow!(message),
+    }
+}
+
+/// The secret in `path`: its first line, trimmed.
+fn read_token_file(path: &std::path::Path) -> Result<BearerSecret, Failure> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| usage(format!("--token-file {}: {e}", path.display())))?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            usage(format!(
+                "--token-file {}: {e} (the file must hold the token's secret as text)",
+                path.display()
+            ))
+        })?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.is_empty() {
+        return Err(usage(format!(
+            "--token-file {}: the file is empty; write the secret `loongctl tokens issue` printed into it",
+            path.display()
+        )));
+    }
+    Ok(BearerSecret::new(secret))
+}
+
+/// One tool offered to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Offer {
+    /// What `invoke` takes.
+    loong: String,
+    description: String,
+    /// Its plugin's `bridge_kind`.
+    bridge_kind: String,
+}
+
+#[derive(Clone)]
+struct Server {
+    layout: Layout,
+    token: Option<BearerSecret>,
+    deadline: Duration,
+    /// MCP name → (Loong name, bridge kind), from the last listing.
+    names: Arc<Mutex<BTreeMap<String, (String, String)>>>,
+    /// Bounds the calls in flight ([`MAX_MCP_CALLS_IN_FLIGHT`]).
+    calls: Arc<tokio::sync::Semaphore>,
+}
+
+impl Server {
+    /// The tools the token may invoke, listed and decided on the blocking pool; remembers the
+    /// names it gave them.
+    async fn list(&self) -> Result<Vec<(String, Offer)>, ErrorData> {
+        let (layout, token) = (self.layout.clone(), self.token.clone());
+        let offers = tokio::task::spawn_blocking(move || offered(&layout, token.as_ref()))
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("listing the tools failed: {e}"), None))?
+            .map_err(|e| {
+                ErrorData::internal_error(format!("listing the tools failed: {:#}", e.error), None)
+            })?;
+        let named = names::assign(offers.iter().map(|o| o.loong.as_str()));
+        let table: BTreeMap<String, (String, String)> = offers
+            .iter()
+            .filter_map(|o| {
+                let mcp = named.get(&o.loong)?;
+                Some((mcp.clone(), (o.loong.clone(), o.bridge_kind.clone())))
+            })
+            .collect();
+        *self
+            .names
+            .lock()
+            .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))? =
+            table.clone();
+        Ok(offers
+            .into_iter()
+            .filter_map(|o| named.get(&o.loong).map(|mcp| (mcp.clone(), o)))
+            .collect())
+    }
+
+    fn lookup(&self, mcp: &str) -> Result<Option<(String, String)>, ErrorData> {
+        Ok(self
+            .names
+            .lock()
+            .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))?
+            .get(mcp)
+            .cloned())
+    }
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("loong", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Loong's tools, each call decided, confined and audited by loongd under this server's capability token. Names map `.` to `__` and `/` to `--`.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = self
+            .list()
+            .await?
+            .into_iter()
+            .map(|(mcp, o)| Tool::new(mcp, o.description, any_object()))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        // A client may call without listing first: the table is made on demand.
+        let (loong, bridge_kind) = match self.lookup(&name)? {
+            Some(l) => l,
+            None => {
+                self.list().await?;
+                self.lookup(&name)?.ok_or_else(|| {
+                    ErrorData::invalid_params(
+                        format!(
+                            "unknown tool {name:?}: this server offers only the tools its token may invoke (see tools/list)"
+                        ),
+                        None,
+                    )
+                })?
+            }
+        };
+        let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
+        let _turn =
+            self.calls.acquire().await.map_err(|e| {
+                ErrorData::internal_error(format!("the call queue closed: {e}"), None)
+            })?;
+        let (layout, token, deadline) = (self.layout.clone(), self.token.clone(), self.deadline);
+        let tool = loong.clone();
+        let answer =
+            tokio::task::spawn_blocking(move || invoke(&layout, tool, input, token, deadline))
+                .await
+                .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None))?;
+        Ok(result(&loong, &bridge_kind, answer).into())
+    }
+}
+
+/// The schema given for every tool: loongd does not hand out input schemas yet.
+fn any_object() -> JsonObject {
+    let mut o = JsonObject::new();
+    o.insert("type".into(), "object".into());
+    o
+}
+
+/// What the capability a call of `p`'s `tool` is decided on, and its target, for the dry
+/// run: a plugin's tool (an MCP server's `PLUGIN/TOOL`, `programmatic_tool_call`) on
+/// `tool.invoke` of its name, as `invoke` decides it; a built-in on the capability of its
+/// effect with no target (its target is the path, host or command of each call, so only an
+/// unscoped grant is known to cover it before the call).
+fn decided_on(p: &PluginView, tool: &str) -> (String, Option<String>) {
+    let effect = match (p.bridge_kind.as_str(), tool) {
+        ("builtin", "file.read") => Some("fs.read"),
+        ("builtin", "file.write" | "file.edit") => Some("fs.write"),
+        ("builtin", "web.fetch") => Some("net.egress"),
+        ("builtin", "shell.exec") => Some("process.exec"),
+        _ => None,
+    };
+    match effect {
+        Some(cap) => (cap.to_string(), None),
+        None => ("tool.invoke".to_string(), Some(tool.to_string())),
+    }
+}
+
+/// Every tool of a usable plugin that loongd's dry run allows under `token`, or allows once
+/// an operator approves (said in its description).
+fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, Failure> {
+    let mut plugins = Vec::new();
+    crate::paging::each(
+        layout,
+        &PageArgs::default(),
+        ControlRequest::PluginList,
+        |r| match r {
+            ControlResponse::Plugins(ps) => Some(ps),
+            _ => None,
+        },
+        |p| p.id.clone(),
+        |p| {
+            plugins.push(p.clone());
+            Ok(())
+        },
+    )?;
+    let mut client = crate::connect(layout)?;
+    // An MCP server's tools have descriptions of their own, which loongd's search holds.
+    let own: BTreeMap<String, String> = match client.call(
+        ControlRequest::ToolSearch(ToolSearchRequest {
+            query: String::new(),
+            trust: None,
+            limit: MAX_SEARCH_LIMIT,
+        }),
+        crate::REQUEST_DEADLINE,
+    )? {
+        ControlResponse::ToolHits(hits) => hits
+            .into_iter()
+            .filter(|h| !h.description.is_empty())
+            .map(|h| (h.name, h.description))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let mut out = Vec::new();
+    for p in plugins
+        .iter()
+        .filter(|p| p.state == "ready" || p.state == "deferred")
+    {
+        for tool in &p.tools {
+            let (cap, target) = decided_on(p, tool);
+            let answer = client.call(
+                ControlRequest::PolicyDecide {
+                    token: token.cloned(),
+                    cap,
+                    target,
+                },
+                crate::REQUEST_DEADLINE,
+            )?;
+            let ControlResponse::Decided(d) = answer else {
+                return Err(anyhow!("unexpected answer to policy decide: {answer:?}").into());
+            };
+            if let Some(description) = describe(p, tool, own.get(tool), &d) {
+                out.push(Offer {
+                    loong: tool.clone(),
+                    description,
+                    bridge_kind: p.bridge_kind.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The description of an offered tool (`None`: not offered).
+fn describe(p: &PluginView, tool: &str, own: Option<&String>, d: &DecisionView) -> Option<String> {
+    let mut text = match own {
+        Some(own) => own.clone(),
+        None if tool == p.id => p.summary.clone(),
+        None => format!("{tool} (a tool of {}: {})", p.id, p.summary),
+    };
+    text.push_str(&format!(" [Loong tool `{tool}`]"));
+    if d.needs_approval {
+        text.push_str(" Each call waits for an operator's approval (`loongctl approvals list`).");
+    } else if !d.allowed {
+        return None;
+    }
+    Some(text)
+}
+
+/// One `invoke` under `token`, as `loongctl invoke` makes it.
+fn invoke(
+    layout: &Layout,
+    tool: String,
+    input: String,
+    token: Option<BearerSecret>,
+    deadline: Duration,
+) -> anyhow::Result<InvokeResult> {
+    let mut client = crate::connect(layout).map_err(|f| f.error)?;
+    let id = client.start(
+        ControlRequest::Invoke(InvokeRequest { tool, input, token }),
+        deadline,
+    )?;
+    let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
+    loop {
+        match client.next_event::<ControlResponse>(id, until)? {
+            // Notes for people (an approval's instructions): the answer names the approval.
+            Event::Chunk(_) => {}
+            Event::Done(ControlResponse::Invoked(r)) => return Ok(r),
+            Event::Done(other) => return Err(anyhow!("unexpected answer to invoke: {other:?}")),
+        }
+    }
+}
+
+/// The MCP result of a call of `tool`: an MCP server's own result as it gave it, any other
+/// output as text (and as structured content when it is a JSON object), or a tool error with
+/// loongd's reason.
+fn result(tool: &str, bridge_kind: &str, answer: anyhow::Result<InvokeResult>) -> CallToolResult {
+    match answer {
+        Ok(r) if bridge_kind == MCP_BRIDGE => {
+            match serde_json::from_str::<CallToolResult>(&r.output) {
+                Ok(own) => own,
+                Err(_) => CallToolResult::success(vec![ContentBlock::text(r.output)]),
+            }
+        }
+        Ok(r) => match serde_json::from_str::<serde_json::Value>(&r.output) {
+            Ok(v @ serde_json::Value::Object(_)) => {
+                let mut out = CallToolResult::success(vec![ContentBlock::text(r.output.clone())]);
+                out.structured_content = Some(v);
+                out
+            }
+            _ => CallToolResult::success(vec![ContentBlock::text(r.output)]),
+        },
+        Err(failure) => {
+            let Some(ClientError::Remote(e)) = failure.downcast_ref::<ClientError>() else {
+                return CallToolResult::error(vec![ContentBlock::text(format!(
+                    "the call of {tool} failed: {failure:#}"
+                ))]);
+            };
+            let text = match (&e.kind, &e.detail) {
+                (ErrorKind::Denied, _) => format!("denied: {} (tool {tool})", e.message),
+                (_, Some(ErrorDetail::ApprovalPending { approval })) => format!(
+                    "approval {approval} is pending for this call of {tool}: an operator approves it with `loongctl approvals approve {approval}`; call the tool again once it is approved ({})",
+                    e.message
+                ),
+                (kind, _) => format!("{kind}: {} (tool {tool})", e.message),
+            };
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        }
+    }
+}
+
+pub mod names {
+    //! Loong's tool names made valid MCP names (`^[a-zA-Z0-9_-]{1,64}$`), unique and
+    //! reversible through the table [`assign`] returns.
+    //!
+    //! Each character is kept if it is an ASCII letter, digit, `_` or `-`; `.` becomes `__`,
+    //! `/` becomes `--`, and any other character `_`. A name longer than
+    //! [`MAX_MCP_NAME_CHARS`] is cut. Names that are valid already keep themselves; the others
+    //! are taken after them in sorted order, so the mapping of one list is always the same,
+    //! and one whose escaped name is taken gets the first free suffix `_2`, `_3`, … (cut to
+    //! fit). The way back is the table, never a guess from the text.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The longest MCP tool name.
+    pub const MAX_MCP_NAME_CHARS: usize = 64;
+
+    /// `name` escaped, before uniqueness.
+    pub fn escape(name: &str) -> String {
+        let mut out = String::new();
+        for c in name.chars() {
+            match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => out.push(c),
+                '.' => out.push_str("__"),
+                '/' => out.push_str("--"),
+                _ => out.push('_'),
+            }
+        }
+        if out.is_empty() {
+            out.push('_');
+        }
+        out.chars().take(MAX_MCP_NAME_CHARS).collect()
+    }
+
+    /// Each of `loong` (duplicates once) → its unique MCP name.
+    pub fn assign<'a>(loong: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, String> {
+        let sorted: BTreeSet<&str> = loong.into_iter().collect();
+        // Names already valid keep themselves: they are placed first.
+        let (valid, escaped): (Vec<&str>, Vec<&str>) =
+            sorted.into_iter().partition(|n| escape(n) == *n);
+        let mut taken = BTreeSet::new();
+        let mut out = BTreeMap::new();
+        for name in valid.into_iter().chain(escaped) {
+            let base = escape(name);
+            let mut candidate = base.clone();
+            let mut n = 2u32;
+            while taken.contains(&candidate) {
+                let suffix = format!("_{n}");
+                let keep = MAX_MCP_NAME_CHARS - suffix.len();
+                candidate = format!("{}{suffix}", base.chars().take(keep).collect::<String>());
+                n += 1;
+            }
+            taken.insert(candidate.clone());
+            out.insert(name.to_string(), candidate);
+        }
+        out
+    }
+}
+
+/// The names [`names::assign`] gives `loong`, MCP name → Loong name (used by the tests).
+#[cfg(test)]
+fn reverse(loong: &[&str]) -> BTreeMap<String, String> {
+    names::assign(loong.iter().copied())
+        .into_iter()
+        .map(|(l, m)| (m, l))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn valid(name: &str) -> bool {
+        (1..=names::MAX_MCP_NAME_CHARS).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+
+    #[test]
+    fn dotted_and_slashed_names_map_and_map_back() {
+        let loong = ["file.read", "time/get_current_time", "echo", "web.fetch"];
+        let m = names::assign(loong);
+        assert_eq!(m["file.read"], "file__read");
+        assert_eq!(m["time/get_current_time"], "time--get_current_time");
+        assert_eq!(m["echo"], "echo");
+        let back = reverse(&loong);
+        for l in loong {
+            assert_eq!(back[&m[l]], l);
+        }
+    }
+
+    #[test]
+    fn collisions_are_suffixed_and_every_name_is_valid_and_unique() {
+        let long = "x".repeat(100);
+        let long2 = format!("{}y", "x".repeat(99));
+        let loong = [
+            "a.b",
+            "a__b",
+            "a/b",
+            "a--b",
+            "a b",
+            "a_b",
+            "",
+            "é/ü",
+            long.as_str(),
+            long2.as_str(),
+        ];
+        let m = names::assign(loong);
+        assert_eq!(m.len(), loong.len());
+        let distinct: BTreeSet<&String> = m.values().collect();
+        assert_eq!(distinct.len(), loong.len(), "{m:?}");
+        for (l, mcp) in &m {
+            assert!(valid(mcp), "{l:?} → {mcp:?}");
+        }
+        // A name valid already keeps itself; the escaped one that collides is suffixed.
+        assert_eq!(m["a__b"], "a__b");
+        assert_eq!(m["a.b"], "a__b_2");
+        assert_eq!(m["a--b"], "a--b");
+        assert_eq!(m["a/b"], "a--b_2");
+        assert_eq!(m["a_b"], "a_b");
+        assert_eq!(m["a b"], "a_b_2");
+        assert_eq!(m[long.as_str()], "x".repeat(64));
+        assert_eq!(m[long2.as_str()], format!("{}_2", "x".repeat(62)));
+        let back = reverse(&loong);
+        for l in loong {
+            assert_eq!(back[&m[l]], l);
+        }
+    }
+
+    #[test]
+    fn a_built_in_is_decided_on_its_effect_and_a_plugin_on_its_name() {
+        let view = |id: &str, kind: &str| PluginView {
+            id: id.into(),
+            version: "1".into(),
+            summary: "s".into(),
+            bridge_kind: kind.into(),
+            state: "ready".into(),
+            error: None,
+            sha256: None,
+            path: String::new(),
+            tools: vec![id.into()],
+            trust: "unverified".into(),
+            signer: None,
+            lock_digest: None,
+        };
+        assert_eq!(
+            decided_on(&view("file.read", "builtin"), "file.read"),
+            ("fs.read".to_string(), None)
+        );
+        assert_eq!(
+            decided_on(
+                &view("programmatic_tool_call", "builtin"),
+                "programmatic_tool_call"
+            ),
+            (
+                "tool.invoke".to_string(),
+                Some("programmatic_tool_call".to_string())
+            )
+        );
+        assert_eq!(
+            decided_on(&view("time", "mcp_stdio"), "time/get_current_time"),
+            (
+                "tool.invoke".to_string(),
+                Some("time/get_current_time".to_string())
+            )
+        );
+    }
+}
