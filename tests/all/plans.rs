@@ -383,3 +383,151 @@ fn min_interval_ms_is_kept_between_nested_calls_as_the_audit_times_show() {
     }
     every_invocation_closed(&home);
 }
+
+/// The plan tests' JSON-lines connector (`peers/plan_connector.py`), installed as plugin
+/// `conn` with its own directory (returned) as its state directory, granted (for writing).
+fn install_connector(home: &Home) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("pc")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let script = dir.path().join("plan_connector.py");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/plan_connector.py");
+    fs::copy(src, &script).expect("connector script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let d = dir.path().display().to_string();
+    let args = serde_json::to_string(
+        &serde_json::to_string(&[script.display().to_string(), d.clone()]).expect("args"),
+    )
+    .expect("quoted");
+    let pdir = home.path().join("plugins").join("conn");
+    fs::create_dir_all(&pdir).expect("plugin dir");
+    let manifest = format!(
+        r#"{{"api_version": "v1alpha1", "plugin_id": "conn", "version": "0.1.0", "summary": "test",
+        "capabilities": ["filesystem_write"],
+        "metadata": {{"bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {args}}},
+        "sandbox": {{"write": [{d:?}], "timeout_ms": 30000}}}}"#
+    );
+    fs::write(pdir.join("loong.plugin.json"), manifest).expect("manifest");
+    dir
+}
+
+/// The most calls of a batch that ran at once, from the connector's own clock: for each
+/// call's start, the calls whose span holds it.
+fn peak_overlap(by_call: &serde_json::Value) -> usize {
+    let spans: Vec<(f64, f64)> = by_call
+        .as_object()
+        .expect("by_call")
+        .values()
+        .map(|c| {
+            let o = &c["outcome"];
+            (
+                o["start"].as_f64().expect("start"),
+                o["end"].as_f64().expect("end"),
+            )
+        })
+        .collect();
+    spans
+        .iter()
+        .map(|(s, _)| spans.iter().filter(|(a, b)| a <= s && s < b).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A batch of `n` slow calls of `conn` (each `ms` long).
+fn slow_batch(n: usize, ms: u64, parallel: bool, max_in_flight: usize) -> serde_json::Value {
+    let calls: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({"call_id": format!("c{i}"), "connector_name": "conn",
+                "payload": {"mode": "slow", "ms": ms}})
+        })
+        .collect();
+    serde_json::json!({
+        "caller": "t", "max_calls": n, "concurrency": {"max_in_flight": max_in_flight},
+        "return_step": "b",
+        "steps": [{"kind": "connector_batch", "step_id": "b", "parallel": parallel, "calls": calls}]
+    })
+}
+
+#[test]
+fn a_parallel_batch_overlaps_its_calls_up_to_max_in_flight_and_never_past_it() {
+    /// Long enough that three calls started together overlap however slowly their extra
+    /// workers start.
+    const CALL_MS: u64 = 1_500;
+    const MAX_IN_FLIGHT: usize = 3;
+    let home = home();
+    let _state = install_connector(&home);
+    home.start();
+    let input = plan_file(
+        &home,
+        "par.json",
+        &slow_batch(6, CALL_MS, true, MAX_IN_FLIGHT),
+    );
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let answer = json(&out);
+    let by_call = &answer["result"]["by_call"];
+    assert_eq!(by_call.as_object().map(|o| o.len()), Some(6), "{answer}");
+    assert_eq!(peak_overlap(by_call), MAX_IN_FLIGHT, "{by_call}");
+    assert_eq!(
+        answer["result"]["scheduler"]["peak_in_flight"], MAX_IN_FLIGHT,
+        "{answer}"
+    );
+
+    // The control: the same calls in a serial batch never overlap, so the measure sees
+    // what ran together.
+    let input = plan_file(&home, "ser.json", &slow_batch(3, 300, false, MAX_IN_FLIGHT));
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(peak_overlap(&json(&out)["result"]["by_call"]), 1, "{out}");
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn a_call_a_failed_batch_drops_is_withdrawn_and_closed_by_loongd() {
+    /// Far longer than the plan takes to fail: the slow call must not be waited for.
+    const SLOW_MS: u64 = 20_000;
+    let home = home();
+    install_examples(&home);
+    let _state = install_connector(&home);
+    home.start();
+    let plan = serde_json::json!({
+        "caller": "t", "concurrency": {"max_in_flight": 2},
+        "steps": [{"kind": "connector_batch", "step_id": "b", "parallel": true, "calls": [
+            {"call_id": "slow", "connector_name": "conn", "payload": {"mode": "slow", "ms": SLOW_MS}},
+            {"call_id": "bad", "connector_name": "no-such-tool", "payload": {}}
+        ]}]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+    let started = std::time::Instant::now();
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("step_failed") && err.contains("bad"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(SLOW_MS / 2),
+        "the plan waited for the call it dropped"
+    );
+    // loongd stopped the withdrawn call and recorded its outcome.
+    assert!(
+        crate::support::wait_until(std::time::Duration::from_secs(10), || {
+            records(&home, "tool.failed")
+                .iter()
+                .map(detail)
+                .any(|d| d["tool"] == "conn" && d["failure"] == "abandoned")
+        }),
+        "the withdrawn call has no outcome"
+    );
+    every_invocation_closed(&home);
+
+    // The control: continuing on error, the batch waits for the slow call, which completes.
+    let mut plan = plan;
+    plan["steps"][0]["continue_on_error"] = true.into();
+    plan["steps"][0]["calls"][0]["payload"]["ms"] = 300.into();
+    let input = plan_file(&home, "plan2.json", &plan);
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["result"]["success_calls"], 1, "{out}");
+    every_invocation_closed(&home);
+}
