@@ -385,8 +385,8 @@ fn min_interval_ms_is_kept_between_nested_calls_as_the_audit_times_show() {
 }
 
 /// The plan tests' JSON-lines connector (`peers/plan_connector.py`), installed as plugin
-/// `conn` with its own directory (returned) as its state directory, granted (for writing).
-fn install_connector(home: &Home) -> tempfile::TempDir {
+/// `id` with its own directory (returned) as its state directory, granted (for writing).
+fn install_connector(home: &Home, id: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix("pc")
@@ -402,10 +402,10 @@ fn install_connector(home: &Home) -> tempfile::TempDir {
         &serde_json::to_string(&[script.display().to_string(), d.clone()]).expect("args"),
     )
     .expect("quoted");
-    let pdir = home.path().join("plugins").join("conn");
+    let pdir = home.path().join("plugins").join(id);
     fs::create_dir_all(&pdir).expect("plugin dir");
     let manifest = format!(
-        r#"{{"api_version": "v1alpha1", "plugin_id": "conn", "version": "0.1.0", "summary": "test",
+        r#"{{"api_version": "v1alpha1", "plugin_id": "{id}", "version": "0.1.0", "summary": "test",
         "capabilities": ["filesystem_write"],
         "metadata": {{"bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {args}}},
         "sandbox": {{"write": [{d:?}], "timeout_ms": 30000}}}}"#
@@ -458,7 +458,7 @@ fn a_parallel_batch_overlaps_its_calls_up_to_max_in_flight_and_never_past_it() {
     const CALL_MS: u64 = 1_500;
     const MAX_IN_FLIGHT: usize = 3;
     let home = home();
-    let _state = install_connector(&home);
+    let _state = install_connector(&home, "conn");
     home.start();
     let input = plan_file(
         &home,
@@ -491,7 +491,7 @@ fn a_call_a_failed_batch_drops_is_withdrawn_and_closed_by_loongd() {
     const SLOW_MS: u64 = 20_000;
     let home = home();
     install_examples(&home);
-    let _state = install_connector(&home);
+    let _state = install_connector(&home, "conn");
     home.start();
     let plan = serde_json::json!({
         "caller": "t", "concurrency": {"max_in_flight": 2},
@@ -529,5 +529,123 @@ fn a_call_a_failed_batch_drops_is_withdrawn_and_closed_by_loongd() {
     let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["result"]["success_calls"], 1, "{out}");
+    every_invocation_closed(&home);
+}
+
+/// The `tool.invoked` records of `tool`, oldest first, under the newest plan call.
+fn nested_of(home: &Home, tool: &str) -> Vec<serde_json::Value> {
+    let root = last_plan_call(home);
+    let mut r: Vec<serde_json::Value> = records(home, "tool.invoked")
+        .into_iter()
+        .filter(|r| detail(r)["tool"] == tool && detail(r)["chain"]["root"] == root.as_str())
+        .collect();
+    r.reverse();
+    r
+}
+
+#[test]
+fn a_retry_succeeds_on_the_third_attempt_after_two_transient_failures() {
+    let home = home();
+    let state = install_connector(&home, "conn");
+    home.start();
+    let plan = |attempts: u32| {
+        serde_json::json!({
+            "caller": "t",
+            "steps": [{"kind": "connector_call", "step_id": "c", "connector_name": "conn",
+                "retry": {"max_attempts": attempts, "initial_backoff_ms": 20, "max_backoff_ms": 100},
+                "payload": {"mode": "flaky", "fail": 2}}]
+        })
+    };
+    let input = plan_file(&home, "three.json", &plan(3));
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let result = &json(&out)["result"];
+    assert_eq!(result["outcome"]["call"], 3, "{result}");
+    assert_eq!(result["execution"]["attempts"], 3, "{result}");
+    assert_eq!(result["execution"]["retries"], 2, "{result}");
+    // Three kernel calls, each decided and recorded: two failed transiently, one completed.
+    let tried = nested_of(&home, "conn");
+    assert_eq!(tried.len(), 3, "{tried:?}");
+    let failed = records(&home, "tool.failed")
+        .iter()
+        .map(detail)
+        .filter(|d| d["tool"] == "conn")
+        .count();
+    assert_eq!(failed, 2);
+    every_invocation_closed(&home);
+
+    // The control: two attempts are not enough, and the failure names its class.
+    fs::remove_file(state.path().join("flaky")).expect("reset the count");
+    let input = plan_file(&home, "two.json", &plan(2));
+    let (code, _, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("step_failed") && err.contains("transient"),
+        "{err}"
+    );
+    assert_eq!(nested_of(&home, "conn").len(), 2);
+    every_invocation_closed(&home);
+}
+
+#[test]
+fn a_breaker_opens_refuses_without_a_call_half_opens_after_its_cooldown_and_closes() {
+    /// The breaker's cooldown; the plan waits it out with a slow call of another connector.
+    const COOLDOWN_MS: u64 = 1_500;
+    let home = home();
+    let state = install_connector(&home, "conn");
+    let _nap = install_connector(&home, "nap");
+    home.start();
+    let gate = |id: &str| {
+        serde_json::json!({"call_id": id, "connector_name": "conn",
+            "payload": {"mode": "gate", "fail": 2}})
+    };
+    let batch = |step: &str, calls: Vec<serde_json::Value>| {
+        serde_json::json!({"kind": "connector_batch", "step_id": step, "parallel": false,
+            "continue_on_error": true, "calls": calls})
+    };
+    let plan = serde_json::json!({
+        "caller": "t", "include_intermediate": true,
+        "connector_circuit_breakers": {"conn": {"failure_threshold": 2, "cooldown_ms": COOLDOWN_MS,
+            "half_open_max_calls": 2, "success_threshold": 2}},
+        "steps": [
+            batch("trip", vec![gate("f1"), gate("f2")]),
+            batch("refused", vec![gate("r1"), gate("r2")]),
+            {"kind": "connector_call", "step_id": "wait", "connector_name": "nap",
+             "payload": {"mode": "slow", "ms": COOLDOWN_MS + 300}},
+            batch("probe", vec![gate("p1")]),
+            {"kind": "connector_call", "step_id": "close", "connector_name": "conn",
+             "payload": {"mode": "gate", "fail": 2}}
+        ]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+    let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    let answer = json(&out);
+    let phase = |i: usize| answer["telemetry"][i]["breakers"]["conn"].clone();
+    assert_eq!(phase(0), "open", "{answer}");
+    assert_eq!(phase(1), "open", "{answer}");
+    assert_eq!(phase(3), "half_open", "{answer}");
+    assert_eq!(phase(4), "closed", "{answer}");
+    let outputs = &answer["step_outputs"];
+    assert_eq!(outputs["trip"]["failed_calls"], 2, "{outputs}");
+    for r in ["r1", "r2"] {
+        assert_eq!(
+            outputs["refused"]["by_call"][r]["error_code"], "circuit_open",
+            "{outputs}"
+        );
+    }
+    assert_eq!(
+        outputs["probe"]["by_call"]["p1"]["outcome"]["call"], 3,
+        "{outputs}"
+    );
+    assert_eq!(outputs["close"]["outcome"]["call"], 4, "{outputs}");
+
+    // The refused calls reached neither loongd nor the connector: four kernel calls, four
+    // entries in the connector's own count.
+    assert_eq!(nested_of(&home, "conn").len(), 4);
+    assert_eq!(
+        fs::read_to_string(state.path().join("gate")).expect("count"),
+        "4"
+    );
     every_invocation_closed(&home);
 }

@@ -4,8 +4,8 @@
 - {"mode": "flaky", "fail": K}: counts its calls in the file `flaky` of the state directory;
   the first K exit mid-call (a transient failure: the program exited), the next answer
   {"call": n};
-- {"mode": "gate"}: counts its calls in the file `gate`; fails (exits mid-call) while the
-  file `down` exists in the state directory, answers {"call": n} otherwise."""
+- {"mode": "gate", "fail": K}: the same with the file `gate`, for a breaker's test (its
+  count is how many calls reached the connector)."""
 import json
 import os
 import sys
@@ -46,7 +46,7 @@ for line in sys.stdin:
         answer = {"call": n}
     elif mode == "gate":
         n = bump("gate")
-        if os.path.exists(os.path.join(state, "down")):
+        if n <= payload.get("fail", 0):
             os._exit(3)
         answer = {"call": n}
     else:
