@@ -37,7 +37,10 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest},
-    outcome::{Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass},
+    outcome::{
+        Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass, PlanCallFailure,
+        PlanFailed, PlanFailureKind,
+    },
     worker::{
         BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,
         PeerSpec, PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,

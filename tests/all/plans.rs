@@ -649,3 +649,89 @@ fn a_breaker_opens_refuses_without_a_call_half_opens_after_its_cooldown_and_clos
     );
     every_invocation_closed(&home);
 }
+
+#[test]
+fn a_failed_plan_is_a_typed_outcome_naming_its_kind_and_step() {
+    let home = home();
+    install_examples(&home);
+    home.start();
+    let call = |id: &str, payload: serde_json::Value| {
+        serde_json::json!({"kind": "connector_call", "step_id": id, "connector_name": "echo",
+            "payload": payload})
+    };
+    let seed = serde_json::json!({"kind": "set_literal", "step_id": "seed", "value": {"a": 1}});
+    let cases = [
+        (
+            "budget_exceeded",
+            serde_json::json!({"caller": "t", "max_calls": 1,
+                "steps": [call("a", serde_json::json!({})), call("b", serde_json::json!({}))]}),
+            None,
+        ),
+        (
+            "connector_not_allowed",
+            serde_json::json!({"caller": "t", "allowed_connectors": ["json-transform"],
+                "steps": [call("a", serde_json::json!({}))]}),
+            Some("a"),
+        ),
+        (
+            "template_error",
+            serde_json::json!({"caller": "t",
+                "steps": [seed.clone(), call("t", serde_json::json!({"x": "{{seed#/missing}}"}))]}),
+            Some("t"),
+        ),
+    ];
+    for (i, (kind, plan, step)) in cases.iter().enumerate() {
+        let input = plan_file(&home, &format!("p{i}.json"), plan);
+        let (code, out, err) = invoke(&home, &[TOOL, "--json", "--input", &input]);
+        assert_eq!(code, 7, "{kind}: {err}");
+        let failed = &json(&out)["error"]["detail"]["plan_failed"];
+        assert_eq!(failed["kind"], *kind, "{out}");
+        if let Some(step) = step {
+            assert_eq!(failed["step"], *step, "{out}");
+        }
+        assert!(
+            failed["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{out}"
+        );
+        // Without --json, loongctl prints the kind and the step.
+        let (code, out, err) = invoke(&home, &[TOOL, "--input", &input]);
+        assert_eq!((code, out.as_str()), (7, ""), "{err}");
+        assert!(err.contains(&format!("plan failed ({kind})")), "{err}");
+        if let Some(step) = step {
+            assert!(err.contains(&format!("at step {step}")), "{err}");
+        }
+    }
+    // The audit's tool.failed records carry the kind too.
+    let kinds: Vec<String> = records(&home, "tool.failed")
+        .iter()
+        .map(detail)
+        .filter(|d| d["tool"] == TOOL && d["failure"] == "plan_failed")
+        .map(|d| d["plan"]["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for (kind, ..) in &cases {
+        assert_eq!(kinds.iter().filter(|k| k == kind).count(), 2, "{kinds:?}");
+    }
+
+    // A connector call's failure names its class; the positive control: the plan with its
+    // template fixed runs.
+    let plan = serde_json::json!({"caller": "t",
+        "steps": [call("n", serde_json::json!({}))], "allowed_connectors": []});
+    let mut nf = plan.clone();
+    nf["steps"][0]["connector_name"] = "no-such-tool".into();
+    let input = plan_file(&home, "nf.json", &nf);
+    let (code, out, _) = invoke(&home, &[TOOL, "--json", "--input", &input]);
+    assert_eq!(code, 7);
+    let failed = &json(&out)["error"]["detail"]["plan_failed"];
+    assert_eq!(
+        (failed["kind"].as_str(), failed["cause"].as_str()),
+        (Some("step_failed"), Some("not_found")),
+        "{out}"
+    );
+    let fixed = serde_json::json!({"caller": "t",
+        "steps": [seed, call("t", serde_json::json!({"x": "{{seed#/a}}"}))]});
+    let input = plan_file(&home, "fixed.json", &fixed);
+    let (code, out, err) = invoke(&home, &[TOOL, "--json", "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["output"]["result"]["outcome"]["x"], 1, "{out}");
+    every_invocation_closed(&home);
+}

@@ -819,6 +819,14 @@ impl From<&CallError> for RemoteError {
             CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
             CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
         };
-        RemoteError::new(kind, e.to_string()).with_detail(ErrorDetail::WorkerFailed(e.class()))
+        let detail = match e {
+            CallError::Plugin(PluginFailure {
+                kind: loong_ipc::FailureKind::PlanFailed,
+                plan: Some(plan),
+                ..
+            }) => ErrorDetail::PlanFailed(plan.clone().bounded()),
+            _ => ErrorDetail::WorkerFailed(e.class()),
+        };
+        RemoteError::new(kind, e.to_string()).with_detail(detail)
     }
 }

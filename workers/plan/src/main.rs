@@ -19,10 +19,11 @@ use std::{
 };
 
 use loong_ipc::{
-    Budget, ErrorDetail, ErrorKind, FailureKind, InvokeTool, KernelRequest, PluginFailure,
-    RemoteError, RequestId, WorkerRequest, WorkerResponse,
+    Budget, ErrorDetail, ErrorKind, FailureKind, InvokeTool, KernelRequest, PlanCallFailure,
+    PlanFailed, PlanFailureKind, PluginFailure, RemoteError, RequestId, WorkerRequest,
+    WorkerResponse,
 };
-use loong_worker_plan::{CallError, FailureClass, Kernel, Options};
+use loong_worker_plan::{CallError, FailureClass, Kernel, Options, PlanError};
 use loong_worker_runtime::{internal, refused, Handler, KernelLink, KernelLinkError};
 use serde_json::Value;
 
@@ -294,14 +295,79 @@ impl Worker {
                 started,
                 cpu_before,
             ),
-            // The failure as JSON (its class, the step it names, the telemetry so far):
-            // typed for a client, not prose.
-            Err(failure) => WorkerResponse::Failed(PluginFailure::new(
-                FailureKind::ToolError,
-                serde_json::to_string(&failure)
-                    .map_err(|e| internal(format!("encoding the plan's failure: {e}")))?,
-            )),
+            // Typed for a client: the error's kind, the step and call it names, the class of
+            // a failed connector call; the message is for people.
+            Err(failure) => {
+                WorkerResponse::Failed(PluginFailure::plan(plan_failed(&failure.error)))
+            }
         })
+    }
+}
+
+/// The wire's typed form of a plan's error.
+fn plan_failed(e: &PlanError) -> PlanFailed {
+    use PlanFailureKind as K;
+    let owned = |s: &Option<String>| s.clone();
+    let (kind, step, call, cause) = match e {
+        PlanError::PlanTooLarge { .. } => (K::PlanTooLarge, None, None, None),
+        PlanError::PlanTooDeep { .. } => (K::PlanTooDeep, None, None, None),
+        PlanError::Malformed { .. } => (K::Malformed, None, None, None),
+        PlanError::InvalidPlan { step, call, .. } => {
+            (K::InvalidPlan, owned(step), owned(call), None)
+        }
+        PlanError::UnknownStep { step, .. } => (K::UnknownStep, owned(step), None, None),
+        PlanError::PointerNotFound { step, .. } => {
+            (K::PointerNotFound, Some(step.clone()), None, None)
+        }
+        PlanError::TemplateError { step, call, .. } => {
+            (K::TemplateError, Some(step.clone()), owned(call), None)
+        }
+        PlanError::ConnectorNotAllowed { step, call, .. } => (
+            K::ConnectorNotAllowed,
+            Some(step.clone()),
+            owned(call),
+            None,
+        ),
+        PlanError::BudgetExceeded { step, call, .. } => {
+            (K::BudgetExceeded, owned(step), owned(call), None)
+        }
+        PlanError::CircuitOpen { step, call, .. } => {
+            (K::CircuitOpen, Some(step.clone()), owned(call), None)
+        }
+        PlanError::StepFailed {
+            step, call, cause, ..
+        } => (
+            K::StepFailed,
+            Some(step.clone()),
+            owned(call),
+            Some(call_class(cause)),
+        ),
+        PlanError::ValueTooLarge { step, call, .. } => {
+            (K::ValueTooLarge, owned(step), owned(call), None)
+        }
+    };
+    PlanFailed::new(kind, step, call, cause, e.to_string())
+}
+
+fn call_class(e: &CallError) -> PlanCallFailure {
+    use PlanCallFailure as C;
+    match e {
+        CallError::Denied { .. } => C::Denied,
+        CallError::ApprovalRequired { .. } => C::ApprovalRequired,
+        CallError::NotFound => C::NotFound,
+        CallError::DepthExceeded => C::DepthExceeded,
+        CallError::BudgetExceeded { .. } => C::BudgetExceeded,
+        CallError::ToolFailed {
+            class: FailureClass::Transient,
+            ..
+        } => C::ToolFailedTransient,
+        CallError::ToolFailed {
+            class: FailureClass::Permanent,
+            ..
+        } => C::ToolFailedPermanent,
+        CallError::Timeout => C::Timeout,
+        CallError::Overloaded => C::Overloaded,
+        CallError::Transport { .. } => C::Transport,
     }
 }
 
