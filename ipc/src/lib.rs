@@ -22,9 +22,9 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest,
-        ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
-        KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
+        ApprovalChain, ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret,
+        ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest,
+        InvokeResult, KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
         SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
         WorkerView,
     },

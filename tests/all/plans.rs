@@ -735,3 +735,123 @@ fn a_failed_plan_is_a_typed_outcome_naming_its_kind_and_step() {
     assert_eq!(json(&out)["output"]["result"]["outcome"]["x"], 1, "{out}");
     every_invocation_closed(&home);
 }
+
+#[test]
+fn two_nested_approvals_wait_at_once_each_its_own_showing_the_caller_and_the_chain() {
+    /// The invoke's deadline; the plan's own wall time (`[builtins] timeout_ms`) is longer,
+    /// so the request's deadline passes while a nested call still waits.
+    const INVOKE_TIMEOUT_S: &str = "8";
+    let home = Home::with_config(
+        "[builtins]\nplans = true\ntimeout_ms = 60000\n[approvals]\ntimeout_ms = 60000\n",
+    );
+    install_examples(&home);
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/careful.toml"),
+        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let out = home.ctl(&[
+        "tokens",
+        "issue",
+        "--pack",
+        "careful",
+        "--agent",
+        "bot",
+        "--cap",
+        "tool.invoke",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let plan = serde_json::json!({
+        "caller": "t", "concurrency": {"max_in_flight": 2},
+        "steps": [{"kind": "connector_batch", "step_id": "b", "parallel": true, "calls": [
+            {"call_id": "x", "connector_name": "echo", "payload": {"n": 1}},
+            {"call_id": "y", "connector_name": "echo", "payload": {"n": 2}}
+        ]}]
+    });
+    let input = plan_file(&home, "plan.json", &plan);
+    let child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "invoke",
+            TOOL,
+            "--token",
+            &token,
+            "--timeout",
+            INVOKE_TIMEOUT_S,
+        ])
+        .args(["--input", &input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("invoke");
+    let root = crate::kernel_calls::pending(&home, 1);
+    assert_eq!(root[0].1, TOOL, "{root:?}");
+    assert!(home
+        .ctl(&["approvals", "approve", &root[0].0])
+        .status
+        .success());
+
+    // Both nested calls wait at once, each for its own approval, which shows the plan as
+    // the caller and the chain.
+    let nested = crate::kernel_calls::pending(&home, 2);
+    assert!(
+        nested.iter().all(|(_, target)| target == "echo"),
+        "{nested:?}"
+    );
+    assert_ne!(nested[0].0, nested[1].0);
+    for (id, _) in &nested {
+        let shown = json(&text(
+            &home.ctl(&["approvals", "show", id, "--json"]).stdout,
+        ));
+        assert_eq!(shown["caller"], TOOL, "{shown}");
+        let chain = &shown["chain"];
+        assert_eq!(chain["depth"], 1, "{shown}");
+        assert_eq!(chain["root"], chain["parent"], "{shown}");
+        assert!(
+            chain["root"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("conn-")),
+            "{shown}"
+        );
+        let out = home.ctl(&["approvals", "show", id]);
+        let shown = text(&out.stdout);
+        assert!(
+            shown.contains(&format!("asked by plugin {TOOL} in a nested call"))
+                && shown.contains("depth 1"),
+            "{shown}"
+        );
+    }
+    // The root's own approval shows no chain (the control).
+    let shown = json(&text(
+        &home
+            .ctl(&["approvals", "show", &root[0].0, "--json"])
+            .stdout,
+    ));
+    assert!(
+        shown["chain"].is_null() && shown["caller"].is_null(),
+        "{shown}"
+    );
+
+    // One answered: the other still waits, and the request's deadline names it.
+    assert!(home
+        .ctl(&["approvals", "approve", &nested[0].0])
+        .status
+        .success());
+    let out = child.wait_with_output().expect("invoke ends");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(&format!("approval {} is still pending", nested[1].0)),
+        "{err}"
+    );
+    // Each wait told the asker its own note.
+    for (id, _) in root.iter().chain(&nested) {
+        assert!(err.contains(&format!("approval {id} pending")), "{err}");
+    }
+}
