@@ -315,6 +315,19 @@ impl Supervisor {
             Err(fault) => {
                 drop(permit);
                 let why = format!("worker {id} failed: {fault}");
+                if let WorkerFault::Protocol(what) = &fault {
+                    self.audit
+                        .record_later(Event {
+                            kind: Kind::ProtocolViolation,
+                            actor: format!("worker:{id}"),
+                            correlation: correlation.to_string(),
+                            detail: serde_json::json!({
+                                "worker": id, "plugin": plugin.id, "kind": self.kind.name,
+                                "violation": what, "retired": true,
+                            }),
+                        })
+                        .await;
+                }
                 self.retire(worker, &why, correlation).await;
                 self.replace_in_background();
                 (id, Err(CallError::Worker(fault.class(), why)))
