@@ -22,9 +22,9 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest,
-        ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
-        KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
+        ApprovalChain, ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret,
+        ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest,
+        InvokeResult, KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
         SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
         WorkerView,
     },
@@ -37,7 +37,10 @@ pub use message::{
         PROTOCOL_VERSION,
     },
     kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest},
-    outcome::{Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass},
+    outcome::{
+        Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass, PlanCallFailure,
+        PlanFailed, PlanFailureKind,
+    },
     worker::{
         BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,
         PeerSpec, PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,

@@ -142,31 +142,66 @@ proptest! {
         buf.fill(|space: &mut [u8]| -> Result<usize, ()> { space[..4].copy_from_slice(&prefix); Ok(4) }).expect("prefix not yet known").expect("read");
         prop_assert_eq!(buf.read_space().err(), Some(FrameError::TooLarge { len, limit: limit.get() }));
     }
+}
 
-    #[test]
-    fn streams_cut_anywhere_decode_in_order(msgs in proptest::collection::vec(any::<Call<ControlRequest>>(), 1..8), cuts in proptest::collection::vec(1usize..64, 1..64)) {
-        let mut wire = Vec::new();
-        for m in &msgs {
-            frame::encode(m, FrameLimit::DEFAULT, &mut wire).expect("encodes");
-        }
-        let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
-        let mut got = Vec::new();
-        let mut pos = 0;
-        let mut cut = cuts.iter().cycle();
-        while pos < wire.len() {
-            let n = (*cut.next().expect("cycle")).min(wire.len() - pos);
-            buf.fill(|space: &mut [u8]| -> Result<usize, ()> {
-                let n = n.min(space.len());
-                space[..n].copy_from_slice(&wire[pos..pos + n]);
-                Ok(n)
-            }).expect("within limit").map(|n| pos += n).expect("read");
-            while let Some(m) = buf.next_message::<Call<ControlRequest>>().expect("valid frames") {
-                got.push(m);
-            }
-        }
-        prop_assert_eq!(got, msgs);
-        prop_assert_eq!(buf.buffered(), 0);
+/// Messages framed back to back and read in pieces cut anywhere decode in order. Run like
+/// the round trips, on a thread with room for the derived strategy.
+#[test]
+fn streams_cut_anywhere_decode_in_order() {
+    let run = || {
+        let strategy = (
+            proptest::collection::vec(any::<Call<ControlRequest>>(), 1..8),
+            proptest::collection::vec(1usize..64, 1..64),
+        );
+        let mut runner =
+            proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(ROUND_TRIP_CASES));
+        runner
+            .run(&strategy, |(msgs, cuts)| cut_anywhere(&msgs, &cuts))
+            .map_err(|e| e.to_string())
+    };
+    let outcome = std::thread::Builder::new()
+        .stack_size(ROUND_TRIP_STACK_BYTES)
+        .spawn(run)
+        .expect("a test thread")
+        .join()
+        .expect("the property does not panic");
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
+}
+
+fn cut_anywhere(
+    msgs: &[Call<ControlRequest>],
+    cuts: &[usize],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let mut wire = Vec::new();
+    for m in msgs {
+        frame::encode(m, FrameLimit::DEFAULT, &mut wire).expect("encodes");
+    }
+    let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+    let mut got = Vec::new();
+    let mut pos = 0;
+    let mut cut = cuts.iter().cycle();
+    while pos < wire.len() {
+        let n = (*cut.next().expect("cycle")).min(wire.len() - pos);
+        buf.fill(|space: &mut [u8]| -> Result<usize, ()> {
+            let n = n.min(space.len());
+            space[..n].copy_from_slice(&wire[pos..pos + n]);
+            Ok(n)
+        })
+        .expect("within limit")
+        .map(|n| pos += n)
+        .expect("read");
+        while let Some(m) = buf
+            .next_message::<Call<ControlRequest>>()
+            .expect("valid frames")
+        {
+            got.push(m);
+        }
+    }
+    prop_assert_eq!(got.as_slice(), msgs);
+    prop_assert_eq!(buf.buffered(), 0);
+    Ok(())
 }
 
 /// The cargo-fuzz seed corpus (`ipc/fuzz/corpus/frame_decode`) replayed through the same

@@ -45,10 +45,11 @@ impl StopCause {
 /// Set once, before a request's task is stopped, so its cleanup can say why.
 pub(crate) type StopCell = Arc<OnceLock<StopCause>>;
 
-/// The approval a request waits for, while it waits: read by the connection when the
-/// request's deadline passes, so the answer is the typed `ApprovalPending`, not a bare
-/// deadline.
-pub(crate) type WaitCell = Arc<Mutex<Option<String>>>;
+/// The approvals a request waits for, in the order they were asked, while it waits (a root
+/// call and its nested calls may wait for several at once, each its own entry): read by the
+/// connection when the request's deadline passes, so the answer is the typed
+/// `ApprovalPending` naming the oldest still waited for, not a bare deadline.
+pub(crate) type WaitCell = Arc<Mutex<Vec<String>>>;
 
 /// A reply on its way to the writer. A stream chunk holds its share of the connection's
 /// [`OUTPUT_BUDGET_BYTES`], and a request's answer its request's slot of `max_in_flight`,
@@ -90,9 +91,20 @@ impl RequestIo {
         self.stop.clone()
     }
 
-    /// Notes that the request waits for approval `id` (`None`: it no longer waits).
-    pub(crate) fn set_waiting(&self, id: Option<&str>) {
-        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = id.map(String::from);
+    /// Notes that the request (or a nested call of its chain) waits for approval `id`.
+    pub(crate) fn wait_on(&self, id: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id.to_string());
+    }
+
+    /// Notes that the wait for approval `id` ended; the others' entries stay.
+    pub(crate) fn done_waiting(&self, id: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|w| w != id);
     }
 
     /// Sends an output chunk, first waiting for its share of the connection's output budget

@@ -572,7 +572,7 @@ fn the_root_wall_time_budget_abandons_a_nested_call_that_outlives_it() {
 }
 
 /// The pending approvals' (id, target), once there are `n`.
-fn pending(home: &Home, n: usize) -> Vec<(String, String)> {
+pub(crate) fn pending(home: &Home, n: usize) -> Vec<(String, String)> {
     let mut found = Vec::new();
     assert!(
         wait_until(Duration::from_secs(15), || {

@@ -140,6 +140,12 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
                 input_sha256: Some(h()),
                 input_bytes: Some(1),
                 note: Some(h()),
+                caller: Some(h()),
+                chain: Some(loong_ipc::ApprovalChain {
+                    root: h(),
+                    parent: h(),
+                    depth: 1,
+                }),
             }])
         }
         ControlRequest::KeyList(_) | ControlRequest::KeyRevoke { .. } => R::Keys(vec![KeyView {

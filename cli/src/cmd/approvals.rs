@@ -18,7 +18,7 @@ use crate::{
 pub enum ApprovalsCommand {
     /// Approval requests, newest first (each with its state), fetched a page at a time.
     List {
-        /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver, token, agent, argv, tool, input_preview, input_sha256, input_bytes, input_truncated, note}).
+        /// Print JSON (an array of {id, state, actor, pack, capability, target, score, reasons, created_ms, deadline_ms, resolver, token, agent, argv, tool, input_preview, input_sha256, input_bytes, input_truncated, note, caller, chain {root, parent, depth}}).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -74,7 +74,10 @@ fn json_of(a: &ApprovalView) -> serde_json::Value {
         "deadline_ms": a.deadline_ms, "resolver": a.resolver, "token": a.token, "agent": a.agent,
         "argv": a.argv, "tool": a.tool, "input_preview": a.input_preview,
         "input_sha256": a.input_sha256, "input_bytes": a.input_bytes,
-        "input_truncated": truncated(a), "note": a.note,
+        "input_truncated": truncated(a), "note": a.note, "caller": a.caller,
+        "chain": a.chain.as_ref().map(|c| serde_json::json!({
+            "root": c.root, "parent": c.parent, "depth": c.depth,
+        })),
     })
 }
 
@@ -106,6 +109,17 @@ fn effect_lines(a: &ApprovalView) -> Vec<String> {
             "asked under token {} of agent {}",
             esc(t),
             esc(a.agent.as_deref().unwrap_or("?"))
+        ));
+    }
+    if let Some(c) = &a.chain {
+        lines.push(format!(
+            "asked by {} in a nested call: root {}, parent {}, depth {}",
+            a.caller
+                .as_deref()
+                .map_or_else(|| "?".to_string(), |p| format!("plugin {}", esc(p))),
+            esc(&c.root),
+            esc(&c.parent),
+            c.depth
         ));
     }
     if let Some(n) = &a.note {

@@ -12,8 +12,8 @@ use loong_ipc::{
     client::{ClientError, Event},
     message::control::MAX_INVOKE_INPUT_BYTES,
     paths::Layout,
-    ControlRequest, ControlResponse, ErrorKind, InvokeRequest, InvokeResult, PluginView,
-    StreamChunk, WorkerView,
+    ControlRequest, ControlResponse, ErrorDetail, ErrorKind, InvokeRequest, InvokeResult,
+    PlanFailed, PluginView, RemoteError, StreamChunk, WorkerView,
 };
 
 use super::audit::rfc3339;
@@ -42,7 +42,7 @@ pub struct InvokeArgs {
     /// Seconds to wait for the answer, approval included.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Print JSON (fields: tool, output (the tool's JSON), worker, logs, wall_us, worker_wall_us, cpu_us, fuel_consumed, peak_memory_bytes).
+    /// Print JSON (fields: tool, output (the tool's JSON), worker, logs, wall_us, worker_wall_us, cpu_us, fuel_consumed, peak_memory_bytes); a failure prints {"error": {kind, message, detail}}, a failed plan's detail as {"plan_failed": {kind, step, call, cause, message}}.
     #[arg(long)]
     pub json: bool,
 }
@@ -246,6 +246,20 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
                     error: ClientError::Remote(r).into(),
                 });
             }
+            // A failed plan: its kind and the step it names, from the typed detail.
+            Err(ClientError::Remote(r)) => {
+                if args.json {
+                    println!("{}", error_json(&r));
+                }
+                let code = Failure::from(ClientError::Remote(r.clone())).code;
+                return Err(match &r.detail {
+                    Some(ErrorDetail::PlanFailed(p)) => Failure {
+                        code,
+                        error: anyhow!("{}", plan_failed_text(p)),
+                    },
+                    _ => ClientError::Remote(r).into(),
+                });
+            }
             other => other?,
         };
         match event {
@@ -271,6 +285,39 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
             }
         }
     }
+}
+
+/// `plan failed (KIND) at step S, call C[, cause CAUSE]: MESSAGE`.
+fn plan_failed_text(p: &PlanFailed) -> String {
+    let mut at = String::new();
+    if let Some(step) = &p.step {
+        at.push_str(&format!(" at step {step}"));
+    }
+    if let Some(call) = &p.call {
+        at.push_str(&format!(", call {call}"));
+    }
+    if let Some(cause) = p.cause {
+        at.push_str(&format!(", cause {}", cause.name()));
+    }
+    format!("plan failed ({}){at}: {}", p.kind.name(), p.message)
+}
+
+/// A failed invoke for `--json`: `{"error": {"kind", "message", "detail"}}`, a failed plan's
+/// detail spelt `{"plan_failed": {"kind", "step", "call", "cause", "message"}}`.
+fn error_json(r: &RemoteError) -> serde_json::Value {
+    let detail = match &r.detail {
+        Some(ErrorDetail::PlanFailed(p)) => serde_json::json!({"plan_failed": {
+            "kind": p.kind.name(), "step": p.step, "call": p.call,
+            "cause": p.cause.map(|c| c.name()), "message": p.message,
+        }}),
+        Some(other) => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    };
+    serde_json::json!({"error": {
+        "kind": serde_json::to_value(r.kind).unwrap_or(serde_json::Value::Null),
+        "message": r.message,
+        "detail": detail,
+    }})
 }
 
 fn install_request(

@@ -411,6 +411,22 @@ pub struct ApprovalView {
     pub input_bytes: Option<u64>,
     /// Why loongd decided it (a denial because its token died while it waited).
     pub note: Option<String>,
+    /// For a nested call (a kernel call): the plugin or built-in whose worker asked for it.
+    pub caller: Option<String>,
+    /// For a nested call: the call chain it belongs to.
+    pub chain: Option<ApprovalChain>,
+}
+
+/// The call chain of an approval asked for by a nested call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ApprovalChain {
+    /// The root call's correlation id.
+    pub root: String,
+    /// The call that made the nested call.
+    pub parent: String,
+    /// How deep the nested call is (1: called by the root call's worker).
+    pub depth: u32,
 }
 
 /// Bound on [`ApprovalView::input_preview`].

@@ -39,6 +39,126 @@ pub enum ErrorDetail {
     WorkerFailed(FailureClass),
     /// A budget ran out (class `Overloaded`, `BadRequest` or `BudgetExceeded`).
     BudgetExceeded(BudgetExceeded),
+    /// A `programmatic_tool_call` plan was refused or stopped (class `WorkerFailed`): its
+    /// error's kind and the step it names.
+    PlanFailed(PlanFailed),
+}
+
+/// A failed plan: the closed kind of its error, the step and batch call it names, and what
+/// happened for people. Every text field is at most [`MAX_DETAIL_FIELD_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PlanFailed {
+    pub kind: PlanFailureKind,
+    /// The step the error belongs to (none for an error of the whole plan: it is malformed
+    /// or too large, its `return_step` names nothing).
+    pub step: Option<String>,
+    /// The batch call, for an error of one call of a `connector_batch`.
+    pub call: Option<String>,
+    /// For `step_failed`: the class of the connector call's failure.
+    pub cause: Option<PlanCallFailure>,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl PlanFailed {
+    /// A failed plan, each text field cut to [`MAX_DETAIL_FIELD_BYTES`].
+    pub fn new(
+        kind: PlanFailureKind,
+        step: Option<String>,
+        call: Option<String>,
+        cause: Option<PlanCallFailure>,
+        message: impl Into<String>,
+    ) -> PlanFailed {
+        let cut = |s: String| truncated(s, MAX_DETAIL_FIELD_BYTES);
+        PlanFailed {
+            kind,
+            step: step.map(cut),
+            call: call.map(cut),
+            cause,
+            message: cut(message.into()),
+        }
+    }
+
+    /// The same failure with every text field within its bound (for one decoded from a
+    /// worker, which may send anything).
+    pub fn bounded(self) -> PlanFailed {
+        PlanFailed::new(self.kind, self.step, self.call, self.cause, self.message)
+    }
+}
+
+/// The kinds of a plan's error (`docs/programmatic.md` lists what each means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum PlanFailureKind {
+    PlanTooLarge,
+    PlanTooDeep,
+    Malformed,
+    InvalidPlan,
+    UnknownStep,
+    PointerNotFound,
+    TemplateError,
+    ConnectorNotAllowed,
+    BudgetExceeded,
+    CircuitOpen,
+    StepFailed,
+    ValueTooLarge,
+}
+
+impl PlanFailureKind {
+    /// A stable lowercase name (the plan's own error code).
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanFailureKind::PlanTooLarge => "plan_too_large",
+            PlanFailureKind::PlanTooDeep => "plan_too_deep",
+            PlanFailureKind::Malformed => "malformed",
+            PlanFailureKind::InvalidPlan => "invalid_plan",
+            PlanFailureKind::UnknownStep => "unknown_step",
+            PlanFailureKind::PointerNotFound => "pointer_not_found",
+            PlanFailureKind::TemplateError => "template_error",
+            PlanFailureKind::ConnectorNotAllowed => "connector_not_allowed",
+            PlanFailureKind::BudgetExceeded => "budget_exceeded",
+            PlanFailureKind::CircuitOpen => "circuit_open",
+            PlanFailureKind::StepFailed => "step_failed",
+            PlanFailureKind::ValueTooLarge => "value_too_large",
+        }
+    }
+}
+
+/// The class of a plan's connector call that failed (`step_failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum PlanCallFailure {
+    Denied,
+    ApprovalRequired,
+    NotFound,
+    DepthExceeded,
+    BudgetExceeded,
+    /// The tool failed with a class a retry can pass.
+    ToolFailedTransient,
+    /// The tool failed with a class a retry repeats.
+    ToolFailedPermanent,
+    Timeout,
+    Overloaded,
+    Transport,
+}
+
+impl PlanCallFailure {
+    /// A stable lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanCallFailure::Denied => "denied",
+            PlanCallFailure::ApprovalRequired => "approval_required",
+            PlanCallFailure::NotFound => "not_found",
+            PlanCallFailure::DepthExceeded => "depth_exceeded",
+            PlanCallFailure::BudgetExceeded => "budget_exceeded",
+            PlanCallFailure::ToolFailedTransient => "tool_failed_transient",
+            PlanCallFailure::ToolFailedPermanent => "tool_failed_permanent",
+            PlanCallFailure::Timeout => "timeout",
+            PlanCallFailure::Overloaded => "overloaded",
+            PlanCallFailure::Transport => "transport",
+        }
+    }
 }
 
 /// A denial: the stage of the pipeline that said no, and why.
@@ -206,6 +326,26 @@ mod tests {
         assert!(d.target.len() <= MAX_DETAIL_FIELD_BYTES);
         assert!(d.reason.len() <= MAX_DETAIL_FIELD_BYTES);
         assert_eq!(d.capability, "fs.read");
+    }
+
+    #[test]
+    fn a_plan_failure_is_bounded_field_by_field() {
+        let long = "é".repeat(MAX_DETAIL_FIELD_BYTES);
+        let p = PlanFailed {
+            kind: PlanFailureKind::StepFailed,
+            step: Some(long.clone()),
+            call: Some(long.clone()),
+            cause: Some(PlanCallFailure::Denied),
+            message: long,
+        }
+        .bounded();
+        for f in [
+            p.step.unwrap_or_default(),
+            p.call.unwrap_or_default(),
+            p.message,
+        ] {
+            assert!(f.len() <= MAX_DETAIL_FIELD_BYTES);
+        }
     }
 
     #[test]

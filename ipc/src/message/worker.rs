@@ -441,6 +441,8 @@ pub struct PluginFailure {
     pub kind: FailureKind,
     /// What happened, naming the plugin (at most [`MAX_FAILURE_MESSAGE_BYTES`]).
     pub message: String,
+    /// For [`FailureKind::PlanFailed`]: the plan's typed error.
+    pub plan: Option<super::outcome::PlanFailed>,
 }
 
 /// Classes of [`PluginFailure`]; they name audit records and loongctl's output.
@@ -491,6 +493,8 @@ pub enum FailureKind {
     ContractViolation,
     /// A fetch's host resolved to an address it may not reach (loopback, private, …).
     AddressRefused,
+    /// A `programmatic_tool_call` plan was refused or stopped; the failure's `plan` says how.
+    PlanFailed,
 }
 
 impl FailureKind {
@@ -523,6 +527,7 @@ impl FailureKind {
             FailureKind::RedirectRefused => "redirect_refused",
             FailureKind::ContractViolation => "contract_violation",
             FailureKind::AddressRefused => "address_refused",
+            FailureKind::PlanFailed => "plan_failed",
         }
     }
 }
@@ -533,7 +538,16 @@ impl PluginFailure {
         PluginFailure {
             kind,
             message: super::truncated(message.into(), MAX_FAILURE_MESSAGE_BYTES),
+            plan: None,
         }
+    }
+
+    /// A failed plan: kind [`FailureKind::PlanFailed`], the plan's message.
+    pub fn plan(plan: super::outcome::PlanFailed) -> PluginFailure {
+        let plan = plan.bounded();
+        let mut f = PluginFailure::new(FailureKind::PlanFailed, plan.message.clone());
+        f.plan = Some(plan);
+        f
     }
 }
 

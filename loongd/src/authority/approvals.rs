@@ -55,14 +55,31 @@ pub struct EffectDetail {
     pub input_sha256: Option<String>,
     /// For a tool call: the size of the whole input.
     pub input_bytes: Option<u64>,
+    /// For a nested call: the plugin or built-in whose worker asked for it.
+    pub caller: Option<String>,
+    /// For a nested call: its chain (root correlation, parent call, depth).
+    pub chain: Option<ChainDetail>,
+}
+
+/// The chain of a nested call, as an approver sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainDetail {
+    pub root: String,
+    pub parent: String,
+    pub depth: u32,
 }
 
 impl EffectDetail {
     /// Its JSON form, as the state database and the audit trail hold it.
     pub fn to_json(&self) -> serde_json::Value {
+        let chain = self
+            .chain
+            .as_ref()
+            .map(|c| serde_json::json!({"root": c.root, "parent": c.parent, "depth": c.depth}));
         serde_json::json!({
             "argv": self.argv, "tool": self.tool, "input_preview": self.input_preview,
             "input_sha256": self.input_sha256, "input_bytes": self.input_bytes,
+            "caller": self.caller, "chain": chain,
         })
     }
 
@@ -83,6 +100,14 @@ impl EffectDetail {
             input_preview: text("input_preview"),
             input_sha256: text("input_sha256"),
             input_bytes: v.get("input_bytes").and_then(serde_json::Value::as_u64),
+            caller: text("caller"),
+            chain: v.get("chain").and_then(|c| {
+                Some(ChainDetail {
+                    root: c.get("root")?.as_str()?.to_string(),
+                    parent: c.get("parent")?.as_str()?.to_string(),
+                    depth: u32::try_from(c.get("depth")?.as_u64()?).ok()?,
+                })
+            }),
         }
     }
 
@@ -100,6 +125,8 @@ impl EffectDetail {
             input_preview: Some(input[..end].to_string()),
             input_sha256: Some(hex::encode(Sha256::digest(input.as_bytes()))),
             input_bytes: Some(input.len() as u64),
+            caller: None,
+            chain: None,
         }
     }
 }

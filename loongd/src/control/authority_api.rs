@@ -255,6 +255,12 @@ fn approval_view(a: Approval) -> ApprovalView {
         input_sha256: a.effect.input_sha256,
         input_bytes: a.effect.input_bytes,
         note: a.note,
+        caller: a.effect.caller,
+        chain: a.effect.chain.map(|c| loong_ipc::ApprovalChain {
+            root: c.root,
+            parent: c.parent,
+            depth: c.depth,
+        }),
     }
 }
 

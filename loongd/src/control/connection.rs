@@ -406,7 +406,7 @@ fn start(
                 approval = async {
                     tokio::time::sleep(deadline).await;
                     let _ = stop_task.set(StopCause::Deadline);
-                    waiting.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                    waiting.lock().unwrap_or_else(PoisonError::into_inner).first().cloned()
                 } => Err(past_deadline(id, deadline_ms, approval)),
             };
             // Whoever removes the entry answers: this task, or a Cancel that got there first.

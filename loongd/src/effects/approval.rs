@@ -12,7 +12,11 @@ use tokio::sync::Notify;
 use super::{decide, decision_detail, denial_stage, denied, internal, record, Actor, Effect};
 use crate::{
     audit::Kind,
-    authority::{approvals::Approval, tokens::agent_key, Decision, Outcome, TokenDenial},
+    authority::{
+        approvals::{Approval, ChainDetail},
+        tokens::agent_key,
+        Decision, Outcome, TokenDenial,
+    },
     Kernel,
 };
 
@@ -47,7 +51,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         waiters(self.kernel).remove(&self.id);
         if let Some(io) = self.io {
-            io.set_waiting(None);
+            io.done_waiting(&self.id);
         }
     }
 }
@@ -78,7 +82,16 @@ pub(crate) async fn wait(
     // An approver is shown the whole effect, and every request is listed in a page: one too
     // large for either is denied without asking (a request of a megabyte of arguments made
     // every `approvals list` fail at the frame limit, for good, since requests are kept).
-    let shown = effect.detail();
+    let mut shown = effect.detail();
+    // A nested call's approver sees which plugin asked and the chain it belongs to.
+    if let Some(parent) = actor.chain.parent.clone() {
+        shown.caller = actor.chain.caller.clone();
+        shown.chain = Some(ChainDetail {
+            root: actor.chain.root.clone(),
+            parent,
+            depth: actor.chain.depth,
+        });
+    }
     let shown_bytes = target.len()
         + reasons.len()
         + shown.argv.iter().map(String::len).sum::<usize>()
@@ -145,7 +158,7 @@ pub(crate) async fn wait(
         io: actor.io,
     };
     if let Some(io) = actor.io {
-        io.set_waiting(Some(&a.id));
+        io.wait_on(&a.id);
         // For people: what a client acts on is the typed answer, never this text.
         let note = format!(
             "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); see it with `loongctl approvals show {}`, approve with `loongctl approvals approve {}`\n",

@@ -151,6 +151,7 @@ impl Host<'_> {
     async fn run(&self, worker: u64, n: u64, call: KernelCall) -> Result<Vec<u8>, RemoteError> {
         let mut chain = self.chain.child(n);
         chain.declared = self.declared.clone();
+        chain.caller = Some(self.plugin.clone());
         let actor = Actor {
             who: Principal::Worker { worker },
             bearer: self.root.bearer(),

@@ -315,6 +315,14 @@ async fn record_outcome(
         }
         Ok(out)
     });
+    // Only the plan worker's answer may claim to be a plan's typed failure.
+    let result = result.map_err(|e| match e {
+        CallError::Plugin(mut f) if tool != crate::workers::builtins::PROGRAMMATIC_TOOL_CALL => {
+            f.plan = None;
+            CallError::Plugin(f)
+        }
+        other => other,
+    });
     let outcome = result
         .as_ref()
         .map_or_else(|e| e.class().name(), |_| "completed");
@@ -344,10 +352,19 @@ async fn record_outcome(
             })
         }
         Err(e) => {
-            let detail = serde_json::json!({
+            let mut detail = serde_json::json!({
                 "tool": tool, "worker": called.worker, "wall_us": wall_us,
                 "failure": e.class().name(), "message": e.message(),
             });
+            if let CallError::Plugin(PluginFailure {
+                plan: Some(plan), ..
+            }) = &e
+            {
+                detail["plan"] = serde_json::json!({
+                    "kind": plan.kind.name(), "step": plan.step, "call": plan.call,
+                    "cause": plan.cause.map(|c| c.name()),
+                });
+            }
             kernel
                 .audit
                 .record_later(actor.event(Kind::ToolFailed, detail))

@@ -82,6 +82,8 @@ pub(crate) struct Chain {
     /// asked for it): a nested call of a built-in has its effect only within them, so that no
     /// plugin gets through another plugin or a built-in what its own manifest does not say.
     pub declared: Option<std::sync::Arc<Vec<String>>>,
+    /// For a nested call: the plugin (or built-in) whose worker asked for it.
+    pub caller: Option<String>,
 }
 
 impl Chain {
@@ -93,6 +95,7 @@ impl Chain {
             depth: 0,
             call: correlation,
             declared: None,
+            caller: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl Chain {
             depth: self.depth.saturating_add(1),
             call: format!("{}.{n}", self.call),
             declared: self.declared.clone(),
+            caller: None,
         }
     }
 

@@ -315,6 +315,19 @@ impl Supervisor {
             Err(fault) => {
                 drop(permit);
                 let why = format!("worker {id} failed: {fault}");
+                if let WorkerFault::Protocol(what) = &fault {
+                    self.audit
+                        .record_later(Event {
+                            kind: Kind::ProtocolViolation,
+                            actor: format!("worker:{id}"),
+                            correlation: correlation.to_string(),
+                            detail: serde_json::json!({
+                                "worker": id, "plugin": plugin.id, "kind": self.kind.name,
+                                "violation": what, "retired": true,
+                            }),
+                        })
+                        .await;
+                }
                 self.retire(worker, &why, correlation).await;
                 self.replace_in_background();
                 (id, Err(CallError::Worker(fault.class(), why)))
@@ -819,6 +832,14 @@ impl From<&CallError> for RemoteError {
             CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
             CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
         };
-        RemoteError::new(kind, e.to_string()).with_detail(ErrorDetail::WorkerFailed(e.class()))
+        let detail = match e {
+            CallError::Plugin(PluginFailure {
+                kind: loong_ipc::FailureKind::PlanFailed,
+                plan: Some(plan),
+                ..
+            }) => ErrorDetail::PlanFailed(plan.clone().bounded()),
+            _ => ErrorDetail::WorkerFailed(e.class()),
+        };
+        RemoteError::new(kind, e.to_string()).with_detail(detail)
     }
 }

@@ -163,17 +163,21 @@ impl Worker {
                 Reply::Pong { .. } => continue,
                 Reply::Kernel(k) => {
                     let kid = k.id;
+                    // A worker's runtime binds every kernel call to the request it serves;
+                    // one that names another (a request answered before, one never sent) was
+                    // forged by something in the worker that is not its runtime (a guest that
+                    // escaped into the process, which may serve other plugins' calls later):
+                    // a protocol violation, and the worker is retired.
+                    if k.call != id {
+                        return Err(WorkerFault::Protocol(format!(
+                            "kernel call {kid} names call {}, but this worker serves call {id}: a worker asks only for the call it serves",
+                            k.call
+                        )));
+                    }
                     let refused = match host {
                         None => Some(refusal(
                             ErrorKind::Denied,
                             "kernel calls are served only while a worker runs a tool call".into(),
-                        )),
-                        Some(_) if k.call != id => Some(refusal(
-                            ErrorKind::BadRequest,
-                            format!(
-                                "kernel call {kid} names call {}, but this worker serves call {id}: a worker asks only for the call it serves",
-                                k.call
-                            ),
                         )),
                         Some(_) if inflight.iter().any(|(i, _)| *i == kid) => Some(refusal(
                             ErrorKind::DuplicateId,
@@ -422,16 +426,8 @@ mod tests {
             delay: Duration::ZERO,
             started: AtomicUsize::new(0),
         };
+        // The control: a kernel call naming the request in flight is served.
         let got = serve_with(Some(&host), async |side, id| {
-            // Another request's id: refused, and never started.
-            side.1
-                .write(&kernel_call(1, id + 1, "echo"))
-                .await
-                .expect("send");
-            let (kid, r) = answer_of(side).await;
-            assert_eq!(kid, 1);
-            assert_eq!(r.expect_err("refused").kind, ErrorKind::BadRequest);
-            // The control: the request in flight.
             side.1
                 .write(&kernel_call(2, id, "echo"))
                 .await
@@ -440,6 +436,24 @@ mod tests {
         })
         .await;
         assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+        assert_eq!(host.started.load(Ordering::Relaxed), 1);
+
+        // Another request's id (one never sent, the null id): a protocol
+        // violation that fails the request (the pool retires the worker and audits it), and
+        // the call is never started.
+        for foreign in [|id: RequestId| id + 1, |_| 0] {
+            let got = serve_with(Some(&host), async |side, id| {
+                side.1
+                    .write(&kernel_call(1, foreign(id), "echo"))
+                    .await
+                    .expect("send");
+            })
+            .await;
+            assert!(
+                matches!(&got, Err(WorkerFault::Protocol(m)) if m.contains("names call")),
+                "{got:?}"
+            );
+        }
         assert_eq!(host.started.load(Ordering::Relaxed), 1);
 
         // A request served without a host (a load, a probe): every kernel call is refused.
@@ -453,6 +467,61 @@ mod tests {
         })
         .await;
         assert_eq!(got.expect("served"), WorkerResponse::Unloaded);
+    }
+
+    /// A kernel call naming the request this worker answered before (a guest that escaped
+    /// into the worker during that call, acting during the next) fails the next request as a
+    /// protocol violation, and is never started.
+    #[tokio::test]
+    async fn a_kernel_call_naming_a_request_answered_before_is_a_protocol_violation() {
+        let host = Echoing {
+            max: 4,
+            delay: Duration::ZERO,
+            started: AtomicUsize::new(0),
+        };
+        let (mut worker, mut side) = pair();
+        let fake = async move {
+            let mut first = None;
+            for round in 0..2 {
+                let Ok(Some(Call::Request { id, .. })) =
+                    side.0.read::<Call<WorkerRequest>>(None).await
+                else {
+                    panic!("no request")
+                };
+                if round == 0 {
+                    first = Some(id);
+                    // The control: the first request's own kernel call is served.
+                    side.1.write(&kernel_call(1, id, "ok")).await.expect("send");
+                    assert_eq!(answer_of(&mut side).await, (1, Ok(b"ok".to_vec())));
+                } else {
+                    let stale = first.expect("the first request");
+                    side.1
+                        .write(&kernel_call(1, stale, "stale"))
+                        .await
+                        .expect("send");
+                }
+                side.1
+                    .write(&Reply::Response {
+                        id,
+                        result: Ok(WorkerResponse::Unloaded),
+                    })
+                    .await
+                    .expect("answer");
+            }
+        };
+        let loongd = async {
+            let t = Duration::from_secs(10);
+            let one = worker.serve(WorkerRequest::Stats, t, Some(&host)).await;
+            let two = worker.serve(WorkerRequest::Stats, t, Some(&host)).await;
+            (one, two)
+        };
+        let ((one, two), ()) = tokio::join!(loongd, fake);
+        assert_eq!(one.expect("served"), WorkerResponse::Unloaded);
+        assert!(
+            matches!(&two, Err(WorkerFault::Protocol(m)) if m.contains("names call 1")),
+            "{two:?}"
+        );
+        assert_eq!(host.started.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -6,10 +6,12 @@
 //! taken from three priority queues in strict or weighted round robin.
 //!
 //! The calls in flight are futures polled together on the run's one thread; no task is
-//! spawned. When a call fails and the batch does not continue on error, no further call is
-//! started; the ones in flight finish, then the step fails (upstream starts the rest too).
-//! A failure that ends the run ([`CallError::ends_run`], or the wall time) stops the batch
-//! at once whatever `continue_on_error` says, and the calls in flight are dropped.
+//! spawned. When a call fails and the batch does not continue on error, the step fails at
+//! once: no further call is started and the calls in flight are dropped (upstream starts the
+//! rest too). A failure that ends the run ([`CallError::ends_run`], or the wall time) stops
+//! the batch the same way whatever `continue_on_error` says. Dropping a call withdraws its
+//! kernel call: the plan worker sends a `KernelCancel`, loongd stops the call and records
+//! its outcome.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -125,9 +127,10 @@ pub(crate) async fn run<K: Kernel>(
                     attempts,
                 });
             }
-            if ends_run(f) {
-                // Every call in flight would meet the same end (the deadline that just
-                // passed, the spent root budget): drop them, which cancels them.
+            if ends_run(f) || !continue_on_error {
+                // The step has failed (or every call in flight would meet the same end: the
+                // deadline that just passed, the spent root budget): drop them, which
+                // cancels them.
                 break;
             }
         }

@@ -6,20 +6,24 @@
 //! Each connector call is one kernel call on the worker's own socket, which loongd decides
 //! under the authority of the call chain this worker serves and audits with the chain.
 //!
-//! Kernel calls are made one at a time: [`KernelLink`] is a blocking link, so a batch's calls
-//! run in order even when the plan allows several in flight (its concurrency limit still
-//! bounds them; it is never exceeded).
+//! A batch's calls overlap: each connector call is sent at once and its answer matched by
+//! id ([`Link`]), so a parallel batch has up to its in-flight budget of kernel calls out
+//! together (loongd bounds them again per worker, `[kernel_calls] max_in_flight`). A call the
+//! interpreter drops (its batch failed, the run's budget or wall time is spent) is withdrawn
+//! with a `KernelCancel`, and loongd stops it and records its outcome.
 
 use std::{
     cell::RefCell,
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
 use loong_ipc::{
-    Budget, ErrorDetail, ErrorKind, FailureKind, InvokeTool, KernelRequest, PluginFailure,
-    RemoteError, WorkerRequest, WorkerResponse,
+    Budget, ErrorDetail, ErrorKind, FailureKind, InvokeTool, KernelRequest, PlanCallFailure,
+    PlanFailed, PlanFailureKind, PluginFailure, RemoteError, RequestId, WorkerRequest,
+    WorkerResponse,
 };
-use loong_worker_plan::{CallError, FailureClass, Kernel, Options};
+use loong_worker_plan::{CallError, FailureClass, Kernel, Options, PlanError};
 use loong_worker_runtime::{internal, refused, Handler, KernelLink, KernelLinkError};
 use serde_json::Value;
 
@@ -28,6 +32,10 @@ pub const TOOL: &str = "programmatic_tool_call";
 /// The shortest time a kernel call is given, even when the plan's wall time is nearly spent
 /// (loongd bounds the chain's wall time itself).
 const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest a call waiting for its answer blocks the plan's thread on the socket before
+/// it lets the other calls and the timers (rate limits, backoff) run. An answer that
+/// arrives ends the wait at once; this bounds only how late a timer or a send can be.
+const READ_SLICE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Default)]
 struct Worker {
@@ -36,10 +44,90 @@ struct Worker {
     calls: u64,
 }
 
-/// [`Kernel`] over the worker's link: one kernel call per connector call, matched by id.
+/// [`Kernel`] over the worker's link: one kernel call per connector call, several in
+/// flight at once, matched by id.
+///
+/// The plan runs on one thread. A call sends its request, then, until its answer is there,
+/// reads the socket for at most [`READ_SLICE`] and yields; whichever call reads an answer
+/// files it under its id for the call it belongs to.
 struct Link {
     link: RefCell<KernelLink>,
+    /// Answers read for calls that have not taken them yet.
+    answers: RefCell<BTreeMap<RequestId, Result<Vec<u8>, RemoteError>>>,
+    /// Set when the link failed: every call still waiting fails with it.
+    broken: RefCell<Option<String>>,
     until: Instant,
+}
+
+/// Withdraws its kernel call when dropped before the answer was taken: the interpreter
+/// dropped the call (a batch stopped, the wall time passed), and loongd stops it.
+struct Pending<'a> {
+    link: &'a Link,
+    id: RequestId,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.link.answers.borrow_mut().remove(&self.id);
+            // A failed cancel means a broken link, which every other call meets too.
+            let _ = self.link.link.borrow_mut().cancel(self.id);
+        }
+    }
+}
+
+impl Link {
+    /// The answer to `id` once it is read, reading the socket for at most one slice.
+    fn poll_answer(&self, id: RequestId) -> Option<Result<Vec<u8>, KernelLinkError>> {
+        if let Some(a) = self.answers.borrow_mut().remove(&id) {
+            return Some(a.map_err(KernelLinkError::Remote));
+        }
+        if let Some(why) = self.broken.borrow().as_ref() {
+            return Some(Err(KernelLinkError::Transport(why.clone())));
+        }
+        let read = self
+            .link
+            .borrow_mut()
+            .next_answer(Instant::now() + READ_SLICE);
+        match read {
+            Ok(Some((got, answer))) if got == id => Some(answer.map_err(KernelLinkError::Remote)),
+            Ok(Some((got, answer))) => {
+                self.answers.borrow_mut().insert(got, answer);
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                *self.broken.borrow_mut() = Some(e.message());
+                Some(Err(e))
+            }
+        }
+    }
+
+    async fn call(&self, req: &KernelRequest) -> Result<Vec<u8>, KernelLinkError> {
+        let timeout = self
+            .until
+            .saturating_duration_since(Instant::now())
+            .max(MIN_CALL_TIMEOUT);
+        let until = Instant::now() + timeout;
+        let id = self.link.borrow_mut().send(req, timeout)?;
+        let mut pending = Pending {
+            link: self,
+            id,
+            answered: false,
+        };
+        loop {
+            if let Some(answer) = self.poll_answer(id) {
+                pending.answered = true;
+                return answer;
+            }
+            if Instant::now() >= until {
+                // Dropping `pending` withdraws the call.
+                return Err(KernelLinkError::Timeout(timeout));
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl Kernel for Link {
@@ -52,15 +140,7 @@ impl Kernel for Link {
             tool: tool.into(),
             input,
         });
-        let timeout = self
-            .until
-            .saturating_duration_since(Instant::now())
-            .max(MIN_CALL_TIMEOUT);
-        let bytes = self
-            .link
-            .borrow_mut()
-            .call(&req, timeout)
-            .map_err(call_error)?;
+        let bytes = self.call(&req).await.map_err(call_error)?;
         serde_json::from_slice(&bytes).map_err(|e| CallError::ToolFailed {
             class: FailureClass::Permanent,
             message: format!("the answer of {tool} is not JSON: {e}"),
@@ -195,6 +275,8 @@ impl Worker {
         let cpu_before = loong_worker_runtime::thread_cpu_us();
         let kernel = Link {
             link: RefCell::new(link),
+            answers: RefCell::new(BTreeMap::new()),
+            broken: RefCell::new(None),
             until: started + wall_time,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -213,14 +295,79 @@ impl Worker {
                 started,
                 cpu_before,
             ),
-            // The failure as JSON (its class, the step it names, the telemetry so far):
-            // typed for a client, not prose.
-            Err(failure) => WorkerResponse::Failed(PluginFailure::new(
-                FailureKind::ToolError,
-                serde_json::to_string(&failure)
-                    .map_err(|e| internal(format!("encoding the plan's failure: {e}")))?,
-            )),
+            // Typed for a client: the error's kind, the step and call it names, the class of
+            // a failed connector call; the message is for people.
+            Err(failure) => {
+                WorkerResponse::Failed(PluginFailure::plan(plan_failed(&failure.error)))
+            }
         })
+    }
+}
+
+/// The wire's typed form of a plan's error.
+fn plan_failed(e: &PlanError) -> PlanFailed {
+    use PlanFailureKind as K;
+    let owned = |s: &Option<String>| s.clone();
+    let (kind, step, call, cause) = match e {
+        PlanError::PlanTooLarge { .. } => (K::PlanTooLarge, None, None, None),
+        PlanError::PlanTooDeep { .. } => (K::PlanTooDeep, None, None, None),
+        PlanError::Malformed { .. } => (K::Malformed, None, None, None),
+        PlanError::InvalidPlan { step, call, .. } => {
+            (K::InvalidPlan, owned(step), owned(call), None)
+        }
+        PlanError::UnknownStep { step, .. } => (K::UnknownStep, owned(step), None, None),
+        PlanError::PointerNotFound { step, .. } => {
+            (K::PointerNotFound, Some(step.clone()), None, None)
+        }
+        PlanError::TemplateError { step, call, .. } => {
+            (K::TemplateError, Some(step.clone()), owned(call), None)
+        }
+        PlanError::ConnectorNotAllowed { step, call, .. } => (
+            K::ConnectorNotAllowed,
+            Some(step.clone()),
+            owned(call),
+            None,
+        ),
+        PlanError::BudgetExceeded { step, call, .. } => {
+            (K::BudgetExceeded, owned(step), owned(call), None)
+        }
+        PlanError::CircuitOpen { step, call, .. } => {
+            (K::CircuitOpen, Some(step.clone()), owned(call), None)
+        }
+        PlanError::StepFailed {
+            step, call, cause, ..
+        } => (
+            K::StepFailed,
+            Some(step.clone()),
+            owned(call),
+            Some(call_class(cause)),
+        ),
+        PlanError::ValueTooLarge { step, call, .. } => {
+            (K::ValueTooLarge, owned(step), owned(call), None)
+        }
+    };
+    PlanFailed::new(kind, step, call, cause, e.to_string())
+}
+
+fn call_class(e: &CallError) -> PlanCallFailure {
+    use PlanCallFailure as C;
+    match e {
+        CallError::Denied { .. } => C::Denied,
+        CallError::ApprovalRequired { .. } => C::ApprovalRequired,
+        CallError::NotFound => C::NotFound,
+        CallError::DepthExceeded => C::DepthExceeded,
+        CallError::BudgetExceeded { .. } => C::BudgetExceeded,
+        CallError::ToolFailed {
+            class: FailureClass::Transient,
+            ..
+        } => C::ToolFailedTransient,
+        CallError::ToolFailed {
+            class: FailureClass::Permanent,
+            ..
+        } => C::ToolFailedPermanent,
+        CallError::Timeout => C::Timeout,
+        CallError::Overloaded => C::Overloaded,
+        CallError::Transport { .. } => C::Transport,
     }
 }
 

@@ -46,6 +46,23 @@ struct TestKernel {
     seen: RefCell<Vec<Seen>>,
     in_flight: Cell<usize>,
     peak: Cell<usize>,
+    /// Calls dropped before they answered (the plan worker withdraws them).
+    withdrawn: Cell<usize>,
+}
+
+/// Counts a call out of flight when it ends, and as withdrawn when it was dropped first.
+struct Flight<'a> {
+    kernel: &'a TestKernel,
+    done: bool,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.kernel.in_flight.set(self.kernel.in_flight.get() - 1);
+        if !self.done {
+            self.kernel.withdrawn.set(self.kernel.withdrawn.get() + 1);
+        }
+    }
 }
 
 impl TestKernel {
@@ -101,6 +118,10 @@ impl Kernel for TestKernel {
         });
         self.in_flight.set(self.in_flight.get() + 1);
         self.peak.set(self.peak.get().max(self.in_flight.get()));
+        let mut flight = Flight {
+            kernel: self,
+            done: false,
+        };
         let (delay, answer) = {
             let mut scripts = self.scripts.borrow_mut();
             let script = scripts.entry(tool.to_string()).or_default();
@@ -112,7 +133,7 @@ impl Kernel for TestKernel {
         if !total.is_zero() {
             sleep(total).await;
         }
-        self.in_flight.set(self.in_flight.get() - 1);
+        flight.done = true;
         answer.unwrap_or(Ok(input))
     }
 }

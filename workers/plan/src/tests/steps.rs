@@ -352,7 +352,7 @@ pub(super) const UPSTREAM_EXAMPLE: &str = r#"{
 }"#;
 
 #[tokio::test(start_paused = true)]
-async fn a_failing_parallel_batch_starts_no_further_call_and_lets_the_started_finish() {
+async fn a_failing_parallel_batch_starts_no_further_call_and_withdraws_the_started() {
     let k = TestKernel::new().failing("broken", permanent("no"));
     let e = fails(
         &k,
@@ -380,7 +380,27 @@ async fn a_failing_parallel_batch_starts_no_further_call_and_lets_the_started_fi
         })
         .collect();
     assert_eq!(tools, vec!["slow", "bad"], "the third call never started");
-    assert_eq!(k.in_flight.get(), 0, "the started call ran to its end");
+    assert_eq!(k.in_flight.get(), 0);
+    assert_eq!(
+        k.withdrawn.get(),
+        1,
+        "the slow call was dropped, not awaited"
+    );
+
+    // The control: a batch that continues on error lets the slow call finish.
+    let k = TestKernel::new().failing("broken", permanent("no"));
+    let answer = ok(
+        &k,
+        json!({"caller": "t", "concurrency": {"max_in_flight": 2}, "steps": [
+            {"kind": "connector_batch", "step_id": "b", "continue_on_error": true, "calls": [
+                {"call_id": "slow", "connector_name": "echo", "payload": {"delay_ms": 50}},
+                {"call_id": "bad", "connector_name": "broken"}
+            ]}
+        ]}),
+    )
+    .await;
+    assert_eq!(answer["connector_calls"], 2, "{answer}");
+    assert_eq!(k.withdrawn.get(), 0, "nothing was dropped");
 }
 
 #[tokio::test(start_paused = true)]
