@@ -148,6 +148,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
 
+[egress]
+# A PEM file of CA certificates trusted for https:// connectors and web.fetch beside the
+# public roots and the system store (an internal CA).
+# ca_bundle = "/etc/loong/ca.pem"
+
 [metrics]
 # Serve GET /metrics (OpenMetrics text, as `loongctl metrics` prints it) without
 # authentication, on a loopback address or a Unix socket; anything else is refused.
@@ -186,6 +191,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
+    /// Outbound connections: the trust anchors of `https://` endpoints.
+    pub egress: EgressConfig,
 }
 
 /// `[audit]`.
@@ -628,6 +635,17 @@ impl Default for LogConfig {
 }
 
 pub use crate::metrics::MetricsListen;
+
+/// `[egress]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// A PEM file of CA certificates trusted for `https://` endpoints and `web.fetch`,
+    /// beside the public roots and the system store (an internal CA, a test CA). Read at
+    /// start; one that does not parse stops loongd.
+    #[serde(deserialize_with = "absolute_path")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
 
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

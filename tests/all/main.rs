@@ -30,6 +30,7 @@ mod supply_chain;
 mod support;
 mod terminal;
 mod tidy;
+mod tls;
 mod upstream_abi;
 mod upstream_packages;
 mod workers;

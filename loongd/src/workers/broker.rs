@@ -24,6 +24,7 @@ pub(super) async fn route(
         spec,
         addrs,
         fetch_allow_private,
+        ..
     } = wire
     else {
         return Ok(None);
@@ -50,7 +51,7 @@ pub(super) async fn route(
 }
 
 /// A `web.fetch` call's route: its URL resolved now, every address checked, and the input the
-/// worker gets (`{host, path}`).
+/// worker gets (`{host, path, tls, server_name}`).
 async fn fetch_route(
     input: &[u8],
     allow_private: bool,
@@ -59,9 +60,9 @@ async fn fetch_route(
         .ok()
         .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
         .ok_or_else(|| PluginFailure::new(FailureKind::ToolError, "web.fetch needs `url`"))?;
-    let (host, port, path) = loong_profiles::plugin::parse_endpoint(&url)
+    let endpoint = loong_profiles::plugin::parse_endpoint(&url)
         .map_err(|e| PluginFailure::new(FailureKind::ToolError, format!("web.fetch: {e}")))?;
-    let lookup = host.clone();
+    let (lookup, port) = (endpoint.host.clone(), endpoint.port);
     let addrs = tokio::task::spawn_blocking(move || {
         net::pin_for(&lookup, port, allow_private, net::FETCH_PRIVATE_SETTING)
     })
@@ -70,13 +71,14 @@ async fn fetch_route(
     .map_err(|e| {
         PluginFailure::new(FailureKind::AddressRefused, format!("web.fetch {url}: {e}"))
     })?;
-    let header = match (port, host.contains(':')) {
-        (80, false) => host,
-        (80, true) => format!("[{host}]"),
-        (p, false) => format!("{host}:{p}"),
-        (p, true) => format!("[{host}]:{p}"),
-    };
-    let target = serde_json::json!({ "host": header, "path": path }).to_string();
+    // An https URL is fetched over TLS to its host, verified by the worker; never in plain.
+    let target = serde_json::json!({
+        "host": endpoint.host_header(),
+        "path": endpoint.target,
+        "tls": endpoint.https,
+        "server_name": endpoint.host,
+    })
+    .to_string();
     Ok((addrs, target.into_bytes()))
 }
 

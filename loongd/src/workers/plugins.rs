@@ -441,22 +441,24 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                     h.endpoint
                 )
             })?;
-            let host = if h.port == 80 {
-                h.host.clone()
-            } else if h.host.contains(':') {
-                format!("[{}]:{}", h.host, h.port)
-            } else {
-                format!("{}:{}", h.host, h.port)
+            let endpoint = loong_profiles::plugin::Endpoint {
+                https: h.https,
+                host: h.host.clone(),
+                port: h.port,
+                target: h.path.clone(),
             };
             let spec = HttpSpec {
                 plugin_id: m.plugin_id.clone(),
-                host,
+                host: endpoint.host_header(),
                 path: h.path.clone(),
                 timeout_ms: m.limits.timeout_ms,
                 max_output_bytes: m.limits.max_output_bytes,
                 required_keys: h.required_keys.clone(),
                 allow_other_keys: h.allow_other_keys,
                 fetch: false,
+                tls: h.https,
+                server_name: h.host.clone(),
+                trust: Vec::new(),
             };
             spec.check_bounds()
                 .map_err(|e| format!("{}: {e}", m.path.display()))?;
@@ -466,6 +468,7 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                     spec,
                     addrs,
                     fetch_allow_private: false,
+                    headers: h.headers.clone(),
                 },
                 Some(Box::new(WorkerKind::http())),
             )

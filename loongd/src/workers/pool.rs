@@ -383,6 +383,7 @@ impl Supervisor {
             plugin_id: tool,
             input,
             decided,
+            headers: Vec::new(),
         };
         let answer = worker.serve(invoke, deadline, host).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {

@@ -1,0 +1,73 @@
+//! The trust anchors loongd hands its HTTP workers, which run TLS themselves (loongd never
+//! does): the host's system store and the operator's `[egress] ca_bundle`, read once at
+//! start as DER certificates. The public roots (webpki-roots) are compiled into the worker.
+//! A worker is confined without a file system, so it cannot read these itself.
+
+use std::{path::Path, sync::OnceLock};
+
+use loong_ipc::message::worker::{MAX_CERT_BYTES, MAX_TRUST_CERTS};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+
+static ANCHORS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+
+/// Why the operator's CA bundle cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("[egress] ca_bundle {path}: {why}; give a readable PEM file of CA certificates")]
+    Bundle { path: String, why: String },
+}
+
+/// Reads the operator's bundle (every certificate in it, or an error naming the file) and
+/// the system store (what it has; a store that cannot be read is logged and skipped), and
+/// keeps them for every HTTP worker started from now on. The bundle comes first, so that the
+/// bound ([`MAX_TRUST_CERTS`]) never drops one of the operator's certificates.
+pub(crate) fn load(ca_bundle: Option<&Path>) -> Result<usize, TrustError> {
+    let mut anchors = Vec::new();
+    if let Some(path) = ca_bundle {
+        let bad = |why: String| TrustError::Bundle {
+            path: path.display().to_string(),
+            why,
+        };
+        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        for cert in CertificateDer::pem_slice_iter(&text) {
+            let cert = cert.map_err(|e| bad(format!("a certificate does not parse: {e}")))?;
+            if cert.len() > MAX_CERT_BYTES {
+                return Err(bad(format!(
+                    "a certificate is over the {MAX_CERT_BYTES}-byte limit"
+                )));
+            }
+            anchors.push(cert.to_vec());
+        }
+        if anchors.is_empty() {
+            return Err(bad("it holds no PEM certificate".into()));
+        }
+        if anchors.len() > MAX_TRUST_CERTS {
+            return Err(bad(format!("over {MAX_TRUST_CERTS} certificates")));
+        }
+    }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "a part of the system trust store could not be read; it is skipped");
+    }
+    for cert in system.certs {
+        if anchors.len() >= MAX_TRUST_CERTS {
+            tracing::warn!(
+                limit = MAX_TRUST_CERTS,
+                "the system trust store has more certificates than an HTTP worker takes; the rest are skipped"
+            );
+            break;
+        }
+        if cert.len() <= MAX_CERT_BYTES {
+            anchors.push(cert.to_vec());
+        }
+    }
+    let n = anchors.len();
+    // A second load (a unit test's second daemon) keeps the first: the process has one.
+    let _ = ANCHORS.set(anchors);
+    Ok(n)
+}
+
+/// The anchors an HTTP worker gets beside the compiled-in public roots.
+pub(crate) fn anchors() -> Vec<Vec<u8>> {
+    ANCHORS.get().cloned().unwrap_or_default()
+}
