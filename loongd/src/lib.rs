@@ -17,6 +17,7 @@ mod registry;
 mod request;
 mod sandbox;
 pub mod schema;
+mod secrets;
 mod spawner;
 mod workers;
 
@@ -250,6 +251,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         },
     };
     let (lock, listener) = home::take(&layout, allowed_gid)?;
+    // The secrets connectors' headers name; a store that does not read stops loongd.
+    secrets::open(&layout.home)?;
     // Bound before anything is served, so that a port in use stops the start with its reason.
     let metrics_listener = config
         .metrics

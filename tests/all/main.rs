@@ -26,6 +26,7 @@ mod sandbox;
 mod sandbox_client;
 mod sandbox_probes;
 mod schema_versions;
+mod secrets;
 mod supply_chain;
 mod support;
 mod terminal;

@@ -7,6 +7,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use loong_ipc::{FailureKind, PluginFailure};
 
+use loong_profiles::plugin::headers;
+
 use super::{kind::Wire, net};
 
 /// The longest loongd spends connecting to a connector's endpoint (less when the call's own
@@ -48,6 +50,44 @@ pub(super) async fn route(
                 format!("plugin {plugin}: {why}"),
             )
         })
+}
+
+/// A header as the worker gets it, and a secret used in one (name, value).
+pub(super) type Header = (String, String);
+
+/// The headers a connector's call carries, its secrets filled in from the store, and the
+/// secrets used (to redact from what the call answers). Empty for `web.fetch` and every other
+/// kind: a secret goes only with a connector's call, over the connection to that connector's
+/// own pinned endpoint. A secret that is not set fails the call, naming it and the command
+/// that sets it; nothing is connected.
+pub(super) fn headers(
+    wire: &Wire,
+    plugin: &str,
+) -> Result<(Vec<Header>, Vec<Header>), PluginFailure> {
+    let Wire::Http { spec, headers, .. } = wire else {
+        return Ok(Default::default());
+    };
+    if spec.fetch || headers.is_empty() {
+        return Ok(Default::default());
+    }
+    let store = crate::secrets::store();
+    let lookup = |name: &str| store.and_then(|s| s.get(name));
+    let (mut out, mut used) = (Vec::new(), Vec::new());
+    for (name, template) in headers {
+        let value = headers::substitute(template, lookup).map_err(|e| {
+            PluginFailure::new(
+                FailureKind::ToolError,
+                format!("plugin {plugin}: header {name:?}: {e}"),
+            )
+        })?;
+        for secret in headers::secret_names(template).unwrap_or_default() {
+            if let Some(v) = lookup(secret) {
+                used.push((secret.to_string(), v));
+            }
+        }
+        out.push((name.clone(), value));
+    }
+    Ok((out, used))
 }
 
 /// A `web.fetch` call's route: its URL resolved now, every address checked, and the input the

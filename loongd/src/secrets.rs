@@ -1,0 +1,260 @@
+//! The secrets `http_json` manifests name as `${secret:NAME}`: set, listed and removed by
+//! the operator over the control socket, kept by loongd in one file of its home,
+//! `secrets.json` (mode 0600, owned by loongd's user, outside every sandbox: the home is
+//! hidden from all of them). Not in `state.db`, so that no other store, journal or backup
+//! of the state carries a value. A value leaves this module only for a connector's call to
+//! its own endpoint ([`crate::workers`] fills in the headers), and is redacted from what the
+//! call answers.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+};
+
+use loong_ipc::SecretView;
+use loong_profiles::plugin::headers::{
+    check_secret_value, valid_secret_name, MAX_SECRET_NAME_BYTES,
+};
+use serde::{Deserialize, Serialize};
+
+/// The file in the home.
+pub const SECRETS_FILE: &str = "secrets.json";
+/// The most secrets one home holds.
+pub const MAX_SECRETS: usize = 256;
+
+static STORE: OnceLock<Secrets> = OnceLock::new();
+
+/// Why a secret request or the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret name {0:?} is not [A-Za-z0-9_.-]{{1,{MAX_SECRET_NAME_BYTES}}}")]
+    BadName(String),
+    #[error("secret {name:?}: {why}")]
+    BadValue { name: String, why: String },
+    #[error("no secret named {0:?}; `loongctl secrets list` shows the names")]
+    Unknown(String),
+    #[error("{MAX_SECRETS} secrets are set already; remove one with `loongctl secrets rm NAME`")]
+    Full,
+    #[error("the secret store {path}: {why}")]
+    Store { path: String, why: String },
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Entry {
+    value: String,
+    set_ms: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    secrets: BTreeMap<String, Entry>,
+}
+
+/// The store: the file and its contents in memory.
+pub struct Secrets {
+    path: PathBuf,
+    map: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("path", &self.path)
+            .field(
+                "names",
+                &self
+                    .list()
+                    .iter()
+                    .map(|v| v.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Opens the home's store for this process (the first open wins; a unit test's second
+/// daemon shares it).
+pub(crate) fn open(home: &Path) -> Result<(), SecretError> {
+    if STORE.get().is_some() {
+        return Ok(());
+    }
+    let _ = STORE.set(Secrets::open(home)?);
+    Ok(())
+}
+
+/// This process's store, once [`open`]ed.
+pub(crate) fn store() -> Option<&'static Secrets> {
+    STORE.get()
+}
+
+impl Secrets {
+    /// Reads `HOME/secrets.json` (none yet: empty) and makes sure it is 0600.
+    pub fn open(home: &Path) -> Result<Secrets, SecretError> {
+        let path = home.join(SECRETS_FILE);
+        let bad = |why: String| SecretError::Store {
+            path: path.display().to_string(),
+            why,
+        };
+        let map = match std::fs::read(&path) {
+            Ok(bytes) => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| bad(e.to_string()))?;
+                serde_json::from_slice::<File>(&bytes)
+                    .map_err(|e| bad(format!("does not parse: {e}; restore it from a backup")))?
+                    .secrets
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        Ok(Secrets {
+            path,
+            map: Mutex::new(map),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the whole map: a new 0600 file beside the old one, synced, then renamed over it.
+    fn save(&self, map: &BTreeMap<String, Entry>) -> Result<(), SecretError> {
+        let bad = |e: std::io::Error| SecretError::Store {
+            path: self.path.display().to_string(),
+            why: e.to_string(),
+        };
+        let file = File {
+            version: 1,
+            secrets: map.clone(),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| SecretError::Store {
+            path: self.path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let tmp = self.path.with_extension("json.new");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(bad)?;
+        f.write_all(&bytes).map_err(bad)?;
+        f.sync_all().map_err(bad)?;
+        std::fs::rename(&tmp, &self.path).map_err(bad)
+    }
+
+    /// Sets `name` to `value` (replacing it).
+    pub fn set(&self, name: &str, value: &str) -> Result<SecretView, SecretError> {
+        if !valid_secret_name(name) {
+            return Err(SecretError::BadName(name.to_string()));
+        }
+        check_secret_value(value).map_err(|why| SecretError::BadValue {
+            name: name.to_string(),
+            why,
+        })?;
+        let mut map = self.lock();
+        if !map.contains_key(name) && map.len() >= MAX_SECRETS {
+            return Err(SecretError::Full);
+        }
+        let set_ms = u64::try_from(crate::now_ms()).unwrap_or(0);
+        let mut next = map.clone();
+        next.insert(
+            name.to_string(),
+            Entry {
+                value: value.to_string(),
+                set_ms,
+            },
+        );
+        self.save(&next)?;
+        *map = next;
+        Ok(SecretView {
+            name: name.to_string(),
+            set_ms,
+        })
+    }
+
+    /// Removes `name`.
+    pub fn remove(&self, name: &str) -> Result<SecretView, SecretError> {
+        let mut map = self.lock();
+        let mut next = map.clone();
+        let Some(old) = next.remove(name) else {
+            return Err(SecretError::Unknown(name.to_string()));
+        };
+        self.save(&next)?;
+        *map = next;
+        Ok(SecretView {
+            name: name.to_string(),
+            set_ms: old.set_ms,
+        })
+    }
+
+    /// Names and when each was set.
+    pub fn list(&self) -> Vec<SecretView> {
+        self.lock()
+            .iter()
+            .map(|(name, e)| SecretView {
+                name: name.clone(),
+                set_ms: e.set_ms,
+            })
+            .collect()
+    }
+
+    /// The value of `name`, for a connector's call.
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        self.lock().get(name).map(|e| e.value.clone())
+    }
+}
+
+/// `text` with each value in `used` (name, value) replaced by `[secret:NAME]`.
+pub(crate) fn redact(text: &str, used: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (name, value) in used {
+        if !value.is_empty() && out.contains(value.as_str()) {
+            out = out.replace(value.as_str(), &format!("[secret:{name}]"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_keeps_values_in_a_0600_file_and_refuses_bad_names_and_values() {
+        let home = tempfile::tempdir().expect("home");
+        let s = Secrets::open(home.path()).expect("open");
+        s.set("api_key", "v1").expect("set");
+        s.set("api_key", "v2").expect("replace");
+        let path = home.path().join(SECRETS_FILE);
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = Secrets::open(home.path()).expect("reopen");
+        assert_eq!(again.get("api_key").as_deref(), Some("v2"));
+        assert_eq!(again.list().len(), 1);
+        assert!(matches!(s.set("a b", "x"), Err(SecretError::BadName(_))));
+        assert!(matches!(
+            s.set("k", "a\r\nHost: evil"),
+            Err(SecretError::BadValue { .. })
+        ));
+        s.remove("api_key").expect("remove");
+        assert!(matches!(s.remove("api_key"), Err(SecretError::Unknown(_))));
+        assert_eq!(Secrets::open(home.path()).expect("reopen").list().len(), 0);
+    }
+
+    #[test]
+    fn redaction_replaces_every_use_of_a_value() {
+        let used = vec![("k".to_string(), "s3cr3t".to_string())];
+        assert_eq!(
+            redact("upstream said: denied for Bearer s3cr3t (s3cr3t)", &used),
+            "upstream said: denied for Bearer [secret:k] ([secret:k])"
+        );
+        assert_eq!(redact("nothing here", &used), "nothing here");
+    }
+}

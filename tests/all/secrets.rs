@@ -1,0 +1,233 @@
+//! Secrets end to end: `loongctl secrets set` (stdin, or a file) → loongd's store → a
+//! connector's header, for its own endpoint only; the value appears nowhere else: not in
+//! the trail, the logs, `plugins list`, `secrets list`, an upstream error that echoes it, or
+//! any file of the home but the store. Removed, the call fails naming it.
+
+use std::{
+    fs,
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use crate::{
+    support::{bin, text, Home},
+    tls::{install_connector, Server},
+    workers::{details, invoke, plugins},
+};
+
+/// `loongctl --home HOME ARGS…` with `stdin` fed to it.
+fn ctl_stdin(home: &Home, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loongctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("loongctl output")
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if meta.is_file() {
+            if let Ok(bytes) = fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
+    let server = Server::start(None);
+    let other = Server::start(None);
+    let value = format!(
+        "loong-secret-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let tenant = "tenant-from-a-file-7f3a";
+    let home = Home::with_config("[builtins]\nfetch = true\nfetch_allow_private = true\n");
+    let headers = serde_json::json!(
+        r#"{"Authorization": "Bearer ${secret:svc_key}", "X-Tenant": "${secret:tenant}"}"#
+    );
+    let with_headers = format!(r#", "headers_json": {headers}"#);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    install_connector(&home, "svc", &format!("{base}/hook"), &with_headers);
+    install_connector(&home, "echoer", &format!("{base}/echo-auth"), &with_headers);
+    install_connector(
+        &home,
+        "other",
+        &format!("http://127.0.0.1:{}/hook", other.port),
+        "",
+    );
+    // A hostile header is refused at discovery, naming it; the others load (the control).
+    install_connector(
+        &home,
+        "hostile",
+        &format!("{base}/hook"),
+        r#", "headers_json": "{\"Host\": \"evil.example\"}""#,
+    );
+    home.start();
+    let ps = plugins(&home);
+    let state = |id: &str| {
+        let p = ps.iter().find(|p| p["id"] == id).expect("listed");
+        (
+            p["state"].clone(),
+            p["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    for id in ["svc", "echoer", "other"] {
+        assert_eq!(state(id).0, "ready", "{id}: {}", state(id).1);
+    }
+    let (st, err) = state("hostile");
+    assert!(st == "failed" && err.contains("\"Host\""), "{st} {err}");
+
+    // Not set yet: the call fails naming the secret and the command, and connects nowhere.
+    let (code, _, err) = invoke(&home, &["svc", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("svc_key") && err.contains("loongctl secrets set svc_key"),
+        "{err}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "a call without its secret connected"
+    );
+
+    // A value is never an argument; from stdin (one newline dropped) and from a file.
+    let out = home.ctl(&["secrets", "set", "svc_key", &value]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = ctl_stdin(&home, &["secrets", "set", "svc_key"], &format!("{value}\n"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = tempfile::NamedTempFile::new().expect("file");
+    fs::write(file.path(), tenant).expect("write");
+    let out = home.ctl(&[
+        "secrets",
+        "set",
+        "tenant",
+        "--file",
+        &file.path().display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A value that would smuggle a header is refused (the control: the two above).
+    let out = ctl_stdin(&home, &["secrets", "set", "bad"], "x\r\nHost: evil\n");
+    assert!(!out.status.success(), "a CR LF value was accepted");
+
+    // It reaches the connector's own endpoint as the header value.
+    let (code, out, err) = invoke(&home, &["svc", "--input", r#"{"n": 1}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(&value), "{out}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        reqs[0]["headers"]["Authorization"],
+        format!("Bearer {value}")
+    );
+    assert_eq!(reqs[0]["headers"]["X-Tenant"], tenant);
+
+    // An upstream that echoes the header: the error names the secret, never its value.
+    let (code, _, err) = invoke(&home, &["echoer", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("[secret:svc_key]") && !err.contains(&value),
+        "{err}"
+    );
+
+    // Not to web.fetch of the same server, nor to another connector's host.
+    let url = format!("{base}/page");
+    let (code, _, err) = invoke(
+        &home,
+        &[
+            "web.fetch",
+            "--input",
+            &serde_json::json!({ "url": url }).to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let fetched = server.requests().pop().expect("the fetch");
+    assert_eq!(fetched["method"], "GET");
+    assert!(
+        fetched["headers"].get("Authorization").is_none(),
+        "{fetched}"
+    );
+    let (code, _, err) = invoke(&home, &["other", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+    let seen = fs::read_to_string(&other.log).unwrap_or_default();
+    assert!(!seen.is_empty() && !seen.contains(&value) && !seen.contains(tenant));
+
+    // Listed by name only; audited by name only.
+    let out = home.ctl(&["secrets", "list", "--json"]);
+    let listed = text(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("svc_key") && listed.contains("tenant"),
+        "{listed}"
+    );
+    let set = details(&home, "secret.set");
+    assert!(set.iter().any(|d| d["name"] == "svc_key"), "{set:?}");
+    let plugins_json = text(&home.ctl(&["plugins", "list", "--json"]).stdout);
+    let export = text(&home.ctl(&["audit", "export", "--format", "jsonl"]).stdout);
+    for (what, shown) in [
+        ("secrets list", &listed),
+        ("plugins list", &plugins_json),
+        ("audit export", &export),
+    ] {
+        assert!(!shown.contains(&value), "{what} shows the secret");
+        assert!(!shown.contains(tenant), "{what} shows the file's secret");
+    }
+    assert!(export.contains("secret.set"), "the set is not in the trail");
+    // No file of the home holds it but the store (the log, state.db, the trail, the lanes).
+    let holding = files_holding(home.path(), value.as_bytes());
+    let store = home.path().join("secrets.json").display().to_string();
+    assert_eq!(holding, vec![store.clone()], "files holding the secret");
+    let mode = fs::metadata(&store).expect("store").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    // Removed: the call fails naming it; the removal is audited.
+    let out = home.ctl(&["secrets", "rm", "svc_key"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, _, err) = invoke(&home, &["svc", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("loongctl secrets set svc_key"), "{err}");
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "a call without its secret connected"
+    );
+    let removed = details(&home, "secret.removed");
+    assert!(
+        removed.iter().any(|d| d["name"] == "svc_key"),
+        "{removed:?}"
+    );
+    let holding = files_holding(home.path(), value.as_bytes());
+    assert!(holding.is_empty(), "still held after rm: {holding:?}");
+}
