@@ -245,6 +245,10 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     install_connector(&home, "good", &https(&good, "/hook"), "");
     install_connector(&home, "wrong", &https(&wrong, "/hook"), "");
     install_connector(&home, "rogue", &https(&rogue, "/hook"), "");
+    // By address: verified against the certificate's IP names.
+    let by_ip = |s: &Server| format!("https://127.0.0.1:{}/hook", s.port);
+    install_connector(&home, "good-ip", &by_ip(&good), "");
+    install_connector(&home, "rogue-ip", &by_ip(&rogue), "");
     // An https endpoint whose server speaks plain HTTP: never spoken to in plain.
     install_connector(&home, "downgrade", &https(&plain, "/hook"), "");
     install_connector(
@@ -256,7 +260,17 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     home.start();
     for p in plugins(&home) {
         let id = p["id"].as_str().unwrap_or_default();
-        if ["good", "wrong", "rogue", "downgrade", "plain"].contains(&id) {
+        if [
+            "good",
+            "good-ip",
+            "wrong",
+            "rogue",
+            "rogue-ip",
+            "downgrade",
+            "plain",
+        ]
+        .contains(&id)
+        {
             assert_eq!(p["state"], "ready", "{p}");
         }
     }
@@ -266,7 +280,9 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v, serde_json::json!({"ok": true, "got": {"n": 1}}));
-    assert_eq!(good.requests().len(), 1);
+    let (code, _, err) = call(&home, "good-ip", "{}");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(good.requests().len(), 2);
     // The control: plain http:// still works.
     let (code, _, err) = call(&home, "plain", "{}");
     assert_eq!(code, 0, "{err}");
@@ -276,12 +292,19 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     for (id, reason) in [
         ("wrong", "name mismatch"),
         ("rogue", "unknown issuer"),
+        ("rogue-ip", "unknown issuer"),
         ("downgrade", "did not complete a TLS handshake"),
     ] {
         let (code, _, err) = call(&home, id, "{}");
         assert_eq!(code, 7, "{id}: {err}");
         assert!(
-            err.contains("tls_failed") && err.contains("localhost") && err.contains(reason),
+            err.contains("tls_failed")
+                && err.contains(if id.ends_with("-ip") {
+                    "127.0.0.1"
+                } else {
+                    "localhost"
+                })
+                && err.contains(reason),
             "{id}: {err}"
         );
     }

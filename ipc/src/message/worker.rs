@@ -62,8 +62,9 @@ pub enum WorkerRequest {
         decided: Option<DecidedFile>,
         /// For an `http_json` connector's call: the request headers its manifest declares,
         /// with every `${secret:NAME}` already replaced by loongd (at most
-        /// [`MAX_CALL_HEADERS`]); empty for every other call.
-        headers: Vec<(String, String)>,
+        /// [`MAX_CALL_HEADERS`]); empty for every other call. A value's `Debug` form is
+        /// redacted, so no log line that prints a request carries a secret.
+        headers: Vec<(String, super::control::SecretValue)>,
     },
     /// Drop a plugin; answered by [`WorkerResponse::Unloaded`].
     Unload { plugin_id: String },
@@ -220,7 +221,9 @@ pub enum PeerProtocol {
 
 /// Checks the headers of an HTTP worker's call against [`MAX_CALL_HEADERS`] and
 /// [`MAX_CALL_HEADER_BYTES`].
-pub fn check_call_headers(headers: &[(String, String)]) -> Result<(), BoundError> {
+pub fn check_call_headers(
+    headers: &[(String, super::control::SecretValue)],
+) -> Result<(), BoundError> {
     if headers.len() > MAX_CALL_HEADERS {
         return Err(BoundError {
             field: "headers",
@@ -229,7 +232,13 @@ pub fn check_call_headers(headers: &[(String, String)]) -> Result<(), BoundError
         });
     }
     for (name, value) in headers {
-        check_len("header", &format!("{name}{value}"), MAX_CALL_HEADER_BYTES)?;
+        if name.len() + value.expose().len() > MAX_CALL_HEADER_BYTES {
+            return Err(BoundError {
+                field: "header",
+                len: name.len() + value.expose().len(),
+                max: MAX_CALL_HEADER_BYTES,
+            });
+        }
     }
     Ok(())
 }

@@ -388,7 +388,10 @@ impl Supervisor {
             plugin_id: tool,
             input,
             decided,
-            headers,
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| (name, loong_ipc::SecretValue::new(value)))
+                .collect(),
         };
         let answer = worker.serve(invoke, deadline, host).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {

@@ -70,6 +70,10 @@ impl Handler for Worker {
                 if let Err(e) = loong_ipc::message::worker::check_call_headers(&headers) {
                     return Ok(refused(e.to_string()));
                 }
+                let headers: Vec<(String, String)> = headers
+                    .into_iter()
+                    .map(|(name, value)| (name, value.expose().to_string()))
+                    .collect();
                 // A socket that does not arrive is loongd's and this worker's problem, not
                 // the connector's: the worker is replaced.
                 let stream = self.receive_socket().map_err(internal)?;
