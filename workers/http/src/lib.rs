@@ -237,17 +237,6 @@ fn exchange(
     headers: &[(String, String)],
     body: Option<&[u8]>,
 ) -> Result<(Status, Vec<u8>), HttpError> {
-    let started = Instant::now();
-    let Target { host, path, tls } = target;
-    let mut io = Timed {
-        stream: Conn::Plain(stream),
-        host: tls.map_or(host, |(name, _)| name).to_string(),
-        deadline: started + Duration::from_millis(spec.timeout_ms),
-        started,
-    };
-    if let Some((name, trust)) = tls {
-        tls::handshake(&mut io, name, trust)?;
-    }
     // The headers were checked at install (names are tokens, values hold no CR or LF);
     // checked again here, so that no value can end the head early whatever loongd sent.
     let mut extra = String::new();
@@ -262,6 +251,18 @@ fn exchange(
         }
         extra.push_str(&format!("{name}: {value}\r\n"));
     }
+    let started = Instant::now();
+    let Target { host, path, tls } = target;
+    let mut io = Timed {
+        stream: Conn::Plain(stream),
+        host: tls.map_or(host, |(name, _)| name).to_string(),
+        deadline: started + Duration::from_millis(spec.timeout_ms),
+        started,
+    };
+    if let Some((name, trust)) = tls {
+        tls::handshake(&mut io, name, trust)?;
+    }
+
     let content = match body {
         Some(b) => format!(
             "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n",
@@ -582,6 +583,59 @@ mod tests {
         )
         .expect_err("missing");
         assert_eq!(err.kind(), FailureKind::ContractViolation);
+    }
+
+    /// Sends one POST with `headers` to a server that records what arrives until the close.
+    fn sent_with(headers: &[(String, String)]) -> (Result<Vec<u8>, HttpError>, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.ends_with(b"{}") {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        let s = spec();
+        let target = Target {
+            host: &s.host,
+            path: &s.path,
+            tls: None,
+        };
+        let stream = TcpStream::connect(addr).expect("connect");
+        let answer = post(stream, &s, target, headers, b"{}");
+        (answer, server.join().expect("server"))
+    }
+
+    #[test]
+    fn headers_are_sent_and_one_that_would_split_the_head_is_refused_before_any_byte() {
+        let ok = vec![("Authorization".to_string(), "Bearer t0k".to_string())];
+        let (answer, seen) = sent_with(&ok);
+        answer.expect("sent");
+        assert!(seen.contains("\r\nAuthorization: Bearer t0k\r\n"), "{seen}");
+        for (name, value) in [
+            ("X-A", "a\r\nHost: evil"),
+            ("X A", "v"),
+            ("X-A:", "v"),
+            ("", "v"),
+        ] {
+            let h = vec![(name.to_string(), value.to_string())];
+            let (answer, seen) = sent_with(&h);
+            let err = answer.expect_err(name);
+            assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+            assert!(seen.is_empty(), "{name:?}: sent {seen:?}");
+        }
     }
 
     #[test]
