@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 pub const SECRETS_FILE: &str = "secrets.json";
 /// The most secrets one home holds.
 pub const MAX_SECRETS: usize = 256;
+/// The most hosts one secret may be bound to.
+pub const MAX_SECRET_HOSTS: usize = 16;
+/// Longest host name a secret is bound to.
+pub const MAX_HOST_BYTES: usize = 253;
 
 static STORE: OnceLock<Secrets> = OnceLock::new();
 
@@ -38,6 +42,8 @@ pub enum SecretError {
     Unknown(String),
     #[error("{MAX_SECRETS} secrets are set already; remove one with `loongctl secrets rm NAME`")]
     Full,
+    #[error("secret {name:?}: --host {host:?} is not a host name or address (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
+    BadHost { name: String, host: String },
     #[error("the secret store {path}: {why}")]
     Store { path: String, why: String },
 }
@@ -46,6 +52,18 @@ pub enum SecretError {
 struct Entry {
     value: String,
     set_ms: u64,
+    /// When not empty, the only endpoint hosts the value may be sent to.
+    #[serde(default)]
+    hosts: Vec<String>,
+}
+
+/// What a connector's call finds for a secret it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    Value(String),
+    /// Set, but bound to other hosts.
+    NotFor(Vec<String>),
+    Missing,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -149,8 +167,13 @@ impl Secrets {
         std::fs::rename(&tmp, &self.path).map_err(bad)
     }
 
-    /// Sets `name` to `value` (replacing it).
-    pub fn set(&self, name: &str, value: &str) -> Result<SecretView, SecretError> {
+    /// Sets `name` to `value` (replacing it), sent only to `hosts` when any are named.
+    pub fn set(
+        &self,
+        name: &str,
+        value: &str,
+        hosts: &[String],
+    ) -> Result<SecretView, SecretError> {
         if !valid_secret_name(name) {
             return Err(SecretError::BadName(name.to_string()));
         }
@@ -158,6 +181,20 @@ impl Secrets {
             name: name.to_string(),
             why,
         })?;
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let bad_host = hosts.iter().find(|h| {
+            h.is_empty()
+                || h.len() > MAX_HOST_BYTES
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+        });
+        if let Some(h) = bad_host.or(hosts.get(MAX_SECRET_HOSTS)) {
+            return Err(SecretError::BadHost {
+                name: name.to_string(),
+                host: h.clone(),
+            });
+        }
         let mut map = self.lock();
         if !map.contains_key(name) && map.len() >= MAX_SECRETS {
             return Err(SecretError::Full);
@@ -169,6 +206,7 @@ impl Secrets {
             Entry {
                 value: value.to_string(),
                 set_ms,
+                hosts: hosts.clone(),
             },
         );
         self.save(&next)?;
@@ -176,6 +214,7 @@ impl Secrets {
         Ok(SecretView {
             name: name.to_string(),
             set_ms,
+            hosts,
         })
     }
 
@@ -191,6 +230,7 @@ impl Secrets {
         Ok(SecretView {
             name: name.to_string(),
             set_ms: old.set_ms,
+            hosts: old.hosts,
         })
     }
 
@@ -201,13 +241,20 @@ impl Secrets {
             .map(|(name, e)| SecretView {
                 name: name.clone(),
                 set_ms: e.set_ms,
+                hosts: e.hosts.clone(),
             })
             .collect()
     }
 
-    /// The value of `name`, for a connector's call.
-    pub(crate) fn get(&self, name: &str) -> Option<String> {
-        self.lock().get(name).map(|e| e.value.clone())
+    /// The value of `name` for a connector's call to `host`.
+    pub(crate) fn get(&self, name: &str, host: &str) -> Lookup {
+        match self.lock().get(name) {
+            None => Lookup::Missing,
+            Some(e) if !e.hosts.is_empty() && !e.hosts.iter().any(|h| h == host) => {
+                Lookup::NotFor(e.hosts.clone())
+            }
+            Some(e) => Lookup::Value(e.value.clone()),
+        }
     }
 }
 
@@ -230,17 +277,33 @@ mod tests {
     fn the_store_keeps_values_in_a_0600_file_and_refuses_bad_names_and_values() {
         let home = tempfile::tempdir().expect("home");
         let s = Secrets::open(home.path()).expect("open");
-        s.set("api_key", "v1").expect("set");
-        s.set("api_key", "v2").expect("replace");
+        s.set("api_key", "v1", &[]).expect("set");
+        s.set("api_key", "v2", &["API.example".into()])
+            .expect("replace");
         let path = home.path().join(SECRETS_FILE);
         let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = Secrets::open(home.path()).expect("reopen");
-        assert_eq!(again.get("api_key").as_deref(), Some("v2"));
-        assert_eq!(again.list().len(), 1);
-        assert!(matches!(s.set("a b", "x"), Err(SecretError::BadName(_))));
+        assert_eq!(
+            again.get("api_key", "api.example"),
+            Lookup::Value("v2".into())
+        );
+        assert_eq!(
+            again.get("api_key", "evil.example"),
+            Lookup::NotFor(vec!["api.example".into()])
+        );
+        assert_eq!(again.get("nope", "api.example"), Lookup::Missing);
         assert!(matches!(
-            s.set("k", "a\r\nHost: evil"),
+            s.set("k", "v", &["a/b".into()]),
+            Err(SecretError::BadHost { .. })
+        ));
+        assert_eq!(again.list().len(), 1);
+        assert!(matches!(
+            s.set("a b", "x", &[]),
+            Err(SecretError::BadName(_))
+        ));
+        assert!(matches!(
+            s.set("k", "a\r\nHost: evil", &[]),
             Err(SecretError::BadValue { .. })
         ));
         s.remove("api_key").expect("remove");

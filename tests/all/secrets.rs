@@ -87,6 +87,26 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         &format!("http://127.0.0.1:{}/hook", other.port),
         "",
     );
+    // A connector elsewhere that names the same secret: it is bound to 127.0.0.1.
+    install_connector(
+        &home,
+        "thief",
+        &format!("http://localhost:{}/hook", other.port),
+        &with_headers,
+    );
+    // A secret over plain HTTP to a public host is refused at discovery (no
+    // allow_private_network here), naming https.
+    let dir = home.path().join("plugins/plainpub");
+    fs::create_dir_all(&dir).expect("plugin dir");
+    fs::write(
+        dir.join("loong.plugin.json"),
+        format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "plainpub", "version": "0.1.0",
+            "capabilities": ["network_egress"],
+            "metadata": {{"bridge_kind": "http_json", "endpoint": "http://api.example.invalid/x"{with_headers}}}}}"#
+        ),
+    )
+    .expect("manifest");
     // A hostile header is refused at discovery, naming it; the others load (the control).
     install_connector(
         &home,
@@ -103,11 +123,16 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
             p["error"].as_str().unwrap_or_default().to_string(),
         )
     };
-    for id in ["svc", "echoer", "other"] {
+    for id in ["svc", "echoer", "other", "thief"] {
         assert_eq!(state(id).0, "ready", "{id}: {}", state(id).1);
     }
     let (st, err) = state("hostile");
     assert!(st == "failed" && err.contains("\"Host\""), "{st} {err}");
+    let (st, err) = state("plainpub");
+    assert!(
+        st == "failed" && err.contains("names a secret") && err.contains("https://"),
+        "{st} {err}"
+    );
 
     // Not set yet: the call fails naming the secret and the command, and connects nowhere.
     let (code, _, err) = invoke(&home, &["svc", "--input", "{}"]);
@@ -124,7 +149,11 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     // A value is never an argument; from stdin (one newline dropped) and from a file.
     let out = home.ctl(&["secrets", "set", "svc_key", &value]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = ctl_stdin(&home, &["secrets", "set", "svc_key"], &format!("{value}\n"));
+    let out = ctl_stdin(
+        &home,
+        &["secrets", "set", "svc_key", "--host", "127.0.0.1"],
+        &format!("{value}\n"),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let file = tempfile::NamedTempFile::new().expect("file");
     fs::write(file.path(), tenant).expect("write");
@@ -179,6 +208,18 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     );
     let (code, _, err) = invoke(&home, &["other", "--input", "{}"]);
     assert_eq!(code, 0, "{err}");
+    // Another connector naming the secret, at a host it is not bound to: refused by name.
+    let (code, _, err) = invoke(&home, &["thief", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("svc_key") && err.contains("not to localhost") && !err.contains(&value),
+        "{err}"
+    );
+    assert_eq!(
+        other.requests().len(),
+        1,
+        "the other host was reached with the secret"
+    );
     let seen = fs::read_to_string(&other.log).unwrap_or_default();
     assert!(!seen.is_empty() && !seen.contains(&value) && !seen.contains(tenant));
 
@@ -190,7 +231,11 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         "{listed}"
     );
     let set = details(&home, "secret.set");
-    assert!(set.iter().any(|d| d["name"] == "svc_key"), "{set:?}");
+    assert!(
+        set.iter()
+            .any(|d| d["name"] == "svc_key" && d["hosts"] == serde_json::json!(["127.0.0.1"])),
+        "{set:?}"
+    );
     let plugins_json = text(&home.ctl(&["plugins", "list", "--json"]).stdout);
     let export = text(&home.ctl(&["audit", "export", "--format", "jsonl"]).stdout);
     for (what, shown) in [

@@ -25,10 +25,14 @@ pub enum SecretsCommand {
         /// Read the value from FILE instead of stdin.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// Send it only to this endpoint host (repeatable); without any, to whichever
+        /// connector's own endpoint names it.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
     },
     /// Secrets by name, with when each was set; never their values.
     List {
-        /// Print JSON (an array of {name, set_ms}).
+        /// Print JSON (an array of {name, set_ms, hosts}).
         #[arg(long)]
         json: bool,
     },
@@ -76,14 +80,27 @@ fn read_value(file: Option<PathBuf>) -> Result<String, Failure> {
 }
 
 fn print(s: &SecretView) {
-    println!("{:<32} set {}", Esc(&s.name), rfc3339(s.set_ms as i64));
+    let to = if s.hosts.is_empty() {
+        "any connector naming it".to_string()
+    } else {
+        s.hosts
+            .iter()
+            .map(|h| Esc(h).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "{:<32} set {}  to {to}",
+        Esc(&s.name),
+        rfc3339(i64::try_from(s.set_ms).unwrap_or(i64::MAX))
+    );
 }
 
 pub(crate) fn run(layout: &Layout, cmd: SecretsCommand) -> Result<u8, Failure> {
     match cmd {
-        SecretsCommand::Set { name, file } => {
+        SecretsCommand::Set { name, file, hosts } => {
             let value = SecretValue::new(read_value(file)?);
-            call(layout, ControlRequest::SecretSet { name, value })?
+            call(layout, ControlRequest::SecretSet { name, value, hosts })?
                 .iter()
                 .for_each(print);
         }
@@ -92,7 +109,7 @@ pub(crate) fn run(layout: &Layout, cmd: SecretsCommand) -> Result<u8, Failure> {
             if json {
                 let rows: Vec<serde_json::Value> = all
                     .iter()
-                    .map(|s| serde_json::json!({ "name": s.name, "set_ms": s.set_ms }))
+                    .map(|s| serde_json::json!({ "name": s.name, "set_ms": s.set_ms, "hosts": s.hosts }))
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {

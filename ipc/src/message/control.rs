@@ -101,6 +101,8 @@ impl std::fmt::Debug for SecretValue {
 pub struct SecretView {
     pub name: String,
     pub set_ms: u64,
+    /// The endpoint hosts it may be sent to (empty: any connector's own endpoint).
+    pub hosts: Vec<String>,
 }
 
 /// What an operator client asks loongd.
@@ -256,6 +258,8 @@ pub enum ControlRequest {
     SecretSet {
         name: String,
         value: SecretValue,
+        /// When not empty, the only endpoint hosts it may be sent to.
+        hosts: Vec<String>,
     },
     /// Every secret's name and when it was set; answered by [`ControlResponse::Secrets`].
     SecretList,

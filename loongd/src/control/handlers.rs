@@ -104,8 +104,8 @@ pub(crate) async fn handle(
         ControlRequest::Metrics => Ok(ControlResponse::Metrics(
             crate::metrics::METRICS.render(kernel),
         )),
-        ControlRequest::SecretSet { name, value } => {
-            super::secrets_api::set(kernel, cred, &io, name, value).await
+        ControlRequest::SecretSet { name, value, hosts } => {
+            super::secrets_api::set(kernel, cred, &io, name, value, hosts).await
         }
         ControlRequest::SecretList => super::secrets_api::list(),
         ControlRequest::SecretRemove { name } => {

@@ -33,9 +33,13 @@ pub(crate) async fn set(
     io: &RequestIo,
     name: String,
     value: SecretValue,
+    hosts: Vec<String>,
 ) -> Result<ControlResponse, RemoteError> {
-    let view = store()?.set(&name, value.expose()).map_err(refused)?;
-    record(kernel, cred, io, Kind::SecretSet, &name).await?;
+    let view = store()?
+        .set(&name, value.expose(), &hosts)
+        .map_err(refused)?;
+    let detail = serde_json::json!({ "name": name, "hosts": view.hosts });
+    record(kernel, cred, io, Kind::SecretSet, detail).await?;
     Ok(ControlResponse::Secrets(vec![view]))
 }
 
@@ -52,7 +56,14 @@ pub(crate) async fn remove(
     name: String,
 ) -> Result<ControlResponse, RemoteError> {
     let view = store()?.remove(&name).map_err(refused)?;
-    record(kernel, cred, io, Kind::SecretRemoved, &name).await?;
+    record(
+        kernel,
+        cred,
+        io,
+        Kind::SecretRemoved,
+        serde_json::json!({ "name": name }),
+    )
+    .await?;
     Ok(ControlResponse::Secrets(vec![view]))
 }
 
@@ -61,10 +72,9 @@ async fn record(
     cred: &UCred,
     io: &RequestIo,
     kind: Kind,
-    name: &str,
+    detail: serde_json::Value,
 ) -> Result<(), RemoteError> {
-    let event =
-        Actor::operator(cred.uid(), None, io).event(kind, serde_json::json!({ "name": name }));
+    let event = Actor::operator(cred.uid(), None, io).event(kind, detail);
     kernel
         .audit
         .record(event)

@@ -10,6 +10,7 @@ use loong_ipc::{FailureKind, PluginFailure};
 use loong_profiles::plugin::headers;
 
 use super::{kind::Wire, net};
+use crate::secrets::Lookup;
 
 /// The longest loongd spends connecting to a connector's endpoint (less when the call's own
 /// timeout is shorter).
@@ -71,20 +72,31 @@ pub(super) fn headers(
         return Ok(Default::default());
     }
     let store = crate::secrets::store();
-    let lookup = |name: &str| store.and_then(|s| s.get(name));
-    let (mut out, mut used) = (Vec::new(), Vec::new());
+    let host = spec.server_name.as_str();
+    let (mut out, mut used): (Vec<Header>, Vec<Header>) = (Vec::new(), Vec::new());
     for (name, template) in headers {
-        let value = headers::substitute(template, lookup).map_err(|e| {
+        let fail = |why: String| {
             PluginFailure::new(
                 FailureKind::ToolError,
-                format!("plugin {plugin}: header {name:?}: {e}"),
+                format!("plugin {plugin}: header {name:?}: {why}"),
             )
-        })?;
+        };
+        // Each secret named, for this endpoint's host; one bound to other hosts fails the
+        // call, one not set fails it below (naming the command that sets it).
         for secret in headers::secret_names(template).unwrap_or_default() {
-            if let Some(v) = lookup(secret) {
-                used.push((secret.to_string(), v));
+            match store.map_or(Lookup::Missing, |s| s.get(secret, host)) {
+                Lookup::Value(v) => used.push((secret.to_string(), v)),
+                Lookup::NotFor(hosts) => {
+                    return Err(fail(format!(
+                        "the secret {secret:?} may be sent only to {}, not to {host}; to allow {host}, set it again with `loongctl secrets set {secret} --host {host}` (and each host it serves)",
+                        hosts.join(", ")
+                    )))
+                }
+                Lookup::Missing => {}
             }
         }
+        let lookup = |n: &str| used.iter().find(|(u, _)| u == n).map(|(_, v)| v.clone());
+        let value = headers::substitute(template, lookup).map_err(|e| fail(e.to_string()))?;
         out.push((name.clone(), value));
     }
     Ok((out, used))

@@ -433,6 +433,19 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
         }
         Bridge::Http(h) => {
+            // A secret crosses a public network only inside TLS: over plain HTTP only to an
+            // internal service the operator let the connector reach.
+            let names_secret = h.headers.iter().any(|(_, v)| {
+                !loong_profiles::plugin::headers::secret_names(v)
+                    .unwrap_or_default()
+                    .is_empty()
+            });
+            if names_secret && !h.https && !h.allow_private_network {
+                return Err(format!(
+                    "{}: metadata.headers_json names a secret, which is sent in plain HTTP only to an internal endpoint (sandbox.allow_private_network); use an https:// endpoint",
+                    m.path.display()
+                ));
+            }
             // Resolved once, here: each call connects to these addresses and no others.
             let addrs = super::net::pin(&h.host, h.port, h.allow_private_network).map_err(|e| {
                 format!(
