@@ -889,8 +889,23 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`"),
         );
+        check(
+            "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",
+            Ok(Config {
+                egress: EgressConfig {
+                    ca_bundle: Some("/etc/loong/ca.pem".into()),
+                },
+                ..Config::default()
+            }),
+        );
+        let relative = Config::parse(
+            "[egress]\nca_bundle = \"ca.pem\"\n",
+            Path::new("/h/loongd.toml"),
+        )
+        .expect_err("a relative bundle");
+        assert!(relative.to_string().contains("ca.pem"), "{relative}");
         let hex = "ab".repeat(32);
         check(
             &format!(
