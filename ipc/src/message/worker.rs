@@ -38,6 +38,8 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_TRUST_CERTS: usize = 4096;
 /// Bound on one DER certificate in [`HttpSpec::trust`].
 pub const MAX_CERT_BYTES: usize = 64 * 1024;
+/// Bound on all of [`HttpSpec::trust`] together (well inside one worker frame).
+pub const MAX_TRUST_BYTES: usize = 8 * 1024 * 1024;
 /// Bound on the request headers one call of an HTTP worker carries ([`WorkerRequest::Invoke`]).
 pub const MAX_CALL_HEADERS: usize = 32;
 /// Bound on one such header's name and value together.
@@ -191,6 +193,14 @@ impl HttpSpec {
                 field: "trust certificate",
                 len: c.len(),
                 max: MAX_CERT_BYTES,
+            });
+        }
+        let total: usize = self.trust.iter().map(Vec::len).sum();
+        if total > MAX_TRUST_BYTES {
+            return Err(BoundError {
+                field: "trust",
+                len: total,
+                max: MAX_TRUST_BYTES,
             });
         }
         if let Some(keys) = &self.required_keys {

@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::OnceLock};
 
-use loong_ipc::message::worker::{MAX_CERT_BYTES, MAX_TRUST_CERTS};
+use loong_ipc::message::worker::{MAX_CERT_BYTES, MAX_TRUST_BYTES, MAX_TRUST_CERTS};
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 
 static ANCHORS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
@@ -41,16 +41,20 @@ pub(crate) fn load(ca_bundle: Option<&Path>) -> Result<usize, TrustError> {
         if anchors.is_empty() {
             return Err(bad("it holds no PEM certificate".into()));
         }
-        if anchors.len() > MAX_TRUST_CERTS {
-            return Err(bad(format!("over {MAX_TRUST_CERTS} certificates")));
+        let bytes: usize = anchors.iter().map(Vec::len).sum();
+        if anchors.len() > MAX_TRUST_CERTS || bytes > MAX_TRUST_BYTES {
+            return Err(bad(format!(
+                "over {MAX_TRUST_CERTS} certificates or {MAX_TRUST_BYTES} bytes"
+            )));
         }
     }
     let system = rustls_native_certs::load_native_certs();
     for e in &system.errors {
         tracing::warn!(error = %e, "a part of the system trust store could not be read; it is skipped");
     }
+    let mut bytes: usize = anchors.iter().map(Vec::len).sum();
     for cert in system.certs {
-        if anchors.len() >= MAX_TRUST_CERTS {
+        if anchors.len() >= MAX_TRUST_CERTS || bytes + cert.len() > MAX_TRUST_BYTES {
             tracing::warn!(
                 limit = MAX_TRUST_CERTS,
                 "the system trust store has more certificates than an HTTP worker takes; the rest are skipped"
@@ -58,6 +62,7 @@ pub(crate) fn load(ca_bundle: Option<&Path>) -> Result<usize, TrustError> {
             break;
         }
         if cert.len() <= MAX_CERT_BYTES {
+            bytes += cert.len();
             anchors.push(cert.to_vec());
         }
     }
