@@ -81,8 +81,14 @@ impl Pki {
         Some(pki)
     }
 
-    /// A leaf for `san` (`DNS:localhost,IP:127.0.0.1`) signed by `ca`; returns (cert, key).
+    /// A leaf for `san` (`DNS:localhost,IP:127.0.0.1`) signed by `ca`, valid two days;
+    /// returns (cert, key).
     pub(crate) fn leaf(&self, name: &str, ca: &str, san: &str) -> (PathBuf, PathBuf) {
+        self.leaf_for_days(name, ca, san, "2")
+    }
+
+    /// The same, valid `days` (0: it expires the second it is made).
+    fn leaf_for_days(&self, name: &str, ca: &str, san: &str, days: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
         let (key, csr, cert, ext) = (
             format!("{name}.key"),
@@ -129,7 +135,7 @@ impl Pki {
                 "-out",
                 &cert,
                 "-days",
-                "2",
+                days,
                 "-extfile",
                 &ext,
             ],
@@ -239,12 +245,20 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     let good = Server::start(Some(&pki.leaf("good", "ca", "DNS:localhost,IP:127.0.0.1")));
     let wrong = Server::start(Some(&pki.leaf("wrong", "ca", "DNS:other.test")));
     let rogue = Server::start(Some(&pki.leaf("rogue-leaf", "rogue", "DNS:localhost")));
+    let expired_made = std::time::Instant::now();
+    let expired = Server::start(Some(&pki.leaf_for_days(
+        "expired",
+        "ca",
+        "DNS:localhost",
+        "0",
+    )));
     let plain = Server::start(None);
     let home = home_trusting(&pki.ca());
     let https = |s: &Server, path: &str| format!("https://localhost:{}{path}", s.port);
     install_connector(&home, "good", &https(&good, "/hook"), "");
     install_connector(&home, "wrong", &https(&wrong, "/hook"), "");
     install_connector(&home, "rogue", &https(&rogue, "/hook"), "");
+    install_connector(&home, "expired", &https(&expired, "/hook"), "");
     // By address: verified against the certificate's IP names.
     let by_ip = |s: &Server| format!("https://127.0.0.1:{}/hook", s.port);
     install_connector(&home, "good-ip", &by_ip(&good), "");
@@ -266,6 +280,7 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
             "wrong",
             "rogue",
             "rogue-ip",
+            "expired",
             "downgrade",
             "plain",
         ]
@@ -288,11 +303,16 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(plain.requests().len(), 1);
 
+    // The zero-day leaf is past its notAfter (whole seconds) a second after it was made.
+    std::thread::sleep(
+        std::time::Duration::from_millis(1_100).saturating_sub(expired_made.elapsed()),
+    );
     // Typed failures naming the host and the reason; the servers never saw a request.
     for (id, reason) in [
         ("wrong", "name mismatch"),
         ("rogue", "unknown issuer"),
         ("rogue-ip", "unknown issuer"),
+        ("expired", "expired"),
         ("downgrade", "did not complete a TLS handshake"),
     ] {
         let (code, _, err) = call(&home, id, "{}");
@@ -308,14 +328,16 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
             "{id}: {err}"
         );
     }
-    assert!(wrong.requests().is_empty() && rogue.requests().is_empty());
+    assert!(
+        wrong.requests().is_empty() && rogue.requests().is_empty() && expired.requests().is_empty()
+    );
     assert_eq!(
         plain.requests().len(),
         1,
         "the https call reached it in plain"
     );
     let failed = details(&home, "tool.failed");
-    for id in ["wrong", "rogue", "downgrade"] {
+    for id in ["wrong", "rogue", "expired", "downgrade"] {
         assert!(
             failed
                 .iter()
