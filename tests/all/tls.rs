@@ -258,7 +258,7 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
     install_connector(&home, "good", &https(&good, "/hook"), "");
     install_connector(&home, "wrong", &https(&wrong, "/hook"), "");
     install_connector(&home, "rogue", &https(&rogue, "/hook"), "");
-    install_connector(&home, "expired", &https(&expired, "/hook"), "");
+    install_connector(&home, "stale", &https(&expired, "/hook"), "");
     // By address: verified against the certificate's IP names.
     let by_ip = |s: &Server| format!("https://127.0.0.1:{}/hook", s.port);
     install_connector(&home, "good-ip", &by_ip(&good), "");
@@ -280,7 +280,7 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
             "wrong",
             "rogue",
             "rogue-ip",
-            "expired",
+            "stale",
             "downgrade",
             "plain",
         ]
@@ -312,7 +312,7 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
         ("wrong", "name mismatch"),
         ("rogue", "unknown issuer"),
         ("rogue-ip", "unknown issuer"),
-        ("expired", "expired"),
+        ("stale", "failed: expired"),
         ("downgrade", "did not complete a TLS handshake"),
     ] {
         let (code, _, err) = call(&home, id, "{}");
@@ -337,7 +337,7 @@ fn https_connectors_and_fetches_verify_the_server_and_fail_typed() {
         "the https call reached it in plain"
     );
     let failed = details(&home, "tool.failed");
-    for id in ["wrong", "rogue", "expired", "downgrade"] {
+    for id in ["wrong", "rogue", "stale", "downgrade"] {
         assert!(
             failed
                 .iter()
