@@ -276,3 +276,47 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     let holding = files_holding(home.path(), value.as_bytes());
     assert!(holding.is_empty(), "still held after rm: {holding:?}");
 }
+
+#[test]
+fn a_secret_crosses_plain_http_only_to_internal_addresses_whatever_the_manifest_allows() {
+    // `allow_private_network` is the package's own word (every connector here sets it): it
+    // admits internal addresses, it does not make a public one internal. A secret named
+    // over plain HTTP to a public address is refused at discovery, by IPv4, IPv6 and an
+    // IPv6 form carrying a public IPv4; nothing is resolved or connected for these literals.
+    let home = Home::new();
+    let headers = serde_json::json!(r#"{"Authorization": "Bearer ${secret:svc_key}"}"#);
+    let with_headers = format!(r#", "headers_json": {headers}"#);
+    let public = [
+        ("pub4", "http://8.8.8.8/x"),
+        ("pub6", "http://[2001:4860:4860::8888]/x"),
+        ("pubmapped", "http://[::ffff:8.8.8.8]:8080/x"),
+    ];
+    for (id, endpoint) in public {
+        install_connector(&home, id, endpoint, &with_headers);
+    }
+    // The controls: the same headers to a loopback address in plain, to the public address
+    // over TLS, and the public address in plain naming no secret.
+    install_connector(&home, "internal", "http://127.0.0.1:9/x", &with_headers);
+    install_connector(&home, "tlspub", "https://8.8.8.8/x", &with_headers);
+    install_connector(&home, "plainpub", "http://8.8.8.8/x", "");
+    home.start();
+    let ps = plugins(&home);
+    let state = |id: &str| {
+        let p = ps.iter().find(|p| p["id"] == id).expect("listed");
+        (
+            p["state"].as_str().unwrap_or_default().to_string(),
+            p["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    for (id, _) in public {
+        let (st, err) = state(id);
+        assert!(
+            st == "failed" && err.contains("names a secret") && err.contains("public address"),
+            "{id}: {st} {err}"
+        );
+    }
+    for id in ["internal", "tlspub", "plainpub"] {
+        let (st, err) = state(id);
+        assert_eq!(st, "ready", "{id}: {err}");
+    }
+}

@@ -454,6 +454,20 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                     h.endpoint
                 )
             })?;
+            // `allow_private_network` is the package's own word: it admits internal addresses,
+            // it does not make a public one internal. Judged on the addresses pinned, which
+            // are the only ones a call connects to.
+            if let Some(public) = addrs
+                .iter()
+                .find(|a| names_secret && !h.https && super::net::special_range(a.ip()).is_none())
+            {
+                return Err(format!(
+                    "{}: metadata.headers_json names a secret, which is sent in plain HTTP only to an internal endpoint, and {} resolves to the public address {}; use an https:// endpoint",
+                    m.path.display(),
+                    h.endpoint,
+                    public.ip()
+                ));
+            }
             let endpoint = loong_profiles::plugin::Endpoint {
                 https: h.https,
                 host: h.host.clone(),
