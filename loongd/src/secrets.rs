@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
 };
@@ -28,6 +28,8 @@ pub const MAX_SECRETS: usize = 256;
 pub const MAX_SECRET_HOSTS: usize = 16;
 /// Longest host name a secret is bound to.
 pub const MAX_HOST_BYTES: usize = 253;
+/// Largest store file read at start: every secret at its largest, escaped, with its hosts.
+pub const MAX_STORE_BYTES: u64 = 8 * 1024 * 1024;
 
 static STORE: OnceLock<Secrets> = OnceLock::new();
 
@@ -117,15 +119,50 @@ impl Secrets {
             path: path.display().to_string(),
             why,
         };
-        let map = match std::fs::read(&path) {
-            Ok(bytes) => {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        // Opened without following a link, then judged by what was opened: a link, a FIFO,
+        // another user's file or one past the bound is refused, and nothing is changed
+        // through a name (the mode is set on the descriptor).
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path);
+        let map = match opened {
+            Ok(mut f) => {
+                let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+                if !meta.file_type().is_file() {
+                    return Err(bad("is not a regular file".into()));
+                }
+                if meta.uid() != nix::unistd::geteuid().as_raw() {
+                    return Err(bad(format!(
+                        "is owned by uid {}, not loongd's uid",
+                        meta.uid()
+                    )));
+                }
+                if meta.len() > MAX_STORE_BYTES {
+                    return Err(bad(format!(
+                        "is {} bytes, over the {MAX_STORE_BYTES}-byte limit",
+                        meta.len()
+                    )));
+                }
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
                     .map_err(|e| bad(e.to_string()))?;
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut f, MAX_STORE_BYTES + 1),
+                    &mut bytes,
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                if bytes.len() as u64 > MAX_STORE_BYTES {
+                    return Err(bad(format!("grew over the {MAX_STORE_BYTES}-byte limit")));
+                }
                 serde_json::from_slice::<File>(&bytes)
                     .map_err(|e| bad(format!("does not parse: {e}; restore it from a backup")))?
                     .secrets
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(bad("is a symbolic link; loongd keeps it as a file".into()))
+            }
             Err(e) => return Err(bad(e.to_string())),
         };
         Ok(Secrets {
@@ -309,6 +346,37 @@ mod tests {
         s.remove("api_key").expect("remove");
         assert!(matches!(s.remove("api_key"), Err(SecretError::Unknown(_))));
         assert_eq!(Secrets::open(home.path()).expect("reopen").list().len(), 0);
+    }
+
+    #[test]
+    fn the_store_is_opened_as_loongds_own_bounded_file_never_through_a_link() {
+        let home = tempfile::tempdir().expect("home");
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        let target = elsewhere.path().join("victim.json");
+        std::fs::write(&target, r#"{"version":1,"secrets":{}}"#).expect("target");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        let path = home.path().join(SECRETS_FILE);
+        std::os::unix::fs::symlink(&target, &path).expect("link");
+        let err = Secrets::open(home.path()).expect_err("a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the link's target was changed");
+        std::fs::remove_file(&path).expect("unlink");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("fifo");
+        let err = Secrets::open(home.path()).expect_err("a fifo");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        std::fs::remove_file(&path).expect("unlink");
+        let f = std::fs::File::create(&path).expect("big");
+        f.set_len(MAX_STORE_BYTES + 1).expect("grow");
+        let err = Secrets::open(home.path()).expect_err("too big");
+        assert!(err.to_string().contains("byte limit"), "{err}");
+        // The control: the same contents as a file of its own open, made 0600.
+        std::fs::remove_file(&path).expect("unlink");
+        std::fs::copy(&target, &path).expect("copy");
+        Secrets::open(home.path()).expect("a plain file");
+        let mode = std::fs::metadata(&path).expect("store").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]
