@@ -46,6 +46,8 @@ pub enum SecretError {
     Full,
     #[error("secret {name:?}: --host {host:?} is not a host name or address (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
     BadHost { name: String, host: String },
+    #[error("secret {0:?}: name the endpoint host it may be sent to with --host HOST (repeatable); a secret bound to no host would go to any package that names it")]
+    NoHost(String),
     #[error("the secret store {path}: {why}")]
     Store { path: String, why: String },
 }
@@ -54,7 +56,8 @@ pub enum SecretError {
 struct Entry {
     value: String,
     set_ms: u64,
-    /// When not empty, the only endpoint hosts the value may be sent to.
+    /// The only endpoint hosts the value may be sent to; none (a store written before every
+    /// secret was bound): sent nowhere.
     #[serde(default)]
     hosts: Vec<String>,
 }
@@ -204,7 +207,7 @@ impl Secrets {
         std::fs::rename(&tmp, &self.path).map_err(bad)
     }
 
-    /// Sets `name` to `value` (replacing it), sent only to `hosts` when any are named.
+    /// Sets `name` to `value` (replacing it), sent only to `hosts` (at least one).
     pub fn set(
         &self,
         name: &str,
@@ -218,6 +221,9 @@ impl Secrets {
             name: name.to_string(),
             why,
         })?;
+        if hosts.is_empty() {
+            return Err(SecretError::NoHost(name.to_string()));
+        }
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         let bad_host = hosts.iter().find(|h| {
             h.is_empty()
@@ -287,7 +293,7 @@ impl Secrets {
     pub(crate) fn get(&self, name: &str, host: &str) -> Lookup {
         match self.lock().get(name) {
             None => Lookup::Missing,
-            Some(e) if !e.hosts.is_empty() && !e.hosts.iter().any(|h| h == host) => {
+            Some(e) if !e.hosts.iter().any(|h| h == host) => {
                 Lookup::NotFor(e.hosts.clone())
             }
             Some(e) => Lookup::Value(e.value.clone()),
@@ -314,7 +320,9 @@ mod tests {
     fn the_store_keeps_values_in_a_0600_file_and_refuses_bad_names_and_values() {
         let home = tempfile::tempdir().expect("home");
         let s = Secrets::open(home.path()).expect("open");
-        s.set("api_key", "v1", &[]).expect("set");
+        let unbound = s.set("api_key", "v1", &[]).expect_err("bound to no host");
+        assert!(matches!(unbound, SecretError::NoHost(_)), "{unbound}");
+        s.set("api_key", "v1", &["api.example".into()]).expect("set");
         s.set("api_key", "v2", &["API.example".into()])
             .expect("replace");
         let path = home.path().join(SECRETS_FILE);
@@ -335,12 +343,13 @@ mod tests {
             Err(SecretError::BadHost { .. })
         ));
         assert_eq!(again.list().len(), 1);
+        let h = ["api.example".to_string()];
         assert!(matches!(
-            s.set("a b", "x", &[]),
+            s.set("a b", "x", &h),
             Err(SecretError::BadName(_))
         ));
         assert!(matches!(
-            s.set("k", "a\r\nHost: evil", &[]),
+            s.set("k", "a\r\nHost: evil", &h),
             Err(SecretError::BadValue { .. })
         ));
         s.remove("api_key").expect("remove");
@@ -377,6 +386,22 @@ mod tests {
         Secrets::open(home.path()).expect("a plain file");
         let mode = std::fs::metadata(&path).expect("store").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_secret_bound_to_no_host_goes_nowhere() {
+        // A store written before binding was required: its unbound entry is sent to no
+        // endpoint (the control: a bound one is sent to its host).
+        let home = tempfile::tempdir().expect("home");
+        std::fs::write(
+            home.path().join(SECRETS_FILE),
+            r#"{"version":1,"secrets":{"old":{"value":"v","set_ms":1},"new":{"value":"w","set_ms":1,"hosts":["api.example"]}}}"#,
+        )
+        .expect("store");
+        let s = Secrets::open(home.path()).expect("open");
+        assert_eq!(s.get("old", "evil.example"), Lookup::NotFor(Vec::new()));
+        assert_eq!(s.get("old", "api.example"), Lookup::NotFor(Vec::new()));
+        assert_eq!(s.get("new", "api.example"), Lookup::Value("w".into()));
     }
 
     #[test]

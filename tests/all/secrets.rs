@@ -161,13 +161,23 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         "secrets",
         "set",
         "tenant",
+        "--host",
+        "127.0.0.1",
         "--file",
         &file.path().display().to_string(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A value that would smuggle a header is refused (the control: the two above).
-    let out = ctl_stdin(&home, &["secrets", "set", "bad"], "x\r\nHost: evil\n");
+    let out = ctl_stdin(
+        &home,
+        &["secrets", "set", "bad", "--host", "127.0.0.1"],
+        "x\r\nHost: evil\n",
+    );
     assert!(!out.status.success(), "a CR LF value was accepted");
+    // A secret bound to no host is refused: any package could name it.
+    let out = ctl_stdin(&home, &["secrets", "set", "unbound"], "v\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--host"), "{}", text(&out.stderr));
 
     // It reaches the connector's own endpoint as the header value.
     let (code, out, err) = invoke(&home, &["svc", "--input", r#"{"n": 1}"#]);

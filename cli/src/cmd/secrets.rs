@@ -25,9 +25,9 @@ pub enum SecretsCommand {
         /// Read the value from FILE instead of stdin.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Send it only to this endpoint host (repeatable); without any, to whichever
-        /// connector's own endpoint names it.
-        #[arg(long = "host", value_name = "HOST")]
+        /// Send it only to this endpoint host (repeatable, at least one): a package that
+        /// names it with another endpoint host is sent nothing.
+        #[arg(long = "host", value_name = "HOST", required = true)]
         hosts: Vec<String>,
     },
     /// Secrets by name, with when each was set; never their values.
@@ -81,7 +81,7 @@ fn read_value(file: Option<PathBuf>) -> Result<String, Failure> {
 
 fn print(s: &SecretView) {
     let to = if s.hosts.is_empty() {
-        "any connector naming it".to_string()
+        "no host (set it again with --host)".to_string()
     } else {
         s.hosts
             .iter()

@@ -87,10 +87,14 @@ pub(super) fn headers(
             match store.map_or(Lookup::Missing, |s| s.get(secret, host)) {
                 Lookup::Value(v) => used.push((secret.to_string(), v)),
                 Lookup::NotFor(hosts) => {
+                    let bound = if hosts.is_empty() {
+                        "is bound to no host".to_string()
+                    } else {
+                        format!("may be sent only to {}", hosts.join(", "))
+                    };
                     return Err(fail(format!(
-                        "the secret {secret:?} may be sent only to {}, not to {host}; to allow {host}, set it again with `loongctl secrets set {secret} --host {host}` (and each host it serves)",
-                        hosts.join(", ")
-                    )))
+                        "the secret {secret:?} {bound}, not to {host}; to allow {host}, set it again with `loongctl secrets set {secret} --host {host}` (and each host it serves)"
+                    )));
                 }
                 Lookup::Missing => {}
             }
