@@ -44,7 +44,7 @@ pub enum SecretError {
     Unknown(String),
     #[error("{MAX_SECRETS} secrets are set already; remove one with `loongctl secrets rm NAME`")]
     Full,
-    #[error("secret {name:?}: --host {host:?} is not a host name or address (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
+    #[error("secret {name:?}: --host {host:?} is not HOST, HOST:PORT or [IPV6]:PORT (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
     BadHost { name: String, host: String },
     #[error("secret {0:?}: name the endpoint host it may be sent to with --host HOST (repeatable); a secret bound to no host would go to any package that names it")]
     NoHost(String),
@@ -230,7 +230,8 @@ impl Secrets {
                 || h.len() > MAX_HOST_BYTES
                 || !h
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                || (h.contains(['[', ']']) && !(h.starts_with('[') && bound_port(h).is_some()))
         });
         if let Some(h) = bad_host.or(hosts.get(MAX_SECRET_HOSTS)) {
             return Err(SecretError::BadHost {
@@ -289,16 +290,45 @@ impl Secrets {
             .collect()
     }
 
-    /// The value of `name` for a connector's call to `host`.
-    pub(crate) fn get(&self, name: &str, host: &str) -> Lookup {
+    /// The value of `name` for a connector's call to `host` on `port`, over TLS or not. A
+    /// binding `HOST:PORT` (`[IPV6]:PORT`) admits that port only; a bare `HOST` admits any
+    /// port over TLS, where the certificate names the host, and none in plain HTTP, where
+    /// nothing tells the listener on another port of the host (another local user's, on
+    /// loopback) from the service the operator meant.
+    pub(crate) fn get(&self, name: &str, host: &str, port: u16, tls: bool) -> Lookup {
+        let authority = authority(host, port);
         match self.lock().get(name) {
             None => Lookup::Missing,
-            Some(e) if !e.hosts.iter().any(|h| h == host) => {
+            Some(e) if !e.hosts.iter().any(|h| *h == authority || (tls && h == host)) => {
                 Lookup::NotFor(e.hosts.clone())
             }
             Some(e) => Lookup::Value(e.value.clone()),
         }
     }
+}
+
+/// `host:port`, or `[host]:port` for an IPv6 address: a secret's binding to one port.
+pub(crate) fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The port a binding names, when it has the form `[IPV6]:PORT` or `NAME:PORT`.
+fn bound_port(h: &str) -> Option<u16> {
+    let port = match h.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, port) = v6.split_once("]:")?;
+            if addr.is_empty() || addr.contains(['[', ']']) {
+                return None;
+            }
+            port
+        }
+        None => h.rsplit_once(':')?.1,
+    };
+    port.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
 /// `text` with each value in `used` (name, value) replaced by `[secret:NAME]`.
@@ -330,14 +360,14 @@ mod tests {
         assert_eq!(mode, 0o600);
         let again = Secrets::open(home.path()).expect("reopen");
         assert_eq!(
-            again.get("api_key", "api.example"),
+            again.get("api_key", "api.example", 443, true),
             Lookup::Value("v2".into())
         );
         assert_eq!(
-            again.get("api_key", "evil.example"),
+            again.get("api_key", "evil.example", 443, true),
             Lookup::NotFor(vec!["api.example".into()])
         );
-        assert_eq!(again.get("nope", "api.example"), Lookup::Missing);
+        assert_eq!(again.get("nope", "api.example", 443, true), Lookup::Missing);
         assert!(matches!(
             s.set("k", "v", &["a/b".into()]),
             Err(SecretError::BadHost { .. })
@@ -399,9 +429,36 @@ mod tests {
         )
         .expect("store");
         let s = Secrets::open(home.path()).expect("open");
-        assert_eq!(s.get("old", "evil.example"), Lookup::NotFor(Vec::new()));
-        assert_eq!(s.get("old", "api.example"), Lookup::NotFor(Vec::new()));
-        assert_eq!(s.get("new", "api.example"), Lookup::Value("w".into()));
+        assert_eq!(s.get("old", "evil.example", 443, true), Lookup::NotFor(Vec::new()));
+        assert_eq!(s.get("old", "api.example", 443, true), Lookup::NotFor(Vec::new()));
+        assert_eq!(s.get("new", "api.example", 443, true), Lookup::Value("w".into()));
+    }
+
+    #[test]
+    fn a_bare_host_admits_any_port_over_tls_only_and_a_port_binding_that_port_only() {
+        let home = tempfile::tempdir().expect("home");
+        let s = Secrets::open(home.path()).expect("open");
+        s.set("k", "v", &["API.example".into(), "127.0.0.1:8080".into()])
+            .expect("set");
+        s.set("k6", "w", &["[::1]:8443".into()]).expect("set v6");
+        let v = || Lookup::Value("v".into());
+        // Over TLS the certificate names the host: any port of a bare host.
+        assert_eq!(s.get("k", "api.example", 443, true), v());
+        assert_eq!(s.get("k", "api.example", 8443, true), v());
+        // In plain HTTP a bare host admits no port: another port of it may be anyone's.
+        assert!(matches!(s.get("k", "api.example", 80, false), Lookup::NotFor(_)));
+        // A port binding admits that port, in plain or not, and no other.
+        assert_eq!(s.get("k", "127.0.0.1", 8080, false), v());
+        assert!(matches!(s.get("k", "127.0.0.1", 9999, false), Lookup::NotFor(_)));
+        assert!(matches!(s.get("k", "127.0.0.1", 9999, true), Lookup::NotFor(_)));
+        assert_eq!(s.get("k6", "::1", 8443, false), Lookup::Value("w".into()));
+        assert!(matches!(s.get("k6", "::1", 443, true), Lookup::NotFor(_)));
+        for bad in ["[::1]", "[::1]:", "[::1]:0", "[]:80", "a]:80", "[::1]:x"] {
+            assert!(
+                matches!(s.set("k", "v", &[bad.into()]), Err(SecretError::BadHost { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

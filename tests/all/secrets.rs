@@ -87,6 +87,14 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         &format!("http://127.0.0.1:{}/hook", other.port),
         "",
     );
+    // Another port of the same address (any local user may listen there), naming the
+    // secret in plain HTTP: it is bound to the service's port.
+    install_connector(
+        &home,
+        "neighbour",
+        &format!("http://127.0.0.1:{}/hook", other.port),
+        &with_headers,
+    );
     // A connector elsewhere that names the same secret: it is bound to 127.0.0.1.
     install_connector(
         &home,
@@ -123,7 +131,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
             p["error"].as_str().unwrap_or_default().to_string(),
         )
     };
-    for id in ["svc", "echoer", "other", "thief"] {
+    for id in ["svc", "echoer", "other", "thief", "neighbour"] {
         assert_eq!(state(id).0, "ready", "{id}: {}", state(id).1);
     }
     let (st, err) = state("hostile");
@@ -149,9 +157,10 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     // A value is never an argument; from stdin (one newline dropped) and from a file.
     let out = home.ctl(&["secrets", "set", "svc_key", &value]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let bound = format!("127.0.0.1:{}", server.port);
     let out = ctl_stdin(
         &home,
-        &["secrets", "set", "svc_key", "--host", "127.0.0.1"],
+        &["secrets", "set", "svc_key", "--host", &bound],
         &format!("{value}\n"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -162,7 +171,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         "set",
         "tenant",
         "--host",
-        "127.0.0.1",
+        &bound,
         "--file",
         &file.path().display().to_string(),
     ]);
@@ -225,6 +234,14 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
         err.contains("svc_key") && err.contains("not to localhost") && !err.contains(&value),
         "{err}"
     );
+    let (code, _, err) = invoke(&home, &["neighbour", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("svc_key")
+            && err.contains(&format!("not to 127.0.0.1:{}", other.port))
+            && !err.contains(&value),
+        "{err}"
+    );
     assert_eq!(
         other.requests().len(),
         1,
@@ -243,7 +260,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     let set = details(&home, "secret.set");
     assert!(
         set.iter()
-            .any(|d| d["name"] == "svc_key" && d["hosts"] == serde_json::json!(["127.0.0.1"])),
+            .any(|d| d["name"] == "svc_key" && d["hosts"] == serde_json::json!([bound])),
         "{set:?}"
     );
     let plugins_json = text(&home.ctl(&["plugins", "list", "--json"]).stdout);

@@ -65,7 +65,13 @@ pub(super) fn headers(
     wire: &Wire,
     plugin: &str,
 ) -> Result<(Vec<Header>, Vec<Header>), PluginFailure> {
-    let Wire::Http { spec, headers, .. } = wire else {
+    let Wire::Http {
+        spec,
+        headers,
+        addrs,
+        ..
+    } = wire
+    else {
         return Ok(Default::default());
     };
     if spec.fetch || headers.is_empty() {
@@ -73,6 +79,11 @@ pub(super) fn headers(
     }
     let store = crate::secrets::store();
     let host = spec.server_name.as_str();
+    // Every pinned address has the endpoint's port.
+    let port = addrs.first().map_or(0, SocketAddr::port);
+    let authority = crate::secrets::authority(host, port);
+    // Plain HTTP names the port it needs; TLS, the host (or the port).
+    let allow = if spec.tls { host } else { authority.as_str() };
     let (mut out, mut used): (Vec<Header>, Vec<Header>) = (Vec::new(), Vec::new());
     for (name, template) in headers {
         let fail = |why: String| {
@@ -84,7 +95,7 @@ pub(super) fn headers(
         // Each secret named, for this endpoint's host; one bound to other hosts fails the
         // call, one not set fails it below (naming the command that sets it).
         for secret in headers::secret_names(template).unwrap_or_default() {
-            match store.map_or(Lookup::Missing, |s| s.get(secret, host)) {
+            match store.map_or(Lookup::Missing, |s| s.get(secret, host, port, spec.tls)) {
                 Lookup::Value(v) => used.push((secret.to_string(), v)),
                 Lookup::NotFor(hosts) => {
                     let bound = if hosts.is_empty() {
@@ -93,7 +104,7 @@ pub(super) fn headers(
                         format!("may be sent only to {}", hosts.join(", "))
                     };
                     return Err(fail(format!(
-                        "the secret {secret:?} {bound}, not to {host}; to allow {host}, set it again with `loongctl secrets set {secret} --host {host}` (and each host it serves)"
+                        "the secret {secret:?} {bound}, not to {authority}; to allow it, set it again with `loongctl secrets set {secret} --host {allow}` (and each host it serves)"
                     )));
                 }
                 Lookup::Missing => {}
