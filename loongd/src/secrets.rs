@@ -331,12 +331,87 @@ fn bound_port(h: &str) -> Option<u16> {
     port.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
-/// `text` with each value in `used` (name, value) replaced by `[secret:NAME]`.
+/// The shortest start of a value that redaction replaces where a text ends in it (a quote cut
+/// inside the value); a shorter one tells next to nothing of it.
+pub const MIN_REDACTED_TAIL_BYTES: usize = 4;
+
+/// The forms a value takes in what a call answers: as sent, inside a JSON string, inside a
+/// Rust `{:?}` quote (a worker's message) and percent-encoded (a URL an upstream echoes).
+fn forms(value: &str) -> Vec<String> {
+    let inner = |quoted: String| {
+        quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .map(String::from)
+    };
+    let json = serde_json::to_string(value).ok().and_then(inner);
+    let debug = inner(format!("{value:?}"));
+    let percent: String = value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut all = vec![value.to_string()];
+    for f in [json, debug, Some(percent), Some(percent_lower(value))]
+        .into_iter()
+        .flatten()
+    {
+        if !f.is_empty() && !all.contains(&f) {
+            all.push(f);
+        }
+    }
+    all
+}
+
+fn percent_lower(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// `text` with each value in `used` (name, value) replaced by `[secret:NAME]`: in each of its
+/// [`forms`], and where the text ends in the start of one (at least
+/// [`MIN_REDACTED_TAIL_BYTES`] of it, or all of a shorter value), as when a quote of an
+/// upstream's answer was cut inside the value.
 pub(crate) fn redact(text: &str, used: &[(String, String)]) -> String {
     let mut out = text.to_string();
     for (name, value) in used {
-        if !value.is_empty() && out.contains(value.as_str()) {
-            out = out.replace(value.as_str(), &format!("[secret:{name}]"));
+        if value.is_empty() {
+            continue;
+        }
+        let mark = format!("[secret:{name}]");
+        let forms = forms(value);
+        for form in &forms {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), &mark);
+            }
+        }
+        // A cut quote: the text ends (before a cut character's replacement and trailing
+        // space) in a start of the value.
+        let end = out
+            .trim_end_matches(|c: char| c.is_whitespace() || c == char::REPLACEMENT_CHARACTER)
+            .len();
+        let cut = forms.iter().find_map(|form| {
+            let longest = form.len().min(end);
+            (MIN_REDACTED_TAIL_BYTES.min(form.len())..=longest)
+                .rev()
+                .filter(|n| form.is_char_boundary(*n) && out.is_char_boundary(end - n))
+                .find(|n| out[end - n..end] == form[..*n])
+        });
+        if let Some(n) = cut {
+            out.replace_range(end - n.., &mark);
         }
     }
     out
@@ -469,5 +544,21 @@ mod tests {
             "upstream said: denied for Bearer [secret:k] ([secret:k])"
         );
         assert_eq!(redact("nothing here", &used), "nothing here");
+        // Escaped as JSON, as a Rust quote and percent-encoded; and cut inside the value.
+        let used = vec![("k".to_string(), "s3\"cr/et+1".to_string())];
+        for text in [
+            r#"{"echo":"s3\"cr/et+1"}"#,
+            r#"redirected to "https://x/?t=s3\"cr/et+1""#,
+            "https://x/?t=s3%22cr%2Fet%2B1",
+            "https://x/?t=s3%22cr%2fet%2b1",
+        ] {
+            let out = redact(text, &used);
+            assert!(out.contains("[secret:k]") && !out.contains("s3"), "{text}: {out}");
+        }
+        for cut in ["denied: s3\"cr", "denied: s3\"cr/\u{fffd}", "denied: s3\"c  "] {
+            assert_eq!(redact(cut, &used), "denied: [secret:k]", "{cut}");
+        }
+        // The control: a text ending in fewer bytes of it than the bound is left as it is.
+        assert_eq!(redact("ends in s3\"", &used), "ends in s3\"");
     }
 }

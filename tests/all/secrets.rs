@@ -81,6 +81,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     let base = format!("http://127.0.0.1:{}", server.port);
     install_connector(&home, "svc", &format!("{base}/hook"), &with_headers);
     install_connector(&home, "echoer", &format!("{base}/echo-auth"), &with_headers);
+    install_connector(&home, "cutter", &format!("{base}/echo-auth-cut"), &with_headers);
     install_connector(
         &home,
         "other",
@@ -131,7 +132,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
             p["error"].as_str().unwrap_or_default().to_string(),
         )
     };
-    for id in ["svc", "echoer", "other", "thief", "neighbour"] {
+    for id in ["svc", "echoer", "cutter", "other", "thief", "neighbour"] {
         assert_eq!(state(id).0, "ready", "{id}: {}", state(id).1);
     }
     let (st, err) = state("hostile");
@@ -205,6 +206,13 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     assert_eq!(code, 7, "{err}");
     assert!(
         err.contains("[secret:svc_key]") && !err.contains(&value),
+        "{err}"
+    );
+    // One whose quote in the error is cut inside the value: the cut piece is redacted too.
+    let (code, _, err) = invoke(&home, &["cutter", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("Bearer [secret:svc_key]") && !err.contains(&value[..10]),
         "{err}"
     );
 
@@ -292,7 +300,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     assert!(err.contains("loongctl secrets set svc_key"), "{err}");
     assert_eq!(
         server.requests().len(),
-        3,
+        4,
         "a call without its secret connected"
     );
     let removed = details(&home, "secret.removed");

@@ -4,7 +4,8 @@ Usage: https_server.py LOG [CERT KEY]. With CERT and KEY it speaks TLS. It print
 on the first line of stdout, then serves: POST echoes {"ok": true, "got": BODY} and GET
 answers text; every request's method, path and headers are appended to LOG as one JSON line.
 A request to /echo-auth fails with 500 and the Authorization header in its body (an upstream
-that echoes what it got).
+that echoes what it got); one to /echo-auth-cut, with it padded so that the worker's 512-byte
+quote of the body ends 10 bytes into the secret after "Bearer ".
 """
 
 import json
@@ -41,6 +42,11 @@ class Handler(BaseHTTPRequestHandler):
         self.record()
         if self.path == "/echo-auth":
             self.answer(500, "text/plain", "denied for " + self.headers.get("Authorization", ""))
+            return
+        if self.path == "/echo-auth-cut":
+            pad = "x" * (512 - len("denied for ") - len("Bearer ") - 10)
+            auth = self.headers.get("Authorization", "")
+            self.answer(500, "text/plain", "denied for " + pad + auth)
             return
         try:
             got = json.loads(body)
