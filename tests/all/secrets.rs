@@ -355,3 +355,41 @@ fn a_secret_crosses_plain_http_only_to_internal_addresses_whatever_the_manifest_
         assert_eq!(st, "ready", "{id}: {err}");
     }
 }
+
+#[test]
+fn headers_grown_by_their_secrets_past_the_call_bound_fail_in_loongd_naming_the_header() {
+    // A manifest may name one secret hundreds of times in a value: filled in, the header is
+    // refused by loongd before it is built further or sent, naming it; nothing is connected.
+    let home = Home::new();
+    let many = "${secret:big}".repeat(300);
+    let headers = serde_json::json!(format!(r#"{{"X-Big": "{many}"}}"#));
+    install_connector(
+        &home,
+        "grower",
+        "http://127.0.0.1:9/x",
+        &format!(r#", "headers_json": {headers}"#),
+    );
+    let small = serde_json::json!(r#"{"X-Small": "${secret:big}"}"#);
+    install_connector(
+        &home,
+        "control",
+        "http://127.0.0.1:9/x",
+        &format!(r#", "headers_json": {small}"#),
+    );
+    home.start();
+    let out = ctl_stdin(
+        &home,
+        &["secrets", "set", "big", "--host", "127.0.0.1:9"],
+        &"v".repeat(8000),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, _, err) = invoke(&home, &["grower", "--input", "{}"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("\"X-Big\"") && err.contains("byte limit") && !err.contains("vvvv"),
+        "{err}"
+    );
+    // The control: the same secret once gets as far as connecting (nothing listens on 9).
+    let (_, _, err) = invoke(&home, &["control", "--input", "{}"]);
+    assert!(!err.contains("byte limit"), "{err}");
+}

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use loong_ipc::{FailureKind, PluginFailure};
+use loong_ipc::{message::worker::MAX_CALL_HEADER_BYTES, FailureKind, PluginFailure};
 
 use loong_profiles::plugin::headers;
 
@@ -94,7 +94,12 @@ pub(super) fn headers(
         };
         // Each secret named, for this endpoint's host; one bound to other hosts fails the
         // call, one not set fails it below (naming the command that sets it).
-        for secret in headers::secret_names(template).unwrap_or_default() {
+        let names = headers::secret_names(template).unwrap_or_default();
+        for secret in &names {
+            let secret = *secret;
+            if used.iter().any(|(u, _)| u == secret) {
+                continue;
+            }
             match store.map_or(Lookup::Missing, |s| s.get(secret, host, port, spec.tls)) {
                 Lookup::Value(v) => used.push((secret.to_string(), v)),
                 Lookup::NotFor(hosts) => {
@@ -109,6 +114,16 @@ pub(super) fn headers(
                 }
                 Lookup::Missing => {}
             }
+        }
+        // Its size filled in, before it is built: a value may name one secret many times.
+        let filled = names.iter().fold(name.len() + template.len(), |n, s| {
+            let v = used.iter().find(|(u, _)| u == s).map_or(0, |(_, v)| v.len());
+            n.saturating_add(v)
+        });
+        if filled > MAX_CALL_HEADER_BYTES {
+            return Err(fail(format!(
+                "with its secrets filled in it is about {filled} bytes, over the {MAX_CALL_HEADER_BYTES}-byte limit of one header"
+            )));
         }
         let lookup = |n: &str| used.iter().find(|(u, _)| u == n).map(|(_, v)| v.clone());
         let value = headers::substitute(template, lookup).map_err(|e| fail(e.to_string()))?;
