@@ -158,8 +158,16 @@ impl Secrets {
                 if bytes.len() as u64 > MAX_STORE_BYTES {
                     return Err(bad(format!("grew over the {MAX_STORE_BYTES}-byte limit")));
                 }
+                // Placed, never quoted: serde's message may hold a string of the file.
                 serde_json::from_slice::<File>(&bytes)
-                    .map_err(|e| bad(format!("does not parse: {e}; restore it from a backup")))?
+                    .map_err(|e| {
+                        bad(format!(
+                            "does not parse ({:?} error at line {}, column {}); restore it from a backup",
+                            e.classify(),
+                            e.line(),
+                            e.column()
+                        ))
+                    })?
                     .secrets
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -491,6 +499,23 @@ mod tests {
         Secrets::open(home.path()).expect("a plain file");
         let mode = std::fs::metadata(&path).expect("store").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_store_that_does_not_parse_is_refused_without_quoting_it() {
+        // serde quotes a mistyped string ("invalid type: string ..."): the error names the
+        // place only, since any string in the file may be a value.
+        let home = tempfile::tempdir().expect("home");
+        std::fs::write(
+            home.path().join(SECRETS_FILE),
+            r#"{"version":1,"secrets":{"k":{"value":"v","set_ms":"SEKRIT-123","hosts":["h"]}}}"#,
+        )
+        .expect("store");
+        let err = Secrets::open(home.path()).expect_err("mistyped").to_string();
+        assert!(
+            err.contains("does not parse") && err.contains("line 1") && !err.contains("SEKRIT"),
+            "{err}"
+        );
     }
 
     #[test]
