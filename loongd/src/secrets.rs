@@ -141,6 +141,12 @@ impl Secrets {
                         meta.uid()
                     )));
                 }
+                if meta.nlink() != 1 {
+                    return Err(bad(format!(
+                        "has {} names (a hard link to another file?); loongd keeps it as one file",
+                        meta.nlink()
+                    )));
+                }
                 if meta.len() > MAX_STORE_BYTES {
                     return Err(bad(format!(
                         "is {} bytes, over the {MAX_STORE_BYTES}-byte limit",
@@ -483,6 +489,12 @@ mod tests {
         assert!(err.to_string().contains("symbolic link"), "{err}");
         let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "the link's target was changed");
+        std::fs::remove_file(&path).expect("unlink");
+        std::fs::hard_link(&target, &path).expect("hard link");
+        let err = Secrets::open(home.path()).expect_err("a hard link");
+        assert!(err.to_string().contains("hard link"), "{err}");
+        let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the hard link's file was changed");
         std::fs::remove_file(&path).expect("unlink");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .expect("fifo");
