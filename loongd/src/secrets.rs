@@ -313,7 +313,12 @@ impl Secrets {
         let authority = authority(host, port);
         match self.lock().get(name) {
             None => Lookup::Missing,
-            Some(e) if !e.hosts.iter().any(|h| *h == authority || (tls && h == host)) => {
+            Some(e)
+                if !e
+                    .hosts
+                    .iter()
+                    .any(|h| *h == authority || (tls && h == host)) =>
+            {
                 Lookup::NotFor(e.hosts.clone())
             }
             Some(e) => Lookup::Value(e.value.clone()),
@@ -360,20 +365,15 @@ fn forms(value: &str) -> Vec<String> {
     };
     let json = serde_json::to_string(value).ok().and_then(inner);
     let debug = inner(format!("{value:?}"));
-    let percent: String = value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
     let mut all = vec![value.to_string()];
-    for f in [json, debug, Some(percent), Some(percent_lower(value))]
-        .into_iter()
-        .flatten()
+    for f in [
+        json,
+        debug,
+        Some(percent(value, true)),
+        Some(percent(value, false)),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !f.is_empty() && !all.contains(&f) {
             all.push(f);
@@ -382,16 +382,17 @@ fn forms(value: &str) -> Vec<String> {
     all
 }
 
-fn percent_lower(value: &str) -> String {
+/// `value` percent-encoded (RFC 3986: all but the unreserved bytes), in upper or lower hex.
+fn percent(value: &str, upper: bool) -> String {
     value
         .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02x}")
-            }
-        })
+        .map(
+            |b| match (b.is_ascii_alphanumeric() || b"-._~".contains(&b), upper) {
+                (true, _) => char::from(b).to_string(),
+                (false, true) => format!("%{b:02X}"),
+                (false, false) => format!("%{b:02x}"),
+            },
+        )
         .collect()
 }
 
@@ -441,7 +442,8 @@ mod tests {
         let s = Secrets::open(home.path()).expect("open");
         let unbound = s.set("api_key", "v1", &[]).expect_err("bound to no host");
         assert!(matches!(unbound, SecretError::NoHost(_)), "{unbound}");
-        s.set("api_key", "v1", &["api.example".into()]).expect("set");
+        s.set("api_key", "v1", &["api.example".into()])
+            .expect("set");
         s.set("api_key", "v2", &["API.example".into()])
             .expect("replace");
         let path = home.path().join(SECRETS_FILE);
@@ -487,17 +489,24 @@ mod tests {
         std::os::unix::fs::symlink(&target, &path).expect("link");
         let err = Secrets::open(home.path()).expect_err("a link");
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&target)
+            .expect("target")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o644, "the link's target was changed");
         std::fs::remove_file(&path).expect("unlink");
         std::fs::hard_link(&target, &path).expect("hard link");
         let err = Secrets::open(home.path()).expect_err("a hard link");
         assert!(err.to_string().contains("hard link"), "{err}");
-        let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&target)
+            .expect("target")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o644, "the hard link's file was changed");
         std::fs::remove_file(&path).expect("unlink");
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
         let err = Secrets::open(home.path()).expect_err("a fifo");
         assert!(err.to_string().contains("not a regular file"), "{err}");
         std::fs::remove_file(&path).expect("unlink");
@@ -509,7 +518,11 @@ mod tests {
         std::fs::remove_file(&path).expect("unlink");
         std::fs::copy(&target, &path).expect("copy");
         Secrets::open(home.path()).expect("a plain file");
-        let mode = std::fs::metadata(&path).expect("store").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("store")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 
@@ -523,7 +536,9 @@ mod tests {
             r#"{"version":1,"secrets":{"k":{"value":"v","set_ms":"SEKRIT-123","hosts":["h"]}}}"#,
         )
         .expect("store");
-        let err = Secrets::open(home.path()).expect_err("mistyped").to_string();
+        let err = Secrets::open(home.path())
+            .expect_err("mistyped")
+            .to_string();
         assert!(
             err.contains("does not parse") && err.contains("line 1") && !err.contains("SEKRIT"),
             "{err}"
@@ -541,9 +556,18 @@ mod tests {
         )
         .expect("store");
         let s = Secrets::open(home.path()).expect("open");
-        assert_eq!(s.get("old", "evil.example", 443, true), Lookup::NotFor(Vec::new()));
-        assert_eq!(s.get("old", "api.example", 443, true), Lookup::NotFor(Vec::new()));
-        assert_eq!(s.get("new", "api.example", 443, true), Lookup::Value("w".into()));
+        assert_eq!(
+            s.get("old", "evil.example", 443, true),
+            Lookup::NotFor(Vec::new())
+        );
+        assert_eq!(
+            s.get("old", "api.example", 443, true),
+            Lookup::NotFor(Vec::new())
+        );
+        assert_eq!(
+            s.get("new", "api.example", 443, true),
+            Lookup::Value("w".into())
+        );
     }
 
     #[test]
@@ -558,16 +582,28 @@ mod tests {
         assert_eq!(s.get("k", "api.example", 443, true), v());
         assert_eq!(s.get("k", "api.example", 8443, true), v());
         // In plain HTTP a bare host admits no port: another port of it may be anyone's.
-        assert!(matches!(s.get("k", "api.example", 80, false), Lookup::NotFor(_)));
+        assert!(matches!(
+            s.get("k", "api.example", 80, false),
+            Lookup::NotFor(_)
+        ));
         // A port binding admits that port, in plain or not, and no other.
         assert_eq!(s.get("k", "127.0.0.1", 8080, false), v());
-        assert!(matches!(s.get("k", "127.0.0.1", 9999, false), Lookup::NotFor(_)));
-        assert!(matches!(s.get("k", "127.0.0.1", 9999, true), Lookup::NotFor(_)));
+        assert!(matches!(
+            s.get("k", "127.0.0.1", 9999, false),
+            Lookup::NotFor(_)
+        ));
+        assert!(matches!(
+            s.get("k", "127.0.0.1", 9999, true),
+            Lookup::NotFor(_)
+        ));
         assert_eq!(s.get("k6", "::1", 8443, false), Lookup::Value("w".into()));
         assert!(matches!(s.get("k6", "::1", 443, true), Lookup::NotFor(_)));
         for bad in ["[::1]", "[::1]:", "[::1]:0", "[]:80", "a]:80", "[::1]:x"] {
             assert!(
-                matches!(s.set("k", "v", &[bad.into()]), Err(SecretError::BadHost { .. })),
+                matches!(
+                    s.set("k", "v", &[bad.into()]),
+                    Err(SecretError::BadHost { .. })
+                ),
                 "{bad}"
             );
         }
@@ -590,9 +626,16 @@ mod tests {
             "https://x/?t=s3%22cr%2fet%2b1",
         ] {
             let out = redact(text, &used);
-            assert!(out.contains("[secret:k]") && !out.contains("s3"), "{text}: {out}");
+            assert!(
+                out.contains("[secret:k]") && !out.contains("s3"),
+                "{text}: {out}"
+            );
         }
-        for cut in ["denied: s3\"cr", "denied: s3\"cr/\u{fffd}", "denied: s3\"c  "] {
+        for cut in [
+            "denied: s3\"cr",
+            "denied: s3\"cr/\u{fffd}",
+            "denied: s3\"c  ",
+        ] {
             assert_eq!(redact(cut, &used), "denied: [secret:k]", "{cut}");
         }
         // The control: a text ending in fewer bytes of it than the bound is left as it is.

@@ -81,7 +81,12 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     let base = format!("http://127.0.0.1:{}", server.port);
     install_connector(&home, "svc", &format!("{base}/hook"), &with_headers);
     install_connector(&home, "echoer", &format!("{base}/echo-auth"), &with_headers);
-    install_connector(&home, "cutter", &format!("{base}/echo-auth-cut"), &with_headers);
+    install_connector(
+        &home,
+        "cutter",
+        &format!("{base}/echo-auth-cut"),
+        &with_headers,
+    );
     install_connector(
         &home,
         "other",
@@ -187,7 +192,11 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     // A secret bound to no host is refused: any package could name it.
     let out = ctl_stdin(&home, &["secrets", "set", "unbound"], "v\n");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("--host"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--host"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // It reaches the connector's own endpoint as the header value.
     let (code, out, err) = invoke(&home, &["svc", "--input", r#"{"n": 1}"#]);

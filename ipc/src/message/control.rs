@@ -101,7 +101,8 @@ impl std::fmt::Debug for SecretValue {
 pub struct SecretView {
     pub name: String,
     pub set_ms: u64,
-    /// The endpoint hosts it may be sent to (empty: any connector's own endpoint).
+    /// The endpoint hosts (`HOST`, `HOST:PORT`) it may be sent to (empty, from an older
+    /// store: none).
     pub hosts: Vec<String>,
 }
 
@@ -258,7 +259,7 @@ pub enum ControlRequest {
     SecretSet {
         name: String,
         value: SecretValue,
-        /// When not empty, the only endpoint hosts it may be sent to.
+        /// The only endpoint hosts (`HOST`, `HOST:PORT`) it may be sent to; at least one.
         hosts: Vec<String>,
     },
     /// Every secret's name and when it was set; answered by [`ControlResponse::Secrets`].

@@ -117,7 +117,10 @@ pub(super) fn headers(
         }
         // Its size filled in, before it is built: a value may name one secret many times.
         let filled = names.iter().fold(name.len() + template.len(), |n, s| {
-            let v = used.iter().find(|(u, _)| u == s).map_or(0, |(_, v)| v.len());
+            let v = used
+                .iter()
+                .find(|(u, _)| u == s)
+                .map_or(0, |(_, v)| v.len());
             n.saturating_add(v)
         });
         if filled > MAX_CALL_HEADER_BYTES {

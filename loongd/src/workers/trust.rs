@@ -111,8 +111,7 @@ mod tests {
     fn a_bundle_that_is_not_a_bounded_regular_file_is_refused_naming_it() {
         let dir = tempfile::tempdir().expect("dir");
         let fifo = dir.path().join("ca.pem");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
         let err = read_bundle(&fifo).expect_err("a fifo");
         assert!(err.contains("not a regular file"), "{err}");
         let err = read_bundle(Path::new("/dev/zero")).expect_err("a device");
