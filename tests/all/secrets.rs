@@ -402,3 +402,42 @@ fn headers_grown_by_their_secrets_past_the_call_bound_fail_in_loongd_naming_the_
     let (_, _, err) = invoke(&home, &["control", "--input", "{}"]);
     assert!(!err.contains("byte limit"), "{err}");
 }
+
+#[test]
+fn a_secret_typed_at_a_terminal_is_not_echoed() {
+    // `script` runs loongctl on a pseudo-terminal and records what the terminal shows;
+    // typed at it, the value is read with echo off (one line), and set.
+    let home = Home::new();
+    home.start();
+    let value = format!("typed-secret-{}", std::process::id());
+    let cmd = format!(
+        "{} --home {} secrets set typed --host api.example",
+        bin("loongctl").display(),
+        home.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Typed once the prompt is up (echo is off by then), then the line ends.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin
+        .write_all(format!("{value}\n").as_bytes())
+        .expect("type");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(stdin);
+    let out = child.wait_with_output().expect("script output");
+    let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        !shown.contains(&value),
+        "the terminal showed the value: {shown}"
+    );
+    // The control: it was set (listed by name).
+    let listed = text(&home.ctl(&["secrets", "list", "--json"]).stdout);
+    assert!(listed.contains("\"typed\""), "{listed}");
+}

@@ -2,7 +2,10 @@
 //! `${secret:NAME}`. A value is read from stdin or a file, never from an argument (which
 //! `ps` and the shell's history would show), and is never printed.
 
-use std::{io::Read, path::PathBuf};
+use std::{
+    io::{BufRead, IsTerminal, Read},
+    path::PathBuf,
+};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
@@ -55,6 +58,7 @@ fn read_value(file: Option<PathBuf>) -> Result<String, Failure> {
             .take(MAX_READ_BYTES + 1)
             .read_to_end(&mut bytes)
             .with_context(|| format!("reading the secret from {}", path.display()))?,
+        None if std::io::stdin().is_terminal() => read_unechoed(&mut bytes)?,
         None => std::io::stdin()
             .take(MAX_READ_BYTES + 1)
             .read_to_end(&mut bytes)
@@ -94,6 +98,41 @@ fn print(s: &SecretView) {
         Esc(&s.name),
         rfc3339(i64::try_from(s.set_ms).unwrap_or(i64::MAX))
     );
+}
+
+/// Echo off on the terminal until dropped.
+struct NoEcho {
+    saved: nix::sys::termios::Termios,
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+/// One line typed at the terminal, not echoed (what a terminal shows, its scrollback and a
+/// screen share would otherwise keep), with a prompt on stderr.
+fn read_unechoed(bytes: &mut Vec<u8>) -> Result<usize, Failure> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    eprint!("value (not shown; end with Enter): ");
+    tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet).context("turning the terminal's echo off")?;
+    let _restore = NoEcho { saved };
+    let n = stdin
+        .lock()
+        .take(MAX_READ_BYTES + 1)
+        .read_until(b'\n', bytes)
+        .context("reading the secret from the terminal")?;
+    Ok(n)
 }
 
 pub(crate) fn run(layout: &Layout, cmd: SecretsCommand) -> Result<u8, Failure> {
