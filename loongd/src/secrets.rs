@@ -44,7 +44,7 @@ pub enum SecretError {
     Unknown(String),
     #[error("{MAX_SECRETS} secrets are set already; remove one with `loongctl secrets rm NAME`")]
     Full,
-    #[error("secret {name:?}: --host {host:?} is not HOST, HOST:PORT or [IPV6]:PORT (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
+    #[error("secret {name:?}: --host {host:?} is not HOST, HOST:PORT, [IPV6]:PORT or http://HOST:PORT (at most {MAX_SECRET_HOSTS} hosts of at most {MAX_HOST_BYTES} bytes)")]
     BadHost { name: String, host: String },
     #[error("secret {0:?}: name the endpoint host it may be sent to with --host HOST (repeatable); a secret bound to no host would go to any package that names it")]
     NoHost(String),
@@ -240,12 +240,18 @@ impl Secrets {
         }
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         let bad_host = hosts.iter().find(|h| {
+            // `http://HOST:PORT`: plain HTTP, to that port only.
+            let (plain, h) = match h.strip_prefix(PLAIN) {
+                Some(rest) => (true, rest),
+                None => (false, h.as_str()),
+            };
             h.is_empty()
                 || h.len() > MAX_HOST_BYTES
                 || !h
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
                 || (h.contains(['[', ']']) && !(h.starts_with('[') && bound_port(h).is_some()))
+                || (plain && bound_port(h).is_none())
         });
         if let Some(h) = bad_host.or(hosts.get(MAX_SECRET_HOSTS)) {
             return Err(SecretError::BadHost {
@@ -304,27 +310,31 @@ impl Secrets {
             .collect()
     }
 
-    /// The value of `name` for a connector's call to `host` on `port`, over TLS or not. A
-    /// binding `HOST:PORT` (`[IPV6]:PORT`) admits that port only; a bare `HOST` admits any
-    /// port over TLS, where the certificate names the host, and none in plain HTTP, where
-    /// nothing tells the listener on another port of the host (another local user's, on
-    /// loopback) from the service the operator meant.
+    /// The value of `name` for a connector's call to `host` on `port`, over TLS or not. Over
+    /// TLS, where the certificate names the host, a binding `HOST` admits any port and
+    /// `HOST:PORT` (`[IPV6]:PORT`) that port. In plain HTTP only `http://HOST:PORT` admits
+    /// it: without TLS nothing tells the listener on another port (another local user's, on
+    /// loopback) from the service meant, and a binding made for TLS must not let the value
+    /// cross a network in clear.
     pub(crate) fn get(&self, name: &str, host: &str, port: u16, tls: bool) -> Lookup {
         let authority = authority(host, port);
+        let admits = |h: &String| {
+            if tls {
+                *h == host || *h == authority
+            } else {
+                h.strip_prefix(PLAIN) == Some(authority.as_str())
+            }
+        };
         match self.lock().get(name) {
             None => Lookup::Missing,
-            Some(e)
-                if !e
-                    .hosts
-                    .iter()
-                    .any(|h| *h == authority || (tls && h == host)) =>
-            {
-                Lookup::NotFor(e.hosts.clone())
-            }
+            Some(e) if !e.hosts.iter().any(admits) => Lookup::NotFor(e.hosts.clone()),
             Some(e) => Lookup::Value(e.value.clone()),
         }
     }
 }
+
+/// The prefix of a binding that admits plain HTTP.
+pub const PLAIN: &str = "http://";
 
 /// `host:port`, or `[host]:port` for an IPv6 address: a secret's binding to one port.
 pub(crate) fn authority(host: &str, port: u16) -> String {
@@ -571,34 +581,49 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_host_admits_any_port_over_tls_only_and_a_port_binding_that_port_only() {
+    fn a_bare_host_admits_any_port_over_tls_and_plain_http_only_its_own_binding() {
         let home = tempfile::tempdir().expect("home");
         let s = Secrets::open(home.path()).expect("open");
-        s.set("k", "v", &["API.example".into(), "127.0.0.1:8080".into()])
-            .expect("set");
-        s.set("k6", "w", &["[::1]:8443".into()]).expect("set v6");
+        s.set(
+            "k",
+            "v",
+            &[
+                "API.example".into(),
+                "10.0.0.5:8443".into(),
+                "http://127.0.0.1:8080".into(),
+            ],
+        )
+        .expect("set");
+        s.set("k6", "w", &["http://[::1]:8443".into()])
+            .expect("set v6");
         let v = || Lookup::Value("v".into());
-        // Over TLS the certificate names the host: any port of a bare host.
+        let refused = |l: Lookup| matches!(l, Lookup::NotFor(_));
+        // Over TLS the certificate names the host: any port of a bare host; one port of a
+        // HOST:PORT.
         assert_eq!(s.get("k", "api.example", 443, true), v());
         assert_eq!(s.get("k", "api.example", 8443, true), v());
-        // In plain HTTP a bare host admits no port: another port of it may be anyone's.
-        assert!(matches!(
-            s.get("k", "api.example", 80, false),
-            Lookup::NotFor(_)
-        ));
-        // A port binding admits that port, in plain or not, and no other.
+        assert_eq!(s.get("k", "10.0.0.5", 8443, true), v());
+        assert!(refused(s.get("k", "10.0.0.5", 9443, true)));
+        // In plain HTTP only http://HOST:PORT admits it: not a bare host, not a TLS port
+        // binding (the same port in clear), not another port.
+        assert!(refused(s.get("k", "api.example", 80, false)));
+        assert!(refused(s.get("k", "10.0.0.5", 8443, false)));
         assert_eq!(s.get("k", "127.0.0.1", 8080, false), v());
-        assert!(matches!(
-            s.get("k", "127.0.0.1", 9999, false),
-            Lookup::NotFor(_)
-        ));
-        assert!(matches!(
-            s.get("k", "127.0.0.1", 9999, true),
-            Lookup::NotFor(_)
-        ));
+        assert!(refused(s.get("k", "127.0.0.1", 9999, false)));
+        assert!(refused(s.get("k", "127.0.0.1", 8080, true)));
         assert_eq!(s.get("k6", "::1", 8443, false), Lookup::Value("w".into()));
-        assert!(matches!(s.get("k6", "::1", 443, true), Lookup::NotFor(_)));
-        for bad in ["[::1]", "[::1]:", "[::1]:0", "[]:80", "a]:80", "[::1]:x"] {
+        assert!(refused(s.get("k6", "::1", 443, false)));
+        for bad in [
+            "[::1]",
+            "[::1]:",
+            "[::1]:0",
+            "[]:80",
+            "a]:80",
+            "[::1]:x",
+            "http://127.0.0.1",
+            "http://",
+            "https://a.example",
+        ] {
             assert!(
                 matches!(
                     s.set("k", "v", &[bad.into()]),

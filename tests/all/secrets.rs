@@ -163,7 +163,7 @@ fn a_secret_reaches_only_its_connectors_endpoint_and_nothing_records_it() {
     // A value is never an argument; from stdin (one newline dropped) and from a file.
     let out = home.ctl(&["secrets", "set", "svc_key", &value]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let bound = format!("127.0.0.1:{}", server.port);
+    let bound = format!("http://127.0.0.1:{}", server.port);
     let out = ctl_stdin(
         &home,
         &["secrets", "set", "svc_key", "--host", &bound],
@@ -388,7 +388,7 @@ fn headers_grown_by_their_secrets_past_the_call_bound_fail_in_loongd_naming_the_
     home.start();
     let out = ctl_stdin(
         &home,
-        &["secrets", "set", "big", "--host", "127.0.0.1:9"],
+        &["secrets", "set", "big", "--host", "http://127.0.0.1:9"],
         &"v".repeat(8000),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));

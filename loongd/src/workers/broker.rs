@@ -82,8 +82,12 @@ pub(super) fn headers(
     // Every pinned address has the endpoint's port.
     let port = addrs.first().map_or(0, SocketAddr::port);
     let authority = crate::secrets::authority(host, port);
-    // Plain HTTP names the port it needs; TLS, the host (or the port).
-    let allow = if spec.tls { host } else { authority.as_str() };
+    // The binding that would admit this endpoint: TLS, the host; plain HTTP, http://HOST:PORT.
+    let allow = if spec.tls {
+        host.to_string()
+    } else {
+        format!("{}{authority}", crate::secrets::PLAIN)
+    };
     let (mut out, mut used): (Vec<Header>, Vec<Header>) = (Vec::new(), Vec::new());
     for (name, template) in headers {
         let fail = |why: String| {
