@@ -28,8 +28,9 @@ pub enum SecretsCommand {
         /// Read the value from FILE instead of stdin.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Send it only to this endpoint host (repeatable, at least one): a package that
-        /// names it with another endpoint host is sent nothing.
+        /// Send it only to this endpoint (repeatable, at least one): over https, HOST (any
+        /// port) or HOST:PORT; over plain http, only http://HOST:PORT. A package that names
+        /// it with another endpoint is sent nothing.
         #[arg(long = "host", value_name = "HOST", required = true)]
         hosts: Vec<String>,
     },
