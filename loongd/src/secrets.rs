@@ -182,6 +182,21 @@ impl Secrets {
             }
             Err(e) => return Err(bad(e.to_string())),
         };
+        // Judged again as `set` judges them: a file edited by hand must not hand the worker a
+        // value that would split a request's head, or a name no manifest can write.
+        if map.len() > MAX_SECRETS {
+            return Err(bad(format!(
+                "holds {} secrets, over {MAX_SECRETS}",
+                map.len()
+            )));
+        }
+        for (name, e) in &map {
+            if !valid_secret_name(name) {
+                return Err(bad(format!("the secret name {name:?} is not valid")));
+            }
+            check_secret_value(&e.value)
+                .map_err(|why| bad(format!("the secret {name:?}: {why}")))?;
+        }
         Ok(Secrets {
             path,
             map: Mutex::new(map),
@@ -553,6 +568,33 @@ mod tests {
             err.contains("does not parse") && err.contains("line 1") && !err.contains("SEKRIT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_store_edited_with_a_value_set_would_refuse_is_refused_naming_the_secret() {
+        let home = tempfile::tempdir().expect("home");
+        let path = home.path().join(SECRETS_FILE);
+        for (text, expect) in [
+            (
+                r#"{"version":1,"secrets":{"k":{"value":"x\r\nHost: evil","set_ms":1,"hosts":["h"]}}}"#,
+                "\"k\": the value holds a control character",
+            ),
+            (
+                r#"{"version":1,"secrets":{"a/b":{"value":"v","set_ms":1,"hosts":["h"]}}}"#,
+                "\"a/b\" is not valid",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("store");
+            let err = Secrets::open(home.path()).expect_err(text).to_string();
+            assert!(err.contains(expect) && !err.contains("evil"), "{err}");
+        }
+        // The control: the same entry with a clean value opens.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"secrets":{"k":{"value":"x","set_ms":1,"hosts":["h"]}}}"#,
+        )
+        .expect("store");
+        Secrets::open(home.path()).expect("a clean store");
     }
 
     #[test]
