@@ -665,4 +665,70 @@ mod tests {
         assert_eq!(err.kind(), FailureKind::Timeout, "{err}");
         hold.join().expect("server");
     }
+
+    #[test]
+    fn a_tls_handshake_that_stalls_or_drips_ends_at_the_deadline() {
+        // A server that accepts and says nothing, and one that drips a TLS record header a
+        // byte at a time: the handshake ends at the exchange's deadline either way; one
+        // that answers in plain text is a typed TLS failure (the control for the kind).
+        let trust = Trust::new(&[]).expect("trust");
+        for (what, reply) in [
+            ("silent", None),
+            ("drip", Some(&b"\x16\x03\x03\x40\x00"[..])),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let hold = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().expect("accept");
+                for b in reply.unwrap_or_default() {
+                    std::thread::sleep(Duration::from_millis(60));
+                    let _ = conn.write_all(&[*b]);
+                }
+                std::thread::sleep(Duration::from_millis(900));
+            });
+            let mut s = spec();
+            s.timeout_ms = 300;
+            let target = Target {
+                host: &s.host,
+                path: &s.path,
+                tls: Some(("a.example", &trust)),
+            };
+            let started = Instant::now();
+            let err = post(
+                TcpStream::connect(addr).expect("connect"),
+                &s,
+                target,
+                &[],
+                b"{}",
+            )
+            .expect_err(what);
+            assert_eq!(err.kind(), FailureKind::Timeout, "{what}: {err}");
+            assert!(started.elapsed() < Duration::from_millis(800), "{what}");
+            hold.join().expect("server");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hold = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let s = spec();
+        let target = Target {
+            host: &s.host,
+            path: &s.path,
+            tls: Some(("a.example", &trust)),
+        };
+        let err = post(
+            TcpStream::connect(addr).expect("connect"),
+            &s,
+            target,
+            &[],
+            b"{}",
+        )
+        .expect_err("plain");
+        assert_eq!(err.kind(), FailureKind::TlsFailed, "{err}");
+        assert!(err.to_string().contains("a.example"), "{err}");
+        hold.join().expect("server");
+    }
 }
