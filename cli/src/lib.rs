@@ -104,6 +104,10 @@ pub enum Command {
     /// Trust anchors: generate, add, list, revoke and rotate keys; sign policy files.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Secrets that http_json manifests name as ${secret:NAME}: set (from stdin or a file),
+    /// list (names only), rm.
+    #[command(subcommand)]
+    Secrets(cmd::secrets::SecretsCommand),
     /// Call a tool (a plugin) in a confined worker; prints its JSON output (exit 4 when
     /// denied, 5 when an approval is pending past the deadline, 7 when the worker failed).
     Invoke(cmd::tools::InvokeArgs),
@@ -185,6 +189,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Packs(c) => cmd::tokens::run_packs(&layout, c),
         Command::Approvals(c) => cmd::approvals::run(&layout, c),
         Command::Keys(c) => cmd::keys::run(&layout, c),
+        Command::Secrets(c) => cmd::secrets::run(&layout, c),
         Command::Invoke(a) => cmd::tools::invoke(&layout, a),
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),

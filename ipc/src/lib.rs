@@ -25,8 +25,8 @@ pub use message::{
         ApprovalChain, ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret,
         ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest,
         InvokeResult, KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
-        SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
-        WorkerView,
+        SandboxRunRequest, SecretValue, SecretView, StatusReport, TierReport, TokenView, ToolHit,
+        ToolSearchRequest, WorkerView,
     },
     envelope::{
         Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, INTERRUPTS_TO_KILL,

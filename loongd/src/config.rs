@@ -148,6 +148,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
 
+[egress]
+# A PEM file of CA certificates trusted for https:// connectors and web.fetch beside the
+# public roots and the system store (an internal CA).
+# ca_bundle = "/etc/loong/ca.pem"
+
 [metrics]
 # Serve GET /metrics (OpenMetrics text, as `loongctl metrics` prints it) without
 # authentication, on a loopback address or a Unix socket; anything else is refused.
@@ -186,6 +191,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
+    /// Outbound connections: the trust anchors of `https://` endpoints.
+    pub egress: EgressConfig,
 }
 
 /// `[audit]`.
@@ -629,6 +636,17 @@ impl Default for LogConfig {
 
 pub use crate::metrics::MetricsListen;
 
+/// `[egress]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// A PEM file of CA certificates trusted for `https://` endpoints and `web.fetch`,
+    /// beside the public roots and the system store (an internal CA, a test CA). Read at
+    /// start; one that does not parse stops loongd.
+    #[serde(deserialize_with = "absolute_path")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -871,8 +889,23 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`"),
         );
+        check(
+            "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",
+            Ok(Config {
+                egress: EgressConfig {
+                    ca_bundle: Some("/etc/loong/ca.pem".into()),
+                },
+                ..Config::default()
+            }),
+        );
+        let relative = Config::parse(
+            "[egress]\nca_bundle = \"ca.pem\"\n",
+            Path::new("/h/loongd.toml"),
+        )
+        .expect_err("a relative bundle");
+        assert!(relative.to_string().contains("ca.pem"), "{relative}");
         let hex = "ab".repeat(32);
         check(
             &format!(

@@ -17,6 +17,7 @@ mod registry;
 mod request;
 mod sandbox;
 pub mod schema;
+mod secrets;
 mod spawner;
 mod workers;
 
@@ -223,6 +224,10 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
     init_log(&config.log.level);
+    // The trust anchors every HTTP worker gets; an operator bundle that does not load stops
+    // loongd rather than leave its internal services unverifiable.
+    let anchors = workers::trust::load(config.egress.ca_bundle.as_deref())?;
+    tracing::debug!(anchors, "trust anchors for https endpoints loaded");
     if !opts.foreground {
         // Leave the launcher's session so that its terminal's signals do not reach us. This
         // fails when we already lead a process group (started from an interactive shell);
@@ -246,6 +251,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         },
     };
     let (lock, listener) = home::take(&layout, allowed_gid)?;
+    // The secrets connectors' headers name; a store that does not read stops loongd.
+    secrets::open(&layout.home)?;
     // Bound before anything is served, so that a port in use stops the start with its reason.
     let metrics_listener = config
         .metrics

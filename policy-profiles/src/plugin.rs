@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use loong_ipc::package::BridgeKind;
 use serde::Deserialize;
 
+pub mod headers;
 mod package;
 mod source;
 mod wasm;
@@ -339,6 +340,11 @@ pub struct HttpBridge {
     pub port: u16,
     /// Path and query (`/` when the endpoint has none).
     pub path: String,
+    /// `https://`: TLS to `host`, never plain HTTP.
+    pub https: bool,
+    /// `metadata.headers_json`: request headers, checked ([`headers::check_header`]); a value
+    /// may name secrets as `${secret:NAME}`, which loongd fills in per call.
+    pub headers: Vec<(String, String)>,
     /// `metadata.response_contract_json`'s `required` keys.
     pub required_keys: Option<Vec<String>>,
     /// `metadata.response_contract_json`'s `allow_other_keys` (default true).
@@ -1108,6 +1114,12 @@ impl PluginManifest {
             (None, None) => ("metadata.endpoint", String::new()),
         };
         let parsed = bad.take(endpoint_field, parse_endpoint(&endpoint));
+        let headers = match raw.metadata.get("headers_json") {
+            None => Vec::new(),
+            Some(text) => bad
+                .take("metadata.headers_json", headers::parse_headers_json(text))
+                .unwrap_or_default(),
+        };
         let (required_keys, allow_other_keys) = match raw.metadata.get("response_contract_json") {
             None => (None, true),
             Some(text) => {
@@ -1163,7 +1175,12 @@ impl PluginManifest {
             }
         }
         // A failed endpoint parse is a finding, so `parsed` is there when nothing was found.
-        let (host, port, target) = bad.finish(parsed)?.ok_or(ManifestError::Field {
+        let Endpoint {
+            https,
+            host,
+            port,
+            target,
+        } = bad.finish(parsed)?.ok_or(ManifestError::Field {
             path: path.to_owned(),
             field: endpoint_field,
             message: "cannot be parsed".into(),
@@ -1177,6 +1194,8 @@ impl PluginManifest {
                 host,
                 port,
                 path: target,
+                https,
+                headers,
                 required_keys,
                 allow_other_keys,
                 allow_private_network,
@@ -1385,22 +1404,47 @@ pub const DEFAULT_EMBEDDED_VERSION: &str = "0.1.0";
 /// Longest endpoint URL.
 pub const MAX_ENDPOINT_BYTES: usize = 1024;
 
-/// Splits an `http_json` endpoint `http://HOST[:PORT][/PATH]` into host, port and request
-/// target. `https://` is refused: the connector has no TLS yet.
-pub fn parse_endpoint(e: &str) -> Result<(String, u16, String), String> {
-    let bad = || format!("{e:?} does not parse: expected http://HOST[:PORT]/PATH");
+/// An `http_json` endpoint or a `web.fetch` URL, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https://`: the worker runs TLS to `host` and never falls back to plain HTTP.
+    pub https: bool,
+    /// Lowercase; an IPv6 literal without its brackets.
+    pub host: String,
+    /// The port (80 for `http://`, 443 for `https://` when none is given).
+    pub port: u16,
+    /// Path and query (`/` when the URL has none).
+    pub target: String,
+}
+
+impl Endpoint {
+    /// The `Host` header: the host, with its port when it is not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default = if self.https { 443 } else { 80 };
+        match (self.port == default, self.host.contains(':')) {
+            (true, false) => self.host.clone(),
+            (true, true) => format!("[{}]", self.host),
+            (false, false) => format!("{}:{}", self.host, self.port),
+            (false, true) => format!("[{}]:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Splits an `http_json` endpoint or a `web.fetch` URL, `http://HOST[:PORT][/PATH]` or
+/// `https://HOST[:PORT][/PATH]`, into its scheme, host, port and request target.
+pub fn parse_endpoint(e: &str) -> Result<Endpoint, String> {
+    let bad = || format!("{e:?} does not parse: expected http(s)://HOST[:PORT]/PATH");
     if e.is_empty() {
         return Err("missing: give the URL the connector posts to".into());
     }
     if e.len() > MAX_ENDPOINT_BYTES || e.chars().any(|c| c.is_control() || c == ' ') {
         return Err(bad());
     }
-    if e.starts_with("https://") {
-        return Err(format!(
-            "{e:?}: https is not supported yet (this build's connector has no TLS); use an http:// endpoint on a trusted network"
-        ));
-    }
-    let rest = e.strip_prefix("http://").ok_or_else(bad)?;
+    let (https, rest) = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(bad()),
+    };
     let (authority, target) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -1432,13 +1476,19 @@ pub fn parse_endpoint(e: &str) -> Result<(String, u16, String), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
     let port = match port {
+        None if https => 443,
         None => 80,
         Some(p) => p.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(bad)?,
     };
     if !host_ok {
         return Err(bad());
     }
-    Ok((host.to_ascii_lowercase(), port, target))
+    Ok(Endpoint {
+        https,
+        host: host.to_ascii_lowercase(),
+        port,
+        target,
+    })
 }
 
 #[cfg(test)]

@@ -382,12 +382,13 @@ fn web_fetch_is_decided_per_host_and_refuses_private_addresses_unless_granted() 
         (Some(200), Some("loong-fetched-page"))
     );
     assert_eq!(page.accepted(), 1);
-    // https and non-http URLs are refused by name before anything is decided.
+    // A URL that is neither http:// nor https:// is refused by name before anything is
+    // decided (https itself is tests/all/tls.rs's).
     let (code, _, err) = invoke(
         &open,
-        &["web.fetch", "--input", r#"{"url": "https://example.com/"}"#],
+        &["web.fetch", "--input", r#"{"url": "ftp://example.com/"}"#],
     );
-    assert!(code == 2 && err.contains("https"), "{err}");
+    assert!(code == 2 && err.contains("ftp://example.com/"), "{err}");
 
     // Decided as net.egress on HOST:PORT: a token for this port fetches, another port is
     // denied (exit 4) and never connected.

@@ -11,6 +11,7 @@ pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod sandbox;
 pub(crate) mod scaffold;
+pub(crate) mod secrets;
 pub(crate) mod status;
 pub(crate) mod tokens;
 pub(crate) mod tools;

@@ -70,6 +70,42 @@ impl std::fmt::Debug for BearerSecret {
     }
 }
 
+/// A secret's value on the wire (`secrets set`). Like [`BearerSecret`], its `Debug` form is
+/// redacted, so no log line or error that prints a request carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> SecretValue {
+        SecretValue(value.into())
+    }
+
+    /// The value, where it is stored.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// A secret as `secrets list` shows it: its name and when it was set, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SecretView {
+    pub name: String,
+    pub set_ms: u64,
+    /// The endpoint hosts (`HOST`, `HOST:PORT`) it may be sent to (empty, from an older
+    /// store: none).
+    pub hosts: Vec<String>,
+}
+
 /// What an operator client asks loongd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -218,6 +254,20 @@ pub enum ControlRequest {
     PluginVerifyLock,
     /// The daemon's metrics; answered by [`ControlResponse::Metrics`].
     Metrics,
+    /// Set (or replace) a secret an `http_json` manifest names as `${secret:NAME}`; answered
+    /// by [`ControlResponse::Secrets`] (that one, without its value).
+    SecretSet {
+        name: String,
+        value: SecretValue,
+        /// The only endpoint hosts (`HOST`, `HOST:PORT`) it may be sent to; at least one.
+        hosts: Vec<String>,
+    },
+    /// Every secret's name and when it was set; answered by [`ControlResponse::Secrets`].
+    SecretList,
+    /// Remove a secret; answered by [`ControlResponse::Secrets`] (the one removed).
+    SecretRemove {
+        name: String,
+    },
 }
 
 /// One installed plugin checked against its lock entry.
@@ -605,6 +655,9 @@ pub enum ControlResponse {
     LockReport(Vec<LockCheck>),
     /// The answer to [`ControlRequest::Metrics`]: OpenMetrics text (it ends with `# EOF`).
     Metrics(String),
+    /// Secrets by name (the answer to `SecretSet`, `SecretList` and `SecretRemove`), never
+    /// with their values.
+    Secrets(Vec<SecretView>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

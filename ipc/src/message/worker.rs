@@ -34,6 +34,16 @@ pub const MAX_LOG_LINE_BYTES: usize = 4096;
 pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
 /// Bound on each path of a [`DecidedFile`] (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
+/// Bound on the extra trust anchors an HTTP worker is given ([`HttpSpec::trust`]).
+pub const MAX_TRUST_CERTS: usize = 4096;
+/// Bound on one DER certificate in [`HttpSpec::trust`].
+pub const MAX_CERT_BYTES: usize = 64 * 1024;
+/// Bound on all of [`HttpSpec::trust`] together (well inside one worker frame).
+pub const MAX_TRUST_BYTES: usize = 8 * 1024 * 1024;
+/// Bound on the request headers one call of an HTTP worker carries ([`WorkerRequest::Invoke`]).
+pub const MAX_CALL_HEADERS: usize = 32;
+/// Bound on one such header's name and value together.
+pub const MAX_CALL_HEADER_BYTES: usize = 16 * 1024;
 
 /// What loongd asks a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +62,11 @@ pub enum WorkerRequest {
         /// For a built-in file tool: the file the call was decided on, which is the only one
         /// the worker may open; `None` for every other call.
         decided: Option<DecidedFile>,
+        /// For an `http_json` connector's call: the request headers its manifest declares,
+        /// with every `${secret:NAME}` already replaced by loongd (at most
+        /// [`MAX_CALL_HEADERS`]); empty for every other call. A value's `Debug` form is
+        /// redacted, so no log line that prints a request carries a secret.
+        headers: Vec<(String, super::control::SecretValue)>,
     },
     /// Drop a plugin; answered by [`WorkerResponse::Unloaded`].
     Unload { plugin_id: String },
@@ -144,9 +159,19 @@ pub struct HttpSpec {
     pub required_keys: Option<Vec<String>>,
     /// Whether keys beyond `required_keys` are allowed.
     pub allow_other_keys: bool,
-    /// The built-in `web.fetch`: each call's input is `{host, path}` (set by loongd from the
-    /// URL it decided on and connected to), the request a GET, and the answer the page.
+    /// The built-in `web.fetch`: each call's input is `{host, path, tls, server_name}` (set
+    /// by loongd from the URL it decided on and connected to), the request a GET, and the
+    /// answer the page.
     pub fetch: bool,
+    /// The endpoint is `https://`: the worker runs TLS over the passed socket, verifying the
+    /// server as `server_name`, and never falls back to plain HTTP.
+    pub tls: bool,
+    /// The name the server's certificate must carry, and the SNI sent (the endpoint's host).
+    pub server_name: String,
+    /// Trust anchors beside the public roots compiled into the worker: the host's system
+    /// store and the operator's `[egress] ca_bundle`, as DER certificates (loongd reads them;
+    /// the worker has no file system). At most [`MAX_TRUST_CERTS`] of [`MAX_CERT_BYTES`].
+    pub trust: Vec<Vec<u8>>,
 }
 
 impl HttpSpec {
@@ -155,6 +180,29 @@ impl HttpSpec {
         check_len("plugin_id", &self.plugin_id, MAX_PLUGIN_ID_BYTES)?;
         check_len("host", &self.host, MAX_CONFIG_TEXT_BYTES)?;
         check_len("path", &self.path, MAX_CONFIG_TEXT_BYTES)?;
+        check_len("server_name", &self.server_name, MAX_CONFIG_TEXT_BYTES)?;
+        if self.trust.len() > MAX_TRUST_CERTS {
+            return Err(BoundError {
+                field: "trust",
+                len: self.trust.len(),
+                max: MAX_TRUST_CERTS,
+            });
+        }
+        if let Some(c) = self.trust.iter().find(|c| c.len() > MAX_CERT_BYTES) {
+            return Err(BoundError {
+                field: "trust certificate",
+                len: c.len(),
+                max: MAX_CERT_BYTES,
+            });
+        }
+        let total: usize = self.trust.iter().map(Vec::len).sum();
+        if total > MAX_TRUST_BYTES {
+            return Err(BoundError {
+                field: "trust",
+                len: total,
+                max: MAX_TRUST_BYTES,
+            });
+        }
         if let Some(keys) = &self.required_keys {
             if keys.len() > MAX_CONFIG_ENTRIES {
                 return Err(BoundError {
@@ -179,6 +227,30 @@ pub enum PeerProtocol {
     JsonLines,
     /// MCP over stdio: JSON-RPC 2.0, one message per line.
     Mcp,
+}
+
+/// Checks the headers of an HTTP worker's call against [`MAX_CALL_HEADERS`] and
+/// [`MAX_CALL_HEADER_BYTES`].
+pub fn check_call_headers(
+    headers: &[(String, super::control::SecretValue)],
+) -> Result<(), BoundError> {
+    if headers.len() > MAX_CALL_HEADERS {
+        return Err(BoundError {
+            field: "headers",
+            len: headers.len(),
+            max: MAX_CALL_HEADERS,
+        });
+    }
+    for (name, value) in headers {
+        if name.len() + value.expose().len() > MAX_CALL_HEADER_BYTES {
+            return Err(BoundError {
+                field: "header",
+                len: name.len() + value.expose().len(),
+                max: MAX_CALL_HEADER_BYTES,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A foreign program as loongd sends it to a stdio worker. The program runs inside the
@@ -495,6 +567,10 @@ pub enum FailureKind {
     AddressRefused,
     /// A `programmatic_tool_call` plan was refused or stopped; the failure's `plan` says how.
     PlanFailed,
+    /// The TLS handshake with an `https://` endpoint failed: the certificate was not trusted
+    /// (unknown issuer, a name mismatch, expired, …) or the server did not speak TLS. The
+    /// message names the host and the reason.
+    TlsFailed,
 }
 
 impl FailureKind {
@@ -528,6 +604,7 @@ impl FailureKind {
             FailureKind::ContractViolation => "contract_violation",
             FailureKind::AddressRefused => "address_refused",
             FailureKind::PlanFailed => "plan_failed",
+            FailureKind::TlsFailed => "tls_failed",
         }
     }
 }

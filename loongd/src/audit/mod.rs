@@ -116,11 +116,15 @@ pub enum Kind {
     PluginEnabled,
     PluginDisabled,
     PluginRemoved,
+    /// An operator set or replaced a secret (its name; never its value).
+    SecretSet,
+    /// An operator removed a secret (its name).
+    SecretRemoved,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 37] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -156,6 +160,8 @@ impl Kind {
         Kind::PluginEnabled,
         Kind::PluginDisabled,
         Kind::PluginRemoved,
+        Kind::SecretSet,
+        Kind::SecretRemoved,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -196,6 +202,8 @@ impl Kind {
             Kind::PluginEnabled => "plugin.enabled",
             Kind::PluginDisabled => "plugin.disabled",
             Kind::PluginRemoved => "plugin.removed",
+            Kind::SecretSet => "secret.set",
+            Kind::SecretRemoved => "secret.removed",
         }
     }
 

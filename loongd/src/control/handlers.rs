@@ -104,6 +104,13 @@ pub(crate) async fn handle(
         ControlRequest::Metrics => Ok(ControlResponse::Metrics(
             crate::metrics::METRICS.render(kernel),
         )),
+        ControlRequest::SecretSet { name, value, hosts } => {
+            super::secrets_api::set(kernel, cred, &io, name, value, hosts).await
+        }
+        ControlRequest::SecretList => super::secrets_api::list(),
+        ControlRequest::SecretRemove { name } => {
+            super::secrets_api::remove(kernel, cred, &io, name).await
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod handlers;
 mod paging;
 mod peer;
 mod plugins_api;
+mod secrets_api;
 mod tools_api;
 
 use std::{

@@ -418,9 +418,13 @@ fn builtin_effect(
         "file.write" | "file.edit" => (Capability::FsWrite, path()?, None),
         "web.fetch" => {
             let url = field("url")?;
-            let (host, port, _) = loong_profiles::plugin::parse_endpoint(&url)
+            let e = loong_profiles::plugin::parse_endpoint(&url)
                 .map_err(|e| bad(format!("web.fetch url: {e}")))?;
-            (Capability::NetEgress, format!("{host}:{port}"), None)
+            (
+                Capability::NetEgress,
+                format!("{}:{}", e.host, e.port),
+                None,
+            )
         }
         "shell.exec" => {
             let command = field("command")?;

@@ -5,9 +5,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use loong_ipc::{FailureKind, PluginFailure};
+use loong_ipc::{message::worker::MAX_CALL_HEADER_BYTES, FailureKind, PluginFailure};
+
+use loong_profiles::plugin::headers;
 
 use super::{kind::Wire, net};
+use crate::secrets::Lookup;
 
 /// The longest loongd spends connecting to a connector's endpoint (less when the call's own
 /// timeout is shorter).
@@ -24,6 +27,7 @@ pub(super) async fn route(
         spec,
         addrs,
         fetch_allow_private,
+        ..
     } = wire
     else {
         return Ok(None);
@@ -49,8 +53,94 @@ pub(super) async fn route(
         })
 }
 
+/// A header as the worker gets it, and a secret used in one (name, value).
+pub(super) type Header = (String, String);
+
+/// The headers a connector's call carries, its secrets filled in from the store, and the
+/// secrets used (to redact from what the call answers). Empty for `web.fetch` and every other
+/// kind: a secret goes only with a connector's call, over the connection to that connector's
+/// own pinned endpoint. A secret that is not set fails the call, naming it and the command
+/// that sets it; nothing is connected.
+pub(super) fn headers(
+    wire: &Wire,
+    plugin: &str,
+) -> Result<(Vec<Header>, Vec<Header>), PluginFailure> {
+    let Wire::Http {
+        spec,
+        headers,
+        addrs,
+        ..
+    } = wire
+    else {
+        return Ok(Default::default());
+    };
+    if spec.fetch || headers.is_empty() {
+        return Ok(Default::default());
+    }
+    let store = crate::secrets::store();
+    let host = spec.server_name.as_str();
+    // Every pinned address has the endpoint's port.
+    let port = addrs.first().map_or(0, SocketAddr::port);
+    let authority = crate::secrets::authority(host, port);
+    // The binding that would admit this endpoint: TLS, the host; plain HTTP, http://HOST:PORT.
+    let allow = if spec.tls {
+        host.to_string()
+    } else {
+        format!("{}{authority}", crate::secrets::PLAIN)
+    };
+    let (mut out, mut used): (Vec<Header>, Vec<Header>) = (Vec::new(), Vec::new());
+    for (name, template) in headers {
+        let fail = |why: String| {
+            PluginFailure::new(
+                FailureKind::ToolError,
+                format!("plugin {plugin}: header {name:?}: {why}"),
+            )
+        };
+        // Each secret named, for this endpoint's host; one bound to other hosts fails the
+        // call, one not set fails it below (naming the command that sets it).
+        let names = headers::secret_names(template).unwrap_or_default();
+        for secret in &names {
+            let secret = *secret;
+            if used.iter().any(|(u, _)| u == secret) {
+                continue;
+            }
+            match store.map_or(Lookup::Missing, |s| s.get(secret, host, port, spec.tls)) {
+                Lookup::Value(v) => used.push((secret.to_string(), v)),
+                Lookup::NotFor(hosts) => {
+                    let bound = if hosts.is_empty() {
+                        "is bound to no host".to_string()
+                    } else {
+                        format!("may be sent only to {}", hosts.join(", "))
+                    };
+                    return Err(fail(format!(
+                        "the secret {secret:?} {bound}, not to {authority}; to allow it, set it again with `loongctl secrets set {secret} --host {allow}` (and each host it serves)"
+                    )));
+                }
+                Lookup::Missing => {}
+            }
+        }
+        // Its size filled in, before it is built: a value may name one secret many times.
+        let filled = names.iter().fold(name.len() + template.len(), |n, s| {
+            let v = used
+                .iter()
+                .find(|(u, _)| u == s)
+                .map_or(0, |(_, v)| v.len());
+            n.saturating_add(v)
+        });
+        if filled > MAX_CALL_HEADER_BYTES {
+            return Err(fail(format!(
+                "with its secrets filled in it is about {filled} bytes, over the {MAX_CALL_HEADER_BYTES}-byte limit of one header"
+            )));
+        }
+        let lookup = |n: &str| used.iter().find(|(u, _)| u == n).map(|(_, v)| v.clone());
+        let value = headers::substitute(template, lookup).map_err(|e| fail(e.to_string()))?;
+        out.push((name.clone(), value));
+    }
+    Ok((out, used))
+}
+
 /// A `web.fetch` call's route: its URL resolved now, every address checked, and the input the
-/// worker gets (`{host, path}`).
+/// worker gets (`{host, path, tls, server_name}`).
 async fn fetch_route(
     input: &[u8],
     allow_private: bool,
@@ -59,9 +149,9 @@ async fn fetch_route(
         .ok()
         .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
         .ok_or_else(|| PluginFailure::new(FailureKind::ToolError, "web.fetch needs `url`"))?;
-    let (host, port, path) = loong_profiles::plugin::parse_endpoint(&url)
+    let endpoint = loong_profiles::plugin::parse_endpoint(&url)
         .map_err(|e| PluginFailure::new(FailureKind::ToolError, format!("web.fetch: {e}")))?;
-    let lookup = host.clone();
+    let (lookup, port) = (endpoint.host.clone(), endpoint.port);
     let addrs = tokio::task::spawn_blocking(move || {
         net::pin_for(&lookup, port, allow_private, net::FETCH_PRIVATE_SETTING)
     })
@@ -70,13 +160,14 @@ async fn fetch_route(
     .map_err(|e| {
         PluginFailure::new(FailureKind::AddressRefused, format!("web.fetch {url}: {e}"))
     })?;
-    let header = match (port, host.contains(':')) {
-        (80, false) => host,
-        (80, true) => format!("[{host}]"),
-        (p, false) => format!("{host}:{p}"),
-        (p, true) => format!("[{host}]:{p}"),
-    };
-    let target = serde_json::json!({ "host": header, "path": path }).to_string();
+    // An https URL is fetched over TLS to its host, verified by the worker; never in plain.
+    let target = serde_json::json!({
+        "host": endpoint.host_header(),
+        "path": endpoint.target,
+        "tls": endpoint.https,
+        "server_name": endpoint.host,
+    })
+    .to_string();
     Ok((addrs, target.into_bytes()))
 }
 

@@ -174,6 +174,9 @@ fn fetch_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
         required_keys: None,
         allow_other_keys: true,
         fetch: true,
+        tls: false,
+        server_name: String::new(),
+        trust: Vec::new(),
     };
     let state = State::Ready {
         plugin: Loadable {
@@ -182,6 +185,7 @@ fn fetch_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
                 spec,
                 addrs: Vec::new(),
                 fetch_allow_private: cfg.fetch_allow_private,
+                headers: Vec::new(),
             }),
             generation: super::plugins::next_generation(),
         },

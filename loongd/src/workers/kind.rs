@@ -49,6 +49,9 @@ pub(crate) enum Wire {
         /// For `web.fetch` (`spec.fetch`): whether a URL may resolve to loopback, private or
         /// link-local addresses. Each call's URL is resolved and checked then.
         fetch_allow_private: bool,
+        /// The connector's `metadata.headers_json`, as written: loongd fills in each
+        /// `${secret:NAME}` per call (`super::secrets_for_call`), for this endpoint only.
+        headers: Vec<(String, String)>,
     },
     Builtin(BuiltinSpec),
 }
@@ -67,7 +70,12 @@ impl Loadable {
         match &*self.wire {
             Wire::Wasm(w) => WorkerRequest::Load(Box::new(w.clone())),
             Wire::Peer(p) => WorkerRequest::Start(Box::new(p.clone())),
-            Wire::Http { spec, .. } => WorkerRequest::Connector(Box::new(spec.clone())),
+            Wire::Http { spec, .. } => {
+                // The trust anchors travel with the spec: the worker reads no file.
+                let mut spec = spec.clone();
+                spec.trust = super::trust::anchors();
+                WorkerRequest::Connector(Box::new(spec))
+            }
             Wire::Builtin(b) => WorkerRequest::Builtin(Box::new(b.clone())),
         }
     }

@@ -22,6 +22,7 @@ pub(crate) mod net;
 pub(crate) mod plugins;
 mod pool;
 pub(crate) mod staging;
+pub(crate) mod trust;
 mod worker;
 
 pub(crate) use kind::{Loadable, Wire, WorkerKind};

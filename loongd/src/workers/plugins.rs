@@ -433,6 +433,19 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
         }
         Bridge::Http(h) => {
+            // A secret crosses a public network only inside TLS: over plain HTTP only to an
+            // internal service the operator let the connector reach.
+            let names_secret = h.headers.iter().any(|(_, v)| {
+                !loong_profiles::plugin::headers::secret_names(v)
+                    .unwrap_or_default()
+                    .is_empty()
+            });
+            if names_secret && !h.https && !h.allow_private_network {
+                return Err(format!(
+                    "{}: metadata.headers_json names a secret, which is sent in plain HTTP only to an internal endpoint (sandbox.allow_private_network); use an https:// endpoint",
+                    m.path.display()
+                ));
+            }
             // Resolved once, here: each call connects to these addresses and no others.
             let addrs = super::net::pin(&h.host, h.port, h.allow_private_network).map_err(|e| {
                 format!(
@@ -441,22 +454,38 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                     h.endpoint
                 )
             })?;
-            let host = if h.port == 80 {
-                h.host.clone()
-            } else if h.host.contains(':') {
-                format!("[{}]:{}", h.host, h.port)
-            } else {
-                format!("{}:{}", h.host, h.port)
+            // `allow_private_network` is the package's own word: it admits internal addresses,
+            // it does not make a public one internal. Judged on the addresses pinned, which
+            // are the only ones a call connects to.
+            if let Some(public) = addrs
+                .iter()
+                .find(|a| names_secret && !h.https && super::net::special_range(a.ip()).is_none())
+            {
+                return Err(format!(
+                    "{}: metadata.headers_json names a secret, which is sent in plain HTTP only to an internal endpoint, and {} resolves to the public address {}; use an https:// endpoint",
+                    m.path.display(),
+                    h.endpoint,
+                    public.ip()
+                ));
+            }
+            let endpoint = loong_profiles::plugin::Endpoint {
+                https: h.https,
+                host: h.host.clone(),
+                port: h.port,
+                target: h.path.clone(),
             };
             let spec = HttpSpec {
                 plugin_id: m.plugin_id.clone(),
-                host,
+                host: endpoint.host_header(),
                 path: h.path.clone(),
                 timeout_ms: m.limits.timeout_ms,
                 max_output_bytes: m.limits.max_output_bytes,
                 required_keys: h.required_keys.clone(),
                 allow_other_keys: h.allow_other_keys,
                 fetch: false,
+                tls: h.https,
+                server_name: h.host.clone(),
+                trust: Vec::new(),
             };
             spec.check_bounds()
                 .map_err(|e| format!("{}: {e}", m.path.display()))?;
@@ -466,6 +495,7 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                     spec,
                     addrs,
                     fetch_allow_private: false,
+                    headers: h.headers.clone(),
                 },
                 Some(Box::new(WorkerKind::http())),
             )

@@ -385,6 +385,11 @@ impl Supervisor {
             return Ok(Ok(Done::Loaded(info)));
         };
         let deadline = plugin.call_deadline();
+        // A connector's headers, its secrets filled in (before anything is connected).
+        let (headers, used) = match broker::headers(&plugin.wire, id) {
+            Ok(h) => h,
+            Err(f) => return Ok(Err(CallError::Plugin(f))),
+        };
         // A kind with a broker gets the connection loongd made for this call (a connector's
         // pinned endpoint, a fetch's checked URL) beside its input.
         match broker::route(&plugin.wire, id, &mut input).await {
@@ -396,6 +401,10 @@ impl Supervisor {
             plugin_id: tool,
             input,
             decided,
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| (name, loong_ipc::SecretValue::new(value)))
+                .collect(),
         };
         let answer = worker.serve(invoke, deadline, host).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {
@@ -403,14 +412,19 @@ impl Supervisor {
         }
         match answer {
             // A worker's answer is checked, not trusted: bounds, and JSON as promised.
-            WorkerResponse::Output(out) => {
+            WorkerResponse::Output(mut out) => {
+                redact_output(&mut out, &used);
                 out.check_bounds()
                     .map_err(|e| WorkerFault::Protocol(format!("answer out of bounds: {e}")))?;
                 serde_json::from_slice::<serde::de::IgnoredAny>(&out.output)
                     .map_err(|e| WorkerFault::Protocol(format!("output is not JSON: {e}")))?;
                 Ok(Ok(Done::Output(out, info.loaded.then_some(info))))
             }
-            WorkerResponse::Failed(f) => Ok(Err(CallError::Plugin(f))),
+            WorkerResponse::Failed(mut f) => {
+                // An upstream error that echoes a header must not carry its secret onward.
+                f.message = crate::secrets::redact(&f.message, &used);
+                Ok(Err(CallError::Plugin(f)))
+            }
             other => Err(WorkerFault::Protocol(format!(
                 "answered a call with {}",
                 other.name()
@@ -841,5 +855,31 @@ impl From<&CallError> for RemoteError {
             _ => ErrorDetail::WorkerFailed(e.class()),
         };
         RemoteError::new(kind, e.to_string()).with_detail(detail)
+    }
+}
+
+/// A call's output and logs with each secret the call used replaced by `[secret:NAME]` (in
+/// the output as the value appears inside a JSON string), before anything records them.
+fn redact_output(out: &mut loong_ipc::CallOutput, used: &[broker::Header]) {
+    if used.is_empty() {
+        return;
+    }
+    let escaped: Vec<broker::Header> = used
+        .iter()
+        .map(|(name, value)| {
+            let quoted = serde_json::to_string(value).unwrap_or_default();
+            let inner = quoted
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or(value)
+                .to_string();
+            (name.clone(), inner)
+        })
+        .collect();
+    if let Ok(text) = std::str::from_utf8(&out.output) {
+        out.output = crate::secrets::redact(text, &escaped).into_bytes();
+    }
+    for line in &mut out.logs {
+        *line = crate::secrets::redact(line, used);
     }
 }

@@ -306,7 +306,7 @@ fn foreign_manifests_are_validated() {
         ("http//x:99999", "", "metadata.endpoint"),
         ("http://x:99999/", "", "metadata.endpoint"),
         ("http://user@x/", "", "metadata.endpoint"),
-        ("https://x/", "", "https is not supported"),
+        ("ftp://x/", "", "metadata.endpoint"),
         ("http://x/", r#""net": ["x:80"]"#, "sandbox.net"),
         ("http://x/", r#""tier": "trusted""#, "sandbox.tier"),
     ] {
@@ -314,10 +314,63 @@ fn foreign_manifests_are_validated() {
             PluginManifest::parse(&path, http(endpoint, sandbox).as_bytes()).expect_err(endpoint);
         assert!(err.to_string().contains(expect), "{endpoint}: {err}");
     }
+    let e = parse_endpoint("http://[::1]:9/").expect("v6");
     assert_eq!(
-        parse_endpoint("http://[::1]:9/").expect("v6"),
-        ("::1".to_string(), 9, "/".to_string())
+        (e.https, e.host.as_str(), e.port, e.target.as_str()),
+        (false, "::1", 9, "/")
     );
+    // https: port 443 by default, and the Host header leaves the default port out.
+    let e = parse_endpoint("https://Api.Example/v1?q").expect("https");
+    assert_eq!(
+        (e.https, e.host.as_str(), e.port, e.target.as_str()),
+        (true, "api.example", 443, "/v1?q")
+    );
+    assert_eq!(e.host_header(), "api.example");
+    let e = parse_endpoint("https://api.example:80/").expect("https on 80");
+    assert_eq!(e.host_header(), "api.example:80");
+    let m = PluginManifest::parse(&path, http("https://svc.example/hook", "").as_bytes())
+        .expect("an https endpoint parses");
+    let Bridge::Http(h) = &m.bridge else {
+        panic!("an http bridge: {:?}", m.bridge)
+    };
+    assert!(h.https && h.port == 443, "{h:?}");
+    // metadata.headers_json: checked at parse, a hostile header named.
+    let with_headers = |headers: &str| {
+        http("https://svc.example/hook", "").replace(
+            r#""response_contract_json""#,
+            &format!(
+                r#""headers_json": {}, "response_contract_json""#,
+                serde_json::json!(headers)
+            ),
+        )
+    };
+    let m = PluginManifest::parse(
+        &path,
+        with_headers(r#"{"Authorization": "Bearer ${secret:svc_key}"}"#).as_bytes(),
+    )
+    .expect("headers with a secret parse");
+    let Bridge::Http(h) = &m.bridge else {
+        panic!("an http bridge: {:?}", m.bridge)
+    };
+    assert_eq!(
+        h.headers,
+        vec![(
+            "Authorization".to_string(),
+            "Bearer ${secret:svc_key}".to_string()
+        )]
+    );
+    for (headers, expect) in [
+        (r#"{"Host": "evil"}"#, "\"Host\""),
+        (r#"{"X-A": "a\r\nHost: evil"}"#, "\"X-A\""),
+    ] {
+        let err =
+            PluginManifest::parse(&path, with_headers(headers).as_bytes()).expect_err(headers);
+        let text = err.to_string();
+        assert!(
+            text.contains("metadata.headers_json") && text.contains(expect),
+            "{headers}: {text}"
+        );
+    }
 
     // What the host lacks is named: a program, a granted path.
     for (from, to, expect) in [

@@ -55,6 +55,7 @@ impl Handler for Worker {
                 plugin_id,
                 input,
                 decided,
+                ..
             } => {
                 self.calls += 1;
                 let Some(tool) = self.tool.as_ref().filter(|t| t.spec.tool == plugin_id) else {

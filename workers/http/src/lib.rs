@@ -1,5 +1,5 @@
 //! One `http_json` exchange over a socket loongd connected: POST the input as JSON, read a
-//! bounded HTTP/1.1 answer, and check it.
+//! bounded HTTP/1.1 answer, and check it; over TLS ([`tls`]) when the endpoint is `https://`.
 //!
 //! The worker never connects anywhere itself (its sandbox has no network); loongd connects to
 //! the endpoint's pinned address and passes the socket. A redirect is refused rather than
@@ -14,6 +14,10 @@ use std::{
 };
 
 use loong_ipc::{FailureKind, HttpSpec, PluginFailure};
+
+pub mod tls;
+
+pub use tls::Trust;
 
 /// Largest response head (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -41,6 +45,8 @@ pub enum HttpError {
     NotJson(String),
     #[error("the answer breaks the response contract: {0}")]
     Contract(String),
+    #[error("TLS with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
 }
 
 impl HttpError {
@@ -54,6 +60,7 @@ impl HttpError {
             HttpError::Status { .. } => FailureKind::ToolError,
             HttpError::TooLarge(_) => FailureKind::OutputTooLarge,
             HttpError::NotJson(_) => FailureKind::OutputNotJson,
+            HttpError::Tls { .. } => FailureKind::TlsFailed,
         }
     }
 
@@ -63,9 +70,45 @@ impl HttpError {
     }
 }
 
-/// A socket with one deadline for the whole exchange.
+/// The connection an exchange runs on: the passed socket itself, or a TLS session over it.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    /// Only while TLS takes the socket over.
+    Closed,
+}
+
+impl Conn {
+    fn socket(&self) -> io::Result<&TcpStream> {
+        match self {
+            Conn::Plain(s) => Ok(s),
+            Conn::Tls(t) => Ok(t.get_ref()),
+            Conn::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+            Conn::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+            Conn::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// A connection with one deadline for the whole exchange.
 struct Timed {
-    stream: TcpStream,
+    stream: Conn,
+    /// The name TLS verifies (for naming it in a failure).
+    host: String,
     deadline: Instant,
     started: Instant,
 }
@@ -80,6 +123,12 @@ impl Timed {
     }
 
     fn map(&self, e: io::Error) -> HttpError {
+        if let Some(reason) = tls::reason(&e) {
+            return HttpError::Tls {
+                host: self.host.clone(),
+                reason,
+            };
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 HttpError::Timeout(self.started.elapsed().as_millis())
@@ -92,7 +141,8 @@ impl Timed {
         while !buf.is_empty() {
             let left = self.left()?;
             self.stream
-                .set_write_timeout(Some(left))
+                .socket()
+                .and_then(|s| s.set_write_timeout(Some(left)))
                 .map_err(HttpError::Io)?;
             match self.stream.write(buf) {
                 Ok(0) => return Err(HttpError::Io(io::ErrorKind::WriteZero.into())),
@@ -108,7 +158,8 @@ impl Timed {
     fn read_some(&mut self, buf: &mut Vec<u8>, room: usize) -> Result<usize, HttpError> {
         let left = self.left()?;
         self.stream
-            .set_read_timeout(Some(left))
+            .socket()
+            .and_then(|s| s.set_read_timeout(Some(left)))
             .map_err(HttpError::Io)?;
         let mut chunk = [0u8; 16 * 1024];
         let want = room.clamp(1, chunk.len());
@@ -125,9 +176,25 @@ impl Timed {
     }
 }
 
-/// POSTs `body` (JSON) as `spec` says over `stream` and returns the checked answer (JSON).
-pub fn post(stream: TcpStream, spec: &HttpSpec, body: &[u8]) -> Result<Vec<u8>, HttpError> {
-    let (status, body) = exchange(stream, spec, "POST", &spec.host, &spec.path, Some(body))?;
+/// Where one exchange goes: the `Host` header, the request target, and the TLS to run (the
+/// name to verify, and the roots), if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub tls: Option<(&'a str, &'a Trust)>,
+}
+
+/// POSTs `body` (JSON) as `spec` says over `stream`, with the extra `headers`, and returns
+/// the checked answer (JSON).
+pub fn post(
+    stream: TcpStream,
+    spec: &HttpSpec,
+    target: Target<'_>,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<u8>, HttpError> {
+    let (status, body) = exchange(stream, spec, "POST", target, headers, Some(body))?;
     if !(200..300).contains(&status.code) {
         return Err(match status.code {
             300..=399 => HttpError::Redirect {
@@ -149,13 +216,8 @@ pub fn post(stream: TcpStream, spec: &HttpSpec, body: &[u8]) -> Result<Vec<u8>, 
 /// `web.fetch`: GETs `path` from `host` over `stream` and describes the answer as JSON
 /// (`{status, content_type, location, bytes, body}`, the body as text). A redirect is
 /// answered, not followed: fetching its target is another call, decided again.
-pub fn get(
-    stream: TcpStream,
-    spec: &HttpSpec,
-    host: &str,
-    path: &str,
-) -> Result<Vec<u8>, HttpError> {
-    let (status, body) = exchange(stream, spec, "GET", host, path, None)?;
+pub fn get(stream: TcpStream, spec: &HttpSpec, target: Target<'_>) -> Result<Vec<u8>, HttpError> {
+    let (status, body) = exchange(stream, spec, "GET", target, &[], None)?;
     let answer = serde_json::json!({
         "status": status.code,
         "content_type": status.content_type,
@@ -171,16 +233,36 @@ fn exchange(
     stream: TcpStream,
     spec: &HttpSpec,
     method: &str,
-    host: &str,
-    path: &str,
+    target: Target<'_>,
+    headers: &[(String, String)],
     body: Option<&[u8]>,
 ) -> Result<(Status, Vec<u8>), HttpError> {
+    // The headers were checked at install (names are tokens, values hold no CR or LF);
+    // checked again here, so that no value can end the head early whatever loongd sent.
+    let mut extra = String::new();
+    for (name, value) in headers {
+        if name.is_empty()
+            || name.bytes().any(|b| !b.is_ascii_graphic() || b == b':')
+            || value.chars().any(|c| c.is_control() && c != '\t')
+        {
+            return Err(HttpError::NotHttp(format!(
+                "the request header {name:?} is not fit to send"
+            )));
+        }
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
     let started = Instant::now();
+    let Target { host, path, tls } = target;
     let mut io = Timed {
-        stream,
+        stream: Conn::Plain(stream),
+        host: tls.map_or(host, |(name, _)| name).to_string(),
         deadline: started + Duration::from_millis(spec.timeout_ms),
         started,
     };
+    if let Some((name, trust)) = tls {
+        tls::handshake(&mut io, name, trust)?;
+    }
+
     let content = match body {
         Some(b) => format!(
             "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n",
@@ -189,7 +271,7 @@ fn exchange(
         None => String::new(),
     };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}User-Agent: loong-worker-http/{}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}{extra}User-Agent: loong-worker-http/{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION"),
     );
     io.write_all(head.as_bytes())?;
@@ -379,6 +461,9 @@ mod tests {
             required_keys: None,
             allow_other_keys: true,
             fetch: false,
+            tls: false,
+            server_name: String::new(),
+            trust: Vec::new(),
         }
     }
 
@@ -402,7 +487,12 @@ mod tests {
             text
         });
         let stream = TcpStream::connect(addr).expect("connect");
-        let got = post(stream, spec, br#"{"q":1}"#);
+        let target = Target {
+            host: &spec.host,
+            path: &spec.path,
+            tls: None,
+        };
+        let got = post(stream, spec, target, &[], br#"{"q":1}"#);
         let req = server.join().expect("server");
         assert!(req.starts_with("POST /hook HTTP/1.1\r\n"), "{req}");
         assert!(req.contains("Content-Length: 7\r\n"), "{req}");
@@ -495,6 +585,59 @@ mod tests {
         assert_eq!(err.kind(), FailureKind::ContractViolation);
     }
 
+    /// Sends one POST with `headers` to a server that records what arrives until the close.
+    fn sent_with(headers: &[(String, String)]) -> (Result<Vec<u8>, HttpError>, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.ends_with(b"{}") {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        let s = spec();
+        let target = Target {
+            host: &s.host,
+            path: &s.path,
+            tls: None,
+        };
+        let stream = TcpStream::connect(addr).expect("connect");
+        let answer = post(stream, &s, target, headers, b"{}");
+        (answer, server.join().expect("server"))
+    }
+
+    #[test]
+    fn headers_are_sent_and_one_that_would_split_the_head_is_refused_before_any_byte() {
+        let ok = vec![("Authorization".to_string(), "Bearer t0k".to_string())];
+        let (answer, seen) = sent_with(&ok);
+        answer.expect("sent");
+        assert!(seen.contains("\r\nAuthorization: Bearer t0k\r\n"), "{seen}");
+        for (name, value) in [
+            ("X-A", "a\r\nHost: evil"),
+            ("X A", "v"),
+            ("X-A:", "v"),
+            ("", "v"),
+        ] {
+            let h = vec![(name.to_string(), value.to_string())];
+            let (answer, seen) = sent_with(&h);
+            let err = answer.expect_err(name);
+            assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+            assert!(seen.is_empty(), "{name:?}: sent {seen:?}");
+        }
+    }
+
     #[test]
     fn a_silent_endpoint_times_out() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -506,8 +649,86 @@ mod tests {
         });
         let mut s = spec();
         s.timeout_ms = 200;
-        let err = post(TcpStream::connect(addr).expect("connect"), &s, b"{}").expect_err("slow");
+        let target = Target {
+            host: &s.host,
+            path: &s.path,
+            tls: None,
+        };
+        let err = post(
+            TcpStream::connect(addr).expect("connect"),
+            &s,
+            target,
+            &[],
+            b"{}",
+        )
+        .expect_err("slow");
         assert_eq!(err.kind(), FailureKind::Timeout, "{err}");
+        hold.join().expect("server");
+    }
+
+    #[test]
+    fn a_tls_handshake_that_stalls_or_drips_ends_at_the_deadline() {
+        // A server that accepts and says nothing, and one that drips a TLS record header a
+        // byte at a time: the handshake ends at the exchange's deadline either way; one
+        // that answers in plain text is a typed TLS failure (the control for the kind).
+        let trust = Trust::new(&[]).expect("trust");
+        for (what, reply) in [
+            ("silent", None),
+            ("drip", Some(&b"\x16\x03\x03\x40\x00"[..])),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let hold = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().expect("accept");
+                for b in reply.unwrap_or_default() {
+                    std::thread::sleep(Duration::from_millis(60));
+                    let _ = conn.write_all(&[*b]);
+                }
+                std::thread::sleep(Duration::from_millis(900));
+            });
+            let mut s = spec();
+            s.timeout_ms = 300;
+            let target = Target {
+                host: &s.host,
+                path: &s.path,
+                tls: Some(("a.example", &trust)),
+            };
+            let started = Instant::now();
+            let err = post(
+                TcpStream::connect(addr).expect("connect"),
+                &s,
+                target,
+                &[],
+                b"{}",
+            )
+            .expect_err(what);
+            assert_eq!(err.kind(), FailureKind::Timeout, "{what}: {err}");
+            assert!(started.elapsed() < Duration::from_millis(800), "{what}");
+            hold.join().expect("server");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hold = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let s = spec();
+        let target = Target {
+            host: &s.host,
+            path: &s.path,
+            tls: Some(("a.example", &trust)),
+        };
+        let err = post(
+            TcpStream::connect(addr).expect("connect"),
+            &s,
+            target,
+            &[],
+            b"{}",
+        )
+        .expect_err("plain");
+        assert_eq!(err.kind(), FailureKind::TlsFailed, "{err}");
+        assert!(err.to_string().contains("a.example"), "{err}");
         hold.join().expect("server");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Its sandbox has no network at all (an empty network namespace). For each call loongd
 //! connects to the endpoint's pinned address and passes the connected socket on fd 4
-//! (`SCM_RIGHTS`), then sends the `Invoke`; the worker speaks HTTP/1.1 on that one socket and
+//! (`SCM_RIGHTS`), then sends the `Invoke`; the worker speaks HTTP/1.1 on that one socket (over
+//! TLS for an `https://` endpoint, verified against the roots its spec carries) and
 //! closes it. After initialisation it takes the final self-confinement step like the WASM
 //! worker: no opens, no new sockets, no connects, no processes.
 
@@ -13,6 +14,7 @@ use std::{
 };
 
 use loong_ipc::{HttpSpec, WorkerRequest, WorkerResponse};
+use loong_worker_http::{Target, Trust};
 use loong_worker_runtime::{internal, refused, Handler};
 
 /// How long the socket for a call may take to arrive after its request.
@@ -22,6 +24,8 @@ const SOCKET_WAIT: Duration = Duration::from_secs(5);
 struct Worker {
     broker: UnixStream,
     spec: Option<HttpSpec>,
+    /// The roots the spec's anchors and the public ones make, built once per spec.
+    trust: Option<Trust>,
     calls: u64,
 }
 
@@ -41,17 +45,35 @@ impl Handler for Worker {
                 if let Err(e) = spec.check_bounds() {
                     return Ok(refused(e.to_string()));
                 }
+                let trust = match Trust::new(&spec.trust) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(refused(e)),
+                };
                 let answer = loong_worker_runtime::one_tool(&spec.plugin_id);
                 self.spec = Some(*spec);
+                self.trust = Some(trust);
                 answer
             }
             WorkerRequest::Invoke {
-                plugin_id, input, ..
+                plugin_id,
+                input,
+                headers,
+                ..
             } => {
                 self.calls += 1;
-                let Some(spec) = self.spec.as_ref().filter(|s| s.plugin_id == plugin_id) else {
+                let (Some(spec), Some(trust)) = (
+                    self.spec.as_ref().filter(|s| s.plugin_id == plugin_id),
+                    self.trust.as_ref(),
+                ) else {
                     return Ok(loong_worker_runtime::not_configured(&plugin_id));
                 };
+                if let Err(e) = loong_ipc::message::worker::check_call_headers(&headers) {
+                    return Ok(refused(e.to_string()));
+                }
+                let headers: Vec<(String, String)> = headers
+                    .into_iter()
+                    .map(|(name, value)| (name, value.expose().to_string()))
+                    .collect();
                 // A socket that does not arrive is loongd's and this worker's problem, not
                 // the connector's: the worker is replaced.
                 let stream = self.receive_socket().map_err(internal)?;
@@ -69,9 +91,24 @@ impl Handler for Worker {
                             .map(String::from)
                             .ok_or_else(|| internal(format!("a fetch target without {k}")))
                     };
-                    loong_worker_http::get(stream, spec, &field("host")?, &field("path")?)
+                    let (host, path, name) =
+                        (field("host")?, field("path")?, field("server_name")?);
+                    let Some(tls) = target.get("tls").and_then(serde_json::Value::as_bool) else {
+                        return Err(internal("a fetch target without tls"));
+                    };
+                    let to = Target {
+                        host: &host,
+                        path: &path,
+                        tls: tls.then_some((name.as_str(), trust)),
+                    };
+                    loong_worker_http::get(stream, spec, to)
                 } else {
-                    loong_worker_http::post(stream, spec, &input)
+                    let to = Target {
+                        host: &spec.host,
+                        path: &spec.path,
+                        tls: spec.tls.then_some((spec.server_name.as_str(), trust)),
+                    };
+                    loong_worker_http::post(stream, spec, to, &headers, &input)
                 };
                 match answer {
                     Ok(output) => loong_worker_runtime::plain_output(output, started, cpu_before),
@@ -80,6 +117,7 @@ impl Handler for Worker {
             }
             WorkerRequest::Unload { .. } => {
                 self.spec = None;
+                self.trust = None;
                 WorkerResponse::Unloaded
             }
             other @ (WorkerRequest::Load(_)
@@ -104,6 +142,7 @@ fn main() {
             Ok(Worker {
                 broker,
                 spec: None,
+                trust: None,
                 calls: 0,
             })
         },
