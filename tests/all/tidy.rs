@@ -144,6 +144,7 @@ fn crate_dependency_direction() {
         "workers/http",
         "workers/builtin",
         "workers/plan",
+        "workers/agent",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -195,6 +196,13 @@ fn crate_dependency_direction() {
             f.display()
         );
     }
+    // The agent's provider clients and loop are a library that names no project crate: the
+    // tools it runs come through its `ToolRunner` trait.
+    assert_eq!(
+        project_deps(&r.join("workers/agent/Cargo.toml")),
+        Vec::<String>::new(),
+        "workers/agent depends on no project crate"
+    );
     assert!(
         !project_deps(&r.join("loongd/Cargo.toml"))
             .iter()
@@ -203,6 +211,23 @@ fn crate_dependency_direction() {
     );
     // The check itself must be able to see a dependency.
     assert!(project_deps(&r.join("loongd/Cargo.toml")).contains(&"loong-ipc".to_string()));
+}
+
+/// The one TLS stack is rustls with the ring provider: no OpenSSL, no native-tls, no aws-lc
+/// (which needs a C toolchain and cmake) anywhere in the lock file.
+#[test]
+fn the_only_tls_stack_is_rustls_with_ring() {
+    let lock = fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock");
+    let names: BTreeSet<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .collect();
+    for banned in ["aws-lc-rs", "aws-lc-sys", "openssl", "openssl-sys", "native-tls"] {
+        assert!(!names.contains(banned), "Cargo.lock has {banned}");
+    }
+    // Positive control: the check reads package names.
+    assert!(names.contains("rustls") && names.contains("ring"), "{names:?}");
 }
 
 /// `text` with comments removed and string and character literals blanked, so that only code
