@@ -223,11 +223,20 @@ fn the_only_tls_stack_is_rustls_with_ring() {
         .filter_map(|l| l.strip_prefix("name = \""))
         .filter_map(|l| l.strip_suffix('"'))
         .collect();
-    for banned in ["aws-lc-rs", "aws-lc-sys", "openssl", "openssl-sys", "native-tls"] {
+    for banned in [
+        "aws-lc-rs",
+        "aws-lc-sys",
+        "openssl",
+        "openssl-sys",
+        "native-tls",
+    ] {
         assert!(!names.contains(banned), "Cargo.lock has {banned}");
     }
     // Positive control: the check reads package names.
-    assert!(names.contains("rustls") && names.contains("ring"), "{names:?}");
+    assert!(
+        names.contains("rustls") && names.contains("ring"),
+        "{names:?}"
+    );
 }
 
 /// `text` with comments removed and string and character literals blanked, so that only code

@@ -108,7 +108,11 @@ impl HttpProvider {
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config())
             .connect_timeout(config.connect_timeout)
-            .timeout(config.answer_timeout);
+            .timeout(config.answer_timeout)
+            // A redirect would carry the key (x-api-key is not a header reqwest strips) and
+            // the conversation to another URL: provider APIs do not redirect, so a 3xx is an
+            // error like any other status.
+            .redirect(reqwest::redirect::Policy::none());
         builder = match &options.proxy {
             ProxyChoice::Environment => builder,
             ProxyChoice::Direct => builder.no_proxy(),
@@ -319,11 +323,13 @@ async fn error_message(mut response: reqwest::Response, idle: Duration) -> Strin
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY_BYTES {
         match tokio::time::timeout(idle, response.chunk()).await {
-            Ok(Ok(Some(piece))) => body.extend_from_slice(&piece),
+            Ok(Ok(Some(piece))) => {
+                let room = MAX_ERROR_BODY_BYTES - body.len();
+                body.extend_from_slice(&piece[..piece.len().min(room)]);
+            }
             _ => break,
         }
     }
-    body.truncate(MAX_ERROR_BODY_BYTES);
     let text = String::from_utf8_lossy(&body);
     // Both families answer `{"error": {"message": ...}}`; keep the message when it is there.
     serde_json::from_str::<serde_json::Value>(&text)

@@ -265,7 +265,7 @@ fn bounded(mut content: String) -> String {
         end -= 1;
     }
     content.truncate(end);
-    content.push_str("\n[result cut at 262144 bytes]");
+    content.push_str(&format!("\n[result cut at {MAX_TOOL_RESULT_BYTES} bytes]"));
     content
 }
 

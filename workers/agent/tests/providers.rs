@@ -566,6 +566,36 @@ async fn a_401_or_400_is_typed_names_the_provider_and_is_not_retried() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_so_the_key_goes_nowhere_else() {
+    let elsewhere = serve(vec![Reply::Sse(fixture("anthropic_text.sse"))]).await;
+    let location = format!("{}/v1/messages", elsewhere.url);
+    let server = serve(vec![Reply::Status(
+        307,
+        vec![("location", location)],
+        String::new(),
+    )])
+    .await;
+    let client = provider("ant", &config(Kind::Anthropic, &server));
+    assert!(
+        !format!("{client:?}").contains("sk-test-123"),
+        "the key is not in Debug output"
+    );
+    let (_, error) = collect(&client, &ask("hi")).await;
+    assert!(
+        matches!(
+            &error,
+            Some(ProviderError::Status {
+                status: 307,
+                attempts: 1,
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+    assert_eq!((server.seen().len(), elsewhere.seen().len()), (1, 0));
+}
+
+#[tokio::test]
 async fn a_stream_that_stalls_mid_answer_is_a_typed_error_after_the_text_so_far() {
     let body = fixture("openai_text.sse");
     let cut = body
