@@ -738,9 +738,8 @@ async fn a_failing_provider_fails_over_to_the_fallback_and_says_so() {
     );
 }
 
-#[tokio::test]
-async fn the_client_goes_through_the_given_http_proxy() {
-    let server = serve(vec![Reply::Sse(fixture("openai_text.sse"))]).await;
+/// A forwarding HTTP proxy (absolute-form requests) that records each request's target.
+async fn spawn_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let proxy_url = format!("http://{}", listener.local_addr().expect("addr"));
     let targets = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -784,9 +783,16 @@ async fn the_client_goes_through_the_given_http_proxy() {
             });
         }
     });
-    let mut options = options();
-    options.proxy = ProxyChoice::Url(proxy_url);
-    let client = HttpProvider::new("oai", &config(Kind::Openai, &server), Some("k"), &options)
+    (proxy_url, targets)
+}
+
+#[tokio::test]
+async fn the_client_goes_through_the_proxy_it_is_given_or_the_environment_names() {
+    let server = serve(vec![Reply::Sse(fixture("openai_text.sse"))]).await;
+    let (proxy_url, targets) = spawn_proxy().await;
+    let mut explicit = options();
+    explicit.proxy = ProxyChoice::Url(proxy_url);
+    let client = HttpProvider::new("oai", &config(Kind::Openai, &server), Some("k"), &explicit)
         .expect("client");
     let (events, error) = collect(&client, &ask("hi")).await;
     assert!(error.is_none(), "{error:?}");
@@ -802,6 +808,41 @@ async fn the_client_goes_through_the_given_http_proxy() {
     let (_, error) = collect(&provider("oai", &config(Kind::Openai, &server)), &ask("hi")).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(targets.lock().expect("lock").len(), 1);
+
+    // HTTP_PROXY, as the egress broker sets it in the worker's sandbox. No other test reads
+    // the proxy variables (they build direct clients), and std serialises its own reads and
+    // writes of the environment; the addresses are IP literals, so no resolver reads it.
+    let server = serve(vec![Reply::Sse(fixture("anthropic_text.sse"))]).await;
+    let (proxy_url, targets) = spawn_proxy().await;
+    let saved: Vec<_> = ["HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"]
+        .into_iter()
+        .map(|k| (k, std::env::var_os(k)))
+        .collect();
+    for (k, _) in &saved {
+        std::env::remove_var(k);
+    }
+    std::env::set_var("HTTP_PROXY", &proxy_url);
+    let mut from_env = options();
+    from_env.proxy = ProxyChoice::Environment;
+    let built = HttpProvider::new(
+        "ant",
+        &config(Kind::Anthropic, &server),
+        Some("k"),
+        &from_env,
+    );
+    for (k, v) in saved {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    let (events, error) = collect(&built.expect("client"), &ask("hi")).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&events), "Hello, world!");
+    assert_eq!(
+        *targets.lock().expect("lock"),
+        vec![format!("POST {}/v1/messages", server.url)]
+    );
 }
 
 /// A tool runner that records its calls and answers from a closure.
