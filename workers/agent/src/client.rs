@@ -63,25 +63,21 @@ pub struct ClientOptions {
 }
 
 /// The TLS configuration: rustls with the ring provider and the compiled-in web PKI roots.
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config(provider_name: &str) -> Result<rustls::ClientConfig, ProviderError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder,
-        // The ring provider supports the default versions; were it not so, TLS 1.3 alone.
-        Err(_) => rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("the ring provider supports TLS 1.3"),
-    };
-    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+        .map_err(|source| ProviderError::Tls {
+            provider: provider_name.to_owned(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config
+    Ok(config)
 }
 
 /// A provider reached over HTTP, in its wire family.
@@ -106,7 +102,7 @@ impl HttpProvider {
         options: &ClientOptions,
     ) -> Result<Self, ProviderError> {
         let mut builder = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config())
+            .tls_backend_preconfigured(tls_config(name)?)
             .connect_timeout(config.connect_timeout)
             .timeout(config.answer_timeout)
             // A redirect would carry the key (x-api-key is not a header reqwest strips) and
@@ -134,10 +130,8 @@ impl HttpProvider {
         headers.insert("accept", HeaderValue::from_static("text/event-stream"));
         let key = |text: String| {
             let mut value =
-                HeaderValue::from_str(&text).map_err(|_| ProviderError::BadRequest {
+                HeaderValue::from_str(&text).map_err(|_| ProviderError::KeyNotAHeader {
                     provider: name.to_owned(),
-                    status: 0,
-                    message: "the api key holds characters a header cannot carry".to_owned(),
                 })?;
             value.set_sensitive(true);
             Ok::<_, ProviderError>(value)
@@ -471,14 +465,8 @@ impl Source {
             Ok(Ok(piece)) => piece,
         };
         let Some(piece) = piece else {
-            // The end of the body: a last line without its terminator still counts.
-            let mut events = Vec::new();
-            self.parser
-                .feed(b"\n\n", &mut events)
-                .map_err(|e| sse_error(provider, e))?;
-            for event in &events {
-                self.decoder.event(event, out)?;
-            }
+            // The end of the body: an event without its closing blank line is discarded, as
+            // the event-stream format says; the decoder decides whether the answer was whole.
             return self.decoder.end(out);
         };
         let mut events = Vec::new();

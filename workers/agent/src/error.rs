@@ -109,6 +109,19 @@ pub enum ProviderError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS configuration could not be built.
+    #[error("provider {provider}: could not configure TLS: {source}")]
+    Tls {
+        provider: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The resolved API key cannot be sent in a header (a control character or non-ASCII).
+    #[error(
+        "provider {provider}: the api key holds characters an HTTP header cannot carry: check \
+         the secret [providers.{provider}] api_key names"
+    )]
+    KeyNotAHeader { provider: String },
     /// The configured proxy URL is not usable.
     #[error("provider {provider}: proxy {url} is not a valid proxy URL: {source}")]
     Proxy {
@@ -143,6 +156,8 @@ impl ProviderError {
             | Self::Body { provider, .. }
             | Self::Remote { provider, .. }
             | Self::Client { provider, .. }
+            | Self::Tls { provider, .. }
+            | Self::KeyNotAHeader { provider }
             | Self::Proxy { provider, .. } => provider,
             Self::Exhausted { fallback, .. } => fallback.provider(),
         }

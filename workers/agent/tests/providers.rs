@@ -580,6 +580,16 @@ async fn a_redirect_is_not_followed_so_the_key_goes_nowhere_else() {
         !format!("{client:?}").contains("sk-test-123"),
         "the key is not in Debug output"
     );
+    let bad_key = HttpProvider::new(
+        "ant",
+        &config(Kind::Anthropic, &server),
+        Some("k\r\nx-evil: 1"),
+        &options(),
+    );
+    assert!(
+        matches!(bad_key, Err(ProviderError::KeyNotAHeader { ref provider }) if provider == "ant"),
+        "{bad_key:?}"
+    );
     let (_, error) = collect(&client, &ask("hi")).await;
     assert!(
         matches!(
@@ -645,6 +655,41 @@ async fn a_malformed_stream_line_is_a_typed_error_naming_the_provider() {
     assert!(
         matches!(&error, Some(ProviderError::Truncated { provider }) if provider == "ant"),
         "{error:?}"
+    );
+
+    // The last event without its closing blank line is not dispatched (the format's rule):
+    // the answer never reached message_stop.
+    let body = fixture("anthropic_text.sse");
+    let server = serve(vec![Reply::Sse(body[..body.len() - 1].to_vec())]).await;
+    let (events, error) = collect(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        &ask("hi"),
+    )
+    .await;
+    assert_eq!(
+        events.last(),
+        Some(&Event::Usage(Usage {
+            input_tokens: 25,
+            output_tokens: 15
+        }))
+    );
+    assert!(
+        matches!(&error, Some(ProviderError::Truncated { .. })),
+        "{error:?}"
+    );
+    // Positive control: the whole fixture is complete.
+    let server = serve(vec![Reply::Sse(body)]).await;
+    let (events, error) = collect(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        &ask("hi"),
+    )
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        events.last(),
+        Some(&Event::Done {
+            stop_reason: StopReason::EndTurn
+        })
     );
 }
 
