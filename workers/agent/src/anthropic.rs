@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ProviderError;
+use crate::error::{printable, ProviderError};
 use crate::limits::MAX_TOOL_CALLS_PER_ANSWER;
 use crate::sse::SseEvent;
 use crate::types::{Event, Message, Request, StopReason, ToolCall, Usage};
@@ -239,8 +239,8 @@ impl Decoder {
             StreamEvent::Error { error } => {
                 return Err(ProviderError::Remote {
                     provider: self.provider.clone(),
-                    kind: error["type"].as_str().unwrap_or("error").to_owned(),
-                    message: error["message"].as_str().unwrap_or_default().to_owned(),
+                    kind: printable(error["type"].as_str().unwrap_or("error")),
+                    message: printable(error["message"].as_str().unwrap_or_default()),
                 });
             }
         }

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::anthropic;
 use crate::config::{Kind, ProviderConfig};
-use crate::error::ProviderError;
-use crate::limits::MAX_ERROR_BODY_BYTES;
+use crate::error::{printable, ProviderError};
+use crate::limits::{DEFAULT_MAX_TOKENS, MAX_ERROR_BODY_BYTES};
 use crate::openai;
 use crate::retry::{parse_retry_after, retryable_status, RetryPolicy};
 use crate::sse::{SseError, SseEvent, SseLimits, SseParser};
@@ -176,7 +176,11 @@ impl HttpProvider {
     async fn send(&self, request: &Request) -> Result<EventStream, ProviderError> {
         let body = match self.config.kind {
             Kind::Openai => openai::body(&self.config.model, self.config.max_tokens, request),
-            Kind::Anthropic => anthropic::body(&self.config.model, self.config.max_tokens, request),
+            Kind::Anthropic => anthropic::body(
+                &self.config.model,
+                self.config.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                request,
+            ),
         };
         let started = Instant::now();
         let deadline = started + self.config.answer_timeout;
@@ -328,8 +332,8 @@ async fn error_message(mut response: reqwest::Response, idle: Duration) -> Strin
     // Both families answer `{"error": {"message": ...}}`; keep the message when it is there.
     serde_json::from_str::<serde_json::Value>(&text)
         .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| text.trim().to_owned())
+        .and_then(|v| v["error"]["message"].as_str().map(printable))
+        .unwrap_or_else(|| printable(text.trim()))
 }
 
 impl Provider for HttpProvider {

@@ -10,7 +10,7 @@
 //! idle_timeout_secs = 60
 //! answer_timeout_secs = 600
 //! max_attempts = 4
-//! max_tokens = 4096
+//! max_tokens = 4096                        # optional; Anthropic gets 4096 without it
 //!
 //! [agent]
 //! provider = "main"
@@ -89,8 +89,10 @@ pub struct ProviderConfig {
     pub answer_timeout: Duration,
     /// See [`DEFAULT_MAX_ATTEMPTS`].
     pub max_attempts: u32,
-    /// See [`DEFAULT_MAX_TOKENS`].
-    pub max_tokens: u32,
+    /// The answer's token limit, if configured. Anthropic requires one and gets
+    /// [`DEFAULT_MAX_TOKENS`] when none is; an OpenAI request carries one only when it is
+    /// configured (OpenAI's reasoning models refuse `max_tokens`).
+    pub max_tokens: Option<u32>,
 }
 
 /// Where the system prompt comes from.
@@ -291,12 +293,17 @@ fn check_provider(name: &str, raw: RawProvider) -> Result<ProviderConfig, Config
             DEFAULT_MAX_ATTEMPTS,
             MAX_ATTEMPTS_LIMIT,
         )?,
-        max_tokens: in_range(
-            key("max_tokens"),
-            raw.max_tokens,
-            DEFAULT_MAX_TOKENS,
-            MAX_TOKENS_LIMIT,
-        )?,
+        max_tokens: raw
+            .max_tokens
+            .map(|v| {
+                in_range(
+                    key("max_tokens"),
+                    Some(v),
+                    DEFAULT_MAX_TOKENS,
+                    MAX_TOKENS_LIMIT,
+                )
+            })
+            .transpose()?,
     })
 }
 
@@ -402,6 +409,7 @@ mod tests {
         assert_eq!(main.idle_timeout, Duration::from_secs(30));
         assert_eq!(main.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(main.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(main.max_tokens, None);
         assert_eq!(settings.providers["local"].api_key, None);
         let agent = settings.agent.expect("an agent section");
         assert_eq!(agent.fallback.as_deref(), Some("local"));
@@ -473,6 +481,11 @@ mod tests {
                 "agent.provider",
             ),
             ("max_steps = 8", "max_steps = 0", "agent.max_steps"),
+            (
+                "idle_timeout_secs = 30",
+                "max_tokens = 0",
+                "providers.main.max_tokens",
+            ),
             ("max_steps = 8", "max_steps = 100000", "agent.max_steps"),
             (
                 "max_steps = 8",

@@ -163,3 +163,37 @@ impl ProviderError {
         }
     }
 }
+
+/// The most characters of a provider's own error message kept in an error.
+pub const MAX_PROVIDER_MESSAGE_CHARS: usize = 512;
+
+/// A provider's message made safe to print: control characters (a terminal's escape
+/// sequences among them) escaped, and cut to [`MAX_PROVIDER_MESSAGE_CHARS`].
+pub fn printable(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX_PROVIDER_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provider_message_cannot_drive_the_terminal_or_grow_without_bound() {
+        assert_eq!(printable("bad \u{1b}[2Jkey\r\n"), "bad \\u{1b}[2Jkey\\r\\n");
+        assert_eq!(printable("plain: ok"), "plain: ok");
+        let long = printable(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_PROVIDER_MESSAGE_CHARS + 1);
+    }
+}

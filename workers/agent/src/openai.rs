@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ProviderError;
+use crate::error::{printable, ProviderError};
 use crate::limits::MAX_TOOL_CALLS_PER_ANSWER;
 use crate::sse::SseEvent;
 use crate::types::{Event, Message, Request, StopReason, ToolCall, Usage};
 
 /// The request body for `model`.
-pub fn body(model: &str, max_tokens: u32, request: &Request) -> Value {
+pub fn body(model: &str, max_tokens: Option<u32>, request: &Request) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if let Some(system) = &request.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -52,10 +52,12 @@ pub fn body(model: &str, max_tokens: u32, request: &Request) -> Value {
     let mut body = json!({
         "model": model,
         "messages": messages,
-        "max_tokens": max_tokens,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
+    if let Some(max_tokens) = max_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
     if !request.tools.is_empty() {
         body["tools"] = request
             .tools
@@ -182,8 +184,8 @@ impl Decoder {
         if let Some(error) = chunk.error {
             return Err(ProviderError::Remote {
                 provider: self.provider.clone(),
-                kind: error.kind.unwrap_or_else(|| "error".to_owned()),
-                message: error.message.unwrap_or_default(),
+                kind: printable(error.kind.as_deref().unwrap_or("error")),
+                message: printable(error.message.as_deref().unwrap_or_default()),
             });
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
@@ -287,5 +289,21 @@ impl Decoder {
         Err(ProviderError::Truncated {
             provider: self.provider.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_limit_is_sent_only_when_configured() {
+        let request = Request::default();
+        assert!(body("m", None, &request).get("max_tokens").is_none());
+        assert_eq!(body("m", Some(5), &request)["max_tokens"], json!(5));
+        assert!(
+            body("m", None, &request).get("tools").is_none(),
+            "no empty tool list"
+        );
     }
 }

@@ -190,7 +190,7 @@ fn config(kind: Kind, server: &Server) -> ProviderConfig {
         idle_timeout: Duration::from_secs(5),
         answer_timeout: Duration::from_secs(30),
         max_attempts: 3,
-        max_tokens: 1024,
+        max_tokens: Some(1024),
     }
 }
 
@@ -691,6 +691,34 @@ async fn a_malformed_stream_line_is_a_typed_error_naming_the_provider() {
             stop_reason: StopReason::EndTurn
         })
     );
+}
+
+#[tokio::test]
+async fn an_error_event_mid_answer_is_a_typed_error_after_the_text_so_far() {
+    let server = serve(vec![Reply::Sse(fixture("anthropic_error_event.sse"))]).await;
+    let (events, error) = collect(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        &ask("hi"),
+    )
+    .await;
+    assert_eq!(text(&events), "Hel");
+    match error {
+        Some(ProviderError::Remote {
+            provider,
+            kind,
+            message,
+        }) => {
+            assert_eq!(
+                (provider.as_str(), kind.as_str()),
+                ("ant", "overloaded_error")
+            );
+            assert_eq!(
+                message, "Overloaded\\u{1b}[2J",
+                "the escape is shown, not sent to a terminal"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
