@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::error::{printable, ProviderError};
 use crate::limits::MAX_TOOL_CALLS_PER_ANSWER;
+use crate::names::ToolNames;
 use crate::sse::SseEvent;
 use crate::types::{Event, Message, Request, StopReason, ToolCall, Usage};
 
@@ -24,7 +25,7 @@ use crate::types::{Event, Message, Request, StopReason, ToolCall, Usage};
 pub const API_VERSION: &str = "2023-06-01";
 
 /// The request body for `model`.
-pub fn body(model: &str, max_tokens: u32, request: &Request) -> Value {
+pub fn body(model: &str, max_tokens: u32, request: &Request, names: &ToolNames) -> Value {
     let mut messages: Vec<Value> = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
         match message {
@@ -42,7 +43,7 @@ pub fn body(model: &str, max_tokens: u32, request: &Request) -> Value {
                         .filter(Value::is_object)
                         .unwrap_or_else(|| json!({}));
                     content.push(
-                        json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
+                        json!({"type": "tool_use", "id": call.id, "name": names.wire(&call.name), "input": input}),
                     );
                 }
                 messages.push(json!({"role": "assistant", "content": content}));
@@ -80,7 +81,7 @@ pub fn body(model: &str, max_tokens: u32, request: &Request) -> Value {
         body["tools"] = request
             .tools
             .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .map(|t| json!({"name": names.wire(&t.name), "description": t.description, "input_schema": t.parameters}))
             .collect();
     }
     body
@@ -154,6 +155,7 @@ enum Block {
 #[derive(Debug)]
 pub struct Decoder {
     provider: String,
+    names: ToolNames,
     blocks: BTreeMap<usize, Block>,
     calls: usize,
     usage: Usage,
@@ -162,10 +164,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder for an answer of `provider`.
-    pub fn new(provider: &str) -> Self {
+    /// A decoder for an answer of `provider` to a request that offered `names`.
+    pub fn new(provider: &str, names: ToolNames) -> Self {
         Self {
             provider: provider.to_owned(),
+            names,
             blocks: BTreeMap::new(),
             calls: 0,
             usage: Usage::default(),
@@ -349,7 +352,7 @@ impl Decoder {
                     };
                     out.push_back(Event::ToolCall(ToolCall {
                         id,
-                        name,
+                        name: self.names.real(&name),
                         arguments_json,
                     }));
                 }

@@ -19,6 +19,7 @@ use crate::anthropic;
 use crate::config::{Kind, ProviderConfig};
 use crate::error::{printable, ProviderError};
 use crate::limits::{DEFAULT_MAX_TOKENS, MAX_ERROR_BODY_BYTES};
+use crate::names::ToolNames;
 use crate::openai;
 use crate::retry::{parse_retry_after, retryable_status, RetryPolicy};
 use crate::sse::{SseError, SseEvent, SseLimits, SseParser};
@@ -174,12 +175,16 @@ impl HttpProvider {
     }
 
     async fn send(&self, request: &Request) -> Result<EventStream, ProviderError> {
+        let names = ToolNames::new(&request.tools);
         let body = match self.config.kind {
-            Kind::Openai => openai::body(&self.config.model, self.config.max_tokens, request),
+            Kind::Openai => {
+                openai::body(&self.config.model, self.config.max_tokens, request, &names)
+            }
             Kind::Anthropic => anthropic::body(
                 &self.config.model,
                 self.config.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 request,
+                &names,
             ),
         };
         let started = Instant::now();
@@ -213,7 +218,7 @@ impl HttpProvider {
                 }
                 Ok(Err(_)) => self.retry.backoff(attempt),
                 Ok(Ok(response)) if response.status().is_success() => {
-                    return self.begin(response, deadline)
+                    return self.begin(response, deadline, names)
                 }
                 Ok(Ok(response)) => self.refused(response, attempt, last).await?,
             };
@@ -281,6 +286,7 @@ impl HttpProvider {
         &self,
         response: reqwest::Response,
         deadline: Instant,
+        names: ToolNames,
     ) -> Result<EventStream, ProviderError> {
         let content_type = response
             .headers()
@@ -296,8 +302,8 @@ impl HttpProvider {
             });
         }
         let decoder = match self.config.kind {
-            Kind::Openai => Decoder::Openai(openai::Decoder::new(&self.name)),
-            Kind::Anthropic => Decoder::Anthropic(anthropic::Decoder::new(&self.name)),
+            Kind::Openai => Decoder::Openai(openai::Decoder::new(&self.name, names)),
+            Kind::Anthropic => Decoder::Anthropic(anthropic::Decoder::new(&self.name, names)),
         };
         Ok(EventStream {
             provider: self.name.clone(),

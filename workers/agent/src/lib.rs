@@ -5,7 +5,8 @@
 //! - [`config`]: `[providers.NAME]` and `[agent]` of `loongd.toml`.
 //! - [`client`]: the [`Provider`] trait, [`HttpProvider`] (retries, timeouts, proxies, TLS
 //!   with rustls and ring), [`Failover`].
-//! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats.
+//! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats;
+//!   [`names`]: tool names as both families accept them.
 //! - [`turn`]: one conversation turn, bounded by steps and wall-clock time.
 //!
 //! The library holds no key of its own: the caller resolves the secret reference and hands
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod names;
 pub mod openai;
 pub mod retry;
 pub mod sse;

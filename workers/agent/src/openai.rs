@@ -17,11 +17,12 @@ use serde_json::{json, Value};
 
 use crate::error::{printable, ProviderError};
 use crate::limits::MAX_TOOL_CALLS_PER_ANSWER;
+use crate::names::ToolNames;
 use crate::sse::SseEvent;
 use crate::types::{Event, Message, Request, StopReason, ToolCall, Usage};
 
 /// The request body for `model`.
-pub fn body(model: &str, max_tokens: Option<u32>, request: &Request) -> Value {
+pub fn body(model: &str, max_tokens: Option<u32>, request: &Request, names: &ToolNames) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if let Some(system) = &request.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -36,7 +37,7 @@ pub fn body(model: &str, max_tokens: Option<u32>, request: &Request) -> Value {
                         .iter()
                         .map(|c| {
                             json!({"id": c.id, "type": "function",
-                                   "function": {"name": c.name, "arguments": c.arguments_json}})
+                                   "function": {"name": names.wire(&c.name), "arguments": c.arguments_json}})
                         })
                         .collect();
                 }
@@ -64,7 +65,7 @@ pub fn body(model: &str, max_tokens: Option<u32>, request: &Request) -> Value {
             .iter()
             .map(|t| {
                 json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.parameters}})
+                    "name": names.wire(&t.name), "description": t.description, "parameters": t.parameters}})
             })
             .collect();
     }
@@ -143,16 +144,18 @@ struct PartialCall {
 #[derive(Debug)]
 pub struct Decoder {
     provider: String,
+    names: ToolNames,
     calls: BTreeMap<usize, PartialCall>,
     finish: Option<String>,
     done: bool,
 }
 
 impl Decoder {
-    /// A decoder for an answer of `provider`.
-    pub fn new(provider: &str) -> Self {
+    /// A decoder for an answer of `provider` to a request that offered `names`.
+    pub fn new(provider: &str, names: ToolNames) -> Self {
         Self {
             provider: provider.to_owned(),
+            names,
             calls: BTreeMap::new(),
             finish: None,
             done: false,
@@ -256,7 +259,7 @@ impl Decoder {
             };
             out.push_back(Event::ToolCall(ToolCall {
                 id,
-                name: call.name,
+                name: self.names.real(&call.name),
                 arguments_json,
             }));
         }
@@ -299,10 +302,13 @@ mod tests {
     #[test]
     fn a_token_limit_is_sent_only_when_configured() {
         let request = Request::default();
-        assert!(body("m", None, &request).get("max_tokens").is_none());
-        assert_eq!(body("m", Some(5), &request)["max_tokens"], json!(5));
+        let names = ToolNames::default();
+        assert!(body("m", None, &request, &names)
+            .get("max_tokens")
+            .is_none());
+        assert_eq!(body("m", Some(5), &request, &names)["max_tokens"], json!(5));
         assert!(
-            body("m", None, &request).get("tools").is_none(),
+            body("m", None, &request, &names).get("tools").is_none(),
             "no empty tool list"
         );
     }

@@ -1062,6 +1062,52 @@ async fn the_loop_runs_the_tool_and_hands_the_result_back_in_each_family() {
 }
 
 #[tokio::test]
+async fn dotted_tool_names_go_on_the_wire_as_valid_names_and_come_back() {
+    let answer = String::from_utf8(fixture("anthropic_tool_8_chunks.sse"))
+        .expect("utf-8")
+        .replace("\"get_weather\"", "\"shell_exec\"");
+    let server = serve(vec![
+        Reply::Sse(answer.into_bytes()),
+        Reply::Sse(fixture("anthropic_text.sse")),
+    ])
+    .await;
+    let tools: Vec<ToolSpec> = ["shell.exec", "files/read_text_file"]
+        .into_iter()
+        .map(|name| ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+        })
+        .collect();
+    let (outcome, _, _, runner) = turn(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        &tools,
+        TurnLimits::default(),
+    )
+    .await;
+    assert_eq!(
+        outcome.expect("a turn").stop,
+        TurnStop::Answered(StopReason::EndTurn)
+    );
+    assert_eq!(runner.ran.lock().expect("lock")[0].0, "shell.exec");
+    let seen = server.seen();
+    let offered: Vec<&Value> = seen[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| &t["name"])
+        .collect();
+    assert_eq!(
+        offered,
+        vec![&json!("shell_exec"), &json!("files_read_text_file")]
+    );
+    assert_eq!(
+        seen[1].body["messages"][1]["content"][1]["name"],
+        json!("shell_exec")
+    );
+}
+
+#[tokio::test]
 async fn an_unoffered_tool_or_bad_json_is_answered_as_a_tool_error_and_the_loop_goes_on() {
     let server = serve(vec![
         Reply::Sse(fixture("openai_unoffered_and_bad_json.sse")),
