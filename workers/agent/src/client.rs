@@ -322,18 +322,22 @@ impl HttpProvider {
     }
 }
 
-/// Reads at most [`MAX_ERROR_BODY_BYTES`] of an error response's body, for its message.
+/// Reads at most [`MAX_ERROR_BODY_BYTES`] of an error response's body, for its message,
+/// within one idle timeout in all (a body dripped a byte at a time cannot hold the caller).
 async fn error_message(mut response: reqwest::Response, idle: Duration) -> String {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY_BYTES {
-        match tokio::time::timeout(idle, response.chunk()).await {
-            Ok(Ok(Some(piece))) => {
-                let room = MAX_ERROR_BODY_BYTES - body.len();
-                body.extend_from_slice(&piece[..piece.len().min(room)]);
+    let read = async {
+        while body.len() < MAX_ERROR_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(piece)) => {
+                    let room = MAX_ERROR_BODY_BYTES - body.len();
+                    body.extend_from_slice(&piece[..piece.len().min(room)]);
+                }
+                _ => break,
             }
-            _ => break,
         }
-    }
+    };
+    let _ = tokio::time::timeout(idle, read).await;
     let text = String::from_utf8_lossy(&body);
     // Both families answer `{"error": {"message": ...}}`; keep the message when it is there.
     serde_json::from_str::<serde_json::Value>(&text)

@@ -33,6 +33,8 @@ enum Reply {
     Status(u16, Vec<(&'static str, String)>, String),
     /// The request is read and the connection dropped without an answer.
     Reset,
+    /// This status, with a body of `n` bytes sent one byte per `gap`.
+    Drip(u16, usize, Duration),
 }
 
 /// One request the server received.
@@ -162,6 +164,17 @@ async fn serve(replies: Vec<Reply>) -> Server {
                             .write_all(head.as_bytes())
                             .await
                             .and(socket.write_all(body.as_bytes()).await)
+                    }
+                    Reply::Drip(code, n, gap) => {
+                        let head = format!(
+                            "HTTP/1.1 {code} X\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
+                        );
+                        let mut sent = socket.write_all(head.as_bytes()).await;
+                        for _ in 0..n {
+                            tokio::time::sleep(gap).await;
+                            sent = sent.and(socket.write_all(b"x").await);
+                        }
+                        sent
                     }
                     Reply::Reset => {
                         // A zero linger makes the close a reset (RST); it does not block.
@@ -545,6 +558,22 @@ async fn a_401_or_400_is_typed_names_the_provider_and_is_not_retried() {
     );
     assert!(message.contains("invalid x-api-key"), "{message}");
     assert_eq!(server.seen().len(), 1);
+
+    // A body dripped a byte at a time holds the caller one idle timeout, not one per byte.
+    let server = serve(vec![Reply::Drip(401, 100, Duration::from_millis(100))]).await;
+    let mut drip = config(Kind::Anthropic, &server);
+    drip.idle_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let (_, error) = collect(&provider("ant", &drip), &ask("hi")).await;
+    assert!(
+        matches!(&error, Some(ProviderError::Auth { status: 401, .. })),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 
     let server = serve(vec![Reply::Status(
         400,
