@@ -22,11 +22,11 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest,
-        ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult,
-        KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
-        SandboxRunRequest, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
-        WorkerView,
+        ApprovalView, AskRequest, AskResult, AskToolCall, AuditQuery, AuditRecordView,
+        AuditVerifyReport, BearerSecret, ControlRequest, ControlResponse, DecisionView,
+        DoctorReport, FullAccess, InvokeRequest, InvokeResult, KeyView, LockCheck, MechanismReport,
+        MemoryMessage, MemorySession, PackView, Page, PluginView, SandboxExit, SandboxRunRequest,
+        StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest, WorkerView,
     },
     envelope::{
         Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, INTERRUPTS_TO_KILL,

@@ -116,11 +116,13 @@ pub enum Kind {
     PluginEnabled,
     PluginDisabled,
     PluginRemoved,
+    /// An agent turn's provider failed before answering and the fallback was asked.
+    ProviderFailover,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 36] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -156,6 +158,7 @@ impl Kind {
         Kind::PluginEnabled,
         Kind::PluginDisabled,
         Kind::PluginRemoved,
+        Kind::ProviderFailover,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -196,6 +199,7 @@ impl Kind {
             Kind::PluginEnabled => "plugin.enabled",
             Kind::PluginDisabled => "plugin.disabled",
             Kind::PluginRemoved => "plugin.removed",
+            Kind::ProviderFailover => "provider.failover",
         }
     }
 

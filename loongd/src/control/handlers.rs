@@ -104,6 +104,14 @@ pub(crate) async fn handle(
         ControlRequest::Metrics => Ok(ControlResponse::Metrics(
             crate::metrics::METRICS.render(kernel),
         )),
+        ControlRequest::Ask(req) => super::agent_api::ask(kernel, cred, &io, req).await,
+        ControlRequest::MemoryList(page) => super::agent_api::list(kernel, cred, &io, page).await,
+        ControlRequest::MemoryShow { session } => {
+            super::agent_api::show(kernel, cred, &io, session).await
+        }
+        ControlRequest::MemoryClear { session } => {
+            super::agent_api::clear(kernel, cred, &io, session).await
+        }
     }
 }
 

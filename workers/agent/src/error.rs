@@ -162,6 +162,30 @@ impl ProviderError {
             Self::Exhausted { fallback, .. } => fallback.provider(),
         }
     }
+
+    /// The error's class, as loongd reports it to the operator (`loongctl ask --json`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::BadRequest { .. } => "bad_request",
+            Self::Status { .. } => "status",
+            Self::RetryAfterTooLong { .. } => "retry_after_too_long",
+            Self::Connect { .. } => "connect",
+            Self::Stalled { .. } => "stalled",
+            Self::AnswerTimeout { .. } => "answer_timeout",
+            Self::Malformed { .. } => "malformed",
+            Self::TooLarge { .. } => "too_large",
+            Self::TooManyToolCalls { .. } => "too_many_tool_calls",
+            Self::Truncated { .. } => "truncated",
+            Self::Body { .. } => "body",
+            Self::Remote { .. } => "remote",
+            Self::Client { .. } => "client",
+            Self::Tls { .. } => "tls",
+            Self::KeyNotAHeader { .. } => "key_not_a_header",
+            Self::Proxy { .. } => "proxy",
+            Self::Exhausted { .. } => "exhausted",
+        }
+    }
 }
 
 /// The most characters of a provider's own error message kept in an error.

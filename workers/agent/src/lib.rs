@@ -2,7 +2,9 @@
 //! completions and Anthropic messages), written against their public specifications, and the
 //! loop core that turns a model's tool calls into calls of a [`ToolRunner`].
 //!
-//! - [`config`]: `[providers.NAME]` and `[agent]` of `loongd.toml`.
+//! - [`config`], [`limits`], [`types`], [`wire`]: from `loong-agent-wire`, which loongd
+//!   shares (`[providers.NAME]` and `[agent]` of `loongd.toml`, the bounds, the messages, one
+//!   turn's input and output).
 //! - [`client`]: the [`Provider`] trait, [`HttpProvider`] (retries, timeouts, proxies, TLS
 //!   with rustls and ring), [`Failover`].
 //! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats;
@@ -14,15 +16,14 @@
 
 pub mod anthropic;
 pub mod client;
-pub mod config;
 pub mod error;
-pub mod limits;
 pub mod names;
 pub mod openai;
 pub mod retry;
 pub mod sse;
 pub mod turn;
-pub mod types;
+
+pub use loong_agent_wire::{config, limits, types, wire};
 
 pub use client::{ClientOptions, EventStream, Failover, HttpProvider, Provider, ProxyChoice};
 pub use error::ProviderError;

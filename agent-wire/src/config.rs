@@ -39,7 +39,7 @@ use crate::limits::{
 pub const MAX_NAME_BYTES: usize = 64;
 
 /// A wire family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// OpenAI chat completions (`{base_url}/chat/completions`).
@@ -122,7 +122,7 @@ pub struct AgentConfig {
 }
 
 /// The providers and the agent, checked against each other.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Every `[providers.NAME]`.
     pub providers: BTreeMap<String, ProviderConfig>,
