@@ -99,6 +99,10 @@ pub struct TurnInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCallRecord {
     pub name: String,
+    /// Whether the tool was offered; a call of one that was not is refused by the loop
+    /// without a kernel call, and loongd audits it.
+    #[serde(default)]
+    pub offered: bool,
     pub arguments: String,
     pub result: String,
     pub is_error: bool,

@@ -352,7 +352,10 @@ fn a_tool_the_token_cannot_call_is_never_offered_and_a_granted_one_is() {
         .prefix("lagentws")
         .tempdir_in("/tmp")
         .expect("dir");
-    let provider = Provider::start(vec![text_answer("nothing to do")]);
+    let provider = Provider::start(vec![
+        tool_answer("shell_exec", &serde_json::json!({"command": "rm -rf /"})),
+        text_answer("nothing to do"),
+    ]);
     let home = Home::with_config(&provider.config(&format!(
         "[builtins]\nworkspace = \"{}\"\nread_roots = [\"{}\"]\n",
         ws.path().display(),
@@ -366,9 +369,11 @@ fn a_tool_the_token_cannot_call_is_never_offered_and_a_granted_one_is() {
     let (code, _, err) = ask(&home, &["hello", "--token", &without]);
     assert_eq!(code, 4, "{err}");
     assert!(provider.requests().is_empty());
-    let (secret, _) = issue(&home, &[ASK, "tool.invoke:echo"]);
-    let (code, _, err) = ask(&home, &["hello", "--token", &secret]);
+    let (secret, id) = issue(&home, &[ASK, "tool.invoke:echo"]);
+    let (code, out, err) = ask(&home, &["hello", "--token", &secret, "--json"]);
     assert_eq!(code, 0, "{err}\n{}", home.log());
+    let answer = json(&out);
+    assert_eq!(answer["answer"], "nothing to do", "{answer}");
     let tools = offered(&provider.requests()[0]);
     assert!(tools.contains(&"echo".to_string()), "{tools:?}");
     for never in [
@@ -383,6 +388,20 @@ fn a_tool_the_token_cannot_call_is_never_offered_and_a_granted_one_is() {
             "{never} offered: {tools:?}"
         );
     }
+    // The model's call of the tool it was not offered was not run: it was told, and the
+    // refusal is in the token's trail (by the name the model used: no tool has it).
+    let told = tool_messages(&provider.requests()[1]);
+    let told = told[0]["content"].as_str().unwrap_or_default();
+    assert!(told.contains("not available"), "{told}");
+    let refused = trail(&home, &id)
+        .iter()
+        .filter(|r| r["kind"] == "policy.decision")
+        .map(detail)
+        .find(|d| d["target"] == "shell_exec")
+        .expect("the refusal is in the trail");
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert_eq!(refused["stage"], "not_offered", "{refused}");
+
     // Nor can anyone invoke the agent's turn directly (it carries the provider's key).
     let out = home.ctl(&["invoke", "agent.turn", "--input", "{}"]);
     assert!(!out.status.success());

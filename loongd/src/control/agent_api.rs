@@ -286,6 +286,24 @@ pub(crate) async fn ask(
             format!("the agent worker's answer is not a turn: {e}"),
         )
     })?;
+    // A call of a tool that was not offered never reached the kernel: it is recorded here,
+    // a denial in the turn's chain, so that every tool call the model made is in the trail.
+    let token = match &req.token {
+        Some(secret) => kernel
+            .authority
+            .tokens
+            .id_of(secret.expose())
+            .map_err(internal)?,
+        None => None,
+    };
+    for call in output.tool_calls.iter().filter(|c| !c.offered) {
+        let detail = serde_json::json!({
+            "capability": Capability::ToolInvoke.as_str(), "target": call.name,
+            "token": token, "plugin": AGENT_TOOL, "allowed": false, "stage": "not_offered",
+            "reason": "the model called a tool that was not offered to it (the token cannot call it, or no such tool); it was not run",
+        });
+        effects::record(kernel, actor.event(Kind::PolicyDecision, detail)).await?;
+    }
     for f in &output.failovers {
         let detail = serde_json::json!({ "from": f.from, "to": f.to, "reason": f.reason });
         effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;

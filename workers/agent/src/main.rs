@@ -229,6 +229,7 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
     let mut failovers = Vec::new();
     let mut on_event = |event: TurnEvent| match event {
         TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
+            offered: input.tools.iter().any(|t| t.name == call.name),
             name: call.name,
             arguments: call.arguments_json,
             result: String::new(),
