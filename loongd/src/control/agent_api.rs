@@ -16,7 +16,7 @@ use loong_agent_wire::{
     wire::{TurnFailure, TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
 };
 use loong_ipc::{
-    message::control::{MAX_ASK_PROMPT_BYTES, MAX_SESSION_ID_BYTES},
+    message::control::{MAX_ASK_PROMPT_BYTES, MAX_INVOKE_INPUT_BYTES, MAX_SESSION_ID_BYTES},
     AskRequest, AskResult, AskToolCall, BearerSecret, ControlResponse, ErrorDetail, ErrorKind,
     MemoryMessage, MemorySession, Page, RemoteError,
 };
@@ -267,7 +267,7 @@ pub(crate) async fn ask(
             }
         }
     };
-    let input = TurnInput {
+    let mut input = TurnInput {
         providers,
         system,
         messages,
@@ -275,7 +275,7 @@ pub(crate) async fn ask(
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
     };
-    let input = serde_json::to_string(&input).map_err(internal)?;
+    let input = fitted(&mut input)?;
     let out = match effects::invoke::agent_turn(kernel, &actor, input).await {
         Ok(out) => out,
         Err(e) => return Err(typed(e)),
@@ -343,6 +343,36 @@ pub(crate) async fn ask(
         stop: output.stop,
         providers: output.providers,
     }))
+}
+
+/// The turn's input as JSON within a call's input bound ([`MAX_INVOKE_INPUT_BYTES`]): the
+/// oldest remembered turns are left out, a whole turn at a time, until it fits (the new
+/// message is always sent; a prompt that cannot fit alone is refused).
+fn fitted(input: &mut TurnInput) -> Result<String, RemoteError> {
+    loop {
+        let text = serde_json::to_string(&*input).map_err(internal)?;
+        if text.len() <= MAX_INVOKE_INPUT_BYTES {
+            return Ok(text);
+        }
+        // The next turn's start after the first message; the last message is the new one.
+        let next = input
+            .messages
+            .iter()
+            .skip(1)
+            .position(|m| matches!(m, Message::User { .. }))
+            .map(|i| i + 1);
+        match next {
+            Some(n) if n < input.messages.len() => {
+                input.messages.drain(..n);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "the turn (prompt, system prompt and offered tools) is {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit of a call's input; shorten the prompt",
+                    text.len()
+                )))
+            }
+        }
+    }
 }
 
 /// A failed turn's error: a provider's failure as its class and message (the worker sends
@@ -427,4 +457,48 @@ pub(crate) async fn clear(
     decide_memory(kernel, &actor, Capability::MemoryWrite, &session).await?;
     let removed = kernel.authority.memory.clear(&session).map_err(internal)?;
     Ok(ControlResponse::MemoryCleared { session, removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window too large for one call loses its oldest turns, whole, and keeps the new
+    /// message; a prompt too large alone is refused.
+    #[test]
+    fn a_window_over_the_input_bound_loses_its_oldest_turns_whole() {
+        let big = "x".repeat(MAX_INVOKE_INPUT_BYTES / 3);
+        let mut messages = Vec::new();
+        for n in 0..4 {
+            messages.push(Message::User {
+                text: format!("q{n}"),
+            });
+            messages.push(Message::Assistant {
+                text: big.clone(),
+                tool_calls: Vec::new(),
+            });
+        }
+        messages.push(Message::User { text: "now".into() });
+        let mut input = TurnInput {
+            providers: Vec::new(),
+            system: None,
+            messages,
+            tools: Vec::new(),
+            max_steps: 1,
+            budget_ms: 1,
+        };
+        let text = fitted(&mut input).expect("fits");
+        assert!(text.len() <= MAX_INVOKE_INPUT_BYTES);
+        assert_eq!(
+            input.messages.len(),
+            5,
+            "two whole turns and the new message"
+        );
+        assert_eq!(input.messages[0], Message::User { text: "q2".into() });
+        assert_eq!(input.messages[4], Message::User { text: "now".into() });
+        input.messages = vec![Message::User {
+            text: "y".repeat(MAX_INVOKE_INPUT_BYTES),
+        }];
+        assert!(fitted(&mut input).is_err());
+    }
 }
