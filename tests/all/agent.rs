@@ -480,6 +480,8 @@ fn a_sessions_memory_is_sent_with_the_next_turn_across_a_restart() {
         .collect();
     assert!(decided.iter().any(|c| c == "memory.read"), "{decided:?}");
     assert!(decided.iter().any(|c| c == "memory.write"), "{decided:?}");
+    // Turns the provider answered record no failover (the control of the failover test).
+    assert!(records(&home, "provider.failover").is_empty());
 }
 
 #[test]
@@ -558,4 +560,48 @@ fn a_provider_that_refuses_the_key_is_a_typed_failure_naming_what_to_check() {
     assert_ne!(code, 0);
     assert!(err.contains("LOONG_SECRET_LOCAL_KEY"), "{err}");
     assert_eq!(provider.requests().len(), 1);
+}
+
+#[test]
+fn a_failover_to_the_fallback_provider_is_audited_and_the_answer_comes_from_it() {
+    let primary = Provider::start(vec![Reply::Status(
+        500,
+        r#"{"error":{"message":"upstream down"}}"#.into(),
+    )]);
+    let fallback = Provider::start(vec![text_answer("the fallback answers")]);
+    let config = format!(
+        "{}\n[providers.backup]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"backup-model\"\n",
+        primary
+            .config("")
+            .replace("idle_timeout_secs = 120", "idle_timeout_secs = 120\nmax_attempts = 1")
+            .replace("provider = \"local\"", "provider = \"local\"\nfallback = \"backup\""),
+        fallback.port
+    );
+    let home = Home::with_config(&config);
+    home.start();
+    let (code, out, err) = ask(&home, &["hello", "--json"]);
+    assert_eq!(code, 0, "{err}\n{}", home.log());
+    let answer = json(&out);
+    assert_eq!(answer["answer"], "the fallback answers", "{answer}");
+    assert_eq!(
+        answer["providers"],
+        serde_json::json!(["backup"]),
+        "{answer}"
+    );
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(fallback.requests().len(), 1);
+    let failover = records(&home, "provider.failover")
+        .iter()
+        .map(detail)
+        .next()
+        .expect("the failover is audited");
+    assert_eq!(failover["from"], "local", "{failover}");
+    assert_eq!(failover["to"], "backup", "{failover}");
+    assert!(
+        failover["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("500"),
+        "{failover}"
+    );
 }
