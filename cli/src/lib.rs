@@ -111,6 +111,12 @@ pub enum Command {
     /// Call a tool (a plugin) in a confined worker; prints its JSON output (exit 4 when
     /// denied, 5 when an approval is pending past the deadline, 7 when the worker failed).
     Invoke(cmd::tools::InvokeArgs),
+    /// Ask the agent: one turn in the confined agent worker, its tool calls decided under
+    /// the token (exit 7 when the provider or the worker failed).
+    Ask(cmd::agent::AskArgs),
+    /// The agent's conversations kept by session.
+    #[command(subcommand)]
+    Memory(cmd::agent::MemoryCommand),
     /// List and reload the plugins in HOME/plugins.
     #[command(subcommand)]
     Plugins(cmd::tools::PluginsCommand),
@@ -196,6 +202,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Tools(c) => cmd::tools::tools(&layout, c),
         Command::Mcp(c) => cmd::mcp::run(&layout, c),
         Command::Metrics => cmd::metrics::run(&layout),
+        Command::Ask(a) => cmd::agent::ask(&layout, a),
+        Command::Memory(c) => cmd::agent::memory(&layout, c),
         Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
     }
 }

@@ -22,9 +22,10 @@ pub mod paths;
 pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
-        ApprovalChain, ApprovalView, AuditQuery, AuditRecordView, AuditVerifyReport, BearerSecret,
-        ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess, InvokeRequest,
-        InvokeResult, KeyView, LockCheck, MechanismReport, PackView, Page, PluginView, SandboxExit,
+        ApprovalChain, ApprovalView, AskRequest, AskResult, AskToolCall, AuditQuery,
+        AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest, ControlResponse,
+        DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult, KeyView, LockCheck,
+        MechanismReport, MemoryMessage, MemorySession, PackView, Page, PluginView, SandboxExit,
         SandboxRunRequest, SecretValue, SecretView, StatusReport, TierReport, TokenView, ToolHit,
         ToolSearchRequest, WorkerView,
     },

@@ -158,6 +158,18 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # authentication, on a loopback address or a Unix socket; anything else is refused.
 # listen = "127.0.0.1:9464"
 # listen = "unix:/run/loong/metrics.sock"
+
+# The agent (`loongctl ask`; docs/agent.md): a provider and the agent that uses it. The
+# key is a secret reference, never the key itself.
+# [providers.main]
+# kind = "openai"                          # or "anthropic"
+# base_url = "http://127.0.0.1:8080/v1"
+# model = "qwen2.5-7b-instruct"
+# api_key = "${secret:main_key}"
+# [agent]
+# provider = "main"
+# max_steps = 16
+# turn_budget_secs = 300
 "#;
 
 /// Default cap on the output relayed from one sandboxed run (64 MiB).
@@ -193,6 +205,25 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Outbound connections: the trust anchors of `https://` endpoints.
     pub egress: EgressConfig,
+    /// `[providers.NAME]`, read by [`loong_agent_wire::config::parse`] into [`Config::agent`].
+    #[serde(rename = "providers")]
+    pub providers_section: Section,
+    /// `[agent]`, read likewise.
+    #[serde(rename = "agent")]
+    pub agent_section: Section,
+    /// The providers and the agent, checked (docs/agent.md).
+    #[serde(skip)]
+    pub agent: loong_agent_wire::config::Settings,
+}
+
+/// A section another parser reads (its keys are checked there, never ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Section;
+
+impl<'de> Deserialize<'de> for Section {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Section)
+    }
 }
 
 /// `[audit]`.
@@ -727,7 +758,7 @@ pub enum ConfigError {
 impl Config {
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
@@ -737,7 +768,13 @@ impl Config {
                 line,
                 message: e.message().trim().to_string(),
             }
-        })
+        })?;
+        config.agent = loong_agent_wire::config::parse(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: 1,
+            message: e.to_string(),
+        })?;
+        Ok(config)
     }
 
     /// Loads `path`, first writing the commented defaults there (mode 0600) if it does not
@@ -810,6 +847,33 @@ mod tests {
     fn check(text: &str, expect: Result<Config, &str>) {
         let got = Config::parse(text, Path::new("/h/loongd.toml")).map_err(|e| e.to_string());
         assert_eq!(got, expect.map_err(str::to_string), "for {text:?}");
+    }
+
+    /// `[providers.NAME]` and `[agent]` are read by the agent's parser: a good pair is
+    /// kept, an unknown key inside either is refused naming it (as loongd refuses its own).
+    #[test]
+    fn the_agent_sections_are_checked_not_ignored() {
+        let good = "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n[agent]\nprovider = \"local\"\n";
+        let c = Config::parse(good, Path::new("/h/loongd.toml")).expect("parses");
+        assert_eq!(
+            c.agent.agent.as_ref().map(|a| a.provider.as_str()),
+            Some("local")
+        );
+        assert_eq!(c.agent.providers["local"].base_url, "http://127.0.0.1:9/v1");
+        for bad in [
+            format!("{good}bogus = 1\n"),
+            good.replace("model = \"m\"", "model = \"m\"\nbogus = 1"),
+        ] {
+            let e = Config::parse(&bad, Path::new("/h/loongd.toml"))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("bogus"), "{e}");
+        }
+        let literal = good.replace("model = \"m\"", "model = \"m\"\napi_key = \"sk-123\"");
+        let e = Config::parse(&literal, Path::new("/h/loongd.toml"))
+            .expect_err("a literal key is refused")
+            .to_string();
+        assert!(e.contains("secrets set") && !e.contains("sk-123"), "{e}");
     }
 
     #[test]
@@ -889,7 +953,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`, `providers`, `agent`"),
         );
         check(
             "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version of `state.db` this loongd writes.
-pub const STATE_DB_VERSION: u32 = 1;
+pub const STATE_DB_VERSION: u32 = 2;
 /// The schema version of `audit.db` this loongd writes.
 pub const AUDIT_DB_VERSION: u32 = 1;
 
@@ -47,7 +47,8 @@ pub struct Migration {
 
 /// The statements of each step, by the version it starts from (`STEPS[v]`: `v` to `v + 1`).
 /// Step 0 (both files) stamps the version only.
-const STATE_STEPS: &[&str] = &[""];
+/// Step 1 (state.db): the agent's memory, `agent_messages` (`crate::authority::memory`).
+const STATE_STEPS: &[&str] = &["", crate::authority::memory::SCHEMA_STEP];
 const AUDIT_STEPS: &[&str] = &[""];
 
 /// Checks and migrates `HOME/state.db` and `HOME/audit.db`; returns the migrations made (a

@@ -3,6 +3,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which the test
 //! command does). Each module is one area.
 
+mod agent;
 mod approvals;
 mod audit;
 mod authority;

@@ -67,7 +67,7 @@ fn package() -> &'static Path {
     })
 }
 
-const BINARIES: [&str; 8] = [
+const BINARIES: [&str; 9] = [
     "usr/bin/loongd",
     "usr/bin/loongctl",
     "usr/lib/loong/loong-spawn",
@@ -76,6 +76,7 @@ const BINARIES: [&str; 8] = [
     "usr/lib/loong/loong-worker-builtin",
     "usr/lib/loong/loong-worker-stdio",
     "usr/lib/loong/loong-worker-plan",
+    "usr/lib/loong/loong-worker-agent",
 ];
 
 #[test]
@@ -748,7 +749,7 @@ fn under_systemd_logs_reach_the_journal_with_structured_fields() {
     );
 }
 
-const RELEASE_BINARIES: [&str; 8] = [
+const RELEASE_BINARIES: [&str; 9] = [
     "loongd",
     "loongctl",
     "loong-spawn",
@@ -757,6 +758,7 @@ const RELEASE_BINARIES: [&str; 8] = [
     "loong-worker-builtin",
     "loong-worker-stdio",
     "loong-worker-plan",
+    "loong-worker-agent",
 ];
 
 /// A change to a release directory that must make install.sh refuse it.

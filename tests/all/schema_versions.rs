@@ -83,7 +83,7 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     assert!(!before.is_empty());
     home.start();
     // Stamped with the current version; the token and the records are all still there.
-    assert_eq!((version(&audit), version(&state)), (1, 1));
+    assert_eq!((version(&audit), version(&state)), (1, 2));
     let tokens = json_list(&home, &["tokens", "list", "--json"]);
     assert!(
         tokens
@@ -109,7 +109,7 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     assert_eq!(
         started[0]["schema_migrations"],
         serde_json::json!([
-            { "file": "state.db", "from": 0, "to": 1 },
+            { "file": "state.db", "from": 0, "to": 2 },
             { "file": "audit.db", "from": 0, "to": 1 },
         ]),
         "{started:?}"
@@ -126,20 +126,22 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     // A file a newer loongd wrote is refused, named with its version, and never downgraded;
     // the other file is left at its version too (checked before anything is migrated).
     set_version(&state, 0);
-    for (file, path) in [("audit.db", &audit), ("state.db", &state)] {
-        set_version(path, 2);
+    // Each file's known version: audit.db 1, state.db 2 (the agent's memory).
+    for (file, path, known) in [("audit.db", &audit, 1), ("state.db", &state, 2)] {
+        let newer = known + 1;
+        set_version(path, newer);
         let rows = audit_rows(&audit).len();
         let out = home.ctl(&["daemon", "start"]);
         let said = format!("{}{}", text(&out.stderr), home.log());
         assert!(!out.status.success(), "{file}: started on a newer schema");
         assert!(
             said.contains(&format!(
-                "{} has schema version 2, newer than the 1 this loongd knows",
+                "{} has schema version {newer}, newer than the {known} this loongd knows",
                 path.display()
             )),
             "{file}: {said}"
         );
-        assert_eq!(version(path), 2, "{file} was downgraded");
+        assert_eq!(version(path), newer, "{file} was downgraded");
         if file == "audit.db" {
             assert_eq!(
                 version(&state),
@@ -148,7 +150,7 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
             );
         }
         assert_eq!(audit_rows(&audit).len(), rows, "{file}: the trail changed");
-        set_version(path, 1);
+        set_version(path, known);
     }
     // The control: back at the known version, it starts and verifies.
     home.start();

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// `loongctl --home HOME ARGS…` with `stdin` fed to it.
-fn ctl_stdin(home: &Home, args: &[&str], stdin: &str) -> std::process::Output {
+pub(crate) fn ctl_stdin(home: &Home, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(bin("loongctl"))
         .arg("--home")
         .arg(home.path())

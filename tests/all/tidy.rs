@@ -94,6 +94,7 @@ fn project_deps(manifest: &Path) -> Vec<String> {
         "loongd",
         "loongctl",
         "loong-worker",
+        "loong-agent-wire",
     ];
     let mut in_deps = false;
     let mut out = Vec::new();
@@ -144,6 +145,8 @@ fn crate_dependency_direction() {
         "workers/http",
         "workers/builtin",
         "workers/plan",
+        "workers/agent",
+        "agent-wire",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
         if manifest.exists() && m != "loongd" {
@@ -195,6 +198,43 @@ fn crate_dependency_direction() {
             f.display()
         );
     }
+    // The agent's provider clients and loop are a library that names no project crate but
+    // the shared agent-wire: the tools it runs come through its `ToolRunner` trait, and only
+    // the worker binary (`src/main.rs`) chooses the wire to the kernel.
+    assert_eq!(
+        project_deps(&r.join("workers/agent/Cargo.toml")),
+        vec![
+            "loong-agent-wire".to_string(),
+            "loong-ipc".to_string(),
+            "loong-worker-runtime".to_string(),
+        ],
+        "workers/agent depends on the worker's crates and agent-wire only"
+    );
+    let mut library = Vec::new();
+    rust_files(&r.join("workers/agent/src"), &mut library);
+    assert!(library.len() > 5, "the agent library is read: {library:?}");
+    for f in library.iter().filter(|f| !f.ends_with("src/main.rs")) {
+        let src = fs::read_to_string(f).expect("read");
+        assert!(
+            !src.contains("loong_ipc") && !src.contains("loong_worker_runtime"),
+            "{} names a project crate; only the worker binary (src/main.rs) may",
+            f.display()
+        );
+    }
+    // What loongd and the agent worker share links no HTTP client and no project crate.
+    assert_eq!(
+        project_deps(&r.join("agent-wire/Cargo.toml")),
+        Vec::<String>::new(),
+        "agent-wire depends on no project crate"
+    );
+    assert_eq!(
+        project_deps(&r.join("loongd/Cargo.toml"))
+            .iter()
+            .filter(|d| d.starts_with("loong-agent"))
+            .count(),
+        1,
+        "loongd reads the agent's configuration through agent-wire"
+    );
     assert!(
         !project_deps(&r.join("loongd/Cargo.toml"))
             .iter()
@@ -203,6 +243,32 @@ fn crate_dependency_direction() {
     );
     // The check itself must be able to see a dependency.
     assert!(project_deps(&r.join("loongd/Cargo.toml")).contains(&"loong-ipc".to_string()));
+}
+
+/// The one TLS stack is rustls with the ring provider: no OpenSSL, no native-tls, no aws-lc
+/// (which needs a C toolchain and cmake) anywhere in the lock file.
+#[test]
+fn the_only_tls_stack_is_rustls_with_ring() {
+    let lock = fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock");
+    let names: BTreeSet<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .collect();
+    for banned in [
+        "aws-lc-rs",
+        "aws-lc-sys",
+        "openssl",
+        "openssl-sys",
+        "native-tls",
+    ] {
+        assert!(!names.contains(banned), "Cargo.lock has {banned}");
+    }
+    // Positive control: the check reads package names.
+    assert!(
+        names.contains("rustls") && names.contains("ring"),
+        "{names:?}"
+    );
 }
 
 /// `text` with comments removed and string and character literals blanked, so that only code

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub(crate) mod agent;
 pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod completions;

@@ -268,6 +268,92 @@ pub enum ControlRequest {
     SecretRemove {
         name: String,
     },
+    /// One agent turn (`loongctl ask`); answered by [`ControlResponse::Asked`].
+    Ask(AskRequest),
+    /// The sessions kept in the agent's memory, a page at a time (by id); answered by
+    /// [`ControlResponse::MemorySessions`]. Decided as `memory.read`.
+    MemoryList(Page),
+    /// One session's messages, oldest first; answered by [`ControlResponse::MemoryMessages`].
+    /// Decided as `memory.read`.
+    MemoryShow {
+        session: String,
+    },
+    /// Forget one session; answered by [`ControlResponse::MemoryCleared`]. Decided as
+    /// `memory.write`.
+    MemoryClear {
+        session: String,
+    },
+}
+
+/// Bound on [`AskRequest::prompt`].
+pub const MAX_ASK_PROMPT_BYTES: usize = 256 * 1024;
+/// Bound on a session id (letters, digits, `_`, `-`, `.`).
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+
+/// An agent turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AskRequest {
+    /// What the user says (at most [`MAX_ASK_PROMPT_BYTES`]).
+    pub prompt: String,
+    /// The conversation it continues and is kept in (`None`: a turn without memory).
+    pub session: Option<String>,
+    /// The bearer secret of the token the turn's tool calls are decided under (`None`: the
+    /// operator's pack).
+    pub token: Option<BearerSecret>,
+}
+
+/// One tool call an agent turn made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AskToolCall {
+    pub name: String,
+    /// The arguments, as the model wrote them.
+    pub arguments: String,
+    /// What the model was answered.
+    pub result: String,
+    pub is_error: bool,
+}
+
+/// An answered agent turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AskResult {
+    pub answer: String,
+    pub session: Option<String>,
+    /// The turn's correlation id: the root of its tool calls' chain in the trail.
+    pub correlation: String,
+    pub tool_calls: Vec<AskToolCall>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Model round trips.
+    pub steps: u32,
+    /// `answered`, `max_steps` or `budget`.
+    pub stop: String,
+    /// The provider of each round trip.
+    pub providers: Vec<String>,
+}
+
+/// One session in the agent's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MemorySession {
+    pub session: String,
+    /// Messages kept.
+    pub messages: u64,
+    /// When it last changed, Unix seconds.
+    pub updated_unix: i64,
+}
+
+/// One kept message of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MemoryMessage {
+    pub seq: u64,
+    /// `user`, `assistant` or `tool_result`.
+    pub role: String,
+    /// The message as JSON.
+    pub json: String,
 }
 
 /// One installed plugin checked against its lock entry.
@@ -658,6 +744,14 @@ pub enum ControlResponse {
     /// Secrets by name (the answer to `SecretSet`, `SecretList` and `SecretRemove`), never
     /// with their values.
     Secrets(Vec<SecretView>),
+    /// The answer to [`ControlRequest::Ask`].
+    Asked(AskResult),
+    /// The answer to [`ControlRequest::MemoryList`].
+    MemorySessions(Vec<MemorySession>),
+    /// The answer to [`ControlRequest::MemoryShow`].
+    MemoryMessages(Vec<MemoryMessage>),
+    /// The answer to [`ControlRequest::MemoryClear`]: how many messages were forgotten.
+    MemoryCleared { session: String, removed: u64 },
 }
 
 /// The daemon's state as `loongctl status` shows it.

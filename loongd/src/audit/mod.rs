@@ -120,11 +120,13 @@ pub enum Kind {
     SecretSet,
     /// An operator removed a secret (its name).
     SecretRemoved,
+    /// An agent turn's provider failed before answering and the fallback was asked.
+    ProviderFailover,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 37] = [
+    pub const ALL: [Kind; 38] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -162,6 +164,7 @@ impl Kind {
         Kind::PluginRemoved,
         Kind::SecretSet,
         Kind::SecretRemoved,
+        Kind::ProviderFailover,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -204,6 +207,7 @@ impl Kind {
             Kind::PluginRemoved => "plugin.removed",
             Kind::SecretSet => "secret.set",
             Kind::SecretRemoved => "secret.removed",
+            Kind::ProviderFailover => "provider.failover",
         }
     }
 

@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod db;
 pub mod decide;
 pub mod keys;
+pub mod memory;
 pub mod shell;
 pub mod tokens;
 
@@ -125,6 +126,8 @@ pub enum Bearer<'a> {
 #[derive(Debug)]
 pub struct Authority {
     pub tokens: TokenStore,
+    /// The agent's conversations, by session (in the same file).
+    pub memory: memory::MemoryStore,
     pub approvals: approvals::ApprovalStore,
     pub keys: keys::Keyring,
     risk: RiskProfile,
@@ -208,6 +211,7 @@ impl Authority {
         }
         let state = home.join("state.db");
         Ok(Authority {
+            memory: memory::MemoryStore::open(&state)?,
             tokens: TokenStore::open(&state)?,
             approvals: approvals::ApprovalStore::open(&state)?,
             keys: keys::Keyring::open(&state)?,
@@ -292,6 +296,29 @@ impl Authority {
     /// Every pack.
     pub fn packs(&self) -> impl Iterator<Item = &Pack> {
         self.packs.values()
+    }
+
+    /// Whether `bearer` holds `cap` on some target: a valid token and its pack both grant
+    /// it (the operator's pack alone without a token). What decides whether a built-in tool
+    /// with that effect is offered to a model at all; each call is still decided on its own.
+    pub fn holds_some(&self, bearer: Bearer<'_>, cap: Capability) -> bool {
+        let token = match bearer {
+            Bearer::Operator => None,
+            Bearer::Secret(s) => match self.tokens.check(s) {
+                Ok(Ok(t)) => Some(t),
+                _ => return false,
+            },
+            Bearer::Id(id) => match self.tokens.check_id(id) {
+                Ok(Ok(t)) => Some(t),
+                _ => return false,
+            },
+        };
+        let pack_id = token.as_ref().map_or(OPERATOR_PACK, |t| t.pack.as_str());
+        let Some(pack) = self.packs.get(pack_id) else {
+            return false;
+        };
+        pack.grants.iter().any(|g| g.cap == cap)
+            && token.is_none_or(|t| t.grants.iter().any(|g| g.cap == cap))
     }
 
     /// Decides `cap` on `target` for the holder of the bearer secret `token` (the operator

@@ -111,6 +111,14 @@ pub(crate) async fn handle(
         ControlRequest::SecretRemove { name } => {
             super::secrets_api::remove(kernel, cred, &io, name).await
         }
+        ControlRequest::Ask(req) => super::agent_api::ask(kernel, cred, &io, req).await,
+        ControlRequest::MemoryList(page) => super::agent_api::list(kernel, cred, &io, page).await,
+        ControlRequest::MemoryShow { session } => {
+            super::agent_api::show(kernel, cred, &io, session).await
+        }
+        ControlRequest::MemoryClear { session } => {
+            super::agent_api::clear(kernel, cred, &io, session).await
+        }
     }
 }
 

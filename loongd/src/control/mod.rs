@@ -1,5 +1,6 @@
 //! The control socket: accepting operator connections and serving the control API.
 
+mod agent_api;
 mod audit_api;
 mod authority_api;
 mod connection;

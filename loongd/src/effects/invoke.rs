@@ -16,6 +16,8 @@ use loong_ipc::{
 };
 use loong_profiles::pack::Capability;
 
+use loong_agent_wire::wire::AGENT_TOOL;
+
 use super::{
     authorize_unrecorded,
     chain::{Host, Root, INVOKE_TOOL},
@@ -68,6 +70,39 @@ pub(crate) async fn call(
 /// [`call`] in chain `root` (`None`: this call is a root). The kernel calls its worker makes
 /// meanwhile are served by a [`Host`] bound to this call's chain.
 pub(crate) async fn call_in(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    tool: String,
+    input: String,
+    root: Option<Arc<Root>>,
+) -> Result<InvokeResult, RemoteError> {
+    not_the_agent(&tool)?;
+    run(kernel, actor, tool, input, root).await
+}
+
+/// One agent turn (`loongctl ask`): `input` is the turn loongd composed, run as a root call
+/// decided as `tool.invoke` on [`AGENT_TOOL`] under the actor's token.
+pub(crate) async fn agent_turn(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    input: String,
+) -> Result<InvokeResult, RemoteError> {
+    run(kernel, actor, AGENT_TOOL.to_string(), input, None).await
+}
+
+/// The agent's turn is composed by loongd only (it carries the provider's key): neither an
+/// operator's `invoke` nor a kernel call may name it.
+fn not_the_agent(tool: &str) -> Result<(), RemoteError> {
+    if tool == AGENT_TOOL {
+        return Err(RemoteError::new(
+            ErrorKind::NotFound,
+            format!("{AGENT_TOOL} is run only by `loongctl ask`; it cannot be invoked"),
+        ));
+    }
+    Ok(())
+}
+
+async fn run(
     kernel: &Kernel,
     actor: &Actor<'_>,
     tool: String,
@@ -178,6 +213,7 @@ pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Op
 /// What [`call_in`] checks before it decides: the input's size and syntax, and a ready
 /// plugin serving `tool`.
 pub(crate) fn precheck(kernel: &Kernel, tool: &str, input: &str) -> Result<(), RemoteError> {
+    not_the_agent(tool)?;
     check_input(input)?;
     ready(kernel, tool).map(|_| ())
 }
@@ -240,8 +276,10 @@ async fn decide(
 ) -> Result<Authorized, RemoteError> {
     // A plan is decided as `tool.invoke` on its name, like a plugin: loongd does not parse
     // it (its worker does), and each call it makes is decided on its own as a nested call.
+    // The agent's turn likewise: each tool call it makes is decided on its own.
     let (cap, on, script) = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
         && tool != crate::workers::builtins::PROGRAMMATIC_TOOL_CALL
+        && tool != AGENT_TOOL
     {
         builtin_effect(tool, input)?
     } else {

@@ -14,6 +14,7 @@ use super::{
     LoadInfo, Loadable, Wire, WorkerKind,
 };
 use crate::config::BuiltinsConfig;
+use loong_agent_wire::{config::Settings, wire::AGENT_TOOL};
 
 /// `bridge_kind` of a built-in tool.
 pub const BUILTIN: &str = "builtin";
@@ -71,9 +72,92 @@ const DEFS: [Def; 6] = [
     },
 ];
 
-/// The built-in tools `cfg` grants something to.
-pub(crate) fn entries(cfg: &BuiltinsConfig) -> Vec<Plugin> {
-    DEFS.iter().filter_map(|d| entry(d, cfg)).collect()
+/// The built-in tools `cfg` grants something to, and the agent's turn when `[agent]` is
+/// configured.
+pub(crate) fn entries(cfg: &BuiltinsConfig, agent: &Settings) -> Vec<Plugin> {
+    let mut all: Vec<Plugin> = DEFS.iter().filter_map(|d| entry(d, cfg)).collect();
+    all.extend(agent_entry(agent));
+    all
+}
+
+/// The agent's turn (`agent.turn`): never offered to a model nor callable by `invoke` or a
+/// kernel call, only by `loongctl ask` (`control::agent_api`). Its worker declares
+/// `invoke_tool`, so each tool call the model makes is a kernel call decided under the
+/// session's token.
+fn agent_entry(settings: &Settings) -> Option<Plugin> {
+    let agent = settings.agent.as_ref()?;
+    let names = std::iter::once(&agent.provider).chain(agent.fallback.as_ref());
+    let mut net = Vec::new();
+    for name in names {
+        let grant = settings
+            .providers
+            .get(name)
+            .and_then(|p| provider_grant(&p.base_url));
+        match grant {
+            Some(g) => net.push(g),
+            None => {
+                let mut failed = described(
+                    &AGENT_DEF,
+                    State::Failed(format!(
+                        "[providers.{name}] base_url names no HOST:PORT the agent can be granted; give an http:// or https:// URL"
+                    )),
+                );
+                failed.capabilities = Vec::new();
+                return Some(failed);
+            }
+        }
+    }
+    let state = State::Ready {
+        plugin: Loadable {
+            id: AGENT_TOOL.to_string(),
+            wire: Arc::new(Wire::Builtin(BuiltinSpec {
+                tool: AGENT_TOOL.to_string(),
+                roots: Vec::new(),
+                timeout_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
+                max_output_bytes: AGENT_MAX_OUTPUT_BYTES,
+            })),
+            generation: super::plugins::next_generation(),
+        },
+        kind: Some(Box::new(WorkerKind::agent(net))),
+        info: LoadInfo::default(),
+        pool: None,
+    };
+    let mut plugin = described(&AGENT_DEF, state);
+    plugin.capabilities = vec![PLAN_CAPABILITY.to_string()];
+    Some(plugin)
+}
+
+/// The most a turn's answer may hold (its text, tool calls and the messages it added).
+pub const AGENT_MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
+
+const AGENT_DEF: Def = Def {
+    tool: AGENT_TOOL,
+    summary: "One conversation turn of the agent (loongctl ask); its tool calls are kernel calls under the session's token",
+    tags: &["agent", "builtin"],
+    example: "{}",
+};
+
+/// The `HOST:PORT` a provider's `base_url` names (80 for http, 443 for https by default).
+pub(crate) fn provider_grant(base_url: &str) -> Option<loong_sandbox::NetGrant> {
+    let (rest, default_port) = if let Some(r) = base_url.strip_prefix("https://") {
+        (r, 443)
+    } else {
+        (base_url.strip_prefix("http://")?, 80)
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.matches(':').count() == 1,
+    };
+    let text = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    text.parse().ok()
 }
 
 fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
@@ -222,6 +306,26 @@ fn plan_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
 
 #[cfg(test)]
 mod tests {
+    /// A provider's grant is its URL's `HOST:PORT`, the scheme's port when none is given;
+    /// a URL with credentials or without a host names none.
+    #[test]
+    fn a_providers_grant_is_the_host_and_port_of_its_base_url() {
+        let grant = |u: &str| super::provider_grant(u).map(|g| format!("{}:{}", g.host, g.port));
+        assert_eq!(
+            grant("https://api.anthropic.com").as_deref(),
+            Some("api.anthropic.com:443")
+        );
+        assert_eq!(
+            grant("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(grant("http://[::1]:9/v1").as_deref(), Some("::1:9"));
+        assert_eq!(grant("http://[::1]/v1").as_deref(), Some("::1:80"));
+        assert_eq!(grant("https://user:pw@evil.example/v1"), None);
+        assert_eq!(grant("ftp://example.com"), None);
+        assert_eq!(grant("http:///v1"), None);
+    }
+
     /// The names a plugin id may not take (checked by the manifest parser, which loongd and
     /// `loongctl plugins doctor` share) are exactly the built-in tools.
     #[test]

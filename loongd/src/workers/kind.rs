@@ -12,6 +12,12 @@ pub const STDIO_WORKER_NAME: &str = "loong-worker-stdio";
 pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
 pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
 pub const PLAN_WORKER_NAME: &str = "loong-worker-plan";
+pub const AGENT_WORKER_NAME: &str = "loong-worker-agent";
+/// An agent worker's memory: the HTTP client, one conversation window and one answer.
+pub const AGENT_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Tasks an agent worker's sandbox may hold: the spawn helper and the reaper, the worker's
+/// thread, the resolver's blocking threads, and room to spare.
+pub const AGENT_WORKER_TASKS: u64 = 16;
 /// A plan worker's memory: the interpreter, one plan and its steps' outputs.
 pub const PLAN_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Tasks a plan worker's sandbox may hold: the spawn helper and the reaper, the worker's
@@ -145,6 +151,23 @@ impl WorkerKind {
             read: Vec::new(),
             write: Vec::new(),
             net: Vec::new(),
+            broker: false,
+            package: None,
+        }
+    }
+
+    /// The agent worker: balanced, no file-system grant, the network only to `net` (its
+    /// providers' `HOST:PORT`).
+    pub(crate) fn agent(net: Vec<NetGrant>) -> WorkerKind {
+        WorkerKind {
+            name: "agent",
+            program: next_to_loongd(AGENT_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: AGENT_WORKER_MEMORY_BYTES,
+            tasks: AGENT_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net,
             broker: false,
             package: None,
         }

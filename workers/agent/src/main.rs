@@ -1,0 +1,291 @@
+//! `loong-worker-agent`: the balanced-tier worker that runs one conversation turn per call.
+//!
+//! loongd starts it with no file-system grant and a network grant only to its providers'
+//! `HOST:PORT` (through the egress broker's proxy where there is one). A call's input is a
+//! [`TurnInput`]: the providers with their keys, the system prompt, the session's recent
+//! messages and the tools the session's token may call. The turn runs here, never in
+//! loongd; each tool call the model asks for is one kernel call (`InvokeTool`) on the
+//! worker's socket, which loongd decides under the session's token and audits with the
+//! chain. The worker holds no authority of its own: a denial is the model's tool error.
+//!
+//! It does not take the final self-confinement step (that forbids sockets, and the worker
+//! must reach its provider): the tier's sandbox and the net grant are the boundary.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use loong_ipc::{
+    FailureKind, InvokeTool, KernelRequest, PluginFailure, RemoteError, WorkerRequest,
+    WorkerResponse,
+};
+use loong_worker_agent::{
+    client::BoxFuture,
+    run_turn,
+    wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
+    ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
+    TurnEvent, TurnLimits, TurnStop,
+};
+use loong_worker_runtime::{internal, refused, Final, Handler, KernelLink, KernelLinkError};
+
+/// The shortest time a tool call is given, even when the turn's budget is nearly spent
+/// (loongd bounds the chain's wall time itself).
+const MIN_TOOL_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// The most providers one turn names: the provider and its fallback.
+const MAX_PROVIDERS: usize = 2;
+
+#[derive(Debug, Default)]
+struct Worker {
+    configured: bool,
+    calls: u64,
+}
+
+/// [`ToolRunner`] over the worker's link: one kernel call per tool call.
+struct Kernel {
+    link: Mutex<KernelLink>,
+    until: Instant,
+}
+
+impl ToolRunner for Kernel {
+    fn run<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        arguments: serde_json::Value,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let req = KernelRequest::InvokeTool(InvokeTool {
+                tool: call.name.clone(),
+                input: arguments.to_string(),
+            });
+            let timeout = self
+                .until
+                .saturating_duration_since(Instant::now())
+                .max(MIN_TOOL_CALL_TIMEOUT);
+            let mut link = self
+                .link
+                .lock()
+                .map_err(|_| "error: the kernel link is unusable".to_string())?;
+            match link.call(&req, timeout) {
+                Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(e) => Err(tool_error(&e)),
+            }
+        })
+    }
+}
+
+/// What the model is told when the kernel did not run its call: the class and loongd's
+/// reason (a denial names the stage and the missing grant).
+fn tool_error(e: &KernelLinkError) -> String {
+    match e {
+        KernelLinkError::Remote(r) => format!("error: {}: {}", r.kind, r.message),
+        KernelLinkError::Timeout(d) => {
+            format!(
+                "error: the tool call did not finish within {} ms",
+                d.as_millis()
+            )
+        }
+        other => format!("error: the tool call could not be made: {other}"),
+    }
+}
+
+impl Handler for Worker {
+    fn handle_with(
+        &mut self,
+        req: WorkerRequest,
+        link: KernelLink,
+    ) -> Result<WorkerResponse, RemoteError> {
+        self.serve(req, Some(link))
+    }
+
+    fn handle(&mut self, req: WorkerRequest) -> Result<WorkerResponse, RemoteError> {
+        self.serve(req, None)
+    }
+}
+
+impl Worker {
+    fn serve(
+        &mut self,
+        req: WorkerRequest,
+        link: Option<KernelLink>,
+    ) -> Result<WorkerResponse, RemoteError> {
+        Ok(match req {
+            WorkerRequest::Builtin(spec) => {
+                if let Err(e) = spec.check_bounds() {
+                    return Ok(refused(e.to_string()));
+                }
+                if spec.tool != AGENT_TOOL {
+                    return Ok(refused(format!(
+                        "loong-worker-agent serves only {AGENT_TOOL}, not {:?}",
+                        spec.tool
+                    )));
+                }
+                self.configured = true;
+                loong_worker_runtime::one_tool(AGENT_TOOL)
+            }
+            WorkerRequest::Invoke {
+                plugin_id, input, ..
+            } => {
+                self.calls += 1;
+                if !self.configured || plugin_id != AGENT_TOOL {
+                    return Ok(loong_worker_runtime::not_configured(&plugin_id));
+                }
+                let Some(link) = link else {
+                    return Err(internal("a turn came without a kernel link"));
+                };
+                turn(&input, link)?
+            }
+            other @ (WorkerRequest::Load(_)
+            | WorkerRequest::Start(_)
+            | WorkerRequest::Connector(_)) => {
+                loong_worker_runtime::wrong_worker(&other, "loong-worker-agent")
+            }
+            WorkerRequest::Unload { .. } => {
+                self.configured = false;
+                WorkerResponse::Unloaded
+            }
+            WorkerRequest::Stats => loong_worker_runtime::stats(
+                if self.configured {
+                    vec![AGENT_TOOL.to_string()]
+                } else {
+                    Vec::new()
+                },
+                self.calls,
+            ),
+        })
+    }
+}
+
+fn failed(class: &str, provider: &str, message: String) -> Result<WorkerResponse, RemoteError> {
+    let failure = TurnFailure {
+        class: class.to_string(),
+        provider: provider.to_string(),
+        message,
+    };
+    let text = serde_json::to_string(&failure)
+        .map_err(|e| internal(format!("encoding the turn's failure: {e}")))?;
+    Ok(WorkerResponse::Failed(PluginFailure::new(
+        FailureKind::ToolError,
+        text,
+    )))
+}
+
+fn provider(
+    p: &loong_worker_agent::wire::WireProvider,
+) -> Result<Box<dyn Provider>, ProviderError> {
+    let provider = HttpProvider::new(
+        &p.name,
+        &p.config(),
+        p.api_key.as_deref(),
+        &ClientOptions::default(),
+    )?;
+    Ok(Box::new(provider))
+}
+
+fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
+    let started = Instant::now();
+    let cpu_before = loong_worker_runtime::thread_cpu_us();
+    let input: TurnInput = match serde_json::from_slice(input) {
+        Ok(i) => i,
+        Err(e) => return failed("input", "", format!("the turn's input is not a turn: {e}")),
+    };
+    if input.providers.is_empty() || input.providers.len() > MAX_PROVIDERS {
+        return failed(
+            "input",
+            "",
+            format!(
+                "a turn names 1 to {MAX_PROVIDERS} providers, not {}",
+                input.providers.len()
+            ),
+        );
+    }
+    let mut chosen = Vec::new();
+    for p in &input.providers {
+        match provider(p) {
+            Ok(c) => chosen.push(c),
+            Err(e) => return failed(e.class(), e.provider(), e.to_string()),
+        }
+    }
+    let mut chosen = chosen.into_iter();
+    let (Some(primary), fallback) = (chosen.next(), chosen.next()) else {
+        return Err(internal("no provider after the check"));
+    };
+    let failover = Failover::new(primary, fallback);
+    let limits = TurnLimits {
+        max_steps: input.max_steps,
+        budget: Duration::from_millis(input.budget_ms),
+    };
+    let kernel = Kernel {
+        link: Mutex::new(link),
+        until: started + limits.budget,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| internal(format!("starting the turn's runtime: {e}")))?;
+    let mut history = input.messages.clone();
+    let given = history.len();
+    let mut calls: Vec<ToolCallRecord> = Vec::new();
+    let mut failovers = Vec::new();
+    let mut on_event = |event: TurnEvent| match event {
+        TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
+            offered: input.tools.iter().any(|t| t.name == call.name),
+            name: call.name,
+            arguments: call.arguments_json,
+            result: String::new(),
+            is_error: false,
+        }),
+        TurnEvent::ToolResult {
+            content, is_error, ..
+        } => {
+            if let Some(last) = calls.iter_mut().rev().find(|c| c.result.is_empty()) {
+                last.result = content;
+                last.is_error = is_error;
+            }
+        }
+        TurnEvent::Failover(f) => failovers.push(f),
+        TurnEvent::Step { .. } | TurnEvent::Text(_) => {}
+    };
+    let outcome = runtime.block_on(run_turn(
+        &failover,
+        input.system.as_deref(),
+        &mut history,
+        &input.tools,
+        &kernel,
+        limits,
+        &mut on_event,
+    ));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return failed(e.class(), e.provider(), e.to_string()),
+    };
+    let output = TurnOutput {
+        answer: outcome.text,
+        stop: match outcome.stop {
+            TurnStop::Answered(_) => "answered",
+            TurnStop::MaxSteps => "max_steps",
+            TurnStop::Budget => "budget",
+        }
+        .to_string(),
+        steps: outcome.steps,
+        usage: outcome.usage,
+        providers: outcome.providers,
+        tool_calls: calls,
+        failovers,
+        added: history.split_off(given.min(history.len())),
+    };
+    let bytes = serde_json::to_vec(&output)
+        .map_err(|e| internal(format!("encoding the turn's answer: {e}")))?;
+    Ok(loong_worker_runtime::plain_output(
+        bytes, started, cpu_before,
+    ))
+}
+
+fn main() {
+    let code = loong_worker_runtime::main_with(
+        concat!("loong-worker-agent ", env!("CARGO_PKG_VERSION")),
+        Final::TierOnly,
+        || Ok(Worker::default()),
+    );
+    std::process::exit(code);
+}
