@@ -112,6 +112,15 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # [plugins.wasm_sha256]
 # echo = "sha256:…"
 
+[egress]
+# The DNS server loongd asks, once per connection, for the names that web.fetch, connectors
+# and network grants reach (UDP, then TCP). Absent: the name servers of /etc/resolv.conf
+# (their search domains are never applied). Every address of an answer is checked; see
+# docs/SECURITY.md.
+# resolver = "127.0.0.53:53"
+# The deadline of one lookup, ms (100..=60000).
+# lookup_timeout_ms = 5000
+
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
 # jsonl_file = "/var/log/loong/audit.jsonl"
@@ -186,6 +195,54 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
+    /// How loongd reaches the network on a sandbox's behalf.
+    pub egress: EgressConfig,
+}
+
+/// The default deadline of one lookup (`[egress] lookup_timeout_ms`).
+pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 5_000;
+/// The bounds of `[egress] lookup_timeout_ms`.
+pub const LOOKUP_TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
+
+/// `[egress]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// The DNS server to ask (`None`: the system's, from /etc/resolv.conf).
+    #[serde(deserialize_with = "resolver_addr")]
+    pub resolver: Option<std::net::SocketAddr>,
+    /// The deadline of one lookup, ms.
+    #[serde(deserialize_with = "lookup_timeout_ms")]
+    pub lookup_timeout_ms: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            resolver: None,
+            lookup_timeout_ms: DEFAULT_LOOKUP_TIMEOUT_MS,
+        }
+    }
+}
+
+fn resolver_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "egress.resolver {:?} is not IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\"",
+            s.chars().take(80).collect::<String>()
+        ))
+    })
+}
+fn lookup_timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(
+        d,
+        LOOKUP_TIMEOUT_RANGE_MS.0,
+        LOOKUP_TIMEOUT_RANGE_MS.1,
+        "ms",
+    )
 }
 
 /// `[audit]`.
@@ -871,7 +928,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`"),
         );
         let hex = "ab".repeat(32);
         check(
@@ -900,7 +957,19 @@ mod tests {
         );
         check(
             "[builtins]\nshell_net = [\"nohost\"]\n",
-            Err("/h/loongd.toml:2: network grant `nohost` is not HOST:PORT"),
+            Err("/h/loongd.toml:2: network grant `nohost` is not HOST:PORT; write e.g. `api.example.com:443`, `*.example.com:443`, `10.0.0.1:5432` or `[::1]:8080`"),
+        );
+        check(
+            "[builtins]\nshell_net = [\"*.example.com:0\"]\n",
+            Err("/h/loongd.toml:2: network grant `*.example.com:0`: `0` is not a port; write a number from 1 to 65535 (without a sign or leading zeros), or `*` for every port"),
+        );
+        check(
+            "[egress]\nresolver = \"10.0.0.53\"\n",
+            Err("/h/loongd.toml:2: egress.resolver \"10.0.0.53\" is not IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\""),
+        );
+        check(
+            "[egress]\nlookup_timeout_ms = 10\n",
+            Err("/h/loongd.toml:2: 10 is outside 100..=60000 ms"),
         );
         check(
             "[workers]\nwasm_pool_size = 0\n",
@@ -917,6 +986,14 @@ mod tests {
         let mut c = Config::default();
         c.workers.wasm_pool_size = 4;
         check("[workers]\nwasm_pool_size = 4\n", Ok(c));
+        let mut e = Config::default();
+        e.egress.resolver = Some("[::1]:5353".parse().expect("addr"));
+        e.egress.lookup_timeout_ms = 250;
+        e.builtins.shell_net = vec!["*.example.com:*".into()];
+        check(
+            "[egress]\nresolver = \"[::1]:5353\"\nlookup_timeout_ms = 250\n[builtins]\nshell_net = [\"*.example.com:*\"]\n",
+            Ok(e),
+        );
         let mut k = Config::default();
         k.kernel_calls.max_depth = 2;
         check("[kernel_calls]\nmax_depth = 2\n", Ok(k));

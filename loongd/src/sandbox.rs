@@ -189,11 +189,14 @@ async fn authorize(
             .iter()
             .map(|p| (Capability::FsWrite, p.clone(), None)),
     );
-    checks.extend(
-        req.allow_net
-            .iter()
-            .map(|h| (Capability::NetEgress, h.clone(), None)),
-    );
+    // A network grant is decided as what it is, in its canonical form (a pattern is decided
+    // whole); one that does not parse is the request's error, before anything is decided.
+    for g in &req.allow_net {
+        let grant = g
+            .parse::<NetGrant>()
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        checks.push((Capability::NetEgress, grant.to_string(), None));
+    }
     let mut token = None;
     let mut decided = DecidedGrants::default();
     let argv_all = argv.clone();

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod helper;
 pub mod host;
+pub mod net_grant;
 pub mod openat;
 pub mod peer;
 pub mod plan;
@@ -22,6 +23,7 @@ pub mod syscalls;
 pub mod worker;
 
 pub use host::{Host, Mechanism};
+pub use net_grant::{HostPattern, PortPattern};
 pub use profile::{
     LandlockMode, Namespaces, RlimitProfile, SeccompMode, SyscallEntry, SystemPath, Tier,
     TierProfile, UnknownTier,

@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     host::{Host, Mechanism},
+    net_grant::PortPattern,
     plan::{IdMap, LandlockPlan, MountOp, Plan},
     profile::{LandlockMode, TierProfile},
     Tier,
@@ -27,55 +28,7 @@ pub const KERNEL_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// `PATH` inside a sandbox.
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
-/// A TCP destination a sandbox may connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetGrant {
-    pub host: String,
-    pub port: u16,
-}
-
-/// Why a network grant does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NetGrantError {
-    #[error("network grant `{0}` is not HOST:PORT")]
-    NotHostPort(String),
-    #[error("network grant `{grant}`: `{port}` is not a port number")]
-    BadPort { grant: String, port: String },
-    #[error("network grant `{0}` needs a host and a port above 0")]
-    Empty(String),
-    #[error("network grant `{grant}`: `{host}` is not a host name or address")]
-    BadHost { grant: String, host: String },
-}
-
-impl std::str::FromStr for NetGrant {
-    type Err = NetGrantError;
-    fn from_str(s: &str) -> Result<NetGrant, NetGrantError> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| NetGrantError::NotHostPort(s.to_string()))?;
-        let port: u16 = port.parse().map_err(|_| NetGrantError::BadPort {
-            grant: s.to_string(),
-            port: port.to_string(),
-        })?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(NetGrantError::Empty(s.to_string()));
-        }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
-        {
-            return Err(NetGrantError::BadHost {
-                grant: s.to_string(),
-                host: host.to_string(),
-            });
-        }
-        Ok(NetGrant {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
+pub use crate::net_grant::{NetGrant, NetGrantError};
 
 /// Resource limits of one sandbox; `None` leaves the tier's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -315,6 +268,14 @@ impl SandboxSpec {
         if !self.net.is_empty() && !profile.namespaces.net {
             return Err(SpecError::Conflict(format!(
                 "the {tier} tier has the host's whole network, which --allow-net cannot narrow; use --tier balanced for a port grant"
+            )));
+        }
+        // Landlock's connect rules are per port: `*` has no rule to become, so it is refused
+        // rather than widened to every port or dropped.
+        if let Some(g) = self.net.iter().find(|g| g.port == PortPattern::Any) {
+            return Err(SpecError::Conflict(format!(
+                "network grant `{g}`: port `*` cannot be enforced by this sandbox (its network rules are per port); name the port, as in `{}:443`",
+                g.to_string().trim_end_matches(":*")
             )));
         }
         let mut read = read;
@@ -656,7 +617,15 @@ impl SandboxSpec {
             ro,
             rw,
             restrict_net: profile.landlock_net,
-            connect_ports: self.net.iter().map(|g| g.port).collect(),
+            // Landlock's rules are per port: a grant with port `*` is refused at planning.
+            connect_ports: self
+                .net
+                .iter()
+                .filter_map(|g| match g.port {
+                    PortPattern::Port(p) => Some(p),
+                    PortPattern::Any => None,
+                })
+                .collect(),
             scopes: profile.landlock_scopes,
             required: mode == LandlockMode::Required,
         }
@@ -891,6 +860,13 @@ mod tests {
                 "{m:?}: {err}"
             );
         }
+        // Port `*` has no per-port rule: refused, never widened.
+        let err = plan(&host(), &balanced, spec(Tier::Balanced, "localhost:*"))
+            .expect_err("port * refused");
+        assert!(
+            err.to_string().contains("port `*` cannot be enforced"),
+            "{err}"
+        );
         // The trusted tier keeps the host's network: a grant there would narrow nothing.
         plan(&host(), &trusted, spec(Tier::Trusted, "")).expect("trusted plans");
         let err =

@@ -406,7 +406,7 @@ fn bad_input_is_refused_and_nothing_spawns() {
                 "--",
                 "/bin/true",
             ],
-            "needs a host and a port above 0",
+            "network grant `example:0`: `0` is not a port",
         ),
         (
             &[

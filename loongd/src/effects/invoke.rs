@@ -403,7 +403,13 @@ fn builtin_effect(
             let url = field("url")?;
             let (host, port, _) = loong_profiles::plugin::parse_endpoint(&url)
                 .map_err(|e| bad(format!("web.fetch url: {e}")))?;
-            (Capability::NetEgress, format!("{host}:{port}"), None)
+            // An IPv6 host is bracketed, as the grant grammar writes it.
+            let target = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            (Capability::NetEgress, target, None)
         }
         "shell.exec" => {
             let command = field("command")?;
