@@ -9,6 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 mod effects;
+pub(crate) mod egress;
 pub mod home;
 pub mod metrics;
 pub mod notify;
@@ -73,6 +74,8 @@ pub struct Kernel {
     plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
     /// Held by whatever changes the plugin set (reload, install, enable, …), one at a time.
     plugin_ops: tokio::sync::Mutex<()>,
+    /// The one resolver every connection's name is looked up and vetted with (`[egress]`).
+    resolver: Arc<egress::resolve::Resolver>,
 }
 
 impl Kernel {
@@ -83,6 +86,7 @@ impl Kernel {
         spawner: Result<Arc<loong_sandbox::Spawner>, crate::spawner::SpawnerUnavailable>,
         audit: audit::Audit,
         authority: authority::Authority,
+        resolver: Arc<egress::resolve::Resolver>,
     ) -> Kernel {
         let workers = Arc::new(workers::Supervisor::new(
             workers::WorkerKind::wasm(),
@@ -90,8 +94,10 @@ impl Kernel {
             config.sandbox.allow_degraded,
             config.workers.wasm_pool_size as usize,
             audit.clone(),
+            resolver.clone(),
         ));
         Kernel {
+            resolver,
             workers,
             plugins: std::sync::RwLock::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
@@ -191,6 +197,7 @@ impl Kernel {
             self.config.sandbox.allow_degraded,
             1,
             self.audit.clone(),
+            self.resolver.clone(),
         ));
         tokio::spawn(workers::health_loop(pool.clone()));
         pool
@@ -365,6 +372,18 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         runtime.block_on(audit.shutdown());
         bail!("the risk profile is refused: {why}");
     }
+    // One resolver for every name loongd looks up on a sandbox's behalf.
+    let resolver = {
+        let _entered = runtime.enter();
+        egress::resolve::Resolver::from_config(&config.egress)
+    };
+    let resolver = match resolver {
+        Ok(r) => Arc::new(r),
+        Err(why) => {
+            runtime.block_on(audit.shutdown());
+            bail!("{why}");
+        }
+    };
     let kernel = Arc::new(Kernel::new(
         layout,
         config,
@@ -372,6 +391,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         spawner,
         audit,
         authority,
+        resolver,
     ));
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)

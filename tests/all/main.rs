@@ -10,6 +10,8 @@ mod bridges;
 mod builtins;
 mod control_socket;
 mod daemon_lifecycle;
+mod dns;
+mod dns_server;
 mod file_binding;
 mod kernel_calls;
 mod keys;

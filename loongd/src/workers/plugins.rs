@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::authority::keys::{parse_public, TrustKey};
 use crate::config::PluginsConfig;
+use crate::egress::resolve::Resolver;
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
@@ -246,6 +247,7 @@ pub(crate) fn read_package(
     keys: &[TrustKey],
     lock: &super::lock::Lock,
     pins: &PluginsConfig,
+    resolver: &Resolver,
 ) -> Plugin {
     let entry = lock.get(name);
     let failed = |why: String| Plugin {
@@ -297,7 +299,7 @@ pub(crate) fn read_package(
         Ok(s) => s,
     };
     let manifest = m.path.clone();
-    let mut p = match ready(m, module) {
+    let mut p = match ready(m, module, resolver) {
         Ok(p) => p,
         Err(why) => return failed(why),
     };
@@ -333,6 +335,7 @@ pub(crate) fn discover(
     keys: &[TrustKey],
     lock: &super::lock::Lock,
     pins: &PluginsConfig,
+    resolver: &Resolver,
 ) -> Vec<Plugin> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -352,7 +355,7 @@ pub(crate) fn discover(
         if name.starts_with('.') {
             continue;
         }
-        out.push(read_package(&dir, &name, keys, lock, pins));
+        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
     }
     refuse_slot_conflicts(&mut out);
     out
@@ -392,7 +395,11 @@ pub(crate) fn refuse_slot_conflicts(plugins: &mut [Plugin]) {
     }
 }
 
-fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
+fn ready(
+    m: PluginManifest,
+    module: Option<Vec<u8>>,
+    resolver: &Resolver,
+) -> Result<Plugin, String> {
     let capabilities = m.capabilities.clone();
     let (bridge_kind, wire, kind) = match &m.bridge {
         Bridge::Wasm => {
@@ -434,13 +441,14 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
         }
         Bridge::Http(h) => {
             // Resolved once, here: each call connects to these addresses and no others.
-            let addrs = super::net::pin(&h.host, h.port, h.allow_private_network).map_err(|e| {
-                format!(
-                    "{}: metadata.endpoint {}: {e}",
-                    m.path.display(),
-                    h.endpoint
-                )
-            })?;
+            let addrs = super::net::pin(resolver, &h.host, h.port, h.allow_private_network)
+                .map_err(|e| {
+                    format!(
+                        "{}: metadata.endpoint {}: {e}",
+                        m.path.display(),
+                        h.endpoint
+                    )
+                })?;
             let host = if h.port == 80 {
                 h.host.clone()
             } else if h.host.contains(':') {

@@ -170,6 +170,8 @@ pub(crate) struct Supervisor {
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
     stopping: AtomicBool,
+    /// loongd's resolver, for a fetch's URL.
+    resolver: Arc<crate::egress::resolve::Resolver>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,8 +186,10 @@ impl Supervisor {
         allow_degraded: bool,
         pool_size: usize,
         audit: Audit,
+        resolver: Arc<crate::egress::resolve::Resolver>,
     ) -> Supervisor {
         Supervisor {
+            resolver,
             kind,
             spawner,
             allow_degraded,
@@ -374,7 +378,7 @@ impl Supervisor {
         let deadline = plugin.call_deadline();
         // A kind with a broker gets the connection loongd made for this call (a connector's
         // pinned endpoint, a fetch's checked URL) beside its input.
-        match broker::route(&plugin.wire, id, &mut input).await {
+        match broker::route(&plugin.wire, id, &mut input, &self.resolver).await {
             Ok(None) => {}
             Ok(Some(conn)) => worker.pass_connection(&conn)?,
             Err(f) => return Ok(Err(CallError::Plugin(f))),
