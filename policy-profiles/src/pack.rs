@@ -496,6 +496,7 @@ mod tests {
         assert!(egress("*.example.test:443", "a.b.example.test:443"));
         assert!(!egress("*.example.test:443", "example.test:443"));
         assert!(!egress("*.example.test:443", "example.test.evil:443"));
+        assert!(!egress("*.example.test:443", "evilexample.test:443"));
         assert!(!egress("*.example.test:443", "a.example.test:444"));
         assert!(egress("*.example.test:*", "a.example.test:444"));
         assert!(egress("api.example.test:*", "api.example.test:8443"));

@@ -410,6 +410,8 @@ mod tests {
             ("example.test", 443),
             ("example.test.evil", 443),
             ("aexample.test", 443),
+            ("evilexample.test", 443),
+            ("a.evilexample.test", 443),
             ("a.example.test.evil", 443),
             ("a.example.test", 444),
             ("a.example.test", 0),
@@ -577,6 +579,8 @@ mod tests {
         assert!(!g("b.a.com:443").covers(&g("*.a.com:443")));
         assert!(!g("*.b.a.com:443").covers(&g("*.a.com:443")));
         assert!(!g("*.a.com:443").covers(&g("*.xa.com:443")));
+        assert!(!g("*.a.com:443").covers(&g("*.evila.com:443")));
+        assert!(!g("*.a.com:443").covers(&g("x.evila.com:443")));
         assert!(!g("localhost:80").covers(&g("127.0.0.1:80")));
         assert!(g("*.a.com:443").overlaps(&g("x.a.com:*")));
         assert!(g("x.a.com:443").overlaps(&g("*.a.com:443")));
