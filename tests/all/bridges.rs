@@ -965,7 +965,13 @@ fn hook_answer(path: &str, body: &[u8]) -> Answer {
     }
 }
 
-fn install_hook(home: &Home, id: &str, endpoint: &str, extra_metadata: &str, sandbox: &str) {
+pub(crate) fn install_hook(
+    home: &Home,
+    id: &str,
+    endpoint: &str,
+    extra_metadata: &str,
+    sandbox: &str,
+) {
     install_foreign(
         home,
         id,

@@ -6,10 +6,10 @@
 use std::{fs, net::Ipv4Addr};
 
 use crate::{
-    bridges::LocalHttp,
+    bridges::{install_hook, LocalHttp},
     dns_server::{DnsServer, TYPE_A},
     support::{text, Home},
-    workers::{details, invoke},
+    workers::{details, invoke, plugins},
 };
 
 /// A public address (no range `workers::net` refuses); dialling it may fail or answer, and the
@@ -201,5 +201,67 @@ fn a_suffix_grant_admits_names_under_it_and_refuses_look_alikes() {
         text(&out.stderr).contains("network grant `*.:443`"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A connector's endpoint name is looked up once, through the same resolver, when the plugin
+/// is discovered: its calls dial the pinned address and ask nothing more, so a later answer
+/// (here a private address) cannot move it. A name answering a private address is refused at
+/// discovery, naming the address, its range and the setting; the same answer with the
+/// setting is the control.
+#[test]
+fn a_connector_endpoint_is_looked_up_once_at_discovery_through_the_resolver() {
+    const CALLS: usize = 3;
+    let server = LocalHttp::start(|_, _| {
+        (
+            "200 OK".into(),
+            "application/json",
+            r#"{"ok": true}"#.into(),
+        )
+    });
+    let dns = DnsServer::start(vec![
+        (
+            "hook.test".into(),
+            vec![vec![Ipv4Addr::LOCALHOST], vec![Ipv4Addr::new(10, 9, 9, 9)]],
+        ),
+        ("inner.test".into(), vec![vec![Ipv4Addr::LOCALHOST]]),
+    ]);
+    let home = Home::with_config(&format!(
+        "[egress]\nresolver = \"{}\"\nlookup_timeout_ms = 2000\n",
+        dns.addr
+    ));
+    let private = r#""allow_private_network": true, "timeout_ms": 2000"#;
+    let endpoint = |name: &str| format!("http://{name}:{}/hook", server.port);
+    install_hook(&home, "pinned", &endpoint("hook.test"), "", private);
+    install_hook(&home, "inner", &endpoint("inner.test"), "", "");
+    home.start();
+    let ps = plugins(&home);
+    let state = |id: &str| {
+        let p = ps.iter().find(|p| p["id"] == id).expect("listed");
+        (
+            p["state"].as_str().unwrap_or_default().to_string(),
+            p["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (st, err) = state("inner");
+    assert!(
+        st == "failed"
+            && err.contains("inner.test resolves to 127.0.0.1, a loopback address")
+            && err.contains("sandbox.allow_private_network"),
+        "{st} {err}"
+    );
+    assert_eq!(state("pinned").0, "ready", "{}", state("pinned").1);
+    let asked = dns.queries("hook.test", TYPE_A);
+    assert!(asked >= 1, "discovery asked the resolver");
+    for call in 0..CALLS {
+        let (code, out, err) = invoke(&home, &["pinned", "--input", "{}"]);
+        assert_eq!(code, 0, "call {call}: {err}");
+        assert_eq!(out.trim(), r#"{"ok":true}"#, "call {call}");
+    }
+    assert_eq!(server.accepted(), CALLS);
+    assert_eq!(
+        dns.queries("hook.test", TYPE_A),
+        asked,
+        "a call looked the endpoint up again"
     );
 }

@@ -169,11 +169,15 @@ impl Resolver {
         allow_private: bool,
     ) -> Result<Vec<SocketAddr>, Refusal> {
         let fut = self.vet(host, port, allow_private);
+        // Blocking in place needs a multi-threaded runtime; anywhere else the name is refused
+        // (fail closed) rather than the caller's thread panicking.
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => tokio::task::block_in_place(|| h.block_on(fut)),
-            Err(_) => Err(Refusal::Unresolved {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(fut))
+            }
+            _ => Err(Refusal::Unresolved {
                 host: host.to_string(),
-                why: "no runtime to resolve it on".into(),
+                why: "loongd resolves names on its multi-threaded runtime only".into(),
                 source_of: self.source_of.clone(),
             }),
         }
