@@ -114,7 +114,8 @@ impl NetGrant {
     }
 
     /// The one destination of a grant that names exactly one host (or address) and a numeric
-    /// port, as `(host or address text, port)`; `None` for a pattern.
+    /// port, as `(host or address text, port)`, an IPv6 address without brackets (so it
+    /// parses as an `IpAddr`); `None` for a pattern (a suffix, or port `*`).
     pub fn exact(&self) -> Option<(&str, u16)> {
         match (&self.host, self.port) {
             (HostPattern::Exact(_) | HostPattern::Ip(_), PortPattern::Port(p)) => {
@@ -539,6 +540,50 @@ mod tests {
             .contains("longer than 63"));
         let huge = format!("{}:443", "a.".repeat(200));
         assert!(huge.parse::<NetGrant>().is_err());
+    }
+
+    proptest::proptest! {
+        /// Any text, hostile or not: parsing never panics, what parses prints in a canonical
+        /// form that parses to the same grant, and a grant admits what it names exactly.
+        #[test]
+        fn any_text_parses_to_a_grant_that_round_trips_or_is_refused(
+            s in "(\\*\\.)?[a-zA-Z0-9_-]{1,10}(\\.[a-zA-Z0-9-]{1,6}){0,3}\\.?:([0-9]{1,6}|\\*)|\\[[0-9a-fA-F:.]{2,20}\\]:[0-9]{1,5}|[a-zA-Z0-9*.:\\[\\]@/_%-]{0,40}|\\PC{0,40}"
+        ) {
+            if let Ok(g) = s.parse::<NetGrant>() {
+                let shown = g.to_string();
+                let again = shown.parse::<NetGrant>();
+                proptest::prop_assert_eq!(again, Ok(g.clone()), "{}", shown);
+                if let Some((host, port)) = g.exact() {
+                    proptest::prop_assert!(g.admits(host, port), "{}", shown);
+                }
+            }
+            let _ = NetGrant::parse_scope(&s);
+        }
+
+        /// Every address, in either family, is a grant that prints as written canonically
+        /// and admits that address (with or without brackets) and no neighbour.
+        #[test]
+        fn every_address_grant_round_trips_and_admits_itself(
+            v6 in proptest::prelude::any::<[u16; 8]>(),
+            v4 in proptest::prelude::any::<u32>(),
+            port in 1u16..,
+        ) {
+            let v6 = std::net::Ipv6Addr::from(v6);
+            let v4 = std::net::Ipv4Addr::from(v4);
+            for (text, ip) in [
+                (format!("[{v6}]:{port}"), IpAddr::V6(v6)),
+                (format!("{v4}:{port}"), IpAddr::V4(v4)),
+            ] {
+                let g: NetGrant = text.parse().map_err(|e: NetGrantError| {
+                    proptest::test_runner::TestCaseError::fail(e.to_string())
+                })?;
+                proptest::prop_assert_eq!(g.to_string(), text.clone());
+                proptest::prop_assert!(g.names_ip(ip) && g.admits(&ip.to_string(), port));
+                if port < u16::MAX {
+                    proptest::prop_assert!(!g.admits(&ip.to_string(), port + 1));
+                }
+            }
+        }
     }
 
     #[test]
