@@ -9,6 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 mod effects;
+mod egress;
 pub mod home;
 pub mod metrics;
 pub mod notify;

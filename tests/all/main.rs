@@ -10,6 +10,7 @@ mod bridges;
 mod builtins;
 mod control_socket;
 mod daemon_lifecycle;
+mod egress;
 mod file_binding;
 mod kernel_calls;
 mod keys;

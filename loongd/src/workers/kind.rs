@@ -102,6 +102,11 @@ pub(crate) struct WorkerKind {
     pub broker: bool,
     /// The plugin's own package directory, readable inside (a foreign program's files).
     pub package: Option<PathBuf>,
+    /// Whom the egress broker's records and refusals name for a worker with `net` grants
+    /// (the plugin, or the built-in tool).
+    pub net_owner: Option<String>,
+    /// `sandbox.allow_private_network` for the `net` grants' names.
+    pub allow_private_network: bool,
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -122,6 +127,8 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
         }
     }
 
@@ -139,6 +146,8 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
         }
     }
 
@@ -155,6 +164,8 @@ impl WorkerKind {
             net: Vec::new(),
             broker: true,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
         }
     }
 
@@ -185,6 +196,8 @@ impl WorkerKind {
             net,
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
         }
     }
 }

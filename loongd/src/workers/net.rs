@@ -187,6 +187,12 @@ pub(crate) fn pin(host: &str, port: u16, allow_private: bool) -> Result<Vec<Sock
     pin_for(host, port, allow_private, CONNECTOR_PRIVATE_SETTING)
 }
 
+/// The egress broker's check of a destination: [`pin`], its refusal as text.
+// replaced by Resolver::vet at merge
+pub(crate) fn vet(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, String> {
+    pin(host, port, allow_private).map_err(|e| e.to_string())
+}
+
 /// Resolves `host:port` once and checks every answer: with `allow_private`, loopback, private
 /// and link-local answers are accepted; unspecified, broadcast and multicast never are. A
 /// refusal names `setting`, the one that would allow it. Blocking (the system resolver): call

@@ -477,7 +477,34 @@ impl Supervisor {
         } else {
             None
         };
+        // A network grant is served by the egress broker, decided by the grants (the plugin's
+        // manifest, or `[builtins] shell_net`), vetted and audited per connection.
+        let egress = if kind.net.is_empty() {
+            None
+        } else {
+            let (ours, theirs) = loong_sandbox::egress::pair()
+                .map_err(|e| format!("cannot create the egress socket: {e}"))?;
+            crate::egress::serve(
+                crate::egress::Egress {
+                    owner: crate::egress::Owner {
+                        actor: "loongd".into(),
+                        correlation: format!("worker-{id}"),
+                        plugin: kind.net_owner.clone(),
+                    },
+                    grants: kind.net.clone(),
+                    allow_private: kind.allow_private_network,
+                    audit: self.audit.clone(),
+                    decide: None,
+                    max_connections: crate::egress::MAX_CONNECTIONS,
+                    max_bytes: crate::egress::MAX_BYTES,
+                    vet: super::net::vet,
+                },
+                ours,
+            );
+            Some(std::sync::Arc::new(theirs))
+        };
         let spec = SandboxSpec {
+            egress,
             tier: Some(kind.tier),
             program: kind.program.clone(),
             read: kind.read.clone(),

@@ -1,0 +1,338 @@
+//! The egress broker end to end: a sandbox with a network grant is in an empty network
+//! namespace, and its only way out is loongd's broker, through the proxy its environment names
+//! or a raw forward on a loopback port, decided per connection and audited.
+
+use std::{
+    fs,
+    net::{TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use crate::{
+    bridges::{args_json, install_foreign, shared_dir, write_file, LocalHttp, MCP_ROOT},
+    support::{skip, text, Home},
+    workers::{details, invoke},
+};
+
+/// The host's own non-loopback address (the one its default route leaves from), if it has one.
+fn host_address() -> Option<std::net::IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// A listener on every host address that only counts the connections it accepts.
+fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            if c.is_ok() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, n)
+}
+
+/// Installs the network peer as plugin `net` with `grants`; returns its directory (kept alive).
+fn install_net_peer(home: &Home, grants: &[String]) -> tempfile::TempDir {
+    let dir = shared_dir("np");
+    let script = dir.path().join("net_peer.py");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/net_peer.py");
+    write_file(&script, &fs::read_to_string(src).expect("peer"), 0o644);
+    install_foreign(
+        home,
+        "net",
+        &format!(
+            r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[&script.display().to_string()])
+        ),
+        &format!(
+            r#""read": [{:?}], "net": {}, "timeout_ms": 30000"#,
+            dir.path().display().to_string(),
+            serde_json::to_string(grants).expect("grants")
+        ),
+    );
+    dir
+}
+
+fn call(home: &Home, payload: serde_json::Value) -> serde_json::Value {
+    let (code, out, err) = invoke(home, &["net", "--input", &payload.to_string()]);
+    assert_eq!(code, 0, "{payload}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{payload}: {e}: {out}"))
+}
+
+#[test]
+fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
+    let granted = LocalHttp::text("loong-granted-page");
+    let other = LocalHttp::text("loong-other-page");
+    let (raw_port, raw_seen) = counting_listener();
+    let home = Home::new();
+    let grants = vec![
+        format!("127.0.0.1:{}", granted.port),
+        format!("127.0.0.1:{raw_port}"),
+    ];
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+
+    // The proxy variables point inside the sandbox; nothing bypasses them.
+    let env = call(&home, serde_json::json!({"op": "env"}));
+    let proxy = env["HTTP_PROXY"].as_str().expect("HTTP_PROXY").to_string();
+    assert!(proxy.starts_with("http://127.0.0.1:"), "{env}");
+    assert_eq!(env["HTTPS_PROXY"], env["HTTP_PROXY"], "{env}");
+    assert_eq!(env["NO_PROXY"], "", "{env}");
+
+    // Through the proxy: the granted server answers (positive control) ...
+    let got = call(
+        &home,
+        serde_json::json!({"op": "get", "url": granted.url()}),
+    );
+    assert_eq!(got["status"], 200, "{got}");
+    assert_eq!(got["body"], "loong-granted-page", "{got}");
+    assert_eq!(granted.accepted(), 1);
+    // ... the other port on the same host gets the broker's 403, naming the rule, and its
+    // server sees no connection.
+    let got = call(&home, serde_json::json!({"op": "get", "url": other.url()}));
+    assert_eq!(got["status"], 403, "{got}");
+    let body = got["body"].as_str().unwrap_or_default();
+    let want = format!(
+        "loong egress: 127.0.0.1:{} is not granted to plugin net; grants: {}",
+        other.port,
+        grants.join(", ")
+    );
+    assert!(body.starts_with(&want), "{body}");
+    assert_eq!(other.accepted(), 0, "the ungranted server saw a connection");
+
+    // A raw connection to the granted address and port is its forward (positive control).
+    let got = call(
+        &home,
+        serde_json::json!({"op": "connect", "host": "127.0.0.1", "port": granted.port}),
+    );
+    assert_eq!(got["result"], "ok", "{got}");
+    assert!(
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    assert_eq!(granted.accepted(), 2);
+    // Inside, the other port's address has nothing behind it.
+    let got = call(
+        &home,
+        serde_json::json!({"op": "connect", "host": "127.0.0.1", "port": other.port}),
+    );
+    assert_ne!(got["result"], "ok", "{got}");
+    // The host's own address on a granted port: no route. Control: from the host it connects.
+    match host_address() {
+        None => skip(
+            "a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker",
+            "the host has no non-loopback address; the no-route checks were not run",
+        ),
+        Some(ip) => {
+            TcpStream::connect((ip, raw_port)).expect("the host reaches its own listener");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while raw_seen.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let before = raw_seen.load(Ordering::SeqCst);
+            assert_eq!(before, 1, "the host's own connection was counted");
+            let host = ip.to_string();
+            for (op, bad) in [("connect", "ENETUNREACH"), ("fastopen", ""), ("mptcp", "")] {
+                let got = call(
+                    &home,
+                    serde_json::json!({"op": op, "host": host, "port": raw_port}),
+                );
+                let r = got["result"].as_str().unwrap_or_default();
+                assert_ne!(r, "ok", "{op}: {got}");
+                assert!(r.contains(bad), "{op}: {got}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert_eq!(
+                raw_seen.load(Ordering::SeqCst),
+                before,
+                "a sandbox reached the host's address"
+            );
+        }
+    }
+
+    // doctor shows the broker: the plugin's worker is served, with nothing open now.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&home.ctl(&["doctor", "--json"]).stdout).expect("doctor JSON");
+    assert_eq!(
+        (doc["egress_sandboxes"].as_u64(), doc["egress_open"].as_u64()),
+        (Some(1), Some(0)),
+        "{doc}"
+    );
+    let shown = text(&home.ctl(&["doctor"]).stdout);
+    assert!(
+        shown.contains("egress broker: 1 sandboxes, 0 open connections"),
+        "{shown}"
+    );
+
+    // The trail: the connections with their bytes, and the refusal with its reason.
+    let connected = details(&home, "net.connected");
+    assert!(
+        connected.iter().any(|d| d["plugin"] == "net"
+            && d["host"] == "127.0.0.1"
+            && d["port"] == granted.port
+            && d["address"] == format!("127.0.0.1:{}", granted.port)),
+        "{connected:?}"
+    );
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed.iter().any(|d| d["port"] == granted.port
+            && d["bytes_out"].as_u64() > Some(0)
+            && d["bytes_in"].as_u64() > Some(0)
+            && d["outcome"] == "closed"),
+        "{closed:?}"
+    );
+    let denied = details(&home, "net.denied");
+    assert!(
+        denied.iter().any(|d| d["port"] == other.port
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("is not granted to plugin net"))),
+        "{denied:?}"
+    );
+}
+
+#[test]
+fn sandbox_run_with_a_grant_uses_the_broker_and_is_refused_elsewhere() {
+    let granted = LocalHttp::text("loong-run-granted");
+    let other = LocalHttp::text("loong-run-other");
+    let home = Home::new();
+    home.start();
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let curl = |url: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &grant,
+            "--",
+            "/usr/bin/curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            url,
+        ])
+    };
+    if !Path::new("/usr/bin/curl").exists() {
+        return skip(
+            "sandbox_run_with_a_grant_uses_the_broker_and_is_refused_elsewhere",
+            "/usr/bin/curl is missing",
+        );
+    }
+    // Positive control: the granted server, through the proxy curl takes from the environment.
+    let ok = curl(&granted.url());
+    let out = text(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{out}{}", text(&ok.stderr));
+    assert!(out.contains("loong-run-granted"), "{out}");
+    assert_eq!(granted.accepted(), 1);
+    // Another port: the broker's 403 with its reason; the server sees nothing.
+    let refused = curl(&other.url());
+    let out = text(&refused.stdout);
+    assert!(
+        out.starts_with("HTTP/1.1 403"),
+        "{out}{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        out.contains(&format!(
+            "loong egress: 127.0.0.1:{} is not granted to this sandbox (uid:0); grants: {grant}",
+            other.port
+        )),
+        "{out}"
+    );
+    assert_eq!(other.accepted(), 0);
+    // Without the proxy (curl --noproxy), nothing is reachable at all: no route.
+    let direct = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        &grant,
+        "--",
+        "/usr/bin/curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "5",
+        &other.url(),
+    ]);
+    assert_ne!(direct.status.code(), Some(0), "{}", text(&direct.stdout));
+    assert_eq!(other.accepted(), 0);
+    // The run's connections are decided on its effect path, as the operator: recorded.
+    let decisions = details(&home, "policy.decision");
+    assert!(
+        decisions.iter().any(|d| d["capability"] == "net.egress"
+            && d["target"] == grant
+            && d["allowed"] == true),
+        "{decisions:?}"
+    );
+    let connected = details(&home, "net.connected");
+    assert!(
+        connected.iter().any(|d| d["port"] == granted.port),
+        "{connected:?}"
+    );
+}
+
+#[test]
+fn the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else() {
+    let test = "the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else";
+    let fetch = Path::new(MCP_ROOT).join("venv/bin/mcp-server-fetch");
+    if !fetch.exists() {
+        return skip(test, &format!("{} is missing", fetch.display()));
+    }
+    let granted = LocalHttp::text("loong-fetch-granted");
+    let other = LocalHttp::text("loong-fetch-other");
+    let home = Home::new();
+    let metadata = format!(
+        r#""bridge_kind": "mcp_stdio", "command": {:?}, "args_json": {}"#,
+        fetch.display().to_string(),
+        args_json(&["--allow-private-ips", "--ignore-robots-txt"])
+    );
+    // Granted by name; `localhost` is a loopback address, which the plugin allows.
+    install_foreign(
+        &home,
+        "fetch",
+        &metadata,
+        &format!(
+            r#""net": ["localhost:{}"], "allow_private_network": true, "timeout_ms": 30000"#,
+            granted.port
+        ),
+    );
+    home.start();
+    let get = |url: String| {
+        let input = serde_json::json!({ "url": url, "raw": true }).to_string();
+        invoke(&home, &["fetch/fetch", "--input", &input])
+    };
+    let (code, out, err) = get(format!("http://localhost:{}/page.txt", granted.port));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loong-fetch-granted"), "{out}");
+    assert_eq!(granted.accepted(), 1);
+    let (code, out, _) = get(format!("http://localhost:{}/page.txt", other.port));
+    assert!(code != 0 || out.contains("403"), "{out}");
+    assert!(!out.contains("loong-fetch-other"), "{out}");
+    assert_eq!(other.accepted(), 0);
+    let denied = details(&home, "net.denied");
+    assert!(
+        denied
+            .iter()
+            .any(|d| d["host"] == "localhost" && d["port"] == other.port),
+        "{denied:?}"
+    );
+}

@@ -1,0 +1,63 @@
+"""A JSON-lines peer for the egress tests: each {method, id, payload, version} line names one
+network attempt in its payload ({"op": ...}); the answer says what happened."""
+import errno
+import json
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else repr(e)
+
+
+def attempt(p):
+    op = p.get("op")
+    if op == "get":
+        try:
+            with urllib.request.urlopen(p["url"], timeout=10) as r:
+                return {"status": r.status, "body": r.read().decode()}
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, "body": e.read().decode()}
+        except Exception as e:
+            return {"error": repr(e)}
+    if op == "env":
+        return {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "no_proxy")}
+    if op == "fds":
+        out = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        return {"fds": out}
+    if op in ("connect", "fastopen", "mptcp"):
+        host, port = p["host"], p["port"]
+        try:
+            if op == "connect":
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect((host, port))
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = s.recv(100)
+                return {"result": "ok", "got": data.decode(errors="replace")}
+            if op == "fastopen":
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.sendto(b"GET / HTTP/1.0\r\n\r\n", 0x20000000, (host, port))
+                return {"result": "ok"}
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+            s.settimeout(5)
+            s.connect((host, port))
+            return {"result": "ok"}
+        except OSError as e:
+            return {"result": name(e)}
+    return {"error": f"unknown op {op!r}"}
+
+
+for line in sys.stdin:
+    frame = json.loads(line)
+    answer = attempt(frame.get("payload") or {})
+    sys.stdout.write(json.dumps({"id": frame["id"], "payload": answer, "version": 1}) + "\n")
+    sys.stdout.flush()
