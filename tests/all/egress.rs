@@ -90,6 +90,15 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
     assert_eq!(env["HTTPS_PROXY"], env["HTTP_PROXY"], "{env}");
     assert_eq!(env["NO_PROXY"], "", "{env}");
 
+    // The program holds neither the egress socket nor a listener: no socket at all.
+    let fds = call(&home, serde_json::json!({"op": "fds"}));
+    let held = fds["fds"].as_object().expect("fds");
+    assert!(!held.is_empty(), "{fds}");
+    assert!(
+        !held.values().any(|t| t.as_str().is_some_and(|t| t.starts_with("socket:"))),
+        "{fds}"
+    );
+
     // Through the proxy: the granted server answers (positive control) ...
     let got = call(
         &home,

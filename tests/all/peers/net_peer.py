@@ -41,7 +41,12 @@ def attempt(p):
                 s.settimeout(5)
                 s.connect((host, port))
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                data = s.recv(100)
+                data = b""
+                while len(data) < 12:
+                    more = s.recv(100)
+                    if not more:
+                        break
+                    data += more
                 return {"result": "ok", "got": data.decode(errors="replace")}
             if op == "fastopen":
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
