@@ -99,6 +99,14 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # timeout_ms = 10000
 # max_output_bytes = 1048576
 
+[egress]
+# A sandbox with a network grant reaches the network only through loongd's egress broker
+# (docs/SECURITY.md, "The network boundary"). Per sandbox: connections open at once
+# (1..=4096), and bytes moved over its life, both ways (a connection that crosses it is
+# closed, later ones are refused).
+# max_connections = 64
+# max_bytes = 1073741824
+
 [plugins]
 # Refuse a WASM plugin whose module is pinned neither by its manifest
 # (metadata.component_sha256 or sandbox.sha256) nor below (audited as plugin.refused).
@@ -186,6 +194,40 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
+    /// The egress broker's per-sandbox limits.
+    pub egress: EgressConfig,
+}
+
+/// `[egress]`: what one sandbox with a network grant may use of the broker.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Connections one sandbox may have open at once.
+    #[serde(deserialize_with = "egress_connections")]
+    pub max_connections: u64,
+    /// Bytes one sandbox may move through the broker over its life, both ways.
+    #[serde(deserialize_with = "egress_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            max_connections: crate::egress::MAX_CONNECTIONS as u64,
+            max_bytes: crate::egress::MAX_BYTES,
+        }
+    }
+}
+
+/// The most connections `[egress] max_connections` may allow one sandbox.
+pub const MAX_EGRESS_CONNECTIONS: u64 = 4096;
+
+fn egress_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, MAX_EGRESS_CONNECTIONS, "connections")
+}
+
+fn egress_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, u64::MAX >> 1, "bytes")
 }
 
 /// `[audit]`.
@@ -801,6 +843,31 @@ mod tests {
     }
 
     #[test]
+    fn egress_limits_are_bounded() {
+        let mut c = Config::default();
+        c.egress.max_connections = 2;
+        c.egress.max_bytes = 4096;
+        check("[egress]\nmax_connections = 2\nmax_bytes = 4096\n", Ok(c));
+        for (text, want) in [
+            (
+                "[egress]\nmax_connections = 0\n",
+                ":2: 0 is outside 1..=4096 connections",
+            ),
+            (
+                "[egress]\nmax_connections = 4097\n",
+                ":2: 4097 is outside 1..=4096 connections",
+            ),
+            ("[egress]\nmax_bytes = 0\n", ":2: 0 is outside 1..="),
+            ("[egress]\nresolve = 1\n", "unknown field `resolve`"),
+        ] {
+            let err = Config::parse(text, Path::new("/h/loongd.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn metrics_listen_is_loopback_or_a_unix_socket() {
         let listen = |l: MetricsListen| {
             let mut c = Config::default();
@@ -871,7 +938,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`"),
         );
         let hex = "ab".repeat(32);
         check(

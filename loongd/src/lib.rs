@@ -185,7 +185,11 @@ impl Kernel {
     }
 
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
-    fn new_pool(&self, kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+    fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+        kind.egress_limits = (
+            self.config.egress.max_connections as usize,
+            self.config.egress.max_bytes,
+        );
         let pool = Arc::new(workers::Supervisor::new(
             kind,
             self.spawner.clone(),

@@ -95,7 +95,9 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
     let held = fds["fds"].as_object().expect("fds");
     assert!(!held.is_empty(), "{fds}");
     assert!(
-        !held.values().any(|t| t.as_str().is_some_and(|t| t.starts_with("socket:"))),
+        !held
+            .values()
+            .any(|t| t.as_str().is_some_and(|t| t.starts_with("socket:"))),
         "{fds}"
     );
 
@@ -176,7 +178,10 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
     let doc: serde_json::Value =
         serde_json::from_slice(&home.ctl(&["doctor", "--json"]).stdout).expect("doctor JSON");
     assert_eq!(
-        (doc["egress_sandboxes"].as_u64(), doc["egress_open"].as_u64()),
+        (
+            doc["egress_sandboxes"].as_u64(),
+            doc["egress_open"].as_u64()
+        ),
         (Some(1), Some(0)),
         "{doc}"
     );
@@ -343,5 +348,43 @@ fn the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else() {
             .iter()
             .any(|d| d["host"] == "localhost" && d["port"] == other.port),
         "{denied:?}"
+    );
+}
+
+#[test]
+fn a_sandbox_s_connections_are_limited_by_egress_max_connections() {
+    let granted = LocalHttp::text("loong-limit-page");
+    let grants = vec![format!("127.0.0.1:{}", granted.port)];
+    let two = serde_json::json!({
+        "op": "two", "target": grants[0], "url": granted.url(),
+    });
+    // Control: the default limit serves a held tunnel and a second request together.
+    let home = Home::new();
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two.clone());
+    assert!(
+        got["first"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    assert_eq!(got["second"]["status"], 200, "{got}");
+    // One connection at once: the second is refused while the tunnel is held, and says why.
+    let home = Home::with_config("[egress]\nmax_connections = 1\n");
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two);
+    assert!(
+        got["first"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    assert_eq!(got["second"]["status"], 503, "{got}");
+    let body = got["second"]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains("plugin net has 1 connections open, its limit"),
+        "{body}"
     );
 }

@@ -107,6 +107,9 @@ pub(crate) struct WorkerKind {
     pub net_owner: Option<String>,
     /// `sandbox.allow_private_network` for the `net` grants' names.
     pub allow_private_network: bool,
+    /// The egress broker's limits for one worker: connections open at once, bytes over its
+    /// life (`[egress]` in loongd.toml).
+    pub egress_limits: (usize, u64),
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -129,6 +132,7 @@ impl WorkerKind {
             package: None,
             net_owner: None,
             allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -148,6 +152,7 @@ impl WorkerKind {
             package: None,
             net_owner: None,
             allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -166,6 +171,7 @@ impl WorkerKind {
             package: None,
             net_owner: None,
             allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -198,6 +204,7 @@ impl WorkerKind {
             package: None,
             net_owner: None,
             allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 }

@@ -58,6 +58,15 @@ def attempt(p):
             return {"result": "ok"}
         except OSError as e:
             return {"result": name(e)}
+    if op == "two":
+        # A tunnel held open through the proxy, then a second request while it is.
+        host, port = os.environ["HTTP_PROXY"][len("http://"):].split(":")
+        held = socket.create_connection((host, int(port)), timeout=10)
+        held.sendall(f"CONNECT {p['target']} HTTP/1.1\r\n\r\n".encode())
+        first = held.recv(100).decode(errors="replace")
+        second = attempt({"op": "get", "url": p["url"]})
+        held.close()
+        return {"first": first, "second": second}
     return {"error": f"unknown op {op!r}"}
 
 
