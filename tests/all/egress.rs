@@ -388,3 +388,47 @@ fn a_sandbox_s_connections_are_limited_by_egress_max_connections() {
         "{body}"
     );
 }
+
+#[test]
+fn shell_exec_with_shell_net_reaches_its_grant_through_the_broker() {
+    let granted = LocalHttp::text("loong-shell-net-page");
+    let other = LocalHttp::text("loong-shell-other-page");
+    let shared = shared_dir("sn");
+    let ws = shared.path().join("ws");
+    fs::create_dir(&ws).expect("ws");
+    fs::set_permissions(&ws, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let home = Home::with_config(&format!(
+        "[builtins]\nworkspace = {:?}\nshell_net = [\"127.0.0.1:{}\"]\ntimeout_ms = 15000\n",
+        ws.display().to_string(),
+        granted.port
+    ));
+    home.start();
+    let curl = |url: String| -> String {
+        let input = serde_json::json!({ "command": format!("curl -sS -i --max-time 10 {url}") });
+        let (code, out, err) = invoke(
+            &home,
+            &["shell.exec", "--input", &input.to_string(), "--json"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        v["output"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Positive control: the granted server, through the proxy the shell's environment names.
+    let out = curl(granted.url());
+    assert!(out.contains("loong-shell-net-page"), "{out}");
+    assert_eq!(granted.accepted(), 1);
+    // The same host on another port: the broker's 403, naming the tool; no connection made.
+    let out = curl(other.url());
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "127.0.0.1:{} is not granted to plugin shell.exec",
+            other.port
+        )),
+        "{out}"
+    );
+    assert_eq!(other.accepted(), 0);
+}
