@@ -122,6 +122,18 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
     assert!(body.starts_with(&want), "{body}");
     assert_eq!(other.accepted(), 0, "the ungranted server saw a connection");
 
+    // Two requests on one kept-alive connection: the first is decided and answered; the
+    // second, for another destination, never reaches it (one decided request per connection).
+    let got = call(
+        &home,
+        serde_json::json!({"op": "pipeline", "urls": [granted.url(), other.url()]}),
+    );
+    let answer = got["got"].as_str().unwrap_or_default();
+    assert!(answer.contains("loong-granted-page"), "{got}");
+    assert!(!answer.contains("loong-other-page"), "{got}");
+    assert_eq!(other.accepted(), 0, "the second request reached its host");
+    let granted_before = granted.accepted();
+
     // A raw connection to the granted address and port is its forward (positive control).
     let got = call(
         &home,
@@ -134,7 +146,7 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
             .is_some_and(|g| g.starts_with("HTTP/1.1 200")),
         "{got}"
     );
-    assert_eq!(granted.accepted(), 2);
+    assert_eq!(granted.accepted(), granted_before + 1);
     // Inside, the other port's address has nothing behind it.
     let got = call(
         &home,
@@ -172,6 +184,36 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
                 "a sandbox reached the host's address"
             );
         }
+    }
+
+    // The relay (the sandbox's `loong-spawn` running as the sandbox's uid) holds sockets only
+    // (its three listeners and the egress socket), under seccomp with no_new_privs.
+    let relays: Vec<(u32, String)> = fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, fs::read_to_string(format!("/proc/{pid}/status")).ok()?)))
+        .filter(|(_, st)| {
+            st.lines().any(|l| l == "Name:\tloong-spawn")
+                && st.lines().any(|l| l.starts_with("Uid:\t65534\t"))
+        })
+        .collect();
+    assert!(!relays.is_empty(), "no relay found");
+    for (pid, st) in &relays {
+        assert!(
+            st.lines().any(|l| l == "Seccomp:\t2") && st.lines().any(|l| l == "NoNewPrivs:\t1"),
+            "relay {pid}: {st}"
+        );
+        let fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !fds.is_empty() && fds.iter().all(|t| t.starts_with("socket:")),
+            "relay {pid} holds {fds:?}"
+        );
     }
 
     // doctor shows the broker: the plugin's worker is served, with nothing open now.

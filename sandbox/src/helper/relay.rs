@@ -3,8 +3,8 @@
 //! listener per raw forward on 127.0.0.1, and forks the relay. The relay only accepts: each
 //! accepted connection goes to loongd's egress broker over the egress socket as one message,
 //! one tag byte (0 = the proxy, i = the i-th forward) with the socket by `SCM_RIGHTS`. It
-//! holds nothing else (every other descriptor is closed), runs as the sandbox's uid with
-//! `no_new_privs`, and under a seccomp allowlist of the few calls it makes
+//! holds nothing else (every other descriptor is closed), runs as the sandbox's uid, not
+//! dumpable (so the payload cannot take its descriptors), with `no_new_privs`, and under a seccomp allowlist of the few calls it makes
 //! ([`crate::seccomp::RELAY_SYSCALLS`]). The payload never holds the listeners or the egress
 //! socket: the reaper closes its copies before it forks the payload.
 
@@ -132,6 +132,9 @@ fn confine(plan: &Plan, listeners: &[TcpListener], sock: &OwnedFd) -> Result<(),
         nix::unistd::setresgid(g, g, g).map_err(nix_fail("setresgid"))?;
         nix::unistd::setresuid(u, u, u).map_err(nix_fail("setresuid"))?;
     }
+    // Not dumpable: a payload of the same uid can neither ptrace it nor take its descriptors
+    // (`pidfd_getfd`), whichever uid mapping the sandbox has.
+    prctl::set_dumpable(false).map_err(nix_fail("set dumpable"))?;
     prctl::set_no_new_privs().map_err(nix_fail("no_new_privs"))?;
     let filter = crate::seccomp::relay_filter()
         .map_err(|e| Failure::new("relay seccomp", libc::EINVAL, e.to_string()))?;
