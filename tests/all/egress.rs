@@ -132,7 +132,59 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
     assert!(answer.contains("loong-granted-page"), "{got}");
     assert!(!answer.contains("loong-other-page"), "{got}");
     assert_eq!(other.accepted(), 0, "the second request reached its host");
-    let granted_before = granted.accepted();
+
+    // Hostile heads are answered 400 with the reason and reach nothing; the same request
+    // well-formed is the control.
+    let ok_head = format!("GET http://127.0.0.1:{}/ HTTP/1.1\r\n\r\n", granted.port);
+    let got = call(
+        &home,
+        serde_json::json!({"op": "raw_head", "head": ok_head}),
+    );
+    assert!(
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    let before = granted.accepted();
+    for (head, why) in [
+        (
+            format!(
+                "GET http://127.0.0.1:{}/ HTTP/1.1\r\nX: {}\r\n\r\n",
+                granted.port,
+                "a".repeat(9000)
+            ),
+            "above 8192 bytes",
+        ),
+        (
+            format!("CONNECT 127.1:{} HTTP/1.1\r\n\r\n", granted.port),
+            "dotted-quad",
+        ),
+        (
+            format!(
+                "GET http://127.0.0.1:{}@evil.test/ HTTP/1.1\r\n\r\n",
+                granted.port
+            ),
+            "userinfo",
+        ),
+        (
+            format!(
+                "GET http://127.0.0.1:{}/ HTTP/1.1\nHost: x\n\n\r\n\r\n",
+                granted.port
+            ),
+            "CRLF",
+        ),
+    ] {
+        let got = call(&home, serde_json::json!({"op": "raw_head", "head": head}));
+        let answer = got["got"].as_str().unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{why}: {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
+    assert_eq!(
+        granted.accepted(),
+        before,
+        "a hostile head reached the server"
+    );
 
     // A raw connection to the granted address and port is its forward (positive control).
     let got = call(
@@ -146,7 +198,7 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
             .is_some_and(|g| g.starts_with("HTTP/1.1 200")),
         "{got}"
     );
-    assert_eq!(granted.accepted(), granted_before + 1);
+    assert_eq!(granted.accepted(), before + 1);
     // Inside, the other port's address has nothing behind it.
     let got = call(
         &home,

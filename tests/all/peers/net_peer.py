@@ -67,6 +67,21 @@ def attempt(p):
         second = attempt({"op": "get", "url": p["url"]})
         held.close()
         return {"first": first, "second": second}
+    if op == "raw_head":
+        # These bytes, as they are, to the proxy; its answer.
+        host, port = os.environ["HTTP_PROXY"][len("http://"):].split(":")
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(p["head"].encode())
+        got = b""
+        while True:
+            try:
+                more = s.recv(4096)
+            except OSError:
+                break
+            if not more:
+                break
+            got += more
+        return {"got": got.decode(errors="replace")}
     if op == "pipeline":
         # Two absolute-form requests on one connection to the proxy, to two destinations.
         host, port = os.environ["HTTP_PROXY"][len("http://"):].split(":")
