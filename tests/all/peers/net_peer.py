@@ -67,6 +67,16 @@ def attempt(p):
         second = attempt({"op": "get", "url": p["url"]})
         held.close()
         return {"first": first, "second": second}
+    if op == "bench":
+        # n GETs of url, each on a new connection; the wall time of each, in µs.
+        import time
+        times = []
+        for _ in range(p["n"]):
+            t = time.perf_counter()
+            with urllib.request.urlopen(p["url"], timeout=10) as r:
+                r.read()
+            times.append(int((time.perf_counter() - t) * 1e6))
+        return {"us": times}
     if op == "raw_head":
         # These bytes, as they are, to the proxy; its answer.
         host, port = os.environ["HTTP_PROXY"][len("http://"):].split(":")
