@@ -526,3 +526,91 @@ fn shell_exec_with_shell_net_reaches_its_grant_through_the_broker() {
     );
     assert_eq!(other.accepted(), 0);
 }
+
+#[test]
+fn a_token_revoked_mid_run_stops_the_run_s_next_connection() {
+    use std::io::{BufRead, Write};
+    let granted = LocalHttp::text("loong-token-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        format!(
+            "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:sh\", \"process.exec:curl\", \"process.exec:echo\", \"process.exec:read\", \"net.egress:{grant}\"]\napproval = \"never\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    let (secret, id) = crate::kernel_calls::issue(
+        &home,
+        &[
+            "process.exec:sh",
+            "process.exec:curl",
+            "process.exec:echo",
+            "process.exec:read",
+            &format!("net.egress:{grant}"),
+        ],
+    );
+    // One curl, a line from stdin, another curl to the same granted destination.
+    let script = format!(
+        "curl -sS -i --max-time 10 {url}; echo; echo DONE-ONE; read x; curl -sS -i --max-time 10 {url}",
+        url = granted.url()
+    );
+    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--token",
+            &secret,
+            "--allow-net",
+            &grant,
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).expect("read") > 0 && !line.contains("DONE-ONE") {
+        first.push_str(&line);
+        line.clear();
+    }
+    // Positive control: under the live token, the connection was decided and made.
+    if !first.contains("loong-token-page") {
+        let _ = run.kill();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut run.stderr.take().expect("stderr"), &mut err);
+        panic!("the first connection failed: {first}{err}");
+    }
+    assert_eq!(granted.accepted(), 1);
+    let revoked = home.ctl(&["tokens", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let mut stdin = run.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+    let _ = run.wait();
+    // The next connection is decided anew: the revoked token refuses it.
+    assert!(rest.starts_with("HTTP/1.1 403"), "{rest}");
+    assert!(
+        rest.contains(&format!("net.egress on {grant} denied")),
+        "{rest}"
+    );
+    assert_eq!(
+        granted.accepted(),
+        1,
+        "a connection under a revoked token was made"
+    );
+}
