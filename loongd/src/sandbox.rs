@@ -285,7 +285,7 @@ async fn spawn(
                 decide: Some(tx),
                 max_connections: kernel.config.egress.max_connections as usize,
                 max_bytes: kernel.config.egress.max_bytes,
-                vet: crate::workers::net::vet,
+                vet: crate::workers::net::vet_run,
             },
             ours,
         );

@@ -44,13 +44,18 @@ fn counting_listener() -> (u16, Arc<AtomicUsize>) {
 
 /// Installs the network peer as plugin `net` with `grants`; returns its directory (kept alive).
 fn install_net_peer(home: &Home, grants: &[String]) -> tempfile::TempDir {
+    install_net_peer_as(home, "net", grants)
+}
+
+/// Installs the network peer as plugin `id` with `grants`.
+fn install_net_peer_as(home: &Home, id: &str, grants: &[String]) -> tempfile::TempDir {
     let dir = shared_dir("np");
     let script = dir.path().join("net_peer.py");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/net_peer.py");
     write_file(&script, &fs::read_to_string(src).expect("peer"), 0o644);
     install_foreign(
         home,
-        "net",
+        id,
         &format!(
             r#""bridge_kind": "process_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
             args_json(&[&script.display().to_string()])
@@ -81,7 +86,28 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
         format!("127.0.0.1:{raw_port}"),
     ];
     let _peer = install_net_peer(&home, &grants);
+    // A plugin granted a name that resolves to a loopback address, without
+    // sandbox.allow_private_network.
+    let named_server = LocalHttp::text("loong-named-page");
+    let _named = install_net_peer_as(
+        &home,
+        "named",
+        &[format!("localhost:{}", named_server.port)],
+    );
     home.start();
+
+    // A private answer for a name is refused, naming the setting; its server sees nothing.
+    let input = serde_json::json!({
+        "op": "get", "url": format!("http://localhost:{}/page.txt", named_server.port),
+    });
+    let (code, out, err) = invoke(&home, &["named", "--input", &input.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("403")
+            && out.contains("resolves to 127.0.0.1, a loopback address; set sandbox.allow_private_network to true"),
+        "{out}"
+    );
+    assert_eq!(named_server.accepted(), 0);
 
     // The proxy variables point inside the sandbox; nothing bypasses them.
     let env = call(&home, serde_json::json!({"op": "env"}));
@@ -268,7 +294,7 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
         );
     }
 
-    // doctor shows the broker: the plugin's worker is served, with nothing open now.
+    // doctor shows the broker: the two plugins' workers are served, with nothing open now.
     let doc: serde_json::Value =
         serde_json::from_slice(&home.ctl(&["doctor", "--json"]).stdout).expect("doctor JSON");
     assert_eq!(
@@ -276,12 +302,12 @@ fn a_json_lines_program_reaches_only_its_grant_and_only_through_the_broker() {
             doc["egress_sandboxes"].as_u64(),
             doc["egress_open"].as_u64()
         ),
-        (Some(1), Some(0)),
+        (Some(2), Some(0)),
         "{doc}"
     );
     let shown = text(&home.ctl(&["doctor"]).stdout);
     assert!(
-        shown.contains("egress broker: 1 sandboxes, 0 open connections"),
+        shown.contains("egress broker: 2 sandboxes, 0 open connections"),
         "{shown}"
     );
 
@@ -359,6 +385,38 @@ fn sandbox_run_with_a_grant_uses_the_broker_and_is_refused_elsewhere() {
     assert!(
         out.contains(&format!(
             "loong egress: 127.0.0.1:{} is not granted to this sandbox (uid:0); grants: {grant}",
+            other.port
+        )),
+        "{out}"
+    );
+    assert_eq!(other.accepted(), 0);
+    // A name that resolves to a loopback address is refused (its server sees nothing): a
+    // run reaches a private address only by granting the address itself, as above.
+    let by_name = format!("localhost:{}", other.port);
+    let named = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        &by_name,
+        "--",
+        "/usr/bin/curl",
+        "-sS",
+        "-i",
+        "--max-time",
+        "10",
+        &format!("http://{by_name}/page.txt"),
+    ]);
+    let out = text(&named.stdout);
+    assert!(
+        out.starts_with("HTTP/1.1 403"),
+        "{out}{}",
+        text(&named.stderr)
+    );
+    assert!(
+        out.contains(&format!(
+            "localhost resolves to 127.0.0.1, a loopback address; grant the address itself (--allow-net 127.0.0.1:{}) to reach it",
             other.port
         )),
         "{out}"

@@ -193,6 +193,29 @@ pub(crate) fn vet(host: &str, port: u16, allow_private: bool) -> Result<Vec<Sock
     pin(host, port, allow_private).map_err(|e| e.to_string())
 }
 
+/// [`vet`] for a `sandbox run`, which has no `sandbox.allow_private_network` to set: a
+/// private answer is reachable by granting the address itself.
+// replaced by Resolver::vet at merge
+pub(crate) fn vet_run(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, String> {
+    pin(host, port, allow_private).map_err(|e| match e {
+        PinError::Private {
+            host, addr, range, ..
+        } => {
+            let shown = if addr.is_ipv6() {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            };
+            format!("{host} resolves to {addr}, {range}; grant the address itself (--allow-net {shown}) to reach it")
+        }
+        other => other.to_string(),
+    })
+}
+
 /// Resolves `host:port` once and checks every answer: with `allow_private`, loopback, private
 /// and link-local answers are accepted; unspecified, broadcast and multicast never are. A
 /// refusal names `setting`, the one that would allow it. Blocking (the system resolver): call
