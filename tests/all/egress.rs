@@ -504,7 +504,7 @@ fn the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else() {
 }
 
 #[test]
-fn a_sandbox_s_connections_are_limited_by_egress_max_connections() {
+fn a_sandbox_s_connections_and_bytes_are_limited_by_its_egress_settings() {
     let granted = LocalHttp::text("loong-limit-page");
     let grants = vec![format!("127.0.0.1:{}", granted.port)];
     let two = serde_json::json!({
@@ -538,6 +538,32 @@ fn a_sandbox_s_connections_are_limited_by_egress_max_connections() {
     assert!(
         body.contains("plugin net has 1 connections open, its limit"),
         "{body}"
+    );
+    // Bytes: a sandbox allowed 4 KiB gets the start of a 16 KiB page, its connection closed
+    // at the limit (`byte_limit` in net.closed), and its next connection is refused.
+    let big = LocalHttp::start(|_, _| ("200 OK".into(), "text/plain", "b".repeat(16 * 1024)));
+    let home = Home::with_config("[egress]\nmax_bytes = 4096\n");
+    let _peer = install_net_peer(&home, &[format!("127.0.0.1:{}", big.port)]);
+    home.start();
+    let get = || call(&home, serde_json::json!({"op": "get", "url": big.url()}));
+    let first = get();
+    assert!(
+        first["body"].as_str().map_or(0, str::len) < 16 * 1024,
+        "the whole page passed the limit"
+    );
+    let second = get();
+    assert_eq!(second["status"], 403, "{second}");
+    assert!(
+        second["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("has moved its limit of 4096 bytes")),
+        "{second}"
+    );
+    assert_eq!(big.accepted(), 1);
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed.iter().any(|d| d["outcome"] == "byte_limit"),
+        "{closed:?}"
     );
 }
 
