@@ -120,6 +120,12 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # resolver = "127.0.0.53:53"
 # The deadline of one lookup, ms (100..=60000).
 # lookup_timeout_ms = 5000
+# A sandbox with a network grant reaches the network only through loongd's egress broker
+# (docs/SECURITY.md, "The network boundary"). Per sandbox: connections open at once
+# (1..=4096), and bytes moved over its life, both ways (a connection that crosses it is
+# closed, later ones are refused).
+# max_connections = 64
+# max_bytes = 1073741824
 
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
@@ -195,7 +201,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
-    /// How loongd reaches the network on a sandbox's behalf.
+    /// How loongd reaches the network on a sandbox's behalf: its resolver, and the egress
+    /// broker's per-sandbox limits.
     pub egress: EgressConfig,
 }
 
@@ -204,7 +211,8 @@ pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 5_000;
 /// The bounds of `[egress] lookup_timeout_ms`.
 pub const LOOKUP_TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
 
-/// `[egress]`.
+/// `[egress]`: loongd's resolver, and what one sandbox with a network grant may use of the
+/// broker.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
@@ -214,6 +222,12 @@ pub struct EgressConfig {
     /// The deadline of one lookup, ms.
     #[serde(deserialize_with = "lookup_timeout_ms")]
     pub lookup_timeout_ms: u64,
+    /// Connections one sandbox may have open at once.
+    #[serde(deserialize_with = "egress_connections")]
+    pub max_connections: u64,
+    /// Bytes one sandbox may move through the broker over its life, both ways.
+    #[serde(deserialize_with = "egress_bytes")]
+    pub max_bytes: u64,
 }
 
 impl Default for EgressConfig {
@@ -221,6 +235,8 @@ impl Default for EgressConfig {
         EgressConfig {
             resolver: None,
             lookup_timeout_ms: DEFAULT_LOOKUP_TIMEOUT_MS,
+            max_connections: DEFAULT_EGRESS_CONNECTIONS,
+            max_bytes: DEFAULT_EGRESS_BYTES,
         }
     }
 }
@@ -243,6 +259,23 @@ fn lookup_timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::E
         LOOKUP_TIMEOUT_RANGE_MS.1,
         "ms",
     )
+}
+
+/// The connections one sandbox may have open through the broker at once, by default
+/// (`[egress] max_connections`).
+pub const DEFAULT_EGRESS_CONNECTIONS: u64 = 64;
+/// The bytes one sandbox may move through the broker over its life, both ways, by default
+/// (`[egress] max_bytes`).
+pub const DEFAULT_EGRESS_BYTES: u64 = 1 << 30;
+/// The most connections `[egress] max_connections` may allow one sandbox.
+pub const MAX_EGRESS_CONNECTIONS: u64 = 4096;
+
+fn egress_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, MAX_EGRESS_CONNECTIONS, "connections")
+}
+
+fn egress_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, u64::MAX >> 1, "bytes")
 }
 
 /// `[audit]`.
@@ -855,6 +888,31 @@ mod tests {
     fn defaults_text_parses_to_the_defaults() {
         check(DEFAULT_CONFIG_TEXT, Ok(Config::default()));
         check("", Ok(Config::default()));
+    }
+
+    #[test]
+    fn egress_limits_are_bounded() {
+        let mut c = Config::default();
+        c.egress.max_connections = 2;
+        c.egress.max_bytes = 4096;
+        check("[egress]\nmax_connections = 2\nmax_bytes = 4096\n", Ok(c));
+        for (text, want) in [
+            (
+                "[egress]\nmax_connections = 0\n",
+                ":2: 0 is outside 1..=4096 connections",
+            ),
+            (
+                "[egress]\nmax_connections = 4097\n",
+                ":2: 4097 is outside 1..=4096 connections",
+            ),
+            ("[egress]\nmax_bytes = 0\n", ":2: 0 is outside 1..="),
+            ("[egress]\nresolve = 1\n", "unknown field `resolve`"),
+        ] {
+            let err = Config::parse(text, Path::new("/h/loongd.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 mod effects;
-pub(crate) mod egress;
+mod egress;
 pub mod home;
 pub mod metrics;
 pub mod notify;
@@ -190,7 +190,11 @@ impl Kernel {
     }
 
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
-    fn new_pool(&self, kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+    fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+        kind.egress_limits = (
+            self.config.egress.max_connections as usize,
+            self.config.egress.max_bytes,
+        );
         let pool = Arc::new(workers::Supervisor::new(
             kind,
             self.spawner.clone(),

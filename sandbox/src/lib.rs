@@ -8,6 +8,7 @@
 //! `unsafe` lives in [`sys`] only.
 
 pub mod cgroup;
+pub mod egress;
 pub mod helper;
 pub mod host;
 pub mod net_grant;

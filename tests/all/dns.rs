@@ -8,6 +8,7 @@ use std::{fs, net::Ipv4Addr};
 use crate::{
     bridges::{install_hook, LocalHttp},
     dns_server::{DnsServer, TYPE_A},
+    egress::install_net_peer_with,
     support::{text, Home},
     workers::{details, invoke, plugins},
 };
@@ -264,4 +265,99 @@ fn a_connector_endpoint_is_looked_up_once_at_discovery_through_the_resolver() {
         asked,
         "a call looked the endpoint up again"
     );
+}
+
+/// The egress broker asks the same resolver, once per connection, and dials only what that
+/// lookup answered and passed. A JSON-lines program granted `*.example.test:*` (a suffix and
+/// port `*`, which only the broker can keep) fetches a name that answers a public address at
+/// one lookup and 127.0.0.1 at the next, through its proxy: each connection is one query,
+/// every loopback answer is the broker's 403 naming the address, and the loopback server the
+/// name would reach sees nothing. A name outside the suffix is refused before any lookup.
+/// The control: the same program with `sandbox.allow_private_network` reaches that server on
+/// exactly the loopback answers, so the path the strict run refused is a real one.
+#[test]
+fn the_broker_looks_each_connection_up_once_and_never_dials_a_rebound_name_s_loopback() {
+    const CONNECTIONS: usize = 6;
+    const NAME: &str = "rebind.example.test";
+    let page = LocalHttp::text("rebound-page");
+    let dns = DnsServer::start(vec![(
+        NAME.into(),
+        vec![vec![PUBLIC], vec![Ipv4Addr::LOCALHOST]],
+    )]);
+    let home = Home::with_config(&format!(
+        "[egress]\nresolver = \"{}\"\nlookup_timeout_ms = 2000\n",
+        dns.addr
+    ));
+    let grants = ["*.example.test:*".to_string()];
+    let _strict = install_net_peer_with(&home, "strict", &grants, "");
+    let _open = install_net_peer_with(&home, "open", &grants, r#", "allow_private_network": true"#);
+    home.start();
+    // A public answer is dialled for real; the short timeout bounds whatever answers there.
+    let get = |id: &str, url: &str| {
+        let input = serde_json::json!({ "op": "get", "url": url, "timeout": 3 });
+        let (code, out, err) = invoke(&home, &[id, "--input", &input.to_string()]);
+        assert_eq!(code, 0, "{id} {url}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let url = format!("http://{NAME}:{}/", page.port);
+    for conn in 0..CONNECTIONS {
+        let got = get("strict", &url);
+        assert_eq!(
+            dns.queries(NAME, TYPE_A),
+            conn + 1,
+            "connection {conn} did not make exactly one lookup: {got}"
+        );
+        if conn % 2 == 1 {
+            let body = got["body"].as_str().unwrap_or_default();
+            assert!(
+                got["status"] == 403
+                    && body.contains(&format!("{NAME} resolves to 127.0.0.1, a loopback address; set sandbox.allow_private_network to true")),
+                "connection {conn}: {got}"
+            );
+        }
+    }
+    assert_eq!(page.accepted(), 0, "a rebound name reached loopback");
+    let denied = details(&home, "net.denied");
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|d| d["host"] == NAME
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("127.0.0.1, a loopback address")))
+            .count(),
+        CONNECTIONS / 2,
+        "{denied:?}"
+    );
+    // Outside the suffix: the broker's 403 naming the grants, and no lookup at all.
+    let evil = get(
+        "strict",
+        &format!("http://example.test.evil:{}/", page.port),
+    );
+    assert!(
+        evil["status"] == 403
+            && evil["body"].as_str().is_some_and(
+                |b| b.contains("is not granted to plugin strict; grants: *.example.test:*")
+            ),
+        "{evil}"
+    );
+    assert_eq!(dns.queries("example.test.evil", TYPE_A), 0);
+    assert_eq!(page.accepted(), 0);
+
+    // Control: private answers allowed; the script goes on where it was (public first).
+    for conn in 0..CONNECTIONS {
+        let got = get("open", &url);
+        assert_eq!(
+            dns.queries(NAME, TYPE_A),
+            CONNECTIONS + conn + 1,
+            "control connection {conn} did not make exactly one lookup: {got}"
+        );
+        if conn % 2 == 1 {
+            assert!(
+                got["status"] == 200 && got["body"] == "rebound-page",
+                "control connection {conn}: {got}"
+            );
+        }
+    }
+    assert_eq!(page.accepted(), CONNECTIONS / 2);
 }

@@ -12,6 +12,7 @@ mod control_socket;
 mod daemon_lifecycle;
 mod dns;
 mod dns_server;
+mod egress;
 mod file_binding;
 mod kernel_calls;
 mod keys;

@@ -116,11 +116,17 @@ pub enum Kind {
     PluginEnabled,
     PluginDisabled,
     PluginRemoved,
+    /// The egress broker connected a sandbox to a destination (who, host, address, port).
+    NetConnected,
+    /// A brokered connection ended (bytes each way, duration, outcome).
+    NetClosed,
+    /// The egress broker refused a connection (host, port, reason).
+    NetDenied,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 38] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -156,6 +162,9 @@ impl Kind {
         Kind::PluginEnabled,
         Kind::PluginDisabled,
         Kind::PluginRemoved,
+        Kind::NetConnected,
+        Kind::NetClosed,
+        Kind::NetDenied,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -196,6 +205,9 @@ impl Kind {
             Kind::PluginEnabled => "plugin.enabled",
             Kind::PluginDisabled => "plugin.disabled",
             Kind::PluginRemoved => "plugin.removed",
+            Kind::NetConnected => "net.connected",
+            Kind::NetClosed => "net.closed",
+            Kind::NetDenied => "net.denied",
         }
     }
 

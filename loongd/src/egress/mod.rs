@@ -1,4 +1,498 @@
-//! Egress: how loongd reaches the network on a sandbox's behalf.
+//! The egress broker: the only way out of a sandbox with a network grant.
+//!
+//! The sandbox is in an empty network namespace; its relay (`loong-spawn`, see the sandbox
+//! crate's `helper/relay.rs`) passes each connection accepted on its loopback listeners over
+//! the egress socket, tagged 0 for the HTTP proxy or `i` for the `i`-th raw forward. Per
+//! sandbox, one task here receives them ([`serve`]); per connection: the destination (the
+//! proxy request's authority, or the forward's grant) is decided — admitted by a grant, then
+//! `net.egress` on `HOST:PORT` through the effect path when the sandbox was started by a
+//! request (so a token's scopes apply) — then vetted (resolved once, every address checked;
+//! private ranges only where the grant names the address or the plugin allows it) and dialled
+//! at exactly a vetted address. Every connection is audited: `net.connected`, `net.closed`
+//! (bytes each way, duration, outcome), or `net.denied` (with the reason, which a refused
+//! proxy request also gets as a `403` body).
 
+mod head;
 pub(crate) mod ranges;
 pub(crate) mod resolve;
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use loong_sandbox::NetGrant;
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    net::TcpStream,
+    sync::{mpsc, oneshot, Semaphore},
+};
+
+use crate::audit::{Audit, Event, Kind};
+pub(crate) use head::MAX_HEAD_BYTES;
+use resolve::{Refusal, Resolver};
+
+/// How long a sandbox's program has to send its whole proxy request head.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest loongd spends dialling a destination.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one sandbox may have open at once (more are refused), unless `[egress]
+/// max_connections` says otherwise.
+pub(crate) const MAX_CONNECTIONS: usize = crate::config::DEFAULT_EGRESS_CONNECTIONS as usize;
+/// Bytes one sandbox may move through the broker, both ways, over its life (a connection
+/// that crosses it is closed, later ones are refused), unless `[egress] max_bytes` says
+/// otherwise.
+pub(crate) const MAX_BYTES: u64 = crate::config::DEFAULT_EGRESS_BYTES;
+/// The buffer of each direction of a relayed connection.
+const RELAY_BUFFER_BYTES: usize = 16 * 1024;
+/// Decisions a sandbox's broker may have queued for its request's effect path.
+pub(crate) const DECISION_QUEUE: usize = 16;
+
+/// Sandboxes served by a broker now, and their open connections (`loongctl doctor`).
+static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The broker's state for `loongctl doctor`: sandboxes served, connections open.
+pub(crate) fn state() -> (usize, usize) {
+    (
+        SANDBOXES.load(Ordering::Relaxed),
+        OPEN.load(Ordering::Relaxed),
+    )
+}
+
+/// A question to the effect path of the request that started a sandbox: may it reach
+/// `HOST:PORT`? The answer is `Err(reason)` when not.
+pub(crate) type Ask = (String, oneshot::Sender<Result<(), String>>);
+
+/// Who a sandbox's connections are for, as records and refusals name it.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    /// The records' actor (`uid:N` for a request, `loongd` for a worker).
+    pub actor: String,
+    /// Their correlation (the request's, or the worker's `worker-N`).
+    pub correlation: String,
+    /// The plugin whose worker it is, if any.
+    pub plugin: Option<String>,
+}
+
+impl Owner {
+    fn named(&self) -> String {
+        match &self.plugin {
+            Some(p) => format!("plugin {p}"),
+            None => format!("this sandbox ({})", self.actor),
+        }
+    }
+}
+
+/// What one sandbox's broker works with.
+#[derive(Debug)]
+pub(crate) struct Egress {
+    pub owner: Owner,
+    pub grants: Vec<NetGrant>,
+    /// `sandbox.allow_private_network`: private ranges are reachable by name.
+    pub allow_private: bool,
+    pub audit: Audit,
+    /// The effect path of the request that started the sandbox (`None`: a worker, decided by
+    /// its grants).
+    pub decide: Option<mpsc::Sender<Ask>>,
+    pub max_connections: usize,
+    pub max_bytes: u64,
+    /// loongd's one resolver: each connection's name is looked up once, here.
+    pub resolver: Arc<Resolver>,
+    /// What a refusal of a private answer tells the owner to do: set this setting (a
+    /// plugin's), or, when `None` (a `sandbox run`, which has no setting), grant the address
+    /// itself.
+    pub private_setting: Option<&'static str>,
+}
+
+/// Starts the broker of one sandbox on its end of the egress socket; it ends when the
+/// sandbox's end closes (the sandbox is gone).
+pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
+    let forwards = loong_sandbox::spec::forwards(&egress.grants);
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(egress.max_connections)),
+        moved: AtomicU64::new(0),
+        forwards,
+        egress,
+    });
+    SANDBOXES.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let _gone = Count(&SANDBOXES);
+        // As in `sandbox.rs`: the safe constructor is deprecated for descriptors a type could
+        // swap under the registration; an `OwnedFd` owned by the `AsyncFd` cannot.
+        #[allow(deprecated)]
+        let registered = AsyncFd::with_interest(ours, Interest::READABLE);
+        let Ok(fd) = registered else {
+            return;
+        };
+        loop {
+            let Ok(mut ready) = fd.readable().await else {
+                return;
+            };
+            match ready.try_io(|fd| loong_sandbox::egress::receive(fd.get_ref().as_fd())) {
+                Ok(Ok(Some((tag, mut fds)))) if fds.len() == 1 => {
+                    if let Some(conn) = fds.pop() {
+                        tokio::spawn(connection(shared.clone(), tag, conn));
+                    }
+                }
+                // A message without exactly one descriptor is not the relay's: dropped.
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => return,
+                Err(_would_block) => {}
+            }
+        }
+    });
+}
+
+/// Decrements a counter when dropped.
+struct Count(&'static AtomicUsize);
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Shared {
+    egress: Egress,
+    slots: Arc<Semaphore>,
+    moved: AtomicU64,
+    forwards: Vec<(String, u16)>,
+}
+
+impl Shared {
+    fn event(&self, kind: Kind, mut detail: serde_json::Value) -> Event {
+        if let (Some(p), Some(map)) = (&self.egress.owner.plugin, detail.as_object_mut()) {
+            map.insert("plugin".into(), p.clone().into());
+        }
+        Event {
+            kind,
+            actor: self.egress.owner.actor.clone(),
+            correlation: self.egress.owner.correlation.clone(),
+            detail,
+        }
+    }
+
+    async fn denied(&self, host: &str, port: u16, via: &str, reason: &str) {
+        let detail =
+            serde_json::json!({ "host": host, "port": port, "via": via, "reason": reason });
+        self.egress
+            .audit
+            .record_later(self.event(Kind::NetDenied, detail))
+            .await;
+    }
+
+    fn grants_text(&self) -> String {
+        let g: Vec<String> = self.egress.grants.iter().map(NetGrant::to_string).collect();
+        g.join(", ")
+    }
+}
+
+/// Resolves `host` once with loongd's resolver and checks every address: the addresses to
+/// dial, or why not. An IP literal is not looked up.
+async fn vet(
+    s: &Shared,
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, String> {
+    let setting = s
+        .egress
+        .private_setting
+        .unwrap_or(resolve::CONNECTOR_PRIVATE_SETTING);
+    let vetted = s
+        .egress
+        .resolver
+        .vet_for(host, port, allow_private, setting)
+        .await;
+    vetted.map_err(|e| match (e, s.egress.private_setting) {
+        (
+            Refusal::Private {
+                host, addr, range, ..
+            },
+            None,
+        ) => {
+            let shown = SocketAddr::new(addr, port);
+            format!("{host} resolves to {addr}, {range}; grant the address itself (--allow-net {shown}) to reach it")
+        }
+        (other, _) => other.to_string(),
+    })
+}
+
+/// Decides and vets `host:port`: the addresses to dial, or why not.
+async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if !s.egress.grants.iter().any(|g| g.admits(host, port)) {
+        return Err(format!(
+            "{host}:{port} is not granted to {}; grants: {}",
+            s.egress.owner.named(),
+            s.grants_text()
+        ));
+    }
+    if s.moved.load(Ordering::Relaxed) >= s.egress.max_bytes {
+        return Err(format!(
+            "{} has moved its limit of {} bytes through the broker",
+            s.egress.owner.named(),
+            s.egress.max_bytes
+        ));
+    }
+    if let Some(ask) = &s.egress.decide {
+        let (tx, rx) = oneshot::channel();
+        let target = format!("{host}:{port}");
+        ask.send((target.clone(), tx)).await.map_err(|_| {
+            format!("net.egress on {target}: the request that started the sandbox has ended")
+        })?;
+        rx.await
+            .map_err(|_| {
+                format!("net.egress on {target}: the request that started the sandbox has ended")
+            })?
+            .map_err(|why| format!("net.egress on {target} denied: {why}"))?;
+    }
+    // A grant that names this address literally allows it, private or not.
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| s.egress.grants.iter().any(|g| g.names_ip(ip)));
+    vet(s, host, port, s.egress.allow_private || literal).await
+}
+
+/// Dials the first vetted address that answers.
+async fn dial(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), String> {
+    let mut why = String::from("no address to connect to");
+    for a in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => return Ok((s, *a)),
+            Ok(Err(e)) => why = format!("connecting to {a}: {e}"),
+            Err(_) => why = format!("connecting to {a}: no answer within {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    Err(why)
+}
+
+/// A plain-text answer to the sandbox's program, then the connection is closed.
+async fn answer(client: &mut TcpStream, status: &str, body: &str) {
+    let body = format!("loong egress: {body}\n");
+    let text = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(text.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// Reads a proxy request head: the head and whatever followed it.
+async fn read_head(client: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = client
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the request: {e}"))?;
+        if n == 0 {
+            return Err("the request ended before its head did".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head::head_end(&buf) {
+            let rest = buf.split_off(end);
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(head::HeadError::TooLarge.to_string());
+            }
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(head::HeadError::TooLarge.to_string());
+        }
+    }
+}
+
+/// One connection the relay passed.
+async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
+    let std = std::net::TcpStream::from(conn);
+    if std.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut client) = TcpStream::from_std(std) else {
+        return;
+    };
+    let via = if tag == 0 { "proxy" } else { "forward" };
+    let Ok(_slot) = s.slots.clone().try_acquire_owned() else {
+        let why = format!(
+            "{} has {} connections open, its limit",
+            s.egress.owner.named(),
+            s.egress.max_connections
+        );
+        s.denied("", 0, via, &why).await;
+        if tag == 0 {
+            answer(&mut client, "503 Service Unavailable", &why).await;
+        }
+        return;
+    };
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    let _open = Count(&OPEN);
+    let (host, port, first) = if tag == 0 {
+        let got = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await;
+        let (head, rest) = match got {
+            Ok(Ok(h)) => h,
+            Ok(Err(why)) => {
+                s.denied("", 0, via, &why).await;
+                answer(&mut client, "400 Bad Request", &why).await;
+                return;
+            }
+            Err(_) => {
+                let why = format!("no whole request head within {HEAD_TIMEOUT:?}");
+                s.denied("", 0, via, &why).await;
+                answer(&mut client, "408 Request Timeout", &why).await;
+                return;
+            }
+        };
+        match head::parse(&head) {
+            Ok(req) => {
+                let (h, p) = req.authority();
+                let (h, p) = (h.to_string(), p);
+                let first = match req {
+                    head::ProxyRequest::Connect { .. } => Err(rest),
+                    head::ProxyRequest::Forward { head, .. } => {
+                        let mut out = head;
+                        out.extend_from_slice(&rest);
+                        Ok(out)
+                    }
+                };
+                (h, p, first)
+            }
+            Err(e) => {
+                let why = e.to_string();
+                s.denied("", 0, via, &why).await;
+                answer(&mut client, "400 Bad Request", &why).await;
+                return;
+            }
+        }
+    } else {
+        match s.forwards.get(usize::from(tag) - 1) {
+            Some((h, p)) => (h.clone(), *p, Ok(Vec::new())),
+            None => {
+                s.denied("", 0, via, &format!("no forward {tag}")).await;
+                return;
+            }
+        }
+    };
+    let (mut upstream, addr) = match admit(&s, &host, port).await {
+        Err(why) => {
+            s.denied(&host, port, via, &why).await;
+            if tag == 0 {
+                answer(&mut client, "403 Forbidden", &why).await;
+            }
+            return;
+        }
+        Ok(addrs) => match dial(&addrs).await {
+            Ok(u) => u,
+            Err(why) => {
+                let detail = serde_json::json!({
+                    "host": host, "port": port, "via": via, "reason": why,
+                });
+                s.egress
+                    .audit
+                    .record_later(s.event(Kind::NetDenied, detail))
+                    .await;
+                if tag == 0 {
+                    answer(&mut client, "502 Bad Gateway", &why).await;
+                }
+                return;
+            }
+        },
+    };
+    let detail = serde_json::json!({
+        "host": host, "port": port, "address": addr.to_string(), "via": via,
+    });
+    s.egress
+        .audit
+        .record_later(s.event(Kind::NetConnected, detail))
+        .await;
+    let started = Instant::now();
+    // CONNECT: the tunnel is open, and bytes the client sent early go on to the destination;
+    // a forwarded request: its rewritten head (and early body bytes) go first.
+    let (first, tunnel) = match first {
+        Err(early) => (early, true),
+        Ok(head) => (head, false),
+    };
+    let ready = (!tunnel
+        || client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_ok())
+        && upstream.write_all(&first).await.is_ok();
+    let sent = first.len() as u64;
+    s.moved.fetch_add(sent, Ordering::Relaxed);
+    let (out, back, outcome) = if ready {
+        pump(&s, &mut client, &mut upstream).await
+    } else {
+        (0, 0, "reset")
+    };
+    let out = out + sent;
+    let detail = serde_json::json!({
+        "host": host, "port": port, "address": addr.to_string(), "via": via,
+        "bytes_out": out, "bytes_in": back,
+        "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "outcome": outcome,
+    });
+    s.egress
+        .audit
+        .record_later(s.event(Kind::NetClosed, detail))
+        .await;
+}
+
+/// Relays both ways until both sides are done, counting bytes against the sandbox's limit:
+/// `(to the destination, from it, outcome)`.
+async fn pump(
+    s: &Shared,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+) -> (u64, u64, &'static str) {
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
+    let (mut out, mut back) = (0u64, 0u64);
+    let (mut c_open, mut u_open) = (true, true);
+    while c_open || u_open {
+        let (n, to_upstream) = tokio::select! {
+            r = cr.read(&mut a), if c_open => (r, true),
+            r = ur.read(&mut b), if u_open => (r, false),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(_) => return (out, back, "reset"),
+        };
+        if n == 0 {
+            // One side finished sending: pass the half-close on.
+            if to_upstream {
+                c_open = false;
+                let _ = uw.shutdown().await;
+            } else {
+                u_open = false;
+                let _ = cw.shutdown().await;
+            }
+            continue;
+        }
+        let total = s.moved.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let written = if to_upstream {
+            out += n as u64;
+            uw.write_all(&a[..n]).await
+        } else {
+            back += n as u64;
+            cw.write_all(&b[..n]).await
+        };
+        if written.is_err() {
+            return (out, back, "reset");
+        }
+        if total > s.egress.max_bytes {
+            return (out, back, "byte_limit");
+        }
+    }
+    (out, back, "closed")
+}

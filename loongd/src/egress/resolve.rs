@@ -290,6 +290,7 @@ mod tests {
         Resolver::from_config(&EgressConfig {
             resolver: Some(addr),
             lookup_timeout_ms: timeout_ms,
+            ..EgressConfig::default()
         })
         .expect("a resolver")
     }

@@ -102,6 +102,14 @@ pub(crate) struct WorkerKind {
     pub broker: bool,
     /// The plugin's own package directory, readable inside (a foreign program's files).
     pub package: Option<PathBuf>,
+    /// Whom the egress broker's records and refusals name for a worker with `net` grants
+    /// (the plugin, or the built-in tool).
+    pub net_owner: Option<String>,
+    /// `sandbox.allow_private_network` for the `net` grants' names.
+    pub allow_private_network: bool,
+    /// The egress broker's limits for one worker: connections open at once, bytes over its
+    /// life (`[egress]` in loongd.toml).
+    pub egress_limits: (usize, u64),
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -122,6 +130,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -139,6 +150,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -155,6 +169,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: true,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -185,6 +202,9 @@ impl WorkerKind {
             net,
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 }

@@ -284,8 +284,11 @@ pub(crate) fn read_package(
         Err(e) => return failed(e.to_string()),
         Ok(checked) => checked,
     };
-    if let Bridge::Http(h) = &mut m.bridge {
-        h.allow_private_network |= pins.private_endpoints.contains(&m.plugin_id);
+    let pinned_private = pins.private_endpoints.contains(&m.plugin_id);
+    match &mut m.bridge {
+        Bridge::Http(h) => h.allow_private_network |= pinned_private,
+        Bridge::Foreign(f) => f.allow_private_network |= pinned_private,
+        Bridge::Wasm => {}
     }
     if m.plugin_id != name {
         return failed(format!(
@@ -435,6 +438,8 @@ fn ready(
             // The program may read its own package (a script, its modules), read-only.
             let kind = WorkerKind {
                 package: m.path.parent().map(PathBuf::from),
+                net_owner: Some(m.plugin_id.clone()),
+                allow_private_network: f.allow_private_network,
                 ..WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone())
             };
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))

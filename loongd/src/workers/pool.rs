@@ -481,7 +481,35 @@ impl Supervisor {
         } else {
             None
         };
+        // A network grant is served by the egress broker, decided by the grants (the plugin's
+        // manifest, or `[builtins] shell_net`), vetted and audited per connection.
+        let egress = if kind.net.is_empty() {
+            None
+        } else {
+            let (ours, theirs) = loong_sandbox::egress::pair()
+                .map_err(|e| format!("cannot create the egress socket: {e}"))?;
+            crate::egress::serve(
+                crate::egress::Egress {
+                    owner: crate::egress::Owner {
+                        actor: "loongd".into(),
+                        correlation: format!("worker-{id}"),
+                        plugin: kind.net_owner.clone(),
+                    },
+                    grants: kind.net.clone(),
+                    allow_private: kind.allow_private_network,
+                    audit: self.audit.clone(),
+                    decide: None,
+                    max_connections: kind.egress_limits.0,
+                    max_bytes: kind.egress_limits.1,
+                    resolver: self.resolver.clone(),
+                    private_setting: Some(crate::egress::resolve::CONNECTOR_PRIVATE_SETTING),
+                },
+                ours,
+            );
+            Some(std::sync::Arc::new(theirs))
+        };
         let spec = SandboxSpec {
+            egress,
             tier: Some(kind.tier),
             program: kind.program.clone(),
             read: kind.read.clone(),
