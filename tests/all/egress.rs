@@ -467,6 +467,66 @@ fn sandbox_run_with_a_grant_uses_the_broker_and_is_refused_elsewhere() {
     );
 }
 
+/// Port `*` is kept by the broker, which decides each connection: a run granted
+/// `127.0.0.1:*` reaches two servers on two ports of that address through its proxy, another
+/// address gets the broker's 403 naming the grant, and without the proxy nothing is reachable
+/// (no route; landlock's connect rule is the proxy's port only).
+#[test]
+fn sandbox_run_with_a_port_star_grant_reaches_every_port_of_its_host_only() {
+    if !Path::new("/usr/bin/curl").exists() {
+        return skip(
+            "sandbox_run_with_a_port_star_grant_reaches_every_port_of_its_host_only",
+            "/usr/bin/curl is missing",
+        );
+    }
+    let one = LocalHttp::text("loong-star-one");
+    let two = LocalHttp::text("loong-star-two");
+    let home = Home::new();
+    home.start();
+    let run = |extra: &[&str], urls: &[&str]| {
+        let mut args = vec![
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            "127.0.0.1:*",
+            "--",
+            "/usr/bin/curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(urls);
+        home.ctl(&args)
+    };
+    let ok = run(&[], &[&one.url(), &two.url()]);
+    let out = text(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{out}{}", text(&ok.stderr));
+    assert!(
+        out.contains("loong-star-one") && out.contains("loong-star-two"),
+        "{out}"
+    );
+    assert_eq!((one.accepted(), two.accepted()), (1, 1));
+    let elsewhere = format!("http://127.0.0.2:{}/page.txt", one.port);
+    let refused = run(&[], &[&elsewhere]);
+    let out = text(&refused.stdout);
+    assert!(
+        out.starts_with("HTTP/1.1 403")
+            && out.contains(&format!(
+                "loong egress: 127.0.0.2:{} is not granted to this sandbox (uid:0); grants: 127.0.0.1:*",
+                one.port
+            )),
+        "{out}{}",
+        text(&refused.stderr)
+    );
+    let direct = run(&["--noproxy", "*"], &[&one.url()]);
+    assert_ne!(direct.status.code(), Some(0), "{}", text(&direct.stdout));
+    assert_eq!((one.accepted(), two.accepted()), (1, 1));
+}
+
 #[test]
 fn the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else() {
     let test = "the_real_fetch_server_granted_a_name_reaches_it_and_nothing_else";
