@@ -698,3 +698,159 @@ fn a_token_revoked_mid_run_stops_the_run_s_next_connection() {
         "a connection under a revoked token was made"
     );
 }
+
+/// A listener on 127.0.0.1 that accepts and then holds every connection open, silent, never
+/// closing it (a malicious remote server); counts what it accepted.
+fn silent_listener() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    (port, n)
+}
+
+/// Polls the trail until `kind` has a record for `port`, for up to `secs` seconds.
+fn wait_for_port(home: &Home, kind: &str, port: u16, secs: u64) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let got = details(home, kind);
+        if got.iter().any(|d| d["port"] == port) || std::time::Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_connection_ends_with_its_sandbox_even_when_the_server_never_closes() {
+    if !Path::new("/usr/bin/curl").exists() {
+        return skip(
+            "a_connection_ends_with_its_sandbox_even_when_the_server_never_closes",
+            "/usr/bin/curl is missing",
+        );
+    }
+    let (port, accepted) = silent_listener();
+    let granted = LocalHttp::text("loong-ends-control");
+    let home = Home::new();
+    home.start();
+    let run = |p: u16, url: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &format!("127.0.0.1:{p}"),
+            "--",
+            "/usr/bin/curl",
+            "-sS",
+            "--max-time",
+            "2",
+            url,
+        ])
+    };
+    // Positive control: a server that answers and closes; its connection is closed and recorded.
+    let ok = run(granted.port, &granted.url());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let closed = wait_for_port(&home, "net.closed", granted.port, 10);
+    assert!(
+        closed.iter().any(|d| d["port"] == granted.port),
+        "{closed:?}"
+    );
+    // The silent server holds its end forever; the sandbox gives up and exits.
+    let out = run(port, &format!("http://127.0.0.1:{port}/"));
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The broker's connection ends with the sandbox: recorded closed, nothing left open.
+    let closed = wait_for_port(&home, "net.closed", port, 10);
+    let mine: Vec<_> = closed.iter().filter(|d| d["port"] == port).collect();
+    assert_eq!(mine.len(), 1, "{closed:?}");
+    assert_eq!(mine[0]["outcome"], "sandbox_ended", "{mine:?}");
+    let mut report = String::new();
+    for _ in 0..25 {
+        report = text(&home.ctl(&["doctor"]).stdout);
+        if report.contains("egress broker: 0 sandboxes, 0 open connections") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        report.contains("egress broker: 0 sandboxes, 0 open connections"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_flood_of_refused_connections_is_counted_not_recorded_one_by_one() {
+    let granted = LocalHttp::text("loong-flood-control");
+    let (other, other_seen) = counting_listener();
+    let home = Home::new();
+    home.start();
+    let grant = format!("127.0.0.1:{}", granted.port);
+    // 300 CONNECTs to a port that is not granted, each on its own connection, then one
+    // request to the grant (the positive control: the sandbox is still served).
+    let script = format!(
+        r#"
+import os, socket, urllib.request
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+refused = 0
+for i in range(300):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"CONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n")
+    if s.recv(64).startswith(b"HTTP/1.1 403"):
+        refused += 1
+    s.close()
+print("refused", refused)
+print(urllib.request.urlopen("{url}", timeout=10).read().decode())
+"#,
+        url = granted.url()
+    );
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        &grant,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        &script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("refused 300"), "{stdout}");
+    assert!(stdout.contains("loong-flood-control"), "{stdout}");
+    assert_eq!(other_seen.load(Ordering::SeqCst), 0);
+    // A bounded number of records one by one, the rest counted in one record.
+    let denied = details(&home, "net.denied");
+    let one_by_one = denied.iter().filter(|d| d["port"] == other).count();
+    assert!(
+        one_by_one <= 64,
+        "{one_by_one} refusals recorded one by one"
+    );
+    let counted: u64 = wait_for_count(&home);
+    assert_eq!(counted + one_by_one as u64, 300, "{denied:?}");
+}
+
+/// The refusals the broker counted instead of recording one by one (its `unrecorded` records).
+fn wait_for_count(home: &Home) -> u64 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: u64 = details(home, "net.denied")
+            .iter()
+            .filter_map(|d| d["unrecorded"].as_u64())
+            .sum();
+        if n > 0 || std::time::Instant::now() > until {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

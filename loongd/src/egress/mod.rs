@@ -19,7 +19,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -28,7 +28,7 @@ use loong_sandbox::NetGrant;
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
     net::TcpStream,
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot, watch, Semaphore},
 };
 
 use crate::audit::{Audit, Event, Kind};
@@ -47,6 +47,14 @@ pub(crate) const MAX_BYTES: u64 = 1 << 30;
 const RELAY_BUFFER_BYTES: usize = 16 * 1024;
 /// Decisions a sandbox's broker may have queued for its request's effect path.
 pub(crate) const DECISION_QUEUE: usize = 16;
+/// Refused connections of one sandbox recorded one `net.denied` each per
+/// [`REFUSAL_WINDOW`]; past them, a window's refusals are counted and recorded as one
+/// `net.denied` (its `unrecorded` count) at the next refusal after the window or when the
+/// sandbox ends, so a
+/// program that loops on refused connections cannot grow the trail without bound.
+pub(crate) const REFUSALS_RECORDED_PER_WINDOW: u32 = 32;
+/// How long a window of refusals lasts.
+pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 
 /// Sandboxes served by a broker now, and their open connections (`loongctl doctor`).
 static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
@@ -110,34 +118,52 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
         moved: AtomicU64::new(0),
         forwards,
         egress,
+        ended: watch::channel(false).0,
+        refusals: Mutex::new(Refusals {
+            window_start: Instant::now(),
+            recorded: 0,
+            counted: 0,
+            ended: false,
+        }),
     });
     SANDBOXES.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _gone = Count(&SANDBOXES);
-        // As in `sandbox.rs`: the safe constructor is deprecated for descriptors a type could
-        // swap under the registration; an `OwnedFd` owned by the `AsyncFd` cannot.
-        #[allow(deprecated)]
-        let registered = AsyncFd::with_interest(ours, Interest::READABLE);
-        let Ok(fd) = registered else {
-            return;
-        };
-        loop {
-            let Ok(mut ready) = fd.readable().await else {
-                return;
-            };
-            match ready.try_io(|fd| loong_sandbox::egress::receive(fd.get_ref().as_fd())) {
-                Ok(Ok(Some((tag, mut fds)))) if fds.len() == 1 => {
-                    if let Some(conn) = fds.pop() {
-                        tokio::spawn(connection(shared.clone(), tag, conn));
-                    }
-                }
-                // A message without exactly one descriptor is not the relay's: dropped.
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) | Ok(Err(_)) => return,
-                Err(_would_block) => {}
-            }
+        receive(&shared, ours).await;
+        // The sandbox's end is closed: the sandbox (or its relay) is gone. Its connections end
+        // with it, whatever their destinations do, and its uncounted refusals are recorded.
+        shared.ended.send_replace(true);
+        if let Some(summary) = shared.refusals_end() {
+            shared.egress.audit.record_later(summary).await;
         }
     });
+}
+
+/// Receives the relay's connections until the sandbox's end of the egress socket closes.
+async fn receive(shared: &Arc<Shared>, ours: OwnedFd) {
+    // As in `sandbox.rs`: the safe constructor is deprecated for descriptors a type could
+    // swap under the registration; an `OwnedFd` owned by the `AsyncFd` cannot.
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(ours, Interest::READABLE);
+    let Ok(fd) = registered else {
+        return;
+    };
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        match ready.try_io(|fd| loong_sandbox::egress::receive(fd.get_ref().as_fd())) {
+            Ok(Ok(Some((tag, mut fds)))) if fds.len() == 1 => {
+                if let Some(conn) = fds.pop() {
+                    tokio::spawn(connection(shared.clone(), tag, conn));
+                }
+            }
+            // A message without exactly one descriptor is not the relay's: dropped.
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_would_block) => {}
+        }
+    }
 }
 
 /// Decrements a counter when dropped.
@@ -154,6 +180,34 @@ struct Shared {
     slots: Arc<Semaphore>,
     moved: AtomicU64,
     forwards: Vec<(String, u16)>,
+    /// Set once the sandbox is gone: every connection still relayed ends.
+    ended: watch::Sender<bool>,
+    refusals: Mutex<Refusals>,
+}
+
+/// The refusals of one sandbox's current window: how many were recorded one by one, and how
+/// many were counted past them.
+struct Refusals {
+    window_start: Instant,
+    recorded: u32,
+    counted: u64,
+    /// The sandbox is gone and its count recorded: any later refusal is recorded itself.
+    ended: bool,
+}
+
+impl Refusals {
+    /// The record of the refusals counted and not yet recorded, if any (the count restarts).
+    fn take_count(&mut self) -> Option<serde_json::Value> {
+        let n = std::mem::take(&mut self.counted);
+        (n > 0).then(|| {
+            serde_json::json!({
+                "unrecorded": n,
+                "reason": format!(
+                    "{n} further refused connections were counted, not recorded one by one (at most {REFUSALS_RECORDED_PER_WINDOW} each {REFUSAL_WINDOW:?})"
+                ),
+            })
+        })
+    }
 }
 
 impl Shared {
@@ -169,13 +223,47 @@ impl Shared {
         }
     }
 
+    /// Records a refused connection, unless this window's records are spent (then it is
+    /// counted, and the count recorded when the window or the sandbox ends).
     async fn denied(&self, host: &str, port: u16, via: &str, reason: &str) {
-        let detail =
-            serde_json::json!({ "host": host, "port": port, "via": via, "reason": reason });
-        self.egress
-            .audit
-            .record_later(self.event(Kind::NetDenied, detail))
-            .await;
+        let mut out = Vec::new();
+        {
+            let mut r = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            if now.duration_since(r.window_start) >= REFUSAL_WINDOW {
+                out.extend(r.take_count());
+                r.window_start = now;
+                r.recorded = 0;
+            }
+            if r.ended || r.recorded < REFUSALS_RECORDED_PER_WINDOW {
+                r.recorded = r.recorded.saturating_add(1);
+                out.push(serde_json::json!({
+                    "host": host, "port": port, "via": via, "reason": reason,
+                }));
+            } else {
+                r.counted += 1;
+            }
+        }
+        for detail in out {
+            self.egress
+                .audit
+                .record_later(self.event(Kind::NetDenied, detail))
+                .await;
+        }
+    }
+
+    /// The sandbox is gone: the record of its refusals still counted, if any; from now on
+    /// every refusal (of a connection still being decided) is recorded itself.
+    fn refusals_end(&self) -> Option<Event> {
+        let mut r = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.ended = true;
+        r.take_count().map(|d| self.event(Kind::NetDenied, d))
     }
 
     fn grants_text(&self) -> String {
@@ -379,13 +467,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         Ok(addrs) => match dial(&addrs).await {
             Ok(u) => u,
             Err(why) => {
-                let detail = serde_json::json!({
-                    "host": host, "port": port, "via": via, "reason": why,
-                });
-                s.egress
-                    .audit
-                    .record_later(s.event(Kind::NetDenied, detail))
-                    .await;
+                s.denied(&host, port, via, &why).await;
                 if tag == 0 {
                     answer(&mut client, "502 Bad Gateway", &why).await;
                 }
@@ -415,12 +497,19 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         && upstream.write_all(&first).await.is_ok();
     let sent = first.len() as u64;
     s.moved.fetch_add(sent, Ordering::Relaxed);
-    let (out, back, outcome) = if ready {
-        pump(&s, &mut client, &mut upstream).await
+    let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
+    let outcome = if ready {
+        // The relay ends when the sandbox does, even in the middle of a write to a
+        // destination that neither reads nor closes.
+        let mut ended = s.ended.subscribe();
+        tokio::select! {
+            o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
+            _ = ended.wait_for(|e| *e) => "sandbox_ended",
+        }
     } else {
-        (0, 0, "reset")
+        "reset"
     };
-    let out = out + sent;
+    let (out, back) = (out.into_inner(), back.into_inner());
     let detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
         "bytes_out": out, "bytes_in": back,
@@ -433,17 +522,17 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         .await;
 }
 
-/// Relays both ways until both sides are done, counting bytes against the sandbox's limit:
-/// `(to the destination, from it, outcome)`.
+/// Relays both ways until both sides are done, counting bytes against the sandbox's limit
+/// and in `(to the destination, from it)`: the outcome.
 async fn pump(
     s: &Shared,
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-) -> (u64, u64, &'static str) {
+    (out, back): (&AtomicU64, &AtomicU64),
+) -> &'static str {
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
     let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
-    let (mut out, mut back) = (0u64, 0u64);
     let (mut c_open, mut u_open) = (true, true);
     while c_open || u_open {
         let (n, to_upstream) = tokio::select! {
@@ -452,7 +541,7 @@ async fn pump(
         };
         let n = match n {
             Ok(n) => n,
-            Err(_) => return (out, back, "reset"),
+            Err(_) => return "reset",
         };
         if n == 0 {
             // One side finished sending: pass the half-close on.
@@ -467,18 +556,18 @@ async fn pump(
         }
         let total = s.moved.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         let written = if to_upstream {
-            out += n as u64;
+            out.fetch_add(n as u64, Ordering::Relaxed);
             uw.write_all(&a[..n]).await
         } else {
-            back += n as u64;
+            back.fetch_add(n as u64, Ordering::Relaxed);
             cw.write_all(&b[..n]).await
         };
         if written.is_err() {
-            return (out, back, "reset");
+            return "reset";
         }
         if total > s.egress.max_bytes {
-            return (out, back, "byte_limit");
+            return "byte_limit";
         }
     }
-    (out, back, "closed")
+    "closed"
 }
