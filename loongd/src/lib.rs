@@ -227,6 +227,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     // Everything loongd creates is private unless it says otherwise.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
+    egress::set_total_limit(config.egress.max_total_connections as usize);
     init_log(&config.log.level);
     if !opts.foreground {
         // Leave the launcher's session so that its terminal's signals do not reach us. This

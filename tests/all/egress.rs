@@ -854,3 +854,36 @@ fn wait_for_count(home: &Home) -> u64 {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_broker_s_connections_for_all_sandboxes_together_are_limited() {
+    let granted = LocalHttp::text("loong-total-page");
+    let grants = vec![format!("127.0.0.1:{}", granted.port)];
+    let two = serde_json::json!({
+        "op": "two", "target": grants[0], "url": granted.url(),
+    });
+    // Positive control: two connections at once are within a total of two.
+    let home = Home::with_config("[egress]\nmax_total_connections = 2\n");
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two.clone());
+    assert_eq!(got["second"]["status"], 200, "{got}");
+    // A total of one: the held tunnel takes it, the next connection (within the sandbox's own
+    // limit) is refused and says why.
+    let home = Home::with_config("[egress]\nmax_total_connections = 1\n");
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two);
+    assert!(
+        got["first"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    assert_eq!(got["second"]["status"], 503, "{got}");
+    let body = got["second"]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains("loongd's egress broker has 1 connections open for all sandboxes"),
+        "{body}"
+    );
+}

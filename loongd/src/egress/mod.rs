@@ -19,7 +19,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -40,6 +40,10 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one sandbox may have open at once (more are refused).
 pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Connections the broker holds open at once for all sandboxes together (more are refused),
+/// so that many sandboxes, each within its own limit, cannot take all of loongd's
+/// descriptors (each connection holds two).
+pub(crate) const MAX_TOTAL_CONNECTIONS: usize = 1024;
 /// Bytes one sandbox may move through the broker, both ways, over its life (a connection
 /// that crosses it is closed, later ones are refused).
 pub(crate) const MAX_BYTES: u64 = 1 << 30;
@@ -59,6 +63,23 @@ pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Sandboxes served by a broker now, and their open connections (`loongctl doctor`).
 static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The broker's limit over all sandboxes (`[egress] max_total_connections`) and its slots.
+static TOTAL: OnceLock<(usize, Arc<Semaphore>)> = OnceLock::new();
+
+/// Sets the limit of connections open at once for all sandboxes together (once, at start;
+/// without it, [`MAX_TOTAL_CONNECTIONS`]).
+pub(crate) fn set_total_limit(max: usize) {
+    let _ = TOTAL.set((max, Arc::new(Semaphore::new(max))));
+}
+
+fn total() -> &'static (usize, Arc<Semaphore>) {
+    TOTAL.get_or_init(|| {
+        (
+            MAX_TOTAL_CONNECTIONS,
+            Arc::new(Semaphore::new(MAX_TOTAL_CONNECTIONS)),
+        )
+    })
+}
 
 /// The broker's state for `loongctl doctor`: sandboxes served, connections open.
 pub(crate) fn state() -> (usize, usize) {
@@ -401,6 +422,17 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             "{} has {} connections open, its limit",
             s.egress.owner.named(),
             s.egress.max_connections
+        );
+        s.denied("", 0, via, &why).await;
+        if tag == 0 {
+            answer(&mut client, "503 Service Unavailable", &why).await;
+        }
+        return;
+    };
+    let (max_total, all) = total();
+    let Ok(_all) = all.clone().try_acquire_owned() else {
+        let why = format!(
+            "loongd's egress broker has {max_total} connections open for all sandboxes, its limit ([egress] max_total_connections)"
         );
         s.denied("", 0, via, &why).await;
         if tag == 0 {
