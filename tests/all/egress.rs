@@ -887,3 +887,107 @@ fn the_broker_s_connections_for_all_sandboxes_together_are_limited() {
         "{body}"
     );
 }
+
+#[test]
+fn a_token_revoked_mid_connection_ends_the_connection() {
+    use std::io::{BufRead, Write};
+    let granted = LocalHttp::text("loong-held-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        format!(
+            "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:python3\", \"net.egress:{grant}\"]\napproval = \"never\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    // A tunnel opened under the token, held idle until a line on stdin, then used.
+    let script = format!(
+        r#"
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
+sys.stdin.readline()
+got = b""
+try:
+    s.sendall(b"GET /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        got += b
+except OSError as e:
+    print("ERROR", e)
+print("GOT", got.decode(errors="replace"))
+"#
+    );
+    let held = |revoke: bool| -> String {
+        let (secret, id) = crate::kernel_calls::issue(
+            &home,
+            &["process.exec:python3", &format!("net.egress:{grant}")],
+        );
+        let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args([
+                "sandbox",
+                "run",
+                "--tier",
+                "balanced",
+                "--token",
+                &secret,
+                "--allow-net",
+                &grant,
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sandbox run");
+        let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        if !line.starts_with("OPEN HTTP/1.1 200") {
+            let _ = run.kill();
+            let mut err = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut run.stderr.take().expect("stderr"), &mut err);
+            panic!("the tunnel was not opened: {line}{err}");
+        }
+        if revoke {
+            let revoked = home.ctl(&["tokens", "revoke", &id]);
+            assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+            // The broker decides the open connection again as the revocation lands.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let mut stdin = run.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write");
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+        let _ = run.wait();
+        rest
+    };
+    // Positive control: a tunnel held under a live token carries its request.
+    let rest = held(false);
+    assert!(rest.contains("loong-held-page"), "{rest}");
+    // Revoked while the tunnel is open: the tunnel ends; nothing more reaches the server.
+    let rest = held(true);
+    assert!(!rest.contains("loong-held-page"), "{rest}");
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed.iter().any(|d| d["outcome"] == "withdrawn"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("net.egress on {grant} denied")))),
+        "{closed:?}"
+    );
+}

@@ -72,6 +72,19 @@ pub(crate) fn set_total_limit(max: usize) {
     let _ = TOTAL.set((max, Arc::new(Semaphore::new(max))));
 }
 
+/// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
+/// on a request's effect path is decided again, and ends if it is refused now.
+static AUTHORITY: OnceLock<watch::Sender<u64>> = OnceLock::new();
+
+fn authority() -> &'static watch::Sender<u64> {
+    AUTHORITY.get_or_init(|| watch::channel(0).0)
+}
+
+/// Tokens were revoked: open connections are decided again (see [`AUTHORITY`]).
+pub(crate) fn authority_changed() {
+    authority().send_modify(|n| *n = n.wrapping_add(1));
+}
+
 fn total() -> &'static (usize, Arc<Semaphore>) {
     TOTAL.get_or_init(|| {
         (
@@ -325,6 +338,35 @@ async fn vet(
 }
 
 /// Decides and vets `host:port`: the addresses to dial, or why not.
+/// Asks the effect path of the request that started the sandbox about `host:port`.
+async fn ask(ask: &mpsc::Sender<Ask>, host: &str, port: u16) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    let target = format!("{host}:{port}");
+    let ended =
+        || format!("net.egress on {target}: the request that started the sandbox has ended");
+    ask.send((target.clone(), tx)).await.map_err(|_| ended())?;
+    rx.await
+        .map_err(|_| ended())?
+        .map_err(|why| format!("net.egress on {target} denied: {why}"))
+}
+
+/// Resolves when an open connection to `host:port`, decided on a request's effect path, is
+/// refused on it now (a token was revoked); never for a worker's.
+async fn withdrawn(s: &Shared, host: &str, port: u16) -> String {
+    let Some(decide) = &s.egress.decide else {
+        return std::future::pending().await;
+    };
+    let mut changes = authority().subscribe();
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Err(why) = ask(decide, host, port).await {
+            return why;
+        }
+    }
+}
+
 async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if !grant_admits(&s.egress.grants, host, port) {
         return Err(format!(
@@ -340,17 +382,8 @@ async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
             s.egress.max_bytes
         ));
     }
-    if let Some(ask) = &s.egress.decide {
-        let (tx, rx) = oneshot::channel();
-        let target = format!("{host}:{port}");
-        ask.send((target.clone(), tx)).await.map_err(|_| {
-            format!("net.egress on {target}: the request that started the sandbox has ended")
-        })?;
-        rx.await
-            .map_err(|_| {
-                format!("net.egress on {target}: the request that started the sandbox has ended")
-            })?
-            .map_err(|why| format!("net.egress on {target} denied: {why}"))?;
+    if let Some(decide) = &s.egress.decide {
+        ask(decide, host, port).await?;
     }
     // A grant that names this address literally allows it, private or not.
     let literal = host.parse::<std::net::IpAddr>().is_ok();
@@ -530,24 +563,33 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
     let sent = first.len() as u64;
     s.moved.fetch_add(sent, Ordering::Relaxed);
     let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
+    let mut reason = None;
     let outcome = if ready {
         // The relay ends when the sandbox does, even in the middle of a write to a
         // destination that neither reads nor closes.
+        // And when the token it was decided under is revoked.
         let mut ended = s.ended.subscribe();
         tokio::select! {
             o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
             _ = ended.wait_for(|e| *e) => "sandbox_ended",
+            why = withdrawn(&s, &host, port) => {
+                reason = Some(why);
+                "withdrawn"
+            }
         }
     } else {
         "reset"
     };
     let (out, back) = (out.into_inner(), back.into_inner());
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
         "bytes_out": out, "bytes_in": back,
         "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "outcome": outcome,
     });
+    if let (Some(why), Some(map)) = (reason, detail.as_object_mut()) {
+        map.insert("reason".into(), why.into());
+    }
     s.egress
         .audit
         .record_later(s.event(Kind::NetClosed, detail))
