@@ -991,3 +991,87 @@ print("GOT", got.decode(errors="replace"))
         "{closed:?}"
     );
 }
+
+#[test]
+fn connections_after_a_revocation_are_refused_without_a_decision_each() {
+    use std::io::{BufRead, Write};
+    let granted = LocalHttp::text("loong-sticky-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        format!(
+            "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:python3\", \"net.egress:{grant}\"]\napproval = \"never\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    let (secret, id) = crate::kernel_calls::issue(
+        &home,
+        &["process.exec:python3", &format!("net.egress:{grant}")],
+    );
+    // One connection (the positive control), a line from stdin, then 200 more.
+    let script = format!(
+        r#"
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+def once():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+    line = s.recv(200).split(b"\r\n")[0].decode()
+    s.close()
+    return line
+print("FIRST", once(), flush=True)
+sys.stdin.readline()
+print("REFUSED", sum(once().startswith("HTTP/1.1 403") for _ in range(200)))
+"#
+    );
+    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--token",
+            &secret,
+            "--allow-net",
+            &grant,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    if !line.starts_with("FIRST HTTP/1.1 200") {
+        let _ = run.kill();
+        panic!("the first connection failed: {line}");
+    }
+    let revoked = home.ctl(&["tokens", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let mut stdin = run.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+    let _ = run.wait();
+    assert!(rest.contains("REFUSED 200"), "{rest}");
+    // The effect path refused the destination once; the rest were refused by that answer.
+    let refusals = details(&home, "policy.decision")
+        .into_iter()
+        .filter(|d| d["capability"] == "net.egress" && d["allowed"] == false)
+        .count();
+    assert!(
+        (1..=2).contains(&refusals),
+        "{refusals} refused decisions recorded"
+    );
+}

@@ -59,6 +59,10 @@ pub(crate) const DECISION_QUEUE: usize = 16;
 pub(crate) const REFUSALS_RECORDED_PER_WINDOW: u32 = 32;
 /// How long a window of refusals lasts.
 pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Destinations whose refusal on a request's effect path one sandbox's broker remembers: a
+/// later connection to one is refused with the same answer without deciding (and recording)
+/// it again, since a run's authority only narrows (a token is revoked, never widened).
+pub(crate) const MAX_REFUSED_TARGETS: usize = 256;
 
 /// Sandboxes served by a broker now, and their open connections (`loongctl doctor`).
 static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
@@ -153,6 +157,7 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
         forwards,
         egress,
         ended: watch::channel(false).0,
+        refused: Mutex::new(std::collections::HashMap::new()),
         refusals: Mutex::new(Refusals {
             window_start: Instant::now(),
             recorded: 0,
@@ -216,6 +221,8 @@ struct Shared {
     forwards: Vec<(String, u16)>,
     /// Set once the sandbox is gone: every connection still relayed ends.
     ended: watch::Sender<bool>,
+    /// `HOST:PORT` → why the effect path refused it (at most [`MAX_REFUSED_TARGETS`]).
+    refused: Mutex<std::collections::HashMap<String, String>>,
     refusals: Mutex<Refusals>,
 }
 
@@ -338,10 +345,35 @@ async fn vet(
 }
 
 /// Decides and vets `host:port`: the addresses to dial, or why not.
-/// Asks the effect path of the request that started the sandbox about `host:port`.
-async fn ask(ask: &mpsc::Sender<Ask>, host: &str, port: u16) -> Result<(), String> {
-    let (tx, rx) = oneshot::channel();
+/// Asks the effect path of the request that started the sandbox about `host:port`; a refusal
+/// is remembered, and answers later questions about the same destination.
+async fn ask(s: &Shared, ask: &mpsc::Sender<Ask>, host: &str, port: u16) -> Result<(), String> {
     let target = format!("{host}:{port}");
+    let known = s
+        .refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&target)
+        .cloned();
+    if let Some(why) = known {
+        return Err(why);
+    }
+    let answer = ask_once(ask, &target).await;
+    if let Err(why) = &answer {
+        let mut refused = s
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() < MAX_REFUSED_TARGETS {
+            refused.insert(target, why.clone());
+        }
+    }
+    answer
+}
+
+async fn ask_once(ask: &mpsc::Sender<Ask>, target: &str) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    let target = target.to_string();
     let ended =
         || format!("net.egress on {target}: the request that started the sandbox has ended");
     ask.send((target.clone(), tx)).await.map_err(|_| ended())?;
@@ -361,7 +393,7 @@ async fn withdrawn(s: &Shared, host: &str, port: u16) -> String {
         if changes.changed().await.is_err() {
             return std::future::pending().await;
         }
-        if let Err(why) = ask(decide, host, port).await {
+        if let Err(why) = ask(s, decide, host, port).await {
             return why;
         }
     }
@@ -383,7 +415,7 @@ async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
         ));
     }
     if let Some(decide) = &s.egress.decide {
-        ask(decide, host, port).await?;
+        ask(s, decide, host, port).await?;
     }
     // A grant that names this address literally allows it, private or not.
     let literal = host.parse::<std::net::IpAddr>().is_ok();
