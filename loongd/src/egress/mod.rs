@@ -383,12 +383,17 @@ async fn ask_once(ask: &mpsc::Sender<Ask>, target: &str) -> Result<(), String> {
 }
 
 /// Resolves when an open connection to `host:port`, decided on a request's effect path, is
-/// refused on it now (a token was revoked); never for a worker's.
-async fn withdrawn(s: &Shared, host: &str, port: u16) -> String {
+/// refused on it now (a token was revoked since `decided_at`, the revocation count before its
+/// decision); never for a worker's.
+async fn withdrawn(s: &Shared, host: &str, port: u16, decided_at: u64) -> String {
     let Some(decide) = &s.egress.decide else {
         return std::future::pending().await;
     };
     let mut changes = authority().subscribe();
+    if *changes.borrow_and_update() != decided_at {
+        // A revocation landed while the connection was being decided or dialled.
+        changes.mark_changed();
+    }
     loop {
         if changes.changed().await.is_err() {
             return std::future::pending().await;
@@ -553,6 +558,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             }
         }
     };
+    let decided_at = *authority().borrow();
     let (mut upstream, addr) = match admit(&s, &host, port).await {
         Err(why) => {
             s.denied(&host, port, via, &why).await;
@@ -604,7 +610,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         tokio::select! {
             o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
             _ = ended.wait_for(|e| *e) => "sandbox_ended",
-            why = withdrawn(&s, &host, port) => {
+            why = withdrawn(&s, &host, port, decided_at) => {
                 reason = Some(why);
                 "withdrawn"
             }
