@@ -460,6 +460,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             tell_manager(n.clone(), kernel.clone());
         }
         control::serve(listener, kernel.clone()).await;
+        // Open egress connections end, recorded closed before the daemon's last record.
+        egress::stop_all().await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
         for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {

@@ -1075,3 +1075,66 @@ print("REFUSED", sum(once().startswith("HTTP/1.1 403") for _ in range(200)))
         "{refusals} refused decisions recorded"
     );
 }
+
+#[test]
+fn a_connection_open_when_loongd_stops_is_recorded_closed() {
+    let granted = LocalHttp::text("loong-stop-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    home.start();
+    // A tunnel opened and held (the program waits far longer than the test).
+    let script = format!(
+        r#"
+import os, socket, time
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
+time.sleep(60)
+"#
+    );
+    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &grant,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+    if !line.starts_with("OPEN HTTP/1.1 200") {
+        let _ = run.kill();
+        panic!("the tunnel was not opened: {line}");
+    }
+    // Positive control: the open connection is recorded connected.
+    let connected = details(&home, "net.connected");
+    assert!(
+        connected.iter().any(|d| d["port"] == granted.port),
+        "{connected:?}"
+    );
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let _ = run.kill();
+    let _ = run.wait();
+    home.start();
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed
+            .iter()
+            .any(|d| d["port"] == granted.port && d["outcome"] == "loongd_stopped"),
+        "{closed:?}"
+    );
+}

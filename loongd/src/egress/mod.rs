@@ -84,6 +84,25 @@ fn authority() -> &'static watch::Sender<u64> {
     AUTHORITY.get_or_init(|| watch::channel(0).0)
 }
 
+/// Set when loongd stops: every open connection ends and is recorded closed.
+static STOPPING: OnceLock<watch::Sender<bool>> = OnceLock::new();
+/// How long loongd waits, when it stops, for its open connections to be recorded closed.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn stopping() -> &'static watch::Sender<bool> {
+    STOPPING.get_or_init(|| watch::channel(false).0)
+}
+
+/// loongd is stopping: ends every open connection (`net.closed` outcome `loongd_stopped`)
+/// and waits, at most [`STOP_GRACE`], until their records are queued.
+pub(crate) async fn stop_all() {
+    stopping().send_replace(true);
+    let until = tokio::time::Instant::now() + STOP_GRACE;
+    while OPEN.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Tokens were revoked: open connections are decided again (see [`AUTHORITY`]).
 pub(crate) fn authority_changed() {
     authority().send_modify(|n| *n = n.wrapping_add(1));
@@ -607,7 +626,9 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         // destination that neither reads nor closes.
         // And when the token it was decided under is revoked.
         let mut ended = s.ended.subscribe();
+        let mut stop = stopping().subscribe();
         tokio::select! {
+            _ = stop.wait_for(|s| *s) => "loongd_stopped",
             o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
             _ = ended.wait_for(|e| *e) => "sandbox_ended",
             why = withdrawn(&s, &host, port, decided_at) => {
