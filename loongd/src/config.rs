@@ -126,6 +126,8 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # closed, later ones are refused).
 # max_connections = 64
 # max_bytes = 1073741824
+# Connections open at once for all sandboxes together (1..=65536).
+# max_total_connections = 1024
 
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
@@ -228,6 +230,9 @@ pub struct EgressConfig {
     /// Bytes one sandbox may move through the broker over its life, both ways.
     #[serde(deserialize_with = "egress_bytes")]
     pub max_bytes: u64,
+    /// Connections open at once for all sandboxes together.
+    #[serde(deserialize_with = "egress_total")]
+    pub max_total_connections: u64,
 }
 
 impl Default for EgressConfig {
@@ -237,6 +242,7 @@ impl Default for EgressConfig {
             lookup_timeout_ms: DEFAULT_LOOKUP_TIMEOUT_MS,
             max_connections: DEFAULT_EGRESS_CONNECTIONS,
             max_bytes: DEFAULT_EGRESS_BYTES,
+            max_total_connections: DEFAULT_EGRESS_TOTAL_CONNECTIONS,
         }
     }
 }
@@ -272,6 +278,16 @@ pub const MAX_EGRESS_CONNECTIONS: u64 = 4096;
 
 fn egress_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ranged(d, 1, MAX_EGRESS_CONNECTIONS, "connections")
+}
+
+/// The connections the broker holds open for all sandboxes together, by default
+/// (`[egress] max_total_connections`).
+pub const DEFAULT_EGRESS_TOTAL_CONNECTIONS: u64 = 1024;
+/// The most connections `[egress] max_total_connections` may allow all sandboxes together.
+pub const MAX_EGRESS_TOTAL_CONNECTIONS: u64 = 65_536;
+
+fn egress_total<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, MAX_EGRESS_TOTAL_CONNECTIONS, "connections")
 }
 
 fn egress_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -895,7 +911,11 @@ mod tests {
         let mut c = Config::default();
         c.egress.max_connections = 2;
         c.egress.max_bytes = 4096;
-        check("[egress]\nmax_connections = 2\nmax_bytes = 4096\n", Ok(c));
+        c.egress.max_total_connections = 3;
+        check(
+            "[egress]\nmax_connections = 2\nmax_bytes = 4096\nmax_total_connections = 3\n",
+            Ok(c),
+        );
         for (text, want) in [
             (
                 "[egress]\nmax_connections = 0\n",
@@ -906,6 +926,10 @@ mod tests {
                 ":2: 4097 is outside 1..=4096 connections",
             ),
             ("[egress]\nmax_bytes = 0\n", ":2: 0 is outside 1..="),
+            (
+                "[egress]\nmax_total_connections = 65537\n",
+                ":2: 65537 is outside 1..=65536 connections",
+            ),
             ("[egress]\nresolve = 1\n", "unknown field `resolve`"),
         ] {
             let err = Config::parse(text, Path::new("/h/loongd.toml"))

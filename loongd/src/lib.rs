@@ -233,6 +233,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     // Everything loongd creates is private unless it says otherwise.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
+    egress::set_total_limit(config.egress.max_total_connections as usize);
     init_log(&config.log.level);
     if !opts.foreground {
         // Leave the launcher's session so that its terminal's signals do not reach us. This
@@ -478,6 +479,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             tell_manager(n.clone(), kernel.clone());
         }
         control::serve(listener, kernel.clone()).await;
+        // Open egress connections end, recorded closed before the daemon's last record.
+        egress::stop_all().await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
         for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {

@@ -769,3 +769,443 @@ fn a_token_revoked_mid_run_stops_the_run_s_next_connection() {
         "a connection under a revoked token was made"
     );
 }
+
+/// A listener on 127.0.0.1 that accepts and then holds every connection open, silent, never
+/// closing it (a malicious remote server); counts what it accepted.
+fn silent_listener() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    (port, n)
+}
+
+/// Polls the trail until `kind` has a record for `port`, for up to `secs` seconds.
+fn wait_for_port(home: &Home, kind: &str, port: u16, secs: u64) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let got = details(home, kind);
+        if got.iter().any(|d| d["port"] == port) || std::time::Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_connection_ends_with_its_sandbox_even_when_the_server_never_closes() {
+    if !Path::new("/usr/bin/curl").exists() {
+        return skip(
+            "a_connection_ends_with_its_sandbox_even_when_the_server_never_closes",
+            "/usr/bin/curl is missing",
+        );
+    }
+    let (port, accepted) = silent_listener();
+    let granted = LocalHttp::text("loong-ends-control");
+    let home = Home::new();
+    home.start();
+    let run = |p: u16, url: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &format!("127.0.0.1:{p}"),
+            "--",
+            "/usr/bin/curl",
+            "-sS",
+            "--max-time",
+            "2",
+            url,
+        ])
+    };
+    // Positive control: a server that answers and closes; its connection is closed and recorded.
+    let ok = run(granted.port, &granted.url());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let closed = wait_for_port(&home, "net.closed", granted.port, 10);
+    assert!(
+        closed.iter().any(|d| d["port"] == granted.port),
+        "{closed:?}"
+    );
+    // The silent server holds its end forever; the sandbox gives up and exits.
+    let out = run(port, &format!("http://127.0.0.1:{port}/"));
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The broker's connection ends with the sandbox: recorded closed, nothing left open.
+    let closed = wait_for_port(&home, "net.closed", port, 10);
+    let mine: Vec<_> = closed.iter().filter(|d| d["port"] == port).collect();
+    assert_eq!(mine.len(), 1, "{closed:?}");
+    assert_eq!(mine[0]["outcome"], "sandbox_ended", "{mine:?}");
+    let mut report = String::new();
+    for _ in 0..25 {
+        report = text(&home.ctl(&["doctor"]).stdout);
+        if report.contains("egress broker: 0 sandboxes, 0 open connections") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        report.contains("egress broker: 0 sandboxes, 0 open connections"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_flood_of_refused_connections_is_counted_not_recorded_one_by_one() {
+    let granted = LocalHttp::text("loong-flood-control");
+    let (other, other_seen) = counting_listener();
+    let home = Home::new();
+    home.start();
+    let grant = format!("127.0.0.1:{}", granted.port);
+    // 300 CONNECTs to a port that is not granted, each on its own connection, then one
+    // request to the grant (the positive control: the sandbox is still served).
+    let script = format!(
+        r#"
+import os, socket, urllib.request
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+refused = 0
+for i in range(300):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"CONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n")
+    if s.recv(64).startswith(b"HTTP/1.1 403"):
+        refused += 1
+    s.close()
+print("refused", refused)
+print(urllib.request.urlopen("{url}", timeout=10).read().decode())
+"#,
+        url = granted.url()
+    );
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        &grant,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        &script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("refused 300"), "{stdout}");
+    assert!(stdout.contains("loong-flood-control"), "{stdout}");
+    assert_eq!(other_seen.load(Ordering::SeqCst), 0);
+    // A bounded number of records one by one, the rest counted in one record.
+    let denied = details(&home, "net.denied");
+    let one_by_one = denied.iter().filter(|d| d["port"] == other).count();
+    assert!(
+        one_by_one <= 64,
+        "{one_by_one} refusals recorded one by one"
+    );
+    let counted: u64 = wait_for_count(&home);
+    assert_eq!(counted + one_by_one as u64, 300, "{denied:?}");
+}
+
+/// The refusals the broker counted instead of recording one by one (its `unrecorded` records).
+fn wait_for_count(home: &Home) -> u64 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: u64 = details(home, "net.denied")
+            .iter()
+            .filter_map(|d| d["unrecorded"].as_u64())
+            .sum();
+        if n > 0 || std::time::Instant::now() > until {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_broker_s_connections_for_all_sandboxes_together_are_limited() {
+    let granted = LocalHttp::text("loong-total-page");
+    let grants = vec![format!("127.0.0.1:{}", granted.port)];
+    let two = serde_json::json!({
+        "op": "two", "target": grants[0], "url": granted.url(),
+    });
+    // Positive control: two connections at once are within a total of two.
+    let home = Home::with_config("[egress]\nmax_total_connections = 2\n");
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two.clone());
+    assert_eq!(got["second"]["status"], 200, "{got}");
+    // A total of one: the held tunnel takes it, the next connection (within the sandbox's own
+    // limit) is refused and says why.
+    let home = Home::with_config("[egress]\nmax_total_connections = 1\n");
+    let _peer = install_net_peer(&home, &grants);
+    home.start();
+    let got = call(&home, two);
+    assert!(
+        got["first"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+        "{got}"
+    );
+    assert_eq!(got["second"]["status"], 503, "{got}");
+    let body = got["second"]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains("loongd's egress broker has 1 connections open for all sandboxes"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_token_revoked_mid_connection_ends_the_connection() {
+    use std::io::{BufRead, Write};
+    let granted = LocalHttp::text("loong-held-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        format!(
+            "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:python3\", \"net.egress:{grant}\"]\napproval = \"never\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    // A tunnel opened under the token, held idle until a line on stdin, then used.
+    let script = format!(
+        r#"
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
+sys.stdin.readline()
+got = b""
+try:
+    s.sendall(b"GET /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        got += b
+except OSError as e:
+    print("ERROR", e)
+print("GOT", got.decode(errors="replace"))
+"#
+    );
+    let held = |revoke: bool| -> String {
+        let (secret, id) = crate::kernel_calls::issue(
+            &home,
+            &["process.exec:python3", &format!("net.egress:{grant}")],
+        );
+        let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args([
+                "sandbox",
+                "run",
+                "--tier",
+                "balanced",
+                "--token",
+                &secret,
+                "--allow-net",
+                &grant,
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sandbox run");
+        let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        if !line.starts_with("OPEN HTTP/1.1 200") {
+            let _ = run.kill();
+            let mut err = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut run.stderr.take().expect("stderr"), &mut err);
+            panic!("the tunnel was not opened: {line}{err}");
+        }
+        if revoke {
+            let revoked = home.ctl(&["tokens", "revoke", &id]);
+            assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+            // The broker decides the open connection again as the revocation lands.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let mut stdin = run.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write");
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+        let _ = run.wait();
+        rest
+    };
+    // Positive control: a tunnel held under a live token carries its request.
+    let rest = held(false);
+    assert!(rest.contains("loong-held-page"), "{rest}");
+    // Revoked while the tunnel is open: the tunnel ends; nothing more reaches the server.
+    let rest = held(true);
+    assert!(!rest.contains("loong-held-page"), "{rest}");
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed.iter().any(|d| d["outcome"] == "withdrawn"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("net.egress on {grant} denied")))),
+        "{closed:?}"
+    );
+}
+
+#[test]
+fn connections_after_a_revocation_are_refused_without_a_decision_each() {
+    use std::io::{BufRead, Write};
+    let granted = LocalHttp::text("loong-sticky-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        format!(
+            "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:python3\", \"net.egress:{grant}\"]\napproval = \"never\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    let (secret, id) = crate::kernel_calls::issue(
+        &home,
+        &["process.exec:python3", &format!("net.egress:{grant}")],
+    );
+    // One connection (the positive control), a line from stdin, then 200 more.
+    let script = format!(
+        r#"
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+def once():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+    line = s.recv(200).split(b"\r\n")[0].decode()
+    s.close()
+    return line
+print("FIRST", once(), flush=True)
+sys.stdin.readline()
+print("REFUSED", sum(once().startswith("HTTP/1.1 403") for _ in range(200)))
+"#
+    );
+    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--token",
+            &secret,
+            "--allow-net",
+            &grant,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    if !line.starts_with("FIRST HTTP/1.1 200") {
+        let _ = run.kill();
+        panic!("the first connection failed: {line}");
+    }
+    let revoked = home.ctl(&["tokens", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let mut stdin = run.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+    let _ = run.wait();
+    assert!(rest.contains("REFUSED 200"), "{rest}");
+    // The effect path refused the destination once; the rest were refused by that answer.
+    let refusals = details(&home, "policy.decision")
+        .into_iter()
+        .filter(|d| d["capability"] == "net.egress" && d["allowed"] == false)
+        .count();
+    assert!(
+        (1..=2).contains(&refusals),
+        "{refusals} refused decisions recorded"
+    );
+}
+
+#[test]
+fn a_connection_open_when_loongd_stops_is_recorded_closed() {
+    let granted = LocalHttp::text("loong-stop-page");
+    let grant = format!("127.0.0.1:{}", granted.port);
+    let home = Home::new();
+    home.start();
+    // A tunnel opened and held (the program waits far longer than the test).
+    let script = format!(
+        r#"
+import os, socket, time
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
+print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
+time.sleep(60)
+"#
+    );
+    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-net",
+            &grant,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+    if !line.starts_with("OPEN HTTP/1.1 200") {
+        let _ = run.kill();
+        panic!("the tunnel was not opened: {line}");
+    }
+    // Positive control: the open connection is recorded connected.
+    let connected = details(&home, "net.connected");
+    assert!(
+        connected.iter().any(|d| d["port"] == granted.port),
+        "{connected:?}"
+    );
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let _ = run.kill();
+    let _ = run.wait();
+    home.start();
+    let closed = details(&home, "net.closed");
+    assert!(
+        closed
+            .iter()
+            .any(|d| d["port"] == granted.port && d["outcome"] == "loongd_stopped"),
+        "{closed:?}"
+    );
+}

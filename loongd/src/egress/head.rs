@@ -4,7 +4,8 @@
 //!
 //! Refused outright, before any decision: a head above [`MAX_HEAD_BYTES`]; a line not ended
 //! by CRLF (a bare CR or LF), a folded header or a NUL; userinfo (`a@b`) or a `%` in an
-//! authority; a host that is neither a name nor a plain address (`127.1`, `0x7f.0.0.1`,
+//! authority; an IPv6 address without brackets (`a:b.test:443` is no host); a host that is
+//! neither a name nor a plain address (`127.1`, `0x7f.0.0.1`,
 //! `2130706433` would each reach an address nobody named); an `https://` absolute form (use
 //! CONNECT); both `Content-Length` and `Transfer-Encoding`, or two `Content-Length`s
 //! (request smuggling). The absolute URI's authority is the destination: a `Host` header that
@@ -178,9 +179,9 @@ fn authority(a: &str, default: Option<u16>) -> Result<(String, u16), HeadError> 
         let Some((h, after)) = rest.split_once(']') else {
             return bad("an IPv6 address needs its closing bracket");
         };
-        if h.parse::<Ipv6Addr>().is_err() {
+        let Ok(v6) = h.parse::<Ipv6Addr>() else {
             return bad("not an IPv6 address");
-        }
+        };
         let port = match after {
             "" => None,
             p => match p.strip_prefix(':') {
@@ -188,8 +189,12 @@ fn authority(a: &str, default: Option<u16>) -> Result<(String, u16), HeadError> 
                 None => return bad("text after the IPv6 address"),
             },
         };
-        (h.to_ascii_lowercase(), port)
+        // The canonical text (`0:0::1` is `::1`), as a grant names it.
+        (v6.to_string(), port)
     } else {
+        if a.bytes().filter(|b| *b == b':').count() > 1 {
+            return bad("an IPv6 address needs brackets ([v6]:port)");
+        }
         match a.rsplit_once(':') {
             Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
             None => (a.to_ascii_lowercase(), None),
@@ -264,6 +269,13 @@ mod tests {
                 port: 80
             })
         );
+        assert_eq!(
+            parse(b"CONNECT [0:0::FFFF:127.0.0.1]:80 HTTP/1.1\r\n\r\n"),
+            Ok(ProxyRequest::Connect {
+                host: "::ffff:127.0.0.1".into(),
+                port: 80
+            })
+        );
         let (host, port, head) = forward(
             "GET http://Example.TEST./a?b=1 HTTP/1.1\r\nHost: example.test\r\nProxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\nAccept: */*\r\n\r\n",
         );
@@ -319,6 +331,11 @@ mod tests {
             ("CONNECT 2130706433:80 HTTP/1.1\r\n\r\n", "dotted-quad"),
             ("CONNECT 0x7f.0.0.1:80 HTTP/1.1\r\n\r\n", "dotted-quad"),
             ("CONNECT a..test:80 HTTP/1.1\r\n\r\n", "not a host name"),
+            ("CONNECT a:b.example.test:443 HTTP/1.1\r\n\r\n", "brackets"),
+            ("CONNECT ::1:80 HTTP/1.1\r\n\r\n", "brackets"),
+            ("CONNECT ::ffff:127.0.0.1:80 HTTP/1.1\r\n\r\n", "brackets"),
+            ("GET http://a.test:80:80/ HTTP/1.1\r\n\r\n", "brackets"),
+            ("GET http://::1/ HTTP/1.1\r\n\r\n", "brackets"),
             ("CONNECT a/b:80 HTTP/1.1\r\n\r\n", "not a host name"),
             ("GET http://a.test/ HTTP/1.1\r\nBad Name: x\r\n\r\n", "Name: value"),
             (

@@ -21,7 +21,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ use loong_sandbox::NetGrant;
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
     net::TcpStream,
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot, watch, Semaphore},
 };
 
 use crate::audit::{Audit, Event, Kind};
@@ -44,6 +44,11 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one sandbox may have open at once (more are refused), unless `[egress]
 /// max_connections` says otherwise.
 pub(crate) const MAX_CONNECTIONS: usize = crate::config::DEFAULT_EGRESS_CONNECTIONS as usize;
+/// Connections the broker holds open at once for all sandboxes together (more are refused),
+/// so that many sandboxes, each within its own limit, cannot take all of loongd's
+/// descriptors (each connection holds two); `[egress] max_total_connections` overrides it.
+pub(crate) const MAX_TOTAL_CONNECTIONS: usize =
+    crate::config::DEFAULT_EGRESS_TOTAL_CONNECTIONS as usize;
 /// Bytes one sandbox may move through the broker, both ways, over its life (a connection
 /// that crosses it is closed, later ones are refused), unless `[egress] max_bytes` says
 /// otherwise.
@@ -52,10 +57,71 @@ pub(crate) const MAX_BYTES: u64 = crate::config::DEFAULT_EGRESS_BYTES;
 const RELAY_BUFFER_BYTES: usize = 16 * 1024;
 /// Decisions a sandbox's broker may have queued for its request's effect path.
 pub(crate) const DECISION_QUEUE: usize = 16;
+/// Refused connections of one sandbox recorded one `net.denied` each per
+/// [`REFUSAL_WINDOW`]; past them, a window's refusals are counted and recorded as one
+/// `net.denied` (its `unrecorded` count) at the next refusal after the window or when the
+/// sandbox ends, so a
+/// program that loops on refused connections cannot grow the trail without bound.
+pub(crate) const REFUSALS_RECORDED_PER_WINDOW: u32 = 32;
+/// How long a window of refusals lasts.
+pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Destinations whose refusal on a request's effect path one sandbox's broker remembers: a
+/// later connection to one is refused with the same answer without deciding (and recording)
+/// it again, since a run's authority only narrows (a token is revoked, never widened).
+pub(crate) const MAX_REFUSED_TARGETS: usize = 256;
 
 /// Sandboxes served by a broker now, and their open connections (`loongctl doctor`).
 static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The broker's limit over all sandboxes (`[egress] max_total_connections`) and its slots.
+static TOTAL: OnceLock<(usize, Arc<Semaphore>)> = OnceLock::new();
+
+/// Sets the limit of connections open at once for all sandboxes together (once, at start;
+/// without it, [`MAX_TOTAL_CONNECTIONS`]).
+pub(crate) fn set_total_limit(max: usize) {
+    let _ = TOTAL.set((max, Arc::new(Semaphore::new(max))));
+}
+
+/// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
+/// on a request's effect path is decided again, and ends if it is refused now.
+static AUTHORITY: OnceLock<watch::Sender<u64>> = OnceLock::new();
+
+fn authority() -> &'static watch::Sender<u64> {
+    AUTHORITY.get_or_init(|| watch::channel(0).0)
+}
+
+/// Set when loongd stops: every open connection ends and is recorded closed.
+static STOPPING: OnceLock<watch::Sender<bool>> = OnceLock::new();
+/// How long loongd waits, when it stops, for its open connections to be recorded closed.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn stopping() -> &'static watch::Sender<bool> {
+    STOPPING.get_or_init(|| watch::channel(false).0)
+}
+
+/// loongd is stopping: ends every open connection (`net.closed` outcome `loongd_stopped`)
+/// and waits, at most [`STOP_GRACE`], until their records are queued.
+pub(crate) async fn stop_all() {
+    stopping().send_replace(true);
+    let until = tokio::time::Instant::now() + STOP_GRACE;
+    while OPEN.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Tokens were revoked: open connections are decided again (see [`AUTHORITY`]).
+pub(crate) fn authority_changed() {
+    authority().send_modify(|n| *n = n.wrapping_add(1));
+}
+
+fn total() -> &'static (usize, Arc<Semaphore>) {
+    TOTAL.get_or_init(|| {
+        (
+            MAX_TOTAL_CONNECTIONS,
+            Arc::new(Semaphore::new(MAX_TOTAL_CONNECTIONS)),
+        )
+    })
+}
 
 /// The broker's state for `loongctl doctor`: sandboxes served, connections open.
 pub(crate) fn state() -> (usize, usize) {
@@ -119,34 +185,53 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
         moved: AtomicU64::new(0),
         forwards,
         egress,
+        ended: watch::channel(false).0,
+        refused: Mutex::new(std::collections::HashMap::new()),
+        refusals: Mutex::new(Refusals {
+            window_start: Instant::now(),
+            recorded: 0,
+            counted: 0,
+            ended: false,
+        }),
     });
     SANDBOXES.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _gone = Count(&SANDBOXES);
-        // As in `sandbox.rs`: the safe constructor is deprecated for descriptors a type could
-        // swap under the registration; an `OwnedFd` owned by the `AsyncFd` cannot.
-        #[allow(deprecated)]
-        let registered = AsyncFd::with_interest(ours, Interest::READABLE);
-        let Ok(fd) = registered else {
-            return;
-        };
-        loop {
-            let Ok(mut ready) = fd.readable().await else {
-                return;
-            };
-            match ready.try_io(|fd| loong_sandbox::egress::receive(fd.get_ref().as_fd())) {
-                Ok(Ok(Some((tag, mut fds)))) if fds.len() == 1 => {
-                    if let Some(conn) = fds.pop() {
-                        tokio::spawn(connection(shared.clone(), tag, conn));
-                    }
-                }
-                // A message without exactly one descriptor is not the relay's: dropped.
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) | Ok(Err(_)) => return,
-                Err(_would_block) => {}
-            }
+        receive(&shared, ours).await;
+        // The sandbox's end is closed: the sandbox (or its relay) is gone. Its connections end
+        // with it, whatever their destinations do, and its uncounted refusals are recorded.
+        shared.ended.send_replace(true);
+        if let Some(summary) = shared.refusals_end() {
+            shared.egress.audit.record_later(summary).await;
         }
     });
+}
+
+/// Receives the relay's connections until the sandbox's end of the egress socket closes.
+async fn receive(shared: &Arc<Shared>, ours: OwnedFd) {
+    // As in `sandbox.rs`: the safe constructor is deprecated for descriptors a type could
+    // swap under the registration; an `OwnedFd` owned by the `AsyncFd` cannot.
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(ours, Interest::READABLE);
+    let Ok(fd) = registered else {
+        return;
+    };
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        match ready.try_io(|fd| loong_sandbox::egress::receive(fd.get_ref().as_fd())) {
+            Ok(Ok(Some((tag, mut fds)))) if fds.len() == 1 => {
+                if let Some(conn) = fds.pop() {
+                    tokio::spawn(connection(shared.clone(), tag, conn));
+                }
+            }
+            // A message without exactly one descriptor is not the relay's: dropped.
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_would_block) => {}
+        }
+    }
 }
 
 /// Decrements a counter when dropped.
@@ -163,6 +248,36 @@ struct Shared {
     slots: Arc<Semaphore>,
     moved: AtomicU64,
     forwards: Vec<(String, u16)>,
+    /// Set once the sandbox is gone: every connection still relayed ends.
+    ended: watch::Sender<bool>,
+    /// `HOST:PORT` → why the effect path refused it (at most [`MAX_REFUSED_TARGETS`]).
+    refused: Mutex<std::collections::HashMap<String, String>>,
+    refusals: Mutex<Refusals>,
+}
+
+/// The refusals of one sandbox's current window: how many were recorded one by one, and how
+/// many were counted past them.
+struct Refusals {
+    window_start: Instant,
+    recorded: u32,
+    counted: u64,
+    /// The sandbox is gone and its count recorded: any later refusal is recorded itself.
+    ended: bool,
+}
+
+impl Refusals {
+    /// The record of the refusals counted and not yet recorded, if any (the count restarts).
+    fn take_count(&mut self) -> Option<serde_json::Value> {
+        let n = std::mem::take(&mut self.counted);
+        (n > 0).then(|| {
+            serde_json::json!({
+                "unrecorded": n,
+                "reason": format!(
+                    "{n} further refused connections were counted, not recorded one by one (at most {REFUSALS_RECORDED_PER_WINDOW} each {REFUSAL_WINDOW:?})"
+                ),
+            })
+        })
+    }
 }
 
 impl Shared {
@@ -178,13 +293,47 @@ impl Shared {
         }
     }
 
+    /// Records a refused connection, unless this window's records are spent (then it is
+    /// counted, and the count recorded when the window or the sandbox ends).
     async fn denied(&self, host: &str, port: u16, via: &str, reason: &str) {
-        let detail =
-            serde_json::json!({ "host": host, "port": port, "via": via, "reason": reason });
-        self.egress
-            .audit
-            .record_later(self.event(Kind::NetDenied, detail))
-            .await;
+        let mut out = Vec::new();
+        {
+            let mut r = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            if now.duration_since(r.window_start) >= REFUSAL_WINDOW {
+                out.extend(r.take_count());
+                r.window_start = now;
+                r.recorded = 0;
+            }
+            if r.ended || r.recorded < REFUSALS_RECORDED_PER_WINDOW {
+                r.recorded = r.recorded.saturating_add(1);
+                out.push(serde_json::json!({
+                    "host": host, "port": port, "via": via, "reason": reason,
+                }));
+            } else {
+                r.counted += 1;
+            }
+        }
+        for detail in out {
+            self.egress
+                .audit
+                .record_later(self.event(Kind::NetDenied, detail))
+                .await;
+        }
+    }
+
+    /// The sandbox is gone: the record of its refusals still counted, if any; from now on
+    /// every refusal (of a connection still being decided) is recorded itself.
+    fn refusals_end(&self) -> Option<Event> {
+        let mut r = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.ended = true;
+        r.take_count().map(|d| self.event(Kind::NetDenied, d))
     }
 
     fn grants_text(&self) -> String {
@@ -224,6 +373,65 @@ async fn vet(
     })
 }
 
+/// Asks the effect path of the request that started the sandbox about `host:port`; a refusal
+/// is remembered, and answers later questions about the same destination.
+async fn ask(s: &Shared, ask: &mpsc::Sender<Ask>, host: &str, port: u16) -> Result<(), String> {
+    let target = format!("{host}:{port}");
+    let known = s
+        .refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&target)
+        .cloned();
+    if let Some(why) = known {
+        return Err(why);
+    }
+    let answer = ask_once(ask, &target).await;
+    if let Err(why) = &answer {
+        let mut refused = s
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() < MAX_REFUSED_TARGETS {
+            refused.insert(target, why.clone());
+        }
+    }
+    answer
+}
+
+async fn ask_once(ask: &mpsc::Sender<Ask>, target: &str) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    let target = target.to_string();
+    let ended =
+        || format!("net.egress on {target}: the request that started the sandbox has ended");
+    ask.send((target.clone(), tx)).await.map_err(|_| ended())?;
+    rx.await
+        .map_err(|_| ended())?
+        .map_err(|why| format!("net.egress on {target} denied: {why}"))
+}
+
+/// Resolves when an open connection to `host:port`, decided on a request's effect path, is
+/// refused on it now (a token was revoked since `decided_at`, the revocation count before its
+/// decision); never for a worker's.
+async fn withdrawn(s: &Shared, host: &str, port: u16, decided_at: u64) -> String {
+    let Some(decide) = &s.egress.decide else {
+        return std::future::pending().await;
+    };
+    let mut changes = authority().subscribe();
+    if *changes.borrow_and_update() != decided_at {
+        // A revocation landed while the connection was being decided or dialled.
+        changes.mark_changed();
+    }
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Err(why) = ask(s, decide, host, port).await {
+            return why;
+        }
+    }
+}
+
 /// Decides and vets `host:port`: the addresses to dial, or why not.
 async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if !s.egress.grants.iter().any(|g| g.admits(host, port)) {
@@ -240,17 +448,8 @@ async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
             s.egress.max_bytes
         ));
     }
-    if let Some(ask) = &s.egress.decide {
-        let (tx, rx) = oneshot::channel();
-        let target = format!("{host}:{port}");
-        ask.send((target.clone(), tx)).await.map_err(|_| {
-            format!("net.egress on {target}: the request that started the sandbox has ended")
-        })?;
-        rx.await
-            .map_err(|_| {
-                format!("net.egress on {target}: the request that started the sandbox has ended")
-            })?
-            .map_err(|why| format!("net.egress on {target} denied: {why}"))?;
+    if let Some(decide) = &s.egress.decide {
+        ask(s, decide, host, port).await?;
     }
     // A grant that names this address literally allows it, private or not.
     let literal = host
@@ -334,6 +533,17 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         }
         return;
     };
+    let (max_total, all) = total();
+    let Ok(_all) = all.clone().try_acquire_owned() else {
+        let why = format!(
+            "loongd's egress broker has {max_total} connections open for all sandboxes, its limit ([egress] max_total_connections)"
+        );
+        s.denied("", 0, via, &why).await;
+        if tag == 0 {
+            answer(&mut client, "503 Service Unavailable", &why).await;
+        }
+        return;
+    };
     OPEN.fetch_add(1, Ordering::Relaxed);
     let _open = Count(&OPEN);
     let (host, port, first) = if tag == 0 {
@@ -382,6 +592,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             }
         }
     };
+    let decided_at = *authority().borrow();
     let (mut upstream, addr) = match admit(&s, &host, port).await {
         Err(why) => {
             s.denied(&host, port, via, &why).await;
@@ -393,13 +604,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         Ok(addrs) => match dial(&addrs).await {
             Ok(u) => u,
             Err(why) => {
-                let detail = serde_json::json!({
-                    "host": host, "port": port, "via": via, "reason": why,
-                });
-                s.egress
-                    .audit
-                    .record_later(s.event(Kind::NetDenied, detail))
-                    .await;
+                s.denied(&host, port, via, &why).await;
                 if tag == 0 {
                     answer(&mut client, "502 Bad Gateway", &why).await;
                 }
@@ -429,35 +634,53 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         && upstream.write_all(&first).await.is_ok();
     let sent = first.len() as u64;
     s.moved.fetch_add(sent, Ordering::Relaxed);
-    let (out, back, outcome) = if ready {
-        pump(&s, &mut client, &mut upstream).await
+    let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
+    let mut reason = None;
+    let outcome = if ready {
+        // The relay ends when the sandbox does, even in the middle of a write to a
+        // destination that neither reads nor closes.
+        // And when the token it was decided under is revoked.
+        let mut ended = s.ended.subscribe();
+        let mut stop = stopping().subscribe();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => "loongd_stopped",
+            o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
+            _ = ended.wait_for(|e| *e) => "sandbox_ended",
+            why = withdrawn(&s, &host, port, decided_at) => {
+                reason = Some(why);
+                "withdrawn"
+            }
+        }
     } else {
-        (0, 0, "reset")
+        "reset"
     };
-    let out = out + sent;
-    let detail = serde_json::json!({
+    let (out, back) = (out.into_inner(), back.into_inner());
+    let mut detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
         "bytes_out": out, "bytes_in": back,
         "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "outcome": outcome,
     });
+    if let (Some(why), Some(map)) = (reason, detail.as_object_mut()) {
+        map.insert("reason".into(), why.into());
+    }
     s.egress
         .audit
         .record_later(s.event(Kind::NetClosed, detail))
         .await;
 }
 
-/// Relays both ways until both sides are done, counting bytes against the sandbox's limit:
-/// `(to the destination, from it, outcome)`.
+/// Relays both ways until both sides are done, counting bytes against the sandbox's limit
+/// and in `(to the destination, from it)`: the outcome.
 async fn pump(
     s: &Shared,
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-) -> (u64, u64, &'static str) {
+    (out, back): (&AtomicU64, &AtomicU64),
+) -> &'static str {
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
     let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
-    let (mut out, mut back) = (0u64, 0u64);
     let (mut c_open, mut u_open) = (true, true);
     while c_open || u_open {
         let (n, to_upstream) = tokio::select! {
@@ -466,7 +689,7 @@ async fn pump(
         };
         let n = match n {
             Ok(n) => n,
-            Err(_) => return (out, back, "reset"),
+            Err(_) => return "reset",
         };
         if n == 0 {
             // One side finished sending: pass the half-close on.
@@ -481,18 +704,18 @@ async fn pump(
         }
         let total = s.moved.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         let written = if to_upstream {
-            out += n as u64;
+            out.fetch_add(n as u64, Ordering::Relaxed);
             uw.write_all(&a[..n]).await
         } else {
-            back += n as u64;
+            back.fetch_add(n as u64, Ordering::Relaxed);
             cw.write_all(&b[..n]).await
         };
         if written.is_err() {
-            return (out, back, "reset");
+            return "reset";
         }
         if total > s.egress.max_bytes {
-            return (out, back, "byte_limit");
+            return "byte_limit";
         }
     }
-    (out, back, "closed")
+    "closed"
 }

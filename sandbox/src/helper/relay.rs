@@ -111,7 +111,7 @@ fn relay(plan: &Plan, listeners: Vec<TcpListener>, sock: OwnedFd) -> ! {
 /// Only the listeners and the egress socket stay open; the sandbox's uid; `no_new_privs`;
 /// then the allowlist.
 fn confine(plan: &Plan, listeners: &[TcpListener], sock: &OwnedFd) -> Result<(), Failure> {
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+    let reaper = nix::unistd::getppid();
     let mut keep: Vec<u32> = listeners
         .iter()
         .map(|l| l.as_raw_fd() as u32)
@@ -131,6 +131,13 @@ fn confine(plan: &Plan, listeners: &[TcpListener], sock: &OwnedFd) -> Result<(),
         nix::unistd::setgroups(&[g]).map_err(nix_fail("setgroups"))?;
         nix::unistd::setresgid(g, g, g).map_err(nix_fail("setresgid"))?;
         nix::unistd::setresuid(u, u, u).map_err(nix_fail("setresuid"))?;
+    }
+    // After the uid change, which clears a parent-death signal: the relay (and with it the
+    // egress socket) dies with the reaper even without a pid namespace; if the reaper is gone
+    // already, so is the relay.
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+    if nix::unistd::getppid() != reaper {
+        sys::exit_now(0);
     }
     // Not dumpable: a payload of the same uid can neither ptrace it nor take its descriptors
     // (`pidfd_getfd`), whichever uid mapping the sandbox has.
