@@ -702,18 +702,22 @@ async fn pump(
             }
             continue;
         }
-        let total = s.moved.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        // Only what is left of the sandbox's budget is passed on: a chunk that crosses it is
+        // cut at the limit, whatever size the reads came in.
+        let before = s.moved.fetch_add(n as u64, Ordering::Relaxed);
+        let left = s.egress.max_bytes.saturating_sub(before);
+        let pass = usize::try_from(left).map_or(n, |l| l.min(n));
         let written = if to_upstream {
-            out.fetch_add(n as u64, Ordering::Relaxed);
-            uw.write_all(&a[..n]).await
+            out.fetch_add(pass as u64, Ordering::Relaxed);
+            uw.write_all(&a[..pass]).await
         } else {
-            back.fetch_add(n as u64, Ordering::Relaxed);
-            cw.write_all(&b[..n]).await
+            back.fetch_add(pass as u64, Ordering::Relaxed);
+            cw.write_all(&b[..pass]).await
         };
         if written.is_err() {
             return "reset";
         }
-        if total > s.egress.max_bytes {
+        if pass < n || before.saturating_add(n as u64) > s.egress.max_bytes {
             return "byte_limit";
         }
     }
