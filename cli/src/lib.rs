@@ -79,7 +79,7 @@ pub enum Command {
     /// Show which confinement mechanisms this host has and which tiers loongd can enforce
     /// (exit 6 when a tier cannot be fully enforced).
     Doctor {
-        /// Print JSON (fields: root, landlock_abi, error, mechanisms[name, available, detail, fix], tiers[tier, enforceable, missing]).
+        /// Print JSON (fields: root, landlock_abi, error, mechanisms[name, available, detail, fix], tiers[tier, enforceable, missing], egress_sandboxes, egress_open).
         #[arg(long)]
         json: bool,
     },

@@ -112,6 +112,26 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # [plugins.wasm_sha256]
 # echo = "sha256:…"
 
+[egress]
+# The DNS server loongd asks, once per connection, for the names that web.fetch, connectors
+# and network grants reach (UDP, then TCP). Absent: the name servers of /etc/resolv.conf
+# (their search domains are never applied). Every address of an answer is checked; see
+# docs/SECURITY.md.
+# resolver = "127.0.0.53:53"
+# The deadline of one lookup, ms (100..=60000).
+# lookup_timeout_ms = 5000
+# A sandbox with a network grant reaches the network only through loongd's egress broker
+# (docs/SECURITY.md, "The network boundary"). Per sandbox: connections open at once
+# (1..=4096), and bytes moved over its life, both ways (a connection that crosses it is
+# closed, later ones are refused).
+# max_connections = 64
+# max_bytes = 1073741824
+# Connections open at once for all sandboxes together (1..=65536).
+# max_total_connections = 1024
+# A PEM file of CA certificates trusted for https:// connectors and web.fetch beside the
+# public roots and the system store (an internal CA).
+# ca_bundle = "/etc/loong/ca.pem"
+
 [audit]
 # Also append every audit record as one JSON line to this file (for a SIEM).
 # jsonl_file = "/var/log/loong/audit.jsonl"
@@ -147,11 +167,6 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
-
-[egress]
-# A PEM file of CA certificates trusted for https:// connectors and web.fetch beside the
-# public roots and the system store (an internal CA).
-# ca_bundle = "/etc/loong/ca.pem"
 
 [metrics]
 # Serve GET /metrics (OpenMetrics text, as `loongctl metrics` prints it) without
@@ -203,7 +218,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
-    /// Outbound connections: the trust anchors of `https://` endpoints.
+    /// How loongd reaches the network: its resolver, the egress broker's limits, and the
+    /// trust anchors of `https://` endpoints.
     pub egress: EgressConfig,
     /// `[providers.NAME]`, read by [`loong_agent_wire::config::parse`] into [`Config::agent`].
     #[serde(rename = "providers")]
@@ -224,6 +240,98 @@ impl<'de> Deserialize<'de> for Section {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         serde::de::IgnoredAny::deserialize(d).map(|_| Section)
     }
+}
+
+/// The default deadline of one lookup (`[egress] lookup_timeout_ms`).
+pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 5_000;
+/// The bounds of `[egress] lookup_timeout_ms`.
+pub const LOOKUP_TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
+
+/// `[egress]`: loongd's resolver, and what one sandbox with a network grant may use of the
+/// broker.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// The DNS server to ask (`None`: the system's, from /etc/resolv.conf).
+    #[serde(deserialize_with = "resolver_addr")]
+    pub resolver: Option<std::net::SocketAddr>,
+    /// The deadline of one lookup, ms.
+    #[serde(deserialize_with = "lookup_timeout_ms")]
+    pub lookup_timeout_ms: u64,
+    /// Connections one sandbox may have open at once.
+    #[serde(deserialize_with = "egress_connections")]
+    pub max_connections: u64,
+    /// Bytes one sandbox may move through the broker over its life, both ways.
+    #[serde(deserialize_with = "egress_bytes")]
+    pub max_bytes: u64,
+    /// Connections open at once for all sandboxes together.
+    #[serde(deserialize_with = "egress_total")]
+    pub max_total_connections: u64,
+    /// A PEM file of CA certificates trusted for `https://` endpoints and `web.fetch`,
+    /// beside the public roots and the system store (an internal CA, a test CA). Read at
+    /// start; one that does not parse stops loongd.
+    #[serde(deserialize_with = "absolute_path")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            resolver: None,
+            lookup_timeout_ms: DEFAULT_LOOKUP_TIMEOUT_MS,
+            max_connections: DEFAULT_EGRESS_CONNECTIONS,
+            max_bytes: DEFAULT_EGRESS_BYTES,
+            max_total_connections: DEFAULT_EGRESS_TOTAL_CONNECTIONS,
+            ca_bundle: None,
+        }
+    }
+}
+
+fn resolver_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "egress.resolver {:?} is not IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\"",
+            s.chars().take(80).collect::<String>()
+        ))
+    })
+}
+fn lookup_timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(
+        d,
+        LOOKUP_TIMEOUT_RANGE_MS.0,
+        LOOKUP_TIMEOUT_RANGE_MS.1,
+        "ms",
+    )
+}
+
+/// The connections one sandbox may have open through the broker at once, by default
+/// (`[egress] max_connections`).
+pub const DEFAULT_EGRESS_CONNECTIONS: u64 = 64;
+/// The bytes one sandbox may move through the broker over its life, both ways, by default
+/// (`[egress] max_bytes`).
+pub const DEFAULT_EGRESS_BYTES: u64 = 1 << 30;
+/// The most connections `[egress] max_connections` may allow one sandbox.
+pub const MAX_EGRESS_CONNECTIONS: u64 = 4096;
+
+fn egress_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, MAX_EGRESS_CONNECTIONS, "connections")
+}
+
+/// The connections the broker holds open for all sandboxes together, by default
+/// (`[egress] max_total_connections`).
+pub const DEFAULT_EGRESS_TOTAL_CONNECTIONS: u64 = 1024;
+/// The most connections `[egress] max_total_connections` may allow all sandboxes together.
+pub const MAX_EGRESS_TOTAL_CONNECTIONS: u64 = 65_536;
+
+fn egress_total<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, MAX_EGRESS_TOTAL_CONNECTIONS, "connections")
+}
+
+fn egress_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1, u64::MAX >> 1, "bytes")
 }
 
 /// `[audit]`.
@@ -667,17 +775,6 @@ impl Default for LogConfig {
 
 pub use crate::metrics::MetricsListen;
 
-/// `[egress]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EgressConfig {
-    /// A PEM file of CA certificates trusted for `https://` endpoints and `web.fetch`,
-    /// beside the public roots and the system store (an internal CA, a test CA). Read at
-    /// start; one that does not parse stops loongd.
-    #[serde(deserialize_with = "absolute_path")]
-    pub ca_bundle: Option<std::path::PathBuf>,
-}
-
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -883,6 +980,39 @@ mod tests {
     }
 
     #[test]
+    fn egress_limits_are_bounded() {
+        let mut c = Config::default();
+        c.egress.max_connections = 2;
+        c.egress.max_bytes = 4096;
+        c.egress.max_total_connections = 3;
+        check(
+            "[egress]\nmax_connections = 2\nmax_bytes = 4096\nmax_total_connections = 3\n",
+            Ok(c),
+        );
+        for (text, want) in [
+            (
+                "[egress]\nmax_connections = 0\n",
+                ":2: 0 is outside 1..=4096 connections",
+            ),
+            (
+                "[egress]\nmax_connections = 4097\n",
+                ":2: 4097 is outside 1..=4096 connections",
+            ),
+            ("[egress]\nmax_bytes = 0\n", ":2: 0 is outside 1..="),
+            (
+                "[egress]\nmax_total_connections = 65537\n",
+                ":2: 65537 is outside 1..=65536 connections",
+            ),
+            ("[egress]\nresolve = 1\n", "unknown field `resolve`"),
+        ] {
+            let err = Config::parse(text, Path::new("/h/loongd.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn metrics_listen_is_loopback_or_a_unix_socket() {
         let listen = |l: MetricsListen| {
             let mut c = Config::default();
@@ -960,6 +1090,7 @@ mod tests {
             Ok(Config {
                 egress: EgressConfig {
                     ca_bundle: Some("/etc/loong/ca.pem".into()),
+                    ..EgressConfig::default()
                 },
                 ..Config::default()
             }),
@@ -997,7 +1128,19 @@ mod tests {
         );
         check(
             "[builtins]\nshell_net = [\"nohost\"]\n",
-            Err("/h/loongd.toml:2: network grant `nohost` is not HOST:PORT"),
+            Err("/h/loongd.toml:2: network grant `nohost` is not HOST:PORT; write e.g. `api.example.com:443`, `*.example.com:443`, `10.0.0.1:5432` or `[::1]:8080`"),
+        );
+        check(
+            "[builtins]\nshell_net = [\"*.example.com:0\"]\n",
+            Err("/h/loongd.toml:2: network grant `*.example.com:0`: `0` is not a port; write a number from 1 to 65535 (without a sign or leading zeros), or `*` for every port"),
+        );
+        check(
+            "[egress]\nresolver = \"10.0.0.53\"\n",
+            Err("/h/loongd.toml:2: egress.resolver \"10.0.0.53\" is not IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\""),
+        );
+        check(
+            "[egress]\nlookup_timeout_ms = 10\n",
+            Err("/h/loongd.toml:2: 10 is outside 100..=60000 ms"),
         );
         check(
             "[workers]\nwasm_pool_size = 0\n",
@@ -1014,6 +1157,14 @@ mod tests {
         let mut c = Config::default();
         c.workers.wasm_pool_size = 4;
         check("[workers]\nwasm_pool_size = 4\n", Ok(c));
+        let mut e = Config::default();
+        e.egress.resolver = Some("[::1]:5353".parse().expect("addr"));
+        e.egress.lookup_timeout_ms = 250;
+        e.builtins.shell_net = vec!["*.example.com:*".into()];
+        check(
+            "[egress]\nresolver = \"[::1]:5353\"\nlookup_timeout_ms = 250\n[builtins]\nshell_net = [\"*.example.com:*\"]\n",
+            Ok(e),
+        );
         let mut k = Config::default();
         k.kernel_calls.max_depth = 2;
         check("[kernel_calls]\nmax_depth = 2\n", Ok(k));

@@ -9,6 +9,7 @@ pub mod authority;
 pub mod config;
 mod control;
 mod effects;
+mod egress;
 pub mod home;
 pub mod metrics;
 pub mod notify;
@@ -74,6 +75,8 @@ pub struct Kernel {
     plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
     /// Held by whatever changes the plugin set (reload, install, enable, …), one at a time.
     plugin_ops: tokio::sync::Mutex<()>,
+    /// The one resolver every connection's name is looked up and vetted with (`[egress]`).
+    resolver: Arc<egress::resolve::Resolver>,
 }
 
 impl Kernel {
@@ -84,6 +87,7 @@ impl Kernel {
         spawner: Result<Arc<loong_sandbox::Spawner>, crate::spawner::SpawnerUnavailable>,
         audit: audit::Audit,
         authority: authority::Authority,
+        resolver: Arc<egress::resolve::Resolver>,
     ) -> Kernel {
         let workers = Arc::new(workers::Supervisor::new(
             workers::WorkerKind::wasm(),
@@ -91,8 +95,10 @@ impl Kernel {
             config.sandbox.allow_degraded,
             config.workers.wasm_pool_size as usize,
             audit.clone(),
+            resolver.clone(),
         ));
         Kernel {
+            resolver,
             workers,
             plugins: std::sync::RwLock::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
@@ -185,13 +191,18 @@ impl Kernel {
     }
 
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
-    fn new_pool(&self, kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+    fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+        kind.egress_limits = (
+            self.config.egress.max_connections as usize,
+            self.config.egress.max_bytes,
+        );
         let pool = Arc::new(workers::Supervisor::new(
             kind,
             self.spawner.clone(),
             self.config.sandbox.allow_degraded,
             1,
             self.audit.clone(),
+            self.resolver.clone(),
         ));
         tokio::spawn(workers::health_loop(pool.clone()));
         pool
@@ -223,6 +234,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     // Everything loongd creates is private unless it says otherwise.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
+    egress::set_total_limit(config.egress.max_total_connections as usize);
     init_log(&config.log.level);
     // The trust anchors every HTTP worker gets; an operator bundle that does not load stops
     // loongd rather than leave its internal services unverifiable.
@@ -372,6 +384,18 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         runtime.block_on(audit.shutdown());
         bail!("the risk profile is refused: {why}");
     }
+    // One resolver for every name loongd looks up on a sandbox's behalf.
+    let resolver = {
+        let _entered = runtime.enter();
+        egress::resolve::Resolver::from_config(&config.egress)
+    };
+    let resolver = match resolver {
+        Ok(r) => Arc::new(r),
+        Err(why) => {
+            runtime.block_on(audit.shutdown());
+            bail!("{why}");
+        }
+    };
     let kernel = Arc::new(Kernel::new(
         layout,
         config,
@@ -379,6 +403,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         spawner,
         audit,
         authority,
+        resolver,
     ));
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
@@ -461,6 +486,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             tell_manager(n.clone(), kernel.clone());
         }
         control::serve(listener, kernel.clone()).await;
+        // Open egress connections end, recorded closed before the daemon's last record.
+        egress::stop_all().await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
         for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::{
     audit::Kind,
     effects::{self, Actor, Effect},
+    egress,
     request::{RequestIo, StopCause, StopCell},
     Kernel,
 };
@@ -43,6 +44,8 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
                 landlock_abi: 0,
                 root: nix::unistd::Uid::effective().is_root(),
                 error: Some(e.to_string()),
+                egress_sandboxes: 0,
+                egress_open: 0,
             }
         }
     };
@@ -76,6 +79,8 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
         landlock_abi: host.landlock_abi,
         root: host.root,
         error: None,
+        egress_sandboxes: egress::state().0 as u64,
+        egress_open: egress::state().1 as u64,
     }
 }
 
@@ -113,6 +118,7 @@ fn spec_from(
         // A request never carries kernel overrides or a package: loongd's own workers only.
         kernel: Default::default(),
         package: None,
+        egress: None,
     })
 }
 
@@ -189,11 +195,14 @@ async fn authorize(
             .iter()
             .map(|p| (Capability::FsWrite, p.clone(), None)),
     );
-    checks.extend(
-        req.allow_net
-            .iter()
-            .map(|h| (Capability::NetEgress, h.clone(), None)),
-    );
+    // A network grant is decided as what it is, in its canonical form (a pattern is decided
+    // whole); one that does not parse is the request's error, before anything is decided.
+    for g in &req.allow_net {
+        let grant = g
+            .parse::<NetGrant>()
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        checks.push((Capability::NetEgress, grant.to_string(), None));
+    }
     let mut token = None;
     let mut decided = DecidedGrants::default();
     let argv_all = argv.clone();
@@ -244,12 +253,49 @@ async fn spawn(
     kernel: &Kernel,
     req: &SandboxRunRequest,
     decided: DecidedGrants,
-) -> Result<(loong_sandbox::Child, (Option<Tier>, Option<Duration>)), RemoteError> {
+    cred: &UCred,
+    correlation: String,
+) -> Result<
+    (
+        loong_sandbox::Child,
+        (Option<Tier>, Option<Duration>),
+        Option<mpsc::Receiver<egress::Ask>>,
+    ),
+    RemoteError,
+> {
     let spawner = kernel
         .spawner
         .clone()
         .map_err(|e| unavailable(e.to_string()))?;
-    let spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
+    let mut spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
+    // A network grant is served by the egress broker: each connection is decided on this
+    // request's effect path (the run's own task answers), then vetted and audited.
+    let mut asks = None;
+    if !spec.net.is_empty() {
+        let (ours, theirs) = loong_sandbox::egress::pair()
+            .map_err(|e| unavailable(format!("cannot create the egress socket: {e}")))?;
+        let (tx, rx) = mpsc::channel(egress::DECISION_QUEUE);
+        egress::serve(
+            egress::Egress {
+                owner: egress::Owner {
+                    actor: format!("uid:{}", cred.uid()),
+                    correlation,
+                    plugin: None,
+                },
+                grants: spec.net.clone(),
+                allow_private: false,
+                audit: kernel.audit.clone(),
+                decide: Some(tx),
+                max_connections: kernel.config.egress.max_connections as usize,
+                max_bytes: kernel.config.egress.max_bytes,
+                resolver: kernel.resolver.clone(),
+                private_setting: None,
+            },
+            ours,
+        );
+        spec.egress = Some(Arc::new(theirs));
+        asks = Some(rx);
+    }
     let limits = (spec.tier, spec.limits.timeout);
     // Queued on the spawner's thread, not on a blocking thread per request; a request dropped
     // while its sandbox starts (its client gone) never receives the child, which is killed.
@@ -270,7 +316,48 @@ async fn spawn(
         .await
         .map_err(|_| unavailable("the spawner thread has stopped"))?
         .map_err(spawn_error)?;
-    Ok((child, limits))
+    Ok((child, limits, asks))
+}
+
+/// Answers the egress broker's questions for a run: `net.egress` on each connection's
+/// `HOST:PORT`, decided under the run's token (or the operator's pack) and recorded. A
+/// decision that needs an approval is allowed only for a destination the run's own grants
+/// were approved for at its start (a connection cannot wait for an operator).
+async fn answer_egress(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    granted: &[String],
+    asks: Option<mpsc::Receiver<egress::Ask>>,
+) {
+    use loong_profiles::pack::Capability;
+    let Some(mut asks) = asks else {
+        return std::future::pending().await;
+    };
+    while let Some((target, reply)) = asks.recv().await {
+        let answer = match effects::decide(
+            kernel,
+            actor,
+            Capability::NetEgress,
+            Some(&target),
+            None,
+        ) {
+            Err(e) => Err(e.message),
+            Ok((outcome, event)) => {
+                kernel.audit.record_later(event).await;
+                let approved_at_start = granted.iter().any(|g| g.eq_ignore_ascii_case(&target));
+                match &outcome.decision {
+                    Ok(crate::authority::Decision::Allow) => Ok(()),
+                    Ok(crate::authority::Decision::NeedsApproval { .. }) if approved_at_start => Ok(()),
+                    Ok(crate::authority::Decision::NeedsApproval { .. }) => Err(
+                        "it needs an approval, which a connection cannot wait for; grant it with --allow-net when the run starts".to_string(),
+                    ),
+                    _ => Err(outcome.reason().unwrap_or_else(|| "not allowed".into())),
+                }
+            }
+        };
+        let _ = reply.send(answer);
+    }
+    std::future::pending().await
 }
 
 /// `loongctl sandbox run`.
@@ -298,9 +385,9 @@ pub(crate) async fn run(
     // (or the operator's pack). Nothing spawns unless all are allowed.
     let spawned = match authorize(kernel, &req, cred, &io).await {
         Err(e) => Err(e),
-        Ok(decided) => spawn(kernel, &req, decided).await,
+        Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone()).await,
     };
-    let (mut child, (tier, timeout)) = match spawned {
+    let (mut child, (tier, timeout), asks) = match spawned {
         Ok(c) => c,
         Err(e) => {
             // Every refusal, by the pipeline or by the spawner, records what was asked.
@@ -382,18 +469,25 @@ pub(crate) async fn run(
     let input = std::mem::replace(&mut io.input, mpsc::channel(1).1);
     let feeder = tokio::spawn(feed(stdin, input, interrupt_tx));
 
-    relay(
-        Relay {
-            io: &io,
-            killer: &killer,
-            ended: &ended,
-            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
-            max_output,
-        },
-        [stdout, stderr],
-        interrupts,
-    )
-    .await;
+    let egress_actor = Actor::operator(
+        cred.uid(),
+        req.token.as_ref().map(loong_ipc::BearerSecret::expose),
+        &io,
+    );
+    tokio::select! {
+        () = relay(
+            Relay {
+                io: &io,
+                killer: &killer,
+                ended: &ended,
+                deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+                max_output,
+            },
+            [stdout, stderr],
+            interrupts,
+        ) => {}
+        () = answer_egress(kernel, &egress_actor, &req.allow_net, asks) => {}
+    }
     feeder.abort();
     guard.finish();
     exit_rx.await.map_err(|_| {

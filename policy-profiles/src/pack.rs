@@ -12,6 +12,8 @@ use std::{
 
 use toml_edit::TableLike;
 
+use loong_sandbox::{NetGrant, NetGrantError};
+
 use crate::{doc::Ctx, Problem};
 
 /// What an effect needs. Closed: a new capability is a new variant.
@@ -97,6 +99,11 @@ pub enum GrantError {
     NoScope { cap: Capability, grant: String },
     #[error("the scope of `{0}` must be an absolute path")]
     NotAbsolute(String),
+    #[error("`{grant}`: {source} (a `net.egress` scope is HOST:PORT, or HOST for every port)")]
+    BadHosts {
+        grant: String,
+        source: NetGrantError,
+    },
     #[error("`{0}` has an empty scope")]
     EmptyScope(String),
 }
@@ -161,22 +168,18 @@ pub fn lexical(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let (pat, pport) = pattern
-        .rsplit_once(':')
-        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-        .map_or((pattern, None), |(h, p)| (h, Some(p)));
-    let (h, hport) = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-        .map_or((host, None), |(h, p)| (h, Some(p)));
-    if pport.is_some() && pport != hport {
-        return false;
-    }
-    let (pat, h) = (pat.to_ascii_lowercase(), h.to_ascii_lowercase());
-    match pat.strip_prefix("*.") {
-        Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
-        None => pat == h,
+/// A `net.egress` scope or target as a grant (`HOST:PORT`, or `HOST` for every port): the one
+/// grammar of `sandbox.net`, `--allow-net` and `[builtins] shell_net`.
+fn host_scope(s: &str) -> Option<NetGrant> {
+    NetGrant::parse_scope(s).ok()
+}
+
+/// Whether the scope `pattern` admits every destination of `target` (one `HOST:PORT`, or a
+/// pattern asked for as a whole, as `sandbox run --allow-net` does).
+fn host_matches(pattern: &str, target: &str) -> bool {
+    match (host_scope(pattern), host_scope(target)) {
+        (Some(p), Some(t)) => p.covers(&t),
+        _ => false,
     }
 }
 
@@ -200,6 +203,12 @@ impl Grant {
                     return Err(GrantError::NotAbsolute(s.to_string()));
                 }
                 _ if sc.is_empty() => return Err(GrantError::EmptyScope(s.to_string())),
+                ScopeKind::Hosts => {
+                    NetGrant::parse_scope(sc).map_err(|source| GrantError::BadHosts {
+                        grant: s.to_string(),
+                        source,
+                    })?;
+                }
                 _ => {}
             }
         }
@@ -235,13 +244,7 @@ impl Grant {
         match (&self.scope, &other.scope) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(_), Some(o)) => match self.cap.scope_kind() {
-                ScopeKind::Hosts if o.starts_with("*.") => self
-                    .scope
-                    .as_deref()
-                    .is_some_and(|s| s == o || (s.starts_with("*.") && o.ends_with(&s[1..]))),
-                _ => self.allows(self.cap, Some(o)),
-            },
+            (Some(_), Some(o)) => self.allows(self.cap, Some(o)),
         }
     }
 }
@@ -393,10 +396,17 @@ pub fn parse_denylist(text: &str, file: &str) -> Result<Denylist, Vec<Problem>> 
             None => c.add(span, "paths", format!("`{p}` is not an absolute path")),
         }
     }
-    let hosts = strings(&mut c, root, "hosts")
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let mut hosts = Vec::new();
+    for (h, span) in strings(&mut c, root, "hosts") {
+        match NetGrant::parse_scope(&h) {
+            Ok(_) => hosts.push(h),
+            Err(e) => c.add(
+                span,
+                "hosts",
+                format!("{e} (write HOST:PORT, or HOST for every port)"),
+            ),
+        }
+    }
     let programs = strings(&mut c, root, "programs")
         .into_iter()
         .map(|(s, _)| s)
@@ -423,11 +433,16 @@ impl Denylist {
                     .find(|p| t.starts_with(p))
                     .map(|p| format!("path {} is denylisted", p.display()))
             }
-            ScopeKind::Hosts => self
-                .hosts
-                .iter()
-                .find(|h| host_matches(h, target))
-                .map(|h| format!("host {h} is denylisted")),
+            // Any overlap denies; a target or entry that does not parse denies (fail closed).
+            ScopeKind::Hosts => {
+                let Some(t) = host_scope(target) else {
+                    return Some(format!("host {target} is not HOST:PORT"));
+                };
+                self.hosts
+                    .iter()
+                    .find(|h| host_scope(h).is_none_or(|h| h.overlaps(&t)))
+                    .map(|h| format!("host {h} is denylisted"))
+            }
             ScopeKind::Names => {
                 let base = Path::new(target)
                     .file_name()
@@ -466,6 +481,73 @@ mod tests {
         assert!(g("fs.read:/x").covers(&g("fs.read:/x/y")));
         assert!(g("net.egress:*.a.com").covers(&g("net.egress:*.b.a.com")));
         assert!(!g("net.egress:b.a.com").covers(&g("net.egress:*.a.com")));
+    }
+
+    /// A `net.egress` scope is the grant grammar of `sandbox.net` and `--allow-net` (with the
+    /// port optional): port `*`, suffix patterns that never admit the bare domain or a longer
+    /// look-alike, and every malformed scope refused at parsing, naming what to write.
+    #[test]
+    fn host_scopes_share_the_grant_grammar() {
+        let g = |s: &str| Grant::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let egress = |scope: &str, target: &str| {
+            g(&format!("net.egress:{scope}")).allows(Capability::NetEgress, Some(target))
+        };
+        assert!(egress("*.example.test:443", "a.example.test:443"));
+        assert!(egress("*.example.test:443", "a.b.example.test:443"));
+        assert!(!egress("*.example.test:443", "example.test:443"));
+        assert!(!egress("*.example.test:443", "example.test.evil:443"));
+        assert!(!egress("*.example.test:443", "evilexample.test:443"));
+        assert!(!egress("*.example.test:443", "a.example.test:444"));
+        assert!(egress("*.example.test:*", "a.example.test:444"));
+        assert!(egress("api.example.test:*", "api.example.test:8443"));
+        assert!(egress("[::1]:8080", "[::1]:8080"));
+        assert!(!egress("[::1]:8080", "127.0.0.1:8080"));
+        // A pattern asked for as a whole (`sandbox run --allow-net`) needs a scope covering it.
+        assert!(egress("*.example.test:*", "*.example.test:443"));
+        assert!(!egress("*.example.test:443", "*.example.test:*"));
+        assert!(!egress("a.example.test:443", "*.example.test:443"));
+        assert!(g("net.egress:*.a.com:*").covers(&g("net.egress:x.a.com:443")));
+        assert!(!g("net.egress:*.a.com:443").covers(&g("net.egress:x.a.com:*")));
+        for bad in [
+            "*",
+            "*.",
+            "**.x",
+            "a.*.com",
+            "a..com",
+            "example.com:0",
+            "example.com:65536",
+            "user@example.com:443",
+            "example.com/path",
+            "exämple.com",
+        ] {
+            let err = Grant::parse(&format!("net.egress:{bad}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains(&format!("`net.egress:{bad}`")) && err.contains("network grant"),
+                "{bad}: {err}"
+            );
+        }
+        // The denylist reads the same grammar and denies on any overlap.
+        let d = parse_denylist(
+            "hosts = [\"*.evil.test\", \"db.internal:5432\"]\n",
+            "d.toml",
+        )
+        .expect("denylist");
+        assert!(d.denies(Capability::NetEgress, "a.evil.test:443").is_some());
+        assert!(d.denies(Capability::NetEgress, "*.test:443").is_some());
+        assert!(d
+            .denies(Capability::NetEgress, "db.internal:5432")
+            .is_some());
+        assert!(d
+            .denies(Capability::NetEgress, "db.internal:5433")
+            .is_none());
+        assert!(d.denies(Capability::NetEgress, "evil.test:443").is_none());
+        let problems = parse_denylist("hosts = [\"*\"]\n", "d.toml").expect_err("refused");
+        assert!(
+            problems[0].to_string().contains("`*` alone"),
+            "{problems:?}"
+        );
         let err = |s: &str| Grant::parse(s).map_err(|e| e.to_string());
         assert_eq!(
             err("memory.read:/x"),

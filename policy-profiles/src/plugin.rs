@@ -318,6 +318,9 @@ pub struct ForeignBridge {
     pub net: Vec<loong_sandbox::NetGrant>,
     /// Longest line accepted from the program.
     pub max_line_bytes: u64,
+    /// `sandbox.allow_private_network`: whether `sandbox.net` names may resolve to loopback,
+    /// private or link-local addresses (an IP literal grant always reaches its address).
+    pub allow_private_network: bool,
 }
 
 /// What runs the plugin.
@@ -1308,6 +1311,7 @@ impl PluginManifest {
                 )
             })
             .collect::<Vec<_>>();
+        let allow_private_network = raw.sandbox.allow_private_network;
         let max_line_bytes = raw.sandbox.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
             bad.add(
@@ -1327,6 +1331,7 @@ impl PluginManifest {
                 write,
                 net,
                 max_line_bytes,
+                allow_private_network,
             }),
             described,
         ))

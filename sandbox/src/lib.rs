@@ -8,8 +8,10 @@
 //! `unsafe` lives in [`sys`] only.
 
 pub mod cgroup;
+pub mod egress;
 pub mod helper;
 pub mod host;
+pub mod net_grant;
 pub mod openat;
 pub mod peer;
 pub mod plan;
@@ -22,6 +24,7 @@ pub mod syscalls;
 pub mod worker;
 
 pub use host::{Host, Mechanism};
+pub use net_grant::{HostPattern, PortPattern};
 pub use profile::{
     LandlockMode, Namespaces, RlimitProfile, SeccompMode, SyscallEntry, SystemPath, Tier,
     TierProfile, UnknownTier,

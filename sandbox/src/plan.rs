@@ -57,6 +57,18 @@ pub struct LandlockPlan {
     pub required: bool,
 }
 
+/// The sandbox's way out when it has a network grant: loopback listeners inside its own
+/// network namespace, served by a relay process that passes each accepted connection to
+/// loongd's egress broker over the egress socket (the descriptor after the payload's
+/// handed-over ones, never given to the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressPlan {
+    /// The HTTP proxy's loopback port (tag 0).
+    pub proxy_port: u16,
+    /// One loopback port per raw forward (tag i for the i-th, from 1).
+    pub forwards: Vec<u16>,
+}
+
 /// A uid/gid mapping for a new user namespace: `inside` maps to the helper's own ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
@@ -100,6 +112,8 @@ pub struct Plan {
     /// Join the spawn server's shared empty network namespace instead of creating one (only
     /// when landlock scopes keep sandboxes in it from reaching each other's abstract sockets).
     pub share_netns: bool,
+    /// Loopback listeners and the relay to loongd's broker (a network grant).
+    pub egress: Option<EgressPlan>,
 }
 
 /// A plan that did not decode.
@@ -293,6 +307,15 @@ impl Plan {
         w.path(&self.cwd);
         w.u32(self.pass_fds);
         w.u8(u8::from(self.share_netns));
+        match &self.egress {
+            None => w.u8(0),
+            Some(e) => {
+                w.u8(1);
+                w.u32(u32::from(e.proxy_port));
+                w.len(e.forwards.len());
+                e.forwards.iter().for_each(|p| w.u32(u32::from(*p)));
+            }
+        }
         w.0
     }
 
@@ -373,6 +396,14 @@ impl Plan {
         let cwd = r.path()?;
         let pass_fds = r.u32()?;
         let share_netns = r.u8()? != 0;
+        let egress = match r.u8()? {
+            0 => None,
+            1 => Some(EgressPlan {
+                proxy_port: r.u32()? as u16,
+                forwards: r.list(|r| Ok(r.u32()? as u16))?,
+            }),
+            t => return Err(PlanError::Tag(t)),
+        };
         if r.pos != b.len() {
             return Err(PlanError::Trailing(b.len() - r.pos));
         }
@@ -392,6 +423,7 @@ impl Plan {
             cwd,
             pass_fds,
             share_netns,
+            egress,
         })
     }
 }
@@ -452,6 +484,10 @@ mod tests {
             cwd: "/".into(),
             pass_fds: 1,
             share_netns: true,
+            egress: Some(EgressPlan {
+                proxy_port: 3128,
+                forwards: vec![8080, 5432],
+            }),
         }
     }
 

@@ -148,6 +148,40 @@ fn program(
     BpfProgram::try_from(SeccompFilter::new(rules, mismatch, matched, arch)?)
 }
 
+/// The system calls the egress relay makes after its filter is installed: wait for a
+/// listener, accept, pass the socket on, close it, memory for the message, and exit.
+pub const RELAY_SYSCALLS: [i64; 14] = [
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_sendmsg,
+    libc::SYS_close,
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The egress relay's allowlist: [`RELAY_SYSCALLS`], anything else kills it.
+pub fn relay_filter() -> Result<BpfProgram, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        RELAY_SYSCALLS.iter().map(|nr| (*nr, Vec::new())).collect();
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![cond(
+            1,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
+    program(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+}
+
 /// Which sockets the guard lets through (`None`: the guard does not look at sockets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketPolicy {

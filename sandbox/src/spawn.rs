@@ -563,7 +563,8 @@ fn spawn_one(
     let config = ctx.config;
     let tier = spec.tier.ok_or(SpecError::NoTier)?;
     let profile = config.profiles.get(&tier).ok_or(SpecError::NoTier)?;
-    if pass.len() > MAX_PASS_FDS {
+    // The egress socket travels after the payload's descriptors (one more slot).
+    if pass.len() + usize::from(!spec.net.is_empty()) > MAX_PASS_FDS {
         return Err(SpecError::TooMany {
             what: "handed-over descriptors",
             count: pass.len(),
@@ -620,9 +621,16 @@ fn spawn_one(
         .map(|f| f.as_raw_fd())
         .collect();
     fds.extend(pass.iter().map(|f| f.as_raw_fd()));
+    // The egress socket, after the payload's descriptors: the helper keeps it for the relay.
+    if planned.plan.egress.is_some() {
+        if let Some(e) = &spec.egress {
+            fds.push(e.as_raw_fd());
+        }
+    }
+    let sent = (fds.len() - server::FIXED_FDS) as u32;
     // A server that died is replaced once, then the request is retried.
     let mut answer = match server.as_ref() {
-        Some(s) => s.request(&fds, pass.len() as u32),
+        Some(s) => s.request(&fds, sent),
         None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
     };
     if answer.as_ref().is_err_and(|e| {
@@ -631,12 +639,13 @@ fn spawn_one(
     }) {
         *server = None;
         let restarted = Server::start(&config.helper).map_err(helper_err)?;
-        answer = restarted.request(&fds, pass.len() as u32);
+        answer = restarted.request(&fds, sent);
         *server = Some(restarted);
     }
     let (pid, pidfd) = answer.map_err(helper_err)?;
     // Our copies of the sandbox's ends go now, so EOFs mean what they should.
     drop((plan_r, rep_w, si, so, se, pass));
+    drop(spec);
     let mut plan_w = File::from(plan_w);
     // A failed write means the helper died early; its report says why.
     let _ = plan_w.write_all(&planned.plan.encode());

@@ -3,14 +3,18 @@
 
 use std::{
     ffi::OsString,
-    os::unix::{ffi::OsStringExt, fs::PermissionsExt},
+    os::{
+        fd::OwnedFd,
+        unix::{ffi::OsStringExt, fs::PermissionsExt},
+    },
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use crate::{
     host::{Host, Mechanism},
-    plan::{IdMap, LandlockPlan, MountOp, Plan},
+    plan::{EgressPlan, IdMap, LandlockPlan, MountOp, Plan},
     profile::{LandlockMode, TierProfile},
     Tier,
 };
@@ -27,54 +31,49 @@ pub const KERNEL_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// `PATH` inside a sandbox.
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
-/// A TCP destination a sandbox may connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetGrant {
-    pub host: String,
-    pub port: u16,
-}
+pub use crate::net_grant::{NetGrant, NetGrantError};
 
-/// Why a network grant does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NetGrantError {
-    #[error("network grant `{0}` is not HOST:PORT")]
-    NotHostPort(String),
-    #[error("network grant `{grant}`: `{port}` is not a port number")]
-    BadPort { grant: String, port: String },
-    #[error("network grant `{0}` needs a host and a port above 0")]
-    Empty(String),
-    #[error("network grant `{grant}`: `{host}` is not a host name or address")]
-    BadHost { grant: String, host: String },
-}
+/// The loopback port a sandbox's HTTP proxy listens on, inside its own network namespace
+/// (the next free one above it when a raw forward takes it).
+pub const PROXY_PORT: u16 = 3128;
+/// The proxy variables a sandbox with a network grant gets (upper and lower case); a
+/// request's own values for them are replaced.
+pub const PROXY_VARIABLES: [&str; 6] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+/// Set empty, so that no destination bypasses the proxy.
+pub const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
-impl std::str::FromStr for NetGrant {
-    type Err = NetGrantError;
-    fn from_str(s: &str) -> Result<NetGrant, NetGrantError> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| NetGrantError::NotHostPort(s.to_string()))?;
-        let port: u16 = port.parse().map_err(|_| NetGrantError::BadPort {
-            grant: s.to_string(),
-            port: port.to_string(),
-        })?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(NetGrantError::Empty(s.to_string()));
+/// The raw forwards of `net`, in grant order: every grant with an exact destination whose
+/// port no other exact grant names (a port two destinations share would be ambiguous, so it
+/// is served by the proxy only). Forward `i` (from 1) is the relay's tag `i`.
+pub fn forwards(net: &[NetGrant]) -> Vec<(String, u16)> {
+    let exact: Vec<(&str, u16)> = net.iter().filter_map(NetGrant::exact).collect();
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for (host, port) in &exact {
+        let shared = exact
+            .iter()
+            .any(|(h, p)| p == port && !h.eq_ignore_ascii_case(host));
+        if !shared && !out.iter().any(|(_, p)| p == port) {
+            out.push((host.to_string(), *port));
         }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
-        {
-            return Err(NetGrantError::BadHost {
-                grant: s.to_string(),
-                host: host.to_string(),
-            });
-        }
-        Ok(NetGrant {
-            host: host.to_string(),
-            port,
-        })
     }
+    out
+}
+
+/// The proxy's port given the forwards' ports: [`PROXY_PORT`], or the next one no forward
+/// takes.
+pub fn proxy_port(forwards: &[(String, u16)]) -> u16 {
+    let mut port = PROXY_PORT;
+    while forwards.iter().any(|(_, p)| *p == port) {
+        port = port.wrapping_add(1).max(1024);
+    }
+    port
 }
 
 /// Resource limits of one sandbox; `None` leaves the tier's default.
@@ -121,6 +120,10 @@ pub struct SandboxSpec {
     /// `sandbox run`): a grant that no longer resolves to itself changed since it was decided
     /// and is refused ([`SpecError::GrantChanged`]) rather than resolved anew.
     pub decided_grants: bool,
+    /// The sandbox's end of the egress socket (a `SOCK_SEQPACKET` socketpair whose other end
+    /// loongd's broker reads). Required with a network grant;
+    /// only the sandbox's relay holds it, never the payload.
+    pub egress: Option<Arc<OwnedFd>>,
 }
 
 /// Departures from a tier's rlimits that loongd makes for its own worker programs (a request
@@ -173,6 +176,8 @@ pub enum SpecError {
     Unavailable { tier: Tier, missing: Vec<Mechanism> },
     #[error("--allow-net cannot be enforced on this host: {} missing (see `loongctl doctor`); a network grant never runs without them, not even with --allow-degraded", names(.missing))]
     NetUnenforced { missing: Vec<Mechanism> },
+    #[error("a network grant needs loongd's egress broker, and none was attached to this sandbox")]
+    NoEgress,
 }
 
 fn names(m: &[Mechanism]) -> String {
@@ -314,7 +319,7 @@ impl SandboxSpec {
         // refused rather than accepted as a promise nothing keeps.
         if !self.net.is_empty() && !profile.namespaces.net {
             return Err(SpecError::Conflict(format!(
-                "the {tier} tier has the host's whole network, which --allow-net cannot narrow; use --tier balanced for a port grant"
+                "the {tier} tier has the host's whole network, which --allow-net cannot narrow; use --tier balanced for a network grant"
             )));
         }
         let mut read = read;
@@ -346,7 +351,10 @@ impl SandboxSpec {
         let root = ctx.host.root;
         let ns = profile.namespaces;
         let mut flags = 0;
-        let want_net_ns = ns.net && self.net.is_empty();
+        // Every sandbox of a tier that isolates the network gets an empty network namespace,
+        // with a grant too: a grant is served by loongd's egress broker, never by the host's
+        // network.
+        let want_net_ns = ns.net;
         for (on, mech) in [
             (ns.pid, Mechanism::PidNs),
             (ns.mount, Mechanism::MountNs),
@@ -384,24 +392,38 @@ impl SandboxSpec {
             _ if !has(Mechanism::Landlock) => None,
             mode => Some(self.landlock(profile, mode, &program, &read, &write)),
         };
-        // A grant shares the host's network namespace: landlock's TCP rules keep it to its
-        // ports and the seccomp guard closes the paths past them. Degraded mode may drop
-        // mechanisms, never those two under a grant.
-        if !self.net.is_empty() {
-            let mut missing = Vec::new();
-            if !landlock.as_ref().is_some_and(|l| l.restrict_net) {
-                missing.push(Mechanism::Landlock);
+        // A grant is served only through the sandbox's own empty network namespace and the
+        // egress socket; without a network namespace it would be the host's whole network.
+        // Degraded mode never drops that.
+        let egress = if self.net.is_empty() {
+            None
+        } else {
+            if flags & libc::CLONE_NEWNET == 0 {
+                return Err(SpecError::NetUnenforced {
+                    missing: vec![Mechanism::NetNs],
+                });
             }
-            if !has(Mechanism::Seccomp) {
-                missing.push(Mechanism::Seccomp);
+            if self.egress.is_none() {
+                return Err(SpecError::NoEgress);
             }
-            if !missing.is_empty() {
-                return Err(SpecError::NetUnenforced { missing });
-            }
-        }
+            let fwd = forwards(&self.net);
+            Some(EgressPlan {
+                proxy_port: proxy_port(&fwd),
+                forwards: fwd.iter().map(|(_, p)| *p).collect(),
+            })
+        };
+        let landlock = landlock.map(|mut l| {
+            // Defence in depth: connect only to the proxy and the forwards.
+            l.connect_ports = egress
+                .iter()
+                .flat_map(|e| std::iter::once(e.proxy_port).chain(e.forwards.iter().copied()))
+                .collect();
+            l
+        });
         // Only root's sandboxes share the server's network namespace, and only where landlock
         // scopes abstract unix sockets to each sandbox.
         let share_netns = root
+            && egress.is_none()
             && flags & libc::CLONE_NEWNET != 0
             && landlock.as_ref().is_some_and(|l| l.scopes && l.required);
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
@@ -454,10 +476,19 @@ impl SandboxSpec {
             "HOME=/".into(),
             "LANG=C.UTF-8".into(),
         ];
+        let proxied = |k: &str| PROXY_VARIABLES.contains(&k) || NO_PROXY_VARIABLES.contains(&k);
         for (k, v) in &self.env {
+            if egress.is_some() && proxied(k) {
+                continue;
+            }
             let mut e = format!("{k}=").into_bytes();
             e.extend_from_slice(v.as_encoded_bytes());
             env.push(OsString::from_vec(e));
+        }
+        if let Some(e) = &egress {
+            let url = format!("http://127.0.0.1:{}", e.proxy_port);
+            env.extend(PROXY_VARIABLES.iter().map(|v| format!("{v}={url}").into()));
+            env.extend(NO_PROXY_VARIABLES.iter().map(|v| format!("{v}=").into()));
         }
         let argv0 = program
             .file_name()
@@ -495,6 +526,7 @@ impl SandboxSpec {
                 cwd: PathBuf::from("/"),
                 pass_fds: self.pass_fds,
                 share_netns,
+                egress,
             },
             degraded,
         })
@@ -656,7 +688,7 @@ impl SandboxSpec {
             ro,
             rw,
             restrict_net: profile.landlock_net,
-            connect_ports: self.net.iter().map(|g| g.port).collect(),
+            connect_ports: Vec::new(),
             scopes: profile.landlock_scopes,
             required: mode == LandlockMode::Required,
         }
@@ -871,30 +903,101 @@ mod tests {
                 cgroup_join: Vec::new(),
             })
         };
-        // Control: a balanced grant plans, as landlock's connect rule for its port only, and
-        // in the host's network namespace.
-        let ok = plan(&host(), &balanced, spec(Tier::Balanced, "127.0.0.1:8080"))
+        let egress = || {
+            let (a, _) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+            Some(Arc::new(OwnedFd::from(a)))
+        };
+        let with_egress = |tier, net: &str| SandboxSpec {
+            egress: egress(),
+            ..spec(tier, net)
+        };
+        // Control: a balanced grant plans in the sandbox's own network namespace, with the
+        // proxy and one raw forward, landlock's connect rule for exactly those two ports, and
+        // the proxy variables (a request's own value for one is replaced).
+        let mut asked = with_egress(Tier::Balanced, "127.0.0.1:8080 a.test:443 b.test:443");
+        asked.env = vec![("HTTPS_PROXY".into(), "http://elsewhere:1".into())];
+        let ok = plan(&host(), &balanced, asked)
             .expect("a balanced grant plans")
             .plan;
-        let l = ok.landlock.expect("landlock is planned");
-        assert!(l.restrict_net && l.connect_ports == [8080], "{l:?}");
-        assert_eq!(ok.namespaces & libc::CLONE_NEWNET, 0);
-        // Degraded mode may run without landlock or seccomp, but not with a grant.
+        assert_ne!(ok.namespaces & libc::CLONE_NEWNET, 0);
+        assert!(!ok.share_netns);
+        let e = ok.egress.as_ref().expect("an egress plan");
+        // Two names on one port are served by the proxy only.
+        assert_eq!(
+            (e.proxy_port, e.forwards.as_slice()),
+            (PROXY_PORT, &[8080][..])
+        );
+        let l = ok.landlock.as_ref().expect("landlock is planned");
+        assert!(
+            l.restrict_net && l.connect_ports == [PROXY_PORT, 8080],
+            "{l:?}"
+        );
+        let env: Vec<String> = ok.env.iter().map(|e| e.to_string_lossy().into()).collect();
+        let proxy = format!("HTTPS_PROXY=http://127.0.0.1:{PROXY_PORT}");
+        assert!(env.contains(&proxy), "{env:?}");
+        assert!(env.contains(&"NO_PROXY=".to_string()), "{env:?}");
+        assert!(!env.iter().any(|e| e.contains("elsewhere")), "{env:?}");
+        // A forward on the proxy's port moves the proxy.
+        let moved = plan(
+            &host(),
+            &balanced,
+            with_egress(Tier::Balanced, "127.0.0.1:3128"),
+        )
+        .expect("plans")
+        .plan;
+        let e = moved.egress.expect("an egress plan");
+        assert_eq!(
+            (e.proxy_port, e.forwards),
+            (PROXY_PORT + 1, vec![PROXY_PORT])
+        );
+        // No grant: the same namespace, no egress.
+        let none = plan(&host(), &balanced, with_egress(Tier::Balanced, ""))
+            .expect("plans")
+            .plan;
+        assert!(none.egress.is_none() && none.namespaces & libc::CLONE_NEWNET != 0);
+        // A grant without the broker's socket is refused.
+        let err =
+            plan(&host(), &balanced, spec(Tier::Balanced, "127.0.0.1:8080")).expect_err("refused");
+        assert_eq!(err, SpecError::NoEgress);
+        // Degraded mode may run without landlock or seccomp (the namespace is the boundary),
+        // never without a network namespace under a grant.
         for m in [Mechanism::Landlock, Mechanism::Seccomp] {
-            let h = without(m);
-            plan(&h, &balanced, spec(Tier::Balanced, ""))
-                .unwrap_or_else(|e| panic!("degraded without {m:?} and no grant plans: {e}"));
-            let err =
-                plan(&h, &balanced, spec(Tier::Balanced, "127.0.0.1:8080")).expect_err("refused");
-            assert!(
-                matches!(&err, SpecError::NetUnenforced { missing } if *missing == [m]),
-                "{m:?}: {err}"
-            );
+            plan(
+                &without(m),
+                &balanced,
+                with_egress(Tier::Balanced, "127.0.0.1:8080"),
+            )
+            .unwrap_or_else(|e| panic!("degraded without {m:?} plans: {e}"));
         }
+        // Port `*` (and a suffix) is served by the proxy alone, which decides each connection:
+        // no forward, and landlock's connect rule only for the proxy's port.
+        let any = plan(
+            &host(),
+            &balanced,
+            with_egress(Tier::Balanced, "localhost:* *.example.test:443"),
+        )
+        .expect("port * plans")
+        .plan;
+        let e = any.egress.as_ref().expect("an egress plan");
+        assert!(e.forwards.is_empty(), "{e:?}");
+        let l = any.landlock.as_ref().expect("landlock is planned");
+        assert_eq!(l.connect_ports, [PROXY_PORT]);
+        let h = without(Mechanism::NetNs);
+        plan(&h, &balanced, with_egress(Tier::Balanced, "")).expect("degraded, no grant");
+        let err = plan(&h, &balanced, with_egress(Tier::Balanced, "127.0.0.1:8080"))
+            .expect_err("refused");
+        assert!(
+            matches!(&err, SpecError::NetUnenforced { missing } if *missing == [Mechanism::NetNs]),
+            "{err}"
+        );
         // The trusted tier keeps the host's network: a grant there would narrow nothing.
         plan(&host(), &trusted, spec(Tier::Trusted, "")).expect("trusted plans");
-        let err =
-            plan(&host(), &trusted, spec(Tier::Trusted, "127.0.0.1:8080")).expect_err("refused");
+        let err = plan(
+            &host(),
+            &trusted,
+            with_egress(Tier::Trusted, "127.0.0.1:8080"),
+        )
+        .expect_err("refused");
         assert!(
             err.to_string()
                 .contains("the trusted tier has the host's whole network"),

@@ -345,3 +345,68 @@ pub(crate) fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
         want = need;
     }
 }
+
+/// Brings the loopback interface (`lo`) of the caller's network namespace up:
+/// `ioctl(SIOCGIFFLAGS)`, then `ioctl(SIOCSIFFLAGS)` with `IFF_UP` added. Needs
+/// `CAP_NET_ADMIN` in the namespace's owning user namespace (the sandbox's reaper has it).
+pub(crate) fn loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: ifreq is plain old data (integers, a char array and a union of such); all
+    // zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a live ifreq the kernel reads the name from and writes the flags into;
+    // the socket is borrowed for the call.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled `ifru_flags`, the union member read and written here.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: as above; the kernel only reads `req`.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one message of an egress socket without blocking: its first byte (the tag) and
+/// the descriptors it carried (close-on-exec); `None` at the end of the stream.
+pub(crate) fn recv_tagged(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Vec<OwnedFd>)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut out = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: each descriptor was just received with SCM_RIGHTS; this process owns
+            // it and nothing else refers to it.
+            out.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    if msg.bytes == 0 && out.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((byte[0], out)))
+}

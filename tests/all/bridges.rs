@@ -25,7 +25,7 @@ use crate::{
 
 /// Where `.ci/run` installs the MCP servers the tests run (outside any home, readable by
 /// the sandbox's uid).
-const MCP_ROOT: &str = "/opt/loong-mcp";
+pub(crate) const MCP_ROOT: &str = "/opt/loong-mcp";
 
 /// A directory outside loongd's home (which no sandbox may see), readable by every uid.
 pub(crate) fn shared_dir(prefix: &str) -> tempfile::TempDir {
@@ -45,7 +45,7 @@ pub(crate) fn write_file(path: &Path, body: &str, mode: u32) {
 /// Installs a foreign-program plugin: `metadata` and `sandbox` are the objects' inner text.
 /// Its capabilities declare what its bridge and grants need (discovery refuses a manifest that
 /// does not, as install does).
-fn install_foreign(home: &Home, id: &str, metadata: &str, sandbox: &str) {
+pub(crate) fn install_foreign(home: &Home, id: &str, metadata: &str, sandbox: &str) {
     let dir = home.path().join("plugins").join(id);
     fs::create_dir_all(&dir).expect("plugin dir");
     let mut caps: Vec<&str> = Vec::new();
@@ -70,7 +70,7 @@ fn install_foreign(home: &Home, id: &str, metadata: &str, sandbox: &str) {
     fs::write(dir.join("loong.plugin.json"), manifest).expect("manifest");
 }
 
-fn args_json(args: &[&str]) -> String {
+pub(crate) fn args_json(args: &[&str]) -> String {
     serde_json::to_string(&serde_json::to_string(args).expect("args")).expect("quoted")
 }
 
@@ -965,7 +965,13 @@ fn hook_answer(path: &str, body: &[u8]) -> Answer {
     }
 }
 
-fn install_hook(home: &Home, id: &str, endpoint: &str, extra_metadata: &str, sandbox: &str) {
+pub(crate) fn install_hook(
+    home: &Home,
+    id: &str,
+    endpoint: &str,
+    extra_metadata: &str,
+    sandbox: &str,
+) {
     install_foreign(
         home,
         id,

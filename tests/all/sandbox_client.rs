@@ -224,8 +224,11 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 const STALLED_CLIENTS: usize = 256;
 /// loongd's peak resident memory with every client stalled.
 const PEAK_LIMIT_KIB: u64 = 64 * 1024;
-/// loongd's resident memory once they are gone.
-const AFTER_LIMIT_KIB: u64 = 32 * 1024;
+/// What loongd's resident memory may stay above its own idle size once they are gone (a
+/// bound on what the clients cost, not on loongd's code and start-up state, which grow with
+/// what loongd does: the resolver and the egress broker added 3.7 MiB idle, not a byte per
+/// client).
+const AFTER_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
 /// How long loongd has to get there.
 const RETURN_WITHIN: Duration = Duration::from_secs(15);
 
@@ -288,7 +291,9 @@ fn clients_that_stop_reading_cannot_grow_loongd() {
         <= 1));
     // The last exits are being recorded while the check starts; give them a moment.
     let gone = Instant::now();
-    let returned = wait_until(RETURN_WITHIN, || rss_kib(loongd).0 < AFTER_LIMIT_KIB);
+    let returned = wait_until(RETURN_WITHIN, || {
+        rss_kib(loongd).0 < base + AFTER_GROWTH_LIMIT_KIB
+    });
     let (after, _) = rss_kib(loongd);
     eprintln!(
         "loongd RSS after the clients left: {after} KiB ({:?} later)",

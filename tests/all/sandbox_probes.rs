@@ -369,9 +369,9 @@ fn listen_and_knock(mut cmd: Command) -> (String, bool) {
     (line, reached)
 }
 
-/// A sandbox with a connect grant shares the host's network namespace, where `listen()` on an
-/// unbound socket would autobind an ephemeral port on every host address. It is refused, and
-/// the host reaches nothing. Control: the same probe unconfined is reachable from the host
+/// A sandbox with a connect grant is in its own network namespace (its way out is loongd's
+/// egress broker); `listen()` on an unbound socket, which would autobind an ephemeral port, is
+/// still refused by the seccomp guard, and the host reaches nothing. Control: the same probe unconfined is reachable from the host
 /// (rows 9c–9h of the catalogue show the errno per tier, and that a sandbox without a grant
 /// still listens on unix sockets).
 #[test]
@@ -415,9 +415,9 @@ fn a_sandbox_with_a_network_grant_listens_on_nothing_the_host_can_reach() {
     }
 }
 
-/// A sandbox with a connect grant shares the host's abstract unix namespace: a datagram
-/// socket bound to a name there would receive what host processes send to that name (and take
-/// the name from the service that should have it). `bind` is refused. Control: the same probe
+/// A sandbox with a connect grant once shared the host's abstract unix namespace, where a
+/// datagram socket bound to a name would receive what host processes send to it. It has its
+/// own network namespace now, and `bind` is still refused. Control: the same probe
 /// unconfined binds and receives the host's datagram.
 #[test]
 fn a_sandbox_with_a_network_grant_takes_no_abstract_name_the_host_can_send_to() {

@@ -73,6 +73,8 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             landlock_abi: 6,
             root: true,
             error: Some(h()),
+            egress_sandboxes: 0,
+            egress_open: 0,
         }),
         ControlRequest::AuditQuery(_)
         | ControlRequest::AuditShow { .. }

@@ -18,6 +18,8 @@ struct DoctorJson<'a> {
     error: Option<&'a str>,
     mechanisms: Vec<MechanismJson<'a>>,
     tiers: Vec<TierJson<'a>>,
+    egress_sandboxes: u64,
+    egress_open: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +69,8 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
                     missing: &t.missing,
                 })
                 .collect(),
+            egress_sandboxes: r.egress_sandboxes,
+            egress_open: r.egress_open,
         };
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
@@ -102,6 +106,11 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
                 );
             }
         }
+        println!();
+        println!(
+            "egress broker: {} sandboxes, {} open connections",
+            r.egress_sandboxes, r.egress_open
+        );
     }
     Ok(if all_ok {
         exit::OK

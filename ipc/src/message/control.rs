@@ -808,6 +808,12 @@ pub struct DoctorReport {
     pub root: bool,
     /// Why the sandbox is unusable altogether (for example, the helper is missing).
     pub error: Option<String>,
+    /// Sandboxes the egress broker serves now (each with a network grant).
+    #[serde(default)]
+    pub egress_sandboxes: u64,
+    /// Connections open through the egress broker now.
+    #[serde(default)]
+    pub egress_open: u64,
 }
 
 /// How a sandboxed program ended.

@@ -122,11 +122,17 @@ pub enum Kind {
     SecretRemoved,
     /// An agent turn's provider failed before answering and the fallback was asked.
     ProviderFailover,
+    /// The egress broker connected a sandbox to a destination (who, host, address, port).
+    NetConnected,
+    /// A brokered connection ended (bytes each way, duration, outcome).
+    NetClosed,
+    /// The egress broker refused a connection (host, port, reason).
+    NetDenied,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 38] = [
+    pub const ALL: [Kind; 41] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -165,6 +171,9 @@ impl Kind {
         Kind::SecretSet,
         Kind::SecretRemoved,
         Kind::ProviderFailover,
+        Kind::NetConnected,
+        Kind::NetClosed,
+        Kind::NetDenied,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -208,6 +217,9 @@ impl Kind {
             Kind::SecretSet => "secret.set",
             Kind::SecretRemoved => "secret.removed",
             Kind::ProviderFailover => "provider.failover",
+            Kind::NetConnected => "net.connected",
+            Kind::NetClosed => "net.closed",
+            Kind::NetDenied => "net.denied",
         }
     }
 

@@ -148,6 +148,8 @@ pub(crate) async fn revoke(
             ))
             .await
             .map_err(internal)?;
+        // Open egress connections decided under it are decided again.
+        crate::egress::authority_changed();
         effects::approval::deny_orphaned(kernel, &Actor::operator(cred.uid(), None, io)).await?;
     }
     Ok(ControlResponse::Revoked {
@@ -181,6 +183,7 @@ pub(crate) async fn revoke_generation(
         ))
         .await
         .map_err(internal)?;
+    crate::egress::authority_changed();
     effects::approval::deny_orphaned(kernel, &Actor::operator(cred.uid(), None, io)).await?;
     Ok(ControlResponse::Revoked {
         existed: true,

@@ -458,11 +458,13 @@ fn builtin_effect(
             let url = field("url")?;
             let e = loong_profiles::plugin::parse_endpoint(&url)
                 .map_err(|e| bad(format!("web.fetch url: {e}")))?;
-            (
-                Capability::NetEgress,
-                format!("{}:{}", e.host, e.port),
-                None,
-            )
+            // An IPv6 host is bracketed, as the grant grammar writes it.
+            let target = if e.host.contains(':') {
+                format!("[{}]:{}", e.host, e.port)
+            } else {
+                format!("{}:{}", e.host, e.port)
+            };
+            (Capability::NetEgress, target, None)
         }
         "shell.exec" => {
             let command = field("command")?;

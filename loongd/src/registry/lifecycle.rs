@@ -208,6 +208,7 @@ async fn stage_and_switch(
         &keys,
         &lock::Lock::new(),
         &kernel.config.plugins,
+        &kernel.resolver,
     );
     // The slots of everything else that is ready, with the candidate among them.
     if matches!(p.state, State::Ready { .. }) {
@@ -320,6 +321,7 @@ async fn stage_and_switch(
             &keys,
             &lock::Lock::new(),
             &kernel.config.plugins,
+            &kernel.resolver,
         );
         let proved = match &placed.state {
             State::Failed(why) => Err(why.clone()),
@@ -496,8 +498,9 @@ pub(crate) async fn key_withdrawn(kernel: &Kernel, key_id: &str) {
             entries.clone(),
             kernel.config.plugins.clone(),
         );
+        let resolver = kernel.resolver.clone();
         let now = tokio::task::spawn_blocking(move || {
-            plugins::read_package(&dir, &id, &ring, &locked, &pins)
+            plugins::read_package(&dir, &id, &ring, &locked, &pins, &resolver)
         })
         .await
         .ok();

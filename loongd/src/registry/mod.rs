@@ -38,10 +38,12 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
         Vec::new()
     });
     let pins = kernel.config.plugins.clone();
-    let mut found =
-        tokio::task::spawn_blocking(move || plugins::discover(&root, &keys, &lock, &pins))
-            .await
-            .unwrap_or_default();
+    let resolver = kernel.resolver.clone();
+    let mut found = tokio::task::spawn_blocking(move || {
+        plugins::discover(&root, &keys, &lock, &pins, &resolver)
+    })
+    .await
+    .unwrap_or_default();
     // A plugin directory named after a built-in tool failed discovery (and is audited as
     // refused below); the built-in, last in the list, keeps the name in the registry.
     found.extend(builtins);

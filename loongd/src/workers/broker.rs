@@ -10,6 +10,7 @@ use loong_ipc::{message::worker::MAX_CALL_HEADER_BYTES, FailureKind, PluginFailu
 use loong_profiles::plugin::headers;
 
 use super::{kind::Wire, net};
+use crate::egress::resolve::{Refusal, Resolver};
 use crate::secrets::Lookup;
 
 /// The longest loongd spends connecting to a connector's endpoint (less when the call's own
@@ -22,6 +23,7 @@ pub(super) async fn route(
     wire: &Wire,
     plugin: &str,
     input: &mut Vec<u8>,
+    resolver: &Resolver,
 ) -> Result<Option<std::net::TcpStream>, PluginFailure> {
     let Wire::Http {
         spec,
@@ -35,7 +37,7 @@ pub(super) async fn route(
     // A connector's addresses were pinned at discovery; a fetch resolves its URL now.
     let resolved;
     let addrs: &[SocketAddr] = if spec.fetch {
-        let (found, target) = fetch_route(input, *fetch_allow_private).await?;
+        let (found, target) = fetch_route(input, *fetch_allow_private, resolver).await?;
         *input = target;
         resolved = found;
         &resolved
@@ -139,11 +141,13 @@ pub(super) fn headers(
     Ok((out, used))
 }
 
-/// A `web.fetch` call's route: its URL resolved now, every address checked, and the input the
-/// worker gets (`{host, path, tls, server_name}`).
-async fn fetch_route(
+/// A `web.fetch` call's route: its URL's host looked up once now, every address checked, and
+/// the input the worker gets (`{host, path, tls, server_name}`). The connection is made to
+/// exactly these addresses: nothing looks the name up again.
+pub(crate) async fn fetch_route(
     input: &[u8],
     allow_private: bool,
+    resolver: &Resolver,
 ) -> Result<(Vec<std::net::SocketAddr>, Vec<u8>), PluginFailure> {
     let url = serde_json::from_slice::<serde_json::Value>(input)
         .ok()
@@ -151,15 +155,17 @@ async fn fetch_route(
         .ok_or_else(|| PluginFailure::new(FailureKind::ToolError, "web.fetch needs `url`"))?;
     let endpoint = loong_profiles::plugin::parse_endpoint(&url)
         .map_err(|e| PluginFailure::new(FailureKind::ToolError, format!("web.fetch: {e}")))?;
-    let (lookup, port) = (endpoint.host.clone(), endpoint.port);
-    let addrs = tokio::task::spawn_blocking(move || {
-        net::pin_for(&lookup, port, allow_private, net::FETCH_PRIVATE_SETTING)
-    })
-    .await
-    .map_err(|e| PluginFailure::new(FailureKind::ConnectFailed, e.to_string()))?
-    .map_err(|e| {
-        PluginFailure::new(FailureKind::AddressRefused, format!("web.fetch {url}: {e}"))
-    })?;
+    let (host, port) = (endpoint.host.clone(), endpoint.port);
+    let addrs = resolver
+        .vet_for(&host, port, allow_private, net::FETCH_PRIVATE_SETTING)
+        .await
+        .map_err(|e| {
+            let kind = match e {
+                Refusal::Never { .. } | Refusal::Private { .. } => FailureKind::AddressRefused,
+                _ => FailureKind::ConnectFailed,
+            };
+            PluginFailure::new(kind, format!("web.fetch {url}: {e}"))
+        })?;
     // An https URL is fetched over TLS to its host, verified by the worker; never in plain.
     let target = serde_json::json!({
         "host": endpoint.host_header(),

@@ -185,7 +185,11 @@ fn entry(d: &Def, cfg: &BuiltinsConfig) -> Option<Plugin> {
         ),
         "shell.exec" => {
             let ws: Vec<PathBuf> = cfg.workspace.iter().cloned().collect();
-            (ws.clone(), WorkerKind::builtin(Vec::new(), ws, net))
+            let kind = WorkerKind {
+                net_owner: Some(d.tool.to_string()),
+                ..WorkerKind::builtin(Vec::new(), ws.clone(), net)
+            };
+            (ws, kind)
         }
         _ => (
             cfg.write_roots.clone(),

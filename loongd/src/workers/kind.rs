@@ -13,6 +13,8 @@ pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
 pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
 pub const PLAN_WORKER_NAME: &str = "loong-worker-plan";
 pub const AGENT_WORKER_NAME: &str = "loong-worker-agent";
+/// Who the agent worker's connections are made for, in `net.*` records and the broker's refusals.
+pub const AGENT_NET_OWNER: &str = "agent";
 /// An agent worker's memory: the HTTP client, one conversation window and one answer.
 pub const AGENT_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Tasks an agent worker's sandbox may hold: the spawn helper and the reaper, the worker's
@@ -116,6 +118,14 @@ pub(crate) struct WorkerKind {
     pub broker: bool,
     /// The plugin's own package directory, readable inside (a foreign program's files).
     pub package: Option<PathBuf>,
+    /// Whom the egress broker's records and refusals name for a worker with `net` grants
+    /// (the plugin, or the built-in tool).
+    pub net_owner: Option<String>,
+    /// `sandbox.allow_private_network` for the `net` grants' names.
+    pub allow_private_network: bool,
+    /// The egress broker's limits for one worker: connections open at once, bytes over its
+    /// life (`[egress]` in loongd.toml).
+    pub egress_limits: (usize, u64),
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -136,6 +146,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -153,6 +166,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -170,6 +186,9 @@ impl WorkerKind {
             net,
             broker: false,
             package: None,
+            net_owner: Some(AGENT_NET_OWNER.to_string()),
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -186,6 +205,9 @@ impl WorkerKind {
             net: Vec::new(),
             broker: true,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 
@@ -216,6 +238,9 @@ impl WorkerKind {
             net,
             broker: false,
             package: None,
+            net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
     }
 }

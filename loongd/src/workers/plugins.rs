@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::authority::keys::{parse_public, TrustKey};
 use crate::config::PluginsConfig;
+use crate::egress::resolve::Resolver;
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
@@ -246,6 +247,7 @@ pub(crate) fn read_package(
     keys: &[TrustKey],
     lock: &super::lock::Lock,
     pins: &PluginsConfig,
+    resolver: &Resolver,
 ) -> Plugin {
     let entry = lock.get(name);
     let failed = |why: String| Plugin {
@@ -282,8 +284,11 @@ pub(crate) fn read_package(
         Err(e) => return failed(e.to_string()),
         Ok(checked) => checked,
     };
-    if let Bridge::Http(h) = &mut m.bridge {
-        h.allow_private_network |= pins.private_endpoints.contains(&m.plugin_id);
+    let pinned_private = pins.private_endpoints.contains(&m.plugin_id);
+    match &mut m.bridge {
+        Bridge::Http(h) => h.allow_private_network |= pinned_private,
+        Bridge::Foreign(f) => f.allow_private_network |= pinned_private,
+        Bridge::Wasm => {}
     }
     if m.plugin_id != name {
         return failed(format!(
@@ -297,7 +302,7 @@ pub(crate) fn read_package(
         Ok(s) => s,
     };
     let manifest = m.path.clone();
-    let mut p = match ready(m, module) {
+    let mut p = match ready(m, module, resolver) {
         Ok(p) => p,
         Err(why) => return failed(why),
     };
@@ -333,6 +338,7 @@ pub(crate) fn discover(
     keys: &[TrustKey],
     lock: &super::lock::Lock,
     pins: &PluginsConfig,
+    resolver: &Resolver,
 ) -> Vec<Plugin> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -352,7 +358,7 @@ pub(crate) fn discover(
         if name.starts_with('.') {
             continue;
         }
-        out.push(read_package(&dir, &name, keys, lock, pins));
+        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
     }
     refuse_slot_conflicts(&mut out);
     out
@@ -392,7 +398,11 @@ pub(crate) fn refuse_slot_conflicts(plugins: &mut [Plugin]) {
     }
 }
 
-fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
+fn ready(
+    m: PluginManifest,
+    module: Option<Vec<u8>>,
+    resolver: &Resolver,
+) -> Result<Plugin, String> {
     let capabilities = m.capabilities.clone();
     let (bridge_kind, wire, kind) = match &m.bridge {
         Bridge::Wasm => {
@@ -428,6 +438,8 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
             // The program may read its own package (a script, its modules), read-only.
             let kind = WorkerKind {
                 package: m.path.parent().map(PathBuf::from),
+                net_owner: Some(m.plugin_id.clone()),
+                allow_private_network: f.allow_private_network,
                 ..WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone())
             };
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))
@@ -447,20 +459,20 @@ fn ready(m: PluginManifest, module: Option<Vec<u8>>) -> Result<Plugin, String> {
                 ));
             }
             // Resolved once, here: each call connects to these addresses and no others.
-            let addrs = super::net::pin(&h.host, h.port, h.allow_private_network).map_err(|e| {
-                format!(
-                    "{}: metadata.endpoint {}: {e}",
-                    m.path.display(),
-                    h.endpoint
-                )
-            })?;
+            let addrs = super::net::pin(resolver, &h.host, h.port, h.allow_private_network)
+                .map_err(|e| {
+                    format!(
+                        "{}: metadata.endpoint {}: {e}",
+                        m.path.display(),
+                        h.endpoint
+                    )
+                })?;
             // `allow_private_network` is the package's own word: it admits internal addresses,
             // it does not make a public one internal. Judged on the addresses pinned, which
             // are the only ones a call connects to.
-            if let Some(public) = addrs
-                .iter()
-                .find(|a| names_secret && !h.https && super::net::special_range(a.ip()).is_none())
-            {
+            if let Some(public) = addrs.iter().find(|a| {
+                names_secret && !h.https && crate::egress::ranges::special_range(a.ip()).is_none()
+            }) {
                 return Err(format!(
                     "{}: metadata.headers_json names a secret, which is sent in plain HTTP only to an internal endpoint, and {} resolves to the public address {}; use an https:// endpoint",
                     m.path.display(),

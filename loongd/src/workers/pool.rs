@@ -170,6 +170,8 @@ pub(crate) struct Supervisor {
     idle: Mutex<Vec<Worker>>,
     table: Mutex<BTreeMap<u64, Entry>>,
     stopping: AtomicBool,
+    /// loongd's resolver, for a fetch's URL.
+    resolver: Arc<crate::egress::resolve::Resolver>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,8 +186,10 @@ impl Supervisor {
         allow_degraded: bool,
         pool_size: usize,
         audit: Audit,
+        resolver: Arc<crate::egress::resolve::Resolver>,
     ) -> Supervisor {
         Supervisor {
+            resolver,
             kind,
             spawner,
             allow_degraded,
@@ -392,7 +396,7 @@ impl Supervisor {
         };
         // A kind with a broker gets the connection loongd made for this call (a connector's
         // pinned endpoint, a fetch's checked URL) beside its input.
-        match broker::route(&plugin.wire, id, &mut input).await {
+        match broker::route(&plugin.wire, id, &mut input, &self.resolver).await {
             Ok(None) => {}
             Ok(Some(conn)) => worker.pass_connection(&conn)?,
             Err(f) => return Ok(Err(CallError::Plugin(f))),
@@ -504,7 +508,35 @@ impl Supervisor {
         } else {
             None
         };
+        // A network grant is served by the egress broker, decided by the grants (the plugin's
+        // manifest, or `[builtins] shell_net`), vetted and audited per connection.
+        let egress = if kind.net.is_empty() {
+            None
+        } else {
+            let (ours, theirs) = loong_sandbox::egress::pair()
+                .map_err(|e| format!("cannot create the egress socket: {e}"))?;
+            crate::egress::serve(
+                crate::egress::Egress {
+                    owner: crate::egress::Owner {
+                        actor: "loongd".into(),
+                        correlation: format!("worker-{id}"),
+                        plugin: kind.net_owner.clone(),
+                    },
+                    grants: kind.net.clone(),
+                    allow_private: kind.allow_private_network,
+                    audit: self.audit.clone(),
+                    decide: None,
+                    max_connections: kind.egress_limits.0,
+                    max_bytes: kind.egress_limits.1,
+                    resolver: self.resolver.clone(),
+                    private_setting: Some(crate::egress::resolve::CONNECTOR_PRIVATE_SETTING),
+                },
+                ours,
+            );
+            Some(std::sync::Arc::new(theirs))
+        };
         let spec = SandboxSpec {
+            egress,
             tier: Some(kind.tier),
             program: kind.program.clone(),
             read: kind.read.clone(),

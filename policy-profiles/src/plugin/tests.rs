@@ -195,7 +195,7 @@ fn foreign_manifests_are_validated() {
     };
     assert_eq!(f.kind, ForeignKind::ProcessStdio);
     assert_eq!(f.args, ["-c", "cat"]);
-    assert_eq!(f.net[0].port, 8080);
+    assert_eq!(f.net[0].port, loong_sandbox::PortPattern::Port(8080));
     assert_eq!(m.limits.timeout_ms, 500);
     assert_eq!(m.catalog, Catalog::default());
     let with_catalog = good.replacen(

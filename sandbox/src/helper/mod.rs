@@ -12,6 +12,7 @@
 
 pub(crate) mod confine;
 mod mounts;
+mod relay;
 pub mod server;
 
 use std::{
@@ -128,8 +129,8 @@ fn run(report: &mut File) -> Result<i32, Failure> {
             plan.namespaces &= !libc::CLONE_NEWNET;
         }
     }
-    // Only stdio, the report fd and the handed-over fds survive.
-    let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds;
+    // Only stdio, the report fd, the handed-over fds and the egress socket survive.
+    let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds + u32::from(plan.egress.is_some());
     sys::close_from(keep_to)
         .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
     nix::fcntl::fcntl(
@@ -229,6 +230,14 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
     };
     if let Err(f) = confine::setup_root(plan) {
         report(f);
+    }
+    // With a network grant: the loopback, the listeners and the relay, which alone holds them
+    // and the egress socket from here on.
+    if let Some(egress) = &plan.egress {
+        let sock = FIRST_PASSED_FD + plan.pass_fds as i32;
+        if let Err(f) = relay::start(plan, egress, sock) {
+            report(f);
+        }
     }
     let payload = match sys::fork() {
         Ok(Forked::Child) => {

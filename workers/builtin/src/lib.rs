@@ -12,6 +12,18 @@
 //! with the kernel refusing any symlink on the way ([`files`]). Behind that, the sandbox's
 //! mount namespace and the worker's landlock domain grant the tool's roots and nothing else.
 
+/// The proxy variables a sandbox with a network grant carries, passed on to the program.
+const PROXY_ENV: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
 use std::{
     io::{self, Read},
     process::{Command, Stdio},
@@ -124,6 +136,13 @@ fn shell(spec: &BuiltinSpec, input: &Value) -> Result<Value, ToolError> {
         .env("PATH", SHELL_PATH)
         .env("HOME", cwd)
         .env("LANG", "C.UTF-8")
+        // The egress proxy's variables, which the sandbox set for a network grant (nothing
+        // else of the worker's environment passes).
+        .envs(
+            PROXY_ENV
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,6 +8,18 @@
 //! id, silence past the deadline or an exit mid-call fails that call with a typed
 //! [`PeerError`], and the program is killed; the next call starts it afresh.
 
+/// The proxy variables a sandbox with a network grant carries, passed on to the program.
+const PROXY_ENV: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
 use std::{
     collections::VecDeque,
     io::{self, Read, Write},
@@ -161,6 +173,13 @@ impl Running {
             .env("PATH", PEER_PATH)
             .env("HOME", &spec.cwd)
             .env("LANG", "C.UTF-8")
+            // The egress proxy's variables, which the sandbox set for a network grant (nothing
+            // else of the worker's environment passes).
+            .envs(
+                PROXY_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
