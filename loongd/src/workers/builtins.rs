@@ -314,7 +314,7 @@ mod tests {
     /// a URL with credentials or without a host names none.
     #[test]
     fn a_providers_grant_is_the_host_and_port_of_its_base_url() {
-        let grant = |u: &str| super::provider_grant(u).map(|g| format!("{}:{}", g.host, g.port));
+        let grant = |u: &str| super::provider_grant(u).map(|g| g.to_string());
         assert_eq!(
             grant("https://api.anthropic.com").as_deref(),
             Some("api.anthropic.com:443")
@@ -323,8 +323,8 @@ mod tests {
             grant("http://127.0.0.1:8080/v1").as_deref(),
             Some("127.0.0.1:8080")
         );
-        assert_eq!(grant("http://[::1]:9/v1").as_deref(), Some("::1:9"));
-        assert_eq!(grant("http://[::1]/v1").as_deref(), Some("::1:80"));
+        assert_eq!(grant("http://[::1]:9/v1").as_deref(), Some("[::1]:9"));
+        assert_eq!(grant("http://[::1]/v1").as_deref(), Some("[::1]:80"));
         assert_eq!(grant("https://user:pw@evil.example/v1"), None);
         assert_eq!(grant("ftp://example.com"), None);
         assert_eq!(grant("http:///v1"), None);
