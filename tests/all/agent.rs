@@ -502,7 +502,14 @@ fn kill_9_of_the_agent_worker_mid_answer_is_a_typed_failure_and_loongd_keeps_ser
         .stderr(Stdio::piped())
         .spawn()
         .expect("ask");
-    kill9(busy_worker(&home, "agent.turn"));
+    let worker = busy_worker(&home, "agent.turn");
+    // Mid-answer: the provider has the request and is streaming its stalled reply (killed
+    // before that, the next turn would get the stalled reply instead of its own).
+    assert!(
+        crate::support::wait_until(Duration::from_secs(30), || provider.requests().len() == 1),
+        "the provider never got the turn"
+    );
+    kill9(worker);
     let out = call.wait_with_output().expect("ask ends");
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert!(
