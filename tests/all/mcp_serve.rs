@@ -667,3 +667,62 @@ fn mcp_serve_refuses_a_loong_token_that_holds_no_secret() {
         text(&out.stderr)
     );
 }
+
+/// Calls beyond the 16 in flight and the 64 waiting (`MAX_MCP_CALLS_WAITING`) are answered
+/// at once with a tool error saying so, instead of being held (each with its input) without
+/// bound; the control: the calls within the bound are taken and none of them says so.
+#[test]
+fn mcp_serve_answers_calls_beyond_those_it_holds_at_once() {
+    const HELD: u64 = 16 + 64;
+    const BEYOND: u64 = 3;
+    let home = Home::new();
+    pack(&home);
+    crate::workers::install_spin(&home, 5_000);
+    home.start();
+    let (file, _) = token_file(&home, &["tool.invoke:spin"], "token");
+    let (mut stdin, rx, mut child) = raw_server(&home, &file, &["--timeout", "60"]);
+    let mut seen = Vec::new();
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    initialize(&mut send, &rx, &mut seen);
+    // The name is learnt first, so no call waits on a listing.
+    send(r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}"#);
+    answer(&rx, &mut seen, 2, Duration::from_secs(20)).expect("tools/list answered");
+    let burst: String = (0..HELD + BEYOND)
+        .map(|i| {
+            format!(
+                "{{\"jsonrpc\": \"2.0\", \"id\": {}, \"method\": \"tools/call\", \"params\": {{\"name\": \"spin\", \"arguments\": {{}}}}}}\n",
+                100 + i
+            )
+        })
+        .collect();
+    send(burst.trim_end());
+    let refused = |v: &serde_json::Value| {
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("wait their turn"))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut answered = Vec::new();
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        answered.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON"));
+    }
+    let turned_away = answered.iter().filter(|v| refused(v)).count() as u64;
+    assert!(
+        (1..=BEYOND).contains(&turned_away),
+        "{turned_away} of {} calls turned away: {answered:?}",
+        HELD + BEYOND
+    );
+    assert!(
+        answered.len() as u64 <= BEYOND + 16,
+        "more answers than the calls turned away and those in flight: {answered:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
