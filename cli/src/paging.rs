@@ -92,7 +92,7 @@ impl JsonArray {
             print!(",");
         }
         self.first = false;
-        print!("{v}");
+        print!("{}", crate::text::json_value(v));
     }
 
     pub(crate) fn end(self) {

@@ -125,6 +125,12 @@ pub fn json_text(s: &str) -> String {
     out
 }
 
+/// `v` as compact JSON made safe for a terminal, still the same JSON ([`json_text`]): what
+/// every `--json` prints, since its strings may hold a plugin's or a client's words.
+pub fn json_value(v: &serde_json::Value) -> String {
+    json_text(&v.to_string())
+}
+
 /// A value that prints as [`esc`] of its text.
 #[derive(Debug, Clone, Copy)]
 pub struct Esc<'a>(pub &'a str);

@@ -462,6 +462,31 @@ fn approvers_see_the_whole_effect_escaped() {
     assert_eq!(finish(risky).0, Some(4));
 }
 
+/// `approvals list --json` and `show --json` print a requester's C1 control and bidi
+/// override as JSON escapes, never raw (a terminal acts on both, and serde writes them raw
+/// in a string); the control: the JSON still holds them, and the plain views escape them too.
+#[test]
+fn approvers_see_the_json_of_an_effect_escaped() {
+    let (home, _) = home_with(20_000);
+    let cmd = "rm -rf /tmp/loong-approvals-nothing-here # \u{9b}2K\u{202e}txt.exe";
+    let risky = run(&home, &["--", "/bin/sh", "-c", cmd]);
+    let id = one_pending(&home);
+    for args in [
+        vec!["approvals", "list", "--json"],
+        vec!["approvals", "show", id.as_str(), "--json"],
+        vec!["approvals", "list"],
+    ] {
+        let out = text(&home.ctl(&args).stdout);
+        assert!(
+            !out.contains('\u{9b}') && !out.contains('\u{202e}'),
+            "{args:?}: raw controls in {out:?}"
+        );
+    }
+    assert_eq!(show(&home, &id)["argv"][2], cmd);
+    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+    assert_eq!(finish(risky).0, Some(4));
+}
+
 #[test]
 fn approvers_see_a_tool_call_with_its_input_previewed_and_digested() {
     let dir = tempfile::Builder::new()

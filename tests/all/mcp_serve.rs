@@ -542,3 +542,187 @@ fn mcp_serve_answers_hostile_input_and_keeps_serving() {
         "it ends cleanly when the client closes stdin"
     );
 }
+
+/// A burst of `tools/list` requests (each a dry run per tool, audited) costs at most two
+/// listings, not one per request: listings run one at a time and the requests that arrived
+/// while one ran share the next. A `tools/list` sent after the burst is answered is listed
+/// afresh (the control: nothing is served from a stale listing).
+#[test]
+fn mcp_serve_lists_a_burst_of_tools_list_requests_at_most_twice() {
+    const BURST: u64 = 40;
+    let home = Home::new();
+    crate::kernel_calls::pack(&home);
+    install_examples(&home);
+    home.start();
+    let (file, id) = token_file(&home, &["tool.invoke:echo"], "token");
+    let (mut stdin, rx, mut child) = raw_server(&home, &file, &[]);
+    let mut seen = Vec::new();
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    initialize(&mut send, &rx, &mut seen);
+    let burst: String = (0..BURST)
+        .map(|i| {
+            format!(
+                "{{\"jsonrpc\": \"2.0\", \"id\": {}, \"method\": \"tools/list\"}}\n",
+                100 + i
+            )
+        })
+        .collect();
+    send(burst.trim_end());
+    // The answers come in any order: each is read until all are in.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < BURST as usize {
+        let left = until
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("{} of {BURST} tools/list answered", answered.len()));
+        let line = rx.recv_timeout(left).expect("an answer");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        if let Some(id) = v["id"]
+            .as_u64()
+            .filter(|id| (100..100 + BURST).contains(id))
+        {
+            answered.insert(id, v);
+        }
+    }
+    for listed in answered.values() {
+        let names: Vec<&str> = listed["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(names, ["echo"], "{listed}");
+    }
+    let decided = |home: &Home| {
+        let trail: serde_json::Value =
+            serde_json::from_slice(&home.ctl(&["audit", "token-trail", &id, "--json"]).stdout)
+                .expect("token trail");
+        trail
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|r| r["kind"] == "policy.decision")
+            .map(detail)
+            .filter(|d| d["capability"] == "tool.invoke" && d["target"] == "echo")
+            .count()
+    };
+    let after_burst = decided(&home);
+    assert!(
+        (1..=2).contains(&after_burst),
+        "{BURST} tools/list requests made {after_burst} listings"
+    );
+    send(r#"{"jsonrpc": "2.0", "id": 200, "method": "tools/list"}"#);
+    answer(&rx, &mut seen, 200, Duration::from_secs(20)).expect("tools/list answered");
+    assert_eq!(
+        decided(&home),
+        after_burst + 1,
+        "a later tools/list lists afresh"
+    );
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+}
+
+/// `$LOONG_TOKEN` set but holding no secret (a client configuration expanding an unset
+/// variable) stops `mcp serve` with a usage error naming it, instead of serving with the
+/// operator's own authority; the control: a secret in `$LOONG_TOKEN` is taken.
+#[test]
+fn mcp_serve_refuses_a_loong_token_that_holds_no_secret() {
+    let home = Home::new();
+    crate::kernel_calls::pack(&home);
+    home.start();
+    let (file, _) = token_file(&home, &["tool.invoke:echo"], "token");
+    let secret = fs::read_to_string(&file).expect("secret");
+    let serve = |value: &str| {
+        Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["mcp", "serve"])
+            .env("LOONG_TOKEN", value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mcp serve runs")
+    };
+    for empty in ["", "  "] {
+        let out = serve(empty);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{empty:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("LOONG_TOKEN"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = serve(secret.trim());
+    assert!(
+        out.status.code() != Some(2) && !text(&out.stderr).contains("LOONG_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Calls beyond the 16 in flight and the 64 waiting (`MAX_MCP_CALLS_WAITING`) are answered
+/// at once with a tool error saying so, instead of being held (each with its input) without
+/// bound; the control: the calls within the bound are taken and none of them says so.
+#[test]
+fn mcp_serve_answers_calls_beyond_those_it_holds_at_once() {
+    const HELD: u64 = 16 + 64;
+    const BEYOND: u64 = 3;
+    let home = Home::new();
+    pack(&home);
+    crate::workers::install_spin(&home, 5_000);
+    home.start();
+    let (file, _) = token_file(&home, &["tool.invoke:spin"], "token");
+    let (mut stdin, rx, mut child) = raw_server(&home, &file, &["--timeout", "60"]);
+    let mut seen = Vec::new();
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    initialize(&mut send, &rx, &mut seen);
+    // The name is learnt first, so no call waits on a listing.
+    send(r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}"#);
+    answer(&rx, &mut seen, 2, Duration::from_secs(20)).expect("tools/list answered");
+    let burst: String = (0..HELD + BEYOND)
+        .map(|i| {
+            format!(
+                "{{\"jsonrpc\": \"2.0\", \"id\": {}, \"method\": \"tools/call\", \"params\": {{\"name\": \"spin\", \"arguments\": {{}}}}}}\n",
+                100 + i
+            )
+        })
+        .collect();
+    send(burst.trim_end());
+    let refused = |v: &serde_json::Value| {
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("wait their turn"))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut answered = Vec::new();
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        answered.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON"));
+    }
+    let turned_away = answered.iter().filter(|v| refused(v)).count() as u64;
+    assert!(
+        (1..=BEYOND).contains(&turned_away),
+        "{turned_away} of {} calls turned away: {answered:?}",
+        HELD + BEYOND
+    );
+    assert!(
+        answered.len() as u64 <= BEYOND + 16,
+        "more answers than the calls turned away and those in flight: {answered:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

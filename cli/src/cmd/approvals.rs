@@ -189,7 +189,7 @@ pub(crate) fn run(layout: &Layout, cmd: ApprovalsCommand) -> Result<u8, Failure>
             })?;
             let a = &a;
             if json {
-                println!("{}", json_of(a));
+                println!("{}", crate::text::json_value(&json_of(a)));
             } else {
                 print(a);
                 println!("  reasons: {}", esc(&a.reasons));

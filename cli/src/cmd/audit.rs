@@ -139,7 +139,10 @@ fn records(layout: &Layout, req: ControlRequest) -> Result<Vec<AuditRecordView>,
 fn print_records(rs: &[AuditRecordView], json: bool) -> Result<(), Failure> {
     if json {
         let values: Vec<_> = rs.iter().map(json_of).collect();
-        println!("{}", serde_json::to_string_pretty(&values)?);
+        println!(
+            "{}",
+            crate::text::json_text(&serde_json::to_string_pretty(&values)?)
+        );
     } else {
         print_human(rs);
     }
@@ -190,7 +193,7 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
             };
             if json {
                 let v: Vec<serde_json::Value> = rows.iter().map(|(k, n, a, d)| serde_json::json!({ "key": k, "records": n, "allowed": a, "denied": d })).collect();
-                println!("{}", serde_json::Value::Array(v));
+                println!("{}", crate::text::json_value(&serde_json::Value::Array(v)));
             } else {
                 for (k, n, a, d) in &rows {
                     println!(
@@ -229,7 +232,10 @@ pub(crate) fn run(layout: &Layout, cmd: AuditCommand) -> Result<u8, Failure> {
                 });
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&json_of(r))?);
+                println!(
+                    "{}",
+                    crate::text::json_text(&serde_json::to_string_pretty(&json_of(r))?)
+                );
             } else {
                 print_human(&rs);
             }

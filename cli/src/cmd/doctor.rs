@@ -72,7 +72,10 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
             egress_sandboxes: r.egress_sandboxes,
             egress_open: r.egress_open,
         };
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        println!(
+            "{}",
+            crate::text::json_text(&serde_json::to_string_pretty(&j)?)
+        );
     } else {
         if let Some(e) = &r.error {
             println!("sandboxes unavailable: {}", Esc(e));

@@ -46,10 +46,16 @@ pub const MAX_MCP_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// The most tool calls in flight at once (each holds a control connection and a thread of
 /// the blocking pool); more wait their turn.
 pub const MAX_MCP_CALLS_IN_FLIGHT: usize = 16;
+/// The most tool calls waiting for a turn beyond those in flight; one more is answered at
+/// once with a tool error, so a client cannot make this process hold its calls' inputs
+/// without bound.
+pub const MAX_MCP_CALLS_WAITING: usize = 64;
 /// The default wait for a tool call's answer, an approval included (`--timeout`).
 pub const DEFAULT_MCP_CALL_TIMEOUT_SECS: f64 = 120.0;
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
 const MCP_BRIDGE: &str = "mcp_stdio";
+/// `bridge_kind` of loongd's built-in tools: named before any plugin's tool.
+const BUILTIN_BRIDGE: &str = "builtin";
 /// The longest token file read (`--token-file`); a secret is far shorter.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
@@ -88,7 +94,23 @@ pub(crate) fn run(layout: &Layout, cmd: McpCommand) -> Result<u8, Failure> {
     }
     let token = match &args.token_file {
         Some(path) => Some(read_token_file(path)?),
-        None => crate::bearer(args.token),
+        None => {
+            // A $LOONG_TOKEN that is set but holds no secret (a client's configuration that
+            // expands an unset variable) is a mistake, not a wish for the operator's own
+            // authority: serving under it would give the client everything.
+            let env = std::env::var_os(crate::TOKEN_ENV);
+            if args.token.is_none()
+                && env
+                    .as_ref()
+                    .is_some_and(|v| v.to_str().is_none_or(|t| t.trim().is_empty()))
+            {
+                return Err(usage(format!(
+                    "${}: set but holds no secret (empty, blank or not UTF-8); give the token's secret, or unset it to act with the operator's own authority",
+                    crate::TOKEN_ENV
+                )));
+            }
+            crate::bearer(args.token)
+        }
     };
     // Fail early, on the terminal the client logs, when there is no daemon to serve.
     drop(crate::connect(layout)?);
@@ -96,8 +118,12 @@ pub(crate) fn run(layout: &Layout, cmd: McpCommand) -> Result<u8, Failure> {
         layout: layout.clone(),
         token,
         deadline: Duration::from_secs_f64(secs),
-        names: Arc::new(Mutex::new(BTreeMap::new())),
+        names: Arc::new(Mutex::new(Table::default())),
+        listing: Arc::new(tokio::sync::Mutex::new(None)),
         calls: Arc::new(tokio::sync::Semaphore::new(MAX_MCP_CALLS_IN_FLIGHT)),
+        admitted: Arc::new(tokio::sync::Semaphore::new(
+            MAX_MCP_CALLS_IN_FLIGHT + MAX_MCP_CALLS_WAITING,
+        )),
     };
     // The SDK times its shutdown: the runtime needs its timer.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -162,21 +188,47 @@ struct Offer {
     bridge_kind: String,
 }
 
+/// The names of one session.
+#[derive(Debug, Default)]
+struct Table {
+    /// MCP name → Loong name, every name given in this session: a name once given is never
+    /// given to another tool, whatever a later listing holds.
+    given: BTreeMap<String, String>,
+    /// MCP name → (Loong name, bridge kind), from the last listing.
+    offered: BTreeMap<String, (String, String)>,
+}
+
+/// The last listing and when it started.
+type Listing = Option<(Instant, Vec<(String, Offer)>)>;
+
 #[derive(Clone)]
 struct Server {
     layout: Layout,
     token: Option<BearerSecret>,
     deadline: Duration,
-    /// MCP name → (Loong name, bridge kind), from the last listing.
-    names: Arc<Mutex<BTreeMap<String, (String, String)>>>,
+    names: Arc<Mutex<Table>>,
+    /// One listing at a time; requests that arrived while one ran share the next.
+    listing: Arc<tokio::sync::Mutex<Listing>>,
     /// Bounds the calls in flight ([`MAX_MCP_CALLS_IN_FLIGHT`]).
     calls: Arc<tokio::sync::Semaphore>,
+    /// Bounds the calls admitted, in flight or waiting ([`MAX_MCP_CALLS_WAITING`]).
+    admitted: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
     /// The tools the token may invoke, listed and decided on the blocking pool; remembers the
-    /// names it gave them.
+    /// names it gave them. One listing runs at a time (each costs a dry run, audited, per
+    /// tool); the requests that arrived while one ran share the next (one that started after
+    /// they arrived, so none is answered from a listing older than itself).
     async fn list(&self) -> Result<Vec<(String, Offer)>, ErrorData> {
+        let arrived = Instant::now();
+        let mut last = self.listing.lock().await;
+        if let Some((started, named)) = last.as_ref() {
+            if *started > arrived {
+                return Ok(named.clone());
+            }
+        }
+        let started = Instant::now();
         let (layout, token) = (self.layout.clone(), self.token.clone());
         let offers = tokio::task::spawn_blocking(move || offered(&layout, token.as_ref()))
             .await
@@ -184,23 +236,33 @@ impl Server {
             .map_err(|e| {
                 ErrorData::internal_error(format!("listing the tools failed: {:#}", e.error), None)
             })?;
-        let named = names::assign(offers.iter().map(|o| o.loong.as_str()));
-        let table: BTreeMap<String, (String, String)> = offers
+        let mut table = self
+            .names
+            .lock()
+            .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))?;
+        let named = names::assign(
+            offers
+                .iter()
+                .map(|o| (o.loong.as_str(), o.bridge_kind == BUILTIN_BRIDGE)),
+            &table.given,
+        );
+        table.offered = offers
             .iter()
             .filter_map(|o| {
                 let mcp = named.get(&o.loong)?;
                 Some((mcp.clone(), (o.loong.clone(), o.bridge_kind.clone())))
             })
             .collect();
-        *self
-            .names
-            .lock()
-            .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))? =
-            table.clone();
-        Ok(offers
+        for (loong, mcp) in &named {
+            table.given.insert(mcp.clone(), loong.clone());
+        }
+        drop(table);
+        let listed: Vec<(String, Offer)> = offers
             .into_iter()
             .filter_map(|o| named.get(&o.loong).map(|mcp| (mcp.clone(), o)))
-            .collect())
+            .collect();
+        *last = Some((started, listed.clone()));
+        Ok(listed)
     }
 
     fn lookup(&self, mcp: &str) -> Result<Option<(String, String)>, ErrorData> {
@@ -208,6 +270,7 @@ impl Server {
             .names
             .lock()
             .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))?
+            .offered
             .get(mcp)
             .cloned())
     }
@@ -242,6 +305,12 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "the call of {name} was not made: {MAX_MCP_CALLS_IN_FLIGHT} calls are in flight and {MAX_MCP_CALLS_WAITING} wait their turn, the most this server holds; call again once one has answered"
+            ))])
+            .into());
+        };
         // A client may call without listing first: the table is made on demand.
         let (loong, bridge_kind) = match self.lookup(&name)? {
             Some(l) => l,
@@ -447,10 +516,13 @@ pub mod names {
     //!
     //! Each character is kept if it is an ASCII letter, digit, `_` or `-`; `.` becomes `__`,
     //! `/` becomes `--`, and any other character `_`. A name longer than
-    //! [`MAX_MCP_NAME_CHARS`] is cut. Names that are valid already keep themselves; the others
-    //! are taken after them in sorted order, so the mapping of one list is always the same,
-    //! and one whose escaped name is taken gets the first free suffix `_2`, `_3`, … (cut to
-    //! fit). The way back is the table, never a guess from the text.
+    //! [`MAX_MCP_NAME_CHARS`] is cut. A name given earlier in the session keeps it, and is
+    //! never given to another tool (a client that learnt it calls that tool or none, whatever
+    //! a later listing holds). The others are named in turn: loongd's built-in tools first
+    //! (a plugin named `file__read` cannot take the name of `file.read`), then the names that
+    //! are valid already (they keep themselves), then the rest, each group in sorted order;
+    //! one whose escaped name is taken gets the first free suffix `_2`, `_3`, … (cut to fit).
+    //! The way back is the table, never a guess from the text.
 
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -474,15 +546,43 @@ pub mod names {
         out.chars().take(MAX_MCP_NAME_CHARS).collect()
     }
 
-    /// Each of `loong` (duplicates once) → its unique MCP name.
-    pub fn assign<'a>(loong: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, String> {
-        let sorted: BTreeSet<&str> = loong.into_iter().collect();
-        // Names already valid keep themselves: they are placed first.
-        let (valid, escaped): (Vec<&str>, Vec<&str>) =
-            sorted.into_iter().partition(|n| escape(n) == *n);
-        let mut taken = BTreeSet::new();
+    /// Each of `loong` (a name and whether it is a built-in tool; duplicates once) → its
+    /// unique MCP name, given the names `given` earlier in the session (MCP name → Loong
+    /// name), none of which goes to another tool.
+    pub fn assign<'a>(
+        loong: impl IntoIterator<Item = (&'a str, bool)>,
+        given: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let before: BTreeMap<&str, &str> = given
+            .iter()
+            .map(|(mcp, l)| (l.as_str(), mcp.as_str()))
+            .collect();
+        let mut taken: BTreeSet<String> = given.keys().cloned().collect();
         let mut out = BTreeMap::new();
-        for name in valid.into_iter().chain(escaped) {
+        // Group 0: named before; 1: built-ins; 2: valid already; 3: the rest.
+        let mut order: BTreeSet<(u8, &str)> = BTreeSet::new();
+        for (name, builtin) in loong {
+            let group = if before.contains_key(name) {
+                0
+            } else if builtin {
+                1
+            } else if escape(name) == name {
+                2
+            } else {
+                3
+            };
+            order.insert((group, name));
+        }
+        for (group, name) in order {
+            if out.contains_key(name) {
+                continue;
+            }
+            if group == 0 {
+                if let Some(mcp) = before.get(name) {
+                    out.insert(name.to_string(), (*mcp).to_string());
+                }
+                continue;
+            }
             let base = escape(name);
             let mut candidate = base.clone();
             let mut n = 2u32;
@@ -502,7 +602,7 @@ pub mod names {
 /// The names [`names::assign`] gives `loong`, MCP name → Loong name (used by the tests).
 #[cfg(test)]
 fn reverse(loong: &[&str]) -> BTreeMap<String, String> {
-    names::assign(loong.iter().copied())
+    names::assign(loong.iter().map(|l| (*l, false)), &BTreeMap::new())
         .into_iter()
         .map(|(l, m)| (m, l))
         .collect()
@@ -524,7 +624,7 @@ mod tests {
     #[test]
     fn dotted_and_slashed_names_map_and_map_back() {
         let loong = ["file.read", "time/get_current_time", "echo", "web.fetch"];
-        let m = names::assign(loong);
+        let m = names::assign(loong.map(|l| (l, false)), &BTreeMap::new());
         assert_eq!(m["file.read"], "file__read");
         assert_eq!(m["time/get_current_time"], "time--get_current_time");
         assert_eq!(m["echo"], "echo");
@@ -550,7 +650,7 @@ mod tests {
             long.as_str(),
             long2.as_str(),
         ];
-        let m = names::assign(loong);
+        let m = names::assign(loong.map(|l| (l, false)), &BTreeMap::new());
         assert_eq!(m.len(), loong.len());
         let distinct: BTreeSet<&String> = m.values().collect();
         assert_eq!(distinct.len(), loong.len(), "{m:?}");
@@ -570,6 +670,53 @@ mod tests {
         for l in loong {
             assert_eq!(back[&m[l]], l);
         }
+    }
+
+    /// A plugin whose id is a built-in's MCP name (`file__read` is a valid plugin id) does
+    /// not take that name from the built-in, whichever sorts first.
+    #[test]
+    fn a_plugin_cannot_take_the_mcp_name_of_a_built_in() {
+        let m = names::assign(
+            [
+                ("file.read", true),
+                ("file__read", false),
+                ("web--fetch", false),
+            ],
+            &BTreeMap::new(),
+        );
+        assert_eq!(m["file.read"], "file__read");
+        assert_eq!(m["file__read"], "file__read_2");
+        // The control: a plugin's valid name that no built-in wants keeps itself.
+        assert_eq!(m["web--fetch"], "web--fetch");
+    }
+
+    /// A name given in the session is never given to another tool: a tool that appears
+    /// later (whose name is the one given, or which would take it by the order of names)
+    /// gets another, and a tool that leaves takes its name with it.
+    #[test]
+    fn a_name_once_given_is_never_given_to_another_tool() {
+        let mut given = BTreeMap::new();
+        let mut list = |loong: &[&str]| {
+            let m = names::assign(loong.iter().map(|l| (*l, false)), &given);
+            for (l, mcp) in &m {
+                if let Some(before) = given.insert(mcp.clone(), l.clone()) {
+                    assert_eq!(&before, l, "{mcp} went from {before} to {l}");
+                }
+            }
+            m
+        };
+        let first = list(&["srv/a.b", "time/now"]);
+        assert_eq!(first["srv/a.b"], "srv--a__b");
+        // A plugin named as the escaped name appears: it would sort before it.
+        let second = list(&["srv/a.b", "srv--a__b", "time/now"]);
+        assert_eq!(second["srv/a.b"], "srv--a__b");
+        assert_eq!(second["srv--a__b"], "srv--a__b_2");
+        // The first leaves: its name is not handed on.
+        let third = list(&["srv--a__b", "time/now", "srv/a_b"]);
+        assert_eq!(third["srv--a__b"], "srv--a__b_2");
+        assert!(!third.values().any(|m| m == "srv--a__b"), "{third:?}");
+        // The control: a tool that keeps its place keeps its name.
+        assert_eq!(third["time/now"], first["time/now"]);
     }
 
     #[test]

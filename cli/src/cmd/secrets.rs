@@ -151,7 +151,10 @@ pub(crate) fn run(layout: &Layout, cmd: SecretsCommand) -> Result<u8, Failure> {
                     .iter()
                     .map(|s| serde_json::json!({ "name": s.name, "set_ms": s.set_ms, "hosts": s.hosts }))
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                println!(
+                    "{}",
+                    crate::text::json_value(&serde_json::Value::Array(rows))
+                );
             } else {
                 all.iter().for_each(print);
             }

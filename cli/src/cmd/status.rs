@@ -43,7 +43,10 @@ pub(crate) fn fetch(layout: &Layout) -> Result<StatusReport, Failure> {
 pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
     let s = fetch(layout)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&StatusJson::from(&s))?);
+        println!(
+            "{}",
+            crate::text::json_text(&serde_json::to_string_pretty(&StatusJson::from(&s))?)
+        );
     } else {
         println!(
             "loongd {} (protocol {})",

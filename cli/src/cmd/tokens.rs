@@ -119,7 +119,7 @@ pub(crate) fn run_tokens(layout: &Layout, cmd: TokensCommand) -> Result<u8, Fail
             if json {
                 let mut v = token_json(t);
                 v["secret"] = secret.into();
-                println!("{v}");
+                println!("{}", crate::text::json_value(&v));
             } else {
                 println!("{}", Esc(secret));
                 eprintln!(
@@ -219,7 +219,7 @@ pub(crate) fn run_packs(layout: &Layout, cmd: PacksCommand) -> Result<u8, Failur
                 })?;
             let p = &p;
             if json {
-                println!("{}", pack_json(p));
+                println!("{}", crate::text::json_value(&pack_json(p)));
             } else {
                 println!(
                     "{} ({}, version {}, generation {})\n  {}\n  grants: {}\n  connectors: {}\n  approval: {}",

@@ -249,7 +249,7 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
             // A failed plan: its kind and the step it names, from the typed detail.
             Err(ClientError::Remote(r)) => {
                 if args.json {
-                    println!("{}", error_json(&r));
+                    println!("{}", crate::text::json_value(&error_json(&r)));
                 }
                 let code = Failure::from(ClientError::Remote(r.clone())).code;
                 return Err(match &r.detail {
@@ -271,7 +271,7 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::Invoked(r)) => {
                 if args.json {
-                    println!("{}", result_json(&r));
+                    println!("{}", crate::text::json_value(&result_json(&r)));
                 } else {
                     println!("{}", json_text(&r.output));
                     for line in &r.logs {
@@ -354,7 +354,10 @@ fn verify_lock(layout: &Layout, json: bool) -> Result<u8, Failure> {
                     "drift": c.drift})
             })
             .collect();
-        println!("{}", serde_json::Value::Array(all));
+        println!(
+            "{}",
+            crate::text::json_value(&serde_json::Value::Array(all))
+        );
     } else {
         for c in &checks {
             if c.drift.is_empty() {
@@ -532,7 +535,10 @@ pub(crate) fn tools(layout: &Layout, cmd: ToolsCommand) -> Result<u8, Failure> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(all));
+        println!(
+            "{}",
+            crate::text::json_value(&serde_json::Value::Array(all))
+        );
     } else {
         for h in &hits {
             let about = if h.description.is_empty() {

@@ -133,6 +133,9 @@ fn next_to_loongd(name: &str) -> PathBuf {
 }
 
 impl WorkerKind {
+    /// `name` of the plan worker's kind.
+    pub(crate) const PLAN: &'static str = "plan";
+
     /// The WASM worker: restricted, no grant at all.
     pub(crate) fn wasm() -> WorkerKind {
         WorkerKind {
@@ -156,7 +159,7 @@ impl WorkerKind {
     /// out is a kernel call on its socket.
     pub(crate) fn plan() -> WorkerKind {
         WorkerKind {
-            name: "plan",
+            name: WorkerKind::PLAN,
             program: next_to_loongd(PLAN_WORKER_NAME),
             tier: Tier::Restricted,
             memory_bytes: PLAN_WORKER_MEMORY_BYTES,

@@ -367,7 +367,10 @@ impl Supervisor {
                         tools,
                     }
                 }
-                WorkerResponse::Failed(f) => return Ok(Err(CallError::Plugin(f))),
+                WorkerResponse::Failed(f) => {
+                    claims_only_its_own(self.kind.name, &f)?;
+                    return Ok(Err(CallError::Plugin(f)));
+                }
                 other => {
                     return Err(WorkerFault::Protocol(format!(
                         "answered a load with {}",
@@ -425,6 +428,7 @@ impl Supervisor {
                 Ok(Ok(Done::Output(out, info.loaded.then_some(info))))
             }
             WorkerResponse::Failed(mut f) => {
+                claims_only_its_own(self.kind.name, &f)?;
                 // An upstream error that echoes a header must not carry its secret onward.
                 f.message = crate::secrets::redact(&f.message, &used);
                 Ok(Err(CallError::Plugin(f)))
@@ -871,6 +875,19 @@ pub(crate) async fn health_loop(sup: Arc<Supervisor>) {
     }
 }
 
+/// A plan's typed failure is the plan worker's to claim: any other worker that answers one
+/// (its kind or its `plan`) forged it, a protocol violation that retires it.
+fn claims_only_its_own(kind: &str, f: &PluginFailure) -> Result<(), WorkerFault> {
+    let claims_a_plan = f.kind == loong_ipc::FailureKind::PlanFailed || f.plan.is_some();
+    if claims_a_plan && kind != WorkerKind::PLAN {
+        return Err(WorkerFault::Protocol(format!(
+            "a {kind} worker answered a plan's failure ({}), which only the plan worker answers",
+            f.kind.name()
+        )));
+    }
+    Ok(())
+}
+
 impl From<&CallError> for RemoteError {
     fn from(e: &CallError) -> Self {
         use loong_ipc::{ErrorDetail, ErrorKind};
@@ -913,5 +930,50 @@ fn redact_output(out: &mut loong_ipc::CallOutput, used: &[broker::Header]) {
     }
     for line in &mut out.logs {
         *line = crate::secrets::redact(line, used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loong_ipc::{FailureKind, PlanFailed, PlanFailureKind};
+
+    use super::*;
+
+    fn forged() -> Vec<PluginFailure> {
+        let plan = PlanFailed::new(
+            PlanFailureKind::ConnectorNotAllowed,
+            Some("s".into()),
+            None,
+            None,
+            "forged",
+        );
+        // The typed failure, its kind alone, and its detail under another kind.
+        let mut under_another = PluginFailure::new(FailureKind::ToolError, "forged");
+        under_another.plan = Some(plan.clone());
+        vec![
+            PluginFailure::plan(plan),
+            PluginFailure::new(FailureKind::PlanFailed, "forged"),
+            under_another,
+        ]
+    }
+
+    /// A plan's failure answered by a worker of another kind is a protocol violation (the
+    /// pool retires the worker and audits it), never a plan's failure to the caller; the plan
+    /// worker's own is taken, and other workers' ordinary failures are.
+    #[test]
+    fn only_the_plan_worker_answers_a_plans_failure() {
+        for kind in ["wasm", "stdio", "http", "builtin", "mcp"] {
+            for f in forged() {
+                assert!(
+                    matches!(claims_only_its_own(kind, &f), Err(WorkerFault::Protocol(m)) if m.contains("only the plan worker")),
+                    "{kind}: {f:?}"
+                );
+            }
+            let own = PluginFailure::new(FailureKind::ToolError, "its own");
+            assert!(claims_only_its_own(kind, &own).is_ok(), "{kind}");
+        }
+        for f in forged() {
+            assert!(claims_only_its_own(WorkerKind::PLAN, &f).is_ok(), "{f:?}");
+        }
     }
 }
