@@ -248,7 +248,7 @@ impl Secrets {
         }
         check_secret_value(value).map_err(|why| SecretError::BadValue {
             name: name.to_string(),
-            why,
+            why: why.to_string(),
         })?;
         if hosts.is_empty() {
             return Err(SecretError::NoHost(name.to_string()));

@@ -106,6 +106,23 @@ impl ManifestError {
 
 pub use loong_ipc::package::{SANDBOX_FIELDS, TOP_LEVEL_FIELDS};
 
+/// Why an endpoint URL does not parse; the message names the URL and what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EndpointError(pub String);
+
+impl From<String> for EndpointError {
+    fn from(s: String) -> Self {
+        EndpointError(s)
+    }
+}
+
+impl From<&str> for EndpointError {
+    fn from(s: &str) -> Self {
+        EndpointError(s.to_string())
+    }
+}
+
 /// The semantic problems of one manifest, gathered in one pass so that an author sees all of
 /// them at once: one is reported as that field's error, several as a list.
 struct Findings<'a> {
@@ -137,8 +154,8 @@ impl<'a> Findings<'a> {
     }
 
     /// `r`'s value, or `None` with its error noted.
-    fn take<T>(&mut self, field: &'static str, r: Result<T, String>) -> Option<T> {
-        r.map_err(|m| self.add(field, m)).ok()
+    fn take<T, E: std::fmt::Display>(&mut self, field: &'static str, r: Result<T, E>) -> Option<T> {
+        r.map_err(|m| self.add(field, m.to_string())).ok()
     }
 
     /// Every problem found, when the parse cannot go on after one.
@@ -1437,8 +1454,12 @@ impl Endpoint {
 
 /// Splits an `http_json` endpoint or a `web.fetch` URL, `http://HOST[:PORT][/PATH]` or
 /// `https://HOST[:PORT][/PATH]`, into its scheme, host, port and request target.
-pub fn parse_endpoint(e: &str) -> Result<Endpoint, String> {
-    let bad = || format!("{e:?} does not parse: expected http(s)://HOST[:PORT]/PATH");
+pub fn parse_endpoint(e: &str) -> Result<Endpoint, EndpointError> {
+    let bad = || {
+        EndpointError(format!(
+            "{e:?} does not parse: expected http(s)://HOST[:PORT]/PATH"
+        ))
+    };
     if e.is_empty() {
         return Err("missing: give the URL the connector posts to".into());
     }

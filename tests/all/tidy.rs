@@ -570,3 +570,90 @@ fn loongd_modules_form_no_cycle() {
     );
     assert_eq!(find_cycle(&graph), None, "{graph:#?}");
 }
+
+/// The signatures of the public functions (any visibility but private) of a source file,
+/// up to their body, with comments and strings removed and test modules cut off.
+fn public_signatures(text: &str) -> Vec<String> {
+    let code = code_only(text);
+    let code = code.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("pub") {
+        let after = &rest[at..];
+        let end = after.find(['{', ';']).unwrap_or(after.len());
+        let head = &after[..end];
+        let is_fn = head
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .take(4)
+            .any(|w| w == "fn");
+        let word_start = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if is_fn && word_start {
+            out.push(head.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        rest = &after[3..];
+    }
+    out
+}
+
+/// Errors that cross a module boundary are types with messages, never a bare `String`
+/// (issue 16: "no non-test function that crosses a module boundary returns
+/// `Result<_, String>`").
+#[test]
+fn no_public_function_returns_a_string_error() {
+    let mut files = Vec::new();
+    for dir in [
+        "ipc",
+        "sandbox",
+        "policy-profiles",
+        "agent-wire",
+        "workers",
+        "loongd",
+        "cli",
+    ] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let string_error = |sig: &str| {
+        sig.split("Result<").skip(1).any(|r| {
+            let mut depth = 1;
+            let mut last_arg = String::new();
+            for c in r.chars() {
+                match c {
+                    '<' => depth += 1,
+                    '>' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => last_arg.clear(),
+                    c => last_arg.push(c),
+                }
+            }
+            last_arg.trim() == "String"
+        })
+    };
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            !f.components()
+                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "benches")
+        })
+        .flat_map(|f| {
+            let text = fs::read_to_string(f).unwrap_or_default();
+            public_signatures(&text)
+                .into_iter()
+                .filter(|s| string_error(s))
+                .map(|s| format!("{}: {s}", f.display()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "public functions returning Result<_, String> (give the error a type): {offenders:#?}"
+    );
+    // The control: the check finds one in a signature written that way.
+    let sample = "pub(crate) fn f(x: u8) -> Result<Vec<(u8, u8)>, String> { todo!() }";
+    assert!(public_signatures(sample).iter().any(|s| string_error(s)));
+    let typed = "pub fn g() -> Result<Vec<(String, String)>, HeaderError> { todo!() }";
+    assert!(!public_signatures(typed).iter().any(|s| string_error(s)));
+}

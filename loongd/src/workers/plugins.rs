@@ -30,6 +30,23 @@ use crate::egress::resolve::Resolver;
 
 use super::{LoadInfo, Loadable, Supervisor, Wire, WorkerKind};
 
+/// Why a package's signature or digests do not verify; the message names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct VerifyError(pub String);
+
+impl From<String> for VerifyError {
+    fn from(s: String) -> Self {
+        VerifyError(s)
+    }
+}
+
+impl From<&str> for VerifyError {
+    fn from(s: &str) -> Self {
+        VerifyError(s.to_string())
+    }
+}
+
 /// The most plugin directories read.
 pub const MAX_PLUGINS: usize = 256;
 
@@ -144,7 +161,10 @@ impl Plugin {
 /// does not verify, a file changed after signing. The signature is checked first, over the
 /// message its own file list rebuilds, so the file names a refusal shows are either signed
 /// or recomputed from the package, never free text from the signature file.
-pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<TrustKey>, String> {
+pub(crate) fn verify_package(
+    dir: &Path,
+    keys: &[TrustKey],
+) -> Result<Option<TrustKey>, VerifyError> {
     use loong_ipc::package::{self, PackageSignature, SIGNATURE_FILE};
     let sig_path = dir.join(SIGNATURE_FILE);
     let shown = sig_path.display();
@@ -158,7 +178,7 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
     let text = match read {
         Ok(None) => return Ok(None),
         Ok(Some(text)) => text,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string().into()),
     };
     let sig = PackageSignature::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
     // `parse` checked the key id is hex and the file list rebuilds the digest.
@@ -180,7 +200,8 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
                 .as_ref()
                 .map(|r| format!(" (replaced by {r}: sign again with it)"))
                 .unwrap_or_default()
-        ));
+        )
+        .into());
     }
     let signature: [u8; 64] = hex::decode(&sig.signature)
         .ok()
@@ -195,7 +216,8 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
         return Err(format!(
             "{shown}: the signature does not verify under key {} ({}); refusing it",
             key.id, key.name
-        ));
+        )
+        .into());
     }
     let now = package::digest(dir).map_err(|e| e.to_string())?;
     if now.digest != sig.digest {
@@ -203,7 +225,8 @@ pub(crate) fn verify_package(dir: &Path, keys: &[TrustKey]) -> Result<Option<Tru
             "{}: the package changed after it was signed ({}); refusing it",
             dir.display(),
             sig.changed_files(&now).join(", ")
-        ));
+        )
+        .into());
     }
     Ok(Some(key.clone()))
 }
@@ -298,7 +321,7 @@ pub(crate) fn read_package(
         ));
     }
     let signer = match verify_package(dir, keys) {
-        Err(why) => return failed(why),
+        Err(why) => return failed(why.to_string()),
         Ok(s) => s,
     };
     let manifest = m.path.clone();
@@ -597,7 +620,7 @@ mod tests {
     use super::*;
 
     /// `verify_package` on `dir` in a thread, or `None` when it has not answered in time.
-    fn verify_within(dir: &Path) -> Option<Result<Option<TrustKey>, String>> {
+    fn verify_within(dir: &Path) -> Option<Result<Option<TrustKey>, VerifyError>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let dir = dir.to_owned();
         std::thread::spawn(move || {
@@ -622,9 +645,9 @@ mod tests {
         .expect("fifo");
         let outcome = verify_within(fifo.path());
         assert!(
-            outcome
+            outcome.as_ref().is_some_and(|o| o
                 .as_ref()
-                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("only regular files"))),
+                .is_err_and(|e| e.0.contains("only regular files"))),
             "{outcome:?}"
         );
         // A link to an endless file: not followed (it was read to the end, without bound).
@@ -632,9 +655,9 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", zero.path().join(SIGNATURE_FILE)).expect("symlink");
         let outcome = verify_within(zero.path());
         assert!(
-            outcome
+            outcome.as_ref().is_some_and(|o| o
                 .as_ref()
-                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("only regular files"))),
+                .is_err_and(|e| e.0.contains("only regular files"))),
             "{outcome:?}"
         );
         // A regular file over the bound: refused naming it, read no further.
@@ -645,7 +668,7 @@ mod tests {
         assert!(
             outcome
                 .as_ref()
-                .is_some_and(|o| o.as_ref().is_err_and(|e| e.contains("over"))),
+                .is_some_and(|o| o.as_ref().is_err_and(|e| e.0.contains("over"))),
             "{outcome:?}"
         );
     }

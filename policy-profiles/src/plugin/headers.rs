@@ -9,6 +9,23 @@
 
 use std::collections::BTreeMap;
 
+/// Why a header (or a secret value) is refused; the message names the header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HeaderError(pub String);
+
+impl From<String> for HeaderError {
+    fn from(s: String) -> Self {
+        HeaderError(s)
+    }
+}
+
+impl From<&str> for HeaderError {
+    fn from(s: &str) -> Self {
+        HeaderError(s.to_string())
+    }
+}
+
 /// Most headers one connector declares.
 pub const MAX_HEADERS: usize = 32;
 /// Longest header name.
@@ -49,7 +66,7 @@ pub fn valid_secret_name(name: &str) -> bool {
 
 /// Checks a secret's value: within [`MAX_SECRET_VALUE_BYTES`], not empty, and fit for a
 /// header value (no control character but tab).
-pub fn check_secret_value(value: &str) -> Result<(), String> {
+pub fn check_secret_value(value: &str) -> Result<(), HeaderError> {
     if value.is_empty() {
         return Err("the value is empty".into());
     }
@@ -57,7 +74,8 @@ pub fn check_secret_value(value: &str) -> Result<(), String> {
         return Err(format!(
             "the value is {} bytes, over the {MAX_SECRET_VALUE_BYTES}-byte limit",
             value.len()
-        ));
+        )
+        .into());
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(
@@ -74,25 +92,22 @@ fn is_tchar(b: u8) -> bool {
 
 /// Parses `metadata.headers_json` (a JSON object of header names to string values) and
 /// checks every header; an error names the header that failed.
-pub fn parse_headers_json(text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_headers_json(text: &str) -> Result<Vec<(String, String)>, HeaderError> {
     let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| {
         format!("expected a JSON object of header names to string values, such as {{\"Authorization\": \"Bearer ${{secret:NAME}}\"}}: {e}")
     })?;
     if map.len() > MAX_HEADERS {
-        return Err(format!(
-            "{} headers, above the limit of {MAX_HEADERS}",
-            map.len()
-        ));
+        return Err(format!("{} headers, above the limit of {MAX_HEADERS}", map.len()).into());
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         let serde_json::Value::String(value) = value else {
-            return Err(format!("header {name:?}: the value must be a string"));
+            return Err(format!("header {name:?}: the value must be a string").into());
         };
         check_header(&name, &value)?;
         if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(format!("header {name:?} is given twice; keep one"));
+            return Err(format!("header {name:?} is given twice; keep one").into());
         }
         out.push((name, value));
     }
@@ -100,27 +115,29 @@ pub fn parse_headers_json(text: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Checks one header as written in a manifest.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
     if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.bytes().all(is_tchar) {
         return Err(format!(
             "header {name:?}: the name is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~, at most {MAX_HEADER_NAME_BYTES} bytes)"
-        ));
+        ).into());
     }
     let lower = name.to_ascii_lowercase();
     if RESERVED.contains(&lower.as_str()) || lower.starts_with("proxy-") {
         return Err(format!(
             "header {name:?} is written by the worker or steers the connection; remove it"
-        ));
+        )
+        .into());
     }
     if value.len() > MAX_HEADER_VALUE_BYTES {
-        return Err(format!(
-            "header {name:?}: the value is over {MAX_HEADER_VALUE_BYTES} bytes"
-        ));
+        return Err(
+            format!("header {name:?}: the value is over {MAX_HEADER_VALUE_BYTES} bytes").into(),
+        );
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(format!(
             "header {name:?}: the value holds a control character (CR, LF, NUL, ...)"
-        ));
+        )
+        .into());
     }
     secret_names(value).map_err(|e| format!("header {name:?}: {e}"))?;
     Ok(())
@@ -128,7 +145,7 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
 
 /// The secrets a header value names, in order; an error when a `${` does not open a
 /// well-formed `${secret:NAME}`.
-pub fn secret_names(value: &str) -> Result<Vec<&str>, String> {
+pub fn secret_names(value: &str) -> Result<Vec<&str>, HeaderError> {
     let mut names = Vec::new();
     let mut rest = value;
     while let Some(i) = rest.find("${") {
@@ -137,7 +154,8 @@ pub fn secret_names(value: &str) -> Result<Vec<&str>, String> {
             return Err(format!(
                 "{:?} is not a secret reference: write ${{secret:NAME}}",
                 &after[..after.len().min(16)]
-            ));
+            )
+            .into());
         };
         let end = body
             .find('}')
@@ -146,7 +164,8 @@ pub fn secret_names(value: &str) -> Result<Vec<&str>, String> {
         if !valid_secret_name(name) {
             return Err(format!(
                 "secret name {name:?} is not [A-Za-z0-9_.-]{{1,{MAX_SECRET_NAME_BYTES}}}"
-            ));
+            )
+            .into());
         }
         names.push(name);
         rest = &body[end + 1..];
@@ -214,7 +233,7 @@ mod tests {
             (r#"["X-A"]"#, "expected a JSON object"),
         ] {
             let err = parse_headers_json(json).expect_err(json);
-            assert!(err.contains(expect), "{json}: {err}");
+            assert!(err.0.contains(expect), "{json}: {err}");
         }
         // Positive control: ordinary headers and references pass.
         let ok = parse_headers_json(

@@ -18,6 +18,23 @@ use std::path::{Path, PathBuf};
 
 use super::{ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
+/// Why an embedded manifest block does not parse; the message says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+impl From<String> for SourceError {
+    fn from(s: String) -> Self {
+        SourceError(s)
+    }
+}
+
+impl From<&str> for SourceError {
+    fn from(s: &str) -> Self {
+        SourceError(s.to_string())
+    }
+}
+
 /// The comment line that opens an embedded manifest.
 pub const START_MARKER: &str = "LOONG_PLUGIN_START";
 /// The comment line that closes it.
@@ -162,7 +179,7 @@ fn embedded_manifests(
             Err(message) => {
                 return Err(ManifestError::Parse {
                     path: file,
-                    message,
+                    message: message.to_string(),
                 })
             }
         };
@@ -247,7 +264,7 @@ fn is_marker(line: &str, marker: &str) -> bool {
 
 /// The JSON between the first start marker line and the end marker line after it, or `None`
 /// when the text has no start marker line.
-pub fn block(text: &str) -> Result<Option<String>, String> {
+pub fn block(text: &str) -> Result<Option<String>, SourceError> {
     let mut lines = text.lines();
     if !lines.by_ref().any(|l| is_marker(l, START_MARKER)) {
         return Ok(None);
@@ -262,12 +279,13 @@ pub fn block(text: &str) -> Result<Option<String>, String> {
         if json.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(format!(
                 "the manifest between {START_MARKER} and {END_MARKER} is over {MAX_MANIFEST_BYTES} bytes"
-            ));
+            ).into());
         }
     }
-    Err(format!(
-        "{START_MARKER} without a {END_MARKER} line after it: close the manifest block"
-    ))
+    Err(
+        format!("{START_MARKER} without a {END_MARKER} line after it: close the manifest block")
+            .into(),
+    )
 }
 
 /// An embedded manifest beside `loong.plugin.json` may not contradict it on the fields that

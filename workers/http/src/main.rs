@@ -47,7 +47,7 @@ impl Handler for Worker {
                 }
                 let trust = match Trust::new(&spec.trust) {
                     Ok(t) => t,
-                    Err(e) => return Ok(refused(e)),
+                    Err(e) => return Ok(refused(e.to_string())),
                 };
                 let answer = loong_worker_runtime::one_tool(&spec.plugin_id);
                 self.spec = Some(*spec);

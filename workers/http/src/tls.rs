@@ -10,6 +10,23 @@ use rustls::{pki_types::ServerName, CertificateError, ClientConfig, ClientConnec
 
 use super::{Conn, HttpError, Timed};
 
+/// Why the trust anchors loongd handed over do not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TrustError(pub String);
+
+impl From<String> for TrustError {
+    fn from(s: String) -> Self {
+        TrustError(s)
+    }
+}
+
+impl From<&str> for TrustError {
+    fn from(s: &str) -> Self {
+        TrustError(s.to_string())
+    }
+}
+
 /// The roots one connector's or `web.fetch`'s calls verify servers against.
 #[derive(Debug, Clone)]
 pub struct Trust {
@@ -21,7 +38,7 @@ pub struct Trust {
 impl Trust {
     /// The public roots and the DER certificates loongd handed over (one that does not parse
     /// is skipped: a system store may hold a certificate webpki cannot use).
-    pub fn new(extra: &[Vec<u8>]) -> Result<Trust, String> {
+    pub fn new(extra: &[Vec<u8>]) -> Result<Trust, TrustError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };

@@ -55,6 +55,23 @@ pub trait Handler {
 
 pub use kernel::{KernelLink, KernelLinkError};
 
+/// Why a worker could not build its state before serving; the message says what failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl From<String> for BuildError {
+    fn from(s: String) -> Self {
+        BuildError(s)
+    }
+}
+
+impl From<&str> for BuildError {
+    fn from(s: &str) -> Self {
+        BuildError(s.to_string())
+    }
+}
+
 mod kernel;
 
 /// Why a worker stopped.
@@ -68,7 +85,7 @@ pub enum Stop {
 
 /// Runs a worker: adopt the socket, `build` the state, confine, handshake, serve. Returns
 /// the process exit code (0 for a normal end, 2 when anything failed, reported on stderr).
-pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, String>) -> i32 {
+pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, BuildError>) -> i32 {
     main_with(build_id, Final::Confine, build)
 }
 
@@ -88,7 +105,7 @@ pub enum Final {
 pub fn main_with<H: Handler>(
     build_id: &str,
     last: Final,
-    build: impl FnOnce() -> Result<H, String>,
+    build: impl FnOnce() -> Result<H, BuildError>,
 ) -> i32 {
     match run(build_id, last, build) {
         Stop::Closed => 0,
@@ -99,7 +116,11 @@ pub fn main_with<H: Handler>(
     }
 }
 
-fn run<H: Handler>(build_id: &str, last: Final, build: impl FnOnce() -> Result<H, String>) -> Stop {
+fn run<H: Handler>(
+    build_id: &str,
+    last: Final,
+    build: impl FnOnce() -> Result<H, BuildError>,
+) -> Stop {
     let sock = match loong_sandbox::worker::inherited_socket() {
         Ok(s) => s,
         Err(e) => return Stop::Failed(format!("no control socket: {e}")),
