@@ -423,7 +423,7 @@ pub(crate) fn run(layout: &Layout, args: OnboardArgs) -> Result<u8, Failure> {
     );
     if ep.ip_literal {
         println!(
-            "{} is an IP literal: naming it in base_url is the explicit grant the egress broker needs to let the agent reach that address (a name that resolves to a private address is refused)",
+            "{} is an IP literal: naming it in base_url is the explicit grant the egress broker needs to let the agent reach that address (a host name that resolves to a loopback or private address would be refused)",
             Esc(&ep.host)
         );
     }
