@@ -1,4 +1,5 @@
-//! `loongctl onboard` against a local OpenAI-format provider (the first `ask` right after
+//! `loongctl onboard` (flags, or typed at a terminal with the key not echoed) against a local
+//! OpenAI-format provider (the first `ask` right after
 //! it), a provider that refuses the key (the config is still written, exit 0, the next
 //! command printed), a second onboard refused without `--force`, the key kept out of the
 //! config and every output; and `loongctl doctor --fix` on a loose home and a stale socket.
@@ -224,4 +225,102 @@ fn doctor_fix_removes_a_stale_socket_but_not_a_live_daemons() {
     assert_eq!(fixed[0]["what"], "stale_socket");
     assert!(!home.socket().exists());
     home.start();
+}
+
+/// Interactive onboard on a terminal: the answers are typed, the key is not echoed.
+#[test]
+fn interactive_onboard_reads_the_key_without_echo_and_the_first_ask_answers() {
+    use std::{
+        io::{Read, Write},
+        process::{Command, Stdio},
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+    let provider = Provider::start(vec![text_answer("ok"), text_answer("hi there")]);
+    // No loongd yet: onboard starts it (the secret store is loongd's).
+    let home = Home::new();
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut child = Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .arg("onboard")
+        .stdin(Stdio::from(pty.slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loongctl");
+    let mut master = std::fs::File::from(pty.master);
+    let err = Arc::new(Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("stderr");
+    let kept = err.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut echoed = master.try_clone().expect("clone");
+    let echo = Arc::new(Mutex::new(String::new()));
+    let seen = echo.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = echoed.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |needle: &str| {
+        assert!(
+            crate::support::wait_until(Duration::from_secs(20), || err
+                .lock()
+                .expect("lock")
+                .contains(needle)),
+            "no {needle:?} in {}",
+            err.lock().expect("lock")
+        );
+    };
+    let url = format!("http://127.0.0.1:{}/v1", provider.port);
+    wait_for("provider kind");
+    master.write_all(b"openai\n").expect("type");
+    wait_for("base URL");
+    master
+        .write_all(format!("{url}\n").as_bytes())
+        .expect("type");
+    wait_for("model");
+    master.write_all(b"test-model\n").expect("type");
+    wait_for("not shown");
+    master
+        .write_all(format!("{KEY}\n").as_bytes())
+        .expect("type");
+    let out = child.wait_with_output().expect("wait");
+    let _ = reader.join();
+    let so = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{so}{}",
+        err.lock().expect("lock")
+    );
+    assert!(so.contains("probe: main answered"), "{so}");
+    let typed = echo.lock().expect("lock").clone();
+    // The control: what was typed before the key was echoed; the key was not.
+    assert!(typed.contains("test-model"), "{typed:?}");
+    assert!(!typed.contains(KEY), "{typed:?}");
+    assert!(!so.contains(KEY) && !config(&home).contains(KEY));
+    let ask = home.ctl(&["ask", "hi"]);
+    assert_eq!(
+        text(&ask.stdout).trim(),
+        "hi there",
+        "{}",
+        text(&ask.stderr)
+    );
 }
