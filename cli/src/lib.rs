@@ -77,12 +77,21 @@ pub enum Command {
     #[command(subcommand)]
     Daemon(cmd::daemon::DaemonCommand),
     /// Show which confinement mechanisms this host has and which tiers loongd can enforce
-    /// (exit 6 when a tier cannot be fully enforced).
+    /// (exit 6 when a tier cannot be fully enforced); with --fix, repair the home instead.
     Doctor {
-        /// Print JSON (fields: root, landlock_abi, error, mechanisms[name, available, detail, fix], tiers[tier, enforceable, missing], egress_sandboxes, egress_open).
+        /// Print JSON (fields: root, landlock_abi, error, mechanisms[name, available, detail, fix], tiers[tier, enforceable, missing], egress_sandboxes, egress_open; with --fix: fixed[what, path, detail], not_fixed[what, path, detail, fix]).
         #[arg(long)]
         json: bool,
+        /// Repair what is safe to repair (missing home directories, modes looser than loongd
+        /// makes them, a stale control socket) and report the rest with the command that
+        /// fixes it (exit 1 when something is left).
+        #[arg(long)]
+        fix: bool,
     },
+    /// Configure the agent's provider: writes [providers.NAME] and [agent] to loongd.toml,
+    /// stores the API key as a secret bound to the provider's host, restarts loongd and
+    /// probes the provider once (a failed probe still exits 0, naming the next command).
+    Onboard(cmd::onboard::OnboardArgs),
     /// Run programs in sandboxes.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::SandboxCommand),
@@ -187,7 +196,9 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Status { json } => cmd::status::run(&layout, json),
         Command::Daemon(c) => cmd::daemon::run(&layout, c),
-        Command::Doctor { json } => cmd::doctor::run(&layout, json),
+        Command::Doctor { json, fix: false } => cmd::doctor::run(&layout, json),
+        Command::Doctor { json, fix: true } => cmd::doctor::fix(&layout, json),
+        Command::Onboard(a) => cmd::onboard::run(&layout, a),
         Command::Sandbox(c) => cmd::sandbox::run(&layout, c),
         Command::Policy(c) => cmd::policy::run(&layout, c),
         Command::Audit(c) => cmd::audit::run(&layout, c),

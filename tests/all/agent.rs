@@ -23,7 +23,7 @@ const ASK: &str = "tool.invoke:agent.turn";
 
 /// One scripted answer of the provider.
 #[derive(Clone)]
-enum Reply {
+pub(crate) enum Reply {
     /// These SSE data payloads, then the end.
     Sse(Vec<String>),
     /// These payloads, then nothing more for a minute (a stalled answer).
@@ -34,13 +34,13 @@ enum Reply {
 
 /// A local OpenAI-compatible server: answers the Nth request with the Nth reply (the last
 /// one again past the end) and keeps every request body.
-struct Provider {
-    port: u16,
+pub(crate) struct Provider {
+    pub(crate) port: u16,
     requests: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Provider {
-    fn start(script: Vec<Reply>) -> Provider {
+    pub(crate) fn start(script: Vec<Reply>) -> Provider {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -56,7 +56,7 @@ impl Provider {
         Provider { port, requests }
     }
 
-    fn requests(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn requests(&self) -> Vec<serde_json::Value> {
         self.requests.lock().expect("lock").clone()
     }
 
@@ -126,7 +126,7 @@ fn answer(stream: TcpStream, kept: &Mutex<Vec<serde_json::Value>>, script: &[Rep
 }
 
 /// A text answer: `text` in two deltas, `stop`, usage, `[DONE]`.
-fn text_answer(text: &str) -> Reply {
+pub(crate) fn text_answer(text: &str) -> Reply {
     let (a, b) = text.split_at(text.len() / 2);
     Reply::Sse(vec![
         delta(serde_json::json!({"role": "assistant", "content": a})),

@@ -21,6 +21,7 @@ mod lists;
 mod manifest_agreement;
 mod mcp_serve;
 mod metrics;
+mod onboard;
 mod outcomes;
 mod package_checks;
 mod package_copy;

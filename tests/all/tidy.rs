@@ -126,11 +126,17 @@ fn crate_dependency_direction() {
         "loong-ipc depends on no project crate"
     );
     // loongctl links loong-profiles for one reason: `plugins doctor` runs loongd's own
-    // manifest and package checks (one check path), not a copy of them.
+    // manifest and package checks (one check path), not a copy of them; and
+    // loong-agent-wire for the same reason: `onboard` and `doctor --fix` check loongd.toml's
+    // [providers]/[agent] with loongd's own parser (no HTTP client is in that crate).
     assert_eq!(
         project_deps(&r.join("cli/Cargo.toml")),
-        vec!["loong-ipc".to_string(), "loong-profiles".to_string()],
-        "loongctl depends on loong-ipc and loong-profiles only"
+        vec![
+            "loong-ipc".to_string(),
+            "loong-profiles".to_string(),
+            "loong-agent-wire".to_string()
+        ],
+        "loongctl depends on loong-ipc, loong-profiles and loong-agent-wire only"
     );
     for m in [
         "loongd",

@@ -72,7 +72,11 @@ fn home_args(layout: &Layout) -> Vec<std::ffi::OsString> {
     }
 }
 
-fn start(layout: &Layout, foreground: bool, accept_failure: bool) -> Result<u8, Failure> {
+pub(crate) fn start(
+    layout: &Layout,
+    foreground: bool,
+    accept_failure: bool,
+) -> Result<u8, Failure> {
     if let Ok(s) = fetch(layout) {
         println!(
             "loongd is already running (pid {}, home {})",
@@ -141,7 +145,7 @@ fn start(layout: &Layout, foreground: bool, accept_failure: bool) -> Result<u8, 
     }
 }
 
-fn stop(layout: &Layout) -> Result<u8, Failure> {
+pub(crate) fn stop(layout: &Layout) -> Result<u8, Failure> {
     let pid = match fetch(layout) {
         Ok(s) => s.pid,
         Err(f) if f.code == exit::DAEMON_NOT_RUNNING => {

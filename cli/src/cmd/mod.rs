@@ -9,6 +9,7 @@ pub(crate) mod doctor;
 pub(crate) mod keys;
 pub(crate) mod mcp;
 pub(crate) mod metrics;
+pub(crate) mod onboard;
 pub(crate) mod policy;
 pub(crate) mod sandbox;
 pub(crate) mod scaffold;

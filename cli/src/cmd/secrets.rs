@@ -51,7 +51,7 @@ fn call(layout: &Layout, req: ControlRequest) -> Result<Vec<SecretView>, Failure
     }
 }
 
-fn read_value(file: Option<PathBuf>) -> Result<String, Failure> {
+pub(crate) fn read_value(file: Option<PathBuf>) -> Result<String, Failure> {
     let mut bytes = Vec::new();
     match &file {
         Some(path) => std::fs::File::open(path)
