@@ -93,6 +93,11 @@ pub struct TurnInput {
     pub tools: Vec<ToolSpec>,
     pub max_steps: u32,
     pub budget_ms: u64,
+    /// Test builds only: confinement probes the worker runs from inside its sandbox instead
+    /// of the turn (see `loongd::control::agent_api::PROBES_ENV`). A release loongd never
+    /// sends any and a release worker refuses a turn that carries some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
 }
 
 /// One tool call the model made in a turn, and what it was answered.

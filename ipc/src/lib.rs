@@ -37,7 +37,7 @@ pub use message::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,
     },
-    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest},
+    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest, ShowText},
     outcome::{
         Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass, PlanCallFailure,
         PlanFailed, PlanFailureKind,

@@ -608,6 +608,19 @@ impl SandboxSpec {
                 Err(_) => {}
             }
         }
+        // loongd's own paths inside a bound system path (the system layout's `/etc/loong`,
+        // a home under `/opt`) are masked as in the trusted tier: a file there that its
+        // mode lets anyone read is still not in the sandbox.
+        for h in hidden {
+            let bound = profile.system_paths.iter().any(|s| h.starts_with(&s.path));
+            if bound && h.is_dir() {
+                ops.push(MountOp::Tmpfs {
+                    dst: h.clone(),
+                    size: 4096,
+                    mode: 0o700,
+                });
+            }
+        }
         ops.push(MountOp::Proc {
             dst: "/proc".into(),
         });
@@ -819,6 +832,56 @@ mod tests {
                 wide.display()
             );
         }
+    }
+
+    /// loongd's paths inside a bound system path are masked in a confined tier; a hidden
+    /// path outside every bound one gets nothing (it is not in the root at all).
+    #[test]
+    fn loongd_s_paths_under_a_bound_system_path_are_masked() {
+        let h = host();
+        let sys = tempfile::tempdir().expect("system dir");
+        let sys = sys.path().canonicalize().expect("real path");
+        let config = sys.join("loong");
+        std::fs::create_dir_all(&config).expect("config dir");
+        let elsewhere = tempfile::tempdir().expect("home");
+        let elsewhere = elsewhere.path().canonicalize().expect("real path");
+        let mut p = profile();
+        p.system_paths = vec![crate::profile::SystemPath {
+            path: sys.clone(),
+            exec: false,
+        }];
+        let hidden = [config.clone(), elsewhere.clone()];
+        let ctx = PlanContext {
+            host: &h,
+            profile: &p,
+            sandbox_id: DEFAULT_SANDBOX_ID,
+            hidden: &hidden,
+            seccomp: Vec::new(),
+            cgroup_join: Vec::new(),
+        };
+        let spec = SandboxSpec {
+            tier: Some(Tier::Restricted),
+            program: "/bin/true".into(),
+            ..SandboxSpec::default()
+        };
+        let mounts = spec.plan(ctx).expect("plans").plan.mounts;
+        let bound = mounts
+            .iter()
+            .position(|m| matches!(m, MountOp::Bind { dst, writable: false, .. } if *dst == sys));
+        let masked = mounts
+            .iter()
+            .position(|m| matches!(m, MountOp::Tmpfs { dst, .. } if *dst == config));
+        assert!(bound.is_some(), "the system path is bound: {mounts:?}");
+        assert!(
+            masked > bound,
+            "loongd's path is masked over it: {mounts:?}"
+        );
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| matches!(m, MountOp::Tmpfs { dst, .. } if *dst == elsewhere)),
+            "{mounts:?}"
+        );
     }
 
     #[test]

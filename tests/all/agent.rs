@@ -30,6 +30,26 @@ pub(crate) enum Reply {
     Stall(Vec<String>),
     /// An error status with this JSON body.
     Status(u16, String),
+    /// The first payloads, then nothing until the gate opens (or a minute passes), then the
+    /// rest.
+    Gated(Vec<String>, Gate, Vec<String>),
+}
+
+/// A gate a provider's answer waits at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().expect("lock") = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, cv) = &*self.0;
+        let guard = open.lock().expect("lock");
+        let _ = cv.wait_timeout_while(guard, Duration::from_secs(60), |o| !*o);
+    }
 }
 
 /// A local OpenAI-compatible server: answers the Nth request with the Nth reply (the last
@@ -114,6 +134,14 @@ fn answer(stream: TcpStream, kept: &Mutex<Vec<serde_json::Value>>, script: &[Rep
     let (events, stall) = match reply {
         Reply::Sse(e) => (e, false),
         Reply::Stall(e) => (e, true),
+        Reply::Gated(first, gate, rest) => {
+            for e in first {
+                let _ = stream.write_all(format!("data: {e}\n\n").as_bytes());
+                let _ = stream.flush();
+            }
+            gate.wait();
+            (rest, false)
+        }
         Reply::Status(..) => return,
     };
     for e in events {
@@ -621,4 +649,240 @@ fn a_failover_to_the_fallback_provider_is_audited_and_the_answer_comes_from_it()
             .contains("500"),
         "{failover}"
     );
+}
+
+/// What the agent worker got for each probe it ran from inside its sandbox (test builds run
+/// the lines of `LOONG_TEST_AGENT_PROBES` in place of the turn and answer with the report).
+fn probed(home: &Home) -> std::collections::HashMap<String, String> {
+    let (code, out, err) = ask(home, &["probe", "--json"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", home.log());
+    let answer = json(&out)["answer"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    answer
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect()
+}
+
+/// Issue 18: the agent worker cannot read the secret store, loongd's home or its config, and
+/// reaches nothing but its provider's `HOST:PORT` through the broker, seen from inside the
+/// worker loongd starts for a turn (the same sandbox, the same spawn path). Each refusal has
+/// its control: the files exist and the worker opens a system file; the worker connects to
+/// its proxy and to its grant's forward; the proxy carries a request to the provider.
+#[test]
+fn the_agent_worker_reads_none_of_loongds_files_and_reaches_only_its_provider() {
+    let provider = Provider::start(vec![text_answer("reached")]);
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    other.set_nonblocking(true).expect("non-blocking");
+    let other_port = other.local_addr().expect("addr").port();
+    let config = provider.config("").replace(
+        "model = \"test-model\"",
+        "model = \"test-model\"\napi_key = \"${secret:local_key}\"",
+    );
+    let home = Home::with_config(&config);
+    let p = provider.port;
+    let h = home.path().display().to_string();
+    let probes = [
+        format!("open:{h}/secrets.json"),
+        format!("open:{h}/state.db"),
+        format!("open:{h}/loongd.toml"),
+        "open:/usr/bin/env".to_string(),
+        format!("connect:127.0.0.1:{other_port}"),
+        format!("connect:127.0.0.2:{p}"),
+        "connect:192.0.2.1:80".to_string(),
+        "connect:127.0.0.1:3128".to_string(),
+        format!("connect:127.0.0.1:{p}"),
+        format!("get:127.0.0.1:{other_port}"),
+        format!("get:127.0.0.2:{p}"),
+        format!("tunnel:127.0.0.1:{other_port}"),
+        format!("get:127.0.0.1:{p}"),
+    ];
+    home.start_env(&[("LOONG_TEST_AGENT_PROBES", &probes.join("\n"))]);
+    let bound = format!("http://127.0.0.1:{p}");
+    let set = crate::secrets::ctl_stdin(
+        &home,
+        &["secrets", "set", "local_key", "--host", &bound],
+        "sk-probe-1\n",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    // The controls outside: each file the worker is refused exists and is readable here.
+    for f in ["secrets.json", "state.db", "loongd.toml"] {
+        assert!(
+            std::fs::File::open(home.path().join(f)).is_ok(),
+            "{f} exists"
+        );
+    }
+    let got = probed(&home);
+    let result = |probe: &str| got.get(probe).cloned().unwrap_or_default();
+    assert_eq!(got.len(), probes.len(), "{got:?}");
+    for probe in &probes[..3] {
+        let r = result(probe);
+        assert!(r.starts_with("errno "), "{probe}: {r}");
+    }
+    assert_eq!(result("open:/usr/bin/env"), "ok", "{got:?}");
+    for probe in &probes[4..7] {
+        let r = result(probe);
+        assert!(r.starts_with("errno "), "{probe}: {r}");
+    }
+    // The controls: the proxy's port connects, and so does the grant's own raw forward
+    // (inside, `127.0.0.1:PORT` of the provider goes to the provider through the broker).
+    assert_eq!(result("connect:127.0.0.1:3128"), "ok", "{got:?}");
+    assert_eq!(result(&format!("connect:127.0.0.1:{p}")), "ok", "{got:?}");
+    for probe in &probes[9..12] {
+        assert_eq!(result(probe), "status 403", "{probe}: {got:?}");
+    }
+    assert_eq!(
+        result(&format!("get:127.0.0.1:{p}")),
+        "status 200",
+        "{got:?}"
+    );
+    // Seen from the host: nothing reached the other listener; the provider got the request
+    // the proxy carried, and no other.
+    assert!(other.accept().is_err(), "a probe reached the other port");
+    assert_eq!(provider.requests().len(), 1, "{:?}", provider.requests());
+    // The proxy's refusals are the broker's, recorded; its grant carried the request.
+    let recorded = |kind: &str, port: u16| {
+        crate::support::wait_until(Duration::from_secs(10), || {
+            crate::workers::details(&home, kind)
+                .iter()
+                .any(|d| d["port"] == port)
+        })
+    };
+    assert!(
+        recorded("net.denied", other_port),
+        "{:?}",
+        crate::workers::details(&home, "net.denied")
+    );
+    assert!(
+        recorded("net.connected", p),
+        "{:?}",
+        crate::workers::details(&home, "net.connected")
+    );
+    let all = home.ctl(&["audit", "recent", "--limit", "1000", "--json"]);
+    assert!(!text(&all.stdout).contains("sk-probe-1"));
+}
+
+/// An answer whose first delta comes at once and whose rest waits at `gate`.
+fn gated_answer(first: &str, rest: &str, gate: &Gate) -> Reply {
+    Reply::Gated(
+        vec![delta(
+            serde_json::json!({"role": "assistant", "content": first}),
+        )],
+        gate.clone(),
+        vec![
+            delta(serde_json::json!({"content": rest})),
+            finish("stop"),
+            "[DONE]".into(),
+        ],
+    )
+}
+
+/// Issue 18: `ask` shows the answer's text as it arrives. The provider sends a first delta
+/// and holds the rest until the test has seen that delta on loongctl's stdout, while
+/// loongctl is still running; `--json` still prints one object at the end.
+#[test]
+fn ask_prints_the_first_delta_before_the_answer_completes() {
+    let first = Gate::default();
+    let second = Gate::default();
+    let provider = Provider::start(vec![
+        gated_answer("the first part,", " then the rest", &first),
+        gated_answer("json first,", " json rest", &second),
+    ]);
+    let home = Home::with_config(&provider.config(""));
+    home.start();
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["ask", "hello"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl ask");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !text(&seen).contains("the first part,") && std::time::Instant::now() < until {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.extend(b);
+        }
+    }
+    let early = text(&seen);
+    // Seen while the provider still holds the rest: loongctl has not finished.
+    let running = child.try_wait().expect("try_wait").is_none();
+    first.open();
+    second.open();
+    assert!(
+        early.contains("the first part,") && !early.contains("the rest"),
+        "the first delta was not shown before the answer completed: {early:?}\n{}",
+        home.log()
+    );
+    assert!(
+        running,
+        "loongctl had finished before the first delta was seen"
+    );
+    let status = child.wait().expect("wait");
+    while let Ok(b) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.extend(b);
+    }
+    assert!(status.success(), "{}", home.log());
+    assert_eq!(text(&seen), "the first part, then the rest\n");
+    // --json: one object at the end, no text before it.
+    let (code, out, err) = ask(&home, &["hello", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(json(&out)["answer"], "json first, json rest", "{out}");
+}
+
+/// loongd's home inside a path every balanced sandbox sees (`/opt`, as the system layout's
+/// `/etc/loong` is inside `/etc`), its files readable by anyone: the agent worker still
+/// cannot open them, because loongd's paths are masked there. The control: outside, the
+/// home and its config are open to every uid, and inside the worker opens `/opt` itself.
+#[test]
+fn loongds_home_inside_a_system_path_is_masked_from_the_agent_worker() {
+    use std::os::unix::fs::PermissionsExt;
+    let opt = std::path::Path::new("/opt");
+    if !crate::support::is_root() || !opt.is_dir() {
+        crate::support::skip(
+            "loongds_home_inside_a_system_path_is_masked_from_the_agent_worker",
+            "needs root and /opt",
+        );
+        return;
+    }
+    let provider = Provider::start(vec![text_answer("unused")]);
+    let home = Home::with_config_in(opt, &provider.config(""));
+    let h = home.path().display().to_string();
+    let probes = [
+        format!("open:{h}/loongd.toml"),
+        format!("open:{h}/state.db"),
+        "open:/opt".to_string(),
+    ];
+    home.start_env(&[("LOONG_TEST_AGENT_PROBES", &probes.join("\n"))]);
+    // Open to every uid, so that only the mask can keep the worker out.
+    for (path, mode) in [
+        (home.path().to_path_buf(), 0o755),
+        (home.path().join("loongd.toml"), 0o644),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let got = probed(&home);
+    let result = |probe: &str| got.get(probe).cloned().unwrap_or_default();
+    assert_eq!(result("open:/opt"), "ok", "{got:?}");
+    for probe in &probes[..2] {
+        let r = result(probe);
+        assert!(r.starts_with("errno "), "{probe}: {r}");
+    }
+    assert_eq!(provider.requests().len(), 0);
 }

@@ -71,6 +71,18 @@ impl Home {
         h
     }
 
+    /// A fresh home under `parent` whose `loongd.toml` is `config`.
+    pub fn with_config_in(parent: &Path, config: &str) -> Home {
+        let h = Home {
+            dir: tempfile::Builder::new()
+                .prefix("lh")
+                .tempdir_in(parent)
+                .expect("temp home"),
+        };
+        fs::write(h.path().join("loongd.toml"), config).expect("write config");
+        h
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

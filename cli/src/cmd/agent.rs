@@ -1,6 +1,9 @@
 //! `loongctl ask PROMPT` (one agent turn) and `loongctl memory list | show | clear`.
 
-use std::time::{Duration, Instant};
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
@@ -77,7 +80,8 @@ fn result_json(r: &AskResult) -> serde_json::Value {
     })
 }
 
-/// `loongctl ask`: prints the answer (escaped: it is the model's text).
+/// `loongctl ask`: prints the answer's text as it arrives, or with `--json` one object at
+/// the end (escaped: it is the model's text).
 pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
     let secs = args.timeout.unwrap_or(DEFAULT_ASK_TIMEOUT_SECS);
     if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
@@ -96,6 +100,8 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
         deadline,
     )?;
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
+    // Whether text was shown as it arrived: the answer then only needs its line ended.
+    let mut streamed = false;
     loop {
         let event = match client.next_event::<ControlResponse>(id, until) {
             Err(ClientError::Remote(r)) if r.kind == ErrorKind::DeadlineExceeded => {
@@ -110,10 +116,20 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
             Event::Chunk(StreamChunk::Stderr(b)) => {
                 eprint!("{}", esc_lines(&String::from_utf8_lossy(&b)));
             }
+            Event::Chunk(StreamChunk::Stdout(b)) if !args.json => {
+                // The model's text as it arrives: its line breaks stay, every other control
+                // character is escaped (it is the model's text).
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{}", esc_lines(&String::from_utf8_lossy(&b)));
+                let _ = out.flush();
+                streamed = true;
+            }
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::Asked(r)) => {
                 if args.json {
                     println!("{}", result_json(&r));
+                } else if streamed {
+                    println!();
                 } else {
                     println!("{}", Esc(&r.answer));
                 }

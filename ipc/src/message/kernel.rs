@@ -27,6 +27,10 @@ use super::{check_len, envelope::RequestId, BoundError};
 
 /// The kind of [`InvokeTool`].
 pub const KIND_INVOKE_TOOL: &str = "invoke_tool";
+/// The kind of [`ShowText`].
+pub const KIND_SHOW_TEXT: &str = "show_text";
+/// Bound on the text of one [`ShowText`].
+pub const MAX_SHOW_TEXT_BYTES: usize = 64 * 1024;
 /// Bound on a kernel call's kind.
 pub const MAX_KERNEL_KIND_BYTES: usize = 64;
 /// Bound on a tool's name in [`InvokeTool`] (`PLUGIN/TOOL` included).
@@ -64,18 +68,30 @@ pub struct InvokeTool {
     pub input: String,
 }
 
+/// Show a piece of the answer's text to whoever asked, as it arrives (the agent worker's
+/// text deltas, relayed on the request's output stream). Only the agent's own turn may send
+/// it. The answer's bytes are empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ShowText {
+    /// The text (at most [`MAX_SHOW_TEXT_BYTES`]).
+    pub text: String,
+}
+
 /// The kernel calls this build knows, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelRequest {
     /// [`KIND_INVOKE_TOOL`].
     InvokeTool(InvokeTool),
+    /// [`KIND_SHOW_TEXT`].
+    ShowText(ShowText),
 }
 
 /// Why a kernel call cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelCallError {
     /// A kind this build does not know.
-    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool")]
+    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool, show_text")]
     Unsupported(String),
     /// A field past its bound.
     #[error("kernel call: {0}")]
@@ -106,6 +122,14 @@ impl KernelRequest {
                     reason: e.to_string(),
                 })?;
                 (KIND_INVOKE_TOOL, body)
+            }
+            KernelRequest::ShowText(t) => {
+                check_len("text", &t.text, MAX_SHOW_TEXT_BYTES)?;
+                let body = postcard::to_allocvec(t).map_err(|e| KernelCallError::Malformed {
+                    kind: KIND_SHOW_TEXT.into(),
+                    reason: e.to_string(),
+                })?;
+                (KIND_SHOW_TEXT, body)
             }
         };
         let call = KernelCall {
@@ -155,6 +179,18 @@ impl KernelCall {
                 check_len("tool", &t.tool, MAX_KERNEL_TOOL_BYTES)?;
                 Ok(KernelRequest::InvokeTool(t))
             }
+            KIND_SHOW_TEXT => {
+                let (t, rest) =
+                    postcard::take_from_bytes::<ShowText>(&self.payload).map_err(malformed)?;
+                if !rest.is_empty() {
+                    return Err(KernelCallError::Malformed {
+                        kind: self.kind.clone(),
+                        reason: format!("{} bytes after the body", rest.len()),
+                    });
+                }
+                check_len("text", &t.text, MAX_SHOW_TEXT_BYTES)?;
+                Ok(KernelRequest::ShowText(t))
+            }
             other => Err(KernelCallError::Unsupported(other.to_string())),
         }
     }
@@ -179,6 +215,30 @@ mod tests {
             (7, 3, "invoke_tool")
         );
         assert_eq!(call.request(), Ok(invoke("echo")));
+    }
+
+    #[test]
+    fn show_text_travels_within_its_bound_and_is_refused_past_it() {
+        let show = |text: String| KernelRequest::ShowText(ShowText { text });
+        let at = show("é".repeat(MAX_SHOW_TEXT_BYTES / 2));
+        let call = at.encode(2, 1, 100).expect("encodes");
+        assert_eq!(call.kind, KIND_SHOW_TEXT);
+        assert_eq!(call.request(), Ok(at));
+        let over = show("x".repeat(MAX_SHOW_TEXT_BYTES + 1));
+        assert!(over.encode(3, 1, 100).is_err());
+        // Past the bound on the wire too (a worker that skips the encoder's check).
+        let body = postcard::to_allocvec(&ShowText {
+            text: "x".repeat(MAX_SHOW_TEXT_BYTES + 1),
+        })
+        .expect("encodes");
+        let call = KernelCall {
+            id: 4,
+            call: 1,
+            deadline_ms: 1,
+            kind: KIND_SHOW_TEXT.into(),
+            payload: body,
+        };
+        assert!(matches!(call.request(), Err(KernelCallError::Bound(_))));
     }
 
     #[test]

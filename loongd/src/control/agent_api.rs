@@ -88,6 +88,24 @@ fn provider_key(name: &str, config: &ProviderConfig) -> Result<String, RemoteErr
     }
 }
 
+/// Test builds only: the environment variable (on loongd) whose lines are confinement probes
+/// the agent worker runs from inside its sandbox in place of the turn, answering with what
+/// each got (`open:PATH`, `connect:ADDR`, `get:HOST:PORT`, `tunnel:HOST:PORT`; tests/all/agent.rs). A release
+/// build of loongd never reads it, so production turns never carry probes.
+pub const PROBES_ENV: &str = "LOONG_TEST_AGENT_PROBES";
+
+#[cfg(debug_assertions)]
+fn test_probes() -> Vec<String> {
+    std::env::var(PROBES_ENV)
+        .map(|v| v.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(not(debug_assertions))]
+fn test_probes() -> Vec<String> {
+    Vec::new()
+}
+
 /// Decides `cap` on the session `session` for `actor` (recorded); denied is an error.
 async fn decide_memory(
     kernel: &Kernel,
@@ -289,6 +307,7 @@ pub(crate) async fn ask(
         tools: offered(kernel, actor.bearer),
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
+        probes: test_probes(),
     };
     let input = fitted(&mut input)?;
     let out = match effects::invoke::agent_turn(kernel, &actor, input).await {
@@ -501,6 +520,7 @@ mod tests {
             tools: Vec::new(),
             max_steps: 1,
             budget_ms: 1,
+            probes: Vec::new(),
         };
         let text = fitted(&mut input).expect("fits");
         assert!(text.len() <= MAX_INVOKE_INPUT_BYTES);

@@ -170,7 +170,10 @@ impl Host<'_> {
                 return Err(self.refuse(&actor, "", e).await);
             }
         };
-        let KernelRequest::InvokeTool(t) = req;
+        let t = match req {
+            KernelRequest::InvokeTool(t) => t,
+            KernelRequest::ShowText(t) => return self.show(&actor, t.text, &call).await,
+        };
         let effect = invoke::builtin_capability(self.kernel, &t.tool, &t.input);
         self.admit(&actor, &t.tool, &t.input, effect).await?;
         let left = self.root.left();
@@ -197,6 +200,43 @@ impl Host<'_> {
                     "the kernel call did not finish within its {} ms",
                     wait.as_millis()
                 ),
+            )),
+        }
+    }
+
+    /// The agent's text delta, relayed on the asking request's output stream (waiting for the
+    /// client to read, within the call's deadline). Only the agent's own turn shows text: any
+    /// other worker is refused, and recorded. Not an effect: nothing is decided or audited per
+    /// delta (the whole answer is in the turn's memory and reply).
+    async fn show(
+        &self,
+        actor: &Actor<'_>,
+        text: String,
+        call: &KernelCall,
+    ) -> Result<Vec<u8>, RemoteError> {
+        if self.plugin != loong_agent_wire::wire::AGENT_TOOL || self.chain.depth > 0 {
+            let e = RemoteError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "plugin {}: only the agent's turn shows text (kernel call show_text)",
+                    self.plugin
+                ),
+            );
+            return Err(self.refuse(actor, "", e).await);
+        }
+        let Some(io) = self.io else {
+            return Ok(Vec::new());
+        };
+        let wait = self
+            .root
+            .left()
+            .min(Duration::from_millis(u64::from(call.deadline_ms)));
+        let chunk = loong_ipc::StreamChunk::Stdout(text.into_bytes());
+        match tokio::time::timeout(wait, io.emit(chunk)).await {
+            Ok(_) => Ok(Vec::new()),
+            Err(_) => Err(RemoteError::new(
+                ErrorKind::DeadlineExceeded,
+                "the asker did not read the answer's text in time",
             )),
         }
     }

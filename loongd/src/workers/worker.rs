@@ -347,6 +347,7 @@ mod tests {
                 tokio::time::sleep(delay).await;
                 match call.request() {
                     Ok(KernelRequest::InvokeTool(t)) => Ok(t.tool.into_bytes()),
+                    Ok(KernelRequest::ShowText(t)) => Ok(t.text.into_bytes()),
                     Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
                 }
             })

@@ -17,8 +17,8 @@ use std::{
 };
 
 use loong_ipc::{
-    FailureKind, InvokeTool, KernelRequest, PluginFailure, RemoteError, WorkerRequest,
-    WorkerResponse,
+    message::kernel::MAX_SHOW_TEXT_BYTES, FailureKind, InvokeTool, KernelRequest, PluginFailure,
+    RemoteError, ShowText, WorkerRequest, WorkerResponse,
 };
 use loong_worker_agent::{
     client::BoxFuture,
@@ -29,9 +29,15 @@ use loong_worker_agent::{
 };
 use loong_worker_runtime::{internal, refused, Final, Handler, KernelLink, KernelLinkError};
 
+#[cfg(debug_assertions)]
+mod probe;
+
 /// The shortest time a tool call is given, even when the turn's budget is nearly spent
 /// (loongd bounds the chain's wall time itself).
 const MIN_TOOL_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest the worker waits for loongd to pass one text delta on to the asker (who may
+/// be slow to read); past it the delta is dropped from the stream (the answer keeps it).
+const SHOW_TEXT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most providers one turn names: the provider and its fallback.
 const MAX_PROVIDERS: usize = 2;
 
@@ -71,6 +77,20 @@ impl ToolRunner for Kernel {
                 Err(e) => Err(tool_error(&e)),
             }
         })
+    }
+}
+
+impl Kernel {
+    /// Shows a text delta to the asker, as it arrives (kernel call `show_text`). A failure
+    /// only loses the delta from the stream: the answer carries the whole text.
+    fn show(&self, text: String) {
+        let timeout = self
+            .until
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_TOOL_CALL_TIMEOUT, SHOW_TEXT_TIMEOUT);
+        if let Ok(mut link) = self.link.lock() {
+            let _ = link.call(&KernelRequest::ShowText(ShowText { text }), timeout);
+        }
     }
 }
 
@@ -189,6 +209,9 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         Ok(i) => i,
         Err(e) => return failed("input", "", format!("the turn's input is not a turn: {e}")),
     };
+    if !input.probes.is_empty() {
+        return probed(&input.probes, started, cpu_before);
+    }
     if input.providers.is_empty() || input.providers.len() > MAX_PROVIDERS {
         return failed(
             "input",
@@ -244,7 +267,19 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
             }
         }
         TurnEvent::Failover(f) => failovers.push(f),
-        TurnEvent::Step { .. } | TurnEvent::Text(_) => {}
+        TurnEvent::Text(t) => {
+            // A delta past the bound of one kernel call is shown in pieces, cut on characters.
+            let mut rest = t.as_str();
+            while !rest.is_empty() {
+                let mut end = rest.len().min(MAX_SHOW_TEXT_BYTES);
+                while !rest.is_char_boundary(end) {
+                    end -= 1;
+                }
+                kernel.show(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+        }
+        TurnEvent::Step { .. } => {}
     };
     let outcome = runtime.block_on(run_turn(
         &failover,
@@ -279,6 +314,41 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
     Ok(loong_worker_runtime::plain_output(
         bytes, started, cpu_before,
     ))
+}
+
+/// Test builds: the probes' report as the turn's answer (no provider is asked).
+#[cfg(debug_assertions)]
+fn probed(
+    probes: &[String],
+    started: Instant,
+    cpu_before: u64,
+) -> Result<WorkerResponse, RemoteError> {
+    let report: Vec<String> = probes.iter().map(|p| probe::run(p)).collect();
+    let output = TurnOutput {
+        answer: report.join("\n"),
+        stop: "probed".to_string(),
+        steps: 0,
+        usage: Default::default(),
+        providers: Vec::new(),
+        tool_calls: Vec::new(),
+        failovers: Vec::new(),
+        added: Vec::new(),
+    };
+    let bytes = serde_json::to_vec(&output)
+        .map_err(|e| internal(format!("encoding the probes' report: {e}")))?;
+    Ok(loong_worker_runtime::plain_output(
+        bytes, started, cpu_before,
+    ))
+}
+
+/// A release worker runs no probes.
+#[cfg(not(debug_assertions))]
+fn probed(_: &[String], _: Instant, _: u64) -> Result<WorkerResponse, RemoteError> {
+    failed(
+        "input",
+        "",
+        "a turn with probes: probes run only in test builds".to_string(),
+    )
 }
 
 fn main() {
