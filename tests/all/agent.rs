@@ -37,7 +37,7 @@ pub(crate) enum Reply {
 
 /// A gate a provider's answer waits at until the test opens it.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+pub(crate) struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
 
 impl Gate {
     fn open(&self) {
