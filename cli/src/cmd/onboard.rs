@@ -116,7 +116,7 @@ impl Endpoint {
 }
 
 /// Parses `http(s)://HOST[:PORT][/PATH]`; no user information, query or fragment.
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, String> {
+fn endpoint(url: &str) -> Result<Endpoint, String> {
     let bad = |why: &str| format!("--base-url {url:?}: {why}");
     let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
