@@ -11,27 +11,7 @@ use crate::support::{bin, text, wait_until, Home};
 
 fn home_with(timeout_ms: u64) -> (Home, String) {
     let home = Home::with_config(&format!("[approvals]\ntimeout_ms = {timeout_ms}\n"));
-    fs::create_dir_all(home.path().join("packs")).expect("packs");
-    fs::write(
-        home.path().join("packs/careful.toml"),
-        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"process.exec:echo\"]\napproval = \"always\"\n",
-    )
-    .expect("pack");
-    home.start();
-    let out = home.ctl(&[
-        "tokens",
-        "issue",
-        "--pack",
-        "careful",
-        "--agent",
-        "bot",
-        "--cap",
-        "process.exec:echo",
-        "--ttl",
-        "1h",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
+    let token = crate::support::start_with_careful_token(&home, "process.exec:echo");
     (home, token)
 }
 

@@ -605,27 +605,7 @@ fn a_nested_call_that_needs_an_approval_waits_for_one_like_any_call() {
     let home = Home::with_config("[approvals]\ntimeout_ms = 20000\n");
     install_examples(&home);
     install_caller(&home, "caller", "echo", r#""invoke_tool""#, 30_000);
-    fs::create_dir_all(home.path().join("packs")).expect("packs");
-    fs::write(
-        home.path().join("packs/careful.toml"),
-        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
-    )
-    .expect("pack");
-    home.start();
-    let out = home.ctl(&[
-        "tokens",
-        "issue",
-        "--pack",
-        "careful",
-        "--agent",
-        "bot",
-        "--cap",
-        "tool.invoke",
-        "--ttl",
-        "1h",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
+    let token = crate::support::start_with_careful_token(&home, "tool.invoke");
     let call = |home: &Home| {
         Command::new(bin("loongctl"))
             .arg("--home")

@@ -745,27 +745,7 @@ fn two_nested_approvals_wait_at_once_each_its_own_showing_the_caller_and_the_cha
         "[builtins]\nplans = true\ntimeout_ms = 60000\n[approvals]\ntimeout_ms = 60000\n",
     );
     install_examples(&home);
-    fs::create_dir_all(home.path().join("packs")).expect("packs");
-    fs::write(
-        home.path().join("packs/careful.toml"),
-        "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
-    )
-    .expect("pack");
-    home.start();
-    let out = home.ctl(&[
-        "tokens",
-        "issue",
-        "--pack",
-        "careful",
-        "--agent",
-        "bot",
-        "--cap",
-        "tool.invoke",
-        "--ttl",
-        "1h",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
+    let token = crate::support::start_with_careful_token(&home, "tool.invoke");
     let plan = serde_json::json!({
         "caller": "t", "concurrency": {"max_in_flight": 2},
         "steps": [{"kind": "connector_batch", "step_id": "b", "parallel": true, "calls": [

@@ -278,3 +278,22 @@ pub fn ctl(home: &Home, as_nobody: bool, args: &[&str]) -> Output {
         .output()
         .expect("setpriv loongctl")
 }
+
+/// Writes the pack `careful` (grants `grant`, every call approved by an operator), starts
+/// loongd and issues a token of it for agent `bot` with `grant`: its bearer secret.
+pub fn start_with_careful_token(home: &Home, grant: &str) -> String {
+    fs::create_dir_all(home.path().join("packs")).expect("packs");
+    fs::write(
+        home.path().join("packs/careful.toml"),
+        format!(
+            "id = \"careful\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"{grant}\"]\napproval = \"always\"\n"
+        ),
+    )
+    .expect("pack");
+    home.start();
+    let out = home.ctl(&[
+        "tokens", "issue", "--pack", "careful", "--agent", "bot", "--cap", grant, "--ttl", "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
