@@ -718,28 +718,7 @@ fn a_token_revoked_mid_run_stops_the_run_s_next_connection() {
         "curl -sS -i --max-time 10 {url}; echo; echo DONE-ONE; read x; curl -sS -i --max-time 10 {url}",
         url = granted.url()
     );
-    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args([
-            "sandbox",
-            "run",
-            "--tier",
-            "balanced",
-            "--token",
-            &secret,
-            "--allow-net",
-            &grant,
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sandbox run");
+    let mut run = held_run(&home, Some(&secret), &grant, "/bin/sh", &script);
     let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
     let mut first = String::new();
     let mut line = String::new();
@@ -1007,28 +986,7 @@ print("GOT", got.decode(errors="replace"))
             &home,
             &["process.exec:python3", &format!("net.egress:{grant}")],
         );
-        let mut run = std::process::Command::new(crate::support::bin("loongctl"))
-            .arg("--home")
-            .arg(home.path())
-            .args([
-                "sandbox",
-                "run",
-                "--tier",
-                "balanced",
-                "--token",
-                &secret,
-                "--allow-net",
-                &grant,
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                &script,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sandbox run");
+        let mut run = held_run(&home, Some(&secret), &grant, "/usr/bin/python3", &script);
         let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("read");
@@ -1104,28 +1062,7 @@ sys.stdin.readline()
 print("REFUSED", sum(once().startswith("HTTP/1.1 403") for _ in range(200)))
 "#
     );
-    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args([
-            "sandbox",
-            "run",
-            "--tier",
-            "balanced",
-            "--token",
-            &secret,
-            "--allow-net",
-            &grant,
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sandbox run");
+    let mut run = held_run(&home, Some(&secret), &grant, "/usr/bin/python3", &script);
     let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("read");
@@ -1170,26 +1107,7 @@ print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
 time.sleep(60)
 "#
     );
-    let mut run = std::process::Command::new(crate::support::bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args([
-            "sandbox",
-            "run",
-            "--tier",
-            "balanced",
-            "--allow-net",
-            &grant,
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sandbox run");
+    let mut run = held_run(&home, None, &grant, "/usr/bin/python3", &script);
     let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).expect("read");
@@ -1214,4 +1132,29 @@ time.sleep(60)
             .any(|d| d["port"] == granted.port && d["outcome"] == "loongd_stopped"),
         "{closed:?}"
     );
+}
+
+/// `loongctl sandbox run --tier balanced [--token T] --allow-net GRANT -- PROGRAM -c SCRIPT`,
+/// its stdio piped, for a test that holds the run open while it acts on the host.
+fn held_run(
+    home: &Home,
+    token: Option<&str>,
+    grant: &str,
+    program: &str,
+    script: &str,
+) -> std::process::Child {
+    let mut args = vec!["sandbox", "run", "--tier", "balanced"];
+    if let Some(t) = token {
+        args.extend(["--token", t]);
+    }
+    args.extend(["--allow-net", grant, "--", program, "-c", script]);
+    std::process::Command::new(crate::support::bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox run")
 }
