@@ -27,12 +27,16 @@ pub(crate) fn ctl_stdin(home: &Home, args: &[&str], stdin: &str) -> std::process
         .stderr(Stdio::piped())
         .spawn()
         .expect("run loongctl");
-    child
+    // A command refused before it reads its stdin (a usage error) closes the pipe first:
+    // what it answers is the result, not the broken pipe.
+    if let Err(e) = child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
     child.wait_with_output().expect("loongctl output")
 }
 
