@@ -650,3 +650,125 @@ fn gateway_worker_killed_is_restarted_and_the_next_request_succeeds() {
         "a new gateway worker was spawned"
     );
 }
+
+#[test]
+fn gateway_runs_stops_and_pairs_from_the_cli_and_status_counts_its_requests() {
+    let port = free_port();
+    let home = gateway_home(port, "");
+    let config = fs::read_to_string(home.path().join("loongd.toml")).expect("config");
+    fs::write(
+        home.path().join("loongd.toml"),
+        config.replace("enabled = true", "enabled = false"),
+    )
+    .expect("config");
+    home.start();
+    let status = |home: &Home| -> serde_json::Value {
+        let out = home.ctl(&["gateway", "status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json(&text(&out.stdout))
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let s = status(&home);
+    assert_eq!(
+        (s["running"].as_bool(), s["listen"].as_str()),
+        (Some(false), Some(listen.as_str())),
+        "{s}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens before `gateway run`"
+    );
+
+    // pair: a token of the pack and the client configuration naming this gateway.
+    let out = home.ctl(&[
+        "gateway", "pair", "--pack", "t", "--agent", "claude", "--ttl", "1h", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pair = json(&text(&out.stdout));
+    let secret = pair["secret"].as_str().expect("secret").to_string();
+    assert_eq!(
+        pair["env"]["OPENAI_BASE_URL"],
+        format!("http://{listen}/v1"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["env"]["ANTHROPIC_BASE_URL"],
+        format!("http://{listen}"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["mcp"]["mcpServers"]["loong"]["url"],
+        format!("http://{listen}/mcp"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["mcp"]["mcpServers"]["loong"]["headers"]["Authorization"],
+        format!("Bearer {secret}"),
+        "{pair}"
+    );
+
+    let out = home.ctl(&["gateway", "run", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    assert_eq!(json(&text(&out.stdout))["running"], true);
+    wait_for_gateway(&home, port);
+    let bearer = format!("Bearer {secret}");
+    let (code, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", bearer.as_str())],
+        "",
+    );
+    assert_eq!(code, 200, "the paired token is served: {body}");
+    // A second run is refused while one runs.
+    let again = home.ctl(&["gateway", "run"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
+    // status counts the requests (reported by the worker within a couple of seconds).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&home);
+        if s["requests"].as_u64().unwrap_or(0) >= 2 {
+            assert!(s["pid"].as_u64().unwrap_or(0) > 0, "{s}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "status never counted the requests: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // stop: answered once drained; nothing listens after; a second stop says so.
+    let started = Instant::now();
+    let out = home.ctl(&["gateway", "stop", "--drain", "5s", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json(&text(&out.stdout))["running"], false);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an idle gateway stops at once"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+    let out = home.ctl(&["gateway", "stop"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    // And it runs again on the same address.
+    assert!(home.ctl(&["gateway", "run"]).status.success());
+    wait_for_gateway(&home, port);
+}
