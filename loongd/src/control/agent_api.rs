@@ -308,6 +308,7 @@ pub(crate) async fn ask(
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
         probes: test_probes(),
+        caller_tools: Vec::new(),
     };
     let input = fitted(&mut input)?;
     let out = match effects::invoke::agent_turn(kernel, &actor, input).await {
@@ -521,6 +522,7 @@ mod tests {
             max_steps: 1,
             budget_ms: 1,
             probes: Vec::new(),
+            caller_tools: Vec::new(),
         };
         let text = fitted(&mut input).expect("fits");
         assert!(text.len() <= MAX_INVOKE_INPUT_BYTES);

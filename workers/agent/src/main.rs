@@ -22,7 +22,7 @@ use loong_ipc::{
 };
 use loong_worker_agent::{
     client::BoxFuture,
-    run_turn,
+    run_chat_turn,
     wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
     ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
     TurnEvent, TurnLimits, TurnStop,
@@ -251,6 +251,8 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
     let mut calls: Vec<ToolCallRecord> = Vec::new();
     let mut failovers = Vec::new();
     let mut on_event = |event: TurnEvent| match event {
+        // A call of the caller's tool is returned to the caller (`caller_calls`), not run.
+        TurnEvent::ToolCall(call) if input.caller_tools.iter().any(|t| t.name == call.name) => {}
         TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
             offered: input.tools.iter().any(|t| t.name == call.name),
             name: call.name,
@@ -281,11 +283,12 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         }
         TurnEvent::Step { .. } => {}
     };
-    let outcome = runtime.block_on(run_turn(
+    let outcome = runtime.block_on(run_chat_turn(
         &failover,
         input.system.as_deref(),
         &mut history,
         &input.tools,
+        &input.caller_tools,
         &kernel,
         limits,
         &mut on_event,
@@ -294,20 +297,23 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         Ok(o) => o,
         Err(e) => return failed(e.class(), e.provider(), e.to_string()),
     };
+    let (stop, stop_reason, caller_calls) = match outcome.stop {
+        TurnStop::Answered(reason) => ("answered", Some(reason), Vec::new()),
+        TurnStop::MaxSteps => ("max_steps", None, Vec::new()),
+        TurnStop::Budget => ("budget", None, Vec::new()),
+        TurnStop::CallerTools(calls) => ("caller_tools", None, calls),
+    };
     let output = TurnOutput {
         answer: outcome.text,
-        stop: match outcome.stop {
-            TurnStop::Answered(_) => "answered",
-            TurnStop::MaxSteps => "max_steps",
-            TurnStop::Budget => "budget",
-        }
-        .to_string(),
+        stop: stop.to_string(),
         steps: outcome.steps,
         usage: outcome.usage,
         providers: outcome.providers,
         tool_calls: calls,
         failovers,
         added: history.split_off(given.min(history.len())),
+        caller_calls,
+        stop_reason,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the turn's answer: {e}")))?;
@@ -333,6 +339,8 @@ fn probed(
         tool_calls: Vec::new(),
         failovers: Vec::new(),
         added: Vec::new(),
+        caller_calls: Vec::new(),
+        stop_reason: None,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the probes' report: {e}")))?;
