@@ -9,6 +9,7 @@ mod audit;
 mod authority;
 mod bridges;
 mod builtins;
+mod compat_sdk;
 mod control_socket;
 mod daemon_lifecycle;
 mod dns;
