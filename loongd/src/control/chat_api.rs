@@ -5,8 +5,10 @@
 //! chat_turn ─▶ bounds, tool-name collisions (400)
 //!           ─▶ agent.turn, a root call under the bearer's token (decided like `ask`: denied
 //!              is the typed error); Loong's tools run inside as kernel calls in its chain
-//!           ─▶ text deltas (kernel call show_text) as ChatEvent::TextDelta while it runs
-//!           ─▶ the caller's tool calls as ToolCallStart + ToolCallArgs, then Done
+//!           ─▶ text deltas and the caller's tool calls' starts and argument pieces (kernel
+//!              calls show_text and chat_event) passed on as they arrive
+//!           ─▶ what the stream lacked of the caller's tool calls, checked against the
+//!              turn's output, then Done with the usage
 //! ```
 //!
 //! No session memory: the caller sends the whole history every time. A caller's tool named
@@ -23,13 +25,10 @@ use loong_agent_wire::{
     chat::{ChatEvent, ChatRequest, ChatStop},
     config::SystemPrompt,
     limits::{MAX_SYSTEM_PROMPT_BYTES, MAX_TOKENS_LIMIT},
-    types::{StopReason, ToolCall, ToolSpec},
+    types::{StopReason, ToolSpec},
     wire::{TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
 };
-use loong_ipc::{
-    message::control::MAX_INVOKE_INPUT_BYTES, BearerSecret, ErrorKind, RemoteError, Reply,
-    StreamChunk,
-};
+use loong_ipc::{message::control::MAX_INVOKE_INPUT_BYTES, BearerSecret, ErrorKind, RemoteError};
 use loong_profiles::pack::Capability;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -47,7 +46,7 @@ use crate::{
 const GATEWAY_ACTOR: u64 = 0;
 /// The most bytes of a caller's tool call's arguments sent in one `ToolCallArgs` event.
 pub(crate) const MAX_ARGS_DELTA_BYTES: usize = 16 << 10;
-/// Text deltas queued between the turn and the chat's events before the turn waits.
+/// Events queued between the turn and the chat's caller before the turn waits.
 const DELTA_QUEUE: usize = 64;
 
 /// Numbers the chat turns of this loongd, for their correlation ids.
@@ -110,9 +109,11 @@ pub(crate) async fn chat_turn(
         )));
     }
 
-    // The turn's text deltas (kernel call show_text) arrive on this request handle's output.
+    // The turn's text deltas and the caller's tool calls (kernel calls show_text and
+    // chat_event) arrive on this request handle's chat channel, in order.
     let n = CHATS.fetch_add(1, Ordering::Relaxed);
-    let (out, mut deltas) = mpsc::channel(DELTA_QUEUE);
+    let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
+    let (out, _unused) = mpsc::channel(1);
     let (_input_tx, input_rx) = mpsc::channel(1);
     let io = RequestIo {
         id: n,
@@ -122,6 +123,7 @@ pub(crate) async fn chat_turn(
         stop: StopCell::default(),
         waiting: WaitCell::default(),
         input: input_rx,
+        chat: Some(chat),
     };
     let actor = Actor {
         who: Principal::Worker {
@@ -131,16 +133,23 @@ pub(crate) async fn chat_turn(
         chain: Chain::root(format!("gateway/chat-{n}")),
         io: Some(&io),
     };
+    let mut relay = Relay::new(&req.caller_tools);
     let turn = effects::invoke::agent_turn(kernel, &actor, input);
     tokio::pin!(turn);
     let result = loop {
         tokio::select! {
             r = &mut turn => break r,
-            Some(o) = deltas.recv() => forward(&events, o.reply).await,
+            Some(e) = arriving.recv() => {
+                if let Some(e) = relay.pass(e) {
+                    let _ = events.send(e).await;
+                }
+            }
         }
     };
-    while let Ok(o) = deltas.try_recv() {
-        forward(&events, o.reply).await;
+    while let Ok(e) = arriving.try_recv() {
+        if let Some(e) = relay.pass(e) {
+            let _ = events.send(e).await;
+        }
     }
     let out = result.map_err(typed)?;
     let output: TurnOutput = serde_json::from_str(&out.output).map_err(|e| {
@@ -166,26 +175,12 @@ pub(crate) async fn chat_turn(
         let detail = serde_json::json!({ "from": f.from, "to": f.to, "reason": f.reason });
         effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;
     }
-    for event in closing_events(&output) {
+    for event in relay.closing(&output)? {
         if events.send(event).await.is_err() {
             break;
         }
     }
     Ok(())
-}
-
-/// A text delta from the turn, as a chat event (a closed receiver only loses the stream).
-async fn forward(events: &mpsc::Sender<ChatEvent>, reply: Reply<loong_ipc::ControlResponse>) {
-    if let Reply::Stream {
-        chunk: StreamChunk::Stdout(bytes),
-        ..
-    } = reply
-    {
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if !text.is_empty() {
-            let _ = events.send(ChatEvent::TextDelta(text)).await;
-        }
-    }
 }
 
 /// Refuses a caller's tool that has the name of one of Loong's offered tools, or of
@@ -240,33 +235,142 @@ fn merged_system(
     })
 }
 
-/// The events that close a turn: each caller tool call's start and its arguments (in pieces
-/// of at most [`MAX_ARGS_DELTA_BYTES`], never an empty one), then `Done`.
-fn closing_events(output: &TurnOutput) -> Vec<ChatEvent> {
-    let mut events = Vec::new();
-    for (index, call) in (0u32..).zip(&output.caller_calls) {
-        events.extend(call_events(index, call));
-    }
-    let stop = match output.stop.as_str() {
-        "caller_tools" => ChatStop::ToolUse,
-        "answered" if output.stop_reason == Some(StopReason::MaxTokens) => ChatStop::MaxTokens,
-        "answered" => ChatStop::EndTurn,
-        _ => ChatStop::StepLimit,
-    };
-    events.push(ChatEvent::Done {
-        stop,
-        usage: output.usage,
-    });
-    events
+/// The most caller tool calls whose start the turn may pass on as it streams.
+const MAX_RELAYED_CALLS: usize = 64;
+
+/// One caller tool call passed on while the turn streamed.
+#[derive(Debug)]
+struct Relayed {
+    /// The worker's index of the call (the provider's, within one answer).
+    from: u32,
+    id: String,
+    /// The arguments passed on so far.
+    sent: String,
 }
 
-fn call_events(index: u32, call: &ToolCall) -> Vec<ChatEvent> {
-    let mut events = vec![ChatEvent::ToolCallStart {
-        index,
-        id: call.id.clone(),
-        name: call.name.clone(),
-    }];
-    let mut rest = call.arguments_json.as_str();
+/// What of the turn has reached the caller: the text as it arrives; a tool call's start and
+/// argument pieces as they arrive, but only for the caller's own tools (the arguments of a
+/// call of Loong's tools never reach the caller); and at the end whatever the streamed
+/// pieces lacked, checked against the turn's output, which is authoritative.
+#[derive(Debug)]
+struct Relay {
+    caller: Vec<String>,
+    calls: Vec<Relayed>,
+}
+
+impl Relay {
+    fn new(caller_tools: &[ToolSpec]) -> Self {
+        Self {
+            caller: caller_tools.iter().map(|t| t.name.clone()).collect(),
+            calls: Vec::new(),
+        }
+    }
+
+    /// The event to pass on for `event` from the turn, if any, numbered for the caller.
+    fn pass(&mut self, event: ChatEvent) -> Option<ChatEvent> {
+        match event {
+            ChatEvent::TextDelta(t) => (!t.is_empty()).then_some(ChatEvent::TextDelta(t)),
+            ChatEvent::ToolCallStart { index, id, name } => {
+                let known = self.calls.iter().any(|c| c.from == index || c.id == id);
+                if known || !self.caller.contains(&name) || self.calls.len() >= MAX_RELAYED_CALLS {
+                    return None;
+                }
+                let ours = u32::try_from(self.calls.len()).ok()?;
+                self.calls.push(Relayed {
+                    from: index,
+                    id: id.clone(),
+                    sent: String::new(),
+                });
+                Some(ChatEvent::ToolCallStart {
+                    index: ours,
+                    id,
+                    name,
+                })
+            }
+            ChatEvent::ToolCallArgs { index, delta } => {
+                let (ours, call) = (0u32..)
+                    .zip(&mut self.calls)
+                    .find(|(_, c)| c.from == index)?;
+                if delta.is_empty() {
+                    return None;
+                }
+                call.sent.push_str(&delta);
+                Some(ChatEvent::ToolCallArgs { index: ours, delta })
+            }
+            ChatEvent::Done { .. } | ChatEvent::Failed { .. } => None,
+        }
+    }
+
+    /// The events that close the turn: for each of the caller's tool calls in `output`, what
+    /// the caller has not had of it (its start, the rest of its arguments in pieces of at
+    /// most [`MAX_ARGS_DELTA_BYTES`], never an empty one), then `Done`. A streamed call the
+    /// output does not have, or whose arguments it does not continue, fails the turn.
+    fn closing(&mut self, output: &TurnOutput) -> Result<Vec<ChatEvent>, RemoteError> {
+        let mut events = Vec::new();
+        for call in &output.caller_calls {
+            let at = self.calls.iter().position(|c| c.id == call.id);
+            let (index, sent) = match at {
+                Some(i) => (i, self.calls[i].sent.clone()),
+                None => {
+                    let i = self.calls.len();
+                    self.calls.push(Relayed {
+                        from: u32::MAX,
+                        id: call.id.clone(),
+                        sent: String::new(),
+                    });
+                    (i, String::new())
+                }
+            };
+            let index = u32::try_from(index).map_err(internal)?;
+            let Some(rest) = call.arguments_json.strip_prefix(sent.as_str()) else {
+                return Err(RemoteError::new(
+                    ErrorKind::WorkerFailed,
+                    format!(
+                        "the agent's tool call {} ended with arguments other than those it streamed",
+                        call.id
+                    ),
+                ));
+            };
+            if at.is_none() {
+                events.push(ChatEvent::ToolCallStart {
+                    index,
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                });
+            }
+            events.extend(pieces(index, rest));
+        }
+        if let Some(stray) = self
+            .calls
+            .iter()
+            .find(|c| !output.caller_calls.iter().any(|o| o.id == c.id))
+        {
+            return Err(RemoteError::new(
+                ErrorKind::WorkerFailed,
+                format!(
+                    "the agent streamed tool call {} but its turn did not end with it",
+                    stray.id
+                ),
+            ));
+        }
+        let stop = match output.stop.as_str() {
+            "caller_tools" => ChatStop::ToolUse,
+            "answered" if output.stop_reason == Some(StopReason::MaxTokens) => ChatStop::MaxTokens,
+            "answered" => ChatStop::EndTurn,
+            _ => ChatStop::StepLimit,
+        };
+        events.push(ChatEvent::Done {
+            stop,
+            usage: output.usage,
+        });
+        Ok(events)
+    }
+}
+
+/// `arguments` as `ToolCallArgs` pieces of call `index`, cut on characters.
+fn pieces(index: u32, arguments: &str) -> Vec<ChatEvent> {
+    let mut events = Vec::new();
+    let mut rest = arguments;
     while !rest.is_empty() {
         let mut end = rest.len().min(MAX_ARGS_DELTA_BYTES);
         while !rest.is_char_boundary(end) {
@@ -283,7 +387,7 @@ fn call_events(index: u32, call: &ToolCall) -> Vec<ChatEvent> {
 
 #[cfg(test)]
 mod tests {
-    use loong_agent_wire::types::Usage;
+    use loong_agent_wire::types::{ToolCall, Usage};
 
     use super::*;
 
@@ -340,7 +444,10 @@ mod tests {
                 arguments_json: String::new(),
             },
         ];
-        let events = closing_events(&output("caller_tools", None, calls));
+        let mut relay = Relay::new(&[tool("f"), tool("g")]);
+        let events = relay
+            .closing(&output("caller_tools", None, calls))
+            .expect("closed");
         let mut joined = String::new();
         for e in &events {
             if let ChatEvent::ToolCallArgs { index: 0, delta } = e {
@@ -372,7 +479,7 @@ mod tests {
                 ..
             })
         ));
-        let stop = |o: &TurnOutput| match closing_events(o).pop() {
+        let stop = |o: &TurnOutput| match Relay::new(&[]).closing(o).expect("closed").pop() {
             Some(ChatEvent::Done { stop, .. }) => stop,
             other => panic!("{other:?}"),
         };
@@ -389,6 +496,56 @@ mod tests {
             ChatStop::StepLimit
         );
         assert_eq!(stop(&output("budget", None, vec![])), ChatStop::StepLimit);
+    }
+
+    /// Streamed pieces of a caller's call pass on as they arrive, renumbered for the caller;
+    /// a call of Loong's tool never reaches the caller; the end sends only what the stream
+    /// lacked, and arguments the output does not continue fail the turn.
+    #[test]
+    fn a_callers_call_streams_as_it_arrives_and_loongs_own_never_reaches_the_caller() {
+        let mut relay = Relay::new(&[tool("get_weather")]);
+        let start = |index: u32, id: &str, name: &str| ChatEvent::ToolCallStart {
+            index,
+            id: id.into(),
+            name: name.into(),
+        };
+        let args = |index: u32, delta: &str| ChatEvent::ToolCallArgs {
+            index,
+            delta: delta.into(),
+        };
+        // Loong's own tool (provider index 0): nothing of it passes.
+        assert_eq!(relay.pass(start(0, "call_l", "shell.exec")), None);
+        assert_eq!(relay.pass(args(0, "{\"command\":\"id\"}")), None);
+        // The caller's (provider index 1) passes as index 0.
+        assert_eq!(
+            relay.pass(start(1, "call_w", "get_weather")),
+            Some(start(0, "call_w", "get_weather"))
+        );
+        assert_eq!(relay.pass(args(1, "")), None, "no empty piece");
+        assert_eq!(relay.pass(args(1, "{\"ci")), Some(args(0, "{\"ci")));
+        assert_eq!(relay.pass(start(1, "call_w", "get_weather")), None, "once");
+        assert_eq!(
+            relay.pass(ChatEvent::TextDelta("hi".into())),
+            Some(ChatEvent::TextDelta("hi".into()))
+        );
+        let call = |args: &str| ToolCall {
+            id: "call_w".into(),
+            name: "get_weather".into(),
+            arguments_json: args.into(),
+        };
+        let events = relay
+            .closing(&output("caller_tools", None, vec![call("{\"city\":1}")]))
+            .expect("closed");
+        assert_eq!(events[0], args(0, "ty\":1}"), "only the rest");
+        assert_eq!(events.len(), 2);
+        let e = relay
+            .closing(&output("caller_tools", None, vec![call("{\"x\":1}")]))
+            .expect_err("arguments other than streamed");
+        assert_eq!(e.kind, ErrorKind::WorkerFailed);
+        let e = relay
+            .closing(&output("answered", Some(StopReason::EndTurn), vec![]))
+            .expect_err("a streamed call the turn did not end with");
+        assert!(e.message.contains("call_w"), "{}", e.message);
     }
 
     #[test]

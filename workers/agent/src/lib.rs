@@ -23,7 +23,7 @@ pub mod retry;
 pub mod sse;
 pub mod turn;
 
-pub use loong_agent_wire::{config, limits, types, wire};
+pub use loong_agent_wire::{chat, config, limits, types, wire};
 
 pub use client::{ClientOptions, EventStream, Failover, HttpProvider, Provider, ProxyChoice};
 pub use error::ProviderError;

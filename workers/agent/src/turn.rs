@@ -55,6 +55,13 @@ pub enum TurnEvent {
     Failover(FailoverEvent),
     /// A piece of the answer's text.
     Text(String),
+    /// A piece of a tool call's arguments, as it arrives (the whole call follows).
+    ToolCallDelta {
+        index: u32,
+        id: String,
+        name: String,
+        delta: String,
+    },
     /// The model asked for a tool.
     ToolCall(ToolCall),
     /// The result handed back to the model.
@@ -276,6 +283,17 @@ async fn one_answer(
                 answer.text.push_str(&text);
                 on_event(TurnEvent::Text(text));
             }
+            Event::ToolCallDelta {
+                index,
+                id,
+                name,
+                delta,
+            } => on_event(TurnEvent::ToolCallDelta {
+                index,
+                id,
+                name,
+                delta,
+            }),
             Event::ToolCall(call) => {
                 on_event(TurnEvent::ToolCall(call.clone()));
                 answer.tool_calls.push(call);

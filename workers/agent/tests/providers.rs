@@ -1346,3 +1346,59 @@ async fn a_call_of_a_caller_tool_ends_the_turn_with_the_call_and_runs_nothing() 
     };
     assert_eq!(calls[0].arguments_json, r#"{"city":"Paris","unit":"c"}"#);
 }
+
+/// A tool call's argument pieces pass on as they arrive, in both families: one delta per
+/// non-empty piece, with the call's id and name, joining to the whole call that follows.
+#[tokio::test]
+async fn a_tool_calls_argument_pieces_pass_on_as_they_arrive_in_both_families() {
+    for (kind, fixture_name, id, pieces) in [
+        (
+            Kind::Openai,
+            "openai_tool_8_chunks.sse",
+            "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+            8,
+        ),
+        // 8 pieces, 2 of them empty: those add nothing and pass on as nothing.
+        (
+            Kind::Anthropic,
+            "anthropic_tool_8_chunks.sse",
+            "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+            6,
+        ),
+    ] {
+        let server = serve(vec![Reply::Sse(fixture(fixture_name))]).await;
+        let (events, error) = collect(&provider("p", &config(kind, &server)), &ask("hi")).await;
+        assert!(error.is_none(), "{error:?}");
+        let deltas: Vec<(&str, &str, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ToolCallDelta {
+                    id, name, delta, ..
+                } => Some((id.as_str(), name.as_str(), delta.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas.len(), pieces, "{fixture_name}: {deltas:?}");
+        assert!(deltas
+            .iter()
+            .all(|d| d.1 == "get_weather" && !d.2.is_empty()));
+        assert!(deltas.iter().all(|d| d.0 == id));
+        let joined: String = deltas.iter().map(|d| d.2).collect();
+        let whole = events
+            .iter()
+            .find_map(|e| match e {
+                Event::ToolCall(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("the whole call");
+        assert_eq!(joined, whole.arguments_json, "{fixture_name}");
+        let last_delta = events
+            .iter()
+            .rposition(|e| matches!(e, Event::ToolCallDelta { .. }));
+        let call_at = events.iter().position(|e| matches!(e, Event::ToolCall(_)));
+        assert!(
+            last_delta < call_at,
+            "the pieces come before the whole call"
+        );
+    }
+}
