@@ -42,6 +42,19 @@ struct Seen {
 /// The events of a turn: with tools and no result yet, text then two caller tool calls;
 /// after the results, an answer naming them.
 fn script(req: &ChatRequest) -> Vec<ChatEvent> {
+    let asks_failure = req
+        .messages
+        .iter()
+        .any(|m| matches!(m, ChatMessage::User { text } if text.contains("FAIL")));
+    if asks_failure {
+        return vec![
+            ChatEvent::TextDelta("partial".into()),
+            ChatEvent::Failed {
+                kind: "exhausted".into(),
+                message: "the provider failed".into(),
+            },
+        ];
+    }
     if let Some(ChatMessage::ToolResult { .. }) = req.messages.last() {
         let results: Vec<&str> = req
             .messages
@@ -139,6 +152,15 @@ fn answer(stream: &mut TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()
     let Some((path, body)) = read_request(stream) else {
         return Ok(());
     };
+    if path.starts_with("/v1/models") {
+        let body = loong_compat::models_body(&["loong".into(), "loong-2".into()]);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        return stream.write_all(&body);
+    }
     let parsed = match path.as_str() {
         "/v1/chat/completions" => openai::parse(&body).map(|p| (p.request, p.include_usage)),
         "/v1/messages" => anthropic::parse_request(&body).map(|r| (r, false)),
@@ -174,6 +196,7 @@ fn answer(stream: &mut TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()
         stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n")?;
     }
     let mut body = Vec::new();
+    let status;
     if openai_path {
         let mut r = openai::Render::new("loong", req.stream).include_usage(include_usage);
         for e in &events {
@@ -181,6 +204,7 @@ fn answer(stream: &mut TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()
             stream.write_all(&bytes)?;
             stream.flush()?;
         }
+        status = r.status();
         body.extend(r.finish());
     } else {
         let mut r = anthropic::Render::new("loong", req.stream);
@@ -189,13 +213,14 @@ fn answer(stream: &mut TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()
             stream.write_all(&bytes)?;
             stream.flush()?;
         }
+        status = r.status();
         body.extend(r.finish());
     }
     if req.stream {
         return stream.write_all(&body);
     }
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
@@ -317,6 +342,25 @@ for ev in ac.messages.create(model="loong", max_tokens=300, messages=am, tools=a
     if ev.type == "content_block_delta" and ev.delta.type == "input_json_delta":
         partial[ev.index] = partial.get(ev.index, "") + ev.delta.partial_json
 out["anthropic"]["raw"] = {"names": names, "partial": [json.loads(partial[i]) for i in sorted(partial)]}
+
+def failure(call):
+    try:
+        call()
+    except Exception as e:
+        return [type(e).__name__, "the provider failed" in str(e)]
+    return None
+
+fail = [{"role": "user", "content": "FAIL please"}]
+out["failures"] = {
+    "openai_plain": failure(lambda: oc.chat.completions.create(model="loong", messages=fail)),
+    "openai_stream": failure(lambda: list(oc.chat.completions.create(model="loong", messages=fail, stream=True))),
+    "anthropic_plain": failure(lambda: ac.messages.create(model="loong", max_tokens=10, messages=fail)),
+    "anthropic_stream": failure(lambda: list(ac.messages.create(model="loong", max_tokens=10, messages=fail, stream=True))),
+}
+out["models"] = {
+    "openai": [m.id for m in oc.models.list()],
+    "anthropic": [m.id for m in ac.models.list()],
+}
 print(json.dumps(out))
 "#;
 
@@ -406,8 +450,29 @@ fn the_official_sdks_parse_every_event_and_rebuild_the_tool_calls_exactly() {
     assert_eq!(names.first(), Some(&json!("message_start")));
     assert_eq!(names.last(), Some(&json!("message_stop")));
 
+    // A turn that fails is an error in each SDK, streamed (after text) or not.
+    let f = &out["failures"];
+    assert_eq!(
+        f["openai_plain"],
+        json!(["InternalServerError", true]),
+        "{f}"
+    );
+    assert_eq!(f["openai_stream"], json!(["APIError", true]), "{f}");
+    assert_eq!(
+        f["anthropic_plain"],
+        json!(["InternalServerError", true]),
+        "{f}"
+    );
+    assert_eq!(f["anthropic_stream"][1], json!(true), "{f}");
+    assert_eq!(out["models"]["openai"], json!(["loong", "loong-2"]));
+    assert_eq!(out["models"]["anthropic"], json!(["loong", "loong-2"]));
+
     // What the server parsed is exactly what the SDKs sent: every request accepted; the
     // caller's tools with their schemas; the second turns' tool calls and results by id.
+    let seen: Vec<Seen> = seen
+        .into_iter()
+        .filter(|s| !matches!(&s.parsed, Ok(r) if r.caller_tools.is_empty()))
+        .collect();
     assert_eq!(seen.len(), 8, "{seen:#?}");
     for s in &seen {
         let req = s.parsed.as_ref().expect("every SDK request parses");

@@ -236,6 +236,9 @@ pub(crate) fn json<T: Serialize>(value: &T) -> Vec<u8> {
 struct ModelList<'a> {
     object: &'static str,
     data: Vec<Model<'a>>,
+    has_more: bool,
+    first_id: Option<&'a str>,
+    last_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -244,10 +247,16 @@ struct Model<'a> {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    display_name: &'a str,
+    created_at: &'static str,
 }
 
-/// The body of `GET /v1/models` (OpenAI's list; the Anthropic SDK reads only what it
-/// needs of the same names through `/v1/messages`).
+/// The body of `GET /v1/models`, one shape both SDKs read: OpenAI's list (`object`, and per
+/// model `id`, `object`, `created`, `owned_by`) with Anthropic's fields beside it
+/// (`has_more`, `first_id`, `last_id`, and per model `type`, `display_name`, `created_at`);
+/// each SDK ignores the other's.
 pub fn models_body(names: &[String]) -> Vec<u8> {
     json(&ModelList {
         object: "list",
@@ -258,8 +267,14 @@ pub fn models_body(names: &[String]) -> Vec<u8> {
                 object: "model",
                 created: 0,
                 owned_by: "loong",
+                kind: "model",
+                display_name: id,
+                created_at: "1970-01-01T00:00:00Z",
             })
             .collect(),
+        has_more: false,
+        first_id: names.first().map(String::as_str),
+        last_id: names.last().map(String::as_str),
     })
 }
 
@@ -297,12 +312,15 @@ mod tests {
     }
 
     #[test]
-    fn the_model_list_is_openais_shape() {
+    fn the_model_list_has_both_formats_fields() {
         let body: serde_json::Value =
             serde_json::from_slice(&models_body(&["loong".into()])).expect("json");
         assert_eq!(
             body,
-            serde_json::json!({"object": "list", "data": [{"id": "loong", "object": "model", "created": 0, "owned_by": "loong"}]})
+            serde_json::json!({"object": "list", "data": [{
+                "id": "loong", "object": "model", "created": 0, "owned_by": "loong",
+                "type": "model", "display_name": "loong", "created_at": "1970-01-01T00:00:00Z"
+            }], "has_more": false, "first_id": "loong", "last_id": "loong"})
         );
     }
 }
