@@ -237,6 +237,9 @@ fn merged_system(
 
 /// The most caller tool calls whose start the turn may pass on as it streams.
 const MAX_RELAYED_CALLS: usize = 64;
+/// The most bytes of arguments the turn may pass on as it streams, over all its calls (what
+/// loongd keeps to check them at the end); past it a call's pieces wait for the end.
+const MAX_RELAYED_BYTES: usize = 4 << 20;
 
 /// One caller tool call passed on while the turn streamed.
 #[derive(Debug)]
@@ -246,6 +249,9 @@ struct Relayed {
     id: String,
     /// The arguments passed on so far.
     sent: String,
+    /// Whether its pieces still pass on (not once a piece was held back: what was sent
+    /// stays the start of the arguments).
+    open: bool,
 }
 
 /// What of the turn has reached the caller: the text as it arrives; a tool call's start and
@@ -256,6 +262,8 @@ struct Relayed {
 struct Relay {
     caller: Vec<String>,
     calls: Vec<Relayed>,
+    /// The bytes of arguments passed on so far, over all calls.
+    bytes: usize,
 }
 
 impl Relay {
@@ -263,6 +271,7 @@ impl Relay {
         Self {
             caller: caller_tools.iter().map(|t| t.name.clone()).collect(),
             calls: Vec::new(),
+            bytes: 0,
         }
     }
 
@@ -280,6 +289,7 @@ impl Relay {
                     from: index,
                     id: id.clone(),
                     sent: String::new(),
+                    open: true,
                 });
                 Some(ChatEvent::ToolCallStart {
                     index: ours,
@@ -291,9 +301,14 @@ impl Relay {
                 let (ours, call) = (0u32..)
                     .zip(&mut self.calls)
                     .find(|(_, c)| c.from == index)?;
-                if delta.is_empty() {
+                if delta.is_empty() || !call.open {
                     return None;
                 }
+                if self.bytes.saturating_add(delta.len()) > MAX_RELAYED_BYTES {
+                    call.open = false;
+                    return None;
+                }
+                self.bytes += delta.len();
                 call.sent.push_str(&delta);
                 Some(ChatEvent::ToolCallArgs { index: ours, delta })
             }
@@ -317,6 +332,7 @@ impl Relay {
                         from: u32::MAX,
                         id: call.id.clone(),
                         sent: String::new(),
+                        open: false,
                     });
                     (i, String::new())
                 }
@@ -524,6 +540,14 @@ mod tests {
         assert_eq!(relay.pass(args(1, "")), None, "no empty piece");
         assert_eq!(relay.pass(args(1, "{\"ci")), Some(args(0, "{\"ci")));
         assert_eq!(relay.pass(start(1, "call_w", "get_weather")), None, "once");
+        // Past the bound on what is kept, a call's pieces wait for the end.
+        let mut held = Relay::new(&[tool("get_weather")]);
+        held.pass(start(0, "c", "get_weather"));
+        let big = "x".repeat(MAX_RELAYED_BYTES);
+        assert!(held.pass(args(0, &big)).is_some());
+        assert_eq!(held.pass(args(0, "y")), None);
+        assert_eq!(held.pass(args(0, "")), None);
+        assert_eq!(held.bytes, MAX_RELAYED_BYTES);
         assert_eq!(
             relay.pass(ChatEvent::TextDelta("hi".into())),
             Some(ChatEvent::TextDelta("hi".into()))
