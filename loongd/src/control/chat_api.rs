@@ -2,9 +2,11 @@
 //! caller's own history, with the caller's tools offered beside Loong's.
 //!
 //! ```text
-//! chat_turn ─▶ bounds, tool-name collisions (400)
-//!           ─▶ agent.turn, a root call under the bearer's token (decided like `ask`: denied
-//!              is the typed error); Loong's tools run inside as kernel calls in its chain
+//! chat_turn ─▶ tool.invoke:agent.turn decided under the bearer's token first (denied: the
+//!              typed error, recorded, before anything of the configuration is told)
+//!           ─▶ bounds, tool-name collisions (400)
+//!           ─▶ agent.turn, a root call under the token; Loong's tools run inside as kernel
+//!              calls in its chain
 //!           ─▶ text deltas and the caller's tool calls' starts and argument pieces (kernel
 //!              calls show_text and chat_event) passed on as they arrive
 //!           ─▶ what the stream lacked of the caller's tool calls, checked against the
@@ -53,7 +55,7 @@ const DELTA_QUEUE: usize = 64;
 static CHATS: AtomicU64 = AtomicU64::new(1);
 
 /// One chat turn under `bearer`: events go to `events` as they arrive and end with one
-/// `Done`. A refusal before the turn (bounds, a collision, the decision) or a failed turn is
+/// `Done`. A refusal before the turn (the decision first, then bounds, a collision) or a failed turn is
 /// the `Err` (the gateway answers it in the caller's format); nothing is sent after it.
 #[allow(dead_code)] // called by services::gateway once the gateway's routes are mounted
 pub(crate) async fn chat_turn(
@@ -62,6 +64,51 @@ pub(crate) async fn chat_turn(
     req: ChatRequest,
     events: mpsc::Sender<ChatEvent>,
 ) -> Result<(), RemoteError> {
+    // The request's handle: the turn's text deltas and the caller's tool calls (kernel
+    // calls show_text and chat_event) arrive on its chat channel, in order.
+    let n = CHATS.fetch_add(1, Ordering::Relaxed);
+    let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
+    let (out, _unused) = mpsc::channel(1);
+    let (_input_tx, input_rx) = mpsc::channel(1);
+    let io = RequestIo {
+        id: n,
+        conn: 0,
+        out,
+        budget: Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES)),
+        stop: StopCell::default(),
+        waiting: WaitCell::default(),
+        input: input_rx,
+        chat: Some(chat),
+    };
+    let actor = Actor {
+        who: Principal::Worker {
+            worker: GATEWAY_ACTOR,
+        },
+        bearer: Bearer::Secret(bearer.expose()),
+        chain: Chain::root(format!("gateway/chat-{n}")),
+        io: Some(&io),
+    };
+    // The decision comes first, so a caller without the grant learns nothing of loongd's
+    // configuration (its providers, its secrets' names): it is made, recorded and answered
+    // typed by the turn's own call, whose input it never reads.
+    let may = kernel
+        .authority
+        .decide_as(actor.bearer, Capability::ToolInvoke, Some(AGENT_TOOL), None)
+        .is_ok_and(|o| {
+            matches!(
+                o.decision,
+                Ok(crate::authority::Decision::Allow
+                    | crate::authority::Decision::NeedsApproval { .. })
+            )
+        });
+    if !may {
+        return match effects::invoke::agent_turn(kernel, &actor, "{}".into()).await {
+            Err(e) => Err(e),
+            Ok(_) => Err(internal(
+                "the chat turn was allowed after its decision refused it",
+            )),
+        };
+    }
     req.check_bounds().map_err(|e| bad(e.to_string()))?;
     let settings = &kernel.config.agent;
     let Some(agent) = settings.agent.as_ref() else {
@@ -109,30 +156,6 @@ pub(crate) async fn chat_turn(
         )));
     }
 
-    // The turn's text deltas and the caller's tool calls (kernel calls show_text and
-    // chat_event) arrive on this request handle's chat channel, in order.
-    let n = CHATS.fetch_add(1, Ordering::Relaxed);
-    let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
-    let (out, _unused) = mpsc::channel(1);
-    let (_input_tx, input_rx) = mpsc::channel(1);
-    let io = RequestIo {
-        id: n,
-        conn: 0,
-        out,
-        budget: Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES)),
-        stop: StopCell::default(),
-        waiting: WaitCell::default(),
-        input: input_rx,
-        chat: Some(chat),
-    };
-    let actor = Actor {
-        who: Principal::Worker {
-            worker: GATEWAY_ACTOR,
-        },
-        bearer: Bearer::Secret(bearer.expose()),
-        chain: Chain::root(format!("gateway/chat-{n}")),
-        io: Some(&io),
-    };
     let mut relay = Relay::new(&req.caller_tools);
     let turn = effects::invoke::agent_turn(kernel, &actor, input);
     tokio::pin!(turn);
