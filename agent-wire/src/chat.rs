@@ -131,7 +131,7 @@ pub enum ChatBoundsError {
     },
     #[error("{field}: give a non-empty name")]
     Empty { field: &'static str },
-    #[error("the history is empty: send at least one message")]
+    #[error("messages: the history is empty; send at least one message")]
     NoMessages,
 }
 

@@ -711,7 +711,7 @@ mod tests {
         ];
         for (body, field) in cases {
             match parse_json(body.clone()) {
-                Err(e @ CompatError::Field { .. }) => {
+                Err(e @ (CompatError::Field { .. } | CompatError::Bounds(_))) => {
                     assert_eq!(e.status(), 400);
                     assert!(
                         e.to_string().starts_with(&format!("{field}:")),

@@ -36,6 +36,9 @@ pub enum CompatError {
     NotJson(String),
     #[error("{field}: {message}")]
     Field { field: String, message: String },
+    /// The request is outside the chat turn's bounds (the message names the field).
+    #[error("{0}")]
+    Bounds(#[from] loong_agent_wire::chat::ChatBoundsError),
 }
 
 impl CompatError {
@@ -204,8 +207,7 @@ pub(crate) fn object_at<'a>(
 pub(crate) fn bounded(
     req: loong_agent_wire::chat::ChatRequest,
 ) -> Result<loong_agent_wire::chat::ChatRequest, CompatError> {
-    req.check_bounds()
-        .map_err(|e| CompatError::field("messages", e.to_string()))?;
+    req.check_bounds()?;
     Ok(req)
 }
 

@@ -703,10 +703,18 @@ mod tests {
                 "tool_choice.function.name",
             ),
             (json!({"messages": []}), "messages"),
+            (
+                json!({"model": "m".repeat(300), "messages": [{"role": "user", "content": "x"}]}),
+                "model",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": ""}}]}),
+                "tool name",
+            ),
         ];
         for (body, field) in cases {
             match parse_json(body.clone()) {
-                Err(e @ CompatError::Field { .. }) => {
+                Err(e @ (CompatError::Field { .. } | CompatError::Bounds(_))) => {
                     assert_eq!(e.status(), 400);
                     assert!(
                         e.to_string().starts_with(&format!("{field}:")),
