@@ -830,6 +830,41 @@ mod tests {
         );
     }
 
+    /// Events out of order (arguments of a call never started, text after a call, events
+    /// after the end) render without a panic and nothing follows the end.
+    #[test]
+    fn events_out_of_order_render_without_a_panic_and_nothing_follows_the_end() {
+        for stream in [true, false] {
+            let mut r = Render::new("m", stream);
+            r.event(&ChatEvent::ToolCallArgs {
+                index: 9,
+                delta: "x".into(),
+            });
+            r.event(&ChatEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "f".into(),
+            });
+            r.event(&ChatEvent::TextDelta("after".into()));
+            r.event(&ChatEvent::Done {
+                stop: ChatStop::EndTurn,
+                usage: Usage::default(),
+            });
+            assert!(r.event(&ChatEvent::TextDelta("late".into())).is_empty());
+            let mut o = crate::openai::Render::new("m", stream);
+            o.event(&ChatEvent::ToolCallArgs {
+                index: 9,
+                delta: "x".into(),
+            });
+            o.event(&ChatEvent::Done {
+                stop: ChatStop::EndTurn,
+                usage: Usage::default(),
+            });
+            assert!(o.event(&ChatEvent::TextDelta("late".into())).is_empty());
+            let _ = (r.finish(), o.finish());
+        }
+    }
+
     #[test]
     fn a_turn_not_streamed_is_one_message_with_its_blocks_and_usage() {
         let mut r = Render::new("loong", false);

@@ -313,6 +313,30 @@ mod tests {
         assert!(matches!(parse_object(b"[1]"), Err(CompatError::NotJson(_))));
     }
 
+    /// Every cut of a valid body, and every byte flipped, is parsed or refused, never a
+    /// panic; the whole body parses (the positive control).
+    #[test]
+    fn a_cut_or_mangled_body_is_refused_without_a_panic() {
+        let openai = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"stream":true}"#;
+        let anthropic = br#"{"model":"m","max_tokens":5,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"r"}]}]}],"tools":[{"name":"f","input_schema":{"type":"object"}}]}"#;
+        assert!(openai::parse_request(openai).is_ok());
+        assert!(anthropic::parse_request(anthropic).is_ok());
+        for body in [&openai[..], &anthropic[..]] {
+            for cut in 0..body.len() {
+                let _ = openai::parse_request(&body[..cut]);
+                let _ = anthropic::parse_request(&body[..cut]);
+            }
+            for at in 0..body.len() {
+                for b in [b'[', b'{', b'"', b'0', b'\\', 0xff] {
+                    let mut mangled = body.to_vec();
+                    mangled[at] = b;
+                    let _ = openai::parse_request(&mangled);
+                    let _ = anthropic::parse_request(&mangled);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_model_list_has_both_formats_fields() {
         let body: serde_json::Value =
