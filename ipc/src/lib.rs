@@ -15,6 +15,7 @@ pub mod client;
 #[cfg(feature = "tokio")]
 pub mod connection;
 pub mod frame;
+pub mod mcp_names;
 pub mod message;
 pub mod package;
 pub mod paths;

@@ -174,6 +174,19 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # listen = "127.0.0.1:9464"
 # listen = "unix:/run/loong/metrics.sock"
 
+[gateway]
+# Loong as an MCP server (streamable HTTP, /mcp) and an OpenAI/Anthropic-compatible endpoint
+# (docs/gateway.md). Start it with loongd, or with `loongctl gateway run`.
+# enabled = false
+# listen = "127.0.0.1:7878"                # or an absolute path of a Unix socket
+# allowed_hosts = []                       # Host values answered; default: loopback names
+# allowed_origins = []                     # browser Origins allowed; default: loopback ones
+# max_body_bytes = 4194304                 # 413 past it
+# max_streams_per_token = 64               # 429 past it
+# requests_per_second = 200                # per token, sustained; 429 with Retry-After
+# burst = 400
+# drain_ms = 10000                         # how long a stop waits for open streams
+
 # The agent (`loongctl ask`; docs/agent.md): a provider and the agent that uses it. The
 # key is a secret reference, never the key itself.
 # [providers.main]
@@ -221,6 +234,8 @@ pub struct Config {
     /// How loongd reaches the network: its resolver, the egress broker's limits, and the
     /// trust anchors of `https://` endpoints.
     pub egress: EgressConfig,
+    /// The gateway (`[gateway]`, docs/gateway.md).
+    pub gateway: GatewayConfig,
     /// `[providers.NAME]`, read by [`loong_agent_wire::config::parse`] into [`Config::agent`].
     #[serde(rename = "providers")]
     pub providers_section: Section,
@@ -246,6 +261,115 @@ impl<'de> Deserialize<'de> for Section {
 pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 5_000;
 /// The bounds of `[egress] lookup_timeout_ms`.
 pub const LOOKUP_TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
+
+/// Where the gateway listens by default.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:7878";
+/// The largest request body the gateway reads, by default (413 past it).
+pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// The most `[gateway] max_body_bytes` may allow.
+pub const MAX_GATEWAY_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Requests and streams one token may have open at once, by default (429 past it).
+pub const DEFAULT_GATEWAY_STREAMS_PER_TOKEN: u32 = 64;
+/// Requests one token may make per second, sustained, by default (429 past it).
+pub const DEFAULT_GATEWAY_REQUESTS_PER_SECOND: u32 = 200;
+/// Requests one token may make at once above its rate, by default.
+pub const DEFAULT_GATEWAY_BURST: u32 = 400;
+/// The most `[gateway]` may allow of streams per token, requests per second and burst.
+pub const MAX_GATEWAY_RATE: u32 = 100_000;
+/// How long `gateway stop` (and loongd's stop) waits for open streams to drain, by default.
+pub const DEFAULT_GATEWAY_DRAIN_MS: u64 = 10_000;
+
+/// `[gateway]`: Loong as an MCP server over streamable HTTP and an OpenAI/Anthropic-compatible
+/// endpoint, served by the gateway worker on a listener loongd binds (docs/gateway.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Start the gateway with loongd (else `loongctl gateway run` starts it).
+    pub enabled: bool,
+    /// `HOST:PORT`, or an absolute path for a Unix socket.
+    #[serde(deserialize_with = "gateway_listen")]
+    pub listen: GatewayListen,
+    /// `Host` values (`name` or `name:port`) the gateway answers; default: loopback names.
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values (`scheme://host[:port]`) a browser request may carry; default: none
+    /// (a request with an `Origin` is refused unless its origin is a loopback one).
+    pub allowed_origins: Vec<String>,
+    /// The largest request body read, bytes (413 past it).
+    #[serde(deserialize_with = "gateway_body")]
+    pub max_body_bytes: u64,
+    /// Requests and streams one token may have open at once (429 past it).
+    #[serde(deserialize_with = "gateway_rate")]
+    pub max_streams_per_token: u32,
+    /// Requests one token may make per second, sustained (429 with Retry-After past it).
+    #[serde(deserialize_with = "gateway_rate")]
+    pub requests_per_second: u32,
+    /// Requests one token may make at once above its rate.
+    #[serde(deserialize_with = "gateway_rate")]
+    pub burst: u32,
+    /// How long a stop waits for open streams to drain, ms.
+    #[serde(deserialize_with = "gateway_drain")]
+    pub drain_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            enabled: false,
+            listen: GatewayListen::Tcp(
+                DEFAULT_GATEWAY_LISTEN
+                    .parse()
+                    .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 7878))),
+            ),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: DEFAULT_GATEWAY_MAX_BODY_BYTES,
+            max_streams_per_token: DEFAULT_GATEWAY_STREAMS_PER_TOKEN,
+            requests_per_second: DEFAULT_GATEWAY_REQUESTS_PER_SECOND,
+            burst: DEFAULT_GATEWAY_BURST,
+            drain_ms: DEFAULT_GATEWAY_DRAIN_MS,
+        }
+    }
+}
+
+/// Where the gateway listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayListen {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for GatewayListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayListen::Tcp(a) => write!(f, "{a}"),
+            GatewayListen::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+fn gateway_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GatewayListen, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.starts_with('/') {
+        return Ok(GatewayListen::Unix(s.into()));
+    }
+    s.parse().map(GatewayListen::Tcp).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s} is neither HOST:PORT (an IP address) nor an absolute path of a Unix socket; use e.g. 127.0.0.1:7878"
+        ))
+    })
+}
+
+fn gateway_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 1024, MAX_GATEWAY_MAX_BODY_BYTES, "bytes")
+}
+
+fn gateway_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_GATEWAY_RATE, "")
+}
+
+fn gateway_drain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, 0, 600_000, "ms")
+}
 
 /// `[egress]`: loongd's resolver, and what one sandbox with a network grant may use of the
 /// broker.
@@ -1083,7 +1207,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`, `providers`, `agent`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`, `gateway`, `providers`, `agent`"),
         );
         check(
             "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",

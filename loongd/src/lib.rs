@@ -19,8 +19,6 @@ mod request;
 mod sandbox;
 pub mod schema;
 mod secrets;
-// Started by the gateway and channel commands, which build on this mechanism.
-#[allow(dead_code)]
 mod services;
 mod spawner;
 mod workers;
@@ -125,7 +123,7 @@ impl Kernel {
     }
 
     /// The kernel as an `Arc` (`None` only while it is being built or dropped).
-    #[allow(dead_code)]
+    #[allow(dead_code)] // `loongctl gateway run` (the next commit)
     fn arc(&self) -> Option<Arc<Kernel>> {
         self.me.upgrade()
     }
@@ -501,6 +499,13 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
         registry::reload(&kernel).await;
+        // `[gateway] enabled`: the gateway starts with loongd (a listener that cannot be
+        // bound is logged, and loongd serves on without it).
+        if kernel.config.gateway.enabled {
+            if let Err(e) = services::gateway::start(&kernel) {
+                tracing::error!(error = %e, "the gateway did not start");
+            }
+        }
         if let Some(n) = &opts.notify {
             tell_manager(n.clone(), kernel.clone());
         }

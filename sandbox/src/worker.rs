@@ -164,10 +164,61 @@ fn fully_enforced(ruleset: RulesetStatus) -> Result<(), ConfineError> {
     Ok(())
 }
 
+/// Bounds malloc's arenas to `n` before a multi-threaded worker confines itself: unbounded,
+/// malloc opens a file under load to size them, which the confined worker may not (it is
+/// killed). Fails when malloc refuses the setting.
+pub fn bound_malloc_arenas(n: i32) -> io::Result<()> {
+    if sys::malloc_arena_max(n) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("malloc refused M_ARENA_MAX {n}")))
+    }
+}
+
+/// [`confine_self`] for a worker that serves a listener loongd bound and passed it (the
+/// gateway's, fd 4): the same, except that `accept`/`accept4` stay allowed, so that it takes
+/// connections on that listener. It still cannot make a socket, bind or listen: no other
+/// listener exists in it. A denied call fails with EPERM instead of killing the worker: a
+/// multi-threaded runtime's libraries probe files under load (and handle the refusal), and
+/// a server of many clients must not die of a probe; nothing is opened either way.
+pub fn confine_self_accepting() -> Result<(), ConfineError> {
+    confine_with(&final_filter_except(
+        &["accept", "accept4"],
+        SeccompAction::Errno(libc::EPERM as u32),
+    )?)
+}
+
+fn confine_with(filter: &seccompiler::BpfProgram) -> Result<(), ConfineError> {
+    let err = |e: landlock::RulesetError| ConfineError::Landlock(e.to_string());
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .scope(Scope::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .no_new_privs(false)
+        .restrict_self()
+        .map_err(err)?;
+    fully_enforced(status.ruleset)?;
+    sys::seccomp_set_filter(filter).map_err(|e| ConfineError::Seccomp(e.to_string()))
+}
+
 fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
+    final_filter_except(&[], SeccompAction::KillProcess)
+}
+
+fn final_filter_except(
+    keep: &[&str],
+    denied: SeccompAction,
+) -> Result<seccompiler::BpfProgram, ConfineError> {
     let err = |e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = FINAL_DENIED_SYSCALLS
         .iter()
+        .filter(|(name, _)| !keep.contains(name))
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
     // clone without CLONE_THREAD makes a process.
@@ -182,13 +233,8 @@ fn final_filter() -> Result<seccompiler::BpfProgram, ConfineError> {
         libc::SYS_clone,
         vec![SeccompRule::new(vec![no_thread]).map_err(err)?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::KillProcess,
-        TargetArch::x86_64,
-    )
-    .map_err(err)?;
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, denied, TargetArch::x86_64).map_err(err)?;
     seccompiler::BpfProgram::try_from(filter).map_err(err)
 }
 

@@ -16,6 +16,7 @@ mod dns;
 mod dns_server;
 mod egress;
 mod file_binding;
+mod gateway;
 mod kernel_calls;
 mod keys;
 mod lists;

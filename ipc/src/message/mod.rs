@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod envelope;
+pub mod gateway;
 pub mod handshake;
 pub mod kernel;
 pub mod outcome;

@@ -1,21 +1,335 @@
-//! The gateway service's kernel calls (`gateway_*`): each carries the bearer secret of the
-//! HTTP request it serves and is decided under that token.
+//! The gateway service's kernel calls (`gateway_*`, `loong_ipc::message::gateway`): each
+//! carries the bearer secret of the HTTP request it serves and is decided under that token,
+//! exactly as `loongctl invoke --token` and `loongctl mcp serve` decide theirs. loongd never
+//! parses HTTP; the worker never decides.
+//!
+//! - `gateway_auth`: the token behind the secret (public id), or `Denied` at the token stage
+//!   (unknown, expired, revoked: HTTP 401), or `Denied` at the token-grants stage when the
+//!   token may invoke no tool at all (HTTP 403). A refusal is recorded (`policy.decision`,
+//!   with the token's public id when the secret names one).
+//! - `gateway_list`: the tools the token may invoke, each decided as `mcp serve`'s dry run
+//!   decides it and recorded; one that needs an approval is offered and says so.
+//! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
+//! - `gateway_chat_start`/`gateway_chat_next`: stand-ins until the chat turn lands.
+//! - `gateway_stats`: the worker's request and stream counts, for `gateway status`.
 
-use loong_ipc::{ErrorKind, RemoteError, ServiceCall};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
-use super::ServiceHost;
+use loong_ipc::{
+    message::gateway::{
+        self as wire, GatewayAuth, GatewayAuthed, GatewayInvoke, GatewayList, GatewayStats,
+        GatewayTool,
+    },
+    DenialStage, ErrorKind, RemoteError, ServiceCall,
+};
+use loong_profiles::pack::Capability;
+
+use super::{Service, ServiceDef, ServiceError, ServiceHost, ServiceState};
+use crate::{
+    authority::{Bearer, Decision},
+    config::{GatewayConfig, GatewayListen},
+    effects::{self, Actor, Chain, Principal},
+    workers::plugins::State,
+    workers::WorkerKind,
+    Kernel,
+};
+
+/// `bridge_kind` of loongd's built-in tools.
+const BUILTIN_BRIDGE: &str = "builtin";
+
+/// Each gateway request's chain gets its own number.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+fn bad(kind: &str, e: wire::WireError) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::BadRequest,
+        format!("kernel call {kind}: the body does not decode: {e}"),
+    )
+}
+
+fn answer<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, RemoteError> {
+    wire::encode(v).map_err(effects::internal)
+}
 
 /// Serves one `gateway_*` kernel call.
 pub(crate) async fn handle(
-    _host: &ServiceHost,
-    _worker: u64,
+    host: &ServiceHost,
+    worker: u64,
     call: ServiceCall,
 ) -> Result<Vec<u8>, RemoteError> {
-    Err(RemoteError::new(
-        ErrorKind::NotFound,
-        format!(
-            "kernel call {} is not a gateway kernel call this loongd knows",
-            call.kind
+    let kernel = &*host.kernel;
+    match call.kind.as_str() {
+        wire::KIND_GATEWAY_AUTH => {
+            let b: GatewayAuth = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            auth(kernel, worker, b.bearer.expose()).await
+        }
+        wire::KIND_GATEWAY_LIST => {
+            let b: GatewayList = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            answer(&list(kernel, worker, b.bearer.expose()).await?)
+        }
+        wire::KIND_GATEWAY_INVOKE => {
+            let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let chain = root_chain(worker);
+            let actor = actor(worker, b.bearer.expose(), chain);
+            effects::invoke::call(kernel, &actor, b.tool, b.input)
+                .await
+                .map(|r| r.output.into_bytes())
+        }
+        wire::KIND_GATEWAY_STATS => {
+            let b: GatewayStats = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            host.state.requests.store(b.requests, Ordering::Relaxed);
+            host.state
+                .open_streams
+                .store(b.open_streams, Ordering::Relaxed);
+            Ok(Vec::new())
+        }
+        // replaced by agent_api::chat_turn at merge
+        wire::KIND_GATEWAY_CHAT_START | wire::KIND_GATEWAY_CHAT_NEXT => Err(RemoteError::new(
+            ErrorKind::NotFound,
+            format!(
+                "kernel call {}: the chat turn is not in this loongd yet",
+                call.kind
+            ),
+        )),
+        other => Err(RemoteError::new(
+            ErrorKind::NotFound,
+            format!("kernel call {other} is not a gateway kernel call this loongd knows"),
+        )),
+    }
+}
+
+fn root_chain(worker: u64) -> Chain {
+    let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+    Chain::root(format!("gateway-{worker}/req-{n}"))
+}
+
+fn actor(worker: u64, secret: &str, chain: Chain) -> Actor<'_> {
+    Actor {
+        who: Principal::Worker { worker },
+        bearer: Bearer::Secret(secret),
+        chain,
+        io: None,
+    }
+}
+
+/// The capability a tool's call is decided on and its target, as `mcp serve`'s listing
+/// decides it: a plugin's tool on `tool.invoke` of its name; a built-in on its effect's
+/// capability with no target (only an unscoped grant covers every call before it is made).
+fn decided_on(bridge_kind: &str, tool: &str) -> (Capability, Option<String>) {
+    let effect = match (bridge_kind, tool) {
+        (BUILTIN_BRIDGE, "file.read") => Some(Capability::FsRead),
+        (BUILTIN_BRIDGE, "file.write" | "file.edit") => Some(Capability::FsWrite),
+        (BUILTIN_BRIDGE, "web.fetch") => Some(Capability::NetEgress),
+        (BUILTIN_BRIDGE, "shell.exec") => Some(Capability::ProcessExec),
+        _ => None,
+    };
+    match effect {
+        Some(cap) => (cap, None),
+        None => (Capability::ToolInvoke, Some(tool.to_string())),
+    }
+}
+
+/// Every tool of a usable plugin with its description and bridge kind.
+fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
+    let mut out = Vec::new();
+    for p in kernel.plugins_snapshot().values() {
+        let State::Ready { info, .. } = &p.state else {
+            continue;
+        };
+        let view = p.view();
+        let own: std::collections::BTreeMap<String, String> = info
+            .tools
+            .iter()
+            .filter(|t| !t.description.is_empty())
+            .map(|t| (format!("{}/{}", p.id, t.name), t.description.clone()))
+            .collect();
+        for tool in &view.tools {
+            let description = match own.get(tool) {
+                Some(d) => d.clone(),
+                None if *tool == p.id => p.summary.clone(),
+                None => format!("{tool} (a tool of {}: {})", p.id, p.summary),
+            };
+            out.push(GatewayTool {
+                name: tool.clone(),
+                description,
+                bridge_kind: p.bridge_kind.to_string(),
+            });
+        }
+    }
+    out.truncate(wire::MAX_GATEWAY_TOOLS);
+    out
+}
+
+/// The bearer's token, or why not (recorded).
+async fn auth(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
+    let chain = root_chain(worker);
+    let actor = actor(worker, secret, chain);
+    // Decided without a record for each tool: the check is whether any is allowed.
+    let mut first: Option<(crate::authority::Outcome, Capability, Option<String>)> = None;
+    for t in tools(kernel) {
+        let (cap, target) = decided_on(&t.bridge_kind, &t.name);
+        let o = kernel
+            .authority
+            .decide_as(actor.bearer, cap, target.as_deref(), None)
+            .map_err(effects::internal)?;
+        match &o.decision {
+            Ok(Decision::Allow | Decision::NeedsApproval { .. }) => {
+                let token = o.token.clone().unwrap_or_default();
+                return answer(&GatewayAuthed { token });
+            }
+            // A dead or unknown token: no other tool changes that.
+            Err(_) => {
+                first = Some((o, cap, target));
+                break;
+            }
+            Ok(Decision::Deny(_)) => {
+                if first.is_none() {
+                    first = Some((o, cap, target));
+                }
+            }
+        }
+    }
+    let (o, cap, target) = match first {
+        Some(f) => f,
+        // No tool at all: the token is still checked (a dead one is a 401).
+        None => {
+            let o = kernel
+                .authority
+                .decide_as(actor.bearer, Capability::ToolInvoke, Some("gateway"), None)
+                .map_err(effects::internal)?;
+            (o, Capability::ToolInvoke, Some("gateway".to_string()))
+        }
+    };
+    let stage = match &o.decision {
+        Err(_) => DenialStage::Token,
+        _ => effects::denial_stage(&o).unwrap_or(DenialStage::TokenGrants),
+    };
+    let reason = match &o.decision {
+        Err(t) => format!("the bearer's token is not valid: {t}"),
+        _ => format!(
+            "token {} may invoke no tool through the gateway ({})",
+            o.token.as_deref().unwrap_or("?"),
+            o.reason().unwrap_or_default()
         ),
-    ))
+    };
+    let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
+    effects::record(
+        kernel,
+        actor.event(crate::audit::Kind::PolicyDecision, detail),
+    )
+    .await?;
+    Err(effects::denied(stage, cap, "gateway", &reason))
+}
+
+/// The tools the bearer may invoke, each decided and recorded as a dry run.
+async fn list(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<GatewayTool>, RemoteError> {
+    let chain = root_chain(worker);
+    let actor = actor(worker, secret, chain);
+    let mut out = Vec::new();
+    for mut t in tools(kernel) {
+        let (cap, target) = decided_on(&t.bridge_kind, &t.name);
+        let (o, record) = effects::decide(kernel, &actor, cap, target.as_deref(), None)?;
+        effects::record(kernel, record).await?;
+        if let Err(why) = &o.decision {
+            return Err(effects::denied(
+                DenialStage::Token,
+                cap,
+                "gateway",
+                &format!("the bearer's token is not valid: {why}"),
+            ));
+        }
+        let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
+        if !(o.allowed() || needs_approval) {
+            continue;
+        }
+        t.description
+            .push_str(&format!(" [Loong tool `{}`]", t.name));
+        if needs_approval {
+            t.description.push_str(
+                " Each call waits for an operator's approval (`loongctl approvals list`).",
+            );
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// The service's name for the gateway.
+pub(crate) const NAME: &str = "gateway";
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(
+        "gateway.listen: binding {listen}: {source}; choose another address or stop what holds it"
+    )]
+    Bind {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("gateway.listen: {0} exists and is not a socket; remove it or choose another path")]
+    NotSocket(String),
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+}
+
+/// What the gateway worker is configured with (its `ServeSpec::config_json`).
+pub(crate) fn worker_config(kernel: &Kernel, cfg: &GatewayConfig) -> serde_json::Value {
+    let models: Vec<&str> = kernel
+        .config
+        .agent
+        .providers
+        .values()
+        .map(|p| p.model.as_str())
+        .collect();
+    serde_json::json!({
+        "unix": matches!(cfg.listen, GatewayListen::Unix(_)),
+        "allowed_hosts": cfg.allowed_hosts,
+        "allowed_origins": cfg.allowed_origins,
+        "max_body_bytes": cfg.max_body_bytes,
+        "max_streams_per_token": cfg.max_streams_per_token,
+        "requests_per_second": cfg.requests_per_second,
+        "burst": cfg.burst,
+        "models": models,
+    })
+}
+
+/// Binds `[gateway] listen` and starts the gateway worker under supervision.
+pub(crate) fn start(kernel: &Arc<Kernel>) -> Result<Arc<ServiceState>, StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    let cfg = kernel.config.gateway.clone();
+    if kernel.services.state(Service::Gateway, NAME).is_some() {
+        return Err(ServiceError::AlreadyRunning(Service::Gateway.as_str(), NAME.into()).into());
+    }
+    let bind_err = |source| StartError::Bind {
+        listen: cfg.listen.to_string(),
+        source,
+    };
+    let fd: std::os::fd::OwnedFd = match &cfg.listen {
+        GatewayListen::Tcp(addr) => std::net::TcpListener::bind(addr).map_err(bind_err)?.into(),
+        GatewayListen::Unix(path) => {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => {
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                Ok(_) => return Err(StartError::NotSocket(path.display().to_string())),
+                Err(_) => {}
+            }
+            std::os::unix::net::UnixListener::bind(path)
+                .map_err(bind_err)?
+                .into()
+        }
+    };
+    let def = ServiceDef {
+        service: Service::Gateway,
+        name: NAME.into(),
+        kind: WorkerKind::gateway(Arc::new(fd)),
+        config_json: worker_config(kernel, &cfg).to_string(),
+        secrets: Vec::new(),
+        token: None,
+    };
+    Ok(kernel.services.start(kernel, def)?)
 }

@@ -62,6 +62,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Service {
     Gateway,
+    // Started by the channel workers, which build on this mechanism.
+    #[allow(dead_code)]
     Channel,
 }
 
@@ -111,6 +113,9 @@ pub(crate) struct ServiceState {
     pub restarts: AtomicU32,
     /// Why the last worker ended.
     pub last_exit: Mutex<Option<String>>,
+    /// The gateway's figures, as its worker last reported them (`gateway_stats`).
+    pub requests: AtomicU64,
+    pub open_streams: AtomicU64,
 }
 
 struct Running {
@@ -201,6 +206,7 @@ impl Services {
 
     /// Stops a service: its worker is asked to drain within `drain` and answer, and is
     /// killed past it. Returns whether it was running.
+    #[allow(dead_code)] // `loongctl gateway stop` (the next commit)
     pub(crate) async fn stop(&self, service: Service, name: &str, drain: Duration) -> bool {
         let Some(r) = lock(&self.running).remove(&key(service, name)) else {
             return false;
@@ -246,6 +252,7 @@ async fn supervise(
         kernel.resolver.clone(),
     ));
     let host = ServiceHost {
+        state: state.clone(),
         kernel: kernel.clone(),
         service: def.service,
         name: def.name.clone(),
@@ -320,9 +327,12 @@ async fn supervise(
 /// identity. Bound to one service, never to a chain with authority of its own.
 pub(crate) struct ServiceHost {
     pub kernel: Arc<Kernel>,
+    /// The service's figures.
+    pub state: Arc<ServiceState>,
     pub service: Service,
     pub name: String,
-    /// A channel's token (public id).
+    /// A channel's token (public id): its kernel calls' authority (read by `channel.rs`).
+    #[allow(dead_code)]
     pub token: Option<String>,
     /// The worker serving now.
     pub worker: AtomicU64,

@@ -13,6 +13,12 @@ pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
 pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
 pub const PLAN_WORKER_NAME: &str = "loong-worker-plan";
 pub const AGENT_WORKER_NAME: &str = "loong-worker-agent";
+pub const GATEWAY_WORKER_NAME: &str = "loong-worker-gateway";
+/// The gateway worker's memory: its HTTP server, the MCP sessions and the requests in flight.
+pub const GATEWAY_WORKER_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
+/// Tasks the gateway worker's sandbox may hold: the spawn helper and the reaper, the serve
+/// loop, the kernel link's reader, the runtime's threads, and room to spare.
+pub const GATEWAY_WORKER_TASKS: u64 = 16;
 /// Who the agent worker's connections are made for, in `net.*` records and the broker's refusals.
 pub const AGENT_NET_OWNER: &str = "agent";
 /// An agent worker's memory: the HTTP client, one conversation window and one answer.
@@ -196,6 +202,27 @@ impl WorkerKind {
             listener: None,
             package: None,
             net_owner: Some(AGENT_NET_OWNER.to_string()),
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+        }
+    }
+
+    /// The gateway worker: balanced, no file-system grant, no network of its own; it serves
+    /// the listener loongd bound (`listener`, its fd 4).
+    pub(crate) fn gateway(listener: Arc<std::os::fd::OwnedFd>) -> WorkerKind {
+        WorkerKind {
+            name: "gateway",
+            program: next_to_loongd(GATEWAY_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: GATEWAY_WORKER_MEMORY_BYTES,
+            tasks: GATEWAY_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: Vec::new(),
+            broker: false,
+            listener: Some(listener),
+            package: None,
+            net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }

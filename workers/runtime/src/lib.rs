@@ -96,6 +96,9 @@ pub fn main<H: Handler>(build_id: &str, build: impl FnOnce() -> Result<H, BuildE
 pub enum Final {
     /// [`loong_sandbox::worker::confine_self`]: no opens, no processes, no sockets.
     Confine,
+    /// [`loong_sandbox::worker::confine_self_accepting`]: as `Confine`, but `accept` stays
+    /// allowed, for a service that serves the listener loongd passed it (the gateway).
+    ConfineAccepting,
     /// The tier's sandbox only: for a worker that must start a foreign program itself (the
     /// program inherits the same sandbox, which is the boundary). The worker holds what it
     /// starts instead ([`descendants::hold_descendants`]): it is their child subreaper and is
@@ -134,6 +137,11 @@ fn run<H: Handler>(
     match last {
         Final::Confine => {
             if let Err(e) = loong_sandbox::worker::confine_self() {
+                return Stop::Failed(format!("final self-confinement failed: {e}"));
+            }
+        }
+        Final::ConfineAccepting => {
+            if let Err(e) = loong_sandbox::worker::confine_self_accepting() {
                 return Stop::Failed(format!("final self-confinement failed: {e}"));
             }
         }

@@ -1,0 +1,86 @@
+//! Loong's tool names made valid MCP names (`^[a-zA-Z0-9_-]{1,64}$`), unique and
+//! reversible through the table [`assign`] returns.
+//!
+//! Each character is kept if it is an ASCII letter, digit, `_` or `-`; `.` becomes `__`,
+//! `/` becomes `--`, and any other character `_`. A name longer than
+//! [`MAX_MCP_NAME_CHARS`] is cut. A name given earlier in the session keeps it, and is
+//! never given to another tool (a client that learnt it calls that tool or none, whatever
+//! a later listing holds). The others are named in turn: loongd's built-in tools first
+//! (a plugin named `file__read` cannot take the name of `file.read`), then the names that
+//! are valid already (they keep themselves), then the rest, each group in sorted order;
+//! one whose escaped name is taken gets the first free suffix `_2`, `_3`, … (cut to fit).
+//! The way back is the table, never a guess from the text.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The longest MCP tool name.
+pub const MAX_MCP_NAME_CHARS: usize = 64;
+
+/// `name` escaped, before uniqueness.
+pub fn escape(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => out.push(c),
+            '.' => out.push_str("__"),
+            '/' => out.push_str("--"),
+            _ => out.push('_'),
+        }
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out.chars().take(MAX_MCP_NAME_CHARS).collect()
+}
+
+/// Each of `loong` (a name and whether it is a built-in tool; duplicates once) → its
+/// unique MCP name, given the names `given` earlier in the session (MCP name → Loong
+/// name), none of which goes to another tool.
+pub fn assign<'a>(
+    loong: impl IntoIterator<Item = (&'a str, bool)>,
+    given: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let before: BTreeMap<&str, &str> = given
+        .iter()
+        .map(|(mcp, l)| (l.as_str(), mcp.as_str()))
+        .collect();
+    let mut taken: BTreeSet<String> = given.keys().cloned().collect();
+    let mut out = BTreeMap::new();
+    // Group 0: named before; 1: built-ins; 2: valid already; 3: the rest.
+    let mut order: BTreeSet<(u8, &str)> = BTreeSet::new();
+    for (name, builtin) in loong {
+        let group = if before.contains_key(name) {
+            0
+        } else if builtin {
+            1
+        } else if escape(name) == name {
+            2
+        } else {
+            3
+        };
+        order.insert((group, name));
+    }
+    for (group, name) in order {
+        if out.contains_key(name) {
+            continue;
+        }
+        if group == 0 {
+            if let Some(mcp) = before.get(name) {
+                out.insert(name.to_string(), (*mcp).to_string());
+            }
+            continue;
+        }
+        let base = escape(name);
+        let mut candidate = base.clone();
+        let mut n = 2u32;
+        while taken.contains(&candidate) {
+            let suffix = format!("_{n}");
+            let keep = MAX_MCP_NAME_CHARS - suffix.len();
+            candidate = format!("{}{suffix}", base.chars().take(keep).collect::<String>());
+            n += 1;
+        }
+        taken.insert(candidate.clone());
+        out.insert(name.to_string(), candidate);
+    }
+    out
+}

@@ -1,0 +1,652 @@
+//! The gateway (`loong-worker-gateway`): Loong's tools over MCP streamable HTTP, driven by the
+//! official Python `mcp` SDK, and the gateway's HTTP refusals, driven by plain HTTP/1.1: each
+//! request authenticated in loongd under its bearer's token, `Host` and `Origin` checked
+//! against DNS rebinding, limits answered 413/429, and the worker restarted by its supervisor
+//! when it dies.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    kernel_calls::{issue, json},
+    support::{skip, text, Home},
+    workers::{details, install_examples},
+};
+
+const MCP_ROOT: &str = "/opt/loong-mcp";
+
+/// The client: one or more streamable-HTTP sessions under a bearer; runs its plan and prints
+/// what it saw as JSON.
+const CLIENT: &str = r#"
+import asyncio, json, sys
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+url, secret, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+def seen(r):
+    return {"is_error": bool(r.is_error),
+            "text": "".join(c.text for c in r.content if c.type == "text"),
+            "structured": r.structured_content}
+
+async def session(steps, out):
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {secret}"})
+    async with client:
+        async with streamable_http_client(url, http_client=client) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                listed = await s.list_tools()
+                out["tools"] = {t.name: {"description": t.description, "schema": t.input_schema}
+                                for t in listed.tools}
+                for step in steps:
+                    try:
+                        r = await s.call_tool(step["name"], step.get("arguments", {}))
+                        out["calls"].append(dict(name=step["name"], **seen(r)))
+                    except MCPError as e:
+                        out["calls"].append({"name": step["name"], "protocol_error": e.error.message})
+
+async def many(sessions, calls, out):
+    # `sessions` sessions, each making `calls` echo calls at once; every answer checked.
+    async def one(n):
+        got = []
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {secret}"})
+        async with client:
+            async with streamable_http_client(url, http_client=client) as (read, write, *_):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    rs = await asyncio.gather(*[
+                        s.call_tool("echo", {"session": n, "call": i}) for i in range(calls)])
+                    for i, r in enumerate(rs):
+                        got.append((r.structured_content or {}).get("call") == i
+                                   and (r.structured_content or {}).get("session") == n
+                                   and not r.is_error)
+        return got
+    results = await asyncio.gather(*[one(n) for n in range(sessions)])
+    out["answered"] = sum(len(r) for r in results)
+    out["right"] = sum(sum(1 for ok in r if ok) for r in results)
+
+async def main():
+    out = {"calls": []}
+    if isinstance(plan, dict):
+        await many(plan["sessions"], plan["calls"], out)
+    else:
+        await session(plan, out)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+fn python() -> Result<std::path::PathBuf, String> {
+    let py = Path::new(MCP_ROOT).join("venv/bin/python3");
+    let ok = Command::new(&py)
+        .args(["-c", "import mcp.client.streamable_http"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} cannot import the `mcp` SDK's streamable HTTP client (`.ci/run` installs it)",
+            py.display()
+        ))
+    }
+}
+
+/// Runs the client; its report, or its stderr when it failed.
+fn client(
+    home: &Home,
+    port: u16,
+    secret: &str,
+    plan: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let py = python().map_err(|e| e.to_string())?;
+    let script = home.path().join("gateway_client.py");
+    fs::write(&script, CLIENT).expect("client script");
+    let out = Command::new(py)
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/mcp"))
+        .arg(secret)
+        .arg(plan.to_string())
+        .output()
+        .expect("python runs");
+    if out.status.success() {
+        Ok(json(&text(&out.stdout)))
+    } else {
+        Err(format!("{}\n{}", text(&out.stderr), text(&out.stdout)))
+    }
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A home whose gateway starts with loongd on `port`, with `extra` `[gateway]` keys.
+fn gateway_home(port: u16, extra: &str) -> Home {
+    let home = Home::with_config(&format!(
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{extra}"
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\", \"fs.read\", \"fs.write\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home
+}
+
+/// One HTTP/1.1 exchange: the status, the headers (lowercase names) and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// Waits until the gateway answers `/health`.
+fn wait_for_gateway(home: &Home, port: u16) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/health", &[], "").0 == 200
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the gateway did not answer on {port}:\n{}", home.log());
+}
+
+fn error_type(body: &str) -> String {
+    json(body)["error"]["type"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn gateway_mcp_serves_exactly_the_bearers_tools_and_each_call_goes_through_the_kernel() {
+    const TEST: &str =
+        "gateway_mcp_serves_exactly_the_bearers_tools_and_each_call_goes_through_the_kernel";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let time = Path::new(MCP_ROOT).join("venv/bin/mcp-server-time");
+    if !time.exists() {
+        return skip(TEST, &format!("{} is missing", time.display()));
+    }
+    let port = free_port();
+    let home = gateway_home(port, "");
+    // file.read over a shared directory and /etc: reading /etc/shadow is a denial by
+    // loongd's denylist, whatever the token holds.
+    let shared = crate::bridges::shared_dir("gw");
+    let mut config = fs::read_to_string(home.path().join("loongd.toml")).expect("config");
+    config = format!(
+        "[builtins]\nread_roots = [{:?}, \"/etc\"]\n{config}",
+        shared.path().display().to_string()
+    );
+    fs::write(home.path().join("loongd.toml"), config).expect("config");
+    let dir = home.path().join("plugins/time");
+    fs::create_dir_all(&dir).expect("plugin dir");
+    let manifest = serde_json::json!({
+        "api_version": "v1alpha1", "plugin_id": "time", "version": "0.1.0",
+        "summary": "the time", "capabilities": [],
+        "metadata": {"bridge_kind": "mcp_stdio", "command": time.display().to_string(),
+            "args_json": serde_json::to_string(&["--local-timezone", "UTC"]).expect("args")},
+        "sandbox": {"timeout_ms": 10000},
+    });
+    fs::write(dir.join("loong.plugin.json"), manifest.to_string()).expect("manifest");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, id) = issue(
+        &home,
+        &[
+            "tool.invoke:echo",
+            "tool.invoke:time/get_current_time",
+            "fs.read",
+        ],
+    );
+    let config_path = "/etc/shadow".to_string();
+    let plan = serde_json::json!([
+        {"name": "echo", "arguments": {"ping": 1}},
+        {"name": "time--get_current_time", "arguments": {"timezone": "UTC"}},
+        {"name": "file__read", "arguments": {"path": config_path}},
+        {"name": "json-transform", "arguments": {}},
+        {"name": "no-such-tool", "arguments": {}},
+    ]);
+    let report = client(&home, port, &secret, &plan)
+        .unwrap_or_else(|e| panic!("client: {e}\n{}", home.log()));
+    let tools = report["tools"].as_object().expect("tools");
+    let mut names: Vec<&str> = tools.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    // The same names as `mcp serve` gives (the shared mapping): `.` → `__`, `/` → `--`.
+    assert_eq!(
+        names,
+        ["echo", "file__read", "time--get_current_time"],
+        "{report}"
+    );
+    let echo = &report["calls"][0];
+    assert_eq!(echo["is_error"], false, "{echo}");
+    assert_eq!(echo["structured"], serde_json::json!({"ping": 1}), "{echo}");
+    // A confined MCP server's tool, its own result passed on.
+    let now = &report["calls"][1];
+    assert_eq!(now["is_error"], false, "{now}");
+    assert_eq!(now["structured"]["timezone"], "UTC", "{now}");
+    // Denied by loongd (its home is denylisted): a tool error with the reason.
+    let denied = &report["calls"][2];
+    assert_eq!(denied["is_error"], true, "{denied}");
+    assert!(
+        denied["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("denied: ")),
+        "{denied}"
+    );
+    // Not the token's, and not a tool at all: unknown to this server, by name.
+    for i in [3, 4] {
+        let c = &report["calls"][i];
+        let name = c["name"].as_str().expect("name");
+        assert!(
+            c["protocol_error"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown tool") && m.contains(name)),
+            "{c}"
+        );
+    }
+    // Every call decided under the token's public id, with the outcome recorded.
+    let trail = crate::kernel_calls::trail(&home, &id);
+    let decided: Vec<(String, bool)> = trail
+        .iter()
+        .filter(|r| r["kind"] == "policy.decision")
+        .map(|r| {
+            let d = crate::workers::detail(r);
+            (
+                d["target"].as_str().unwrap_or("").to_string(),
+                d["allowed"] == true,
+            )
+        })
+        .collect();
+    assert!(decided.contains(&("echo".to_string(), true)), "{decided:?}");
+    assert!(
+        decided.contains(&("time/get_current_time".to_string(), true)),
+        "{decided:?}"
+    );
+    assert!(
+        decided.iter().any(|(t, ok)| t == &config_path && !ok),
+        "{decided:?}"
+    );
+}
+
+#[test]
+fn gateway_refuses_no_bearer_a_dead_or_grantless_token_and_a_foreign_host_or_origin() {
+    let port = free_port();
+    let home = gateway_home(port, "max_body_bytes = 4096\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let bearer = format!("Bearer {secret}");
+    let auth = ("Authorization", bearer.as_str());
+    // The positive control: the bearer, a loopback Host, no Origin.
+    let (status, _, body) = http(port, "GET", "/v1/models", &[auth], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["object"], "list", "{body}");
+    // /health needs no bearer.
+    assert_eq!(http(port, "GET", "/health", &[], "").0, 200);
+
+    // No bearer: 401, typed, with a challenge.
+    let (status, headers, body) = http(port, "GET", "/v1/models", &[], "");
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "www-authenticate" && v.starts_with("Bearer")),
+        "{headers:?}"
+    );
+    // A secret that names no token, and a revoked one: 401.
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/mcp",
+        &[("Authorization", "Bearer not-a-token")],
+        "{}",
+    );
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    let (dead, dead_id) = issue(&home, &["tool.invoke:echo"]);
+    assert!(home.ctl(&["tokens", "revoke", &dead_id]).status.success());
+    let dead = format!("Bearer {dead}");
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", dead.as_str())],
+        "",
+    );
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    assert!(body.contains("revoked"), "{body}");
+    // A live token that may invoke no tool: 403, typed.
+    let (grantless, grantless_id) = issue(&home, &["fs.write:/tmp/nothing-here"]);
+    let grantless = format!("Bearer {grantless}");
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/mcp",
+        &[("Authorization", grantless.as_str())],
+        "{}",
+    );
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (403, "forbidden"),
+        "{body}"
+    );
+    // The refusal is in that token's trail.
+    let trail = crate::kernel_calls::trail(&home, &grantless_id);
+    assert!(
+        trail.iter().any(
+            |r| r["kind"] == "policy.decision" && crate::workers::detail(r)["allowed"] == false
+        ),
+        "{trail:?}"
+    );
+
+    // DNS rebinding: a foreign Host or Origin is refused before anything else, on /mcp and
+    // elsewhere; loopback ones pass (the controls).
+    for path in ["/mcp", "/v1/models"] {
+        let (status, _, body) = http(port, "POST", path, &[auth, ("Host", "evil.example")], "{}");
+        assert_eq!(
+            (status, error_type(&body).as_str()),
+            (403, "host_not_allowed"),
+            "{path}: {body}"
+        );
+        let (status, _, body) = http(
+            port,
+            "POST",
+            path,
+            &[auth, ("Host", "evil.example:7878")],
+            "{}",
+        );
+        assert_eq!(status, 403, "{path}: {body}");
+        let (status, _, body) = http(
+            port,
+            "POST",
+            path,
+            &[auth, ("Origin", "https://evil.example")],
+            "{}",
+        );
+        assert_eq!(
+            (status, error_type(&body).as_str()),
+            (403, "origin_not_allowed"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[auth, ("Host", "localhost")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[auth, ("Origin", "http://localhost:3000")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // A body past gateway.max_body_bytes: 413, typed; one within it goes on.
+    let big = "x".repeat(5000);
+    let (status, _, body) = http(port, "POST", "/v1/chat/completions", &[auth], &big);
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    let (status, _, body) = http(port, "POST", "/v1/chat/completions", &[auth], "{}");
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (501, "not_implemented"),
+        "{body}"
+    );
+}
+
+#[test]
+fn gateway_rate_per_token_answers_429_with_retry_after_and_spares_other_tokens() {
+    let port = free_port();
+    let home = gateway_home(port, "requests_per_second = 1\nburst = 3\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (a, _) = issue(&home, &["tool.invoke:echo"]);
+    let (b, _) = issue(&home, &["tool.invoke:echo"]);
+    let a = format!("Bearer {a}");
+    let b = format!("Bearer {b}");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(http(
+            port,
+            "GET",
+            "/v1/models",
+            &[("Authorization", a.as_str())],
+            "",
+        ));
+    }
+    let codes: Vec<u16> = statuses.iter().map(|s| s.0).collect();
+    assert_eq!(&codes[..3], [200, 200, 200], "{codes:?}");
+    let limited = statuses
+        .iter()
+        .find(|s| s.0 == 429)
+        .expect("a 429 past the burst");
+    assert_eq!(error_type(&limited.2), "rate_limited", "{}", limited.2);
+    assert!(
+        limited
+            .1
+            .iter()
+            .any(|(n, v)| n == "retry-after" && v == "1"),
+        "{:?}",
+        limited.1
+    );
+    // Another token is not held back.
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/v1/models",
+            &[("Authorization", b.as_str())],
+            ""
+        )
+        .0,
+        200
+    );
+}
+
+#[test]
+fn gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once() {
+    const TEST: &str = "gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let port = free_port();
+    let home = gateway_home(
+        port,
+        "requests_per_second = 100000\nburst = 100000\nmax_streams_per_token = 4096\n",
+    );
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let report = client(
+        &home,
+        port,
+        &secret,
+        &serde_json::json!({"sessions": 50, "calls": 20}),
+    )
+    .unwrap_or_else(|e| panic!("client: {e}\n{}", home.log()));
+    assert_eq!(report["answered"], 1000, "{report}");
+    assert_eq!(
+        report["right"], 1000,
+        "each call answered once, with its own input: {report}"
+    );
+}
+
+#[test]
+fn gateway_worker_killed_is_restarted_and_the_next_request_succeeds() {
+    const TEST: &str = "gateway_worker_killed_is_restarted_and_the_next_request_succeeds";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let bearer = format!("Bearer {secret}");
+    // An open stream: a standalone SSE GET on a live session.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (status, headers, body) = http(
+        port,
+        "POST",
+        "/mcp",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+        ],
+        init,
+    );
+    assert_eq!(status, 200, "{body}");
+    let session = headers
+        .iter()
+        .find(|(n, _)| n == "mcp-session-id")
+        .map(|(_, v)| v.clone())
+        .expect("a session id");
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {bearer}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\n\r\n"
+    )
+    .expect("open the stream");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).expect("the stream's head");
+    assert_eq!(
+        &first,
+        b"HTTP/1.1 200",
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+
+    let spawned = details(&home, "worker.spawned");
+    let pid = spawned
+        .iter()
+        .find(|d| d["kind"] == "gateway")
+        .and_then(|d| d["pid"].as_u64())
+        .expect("the gateway worker's spawn record");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the gateway worker");
+    // The client's stream ends with the worker (an end or a reset, not a read timeout).
+    let mut rest = Vec::new();
+    let ended = s.read_to_end(&mut rest);
+    assert!(
+        !matches!(&ended, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the stream outlived the worker: {ended:?}"
+    );
+    // The supervisor restarts it (audited), and the next request succeeds.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let restarted = details(&home, "worker.restarted");
+        if restarted.iter().any(|d| d["service"] == "gateway") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no worker.restarted:\n{}",
+            home.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = details(&home, "worker.exited");
+    assert!(
+        exited.iter().any(|d| d["pid"].as_u64() == Some(pid)),
+        "{exited:?}"
+    );
+    wait_for_gateway(&home, port);
+    let report = client(
+        &home,
+        port,
+        &secret,
+        &serde_json::json!([{"name": "echo", "arguments": {"after": true}}]),
+    )
+    .unwrap_or_else(|e| panic!("client: {e}\n{}", home.log()));
+    assert_eq!(
+        report["calls"][0]["structured"],
+        serde_json::json!({"after": true}),
+        "{report}"
+    );
+    assert_ne!(
+        details(&home, "worker.spawned")
+            .iter()
+            .filter(|d| d["kind"] == "gateway")
+            .count(),
+        1,
+        "a new gateway worker was spawned"
+    );
+}

@@ -1,0 +1,500 @@
+//! The HTTP/1.1 server: accept, route, authenticate, limit, and hand `/mcp` to rmcp's
+//! streamable-HTTP service. hyper 1 directly: six routes, and `/mcp` is rmcp's own tower
+//! service, so a router framework would add dependencies and nothing else.
+//!
+//! Every route but `/health` checks, in order: `Host` and `Origin` against the allowlists
+//! (403, against DNS rebinding), the bearer (401 without one), the body's declared size
+//! (413), the token's open streams and rate (429 with `Retry-After`), then the bearer in
+//! loongd (`gateway_auth`: 401 for a secret that names no live token, 403 for a token that
+//! may invoke nothing). Refusals are typed JSON: `{"error": {"type", "message"}}`.
+
+use std::{
+    convert::Infallible,
+    os::fd::OwnedFd,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::{Body, Frame, Incoming},
+    header, Method, Request, Response, StatusCode,
+};
+use loong_ipc::{
+    message::gateway::{self as wire, GatewayAuth, GatewayAuthed, GatewayStats},
+    BearerSecret, DenialStage, ErrorDetail, ErrorKind,
+};
+use loong_worker_runtime::{service::AsyncLink, KernelLinkError};
+use rmcp::transport::{
+    streamable_http_server::session::local::LocalSessionManager, StreamableHttpServerConfig,
+    StreamableHttpService,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, GatewayError},
+    limits, mcp,
+};
+
+/// How long an authentication kernel call may take.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the worker tells loongd its figures (`gateway status`).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the accept loop waits after a failed `accept` (out of descriptors, …).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a stop looks whether the requests in flight have finished.
+pub const DRAIN_TICK: Duration = Duration::from_millis(20);
+/// How long an idle MCP SSE stream waits before a keep-alive.
+pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Body_ = BoxBody<Bytes, Infallible>;
+
+/// What every connection shares.
+struct Shared {
+    cfg: Config,
+    link: AsyncLink,
+    limits: Arc<limits::Table>,
+    mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
+    requests: AtomicU64,
+    /// Requests and streams open (every route).
+    open: AtomicU64,
+    /// Requests in flight that a stop waits for (all but `/mcp`'s standalone GET streams).
+    draining: AtomicU64,
+}
+
+/// Counts one open request or stream while it lives.
+struct Counted {
+    shared: Arc<Shared>,
+    drains: bool,
+}
+
+impl Counted {
+    fn new(shared: &Arc<Shared>, drains: bool) -> Counted {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        if drains {
+            shared.draining.fetch_add(1, Ordering::Relaxed);
+        }
+        Counted {
+            shared: shared.clone(),
+            drains,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if self.drains {
+            self.shared.draining.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that holds the request's place (its stream count, its token's limit)
+/// until the body has been sent or dropped.
+struct Held {
+    inner: Body_,
+    _held: (Option<limits::Open>, Counted),
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A typed refusal or answer.
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body_> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `{"error": {"type", "message"}}` with `status`.
+pub fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body_> {
+    json(
+        status,
+        &serde_json::json!({ "error": { "type": kind, "message": message } }),
+    )
+}
+
+/// The secret of `Authorization: Bearer SECRET`, if the request has one.
+fn bearer(req: &Request<Incoming>) -> Option<BearerSecret> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, secret) = value.trim().split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then(|| BearerSecret::new(secret))
+}
+
+/// Serves `listener` until loongd withdraws the `Serve` request; then stops accepting,
+/// waits for the requests in flight, and closes the streams.
+pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<(), GatewayError> {
+    let cancel = CancellationToken::new();
+    let mut hosts: Vec<String> = if cfg.allowed_hosts.is_empty() {
+        crate::config::LOOPBACK_HOSTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        cfg.allowed_hosts.clone()
+    };
+    // rmcp checks the Host again; the gateway's own check (above) is the one that answers.
+    hosts.sort();
+    let mcp_config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_cancellation_token(cancel.clone())
+        .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
+        .with_max_request_body_bytes(usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX));
+    let factory_link = link.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(mcp::Mcp::new(factory_link.clone())),
+        Arc::new(LocalSessionManager::default()),
+        mcp_config,
+    );
+    let limits = limits::Table::new(limits::Limits {
+        max_streams: cfg.max_streams_per_token,
+        per_second: cfg.requests_per_second,
+        burst: cfg.burst,
+    });
+    let unix = cfg.unix;
+    let shared = Arc::new(Shared {
+        cfg,
+        link: link.clone(),
+        limits,
+        mcp: service,
+        requests: AtomicU64::new(0),
+        open: AtomicU64::new(0),
+        draining: AtomicU64::new(0),
+    });
+    let accepting = accept_loop(shared.clone(), listener, unix);
+    let stats = report_stats(shared.clone());
+    tokio::select! {
+        r = accepting => r?,
+        () = link.stopped() => {}
+        () = stats => {}
+    }
+    // Drain: no new connection is accepted (the loop is dropped); the requests in flight
+    // finish (loongd kills the worker at its drain deadline otherwise).
+    while shared.draining.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(DRAIN_TICK).await;
+    }
+    cancel.cancel();
+    Ok(())
+}
+
+async fn report_stats(shared: Arc<Shared>) {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(STATS_INTERVAL).await;
+        let now = GatewayStats {
+            requests: shared.requests.load(Ordering::Relaxed),
+            open_streams: shared.open.load(Ordering::Relaxed),
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let Ok(req) = wire::request(wire::KIND_GATEWAY_STATS, &now) else {
+            continue;
+        };
+        if shared.link.call(req, AUTH_TIMEOUT).await.is_ok() {
+            last = Some(now);
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    unix: bool,
+) -> Result<(), GatewayError> {
+    enum L {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let l = if unix {
+        let std = std::os::unix::net::UnixListener::from(listener);
+        std.set_nonblocking(true).map_err(GatewayError::Listener)?;
+        L::Unix(tokio::net::UnixListener::from_std(std).map_err(GatewayError::Listener)?)
+    } else {
+        let std = std::net::TcpListener::from(listener);
+        std.set_nonblocking(true).map_err(GatewayError::Listener)?;
+        L::Tcp(tokio::net::TcpListener::from_std(std).map_err(GatewayError::Listener)?)
+    };
+    loop {
+        let accepted = match &l {
+            L::Tcp(t) => t.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }),
+            L::Unix(u) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
+        };
+        let conn = match accepted {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(shared, req).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let _ = match conn {
+                Conn::Tcp(s) => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await
+                }
+                Conn::Unix(s) => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await
+                }
+            };
+        });
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Held> {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    // A stop waits for every request but /mcp's standalone stream (GET), which it closes.
+    let drains = !(path == "/mcp" && req.method() == Method::GET);
+    let counted = Counted::new(&shared, drains);
+    let (resp, open) = answer(&shared, req, &path).await;
+    resp.map(|inner| Held {
+        inner,
+        _held: (open, counted),
+    })
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    path: &str,
+) -> (Response<Body_>, Option<limits::Open>) {
+    let cfg = &shared.cfg;
+    if path == "/health" {
+        return (
+            json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            None,
+        );
+    }
+    if !matches!(
+        path,
+        "/mcp" | "/v1/models" | "/v1/chat/completions" | "/v1/messages"
+    ) {
+        return (
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route {path}; the gateway serves /mcp, /v1/models, /v1/chat/completions, /v1/messages and /health"),
+            ),
+            None,
+        );
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !cfg.host_allowed(host) {
+        return (
+            error(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                &format!("Host {host:?} is not one this gateway answers (gateway.allowed_hosts; loopback names by default), against DNS rebinding"),
+            ),
+            None,
+        );
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !cfg.origin_allowed(origin) {
+            return (
+                error(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    &format!("Origin {origin:?} is not allowed (gateway.allowed_origins; loopback origins by default)"),
+                ),
+                None,
+            );
+        }
+    }
+    let Some(secret) = bearer(&req) else {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no bearer token: send `Authorization: Bearer SECRET` with a token's secret (`loongctl gateway pair` or `loongctl tokens issue`)",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return (r, None);
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cfg.max_body_bytes) {
+        return (
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!(
+                    "the body is {} bytes, above the gateway's {} (gateway.max_body_bytes)",
+                    declared.unwrap_or(0),
+                    cfg.max_body_bytes
+                ),
+            ),
+            None,
+        );
+    }
+    let open = match shared
+        .limits
+        .admit(limits::key(secret.expose()), Instant::now())
+    {
+        Ok(o) => o,
+        Err(why) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &why.to_string(),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(why.retry_after()),
+            );
+            return (r, None);
+        }
+    };
+    if let Err(r) = authenticate(&shared.link, &secret).await {
+        return (r, None);
+    }
+    let resp = match path {
+        "/mcp" => {
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(mcp::Bearer(secret));
+            let limited = http_body_util::Limited::new(
+                body,
+                usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+            );
+            let req = Request::from_parts(parts, limited);
+            let mut svc = shared.mcp.clone();
+            match tower_service::Service::call(&mut svc, req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+        "/v1/models" => models(cfg),
+        // replaced by loong_compat at merge
+        "/v1/chat/completions" | "/v1/messages" => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            &format!("{path} is not served by this gateway yet (the chat turn lands separately)"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", path),
+    };
+    (resp, Some(open))
+}
+
+/// `/v1/models`: the agent's configured model names.
+fn models(cfg: &Config) -> Response<Body_> {
+    let data: Vec<serde_json::Value> = cfg
+        .models
+        .iter()
+        .map(|m| serde_json::json!({ "id": m, "object": "model", "owned_by": "loong" }))
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "object": "list", "data": data }),
+    )
+}
+
+/// The bearer checked in loongd: its token, or the refusal to answer with.
+async fn authenticate(link: &AsyncLink, secret: &BearerSecret) -> Result<String, Response<Body_>> {
+    let req = wire::request(
+        wire::KIND_GATEWAY_AUTH,
+        &GatewayAuth {
+            bearer: secret.clone(),
+        },
+    )
+    .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
+    match link.call(req, AUTH_TIMEOUT).await {
+        Ok(bytes) => wire::decode::<GatewayAuthed>(&bytes)
+            .map(|a| a.token)
+            .map_err(|e| error(StatusCode::BAD_GATEWAY, "kernel_error", &e.to_string())),
+        Err(e) => Err(refusal(&e)),
+    }
+}
+
+/// The HTTP answer to a kernel call's failure.
+pub fn refusal(e: &KernelLinkError) -> Response<Body_> {
+    match e {
+        KernelLinkError::Remote(r) => {
+            let stage = match &r.detail {
+                Some(ErrorDetail::Denied(d)) => Some(d.stage),
+                _ => None,
+            };
+            match (r.kind, stage) {
+                (ErrorKind::Denied, Some(DenialStage::Token)) => {
+                    let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", &r.message);
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                    );
+                    resp
+                }
+                (ErrorKind::Denied, _) => error(StatusCode::FORBIDDEN, "forbidden", &r.message),
+                (ErrorKind::BudgetExceeded | ErrorKind::Overloaded, _) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &r.message)
+                }
+                _ => error(StatusCode::BAD_GATEWAY, "kernel_error", &r.message),
+            }
+        }
+        KernelLinkError::Timeout(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "kernel_timeout",
+            &e.to_string(),
+        ),
+        other => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kernel_unavailable",
+            &other.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,224 @@
+//! `/mcp`: the same MCP server as `loongctl mcp serve`, over streamable HTTP. `tools/list`
+//! offers what loongd's `gateway_list` says the bearer may invoke, named by the shared
+//! mapping (`loong_ipc::mcp_names`, the same names in both); `tools/call` is a
+//! `gateway_invoke` under the bearer. A denial is a tool error with loongd's reason; a call
+//! that needs an approval is a tool error naming the approval.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use loong_ipc::{
+    mcp_names as names,
+    message::gateway::{self as wire, GatewayInvoke, GatewayList, GatewayTool},
+    BearerSecret, ErrorDetail, ErrorKind,
+};
+use loong_worker_runtime::{service::AsyncLink, KernelLinkError};
+use rmcp::{
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+        Tool,
+    },
+    service::RequestContext,
+    ErrorData, RoleServer, ServerHandler,
+};
+
+/// How long a tool call may take, an approval's wait included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a listing may take.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
+const MCP_BRIDGE: &str = "mcp_stdio";
+/// `bridge_kind` of loongd's built-in tools: named before any plugin's tool.
+const BUILTIN_BRIDGE: &str = "builtin";
+
+/// The bearer of the HTTP request an MCP message came in (put there by the router).
+#[derive(Debug, Clone)]
+pub struct Bearer(pub BearerSecret);
+
+/// The names of one session.
+#[derive(Debug, Default)]
+struct Table {
+    /// MCP name → Loong name, every name given in this session.
+    given: BTreeMap<String, String>,
+    /// MCP name → (Loong name, bridge kind), from the last listing.
+    offered: BTreeMap<String, (String, String)>,
+}
+
+/// One MCP session's server.
+#[derive(Clone)]
+pub struct Mcp {
+    link: AsyncLink,
+    names: Arc<Mutex<Table>>,
+}
+
+impl Mcp {
+    pub fn new(link: AsyncLink) -> Mcp {
+        Mcp {
+            link,
+            names: Arc::default(),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tools the bearer may invoke, named; remembers the names.
+    async fn list(&self, bearer: &BearerSecret) -> Result<Vec<(String, GatewayTool)>, ErrorData> {
+        let req = wire::request(
+            wire::KIND_GATEWAY_LIST,
+            &GatewayList {
+                bearer: bearer.clone(),
+            },
+        )
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let bytes = self.link.call(req, LIST_TIMEOUT).await.map_err(|e| {
+            ErrorData::internal_error(format!("listing the tools failed: {e}"), None)
+        })?;
+        let tools: Vec<GatewayTool> = wire::decode(&bytes)
+            .map_err(|e| ErrorData::internal_error(format!("listing the tools: {e}"), None))?;
+        let mut table = self.table();
+        let named = names::assign(
+            tools
+                .iter()
+                .map(|t| (t.name.as_str(), t.bridge_kind == BUILTIN_BRIDGE)),
+            &table.given,
+        );
+        table.offered = tools
+            .iter()
+            .filter_map(|t| {
+                let mcp = named.get(&t.name)?;
+                Some((mcp.clone(), (t.name.clone(), t.bridge_kind.clone())))
+            })
+            .collect();
+        for (loong, mcp) in &named {
+            table.given.insert(mcp.clone(), loong.clone());
+        }
+        drop(table);
+        Ok(tools
+            .into_iter()
+            .filter_map(|t| named.get(&t.name).map(|mcp| (mcp.clone(), t)))
+            .collect())
+    }
+}
+
+fn bearer_of(ctx: &RequestContext<RoleServer>) -> Result<BearerSecret, ErrorData> {
+    ctx.extensions
+        .get::<hyper::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Bearer>())
+        .map(|b| b.0.clone())
+        .ok_or_else(|| ErrorData::internal_error("the request carries no bearer", None))
+}
+
+/// The schema given for every tool: loongd does not hand out input schemas yet.
+fn any_object() -> JsonObject {
+    let mut o = JsonObject::new();
+    o.insert("type".into(), "object".into());
+    o
+}
+
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("loong", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Loong's tools, each call decided, confined and audited by loongd under the bearer's capability token. Names map `.` to `__` and `/` to `--`.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let bearer = bearer_of(&context)?;
+        let tools = self
+            .list(&bearer)
+            .await?
+            .into_iter()
+            .map(|(mcp, t)| Tool::new(mcp, t.description, any_object()))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let bearer = bearer_of(&context)?;
+        let name = request.name.to_string();
+        let known = self.table().offered.get(&name).cloned();
+        let (loong, bridge_kind) = match known {
+            Some(l) => l,
+            None => {
+                self.list(&bearer).await?;
+                self.table().offered.get(&name).cloned().ok_or_else(|| {
+                    ErrorData::invalid_params(
+                        format!(
+                            "unknown tool {name:?}: this server offers only the tools its token may invoke (see tools/list)"
+                        ),
+                        None,
+                    )
+                })?
+            }
+        };
+        let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
+        let req = wire::request(
+            wire::KIND_GATEWAY_INVOKE,
+            &GatewayInvoke {
+                bearer,
+                tool: loong.clone(),
+                input,
+            },
+        )
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let answer = self.link.call(req, CALL_TIMEOUT).await;
+        Ok(result(&loong, &bridge_kind, answer).into())
+    }
+}
+
+/// The MCP result of a call of `tool`, as `mcp serve` gives it.
+fn result(
+    tool: &str,
+    bridge_kind: &str,
+    answer: Result<Vec<u8>, KernelLinkError>,
+) -> CallToolResult {
+    match answer {
+        Ok(bytes) => {
+            let output = String::from_utf8_lossy(&bytes).into_owned();
+            if bridge_kind == MCP_BRIDGE {
+                return match serde_json::from_str::<CallToolResult>(&output) {
+                    Ok(own) => own,
+                    Err(_) => CallToolResult::success(vec![ContentBlock::text(output)]),
+                };
+            }
+            match serde_json::from_str::<serde_json::Value>(&output) {
+                Ok(v @ serde_json::Value::Object(_)) => {
+                    let mut out = CallToolResult::success(vec![ContentBlock::text(output.clone())]);
+                    out.structured_content = Some(v);
+                    out
+                }
+                _ => CallToolResult::success(vec![ContentBlock::text(output)]),
+            }
+        }
+        Err(KernelLinkError::Remote(e)) => {
+            let text = match (&e.kind, &e.detail) {
+                (ErrorKind::Denied, _) => format!("denied: {} (tool {tool})", e.message),
+                (_, Some(ErrorDetail::ApprovalPending { approval })) => format!(
+                    "approval {approval} is pending for this call of {tool}: an operator approves it with `loongctl approvals approve {approval}`; call the tool again once it is approved ({})",
+                    e.message
+                ),
+                (kind, _) => format!("{kind}: {} (tool {tool})", e.message),
+            };
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        }
+        Err(other) => CallToolResult::error(vec![ContentBlock::text(format!(
+            "the call of {tool} failed: {other}"
+        ))]),
+    }
+}
