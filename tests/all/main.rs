@@ -17,6 +17,7 @@ mod dns_server;
 mod egress;
 mod file_binding;
 mod gateway;
+mod gateway_chat;
 mod kernel_calls;
 mod keys;
 mod lists;

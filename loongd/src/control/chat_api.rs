@@ -57,7 +57,6 @@ static CHATS: AtomicU64 = AtomicU64::new(1);
 /// One chat turn under `bearer`: events go to `events` as they arrive and end with one
 /// `Done`. A refusal before the turn (the decision first, then bounds, a collision) or a failed turn is
 /// the `Err` (the gateway answers it in the caller's format); nothing is sent after it.
-#[allow(dead_code)] // called by services::gateway once the gateway's routes are mounted
 pub(crate) async fn chat_turn(
     kernel: &Kernel,
     bearer: &BearerSecret,
