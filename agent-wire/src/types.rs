@@ -93,6 +93,15 @@ pub enum StopReason {
 pub enum Event {
     /// A piece of the answer's text, to show as it arrives.
     TextDelta(String),
+    /// A piece of a tool call's arguments as it arrives (`index`: the call's place in the
+    /// answer; `id` and `name` as known so far, the name mapped back). The whole call
+    /// follows as [`Event::ToolCall`], which is authoritative.
+    ToolCallDelta {
+        index: u32,
+        id: String,
+        name: String,
+        delta: String,
+    },
     /// A complete tool call (its argument pieces joined).
     ToolCall(ToolCall),
     /// The answer's token counts (Anthropic may send it more than once, each a running total).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Kind, ProviderConfig};
-use crate::types::{FailoverEvent, Message, ToolSpec, Usage};
+use crate::types::{FailoverEvent, Message, StopReason, ToolCall, ToolSpec, Usage};
 
 /// The tool id the agent worker serves.
 pub const AGENT_TOOL: &str = "agent.turn";
@@ -98,6 +98,10 @@ pub struct TurnInput {
     /// sends any and a release worker refuses a turn that carries some.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
+    /// The gateway's chat turn: the caller's own tools, offered beside `tools`; a call to
+    /// one ends the turn and is returned in [`TurnOutput::caller_calls`], never run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caller_tools: Vec<ToolSpec>,
 }
 
 /// One tool call the model made in a turn, and what it was answered.
@@ -118,7 +122,7 @@ pub struct ToolCallRecord {
 pub struct TurnOutput {
     /// The text of the last answer.
     pub answer: String,
-    /// `answered`, `max_steps` or `budget`.
+    /// `answered`, `max_steps`, `budget` or `caller_tools`.
     pub stop: String,
     pub steps: u32,
     pub usage: Usage,
@@ -129,6 +133,13 @@ pub struct TurnOutput {
     /// The messages the turn added after the input's (the model's answers and the tool
     /// results), for the session's memory.
     pub added: Vec<Message>,
+    /// The calls of the caller's tools that ended the turn (`stop` is `caller_tools`), in
+    /// the order the model made them, ids kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caller_calls: Vec<ToolCall>,
+    /// Why the model's last answer ended, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// The output of a turn that failed: the provider's error, typed.

@@ -38,7 +38,10 @@ pub use message::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,
     },
-    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest, ServiceCall, ShowText},
+    kernel::{
+        ChatEventCall, InvokeTool, KernelCall, KernelCallError, KernelRequest, ServiceCall,
+        ShowText,
+    },
     outcome::{
         Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass, PlanCallFailure,
         PlanFailed, PlanFailureKind,

@@ -78,6 +78,9 @@ pub(crate) struct RequestIo {
     pub(crate) waiting: WaitCell,
     /// Input chunks (a sandboxed program's stdin, the operator's interrupts).
     pub(crate) input: mpsc::Receiver<StreamChunk>,
+    /// The gateway's chat turn only: where the agent's text deltas and the caller's tool
+    /// calls go as they arrive (kernel calls `show_text` and `chat_event`), in order.
+    pub(crate) chat: Option<mpsc::Sender<loong_agent_wire::chat::ChatEvent>>,
 }
 
 impl RequestIo {

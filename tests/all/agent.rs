@@ -81,7 +81,7 @@ impl Provider {
     }
 
     /// `loongd.toml` sections naming this server.
-    fn config(&self, extra: &str) -> String {
+    pub(crate) fn config(&self, extra: &str) -> String {
         format!(
             "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"test-model\"\nidle_timeout_secs = 120\n\n[agent]\nprovider = \"local\"\nmax_steps = 4\nturn_budget_secs = 120\n\n{extra}",
             self.port
@@ -166,7 +166,7 @@ pub(crate) fn text_answer(text: &str) -> Reply {
 }
 
 /// An answer that calls `name` (its wire name) with `arguments`.
-fn tool_answer(name: &str, arguments: &serde_json::Value) -> Reply {
+pub(crate) fn tool_answer(name: &str, arguments: &serde_json::Value) -> Reply {
     Reply::Sse(vec![
         delta(
             serde_json::json!({"role": "assistant", "content": null, "tool_calls": [

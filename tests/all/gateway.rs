@@ -125,7 +125,7 @@ fn client(
 }
 
 /// A free loopback port (bound and released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -189,7 +189,7 @@ fn http(
 }
 
 /// Waits until the gateway answers `/health`.
-fn wait_for_gateway(home: &Home, port: u16) {
+pub(crate) fn wait_for_gateway(home: &Home, port: u16) {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         if TcpStream::connect(("127.0.0.1", port)).is_ok()

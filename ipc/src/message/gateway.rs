@@ -23,7 +23,8 @@ pub const KIND_GATEWAY_INVOKE: &str = "gateway_invoke";
 /// Start a chat turn under the bearer: [`GatewayChatStart`] → the stream id (`u64`).
 pub const KIND_GATEWAY_CHAT_START: &str = "gateway_chat_start";
 /// The next events of a chat turn: [`GatewayChatNext`] → `Vec<Vec<u8>>` (each a postcard
-/// `ChatEvent`), empty once the turn has ended.
+/// `ChatEvent`): empty when none arrived within loongd's wait (ask again); the last batch
+/// ends with `Done` or `Failed`, and the stream is gone after it.
 pub const KIND_GATEWAY_CHAT_NEXT: &str = "gateway_chat_next";
 /// The worker's figures for `loongctl gateway status`: [`GatewayStats`] → nothing.
 pub const KIND_GATEWAY_STATS: &str = "gateway_stats";

@@ -31,6 +31,10 @@ pub const KIND_INVOKE_TOOL: &str = "invoke_tool";
 pub const KIND_SHOW_TEXT: &str = "show_text";
 /// Bound on the text of one [`ShowText`].
 pub const MAX_SHOW_TEXT_BYTES: usize = 64 * 1024;
+/// The kind of [`ChatEventCall`].
+pub const KIND_CHAT_EVENT: &str = "chat_event";
+/// Bound on the event of one [`ChatEventCall`].
+pub const MAX_CHAT_EVENT_BYTES: usize = 64 * 1024;
 /// The prefixes of the kinds a service worker's kernel calls have ([`ServiceCall`]): loongd
 /// takes a `gateway_*` kind only from the gateway's Serve call and a `channel_*` kind only
 /// from a channel's.
@@ -82,6 +86,17 @@ pub struct ShowText {
     pub text: String,
 }
 
+/// Pass one event of the gateway's chat turn (a caller's tool call starting, a piece of its
+/// arguments) to the caller as it arrives. Only the agent's own turn may send it, and only
+/// in a chat turn; the event is `loong_agent_wire::chat::ChatEvent` as JSON, which loongd
+/// decodes. The answer's bytes are empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ChatEventCall {
+    /// The event as JSON (at most [`MAX_CHAT_EVENT_BYTES`]).
+    pub event_json: String,
+}
+
 /// A service worker's kernel call: a kind with one of [`SERVICE_KIND_PREFIXES`] and its body,
 /// which the service's own module (in loongd and in the worker) defines and decodes; this
 /// crate checks only the bounds. The answer's bytes are that kind's.
@@ -109,6 +124,8 @@ pub enum KernelRequest {
     InvokeTool(InvokeTool),
     /// [`KIND_SHOW_TEXT`].
     ShowText(ShowText),
+    /// [`KIND_CHAT_EVENT`].
+    ChatEvent(ChatEventCall),
     /// A service's kind (`gateway_*`, `channel_*`).
     Service(ServiceCall),
 }
@@ -117,7 +134,7 @@ pub enum KernelRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelCallError {
     /// A kind this build does not know.
-    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool, show_text, gateway_*, channel_*")]
+    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool, show_text, chat_event, gateway_*, channel_*")]
     Unsupported(String),
     /// A field past its bound.
     #[error("kernel call: {0}")]
@@ -156,6 +173,14 @@ impl KernelRequest {
                     reason: e.to_string(),
                 })?;
                 (KIND_SHOW_TEXT, body)
+            }
+            KernelRequest::ChatEvent(e) => {
+                check_len("event_json", &e.event_json, MAX_CHAT_EVENT_BYTES)?;
+                let body = postcard::to_allocvec(e).map_err(|e| KernelCallError::Malformed {
+                    kind: KIND_CHAT_EVENT.into(),
+                    reason: e.to_string(),
+                })?;
+                (KIND_CHAT_EVENT, body)
             }
             KernelRequest::Service(c) => {
                 if !ServiceCall::is_service_kind(&c.kind) {
@@ -223,6 +248,18 @@ impl KernelCall {
                 check_len("text", &t.text, MAX_SHOW_TEXT_BYTES)?;
                 Ok(KernelRequest::ShowText(t))
             }
+            KIND_CHAT_EVENT => {
+                let (e, rest) =
+                    postcard::take_from_bytes::<ChatEventCall>(&self.payload).map_err(malformed)?;
+                if !rest.is_empty() {
+                    return Err(KernelCallError::Malformed {
+                        kind: self.kind.clone(),
+                        reason: format!("{} bytes after the body", rest.len()),
+                    });
+                }
+                check_len("event_json", &e.event_json, MAX_CHAT_EVENT_BYTES)?;
+                Ok(KernelRequest::ChatEvent(e))
+            }
             other if ServiceCall::is_service_kind(other) => {
                 Ok(KernelRequest::Service(ServiceCall {
                     kind: other.to_string(),
@@ -274,6 +311,30 @@ mod tests {
             call: 1,
             deadline_ms: 1,
             kind: KIND_SHOW_TEXT.into(),
+            payload: body,
+        };
+        assert!(matches!(call.request(), Err(KernelCallError::Bound(_))));
+    }
+
+    #[test]
+    fn a_chat_event_travels_within_its_bound_and_is_refused_past_it() {
+        let event = |event_json: String| KernelRequest::ChatEvent(ChatEventCall { event_json });
+        let at = event("x".repeat(MAX_CHAT_EVENT_BYTES));
+        let call = at.encode(2, 1, 100).expect("encodes");
+        assert_eq!(call.kind, KIND_CHAT_EVENT);
+        assert_eq!(call.request(), Ok(at));
+        assert!(event("x".repeat(MAX_CHAT_EVENT_BYTES + 1))
+            .encode(3, 1, 100)
+            .is_err());
+        let body = postcard::to_allocvec(&ChatEventCall {
+            event_json: "x".repeat(MAX_CHAT_EVENT_BYTES + 1),
+        })
+        .expect("encodes");
+        let call = KernelCall {
+            id: 4,
+            call: 1,
+            deadline_ms: 1,
+            kind: KIND_CHAT_EVENT.into(),
             payload: body,
         };
         assert!(matches!(call.request(), Err(KernelCallError::Bound(_))));

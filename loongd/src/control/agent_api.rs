@@ -33,7 +33,7 @@ use crate::{
     Kernel,
 };
 
-fn bad(m: impl Into<String>) -> RemoteError {
+pub(super) fn bad(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, m)
 }
 
@@ -56,7 +56,7 @@ fn check_session(session: &str) -> Result<(), RemoteError> {
 /// The API key a provider's `api_key` reference names, from loongd's secret store, and only
 /// when the secret is bound to the provider's own host (as a connector's header secret is:
 /// `loongctl secrets set NAME --host HOST`).
-fn provider_key(name: &str, config: &ProviderConfig) -> Result<String, RemoteError> {
+pub(super) fn provider_key(name: &str, config: &ProviderConfig) -> Result<String, RemoteError> {
     let secret = config
         .api_key
         .as_ref()
@@ -95,14 +95,14 @@ fn provider_key(name: &str, config: &ProviderConfig) -> Result<String, RemoteErr
 pub const PROBES_ENV: &str = "LOONG_TEST_AGENT_PROBES";
 
 #[cfg(debug_assertions)]
-fn test_probes() -> Vec<String> {
+pub(super) fn test_probes() -> Vec<String> {
     std::env::var(PROBES_ENV)
         .map(|v| v.lines().map(str::to_string).collect())
         .unwrap_or_default()
 }
 
 #[cfg(not(debug_assertions))]
-fn test_probes() -> Vec<String> {
+pub(super) fn test_probes() -> Vec<String> {
     Vec::new()
 }
 
@@ -128,7 +128,7 @@ async fn decide_memory(
 /// `tool.invoke` on its name is allowed (or needs an approval), a built-in when the bearer
 /// holds its effect's capability at all (each call is still decided on its target). The
 /// agent's own turn is never offered.
-fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
+pub(super) fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
     let mut tools = Vec::new();
     for p in kernel.plugins_snapshot().values() {
         if p.id == AGENT_TOOL || !matches!(p.state, State::Ready { .. }) {
@@ -308,6 +308,7 @@ pub(crate) async fn ask(
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
         probes: test_probes(),
+        caller_tools: Vec::new(),
     };
     let input = fitted(&mut input)?;
     let out = match effects::invoke::agent_turn(kernel, &actor, input).await {
@@ -411,7 +412,7 @@ fn fitted(input: &mut TurnInput) -> Result<String, RemoteError> {
 
 /// A failed turn's error: a provider's failure as its class and message (the worker sends
 /// it as JSON), anything else (a denial, the worker killed) as loongd answered it.
-fn typed(mut e: RemoteError) -> RemoteError {
+pub(super) fn typed(mut e: RemoteError) -> RemoteError {
     if matches!(e.detail, Some(ErrorDetail::WorkerFailed(_))) {
         // The worker's failure is its class's name, then the JSON.
         let failure = e
@@ -521,6 +522,7 @@ mod tests {
             max_steps: 1,
             budget_ms: 1,
             probes: Vec::new(),
+            caller_tools: Vec::new(),
         };
         let text = fitted(&mut input).expect("fits");
         assert!(text.len() <= MAX_INVOKE_INPUT_BYTES);

@@ -395,6 +395,7 @@ fn start(
         stop: stop.clone(),
         waiting: waiting.clone(),
         input: input_rx,
+        chat: None,
     };
     let stop_task = stop.clone();
     let task = tokio::spawn(

@@ -173,6 +173,9 @@ impl Host<'_> {
         let t = match req {
             KernelRequest::InvokeTool(t) => t,
             KernelRequest::ShowText(t) => return self.show(&actor, t.text, &call).await,
+            KernelRequest::ChatEvent(e) => {
+                return self.chat_event(&actor, e.event_json, &call).await
+            }
             // A service's kind from a tool call's worker: only a service's Serve call makes
             // one (crate::services), so this is a protocol violation, recorded.
             KernelRequest::Service(c) => {
@@ -250,12 +253,84 @@ impl Host<'_> {
             .root
             .left()
             .min(Duration::from_millis(u64::from(call.deadline_ms)));
+        if let Some(chat) = &io.chat {
+            // The gateway's chat turn: the text goes with the chat's other events, in order.
+            let event = loong_agent_wire::chat::ChatEvent::TextDelta(text);
+            return match tokio::time::timeout(wait, chat.send(event)).await {
+                Ok(_) => Ok(Vec::new()),
+                Err(_) => Err(RemoteError::new(
+                    ErrorKind::DeadlineExceeded,
+                    "the chat's caller did not read the answer's text in time",
+                )),
+            };
+        }
         let chunk = loong_ipc::StreamChunk::Stdout(text.into_bytes());
         match tokio::time::timeout(wait, io.emit(chunk)).await {
             Ok(_) => Ok(Vec::new()),
             Err(_) => Err(RemoteError::new(
                 ErrorKind::DeadlineExceeded,
                 "the asker did not read the answer's text in time",
+            )),
+        }
+    }
+
+    /// A caller's tool call starting, or a piece of its arguments, in the gateway's chat turn
+    /// (kernel call `chat_event`), passed on as it arrives. Only the agent's own turn, and
+    /// only in a chat turn, sends one; anything else is refused and recorded. Only
+    /// `ToolCallStart` and `ToolCallArgs` pass: loongd makes the turn's end itself, and
+    /// checks each call against the caller's tools before the caller sees it
+    /// (`control::chat_api`).
+    async fn chat_event(
+        &self,
+        actor: &Actor<'_>,
+        event_json: String,
+        call: &KernelCall,
+    ) -> Result<Vec<u8>, RemoteError> {
+        use loong_agent_wire::chat::ChatEvent;
+        let chat = self.io.and_then(|io| io.chat.as_ref());
+        let refusal = if self.plugin != loong_agent_wire::wire::AGENT_TOOL || self.chain.depth > 0 {
+            Some(format!(
+                "plugin {}: only the agent's turn sends chat events (kernel call chat_event)",
+                self.plugin
+            ))
+        } else if chat.is_none() {
+            Some("kernel call chat_event: only a chat turn of the gateway takes chat events".into())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let e = RemoteError::new(ErrorKind::BadRequest, why);
+            return Err(self.refuse(actor, "", e).await);
+        }
+        let event = match serde_json::from_str::<ChatEvent>(&event_json) {
+            Ok(e @ (ChatEvent::ToolCallStart { .. } | ChatEvent::ToolCallArgs { .. })) => e,
+            Ok(_) => {
+                let e = RemoteError::new(
+                    ErrorKind::BadRequest,
+                    "kernel call chat_event: only a tool call's start and its arguments are sent this way",
+                );
+                return Err(self.refuse(actor, "", e).await);
+            }
+            Err(e) => {
+                let e = RemoteError::new(
+                    ErrorKind::BadRequest,
+                    format!("kernel call chat_event: the event does not decode: {e}"),
+                );
+                return Err(self.refuse(actor, "", e).await);
+            }
+        };
+        let Some(chat) = chat else {
+            return Ok(Vec::new());
+        };
+        let wait = self
+            .root
+            .left()
+            .min(Duration::from_millis(u64::from(call.deadline_ms)));
+        match tokio::time::timeout(wait, chat.send(event)).await {
+            Ok(_) => Ok(Vec::new()),
+            Err(_) => Err(RemoteError::new(
+                ErrorKind::DeadlineExceeded,
+                "the chat's caller did not read the tool call in time",
             )),
         }
     }

@@ -10,20 +10,36 @@
 //! - `gateway_list`: the tools the token may invoke, each decided as `mcp serve`'s dry run
 //!   decides it and recorded; one that needs an approval is offered and says so.
 //! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
-//! - `gateway_chat_start`/`gateway_chat_next`: stand-ins until the chat turn lands.
+//! - `gateway_chat_start`: decodes the caller's `ChatRequest` and spawns `chat_turn` under
+//!   the bearer, its events queued in this gateway worker's stream table (at most
+//!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped, its turn
+//!   running to its end unheard); answers the stream id. A turn's `Err` is its last event, `ChatEvent::Failed`
+//!   with the error's kind (`denied`, `bad_request`, ...), so the worker chooses the HTTP
+//!   status from the first batch.
+//! - `gateway_chat_next`: waits up to [`CHAT_NEXT_WAIT`] for the stream's events and drains
+//!   what has arrived (an empty batch: none yet, ask again); the last batch ends with `Done`
+//!   or `Failed` and the stream is gone after it. A stream id from another gateway worker,
+//!   or unknown, is an error.
 //! - `gateway_stats`: the worker's request and stream counts, for `gateway status`.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
 };
+
+use loong_agent_wire::chat::{ChatEvent, ChatRequest};
+use tokio::sync::mpsc;
 
 use loong_ipc::{
     message::gateway::{
-        self as wire, GatewayAuth, GatewayAuthed, GatewayInvoke, GatewayList, GatewayStats,
-        GatewayTool,
+        self as wire, GatewayAuth, GatewayAuthed, GatewayChatNext, GatewayChatStart, GatewayInvoke,
+        GatewayList, GatewayStats, GatewayTool,
     },
-    DenialStage, ErrorKind, RemoteError, ServiceCall,
+    BearerSecret, DenialStage, ErrorKind, RemoteError, ServiceCall,
 };
 use loong_profiles::pack::Capability;
 
@@ -62,6 +78,16 @@ pub(crate) async fn handle(
 ) -> Result<Vec<u8>, RemoteError> {
     let kernel = &*host.kernel;
     match call.kind.as_str() {
+        wire::KIND_GATEWAY_CHAT_START => {
+            let b: GatewayChatStart =
+                wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let req: ChatRequest = wire::decode(&b.request).map_err(|e| bad(&call.kind, e))?;
+            answer(&chat_start(host, worker, b.bearer, req)?)
+        }
+        wire::KIND_GATEWAY_CHAT_NEXT => {
+            let b: GatewayChatNext = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            answer(&chat_next(worker, b.stream).await?)
+        }
         wire::KIND_GATEWAY_AUTH => {
             let b: GatewayAuth = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             auth(kernel, worker, b.bearer.expose()).await
@@ -86,19 +112,152 @@ pub(crate) async fn handle(
                 .store(b.open_streams, Ordering::Relaxed);
             Ok(Vec::new())
         }
-        // replaced by agent_api::chat_turn at merge
-        wire::KIND_GATEWAY_CHAT_START | wire::KIND_GATEWAY_CHAT_NEXT => Err(RemoteError::new(
-            ErrorKind::NotFound,
-            format!(
-                "kernel call {}: the chat turn is not in this loongd yet",
-                call.kind
-            ),
-        )),
         other => Err(RemoteError::new(
             ErrorKind::NotFound,
             format!("kernel call {other} is not a gateway kernel call this loongd knows"),
         )),
     }
+}
+
+/// The most chat streams one gateway worker has open at once.
+pub(crate) const MAX_CHAT_STREAMS: usize = 256;
+/// A chat stream not polled for this long is dropped (its turn still runs to its end).
+pub(crate) const CHAT_IDLE: Duration = Duration::from_secs(120);
+/// How long one `gateway_chat_next` waits for a stream's first event.
+pub(crate) const CHAT_NEXT_WAIT: Duration = Duration::from_secs(15);
+/// Events queued between a turn and the stream's next poll before the turn waits.
+const CHAT_QUEUE: usize = 256;
+/// One batch stops growing once its events reach this many bytes (or events).
+const CHAT_BATCH_BYTES: usize = 256 << 10;
+const CHAT_BATCH_EVENTS: usize = 512;
+
+/// Numbers the chat streams of this loongd.
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+/// One open chat turn.
+struct ChatStream {
+    /// The gateway worker that started it: only it may poll it.
+    worker: u64,
+    events: Arc<tokio::sync::Mutex<mpsc::Receiver<ChatEvent>>>,
+    polled: Instant,
+}
+
+fn streams() -> &'static Mutex<HashMap<u64, ChatStream>> {
+    static STREAMS: OnceLock<Mutex<HashMap<u64, ChatStream>>> = OnceLock::new();
+    STREAMS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lock_streams() -> std::sync::MutexGuard<'static, HashMap<u64, ChatStream>> {
+    streams()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The name a chat turn's error kind is sent with (`ChatEvent::Failed::kind`).
+pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Denied => "denied",
+        ErrorKind::BadRequest => "bad_request",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Overloaded | ErrorKind::BudgetExceeded => "overloaded",
+        ErrorKind::ApprovalPending => "approval_pending",
+        ErrorKind::DeadlineExceeded => "deadline_exceeded",
+        _ => "turn_failed",
+    }
+}
+
+/// Starts a chat turn under `bearer`; its stream id.
+fn chat_start(
+    host: &ServiceHost,
+    worker: u64,
+    bearer: BearerSecret,
+    req: ChatRequest,
+) -> Result<u64, RemoteError> {
+    let now = Instant::now();
+    let mut table = lock_streams();
+    table.retain(|_, s| now.duration_since(s.polled) < CHAT_IDLE);
+    let open = table.values().filter(|s| s.worker == worker).count();
+    if open >= MAX_CHAT_STREAMS {
+        return Err(RemoteError::new(
+            ErrorKind::Overloaded,
+            format!("kernel call gateway_chat_start: {open} chat streams are open, the most one gateway holds ({MAX_CHAT_STREAMS}); finish or close one and retry"),
+        ));
+    }
+    let (tx, rx) = mpsc::channel(CHAT_QUEUE);
+    let kernel = host.kernel.clone();
+    // The turn runs to its end (its records are written) even when its stream is dropped:
+    // its events then go nowhere.
+    tokio::spawn(async move {
+        if let Err(e) = crate::control::chat_api::chat_turn(&kernel, &bearer, req, tx.clone()).await
+        {
+            let _ = tx
+                .send(ChatEvent::Failed {
+                    kind: kind_name(e.kind).to_string(),
+                    message: e.message,
+                })
+                .await;
+        }
+    });
+    let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+    table.insert(
+        id,
+        ChatStream {
+            worker,
+            events: Arc::new(tokio::sync::Mutex::new(rx)),
+            polled: now,
+        },
+    );
+    Ok(id)
+}
+
+/// The stream's next events: empty when none arrived within [`CHAT_NEXT_WAIT`]; the last
+/// batch ends with `Done` or `Failed`, after which the stream is gone.
+async fn chat_next(worker: u64, stream: u64) -> Result<Vec<Vec<u8>>, RemoteError> {
+    let events = {
+        let mut table = lock_streams();
+        match table.get_mut(&stream) {
+            Some(s) if s.worker == worker => {
+                s.polled = Instant::now();
+                s.events.clone()
+            }
+            _ => {
+                return Err(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("kernel call gateway_chat_next: no open chat stream {stream} of this gateway; start one with gateway_chat_start"),
+                ))
+            }
+        }
+    };
+    let Ok(mut rx) = tokio::time::timeout(CHAT_NEXT_WAIT, events.lock()).await else {
+        return Ok(Vec::new());
+    };
+    let first = match tokio::time::timeout(CHAT_NEXT_WAIT, rx.recv()).await {
+        Err(_) => return Ok(Vec::new()),
+        Ok(Some(e)) => e,
+        // The turn ended without its last event (aborted): say so once.
+        Ok(None) => ChatEvent::Failed {
+            kind: "turn_failed".into(),
+            message: "the chat turn ended without an answer".into(),
+        },
+    };
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(event) = next.take() {
+        let last = matches!(event, ChatEvent::Done { .. } | ChatEvent::Failed { .. });
+        let encoded = wire::encode(&event).map_err(effects::internal)?;
+        bytes += encoded.len();
+        out.push(encoded);
+        if last {
+            lock_streams().remove(&stream);
+            break;
+        }
+        if bytes >= CHAT_BATCH_BYTES || out.len() >= CHAT_BATCH_EVENTS {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    Ok(out)
 }
 
 fn root_chain(worker: u64) -> Chain {

@@ -384,6 +384,7 @@ mod tests {
                 match call.request() {
                     Ok(KernelRequest::InvokeTool(t)) => Ok(t.tool.into_bytes()),
                     Ok(KernelRequest::ShowText(t)) => Ok(t.text.into_bytes()),
+                    Ok(KernelRequest::ChatEvent(e)) => Ok(e.event_json.into_bytes()),
                     Ok(KernelRequest::Service(c)) => Ok(c.payload),
                     Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
                 }

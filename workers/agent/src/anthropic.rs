@@ -310,8 +310,18 @@ impl Decoder {
                 }
             }
             // An empty piece is legal (the first piece often is): it adds nothing.
-            (Block::ToolUse { json, .. }, Some("input_json_delta")) => {
-                json.push_str(delta["partial_json"].as_str().unwrap_or_default());
+            (Block::ToolUse { id, name, json, .. }, Some("input_json_delta")) => {
+                let piece = delta["partial_json"].as_str().unwrap_or_default();
+                json.push_str(piece);
+                if !piece.is_empty() {
+                    let (id, name) = (id.clone(), name.clone());
+                    out.push_back(Event::ToolCallDelta {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        id,
+                        name: self.names.real(&name),
+                        delta: piece.to_owned(),
+                    });
+                }
             }
             (Block::Other, _) => {}
             (_, Some("text_delta" | "input_json_delta")) => {

@@ -23,9 +23,9 @@ pub mod retry;
 pub mod sse;
 pub mod turn;
 
-pub use loong_agent_wire::{config, limits, types, wire};
+pub use loong_agent_wire::{chat, config, limits, types, wire};
 
 pub use client::{ClientOptions, EventStream, Failover, HttpProvider, Provider, ProxyChoice};
 pub use error::ProviderError;
-pub use turn::{run_turn, ToolRunner, TurnEvent, TurnLimits, TurnOutcome, TurnStop};
+pub use turn::{run_chat_turn, run_turn, ToolRunner, TurnEvent, TurnLimits, TurnOutcome, TurnStop};
 pub use types::{Event, FailoverEvent, Message, Request, StopReason, ToolCall, ToolSpec, Usage};

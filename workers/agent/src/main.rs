@@ -17,12 +17,14 @@ use std::{
 };
 
 use loong_ipc::{
-    message::kernel::MAX_SHOW_TEXT_BYTES, FailureKind, InvokeTool, KernelRequest, PluginFailure,
-    RemoteError, ShowText, WorkerRequest, WorkerResponse,
+    message::kernel::{MAX_CHAT_EVENT_BYTES, MAX_SHOW_TEXT_BYTES},
+    ChatEventCall, FailureKind, InvokeTool, KernelRequest, PluginFailure, RemoteError, ShowText,
+    WorkerRequest, WorkerResponse,
 };
 use loong_worker_agent::{
+    chat::ChatEvent,
     client::BoxFuture,
-    run_turn,
+    run_chat_turn,
     wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
     ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
     TurnEvent, TurnLimits, TurnStop,
@@ -90,6 +92,65 @@ impl Kernel {
             .clamp(MIN_TOOL_CALL_TIMEOUT, SHOW_TEXT_TIMEOUT);
         if let Ok(mut link) = self.link.lock() {
             let _ = link.call(&KernelRequest::ShowText(ShowText { text }), timeout);
+        }
+    }
+
+    /// Passes one chat event (a caller's tool call starting, a piece of its arguments) on
+    /// to the chat's caller as it arrives (kernel call `chat_event`); `false` when it did
+    /// not go (loongd then sends, at the turn's end, what the caller lacks).
+    fn chat_event(&self, event: &ChatEvent) -> bool {
+        let Ok(event_json) = serde_json::to_string(event) else {
+            return false;
+        };
+        let timeout = self
+            .until
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_TOOL_CALL_TIMEOUT, SHOW_TEXT_TIMEOUT);
+        let req = KernelRequest::ChatEvent(ChatEventCall { event_json });
+        match self.link.lock() {
+            Ok(mut link) => link.call(&req, timeout).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The most bytes of a tool call's arguments in one `chat_event` (its JSON stays within
+/// [`MAX_CHAT_EVENT_BYTES`] even when every byte is escaped as `\u00XX`).
+const CHAT_ARGS_PIECE_BYTES: usize = MAX_CHAT_EVENT_BYTES / 8;
+
+/// The caller's tool calls passed on as they stream: a call's start once, then its pieces
+/// in order; after a piece that did not go, none of that call's (so what went is always the
+/// start of its arguments, and loongd sends the rest at the end).
+#[derive(Default)]
+struct Streamed {
+    calls: Vec<(String, bool)>,
+}
+
+impl Streamed {
+    fn piece(&mut self, kernel: &Kernel, index: u32, id: String, name: String, delta: &str) {
+        let at = match self.calls.iter().position(|c| c.0 == id) {
+            Some(at) => at,
+            None => {
+                let ok = kernel.chat_event(&ChatEvent::ToolCallStart {
+                    index,
+                    id: id.clone(),
+                    name,
+                });
+                self.calls.push((id, ok));
+                self.calls.len() - 1
+            }
+        };
+        let mut rest = delta;
+        while self.calls[at].1 && !rest.is_empty() {
+            let mut end = rest.len().min(CHAT_ARGS_PIECE_BYTES);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.calls[at].1 = kernel.chat_event(&ChatEvent::ToolCallArgs {
+                index,
+                delta: rest[..end].to_string(),
+            });
+            rest = &rest[end..];
         }
     }
 }
@@ -251,7 +312,21 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
     let given = history.len();
     let mut calls: Vec<ToolCallRecord> = Vec::new();
     let mut failovers = Vec::new();
+    let mut streamed = Streamed::default();
     let mut on_event = |event: TurnEvent| match event {
+        TurnEvent::ToolCallDelta {
+            index,
+            id,
+            name,
+            delta,
+        } => {
+            // Only a caller's tool's arguments go to the caller; Loong's stay here.
+            if input.caller_tools.iter().any(|t| t.name == name) {
+                streamed.piece(&kernel, index, id, name, &delta);
+            }
+        }
+        // A call of the caller's tool is returned to the caller (`caller_calls`), not run.
+        TurnEvent::ToolCall(call) if input.caller_tools.iter().any(|t| t.name == call.name) => {}
         TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
             offered: input.tools.iter().any(|t| t.name == call.name),
             name: call.name,
@@ -282,11 +357,12 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         }
         TurnEvent::Step { .. } => {}
     };
-    let outcome = runtime.block_on(run_turn(
+    let outcome = runtime.block_on(run_chat_turn(
         &failover,
         input.system.as_deref(),
         &mut history,
         &input.tools,
+        &input.caller_tools,
         &kernel,
         limits,
         &mut on_event,
@@ -295,20 +371,23 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         Ok(o) => o,
         Err(e) => return failed(e.class(), e.provider(), e.to_string()),
     };
+    let (stop, stop_reason, caller_calls) = match outcome.stop {
+        TurnStop::Answered(reason) => ("answered", Some(reason), Vec::new()),
+        TurnStop::MaxSteps => ("max_steps", None, Vec::new()),
+        TurnStop::Budget => ("budget", None, Vec::new()),
+        TurnStop::CallerTools(calls) => ("caller_tools", None, calls),
+    };
     let output = TurnOutput {
         answer: outcome.text,
-        stop: match outcome.stop {
-            TurnStop::Answered(_) => "answered",
-            TurnStop::MaxSteps => "max_steps",
-            TurnStop::Budget => "budget",
-        }
-        .to_string(),
+        stop: stop.to_string(),
         steps: outcome.steps,
         usage: outcome.usage,
         providers: outcome.providers,
         tool_calls: calls,
         failovers,
         added: history.split_off(given.min(history.len())),
+        caller_calls,
+        stop_reason,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the turn's answer: {e}")))?;
@@ -334,6 +413,8 @@ fn probed(
         tool_calls: Vec::new(),
         failovers: Vec::new(),
         added: Vec::new(),
+        caller_calls: Vec::new(),
+        stop_reason: None,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the probes' report: {e}")))?;

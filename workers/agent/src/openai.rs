@@ -138,6 +138,8 @@ struct PartialCall {
     id: String,
     name: String,
     arguments: String,
+    /// The bytes of `arguments` already passed on as [`Event::ToolCallDelta`].
+    streamed: usize,
 }
 
 /// Turns the chunks of one answer into [`Event`]s.
@@ -197,7 +199,7 @@ impl Decoder {
                     out.push_back(Event::TextDelta(text));
                 }
                 for piece in delta.tool_calls.unwrap_or_default() {
-                    self.tool_call_piece(piece)?;
+                    self.tool_call_piece(piece, out)?;
                 }
             }
             if let Some(reason) = choice.finish_reason {
@@ -214,7 +216,11 @@ impl Decoder {
         Ok(())
     }
 
-    fn tool_call_piece(&mut self, piece: ToolCallDelta) -> Result<(), ProviderError> {
+    fn tool_call_piece(
+        &mut self,
+        piece: ToolCallDelta,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), ProviderError> {
         if piece.index >= MAX_TOOL_CALLS_PER_ANSWER {
             return Err(ProviderError::TooManyToolCalls {
                 provider: self.provider.clone(),
@@ -238,6 +244,17 @@ impl Decoder {
             if let Some(arguments) = function.arguments {
                 call.arguments.push_str(&arguments);
             }
+        }
+        // The pieces pass on once the id and name are known (all that came before at once),
+        // so the pieces passed on always join to the start of the whole arguments.
+        if !call.name.is_empty() && !call.id.is_empty() && call.streamed < call.arguments.len() {
+            out.push_back(Event::ToolCallDelta {
+                index: u32::try_from(piece.index).unwrap_or(u32::MAX),
+                id: call.id.clone(),
+                name: self.names.real(&call.name),
+                delta: call.arguments[call.streamed..].to_owned(),
+            });
+            call.streamed = call.arguments.len();
         }
         Ok(())
     }

@@ -55,6 +55,13 @@ pub enum TurnEvent {
     Failover(FailoverEvent),
     /// A piece of the answer's text.
     Text(String),
+    /// A piece of a tool call's arguments, as it arrives (the whole call follows).
+    ToolCallDelta {
+        index: u32,
+        id: String,
+        name: String,
+        delta: String,
+    },
     /// The model asked for a tool.
     ToolCall(ToolCall),
     /// The result handed back to the model.
@@ -74,6 +81,9 @@ pub enum TurnStop {
     MaxSteps,
     /// The wall-clock budget ran out.
     Budget,
+    /// The model called tools of the caller's ([`run_chat_turn`]): the turn ends and the
+    /// calls go back to the caller, who runs them.
+    CallerTools(Vec<ToolCall>),
 }
 
 /// The end of a turn.
@@ -122,6 +132,37 @@ pub async fn run_turn(
     limits: TurnLimits,
     on_event: &mut (dyn FnMut(TurnEvent) + Send),
 ) -> Result<TurnOutcome, ProviderError> {
+    run_chat_turn(
+        provider,
+        system,
+        history,
+        tools,
+        &[],
+        runner,
+        limits,
+        on_event,
+    )
+    .await
+}
+
+/// [`run_turn`] with the caller's own tools offered beside Loong's (the gateway's chat
+/// turn). An answer that calls any of `caller_tools` ends the turn with
+/// [`TurnStop::CallerTools`]: those calls, ids kept, go back to the caller, who runs them
+/// and sends their results in its next request. Loong's tools called in that same answer
+/// are not run (their results could not reach the caller's history): the history keeps
+/// only the caller's calls, and the model may ask for Loong's again on the next request.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_chat_turn(
+    provider: &dyn Provider,
+    system: Option<&str>,
+    history: &mut Vec<Message>,
+    tools: &[ToolSpec],
+    caller_tools: &[ToolSpec],
+    runner: &dyn ToolRunner,
+    limits: TurnLimits,
+    on_event: &mut (dyn FnMut(TurnEvent) + Send),
+) -> Result<TurnOutcome, ProviderError> {
+    let offered: Vec<ToolSpec> = tools.iter().chain(caller_tools).cloned().collect();
     let deadline = Instant::now() + limits.budget;
     let mut outcome = TurnOutcome {
         stop: TurnStop::Budget,
@@ -139,7 +180,7 @@ pub async fn run_turn(
         let request = Request {
             system: system.map(str::to_owned),
             messages: history.clone(),
-            tools: tools.to_vec(),
+            tools: offered.clone(),
         };
         let step = tokio::time::timeout_at(
             deadline,
@@ -153,6 +194,20 @@ pub async fn run_turn(
         outcome.usage.add(answer.usage);
         outcome.providers.push(answer.provider);
         outcome.text.clone_from(&answer.text);
+        let callers: Vec<ToolCall> = answer
+            .tool_calls
+            .iter()
+            .filter(|c| caller_tools.iter().any(|t| t.name == c.name))
+            .cloned()
+            .collect();
+        if !callers.is_empty() {
+            history.push(Message::Assistant {
+                text: answer.text,
+                tool_calls: callers.clone(),
+            });
+            outcome.stop = TurnStop::CallerTools(callers);
+            return Ok(outcome);
+        }
         let calls = answer.tool_calls.clone();
         history.push(Message::Assistant {
             text: answer.text,
@@ -228,6 +283,17 @@ async fn one_answer(
                 answer.text.push_str(&text);
                 on_event(TurnEvent::Text(text));
             }
+            Event::ToolCallDelta {
+                index,
+                id,
+                name,
+                delta,
+            } => on_event(TurnEvent::ToolCallDelta {
+                index,
+                id,
+                name,
+                delta,
+            }),
             Event::ToolCall(call) => {
                 on_event(TurnEvent::ToolCall(call.clone()));
                 answer.tool_calls.push(call);

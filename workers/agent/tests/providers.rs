@@ -1257,3 +1257,148 @@ async fn the_loop_stops_at_max_steps_and_at_its_wall_clock_budget() {
     );
     assert_eq!(history.len(), 1, "no half answer is kept");
 }
+
+/// The gateway's chat turn: the caller's tools are offered beside Loong's, a call to one
+/// ends the turn with the call (id and arguments exact) and runs nothing; Loong's call in
+/// the same answer is not run either, and the history keeps only the caller's call.
+#[tokio::test]
+async fn a_call_of_a_caller_tool_ends_the_turn_with_the_call_and_runs_nothing() {
+    let tools = weather_tools();
+    let (loong, caller) = tools.split_at(1);
+    let server = serve(vec![Reply::Sse(fixture("anthropic_two_tools.sse"))]).await;
+    let runner = Runner {
+        ran: Mutex::new(vec![]),
+    };
+    let mut history = vec![Message::User {
+        text: "weather and time in Paris?".into(),
+    }];
+    let outcome = loong_worker_agent::run_chat_turn(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        None,
+        &mut history,
+        loong,
+        caller,
+        &runner,
+        TurnLimits::default(),
+        &mut |_| {},
+    )
+    .await
+    .expect("a turn");
+    let TurnStop::CallerTools(calls) = &outcome.stop else {
+        panic!(
+            "the turn ended for the caller's tool, not {:?}",
+            outcome.stop
+        );
+    };
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].id.as_str(), calls[0].name.as_str()),
+        ("toolu_B2", "get_time")
+    );
+    assert!(runner.ran.lock().expect("lock").is_empty(), "nothing ran");
+    assert_eq!(server.seen().len(), 1, "one round trip");
+    let offered = &server.seen()[0].body["tools"];
+    assert_eq!(offered[0]["name"], json!("get_weather"));
+    assert_eq!(offered[1]["name"], json!("get_time"));
+    assert_eq!(
+        history.last(),
+        Some(&Message::Assistant {
+            text: String::new(),
+            tool_calls: calls.clone()
+        })
+    );
+
+    // Positive control: with no caller tools the same answer runs both of Loong's tools.
+    let server = serve(vec![
+        Reply::Sse(fixture("anthropic_two_tools.sse")),
+        Reply::Sse(fixture("anthropic_text.sse")),
+    ])
+    .await;
+    let (outcome, _, _, runner) = turn(
+        &provider("ant", &config(Kind::Anthropic, &server)),
+        &tools,
+        TurnLimits::default(),
+    )
+    .await;
+    assert_eq!(
+        outcome.expect("a turn").stop,
+        TurnStop::Answered(StopReason::EndTurn)
+    );
+    assert_eq!(runner.ran.lock().expect("lock").len(), 2);
+
+    // OpenAI: a caller tool's arguments, sent in 8 pieces, come back joined exactly.
+    let server = serve(vec![Reply::Sse(fixture("openai_tool_8_chunks.sse"))]).await;
+    let mut history = vec![Message::User { text: "hi".into() }];
+    let outcome = loong_worker_agent::run_chat_turn(
+        &provider("oai", &config(Kind::Openai, &server)),
+        None,
+        &mut history,
+        &[],
+        &tools,
+        &runner,
+        TurnLimits::default(),
+        &mut |_| {},
+    )
+    .await
+    .expect("a turn");
+    let TurnStop::CallerTools(calls) = outcome.stop else {
+        panic!("the turn ended for the caller's tool");
+    };
+    assert_eq!(calls[0].arguments_json, r#"{"city":"Paris","unit":"c"}"#);
+}
+
+/// A tool call's argument pieces pass on as they arrive, in both families: one delta per
+/// non-empty piece, with the call's id and name, joining to the whole call that follows.
+#[tokio::test]
+async fn a_tool_calls_argument_pieces_pass_on_as_they_arrive_in_both_families() {
+    for (kind, fixture_name, id, pieces) in [
+        (
+            Kind::Openai,
+            "openai_tool_8_chunks.sse",
+            "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+            8,
+        ),
+        // 8 pieces, 2 of them empty: those add nothing and pass on as nothing.
+        (
+            Kind::Anthropic,
+            "anthropic_tool_8_chunks.sse",
+            "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+            6,
+        ),
+    ] {
+        let server = serve(vec![Reply::Sse(fixture(fixture_name))]).await;
+        let (events, error) = collect(&provider("p", &config(kind, &server)), &ask("hi")).await;
+        assert!(error.is_none(), "{error:?}");
+        let deltas: Vec<(&str, &str, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ToolCallDelta {
+                    id, name, delta, ..
+                } => Some((id.as_str(), name.as_str(), delta.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas.len(), pieces, "{fixture_name}: {deltas:?}");
+        assert!(deltas
+            .iter()
+            .all(|d| d.1 == "get_weather" && !d.2.is_empty()));
+        assert!(deltas.iter().all(|d| d.0 == id));
+        let joined: String = deltas.iter().map(|d| d.2).collect();
+        let whole = events
+            .iter()
+            .find_map(|e| match e {
+                Event::ToolCall(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("the whole call");
+        assert_eq!(joined, whole.arguments_json, "{fixture_name}");
+        let last_delta = events
+            .iter()
+            .rposition(|e| matches!(e, Event::ToolCallDelta { .. }));
+        let call_at = events.iter().position(|e| matches!(e, Event::ToolCall(_)));
+        assert!(
+            last_delta < call_at,
+            "the pieces come before the whole call"
+        );
+    }
+}

@@ -38,6 +38,7 @@ use rmcp::transport::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    chat,
     config::{Config, GatewayError},
     limits, mcp,
 };
@@ -53,7 +54,7 @@ pub const DRAIN_TICK: Duration = Duration::from_millis(20);
 /// How long an idle MCP SSE stream waits before a keep-alive.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-type Body_ = BoxBody<Bytes, Infallible>;
+pub(crate) type Body_ = BoxBody<Bytes, Infallible>;
 
 /// What every connection shares.
 struct Shared {
@@ -293,7 +294,20 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Held> {
     // A stop waits for every request but /mcp's standalone stream (GET), which it closes.
     let drains = !(path == "/mcp" && req.method() == Method::GET);
     let counted = Counted::new(&shared, drains);
-    let (resp, open) = answer(&shared, req, &path).await;
+    let (mut resp, open) = answer(&shared, req, &path).await;
+    // A chat route's refusals are in the caller's format (each SDK reads its own).
+    if let Some(format) = chat::Format::of(&path) {
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            let is_json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v == "application/json");
+            // Idempotent: a body already in the format is rendered again the same.
+            if is_json {
+                resp = format.rewrite(resp).await;
+            }
+        }
+    }
     resp.map(|inner| Held {
         inner,
         _held: (open, counted),
@@ -421,28 +435,34 @@ async fn answer(
             }
         }
         "/v1/models" => models(cfg),
-        // replaced by loong_compat at merge
-        "/v1/chat/completions" | "/v1/messages" => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            &format!("{path} is not served by this gateway yet (the chat turn lands separately)"),
-        ),
+        "/v1/chat/completions" | "/v1/messages" => match chat::Format::of(path) {
+            Some(format) => {
+                chat::serve(
+                    &shared.link,
+                    &cfg.models,
+                    cfg.max_body_bytes,
+                    format,
+                    secret,
+                    req,
+                )
+                .await
+            }
+            None => error(StatusCode::NOT_FOUND, "not_found", path),
+        },
         _ => error(StatusCode::NOT_FOUND, "not_found", path),
     };
     (resp, Some(open))
 }
 
-/// `/v1/models`: the agent's configured model names.
+/// `/v1/models`: the agent's configured model names, in the body both SDKs read.
 fn models(cfg: &Config) -> Response<Body_> {
-    let data: Vec<serde_json::Value> = cfg
-        .models
-        .iter()
-        .map(|m| serde_json::json!({ "id": m, "object": "model", "owned_by": "loong" }))
-        .collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "object": "list", "data": data }),
-    )
+    let mut r =
+        Response::new(Full::new(Bytes::from(loong_compat::models_body(&cfg.models))).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// The bearer checked in loongd: its token, or the refusal to answer with.

@@ -10,6 +10,7 @@
 //! When loongd withdraws `Serve`, the worker stops accepting, lets the requests in flight
 //! finish, closes the streams and answers `Stopped`.
 
+mod chat;
 mod config;
 mod http;
 mod limits;

@@ -1,0 +1,613 @@
+//! The gateway's chat turn (`/v1/chat/completions`, `/v1/messages`): one agent turn over the
+//! caller's own history, with the caller's tools offered beside Loong's.
+//!
+//! ```text
+//! chat_turn ─▶ tool.invoke:agent.turn decided under the bearer's token first (denied: the
+//!              typed error, recorded, before anything of the configuration is told)
+//!           ─▶ bounds, tool-name collisions (400)
+//!           ─▶ agent.turn, a root call under the token; Loong's tools run inside as kernel
+//!              calls in its chain
+//!           ─▶ text deltas and the caller's tool calls' starts and argument pieces (kernel
+//!              calls show_text and chat_event) passed on as they arrive
+//!           ─▶ what the stream lacked of the caller's tool calls, checked against the
+//!              turn's output, then Done with the usage
+//! ```
+//!
+//! No session memory: the caller sends the whole history every time. A caller's tool named
+//! like one of Loong's offered tools is refused (400 naming it) rather than shadowed, so the
+//! model never sees two tools of one name and a caller cannot redirect a call meant for
+//! Loong's tool to itself or the other way round.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use loong_agent_wire::{
+    chat::{ChatEvent, ChatRequest, ChatStop},
+    config::SystemPrompt,
+    limits::{MAX_SYSTEM_PROMPT_BYTES, MAX_TOKENS_LIMIT},
+    types::{StopReason, ToolSpec},
+    wire::{TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
+};
+use loong_ipc::{message::control::MAX_INVOKE_INPUT_BYTES, BearerSecret, ErrorKind, RemoteError};
+use loong_profiles::pack::Capability;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::agent_api::{bad, offered, provider_key, test_probes, typed};
+use crate::{
+    audit::Kind,
+    authority::Bearer,
+    effects::{self, internal, Actor, Chain, Principal},
+    request::{RequestIo, StopCell, WaitCell, OUTPUT_BUDGET_BYTES},
+    Kernel,
+};
+
+/// How audit records name the gateway's chat turns' actor (the gateway worker's own
+/// number is the supervisor's; the chain's correlation `gateway/chat-N` names the turn).
+const GATEWAY_ACTOR: u64 = 0;
+/// The most bytes of a caller's tool call's arguments sent in one `ToolCallArgs` event.
+pub(crate) const MAX_ARGS_DELTA_BYTES: usize = 16 << 10;
+/// Events queued between the turn and the chat's caller before the turn waits.
+const DELTA_QUEUE: usize = 64;
+
+/// Numbers the chat turns of this loongd, for their correlation ids.
+static CHATS: AtomicU64 = AtomicU64::new(1);
+
+/// One chat turn under `bearer`: events go to `events` as they arrive and end with one
+/// `Done`. A refusal before the turn (the decision first, then bounds, a collision) or a failed turn is
+/// the `Err` (the gateway answers it in the caller's format); nothing is sent after it.
+pub(crate) async fn chat_turn(
+    kernel: &Kernel,
+    bearer: &BearerSecret,
+    req: ChatRequest,
+    events: mpsc::Sender<ChatEvent>,
+) -> Result<(), RemoteError> {
+    // The request's handle: the turn's text deltas and the caller's tool calls (kernel
+    // calls show_text and chat_event) arrive on its chat channel, in order.
+    let n = CHATS.fetch_add(1, Ordering::Relaxed);
+    let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
+    let (out, _unused) = mpsc::channel(1);
+    let (_input_tx, input_rx) = mpsc::channel(1);
+    let io = RequestIo {
+        id: n,
+        conn: 0,
+        out,
+        budget: Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES)),
+        stop: StopCell::default(),
+        waiting: WaitCell::default(),
+        input: input_rx,
+        chat: Some(chat),
+    };
+    let actor = Actor {
+        who: Principal::Worker {
+            worker: GATEWAY_ACTOR,
+        },
+        bearer: Bearer::Secret(bearer.expose()),
+        chain: Chain::root(format!("gateway/chat-{n}")),
+        io: Some(&io),
+    };
+    // The decision comes first, so a caller without the grant learns nothing of loongd's
+    // configuration (its providers, its secrets' names): it is made, recorded and answered
+    // typed by the turn's own call, whose input it never reads.
+    let may = kernel
+        .authority
+        .decide_as(actor.bearer, Capability::ToolInvoke, Some(AGENT_TOOL), None)
+        .is_ok_and(|o| {
+            matches!(
+                o.decision,
+                Ok(crate::authority::Decision::Allow
+                    | crate::authority::Decision::NeedsApproval { .. })
+            )
+        });
+    if !may {
+        return match effects::invoke::agent_turn(kernel, &actor, "{}".into()).await {
+            Err(e) => Err(e),
+            Ok(_) => Err(internal(
+                "the chat turn was allowed after its decision refused it",
+            )),
+        };
+    }
+    req.check_bounds().map_err(|e| bad(e.to_string()))?;
+    let settings = &kernel.config.agent;
+    let Some(agent) = settings.agent.as_ref() else {
+        return Err(RemoteError::new(
+            ErrorKind::NotFound,
+            "no [agent] in loongd.toml: add a [providers.NAME] and [agent] provider = \"NAME\" (docs/agent.md), then restart loongd",
+        ));
+    };
+    let tools = offered(kernel, Bearer::Secret(bearer.expose()));
+    check_caller_tools(&tools, &req.caller_tools)?;
+    let mut providers = Vec::new();
+    for name in std::iter::once(&agent.provider).chain(agent.fallback.as_ref()) {
+        let Some(config) = settings.providers.get(name) else {
+            return Err(internal(format!(
+                "[agent] names provider {name}, which is not configured"
+            )));
+        };
+        let key = match config.api_key {
+            Some(_) => Some(provider_key(name, config)?),
+            None => None,
+        };
+        let mut provider = WireProvider::new(name, config, key);
+        if let Some(asked) = req.max_tokens {
+            let most = config.max_tokens.unwrap_or(MAX_TOKENS_LIMIT);
+            provider.max_tokens = Some(asked.clamp(1, most));
+        }
+        providers.push(provider);
+    }
+    let system = merged_system(&agent.system_prompt, req.system.as_deref())?;
+    let input = TurnInput {
+        providers,
+        system,
+        messages: req.history(),
+        tools,
+        max_steps: agent.max_steps,
+        budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
+        probes: test_probes(),
+        caller_tools: req.caller_tools.clone(),
+    };
+    let input = serde_json::to_string(&input).map_err(internal)?;
+    if input.len() > MAX_INVOKE_INPUT_BYTES {
+        return Err(bad(format!(
+            "the chat turn (history, system prompt and tools) is {} bytes, above the {MAX_INVOKE_INPUT_BYTES}-byte limit of a call's input; send a shorter history",
+            input.len()
+        )));
+    }
+
+    let mut relay = Relay::new(&req.caller_tools);
+    let turn = effects::invoke::agent_turn(kernel, &actor, input);
+    tokio::pin!(turn);
+    let result = loop {
+        tokio::select! {
+            r = &mut turn => break r,
+            Some(e) = arriving.recv() => {
+                if let Some(e) = relay.pass(e) {
+                    let _ = events.send(e).await;
+                }
+            }
+        }
+    };
+    while let Ok(e) = arriving.try_recv() {
+        if let Some(e) = relay.pass(e) {
+            let _ = events.send(e).await;
+        }
+    }
+    let out = result.map_err(typed)?;
+    let output: TurnOutput = serde_json::from_str(&out.output).map_err(|e| {
+        RemoteError::new(
+            ErrorKind::WorkerFailed,
+            format!("the agent worker's answer is not a turn: {e}"),
+        )
+    })?;
+    let token = kernel
+        .authority
+        .tokens
+        .id_of(bearer.expose())
+        .map_err(internal)?;
+    for call in output.tool_calls.iter().filter(|c| !c.offered) {
+        let detail = serde_json::json!({
+            "capability": Capability::ToolInvoke.as_str(), "target": call.name,
+            "token": token, "plugin": AGENT_TOOL, "allowed": false, "stage": "not_offered",
+            "reason": "the model called a tool that was not offered to it (the token cannot call it, or no such tool); it was not run",
+        });
+        effects::record(kernel, actor.event(Kind::PolicyDecision, detail)).await?;
+    }
+    for f in &output.failovers {
+        let detail = serde_json::json!({ "from": f.from, "to": f.to, "reason": f.reason });
+        effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;
+    }
+    for event in relay.closing(&output)? {
+        if events.send(event).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a caller's tool that has the name of one of Loong's offered tools, or of
+/// another of the caller's.
+fn check_caller_tools(loong: &[ToolSpec], caller: &[ToolSpec]) -> Result<(), RemoteError> {
+    for (i, t) in caller.iter().enumerate() {
+        if loong.iter().any(|l| l.name == t.name) {
+            return Err(bad(format!(
+                "tools: the caller's tool {:?} has the name of a Loong tool this token may call; rename it",
+                t.name
+            )));
+        }
+        if caller[..i].iter().any(|c| c.name == t.name) {
+            return Err(bad(format!(
+                "tools: two of the caller's tools are named {:?}; give each a distinct name",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loong's `[agent]` system prompt first, then the caller's (the operator's stays in force).
+fn merged_system(
+    configured: &SystemPrompt,
+    caller: Option<&str>,
+) -> Result<Option<String>, RemoteError> {
+    let own = match configured {
+        SystemPrompt::None => None,
+        SystemPrompt::Text(t) => Some(t.clone()),
+        SystemPrompt::File(path) => {
+            match crate::home::read_bounded(path, MAX_SYSTEM_PROMPT_BYTES as u64) {
+                Ok(crate::home::Bounded::Read(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                Ok(crate::home::Bounded::TooLarge(len)) => {
+                    return Err(bad(format!(
+                    "[agent] system_prompt_file {} is {len} bytes, above {MAX_SYSTEM_PROMPT_BYTES}",
+                    path.display()
+                )))
+                }
+                Err(e) => {
+                    return Err(bad(format!(
+                        "[agent] system_prompt_file {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    };
+    Ok(match (own, caller) {
+        (Some(own), Some(caller)) => Some(format!("{own}\n\n{caller}")),
+        (own, caller) => own.or(caller.map(str::to_owned)),
+    })
+}
+
+/// The most caller tool calls whose start the turn may pass on as it streams.
+const MAX_RELAYED_CALLS: usize = 64;
+/// The most bytes of arguments the turn may pass on as it streams, over all its calls (what
+/// loongd keeps to check them at the end); past it a call's pieces wait for the end.
+const MAX_RELAYED_BYTES: usize = 4 << 20;
+
+/// One caller tool call passed on while the turn streamed.
+#[derive(Debug)]
+struct Relayed {
+    /// The worker's index of the call (the provider's, within one answer).
+    from: u32,
+    id: String,
+    /// The arguments passed on so far.
+    sent: String,
+    /// Whether its pieces still pass on (not once a piece was held back: what was sent
+    /// stays the start of the arguments).
+    open: bool,
+}
+
+/// What of the turn has reached the caller: the text as it arrives; a tool call's start and
+/// argument pieces as they arrive, but only for the caller's own tools (the arguments of a
+/// call of Loong's tools never reach the caller); and at the end whatever the streamed
+/// pieces lacked, checked against the turn's output, which is authoritative.
+#[derive(Debug)]
+struct Relay {
+    caller: Vec<String>,
+    calls: Vec<Relayed>,
+    /// The bytes of arguments passed on so far, over all calls.
+    bytes: usize,
+}
+
+impl Relay {
+    fn new(caller_tools: &[ToolSpec]) -> Self {
+        Self {
+            caller: caller_tools.iter().map(|t| t.name.clone()).collect(),
+            calls: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The event to pass on for `event` from the turn, if any, numbered for the caller.
+    fn pass(&mut self, event: ChatEvent) -> Option<ChatEvent> {
+        match event {
+            ChatEvent::TextDelta(t) => (!t.is_empty()).then_some(ChatEvent::TextDelta(t)),
+            ChatEvent::ToolCallStart { index, id, name } => {
+                let known = self.calls.iter().any(|c| c.from == index || c.id == id);
+                if known || !self.caller.contains(&name) || self.calls.len() >= MAX_RELAYED_CALLS {
+                    return None;
+                }
+                let ours = u32::try_from(self.calls.len()).ok()?;
+                self.calls.push(Relayed {
+                    from: index,
+                    id: id.clone(),
+                    sent: String::new(),
+                    open: true,
+                });
+                Some(ChatEvent::ToolCallStart {
+                    index: ours,
+                    id,
+                    name,
+                })
+            }
+            ChatEvent::ToolCallArgs { index, delta } => {
+                let (ours, call) = (0u32..)
+                    .zip(&mut self.calls)
+                    .find(|(_, c)| c.from == index)?;
+                if delta.is_empty() || !call.open {
+                    return None;
+                }
+                if self.bytes.saturating_add(delta.len()) > MAX_RELAYED_BYTES {
+                    call.open = false;
+                    return None;
+                }
+                self.bytes += delta.len();
+                call.sent.push_str(&delta);
+                Some(ChatEvent::ToolCallArgs { index: ours, delta })
+            }
+            ChatEvent::Done { .. } | ChatEvent::Failed { .. } => None,
+        }
+    }
+
+    /// The events that close the turn: for each of the caller's tool calls in `output`, what
+    /// the caller has not had of it (its start, the rest of its arguments in pieces of at
+    /// most [`MAX_ARGS_DELTA_BYTES`], never an empty one), then `Done`. A streamed call the
+    /// output does not have, or whose arguments it does not continue, fails the turn.
+    fn closing(&mut self, output: &TurnOutput) -> Result<Vec<ChatEvent>, RemoteError> {
+        let mut events = Vec::new();
+        for call in &output.caller_calls {
+            let at = self.calls.iter().position(|c| c.id == call.id);
+            let (index, sent) = match at {
+                Some(i) => (i, self.calls[i].sent.clone()),
+                None => {
+                    let i = self.calls.len();
+                    self.calls.push(Relayed {
+                        from: u32::MAX,
+                        id: call.id.clone(),
+                        sent: String::new(),
+                        open: false,
+                    });
+                    (i, String::new())
+                }
+            };
+            let index = u32::try_from(index).map_err(internal)?;
+            let Some(rest) = call.arguments_json.strip_prefix(sent.as_str()) else {
+                return Err(RemoteError::new(
+                    ErrorKind::WorkerFailed,
+                    format!(
+                        "the agent's tool call {} ended with arguments other than those it streamed",
+                        call.id
+                    ),
+                ));
+            };
+            if at.is_none() {
+                events.push(ChatEvent::ToolCallStart {
+                    index,
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                });
+            }
+            events.extend(pieces(index, rest));
+        }
+        if let Some(stray) = self
+            .calls
+            .iter()
+            .find(|c| !output.caller_calls.iter().any(|o| o.id == c.id))
+        {
+            return Err(RemoteError::new(
+                ErrorKind::WorkerFailed,
+                format!(
+                    "the agent streamed tool call {} but its turn did not end with it",
+                    stray.id
+                ),
+            ));
+        }
+        let stop = match output.stop.as_str() {
+            "caller_tools" => ChatStop::ToolUse,
+            "answered" if output.stop_reason == Some(StopReason::MaxTokens) => ChatStop::MaxTokens,
+            "answered" => ChatStop::EndTurn,
+            _ => ChatStop::StepLimit,
+        };
+        events.push(ChatEvent::Done {
+            stop,
+            usage: output.usage,
+        });
+        Ok(events)
+    }
+}
+
+/// `arguments` as `ToolCallArgs` pieces of call `index`, cut on characters.
+fn pieces(index: u32, arguments: &str) -> Vec<ChatEvent> {
+    let mut events = Vec::new();
+    let mut rest = arguments;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(MAX_ARGS_DELTA_BYTES);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        events.push(ChatEvent::ToolCallArgs {
+            index,
+            delta: rest[..end].to_string(),
+        });
+        rest = &rest[end..];
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use loong_agent_wire::types::{ToolCall, Usage};
+
+    use super::*;
+
+    fn tool(name: &str) -> ToolSpec {
+        ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    #[test]
+    fn a_caller_tool_named_like_a_loong_tool_or_twice_is_refused_naming_it() {
+        let loong = [tool("echo"), tool("file.read")];
+        let e = check_caller_tools(&loong, &[tool("get_weather"), tool("echo")])
+            .expect_err("a collision");
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("\"echo\""), "{}", e.message);
+        let e = check_caller_tools(&loong, &[tool("a"), tool("a")]).expect_err("a duplicate");
+        assert!(e.message.contains("\"a\""), "{}", e.message);
+        assert!(check_caller_tools(&loong, &[tool("get_weather"), tool("a")]).is_ok());
+    }
+
+    fn output(stop: &str, reason: Option<StopReason>, calls: Vec<ToolCall>) -> TurnOutput {
+        TurnOutput {
+            answer: String::new(),
+            stop: stop.into(),
+            steps: 1,
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+            },
+            providers: Vec::new(),
+            tool_calls: Vec::new(),
+            failovers: Vec::new(),
+            added: Vec::new(),
+            caller_calls: calls,
+            stop_reason: reason,
+        }
+    }
+
+    #[test]
+    fn caller_calls_close_the_turn_as_starts_and_argument_pieces_then_done() {
+        let long = format!("{{\"x\":\"{}é\"}}", "a".repeat(MAX_ARGS_DELTA_BYTES));
+        let calls = vec![
+            ToolCall {
+                id: "c1".into(),
+                name: "f".into(),
+                arguments_json: long.clone(),
+            },
+            ToolCall {
+                id: "c2".into(),
+                name: "g".into(),
+                arguments_json: String::new(),
+            },
+        ];
+        let mut relay = Relay::new(&[tool("f"), tool("g")]);
+        let events = relay
+            .closing(&output("caller_tools", None, calls))
+            .expect("closed");
+        let mut joined = String::new();
+        for e in &events {
+            if let ChatEvent::ToolCallArgs { index: 0, delta } = e {
+                assert!(!delta.is_empty() && delta.len() <= MAX_ARGS_DELTA_BYTES);
+                joined.push_str(delta);
+            }
+            if let ChatEvent::ToolCallArgs { index: 1, .. } = e {
+                panic!("no empty piece for empty arguments");
+            }
+        }
+        assert_eq!(joined, long);
+        assert_eq!(
+            events[0],
+            ChatEvent::ToolCallStart {
+                index: 0,
+                id: "c1".into(),
+                name: "f".into()
+            }
+        );
+        assert!(events.contains(&ChatEvent::ToolCallStart {
+            index: 1,
+            id: "c2".into(),
+            name: "g".into()
+        }));
+        assert!(matches!(
+            events.last(),
+            Some(ChatEvent::Done {
+                stop: ChatStop::ToolUse,
+                ..
+            })
+        ));
+        let stop = |o: &TurnOutput| match Relay::new(&[]).closing(o).expect("closed").pop() {
+            Some(ChatEvent::Done { stop, .. }) => stop,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            stop(&output("answered", Some(StopReason::EndTurn), vec![])),
+            ChatStop::EndTurn
+        );
+        assert_eq!(
+            stop(&output("answered", Some(StopReason::MaxTokens), vec![])),
+            ChatStop::MaxTokens
+        );
+        assert_eq!(
+            stop(&output("max_steps", None, vec![])),
+            ChatStop::StepLimit
+        );
+        assert_eq!(stop(&output("budget", None, vec![])), ChatStop::StepLimit);
+    }
+
+    /// Streamed pieces of a caller's call pass on as they arrive, renumbered for the caller;
+    /// a call of Loong's tool never reaches the caller; the end sends only what the stream
+    /// lacked, and arguments the output does not continue fail the turn.
+    #[test]
+    fn a_callers_call_streams_as_it_arrives_and_loongs_own_never_reaches_the_caller() {
+        let mut relay = Relay::new(&[tool("get_weather")]);
+        let start = |index: u32, id: &str, name: &str| ChatEvent::ToolCallStart {
+            index,
+            id: id.into(),
+            name: name.into(),
+        };
+        let args = |index: u32, delta: &str| ChatEvent::ToolCallArgs {
+            index,
+            delta: delta.into(),
+        };
+        // Loong's own tool (provider index 0): nothing of it passes.
+        assert_eq!(relay.pass(start(0, "call_l", "shell.exec")), None);
+        assert_eq!(relay.pass(args(0, "{\"command\":\"id\"}")), None);
+        // The caller's (provider index 1) passes as index 0.
+        assert_eq!(
+            relay.pass(start(1, "call_w", "get_weather")),
+            Some(start(0, "call_w", "get_weather"))
+        );
+        assert_eq!(relay.pass(args(1, "")), None, "no empty piece");
+        assert_eq!(relay.pass(args(1, "{\"ci")), Some(args(0, "{\"ci")));
+        assert_eq!(relay.pass(start(1, "call_w", "get_weather")), None, "once");
+        // Past the bound on what is kept, a call's pieces wait for the end.
+        let mut held = Relay::new(&[tool("get_weather")]);
+        held.pass(start(0, "c", "get_weather"));
+        let big = "x".repeat(MAX_RELAYED_BYTES);
+        assert!(held.pass(args(0, &big)).is_some());
+        assert_eq!(held.pass(args(0, "y")), None);
+        assert_eq!(held.pass(args(0, "")), None);
+        assert_eq!(held.bytes, MAX_RELAYED_BYTES);
+        assert_eq!(
+            relay.pass(ChatEvent::TextDelta("hi".into())),
+            Some(ChatEvent::TextDelta("hi".into()))
+        );
+        let call = |args: &str| ToolCall {
+            id: "call_w".into(),
+            name: "get_weather".into(),
+            arguments_json: args.into(),
+        };
+        let events = relay
+            .closing(&output("caller_tools", None, vec![call("{\"city\":1}")]))
+            .expect("closed");
+        assert_eq!(events[0], args(0, "ty\":1}"), "only the rest");
+        assert_eq!(events.len(), 2);
+        let e = relay
+            .closing(&output("caller_tools", None, vec![call("{\"x\":1}")]))
+            .expect_err("arguments other than streamed");
+        assert_eq!(e.kind, ErrorKind::WorkerFailed);
+        let e = relay
+            .closing(&output("answered", Some(StopReason::EndTurn), vec![]))
+            .expect_err("a streamed call the turn did not end with");
+        assert!(e.message.contains("call_w"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_operators_system_prompt_stays_before_the_callers() {
+        let own = SystemPrompt::Text("loong rules".into());
+        assert_eq!(
+            merged_system(&own, Some("be brief")).expect("merged"),
+            Some("loong rules\n\nbe brief".into())
+        );
+        assert_eq!(
+            merged_system(&SystemPrompt::None, Some("be brief")).expect("merged"),
+            Some("be brief".into())
+        );
+        assert_eq!(
+            merged_system(&own, None).expect("merged"),
+            Some("loong rules".into())
+        );
+    }
+}
