@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod channel_status;
 pub mod config;
 mod control;
 mod effects;

@@ -9,6 +9,7 @@ mod audit;
 mod authority;
 mod bridges;
 mod builtins;
+mod channels;
 mod control_socket;
 mod daemon_lifecycle;
 mod dns;

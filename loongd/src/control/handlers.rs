@@ -119,6 +119,12 @@ pub(crate) async fn handle(
         ControlRequest::MemoryClear { session } => {
             super::agent_api::clear(kernel, cred, &io, session).await
         }
+        ControlRequest::ChannelAdd(req) => super::channels_api::add(kernel, cred, &io, *req).await,
+        ControlRequest::ChannelList => super::channels_api::list(kernel),
+        ControlRequest::ChannelStatus { name } => super::channels_api::status(kernel, &name),
+        ControlRequest::ChannelRemove { name } => {
+            super::channels_api::remove(kernel, cred, &io, name).await
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod agent_api;
 mod audit_api;
 mod authority_api;
+mod channels_api;
 mod connection;
 mod handlers;
 mod paging;
