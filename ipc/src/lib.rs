@@ -37,14 +37,15 @@ pub use message::{
         HandshakeError, HandshakeReply, Hello, Limits, PeerKind, RejectReason, Welcome,
         PROTOCOL_VERSION,
     },
-    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest, ShowText},
+    kernel::{InvokeTool, KernelCall, KernelCallError, KernelRequest, ServiceCall, ShowText},
     outcome::{
         Budget, BudgetExceeded, Denial, DenialStage, ErrorDetail, FailureClass, PlanCallFailure,
         PlanFailed, PlanFailureKind,
     },
     worker::{
         BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,
-        PeerSpec, PluginFailure, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse, WorkerStats,
+        PeerSpec, PluginFailure, ServeSpec, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse,
+        WorkerStats,
     },
 };
 

@@ -20,6 +20,9 @@ mod request;
 mod sandbox;
 pub mod schema;
 mod secrets;
+// Started by the gateway and channel commands, which build on this mechanism.
+#[allow(dead_code)]
+mod services;
 mod spawner;
 mod workers;
 
@@ -78,6 +81,10 @@ pub struct Kernel {
     plugin_ops: tokio::sync::Mutex<()>,
     /// The one resolver every connection's name is looked up and vetted with (`[egress]`).
     resolver: Arc<egress::resolve::Resolver>,
+    /// The service workers (the gateway, channels) and their supervisors.
+    services: services::Services,
+    /// The kernel itself, for what must outlive a request (a service's supervisor).
+    me: std::sync::Weak<Kernel>,
 }
 
 impl Kernel {
@@ -113,7 +120,15 @@ impl Kernel {
             allowed_gid,
             connected: AtomicU32::new(0),
             shutdown: watch::Sender::new(false),
+            services: services::Services::default(),
+            me: std::sync::Weak::new(),
         }
+    }
+
+    /// The kernel as an `Arc` (`None` only while it is being built or dropped).
+    #[allow(dead_code)]
+    fn arc(&self) -> Option<Arc<Kernel>> {
+        self.me.upgrade()
     }
 
     /// Asks every part of the daemon to stop.
@@ -397,15 +412,19 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             bail!("{why}");
         }
     };
-    let kernel = Arc::new(Kernel::new(
-        layout,
-        config,
-        allowed_gid,
-        spawner,
-        audit,
-        authority,
-        resolver,
-    ));
+    let kernel = Arc::new_cyclic(|me| {
+        let mut k = Kernel::new(
+            layout,
+            config,
+            allowed_gid,
+            spawner,
+            audit,
+            authority,
+            resolver,
+        );
+        k.me = me.clone();
+        k
+    });
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
             .context("registering the control socket")?;
@@ -487,6 +506,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             tell_manager(n.clone(), kernel.clone());
         }
         control::serve(listener, kernel.clone()).await;
+        // The services drain their open streams and stop.
+        kernel.services.stop_all(services::DEFAULT_DRAIN).await;
         // Open egress connections end, recorded closed before the daemon's last record.
         egress::stop_all().await;
         kernel.workers.shutdown();

@@ -31,6 +31,10 @@ pub const KIND_INVOKE_TOOL: &str = "invoke_tool";
 pub const KIND_SHOW_TEXT: &str = "show_text";
 /// Bound on the text of one [`ShowText`].
 pub const MAX_SHOW_TEXT_BYTES: usize = 64 * 1024;
+/// The prefixes of the kinds a service worker's kernel calls have ([`ServiceCall`]): loongd
+/// takes a `gateway_*` kind only from the gateway's Serve call and a `channel_*` kind only
+/// from a channel's.
+pub const SERVICE_KIND_PREFIXES: [&str; 2] = ["gateway_", "channel_"];
 /// Bound on a kernel call's kind.
 pub const MAX_KERNEL_KIND_BYTES: usize = 64;
 /// Bound on a tool's name in [`InvokeTool`] (`PLUGIN/TOOL` included).
@@ -78,6 +82,26 @@ pub struct ShowText {
     pub text: String,
 }
 
+/// A service worker's kernel call: a kind with one of [`SERVICE_KIND_PREFIXES`] and its body,
+/// which the service's own module (in loongd and in the worker) defines and decodes; this
+/// crate checks only the bounds. The answer's bytes are that kind's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCall {
+    /// `gateway_list`, `channel_send`, … (at most [`MAX_KERNEL_KIND_BYTES`]).
+    pub kind: String,
+    /// The kind's body, postcard-encoded (at most [`MAX_KERNEL_PAYLOAD_BYTES`]).
+    pub payload: Vec<u8>,
+}
+
+impl ServiceCall {
+    /// Whether `kind` is a service's kind.
+    pub fn is_service_kind(kind: &str) -> bool {
+        SERVICE_KIND_PREFIXES
+            .iter()
+            .any(|p| kind.len() > p.len() && kind.starts_with(p))
+    }
+}
+
 /// The kernel calls this build knows, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelRequest {
@@ -85,13 +109,15 @@ pub enum KernelRequest {
     InvokeTool(InvokeTool),
     /// [`KIND_SHOW_TEXT`].
     ShowText(ShowText),
+    /// A service's kind (`gateway_*`, `channel_*`).
+    Service(ServiceCall),
 }
 
 /// Why a kernel call cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelCallError {
     /// A kind this build does not know.
-    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool, show_text")]
+    #[error("kernel call kind {0:?} is not known to this loongd; known: invoke_tool, show_text, gateway_*, channel_*")]
     Unsupported(String),
     /// A field past its bound.
     #[error("kernel call: {0}")]
@@ -130,6 +156,12 @@ impl KernelRequest {
                     reason: e.to_string(),
                 })?;
                 (KIND_SHOW_TEXT, body)
+            }
+            KernelRequest::Service(c) => {
+                if !ServiceCall::is_service_kind(&c.kind) {
+                    return Err(KernelCallError::Unsupported(c.kind.clone()));
+                }
+                (c.kind.as_str(), c.payload.clone())
             }
         };
         let call = KernelCall {
@@ -190,6 +222,12 @@ impl KernelCall {
                 }
                 check_len("text", &t.text, MAX_SHOW_TEXT_BYTES)?;
                 Ok(KernelRequest::ShowText(t))
+            }
+            other if ServiceCall::is_service_kind(other) => {
+                Ok(KernelRequest::Service(ServiceCall {
+                    kind: other.to_string(),
+                    payload: self.payload.clone(),
+                }))
             }
             other => Err(KernelCallError::Unsupported(other.to_string())),
         }
@@ -256,6 +294,56 @@ mod tests {
             back.request(),
             Err(KernelCallError::Unsupported("memory_read".into()))
         );
+    }
+
+    #[test]
+    fn a_service_kind_travels_opaque_and_only_with_its_prefix() {
+        let svc = |kind: &str| {
+            KernelRequest::Service(ServiceCall {
+                kind: kind.into(),
+                payload: vec![1, 2, 3],
+            })
+        };
+        let call = svc("gateway_list").encode(5, 1, 100).expect("encodes");
+        assert_eq!(call.kind, "gateway_list");
+        assert_eq!(call.request(), Ok(svc("gateway_list")));
+        assert_eq!(
+            svc("channel_send")
+                .encode(6, 1, 100)
+                .expect("encodes")
+                .request(),
+            Ok(svc("channel_send"))
+        );
+        // Not a service's prefix, or the bare prefix: refused both ways.
+        for kind in ["gatewaylist", "gateway_", "memory_read", "GATEWAY_list"] {
+            assert!(
+                matches!(
+                    svc(kind).encode(7, 1, 100),
+                    Err(KernelCallError::Unsupported(_))
+                ),
+                "{kind}"
+            );
+            let call = KernelCall {
+                id: 7,
+                call: 1,
+                deadline_ms: 1,
+                kind: kind.into(),
+                payload: Vec::new(),
+            };
+            assert!(
+                matches!(call.request(), Err(KernelCallError::Unsupported(_))),
+                "{kind}"
+            );
+        }
+        // Past the payload's bound.
+        let big = KernelRequest::Service(ServiceCall {
+            kind: "gateway_invoke".into(),
+            payload: vec![0; MAX_KERNEL_PAYLOAD_BYTES + 1],
+        });
+        assert!(matches!(
+            big.encode(8, 1, 1),
+            Err(KernelCallError::Bound(_))
+        ));
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub const MAX_TRUST_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_CALL_HEADERS: usize = 32;
 /// Bound on one such header's name and value together.
 pub const MAX_CALL_HEADER_BYTES: usize = 16 * 1024;
+/// Bound on a [`ServeSpec`]'s service and name.
+pub const MAX_SERVICE_NAME_BYTES: usize = 64;
+/// Bound on a [`ServeSpec`]'s config (the service's own config, as JSON).
+pub const MAX_SERVE_CONFIG_BYTES: usize = 64 * 1024;
+/// Bound on the secrets one [`ServeSpec`] carries.
+pub const MAX_SERVE_SECRETS: usize = 32;
+/// Bound on one such secret's name and value together.
+pub const MAX_SERVE_SECRET_BYTES: usize = 16 * 1024;
 
 /// What loongd asks a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +91,54 @@ pub enum WorkerRequest {
     /// Configure a built-in tool's worker (`file.read`, `file.write`, `file.edit`,
     /// `shell.exec`); answered by [`WorkerResponse::Described`] (that one tool).
     Builtin(Box<BuiltinSpec>),
+    /// Serve a service (the gateway, a channel) until loongd withdraws this request with a
+    /// `Cancel` (then drain and stop) or closes the socket; answered only when the service
+    /// stops: [`WorkerResponse::Stopped`], or [`WorkerResponse::Failed`] when it could not
+    /// start. While serving, the worker originates work as kernel calls on behalf of this
+    /// request (`gateway_*`, `channel_*`).
+    Serve(Box<ServeSpec>),
+}
+
+/// What a service worker serves ([`WorkerRequest::Serve`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ServeSpec {
+    /// `gateway` or `channel` (at most [`MAX_SERVICE_NAME_BYTES`]).
+    pub service: String,
+    /// The channel's account, or `gateway` (at most [`MAX_SERVICE_NAME_BYTES`]).
+    pub name: String,
+    /// The service's own config as JSON (at most [`MAX_SERVE_CONFIG_BYTES`]).
+    pub config_json: String,
+    /// Secrets the service needs (a channel's bot token), by name; a value's `Debug` form is
+    /// redacted (at most [`MAX_SERVE_SECRETS`] of [`MAX_SERVE_SECRET_BYTES`]).
+    pub secrets: Vec<(String, super::control::SecretValue)>,
+}
+
+impl ServeSpec {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("service", &self.service, MAX_SERVICE_NAME_BYTES)?;
+        check_len("name", &self.name, MAX_SERVICE_NAME_BYTES)?;
+        check_len("config_json", &self.config_json, MAX_SERVE_CONFIG_BYTES)?;
+        if self.secrets.len() > MAX_SERVE_SECRETS {
+            return Err(BoundError {
+                field: "secrets",
+                len: self.secrets.len(),
+                max: MAX_SERVE_SECRETS,
+            });
+        }
+        for (name, value) in &self.secrets {
+            let len = name.len() + value.expose().len();
+            if len > MAX_SERVE_SECRET_BYTES {
+                return Err(BoundError {
+                    field: "secret",
+                    len,
+                    max: MAX_SERVE_SECRET_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A built-in tool as loongd configures its worker. The worker's sandbox grants exactly the
@@ -449,6 +505,8 @@ pub enum WorkerResponse {
     Stats(WorkerStats),
     /// A foreign program started; its tools.
     Described(Vec<ToolInfo>),
+    /// A service ([`WorkerRequest::Serve`]) stopped: loongd withdrew it and it drained.
+    Stopped,
 }
 
 impl WorkerResponse {
@@ -461,6 +519,7 @@ impl WorkerResponse {
             WorkerResponse::Unloaded => "Unloaded",
             WorkerResponse::Stats(_) => "Stats",
             WorkerResponse::Described(_) => "Described",
+            WorkerResponse::Stopped => "Stopped",
         }
     }
 }
@@ -665,6 +724,37 @@ mod tests {
         let mut long = ok;
         long.logs = vec!["x".repeat(MAX_LOG_LINE_BYTES + 1)];
         assert_eq!(long.check_bounds().map_err(|e| e.field), Err("log line"));
+    }
+
+    #[test]
+    fn a_serve_is_checked_against_its_bounds() {
+        let mut s = ServeSpec {
+            service: "gateway".into(),
+            name: "gateway".into(),
+            config_json: "{}".into(),
+            secrets: vec![("bot".into(), super::super::control::SecretValue::new("x"))],
+        };
+        assert_eq!(s.check_bounds(), Ok(()));
+        s.config_json = "x".repeat(MAX_SERVE_CONFIG_BYTES + 1);
+        assert_eq!(s.check_bounds().map_err(|e| e.field), Err("config_json"));
+        s.config_json = "{}".into();
+        s.name = "n".repeat(MAX_SERVICE_NAME_BYTES + 1);
+        assert_eq!(s.check_bounds().map_err(|e| e.field), Err("name"));
+        s.name = "gateway".into();
+        s.secrets = vec![
+            (
+                "k".into(),
+                super::super::control::SecretValue::new("v".repeat(MAX_SERVE_SECRET_BYTES))
+            );
+            1
+        ];
+        assert_eq!(s.check_bounds().map_err(|e| e.field), Err("secret"));
+        s.secrets =
+            vec![("k".into(), super::super::control::SecretValue::new("v")); MAX_SERVE_SECRETS + 1];
+        assert_eq!(s.check_bounds().map_err(|e| e.field), Err("secrets"));
+        // The secret's value never shows in a log line that prints the request.
+        s.secrets.truncate(1);
+        assert!(!format!("{s:?}").contains("\"v\""), "{s:?}");
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub enum Kind {
     WorkerSpawned,
     /// A worker process ended or was killed (why, exit code, signal, OOM).
     WorkerExited,
+    /// A service worker (the gateway, a channel) is started again after it ended, after its
+    /// backoff (the service, its name, the attempt and why the last one ended).
+    WorkerRestarted,
     /// A tool call was allowed and handed to a worker.
     ToolInvoked,
     /// A tool call answered (with its wall time, CPU, fuel and peak memory).
@@ -132,7 +135,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 41] = [
+    pub const ALL: [Kind; 42] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -157,6 +160,7 @@ impl Kind {
         Kind::ProfileRejected,
         Kind::WorkerSpawned,
         Kind::WorkerExited,
+        Kind::WorkerRestarted,
         Kind::ToolInvoked,
         Kind::ToolCompleted,
         Kind::ToolFailed,
@@ -203,6 +207,7 @@ impl Kind {
             Kind::ProfileRejected => "profile.rejected",
             Kind::WorkerSpawned => "worker.spawned",
             Kind::WorkerExited => "worker.exited",
+            Kind::WorkerRestarted => "worker.restarted",
             Kind::ToolInvoked => "tool.invoked",
             Kind::ToolCompleted => "tool.completed",
             Kind::ToolFailed => "tool.failed",

@@ -173,6 +173,25 @@ impl Host<'_> {
         let t = match req {
             KernelRequest::InvokeTool(t) => t,
             KernelRequest::ShowText(t) => return self.show(&actor, t.text, &call).await,
+            // A service's kind from a tool call's worker: only a service's Serve call makes
+            // one (crate::services), so this is a protocol violation, recorded.
+            KernelRequest::Service(c) => {
+                let why = format!(
+                    "plugin {}: kernel call {} is a service's kind, made only by the service's own worker",
+                    self.plugin, c.kind
+                );
+                let event = actor.event(
+                    Kind::ProtocolViolation,
+                    serde_json::json!({
+                        "worker": worker, "plugin": self.plugin, "kernel_call": c.kind,
+                        "violation": why, "retired": false,
+                    }),
+                );
+                return match record(self.kernel, event).await {
+                    Ok(()) => Err(RemoteError::new(ErrorKind::Denied, why)),
+                    Err(failed) => Err(failed),
+                };
+            }
         };
         let effect = invoke::builtin_capability(self.kernel, &t.tool, &t.input);
         self.admit(&actor, &t.tool, &t.input, effect).await?;

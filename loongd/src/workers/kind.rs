@@ -116,6 +116,9 @@ pub(crate) struct WorkerKind {
     pub net: Vec<NetGrant>,
     /// A second socket (fd 4) on which loongd passes connected sockets.
     pub broker: bool,
+    /// A listening socket loongd bound for the worker, passed as fd 4 (the gateway's); each
+    /// worker started gets its own copy. Never with `broker`.
+    pub listener: Option<Arc<std::os::fd::OwnedFd>>,
     /// The plugin's own package directory, readable inside (a foreign program's files).
     pub package: Option<PathBuf>,
     /// Whom the egress broker's records and refusals name for a worker with `net` grants
@@ -148,6 +151,7 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: false,
+            listener: None,
             package: None,
             net_owner: None,
             allow_private_network: false,
@@ -168,6 +172,7 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: false,
+            listener: None,
             package: None,
             net_owner: None,
             allow_private_network: false,
@@ -188,6 +193,7 @@ impl WorkerKind {
             write: Vec::new(),
             net,
             broker: false,
+            listener: None,
             package: None,
             net_owner: Some(AGENT_NET_OWNER.to_string()),
             allow_private_network: false,
@@ -207,6 +213,7 @@ impl WorkerKind {
             write: Vec::new(),
             net: Vec::new(),
             broker: true,
+            listener: None,
             package: None,
             net_owner: None,
             allow_private_network: false,
@@ -240,6 +247,7 @@ impl WorkerKind {
             write,
             net,
             broker: false,
+            listener: None,
             package: None,
             net_owner: None,
             allow_private_network: false,

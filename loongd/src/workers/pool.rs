@@ -48,6 +48,9 @@ pub const RESTART_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(50), Duration::from_secs(5));
 /// Replacement attempts before the pool waits for the next call to spawn on demand.
 pub const RESTART_ATTEMPTS: u32 = 6;
+/// How long a service's `Serve` request may run before loongd retires the worker and
+/// starts another (the most a request's deadline says on the wire, about 49 days).
+pub const SERVE_DEADLINE: Duration = Duration::from_millis(u32::MAX as u64);
 /// How long loongd waits for a killed idle worker to be reaped when a pool stops.
 pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A nested call that finds its pool busy runs on an extra worker while fewer than this
@@ -512,6 +515,12 @@ impl Supervisor {
         } else {
             None
         };
+        if let Some(l) = &kind.listener {
+            pass.push(
+                l.try_clone()
+                    .map_err(|e| format!("passing the listener: {e}"))?,
+            );
+        }
         // A network grant is served by the egress broker, decided by the grants (the plugin's
         // manifest, or `[builtins] shell_net`), vetted and audited per connection.
         let egress = if kind.net.is_empty() {
@@ -637,6 +646,50 @@ impl Supervisor {
             next_req: 0,
             broker,
         })
+    }
+
+    /// Runs one service worker (a pool of one, never checked out): spawns it, sends `body`
+    /// (a `Serve`) and serves the kernel calls it makes with `host` until it answers, fails,
+    /// or `stop` resolves (then it is withdrawn and has the drain time `stop` gave to
+    /// answer). The worker is
+    /// retired afterwards (`worker.exited`); a protocol violation is audited. `spawned` is
+    /// told the worker's id and pid once it runs.
+    pub(crate) async fn serve_service(
+        self: &Arc<Self>,
+        body: WorkerRequest,
+        host: &dyn KernelCalls,
+        stop: std::pin::Pin<&mut (dyn std::future::Future<Output = Duration> + Send)>,
+        spawned: impl FnOnce(u64, u32),
+    ) -> Result<WorkerResponse, String> {
+        let mut worker = self.spawn().await?;
+        spawned(worker.id, worker.pid);
+        self.mark(worker.id, Some("serving"));
+        let answer = worker
+            .serve_until(body, SERVE_DEADLINE, Some(host), Some(stop))
+            .await;
+        let id = worker.id;
+        let (why, result) = match answer {
+            Ok(r) => (format!("service answered {}", r.name()), Ok(r)),
+            Err(fault) => {
+                if let WorkerFault::Protocol(what) = &fault {
+                    self.audit
+                        .record_later(Event {
+                            kind: Kind::ProtocolViolation,
+                            actor: format!("worker:{id}"),
+                            correlation: String::new(),
+                            detail: serde_json::json!({
+                                "worker": id, "kind": self.kind.name,
+                                "violation": what, "retired": true,
+                            }),
+                        })
+                        .await;
+                }
+                let why = format!("service worker {id} failed: {fault}");
+                (why.clone(), Err(why))
+            }
+        };
+        self.retire(worker, &why, "").await;
+        result
     }
 
     /// Kills a worker, waits for it (off the runtime) and audits how it ended.

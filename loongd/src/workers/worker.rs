@@ -94,6 +94,8 @@ async fn next_done(
 
 /// What happened first while a request runs.
 enum Event {
+    /// The request is withdrawn, with this long to drain ([`Worker::serve_until`]).
+    Stop(Duration),
     Frame(Result<Option<Reply<WorkerResponse>>, loong_ipc::connection::ConnError>),
     Done(RequestId, Result<Vec<u8>, RemoteError>),
 }
@@ -122,6 +124,19 @@ impl Worker {
         deadline: Duration,
         host: Option<&dyn KernelCalls>,
     ) -> Result<WorkerResponse, WorkerFault> {
+        self.serve_until(body, deadline, host, None).await
+    }
+
+    /// [`Worker::serve`], for a request that runs until it is withdrawn (a service's
+    /// `Serve`): when `stop` resolves with a drain time, loongd sends the worker a `Cancel` of
+    /// the request and waits for its answer that much longer at most (within `deadline`).
+    pub(super) async fn serve_until(
+        &mut self,
+        body: WorkerRequest,
+        deadline: Duration,
+        host: Option<&dyn KernelCalls>,
+        mut stop: Option<Pin<&mut (dyn Future<Output = Duration> + Send)>>,
+    ) -> Result<WorkerResponse, WorkerFault> {
         self.next_req += 1;
         let id = self.next_req;
         let call = Call::Request {
@@ -129,27 +144,48 @@ impl Worker {
             deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
             body,
         };
-        let until = tokio::time::Instant::now() + deadline;
+        let mut until = tokio::time::Instant::now() + deadline;
         self.writer
             .write(&call)
             .await
             .map_err(|e| WorkerFault::Died(format!("sending the request: {e}")))?;
         let mut inflight: Vec<(RequestId, KernelAnswer<'_>)> = Vec::new();
+        let mut limit = deadline;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let reader = &mut self.reader;
             let waiting = &mut inflight;
+            let stopping = &mut stop;
             let event = tokio::time::timeout(left, async move {
+                let stop_now = async {
+                    match stopping {
+                        Some(f) => f.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     (kid, r) = next_done(waiting), if !waiting.is_empty() => Event::Done(kid, r),
                     frame = reader.read::<Reply<WorkerResponse>>(None) => Event::Frame(frame),
+                    drain = stop_now => Event::Stop(drain),
                 }
             })
             .await
-            .map_err(|_| WorkerFault::Deadline(deadline))?;
+            .map_err(|_| WorkerFault::Deadline(limit))?;
             let reply = match event {
                 Event::Done(kid, result) => {
                     self.answer(kid, result).await?;
+                    continue;
+                }
+                Event::Stop(drain) => {
+                    // Withdrawn: the worker drains within `drain` and answers.
+                    stop = None;
+                    let cancel = Call::<WorkerRequest>::Cancel { id };
+                    tokio::time::timeout(WRITE_TIMEOUT, self.writer.write(&cancel))
+                        .await
+                        .map_err(|_| WorkerFault::Deadline(WRITE_TIMEOUT))?
+                        .map_err(|e| WorkerFault::Died(format!("withdrawing the request: {e}")))?;
+                    until = until.min(tokio::time::Instant::now() + drain);
+                    limit = drain;
                     continue;
                 }
                 Event::Frame(frame) => frame
@@ -348,6 +384,7 @@ mod tests {
                 match call.request() {
                     Ok(KernelRequest::InvokeTool(t)) => Ok(t.tool.into_bytes()),
                     Ok(KernelRequest::ShowText(t)) => Ok(t.text.into_bytes()),
+                    Ok(KernelRequest::Service(c)) => Ok(c.payload),
                     Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
                 }
             })
@@ -418,6 +455,63 @@ mod tests {
             fake
         );
         got
+    }
+
+    /// A service's fake worker: reads the Serve request, then waits for its cancel and
+    /// answers `Stopped` after `linger` (or never, with `None`).
+    async fn serve_until_stopped(linger: Option<Duration>) -> Result<WorkerResponse, WorkerFault> {
+        let (mut worker, mut side) = pair();
+        let fake = async move {
+            let Ok(Some(Call::Request { id, .. })) = side.0.read::<Call<WorkerRequest>>(None).await
+            else {
+                panic!("no request")
+            };
+            let next = side.0.read::<Call<WorkerRequest>>(None).await;
+            assert!(
+                matches!(next, Ok(Some(Call::Cancel { id: c })) if c == id),
+                "the Serve request is withdrawn: {next:?}"
+            );
+            if let Some(linger) = linger {
+                tokio::time::sleep(linger).await;
+                side.1
+                    .write(&Reply::Response {
+                        id,
+                        result: Ok(WorkerResponse::Stopped),
+                    })
+                    .await
+                    .expect("answer");
+            }
+            std::future::pending::<()>().await;
+        };
+        let stop = std::pin::pin!(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Duration::from_millis(500)
+        });
+        let served = worker.serve_until(
+            WorkerRequest::Stats,
+            Duration::from_secs(3600),
+            None,
+            Some(stop),
+        );
+        tokio::select! {
+            got = served => got,
+            () = fake => unreachable!("the fake never ends"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_service_drains_within_its_deadline_or_is_faulted() {
+        // Answers within the drain: its answer.
+        let got = serve_until_stopped(Some(Duration::from_millis(100))).await;
+        assert!(matches!(got, Ok(WorkerResponse::Stopped)), "{got:?}");
+        // Never answers: a deadline fault at the drain (not at the request's hour).
+        let started = std::time::Instant::now();
+        let got = serve_until_stopped(None).await;
+        assert!(
+            matches!(got, Err(WorkerFault::Deadline(d)) if d == Duration::from_millis(500)),
+            "{got:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

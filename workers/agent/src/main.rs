@@ -157,7 +157,8 @@ impl Worker {
             }
             other @ (WorkerRequest::Load(_)
             | WorkerRequest::Start(_)
-            | WorkerRequest::Connector(_)) => {
+            | WorkerRequest::Connector(_)
+            | WorkerRequest::Serve(_)) => {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-agent")
             }
             WorkerRequest::Unload { .. } => {

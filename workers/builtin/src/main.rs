@@ -76,7 +76,8 @@ impl Handler for Worker {
             }
             other @ (WorkerRequest::Load(_)
             | WorkerRequest::Start(_)
-            | WorkerRequest::Connector(_)) => {
+            | WorkerRequest::Connector(_)
+            | WorkerRequest::Serve(_)) => {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-builtin")
             }
             WorkerRequest::Unload { .. } => {

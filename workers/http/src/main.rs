@@ -122,7 +122,8 @@ impl Handler for Worker {
             }
             other @ (WorkerRequest::Load(_)
             | WorkerRequest::Start(_)
-            | WorkerRequest::Builtin(_)) => {
+            | WorkerRequest::Builtin(_)
+            | WorkerRequest::Serve(_)) => {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-http")
             }
             WorkerRequest::Stats => loong_worker_runtime::stats(

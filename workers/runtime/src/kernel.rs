@@ -121,6 +121,11 @@ impl KernelLink {
         }
     }
 
+    /// The connection and the request, for a service's [`crate::service::AsyncLink`].
+    pub(crate) fn into_parts(self) -> (Shared, RequestId) {
+        (self.conn, self.call)
+    }
+
     /// The request this link speaks for.
     pub fn call_id(&self) -> RequestId {
         self.call

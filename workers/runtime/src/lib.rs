@@ -16,12 +16,14 @@
 use std::{
     io::{self, Read, Write},
     os::{fd::AsFd, unix::net::UnixStream},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 pub mod descendants;
+pub mod service;
 
 use loong_ipc::{
     frame::{self, FrameBuffer, FrameLimit},
@@ -175,26 +177,52 @@ fn serve<H: Handler>(conn: kernel::Shared, handler: &mut H) -> Stop {
     }
 }
 
-/// A blocking framed connection over the inherited socket.
+/// A blocking framed connection over the inherited socket. Reading and writing are apart:
+/// a service's reader thread waits for frames while other threads write kernel calls
+/// ([`service::AsyncLink`]); each frame is written whole under the writer's lock.
 pub(crate) struct Conn {
     /// The socket as a plain file: read(2) and write(2), because the restricted tier refuses
     /// recvfrom and sendto, which the socket types use.
-    sock: std::fs::File,
+    sock: Arc<std::fs::File>,
     buf: FrameBuffer,
+    writer: Arc<Mutex<Writer>>,
+}
+
+/// The writing side of [`Conn`].
+pub(crate) struct Writer {
+    sock: Arc<std::fs::File>,
     limit: FrameLimit,
     out: Vec<u8>,
 }
 
+impl Writer {
+    pub(crate) fn write<T: serde::Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        self.out.clear();
+        frame::encode(msg, self.limit, &mut self.out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        (&*self.sock).write_all(&self.out)
+    }
+}
+
 impl Conn {
-    fn new(sock: UnixStream) -> io::Result<Conn> {
+    pub(crate) fn new(sock: UnixStream) -> io::Result<Conn> {
         let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES))
             .map_err(|e| io::Error::other(e.to_string()))?;
+        let sock = Arc::new(std::fs::File::from(std::os::fd::OwnedFd::from(sock)));
         Ok(Conn {
-            sock: std::fs::File::from(std::os::fd::OwnedFd::from(sock)),
+            sock: sock.clone(),
             buf: FrameBuffer::new(limit),
-            limit,
-            out: Vec::new(),
+            writer: Arc::new(Mutex::new(Writer {
+                sock,
+                limit,
+                out: Vec::new(),
+            })),
         })
+    }
+
+    /// The writing side, for a thread that writes while another reads.
+    pub(crate) fn writer(&self) -> Arc<Mutex<Writer>> {
+        self.writer.clone()
     }
 
     fn handshake(&mut self, build_id: &str) -> io::Result<()> {
@@ -279,10 +307,10 @@ impl Conn {
                     ));
                 }
             }
-            let sock = &mut self.sock;
+            let sock = &self.sock;
             let n = self
                 .buf
-                .fill(|space| sock.read(space))
+                .fill(|space| (&**sock).read(space))
                 .map_err(|e| io::Error::other(e.to_string()))??;
             if n == 0 {
                 return if self.buf.buffered() == 0 {
@@ -298,10 +326,10 @@ impl Conn {
     }
 
     pub(crate) fn write<T: serde::Serialize>(&mut self, msg: &T) -> io::Result<()> {
-        self.out.clear();
-        frame::encode(msg, self.limit, &mut self.out)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        self.sock.write_all(&self.out)
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(msg)
     }
 }
 

@@ -87,7 +87,8 @@ impl Worker {
             }
             other @ (WorkerRequest::Load(_)
             | WorkerRequest::Connector(_)
-            | WorkerRequest::Builtin(_)) => {
+            | WorkerRequest::Builtin(_)
+            | WorkerRequest::Serve(_)) => {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-stdio")
             }
             WorkerRequest::Stats => loong_worker_runtime::stats(

@@ -154,7 +154,8 @@ impl Worker {
             }
             other @ (WorkerRequest::Start(_)
             | WorkerRequest::Connector(_)
-            | WorkerRequest::Builtin(_)) => {
+            | WorkerRequest::Builtin(_)
+            | WorkerRequest::Serve(_)) => {
                 loong_worker_runtime::wrong_worker(&other, "loong-worker-wasm")
             }
             WorkerRequest::Stats => {
