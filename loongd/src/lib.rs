@@ -502,6 +502,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // Plugins are discovered, and each loaded once in a worker, before the first request
         // is served, so a client never sees a half-discovered set.
         registry::reload(&kernel).await;
+        services::channel::start_all(&kernel).await;
         if let Some(n) = &opts.notify {
             tell_manager(n.clone(), kernel.clone());
         }

@@ -4,13 +4,246 @@
 //! state.db; no secret appears in an answer, the trail or the channel's view; removing it
 //! takes all of that away.
 
-use std::fs;
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use crate::{
     secrets::ctl_stdin,
     support::{text, Home},
     workers::{details, json_list},
 };
+
+/// What the local Bot API server answers `getUpdates` with.
+#[derive(Clone)]
+enum Mode {
+    /// These updates once (to a poll from before them), then an empty long poll.
+    Updates(Vec<serde_json::Value>),
+    /// `409 Conflict` to every poll.
+    Conflict,
+}
+
+/// A local server speaking the Bot API as its documentation shows: `POST /bot<token>/<method>`
+/// with a JSON body, the `{"ok", "result"}` envelope. It keeps every call (method, body).
+struct BotApi {
+    port: u16,
+    calls: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl BotApi {
+    fn start(mode: Mode) -> BotApi {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let kept = calls.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (kept, mode) = (kept.clone(), mode.clone());
+                std::thread::spawn(move || bot_answer(stream, &kept, &mode));
+            }
+        });
+        BotApi { port, calls }
+    }
+
+    fn calls(&self, method: &str) -> Vec<serde_json::Value> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+fn bot_answer(stream: TcpStream, kept: &Mutex<Vec<(String, serde_json::Value)>>, mode: &Mode) {
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+        return;
+    }
+    let path = first.split(' ').nth(1).unwrap_or("").to_string();
+    let method = path.rsplit('/').next().unwrap_or("").to_string();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let earlier = {
+        let mut k = kept.lock().expect("lock");
+        k.push((method.clone(), body.clone()));
+        k.iter().filter(|(m, _)| *m == method).count() - 1
+    };
+    let (status, reply) = match (method.as_str(), mode) {
+        ("getUpdates", Mode::Conflict) => (
+            409,
+            serde_json::json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
+        ),
+        ("getUpdates", Mode::Updates(updates)) => {
+            let offset = body["offset"].as_i64().unwrap_or(0);
+            let due: Vec<&serde_json::Value> = updates
+                .iter()
+                .filter(|u| u["update_id"].as_i64().unwrap_or(0) >= offset)
+                .collect();
+            if due.is_empty() || earlier > 0 && offset == 0 {
+                // A long poll with nothing new: wait a little, as the platform would.
+                std::thread::sleep(Duration::from_millis(300));
+                (200, serde_json::json!({"ok": true, "result": []}))
+            } else {
+                (200, serde_json::json!({"ok": true, "result": due}))
+            }
+        }
+        ("sendMessage", _) => (
+            200,
+            serde_json::json!({"ok": true, "result": {"message_id": 1000 + earlier, "chat": {"id": body["chat_id"]}}}),
+        ),
+        _ => (200, serde_json::json!({"ok": true, "result": true})),
+    };
+    let text = reply.to_string();
+    let mut stream = reader.into_inner();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+/// Waits until `ok` holds, at most `limit`.
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok()
+}
+
+fn update(id: i64, chat: i64, text: &str) -> serde_json::Value {
+    serde_json::json!({"update_id": id, "message": {"message_id": id * 10, "date": 1,
+        "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false},
+        "text": text}})
+}
+
+#[test]
+fn an_allowed_chat_is_taken_once_another_ignored_and_audited() {
+    let home = Home::new();
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![
+        update(500, 111, "hello from an allowed chat"),
+        update(501, 222, "hello from a stranger"),
+        serde_json::json!({"update_id": 502, "poll": {"id": "p"}}),
+    ]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let taken = wait_until(Duration::from_secs(20), || {
+        !details(&home, "channel.ignored").is_empty()
+            && api
+                .calls("getUpdates")
+                .iter()
+                .any(|b| b["offset"] == serde_json::json!(503))
+    });
+    let status = json_list(&home, &["channels", "status", "tg", "--json"]);
+    assert!(
+        taken,
+        "status: {status:?}; calls: {:?}",
+        api.calls("getUpdates")
+    );
+    let received = details(&home, "channel.received");
+    let ignored = details(&home, "channel.ignored");
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        (
+            received[0]["chat"].as_str(),
+            received[0]["message"].as_str()
+        ),
+        (Some("111"), Some("5000"))
+    );
+    assert_eq!(ignored.len(), 1, "{ignored:?}");
+    assert_eq!(ignored[0]["chat"], "222");
+    // The offset was committed with the batch; the message waits for its turn.
+    assert_eq!(status[0]["offset"], 503, "{status:?}");
+    assert_eq!(
+        (status[0]["pending"].as_u64(), status[0]["ignored"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The polls asked for the update kinds taken, and no record holds a message's text.
+    let first = &api.calls("getUpdates")[0];
+    assert_eq!(
+        first["allowed_updates"],
+        serde_json::json!(["message", "callback_query"])
+    );
+    let trail = home.ctl(&["audit", "export"]);
+    assert!(
+        !text(&trail.stdout).contains("hello from"),
+        "a message's text is in the trail"
+    );
+    // After a restart of loongd, nothing is taken again: the offset is kept.
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    home.start();
+    assert!(wait_until(Duration::from_secs(10), || api
+        .calls("getUpdates")
+        .len()
+        >= 4));
+    assert_eq!(details(&home, "channel.received").len(), 1);
+    assert_eq!(details(&home, "channel.ignored").len(), 1);
+}
+
+#[test]
+fn a_conflict_is_polled_slowly_and_named_by_status() {
+    let home = Home::new();
+    home.start();
+    let api = BotApi::start(Mode::Conflict);
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let started = Instant::now();
+    assert!(add_telegram(&home, "tg", &["--api-base", &base])
+        .status
+        .success());
+    let named = wait_until(Duration::from_secs(15), || {
+        let s = json_list(&home, &["channels", "status", "tg", "--json"]);
+        s[0]["conflict"]
+            .as_str()
+            .is_some_and(|c| c.contains("deleteWebhook"))
+    });
+    assert!(
+        named,
+        "{:?}",
+        json_list(&home, &["channels", "status", "tg", "--json"])
+    );
+    let out = home.ctl(&["channels", "status", "tg"]);
+    assert!(
+        text(&out.stdout).contains("CONFLICT"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Backing off from 2 s, doubling: a handful of polls in this time, never a hot loop.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let polls = api.calls("getUpdates").len();
+    assert!((1..10).contains(&polls), "{polls} getUpdates in 10 s");
+}
 
 const BOT_TOKEN: &str = "123456:AAH-bot-token-secret";
 

@@ -129,6 +129,20 @@ pub struct Received {
     pub thread: Option<String>,
     pub sender: String,
     pub text: String,
+    /// From a chat in the channel's allowlist: it waits for its turn. Otherwise it is kept
+    /// as `ignored` (so a batch handed over twice is still ignored, and audited, once).
+    pub allowed: bool,
+}
+
+/// A message new to the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub id: i64,
+    pub key: String,
+    pub chat: String,
+    pub message_id: String,
+    pub sender: String,
+    pub allowed: bool,
 }
 
 /// A message waiting for (or running) its turn.
@@ -279,15 +293,15 @@ impl ChannelStore {
     }
 
     /// Takes a batch: the messages into the inbox (each once, by its key) and, for Telegram,
-    /// the offset past the batch (never moved back), in ONE transaction. Returns the inbox
-    /// ids of the messages new to the inbox. A full inbox refuses the whole batch and keeps
+    /// the offset past the batch (never moved back), in ONE transaction. Returns the
+    /// messages new to the inbox. A full inbox refuses the whole batch and keeps
     /// the offset, so the platform sends it again later.
     pub fn receive(
         &self,
         channel: &str,
         next_offset: Option<i64>,
         messages: &[Received],
-    ) -> Result<Vec<i64>, ChannelStoreError> {
+    ) -> Result<Vec<Taken>, ChannelStoreError> {
         if messages.len() > MAX_RECEIVED_BATCH {
             return Err(ChannelStoreError::BatchTooLarge {
                 channel: channel.to_owned(),
@@ -322,14 +336,32 @@ impl ChannelStore {
             let at = now_ms();
             let mut ids = Vec::new();
             for m in messages {
+                let state = if m.allowed { "pending" } else { "ignored" };
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO channel_inbox
                      (channel, key, chat, message_id, thread, sender, text, state, received_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
-                    params![channel, m.key, m.chat, m.message_id, m.thread, m.sender, m.text, at],
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        channel,
+                        m.key,
+                        m.chat,
+                        m.message_id,
+                        m.thread,
+                        m.sender,
+                        if m.allowed { m.text.as_str() } else { "" },
+                        state,
+                        at
+                    ],
                 )?;
                 if n == 1 {
-                    ids.push(tx.last_insert_rowid());
+                    ids.push(Taken {
+                        id: tx.last_insert_rowid(),
+                        key: m.key.clone(),
+                        chat: m.chat.clone(),
+                        message_id: m.message_id.clone(),
+                        sender: m.sender.clone(),
+                        allowed: m.allowed,
+                    });
                 }
             }
             if let Some(o) = next_offset {
@@ -479,23 +511,33 @@ impl ChannelStore {
         })?)
     }
 
-    /// The channel's worker sent outbox item `id`: it is marked sent. An id that is not
-    /// one of this channel's pending items is refused.
-    pub fn ack(&self, channel: &str, id: i64) -> Result<(), ChannelStoreError> {
-        let n = self.db.with(|c| {
-            c.execute(
+    /// The channel's worker sent outbox item `id`: it is marked sent; returns its chat and
+    /// the message it answered. An id that is not one of this channel's pending items is
+    /// refused.
+    pub fn ack(&self, channel: &str, id: i64) -> Result<(String, String), ChannelStoreError> {
+        let done = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let n = tx.execute(
                 "UPDATE channel_outbox SET state = 'sent', sent_ms = ?3
                  WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
                 params![id, channel, now_ms()],
-            )
+            )?;
+            let row = if n == 1 {
+                Some(tx.query_row(
+                    "SELECT chat, reply_to FROM channel_outbox WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(row)
         })?;
-        if n == 0 {
-            return Err(ChannelStoreError::NotPending {
-                channel: channel.to_owned(),
-                id,
-            });
-        }
-        Ok(())
+        done.ok_or_else(|| ChannelStoreError::NotPending {
+            channel: channel.to_owned(),
+            id,
+        })
     }
 
     /// The channel's counts.

@@ -296,6 +296,18 @@ pub(crate) async fn add(
     }
     let detail = serde_json::json!({ "token": token_id, "pack": CHANNEL_PACK, "agent": format!("channel:{}", req.name), "grants": grants.iter().map(ToString::to_string).collect::<Vec<_>>(), "expires_ms": issued.token.expires_ms, "generation": issued.token.generation, "channel": req.name });
     record(kernel, cred, io, Kind::TokenIssued, detail).await?;
+    // The channel's service starts now; one that cannot start says why in its status.
+    if let Some(k) = kernel.arc() {
+        if let Err(e) = crate::services::channel::start(&k, &req.name) {
+            crate::channel_status::report(
+                &req.name,
+                crate::channel_status::PollStatus {
+                    conflict: None,
+                    last_error: Some(format!("not started: {e}")),
+                },
+            );
+        }
+    }
     Ok(ControlResponse::Channels(vec![view(kernel, &row)?]))
 }
 
@@ -361,6 +373,15 @@ pub(crate) async fn remove(
 ) -> Result<ControlResponse, RemoteError> {
     let row = kernel.authority.channels.get(&name).map_err(refused)?;
     let shown = view(kernel, &row)?;
+    // Its worker stops (drained) before its state goes.
+    kernel
+        .services
+        .stop(
+            crate::services::Service::Channel,
+            &name,
+            crate::services::DEFAULT_DRAIN,
+        )
+        .await;
     kernel.authority.channels.remove(&name).map_err(refused)?;
     if kernel
         .authority

@@ -16,6 +16,7 @@ pub mod text;
 
 #[cfg(feature = "feishu")]
 pub mod feishu;
+pub mod serve;
 #[cfg(feature = "telegram")]
 pub mod telegram;
 

@@ -249,7 +249,7 @@ pub fn check_token(token: &str) -> Result<(), ChannelError> {
 #[derive(Debug, Clone)]
 pub struct Poller {
     backoff: Backoff,
-    /// The last 409's description while polls keep conflicting.
+    /// The last 409 (with what to do) while polls keep conflicting.
     pub conflict: Option<String>,
     /// The last failure's message while polls keep failing.
     pub last_error: Option<String>,
@@ -282,10 +282,8 @@ impl Poller {
                 Duration::ZERO
             }
             Err(e) => {
-                self.conflict = match e {
-                    ChannelError::Conflict { description, .. } => Some(description.clone()),
-                    _ => None,
-                };
+                // The conflict's message says what to do, for `channels status`.
+                self.conflict = e.is_conflict().then(|| e.to_string());
                 self.last_error = Some(e.to_string());
                 self.backoff.fail(e.retry_after())
             }

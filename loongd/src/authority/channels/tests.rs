@@ -23,6 +23,7 @@ fn msg(key: i64, chat: i64, text: &str) -> Received {
         thread: None,
         sender: "42".into(),
         text: text.into(),
+        allowed: true,
     }
 }
 
@@ -44,6 +45,21 @@ fn a_batch_and_its_offset_are_taken_once() {
     s.receive("tg", Some(5), &[]).expect("older");
     assert_eq!(s.offset("tg").expect("offset"), Some(12));
     assert_eq!(s.counts("tg").expect("counts").pending, 2);
+    // A message from a chat not allowed is kept as ignored, without its text, once.
+    let other = Received {
+        allowed: false,
+        ..msg(12, 99, "secret words")
+    };
+    let taken = s.receive("tg", Some(13), &[other.clone()]).expect("other");
+    assert_eq!(taken.len(), 1);
+    assert!(!taken[0].allowed);
+    assert!(s
+        .receive("tg", Some(13), &[other])
+        .expect("again")
+        .is_empty());
+    let c = s.counts("tg").expect("counts");
+    assert_eq!((c.pending, c.ignored), (2, 1));
+    assert!(s.claim().expect("claim").is_some_and(|i| i.chat == "1"));
     // An unknown channel is refused.
     assert!(matches!(
         s.receive("nope", Some(1), &[msg(1, 1, "x")]),
