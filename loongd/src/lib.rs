@@ -503,6 +503,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // is served, so a client never sees a half-discovered set.
         registry::reload(&kernel).await;
         services::channel::start_all(&kernel).await;
+        tokio::spawn(control::run_channel_turns(kernel.clone()));
         if let Some(n) = &opts.notify {
             tell_manager(n.clone(), kernel.clone());
         }

@@ -184,12 +184,19 @@ fn an_allowed_chat_is_taken_once_another_ignored_and_audited() {
     );
     assert_eq!(ignored.len(), 1, "{ignored:?}");
     assert_eq!(ignored[0]["chat"], "222");
-    // The offset was committed with the batch; the message waits for its turn.
+    // The offset was committed with the batch; the message had its turn (no agent is
+    // configured here: it is answered that it could not be), the stranger nothing.
     assert_eq!(status[0]["offset"], 503, "{status:?}");
-    assert_eq!(
-        (status[0]["pending"].as_u64(), status[0]["ignored"].as_u64()),
-        (Some(1), Some(1))
-    );
+    assert_eq!(status[0]["ignored"].as_u64(), Some(1), "{status:?}");
+    assert!(wait_until(Duration::from_secs(10), || !api
+        .calls("sendMessage")
+        .is_empty()));
+    let sent = api.calls("sendMessage");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["chat_id"], 111);
+    assert!(sent[0]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("could not be answered")));
     // The polls asked for the update kinds taken, and no record holds a message's text.
     let first = &api.calls("getUpdates")[0];
     assert_eq!(
@@ -453,5 +460,77 @@ fn bad_channels_are_refused_before_anything_is_stored() {
             "channel.lark.encrypt_key",
             "channel.lark.verification_token"
         ]
+    );
+}
+
+/// `loongd.toml` naming the local provider `provider` as the agent's.
+fn agent_config(provider: &crate::agent::Provider) -> String {
+    format!(
+        "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"test-model\"\nidle_timeout_secs = 120\n\n[agent]\nprovider = \"local\"\nmax_steps = 4\nturn_budget_secs = 120\n",
+        provider.port
+    )
+}
+
+#[test]
+fn an_allowed_message_is_answered_once_and_a_long_answer_is_two_messages() {
+    let provider =
+        crate::agent::Provider::start(vec![crate::agent::text_answer(&"a".repeat(5000))]);
+    let home = Home::with_config(&agent_config(&provider));
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![
+        update(700, 111, "write me a long answer"),
+        update(701, 111, "/help"),
+    ]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sent = wait_until(Duration::from_secs(30), || {
+        api.calls("sendMessage").len() >= 3
+    });
+    let status = json_list(&home, &["channels", "status", "tg", "--json"]);
+    assert!(
+        sent,
+        "status: {status:?}; sent: {:?}",
+        api.calls("sendMessage")
+    );
+    // Nothing more arrives: each message was answered once.
+    std::thread::sleep(Duration::from_secs(2));
+    let messages = api.calls("sendMessage");
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let long: Vec<&serde_json::Value> = messages
+        .iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.starts_with("aaa")))
+        .collect();
+    assert_eq!(
+        long.iter()
+            .map(|m| m["text"].as_str().map_or(0, str::len))
+            .collect::<Vec<_>>(),
+        [4096, 904]
+    );
+    assert!(long.iter().all(|m| m["chat_id"] == 111));
+    assert_eq!(long[0]["reply_parameters"]["message_id"], 7000);
+    assert!(messages.iter().any(|m| m["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("/new starts a new conversation"))));
+    // The provider was asked once: `/help` is answered by loongd, not the model.
+    assert_eq!(provider.requests().len(), 1);
+    let status = json_list(&home, &["channels", "status", "tg", "--json"]);
+    assert_eq!(
+        (
+            status[0]["answered"].as_u64(),
+            status[0]["sent"].as_u64(),
+            status[0]["unsent"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0)),
+        "{status:?}"
+    );
+    let sent = details(&home, "channel.sent");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|d| d["chat"] == "111"));
+    // The turn ran under the channel's token, in the chat's session.
+    let sessions = json_list(&home, &["memory", "list", "--json"]);
+    assert!(
+        sessions.iter().any(|s| s["session"] == "tg.tg.111"),
+        "{sessions:?}"
     );
 }

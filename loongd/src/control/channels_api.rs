@@ -404,6 +404,101 @@ pub(crate) async fn remove(
     Ok(ControlResponse::Channels(vec![shown]))
 }
 
+/// How long the turn runner waits before it looks at the inbox again when it was empty.
+pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What `/start` and `/help` answer.
+pub const HELP_TEXT: &str = "Send a message and the agent answers it here. /new starts a new conversation; /help shows this.";
+/// What a chat is answered when its turn failed (the trail and the log say why; the chat
+/// is told nothing of loongd's configuration).
+pub const FAILED_TEXT: &str = "Sorry, this message could not be answered. Please try again later.";
+/// What `/new` answers.
+pub const NEW_TEXT: &str = "A new conversation begins.";
+
+/// The session a chat's turns are kept in: per channel and chat (`tg.CHANNEL.CHAT`; a
+/// session id is letters, digits, `_`, `-` and `.`).
+pub fn session_of(kind: &str, channel: &str, chat: &str) -> String {
+    let prefix = if kind == "feishu" { "feishu" } else { "tg" };
+    format!("{prefix}.{channel}.{chat}")
+}
+
+/// The command a message is (`/start`, `/help`, `/new`; `/new@bot` too), if any.
+pub fn command(text: &str) -> Option<&str> {
+    let word = text.trim().split_whitespace().next()?;
+    let word = word.split('@').next().unwrap_or(word);
+    ["/start", "/help", "/new"].into_iter().find(|c| *c == word)
+}
+
+/// The channels' turns: each pending inbox message, oldest first, becomes one agent turn
+/// under its channel's token, and its answer goes to the outbox in the same transaction that
+/// marks it answered. Runs until loongd stops.
+pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
+    loop {
+        if *kernel.shutdown.borrow() {
+            return;
+        }
+        match kernel.authority.channels.claim() {
+            Ok(Some(item)) => turn_for(&kernel, item).await,
+            Ok(None) => tokio::time::sleep(TURN_POLL).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the channels' inbox");
+                tokio::time::sleep(TURN_POLL * 10).await;
+            }
+        }
+    }
+}
+
+async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) {
+    let store = &kernel.authority.channels;
+    let Ok(row) = store.get(&item.channel) else {
+        let _ = store.ignore(item.id);
+        return;
+    };
+    let session = session_of(&row.kind, &item.channel, &item.chat);
+    let answer = match command(&item.text) {
+        Some("/new") => {
+            if let Err(e) = kernel.authority.memory.clear(&session) {
+                tracing::warn!(error = %e, "clearing a chat's session");
+            }
+            NEW_TEXT.to_owned()
+        }
+        Some(_) => HELP_TEXT.to_owned(),
+        None => {
+            let worker = kernel
+                .services
+                .state(crate::services::Service::Channel, &item.channel)
+                .map_or(0, |s| s.worker.load(std::sync::atomic::Ordering::Relaxed));
+            let actor = Actor {
+                who: crate::effects::Principal::Worker { worker },
+                bearer: crate::authority::Bearer::Id(&row.token_id),
+                chain: crate::effects::Chain::root(format!(
+                    "channel-{}/msg-{}",
+                    item.channel, item.id
+                )),
+                io: None,
+            };
+            let turn = super::agent_api::turn(
+                kernel,
+                &actor,
+                Some(row.token_id.clone()),
+                Some(session),
+                item.text.clone(),
+            )
+            .await;
+            match turn {
+                Ok(asked) => asked.answer,
+                Err(e) => {
+                    tracing::warn!(channel = %item.channel, error = %e.message, "a channel's turn failed");
+                    FAILED_TEXT.to_owned()
+                }
+            }
+        }
+    };
+    if let Err(e) = store.answer(item.id, &answer) {
+        tracing::warn!(error = %e, "keeping a channel's answer");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +544,18 @@ mod tests {
         ] {
             assert!(parse_api_base(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn commands_and_sessions() {
+        assert_eq!(command("/new"), Some("/new"));
+        assert_eq!(command("  /help please"), Some("/help"));
+        assert_eq!(command("/start@loong_bot"), Some("/start"));
+        for not in ["hello", "/newer", "new", "", "please /new"] {
+            assert_eq!(command(not), None, "{not}");
+        }
+        assert_eq!(session_of("telegram", "ops", "-100"), "tg.ops.-100");
+        assert_eq!(session_of("feishu", "lark", "oc_1"), "feishu.lark.oc_1");
     }
 
     #[test]
