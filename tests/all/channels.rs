@@ -534,3 +534,129 @@ fn an_allowed_message_is_answered_once_and_a_long_answer_is_two_messages() {
         "{sessions:?}"
     );
 }
+
+/// The channel workers loongd `daemon` started (its descendants running
+/// `loong-worker-channel`).
+fn channel_workers(daemon: u32) -> Vec<u32> {
+    let parent = |pid: u32| {
+        crate::workers::status_field(u64::from(pid), "PPid").and_then(|p| p.parse::<u32>().ok())
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.windows(20).any(|w| w == b"loong-worker-channel") {
+            continue;
+        }
+        let mut p = Some(pid);
+        for _ in 0..8 {
+            p = p.and_then(parent);
+            if p == Some(daemon) {
+                out.push(pid);
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn kill9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+}
+
+#[test]
+fn kill_9_of_loongd_mid_turn_answers_every_message_exactly_once_after_restart() {
+    // The first turn stalls (loongd is killed during it); the second answers.
+    let provider = crate::agent::Provider::start(vec![
+        crate::agent::Reply::Stall(Vec::new()),
+        crate::agent::text_answer("answered after the restart"),
+    ]);
+    let home = Home::with_config(&agent_config(&provider));
+    let pid = home.start();
+    let api = BotApi::start(Mode::Updates(vec![update(800, 111, "hello")]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    assert!(
+        add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base])
+            .status
+            .success()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || provider.requests().len() == 1),
+        "the turn started"
+    );
+    kill9(pid);
+    assert!(wait_until(Duration::from_secs(5), || {
+        !crate::support::process_alive(pid)
+    }));
+    assert!(api.calls("sendMessage").is_empty());
+    home.start();
+    assert!(
+        wait_until(Duration::from_secs(30), || !api
+            .calls("sendMessage")
+            .is_empty()),
+        "answered after the restart: {:?}",
+        json_list(&home, &["channels", "status", "tg", "--json"])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = api.calls("sendMessage");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["text"], "answered after the restart");
+    // Taken once (the offset was committed with it), run again once.
+    assert_eq!(details(&home, "channel.received").len(), 1);
+    assert_eq!(provider.requests().len(), 2);
+}
+
+#[test]
+fn kill_9_of_the_channel_worker_after_receiving_answers_exactly_once() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("the one answer")]);
+    let home = Home::with_config(&agent_config(&provider));
+    let pid = home.start();
+    let api = BotApi::start(Mode::Updates(vec![update(900, 111, "hello")]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    assert!(
+        add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base])
+            .status
+            .success()
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        !details(&home, "channel.received").is_empty()
+    }));
+    let workers = channel_workers(pid);
+    assert_eq!(workers.len(), 1, "one channel worker: {workers:?}");
+    kill9(workers[0]);
+    // Its restart (after the supervisor's back-off) sends the answer, once.
+    assert!(
+        wait_until(Duration::from_secs(30), || !api
+            .calls("sendMessage")
+            .is_empty()),
+        "{:?}",
+        json_list(&home, &["channels", "status", "tg", "--json"])
+    );
+    assert!(wait_until(Duration::from_secs(10), || !details(
+        &home,
+        "worker.restarted"
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = api.calls("sendMessage");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["text"], "the one answer");
+    assert_eq!(details(&home, "channel.received").len(), 1);
+    assert_eq!(provider.requests().len(), 1);
+    // The restarted worker polled from the committed offset.
+    let polls = api.calls("getUpdates");
+    assert!(
+        polls.iter().skip(1).all(|b| b["offset"] == 901),
+        "{polls:?}"
+    );
+}
