@@ -169,10 +169,11 @@ async fn record(
         .map_err(internal)
 }
 
+/// A channel's secrets by their names in the secret store.
+type NamedSecrets<'a> = Vec<(String, &'a SecretValue)>;
+
 /// Checks an add request; returns its configuration and its secrets by store name.
-fn plan(
-    req: &ChannelAddRequest,
-) -> Result<(ChannelConfig, Vec<(String, &SecretValue)>), RemoteError> {
+fn plan(req: &ChannelAddRequest) -> Result<(ChannelConfig, NamedSecrets<'_>), RemoteError> {
     if !valid_name(&req.name) {
         return Err(bad(format!(
             "channel name `{}`: 1 to 64 letters, digits, _ and -",
@@ -424,7 +425,7 @@ pub fn session_of(kind: &str, channel: &str, chat: &str) -> String {
 
 /// The command a message is (`/start`, `/help`, `/new`; `/new@bot` too), if any.
 pub fn command(text: &str) -> Option<&str> {
-    let word = text.trim().split_whitespace().next()?;
+    let word = text.split_whitespace().next()?;
     let word = word.split('@').next().unwrap_or(word);
     ["/start", "/help", "/new"].into_iter().find(|c| *c == word)
 }

@@ -50,7 +50,9 @@ fn a_batch_and_its_offset_are_taken_once() {
         allowed: false,
         ..msg(12, 99, "secret words")
     };
-    let taken = s.receive("tg", Some(13), &[other.clone()]).expect("other");
+    let taken = s
+        .receive("tg", Some(13), std::slice::from_ref(&other))
+        .expect("other");
     assert_eq!(taken.len(), 1);
     assert!(!taken[0].allowed);
     assert!(s
