@@ -25,6 +25,8 @@ enum Mode {
     Updates(Vec<serde_json::Value>),
     /// `409 Conflict` to every poll.
     Conflict,
+    /// These raw bodies (status 200), one per poll, then these updates as `Updates`.
+    Hostile(Vec<Vec<u8>>, Vec<serde_json::Value>),
 }
 
 /// A local server speaking the Bot API as its documentation shows: `POST /bot<token>/<method>`
@@ -95,18 +97,34 @@ fn bot_answer(stream: TcpStream, kept: &Mutex<Vec<(String, serde_json::Value)>>,
         k.push((method.clone(), body.clone()));
         k.iter().filter(|(m, _)| *m == method).count() - 1
     };
+    if let ("getUpdates", Mode::Hostile(bodies, _)) = (method.as_str(), mode) {
+        if let Some(raw) = bodies.get(earlier) {
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                raw.len()
+            );
+            let _ = stream.write_all(raw);
+            return;
+        }
+    }
+    let mode = match mode {
+        Mode::Hostile(_, updates) => &Mode::Updates(updates.clone()),
+        m => m,
+    };
     let (status, reply) = match (method.as_str(), mode) {
         ("getUpdates", Mode::Conflict) => (
             409,
             serde_json::json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
         ),
-        ("getUpdates", Mode::Updates(updates)) => {
+        ("getUpdates", Mode::Updates(updates) | Mode::Hostile(_, updates)) => {
             let offset = body["offset"].as_i64().unwrap_or(0);
             let due: Vec<&serde_json::Value> = updates
                 .iter()
                 .filter(|u| u["update_id"].as_i64().unwrap_or(0) >= offset)
                 .collect();
-            if due.is_empty() || earlier > 0 && offset == 0 {
+            if due.is_empty() {
                 // A long poll with nothing new: wait a little, as the platform would.
                 std::thread::sleep(Duration::from_millis(300));
                 (200, serde_json::json!({"ok": true, "result": []}))
@@ -659,4 +677,68 @@ fn kill_9_of_the_channel_worker_after_receiving_answers_exactly_once() {
         polls.iter().skip(1).all(|b| b["offset"] == 901),
         "{polls:?}"
     );
+}
+
+#[test]
+fn hostile_platform_answers_fail_in_the_worker_and_loongd_keeps_serving() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("still here")]);
+    let home = Home::with_config(&agent_config(&provider));
+    home.start();
+    let huge = format!(
+        r#"{{"ok":true,"result":[{{"update_id":1,"message":{{"message_id":1,"chat":{{"id":111}},"text":"{}"}}}}]}}"#,
+        "a".repeat(10 * 1024 * 1024)
+    );
+    let mut bad_utf8 = br#"{"ok":true,"result":[{"update_id":2,"message":{"message_id":2,"chat":{"id":111},"text":""#.to_vec();
+    bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    bad_utf8.extend_from_slice(br#""}}]}"#);
+    let deep = format!(
+        r#"{{"ok":true,"result":[{{"update_id":3,"x":{}1{}}}]}}"#,
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    let api = BotApi::start(Mode::Hostile(
+        vec![
+            huge.into_bytes(),
+            bad_utf8,
+            deep.into_bytes(),
+            b"\x00 not json".to_vec(),
+        ],
+        vec![
+            serde_json::json!({"update_id": 10, "edited_message": {"message_id": 9, "chat": {"id": 111}}}),
+            serde_json::json!({"update_id": 11, "message": "not an object"}),
+            update(12, 111, "a good one after the bad ones"),
+        ],
+    ));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    assert!(
+        add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base])
+            .status
+            .success()
+    );
+    // Each hostile answer is refused in the worker (its status says so); loongd serves on,
+    // and the good update after them is answered, once.
+    let answered = wait_until(Duration::from_secs(60), || {
+        !api.calls("sendMessage").is_empty()
+    });
+    let status = json_list(&home, &["channels", "status", "tg", "--json"]);
+    assert!(answered, "{status:?}");
+    assert!(
+        home.ctl(&["status"]).status.success(),
+        "loongd keeps serving"
+    );
+    let sent = api.calls("sendMessage");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["text"], "still here");
+    let received = details(&home, "channel.received");
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["message"], "120");
+    assert_eq!(
+        status[0]["offset"], 13,
+        "the unknown and malformed updates are passed"
+    );
+    // The bot was shown typing to the chat while its turn ran.
+    assert!(api
+        .calls("sendChatAction")
+        .iter()
+        .any(|b| b["chat_id"] == 111 && b["action"] == "typing"));
 }

@@ -8,7 +8,8 @@
 //! Failed polls back off ([`crate::telegram::Poller`]) and a change of the poller's state (a
 //! 409 conflict, a failure, all clear) is reported to loongd. The send loop asks loongd for
 //! answers, sends each (split into parts) and acks it after the platform's 200; a send that
-//! fails is tried again after a back-off, a 429 after its `retry_after`.
+//! fails is tried again after a back-off, a 429 after its `retry_after`. Once a batch is
+//! taken, each of its chats is sent `sendChatAction` (`typing`) while its turn runs.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -135,8 +136,23 @@ pub async fn poll_telegram(
                     messages,
                     skipped,
                 };
+                let mut chats: Vec<i64> = batch
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.chat.parse().ok())
+                    .collect();
+                chats.dedup();
                 match kernel.received(batch).await {
-                    Ok(()) => offset = next,
+                    Ok(()) => {
+                        offset = next;
+                        // The chats see the bot typing while their turns run (a hint: a
+                        // failure is not an error).
+                        for chat in chats {
+                            if let Err(e) = tg.send_typing(chat).await {
+                                tracing::debug!(error = %e, "sendChatAction");
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "handing over a batch; it is polled again");
                         wait = BACKOFF_START;

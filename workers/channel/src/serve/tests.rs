@@ -84,13 +84,22 @@ async fn a_batch_is_handed_over_with_its_offset_then_polled_past() {
     assert_eq!(batches[0].messages[0].text, "hi");
     assert_eq!(batches[0].messages[0].sender, "9");
     let seen = seen.lock().expect("lock").clone();
+    let path = |s: &crate::testserver::Seen| s.head.split(' ').nth(1).unwrap_or("").to_owned();
     let offsets: Vec<serde_json::Value> = seen
         .iter()
+        .filter(|s| path(s).ends_with("/getUpdates"))
         .map(|s| {
             serde_json::from_slice::<serde_json::Value>(&s.body).expect("json")["offset"].clone()
         })
         .collect();
     assert_eq!(offsets[..2], [json!(40), json!(42)]);
+    // Once the batch was taken, its chat was shown the bot typing.
+    let typing: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| path(s).ends_with("/sendChatAction"))
+        .map(|s| serde_json::from_slice(&s.body).expect("json"))
+        .collect();
+    assert_eq!(typing, [json!({"chat_id": 7, "action": "typing"})]);
 }
 
 #[tokio::test]
