@@ -479,6 +479,15 @@ fn bad_channels_are_refused_before_anything_is_stored() {
             "channel.lark.verification_token"
         ]
     );
+    // It is not served (no webhook route yet), and its status says so rather than a worker
+    // restarting in a loop.
+    let status = json_list(&home, &["channels", "status", "lark", "--json"]);
+    assert!(
+        status[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("webhook route")),
+        "{status:?}"
+    );
 }
 
 /// `loongd.toml` naming the local provider `provider` as the agent's.
