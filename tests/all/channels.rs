@@ -264,6 +264,13 @@ fn a_conflict_is_polled_slowly_and_named_by_status() {
         "{}",
         text(&out.stdout)
     );
+    // `doctor` names it too, with what to do.
+    let out = home.ctl(&["doctor"]);
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("channel tg: CONFLICT") && said.contains("deleteWebhook"),
+        "{said}"
+    );
     // Backing off from 2 s, doubling: a handful of polls in this time, never a hot loop.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
     let polls = api.calls("getUpdates").len();
