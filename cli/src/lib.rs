@@ -117,6 +117,10 @@ pub enum Command {
     /// list (names only), rm.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
+    /// Chat channels (Telegram bots, Feishu/Lark apps): add (secrets from stdin), list,
+    /// status (names a 409 conflict and what to do), remove.
+    #[command(subcommand)]
+    Channels(cmd::channels::ChannelsCommand),
     /// Call a tool (a plugin) in a confined worker; prints its JSON output (exit 4 when
     /// denied, 5 when an approval is pending past the deadline, 7 when the worker failed).
     Invoke(cmd::tools::InvokeArgs),
@@ -211,6 +215,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Approvals(c) => cmd::approvals::run(&layout, c),
         Command::Keys(c) => cmd::keys::run(&layout, c),
         Command::Secrets(c) => cmd::secrets::run(&layout, c),
+        Command::Channels(c) => cmd::channels::run(&layout, c),
         Command::Invoke(a) => cmd::tools::invoke(&layout, a),
         Command::Plugins(c) => cmd::tools::plugins(&layout, c),
         Command::Workers(c) => cmd::tools::workers(&layout, c),

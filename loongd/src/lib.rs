@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod channel_status;
 pub mod config;
 mod control;
 mod effects;
@@ -505,6 +506,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "the gateway did not start");
             }
         }
+        services::channel::start_all(&kernel).await;
+        tokio::spawn(control::run_channel_turns(kernel.clone()));
         if let Some(n) = &opts.notify {
             tell_manager(n.clone(), kernel.clone());
         }

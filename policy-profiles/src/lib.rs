@@ -29,6 +29,8 @@ pub const TRUSTED: &str = include_str!("../tiers/trusted.toml");
 pub const OPERATOR_PACK: &str = include_str!("../packs/operator.toml");
 /// The bundled example pack.
 pub const DOCS_READER_PACK: &str = include_str!("../packs/docs-reader.toml");
+/// The bundled pack every chat channel's token is issued within.
+pub const CHANNEL_PACK: &str = include_str!("../packs/channel.toml");
 /// The bundled risk profile.
 pub const RISK: &str = include_str!("../risk/default.toml");
 /// The bundled denylist.
@@ -43,6 +45,7 @@ pub fn bundled_packs() -> Result<Vec<pack::Pack>, Vec<Problem>> {
     for (file, text) in [
         ("packs/operator.toml", OPERATOR_PACK),
         ("packs/docs-reader.toml", DOCS_READER_PACK),
+        ("packs/channel.toml", CHANNEL_PACK),
     ] {
         match pack::parse_pack(text, file) {
             Ok(p) => out.push(p),

@@ -10,6 +10,7 @@ mod authority;
 mod bridges;
 mod builtins;
 mod compat_sdk;
+mod channels;
 mod control_socket;
 mod daemon_lifecycle;
 mod dns;

@@ -152,6 +152,7 @@ fn crate_dependency_direction() {
         "workers/builtin",
         "workers/plan",
         "workers/agent",
+        "workers/channel",
         "agent-wire",
     ] {
         let manifest = r.join(m).join("Cargo.toml");
@@ -220,6 +221,23 @@ fn crate_dependency_direction() {
     rust_files(&r.join("workers/agent/src"), &mut library);
     assert!(library.len() > 5, "the agent library is read: {library:?}");
     for f in library.iter().filter(|f| !f.ends_with("src/main.rs")) {
+        let src = fs::read_to_string(f).expect("read");
+        assert!(
+            !src.contains("loong_ipc") && !src.contains("loong_worker_runtime"),
+            "{} names a project crate; only the worker binary (src/main.rs) may",
+            f.display()
+        );
+    }
+    // The channel clients are a library too: only the worker binary (`src/main.rs` and its
+    // `src/kernel_link.rs`) may name the wire to the kernel.
+    let mut library = Vec::new();
+    rust_files(&r.join("workers/channel/src"), &mut library);
+    assert!(
+        library.len() > 5,
+        "the channel library is read: {library:?}"
+    );
+    let binary = |f: &Path| f.ends_with("src/main.rs") || f.ends_with("src/kernel_link.rs");
+    for f in library.iter().filter(|f| !binary(f)) {
         let src = fs::read_to_string(f).expect("read");
         assert!(
             !src.contains("loong_ipc") && !src.contains("loong_worker_runtime"),

@@ -20,6 +20,31 @@ struct DoctorJson<'a> {
     tiers: Vec<TierJson<'a>>,
     egress_sandboxes: u64,
     egress_open: u64,
+    /// Channels whose poller reports a problem (a 409 conflict, a failure).
+    channels: Vec<ChannelJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelJson {
+    name: String,
+    conflict: Option<String>,
+    last_error: Option<String>,
+}
+
+/// The channels whose poller reports a problem (none when loongd answers no channel list).
+fn channel_problems(layout: &Layout) -> Vec<ChannelJson> {
+    match crate::request(layout, ControlRequest::ChannelList) {
+        Ok(ControlResponse::Channels(all)) => all
+            .into_iter()
+            .filter(|c| c.conflict.is_some() || c.last_error.is_some())
+            .map(|c| ChannelJson {
+                name: c.name,
+                conflict: c.conflict,
+                last_error: c.last_error,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +70,7 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
         return Err(anyhow::anyhow!("unexpected answer to doctor").into());
     };
     let all_ok = r.error.is_none() && r.tiers.iter().all(|t| t.enforceable);
+    let channels = channel_problems(layout);
     if json {
         let j = DoctorJson {
             root: r.root,
@@ -71,6 +97,7 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
                 .collect(),
             egress_sandboxes: r.egress_sandboxes,
             egress_open: r.egress_open,
+            channels,
         };
         println!(
             "{}",
@@ -114,6 +141,15 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
             "egress broker: {} sandboxes, {} open connections",
             r.egress_sandboxes, r.egress_open
         );
+        for c in &channels {
+            match (&c.conflict, &c.last_error) {
+                (Some(conflict), _) => {
+                    println!("channel {}: CONFLICT: {}", Esc(&c.name), Esc(conflict));
+                }
+                (None, Some(e)) => println!("channel {}: {}", Esc(&c.name), Esc(e)),
+                (None, None) => {}
+            }
+        }
     }
     Ok(if all_ok {
         exit::OK

@@ -293,6 +293,21 @@ pub enum ControlRequest {
     GatewayStop {
         drain_ms: Option<u64>,
     },
+    /// Add a chat channel (its secrets, token and state); answered by
+    /// [`ControlResponse::Channels`] (the one added). Audited.
+    ChannelAdd(Box<ChannelAddRequest>),
+    /// Every channel; answered by [`ControlResponse::Channels`].
+    ChannelList,
+    /// One channel with its counts and its poller's state; answered by
+    /// [`ControlResponse::Channels`].
+    ChannelStatus {
+        name: String,
+    },
+    /// Remove a channel, its secrets, its token and its state; answered by
+    /// [`ControlResponse::Channels`] (the one removed). Audited.
+    ChannelRemove {
+        name: String,
+    },
 }
 
 /// What `loongctl gateway status` shows.
@@ -315,6 +330,78 @@ pub struct GatewayView {
     pub pid: u32,
     /// Why the last worker ended.
     pub last_exit: Option<String>,
+}
+
+/// Bound on a channel's name (letters, digits, `_`, `-`).
+pub const MAX_CHANNEL_NAME_BYTES: usize = 64;
+/// The most chat ids in a channel's allowlist or operator list.
+pub const MAX_CHANNEL_CHATS: usize = 256;
+
+/// A chat platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ChannelKind {
+    Telegram,
+    Feishu,
+}
+
+impl ChannelKind {
+    /// Its name in the CLI, the tables and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Feishu => "feishu",
+        }
+    }
+}
+
+/// `channels add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ChannelAddRequest {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// The platform's API base URL (`None`: the platform's public host).
+    pub api_base: Option<String>,
+    /// Chats whose messages are taken (Telegram; empty: none is).
+    pub allowed_chats: Vec<String>,
+    /// Chats offered approvals (Telegram).
+    pub operator_chats: Vec<String>,
+    /// The app id (Feishu).
+    pub app_id: Option<String>,
+    /// The platform secrets by role: `bot_token` (Telegram); `app_secret`, `encrypt_key`,
+    /// `verification_token` (Feishu).
+    pub secrets: Vec<(String, SecretValue)>,
+}
+
+/// A channel as `channels list|status` shows it; never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ChannelView {
+    pub name: String,
+    pub kind: ChannelKind,
+    pub api_base: String,
+    pub allowed_chats: Vec<String>,
+    pub operator_chats: Vec<String>,
+    pub app_id: Option<String>,
+    /// The channel's token (public id).
+    pub token_id: String,
+    /// The names of its secrets in the secret store.
+    pub secret_names: Vec<String>,
+    /// Messages waiting for a turn, in a turn, answered, ignored.
+    pub pending: u64,
+    pub running: u64,
+    pub answered: u64,
+    pub ignored: u64,
+    /// Answers not yet sent, and sent.
+    pub unsent: u64,
+    pub sent: u64,
+    /// Telegram's next `getUpdates` offset.
+    pub offset: Option<i64>,
+    /// The poller's last `409 Conflict`, with what to do (while polls keep conflicting).
+    pub conflict: Option<String>,
+    /// The poller's last failure (while polls keep failing).
+    pub last_error: Option<String>,
 }
 
 /// Bound on [`AskRequest::prompt`].
@@ -786,6 +873,8 @@ pub enum ControlResponse {
     MemoryCleared { session: String, removed: u64 },
     /// The gateway's state.
     Gateway(GatewayView),
+    /// Channels (the answer to `ChannelAdd`, `ChannelList`, `ChannelStatus`, `ChannelRemove`).
+    Channels(Vec<ChannelView>),
 }
 
 /// The daemon's state as `loongctl status` shows it.

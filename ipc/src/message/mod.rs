@@ -4,6 +4,7 @@
 //! (the [`handshake`]) keeps its layout forever, so that two builds of different protocol
 //! versions can still tell each other so.
 
+pub mod channel;
 pub mod control;
 pub mod envelope;
 pub mod gateway;

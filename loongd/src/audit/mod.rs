@@ -131,11 +131,20 @@ pub enum Kind {
     NetClosed,
     /// The egress broker refused a connection (host, port, reason).
     NetDenied,
+    /// A chat channel took a message into its inbox (channel, chat id, message id; never
+    /// the text).
+    ChannelReceived,
+    /// A chat channel ignored a message from a chat not in its allowlist (channel, chat id,
+    /// sender, message id).
+    ChannelIgnored,
+    /// A chat channel's worker sent an answer (channel, chat id, the message it answers, the
+    /// platform's ids of what was sent).
+    ChannelSent,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 42] = [
+    pub const ALL: [Kind; 45] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -178,6 +187,9 @@ impl Kind {
         Kind::NetConnected,
         Kind::NetClosed,
         Kind::NetDenied,
+        Kind::ChannelReceived,
+        Kind::ChannelIgnored,
+        Kind::ChannelSent,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -225,6 +237,9 @@ impl Kind {
             Kind::NetConnected => "net.connected",
             Kind::NetClosed => "net.closed",
             Kind::NetDenied => "net.denied",
+            Kind::ChannelReceived => "channel.received",
+            Kind::ChannelIgnored => "channel.ignored",
+            Kind::ChannelSent => "channel.sent",
         }
     }
 

@@ -2,6 +2,7 @@
 //! All of it lives in loongd; no worker ever holds a token's grants or mints one.
 
 pub mod approvals;
+pub mod channels;
 pub mod db;
 pub mod decide;
 pub mod keys;
@@ -128,6 +129,8 @@ pub struct Authority {
     pub tokens: TokenStore,
     /// The agent's conversations, by session (in the same file).
     pub memory: memory::MemoryStore,
+    /// The chat channels: configuration, offsets, inbox and outbox (in the same file).
+    pub channels: channels::ChannelStore,
     pub approvals: approvals::ApprovalStore,
     pub keys: keys::Keyring,
     risk: RiskProfile,
@@ -212,6 +215,7 @@ impl Authority {
         let state = home.join("state.db");
         Ok(Authority {
             memory: memory::MemoryStore::open(&state)?,
+            channels: channels::ChannelStore::open(&state)?,
             tokens: TokenStore::open(&state)?,
             approvals: approvals::ApprovalStore::open(&state)?,
             keys: keys::Keyring::open(&state)?,

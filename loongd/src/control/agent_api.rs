@@ -228,6 +228,14 @@ fn role(m: &Message) -> &'static str {
     }
 }
 
+/// The refusal of a turn when no agent is configured.
+fn no_agent() -> RemoteError {
+    RemoteError::new(
+        ErrorKind::NotFound,
+        "no [agent] in loongd.toml: add a [providers.NAME] and [agent] provider = \"NAME\" (docs/agent.md), then restart loongd",
+    )
+}
+
 /// `loongctl ask`.
 pub(crate) async fn ask(
     kernel: &Kernel,
@@ -235,13 +243,9 @@ pub(crate) async fn ask(
     io: &RequestIo,
     req: AskRequest,
 ) -> Result<ControlResponse, RemoteError> {
-    let settings = &kernel.config.agent;
-    let Some(agent) = settings.agent.as_ref() else {
-        return Err(RemoteError::new(
-            ErrorKind::NotFound,
-            "no [agent] in loongd.toml: add a [providers.NAME] and [agent] provider = \"NAME\" (docs/agent.md), then restart loongd",
-        ));
-    };
+    if kernel.config.agent.agent.is_none() {
+        return Err(no_agent());
+    }
     if req.prompt.len() > MAX_ASK_PROMPT_BYTES {
         return Err(bad(format!(
             "the prompt is {} bytes, above the {MAX_ASK_PROMPT_BYTES}-byte limit",
@@ -252,6 +256,39 @@ pub(crate) async fn ask(
         check_session(s)?;
     }
     let actor = Actor::operator(cred.uid(), req.token.as_ref().map(BearerSecret::expose), io);
+    let token = match &req.token {
+        Some(secret) => kernel
+            .authority
+            .tokens
+            .id_of(secret.expose())
+            .map_err(internal)?,
+        None => None,
+    };
+    turn(kernel, &actor, token, req.session, req.prompt)
+        .await
+        .map(ControlResponse::Asked)
+}
+
+/// One agent turn for `actor` (whose token, by public id, is `token`): the session's window,
+/// the turn in the agent worker, the trail's records of it, and what it added kept in the
+/// session. `loongctl ask` and a chat channel's message both come here.
+pub(crate) async fn turn(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    token: Option<String>,
+    session: Option<String>,
+    prompt: String,
+) -> Result<AskResult, RemoteError> {
+    let settings = &kernel.config.agent;
+    let Some(agent) = settings.agent.as_ref() else {
+        return Err(no_agent());
+    };
+    let actor = actor.clone();
+    let req = AskRequest {
+        prompt,
+        session,
+        token: None,
+    };
     let mut messages = Vec::new();
     if let Some(session) = &req.session {
         decide_memory(kernel, &actor, Capability::MemoryRead, session).await?;
@@ -323,14 +360,6 @@ pub(crate) async fn ask(
     })?;
     // A call of a tool that was not offered never reached the kernel: it is recorded here,
     // a denial in the turn's chain, so that every tool call the model made is in the trail.
-    let token = match &req.token {
-        Some(secret) => kernel
-            .authority
-            .tokens
-            .id_of(secret.expose())
-            .map_err(internal)?,
-        None => None,
-    };
     for call in output.tool_calls.iter().filter(|c| !c.offered) {
         let detail = serde_json::json!({
             "capability": Capability::ToolInvoke.as_str(), "target": call.name,
@@ -358,7 +387,7 @@ pub(crate) async fn ask(
             .append(session, &rows)
             .map_err(internal)?;
     }
-    Ok(ControlResponse::Asked(AskResult {
+    Ok(AskResult {
         answer: output.answer,
         session: req.session,
         correlation: actor.correlation(),
@@ -377,7 +406,7 @@ pub(crate) async fn ask(
         steps: output.steps,
         stop: output.stop,
         providers: output.providers,
-    }))
+    })
 }
 
 /// The turn's input as JSON within a call's input bound ([`MAX_INVOKE_INPUT_BYTES`]): the

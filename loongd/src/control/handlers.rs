@@ -124,6 +124,12 @@ pub(crate) async fn handle(
         ControlRequest::GatewayStop { drain_ms } => {
             crate::services::gateway::stop(kernel, drain_ms).await
         }
+        ControlRequest::ChannelAdd(req) => super::channels_api::add(kernel, cred, &io, *req).await,
+        ControlRequest::ChannelList => super::channels_api::list(kernel),
+        ControlRequest::ChannelStatus { name } => super::channels_api::status(kernel, &name),
+        ControlRequest::ChannelRemove { name } => {
+            super::channels_api::remove(kernel, cred, &io, name).await
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod agent_api;
 mod audit_api;
 mod authority_api;
 pub(crate) mod chat_api;
+mod channels_api;
 mod connection;
 mod handlers;
 mod paging;
@@ -26,6 +27,9 @@ use crate::Kernel;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (for example when out of file descriptors).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The chat channels' turn runner (`channels_api::run_turns`).
+pub(crate) use channels_api::run_turns as run_channel_turns;
 
 /// Accepts connections until shutdown, then lets them finish for up to [`SHUTDOWN_GRACE`].
 pub(crate) async fn serve(listener: UnixListener, kernel: Arc<Kernel>) {

@@ -26,6 +26,13 @@ pub const AGENT_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Tasks an agent worker's sandbox may hold: the spawn helper and the reaper, the worker's
 /// thread, the resolver's blocking threads, and room to spare.
 pub const AGENT_WORKER_TASKS: u64 = 16;
+pub const CHANNEL_WORKER_NAME: &str = "loong-worker-channel";
+/// A channel worker's memory: the HTTP client, one bounded platform answer and one answer
+/// being sent.
+pub const CHANNEL_WORKER_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
+/// Tasks a channel worker's sandbox may hold: as the agent worker's, plus the kernel link's
+/// reader thread.
+pub const CHANNEL_WORKER_TASKS: u64 = 16;
 /// A plan worker's memory: the interpreter, one plan and its steps' outputs.
 pub const PLAN_WORKER_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Tasks a plan worker's sandbox may hold: the spawn helper and the reaper, the worker's
@@ -223,6 +230,27 @@ impl WorkerKind {
             listener: Some(listener),
             package: None,
             net_owner: None,
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+        }
+    }
+
+    /// A chat channel's service worker: balanced, no file-system grant, the network only to
+    /// its platform's API `HOST:PORT` (`net`); its connections are the channel's.
+    pub(crate) fn channel(name: &str, net: Vec<NetGrant>) -> WorkerKind {
+        WorkerKind {
+            name: "channel",
+            program: next_to_loongd(CHANNEL_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: CHANNEL_WORKER_MEMORY_BYTES,
+            tasks: CHANNEL_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net,
+            broker: false,
+            listener: None,
+            package: None,
+            net_owner: Some(format!("channel:{name}")),
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }

@@ -1,0 +1,218 @@
+//! The bodies of a channel service's kernel calls (`channel_*`, carried in a
+//! [`super::kernel::ServiceCall`] as postcard). The worker hands over what it received and
+//! sends what loongd answered; loongd keeps the state (docs/channels.md).
+//!
+//! - [`KIND_CHANNEL_OFFSET`]: no body; answered by [`ChannelOffset`] (where polling starts).
+//! - [`KIND_CHANNEL_RECEIVED`]: [`ChannelReceived`]; answered by [`ChannelTaken`]. The
+//!   messages and the new offset are committed in one transaction.
+//! - [`KIND_CHANNEL_OUTBOX`]: [`ChannelOutboxWait`]; answered by `Vec<ChannelOutboxItem>`.
+//! - [`KIND_CHANNEL_ACK`]: [`ChannelAck`] once an item was sent; answered by an empty body.
+//! - [`KIND_CHANNEL_STATUS`]: [`ChannelStatus`] (a 409 conflict, a failure, or all clear);
+//!   answered by an empty body.
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_len, BoundError};
+
+pub const KIND_CHANNEL_OFFSET: &str = "channel_offset";
+pub const KIND_CHANNEL_RECEIVED: &str = "channel_received";
+pub const KIND_CHANNEL_OUTBOX: &str = "channel_outbox";
+pub const KIND_CHANNEL_ACK: &str = "channel_ack";
+pub const KIND_CHANNEL_STATUS: &str = "channel_status";
+
+/// The most messages one [`ChannelReceived`] carries (a `getUpdates` answer's maximum).
+pub const MAX_CHANNEL_BATCH: usize = 100;
+/// Bound on a received message's text.
+pub const MAX_CHANNEL_TEXT_BYTES: usize = 64 * 1024;
+/// Bound on an id (a delivery key, chat id, message id, thread, sender).
+pub const MAX_CHANNEL_ID_BYTES: usize = 128;
+/// Bound on a status message.
+pub const MAX_CHANNEL_STATUS_BYTES: usize = 1024;
+/// The most items one outbox answer carries, and the longest it waits for one.
+pub const MAX_OUTBOX_ITEMS: u32 = 16;
+pub const MAX_OUTBOX_WAIT_MS: u32 = 30_000;
+/// Bound on the ids of the platform messages one answer was sent as.
+pub const MAX_SENT_IDS: usize = 32;
+
+/// Where polling starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelOffset {
+    pub offset: Option<i64>,
+}
+
+/// One received message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    /// The platform's delivery id (Telegram's `update_id`, Feishu's `event_id`).
+    pub key: String,
+    pub chat: String,
+    pub message_id: String,
+    pub thread: Option<String>,
+    pub sender: String,
+    pub text: String,
+}
+
+/// A batch received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelReceived {
+    /// The offset past the batch (Telegram), committed with it.
+    pub next_offset: Option<i64>,
+    pub messages: Vec<ChannelMessage>,
+    /// Updates of kinds not taken, passed by the offset.
+    pub skipped: u32,
+}
+
+/// What loongd took of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelTaken {
+    /// Messages new to the inbox (a batch handed over twice is taken once).
+    pub taken: u32,
+    /// Messages from chats not in the allowlist: ignored and audited.
+    pub ignored: u32,
+}
+
+/// Ask for answers to send, waiting up to `wait_ms` for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelOutboxWait {
+    pub max_items: u32,
+    pub wait_ms: u32,
+}
+
+/// An answer to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelOutboxItem {
+    pub id: i64,
+    pub chat: String,
+    pub reply_to: String,
+    pub thread: Option<String>,
+    pub text: String,
+}
+
+/// An answer sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelAck {
+    pub id: i64,
+    /// The platform's ids of the messages it was sent as.
+    pub sent_ids: Vec<String>,
+}
+
+/// The poller's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    pub conflict: Option<String>,
+    pub last_error: Option<String>,
+}
+
+fn id(field: &'static str, v: &str) -> Result<(), BoundError> {
+    check_len(field, v, MAX_CHANNEL_ID_BYTES)
+}
+
+impl ChannelReceived {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        if self.messages.len() > MAX_CHANNEL_BATCH {
+            return Err(BoundError {
+                field: "messages",
+                len: self.messages.len(),
+                max: MAX_CHANNEL_BATCH,
+            });
+        }
+        for m in &self.messages {
+            id("key", &m.key)?;
+            id("chat", &m.chat)?;
+            id("message_id", &m.message_id)?;
+            id("thread", m.thread.as_deref().unwrap_or_default())?;
+            id("sender", &m.sender)?;
+            check_len("text", &m.text, MAX_CHANNEL_TEXT_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl ChannelAck {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        if self.sent_ids.len() > MAX_SENT_IDS {
+            return Err(BoundError {
+                field: "sent_ids",
+                len: self.sent_ids.len(),
+                max: MAX_SENT_IDS,
+            });
+        }
+        self.sent_ids.iter().try_for_each(|s| id("sent_ids", s))
+    }
+}
+
+impl ChannelStatus {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len(
+            "conflict",
+            self.conflict.as_deref().unwrap_or_default(),
+            MAX_CHANNEL_STATUS_BYTES,
+        )?;
+        check_len(
+            "last_error",
+            self.last_error.as_deref().unwrap_or_default(),
+            MAX_CHANNEL_STATUS_BYTES,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> ChannelMessage {
+        ChannelMessage {
+            key: "1".into(),
+            chat: "2".into(),
+            message_id: "3".into(),
+            thread: None,
+            sender: "4".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn bodies_are_bounded() {
+        let ok = ChannelReceived {
+            next_offset: Some(2),
+            messages: vec![msg("hi")],
+            skipped: 0,
+        };
+        ok.check_bounds().expect("control");
+        let bytes = postcard::to_allocvec(&ok).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<ChannelReceived>(&bytes).expect("decode"),
+            ok
+        );
+        let long = ChannelReceived {
+            messages: vec![msg(&"x".repeat(MAX_CHANNEL_TEXT_BYTES + 1))],
+            ..ok.clone()
+        };
+        assert_eq!(long.check_bounds().expect_err("long").field, "text");
+        let many = ChannelReceived {
+            messages: vec![msg("x"); MAX_CHANNEL_BATCH + 1],
+            ..ok.clone()
+        };
+        assert_eq!(many.check_bounds().expect_err("many").field, "messages");
+        let mut chat = msg("x");
+        chat.chat = "9".repeat(MAX_CHANNEL_ID_BYTES + 1);
+        let wide = ChannelReceived {
+            messages: vec![chat],
+            ..ok
+        };
+        assert_eq!(wide.check_bounds().expect_err("chat").field, "chat");
+        let ack = ChannelAck {
+            id: 1,
+            sent_ids: vec!["1".into(); MAX_SENT_IDS + 1],
+        };
+        assert!(ack.check_bounds().is_err());
+        let status = ChannelStatus {
+            conflict: Some("c".repeat(MAX_CHANNEL_STATUS_BYTES + 1)),
+            last_error: None,
+        };
+        assert!(status.check_bounds().is_err());
+    }
+}

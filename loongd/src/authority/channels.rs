@@ -1,0 +1,593 @@
+//! The chat channels' state in `HOME/state.db` (tables added by state.db schema version 3):
+//! each channel's configuration and token id, Telegram's update offset, the inbox of
+//! received messages, the outbox of answers to send, and Feishu's seen event ids.
+//!
+//! **Exactly once.** A batch of received updates and the offset past them are committed in
+//! ONE transaction ([`ChannelStore::receive`]): a kill before the commit leaves the old offset
+//! (the platform sends the batch again), after it the messages are in the inbox and the
+//! platform is asked from the new offset. Each inbox row is keyed by the platform's own id
+//! (Telegram's `update_id`, Feishu's `event_id`), so a batch received twice (a worker killed
+//! after the commit but before it polled again) is taken once. A message's answer is written
+//! to the outbox in the same transaction that marks it answered ([`ChannelStore::answer`]),
+//! at most one outbox row per message. A turn that was running when loongd died is run again
+//! at start ([`ChannelStore::recover`]): its answer had not been committed. The one boundary
+//! that is at least once is the platform's send: an outbox row is acked after the platform
+//! answered 200, so a kill between that 200 and the ack sends it again (once more per kill;
+//! the platform offers no idempotency key). See docs/channels.md.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{db::StateDb, tokens::TokenError};
+
+/// The most channels one home configures.
+pub const MAX_CHANNELS: usize = 64;
+/// The most bytes of a received message's text kept (longer text is refused by the worker).
+pub const MAX_INBOX_TEXT_BYTES: usize = 64 * 1024;
+/// The most bytes of an answer kept in the outbox.
+pub const MAX_OUTBOX_TEXT_BYTES: usize = 256 * 1024;
+/// The most messages one `receive` takes.
+pub const MAX_RECEIVED_BATCH: usize = 100;
+/// The most pending inbox rows per channel; past it new messages are refused (the worker
+/// does not advance its offset, so nothing is lost: the platform keeps them).
+pub const MAX_PENDING_INBOX: u64 = 1_000;
+/// How long a seen Feishu event id is kept (the platform retries for hours, not days).
+pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_offsets (
+    channel TEXT PRIMARY KEY,
+    next_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    thread TEXT,
+    sender TEXT NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    UNIQUE (channel, key)
+);
+CREATE INDEX IF NOT EXISTS channel_inbox_state ON channel_inbox (channel, state, id);
+CREATE TABLE IF NOT EXISTS channel_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    inbox_id INTEGER NOT NULL UNIQUE,
+    chat TEXT NOT NULL,
+    reply_to TEXT NOT NULL,
+    thread TEXT,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS channel_outbox_state ON channel_outbox (channel, state, id);
+CREATE TABLE IF NOT EXISTS channel_events (
+    channel TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, event_id)
+);";
+
+/// The statements of state.db's schema step from version 2 to 3.
+pub const SCHEMA_STEP: &str = SCHEMA;
+
+/// A channel store operation refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelStoreError {
+    #[error(transparent)]
+    Db(#[from] TokenError),
+    #[error("a channel named `{0}` exists; remove it first (`loongctl channels remove {0}`)")]
+    Exists(String),
+    #[error("no channel named `{0}`; see `loongctl channels list`")]
+    NoSuchChannel(String),
+    #[error("{0} channels are configured, the most one home holds; remove one first")]
+    TooMany(usize),
+    #[error("channel `{channel}`: {count} messages in one batch, more than {MAX_RECEIVED_BATCH}")]
+    BatchTooLarge { channel: String, count: usize },
+    #[error("channel `{channel}`: {pending} messages wait for an answer; the inbox takes no more until they are answered")]
+    InboxFull { channel: String, pending: u64 },
+    #[error("channel `{channel}`: event `{event_id}` was seen before; a replay is refused")]
+    Replayed { channel: String, event_id: String },
+    #[error("channel `{channel}`: outbox item {id} is not one of its pending answers")]
+    NotPending { channel: String, id: i64 },
+    #[error("channel `{channel}`: a text of {len} bytes is above the {limit}-byte limit")]
+    TextTooLarge {
+        channel: String,
+        len: usize,
+        limit: usize,
+    },
+}
+
+/// A configured channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    pub name: String,
+    pub kind: String,
+    pub config_json: String,
+    pub token_id: String,
+}
+
+/// A message the worker hands over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The platform's id of the delivery (Telegram's `update_id`, Feishu's `event_id`).
+    pub key: String,
+    pub chat: String,
+    pub message_id: String,
+    pub thread: Option<String>,
+    pub sender: String,
+    pub text: String,
+    /// From a chat in the channel's allowlist: it waits for its turn. Otherwise it is kept
+    /// as `ignored` (so a batch handed over twice is still ignored, and audited, once).
+    pub allowed: bool,
+}
+
+/// A message new to the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub id: i64,
+    pub key: String,
+    pub chat: String,
+    pub message_id: String,
+    pub sender: String,
+    pub allowed: bool,
+}
+
+/// A message waiting for (or running) its turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    pub id: i64,
+    pub channel: String,
+    pub chat: String,
+    pub message_id: String,
+    pub thread: Option<String>,
+    pub sender: String,
+    pub text: String,
+}
+
+/// An answer to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub chat: String,
+    pub reply_to: String,
+    pub thread: Option<String>,
+    pub text: String,
+}
+
+/// A channel's counts, for `channels status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub pending: u64,
+    pub running: u64,
+    pub answered: u64,
+    pub ignored: u64,
+    pub unsent: u64,
+    pub sent: u64,
+    pub offset: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The channels' tables.
+#[derive(Debug)]
+pub struct ChannelStore {
+    db: StateDb,
+}
+
+impl ChannelStore {
+    /// Opens the tables in `path`.
+    pub fn open(path: &Path) -> Result<ChannelStore, TokenError> {
+        Ok(ChannelStore {
+            db: StateDb::open(path, SCHEMA)?,
+        })
+    }
+
+    /// Adds a channel.
+    pub fn add(&self, row: &ChannelRow) -> Result<(), ChannelStoreError> {
+        let outcome = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let count: i64 = tx.query_row("SELECT COUNT(*) FROM channels", [], |r| r.get(0))?;
+            if count.unsigned_abs() >= MAX_CHANNELS as u64 {
+                return Ok(Err(ChannelStoreError::TooMany(MAX_CHANNELS)));
+            }
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO channels (name, kind, config_json, token_id, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.name, row.kind, row.config_json, row.token_id, now_ms()],
+            )?;
+            if n == 0 {
+                return Ok(Err(ChannelStoreError::Exists(row.name.clone())));
+            }
+            tx.commit()?;
+            Ok(Ok(()))
+        })?;
+        outcome
+    }
+
+    /// The channel `name`.
+    pub fn get(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
+        self.db
+            .with(|c| {
+                c.query_row(
+                    "SELECT name, kind, config_json, token_id FROM channels WHERE name = ?1",
+                    params![name],
+                    channel_row,
+                )
+                .optional()
+            })?
+            .ok_or_else(|| ChannelStoreError::NoSuchChannel(name.to_owned()))
+    }
+
+    /// Every channel, by name.
+    pub fn list(&self) -> Result<Vec<ChannelRow>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            let mut s =
+                c.prepare("SELECT name, kind, config_json, token_id FROM channels ORDER BY name")?;
+            let rows = s.query_map([], channel_row)?;
+            rows.collect()
+        })?)
+    }
+
+    /// Sets the channel's token id (a restart issues a new generation).
+    pub fn set_token(&self, name: &str, token_id: &str) -> Result<(), ChannelStoreError> {
+        let n = self.db.with(|c| {
+            c.execute(
+                "UPDATE channels SET token_id = ?2 WHERE name = ?1",
+                params![name, token_id],
+            )
+        })?;
+        if n == 0 {
+            return Err(ChannelStoreError::NoSuchChannel(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Removes the channel and everything kept for it, in one transaction.
+    pub fn remove(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
+        let row = self.get(name)?;
+        self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
+            for table in ["channel_inbox", "channel_outbox", "channel_events"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE channel = ?1"),
+                    params![name],
+                )?;
+            }
+            tx.execute(
+                "DELETE FROM channel_offsets WHERE channel = ?1",
+                params![name],
+            )?;
+            tx.commit()
+        })?;
+        Ok(row)
+    }
+
+    /// The offset the next `getUpdates` starts from.
+    pub fn offset(&self, channel: &str) -> Result<Option<i64>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            c.query_row(
+                "SELECT next_offset FROM channel_offsets WHERE channel = ?1",
+                params![channel],
+                |r| r.get(0),
+            )
+            .optional()
+        })?)
+    }
+
+    /// Takes a batch: the messages into the inbox (each once, by its key) and, for Telegram,
+    /// the offset past the batch (never moved back), in ONE transaction. Returns the
+    /// messages new to the inbox. A full inbox refuses the whole batch and keeps
+    /// the offset, so the platform sends it again later.
+    pub fn receive(
+        &self,
+        channel: &str,
+        next_offset: Option<i64>,
+        messages: &[Received],
+    ) -> Result<Vec<Taken>, ChannelStoreError> {
+        if messages.len() > MAX_RECEIVED_BATCH {
+            return Err(ChannelStoreError::BatchTooLarge {
+                channel: channel.to_owned(),
+                count: messages.len(),
+            });
+        }
+        if let Some(m) = messages
+            .iter()
+            .find(|m| m.text.len() > MAX_INBOX_TEXT_BYTES)
+        {
+            return Err(ChannelStoreError::TextTooLarge {
+                channel: channel.to_owned(),
+                len: m.text.len(),
+                limit: MAX_INBOX_TEXT_BYTES,
+            });
+        }
+        self.get(channel)?;
+        let outcome = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let pending: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND state IN ('pending', 'running')",
+                params![channel],
+                |r| r.get(0),
+            )?;
+            let pending = pending.unsigned_abs();
+            if !messages.is_empty() && pending + messages.len() as u64 > MAX_PENDING_INBOX {
+                return Ok(Err(ChannelStoreError::InboxFull {
+                    channel: channel.to_owned(),
+                    pending,
+                }));
+            }
+            let at = now_ms();
+            let mut ids = Vec::new();
+            for m in messages {
+                let state = if m.allowed { "pending" } else { "ignored" };
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO channel_inbox
+                     (channel, key, chat, message_id, thread, sender, text, state, received_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        channel,
+                        m.key,
+                        m.chat,
+                        m.message_id,
+                        m.thread,
+                        m.sender,
+                        if m.allowed { m.text.as_str() } else { "" },
+                        state,
+                        at
+                    ],
+                )?;
+                if n == 1 {
+                    ids.push(Taken {
+                        id: tx.last_insert_rowid(),
+                        key: m.key.clone(),
+                        chat: m.chat.clone(),
+                        message_id: m.message_id.clone(),
+                        sender: m.sender.clone(),
+                        allowed: m.allowed,
+                    });
+                }
+            }
+            if let Some(o) = next_offset {
+                tx.execute(
+                    "INSERT INTO channel_offsets (channel, next_offset) VALUES (?1, ?2)
+                     ON CONFLICT (channel) DO UPDATE SET next_offset = MAX(next_offset, ?2)",
+                    params![channel, o],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Ok(ids))
+        })?;
+        outcome
+    }
+
+    /// Records a Feishu event id as seen; a second time is [`ChannelStoreError::Replayed`].
+    /// Ids older than [`SEEN_EVENT_KEEP_MS`] are forgotten on the way.
+    pub fn see_event(&self, channel: &str, event_id: &str) -> Result<(), ChannelStoreError> {
+        let at = now_ms();
+        let n = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "DELETE FROM channel_events WHERE seen_ms < ?1",
+                params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
+            )?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO channel_events (channel, event_id, seen_ms) VALUES (?1, ?2, ?3)",
+                params![channel, event_id, at],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })?;
+        if n == 0 {
+            return Err(ChannelStoreError::Replayed {
+                channel: channel.to_owned(),
+                event_id: event_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Claims the oldest pending message of any channel for its turn (pending → running).
+    pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let item = tx
+                .query_row(
+                    "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
+                     WHERE state = 'pending' ORDER BY id LIMIT 1",
+                    [],
+                    |r| {
+                        Ok(InboxItem {
+                            id: r.get(0)?,
+                            channel: r.get(1)?,
+                            chat: r.get(2)?,
+                            message_id: r.get(3)?,
+                            thread: r.get(4)?,
+                            sender: r.get(5)?,
+                            text: r.get(6)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(i) = &item {
+                tx.execute(
+                    "UPDATE channel_inbox SET state = 'running' WHERE id = ?1",
+                    params![i.id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(item)
+        })?)
+    }
+
+    /// At start: turns that were running when loongd stopped run again (their answers were
+    /// not committed). Returns how many.
+    pub fn recover(&self) -> Result<u64, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            c.execute(
+                "UPDATE channel_inbox SET state = 'pending' WHERE state = 'running'",
+                [],
+            )
+            .map(|n| n as u64)
+        })?)
+    }
+
+    /// The message `inbox_id` is answered with `text`: the outbox row and the answered mark
+    /// in ONE transaction. A message already answered (or ignored) is left as it is: false.
+    pub fn answer(&self, inbox_id: i64, text: &str) -> Result<bool, ChannelStoreError> {
+        self.settle(inbox_id, Some(text))
+    }
+
+    /// The message `inbox_id` gets no answer (a chat not allowed, a command handled): false
+    /// when it was already settled.
+    pub fn ignore(&self, inbox_id: i64) -> Result<bool, ChannelStoreError> {
+        self.settle(inbox_id, None)
+    }
+
+    fn settle(&self, inbox_id: i64, text: Option<&str>) -> Result<bool, ChannelStoreError> {
+        if let Some(t) = text.filter(|t| t.len() > MAX_OUTBOX_TEXT_BYTES) {
+            return Err(ChannelStoreError::TextTooLarge {
+                channel: format!("inbox {inbox_id}"),
+                len: t.len(),
+                limit: MAX_OUTBOX_TEXT_BYTES,
+            });
+        }
+        Ok(self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let state = if text.is_some() { "answered" } else { "ignored" };
+            let n = tx.execute(
+                "UPDATE channel_inbox SET state = ?2 WHERE id = ?1 AND state IN ('pending', 'running')",
+                params![inbox_id, state],
+            )?;
+            if n == 1 {
+                if let Some(t) = text {
+                    tx.execute(
+                        "INSERT INTO channel_outbox
+                         (channel, inbox_id, chat, reply_to, thread, text, state, created_ms)
+                         SELECT channel, id, chat, message_id, thread, ?2, 'pending', ?3
+                         FROM channel_inbox WHERE id = ?1",
+                        params![inbox_id, t, now_ms()],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(n == 1)
+        })?)
+    }
+
+    /// The channel's oldest answers not yet sent, at most `limit`.
+    pub fn outbox(&self, channel: &str, limit: u32) -> Result<Vec<OutboxItem>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            let mut s = c.prepare(
+                "SELECT id, chat, reply_to, thread, text FROM channel_outbox
+                 WHERE channel = ?1 AND state = 'pending' ORDER BY id LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![channel, limit], |r| {
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    chat: r.get(1)?,
+                    reply_to: r.get(2)?,
+                    thread: r.get(3)?,
+                    text: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })?)
+    }
+
+    /// The channel's worker sent outbox item `id`: it is marked sent; returns its chat and
+    /// the message it answered. An id that is not one of this channel's pending items is
+    /// refused.
+    pub fn ack(&self, channel: &str, id: i64) -> Result<(String, String), ChannelStoreError> {
+        let done = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let n = tx.execute(
+                "UPDATE channel_outbox SET state = 'sent', sent_ms = ?3
+                 WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
+                params![id, channel, now_ms()],
+            )?;
+            let row = if n == 1 {
+                Some(tx.query_row(
+                    "SELECT chat, reply_to FROM channel_outbox WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(row)
+        })?;
+        done.ok_or_else(|| ChannelStoreError::NotPending {
+            channel: channel.to_owned(),
+            id,
+        })
+    }
+
+    /// The channel's counts.
+    pub fn counts(&self, channel: &str) -> Result<Counts, ChannelStoreError> {
+        let offset = self.offset(channel)?;
+        Ok(self.db.with(|c| {
+            let mut counts = Counts {
+                offset,
+                ..Counts::default()
+            };
+            let mut s = c.prepare(
+                "SELECT state, COUNT(*) FROM channel_inbox WHERE channel = ?1 GROUP BY state",
+            )?;
+            for row in s.query_map(params![channel], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
+            })? {
+                let (state, n) = row?;
+                match state.as_str() {
+                    "pending" => counts.pending = n,
+                    "running" => counts.running = n,
+                    "answered" => counts.answered = n,
+                    _ => counts.ignored = n,
+                }
+            }
+            let mut s = c.prepare(
+                "SELECT state, COUNT(*) FROM channel_outbox WHERE channel = ?1 GROUP BY state",
+            )?;
+            for row in s.query_map(params![channel], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
+            })? {
+                let (state, n) = row?;
+                if state == "sent" {
+                    counts.sent = n;
+                } else {
+                    counts.unsent = n;
+                }
+            }
+            Ok(counts)
+        })?)
+    }
+}
+
+fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRow> {
+    Ok(ChannelRow {
+        name: r.get(0)?,
+        kind: r.get(1)?,
+        config_json: r.get(2)?,
+        token_id: r.get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

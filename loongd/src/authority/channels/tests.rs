@@ -1,0 +1,195 @@
+//! Tests of the channel tables: exactly once across re-deliveries, restarts and acks.
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, ChannelStore) {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = ChannelStore::open(&dir.path().join("state.db")).expect("open");
+    s.add(&ChannelRow {
+        name: "tg".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-1".into(),
+    })
+    .expect("add");
+    (dir, s)
+}
+
+fn msg(key: i64, chat: i64, text: &str) -> Received {
+    Received {
+        key: key.to_string(),
+        chat: chat.to_string(),
+        message_id: (key * 10).to_string(),
+        thread: None,
+        sender: "42".into(),
+        text: text.into(),
+        allowed: true,
+    }
+}
+
+#[test]
+fn a_batch_and_its_offset_are_taken_once() {
+    let (_d, s) = store();
+    assert_eq!(s.offset("tg").expect("offset"), None);
+    let ids = s
+        .receive("tg", Some(12), &[msg(10, 1, "a"), msg(11, 1, "b")])
+        .expect("receive");
+    assert_eq!(ids.len(), 2);
+    assert_eq!(s.offset("tg").expect("offset"), Some(12));
+    // The same batch again (a worker killed after the commit): nothing new, offset kept.
+    let again = s
+        .receive("tg", Some(12), &[msg(10, 1, "a"), msg(11, 1, "b")])
+        .expect("again");
+    assert!(again.is_empty());
+    // An older offset never moves it back.
+    s.receive("tg", Some(5), &[]).expect("older");
+    assert_eq!(s.offset("tg").expect("offset"), Some(12));
+    assert_eq!(s.counts("tg").expect("counts").pending, 2);
+    // A message from a chat not allowed is kept as ignored, without its text, once.
+    let other = Received {
+        allowed: false,
+        ..msg(12, 99, "secret words")
+    };
+    let taken = s
+        .receive("tg", Some(13), std::slice::from_ref(&other))
+        .expect("other");
+    assert_eq!(taken.len(), 1);
+    assert!(!taken[0].allowed);
+    assert!(s
+        .receive("tg", Some(13), &[other])
+        .expect("again")
+        .is_empty());
+    let c = s.counts("tg").expect("counts");
+    assert_eq!((c.pending, c.ignored), (2, 1));
+    assert!(s.claim().expect("claim").is_some_and(|i| i.chat == "1"));
+    // An unknown channel is refused.
+    assert!(matches!(
+        s.receive("nope", Some(1), &[msg(1, 1, "x")]),
+        Err(ChannelStoreError::NoSuchChannel(_))
+    ));
+}
+
+#[test]
+fn every_message_is_answered_once_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("state.db");
+    {
+        let s = ChannelStore::open(&path).expect("open");
+        s.add(&ChannelRow {
+            name: "tg".into(),
+            kind: "telegram".into(),
+            config_json: "{}".into(),
+            token_id: "t".into(),
+        })
+        .expect("add");
+        s.receive("tg", Some(3), &[msg(1, 7, "one"), msg(2, 7, "two")])
+            .expect("receive");
+        let first = s.claim().expect("claim").expect("item");
+        assert!(s.answer(first.id, "answer one").expect("answer"));
+        // The second turn is running when loongd dies.
+        let second = s.claim().expect("claim").expect("item");
+        assert_eq!(second.text, "two");
+        assert!(s.claim().expect("claim").is_none());
+    }
+    let s = ChannelStore::open(&path).expect("reopen");
+    assert_eq!(s.recover().expect("recover"), 1);
+    let again = s.claim().expect("claim").expect("item");
+    assert_eq!(again.text, "two");
+    assert!(s.answer(again.id, "answer two").expect("answer"));
+    // A late second answer for either message is no second outbox row.
+    assert!(!s.answer(again.id, "dup").expect("dup"));
+    assert!(!s.ignore(again.id).expect("dup"));
+    let out = s.outbox("tg", 10).expect("outbox");
+    assert_eq!(
+        out.iter().map(|o| o.text.as_str()).collect::<Vec<_>>(),
+        ["answer one", "answer two"]
+    );
+    assert_eq!(
+        (out[0].chat.as_str(), out[0].reply_to.as_str()),
+        ("7", "10")
+    );
+    s.ack("tg", out[0].id).expect("ack");
+    // An ack twice, or by another channel, is refused; the control acks once.
+    assert!(matches!(
+        s.ack("tg", out[0].id),
+        Err(ChannelStoreError::NotPending { .. })
+    ));
+    assert!(matches!(
+        s.ack("other", out[1].id),
+        Err(ChannelStoreError::NotPending { .. })
+    ));
+    assert_eq!(s.outbox("tg", 10).expect("outbox").len(), 1);
+    s.ack("tg", out[1].id).expect("ack");
+    let c = s.counts("tg").expect("counts");
+    assert_eq!(
+        (c.pending, c.running, c.answered, c.unsent, c.sent, c.offset),
+        (0, 0, 2, 0, 2, Some(3))
+    );
+}
+
+#[test]
+fn replayed_events_and_a_full_inbox_are_refused() {
+    let (_d, s) = store();
+    s.see_event("tg", "ev-1").expect("first");
+    assert!(matches!(
+        s.see_event("tg", "ev-1"),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    // Another channel's same id is its own.
+    s.see_event("other", "ev-1").expect("other channel");
+    // The inbox's bound: a batch past it is refused whole, the offset kept.
+    let batch: Vec<Received> = (0..MAX_RECEIVED_BATCH as i64)
+        .map(|k| msg(k, 1, "x"))
+        .collect();
+    for round in 0..(MAX_PENDING_INBOX as usize / MAX_RECEIVED_BATCH) {
+        let b: Vec<Received> = batch
+            .iter()
+            .map(|m| Received {
+                key: format!("{round}-{}", m.key),
+                ..m.clone()
+            })
+            .collect();
+        s.receive("tg", Some(round as i64), &b).expect("fits");
+    }
+    let err = s
+        .receive("tg", Some(999), &[msg(5000, 1, "x")])
+        .expect_err("full");
+    assert!(matches!(err, ChannelStoreError::InboxFull { .. }), "{err}");
+    assert_eq!(s.offset("tg").expect("offset"), Some(9));
+    let too_many: Vec<Received> = (0..=MAX_RECEIVED_BATCH as i64)
+        .map(|k| msg(k, 1, "x"))
+        .collect();
+    assert!(s.receive("tg", None, &too_many).is_err());
+    let long = msg(1, 1, &"x".repeat(MAX_INBOX_TEXT_BYTES + 1));
+    assert!(s.receive("tg", None, &[long]).is_err());
+}
+
+#[test]
+fn channels_are_added_once_and_removed_whole() {
+    let (_d, s) = store();
+    let dup = s
+        .add(&ChannelRow {
+            name: "tg".into(),
+            kind: "telegram".into(),
+            config_json: "{}".into(),
+            token_id: "x".into(),
+        })
+        .expect_err("dup");
+    assert!(
+        dup.to_string().contains("loongctl channels remove tg"),
+        "{dup}"
+    );
+    s.receive("tg", Some(2), &[msg(1, 1, "a")])
+        .expect("receive");
+    s.set_token("tg", "tok-2").expect("token");
+    assert_eq!(s.get("tg").expect("get").token_id, "tok-2");
+    assert_eq!(s.list().expect("list").len(), 1);
+    s.remove("tg").expect("remove");
+    assert!(s.list().expect("list").is_empty());
+    assert_eq!(s.offset("tg").expect("offset"), None);
+    assert_eq!(s.counts("tg").expect("counts"), Counts::default());
+    assert!(matches!(
+        s.remove("tg"),
+        Err(ChannelStoreError::NoSuchChannel(_))
+    ));
+}

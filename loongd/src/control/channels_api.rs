@@ -1,0 +1,616 @@
+//! `channels add | list | status | remove` on the control API. Adding a channel stores its
+//! platform secrets in the secret store (each bound to the platform's API host only), issues
+//! the channel's own token within the bundled `channel` pack, and keeps its configuration in
+//! `state.db` (`authority::channels`); removing it undoes all three. Each step is audited
+//! with the operator's uid and the channel's name (`secret.set`, `token.issued`, and on
+//! removal `secret.removed`, `token.revoked`); no answer, record or log line carries a
+//! secret, and the token's bearer secret is shown to no one (the channel's service call is
+//! bound to the token by its id).
+
+use loong_ipc::{
+    ChannelAddRequest, ChannelKind, ChannelView, ControlResponse, ErrorKind, RemoteError,
+    SecretValue,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::unix::UCred;
+
+use crate::{
+    audit::Kind,
+    authority::{
+        channels::{ChannelRow, ChannelStoreError},
+        tokens::MAX_TTL_MS,
+    },
+    effects::Actor,
+    request::RequestIo,
+    secrets, Kernel,
+};
+
+/// The pack every channel's token is issued within.
+pub const CHANNEL_PACK: &str = "channel";
+/// The public Bot API and Feishu open API hosts.
+pub const TELEGRAM_API_BASE: &str = "https://api.telegram.org";
+pub const FEISHU_API_BASE: &str = "https://open.feishu.cn";
+/// The most bytes of an API base URL.
+pub const MAX_API_BASE_BYTES: usize = 256;
+/// The most bytes of a chat id or an app id.
+pub const MAX_CHAT_ID_BYTES: usize = 64;
+
+/// A channel's configuration as kept in its row (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelConfig {
+    pub api_base: String,
+    /// The endpoint its secrets are bound to (`HOST`, `HOST:PORT` or `http://HOST:PORT`).
+    pub secret_host: String,
+    pub allowed_chats: Vec<String>,
+    pub operator_chats: Vec<String>,
+    pub app_id: Option<String>,
+    pub secret_names: Vec<String>,
+}
+
+fn bad(m: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorKind::BadRequest, m)
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+fn refused(e: ChannelStoreError) -> RemoteError {
+    let kind = match e {
+        ChannelStoreError::NoSuchChannel(_) => ErrorKind::NotFound,
+        ChannelStoreError::Db(_) => ErrorKind::Internal,
+        _ => ErrorKind::BadRequest,
+    };
+    RemoteError::new(kind, e.to_string())
+}
+
+fn store() -> Result<&'static secrets::Secrets, RemoteError> {
+    secrets::store()
+        .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "the secret store is not open"))
+}
+
+/// Whether `name` is a channel name: 1 to 64 letters, digits, `_` and `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= loong_ipc::message::control::MAX_CHANNEL_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `api_base` checked (`https://HOST[:PORT]`, or `http://HOST:PORT` with its port), without a
+/// trailing slash, and the endpoint its secrets are bound to.
+pub fn parse_api_base(api_base: &str) -> Result<(String, String), RemoteError> {
+    let base = api_base.trim_end_matches('/');
+    let why = |w: &str| bad(format!("--api-base {api_base}: {w}"));
+    if base.len() > MAX_API_BASE_BYTES {
+        return Err(why("longer than 256 bytes"));
+    }
+    let (plain, rest) = if let Some(r) = base.strip_prefix("https://") {
+        (false, r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        (true, r)
+    } else {
+        return Err(why("must start with https:// (or http:// with a port)"));
+    };
+    let ok_byte = |b: u8| b.is_ascii_alphanumeric() || b".-:[]".contains(&b);
+    if rest.is_empty() || !rest.bytes().all(ok_byte) {
+        return Err(why(
+            "must be a scheme and HOST[:PORT] only, no path, user or query",
+        ));
+    }
+    let port = rest
+        .rsplit_once(':')
+        .filter(|(h, _)| !h.is_empty() && (!h.contains(':') || h.ends_with(']')))
+        .map(|(_, p)| p);
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(why("the port must be 1 to 65535"));
+        }
+    }
+    let host = rest.to_ascii_lowercase();
+    if plain {
+        if port.is_none() {
+            return Err(why("plain http needs an explicit port (http://HOST:PORT)"));
+        }
+        return Ok((format!("http://{host}"), format!("http://{host}")));
+    }
+    Ok((format!("https://{host}"), host))
+}
+
+fn check_chats(flag: &str, chats: &[String]) -> Result<(), RemoteError> {
+    if chats.len() > loong_ipc::message::control::MAX_CHANNEL_CHATS {
+        return Err(bad(format!(
+            "more than {} {flag} ids",
+            loong_ipc::message::control::MAX_CHANNEL_CHATS
+        )));
+    }
+    if let Some(c) = chats.iter().find(|c| {
+        c.is_empty()
+            || c.len() > MAX_CHAT_ID_BYTES
+            || !c
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_alphanumeric() || b == b'_' || (i == 0 && b == b'-'))
+    }) {
+        return Err(bad(format!(
+            "{flag} {c}: a chat id is a number (Telegram) or letters, digits and _ (Feishu)"
+        )));
+    }
+    Ok(())
+}
+
+/// The secret roles each kind needs, in order.
+fn roles(kind: ChannelKind) -> &'static [&'static str] {
+    match kind {
+        ChannelKind::Telegram => &["bot_token"],
+        ChannelKind::Feishu => &["app_secret", "encrypt_key", "verification_token"],
+    }
+}
+
+/// The secret store's name of a channel's secret.
+pub fn secret_name(channel: &str, role: &str) -> String {
+    format!("channel.{channel}.{role}")
+}
+
+async fn record(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    kind: Kind,
+    detail: serde_json::Value,
+) -> Result<(), RemoteError> {
+    let event = Actor::operator(cred.uid(), None, io).event(kind, detail);
+    kernel
+        .audit
+        .record(event)
+        .await
+        .map(|_| ())
+        .map_err(internal)
+}
+
+/// A channel's secrets by their names in the secret store.
+type NamedSecrets<'a> = Vec<(String, &'a SecretValue)>;
+
+/// Checks an add request; returns its configuration and its secrets by store name.
+fn plan(req: &ChannelAddRequest) -> Result<(ChannelConfig, NamedSecrets<'_>), RemoteError> {
+    if !valid_name(&req.name) {
+        return Err(bad(format!(
+            "channel name `{}`: 1 to 64 letters, digits, _ and -",
+            req.name
+        )));
+    }
+    check_chats("--allowed-chat", &req.allowed_chats)?;
+    check_chats("--operator-chat", &req.operator_chats)?;
+    let default = match req.kind {
+        ChannelKind::Telegram => TELEGRAM_API_BASE,
+        ChannelKind::Feishu => FEISHU_API_BASE,
+    };
+    let (api_base, secret_host) = parse_api_base(req.api_base.as_deref().unwrap_or(default))?;
+    match (req.kind, &req.app_id) {
+        (ChannelKind::Feishu, None) => return Err(bad("a feishu channel needs --app-id")),
+        (ChannelKind::Telegram, Some(_)) => {
+            return Err(bad("--app-id is for feishu channels only"))
+        }
+        (_, Some(id))
+            if id.is_empty()
+                || id.len() > MAX_CHAT_ID_BYTES
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            return Err(bad(format!(
+                "--app-id {id}: letters, digits and _ (cli_...)"
+            )))
+        }
+        _ => {}
+    }
+    let want = roles(req.kind);
+    let mut secrets = Vec::new();
+    for role in want {
+        let Some((_, v)) = req.secrets.iter().find(|(r, _)| r == role) else {
+            return Err(bad(format!(
+                "a {} channel needs its {role} (read from stdin)",
+                req.kind.as_str()
+            )));
+        };
+        secrets.push((secret_name(&req.name, role), v));
+    }
+    if let Some((r, _)) = req
+        .secrets
+        .iter()
+        .find(|(r, _)| !want.contains(&r.as_str()))
+    {
+        return Err(bad(format!(
+            "a {} channel takes no secret `{r}`",
+            req.kind.as_str()
+        )));
+    }
+    let config = ChannelConfig {
+        api_base,
+        secret_host,
+        allowed_chats: req.allowed_chats.clone(),
+        operator_chats: req.operator_chats.clone(),
+        app_id: req.app_id.clone(),
+        secret_names: secrets.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    Ok((config, secrets))
+}
+
+/// `channels add`.
+pub(crate) async fn add(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    req: ChannelAddRequest,
+) -> Result<ControlResponse, RemoteError> {
+    let (config, secrets) = plan(&req)?;
+    let channels = &kernel.authority.channels;
+    if channels.get(&req.name).is_ok() {
+        return Err(refused(ChannelStoreError::Exists(req.name.clone())));
+    }
+    let store = store()?;
+    let pack = kernel
+        .authority
+        .pack(CHANNEL_PACK)
+        .ok_or_else(|| internal("the bundled `channel` pack is not loaded"))?;
+    let grants = pack.grants.clone();
+    let issued = kernel
+        .authority
+        .tokens
+        .issue(
+            pack,
+            &format!("channel:{}", req.name),
+            grants.clone(),
+            MAX_TTL_MS,
+        )
+        .map_err(internal)?;
+    let token_id = issued.token.id.clone();
+    let row = ChannelRow {
+        name: req.name.clone(),
+        kind: req.kind.as_str().to_owned(),
+        config_json: serde_json::to_string(&config).map_err(internal)?,
+        token_id: token_id.clone(),
+    };
+    let mut set = Vec::new();
+    let stored = secrets.iter().try_for_each(|(name, value)| {
+        store
+            .set(
+                name,
+                value.expose(),
+                std::slice::from_ref(&config.secret_host),
+            )
+            .map(|_| set.push(name.clone()))
+            .map_err(|e| bad(e.to_string()))
+    });
+    let added = stored.and_then(|()| channels.add(&row).map_err(refused));
+    if let Err(e) = added {
+        // Undo what was done: nothing of a refused channel stays.
+        for name in &set {
+            let _ = store.remove(name);
+        }
+        let _ = kernel.authority.tokens.revoke(&token_id);
+        return Err(e);
+    }
+    for name in &set {
+        let detail =
+            serde_json::json!({ "name": name, "hosts": [config.secret_host], "channel": req.name });
+        record(kernel, cred, io, Kind::SecretSet, detail).await?;
+    }
+    let detail = serde_json::json!({ "token": token_id, "pack": CHANNEL_PACK, "agent": format!("channel:{}", req.name), "grants": grants.iter().map(ToString::to_string).collect::<Vec<_>>(), "expires_ms": issued.token.expires_ms, "generation": issued.token.generation, "channel": req.name });
+    record(kernel, cred, io, Kind::TokenIssued, detail).await?;
+    // The channel's service starts now; one that cannot start says why in its status.
+    if let Some(k) = kernel.arc() {
+        if let Err(e) = crate::services::channel::start(&k, &req.name) {
+            crate::channel_status::report(
+                &req.name,
+                crate::channel_status::PollStatus {
+                    conflict: None,
+                    last_error: Some(format!("not started: {e}")),
+                },
+            );
+        }
+    }
+    Ok(ControlResponse::Channels(vec![view(kernel, &row)?]))
+}
+
+fn kind_of(kind: &str) -> ChannelKind {
+    if kind == "feishu" {
+        ChannelKind::Feishu
+    } else {
+        ChannelKind::Telegram
+    }
+}
+
+fn view(kernel: &Kernel, row: &ChannelRow) -> Result<ChannelView, RemoteError> {
+    let config: ChannelConfig = serde_json::from_str(&row.config_json).map_err(internal)?;
+    let counts = kernel
+        .authority
+        .channels
+        .counts(&row.name)
+        .map_err(refused)?;
+    let poll = crate::channel_status::get(&row.name);
+    Ok(ChannelView {
+        name: row.name.clone(),
+        kind: kind_of(&row.kind),
+        api_base: config.api_base,
+        allowed_chats: config.allowed_chats,
+        operator_chats: config.operator_chats,
+        app_id: config.app_id,
+        token_id: row.token_id.clone(),
+        secret_names: config.secret_names,
+        pending: counts.pending,
+        running: counts.running,
+        answered: counts.answered,
+        ignored: counts.ignored,
+        unsent: counts.unsent,
+        sent: counts.sent,
+        offset: counts.offset,
+        conflict: poll.conflict,
+        last_error: poll.last_error,
+    })
+}
+
+/// `channels list`.
+pub(crate) fn list(kernel: &Kernel) -> Result<ControlResponse, RemoteError> {
+    let rows = kernel.authority.channels.list().map_err(refused)?;
+    let views = rows
+        .iter()
+        .map(|r| view(kernel, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ControlResponse::Channels(views))
+}
+
+/// `channels status NAME`.
+pub(crate) fn status(kernel: &Kernel, name: &str) -> Result<ControlResponse, RemoteError> {
+    let row = kernel.authority.channels.get(name).map_err(refused)?;
+    Ok(ControlResponse::Channels(vec![view(kernel, &row)?]))
+}
+
+/// `channels remove NAME`.
+pub(crate) async fn remove(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    name: String,
+) -> Result<ControlResponse, RemoteError> {
+    let row = kernel.authority.channels.get(&name).map_err(refused)?;
+    let shown = view(kernel, &row)?;
+    // Its worker stops (drained) before its state goes.
+    kernel
+        .services
+        .stop(
+            crate::services::Service::Channel,
+            &name,
+            crate::services::DEFAULT_DRAIN,
+        )
+        .await;
+    kernel.authority.channels.remove(&name).map_err(refused)?;
+    if kernel
+        .authority
+        .tokens
+        .revoke(&row.token_id)
+        .map_err(internal)?
+    {
+        let detail = serde_json::json!({ "token": row.token_id, "channel": name });
+        record(kernel, cred, io, Kind::TokenRevoked, detail).await?;
+        crate::egress::authority_changed();
+    }
+    let store = store()?;
+    for secret in &shown.secret_names {
+        if store.remove(secret).is_ok() {
+            let detail = serde_json::json!({ "name": secret, "channel": name });
+            record(kernel, cred, io, Kind::SecretRemoved, detail).await?;
+        }
+    }
+    crate::channel_status::forget(&name);
+    Ok(ControlResponse::Channels(vec![shown]))
+}
+
+/// How long the turn runner waits before it looks at the inbox again when it was empty.
+pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What `/start` and `/help` answer.
+pub const HELP_TEXT: &str = "Send a message and the agent answers it here. /new starts a new conversation; /help shows this.";
+/// What a chat is answered when its turn failed (the trail and the log say why; the chat
+/// is told nothing of loongd's configuration).
+pub const FAILED_TEXT: &str = "Sorry, this message could not be answered. Please try again later.";
+/// What `/new` answers.
+pub const NEW_TEXT: &str = "A new conversation begins.";
+
+/// The session a chat's turns are kept in: per channel and chat (`tg.CHANNEL.CHAT`; a
+/// session id is letters, digits, `_`, `-` and `.`).
+pub fn session_of(kind: &str, channel: &str, chat: &str) -> String {
+    let prefix = if kind == "feishu" { "feishu" } else { "tg" };
+    format!("{prefix}.{channel}.{chat}")
+}
+
+/// The command a message is (`/start`, `/help`, `/new`; `/new@bot` too), if any.
+pub fn command(text: &str) -> Option<&str> {
+    let word = text.split_whitespace().next()?;
+    let word = word.split('@').next().unwrap_or(word);
+    ["/start", "/help", "/new"].into_iter().find(|c| *c == word)
+}
+
+/// The channels' turns: each pending inbox message, oldest first, becomes one agent turn
+/// under its channel's token, and its answer goes to the outbox in the same transaction that
+/// marks it answered. Runs until loongd stops.
+pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
+    loop {
+        if *kernel.shutdown.borrow() {
+            return;
+        }
+        match kernel.authority.channels.claim() {
+            Ok(Some(item)) => turn_for(&kernel, item).await,
+            Ok(None) => tokio::time::sleep(TURN_POLL).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the channels' inbox");
+                tokio::time::sleep(TURN_POLL * 10).await;
+            }
+        }
+    }
+}
+
+async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) {
+    let store = &kernel.authority.channels;
+    let Ok(row) = store.get(&item.channel) else {
+        let _ = store.ignore(item.id);
+        return;
+    };
+    let session = session_of(&row.kind, &item.channel, &item.chat);
+    let answer = match command(&item.text) {
+        Some("/new") => {
+            if let Err(e) = kernel.authority.memory.clear(&session) {
+                tracing::warn!(error = %e, "clearing a chat's session");
+            }
+            NEW_TEXT.to_owned()
+        }
+        Some(_) => HELP_TEXT.to_owned(),
+        None => {
+            let worker = kernel
+                .services
+                .state(crate::services::Service::Channel, &item.channel)
+                .map_or(0, |s| s.worker.load(std::sync::atomic::Ordering::Relaxed));
+            let actor = Actor {
+                who: crate::effects::Principal::Worker { worker },
+                bearer: crate::authority::Bearer::Id(&row.token_id),
+                chain: crate::effects::Chain::root(format!(
+                    "channel-{}/msg-{}",
+                    item.channel, item.id
+                )),
+                io: None,
+            };
+            let turn = super::agent_api::turn(
+                kernel,
+                &actor,
+                Some(row.token_id.clone()),
+                Some(session),
+                item.text.clone(),
+            )
+            .await;
+            match turn {
+                Ok(asked) => asked.answer,
+                Err(e) => {
+                    tracing::warn!(channel = %item.channel, error = %e.message, "a channel's turn failed");
+                    FAILED_TEXT.to_owned()
+                }
+            }
+        }
+    };
+    if let Err(e) = store.answer(item.id, &answer) {
+        tracing::warn!(error = %e, "keeping a channel's answer");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_bases_are_checked_and_bound() {
+        for (base, want) in [
+            (
+                "https://api.telegram.org",
+                ("https://api.telegram.org", "api.telegram.org"),
+            ),
+            (
+                "https://API.telegram.org/",
+                ("https://api.telegram.org", "api.telegram.org"),
+            ),
+            (
+                "https://open.larksuite.com:8443",
+                ("https://open.larksuite.com:8443", "open.larksuite.com:8443"),
+            ),
+            (
+                "http://127.0.0.1:8081",
+                ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
+            ),
+            (
+                "http://[::1]:8081",
+                ("http://[::1]:8081", "http://[::1]:8081"),
+            ),
+        ] {
+            let got = parse_api_base(base).expect(base);
+            assert_eq!((got.0.as_str(), got.1.as_str()), want, "{base}");
+        }
+        for bad in [
+            "api.telegram.org",
+            "ftp://x",
+            "http://127.0.0.1",
+            "https://x/path",
+            "https://user@x",
+            "https://x?q",
+            "https://",
+            "https://x:0",
+            "https://x:99999",
+            "https://x y",
+        ] {
+            assert!(parse_api_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn commands_and_sessions() {
+        assert_eq!(command("/new"), Some("/new"));
+        assert_eq!(command("  /help please"), Some("/help"));
+        assert_eq!(command("/start@loong_bot"), Some("/start"));
+        for not in ["hello", "/newer", "new", "", "please /new"] {
+            assert_eq!(command(not), None, "{not}");
+        }
+        assert_eq!(session_of("telegram", "ops", "-100"), "tg.ops.-100");
+        assert_eq!(session_of("feishu", "lark", "oc_1"), "feishu.lark.oc_1");
+    }
+
+    #[test]
+    fn names_and_requests_are_checked() {
+        assert!(valid_name("ops-bot_1"));
+        for bad in ["", "a b", "a/b", "a.b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        let req = |kind, app_id: Option<&str>, roles: &[&str]| ChannelAddRequest {
+            name: "c".into(),
+            kind,
+            api_base: None,
+            allowed_chats: vec!["-100123".into()],
+            operator_chats: vec![],
+            app_id: app_id.map(str::to_owned),
+            secrets: roles
+                .iter()
+                .map(|r| ((*r).to_owned(), SecretValue::new("v")))
+                .collect(),
+        };
+        let telegram = req(ChannelKind::Telegram, None, &["bot_token"]);
+        let (config, secrets) = plan(&telegram).expect("telegram");
+        assert_eq!(config.secret_host, "api.telegram.org");
+        assert_eq!(secrets[0].0, "channel.c.bot_token");
+        plan(&req(
+            ChannelKind::Feishu,
+            Some("cli_a1"),
+            &["app_secret", "encrypt_key", "verification_token"],
+        ))
+        .expect("feishu");
+        for bad in [
+            req(ChannelKind::Telegram, None, &[]),
+            req(ChannelKind::Telegram, Some("cli_a"), &["bot_token"]),
+            req(ChannelKind::Telegram, None, &["bot_token", "app_secret"]),
+            req(
+                ChannelKind::Feishu,
+                None,
+                &["app_secret", "encrypt_key", "verification_token"],
+            ),
+            req(
+                ChannelKind::Feishu,
+                Some("cli_a"),
+                &["app_secret", "encrypt_key"],
+            ),
+            req(
+                ChannelKind::Feishu,
+                Some("a/b"),
+                &["app_secret", "encrypt_key", "verification_token"],
+            ),
+        ] {
+            assert!(plan(&bad).is_err(), "{bad:?}");
+        }
+        let mut chats = req(ChannelKind::Telegram, None, &["bot_token"]);
+        chats.allowed_chats = vec!["1; drop".into()];
+        assert!(plan(&chats).is_err());
+    }
+}

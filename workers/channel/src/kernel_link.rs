@@ -1,0 +1,127 @@
+//! [`Kernel`] over the `Serve` request's link: each call a `channel_*` kernel call with a
+//! postcard body (`loong_ipc::message::channel`).
+
+use std::time::Duration;
+
+use loong_ipc::{
+    message::channel::{
+        ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
+        ChannelReceived, ChannelStatus, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX,
+        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+    },
+    KernelRequest, ServiceCall,
+};
+use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Outgoing};
+use loong_worker_runtime::service::AsyncLink;
+
+/// How long one kernel call may take (an outbox wait included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`Kernel`] over the link of the `Serve` request.
+pub(crate) struct Link(pub(crate) AsyncLink);
+
+impl Link {
+    async fn call<T: serde::Serialize>(
+        &self,
+        kind: &'static str,
+        body: &T,
+    ) -> Result<Vec<u8>, KernelError> {
+        let err = |message: String| KernelError {
+            call: kind,
+            message,
+        };
+        let payload = postcard::to_allocvec(body).map_err(|e| err(e.to_string()))?;
+        let req = KernelRequest::Service(ServiceCall {
+            kind: kind.to_owned(),
+            payload,
+        });
+        self.0
+            .call(req, CALL_TIMEOUT)
+            .await
+            .map_err(|e| err(e.to_string()))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    bytes: &[u8],
+) -> Result<T, KernelError> {
+    postcard::from_bytes(bytes).map_err(|e| KernelError {
+        call: kind,
+        message: format!("the answer does not decode: {e}"),
+    })
+}
+
+impl Kernel for Link {
+    fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>> {
+        Box::pin(async move {
+            let bytes = self.call(KIND_CHANNEL_OFFSET, &()).await?;
+            Ok(decode::<ChannelOffset>(KIND_CHANNEL_OFFSET, &bytes)?.offset)
+        })
+    }
+
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
+        Box::pin(async move {
+            let body = ChannelReceived {
+                next_offset: batch.next_offset,
+                skipped: batch.skipped,
+                messages: batch
+                    .messages
+                    .into_iter()
+                    .map(|m| ChannelMessage {
+                        key: m.key,
+                        chat: m.chat,
+                        message_id: m.message_id,
+                        thread: m.thread,
+                        sender: m.sender,
+                        text: m.text,
+                    })
+                    .collect(),
+            };
+            self.call(KIND_CHANNEL_RECEIVED, &body).await.map(drop)
+        })
+    }
+
+    fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>> {
+        Box::pin(async move {
+            let wait = ChannelOutboxWait {
+                max_items: MAX_OUTBOX_ITEMS,
+                wait_ms: MAX_OUTBOX_WAIT_MS,
+            };
+            let bytes = self.call(KIND_CHANNEL_OUTBOX, &wait).await?;
+            let items: Vec<ChannelOutboxItem> = decode(KIND_CHANNEL_OUTBOX, &bytes)?;
+            Ok(items
+                .into_iter()
+                .map(|i| Outgoing {
+                    id: i.id,
+                    chat: i.chat,
+                    reply_to: i.reply_to,
+                    thread: i.thread,
+                    text: i.text,
+                })
+                .collect())
+        })
+    }
+
+    fn ack(&self, id: i64, sent_ids: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>> {
+        Box::pin(async move {
+            self.call(KIND_CHANNEL_ACK, &ChannelAck { id, sent_ids })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn status(
+        &self,
+        conflict: Option<String>,
+        last_error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>> {
+        Box::pin(async move {
+            let body = ChannelStatus {
+                conflict,
+                last_error,
+            };
+            self.call(KIND_CHANNEL_STATUS, &body).await.map(drop)
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! The channel worker's service loops: what it does while it serves loongd's `Serve` call.
+//!
+//! [`Kernel`] is the worker's only way to loongd (the binary implements it with kernel
+//! calls; tests with a fake). Telegram runs two loops. The poll loop asks loongd where to
+//! start, long-polls `getUpdates`, hands each batch over with the offset past it (loongd
+//! commits both in one transaction), and only then polls from the new offset; a batch loongd
+//! did not take is polled again from the old offset (loongd takes a batch twice only once).
+//! Failed polls back off ([`crate::telegram::Poller`]) and a change of the poller's state (a
+//! 409 conflict, a failure, all clear) is reported to loongd. The send loop asks loongd for
+//! answers, sends each (split into parts) and acks it after the platform's 200; a send that
+//! fails is tried again after a back-off, a 429 after its `retry_after`. Once a batch is
+//! taken, each of its chats is sent `sendChatAction` (`typing`) while its turn runs.
+
+use std::future::Future;
+use std::pin::Pin;
+#[cfg(feature = "telegram")]
+use std::sync::Arc;
+#[cfg(feature = "telegram")]
+use std::time::Duration;
+
+#[cfg(feature = "telegram")]
+use crate::backoff::Backoff;
+#[cfg(feature = "telegram")]
+use crate::limits::{BACKOFF_CAP, BACKOFF_START};
+#[cfg(feature = "telegram")]
+use crate::telegram::{next_offset, Poller, Telegram, UpdateKind};
+
+/// A future a [`Kernel`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A kernel call that failed (refused by loongd, or the link is gone).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel call {call}: {message}")]
+pub struct KernelError {
+    pub call: &'static str,
+    pub message: String,
+}
+
+/// A message handed to loongd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub key: String,
+    pub chat: String,
+    pub message_id: String,
+    pub thread: Option<String>,
+    pub sender: String,
+    pub text: String,
+}
+
+/// A batch handed to loongd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub next_offset: Option<i64>,
+    pub messages: Vec<Incoming>,
+    pub skipped: u32,
+}
+
+/// An answer loongd asks to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: i64,
+    pub chat: String,
+    pub reply_to: String,
+    pub thread: Option<String>,
+    pub text: String,
+}
+
+/// The worker's calls to loongd.
+pub trait Kernel: Send + Sync {
+    /// Where polling starts.
+    fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>>;
+    /// Hands over a batch with the offset past it.
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// Answers to send (waits a while for one).
+    fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>>;
+    /// An answer was sent as these platform messages.
+    fn ack(&self, id: i64, sent: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// The poller's state changed.
+    fn status(
+        &self,
+        conflict: Option<String>,
+        last_error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>>;
+}
+
+#[cfg(feature = "telegram")]
+/// The messages of a batch that become turns: text messages only (the rest is skipped).
+pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for u in updates {
+        match &u.kind {
+            UpdateKind::Message(m) if m.text.is_some() => out.push(Incoming {
+                key: u.update_id.to_string(),
+                chat: m.chat.id.to_string(),
+                message_id: m.message_id.to_string(),
+                thread: m.message_thread_id.map(|t| t.to_string()),
+                sender: m
+                    .from
+                    .as_ref()
+                    .map_or_else(String::new, |f| f.id.to_string()),
+                text: m.text.clone().unwrap_or_default(),
+            }),
+            _ => skipped += 1,
+        }
+    }
+    (out, skipped)
+}
+
+#[cfg(feature = "telegram")]
+/// The poll loop; returns only when a kernel call fails at start (otherwise it runs until
+/// the worker stops).
+pub async fn poll_telegram(
+    tg: Arc<Telegram>,
+    kernel: Arc<dyn Kernel>,
+    mut poller: Poller,
+) -> Result<(), KernelError> {
+    let mut offset = kernel.offset().await?;
+    let mut reported: (Option<String>, Option<String>) = (None, None);
+    loop {
+        let result = tg.get_updates(offset).await;
+        let mut wait = poller.record(&result);
+        let now = (poller.conflict.clone(), poller.last_error.clone());
+        if now != reported {
+            match kernel.status(now.0.clone(), now.1.clone()).await {
+                Ok(()) => reported = now,
+                Err(e) => tracing::warn!(error = %e, "reporting the poller's state"),
+            }
+        }
+        if let Ok(updates) = result {
+            if !updates.is_empty() {
+                let next = next_offset(offset, &updates);
+                let (messages, skipped) = incoming(&updates);
+                let batch = Batch {
+                    next_offset: next,
+                    messages,
+                    skipped,
+                };
+                let mut chats: Vec<i64> = batch
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.chat.parse().ok())
+                    .collect();
+                chats.dedup();
+                match kernel.received(batch).await {
+                    Ok(()) => {
+                        offset = next;
+                        // The chats see the bot typing while their turns run (a hint: a
+                        // failure is not an error).
+                        for chat in chats {
+                            if let Err(e) = tg.send_typing(chat).await {
+                                tracing::debug!(error = %e, "sendChatAction");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "handing over a batch; it is polled again");
+                        wait = BACKOFF_START;
+                    }
+                }
+            }
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(feature = "telegram")]
+/// The send loop: runs until the worker stops.
+pub async fn send_telegram(tg: Arc<Telegram>, kernel: Arc<dyn Kernel>) {
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
+    loop {
+        let items = match kernel.outbox().await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "asking for answers to send");
+                tokio::time::sleep(backoff.fail(None)).await;
+                continue;
+            }
+        };
+        for item in items {
+            send_one(&tg, kernel.as_ref(), &mut backoff, item).await;
+        }
+    }
+}
+
+#[cfg(feature = "telegram")]
+/// Sends one answer until the platform takes it, then acks it.
+async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, item: Outgoing) {
+    let parse = |s: &str| s.parse::<i64>().ok();
+    let Some(chat) = parse(&item.chat) else {
+        tracing::warn!(chat = %item.chat, "an answer to a chat id that is not a number; dropped");
+        let _ = kernel.ack(item.id, Vec::new()).await;
+        return;
+    };
+    let thread = item.thread.as_deref().and_then(parse);
+    let reply_to = parse(&item.reply_to);
+    loop {
+        match tg.send_text(chat, thread, reply_to, &item.text).await {
+            Ok(ids) => {
+                backoff.succeed();
+                let sent = ids.iter().map(ToString::to_string).collect();
+                if let Err(e) = kernel.ack(item.id, sent).await {
+                    tracing::warn!(error = %e, "acking a sent answer");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sending an answer; tried again");
+                let wait = backoff.fail(e.retry_after());
+                tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "telegram"))]
+mod tests;
