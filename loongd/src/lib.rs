@@ -77,6 +77,8 @@ pub struct Kernel {
     plugin_ops: tokio::sync::Mutex<()>,
     /// The one resolver every connection's name is looked up and vetted with (`[egress]`).
     resolver: Arc<egress::resolve::Resolver>,
+    /// The browser tools' sessions, each a pool of its own.
+    browser: workers::browser::Sessions,
 }
 
 impl Kernel {
@@ -99,6 +101,7 @@ impl Kernel {
         ));
         Kernel {
             resolver,
+            browser: workers::browser::Sessions::default(),
             workers,
             plugins: std::sync::RwLock::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
@@ -490,7 +493,10 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         egress::stop_all().await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
-        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {
+        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel)
+            .into_iter()
+            .chain(kernel.browser.drain())
+        {
             pool.shutdown();
             pool.reap_idle().await;
         }

@@ -128,11 +128,14 @@ pub enum Kind {
     NetClosed,
     /// The egress broker refused a connection (host, port, reason).
     NetDenied,
+    /// A browser session navigated (`browser.open`: each navigation and redirect with its
+    /// host and outcome, the subresource hosts summarised), or ended because its worker failed.
+    BrowserNavigated,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 41] = [
+    pub const ALL: [Kind; 42] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -174,6 +177,7 @@ impl Kind {
         Kind::NetConnected,
         Kind::NetClosed,
         Kind::NetDenied,
+        Kind::BrowserNavigated,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -220,6 +224,7 @@ impl Kind {
             Kind::NetConnected => "net.connected",
             Kind::NetClosed => "net.closed",
             Kind::NetDenied => "net.denied",
+            Kind::BrowserNavigated => "browser.navigated",
         }
     }
 

@@ -13,6 +13,14 @@ pub const HTTP_WORKER_NAME: &str = "loong-worker-http";
 pub const BUILTIN_WORKER_NAME: &str = "loong-worker-builtin";
 pub const PLAN_WORKER_NAME: &str = "loong-worker-plan";
 pub const AGENT_WORKER_NAME: &str = "loong-worker-agent";
+pub const BROWSER_WORKER_NAME: &str = "loong-worker-browser";
+/// A browser session's memory (cgroup `memory.max`): the worker and every Chromium process
+/// (browser, renderer, network and storage services). A page that allocates past it is
+/// OOM-killed with its session; loongd is not in the cgroup.
+pub const BROWSER_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Tasks a browser session's sandbox may hold: Chromium's processes start a few dozen threads
+/// each (`--no-zygote`, no GPU process).
+pub const BROWSER_WORKER_TASKS: u64 = 512;
 /// Who the agent worker's connections are made for, in `net.*` records and the broker's refusals.
 pub const AGENT_NET_OWNER: &str = "agent";
 /// An agent worker's memory: the HTTP client, one conversation window and one answer.
@@ -190,6 +198,27 @@ impl WorkerKind {
             broker: false,
             package: None,
             net_owner: Some(AGENT_NET_OWNER.to_string()),
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+        }
+    }
+
+    /// A browser session's worker: balanced, no file-system grant, the network only to `net`
+    /// (the one `HOST:PORT` the session was opened on), through the broker's proxy.
+    pub(crate) fn browser(net: Vec<NetGrant>, owner: String) -> WorkerKind {
+        WorkerKind {
+            name: "browser",
+            program: next_to_loongd(BROWSER_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: BROWSER_WORKER_MEMORY_BYTES,
+            tasks: BROWSER_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net,
+            broker: false,
+            package: None,
+            net_owner: Some(owner),
+            // Loopback and private addresses only where the grant names the IP literal.
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }
