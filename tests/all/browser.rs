@@ -107,12 +107,22 @@ impl Server {
 /// A home with the browser tools on, the pack `web` granting `grants` without approvals, and
 /// loongd started: a token of it (its bearer secret).
 fn browsing_home(chromium: &Path, grants: &[String]) -> (Home, String) {
+    browsing_home_with(chromium, grants, &[])
+}
+
+/// [`browsing_home`] whose pack grants `more` too (the token does not).
+fn browsing_home_with(chromium: &Path, grants: &[String], more: &[&str]) -> (Home, String) {
     let home = Home::with_config(&format!(
         "[browser]\nenabled = true\nchromium = {:?}\n",
         chromium.display().to_string()
     ));
     std::fs::create_dir_all(home.path().join("packs")).expect("packs");
-    let list: Vec<String> = grants.iter().map(|g| format!("{g:?}")).collect();
+    let list: Vec<String> = grants
+        .iter()
+        .map(String::as_str)
+        .chain(more.iter().copied())
+        .map(|g| format!("{g:?}"))
+        .collect();
     std::fs::write(
         home.path().join("packs/web.toml"),
         format!(
@@ -537,9 +547,11 @@ fn refused_urls_and_ungranted_hosts_never_reach_chromium() {
     let chromium = need_chromium!("refused_urls_and_ungranted_hosts_never_reach_chromium");
     let site = Server::html("<title>Fine</title>");
     let other = Server::html("<title>Other</title>");
-    let (home, token) = browsing_home(
+    // The pack also grants an unscoped browser.control, which a second token takes.
+    let (home, token) = browsing_home_with(
         &chromium,
         &[format!("browser.control:127.0.0.1:{}", site.port)],
+        &["browser.control"],
     );
     for url in [
         "file:///etc/passwd".to_string(),
@@ -574,19 +586,18 @@ fn refused_urls_and_ungranted_hosts_never_reach_chromium() {
         "--ttl",
         "1h",
     ]);
-    if wide.status.success() {
-        let wide = text(&wide.stdout).trim().to_string();
-        let got = call(
-            &home,
-            &wide,
-            "browser.open",
-            serde_json::json!({"url": site.url("/")}),
-        );
-        assert!(
-            matches!(&got, Err((_, e)) if e.contains("loopback or private")),
-            "{got:?}"
-        );
-    }
+    assert!(wide.status.success(), "{}", text(&wide.stderr));
+    let wide = text(&wide.stdout).trim().to_string();
+    let got = call(
+        &home,
+        &wide,
+        "browser.open",
+        serde_json::json!({"url": site.url("/")}),
+    );
+    assert!(
+        matches!(&got, Err((_, e)) if e.contains("loopback or private")),
+        "{got:?}"
+    );
     assert_eq!(browser_workers(&home), 0);
     // The positive control: the granted page opens.
     let ok = open(&home, &token, &site.url("/"));

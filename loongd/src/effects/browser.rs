@@ -79,10 +79,12 @@ pub(crate) fn prepare(
     let named = match map.remove("session") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if s.len() <= browser::MAX_SESSION_ID_CHARS => Some(s),
-        Some(_) => return Err(bad(format!(
+        Some(_) => {
+            return Err(bad(format!(
             "{tool}: `session` is the id browser.open answered (a string of at most {} characters)",
             browser::MAX_SESSION_ID_CHARS
-        ))),
+        )))
+        }
     };
     let session = match &named {
         Some(id) => Some(kernel.browser.get(&owner, id).ok_or_else(|| {
@@ -98,7 +100,11 @@ pub(crate) fn prepare(
             .get("url")
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| bad("browser.open needs `url` (a string)"))?;
-        let on = browser::url_target(url).map_err(bad)?;
+        let on = browser::url_target(url).map_err(|e| {
+            bad(format!(
+                "browser.open: {e}; only http:// and https:// pages may be opened"
+            ))
+        })?;
         if let Some(s) = &session {
             if s.grant != on {
                 return Err(bad(format!(

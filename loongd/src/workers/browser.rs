@@ -215,12 +215,19 @@ impl Session {
 }
 
 /// The `HOST:PORT` of a URL a caller asked to open, or why it is refused before anything is
-/// decided or started (`file:`, `chrome:`, `view-source:`, `data:`, `javascript:` and every
-/// scheme but `http`/`https`).
-pub fn url_target(url: &str) -> Result<String, String> {
-    loong_worker_browser::check_url(url)
-        .map(|(_, host, port)| format!("{host}:{port}"))
-        .map_err(|e| e.to_string())
+/// decided or started: only `http://` and `https://` URLs with a host and no credentials
+/// (`file:`, `chrome:`, `view-source:`, `data:`, `javascript:` and every other scheme are
+/// refused), parsed as an `http_json` endpoint is. A fragment is the page's own and is not
+/// looked at. The worker checks the URL again before Chromium sees it.
+pub fn url_target(url: &str) -> Result<String, loong_profiles::plugin::EndpointError> {
+    let without_fragment = url.split('#').next().unwrap_or_default();
+    let e = loong_profiles::plugin::parse_endpoint(without_fragment)?;
+    // An IPv6 host is bracketed, as the grant grammar writes it.
+    Ok(if e.host.contains(':') {
+        format!("[{}]:{}", e.host, e.port)
+    } else {
+        format!("{}:{}", e.host, e.port)
+    })
 }
 
 /// The address `target` (`HOST:PORT`) names when its host is a loopback, private,
