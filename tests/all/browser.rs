@@ -112,8 +112,18 @@ fn browsing_home(chromium: &Path, grants: &[String]) -> (Home, String) {
 
 /// [`browsing_home`] whose pack grants `more` too (the token does not).
 fn browsing_home_with(chromium: &Path, grants: &[String], more: &[&str]) -> (Home, String) {
+    browsing_home_configured(chromium, grants, more, "")
+}
+
+/// [`browsing_home_with`] with more `[browser]` keys.
+fn browsing_home_configured(
+    chromium: &Path,
+    grants: &[String],
+    more: &[&str],
+    browser_keys: &str,
+) -> (Home, String) {
     let home = Home::with_config(&format!(
-        "[browser]\nenabled = true\nchromium = {:?}\n",
+        "[browser]\nenabled = true\nchromium = {:?}\n{browser_keys}",
         chromium.display().to_string()
     ));
     std::fs::create_dir_all(home.path().join("packs")).expect("packs");
@@ -717,4 +727,52 @@ fn inside_the_browser_s_sandbox_there_is_no_home_of_loongd_and_no_host_network()
     // Its network namespace is not the host's.
     let ns = |p: &str| std::fs::read_link(p).expect("ns link");
     assert_ne!(ns(&format!("/proc/{pid}/ns/net")), ns("/proc/self/ns/net"));
+}
+
+#[test]
+fn an_idle_session_is_closed_with_its_chromium_without_another_call() {
+    let chromium =
+        need_chromium!("an_idle_session_is_closed_with_its_chromium_without_another_call");
+    let site = Server::html("<title>Idle</title>idle");
+    let (home, token) = browsing_home_configured(
+        &chromium,
+        &[format!("browser.control:127.0.0.1:{}", site.port)],
+        &[],
+        "idle_timeout_ms = 1500\n",
+    );
+    let s = open(&home, &token, &site.url("/"))["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    // The positive control: used at once, it answers.
+    let got = call(
+        &home,
+        &token,
+        "browser.extract",
+        serde_json::json!({"session": s}),
+    );
+    assert!(got.is_ok(), "{got:?}");
+    let pid = details(&home, "worker.spawned")
+        .iter()
+        .find(|d| d["kind"] == "browser")
+        .and_then(|d| d["pid"].as_u64())
+        .expect("the browser worker's pid") as u32;
+    assert!(crate::support::process_alive(pid));
+    // Left alone past its idle timeout, its worker (and Chromium) ends with no call made.
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || !crate::support::process_alive(
+            pid
+        )),
+        "the idle session's worker {pid} still runs"
+    );
+    let gone = call(
+        &home,
+        &token,
+        "browser.extract",
+        serde_json::json!({"session": s}),
+    );
+    assert!(
+        matches!(&gone, Err((_, e)) if e.contains("no browser session")),
+        "{gone:?}"
+    );
 }

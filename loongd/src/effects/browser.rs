@@ -67,7 +67,7 @@ pub(crate) fn prepare(
 ) -> Result<BrowserCall, RemoteError> {
     let idle = Duration::from_millis(kernel.config.browser.idle_timeout_ms);
     for pool in kernel.browser.sweep(idle) {
-        pool.shutdown();
+        browser::close(pool);
     }
     let mut v: serde_json::Value =
         serde_json::from_str(input).map_err(|e| bad(format!("the input is not JSON: {e}")))?;
@@ -213,6 +213,9 @@ pub(crate) fn admit(
                     max,
                 ) {
                     Ok(h) => {
+                        kernel
+                            .browser
+                            .watch(Duration::from_millis(kernel.config.browser.idle_timeout_ms));
                         b.new_session = true;
                         h
                     }
@@ -273,7 +276,7 @@ pub(crate) async fn after(
     );
     if b.op == "close" || failed_worker {
         if let Some(pool) = kernel.browser.remove(None, &h.id) {
-            pool.shutdown();
+            browser::close(pool);
         }
         if failed_worker {
             let class = match &called.result {

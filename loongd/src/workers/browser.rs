@@ -46,6 +46,23 @@ pub const CHROMIUM_NAMES: [&str; 3] = ["chromium-headless-shell", "chromium", "c
 /// Where Debian keeps the binaries its `/usr/bin` scripts start.
 pub const DEBIAN_CHROMIUM_DIR: &str = "/usr/lib/chromium";
 
+/// The required string fields of each browser tool, as a model is offered them (`extract`'s
+/// `selector`, `wait`'s `timeout_ms` and `screenshot`'s `full_page` are optional).
+pub fn parameters(tool: &str) -> &'static [(&'static str, &'static str)] {
+    const SESSION: (&str, &str) = ("session", "the id browser.open answered");
+    match tool {
+        "browser.open" => &[("url", "an http:// or https:// URL")],
+        "browser.click" => &[SESSION, ("selector", "a CSS selector")],
+        "browser.type" => &[
+            SESSION,
+            ("selector", "a CSS selector"),
+            ("text", "the text to type"),
+        ],
+        "browser.wait" => &[SESSION, ("selector", "a CSS selector, or \"load\"")],
+        _ => &[SESSION],
+    }
+}
+
 /// Whether `tool` is a browser tool.
 pub fn is_browser_tool(tool: &str) -> bool {
     TOOLS.contains(&tool)
@@ -88,11 +105,36 @@ pub(crate) struct Session {
     last_used: Instant,
 }
 
+/// How often idle sessions are looked for (at most; a shorter idle timeout is used instead).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Ends a session's pool: its worker (and Chromium with it) is killed, then reaped and its
+/// exit recorded.
+pub(crate) fn close(pool: Arc<Supervisor>) {
+    pool.shutdown();
+    tokio::spawn(async move { pool.reap_idle().await });
+}
+
 /// The live sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    live: Mutex<HashMap<String, Session>>,
+    live: Arc<Mutex<HashMap<String, Session>>>,
     next: AtomicU64,
+    /// Whether the idle sweeper runs.
+    watched: std::sync::atomic::AtomicBool,
+}
+
+fn sweep_map(live: &Mutex<HashMap<String, Session>>, idle: Duration) -> Vec<Arc<Supervisor>> {
+    let mut live = live.lock().unwrap_or_else(PoisonError::into_inner);
+    let stale: Vec<String> = live
+        .values()
+        .filter(|s| s.last_used.elapsed() >= idle)
+        .map(|s| s.id.clone())
+        .collect();
+    stale
+        .into_iter()
+        .filter_map(|id| live.remove(&id).map(|s| s.pool))
+        .collect()
 }
 
 /// What a call needs of its session.
@@ -111,16 +153,27 @@ impl Sessions {
 
     /// Closes the sessions unused for `idle`; answers their pools, to be shut down.
     pub(crate) fn sweep(&self, idle: Duration) -> Vec<Arc<Supervisor>> {
-        let mut live = self.lock();
-        let stale: Vec<String> = live
-            .values()
-            .filter(|s| s.last_used.elapsed() >= idle)
-            .map(|s| s.id.clone())
-            .collect();
-        stale
-            .into_iter()
-            .filter_map(|id| live.remove(&id).map(|s| s.pool))
-            .collect()
+        sweep_map(&self.live, idle)
+    }
+
+    /// Starts (once) the task that closes sessions unused for `idle`, so that an idle
+    /// Chromium does not outlive its timeout when no browser call comes.
+    pub(crate) fn watch(&self, idle: Duration) {
+        if self
+            .watched
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let live = self.live.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(idle.min(SWEEP_EVERY)).await;
+                for pool in sweep_map(&live, idle) {
+                    close(pool);
+                }
+            }
+        });
     }
 
     /// `owner`'s session `id`, touched.
