@@ -776,3 +776,77 @@ fn an_idle_session_is_closed_with_its_chromium_without_another_call() {
         "{gone:?}"
     );
 }
+
+#[test]
+fn a_page_that_navigates_itself_to_a_local_file_is_not_read() {
+    let chromium = need_chromium!("a_page_that_navigates_itself_to_a_local_file_is_not_read");
+    let site = Server::start(|path| match path {
+        "/jump" => (
+            "200 OK",
+            Vec::new(),
+            "text/html",
+            r#"<title>Jump</title><script>location.href = "file:///etc/passwd";</script>"#.into(),
+        ),
+        "/moved" => (
+            "302 Found",
+            vec![("Location".into(), "file:///etc/passwd".into())],
+            "text/html",
+            String::new(),
+        ),
+        _ => (
+            "200 OK",
+            Vec::new(),
+            "text/html",
+            "<title>Here</title>here".into(),
+        ),
+    });
+    let (home, token) = browsing_home(
+        &chromium,
+        &[format!("browser.control:127.0.0.1:{}", site.port)],
+    );
+    let s = open(&home, &token, &site.url("/here"))["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    // The positive control: the page itself is read.
+    let here = call(
+        &home,
+        &token,
+        "browser.extract",
+        serde_json::json!({"session": s}),
+    )
+    .expect("extract");
+    assert_eq!(here["text"], "here", "{here}");
+    for path in ["/jump", "/moved"] {
+        let _ = call(
+            &home,
+            &token,
+            "browser.open",
+            serde_json::json!({"session": s, "url": site.url(path)}),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let got = call(
+            &home,
+            &token,
+            "browser.extract",
+            serde_json::json!({"session": s}),
+        );
+        if let Ok(v) = &got {
+            assert!(
+                !v["text"].as_str().unwrap_or_default().contains("root:"),
+                "{path}: /etc/passwd was read: {v}"
+            );
+        }
+    }
+    // Another host in the same session is refused before it is decided.
+    let other = call(
+        &home,
+        &token,
+        "browser.open",
+        serde_json::json!({"session": s, "url": "http://127.0.0.2:1/"}),
+    );
+    assert!(
+        matches!(&other, Err((_, e)) if e.contains("may reach")),
+        "{other:?}"
+    );
+}

@@ -496,8 +496,23 @@ impl Session {
         Ok((s("url"), s("title")))
     }
 
+    /// Refuses to look at a page whose URL is not one a caller could have opened: a page that
+    /// navigated itself (or was redirected) to `file:`, `chrome:`, `data:` or an error page is
+    /// not read, whatever Chromium's own policy let through.
+    async fn guard_location(&mut self) -> Result<(), BrowserError> {
+        let (url, _) = self.location().await?;
+        if url == "about:blank" || check_url(&url).is_ok() {
+            return Ok(());
+        }
+        Err(BrowserError::Refused(format!(
+            "the page is at {:?}, which is not an http(s) page (it failed to load, or navigated where a caller may not); open another URL",
+            truncate(&url, 200)
+        )))
+    }
+
     /// The rendered text and links of the page, or of the first element `selector` matches.
     pub async fn extract(&mut self, selector: Option<&str>) -> Result<Value, BrowserError> {
+        self.guard_location().await?;
         let sel = match selector {
             Some(s) => checked(s, "selector")?,
             None => "html".to_string(),
@@ -556,6 +571,7 @@ impl Session {
 
     /// Clicks the first element `selector` matches.
     pub async fn click(&mut self, selector: &str) -> Result<Value, BrowserError> {
+        self.guard_location().await?;
         let sel = json!(checked(selector, "selector")?);
         let found = self
             .evaluate(&format!(
@@ -572,6 +588,7 @@ impl Session {
 
     /// Focuses the first element `selector` matches and types `text` into it (as key input).
     pub async fn type_text(&mut self, selector: &str, text: &str) -> Result<Value, BrowserError> {
+        self.guard_location().await?;
         let sel = json!(checked(selector, "selector")?);
         let text = checked(text, "text")?;
         let found = self
@@ -618,6 +635,7 @@ impl Session {
 
     /// A PNG of the viewport (or of the whole page), base64, at most [`MAX_SCREENSHOT_BYTES`].
     pub async fn screenshot(&mut self, full_page: bool) -> Result<Value, BrowserError> {
+        self.guard_location().await?;
         let r = self
             .page_call(
                 "Page.captureScreenshot",
