@@ -351,6 +351,17 @@ fn a_form_typed_and_clicked_reaches_the_server_with_its_values() {
         .collect();
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(posted[0].1, "who=loong+tester&what=a%3Db%26c", "{posted:?}");
+    // The click's navigation (the form's submit) is audited like an open's.
+    let clicked = clicked.expect("clicked");
+    assert_eq!(clicked["navigated"], true, "{clicked}");
+    let navigated = details(&home, "browser.navigated");
+    assert!(
+        navigated.iter().any(|d| d["op"] == "click"
+            && d["navigations"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["url"] == site.url("/submit")))),
+        "{navigated:?}"
+    );
     // A selector that matches nothing is the tool's error, not a hang.
     let none = call(
         &home,

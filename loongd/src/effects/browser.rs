@@ -296,21 +296,27 @@ pub(crate) async fn after(
         }
         return;
     }
-    if b.op != "open" {
-        return;
-    }
     let Ok(out) = &mut called.result else {
         return;
     };
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&out.output) else {
         return;
     };
+    // An open always; any other call when it reports navigations (a click that submitted a
+    // form, a wait that saw the page move).
+    let navigated = v
+        .get("navigations")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|n| !n.is_empty());
+    if b.op != "open" && !navigated {
+        return;
+    }
     kernel
         .audit
         .record_later(actor.event(
             Kind::BrowserNavigated,
             serde_json::json!({
-                "session": h.id, "new_session": b.new_session, "host": h.grant,
+                "session": h.id, "op": b.op, "new_session": b.new_session, "host": h.grant,
                 "url": v.get("url"), "status": v.get("status"), "loaded": v.get("loaded"),
                 "error": v.get("error"),
                 "navigations": v.get("navigations"),
@@ -319,8 +325,10 @@ pub(crate) async fn after(
             }),
         ))
         .await;
-    v["session"] = h.id.clone().into();
-    if let Ok(bytes) = serde_json::to_vec(&v) {
-        out.output = bytes;
+    if b.op == "open" {
+        v["session"] = h.id.clone().into();
+        if let Ok(bytes) = serde_json::to_vec(&v) {
+            out.output = bytes;
+        }
     }
 }

@@ -29,6 +29,8 @@ pub const NAVIGATION_TIMEOUT: Duration = Duration::from_secs(20);
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest `browser.wait` a caller may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long a click is watched for the navigation it may start.
+pub const CLICK_SETTLE: Duration = Duration::from_millis(300);
 /// How often `browser.wait` looks for its selector.
 pub const WAIT_POLL: Duration = Duration::from_millis(50);
 /// The most text `browser.extract` answers, in characters.
@@ -244,6 +246,103 @@ fn navigation(url: &str, outcome: &str, status: Option<i64>) -> Value {
     json!({"url": url, "host": host, "outcome": outcome, "status": status})
 }
 
+/// What the events of one call tell: the main frame's navigations (the first request and each
+/// redirect, with host and outcome), the document's status (of `loader`'s response), the
+/// subresource hosts asked for and the subresources that failed, by error.
+#[derive(Debug, Default)]
+struct Seen {
+    navigations: Vec<Value>,
+    status: Option<i64>,
+    subresources: BTreeMap<String, u64>,
+    failed: BTreeMap<String, u64>,
+}
+
+fn summarize(events: &[Value], frame: Option<&str>, loader: Option<&str>) -> Seen {
+    let mut seen = Seen::default();
+    let mut document_requests: BTreeMap<String, String> = BTreeMap::new();
+    let push = |seen: &mut Seen, n: Value| {
+        if seen.navigations.len() < MAX_NAVIGATIONS {
+            seen.navigations.push(n);
+        }
+    };
+    for e in events {
+        let p = &e["params"];
+        let is_main = |p: &Value| {
+            p.get("type").and_then(Value::as_str) == Some("Document")
+                && frame.is_some()
+                && p.get("frameId").and_then(Value::as_str) == frame
+        };
+        match e["method"].as_str() {
+            Some("Network.requestWillBeSent") => {
+                let u = p
+                    .pointer("/request/url")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if is_main(p) {
+                    if let Some(r) = p.get("redirectResponse") {
+                        let from = r.get("url").and_then(Value::as_str).unwrap_or("");
+                        let code = r.get("status").and_then(Value::as_i64);
+                        push(&mut seen, navigation(from, "redirected", code));
+                    }
+                    if let Some(id) = p.get("requestId").and_then(Value::as_str) {
+                        if document_requests.len() < MAX_NAVIGATIONS {
+                            document_requests.insert(id.to_string(), u.to_string());
+                        }
+                    }
+                } else if let Some((h, port)) = host_port(u) {
+                    let key = format!("{h}:{port}");
+                    let subs = &mut seen.subresources;
+                    if subs.len() < MAX_SUMMARY_HOSTS || subs.contains_key(&key) {
+                        *subs.entry(key).or_default() += 1;
+                    } else {
+                        *subs.entry("(other hosts)".into()).or_default() += 1;
+                    }
+                }
+            }
+            Some("Network.responseReceived") if is_main(p) => {
+                let code = p.pointer("/response/status").and_then(Value::as_i64);
+                let u = p
+                    .pointer("/response/url")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if loader.is_some() && p.get("loaderId").and_then(Value::as_str) == loader {
+                    seen.status = code;
+                }
+                if let Some(id) = p.get("requestId").and_then(Value::as_str) {
+                    document_requests.remove(id);
+                }
+                let outcome = if code.is_some_and(|c| c == 403 || c >= 500) {
+                    "refused_or_failed"
+                } else {
+                    "loaded"
+                };
+                push(&mut seen, navigation(u, outcome, code));
+            }
+            Some("Network.loadingFailed") => {
+                let id = p.get("requestId").and_then(Value::as_str).unwrap_or("");
+                let why = p
+                    .get("errorText")
+                    .and_then(Value::as_str)
+                    .unwrap_or("failed");
+                if let Some(u) = document_requests.remove(id) {
+                    let mut n = navigation(&u, "failed", None);
+                    n["error"] = why.into();
+                    push(&mut seen, n);
+                } else if p.get("type").and_then(Value::as_str) != Some("Document")
+                    && seen.failed.len() < MAX_SUMMARY_HOSTS
+                {
+                    *seen.failed.entry(why.to_string()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (_, u) in document_requests {
+        push(&mut seen, navigation(&u, "unanswered", None));
+    }
+    seen
+}
+
 /// One Chromium with one page, over its DevTools pipe.
 #[derive(Debug)]
 pub struct Session {
@@ -251,6 +350,8 @@ pub struct Session {
     child: Child,
     /// The page target's DevTools session.
     page: String,
+    /// The page's main frame.
+    frame: Option<String>,
     /// When Chromium was started and how long its parts took (µs): spawn, first answer,
     /// page ready.
     pub started: BTreeMap<&'static str, u64>,
@@ -321,6 +422,13 @@ impl Session {
             COMMAND_TIMEOUT,
         )
         .await?;
+        let tree = cdp
+            .call(Some(&page), "Page.getFrameTree", json!({}), COMMAND_TIMEOUT)
+            .await?;
+        let frame = tree
+            .pointer("/frameTree/frame/id")
+            .and_then(Value::as_str)
+            .map(String::from);
         cdp.take_events();
         let mut started = BTreeMap::new();
         started.insert("spawn_us", us(spawned));
@@ -330,6 +438,7 @@ impl Session {
             cdp,
             child,
             page,
+            frame,
             started,
         })
     }
@@ -365,6 +474,8 @@ impl Session {
     /// and each redirect, with its host and outcome) and the subresource hosts it asked for.
     pub async fn open(&mut self, url: &str) -> Result<Value, BrowserError> {
         check_url(url)?;
+        // What an earlier call set off (a click's navigation) is reported by that call's
+        // successor; an open reports its own.
         self.cdp.take_events();
         let nav = self.page_call("Page.navigate", json!({"url": url})).await?;
         let frame = nav.get("frameId").and_then(Value::as_str).map(String::from);
@@ -385,100 +496,21 @@ impl Session {
                 .await?;
         }
         let (events, dropped) = self.cdp.take_events();
-        let mut navigations = Vec::new();
-        let mut status = None;
-        let mut subresources: BTreeMap<String, u64> = BTreeMap::new();
-        let mut refused_subresources: BTreeMap<String, u64> = BTreeMap::new();
-        let mut document_requests: BTreeMap<String, String> = BTreeMap::new();
-        for e in &events {
-            let p = &e["params"];
-            let is_main = |p: &Value| {
-                p.get("type").and_then(Value::as_str) == Some("Document")
-                    && frame.is_some()
-                    && p.get("frameId").and_then(Value::as_str) == frame.as_deref()
-            };
-            match e["method"].as_str() {
-                Some("Network.requestWillBeSent") => {
-                    let u = p
-                        .pointer("/request/url")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if is_main(p) {
-                        if let Some(r) = p.get("redirectResponse") {
-                            let from = r.get("url").and_then(Value::as_str).unwrap_or("");
-                            let code = r.get("status").and_then(Value::as_i64);
-                            if navigations.len() < MAX_NAVIGATIONS {
-                                navigations.push(navigation(from, "redirected", code));
-                            }
-                        }
-                        if let Some(id) = p.get("requestId").and_then(Value::as_str) {
-                            document_requests.insert(id.to_string(), u.to_string());
-                        }
-                    } else if let Some((h, port)) = host_port(u) {
-                        let key = format!("{h}:{port}");
-                        if subresources.len() < MAX_SUMMARY_HOSTS || subresources.contains_key(&key)
-                        {
-                            *subresources.entry(key).or_default() += 1;
-                        } else {
-                            *subresources.entry("(other hosts)".into()).or_default() += 1;
-                        }
-                    }
-                }
-                Some("Network.responseReceived") if is_main(p) => {
-                    let code = p.pointer("/response/status").and_then(Value::as_i64);
-                    let u = p
-                        .pointer("/response/url")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if p.get("loaderId").and_then(Value::as_str) == loader.as_deref() {
-                        status = code;
-                    }
-                    if let Some(id) = p.get("requestId").and_then(Value::as_str) {
-                        document_requests.remove(id);
-                    }
-                    if navigations.len() < MAX_NAVIGATIONS {
-                        let outcome = if code.is_some_and(|c| c == 403 || c >= 500) {
-                            "refused_or_failed"
-                        } else {
-                            "loaded"
-                        };
-                        navigations.push(navigation(u, outcome, code));
-                    }
-                }
-                Some("Network.loadingFailed") => {
-                    let id = p.get("requestId").and_then(Value::as_str).unwrap_or("");
-                    let why = p
-                        .get("errorText")
-                        .and_then(Value::as_str)
-                        .unwrap_or("failed");
-                    if let Some(u) = document_requests.remove(id) {
-                        if navigations.len() < MAX_NAVIGATIONS {
-                            let mut n = navigation(&u, "failed", None);
-                            n["error"] = why.into();
-                            navigations.push(n);
-                        }
-                    } else if p.get("type").and_then(Value::as_str) != Some("Document") {
-                        *refused_subresources.entry(why.to_string()).or_default() += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        for (_, u) in document_requests {
-            if navigations.len() < MAX_NAVIGATIONS {
-                navigations.push(navigation(&u, "unanswered", None));
-            }
-        }
+        let seen = summarize(
+            &events,
+            frame.as_deref().or(self.frame.as_deref()),
+            loader.as_deref(),
+        );
         let (page_url, title) = self.location().await?;
         Ok(json!({
             "url": page_url,
             "title": title,
-            "status": status,
+            "status": seen.status,
             "loaded": loaded,
             "error": failed,
-            "navigations": navigations,
-            "subresource_hosts": subresources,
-            "subresources_failed": refused_subresources,
+            "navigations": seen.navigations,
+            "subresource_hosts": seen.subresources,
+            "subresources_failed": seen.failed,
             "events_dropped": dropped,
         }))
     }
@@ -494,6 +526,20 @@ impl Session {
             )
         };
         Ok((s("url"), s("title")))
+    }
+
+    /// Adds to `answer` what the events read since the last look tell (navigations,
+    /// subresources), when they tell anything.
+    fn report(&mut self, answer: &mut Value) {
+        let (events, _) = self.cdp.take_events();
+        let seen = summarize(&events, self.frame.as_deref(), None);
+        if !seen.navigations.is_empty() {
+            answer["navigations"] = json!(seen.navigations);
+        }
+        if !seen.subresources.is_empty() || !seen.failed.is_empty() {
+            answer["subresource_hosts"] = json!(seen.subresources);
+            answer["subresources_failed"] = json!(seen.failed);
+        }
     }
 
     /// Refuses to look at a page whose URL is not one a caller could have opened: a page that
@@ -583,7 +629,21 @@ impl Session {
                 "no element matches the selector {sel}"
             )));
         }
-        Ok(json!({"clicked": selector}))
+        // A click may navigate (a link, a form's submit): it is waited for and reported.
+        let until = tokio::time::Instant::now() + CLICK_SETTLE;
+        let started = self
+            .cdp
+            .wait_event(until, |e| e["method"] == "Page.frameStartedLoading")
+            .await?;
+        if started {
+            let until = tokio::time::Instant::now() + NAVIGATION_TIMEOUT;
+            self.cdp
+                .wait_event(until, |e| e["method"] == "Page.loadEventFired")
+                .await?;
+        }
+        let mut answer = json!({"clicked": selector, "navigated": started});
+        self.report(&mut answer);
+        Ok(answer)
     }
 
     /// Focuses the first element `selector` matches and types `text` into it (as key input).
@@ -621,7 +681,10 @@ impl Session {
         let t0 = Instant::now();
         loop {
             if self.evaluate(&probe).await? == Value::Bool(true) {
-                return Ok(json!({"found": true, "waited_ms": t0.elapsed().as_millis() as u64}));
+                let mut answer =
+                    json!({"found": true, "waited_ms": t0.elapsed().as_millis() as u64});
+                self.report(&mut answer);
+                return Ok(answer);
             }
             if t0.elapsed() >= timeout {
                 return Err(BrowserError::Page(format!(
