@@ -474,9 +474,8 @@ impl Session {
     /// and each redirect, with its host and outcome) and the subresource hosts it asked for.
     pub async fn open(&mut self, url: &str) -> Result<Value, BrowserError> {
         check_url(url)?;
-        // What an earlier call set off (a click's navigation) is reported by that call's
-        // successor; an open reports its own.
-        self.cdp.take_events();
+        // Events read since the last call (a page that moved itself meanwhile) are reported
+        // with this open's.
         let nav = self.page_call("Page.navigate", json!({"url": url})).await?;
         let frame = nav.get("frameId").and_then(Value::as_str).map(String::from);
         let loader = nav
@@ -607,12 +606,14 @@ impl Session {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(json!({
+        let mut answer = json!({
             "text": truncate(text, MAX_TEXT_CHARS),
             "truncated": truncated,
             "links": links,
             "title": truncate(v.get("title").and_then(Value::as_str).unwrap_or(""), MAX_LINK_CHARS),
-        }))
+        });
+        self.report(&mut answer);
+        Ok(answer)
     }
 
     /// Clicks the first element `selector` matches.
@@ -663,7 +664,9 @@ impl Session {
         }
         self.page_call("Input.insertText", json!({"text": text}))
             .await?;
-        Ok(json!({"typed": text.chars().count()}))
+        let mut answer = json!({"typed": text.chars().count()});
+        self.report(&mut answer);
+        Ok(answer)
     }
 
     /// Waits, at most `timeout` (bounded by [`MAX_WAIT`]), until `selector` matches an
@@ -712,7 +715,9 @@ impl Session {
                 data.len()
             )));
         }
-        Ok(json!({"png_base64": data, "bytes": data.len()}))
+        let mut answer = json!({"png_base64": data, "bytes": data.len()});
+        self.report(&mut answer);
+        Ok(answer)
     }
 
     /// Ends Chromium.
