@@ -861,3 +861,85 @@ fn a_page_that_navigates_itself_to_a_local_file_is_not_read() {
         "{other:?}"
     );
 }
+
+/// Issues a token of the pack `web` granting `cap` for `ttl`: its secret and public id.
+fn issue_with_id(home: &Home, cap: &str, ttl: &str) -> (String, String) {
+    let out = home.ctl(&[
+        "tokens", "issue", "--pack", "web", "--agent", "bot", "--ttl", ttl, "--json", "--cap", cap,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    (
+        v["secret"].as_str().expect("secret").to_string(),
+        v["id"].as_str().expect("id").to_string(),
+    )
+}
+
+/// The pid of the browser worker spawned last.
+fn last_browser_worker_pid(home: &Home) -> u32 {
+    details(home, "worker.spawned")
+        .iter()
+        .find(|d| d["kind"] == "browser")
+        .and_then(|d| d["pid"].as_u64())
+        .expect("a browser worker's pid") as u32
+}
+
+/// A page keeps running between calls (and reaching its host on its own): revoking the token
+/// that opened it, or the token expiring, ends the session and its Chromium at once, not
+/// when it has been idle long enough.
+#[test]
+fn a_revoked_or_expired_token_s_session_ends_with_its_page() {
+    let chromium = need_chromium!("a_revoked_or_expired_token_s_session_ends_with_its_page");
+    let site = Server::start(|path| match path {
+        "/beat" => ("200 OK", Vec::new(), "text/plain", "ok".into()),
+        _ => (
+            "200 OK",
+            Vec::new(),
+            "text/html",
+            "<title>Beat</title><script>setInterval(() => fetch('/beat'), 100);</script>".into(),
+        ),
+    });
+    let grant = format!("browser.control:127.0.0.1:{}", site.port);
+    let (home, _) = browsing_home(&chromium, &[grant.clone()]);
+    let beats = || site.requests().iter().filter(|(p, _)| p == "/beat").count();
+
+    let (token, id) = issue_with_id(&home, &grant, "1h");
+    open(&home, &token, &site.url("/"));
+    let worker = last_browser_worker_pid(&home);
+    // The positive control: the page reaches its host between calls.
+    let before = beats();
+    assert!(
+        crate::support::wait_until(Duration::from_secs(5), || beats() > before + 3),
+        "the page's own requests never arrived"
+    );
+    assert!(home.ctl(&["tokens", "revoke", &id]).status.success());
+    assert!(
+        crate::support::wait_until(Duration::from_secs(5), || !crate::support::process_alive(
+            worker
+        )),
+        "the revoked token's browser worker {worker} still runs"
+    );
+    let after = beats();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        beats(),
+        after,
+        "the revoked token's page still reaches its host"
+    );
+
+    // A token that expires: its session ends within a sweep of the expiry.
+    let (short, _) = issue_with_id(&home, &grant, "4s");
+    open(&home, &short, &site.url("/"));
+    let worker = last_browser_worker_pid(&home);
+    assert!(
+        crate::support::process_alive(worker),
+        "{:?}",
+        details(&home, "worker.spawned")
+    );
+    assert!(
+        crate::support::wait_until(Duration::from_secs(15), || !crate::support::process_alive(
+            worker
+        )),
+        "the expired token's browser worker {worker} still runs"
+    );
+}

@@ -43,13 +43,16 @@ fn bad(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, m)
 }
 
+/// How a session owned by a token names its owner: this, then the token's public id.
+const TOKEN_OWNER: &str = "token:";
+
 /// Who owns the sessions this actor opens: its token (by public id), or its uid.
 fn owner(kernel: &Kernel, actor: &Actor<'_>) -> String {
     match actor.bearer {
         Bearer::Operator => actor.who.name(),
-        Bearer::Id(id) => format!("token:{id}"),
+        Bearer::Id(id) => format!("{TOKEN_OWNER}{id}"),
         Bearer::Secret(s) => match kernel.authority.tokens.id_of(s) {
-            Ok(Some(id)) => format!("token:{id}"),
+            Ok(Some(id)) => format!("{TOKEN_OWNER}{id}"),
             _ => format!("{}:unknown-token", actor.who.name()),
         },
     }
@@ -208,6 +211,7 @@ pub(crate) fn admit(
                     &id,
                     &b.owner,
                     &b.on,
+                    token_expiry(kernel, &b.owner),
                     new,
                     std::path::Path::new(&chromium),
                     max,
@@ -235,6 +239,31 @@ pub(crate) fn admit(
     *loadable = handle.loadable.clone();
     b.ran_in = Some(handle);
     serde_json::to_string(&b.worker_input).map_err(|e| super::internal(e.to_string()))
+}
+
+/// When the token owning sessions of `owner` expires, if a token owns them.
+fn token_expiry(kernel: &Kernel, owner: &str) -> Option<i64> {
+    let id = owner.strip_prefix(TOKEN_OWNER)?;
+    match kernel.authority.tokens.check_id(id) {
+        Ok(Ok(t)) => Some(t.expires_ms),
+        // Not valid now: the session ends at the first sweep.
+        _ => Some(0),
+    }
+}
+
+/// Tokens were revoked (one, or a pack's generation): every session a token owns that is not
+/// valid now is closed with its Chromium, so a page opened under a revoked token does not go
+/// on reaching its host until it is idle.
+pub(crate) fn revoked(kernel: &Kernel) {
+    let pools = kernel.browser.remove_owners(|owner| {
+        let Some(id) = owner.strip_prefix(TOKEN_OWNER) else {
+            return true;
+        };
+        matches!(kernel.authority.tokens.check_id(id), Ok(Ok(_)))
+    });
+    for pool in pools {
+        browser::close(pool);
+    }
 }
 
 /// `browser.close`'s answer, without asking the worker: the session is removed and its pool

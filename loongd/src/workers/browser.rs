@@ -103,10 +103,14 @@ pub(crate) struct Session {
     pub pool: Arc<Supervisor>,
     pub loadable: Loadable,
     last_used: Instant,
+    /// When the owner's token expires (ms since the epoch): the session, and the page running
+    /// in it, ends then, whatever its idle time.
+    expires_ms: Option<i64>,
 }
 
-/// How often idle sessions are looked for (at most; a shorter idle timeout is used instead).
-pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often idle sessions (and those whose token expired) are looked for (at most; a shorter
+/// idle timeout is used instead).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Ends a session's pool: its worker (and Chromium with it) is killed, then reaped and its
 /// exit recorded.
@@ -126,9 +130,10 @@ pub(crate) struct Sessions {
 
 fn sweep_map(live: &Mutex<HashMap<String, Session>>, idle: Duration) -> Vec<Arc<Supervisor>> {
     let mut live = live.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = crate::now_ms();
     let stale: Vec<String> = live
         .values()
-        .filter(|s| s.last_used.elapsed() >= idle)
+        .filter(|s| s.last_used.elapsed() >= idle || s.expires_ms.is_some_and(|e| e <= now))
         .map(|s| s.id.clone())
         .collect();
     stale
@@ -151,7 +156,22 @@ impl Sessions {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes the sessions unused for `idle`; answers their pools, to be shut down.
+    /// Removes every session whose owner `keep` refuses (a token revoked since it was opened);
+    /// answers their pools, to be shut down.
+    pub(crate) fn remove_owners(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<Arc<Supervisor>> {
+        let mut live = self.lock();
+        let gone: Vec<String> = live
+            .values()
+            .filter(|s| !keep(&s.owner))
+            .map(|s| s.id.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| live.remove(&id).map(|s| s.pool))
+            .collect()
+    }
+
+    /// Closes the sessions unused for `idle`, or whose owner's token has expired; answers
+    /// their pools, to be shut down.
     pub(crate) fn sweep(&self, idle: Duration) -> Vec<Arc<Supervisor>> {
         sweep_map(&self.live, idle)
     }
@@ -202,13 +222,16 @@ impl Sessions {
         format!("b{n}-{}", crate::now_ms())
     }
 
-    /// Adds session `id` of `owner` on `grant`, run by `pool`, unless `max` are open (then
-    /// the pool is answered back, to be shut down).
+    /// Adds session `id` of `owner` on `grant`, run by `pool` until the owner's token expires
+    /// at `expires_ms` (when it has one), unless `max` are open (then the pool is answered
+    /// back, to be shut down).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add(
         &self,
         id: &str,
         owner: &str,
         grant: &str,
+        expires_ms: Option<i64>,
         pool: Arc<Supervisor>,
         chromium: &std::path::Path,
         max: usize,
@@ -235,6 +258,7 @@ impl Sessions {
             pool,
             loadable,
             last_used: Instant::now(),
+            expires_ms,
         };
         let h = s.handle();
         live.insert(id, s);
