@@ -15,6 +15,19 @@ use tokio::time::Instant;
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Events kept between two looks at them; past it the oldest are dropped (and counted).
 pub const MAX_EVENTS: usize = 4096;
+/// The events a session looks at (navigations, requests, loads); every other event a page
+/// causes is read and dropped, so a page flooding DevTools (console output, DOM changes)
+/// costs the worker nothing it keeps.
+pub const KEPT_EVENTS: [&str; 5] = [
+    "Network.requestWillBeSent",
+    "Network.responseReceived",
+    "Network.loadingFailed",
+    "Page.loadEventFired",
+    "Page.frameStartedLoading",
+];
+/// The longest string kept of an event (a URL, an error), in characters: a kept event is a
+/// few of them, so [`MAX_EVENTS`] of them stay small whatever the page asked for.
+pub const MAX_EVENT_STRING_CHARS: usize = 2048;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +145,9 @@ impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Cdp<R, W> {
     }
 
     fn keep(&mut self, event: Value) {
+        let Some(event) = slim(&event) else {
+            return;
+        };
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);
             self.dropped += 1;
@@ -146,6 +162,38 @@ impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Cdp<R, W> {
             std::mem::take(&mut self.dropped),
         )
     }
+}
+
+/// What is kept of an event: one of [`KEPT_EVENTS`], with only the fields a session reads,
+/// each string cut to [`MAX_EVENT_STRING_CHARS`]; `None` for any other event.
+pub fn slim(event: &Value) -> Option<Value> {
+    let method = event.get("method").and_then(Value::as_str)?;
+    if !KEPT_EVENTS.contains(&method) {
+        return None;
+    }
+    let p = event.get("params").unwrap_or(&Value::Null);
+    let text = |ptr: &str| {
+        p.pointer(ptr)
+            .and_then(Value::as_str)
+            .map(|s| Value::from(s.chars().take(MAX_EVENT_STRING_CHARS).collect::<String>()))
+    };
+    let mut params = serde_json::Map::new();
+    for key in ["type", "frameId", "requestId", "loaderId", "errorText"] {
+        if let Some(v) = text(&format!("/{key}")) {
+            params.insert(key.into(), v);
+        }
+    }
+    if let Some(url) = text("/request/url") {
+        params.insert("request".into(), json!({ "url": url }));
+    }
+    for key in ["response", "redirectResponse"] {
+        if p.get(key).is_some_and(Value::is_object) {
+            let status = p.pointer(&format!("/{key}/status")).and_then(Value::as_i64);
+            let url = text(&format!("/{key}/url")).unwrap_or_default();
+            params.insert(key.into(), json!({ "url": url, "status": status }));
+        }
+    }
+    Some(json!({ "method": method, "params": params }))
 }
 
 /// Reads one NUL-ended message, refusing one longer than [`MAX_MESSAGE_BYTES`] before it is
@@ -203,6 +251,78 @@ mod tests {
             at.extend_from_slice(b"{}\0");
             let mut r = tokio::io::BufReader::new(&at[..]);
             assert_eq!(read_message(&mut r).await.ok(), Some(json!({})));
+        });
+    }
+
+    /// Only the events a session reads are kept, with only their fields it reads, bounded;
+    /// a console message (however long) is not kept at all.
+    #[test]
+    fn only_bounded_navigation_events_are_kept() {
+        let long = "x".repeat(MAX_EVENT_STRING_CHARS * 4);
+        let console =
+            json!({"method": "Runtime.consoleAPICalled", "params": {"args": [{"value": long}]}});
+        assert_eq!(slim(&console), None);
+        let sent = json!({"method": "Network.requestWillBeSent", "params": {
+            "requestId": "1", "frameId": "F", "type": "Document",
+            "request": {"url": format!("http://a.test/{long}"), "headers": {"x": long}, "postData": long},
+            "redirectResponse": {"url": "http://a.test/", "status": 302, "headers": {"y": long}},
+        }});
+        let kept = slim(&sent).expect("kept");
+        assert!(
+            kept.to_string().len() < 3 * MAX_EVENT_STRING_CHARS,
+            "{kept}"
+        );
+        assert_eq!(kept["params"]["redirectResponse"]["status"], 302);
+        assert_eq!(kept["params"]["type"], "Document");
+        assert_eq!(
+            kept["params"]["request"]["url"]
+                .as_str()
+                .map(|u| u.chars().count()),
+            Some(MAX_EVENT_STRING_CHARS)
+        );
+        // No redirect: no `redirectResponse` is made up.
+        let plain = json!({"method": "Network.requestWillBeSent", "params": {"requestId": "2", "request": {"url": "http://a.test/"}}});
+        assert!(slim(&plain).expect("kept")["params"]
+            .get("redirectResponse")
+            .is_none());
+    }
+
+    /// A page's flood of events read while a command waits (console messages, requests with
+    /// megabyte URLs) leaves only the bounded navigation events kept.
+    #[test]
+    fn a_flood_of_events_keeps_little() {
+        rt().block_on(async {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            let (cr, cw) = tokio::io::split(client);
+            let mut cdp = Cdp::new(tokio::io::BufReader::new(cr), cw);
+            let big = "x".repeat(1024 * 1024);
+            let answer = async {
+                let mut sr = tokio::io::BufReader::new(&mut server);
+                let m = read_message(&mut sr).await.expect("a command");
+                let id = m["id"].as_u64().expect("an id");
+                for i in 0..16 {
+                    let console = json!({"method": "Runtime.consoleAPICalled", "params": {"args": [{"value": big}]}});
+                    let sent = json!({"method": "Network.requestWillBeSent", "params": {"requestId": i.to_string(), "request": {"url": format!("http://a.test/?{big}")}}});
+                    for e in [console, sent] {
+                        let mut b = serde_json::to_vec(&e).expect("json");
+                        b.push(0);
+                        sr.get_mut().write_all(&b).await.expect("write");
+                    }
+                }
+                let reply = format!("{{\"id\":{id},\"result\":{{}}}}\0");
+                sr.get_mut().write_all(reply.as_bytes()).await.expect("write");
+            };
+            let (got, _) = tokio::join!(
+                cdp.call(None, "Runtime.evaluate", json!({}), Duration::from_secs(30)),
+                answer
+            );
+            assert!(got.is_ok(), "{got:?}");
+            let (events, _) = cdp.take_events();
+            // The positive control: the requests are kept, to be reported.
+            assert_eq!(events.len(), 16);
+            assert!(events.iter().all(|e| e["method"] == "Network.requestWillBeSent"));
+            let kept: usize = events.iter().map(|e| e.to_string().len()).sum();
+            assert!(kept < 16 * 2 * MAX_EVENT_STRING_CHARS, "{kept} bytes kept");
         });
     }
 

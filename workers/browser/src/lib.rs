@@ -411,7 +411,9 @@ impl Session {
                 BrowserError::Page("Target.attachToTarget answered no sessionId".into())
             })?
             .to_string();
-        for method in ["Page.enable", "Network.enable", "Runtime.enable"] {
+        // Not `Runtime.enable`: `Runtime.evaluate` needs none, and its events (every console
+        // message of the page, megabytes each) would be read before each answer.
+        for method in ["Page.enable", "Network.enable"] {
             cdp.call(Some(&page), method, json!({}), COMMAND_TIMEOUT)
                 .await?;
         }
