@@ -858,7 +858,8 @@ fn a_page_that_navigates_itself_to_a_local_file_is_not_read() {
     );
     assert!(
         matches!(&other, Err((_, e)) if e.contains("may reach")),
-        "{other:?}"
+        "{other:?} {:?}",
+        details(&home, "worker.exited")
     );
 }
 
@@ -941,5 +942,31 @@ fn a_revoked_or_expired_token_s_session_ends_with_its_page() {
             worker
         )),
         "the expired token's browser worker {worker} still runs"
+    );
+}
+
+/// A page's scripts cannot tell the caller, or the audit, that it is somewhere else: the URL
+/// answered and recorded is the browser's record of the page, whatever the page redefined.
+#[test]
+fn a_page_cannot_lie_about_its_url() {
+    let chromium = need_chromium!("a_page_cannot_lie_about_its_url");
+    let site = Server::html(
+        r#"<title>Liar</title>liar<script>
+window.String = () => "https://innocent.example/";
+</script>"#,
+    );
+    let (home, token) = browsing_home(
+        &chromium,
+        &[format!("browser.control:127.0.0.1:{}", site.port)],
+    );
+    let real = site.url("/real");
+    let got = open(&home, &token, &real);
+    // The positive control: the page's own title is its to say.
+    assert_eq!(got["title"], "Liar", "{got}");
+    assert_eq!(got["url"], real.as_str(), "{got}");
+    let recorded = details(&home, "browser.navigated");
+    assert!(
+        recorded.iter().all(|d| d["url"] == real.as_str()),
+        "{recorded:?}"
     );
 }

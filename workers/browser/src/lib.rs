@@ -343,6 +343,15 @@ fn summarize(events: &[Value], frame: Option<&str>, loader: Option<&str>) -> See
     seen
 }
 
+/// Where a page is: its URL as the browser recorded it, its title, and the URL its document
+/// gives itself (`location.href`, the page's word).
+#[derive(Debug)]
+struct Location {
+    url: String,
+    title: String,
+    document: String,
+}
+
 /// One Chromium with one page, over its DevTools pipe.
 #[derive(Debug)]
 pub struct Session {
@@ -350,6 +359,8 @@ pub struct Session {
     child: Child,
     /// The page target's DevTools session.
     page: String,
+    /// The page target.
+    target: String,
     /// The page's main frame.
     frame: Option<String>,
     /// When Chromium was started and how long its parts took (µs): spawn, first answer,
@@ -440,6 +451,7 @@ impl Session {
             cdp,
             child,
             page,
+            target: target_id,
             frame,
             started,
         })
@@ -502,7 +514,11 @@ impl Session {
             frame.as_deref().or(self.frame.as_deref()),
             loader.as_deref(),
         );
-        let (page_url, title) = self.location().await?;
+        let Location {
+            url: page_url,
+            title,
+            ..
+        } = self.location().await?;
         Ok(json!({
             "url": page_url,
             "title": title,
@@ -516,9 +532,28 @@ impl Session {
         }))
     }
 
-    async fn location(&mut self) -> Result<(String, String), BrowserError> {
+    /// The page's URL and title. The URL is the browser's own record of the committed entry
+    /// (`Target.getTargetInfo`), never the page's word: a page's script can replace
+    /// `String` or `location`'s accessors and would answer any URL it likes, to the caller, to
+    /// the audit and to [`Session::guard_location`]. The title is the page's to say.
+    async fn location(&mut self) -> Result<Location, BrowserError> {
+        let info = self
+            .cdp
+            .call(
+                None,
+                "Target.getTargetInfo",
+                json!({"targetId": self.target}),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        let url = info
+            .pointer("/targetInfo/url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| BrowserError::Page("the browser answered no page URL".into()))?;
+        let url = truncate(url, MAX_LINK_CHARS);
+        // Asked of the page (a page that never yields ends here, on the command's deadline).
         let v = self
-            .evaluate("({url: String(location.href), title: String(document.title)})")
+            .evaluate("({title: document.title, href: location.href})")
             .await?;
         let s = |k: &str| {
             truncate(
@@ -526,7 +561,11 @@ impl Session {
                 MAX_LINK_CHARS,
             )
         };
-        Ok((s("url"), s("title")))
+        Ok(Location {
+            url,
+            title: s("title"),
+            document: s("href"),
+        })
     }
 
     /// Adds to `answer` what the events read since the last look tell (navigations,
@@ -547,10 +586,18 @@ impl Session {
     /// navigated itself (or was redirected) to `file:`, `chrome:`, `data:` or an error page is
     /// not read, whatever Chromium's own policy let through.
     async fn guard_location(&mut self) -> Result<(), BrowserError> {
-        let (url, _) = self.location().await?;
-        if url == "about:blank" || check_url(&url).is_ok() {
+        // Both the browser's record and the document's own `location` (an error page keeps the
+        // URL it failed on in the record, and says `chrome-error:` itself) must be readable.
+        let here = self.location().await?;
+        let readable = |u: &str| u == "about:blank" || check_url(u).is_ok();
+        if readable(&here.url) && readable(&here.document) {
             return Ok(());
         }
+        let url = if readable(&here.url) {
+            here.document
+        } else {
+            here.url
+        };
         Err(BrowserError::Refused(format!(
             "the page is at {:?}, which is not an http(s) page (it failed to load, or navigated where a caller may not); open another URL",
             truncate(&url, 200)
