@@ -849,6 +849,18 @@ fn a_page_that_navigates_itself_to_a_local_file_is_not_read() {
             );
         }
     }
+    // The page is now Chromium's error page for the refused redirect: even whether a selector
+    // matches there is not told.
+    let waited = call(
+        &home,
+        &token,
+        "browser.wait",
+        serde_json::json!({"session": s, "selector": "body", "timeout_ms": 1000}),
+    );
+    assert!(
+        matches!(&waited, Err((_, e)) if e.contains("not an http(s) page")),
+        "{waited:?}"
+    );
     // Another host in the same session is refused before it is decided.
     let other = call(
         &home,

@@ -719,7 +719,8 @@ impl Session {
     }
 
     /// Waits, at most `timeout` (bounded by [`MAX_WAIT`]), until `selector` matches an
-    /// element, or, for `"load"`, until the document has loaded.
+    /// element, or, for `"load"`, until the document has loaded; on a page that is not http(s)
+    /// (an error page, a local file) it is refused, as reading the page is.
     pub async fn wait(&mut self, selector: &str, timeout: Duration) -> Result<Value, BrowserError> {
         let timeout = timeout.min(MAX_WAIT);
         let probe = if selector == "load" {
@@ -733,6 +734,8 @@ impl Session {
         let t0 = Instant::now();
         loop {
             if self.evaluate(&probe).await? == Value::Bool(true) {
+                // What matched is told only of a page a caller could have opened.
+                self.guard_location().await?;
                 let mut answer =
                     json!({"found": true, "waited_ms": t0.elapsed().as_millis() as u64});
                 self.report(&mut answer);
