@@ -250,6 +250,13 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "shell.exec",
     "web.fetch",
     "programmatic_tool_call",
+    "browser.open",
+    "browser.extract",
+    "browser.click",
+    "browser.type",
+    "browser.wait",
+    "browser.screenshot",
+    "browser.close",
 ];
 
 /// The first line of the signed message.

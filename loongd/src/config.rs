@@ -99,6 +99,19 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # timeout_ms = 10000
 # max_output_bytes = 1048576
 
+[browser]
+# The browser tools (browser.open, .extract, .click, .type, .wait, .screenshot, .close): a
+# headless Chromium per session, in a balanced-tier worker whose only network is the egress
+# broker, admitting exactly the HOST:PORT the session's browser.open was decided on
+# (browser.control:HOST or browser.control:HOST:PORT; docs/bridges.md).
+# enabled = false
+# The Chromium binary (default: `chromium`, `chromium-headless-shell` or
+# `chromium-browser` on PATH).
+# chromium = "/usr/lib/chromium/chromium"
+# Sessions open at once (1..=64), and how long one may sit unused before it is closed, ms.
+# max_sessions = 4
+# idle_timeout_ms = 300000
+
 [plugins]
 # Refuse a WASM plugin whose module is pinned neither by its manifest
 # (metadata.component_sha256 or sandbox.sha256) nor below (audited as plugin.refused).
@@ -225,6 +238,8 @@ pub struct Config {
     pub kernel_calls: KernelCallsConfig,
     /// The built-in tools' grants.
     pub builtins: BuiltinsConfig,
+    /// The browser tools.
+    pub browser: BrowserConfig,
     /// What a plugin must satisfy to load: the operator's module pins.
     pub plugins: PluginsConfig,
     /// Logging.
@@ -694,6 +709,39 @@ pub struct BuiltinsConfig {
     pub timeout_ms: u64,
     #[serde(deserialize_with = "output_bytes")]
     pub max_output_bytes: u64,
+}
+
+/// `[browser]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrowserConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "absolute_path")]
+    pub chromium: Option<std::path::PathBuf>,
+    #[serde(deserialize_with = "browser_sessions")]
+    pub max_sessions: u32,
+    #[serde(deserialize_with = "timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+/// Defaults and bounds of `[browser]`.
+pub const DEFAULT_BROWSER_SESSIONS: u32 = 4;
+pub const MAX_BROWSER_SESSIONS: u32 = 64;
+pub const DEFAULT_BROWSER_IDLE_MS: u64 = 300_000;
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig {
+            enabled: false,
+            chromium: None,
+            max_sessions: DEFAULT_BROWSER_SESSIONS,
+            idle_timeout_ms: DEFAULT_BROWSER_IDLE_MS,
+        }
+    }
+}
+
+fn browser_sessions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_BROWSER_SESSIONS, "sessions")
 }
 
 /// `[plugins]`: the operator's pins of WASM modules.
@@ -1207,7 +1255,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `plugins`, `log`, `metrics`, `egress`, `gateway`, `providers`, `agent`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `browser`, `plugins`, `log`, `metrics`, `egress`, `gateway`, `providers`, `agent`"),
         );
         check(
             "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",

@@ -83,6 +83,8 @@ pub struct Kernel {
     services: services::Services,
     /// The kernel itself, for what must outlive a request (a service's supervisor).
     me: std::sync::Weak<Kernel>,
+    /// The browser tools' sessions, each a pool of its own.
+    browser: workers::browser::Sessions,
 }
 
 impl Kernel {
@@ -105,6 +107,7 @@ impl Kernel {
         ));
         Kernel {
             resolver,
+            browser: workers::browser::Sessions::default(),
             workers,
             plugins: std::sync::RwLock::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
@@ -518,7 +521,10 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         egress::stop_all().await;
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
-        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel) {
+        for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel)
+            .into_iter()
+            .chain(kernel.browser.drain())
+        {
             pool.shutdown();
             pool.reap_idle().await;
         }

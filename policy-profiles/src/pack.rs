@@ -75,7 +75,7 @@ impl Capability {
     pub fn scope_kind(self) -> ScopeKind {
         match self {
             Capability::FsRead | Capability::FsWrite => ScopeKind::Paths,
-            Capability::NetEgress => ScopeKind::Hosts,
+            Capability::NetEgress | Capability::BrowserControl => ScopeKind::Hosts,
             Capability::ProcessExec | Capability::ToolInvoke | Capability::ConnectorInvoke => {
                 ScopeKind::Names
             }
@@ -99,7 +99,7 @@ pub enum GrantError {
     NoScope { cap: Capability, grant: String },
     #[error("the scope of `{0}` must be an absolute path")]
     NotAbsolute(String),
-    #[error("`{grant}`: {source} (a `net.egress` scope is HOST:PORT, or HOST for every port)")]
+    #[error("`{grant}`: {source} (a `net.egress` or `browser.control` scope is HOST:PORT, or HOST for every port)")]
     BadHosts {
         grant: String,
         source: NetGrantError,

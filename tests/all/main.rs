@@ -8,6 +8,7 @@ mod approvals;
 mod audit;
 mod authority;
 mod bridges;
+mod browser;
 mod builtins;
 mod compat_sdk;
 mod channels;

@@ -140,11 +140,14 @@ pub enum Kind {
     /// A chat channel's worker sent an answer (channel, chat id, the message it answers, the
     /// platform's ids of what was sent).
     ChannelSent,
+    /// A browser session navigated (`browser.open`: each navigation and redirect with its
+    /// host and outcome, the subresource hosts summarised), or ended because its worker failed.
+    BrowserNavigated,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 45] = [
+    pub const ALL: [Kind; 46] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -190,6 +193,7 @@ impl Kind {
         Kind::ChannelReceived,
         Kind::ChannelIgnored,
         Kind::ChannelSent,
+        Kind::BrowserNavigated,
     ];
 
     /// The stable name stored and shown (`--kind` takes it).
@@ -240,6 +244,7 @@ impl Kind {
             Kind::ChannelReceived => "channel.received",
             Kind::ChannelIgnored => "channel.ignored",
             Kind::ChannelSent => "channel.sent",
+            Kind::BrowserNavigated => "browser.navigated",
         }
     }
 

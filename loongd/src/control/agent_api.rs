@@ -164,6 +164,10 @@ pub(super) fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
                     Some(Capability::NetEgress),
                     schema(&[("url", "an http:// URL")]),
                 ),
+                (true, t) if crate::workers::browser::is_browser_tool(t) => (
+                    Some(Capability::BrowserControl),
+                    schema(crate::workers::browser::parameters(t)),
+                ),
                 _ => (None, serde_json::json!({"type": "object"})),
             };
             let may = match cap {

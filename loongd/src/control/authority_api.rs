@@ -150,6 +150,8 @@ pub(crate) async fn revoke(
             .map_err(internal)?;
         // Open egress connections decided under it are decided again.
         crate::egress::authority_changed();
+        // Its browser sessions (their pages reach their hosts on their own) end.
+        effects::browser::revoked(kernel);
         effects::approval::deny_orphaned(kernel, &Actor::operator(cred.uid(), None, io)).await?;
     }
     Ok(ControlResponse::Revoked {
@@ -184,6 +186,7 @@ pub(crate) async fn revoke_generation(
         .await
         .map_err(internal)?;
     crate::egress::authority_changed();
+    effects::browser::revoked(kernel);
     effects::approval::deny_orphaned(kernel, &Actor::operator(cred.uid(), None, io)).await?;
     Ok(ControlResponse::Revoked {
         existed: true,

@@ -51,7 +51,8 @@ pub(crate) fn manifest_capability(cap: Capability) -> Option<&'static str> {
     match cap {
         Capability::FsRead => Some("filesystem_read"),
         Capability::FsWrite => Some("filesystem_write"),
-        Capability::NetEgress => Some("network_egress"),
+        // A browser reaches the network (through the broker) like a fetch does.
+        Capability::NetEgress | Capability::BrowserControl => Some("network_egress"),
         _ => None,
     }
 }

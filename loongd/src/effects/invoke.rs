@@ -111,8 +111,25 @@ async fn run(
 ) -> Result<InvokeResult, RemoteError> {
     let started = Instant::now();
     check_input(&input)?;
-    let target = ready(kernel, &tool)?;
-    let decided = decide(kernel, actor, &target, &tool, &input).await?;
+    let mut target = ready(kernel, &tool)?;
+    // A browser tool is decided as `browser.control` on its session's `HOST:PORT` and run in
+    // that session's own pool (`super::browser`).
+    let mut session = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
+        && crate::workers::browser::is_browser_tool(&tool)
+    {
+        Some(super::browser::prepare(kernel, actor, &tool, &input)?)
+    } else {
+        None
+    };
+    let over = session
+        .as_ref()
+        .map(|b| (Capability::BrowserControl, b.on.clone()));
+    let decided = decide(kernel, actor, &target, &tool, &input, over).await?;
+    let mut input = input;
+    if let Some(b) = &mut session {
+        input = super::browser::admit(kernel, b, &mut target.pool, &mut target.loadable)?;
+        target.tool = crate::workers::browser::WORKER_TOOL.to_string();
+    }
     let host = Host {
         kernel,
         io: actor.io,
@@ -161,22 +178,32 @@ async fn run(
         ),
     )));
     let correlation = actor.correlation();
-    let (called, committed) = tokio::join!(
-        target.pool.call(
-            &target.loadable,
-            &target.tool,
-            input.into_bytes(),
-            file,
-            QUEUE_DEADLINE,
-            &correlation,
-            Some(&host),
-            actor.chain.depth > 0,
-        ),
-        committed
-    );
+    let dispatched = async {
+        if let Some(closed) = session.as_ref().and_then(super::browser::closed_answer) {
+            return closed;
+        }
+        target
+            .pool
+            .call(
+                &target.loadable,
+                &target.tool,
+                input.into_bytes(),
+                file,
+                QUEUE_DEADLINE,
+                &correlation,
+                Some(&host),
+                actor.chain.depth > 0,
+            )
+            .await
+    };
+    let (mut called, committed) = tokio::join!(dispatched, committed);
     open.0 = None;
     committed.map_err(internal)?;
-    learn(kernel, &target, &called).await;
+    if let Some(b) = &session {
+        super::browser::after(kernel, actor, b, &mut called).await;
+    } else {
+        learn(kernel, &target, &called).await;
+    }
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     record_outcome(kernel, actor, tool, called, wall_us).await
 }
@@ -273,11 +300,14 @@ async fn decide(
     target: &Target,
     tool: &str,
     input: &str,
+    over: Option<(Capability, String)>,
 ) -> Result<Authorized, RemoteError> {
     // A plan is decided as `tool.invoke` on its name, like a plugin: loongd does not parse
     // it (its worker does), and each call it makes is decided on its own as a nested call.
     // The agent's turn likewise: each tool call it makes is decided on its own.
-    let (cap, on, script) = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
+    let (cap, on, script) = if let Some((cap, on)) = over {
+        (cap, on, None)
+    } else if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
         && tool != crate::workers::builtins::PROGRAMMATIC_TOOL_CALL
         && tool != AGENT_TOOL
     {
@@ -475,6 +505,11 @@ fn builtin_effect(
                 ))
             })?;
             (Capability::ProcessExec, first, Some(command))
+        }
+        // Decided on its session's `HOST:PORT` (`super::browser::prepare`); the capability
+        // is what a nested call's admission looks at.
+        t if crate::workers::browser::is_browser_tool(t) => {
+            (Capability::BrowserControl, String::new(), None)
         }
         other => {
             return Err(RemoteError::new(

@@ -23,6 +23,7 @@
 //! wire requests into these calls and their results into replies.
 
 pub(crate) mod approval;
+pub(crate) mod browser;
 pub(crate) mod chain;
 pub(crate) mod invoke;
 

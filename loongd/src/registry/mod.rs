@@ -32,7 +32,11 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
         tracing::error!(error = %e, "reading the lockfile; installed plugins are checked against nothing");
         Default::default()
     });
-    let builtins = crate::workers::builtins::entries(&kernel.config.builtins, &kernel.config.agent);
+    let mut builtins =
+        crate::workers::builtins::entries(&kernel.config.builtins, &kernel.config.agent);
+    builtins.extend(crate::workers::builtins::browser_entries(
+        &kernel.config.browser,
+    ));
     let keys = kernel.authority.keys.list().unwrap_or_else(|e| {
         tracing::error!(error = %e, "reading the keyring; every signed plugin will be refused");
         Vec::new()

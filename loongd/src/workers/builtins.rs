@@ -127,6 +127,94 @@ fn agent_entry(settings: &Settings) -> Option<Plugin> {
     Some(plugin)
 }
 
+const BROWSER_DEFS: [Def; 7] = [
+    Def {
+        tool: "browser.open",
+        summary: "Open an http(s) URL in a sandboxed headless Chromium (decided as browser.control on HOST:PORT; the page reaches that host only); answers the session, URL, title and status",
+        tags: &["browser", "web", "open", "navigate", "chromium", "builtin"],
+        example: r#"{"url": "https://docs.example.test/"}"#,
+    },
+    Def {
+        tool: "browser.extract",
+        summary: "The rendered text, links and title of a browser session's page (JavaScript-rendered content included), or of one element; bounded",
+        tags: &["browser", "web", "extract", "scrape", "text", "links", "builtin"],
+        example: r#"{"session": "b1-1700000000000", "selector": "main"}"#,
+    },
+    Def {
+        tool: "browser.click",
+        summary: "Click the first element a CSS selector matches in a browser session's page",
+        tags: &["browser", "web", "click", "builtin"],
+        example: r#"{"session": "b1-1700000000000", "selector": "button[type=submit]"}"#,
+    },
+    Def {
+        tool: "browser.type",
+        summary: "Type text into the first element a CSS selector matches in a browser session's page",
+        tags: &["browser", "web", "type", "form", "input", "builtin"],
+        example: r#"{"session": "b1-1700000000000", "selector": "input[name=q]", "text": "loong"}"#,
+    },
+    Def {
+        tool: "browser.wait",
+        summary: "Wait until a CSS selector matches (or the page has loaded: \"load\") in a browser session, at most timeout_ms",
+        tags: &["browser", "web", "wait", "builtin"],
+        example: r##"{"session": "b1-1700000000000", "selector": "#results", "timeout_ms": 5000}"##,
+    },
+    Def {
+        tool: "browser.screenshot",
+        summary: "A PNG (base64) of a browser session's viewport, or of the whole page",
+        tags: &["browser", "web", "screenshot", "png", "image", "builtin"],
+        example: r#"{"session": "b1-1700000000000", "full_page": false}"#,
+    },
+    Def {
+        tool: "browser.close",
+        summary: "Close a browser session (its Chromium and profile are destroyed)",
+        tags: &["browser", "web", "close", "builtin"],
+        example: r#"{"session": "b1-1700000000000"}"#,
+    },
+];
+
+/// The browser tools, when `[browser] enabled`: listed and searched like every tool, each
+/// call routed to its session (`super::browser`), never to the pool named here.
+pub(crate) fn browser_entries(cfg: &crate::config::BrowserConfig) -> Vec<Plugin> {
+    if !cfg.enabled {
+        return Vec::new();
+    }
+    let chromium = super::browser::find_chromium(cfg.chromium.as_ref());
+    BROWSER_DEFS
+        .iter()
+        .map(|d| {
+            let state = match &chromium {
+                Some(p) if p.is_file() => State::Ready {
+                    plugin: Loadable {
+                        id: d.tool.to_string(),
+                        wire: Arc::new(Wire::Builtin(BuiltinSpec {
+                            tool: super::browser::WORKER_TOOL.to_string(),
+                            roots: vec![p.display().to_string()],
+                            timeout_ms: super::browser::CALL_TIMEOUT_MS,
+                            max_output_bytes: super::browser::MAX_OUTPUT_BYTES,
+                        })),
+                        generation: super::plugins::next_generation(),
+                    },
+                    // Sessions run in pools of their own; none is started for the entry.
+                    kind: None,
+                    info: LoadInfo::default(),
+                    pool: None,
+                },
+                Some(p) => State::Failed(format!(
+                    "[browser] chromium = {} is not a file; install Chromium (apt-get install chromium) or fix loongd.toml",
+                    p.display()
+                )),
+                None => State::Failed(format!(
+                    "[browser] enabled, but none of {} is on PATH; install Chromium (apt-get install chromium) or set [browser] chromium",
+                    super::browser::CHROMIUM_NAMES.join(", ")
+                )),
+            };
+            let mut p = described(d, state);
+            p.catalog.defer_loading = true;
+            p
+        })
+        .collect()
+}
+
 /// The most a turn's answer may hold (its text, tool calls and the messages it added).
 pub const AGENT_MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -334,7 +422,13 @@ mod tests {
     /// `loongctl plugins doctor` share) are exactly the built-in tools.
     #[test]
     fn the_shared_list_of_built_in_names_is_the_built_in_tools() {
-        let tools: Vec<&str> = super::DEFS.iter().map(|d| d.tool).collect();
+        let tools: Vec<&str> = super::DEFS
+            .iter()
+            .chain(&super::BROWSER_DEFS)
+            .map(|d| d.tool)
+            .collect();
         assert_eq!(tools, loong_ipc::package::BUILTIN_TOOLS);
+        let browser: Vec<&str> = super::BROWSER_DEFS.iter().map(|d| d.tool).collect();
+        assert_eq!(browser, super::super::browser::TOOLS);
     }
 }

@@ -19,6 +19,14 @@ pub const GATEWAY_WORKER_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
 /// Tasks the gateway worker's sandbox may hold: the spawn helper and the reaper, the serve
 /// loop, the kernel link's reader, the runtime's threads, and room to spare.
 pub const GATEWAY_WORKER_TASKS: u64 = 16;
+pub const BROWSER_WORKER_NAME: &str = "loong-worker-browser";
+/// A browser session's memory (cgroup `memory.max`): the worker and every Chromium process
+/// (browser, renderer, network and storage services). A page that allocates past it is
+/// OOM-killed with its session; loongd is not in the cgroup.
+pub const BROWSER_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Tasks a browser session's sandbox may hold: Chromium's processes start a few dozen threads
+/// each (`--no-zygote`, no GPU process).
+pub const BROWSER_WORKER_TASKS: u64 = 512;
 /// Who the agent worker's connections are made for, in `net.*` records and the broker's refusals.
 pub const AGENT_NET_OWNER: &str = "agent";
 /// An agent worker's memory: the HTTP client, one conversation window and one answer.
@@ -251,6 +259,28 @@ impl WorkerKind {
             listener: None,
             package: None,
             net_owner: Some(format!("channel:{name}")),
+            allow_private_network: false,
+            egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+        }
+    }
+
+    /// A browser session's worker: balanced, no file-system grant, the network only to `net`
+    /// (the one `HOST:PORT` the session was opened on), through the broker's proxy.
+    pub(crate) fn browser(net: Vec<NetGrant>, owner: String) -> WorkerKind {
+        WorkerKind {
+            name: "browser",
+            program: next_to_loongd(BROWSER_WORKER_NAME),
+            tier: Tier::Balanced,
+            memory_bytes: BROWSER_WORKER_MEMORY_BYTES,
+            tasks: BROWSER_WORKER_TASKS,
+            read: Vec::new(),
+            write: Vec::new(),
+            net,
+            broker: false,
+            listener: None,
+            package: None,
+            net_owner: Some(owner),
+            // Loopback and private addresses only where the grant names the IP literal.
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
         }

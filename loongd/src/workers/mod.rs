@@ -9,12 +9,14 @@
 //!   through the spawner, retire and replace with backoff, health pings, drain, and the call
 //!   path (`call`, `check_load`), which has no branch for any one kind.
 //! - `broker.rs`: the connection broker for kinds without a network of their own.
+//! - `browser.rs`: the browser tools' sessions, each a pool of one browser worker.
 //!
 //! Beside them: plugin discovery (`plugins.rs`), the staging copy of a package
 //! (`staging.rs`), the built-in tools (`builtins.rs`), the lockfile (`lock.rs`) and address
 //! pinning (`net.rs`).
 
 mod broker;
+pub(crate) mod browser;
 pub(crate) mod builtins;
 mod kind;
 pub(crate) mod lock;
