@@ -913,7 +913,7 @@ fn a_revoked_or_expired_token_s_session_ends_with_its_page() {
         ),
     });
     let grant = format!("browser.control:127.0.0.1:{}", site.port);
-    let (home, _) = browsing_home(&chromium, &[grant.clone()]);
+    let (home, _) = browsing_home(&chromium, std::slice::from_ref(&grant));
     let beats = || site.requests().iter().filter(|(p, _)| p == "/beat").count();
 
     let (token, id) = issue_with_id(&home, &grant, "1h");
@@ -980,5 +980,54 @@ window.String = () => "https://innocent.example/";
     assert!(
         recorded.iter().all(|d| d["url"] == real.as_str()),
         "{recorded:?}"
+    );
+}
+
+/// A page opens no window of its own (`window.open`, a `target=_blank` link clicked): such a
+/// window would run on, unseen by the session's calls and unaudited, until the session ends.
+#[test]
+fn a_page_opens_no_other_window() {
+    let chromium = need_chromium!("a_page_opens_no_other_window");
+    let site = Server::start(|path| match path {
+        "/pop" | "/blank" => (
+            "200 OK",
+            Vec::new(),
+            "text/html",
+            "<title>Pop</title>".into(),
+        ),
+        _ => (
+            "200 OK",
+            Vec::new(),
+            "text/html",
+            r#"<title>Opener</title><a id="a" target="_blank" href="/blank">new</a>
+<button id="b" onclick="window.open('/pop')">pop</button>
+<script>window.open("/pop");</script>"#
+                .into(),
+        ),
+    });
+    let (home, token) = browsing_home(
+        &chromium,
+        &[format!("browser.control:127.0.0.1:{}", site.port)],
+    );
+    let s = open(&home, &token, &site.url("/"))["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    for selector in ["#a", "#b"] {
+        let clicked = call(
+            &home,
+            &token,
+            "browser.click",
+            serde_json::json!({"session": s, "selector": selector}),
+        );
+        assert!(clicked.is_ok(), "{clicked:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<String> = site.requests().into_iter().map(|(p, _)| p).collect();
+    // The positive control: the opener itself was loaded.
+    assert!(seen.iter().any(|p| p == "/"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|p| p == "/pop" || p == "/blank"),
+        "a window the page opened loaded: {seen:?}"
     );
 }

@@ -179,6 +179,9 @@ pub fn chromium_args(profile: &Path, proxy: Option<&str>) -> Vec<String> {
         "--deny-permission-prompts",
         "--mute-audio",
         "--hide-scrollbars",
+        // No window but the session's page: a page's `window.open` and `target=_blank` links
+        // fail, so nothing runs on unseen by the calls and unaudited.
+        "--block-new-web-contents",
         // Only fatal messages (not every missing D-Bus or udev service of a sandbox).
         "--log-level=3",
         // Even loopback goes to the proxy: the broker decides every connection.
@@ -847,6 +850,7 @@ mod tests {
             "--user-data-dir=/tmp/p",
             "--disable-extensions",
             "--disable-background-networking",
+            "--block-new-web-contents",
             "--headless",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing: {args:?}");
