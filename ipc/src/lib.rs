@@ -18,6 +18,7 @@ pub mod frame;
 pub mod message;
 pub mod package;
 pub mod paths;
+pub mod schema;
 
 pub use frame::{FrameError, FrameLimit};
 pub use message::{

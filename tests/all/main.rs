@@ -4,6 +4,7 @@
 //! command does). Each module is one area.
 
 mod agent;
+mod agent_tools;
 mod approvals;
 mod audit;
 mod authority;

@@ -136,35 +136,12 @@ fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
         }
         let builtin = p.bridge_kind == builtins::BUILTIN;
         for name in p.tool_names() {
-            let (cap, parameters) = match (builtin, name.as_str()) {
-                (true, "file.read") => (
-                    Some(Capability::FsRead),
-                    schema(&[("path", "an absolute path")]),
-                ),
-                (true, "file.write") => (
-                    Some(Capability::FsWrite),
-                    schema(&[
-                        ("path", "an absolute path"),
-                        ("content", "the text to write"),
-                    ]),
-                ),
-                (true, "file.edit") => (
-                    Some(Capability::FsWrite),
-                    schema(&[
-                        ("path", "an absolute path"),
-                        ("old", "the text to replace"),
-                        ("new", "its replacement"),
-                    ]),
-                ),
-                (true, "shell.exec") => (
-                    Some(Capability::ProcessExec),
-                    schema(&[("command", "a shell command line")]),
-                ),
-                (true, "web.fetch") => (
-                    Some(Capability::NetEgress),
-                    schema(&[("url", "an http:// URL")]),
-                ),
-                _ => (None, serde_json::json!({"type": "object"})),
+            let cap = match (builtin, name.as_str()) {
+                (true, "file.read") => Some(Capability::FsRead),
+                (true, "file.write" | "file.edit") => Some(Capability::FsWrite),
+                (true, "shell.exec") => Some(Capability::ProcessExec),
+                (true, "web.fetch") => Some(Capability::NetEgress),
+                _ => None,
             };
             let may = match cap {
                 Some(cap) => kernel.authority.holds_some(bearer, cap),
@@ -188,36 +165,20 @@ fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
                 .first()
                 .cloned()
                 .unwrap_or_default();
+            let summary = p.tool_description(&name);
             let description = if example.is_empty() {
-                p.summary.clone()
+                summary.to_string()
             } else {
-                format!("{} (input example: {example})", p.summary)
+                format!("{summary} (input example: {example})")
             };
             tools.push(ToolSpec {
+                parameters: p.input_schema(&name),
                 name,
                 description,
-                parameters,
             });
         }
     }
     tools
-}
-
-fn schema(fields: &[(&str, &str)]) -> serde_json::Value {
-    let properties: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, d)| {
-            (
-                (*k).to_string(),
-                serde_json::json!({"type": "string", "description": d}),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "type": "object",
-        "properties": properties,
-        "required": fields.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-    })
 }
 
 fn role(m: &Message) -> &'static str {

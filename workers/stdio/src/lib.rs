@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use loong_ipc::schema::{check_input_schema, MAX_INPUT_SCHEMAS_TOTAL_BYTES};
 use loong_ipc::{
     message::worker::{MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_TOOLS, MAX_TOOL_NAME_BYTES},
     FailureKind, InvokeTool, KernelRequest, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
@@ -555,6 +556,7 @@ impl Peer {
             PeerProtocol::JsonLines => Ok(vec![ToolInfo {
                 name: self.spec.plugin_id.clone(),
                 description: String::new(),
+                input_schema: None,
             }]),
             PeerProtocol::Mcp => self.mcp_handshake(&mut running),
         };
@@ -707,6 +709,8 @@ struct ToolListing {
     tools: Vec<ToolInfo>,
     names: std::collections::HashSet<String>,
     cursors: std::collections::HashSet<String>,
+    /// The bytes of the input schemas kept so far.
+    schema_bytes: usize,
 }
 
 impl ToolListing {
@@ -739,12 +743,25 @@ impl ToolListing {
                 .get("description")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            let input_schema = match t.get("inputSchema") {
+                None | Some(Value::Null) => None,
+                Some(schema) => Some(check_input_schema(schema).map_err(|e| {
+                    PeerError::Malformed(format!("tools/list: the tool {name:?}: {e}"))
+                })?),
+            };
+            self.schema_bytes += input_schema.as_ref().map_or(0, String::len);
+            if self.schema_bytes > MAX_INPUT_SCHEMAS_TOTAL_BYTES {
+                return Err(PeerError::Malformed(format!(
+                    "tools/list: the input schemas are over {MAX_INPUT_SCHEMAS_TOTAL_BYTES} bytes in all"
+                )));
+            }
             self.tools.push(ToolInfo {
                 name: name.to_string(),
                 description: cut(
                     description,
                     loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
                 ),
+                input_schema,
             });
         }
         let Some(cursor) = page.get("nextCursor").and_then(Value::as_str) else {
@@ -1148,6 +1165,49 @@ mod tests {
             .add_page(&json!({"tools": [tool("b")], "nextCursor": "again"}))
             .expect_err("a repeated cursor");
         assert!(err.to_string().contains(r#"cursor "again" twice"#), "{err}");
+    }
+
+    #[test]
+    fn a_tools_input_schema_is_kept_checked_and_a_bad_one_refuses_the_listing() {
+        use loong_ipc::schema::MAX_INPUT_SCHEMA_BYTES;
+        let schema = json!({"type": "object", "properties": {"q": {"type": "string"}}});
+        // Control: a schema is kept as compact JSON; a tool without one has none.
+        let mut ok = ToolListing::default();
+        ok.add_page(&json!({"tools": [
+            {"name": "a", "inputSchema": schema},
+            {"name": "b"},
+        ]}))
+        .expect("a listing with schemas");
+        assert_eq!(ok.tools[0].input_schema, Some(schema.to_string()));
+        assert_eq!(ok.tools[1].input_schema, None);
+
+        for (bad, says) in [
+            (json!({"type": "string"}), "\"type\": \"object\""),
+            (json!([1, 2]), "\"type\": \"object\""),
+            (
+                json!({"type": "object", "description": "x".repeat(MAX_INPUT_SCHEMA_BYTES)}),
+                "byte limit",
+            ),
+        ] {
+            let err = ToolListing::default()
+                .add_page(&json!({"tools": [{"name": "t", "inputSchema": bad}]}))
+                .expect_err("a bad schema");
+            let err = err.to_string();
+            assert!(
+                err.contains("the tool \"t\"") && err.contains(says),
+                "{err}"
+            );
+        }
+
+        // Many schemas each within the bound, over the total, refuse the listing too.
+        let big = json!({"type": "object", "description": "y".repeat(MAX_INPUT_SCHEMA_BYTES - 64)});
+        let tools: Vec<Value> = (0..(MAX_INPUT_SCHEMAS_TOTAL_BYTES / MAX_INPUT_SCHEMA_BYTES + 1))
+            .map(|n| json!({"name": format!("t{n}"), "inputSchema": big}))
+            .collect();
+        let err = ToolListing::default()
+            .add_page(&json!({ "tools": tools }))
+            .expect_err("over the total");
+        assert!(err.to_string().contains("in all"), "{err}");
     }
 
     #[test]
