@@ -93,11 +93,20 @@ pub struct TurnInput {
     pub tools: Vec<ToolSpec>,
     pub max_steps: u32,
     pub budget_ms: u64,
+    /// The most tools offered to the model at once (`[agent] max_offered_tools`): when
+    /// `tools` holds more, the model is offered `tool_search` and the tools it finds among
+    /// `tools`, and no other.
+    #[serde(default = "default_max_offered_tools")]
+    pub max_offered_tools: u32,
     /// Test builds only: confinement probes the worker runs from inside its sandbox instead
     /// of the turn (see `loongd::control::agent_api::PROBES_ENV`). A release loongd never
     /// sends any and a release worker refuses a turn that carries some.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
+}
+
+fn default_max_offered_tools() -> u32 {
+    crate::limits::DEFAULT_MAX_OFFERED_TOOLS
 }
 
 /// One tool call the model made in a turn, and what it was answered.

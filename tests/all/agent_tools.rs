@@ -6,10 +6,11 @@
 use std::{collections::BTreeMap, fs};
 
 use crate::{
-    agent::{ask, text_answer, Provider},
-    kernel_calls::{issue, json},
+    agent::{ask, text_answer, tool_answer, tool_messages, Provider},
+    kernel_calls::{issue, json, trail},
     supply_chain::{ctl_ok, view},
     support::Home,
+    workers::{detail, install_examples},
 };
 
 /// The grant a token needs to ask the agent at all.
@@ -156,4 +157,101 @@ fn offered_tools_carry_the_input_schemas_of_their_manifests_mcp_servers_and_buil
             .is_some_and(|e| e.contains("\"hello\"") && e.contains("\"type\": \"object\"")),
         "{bad}"
     );
+}
+
+/// The content of the `n`th tool message of a request, as JSON when it is.
+fn told(request: &serde_json::Value, n: usize) -> String {
+    tool_messages(request)[n]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn past_max_offered_tools_the_model_searches_and_calls_only_what_the_token_may() {
+    let ws = tempfile::Builder::new()
+        .prefix("lsearch")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let provider = Provider::start(vec![
+        // A tool configured but not granted is never found.
+        tool_answer(
+            "tool_search",
+            &serde_json::json!({"query": "shell exec command"}),
+        ),
+        // A tool the token may call, but not found yet, is not offered.
+        tool_answer("json-transform", &serde_json::json!({"x": 1})),
+        tool_answer(
+            "tool_search",
+            &serde_json::json!({"query": "writes its input back"}),
+        ),
+        tool_answer("echo", &serde_json::json!({"ping": 7})),
+        text_answer("echo said ping 7"),
+    ]);
+    let home = Home::with_config(&format!(
+        "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"test-model\"\n\n[agent]\nprovider = \"local\"\nmax_steps = 8\nmax_offered_tools = 2\n\n[builtins]\nworkspace = \"{}\"\n",
+        provider.port,
+        ws.path().display()
+    ));
+    install_examples(&home);
+    pack(&home);
+    home.start();
+    let (secret, id) = issue(
+        &home,
+        &[
+            ASK,
+            "tool.invoke:echo",
+            "tool.invoke:json-transform",
+            "tool.invoke:config-reader",
+        ],
+    );
+    let (code, out, err) = ask(&home, &["hello", "--token", &secret, "--json"]);
+    assert_eq!(code, 0, "{err}\n{}", home.log());
+    assert_eq!(json(&out)["answer"], "echo said ping 7", "{out}");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 5, "{requests:?}");
+    // Three tools may be called, more than two: only tool_search is offered at first.
+    let first: Vec<String> = offered_functions(&requests[0]).into_keys().collect();
+    assert_eq!(first, ["tool_search"]);
+    assert_eq!(
+        offered_functions(&requests[0])["tool_search"]["parameters"]["required"],
+        serde_json::json!(["query"])
+    );
+    let none = json(&told(&requests[1], 0));
+    assert_eq!(none["found"], serde_json::json!([]), "{none}");
+    assert!(
+        told(&requests[2], 1).contains("not available"),
+        "{}",
+        told(&requests[2], 1)
+    );
+    let found = json(&told(&requests[3], 2));
+    assert_eq!(found["found"][0]["name"], "echo", "{found}");
+    // The found tool is offered from the next step, within the bound, and its call runs
+    // through the kernel under the token.
+    let next: Vec<String> = offered_functions(&requests[3]).into_keys().collect();
+    assert_eq!(next, ["echo", "tool_search"], "{next:?}");
+    assert!(
+        told(&requests[4], 3).contains("\"ping\":7"),
+        "{}",
+        told(&requests[4], 3)
+    );
+    let records = trail(&home, &id);
+    let invoked: Vec<String> = records
+        .iter()
+        .filter(|r| r["kind"] == "tool.invoked")
+        .filter_map(|r| detail(r)["tool"].as_str().map(str::to_string))
+        .collect();
+    assert!(invoked.contains(&"echo".to_string()), "{invoked:?}");
+    assert!(
+        !invoked.contains(&"json-transform".to_string()),
+        "{invoked:?}"
+    );
+    // The call of the tool not yet found was refused without a kernel call, and audited.
+    let refused = records
+        .iter()
+        .filter(|r| r["kind"] == "policy.decision")
+        .map(detail)
+        .find(|d| d["target"] == "json-transform")
+        .expect("the refusal is in the trail");
+    assert_eq!(refused["stage"], "not_offered", "{refused}");
 }

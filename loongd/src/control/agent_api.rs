@@ -268,6 +268,7 @@ pub(crate) async fn ask(
         tools: offered(kernel, actor.bearer),
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
+        max_offered_tools: agent.max_offered_tools,
         probes: test_probes(),
     };
     let input = fitted(&mut input)?;
@@ -481,6 +482,7 @@ mod tests {
             tools: Vec::new(),
             max_steps: 1,
             budget_ms: 1,
+            max_offered_tools: 1,
             probes: Vec::new(),
         };
         let text = fitted(&mut input).expect("fits");

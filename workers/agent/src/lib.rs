@@ -9,7 +9,8 @@
 //!   with rustls and ring), [`Failover`].
 //! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats;
 //!   [`names`]: tool names as both families accept them.
-//! - [`turn`]: one conversation turn, bounded by steps and wall-clock time.
+//! - [`turn`]: one conversation turn, bounded by steps and wall-clock time; [`search`]:
+//!   `tool_search`, when the token may call more tools than are offered at once.
 //!
 //! The library holds no key of its own: the caller resolves the secret reference and hands
 //! the value to [`HttpProvider::new`].
@@ -20,6 +21,7 @@ pub mod error;
 pub mod names;
 pub mod openai;
 pub mod retry;
+pub mod search;
 pub mod sse;
 pub mod turn;
 
@@ -27,5 +29,5 @@ pub use loong_agent_wire::{config, limits, types, wire};
 
 pub use client::{ClientOptions, EventStream, Failover, HttpProvider, Provider, ProxyChoice};
 pub use error::ProviderError;
-pub use turn::{run_turn, ToolRunner, TurnEvent, TurnLimits, TurnOutcome, TurnStop};
+pub use turn::{run_turn, ToolRunner, ToolSet, TurnEvent, TurnLimits, TurnOutcome, TurnStop};
 pub use types::{Event, FailoverEvent, Message, Request, StopReason, ToolCall, ToolSpec, Usage};

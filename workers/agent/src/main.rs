@@ -23,6 +23,8 @@ use loong_ipc::{
 use loong_worker_agent::{
     client::BoxFuture,
     run_turn,
+    search::{SearchRunner, SearchableTools},
+    types::Message,
     wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
     ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
     TurnEvent, TurnLimits, TurnStop,
@@ -248,11 +250,21 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         .map_err(|e| internal(format!("starting the turn's runtime: {e}")))?;
     let mut history = input.messages.clone();
     let given = history.len();
+    // Past `max_offered_tools`, the model gets tool_search and the tools it finds.
+    let prompt = match history.last() {
+        Some(Message::User { text }) => text.as_str(),
+        _ => "",
+    };
+    let searchable = SearchableTools::new(&input.tools, input.max_offered_tools, prompt);
+    let is_offered = |name: &str| match &searchable {
+        Some(s) => s.is_offered(name),
+        None => input.tools.iter().any(|t| t.name == name),
+    };
     let mut calls: Vec<ToolCallRecord> = Vec::new();
     let mut failovers = Vec::new();
     let mut on_event = |event: TurnEvent| match event {
         TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
-            offered: input.tools.iter().any(|t| t.name == call.name),
+            offered: is_offered(&call.name),
             name: call.name,
             arguments: call.arguments_json,
             result: String::new(),
@@ -281,15 +293,40 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         }
         TurnEvent::Step { .. } => {}
     };
-    let outcome = runtime.block_on(run_turn(
-        &failover,
-        input.system.as_deref(),
-        &mut history,
-        &input.tools,
-        &kernel,
-        limits,
-        &mut on_event,
-    ));
+    let outcome = runtime.block_on(async {
+        match &searchable {
+            Some(tools) => {
+                let runner = SearchRunner {
+                    tools,
+                    inner: &kernel,
+                };
+                let system = input.system.as_deref();
+                run_turn(
+                    &failover,
+                    system,
+                    &mut history,
+                    tools,
+                    &runner,
+                    limits,
+                    &mut on_event,
+                )
+                .await
+            }
+            None => {
+                let system = input.system.as_deref();
+                run_turn(
+                    &failover,
+                    system,
+                    &mut history,
+                    &input.tools,
+                    &kernel,
+                    limits,
+                    &mut on_event,
+                )
+                .await
+            }
+        }
+    });
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => return failed(e.class(), e.provider(), e.to_string()),

@@ -28,6 +28,25 @@ pub trait ToolRunner: Send + Sync {
     ) -> BoxFuture<'a, Result<String, String>>;
 }
 
+/// The tools offered to the model, read at the start of each round trip: a fixed list, or
+/// one that grows as the model finds tools (`crate::search`).
+pub trait ToolSet: Send + Sync {
+    /// The tools offered for the next round trip.
+    fn offered(&self) -> Vec<ToolSpec>;
+}
+
+impl ToolSet for [ToolSpec] {
+    fn offered(&self) -> Vec<ToolSpec> {
+        self.to_vec()
+    }
+}
+
+impl ToolSet for Vec<ToolSpec> {
+    fn offered(&self) -> Vec<ToolSpec> {
+        self.clone()
+    }
+}
+
 /// The bounds of one turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnLimits {
@@ -117,7 +136,7 @@ pub async fn run_turn(
     provider: &dyn Provider,
     system: Option<&str>,
     history: &mut Vec<Message>,
-    tools: &[ToolSpec],
+    tools: &(impl ToolSet + ?Sized),
     runner: &dyn ToolRunner,
     limits: TurnLimits,
     on_event: &mut (dyn FnMut(TurnEvent) + Send),
@@ -136,10 +155,11 @@ pub async fn run_turn(
             return Ok(outcome);
         }
         outcome.steps += 1;
+        let offered = tools.offered();
         let request = Request {
             system: system.map(str::to_owned),
             messages: history.clone(),
-            tools: tools.to_vec(),
+            tools: offered.clone(),
         };
         let step = tokio::time::timeout_at(
             deadline,
@@ -169,7 +189,7 @@ pub async fn run_turn(
             } else if Instant::now() >= deadline {
                 (refusal::BUDGET.to_owned(), true)
             } else {
-                match tokio::time::timeout_at(deadline, run_one(tools, runner, call)).await {
+                match tokio::time::timeout_at(deadline, run_one(&offered, runner, call)).await {
                     Ok(result) => result,
                     Err(_) => (refusal::BUDGET.to_owned(), true),
                 }
