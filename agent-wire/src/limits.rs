@@ -65,3 +65,7 @@ pub const SEARCH_PRELOADED_TOOLS: usize = 4;
 pub const SEARCH_RESULTS: usize = 5;
 /// The longest `tool_search` query read (bytes; the rest is ignored).
 pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
+/// The longest rolling summary kept (bytes; a longer answer is cut on a character).
+pub const MAX_SUMMARY_BYTES: usize = 16 << 10;
+/// The most bytes of one message shown in the transcript a summary is made from.
+pub const MAX_FOLD_MESSAGE_BYTES: usize = 4 << 10;

@@ -98,6 +98,13 @@ pub struct TurnInput {
     /// `tools`, and no other.
     #[serde(default = "default_max_offered_tools")]
     pub max_offered_tools: u32,
+    /// The session's rolling summary of its turns before `messages`, sent as context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Older turns to fold into `summary` first: the model is asked once, before the turn, to
+    /// summarise them with it (the answer is the turn's `TurnOutput::summary`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fold: Vec<Message>,
     /// Test builds only: confinement probes the worker runs from inside its sandbox instead
     /// of the turn (see `loongd::control::agent_api::PROBES_ENV`). A release loongd never
     /// sends any and a release worker refuses a turn that carries some.
@@ -138,6 +145,9 @@ pub struct TurnOutput {
     /// The messages the turn added after the input's (the model's answers and the tool
     /// results), for the session's memory.
     pub added: Vec<Message>,
+    /// The new rolling summary, when the input asked for a fold and the model made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// The output of a turn that failed: the provider's error, typed.

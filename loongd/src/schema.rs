@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version of `state.db` this loongd writes.
-pub const STATE_DB_VERSION: u32 = 2;
+pub const STATE_DB_VERSION: u32 = 3;
 /// The schema version of `audit.db` this loongd writes.
 pub const AUDIT_DB_VERSION: u32 = 1;
 
@@ -48,7 +48,12 @@ pub struct Migration {
 /// The statements of each step, by the version it starts from (`STEPS[v]`: `v` to `v + 1`).
 /// Step 0 (both files) stamps the version only.
 /// Step 1 (state.db): the agent's memory, `agent_messages` (`crate::authority::memory`).
-const STATE_STEPS: &[&str] = &["", crate::authority::memory::SCHEMA_STEP];
+/// Step 2 (state.db): its rolling summaries, `agent_summaries`.
+const STATE_STEPS: &[&str] = &[
+    "",
+    crate::authority::memory::SCHEMA_STEP,
+    crate::authority::memory::SUMMARY_SCHEMA_STEP,
+];
 const AUDIT_STEPS: &[&str] = &[""];
 
 /// Checks and migrates `HOME/state.db` and `HOME/audit.db`; returns the migrations made (a

@@ -255,3 +255,116 @@ fn past_max_offered_tools_the_model_searches_and_calls_only_what_the_token_may()
         .expect("the refusal is in the trail");
     assert_eq!(refused["stage"], "not_offered", "{refused}");
 }
+
+/// A request's system prompt (OpenAI: the first message, `role: system`).
+fn system_of(request: &serde_json::Value) -> String {
+    request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "system"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The user messages of a request, in order.
+fn user_texts(request: &serde_json::Value) -> Vec<String> {
+    request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn when_the_window_overflows_the_model_summarises_the_old_turns_and_the_summary_survives_a_restart()
+{
+    // WINDOW_TURNS + SUMMARY_BATCH_TURNS (loongd/src/authority/memory.rs): the turns after
+    // which a fold is made.
+    const WINDOW: usize = 8;
+    const BATCH: usize = 4;
+    const SUMMARY: &str = "The user counted from q0 to q3.";
+    let mut script: Vec<_> = (0..WINDOW + BATCH)
+        .map(|n| text_answer(&format!("a{n}")))
+        .collect();
+    script.push(text_answer(SUMMARY));
+    script.push(text_answer("after the fold"));
+    script.push(text_answer("after the restart"));
+    let provider = Provider::start(script);
+    let home = Home::with_config(&provider.config(""));
+    home.start();
+    let ask_ok = |prompt: &str| {
+        let (code, out, err) = ask(&home, &[prompt, "--session", "s1"]);
+        assert_eq!(code, 0, "{prompt}: {err}\n{}", home.log());
+        out
+    };
+    for n in 0..WINDOW + BATCH {
+        ask_ok(&format!("q{n}"));
+    }
+    // Below the threshold every turn is sent whole and nothing is summarised (the control).
+    let requests = provider.requests();
+    assert_eq!(requests.len(), WINDOW + BATCH);
+    let last = &requests[WINDOW + BATCH - 1];
+    assert!(
+        !system_of(last).contains("Summary of the earlier"),
+        "{last}"
+    );
+    assert_eq!(user_texts(last).len(), WINDOW + BATCH, "{last}");
+
+    // The next turn first asks the model to fold the oldest turns into a summary, then
+    // sends the summary as context and the last WINDOW turns whole.
+    assert_eq!(ask_ok("q12").trim(), "after the fold");
+    let requests = provider.requests();
+    assert_eq!(
+        requests.len(),
+        WINDOW + BATCH + 2,
+        "one extra provider call"
+    );
+    let fold = &requests[WINDOW + BATCH];
+    assert!(
+        fold["tools"].as_array().is_none_or(Vec::is_empty),
+        "a summary request offers no tools: {fold}"
+    );
+    let asked = user_texts(fold).join("\n");
+    assert!(
+        asked.starts_with("Update the summary of this conversation."),
+        "{asked}"
+    );
+    for n in 0..BATCH {
+        assert!(asked.contains(&format!("user: q{n}\n")), "{asked}");
+        assert!(asked.contains(&format!("assistant: a{n}\n")), "{asked}");
+    }
+    assert!(!asked.contains("user: q4\n"), "{asked}");
+    let turn = &requests[WINDOW + BATCH + 1];
+    assert!(
+        system_of(turn).contains(&format!(
+            "Summary of the earlier conversation in this session:\n{SUMMARY}"
+        )),
+        "{turn}"
+    );
+    let sent = user_texts(turn);
+    let want: Vec<String> = (BATCH..=WINDOW + BATCH).map(|n| format!("q{n}")).collect();
+    assert_eq!(sent, want, "{turn}");
+
+    // The summary is kept with the session: after a restart it is sent again, with no new
+    // fold, and the old turns are still in memory.
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success());
+    home.start();
+    assert_eq!(ask_ok("q13").trim(), "after the restart");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), WINDOW + BATCH + 3, "no second fold");
+    let after = &requests[WINDOW + BATCH + 2];
+    assert!(system_of(after).contains(SUMMARY), "{after}");
+    assert_eq!(user_texts(after).first().map(String::as_str), Some("q4"));
+    let out = home.ctl(&["memory", "show", "s1", "--json"]);
+    let shown = json(&crate::support::text(&out.stdout));
+    assert_eq!(shown[0]["message"]["text"], "q0", "{shown}");
+    // Clearing the session forgets its summary too.
+    assert!(home.ctl(&["memory", "clear", "s1"]).status.success());
+    assert_eq!(ask_ok("fresh").trim(), "after the restart");
+    let fresh = &provider.requests()[WINDOW + BATCH + 3];
+    assert!(!system_of(fresh).contains(SUMMARY), "{fresh}");
+    assert_eq!(user_texts(fresh), ["fresh"]);
+}

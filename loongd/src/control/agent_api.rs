@@ -25,7 +25,10 @@ use tokio::net::unix::UCred;
 
 use crate::{
     audit::Kind,
-    authority::Bearer,
+    authority::{
+        memory::{Kept, Recall},
+        Bearer,
+    },
     effects::{self, internal, Actor, Effect},
     request::RequestIo,
     secrets::Lookup,
@@ -181,6 +184,13 @@ fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
     tools
 }
 
+/// The messages of kept rows; a row this loongd cannot read is skipped, never sent half.
+fn parsed(rows: &[Kept]) -> Vec<Message> {
+    rows.iter()
+        .filter_map(|k| serde_json::from_str::<Message>(&k.json).ok())
+        .collect()
+}
+
 fn role(m: &Message) -> &'static str {
     match m {
         Message::User { .. } => "user",
@@ -213,16 +223,12 @@ pub(crate) async fn ask(
         check_session(s)?;
     }
     let actor = Actor::operator(cred.uid(), req.token.as_ref().map(BearerSecret::expose), io);
-    let mut messages = Vec::new();
+    let mut recall = Recall::default();
     if let Some(session) = &req.session {
         decide_memory(kernel, &actor, Capability::MemoryRead, session).await?;
-        for kept in kernel.authority.memory.window(session).map_err(internal)? {
-            // A row this loongd cannot read is skipped, never sent half.
-            if let Ok(m) = serde_json::from_str::<Message>(&kept.json) {
-                messages.push(m);
-            }
-        }
+        recall = kernel.authority.memory.recall(session).map_err(internal)?;
     }
+    let mut messages = parsed(&recall.window);
     let user = Message::User {
         text: req.prompt.clone(),
     };
@@ -269,6 +275,8 @@ pub(crate) async fn ask(
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
         max_offered_tools: agent.max_offered_tools,
+        summary: recall.summary.clone(),
+        fold: parsed(&recall.fold),
         probes: test_probes(),
     };
     let input = fitted(&mut input)?;
@@ -313,10 +321,17 @@ pub(crate) async fn ask(
                 serde_json::to_string(m).map_err(internal)?,
             ));
         }
+        // A new summary covers the folded turns; without one (the model made none) the next
+        // turn folds them again. A fold left empty by its bound moves on with the old summary.
+        let summary = match (recall.fold_through, recall.fold.is_empty(), &output.summary) {
+            (Some(through), false, Some(new)) => Some((new.as_str(), through)),
+            (Some(through), true, _) => Some((recall.summary.as_deref().unwrap_or(""), through)),
+            _ => None,
+        };
         kernel
             .authority
             .memory
-            .append(session, &rows)
+            .append_folded(session, &rows, summary)
             .map_err(internal)?;
     }
     Ok(ControlResponse::Asked(AskResult {
@@ -483,6 +498,8 @@ mod tests {
             max_steps: 1,
             budget_ms: 1,
             max_offered_tools: 1,
+            summary: None,
+            fold: Vec::new(),
             probes: Vec::new(),
         };
         let text = fitted(&mut input).expect("fits");

@@ -10,7 +10,8 @@
 //! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats;
 //!   [`names`]: tool names as both families accept them.
 //! - [`turn`]: one conversation turn, bounded by steps and wall-clock time; [`search`]:
-//!   `tool_search`, when the token may call more tools than are offered at once.
+//!   `tool_search`, when the token may call more tools than are offered at once;
+//!   [`summary`]: the rolling summary of a session's older turns.
 //!
 //! The library holds no key of its own: the caller resolves the secret reference and hands
 //! the value to [`HttpProvider::new`].
@@ -23,6 +24,7 @@ pub mod openai;
 pub mod retry;
 pub mod search;
 pub mod sse;
+pub mod summary;
 pub mod turn;
 
 pub use loong_agent_wire::{config, limits, types, wire};

@@ -24,7 +24,8 @@ use loong_worker_agent::{
     client::BoxFuture,
     run_turn,
     search::{SearchRunner, SearchableTools},
-    types::Message,
+    summary::{summarize, with_summary},
+    types::{Message, Usage},
     wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
     ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
     TurnEvent, TurnLimits, TurnStop,
@@ -248,6 +249,28 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         .enable_all()
         .build()
         .map_err(|e| internal(format!("starting the turn's runtime: {e}")))?;
+    // Older turns to fold first: one request, within the turn's budget. A failed fold does
+    // not fail the turn: the old summary is sent, and the next turn folds again.
+    let mut folded = None;
+    let mut fold_usage = Usage::default();
+    let fold_started = Instant::now();
+    if !input.fold.is_empty() {
+        let fold = summarize(&failover, input.summary.as_deref(), &input.fold);
+        if let Ok(Ok((text, usage))) =
+            runtime.block_on(async { tokio::time::timeout(limits.budget, fold).await })
+        {
+            fold_usage = usage;
+            folded = Some(text).filter(|t| !t.is_empty());
+        }
+    }
+    let limits = TurnLimits {
+        budget: limits.budget.saturating_sub(fold_started.elapsed()),
+        ..limits
+    };
+    let system = with_summary(
+        input.system.as_deref(),
+        folded.as_deref().or(input.summary.as_deref()),
+    );
     let mut history = input.messages.clone();
     let given = history.len();
     // Past `max_offered_tools`, the model gets tool_search and the tools it finds.
@@ -300,10 +323,9 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
                     tools,
                     inner: &kernel,
                 };
-                let system = input.system.as_deref();
                 run_turn(
                     &failover,
-                    system,
+                    system.as_deref(),
                     &mut history,
                     tools,
                     &runner,
@@ -313,10 +335,9 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
                 .await
             }
             None => {
-                let system = input.system.as_deref();
                 run_turn(
                     &failover,
-                    system,
+                    system.as_deref(),
                     &mut history,
                     &input.tools,
                     &kernel,
@@ -340,11 +361,16 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         }
         .to_string(),
         steps: outcome.steps,
-        usage: outcome.usage,
+        usage: {
+            let mut u = outcome.usage;
+            u.add(fold_usage);
+            u
+        },
         providers: outcome.providers,
         tool_calls: calls,
         failovers,
         added: history.split_off(given.min(history.len())),
+        summary: folded,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the turn's answer: {e}")))?;
@@ -370,6 +396,7 @@ fn probed(
         tool_calls: Vec::new(),
         failovers: Vec::new(),
         added: Vec::new(),
+        summary: None,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the probes' report: {e}")))?;
