@@ -10,6 +10,7 @@ mod audit;
 mod authority;
 mod bridges;
 mod builtins;
+mod chat;
 mod control_socket;
 mod daemon_lifecycle;
 mod dns;

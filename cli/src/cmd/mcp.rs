@@ -180,10 +180,10 @@ fn read_token_file(path: &std::path::Path) -> Result<BearerSecret, Failure> {
 
 /// One tool offered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Offer {
+pub(crate) struct Offer {
     /// What `invoke` takes.
-    loong: String,
-    description: String,
+    pub(crate) loong: String,
+    pub(crate) description: String,
     /// Its plugin's `bridge_kind`.
     bridge_kind: String,
     /// The JSON schema of its input, as loongd gives it.
@@ -384,7 +384,10 @@ fn decided_on(p: &PluginView, tool: &str) -> (String, Option<String>) {
 
 /// Every tool of a usable plugin that loongd's dry run allows under `token`, or allows once
 /// an operator approves (said in its description).
-fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, Failure> {
+pub(crate) fn offered(
+    layout: &Layout,
+    token: Option<&BearerSecret>,
+) -> Result<Vec<Offer>, Failure> {
     let mut plugins = Vec::new();
     crate::paging::each(
         layout,
