@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    agent::{text_answer, Provider},
+    agent::{text_answer, tool_answer, Provider},
     kernel_calls::{issue, json},
     support::{bin, text, wait_until, Home},
     workers::install_examples,
@@ -186,4 +186,95 @@ fn chat_on_a_terminal_edits_the_line_and_recalls_history() {
     let history =
         std::fs::read_to_string(home.path().join(".loong_chat_history")).expect("history file");
     assert!(history.contains("hello there"), "{history}");
+}
+
+#[test]
+fn chat_offers_to_approve_a_tool_call_that_waits_and_the_turn_goes_on() {
+    let ws = tempfile::Builder::new()
+        .prefix("lchatws")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let provider = Provider::start(vec![
+        tool_answer(
+            "shell_exec",
+            &serde_json::json!({"command": "rm -rf /tmp/loong-chat-nothing-here"}),
+        ),
+        text_answer("removed"),
+        tool_answer(
+            "shell_exec",
+            &serde_json::json!({"command": "rm -rf /tmp/loong-chat-nothing-here-either"}),
+        ),
+        text_answer("not removed"),
+    ]);
+    let home = Home::with_config(&provider.config(&format!(
+        "[builtins]\nworkspace = \"{}\"\n\n[approvals]\ntimeout_ms = 20000\n",
+        ws.path().display()
+    )));
+    std::fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\", \"memory.read\", \"memory.write\", \"process.exec\"]\napproval = \"on-high-risk\"\n",
+    )
+    .expect("pack");
+    home.start();
+    let (secret, _) = issue(
+        &home,
+        &[
+            "tool.invoke:agent.turn",
+            "memory.read",
+            "memory.write",
+            "process.exec",
+        ],
+    );
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["chat", "--session", "a1", "--token", &secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loongctl chat");
+    // Approve the first call inline; deny the second.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"clean up\ny\nclean up again\nn\n/exit\n")
+        .expect("write the script");
+    let out = child.wait_with_output().expect("wait");
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}{se}");
+    // The request was shown (loongd's note, with its id) and offered inline.
+    assert!(se.contains("pending: process.exec"), "{se}");
+    assert!(
+        so.contains("pending (shown above): approve it now?"),
+        "{so}"
+    );
+    assert!(
+        so.contains("approved ") && so.contains("denied "),
+        "{so}{se}"
+    );
+    assert!(
+        so.contains("removed\n") && so.contains("not removed\n"),
+        "{so}"
+    );
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    let ran = &crate::agent::tool_messages(&requests[1])[0];
+    assert!(
+        !ran["content"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("error"),
+        "the approved call ran: {ran}"
+    );
+    let refused = crate::agent::tool_messages(&requests[3]);
+    let refused = refused.last().expect("a tool message");
+    assert!(
+        refused["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("denied")),
+        "the denied call was refused: {refused}"
+    );
 }

@@ -95,7 +95,7 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
         session: args.session,
         token: crate::bearer(args.token),
     };
-    let (r, streamed) = turn(layout, request, deadline, !args.json)?;
+    let (r, streamed) = turn(layout, request, deadline, !args.json, &mut |_| {})?;
     if args.json {
         println!("{}", result_json(&r));
     } else if streamed {
@@ -108,13 +108,15 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
 
 /// One turn: sends `request` and, when `show`, prints the answer's text on stdout as it
 /// arrives (its line breaks kept, every other control character escaped: it is the model's
-/// text); loongd's notes for people (an approval pending) go to stderr. The result, and
-/// whether any text was shown.
+/// text); loongd's notes for people (an approval pending) go to stderr, and the id of an
+/// approval the turn waits for to `on_approval` (the turn waits on while it runs). The
+/// result, and whether any text was shown.
 pub(crate) fn turn(
     layout: &Layout,
     request: AskRequest,
     deadline: Duration,
     show: bool,
+    on_approval: &mut dyn FnMut(&str),
 ) -> Result<(AskResult, bool), Failure> {
     let mut client = crate::connect(layout)?;
     let id = client.start(ControlRequest::Ask(request), deadline)?;
@@ -140,6 +142,7 @@ pub(crate) fn turn(
                 let _ = out.flush();
                 streamed = true;
             }
+            Event::Chunk(StreamChunk::ApprovalPending(approval)) => on_approval(&approval),
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::Asked(r)) => return Ok((r, streamed)),
             Event::Done(other) => return Err(anyhow!("unexpected answer to ask: {other:?}").into()),

@@ -6,8 +6,9 @@
 //! `$HOME/.loong_chat_history`); otherwise lines are read from stdin as they come, so a
 //! script or a test can drive it. The answer streams as it arrives. Lines starting with `/`
 //! are commands: `/help`, `/tools`, `/session`, `/clear`, `/exit`. A tool call that waits
-//! for an approval is shown as loongd announces it (its id, and the command that approves it)
-//! while the turn waits.
+//! for an approval is shown as loongd announces it (its id, what it would do, the command
+//! that approves it) and the operator is offered to approve or deny it inline, under the
+//! operator's own authority, while the turn waits.
 
 use std::{
     io::{BufRead, Write},
@@ -100,6 +101,14 @@ impl Lines {
         }
     }
 
+    /// An answer to a question asked mid-turn (on a terminal, without the prompt's history).
+    fn answer(&mut self) -> Option<String> {
+        match self {
+            Lines::Editor(editor, _) => editor.readline("? ").ok(),
+            Lines::Plain(_) => self.next(),
+        }
+    }
+
     fn save(&mut self) {
         if let Lines::Editor(editor, Some(h)) = self {
             let _ = editor.save_history(h);
@@ -152,7 +161,8 @@ pub(crate) fn chat(layout: &Layout, args: ChatArgs) -> Result<u8, Failure> {
                     session: Some(session.clone()),
                     token: token.clone(),
                 };
-                match turn(layout, request, deadline, true) {
+                let mut offer = |approval: &str| approve_inline(layout, &mut lines, approval);
+                match turn(layout, request, deadline, true, &mut offer) {
                     Ok((_, true)) => println!(),
                     Ok((r, false)) => println!("{}", Esc(&r.answer)),
                     // A failed turn is told, and the chat goes on.
@@ -164,6 +174,42 @@ pub(crate) fn chat(layout: &Layout, args: ChatArgs) -> Result<u8, Failure> {
     }
     lines.save();
     Ok(exit::OK)
+}
+
+/// A tool call waits for `approval`: offers the operator to approve or deny it here, with
+/// the operator's own authority (loongd decides whether this uid may: a refusal is shown,
+/// and the request goes on waiting for another approver).
+fn approve_inline(layout: &Layout, lines: &mut Lines, approval: &str) {
+    println!(
+        "approval {} pending (shown above): approve it now? [y = approve, n = deny, Enter = leave it]",
+        Esc(approval)
+    );
+    let _ = std::io::stdout().flush();
+    let approve = match lines.answer().as_deref().map(str::trim) {
+        Some("y" | "yes") => true,
+        Some("n" | "no") => false,
+        _ => {
+            println!(
+                "left pending: `loongctl approvals approve {}`",
+                Esc(approval)
+            );
+            return;
+        }
+    };
+    let answer = crate::request(
+        layout,
+        ControlRequest::ApprovalResolve {
+            id: approval.to_string(),
+            approve,
+            full_access: None,
+            token: None,
+        },
+    );
+    match answer {
+        Ok(_) if approve => println!("approved {}", Esc(approval)),
+        Ok(_) => println!("denied {}", Esc(approval)),
+        Err(f) => eprintln!("error: {:#}", f.error),
+    }
 }
 
 /// `/tools`: what the agent may call under the chat's token, as `mcp serve` lists it.
