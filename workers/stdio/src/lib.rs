@@ -839,6 +839,11 @@ fn json_lines_call(
     let mut calls = KernelCalls::new(kernel);
     let frame = loop {
         let frame = running.receive(deadline)?;
+        #[cfg(debug_assertions)]
+        if let Some(answer) = calls.test_show_text(&frame, deadline) {
+            running.send(&answer, deadline)?;
+            continue;
+        }
         match calls.take(&frame)? {
             None => break frame,
             Some((cid, tool, input)) => {
@@ -896,6 +901,31 @@ impl<'k> KernelCalls<'k> {
             kernel,
             seen: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Test builds only: `{"method": "test.show_text", "id": N, "payload": {"text": T}}`
+    /// makes the worker send the kernel call `show_text` (which only the agent's turn may
+    /// send), as a compromised worker would; the answer is `{"id": N, "payload": "shown"}` or
+    /// the refusal (`tests/all/kernel_calls.rs`). A release worker has no such method: the
+    /// frame is then taken as the call's answer, and refused as one.
+    #[cfg(debug_assertions)]
+    fn test_show_text(&mut self, frame: &Value, deadline: Instant) -> Option<Value> {
+        if frame.get("method").and_then(Value::as_str) != Some("test.show_text") {
+            return None;
+        }
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        let text = frame
+            .pointer("/payload/text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kernel = self.kernel.as_deref_mut()?;
+        let req = KernelRequest::ShowText(loong_ipc::ShowText { text });
+        let left = deadline.saturating_duration_since(Instant::now());
+        Some(match kernel.call(&req, left) {
+            Ok(_) => json!({"id": id, "payload": "shown"}),
+            Err(e) => json!({"id": id, "error": {"kind": e.kind_name(), "message": e.message()}}),
+        })
     }
 
     /// The request a frame is, as `(id, tool, input)`; `None` for any frame that is not a
