@@ -18,6 +18,7 @@
 //! system_prompt = "You are ..."             # or system_prompt_file = "/path"
 //! max_steps = 16
 //! turn_budget_secs = 300
+//! max_offered_tools = 32                     # past it, the model gets tool_search instead
 //! ```
 //!
 //! Unknown keys inside these sections are errors; other sections of the file are not read
@@ -31,8 +32,9 @@ use serde::Deserialize;
 
 use crate::limits::{
     DEFAULT_ANSWER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS, DEFAULT_TURN_BUDGET, MAX_ATTEMPTS_LIMIT,
-    MAX_STEPS_LIMIT, MAX_SYSTEM_PROMPT_BYTES, MAX_TIMEOUT, MAX_TOKENS_LIMIT,
+    DEFAULT_MAX_OFFERED_TOOLS, DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS, DEFAULT_TURN_BUDGET,
+    MAX_ATTEMPTS_LIMIT, MAX_OFFERED_TOOLS_LIMIT, MAX_STEPS_LIMIT, MAX_SYSTEM_PROMPT_BYTES,
+    MAX_TIMEOUT, MAX_TOKENS_LIMIT, MIN_OFFERED_TOOLS,
 };
 
 /// The longest name of a provider or a secret.
@@ -119,6 +121,9 @@ pub struct AgentConfig {
     pub max_steps: u32,
     /// Wall-clock time of one turn.
     pub turn_budget: Duration,
+    /// The most tools offered to the model at once; past it, the model is offered
+    /// `tool_search` and the tools it finds.
+    pub max_offered_tools: u32,
 }
 
 /// The providers and the agent, checked against each other.
@@ -190,6 +195,8 @@ struct RawAgent {
     max_steps: Option<u32>,
     #[serde(default)]
     turn_budget_secs: Option<u64>,
+    #[serde(default)]
+    max_offered_tools: Option<u32>,
 }
 
 /// Parses the provider and agent sections of a `loongd.toml`.
@@ -366,6 +373,18 @@ fn check_agent(
             raw.turn_budget_secs,
             DEFAULT_TURN_BUDGET,
         )?,
+        max_offered_tools: match raw.max_offered_tools {
+            None => DEFAULT_MAX_OFFERED_TOOLS,
+            Some(v) if (MIN_OFFERED_TOOLS..=MAX_OFFERED_TOOLS_LIMIT).contains(&v) => v,
+            Some(_) => {
+                return Err(invalid(
+                    "agent.max_offered_tools",
+                    format!(
+                        "must be between {MIN_OFFERED_TOOLS} and {MAX_OFFERED_TOOLS_LIMIT} (tool_search and at least one tool it found)"
+                    ),
+                ))
+            }
+        },
     })
 }
 
@@ -416,6 +435,7 @@ mod tests {
         assert_eq!(agent.system_prompt, SystemPrompt::Text("be brief".into()));
         assert_eq!(agent.max_steps, 8);
         assert_eq!(agent.turn_budget, DEFAULT_TURN_BUDGET);
+        assert_eq!(agent.max_offered_tools, DEFAULT_MAX_OFFERED_TOOLS);
     }
 
     fn refused(from: &str, to: &str) -> String {
@@ -487,6 +507,16 @@ mod tests {
                 "providers.main.max_tokens",
             ),
             ("max_steps = 8", "max_steps = 100000", "agent.max_steps"),
+            (
+                "max_steps = 8",
+                "max_offered_tools = 1",
+                "agent.max_offered_tools",
+            ),
+            (
+                "max_steps = 8",
+                "max_offered_tools = 100000",
+                "agent.max_offered_tools",
+            ),
             (
                 "max_steps = 8",
                 "system_prompt_file = \"/etc/p\"",

@@ -51,3 +51,21 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub const MAX_TOKENS_LIMIT: u32 = 1 << 20;
 /// The longest system prompt (inline or from its file).
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 256 << 10;
+
+/// The most tools offered to the model at once, by default (`[agent] max_offered_tools`);
+/// past it the model is offered `tool_search` and the tools it finds.
+pub const DEFAULT_MAX_OFFERED_TOOLS: u32 = 32;
+/// The floor of `max_offered_tools`: `tool_search` and one tool it found.
+pub const MIN_OFFERED_TOOLS: u32 = 2;
+/// The ceiling of `max_offered_tools`.
+pub const MAX_OFFERED_TOOLS_LIMIT: u32 = 256;
+/// The tools most relevant to the user's message offered beside `tool_search` from the start.
+pub const SEARCH_PRELOADED_TOOLS: usize = 4;
+/// The most tools one `tool_search` call returns (and loads).
+pub const SEARCH_RESULTS: usize = 5;
+/// The longest `tool_search` query read (bytes; the rest is ignored).
+pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
+/// The longest rolling summary kept (bytes; a longer answer is cut on a character).
+pub const MAX_SUMMARY_BYTES: usize = 16 << 10;
+/// The most bytes of one message shown in the transcript a summary is made from.
+pub const MAX_FOLD_MESSAGE_BYTES: usize = 4 << 10;

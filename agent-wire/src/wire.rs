@@ -93,6 +93,18 @@ pub struct TurnInput {
     pub tools: Vec<ToolSpec>,
     pub max_steps: u32,
     pub budget_ms: u64,
+    /// The most tools offered to the model at once (`[agent] max_offered_tools`): when
+    /// `tools` holds more, the model is offered `tool_search` and the tools it finds among
+    /// `tools`, and no other.
+    #[serde(default = "default_max_offered_tools")]
+    pub max_offered_tools: u32,
+    /// The session's rolling summary of its turns before `messages`, sent as context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Older turns to fold into `summary` first: the model is asked once, before the turn, to
+    /// summarise them with it (the answer is the turn's `TurnOutput::summary`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fold: Vec<Message>,
     /// Test builds only: confinement probes the worker runs from inside its sandbox instead
     /// of the turn (see `loongd::control::agent_api::PROBES_ENV`). A release loongd never
     /// sends any and a release worker refuses a turn that carries some.
@@ -102,6 +114,10 @@ pub struct TurnInput {
     /// one ends the turn and is returned in [`TurnOutput::caller_calls`], never run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caller_tools: Vec<ToolSpec>,
+}
+
+fn default_max_offered_tools() -> u32 {
+    crate::limits::DEFAULT_MAX_OFFERED_TOOLS
 }
 
 /// One tool call the model made in a turn, and what it was answered.
@@ -140,6 +156,9 @@ pub struct TurnOutput {
     /// Why the model's last answer ended, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<StopReason>,
+    /// The new rolling summary, when the input asked for a fold and the model made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// The output of a turn that failed: the provider's error, typed.

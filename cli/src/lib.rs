@@ -127,6 +127,9 @@ pub enum Command {
     /// Ask the agent: one turn in the confined agent worker, its tool calls decided under
     /// the token (exit 7 when the provider or the worker failed).
     Ask(cmd::agent::AskArgs),
+    /// Chat with the agent: one turn per line on one session, with line editing and history
+    /// on a terminal; /help, /tools, /session, /clear, /exit.
+    Chat(cmd::chat::ChatArgs),
     /// The agent's conversations kept by session.
     #[command(subcommand)]
     Memory(cmd::agent::MemoryCommand),
@@ -224,6 +227,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Gateway(c) => cmd::gateway::run(&layout, c),
         Command::Metrics => cmd::metrics::run(&layout),
         Command::Ask(a) => cmd::agent::ask(&layout, a),
+        Command::Chat(a) => cmd::chat::chat(&layout, a),
         Command::Memory(c) => cmd::agent::memory(&layout, c),
         Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
     }

@@ -19,6 +19,7 @@ pub mod mcp_names;
 pub mod message;
 pub mod package;
 pub mod paths;
+pub mod schema;
 
 pub use frame::{FrameError, FrameLimit};
 pub use message::{

@@ -115,6 +115,7 @@ impl RequestIo {
     pub(crate) async fn emit(&self, chunk: StreamChunk) -> bool {
         let bytes = match &chunk {
             StreamChunk::Stdin(b) | StreamChunk::Stdout(b) | StreamChunk::Stderr(b) => b.len(),
+            StreamChunk::ApprovalPending(id) => id.len(),
             StreamChunk::StdinEnd | StreamChunk::Interrupt => 0,
         };
         match self.reserve(bytes).await {

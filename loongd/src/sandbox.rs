@@ -732,7 +732,7 @@ async fn feed(
             StreamChunk::Interrupt => {
                 let _ = interrupts.try_send(());
             }
-            StreamChunk::Stdout(_) | StreamChunk::Stderr(_) => {}
+            StreamChunk::Stdout(_) | StreamChunk::Stderr(_) | StreamChunk::ApprovalPending(_) => {}
         }
     }
 }

@@ -641,6 +641,10 @@ pub struct Catalog {
     /// (`metadata.health_check_json`: `{"tool": NAME?, "input": JSON}`): the tool (`None`:
     /// the plugin's own) and the input as JSON text.
     pub probe: Option<(Option<String>, String)>,
+    /// The JSON schema of the tool's input (`metadata.input_schema_json`, a JSON object with
+    /// `"type": "object"`, encoded as a string like `args_json`), as compact JSON text,
+    /// checked by [`loong_ipc::schema::check_input_schema`].
+    pub input_schema: Option<String>,
 }
 
 /// Bounds on a catalog: tags, examples, and each one's length.
@@ -722,6 +726,14 @@ impl Catalog {
                     parse_probe(raw.metadata.get("health_check_json")),
                 )
                 .flatten(),
+            input_schema: raw.metadata.get("input_schema_json").and_then(|text| {
+                bad.take(
+                    "metadata.input_schema_json",
+                    loong_ipc::schema::parse_input_schema(text)
+                        .map(|v| v.to_string())
+                        .map_err(|e| e.to_string()),
+                )
+            }),
         }
     }
 }

@@ -178,13 +178,13 @@ pub(crate) fn tool_answer(name: &str, arguments: &serde_json::Value) -> Reply {
     ])
 }
 
-fn delta(d: serde_json::Value) -> String {
+pub(crate) fn delta(d: serde_json::Value) -> String {
     serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "test-model",
         "choices": [{"index": 0, "delta": d, "finish_reason": null}]})
     .to_string()
 }
 
-fn finish(reason: &str) -> String {
+pub(crate) fn finish(reason: &str) -> String {
     serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "test-model",
         "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
     .to_string()
@@ -203,14 +203,14 @@ fn offered(request: &serde_json::Value) -> Vec<String> {
 }
 
 /// The `role: tool` messages of a request.
-fn tool_messages(request: &serde_json::Value) -> Vec<serde_json::Value> {
+pub(crate) fn tool_messages(request: &serde_json::Value) -> Vec<serde_json::Value> {
     request["messages"]
         .as_array()
         .map(|m| m.iter().filter(|m| m["role"] == "tool").cloned().collect())
         .unwrap_or_default()
 }
 
-fn ask(home: &Home, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn ask(home: &Home, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["ask"];
     all.extend_from_slice(args);
     let out = home.ctl(&all);

@@ -771,3 +771,60 @@ fn a_kernel_call_refused_before_its_decision_is_recorded_with_the_chain() {
     assert_eq!(d["chain"]["depth"], 1, "{d}");
     assert!(d["chain"]["parent"].is_string(), "{d}");
 }
+
+/// `show_text` is the agent's own kernel call: a JSON-lines plugin's worker that sends one
+/// (as a compromised worker would; test builds of the worker do it on request) is refused,
+/// nothing reaches the asker's output, and the refusal is recorded. The agent's own turn
+/// showing its text is `agent::ask_prints_the_first_delta_before_the_answer_completes`; here
+/// the control is the same plugin's tool call, which the same worker makes and which runs.
+#[test]
+fn show_text_from_a_worker_that_is_not_the_agents_turn_is_refused_and_recorded() {
+    let data = shared_dir("kst");
+    let home = Home::new();
+    install_examples(&home);
+    install_tool_calling_peer(
+        &home,
+        data.path(),
+        "lines",
+        r#""invoke_tool", "filesystem_read""#,
+    );
+    home.start();
+    // The control: the same worker's kernel call of a tool the operator may call runs.
+    let ran = peer_answers(
+        &home,
+        "lines",
+        &serde_json::json!({"mode": "call", "tool": "echo", "input": {"n": 1}}),
+    );
+    assert_eq!(ran[0]["payload"], serde_json::json!({"n": 1}), "{ran:?}");
+    let (code, out, err) = invoke(
+        &home,
+        &[
+            "lines",
+            "--input",
+            r#"{"mode": "show_text", "text": "SPOOFED ANSWER"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("SPOOFED"), "{out}");
+    let answers = json(&out)["answers"].clone();
+    let refusal = &answers[0]["error"];
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("only the agent's turn shows text")),
+        "{answers}"
+    );
+    assert!(!err.contains("SPOOFED"), "{err}");
+    let refused: Vec<serde_json::Value> = records(&home, "policy.decision")
+        .iter()
+        .map(detail)
+        .filter(|d| {
+            d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("only the agent's turn shows text"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "the refusal is recorded once");
+    assert_eq!(refused[0]["allowed"], false, "{:?}", refused[0]);
+    assert_eq!(refused[0]["chain"]["depth"], 1, "{:?}", refused[0]);
+}

@@ -4,6 +4,7 @@
 //! command does). Each module is one area.
 
 mod agent;
+mod agent_tools;
 mod approvals;
 mod audit;
 mod authority;
@@ -12,6 +13,7 @@ mod browser;
 mod builtins;
 mod compat_sdk;
 mod channels;
+mod chat;
 mod control_socket;
 mod daemon_lifecycle;
 mod dns;

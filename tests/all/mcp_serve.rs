@@ -197,6 +197,16 @@ fn mcp_serve_lists_and_calls_exactly_what_its_token_may_invoke() {
     for (name, t) in tools {
         assert_eq!(t["schema"]["type"], "object", "{name}: {t}");
     }
+    // Each with its real input schema: a built-in's fixed one, an MCP server's own.
+    assert_eq!(
+        tools["file__read"]["schema"]["required"],
+        serde_json::json!(["path"]),
+        "{report}"
+    );
+    assert_eq!(
+        tools["time--get_current_time"]["schema"]["properties"]["timezone"]["type"], "string",
+        "{report}"
+    );
     // The description is the MCP server's own, and names the Loong tool, so the mapping can
     // be read back.
     assert!(

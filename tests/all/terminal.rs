@@ -254,6 +254,7 @@ fn plugin(error: Option<String>) -> PluginView {
         sha256: Some(h()),
         path: h(),
         tools: vec![h(), h()],
+        input_schemas: vec![h(), h()],
         trust: h(),
         signer: Some(h()),
         lock_digest: Some(h()),

@@ -90,17 +90,37 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
         )));
     }
     let deadline = Duration::from_secs_f64(secs);
+    let request = AskRequest {
+        prompt: args.prompt,
+        session: args.session,
+        token: crate::bearer(args.token),
+    };
+    let (r, streamed) = turn(layout, request, deadline, !args.json, &mut |_| {})?;
+    if args.json {
+        println!("{}", result_json(&r));
+    } else if streamed {
+        println!();
+    } else {
+        println!("{}", Esc(&r.answer));
+    }
+    Ok(exit::OK)
+}
+
+/// One turn: sends `request` and, when `show`, prints the answer's text on stdout as it
+/// arrives (its line breaks kept, every other control character escaped: it is the model's
+/// text); loongd's notes for people (an approval pending) go to stderr, and the id of an
+/// approval the turn waits for to `on_approval` (the turn waits on while it runs). The
+/// result, and whether any text was shown.
+pub(crate) fn turn(
+    layout: &Layout,
+    request: AskRequest,
+    deadline: Duration,
+    show: bool,
+    on_approval: &mut dyn FnMut(&str),
+) -> Result<(AskResult, bool), Failure> {
     let mut client = crate::connect(layout)?;
-    let id = client.start(
-        ControlRequest::Ask(AskRequest {
-            prompt: args.prompt,
-            session: args.session,
-            token: crate::bearer(args.token),
-        }),
-        deadline,
-    )?;
+    let id = client.start(ControlRequest::Ask(request), deadline)?;
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
-    // Whether text was shown as it arrived: the answer then only needs its line ended.
     let mut streamed = false;
     loop {
         let event = match client.next_event::<ControlResponse>(id, until) {
@@ -116,25 +136,15 @@ pub(crate) fn ask(layout: &Layout, args: AskArgs) -> Result<u8, Failure> {
             Event::Chunk(StreamChunk::Stderr(b)) => {
                 eprint!("{}", esc_lines(&String::from_utf8_lossy(&b)));
             }
-            Event::Chunk(StreamChunk::Stdout(b)) if !args.json => {
-                // The model's text as it arrives: its line breaks stay, every other control
-                // character is escaped (it is the model's text).
+            Event::Chunk(StreamChunk::Stdout(b)) if show => {
                 let mut out = std::io::stdout().lock();
                 let _ = write!(out, "{}", esc_lines(&String::from_utf8_lossy(&b)));
                 let _ = out.flush();
                 streamed = true;
             }
+            Event::Chunk(StreamChunk::ApprovalPending(approval)) => on_approval(&approval),
             Event::Chunk(_) => {}
-            Event::Done(ControlResponse::Asked(r)) => {
-                if args.json {
-                    println!("{}", result_json(&r));
-                } else if streamed {
-                    println!();
-                } else {
-                    println!("{}", Esc(&r.answer));
-                }
-                return Ok(exit::OK);
-            }
+            Event::Done(ControlResponse::Asked(r)) => return Ok((r, streamed)),
             Event::Done(other) => return Err(anyhow!("unexpected answer to ask: {other:?}").into()),
         }
     }

@@ -180,12 +180,14 @@ fn read_token_file(path: &std::path::Path) -> Result<BearerSecret, Failure> {
 
 /// One tool offered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Offer {
+pub(crate) struct Offer {
     /// What `invoke` takes.
-    loong: String,
-    description: String,
+    pub(crate) loong: String,
+    pub(crate) description: String,
     /// Its plugin's `bridge_kind`.
     bridge_kind: String,
+    /// The JSON schema of its input, as loongd gives it.
+    input_schema: JsonObject,
 }
 
 /// The names of one session.
@@ -294,7 +296,7 @@ impl ServerHandler for Server {
             .list()
             .await?
             .into_iter()
-            .map(|(mcp, o)| Tool::new(mcp, o.description, any_object()))
+            .map(|(mcp, o)| Tool::new(mcp, o.description, o.input_schema))
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -341,7 +343,20 @@ impl ServerHandler for Server {
     }
 }
 
-/// The schema given for every tool: loongd does not hand out input schemas yet.
+/// The input schema loongd gives for a plugin's `i`th tool (checked again here: the
+/// schema check's bounds and shape), or `{"type": "object"}` when it gives none.
+fn input_schema(p: &PluginView, i: usize) -> JsonObject {
+    p.input_schemas
+        .get(i)
+        .and_then(|text| loong_ipc::schema::parse_input_schema(text).ok())
+        .and_then(|v| match v {
+            serde_json::Value::Object(o) => Some(o),
+            _ => None,
+        })
+        .unwrap_or_else(any_object)
+}
+
+/// The schema of a tool that has none: any object.
 fn any_object() -> JsonObject {
     let mut o = JsonObject::new();
     o.insert("type".into(), "object".into());
@@ -369,7 +384,10 @@ fn decided_on(p: &PluginView, tool: &str) -> (String, Option<String>) {
 
 /// Every tool of a usable plugin that loongd's dry run allows under `token`, or allows once
 /// an operator approves (said in its description).
-fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, Failure> {
+pub(crate) fn offered(
+    layout: &Layout,
+    token: Option<&BearerSecret>,
+) -> Result<Vec<Offer>, Failure> {
     let mut plugins = Vec::new();
     crate::paging::each(
         layout,
@@ -407,7 +425,7 @@ fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, 
         .iter()
         .filter(|p| p.state == "ready" || p.state == "deferred")
     {
-        for tool in &p.tools {
+        for (i, tool) in p.tools.iter().enumerate() {
             let (cap, target) = decided_on(p, tool);
             let answer = client.call(
                 ControlRequest::PolicyDecide {
@@ -425,6 +443,7 @@ fn offered(layout: &Layout, token: Option<&BearerSecret>) -> Result<Vec<Offer>, 
                     loong: tool.clone(),
                     description,
                     bridge_kind: p.bridge_kind.clone(),
+                    input_schema: input_schema(p, i),
                 });
             }
         }
@@ -645,6 +664,7 @@ mod tests {
             sha256: None,
             path: String::new(),
             tools: vec![id.into()],
+            input_schemas: vec![r#"{"type":"object"}"#.into()],
             trust: "unverified".into(),
             signer: None,
             lock_digest: None,

@@ -4,6 +4,7 @@ pub(crate) mod agent;
 pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod channels;
+pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod daemon;
 pub(crate) mod doctor;

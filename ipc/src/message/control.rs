@@ -583,6 +583,10 @@ pub struct PluginView {
     pub path: String,
     /// The tools it offers (`PLUGIN_ID/TOOL` for an MCP server; its own id otherwise).
     pub tools: Vec<String>,
+    /// The JSON schema of each tool's input, in the order of `tools`, as compact JSON text
+    /// (`{"type":"object"}` when the plugin gives none; each bounded by
+    /// [`crate::schema::MAX_INPUT_SCHEMA_BYTES`]).
+    pub input_schemas: Vec<String>,
     /// The effective trust tier: the lowest of what the manifest claims and what its
     /// signature proves (`unverified` when unsigned).
     pub trust: String,

@@ -84,7 +84,14 @@ pub enum StreamChunk {
     /// The operator interrupted the caller (Ctrl-C): the callee delivers SIGINT to the
     /// program, and kills it at the [`INTERRUPTS_TO_KILL`]th interrupt.
     Interrupt,
+    /// The request waits for an operator's approval: its id (at most
+    /// [`MAX_APPROVAL_ID_BYTES`]), so a client can offer to resolve it (`loongctl chat`). Sent
+    /// with the note for people on stderr, which says the same in words.
+    ApprovalPending(String),
 }
+
+/// Bound on the approval id a [`StreamChunk::ApprovalPending`] carries.
+pub const MAX_APPROVAL_ID_BYTES: usize = 128;
 
 impl StreamChunk {
     /// Whether the chunk is within [`MAX_CHUNK_BYTES`].
@@ -94,6 +101,7 @@ impl StreamChunk {
                 b.len() <= MAX_CHUNK_BYTES
             }
             StreamChunk::StdinEnd | StreamChunk::Interrupt => true,
+            StreamChunk::ApprovalPending(id) => id.len() <= MAX_APPROVAL_ID_BYTES,
         }
     }
 }

@@ -357,6 +357,10 @@ pub struct ToolInfo {
     pub name: String,
     /// Cut to [`MAX_TOOL_DESCRIPTION_BYTES`].
     pub description: String,
+    /// The JSON schema of its arguments as compact JSON text (an MCP server's
+    /// `inputSchema`, checked by [`crate::schema::check_input_schema`]); `None` when the
+    /// program gave none.
+    pub input_schema: Option<String>,
 }
 
 /// Bound on the tools one program lists.
@@ -375,6 +379,7 @@ pub fn check_tools(tools: &[ToolInfo]) -> Result<(), BoundError> {
             max: MAX_TOOLS,
         });
     }
+    let mut schemas = 0usize;
     for t in tools {
         check_len("tool name", &t.name, MAX_TOOL_NAME_BYTES)?;
         check_len(
@@ -382,6 +387,21 @@ pub fn check_tools(tools: &[ToolInfo]) -> Result<(), BoundError> {
             &t.description,
             MAX_TOOL_DESCRIPTION_BYTES,
         )?;
+        if let Some(s) = &t.input_schema {
+            check_len(
+                "tool input schema",
+                s,
+                crate::schema::MAX_INPUT_SCHEMA_BYTES,
+            )?;
+            schemas += s.len();
+        }
+    }
+    if schemas > crate::schema::MAX_INPUT_SCHEMAS_TOTAL_BYTES {
+        return Err(BoundError {
+            field: "tool input schemas",
+            len: schemas,
+            max: crate::schema::MAX_INPUT_SCHEMAS_TOTAL_BYTES,
+        });
     }
     Ok(())
 }

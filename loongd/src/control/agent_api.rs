@@ -25,7 +25,10 @@ use tokio::net::unix::UCred;
 
 use crate::{
     audit::Kind,
-    authority::Bearer,
+    authority::{
+        memory::{Kept, Recall},
+        Bearer,
+    },
     effects::{self, internal, Actor, Effect},
     request::RequestIo,
     secrets::Lookup,
@@ -136,39 +139,15 @@ pub(super) fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
         }
         let builtin = p.bridge_kind == builtins::BUILTIN;
         for name in p.tool_names() {
-            let (cap, parameters) = match (builtin, name.as_str()) {
-                (true, "file.read") => (
-                    Some(Capability::FsRead),
-                    schema(&[("path", "an absolute path")]),
-                ),
-                (true, "file.write") => (
-                    Some(Capability::FsWrite),
-                    schema(&[
-                        ("path", "an absolute path"),
-                        ("content", "the text to write"),
-                    ]),
-                ),
-                (true, "file.edit") => (
-                    Some(Capability::FsWrite),
-                    schema(&[
-                        ("path", "an absolute path"),
-                        ("old", "the text to replace"),
-                        ("new", "its replacement"),
-                    ]),
-                ),
-                (true, "shell.exec") => (
-                    Some(Capability::ProcessExec),
-                    schema(&[("command", "a shell command line")]),
-                ),
-                (true, "web.fetch") => (
-                    Some(Capability::NetEgress),
-                    schema(&[("url", "an http:// URL")]),
-                ),
-                (true, t) if crate::workers::browser::is_browser_tool(t) => (
-                    Some(Capability::BrowserControl),
-                    schema(crate::workers::browser::parameters(t)),
-                ),
-                _ => (None, serde_json::json!({"type": "object"})),
+            let cap = match (builtin, name.as_str()) {
+                (true, "file.read") => Some(Capability::FsRead),
+                (true, "file.write" | "file.edit") => Some(Capability::FsWrite),
+                (true, "shell.exec") => Some(Capability::ProcessExec),
+                (true, "web.fetch") => Some(Capability::NetEgress),
+                (true, t) if crate::workers::browser::is_browser_tool(t) => {
+                    Some(Capability::BrowserControl)
+                }
+                _ => None,
             };
             let may = match cap {
                 Some(cap) => kernel.authority.holds_some(bearer, cap),
@@ -192,36 +171,27 @@ pub(super) fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
                 .first()
                 .cloned()
                 .unwrap_or_default();
+            let summary = p.tool_description(&name);
             let description = if example.is_empty() {
-                p.summary.clone()
+                summary.to_string()
             } else {
-                format!("{} (input example: {example})", p.summary)
+                format!("{summary} (input example: {example})")
             };
             tools.push(ToolSpec {
+                parameters: p.input_schema(&name),
                 name,
                 description,
-                parameters,
             });
         }
     }
     tools
 }
 
-fn schema(fields: &[(&str, &str)]) -> serde_json::Value {
-    let properties: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, d)| {
-            (
-                (*k).to_string(),
-                serde_json::json!({"type": "string", "description": d}),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "type": "object",
-        "properties": properties,
-        "required": fields.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-    })
+/// The messages of kept rows; a row this loongd cannot read is skipped, never sent half.
+fn parsed(rows: &[Kept]) -> Vec<Message> {
+    rows.iter()
+        .filter_map(|k| serde_json::from_str::<Message>(&k.json).ok())
+        .collect()
 }
 
 fn role(m: &Message) -> &'static str {
@@ -293,16 +263,12 @@ pub(crate) async fn turn(
         session,
         token: None,
     };
-    let mut messages = Vec::new();
+    let mut recall = Recall::default();
     if let Some(session) = &req.session {
         decide_memory(kernel, &actor, Capability::MemoryRead, session).await?;
-        for kept in kernel.authority.memory.window(session).map_err(internal)? {
-            // A row this loongd cannot read is skipped, never sent half.
-            if let Ok(m) = serde_json::from_str::<Message>(&kept.json) {
-                messages.push(m);
-            }
-        }
+        recall = kernel.authority.memory.recall(session).map_err(internal)?;
     }
+    let mut messages = parsed(&recall.window);
     let user = Message::User {
         text: req.prompt.clone(),
     };
@@ -348,6 +314,9 @@ pub(crate) async fn turn(
         tools: offered(kernel, actor.bearer),
         max_steps: agent.max_steps,
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
+        max_offered_tools: agent.max_offered_tools,
+        summary: recall.summary.clone(),
+        fold: parsed(&recall.fold),
         probes: test_probes(),
         caller_tools: Vec::new(),
     };
@@ -385,10 +354,17 @@ pub(crate) async fn turn(
                 serde_json::to_string(m).map_err(internal)?,
             ));
         }
+        // A new summary covers the folded turns; without one (the model made none) the next
+        // turn folds them again. A fold left empty by its bound moves on with the old summary.
+        let summary = match (recall.fold_through, recall.fold.is_empty(), &output.summary) {
+            (Some(through), false, Some(new)) => Some((new.as_str(), through)),
+            (Some(through), true, _) => Some((recall.summary.as_deref().unwrap_or(""), through)),
+            _ => None,
+        };
         kernel
             .authority
             .memory
-            .append(session, &rows)
+            .append_folded(session, &rows, summary)
             .map_err(internal)?;
     }
     Ok(AskResult {
@@ -554,6 +530,9 @@ mod tests {
             tools: Vec::new(),
             max_steps: 1,
             budget_ms: 1,
+            max_offered_tools: 1,
+            summary: None,
+            fold: Vec::new(),
             probes: Vec::new(),
             caller_tools: Vec::new(),
         };

@@ -146,6 +146,10 @@ pub(crate) async fn chat_turn(
         budget_ms: u64::try_from(agent.turn_budget.as_millis()).unwrap_or(u64::MAX),
         probes: test_probes(),
         caller_tools: req.caller_tools.clone(),
+        max_offered_tools: agent.max_offered_tools,
+        // No session memory: the caller sends the history, so there is nothing to fold.
+        summary: None,
+        fold: Vec::new(),
     };
     let input = serde_json::to_string(&input).map_err(internal)?;
     if input.len() > MAX_INVOKE_INPUT_BYTES {

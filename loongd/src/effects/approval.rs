@@ -165,6 +165,8 @@ pub(crate) async fn wait(
             a.id, a.id, a.id
         );
         io.emit(StreamChunk::Stderr(note.into_bytes())).await;
+        // For clients: the id, typed (`loongctl chat` offers to approve it).
+        io.emit(StreamChunk::ApprovalPending(a.id.clone())).await;
     }
     wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await
 }

@@ -46,23 +46,6 @@ pub const CHROMIUM_NAMES: [&str; 3] = ["chromium-headless-shell", "chromium", "c
 /// Where Debian keeps the binaries its `/usr/bin` scripts start.
 pub const DEBIAN_CHROMIUM_DIR: &str = "/usr/lib/chromium";
 
-/// The required string fields of each browser tool, as a model is offered them (`extract`'s
-/// `selector`, `wait`'s `timeout_ms` and `screenshot`'s `full_page` are optional).
-pub fn parameters(tool: &str) -> &'static [(&'static str, &'static str)] {
-    const SESSION: (&str, &str) = ("session", "the id browser.open answered");
-    match tool {
-        "browser.open" => &[("url", "an http:// or https:// URL")],
-        "browser.click" => &[SESSION, ("selector", "a CSS selector")],
-        "browser.type" => &[
-            SESSION,
-            ("selector", "a CSS selector"),
-            ("text", "the text to type"),
-        ],
-        "browser.wait" => &[SESSION, ("selector", "a CSS selector, or \"load\"")],
-        _ => &[SESSION],
-    }
-}
-
 /// Whether `tool` is a browser tool.
 pub fn is_browser_tool(tool: &str) -> bool {
     TOOLS.contains(&tool)

@@ -24,6 +24,10 @@ struct Def {
     summary: &'static str,
     tags: &'static [&'static str],
     example: &'static str,
+    /// The JSON schema of its input, offered to a model and to MCP clients (fixed: the
+    /// built-in's own code reads exactly these fields; a unit test checks each is accepted by
+    /// `loong_ipc::schema::check_input_schema`).
+    input_schema: &'static str,
 }
 
 /// The built-in that runs a `programmatic_tool_call` plan in a restricted plan worker.
@@ -39,36 +43,42 @@ const DEFS: [Def; 6] = [
         summary: "Read a UTF-8 text file under the granted read roots",
         tags: &["file", "read", "fs", "builtin"],
         example: r#"{"path": "/srv/data/notes.txt"}"#,
+        input_schema: r#"{"type": "object", "properties": {"path": {"type": "string", "description": "an absolute path under a granted read root"}, "max_bytes": {"type": "integer", "minimum": 1, "description": "read at most this many bytes"}}, "required": ["path"]}"#,
     },
     Def {
         tool: "file.write",
         summary: "Write a text file under the granted write roots",
         tags: &["file", "write", "fs", "builtin"],
         example: r#"{"path": "/srv/data/out.txt", "content": "text"}"#,
+        input_schema: r#"{"type": "object", "properties": {"path": {"type": "string", "description": "an absolute path under a granted write root"}, "content": {"type": "string", "description": "the text to write"}}, "required": ["path", "content"]}"#,
     },
     Def {
         tool: "file.edit",
         summary: "Replace text in a file under the granted write roots (one match unless all)",
         tags: &["file", "edit", "fs", "builtin"],
         example: r#"{"path": "/srv/data/out.txt", "old": "before", "new": "after"}"#,
+        input_schema: r#"{"type": "object", "properties": {"path": {"type": "string", "description": "an absolute path under a granted write root"}, "old": {"type": "string", "description": "the text to replace"}, "new": {"type": "string", "description": "its replacement"}, "all": {"type": "boolean", "description": "replace every match (default: exactly one must match)"}}, "required": ["path", "old", "new"]}"#,
     },
     Def {
         tool: "shell.exec",
         summary: "Run a shell command in the granted workspace (output capped, timed out)",
         tags: &["shell", "exec", "command", "builtin"],
         example: r#"{"command": "ls -l"}"#,
+        input_schema: r#"{"type": "object", "properties": {"command": {"type": "string", "description": "a shell command line, run by sh -c in the granted workspace"}}, "required": ["command"]}"#,
     },
     Def {
         tool: "web.fetch",
         summary: "Fetch an http:// URL (GET; redirects answered, not followed; size capped)",
         tags: &["web", "fetch", "http", "url", "builtin"],
         example: r#"{"url": "http://example.com/"}"#,
+        input_schema: r#"{"type": "object", "properties": {"url": {"type": "string", "description": "an http:// URL"}}, "required": ["url"]}"#,
     },
     Def {
         tool: PROGRAMMATIC_TOOL_CALL,
         summary: "Run a plan of tool calls (steps, batches, conditionals, retries, rate limits, breakers), each call decided and audited as a nested call",
         tags: &["plan", "programmatic", "batch", "orchestration", "builtin"],
         example: r#"{"caller": "me", "steps": [{"id": "a", "type": "set_literal", "value": 1}]}"#,
+        input_schema: r#"{"type": "object", "properties": {"caller": {"type": "string", "description": "who runs the plan"}, "steps": {"type": "array", "items": {"type": "object"}, "description": "the plan's steps (docs/programmatic.md)"}}, "required": ["caller", "steps"]}"#,
     },
 ];
 
@@ -133,42 +143,49 @@ const BROWSER_DEFS: [Def; 7] = [
         summary: "Open an http(s) URL in a sandboxed headless Chromium (decided as browser.control on HOST:PORT; the page reaches that host only); answers the session, URL, title and status",
         tags: &["browser", "web", "open", "navigate", "chromium", "builtin"],
         example: r#"{"url": "https://docs.example.test/"}"#,
+        input_schema: r#"{"type": "object", "properties": {"url": {"type": "string", "description": "an http:// or https:// URL"}}, "required": ["url"]}"#,
     },
     Def {
         tool: "browser.extract",
         summary: "The rendered text, links and title of a browser session's page (JavaScript-rendered content included), or of one element; bounded",
         tags: &["browser", "web", "extract", "scrape", "text", "links", "builtin"],
         example: r#"{"session": "b1-1700000000000", "selector": "main"}"#,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}, "selector": {"type": "string", "description": "a CSS selector (default: the whole page)"}}, "required": ["session"]}"#,
     },
     Def {
         tool: "browser.click",
         summary: "Click the first element a CSS selector matches in a browser session's page",
         tags: &["browser", "web", "click", "builtin"],
         example: r#"{"session": "b1-1700000000000", "selector": "button[type=submit]"}"#,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}, "selector": {"type": "string", "description": "a CSS selector"}}, "required": ["session", "selector"]}"#,
     },
     Def {
         tool: "browser.type",
         summary: "Type text into the first element a CSS selector matches in a browser session's page",
         tags: &["browser", "web", "type", "form", "input", "builtin"],
         example: r#"{"session": "b1-1700000000000", "selector": "input[name=q]", "text": "loong"}"#,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}, "selector": {"type": "string", "description": "a CSS selector"}, "text": {"type": "string", "description": "the text to type"}}, "required": ["session", "selector", "text"]}"#,
     },
     Def {
         tool: "browser.wait",
         summary: "Wait until a CSS selector matches (or the page has loaded: \"load\") in a browser session, at most timeout_ms",
         tags: &["browser", "web", "wait", "builtin"],
         example: r##"{"session": "b1-1700000000000", "selector": "#results", "timeout_ms": 5000}"##,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}, "selector": {"type": "string", "description": "a CSS selector, or \"load\""}, "timeout_ms": {"type": "integer", "minimum": 1, "description": "how long to wait at most"}}, "required": ["session", "selector"]}"#,
     },
     Def {
         tool: "browser.screenshot",
         summary: "A PNG (base64) of a browser session's viewport, or of the whole page",
         tags: &["browser", "web", "screenshot", "png", "image", "builtin"],
         example: r#"{"session": "b1-1700000000000", "full_page": false}"#,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}, "full_page": {"type": "boolean", "description": "the whole page, not only the viewport"}}, "required": ["session"]}"#,
     },
     Def {
         tool: "browser.close",
         summary: "Close a browser session (its Chromium and profile are destroyed)",
         tags: &["browser", "web", "close", "builtin"],
         example: r#"{"session": "b1-1700000000000"}"#,
+        input_schema: r#"{"type": "object", "properties": {"session": {"type": "string", "description": "the id browser.open answered"}}, "required": ["session"]}"#,
     },
 ];
 
@@ -223,6 +240,7 @@ const AGENT_DEF: Def = Def {
     summary: "One conversation turn of the agent (loongctl ask); its tool calls are kernel calls under the session's token",
     tags: &["agent", "builtin"],
     example: "{}",
+        input_schema: r#"{"type": "object"}"#,
 };
 
 /// The `HOST:PORT` a provider's `base_url` names (80 for http, 443 for https by default).
@@ -332,6 +350,7 @@ fn described(d: &Def, state: State) -> Plugin {
         catalog: Catalog {
             tags: d.tags.iter().map(|t| t.to_string()).collect(),
             input_examples: vec![d.example.to_string()],
+            input_schema: Some(d.input_schema.to_string()),
             ..Catalog::default()
         },
         state,
@@ -398,6 +417,27 @@ fn plan_entry(d: &Def, cfg: &BuiltinsConfig) -> Plugin {
 
 #[cfg(test)]
 mod tests {
+    /// Each built-in's fixed input schema is one the schema check accepts, and its example
+    /// gives every field the schema requires (so the schema says what the tool reads).
+    #[test]
+    fn each_builtins_input_schema_is_valid_and_matches_its_example() {
+        for d in super::DEFS.iter().chain([&super::AGENT_DEF]) {
+            let schema = loong_ipc::schema::parse_input_schema(d.input_schema)
+                .unwrap_or_else(|e| panic!("{}: {e}", d.tool));
+            let example: serde_json::Value =
+                serde_json::from_str(d.example).expect("an example is JSON");
+            for field in schema["required"].as_array().into_iter().flatten() {
+                let field = field.as_str().expect("a field name");
+                assert!(example.get(field).is_some(), "{}: {field}", d.tool);
+                assert!(
+                    schema["properties"].get(field).is_some(),
+                    "{}: {field} is required but not described",
+                    d.tool
+                );
+            }
+        }
+    }
+
     /// A provider's grant is its URL's `HOST:PORT`, the scheme's port when none is given;
     /// a URL with credentials or without a host names none.
     #[test]

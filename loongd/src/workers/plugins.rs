@@ -105,6 +105,38 @@ impl Plugin {
         self.bridge_kind == ForeignKind::McpStdio.as_str()
     }
 
+    /// The JSON schema of `tool`'s input, as the model and MCP clients are offered it: an
+    /// MCP server's tool's `inputSchema` from its `tools/list`, otherwise the manifest's
+    /// `metadata.input_schema_json` (a built-in's is fixed); `{"type": "object"}` when there
+    /// is none. Each was checked when it was read; a worker's is checked again here, and one
+    /// that fails is not offered (the tool is, with the empty schema).
+    pub(crate) fn input_schema(&self, tool: &str) -> serde_json::Value {
+        let text = if self.has_named_tools() {
+            self.listed(tool).and_then(|t| t.input_schema.as_deref())
+        } else {
+            self.catalog.input_schema.as_deref()
+        };
+        text.and_then(|t| loong_ipc::schema::parse_input_schema(t).ok())
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}))
+    }
+
+    /// What `tool` does: an MCP server's tool's own description, else the plugin's summary.
+    pub(crate) fn tool_description(&self, tool: &str) -> &str {
+        self.listed(tool)
+            .map(|t| t.description.as_str())
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&self.summary)
+    }
+
+    /// The entry of an MCP server's tool `ID/TOOL` in its `tools/list`.
+    fn listed(&self, tool: &str) -> Option<&loong_ipc::ToolInfo> {
+        let State::Ready { info, .. } = &self.state else {
+            return None;
+        };
+        let own = tool.strip_prefix(self.id.as_str())?.strip_prefix('/')?;
+        info.tools.iter().find(|t| t.name == own)
+    }
+
     /// The tool names callers use.
     pub(crate) fn tool_names(&self) -> Vec<String> {
         match &self.state {
@@ -148,6 +180,11 @@ impl Plugin {
             error,
             sha256,
             path: self.dir.display().to_string(),
+            input_schemas: self
+                .tool_names()
+                .iter()
+                .map(|t| self.input_schema(t).to_string())
+                .collect(),
             tools: self.tool_names(),
             trust: self.trust.as_str().into(),
             signer: self.signer.clone(),

@@ -1035,3 +1035,50 @@ fn configuration_over_the_load_messages_bounds_is_refused_at_parse() {
         "{err}"
     );
 }
+
+/// `metadata.input_schema_json` is kept as compact JSON when it is an object schema within
+/// the bounds; anything else (not JSON, not an object schema, too large) refuses the manifest
+/// by the field's name.
+#[test]
+fn a_manifests_input_schema_is_checked_and_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join(MANIFEST_FILE);
+    let with = |schema: &str| {
+        let quoted = serde_json::to_string(schema).expect("a JSON string");
+        format!(
+            r#"{{"api_version": "v1alpha1", "plugin_id": "lines", "version": "1",
+            "metadata": {{"bridge_kind": "process_stdio", "command": "sh",
+                "args_json": "[\"-c\", \"cat\"]", "input_schema_json": {quoted}}}}}"#
+        )
+    };
+    let good =
+        r#"{"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}"#;
+    let m = PluginManifest::parse(&path, with(good).as_bytes()).expect("a schema parses");
+    assert_eq!(
+        m.catalog.input_schema.as_deref(),
+        Some(r#"{"properties":{"text":{"type":"string"}},"required":["text"],"type":"object"}"#)
+    );
+    let huge = format!(
+        r#"{{"type": "object", "description": "{}"}}"#,
+        "x".repeat(loong_ipc::schema::MAX_INPUT_SCHEMA_BYTES)
+    );
+    let mut deep = r#"{"type": "string"}"#.to_string();
+    for _ in 0..loong_ipc::schema::MAX_INPUT_SCHEMA_DEPTH {
+        deep = format!(r#"{{"type": "object", "properties": {{"a": {deep}}}}}"#);
+    }
+    for (bad, says) in [
+        ("not json", "not JSON"),
+        (r#"{"type": "string"}"#, r#""type": "object""#),
+        (r#"["object"]"#, r#""type": "object""#),
+        (huge.as_str(), "byte limit"),
+        (deep.as_str(), "nests deeper"),
+    ] {
+        let err = PluginManifest::parse(&path, with(bad).as_bytes())
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.contains("metadata.input_schema_json") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
+}

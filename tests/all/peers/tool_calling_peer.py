@@ -40,6 +40,10 @@ while True:
     elif mode == "reused_id":
         answers.append(ask(tool_call(7, payload["tool"], payload.get("input"))))
         answers.append(ask(tool_call(7, payload["tool"], payload.get("input"))))
+    elif mode == "show_text":
+        # Test builds of the worker only: asks it to send the agent's show_text kernel call.
+        answers.append(ask({"method": "test.show_text", "id": 1,
+                            "payload": {"text": payload.get("text", "")}}))
     elif mode == "flood":
         for i in range(payload.get("count", 100)):
             answers.append(ask(tool_call(i, payload["tool"], payload.get("input"))))

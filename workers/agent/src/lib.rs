@@ -9,7 +9,9 @@
 //!   with rustls and ring), [`Failover`].
 //! - [`sse`], [`openai`], [`anthropic`]: the bounded stream parser and the two wire formats;
 //!   [`names`]: tool names as both families accept them.
-//! - [`turn`]: one conversation turn, bounded by steps and wall-clock time.
+//! - [`turn`]: one conversation turn, bounded by steps and wall-clock time; [`search`]:
+//!   `tool_search`, when the token may call more tools than are offered at once;
+//!   [`summary`]: the rolling summary of a session's older turns.
 //!
 //! The library holds no key of its own: the caller resolves the secret reference and hands
 //! the value to [`HttpProvider::new`].
@@ -20,12 +22,16 @@ pub mod error;
 pub mod names;
 pub mod openai;
 pub mod retry;
+pub mod search;
 pub mod sse;
+pub mod summary;
 pub mod turn;
 
 pub use loong_agent_wire::{chat, config, limits, types, wire};
 
 pub use client::{ClientOptions, EventStream, Failover, HttpProvider, Provider, ProxyChoice};
 pub use error::ProviderError;
-pub use turn::{run_chat_turn, run_turn, ToolRunner, TurnEvent, TurnLimits, TurnOutcome, TurnStop};
+pub use turn::{
+    run_chat_turn, run_turn, ToolRunner, ToolSet, TurnEvent, TurnLimits, TurnOutcome, TurnStop,
+};
 pub use types::{Event, FailoverEvent, Message, Request, StopReason, ToolCall, ToolSpec, Usage};

@@ -25,6 +25,9 @@ use loong_worker_agent::{
     chat::ChatEvent,
     client::BoxFuture,
     run_chat_turn,
+    search::{SearchRunner, SearchableTools},
+    summary::{summarize, with_summary},
+    types::{Message, Usage},
     wire::{ToolCallRecord, TurnFailure, TurnInput, TurnOutput, AGENT_TOOL},
     ClientOptions, Failover, HttpProvider, Provider, ProviderError, ToolCall, ToolRunner,
     TurnEvent, TurnLimits, TurnStop,
@@ -308,8 +311,40 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         .enable_all()
         .build()
         .map_err(|e| internal(format!("starting the turn's runtime: {e}")))?;
+    // Older turns to fold first: one request, within the turn's budget. A failed fold does
+    // not fail the turn: the old summary is sent, and the next turn folds again.
+    let mut folded = None;
+    let mut fold_usage = Usage::default();
+    let fold_started = Instant::now();
+    if !input.fold.is_empty() {
+        let fold = summarize(&failover, input.summary.as_deref(), &input.fold);
+        if let Ok(Ok((text, usage))) =
+            runtime.block_on(async { tokio::time::timeout(limits.budget, fold).await })
+        {
+            fold_usage = usage;
+            folded = Some(text).filter(|t| !t.is_empty());
+        }
+    }
+    let limits = TurnLimits {
+        budget: limits.budget.saturating_sub(fold_started.elapsed()),
+        ..limits
+    };
+    let system = with_summary(
+        input.system.as_deref(),
+        folded.as_deref().or(input.summary.as_deref()),
+    );
     let mut history = input.messages.clone();
     let given = history.len();
+    // Past `max_offered_tools`, the model gets tool_search and the tools it finds.
+    let prompt = match history.last() {
+        Some(Message::User { text }) => text.as_str(),
+        _ => "",
+    };
+    let searchable = SearchableTools::new(&input.tools, input.max_offered_tools, prompt);
+    let is_offered = |name: &str| match &searchable {
+        Some(s) => s.is_offered(name),
+        None => input.tools.iter().any(|t| t.name == name),
+    };
     let mut calls: Vec<ToolCallRecord> = Vec::new();
     let mut failovers = Vec::new();
     let mut streamed = Streamed::default();
@@ -328,7 +363,7 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         // A call of the caller's tool is returned to the caller (`caller_calls`), not run.
         TurnEvent::ToolCall(call) if input.caller_tools.iter().any(|t| t.name == call.name) => {}
         TurnEvent::ToolCall(call) => calls.push(ToolCallRecord {
-            offered: input.tools.iter().any(|t| t.name == call.name),
+            offered: is_offered(&call.name),
             name: call.name,
             arguments: call.arguments_json,
             result: String::new(),
@@ -357,16 +392,40 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         }
         TurnEvent::Step { .. } => {}
     };
-    let outcome = runtime.block_on(run_chat_turn(
-        &failover,
-        input.system.as_deref(),
-        &mut history,
-        &input.tools,
-        &input.caller_tools,
-        &kernel,
-        limits,
-        &mut on_event,
-    ));
+    let outcome = runtime.block_on(async {
+        match &searchable {
+            Some(tools) => {
+                let runner = SearchRunner {
+                    tools,
+                    inner: &kernel,
+                };
+                run_chat_turn(
+                    &failover,
+                    system.as_deref(),
+                    &mut history,
+                    tools,
+                    &input.caller_tools,
+                    &runner,
+                    limits,
+                    &mut on_event,
+                )
+                .await
+            }
+            None => {
+                run_chat_turn(
+                    &failover,
+                    system.as_deref(),
+                    &mut history,
+                    &input.tools,
+                    &input.caller_tools,
+                    &kernel,
+                    limits,
+                    &mut on_event,
+                )
+                .await
+            }
+        }
+    });
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => return failed(e.class(), e.provider(), e.to_string()),
@@ -381,13 +440,18 @@ fn turn(input: &[u8], link: KernelLink) -> Result<WorkerResponse, RemoteError> {
         answer: outcome.text,
         stop: stop.to_string(),
         steps: outcome.steps,
-        usage: outcome.usage,
+        usage: {
+            let mut u = outcome.usage;
+            u.add(fold_usage);
+            u
+        },
         providers: outcome.providers,
         tool_calls: calls,
         failovers,
         added: history.split_off(given.min(history.len())),
         caller_calls,
         stop_reason,
+        summary: folded,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the turn's answer: {e}")))?;
@@ -415,6 +479,7 @@ fn probed(
         added: Vec::new(),
         caller_calls: Vec::new(),
         stop_reason: None,
+        summary: None,
     };
     let bytes = serde_json::to_vec(&output)
         .map_err(|e| internal(format!("encoding the probes' report: {e}")))?;

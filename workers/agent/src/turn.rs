@@ -28,6 +28,25 @@ pub trait ToolRunner: Send + Sync {
     ) -> BoxFuture<'a, Result<String, String>>;
 }
 
+/// The tools offered to the model, read at the start of each round trip: a fixed list, or
+/// one that grows as the model finds tools (`crate::search`).
+pub trait ToolSet: Send + Sync {
+    /// The tools offered for the next round trip.
+    fn offered(&self) -> Vec<ToolSpec>;
+}
+
+impl ToolSet for [ToolSpec] {
+    fn offered(&self) -> Vec<ToolSpec> {
+        self.to_vec()
+    }
+}
+
+impl ToolSet for Vec<ToolSpec> {
+    fn offered(&self) -> Vec<ToolSpec> {
+        self.clone()
+    }
+}
+
 /// The bounds of one turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnLimits {
@@ -127,7 +146,7 @@ pub async fn run_turn(
     provider: &dyn Provider,
     system: Option<&str>,
     history: &mut Vec<Message>,
-    tools: &[ToolSpec],
+    tools: &(impl ToolSet + ?Sized),
     runner: &dyn ToolRunner,
     limits: TurnLimits,
     on_event: &mut (dyn FnMut(TurnEvent) + Send),
@@ -156,13 +175,12 @@ pub async fn run_chat_turn(
     provider: &dyn Provider,
     system: Option<&str>,
     history: &mut Vec<Message>,
-    tools: &[ToolSpec],
+    tools: &(impl ToolSet + ?Sized),
     caller_tools: &[ToolSpec],
     runner: &dyn ToolRunner,
     limits: TurnLimits,
     on_event: &mut (dyn FnMut(TurnEvent) + Send),
 ) -> Result<TurnOutcome, ProviderError> {
-    let offered: Vec<ToolSpec> = tools.iter().chain(caller_tools).cloned().collect();
     let deadline = Instant::now() + limits.budget;
     let mut outcome = TurnOutcome {
         stop: TurnStop::Budget,
@@ -177,6 +195,8 @@ pub async fn run_chat_turn(
             return Ok(outcome);
         }
         outcome.steps += 1;
+        let mut offered = tools.offered();
+        offered.extend(caller_tools.iter().cloned());
         let request = Request {
             system: system.map(str::to_owned),
             messages: history.clone(),
@@ -224,7 +244,7 @@ pub async fn run_chat_turn(
             } else if Instant::now() >= deadline {
                 (refusal::BUDGET.to_owned(), true)
             } else {
-                match tokio::time::timeout_at(deadline, run_one(tools, runner, call)).await {
+                match tokio::time::timeout_at(deadline, run_one(&offered, runner, call)).await {
                     Ok(result) => result,
                     Err(_) => (refusal::BUDGET.to_owned(), true),
                 }

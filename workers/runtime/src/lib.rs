@@ -375,6 +375,7 @@ pub fn one_tool(name: &str) -> WorkerResponse {
     WorkerResponse::Described(vec![loong_ipc::ToolInfo {
         name: name.to_string(),
         description: String::new(),
+        input_schema: None,
     }])
 }
 

@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use loong_ipc::schema::{check_input_schema, MAX_INPUT_SCHEMAS_TOTAL_BYTES};
 use loong_ipc::{
     message::worker::{MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_TOOLS, MAX_TOOL_NAME_BYTES},
     FailureKind, InvokeTool, KernelRequest, PeerProtocol, PeerSpec, PluginFailure, ToolInfo,
@@ -555,6 +556,7 @@ impl Peer {
             PeerProtocol::JsonLines => Ok(vec![ToolInfo {
                 name: self.spec.plugin_id.clone(),
                 description: String::new(),
+                input_schema: None,
             }]),
             PeerProtocol::Mcp => self.mcp_handshake(&mut running),
         };
@@ -707,6 +709,8 @@ struct ToolListing {
     tools: Vec<ToolInfo>,
     names: std::collections::HashSet<String>,
     cursors: std::collections::HashSet<String>,
+    /// The bytes of the input schemas kept so far.
+    schema_bytes: usize,
 }
 
 impl ToolListing {
@@ -739,12 +743,25 @@ impl ToolListing {
                 .get("description")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            let input_schema = match t.get("inputSchema") {
+                None | Some(Value::Null) => None,
+                Some(schema) => Some(check_input_schema(schema).map_err(|e| {
+                    PeerError::Malformed(format!("tools/list: the tool {name:?}: {e}"))
+                })?),
+            };
+            self.schema_bytes += input_schema.as_ref().map_or(0, String::len);
+            if self.schema_bytes > MAX_INPUT_SCHEMAS_TOTAL_BYTES {
+                return Err(PeerError::Malformed(format!(
+                    "tools/list: the input schemas are over {MAX_INPUT_SCHEMAS_TOTAL_BYTES} bytes in all"
+                )));
+            }
             self.tools.push(ToolInfo {
                 name: name.to_string(),
                 description: cut(
                     description,
                     loong_ipc::message::worker::MAX_TOOL_DESCRIPTION_BYTES,
                 ),
+                input_schema,
             });
         }
         let Some(cursor) = page.get("nextCursor").and_then(Value::as_str) else {
@@ -822,6 +839,11 @@ fn json_lines_call(
     let mut calls = KernelCalls::new(kernel);
     let frame = loop {
         let frame = running.receive(deadline)?;
+        #[cfg(debug_assertions)]
+        if let Some(answer) = calls.test_show_text(&frame, deadline) {
+            running.send(&answer, deadline)?;
+            continue;
+        }
         match calls.take(&frame)? {
             None => break frame,
             Some((cid, tool, input)) => {
@@ -879,6 +901,31 @@ impl<'k> KernelCalls<'k> {
             kernel,
             seen: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Test builds only: `{"method": "test.show_text", "id": N, "payload": {"text": T}}`
+    /// makes the worker send the kernel call `show_text` (which only the agent's turn may
+    /// send), as a compromised worker would; the answer is `{"id": N, "payload": "shown"}` or
+    /// the refusal (`tests/all/kernel_calls.rs`). A release worker has no such method: the
+    /// frame is then taken as the call's answer, and refused as one.
+    #[cfg(debug_assertions)]
+    fn test_show_text(&mut self, frame: &Value, deadline: Instant) -> Option<Value> {
+        if frame.get("method").and_then(Value::as_str) != Some("test.show_text") {
+            return None;
+        }
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        let text = frame
+            .pointer("/payload/text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kernel = self.kernel.as_deref_mut()?;
+        let req = KernelRequest::ShowText(loong_ipc::ShowText { text });
+        let left = deadline.saturating_duration_since(Instant::now());
+        Some(match kernel.call(&req, left) {
+            Ok(_) => json!({"id": id, "payload": "shown"}),
+            Err(e) => json!({"id": id, "error": {"kind": e.kind_name(), "message": e.message()}}),
+        })
     }
 
     /// The request a frame is, as `(id, tool, input)`; `None` for any frame that is not a
@@ -1148,6 +1195,49 @@ mod tests {
             .add_page(&json!({"tools": [tool("b")], "nextCursor": "again"}))
             .expect_err("a repeated cursor");
         assert!(err.to_string().contains(r#"cursor "again" twice"#), "{err}");
+    }
+
+    #[test]
+    fn a_tools_input_schema_is_kept_checked_and_a_bad_one_refuses_the_listing() {
+        use loong_ipc::schema::MAX_INPUT_SCHEMA_BYTES;
+        let schema = json!({"type": "object", "properties": {"q": {"type": "string"}}});
+        // Control: a schema is kept as compact JSON; a tool without one has none.
+        let mut ok = ToolListing::default();
+        ok.add_page(&json!({"tools": [
+            {"name": "a", "inputSchema": schema},
+            {"name": "b"},
+        ]}))
+        .expect("a listing with schemas");
+        assert_eq!(ok.tools[0].input_schema, Some(schema.to_string()));
+        assert_eq!(ok.tools[1].input_schema, None);
+
+        for (bad, says) in [
+            (json!({"type": "string"}), "\"type\": \"object\""),
+            (json!([1, 2]), "\"type\": \"object\""),
+            (
+                json!({"type": "object", "description": "x".repeat(MAX_INPUT_SCHEMA_BYTES)}),
+                "byte limit",
+            ),
+        ] {
+            let err = ToolListing::default()
+                .add_page(&json!({"tools": [{"name": "t", "inputSchema": bad}]}))
+                .expect_err("a bad schema");
+            let err = err.to_string();
+            assert!(
+                err.contains("the tool \"t\"") && err.contains(says),
+                "{err}"
+            );
+        }
+
+        // Many schemas each within the bound, over the total, refuse the listing too.
+        let big = json!({"type": "object", "description": "y".repeat(MAX_INPUT_SCHEMA_BYTES - 64)});
+        let tools: Vec<Value> = (0..(MAX_INPUT_SCHEMAS_TOTAL_BYTES / MAX_INPUT_SCHEMA_BYTES + 1))
+            .map(|n| json!({"name": format!("t{n}"), "inputSchema": big}))
+            .collect();
+        let err = ToolListing::default()
+            .add_page(&json!({ "tools": tools }))
+            .expect_err("over the total");
+        assert!(err.to_string().contains("in all"), "{err}");
     }
 
     #[test]
