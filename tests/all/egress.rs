@@ -947,8 +947,8 @@ fn the_broker_s_connections_for_all_sandboxes_together_are_limited() {
 #[test]
 fn a_token_revoked_mid_connection_ends_the_connection() {
     use std::io::{BufRead, Write};
-    let granted = LocalHttp::text("loong-held-page");
-    let grant = format!("127.0.0.1:{}", granted.port);
+    let (port, _) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
     let home = Home::new();
     fs::create_dir_all(home.path().join("packs")).expect("packs");
     fs::write(
@@ -959,10 +959,20 @@ fn a_token_revoked_mid_connection_ends_the_connection() {
     )
     .expect("pack");
     home.start();
-    // A tunnel opened under the token, held idle until a line on stdin, then used.
+    // A tunnel opened under the token, held idle until a line on stdin, then used: its TLS
+    // hello (no server name, for an address), made by Python's ssl without a socket.
     let script = format!(
         r#"
-import os, socket, sys
+import os, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
 port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
 s = socket.create_connection(("127.0.0.1", port))
 s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
@@ -970,7 +980,7 @@ print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
 sys.stdin.readline()
 got = b""
 try:
-    s.sendall(b"GET /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.sendall(outgoing.read())
     while True:
         b = s.recv(4096)
         if not b:
@@ -978,7 +988,7 @@ try:
         got += b
 except OSError as e:
     print("ERROR", e)
-print("GOT", got.decode(errors="replace"))
+print("GOT", got[:8].decode(errors="replace"))
 "#
     );
     let held = |revoke: bool| -> String {
@@ -1013,10 +1023,10 @@ print("GOT", got.decode(errors="replace"))
     };
     // Positive control: a tunnel held under a live token carries its request.
     let rest = held(false);
-    assert!(rest.contains("loong-held-page"), "{rest}");
+    assert!(rest.contains("GOT HTTP/1.1"), "{rest}");
     // Revoked while the tunnel is open: the tunnel ends; nothing more reaches the server.
     let rest = held(true);
-    assert!(!rest.contains("loong-held-page"), "{rest}");
+    assert!(!rest.contains("GOT HTTP/1.1"), "{rest}");
     let closed = details(&home, "net.closed");
     assert!(
         closed.iter().any(|d| d["outcome"] == "withdrawn"
@@ -1157,4 +1167,184 @@ fn held_run(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sandbox run")
+}
+
+/// A server that answers what it first receives: an HTTP answer whose body is `SAW:` and the
+/// bytes it got (lossy text); it counts the bytes every connection brought.
+fn saw_server() -> (u16, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let got = match c.read(&mut buf) {
+                    Ok(k) if k > 0 => k,
+                    _ => return,
+                };
+                seen.fetch_add(got, Ordering::SeqCst);
+                let body = format!("SAW:{}", String::from_utf8_lossy(&buf[..got]));
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (port, n)
+}
+
+/// Domain fronting: a session through the broker is for the host it was granted for. A
+/// CONNECT tunnel carries TLS only, and its ClientHello must name the CONNECT's host (an IP
+/// literal's, no name); a raw forward carries any protocol, but a TLS hello on it is checked
+/// the same way. A refused hello reaches nothing (the server counts no byte) and is recorded
+/// `net.denied` with its code; each refusal has its positive control.
+#[test]
+fn a_tunnel_s_tls_hello_must_name_its_host() {
+    let (named, named_bytes) = saw_server();
+    let (literal, literal_bytes) = saw_server();
+    let home = Home::new();
+    let _peer = install_net_peer_with(
+        &home,
+        "net",
+        &[format!("localhost:{named}"), format!("127.0.0.1:{literal}")],
+        r#", "allow_private_network": true"#,
+    );
+    home.start();
+    let hello = |target: String, sni: Option<&str>, via: &str, plain: bool| {
+        call(
+            &home,
+            serde_json::json!({"op": "hello", "target": target, "sni": sni, "via": via, "plain": plain}),
+        )
+    };
+    let by_name = format!("localhost:{named}");
+    let by_ip = format!("127.0.0.1:{literal}");
+    let passed = |got: &serde_json::Value| {
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.contains("SAW:\u{16}\u{3}") || g.contains("SAW:\u{fffd}"))
+    };
+    // Positive controls: the name's own hello, through the tunnel and on the forward; no name
+    // for an address.
+    for (target, sni, via) in [
+        (&by_name, Some("localhost"), "proxy"),
+        (&by_name, Some("LOCALHOST."), "proxy"),
+        (&by_name, Some("localhost"), "forward"),
+        (&by_ip, None, "proxy"),
+    ] {
+        let got = hello(target.clone(), sni, via, false);
+        assert!(passed(&got), "{target} {sni:?} {via}: {got}");
+    }
+    // Plain bytes on a forward pass (a raw grant carries any protocol).
+    let got = hello(by_name.clone(), None, "forward", true);
+    assert!(
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.contains("SAW:PLAIN-BYTES")),
+        "{got}"
+    );
+    let before = (
+        named_bytes.load(Ordering::SeqCst),
+        literal_bytes.load(Ordering::SeqCst),
+    );
+    // Refused: another name, no name, a name for an address, plain bytes in a tunnel.
+    for (target, sni, via, plain) in [
+        (&by_name, Some("other.test"), "proxy", false),
+        (&by_name, None, "proxy", false),
+        (&by_name, Some("other.test"), "forward", false),
+        (&by_ip, Some("localhost"), "proxy", false),
+        (&by_name, None, "proxy", true),
+    ] {
+        let got = hello(target.clone(), sni, via, plain);
+        if via == "proxy" {
+            // The tunnel was opened (200 cannot be taken back), then closed unanswered.
+            assert_eq!(
+                got["status"], "HTTP/1.1 200 Connection Established",
+                "{got}"
+            );
+        }
+        assert_eq!(
+            got["got"], "",
+            "{target} {sni:?} {via} plain={plain}: {got}"
+        );
+    }
+    assert_eq!(
+        (
+            named_bytes.load(Ordering::SeqCst),
+            literal_bytes.load(Ordering::SeqCst)
+        ),
+        before,
+        "a refused hello reached its server"
+    );
+    let denied = details(&home, "net.denied");
+    let coded = |code: &str, host: &str, want: &str| {
+        denied.iter().any(|d| {
+            d["code"] == code
+                && d["host"] == host
+                && d["plugin"] == "net"
+                && d["reason"].as_str().is_some_and(|r| r.contains(want))
+        })
+    };
+    assert!(
+        coded(
+            "sni_mismatch",
+            "localhost",
+            "names \"other.test\", not \"localhost\""
+        ),
+        "{denied:?}"
+    );
+    assert!(
+        coded("sni_mismatch", "localhost", "names no server"),
+        "{denied:?}"
+    );
+    assert!(
+        coded(
+            "sni_mismatch",
+            "127.0.0.1",
+            "names \"localhost\", not \"127.0.0.1\""
+        ),
+        "{denied:?}"
+    );
+    assert!(
+        coded("not_tls", "localhost", "carries TLS only"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|d| d["code"] == "sni_mismatch")
+            .count(),
+        4,
+        "{denied:?}"
+    );
+}
+
+/// Plain HTTP through the proxy: the absolute URI's authority is where the request goes and
+/// what its `Host` header says; a `Host` naming another site is replaced, so a server behind
+/// the granted address that routes by `Host` sees only the granted name.
+#[test]
+fn an_absolute_form_request_s_host_header_is_the_granted_authority() {
+    let (port, _) = saw_server();
+    let home = Home::new();
+    let _peer = install_net_peer(&home, &[format!("127.0.0.1:{port}")]);
+    home.start();
+    for host in [format!("127.0.0.1:{port}"), "evil.test".to_string()] {
+        let head = format!("GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let got = call(&home, serde_json::json!({"op": "raw_head", "head": head}));
+        let text = got["got"].as_str().unwrap_or_default();
+        assert!(text.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(
+            text.contains(&format!(
+                "SAW:GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            )),
+            "{got}"
+        );
+        assert!(!text.contains("evil.test"), "{got}");
+    }
 }

@@ -8,11 +8,13 @@
 //! `net.egress` on `HOST:PORT` through the effect path when the sandbox was started by a
 //! request (so a token's scopes apply) — then vetted (resolved once, every address checked;
 //! private ranges only where the grant names the address or the plugin allows it) and dialled
-//! at exactly a vetted address. Every connection is audited: `net.connected`, `net.closed`
+//! at exactly a vetted address. A tunnel's (or a raw forward's) TLS hello must name the host
+//! it was granted for ([`Gate`], `hello.rs`). Every connection is audited: `net.connected`, `net.closed`
 //! (bytes each way, duration, outcome), or `net.denied` (with the reason, which a refused
 //! proxy request also gets as a `403` body).
 
 mod head;
+mod hello;
 pub(crate) mod ranges;
 pub(crate) mod resolve;
 
@@ -296,6 +298,12 @@ impl Shared {
     /// Records a refused connection, unless this window's records are spent (then it is
     /// counted, and the count recorded when the window or the sandbox ends).
     async fn denied(&self, host: &str, port: u16, via: &str, reason: &str) {
+        self.denied_as(host, port, via, None, reason).await;
+    }
+
+    /// [`Shared::denied`], with the refusal's class as `code` in the record (`sni_mismatch`,
+    /// `not_tls`, …) where one names it.
+    async fn denied_as(&self, host: &str, port: u16, via: &str, code: Option<&str>, reason: &str) {
         let mut out = Vec::new();
         {
             let mut r = self
@@ -310,9 +318,13 @@ impl Shared {
             }
             if r.ended || r.recorded < REFUSALS_RECORDED_PER_WINDOW {
                 r.recorded = r.recorded.saturating_add(1);
-                out.push(serde_json::json!({
+                let mut d = serde_json::json!({
                     "host": host, "port": port, "via": via, "reason": reason,
-                }));
+                });
+                if let (Some(c), Some(map)) = (code, d.as_object_mut()) {
+                    map.insert("code".into(), c.into());
+                }
+                out.push(d);
             } else {
                 r.counted += 1;
             }
@@ -620,12 +632,17 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         .record_later(s.event(Kind::NetConnected, detail))
         .await;
     let started = Instant::now();
-    // CONNECT: the tunnel is open, and bytes the client sent early go on to the destination;
-    // a forwarded request: its rewritten head (and early body bytes) go first.
-    let (first, tunnel) = match first {
-        Err(early) => (early, true),
-        Ok(head) => (head, false),
+    // CONNECT: the tunnel is open, and bytes the client sent early are the start of its TLS
+    // hello, held with the rest of it until its server name is checked (the gate); a raw
+    // forward: its first bytes are checked the same way if they start a TLS hello; a
+    // forwarded request: its rewritten head (and early body bytes) go first, unchecked (the
+    // head names the destination itself).
+    let (first, gate) = match first {
+        Err(early) => (Vec::new(), Some(Gate::new(&host, true, early))),
+        Ok(head) if tag != 0 => (head, Some(Gate::new(&host, false, Vec::new()))),
+        Ok(head) => (head, None),
     };
+    let tunnel = gate.as_ref().is_some_and(|g| g.tls_only);
     let ready = (!tunnel
         || client
             .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
@@ -636,6 +653,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
     s.moved.fetch_add(sent, Ordering::Relaxed);
     let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
     let mut reason = None;
+    let mut refused = None;
     let outcome = if ready {
         // The relay ends when the sandbox does, even in the middle of a write to a
         // destination that neither reads nor closes.
@@ -644,7 +662,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         let mut stop = stopping().subscribe();
         tokio::select! {
             _ = stop.wait_for(|s| *s) => "loongd_stopped",
-            o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
+            o = pump(&s, &mut client, &mut upstream, (&out, &back), gate, &mut refused) => o,
             _ = ended.wait_for(|e| *e) => "sandbox_ended",
             why = withdrawn(&s, &host, port, decided_at) => {
                 reason = Some(why);
@@ -655,6 +673,10 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         "reset"
     };
     let (out, back) = (out.into_inner(), back.into_inner());
+    if let Some((code, why)) = &refused {
+        s.denied_as(&host, port, via, Some(code), why).await;
+        reason = Some(why.clone());
+    }
     let mut detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
         "bytes_out": out, "bytes_in": back,
@@ -670,18 +692,100 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         .await;
 }
 
+/// The check of the first bytes a program sends on a tunnel or a raw forward: they are held
+/// until they are a whole TLS ClientHello whose server name is the destination's host, then
+/// passed on; a CONNECT tunnel carries TLS only, a forward carries any protocol, but a TLS
+/// hello on it is checked the same way. So a session opened to a granted host is for that
+/// host: a program cannot reach another site behind the same address (a CDN's, a shared
+/// host's) by naming it in the hello (domain fronting).
+struct Gate {
+    host: String,
+    tls_only: bool,
+    held: Vec<u8>,
+}
+
+/// What the gate says of the bytes held so far.
+enum Verdict {
+    Wait,
+    Pass,
+    /// The refusal's code and reason.
+    Refuse(&'static str, String),
+}
+
+impl Gate {
+    fn new(host: &str, tls_only: bool, held: Vec<u8>) -> Gate {
+        Gate {
+            host: host.to_string(),
+            tls_only,
+            held,
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match self.held.first() {
+            None => return Verdict::Wait,
+            Some(b) if *b != hello::HANDSHAKE_RECORD && !self.tls_only => return Verdict::Pass,
+            Some(_) => {}
+        }
+        let code = |e: &hello::HelloError| match e {
+            hello::HelloError::NotTls => "not_tls",
+            _ => "sni_mismatch",
+        };
+        match hello::parse(&self.held) {
+            Ok(hello::Hello::Incomplete) => Verdict::Wait,
+            Ok(hello::Hello::Whole(sni)) if hello::matches(&self.host, sni.as_deref()) => {
+                Verdict::Pass
+            }
+            Ok(hello::Hello::Whole(sni)) => Verdict::Refuse(
+                "sni_mismatch",
+                match sni {
+                    Some(name) => format!(
+                        "the TLS ClientHello names {name:?}, not {:?}, the host this connection was granted for",
+                        self.host
+                    ),
+                    None => format!(
+                        "the TLS ClientHello names no server, and {:?} must be named (a session for a name must say it)",
+                        self.host
+                    ),
+                },
+            ),
+            Err(e) => Verdict::Refuse(code(&e), e.to_string()),
+        }
+    }
+}
+
 /// Relays both ways until both sides are done, counting bytes against the sandbox's limit
-/// and in `(to the destination, from it)`: the outcome.
+/// and in `(to the destination, from it)`: the outcome. With a `gate`, the program's first
+/// bytes pass only once it says so; its refusal (code, reason) is put in `refused`.
 async fn pump(
     s: &Shared,
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     (out, back): (&AtomicU64, &AtomicU64),
+    mut gate: Option<Gate>,
+    refused: &mut Option<(&'static str, String)>,
 ) -> &'static str {
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
     let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
     let (mut c_open, mut u_open) = (true, true);
+    // Bytes the program sent with its CONNECT may be its whole hello already.
+    if let Some(g) = gate.as_mut().filter(|g| !g.held.is_empty()) {
+        match g.verdict() {
+            Verdict::Wait => {}
+            Verdict::Refuse(code, why) => {
+                *refused = Some((code, why));
+                return code;
+            }
+            Verdict::Pass => {
+                let held = std::mem::take(&mut g.held);
+                gate = None;
+                if let Some(o) = pass(s, &mut uw, &held, out).await {
+                    return o;
+                }
+            }
+        }
+    }
     while c_open || u_open {
         let (n, to_upstream) = tokio::select! {
             r = cr.read(&mut a), if c_open => (r, true),
@@ -691,6 +795,38 @@ async fn pump(
             Ok(n) => n,
             Err(_) => return "reset",
         };
+        if to_upstream {
+            if let Some(g) = gate.as_mut() {
+                // Held until the gate decides; a program that stops sending mid-hello has
+                // sent no hello.
+                g.held.extend_from_slice(&a[..n]);
+                let verdict = match g.verdict() {
+                    Verdict::Wait if n == 0 && !g.held.is_empty() => Verdict::Refuse(
+                        "sni_mismatch",
+                        "the program closed its side before its TLS ClientHello was whole".into(),
+                    ),
+                    v => v,
+                };
+                match verdict {
+                    Verdict::Wait if n > 0 => continue,
+                    Verdict::Wait => {}
+                    Verdict::Refuse(code, why) => {
+                        *refused = Some((code, why));
+                        return code;
+                    }
+                    Verdict::Pass => {
+                        let held = std::mem::take(&mut g.held);
+                        gate = None;
+                        if let Some(o) = pass(s, &mut uw, &held, out).await {
+                            return o;
+                        }
+                        if n > 0 {
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
         if n == 0 {
             // One side finished sending: pass the half-close on.
             if to_upstream {
@@ -702,24 +838,37 @@ async fn pump(
             }
             continue;
         }
-        // Only what is left of the sandbox's budget is passed on: a chunk that crosses it is
-        // cut at the limit, whatever size the reads came in.
-        let before = s.moved.fetch_add(n as u64, Ordering::Relaxed);
-        let left = s.egress.max_bytes.saturating_sub(before);
-        let pass = usize::try_from(left).map_or(n, |l| l.min(n));
-        let written = if to_upstream {
-            out.fetch_add(pass as u64, Ordering::Relaxed);
-            uw.write_all(&a[..pass]).await
+        let passed = if to_upstream {
+            pass(s, &mut uw, &a[..n], out).await
         } else {
-            back.fetch_add(pass as u64, Ordering::Relaxed);
-            cw.write_all(&b[..pass]).await
+            pass(s, &mut cw, &b[..n], back).await
         };
-        if written.is_err() {
-            return "reset";
-        }
-        if pass < n || before.saturating_add(n as u64) > s.egress.max_bytes {
-            return "byte_limit";
+        if let Some(o) = passed {
+            return o;
         }
     }
     "closed"
+}
+
+/// Writes `data` to `to` and counts it in `count`, within the sandbox's byte budget: only
+/// what is left of it is passed on (a chunk that crosses it is cut at the limit, whatever
+/// size the reads came in). The outcome if the relay ends here.
+async fn pass(
+    s: &Shared,
+    to: &mut (impl AsyncWriteExt + Unpin),
+    data: &[u8],
+    count: &AtomicU64,
+) -> Option<&'static str> {
+    let n = data.len();
+    let before = s.moved.fetch_add(n as u64, Ordering::Relaxed);
+    let left = s.egress.max_bytes.saturating_sub(before);
+    let pass = usize::try_from(left).map_or(n, |l| l.min(n));
+    count.fetch_add(pass as u64, Ordering::Relaxed);
+    if to.write_all(&data[..pass]).await.is_err() {
+        return Some("reset");
+    }
+    if pass < n || before.saturating_add(n as u64) > s.egress.max_bytes {
+        return Some("byte_limit");
+    }
+    None
 }
