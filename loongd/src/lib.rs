@@ -235,6 +235,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
     egress::set_total_limit(config.egress.max_total_connections as usize);
+    egress::set_tuning(egress::Tuning {
+        idle: std::time::Duration::from_millis(config.egress.idle_timeout_ms),
+        per_second: config.egress.connections_per_second,
+        burst: config.egress.connections_burst,
+    });
     init_log(&config.log.level);
     // The trust anchors every HTTP worker gets; an operator bundle that does not load stops
     // loongd rather than leave its internal services unverifiable.

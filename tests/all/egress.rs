@@ -1348,3 +1348,116 @@ fn an_absolute_form_request_s_host_header_is_the_granted_authority() {
         assert!(!text.contains("evil.test"), "{got}");
     }
 }
+
+/// A `sandbox run` of a Python script granted `grant`: its stdout, and the run's exit code.
+fn run_python(home: &Home, grant: &str, script: &str) -> (Option<i32>, String) {
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        grant,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// A connection silent both ways for `[egress] idle_timeout_ms` is ended by the broker and
+/// recorded closed `idle_timeout`; one that speaks within it is relayed (positive control).
+#[test]
+fn a_silent_connection_is_ended_after_the_idle_timeout() {
+    let (port, _) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
+    let home = Home::with_config("[egress]\nidle_timeout_ms = 500\n");
+    home.start();
+    // On the raw forward: one connection speaks after 0.1 s, another after 2 s.
+    let script = format!(
+        r#"
+import socket, time
+for wait in (0.1, 2.0):
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    time.sleep(wait)
+    got = b""
+    try:
+        s.sendall(b"PING\r\n\r\n")
+        while True:
+            more = s.recv(4096)
+            if not more:
+                break
+            got += more
+    except OSError as e:
+        got += repr(e).encode()
+    print(wait, "SAW" if b"SAW:PING" in got else "NOTHING", flush=True)
+"#
+    );
+    let (code, out) = run_python(&home, &grant, &script);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0.1 SAW"), "{out}");
+    assert!(out.contains("2.0 NOTHING"), "{out}");
+    let closed = details(&home, "net.closed");
+    assert_eq!(
+        closed
+            .iter()
+            .filter(|d| d["port"] == port && d["outcome"] == "idle_timeout")
+            .count(),
+        1,
+        "{closed:?}"
+    );
+}
+
+/// New connections above `[egress] connections_per_second` and its burst are refused: `429`
+/// through the proxy with the reason, `net.denied` code `rate_limited`; those within the
+/// burst are relayed (positive control), and the bucket refills with time.
+#[test]
+fn a_sandbox_s_new_connections_are_rate_limited() {
+    let (port, seen) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
+    let home = Home::with_config("[egress]\nconnections_per_second = 1\nconnections_burst = 3\n");
+    home.start();
+    let script = format!(
+        r#"
+import os, socket, time
+proxy = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+def once():
+    s = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+    s.sendall(b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n")
+    got = b""
+    while True:
+        more = s.recv(4096)
+        if not more:
+            break
+        got += more
+    return got.decode(errors="replace")
+first = [once() for _ in range(6)]
+print("STATUS", " ".join(a.split(" ")[1] for a in first))
+print("REASON", [a for a in first if " 429 " in a][:1])
+time.sleep(2.2)
+print("LATER", once().split(" ")[1])
+"#
+    );
+    let (code, out) = run_python(&home, &grant, &script);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("STATUS 200 200 200 429 429 429"), "{out}");
+    assert!(
+        out.contains("faster than 1 per second (at most 3 at once)"),
+        "{out}"
+    );
+    assert!(out.contains("LATER 200"), "{out}");
+    assert!(seen.load(Ordering::SeqCst) > 0);
+    let denied = details(&home, "net.denied");
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|d| d["code"] == "rate_limited")
+            .count(),
+        3,
+        "{denied:?}"
+    );
+}

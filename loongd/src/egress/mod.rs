@@ -84,6 +84,63 @@ pub(crate) fn set_total_limit(max: usize) {
     let _ = TOTAL.set((max, Arc::new(Semaphore::new(max))));
 }
 
+/// How long a relayed connection may carry no byte either way, unless `[egress]
+/// idle_timeout_ms` says otherwise: it is then ended (`net.closed` outcome `idle_timeout`),
+/// so a program cannot hold the broker's slots and descriptors with silent connections.
+pub(crate) const IDLE_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_EGRESS_IDLE_TIMEOUT_MS);
+/// New connections one sandbox may open per second on average, and at once above that
+/// (a token bucket), unless `[egress] connections_per_second` and `connections_burst` say
+/// otherwise; one more is refused (`net.denied` code `rate_limited`).
+pub(crate) const CONNECTIONS_PER_SECOND: u32 = crate::config::DEFAULT_EGRESS_CONNECTIONS_PER_SECOND;
+pub(crate) const CONNECTIONS_BURST: u32 = crate::config::DEFAULT_EGRESS_CONNECTIONS_BURST;
+
+/// The broker's idle timeout and connection rate (per sandbox), set once at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub idle: Duration,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+static TUNING: OnceLock<Tuning> = OnceLock::new();
+
+/// Sets the idle timeout and the connection rate (once, at start; without it,
+/// [`IDLE_TIMEOUT`], [`CONNECTIONS_PER_SECOND`] and [`CONNECTIONS_BURST`]).
+pub(crate) fn set_tuning(t: Tuning) {
+    let _ = TUNING.set(t);
+}
+
+fn tuning() -> Tuning {
+    *TUNING.get_or_init(|| Tuning {
+        idle: IDLE_TIMEOUT,
+        per_second: CONNECTIONS_PER_SECOND,
+        burst: CONNECTIONS_BURST,
+    })
+}
+
+/// One sandbox's token bucket of new connections.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes one token if there is one, after refilling for the time passed.
+    fn take(&mut self, t: Tuning) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(t.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(t.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
 /// on a request's effect path is decided again, and ends if it is refused now.
 static AUTHORITY: OnceLock<watch::Sender<u64>> = OnceLock::new();
@@ -189,6 +246,10 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
         egress,
         ended: watch::channel(false).0,
         refused: Mutex::new(std::collections::HashMap::new()),
+        bucket: Mutex::new(Bucket {
+            tokens: f64::from(tuning().burst),
+            at: Instant::now(),
+        }),
         refusals: Mutex::new(Refusals {
             window_start: Instant::now(),
             recorded: 0,
@@ -254,6 +315,8 @@ struct Shared {
     ended: watch::Sender<bool>,
     /// `HOST:PORT` → why the effect path refused it (at most [`MAX_REFUSED_TARGETS`]).
     refused: Mutex<std::collections::HashMap<String, String>>,
+    /// New connections (`[egress] connections_per_second`, `connections_burst`).
+    bucket: Mutex<Bucket>,
     refusals: Mutex<Refusals>,
 }
 
@@ -533,6 +596,25 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         return;
     };
     let via = if tag == 0 { "proxy" } else { "forward" };
+    let t = tuning();
+    let admitted = s
+        .bucket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take(t);
+    if !admitted {
+        let why = format!(
+            "{} opens new connections faster than {} per second (at most {} at once), its limit ([egress] connections_per_second, connections_burst); retry later",
+            s.egress.owner.named(),
+            t.per_second,
+            t.burst
+        );
+        s.denied_as("", 0, via, Some("rate_limited"), &why).await;
+        if tag == 0 {
+            answer(&mut client, "429 Too Many Requests", &why).await;
+        }
+        return;
+    }
     let Ok(_slot) = s.slots.clone().try_acquire_owned() else {
         let why = format!(
             "{} has {} connections open, its limit",
@@ -769,6 +851,9 @@ async fn pump(
     let (mut ur, mut uw) = upstream.split();
     let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
     let (mut c_open, mut u_open) = (true, true);
+    let idle = tuning().idle;
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
     // Bytes the program sent with its CONNECT may be its whole hello already.
     if let Some(g) = gate.as_mut().filter(|g| !g.held.is_empty()) {
         match g.verdict() {
@@ -790,7 +875,9 @@ async fn pump(
         let (n, to_upstream) = tokio::select! {
             r = cr.read(&mut a), if c_open => (r, true),
             r = ur.read(&mut b), if u_open => (r, false),
+            () = &mut quiet => return "idle_timeout",
         };
+        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
         let n = match n {
             Ok(n) => n,
             Err(_) => return "reset",
