@@ -205,7 +205,7 @@ fn fetches(socket: &Path, target: &str) -> Vec<Duration> {
 }
 
 /// A home whose loongd trusts the bench's CA, fetches from loopback, and leaves the broker's
-/// byte budget and connection limit out of the way (a client's closed connection holds its
+/// byte budget, connection rate and connection limit out of the way (a client's closed connection holds its
 /// slot until the broker has seen it close, so [`RATE_CLIENTS`] back-to-back clients need
 /// more than [`RATE_CLIENTS`] slots).
 fn home(pki: &Path) -> tempfile::TempDir {
@@ -216,7 +216,7 @@ fn home(pki: &Path) -> tempfile::TempDir {
     std::fs::write(
         home.path().join("loongd.toml"),
         format!(
-            "[builtins]\nfetch = true\nfetch_allow_private = true\n\n[egress]\nca_bundle = {:?}\nmax_bytes = {}\nmax_connections = {}\n",
+            "[builtins]\nfetch = true\nfetch_allow_private = true\n\n[egress]\nca_bundle = {:?}\nmax_bytes = {}\nmax_connections = {}\nconnections_per_second = 100000\nconnections_burst = 100000\n",
             pki.join("ca.pem").display().to_string(),
             1u64 << 40,
             RATE_CLIENTS * 4

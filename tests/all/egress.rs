@@ -847,7 +847,10 @@ fn a_connection_ends_with_its_sandbox_even_when_the_server_never_closes() {
 fn a_flood_of_refused_connections_is_counted_not_recorded_one_by_one() {
     let granted = LocalHttp::text("loong-flood-control");
     let (other, other_seen) = counting_listener();
-    let home = Home::new();
+    // The connection rate out of the way: the flood is of refusals the rate would allow.
+    let home = Home::with_config(
+        "[egress]\nconnections_per_second = 100000\nconnections_burst = 100000\n",
+    );
     home.start();
     let grant = format!("127.0.0.1:{}", granted.port);
     // 300 CONNECTs to a port that is not granted, each on its own connection, then one
