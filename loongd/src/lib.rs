@@ -192,9 +192,13 @@ impl Kernel {
 
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
     fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
-        kind.egress_limits = (
-            self.config.egress.max_connections as usize,
-            self.config.egress.max_bytes,
+        kind.egress_limits = egress::limits_for(
+            kind.net_owner.as_deref(),
+            &kind.egress_asked,
+            (
+                self.config.egress.max_connections,
+                self.config.egress.max_bytes,
+            ),
         );
         let pool = Arc::new(workers::Supervisor::new(
             kind,

@@ -1464,3 +1464,65 @@ print("LATER", once().split(" ")[1])
         "{denied:?}"
     );
 }
+
+/// A plugin's `sandbox.egress` limits tighten loongd's `[egress]` ones, never loosen them: a
+/// plugin asking for one connection at once gets one (its second is refused 503 naming the
+/// limit) while the same plugin asking for two gets both (the control); a plugin asking for
+/// more bytes than loongd allows gets loongd's limit.
+#[test]
+fn a_plugin_s_egress_limits_only_tighten_loongd_s() {
+    let granted = LocalHttp::text("loong-override-page");
+    let grants = vec![format!("127.0.0.1:{}", granted.port)];
+    let two = serde_json::json!({
+        "op": "two", "target": grants[0], "url": granted.url(),
+    });
+    for (asked, second) in [(2, 200), (1, 503)] {
+        let home = Home::new();
+        let _peer = install_net_peer_with(
+            &home,
+            "net",
+            &grants,
+            &format!(r#", "egress": {{"max_connections": {asked}}}"#),
+        );
+        home.start();
+        let got = call(&home, two.clone());
+        assert!(
+            got["first"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+            "{got}"
+        );
+        assert_eq!(got["second"]["status"], second, "asked {asked}: {got}");
+        if second == 503 {
+            let body = got["second"]["body"].as_str().unwrap_or_default();
+            assert!(
+                body.contains("plugin net has 1 connections open, its limit"),
+                "{body}"
+            );
+        }
+    }
+    // Asking for more than loongd allows: loongd's 4 KiB applies.
+    let big = LocalHttp::start(|_, _| ("200 OK".into(), "text/plain", "b".repeat(16 * 1024)));
+    let home = Home::with_config("[egress]\nmax_bytes = 4096\n");
+    let _peer = install_net_peer_with(
+        &home,
+        "net",
+        &[format!("127.0.0.1:{}", big.port)],
+        r#", "egress": {"max_bytes": 1000000000}"#,
+    );
+    home.start();
+    let get = || call(&home, serde_json::json!({"op": "get", "url": big.url()}));
+    let first = get();
+    assert!(
+        first["body"].as_str().map_or(0, str::len) < 16 * 1024,
+        "the whole page passed loongd's limit: {first}"
+    );
+    let second = get();
+    assert_eq!(second["status"], 403, "{second}");
+    assert!(
+        second["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("has moved its limit of 4096 bytes")),
+        "{second}"
+    );
+}

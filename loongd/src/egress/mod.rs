@@ -141,6 +141,31 @@ impl Bucket {
     }
 }
 
+/// A worker's limits: loongd's `[egress]` values (`loongd`), tightened by the plugin's own
+/// `sandbox.egress` where it asks for less; a larger value is clamped to loongd's, and said
+/// in loongd's log naming the plugin, the field and both values.
+pub(crate) fn limits_for(
+    plugin: Option<&str>,
+    asked: &loong_profiles::plugin::EgressLimits,
+    loongd: (u64, u64),
+) -> (usize, u64) {
+    let plugin = plugin.unwrap_or("(built-in)");
+    let pick = |field: &str, asked: Option<u64>, ours: u64| match asked {
+        Some(a) if a > ours => {
+            tracing::warn!(
+                plugin,
+                "sandbox.egress.{field} {a} is above loongd's [egress] {field} {ours}: {ours} applies (a plugin may only tighten it)"
+            );
+            ours
+        }
+        Some(a) => a,
+        None => ours,
+    };
+    let conns = pick("max_connections", asked.max_connections, loongd.0);
+    let bytes = pick("max_bytes", asked.max_bytes, loongd.1);
+    (usize::try_from(conns).unwrap_or(usize::MAX), bytes)
+}
+
 /// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
 /// on a request's effect path is decided again, and ends if it is refused now.
 static AUTHORITY: OnceLock<watch::Sender<u64>> = OnceLock::new();

@@ -126,6 +126,8 @@ pub(crate) struct WorkerKind {
     /// The egress broker's limits for one worker: connections open at once, bytes over its
     /// life (`[egress]` in loongd.toml).
     pub egress_limits: (usize, u64),
+    /// The plugin's own `sandbox.egress` limits, which may only tighten `egress_limits`.
+    pub egress_asked: loong_profiles::plugin::EgressLimits,
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -152,6 +154,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -172,6 +175,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -192,6 +196,7 @@ impl WorkerKind {
             net_owner: Some(AGENT_NET_OWNER.to_string()),
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -211,6 +216,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -244,6 +250,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 }
