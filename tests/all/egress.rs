@@ -1526,3 +1526,62 @@ fn a_plugin_s_egress_limits_only_tighten_loongd_s() {
         "{second}"
     );
 }
+
+/// A plugin's byte budget outlives its worker: killed and restarted, the worker of a plugin
+/// that spent `[egress] max_bytes` is refused (loongd keeps the budget per plugin for
+/// `egress::BYTE_WINDOW`), while another plugin still has its own (the control).
+#[test]
+fn a_restarted_worker_gets_no_fresh_byte_budget() {
+    let big = LocalHttp::start(|_, _| ("200 OK".into(), "text/plain", "b".repeat(16 * 1024)));
+    let home = Home::with_config("[egress]\nmax_bytes = 4096\n");
+    let grant = [format!("127.0.0.1:{}", big.port)];
+    let _peer = install_net_peer(&home, &grant);
+    let _other = install_net_peer_as(&home, "other", &grant);
+    home.start();
+    let get = |tool: &str| {
+        let input = serde_json::json!({"op": "get", "url": big.url()}).to_string();
+        let (code, out, err) = invoke(&home, &[tool, "--input", &input]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+    };
+    // Bytes flowed until the limit cut the page short (urllib says how much it read).
+    let reached = |v: &serde_json::Value| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("IncompleteRead(3") || e.contains("IncompleteRead(4"))
+    };
+    let first = get("net");
+    assert!(reached(&first), "{first}");
+    // The worker is killed; the next call starts another.
+    let before: Vec<u64> = crate::workers::workers(&home)
+        .iter()
+        .filter(|w| w["kind"] == "stdio")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    assert!(!before.is_empty(), "no stdio worker");
+    for pid in &before {
+        crate::kernel_calls::kill9(i32::try_from(*pid).expect("pid"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let again = get("net");
+    assert_eq!(again["status"], 403, "{again}");
+    assert!(
+        again["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("plugin net has moved its limit of 4096 bytes")),
+        "{again}"
+    );
+    let after: Vec<u64> = crate::workers::workers(&home)
+        .iter()
+        .filter(|w| w["kind"] == "stdio")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    // A worker was started again after the kill (the refusal is its new sandbox's).
+    assert!(
+        after.iter().any(|p| !before.contains(p)),
+        "{before:?} {after:?}"
+    );
+    // Control: another plugin's budget is its own.
+    let other = get("other");
+    assert!(reached(&other), "{other}");
+}

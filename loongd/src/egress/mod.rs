@@ -166,6 +166,83 @@ pub(crate) fn limits_for(
     (usize::try_from(conns).unwrap_or(usize::MAX), bytes)
 }
 
+/// How long a plugin's byte budget lasts: its workers' bytes through the broker count against
+/// `max_bytes` for this long from the first, across the worker's restarts, then start again.
+pub(crate) const BYTE_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Past this many plugins' budgets, those whose window has passed are forgotten when a new
+/// one is made (a live one never is: the map holds one entry per plugin loaded within the
+/// window).
+pub(crate) const MAX_BUDGETS: usize = 4096;
+
+/// Bytes moved against a `max_bytes`, in a window.
+pub(crate) struct Budget {
+    bytes: AtomicU64,
+    started: Mutex<Instant>,
+    /// `None`: a sandbox's own budget, for its life.
+    window: Option<Duration>,
+}
+
+impl Budget {
+    fn new(window: Option<Duration>) -> Budget {
+        Budget {
+            bytes: AtomicU64::new(0),
+            started: Mutex::new(Instant::now()),
+            window,
+        }
+    }
+
+    /// The bytes of the current window (a window that has passed starts again at 0).
+    fn current(&self) -> u64 {
+        if let Some(w) = self.window {
+            let mut started = self
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if started.elapsed() >= w {
+                *started = Instant::now();
+                self.bytes.store(0, Ordering::Relaxed);
+            }
+        }
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn expired(&self) -> bool {
+        self.window.is_some_and(|w| {
+            self.started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed()
+                >= w
+        })
+    }
+}
+
+/// Each plugin's byte budget, kept across its worker's restarts.
+static BUDGETS: OnceLock<Mutex<std::collections::HashMap<String, Arc<Budget>>>> = OnceLock::new();
+
+/// The budget a sandbox's bytes count against: a plugin's worker shares its plugin's, kept
+/// in loongd's memory for [`BYTE_WINDOW`] whatever its worker does (a worker that is
+/// restarted, by a crash or on purpose, gets no fresh budget); a `sandbox run` has its own
+/// for its life.
+fn budget_for(egress: &Egress) -> Arc<Budget> {
+    let (Some(plugin), None) = (&egress.owner.plugin, &egress.decide) else {
+        return Arc::new(Budget::new(None));
+    };
+    let mut all = BUDGETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(b) = all.get(plugin) {
+        return b.clone();
+    }
+    if all.len() >= MAX_BUDGETS {
+        all.retain(|_, b| !b.expired());
+    }
+    let b = Arc::new(Budget::new(Some(BYTE_WINDOW)));
+    all.insert(plugin.clone(), b.clone());
+    b
+}
+
 /// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
 /// on a request's effect path is decided again, and ends if it is refused now.
 static AUTHORITY: OnceLock<watch::Sender<u64>> = OnceLock::new();
@@ -266,7 +343,7 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
     let forwards = loong_sandbox::spec::forwards(&egress.grants);
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(egress.max_connections)),
-        moved: AtomicU64::new(0),
+        moved: budget_for(&egress),
         forwards,
         egress,
         ended: watch::channel(false).0,
@@ -334,7 +411,9 @@ impl Drop for Count {
 struct Shared {
     egress: Egress,
     slots: Arc<Semaphore>,
-    moved: AtomicU64,
+    /// Bytes moved both ways against `max_bytes`: the sandbox's own, or its plugin's
+    /// ([`budget_for`]).
+    moved: Arc<Budget>,
     forwards: Vec<(String, u16)>,
     /// Set once the sandbox is gone: every connection still relayed ends.
     ended: watch::Sender<bool>,
@@ -541,7 +620,7 @@ async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
             s.grants_text()
         ));
     }
-    if s.moved.load(Ordering::Relaxed) >= s.egress.max_bytes {
+    if s.moved.current() >= s.egress.max_bytes {
         return Err(format!(
             "{} has moved its limit of {} bytes through the broker",
             s.egress.owner.named(),
@@ -762,7 +841,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             .is_ok())
         && upstream.write_all(&first).await.is_ok();
     let sent = first.len() as u64;
-    s.moved.fetch_add(sent, Ordering::Relaxed);
+    s.moved.bytes.fetch_add(sent, Ordering::Relaxed);
     let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
     let mut reason = None;
     let mut refused = None;
@@ -977,7 +1056,7 @@ async fn pass(
     count: &AtomicU64,
 ) -> Option<&'static str> {
     let n = data.len();
-    let before = s.moved.fetch_add(n as u64, Ordering::Relaxed);
+    let before = s.moved.bytes.fetch_add(n as u64, Ordering::Relaxed);
     let left = s.egress.max_bytes.saturating_sub(before);
     let pass = usize::try_from(left).map_or(n, |l| l.min(n));
     count.fetch_add(pass as u64, Ordering::Relaxed);
