@@ -122,8 +122,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # lookup_timeout_ms = 5000
 # A sandbox with a network grant reaches the network only through loongd's egress broker
 # (docs/SECURITY.md, "The network boundary"). Per sandbox: connections open at once
-# (1..=4096), and bytes moved over its life, both ways (a connection that crosses it is
-# closed, later ones are refused).
+# (1..=4096), and bytes moved over its life, both ways (a plugin's: per hour, across its
+# worker's restarts; a connection that crosses it is closed, later ones are refused). A
+# plugin's manifest may lower both for itself (sandbox.egress), never raise them.
 # max_connections = 64
 # max_bytes = 1073741824
 # Connections open at once for all sandboxes together (1..=65536).
