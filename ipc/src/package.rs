@@ -62,6 +62,7 @@ pub const SANDBOX_FIELDS: &[&str] = &[
     "max_line_bytes",
     "allow_private_network",
     "input",
+    "egress",
 ];
 
 /// The capability names a manifest may declare: ours (snake_case) and public Loong's

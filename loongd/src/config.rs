@@ -135,12 +135,19 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # lookup_timeout_ms = 5000
 # A sandbox with a network grant reaches the network only through loongd's egress broker
 # (docs/SECURITY.md, "The network boundary"). Per sandbox: connections open at once
-# (1..=4096), and bytes moved over its life, both ways (a connection that crosses it is
-# closed, later ones are refused).
+# (1..=4096), and bytes moved over its life, both ways (a plugin's: per hour, across its
+# worker's restarts; a connection that crosses it is closed, later ones are refused). A
+# plugin's manifest may lower both for itself (sandbox.egress), never raise them.
 # max_connections = 64
 # max_bytes = 1073741824
 # Connections open at once for all sandboxes together (1..=65536).
 # max_total_connections = 1024
+# A relayed connection silent both ways this long is ended (ms, 100..=86400000).
+# idle_timeout_ms = 300000
+# New connections one sandbox may open per second, and at once above that rate (a token
+# bucket; each 1..=100000); one more is refused (429 through the proxy).
+# connections_per_second = 50
+# connections_burst = 200
 # A PEM file of CA certificates trusted for https:// connectors and web.fetch beside the
 # public roots and the system store (an internal CA).
 # ca_bundle = "/etc/loong/ca.pem"
@@ -406,6 +413,15 @@ pub struct EgressConfig {
     /// Connections open at once for all sandboxes together.
     #[serde(deserialize_with = "egress_total")]
     pub max_total_connections: u64,
+    /// How long a relayed connection may carry no byte either way before the broker ends it.
+    #[serde(deserialize_with = "egress_idle")]
+    pub idle_timeout_ms: u64,
+    /// New connections one sandbox may open per second, on average.
+    #[serde(deserialize_with = "egress_rate")]
+    pub connections_per_second: u32,
+    /// New connections one sandbox may open at once above that rate (the bucket's size).
+    #[serde(deserialize_with = "egress_burst")]
+    pub connections_burst: u32,
     /// A PEM file of CA certificates trusted for `https://` endpoints and `web.fetch`,
     /// beside the public roots and the system store (an internal CA, a test CA). Read at
     /// start; one that does not parse stops loongd.
@@ -421,6 +437,9 @@ impl Default for EgressConfig {
             max_connections: DEFAULT_EGRESS_CONNECTIONS,
             max_bytes: DEFAULT_EGRESS_BYTES,
             max_total_connections: DEFAULT_EGRESS_TOTAL_CONNECTIONS,
+            idle_timeout_ms: DEFAULT_EGRESS_IDLE_TIMEOUT_MS,
+            connections_per_second: DEFAULT_EGRESS_CONNECTIONS_PER_SECOND,
+            connections_burst: DEFAULT_EGRESS_CONNECTIONS_BURST,
             ca_bundle: None,
         }
     }
@@ -457,6 +476,35 @@ pub const MAX_EGRESS_CONNECTIONS: u64 = 4096;
 
 fn egress_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ranged(d, 1, MAX_EGRESS_CONNECTIONS, "connections")
+}
+
+/// How long a relayed connection may be silent both ways, by default (`[egress]
+/// idle_timeout_ms`).
+pub const DEFAULT_EGRESS_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// The bounds of `[egress] idle_timeout_ms` (a tenth of a second to a day).
+pub const EGRESS_IDLE_TIMEOUT_RANGE_MS: (u64, u64) = (100, 86_400_000);
+/// New connections one sandbox may open per second, by default (`[egress]
+/// connections_per_second`): a page load's worth each second.
+pub const DEFAULT_EGRESS_CONNECTIONS_PER_SECOND: u32 = 50;
+/// New connections one sandbox may open at once above the rate, by default (`[egress]
+/// connections_burst`).
+pub const DEFAULT_EGRESS_CONNECTIONS_BURST: u32 = 200;
+/// The most `[egress] connections_per_second` and `connections_burst` may be.
+pub const MAX_EGRESS_CONNECTION_RATE: u32 = 100_000;
+
+fn egress_idle<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(
+        d,
+        EGRESS_IDLE_TIMEOUT_RANGE_MS.0,
+        EGRESS_IDLE_TIMEOUT_RANGE_MS.1,
+        "ms",
+    )
+}
+fn egress_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_EGRESS_CONNECTION_RATE, "connections per second")
+}
+fn egress_burst<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_EGRESS_CONNECTION_RATE, "connections")
 }
 
 /// The connections the broker holds open for all sandboxes together, by default
@@ -1157,8 +1205,11 @@ mod tests {
         c.egress.max_connections = 2;
         c.egress.max_bytes = 4096;
         c.egress.max_total_connections = 3;
+        c.egress.idle_timeout_ms = 100;
+        c.egress.connections_per_second = 1;
+        c.egress.connections_burst = 100_000;
         check(
-            "[egress]\nmax_connections = 2\nmax_bytes = 4096\nmax_total_connections = 3\n",
+            "[egress]\nmax_connections = 2\nmax_bytes = 4096\nmax_total_connections = 3\nidle_timeout_ms = 100\nconnections_per_second = 1\nconnections_burst = 100000\n",
             Ok(c),
         );
         for (text, want) in [
@@ -1174,6 +1225,18 @@ mod tests {
             (
                 "[egress]\nmax_total_connections = 65537\n",
                 ":2: 65537 is outside 1..=65536 connections",
+            ),
+            (
+                "[egress]\nidle_timeout_ms = 99\n",
+                ":2: 99 is outside 100..=86400000 ms",
+            ),
+            (
+                "[egress]\nconnections_per_second = 0\n",
+                ":2: 0 is outside 1..=100000 connections per second",
+            ),
+            (
+                "[egress]\nconnections_burst = 100001\n",
+                ":2: 100001 is outside 1..=100000 connections",
             ),
             ("[egress]\nresolve = 1\n", "unknown field `resolve`"),
         ] {

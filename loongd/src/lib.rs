@@ -208,9 +208,13 @@ impl Kernel {
 
     /// A pool of one worker of `kind` (a foreign program's), with its health checks.
     fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
-        kind.egress_limits = (
-            self.config.egress.max_connections as usize,
-            self.config.egress.max_bytes,
+        kind.egress_limits = egress::limits_for(
+            kind.net_owner.as_deref(),
+            &kind.egress_asked,
+            (
+                self.config.egress.max_connections,
+                self.config.egress.max_bytes,
+            ),
         );
         let pool = Arc::new(workers::Supervisor::new(
             kind,
@@ -251,6 +255,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load_or_init(&layout.config_file)?;
     egress::set_total_limit(config.egress.max_total_connections as usize);
+    egress::set_tuning(egress::Tuning {
+        idle: std::time::Duration::from_millis(config.egress.idle_timeout_ms),
+        per_second: config.egress.connections_per_second,
+        burst: config.egress.connections_burst,
+    });
     init_log(&config.log.level);
     // The trust anchors every HTTP worker gets; an operator bundle that does not load stops
     // loongd rather than leave its internal services unverifiable.

@@ -283,6 +283,20 @@ struct RawSandbox {
     #[serde(default)]
     allow_private_network: bool,
     input: Option<String>,
+    egress: Option<EgressLimits>,
+}
+
+/// `sandbox.egress`: the plugin's own limits on what its worker moves through loongd's egress
+/// broker. They may only tighten loongd's `[egress]` values: a larger one is clamped to
+/// loongd's (and said so by loongd when it loads the plugin).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressLimits {
+    /// Connections open at once.
+    pub max_connections: Option<u64>,
+    /// Bytes over the worker's life (and across its restarts within loongd's window), both
+    /// ways.
+    pub max_bytes: Option<u64>,
 }
 
 /// How a foreign program is spoken to.
@@ -323,6 +337,8 @@ pub struct ForeignBridge {
     /// `sandbox.allow_private_network`: whether `sandbox.net` names may resolve to loopback,
     /// private or link-local addresses (an IP literal grant always reaches its address).
     pub allow_private_network: bool,
+    /// `sandbox.egress`: the plugin's own, tighter egress limits.
+    pub egress: EgressLimits,
 }
 
 /// What runs the plugin.
@@ -1166,6 +1182,7 @@ impl PluginManifest {
             ("sandbox.read", !raw.sandbox.read.is_empty()),
             ("sandbox.write", !raw.sandbox.write.is_empty()),
             ("sandbox.net", !raw.sandbox.net.is_empty()),
+            ("sandbox.egress", raw.sandbox.egress.is_some()),
             ("sandbox.config", !raw.sandbox.config.is_empty()),
             ("sandbox.input", raw.sandbox.input.is_some()),
             ("sandbox.fuel", raw.sandbox.fuel.is_some()),
@@ -1326,6 +1343,18 @@ impl PluginManifest {
             })
             .collect::<Vec<_>>();
         let allow_private_network = raw.sandbox.allow_private_network;
+        let egress = raw.sandbox.egress.unwrap_or_default();
+        for (field, v) in [
+            ("sandbox.egress.max_connections", egress.max_connections),
+            ("sandbox.egress.max_bytes", egress.max_bytes),
+        ] {
+            if v == Some(0) {
+                bad.add(
+                    field,
+                    "0: give at least 1 (loongd's [egress] value is the most)".into(),
+                );
+            }
+        }
         let max_line_bytes = raw.sandbox.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
             bad.add(
@@ -1346,6 +1375,7 @@ impl PluginManifest {
                 net,
                 max_line_bytes,
                 allow_private_network,
+                egress,
             }),
             described,
         ))

@@ -847,7 +847,10 @@ fn a_connection_ends_with_its_sandbox_even_when_the_server_never_closes() {
 fn a_flood_of_refused_connections_is_counted_not_recorded_one_by_one() {
     let granted = LocalHttp::text("loong-flood-control");
     let (other, other_seen) = counting_listener();
-    let home = Home::new();
+    // The connection rate out of the way: the flood is of refusals the rate would allow.
+    let home = Home::with_config(
+        "[egress]\nconnections_per_second = 100000\nconnections_burst = 100000\n",
+    );
     home.start();
     let grant = format!("127.0.0.1:{}", granted.port);
     // 300 CONNECTs to a port that is not granted, each on its own connection, then one
@@ -947,8 +950,8 @@ fn the_broker_s_connections_for_all_sandboxes_together_are_limited() {
 #[test]
 fn a_token_revoked_mid_connection_ends_the_connection() {
     use std::io::{BufRead, Write};
-    let granted = LocalHttp::text("loong-held-page");
-    let grant = format!("127.0.0.1:{}", granted.port);
+    let (port, _) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
     let home = Home::new();
     fs::create_dir_all(home.path().join("packs")).expect("packs");
     fs::write(
@@ -959,10 +962,20 @@ fn a_token_revoked_mid_connection_ends_the_connection() {
     )
     .expect("pack");
     home.start();
-    // A tunnel opened under the token, held idle until a line on stdin, then used.
+    // A tunnel opened under the token, held idle until a line on stdin, then used: its TLS
+    // hello (no server name, for an address), made by Python's ssl without a socket.
     let script = format!(
         r#"
-import os, socket, sys
+import os, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
 port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
 s = socket.create_connection(("127.0.0.1", port))
 s.sendall(b"CONNECT {grant} HTTP/1.1\r\n\r\n")
@@ -970,7 +983,7 @@ print("OPEN", s.recv(200).split(b"\r\n")[0].decode(), flush=True)
 sys.stdin.readline()
 got = b""
 try:
-    s.sendall(b"GET /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.sendall(outgoing.read())
     while True:
         b = s.recv(4096)
         if not b:
@@ -978,7 +991,7 @@ try:
         got += b
 except OSError as e:
     print("ERROR", e)
-print("GOT", got.decode(errors="replace"))
+print("GOT", got[:8].decode(errors="replace"))
 "#
     );
     let held = |revoke: bool| -> String {
@@ -1013,10 +1026,10 @@ print("GOT", got.decode(errors="replace"))
     };
     // Positive control: a tunnel held under a live token carries its request.
     let rest = held(false);
-    assert!(rest.contains("loong-held-page"), "{rest}");
+    assert!(rest.contains("GOT HTTP/1.1"), "{rest}");
     // Revoked while the tunnel is open: the tunnel ends; nothing more reaches the server.
     let rest = held(true);
-    assert!(!rest.contains("loong-held-page"), "{rest}");
+    assert!(!rest.contains("GOT HTTP/1.1"), "{rest}");
     let closed = details(&home, "net.closed");
     assert!(
         closed.iter().any(|d| d["outcome"] == "withdrawn"
@@ -1157,4 +1170,418 @@ fn held_run(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sandbox run")
+}
+
+/// A server that answers what it first receives: an HTTP answer whose body is `SAW:` and the
+/// bytes it got (lossy text); it counts the bytes every connection brought.
+fn saw_server() -> (u16, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let got = match c.read(&mut buf) {
+                    Ok(k) if k > 0 => k,
+                    _ => return,
+                };
+                seen.fetch_add(got, Ordering::SeqCst);
+                let body = format!("SAW:{}", String::from_utf8_lossy(&buf[..got]));
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (port, n)
+}
+
+/// Domain fronting: a session through the broker is for the host it was granted for. A
+/// CONNECT tunnel carries TLS only, and its ClientHello must name the CONNECT's host (an IP
+/// literal's, no name); a raw forward carries any protocol, but a TLS hello on it is checked
+/// the same way. A refused hello reaches nothing (the server counts no byte) and is recorded
+/// `net.denied` with its code; each refusal has its positive control.
+#[test]
+fn a_tunnel_s_tls_hello_must_name_its_host() {
+    let (named, named_bytes) = saw_server();
+    let (literal, literal_bytes) = saw_server();
+    let home = Home::new();
+    let _peer = install_net_peer_with(
+        &home,
+        "net",
+        &[format!("localhost:{named}"), format!("127.0.0.1:{literal}")],
+        r#", "allow_private_network": true"#,
+    );
+    home.start();
+    let hello = |target: String, sni: Option<&str>, via: &str, plain: bool| {
+        call(
+            &home,
+            serde_json::json!({"op": "hello", "target": target, "sni": sni, "via": via, "plain": plain}),
+        )
+    };
+    let by_name = format!("localhost:{named}");
+    let by_ip = format!("127.0.0.1:{literal}");
+    let passed = |got: &serde_json::Value| {
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.contains("SAW:\u{16}\u{3}") || g.contains("SAW:\u{fffd}"))
+    };
+    // Positive controls: the name's own hello, through the tunnel and on the forward; no name
+    // for an address.
+    for (target, sni, via) in [
+        (&by_name, Some("localhost"), "proxy"),
+        (&by_name, Some("LOCALHOST."), "proxy"),
+        (&by_name, Some("localhost"), "forward"),
+        (&by_ip, None, "proxy"),
+    ] {
+        let got = hello(target.clone(), sni, via, false);
+        assert!(passed(&got), "{target} {sni:?} {via}: {got}");
+    }
+    // Plain bytes on a forward pass (a raw grant carries any protocol).
+    let got = hello(by_name.clone(), None, "forward", true);
+    assert!(
+        got["got"]
+            .as_str()
+            .is_some_and(|g| g.contains("SAW:PLAIN-BYTES")),
+        "{got}"
+    );
+    let before = (
+        named_bytes.load(Ordering::SeqCst),
+        literal_bytes.load(Ordering::SeqCst),
+    );
+    // Refused: another name, no name, a name for an address, plain bytes in a tunnel.
+    for (target, sni, via, plain) in [
+        (&by_name, Some("other.test"), "proxy", false),
+        (&by_name, None, "proxy", false),
+        (&by_name, Some("other.test"), "forward", false),
+        (&by_ip, Some("localhost"), "proxy", false),
+        (&by_name, None, "proxy", true),
+    ] {
+        let got = hello(target.clone(), sni, via, plain);
+        if via == "proxy" {
+            // The tunnel was opened (200 cannot be taken back), then closed unanswered.
+            assert_eq!(
+                got["status"], "HTTP/1.1 200 Connection Established",
+                "{got}"
+            );
+        }
+        assert_eq!(
+            got["got"], "",
+            "{target} {sni:?} {via} plain={plain}: {got}"
+        );
+    }
+    assert_eq!(
+        (
+            named_bytes.load(Ordering::SeqCst),
+            literal_bytes.load(Ordering::SeqCst)
+        ),
+        before,
+        "a refused hello reached its server"
+    );
+    let denied = details(&home, "net.denied");
+    let coded = |code: &str, host: &str, want: &str| {
+        denied.iter().any(|d| {
+            d["code"] == code
+                && d["host"] == host
+                && d["plugin"] == "net"
+                && d["reason"].as_str().is_some_and(|r| r.contains(want))
+        })
+    };
+    assert!(
+        coded(
+            "sni_mismatch",
+            "localhost",
+            "names \"other.test\", not \"localhost\""
+        ),
+        "{denied:?}"
+    );
+    assert!(
+        coded("sni_mismatch", "localhost", "names no server"),
+        "{denied:?}"
+    );
+    assert!(
+        coded(
+            "sni_mismatch",
+            "127.0.0.1",
+            "names \"localhost\", not \"127.0.0.1\""
+        ),
+        "{denied:?}"
+    );
+    assert!(
+        coded("not_tls", "localhost", "carries TLS only"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|d| d["code"] == "sni_mismatch")
+            .count(),
+        4,
+        "{denied:?}"
+    );
+}
+
+/// Plain HTTP through the proxy: the absolute URI's authority is where the request goes and
+/// what its `Host` header says; a `Host` naming another site is replaced, so a server behind
+/// the granted address that routes by `Host` sees only the granted name.
+#[test]
+fn an_absolute_form_request_s_host_header_is_the_granted_authority() {
+    let (port, _) = saw_server();
+    let home = Home::new();
+    let _peer = install_net_peer(&home, &[format!("127.0.0.1:{port}")]);
+    home.start();
+    for host in [format!("127.0.0.1:{port}"), "evil.test".to_string()] {
+        let head = format!("GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let got = call(&home, serde_json::json!({"op": "raw_head", "head": head}));
+        let text = got["got"].as_str().unwrap_or_default();
+        assert!(text.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(
+            text.contains(&format!(
+                "SAW:GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            )),
+            "{got}"
+        );
+        assert!(!text.contains("evil.test"), "{got}");
+    }
+}
+
+/// A `sandbox run` of a Python script granted `grant`: its stdout, and the run's exit code.
+fn run_python(home: &Home, grant: &str, script: &str) -> (Option<i32>, String) {
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-net",
+        grant,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// A connection silent both ways for `[egress] idle_timeout_ms` is ended by the broker and
+/// recorded closed `idle_timeout`; one that speaks within it is relayed (positive control).
+#[test]
+fn a_silent_connection_is_ended_after_the_idle_timeout() {
+    let (port, _) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
+    let home = Home::with_config("[egress]\nidle_timeout_ms = 500\n");
+    home.start();
+    // On the raw forward: one connection speaks after 0.1 s, another after 2 s.
+    let script = format!(
+        r#"
+import socket, time
+for wait in (0.1, 2.0):
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    time.sleep(wait)
+    got = b""
+    try:
+        s.sendall(b"PING\r\n\r\n")
+        while True:
+            more = s.recv(4096)
+            if not more:
+                break
+            got += more
+    except OSError as e:
+        got += repr(e).encode()
+    print(wait, "SAW" if b"SAW:PING" in got else "NOTHING", flush=True)
+"#
+    );
+    let (code, out) = run_python(&home, &grant, &script);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0.1 SAW"), "{out}");
+    assert!(out.contains("2.0 NOTHING"), "{out}");
+    let closed = details(&home, "net.closed");
+    assert_eq!(
+        closed
+            .iter()
+            .filter(|d| d["port"] == port && d["outcome"] == "idle_timeout")
+            .count(),
+        1,
+        "{closed:?}"
+    );
+}
+
+/// New connections above `[egress] connections_per_second` and its burst are refused: `429`
+/// through the proxy with the reason, `net.denied` code `rate_limited`; those within the
+/// burst are relayed (positive control), and the bucket refills with time.
+#[test]
+fn a_sandbox_s_new_connections_are_rate_limited() {
+    let (port, seen) = saw_server();
+    let grant = format!("127.0.0.1:{port}");
+    let home = Home::with_config("[egress]\nconnections_per_second = 1\nconnections_burst = 3\n");
+    home.start();
+    let script = format!(
+        r#"
+import os, socket, time
+proxy = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+def once():
+    s = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+    s.sendall(b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n")
+    got = b""
+    while True:
+        more = s.recv(4096)
+        if not more:
+            break
+        got += more
+    return got.decode(errors="replace")
+first = [once() for _ in range(6)]
+print("STATUS", " ".join(a.split(" ")[1] for a in first))
+print("REASON", [a for a in first if " 429 " in a][:1])
+time.sleep(2.2)
+print("LATER", once().split(" ")[1])
+"#
+    );
+    let (code, out) = run_python(&home, &grant, &script);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("STATUS 200 200 200 429 429 429"), "{out}");
+    assert!(
+        out.contains("faster than 1 per second (at most 3 at once)"),
+        "{out}"
+    );
+    assert!(out.contains("LATER 200"), "{out}");
+    assert!(seen.load(Ordering::SeqCst) > 0);
+    let denied = details(&home, "net.denied");
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|d| d["code"] == "rate_limited")
+            .count(),
+        3,
+        "{denied:?}"
+    );
+}
+
+/// A plugin's `sandbox.egress` limits tighten loongd's `[egress]` ones, never loosen them: a
+/// plugin asking for one connection at once gets one (its second is refused 503 naming the
+/// limit) while the same plugin asking for two gets both (the control); a plugin asking for
+/// more bytes than loongd allows gets loongd's limit.
+#[test]
+fn a_plugin_s_egress_limits_only_tighten_loongd_s() {
+    let granted = LocalHttp::text("loong-override-page");
+    let grants = vec![format!("127.0.0.1:{}", granted.port)];
+    let two = serde_json::json!({
+        "op": "two", "target": grants[0], "url": granted.url(),
+    });
+    for (asked, second) in [(2, 200), (1, 503)] {
+        let home = Home::new();
+        let _peer = install_net_peer_with(
+            &home,
+            "net",
+            &grants,
+            &format!(r#", "egress": {{"max_connections": {asked}}}"#),
+        );
+        home.start();
+        let got = call(&home, two.clone());
+        assert!(
+            got["first"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("HTTP/1.1 200")),
+            "{got}"
+        );
+        assert_eq!(got["second"]["status"], second, "asked {asked}: {got}");
+        if second == 503 {
+            let body = got["second"]["body"].as_str().unwrap_or_default();
+            assert!(
+                body.contains("plugin net has 1 connections open, its limit"),
+                "{body}"
+            );
+        }
+    }
+    // Asking for more than loongd allows: loongd's 4 KiB applies.
+    let big = LocalHttp::start(|_, _| ("200 OK".into(), "text/plain", "b".repeat(16 * 1024)));
+    let home = Home::with_config("[egress]\nmax_bytes = 4096\n");
+    let _peer = install_net_peer_with(
+        &home,
+        "net",
+        &[format!("127.0.0.1:{}", big.port)],
+        r#", "egress": {"max_bytes": 1000000000}"#,
+    );
+    home.start();
+    let get = || call(&home, serde_json::json!({"op": "get", "url": big.url()}));
+    let first = get();
+    assert!(
+        first["body"].as_str().map_or(0, str::len) < 16 * 1024,
+        "the whole page passed loongd's limit: {first}"
+    );
+    let second = get();
+    assert_eq!(second["status"], 403, "{second}");
+    assert!(
+        second["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("has moved its limit of 4096 bytes")),
+        "{second}"
+    );
+}
+
+/// A plugin's byte budget outlives its worker: killed and restarted, the worker of a plugin
+/// that spent `[egress] max_bytes` is refused (loongd keeps the budget per plugin for
+/// `egress::BYTE_WINDOW`), while another plugin still has its own (the control).
+#[test]
+fn a_restarted_worker_gets_no_fresh_byte_budget() {
+    let big = LocalHttp::start(|_, _| ("200 OK".into(), "text/plain", "b".repeat(16 * 1024)));
+    let home = Home::with_config("[egress]\nmax_bytes = 4096\n");
+    let grant = [format!("127.0.0.1:{}", big.port)];
+    let _peer = install_net_peer(&home, &grant);
+    let _other = install_net_peer_as(&home, "other", &grant);
+    home.start();
+    let get = |tool: &str| {
+        let input = serde_json::json!({"op": "get", "url": big.url()}).to_string();
+        let (code, out, err) = invoke(&home, &[tool, "--input", &input]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+    };
+    // Bytes flowed until the limit cut the page short (urllib says how much it read).
+    let reached = |v: &serde_json::Value| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("IncompleteRead(3") || e.contains("IncompleteRead(4"))
+    };
+    let first = get("net");
+    assert!(reached(&first), "{first}");
+    // The worker is killed; the next call starts another.
+    let before: Vec<u64> = crate::workers::workers(&home)
+        .iter()
+        .filter(|w| w["kind"] == "stdio")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    assert!(!before.is_empty(), "no stdio worker");
+    for pid in &before {
+        crate::kernel_calls::kill9(i32::try_from(*pid).expect("pid"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let again = get("net");
+    assert_eq!(again["status"], 403, "{again}");
+    assert!(
+        again["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("plugin net has moved its limit of 4096 bytes")),
+        "{again}"
+    );
+    let after: Vec<u64> = crate::workers::workers(&home)
+        .iter()
+        .filter(|w| w["kind"] == "stdio")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    // A worker was started again after the kill (the refusal is its new sandbox's).
+    assert!(
+        after.iter().any(|p| !before.contains(p)),
+        "{before:?} {after:?}"
+    );
+    // Control: another plugin's budget is its own.
+    let other = get("other");
+    assert!(reached(&other), "{other}");
 }

@@ -8,11 +8,13 @@
 //! `net.egress` on `HOST:PORT` through the effect path when the sandbox was started by a
 //! request (so a token's scopes apply) — then vetted (resolved once, every address checked;
 //! private ranges only where the grant names the address or the plugin allows it) and dialled
-//! at exactly a vetted address. Every connection is audited: `net.connected`, `net.closed`
+//! at exactly a vetted address. A tunnel's (or a raw forward's) TLS hello must name the host
+//! it was granted for ([`Gate`], `hello.rs`). Every connection is audited: `net.connected`, `net.closed`
 //! (bytes each way, duration, outcome), or `net.denied` (with the reason, which a refused
 //! proxy request also gets as a `403` body).
 
 mod head;
+mod hello;
 pub(crate) mod ranges;
 pub(crate) mod resolve;
 
@@ -80,6 +82,165 @@ static TOTAL: OnceLock<(usize, Arc<Semaphore>)> = OnceLock::new();
 /// without it, [`MAX_TOTAL_CONNECTIONS`]).
 pub(crate) fn set_total_limit(max: usize) {
     let _ = TOTAL.set((max, Arc::new(Semaphore::new(max))));
+}
+
+/// How long a relayed connection may carry no byte either way, unless `[egress]
+/// idle_timeout_ms` says otherwise: it is then ended (`net.closed` outcome `idle_timeout`),
+/// so a program cannot hold the broker's slots and descriptors with silent connections.
+pub(crate) const IDLE_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_EGRESS_IDLE_TIMEOUT_MS);
+/// New connections one sandbox may open per second on average, and at once above that
+/// (a token bucket), unless `[egress] connections_per_second` and `connections_burst` say
+/// otherwise; one more is refused (`net.denied` code `rate_limited`).
+pub(crate) const CONNECTIONS_PER_SECOND: u32 = crate::config::DEFAULT_EGRESS_CONNECTIONS_PER_SECOND;
+pub(crate) const CONNECTIONS_BURST: u32 = crate::config::DEFAULT_EGRESS_CONNECTIONS_BURST;
+
+/// The broker's idle timeout and connection rate (per sandbox), set once at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub idle: Duration,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+static TUNING: OnceLock<Tuning> = OnceLock::new();
+
+/// Sets the idle timeout and the connection rate (once, at start; without it,
+/// [`IDLE_TIMEOUT`], [`CONNECTIONS_PER_SECOND`] and [`CONNECTIONS_BURST`]).
+pub(crate) fn set_tuning(t: Tuning) {
+    let _ = TUNING.set(t);
+}
+
+fn tuning() -> Tuning {
+    *TUNING.get_or_init(|| Tuning {
+        idle: IDLE_TIMEOUT,
+        per_second: CONNECTIONS_PER_SECOND,
+        burst: CONNECTIONS_BURST,
+    })
+}
+
+/// One sandbox's token bucket of new connections.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes one token if there is one, after refilling for the time passed.
+    fn take(&mut self, t: Tuning) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(t.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(t.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A worker's limits: loongd's `[egress]` values (`loongd`), tightened by the plugin's own
+/// `sandbox.egress` where it asks for less; a larger value is clamped to loongd's, and said
+/// in loongd's log naming the plugin, the field and both values.
+pub(crate) fn limits_for(
+    plugin: Option<&str>,
+    asked: &loong_profiles::plugin::EgressLimits,
+    loongd: (u64, u64),
+) -> (usize, u64) {
+    let plugin = plugin.unwrap_or("(built-in)");
+    let pick = |field: &str, asked: Option<u64>, ours: u64| match asked {
+        Some(a) if a > ours => {
+            tracing::warn!(
+                plugin,
+                "sandbox.egress.{field} {a} is above loongd's [egress] {field} {ours}: {ours} applies (a plugin may only tighten it)"
+            );
+            ours
+        }
+        Some(a) => a,
+        None => ours,
+    };
+    let conns = pick("max_connections", asked.max_connections, loongd.0);
+    let bytes = pick("max_bytes", asked.max_bytes, loongd.1);
+    (usize::try_from(conns).unwrap_or(usize::MAX), bytes)
+}
+
+/// How long a plugin's byte budget lasts: its workers' bytes through the broker count against
+/// `max_bytes` for this long from the first, across the worker's restarts, then start again.
+pub(crate) const BYTE_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Past this many plugins' budgets, those whose window has passed are forgotten when a new
+/// one is made (a live one never is: the map holds one entry per plugin loaded within the
+/// window).
+pub(crate) const MAX_BUDGETS: usize = 4096;
+
+/// Bytes moved against a `max_bytes`, in a window.
+pub(crate) struct Budget {
+    bytes: AtomicU64,
+    started: Mutex<Instant>,
+    /// `None`: a sandbox's own budget, for its life.
+    window: Option<Duration>,
+}
+
+impl Budget {
+    fn new(window: Option<Duration>) -> Budget {
+        Budget {
+            bytes: AtomicU64::new(0),
+            started: Mutex::new(Instant::now()),
+            window,
+        }
+    }
+
+    /// The bytes of the current window (a window that has passed starts again at 0).
+    fn current(&self) -> u64 {
+        if let Some(w) = self.window {
+            let mut started = self
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if started.elapsed() >= w {
+                *started = Instant::now();
+                self.bytes.store(0, Ordering::Relaxed);
+            }
+        }
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn expired(&self) -> bool {
+        self.window.is_some_and(|w| {
+            self.started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed()
+                >= w
+        })
+    }
+}
+
+/// Each plugin's byte budget, kept across its worker's restarts.
+static BUDGETS: OnceLock<Mutex<std::collections::HashMap<String, Arc<Budget>>>> = OnceLock::new();
+
+/// The budget a sandbox's bytes count against: a plugin's worker shares its plugin's, kept
+/// in loongd's memory for [`BYTE_WINDOW`] whatever its worker does (a worker that is
+/// restarted, by a crash or on purpose, gets no fresh budget); a `sandbox run` has its own
+/// for its life.
+fn budget_for(egress: &Egress) -> Arc<Budget> {
+    let (Some(plugin), None) = (&egress.owner.plugin, &egress.decide) else {
+        return Arc::new(Budget::new(None));
+    };
+    let mut all = BUDGETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(b) = all.get(plugin) {
+        return b.clone();
+    }
+    if all.len() >= MAX_BUDGETS {
+        all.retain(|_, b| !b.expired());
+    }
+    let b = Arc::new(Budget::new(Some(BYTE_WINDOW)));
+    all.insert(plugin.clone(), b.clone());
+    b
 }
 
 /// Bumped whenever a token is revoked (or a pack's tokens are): every open connection decided
@@ -182,11 +343,15 @@ pub(crate) fn serve(egress: Egress, ours: OwnedFd) {
     let forwards = loong_sandbox::spec::forwards(&egress.grants);
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(egress.max_connections)),
-        moved: AtomicU64::new(0),
+        moved: budget_for(&egress),
         forwards,
         egress,
         ended: watch::channel(false).0,
         refused: Mutex::new(std::collections::HashMap::new()),
+        bucket: Mutex::new(Bucket {
+            tokens: f64::from(tuning().burst),
+            at: Instant::now(),
+        }),
         refusals: Mutex::new(Refusals {
             window_start: Instant::now(),
             recorded: 0,
@@ -246,12 +411,16 @@ impl Drop for Count {
 struct Shared {
     egress: Egress,
     slots: Arc<Semaphore>,
-    moved: AtomicU64,
+    /// Bytes moved both ways against `max_bytes`: the sandbox's own, or its plugin's
+    /// ([`budget_for`]).
+    moved: Arc<Budget>,
     forwards: Vec<(String, u16)>,
     /// Set once the sandbox is gone: every connection still relayed ends.
     ended: watch::Sender<bool>,
     /// `HOST:PORT` → why the effect path refused it (at most [`MAX_REFUSED_TARGETS`]).
     refused: Mutex<std::collections::HashMap<String, String>>,
+    /// New connections (`[egress] connections_per_second`, `connections_burst`).
+    bucket: Mutex<Bucket>,
     refusals: Mutex<Refusals>,
 }
 
@@ -296,6 +465,12 @@ impl Shared {
     /// Records a refused connection, unless this window's records are spent (then it is
     /// counted, and the count recorded when the window or the sandbox ends).
     async fn denied(&self, host: &str, port: u16, via: &str, reason: &str) {
+        self.denied_as(host, port, via, None, reason).await;
+    }
+
+    /// [`Shared::denied`], with the refusal's class as `code` in the record (`sni_mismatch`,
+    /// `not_tls`, …) where one names it.
+    async fn denied_as(&self, host: &str, port: u16, via: &str, code: Option<&str>, reason: &str) {
         let mut out = Vec::new();
         {
             let mut r = self
@@ -310,9 +485,13 @@ impl Shared {
             }
             if r.ended || r.recorded < REFUSALS_RECORDED_PER_WINDOW {
                 r.recorded = r.recorded.saturating_add(1);
-                out.push(serde_json::json!({
+                let mut d = serde_json::json!({
                     "host": host, "port": port, "via": via, "reason": reason,
-                }));
+                });
+                if let (Some(c), Some(map)) = (code, d.as_object_mut()) {
+                    map.insert("code".into(), c.into());
+                }
+                out.push(d);
             } else {
                 r.counted += 1;
             }
@@ -441,7 +620,7 @@ async fn admit(s: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
             s.grants_text()
         ));
     }
-    if s.moved.load(Ordering::Relaxed) >= s.egress.max_bytes {
+    if s.moved.current() >= s.egress.max_bytes {
         return Err(format!(
             "{} has moved its limit of {} bytes through the broker",
             s.egress.owner.named(),
@@ -520,7 +699,30 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
     let Ok(mut client) = TcpStream::from_std(std) else {
         return;
     };
+    // Both sides without Nagle's delay: a relayed write goes on at once, as the program's own
+    // would on a direct connection (with it, a small write behind an unacknowledged one waits
+    // for the peer's delayed ACK, tens of milliseconds).
+    let _ = client.set_nodelay(true);
     let via = if tag == 0 { "proxy" } else { "forward" };
+    let t = tuning();
+    let admitted = s
+        .bucket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take(t);
+    if !admitted {
+        let why = format!(
+            "{} opens new connections faster than {} per second (at most {} at once), its limit ([egress] connections_per_second, connections_burst); retry later",
+            s.egress.owner.named(),
+            t.per_second,
+            t.burst
+        );
+        s.denied_as("", 0, via, Some("rate_limited"), &why).await;
+        if tag == 0 {
+            answer(&mut client, "429 Too Many Requests", &why).await;
+        }
+        return;
+    }
     let Ok(_slot) = s.slots.clone().try_acquire_owned() else {
         let why = format!(
             "{} has {} connections open, its limit",
@@ -612,6 +814,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             }
         },
     };
+    let _ = upstream.set_nodelay(true);
     let detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
     });
@@ -620,12 +823,17 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         .record_later(s.event(Kind::NetConnected, detail))
         .await;
     let started = Instant::now();
-    // CONNECT: the tunnel is open, and bytes the client sent early go on to the destination;
-    // a forwarded request: its rewritten head (and early body bytes) go first.
-    let (first, tunnel) = match first {
-        Err(early) => (early, true),
-        Ok(head) => (head, false),
+    // CONNECT: the tunnel is open, and bytes the client sent early are the start of its TLS
+    // hello, held with the rest of it until its server name is checked (the gate); a raw
+    // forward: its first bytes are checked the same way if they start a TLS hello; a
+    // forwarded request: its rewritten head (and early body bytes) go first, unchecked (the
+    // head names the destination itself).
+    let (first, gate) = match first {
+        Err(early) => (Vec::new(), Some(Gate::new(&host, true, early))),
+        Ok(head) if tag != 0 => (head, Some(Gate::new(&host, false, Vec::new()))),
+        Ok(head) => (head, None),
     };
+    let tunnel = gate.as_ref().is_some_and(|g| g.tls_only);
     let ready = (!tunnel
         || client
             .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
@@ -633,9 +841,10 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
             .is_ok())
         && upstream.write_all(&first).await.is_ok();
     let sent = first.len() as u64;
-    s.moved.fetch_add(sent, Ordering::Relaxed);
+    s.moved.bytes.fetch_add(sent, Ordering::Relaxed);
     let (out, back) = (AtomicU64::new(sent), AtomicU64::new(0));
     let mut reason = None;
+    let mut refused = None;
     let outcome = if ready {
         // The relay ends when the sandbox does, even in the middle of a write to a
         // destination that neither reads nor closes.
@@ -644,7 +853,7 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         let mut stop = stopping().subscribe();
         tokio::select! {
             _ = stop.wait_for(|s| *s) => "loongd_stopped",
-            o = pump(&s, &mut client, &mut upstream, (&out, &back)) => o,
+            o = pump(&s, &mut client, &mut upstream, (&out, &back), gate, &mut refused) => o,
             _ = ended.wait_for(|e| *e) => "sandbox_ended",
             why = withdrawn(&s, &host, port, decided_at) => {
                 reason = Some(why);
@@ -655,6 +864,10 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         "reset"
     };
     let (out, back) = (out.into_inner(), back.into_inner());
+    if let Some((code, why)) = &refused {
+        s.denied_as(&host, port, via, Some(code), why).await;
+        reason = Some(why.clone());
+    }
     let mut detail = serde_json::json!({
         "host": host, "port": port, "address": addr.to_string(), "via": via,
         "bytes_out": out, "bytes_in": back,
@@ -670,27 +883,146 @@ async fn connection(s: Arc<Shared>, tag: u8, conn: OwnedFd) {
         .await;
 }
 
+/// The check of the first bytes a program sends on a tunnel or a raw forward: they are held
+/// until they are a whole TLS ClientHello whose server name is the destination's host, then
+/// passed on; a CONNECT tunnel carries TLS only, a forward carries any protocol, but a TLS
+/// hello on it is checked the same way. So a session opened to a granted host is for that
+/// host: a program cannot reach another site behind the same address (a CDN's, a shared
+/// host's) by naming it in the hello (domain fronting).
+struct Gate {
+    host: String,
+    tls_only: bool,
+    held: Vec<u8>,
+}
+
+/// What the gate says of the bytes held so far.
+enum Verdict {
+    Wait,
+    Pass,
+    /// The refusal's code and reason.
+    Refuse(&'static str, String),
+}
+
+impl Gate {
+    fn new(host: &str, tls_only: bool, held: Vec<u8>) -> Gate {
+        Gate {
+            host: host.to_string(),
+            tls_only,
+            held,
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match self.held.first() {
+            None => return Verdict::Wait,
+            Some(b) if *b != hello::HANDSHAKE_RECORD && !self.tls_only => return Verdict::Pass,
+            Some(_) => {}
+        }
+        let code = |e: &hello::HelloError| match e {
+            hello::HelloError::NotTls => "not_tls",
+            _ => "sni_mismatch",
+        };
+        match hello::parse(&self.held) {
+            Ok(hello::Hello::Incomplete) => Verdict::Wait,
+            Ok(hello::Hello::Whole(sni)) if hello::matches(&self.host, sni.as_deref()) => {
+                Verdict::Pass
+            }
+            Ok(hello::Hello::Whole(sni)) => Verdict::Refuse(
+                "sni_mismatch",
+                match sni {
+                    Some(name) => format!(
+                        "the TLS ClientHello names {name:?}, not {:?}, the host this connection was granted for",
+                        self.host
+                    ),
+                    None => format!(
+                        "the TLS ClientHello names no server, and {:?} must be named (a session for a name must say it)",
+                        self.host
+                    ),
+                },
+            ),
+            Err(e) => Verdict::Refuse(code(&e), e.to_string()),
+        }
+    }
+}
+
 /// Relays both ways until both sides are done, counting bytes against the sandbox's limit
-/// and in `(to the destination, from it)`: the outcome.
+/// and in `(to the destination, from it)`: the outcome. With a `gate`, the program's first
+/// bytes pass only once it says so; its refusal (code, reason) is put in `refused`.
 async fn pump(
     s: &Shared,
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     (out, back): (&AtomicU64, &AtomicU64),
+    mut gate: Option<Gate>,
+    refused: &mut Option<(&'static str, String)>,
 ) -> &'static str {
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
     let (mut a, mut b) = (vec![0u8; RELAY_BUFFER_BYTES], vec![0u8; RELAY_BUFFER_BYTES]);
     let (mut c_open, mut u_open) = (true, true);
+    let idle = tuning().idle;
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
+    // Bytes the program sent with its CONNECT may be its whole hello already.
+    if let Some(g) = gate.as_mut().filter(|g| !g.held.is_empty()) {
+        match g.verdict() {
+            Verdict::Wait => {}
+            Verdict::Refuse(code, why) => {
+                *refused = Some((code, why));
+                return code;
+            }
+            Verdict::Pass => {
+                let held = std::mem::take(&mut g.held);
+                gate = None;
+                if let Some(o) = pass(s, &mut uw, &held, out).await {
+                    return o;
+                }
+            }
+        }
+    }
     while c_open || u_open {
         let (n, to_upstream) = tokio::select! {
             r = cr.read(&mut a), if c_open => (r, true),
             r = ur.read(&mut b), if u_open => (r, false),
+            () = &mut quiet => return "idle_timeout",
         };
+        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
         let n = match n {
             Ok(n) => n,
             Err(_) => return "reset",
         };
+        if to_upstream {
+            if let Some(g) = gate.as_mut() {
+                // Held until the gate decides; a program that stops sending mid-hello has
+                // sent no hello.
+                g.held.extend_from_slice(&a[..n]);
+                let verdict = match g.verdict() {
+                    Verdict::Wait if n == 0 && !g.held.is_empty() => Verdict::Refuse(
+                        "sni_mismatch",
+                        "the program closed its side before its TLS ClientHello was whole".into(),
+                    ),
+                    v => v,
+                };
+                match verdict {
+                    Verdict::Wait if n > 0 => continue,
+                    Verdict::Wait => {}
+                    Verdict::Refuse(code, why) => {
+                        *refused = Some((code, why));
+                        return code;
+                    }
+                    Verdict::Pass => {
+                        let held = std::mem::take(&mut g.held);
+                        gate = None;
+                        if let Some(o) = pass(s, &mut uw, &held, out).await {
+                            return o;
+                        }
+                        if n > 0 {
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
         if n == 0 {
             // One side finished sending: pass the half-close on.
             if to_upstream {
@@ -702,24 +1034,37 @@ async fn pump(
             }
             continue;
         }
-        // Only what is left of the sandbox's budget is passed on: a chunk that crosses it is
-        // cut at the limit, whatever size the reads came in.
-        let before = s.moved.fetch_add(n as u64, Ordering::Relaxed);
-        let left = s.egress.max_bytes.saturating_sub(before);
-        let pass = usize::try_from(left).map_or(n, |l| l.min(n));
-        let written = if to_upstream {
-            out.fetch_add(pass as u64, Ordering::Relaxed);
-            uw.write_all(&a[..pass]).await
+        let passed = if to_upstream {
+            pass(s, &mut uw, &a[..n], out).await
         } else {
-            back.fetch_add(pass as u64, Ordering::Relaxed);
-            cw.write_all(&b[..pass]).await
+            pass(s, &mut cw, &b[..n], back).await
         };
-        if written.is_err() {
-            return "reset";
-        }
-        if pass < n || before.saturating_add(n as u64) > s.egress.max_bytes {
-            return "byte_limit";
+        if let Some(o) = passed {
+            return o;
         }
     }
     "closed"
+}
+
+/// Writes `data` to `to` and counts it in `count`, within the sandbox's byte budget: only
+/// what is left of it is passed on (a chunk that crosses it is cut at the limit, whatever
+/// size the reads came in). The outcome if the relay ends here.
+async fn pass(
+    s: &Shared,
+    to: &mut (impl AsyncWriteExt + Unpin),
+    data: &[u8],
+    count: &AtomicU64,
+) -> Option<&'static str> {
+    let n = data.len();
+    let before = s.moved.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    let left = s.egress.max_bytes.saturating_sub(before);
+    let pass = usize::try_from(left).map_or(n, |l| l.min(n));
+    count.fetch_add(pass as u64, Ordering::Relaxed);
+    if to.write_all(&data[..pass]).await.is_err() {
+        return Some("reset");
+    }
+    if pass < n || before.saturating_add(n as u64) > s.egress.max_bytes {
+        return Some("byte_limit");
+    }
+    None
 }

@@ -150,6 +150,8 @@ pub(crate) struct WorkerKind {
     /// The egress broker's limits for one worker: connections open at once, bytes over its
     /// life (`[egress]` in loongd.toml).
     pub egress_limits: (usize, u64),
+    /// The plugin's own `sandbox.egress` limits, which may only tighten `egress_limits`.
+    pub egress_asked: loong_profiles::plugin::EgressLimits,
 }
 
 fn next_to_loongd(name: &str) -> PathBuf {
@@ -177,6 +179,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -198,6 +201,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -219,6 +223,7 @@ impl WorkerKind {
             net_owner: Some(AGENT_NET_OWNER.to_string()),
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -240,6 +245,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -261,6 +267,7 @@ impl WorkerKind {
             net_owner: Some(format!("channel:{name}")),
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -283,6 +290,7 @@ impl WorkerKind {
             // Loopback and private addresses only where the grant names the IP literal.
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -303,6 +311,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 
@@ -337,6 +346,7 @@ impl WorkerKind {
             net_owner: None,
             allow_private_network: false,
             egress_limits: (crate::egress::MAX_CONNECTIONS, crate::egress::MAX_BYTES),
+            egress_asked: Default::default(),
         }
     }
 }

@@ -500,6 +500,7 @@ fn ready(
                 package: m.path.parent().map(PathBuf::from),
                 net_owner: Some(m.plugin_id.clone()),
                 allow_private_network: f.allow_private_network,
+                egress_asked: f.egress,
                 ..WorkerKind::stdio(f.read.clone(), f.write.clone(), f.net.clone())
             };
             (f.kind.as_str(), Wire::Peer(spec), Some(Box::new(kind)))

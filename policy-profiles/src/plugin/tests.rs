@@ -198,6 +198,24 @@ fn foreign_manifests_are_validated() {
     assert_eq!(f.net[0].port, loong_sandbox::PortPattern::Port(8080));
     assert_eq!(m.limits.timeout_ms, 500);
     assert_eq!(m.catalog, Catalog::default());
+    assert_eq!(f.egress, EgressLimits::default());
+    // The plugin's own egress limits are read as given (loongd clamps them to its own).
+    let tight = good.replacen(
+        r#""timeout_ms""#,
+        r#""egress": {"max_connections": 2, "max_bytes": 4096}, "timeout_ms""#,
+        1,
+    );
+    let t = PluginManifest::parse(&path, tight.as_bytes()).expect("egress parses");
+    let Bridge::Foreign(tf) = &t.bridge else {
+        unreachable!()
+    };
+    assert_eq!(
+        tf.egress,
+        EgressLimits {
+            max_connections: Some(2),
+            max_bytes: Some(4096)
+        }
+    );
     let with_catalog = good.replacen(
         r#""version": "1","#,
         r#""version": "1", "tags": ["a"], "trust_tier": "verified-community", "defer_loading": true, "input_examples": [{"n": 1}],"#,
@@ -234,6 +252,16 @@ fn foreign_manifests_are_validated() {
         ),
         (r#""/usr/share""#, r#""usr/share""#, "sandbox.read"),
         (r#""127.0.0.1:8080""#, r#""127.0.0.1""#, "sandbox.net"),
+        (
+            r#""timeout_ms""#,
+            r#""egress": {"max_bytes": 0}, "timeout_ms""#,
+            "sandbox.egress.max_bytes",
+        ),
+        (
+            r#""timeout_ms""#,
+            r#""egress": {"max_connections": 0}, "timeout_ms""#,
+            "sandbox.egress.max_connections",
+        ),
         (
             r#""timeout_ms""#,
             r#""fuel": 5, "timeout_ms""#,

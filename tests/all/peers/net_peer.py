@@ -107,6 +107,44 @@ def attempt(p):
                 break
             got += more
         return {"got": got.decode(errors="replace")}
+    if op == "hello":
+        # A TLS ClientHello naming p["sni"] (none when null), made by Python's ssl without a
+        # socket, or plain bytes (p["plain"]), sent through a CONNECT tunnel to p["target"] or
+        # on its raw forward (p["via"] == "forward"); the status and whatever comes back.
+        import ssl
+        if p.get("plain"):
+            first = b"PLAIN-BYTES\r\n\r\n"
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(incoming, outgoing, server_hostname=p.get("sni"))
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            first = outgoing.read()
+        port = int(p["target"].rsplit(":", 1)[1])
+        if p.get("via") == "forward":
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            status = "forward"
+        else:
+            host, proxy = os.environ["HTTP_PROXY"][len("http://"):].split(":")
+            s = socket.create_connection((host, int(proxy)), timeout=10)
+            s.sendall(f"CONNECT {p['target']} HTTP/1.1\r\n\r\n".encode())
+            status = s.recv(200).split(b"\r\n")[0].decode()
+        got = b""
+        try:
+            s.sendall(first)
+            while True:
+                more = s.recv(4096)
+                if not more:
+                    break
+                got += more
+        except OSError as e:
+            got += f"[{name(e)}]".encode()
+        return {"status": status, "got": got.decode(errors="replace")}
     return {"error": f"unknown op {op!r}"}
 
 
