@@ -468,6 +468,7 @@ mod tests {
             added: Vec::new(),
             caller_calls: calls,
             stop_reason: reason,
+            summary: None,
         }
     }
 
