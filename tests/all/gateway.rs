@@ -515,6 +515,83 @@ fn gateway_rate_per_token_answers_429_with_retry_after_and_spares_other_tokens()
     );
 }
 
+/// A client that trickles a request's head (slowloris) or sends none is closed once the
+/// gateway's header deadline passes (10 s), so that many such connections cannot hold the
+/// worker's descriptors; a whole request on a fresh connection is answered (the control).
+#[test]
+fn gateway_closes_a_connection_that_never_finishes_its_headers() {
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("send a partial head");
+    for s in [&mut slow, &mut idle] {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 512];
+        let closed = matches!(s.read(&mut buf), Ok(_));
+        assert!(
+            closed,
+            "the connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http(port, "GET", "/health", &[], "").0, 200);
+}
+
+/// Made-up secrets, more than the limits table holds (4,096) within one refill of the
+/// bucket, each answered 401, leave a real token unrefused: the table is keyed by the
+/// authenticated token, so a client without one cannot fill it.
+#[test]
+fn gateway_made_up_secrets_cannot_fill_the_limits_table_against_real_tokens() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 520;
+    let port = free_port();
+    let home = gateway_home(port, "requests_per_second = 1\nburst = 60\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let floods: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let mut out = String::new();
+                for i in 0..PER_CONNECTION {
+                    let close = if i + 1 == PER_CONNECTION { "Connection: close\r\n" } else { "" };
+                    out.push_str(&format!(
+                        "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}Authorization: Bearer made-up-{c}-{i}\r\n\r\n"
+                    ));
+                }
+                s.write_all(out.as_bytes()).expect("send");
+                let mut raw = Vec::new();
+                let _ = s.read_to_end(&mut raw);
+                String::from_utf8_lossy(&raw).matches("HTTP/1.1 401").count()
+            })
+        })
+        .collect();
+    let refused: usize = floods.into_iter().map(|t| t.join().expect("flood")).sum();
+    assert_eq!(refused, CONNECTIONS * PER_CONNECTION);
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", format!("Bearer {good}").as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once() {
     const TEST: &str = "gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once";

@@ -4,9 +4,11 @@
 //!
 //! Every route but `/health` checks, in order: `Host` and `Origin` against the allowlists
 //! (403, against DNS rebinding), the bearer (401 without one), the body's declared size
-//! (413), the token's open streams and rate (429 with `Retry-After`), then the bearer in
-//! loongd (`gateway_auth`: 401 for a secret that names no live token, 403 for a token that
-//! may invoke nothing). Refusals are typed JSON: `{"error": {"type", "message"}}`.
+//! (413), the bearer in loongd (`gateway_auth`: 401 for a secret that names no live token,
+//! 403 for a token that may invoke nothing), then that token's open streams and rate (429
+//! with `Retry-After`). Refusals are typed JSON: `{"error": {"type", "message"}}`.
+//! A connection must send each request's head within [`HEADER_READ_TIMEOUT`], and at most
+//! [`MAX_CONNECTIONS`] are served at once.
 
 use std::{
     convert::Infallible,
@@ -52,6 +54,13 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub const DRAIN_TICK: Duration = Duration::from_millis(20);
 /// How long an idle MCP SSE stream waits before a keep-alive.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a connection may take to send a request's head (and how long it may sit idle
+/// between requests): a client that trickles its headers (slowloris) or never sends any is
+/// closed after this, so that it holds no connection slot for longer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; the next waits in the listener's backlog until one closes.
+/// Below the balanced tier's descriptors (1,024), so that the worker never runs out of them.
+pub const MAX_CONNECTIONS: usize = 768;
 
 type Body_ = BoxBody<Bytes, Infallible>;
 
@@ -244,7 +253,11 @@ async fn accept_loop(
         std.set_nonblocking(true).map_err(GatewayError::Listener)?;
         L::Tcp(tokio::net::TcpListener::from_std(std).map_err(GatewayError::Listener)?)
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let accepted = match &l {
             L::Tcp(t) => t.accept().await.map(|(s, _)| {
                 let _ = s.set_nodelay(true);
@@ -261,11 +274,15 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(shared, req).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let _ = match conn {
                 Conn::Tcp(s) => {
                     builder
@@ -384,10 +401,14 @@ async fn answer(
             None,
         );
     }
-    let open = match shared
-        .limits
-        .admit(limits::key(secret.expose()), Instant::now())
-    {
+    // Authenticated first, then limited under the token's public id: the table holds only
+    // live tokens, so that made-up secrets can neither fill it (refusing real tokens) nor
+    // each start a fresh bucket.
+    let token = match authenticate(&shared.link, &secret).await {
+        Ok(t) => t,
+        Err(r) => return (r, None),
+    };
+    let open = match shared.limits.admit(limits::key(&token), Instant::now()) {
         Ok(o) => o,
         Err(why) => {
             let mut r = error(
@@ -402,9 +423,6 @@ async fn answer(
             return (r, None);
         }
     };
-    if let Err(r) = authenticate(&shared.link, &secret).await {
-        return (r, None);
-    }
     let resp = match path {
         "/mcp" => {
             let (mut parts, body) = req.into_parts();

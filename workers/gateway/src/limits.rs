@@ -1,6 +1,7 @@
 //! Per-token limits: requests and streams open at once, and a request rate (a token bucket).
-//! A token is known here only by the sha256 of its secret, never the secret; the table is
-//! bounded, so that a flood of made-up secrets cannot grow it.
+//! A token is known here by the sha256 of its public id, once loongd has authenticated the
+//! request's bearer (never by its secret: a made-up secret never reaches the table); the
+//! table is bounded all the same.
 
 use std::{
     collections::HashMap,
@@ -73,9 +74,9 @@ impl Drop for Open {
     }
 }
 
-/// The key of a secret.
-pub fn key(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+/// The key of a token, by its public id.
+pub fn key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl Table {
