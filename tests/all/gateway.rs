@@ -533,7 +533,7 @@ fn gateway_closes_a_connection_that_never_finishes_its_headers() {
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         let mut buf = [0u8; 512];
-        let closed = matches!(s.read(&mut buf), Ok(_));
+        let closed = s.read(&mut buf).is_ok();
         assert!(
             closed,
             "the connection was still open after {:?}",
@@ -549,7 +549,7 @@ fn gateway_closes_a_connection_that_never_finishes_its_headers() {
 }
 
 /// Made-up secrets, more than the limits table holds (4,096) within one refill of the
-/// bucket, each answered 401, leave a real token unrefused: the table is keyed by the
+/// bucket, each refused (401, or 429 past their own budget), leave a real token unrefused: the table is keyed by the
 /// authenticated token, so a client without one cannot fill it.
 #[test]
 fn gateway_made_up_secrets_cannot_fill_the_limits_table_against_real_tokens() {
@@ -576,12 +576,65 @@ fn gateway_made_up_secrets_cannot_fill_the_limits_table_against_real_tokens() {
                 s.write_all(out.as_bytes()).expect("send");
                 let mut raw = Vec::new();
                 let _ = s.read_to_end(&mut raw);
-                String::from_utf8_lossy(&raw).matches("HTTP/1.1 401").count()
+                let raw = String::from_utf8_lossy(&raw);
+                // 401 from loongd, or 429 once made-up secrets exceed their own budget.
+                raw.matches("HTTP/1.1 401").count() + raw.matches("auth_failures_limited").count()
             })
         })
         .collect();
     let refused: usize = floods.into_iter().map(|t| t.join().expect("flood")).sum();
     assert_eq!(refused, CONNECTIONS * PER_CONNECTION);
+    // The made-up secrets' own budget refills (AUTH_FAILURES_PER_SECOND).
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", format!("Bearer {good}").as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A flood of made-up secrets reaches loongd (which decides and records each) at most
+/// AUTH_FAILURE_BURST at once and AUTH_FAILURES_PER_SECOND after: the rest are answered 429
+/// in the worker. Once the bucket refills, a real token is answered (the control).
+#[test]
+fn gateway_bounds_the_made_up_secrets_it_sends_loongd_to_record() {
+    const FLOOD: usize = 600;
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut out = String::new();
+    for i in 0..FLOOD {
+        let close = if i + 1 == FLOOD {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}Authorization: Bearer made-up-{i}\r\n\r\n"
+        ));
+    }
+    s.write_all(out.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    let elapsed = started.elapsed().as_secs() as usize + 1;
+    let unauthorized = raw.matches("HTTP/1.1 401").count();
+    let limited = raw.matches("auth_failures_limited").count();
+    assert_eq!(unauthorized + limited, FLOOD, "{unauthorized} + {limited}");
+    assert!(
+        unauthorized <= 100 + 20 * elapsed,
+        "{unauthorized} made-up secrets reached loongd in {elapsed} s"
+    );
+    std::thread::sleep(Duration::from_secs(2));
     let (status, _, body) = http(
         port,
         "GET",

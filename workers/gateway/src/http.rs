@@ -69,6 +69,8 @@ struct Shared {
     cfg: Config,
     link: AsyncLink,
     limits: Arc<limits::Table>,
+    /// Failed authentications, for all clients together.
+    failures: limits::Failures,
     mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
     requests: AtomicU64,
     /// Requests and streams open (every route).
@@ -194,6 +196,7 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         cfg,
         link: link.clone(),
         limits,
+        failures: limits::Failures::new(Instant::now()),
         mcp: service,
         requests: AtomicU64::new(0),
         open: AtomicU64::new(0),
@@ -404,9 +407,27 @@ async fn answer(
     // Authenticated first, then limited under the token's public id: the table holds only
     // live tokens, so that made-up secrets can neither fill it (refusing real tokens) nor
     // each start a fresh bucket.
+    if !shared.failures.may_try(Instant::now()) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_failures_limited",
+            &format!(
+                "more than {} requests a second presented a secret that names no live token; retry after the time Retry-After gives",
+                limits::AUTH_FAILURES_PER_SECOND
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+        return (r, None);
+    }
     let token = match authenticate(&shared.link, &secret).await {
         Ok(t) => t,
-        Err(r) => return (r, None),
+        Err(r) => {
+            if r.status() == StatusCode::UNAUTHORIZED {
+                shared.failures.failed(Instant::now());
+            }
+            return (r, None);
+        }
     };
     let open = match shared.limits.admit(limits::key(&token), Instant::now()) {
         Ok(o) => o,
