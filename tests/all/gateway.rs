@@ -645,6 +645,65 @@ fn gateway_bounds_the_made_up_secrets_it_sends_loongd_to_record() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// One token opens MCP sessions up to MAX_MCP_SESSIONS_PER_TOKEN (64), then is answered
+/// 429 sessions_limited (unbounded, its idle sessions would fill the worker's memory);
+/// another token still opens one, and a deleted session makes room again.
+#[test]
+fn gateway_bounds_the_mcp_sessions_one_token_holds() {
+    const PER_TOKEN: usize = 64;
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (a, _) = issue(&home, &["tool.invoke:echo"]);
+    let (b, _) = issue(&home, &["tool.invoke:echo"]);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let open = |secret: &str| {
+        let bearer = format!("Bearer {secret}");
+        http(
+            port,
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+            ],
+            init,
+        )
+    };
+    let mut first = None;
+    for i in 0..PER_TOKEN {
+        let (status, headers, body) = open(&a);
+        assert_eq!(status, 200, "session {i}: {body}");
+        if first.is_none() {
+            first = headers
+                .into_iter()
+                .find(|(n, _)| n == "mcp-session-id")
+                .map(|(_, v)| v);
+        }
+    }
+    let (status, _, body) = open(&a);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_type(&body), "sessions_limited", "{body}");
+    assert_eq!(open(&b).0, 200, "another token is not held back");
+    let first = first.expect("a session id");
+    let bearer = format!("Bearer {a}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Mcp-Session-Id", first.as_str()),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ],
+        "",
+    );
+    assert!(status < 300, "{status} {body}");
+    assert_eq!(open(&a).0, 200, "a deleted session makes room");
+}
+
 #[test]
 fn gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once() {
     const TEST: &str = "gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once";

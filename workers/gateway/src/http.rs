@@ -58,6 +58,12 @@ pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// between requests): a client that trickles its headers (slowloris) or never sends any is
 /// closed after this, so that it holds no connection slot for longer.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// MCP sessions open at once, for all tokens together; a new one past it is answered 429.
+/// A session lives until its client deletes it or it idles out (rmcp's keep-alive, 5 min):
+/// unbounded, one token could open sessions until the worker ran out of memory.
+pub const MAX_MCP_SESSIONS: usize = 1024;
+/// MCP sessions one token may hold open at once.
+pub const MAX_MCP_SESSIONS_PER_TOKEN: usize = 64;
 /// Connections served at once; the next waits in the listener's backlog until one closes.
 /// Below the balanced tier's descriptors (1,024), so that the worker never runs out of them.
 pub const MAX_CONNECTIONS: usize = 768;
@@ -72,6 +78,10 @@ struct Shared {
     /// Failed authentications, for all clients together.
     failures: limits::Failures,
     mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
+    /// rmcp's sessions (the same manager `mcp` serves from).
+    sessions: Arc<LocalSessionManager>,
+    /// The token (its limits key) each session was opened under, by session id.
+    session_owners: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
     requests: AtomicU64,
     /// Requests and streams open (every route).
     open: AtomicU64,
@@ -181,9 +191,10 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
         .with_max_request_body_bytes(usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX));
     let factory_link = link.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
         move || Ok(mcp::Mcp::new(factory_link.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         mcp_config,
     );
     let limits = limits::Table::new(limits::Limits {
@@ -198,6 +209,8 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         limits,
         failures: limits::Failures::new(Instant::now()),
         mcp: service,
+        sessions,
+        session_owners: std::sync::Mutex::default(),
         requests: AtomicU64::new(0),
         open: AtomicU64::new(0),
         draining: AtomicU64::new(0),
@@ -446,6 +459,13 @@ async fn answer(
     };
     let resp = match path {
         "/mcp" => {
+            let key = limits::key(&token);
+            let opens = req.method() == Method::POST && !req.headers().contains_key(SESSION_ID);
+            if opens {
+                if let Err(r) = session_room(shared, key).await {
+                    return (r, Some(open));
+                }
+            }
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(mcp::Bearer(secret));
             let limited = http_body_util::Limited::new(
@@ -454,10 +474,20 @@ async fn answer(
             );
             let req = Request::from_parts(parts, limited);
             let mut svc = shared.mcp.clone();
-            match tower_service::Service::call(&mut svc, req).await {
+            let r = match tower_service::Service::call(&mut svc, req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
+            };
+            if let Some(id) = r.headers().get(SESSION_ID).and_then(|v| v.to_str().ok()) {
+                if opens {
+                    shared
+                        .session_owners
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.to_string(), key);
+                }
             }
+            r
         }
         "/v1/models" => models(cfg),
         // replaced by loong_compat at merge
@@ -469,6 +499,36 @@ async fn answer(
         _ => error(StatusCode::NOT_FOUND, "not_found", path),
     };
     (resp, Some(open))
+}
+
+/// The MCP session header.
+const SESSION_ID: &str = "mcp-session-id";
+
+/// Whether the token `key` may open another MCP session ([`MAX_MCP_SESSIONS`],
+/// [`MAX_MCP_SESSIONS_PER_TOKEN`]); forgets the owners of sessions rmcp has closed.
+async fn session_room(shared: &Shared, key: [u8; 32]) -> Result<(), Response<Body_>> {
+    let live = shared.sessions.sessions.read().await;
+    let total = live.len();
+    let mut owners = shared
+        .session_owners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ids: std::collections::HashSet<&str> = live.keys().map(|s| s.as_ref()).collect();
+    owners.retain(|id, _| ids.contains(id.as_str()));
+    drop(ids);
+    drop(live);
+    let mine = owners.values().filter(|k| **k == key).count();
+    let why = if total >= MAX_MCP_SESSIONS {
+        format!("the gateway holds {MAX_MCP_SESSIONS} MCP sessions, the most it serves; retry when one closes")
+    } else if mine >= MAX_MCP_SESSIONS_PER_TOKEN {
+        format!("this token holds {MAX_MCP_SESSIONS_PER_TOKEN} MCP sessions, the most allowed; delete one (DELETE /mcp) or let it idle out")
+    } else {
+        return Ok(());
+    };
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "sessions_limited", &why);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+    Err(r)
 }
 
 /// `/v1/models`: the agent's configured model names.
