@@ -704,6 +704,48 @@ fn gateway_bounds_the_mcp_sessions_one_token_holds() {
     assert_eq!(open(&a).0, 200, "a deleted session makes room");
 }
 
+/// A chunked body (no Content-Length) above `max_body_bytes` on /mcp is a typed 413 (it
+/// was rmcp's 500); the same request small enough is answered (the control).
+#[test]
+fn gateway_refuses_a_chunked_body_above_the_limit() {
+    let port = free_port();
+    let home = gateway_home(port, "max_body_bytes = 4096\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let chunked = |pad: usize| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"{}","version":"1"}}}}}}"#,
+            "x".repeat(pad)
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        for part in body.as_bytes().chunks(1000) {
+            req.push_str(&format!(
+                "{:x}\r\n{}\r\n",
+                part.len(),
+                String::from_utf8_lossy(part)
+            ));
+        }
+        req.push_str("0\r\n\r\n");
+        let _ = s.write_all(req.as_bytes());
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        raw.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(chunked(10), 200);
+    let big = chunked(64 * 1024);
+    assert_eq!(big, 413, "a 64 KiB chunked body");
+}
+
 #[test]
 fn gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once() {
     const TEST: &str = "gateway_answers_a_thousand_concurrent_calls_over_fifty_sessions_each_once";

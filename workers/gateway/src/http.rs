@@ -468,11 +468,39 @@ async fn answer(
             }
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(mcp::Bearer(secret));
+            // Read here, under the limit, so that a chunked body past it (no Content-Length
+            // to refuse it by) is a typed 413 rather than rmcp's 500.
             let limited = http_body_util::Limited::new(
                 body,
                 usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
             );
-            let req = Request::from_parts(parts, limited);
+            let bytes = match limited.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return (
+                        error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            &format!(
+                                "the body is above the gateway's {} bytes (gateway.max_body_bytes)",
+                                cfg.max_body_bytes
+                            ),
+                        ),
+                        Some(open),
+                    );
+                }
+                Err(e) => {
+                    return (
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            &format!("reading the body: {e}"),
+                        ),
+                        Some(open),
+                    );
+                }
+            };
+            let req = Request::from_parts(parts, Full::new(bytes));
             let mut svc = shared.mcp.clone();
             let r = match tower_service::Service::call(&mut svc, req).await {
                 Ok(r) => r,
