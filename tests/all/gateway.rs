@@ -647,7 +647,8 @@ fn gateway_bounds_the_made_up_secrets_it_sends_loongd_to_record() {
 
 /// One token opens MCP sessions up to MAX_MCP_SESSIONS_PER_TOKEN (64), then is answered
 /// 429 sessions_limited (unbounded, its idle sessions would fill the worker's memory);
-/// another token still opens one, and a deleted session makes room again.
+/// another token still opens one but cannot delete a's by its id, and a deleted session
+/// makes room again.
 #[test]
 fn gateway_bounds_the_mcp_sessions_one_token_holds() {
     const PER_TOKEN: usize = 64;
@@ -688,6 +689,21 @@ fn gateway_bounds_the_mcp_sessions_one_token_holds() {
     assert_eq!(error_type(&body), "sessions_limited", "{body}");
     assert_eq!(open(&b).0, 200, "another token is not held back");
     let first = first.expect("a session id");
+    // Another token cannot delete (or use) a's session by its id.
+    let other = format!("Bearer {b}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", other.as_str()),
+            ("Mcp-Session-Id", first.as_str()),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ],
+        "",
+    );
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(open(&a).0, 429, "a's session is still open");
     let bearer = format!("Bearer {a}");
     let (status, _, body) = http(
         port,

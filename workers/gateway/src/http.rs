@@ -466,6 +466,31 @@ async fn answer(
                     return (r, Some(open));
                 }
             }
+            // A session is its opener's: another token's request on it is answered as if
+            // it did not exist (its id alone must not let one token delete another's session
+            // or read its stream).
+            if let Some(id) = req
+                .headers()
+                .get(SESSION_ID)
+                .map(|v| v.to_str().unwrap_or(""))
+            {
+                let owner = shared
+                    .session_owners
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(id)
+                    .copied();
+                if owner != Some(key) {
+                    return (
+                        error(
+                            StatusCode::NOT_FOUND,
+                            "session_not_found",
+                            "no MCP session of this token has that Mcp-Session-Id; initialize a new one",
+                        ),
+                        Some(open),
+                    );
+                }
+            }
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(mcp::Bearer(secret));
             // Read here, under the limit, so that a chunked body past it (no Content-Length
