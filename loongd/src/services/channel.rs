@@ -263,7 +263,7 @@ pub(crate) async fn handle(
             let (chat, answers) = store.ack(name, ack.id).map_err(store_error)?;
             let detail = serde_json::json!({
                 "channel": name, "chat": chat, "answers": answers, "sent": ack.sent_ids,
-                "outbox": ack.id, "token": host.token,
+                "outbox": ack.id, "token": host.token, "failed": ack.failed,
             });
             record(host, worker, Kind::ChannelSent, detail).await;
             encode(&())

@@ -7,7 +7,8 @@ use loong_ipc::{
     message::channel::{
         ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
         ChannelReceived, ChannelStatus, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX,
-        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_CHANNEL_STATUS_BYTES, MAX_OUTBOX_ITEMS,
+        MAX_OUTBOX_WAIT_MS,
     },
     KernelRequest, ServiceCall,
 };
@@ -103,11 +104,22 @@ impl Kernel for Link {
         })
     }
 
-    fn ack(&self, id: i64, sent_ids: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn ack(
+        &self,
+        id: i64,
+        sent_ids: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>> {
+        // Bounded as loongd checks it: a long refusal is cut, never the reason the ack fails.
+        let failed = failed
+            .map(|f| loong_worker_channel::error::printable(&f, MAX_CHANNEL_STATUS_BYTES / 4));
         Box::pin(async move {
-            self.call(KIND_CHANNEL_ACK, &ChannelAck { id, sent_ids })
-                .await
-                .map(drop)
+            let ack = ChannelAck {
+                id,
+                sent_ids,
+                failed,
+            };
+            self.call(KIND_CHANNEL_ACK, &ack).await.map(drop)
         })
     }
 

@@ -73,8 +73,14 @@ pub trait Kernel: Send + Sync {
     fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>>;
     /// Answers to send (waits a while for one).
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>>;
-    /// An answer was sent as these platform messages.
-    fn ack(&self, id: i64, sent: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// An answer was sent as these platform messages; `failed` says why the platform
+    /// refused (the rest of) it for good, when it did.
+    fn ack(
+        &self,
+        id: i64,
+        sent: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>>;
     /// The poller's state changed.
     fn status(
         &self,
@@ -191,27 +197,44 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
     let parse = |s: &str| s.parse::<i64>().ok();
     let Some(chat) = parse(&item.chat) else {
         tracing::warn!(chat = %item.chat, "an answer to a chat id that is not a number; dropped");
-        let _ = kernel.ack(item.id, Vec::new()).await;
+        let _ = kernel
+            .ack(
+                item.id,
+                Vec::new(),
+                Some("the chat id is not a number".into()),
+            )
+            .await;
         return;
     };
     let thread = item.thread.as_deref().and_then(parse);
     let reply_to = parse(&item.reply_to);
+    let parts = crate::telegram::split_text(&item.text);
+    let mut sent = Vec::new();
     loop {
-        match tg.send_text(chat, thread, reply_to, &item.text).await {
-            Ok(ids) => {
-                backoff.succeed();
-                let sent = ids.iter().map(ToString::to_string).collect();
-                if let Err(e) = kernel.ack(item.id, sent).await {
-                    tracing::warn!(error = %e, "acking a sent answer");
-                }
-                return;
+        let result = tg
+            .send_parts(chat, thread, reply_to, &parts, &mut sent)
+            .await;
+        let failed = match result {
+            Ok(()) => None,
+            // Given up: the same request would be refused forever, and it would hold every
+            // other chat's answer behind it.
+            Err(e) if crate::telegram::refused_for_good(&e) => {
+                tracing::warn!(error = %e, "an answer refused by the platform; given up");
+                Some(e.to_string())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sending an answer; tried again");
                 let wait = backoff.fail(e.retry_after());
                 tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
+                continue;
             }
+        };
+        backoff.succeed();
+        let ids = sent.iter().map(ToString::to_string).collect();
+        if let Err(e) = kernel.ack(item.id, ids, failed).await {
+            tracing::warn!(error = %e, "acking a sent answer");
         }
+        return;
     }
 }
 

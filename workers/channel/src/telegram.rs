@@ -225,6 +225,27 @@ pub fn next_offset(current: Option<i64>, updates: &[Update]) -> Option<i64> {
 }
 
 /// Checks a bot token's shape (`DIGITS:KEY`) before it goes into a URL path.
+/// The parts an answer is sent as (at most 4096 UTF-16 units each, at most
+/// [`MAX_MESSAGE_PARTS`]).
+pub fn split_text(text: &str) -> Vec<String> {
+    crate::text::split(text, TELEGRAM_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS)
+}
+
+/// Whether the platform refused a send for good: `400` (a chat, thread or message gone)
+/// and `403` (the bot blocked, or removed from the chat) say the same request will never
+/// be taken. A 429, a 5xx, a failed connection or a token the platform does not know
+/// (`401`, `404`: every send of the channel fails until the operator fixes it) are tried
+/// again: nothing is dropped for a failure that is not the chat's own.
+pub fn refused_for_good(e: &ChannelError) -> bool {
+    matches!(
+        e,
+        ChannelError::Api {
+            status: 400 | 403,
+            ..
+        }
+    )
+}
+
 pub fn check_token(token: &str) -> Result<(), ChannelError> {
     let ok = token.len() <= MAX_TOKEN_BYTES
         && token.split_once(':').is_some_and(|(id, key)| {
@@ -363,9 +384,25 @@ impl Telegram {
         reply_to: Option<i64>,
         text: &str,
     ) -> Result<Vec<i64>, ChannelError> {
-        let mut ids = Vec::new();
-        let parts = crate::text::split(text, TELEGRAM_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS);
-        for (i, part) in parts.iter().enumerate() {
+        let mut sent = Vec::new();
+        self.send_parts(chat, thread, reply_to, &split_text(text), &mut sent)
+            .await?;
+        Ok(sent)
+    }
+
+    /// Sends the `parts` of an answer not sent yet (those past `sent.len()`), pushing each
+    /// sent message's id to `sent` as the platform takes it: a send cut short (a 429, a
+    /// failure) is resumed at the part that did not go out, so no part reaches the chat
+    /// twice. The first part replies to `reply_to`.
+    pub async fn send_parts(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        reply_to: Option<i64>,
+        parts: &[String],
+        sent: &mut Vec<i64>,
+    ) -> Result<(), ChannelError> {
+        for (i, part) in parts.iter().enumerate().skip(sent.len()) {
             let mut body = json!({"chat_id": chat, "text": part});
             if let Some(t) = thread {
                 body["message_thread_id"] = json!(t);
@@ -374,10 +411,15 @@ impl Telegram {
                 body["reply_parameters"] =
                     json!({"message_id": r, "allow_sending_without_reply": true});
             }
-            let sent = self.call("sendMessage", &body).await?;
-            ids.push(sent.get("message_id").and_then(Value::as_i64).unwrap_or(0));
+            let answer = self.call("sendMessage", &body).await?;
+            sent.push(
+                answer
+                    .get("message_id")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+            );
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// `sendChatAction` `typing` to `chat`.

@@ -12,6 +12,7 @@ struct Fake {
     offset: Option<i64>,
     batches: Mutex<Vec<Batch>>,
     acks: Mutex<Vec<(i64, Vec<String>)>>,
+    failed: Mutex<Vec<(i64, String)>>,
     statuses: Mutex<Vec<(Option<String>, Option<String>)>>,
     outbox: Mutex<Vec<Outgoing>>,
 }
@@ -35,8 +36,16 @@ impl Kernel for Fake {
             Ok(items)
         })
     }
-    fn ack(&self, id: i64, sent: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn ack(
+        &self,
+        id: i64,
+        sent: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>> {
         Box::pin(async move {
+            if let Some(f) = failed {
+                self.failed.lock().expect("lock").push((id, f));
+            }
             self.acks.lock().expect("lock").push((id, sent));
             Ok(())
         })
@@ -171,4 +180,112 @@ async fn answers_are_sent_then_acked_and_a_429_waits() {
         [(3, vec!["501".to_string(), "502".to_string()])]
     );
     assert_eq!(seen.lock().expect("lock").len(), 3);
+}
+
+/// Waits until `fake` has `n` acks (at most `within`).
+async fn acks_within(fake: &Fake, n: usize, within: Duration) -> Vec<(i64, Vec<String>)> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if fake.acks.lock().expect("lock").len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.acks.lock().expect("lock").clone()
+}
+
+#[tokio::test]
+async fn an_answer_the_platform_refuses_for_good_does_not_block_the_others() {
+    // A user who blocked the bot (403), or a chat gone (400): that answer is given up at
+    // once and the next chat's answer is sent, never a retry loop holding the channel.
+    for refused in [
+        (
+            403,
+            r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+        ),
+        (
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+        ),
+    ] {
+        let (base, seen) = serve(vec![
+            (refused.0, "application/json", refused.1.as_bytes().to_vec()),
+            body(json!({"ok": true, "result": {"message_id": 77}})),
+        ])
+        .await;
+        let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+        let fake = Arc::new(Fake::default());
+        for (id, chat) in [(1, "7"), (2, "8")] {
+            fake.outbox.lock().expect("lock").push(Outgoing {
+                id,
+                chat: chat.into(),
+                reply_to: "1".into(),
+                thread: None,
+                text: "hi".into(),
+            });
+        }
+        let task = tokio::spawn(send_telegram(tg, fake.clone()));
+        let acks = acks_within(&fake, 2, Duration::from_millis(1500)).await;
+        task.abort();
+        assert_eq!(
+            acks,
+            [(1, Vec::new()), (2, vec!["77".to_string()])],
+            "{refused:?}"
+        );
+        assert_eq!(
+            seen.lock().expect("lock").len(),
+            2,
+            "no retry of a refused answer"
+        );
+        let failed = fake.failed.lock().expect("lock").clone();
+        assert!(
+            failed.len() == 1 && failed[0].0 == 1 && failed[0].1.contains(&refused.0.to_string()),
+            "the refusal is handed to loongd: {failed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
+    // Part one is taken, part two meets a 429: after the wait only part two goes out, so
+    // the chat never sees part one twice.
+    let (base, seen) = serve(vec![
+        body(json!({"ok": true, "result": {"message_id": 501}})),
+        (
+            429,
+            "application/json",
+            br#"{"ok":false,"error_code":429,"parameters":{"retry_after":1}}"#.to_vec(),
+        ),
+        body(json!({"ok": true, "result": {"message_id": 502}})),
+        body(json!({"ok": true, "result": {"message_id": 503}})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    fake.outbox.lock().expect("lock").push(Outgoing {
+        id: 4,
+        chat: "7".into(),
+        reply_to: "1".into(),
+        thread: None,
+        text: format!("{}{}", "a".repeat(4096), "b".repeat(100)),
+    });
+    let task = tokio::spawn(send_telegram(tg, fake.clone()));
+    let acks = acks_within(&fake, 1, Duration::from_secs(5)).await;
+    task.abort();
+    assert_eq!(acks, [(4, vec!["501".to_string(), "502".to_string()])]);
+    let texts: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).expect("json")["text"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .next()
+                .map(String::from)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(texts, ["a", "b", "b"], "part one sent once");
 }
