@@ -32,6 +32,15 @@ pub const MAX_RECEIVED_BATCH: usize = 100;
 /// The most pending inbox rows per channel; past it new messages are refused (the worker
 /// does not advance its offset, so nothing is lost: the platform keeps them).
 pub const MAX_PENDING_INBOX: u64 = 1_000;
+/// The most ignored messages (from chats not allowed) kept per channel: the newest, to take
+/// a batch handed over twice once; older ones go as new ones come, so a stranger writing
+/// without end (or a worker making updates up) grows no table.
+pub const MAX_IGNORED_KEPT: u64 = 1_000;
+/// The largest offset a Telegram channel keeps: one past the largest update id. The Bot API
+/// documents `update_id` without the note it gives ids past 32 bits, so an update id past
+/// `i32::MAX` is not the platform's, and an offset past it would make the channel deaf for
+/// good (the offset never moves back).
+pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -100,6 +109,8 @@ pub enum ChannelStoreError {
     InboxFull { channel: String, pending: u64 },
     #[error("channel `{channel}`: event `{event_id}` was seen before; a replay is refused")]
     Replayed { channel: String, event_id: String },
+    #[error("channel `{channel}`: offset {offset} is outside 0 to {MAX_TELEGRAM_OFFSET}; refused")]
+    BadOffset { channel: String, offset: i64 },
     #[error("channel `{channel}`: outbox item {id} is not one of its pending answers")]
     NotPending { channel: String, id: i64 },
     #[error("channel `{channel}`: a text of {len} bytes is above the {limit}-byte limit")]
@@ -318,9 +329,27 @@ impl ChannelStore {
                 limit: MAX_INBOX_TEXT_BYTES,
             });
         }
+        if let Some(o) = next_offset.filter(|o| !(0..=MAX_TELEGRAM_OFFSET).contains(o)) {
+            return Err(ChannelStoreError::BadOffset {
+                channel: channel.to_owned(),
+                offset: o,
+            });
+        }
         self.get(channel)?;
         let outcome = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
+            // Updates below the committed offset were taken before (their rows may be gone):
+            // a replay of one is not taken again.
+            let committed: Option<i64> = tx
+                .query_row(
+                    "SELECT next_offset FROM channel_offsets WHERE channel = ?1",
+                    params![channel],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let taken_before = |m: &Received| {
+                committed.is_some_and(|c| m.key.parse::<i64>().is_ok_and(|k| k < c))
+            };
             let pending: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND state IN ('pending', 'running')",
                 params![channel],
@@ -335,7 +364,7 @@ impl ChannelStore {
             }
             let at = now_ms();
             let mut ids = Vec::new();
-            for m in messages {
+            for m in messages.iter().filter(|m| !taken_before(m)) {
                 let state = if m.allowed { "pending" } else { "ignored" };
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO channel_inbox
@@ -364,6 +393,12 @@ impl ChannelStore {
                     });
                 }
             }
+            tx.execute(
+                "DELETE FROM channel_inbox WHERE channel = ?1 AND state = 'ignored' AND id NOT IN
+                 (SELECT id FROM channel_inbox WHERE channel = ?1 AND state = 'ignored'
+                  ORDER BY id DESC LIMIT ?2)",
+                params![channel, MAX_IGNORED_KEPT],
+            )?;
             if let Some(o) = next_offset {
                 tx.execute(
                     "INSERT INTO channel_offsets (channel, next_offset) VALUES (?1, ?2)

@@ -25,7 +25,8 @@ use crate::error::{printable, ChannelError};
 use crate::http::{self, read_bounded};
 use crate::limits::{
     BACKOFF_CAP, BACKOFF_START, MAX_DESCRIPTION_CHARS, MAX_MESSAGE_PARTS, MAX_RESPONSE_BYTES,
-    MAX_RETRY_AFTER, REQUEST_GRACE, TELEGRAM_MAX_MESSAGE_UNITS, TELEGRAM_MAX_UPDATES,
+    MAX_RETRY_AFTER, MAX_UPDATE_ID, REQUEST_GRACE, TELEGRAM_MAX_MESSAGE_UNITS,
+    TELEGRAM_MAX_UPDATES,
 };
 
 /// The public Bot API host.
@@ -192,9 +193,10 @@ fn parse_update(item: Value) -> Result<Update, ChannelError> {
     let update_id = map
         .get("update_id")
         .and_then(Value::as_i64)
+        .filter(|id| (0..=MAX_UPDATE_ID).contains(id))
         .ok_or_else(|| ChannelError::Malformed {
             what: "getUpdates",
-            reason: "an update has no integer update_id".into(),
+            reason: format!("an update has no integer update_id from 0 to {MAX_UPDATE_ID}"),
         })?;
     let skipped = |reason: String| UpdateKind::Skipped { reason };
     let kind = if let Some(m) = map.remove("message") {

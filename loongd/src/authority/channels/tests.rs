@@ -193,3 +193,55 @@ fn channels_are_added_once_and_removed_whole() {
         Err(ChannelStoreError::NoSuchChannel(_))
     ));
 }
+
+fn stranger(key: i64) -> Received {
+    Received {
+        allowed: false,
+        ..msg(key, 666, "spam")
+    }
+}
+
+#[test]
+fn strangers_grow_no_table_and_no_offset_moves_far_or_back() {
+    let (_d, s) = store();
+    // A chat not allowed sends without end (or a worker hands over made-up updates): the
+    // ignored rows kept stay bounded.
+    let batches = (MAX_IGNORED_KEPT as i64) / 100 + 3;
+    for b in 0..batches {
+        let batch: Vec<Received> = (0..100).map(|i| stranger(b * 100 + i + 1)).collect();
+        s.receive("tg", Some(b * 100 + 101), &batch).expect("batch");
+    }
+    let counts = s.counts("tg").expect("counts");
+    assert!(
+        counts.ignored <= MAX_IGNORED_KEPT,
+        "{} ignored rows kept",
+        counts.ignored
+    );
+    let offset = s.offset("tg").expect("offset").expect("set");
+    assert_eq!(offset, batches * 100 + 1);
+    // An update below the committed offset was taken already (its row may be gone): a
+    // replay of it is not taken again, allowed or not.
+    assert!(s
+        .receive("tg", Some(offset), &[msg(5, 1, "replayed"), stranger(6)])
+        .expect("replay")
+        .is_empty());
+    assert_eq!(s.counts("tg").expect("counts").pending, 0);
+    // Positive control: the next update is taken.
+    assert_eq!(
+        s.receive("tg", Some(offset + 1), &[msg(offset, 1, "new")])
+            .expect("next")
+            .len(),
+        1
+    );
+    // An offset past any update id the platform gives (or below 0) is refused whole, so
+    // one hostile answer cannot make the channel deaf for good.
+    for far in [i64::MAX, MAX_TELEGRAM_OFFSET + 1, -1] {
+        assert!(
+            s.receive("tg", Some(far), &[msg(offset + 1, 1, "x")])
+                .is_err(),
+            "{far}"
+        );
+    }
+    assert_eq!(s.offset("tg").expect("offset"), Some(offset + 1));
+    assert_eq!(s.counts("tg").expect("counts").pending, 1);
+}

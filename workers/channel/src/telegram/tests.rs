@@ -238,3 +238,25 @@ async fn oversized_and_failing_answers_are_refused_without_the_token() {
     assert!(!err.to_string().contains("secret"), "{err}");
     assert!(!format!("{err:?}").contains("secret"), "{err:?}");
 }
+
+#[test]
+fn an_update_id_out_of_the_platform_range_fails_the_batch() {
+    // A huge (or negative) update id would move the offset where the platform's real
+    // updates never reach (a negative offset even asks for the queue's tail): the batch is
+    // refused whole, so the offset stays and the failure shows in the channel's status.
+    for id in [i64::from(i32::MAX) + 1, i64::MAX, -5] {
+        assert!(
+            parse_updates(json!([{"update_id": id, "poll": {}}])).is_err(),
+            "{id}"
+        );
+    }
+    // Positive control: the largest and the smallest ids are taken.
+    for id in [i64::from(i32::MAX), 0] {
+        assert_eq!(
+            parse_updates(json!([{"update_id": id, "poll": {}}]))
+                .expect("parsed")
+                .len(),
+            1
+        );
+    }
+}
