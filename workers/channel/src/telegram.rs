@@ -35,6 +35,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 pub const ALLOWED_UPDATES: &[&str] = &["message", "callback_query"];
 /// The longest bot token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 256;
+/// What an error shows where an answer echoed the bot token.
+pub const REDACTED_TOKEN: &str = "[bot token]";
 
 /// A chat.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -361,7 +363,50 @@ impl Telegram {
             })?;
         let status = response.status().as_u16();
         let body = read_bounded(response, MAX_RESPONSE_BYTES, method).await?;
-        outcome(method, status, &body)
+        outcome(method, status, &body).map_err(|e| self.redacted(e))
+    }
+
+    /// `e` without the bot token: an answer may echo the request line (a local Bot API
+    /// server's 404 page, a proxy's refusal, a hostile host), and every error goes on to
+    /// `channels status`, doctor and the logs.
+    fn redacted(&self, e: ChannelError) -> ChannelError {
+        let token = self
+            .prefix
+            .rsplit_once("/bot")
+            .map_or("", |(_, t)| t)
+            .to_owned();
+        let key = token.split_once(':').map_or("", |(_, k)| k).to_owned();
+        let clean = |text: String| {
+            [token.as_str(), key.as_str()]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .fold(text, |acc, t| acc.replace(t, REDACTED_TOKEN))
+        };
+        match e {
+            ChannelError::Api {
+                method,
+                status,
+                description,
+            } => ChannelError::Api {
+                method,
+                status,
+                description: clean(description),
+            },
+            ChannelError::Conflict {
+                method,
+                status,
+                description,
+            } => ChannelError::Conflict {
+                method,
+                status,
+                description: clean(description),
+            },
+            ChannelError::Malformed { what, reason } => ChannelError::Malformed {
+                what,
+                reason: clean(reason),
+            },
+            other => other,
+        }
     }
 
     /// `getUpdates` from `offset`: waits up to the poll timeout for updates.
