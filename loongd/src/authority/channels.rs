@@ -32,6 +32,10 @@ pub const MAX_RECEIVED_BATCH: usize = 100;
 /// The most pending inbox rows per channel; past it new messages are refused (the worker
 /// does not advance its offset, so nothing is lost: the platform keeps them).
 pub const MAX_PENDING_INBOX: u64 = 1_000;
+/// The most messages of one chat waiting for their turns: past it a chat's messages are
+/// kept as ignored (audited, no turn), so one chat (a flood, a worker making a chat's
+/// messages up) cannot fill the channel's inbox and stop every other chat's messages.
+pub const MAX_PENDING_PER_CHAT: u64 = 50;
 /// The most ignored messages (from chats not allowed) kept per channel: the newest, to take
 /// a batch handed over twice once; older ones go as new ones come, so a stranger writing
 /// without end (or a worker making updates up) grows no table.
@@ -200,6 +204,8 @@ fn now_ms() -> i64 {
 #[derive(Debug)]
 pub struct ChannelStore {
     db: StateDb,
+    /// The channel and chat whose message was claimed last (the turns go round the chats).
+    last_claimed: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl ChannelStore {
@@ -207,6 +213,7 @@ impl ChannelStore {
     pub fn open(path: &Path) -> Result<ChannelStore, TokenError> {
         Ok(ChannelStore {
             db: StateDb::open(path, SCHEMA)?,
+            last_claimed: std::sync::Mutex::new(None),
         })
     }
 
@@ -365,6 +372,17 @@ impl ChannelStore {
             let at = now_ms();
             let mut ids = Vec::new();
             for m in messages.iter().filter(|m| !taken_before(m)) {
+                let waiting: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM channel_inbox
+                     WHERE channel = ?1 AND chat = ?2 AND state IN ('pending', 'running')",
+                    params![channel, m.chat],
+                    |r| r.get(0),
+                )?;
+                let allowed = m.allowed && waiting.unsigned_abs() < MAX_PENDING_PER_CHAT;
+                let m = &Received {
+                    allowed,
+                    ..m.clone()
+                };
                 let state = if m.allowed { "pending" } else { "ignored" };
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO channel_inbox
@@ -438,15 +456,23 @@ impl ChannelStore {
         Ok(())
     }
 
-    /// Claims the oldest pending message of any channel for its turn (pending → running).
+    /// Claims a pending message for its turn (pending → running): the chats (of every
+    /// channel) take turns, each chat's messages oldest first, so one chat's many messages
+    /// hold no other chat's (or channel's) turn behind them.
     pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
-        Ok(self.db.with(|c| {
+        let mut last = self
+            .last_claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let after = last.clone().unwrap_or_default();
+        let claimed = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             let item = tx
                 .query_row(
                     "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
-                     WHERE state = 'pending' ORDER BY id LIMIT 1",
-                    [],
+                     WHERE state = 'pending'
+                     ORDER BY (channel, chat) <= (?1, ?2), channel, chat, id LIMIT 1",
+                    params![after.0, after.1],
                     |r| {
                         Ok(InboxItem {
                             id: r.get(0)?,
@@ -468,7 +494,11 @@ impl ChannelStore {
             }
             tx.commit()?;
             Ok(item)
-        })?)
+        })?;
+        if let Some(i) = &claimed {
+            *last = Some((i.channel.clone(), i.chat.clone()));
+        }
+        Ok(claimed)
     }
 
     /// At start: turns that were running when loongd stopped run again (their answers were

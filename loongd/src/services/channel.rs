@@ -225,10 +225,13 @@ pub(crate) async fn handle(
                     answer.ignored += 1;
                     Kind::ChannelIgnored
                 };
-                let detail = serde_json::json!({
+                let mut detail = serde_json::json!({
                     "channel": name, "chat": t.chat, "message": t.message_id,
                     "sender": t.sender, "key": t.key, "token": host.token,
                 });
+                if !t.allowed && allow.contains(&t.chat) {
+                    detail["reason"] = "the chat has the most messages waiting a chat may".into();
+                }
                 record(host, worker, kind, detail).await;
             }
             encode(&answer)

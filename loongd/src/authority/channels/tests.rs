@@ -137,9 +137,10 @@ fn replayed_events_and_a_full_inbox_are_refused() {
     ));
     // Another channel's same id is its own.
     s.see_event("other", "ev-1").expect("other channel");
-    // The inbox's bound: a batch past it is refused whole, the offset kept.
+    // The inbox's bound: a batch past it is refused whole, the offset kept (many chats,
+    // each within its own share).
     let batch: Vec<Received> = (0..MAX_RECEIVED_BATCH as i64)
-        .map(|k| msg(k, 1, "x"))
+        .map(|k| msg(k, k, "x"))
         .collect();
     for round in 0..(MAX_PENDING_INBOX as usize / MAX_RECEIVED_BATCH) {
         let b: Vec<Received> = batch
@@ -244,4 +245,50 @@ fn strangers_grow_no_table_and_no_offset_moves_far_or_back() {
     }
     assert_eq!(s.offset("tg").expect("offset"), Some(offset + 1));
     assert_eq!(s.counts("tg").expect("counts").pending, 1);
+}
+
+#[test]
+fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "tg2".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+    })
+    .expect("add");
+    // Chat 1 sends far more than its share; chat 2, then another channel's chat, one each.
+    let flood = MAX_PENDING_PER_CHAT as i64 + 10;
+    let batch: Vec<Received> = (1..=flood).map(|k| msg(k, 1, "flood")).collect();
+    for part in batch.chunks(MAX_RECEIVED_BATCH) {
+        let next = part.last().map(|m| m.key.parse::<i64>().expect("key") + 1);
+        s.receive("tg", next, part).expect("flood");
+    }
+    let c = s.counts("tg").expect("counts");
+    assert_eq!(
+        (c.pending, c.ignored),
+        (MAX_PENDING_PER_CHAT, 10),
+        "a chat's messages past its share are not kept for a turn"
+    );
+    s.receive("tg", Some(flood + 2), &[msg(flood + 1, 2, "me too")])
+        .expect("chat 2");
+    s.receive("tg2", Some(2), &[msg(1, 3, "other channel")])
+        .expect("tg2");
+    // Turns go round the chats: the second and third turns are chat 2's and tg2's.
+    let chats: Vec<(String, String)> = (0..4)
+        .map(|_| {
+            let i = s.claim().expect("claim").expect("item");
+            (i.channel, i.chat)
+        })
+        .collect();
+    let want = |c: &str, h: &str| (c.to_string(), h.to_string());
+    assert_eq!(
+        chats,
+        [
+            want("tg", "1"),
+            want("tg", "2"),
+            want("tg2", "3"),
+            want("tg", "1")
+        ]
+    );
 }
