@@ -91,12 +91,15 @@ pub trait Kernel: Send + Sync {
 
 #[cfg(feature = "telegram")]
 /// The messages of a batch that become turns: text messages only (the rest is skipped).
+/// A text past what loongd takes (no platform sends one; a hostile host may) is skipped
+/// too: handed over, it would fail the whole batch forever, and the offset never pass it.
 pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
     let mut out = Vec::new();
     let mut skipped = 0;
+    let fits = |t: &str| t.len() <= loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES;
     for u in updates {
         match &u.kind {
-            UpdateKind::Message(m) if m.text.is_some() => out.push(Incoming {
+            UpdateKind::Message(m) if m.text.as_deref().is_some_and(fits) => out.push(Incoming {
                 key: u.update_id.to_string(),
                 chat: m.chat.id.to_string(),
                 message_id: m.message_id.to_string(),
@@ -133,7 +136,10 @@ pub async fn poll_telegram(
                 Err(e) => tracing::warn!(error = %e, "reporting the poller's state"),
             }
         }
-        if let Ok(updates) = result {
+        if let Ok(mut updates) = result {
+            // At most the `limit` asked for: a host answering more would make a batch
+            // loongd refuses whole, for good. The rest come again from the new offset.
+            updates.truncate(crate::limits::TELEGRAM_MAX_UPDATES as usize);
             if !updates.is_empty() {
                 let next = next_offset(offset, &updates);
                 let (messages, skipped) = incoming(&updates);

@@ -23,6 +23,24 @@ impl Kernel for Fake {
     }
     fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
         Box::pin(async move {
+            // As loongd does (`ChannelReceived::check_bounds`): a text past the bound, or
+            // more messages than a batch holds, fails the whole call.
+            if batch.messages.len() > loong_ipc::message::channel::MAX_CHANNEL_BATCH {
+                return Err(KernelError {
+                    call: "channel_received",
+                    message: format!("{} messages", batch.messages.len()),
+                });
+            }
+            if let Some(m) = batch
+                .messages
+                .iter()
+                .find(|m| m.text.len() > loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES)
+            {
+                return Err(KernelError {
+                    call: "channel_received",
+                    message: format!("a text of {} bytes", m.text.len()),
+                });
+            }
             self.batches.lock().expect("lock").push(batch);
             Ok(())
         })
@@ -288,4 +306,66 @@ async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
         })
         .collect();
     assert_eq!(texts, ["a", "b", "b"], "part one sent once");
+}
+
+#[tokio::test]
+async fn a_text_past_what_loongd_takes_is_skipped_not_a_wedge() {
+    // No platform sends a text past loongd's bound, but a hostile host (or a broken local
+    // Bot API server) may: handed over, it would fail the batch, the offset would never pass
+    // it, and every later message would wait behind it forever.
+    let text = |i: i64, t: String| {
+        json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": 7},
+            "from": {"id": 9}, "text": t}})
+    };
+    let huge = "x".repeat(loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES + 1);
+    let (base, _) = serve(vec![
+        body(json!({"ok": true, "result": [
+            text(0, "before".into()), text(1, huge), text(2, "after".into())
+        ]})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let batches = fake.batches.lock().expect("lock").clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let texts: Vec<&str> = batches[0]
+        .messages
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    assert_eq!(
+        (batches[0].next_offset, batches[0].skipped),
+        (Some(1003), 1)
+    );
+}
+
+#[tokio::test]
+async fn an_answer_past_the_limit_asked_for_is_handed_over_a_batch_at_a_time() {
+    // `limit` is 100; a host answering more would make a batch loongd refuses whole, for
+    // good. The first hundred go, with the offset past them; the rest come again.
+    let updates: Vec<serde_json::Value> = (0..150)
+        .map(|i| {
+            json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": 7},
+                "from": {"id": 9}, "text": "hi"}})
+        })
+        .collect();
+    let (base, _) = serve(vec![
+        body(json!({"ok": true, "result": updates})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let batches = fake.batches.lock().expect("lock").clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].messages.len(), 100);
+    assert_eq!(batches[0].next_offset, Some(1100));
 }
