@@ -13,6 +13,17 @@ use loong_ipc::{
     KernelRequest, ServiceCall,
 };
 use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Outgoing};
+
+// What the worker hands over is what loongd takes: a batch past either bound would be
+// refused whole, and the offset would never pass it.
+const _: () = assert!(
+    loong_worker_channel::limits::MAX_HANDED_TEXT_BYTES
+        == loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES
+);
+const _: () = assert!(
+    loong_worker_channel::limits::TELEGRAM_MAX_UPDATES as usize
+        == loong_ipc::message::channel::MAX_CHANNEL_BATCH
+);
 use loong_worker_runtime::service::AsyncLink;
 
 /// How long one kernel call may take (an outbox wait included).

@@ -96,7 +96,7 @@ pub trait Kernel: Send + Sync {
 pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
     let mut out = Vec::new();
     let mut skipped = 0;
-    let fits = |t: &str| t.len() <= loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES;
+    let fits = |t: &str| t.len() <= crate::limits::MAX_HANDED_TEXT_BYTES;
     for u in updates {
         match &u.kind {
             UpdateKind::Message(m) if m.text.as_deref().is_some_and(fits) => out.push(Incoming {

@@ -25,7 +25,7 @@ impl Kernel for Fake {
         Box::pin(async move {
             // As loongd does (`ChannelReceived::check_bounds`): a text past the bound, or
             // more messages than a batch holds, fails the whole call.
-            if batch.messages.len() > loong_ipc::message::channel::MAX_CHANNEL_BATCH {
+            if batch.messages.len() > crate::limits::TELEGRAM_MAX_UPDATES as usize {
                 return Err(KernelError {
                     call: "channel_received",
                     message: format!("{} messages", batch.messages.len()),
@@ -34,7 +34,7 @@ impl Kernel for Fake {
             if let Some(m) = batch
                 .messages
                 .iter()
-                .find(|m| m.text.len() > loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES)
+                .find(|m| m.text.len() > crate::limits::MAX_HANDED_TEXT_BYTES)
             {
                 return Err(KernelError {
                     call: "channel_received",
@@ -317,7 +317,7 @@ async fn a_text_past_what_loongd_takes_is_skipped_not_a_wedge() {
         json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": 7},
             "from": {"id": 9}, "text": t}})
     };
-    let huge = "x".repeat(loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES + 1);
+    let huge = "x".repeat(crate::limits::MAX_HANDED_TEXT_BYTES + 1);
     let (base, _) = serve(vec![
         body(json!({"ok": true, "result": [
             text(0, "before".into()), text(1, huge), text(2, "after".into())
