@@ -69,6 +69,9 @@ pub struct ChannelTaken {
     pub taken: u32,
     /// Messages from chats not in the allowlist: ignored and audited.
     pub ignored: u32,
+    /// The chats whose messages were taken for a turn (each once): shown the bot typing. A
+    /// stranger's chat is not among them.
+    pub typing: Vec<String>,
 }
 
 /// Ask for answers to send, waiting up to `wait_ms` for one.

@@ -216,10 +216,14 @@ pub(crate) async fn handle(
             let mut answer = ChannelTaken {
                 taken: 0,
                 ignored: 0,
+                typing: Vec::new(),
             };
             for t in &taken {
                 let kind = if t.allowed {
                     answer.taken += 1;
+                    if !answer.typing.contains(&t.chat) {
+                        answer.typing.push(t.chat.clone());
+                    }
                     Kind::ChannelReceived
                 } else {
                     answer.ignored += 1;

@@ -6,9 +6,9 @@ use std::time::Duration;
 use loong_ipc::{
     message::channel::{
         ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
-        ChannelReceived, ChannelStatus, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX,
-        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_CHANNEL_STATUS_BYTES, MAX_OUTBOX_ITEMS,
-        MAX_OUTBOX_WAIT_MS,
+        ChannelReceived, ChannelStatus, ChannelTaken, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET,
+        KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_CHANNEL_STATUS_BYTES,
+        MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
     },
     KernelRequest, ServiceCall,
 };
@@ -72,7 +72,7 @@ impl Kernel for Link {
         })
     }
 
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
         Box::pin(async move {
             let body = ChannelReceived {
                 next_offset: batch.next_offset,
@@ -90,7 +90,13 @@ impl Kernel for Link {
                     })
                     .collect(),
             };
-            self.call(KIND_CHANNEL_RECEIVED, &body).await.map(drop)
+            let answer = self.call(KIND_CHANNEL_RECEIVED, &body).await?;
+            postcard::from_bytes::<ChannelTaken>(&answer)
+                .map(|t| t.typing)
+                .map_err(|e| KernelError {
+                    call: KIND_CHANNEL_RECEIVED,
+                    message: format!("the answer does not decode: {e}"),
+                })
         })
     }
 

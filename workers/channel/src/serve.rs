@@ -69,8 +69,9 @@ pub struct Outgoing {
 pub trait Kernel: Send + Sync {
     /// Where polling starts.
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>>;
-    /// Hands over a batch with the offset past it.
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// Hands over a batch with the offset past it; answers the chats whose messages were
+    /// taken for a turn (not a stranger's, not one taken before).
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>>;
     /// Answers to send (waits a while for one).
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>>;
     /// An answer was sent as these platform messages; `failed` says why the platform
@@ -148,18 +149,13 @@ pub async fn poll_telegram(
                     messages,
                     skipped,
                 };
-                let mut chats: Vec<i64> = batch
-                    .messages
-                    .iter()
-                    .filter_map(|m| m.chat.parse().ok())
-                    .collect();
-                chats.dedup();
                 match kernel.received(batch).await {
-                    Ok(()) => {
+                    Ok(typing) => {
                         offset = next;
-                        // The chats see the bot typing while their turns run (a hint: a
-                        // failure is not an error).
-                        for chat in chats {
+                        // The chats whose messages were taken see the bot typing while
+                        // their turns run (a hint: a failure is not an error); a stranger
+                        // is shown nothing.
+                        for chat in typing.iter().filter_map(|c| c.parse::<i64>().ok()) {
                             if let Err(e) = tg.send_typing(chat).await {
                                 tracing::debug!(error = %e, "sendChatAction");
                             }

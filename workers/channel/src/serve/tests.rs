@@ -15,13 +15,15 @@ struct Fake {
     failed: Mutex<Vec<(i64, String)>>,
     statuses: Mutex<Vec<(Option<String>, Option<String>)>>,
     outbox: Mutex<Vec<Outgoing>>,
+    /// Chats loongd ignores (not in the allowlist).
+    strangers: Vec<String>,
 }
 
 impl Kernel for Fake {
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>> {
         Box::pin(async move { Ok(self.offset) })
     }
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
         Box::pin(async move {
             // As loongd does (`ChannelReceived::check_bounds`): a text past the bound, or
             // more messages than a batch holds, fails the whole call.
@@ -41,8 +43,16 @@ impl Kernel for Fake {
                     message: format!("a text of {} bytes", m.text.len()),
                 });
             }
+            let mut taken: Vec<String> = batch
+                .messages
+                .iter()
+                .map(|m| m.chat.clone())
+                .filter(|c| !self.strangers.contains(c))
+                .collect();
+            taken.sort();
+            taken.dedup();
             self.batches.lock().expect("lock").push(batch);
-            Ok(())
+            Ok(taken)
         })
     }
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>> {
@@ -368,4 +378,42 @@ async fn an_answer_past_the_limit_asked_for_is_handed_over_a_batch_at_a_time() {
     assert_eq!(batches.len(), 1, "{batches:?}");
     assert_eq!(batches[0].messages.len(), 100);
     assert_eq!(batches[0].next_offset, Some(1100));
+}
+
+#[tokio::test]
+async fn only_the_chats_whose_messages_were_taken_see_the_bot_typing() {
+    // A stranger (a chat not allowed) is ignored: it is shown nothing, not even typing, and
+    // a chat with many messages in the batch is sent one sendChatAction.
+    let text = |i: i64, chat: i64| {
+        json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": chat},
+            "from": {"id": 9}, "text": "hi"}})
+    };
+    let (base, seen) = serve(vec![
+        body(json!({"ok": true, "result": [text(0, 7), text(1, 8), text(2, 7), text(3, 8)]})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake {
+        strangers: vec!["8".into()],
+        ..Fake::default()
+    });
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let typing: Vec<serde_json::Value> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|s| s.head.contains("/sendChatAction"))
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).expect("json")["chat_id"].clone()
+        })
+        .collect();
+    assert_eq!(typing, [json!(7)]);
+    assert_eq!(
+        fake.batches.lock().expect("lock").len(),
+        1,
+        "control: the batch was taken"
+    );
 }
