@@ -45,6 +45,10 @@ pub const MAX_IGNORED_KEPT: u64 = 1_000;
 /// `i32::MAX` is not the platform's, and an offset past it would make the channel deaf for
 /// good (the offset never moves back).
 pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
+/// A chat's ignored messages are audited one a window: a stranger writing without end
+/// (every message of theirs is one platform update) grows the audit trail by one record a
+/// minute, not one a message; the others are counted in `channels status`.
+pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -158,6 +162,9 @@ pub struct Taken {
     pub message_id: String,
     pub sender: String,
     pub allowed: bool,
+    /// Audited one by one: every message taken for a turn, and a chat's first ignored
+    /// message in [`IGNORED_AUDIT_WINDOW_MS`] (the rest are counted in `channels status`).
+    pub audited: bool,
 }
 
 /// A message waiting for (or running) its turn.
@@ -384,6 +391,16 @@ impl ChannelStore {
                     ..m.clone()
                 };
                 let state = if m.allowed { "pending" } else { "ignored" };
+                let recently_ignored: i64 = if m.allowed {
+                    0
+                } else {
+                    tx.query_row(
+                        "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND chat = ?2
+                         AND state = 'ignored' AND received_ms > ?3",
+                        params![channel, m.chat, at.saturating_sub(IGNORED_AUDIT_WINDOW_MS)],
+                        |r| r.get(0),
+                    )?
+                };
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO channel_inbox
                      (channel, key, chat, message_id, thread, sender, text, state, received_ms)
@@ -408,6 +425,7 @@ impl ChannelStore {
                         message_id: m.message_id.clone(),
                         sender: m.sender.clone(),
                         allowed: m.allowed,
+                        audited: recently_ignored == 0,
                     });
                 }
             }

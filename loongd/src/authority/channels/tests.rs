@@ -292,3 +292,29 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
         ]
     );
 }
+
+#[test]
+fn a_stranger_writing_without_end_is_audited_once_a_window() {
+    let (_d, s) = store();
+    // Five messages at once from one chat not allowed: the first is audited, the others
+    // counted (in `channels status`); another stranger's first message is audited too.
+    let batch: Vec<Received> = (1..=5).map(stranger).collect();
+    let taken = s.receive("tg", Some(6), &batch).expect("batch");
+    assert_eq!(
+        taken.iter().map(|t| t.audited).collect::<Vec<_>>(),
+        [true, false, false, false, false]
+    );
+    let other = Received {
+        allowed: false,
+        ..msg(6, 667, "spam")
+    };
+    let taken = s
+        .receive("tg", Some(7), &[other, msg(7, 1, "hi")])
+        .expect("other");
+    assert_eq!(
+        taken.iter().map(|t| t.audited).collect::<Vec<_>>(),
+        [true, true],
+        "another stranger, and an allowed message, are audited"
+    );
+    assert_eq!(s.counts("tg").expect("counts").ignored, 6);
+}
