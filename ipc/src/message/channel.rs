@@ -69,6 +69,9 @@ pub struct ChannelTaken {
     pub taken: u32,
     /// Messages from chats not in the allowlist: ignored and audited.
     pub ignored: u32,
+    /// The chats whose messages were taken for a turn (each once): shown the bot typing. A
+    /// stranger's chat is not among them.
+    pub typing: Vec<String>,
 }
 
 /// Ask for answers to send, waiting up to `wait_ms` for one.
@@ -94,6 +97,9 @@ pub struct ChannelAck {
     pub id: i64,
     /// The platform's ids of the messages it was sent as.
     pub sent_ids: Vec<String>,
+    /// Why the platform refused it (or its remaining parts) for good (a chat that blocked
+    /// the bot, a chat gone): it is not tried again, and the trail says so.
+    pub failed: Option<String>,
 }
 
 /// The poller's state.
@@ -139,7 +145,12 @@ impl ChannelAck {
                 max: MAX_SENT_IDS,
             });
         }
-        self.sent_ids.iter().try_for_each(|s| id("sent_ids", s))
+        self.sent_ids.iter().try_for_each(|s| id("sent_ids", s))?;
+        check_len(
+            "failed",
+            self.failed.as_deref().unwrap_or_default(),
+            MAX_CHANNEL_STATUS_BYTES,
+        )
     }
 }
 
@@ -207,8 +218,15 @@ mod tests {
         let ack = ChannelAck {
             id: 1,
             sent_ids: vec!["1".into(); MAX_SENT_IDS + 1],
+            failed: None,
         };
         assert!(ack.check_bounds().is_err());
+        let ack = ChannelAck {
+            id: 1,
+            sent_ids: Vec::new(),
+            failed: Some("f".repeat(MAX_CHANNEL_STATUS_BYTES + 1)),
+        };
+        assert_eq!(ack.check_bounds().expect_err("failed").field, "failed");
         let status = ChannelStatus {
             conflict: Some("c".repeat(MAX_CHANNEL_STATUS_BYTES + 1)),
             last_error: None,

@@ -32,6 +32,23 @@ pub const MAX_RECEIVED_BATCH: usize = 100;
 /// The most pending inbox rows per channel; past it new messages are refused (the worker
 /// does not advance its offset, so nothing is lost: the platform keeps them).
 pub const MAX_PENDING_INBOX: u64 = 1_000;
+/// The most messages of one chat waiting for their turns: past it a chat's messages are
+/// kept as ignored (audited, no turn), so one chat (a flood, a worker making a chat's
+/// messages up) cannot fill the channel's inbox and stop every other chat's messages.
+pub const MAX_PENDING_PER_CHAT: u64 = 50;
+/// The most ignored messages (from chats not allowed) kept per channel: the newest, to take
+/// a batch handed over twice once; older ones go as new ones come, so a stranger writing
+/// without end (or a worker making updates up) grows no table.
+pub const MAX_IGNORED_KEPT: u64 = 1_000;
+/// The largest offset a Telegram channel keeps: one past the largest update id. The Bot API
+/// documents `update_id` without the note it gives ids past 32 bits, so an update id past
+/// `i32::MAX` is not the platform's, and an offset past it would make the channel deaf for
+/// good (the offset never moves back).
+pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
+/// A chat's ignored messages are audited one a window: a stranger writing without end
+/// (every message of theirs is one platform update) grows the audit trail by one record a
+/// minute, not one a message; the others are counted in `channels status`.
+pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -100,6 +117,8 @@ pub enum ChannelStoreError {
     InboxFull { channel: String, pending: u64 },
     #[error("channel `{channel}`: event `{event_id}` was seen before; a replay is refused")]
     Replayed { channel: String, event_id: String },
+    #[error("channel `{channel}`: offset {offset} is outside 0 to {MAX_TELEGRAM_OFFSET}; refused")]
+    BadOffset { channel: String, offset: i64 },
     #[error("channel `{channel}`: outbox item {id} is not one of its pending answers")]
     NotPending { channel: String, id: i64 },
     #[error("channel `{channel}`: a text of {len} bytes is above the {limit}-byte limit")]
@@ -143,6 +162,9 @@ pub struct Taken {
     pub message_id: String,
     pub sender: String,
     pub allowed: bool,
+    /// Audited one by one: every message taken for a turn, and a chat's first ignored
+    /// message in [`IGNORED_AUDIT_WINDOW_MS`] (the rest are counted in `channels status`).
+    pub audited: bool,
 }
 
 /// A message waiting for (or running) its turn.
@@ -189,6 +211,8 @@ fn now_ms() -> i64 {
 #[derive(Debug)]
 pub struct ChannelStore {
     db: StateDb,
+    /// The channel and chat whose message was claimed last (the turns go round the chats).
+    last_claimed: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl ChannelStore {
@@ -196,6 +220,7 @@ impl ChannelStore {
     pub fn open(path: &Path) -> Result<ChannelStore, TokenError> {
         Ok(ChannelStore {
             db: StateDb::open(path, SCHEMA)?,
+            last_claimed: std::sync::Mutex::new(None),
         })
     }
 
@@ -318,9 +343,27 @@ impl ChannelStore {
                 limit: MAX_INBOX_TEXT_BYTES,
             });
         }
+        if let Some(o) = next_offset.filter(|o| !(0..=MAX_TELEGRAM_OFFSET).contains(o)) {
+            return Err(ChannelStoreError::BadOffset {
+                channel: channel.to_owned(),
+                offset: o,
+            });
+        }
         self.get(channel)?;
         let outcome = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
+            // Updates below the committed offset were taken before (their rows may be gone):
+            // a replay of one is not taken again.
+            let committed: Option<i64> = tx
+                .query_row(
+                    "SELECT next_offset FROM channel_offsets WHERE channel = ?1",
+                    params![channel],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let taken_before = |m: &Received| {
+                committed.is_some_and(|c| m.key.parse::<i64>().is_ok_and(|k| k < c))
+            };
             let pending: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND state IN ('pending', 'running')",
                 params![channel],
@@ -335,8 +378,29 @@ impl ChannelStore {
             }
             let at = now_ms();
             let mut ids = Vec::new();
-            for m in messages {
+            for m in messages.iter().filter(|m| !taken_before(m)) {
+                let waiting: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM channel_inbox
+                     WHERE channel = ?1 AND chat = ?2 AND state IN ('pending', 'running')",
+                    params![channel, m.chat],
+                    |r| r.get(0),
+                )?;
+                let allowed = m.allowed && waiting.unsigned_abs() < MAX_PENDING_PER_CHAT;
+                let m = &Received {
+                    allowed,
+                    ..m.clone()
+                };
                 let state = if m.allowed { "pending" } else { "ignored" };
+                let recently_ignored: i64 = if m.allowed {
+                    0
+                } else {
+                    tx.query_row(
+                        "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND chat = ?2
+                         AND state = 'ignored' AND received_ms > ?3",
+                        params![channel, m.chat, at.saturating_sub(IGNORED_AUDIT_WINDOW_MS)],
+                        |r| r.get(0),
+                    )?
+                };
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO channel_inbox
                      (channel, key, chat, message_id, thread, sender, text, state, received_ms)
@@ -361,9 +425,16 @@ impl ChannelStore {
                         message_id: m.message_id.clone(),
                         sender: m.sender.clone(),
                         allowed: m.allowed,
+                        audited: recently_ignored == 0,
                     });
                 }
             }
+            tx.execute(
+                "DELETE FROM channel_inbox WHERE channel = ?1 AND state = 'ignored' AND id NOT IN
+                 (SELECT id FROM channel_inbox WHERE channel = ?1 AND state = 'ignored'
+                  ORDER BY id DESC LIMIT ?2)",
+                params![channel, MAX_IGNORED_KEPT],
+            )?;
             if let Some(o) = next_offset {
                 tx.execute(
                     "INSERT INTO channel_offsets (channel, next_offset) VALUES (?1, ?2)
@@ -403,15 +474,23 @@ impl ChannelStore {
         Ok(())
     }
 
-    /// Claims the oldest pending message of any channel for its turn (pending → running).
+    /// Claims a pending message for its turn (pending → running): the chats (of every
+    /// channel) take turns, each chat's messages oldest first, so one chat's many messages
+    /// hold no other chat's (or channel's) turn behind them.
     pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
-        Ok(self.db.with(|c| {
+        let mut last = self
+            .last_claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let after = last.clone().unwrap_or_default();
+        let claimed = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             let item = tx
                 .query_row(
                     "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
-                     WHERE state = 'pending' ORDER BY id LIMIT 1",
-                    [],
+                     WHERE state = 'pending'
+                     ORDER BY (channel, chat) <= (?1, ?2), channel, chat, id LIMIT 1",
+                    params![after.0, after.1],
                     |r| {
                         Ok(InboxItem {
                             id: r.get(0)?,
@@ -433,7 +512,11 @@ impl ChannelStore {
             }
             tx.commit()?;
             Ok(item)
-        })?)
+        })?;
+        if let Some(i) = &claimed {
+            *last = Some((i.channel.clone(), i.chat.clone()));
+        }
+        Ok(claimed)
     }
 
     /// At start: turns that were running when loongd stopped run again (their answers were

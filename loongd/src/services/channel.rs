@@ -6,7 +6,8 @@
 //! - `channel_received`: a batch and its offset committed in one transaction; a message from
 //!   a chat in the channel's allowlist waits for its turn (`channel.received`), any other is
 //!   kept as ignored (`channel.ignored`); each is audited once, however often the batch is
-//!   handed over. No record carries a message's text.
+//!   handed over (a chat's ignored messages: one a minute, the rest counted). No record
+//!   carries a message's text.
 //! - `channel_outbox`: the answers to send, waiting a while for one.
 //! - `channel_ack`: an answer sent (`channel.sent`).
 //! - `channel_status`: the poller's state (a 409 conflict, a failure), for `channels status`.
@@ -216,19 +217,39 @@ pub(crate) async fn handle(
             let mut answer = ChannelTaken {
                 taken: 0,
                 ignored: 0,
+                typing: Vec::new(),
             };
             for t in &taken {
+                if !t.audited {
+                    // A stranger's message within the window of its chat's last audited one:
+                    // counted in `channels status`, not one record a message.
+                    answer.ignored += 1;
+                    continue;
+                }
                 let kind = if t.allowed {
                     answer.taken += 1;
+                    if !answer.typing.contains(&t.chat) {
+                        answer.typing.push(t.chat.clone());
+                    }
                     Kind::ChannelReceived
                 } else {
                     answer.ignored += 1;
                     Kind::ChannelIgnored
                 };
-                let detail = serde_json::json!({
+                let mut detail = serde_json::json!({
                     "channel": name, "chat": t.chat, "message": t.message_id,
                     "sender": t.sender, "key": t.key, "token": host.token,
                 });
+                if !t.allowed {
+                    detail["note"] = format!(
+                        "further ignored messages of this chat within {} s are counted in `channels status`, not audited one by one",
+                        crate::authority::channels::IGNORED_AUDIT_WINDOW_MS / 1000
+                    )
+                    .into();
+                }
+                if !t.allowed && allow.contains(&t.chat) {
+                    detail["reason"] = "the chat has the most messages waiting a chat may".into();
+                }
                 record(host, worker, kind, detail).await;
             }
             encode(&answer)
@@ -263,7 +284,7 @@ pub(crate) async fn handle(
             let (chat, answers) = store.ack(name, ack.id).map_err(store_error)?;
             let detail = serde_json::json!({
                 "channel": name, "chat": chat, "answers": answers, "sent": ack.sent_ids,
-                "outbox": ack.id, "token": host.token,
+                "outbox": ack.id, "token": host.token, "failed": ack.failed,
             });
             record(host, worker, Kind::ChannelSent, detail).await;
             encode(&())

@@ -238,6 +238,19 @@ impl Webhook {
         }
     }
 
+    /// The challenge of a `url_verification` whose verification token matches.
+    fn challenge(&self, plain: &Value) -> Result<String, ChannelError> {
+        if plain.get("type").and_then(Value::as_str) != Some("url_verification") {
+            return Err(malformed("not a url_verification"));
+        }
+        self.token_matches(plain.get("token").and_then(Value::as_str))?;
+        plain
+            .get("challenge")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| malformed("url_verification without a challenge"))
+    }
+
     /// Judges one event request (`headers`, raw `body`) received at `now`.
     pub fn judge(
         &self,
@@ -252,23 +265,36 @@ impl Webhook {
             });
         }
         let outer: Value = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        // The signature is judged before anything is decrypted: what an unsigned encrypted
+        // body decrypts to must not change the answer (a padding oracle would decrypt
+        // captured events byte by byte).
+        let signed = verify_signature(headers, &self.encrypt_key, body, now);
         let plain = match outer.get("encrypt") {
             Some(Value::String(enc)) => {
-                let bytes = decrypt(&self.encrypt_key, enc)?;
-                serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?
+                let opened = decrypt(&self.encrypt_key, enc).and_then(|bytes| {
+                    serde_json::from_slice::<Value>(&bytes).map_err(|e| malformed(e.to_string()))
+                });
+                match (&signed, opened) {
+                    (Ok(()), opened) => opened?,
+                    // Unsigned: a url verification with the right token, or refused with the
+                    // signature's error whatever the decryption found.
+                    (Err(_), opened) => {
+                        let challenge = opened.ok().and_then(|p| self.challenge(&p).ok());
+                        return match (challenge, signed) {
+                            (Some(c), _) => Ok(Judged::Challenge(c)),
+                            (None, Err(e)) => Err(e),
+                            (None, Ok(())) => Err(ChannelError::BadSignature),
+                        };
+                    }
+                }
             }
             Some(_) => return Err(malformed("encrypt is not a string")),
             None => outer,
         };
         if plain.get("type").and_then(Value::as_str) == Some("url_verification") {
-            self.token_matches(plain.get("token").and_then(Value::as_str))?;
-            let challenge = plain
-                .get("challenge")
-                .and_then(Value::as_str)
-                .ok_or_else(|| malformed("url_verification without a challenge"))?;
-            return Ok(Judged::Challenge(challenge.to_owned()));
+            return self.challenge(&plain).map(Judged::Challenge);
         }
-        verify_signature(headers, &self.encrypt_key, body, now)?;
+        signed?;
         if plain.get("schema").and_then(Value::as_str) != Some("2.0") {
             return Err(malformed(
                 "not a schema 2.0 event (subscribe to v2.0 events)",

@@ -6,12 +6,24 @@ use std::time::Duration;
 use loong_ipc::{
     message::channel::{
         ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
-        ChannelReceived, ChannelStatus, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX,
-        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+        ChannelReceived, ChannelStatus, ChannelTaken, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET,
+        KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_CHANNEL_STATUS_BYTES,
+        MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
     },
     KernelRequest, ServiceCall,
 };
 use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Outgoing};
+
+// What the worker hands over is what loongd takes: a batch past either bound would be
+// refused whole, and the offset would never pass it.
+const _: () = assert!(
+    loong_worker_channel::limits::MAX_HANDED_TEXT_BYTES
+        == loong_ipc::message::channel::MAX_CHANNEL_TEXT_BYTES
+);
+const _: () = assert!(
+    loong_worker_channel::limits::TELEGRAM_MAX_UPDATES as usize
+        == loong_ipc::message::channel::MAX_CHANNEL_BATCH
+);
 use loong_worker_runtime::service::AsyncLink;
 
 /// How long one kernel call may take (an outbox wait included).
@@ -60,7 +72,7 @@ impl Kernel for Link {
         })
     }
 
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
         Box::pin(async move {
             let body = ChannelReceived {
                 next_offset: batch.next_offset,
@@ -78,7 +90,13 @@ impl Kernel for Link {
                     })
                     .collect(),
             };
-            self.call(KIND_CHANNEL_RECEIVED, &body).await.map(drop)
+            let answer = self.call(KIND_CHANNEL_RECEIVED, &body).await?;
+            postcard::from_bytes::<ChannelTaken>(&answer)
+                .map(|t| t.typing)
+                .map_err(|e| KernelError {
+                    call: KIND_CHANNEL_RECEIVED,
+                    message: format!("the answer does not decode: {e}"),
+                })
         })
     }
 
@@ -103,11 +121,22 @@ impl Kernel for Link {
         })
     }
 
-    fn ack(&self, id: i64, sent_ids: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn ack(
+        &self,
+        id: i64,
+        sent_ids: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>> {
+        // Bounded as loongd checks it: a long refusal is cut, never the reason the ack fails.
+        let failed = failed
+            .map(|f| loong_worker_channel::error::printable(&f, MAX_CHANNEL_STATUS_BYTES / 4));
         Box::pin(async move {
-            self.call(KIND_CHANNEL_ACK, &ChannelAck { id, sent_ids })
-                .await
-                .map(drop)
+            let ack = ChannelAck {
+                id,
+                sent_ids,
+                failed,
+            };
+            self.call(KIND_CHANNEL_ACK, &ack).await.map(drop)
         })
     }
 

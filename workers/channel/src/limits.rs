@@ -35,3 +35,9 @@ pub const MAX_DESCRIPTION_CHARS: usize = 200;
 pub const FEISHU_TIMESTAMP_WINDOW: Duration = Duration::from_secs(300);
 /// How long before its expiry a tenant access token is refreshed (at most half its life).
 pub const FEISHU_TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(30 * 60);
+/// The largest `update_id` taken: the Bot API documents it without the note it gives ids
+/// past 32 bits, and the offset past a larger (hostile) one would never come back down.
+pub const MAX_UPDATE_ID: i64 = i32::MAX as i64;
+/// The longest text handed to loongd (its `MAX_CHANNEL_TEXT_BYTES`; the worker binary
+/// checks the two agree): a longer one would fail the whole batch.
+pub const MAX_HANDED_TEXT_BYTES: usize = 64 * 1024;

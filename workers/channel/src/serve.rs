@@ -69,12 +69,19 @@ pub struct Outgoing {
 pub trait Kernel: Send + Sync {
     /// Where polling starts.
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>>;
-    /// Hands over a batch with the offset past it.
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// Hands over a batch with the offset past it; answers the chats whose messages were
+    /// taken for a turn (not a stranger's, not one taken before).
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>>;
     /// Answers to send (waits a while for one).
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>>;
-    /// An answer was sent as these platform messages.
-    fn ack(&self, id: i64, sent: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// An answer was sent as these platform messages; `failed` says why the platform
+    /// refused (the rest of) it for good, when it did.
+    fn ack(
+        &self,
+        id: i64,
+        sent: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>>;
     /// The poller's state changed.
     fn status(
         &self,
@@ -85,12 +92,15 @@ pub trait Kernel: Send + Sync {
 
 #[cfg(feature = "telegram")]
 /// The messages of a batch that become turns: text messages only (the rest is skipped).
+/// A text past what loongd takes (no platform sends one; a hostile host may) is skipped
+/// too: handed over, it would fail the whole batch forever, and the offset never pass it.
 pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
     let mut out = Vec::new();
     let mut skipped = 0;
+    let fits = |t: &str| t.len() <= crate::limits::MAX_HANDED_TEXT_BYTES;
     for u in updates {
         match &u.kind {
-            UpdateKind::Message(m) if m.text.is_some() => out.push(Incoming {
+            UpdateKind::Message(m) if m.text.as_deref().is_some_and(fits) => out.push(Incoming {
                 key: u.update_id.to_string(),
                 chat: m.chat.id.to_string(),
                 message_id: m.message_id.to_string(),
@@ -127,7 +137,10 @@ pub async fn poll_telegram(
                 Err(e) => tracing::warn!(error = %e, "reporting the poller's state"),
             }
         }
-        if let Ok(updates) = result {
+        if let Ok(mut updates) = result {
+            // At most the `limit` asked for: a host answering more would make a batch
+            // loongd refuses whole, for good. The rest come again from the new offset.
+            updates.truncate(crate::limits::TELEGRAM_MAX_UPDATES as usize);
             if !updates.is_empty() {
                 let next = next_offset(offset, &updates);
                 let (messages, skipped) = incoming(&updates);
@@ -136,18 +149,13 @@ pub async fn poll_telegram(
                     messages,
                     skipped,
                 };
-                let mut chats: Vec<i64> = batch
-                    .messages
-                    .iter()
-                    .filter_map(|m| m.chat.parse().ok())
-                    .collect();
-                chats.dedup();
                 match kernel.received(batch).await {
-                    Ok(()) => {
+                    Ok(typing) => {
                         offset = next;
-                        // The chats see the bot typing while their turns run (a hint: a
-                        // failure is not an error).
-                        for chat in chats {
+                        // The chats whose messages were taken see the bot typing while
+                        // their turns run (a hint: a failure is not an error); a stranger
+                        // is shown nothing.
+                        for chat in typing.iter().filter_map(|c| c.parse::<i64>().ok()) {
                             if let Err(e) = tg.send_typing(chat).await {
                                 tracing::debug!(error = %e, "sendChatAction");
                             }
@@ -191,27 +199,44 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
     let parse = |s: &str| s.parse::<i64>().ok();
     let Some(chat) = parse(&item.chat) else {
         tracing::warn!(chat = %item.chat, "an answer to a chat id that is not a number; dropped");
-        let _ = kernel.ack(item.id, Vec::new()).await;
+        let _ = kernel
+            .ack(
+                item.id,
+                Vec::new(),
+                Some("the chat id is not a number".into()),
+            )
+            .await;
         return;
     };
     let thread = item.thread.as_deref().and_then(parse);
     let reply_to = parse(&item.reply_to);
+    let parts = crate::telegram::split_text(&item.text);
+    let mut sent = Vec::new();
     loop {
-        match tg.send_text(chat, thread, reply_to, &item.text).await {
-            Ok(ids) => {
-                backoff.succeed();
-                let sent = ids.iter().map(ToString::to_string).collect();
-                if let Err(e) = kernel.ack(item.id, sent).await {
-                    tracing::warn!(error = %e, "acking a sent answer");
-                }
-                return;
+        let result = tg
+            .send_parts(chat, thread, reply_to, &parts, &mut sent)
+            .await;
+        let failed = match result {
+            Ok(()) => None,
+            // Given up: the same request would be refused forever, and it would hold every
+            // other chat's answer behind it.
+            Err(e) if crate::telegram::refused_for_good(&e) => {
+                tracing::warn!(error = %e, "an answer refused by the platform; given up");
+                Some(e.to_string())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sending an answer; tried again");
                 let wait = backoff.fail(e.retry_after());
                 tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
+                continue;
             }
+        };
+        backoff.succeed();
+        let ids = sent.iter().map(ToString::to_string).collect();
+        if let Err(e) = kernel.ack(item.id, ids, failed).await {
+            tracing::warn!(error = %e, "acking a sent answer");
         }
+        return;
     }
 }
 

@@ -25,7 +25,8 @@ use crate::error::{printable, ChannelError};
 use crate::http::{self, read_bounded};
 use crate::limits::{
     BACKOFF_CAP, BACKOFF_START, MAX_DESCRIPTION_CHARS, MAX_MESSAGE_PARTS, MAX_RESPONSE_BYTES,
-    MAX_RETRY_AFTER, REQUEST_GRACE, TELEGRAM_MAX_MESSAGE_UNITS, TELEGRAM_MAX_UPDATES,
+    MAX_RETRY_AFTER, MAX_UPDATE_ID, REQUEST_GRACE, TELEGRAM_MAX_MESSAGE_UNITS,
+    TELEGRAM_MAX_UPDATES,
 };
 
 /// The public Bot API host.
@@ -34,6 +35,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 pub const ALLOWED_UPDATES: &[&str] = &["message", "callback_query"];
 /// The longest bot token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 256;
+/// What an error shows where an answer echoed the bot token.
+pub const REDACTED_TOKEN: &str = "[bot token]";
 
 /// A chat.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -192,9 +195,10 @@ fn parse_update(item: Value) -> Result<Update, ChannelError> {
     let update_id = map
         .get("update_id")
         .and_then(Value::as_i64)
+        .filter(|id| (0..=MAX_UPDATE_ID).contains(id))
         .ok_or_else(|| ChannelError::Malformed {
             what: "getUpdates",
-            reason: "an update has no integer update_id".into(),
+            reason: format!("an update has no integer update_id from 0 to {MAX_UPDATE_ID}"),
         })?;
     let skipped = |reason: String| UpdateKind::Skipped { reason };
     let kind = if let Some(m) = map.remove("message") {
@@ -225,6 +229,27 @@ pub fn next_offset(current: Option<i64>, updates: &[Update]) -> Option<i64> {
 }
 
 /// Checks a bot token's shape (`DIGITS:KEY`) before it goes into a URL path.
+/// The parts an answer is sent as (at most 4096 UTF-16 units each, at most
+/// [`MAX_MESSAGE_PARTS`]).
+pub fn split_text(text: &str) -> Vec<String> {
+    crate::text::split(text, TELEGRAM_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS)
+}
+
+/// Whether the platform refused a send for good: `400` (a chat, thread or message gone)
+/// and `403` (the bot blocked, or removed from the chat) say the same request will never
+/// be taken. A 429, a 5xx, a failed connection or a token the platform does not know
+/// (`401`, `404`: every send of the channel fails until the operator fixes it) are tried
+/// again: nothing is dropped for a failure that is not the chat's own.
+pub fn refused_for_good(e: &ChannelError) -> bool {
+    matches!(
+        e,
+        ChannelError::Api {
+            status: 400 | 403,
+            ..
+        }
+    )
+}
+
 pub fn check_token(token: &str) -> Result<(), ChannelError> {
     let ok = token.len() <= MAX_TOKEN_BYTES
         && token.split_once(':').is_some_and(|(id, key)| {
@@ -338,7 +363,50 @@ impl Telegram {
             })?;
         let status = response.status().as_u16();
         let body = read_bounded(response, MAX_RESPONSE_BYTES, method).await?;
-        outcome(method, status, &body)
+        outcome(method, status, &body).map_err(|e| self.redacted(e))
+    }
+
+    /// `e` without the bot token: an answer may echo the request line (a local Bot API
+    /// server's 404 page, a proxy's refusal, a hostile host), and every error goes on to
+    /// `channels status`, doctor and the logs.
+    fn redacted(&self, e: ChannelError) -> ChannelError {
+        let token = self
+            .prefix
+            .rsplit_once("/bot")
+            .map_or("", |(_, t)| t)
+            .to_owned();
+        let key = token.split_once(':').map_or("", |(_, k)| k).to_owned();
+        let clean = |text: String| {
+            [token.as_str(), key.as_str()]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .fold(text, |acc, t| acc.replace(t, REDACTED_TOKEN))
+        };
+        match e {
+            ChannelError::Api {
+                method,
+                status,
+                description,
+            } => ChannelError::Api {
+                method,
+                status,
+                description: clean(description),
+            },
+            ChannelError::Conflict {
+                method,
+                status,
+                description,
+            } => ChannelError::Conflict {
+                method,
+                status,
+                description: clean(description),
+            },
+            ChannelError::Malformed { what, reason } => ChannelError::Malformed {
+                what,
+                reason: clean(reason),
+            },
+            other => other,
+        }
     }
 
     /// `getUpdates` from `offset`: waits up to the poll timeout for updates.
@@ -363,9 +431,25 @@ impl Telegram {
         reply_to: Option<i64>,
         text: &str,
     ) -> Result<Vec<i64>, ChannelError> {
-        let mut ids = Vec::new();
-        let parts = crate::text::split(text, TELEGRAM_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS);
-        for (i, part) in parts.iter().enumerate() {
+        let mut sent = Vec::new();
+        self.send_parts(chat, thread, reply_to, &split_text(text), &mut sent)
+            .await?;
+        Ok(sent)
+    }
+
+    /// Sends the `parts` of an answer not sent yet (those past `sent.len()`), pushing each
+    /// sent message's id to `sent` as the platform takes it: a send cut short (a 429, a
+    /// failure) is resumed at the part that did not go out, so no part reaches the chat
+    /// twice. The first part replies to `reply_to`.
+    pub async fn send_parts(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        reply_to: Option<i64>,
+        parts: &[String],
+        sent: &mut Vec<i64>,
+    ) -> Result<(), ChannelError> {
+        for (i, part) in parts.iter().enumerate().skip(sent.len()) {
             let mut body = json!({"chat_id": chat, "text": part});
             if let Some(t) = thread {
                 body["message_thread_id"] = json!(t);
@@ -374,10 +458,15 @@ impl Telegram {
                 body["reply_parameters"] =
                     json!({"message_id": r, "allow_sending_without_reply": true});
             }
-            let sent = self.call("sendMessage", &body).await?;
-            ids.push(sent.get("message_id").and_then(Value::as_i64).unwrap_or(0));
+            let answer = self.call("sendMessage", &body).await?;
+            sent.push(
+                answer
+                    .get("message_id")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+            );
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// `sendChatAction` `typing` to `chat`.

@@ -137,9 +137,10 @@ fn replayed_events_and_a_full_inbox_are_refused() {
     ));
     // Another channel's same id is its own.
     s.see_event("other", "ev-1").expect("other channel");
-    // The inbox's bound: a batch past it is refused whole, the offset kept.
+    // The inbox's bound: a batch past it is refused whole, the offset kept (many chats,
+    // each within its own share).
     let batch: Vec<Received> = (0..MAX_RECEIVED_BATCH as i64)
-        .map(|k| msg(k, 1, "x"))
+        .map(|k| msg(k, k, "x"))
         .collect();
     for round in 0..(MAX_PENDING_INBOX as usize / MAX_RECEIVED_BATCH) {
         let b: Vec<Received> = batch
@@ -192,4 +193,128 @@ fn channels_are_added_once_and_removed_whole() {
         s.remove("tg"),
         Err(ChannelStoreError::NoSuchChannel(_))
     ));
+}
+
+fn stranger(key: i64) -> Received {
+    Received {
+        allowed: false,
+        ..msg(key, 666, "spam")
+    }
+}
+
+#[test]
+fn strangers_grow_no_table_and_no_offset_moves_far_or_back() {
+    let (_d, s) = store();
+    // A chat not allowed sends without end (or a worker hands over made-up updates): the
+    // ignored rows kept stay bounded.
+    let batches = (MAX_IGNORED_KEPT as i64) / 100 + 3;
+    for b in 0..batches {
+        let batch: Vec<Received> = (0..100).map(|i| stranger(b * 100 + i + 1)).collect();
+        s.receive("tg", Some(b * 100 + 101), &batch).expect("batch");
+    }
+    let counts = s.counts("tg").expect("counts");
+    assert!(
+        counts.ignored <= MAX_IGNORED_KEPT,
+        "{} ignored rows kept",
+        counts.ignored
+    );
+    let offset = s.offset("tg").expect("offset").expect("set");
+    assert_eq!(offset, batches * 100 + 1);
+    // An update below the committed offset was taken already (its row may be gone): a
+    // replay of it is not taken again, allowed or not.
+    assert!(s
+        .receive("tg", Some(offset), &[msg(5, 1, "replayed"), stranger(6)])
+        .expect("replay")
+        .is_empty());
+    assert_eq!(s.counts("tg").expect("counts").pending, 0);
+    // Positive control: the next update is taken.
+    assert_eq!(
+        s.receive("tg", Some(offset + 1), &[msg(offset, 1, "new")])
+            .expect("next")
+            .len(),
+        1
+    );
+    // An offset past any update id the platform gives (or below 0) is refused whole, so
+    // one hostile answer cannot make the channel deaf for good.
+    for far in [i64::MAX, MAX_TELEGRAM_OFFSET + 1, -1] {
+        assert!(
+            s.receive("tg", Some(far), &[msg(offset + 1, 1, "x")])
+                .is_err(),
+            "{far}"
+        );
+    }
+    assert_eq!(s.offset("tg").expect("offset"), Some(offset + 1));
+    assert_eq!(s.counts("tg").expect("counts").pending, 1);
+}
+
+#[test]
+fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "tg2".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+    })
+    .expect("add");
+    // Chat 1 sends far more than its share; chat 2, then another channel's chat, one each.
+    let flood = MAX_PENDING_PER_CHAT as i64 + 10;
+    let batch: Vec<Received> = (1..=flood).map(|k| msg(k, 1, "flood")).collect();
+    for part in batch.chunks(MAX_RECEIVED_BATCH) {
+        let next = part.last().map(|m| m.key.parse::<i64>().expect("key") + 1);
+        s.receive("tg", next, part).expect("flood");
+    }
+    let c = s.counts("tg").expect("counts");
+    assert_eq!(
+        (c.pending, c.ignored),
+        (MAX_PENDING_PER_CHAT, 10),
+        "a chat's messages past its share are not kept for a turn"
+    );
+    s.receive("tg", Some(flood + 2), &[msg(flood + 1, 2, "me too")])
+        .expect("chat 2");
+    s.receive("tg2", Some(2), &[msg(1, 3, "other channel")])
+        .expect("tg2");
+    // Turns go round the chats: the second and third turns are chat 2's and tg2's.
+    let chats: Vec<(String, String)> = (0..4)
+        .map(|_| {
+            let i = s.claim().expect("claim").expect("item");
+            (i.channel, i.chat)
+        })
+        .collect();
+    let want = |c: &str, h: &str| (c.to_string(), h.to_string());
+    assert_eq!(
+        chats,
+        [
+            want("tg", "1"),
+            want("tg", "2"),
+            want("tg2", "3"),
+            want("tg", "1")
+        ]
+    );
+}
+
+#[test]
+fn a_stranger_writing_without_end_is_audited_once_a_window() {
+    let (_d, s) = store();
+    // Five messages at once from one chat not allowed: the first is audited, the others
+    // counted (in `channels status`); another stranger's first message is audited too.
+    let batch: Vec<Received> = (1..=5).map(stranger).collect();
+    let taken = s.receive("tg", Some(6), &batch).expect("batch");
+    assert_eq!(
+        taken.iter().map(|t| t.audited).collect::<Vec<_>>(),
+        [true, false, false, false, false]
+    );
+    let other = Received {
+        allowed: false,
+        ..msg(6, 667, "spam")
+    };
+    let taken = s
+        .receive("tg", Some(7), &[other, msg(7, 1, "hi")])
+        .expect("other");
+    assert_eq!(
+        taken.iter().map(|t| t.audited).collect::<Vec<_>>(),
+        [true, true],
+        "another stranger, and an allowed message, are audited"
+    );
+    assert_eq!(s.counts("tg").expect("counts").ignored, 6);
 }

@@ -420,3 +420,76 @@ fn the_platform_sdk_reads_our_events_and_we_read_its() {
         ("ev-y", Some("from the platform"))
     );
 }
+
+#[test]
+fn an_unsigned_encrypted_body_is_no_decryption_oracle() {
+    // Whoever can reach the webhook may replay a captured encrypted event with its bytes
+    // changed. Unsigned, it is a challenge or refused, and the refusal is the same whatever
+    // the decryption found (bad padding, not JSON, an event, a challenge with a wrong
+    // token): no padding oracle to decrypt captured events with.
+    let h = hook();
+    let captured = encrypt(
+        KEY,
+        [4; 16],
+        message_event("ev-7", "secret").to_string().as_bytes(),
+    );
+    let mut raw = base64::engine::general_purpose::STANDARD
+        .decode(&captured)
+        .expect("b64");
+    let n = raw.len();
+    raw[n - 17] ^= 1; // the last byte of the next-to-last block: the padding breaks
+    let bad_padding = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let bodies = [
+        bad_padding,
+        encrypt(KEY, [5; 16], b"not json at all"),
+        captured.clone(),
+        encrypt(
+            KEY,
+            [6; 16],
+            json!({"challenge": "c", "token": "nope", "type": "url_verification"})
+                .to_string()
+                .as_bytes(),
+        ),
+    ];
+    let ts = now_secs();
+    for headers in [
+        SignatureHeaders::default(),
+        SignatureHeaders {
+            timestamp: Some(ts.clone()),
+            nonce: Some("n0nce".into()),
+            signature: Some("00".repeat(32)),
+        },
+    ] {
+        let errors: Vec<String> = bodies
+            .iter()
+            .map(|enc| {
+                let body = json!({ "encrypt": enc }).to_string();
+                h.judge(&headers, body.as_bytes(), now())
+                    .expect_err("refused")
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            errors.iter().all(|e| *e == errors[0]),
+            "one refusal for every unsigned body: {errors:?}"
+        );
+    }
+    // Positive controls: signed, the captured event is taken; unsigned, a right challenge
+    // is answered.
+    let body = json!({ "encrypt": captured }).to_string().into_bytes();
+    let headers = SignatureHeaders {
+        timestamp: Some(ts.clone()),
+        nonce: Some("n0nce".into()),
+        signature: Some(signature(&ts, "n0nce", KEY, &body)),
+    };
+    assert!(matches!(
+        h.judge(&headers, &body, now()),
+        Ok(Judged::Message(_))
+    ));
+    let ok = json!({"encrypt": encrypt(KEY, [6; 16], json!({"challenge": "c", "token": TOKEN, "type": "url_verification"}).to_string().as_bytes())}).to_string();
+    assert_eq!(
+        h.judge(&SignatureHeaders::default(), ok.as_bytes(), now())
+            .expect("challenge"),
+        Judged::Challenge("c".into())
+    );
+}

@@ -12,18 +12,47 @@ struct Fake {
     offset: Option<i64>,
     batches: Mutex<Vec<Batch>>,
     acks: Mutex<Vec<(i64, Vec<String>)>>,
+    failed: Mutex<Vec<(i64, String)>>,
     statuses: Mutex<Vec<(Option<String>, Option<String>)>>,
     outbox: Mutex<Vec<Outgoing>>,
+    /// Chats loongd ignores (not in the allowlist).
+    strangers: Vec<String>,
 }
 
 impl Kernel for Fake {
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>> {
         Box::pin(async move { Ok(self.offset) })
     }
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
         Box::pin(async move {
+            // As loongd does (`ChannelReceived::check_bounds`): a text past the bound, or
+            // more messages than a batch holds, fails the whole call.
+            if batch.messages.len() > crate::limits::TELEGRAM_MAX_UPDATES as usize {
+                return Err(KernelError {
+                    call: "channel_received",
+                    message: format!("{} messages", batch.messages.len()),
+                });
+            }
+            if let Some(m) = batch
+                .messages
+                .iter()
+                .find(|m| m.text.len() > crate::limits::MAX_HANDED_TEXT_BYTES)
+            {
+                return Err(KernelError {
+                    call: "channel_received",
+                    message: format!("a text of {} bytes", m.text.len()),
+                });
+            }
+            let mut taken: Vec<String> = batch
+                .messages
+                .iter()
+                .map(|m| m.chat.clone())
+                .filter(|c| !self.strangers.contains(c))
+                .collect();
+            taken.sort();
+            taken.dedup();
             self.batches.lock().expect("lock").push(batch);
-            Ok(())
+            Ok(taken)
         })
     }
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>> {
@@ -35,8 +64,16 @@ impl Kernel for Fake {
             Ok(items)
         })
     }
-    fn ack(&self, id: i64, sent: Vec<String>) -> BoxFuture<'_, Result<(), KernelError>> {
+    fn ack(
+        &self,
+        id: i64,
+        sent: Vec<String>,
+        failed: Option<String>,
+    ) -> BoxFuture<'_, Result<(), KernelError>> {
         Box::pin(async move {
+            if let Some(f) = failed {
+                self.failed.lock().expect("lock").push((id, f));
+            }
             self.acks.lock().expect("lock").push((id, sent));
             Ok(())
         })
@@ -171,4 +208,212 @@ async fn answers_are_sent_then_acked_and_a_429_waits() {
         [(3, vec!["501".to_string(), "502".to_string()])]
     );
     assert_eq!(seen.lock().expect("lock").len(), 3);
+}
+
+/// Waits until `fake` has `n` acks (at most `within`).
+async fn acks_within(fake: &Fake, n: usize, within: Duration) -> Vec<(i64, Vec<String>)> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if fake.acks.lock().expect("lock").len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.acks.lock().expect("lock").clone()
+}
+
+#[tokio::test]
+async fn an_answer_the_platform_refuses_for_good_does_not_block_the_others() {
+    // A user who blocked the bot (403), or a chat gone (400): that answer is given up at
+    // once and the next chat's answer is sent, never a retry loop holding the channel.
+    for refused in [
+        (
+            403,
+            r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+        ),
+        (
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+        ),
+    ] {
+        let (base, seen) = serve(vec![
+            (refused.0, "application/json", refused.1.as_bytes().to_vec()),
+            body(json!({"ok": true, "result": {"message_id": 77}})),
+        ])
+        .await;
+        let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+        let fake = Arc::new(Fake::default());
+        for (id, chat) in [(1, "7"), (2, "8")] {
+            fake.outbox.lock().expect("lock").push(Outgoing {
+                id,
+                chat: chat.into(),
+                reply_to: "1".into(),
+                thread: None,
+                text: "hi".into(),
+            });
+        }
+        let task = tokio::spawn(send_telegram(tg, fake.clone()));
+        let acks = acks_within(&fake, 2, Duration::from_millis(1500)).await;
+        task.abort();
+        assert_eq!(
+            acks,
+            [(1, Vec::new()), (2, vec!["77".to_string()])],
+            "{refused:?}"
+        );
+        assert_eq!(
+            seen.lock().expect("lock").len(),
+            2,
+            "no retry of a refused answer"
+        );
+        let failed = fake.failed.lock().expect("lock").clone();
+        assert!(
+            failed.len() == 1 && failed[0].0 == 1 && failed[0].1.contains(&refused.0.to_string()),
+            "the refusal is handed to loongd: {failed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
+    // Part one is taken, part two meets a 429: after the wait only part two goes out, so
+    // the chat never sees part one twice.
+    let (base, seen) = serve(vec![
+        body(json!({"ok": true, "result": {"message_id": 501}})),
+        (
+            429,
+            "application/json",
+            br#"{"ok":false,"error_code":429,"parameters":{"retry_after":1}}"#.to_vec(),
+        ),
+        body(json!({"ok": true, "result": {"message_id": 502}})),
+        body(json!({"ok": true, "result": {"message_id": 503}})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    fake.outbox.lock().expect("lock").push(Outgoing {
+        id: 4,
+        chat: "7".into(),
+        reply_to: "1".into(),
+        thread: None,
+        text: format!("{}{}", "a".repeat(4096), "b".repeat(100)),
+    });
+    let task = tokio::spawn(send_telegram(tg, fake.clone()));
+    let acks = acks_within(&fake, 1, Duration::from_secs(5)).await;
+    task.abort();
+    assert_eq!(acks, [(4, vec!["501".to_string(), "502".to_string()])]);
+    let texts: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).expect("json")["text"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .next()
+                .map(String::from)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(texts, ["a", "b", "b"], "part one sent once");
+}
+
+#[tokio::test]
+async fn a_text_past_what_loongd_takes_is_skipped_not_a_wedge() {
+    // No platform sends a text past loongd's bound, but a hostile host (or a broken local
+    // Bot API server) may: handed over, it would fail the batch, the offset would never pass
+    // it, and every later message would wait behind it forever.
+    let text = |i: i64, t: String| {
+        json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": 7},
+            "from": {"id": 9}, "text": t}})
+    };
+    let huge = "x".repeat(crate::limits::MAX_HANDED_TEXT_BYTES + 1);
+    let (base, _) = serve(vec![
+        body(json!({"ok": true, "result": [
+            text(0, "before".into()), text(1, huge), text(2, "after".into())
+        ]})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let batches = fake.batches.lock().expect("lock").clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let texts: Vec<&str> = batches[0]
+        .messages
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    assert_eq!(
+        (batches[0].next_offset, batches[0].skipped),
+        (Some(1003), 1)
+    );
+}
+
+#[tokio::test]
+async fn an_answer_past_the_limit_asked_for_is_handed_over_a_batch_at_a_time() {
+    // `limit` is 100; a host answering more would make a batch loongd refuses whole, for
+    // good. The first hundred go, with the offset past them; the rest come again.
+    let updates: Vec<serde_json::Value> = (0..150)
+        .map(|i| {
+            json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": 7},
+                "from": {"id": 9}, "text": "hi"}})
+        })
+        .collect();
+    let (base, _) = serve(vec![
+        body(json!({"ok": true, "result": updates})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let batches = fake.batches.lock().expect("lock").clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].messages.len(), 100);
+    assert_eq!(batches[0].next_offset, Some(1100));
+}
+
+#[tokio::test]
+async fn only_the_chats_whose_messages_were_taken_see_the_bot_typing() {
+    // A stranger (a chat not allowed) is ignored: it is shown nothing, not even typing, and
+    // a chat with many messages in the batch is sent one sendChatAction.
+    let text = |i: i64, chat: i64| {
+        json!({"update_id": 1000 + i, "message": {"message_id": i, "chat": {"id": chat},
+            "from": {"id": 9}, "text": "hi"}})
+    };
+    let (base, seen) = serve(vec![
+        body(json!({"ok": true, "result": [text(0, 7), text(1, 8), text(2, 7), text(3, 8)]})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake {
+        strangers: vec!["8".into()],
+        ..Fake::default()
+    });
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let typing: Vec<serde_json::Value> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|s| s.head.contains("/sendChatAction"))
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).expect("json")["chat_id"].clone()
+        })
+        .collect();
+    assert_eq!(typing, [json!(7)]);
+    assert_eq!(
+        fake.batches.lock().expect("lock").len(),
+        1,
+        "control: the batch was taken"
+    );
 }

@@ -238,3 +238,54 @@ async fn oversized_and_failing_answers_are_refused_without_the_token() {
     assert!(!err.to_string().contains("secret"), "{err}");
     assert!(!format!("{err:?}").contains("secret"), "{err:?}");
 }
+
+#[test]
+fn an_update_id_out_of_the_platform_range_fails_the_batch() {
+    // A huge (or negative) update id would move the offset where the platform's real
+    // updates never reach (a negative offset even asks for the queue's tail): the batch is
+    // refused whole, so the offset stays and the failure shows in the channel's status.
+    for id in [i64::from(i32::MAX) + 1, i64::MAX, -5] {
+        assert!(
+            parse_updates(json!([{"update_id": id, "poll": {}}])).is_err(),
+            "{id}"
+        );
+    }
+    // Positive control: the largest and the smallest ids are taken.
+    for id in [i64::from(i32::MAX), 0] {
+        assert_eq!(
+            parse_updates(json!([{"update_id": id, "poll": {}}]))
+                .expect("parsed")
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_echoes_the_url_carries_no_token_into_an_error() {
+    // A local Bot API server, a proxy or a hostile host may echo the request line (the
+    // token is in its path) in a 404 page, a JSON description or a 409's: no error (which
+    // goes to `channels status`, doctor and the logs) shows the token.
+    let echo = format!("Not Found: POST /bot{TOKEN}/getUpdates");
+    let json_echo =
+        serde_json::to_vec(&json!({"ok": false, "error_code": 400, "description": echo}))
+            .expect("json");
+    let conflict =
+        serde_json::to_vec(&json!({"ok": false, "error_code": 409, "description": echo}))
+            .expect("json");
+    let (base, _) = serve(vec![
+        (404, "text/html", echo.clone().into_bytes()),
+        (400, "application/json", json_echo),
+        (409, "application/json", conflict),
+    ])
+    .await;
+    let tg = Telegram::new(&base, TOKEN, 1).expect("client");
+    for _ in 0..3 {
+        let err = tg.get_updates(None).await.expect_err("refused");
+        let key = TOKEN.split_once(':').map_or(TOKEN, |(_, k)| k);
+        assert!(!err.to_string().contains(key), "{err}");
+        assert!(!format!("{err:?}").contains(key), "{err:?}");
+        // Positive control: the rest of the description is kept.
+        assert!(err.to_string().contains("Not Found"), "{err}");
+    }
+}
