@@ -209,19 +209,48 @@ pub(crate) async fn chat_turn(
     Ok(())
 }
 
-/// Refuses a caller's tool that has the name of one of Loong's offered tools, or of
-/// another of the caller's.
+/// The names the agent worker offers of its own beside the token's tools (`tool_search`,
+/// `loong_agent::search::TOOL_SEARCH`): a caller's tool may not take one.
+const RESERVED_TOOL_NAMES: &[&str] = &["tool_search"];
+/// The longest tool name either provider family accepts (`loong_agent::names`).
+const MAX_WIRE_NAME_BYTES: usize = 64;
+
+/// The name `name` is told apart by: the wire name the agent worker maps it to
+/// (`loong_agent::names`: characters outside `[A-Za-z0-9_-]` become `_`, cut to 64 bytes),
+/// folded to lower case. Two tools with one key could be confused by the model or the
+/// mapping (`shell.exec`, `shell_exec`, `Shell.Exec`, `shell\u{2024}exec`, `PLUGIN/TOOL` and
+/// `PLUGIN_TOOL`), so a caller's tool may not share one with Loong's or another caller's.
+fn name_key(name: &str) -> String {
+    let mut key: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    key.truncate(MAX_WIRE_NAME_BYTES);
+    key
+}
+
+/// Refuses a caller's tool whose name is, under any spelling ([`name_key`]), that of one of
+/// Loong's offered tools, of the agent's own (`tool_search`), or of another of the caller's.
 fn check_caller_tools(loong: &[ToolSpec], caller: &[ToolSpec]) -> Result<(), RemoteError> {
     for (i, t) in caller.iter().enumerate() {
-        if loong.iter().any(|l| l.name == t.name) {
+        let key = name_key(&t.name);
+        if loong.iter().any(|l| name_key(&l.name) == key)
+            || RESERVED_TOOL_NAMES.iter().any(|r| name_key(r) == key)
+        {
             return Err(bad(format!(
-                "tools: the caller's tool {:?} has the name of a Loong tool this token may call; rename it",
+                "tools: the caller's tool {:?} has the name of a Loong tool this token may call (or one spelled alike); rename it",
                 t.name
             )));
         }
-        if caller[..i].iter().any(|c| c.name == t.name) {
+        if caller[..i].iter().any(|c| name_key(&c.name) == key) {
             return Err(bad(format!(
-                "tools: two of the caller's tools are named {:?}; give each a distinct name",
+                "tools: two of the caller's tools are named {:?} (or alike); give each a distinct name",
                 t.name
             )));
         }
@@ -453,6 +482,38 @@ mod tests {
         assert!(check_caller_tools(&loong, &[tool("get_weather"), tool("a")]).is_ok());
     }
 
+    /// A caller's tool spelled like one of Loong's (case, punctuation, a look-alike
+    /// character, `PLUGIN/TOOL` as `PLUGIN_TOOL`), or like the agent's own `tool_search`,
+    /// would share its wire name with it and be refused too, as would two such of the caller's.
+    #[test]
+    fn a_caller_tool_spelled_like_a_loong_tool_is_refused() {
+        let loong = [
+            tool("shell.exec"),
+            tool("files/read_text_file"),
+            tool("web.fetch"),
+        ];
+        for spelled in [
+            "shell_exec",
+            "Shell.Exec",
+            "SHELL_EXEC",
+            "shell\u{2024}exec",
+            "files_read_text_file",
+            "Files/Read_Text_File",
+            "web fetch",
+            "tool_search",
+            "Tool.Search",
+        ] {
+            let e = check_caller_tools(&loong, &[tool(spelled)])
+                .expect_err(&format!("{spelled:?} is refused"));
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+        }
+        let e = check_caller_tools(&loong, &[tool("get.weather"), tool("GET_WEATHER")])
+            .expect_err("two alike");
+        assert!(e.message.contains("GET_WEATHER"), "{}", e.message);
+        // Positive control: distinct names pass, `-` stays apart from `_`.
+        assert!(check_caller_tools(&loong, &[tool("shell-exec"), tool("get_weather")]).is_ok());
+    }
+
     fn output(stop: &str, reason: Option<StopReason>, calls: Vec<ToolCall>) -> TurnOutput {
         TurnOutput {
             answer: String::new(),
@@ -468,6 +529,7 @@ mod tests {
             added: Vec::new(),
             caller_calls: calls,
             stop_reason: reason,
+            summary: None,
         }
     }
 
