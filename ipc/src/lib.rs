@@ -25,7 +25,12 @@ pub use frame::{FrameError, FrameLimit};
 pub use message::{
     control::{
         ApprovalChain, ApprovalView, AskRequest, AskResult, AskToolCall, AuditQuery,
-        AuditRecordView, AuditVerifyReport, BearerSecret, ChannelAddRequest, ChannelKind, ChannelView, ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess, GatewayView, InvokeRequest, InvokeResult, KeyView, LockCheck, MechanismReport, MemoryMessage, MemorySession, PackView, Page, PluginView, SandboxExit, SandboxRunRequest, SecretValue, SecretView, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest, WorkerView,
+        AuditRecordView, AuditVerifyReport, BearerSecret, ChannelAddRequest, ChannelKind,
+        ChannelView, ControlRequest, ControlResponse, DecisionView, DoctorReport, FullAccess,
+        GatewayView, InvokeRequest, InvokeResult, KeyView, LockCheck, MechanismReport,
+        MemoryMessage, MemorySession, PackView, Page, PluginView, SandboxExit, SandboxRunRequest,
+        SecretValue, SecretView, StatusReport, TierReport, TokenView, ToolHit, ToolSearchRequest,
+        WorkerView,
     },
     envelope::{
         Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, INTERRUPTS_TO_KILL,

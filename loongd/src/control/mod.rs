@@ -3,8 +3,8 @@
 mod agent_api;
 mod audit_api;
 mod authority_api;
-pub(crate) mod chat_api;
 mod channels_api;
+pub(crate) mod chat_api;
 mod connection;
 mod handlers;
 mod paging;
