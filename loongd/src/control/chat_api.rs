@@ -236,13 +236,23 @@ fn name_key(name: &str) -> String {
 }
 
 /// Refuses a caller's tool whose name is, under any spelling ([`name_key`]), that of one of
-/// Loong's offered tools, of the agent's own (`tool_search`), or of another of the caller's.
+/// Loong's offered tools (as the agent names it, or as the gateway's `/mcp` does,
+/// [`loong_ipc::mcp_names::escape`]: a client that passes on the tools it listed there as
+/// its own names them so), of the agent's own (`tool_search`), or of another of the caller's.
 fn check_caller_tools(loong: &[ToolSpec], caller: &[ToolSpec]) -> Result<(), RemoteError> {
+    let taken: std::collections::HashSet<String> = loong
+        .iter()
+        .flat_map(|l| {
+            [
+                name_key(&l.name),
+                name_key(&loong_ipc::mcp_names::escape(&l.name)),
+            ]
+        })
+        .chain(RESERVED_TOOL_NAMES.iter().map(|r| name_key(r)))
+        .collect();
     for (i, t) in caller.iter().enumerate() {
         let key = name_key(&t.name);
-        if loong.iter().any(|l| name_key(&l.name) == key)
-            || RESERVED_TOOL_NAMES.iter().any(|r| name_key(r) == key)
-        {
+        if taken.contains(&key) {
             return Err(bad(format!(
                 "tools: the caller's tool {:?} has the name of a Loong tool this token may call (or one spelled alike); rename it",
                 t.name
@@ -483,7 +493,8 @@ mod tests {
     }
 
     /// A caller's tool spelled like one of Loong's (case, punctuation, a look-alike
-    /// character, `PLUGIN/TOOL` as `PLUGIN_TOOL`), or like the agent's own `tool_search`,
+    /// character, `PLUGIN/TOOL` as `PLUGIN_TOOL` or as `/mcp` lists it, `PLUGIN--TOOL`), or
+    /// like the agent's own `tool_search`,
     /// would share its wire name with it and be refused too, as would two such of the caller's.
     #[test]
     fn a_caller_tool_spelled_like_a_loong_tool_is_refused() {
@@ -502,6 +513,9 @@ mod tests {
             "web fetch",
             "tool_search",
             "Tool.Search",
+            "web__fetch",
+            "files--read_text_file",
+            "FILES--READ_TEXT_FILE",
         ] {
             let e = check_caller_tools(&loong, &[tool(spelled)])
                 .expect_err(&format!("{spelled:?} is refused"));
