@@ -148,7 +148,7 @@ fn gateway_home(port: u16, extra: &str) -> Home {
 }
 
 /// One HTTP/1.1 exchange: the status, the headers (lowercase names) and the body.
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,

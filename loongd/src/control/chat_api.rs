@@ -67,7 +67,10 @@ pub(crate) async fn chat_turn(
     // calls show_text and chat_event) arrive on its chat channel, in order.
     let n = CHATS.fetch_add(1, Ordering::Relaxed);
     let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
-    let (out, _unused) = mpsc::channel(1);
+    // The request's own output (an approval's note and typed id) has no reader in a chat:
+    // it is read and dropped while the turn runs, so a note never holds the turn (an unread
+    // queue would, from its second chunk on, forever).
+    let (out, mut notes) = mpsc::channel(1);
     let (_input_tx, input_rx) = mpsc::channel(1);
     let io = RequestIo {
         id: n,
@@ -170,6 +173,7 @@ pub(crate) async fn chat_turn(
                     let _ = events.send(e).await;
                 }
             }
+            Some(_note) = notes.recv() => {}
         }
     };
     while let Ok(e) = arriving.try_recv() {
