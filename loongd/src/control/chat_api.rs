@@ -18,9 +18,12 @@
 //! model never sees two tools of one name and a caller cannot redirect a call meant for
 //! Loong's tool to itself or the other way round.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use loong_agent_wire::{
@@ -163,6 +166,7 @@ pub(crate) async fn chat_turn(
     }
 
     let mut relay = Relay::new(&req.caller_tools);
+    let mut caller = Caller::new(events, CALLER_READ_WAIT);
     let turn = effects::invoke::agent_turn(kernel, &actor, input);
     tokio::pin!(turn);
     let result = loop {
@@ -170,7 +174,7 @@ pub(crate) async fn chat_turn(
             r = &mut turn => break r,
             Some(e) = arriving.recv() => {
                 if let Some(e) = relay.pass(e) {
-                    let _ = events.send(e).await;
+                    caller.send(e).await;
                 }
             }
             Some(_note) = notes.recv() => {}
@@ -178,7 +182,7 @@ pub(crate) async fn chat_turn(
     };
     while let Ok(e) = arriving.try_recv() {
         if let Some(e) = relay.pass(e) {
-            let _ = events.send(e).await;
+            caller.send(e).await;
         }
     }
     let out = result.map_err(typed)?;
@@ -206,11 +210,48 @@ pub(crate) async fn chat_turn(
         effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;
     }
     for event in relay.closing(&output)? {
-        if events.send(event).await.is_err() {
+        if !caller.send(event).await {
             break;
         }
     }
     Ok(())
+}
+
+/// How long the turn waits for its caller to take one event (the gateway polls every few
+/// seconds while its client listens): past it the caller is taken as gone, and the turn
+/// goes on to its end without waiting on it again.
+const CALLER_READ_WAIT: Duration = Duration::from_secs(120);
+
+/// The chat's caller as the turn sends to it: each send waits at most `wait`, and once one
+/// did not go (the stream was dropped, or not read in time) none waits again.
+#[derive(Debug)]
+struct Caller {
+    events: mpsc::Sender<ChatEvent>,
+    wait: Duration,
+    gone: bool,
+}
+
+impl Caller {
+    fn new(events: mpsc::Sender<ChatEvent>, wait: Duration) -> Self {
+        Self {
+            events,
+            wait,
+            gone: false,
+        }
+    }
+
+    /// Sends `event`; whether it went.
+    async fn send(&mut self, event: ChatEvent) -> bool {
+        if self.gone {
+            return false;
+        }
+        let went = matches!(
+            tokio::time::timeout(self.wait, self.events.send(event)).await,
+            Ok(Ok(()))
+        );
+        self.gone = !went;
+        went
+    }
 }
 
 /// The names the agent worker offers of its own beside the token's tools (`tool_search`,
@@ -676,6 +717,42 @@ mod tests {
             .closing(&output("answered", Some(StopReason::EndTurn), vec![]))
             .expect_err("a streamed call the turn did not end with");
         assert!(e.message.contains("call_w"), "{}", e.message);
+    }
+
+    /// A caller that does not read holds the turn at most one wait, then never again (the
+    /// turn goes on to its end); one that reads gets each event.
+    #[tokio::test]
+    async fn a_caller_that_stops_reading_holds_the_turn_once_at_most() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut caller = Caller::new(tx, Duration::from_millis(50));
+        assert!(caller.send(ChatEvent::TextDelta("a".into())).await);
+        assert_eq!(rx.recv().await, Some(ChatEvent::TextDelta("a".into())));
+        assert!(
+            caller.send(ChatEvent::TextDelta("b".into())).await,
+            "queued"
+        );
+        let started = std::time::Instant::now();
+        assert!(
+            !caller.send(ChatEvent::TextDelta("c".into())).await,
+            "not read"
+        );
+        for _ in 0..100 {
+            assert!(!caller.send(ChatEvent::TextDelta("d".into())).await);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "one wait, not one per event: {:?}",
+            started.elapsed()
+        );
+        drop(rx);
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert!(
+            !Caller::new(tx, Duration::from_secs(600))
+                .send(ChatEvent::TextDelta("e".into()))
+                .await,
+            "a dropped stream fails at once"
+        );
     }
 
     #[test]

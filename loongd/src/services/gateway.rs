@@ -191,12 +191,12 @@ fn chat_start(
     tokio::spawn(async move {
         if let Err(e) = crate::control::chat_api::chat_turn(&kernel, &bearer, req, tx.clone()).await
         {
-            let _ = tx
-                .send(ChatEvent::Failed {
-                    kind: kind_name(e.kind).to_string(),
-                    message: e.message,
-                })
-                .await;
+            // Within the idle bound: a stream nobody reads is dropped by then anyway.
+            let failed = ChatEvent::Failed {
+                kind: kind_name(e.kind).to_string(),
+                message: e.message,
+            };
+            let _ = tokio::time::timeout(CHAT_IDLE, tx.send(failed)).await;
         }
     });
     let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
