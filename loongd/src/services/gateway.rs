@@ -12,8 +12,9 @@
 //! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
 //! - `gateway_chat_start`: decodes the caller's `ChatRequest` and spawns `chat_turn` under
 //!   the bearer, its events queued in this gateway worker's stream table (at most
-//!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped, its turn
-//!   running to its end unheard); answers the stream id. A turn's `Err` is its last event, `ChatEvent::Failed`
+//!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped at the next
+//!   gateway call, and all of a worker's when it ends, its turn running to its end
+//!   unheard); answers the stream id. A turn's `Err` is its last event, `ChatEvent::Failed`
 //!   with the error's kind (`denied`, `bad_request`, ...), so the worker chooses the HTTP
 //!   status from the first batch.
 //! - `gateway_chat_next`: waits up to [`CHAT_NEXT_WAIT`] for the stream's events and drains
