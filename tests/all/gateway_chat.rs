@@ -9,7 +9,7 @@ use std::{fs, process::Command};
 
 use crate::{
     agent::{text_answer, tool_answer, Provider},
-    gateway::{free_port, wait_for_gateway},
+    gateway::{free_port, http, wait_for_gateway},
     kernel_calls::{issue, json, trail},
     support::{skip, text, Home},
     workers::{detail, install_examples},
@@ -285,4 +285,88 @@ fn gateway_chat_without_the_turn_grant_is_403_and_without_a_token_401_in_each_sd
     );
     // Nothing reached the provider but the two allowed turns.
     assert_eq!(provider.requests().len(), 2, "{:?}", provider.requests());
+}
+
+/// Pending approvals' ids.
+fn pending(home: &Home) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
+            .unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["state"] == "pending")
+                .filter_map(|x| x["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A chat turn whose decisions need approvals (the turn's own, then its tool call's) waits
+/// for each and goes on once it is approved: the notes an approval sends its request have no
+/// reader in a gateway chat and must not hold the turn (they did: the second note waited
+/// forever on a full queue nobody read, so an approved turn never went on).
+#[test]
+fn gateway_chat_waiting_for_approvals_goes_on_once_each_is_approved() {
+    let provider = Provider::start(vec![
+        tool_answer("echo", &serde_json::json!({"text": "hi"})),
+        text_answer("echo said hi"),
+    ]);
+    let port = free_port();
+    let home = Home::with_config(&provider.config(&format!(
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[approvals]\ntimeout_ms = 30000\n"
+    )));
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &[ASK, "tool.invoke:echo"]);
+    let body = serde_json::json!({
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "ask echo"}],
+    })
+    .to_string();
+    let asking = std::thread::spawn(move || {
+        let auth = format!("Bearer {secret}");
+        http(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+    });
+    let mut approved = Vec::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !asking.is_finished() && std::time::Instant::now() < until {
+        for id in pending(&home) {
+            if !approved.contains(&id) {
+                assert!(home.ctl(&["approvals", "approve", &id]).status.success());
+                approved.push(id);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        approved.len(),
+        2,
+        "the turn and its call each waited: {approved:?}\n{}",
+        home.log()
+    );
+    assert!(
+        asking.is_finished(),
+        "the approved turn went on\n{}",
+        home.log()
+    );
+    let (status, _, body) = asking.join().expect("joined");
+    assert_eq!(status, 200, "{body}\n{}", home.log());
+    assert!(body.contains("echo said hi"), "{body}");
 }

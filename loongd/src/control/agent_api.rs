@@ -11,7 +11,7 @@
 
 use loong_agent_wire::{
     config::{ProviderConfig, SecretRef, SystemPrompt},
-    limits::MAX_SYSTEM_PROMPT_BYTES,
+    limits::{MAX_SUMMARY_BYTES, MAX_SYSTEM_PROMPT_BYTES},
     types::{Message, ToolSpec},
     wire::{TurnFailure, TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
 };
@@ -187,6 +187,23 @@ pub(super) fn offered(kernel: &Kernel, bearer: Bearer<'_>) -> Vec<ToolSpec> {
     tools
 }
 
+/// Refuses a turn whose new rolling summary is above [`MAX_SUMMARY_BYTES`]: the agent
+/// worker cuts the model's summary to it, so a longer one is a worker that broke its
+/// contract, and keeping it would grow the session's row in state.db and every later
+/// turn's input past their bounds.
+fn checked_summary(output: &TurnOutput) -> Result<(), RemoteError> {
+    match &output.summary {
+        Some(s) if s.len() > MAX_SUMMARY_BYTES => Err(RemoteError::new(
+            ErrorKind::WorkerFailed,
+            format!(
+                "the agent worker's summary is {} bytes, above the {MAX_SUMMARY_BYTES}-byte bound; it was not kept",
+                s.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The messages of kept rows; a row this loongd cannot read is skipped, never sent half.
 fn parsed(rows: &[Kept]) -> Vec<Message> {
     rows.iter()
@@ -346,6 +363,7 @@ pub(crate) async fn turn(
         effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;
     }
     if let Some(session) = &req.session {
+        checked_summary(&output)?;
         decide_memory(kernel, &actor, Capability::MemoryWrite, session).await?;
         let mut rows = Vec::new();
         for m in std::iter::once(&user).chain(&output.added) {
@@ -506,6 +524,29 @@ pub(crate) async fn clear(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A summary past its bound from the worker is refused, not kept; one at it is kept.
+    #[test]
+    fn a_summary_above_its_bound_from_the_worker_is_refused() {
+        let output = |summary: Option<String>| TurnOutput {
+            answer: String::new(),
+            stop: "answered".into(),
+            steps: 1,
+            usage: Default::default(),
+            providers: Vec::new(),
+            tool_calls: Vec::new(),
+            failovers: Vec::new(),
+            added: Vec::new(),
+            caller_calls: Vec::new(),
+            stop_reason: None,
+            summary,
+        };
+        let e = checked_summary(&output(Some("s".repeat(MAX_SUMMARY_BYTES + 1))))
+            .expect_err("too long");
+        assert_eq!(e.kind, ErrorKind::WorkerFailed);
+        assert!(checked_summary(&output(Some("s".repeat(MAX_SUMMARY_BYTES)))).is_ok());
+        assert!(checked_summary(&output(None)).is_ok());
+    }
 
     /// A window too large for one call loses its oldest turns, whole, and keeps the new
     /// message; a prompt too large alone is refused.

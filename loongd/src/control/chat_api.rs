@@ -18,9 +18,12 @@
 //! model never sees two tools of one name and a caller cannot redirect a call meant for
 //! Loong's tool to itself or the other way round.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use loong_agent_wire::{
@@ -67,7 +70,10 @@ pub(crate) async fn chat_turn(
     // calls show_text and chat_event) arrive on its chat channel, in order.
     let n = CHATS.fetch_add(1, Ordering::Relaxed);
     let (chat, mut arriving) = mpsc::channel(DELTA_QUEUE);
-    let (out, _unused) = mpsc::channel(1);
+    // The request's own output (an approval's note and typed id) has no reader in a chat:
+    // it is read and dropped while the turn runs, so a note never holds the turn (an unread
+    // queue would, from its second chunk on, forever).
+    let (out, mut notes) = mpsc::channel(1);
     let (_input_tx, input_rx) = mpsc::channel(1);
     let io = RequestIo {
         id: n,
@@ -160,6 +166,7 @@ pub(crate) async fn chat_turn(
     }
 
     let mut relay = Relay::new(&req.caller_tools);
+    let mut caller = Caller::new(events, CALLER_READ_WAIT);
     let turn = effects::invoke::agent_turn(kernel, &actor, input);
     tokio::pin!(turn);
     let result = loop {
@@ -167,14 +174,15 @@ pub(crate) async fn chat_turn(
             r = &mut turn => break r,
             Some(e) = arriving.recv() => {
                 if let Some(e) = relay.pass(e) {
-                    let _ = events.send(e).await;
+                    caller.send(e).await;
                 }
             }
+            Some(_note) = notes.recv() => {}
         }
     };
     while let Ok(e) = arriving.try_recv() {
         if let Some(e) = relay.pass(e) {
-            let _ = events.send(e).await;
+            caller.send(e).await;
         }
     }
     let out = result.map_err(typed)?;
@@ -202,26 +210,102 @@ pub(crate) async fn chat_turn(
         effects::record(kernel, actor.event(Kind::ProviderFailover, detail)).await?;
     }
     for event in relay.closing(&output)? {
-        if events.send(event).await.is_err() {
+        if !caller.send(event).await {
             break;
         }
     }
     Ok(())
 }
 
-/// Refuses a caller's tool that has the name of one of Loong's offered tools, or of
-/// another of the caller's.
+/// How long the turn waits for its caller to take one event (the gateway polls every few
+/// seconds while its client listens): past it the caller is taken as gone, and the turn
+/// goes on to its end without waiting on it again.
+const CALLER_READ_WAIT: Duration = Duration::from_secs(120);
+
+/// The chat's caller as the turn sends to it: each send waits at most `wait`, and once one
+/// did not go (the stream was dropped, or not read in time) none waits again.
+#[derive(Debug)]
+struct Caller {
+    events: mpsc::Sender<ChatEvent>,
+    wait: Duration,
+    gone: bool,
+}
+
+impl Caller {
+    fn new(events: mpsc::Sender<ChatEvent>, wait: Duration) -> Self {
+        Self {
+            events,
+            wait,
+            gone: false,
+        }
+    }
+
+    /// Sends `event`; whether it went.
+    async fn send(&mut self, event: ChatEvent) -> bool {
+        if self.gone {
+            return false;
+        }
+        let went = matches!(
+            tokio::time::timeout(self.wait, self.events.send(event)).await,
+            Ok(Ok(()))
+        );
+        self.gone = !went;
+        went
+    }
+}
+
+/// The names the agent worker offers of its own beside the token's tools (`tool_search`,
+/// `loong_agent::search::TOOL_SEARCH`): a caller's tool may not take one.
+const RESERVED_TOOL_NAMES: &[&str] = &["tool_search"];
+/// The longest tool name either provider family accepts (`loong_agent::names`).
+const MAX_WIRE_NAME_BYTES: usize = 64;
+
+/// The name `name` is told apart by: the wire name the agent worker maps it to
+/// (`loong_agent::names`: characters outside `[A-Za-z0-9_-]` become `_`, cut to 64 bytes),
+/// folded to lower case. Two tools with one key could be confused by the model or the
+/// mapping (`shell.exec`, `shell_exec`, `Shell.Exec`, `shell\u{2024}exec`, `PLUGIN/TOOL` and
+/// `PLUGIN_TOOL`), so a caller's tool may not share one with Loong's or another caller's.
+fn name_key(name: &str) -> String {
+    let mut key: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    key.truncate(MAX_WIRE_NAME_BYTES);
+    key
+}
+
+/// Refuses a caller's tool whose name is, under any spelling ([`name_key`]), that of one of
+/// Loong's offered tools (as the agent names it, or as the gateway's `/mcp` does,
+/// [`loong_ipc::mcp_names::escape`]: a client that passes on the tools it listed there as
+/// its own names them so), of the agent's own (`tool_search`), or of another of the caller's.
 fn check_caller_tools(loong: &[ToolSpec], caller: &[ToolSpec]) -> Result<(), RemoteError> {
+    let taken: std::collections::HashSet<String> = loong
+        .iter()
+        .flat_map(|l| {
+            [
+                name_key(&l.name),
+                name_key(&loong_ipc::mcp_names::escape(&l.name)),
+            ]
+        })
+        .chain(RESERVED_TOOL_NAMES.iter().map(|r| name_key(r)))
+        .collect();
     for (i, t) in caller.iter().enumerate() {
-        if loong.iter().any(|l| l.name == t.name) {
+        let key = name_key(&t.name);
+        if taken.contains(&key) {
             return Err(bad(format!(
-                "tools: the caller's tool {:?} has the name of a Loong tool this token may call; rename it",
+                "tools: the caller's tool {:?} has the name of a Loong tool this token may call (or one spelled alike); rename it",
                 t.name
             )));
         }
-        if caller[..i].iter().any(|c| c.name == t.name) {
+        if caller[..i].iter().any(|c| name_key(&c.name) == key) {
             return Err(bad(format!(
-                "tools: two of the caller's tools are named {:?}; give each a distinct name",
+                "tools: two of the caller's tools are named {:?} (or alike); give each a distinct name",
                 t.name
             )));
         }
@@ -453,6 +537,42 @@ mod tests {
         assert!(check_caller_tools(&loong, &[tool("get_weather"), tool("a")]).is_ok());
     }
 
+    /// A caller's tool spelled like one of Loong's (case, punctuation, a look-alike
+    /// character, `PLUGIN/TOOL` as `PLUGIN_TOOL` or as `/mcp` lists it, `PLUGIN--TOOL`), or
+    /// like the agent's own `tool_search`,
+    /// would share its wire name with it and be refused too, as would two such of the caller's.
+    #[test]
+    fn a_caller_tool_spelled_like_a_loong_tool_is_refused() {
+        let loong = [
+            tool("shell.exec"),
+            tool("files/read_text_file"),
+            tool("web.fetch"),
+        ];
+        for spelled in [
+            "shell_exec",
+            "Shell.Exec",
+            "SHELL_EXEC",
+            "shell\u{2024}exec",
+            "files_read_text_file",
+            "Files/Read_Text_File",
+            "web fetch",
+            "tool_search",
+            "Tool.Search",
+            "web__fetch",
+            "files--read_text_file",
+            "FILES--READ_TEXT_FILE",
+        ] {
+            let e = check_caller_tools(&loong, &[tool(spelled)])
+                .expect_err(&format!("{spelled:?} is refused"));
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+        }
+        let e = check_caller_tools(&loong, &[tool("get.weather"), tool("GET_WEATHER")])
+            .expect_err("two alike");
+        assert!(e.message.contains("GET_WEATHER"), "{}", e.message);
+        // Positive control: distinct names pass, `-` stays apart from `_`.
+        assert!(check_caller_tools(&loong, &[tool("shell-exec"), tool("get_weather")]).is_ok());
+    }
+
     fn output(stop: &str, reason: Option<StopReason>, calls: Vec<ToolCall>) -> TurnOutput {
         TurnOutput {
             answer: String::new(),
@@ -597,6 +717,42 @@ mod tests {
             .closing(&output("answered", Some(StopReason::EndTurn), vec![]))
             .expect_err("a streamed call the turn did not end with");
         assert!(e.message.contains("call_w"), "{}", e.message);
+    }
+
+    /// A caller that does not read holds the turn at most one wait, then never again (the
+    /// turn goes on to its end); one that reads gets each event.
+    #[tokio::test]
+    async fn a_caller_that_stops_reading_holds_the_turn_once_at_most() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut caller = Caller::new(tx, Duration::from_millis(50));
+        assert!(caller.send(ChatEvent::TextDelta("a".into())).await);
+        assert_eq!(rx.recv().await, Some(ChatEvent::TextDelta("a".into())));
+        assert!(
+            caller.send(ChatEvent::TextDelta("b".into())).await,
+            "queued"
+        );
+        let started = std::time::Instant::now();
+        assert!(
+            !caller.send(ChatEvent::TextDelta("c".into())).await,
+            "not read"
+        );
+        for _ in 0..100 {
+            assert!(!caller.send(ChatEvent::TextDelta("d".into())).await);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "one wait, not one per event: {:?}",
+            started.elapsed()
+        );
+        drop(rx);
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert!(
+            !Caller::new(tx, Duration::from_secs(600))
+                .send(ChatEvent::TextDelta("e".into()))
+                .await,
+            "a dropped stream fails at once"
+        );
     }
 
     #[test]

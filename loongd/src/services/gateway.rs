@@ -12,8 +12,9 @@
 //! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
 //! - `gateway_chat_start`: decodes the caller's `ChatRequest` and spawns `chat_turn` under
 //!   the bearer, its events queued in this gateway worker's stream table (at most
-//!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped, its turn
-//!   running to its end unheard); answers the stream id. A turn's `Err` is its last event, `ChatEvent::Failed`
+//!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped at the next
+//!   gateway call, and all of a worker's when it ends, its turn running to its end
+//!   unheard); answers the stream id. A turn's `Err` is its last event, `ChatEvent::Failed`
 //!   with the error's kind (`denied`, `bad_request`, ...), so the worker chooses the HTTP
 //!   status from the first batch.
 //! - `gateway_chat_next`: waits up to [`CHAT_NEXT_WAIT`] for the stream's events and drains
@@ -106,6 +107,7 @@ pub(crate) async fn handle(
         }
         wire::KIND_GATEWAY_STATS => {
             let b: GatewayStats = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            sweep(&mut lock_streams(), Instant::now());
             host.state.requests.store(b.requests, Ordering::Relaxed);
             host.state
                 .open_streams
@@ -175,7 +177,7 @@ fn chat_start(
 ) -> Result<u64, RemoteError> {
     let now = Instant::now();
     let mut table = lock_streams();
-    table.retain(|_, s| now.duration_since(s.polled) < CHAT_IDLE);
+    sweep(&mut table, now);
     let open = table.values().filter(|s| s.worker == worker).count();
     if open >= MAX_CHAT_STREAMS {
         return Err(RemoteError::new(
@@ -190,12 +192,12 @@ fn chat_start(
     tokio::spawn(async move {
         if let Err(e) = crate::control::chat_api::chat_turn(&kernel, &bearer, req, tx.clone()).await
         {
-            let _ = tx
-                .send(ChatEvent::Failed {
-                    kind: kind_name(e.kind).to_string(),
-                    message: e.message,
-                })
-                .await;
+            // Within the idle bound: a stream nobody reads is dropped by then anyway.
+            let failed = ChatEvent::Failed {
+                kind: kind_name(e.kind).to_string(),
+                message: e.message,
+            };
+            let _ = tokio::time::timeout(CHAT_IDLE, tx.send(failed)).await;
         }
     });
     let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +217,7 @@ fn chat_start(
 async fn chat_next(worker: u64, stream: u64) -> Result<Vec<Vec<u8>>, RemoteError> {
     let events = {
         let mut table = lock_streams();
+        sweep(&mut table, Instant::now());
         match table.get_mut(&stream) {
             Some(s) if s.worker == worker => {
                 s.polled = Instant::now();
@@ -258,6 +261,22 @@ async fn chat_next(worker: u64, stream: u64) -> Result<Vec<Vec<u8>>, RemoteError
         next = rx.try_recv().ok();
     }
     Ok(out)
+}
+
+/// Drops the streams not polled for [`CHAT_IDLE`] (their turns' sends then fail at once,
+/// so none waits on a caller who is gone).
+fn sweep(table: &mut HashMap<u64, ChatStream>, now: Instant) {
+    table.retain(|_, s| now.duration_since(s.polled) < CHAT_IDLE);
+}
+
+/// Drops every stream of gateway worker `worker`, which ended: no other worker may poll
+/// them, so kept they would only hold their turns' events (and a turn waiting to send one)
+/// until the idle sweep. Called by the service's supervisor when the worker ends, for any
+/// reason; the table's idle streams of other workers go too.
+pub(crate) fn close_worker_streams(worker: u64) {
+    let mut table = lock_streams();
+    table.retain(|_, s| s.worker != worker);
+    sweep(&mut table, Instant::now());
 }
 
 fn root_chain(worker: u64) -> Chain {
@@ -574,3 +593,61 @@ pub(crate) async fn stop(
 
 /// The longest drain a stop may ask for.
 pub const MAX_DRAIN_MS: u64 = 600_000;
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn open(id: u64, worker: u64, rx: mpsc::Receiver<ChatEvent>, polled: Instant) {
+        lock_streams().insert(
+            id,
+            ChatStream {
+                worker,
+                events: Arc::new(tokio::sync::Mutex::new(rx)),
+                polled,
+            },
+        );
+    }
+
+    /// A gateway worker that ends leaves no stream behind: its streams are freed at once (a
+    /// turn waiting to send on a full one goes on), another worker's stay, and an idle one
+    /// is swept by any later poll, not only by a new stream.
+    #[tokio::test]
+    async fn an_ended_workers_streams_are_freed_and_idle_ones_swept_by_any_poll() {
+        let (dead, alive) = (u64::MAX - 11, u64::MAX - 12);
+        let (ours, theirs, idle) = (u64::MAX - 21, u64::MAX - 22, u64::MAX - 23);
+        let (tx, rx) = mpsc::channel(1);
+        open(ours, dead, rx, Instant::now());
+        let (_keep, rx) = mpsc::channel(1);
+        open(theirs, alive, rx, Instant::now());
+        tx.send(ChatEvent::TextDelta("a".into()))
+            .await
+            .expect("queued");
+        let waiting = tokio::spawn(async move { tx.send(ChatEvent::TextDelta("b".into())).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the turn waits on the full stream");
+        close_worker_streams(dead);
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting turn goes on")
+            .expect("joined");
+        assert!(sent.is_err(), "its event goes nowhere");
+        assert!(!lock_streams().contains_key(&ours));
+        assert!(
+            lock_streams().contains_key(&theirs),
+            "another worker's stays"
+        );
+        let e = chat_next(dead, ours).await.expect_err("gone");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+
+        // An idle stream goes at the next poll of any stream.
+        let Some(long_ago) = Instant::now().checked_sub(CHAT_IDLE + Duration::from_secs(1)) else {
+            return;
+        };
+        let (_keep2, rx) = mpsc::channel(1);
+        open(idle, alive, rx, long_ago);
+        let _ = chat_next(alive, u64::MAX - 99).await;
+        assert!(!lock_streams().contains_key(&idle), "swept");
+        lock_streams().remove(&theirs);
+    }
+}

@@ -285,6 +285,8 @@ async fn supervise(
             })
             .await;
         state.worker_started_ms.store(0, Ordering::Relaxed);
+        // The ended worker's chat streams can be polled by no other: free them now.
+        gateway::close_worker_streams(host.worker.load(Ordering::Relaxed));
         let why = match &ended {
             Ok(WorkerResponse::Stopped) => "stopped".to_string(),
             Ok(WorkerResponse::Failed(f)) => format!("failed: {}", f.message),

@@ -1333,7 +1333,7 @@ async fn a_call_of_a_caller_tool_ends_the_turn_with_the_call_and_runs_nothing() 
         &provider("oai", &config(Kind::Openai, &server)),
         None,
         &mut history,
-        &Vec::<ToolSpec>::new(),
+        &[] as &[ToolSpec],
         &tools,
         &runner,
         TurnLimits::default(),
