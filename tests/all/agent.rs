@@ -40,7 +40,7 @@ pub(crate) enum Reply {
 pub(crate) struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
 
 impl Gate {
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         *self.0 .0.lock().expect("lock") = true;
         self.0 .1.notify_all();
     }

@@ -656,7 +656,18 @@ fn kill_9_of_loongd_mid_turn_answers_every_message_exactly_once_after_restart() 
 
 #[test]
 fn kill_9_of_the_channel_worker_after_receiving_answers_exactly_once() {
-    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("the one answer")]);
+    // The provider holds its answer until the worker is dead, so the kill always lands
+    // between receiving and answering (a kill after the platform's 200 and before the ack
+    // is the documented at-least-once window, not what this test is about).
+    let crate::agent::Reply::Sse(events) = crate::agent::text_answer("the one answer") else {
+        unreachable!("a text answer is an SSE reply")
+    };
+    let gate = crate::agent::Gate::default();
+    let provider = crate::agent::Provider::start(vec![crate::agent::Reply::Gated(
+        events[..1].to_vec(),
+        gate.clone(),
+        events[1..].to_vec(),
+    )]);
     let home = Home::with_config(&agent_config(&provider));
     let pid = home.start();
     let api = BotApi::start(Mode::Updates(vec![update(900, 111, "hello")]));
@@ -669,11 +680,20 @@ fn kill_9_of_the_channel_worker_after_receiving_answers_exactly_once() {
     assert!(wait_until(Duration::from_secs(20), || {
         !details(&home, "channel.received").is_empty()
     }));
+    assert!(wait_until(Duration::from_secs(20), || provider
+        .requests()
+        .len()
+        == 1));
     let workers = channel_workers(pid);
     assert!(!workers.is_empty(), "the channel worker runs");
     for w in workers {
         kill9(w);
     }
+    assert!(
+        api.calls("sendMessage").is_empty(),
+        "nothing is sent before the answer"
+    );
+    gate.open();
     // Its restart (after the supervisor's back-off) sends the answer, once.
     assert!(
         wait_until(Duration::from_secs(60), || !api
