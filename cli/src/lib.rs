@@ -138,6 +138,10 @@ pub enum Command {
     /// Serve Loong's tools to MCP clients (`mcp serve`: on stdio, under a capability token).
     #[command(subcommand)]
     Mcp(cmd::mcp::McpCommand),
+    /// The gateway: Loong's tools over MCP streamable HTTP and OpenAI/Anthropic-compatible
+    /// routes (run, status, stop, pair a client).
+    #[command(subcommand)]
+    Gateway(cmd::gateway::GatewayCommand),
     /// Print the daemon's metrics as OpenMetrics text (what `[metrics] listen` serves at
     /// /metrics).
     Metrics,
@@ -212,6 +216,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workers(c) => cmd::tools::workers(&layout, c),
         Command::Tools(c) => cmd::tools::tools(&layout, c),
         Command::Mcp(c) => cmd::mcp::run(&layout, c),
+        Command::Gateway(c) => cmd::gateway::run(&layout, c),
         Command::Metrics => cmd::metrics::run(&layout),
         Command::Ask(a) => cmd::agent::ask(&layout, a),
         Command::Memory(c) => cmd::agent::memory(&layout, c),

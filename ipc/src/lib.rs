@@ -25,10 +25,10 @@ pub use message::{
     control::{
         ApprovalChain, ApprovalView, AskRequest, AskResult, AskToolCall, AuditQuery,
         AuditRecordView, AuditVerifyReport, BearerSecret, ControlRequest, ControlResponse,
-        DecisionView, DoctorReport, FullAccess, InvokeRequest, InvokeResult, KeyView, LockCheck,
-        MechanismReport, MemoryMessage, MemorySession, PackView, Page, PluginView, SandboxExit,
-        SandboxRunRequest, SecretValue, SecretView, StatusReport, TierReport, TokenView, ToolHit,
-        ToolSearchRequest, WorkerView,
+        DecisionView, DoctorReport, FullAccess, GatewayView, InvokeRequest, InvokeResult, KeyView,
+        LockCheck, MechanismReport, MemoryMessage, MemorySession, PackView, Page, PluginView,
+        SandboxExit, SandboxRunRequest, SecretValue, SecretView, StatusReport, TierReport,
+        TokenView, ToolHit, ToolSearchRequest, WorkerView,
     },
     envelope::{
         Call, ErrorKind, RemoteError, Reply, RequestId, StreamChunk, INTERRUPTS_TO_KILL,

@@ -123,7 +123,6 @@ impl Kernel {
     }
 
     /// The kernel as an `Arc` (`None` only while it is being built or dropped).
-    #[allow(dead_code)] // `loongctl gateway run` (the next commit)
     fn arc(&self) -> Option<Arc<Kernel>> {
         self.me.upgrade()
     }

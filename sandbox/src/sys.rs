@@ -411,10 +411,9 @@ pub(crate) fn recv_tagged(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Vec<Ow
     Ok(Some((byte[0], out)))
 }
 
-/// Sets glibc malloc's `M_ARENA_MAX` to `n`. Unset, malloc opens
-/// `/sys/devices/system/cpu/online` the first time many threads allocate at once (to size
-/// its arenas), an open a worker confined by [`crate::worker::confine_self`] may no longer
-/// make. Returns whether malloc took it.
+/// Sets glibc malloc's `M_ARENA_MAX` to `n`. Beyond the main arena, malloc opens files a
+/// worker confined by [`crate::worker::confine_self`] may no longer open
+/// ([`crate::worker::CONFINED_MALLOC_ARENAS`]). Returns whether malloc took it.
 pub(crate) fn malloc_arena_max(n: i32) -> bool {
     // SAFETY: mallopt sets one of malloc's parameters from a plain integer; it takes malloc's
     // own lock and touches no memory of the caller's.

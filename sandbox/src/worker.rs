@@ -164,27 +164,34 @@ fn fully_enforced(ruleset: RulesetStatus) -> Result<(), ConfineError> {
     Ok(())
 }
 
-/// Bounds malloc's arenas to `n` before a multi-threaded worker confines itself: unbounded,
-/// malloc opens a file under load to size them, which the confined worker may not (it is
-/// killed). Fails when malloc refuses the setting.
-pub fn bound_malloc_arenas(n: i32) -> io::Result<()> {
-    if sys::malloc_arena_max(n) {
+/// malloc's arenas in a worker that confines itself: one, the main arena (grown by `brk`).
+/// glibc opens files from inside malloc and free for its other arenas only:
+/// `/sys/devices/system/cpu/online` to size them when many threads allocate at once, and
+/// `/proc/sys/vm/overcommit_memory` the first time `free` shrinks one of their heaps; a
+/// worker confined by [`confine_self`] is killed by either open, under load.
+pub const CONFINED_MALLOC_ARENAS: i32 = 1;
+
+/// Keeps malloc to [`CONFINED_MALLOC_ARENAS`]: called before a worker starts any thread
+/// (threads that allocated already keep their arena). Fails when malloc refuses it.
+pub fn bound_malloc_arenas() -> io::Result<()> {
+    if sys::malloc_arena_max(CONFINED_MALLOC_ARENAS) {
         Ok(())
     } else {
-        Err(io::Error::other(format!("malloc refused M_ARENA_MAX {n}")))
+        Err(io::Error::other(format!(
+            "malloc refused M_ARENA_MAX {CONFINED_MALLOC_ARENAS}"
+        )))
     }
 }
 
 /// [`confine_self`] for a worker that serves a listener loongd bound and passed it (the
 /// gateway's, fd 4): the same, except that `accept`/`accept4` stay allowed, so that it takes
 /// connections on that listener. It still cannot make a socket, bind or listen: no other
-/// listener exists in it. A denied call fails with EPERM instead of killing the worker: a
-/// multi-threaded runtime's libraries probe files under load (and handle the refusal), and
-/// a server of many clients must not die of a probe; nothing is opened either way.
+/// listener exists in it. A denied call kills it, as in every confined worker (malloc's
+/// own opens are kept away by [`bound_malloc_arenas`]).
 pub fn confine_self_accepting() -> Result<(), ConfineError> {
     confine_with(&final_filter_except(
         &["accept", "accept4"],
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::KillProcess,
     )?)
 }
 
@@ -325,6 +332,44 @@ mod tests {
         assert!(
             !stdout.contains("opened-after"),
             "the open survived: {stdout}"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{:?}", out.status);
+    }
+
+    const ACCEPTING_CHILD: &str = "LOONG_FINAL_CONFINE_ACCEPTING_CHILD";
+
+    /// `confine_self_accepting` (the gateway's): `accept` on a listener made before still
+    /// runs (the positive control: EAGAIN on an empty non-blocking listener), and an open
+    /// kills the process as in every confined worker, not an EPERM it may retry around.
+    #[test]
+    fn after_confine_self_accepting_accept_runs_and_an_open_kills_the_worker() {
+        if std::env::var_os(ACCEPTING_CHILD).is_some() {
+            nix::sys::prctl::set_no_new_privs().expect("no_new_privs");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listens");
+            listener.set_nonblocking(true).expect("non-blocking");
+            confine_self_accepting().expect("confines");
+            let accepted = listener.accept().map(|_| ()).map_err(|e| e.kind());
+            println!("accepted {accepted:?}");
+            let after = std::fs::read("/proc/self/status");
+            println!("opened-after {}", after.is_ok());
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "worker::tests::after_confine_self_accepting_accept_runs_and_an_open_kills_the_worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ACCEPTING_CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("accepted Err(WouldBlock)"), "{stdout}");
+        assert!(
+            !stdout.contains("opened-after"),
+            "the open did not kill the worker: {stdout}"
         );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{:?}", out.status);

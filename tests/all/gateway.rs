@@ -458,12 +458,14 @@ fn gateway_refuses_no_bearer_a_dead_or_grantless_token_and_a_foreign_host_or_ori
         (413, "payload_too_large"),
         "{body}"
     );
+    // Within it, the body reaches the chat route's parser (`messages` missing: its 400).
     let (status, _, body) = http(port, "POST", "/v1/chat/completions", &[auth], "{}");
     assert_eq!(
         (status, error_type(&body).as_str()),
-        (501, "not_implemented"),
+        (400, "invalid_request_error"),
         "{body}"
     );
+    assert!(body.contains("messages"), "{body}");
 }
 
 #[test]
@@ -513,6 +515,253 @@ fn gateway_rate_per_token_answers_429_with_retry_after_and_spares_other_tokens()
         .0,
         200
     );
+}
+
+/// A client that trickles a request's head (slowloris) or sends none is closed once the
+/// gateway's header deadline passes (10 s), so that many such connections cannot hold the
+/// worker's descriptors; a whole request on a fresh connection is answered (the control).
+#[test]
+fn gateway_closes_a_connection_that_never_finishes_its_headers() {
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("send a partial head");
+    for s in [&mut slow, &mut idle] {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 512];
+        let closed = s.read(&mut buf).is_ok();
+        assert!(
+            closed,
+            "the connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http(port, "GET", "/health", &[], "").0, 200);
+}
+
+/// Made-up secrets, more than the limits table holds (4,096) within one refill of the
+/// bucket, each refused (401, or 429 past their own budget), leave a real token unrefused: the table is keyed by the
+/// authenticated token, so a client without one cannot fill it.
+#[test]
+fn gateway_made_up_secrets_cannot_fill_the_limits_table_against_real_tokens() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 520;
+    let port = free_port();
+    let home = gateway_home(port, "requests_per_second = 1\nburst = 60\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let floods: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let mut out = String::new();
+                for i in 0..PER_CONNECTION {
+                    let close = if i + 1 == PER_CONNECTION { "Connection: close\r\n" } else { "" };
+                    out.push_str(&format!(
+                        "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}Authorization: Bearer made-up-{c}-{i}\r\n\r\n"
+                    ));
+                }
+                s.write_all(out.as_bytes()).expect("send");
+                let mut raw = Vec::new();
+                let _ = s.read_to_end(&mut raw);
+                let raw = String::from_utf8_lossy(&raw);
+                // 401 from loongd, or 429 once made-up secrets exceed their own budget.
+                raw.matches("HTTP/1.1 401").count() + raw.matches("auth_failures_limited").count()
+            })
+        })
+        .collect();
+    let refused: usize = floods.into_iter().map(|t| t.join().expect("flood")).sum();
+    assert_eq!(refused, CONNECTIONS * PER_CONNECTION);
+    // The made-up secrets' own budget refills (AUTH_FAILURES_PER_SECOND).
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", format!("Bearer {good}").as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A flood of made-up secrets reaches loongd (which decides and records each) at most
+/// AUTH_FAILURE_BURST at once and AUTH_FAILURES_PER_SECOND after: the rest are answered 429
+/// in the worker. Once the bucket refills, a real token is answered (the control).
+#[test]
+fn gateway_bounds_the_made_up_secrets_it_sends_loongd_to_record() {
+    const FLOOD: usize = 600;
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut out = String::new();
+    for i in 0..FLOOD {
+        let close = if i + 1 == FLOOD {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}Authorization: Bearer made-up-{i}\r\n\r\n"
+        ));
+    }
+    s.write_all(out.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    let elapsed = started.elapsed().as_secs() as usize + 1;
+    let unauthorized = raw.matches("HTTP/1.1 401").count();
+    let limited = raw.matches("auth_failures_limited").count();
+    assert_eq!(unauthorized + limited, FLOOD, "{unauthorized} + {limited}");
+    assert!(
+        unauthorized <= 100 + 20 * elapsed,
+        "{unauthorized} made-up secrets reached loongd in {elapsed} s"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", format!("Bearer {good}").as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// One token opens MCP sessions up to MAX_MCP_SESSIONS_PER_TOKEN (64), then is answered
+/// 429 sessions_limited (unbounded, its idle sessions would fill the worker's memory);
+/// another token still opens one but cannot delete a's by its id, and a deleted session
+/// makes room again.
+#[test]
+fn gateway_bounds_the_mcp_sessions_one_token_holds() {
+    const PER_TOKEN: usize = 64;
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (a, _) = issue(&home, &["tool.invoke:echo"]);
+    let (b, _) = issue(&home, &["tool.invoke:echo"]);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let open = |secret: &str| {
+        let bearer = format!("Bearer {secret}");
+        http(
+            port,
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+            ],
+            init,
+        )
+    };
+    let mut first = None;
+    for i in 0..PER_TOKEN {
+        let (status, headers, body) = open(&a);
+        assert_eq!(status, 200, "session {i}: {body}");
+        if first.is_none() {
+            first = headers
+                .into_iter()
+                .find(|(n, _)| n == "mcp-session-id")
+                .map(|(_, v)| v);
+        }
+    }
+    let (status, _, body) = open(&a);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_type(&body), "sessions_limited", "{body}");
+    assert_eq!(open(&b).0, 200, "another token is not held back");
+    let first = first.expect("a session id");
+    // Another token cannot delete (or use) a's session by its id.
+    let other = format!("Bearer {b}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", other.as_str()),
+            ("Mcp-Session-Id", first.as_str()),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ],
+        "",
+    );
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(open(&a).0, 429, "a's session is still open");
+    let bearer = format!("Bearer {a}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Mcp-Session-Id", first.as_str()),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ],
+        "",
+    );
+    assert!(status < 300, "{status} {body}");
+    assert_eq!(open(&a).0, 200, "a deleted session makes room");
+}
+
+/// A chunked body (no Content-Length) above `max_body_bytes` on /mcp is a typed 413 (it
+/// was rmcp's 500); the same request small enough is answered (the control).
+#[test]
+fn gateway_refuses_a_chunked_body_above_the_limit() {
+    let port = free_port();
+    let home = gateway_home(port, "max_body_bytes = 4096\n");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let chunked = |pad: usize| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"{}","version":"1"}}}}}}"#,
+            "x".repeat(pad)
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        for part in body.as_bytes().chunks(1000) {
+            req.push_str(&format!(
+                "{:x}\r\n{}\r\n",
+                part.len(),
+                String::from_utf8_lossy(part)
+            ));
+        }
+        req.push_str("0\r\n\r\n");
+        let _ = s.write_all(req.as_bytes());
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        raw.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(chunked(10), 200);
+    let big = chunked(64 * 1024);
+    assert_eq!(big, 413, "a 64 KiB chunked body");
 }
 
 #[test]
@@ -649,4 +898,126 @@ fn gateway_worker_killed_is_restarted_and_the_next_request_succeeds() {
         1,
         "a new gateway worker was spawned"
     );
+}
+
+#[test]
+fn gateway_runs_stops_and_pairs_from_the_cli_and_status_counts_its_requests() {
+    let port = free_port();
+    let home = gateway_home(port, "");
+    let config = fs::read_to_string(home.path().join("loongd.toml")).expect("config");
+    fs::write(
+        home.path().join("loongd.toml"),
+        config.replace("enabled = true", "enabled = false"),
+    )
+    .expect("config");
+    home.start();
+    let status = |home: &Home| -> serde_json::Value {
+        let out = home.ctl(&["gateway", "status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json(&text(&out.stdout))
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let s = status(&home);
+    assert_eq!(
+        (s["running"].as_bool(), s["listen"].as_str()),
+        (Some(false), Some(listen.as_str())),
+        "{s}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens before `gateway run`"
+    );
+
+    // pair: a token of the pack and the client configuration naming this gateway.
+    let out = home.ctl(&[
+        "gateway", "pair", "--pack", "t", "--agent", "claude", "--ttl", "1h", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pair = json(&text(&out.stdout));
+    let secret = pair["secret"].as_str().expect("secret").to_string();
+    assert_eq!(
+        pair["env"]["OPENAI_BASE_URL"],
+        format!("http://{listen}/v1"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["env"]["ANTHROPIC_BASE_URL"],
+        format!("http://{listen}"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["mcp"]["mcpServers"]["loong"]["url"],
+        format!("http://{listen}/mcp"),
+        "{pair}"
+    );
+    assert_eq!(
+        pair["mcp"]["mcpServers"]["loong"]["headers"]["Authorization"],
+        format!("Bearer {secret}"),
+        "{pair}"
+    );
+
+    let out = home.ctl(&["gateway", "run", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    assert_eq!(json(&text(&out.stdout))["running"], true);
+    wait_for_gateway(&home, port);
+    let bearer = format!("Bearer {secret}");
+    let (code, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", bearer.as_str())],
+        "",
+    );
+    assert_eq!(code, 200, "the paired token is served: {body}");
+    // A second run is refused while one runs.
+    let again = home.ctl(&["gateway", "run"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
+    // status counts the requests (reported by the worker within a couple of seconds).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&home);
+        if s["requests"].as_u64().unwrap_or(0) >= 2 {
+            assert!(s["pid"].as_u64().unwrap_or(0) > 0, "{s}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "status never counted the requests: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // stop: answered once drained; nothing listens after; a second stop says so.
+    let started = Instant::now();
+    let out = home.ctl(&["gateway", "stop", "--drain", "5s", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json(&text(&out.stdout))["running"], false);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an idle gateway stops at once"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+    let out = home.ctl(&["gateway", "stop"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    // And it runs again on the same address.
+    assert!(home.ctl(&["gateway", "run"]).status.success());
+    wait_for_gateway(&home, port);
 }

@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod completions;
 pub(crate) mod daemon;
 pub(crate) mod doctor;
+pub(crate) mod gateway;
 pub(crate) mod keys;
 pub(crate) mod mcp;
 pub(crate) mod metrics;

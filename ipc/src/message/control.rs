@@ -283,6 +283,38 @@ pub enum ControlRequest {
     MemoryClear {
         session: String,
     },
+    /// Start the gateway (`[gateway]`) under loongd's supervision; answered by
+    /// [`ControlResponse::Gateway`].
+    GatewayRun,
+    /// The gateway's state; answered by [`ControlResponse::Gateway`].
+    GatewayStatus,
+    /// Stop the gateway, its open streams drained for at most `drain_ms` (default
+    /// `[gateway] drain_ms`); answered by [`ControlResponse::Gateway`].
+    GatewayStop {
+        drain_ms: Option<u64>,
+    },
+}
+
+/// What `loongctl gateway status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct GatewayView {
+    pub running: bool,
+    /// `[gateway] listen`: `HOST:PORT` or a Unix socket's path.
+    pub listen: String,
+    /// When it was started (ms since the epoch; 0: not running).
+    pub started_ms: u64,
+    pub uptime_ms: u64,
+    /// HTTP requests its current worker answered, and requests and streams open now.
+    pub requests: u64,
+    pub open_streams: u64,
+    /// Workers started again after one ended.
+    pub restarts: u32,
+    /// The worker serving now, and its pid (0: none).
+    pub worker: u64,
+    pub pid: u32,
+    /// Why the last worker ended.
+    pub last_exit: Option<String>,
 }
 
 /// Bound on [`AskRequest::prompt`].
@@ -752,6 +784,8 @@ pub enum ControlResponse {
     MemoryMessages(Vec<MemoryMessage>),
     /// The answer to [`ControlRequest::MemoryClear`]: how many messages were forgotten.
     MemoryCleared { session: String, removed: u64 },
+    /// The gateway's state.
+    Gateway(GatewayView),
 }
 
 /// The daemon's state as `loongctl status` shows it.

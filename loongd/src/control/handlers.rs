@@ -119,6 +119,11 @@ pub(crate) async fn handle(
         ControlRequest::MemoryClear { session } => {
             super::agent_api::clear(kernel, cred, &io, session).await
         }
+        ControlRequest::GatewayRun => crate::services::gateway::run(kernel),
+        ControlRequest::GatewayStatus => Ok(crate::services::gateway::status(kernel)),
+        ControlRequest::GatewayStop { drain_ms } => {
+            crate::services::gateway::stop(kernel, drain_ms).await
+        }
     }
 }
 

@@ -503,6 +503,88 @@ pub(crate) fn start(kernel: &Arc<Kernel>) -> Result<Arc<ServiceState>, StartErro
     Ok(kernel.services.start(kernel, def)?)
 }
 
+/// `loongctl gateway status`.
+pub(crate) fn status(kernel: &Kernel) -> loong_ipc::ControlResponse {
+    let listen = kernel.config.gateway.listen.to_string();
+    let view = match kernel.services.state(Service::Gateway, NAME) {
+        None => loong_ipc::GatewayView {
+            running: false,
+            listen,
+            started_ms: 0,
+            uptime_ms: 0,
+            requests: 0,
+            open_streams: 0,
+            restarts: 0,
+            worker: 0,
+            pid: 0,
+            last_exit: None,
+        },
+        Some(s) => {
+            let started_ms = s.started_ms.load(Ordering::Relaxed);
+            let now = u64::try_from(crate::now_ms()).unwrap_or(0);
+            loong_ipc::GatewayView {
+                running: true,
+                listen,
+                started_ms,
+                uptime_ms: now.saturating_sub(started_ms),
+                requests: s.requests.load(Ordering::Relaxed),
+                open_streams: s.open_streams.load(Ordering::Relaxed),
+                restarts: s.restarts.load(Ordering::Relaxed),
+                worker: s.worker.load(Ordering::Relaxed),
+                pid: s.pid.load(Ordering::Relaxed),
+                last_exit: s
+                    .last_exit
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            }
+        }
+    };
+    loong_ipc::ControlResponse::Gateway(view)
+}
+
+/// `loongctl gateway run`: starts the gateway (bound now, so a port in use is told at once).
+pub(crate) fn run(kernel: &Kernel) -> Result<loong_ipc::ControlResponse, RemoteError> {
+    let me = kernel
+        .arc()
+        .ok_or_else(|| RemoteError::new(ErrorKind::ShuttingDown, "loongd is stopping"))?;
+    match start(&me) {
+        Ok(_) => Ok(status(kernel)),
+        Err(StartError::Service(ServiceError::AlreadyRunning(..))) => Err(RemoteError::new(
+            ErrorKind::BadRequest,
+            "the gateway is already running; `loongctl gateway status` shows it, `loongctl gateway stop` stops it",
+        )),
+        Err(StartError::Service(ServiceError::Stopping)) => Err(RemoteError::new(
+            ErrorKind::ShuttingDown,
+            "loongd is stopping; no service starts",
+        )),
+        Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, e.to_string())),
+    }
+}
+
+/// `loongctl gateway stop`: withdraws the worker's `Serve`; its open streams drain within
+/// `drain_ms` (default `[gateway] drain_ms`), then it is killed.
+pub(crate) async fn stop(
+    kernel: &Kernel,
+    drain_ms: Option<u64>,
+) -> Result<loong_ipc::ControlResponse, RemoteError> {
+    let drain = std::time::Duration::from_millis(
+        drain_ms
+            .unwrap_or(kernel.config.gateway.drain_ms)
+            .min(MAX_DRAIN_MS),
+    );
+    if !kernel.services.stop(Service::Gateway, NAME, drain).await {
+        return Err(RemoteError::new(
+            ErrorKind::NotFound,
+            "the gateway is not running; `loongctl gateway run` starts it",
+        ));
+    }
+    Ok(status(kernel))
+}
+
+/// The longest drain a stop may ask for.
+pub const MAX_DRAIN_MS: u64 = 600_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,7 +206,6 @@ impl Services {
 
     /// Stops a service: its worker is asked to drain within `drain` and answer, and is
     /// killed past it. Returns whether it was running.
-    #[allow(dead_code)] // `loongctl gateway stop` (the next commit)
     pub(crate) async fn stop(&self, service: Service, name: &str, drain: Duration) -> bool {
         let Some(r) = lock(&self.running).remove(&key(service, name)) else {
             return false;

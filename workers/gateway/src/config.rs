@@ -73,10 +73,16 @@ impl Config {
     }
 }
 
-/// `name` of `name:port` (`[v6]:port` keeps its brackets; a bare `::1` is a name).
+/// `name` of `name:port` (`[v6]:port` keeps its brackets; a bare `::1` is a name). After a
+/// bracketed literal only `:port` may follow: `[::1]evil.example` stays whole (no name).
 fn strip_port(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|r| r.find(']')) {
-        return &host[..end + 2];
+        let (name, rest) = host.split_at(end + 2);
+        let port_only = rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
+        return if port_only { name } else { host };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
@@ -122,6 +128,11 @@ mod tests {
             "localhost.evil.example:7878",
             "",
             "0.0.0.0:7878",
+            "localhost.",
+            "[::1]evil.example",
+            "[::1].evil.example:7878",
+            "[::1]@evil.example",
+            "[::1]:7878x",
         ] {
             assert!(!c.host_allowed(bad), "{bad}");
         }
@@ -155,6 +166,9 @@ mod tests {
             "file://",
             "http://127.0.0.1.evil.example:80",
             "http://localhost/x",
+            "http://[::1]@evil.example",
+            "http://[::1].evil.example",
+            "http://localhost.",
         ] {
             assert!(!c.origin_allowed(bad), "{bad}");
         }

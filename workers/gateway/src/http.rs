@@ -4,9 +4,11 @@
 //!
 //! Every route but `/health` checks, in order: `Host` and `Origin` against the allowlists
 //! (403, against DNS rebinding), the bearer (401 without one), the body's declared size
-//! (413), the token's open streams and rate (429 with `Retry-After`), then the bearer in
-//! loongd (`gateway_auth`: 401 for a secret that names no live token, 403 for a token that
-//! may invoke nothing). Refusals are typed JSON: `{"error": {"type", "message"}}`.
+//! (413), the bearer in loongd (`gateway_auth`: 401 for a secret that names no live token,
+//! 403 for a token that may invoke nothing), then that token's open streams and rate (429
+//! with `Retry-After`). Refusals are typed JSON: `{"error": {"type", "message"}}`.
+//! A connection must send each request's head within [`HEADER_READ_TIMEOUT`], and at most
+//! [`MAX_CONNECTIONS`] are served at once.
 
 use std::{
     convert::Infallible,
@@ -53,6 +55,19 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub const DRAIN_TICK: Duration = Duration::from_millis(20);
 /// How long an idle MCP SSE stream waits before a keep-alive.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a connection may take to send a request's head (and how long it may sit idle
+/// between requests): a client that trickles its headers (slowloris) or never sends any is
+/// closed after this, so that it holds no connection slot for longer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// MCP sessions open at once, for all tokens together; a new one past it is answered 429.
+/// A session lives until its client deletes it or it idles out (rmcp's keep-alive, 5 min):
+/// unbounded, one token could open sessions until the worker ran out of memory.
+pub const MAX_MCP_SESSIONS: usize = 1024;
+/// MCP sessions one token may hold open at once.
+pub const MAX_MCP_SESSIONS_PER_TOKEN: usize = 64;
+/// Connections served at once; the next waits in the listener's backlog until one closes.
+/// Below the balanced tier's descriptors (1,024), so that the worker never runs out of them.
+pub const MAX_CONNECTIONS: usize = 768;
 
 pub(crate) type Body_ = BoxBody<Bytes, Infallible>;
 
@@ -61,7 +76,13 @@ struct Shared {
     cfg: Config,
     link: AsyncLink,
     limits: Arc<limits::Table>,
+    /// Failed authentications, for all clients together.
+    failures: limits::Failures,
     mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
+    /// rmcp's sessions (the same manager `mcp` serves from).
+    sessions: Arc<LocalSessionManager>,
+    /// The token (its limits key) each session was opened under, by session id.
+    session_owners: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
     requests: AtomicU64,
     /// Requests and streams open (every route).
     open: AtomicU64,
@@ -171,9 +192,10 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
         .with_max_request_body_bytes(usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX));
     let factory_link = link.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
         move || Ok(mcp::Mcp::new(factory_link.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         mcp_config,
     );
     let limits = limits::Table::new(limits::Limits {
@@ -186,7 +208,10 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         cfg,
         link: link.clone(),
         limits,
+        failures: limits::Failures::new(Instant::now()),
         mcp: service,
+        sessions,
+        session_owners: std::sync::Mutex::default(),
         requests: AtomicU64::new(0),
         open: AtomicU64::new(0),
         draining: AtomicU64::new(0),
@@ -245,7 +270,11 @@ async fn accept_loop(
         std.set_nonblocking(true).map_err(GatewayError::Listener)?;
         L::Tcp(tokio::net::TcpListener::from_std(std).map_err(GatewayError::Listener)?)
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let accepted = match &l {
             L::Tcp(t) => t.accept().await.map(|(s, _)| {
                 let _ = s.set_nodelay(true);
@@ -262,11 +291,15 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(shared, req).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let _ = match conn {
                 Conn::Tcp(s) => {
                     builder
@@ -398,10 +431,32 @@ async fn answer(
             None,
         );
     }
-    let open = match shared
-        .limits
-        .admit(limits::key(secret.expose()), Instant::now())
-    {
+    // Authenticated first, then limited under the token's public id: the table holds only
+    // live tokens, so that made-up secrets can neither fill it (refusing real tokens) nor
+    // each start a fresh bucket.
+    if !shared.failures.may_try(Instant::now()) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_failures_limited",
+            &format!(
+                "more than {} requests a second presented a secret that names no live token; retry after the time Retry-After gives",
+                limits::AUTH_FAILURES_PER_SECOND
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+        return (r, None);
+    }
+    let token = match authenticate(&shared.link, &secret).await {
+        Ok(t) => t,
+        Err(r) => {
+            if r.status() == StatusCode::UNAUTHORIZED {
+                shared.failures.failed(Instant::now());
+            }
+            return (r, None);
+        }
+    };
+    let open = match shared.limits.admit(limits::key(&token), Instant::now()) {
         Ok(o) => o,
         Err(why) => {
             let mut r = error(
@@ -416,23 +471,90 @@ async fn answer(
             return (r, None);
         }
     };
-    if let Err(r) = authenticate(&shared.link, &secret).await {
-        return (r, None);
-    }
     let resp = match path {
         "/mcp" => {
+            let key = limits::key(&token);
+            let opens = req.method() == Method::POST && !req.headers().contains_key(SESSION_ID);
+            if opens {
+                if let Err(r) = session_room(shared, key).await {
+                    return (r, Some(open));
+                }
+            }
+            // A session is its opener's: another token's request on it is answered as if
+            // it did not exist (its id alone must not let one token delete another's session
+            // or read its stream).
+            if let Some(id) = req
+                .headers()
+                .get(SESSION_ID)
+                .map(|v| v.to_str().unwrap_or(""))
+            {
+                let owner = shared
+                    .session_owners
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(id)
+                    .copied();
+                if owner != Some(key) {
+                    return (
+                        error(
+                            StatusCode::NOT_FOUND,
+                            "session_not_found",
+                            "no MCP session of this token has that Mcp-Session-Id; initialize a new one",
+                        ),
+                        Some(open),
+                    );
+                }
+            }
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(mcp::Bearer(secret));
+            // Read here, under the limit, so that a chunked body past it (no Content-Length
+            // to refuse it by) is a typed 413 rather than rmcp's 500.
             let limited = http_body_util::Limited::new(
                 body,
                 usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
             );
-            let req = Request::from_parts(parts, limited);
+            let bytes = match limited.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return (
+                        error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            &format!(
+                                "the body is above the gateway's {} bytes (gateway.max_body_bytes)",
+                                cfg.max_body_bytes
+                            ),
+                        ),
+                        Some(open),
+                    );
+                }
+                Err(e) => {
+                    return (
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            &format!("reading the body: {e}"),
+                        ),
+                        Some(open),
+                    );
+                }
+            };
+            let req = Request::from_parts(parts, Full::new(bytes));
             let mut svc = shared.mcp.clone();
-            match tower_service::Service::call(&mut svc, req).await {
+            let r = match tower_service::Service::call(&mut svc, req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
+            };
+            if let Some(id) = r.headers().get(SESSION_ID).and_then(|v| v.to_str().ok()) {
+                if opens {
+                    shared
+                        .session_owners
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.to_string(), key);
+                }
             }
+            r
         }
         "/v1/models" => models(cfg),
         "/v1/chat/completions" | "/v1/messages" => match chat::Format::of(path) {
@@ -452,6 +574,36 @@ async fn answer(
         _ => error(StatusCode::NOT_FOUND, "not_found", path),
     };
     (resp, Some(open))
+}
+
+/// The MCP session header.
+const SESSION_ID: &str = "mcp-session-id";
+
+/// Whether the token `key` may open another MCP session ([`MAX_MCP_SESSIONS`],
+/// [`MAX_MCP_SESSIONS_PER_TOKEN`]); forgets the owners of sessions rmcp has closed.
+async fn session_room(shared: &Shared, key: [u8; 32]) -> Result<(), Response<Body_>> {
+    let live = shared.sessions.sessions.read().await;
+    let total = live.len();
+    let mut owners = shared
+        .session_owners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ids: std::collections::HashSet<&str> = live.keys().map(|s| s.as_ref()).collect();
+    owners.retain(|id, _| ids.contains(id.as_str()));
+    drop(ids);
+    drop(live);
+    let mine = owners.values().filter(|k| **k == key).count();
+    let why = if total >= MAX_MCP_SESSIONS {
+        format!("the gateway holds {MAX_MCP_SESSIONS} MCP sessions, the most it serves; retry when one closes")
+    } else if mine >= MAX_MCP_SESSIONS_PER_TOKEN {
+        format!("this token holds {MAX_MCP_SESSIONS_PER_TOKEN} MCP sessions, the most allowed; delete one (DELETE /mcp) or let it idle out")
+    } else {
+        return Ok(());
+    };
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "sessions_limited", &why);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+    Err(r)
 }
 
 /// `/v1/models`: the agent's configured model names, in the body both SDKs read.

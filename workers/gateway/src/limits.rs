@@ -1,6 +1,7 @@
 //! Per-token limits: requests and streams open at once, and a request rate (a token bucket).
-//! A token is known here only by the sha256 of its secret, never the secret; the table is
-//! bounded, so that a flood of made-up secrets cannot grow it.
+//! A token is known here by the sha256 of its public id, once loongd has authenticated the
+//! request's bearer (never by its secret: a made-up secret never reaches the table); the
+//! table is bounded all the same.
 
 use std::{
     collections::HashMap,
@@ -12,6 +13,48 @@ use sha2::{Digest, Sha256};
 
 /// Tokens tracked at once; past it, idle entries are dropped, and a new token waits.
 pub const MAX_TRACKED_TOKENS: usize = 4096;
+
+/// Failed authentications (a secret that names no live token) loongd is asked to decide and
+/// record each second, for all clients together; past [`AUTH_FAILURE_BURST`], a request is
+/// answered 429 before its bearer reaches loongd, so that made-up secrets cannot grow
+/// loongd's audit trail at the rate the network carries them.
+pub const AUTH_FAILURES_PER_SECOND: u32 = 20;
+/// Failed authentications admitted at once before [`AUTH_FAILURES_PER_SECOND`] applies.
+pub const AUTH_FAILURE_BURST: u32 = 100;
+
+/// The bucket of failed authentications ([`AUTH_FAILURES_PER_SECOND`]).
+#[derive(Debug)]
+pub struct Failures {
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl Failures {
+    pub fn new(now: Instant) -> Failures {
+        Failures {
+            bucket: Mutex::new((f64::from(AUTH_FAILURE_BURST), now)),
+        }
+    }
+
+    fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        let mut b = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(b.1).as_secs_f64();
+        b.0 = (b.0 + elapsed * f64::from(AUTH_FAILURES_PER_SECOND))
+            .min(f64::from(AUTH_FAILURE_BURST));
+        b.1 = now;
+        b
+    }
+
+    /// Whether a bearer may be sent to loongd now: a failure is left in the bucket.
+    pub fn may_try(&self, now: Instant) -> bool {
+        self.refilled(now).0 >= 1.0
+    }
+
+    /// Counts one failed authentication.
+    pub fn failed(&self, now: Instant) {
+        let mut b = self.refilled(now);
+        b.0 = (b.0 - 1.0).max(0.0);
+    }
+}
 
 /// The limits, from `[gateway]`.
 #[derive(Debug, Clone, Copy)]
@@ -73,9 +116,9 @@ impl Drop for Open {
     }
 }
 
-/// The key of a secret.
-pub fn key(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+/// The key of a token, by its public id.
+pub fn key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl Table {
@@ -124,6 +167,23 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_authentications_are_bounded_for_all_clients_together() {
+        let now = Instant::now();
+        let f = Failures::new(now);
+        for _ in 0..AUTH_FAILURE_BURST {
+            assert!(f.may_try(now));
+            f.failed(now);
+        }
+        assert!(!f.may_try(now), "past the burst");
+        let later = now + Duration::from_secs(1);
+        for _ in 0..AUTH_FAILURES_PER_SECOND {
+            assert!(f.may_try(later));
+            f.failed(later);
+        }
+        assert!(!f.may_try(later), "past a second's refill");
+    }
 
     #[test]
     fn streams_are_bounded_per_token_and_freed_when_closed() {

@@ -23,8 +23,6 @@ use loong_worker_runtime::{service::AsyncLink, BuildError, Final, Handler, Kerne
 
 /// Threads of the worker's runtime.
 pub const RUNTIME_THREADS: usize = 2;
-/// malloc's arenas: bounded, so that malloc never opens a file to size them once confined.
-pub const MALLOC_ARENAS: i32 = 4;
 
 struct Gateway {
     /// The listener loongd passed (fd 4), until `Serve` takes it.
@@ -94,8 +92,6 @@ fn main() {
         || {
             let listener = loong_sandbox::worker::inherited_broker()
                 .map_err(|e| BuildError(format!("no listener on fd 4: {e}")))?;
-            loong_sandbox::worker::bound_malloc_arenas(MALLOC_ARENAS)
-                .map_err(|e| BuildError(e.to_string()))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(RUNTIME_THREADS)
                 .enable_all()

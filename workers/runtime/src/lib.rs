@@ -130,6 +130,12 @@ fn run<H: Handler>(
         Ok(s) => s,
         Err(e) => return Stop::Failed(format!("no control socket: {e}")),
     };
+    if matches!(last, Final::Confine | Final::ConfineAccepting) {
+        // Before `build` starts any thread: malloc must not open files once confined.
+        if let Err(e) = loong_sandbox::worker::bound_malloc_arenas() {
+            return Stop::Failed(format!("bounding malloc before confinement: {e}"));
+        }
+    }
     let mut handler = match build() {
         Ok(h) => h,
         Err(e) => return Stop::Failed(format!("initialisation failed: {e}")),
