@@ -198,7 +198,8 @@ fn chat_start(
     // The turn runs to its end (its records are written) even when its stream is dropped:
     // its events then go nowhere.
     tokio::spawn(async move {
-        if let Err(e) = crate::control::chat_api::chat_turn(&kernel, &bearer, req, tx.clone()).await
+        if let Err(e) =
+            crate::control::chat_api::chat_turn(&kernel, worker, &bearer, req, tx.clone()).await
         {
             let _ = tx
                 .send(ChatEvent::Failed {
