@@ -450,23 +450,24 @@ fn gateway_refuses_no_bearer_a_dead_or_grantless_token_and_a_foreign_host_or_ori
     );
     assert_eq!(status, 200, "{body}");
 
-    // A body past gateway.max_body_bytes: 413, typed in the route's own format (OpenAI's
-    // error body on /v1/chat/completions); one within it goes on to be parsed (a body
-    // without messages: 400).
+    // A body past gateway.max_body_bytes: 413, in OpenAI's error body on
+    // /v1/chat/completions with the gateway's own type; one within it goes on.
     let big = "x".repeat(5000);
     let (status, _, body) = http(port, "POST", "/v1/chat/completions", &[auth], &big);
     assert_eq!(
         (status, error_type(&body).as_str()),
-        (413, "invalid_request_error"),
+        (413, "payload_too_large"),
         "{body}"
     );
     assert!(body.contains("max_body_bytes"), "{body}");
+    // Within it, the body reaches the chat route's parser (`messages` missing: its 400).
     let (status, _, body) = http(port, "POST", "/v1/chat/completions", &[auth], "{}");
     assert_eq!(
         (status, error_type(&body).as_str()),
         (400, "invalid_request_error"),
         "{body}"
     );
+    assert!(body.contains("messages"), "{body}");
 }
 
 #[test]

@@ -275,13 +275,21 @@ fn gateway_chat_without_the_turn_grant_is_403_and_without_a_token_401_in_each_sd
         assert!(r.get("error").is_none(), "{r}\n{}", home.log());
         assert_eq!(r["text"], "hello there", "{r}");
     }
-    // The refusal is the turn's own decision, in the token's trail.
+    // The refusal is the turn's own decision, in the token's trail, made for the gateway
+    // worker (its own number as the actor).
     let records = trail(&home, &grantless_id);
+    let refused = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "policy.decision"
+                && detail(r)["target"] == "agent.turn"
+                && detail(r)["allowed"] == false
+        })
+        .unwrap_or_else(|| panic!("the turn's refusal recorded: {records:?}"));
+    let actor = refused["actor"].as_str().unwrap_or_default();
     assert!(
-        records.iter().any(|r| r["kind"] == "policy.decision"
-            && detail(r)["target"] == "agent.turn"
-            && detail(r)["allowed"] == false),
-        "{records:?}"
+        actor.starts_with("worker:") && actor != "worker:0",
+        "{refused}"
     );
     // Nothing reached the provider but the two allowed turns.
     assert_eq!(provider.requests().len(), 2, "{:?}", provider.requests());

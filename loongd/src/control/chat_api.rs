@@ -46,9 +46,6 @@ use crate::{
     Kernel,
 };
 
-/// How audit records name the gateway's chat turns' actor (the gateway worker's own
-/// number is the supervisor's; the chain's correlation `gateway/chat-N` names the turn).
-const GATEWAY_ACTOR: u64 = 0;
 /// The most bytes of a caller's tool call's arguments sent in one `ToolCallArgs` event.
 pub(crate) const MAX_ARGS_DELTA_BYTES: usize = 16 << 10;
 /// Events queued between the turn and the chat's caller before the turn waits.
@@ -62,6 +59,9 @@ static CHATS: AtomicU64 = AtomicU64::new(1);
 /// the `Err` (the gateway answers it in the caller's format); nothing is sent after it.
 pub(crate) async fn chat_turn(
     kernel: &Kernel,
+    // The gateway worker serving the request: the turn's actor in audit records (the
+    // chain's correlation `gateway/chat-N` names the turn).
+    worker: u64,
     bearer: &BearerSecret,
     req: ChatRequest,
     events: mpsc::Sender<ChatEvent>,
@@ -86,9 +86,7 @@ pub(crate) async fn chat_turn(
         chat: Some(chat),
     };
     let actor = Actor {
-        who: Principal::Worker {
-            worker: GATEWAY_ACTOR,
-        },
+        who: Principal::Worker { worker },
         bearer: Bearer::Secret(bearer.expose()),
         chain: Chain::root(format!("gateway/chat-{n}")),
         io: Some(&io),

@@ -168,6 +168,23 @@ pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// Drops the streams not polled for [`CHAT_IDLE`]; then whether `worker` may open another.
+fn room(
+    table: &mut HashMap<u64, ChatStream>,
+    worker: u64,
+    now: Instant,
+) -> Result<(), RemoteError> {
+    sweep(table, now);
+    let open = table.values().filter(|s| s.worker == worker).count();
+    if open >= MAX_CHAT_STREAMS {
+        return Err(RemoteError::new(
+            ErrorKind::Overloaded,
+            format!("kernel call gateway_chat_start: {open} chat streams are open, the most one gateway holds ({MAX_CHAT_STREAMS}); finish or close one and retry"),
+        ));
+    }
+    Ok(())
+}
+
 /// Starts a chat turn under `bearer`; its stream id.
 fn chat_start(
     host: &ServiceHost,
@@ -177,20 +194,14 @@ fn chat_start(
 ) -> Result<u64, RemoteError> {
     let now = Instant::now();
     let mut table = lock_streams();
-    sweep(&mut table, now);
-    let open = table.values().filter(|s| s.worker == worker).count();
-    if open >= MAX_CHAT_STREAMS {
-        return Err(RemoteError::new(
-            ErrorKind::Overloaded,
-            format!("kernel call gateway_chat_start: {open} chat streams are open, the most one gateway holds ({MAX_CHAT_STREAMS}); finish or close one and retry"),
-        ));
-    }
+    room(&mut table, worker, now)?;
     let (tx, rx) = mpsc::channel(CHAT_QUEUE);
     let kernel = host.kernel.clone();
     // The turn runs to its end (its records are written) even when its stream is dropped:
     // its events then go nowhere.
     tokio::spawn(async move {
-        if let Err(e) = crate::control::chat_api::chat_turn(&kernel, &bearer, req, tx.clone()).await
+        if let Err(e) =
+            crate::control::chat_api::chat_turn(&kernel, worker, &bearer, req, tx.clone()).await
         {
             // Within the idle bound: a stream nobody reads is dropped by then anyway.
             let failed = ChatEvent::Failed {
@@ -266,7 +277,7 @@ async fn chat_next(worker: u64, stream: u64) -> Result<Vec<Vec<u8>>, RemoteError
 /// Drops the streams not polled for [`CHAT_IDLE`] (their turns' sends then fail at once,
 /// so none waits on a caller who is gone).
 fn sweep(table: &mut HashMap<u64, ChatStream>, now: Instant) {
-    table.retain(|_, s| now.duration_since(s.polled) < CHAT_IDLE);
+    table.retain(|_, s| now.saturating_duration_since(s.polled) < CHAT_IDLE);
 }
 
 /// Drops every stream of gateway worker `worker`, which ended: no other worker may poll
@@ -649,5 +660,113 @@ mod stream_tests {
         let _ = chat_next(alive, u64::MAX - 99).await;
         assert!(!lock_streams().contains_key(&idle), "swept");
         lock_streams().remove(&theirs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loong_agent_wire::chat::ChatStop;
+
+    fn stream(worker: u64, polled: Instant, queue: usize) -> (ChatStream, mpsc::Sender<ChatEvent>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (
+            ChatStream {
+                worker,
+                events: Arc::new(tokio::sync::Mutex::new(rx)),
+                polled,
+            },
+            tx,
+        )
+    }
+
+    fn put(worker: u64) -> (u64, mpsc::Sender<ChatEvent>) {
+        let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        let (s, tx) = stream(worker, Instant::now(), CHAT_BATCH_EVENTS + 8);
+        lock_streams().insert(id, s);
+        (id, tx)
+    }
+
+    fn events(batch: &[Vec<u8>]) -> Vec<ChatEvent> {
+        batch
+            .iter()
+            .map(|b| wire::decode(b).expect("an event"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_polled_only_by_its_own_worker_and_is_gone_after_its_last_event() {
+        let (id, tx) = put(9001);
+        tx.send(ChatEvent::TextDelta("hi".into()))
+            .await
+            .expect("send");
+        // Another worker, or an unknown id: refused, and the stream is untouched.
+        let e = chat_next(9002, id)
+            .await
+            .expect_err("another worker's stream");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e = chat_next(9001, u64::MAX).await.expect_err("unknown stream");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        // Its own worker reads it.
+        let got = events(&chat_next(9001, id).await.expect("own stream"));
+        assert_eq!(got, vec![ChatEvent::TextDelta("hi".into())]);
+        tx.send(ChatEvent::Done {
+            stop: ChatStop::EndTurn,
+            usage: Default::default(),
+        })
+        .await
+        .expect("send");
+        let got = events(&chat_next(9001, id).await.expect("own stream"));
+        assert!(
+            matches!(got.as_slice(), [ChatEvent::Done { .. }]),
+            "{got:?}"
+        );
+        let e = chat_next(9001, id).await.expect_err("ended stream");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_ends_without_its_last_event_is_one_failed_event() {
+        let (id, tx) = put(9003);
+        drop(tx);
+        let got = events(&chat_next(9003, id).await.expect("own stream"));
+        assert!(
+            matches!(got.as_slice(), [ChatEvent::Failed { kind, .. }] if kind == "turn_failed"),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_bounded_and_the_rest_comes_next() {
+        let (id, tx) = put(9004);
+        for _ in 0..CHAT_BATCH_EVENTS + 3 {
+            tx.send(ChatEvent::TextDelta("x".into()))
+                .await
+                .expect("send");
+        }
+        let first = chat_next(9004, id).await.expect("batch");
+        assert_eq!(first.len(), CHAT_BATCH_EVENTS);
+        let rest = chat_next(9004, id).await.expect("batch");
+        assert_eq!(rest.len(), 3);
+    }
+
+    #[test]
+    fn a_worker_holds_at_most_the_limit_of_streams_and_idle_ones_are_dropped() {
+        let now = Instant::now();
+        let mut table = HashMap::new();
+        let mut senders = Vec::new();
+        for n in 0..MAX_CHAT_STREAMS as u64 {
+            let (s, tx) = stream(1, now, 1);
+            table.insert(n, s);
+            senders.push(tx);
+        }
+        let e = room(&mut table, 1, now).expect_err("full");
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        // Another worker's streams are its own.
+        assert!(room(&mut table, 2, now).is_ok());
+        // Once they idle past the limit they are dropped, and there is room again.
+        let later = now + CHAT_IDLE + Duration::from_secs(1);
+        assert!(room(&mut table, 1, later).is_ok());
+        assert!(table.is_empty());
     }
 }

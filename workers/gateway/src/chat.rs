@@ -74,18 +74,35 @@ impl Format {
     }
 
     /// `resp` (a refusal with the gateway's own `{"error": {"type", "message"}}` body)
-    /// answered in this format's error body, its status and other headers kept.
+    /// answered in this format's error body, its status and other headers kept. Applied
+    /// again to a body already in the format, it gives the same body.
     pub async fn rewrite(self, resp: Response<Body_>) -> Response<Body_> {
         let (parts, body) = resp.into_parts();
         let bytes = match body.collect().await {
             Ok(c) => c.to_bytes(),
             Err(never) => match never {},
         };
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        let v = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        let mut out = self.error(parts.status, &message);
+        let mut out = match (self, v["error"]["type"].as_str()) {
+            // OpenAI's body has room for the gateway's own type (`payload_too_large`,
+            // `rate_limited`, ...): kept as its `type` and `code`.
+            (Format::OpenAi, Some(kind)) => {
+                let body = serde_json::json!({ "error": {
+                    "message": message, "type": kind, "param": null, "code": kind } });
+                let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+                *r.status_mut() = parts.status;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            _ => self.error(parts.status, &message),
+        };
         for (name, value) in &parts.headers {
             if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
                 out.headers_mut().insert(name.clone(), value.clone());
