@@ -19,6 +19,7 @@ mod daemon_lifecycle;
 mod dns;
 mod dns_server;
 mod egress;
+mod egress_limits;
 mod file_binding;
 mod gateway;
 mod gateway_chat;
