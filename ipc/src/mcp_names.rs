@@ -33,6 +33,47 @@ pub fn escape(name: &str) -> String {
     out.chars().take(MAX_MCP_NAME_CHARS).collect()
 }
 
+/// The bridge kind of loongd's built-in tools (named first, see [`assign`]).
+pub const BUILTIN_BRIDGE: &str = "builtin";
+
+/// One MCP session's names: every name given in it, and the last listing's.
+#[derive(Debug, Default, Clone)]
+pub struct SessionNames {
+    /// MCP name → Loong name, every name given in this session: a name once given is never
+    /// given to another tool, whatever a later listing holds.
+    pub given: BTreeMap<String, String>,
+    /// MCP name → (Loong name, bridge kind), from the last listing.
+    pub offered: BTreeMap<String, (String, String)>,
+}
+
+impl SessionNames {
+    /// Names a new listing (each tool's Loong name and bridge kind), keeping every name
+    /// given before; Loong name → MCP name.
+    pub fn list<'a>(
+        &mut self,
+        tools: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> BTreeMap<String, String> {
+        let named = assign(
+            tools
+                .clone()
+                .into_iter()
+                .map(|(name, kind)| (name, kind == BUILTIN_BRIDGE)),
+            &self.given,
+        );
+        self.offered = tools
+            .into_iter()
+            .filter_map(|(name, kind)| {
+                let mcp = named.get(name)?;
+                Some((mcp.clone(), (name.to_string(), kind.to_string())))
+            })
+            .collect();
+        for (loong, mcp) in &named {
+            self.given.insert(mcp.clone(), loong.clone());
+        }
+        named
+    }
+}
+
 /// Each of `loong` (a name and whether it is a built-in tool; duplicates once) → its
 /// unique MCP name, given the names `given` earlier in the session (MCP name → Loong
 /// name), none of which goes to another tool.

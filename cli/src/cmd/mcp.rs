@@ -54,8 +54,6 @@ pub const MAX_MCP_CALLS_WAITING: usize = 64;
 pub const DEFAULT_MCP_CALL_TIMEOUT_SECS: f64 = 120.0;
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
 const MCP_BRIDGE: &str = "mcp_stdio";
-/// `bridge_kind` of loongd's built-in tools: named before any plugin's tool.
-const BUILTIN_BRIDGE: &str = "builtin";
 /// The longest token file read (`--token-file`); a secret is far shorter.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
@@ -191,14 +189,7 @@ pub(crate) struct Offer {
 }
 
 /// The names of one session.
-#[derive(Debug, Default)]
-struct Table {
-    /// MCP name → Loong name, every name given in this session: a name once given is never
-    /// given to another tool, whatever a later listing holds.
-    given: BTreeMap<String, String>,
-    /// MCP name → (Loong name, bridge kind), from the last listing.
-    offered: BTreeMap<String, (String, String)>,
-}
+type Table = names::SessionNames;
 
 /// The last listing and when it started.
 type Listing = Option<(Instant, Vec<(String, Offer)>)>;
@@ -242,22 +233,11 @@ impl Server {
             .names
             .lock()
             .map_err(|_| ErrorData::internal_error("the name table is poisoned", None))?;
-        let named = names::assign(
+        let named = table.list(
             offers
                 .iter()
-                .map(|o| (o.loong.as_str(), o.bridge_kind == BUILTIN_BRIDGE)),
-            &table.given,
+                .map(|o| (o.loong.as_str(), o.bridge_kind.as_str())),
         );
-        table.offered = offers
-            .iter()
-            .filter_map(|o| {
-                let mcp = named.get(&o.loong)?;
-                Some((mcp.clone(), (o.loong.clone(), o.bridge_kind.clone())))
-            })
-            .collect();
-        for (loong, mcp) in &named {
-            table.given.insert(mcp.clone(), loong.clone());
-        }
         drop(table);
         let listed: Vec<(String, Offer)> = offers
             .into_iter()

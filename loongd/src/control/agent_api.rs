@@ -10,8 +10,8 @@
 //! ```
 
 use loong_agent_wire::{
-    config::{ProviderConfig, SecretRef, SystemPrompt},
-    limits::{MAX_SUMMARY_BYTES, MAX_SYSTEM_PROMPT_BYTES},
+    config::{AgentConfig, ProviderConfig, SecretRef, Settings, SystemPrompt},
+    limits::{MAX_SUMMARY_BYTES, MAX_SYSTEM_PROMPT_BYTES, MAX_TOKENS_LIMIT},
     types::{Message, ToolSpec},
     wire::{TurnFailure, TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
 };
@@ -204,6 +204,61 @@ fn checked_summary(output: &TurnOutput) -> Result<(), RemoteError> {
     }
 }
 
+/// The `[providers.NAME]` of `agent`'s provider and its fallback, each with its key from the
+/// secret store; `max_tokens`, when a caller asked for it, clamped to each provider's own.
+pub(super) fn wire_providers(
+    settings: &Settings,
+    agent: &AgentConfig,
+    max_tokens: Option<u32>,
+) -> Result<Vec<WireProvider>, RemoteError> {
+    let mut providers = Vec::new();
+    for name in std::iter::once(&agent.provider).chain(agent.fallback.as_ref()) {
+        let Some(config) = settings.providers.get(name) else {
+            return Err(internal(format!(
+                "[agent] names provider {name}, which is not configured"
+            )));
+        };
+        let key = match config.api_key {
+            Some(_) => Some(provider_key(name, config)?),
+            None => None,
+        };
+        let mut provider = WireProvider::new(name, config, key);
+        if let Some(asked) = max_tokens {
+            let most = config.max_tokens.unwrap_or(MAX_TOKENS_LIMIT);
+            provider.max_tokens = Some(asked.clamp(1, most));
+        }
+        providers.push(provider);
+    }
+    Ok(providers)
+}
+
+/// `[agent] system_prompt` (or the file `system_prompt_file` names, read bounded).
+pub(super) fn configured_system_prompt(
+    configured: &SystemPrompt,
+) -> Result<Option<String>, RemoteError> {
+    Ok(match configured {
+        SystemPrompt::None => None,
+        SystemPrompt::Text(t) => Some(t.clone()),
+        SystemPrompt::File(path) => {
+            match crate::home::read_bounded(path, MAX_SYSTEM_PROMPT_BYTES as u64) {
+                Ok(crate::home::Bounded::Read(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                Ok(crate::home::Bounded::TooLarge(len)) => {
+                    return Err(bad(format!(
+                    "[agent] system_prompt_file {} is {len} bytes, above {MAX_SYSTEM_PROMPT_BYTES}",
+                    path.display()
+                )))
+                }
+                Err(e) => {
+                    return Err(bad(format!(
+                        "[agent] system_prompt_file {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    })
+}
+
 /// The messages of kept rows; a row this loongd cannot read is skipped, never sent half.
 fn parsed(rows: &[Kept]) -> Vec<Message> {
     rows.iter()
@@ -290,40 +345,8 @@ pub(crate) async fn turn(
         text: req.prompt.clone(),
     };
     messages.push(user.clone());
-    let mut providers = Vec::new();
-    for name in std::iter::once(&agent.provider).chain(agent.fallback.as_ref()) {
-        let Some(config) = settings.providers.get(name) else {
-            return Err(internal(format!(
-                "[agent] names provider {name}, which is not configured"
-            )));
-        };
-        let key = match config.api_key {
-            Some(_) => Some(provider_key(name, config)?),
-            None => None,
-        };
-        providers.push(WireProvider::new(name, config, key));
-    }
-    let system = match &agent.system_prompt {
-        SystemPrompt::None => None,
-        SystemPrompt::Text(t) => Some(t.clone()),
-        SystemPrompt::File(path) => {
-            match crate::home::read_bounded(path, MAX_SYSTEM_PROMPT_BYTES as u64) {
-                Ok(crate::home::Bounded::Read(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
-                Ok(crate::home::Bounded::TooLarge(len)) => {
-                    return Err(bad(format!(
-                    "[agent] system_prompt_file {} is {len} bytes, above {MAX_SYSTEM_PROMPT_BYTES}",
-                    path.display()
-                )))
-                }
-                Err(e) => {
-                    return Err(bad(format!(
-                        "[agent] system_prompt_file {}: {e}",
-                        path.display()
-                    )))
-                }
-            }
-        }
-    };
+    let providers = wire_providers(settings, agent, None)?;
+    let system = configured_system_prompt(&agent.system_prompt)?;
     let mut input = TurnInput {
         providers,
         system,

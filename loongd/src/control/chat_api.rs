@@ -29,15 +29,16 @@ use std::{
 use loong_agent_wire::{
     chat::{ChatEvent, ChatRequest, ChatStop},
     config::SystemPrompt,
-    limits::{MAX_SYSTEM_PROMPT_BYTES, MAX_TOKENS_LIMIT},
     types::{StopReason, ToolSpec},
-    wire::{TurnInput, TurnOutput, WireProvider, AGENT_TOOL},
+    wire::{TurnInput, TurnOutput, AGENT_TOOL},
 };
 use loong_ipc::{message::control::MAX_INVOKE_INPUT_BYTES, BearerSecret, ErrorKind, RemoteError};
 use loong_profiles::pack::Capability;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::agent_api::{bad, offered, provider_key, test_probes, typed};
+use super::agent_api::{
+    bad, configured_system_prompt, offered, test_probes, typed, wire_providers,
+};
 use crate::{
     audit::Kind,
     authority::Bearer,
@@ -122,24 +123,7 @@ pub(crate) async fn chat_turn(
     };
     let tools = offered(kernel, Bearer::Secret(bearer.expose()));
     check_caller_tools(&tools, &req.caller_tools)?;
-    let mut providers = Vec::new();
-    for name in std::iter::once(&agent.provider).chain(agent.fallback.as_ref()) {
-        let Some(config) = settings.providers.get(name) else {
-            return Err(internal(format!(
-                "[agent] names provider {name}, which is not configured"
-            )));
-        };
-        let key = match config.api_key {
-            Some(_) => Some(provider_key(name, config)?),
-            None => None,
-        };
-        let mut provider = WireProvider::new(name, config, key);
-        if let Some(asked) = req.max_tokens {
-            let most = config.max_tokens.unwrap_or(MAX_TOKENS_LIMIT);
-            provider.max_tokens = Some(asked.clamp(1, most));
-        }
-        providers.push(provider);
-    }
+    let providers = wire_providers(settings, agent, req.max_tokens)?;
     let system = merged_system(&agent.system_prompt, req.system.as_deref())?;
     let input = TurnInput {
         providers,
@@ -316,27 +300,7 @@ fn merged_system(
     configured: &SystemPrompt,
     caller: Option<&str>,
 ) -> Result<Option<String>, RemoteError> {
-    let own = match configured {
-        SystemPrompt::None => None,
-        SystemPrompt::Text(t) => Some(t.clone()),
-        SystemPrompt::File(path) => {
-            match crate::home::read_bounded(path, MAX_SYSTEM_PROMPT_BYTES as u64) {
-                Ok(crate::home::Bounded::Read(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
-                Ok(crate::home::Bounded::TooLarge(len)) => {
-                    return Err(bad(format!(
-                    "[agent] system_prompt_file {} is {len} bytes, above {MAX_SYSTEM_PROMPT_BYTES}",
-                    path.display()
-                )))
-                }
-                Err(e) => {
-                    return Err(bad(format!(
-                        "[agent] system_prompt_file {}: {e}",
-                        path.display()
-                    )))
-                }
-            }
-        }
-    };
+    let own = configured_system_prompt(configured)?;
     Ok(match (own, caller) {
         (Some(own), Some(caller)) => Some(format!("{own}\n\n{caller}")),
         (own, caller) => own.or(caller.map(str::to_owned)),

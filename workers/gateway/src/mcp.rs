@@ -5,7 +5,6 @@
 //! that needs an approval is a tool error naming the approval.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -32,21 +31,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
 const MCP_BRIDGE: &str = "mcp_stdio";
-/// `bridge_kind` of loongd's built-in tools: named before any plugin's tool.
-const BUILTIN_BRIDGE: &str = "builtin";
 
 /// The bearer of the HTTP request an MCP message came in (put there by the router).
 #[derive(Debug, Clone)]
 pub struct Bearer(pub BearerSecret);
 
 /// The names of one session.
-#[derive(Debug, Default)]
-struct Table {
-    /// MCP name → Loong name, every name given in this session.
-    given: BTreeMap<String, String>,
-    /// MCP name → (Loong name, bridge kind), from the last listing.
-    offered: BTreeMap<String, (String, String)>,
-}
+type Table = names::SessionNames;
 
 /// One MCP session's server.
 #[derive(Clone)]
@@ -82,22 +73,11 @@ impl Mcp {
         let tools: Vec<GatewayTool> = wire::decode(&bytes)
             .map_err(|e| ErrorData::internal_error(format!("listing the tools: {e}"), None))?;
         let mut table = self.table();
-        let named = names::assign(
+        let named = table.list(
             tools
                 .iter()
-                .map(|t| (t.name.as_str(), t.bridge_kind == BUILTIN_BRIDGE)),
-            &table.given,
+                .map(|t| (t.name.as_str(), t.bridge_kind.as_str())),
         );
-        table.offered = tools
-            .iter()
-            .filter_map(|t| {
-                let mcp = named.get(&t.name)?;
-                Some((mcp.clone(), (t.name.clone(), t.bridge_kind.clone())))
-            })
-            .collect();
-        for (loong, mcp) in &named {
-            table.given.insert(mcp.clone(), loong.clone());
-        }
         drop(table);
         Ok(tools
             .into_iter()
