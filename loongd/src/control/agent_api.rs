@@ -95,6 +95,7 @@ pub(super) fn provider_key(name: &str, config: &ProviderConfig) -> Result<String
 /// the agent worker runs from inside its sandbox in place of the turn, answering with what
 /// each got (`open:PATH`, `connect:ADDR`, `get:HOST:PORT`, `tunnel:HOST:PORT`; tests/all/agent.rs). A release
 /// build of loongd never reads it, so production turns never carry probes.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 pub const PROBES_ENV: &str = "LOONG_TEST_AGENT_PROBES";
 
 #[cfg(debug_assertions)]
