@@ -25,6 +25,10 @@ use crate::retry::{parse_retry_after, retryable_status, RetryPolicy};
 use crate::sse::{SseError, SseEvent, SseLimits, SseParser};
 use crate::types::{Event, FailoverEvent, Request};
 
+/// The wait before the one retry a request gets at once when its connection was closed or
+/// reset before any answer came (a stale kept-alive connection), in place of the backoff.
+pub const STALE_CONNECTION_RETRY_WAIT: Duration = Duration::ZERO;
+
 /// A future a [`Provider`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -190,6 +194,7 @@ impl HttpProvider {
         let started = Instant::now();
         let deadline = started + self.config.answer_timeout;
         let mut attempt = 0;
+        let mut stale_retried = false;
         loop {
             attempt += 1;
             let last = attempt >= self.retry.max_attempts;
@@ -215,6 +220,15 @@ impl HttpProvider {
                         attempts: attempt,
                         source,
                     })
+                }
+                // Connected, then closed or reset before any answer: most often a kept-alive
+                // connection the server (or the egress broker, which forwards one plain-http
+                // request per connection) closed while it was idle here, and found closed
+                // only once reused. A new connection answers at once; the backoff is for a
+                // server in trouble, and a second such failure gets it.
+                Ok(Err(source)) if !source.is_connect() && !stale_retried => {
+                    stale_retried = true;
+                    STALE_CONNECTION_RETRY_WAIT
                 }
                 Ok(Err(_)) => self.retry.backoff(attempt),
                 Ok(Ok(response)) if response.status().is_success() => {

@@ -534,6 +534,111 @@ async fn a_500_or_a_reset_connection_is_retried_and_attempts_are_bounded() {
     assert_eq!(server.seen().len(), 3);
 }
 
+/// A server that keeps its first connection alive after one answer, then closes it as the
+/// client reuses it (it reads the second request and answers nothing, as a server closing an
+/// idle connection at that moment does); every later connection is answered. Returns the
+/// URL, the requests read and the connections accepted.
+async fn serve_closing_its_kept_alive_connection(
+    body: Vec<u8>,
+) -> (String, Arc<Mutex<usize>>, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (requests, connections) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+    let (r, c) = (requests.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let first = {
+                let mut c = c.lock().expect("lock");
+                *c += 1;
+                *c == 1
+            };
+            let (r, body) = (r.clone(), body.clone());
+            tokio::spawn(async move {
+                while read_request(&mut socket).await.is_some() {
+                    let n = {
+                        let mut r = r.lock().expect("lock");
+                        *r += 1;
+                        *r
+                    };
+                    if first && n == 2 {
+                        return; // dropped: closed under the reused connection
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if socket.write_all(head.as_bytes()).await.is_err()
+                        || socket.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests, connections)
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_closed_as_it_is_reused_is_retried_at_once_not_after_the_backoff() {
+    let (url, requests, connections) =
+        serve_closing_its_kept_alive_connection(fixture("openai_text.sse")).await;
+    let mut cfg = config(
+        Kind::Openai,
+        &Server {
+            url,
+            seen: Arc::default(),
+        },
+    );
+    cfg.answer_timeout = Duration::from_secs(120);
+    // A backoff long enough that waiting it out cannot pass for an immediate retry.
+    let backoff = Duration::from_secs(20);
+    let mut slow = options();
+    slow.retry.backoff_base = backoff;
+    slow.retry.backoff_cap = backoff;
+    let client = HttpProvider::new("oai", &cfg, Some("k"), &slow).expect("client");
+    let (events, error) = collect(&client, &ask("hi")).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&events), "Hello, world!");
+    // As the agent worker does between two requests of a turn (a tool call on its kernel
+    // link), the runtime is busy: the client has not seen its idle connection close.
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let (events, error) = collect(&client, &ask("again")).await;
+    let took = started.elapsed();
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&events), "Hello, world!");
+    // The second request went on the kept-alive connection, failed there, and went again on
+    // a new one at once: the backoff's least wait is half its base.
+    assert_eq!(*requests.lock().expect("lock"), 3);
+    assert_eq!(*connections.lock().expect("lock"), 2);
+    assert!(took < backoff / 4, "the retry waited {took:?}");
+
+    // A second failure of the same request is backed off: the immediate retry is one.
+    let server = serve(vec![
+        Reply::Reset,
+        Reply::Reset,
+        Reply::Sse(fixture("openai_text.sse")),
+    ])
+    .await;
+    let mut cfg = config(Kind::Openai, &server);
+    cfg.answer_timeout = Duration::from_secs(120);
+    let mut measured = options();
+    measured.retry.backoff_base = Duration::from_millis(400);
+    measured.retry.backoff_cap = Duration::from_millis(400);
+    let client = HttpProvider::new("oai", &cfg, Some("k"), &measured).expect("client");
+    let started = Instant::now();
+    let (events, error) = collect(&client, &ask("hi")).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&events), "Hello, world!");
+    assert_eq!(server.seen().len(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_401_or_400_is_typed_names_the_provider_and_is_not_retried() {
     let body =
