@@ -110,6 +110,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # chromium = "/usr/lib/chromium/chromium"
 # Sessions open at once (1..=64), and how long one may sit unused before it is closed, ms.
 # max_sessions = 4
+# Sessions one caller (a token, or the operator's uid) may hold at once (1..=64; at most
+# max_sessions applies), so that one caller cannot take every session.
+# max_sessions_per_caller = 2
 # idle_timeout_ms = 300000
 
 [plugins]
@@ -768,12 +771,17 @@ pub struct BrowserConfig {
     pub chromium: Option<std::path::PathBuf>,
     #[serde(deserialize_with = "browser_sessions")]
     pub max_sessions: u32,
+    #[serde(deserialize_with = "browser_sessions")]
+    pub max_sessions_per_caller: u32,
     #[serde(deserialize_with = "timeout_ms")]
     pub idle_timeout_ms: u64,
 }
 
 /// Defaults and bounds of `[browser]`.
 pub const DEFAULT_BROWSER_SESSIONS: u32 = 4;
+/// Sessions one caller may hold by default: half the default total, so two callers at least
+/// always find room.
+pub const DEFAULT_BROWSER_SESSIONS_PER_CALLER: u32 = 2;
 pub const MAX_BROWSER_SESSIONS: u32 = 64;
 pub const DEFAULT_BROWSER_IDLE_MS: u64 = 300_000;
 
@@ -783,6 +791,7 @@ impl Default for BrowserConfig {
             enabled: false,
             chromium: None,
             max_sessions: DEFAULT_BROWSER_SESSIONS,
+            max_sessions_per_caller: DEFAULT_BROWSER_SESSIONS_PER_CALLER,
             idle_timeout_ms: DEFAULT_BROWSER_IDLE_MS,
         }
     }

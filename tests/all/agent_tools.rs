@@ -368,3 +368,56 @@ fn when_the_window_overflows_the_model_summarises_the_old_turns_and_the_summary_
     assert!(!system_of(fresh).contains(SUMMARY), "{fresh}");
     assert_eq!(user_texts(fresh), ["fresh"]);
 }
+
+/// The browser tools are offered to the agent when its token holds `browser.control` (any
+/// scope: each call is still decided on its `HOST:PORT`) and not otherwise, as the provider
+/// receives the request's tools. Nothing is browsed: no Chromium is started to offer them.
+#[test]
+fn the_agent_is_offered_the_browser_tools_only_when_its_token_holds_browser_control() {
+    let provider = Provider::start(vec![text_answer("ok")]);
+    let home = Home::with_config(
+        &provider.config("[browser]\nenabled = true\nchromium = \"/usr/bin/true\"\n"),
+    );
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\", \"browser.control\"]\n",
+    )
+    .expect("pack");
+    home.start();
+    let browser_tools = |request: &serde_json::Value| -> Vec<String> {
+        offered_functions(request)
+            .into_keys()
+            .filter(|n| n.starts_with("browser"))
+            .collect()
+    };
+    let (without, _) = issue(&home, &[ASK, "tool.invoke:echo"]);
+    let (code, _, err) = ask(&home, &["hello", "--token", &without]);
+    assert_eq!(code, 0, "{err}\n{}", home.log());
+    let (with, _) = issue(&home, &[ASK, "browser.control:127.0.0.1:9"]);
+    let (code, _, err) = ask(&home, &["hello", "--token", &with]);
+    assert_eq!(code, 0, "{err}\n{}", home.log());
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(browser_tools(&requests[0]), Vec::<String>::new());
+    let mut expected: Vec<String> = [
+        "browser_click",
+        "browser_close",
+        "browser_extract",
+        "browser_open",
+        "browser_screenshot",
+        "browser_type",
+        "browser_wait",
+    ]
+    .map(String::from)
+    .to_vec();
+    expected.sort();
+    assert_eq!(browser_tools(&requests[1]), expected);
+    // Each is offered with its input's schema (`browser.open` needs its `url`).
+    assert_eq!(
+        offered_functions(&requests[1])["browser_open"]["parameters"]["required"],
+        serde_json::json!(["url"]),
+        "{}",
+        requests[1]
+    );
+}

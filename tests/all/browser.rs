@@ -1031,3 +1031,119 @@ fn a_page_opens_no_other_window() {
         "a window the page opened loaded: {seen:?}"
     );
 }
+
+/// One caller cannot take every session: past `[browser] max_sessions_per_caller` its next
+/// `browser.open` of a new host is refused (`Overloaded`, naming the key), while another
+/// token still opens one within `max_sessions`; closing one of its own gives the first
+/// caller room again.
+#[test]
+fn one_caller_cannot_take_every_browser_session() {
+    let chromium = need_chromium!("one_caller_cannot_take_every_browser_session");
+    let sites: Vec<Server> = (0..3)
+        .map(|_| Server::html("<title>Site</title>site"))
+        .collect();
+    let grants: Vec<String> = sites
+        .iter()
+        .map(|s| format!("browser.control:127.0.0.1:{}", s.port))
+        .collect();
+    let (home, first) = browsing_home_configured(
+        &chromium,
+        &grants,
+        &[],
+        "max_sessions = 3\nmax_sessions_per_caller = 2\n",
+    );
+    let (second, _) = issue_with_id(&home, &grants[2], "1h");
+    let a = open(&home, &first, &sites[0].url("/"))["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    open(&home, &first, &sites[1].url("/"));
+    let third = call(
+        &home,
+        &first,
+        "browser.open",
+        serde_json::json!({"url": sites[2].url("/")}),
+    );
+    assert!(
+        matches!(&third, Err((_, e)) if e.contains("max_sessions_per_caller")),
+        "{third:?}"
+    );
+    assert!(sites[2].requests().is_empty(), "{:?}", sites[2].requests());
+    // The positive control: another caller opens the host the first could not, within the
+    // total.
+    let other = open(&home, &second, &sites[2].url("/"));
+    assert_eq!(other["title"], "Site", "{other}");
+    // Closing one of its own gives the first caller room again (the total is full now, so a
+    // fourth session waits for any close).
+    call(
+        &home,
+        &first,
+        "browser.close",
+        serde_json::json!({"session": a}),
+    )
+    .expect("close");
+    let again = call(
+        &home,
+        &first,
+        "browser.open",
+        serde_json::json!({"url": sites[0].url("/")}),
+    )
+    .expect("an open after a close");
+    assert_eq!(again["title"], "Site", "{again}");
+}
+
+const FLOOD_PAGE: &str = r#"<html><head><title>Flood</title></head><body>flood
+<script>
+const big = "x".repeat(64 * 1024);
+let n = 0;
+const t0 = Date.now();
+const flood = setInterval(() => {
+  for (let i = 0; i < 5; i++) { console.log(big); fetch("/f?" + (n++)).catch(() => {}); }
+  if (Date.now() - t0 > 2500) clearInterval(flood);
+}, 20);
+</script></body></html>"#;
+
+/// A page that floods DevTools between two calls (console messages of 64 KiB, a stream of
+/// requests, for 2.5 s after its load) is drained as it goes (the unit test `the_pipe_is_drained_between_calls_...`
+/// shows the bound): the next calls are answered, and what the next open reports of the
+/// requests made meanwhile is bounded.
+#[test]
+fn a_page_flooding_devtools_between_calls_leaves_the_next_call_working() {
+    let chromium =
+        need_chromium!("a_page_flooding_devtools_between_calls_leaves_the_next_call_working");
+    let site = Server::start(|path| match path {
+        "/flood" => ("200 OK", Vec::new(), "text/html", FLOOD_PAGE.to_string()),
+        _ => ("200 OK", Vec::new(), "text/plain", "f".to_string()),
+    });
+    let (home, token) = browsing_home(
+        &chromium,
+        &[format!("browser.control:127.0.0.1:{}", site.port)],
+    );
+    let s = open(&home, &token, &site.url("/flood"))["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = site.requests().len();
+    assert!(during > 100, "the page made {during} requests");
+    let got = call(
+        &home,
+        &token,
+        "browser.extract",
+        serde_json::json!({"session": s}),
+    )
+    .expect("extract after the flood");
+    assert_eq!(got["title"], "Flood", "{got}");
+    let again = call(
+        &home,
+        &token,
+        "browser.open",
+        serde_json::json!({"session": s, "url": site.url("/flood")}),
+    )
+    .expect("open after the flood");
+    let reported: u64 = again["subresource_hosts"]
+        .as_object()
+        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    assert!(reported <= 4096, "{reported} requests reported: {again}");
+}

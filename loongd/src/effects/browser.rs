@@ -206,7 +206,11 @@ pub(crate) fn admit(
                 let id = kernel.browser.next_id();
                 let kind = WorkerKind::browser(vec![grant], format!("browser session {id}"));
                 let new = kernel.new_pool(kind);
-                let max = kernel.config.browser.max_sessions as usize;
+                let cfg = &kernel.config.browser;
+                let max = browser::SessionLimits {
+                    total: cfg.max_sessions as usize,
+                    per_caller: cfg.max_sessions_per_caller as usize,
+                };
                 match kernel.browser.add(
                     &id,
                     &b.owner,
@@ -223,12 +227,12 @@ pub(crate) fn admit(
                         b.new_session = true;
                         h
                     }
-                    Err(unused) => {
+                    Err((unused, full)) => {
                         unused.shutdown();
-                        return Err(RemoteError::new(
-                            ErrorKind::Overloaded,
-                            format!("{max} browser sessions are open ([browser] max_sessions); close one with browser.close"),
-                        ));
+                        return Err(RemoteError::new(ErrorKind::Overloaded, match full {
+                            browser::Full::Total(n) => format!("{n} browser sessions are open ([browser] max_sessions); close one with browser.close"),
+                            browser::Full::Caller(n) => format!("this caller has {n} browser sessions open ([browser] max_sessions_per_caller); close one of its own with browser.close"),
+                        }));
                     }
                 }
             }

@@ -5,7 +5,8 @@
 //!
 //! A session belongs to the caller that opened it (its token's public id, or the operator
 //! connection's uid): another caller naming it is told there is no such session. Sessions are
-//! bounded in number (`[browser] max_sessions`) and closed after `[browser] idle_timeout_ms`
+//! bounded in number (`[browser] max_sessions` in all, `[browser] max_sessions_per_caller`
+//! of one caller, so one caller cannot take them all) and closed after `[browser] idle_timeout_ms`
 //! unused; a session whose worker failed (Chromium hung past a deadline, crashed, or was
 //! OOM-killed by its cgroup) is dropped, and the next `browser.open` starts a fresh one.
 
@@ -125,6 +126,21 @@ fn sweep_map(live: &Mutex<HashMap<String, Session>>, idle: Duration) -> Vec<Arc<
         .collect()
 }
 
+/// How many sessions may be open: in all (`[browser] max_sessions`) and of one caller
+/// (`[browser] max_sessions_per_caller`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    pub total: usize,
+    pub per_caller: usize,
+}
+
+/// Which limit refused a new session, and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    Total(usize),
+    Caller(usize),
+}
+
 /// What a call needs of its session.
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
@@ -206,8 +222,9 @@ impl Sessions {
     }
 
     /// Adds session `id` of `owner` on `grant`, run by `pool` until the owner's token expires
-    /// at `expires_ms` (when it has one), unless `max` are open (then the pool is answered
-    /// back, to be shut down).
+    /// at `expires_ms` (when it has one), unless the limits are reached: `max.total` open in
+    /// all, or `max.per_caller` of `owner`'s (then the pool is answered back, to be shut
+    /// down, with which limit it was).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn add(
         &self,
@@ -217,11 +234,14 @@ impl Sessions {
         expires_ms: Option<i64>,
         pool: Arc<Supervisor>,
         chromium: &std::path::Path,
-        max: usize,
-    ) -> Result<Handle, Arc<Supervisor>> {
+        max: SessionLimits,
+    ) -> Result<Handle, (Arc<Supervisor>, Full)> {
         let mut live = self.lock();
-        if live.len() >= max {
-            return Err(pool);
+        if live.values().filter(|s| s.owner == owner).count() >= max.per_caller {
+            return Err((pool, Full::Caller(max.per_caller)));
+        }
+        if live.len() >= max.total {
+            return Err((pool, Full::Total(max.total)));
         }
         let id = id.to_string();
         let loadable = Loadable {

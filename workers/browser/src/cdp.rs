@@ -1,13 +1,20 @@
 //! A thin client of the Chrome DevTools Protocol over `--remote-debugging-pipe`: messages
 //! are JSON texts ended by a NUL byte, untyped (`serde_json::Value`), so a Chromium that adds
-//! fields or events breaks nothing. One command is in flight at a time; the events read while
-//! waiting for its answer are kept (at most [`MAX_EVENTS`]) for the caller to look at. Every
-//! command has a deadline, and no message may be longer than [`MAX_MESSAGE_BYTES`].
+//! fields or events breaks nothing. One command is in flight at a time. A reader task drains
+//! the pipe all the time, between commands too: it hands the awaited command its answer and
+//! keeps the events a session looks at (at most [`MAX_EVENTS`], slimmed); everything else is
+//! read and dropped. So a page that floods DevTools while no call runs neither grows the
+//! worker's memory (what is kept is bounded) nor makes Chromium queue its output (the pipe
+//! is always read), and the next call does not wade through a backlog. Every command has a
+//! deadline, and no message may be longer than [`MAX_MESSAGE_BYTES`].
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The longest message read from Chromium (a full-page screenshot is the largest answer;
@@ -41,29 +48,164 @@ pub enum CdpError {
     #[error("the browser's pipe: {0}")]
     Io(#[from] std::io::Error),
     #[error("a message from the browser is not JSON: {0}")]
-    NotJson(serde_json::Error),
+    NotJson(String),
     #[error("the browser refused {method}: {message}")]
     Refused { method: String, message: String },
 }
 
-/// One DevTools connection: the pipe's two ends, the next command id, and the events seen.
-#[derive(Debug)]
-pub struct Cdp<R, W> {
-    reader: R,
-    writer: W,
-    next_id: u64,
-    events: Vec<Value>,
-    dropped: u64,
+/// Why the reader stopped (the pipe is unusable from then on), kept to answer every later
+/// command.
+#[derive(Debug, Clone)]
+enum Ended {
+    TooLong,
+    Closed,
+    Io(std::io::ErrorKind, String),
+    NotJson(String),
 }
 
-impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Cdp<R, W> {
-    pub fn new(reader: R, writer: W) -> Cdp<R, W> {
+impl Ended {
+    fn of(e: CdpError) -> Ended {
+        match e {
+            CdpError::TooLong => Ended::TooLong,
+            CdpError::Io(e) => Ended::Io(e.kind(), e.to_string()),
+            CdpError::NotJson(m) => Ended::NotJson(m),
+            _ => Ended::Closed,
+        }
+    }
+
+    fn error(&self) -> CdpError {
+        match self {
+            Ended::TooLong => CdpError::TooLong,
+            Ended::Closed => CdpError::Closed,
+            Ended::Io(kind, m) => CdpError::Io(std::io::Error::new(*kind, m.clone())),
+            Ended::NotJson(m) => CdpError::NotJson(m.clone()),
+        }
+    }
+}
+
+/// What the reader task and the commands share.
+#[derive(Debug, Default)]
+struct State {
+    /// The command awaited, and its answer once read.
+    awaited: Option<u64>,
+    answer: Option<Value>,
+    events: VecDeque<Value>,
+    /// Events kept in all (the dropped too), so a waiter tells new ones from old.
+    pushed: u64,
+    dropped: u64,
+    ended: Option<Ended>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken at each answer, kept event and at the reader's end.
+    changed: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One DevTools connection: the pipe's writing end, the next command id, and the reader
+/// task that drains the other end.
+#[derive(Debug)]
+pub struct Cdp<W> {
+    writer: W,
+    next_id: u64,
+    shared: Arc<Shared>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl<W> Drop for Cdp<W> {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads every message of `reader` until it ends: answers to the awaited command, events
+/// kept (slimmed, bounded), the rest dropped.
+async fn drain<R: AsyncBufRead + Unpin>(mut reader: R, shared: Arc<Shared>) {
+    loop {
+        let m = match read_message(&mut reader).await {
+            Ok(m) => m,
+            Err(e) => {
+                shared.lock().ended = Some(Ended::of(e));
+                shared.changed.notify_waiters();
+                return;
+            }
+        };
+        let woke = {
+            let mut st = shared.lock();
+            match m.get("id").and_then(Value::as_u64) {
+                // An answer nobody awaits (its command timed out) is dropped.
+                Some(id) if st.awaited == Some(id) => {
+                    st.answer = Some(m);
+                    true
+                }
+                Some(_) => false,
+                None => match m.get("method").and_then(|_| slim(&m)) {
+                    Some(event) => {
+                        if st.events.len() >= MAX_EVENTS {
+                            st.events.pop_front();
+                            st.dropped += 1;
+                        }
+                        st.events.push_back(event);
+                        st.pushed += 1;
+                        true
+                    }
+                    None => false,
+                },
+            }
+        };
+        if woke {
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Cdp<W> {
+    /// A connection on `reader` and `writer`; its reader task runs on the current runtime
+    /// (a worker's runtime must run it between calls too: a multi-threaded one).
+    pub fn new<R>(reader: R, writer: W) -> Cdp<W>
+    where
+        R: AsyncBufRead + Unpin + Send + 'static,
+    {
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(drain(reader, shared.clone()));
         Cdp {
-            reader,
             writer,
             next_id: 1,
-            events: Vec::new(),
-            dropped: 0,
+            shared,
+            reader,
+        }
+    }
+
+    /// Waits, at most until `until`, for `ready` to find what it looks for in the shared
+    /// state; `None` at `until`. The reader's end is an error.
+    async fn until<T>(
+        &self,
+        until: Instant,
+        mut ready: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<Option<T>, CdpError> {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                if let Some(found) = ready(&mut st) {
+                    return Ok(Some(found));
+                }
+                if let Some(end) = &st.ended {
+                    return Err(end.error());
+                }
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return Ok(None);
+            }
         }
     }
 
@@ -87,7 +229,12 @@ impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Cdp<R, W> {
             method: method.to_string(),
             after: deadline,
         };
-        let mut bytes = serde_json::to_vec(&msg).map_err(CdpError::NotJson)?;
+        {
+            let mut st = self.shared.lock();
+            st.awaited = Some(id);
+            st.answer = None;
+        }
+        let mut bytes = serde_json::to_vec(&msg).map_err(|e| CdpError::NotJson(e.to_string()))?;
         bytes.push(0);
         tokio::time::timeout_at(until, self.writer.write_all(&bytes))
             .await
@@ -95,71 +242,57 @@ impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Cdp<R, W> {
         tokio::time::timeout_at(until, self.writer.flush())
             .await
             .map_err(|_| timeout())??;
-        loop {
-            let m = tokio::time::timeout_at(until, read_message(&mut self.reader))
-                .await
-                .map_err(|_| timeout())??;
-            if m.get("id").and_then(Value::as_u64) == Some(id) {
-                if let Some(e) = m.get("error") {
-                    let message = e
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no message")
-                        .to_string();
-                    return Err(CdpError::Refused {
-                        method: method.to_string(),
-                        message,
-                    });
-                }
-                return Ok(m.get("result").cloned().unwrap_or(Value::Null));
-            }
-            if m.get("method").is_some() {
-                self.keep(m);
-            }
+        let m = self
+            .until(until, |st| st.answer.take().inspect(|_| st.awaited = None))
+            .await?
+            .ok_or_else(timeout)?;
+        if let Some(e) = m.get("error") {
+            let message = e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message")
+                .to_string();
+            return Err(CdpError::Refused {
+                method: method.to_string(),
+                message,
+            });
         }
+        Ok(m.get("result").cloned().unwrap_or(Value::Null))
     }
 
-    /// Reads events until `until` or until `done` holds for one (which is kept too); true
-    /// when it did.
+    /// Waits for an event until `until` or until `done` holds for one kept (since the last
+    /// [`Cdp::take_events`]); true when it did.
     pub async fn wait_event(
         &mut self,
         until: Instant,
         mut done: impl FnMut(&Value) -> bool,
     ) -> Result<bool, CdpError> {
-        if self.events.iter().any(&mut done) {
-            return Ok(true);
-        }
-        loop {
-            let m = match tokio::time::timeout_at(until, read_message(&mut self.reader)).await {
-                Ok(m) => m?,
-                Err(_) => return Ok(false),
-            };
-            if m.get("method").is_some() {
-                let hit = done(&m);
-                self.keep(m);
-                if hit {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-
-    fn keep(&mut self, event: Value) {
-        let Some(event) = slim(&event) else {
-            return;
-        };
-        if self.events.len() >= MAX_EVENTS {
-            self.events.remove(0);
-            self.dropped += 1;
-        }
-        self.events.push(event);
+        let mut looked: Option<u64> = None;
+        let found = self
+            .until(until, |st| {
+                // The events not looked at yet: all at first, then those kept since (the
+                // oldest may have been dropped meanwhile).
+                let len = st.events.len();
+                let new = looked.map_or(len, |at| {
+                    usize::try_from(st.pushed - at).map_or(len, |n| n.min(len))
+                });
+                looked = Some(st.pushed);
+                st.events
+                    .iter()
+                    .skip(len - new)
+                    .any(&mut done)
+                    .then_some(())
+            })
+            .await?;
+        Ok(found.is_some())
     }
 
     /// The events kept since the last call, and how many were dropped past [`MAX_EVENTS`].
     pub fn take_events(&mut self) -> (Vec<Value>, u64) {
+        let mut st = self.shared.lock();
         (
-            std::mem::take(&mut self.events),
-            std::mem::take(&mut self.dropped),
+            std::mem::take(&mut st.events).into(),
+            std::mem::take(&mut st.dropped),
         )
     }
 }
@@ -215,7 +348,7 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Val
         message.extend_from_slice(&buf[..take]);
         reader.consume(take + usize::from(end));
         if end {
-            return serde_json::from_slice(&message).map_err(CdpError::NotJson);
+            return serde_json::from_slice(&message).map_err(|e| CdpError::NotJson(e.to_string()));
         }
     }
 }
@@ -324,6 +457,80 @@ mod tests {
             let kept: usize = events.iter().map(|e| e.to_string().len()).sum();
             assert!(kept < 16 * 2 * MAX_EVENT_STRING_CHARS, "{kept} bytes kept");
         });
+    }
+
+    /// Between two calls the reader drains the pipe: a page flooding events while no call
+    /// runs (and no thread waits on the runtime) neither blocks Chromium's writes nor grows
+    /// what is kept past [`MAX_EVENTS`] (the oldest dropped and counted), and the next call
+    /// is answered.
+    #[test]
+    fn the_pipe_is_drained_between_calls_and_what_is_kept_is_bounded() {
+        let worker = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client);
+        let mut cdp = {
+            let _in = worker.enter();
+            Cdp::new(tokio::io::BufReader::new(cr), cw)
+        };
+        let sent = MAX_EVENTS * 2;
+        let (done, drained) = std::sync::mpsc::channel();
+        // The page, in another thread: a console message of 64 KiB after every 31 requests,
+        // ~17 MiB in all, far past the pipe's 64 KiB, while this thread stays outside the
+        // runtime, as the worker does between calls.
+        let page = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let big = "x".repeat(64 * 1024);
+                let mut server = server;
+                let (mut requests, mut written) = (0, 0u64);
+                while requests < sent {
+                    written += 1;
+                    let e = if written % 32 == 0 {
+                        json!({"method": "Runtime.consoleAPICalled", "params": {"args": [{"value": big}]}})
+                    } else {
+                        json!({"method": "Network.requestWillBeSent", "params": {"requestId": requests.to_string(), "request": {"url": "http://a.test/"}}})
+                    };
+                    requests += usize::from(e["method"] == "Network.requestWillBeSent");
+                    let mut b = serde_json::to_vec(&e).expect("json");
+                    b.push(0);
+                    server.write_all(&b).await.expect("write");
+                }
+                let _ = done.send(());
+                server
+            })
+        });
+        drained
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the flood was not read between calls: the page's writes block");
+        let mut server = page.join().expect("the page");
+        let (events, dropped) = cdp.take_events();
+        assert_eq!(events.len(), MAX_EVENTS);
+        assert_eq!(dropped, (sent - MAX_EVENTS) as u64);
+        assert!(events
+            .iter()
+            .all(|e| e["method"] == "Network.requestWillBeSent"));
+        // The positive control: the next call is answered.
+        let got = worker.block_on(async {
+            let answer = async {
+                let mut sr = tokio::io::BufReader::new(&mut server);
+                let m = read_message(&mut sr).await.expect("a command");
+                let id = m["id"].as_u64().expect("an id");
+                let reply = format!("{{\"id\":{id},\"result\":{{\"ok\":1}}}}\0");
+                sr.get_mut()
+                    .write_all(reply.as_bytes())
+                    .await
+                    .expect("write");
+            };
+            let (got, ()) = tokio::join!(
+                cdp.call(None, "Runtime.evaluate", json!({}), Duration::from_secs(30)),
+                answer
+            );
+            got
+        });
+        assert_eq!(got.ok(), Some(json!({"ok": 1})));
     }
 
     /// A command's answer is matched by id past events (which are kept); a command nobody

@@ -358,7 +358,7 @@ struct Location {
 /// One Chromium with one page, over its DevTools pipe.
 #[derive(Debug)]
 pub struct Session {
-    cdp: Cdp<BufReader<ChildStdout>, ChildStdin>,
+    cdp: Cdp<ChildStdin>,
     child: Child,
     /// The page target's DevTools session.
     page: String,

@@ -170,7 +170,10 @@ fn main() {
         // The worker starts Chromium itself: the tier's sandbox holds both.
         loong_worker_runtime::Final::TierOnly,
         || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // One worker thread of its own: the DevTools reader drains Chromium's pipe
+            // between calls too, while this thread waits for loongd's next request.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
                 .map_err(|e| format!("a runtime for the DevTools client: {e}"))?;
