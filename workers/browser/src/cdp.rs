@@ -498,6 +498,11 @@ mod tests {
                     b.push(0);
                     server.write_all(&b).await.expect("write");
                 }
+                // The last event: once it is kept, the reader has read all the rest.
+                server
+                    .write_all(b"{\"method\":\"Page.loadEventFired\",\"params\":{}}\0")
+                    .await
+                    .expect("write");
                 let _ = done.send(());
                 server
             })
@@ -506,10 +511,13 @@ mod tests {
             .recv_timeout(Duration::from_secs(60))
             .expect("the flood was not read between calls: the page's writes block");
         let mut server = page.join().expect("the page");
+        let until = Instant::now() + Duration::from_secs(30);
+        let last = worker.block_on(cdp.wait_event(until, |e| e["method"] == "Page.loadEventFired"));
+        assert!(matches!(last, Ok(true)), "{last:?}");
         let (events, dropped) = cdp.take_events();
         assert_eq!(events.len(), MAX_EVENTS);
-        assert_eq!(dropped, (sent - MAX_EVENTS) as u64);
-        assert!(events
+        assert_eq!(dropped, (sent + 1 - MAX_EVENTS) as u64);
+        assert!(events[..MAX_EVENTS - 1]
             .iter()
             .all(|e| e["method"] == "Network.requestWillBeSent"));
         // The positive control: the next call is answered.
