@@ -13,7 +13,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use loong_ipc::{
-    client::{Client, ClientError, ConnectOptions},
+    client::{Client, ClientError, ConnectOptions, Event},
     paths::Layout,
     ErrorKind, PeerKind,
 };
@@ -242,24 +242,48 @@ pub(crate) fn request(
     request_within(layout, req, REQUEST_DEADLINE)
 }
 
-/// [`request`] with its own deadline.
+/// [`request`] with its own deadline. The request travels in the same write as the hello.
 pub(crate) fn request_within(
     layout: &Layout,
     req: loong_ipc::message::control::ControlRequest,
     deadline: Duration,
 ) -> Result<loong_ipc::message::control::ControlResponse, Failure> {
-    Ok(connect(layout)?.call(req, deadline)?)
+    let (mut client, id) = start(layout, req, deadline)?;
+    let until = std::time::Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
+    loop {
+        if let Event::Done(answer) = client.next_event(id, until)? {
+            return Ok(answer);
+        }
+    }
 }
 
 /// Connects to the daemon of `layout`; a missing daemon is an error that names the command
 /// that starts one.
 pub(crate) fn connect(layout: &Layout) -> Result<Client, Failure> {
-    let opts = ConnectOptions {
+    Client::connect(&layout.socket, &connect_options()).map_err(|e| not_running(layout, e))
+}
+
+/// Connects to the daemon of `layout` and sends `req` behind the hello (one round trip for
+/// both); returns the client and the request's id.
+pub(crate) fn start(
+    layout: &Layout,
+    req: loong_ipc::message::control::ControlRequest,
+    deadline: Duration,
+) -> Result<(Client, loong_ipc::RequestId), Failure> {
+    Client::connect_with(&layout.socket, &connect_options(), req, deadline)
+        .map_err(|e| not_running(layout, e))
+}
+
+fn connect_options() -> ConnectOptions {
+    ConnectOptions {
         peer_kind: PeerKind::Operator,
         build: concat!("loongctl ", env!("CARGO_PKG_VERSION")).to_string(),
         timeout: CONNECT_TIMEOUT,
-    };
-    Client::connect(&layout.socket, &opts).map_err(|e| match e {
+    }
+}
+
+fn not_running(layout: &Layout, e: ClientError) -> Failure {
+    match e {
         ClientError::NotRunning { .. } => Failure {
             code: exit::DAEMON_NOT_RUNNING,
             error: anyhow::anyhow!(
@@ -270,7 +294,7 @@ pub(crate) fn connect(layout: &Layout) -> Result<Client, Failure> {
             ),
         },
         other => other.into(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,18 @@ pub enum ClientError {
     UnexpectedReply { expected: RequestId, got: RequestId },
 }
 
+/// The largest request [`Client::connect_with`] sends behind its hello, before it knows the
+/// callee's frame limit (loongd's default is 1 MiB; one configured below 4 KiB refuses such a
+/// request as it would refuse it sent after the handshake).
+pub const PIPELINED_MAX_BYTES: usize = 4096;
+
+/// The deadline as the envelope carries it.
+fn deadline_ms(deadline: Duration) -> u32 {
+    u32::try_from(deadline.as_millis())
+        .unwrap_or(MAX_DEADLINE_MS)
+        .min(MAX_DEADLINE_MS)
+}
+
 /// How long a blocking write of one frame may take.
 pub const CONNECT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -116,6 +128,63 @@ pub struct Client {
 impl Client {
     /// Connects to `socket` and performs the handshake.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let mut client = Client::open(socket)?;
+        client.out.clear();
+        frame::encode(
+            &Hello::new(opts.peer_kind, opts.build.clone()),
+            client.buf.limit(),
+            &mut client.out,
+        )?;
+        client.handshake(Instant::now() + opts.timeout)?;
+        Ok(client)
+    }
+
+    /// Connects to `socket` and sends `body` as its first request in the same write as the
+    /// hello, so the request costs no round trip of its own; returns the request's id, whose
+    /// answer is read with [`Client::next_event`]. A request that encodes to more than
+    /// [`PIPELINED_MAX_BYTES`] waits for the handshake instead (the callee's frame limit is
+    /// known only then). The callee reads the request only after it welcomed the hello; a
+    /// refused hello is answered, and the request never read.
+    pub fn connect_with<Req: Serialize>(
+        socket: &Path,
+        opts: &ConnectOptions,
+        body: Req,
+        deadline: Duration,
+    ) -> Result<(Client, RequestId), ClientError> {
+        let mut client = Client::open(socket)?;
+        client.out.clear();
+        let hello = Hello::new(opts.peer_kind, opts.build.clone());
+        frame::encode(&hello, client.buf.limit(), &mut client.out)?;
+        let id = client.take_id();
+        let request = Call::Request {
+            id,
+            deadline_ms: deadline_ms(deadline),
+            body,
+        };
+        let hello_len = client.out.len();
+        let small = FrameLimit::new(PIPELINED_MAX_BYTES as u64)?;
+        let pipelined = frame::encode(&request, small, &mut client.out).is_ok();
+        client.handshake(Instant::now() + opts.timeout)?;
+        let sent = client
+            .out
+            .len()
+            .saturating_sub(hello_len + frame::LEN_PREFIX_BYTES);
+        if !pipelined {
+            client.send(&request, Instant::now() + CONNECT_WRITE_TIMEOUT)?;
+        } else if sent > client.buf.limit().get() as usize {
+            // Only a daemon configured below PIPELINED_MAX_BYTES gets here; it refuses the
+            // frame as it would have refused the request sent after the handshake.
+            return Err(FrameError::TooLarge {
+                len: sent as u64,
+                limit: client.buf.limit().get(),
+            }
+            .into());
+        }
+        Ok((client, id))
+    }
+
+    /// A connected client that has not yet sent anything.
+    fn open(socket: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
                 socket: socket.to_path_buf(),
@@ -125,7 +194,7 @@ impl Client {
                 source,
             },
         })?;
-        let mut client = Client {
+        Ok(Client {
             stream,
             buf: FrameBuffer::new(FrameLimit::DEFAULT),
             out: Vec::new(),
@@ -140,20 +209,30 @@ impl Client {
                 },
             },
             next_id: 1,
-        };
-        let deadline = Instant::now() + opts.timeout;
+        })
+    }
+
+    /// Writes what `out` holds (the hello, perhaps a request behind it) and reads the
+    /// handshake's answer.
+    fn handshake(&mut self, deadline: Instant) -> Result<(), ClientError> {
         // A daemon that refuses the peer at accept writes its refusal and closes without
         // reading the hello: sending may then fail, but the refusal is still there to read.
-        let sent = client.send(&Hello::new(opts.peer_kind, opts.build.clone()), deadline);
-        let reply: HandshakeReply = match (client.receive(deadline), sent) {
+        let sent = self.write_out(deadline);
+        let reply: HandshakeReply = match (self.receive(deadline), sent) {
             (Ok(reply), _) => reply,
             (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
         };
-        client.welcome = reply.into_welcome()?;
-        client.buf.set_limit(FrameLimit::new(u64::from(
-            client.welcome.limits.max_frame_bytes,
+        self.welcome = reply.into_welcome()?;
+        self.buf.set_limit(FrameLimit::new(u64::from(
+            self.welcome.limits.max_frame_bytes,
         ))?);
-        Ok(client)
+        Ok(())
+    }
+
+    fn take_id(&mut self) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     /// What the callee said in its `Welcome`.
@@ -280,6 +359,10 @@ impl Client {
     fn send<T: Serialize>(&mut self, msg: &T, until: Instant) -> Result<(), ClientError> {
         self.out.clear();
         frame::encode(msg, self.buf.limit(), &mut self.out)?;
+        self.write_out(until)
+    }
+
+    fn write_out(&mut self, until: Instant) -> Result<(), ClientError> {
         self.stream
             .set_write_timeout(Some(remaining(until)?))
             .map_err(ClientError::Io)?;
@@ -317,5 +400,115 @@ fn io_error(e: io::Error) -> ClientError {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ClientError::Closed,
         _ => ClientError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::net::UnixListener, thread};
+
+    use super::*;
+    use crate::message::handshake::PROTOCOL_VERSION;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A callee that reads `frames` frames before it writes anything, then welcomes the
+    /// hello and answers the request it read; returns the request's body.
+    fn callee(listener: UnixListener, frames: usize) -> thread::JoinHandle<String> {
+        thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+            let hello: Hello = read_message(&mut s, &mut buf);
+            let request: Option<Call<String>> =
+                (frames > 1).then(|| read_message(&mut s, &mut buf));
+            assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
+            let mut out = Vec::new();
+            let welcome = HandshakeReply::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                build: "test".into(),
+                connection_id: 1,
+                limits: crate::Limits {
+                    max_frame_bytes: FrameLimit::DEFAULT.get(),
+                    max_in_flight: 4,
+                    frame_read_timeout_ms: 1000,
+                },
+            });
+            frame::encode(&welcome, FrameLimit::DEFAULT, &mut out).expect("welcome");
+            s.write_all(&out).expect("write welcome");
+            let request = match request {
+                Some(r) => r,
+                None => read_message(&mut s, &mut buf),
+            };
+            let Call::Request { id, body, .. } = request else {
+                panic!("not a request")
+            };
+            out.clear();
+            let answer: Reply<String> = Reply::Response {
+                id,
+                result: Ok(format!("answer to {}", body.len())),
+            };
+            frame::encode(&answer, FrameLimit::DEFAULT, &mut out).expect("answer");
+            s.write_all(&out).expect("write answer");
+            body
+        })
+    }
+
+    fn read_message<T: DeserializeOwned>(s: &mut UnixStream, buf: &mut FrameBuffer) -> T {
+        loop {
+            if let Some(m) = buf.next_message().expect("a frame") {
+                return m;
+            }
+            let n = buf
+                .fill(|space| s.read(space))
+                .expect("fill")
+                .expect("read");
+            assert!(n > 0, "the client closed");
+        }
+    }
+
+    fn options() -> ConnectOptions {
+        ConnectOptions {
+            peer_kind: PeerKind::Operator,
+            build: "test".into(),
+            timeout: WAIT,
+        }
+    }
+
+    /// A small first request reaches the callee with the hello, before it welcomed anything:
+    /// a callee that waits for both frames before writing answers it (with the request sent
+    /// after the welcome it would wait until the client's timeout).
+    #[test]
+    fn a_small_first_request_travels_with_the_hello() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let server = callee(UnixListener::bind(&path).expect("bind"), 2);
+        let (mut client, id) =
+            Client::connect_with(&path, &options(), "status".to_string(), WAIT).expect("connect");
+        let answer = client.next_event::<String>(id, Instant::now() + WAIT);
+        assert!(
+            matches!(answer, Ok(Event::Done(ref a)) if a == "answer to 6"),
+            "{answer:?}"
+        );
+        assert_eq!(server.join().expect("callee"), "status");
+    }
+
+    /// A first request above PIPELINED_MAX_BYTES waits for the welcome (the callee's limit):
+    /// the callee reads the hello alone, and the request still arrives and is answered.
+    #[test]
+    fn a_large_first_request_waits_for_the_welcome() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let server = callee(UnixListener::bind(&path).expect("bind"), 1);
+        let big = "x".repeat(PIPELINED_MAX_BYTES + 1);
+        let (mut client, id) =
+            Client::connect_with(&path, &options(), big.clone(), WAIT).expect("connect");
+        let answer = client.next_event::<String>(id, Instant::now() + WAIT);
+        let want = format!("answer to {}", big.len());
+        assert!(
+            matches!(answer, Ok(Event::Done(ref a)) if *a == want),
+            "{answer:?}"
+        );
+        assert_eq!(server.join().expect("callee"), big);
     }
 }

@@ -468,3 +468,55 @@ fn a_closed_output_ends_loongctl_and_its_sandbox() {
     .len()
         == 1));
 }
+
+/// loongctl sends its run in the hello's write: the run still relays stdin, stdout and
+/// stderr, exits with the program's code, and its decision, `sandbox.spawned` and
+/// `sandbox.exited` records are committed when loongctl returns (read straight from the
+/// database, without an audit query, which would flush what lingers first).
+#[test]
+fn a_run_sent_with_its_hello_relays_stdio_exits_with_its_code_and_is_recorded_first() {
+    let home = Home::new();
+    home.start();
+    let mut child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["sandbox", "run", "--tier", "balanced", "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "read line; echo \"out:$line\"; echo err:1 >&2; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("loongctl output");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out:hello\n");
+    assert!(text(&out.stderr).contains("err:1"), "{}", text(&out.stderr));
+    let db = rusqlite::Connection::open(home.path().join("audit.db")).expect("db");
+    let correlation: String = db
+        .query_row(
+            "SELECT correlation FROM audit WHERE kind = 'sandbox.exited' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a sandbox.exited record when loongctl returned");
+    for kind in ["policy.decision", "sandbox.spawned"] {
+        let n: i64 = db
+            .query_row(
+                "SELECT count(*) FROM audit WHERE kind = ?1 AND correlation = ?2",
+                [kind, correlation.as_str()],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert!(n >= 1, "no {kind} record for the run {correlation}");
+    }
+}

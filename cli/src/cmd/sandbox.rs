@@ -22,7 +22,7 @@ use loong_ipc::{
 };
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::{connect, Failure};
+use crate::{start, Failure};
 
 /// Added to `--timeout` for the request's own deadline, so loongd reports the timeout itself.
 pub const DEADLINE_SLACK: Duration = Duration::from_secs(30);
@@ -188,14 +188,15 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .timeout_ms
         .map(|t| Duration::from_millis(t) + DEADLINE_SLACK)
         .unwrap_or(NO_TIMEOUT_DEADLINE);
-    let mut client = connect(layout)?;
+    // The request travels in the same write as the hello (one round trip for both).
+    let (mut client, id) = start(layout, ControlRequest::SandboxRun(Box::new(req)), deadline)?;
     // From here on SIGINT is taken by a thread of its own (blocked before any thread starts,
     // and only once connected, so a daemon that `connect` started never inherits the mask).
+    // Before this an interrupt ends loongctl, and its connection's end ends the run.
     let sigint = SigSet::from(Signal::SIGINT);
     sigint
         .thread_block()
         .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
-    let id = client.start(ControlRequest::SandboxRun(Box::new(req)), deadline)?;
     let input = Arc::new(Mutex::new(client.input()?));
     let interrupts = Arc::new(AtomicU32::new(0));
     spawn_stdin_feeder(input.clone(), id);

@@ -3,7 +3,7 @@
 use loong_ipc::{paths::Layout, ControlRequest, ControlResponse, StatusReport};
 use serde::Serialize;
 
-use crate::{connect, exit, text::Esc, Failure, REQUEST_DEADLINE};
+use crate::{exit, text::Esc, Failure};
 
 /// The JSON shape of `loongctl status --json`; field names are stable (docs/cli.md).
 #[derive(Debug, Serialize)]
@@ -33,8 +33,7 @@ impl<'a> From<&'a StatusReport> for StatusJson<'a> {
 
 /// Asks the daemon of `layout` for its status.
 pub(crate) fn fetch(layout: &Layout) -> Result<StatusReport, Failure> {
-    let mut client = connect(layout)?;
-    match client.call::<_, ControlResponse>(ControlRequest::Status, REQUEST_DEADLINE)? {
+    match crate::request(layout, ControlRequest::Status)? {
         ControlResponse::Status(s) => Ok(s),
         other => Err(anyhow::anyhow!("unexpected answer to status: {other:?}").into()),
     }
