@@ -669,6 +669,140 @@ fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
     );
 }
 
+/// A durable commit syncs the trail's WAL with fdatasync(2), never fsync(2): fsync also
+/// flushes the file's timestamps, which on ext4 waits for a journal commit of everything the
+/// machine wrote (docs/performance.md, "Warm calls"). Traced with strace through a start and
+/// a clean stop (each a `synchronous = FULL` commit).
+#[test]
+fn the_audit_trail_syncs_its_commits_with_fdatasync() {
+    const TEST: &str = "the_audit_trail_syncs_its_commits_with_fdatasync";
+    let traced = Command::new("strace").arg("-V").output();
+    if !traced.is_ok_and(|o| o.status.success()) {
+        crate::support::skip(TEST, "strace is not installed");
+        return;
+    }
+    let home = Home::new();
+    let trace = home.path().join("sync.trace");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["daemon", "start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    assert!(
+        wait_until(Duration::from_secs(30), || home
+            .path()
+            .join("run/loongd.sock")
+            .exists()
+            && home.ctl(&["status"]).status.success()),
+        "loongd did not start under strace"
+    );
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let _ = strace.wait();
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    let wal = |call: &str| {
+        trace
+            .lines()
+            .filter(|l| l.contains(&format!("{call}(")) && l.contains("audit.db-wal>"))
+            .count()
+    };
+    // Positive control: the trace sees the WAL's syncs at all.
+    assert!(wal("fdatasync") >= 2, "no fdatasync of the WAL:\n{trace}");
+    assert_eq!(
+        wal(" fsync") + wal("]fsync"),
+        0,
+        "the WAL was synced with fsync:\n{trace}"
+    );
+}
+
+/// What an answered tool call promises (docs/performance.md, "Warm calls"): its decision and
+/// its `tool.invoked` record were committed before the answer, so `kill -9` of loongd right
+/// after answers leaves every answered call in the trail; calls from several connections at
+/// once, so that the records share group commits.
+#[test]
+fn answered_tool_calls_survive_kill_9_right_after_the_answer() {
+    const CLIENTS: usize = 4;
+    let home = Arc::new(Home::new());
+    crate::workers::install_examples(&home);
+    let pid = home.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (socket, stop, answered) = (home.socket(), stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let opts = loong_ipc::client::ConnectOptions {
+                    peer_kind: loong_ipc::PeerKind::Operator,
+                    build: "test".into(),
+                    timeout: Duration::from_secs(5),
+                };
+                let mut client =
+                    loong_ipc::client::Client::connect(&socket, &opts).expect("connect");
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let marker = format!("k-{c}-{n}");
+                    let call = loong_ipc::ControlRequest::Invoke(loong_ipc::InvokeRequest {
+                        tool: "echo".into(),
+                        input: serde_json::json!({ "marker": marker }).to_string(),
+                        token: None,
+                    });
+                    match client
+                        .call::<_, loong_ipc::ControlResponse>(call, Duration::from_secs(30))
+                    {
+                        Ok(loong_ipc::ControlResponse::Invoked(out)) => {
+                            assert!(out.output.contains(&marker), "{}", out.output);
+                            answered.lock().expect("lock").push(marker);
+                        }
+                        _ => return, // the daemon is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || answered
+            .lock()
+            .expect("lock")
+            .len()
+            >= 40),
+        "calls did not get going"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let answered = answered.lock().expect("lock").len();
+    home.start();
+    let ok = home.ctl(&["audit", "verify", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    let echo = |r: &&serde_json::Value| r["detail"]["tool"] == "echo";
+    let invoked = recent(&home, "tool.invoked").iter().filter(echo).count();
+    let allowed = recent(&home, "policy.decision")
+        .iter()
+        .filter(|r| r["detail"]["allowed"] == true)
+        .count();
+    // Every answered call is there; calls cut off before their answer may be too.
+    assert!(
+        invoked >= answered && allowed >= answered,
+        "{answered} calls answered, {invoked} tool.invoked and {allowed} allowed decisions recorded"
+    );
+    assert!(answered >= 40, "only {answered} calls answered");
+}
+
 #[test]
 fn calls_cut_off_by_kill_9_are_closed_at_the_next_start() {
     let home = Home::new();

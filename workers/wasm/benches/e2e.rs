@@ -31,7 +31,7 @@ use loong_worker_wasm::{PluginSpec, WasmEngine};
 
 #[path = "../../bench_support.rs"]
 mod bench_support;
-use bench_support::{percentile, release_dir};
+use bench_support::{figure, percentile, release_dir, us, Figure};
 
 const WARM_CALLS: usize = 3_000;
 const FLOOR_CALLS: usize = 20_000;
@@ -41,6 +41,11 @@ const CONCURRENT_THREADS: usize = 50;
 const CONCURRENT_PER_THREAD: usize = 20;
 
 fn report(name: &str, samples: &mut [Duration]) -> Duration {
+    report_p99(name, samples).0
+}
+
+/// [`report`], returning the 99th percentile too.
+fn report_p99(name: &str, samples: &mut [Duration]) -> (Duration, Duration) {
     let med = percentile(samples, 0.5);
     let p99 = percentile(samples, 0.99);
     println!(
@@ -49,7 +54,7 @@ fn report(name: &str, samples: &mut [Duration]) -> Duration {
         p99.as_secs_f64() * 1e6,
         samples.len()
     );
-    med
+    (med, p99)
 }
 
 fn examples() -> PathBuf {
@@ -75,7 +80,15 @@ fn floor() -> Duration {
             t.elapsed()
         })
         .collect();
-    report("floor: in-process call (fresh Store)", &mut samples)
+    let (med, p99) = report_p99("floor: in-process call (fresh Store)", &mut samples);
+    figure(&Figure {
+        name: "in-process plugin call (fresh Store)",
+        value: us(med),
+        unit: "µs",
+        p99: Some(us(p99)),
+        ..Figure::default()
+    });
+    med
 }
 
 fn unix_round_trip() -> Duration {
@@ -100,7 +113,15 @@ fn unix_round_trip() -> Duration {
         .collect();
     drop(a);
     let _ = echo.join();
-    report("floor: raw unix-socket round trip", &mut samples)
+    let (med, p99) = report_p99("floor: raw unix-socket round trip", &mut samples);
+    figure(&Figure {
+        name: "raw Unix round trip (64 B)",
+        value: us(med),
+        unit: "µs",
+        p99: Some(us(p99)),
+        ..Figure::default()
+    });
+    med
 }
 
 /// One `fsync` of a small append in `dir`: the floor of a durable audit commit, which every
@@ -117,7 +138,15 @@ fn fsync_floor(dir: &Path) -> Duration {
         })
         .collect();
     let _ = std::fs::remove_file(&path);
-    report("floor: fsync of an append (audit commit)", &mut samples)
+    let (med, p99) = report_p99("floor: fsync of an append (audit commit)", &mut samples);
+    figure(&Figure {
+        name: "fsync of a small append",
+        value: us(med),
+        unit: "µs",
+        p99: Some(us(p99)),
+        ..Figure::default()
+    });
+    med
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -151,6 +180,37 @@ fn descendant(pid: u32, comm: &str) -> Option<u32> {
 
 fn invoke(c: &mut Client, n: u64) -> u64 {
     invoke_tool(c, "echo", n)
+}
+
+/// Calls echo with `{"n": n}`; returns the `n` its answer carries back.
+fn invoke_echoed(c: &mut Client, n: u64) -> u64 {
+    let r: ControlResponse = c
+        .call(
+            ControlRequest::Invoke(InvokeRequest {
+                tool: "echo".into(),
+                input: format!(r#"{{"n":{n}}}"#),
+                token: None,
+            }),
+            Duration::from_secs(60),
+        )
+        .expect("call");
+    let ControlResponse::Invoked(out) = r else {
+        panic!("unexpected answer {r:?}")
+    };
+    let v: serde_json::Value = serde_json::from_str(&out.output).expect("echo answers JSON");
+    find_n(&v).unwrap_or(u64::MAX)
+}
+
+/// The first `"n"` number anywhere in `v`.
+fn find_n(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| m.values().find_map(find_n)),
+        serde_json::Value::Array(a) => a.iter().find_map(find_n),
+        _ => None,
+    }
 }
 
 fn invoke_tool(c: &mut Client, tool: &str, n: u64) -> u64 {
@@ -222,7 +282,15 @@ fn warm_without_fsync(bin: &Path, budget: Duration) {
             t.elapsed()
         })
         .collect();
-    let warm = report("warm call, audit sync = normal", &mut samples);
+    let (warm, p99) = report_p99("warm call, audit sync = normal", &mut samples);
+    figure(&Figure {
+        name: "warm call, audit.sync = normal",
+        value: us(warm),
+        unit: "µs",
+        p99: Some(us(p99)),
+        floor: Some(("in-process call + 2 round trips", us(budget))),
+        goal: "≤ 2×",
+    });
     println!(
         "{:40} {:.2}× (goal ≤ 2×)",
         "  … / (floor + 2 round trips)",
@@ -254,8 +322,16 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
             t.elapsed()
         })
         .collect();
-    let warm = report("warm call: client → loongd → worker", &mut samples);
+    let (warm, p99) = report_p99("warm call: client → loongd → worker", &mut samples);
     let budget = floor + rtt * 2;
+    figure(&Figure {
+        name: "warm call, audit.sync = full",
+        value: us(warm),
+        unit: "µs",
+        p99: Some(us(p99)),
+        floor: Some(("in-process call + 2 round trips + fsync", us(budget + sync))),
+        goal: "≤ 1.2×",
+    });
     println!(
         "{:40} {:.2}× (floor + 2 round trips = {:.1} µs; goal ≤ 2×)",
         "warm / (floor + 2 round trips)",
@@ -338,7 +414,7 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
     report("cold call: spawn + load + call", &mut cold);
 
     let t = Instant::now();
-    let answered: Vec<u64> = std::thread::scope(|s| {
+    let answered: Vec<(u64, u64, Duration)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONCURRENT_THREADS)
             .map(|th| {
                 let socket = socket.clone();
@@ -347,8 +423,9 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
                     (0..CONCURRENT_PER_THREAD)
                         .map(|i| {
                             let n = (th * CONCURRENT_PER_THREAD + i) as u64;
-                            invoke(&mut c, n);
-                            n
+                            let t = Instant::now();
+                            let echoed = invoke_echoed(&mut c, n);
+                            (n, echoed, t.elapsed())
                         })
                         .collect::<Vec<_>>()
                 })
@@ -360,15 +437,42 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
             .collect()
     });
     let wall = t.elapsed();
-    let unique: std::collections::BTreeSet<u64> = answered.iter().copied().collect();
+    // Each call's answer carries its own input back: every call answered, once, with its own.
+    let own = answered.iter().filter(|(n, echoed, _)| n == echoed).count();
+    let unique: std::collections::BTreeSet<u64> = answered.iter().map(|(_, e, _)| *e).collect();
+    let rate = answered.len() as f64 / wall.as_secs_f64();
+    let mut latency: Vec<Duration> = answered.iter().map(|(_, _, d)| *d).collect();
+    let (med, p99) = (
+        percentile(&mut latency, 0.5),
+        percentile(&mut latency, 0.99),
+    );
     println!(
-        "{:40} {} calls, {} distinct answers, {:.0} ms, {:.0} calls/s",
+        "{:40} {} calls, {} answered with their own input, {} distinct, {:.0} ms, {:.0} calls/s, median {:.1} µs, p99 {:.1} µs",
         "concurrent: 50 connections × 20",
         answered.len(),
+        own,
         unique.len(),
         wall.as_secs_f64() * 1e3,
-        answered.len() as f64 / wall.as_secs_f64()
+        rate,
+        us(med),
+        us(p99)
     );
+    assert_eq!((own, unique.len()), (answered.len(), answered.len()));
+    figure(&Figure {
+        name: "1,000 concurrent calls over 50 connections (sync = full)",
+        value: rate,
+        unit: "calls/s",
+        p99: None,
+        floor: None,
+        goal: "≥ 20000 calls/s",
+    });
+    figure(&Figure {
+        name: "  latency of one of them",
+        value: us(med),
+        unit: "µs",
+        p99: Some(us(p99)),
+        ..Figure::default()
+    });
     ctl(&["daemon", "stop"]);
 }
 
