@@ -1,6 +1,8 @@
-//! The chat channels' state in `HOME/state.db` (tables added by state.db schema version 3):
-//! each channel's configuration and token id, Telegram's update offset, the inbox of
-//! received messages, the outbox of answers to send, and Feishu's seen event ids.
+//! The chat channels' state in `HOME/state.db` (tables added by state.db schema version 3;
+//! the approvals offered and the token generation by version 5): each channel's
+//! configuration, token id and generation, Telegram's update offset, the inbox of received
+//! messages, the outbox of answers to send, the approvals offered to its operator chats, and
+//! Feishu's seen event ids.
 //!
 //! **Exactly once.** A batch of received updates and the offset past them are committed in
 //! ONE transaction ([`ChannelStore::receive`]): a kill before the commit leaves the old offset
@@ -100,6 +102,39 @@ CREATE TABLE IF NOT EXISTS channel_events (
 /// The statements of state.db's schema step from version 2 to 3.
 pub const SCHEMA_STEP: &str = SCHEMA;
 
+/// The approvals offered to a channel's operator chats: one row per approval and chat,
+/// `pending` (to send), `sent`, or `closed` (resolved before it was sent).
+macro_rules! offers_table {
+    () => {
+        "CREATE TABLE IF NOT EXISTS channel_offers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    approval TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER,
+    UNIQUE (channel, approval, chat)
+);
+CREATE INDEX IF NOT EXISTS channel_offers_state ON channel_offers (channel, state, id);"
+    };
+}
+const OFFERS_SCHEMA: &str = offers_table!();
+
+/// A channel's token generation, added to `channels` by state.db's step from 4 to 5.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("generation", "INTEGER NOT NULL DEFAULT 1")];
+
+/// The statements of state.db's schema step from version 4 to 5: the approvals offered over
+/// chat, and each channel's token generation.
+pub const OFFERS_SCHEMA_STEP: &str = concat!(
+    offers_table!(),
+    "\nALTER TABLE channels ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;"
+);
+
+/// The most bytes of an offer's text (what the operator chat is shown of the approval).
+pub const MAX_OFFER_TEXT_BYTES: usize = 1024;
+
 /// A channel store operation refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelStoreError {
@@ -121,6 +156,8 @@ pub enum ChannelStoreError {
     BadOffset { channel: String, offset: i64 },
     #[error("channel `{channel}`: outbox item {id} is not one of its pending answers")]
     NotPending { channel: String, id: i64 },
+    #[error("channel `{channel}`: offer {id} is not one of its pending offers")]
+    OfferNotPending { channel: String, id: i64 },
     #[error("channel `{channel}`: a text of {len} bytes is above the {limit}-byte limit")]
     TextTooLarge {
         channel: String,
@@ -136,6 +173,8 @@ pub struct ChannelRow {
     pub kind: String,
     pub config_json: String,
     pub token_id: String,
+    /// 1 when added; one more at each restart (each a new token, the old one revoked).
+    pub generation: u64,
 }
 
 /// A message the worker hands over.
@@ -189,6 +228,15 @@ pub struct OutboxItem {
     pub text: String,
 }
 
+/// An approval to offer to an operator chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferItem {
+    pub id: i64,
+    pub approval: String,
+    pub chat: String,
+    pub text: String,
+}
+
 /// A channel's counts, for `channels status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -213,15 +261,183 @@ pub struct ChannelStore {
     db: StateDb,
     /// The channel and chat whose message was claimed last (the turns go round the chats).
     last_claimed: std::sync::Mutex<Option<(String, String)>>,
+    /// The turns running now, by their chain's root: which channel each is for (an
+    /// approval one asks for is offered to that channel's operator chats).
+    turns: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The operator chats in a channel's configuration.
+fn operator_chats(config_json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(config_json)
+        .ok()
+        .and_then(|c| {
+            c["operator_chats"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 impl ChannelStore {
     /// Opens the tables in `path`.
     pub fn open(path: &Path) -> Result<ChannelStore, TokenError> {
+        let db = StateDb::open(path, &format!("{SCHEMA}\n{OFFERS_SCHEMA}"))?;
+        db.add_columns("channels", ADDED_COLUMNS)?;
         Ok(ChannelStore {
-            db: StateDb::open(path, SCHEMA)?,
+            db,
             last_claimed: std::sync::Mutex::new(None),
+            turns: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// A turn of `channel`'s starts under the chain `root`; [`ChannelStore::turn_ended`]
+    /// when it ends.
+    pub fn turn_started(&self, root: &str, channel: &str) {
+        lock(&self.turns).insert(root.to_owned(), channel.to_owned());
+    }
+
+    /// The turn of chain `root` ended.
+    pub fn turn_ended(&self, root: &str) {
+        lock(&self.turns).remove(root);
+    }
+
+    /// The channel whose turn runs under the chain `root`, if one does.
+    pub fn turn_channel(&self, root: &str) -> Option<String> {
+        lock(&self.turns).get(root).cloned()
+    }
+
+    /// Offers the pending `approval` to each operator chat of `channel` (once per chat,
+    /// however often it is asked); returns how many chats it is offered to.
+    pub fn offer(
+        &self,
+        channel: &str,
+        approval: &str,
+        text: &str,
+    ) -> Result<usize, ChannelStoreError> {
+        if text.len() > MAX_OFFER_TEXT_BYTES {
+            return Err(ChannelStoreError::TextTooLarge {
+                channel: channel.to_owned(),
+                len: text.len(),
+                limit: MAX_OFFER_TEXT_BYTES,
+            });
+        }
+        let chats = operator_chats(&self.get(channel)?.config_json);
+        let at = now_ms();
+        Ok(self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            for chat in &chats {
+                tx.execute(
+                    "INSERT OR IGNORE INTO channel_offers (channel, approval, chat, text, state, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                    params![channel, approval, chat, text, at],
+                )?;
+            }
+            tx.commit()?;
+            Ok(chats.len())
+        })?)
+    }
+
+    /// The channel's oldest offers not yet sent, at most `limit`.
+    pub fn offers(&self, channel: &str, limit: u32) -> Result<Vec<OfferItem>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            let mut s = c.prepare(
+                "SELECT id, approval, chat, text FROM channel_offers
+                 WHERE channel = ?1 AND state = 'pending' ORDER BY id LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![channel, limit], |r| {
+                Ok(OfferItem {
+                    id: r.get(0)?,
+                    approval: r.get(1)?,
+                    chat: r.get(2)?,
+                    text: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })?)
+    }
+
+    /// Offer `id` of `channel` is `sent` (its buttons reached the chat) or `closed` (its
+    /// approval was resolved before it was sent). Returns its chat and approval; an id that
+    /// is not one of this channel's pending offers is refused.
+    pub fn settle_offer(
+        &self,
+        channel: &str,
+        id: i64,
+        sent: bool,
+    ) -> Result<(String, String), ChannelStoreError> {
+        let state = if sent { "sent" } else { "closed" };
+        let done = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let n = tx.execute(
+                "UPDATE channel_offers SET state = ?3, sent_ms = ?4
+                 WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
+                params![id, channel, state, now_ms()],
+            )?;
+            let row = if n == 1 {
+                Some(tx.query_row(
+                    "SELECT chat, approval FROM channel_offers WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(row)
+        })?;
+        done.ok_or_else(|| ChannelStoreError::OfferNotPending {
+            channel: channel.to_owned(),
+            id,
+        })
+    }
+
+    /// Whether `approval` was offered to `chat` of `channel`.
+    pub fn offered(
+        &self,
+        channel: &str,
+        approval: &str,
+        chat: &str,
+    ) -> Result<bool, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM channel_offers WHERE channel = ?1 AND approval = ?2 AND chat = ?3",
+                params![channel, approval, chat],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+        })?)
+    }
+
+    /// The channel runs under a new token: `token_id`, of the next generation (returned).
+    pub fn next_generation(&self, name: &str, token_id: &str) -> Result<u64, ChannelStoreError> {
+        let generation = self.db.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let n = tx.execute(
+                "UPDATE channels SET token_id = ?2, generation = generation + 1 WHERE name = ?1",
+                params![name, token_id],
+            )?;
+            let g: Option<i64> = if n == 1 {
+                Some(tx.query_row(
+                    "SELECT generation FROM channels WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )?)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(g)
+        })?;
+        generation
+            .map(i64::unsigned_abs)
+            .ok_or_else(|| ChannelStoreError::NoSuchChannel(name.to_owned()))
     }
 
     /// Adds a channel.
@@ -251,7 +467,7 @@ impl ChannelStore {
         self.db
             .with(|c| {
                 c.query_row(
-                    "SELECT name, kind, config_json, token_id FROM channels WHERE name = ?1",
+                    "SELECT name, kind, config_json, token_id, generation FROM channels WHERE name = ?1",
                     params![name],
                     channel_row,
                 )
@@ -263,25 +479,12 @@ impl ChannelStore {
     /// Every channel, by name.
     pub fn list(&self) -> Result<Vec<ChannelRow>, ChannelStoreError> {
         Ok(self.db.with(|c| {
-            let mut s =
-                c.prepare("SELECT name, kind, config_json, token_id FROM channels ORDER BY name")?;
+            let mut s = c.prepare(
+                "SELECT name, kind, config_json, token_id, generation FROM channels ORDER BY name",
+            )?;
             let rows = s.query_map([], channel_row)?;
             rows.collect()
         })?)
-    }
-
-    /// Sets the channel's token id (a restart issues a new generation).
-    pub fn set_token(&self, name: &str, token_id: &str) -> Result<(), ChannelStoreError> {
-        let n = self.db.with(|c| {
-            c.execute(
-                "UPDATE channels SET token_id = ?2 WHERE name = ?1",
-                params![name, token_id],
-            )
-        })?;
-        if n == 0 {
-            return Err(ChannelStoreError::NoSuchChannel(name.to_owned()));
-        }
-        Ok(())
     }
 
     /// Removes the channel and everything kept for it, in one transaction.
@@ -290,7 +493,12 @@ impl ChannelStore {
         self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
-            for table in ["channel_inbox", "channel_outbox", "channel_events"] {
+            for table in [
+                "channel_inbox",
+                "channel_outbox",
+                "channel_events",
+                "channel_offers",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE channel = ?1"),
                     params![name],
@@ -531,6 +739,18 @@ impl ChannelStore {
         })?)
     }
 
+    /// The message `inbox_id`, whose turn ran under a token generation that is gone, waits
+    /// for its turn again (running → pending). False when it was not running.
+    pub fn requeue(&self, inbox_id: i64) -> Result<bool, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            c.execute(
+                "UPDATE channel_inbox SET state = 'pending' WHERE id = ?1 AND state = 'running'",
+                params![inbox_id],
+            )
+            .map(|n| n == 1)
+        })?)
+    }
+
     /// The message `inbox_id` is answered with `text`: the outbox row and the answered mark
     /// in ONE transaction. A message already answered (or ignored) is left as it is: false.
     pub fn answer(&self, inbox_id: i64, text: &str) -> Result<bool, ChannelStoreError> {
@@ -669,6 +889,7 @@ fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRow> {
         kind: r.get(1)?,
         config_json: r.get(2)?,
         token_id: r.get(3)?,
+        generation: r.get::<_, i64>(4)?.unsigned_abs(),
     })
 }
 

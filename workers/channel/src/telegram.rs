@@ -469,6 +469,30 @@ impl Telegram {
         Ok(())
     }
 
+    /// Sends an approval's offer to `chat` as one plain-text message with two inline
+    /// buttons (`Approve`, `Deny`) whose data loongd chose; returns the message's id.
+    pub async fn send_offer(
+        &self,
+        chat: i64,
+        text: &str,
+        approve: &str,
+        deny: &str,
+    ) -> Result<i64, ChannelError> {
+        let body = json!({
+            "chat_id": chat,
+            "text": text,
+            "reply_markup": {"inline_keyboard": [[
+                {"text": "Approve", "callback_data": approve},
+                {"text": "Deny", "callback_data": deny},
+            ]]},
+        });
+        let answer = self.call("sendMessage", &body).await?;
+        Ok(answer
+            .get("message_id")
+            .and_then(Value::as_i64)
+            .unwrap_or(0))
+    }
+
     /// `sendChatAction` `typing` to `chat`.
     pub async fn send_typing(&self, chat: i64) -> Result<(), ChannelError> {
         self.call(

@@ -10,6 +10,7 @@ fn store() -> (tempfile::TempDir, ChannelStore) {
         kind: "telegram".into(),
         config_json: "{}".into(),
         token_id: "tok-1".into(),
+        generation: 1,
     })
     .expect("add");
     (dir, s)
@@ -80,6 +81,7 @@ fn every_message_is_answered_once_across_a_restart() {
             kind: "telegram".into(),
             config_json: "{}".into(),
             token_id: "t".into(),
+            generation: 1,
         })
         .expect("add");
         s.receive("tg", Some(3), &[msg(1, 7, "one"), msg(2, 7, "two")])
@@ -174,6 +176,7 @@ fn channels_are_added_once_and_removed_whole() {
             kind: "telegram".into(),
             config_json: "{}".into(),
             token_id: "x".into(),
+            generation: 1,
         })
         .expect_err("dup");
     assert!(
@@ -182,8 +185,15 @@ fn channels_are_added_once_and_removed_whole() {
     );
     s.receive("tg", Some(2), &[msg(1, 1, "a")])
         .expect("receive");
-    s.set_token("tg", "tok-2").expect("token");
-    assert_eq!(s.get("tg").expect("get").token_id, "tok-2");
+    assert_eq!(s.get("tg").expect("get").generation, 1);
+    assert_eq!(s.next_generation("tg", "tok-2").expect("token"), 2);
+    let row = s.get("tg").expect("get");
+    assert_eq!((row.token_id.as_str(), row.generation), ("tok-2", 2));
+    assert!(matches!(
+        s.next_generation("nope", "tok-3"),
+        Err(ChannelStoreError::NoSuchChannel(_))
+    ));
+    s.offer("tg", "a1", "offer").expect("offer");
     assert_eq!(s.list().expect("list").len(), 1);
     s.remove("tg").expect("remove");
     assert!(s.list().expect("list").is_empty());
@@ -255,6 +265,7 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
         kind: "telegram".into(),
         config_json: "{}".into(),
         token_id: "tok-2".into(),
+        generation: 1,
     })
     .expect("add");
     // Chat 1 sends far more than its share; chat 2, then another channel's chat, one each.
@@ -317,4 +328,54 @@ fn a_stranger_writing_without_end_is_audited_once_a_window() {
         "another stranger, and an allowed message, are audited"
     );
     assert_eq!(s.counts("tg").expect("counts").ignored, 6);
+}
+
+#[test]
+fn an_approval_is_offered_to_each_operator_chat_once_and_settled_once() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "ops".into(),
+        kind: "telegram".into(),
+        config_json: r#"{"operator_chats": ["42", "-100"]}"#.into(),
+        token_id: "tok-9".into(),
+        generation: 1,
+    })
+    .expect("add");
+    // A channel without operator chats is offered nothing.
+    assert_eq!(s.offer("tg", "a1", "offer").expect("offer"), 0);
+    assert!(s.offers("tg", 16).expect("offers").is_empty());
+    assert_eq!(s.offer("ops", "a1", "offer").expect("offer"), 2);
+    // Asked again (a retry): still one row a chat.
+    s.offer("ops", "a1", "offer").expect("again");
+    let offers = s.offers("ops", 16).expect("offers");
+    assert_eq!(
+        offers.iter().map(|o| o.chat.as_str()).collect::<Vec<_>>(),
+        ["42", "-100"]
+    );
+    assert!(s.offered("ops", "a1", "42").expect("offered"));
+    // Not to another chat, not for another approval, not on another channel.
+    assert!(!s.offered("ops", "a1", "43").expect("chat"));
+    assert!(!s.offered("ops", "a2", "42").expect("approval"));
+    assert!(!s.offered("tg", "a1", "42").expect("channel"));
+    // Settled once, by its own channel only.
+    assert!(s.settle_offer("tg", offers[0].id, true).is_err());
+    assert_eq!(
+        s.settle_offer("ops", offers[0].id, true).expect("sent"),
+        ("42".to_owned(), "a1".to_owned())
+    );
+    assert!(s.settle_offer("ops", offers[0].id, true).is_err());
+    s.settle_offer("ops", offers[1].id, false).expect("closed");
+    assert!(s.offers("ops", 16).expect("offers").is_empty());
+    // Still offered (a press on a sent offer is judged by it); gone with the channel.
+    assert!(s.offered("ops", "a1", "42").expect("offered"));
+    assert!(s
+        .offer("ops", "a3", &"x".repeat(MAX_OFFER_TEXT_BYTES + 1))
+        .is_err());
+    s.remove("ops").expect("remove");
+    assert!(!s.offered("ops", "a1", "42").expect("gone"));
+    // A turn's chain names its channel while it runs.
+    s.turn_started("channel-ops/msg-1", "ops");
+    assert_eq!(s.turn_channel("channel-ops/msg-1").as_deref(), Some("ops"));
+    s.turn_ended("channel-ops/msg-1");
+    assert_eq!(s.turn_channel("channel-ops/msg-1"), None);
 }
