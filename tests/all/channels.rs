@@ -286,10 +286,12 @@ fn a_conflict_is_polled_slowly_and_named_by_status() {
         said.contains("channel tg: CONFLICT") && said.contains("deleteWebhook"),
         "{said}"
     );
-    // Backing off from 2 s, doubling: a handful of polls in this time, never a hot loop.
-    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    // Backing off from 2 s, doubling (polls at 0, 2, 6, 14, 30 s): fewer than ten polls in
+    // thirty seconds of conflict, as the issue asks, never a hot loop. The test sleeps, it
+    // does not spin: thirty seconds of it cost the suite no CPU, and other tests run beside.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(started.elapsed()));
     let polls = api.calls("getUpdates").len();
-    assert!((1..10).contains(&polls), "{polls} getUpdates in 10 s");
+    assert!((3..10).contains(&polls), "{polls} getUpdates in 30 s");
 }
 
 const BOT_TOKEN: &str = "123456:AAH-bot-token-secret";

@@ -51,6 +51,14 @@ pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
 /// (every message of theirs is one platform update) grows the audit trail by one record a
 /// minute, not one a message; the others are counted in `channels status`.
 pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
+/// The most turns one channel starts in [`TURN_RATE_WINDOW_MS`]: a compromised channel
+/// worker (or a flood of allowed chats) makes up messages at will, and each turn costs the
+/// provider's tokens and runs tools. Past it, the channel's messages wait (pending, none
+/// lost) until the window moves; the other channels' turns go on.
+pub const MAX_TURNS_PER_WINDOW: usize = 30;
+/// The window of [`MAX_TURNS_PER_WINDOW`].
+pub const TURN_RATE_WINDOW_MS: i64 = 60 * 1000;
+
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -264,6 +272,9 @@ pub struct ChannelStore {
     /// The turns running now, by their chain's root: which channel each is for (an
     /// approval one asks for is offered to that channel's operator chats).
     turns: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// When each channel's turns of the last [`TURN_RATE_WINDOW_MS`] were claimed.
+    claimed_at:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<i64>>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,6 +304,7 @@ impl ChannelStore {
             db,
             last_claimed: std::sync::Mutex::new(None),
             turns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            claimed_at: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -685,20 +697,48 @@ impl ChannelStore {
     /// Claims a pending message for its turn (pending → running): the chats (of every
     /// channel) take turns, each chat's messages oldest first, so one chat's many messages
     /// hold no other chat's (or channel's) turn behind them.
+    /// A channel that started [`MAX_TURNS_PER_WINDOW`] turns in the last window is passed
+    /// over until the window moves.
     pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
+        self.claim_at(now_ms())
+    }
+
+    /// The channels that started their most turns in the window before `now`.
+    fn throttled(&self, now: i64) -> Vec<String> {
+        let mut claimed = lock(&self.claimed_at);
+        claimed.retain(|_, at| {
+            while at
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) >= TURN_RATE_WINDOW_MS)
+            {
+                at.pop_front();
+            }
+            !at.is_empty()
+        });
+        claimed
+            .iter()
+            .filter(|(_, at)| at.len() >= MAX_TURNS_PER_WINDOW)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// [`ChannelStore::claim`] at the time `now` (ms since the epoch).
+    pub fn claim_at(&self, now: i64) -> Result<Option<InboxItem>, ChannelStoreError> {
         let mut last = self
             .last_claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let after = last.clone().unwrap_or_default();
+        let throttled = serde_json::to_string(&self.throttled(now)).unwrap_or_default();
         let claimed = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             let item = tx
                 .query_row(
                     "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
                      WHERE state = 'pending'
+                     AND channel NOT IN (SELECT value FROM json_each(?3))
                      ORDER BY (channel, chat) <= (?1, ?2), channel, chat, id LIMIT 1",
-                    params![after.0, after.1],
+                    params![after.0, after.1, throttled],
                     |r| {
                         Ok(InboxItem {
                             id: r.get(0)?,
@@ -723,6 +763,10 @@ impl ChannelStore {
         })?;
         if let Some(i) = &claimed {
             *last = Some((i.channel.clone(), i.chat.clone()));
+            lock(&self.claimed_at)
+                .entry(i.channel.clone())
+                .or_default()
+                .push_back(now);
         }
         Ok(claimed)
     }

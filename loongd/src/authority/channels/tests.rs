@@ -379,3 +379,49 @@ fn an_approval_is_offered_to_each_operator_chat_once_and_settled_once() {
     s.turn_ended("channel-ops/msg-1");
     assert_eq!(s.turn_channel("channel-ops/msg-1"), None);
 }
+
+#[test]
+fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "tg2".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+        generation: 1,
+    })
+    .expect("add");
+    // A flood across many chats of one channel (what a compromised worker makes up).
+    let flood = MAX_TURNS_PER_WINDOW as i64 + 10;
+    let batch: Vec<Received> = (1..=flood).map(|k| msg(k, k, "flood")).collect();
+    for part in batch.chunks(MAX_RECEIVED_BATCH) {
+        let next = part.last().map(|m| m.key.parse::<i64>().expect("key") + 1);
+        s.receive("tg", next, part).expect("flood");
+    }
+    s.receive("tg2", Some(2), &[msg(1, 1, "other channel")])
+        .expect("tg2");
+    let at = 1_000_000_000;
+    let mut claimed = Vec::new();
+    while let Some(i) = s.claim_at(at).expect("claim") {
+        claimed.push(i.channel);
+    }
+    let of = |c: &str| claimed.iter().filter(|x| *x == c).count();
+    // The flooding channel starts its most, the other channel its own; the rest wait.
+    assert_eq!((of("tg"), of("tg2")), (MAX_TURNS_PER_WINDOW, 1));
+    assert_eq!(s.counts("tg").expect("counts").pending, 10);
+    // Still within the window: nothing more.
+    assert!(s
+        .claim_at(at + TURN_RATE_WINDOW_MS - 1)
+        .expect("claim")
+        .is_none());
+    // Once it moves, the waiting messages are taken (none was lost).
+    let mut later = 0;
+    while s
+        .claim_at(at + TURN_RATE_WINDOW_MS)
+        .expect("claim")
+        .is_some()
+    {
+        later += 1;
+    }
+    assert_eq!(later, 10);
+}
