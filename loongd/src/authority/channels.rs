@@ -51,12 +51,11 @@ pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
 /// (every message of theirs is one platform update) grows the audit trail by one record a
 /// minute, not one a message; the others are counted in `channels status`.
 pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
-/// The most turns one channel starts in [`TURN_RATE_WINDOW_MS`]: a compromised channel
-/// worker (or a flood of allowed chats) makes up messages at will, and each turn costs the
-/// provider's tokens and runs tools. Past it, the channel's messages wait (pending, none
-/// lost) until the window moves; the other channels' turns go on.
-pub const MAX_TURNS_PER_WINDOW: usize = 30;
-/// The window of [`MAX_TURNS_PER_WINDOW`].
+/// The window of the turns one channel may start (`[channels] turns_per_minute`): a
+/// compromised channel worker (or a flood of allowed chats) makes up messages at will, and
+/// each turn costs the provider's tokens and runs tools. Past its turns, the channel's
+/// messages wait (pending, none lost) until the window moves; the other channels' turns go
+/// on.
 pub const TURN_RATE_WINDOW_MS: i64 = 60 * 1000;
 
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
@@ -697,14 +696,14 @@ impl ChannelStore {
     /// Claims a pending message for its turn (pending → running): the chats (of every
     /// channel) take turns, each chat's messages oldest first, so one chat's many messages
     /// hold no other chat's (or channel's) turn behind them.
-    /// A channel that started [`MAX_TURNS_PER_WINDOW`] turns in the last window is passed
-    /// over until the window moves.
-    pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
-        self.claim_at(now_ms())
+    /// A channel that started `max_turns` turns in the last [`TURN_RATE_WINDOW_MS`] is
+    /// passed over until the window moves.
+    pub fn claim(&self, max_turns: usize) -> Result<Option<InboxItem>, ChannelStoreError> {
+        self.claim_at(now_ms(), max_turns)
     }
 
-    /// The channels that started their most turns in the window before `now`.
-    fn throttled(&self, now: i64) -> Vec<String> {
+    /// The channels that started `max_turns` turns in the window before `now`.
+    fn throttled(&self, now: i64, max_turns: usize) -> Vec<String> {
         let mut claimed = lock(&self.claimed_at);
         claimed.retain(|_, at| {
             while at
@@ -717,19 +716,23 @@ impl ChannelStore {
         });
         claimed
             .iter()
-            .filter(|(_, at)| at.len() >= MAX_TURNS_PER_WINDOW)
+            .filter(|(_, at)| at.len() >= max_turns)
             .map(|(c, _)| c.clone())
             .collect()
     }
 
     /// [`ChannelStore::claim`] at the time `now` (ms since the epoch).
-    pub fn claim_at(&self, now: i64) -> Result<Option<InboxItem>, ChannelStoreError> {
+    pub fn claim_at(
+        &self,
+        now: i64,
+        max_turns: usize,
+    ) -> Result<Option<InboxItem>, ChannelStoreError> {
         let mut last = self
             .last_claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let after = last.clone().unwrap_or_default();
-        let throttled = serde_json::to_string(&self.throttled(now)).unwrap_or_default();
+        let throttled = serde_json::to_string(&self.throttled(now, max_turns)).unwrap_or_default();
         let claimed = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             let item = tx

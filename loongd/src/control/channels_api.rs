@@ -559,7 +559,8 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
         if *kernel.shutdown.borrow() {
             return;
         }
-        match kernel.authority.channels.claim() {
+        let max_turns = kernel.config.channels.turns_per_minute as usize;
+        match kernel.authority.channels.claim(max_turns) {
             Ok(Some(item)) => turn_for(&kernel, item).await,
             Ok(None) => tokio::time::sleep(TURN_POLL).await,
             Err(e) => {

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The turns a channel may start a window, in these tests.
+const TURNS: usize = 30;
+
 fn store() -> (tempfile::TempDir, ChannelStore) {
     let dir = tempfile::tempdir().expect("dir");
     let s = ChannelStore::open(&dir.path().join("state.db")).expect("open");
@@ -62,7 +65,10 @@ fn a_batch_and_its_offset_are_taken_once() {
         .is_empty());
     let c = s.counts("tg").expect("counts");
     assert_eq!((c.pending, c.ignored), (2, 1));
-    assert!(s.claim().expect("claim").is_some_and(|i| i.chat == "1"));
+    assert!(s
+        .claim(TURNS)
+        .expect("claim")
+        .is_some_and(|i| i.chat == "1"));
     // An unknown channel is refused.
     assert!(matches!(
         s.receive("nope", Some(1), &[msg(1, 1, "x")]),
@@ -86,16 +92,16 @@ fn every_message_is_answered_once_across_a_restart() {
         .expect("add");
         s.receive("tg", Some(3), &[msg(1, 7, "one"), msg(2, 7, "two")])
             .expect("receive");
-        let first = s.claim().expect("claim").expect("item");
+        let first = s.claim(TURNS).expect("claim").expect("item");
         assert!(s.answer(first.id, "answer one").expect("answer"));
         // The second turn is running when loongd dies.
-        let second = s.claim().expect("claim").expect("item");
+        let second = s.claim(TURNS).expect("claim").expect("item");
         assert_eq!(second.text, "two");
-        assert!(s.claim().expect("claim").is_none());
+        assert!(s.claim(TURNS).expect("claim").is_none());
     }
     let s = ChannelStore::open(&path).expect("reopen");
     assert_eq!(s.recover().expect("recover"), 1);
-    let again = s.claim().expect("claim").expect("item");
+    let again = s.claim(TURNS).expect("claim").expect("item");
     assert_eq!(again.text, "two");
     assert!(s.answer(again.id, "answer two").expect("answer"));
     // A late second answer for either message is no second outbox row.
@@ -288,7 +294,7 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
     // Turns go round the chats: the second and third turns are chat 2's and tg2's.
     let chats: Vec<(String, String)> = (0..4)
         .map(|_| {
-            let i = s.claim().expect("claim").expect("item");
+            let i = s.claim(TURNS).expect("claim").expect("item");
             (i.channel, i.chat)
         })
         .collect();
@@ -392,7 +398,7 @@ fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
     })
     .expect("add");
     // A flood across many chats of one channel (what a compromised worker makes up).
-    let flood = MAX_TURNS_PER_WINDOW as i64 + 10;
+    let flood = TURNS as i64 + 10;
     let batch: Vec<Received> = (1..=flood).map(|k| msg(k, k, "flood")).collect();
     for part in batch.chunks(MAX_RECEIVED_BATCH) {
         let next = part.last().map(|m| m.key.parse::<i64>().expect("key") + 1);
@@ -402,22 +408,22 @@ fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
         .expect("tg2");
     let at = 1_000_000_000;
     let mut claimed = Vec::new();
-    while let Some(i) = s.claim_at(at).expect("claim") {
+    while let Some(i) = s.claim_at(at, TURNS).expect("claim") {
         claimed.push(i.channel);
     }
     let of = |c: &str| claimed.iter().filter(|x| *x == c).count();
     // The flooding channel starts its most, the other channel its own; the rest wait.
-    assert_eq!((of("tg"), of("tg2")), (MAX_TURNS_PER_WINDOW, 1));
+    assert_eq!((of("tg"), of("tg2")), (TURNS, 1));
     assert_eq!(s.counts("tg").expect("counts").pending, 10);
     // Still within the window: nothing more.
     assert!(s
-        .claim_at(at + TURN_RATE_WINDOW_MS - 1)
+        .claim_at(at + TURN_RATE_WINDOW_MS - 1, TURNS)
         .expect("claim")
         .is_none());
     // Once it moves, the waiting messages are taken (none was lost).
     let mut later = 0;
     while s
-        .claim_at(at + TURN_RATE_WINDOW_MS)
+        .claim_at(at + TURN_RATE_WINDOW_MS, TURNS)
         .expect("claim")
         .is_some()
     {
