@@ -271,6 +271,11 @@ pub struct ChannelStore {
     /// The turns running now, by their chain's root: which channel each is for (an
     /// approval one asks for is offered to that channel's operator chats).
     turns: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Woken when a message is new to the inbox (the turn runner waits on it rather than
+    /// polling), and when an answer or an offer is new to an outbox (the workers' outbox
+    /// waits): a message's way through loongd waits on no timer.
+    pub inbox_ready: tokio::sync::Notify,
+    pub outbox_ready: tokio::sync::Notify,
     /// When each channel's turns of the last [`TURN_RATE_WINDOW_MS`] were claimed.
     claimed_at:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<i64>>>,
@@ -304,6 +309,8 @@ impl ChannelStore {
             last_claimed: std::sync::Mutex::new(None),
             turns: std::sync::Mutex::new(std::collections::HashMap::new()),
             claimed_at: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inbox_ready: tokio::sync::Notify::new(),
+            outbox_ready: tokio::sync::Notify::new(),
         })
     }
 
@@ -351,7 +358,8 @@ impl ChannelStore {
             }
             tx.commit()?;
             Ok(chats.len())
-        })?)
+        })
+        .inspect(|_| self.outbox_ready.notify_waiters())?)
     }
 
     /// The channel's oldest offers not yet sent, at most `limit`.
@@ -664,6 +672,12 @@ impl ChannelStore {
             tx.commit()?;
             Ok(Ok(ids))
         })?;
+        if outcome
+            .as_ref()
+            .is_ok_and(|ids| ids.iter().any(|t| t.allowed))
+        {
+            self.inbox_ready.notify_one();
+        }
         outcome
     }
 
@@ -789,13 +803,16 @@ impl ChannelStore {
     /// The message `inbox_id`, whose turn ran under a token generation that is gone, waits
     /// for its turn again (running → pending). False when it was not running.
     pub fn requeue(&self, inbox_id: i64) -> Result<bool, ChannelStoreError> {
-        Ok(self.db.with(|c| {
-            c.execute(
+        Ok(self
+            .db
+            .with(|c| {
+                c.execute(
                 "UPDATE channel_inbox SET state = 'pending' WHERE id = ?1 AND state = 'running'",
                 params![inbox_id],
             )
             .map(|n| n == 1)
-        })?)
+            })
+            .inspect(|_| self.inbox_ready.notify_one())?)
     }
 
     /// The message `inbox_id` is answered with `text`: the outbox row and the answered mark
@@ -838,6 +855,11 @@ impl ChannelStore {
             }
             tx.commit()?;
             Ok(n == 1)
+        })
+        .inspect(|done| {
+            if *done && text.is_some() {
+                self.outbox_ready.notify_waiters();
+            }
         })?)
     }
 

@@ -526,8 +526,10 @@ pub(crate) async fn remove(
     Ok(ControlResponse::Channels(vec![shown]))
 }
 
-/// How long the turn runner waits before it looks at the inbox again when it was empty.
-pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest the turn runner waits before it looks at the inbox again when it was empty
+/// (a new message wakes it at once: `ChannelStore::inbox_ready`; a channel past its turns a
+/// minute is looked at again after this).
+pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// What `/start` and `/help` answer.
 pub const HELP_TEXT: &str = "Send a message and the agent answers it here. /new starts a new conversation; /help shows this.";
@@ -562,10 +564,15 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
         let max_turns = kernel.config.channels.turns_per_minute as usize;
         match kernel.authority.channels.claim(max_turns) {
             Ok(Some(item)) => turn_for(&kernel, item).await,
-            Ok(None) => tokio::time::sleep(TURN_POLL).await,
+            Ok(None) => {
+                tokio::select! {
+                    () = kernel.authority.channels.inbox_ready.notified() => {}
+                    () = tokio::time::sleep(TURN_POLL) => {}
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the channels' inbox");
-                tokio::time::sleep(TURN_POLL * 10).await;
+                tokio::time::sleep(TURN_POLL).await;
             }
         }
     }

@@ -166,8 +166,9 @@ fn refusal_due(channel: &str, chat: &str, now: i64) -> Option<u64> {
     Some(0)
 }
 
-/// How often a waiting `channel_outbox` looks again.
-const OUTBOX_POLL: Duration = Duration::from_millis(50);
+/// The longest a waiting `channel_outbox` waits before it looks again (a new answer or offer
+/// wakes it at once: `ChannelStore::outbox_ready`).
+const OUTBOX_POLL: Duration = Duration::from_millis(1000);
 
 fn bad(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, m)
@@ -311,6 +312,10 @@ pub(crate) async fn handle(
             let until = Instant::now()
                 + Duration::from_millis(u64::from(wait.wait_ms.min(MAX_OUTBOX_WAIT_MS)));
             loop {
+                // Listening before looking: an answer committed in between still wakes it.
+                let ready = store.outbox_ready.notified();
+                tokio::pin!(ready);
+                ready.as_mut().enable();
                 let mut out = offers(host, limit)?;
                 let items = store
                     .outbox(name, limit.saturating_sub(out.len() as u32))
@@ -326,7 +331,11 @@ pub(crate) async fn handle(
                 if !out.is_empty() || Instant::now() >= until {
                     return encode(&out);
                 }
-                tokio::time::sleep(OUTBOX_POLL).await;
+                let left = until.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    () = ready => {}
+                    () = tokio::time::sleep(OUTBOX_POLL.min(left)) => {}
+                }
             }
         }
         KIND_CHANNEL_ACK => {
