@@ -350,3 +350,38 @@ fn a_restart_runs_the_channel_under_its_next_generation_and_refuses_the_old_ones
     // Received once: the restart took nothing again.
     assert_eq!(details(&home, "channel.received").len(), 1);
 }
+
+#[test]
+fn restarts_at_once_leave_one_generation_valid_the_channels_own() {
+    // Restarts (and a restart beside a remove) read the channel's token, stop its worker and
+    // revoke what they read: run together, each revoked the token it read and a token
+    // another issued stayed valid, bound to no row.
+    let provider = Provider::start(Vec::new());
+    let home = Home::with_config(&provider.config(""));
+    home.start();
+    let api = BotApi::start(Mode::Updates(Vec::new()));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| home.ctl(&["channels", "restart", "tg", "--json"])))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("restart"))
+            .collect()
+    });
+    for out in &outs {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let channel = json_list(&home, &["channels", "list", "--json"]);
+    let current = channel[0]["token"].as_str().expect("token").to_owned();
+    // Positive control: five generations, the last one the channel's.
+    assert_eq!(channel[0]["generation"], 5, "{channel:?}");
+    let active: Vec<String> = json_list(&home, &["tokens", "list", "--json"])
+        .iter()
+        .filter(|t| t["agent"] == "channel:tg" && t["state"] == "active")
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(active, vec![current], "one valid token, the channel's");
+}

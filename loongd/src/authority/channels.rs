@@ -434,29 +434,39 @@ impl ChannelStore {
         })?)
     }
 
-    /// The channel runs under a new token: `token_id`, of the next generation (returned).
-    pub fn next_generation(&self, name: &str, token_id: &str) -> Result<u64, ChannelStoreError> {
-        let generation = self.db.with(|c| {
+    /// The channel runs under a new token: `token_id`, of the next generation. Returns that
+    /// generation and the token it replaced, read in the same transaction (the one to
+    /// revoke: not one read before, which another restart may have replaced meanwhile).
+    pub fn next_generation(
+        &self,
+        name: &str,
+        token_id: &str,
+    ) -> Result<(u64, String), ChannelStoreError> {
+        let replaced = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
-            let n = tx.execute(
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT token_id FROM channels WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(old) = old else {
+                return Ok(None);
+            };
+            tx.execute(
                 "UPDATE channels SET token_id = ?2, generation = generation + 1 WHERE name = ?1",
                 params![name, token_id],
             )?;
-            let g: Option<i64> = if n == 1 {
-                Some(tx.query_row(
-                    "SELECT generation FROM channels WHERE name = ?1",
-                    params![name],
-                    |r| r.get(0),
-                )?)
-            } else {
-                None
-            };
+            let g: i64 = tx.query_row(
+                "SELECT generation FROM channels WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )?;
             tx.commit()?;
-            Ok(g)
+            Ok(Some((g.unsigned_abs(), old)))
         })?;
-        generation
-            .map(i64::unsigned_abs)
-            .ok_or_else(|| ChannelStoreError::NoSuchChannel(name.to_owned()))
+        replaced.ok_or_else(|| ChannelStoreError::NoSuchChannel(name.to_owned()))
     }
 
     /// Adds a channel.

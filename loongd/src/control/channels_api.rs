@@ -256,6 +256,7 @@ pub(crate) async fn add(
     req: ChannelAddRequest,
 ) -> Result<ControlResponse, RemoteError> {
     let (config, secrets) = plan(&req)?;
+    let _one = LIFECYCLE.lock().await;
     let channels = &kernel.authority.channels;
     if channels.get(&req.name).is_ok() {
         return Err(refused(ChannelStoreError::Exists(req.name.clone())));
@@ -375,6 +376,12 @@ fn start_service(kernel: &Kernel, name: &str) {
     }
 }
 
+/// One `channels add | restart | remove` at a time: each reads a channel's row, stops or
+/// starts its worker, and issues or revokes its token; two at once (two restarts, a restart
+/// and a remove) would each revoke the token it read, leaving the one the other issued
+/// valid, and a worker bound to a token the row no longer names.
+static LIFECYCLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `channels restart NAME`: the channel's worker stops (drained); its next token generation
 /// is issued and the one before revoked (a turn still running under it is refused at its
 /// next decision and its answer is not sent: the message runs again under the new token;
@@ -386,6 +393,7 @@ pub(crate) async fn restart(
     io: &RequestIo,
     name: String,
 ) -> Result<ControlResponse, RemoteError> {
+    let _one = LIFECYCLE.lock().await;
     let channels = &kernel.authority.channels;
     let row = channels.get(&name).map_err(refused)?;
     let config: ChannelConfig = serde_json::from_str(&row.config_json).map_err(internal)?;
@@ -398,7 +406,7 @@ pub(crate) async fn restart(
         )
         .await;
     let (issued, grants) = issue(kernel, &name, &config)?;
-    let generation = match channels.next_generation(&name, &issued.token.id) {
+    let (generation, replaced) = match channels.next_generation(&name, &issued.token.id) {
         Ok(g) => g,
         Err(e) => {
             let _ = kernel.authority.tokens.revoke(&issued.token.id);
@@ -411,11 +419,11 @@ pub(crate) async fn restart(
     if kernel
         .authority
         .tokens
-        .revoke(&row.token_id)
+        .revoke(&replaced)
         .map_err(internal)?
     {
         let detail = serde_json::json!({
-            "token": row.token_id, "channel": name, "channel_generation": row.generation,
+            "token": replaced, "channel": name, "channel_generation": generation.saturating_sub(1),
             "reason": format!("channel {name} restarted under generation {generation}"),
         });
         record(kernel, cred, io, Kind::TokenRevoked, detail).await?;
@@ -493,6 +501,7 @@ pub(crate) async fn remove(
     io: &RequestIo,
     name: String,
 ) -> Result<ControlResponse, RemoteError> {
+    let _one = LIFECYCLE.lock().await;
     let row = kernel.authority.channels.get(&name).map_err(refused)?;
     let shown = view(kernel, &row)?;
     // Its worker stops (drained) before its state goes.

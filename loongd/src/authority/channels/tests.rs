@@ -192,9 +192,17 @@ fn channels_are_added_once_and_removed_whole() {
     s.receive("tg", Some(2), &[msg(1, 1, "a")])
         .expect("receive");
     assert_eq!(s.get("tg").expect("get").generation, 1);
-    assert_eq!(s.next_generation("tg", "tok-2").expect("token"), 2);
+    assert_eq!(
+        s.next_generation("tg", "tok-2").expect("token"),
+        (2, "tok-1".to_owned())
+    );
+    // The token replaced is the one the row held, whatever a caller read before.
+    assert_eq!(
+        s.next_generation("tg", "tok-3").expect("token"),
+        (3, "tok-2".to_owned())
+    );
     let row = s.get("tg").expect("get");
-    assert_eq!((row.token_id.as_str(), row.generation), ("tok-2", 2));
+    assert_eq!((row.token_id.as_str(), row.generation), ("tok-3", 3));
     assert!(matches!(
         s.next_generation("nope", "tok-3"),
         Err(ChannelStoreError::NoSuchChannel(_))
