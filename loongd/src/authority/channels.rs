@@ -51,6 +51,11 @@ pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
 /// (every message of theirs is one platform update) grows the audit trail by one record a
 /// minute, not one a message; the others are counted in `channels status`.
 pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
+/// The most chats not allowed whose ignored messages one channel audits a window: a chat's
+/// id is the worker's word (a worker taken over makes up a new stranger for each message),
+/// so one record a chat a window alone would be one a message. The rest are counted in
+/// `channels status`.
+pub const MAX_STRANGERS_AUDITED: i64 = 32;
 /// The window of the turns one channel may start (`[channels] turns_per_minute`): a
 /// compromised channel worker (or a flood of allowed chats) makes up messages at will, and
 /// each turn costs the provider's tokens and runs tools. Past its turns, the channel's
@@ -628,6 +633,8 @@ impl ChannelStore {
                     ..m.clone()
                 };
                 let state = if m.allowed { "pending" } else { "ignored" };
+                // Audited: a chat's first ignored message of the window, while the channel's
+                // strangers of the window are fewer than MAX_STRANGERS_AUDITED.
                 let recently_ignored: i64 = if m.allowed {
                     0
                 } else {
@@ -635,7 +642,16 @@ impl ChannelStore {
                         "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND chat = ?2
                          AND state = 'ignored' AND received_ms > ?3",
                         params![channel, m.chat, at.saturating_sub(IGNORED_AUDIT_WINDOW_MS)],
-                        |r| r.get(0),
+                        |r| r.get::<_, i64>(0),
+                    )? + tx.query_row(
+                        "SELECT COUNT(DISTINCT chat) >= ?3 FROM channel_inbox WHERE channel = ?1
+                         AND state = 'ignored' AND received_ms > ?2",
+                        params![
+                            channel,
+                            at.saturating_sub(IGNORED_AUDIT_WINDOW_MS),
+                            MAX_STRANGERS_AUDITED
+                        ],
+                        |r| r.get::<_, i64>(0),
                     )?
                 };
                 let n = tx.execute(

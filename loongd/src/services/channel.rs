@@ -132,38 +132,71 @@ pub const PRESS_REFUSAL_WINDOW_MS: i64 = crate::authority::channels::IGNORED_AUD
 /// their next refusal is recorded at once).
 pub const MAX_PRESS_REFUSAL_CHATS: usize = 4096;
 
-/// Per channel and chat: when a refused press was last recorded, and how many were not since.
-static PRESS_REFUSALS: std::sync::Mutex<std::collections::BTreeMap<(String, String), (i64, u64)>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// The most refused presses of one channel recorded a window, whatever their chats: the
+/// chat of a press is the worker's word (a worker taken over makes a new one up for each
+/// press), so one record a chat a window alone would be one a press. Past it, the refusals
+/// are counted in the channel's next record (`unrecorded_before`).
+pub const MAX_PRESS_REFUSAL_RECORDS: u64 = 32;
+
+/// The refusals remembered: per channel and chat, when one was last recorded and how many
+/// were not since; per channel, when its window began, how many it recorded in it, and how
+/// many it did not record for its budget.
+#[derive(Default)]
+struct Refusals {
+    chats: std::collections::BTreeMap<(String, String), (i64, u64)>,
+    channels: std::collections::BTreeMap<String, (i64, u64, u64)>,
+}
+
+static PRESS_REFUSALS: std::sync::Mutex<Refusals> = std::sync::Mutex::new(Refusals {
+    chats: std::collections::BTreeMap::new(),
+    channels: std::collections::BTreeMap::new(),
+});
 
 /// Whether a refused press of `chat` at `now` is recorded: `Some(n)` with the refusals not
-/// recorded before it, `None` within the window of the last recorded one (then counted).
+/// recorded before it, `None` within the window of the chat's last recorded one, or past
+/// the channel's [`MAX_PRESS_REFUSAL_RECORDS`] of the window (then counted).
 fn refusal_due(channel: &str, chat: &str, now: i64) -> Option<u64> {
     let mut seen = PRESS_REFUSALS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let key = (channel.to_owned(), chat.to_owned());
-    if let Some((at, skipped)) = seen.get_mut(&key) {
+    if let Some((at, skipped)) = seen.chats.get_mut(&key) {
         if now.saturating_sub(*at) < PRESS_REFUSAL_WINDOW_MS {
             *skipped += 1;
             return None;
         }
-        let unrecorded = *skipped;
-        *at = now;
-        *skipped = 0;
-        return Some(unrecorded);
     }
-    if seen.len() >= MAX_PRESS_REFUSAL_CHATS {
+    let budget = seen
+        .channels
+        .entry(channel.to_owned())
+        .or_insert((now, 0, 0));
+    if now.saturating_sub(budget.0) >= PRESS_REFUSAL_WINDOW_MS {
+        budget.0 = now;
+        budget.1 = 0;
+    }
+    if budget.1 >= MAX_PRESS_REFUSAL_RECORDS {
+        budget.2 += 1;
+        return None;
+    }
+    budget.1 += 1;
+    let unrecorded = std::mem::take(&mut budget.2);
+    if let Some((at, skipped)) = seen.chats.get_mut(&key) {
+        let chat_unrecorded = std::mem::take(skipped);
+        *at = now;
+        return Some(unrecorded + chat_unrecorded);
+    }
+    if seen.chats.len() >= MAX_PRESS_REFUSAL_CHATS {
         let oldest = seen
+            .chats
             .iter()
             .min_by_key(|(_, (at, _))| *at)
             .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
-            seen.remove(&k);
+            seen.chats.remove(&k);
         }
     }
-    seen.insert(key, (now, 0));
-    Some(0)
+    seen.chats.insert(key, (now, 0));
+    Some(unrecorded)
 }
 
 /// The longest a waiting `channel_outbox` waits before it looks again (a new answer or offer
@@ -517,6 +550,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_channels_refused_presses_are_recorded_a_bounded_number_a_window_whatever_the_chats() {
+        // A worker makes up the chat of each press: one new chat a press was one record a
+        // press, without end.
+        let at = 5_000_000;
+        let recorded = (0..1000)
+            .filter(|c| refusal_due("made-up", &format!("c{c}"), at + c).is_some())
+            .count();
+        assert_eq!(recorded as u64, MAX_PRESS_REFUSAL_RECORDS);
+        // Positive control: the next window records again, with the count of the rest.
+        let next = refusal_due("made-up", "c999", at + 1000 + PRESS_REFUSAL_WINDOW_MS);
+        assert_eq!(next, Some(1000 - MAX_PRESS_REFUSAL_RECORDS));
+        // Another channel has its own budget.
+        assert_eq!(refusal_due("other", "c0", at + 1), Some(0));
+    }
+
+    #[test]
     fn a_chats_refused_presses_are_recorded_one_a_window() {
         let at = 1_000_000;
         assert_eq!(refusal_due("w", "7", at), Some(0));
@@ -531,14 +580,19 @@ mod tests {
             refusal_due("w", "7", at + PRESS_REFUSAL_WINDOW_MS + 1),
             None
         );
-        // The table is bounded: a flood of chats forgets the oldest.
+        // The table is bounded: a flood of chats (each in its own window) forgets the oldest.
         for c in 0..MAX_PRESS_REFUSAL_CHATS + 10 {
-            refusal_due("flood", &c.to_string(), at + 10 + c as i64);
+            refusal_due(
+                "flood",
+                &c.to_string(),
+                at + (c as i64 + 1) * PRESS_REFUSAL_WINDOW_MS,
+            );
         }
         assert!(
             PRESS_REFUSALS
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .chats
                 .len()
                 <= MAX_PRESS_REFUSAL_CHATS
         );

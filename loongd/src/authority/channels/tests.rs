@@ -345,6 +345,30 @@ fn a_stranger_writing_without_end_is_audited_once_a_window() {
 }
 
 #[test]
+fn strangers_made_up_without_end_are_audited_a_bounded_number_a_window() {
+    // The chat of a message is the worker's word: a worker taken over makes up a new
+    // stranger for each message, and one record a chat a window was one a message.
+    let (_d, s) = store();
+    let mut audited = 0;
+    for batch in 0..10_i64 {
+        let made_up: Vec<Received> = (0..100)
+            .map(|i| Received {
+                allowed: false,
+                ..msg(batch * 100 + i, 10_000 + batch * 100 + i, "spam")
+            })
+            .collect();
+        let taken = s.receive("tg", None, &made_up).expect("batch");
+        audited += taken.iter().filter(|t| t.audited).count();
+    }
+    assert_eq!(audited as i64, MAX_STRANGERS_AUDITED);
+    // Positive control: an allowed chat's message is audited all the same.
+    let taken = s
+        .receive("tg", None, &[msg(5_000, 1, "hi")])
+        .expect("allowed");
+    assert!(taken[0].audited);
+}
+
+#[test]
 fn an_approval_is_offered_to_each_operator_chat_once_and_settled_once() {
     let (_d, s) = store();
     s.add(&ChannelRow {
