@@ -146,6 +146,11 @@ pub const OFFERS_SCHEMA_STEP: &str = concat!(
 
 /// The most bytes of an offer's text (what the operator chat is shown of the approval).
 pub const MAX_OFFER_TEXT_BYTES: usize = 1024;
+/// The most offers kept per channel: the newest (an offer settled keeps no text, only what
+/// judges a press on it). Older ones go as new ones come: their approvals were settled
+/// long before (a channel's turns run one at a time, each waiting for its approval), so
+/// every approval its turns ask for grows no table.
+pub const MAX_OFFERS_KEPT: i64 = 4 * loong_ipc::message::control::MAX_CHANNEL_CHATS as i64;
 
 /// A channel store operation refused.
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +366,11 @@ impl ChannelStore {
                     params![channel, approval, chat, text, at],
                 )?;
             }
+            tx.execute(
+                "DELETE FROM channel_offers WHERE channel = ?1 AND id NOT IN
+                 (SELECT id FROM channel_offers WHERE channel = ?1 ORDER BY id DESC LIMIT ?2)",
+                params![channel, MAX_OFFERS_KEPT],
+            )?;
             tx.commit()?;
             Ok(chats.len())
         })
@@ -399,7 +409,7 @@ impl ChannelStore {
         let done = self.db.with(|c| {
             let tx = c.unchecked_transaction()?;
             let n = tx.execute(
-                "UPDATE channel_offers SET state = ?3, sent_ms = ?4
+                "UPDATE channel_offers SET state = ?3, sent_ms = ?4, text = ''
                  WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
                 params![id, channel, state, now_ms()],
             )?;

@@ -369,6 +369,40 @@ fn strangers_made_up_without_end_are_audited_a_bounded_number_a_window() {
 }
 
 #[test]
+fn offers_grow_no_table_and_keep_no_text_once_settled() {
+    // Every approval a channel's turns ask for is offered to each operator chat; the rows
+    // (each with its text) were kept until the channel was removed.
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "ops".into(),
+        kind: "telegram".into(),
+        config_json: r#"{"operator_chats": ["42"]}"#.into(),
+        token_id: "tok-9".into(),
+        generation: 1,
+    })
+    .expect("add");
+    let text = "x".repeat(MAX_OFFER_TEXT_BYTES);
+    for a in 0..1_100 {
+        s.offer("ops", &format!("a{a}"), &text).expect("offer");
+        let o = s.offers("ops", 1).expect("offers");
+        s.settle_offer("ops", o[0].id, a % 2 == 0).expect("settle");
+    }
+    let (rows, bytes): (i64, i64) =
+        s.db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(text)), 0) FROM channel_offers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .expect("count");
+    assert_eq!(rows, MAX_OFFERS_KEPT, "offers kept");
+    assert_eq!(bytes, 0, "settled offers keep no text");
+    // Positive control: the newest are still judged offered.
+    assert!(s.offered("ops", "a1099", "42").expect("offered"));
+}
+
+#[test]
 fn an_approval_is_offered_to_each_operator_chat_once_and_settled_once() {
     let (_d, s) = store();
     s.add(&ChannelRow {
