@@ -291,6 +291,19 @@ pub struct ChannelStore {
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<i64>>>,
 }
 
+/// Milliseconds on a clock that never moves back (the turn-rate window's: a wall clock set
+/// back an hour held a channel's turns for the hour; set forward, it freed the window).
+pub fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    i64::try_from(
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -749,7 +762,7 @@ impl ChannelStore {
     /// A channel that started `max_turns` turns in the last [`TURN_RATE_WINDOW_MS`] is
     /// passed over until the window moves.
     pub fn claim(&self, max_turns: usize) -> Result<Option<InboxItem>, ChannelStoreError> {
-        self.claim_at(now_ms(), max_turns)
+        self.claim_at(monotonic_ms(), max_turns)
     }
 
     /// The channels that started `max_turns` turns in the window before `now`.
@@ -771,7 +784,7 @@ impl ChannelStore {
             .collect()
     }
 
-    /// [`ChannelStore::claim`] at the time `now` (ms since the epoch).
+    /// [`ChannelStore::claim`] at the time `now` ([`monotonic_ms`]).
     pub fn claim_at(
         &self,
         now: i64,
