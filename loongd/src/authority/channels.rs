@@ -371,7 +371,7 @@ impl ChannelStore {
         let chats = operator_chats(&self.get(channel)?.config_json);
         let at = now_ms();
         Ok(self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             for chat in &chats {
                 tx.execute(
                     "INSERT OR IGNORE INTO channel_offers (channel, approval, chat, text, state, created_ms)
@@ -420,7 +420,7 @@ impl ChannelStore {
     ) -> Result<(String, String), ChannelStoreError> {
         let state = if sent { "sent" } else { "closed" };
         let done = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let n = tx.execute(
                 "UPDATE channel_offers SET state = ?3, sent_ms = ?4, text = ''
                  WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
@@ -471,7 +471,7 @@ impl ChannelStore {
         token_id: &str,
     ) -> Result<(u64, String), ChannelStoreError> {
         let replaced = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let old: Option<String> = tx
                 .query_row(
                     "SELECT token_id FROM channels WHERE name = ?1",
@@ -500,7 +500,7 @@ impl ChannelStore {
     /// Adds a channel.
     pub fn add(&self, row: &ChannelRow) -> Result<(), ChannelStoreError> {
         let outcome = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM channels", [], |r| r.get(0))?;
             if count.unsigned_abs() >= MAX_CHANNELS as u64 {
                 return Ok(Err(ChannelStoreError::TooMany(MAX_CHANNELS)));
@@ -548,7 +548,7 @@ impl ChannelStore {
     pub fn remove(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
         let row = self.get(name)?;
         self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
             for table in [
                 "channel_inbox",
@@ -616,7 +616,7 @@ impl ChannelStore {
         }
         self.get(channel)?;
         let outcome = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             // Updates below the committed offset were taken before (their rows may be gone):
             // a replay of one is not taken again.
             let committed: Option<i64> = tx
@@ -735,7 +735,7 @@ impl ChannelStore {
     pub fn see_event(&self, channel: &str, event_id: &str) -> Result<(), ChannelStoreError> {
         let at = now_ms();
         let n = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             tx.execute(
                 "DELETE FROM channel_events WHERE seen_ms < ?1",
                 params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
@@ -797,7 +797,7 @@ impl ChannelStore {
         let after = last.clone().unwrap_or_default();
         let throttled = serde_json::to_string(&self.throttled(now, max_turns)).unwrap_or_default();
         let claimed = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let item = tx
                 .query_row(
                     "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
@@ -885,7 +885,7 @@ impl ChannelStore {
             });
         }
         Ok(self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let state = if text.is_some() { "answered" } else { "ignored" };
             let n = tx.execute(
                 "UPDATE channel_inbox SET state = ?2 WHERE id = ?1 AND state IN ('pending', 'running')",
@@ -937,7 +937,7 @@ impl ChannelStore {
     /// refused.
     pub fn ack(&self, channel: &str, id: i64) -> Result<(String, String), ChannelStoreError> {
         let done = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let n = tx.execute(
                 "UPDATE channel_outbox SET state = 'sent', sent_ms = ?3
                  WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
