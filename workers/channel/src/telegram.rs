@@ -344,7 +344,7 @@ impl Telegram {
         let base = http::base_url(api_base, "telegram api base")?;
         let timeout = Duration::from_secs(u64::from(poll_timeout)) + REQUEST_GRACE;
         Ok(Self {
-            client: http::client(timeout)?,
+            client: http::client(timeout, &base)?,
             prefix: format!("{base}/bot{token}"),
             poll_timeout,
         })
