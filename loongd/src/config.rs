@@ -187,6 +187,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # How long a request that needs approval waits for an operator before it is denied, in ms.
 # timeout_ms = 300000
 
+[channels]
+# The most turns one chat channel starts a minute (a compromised channel worker makes
+# messages up at will; past it, the channel's messages wait, none lost).
+# turns_per_minute = 30
+
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
 # level = "info"
@@ -242,6 +247,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Approvals.
     pub approvals: ApprovalsConfig,
+    /// The chat channels (`[channels]`, docs/channels.md).
+    pub channels: ChannelsConfig,
     /// The worker pool.
     pub workers: WorkersConfig,
     /// Bounds on kernel calls (nested tool calls).
@@ -637,6 +644,32 @@ impl Default for ApprovalsConfig {
     fn default() -> Self {
         ApprovalsConfig {
             timeout_ms: 300_000,
+        }
+    }
+}
+
+/// `[channels]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// The most turns one channel starts a minute.
+    #[serde(deserialize_with = "turns_per_minute")]
+    pub turns_per_minute: u32,
+}
+
+/// The turns one channel starts a minute, by default.
+pub const DEFAULT_CHANNEL_TURNS_PER_MINUTE: u32 = 30;
+/// The most `[channels] turns_per_minute` may be.
+pub const MAX_CHANNEL_TURNS_PER_MINUTE: u32 = 60_000;
+
+fn turns_per_minute<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_CHANNEL_TURNS_PER_MINUTE, "turns a minute")
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            turns_per_minute: DEFAULT_CHANNEL_TURNS_PER_MINUTE,
         }
     }
 }
@@ -1209,6 +1242,28 @@ mod tests {
     }
 
     #[test]
+    fn channel_turns_are_bounded() {
+        let mut c = Config::default();
+        c.channels.turns_per_minute = 600;
+        check("[channels]\nturns_per_minute = 600\n", Ok(c));
+        for (text, want) in [
+            (
+                "[channels]\nturns_per_minute = 0\n",
+                ":2: 0 is outside 1..=60000 turns a minute",
+            ),
+            (
+                "[channels]\nturns_per_minute = 60001\n",
+                ":2: 60001 is outside 1..=60000 turns a minute",
+            ),
+        ] {
+            let err = Config::parse(text, Path::new("/h/loongd.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn egress_limits_are_bounded() {
         let mut c = Config::default();
         c.egress.max_connections = 2;
@@ -1327,7 +1382,7 @@ mod tests {
         );
         check(
             "bogus = 1\n",
-            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `workers`, `kernel_calls`, `builtins`, `browser`, `plugins`, `log`, `metrics`, `egress`, `gateway`, `providers`, `agent`"),
+            Err("/h/loongd.toml:1: unknown field `bogus`, expected one of `control`, `ipc`, `sandbox`, `audit`, `policy`, `approvals`, `channels`, `workers`, `kernel_calls`, `builtins`, `browser`, `plugins`, `log`, `metrics`, `egress`, `gateway`, `providers`, `agent`"),
         );
         check(
             "[egress]\nca_bundle = \"/etc/loong/ca.pem\"\n",

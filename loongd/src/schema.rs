@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version of `state.db` this loongd writes.
-pub const STATE_DB_VERSION: u32 = 4;
+pub const STATE_DB_VERSION: u32 = 5;
 /// The schema version of `audit.db` this loongd writes.
 pub const AUDIT_DB_VERSION: u32 = 1;
 
@@ -51,11 +51,14 @@ pub struct Migration {
 /// Step 2 (state.db): the chat channels, `channels`, `channel_offsets`, `channel_inbox`,
 /// `channel_outbox`, `channel_events` (`crate::authority::channels`).
 /// Step 3 (state.db): the agent's rolling summaries, `agent_summaries`.
+/// Step 4 (state.db): the approvals offered over chat, `channel_offers`, and each channel's
+/// token generation (`channels.generation`).
 const STATE_STEPS: &[&str] = &[
     "",
     crate::authority::memory::SCHEMA_STEP,
     crate::authority::channels::SCHEMA_STEP,
     crate::authority::memory::SUMMARY_SCHEMA_STEP,
+    crate::authority::channels::OFFERS_SCHEMA_STEP,
 ];
 const AUDIT_STEPS: &[&str] = &[""];
 

@@ -20,7 +20,7 @@ use crate::{
 
 /// What the local Bot API server answers `getUpdates` with.
 #[derive(Clone)]
-enum Mode {
+pub(crate) enum Mode {
     /// These updates once (to a poll from before them), then an empty long poll.
     Updates(Vec<serde_json::Value>),
     /// `409 Conflict` to every poll.
@@ -31,28 +31,36 @@ enum Mode {
 
 /// A local server speaking the Bot API as its documentation shows: `POST /bot<token>/<method>`
 /// with a JSON body, the `{"ok", "result"}` envelope. It keeps every call (method, body).
-struct BotApi {
-    port: u16,
+pub(crate) struct BotApi {
+    pub(crate) port: u16,
     calls: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    /// Updates added while it runs (`Mode::Updates` answers them after its own).
+    added: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl BotApi {
-    fn start(mode: Mode) -> BotApi {
+    pub(crate) fn start(mode: Mode) -> BotApi {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let kept = calls.clone();
+        let added = Arc::new(Mutex::new(Vec::new()));
+        let (kept, more) = (calls.clone(), added.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (kept, mode) = (kept.clone(), mode.clone());
-                std::thread::spawn(move || bot_answer(stream, &kept, &mode));
+                let (kept, more, mode) = (kept.clone(), more.clone(), mode.clone());
+                std::thread::spawn(move || bot_answer(stream, &kept, &more, &mode));
             }
         });
-        BotApi { port, calls }
+        BotApi { port, calls, added }
     }
 
-    fn calls(&self, method: &str) -> Vec<serde_json::Value> {
+    /// Adds an update, answered to the next poll from before it.
+    pub(crate) fn push(&self, update: serde_json::Value) {
+        self.added.lock().expect("lock").push(update);
+    }
+
+    pub(crate) fn calls(&self, method: &str) -> Vec<serde_json::Value> {
         self.calls
             .lock()
             .expect("lock")
@@ -63,7 +71,12 @@ impl BotApi {
     }
 }
 
-fn bot_answer(stream: TcpStream, kept: &Mutex<Vec<(String, serde_json::Value)>>, mode: &Mode) {
+fn bot_answer(
+    stream: TcpStream,
+    kept: &Mutex<Vec<(String, serde_json::Value)>>,
+    added: &Mutex<Vec<serde_json::Value>>,
+    mode: &Mode,
+) {
     let mut reader = BufReader::new(stream);
     let mut first = String::new();
     if reader.read_line(&mut first).unwrap_or(0) == 0 {
@@ -120,8 +133,10 @@ fn bot_answer(stream: TcpStream, kept: &Mutex<Vec<(String, serde_json::Value)>>,
         ),
         ("getUpdates", Mode::Updates(updates) | Mode::Hostile(_, updates)) => {
             let offset = body["offset"].as_i64().unwrap_or(0);
+            let added = added.lock().expect("lock").clone();
             let due: Vec<&serde_json::Value> = updates
                 .iter()
+                .chain(added.iter())
                 .filter(|u| u["update_id"].as_i64().unwrap_or(0) >= offset)
                 .collect();
             if due.is_empty() {
@@ -148,7 +163,7 @@ fn bot_answer(stream: TcpStream, kept: &Mutex<Vec<(String, serde_json::Value)>>,
 }
 
 /// Waits until `ok` holds, at most `limit`.
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         if ok() {
@@ -159,7 +174,7 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     ok()
 }
 
-fn update(id: i64, chat: i64, text: &str) -> serde_json::Value {
+pub(crate) fn update(id: i64, chat: i64, text: &str) -> serde_json::Value {
     serde_json::json!({"update_id": id, "message": {"message_id": id * 10, "date": 1,
         "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false},
         "text": text}})
@@ -271,15 +286,17 @@ fn a_conflict_is_polled_slowly_and_named_by_status() {
         said.contains("channel tg: CONFLICT") && said.contains("deleteWebhook"),
         "{said}"
     );
-    // Backing off from 2 s, doubling: a handful of polls in this time, never a hot loop.
-    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    // Backing off from 2 s, doubling (polls at 0, 2, 6, 14, 30 s): fewer than ten polls in
+    // thirty seconds of conflict, as the issue asks, never a hot loop. The test sleeps, it
+    // does not spin: thirty seconds of it cost the suite no CPU, and other tests run beside.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(started.elapsed()));
     let polls = api.calls("getUpdates").len();
-    assert!((1..10).contains(&polls), "{polls} getUpdates in 10 s");
+    assert!((3..10).contains(&polls), "{polls} getUpdates in 30 s");
 }
 
 const BOT_TOKEN: &str = "123456:AAH-bot-token-secret";
 
-fn add_telegram(home: &Home, name: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn add_telegram(home: &Home, name: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "channels",
         "add",
@@ -571,7 +588,7 @@ fn an_allowed_message_is_answered_once_and_a_long_answer_is_two_messages() {
 
 /// The channel workers loongd `daemon` started (its descendants running
 /// `loong-worker-channel`).
-fn channel_workers(daemon: u32) -> Vec<u32> {
+pub(crate) fn channel_workers(daemon: u32) -> Vec<u32> {
     let parent = |pid: u32| {
         crate::workers::status_field(u64::from(pid), "PPid").and_then(|p| p.parse::<u32>().ok())
     };

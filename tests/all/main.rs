@@ -11,6 +11,7 @@ mod authority;
 mod bridges;
 mod browser;
 mod builtins;
+mod channel_approvals;
 mod channels;
 mod chat;
 mod compat_sdk;

@@ -83,7 +83,7 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     assert!(!before.is_empty());
     home.start();
     // Stamped with the current version; the token and the records are all still there.
-    assert_eq!((version(&audit), version(&state)), (1, 4));
+    assert_eq!((version(&audit), version(&state)), (1, 5));
     let tokens = json_list(&home, &["tokens", "list", "--json"]);
     assert!(
         tokens
@@ -109,7 +109,7 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     assert_eq!(
         started[0]["schema_migrations"],
         serde_json::json!([
-            { "file": "state.db", "from": 0, "to": 4 },
+            { "file": "state.db", "from": 0, "to": 5 },
             { "file": "audit.db", "from": 0, "to": 1 },
         ]),
         "{started:?}"
@@ -126,9 +126,9 @@ fn a_home_from_before_schema_versions_is_migrated_with_its_data_and_trail_intact
     // A file a newer loongd wrote is refused, named with its version, and never downgraded;
     // the other file is left at its version too (checked before anything is migrated).
     set_version(&state, 0);
-    // Each file's known version: audit.db 1, state.db 4 (the agent's memory, the channels,
-    // the agent's summaries).
-    for (file, path, known) in [("audit.db", &audit, 1), ("state.db", &state, 4)] {
+    // Each file's known version: audit.db 1, state.db 5 (the agent's memory, the channels,
+    // the agent's summaries, the approvals offered over chat and the channels' generations).
+    for (file, path, known) in [("audit.db", &audit, 1), ("state.db", &state, 5)] {
         let newer = known + 1;
         set_version(path, newer);
         let rows = audit_rows(&audit).len();

@@ -40,6 +40,15 @@ pub enum ChannelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Restart a channel under its next token generation: its worker stops (drained), a new
+    /// token is issued and the old one revoked (a turn still running under it has its answer
+    /// refused and runs again; an approval it waits for is denied), and the worker starts
+    /// again.
+    Restart {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `loongctl channels add …`.
@@ -62,6 +71,10 @@ pub enum AddCommand {
         /// local server).
         #[arg(long, value_name = "URL")]
         api_base: Option<String>,
+        /// The pack the channel's token is issued within (default: the bundled `channel`
+        /// pack, whose turns call no tool); it must grant what the `channel` pack grants.
+        #[arg(long, value_name = "PACK")]
+        pack: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -81,6 +94,10 @@ pub enum AddCommand {
         /// https://open.larksuite.com).
         #[arg(long, value_name = "URL")]
         api_base: Option<String>,
+        /// The pack the channel's token is issued within (default: the bundled `channel`
+        /// pack, whose turns call no tool); it must grant what the `channel` pack grants.
+        #[arg(long, value_name = "PACK")]
+        pack: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -129,7 +146,8 @@ fn json(c: &ChannelView) -> serde_json::Value {
     serde_json::json!({
         "name": c.name, "kind": kind(c.kind), "api_base": c.api_base,
         "allowed_chats": c.allowed_chats, "operator_chats": c.operator_chats,
-        "app_id": c.app_id, "token": c.token_id, "secrets": c.secret_names,
+        "app_id": c.app_id, "token": c.token_id, "pack": c.pack,
+        "generation": c.generation, "secrets": c.secret_names,
         "pending": c.pending, "running": c.running, "answered": c.answered,
         "ignored": c.ignored, "unsent": c.unsent, "sent": c.sent, "offset": c.offset,
         "conflict": c.conflict, "last_error": c.last_error,
@@ -147,6 +165,7 @@ fn print(c: &ChannelView, detail: bool) {
     if !detail {
         return;
     }
+    println!("  pack {}, token generation {}", Esc(&c.pack), c.generation);
     println!(
         "  messages: {} pending, {} running, {} answered, {} ignored; answers: {} to send, {} sent",
         c.pending, c.running, c.answered, c.ignored, c.unsent, c.sent
@@ -182,6 +201,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
             allowed_chats,
             operator_chats,
             api_base,
+            pack,
             json,
         } => {
             let lines = read_lines(1, &["the bot token"])?;
@@ -195,6 +215,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
                     operator_chats,
                     app_id: None,
                     secrets,
+                    pack,
                 },
                 json,
             )
@@ -203,6 +224,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
             name,
             app_id,
             api_base,
+            pack,
             json,
             ..
         } => {
@@ -222,6 +244,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
                     operator_chats: Vec::new(),
                     app_id: Some(app_id),
                     secrets,
+                    pack,
                 },
                 json,
             )
@@ -245,6 +268,10 @@ pub(crate) fn run(layout: &Layout, cmd: ChannelsCommand) -> Result<u8, Failure> 
         ChannelsCommand::Status { name, json } => {
             let c = call(layout, ControlRequest::ChannelStatus { name })?;
             show(&c, json, true);
+        }
+        ChannelsCommand::Restart { name, json } => {
+            let c = call(layout, ControlRequest::ChannelRestart { name })?;
+            show(&c, json, false);
         }
         ChannelsCommand::Remove { name, json } => {
             let c = call(layout, ControlRequest::ChannelRemove { name })?;

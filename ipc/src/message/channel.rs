@@ -4,8 +4,10 @@
 //!
 //! - [`KIND_CHANNEL_OFFSET`]: no body; answered by [`ChannelOffset`] (where polling starts).
 //! - [`KIND_CHANNEL_RECEIVED`]: [`ChannelReceived`]; answered by [`ChannelTaken`]. The
-//!   messages and the new offset are committed in one transaction.
-//! - [`KIND_CHANNEL_OUTBOX`]: [`ChannelOutboxWait`]; answered by `Vec<ChannelOutboxItem>`.
+//!   messages and the new offset are committed in one transaction; a button press
+//!   ([`ChannelPress`]) is judged and answered ([`PressAnswer`]).
+//! - [`KIND_CHANNEL_OUTBOX`]: [`ChannelOutboxWait`]; answered by `Vec<ChannelOutboxItem>`
+//!   (answers, and approvals offered to the operator chats).
 //! - [`KIND_CHANNEL_ACK`]: [`ChannelAck`] once an item was sent; answered by an empty body.
 //! - [`KIND_CHANNEL_STATUS`]: [`ChannelStatus`] (a 409 conflict, a failure, or all clear);
 //!   answered by an empty body.
@@ -33,6 +35,14 @@ pub const MAX_OUTBOX_ITEMS: u32 = 16;
 pub const MAX_OUTBOX_WAIT_MS: u32 = 30_000;
 /// Bound on the ids of the platform messages one answer was sent as.
 pub const MAX_SENT_IDS: usize = 32;
+/// Bound on a button's data (the Bot API's `callback_data` is 1 to 64 bytes).
+pub const MAX_PRESS_DATA_BYTES: usize = 64;
+/// Bound on what a press is answered with (the Bot API shows 0 to 200 characters).
+pub const MAX_PRESS_ANSWER_BYTES: usize = 200;
+/// The data of an offer's approve button is this and the approval's id.
+pub const PRESS_APPROVE: &str = "approve:";
+/// The data of an offer's deny button is this and the approval's id.
+pub const PRESS_DENY: &str = "deny:";
 
 /// Where polling starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +62,26 @@ pub struct ChannelMessage {
     pub text: String,
 }
 
+/// A press of an inline button (Telegram's `callback_query`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelPress {
+    /// The platform's id of the press (answered with `answerCallbackQuery`).
+    pub callback: String,
+    /// The chat the button's message is in (empty: the platform did not say).
+    pub chat: String,
+    /// Who pressed it (Telegram's user id).
+    pub user: String,
+    /// The button's data.
+    pub data: String,
+}
+
+/// What loongd answers a press with (the notice the presser sees).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressAnswer {
+    pub callback: String,
+    pub text: String,
+}
+
 /// A batch received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelReceived {
@@ -60,6 +90,8 @@ pub struct ChannelReceived {
     pub messages: Vec<ChannelMessage>,
     /// Updates of kinds not taken, passed by the offset.
     pub skipped: u32,
+    /// Buttons pressed (at most [`MAX_CHANNEL_BATCH`] with the messages).
+    pub presses: Vec<ChannelPress>,
 }
 
 /// What loongd took of a batch.
@@ -72,6 +104,8 @@ pub struct ChannelTaken {
     /// The chats whose messages were taken for a turn (each once): shown the bot typing. A
     /// stranger's chat is not among them.
     pub typing: Vec<String>,
+    /// Each press, answered.
+    pub presses: Vec<PressAnswer>,
 }
 
 /// Ask for answers to send, waiting up to `wait_ms` for one.
@@ -81,7 +115,33 @@ pub struct ChannelOutboxWait {
     pub wait_ms: u32,
 }
 
-/// An answer to send.
+/// What an outbox item is: its id is one of its kind's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxKind {
+    /// A message's answer.
+    Answer,
+    /// A pending approval offered to an operator chat, sent with approve and deny buttons.
+    Offer {
+        /// Which approval is offered (the buttons' data is [`PRESS_APPROVE`] or
+        /// [`PRESS_DENY`] and this id).
+        approval: [u8; 8],
+    },
+}
+
+impl OutboxKind {
+    /// The data of the offer's approve and deny buttons (`None` for an answer).
+    pub fn buttons(self) -> Option<(String, String)> {
+        match self {
+            OutboxKind::Answer => None,
+            OutboxKind::Offer { approval } => {
+                let id: String = approval.iter().map(|b| format!("{b:02x}")).collect();
+                Some((format!("{PRESS_APPROVE}{id}"), format!("{PRESS_DENY}{id}")))
+            }
+        }
+    }
+}
+
+/// An answer (or an offer) to send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelOutboxItem {
     pub id: i64,
@@ -89,12 +149,15 @@ pub struct ChannelOutboxItem {
     pub reply_to: String,
     pub thread: Option<String>,
     pub text: String,
+    pub kind: OutboxKind,
 }
 
-/// An answer sent.
+/// An answer (or an offer) sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelAck {
     pub id: i64,
+    /// The item's kind, as the outbox gave it.
+    pub kind: OutboxKind,
     /// The platform's ids of the messages it was sent as.
     pub sent_ids: Vec<String>,
     /// Why the platform refused it (or its remaining parts) for good (a chat that blocked
@@ -116,12 +179,19 @@ fn id(field: &'static str, v: &str) -> Result<(), BoundError> {
 impl ChannelReceived {
     /// Checks every variable-size field against its bound.
     pub fn check_bounds(&self) -> Result<(), BoundError> {
-        if self.messages.len() > MAX_CHANNEL_BATCH {
+        let count = self.messages.len() + self.presses.len();
+        if count > MAX_CHANNEL_BATCH {
             return Err(BoundError {
                 field: "messages",
-                len: self.messages.len(),
+                len: count,
                 max: MAX_CHANNEL_BATCH,
             });
+        }
+        for p in &self.presses {
+            id("callback", &p.callback)?;
+            id("chat", &p.chat)?;
+            id("user", &p.user)?;
+            check_len("data", &p.data, MAX_PRESS_DATA_BYTES)?;
         }
         for m in &self.messages {
             id("key", &m.key)?;
@@ -191,6 +261,7 @@ mod tests {
             next_offset: Some(2),
             messages: vec![msg("hi")],
             skipped: 0,
+            presses: Vec::new(),
         };
         ok.check_bounds().expect("control");
         let bytes = postcard::to_allocvec(&ok).expect("encode");
@@ -212,17 +283,38 @@ mod tests {
         chat.chat = "9".repeat(MAX_CHANNEL_ID_BYTES + 1);
         let wide = ChannelReceived {
             messages: vec![chat],
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(wide.check_bounds().expect_err("chat").field, "chat");
+        let press = |data: &str| ChannelReceived {
+            presses: vec![ChannelPress {
+                callback: "c".into(),
+                chat: "1".into(),
+                user: "1".into(),
+                data: data.into(),
+            }],
+            ..ok.clone()
+        };
+        press(&"d".repeat(MAX_PRESS_DATA_BYTES))
+            .check_bounds()
+            .expect("control");
+        assert_eq!(
+            press(&"d".repeat(MAX_PRESS_DATA_BYTES + 1))
+                .check_bounds()
+                .expect_err("data")
+                .field,
+            "data"
+        );
         let ack = ChannelAck {
             id: 1,
+            kind: OutboxKind::Answer,
             sent_ids: vec!["1".into(); MAX_SENT_IDS + 1],
             failed: None,
         };
         assert!(ack.check_bounds().is_err());
         let ack = ChannelAck {
             id: 1,
+            kind: OutboxKind::Answer,
             sent_ids: Vec::new(),
             failed: Some("f".repeat(MAX_CHANNEL_STATUS_BYTES + 1)),
         };

@@ -308,6 +308,12 @@ pub enum ControlRequest {
     ChannelRemove {
         name: String,
     },
+    /// Restart a channel under a new token generation: its worker stops (drained), a new
+    /// token is issued and the old one revoked (what the old generation asked is refused),
+    /// and the worker starts again; answered by [`ControlResponse::Channels`]. Audited.
+    ChannelRestart {
+        name: String,
+    },
 }
 
 /// What `loongctl gateway status` shows.
@@ -372,6 +378,9 @@ pub struct ChannelAddRequest {
     /// The platform secrets by role: `bot_token` (Telegram); `app_secret`, `encrypt_key`,
     /// `verification_token` (Feishu).
     pub secrets: Vec<(String, SecretValue)>,
+    /// The pack the channel's token is issued within (`None`: the bundled `channel` pack,
+    /// whose turns may call no tool). It must grant what a channel's turn needs.
+    pub pack: Option<String>,
 }
 
 /// A channel as `channels list|status` shows it; never a secret.
@@ -386,6 +395,10 @@ pub struct ChannelView {
     pub app_id: Option<String>,
     /// The channel's token (public id).
     pub token_id: String,
+    /// The pack its token is issued within.
+    pub pack: String,
+    /// The channel's token generation: 1 when added, one more at each `channels restart`.
+    pub generation: u64,
     /// The names of its secrets in the secret store.
     pub secret_names: Vec<String>,
     /// Messages waiting for a turn, in a turn, answered, ignored.

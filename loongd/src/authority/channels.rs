@@ -1,6 +1,8 @@
-//! The chat channels' state in `HOME/state.db` (tables added by state.db schema version 3):
-//! each channel's configuration and token id, Telegram's update offset, the inbox of
-//! received messages, the outbox of answers to send, and Feishu's seen event ids.
+//! The chat channels' state in `HOME/state.db` (tables added by state.db schema version 3;
+//! the approvals offered and the token generation by version 5): each channel's
+//! configuration, token id and generation, Telegram's update offset, the inbox of received
+//! messages, the outbox of answers to send, the approvals offered to its operator chats, and
+//! Feishu's seen event ids.
 //!
 //! **Exactly once.** A batch of received updates and the offset past them are committed in
 //! ONE transaction ([`ChannelStore::receive`]): a kill before the commit leaves the old offset
@@ -49,6 +51,18 @@ pub const MAX_TELEGRAM_OFFSET: i64 = i32::MAX as i64 + 1;
 /// (every message of theirs is one platform update) grows the audit trail by one record a
 /// minute, not one a message; the others are counted in `channels status`.
 pub const IGNORED_AUDIT_WINDOW_MS: i64 = 60 * 1000;
+/// The most chats not allowed whose ignored messages one channel audits a window: a chat's
+/// id is the worker's word (a worker taken over makes up a new stranger for each message),
+/// so one record a chat a window alone would be one a message. The rest are counted in
+/// `channels status`.
+pub const MAX_STRANGERS_AUDITED: i64 = 32;
+/// The window of the turns one channel may start (`[channels] turns_per_minute`): a
+/// compromised channel worker (or a flood of allowed chats) makes up messages at will, and
+/// each turn costs the provider's tokens and runs tools. Past its turns, the channel's
+/// messages wait (pending, none lost) until the window moves; the other channels' turns go
+/// on.
+pub const TURN_RATE_WINDOW_MS: i64 = 60 * 1000;
+
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -100,6 +114,44 @@ CREATE TABLE IF NOT EXISTS channel_events (
 /// The statements of state.db's schema step from version 2 to 3.
 pub const SCHEMA_STEP: &str = SCHEMA;
 
+/// The approvals offered to a channel's operator chats: one row per approval and chat,
+/// `pending` (to send), `sent`, or `closed` (resolved before it was sent).
+macro_rules! offers_table {
+    () => {
+        "CREATE TABLE IF NOT EXISTS channel_offers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    approval TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER,
+    UNIQUE (channel, approval, chat)
+);
+CREATE INDEX IF NOT EXISTS channel_offers_state ON channel_offers (channel, state, id);"
+    };
+}
+const OFFERS_SCHEMA: &str = offers_table!();
+
+/// A channel's token generation, added to `channels` by state.db's step from 4 to 5.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("generation", "INTEGER NOT NULL DEFAULT 1")];
+
+/// The statements of state.db's schema step from version 4 to 5: the approvals offered over
+/// chat, and each channel's token generation.
+pub const OFFERS_SCHEMA_STEP: &str = concat!(
+    offers_table!(),
+    "\nALTER TABLE channels ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;"
+);
+
+/// The most bytes of an offer's text (what the operator chat is shown of the approval).
+pub const MAX_OFFER_TEXT_BYTES: usize = 1024;
+/// The most offers kept per channel: the newest (an offer settled keeps no text, only what
+/// judges a press on it). Older ones go as new ones come: their approvals were settled
+/// long before (a channel's turns run one at a time, each waiting for its approval), so
+/// every approval its turns ask for grows no table.
+pub const MAX_OFFERS_KEPT: i64 = 4 * loong_ipc::message::control::MAX_CHANNEL_CHATS as i64;
+
 /// A channel store operation refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelStoreError {
@@ -121,6 +173,8 @@ pub enum ChannelStoreError {
     BadOffset { channel: String, offset: i64 },
     #[error("channel `{channel}`: outbox item {id} is not one of its pending answers")]
     NotPending { channel: String, id: i64 },
+    #[error("channel `{channel}`: offer {id} is not one of its pending offers")]
+    OfferNotPending { channel: String, id: i64 },
     #[error("channel `{channel}`: a text of {len} bytes is above the {limit}-byte limit")]
     TextTooLarge {
         channel: String,
@@ -136,6 +190,8 @@ pub struct ChannelRow {
     pub kind: String,
     pub config_json: String,
     pub token_id: String,
+    /// 1 when added; one more at each restart (each a new token, the old one revoked).
+    pub generation: u64,
 }
 
 /// A message the worker hands over.
@@ -189,6 +245,15 @@ pub struct OutboxItem {
     pub text: String,
 }
 
+/// An approval to offer to an operator chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferItem {
+    pub id: i64,
+    pub approval: String,
+    pub chat: String,
+    pub text: String,
+}
+
 /// A channel's counts, for `channels status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -213,21 +278,229 @@ pub struct ChannelStore {
     db: StateDb,
     /// The channel and chat whose message was claimed last (the turns go round the chats).
     last_claimed: std::sync::Mutex<Option<(String, String)>>,
+    /// The turns running now, by their chain's root: which channel each is for (an
+    /// approval one asks for is offered to that channel's operator chats).
+    turns: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Woken when a message is new to the inbox (the turn runner waits on it rather than
+    /// polling), and when an answer or an offer is new to an outbox (the workers' outbox
+    /// waits): a message's way through loongd waits on no timer.
+    pub inbox_ready: tokio::sync::Notify,
+    pub outbox_ready: tokio::sync::Notify,
+    /// When each channel's turns of the last [`TURN_RATE_WINDOW_MS`] were claimed.
+    claimed_at:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<i64>>>,
+}
+
+/// Milliseconds on a clock that never moves back (the turn-rate window's: a wall clock set
+/// back an hour held a channel's turns for the hour; set forward, it freed the window).
+pub fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    i64::try_from(
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The operator chats in a channel's configuration.
+fn operator_chats(config_json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(config_json)
+        .ok()
+        .and_then(|c| {
+            c["operator_chats"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 impl ChannelStore {
     /// Opens the tables in `path`.
     pub fn open(path: &Path) -> Result<ChannelStore, TokenError> {
+        let db = StateDb::open(path, &format!("{SCHEMA}\n{OFFERS_SCHEMA}"))?;
+        db.add_columns("channels", ADDED_COLUMNS)?;
         Ok(ChannelStore {
-            db: StateDb::open(path, SCHEMA)?,
+            db,
             last_claimed: std::sync::Mutex::new(None),
+            turns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            claimed_at: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inbox_ready: tokio::sync::Notify::new(),
+            outbox_ready: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A turn of `channel`'s starts under the chain `root`; [`ChannelStore::turn_ended`]
+    /// when it ends.
+    pub fn turn_started(&self, root: &str, channel: &str) {
+        lock(&self.turns).insert(root.to_owned(), channel.to_owned());
+    }
+
+    /// The turn of chain `root` ended.
+    pub fn turn_ended(&self, root: &str) {
+        lock(&self.turns).remove(root);
+    }
+
+    /// The channel whose turn runs under the chain `root`, if one does.
+    pub fn turn_channel(&self, root: &str) -> Option<String> {
+        lock(&self.turns).get(root).cloned()
+    }
+
+    /// Offers the pending `approval` to each operator chat of `channel` (once per chat,
+    /// however often it is asked); returns how many chats it is offered to.
+    pub fn offer(
+        &self,
+        channel: &str,
+        approval: &str,
+        text: &str,
+    ) -> Result<usize, ChannelStoreError> {
+        if text.len() > MAX_OFFER_TEXT_BYTES {
+            return Err(ChannelStoreError::TextTooLarge {
+                channel: channel.to_owned(),
+                len: text.len(),
+                limit: MAX_OFFER_TEXT_BYTES,
+            });
+        }
+        let chats = operator_chats(&self.get(channel)?.config_json);
+        let at = now_ms();
+        Ok(self.db.with(|c| {
+            let tx = StateDb::write(c)?;
+            for chat in &chats {
+                tx.execute(
+                    "INSERT OR IGNORE INTO channel_offers (channel, approval, chat, text, state, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                    params![channel, approval, chat, text, at],
+                )?;
+            }
+            tx.execute(
+                "DELETE FROM channel_offers WHERE channel = ?1 AND id NOT IN
+                 (SELECT id FROM channel_offers WHERE channel = ?1 ORDER BY id DESC LIMIT ?2)",
+                params![channel, MAX_OFFERS_KEPT],
+            )?;
+            tx.commit()?;
+            Ok(chats.len())
+        })
+        .inspect(|_| self.outbox_ready.notify_waiters())?)
+    }
+
+    /// The channel's oldest offers not yet sent, at most `limit`.
+    pub fn offers(&self, channel: &str, limit: u32) -> Result<Vec<OfferItem>, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            let mut s = c.prepare(
+                "SELECT id, approval, chat, text FROM channel_offers
+                 WHERE channel = ?1 AND state = 'pending' ORDER BY id LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![channel, limit], |r| {
+                Ok(OfferItem {
+                    id: r.get(0)?,
+                    approval: r.get(1)?,
+                    chat: r.get(2)?,
+                    text: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })?)
+    }
+
+    /// Offer `id` of `channel` is `sent` (its buttons reached the chat) or `closed` (its
+    /// approval was resolved before it was sent). Returns its chat and approval; an id that
+    /// is not one of this channel's pending offers is refused.
+    pub fn settle_offer(
+        &self,
+        channel: &str,
+        id: i64,
+        sent: bool,
+    ) -> Result<(String, String), ChannelStoreError> {
+        let state = if sent { "sent" } else { "closed" };
+        let done = self.db.with(|c| {
+            let tx = StateDb::write(c)?;
+            let n = tx.execute(
+                "UPDATE channel_offers SET state = ?3, sent_ms = ?4, text = ''
+                 WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
+                params![id, channel, state, now_ms()],
+            )?;
+            let row = if n == 1 {
+                Some(tx.query_row(
+                    "SELECT chat, approval FROM channel_offers WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(row)
+        })?;
+        done.ok_or_else(|| ChannelStoreError::OfferNotPending {
+            channel: channel.to_owned(),
+            id,
+        })
+    }
+
+    /// Whether `approval` was offered to `chat` of `channel`.
+    pub fn offered(
+        &self,
+        channel: &str,
+        approval: &str,
+        chat: &str,
+    ) -> Result<bool, ChannelStoreError> {
+        Ok(self.db.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM channel_offers WHERE channel = ?1 AND approval = ?2 AND chat = ?3",
+                params![channel, approval, chat],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+        })?)
+    }
+
+    /// The channel runs under a new token: `token_id`, of the next generation. Returns that
+    /// generation and the token it replaced, read in the same transaction (the one to
+    /// revoke: not one read before, which another restart may have replaced meanwhile).
+    pub fn next_generation(
+        &self,
+        name: &str,
+        token_id: &str,
+    ) -> Result<(u64, String), ChannelStoreError> {
+        let replaced = self.db.with(|c| {
+            let tx = StateDb::write(c)?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT token_id FROM channels WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(old) = old else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE channels SET token_id = ?2, generation = generation + 1 WHERE name = ?1",
+                params![name, token_id],
+            )?;
+            let g: i64 = tx.query_row(
+                "SELECT generation FROM channels WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(Some((g.unsigned_abs(), old)))
+        })?;
+        replaced.ok_or_else(|| ChannelStoreError::NoSuchChannel(name.to_owned()))
     }
 
     /// Adds a channel.
     pub fn add(&self, row: &ChannelRow) -> Result<(), ChannelStoreError> {
         let outcome = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM channels", [], |r| r.get(0))?;
             if count.unsigned_abs() >= MAX_CHANNELS as u64 {
                 return Ok(Err(ChannelStoreError::TooMany(MAX_CHANNELS)));
@@ -251,7 +524,7 @@ impl ChannelStore {
         self.db
             .with(|c| {
                 c.query_row(
-                    "SELECT name, kind, config_json, token_id FROM channels WHERE name = ?1",
+                    "SELECT name, kind, config_json, token_id, generation FROM channels WHERE name = ?1",
                     params![name],
                     channel_row,
                 )
@@ -263,34 +536,26 @@ impl ChannelStore {
     /// Every channel, by name.
     pub fn list(&self) -> Result<Vec<ChannelRow>, ChannelStoreError> {
         Ok(self.db.with(|c| {
-            let mut s =
-                c.prepare("SELECT name, kind, config_json, token_id FROM channels ORDER BY name")?;
+            let mut s = c.prepare(
+                "SELECT name, kind, config_json, token_id, generation FROM channels ORDER BY name",
+            )?;
             let rows = s.query_map([], channel_row)?;
             rows.collect()
         })?)
-    }
-
-    /// Sets the channel's token id (a restart issues a new generation).
-    pub fn set_token(&self, name: &str, token_id: &str) -> Result<(), ChannelStoreError> {
-        let n = self.db.with(|c| {
-            c.execute(
-                "UPDATE channels SET token_id = ?2 WHERE name = ?1",
-                params![name, token_id],
-            )
-        })?;
-        if n == 0 {
-            return Err(ChannelStoreError::NoSuchChannel(name.to_owned()));
-        }
-        Ok(())
     }
 
     /// Removes the channel and everything kept for it, in one transaction.
     pub fn remove(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
         let row = self.get(name)?;
         self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
-            for table in ["channel_inbox", "channel_outbox", "channel_events"] {
+            for table in [
+                "channel_inbox",
+                "channel_outbox",
+                "channel_events",
+                "channel_offers",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE channel = ?1"),
                     params![name],
@@ -351,7 +616,7 @@ impl ChannelStore {
         }
         self.get(channel)?;
         let outcome = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             // Updates below the committed offset were taken before (their rows may be gone):
             // a replay of one is not taken again.
             let committed: Option<i64> = tx
@@ -391,6 +656,8 @@ impl ChannelStore {
                     ..m.clone()
                 };
                 let state = if m.allowed { "pending" } else { "ignored" };
+                // Audited: a chat's first ignored message of the window, while the channel's
+                // strangers of the window are fewer than MAX_STRANGERS_AUDITED.
                 let recently_ignored: i64 = if m.allowed {
                     0
                 } else {
@@ -398,7 +665,16 @@ impl ChannelStore {
                         "SELECT COUNT(*) FROM channel_inbox WHERE channel = ?1 AND chat = ?2
                          AND state = 'ignored' AND received_ms > ?3",
                         params![channel, m.chat, at.saturating_sub(IGNORED_AUDIT_WINDOW_MS)],
-                        |r| r.get(0),
+                        |r| r.get::<_, i64>(0),
+                    )? + tx.query_row(
+                        "SELECT COUNT(DISTINCT chat) >= ?3 FROM channel_inbox WHERE channel = ?1
+                         AND state = 'ignored' AND received_ms > ?2",
+                        params![
+                            channel,
+                            at.saturating_sub(IGNORED_AUDIT_WINDOW_MS),
+                            MAX_STRANGERS_AUDITED
+                        ],
+                        |r| r.get::<_, i64>(0),
                     )?
                 };
                 let n = tx.execute(
@@ -445,6 +721,12 @@ impl ChannelStore {
             tx.commit()?;
             Ok(Ok(ids))
         })?;
+        if outcome
+            .as_ref()
+            .is_ok_and(|ids| ids.iter().any(|t| t.allowed))
+        {
+            self.inbox_ready.notify_one();
+        }
         outcome
     }
 
@@ -453,7 +735,7 @@ impl ChannelStore {
     pub fn see_event(&self, channel: &str, event_id: &str) -> Result<(), ChannelStoreError> {
         let at = now_ms();
         let n = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             tx.execute(
                 "DELETE FROM channel_events WHERE seen_ms < ?1",
                 params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
@@ -477,20 +759,52 @@ impl ChannelStore {
     /// Claims a pending message for its turn (pending → running): the chats (of every
     /// channel) take turns, each chat's messages oldest first, so one chat's many messages
     /// hold no other chat's (or channel's) turn behind them.
-    pub fn claim(&self) -> Result<Option<InboxItem>, ChannelStoreError> {
+    /// A channel that started `max_turns` turns in the last [`TURN_RATE_WINDOW_MS`] is
+    /// passed over until the window moves.
+    pub fn claim(&self, max_turns: usize) -> Result<Option<InboxItem>, ChannelStoreError> {
+        self.claim_at(monotonic_ms(), max_turns)
+    }
+
+    /// The channels that started `max_turns` turns in the window before `now`.
+    fn throttled(&self, now: i64, max_turns: usize) -> Vec<String> {
+        let mut claimed = lock(&self.claimed_at);
+        claimed.retain(|_, at| {
+            while at
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) >= TURN_RATE_WINDOW_MS)
+            {
+                at.pop_front();
+            }
+            !at.is_empty()
+        });
+        claimed
+            .iter()
+            .filter(|(_, at)| at.len() >= max_turns)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// [`ChannelStore::claim`] at the time `now` ([`monotonic_ms`]).
+    pub fn claim_at(
+        &self,
+        now: i64,
+        max_turns: usize,
+    ) -> Result<Option<InboxItem>, ChannelStoreError> {
         let mut last = self
             .last_claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let after = last.clone().unwrap_or_default();
+        let throttled = serde_json::to_string(&self.throttled(now, max_turns)).unwrap_or_default();
         let claimed = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let item = tx
                 .query_row(
                     "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
                      WHERE state = 'pending'
+                     AND channel NOT IN (SELECT value FROM json_each(?3))
                      ORDER BY (channel, chat) <= (?1, ?2), channel, chat, id LIMIT 1",
-                    params![after.0, after.1],
+                    params![after.0, after.1, throttled],
                     |r| {
                         Ok(InboxItem {
                             id: r.get(0)?,
@@ -515,6 +829,10 @@ impl ChannelStore {
         })?;
         if let Some(i) = &claimed {
             *last = Some((i.channel.clone(), i.chat.clone()));
+            lock(&self.claimed_at)
+                .entry(i.channel.clone())
+                .or_default()
+                .push_back(now);
         }
         Ok(claimed)
     }
@@ -529,6 +847,21 @@ impl ChannelStore {
             )
             .map(|n| n as u64)
         })?)
+    }
+
+    /// The message `inbox_id`, whose turn ran under a token generation that is gone, waits
+    /// for its turn again (running → pending). False when it was not running.
+    pub fn requeue(&self, inbox_id: i64) -> Result<bool, ChannelStoreError> {
+        Ok(self
+            .db
+            .with(|c| {
+                c.execute(
+                "UPDATE channel_inbox SET state = 'pending' WHERE id = ?1 AND state = 'running'",
+                params![inbox_id],
+            )
+            .map(|n| n == 1)
+            })
+            .inspect(|_| self.inbox_ready.notify_one())?)
     }
 
     /// The message `inbox_id` is answered with `text`: the outbox row and the answered mark
@@ -552,7 +885,7 @@ impl ChannelStore {
             });
         }
         Ok(self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let state = if text.is_some() { "answered" } else { "ignored" };
             let n = tx.execute(
                 "UPDATE channel_inbox SET state = ?2 WHERE id = ?1 AND state IN ('pending', 'running')",
@@ -571,6 +904,11 @@ impl ChannelStore {
             }
             tx.commit()?;
             Ok(n == 1)
+        })
+        .inspect(|done| {
+            if *done && text.is_some() {
+                self.outbox_ready.notify_waiters();
+            }
         })?)
     }
 
@@ -599,7 +937,7 @@ impl ChannelStore {
     /// refused.
     pub fn ack(&self, channel: &str, id: i64) -> Result<(String, String), ChannelStoreError> {
         let done = self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             let n = tx.execute(
                 "UPDATE channel_outbox SET state = 'sent', sent_ms = ?3
                  WHERE id = ?1 AND channel = ?2 AND state = 'pending'",
@@ -669,6 +1007,7 @@ fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRow> {
         kind: r.get(1)?,
         config_json: r.get(2)?,
         token_id: r.get(3)?,
+        generation: r.get::<_, i64>(4)?.unsigned_abs(),
     })
 }
 

@@ -10,6 +10,9 @@ use rusqlite::Connection;
 
 use super::tokens::TokenError;
 
+/// How long a statement waits for another connection's write lock before it fails.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One connection to the state database.
 #[derive(Debug)]
 pub struct StateDb {
@@ -25,6 +28,7 @@ impl StateDb {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -46,6 +50,14 @@ impl StateDb {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// A write transaction on `c` that takes the database's write lock at its start (waiting
+    /// out another connection's, up to the busy timeout). A deferred one that reads first
+    /// fails at its first write, at once ("database is locked"), when another connection
+    /// (every store has its own) wrote since it read: waiting cannot help it.
+    pub fn write(c: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)
     }
 
     /// Adds each of `columns` (`(name, declaration)`) that `table` lacks: a table written by

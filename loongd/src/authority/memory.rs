@@ -166,7 +166,7 @@ impl MemoryStore {
         summary: Option<(&str, u64)>,
     ) -> Result<(), TokenError> {
         self.db.with(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = StateDb::write(c)?;
             if let Some((text, through)) = summary {
                 tx.execute(
                     "INSERT OR REPLACE INTO agent_summaries (session, summary, through_seq, at_ms)

@@ -1,7 +1,9 @@
-//! `channels add | list | status | remove` on the control API. Adding a channel stores its
-//! platform secrets in the secret store (each bound to the platform's API host only), issues
-//! the channel's own token within the bundled `channel` pack, and keeps its configuration in
-//! `state.db` (`authority::channels`); removing it undoes all three. Each step is audited
+//! `channels add | list | status | restart | remove` on the control API. Adding a channel
+//! stores its platform secrets in the secret store (each bound to the platform's API host
+//! only), issues the channel's own token within the bundled `channel` pack (or the pack the
+//! operator names), and keeps its configuration in `state.db` (`authority::channels`);
+//! removing it undoes all three; restarting it issues its next token generation and revokes
+//! the one before. Each step is audited
 //! with the operator's uid and the channel's name (`secret.set`, `token.issued`, and on
 //! removal `secret.removed`, `token.revoked`); no answer, record or log line carries a
 //! secret, and the token's bearer secret is shown to no one (the channel's service call is
@@ -45,6 +47,16 @@ pub struct ChannelConfig {
     pub operator_chats: Vec<String>,
     pub app_id: Option<String>,
     pub secret_names: Vec<String>,
+    /// The pack its token is issued within (`None`: [`CHANNEL_PACK`]).
+    #[serde(default)]
+    pub pack: Option<String>,
+}
+
+impl ChannelConfig {
+    /// The pack the channel's tokens are issued within.
+    pub fn pack(&self) -> &str {
+        self.pack.as_deref().unwrap_or(CHANNEL_PACK)
+    }
 }
 
 fn bad(m: impl Into<String>) -> RemoteError {
@@ -231,6 +243,7 @@ fn plan(req: &ChannelAddRequest) -> Result<(ChannelConfig, NamedSecrets<'_>), Re
         operator_chats: req.operator_chats.clone(),
         app_id: req.app_id.clone(),
         secret_names: secrets.iter().map(|(n, _)| n.clone()).collect(),
+        pack: req.pack.clone().filter(|p| p != CHANNEL_PACK),
     };
     Ok((config, secrets))
 }
@@ -243,32 +256,20 @@ pub(crate) async fn add(
     req: ChannelAddRequest,
 ) -> Result<ControlResponse, RemoteError> {
     let (config, secrets) = plan(&req)?;
+    let _one = LIFECYCLE.lock().await;
     let channels = &kernel.authority.channels;
     if channels.get(&req.name).is_ok() {
         return Err(refused(ChannelStoreError::Exists(req.name.clone())));
     }
     let store = store()?;
-    let pack = kernel
-        .authority
-        .pack(CHANNEL_PACK)
-        .ok_or_else(|| internal("the bundled `channel` pack is not loaded"))?;
-    let grants = pack.grants.clone();
-    let issued = kernel
-        .authority
-        .tokens
-        .issue(
-            pack,
-            &format!("channel:{}", req.name),
-            grants.clone(),
-            MAX_TTL_MS,
-        )
-        .map_err(internal)?;
+    let (issued, grants) = issue(kernel, &req.name, &config)?;
     let token_id = issued.token.id.clone();
     let row = ChannelRow {
         name: req.name.clone(),
         kind: req.kind.as_str().to_owned(),
         config_json: serde_json::to_string(&config).map_err(internal)?,
         token_id: token_id.clone(),
+        generation: 1,
     };
     let mut set = Vec::new();
     let stored = secrets.iter().try_for_each(|(name, value)| {
@@ -295,13 +296,77 @@ pub(crate) async fn add(
             serde_json::json!({ "name": name, "hosts": [config.secret_host], "channel": req.name });
         record(kernel, cred, io, Kind::SecretSet, detail).await?;
     }
-    let detail = serde_json::json!({ "token": token_id, "pack": CHANNEL_PACK, "agent": format!("channel:{}", req.name), "grants": grants.iter().map(ToString::to_string).collect::<Vec<_>>(), "expires_ms": issued.token.expires_ms, "generation": issued.token.generation, "channel": req.name });
+    let detail = issued_detail(&req.name, &config, &issued, &grants, 1);
     record(kernel, cred, io, Kind::TokenIssued, detail).await?;
-    // The channel's service starts now; one that cannot start says why in its status.
+    start_service(kernel, &req.name);
+    Ok(ControlResponse::Channels(vec![view(kernel, &row)?]))
+}
+
+/// The grants every channel's token needs: its turns, their session, its answers.
+fn needed_grants(kernel: &Kernel) -> Result<Vec<loong_profiles::pack::Grant>, RemoteError> {
+    Ok(kernel
+        .authority
+        .pack(CHANNEL_PACK)
+        .ok_or_else(|| internal("the bundled `channel` pack is not loaded"))?
+        .grants
+        .clone())
+}
+
+/// Issues channel `name`'s token within its pack, with every grant of the pack; a pack that
+/// lacks a grant a channel needs is refused, naming it.
+fn issue(
+    kernel: &Kernel,
+    name: &str,
+    config: &ChannelConfig,
+) -> Result<
+    (
+        crate::authority::tokens::Issued,
+        Vec<loong_profiles::pack::Grant>,
+    ),
+    RemoteError,
+> {
+    let pack = kernel.authority.pack(config.pack()).ok_or_else(|| {
+        bad(format!(
+            "--pack {}: no such pack; see `loongctl packs list`",
+            config.pack()
+        ))
+    })?;
+    if let Some(g) = needed_grants(kernel)?.iter().find(|g| !pack.covers(g)) {
+        return Err(bad(format!(
+            "--pack {}: it does not grant {g}, which a channel's turns need; add it to the pack, or leave --pack out",
+            pack.id
+        )));
+    }
+    let grants = pack.grants.clone();
+    let issued = kernel
+        .authority
+        .tokens
+        .issue(pack, &format!("channel:{name}"), grants.clone(), MAX_TTL_MS)
+        .map_err(internal)?;
+    Ok((issued, grants))
+}
+
+fn issued_detail(
+    name: &str,
+    config: &ChannelConfig,
+    issued: &crate::authority::tokens::Issued,
+    grants: &[loong_profiles::pack::Grant],
+    generation: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "token": issued.token.id, "pack": config.pack(), "agent": format!("channel:{name}"),
+        "grants": grants.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "expires_ms": issued.token.expires_ms, "generation": issued.token.generation,
+        "channel": name, "channel_generation": generation,
+    })
+}
+
+/// The channel's service starts now; one that cannot start says why in its status.
+fn start_service(kernel: &Kernel, name: &str) {
     if let Some(k) = kernel.arc() {
-        if let Err(e) = crate::services::channel::start(&k, &req.name) {
+        if let Err(e) = crate::services::channel::start(&k, name) {
             crate::channel_status::report(
-                &req.name,
+                name,
                 crate::channel_status::PollStatus {
                     conflict: None,
                     last_error: Some(format!("not started: {e}")),
@@ -309,6 +374,65 @@ pub(crate) async fn add(
             );
         }
     }
+}
+
+/// One `channels add | restart | remove` at a time: each reads a channel's row, stops or
+/// starts its worker, and issues or revokes its token; two at once (two restarts, a restart
+/// and a remove) would each revoke the token it read, leaving the one the other issued
+/// valid, and a worker bound to a token the row no longer names.
+static LIFECYCLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `channels restart NAME`: the channel's worker stops (drained); its next token generation
+/// is issued and the one before revoked (a turn still running under it is refused at its
+/// next decision and its answer is not sent: the message runs again under the new token;
+/// an approval it waits for is denied); then the worker starts again, bound to the new
+/// token.
+pub(crate) async fn restart(
+    kernel: &Kernel,
+    cred: &UCred,
+    io: &RequestIo,
+    name: String,
+) -> Result<ControlResponse, RemoteError> {
+    let _one = LIFECYCLE.lock().await;
+    let channels = &kernel.authority.channels;
+    let row = channels.get(&name).map_err(refused)?;
+    let config: ChannelConfig = serde_json::from_str(&row.config_json).map_err(internal)?;
+    kernel
+        .services
+        .stop(
+            crate::services::Service::Channel,
+            &name,
+            crate::services::DEFAULT_DRAIN,
+        )
+        .await;
+    let (issued, grants) = issue(kernel, &name, &config)?;
+    let (generation, replaced) = match channels.next_generation(&name, &issued.token.id) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = kernel.authority.tokens.revoke(&issued.token.id);
+            start_service(kernel, &name);
+            return Err(refused(e));
+        }
+    };
+    let detail = issued_detail(&name, &config, &issued, &grants, generation);
+    record(kernel, cred, io, Kind::TokenIssued, detail).await?;
+    if kernel
+        .authority
+        .tokens
+        .revoke(&replaced)
+        .map_err(internal)?
+    {
+        let detail = serde_json::json!({
+            "token": replaced, "channel": name, "channel_generation": generation.saturating_sub(1),
+            "reason": format!("channel {name} restarted under generation {generation}"),
+        });
+        record(kernel, cred, io, Kind::TokenRevoked, detail).await?;
+        crate::egress::authority_changed();
+    }
+    let actor = Actor::operator(cred.uid(), None, io);
+    crate::effects::approval::deny_orphaned(kernel, &actor).await?;
+    start_service(kernel, &name);
+    let row = channels.get(&name).map_err(refused)?;
     Ok(ControlResponse::Channels(vec![view(kernel, &row)?]))
 }
 
@@ -336,6 +460,11 @@ fn view(kernel: &Kernel, row: &ChannelRow) -> Result<ChannelView, RemoteError> {
         operator_chats: config.operator_chats,
         app_id: config.app_id,
         token_id: row.token_id.clone(),
+        pack: config
+            .pack
+            .clone()
+            .unwrap_or_else(|| CHANNEL_PACK.to_owned()),
+        generation: row.generation,
         secret_names: config.secret_names,
         pending: counts.pending,
         running: counts.running,
@@ -372,6 +501,7 @@ pub(crate) async fn remove(
     io: &RequestIo,
     name: String,
 ) -> Result<ControlResponse, RemoteError> {
+    let _one = LIFECYCLE.lock().await;
     let row = kernel.authority.channels.get(&name).map_err(refused)?;
     let shown = view(kernel, &row)?;
     // Its worker stops (drained) before its state goes.
@@ -405,8 +535,10 @@ pub(crate) async fn remove(
     Ok(ControlResponse::Channels(vec![shown]))
 }
 
-/// How long the turn runner waits before it looks at the inbox again when it was empty.
-pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest the turn runner waits before it looks at the inbox again when it was empty
+/// (a new message wakes it at once: `ChannelStore::inbox_ready`; a channel past its turns a
+/// minute is looked at again after this).
+pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// What `/start` and `/help` answer.
 pub const HELP_TEXT: &str = "Send a message and the agent answers it here. /new starts a new conversation; /help shows this.";
@@ -438,12 +570,18 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
         if *kernel.shutdown.borrow() {
             return;
         }
-        match kernel.authority.channels.claim() {
+        let max_turns = kernel.config.channels.turns_per_minute as usize;
+        match kernel.authority.channels.claim(max_turns) {
             Ok(Some(item)) => turn_for(&kernel, item).await,
-            Ok(None) => tokio::time::sleep(TURN_POLL).await,
+            Ok(None) => {
+                tokio::select! {
+                    () = kernel.authority.channels.inbox_ready.notified() => {}
+                    () = tokio::time::sleep(TURN_POLL) => {}
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the channels' inbox");
-                tokio::time::sleep(TURN_POLL * 10).await;
+                tokio::time::sleep(TURN_POLL).await;
             }
         }
     }
@@ -456,6 +594,7 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
         return;
     };
     let session = session_of(&row.kind, &item.channel, &item.chat);
+    let root = format!("channel-{}/msg-{}", item.channel, item.id);
     let answer = match command(&item.text) {
         Some("/new") => {
             if let Err(e) = kernel.authority.memory.clear(&session) {
@@ -465,39 +604,114 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
         }
         Some(_) => HELP_TEXT.to_owned(),
         None => {
-            let worker = kernel
-                .services
-                .state(crate::services::Service::Channel, &item.channel)
-                .map_or(0, |s| s.worker.load(std::sync::atomic::Ordering::Relaxed));
-            let actor = Actor {
-                who: crate::effects::Principal::Worker { worker },
-                bearer: crate::authority::Bearer::Id(&row.token_id),
-                chain: crate::effects::Chain::root(format!(
-                    "channel-{}/msg-{}",
-                    item.channel, item.id
-                )),
-                io: None,
-            };
-            let turn = super::agent_api::turn(
-                kernel,
-                &actor,
-                Some(row.token_id.clone()),
-                Some(session),
-                item.text.clone(),
-            )
-            .await;
-            match turn {
-                Ok(asked) => asked.answer,
-                Err(e) => {
-                    tracing::warn!(channel = %item.channel, error = %e.message, "a channel's turn failed");
-                    FAILED_TEXT.to_owned()
-                }
-            }
+            // While it runs, an approval its tool calls wait for is offered to the
+            // channel's operator chats (effects::approval).
+            store.turn_started(&root, &item.channel);
+            let answer = agent_turn(kernel, &row, &item, &root, session).await;
+            store.turn_ended(&root);
+            answer
         }
     };
+    if !same_generation(kernel, &row, &item, &root).await {
+        return;
+    }
     if let Err(e) = store.answer(item.id, &answer) {
         tracing::warn!(error = %e, "keeping a channel's answer");
     }
+}
+
+/// The worker serving channel `name` now (0: none).
+fn channel_worker(kernel: &Kernel, name: &str) -> u64 {
+    kernel
+        .services
+        .state(crate::services::Service::Channel, name)
+        .map_or(0, |s| s.worker.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// One agent turn for `item` under the channel's token, in its chat's session; its answer.
+async fn agent_turn(
+    kernel: &Kernel,
+    row: &ChannelRow,
+    item: &crate::authority::channels::InboxItem,
+    root: &str,
+    session: String,
+) -> String {
+    let actor = Actor {
+        who: crate::effects::Principal::Worker {
+            worker: channel_worker(kernel, &item.channel),
+        },
+        bearer: crate::authority::Bearer::Id(&row.token_id),
+        chain: crate::effects::Chain::root(root.to_owned()),
+        io: None,
+    };
+    let turn = super::agent_api::turn(
+        kernel,
+        &actor,
+        Some(row.token_id.clone()),
+        Some(session),
+        item.text.clone(),
+    )
+    .await;
+    match turn {
+        Ok(asked) => asked.answer,
+        Err(e) => {
+            tracing::warn!(channel = %item.channel, error = %e.message, "a channel's turn failed");
+            FAILED_TEXT.to_owned()
+        }
+    }
+}
+
+/// Whether the channel still runs under the token generation `row` was read at. When it was
+/// restarted during the turn, the turn's answer is refused: `channel.send` is decided under
+/// the old token (recorded, denied: it is revoked) and the message waits for its turn again,
+/// under the new generation.
+async fn same_generation(
+    kernel: &Kernel,
+    row: &ChannelRow,
+    item: &crate::authority::channels::InboxItem,
+    root: &str,
+) -> bool {
+    let store = &kernel.authority.channels;
+    let current = match store.get(&item.channel) {
+        Ok(current) => current,
+        // Removed meanwhile: nothing is sent.
+        Err(_) => return true,
+    };
+    if current.token_id == row.token_id {
+        return true;
+    }
+    let actor = Actor {
+        who: crate::effects::Principal::Worker {
+            worker: channel_worker(kernel, &item.channel),
+        },
+        bearer: crate::authority::Bearer::Id(&row.token_id),
+        chain: crate::effects::Chain::root(root.to_owned()),
+        io: None,
+    };
+    let cap = loong_profiles::pack::Capability::ChannelSend;
+    match crate::effects::decide(kernel, &actor, cap, Some(&item.chat), None) {
+        Ok((o, mut event)) => {
+            let allowed = matches!(o.decision, Ok(crate::authority::Decision::Allow));
+            event.detail["channel"] = item.channel.clone().into();
+            event.detail["channel_generation"] = row.generation.into();
+            if allowed {
+                // Not revoked (a token restored by hand): the answer is refused all the
+                // same, as the generation it was made under is gone.
+                event.detail["allowed"] = false.into();
+                event.detail["reason"] = format!(
+                    "channel {} was restarted under generation {} during this turn",
+                    item.channel, current.generation
+                )
+                .into();
+            }
+            let _ = crate::effects::record(kernel, event).await;
+        }
+        Err(e) => tracing::warn!(error = %e.message, "deciding an old generation's answer"),
+    }
+    if let Err(e) = store.requeue(item.id) {
+        tracing::warn!(error = %e, "a message of an old generation's turn");
+    }
+    false
 }
 
 #[cfg(test)]
@@ -576,6 +790,7 @@ mod tests {
                 .iter()
                 .map(|r| ((*r).to_owned(), SecretValue::new("v")))
                 .collect(),
+            pack: None,
         };
         let telegram = req(ChannelKind::Telegram, None, &["bot_token"]);
         let (config, secrets) = plan(&telegram).expect("telegram");

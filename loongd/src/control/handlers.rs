@@ -130,6 +130,9 @@ pub(crate) async fn handle(
         ControlRequest::ChannelRemove { name } => {
             super::channels_api::remove(kernel, cred, &io, name).await
         }
+        ControlRequest::ChannelRestart { name } => {
+            super::channels_api::restart(kernel, cred, &io, name).await
+        }
     }
 }
 

@@ -150,6 +150,7 @@ pub(crate) async fn wait(
         detail[k] = v;
     }
     record(kernel, actor.event(Kind::ApprovalRequested, detail)).await?;
+    offer_to_channel(kernel, actor, &a);
     let notify = Arc::new(Notify::new());
     waiters(kernel).insert(a.id.clone(), notify.clone());
     let _waiting = Waiting {
@@ -169,6 +170,47 @@ pub(crate) async fn wait(
         io.emit(StreamChunk::ApprovalPending(a.id.clone())).await;
     }
     wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await
+}
+
+/// The most bytes of an effect's target, and of its reasons, an operator chat is shown in an
+/// offer (the whole request is `loongctl approvals show ID`'s).
+pub const MAX_OFFER_PART_BYTES: usize = 300;
+
+fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// What an operator chat is shown of approval `a`, with its buttons.
+pub(crate) fn offer_text(a: &Approval) -> String {
+    format!(
+        "Approval {} pending: {} on {} (risk {}: {}). Approve or deny it here, or with `loongctl approvals approve|deny {}`.",
+        a.id,
+        a.capability,
+        clipped(&a.target, MAX_OFFER_PART_BYTES),
+        a.score,
+        clipped(&a.reasons, MAX_OFFER_PART_BYTES),
+        a.id
+    )
+}
+
+/// An approval asked for by a chat's turn is offered to its channel's operator chats (the
+/// channel's worker sends it with approve and deny buttons). An offer that cannot be kept is
+/// logged: the approval still waits, for `loongctl approvals`.
+fn offer_to_channel(kernel: &Kernel, actor: &Actor<'_>, a: &Approval) {
+    let channels = &kernel.authority.channels;
+    let Some(channel) = channels.turn_channel(&actor.chain.root) else {
+        return;
+    };
+    if let Err(e) = channels.offer(&channel, &a.id, &offer_text(a)) {
+        tracing::warn!(channel = %channel, approval = %a.id, error = %e, "offering an approval to a channel's operator chats");
+    }
 }
 
 /// Waits until the request `id` is answered or its deadline passes (then it expires).

@@ -53,6 +53,9 @@ pub(crate) enum Principal {
     Operator { uid: u32 },
     /// A worker making a kernel call for the call it serves, by its number.
     Worker { worker: u64 },
+    /// A person in a channel's operator chat, pressing an approval's button: the platform's
+    /// user id, as the channel's worker (by its number) handed it over.
+    ChatOperator { worker: u64, user: i64 },
 }
 
 impl Principal {
@@ -61,6 +64,9 @@ impl Principal {
         match self {
             Principal::Operator { uid } => format!("uid:{uid}"),
             Principal::Worker { worker } => format!("worker:{worker}"),
+            Principal::ChatOperator { worker, user } => {
+                format!("chat-user:{user} worker:{worker}")
+            }
         }
     }
 }

@@ -401,9 +401,10 @@ fn api_error(method: &'static str, status: u16, answer: &ApiAnswer) -> ChannelEr
 impl Feishu {
     /// A client for the app `app_id` at `api_base`.
     pub fn new(api_base: &str, app_id: &str, app_secret: &str) -> Result<Self, ChannelError> {
+        let base = http::base_url(api_base, "feishu api base")?;
         Ok(Self {
-            client: http::client(REQUEST_GRACE)?,
-            base: http::base_url(api_base, "feishu api base")?,
+            client: http::client(REQUEST_GRACE, &base)?,
+            base,
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
             token: Mutex::new(None),

@@ -24,9 +24,20 @@ fn tls_config() -> Result<rustls::ClientConfig, ChannelError> {
     Ok(config)
 }
 
-/// A client whose requests each end within `timeout`.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, ChannelError> {
-    reqwest::Client::builder()
+/// A client of `base` whose requests each end within `timeout`. A plain `http://` base goes
+/// through the egress proxy as forwarded requests, one a connection (the proxy sends the
+/// destination `Connection: close`, and closes), but the destination's answer need not say
+/// so: a connection kept for reuse was then found closed at the next request, which failed
+/// (and the poller backed off 2 s). Such a client keeps no idle connection; an `https://`
+/// base (a CONNECT tunnel, kept) does.
+pub fn client(timeout: Duration, base: &str) -> Result<reqwest::Client, ChannelError> {
+    let builder = reqwest::Client::builder();
+    let builder = if base.starts_with("https://") {
+        builder
+    } else {
+        builder.pool_max_idle_per_host(0)
+    };
+    builder
         .tls_backend_preconfigured(tls_config()?)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)

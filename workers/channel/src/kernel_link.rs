@@ -6,13 +6,13 @@ use std::time::Duration;
 use loong_ipc::{
     message::channel::{
         ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
-        ChannelReceived, ChannelStatus, ChannelTaken, KIND_CHANNEL_ACK, KIND_CHANNEL_OFFSET,
-        KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, MAX_CHANNEL_STATUS_BYTES,
-        MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+        ChannelPress, ChannelReceived, ChannelStatus, ChannelTaken, OutboxKind, KIND_CHANNEL_ACK,
+        KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS,
+        MAX_CHANNEL_STATUS_BYTES, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
     },
     KernelRequest, ServiceCall,
 };
-use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Outgoing};
+use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Offer, Outgoing, Taken};
 
 // What the worker hands over is what loongd takes: a batch past either bound would be
 // refused whole, and the offset would never pass it.
@@ -23,6 +23,14 @@ const _: () = assert!(
 const _: () = assert!(
     loong_worker_channel::limits::TELEGRAM_MAX_UPDATES as usize
         == loong_ipc::message::channel::MAX_CHANNEL_BATCH
+);
+const _: () = assert!(
+    loong_worker_channel::limits::MAX_HANDED_PRESS_DATA_BYTES
+        == loong_ipc::message::channel::MAX_PRESS_DATA_BYTES
+);
+const _: () = assert!(
+    loong_worker_channel::limits::MAX_HANDED_ID_BYTES
+        == loong_ipc::message::channel::MAX_CHANNEL_ID_BYTES
 );
 use loong_worker_runtime::service::AsyncLink;
 
@@ -72,11 +80,21 @@ impl Kernel for Link {
         })
     }
 
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Taken, KernelError>> {
         Box::pin(async move {
             let body = ChannelReceived {
                 next_offset: batch.next_offset,
                 skipped: batch.skipped,
+                presses: batch
+                    .presses
+                    .into_iter()
+                    .map(|p| ChannelPress {
+                        callback: p.callback,
+                        chat: p.chat,
+                        user: p.user,
+                        data: p.data,
+                    })
+                    .collect(),
                 messages: batch
                     .messages
                     .into_iter()
@@ -92,7 +110,14 @@ impl Kernel for Link {
             };
             let answer = self.call(KIND_CHANNEL_RECEIVED, &body).await?;
             postcard::from_bytes::<ChannelTaken>(&answer)
-                .map(|t| t.typing)
+                .map(|t| Taken {
+                    typing: t.typing,
+                    presses: t
+                        .presses
+                        .into_iter()
+                        .map(|p| (p.callback, p.text))
+                        .collect(),
+                })
                 .map_err(|e| KernelError {
                     call: KIND_CHANNEL_RECEIVED,
                     message: format!("the answer does not decode: {e}"),
@@ -110,12 +135,23 @@ impl Kernel for Link {
             let items: Vec<ChannelOutboxItem> = decode(KIND_CHANNEL_OUTBOX, &bytes)?;
             Ok(items
                 .into_iter()
-                .map(|i| Outgoing {
-                    id: i.id,
-                    chat: i.chat,
-                    reply_to: i.reply_to,
-                    thread: i.thread,
-                    text: i.text,
+                .map(|i| {
+                    let offer = match (i.kind, i.kind.buttons()) {
+                        (OutboxKind::Offer { approval }, Some((approve, deny))) => Some(Offer {
+                            approval,
+                            approve,
+                            deny,
+                        }),
+                        _ => None,
+                    };
+                    Outgoing {
+                        id: i.id,
+                        chat: i.chat,
+                        reply_to: i.reply_to,
+                        thread: i.thread,
+                        text: i.text,
+                        offer,
+                    }
                 })
                 .collect())
         })
@@ -124,6 +160,7 @@ impl Kernel for Link {
     fn ack(
         &self,
         id: i64,
+        offer: Option<[u8; 8]>,
         sent_ids: Vec<String>,
         failed: Option<String>,
     ) -> BoxFuture<'_, Result<(), KernelError>> {
@@ -133,6 +170,9 @@ impl Kernel for Link {
         Box::pin(async move {
             let ack = ChannelAck {
                 id,
+                kind: offer.map_or(OutboxKind::Answer, |approval| OutboxKind::Offer {
+                    approval,
+                }),
                 sent_ids,
                 failed,
             };

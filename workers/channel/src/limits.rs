@@ -41,3 +41,10 @@ pub const MAX_UPDATE_ID: i64 = i32::MAX as i64;
 /// The longest text handed to loongd (its `MAX_CHANNEL_TEXT_BYTES`; the worker binary
 /// checks the two agree): a longer one would fail the whole batch.
 pub const MAX_HANDED_TEXT_BYTES: usize = 64 * 1024;
+
+/// The longest button data handed to loongd (its `MAX_PRESS_DATA_BYTES`, the Bot API's
+/// `callback_data` bound; the worker binary checks the two agree): a press with longer data
+/// is not one of loongd's buttons, and is answered without asking.
+pub const MAX_HANDED_PRESS_DATA_BYTES: usize = 64;
+/// The longest id handed to loongd (its `MAX_CHANNEL_ID_BYTES`).
+pub const MAX_HANDED_ID_BYTES: usize = 128;

@@ -47,15 +47,45 @@ pub struct Incoming {
     pub text: String,
 }
 
+/// A button pressed, handed to loongd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Press {
+    /// The platform's id of the press.
+    pub callback: String,
+    /// The chat of the button's message (empty: the platform did not say).
+    pub chat: String,
+    pub user: String,
+    pub data: String,
+}
+
 /// A batch handed to loongd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub next_offset: Option<i64>,
     pub messages: Vec<Incoming>,
     pub skipped: u32,
+    pub presses: Vec<Press>,
 }
 
-/// An answer loongd asks to send.
+/// What loongd took of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// The chats whose messages were taken for a turn (not a stranger's, not one taken
+    /// before).
+    pub typing: Vec<String>,
+    /// Each press (by its callback id) and the notice to answer it with.
+    pub presses: Vec<(String, String)>,
+}
+
+/// An approval offered: the approval's id and the data of its approve and deny buttons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub approval: [u8; 8],
+    pub approve: String,
+    pub deny: String,
+}
+
+/// An answer (or an approval offered) loongd asks to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub id: i64,
@@ -63,22 +93,24 @@ pub struct Outgoing {
     pub reply_to: String,
     pub thread: Option<String>,
     pub text: String,
+    /// Sent with approve and deny buttons.
+    pub offer: Option<Offer>,
 }
 
 /// The worker's calls to loongd.
 pub trait Kernel: Send + Sync {
     /// Where polling starts.
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>>;
-    /// Hands over a batch with the offset past it; answers the chats whose messages were
-    /// taken for a turn (not a stranger's, not one taken before).
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>>;
+    /// Hands over a batch with the offset past it; answers what loongd took of it.
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Taken, KernelError>>;
     /// Answers to send (waits a while for one).
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>>;
-    /// An answer was sent as these platform messages; `failed` says why the platform
-    /// refused (the rest of) it for good, when it did.
+    /// An answer (or the offer of `offer`'s approval) was sent as these platform messages;
+    /// `failed` says why the platform refused (the rest of) it for good, when it did.
     fn ack(
         &self,
         id: i64,
+        offer: Option<[u8; 8]>,
         sent: Vec<String>,
         failed: Option<String>,
     ) -> BoxFuture<'_, Result<(), KernelError>>;
@@ -91,15 +123,34 @@ pub trait Kernel: Send + Sync {
 }
 
 #[cfg(feature = "telegram")]
-/// The messages of a batch that become turns: text messages only (the rest is skipped).
-/// A text past what loongd takes (no platform sends one; a hostile host may) is skipped
-/// too: handed over, it would fail the whole batch forever, and the offset never pass it.
-pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
+/// The messages of a batch that become turns: text messages only, and button presses (the
+/// rest is skipped). A text past what loongd takes (no platform sends one; a hostile host
+/// may) is skipped too: handed over, it would fail the whole batch forever, and the offset
+/// never pass it; so is a press whose ids or data are past loongd's bounds.
+pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, Vec<Press>, u32) {
+    use crate::limits::{MAX_HANDED_ID_BYTES, MAX_HANDED_PRESS_DATA_BYTES};
     let mut out = Vec::new();
+    let mut presses = Vec::new();
     let mut skipped = 0;
     let fits = |t: &str| t.len() <= crate::limits::MAX_HANDED_TEXT_BYTES;
     for u in updates {
         match &u.kind {
+            UpdateKind::CallbackQuery(c)
+                if c.id.len() <= MAX_HANDED_ID_BYTES
+                    && c.data
+                        .as_deref()
+                        .is_some_and(|d| d.len() <= MAX_HANDED_PRESS_DATA_BYTES) =>
+            {
+                presses.push(Press {
+                    callback: c.id.clone(),
+                    chat: c
+                        .message
+                        .as_ref()
+                        .map_or_else(String::new, |m| m.chat.id.to_string()),
+                    user: c.from.id.to_string(),
+                    data: c.data.clone().unwrap_or_default(),
+                });
+            }
             UpdateKind::Message(m) if m.text.as_deref().is_some_and(fits) => out.push(Incoming {
                 key: u.update_id.to_string(),
                 chat: m.chat.id.to_string(),
@@ -114,7 +165,7 @@ pub fn incoming(updates: &[crate::telegram::Update]) -> (Vec<Incoming>, u32) {
             _ => skipped += 1,
         }
     }
-    (out, skipped)
+    (out, presses, skipped)
 }
 
 #[cfg(feature = "telegram")]
@@ -143,19 +194,27 @@ pub async fn poll_telegram(
             updates.truncate(crate::limits::TELEGRAM_MAX_UPDATES as usize);
             if !updates.is_empty() {
                 let next = next_offset(offset, &updates);
-                let (messages, skipped) = incoming(&updates);
+                let (messages, presses, skipped) = incoming(&updates);
                 let batch = Batch {
                     next_offset: next,
                     messages,
                     skipped,
+                    presses,
                 };
                 match kernel.received(batch).await {
-                    Ok(typing) => {
+                    Ok(taken) => {
                         offset = next;
+                        // Each press is answered with loongd's notice (a hint to the
+                        // presser: a failure is not an error).
+                        for (callback, text) in &taken.presses {
+                            if let Err(e) = tg.answer_callback(callback, Some(text)).await {
+                                tracing::debug!(error = %e, "answerCallbackQuery");
+                            }
+                        }
                         // The chats whose messages were taken see the bot typing while
                         // their turns run (a hint: a failure is not an error); a stranger
                         // is shown nothing.
-                        for chat in typing.iter().filter_map(|c| c.parse::<i64>().ok()) {
+                        for chat in taken.typing.iter().filter_map(|c| c.parse::<i64>().ok()) {
                             if let Err(e) = tg.send_typing(chat).await {
                                 tracing::debug!(error = %e, "sendChatAction");
                             }
@@ -202,6 +261,7 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
         let _ = kernel
             .ack(
                 item.id,
+                item.offer.as_ref().map(|o| o.approval),
                 Vec::new(),
                 Some("the chat id is not a number".into()),
             )
@@ -213,9 +273,17 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
     let parts = crate::telegram::split_text(&item.text);
     let mut sent = Vec::new();
     loop {
-        let result = tg
-            .send_parts(chat, thread, reply_to, &parts, &mut sent)
-            .await;
+        let result = match &item.offer {
+            Some(o) if sent.is_empty() => tg
+                .send_offer(chat, &item.text, &o.approve, &o.deny)
+                .await
+                .map(|id| sent.push(id)),
+            Some(_) => Ok(()),
+            None => {
+                tg.send_parts(chat, thread, reply_to, &parts, &mut sent)
+                    .await
+            }
+        };
         let failed = match result {
             Ok(()) => None,
             // Given up: the same request would be refused forever, and it would hold every
@@ -233,7 +301,8 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
         };
         backoff.succeed();
         let ids = sent.iter().map(ToString::to_string).collect();
-        if let Err(e) = kernel.ack(item.id, ids, failed).await {
+        let offer = item.offer.as_ref().map(|o| o.approval);
+        if let Err(e) = kernel.ack(item.id, offer, ids, failed).await {
             tracing::warn!(error = %e, "acking a sent answer");
         }
         return;

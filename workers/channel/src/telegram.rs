@@ -344,7 +344,7 @@ impl Telegram {
         let base = http::base_url(api_base, "telegram api base")?;
         let timeout = Duration::from_secs(u64::from(poll_timeout)) + REQUEST_GRACE;
         Ok(Self {
-            client: http::client(timeout)?,
+            client: http::client(timeout, &base)?,
             prefix: format!("{base}/bot{token}"),
             poll_timeout,
         })
@@ -467,6 +467,30 @@ impl Telegram {
             );
         }
         Ok(())
+    }
+
+    /// Sends an approval's offer to `chat` as one plain-text message with two inline
+    /// buttons (`Approve`, `Deny`) whose data loongd chose; returns the message's id.
+    pub async fn send_offer(
+        &self,
+        chat: i64,
+        text: &str,
+        approve: &str,
+        deny: &str,
+    ) -> Result<i64, ChannelError> {
+        let body = json!({
+            "chat_id": chat,
+            "text": text,
+            "reply_markup": {"inline_keyboard": [[
+                {"text": "Approve", "callback_data": approve},
+                {"text": "Deny", "callback_data": deny},
+            ]]},
+        });
+        let answer = self.call("sendMessage", &body).await?;
+        Ok(answer
+            .get("message_id")
+            .and_then(Value::as_i64)
+            .unwrap_or(0))
     }
 
     /// `sendChatAction` `typing` to `chat`.

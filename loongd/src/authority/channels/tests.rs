@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The turns a channel may start a window, in these tests.
+const TURNS: usize = 30;
+
 fn store() -> (tempfile::TempDir, ChannelStore) {
     let dir = tempfile::tempdir().expect("dir");
     let s = ChannelStore::open(&dir.path().join("state.db")).expect("open");
@@ -10,6 +13,7 @@ fn store() -> (tempfile::TempDir, ChannelStore) {
         kind: "telegram".into(),
         config_json: "{}".into(),
         token_id: "tok-1".into(),
+        generation: 1,
     })
     .expect("add");
     (dir, s)
@@ -61,7 +65,10 @@ fn a_batch_and_its_offset_are_taken_once() {
         .is_empty());
     let c = s.counts("tg").expect("counts");
     assert_eq!((c.pending, c.ignored), (2, 1));
-    assert!(s.claim().expect("claim").is_some_and(|i| i.chat == "1"));
+    assert!(s
+        .claim(TURNS)
+        .expect("claim")
+        .is_some_and(|i| i.chat == "1"));
     // An unknown channel is refused.
     assert!(matches!(
         s.receive("nope", Some(1), &[msg(1, 1, "x")]),
@@ -80,20 +87,21 @@ fn every_message_is_answered_once_across_a_restart() {
             kind: "telegram".into(),
             config_json: "{}".into(),
             token_id: "t".into(),
+            generation: 1,
         })
         .expect("add");
         s.receive("tg", Some(3), &[msg(1, 7, "one"), msg(2, 7, "two")])
             .expect("receive");
-        let first = s.claim().expect("claim").expect("item");
+        let first = s.claim(TURNS).expect("claim").expect("item");
         assert!(s.answer(first.id, "answer one").expect("answer"));
         // The second turn is running when loongd dies.
-        let second = s.claim().expect("claim").expect("item");
+        let second = s.claim(TURNS).expect("claim").expect("item");
         assert_eq!(second.text, "two");
-        assert!(s.claim().expect("claim").is_none());
+        assert!(s.claim(TURNS).expect("claim").is_none());
     }
     let s = ChannelStore::open(&path).expect("reopen");
     assert_eq!(s.recover().expect("recover"), 1);
-    let again = s.claim().expect("claim").expect("item");
+    let again = s.claim(TURNS).expect("claim").expect("item");
     assert_eq!(again.text, "two");
     assert!(s.answer(again.id, "answer two").expect("answer"));
     // A late second answer for either message is no second outbox row.
@@ -174,6 +182,7 @@ fn channels_are_added_once_and_removed_whole() {
             kind: "telegram".into(),
             config_json: "{}".into(),
             token_id: "x".into(),
+            generation: 1,
         })
         .expect_err("dup");
     assert!(
@@ -182,8 +191,23 @@ fn channels_are_added_once_and_removed_whole() {
     );
     s.receive("tg", Some(2), &[msg(1, 1, "a")])
         .expect("receive");
-    s.set_token("tg", "tok-2").expect("token");
-    assert_eq!(s.get("tg").expect("get").token_id, "tok-2");
+    assert_eq!(s.get("tg").expect("get").generation, 1);
+    assert_eq!(
+        s.next_generation("tg", "tok-2").expect("token"),
+        (2, "tok-1".to_owned())
+    );
+    // The token replaced is the one the row held, whatever a caller read before.
+    assert_eq!(
+        s.next_generation("tg", "tok-3").expect("token"),
+        (3, "tok-2".to_owned())
+    );
+    let row = s.get("tg").expect("get");
+    assert_eq!((row.token_id.as_str(), row.generation), ("tok-3", 3));
+    assert!(matches!(
+        s.next_generation("nope", "tok-3"),
+        Err(ChannelStoreError::NoSuchChannel(_))
+    ));
+    s.offer("tg", "a1", "offer").expect("offer");
     assert_eq!(s.list().expect("list").len(), 1);
     s.remove("tg").expect("remove");
     assert!(s.list().expect("list").is_empty());
@@ -255,6 +279,7 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
         kind: "telegram".into(),
         config_json: "{}".into(),
         token_id: "tok-2".into(),
+        generation: 1,
     })
     .expect("add");
     // Chat 1 sends far more than its share; chat 2, then another channel's chat, one each.
@@ -277,7 +302,7 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
     // Turns go round the chats: the second and third turns are chat 2's and tg2's.
     let chats: Vec<(String, String)> = (0..4)
         .map(|_| {
-            let i = s.claim().expect("claim").expect("item");
+            let i = s.claim(TURNS).expect("claim").expect("item");
             (i.channel, i.chat)
         })
         .collect();
@@ -317,4 +342,205 @@ fn a_stranger_writing_without_end_is_audited_once_a_window() {
         "another stranger, and an allowed message, are audited"
     );
     assert_eq!(s.counts("tg").expect("counts").ignored, 6);
+}
+
+#[test]
+fn strangers_made_up_without_end_are_audited_a_bounded_number_a_window() {
+    // The chat of a message is the worker's word: a worker taken over makes up a new
+    // stranger for each message, and one record a chat a window was one a message.
+    let (_d, s) = store();
+    let mut audited = 0;
+    for batch in 0..10_i64 {
+        let made_up: Vec<Received> = (0..100)
+            .map(|i| Received {
+                allowed: false,
+                ..msg(batch * 100 + i, 10_000 + batch * 100 + i, "spam")
+            })
+            .collect();
+        let taken = s.receive("tg", None, &made_up).expect("batch");
+        audited += taken.iter().filter(|t| t.audited).count();
+    }
+    assert_eq!(audited as i64, MAX_STRANGERS_AUDITED);
+    // Positive control: an allowed chat's message is audited all the same.
+    let taken = s
+        .receive("tg", None, &[msg(5_000, 1, "hi")])
+        .expect("allowed");
+    assert!(taken[0].audited);
+}
+
+#[test]
+fn offers_grow_no_table_and_keep_no_text_once_settled() {
+    // Every approval a channel's turns ask for is offered to each operator chat; the rows
+    // (each with its text) were kept until the channel was removed.
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "ops".into(),
+        kind: "telegram".into(),
+        config_json: r#"{"operator_chats": ["42"]}"#.into(),
+        token_id: "tok-9".into(),
+        generation: 1,
+    })
+    .expect("add");
+    let text = "x".repeat(MAX_OFFER_TEXT_BYTES);
+    for a in 0..1_100 {
+        s.offer("ops", &format!("a{a}"), &text).expect("offer");
+        let o = s.offers("ops", 1).expect("offers");
+        s.settle_offer("ops", o[0].id, a % 2 == 0).expect("settle");
+    }
+    let (rows, bytes): (i64, i64) =
+        s.db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(text)), 0) FROM channel_offers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .expect("count");
+    assert_eq!(rows, MAX_OFFERS_KEPT, "offers kept");
+    assert_eq!(bytes, 0, "settled offers keep no text");
+    // Positive control: the newest are still judged offered.
+    assert!(s.offered("ops", "a1099", "42").expect("offered"));
+}
+
+#[test]
+fn an_approval_is_offered_to_each_operator_chat_once_and_settled_once() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "ops".into(),
+        kind: "telegram".into(),
+        config_json: r#"{"operator_chats": ["42", "-100"]}"#.into(),
+        token_id: "tok-9".into(),
+        generation: 1,
+    })
+    .expect("add");
+    // A channel without operator chats is offered nothing.
+    assert_eq!(s.offer("tg", "a1", "offer").expect("offer"), 0);
+    assert!(s.offers("tg", 16).expect("offers").is_empty());
+    assert_eq!(s.offer("ops", "a1", "offer").expect("offer"), 2);
+    // Asked again (a retry): still one row a chat.
+    s.offer("ops", "a1", "offer").expect("again");
+    let offers = s.offers("ops", 16).expect("offers");
+    assert_eq!(
+        offers.iter().map(|o| o.chat.as_str()).collect::<Vec<_>>(),
+        ["42", "-100"]
+    );
+    assert!(s.offered("ops", "a1", "42").expect("offered"));
+    // Not to another chat, not for another approval, not on another channel.
+    assert!(!s.offered("ops", "a1", "43").expect("chat"));
+    assert!(!s.offered("ops", "a2", "42").expect("approval"));
+    assert!(!s.offered("tg", "a1", "42").expect("channel"));
+    // Settled once, by its own channel only.
+    assert!(s.settle_offer("tg", offers[0].id, true).is_err());
+    assert_eq!(
+        s.settle_offer("ops", offers[0].id, true).expect("sent"),
+        ("42".to_owned(), "a1".to_owned())
+    );
+    assert!(s.settle_offer("ops", offers[0].id, true).is_err());
+    s.settle_offer("ops", offers[1].id, false).expect("closed");
+    assert!(s.offers("ops", 16).expect("offers").is_empty());
+    // Still offered (a press on a sent offer is judged by it); gone with the channel.
+    assert!(s.offered("ops", "a1", "42").expect("offered"));
+    assert!(s
+        .offer("ops", "a3", &"x".repeat(MAX_OFFER_TEXT_BYTES + 1))
+        .is_err());
+    s.remove("ops").expect("remove");
+    assert!(!s.offered("ops", "a1", "42").expect("gone"));
+    // A turn's chain names its channel while it runs.
+    s.turn_started("channel-ops/msg-1", "ops");
+    assert_eq!(s.turn_channel("channel-ops/msg-1").as_deref(), Some("ops"));
+    s.turn_ended("channel-ops/msg-1");
+    assert_eq!(s.turn_channel("channel-ops/msg-1"), None);
+}
+
+#[test]
+fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "tg2".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+        generation: 1,
+    })
+    .expect("add");
+    // A flood across many chats of one channel (what a compromised worker makes up).
+    let flood = TURNS as i64 + 10;
+    let batch: Vec<Received> = (1..=flood).map(|k| msg(k, k, "flood")).collect();
+    for part in batch.chunks(MAX_RECEIVED_BATCH) {
+        let next = part.last().map(|m| m.key.parse::<i64>().expect("key") + 1);
+        s.receive("tg", next, part).expect("flood");
+    }
+    s.receive("tg2", Some(2), &[msg(1, 1, "other channel")])
+        .expect("tg2");
+    let at = 1_000_000_000;
+    let mut claimed = Vec::new();
+    while let Some(i) = s.claim_at(at, TURNS).expect("claim") {
+        claimed.push(i.channel);
+    }
+    let of = |c: &str| claimed.iter().filter(|x| *x == c).count();
+    // The flooding channel starts its most, the other channel its own; the rest wait.
+    assert_eq!((of("tg"), of("tg2")), (TURNS, 1));
+    assert_eq!(s.counts("tg").expect("counts").pending, 10);
+    // Still within the window: nothing more.
+    assert!(s
+        .claim_at(at + TURN_RATE_WINDOW_MS - 1, TURNS)
+        .expect("claim")
+        .is_none());
+    // Once it moves, the waiting messages are taken (none was lost).
+    let mut later = 0;
+    while s
+        .claim_at(at + TURN_RATE_WINDOW_MS, TURNS)
+        .expect("claim")
+        .is_some()
+    {
+        later += 1;
+    }
+    assert_eq!(later, 10);
+}
+
+#[test]
+fn writers_on_other_connections_wait_their_turn_rather_than_fail() {
+    // Each store has its own connection to state.db: a transaction that read before it
+    // wrote failed at once ("database is locked") when another connection wrote meanwhile,
+    // and the worker's call failed with it (the worker backs off 2 s).
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("state.db");
+    let stores: Vec<ChannelStore> = (0..3)
+        .map(|_| ChannelStore::open(&path).expect("open"))
+        .collect();
+    for (i, s) in stores.iter().enumerate() {
+        s.add(&ChannelRow {
+            name: format!("c{i}"),
+            kind: "telegram".into(),
+            config_json: "{}".into(),
+            token_id: format!("tok-{i}"),
+            generation: 1,
+        })
+        .expect("add");
+    }
+    let failures: usize = std::thread::scope(|scope| {
+        let runs: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                scope.spawn(move || {
+                    (0..150_i64)
+                        .filter(|k| {
+                            s.receive(&format!("c{i}"), Some(k + 1), &[msg(*k, *k % 7, "m")])
+                                .is_err()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("thread")).sum()
+    });
+    assert_eq!(failures, 0);
+    // Positive control: every message was taken.
+    let pending: u64 = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.counts(&format!("c{i}")).expect("counts").pending)
+        .sum();
+    assert_eq!(pending, 3 * 150);
 }

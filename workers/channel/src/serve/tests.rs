@@ -12,6 +12,8 @@ struct Fake {
     offset: Option<i64>,
     batches: Mutex<Vec<Batch>>,
     acks: Mutex<Vec<(i64, Vec<String>)>>,
+    /// The offers acked (by approval).
+    offers_acked: Mutex<Vec<[u8; 8]>>,
     failed: Mutex<Vec<(i64, String)>>,
     statuses: Mutex<Vec<(Option<String>, Option<String>)>>,
     outbox: Mutex<Vec<Outgoing>>,
@@ -23,7 +25,7 @@ impl Kernel for Fake {
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>> {
         Box::pin(async move { Ok(self.offset) })
     }
-    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<String>, KernelError>> {
+    fn received(&self, batch: Batch) -> BoxFuture<'_, Result<Taken, KernelError>> {
         Box::pin(async move {
             // As loongd does (`ChannelReceived::check_bounds`): a text past the bound, or
             // more messages than a batch holds, fails the whole call.
@@ -51,8 +53,16 @@ impl Kernel for Fake {
                 .collect();
             taken.sort();
             taken.dedup();
+            let presses = batch
+                .presses
+                .iter()
+                .map(|p| (p.callback.clone(), format!("judged {}", p.data)))
+                .collect();
             self.batches.lock().expect("lock").push(batch);
-            Ok(taken)
+            Ok(Taken {
+                typing: taken,
+                presses,
+            })
         })
     }
     fn outbox(&self) -> BoxFuture<'_, Result<Vec<Outgoing>, KernelError>> {
@@ -67,10 +77,14 @@ impl Kernel for Fake {
     fn ack(
         &self,
         id: i64,
+        offer: Option<[u8; 8]>,
         sent: Vec<String>,
         failed: Option<String>,
     ) -> BoxFuture<'_, Result<(), KernelError>> {
         Box::pin(async move {
+            if let Some(o) = offer {
+                self.offers_acked.lock().expect("lock").push(o);
+            }
             if let Some(f) = failed {
                 self.failed.lock().expect("lock").push((id, f));
             }
@@ -189,6 +203,7 @@ async fn answers_are_sent_then_acked_and_a_429_waits() {
         reply_to: "1".into(),
         thread: None,
         text: "y".repeat(5000),
+        offer: None,
     });
     let started = std::time::Instant::now();
     let task = tokio::spawn(send_telegram(tg, fake.clone()));
@@ -250,6 +265,7 @@ async fn an_answer_the_platform_refuses_for_good_does_not_block_the_others() {
                 reply_to: "1".into(),
                 thread: None,
                 text: "hi".into(),
+                offer: None,
             });
         }
         let task = tokio::spawn(send_telegram(tg, fake.clone()));
@@ -296,6 +312,7 @@ async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
         reply_to: "1".into(),
         thread: None,
         text: format!("{}{}", "a".repeat(4096), "b".repeat(100)),
+        offer: None,
     });
     let task = tokio::spawn(send_telegram(tg, fake.clone()));
     let acks = acks_within(&fake, 1, Duration::from_secs(5)).await;
@@ -416,4 +433,93 @@ async fn only_the_chats_whose_messages_were_taken_see_the_bot_typing() {
         1,
         "control: the batch was taken"
     );
+}
+
+#[tokio::test]
+async fn a_press_is_handed_over_and_answered_and_an_offer_goes_with_its_buttons() {
+    // A press from a message's buttons is handed to loongd with its batch and answered with
+    // loongd's notice; a press whose data no button of loongd's has (past the Bot API's 64
+    // bytes) is passed by the offset, not handed over.
+    let (base, seen) = serve(vec![
+        body(json!({"ok": true, "result": [
+            {"update_id": 60, "callback_query": {"id": "cb-1", "from": {"id": 42},
+                "data": "approve:00112233aabbccdd",
+                "message": {"message_id": 5, "chat": {"id": 42, "type": "private"}}}},
+            {"update_id": 61, "callback_query": {"id": "cb-2", "from": {"id": 42},
+                "data": "x".repeat(65)}}
+        ]})),
+        body(json!({"ok": true, "result": true})),
+        body(json!({"ok": true, "result": []})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    let task = tokio::spawn(poll_telegram(tg, fake.clone(), Poller::default()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    task.abort();
+    let batches = fake.batches.lock().expect("lock").clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(
+        batches[0].presses,
+        [Press {
+            callback: "cb-1".into(),
+            chat: "42".into(),
+            user: "42".into(),
+            data: "approve:00112233aabbccdd".into(),
+        }]
+    );
+    assert_eq!((batches[0].skipped, batches[0].next_offset), (1, Some(62)));
+    let answered = seen.lock().expect("lock")[1].clone();
+    assert!(
+        answered.head.contains("/answerCallbackQuery"),
+        "{}",
+        answered.head
+    );
+    let body: serde_json::Value = serde_json::from_slice(&answered.body).expect("json");
+    assert_eq!(
+        body,
+        json!({"callback_query_id": "cb-1", "text": "judged approve:00112233aabbccdd"})
+    );
+
+    // An offer is one message with the two buttons loongd named, acked as an offer.
+    let (base, seen) = serve(vec![body_ok(77)]).await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    fake.outbox.lock().expect("lock").push(Outgoing {
+        id: 9,
+        chat: "42".into(),
+        reply_to: String::new(),
+        thread: None,
+        text: "Approval 00112233aabbccdd pending".into(),
+        offer: Some(Offer {
+            approval: [0, 0x11, 0x22, 0x33, 0xaa, 0xbb, 0xcc, 0xdd],
+            approve: "approve:00112233aabbccdd".into(),
+            deny: "deny:00112233aabbccdd".into(),
+        }),
+    });
+    let task = tokio::spawn(send_telegram(tg, fake.clone()));
+    let acks = acks_within(&fake, 1, Duration::from_secs(5)).await;
+    task.abort();
+    assert_eq!(acks, [(9, vec!["77".to_string()])]);
+    assert_eq!(
+        fake.offers_acked.lock().expect("lock").clone(),
+        [[0, 0x11, 0x22, 0x33, 0xaa, 0xbb, 0xcc, 0xdd]]
+    );
+    let sent: serde_json::Value =
+        serde_json::from_slice(&seen.lock().expect("lock")[0].body).expect("json");
+    assert_eq!(
+        sent["reply_markup"],
+        json!({"inline_keyboard": [[
+            {"text": "Approve", "callback_data": "approve:00112233aabbccdd"},
+            {"text": "Deny", "callback_data": "deny:00112233aabbccdd"}
+        ]]})
+    );
+    assert_eq!(
+        (sent["chat_id"].as_i64(), sent.get("reply_parameters")),
+        (Some(42), None)
+    );
+}
+
+fn body_ok(id: i64) -> crate::testserver::Canned {
+    body(json!({"ok": true, "result": {"message_id": id}}))
 }
