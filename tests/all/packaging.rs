@@ -67,7 +67,7 @@ fn package() -> &'static Path {
     })
 }
 
-const BINARIES: [&str; 9] = [
+const BINARIES: [&str; 12] = [
     "usr/bin/loongd",
     "usr/bin/loongctl",
     "usr/lib/loong/loong-spawn",
@@ -77,7 +77,77 @@ const BINARIES: [&str; 9] = [
     "usr/lib/loong/loong-worker-stdio",
     "usr/lib/loong/loong-worker-plan",
     "usr/lib/loong/loong-worker-agent",
+    "usr/lib/loong/loong-worker-gateway",
+    "usr/lib/loong/loong-worker-channel",
+    "usr/lib/loong/loong-worker-browser",
 ];
+
+/// Every binary target of the workspace, from `cargo metadata` (the cargo running the tests).
+fn workspace_binaries() -> BTreeSet<String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let mut bins = BTreeSet::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        for target in package["targets"].as_array().expect("targets") {
+            let is_bin = target["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"));
+            if is_bin {
+                bins.insert(target["name"].as_str().expect("name").to_string());
+            }
+        }
+    }
+    bins
+}
+
+/// The names a shell script lists in its array `var=(…)`.
+fn script_list(script: &str, var: &str) -> BTreeSet<String> {
+    let body = fs::read_to_string(workspace().join(script)).expect("read script");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(&format!("{var}=(")))
+        .unwrap_or_else(|| panic!("{script} has no {var}=( line"));
+    line[var.len() + 2..]
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_package_and_install_sh_carry_every_binary_the_workspace_builds() {
+    let built = workspace_binaries();
+    // The fuzz targets are their own workspaces, so every binary here is one to ship.
+    assert!(
+        built.contains("loongd") && built.contains("loong-spawn"),
+        "{built:?}"
+    );
+    let packaged: BTreeSet<String> = BINARIES
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+        .collect();
+    assert_eq!(packaged, built, "the package listing test's BINARIES");
+    let released: BTreeSet<String> = RELEASE_BINARIES.iter().map(|n| n.to_string()).collect();
+    assert_eq!(released, built, "install.sh test's RELEASE_BINARIES");
+    let mut in_package = script_list("scripts/package", "workers");
+    in_package.extend(["loongd".to_string(), "loongctl".to_string()]);
+    assert_eq!(in_package, built, "scripts/package's list");
+    let mut in_install = script_list("scripts/install.sh", "COMMANDS");
+    in_install.extend(script_list("scripts/install.sh", "PRIVATE"));
+    assert_eq!(in_install, built, "scripts/install.sh's lists");
+}
 
 #[test]
 fn package_holds_every_binary_the_unit_the_conffile_man_pages_and_completions() {
@@ -749,7 +819,7 @@ fn under_systemd_logs_reach_the_journal_with_structured_fields() {
     );
 }
 
-const RELEASE_BINARIES: [&str; 9] = [
+const RELEASE_BINARIES: [&str; 12] = [
     "loongd",
     "loongctl",
     "loong-spawn",
@@ -759,6 +829,9 @@ const RELEASE_BINARIES: [&str; 9] = [
     "loong-worker-stdio",
     "loong-worker-plan",
     "loong-worker-agent",
+    "loong-worker-gateway",
+    "loong-worker-channel",
+    "loong-worker-browser",
 ];
 
 /// A change to a release directory that must make install.sh refuse it.
