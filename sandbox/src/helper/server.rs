@@ -91,6 +91,7 @@ pub fn main() -> ! {
             let _ = SHARED_NETNS.set(fd);
         }
     }
+    let mut slots = Slots::default();
     loop {
         let mut buf = [0u8; 16];
         let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
@@ -132,20 +133,101 @@ pub fn main() -> ! {
             answer(&sock, FAILED, libc::EINVAL, None);
             continue;
         }
+        let slot = slots.free();
         match sys::fork() {
             Ok(Forked::Child) => {
                 drop(sock);
+                if let Some(s) = slot {
+                    let _ = SLOT.set(s);
+                }
                 child(fds)
             }
             Ok(Forked::Parent(pid)) => {
                 drop(fds);
                 match sys::pidfd_open(pid) {
-                    Ok(pidfd) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
+                    Ok(pidfd) => match slots.hold(slot, &pidfd) {
+                        Ok(()) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
+                        Err(e) => {
+                            // The slot cannot be kept taken: the child must not run on it.
+                            let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+                            answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None)
+                        }
+                    },
                     Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
                 }
             }
             Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
         }
+    }
+}
+
+/// The slot of the sandbox this forked child runs: an index no other live sandbox of this
+/// server holds, which a rootless helper turns into its subordinate ids
+/// ([`crate::subids`]). Unset when every slot is taken.
+pub(crate) static SLOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Which slots live sandboxes hold: the pidfd of each slot's helper. A helper outlives every
+/// process of its sandbox (it waits for the reaper, pid 1 of the sandbox's pid namespace, and
+/// the kernel ends the namespace's other processes before the reaper is reaped), so a slot
+/// is free again once its helper has exited.
+#[derive(Default)]
+struct Slots {
+    held: Vec<Option<OwnedFd>>,
+}
+
+impl Slots {
+    /// The lowest free slot, after releasing those whose helper has exited; `None` when
+    /// [`crate::subids::MAX_SLOTS`] are held.
+    fn free(&mut self) -> Option<u32> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let idx: Vec<usize> = (0..self.held.len())
+            .filter(|&i| self.held[i].is_some())
+            .collect();
+        let exited: Vec<usize> = {
+            let mut polls: Vec<PollFd> = idx
+                .iter()
+                .filter_map(|&i| self.held[i].as_ref())
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if poll(&mut polls, PollTimeout::ZERO).is_err() {
+                return None;
+            }
+            polls
+                .iter()
+                .zip(&idx)
+                .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, &i)| i)
+                .collect()
+        };
+        for i in exited {
+            self.held[i] = None;
+        }
+        if let Some(i) = self.held.iter().position(Option::is_none) {
+            return Some(i as u32);
+        }
+        let n = self.held.len() as u32;
+        if n >= crate::subids::MAX_SLOTS {
+            return None;
+        }
+        self.held.push(None);
+        Some(n)
+    }
+
+    /// Marks `slot` held by the helper behind `pidfd` (a copy kept above the descriptors a
+    /// forked child places, which it closes).
+    fn hold(&mut self, slot: Option<u32>, pidfd: &OwnedFd) -> std::io::Result<()> {
+        let Some(slot) = slot else { return Ok(()) };
+        let raw = nix::fcntl::fcntl(
+            pidfd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(STAGE_MIN),
+        )
+        .map_err(std::io::Error::from)?;
+        let kept = sys::adopt_fd(raw)?;
+        if let Some(s) = self.held.get_mut(slot as usize) {
+            *s = Some(kept);
+        }
+        Ok(())
     }
 }
 
