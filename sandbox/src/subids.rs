@@ -66,7 +66,7 @@ pub enum Missing {
         tool: &'static str,
         paths: Vec<&'static str>,
     },
-    #[error("loongd runs with no_new_privs (systemd's NoNewPrivileges=, or a directive that implies it for a unit without capabilities), so the setuid newuidmap cannot map ids: run loongd where no_new_privs is not set")]
+    #[error("loongd runs with no_new_privs (systemd's NoNewPrivileges=, or a directive that implies it for a unit without capabilities), so the setuid newuidmap cannot map ids and no idmap server listens on {}: start loong-idmap.socket (the package ships it), or run loongd without no_new_privs", crate::helper::idmap::IDMAP_SOCKET)]
     NoNewPrivs,
 }
 
@@ -118,7 +118,8 @@ fn subordinate(
             });
         }
     }
-    if no_new_privs() {
+    // Under no_new_privs the tools are run by the idmap server (`loong-idmap.socket`).
+    if no_new_privs() && !idmap_server() {
         return Err(Missing::NoNewPrivs);
     }
     Ok((user.name, u, g))
@@ -151,8 +152,14 @@ pub fn find_tool(paths: &[&'static str]) -> Option<PathBuf> {
     })
 }
 
+/// Whether an idmap server's socket is there (`loong-spawn --idmap`, `loong-idmap.socket`).
+fn idmap_server() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(crate::helper::idmap::IDMAP_SOCKET).is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// Whether this process has `no_new_privs` set (setuid programs then run without their owner).
-fn no_new_privs() -> bool {
+pub fn no_new_privs() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))

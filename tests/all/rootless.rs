@@ -39,6 +39,12 @@ pub enum Setup {
     NoTool,
     /// Both ranges, and loongd started with `no_new_privs`.
     NoNewPrivs,
+    /// As above, with the idmap server (`loong-spawn --idmap`, as `loong-idmap.socket`
+    /// runs it) listening on `/run/loong-idmap.sock` outside `no_new_privs`.
+    NoNewPrivsWithIdmap,
+    /// Both ranges, and `/proc/sys` covered by a read-only bind of itself, as systemd's
+    /// `ProtectKernelTunables=` leaves it.
+    ProcSysOvermount,
 }
 
 /// A mount namespace's files for the rootless user: `/etc` entries and a scratch directory
@@ -119,7 +125,14 @@ impl Rootless {
             mount -t overlay loong-etc -o "lowerdir=/etc,upperdir=$1/layers/u,workdir=$1/layers/w" /etc
             for f in passwd group subuid subgid; do cat "$1/etc/$f" > "/etc/$f"; done
             if [ "$2" = no-tool ]; then mount --bind /dev/null /usr/bin/newuidmap; fi
-            shift 2
+            if [ "$2" = proc-sys ]; then mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; fi
+            if [ "$2" = idmap ]; then
+                mount -t tmpfs -o mode=1777 loong-run /run
+                "$3" --reuid="$4" --regid="$4" --clear-groups "$5" --idmap /run/loong-idmap.sock </dev/null >/dev/null 2>"$1/idmap.log" &
+                echo $! > "$1/idmap.pid"
+                n=0; while [ ! -S /run/loong-idmap.sock ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
+            fi
+            shift 5
             exec "$@""#;
         let mut cmd = Command::new("unshare");
         cmd.args([
@@ -133,12 +146,19 @@ impl Rootless {
             "sh",
         ])
         .arg(self.dir.path())
-        .arg(if self.setup == Setup::NoTool {
-            "no-tool"
-        } else {
-            "-"
-        });
-        cmd.args(setpriv(self.setup == Setup::NoNewPrivs));
+        .arg(match self.setup {
+            Setup::NoTool => "no-tool",
+            Setup::NoNewPrivsWithIdmap => "idmap",
+            Setup::ProcSysOvermount => "proc-sys",
+            _ => "-",
+        })
+        .arg("setpriv")
+        .arg(UID.to_string())
+        .arg(bin("loong-spawn"));
+        cmd.args(setpriv(matches!(
+            self.setup,
+            Setup::NoNewPrivs | Setup::NoNewPrivsWithIdmap
+        )));
         cmd.arg(bin("loongctl"))
             .arg("--home")
             .arg(home.path())
@@ -152,6 +172,21 @@ impl Rootless {
             home.log()
         );
         home.status().pid
+    }
+}
+
+impl Drop for Rootless {
+    fn drop(&mut self) {
+        // The idmap server started in the namespace.
+        if let Some(pid) = fs::read_to_string(self.dir.path().join("idmap.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -482,4 +517,92 @@ fn plugins_run_under_a_rootless_loongd_with_subordinate_ids() {
     let worker = crate::workers::find_descendant(pid, "loong-worker-wa").expect("worker process");
     let uid = status_field(worker as u32, "Uid:").expect("worker uid");
     assert!(in_range(uid), "the worker runs as uid {uid}");
+}
+
+/// Under `no_new_privs` (as every hardened unit without capabilities runs), the setuid
+/// `newuidmap` cannot map ids; the idmap server (`loong-idmap.socket`), running as the same
+/// user outside `no_new_privs`, runs it for loongd, and the sandbox still gets its own
+/// subordinate uid. The server answers only its own uid. Control: without the server the
+/// same loongd refuses (`rootless_without_…`).
+#[test]
+fn under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid() {
+    let test =
+        "rootless::under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::NoNewPrivsWithIdmap);
+    let home = ns.home("");
+    let loongd = ns.start(&home);
+    let status = fs::read_to_string(format!("/proc/{loongd}/status")).expect("status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let out = ctl(
+        &home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/uid_map",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    // The sandbox's own view of its map: inside 65534 is one id of the range.
+    let map = text(&out.stdout);
+    let sandbox_line = map
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"65534"))
+        .unwrap_or_default();
+    let outside: u32 = sandbox_line
+        .get(1)
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    assert!(in_range(outside), "{map}");
+    // A peer of another uid (root, here) is refused.
+    let idmap_pid = fs::read_to_string(ns.dir.path().join("idmap.pid")).expect("idmap pid");
+    let sock = format!("/proc/{}/root/run/loong-idmap.sock", idmap_pid.trim());
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).expect("connect idmap");
+    std::io::Write::write_all(&mut conn, b"1 0 0 1 1 0 0 1 1\n").expect("write");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
+    assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
+}
+
+/// Why the rootless unit leaves `ProtectKernelTunables=` (and `ProtectKernelLogs=`) off: a
+/// mount over part of `/proc` is locked in every namespace a user namespace owns, and the
+/// kernel then refuses that namespace a new `/proc`, which every sandbox mounts for its pid
+/// namespace. Control: the same loongd without the overmount runs the sandbox.
+#[test]
+fn a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount() {
+    let test =
+        "rootless::a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let run = |setup| {
+        let ns = Rootless::new(setup);
+        let home = ns.home("");
+        ns.start(&home);
+        ctl(
+            &home,
+            &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+        )
+    };
+    let out = run(Setup::ProcSysOvermount);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));
+    let out = run(Setup::Ranges);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

@@ -12,10 +12,10 @@ use nix::{
     unistd::{Gid, Uid},
 };
 
-use super::{mounts, nix_fail, server, Failure, FIRST_PASSED_FD};
+use super::{idmap, mounts, nix_fail, server, Failure, FIRST_PASSED_FD};
 use crate::{
     plan::{IdMap, Plan},
-    subids::{find_tool, SubRange, INSIDE_SANDBOX_ID, NEWGIDMAP, NEWUIDMAP},
+    subids::{SubRange, INSIDE_SANDBOX_ID},
     sys,
 };
 
@@ -165,47 +165,17 @@ fn mapper(pid: i32, uid_map: [u32; 4], gid_map: [u32; 4], go_r: OwnedFd, ans_w: 
     {
         fail("close descriptors before newuidmap".into());
     }
-    for (name, paths, map) in [
-        ("newuidmap", NEWUIDMAP, uid_map),
-        ("newgidmap", NEWGIDMAP, gid_map),
-    ] {
-        let Some(tool) = find_tool(&paths) else {
-            fail(format!(
-                "{name} is not installed as a setuid-root program; install Debian's `uidmap`"
-            ));
-        };
-        let [in0, out0, in1, out1] = map.map(|i| i.to_string());
-        let out = std::process::Command::new(&tool)
-            .args([
-                pid.to_string(),
-                in0,
-                out0,
-                "1".into(),
-                in1,
-                out1,
-                "1".into(),
-            ])
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                let why = String::from_utf8_lossy(&o.stderr);
-                let why = why.lines().next().unwrap_or("").trim();
-                fail(format!(
-                    "{} {}: {} ({why})",
-                    tool.display(),
-                    map.map(|i| i.to_string()).join(" "),
-                    o.status
-                ));
-            }
-            Err(e) => fail(format!("{}: {e}", tool.display())),
-        }
+    // Under no_new_privs the setuid tools would run as us and fail: the idmap server, which
+    // runs outside it as the same user, runs them.
+    let mapped = if crate::subids::no_new_privs() {
+        idmap::ask(pid as u32, uid_map, gid_map)
+    } else {
+        idmap::run_tools(pid as u32, uid_map, gid_map)
+    };
+    match mapped {
+        Ok(()) => sys::exit_now(0),
+        Err(e) => fail(e.to_string()),
     }
-    sys::exit_now(0)
 }
 
 /// In the reaper, once the payload is forked, rootless with subordinate ids only: the reaper

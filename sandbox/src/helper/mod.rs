@@ -11,6 +11,7 @@
 //! failed (nothing ran), `exit CODE SIGNAL UTIME_US STIME_US MAXRSS_KB` at the end.
 
 pub(crate) mod confine;
+pub mod idmap;
 mod mounts;
 mod relay;
 pub mod server;
