@@ -2,7 +2,8 @@
 //! [`Plan`] in the order the anchors converge on:
 //!
 //! parent-death signal → read the plan → close every other fd → new session → cgroups →
-//! unshare namespaces (and write the id maps) → fork the reaper (pid 1 of the new pid
+//! unshare namespaces (and write the id maps; rootless with subordinate ids, a mapper forked
+//! before the unshare has `newuidmap`/`newgidmap` write them) → fork the reaper (pid 1 of the new pid
 //! namespace) → the reaper builds the root and forks the payload → the payload: fds, cwd,
 //! rlimits, uid/gid drop, `no_new_privs`, landlock, seccomp (last) → `execve`.
 //!
