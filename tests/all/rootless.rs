@@ -573,9 +573,10 @@ fn under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid() {
     let idmap_pid = fs::read_to_string(ns.dir.path().join("idmap.pid")).expect("idmap pid");
     let sock = format!("/proc/{}/root/run/loong-idmap.sock", idmap_pid.trim());
     let mut conn = std::os::unix::net::UnixStream::connect(&sock).expect("connect idmap");
-    std::io::Write::write_all(&mut conn, b"1 0 0 1 1 0 0 1 1\n").expect("write");
+    // It is answered before it is read: the write may find the server gone.
+    let _ = std::io::Write::write_all(&mut conn, b"1 0 0 1 1 0 0 1 1\n");
     let mut answer = String::new();
-    std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
+    let _ = std::io::Read::read_to_string(&mut conn, &mut answer);
     assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
 }
 
@@ -605,4 +606,72 @@ fn a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount() 
     assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));
     let out = run(Setup::Ranges);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// The idmap server answers a peer of another uid at once, before reading anything from it:
+/// a peer that connects and sends nothing holds the single-threaded server for no time
+/// (before, it was read for up to the request timeout, and every spawn of loongd waited).
+/// Control: the server then answers its own uid's request.
+#[test]
+fn the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it() {
+    let test = "rootless::the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it";
+    if !is_root() {
+        skip(test, "needs root (to run the server as another uid)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    chown_tree(dir.path());
+    let sock = dir.path().join("idmap.sock");
+    let p = setpriv(false);
+    let server = Killed(
+        Command::new(&p[0])
+            .args(&p[1..])
+            .arg(bin("loong-spawn"))
+            .arg("--idmap")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start idmap server"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let ask = |send: &[u8]| {
+        let t = std::time::Instant::now();
+        let mut conn = std::os::unix::net::UnixStream::connect(&sock)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut conn, send).expect("write");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut answer);
+        (answer, t.elapsed())
+    };
+    // Root connects and sends nothing (the connection stays open for writing).
+    let (answer, took) = ask(b"");
+    assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
+    assert!(took < Duration::from_secs(2), "held the server {took:?}");
+    drop(server);
+    // Control: a server of root's own uid reads root's request (and refuses it as
+    // malformed).
+    let _ = fs::remove_file(&sock);
+    let _server = Killed(
+        Command::new(bin("loong-spawn"))
+            .arg("--idmap")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start idmap server"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let (answer, _) = ask(b"1 2 3\n");
+    assert!(answer.starts_with("error request \"1 2 3\""), "{answer}");
+}
+
+/// A child killed and reaped when dropped (also when a test panics).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -102,21 +102,46 @@ pub fn main(path: Option<&Path>) -> ! {
 fn serve(conn: &UnixStream, me: u32) -> Result<(), IdmapError> {
     let peer = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| IdmapError::Read(format!("peer credentials: {e}")))?;
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT))
-        .map_err(|e| IdmapError::Read(e.to_string()))?;
-    // Read first (bounded, with a deadline), so the answer is not lost to a reset.
-    let mut line = String::new();
-    BufReader::new(conn.take(MAX_REQUEST_BYTES))
-        .read_line(&mut line)
-        .map_err(|e| IdmapError::Read(e.to_string()))?;
+    // A peer of another uid is answered at once: it never holds the server while it sends.
     if peer.uid() != me {
         return Err(IdmapError::Peer {
             peer: peer.uid(),
             me,
         });
     }
+    conn.set_write_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(|e| IdmapError::Read(e.to_string()))?;
+    let line = read_request(conn, REQUEST_TIMEOUT)?;
     let n = parse(&line)?;
     run_tools(n[0], [n[1], n[2], n[3], n[4]], [n[5], n[6], n[7], n[8]])
+}
+
+/// The request line, read within `deadline` in all (not per read: a peer dribbling a byte
+/// at a time cannot hold the single-threaded server longer) and at most
+/// [`MAX_REQUEST_BYTES`].
+pub fn read_request(conn: &UnixStream, deadline: Duration) -> Result<String, IdmapError> {
+    let read_err = |e: std::io::Error| IdmapError::Read(e.to_string());
+    let end = std::time::Instant::now() + deadline;
+    let mut line = Vec::new();
+    let mut buf = [0u8; MAX_REQUEST_BYTES as usize];
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_REQUEST_BYTES {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(IdmapError::Read(format!(
+                "no request line within {deadline:?}"
+            )));
+        }
+        conn.set_read_timeout(Some(left)).map_err(read_err)?;
+        let room = MAX_REQUEST_BYTES as usize - line.len();
+        match (&*conn).read(&mut buf[..room]) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    let first = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(String::from_utf8_lossy(first).into_owned())
 }
 
 /// The nine numbers of a request line.
@@ -203,6 +228,33 @@ pub fn ask(pid: u32, uid_map: [u32; 4], gid_map: [u32; 4]) -> Result<(), IdmapEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_read_within_one_deadline_in_all() {
+        let deadline = Duration::from_millis(400);
+        // Control: a whole line at once is read.
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        b.write_all(b"1 2 3\nrest").expect("write");
+        assert_eq!(read_request(&a, deadline), Ok("1 2 3".to_string()));
+        // A peer that sends a byte every 100ms, each well within a per-read timeout, is cut
+        // off at the deadline.
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        let dribble = std::thread::spawn(move || {
+            for _ in 0..30 {
+                if b.write_all(b"1").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t = std::time::Instant::now();
+        let got = read_request(&a, deadline);
+        let took = t.elapsed();
+        drop(a);
+        let _ = dribble.join();
+        assert!(matches!(got, Err(IdmapError::Read(_))), "{got:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
 
     #[test]
     fn requests_are_nine_numbers_and_nothing_else() {
