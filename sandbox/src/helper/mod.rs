@@ -254,7 +254,7 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
         )),
     };
     // Rootless with subordinate ids: the reaper, too, leaves loongd's uid for the sandbox's.
-    if let Err(f) = confine::drop_reaper(plan) {
+    if let Err(f) = confine::drop_reaper(plan, &st_w) {
         let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
         report(f);
     }

@@ -134,25 +134,40 @@ pub fn main() -> ! {
             continue;
         }
         let slot = slots.free();
+        // The child waits for a byte on this pipe, sent once its slot is recorded as held:
+        // if the server cannot hold it (no pidfd, no descriptor left), the child exits
+        // without running, and no sandbox ever runs on a slot the server thinks free.
+        let (go_r, go_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                answer(&sock, FAILED, e as i32, None);
+                continue;
+            }
+        };
         match sys::fork() {
             Ok(Forked::Child) => {
-                drop(sock);
+                drop((sock, go_w));
+                let mut go = [0u8; 1];
+                if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut go), Ok(1)) {
+                    sys::exit_now(super::SETUP_FAILED);
+                }
+                drop(go_r);
                 if let Some(s) = slot {
                     let _ = SLOT.set(s);
                 }
                 child(fds)
             }
             Ok(Forked::Parent(pid)) => {
-                drop(fds);
-                match sys::pidfd_open(pid) {
-                    Ok(pidfd) => match slots.hold(slot, &pidfd) {
-                        Ok(()) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
-                        Err(e) => {
-                            // The slot cannot be kept taken: the child must not run on it.
-                            let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
-                            answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None)
-                        }
-                    },
+                drop((fds, go_r));
+                let held = sys::pidfd_open(pid).and_then(|pidfd| {
+                    slots.hold(slot, &pidfd)?;
+                    nix::unistd::write(&go_w, b"g").map_err(std::io::Error::from)?;
+                    Ok(pidfd)
+                });
+                // Without the byte (go_w closed here), the child exits.
+                drop(go_w);
+                match held {
+                    Ok(pidfd) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
                     Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
                 }
             }
