@@ -476,8 +476,59 @@ fn postinst_gives_loong_one_free_subordinate_range() {
         skip(test, "needs root, unshare and systemd-sysusers");
         return;
     }
-    let scratch = tempfile::tempdir().expect("scratch");
     let existing = "alice:100000:65536\nbob:165536:65536\n";
+    let (files, user) = postinst_ranges(existing, "");
+    for file in &files {
+        let loong: Vec<&str> = file.lines().filter(|l| l.starts_with("loong:")).collect();
+        assert_eq!(loong, ["loong:262144:65536"], "{file}");
+        assert!(file.starts_with(existing), "{file}");
+    }
+    assert!(user.starts_with("loong:x:"), "{user}");
+}
+
+/// The postinst's range holds no id anything else has, whatever `/etc/subuid` holds: not
+/// another entry's range written in hex or octal (as newuidmap reads them), not a local
+/// user's uid or a group's gid, and none holding (uid_t)-1 or past it (then it adds nothing
+/// and says so).
+#[test]
+fn postinst_gives_loong_no_range_another_entry_or_user_holds() {
+    let test = "packaging::postinst_gives_loong_no_range_another_entry_or_user_holds";
+    if !is_root() || !have("unshare") || !have("systemd-sysusers") {
+        skip(test, "needs root, unshare and systemd-sysusers");
+        return;
+    }
+    let loong = |file: &str| -> Vec<String> {
+        file.lines()
+            .filter(|l| l.starts_with("loong:"))
+            .map(str::to_string)
+            .collect()
+    };
+    // 0x40000 is 262144 and 01000000 is 262144: each holds 262144..327680.
+    for existing in [
+        "alice:100000:65536\nbob:165536:65536\ncarol:0x40000:65536\n",
+        "alice:100000:65536\nbob:165536:65536\ncarol:01000000:65536\n",
+    ] {
+        let (files, _) = postinst_ranges(existing, "");
+        for file in &files {
+            assert_eq!(loong(file), ["loong:327680:65536"], "{file}");
+        }
+    }
+    // A local user and group at 100005 (and the group 140000): the first range past them.
+    let (files, _) = postinst_ranges("", "big:x:100005:140000::/:/usr/sbin/nologin\n");
+    assert_eq!(loong(&files[0]), ["loong:131072:65536"], "{}", files[0]);
+    assert_eq!(loong(&files[1]), ["loong:196608:65536"], "{}", files[1]);
+    // No room below 2^32: nothing is added.
+    let (files, _) = postinst_ranges("huge:100000:4294800000\n", "");
+    for file in &files {
+        assert_eq!(loong(file), Vec::<String>::new(), "{file}");
+    }
+}
+
+/// Runs the postinst twice in a mount namespace whose `/etc` has a writable layer of its
+/// own, `/etc/subuid` and `/etc/subgid` holding `existing` and `/etc/passwd` also
+/// `passwd`: the two files and loong's passwd entry after.
+fn postinst_ranges(existing: &str, passwd: &str) -> ([String; 2], String) {
+    let scratch = tempfile::tempdir().expect("scratch");
     let script = r#"set -e
         mount -t tmpfs loong-test "$1"
         mkdir -p "$1/u" "$1/w"
@@ -487,6 +538,7 @@ fn postinst_gives_loong_one_free_subordinate_range() {
         cp "$3" /usr/lib/sysusers.d/loong.conf
         printf "$4" > /etc/subuid
         printf "$4" > /etc/subgid
+        printf "$5" >> /etc/passwd
         # systemd-tmpfiles would create the layout's directories on the host: a stub.
         mkdir "$1/bin"
         printf '#!/bin/sh\nexit 0\n' > "$1/bin/systemd-tmpfiles"
@@ -510,6 +562,7 @@ fn postinst_gives_loong_one_free_subordinate_range() {
         .arg(workspace().join("packaging/debian/postinst"))
         .arg(workspace().join("packaging/debian/sysusers.conf"))
         .arg(existing)
+        .arg(passwd)
         .stdin(Stdio::null())
         .output()
         .expect("unshare postinst");
@@ -522,12 +575,10 @@ fn postinst_gives_loong_one_free_subordinate_range() {
     let got = text(&out.stdout);
     let parts: Vec<&str> = got.split("--\n").collect();
     assert_eq!(parts.len(), 3, "{got}");
-    for file in &parts[..2] {
-        let loong: Vec<&str> = file.lines().filter(|l| l.starts_with("loong:")).collect();
-        assert_eq!(loong, ["loong:262144:65536"], "{file}");
-        assert!(file.starts_with(existing), "{file}");
-    }
-    assert!(parts[2].starts_with("loong:x:"), "{}", parts[2]);
+    (
+        [parts[0].to_string(), parts[1].to_string()],
+        parts[2].to_string(),
+    )
 }
 
 /// Every datagram that arrives on `sock` until `until` says enough or `limit` passes.
