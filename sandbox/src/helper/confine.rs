@@ -182,7 +182,7 @@ fn mapper(pid: i32, uid_map: [u32; 4], gid_map: [u32; 4], go_r: OwnedFd, ans_w: 
 /// takes the sandbox's ids too, so no process of the sandbox keeps loongd's uid. It stays
 /// undumpable (no payload of the same uid can ptrace it or take its descriptors) and dies
 /// with the helper as before (the uid change clears the parent-death signal).
-pub(super) fn drop_reaper(plan: &Plan, st_w: &OwnedFd) -> Result<(), Failure> {
+pub(super) fn drop_reaper(plan: &Plan) -> Result<(), Failure> {
     let subordinate = plan.id_map.is_some_and(|m| m.subordinate.is_some());
     let Some((uid, gid)) = plan.creds.filter(|_| subordinate) else {
         return Ok(());
@@ -193,16 +193,6 @@ pub(super) fn drop_reaper(plan: &Plan, st_w: &OwnedFd) -> Result<(), Failure> {
     nix::unistd::setresuid(u, u, u).map_err(nix_fail("reaper setresuid"))?;
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
     prctl::set_dumpable(false).map_err(nix_fail("set dumpable"))?;
-    // A helper that died between the uid change and the signal's return sent none: then the
-    // sandbox would outlive the helper that holds its slot, and a new sandbox could get its
-    // ids. The helper holds the status pipe's only reading end, so the pipe tells.
-    if helper_gone(st_w) {
-        return Err(Failure::new(
-            "reaper parent-death signal",
-            libc::ESRCH,
-            "the helper exited while the reaper changed ids",
-        ));
-    }
     Ok(())
 }
 

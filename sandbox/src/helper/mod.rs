@@ -254,9 +254,18 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
         )),
     };
     // Rootless with subordinate ids: the reaper, too, leaves loongd's uid for the sandbox's.
-    if let Err(f) = confine::drop_reaper(plan, &st_w) {
+    if let Err(f) = confine::drop_reaper(plan) {
         let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
         report(f);
+    }
+    // A helper that died before the parent-death signal was set (at the reaper's start, or
+    // again after the uid change, which clears it) sent none: the sandbox would outlive the
+    // helper (and, rootless, the slot its ids come from). The helper holds the status pipe's
+    // only reading end, so the pipe tells; the payload (which may have exec'd) is killed, and
+    // the reaper's exit takes the rest of the namespace down.
+    if confine::helper_gone(&st_w) {
+        let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
+        sys::exit_now(SETUP_FAILED);
     }
     drop(err_w);
     loop {
