@@ -144,9 +144,18 @@ pub fn main() -> ! {
                 continue;
             }
         };
+        let server_pid = nix::unistd::getpid();
         match sys::fork() {
             Ok(Forked::Child) => {
                 drop((sock, go_w));
+                // Die with the server, which numbers the slots: a helper it never knew of
+                // (orphaned before this, and reparented to a subreaper that is not pid 1)
+                // would hold a slot a restarted server hands out again.
+                if prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                    || nix::unistd::getppid() != server_pid
+                {
+                    sys::exit_now(super::SETUP_FAILED);
+                }
                 let mut go = [0u8; 1];
                 if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut go), Ok(1)) {
                     sys::exit_now(super::SETUP_FAILED);
