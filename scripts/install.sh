@@ -16,7 +16,7 @@ set -euo pipefail
 umask 022
 
 COMMANDS=(loongd loongctl)
-PRIVATE=(loong-spawn loong-worker-wasm loong-worker-http loong-worker-builtin loong-worker-stdio loong-worker-plan loong-worker-agent)
+PRIVATE=(loong-spawn loong-worker-wasm loong-worker-http loong-worker-builtin loong-worker-stdio loong-worker-plan loong-worker-agent loong-worker-gateway loong-worker-channel loong-worker-browser)
 MANIFEST_NAME=install-manifest
 
 die() { echo "install.sh: $*" >&2; exit 1; }

@@ -61,6 +61,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # The uid and gid sandboxes run as when loongd is root.
 # uid = 65534
 # gid = 65534
+# loongd not root: each sandbox runs as its own id from loongd's user's subordinate range
+# (/etc/subuid, /etc/subgid, mapped with newuidmap from Debian's uidmap); without one every
+# sandbox is refused, naming what to add. true runs them as loongd's own uid instead
+# (degraded: an escape owns loongd's state; audited at start, shown by `loongctl doctor`).
+# rootless_own_uid = false
 # Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
 # max_output_bytes = 67108864
 
@@ -686,6 +691,9 @@ pub struct SandboxConfig {
     /// gid of sandboxes when loongd is root (never 0).
     #[serde(deserialize_with = "not_root")]
     pub gid: u32,
+    /// loongd not root and without subordinate ids: run sandboxes as loongd's own uid
+    /// (degraded) instead of refusing them.
+    pub rootless_own_uid: bool,
     /// Output cap per run.
     pub max_output_bytes: u64,
 }
@@ -696,6 +704,7 @@ impl Default for SandboxConfig {
             allow_degraded: false,
             uid: 65534,
             gid: 65534,
+            rootless_own_uid: false,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }

@@ -319,7 +319,12 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             *h = real;
         }
     }
-    let spawner = spawner::start_spawner(hidden, config.sandbox.uid, config.sandbox.gid);
+    let spawner = spawner::start_spawner(
+        hidden,
+        config.sandbox.uid,
+        config.sandbox.gid,
+        config.sandbox.rootless_own_uid,
+    );
     match &spawner {
         Ok(s) => {
             for t in loong_sandbox::Tier::ALL {
@@ -454,6 +459,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 "audit_witness": witness.display().to_string(),
                 "tiers_not_enforceable": unenforceable,
                 "schema_migrations": migrations,
+                "sandbox_ids": sandbox::ids_record(&kernel),
             }),
         );
         // One commit: the start, what the previous run left open, and an accepted failure.

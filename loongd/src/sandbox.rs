@@ -12,7 +12,7 @@ use loong_ipc::{
     SandboxRunRequest, StreamChunk, TierReport, INTERRUPTS_TO_KILL, MAX_CHUNK_BYTES,
 };
 use loong_sandbox::{
-    Killer, Limits, NetGrant, SandboxSpec, SpawnError, SpecError, StdioSpec, Tier,
+    subids::IdMode, Killer, Limits, NetGrant, SandboxSpec, SpawnError, SpecError, StdioSpec, Tier,
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
@@ -33,8 +33,73 @@ fn unavailable(msg: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::SandboxUnavailable, msg)
 }
 
+/// Whose ids sandboxes run as, and what that mode lacks (for `doctor` and the start record).
+fn ids_report(kernel: &Kernel) -> (String, Option<String>, Vec<String>) {
+    let own_uid_allowed = kernel.config.sandbox.rootless_own_uid;
+    let Ok(spawner) = &kernel.spawner else {
+        return ("unknown".into(), None, Vec::new());
+    };
+    let ids = spawner.ids();
+    let cgroup = !spawner.host().has(loong_sandbox::Mechanism::Cgroup);
+    let mut lacks = Vec::new();
+    let detail = match ids {
+        IdMode::Root => {
+            lacks.push("loongd holds root's spawning capabilities (the root unit keeps six); use the rootless mode where it suffices".into());
+            None
+        }
+        IdMode::Subordinate { user, uid, gid } => {
+            if cgroup {
+                lacks.push("no delegated cgroup v2 subtree: --memory and --pids are rlimits (RLIMIT_NPROC counts the sandbox's own uid only)".into());
+            }
+            lacks.push(
+                "sandboxes cannot share the spawn server's network namespace (each makes its own)"
+                    .into(),
+            );
+            Some(format!(
+                "user {user}: uids {}..{}, gids {}..{} (one id per live sandbox)",
+                uid.start,
+                uid.start + uid.count - 1,
+                gid.start,
+                gid.start + gid.count - 1
+            ))
+        }
+        IdMode::OwnUid(missing) => {
+            if own_uid_allowed {
+                lacks.push("DEGRADED ([sandbox] rootless_own_uid = true): sandboxes run as loongd's own uid, so an escape owns loongd's state".into());
+            } else {
+                lacks.push("every sandbox is refused until the cause is fixed (or [sandbox] rootless_own_uid = true accepts loongd's own uid, degraded)".into());
+            }
+            if cgroup {
+                lacks
+                    .push("no delegated cgroup v2 subtree: --memory and --pids are rlimits".into());
+            }
+            Some(missing.to_string())
+        }
+    };
+    let mode = match (ids, own_uid_allowed) {
+        (IdMode::OwnUid(_), true) => "rootless degraded (loongd's own uid)".to_string(),
+        (IdMode::OwnUid(_), false) => {
+            "rootless without subordinate ids (sandboxes refused)".to_string()
+        }
+        (m, _) => m.name().to_string(),
+    };
+    (mode, detail, lacks)
+}
+
+/// The `sandbox_ids` field of `daemon.started`: the mode, why it is degraded or refused.
+pub(crate) fn ids_record(kernel: &Kernel) -> serde_json::Value {
+    let (mode, detail, lacks) = ids_report(kernel);
+    serde_json::json!({
+        "mode": mode,
+        "detail": detail,
+        "own_uid_allowed": kernel.config.sandbox.rootless_own_uid,
+        "lacks": lacks,
+    })
+}
+
 /// `loongctl doctor`.
 pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
+    let (ids_mode, ids_detail, ids_lacks) = ids_report(kernel);
     let spawner = match &kernel.spawner {
         Ok(s) => s,
         Err(e) => {
@@ -46,6 +111,10 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
                 error: Some(e.to_string()),
                 egress_sandboxes: 0,
                 egress_open: 0,
+                ids_mode,
+                ids_detail,
+                ids_lacks,
+                ids_own_uid: false,
             }
         }
     };
@@ -81,6 +150,10 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
         error: None,
         egress_sandboxes: egress::state().0 as u64,
         egress_open: egress::state().1 as u64,
+        ids_mode,
+        ids_detail,
+        ids_lacks,
+        ids_own_uid: matches!(spawner.ids(), IdMode::OwnUid(_)),
     }
 }
 
@@ -128,9 +201,10 @@ fn spawn_error(e: SpawnError) -> RemoteError {
             unavailable(e.to_string())
         }
         SpawnError::Spec(s) => RemoteError::new(ErrorKind::BadRequest, s.to_string()),
-        SpawnError::Setup { .. } | SpawnError::Helper { .. } | SpawnError::Stopped => {
-            unavailable(e.to_string())
-        }
+        SpawnError::Setup { .. }
+        | SpawnError::Helper { .. }
+        | SpawnError::Stopped
+        | SpawnError::OwnUid(_) => unavailable(e.to_string()),
         SpawnError::Cgroup(_) | SpawnError::Seccomp(_) => {
             RemoteError::new(ErrorKind::Internal, e.to_string())
         }

@@ -27,6 +27,7 @@ pub(crate) fn start_spawner(
     kernel_paths: Vec<PathBuf>,
     uid: u32,
     gid: u32,
+    rootless_own_uid: bool,
 ) -> Result<Arc<Spawner>, SpawnerUnavailable> {
     let profiles = loong_profiles::bundled()
         .map_err(|ps| SpawnerUnavailable::Profiles(ps.iter().map(ToString::to_string).collect()))?;
@@ -34,6 +35,7 @@ pub(crate) fn start_spawner(
     config.helper = crate::programs::find(loong_sandbox::spawn::HELPER_NAME);
     config.hidden = kernel_paths;
     config.sandbox_id = (uid, gid);
+    config.rootless_own_uid = rootless_own_uid;
     if !config.helper.exists() {
         return Err(SpawnerUnavailable::HelperMissing(config.helper.clone()));
     }

@@ -19,6 +19,7 @@ pub mod profile;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
+pub mod subids;
 mod sys;
 pub mod syscalls;
 pub mod worker;

@@ -12,6 +12,8 @@ use std::{
 
 use seccompiler::sock_filter;
 
+use crate::subids::SubRange;
+
 /// The largest plan the helper reads.
 pub const MAX_PLAN_BYTES: usize = 4 << 20;
 /// The most items in any list of a plan.
@@ -74,6 +76,10 @@ pub struct EgressPlan {
 pub struct IdMap {
     pub inside_uid: u32,
     pub inside_gid: u32,
+    /// Rootless with subordinate ids: loongd's user's uid and gid ranges. The sandbox's ids
+    /// inside ([`crate::subids::INSIDE_SANDBOX_ID`], the plan's `creds`) map to the id of
+    /// the sandbox's slot in each, written by `newuidmap`/`newgidmap`; never loongd's own.
+    pub subordinate: Option<(SubRange, SubRange)>,
 }
 
 /// The whole plan.
@@ -222,9 +228,15 @@ impl Plan {
         match self.id_map {
             None => w.u8(0),
             Some(m) => {
-                w.u8(1);
+                w.u8(if m.subordinate.is_some() { 2 } else { 1 });
                 w.u32(m.inside_uid);
                 w.u32(m.inside_gid);
+                if let Some((u, g)) = m.subordinate {
+                    for r in [u, g] {
+                        w.u32(r.start);
+                        w.u32(r.count);
+                    }
+                }
             }
         }
         w.bytes(self.hostname.as_bytes());
@@ -332,10 +344,26 @@ impl Plan {
         let namespaces = r.u32()? as i32;
         let id_map = match r.u8()? {
             0 => None,
-            1 => Some(IdMap {
-                inside_uid: r.u32()?,
-                inside_gid: r.u32()?,
-            }),
+            t @ (1 | 2) => {
+                let inside_uid = r.u32()?;
+                let inside_gid = r.u32()?;
+                let subordinate = if t == 2 {
+                    let mut range = || -> Result<SubRange, PlanError> {
+                        Ok(SubRange {
+                            start: r.u32()?,
+                            count: r.u32()?,
+                        })
+                    };
+                    Some((range()?, range()?))
+                } else {
+                    None
+                };
+                Some(IdMap {
+                    inside_uid,
+                    inside_gid,
+                    subordinate,
+                })
+            }
             t => return Err(PlanError::Tag(t)),
         };
         let hostname = String::from_utf8_lossy(&r.bytes()?).into_owned();
@@ -438,6 +466,16 @@ mod tests {
             id_map: Some(IdMap {
                 inside_uid: 1000,
                 inside_gid: 1000,
+                subordinate: Some((
+                    SubRange {
+                        start: 100000,
+                        count: 65536,
+                    },
+                    SubRange {
+                        start: 200000,
+                        count: 10,
+                    },
+                )),
             }),
             hostname: "loong".into(),
             mounts: vec![

@@ -28,6 +28,7 @@ use crate::{
     profile::{Tier, TierProfile},
     seccomp,
     spec::{PlanContext, SandboxSpec, SpecError, DEFAULT_SANDBOX_ID},
+    subids::{IdMode, Missing},
     sys,
 };
 
@@ -83,6 +84,9 @@ pub enum SpawnError {
     /// The spawner thread is gone.
     #[error("the spawner thread has stopped")]
     Stopped,
+    /// loongd is not root and cannot give sandboxes subordinate ids; nothing ran.
+    #[error("refusing to run a sandbox as loongd's own uid: {0}; or, to accept that (degraded: an escape owns loongd's state), set `[sandbox] rootless_own_uid = true`")]
+    OwnUid(#[source] Missing),
 }
 
 /// How the payload ended.
@@ -241,6 +245,9 @@ pub struct SpawnerConfig {
     pub hidden: Vec<PathBuf>,
     /// Prefix of per-sandbox cgroup names.
     pub cgroup_prefix: String,
+    /// loongd is not root and has no subordinate ids: run sandboxes as loongd's own uid
+    /// (degraded) instead of refusing them.
+    pub rootless_own_uid: bool,
 }
 
 impl SpawnerConfig {
@@ -255,6 +262,7 @@ impl SpawnerConfig {
             profiles,
             sandbox_id: DEFAULT_SANDBOX_ID,
             hidden: Vec::new(),
+            rootless_own_uid: false,
             // The pid and the start time: a pid is reused, and a cgroup left by a process
             // that was killed must not collide with a new one's.
             cgroup_prefix: format!(
@@ -285,12 +293,15 @@ struct Job {
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
     host: Arc<Host>,
+    ids: Arc<IdMode>,
 }
 
 impl Spawner {
     /// Probes the host (with the helper), starts the spawner thread and its spawn server.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
+        let ids = Arc::new(IdMode::detect());
+        let thread_ids = ids.clone();
         crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
@@ -321,6 +332,7 @@ impl Spawner {
                         host: &thread_host,
                         compiled: &compiled,
                         seq: &seq,
+                        ids: &thread_ids,
                     };
                     let r = spawn_one(&ctx, &mut server, job.spec, job.stdio, job.pass);
                     (job.reply)(r);
@@ -331,7 +343,11 @@ impl Spawner {
                 source,
             })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Spawner { jobs: tx, host }),
+            Ok(Ok(())) => Ok(Spawner {
+                jobs: tx,
+                host,
+                ids,
+            }),
             Ok(Err(source)) => Err(SpawnError::Helper {
                 helper: PathBuf::from(HELPER_NAME),
                 source,
@@ -343,6 +359,11 @@ impl Spawner {
     /// What the host can enforce.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// Whose ids sandboxes run as.
+    pub fn ids(&self) -> &IdMode {
+        &self.ids
     }
 
     /// Spawns a sandbox; blocks until its payload has exec'd or setup failed.
@@ -551,6 +572,7 @@ struct Ctx<'a> {
     host: &'a Host,
     compiled: &'a BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
     seq: &'a AtomicU64,
+    ids: &'a IdMode,
 }
 
 fn spawn_one(
@@ -561,6 +583,12 @@ fn spawn_one(
     pass: Vec<OwnedFd>,
 ) -> Result<Child, SpawnError> {
     let config = ctx.config;
+    let subordinate = match ctx.ids {
+        IdMode::Root => None,
+        IdMode::Subordinate { uid, gid, .. } => Some((*uid, *gid)),
+        IdMode::OwnUid(_) if config.rootless_own_uid => None,
+        IdMode::OwnUid(m) => return Err(SpawnError::OwnUid(m.clone())),
+    };
     let tier = spec.tier.ok_or(SpecError::NoTier)?;
     let profile = config.profiles.get(&tier).ok_or(SpecError::NoTier)?;
     // The egress socket travels after the payload's descriptors (one more slot).
@@ -602,6 +630,7 @@ fn spawn_one(
         hidden: &config.hidden,
         seccomp,
         cgroup_join: procs,
+        subordinate,
     })?;
     let helper_err = |source| SpawnError::Helper {
         helper: config.helper.clone(),

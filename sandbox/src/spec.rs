@@ -16,6 +16,7 @@ use crate::{
     host::{Host, Mechanism},
     plan::{EgressPlan, IdMap, LandlockPlan, MountOp, Plan},
     profile::{LandlockMode, TierProfile},
+    subids::{SubRange, INSIDE_SANDBOX_ID},
     Tier,
 };
 
@@ -196,6 +197,8 @@ pub struct PlanContext<'a> {
     pub hidden: &'a [PathBuf],
     pub seccomp: Vec<Vec<seccompiler::sock_filter>>,
     pub cgroup_join: Vec<PathBuf>,
+    /// Rootless with subordinate ids: loongd's user's uid and gid ranges ([`crate::subids`]).
+    pub subordinate: Option<(SubRange, SubRange)>,
 }
 
 /// A validated plan and the mechanisms it runs without (degraded).
@@ -367,7 +370,28 @@ impl SandboxSpec {
             }
         }
         let mut id_map = None;
-        if !root && flags != 0 {
+        let mut creds = root.then_some(ctx.sandbox_id);
+        if let (false, Some(sub)) = (root, ctx.subordinate) {
+            // Rootless with subordinate ids: every sandbox, whatever its tier, gets a user
+            // namespace where it runs as its own subordinate id (never loongd's), and a pid
+            // namespace, so none of its processes outlives the helper that holds its id.
+            if !has(Mechanism::UserNs) || !has(Mechanism::PidNs) {
+                return Err(SpecError::Unavailable {
+                    tier,
+                    missing: vec![Mechanism::UserNs, Mechanism::PidNs]
+                        .into_iter()
+                        .filter(|m| !has(*m))
+                        .collect(),
+                });
+            }
+            flags |= libc::CLONE_NEWUSER | libc::CLONE_NEWPID;
+            id_map = Some(IdMap {
+                inside_uid: 0,
+                inside_gid: 0,
+                subordinate: Some(sub),
+            });
+            creds = Some((INSIDE_SANDBOX_ID, INSIDE_SANDBOX_ID));
+        } else if !root && flags != 0 {
             if has(Mechanism::UserNs) {
                 flags |= libc::CLONE_NEWUSER;
                 let uid = nix::unistd::Uid::effective().as_raw();
@@ -375,6 +399,7 @@ impl SandboxSpec {
                 id_map = Some(IdMap {
                     inside_uid: uid,
                     inside_gid: gid,
+                    subordinate: None,
                 });
             } else {
                 // Without a user namespace an unprivileged helper cannot unshare the rest.
@@ -519,7 +544,7 @@ impl SandboxSpec {
                 } else {
                     Vec::new()
                 },
-                creds: root.then_some(ctx.sandbox_id),
+                creds,
                 env,
                 program,
                 argv,
@@ -771,6 +796,95 @@ mod tests {
     }
 
     #[test]
+    fn rootless_with_subordinate_ids_every_sandbox_gets_a_user_and_pid_namespace_and_nobody_inside()
+    {
+        let mut h = host();
+        h.root = false;
+        let ranges = (
+            SubRange {
+                start: 100_000,
+                count: 10,
+            },
+            SubRange {
+                start: 200_000,
+                count: 10,
+            },
+        );
+        // A profile with no namespace at all still gets both.
+        let mut bare = profile();
+        bare.namespaces = Namespaces {
+            pid: false,
+            mount: false,
+            net: false,
+            ipc: false,
+            uts: false,
+        };
+        for p in [profile(), bare] {
+            let ctx = |sub| PlanContext {
+                host: &h,
+                profile: &p,
+                sandbox_id: DEFAULT_SANDBOX_ID,
+                hidden: &[],
+                seccomp: Vec::new(),
+                cgroup_join: Vec::new(),
+                subordinate: sub,
+            };
+            let spec = SandboxSpec {
+                tier: Some(Tier::Restricted),
+                program: "/bin/true".into(),
+                ..SandboxSpec::default()
+            };
+            let plan = spec.clone().plan(ctx(Some(ranges))).expect("plans").plan;
+            assert_ne!(plan.namespaces & libc::CLONE_NEWUSER, 0);
+            assert_ne!(plan.namespaces & libc::CLONE_NEWPID, 0);
+            assert_eq!(plan.creds, Some((INSIDE_SANDBOX_ID, INSIDE_SANDBOX_ID)));
+            let m = plan.id_map.expect("an id map");
+            assert_eq!(
+                (m.inside_uid, m.inside_gid, m.subordinate),
+                (0, 0, Some(ranges))
+            );
+            // Control: without ranges (the degraded mode), the sandbox keeps loongd's uid.
+            let plan = spec.plan(ctx(None)).expect("plans").plan;
+            assert_eq!(plan.creds, None);
+            assert!(plan.id_map.is_none_or(|m| m.subordinate.is_none()));
+        }
+        // Without user or pid namespaces the mode cannot hold: refused, even degraded.
+        for missing in [Mechanism::UserNs, Mechanism::PidNs] {
+            let mut h = h.clone();
+            h.mechanisms.insert(
+                missing,
+                Availability {
+                    available: false,
+                    detail: String::new(),
+                    fix: None,
+                },
+            );
+            let p = profile();
+            let spec = SandboxSpec {
+                tier: Some(Tier::Restricted),
+                program: "/bin/true".into(),
+                allow_degraded: true,
+                ..SandboxSpec::default()
+            };
+            let err = spec
+                .plan(PlanContext {
+                    host: &h,
+                    profile: &p,
+                    sandbox_id: DEFAULT_SANDBOX_ID,
+                    hidden: &[],
+                    seccomp: Vec::new(),
+                    cgroup_join: Vec::new(),
+                    subordinate: Some(ranges),
+                })
+                .expect_err("refused");
+            assert!(
+                matches!(&err, SpecError::Unavailable { missing: m, .. } if m == &vec![missing]),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn only_a_package_may_be_seen_inside_loongd_s_home_and_never_its_state() {
         let (h, p) = (host(), profile());
         let home = tempfile::tempdir().expect("home");
@@ -788,6 +902,7 @@ mod tests {
             hidden: &hidden,
             seccomp: Vec::new(),
             cgroup_join: Vec::new(),
+            subordinate: None,
         };
         let base = SandboxSpec {
             tier: Some(Tier::Restricted),
@@ -858,6 +973,7 @@ mod tests {
             hidden: &hidden,
             seccomp: Vec::new(),
             cgroup_join: Vec::new(),
+            subordinate: None,
         };
         let spec = SandboxSpec {
             tier: Some(Tier::Restricted),
@@ -894,6 +1010,7 @@ mod tests {
             hidden: &[],
             seccomp: Vec::new(),
             cgroup_join: Vec::new(),
+            subordinate: None,
         };
         let spec = |limits| SandboxSpec {
             tier: Some(Tier::Restricted),
@@ -964,6 +1081,7 @@ mod tests {
                 hidden: &[],
                 seccomp: Vec::new(),
                 cgroup_join: Vec::new(),
+                subordinate: None,
             })
         };
         let egress = || {

@@ -37,6 +37,7 @@ mod package_copy;
 mod packaging;
 mod plans;
 mod revocation;
+mod rootless;
 mod sandbox;
 mod sandbox_client;
 mod sandbox_probes;

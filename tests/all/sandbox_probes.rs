@@ -19,11 +19,14 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use crate::support::{bin, ctl, is_root, skip, text, Home, NOBODY};
+use crate::{
+    rootless::{Rootless, Setup},
+    support::{bin, ctl, is_root, skip, text, Home, NOBODY},
+};
 
 mod rows;
 
-use rows::{Expect, ROWS, UNPRIVILEGED};
+use rows::{Expect, ROOTLESS, ROWS, UNPRIVILEGED};
 use Expect::*;
 
 /// Where the build script put the probe (or why it could not).
@@ -47,6 +50,8 @@ struct Lab {
     other: u16,
     abstract_name: String,
     as_nobody: bool,
+    /// loongd runs rootless with subordinate ids (`crate::rootless`).
+    rootless: Option<Rootless>,
     sibling: Child,
     loongd: u32,
     /// The listeners on `{port}` (the port rows grant) and `{other}` (never granted), both
@@ -73,20 +78,34 @@ fn dir(mode: u32) -> tempfile::TempDir {
 }
 
 impl Lab {
-    fn new(as_nobody: bool) -> Lab {
+    fn new(mode: Mode) -> Lab {
         use std::os::linux::net::SocketAddrExt;
-        let home = Home::new();
+        let as_nobody = mode == Mode::Nobody;
+        let rootless = (mode == Mode::Subordinate).then(|| Rootless::new(Setup::Ranges));
+        // Unprivileged here means loongd's own uid (no subordinate ids): the degraded mode,
+        // which must be chosen.
+        let home = if let Some(ns) = &rootless {
+            ns.home("")
+        } else if as_nobody || !is_root() {
+            Home::with_config("[sandbox]\nrootless_own_uid = true\n")
+        } else {
+            Home::new()
+        };
         if as_nobody {
             std::os::unix::fs::chown(home.path(), Some(NOBODY), Some(NOBODY)).expect("chown home");
         }
-        let started = ctl(&home, as_nobody, &["daemon", "start"]);
-        assert!(
-            started.status.success(),
-            "{}\n{}",
-            text(&started.stderr),
-            home.log()
-        );
-        let loongd = home.status().pid;
+        let loongd = if let Some(ns) = &rootless {
+            ns.start(&home)
+        } else {
+            let started = ctl(&home, as_nobody, &["daemon", "start"]);
+            assert!(
+                started.status.success(),
+                "{}\n{}",
+                text(&started.stderr),
+                home.log()
+            );
+            home.status().pid
+        };
         let work = dir(0o777);
         let ro = dir(0o755);
         fs::write(ro.path().join("data"), "data").expect("data");
@@ -126,6 +145,7 @@ impl Lab {
             secret,
             abstract_name,
             as_nobody,
+            rootless,
             sibling,
             loongd,
             granted: tcp,
@@ -176,7 +196,10 @@ impl Lab {
         a.push(probe.display().to_string());
         a.extend(args.iter().map(|x| self.fill(x, tier)));
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        let out = ctl(&self.home, self.as_nobody, &refs);
+        let out = match &self.rootless {
+            Some(_) => crate::rootless::ctl(&self.home, &refs),
+            None => ctl(&self.home, self.as_nobody, &refs),
+        };
         (
             out.status.code(),
             text(&out.stdout).trim_end().to_string(),
@@ -221,7 +244,23 @@ fn escape_catalogue_under_every_tier() {
         );
         return;
     }
-    run_catalogue(&probe, false);
+    run_catalogue(&probe, Mode::Root);
+}
+
+/// The catalogue with loongd as an ordinary user whose sandboxes each run as a subordinate
+/// id (`crate::rootless`): the root column's expectations, except where [`ROOTLESS`] says
+/// otherwise and why.
+#[test]
+fn escape_catalogue_rootless_with_subordinate_ids() {
+    let test = "escape_catalogue_rootless_with_subordinate_ids";
+    let Some(probe) = probe_path(test) else {
+        return;
+    };
+    if let Some(why) = crate::rootless::unavailable() {
+        skip(test, why);
+        return;
+    }
+    run_catalogue(&probe, Mode::Subordinate);
 }
 
 #[test]
@@ -243,13 +282,34 @@ fn escape_catalogue_unprivileged() {
         );
         return;
     }
-    run_catalogue(&probe, is_root());
+    run_catalogue(
+        &probe,
+        if is_root() {
+            Mode::Nobody
+        } else {
+            Mode::Unprivileged
+        },
+    );
 }
 
-/// Runs every row; `as_nobody` runs loongd (and loongctl) as `nobody` through setpriv.
-fn run_catalogue(probe: &Path, as_nobody: bool) {
-    let lab = Lab::new(as_nobody);
-    let unprivileged = as_nobody || !is_root();
+/// Whom loongd runs as for a catalogue run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Root: sandboxes drop to `nobody`.
+    Root,
+    /// `nobody` through setpriv, without subordinate ids: sandboxes keep loongd's own uid
+    /// (the degraded mode).
+    Nobody,
+    /// The test itself is not root: loongd runs as this user, degraded as above.
+    Unprivileged,
+    /// An ordinary user with subordinate ranges, in a mount namespace (`crate::rootless`).
+    Subordinate,
+}
+
+/// Runs every row under `mode`.
+fn run_catalogue(probe: &Path, mode: Mode) {
+    let lab = Lab::new(mode);
+    let unprivileged = matches!(mode, Mode::Nobody | Mode::Unprivileged);
     for t in ["restricted", "balanced", "trusted", "control"] {
         fs::write(lab.work.path().join(format!("mv-{t}")), "x").expect("rename source");
         fs::set_permissions(
@@ -285,6 +345,14 @@ fn run_catalogue(probe: &Path, as_nobody: bool) {
             ("trusted", row.trusted),
         ] {
             let Some(mut expect) = expect else { continue };
+            if mode == Mode::Subordinate {
+                if let Some((_, _, e, _)) = ROOTLESS
+                    .iter()
+                    .find(|(n, t, _, _)| *n == row.name && *t == tier)
+                {
+                    expect = *e;
+                }
+            }
             if unprivileged {
                 if let Some((_, _, e, _)) = UNPRIVILEGED
                     .iter()
@@ -329,7 +397,8 @@ fn run_catalogue(probe: &Path, as_nobody: bool) {
     );
     let slow = lab.confined(probe, "balanced", &["--timeout", "1"], &["spin"]);
     assert!(slow.2.contains("killed at the --timeout"), "{}", slow.2);
-    if !unprivileged {
+    // Only root has a cgroup here (no delegated cgroup v2 subtree for an ordinary user).
+    if mode == Mode::Root {
         let oom = lab.confined(
             probe,
             "balanced",

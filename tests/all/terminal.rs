@@ -75,6 +75,10 @@ fn answer(req: &ControlRequest) -> Result<ControlResponse, RemoteError> {
             error: Some(h()),
             egress_sandboxes: 0,
             egress_open: 0,
+            ids_mode: h(),
+            ids_detail: Some(h()),
+            ids_lacks: vec![h()],
+            ids_own_uid: true,
         }),
         ControlRequest::AuditQuery(_)
         | ControlRequest::AuditShow { .. }

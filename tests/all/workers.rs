@@ -851,7 +851,9 @@ fn tool_calls_are_decided_denied_and_held_for_approval() {
 #[test]
 fn plugins_run_under_an_unprivileged_loongd() {
     let as_nobody = is_root();
-    let home = Home::new();
+    // Without subordinate ids: the degraded mode, which must be chosen (rootless.rs runs
+    // plugins with subordinate ids).
+    let home = Home::with_config("[sandbox]\nrootless_own_uid = true\n");
     install_examples(&home);
     if as_nobody {
         let out = Command::new("chown")

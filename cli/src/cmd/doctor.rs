@@ -20,6 +20,11 @@ struct DoctorJson<'a> {
     tiers: Vec<TierJson<'a>>,
     egress_sandboxes: u64,
     egress_open: u64,
+    /// Whose ids sandboxes run as, the ranges or why none, and what the mode lacks.
+    ids_mode: &'a str,
+    ids_detail: Option<&'a str>,
+    ids_lacks: &'a [String],
+    ids_own_uid: bool,
     /// Channels whose poller reports a problem (a 409 conflict, a failure).
     channels: Vec<ChannelJson>,
 }
@@ -69,7 +74,7 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
     else {
         return Err(anyhow::anyhow!("unexpected answer to doctor").into());
     };
-    let all_ok = r.error.is_none() && r.tiers.iter().all(|t| t.enforceable);
+    let all_ok = r.error.is_none() && !r.ids_own_uid && r.tiers.iter().all(|t| t.enforceable);
     let channels = channel_problems(layout);
     if json {
         let j = DoctorJson {
@@ -97,6 +102,10 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
                 .collect(),
             egress_sandboxes: r.egress_sandboxes,
             egress_open: r.egress_open,
+            ids_mode: &r.ids_mode,
+            ids_detail: r.ids_detail.as_deref(),
+            ids_lacks: &r.ids_lacks,
+            ids_own_uid: r.ids_own_uid,
             channels,
         };
         println!(
@@ -116,6 +125,13 @@ pub(crate) fn run(layout: &Layout, json: bool) -> Result<u8, Failure> {
             },
             r.landlock_abi
         );
+        println!("sandbox ids: {}", Esc(&r.ids_mode));
+        if let Some(d) = &r.ids_detail {
+            println!("  {}", Esc(d));
+        }
+        for l in &r.ids_lacks {
+            println!("  lacks: {}", Esc(l));
+        }
         println!();
         for m in &r.mechanisms {
             let mark = if m.available { "ok     " } else { "MISSING" };

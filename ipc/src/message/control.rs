@@ -954,6 +954,20 @@ pub struct DoctorReport {
     /// Connections open through the egress broker now.
     #[serde(default)]
     pub egress_open: u64,
+    /// Whose ids sandboxes run as: `root`, `rootless with subordinate ids`, `rootless
+    /// degraded (loongd's own uid)` or `rootless without subordinate ids (sandboxes refused)`.
+    #[serde(default)]
+    pub ids_mode: String,
+    /// The subordinate ranges in use, or why there are none.
+    #[serde(default)]
+    pub ids_detail: Option<String>,
+    /// What the running mode lacks.
+    #[serde(default)]
+    pub ids_lacks: Vec<String>,
+    /// loongd is not root and has no subordinate ids: sandboxes are refused, or run as
+    /// loongd's own uid (degraded).
+    #[serde(default)]
+    pub ids_own_uid: bool,
 }
 
 /// How a sandboxed program ended.

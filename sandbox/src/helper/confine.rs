@@ -12,8 +12,12 @@ use nix::{
     unistd::{Gid, Uid},
 };
 
-use super::{mounts, nix_fail, Failure, FIRST_PASSED_FD};
-use crate::{plan::Plan, sys};
+use super::{idmap, mounts, nix_fail, server, Failure, FIRST_PASSED_FD};
+use crate::{
+    plan::{IdMap, Plan},
+    subids::{SubRange, INSIDE_SANDBOX_ID},
+    sys,
+};
 
 /// The landlock ABI this code was written and tested against. Newer kernels are used at this
 /// ABI, never silently at a higher one.
@@ -27,6 +31,15 @@ pub(super) fn unshare(plan: &Plan) -> Result<(), Failure> {
     }
     let outside_uid = Uid::effective().as_raw();
     let outside_gid = Gid::effective().as_raw();
+    if let Some(
+        m @ IdMap {
+            subordinate: Some(ranges),
+            ..
+        },
+    ) = plan.id_map
+    {
+        return unshare_subordinate(plan, m, ranges);
+    }
     nix::sched::unshare(CloneFlags::from_bits_truncate(plan.namespaces))
         .map_err(nix_fail("unshare"))?;
     if let Some(m) = plan.id_map {
@@ -45,6 +58,153 @@ pub(super) fn unshare(plan: &Plan) -> Result<(), Failure> {
         )?;
     }
     Ok(())
+}
+
+/// The bytes the mapper's answer may take (the first lines of a tool's complaint).
+const MAPPER_ANSWER_MAX: u64 = 1024;
+
+/// Rootless with subordinate ids: unshares, then has `newuidmap`/`newgidmap` map the helper's
+/// own ids to the inside ids of `m` and [`INSIDE_SANDBOX_ID`] to this sandbox's subordinate
+/// ids (its slot in each range). The tools must run in the parent user namespace (a setuid
+/// program is not setuid in a namespace that does not map its owner), so a mapper forked
+/// before the unshare runs them once told to, and answers what failed.
+fn unshare_subordinate(
+    plan: &Plan,
+    m: IdMap,
+    (uids, gids): (SubRange, SubRange),
+) -> Result<(), Failure> {
+    let exhausted = |count: u32| {
+        Failure::new(
+            "subordinate ids",
+            libc::EAGAIN,
+            format!("every one of the {count} subordinate ids of loongd's range is held by a live sandbox; widen loongd's user's ranges in /etc/subuid and /etc/subgid"),
+        )
+    };
+    let slot = *server::SLOT
+        .get()
+        .ok_or_else(|| exhausted(uids.count.min(gids.count)))?;
+    if slot >= uids.count || slot >= gids.count {
+        return Err(exhausted(uids.count.min(gids.count)));
+    }
+    let uid_map = [
+        m.inside_uid,
+        Uid::effective().as_raw(),
+        INSIDE_SANDBOX_ID,
+        uids.start + slot,
+    ];
+    let gid_map = [
+        m.inside_gid,
+        Gid::effective().as_raw(),
+        INSIDE_SANDBOX_ID,
+        gids.start + slot,
+    ];
+    let me = nix::unistd::getpid().as_raw();
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(nix_fail("pipe"))?;
+    let (ans_r, ans_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(nix_fail("pipe"))?;
+    let mapper = match sys::fork()
+        .map_err(|e| Failure::new("fork id mapper", e.raw_os_error().unwrap_or(0), ""))?
+    {
+        sys::Forked::Child => {
+            drop((go_w, ans_r));
+            mapper(me, uid_map, gid_map, go_r, ans_w)
+        }
+        sys::Forked::Parent(pid) => nix::unistd::Pid::from_raw(pid),
+    };
+    drop((go_r, ans_w));
+    // On failure the mapper reads end-of-file on its pipe and exits without mapping.
+    nix::sched::unshare(CloneFlags::from_bits_truncate(plan.namespaces))
+        .map_err(nix_fail("unshare"))?;
+    nix::unistd::write(&go_w, b"m").map_err(nix_fail("start id mapper"))?;
+    drop(go_w);
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::from(ans_r), MAPPER_ANSWER_MAX),
+        &mut answer,
+    );
+    let status = loop {
+        match nix::sys::wait::waitpid(mapper, None) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let mapped = matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
+    if !mapped || !answer.is_empty() {
+        return Err(Failure::new(
+            "map subordinate ids",
+            libc::EPERM,
+            if answer.is_empty() {
+                format!("the id mapper ended with {status:?}")
+            } else {
+                answer
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// The forked mapper: waits for the helper to have unshared its user namespace, then runs
+/// `newuidmap PID IN OUT 1 …` and `newgidmap` on it. Exits 0 when both mapped; otherwise
+/// writes what failed to `ans_w` and exits 1.
+fn mapper(pid: i32, uid_map: [u32; 4], gid_map: [u32; 4], go_r: OwnedFd, ans_w: OwnedFd) -> ! {
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let fail = |msg: String| -> ! {
+        let _ = nix::unistd::write(&ans_w, msg.as_bytes());
+        sys::exit_now(1)
+    };
+    let mut go = [0u8; 1];
+    if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut go), Ok(1)) {
+        sys::exit_now(1);
+    }
+    // Only stdio and the answer pipe (close-on-exec) stay: the setuid tools get none of the
+    // sandbox's descriptors.
+    let keep = ans_w.as_raw_fd() as u32;
+    drop(go_r);
+    if sys::close_between(3, keep.saturating_sub(1)).is_err() || sys::close_from(keep + 1).is_err()
+    {
+        fail("close descriptors before newuidmap".into());
+    }
+    // Under no_new_privs the setuid tools would run as us and fail: the idmap server, which
+    // runs outside it as the same user, runs them.
+    let mapped = if crate::subids::no_new_privs() {
+        idmap::ask(pid as u32, uid_map, gid_map)
+    } else {
+        idmap::run_tools(pid as u32, uid_map, gid_map)
+    };
+    match mapped {
+        Ok(()) => sys::exit_now(0),
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// In the reaper, once the payload is forked, rootless with subordinate ids only: the reaper
+/// takes the sandbox's ids too, so no process of the sandbox keeps loongd's uid. It stays
+/// undumpable (no payload of the same uid can ptrace it or take its descriptors) and dies
+/// with the helper as before (the uid change clears the parent-death signal).
+pub(super) fn drop_reaper(plan: &Plan) -> Result<(), Failure> {
+    let subordinate = plan.id_map.is_some_and(|m| m.subordinate.is_some());
+    let Some((uid, gid)) = plan.creds.filter(|_| subordinate) else {
+        return Ok(());
+    };
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    nix::unistd::setgroups(&[g]).map_err(nix_fail("reaper setgroups"))?;
+    nix::unistd::setresgid(g, g, g).map_err(nix_fail("reaper setresgid"))?;
+    nix::unistd::setresuid(u, u, u).map_err(nix_fail("reaper setresuid"))?;
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+    prctl::set_dumpable(false).map_err(nix_fail("set dumpable"))?;
+    Ok(())
+}
+
+/// Whether nothing reads the pipe whose writing end is `w` any more (its reader exited).
+pub(super) fn helper_gone(w: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut p = [PollFd::new(w.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut p, PollTimeout::ZERO).is_ok_and(|_| {
+        p[0].revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+    })
 }
 
 /// In the reaper: hostname and the new root.
@@ -182,4 +342,18 @@ fn landlock(l: &crate::plan::LandlockPlan) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_tells_the_reaper_its_helper_is_gone() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        // Control: with its reader there, the helper is not gone.
+        assert!(!helper_gone(&w));
+        drop(r);
+        assert!(helper_gone(&w));
+    }
 }

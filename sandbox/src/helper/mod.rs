@@ -2,7 +2,8 @@
 //! [`Plan`] in the order the anchors converge on:
 //!
 //! parent-death signal → read the plan → close every other fd → new session → cgroups →
-//! unshare namespaces (and write the id maps) → fork the reaper (pid 1 of the new pid
+//! unshare namespaces (and write the id maps; rootless with subordinate ids, a mapper forked
+//! before the unshare has `newuidmap`/`newgidmap` write them) → fork the reaper (pid 1 of the new pid
 //! namespace) → the reaper builds the root and forks the payload → the payload: fds, cwd,
 //! rlimits, uid/gid drop, `no_new_privs`, landlock, seccomp (last) → `execve`.
 //!
@@ -11,6 +12,7 @@
 //! failed (nothing ran), `exit CODE SIGNAL UTIME_US STIME_US MAXRSS_KB` at the end.
 
 pub(crate) mod confine;
+pub mod idmap;
 mod mounts;
 mod relay;
 pub mod server;
@@ -251,6 +253,20 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
             "",
         )),
     };
+    // Rootless with subordinate ids: the reaper, too, leaves loongd's uid for the sandbox's.
+    if let Err(f) = confine::drop_reaper(plan) {
+        let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
+        report(f);
+    }
+    // A helper that died before the parent-death signal was set (at the reaper's start, or
+    // again after the uid change, which clears it) sent none: the sandbox would outlive the
+    // helper (and, rootless, the slot its ids come from). The helper holds the status pipe's
+    // only reading end, so the pipe tells; the payload (which may have exec'd) is killed, and
+    // the reaper's exit takes the rest of the namespace down.
+    if confine::helper_gone(&st_w) {
+        let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
+        sys::exit_now(SETUP_FAILED);
+    }
     drop(err_w);
     loop {
         match waitpid(None, None) {

@@ -91,6 +91,7 @@ pub fn main() -> ! {
             let _ = SHARED_NETNS.set(fd);
         }
     }
+    let mut slots = Slots::default();
     loop {
         let mut buf = [0u8; 16];
         let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
@@ -132,20 +133,125 @@ pub fn main() -> ! {
             answer(&sock, FAILED, libc::EINVAL, None);
             continue;
         }
+        let slot = slots.free();
+        // The child waits for a byte on this pipe, sent once its slot is recorded as held:
+        // if the server cannot hold it (no pidfd, no descriptor left), the child exits
+        // without running, and no sandbox ever runs on a slot the server thinks free.
+        let (go_r, go_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                answer(&sock, FAILED, e as i32, None);
+                continue;
+            }
+        };
+        let server_pid = nix::unistd::getpid();
         match sys::fork() {
             Ok(Forked::Child) => {
-                drop(sock);
+                drop((sock, go_w));
+                // Die with the server, which numbers the slots: a helper it never knew of
+                // (orphaned before this, and reparented to a subreaper that is not pid 1)
+                // would hold a slot a restarted server hands out again.
+                if prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                    || nix::unistd::getppid() != server_pid
+                {
+                    sys::exit_now(super::SETUP_FAILED);
+                }
+                let mut go = [0u8; 1];
+                if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut go), Ok(1)) {
+                    sys::exit_now(super::SETUP_FAILED);
+                }
+                drop(go_r);
+                if let Some(s) = slot {
+                    let _ = SLOT.set(s);
+                }
                 child(fds)
             }
             Ok(Forked::Parent(pid)) => {
-                drop(fds);
-                match sys::pidfd_open(pid) {
+                drop((fds, go_r));
+                let held = sys::pidfd_open(pid).and_then(|pidfd| {
+                    slots.hold(slot, &pidfd)?;
+                    nix::unistd::write(&go_w, b"g").map_err(std::io::Error::from)?;
+                    Ok(pidfd)
+                });
+                // Without the byte (go_w closed here), the child exits.
+                drop(go_w);
+                match held {
                     Ok(pidfd) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
                     Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
                 }
             }
             Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
         }
+    }
+}
+
+/// The slot of the sandbox this forked child runs: an index no other live sandbox of this
+/// server holds, which a rootless helper turns into its subordinate ids
+/// ([`crate::subids`]). Unset when every slot is taken.
+pub(crate) static SLOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Which slots live sandboxes hold: the pidfd of each slot's helper. A helper outlives every
+/// process of its sandbox (it waits for the reaper, pid 1 of the sandbox's pid namespace, and
+/// the kernel ends the namespace's other processes before the reaper is reaped), so a slot
+/// is free again once its helper has exited.
+#[derive(Default)]
+struct Slots {
+    held: Vec<Option<OwnedFd>>,
+}
+
+impl Slots {
+    /// The lowest free slot, after releasing those whose helper has exited; `None` when
+    /// [`crate::subids::MAX_SLOTS`] are held.
+    fn free(&mut self) -> Option<u32> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let idx: Vec<usize> = (0..self.held.len())
+            .filter(|&i| self.held[i].is_some())
+            .collect();
+        let exited: Vec<usize> = {
+            let mut polls: Vec<PollFd> = idx
+                .iter()
+                .filter_map(|&i| self.held[i].as_ref())
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if poll(&mut polls, PollTimeout::ZERO).is_err() {
+                return None;
+            }
+            polls
+                .iter()
+                .zip(&idx)
+                .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, &i)| i)
+                .collect()
+        };
+        for i in exited {
+            self.held[i] = None;
+        }
+        if let Some(i) = self.held.iter().position(Option::is_none) {
+            return Some(i as u32);
+        }
+        let n = self.held.len() as u32;
+        if n >= crate::subids::MAX_SLOTS {
+            return None;
+        }
+        self.held.push(None);
+        Some(n)
+    }
+
+    /// Marks `slot` held by the helper behind `pidfd` (a copy kept above the descriptors a
+    /// forked child places, which it closes).
+    fn hold(&mut self, slot: Option<u32>, pidfd: &OwnedFd) -> std::io::Result<()> {
+        let Some(slot) = slot else { return Ok(()) };
+        let raw = nix::fcntl::fcntl(
+            pidfd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(STAGE_MIN),
+        )
+        .map_err(std::io::Error::from)?;
+        let kept = sys::adopt_fd(raw)?;
+        if let Some(s) = self.held.get_mut(slot as usize) {
+            *s = Some(kept);
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,677 @@
+//! Rootless mode: loongd as an ordinary user confines sandboxes with user namespaces, and each
+//! sandbox runs as its own id from the user's subordinate range, never loongd's uid. loongd
+//! runs as [`USER`] inside a mount namespace whose `/etc` has a writable layer of its own
+//! holding the user's passwd and group entries and its `/etc/subuid` and `/etc/subgid` ranges
+//! (the host's `/etc` is never touched); `newuidmap` reads them there. Checked from the host
+//! side: a sandbox's payload and reaper run as a subordinate uid, two live sandboxes as two,
+//! and a sandbox cannot write a directory of loongd's user that loongd itself can. Without a
+//! range, without `newuidmap` or under `no_new_privs`, spawns are refused naming the fix;
+//! `[sandbox] rootless_own_uid = true` runs them as loongd's own uid, and says so.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use crate::support::{bin, is_root, skip, text, wait_until, Home};
+
+/// The rootless user's uid and gid (unused on the test machines; it exists only in the
+/// namespace's `/etc`).
+pub const UID: u32 = 64_000;
+/// Its name.
+pub const USER: &str = "loongrl";
+/// The first id of its subordinate uid and gid ranges.
+pub const SUB_START: u32 = 1_100_000;
+/// The width of each range.
+pub const SUB_COUNT: u32 = 65_536;
+
+/// What the namespace's `/etc` gives the user, and what else it lacks or has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// A passwd entry and both ranges: subordinate ids.
+    Ranges,
+    /// A passwd entry and no range.
+    NoRange,
+    /// Both ranges, but `newuidmap` is not installed (`/dev/null` is bound over it).
+    NoTool,
+    /// Both ranges, and loongd started with `no_new_privs`.
+    NoNewPrivs,
+    /// As above, with the idmap server (`loong-spawn --idmap`, as `loong-idmap.socket`
+    /// runs it) listening on `/run/loong-idmap.sock` outside `no_new_privs`.
+    NoNewPrivsWithIdmap,
+    /// Both ranges, and `/proc/sys` covered by a read-only bind of itself, as systemd's
+    /// `ProtectKernelTunables=` leaves it.
+    ProcSysOvermount,
+}
+
+/// A mount namespace's files for the rootless user: `/etc` entries and a scratch directory
+/// for the overlay's layers.
+pub struct Rootless {
+    dir: tempfile::TempDir,
+    setup: Setup,
+}
+
+/// Why this machine cannot run the rootless tests, if it cannot.
+pub fn unavailable() -> Option<&'static str> {
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !is_root() || !have("unshare") || !have("setpriv") {
+        return Some("needs root, unshare and setpriv (util-linux)");
+    }
+    if fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|v| v.trim() == "0") {
+        return Some("user namespaces are disabled (user.max_user_namespaces = 0)");
+    }
+    let setuid = |p: &str| fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
+    if !setuid("/usr/bin/newuidmap") || !setuid("/usr/bin/newgidmap") {
+        return Some("newuidmap/newgidmap are not installed setuid (apt-get install uidmap)");
+    }
+    None
+}
+
+impl Rootless {
+    pub fn new(setup: Setup) -> Rootless {
+        let dir = tempfile::Builder::new()
+            .prefix("lrl")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let etc = dir.path().join("etc");
+        fs::create_dir(&etc).expect("etc");
+        let host = |f: &str| fs::read_to_string(Path::new("/etc").join(f)).unwrap_or_default();
+        fs::write(
+            etc.join("passwd"),
+            format!(
+                "{}{USER}:x:{UID}:{UID}:Loong rootless test:/nonexistent:/usr/sbin/nologin\n",
+                host("passwd")
+            ),
+        )
+        .expect("passwd");
+        fs::write(
+            etc.join("group"),
+            format!("{}{USER}:x:{UID}:\n", host("group")),
+        )
+        .expect("group");
+        let range = if setup == Setup::NoRange {
+            "someoneelse:200000:65536\n".to_string()
+        } else {
+            format!("{USER}:{SUB_START}:{SUB_COUNT}\n")
+        };
+        for f in ["subuid", "subgid"] {
+            fs::write(etc.join(f), &range).expect("sub ranges");
+        }
+        fs::create_dir(dir.path().join("layers")).expect("layers");
+        Rootless { dir, setup }
+    }
+
+    /// A home owned by the rootless user, with `config` as its `loongd.toml`.
+    pub fn home(&self, config: &str) -> Home {
+        let home = Home::with_config(config);
+        chown_tree(home.path());
+        home
+    }
+
+    /// Starts loongd on `home` as the user, inside the namespace (it stays there).
+    pub fn start(&self, home: &Home) -> u32 {
+        let script = r#"set -e
+            mount -t tmpfs loong-rootless "$1/layers"
+            mkdir -p "$1/layers/u" "$1/layers/w"
+            mount -t overlay loong-etc -o "lowerdir=/etc,upperdir=$1/layers/u,workdir=$1/layers/w" /etc
+            for f in passwd group subuid subgid; do cat "$1/etc/$f" > "/etc/$f"; done
+            if [ "$2" = no-tool ]; then mount --bind /dev/null /usr/bin/newuidmap; fi
+            if [ "$2" = proc-sys ]; then mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; fi
+            if [ "$2" = idmap ]; then
+                mount -t tmpfs -o mode=1777 loong-run /run
+                "$3" --reuid="$4" --regid="$4" --clear-groups "$5" --idmap /run/loong-idmap.sock </dev/null >/dev/null 2>"$1/idmap.log" &
+                echo $! > "$1/idmap.pid"
+                n=0; while [ ! -S /run/loong-idmap.sock ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
+            fi
+            shift 5
+            exec "$@""#;
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(self.dir.path())
+        .arg(match self.setup {
+            Setup::NoTool => "no-tool",
+            Setup::NoNewPrivsWithIdmap => "idmap",
+            Setup::ProcSysOvermount => "proc-sys",
+            _ => "-",
+        })
+        .arg("setpriv")
+        .arg(UID.to_string())
+        .arg(bin("loong-spawn"));
+        cmd.args(setpriv(matches!(
+            self.setup,
+            Setup::NoNewPrivs | Setup::NoNewPrivsWithIdmap
+        )));
+        cmd.arg(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["daemon", "start"])
+            .stdin(Stdio::null());
+        let out = cmd.output().expect("unshare loongctl daemon start");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            home.log()
+        );
+        home.status().pid
+    }
+}
+
+impl Drop for Rootless {
+    fn drop(&mut self) {
+        // The idmap server started in the namespace.
+        if let Some(pid) = fs::read_to_string(self.dir.path().join("idmap.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// `setpriv` switching to the rootless user (no supplementary groups).
+fn setpriv(no_new_privs: bool) -> Vec<String> {
+    let mut a = vec![
+        "setpriv".to_string(),
+        format!("--reuid={UID}"),
+        format!("--regid={UID}"),
+        "--clear-groups".to_string(),
+    ];
+    if no_new_privs {
+        a.push("--no-new-privs".into());
+    }
+    a
+}
+
+fn chown_tree(p: &Path) {
+    std::os::unix::fs::chown(p, Some(UID), Some(UID)).expect("chown");
+    if p.is_dir() {
+        for e in fs::read_dir(p).expect("read dir").flatten() {
+            chown_tree(&e.path());
+        }
+    }
+}
+
+/// `loongctl --home HOME ARGS…` as the rootless user (from the host's namespace: the socket
+/// is in the home).
+pub fn ctl(home: &Home, args: &[&str]) -> Output {
+    command(home, args).output().expect("setpriv loongctl")
+}
+
+fn command(home: &Home, args: &[&str]) -> Command {
+    let p = setpriv(false);
+    let mut c = Command::new(&p[0]);
+    c.args(&p[1..])
+        .arg(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+/// A `sleep` with a marker argument, run in a sandbox of `tier` in the background.
+fn sleeper(home: &Home, tier: &str, marker: &str) -> Child {
+    command(
+        home,
+        &["sandbox", "run", "--tier", tier, "--", "/bin/sleep", marker],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("sandbox run sleep")
+}
+
+/// The pid of the process whose command line is `sleep MARKER`.
+fn find_sleep(marker: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv: Vec<&[u8]> = cmd.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        // The sleep itself (argv[0] is its path), not the loongctl that asked for it.
+        (argv.len() == 2 && argv[0].ends_with(b"sleep") && argv[1] == marker.as_bytes())
+            .then_some(pid)
+    })
+}
+
+/// A field of `/proc/PID/status` (the host's view): its first number.
+fn status_field(pid: u32, field: &str) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+fn in_range(id: u32) -> bool {
+    (SUB_START..SUB_START + SUB_COUNT).contains(&id)
+}
+
+fn stop(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn a_rootless_sandbox_runs_as_its_own_subordinate_uid_never_loongds() {
+    let test = "rootless::a_rootless_sandbox_runs_as_its_own_subordinate_uid_never_loongds";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::Ranges);
+    let home = ns.home("");
+    let loongd = ns.start(&home);
+    assert_eq!(status_field(loongd, "Uid:"), Some(UID));
+    // Two sandboxes at once (balanced and trusted): each payload, and its reaper (its
+    // parent, pid 1 of its pid namespace), runs as a subordinate uid and gid, a different one
+    // per sandbox.
+    let tag = std::process::id();
+    let markers = [
+        format!("{}1", 900_000 + tag % 1000),
+        format!("{}2", 900_000 + tag % 1000),
+    ];
+    let a = sleeper(&home, "balanced", &markers[0]);
+    let b = sleeper(&home, "trusted", &markers[1]);
+    let mut pids = [0u32; 2];
+    for (i, m) in markers.iter().enumerate() {
+        assert!(
+            wait_until(Duration::from_secs(20), || find_sleep(m).is_some()),
+            "sandbox {m} never started: {}",
+            home.log()
+        );
+        pids[i] = find_sleep(m).unwrap_or_default();
+    }
+    let mut uids = Vec::new();
+    for pid in pids {
+        let uid = status_field(pid, "Uid:").expect("payload uid");
+        let gid = status_field(pid, "Gid:").expect("payload gid");
+        assert!(
+            in_range(uid) && in_range(gid),
+            "payload {pid}: uid {uid} gid {gid}"
+        );
+        assert_ne!(uid, UID);
+        // No supplementary group of loongd's survives.
+        let s = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let groups = s
+            .lines()
+            .find(|l| l.starts_with("Groups:"))
+            .unwrap_or_default();
+        assert!(
+            groups
+                .split_whitespace()
+                .skip(1)
+                .all(|g| g.parse().is_ok_and(in_range)),
+            "{groups}"
+        );
+        let reaper = status_field(pid, "PPid:").expect("reaper");
+        let reaper_uid = status_field(reaper, "Uid:").expect("reaper uid");
+        assert_eq!(reaper_uid, uid, "the reaper {reaper} of {pid}");
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1], "two live sandboxes share a uid");
+    // Positive control for the host-side view: loongd itself is the user's own uid.
+    assert!(!in_range(status_field(loongd, "Uid:").unwrap_or_default()));
+    stop(a);
+    stop(b);
+
+    // A directory of loongd's user (as its home is: 0755 here, so only the uid keeps others
+    // out), granted for writing: loongd's uid can write it, a sandbox cannot.
+    let own = tempfile::Builder::new()
+        .prefix("lrl-own")
+        .tempdir_in("/tmp")
+        .expect("own dir");
+    fs::set_permissions(own.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    chown_tree(own.path());
+    let dir = own.path().display().to_string();
+    let write = |file: &str| format!("echo x > {dir}/{file}");
+    let control = Command::new("setpriv")
+        .args(&setpriv(false)[1..])
+        .args(["sh", "-c", &write("by-loongd")])
+        .output()
+        .expect("setpriv sh");
+    assert!(control.status.success(), "{}", text(&control.stderr));
+    assert!(own.path().join("by-loongd").exists());
+    for tier in ["balanced", "trusted"] {
+        let out = ctl(
+            &home,
+            &[
+                "sandbox",
+                "run",
+                "--tier",
+                tier,
+                "--write",
+                &dir,
+                "--",
+                "/bin/sh",
+                "-c",
+                &write(tier),
+            ],
+        );
+        assert_ne!(out.status.code(), Some(0), "{tier}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{tier}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !own.path().join(tier).exists(),
+            "{tier} wrote loongd's directory"
+        );
+    }
+    // And the sandbox did run: it can write where its own uid may.
+    let open = tempfile::Builder::new()
+        .prefix("lrl-open")
+        .tempdir_in("/tmp")
+        .expect("open dir");
+    fs::set_permissions(open.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let odir = open.path().display().to_string();
+    let out = ctl(
+        &home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--write",
+            &odir,
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo x > {odir}/f"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let made = fs::metadata(open.path().join("f")).expect("written");
+    assert!(in_range(std::os::unix::fs::MetadataExt::uid(&made)));
+    // doctor names the mode and the ranges.
+    let doctor = ctl(&home, &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor json");
+    assert_eq!(v["ids_mode"], "rootless with subordinate ids", "{v}");
+    assert!(
+        v["ids_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("uids {SUB_START}..")) && d.contains(USER)),
+        "{v}"
+    );
+}
+
+#[test]
+fn rootless_without_a_range_newuidmap_or_with_no_new_privs_refuses_unless_degraded() {
+    let test =
+        "rootless::rootless_without_a_range_newuidmap_or_with_no_new_privs_refuses_unless_degraded";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let run = |home: &Home| {
+        ctl(
+            home,
+            &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+        )
+    };
+    for (setup, says) in [
+        (Setup::NoRange, "/etc/subuid gives the user loongrl"),
+        (Setup::NoTool, "newuidmap is not installed"),
+        (Setup::NoNewPrivs, "no_new_privs"),
+    ] {
+        let ns = Rootless::new(setup);
+        let home = ns.home("");
+        ns.start(&home);
+        let out = run(&home);
+        let err = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{setup:?}: {err}");
+        assert!(
+            err.contains("refusing to run a sandbox as loongd's own uid") && err.contains(says),
+            "{setup:?}: {err}"
+        );
+        let doctor = ctl(&home, &["doctor", "--json"]);
+        assert_eq!(doctor.status.code(), Some(6), "{setup:?}");
+        let v: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor json");
+        assert_eq!(
+            v["ids_mode"], "rootless without subordinate ids (sandboxes refused)",
+            "{v}"
+        );
+        // The degraded option: the same host runs it, as loongd's own uid, and says so in
+        // doctor and in the start record.
+        let degraded = ns.home("[sandbox]\nrootless_own_uid = true\n");
+        ns.start(&degraded);
+        let out = ctl(
+            &degraded,
+            &[
+                "sandbox", "run", "--tier", "balanced", "--", "/bin/sh", "-c", "id -u",
+            ],
+        );
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).trim()),
+            (Some(0), UID.to_string().as_str()),
+            "{setup:?}: {}",
+            text(&out.stderr)
+        );
+        let doctor = ctl(&degraded, &["doctor", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor json");
+        assert_eq!(v["ids_mode"], "rootless degraded (loongd's own uid)", "{v}");
+        let trail = ctl(
+            &degraded,
+            &["audit", "recent", "--kind", "daemon.started", "--json"],
+        );
+        let trail = text(&trail.stdout);
+        assert!(
+            trail.contains("rootless degraded (loongd's own uid)"),
+            "daemon.started does not record the mode: {trail}"
+        );
+    }
+    // Control: with a range, the tool and privileges, the same run succeeds.
+    let ns = Rootless::new(Setup::Ranges);
+    let home = ns.home("");
+    ns.start(&home);
+    let out = run(&home);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// loongd's own workers (a WASM plugin's) run rootless too, each as a subordinate uid, and
+/// still answer.
+#[test]
+fn plugins_run_under_a_rootless_loongd_with_subordinate_ids() {
+    let test = "rootless::plugins_run_under_a_rootless_loongd_with_subordinate_ids";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::Ranges);
+    let home = ns.home("");
+    crate::workers::install_examples(&home);
+    chown_tree(home.path());
+    ns.start(&home);
+    let out = ctl(&home, &["invoke", "echo", "--input", r#"{"u":1}"#]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).trim()),
+        (Some(0), r#"{"u":1}"#),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    let out = ctl(&home, &["workers", "list", "--json"]);
+    let ws: serde_json::Value = serde_json::from_slice(&out.stdout).expect("workers JSON");
+    let pid = ws[0]["pid"].as_u64().expect("pid");
+    let worker = crate::workers::find_descendant(pid, "loong-worker-wa").expect("worker process");
+    let uid = status_field(worker as u32, "Uid:").expect("worker uid");
+    assert!(in_range(uid), "the worker runs as uid {uid}");
+}
+
+/// Under `no_new_privs` (as every hardened unit without capabilities runs), the setuid
+/// `newuidmap` cannot map ids; the idmap server (`loong-idmap.socket`), running as the same
+/// user outside `no_new_privs`, runs it for loongd, and the sandbox still gets its own
+/// subordinate uid. The server answers only its own uid. Control: without the server the
+/// same loongd refuses (`rootless_without_…`).
+#[test]
+fn under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid() {
+    let test =
+        "rootless::under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::NoNewPrivsWithIdmap);
+    let home = ns.home("");
+    let loongd = ns.start(&home);
+    let status = fs::read_to_string(format!("/proc/{loongd}/status")).expect("status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let out = ctl(
+        &home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/uid_map",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    // The sandbox's own view of its map: inside 65534 is one id of the range.
+    let map = text(&out.stdout);
+    let sandbox_line = map
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"65534"))
+        .unwrap_or_default();
+    let outside: u32 = sandbox_line
+        .get(1)
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    assert!(in_range(outside), "{map}");
+    // A peer of another uid (root, here) is refused.
+    let idmap_pid = fs::read_to_string(ns.dir.path().join("idmap.pid")).expect("idmap pid");
+    let sock = format!("/proc/{}/root/run/loong-idmap.sock", idmap_pid.trim());
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).expect("connect idmap");
+    // It is answered before it is read: the write may find the server gone.
+    let _ = std::io::Write::write_all(&mut conn, b"1 0 0 1 1 0 0 1 1\n");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut conn, &mut answer);
+    assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
+}
+
+/// Why the rootless unit leaves `ProtectKernelTunables=` (and `ProtectKernelLogs=`) off: a
+/// mount over part of `/proc` is locked in every namespace a user namespace owns, and the
+/// kernel then refuses that namespace a new `/proc`, which every sandbox mounts for its pid
+/// namespace. Control: the same loongd without the overmount runs the sandbox.
+#[test]
+fn a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount() {
+    let test =
+        "rootless::a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let run = |setup| {
+        let ns = Rootless::new(setup);
+        let home = ns.home("");
+        ns.start(&home);
+        ctl(
+            &home,
+            &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+        )
+    };
+    let out = run(Setup::ProcSysOvermount);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));
+    let out = run(Setup::Ranges);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// The idmap server answers a peer of another uid at once, before reading anything from it:
+/// a peer that connects and sends nothing holds the single-threaded server for no time
+/// (before, it was read for up to the request timeout, and every spawn of loongd waited).
+/// Control: the server then answers its own uid's request.
+#[test]
+fn the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it() {
+    let test = "rootless::the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it";
+    if !is_root() {
+        skip(test, "needs root (to run the server as another uid)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    chown_tree(dir.path());
+    let sock = dir.path().join("idmap.sock");
+    let p = setpriv(false);
+    let server = Killed(
+        Command::new(&p[0])
+            .args(&p[1..])
+            .arg(bin("loong-spawn"))
+            .arg("--idmap")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start idmap server"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let ask = |send: &[u8]| {
+        let t = std::time::Instant::now();
+        let mut conn = std::os::unix::net::UnixStream::connect(&sock)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut conn, send).expect("write");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut answer);
+        (answer, t.elapsed())
+    };
+    // Root connects and sends nothing (the connection stays open for writing).
+    let (answer, took) = ask(b"");
+    assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
+    assert!(took < Duration::from_secs(2), "held the server {took:?}");
+    drop(server);
+    // Control: a server of root's own uid reads root's request (and refuses it as
+    // malformed).
+    let _ = fs::remove_file(&sock);
+    let _server = Killed(
+        Command::new(bin("loong-spawn"))
+            .arg("--idmap")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start idmap server"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let (answer, _) = ask(b"1 2 3\n");
+    assert!(answer.starts_with("error request \"1 2 3\""), "{answer}");
+}
+
+/// A child killed and reaped when dropped (also when a test panics).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
