@@ -13,6 +13,7 @@ mod browser;
 mod builtins;
 mod channels;
 mod chat;
+mod cold_start;
 mod compat_sdk;
 mod control_socket;
 mod daemon_lifecycle;

@@ -1,0 +1,361 @@
+//! The compiled-module cache: WASM modules as wasmtime's serialized artifacts (native code),
+//! so that a worker maps a module it would otherwise compile.
+//!
+//! - An artifact is made by a worker, never by loongd (which links no wasmtime), and loongd
+//!   takes one only from a worker it had asked, which had served no call: no guest code had
+//!   run in it, and compilation runs none ([`accept`]). Anything else is a protocol violation.
+//! - It is stored under the home ([`CACHE_DIR`], loongd's own, mode 0700), one file per module
+//!   digest, with the engine key and the artifact's digest in its first line.
+//! - It is given only with a `Load` of the module of the same digest, after loongd checked the
+//!   bytes against the digest stored with them ([`Store::get`]); the worker checks digest,
+//!   module and engine key again, and wasmtime its version and configuration. A refused
+//!   artifact is never fatal: the module is compiled afresh and its artifact replaces it.
+//!
+//! The call path knows nothing of it beyond [`prepare`] and [`accept`]: both see every kind's
+//! requests and touch only a WASM `Load`.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use loong_ipc::{
+    message::worker::{MAX_COMPILED_MODULE_BYTES, MAX_WIRE_MODULE_BYTES},
+    CompiledModule, WorkerRequest,
+};
+use sha2::{Digest, Sha256};
+
+/// Where the artifacts live, under the home.
+pub const CACHE_DIR: &str = "cache/wasm";
+/// Bytes of a stored file's first line (three keys and two tabs).
+const MAX_HEADER_BYTES: usize = 512;
+
+/// Why an artifact from a worker is not taken (the worker broke the protocol).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("answered a compiled module after it had served a call (guest code had run in it)")]
+    Served,
+    #[error("answered a compiled module it was not asked for")]
+    NotAsked,
+    #[error("answered a compiled module for module {given}, not the {asked} it loaded")]
+    OtherModule { given: String, asked: String },
+    #[error("answered a compiled module whose digest is not {claimed}")]
+    Digest { claimed: String },
+    #[error("answered a compiled module out of bounds: {0}")]
+    Bounds(String),
+}
+
+/// The artifacts, one file per module digest.
+#[derive(Debug)]
+pub(crate) struct Store {
+    dir: PathBuf,
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Store {
+    /// The store under `home`.
+    pub(crate) fn new(home: &Path) -> Store {
+        Store {
+            dir: home.join(CACHE_DIR),
+        }
+    }
+
+    fn path(&self, module_sha256: &str) -> Option<PathBuf> {
+        is_digest(module_sha256).then(|| self.dir.join(format!("{module_sha256}.cwasm")))
+    }
+
+    /// The artifact stored for `module_sha256`: `Ok(None)` when there is none, `Err(why)` when
+    /// the file does not hold (unreadable, malformed, for another module, or its bytes do not
+    /// match the digest stored with them: corrupted or truncated). A refused file is removed.
+    pub(crate) fn get(&self, module_sha256: &str) -> Result<Option<CompiledModule>, String> {
+        let Some(path) = self.path(module_sha256) else {
+            return Ok(None);
+        };
+        let cap = (MAX_COMPILED_MODULE_BYTES + MAX_HEADER_BYTES) as u64;
+        let text = match crate::home::read_bounded(&path, cap) {
+            Ok(crate::home::Bounded::Read(b)) => b,
+            Ok(crate::home::Bounded::TooLarge(_)) => {
+                return self.refuse(&path, format!("{} is over {cap} bytes", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return self.refuse(&path, format!("reading {}: {e}", path.display())),
+        };
+        let parsed = text
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|&n| n <= MAX_HEADER_BYTES)
+            .and_then(|n| {
+                let header = std::str::from_utf8(&text[..n]).ok()?;
+                let mut parts = header.split('\t');
+                let (module, engine, sha256) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(CompiledModule {
+                    module_sha256: module.to_owned(),
+                    engine: engine.to_owned(),
+                    sha256: sha256.to_owned(),
+                    bytes: text[n + 1..].to_vec(),
+                })
+            });
+        let Some(c) = parsed else {
+            return self.refuse(&path, format!("{} has no header line", path.display()));
+        };
+        if c.module_sha256 != module_sha256 {
+            return self.refuse(
+                &path,
+                format!("{} is for module {}", path.display(), c.module_sha256),
+            );
+        }
+        if hex::encode(Sha256::digest(&c.bytes)) != c.sha256 {
+            return self.refuse(
+                &path,
+                format!(
+                    "{} does not match its digest (corrupted or truncated)",
+                    path.display()
+                ),
+            );
+        }
+        Ok(Some(c))
+    }
+
+    fn refuse(&self, path: &Path, why: String) -> Result<Option<CompiledModule>, String> {
+        let _ = std::fs::remove_file(path);
+        Err(why)
+    }
+
+    /// Stores `c` (taken through [`accept`]), replacing any artifact of its module: written
+    /// to a temporary file and renamed, so a reader never sees half of one.
+    pub(crate) fn put(&self, c: &CompiledModule) -> std::io::Result<()> {
+        let Some(path) = self.path(&c.module_sha256) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", c.module_sha256, std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{}\t{}\t{}", c.module_sha256, c.engine, c.sha256)?;
+        f.write_all(&c.bytes)?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+/// What [`prepare`] did to a request.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    /// The module's sha256, for a WASM `Load`.
+    pub module_sha256: Option<String>,
+    /// Whether the worker was asked for the module's artifact.
+    pub asked: bool,
+    /// Why a stored artifact was not sent.
+    pub refused: Option<String>,
+}
+
+/// Adds to a WASM `Load` the stored artifact of its module (when it holds and fits the
+/// frame beside the module), and asks for the artifact when the worker has `served` nothing.
+/// Other requests pass unchanged. Blocking (hashing and a file read): run it off the runtime.
+pub(crate) fn prepare(
+    store: &Store,
+    mut req: WorkerRequest,
+    served: bool,
+) -> (WorkerRequest, Prepared) {
+    let WorkerRequest::Load(w) = &mut req else {
+        return (req, Prepared::default());
+    };
+    let digest = hex::encode(Sha256::digest(&w.module));
+    let mut prepared = Prepared {
+        asked: !served,
+        ..Prepared::default()
+    };
+    match store.get(&digest) {
+        Ok(Some(c)) if w.module.len().saturating_add(c.bytes.len()) <= MAX_WIRE_MODULE_BYTES => {
+            w.compiled = Some(c);
+        }
+        Ok(_) => {}
+        Err(why) => prepared.refused = Some(why),
+    }
+    w.want_compiled = prepared.asked;
+    prepared.module_sha256 = Some(digest);
+    (req, prepared)
+}
+
+/// Takes the artifact a worker answered with a load, or says why it must not be: loongd asked
+/// for it (so the worker had served nothing), it is for the module that was loaded, its bytes
+/// match its digest, and it is within bounds.
+pub(crate) fn accept(
+    prepared: &Prepared,
+    served: bool,
+    c: CompiledModule,
+) -> Result<CompiledModule, Refusal> {
+    if served {
+        return Err(Refusal::Served);
+    }
+    if !prepared.asked {
+        return Err(Refusal::NotAsked);
+    }
+    if prepared.module_sha256.as_deref() != Some(c.module_sha256.as_str()) {
+        return Err(Refusal::OtherModule {
+            given: c.module_sha256,
+            asked: prepared.module_sha256.clone().unwrap_or_default(),
+        });
+    }
+    c.check_bounds()
+        .map_err(|e| Refusal::Bounds(e.to_string()))?;
+    if hex::encode(Sha256::digest(&c.bytes)) != c.sha256 {
+        return Err(Refusal::Digest { claimed: c.sha256 });
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(module: &str, bytes: &[u8]) -> CompiledModule {
+        CompiledModule {
+            module_sha256: module.into(),
+            engine: "e1".into(),
+            sha256: hex::encode(Sha256::digest(bytes)),
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn asked(module: &str) -> Prepared {
+        Prepared {
+            module_sha256: Some(module.into()),
+            asked: true,
+            refused: None,
+        }
+    }
+
+    /// Only a worker that was asked and had served nothing gives an artifact, and only for
+    /// the module it loaded, with bytes that match its digest.
+    #[test]
+    fn an_artifact_is_taken_only_from_a_worker_that_ran_no_guest_code() {
+        let m = "a".repeat(64);
+        assert_eq!(
+            accept(&asked(&m), false, artifact(&m, b"code")),
+            Ok(artifact(&m, b"code"))
+        );
+        assert_eq!(
+            accept(&asked(&m), true, artifact(&m, b"code")),
+            Err(Refusal::Served)
+        );
+        let not_asked = Prepared {
+            asked: false,
+            ..asked(&m)
+        };
+        assert_eq!(
+            accept(&not_asked, false, artifact(&m, b"code")),
+            Err(Refusal::NotAsked)
+        );
+        let other = "b".repeat(64);
+        assert!(matches!(
+            accept(&asked(&m), false, artifact(&other, b"code")),
+            Err(Refusal::OtherModule { .. })
+        ));
+        let mut forged = artifact(&m, b"code");
+        forged.bytes.push(0);
+        assert!(matches!(
+            accept(&asked(&m), false, forged),
+            Err(Refusal::Digest { .. })
+        ));
+        let big = artifact(&m, &vec![0; MAX_COMPILED_MODULE_BYTES + 1]);
+        assert!(matches!(
+            accept(&asked(&m), false, big),
+            Err(Refusal::Bounds(_))
+        ));
+    }
+
+    /// A stored artifact comes back whole; a corrupted, truncated, misnamed or malformed file
+    /// is refused (and removed), and a missing one is a miss.
+    #[test]
+    fn the_store_gives_back_only_what_matches_its_digest() {
+        let home = tempfile::tempdir().expect("home");
+        let store = Store::new(home.path());
+        let m = hex::encode(Sha256::digest(b"module"));
+        assert_eq!(store.get(&m), Ok(None));
+        let c = artifact(&m, b"compiled code");
+        store.put(&c).expect("put");
+        assert_eq!(store.get(&m), Ok(Some(c.clone())));
+        let path = store.path(&m).expect("path");
+        let whole = std::fs::read(&path).expect("read");
+
+        let mut corrupted = whole.clone();
+        let last = corrupted.len() - 1;
+        corrupted[last] ^= 1;
+        let truncated = whole[..whole.len() - 3].to_vec();
+        let misnamed = {
+            let other = artifact(&"c".repeat(64), b"compiled code");
+            let mut t = format!(
+                "{}\t{}\t{}\n",
+                other.module_sha256, other.engine, other.sha256
+            )
+            .into_bytes();
+            t.extend_from_slice(&other.bytes);
+            t
+        };
+        for (what, bytes) in [
+            ("corrupted", corrupted),
+            ("truncated", truncated),
+            ("misnamed", misnamed),
+            ("malformed", b"no header".to_vec()),
+        ] {
+            std::fs::write(&path, bytes).expect("write");
+            assert!(store.get(&m).is_err(), "{what}");
+            assert!(!path.exists(), "{what}: the refused file is removed");
+            assert_eq!(store.get(&m), Ok(None), "{what}");
+        }
+        // Not a digest: never a path.
+        assert_eq!(store.get("../x"), Ok(None));
+    }
+
+    /// A WASM load is given the stored artifact and asked for one only while the worker has
+    /// served nothing; other requests pass unchanged.
+    #[test]
+    fn prepare_adds_the_artifact_to_a_wasm_load_only() {
+        let home = tempfile::tempdir().expect("home");
+        let store = Store::new(home.path());
+        let module = b"\0asm\x01\0\0\0".to_vec();
+        let m = hex::encode(Sha256::digest(&module));
+        let load = || {
+            WorkerRequest::Load(Box::new(loong_ipc::WasmPlugin {
+                plugin_id: "p".into(),
+                module: module.clone(),
+                entrypoint: "run".into(),
+                timeout_ms: 1,
+                max_memory_bytes: 1,
+                max_output_bytes: 1,
+                max_module_bytes: 1 << 20,
+                fuel: None,
+                config: Vec::new(),
+                guest_readable_config_keys: Vec::new(),
+                sha256: None,
+                blocked_import_prefixes: Vec::new(),
+                input: loong_ipc::GuestInput::Bare,
+                compiled: None,
+                want_compiled: false,
+            }))
+        };
+        let (req, p) = prepare(&store, load(), false);
+        let WorkerRequest::Load(w) = req else {
+            panic!("not a load")
+        };
+        assert!(w.compiled.is_none() && w.want_compiled && p.asked);
+        assert_eq!(p.module_sha256.as_deref(), Some(m.as_str()));
+
+        store.put(&artifact(&m, b"code")).expect("put");
+        let (req, p) = prepare(&store, load(), true);
+        let WorkerRequest::Load(w) = req else {
+            panic!("not a load")
+        };
+        assert_eq!(w.compiled, Some(artifact(&m, b"code")));
+        assert!(!w.want_compiled && !p.asked);
+
+        let (req, p) = prepare(&store, WorkerRequest::Stats, false);
+        assert_eq!(req, WorkerRequest::Stats);
+        assert!(p.module_sha256.is_none() && !p.asked);
+    }
+}
