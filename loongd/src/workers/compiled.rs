@@ -131,9 +131,14 @@ impl Store {
             return Ok(());
         };
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", c.module_sha256, std::process::id()));
+        // Unique per write: two loads of one module may store at once.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{n}.tmp",
+            c.module_sha256,
+            std::process::id()
+        ));
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(f, "{}\t{}\t{}", c.module_sha256, c.engine, c.sha256)?;
         f.write_all(&c.bytes)?;

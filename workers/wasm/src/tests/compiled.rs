@@ -11,8 +11,9 @@ use crate::{PluginSpec, WasmEngine};
 /// A plugin that answers `{"which": N}` whatever its input.
 fn answers(n: u32) -> PluginSpec {
     let text = format!("{{\"which\":{n}}}");
+    let quoted = text.replace('"', "\\\"");
     let wat = module(&format!(
-        r#"(data (i32.const 16) "{text}")
+        r#"(data (i32.const 16) "{quoted}")
            (func (export "run") (drop (call $write_output (i32.const 16) (i32.const {}))))"#,
         text.len()
     ));
