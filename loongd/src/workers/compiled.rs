@@ -45,6 +45,21 @@ pub(crate) enum Refusal {
     Bounds(String),
 }
 
+/// Why a stored artifact is not sent (the file is removed and the module compiled).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StoreRefusal {
+    #[error("reading {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{path} is over {cap} bytes")]
+    TooLarge { path: PathBuf, cap: u64 },
+    #[error("{path} has no header line")]
+    NoHeader { path: PathBuf },
+    #[error("{path} is for module {module}")]
+    OtherModule { path: PathBuf, module: String },
+    #[error("{path} does not match its digest (corrupted or truncated)")]
+    Corrupted { path: PathBuf },
+}
+
 /// The artifacts, one file per module digest.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -70,7 +85,7 @@ impl Store {
     /// The artifact stored for `module_sha256`: `Ok(None)` when there is none, `Err(why)` when
     /// the file does not hold (unreadable, malformed, for another module, or its bytes do not
     /// match the digest stored with them: corrupted or truncated). A refused file is removed.
-    pub(crate) fn get(&self, module_sha256: &str) -> Result<Option<CompiledModule>, String> {
+    pub(crate) fn get(&self, module_sha256: &str) -> Result<Option<CompiledModule>, StoreRefusal> {
         let Some(path) = self.path(module_sha256) else {
             return Ok(None);
         };
@@ -78,10 +93,15 @@ impl Store {
         let text = match crate::home::read_bounded(&path, cap) {
             Ok(crate::home::Bounded::Read(b)) => b,
             Ok(crate::home::Bounded::TooLarge(_)) => {
-                return self.refuse(&path, format!("{} is over {cap} bytes", path.display()))
+                return self.refuse(StoreRefusal::TooLarge { path, cap })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return self.refuse(&path, format!("reading {}: {e}", path.display())),
+            Err(e) => {
+                return self.refuse(StoreRefusal::Unreadable {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
         };
         let parsed = text
             .iter()
@@ -99,27 +119,28 @@ impl Store {
                 })
             });
         let Some(c) = parsed else {
-            return self.refuse(&path, format!("{} has no header line", path.display()));
+            return self.refuse(StoreRefusal::NoHeader { path });
         };
         if c.module_sha256 != module_sha256 {
-            return self.refuse(
-                &path,
-                format!("{} is for module {}", path.display(), c.module_sha256),
-            );
+            return self.refuse(StoreRefusal::OtherModule {
+                path,
+                module: c.module_sha256,
+            });
         }
         if hex::encode(Sha256::digest(&c.bytes)) != c.sha256 {
-            return self.refuse(
-                &path,
-                format!(
-                    "{} does not match its digest (corrupted or truncated)",
-                    path.display()
-                ),
-            );
+            return self.refuse(StoreRefusal::Corrupted { path });
         }
         Ok(Some(c))
     }
 
-    fn refuse(&self, path: &Path, why: String) -> Result<Option<CompiledModule>, String> {
+    fn refuse(&self, why: StoreRefusal) -> Result<Option<CompiledModule>, StoreRefusal> {
+        let path = match &why {
+            StoreRefusal::Unreadable { path, .. }
+            | StoreRefusal::TooLarge { path, .. }
+            | StoreRefusal::NoHeader { path }
+            | StoreRefusal::OtherModule { path, .. }
+            | StoreRefusal::Corrupted { path } => path,
+        };
         let _ = std::fs::remove_file(path);
         Err(why)
     }
@@ -179,7 +200,7 @@ pub(crate) fn prepare(
             w.compiled = Some(c);
         }
         Ok(_) => {}
-        Err(why) => prepared.refused = Some(why),
+        Err(why) => prepared.refused = Some(why.to_string()),
     }
     w.want_compiled = prepared.asked;
     prepared.module_sha256 = Some(digest);
