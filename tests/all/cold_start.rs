@@ -11,12 +11,20 @@ use crate::workers::{
 
 /// The stored artifact of the echo example's module.
 fn echo_artifact(home: &Home) -> PathBuf {
-    let module = fs::read(home.path().join("plugins/echo/plugin.wasm")).expect("echo module");
-    let digest = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&module))
-    };
-    home.path().join(format!("cache/wasm/{digest}.cwasm"))
+    artifact_of(home, "echo")
+}
+
+/// The stored artifact of an installed example's module.
+fn artifact_of(home: &Home, plugin: &str) -> PathBuf {
+    home.path()
+        .join(format!("cache/wasm/{}.cwasm", module_digest(home, plugin)))
+}
+
+fn module_digest(home: &Home, plugin: &str) -> String {
+    use sha2::Digest;
+    let module = fs::read(home.path().join(format!("plugins/{plugin}/plugin.wasm")))
+        .expect("example module");
+    hex::encode(sha2::Sha256::digest(&module))
 }
 
 /// How echo's last load came by its module (`plugin.loaded`'s `compiled`).
@@ -105,6 +113,62 @@ fn compiled_modules_are_cached_mapped_and_a_bad_one_is_compiled_afresh() {
     reload(&home);
     let how = last_echo_load(&home);
     assert!(how.starts_with("refused:"), "{how}");
+    echo_works(&home);
+}
+
+/// Write access to the home while loongd is stopped: another module's artifact, relabelled as
+/// echo's with every digest in its header made consistent (the format this build writes,
+/// and the same with any tag), is never mapped. Echo is compiled afresh and answers as echo;
+/// the control: what this run stored is mapped on a reload.
+#[test]
+fn an_artifact_forged_while_loongd_was_stopped_is_never_mapped() {
+    use sha2::Digest;
+    let home = Home::new();
+    install_examples(&home);
+    home.start();
+    let (echo, other) = (echo_artifact(&home), artifact_of(&home, "json-transform"));
+    assert!(
+        wait_until(Duration::from_secs(10), || artifact_is_whole(&echo)
+            && artifact_is_whole(&other)),
+        "no artifacts stored"
+    );
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+
+    let stored = fs::read(&other).expect("artifact");
+    let n = stored.iter().position(|&b| b == b'\n').expect("header");
+    let header = String::from_utf8_lossy(&stored[..n]).to_string();
+    let fields: Vec<&str> = header.split('\t').collect();
+    let body = &stored[n + 1..];
+    let mut forged = format!(
+        "{}\t{}\t{}",
+        module_digest(&home, "echo"),
+        fields[1],
+        hex::encode(sha2::Sha256::digest(body))
+    );
+    // A tag, when the build writes one, copied from the other module's file.
+    if let Some(tag) = fields.get(3) {
+        forged.push('\t');
+        forged.push_str(tag);
+    }
+    forged.push('\n');
+    let mut forged = forged.into_bytes();
+    forged.extend_from_slice(body);
+    fs::write(&echo, &forged).expect("forge");
+
+    home.start();
+    assert_eq!(
+        last_echo_load(&home),
+        "compiled",
+        "the forged artifact was mapped"
+    );
+    echo_works(&home);
+    assert!(
+        wait_until(Duration::from_secs(10), || artifact_is_whole(&echo)
+            && fs::read(&echo).is_ok_and(|b| b != forged)),
+        "this run stored no artifact of its own"
+    );
+    reload(&home);
+    assert_eq!(last_echo_load(&home), "mapped", "the control");
     echo_works(&home);
 }
 

@@ -5,17 +5,23 @@
 //!   takes one only from a worker it had asked, which had served no call: no guest code had
 //!   run in it, and compilation runs none ([`accept`]). Anything else is a protocol violation.
 //! - It is stored under the home ([`CACHE_DIR`], loongd's own, mode 0700), one file per module
-//!   digest, with the engine key and the artifact's digest in its first line.
+//!   digest, with the engine key, the artifact's digest and a tag in its first line. The tag
+//!   is keyed by a secret this run of loongd drew at its start and never wrote anywhere, so a
+//!   file is taken only when this run wrote it: one written by anyone else (with write access
+//!   to the home while loongd was stopped, say) is never mapped, whatever digests it carries.
+//!   The directory is emptied at start, since no earlier file can hold.
 //! - It is given only with a `Load` of the module of the same digest, after loongd checked the
-//!   bytes against the digest stored with them ([`Store::get`]); the worker checks digest,
-//!   module and engine key again, and wasmtime its version and configuration. A refused
-//!   artifact is never fatal: the module is compiled afresh and its artifact replaces it.
+//!   tag and the bytes against the digest stored with them ([`Store::get`]); the worker checks
+//!   digest, module and engine key again, and wasmtime its version and configuration. A
+//!   refused artifact is never fatal: the module is compiled afresh and its artifact replaces
+//!   it.
 //!
 //! The call path knows nothing of it beyond [`prepare`] and [`accept`]: both see every kind's
 //! requests and touch only a WASM `Load`.
 
 use std::{
     io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -27,8 +33,12 @@ use sha2::{Digest, Sha256};
 
 /// Where the artifacts live, under the home.
 pub const CACHE_DIR: &str = "cache/wasm";
-/// Bytes of a stored file's first line (three keys and two tabs).
+/// Bytes of a stored file's first line (four keys and three tabs).
 const MAX_HEADER_BYTES: usize = 512;
+/// Bytes of a run's secret key for the stored files' tags.
+const KEY_BYTES: usize = 32;
+/// What a tag is about, so that it means nothing elsewhere.
+const TAG_CONTEXT: &[u8] = b"loong compiled module v1\0";
 
 /// Why an artifact from a worker is not taken (the worker broke the protocol).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,12 +68,21 @@ pub(crate) enum StoreRefusal {
     OtherModule { path: PathBuf, module: String },
     #[error("{path} does not match its digest (corrupted or truncated)")]
     Corrupted { path: PathBuf },
+    #[error("{path} was not written by this run of loongd (its tag does not hold)")]
+    Untagged { path: PathBuf },
 }
 
 /// The artifacts, one file per module digest.
-#[derive(Debug)]
 pub(crate) struct Store {
     dir: PathBuf,
+    /// This run's secret for the files' tags (`None`: no randomness, nothing is kept).
+    key: Option<[u8; KEY_BYTES]>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
 }
 
 fn is_digest(s: &str) -> bool {
@@ -71,11 +90,50 @@ fn is_digest(s: &str) -> bool {
 }
 
 impl Store {
-    /// The store under `home`.
+    /// The store under `home`, for this run: a fresh secret, and the files of earlier runs
+    /// (which no longer hold) removed, with a symbolic link at `cache` or `cache/wasm`.
     pub(crate) fn new(home: &Path) -> Store {
-        Store {
-            dir: home.join(CACHE_DIR),
+        let dir = home.join(CACHE_DIR);
+        if let Some(parent) = dir.parent() {
+            if std::fs::symlink_metadata(parent).is_ok_and(|m| m.file_type().is_symlink()) {
+                let _ = std::fs::remove_file(parent);
+            }
         }
+        // Not followed when it is a symbolic link: the link alone is removed.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, dir = %dir.display(), "emptying the compiled-module cache failed");
+            }
+        }
+        let mut key = [0u8; KEY_BYTES];
+        let key = match getrandom::getrandom(&mut key) {
+            Ok(()) => Some(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "no key for the compiled-module cache: it is off");
+                None
+            }
+        };
+        Store { dir, key }
+    }
+
+    /// The tag of a stored file's keys under this run's secret (nested, as HMAC is, so that
+    /// no tag extends to another), or `None` when the store is off.
+    fn tag(&self, module_sha256: &str, engine: &str, sha256: &str) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let inner = Sha256::new()
+            .chain_update(key)
+            .chain_update(TAG_CONTEXT)
+            .chain_update(module_sha256)
+            .chain_update(b"\0")
+            .chain_update(engine)
+            .chain_update(b"\0")
+            .chain_update(sha256)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(key)
+            .chain_update(inner)
+            .finalize();
+        Some(hex::encode(outer))
     }
 
     fn path(&self, module_sha256: &str) -> Option<PathBuf> {
@@ -86,7 +144,7 @@ impl Store {
     /// the file does not hold (unreadable, malformed, for another module, or its bytes do not
     /// match the digest stored with them: corrupted or truncated). A refused file is removed.
     pub(crate) fn get(&self, module_sha256: &str) -> Result<Option<CompiledModule>, StoreRefusal> {
-        let Some(path) = self.path(module_sha256) else {
+        let Some(path) = self.path(module_sha256).filter(|_| self.key.is_some()) else {
             return Ok(None);
         };
         let cap = (MAX_COMPILED_MODULE_BYTES + MAX_HEADER_BYTES) as u64;
@@ -110,15 +168,20 @@ impl Store {
             .and_then(|n| {
                 let header = std::str::from_utf8(&text[..n]).ok()?;
                 let mut parts = header.split('\t');
-                let (module, engine, sha256) = (parts.next()?, parts.next()?, parts.next()?);
-                Some(CompiledModule {
+                let (module, engine, sha256, tag) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                if parts.next().is_some() {
+                    return None;
+                }
+                let c = CompiledModule {
                     module_sha256: module.to_owned(),
                     engine: engine.to_owned(),
                     sha256: sha256.to_owned(),
                     bytes: text[n + 1..].to_vec(),
-                })
+                };
+                Some((c, tag.to_owned()))
             });
-        let Some(c) = parsed else {
+        let Some((c, tag)) = parsed else {
             return self.refuse(StoreRefusal::NoHeader { path });
         };
         if c.module_sha256 != module_sha256 {
@@ -126,6 +189,17 @@ impl Store {
                 path,
                 module: c.module_sha256,
             });
+        }
+        let expected = self.tag(&c.module_sha256, &c.engine, &c.sha256);
+        let holds = expected.is_some_and(|t| {
+            t.len() == tag.len()
+                && t.bytes()
+                    .zip(tag.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !holds {
+            return self.refuse(StoreRefusal::Untagged { path });
         }
         if hex::encode(Sha256::digest(&c.bytes)) != c.sha256 {
             return self.refuse(StoreRefusal::Corrupted { path });
@@ -139,7 +213,8 @@ impl Store {
             | StoreRefusal::TooLarge { path, .. }
             | StoreRefusal::NoHeader { path }
             | StoreRefusal::OtherModule { path, .. }
-            | StoreRefusal::Corrupted { path } => path,
+            | StoreRefusal::Corrupted { path }
+            | StoreRefusal::Untagged { path } => path,
         };
         let _ = std::fs::remove_file(path);
         Err(why)
@@ -148,10 +223,16 @@ impl Store {
     /// Stores `c` (taken through [`accept`]), replacing any artifact of its module: written
     /// to a temporary file and renamed, so a reader never sees half of one.
     pub(crate) fn put(&self, c: &CompiledModule) -> std::io::Result<()> {
-        let Some(path) = self.path(&c.module_sha256) else {
+        let (Some(path), Some(tag)) = (
+            self.path(&c.module_sha256),
+            self.tag(&c.module_sha256, &c.engine, &c.sha256),
+        ) else {
             return Ok(());
         };
-        std::fs::create_dir_all(&self.dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         // Unique per write: two loads of one module may store at once.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -160,8 +241,13 @@ impl Store {
             c.module_sha256,
             std::process::id()
         ));
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{}\t{}\t{}", c.module_sha256, c.engine, c.sha256)?;
+        // Never through a file already there (a link planted while loongd was stopped).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{}\t{}\t{}\t{tag}", c.module_sha256, c.engine, c.sha256)?;
         f.write_all(&c.bytes)?;
         drop(f);
         std::fs::rename(&tmp, &path)
@@ -229,6 +315,12 @@ pub(crate) fn accept(
     }
     c.check_bounds()
         .map_err(|e| Refusal::Bounds(e.to_string()))?;
+    if !c.engine.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Refusal::Bounds(format!(
+            "engine key {:?} is not printable ASCII",
+            c.engine
+        )));
+    }
     if hex::encode(Sha256::digest(&c.bytes)) != c.sha256 {
         return Err(Refusal::Digest { claimed: c.sha256 });
     }
@@ -336,6 +428,64 @@ mod tests {
         }
         // Not a digest: never a path.
         assert_eq!(store.get("../x"), Ok(None));
+    }
+
+    /// A file is taken only from the run that wrote it: the same bytes, digests and all, put
+    /// back after loongd restarted (a new store on the same home) are refused and removed,
+    /// and so is a file whose digests a forger made consistent; the run that wrote it takes
+    /// it (the control).
+    #[test]
+    fn a_file_not_written_by_this_run_is_never_taken() {
+        let home = tempfile::tempdir().expect("home");
+        let m = hex::encode(Sha256::digest(b"module"));
+        let c = artifact(&m, b"compiled code");
+        let first = Store::new(home.path());
+        first.put(&c).expect("put");
+        assert_eq!(first.get(&m), Ok(Some(c.clone())), "the control");
+        let path = first.path(&m).expect("path");
+        let written = std::fs::read(&path).expect("read");
+
+        let second = Store::new(home.path());
+        assert!(
+            !path.exists(),
+            "an earlier run's files are removed at start"
+        );
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+        std::fs::write(&path, &written).expect("put back");
+        assert!(matches!(second.get(&m), Err(StoreRefusal::Untagged { .. })));
+        assert!(!path.exists(), "the refused file is removed");
+
+        let forged = artifact(&m, b"other code");
+        let mut text = format!(
+            "{}\t{}\t{}\t{}\n",
+            m,
+            forged.engine,
+            forged.sha256,
+            "0".repeat(64)
+        )
+        .into_bytes();
+        text.extend_from_slice(&forged.bytes);
+        std::fs::write(&path, &text).expect("forge");
+        assert!(second.get(&m).is_err(), "forged");
+        let mut old_format = format!("{}\t{}\t{}\n", m, forged.engine, forged.sha256).into_bytes();
+        old_format.extend_from_slice(&forged.bytes);
+        std::fs::write(&path, &old_format).expect("forge");
+        assert!(second.get(&m).is_err(), "forged without a tag");
+
+        second.put(&c).expect("put");
+        assert_eq!(second.get(&m), Ok(Some(c.clone())), "the control");
+    }
+
+    /// An engine key that would break the stored file's header line is refused.
+    #[test]
+    fn an_engine_key_with_a_separator_is_refused() {
+        let m = "a".repeat(64);
+        let mut c = artifact(&m, b"code");
+        c.engine = "e1\tx".into();
+        assert!(matches!(
+            accept(&asked(&m), false, c),
+            Err(Refusal::Bounds(_))
+        ));
     }
 
     /// A WASM load is given the stored artifact and asked for one only while the worker has
