@@ -35,6 +35,9 @@ use sha2::{Digest, Sha256};
 pub const CACHE_DIR: &str = "cache/wasm";
 /// Bytes of a stored file's first line (four keys and three tabs).
 const MAX_HEADER_BYTES: usize = 512;
+/// Bytes the store holds at most (every file together): past it a new artifact is not kept
+/// (its module is compiled at each load), so loads of many modules cannot fill the disk.
+pub const MAX_STORE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bytes of a run's secret key for the stored files' tags.
 const KEY_BYTES: usize = 32;
 /// What a tag is about, so that it means nothing elsewhere.
@@ -77,6 +80,8 @@ pub(crate) struct Store {
     dir: PathBuf,
     /// This run's secret for the files' tags (`None`: no randomness, nothing is kept).
     key: Option<[u8; KEY_BYTES]>,
+    /// Bytes held at most ([`MAX_STORE_BYTES`]).
+    budget: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,7 +118,24 @@ impl Store {
                 None
             }
         };
-        Store { dir, key }
+        Store {
+            dir,
+            key,
+            budget: MAX_STORE_BYTES,
+        }
+    }
+
+    /// Bytes held by the files other than `except`.
+    fn held(&self, except: &Path) -> std::io::Result<u64> {
+        let mut held = 0u64;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.path() == except {
+                continue;
+            }
+            held = held.saturating_add(entry.metadata()?.len());
+        }
+        Ok(held)
     }
 
     /// The tag of a stored file's keys under this run's secret (nested, as HMAC is, so that
@@ -233,6 +255,14 @@ impl Store {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
+        let size = (c.bytes.len() + MAX_HEADER_BYTES) as u64;
+        if self.held(&path)?.saturating_add(size) > self.budget {
+            return Err(std::io::Error::other(format!(
+                "the compiled-module cache {} holds its {} bytes: not kept",
+                self.dir.display(),
+                self.budget
+            )));
+        }
         // Unique per write: two loads of one module may store at once.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -247,10 +277,14 @@ impl Store {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        writeln!(f, "{}\t{}\t{}\t{tag}", c.module_sha256, c.engine, c.sha256)?;
-        f.write_all(&c.bytes)?;
+        let written = writeln!(f, "{}\t{}\t{}\t{tag}", c.module_sha256, c.engine, c.sha256)
+            .and_then(|()| f.write_all(&c.bytes));
         drop(f);
-        std::fs::rename(&tmp, &path)
+        let stored = written.and_then(|()| std::fs::rename(&tmp, &path));
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        stored
     }
 }
 
@@ -474,6 +508,31 @@ mod tests {
 
         second.put(&c).expect("put");
         assert_eq!(second.get(&m), Ok(Some(c.clone())), "the control");
+    }
+
+    /// Past its budget the store keeps no new artifact (the disk is not filled by loads of
+    /// many modules), while one it holds may still be replaced; below it, it keeps one (the
+    /// control).
+    #[test]
+    fn the_store_keeps_no_artifact_past_its_budget() {
+        let home = tempfile::tempdir().expect("home");
+        let mut store = Store::new(home.path());
+        // One file held (about 300 bytes) beside one new one (counted with its largest
+        // header, 612 bytes) fits; two held beside a third do not.
+        store.budget = 1012;
+        let module = |n: u8| hex::encode(Sha256::digest([n]));
+        let (a, b, c) = (module(1), module(2), module(3));
+        store.put(&artifact(&a, &[0; 100])).expect("the control: a");
+        store.put(&artifact(&b, &[0; 100])).expect("the control: b");
+        assert!(
+            store.put(&artifact(&c, &[0; 100])).is_err(),
+            "over the budget"
+        );
+        assert_eq!(store.get(&c), Ok(None));
+        store.put(&artifact(&a, &[1; 100])).expect("a replaced");
+        assert_eq!(store.get(&a), Ok(Some(artifact(&a, &[1; 100]))));
+        let files = std::fs::read_dir(&store.dir).expect("dir").count();
+        assert_eq!(files, 2, "no temporary file is left behind");
     }
 
     /// An engine key that would break the stored file's header line is refused.
