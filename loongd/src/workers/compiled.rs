@@ -510,6 +510,32 @@ mod tests {
         assert_eq!(second.get(&m), Ok(Some(c.clone())), "the control");
     }
 
+    /// A symbolic link planted at `cache` (to a directory someone else can write) is removed
+    /// at start, not followed, and what it pointed at is left alone; the store then keeps its
+    /// files in a directory of its own (mode 0700).
+    #[test]
+    fn a_link_planted_at_the_cache_is_removed_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().expect("home");
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        std::fs::create_dir_all(elsewhere.path().join("wasm")).expect("dir");
+        let planted = elsewhere.path().join("wasm/x.cwasm");
+        std::fs::write(&planted, b"kept").expect("file");
+        std::os::unix::fs::symlink(elsewhere.path(), home.path().join("cache")).expect("link");
+        let store = Store::new(home.path());
+        assert!(planted.exists(), "the link was followed");
+        let m = hex::encode(Sha256::digest(b"module"));
+        store.put(&artifact(&m, b"code")).expect("put");
+        let cache = std::fs::symlink_metadata(home.path().join("cache")).expect("cache");
+        assert!(cache.is_dir(), "the link is gone");
+        let mode = std::fs::metadata(&store.dir)
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(store.get(&m), Ok(Some(artifact(&m, b"code"))));
+    }
+
     /// Past its budget the store keeps no new artifact (the disk is not filled by loads of
     /// many modules), while one it holds may still be replaced; below it, it keeps one (the
     /// control).
