@@ -49,9 +49,9 @@ pub use message::{
         PlanFailed, PlanFailureKind,
     },
     worker::{
-        BuiltinSpec, CallOutput, DecidedFile, FailureKind, GuestInput, HttpSpec, PeerProtocol,
-        PeerSpec, PluginFailure, ServeSpec, ToolInfo, WasmPlugin, WorkerRequest, WorkerResponse,
-        WorkerStats,
+        BuiltinSpec, CallOutput, CompiledModule, CompiledUse, DecidedFile, FailureKind, GuestInput,
+        HttpSpec, PeerProtocol, PeerSpec, PluginFailure, ServeSpec, ToolInfo, WasmPlugin,
+        WorkerRequest, WorkerResponse, WorkerStats,
     },
 };
 

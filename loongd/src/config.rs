@@ -72,6 +72,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 [workers]
 # WASM worker processes kept in the pool: calls run at once, one per worker (1..=64).
 # wasm_pool_size = 2
+# Keep one spare WASM worker started ahead of need (counted in the pool's size), so the first
+# call after a start, a reload or `workers kill` does not wait for a spawn.
+# wasm_spare = true
 
 [kernel_calls]
 # Calls a worker makes through loongd while it serves a call (a plugin's call_tool).
@@ -717,6 +720,9 @@ pub struct WorkersConfig {
     /// WASM workers in the pool (and so WASM calls at once).
     #[serde(deserialize_with = "pool_size")]
     pub wasm_pool_size: u32,
+    /// Keep one spare WASM worker started ahead of need (within the pool's size), so the
+    /// first call after loongd starts, a reload or a kill does not wait for a spawn.
+    pub wasm_spare: bool,
 }
 
 /// The largest WASM pool.
@@ -724,7 +730,10 @@ pub const MAX_WASM_POOL_SIZE: u32 = 64;
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { wasm_pool_size: 2 }
+        WorkersConfig {
+            wasm_pool_size: 2,
+            wasm_spare: true,
+        }
     }
 }
 
@@ -1465,6 +1474,10 @@ mod tests {
         let mut c = Config::default();
         c.workers.wasm_pool_size = 4;
         check("[workers]\nwasm_pool_size = 4\n", Ok(c));
+        let mut c = Config::default();
+        assert!(c.workers.wasm_spare, "a spare WASM worker by default");
+        c.workers.wasm_spare = false;
+        check("[workers]\nwasm_spare = false\n", Ok(c));
         let mut e = Config::default();
         e.egress.resolver = Some("[::1]:5353".parse().expect("addr"));
         e.egress.lookup_timeout_ms = 250;

@@ -97,14 +97,18 @@ impl Kernel {
         authority: authority::Authority,
         resolver: Arc<egress::resolve::Resolver>,
     ) -> Kernel {
-        let workers = Arc::new(workers::Supervisor::new(
-            workers::WorkerKind::wasm(),
-            spawner.clone(),
-            config.sandbox.allow_degraded,
-            config.workers.wasm_pool_size as usize,
-            audit.clone(),
-            resolver.clone(),
-        ));
+        let workers = Arc::new(
+            workers::Supervisor::new(
+                workers::WorkerKind::wasm(),
+                spawner.clone(),
+                config.sandbox.allow_degraded,
+                config.workers.wasm_pool_size as usize,
+                audit.clone(),
+                resolver.clone(),
+            )
+            .keep_spare(config.workers.wasm_spare)
+            .compiled_store(workers::compiled::Store::new(&layout.home)),
+        );
         Kernel {
             resolver,
             browser: workers::browser::Sessions::default(),
@@ -182,8 +186,14 @@ impl Kernel {
         true
     }
 
-    /// Replaces the plugin set; returns the previous one.
+    /// Replaces the plugin set; returns the previous one. The WASM pool keeps a spare worker
+    /// only while some plugin of the set runs in it.
     fn set_plugins(&self, registry: workers::plugins::Registry) -> Arc<workers::plugins::Registry> {
+        let wasm = registry.values().any(|p| {
+            matches!(&p.state, workers::plugins::State::Ready { pool: Some(pool), .. }
+                if !self.is_own_pool(pool))
+        });
+        self.workers.want_spare(wasm);
         std::mem::replace(
             &mut *self
                 .plugins

@@ -14,6 +14,7 @@ mod builtins;
 mod channel_approvals;
 mod channels;
 mod chat;
+mod cold_start;
 mod compat_sdk;
 mod control_socket;
 mod daemon_lifecycle;

@@ -1,5 +1,6 @@
 //! Repository invariants, checked like any other behaviour: every Rust file opens with a
-//! `//!` line, `unsafe` appears only in `sandbox/`, and crates depend in the documented
+//! `//!` line, `unsafe` appears only in `sandbox/` and the one function that maps a compiled
+//! WASM module, and crates depend in the documented
 //! direction (loong-ipc on no project crate, loongctl on loong-ipc only, workers on
 //! loong-ipc, loong-sandbox and the shared worker runtime only, nothing on loongd or a
 //! worker), and loongd's modules name each other without a cycle.
@@ -62,9 +63,12 @@ fn unsafe_only_in_sandbox() {
     let mut files = Vec::new();
     rust_files(&root(), &mut files);
     let sandbox = root().join("sandbox");
+    // The one exception outside sandbox/: mapping a compiled WASM module
+    // (`Module::deserialize`), confined to one function; docs/SECURITY.md says why.
+    let artifact = root().join("workers/wasm/src/artifact.rs");
     let offenders: Vec<String> = files
         .iter()
-        .filter(|f| !f.starts_with(&sandbox))
+        .filter(|f| !f.starts_with(&sandbox) && **f != artifact)
         .flat_map(|f| {
             let text = fs::read_to_string(f).unwrap_or_default();
             text.lines()
@@ -80,7 +84,7 @@ fn unsafe_only_in_sandbox() {
         .collect();
     assert!(
         offenders.is_empty(),
-        "`{KEYWORD}` outside sandbox/: {offenders:?}"
+        "`{KEYWORD}` outside sandbox/ and workers/wasm/src/artifact.rs: {offenders:?}"
     );
 }
 

@@ -20,6 +20,12 @@ pub const WORKER_MAX_FRAME_BYTES: u32 = crate::frame::HARD_MAX_FRAME_BYTES;
 pub const MAX_WIRE_MODULE_BYTES: usize = 15 * 1024 * 1024;
 /// Bound on a plugin id.
 pub const MAX_PLUGIN_ID_BYTES: usize = 64;
+/// The largest compiled module (wasmtime's serialized artifact) a worker answers or a `Load`
+/// carries; a `Load` carries one only while module and artifact together fit
+/// [`MAX_WIRE_MODULE_BYTES`].
+pub const MAX_COMPILED_MODULE_BYTES: usize = 8 * 1024 * 1024;
+/// Bound on a digest or an engine key in a [`CompiledModule`].
+pub const MAX_COMPILED_KEY_BYTES: usize = 128;
 /// Bound on a config key or value, and on an import prefix or entry point name.
 pub const MAX_CONFIG_TEXT_BYTES: usize = 1024;
 /// Bound on the config entries, guest-readable keys and blocked prefixes of one plugin.
@@ -430,6 +436,57 @@ pub struct WasmPlugin {
     /// What the guest reads with `read_input`: the caller's input, or public Loong's request
     /// envelope around it.
     pub input: GuestInput,
+    /// The module compiled earlier by a worker that had run no guest code, for this module's
+    /// digest; the worker checks it and compiles afresh when it does not hold.
+    pub compiled: Option<CompiledModule>,
+    /// Answer the compiled module when it is compiled afresh (loongd asks only a worker that
+    /// has served no call).
+    pub want_compiled: bool,
+}
+
+/// A compiled module: wasmtime's serialized artifact, native code, keyed by the module's
+/// digest and the engine (wasmtime's version and configuration) that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CompiledModule {
+    /// The sha256 (hex) of the module it was compiled from.
+    pub module_sha256: String,
+    /// The engine that compiled it (at most [`MAX_COMPILED_KEY_BYTES`]); no other engine
+    /// maps it.
+    pub engine: String,
+    /// The artifact's sha256 (hex), checked before it is mapped.
+    pub sha256: String,
+    /// The artifact (at most [`MAX_COMPILED_MODULE_BYTES`]).
+    pub bytes: Vec<u8>,
+}
+
+impl CompiledModule {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        check_len("module_sha256", &self.module_sha256, MAX_COMPILED_KEY_BYTES)?;
+        check_len("engine", &self.engine, MAX_COMPILED_KEY_BYTES)?;
+        check_len("sha256", &self.sha256, MAX_COMPILED_KEY_BYTES)?;
+        if self.bytes.len() > MAX_COMPILED_MODULE_BYTES {
+            return Err(BoundError {
+                field: "compiled module",
+                len: self.bytes.len(),
+                max: MAX_COMPILED_MODULE_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What became of the compiled module a `Load` carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum CompiledUse {
+    /// None was given: the module was compiled.
+    Compiled,
+    /// The given one was checked and mapped; nothing was compiled.
+    Mapped,
+    /// The given one was refused (why); the module was compiled afresh.
+    Refused(String),
 }
 
 /// What a WASM guest reads with `read_input` (the manifest's `sandbox.input`).
@@ -453,12 +510,16 @@ impl WasmPlugin {
     pub fn check_bounds(&self) -> Result<(), BoundError> {
         check_len("plugin_id", &self.plugin_id, MAX_PLUGIN_ID_BYTES)?;
         check_len("entrypoint", &self.entrypoint, MAX_CONFIG_TEXT_BYTES)?;
-        if self.module.len() > MAX_WIRE_MODULE_BYTES {
+        let compiled = self.compiled.as_ref().map_or(0, |c| c.bytes.len());
+        if self.module.len().saturating_add(compiled) > MAX_WIRE_MODULE_BYTES {
             return Err(BoundError {
                 field: "module",
-                len: self.module.len(),
+                len: self.module.len().saturating_add(compiled),
                 max: MAX_WIRE_MODULE_BYTES,
             });
+        }
+        if let Some(c) = &self.compiled {
+            c.check_bounds()?;
         }
         let count = |field, len| {
             if len > MAX_CONFIG_ENTRIES {
@@ -514,6 +575,10 @@ pub enum WorkerResponse {
         plugin_id: String,
         /// The module's sha256 (hex), as the worker computed it.
         sha256: String,
+        /// What became of the compiled module the `Load` carried.
+        compiled_use: CompiledUse,
+        /// The module compiled afresh, when the `Load` asked for it.
+        compiled: Option<CompiledModule>,
     },
     /// A call's result.
     Output(CallOutput),
@@ -793,6 +858,8 @@ mod tests {
             sha256: None,
             blocked_import_prefixes: Vec::new(),
             input: GuestInput::Bare,
+            compiled: None,
+            want_compiled: false,
         };
         assert_eq!(p.check_bounds(), Ok(()));
         p.plugin_id = "x".repeat(MAX_PLUGIN_ID_BYTES + 1);

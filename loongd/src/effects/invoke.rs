@@ -343,7 +343,7 @@ async fn learn(kernel: &Kernel, target: &Target, called: &Called) {
     let detail = serde_json::json!({
         "plugin": plugin.id, "version": plugin.version, "bridge_kind": plugin.bridge_kind,
         "trust": plugin.trust.as_str(), "signer": plugin.signer,
-        "sha256": info.sha256, "first_call": true,
+        "sha256": info.sha256, "first_call": true, "compiled": info.compiled,
         "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
     });
     if kernel.learn(

@@ -94,7 +94,7 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
             Ok(info) => serde_json::json!({
                 "plugin": p.id, "version": p.version, "bridge_kind": p.bridge_kind,
                 "trust": p.trust.as_str(), "signer": p.signer,
-                "sha256": info.sha256,
+                "sha256": info.sha256, "compiled": info.compiled,
                 "tools": info.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             }),
             Err(why) => serde_json::json!({ "plugin": p.id, "reason": why }),

@@ -8,6 +8,8 @@
 //! - `pool.rs`: a pool of workers of one kind (`Supervisor`): permits, check-out, spawn
 //!   through the spawner, retire and replace with backoff, health pings, drain, and the call
 //!   path (`call`, `check_load`), which has no branch for any one kind.
+//! - `compiled.rs`: the compiled-module cache (WASM artifacts made by a worker that ran no
+//!   guest code, stored under the home, checked by digest before a worker maps them).
 //! - `broker.rs`: the connection broker for kinds without a network of their own.
 //! - `browser.rs`: the browser tools' sessions, each a pool of one browser worker.
 //!
@@ -18,6 +20,7 @@
 mod broker;
 pub(crate) mod browser;
 pub(crate) mod builtins;
+pub(crate) mod compiled;
 mod kind;
 pub(crate) mod lock;
 pub(crate) mod net;

@@ -647,6 +647,8 @@ fn wire(m: PluginManifest, module: Vec<u8>) -> WasmPlugin {
         sha256: m.sha256,
         blocked_import_prefixes: m.blocked_import_prefixes,
         input: m.input,
+        compiled: None,
+        want_compiled: false,
     }
 }
 

@@ -10,6 +10,12 @@
 //! - Idle workers are pinged every [`HEALTH_INTERVAL`]; a silent one is retired.
 //! - Plugins are loaded into a worker the first time it runs them (the module travels over
 //!   the socket); a worker remembers the plugin generations it has loaded.
+//! - A pool that keeps a spare ([`Supervisor::keep_spare`], the WASM pool by default) starts
+//!   one worker ahead of need whenever some plugin runs in it, none is idle and the pool has
+//!   room: after discovery, when a call takes the last idle worker, and when a worker is
+//!   killed. A spare is
+//!   spawned by the same [`Supervisor::spawn`] as any worker of its kind (the same sandbox,
+//!   the same limits); it has loaded nothing and is specialised only when a call takes it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -31,7 +37,7 @@ use loong_sandbox::{KernelOverrides, Killer, Limits, SandboxSpec, Spawner, Stdio
 use tokio::{net::UnixStream, sync::Semaphore};
 
 use super::{
-    broker,
+    broker, compiled,
     kind::{Loadable, WorkerKind},
     worker::{
         kill_now, log_stderr, KernelCalls, Worker, WorkerFault, WORKER_START_TIMEOUT, WRITE_TIMEOUT,
@@ -133,6 +139,9 @@ pub(crate) struct LoadInfo {
     pub sha256: Option<String>,
     /// A foreign program's tools.
     pub tools: Vec<ToolInfo>,
+    /// A WASM module's compiled form: `mapped` (from the cache), `compiled`, or `refused:
+    /// WHY; compiled`.
+    pub compiled: Option<String>,
 }
 
 /// What a job produced.
@@ -156,6 +165,8 @@ struct Entry {
     killer: Killer,
     /// Who killed it through `workers kill`, for its exit record.
     killed_by: Option<String>,
+    /// Never checked out yet: listed as `spare`.
+    fresh: bool,
 }
 
 /// The supervisor.
@@ -175,6 +186,19 @@ pub(crate) struct Supervisor {
     stopping: AtomicBool,
     /// loongd's resolver, for a fetch's URL.
     resolver: Arc<crate::egress::resolve::Resolver>,
+    /// Whether one worker is kept started ahead of need.
+    keep_spare: bool,
+    /// A spare is being started (at most one at a time).
+    spare_starting: AtomicBool,
+    /// Some plugin runs in this pool (a pool with none keeps no spare).
+    spare_wanted: AtomicBool,
+    /// Told when a spare has started (or failed to): a call that found none idle while one
+    /// was starting waits for it instead of spawning one more.
+    spare_ready: tokio::sync::Notify,
+    /// Spawns under way, counted with the live workers against the pool's size.
+    starting: std::sync::atomic::AtomicUsize,
+    /// The compiled-module cache, for a pool of WASM workers.
+    compiled: Option<Arc<compiled::Store>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -203,7 +227,59 @@ impl Supervisor {
             idle: Mutex::default(),
             table: Mutex::default(),
             stopping: AtomicBool::new(false),
+            keep_spare: false,
+            spare_starting: AtomicBool::new(false),
+            spare_wanted: AtomicBool::new(false),
+            spare_ready: tokio::sync::Notify::new(),
+            starting: std::sync::atomic::AtomicUsize::new(0),
+            compiled: None,
         }
+    }
+
+    /// The same pool, keeping compiled modules in `store`.
+    pub(crate) fn compiled_store(mut self, store: compiled::Store) -> Supervisor {
+        self.compiled = Some(Arc::new(store));
+        self
+    }
+
+    /// The same pool, keeping one spare worker started ahead of need when `on`.
+    pub(crate) fn keep_spare(mut self, on: bool) -> Supervisor {
+        self.keep_spare = on;
+        self
+    }
+
+    /// Tells the pool whether any plugin runs in it (after each discovery); one that keeps a
+    /// spare starts it now when it has none.
+    pub(crate) fn want_spare(self: &Arc<Self>, wanted: bool) {
+        self.spare_wanted.store(wanted, Ordering::Relaxed);
+        self.ensure_spare();
+    }
+
+    /// Starts a spare worker in the background when the pool keeps one, some plugin runs in
+    /// it, none is idle, none is starting, and the pool has room for it (a spare counts in
+    /// the pool's size).
+    pub(crate) fn ensure_spare(self: &Arc<Self>) {
+        if !self.keep_spare
+            || !self.spare_wanted.load(Ordering::Relaxed)
+            || self.stopping.load(Ordering::Relaxed)
+            || !lock(&self.idle).is_empty()
+            || self.live() + self.starting.load(Ordering::Acquire) >= self.pool_size
+            || self.spare_starting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = me.spawn().await;
+            match started {
+                Ok(w) => me.give_back(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = me.kind.name, "starting a spare worker failed")
+                }
+            }
+            me.spare_starting.store(false, Ordering::Release);
+            me.spare_ready.notify_waiters();
+        });
     }
 
     /// Runs `plugin` on `input` in a worker; `decided` is the file a built-in file tool's
@@ -303,6 +379,8 @@ impl Supervisor {
         };
         let id = worker.id;
         self.mark(id, Some(&plugin.id));
+        // The next call should not wait for a spawn either.
+        self.ensure_spare();
         let mut out = Checkout {
             sup: self.clone(),
             worker: Some(worker),
@@ -355,12 +433,26 @@ impl Supervisor {
         let id = &plugin.id;
         let loaded = worker.loaded.get(id) == Some(&plugin.generation);
         let info = if matches!(job, Job::Check) || !loaded {
-            let info = match worker.request(plugin.request(), LOAD_TIMEOUT).await? {
-                WorkerResponse::Loaded { sha256, .. } => LoadInfo {
-                    loaded: true,
-                    sha256: Some(sha256),
-                    tools: Vec::new(),
-                },
+            let (request, prepared) = self.prepare_load(plugin, worker.served).await;
+            let info = match worker.request(request, LOAD_TIMEOUT).await? {
+                WorkerResponse::Loaded {
+                    sha256,
+                    compiled_use,
+                    compiled,
+                    ..
+                } => {
+                    if let Some(c) = compiled {
+                        let c = compiled::accept(&prepared, worker.served, c)
+                            .map_err(|e| WorkerFault::Protocol(e.to_string()))?;
+                        self.store_compiled(c);
+                    }
+                    LoadInfo {
+                        loaded: true,
+                        sha256: Some(sha256),
+                        tools: Vec::new(),
+                        compiled: Some(compiled_note(&prepared, &compiled_use)),
+                    }
+                }
                 WorkerResponse::Described(tools) => {
                     loong_ipc::message::worker::check_tools(&tools)
                         .map_err(|e| WorkerFault::Protocol(format!("tool list: {e}")))?;
@@ -368,6 +460,7 @@ impl Supervisor {
                         loaded: true,
                         sha256: None,
                         tools,
+                        compiled: None,
                     }
                 }
                 WorkerResponse::Failed(f) => {
@@ -407,6 +500,8 @@ impl Supervisor {
             Ok(Some(conn)) => worker.pass_connection(&conn)?,
             Err(f) => return Ok(Err(CallError::Plugin(f))),
         }
+        // From here guest code may run in it: no compiled module is taken from it again.
+        worker.served = true;
         let invoke = WorkerRequest::Invoke {
             plugin_id: tool,
             input,
@@ -443,6 +538,34 @@ impl Supervisor {
         }
     }
 
+    /// The plugin's load request, with what the compiled-module cache adds to it (off the
+    /// runtime: it hashes the module and reads a file).
+    async fn prepare_load(
+        &self,
+        plugin: &Loadable,
+        served: bool,
+    ) -> (WorkerRequest, compiled::Prepared) {
+        let Some(store) = self.compiled.clone() else {
+            return (plugin.request(), compiled::Prepared::default());
+        };
+        let request = plugin.request();
+        tokio::task::spawn_blocking(move || compiled::prepare(&store, request, served))
+            .await
+            .unwrap_or_else(|_| (plugin.request(), compiled::Prepared::default()))
+    }
+
+    /// Stores an artifact off the call's path; a failure costs only a later compilation.
+    fn store_compiled(&self, c: loong_ipc::CompiledModule) {
+        let Some(store) = self.compiled.clone() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put(&c) {
+                tracing::warn!(error = %e, module = %c.module_sha256, "storing a compiled module failed");
+            }
+        });
+    }
+
     /// Workers spawned and not yet retired.
     fn live(&self) -> usize {
         lock(&self.table).len()
@@ -463,6 +586,18 @@ impl Supervisor {
                     });
                 }
                 Some(w) => return Ok(w),
+                None if self.spare_starting.load(Ordering::Acquire) => {
+                    // The spare is on its way: wait for it rather than spawn one more.
+                    let ready = self.spare_ready.notified();
+                    tokio::pin!(ready);
+                    ready.as_mut().enable();
+                    if self.spare_starting.load(Ordering::Acquire) {
+                        let _ = tokio::time::timeout(WORKER_START_TIMEOUT, ready).await;
+                    }
+                    if lock(&self.idle).is_empty() {
+                        return self.spawn().await;
+                    }
+                }
                 None => return self.spawn().await,
             }
         }
@@ -485,11 +620,20 @@ impl Supervisor {
     fn mark(&self, id: u64, busy: Option<&str>) {
         if let Some(e) = lock(&self.table).get_mut(&id) {
             e.busy = busy.map(String::from);
+            e.fresh = false;
         }
     }
 
-    /// Spawns, handshakes and registers a worker; audited as `worker.spawned`.
+    /// Spawns, handshakes and registers a worker; audited as `worker.spawned`. Counted in
+    /// `starting` meanwhile.
     async fn spawn(self: &Arc<Self>) -> Result<Worker, String> {
+        self.starting.fetch_add(1, Ordering::AcqRel);
+        let spawned = self.spawn_counted().await;
+        self.starting.fetch_sub(1, Ordering::AcqRel);
+        spawned
+    }
+
+    async fn spawn_counted(self: &Arc<Self>) -> Result<Worker, String> {
         let spawner = self
             .spawner
             .clone()
@@ -624,6 +768,7 @@ impl Supervisor {
                 calls: 0,
                 killer,
                 killed_by: None,
+                fresh: true,
             },
         );
         crate::metrics::worker_spawned(self.kind.name);
@@ -645,6 +790,7 @@ impl Supervisor {
             loaded: HashMap::new(),
             next_req: 0,
             broker,
+            served: false,
         })
     }
 
@@ -809,7 +955,12 @@ impl Supervisor {
                 pid: e.pid,
                 kind: self.kind.name.into(),
                 tier: self.kind.tier.as_str().into(),
-                state: if e.busy.is_some() { "busy" } else { "idle" }.into(),
+                state: match (&e.busy, e.fresh) {
+                    (Some(_), _) => "busy",
+                    (None, true) => "spare",
+                    (None, false) => "idle",
+                }
+                .into(),
                 tool: e.busy.clone(),
                 calls: e.calls,
                 started_ms: e.started_ms,
@@ -820,13 +971,27 @@ impl Supervisor {
     /// Kills worker `id` (SIGKILL through its pidfd) for `by`. Its call in flight fails and
     /// is audited on the call's path; an idle one is found dead (and audited) at its next use
     /// or health check, whichever comes first.
-    pub(crate) fn kill(&self, id: u64, by: &str) -> Option<WorkerView> {
+    pub(crate) fn kill(self: &Arc<Self>, id: u64, by: &str) -> Option<WorkerView> {
         let view = self.list().into_iter().find(|w| w.id == id)?;
         if let Some(e) = lock(&self.table).get_mut(&id) {
             e.killed_by = Some(by.to_string());
             let _ = e.killer.kill();
             crate::metrics::worker_killed(self.kind.name);
         }
+        // An idle one is taken out and reaped now, so that a spare replaces it before the
+        // next call rather than during it.
+        let idle = {
+            let mut idle = lock(&self.idle);
+            idle.iter().position(|w| w.id == id).map(|i| idle.remove(i))
+        };
+        if let Some(w) = idle {
+            let killed_by = self.unregister(&w);
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.reap(w, killed_by, "killed while idle", "").await;
+            });
+        }
+        self.ensure_spare();
         Some(view)
     }
 
@@ -925,6 +1090,16 @@ pub(crate) async fn health_loop(sup: Arc<Supervisor>) {
             return;
         }
         sup.health_check().await;
+    }
+}
+
+/// How a load came by its compiled module, for `plugin.loaded`.
+fn compiled_note(prepared: &compiled::Prepared, used: &loong_ipc::CompiledUse) -> String {
+    match (used, &prepared.refused) {
+        (loong_ipc::CompiledUse::Mapped, _) => "mapped".into(),
+        (loong_ipc::CompiledUse::Refused(why), _) => format!("refused: {why}; compiled"),
+        (loong_ipc::CompiledUse::Compiled, Some(why)) => format!("refused: {why}; compiled"),
+        (loong_ipc::CompiledUse::Compiled, None) => "compiled".into(),
     }
 }
 

@@ -36,6 +36,9 @@ pub(super) struct Worker {
     pub(super) next_req: u64,
     /// loongd's end of the worker's fd 4, for a kind with a broker.
     pub(super) broker: Option<std::os::unix::net::UnixStream>,
+    /// It has been sent a call (guest code may have run in it): loongd takes no compiled
+    /// module from it any more.
+    pub(super) served: bool,
 }
 
 /// Why a request to a worker failed (the worker is retired for each).
@@ -408,6 +411,7 @@ mod tests {
             loaded: HashMap::new(),
             next_req: 0,
             broker: None,
+            served: false,
         };
         let side = (
             FrameReader::new(br, FrameLimit::DEFAULT, t),

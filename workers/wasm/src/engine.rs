@@ -69,6 +69,21 @@ pub struct PluginSpec {
     /// Public Loong's request envelope the guest reads around the caller's input, or `None`
     /// for the caller's input as given.
     pub envelope: Option<RequestEnvelope>,
+    /// This module compiled earlier, checked before it is mapped (see [`crate::artifact`]).
+    pub compiled: Option<loong_ipc::CompiledModule>,
+    /// Answer the compiled module when it is compiled afresh.
+    pub want_compiled: bool,
+}
+
+/// A load's plugin and what became of its compiled module.
+#[derive(Debug)]
+pub struct Load {
+    pub plugin: LoadedPlugin,
+    /// The module's sha256 (hex).
+    pub sha256: String,
+    pub compiled_use: loong_ipc::CompiledUse,
+    /// The module compiled afresh, when asked for.
+    pub compiled: Option<loong_ipc::CompiledModule>,
 }
 
 /// Who a call is addressed to, in public Loong's request envelope: the guest reads
@@ -121,6 +136,8 @@ impl From<loong_ipc::WasmPlugin> for PluginSpec {
             config: w.config.into_iter().collect(),
             guest_readable_config_keys: w.guest_readable_config_keys,
             sha256: w.sha256,
+            compiled: w.compiled,
+            want_compiled: w.want_compiled,
             blocked_import_prefixes: w.blocked_import_prefixes,
             envelope: match w.input {
                 loong_ipc::GuestInput::Envelope {
@@ -265,6 +282,8 @@ pub struct WasmEngine {
     engine: Engine,
     linker: Linker<HostState>,
     compile_timeout: Duration,
+    /// The key of the artifacts this engine makes and maps.
+    engine_key: String,
     /// The compiler thread's queue (see [`WasmEngine::compile`]).
     compiler: Mutex<mpsc::Sender<CompileJob>>,
     _ticker: Ticker,
@@ -339,6 +358,7 @@ impl WasmEngine {
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
         let compiler = Mutex::new(start_compiler(&engine)?);
         Ok(Self {
+            engine_key: crate::artifact::engine_key(&engine),
             engine,
             linker,
             compile_timeout: COMPILE_TIMEOUT,
@@ -381,8 +401,20 @@ impl WasmEngine {
         }
     }
 
+    /// The key of the artifacts this engine makes and maps.
+    pub fn engine_key(&self) -> &str {
+        &self.engine_key
+    }
+
     /// Checks, compiles and links one plugin. Nothing from the module runs.
     pub fn load(&self, spec: PluginSpec) -> Result<LoadedPlugin, LoadError> {
+        self.load_with_cache(spec).map(|l| l.plugin)
+    }
+
+    /// As [`WasmEngine::load`], mapping `spec.compiled` instead of compiling when it holds
+    /// for this module and engine (a refused one is compiled afresh, and the refusal told),
+    /// and answering the module's artifact when `spec.want_compiled` and it was compiled.
+    pub fn load_with_cache(&self, spec: PluginSpec) -> Result<Load, LoadError> {
         let plugin = spec.plugin_id.clone();
         let limits = clamp(&plugin, spec.limits)?;
         if spec.module.len() > limits.max_module_bytes {
@@ -392,12 +424,12 @@ impl WasmEngine {
                 cap: limits.max_module_bytes,
             });
         }
+        let actual = hex::encode(Sha256::digest(&spec.module));
         if let Some(pin) = &spec.sha256 {
             let pin = pin.trim().to_ascii_lowercase();
             if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(LoadError::BadDigestPin { plugin, pin });
             }
-            let actual = hex::encode(Sha256::digest(&spec.module));
             if actual != pin {
                 return Err(LoadError::DigestMismatch {
                     plugin,
@@ -407,7 +439,21 @@ impl WasmEngine {
             }
         }
         crate::precheck::precheck(&plugin, &spec.module)?;
-        let module = self.compile(&plugin, &spec.module)?;
+        let mapped = spec
+            .compiled
+            .as_ref()
+            .map(|c| crate::artifact::map(&self.engine, &self.engine_key, &actual, c));
+        let (module, compiled_use) = match mapped {
+            Some(Ok(module)) => (module, loong_ipc::CompiledUse::Mapped),
+            Some(Err(why)) => (
+                self.compile(&plugin, &spec.module)?,
+                loong_ipc::CompiledUse::Refused(why.to_string()),
+            ),
+            None => (
+                self.compile(&plugin, &spec.module)?,
+                loong_ipc::CompiledUse::Compiled,
+            ),
+        };
         check_imports(&plugin, &module, &spec.blocked_import_prefixes)?;
         let entrypoint = if spec.entrypoint.is_empty() {
             "run".to_owned()
@@ -428,7 +474,10 @@ impl WasmEngine {
             .iter()
             .filter_map(|key| Some((key.clone(), spec.config.get(key)?.clone())))
             .collect();
-        Ok(LoadedPlugin {
+        let compiled = (spec.want_compiled && compiled_use != loong_ipc::CompiledUse::Mapped)
+            .then(|| crate::artifact::produce(&module, &self.engine_key, &actual))
+            .flatten();
+        let plugin = LoadedPlugin {
             plugin_id: plugin,
             engine: self.engine.clone(),
             pre,
@@ -438,6 +487,12 @@ impl WasmEngine {
             config: Arc::new(config),
             envelope_prefix: spec.envelope.as_ref().map(RequestEnvelope::prefix),
             needs_memory,
+        };
+        Ok(Load {
+            plugin,
+            sha256: actual,
+            compiled_use,
+            compiled,
         })
     }
 }

@@ -25,13 +25,15 @@
 //! `Store`, an instantiation and the guest's own work.
 
 mod abi;
+mod artifact;
 mod engine;
 mod precheck;
 
 pub use abi::{ToolCallError, ToolCaller};
+pub use artifact::{engine_key, ArtifactRefusal};
 pub use engine::{
-    Invocation, InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, RequestEnvelope,
-    WasmEngine, ENVELOPE_OPERATION,
+    Invocation, InvokeError, Load, LoadError, LoadedPlugin, PluginLimits, PluginSpec,
+    RequestEnvelope, WasmEngine, ENVELOPE_OPERATION,
 };
 
 /// The host ABI version this engine implements.

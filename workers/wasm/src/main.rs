@@ -15,7 +15,6 @@ use loong_worker_runtime::{internal, thread_cpu_us, Handler, KernelLink};
 use loong_worker_wasm::{
     InvokeError, LoadError, LoadedPlugin, PluginSpec, ToolCallError, ToolCaller, WasmEngine,
 };
-use sha2::{Digest, Sha256};
 
 struct Worker {
     engine: WasmEngine,
@@ -99,14 +98,19 @@ impl Worker {
                         e.to_string(),
                     )));
                 }
-                let sha256 = hex::encode(Sha256::digest(&plugin.module));
                 let id = plugin.plugin_id.clone();
-                match self.engine.load(PluginSpec::from(*plugin)) {
+                let mut spec = PluginSpec::from(*plugin);
+                // An artifact is native code: it is made only before any guest code has run
+                // here (loongd refuses one from a worker that has served a call, too).
+                spec.want_compiled &= self.calls == 0;
+                match self.engine.load_with_cache(spec) {
                     Ok(loaded) => {
-                        self.plugins.insert(id.clone(), loaded);
+                        self.plugins.insert(id.clone(), loaded.plugin);
                         WorkerResponse::Loaded {
                             plugin_id: id,
-                            sha256,
+                            sha256: loaded.sha256,
+                            compiled_use: loaded.compiled_use,
+                            compiled: loaded.compiled,
                         }
                     }
                     Err(e) if e.poisons_worker() => {

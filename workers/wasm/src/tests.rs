@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{InvokeError, LoadError, LoadedPlugin, PluginLimits, PluginSpec, WasmEngine};
 
+mod compiled;
 mod upstream;
 
 fn engine() -> &'static WasmEngine {
@@ -90,6 +91,8 @@ fn example(name: &str) -> LoadedPlugin {
                 channel_id: m["channel_id"].as_str().map(String::from),
             },
         },
+        compiled: None,
+        want_compiled: false,
     };
     engine()
         .load(PluginSpec::from(wire))
