@@ -133,7 +133,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// A home whose gateway starts with loongd on `port`, with `extra` `[gateway]` keys.
-fn gateway_home(port: u16, extra: &str) -> Home {
+pub(crate) fn gateway_home(port: u16, extra: &str) -> Home {
     let home = Home::with_config(&format!(
         "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{extra}"
     ));

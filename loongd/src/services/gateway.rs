@@ -44,7 +44,7 @@ use loong_ipc::{
 };
 use loong_profiles::pack::Capability;
 
-use super::{Service, ServiceDef, ServiceError, ServiceHost, ServiceState};
+use super::{gateway_guard, Service, ServiceDef, ServiceError, ServiceHost, ServiceState};
 use crate::{
     authority::{Bearer, Decision},
     config::{GatewayConfig, GatewayListen},
@@ -71,17 +71,26 @@ fn answer<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, RemoteError> {
     wire::encode(v).map_err(effects::internal)
 }
 
-/// Serves one `gateway_*` kernel call.
+/// Serves one `gateway_*` kernel call, within loongd's own limits on the gateway
+/// (`gateway_guard`: its size, the gateway's rate, the bearer's token's calls in flight and
+/// rate, and the records of its refusals).
 pub(crate) async fn handle(
     host: &ServiceHost,
     worker: u64,
     call: ServiceCall,
 ) -> Result<Vec<u8>, RemoteError> {
+    if let Err(why) = host
+        .guard
+        .admit_call(&call.kind, call.payload.len(), Instant::now())
+    {
+        return Err(limited(host, worker, &call.kind, why).await);
+    }
     let kernel = &*host.kernel;
     match call.kind.as_str() {
         wire::KIND_GATEWAY_CHAT_START => {
             let b: GatewayChatStart =
                 wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
             let req: ChatRequest = wire::decode(&b.request).map_err(|e| bad(&call.kind, e))?;
             answer(&chat_start(host, worker, b.bearer, req)?)
         }
@@ -91,14 +100,17 @@ pub(crate) async fn handle(
         }
         wire::KIND_GATEWAY_AUTH => {
             let b: GatewayAuth = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            auth(kernel, worker, b.bearer.expose()).await
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            auth(host, worker, b.bearer.expose()).await
         }
         wire::KIND_GATEWAY_LIST => {
             let b: GatewayList = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
             answer(&list(kernel, worker, b.bearer.expose()).await?)
         }
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
             let chain = root_chain(worker);
             let actor = actor(worker, b.bearer.expose(), chain);
             effects::invoke::call(kernel, &actor, b.tool, b.input)
@@ -118,6 +130,58 @@ pub(crate) async fn handle(
             ErrorKind::NotFound,
             format!("kernel call {other} is not a gateway kernel call this loongd knows"),
         )),
+    }
+}
+
+/// A call past loongd's limits: refused, and recorded as a violation (coalesced past the
+/// budget): an honest worker's own limits keep it below them.
+async fn limited(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    why: gateway_guard::Limited,
+) -> RemoteError {
+    let message = why.to_string();
+    host.violation(worker, kind, &message).await;
+    let kind = match why {
+        gateway_guard::Limited::TooLarge { .. } => ErrorKind::BadRequest,
+        _ => ErrorKind::Overloaded,
+    };
+    RemoteError::new(kind, message)
+}
+
+/// The bearer's token's place among its calls in flight (held while the call runs), or the
+/// refusal: loongd's limits for a live token; for a secret that names none, `None` while
+/// refusals are recorded one by one (the call goes on, to be refused and recorded as
+/// before), else the refusal at once, counted into the window's one record.
+async fn admit_bearer(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    secret: &str,
+) -> Result<Option<gateway_guard::InFlight>, RemoteError> {
+    let checked = host
+        .kernel
+        .authority
+        .tokens
+        .check(secret)
+        .map_err(effects::internal)?;
+    match checked {
+        Ok(token) => match host.guard.admit_token(&token.id, Instant::now()) {
+            Ok(held) => Ok(Some(held)),
+            Err(why) => Err(limited(host, worker, kind, why).await),
+        },
+        Err(denial) => {
+            if host.record_refusal(gateway_guard::Refusal::Bearer, worker) {
+                return Ok(None);
+            }
+            Err(effects::denied(
+                DenialStage::Token,
+                Capability::ToolInvoke,
+                "gateway",
+                &format!("the bearer's token is not valid: {denial}"),
+            ))
+        }
     }
 }
 
@@ -352,8 +416,10 @@ fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
     out
 }
 
-/// The bearer's token, or why not (recorded).
-async fn auth(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
+/// The bearer's token, or why not (recorded; a token that may invoke no tool, past the
+/// refusal budget, is counted into the window's one record as a dead one is).
+async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
+    let kernel = &*host.kernel;
     let chain = root_chain(worker);
     let actor = actor(worker, secret, chain);
     // Decided without a record for each tool: the check is whether any is allowed.
@@ -404,12 +470,15 @@ async fn auth(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<u8>, Rem
             o.reason().unwrap_or_default()
         ),
     };
-    let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
-    effects::record(
-        kernel,
-        actor.event(crate::audit::Kind::PolicyDecision, detail),
-    )
-    .await?;
+    // A dead token's refusal was admitted to the record by `admit_bearer`.
+    if stage == DenialStage::Token || host.record_refusal(gateway_guard::Refusal::Bearer, worker) {
+        let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
+        effects::record(
+            kernel,
+            actor.event(crate::audit::Kind::PolicyDecision, detail),
+        )
+        .await?;
+    }
     Err(effects::denied(stage, cap, "gateway", &reason))
 }
 
@@ -483,7 +552,25 @@ pub(crate) fn worker_config(kernel: &Kernel, cfg: &GatewayConfig) -> serde_json:
         "requests_per_second": cfg.requests_per_second,
         "burst": cfg.burst,
         "models": models,
+        "test_raw_calls": test_raw_calls(),
     })
+}
+
+/// The environment variable that makes a debug build's gateway worker serve its test hook,
+/// which sends loongd the kernel calls a test describes as a compromised worker would
+/// (`workers/gateway/src/test_hook.rs`; tests/all/gateway_guard.rs). A release loongd never
+/// reads it.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_RAW_CALLS_ENV: &str = "LOONG_TEST_GATEWAY_RAW_CALLS";
+
+#[cfg(debug_assertions)]
+fn test_raw_calls() -> bool {
+    std::env::var_os(TEST_RAW_CALLS_ENV).is_some()
+}
+
+#[cfg(not(debug_assertions))]
+fn test_raw_calls() -> bool {
+    false
 }
 
 /// Binds `[gateway] listen` and starts the gateway worker under supervision.

@@ -20,6 +20,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod gateway;
+pub(crate) mod gateway_guard;
 
 use std::{
     collections::BTreeMap,
@@ -257,6 +258,7 @@ async fn supervise(
         name: def.name.clone(),
         token: def.token.clone(),
         worker: AtomicU64::new(0),
+        guard: gateway_guard::Guard::new(&kernel.config.gateway, Instant::now()),
     };
     let mut delay = SERVICE_BACKOFF.0;
     let mut attempt: u32 = 0;
@@ -337,6 +339,9 @@ pub(crate) struct ServiceHost {
     pub token: Option<String>,
     /// The worker serving now.
     pub worker: AtomicU64,
+    /// loongd's own limits on what the worker makes it do, and the coalescing of the
+    /// refusals it records (`gateway_guard`).
+    pub guard: Arc<gateway_guard::Guard>,
 }
 
 impl KernelCalls for ServiceHost {
@@ -366,8 +371,11 @@ impl ServiceHost {
     }
 
     /// Audits a kernel call a service worker must not make (the call is refused; the worker
-    /// keeps serving).
-    async fn violation(&self, worker: u64, kind: &str, why: &str) {
+    /// keeps serving). Past the refusal budget, counted into one record a window.
+    pub(crate) async fn violation(&self, worker: u64, kind: &str, why: &str) {
+        if !self.record_refusal(gateway_guard::Refusal::Violation, worker) {
+            return;
+        }
         self.kernel
             .audit
             .record_later(Event {
@@ -380,6 +388,57 @@ impl ServiceHost {
                 }),
             })
             .await;
+    }
+}
+
+impl ServiceHost {
+    /// Whether a refusal of `kind` by `worker` is recorded now (within the budget); else it
+    /// is counted, and the first of a window schedules the window's one record.
+    pub(crate) fn record_refusal(&self, kind: gateway_guard::Refusal, worker: u64) -> bool {
+        use gateway_guard::{Record, Refusal};
+        match self.guard.refusal(kind, Instant::now()) {
+            Record::Now => true,
+            Record::Counted(false) => false,
+            Record::Counted(true) => {
+                let (guard, kernel) = (self.guard.clone(), self.kernel.clone());
+                let (service, name) = (self.service.as_str(), self.name.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(gateway_guard::COALESCE_WINDOW).await;
+                    let n = guard.take_counted(kind);
+                    let window_ms =
+                        u64::try_from(gateway_guard::COALESCE_WINDOW.as_millis()).unwrap_or(0);
+                    let (event_kind, detail) = match kind {
+                        Refusal::Bearer => (
+                            Kind::PolicyDecision,
+                            serde_json::json!({
+                                "allowed": false, "stage": "token", "coalesced": n,
+                                "window_ms": window_ms, "service": service, "name": name,
+                                "worker": worker,
+                                "reason": "gateway authentications refused (a secret that names no live token, or a token that may invoke no tool), past the refusals recorded one by one",
+                            }),
+                        ),
+                        Refusal::Violation => (
+                            Kind::ProtocolViolation,
+                            serde_json::json!({
+                                "coalesced": n, "window_ms": window_ms, "service": service,
+                                "name": name, "worker": worker, "retired": false,
+                                "violation": "kernel calls refused, past the refusals recorded one by one",
+                            }),
+                        ),
+                    };
+                    kernel
+                        .audit
+                        .record_later(Event {
+                            kind: event_kind,
+                            actor: format!("worker:{worker}"),
+                            correlation: String::new(),
+                            detail,
+                        })
+                        .await;
+                });
+                false
+            }
+        }
     }
 }
 

@@ -146,7 +146,7 @@ impl Body for Held {
 }
 
 /// A typed refusal or answer.
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body_> {
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body_> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -358,6 +358,10 @@ async fn answer(
             json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             None,
         );
+    }
+    #[cfg(debug_assertions)]
+    if path == crate::test_hook::PATH && cfg.test_raw_calls {
+        return (crate::test_hook::serve(&shared.link, req).await, None);
     }
     if !matches!(
         path,

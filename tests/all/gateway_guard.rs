@@ -1,0 +1,217 @@
+//! loongd's own bounds on a gateway worker taken over (`loongd/src/services/gateway_guard.rs`):
+//! driven through the debug-build worker's test hook, which sends loongd the kernel calls a
+//! test describes past every limit of the worker's own, as a compromised worker would.
+//! Each bound has its positive control.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    gateway::{free_port, gateway_home, http, wait_for_gateway},
+    kernel_calls::{issue, json},
+    support::{text, Home},
+};
+
+const HOOK: &str = "/__test/kernel-calls";
+const RAW_CALLS_ENV: &str = "LOONG_TEST_GATEWAY_RAW_CALLS";
+/// loongd's refusal budget (`REFUSAL_RECORD_BURST`, `REFUSAL_RECORDS_PER_SECOND`).
+const RECORD_BURST: u64 = 100;
+const RECORDS_PER_SECOND: u64 = 20;
+
+fn hostile_gateway(extra: &str) -> (Home, u16) {
+    let port = free_port();
+    let home = gateway_home(port, extra);
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    (home, port)
+}
+
+/// Sends the script through the hook; loongd's answers: `{"ok", "errors", "messages"}`.
+fn calls(port: u16, script: serde_json::Value) -> serde_json::Value {
+    let (status, _, body) = http(
+        port,
+        "POST",
+        HOOK,
+        &[("Content-Type", "application/json")],
+        &script.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+fn count(v: &serde_json::Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or(0)
+}
+
+/// Every record, oldest first.
+fn records(home: &Home) -> Vec<serde_json::Value> {
+    let out = home.ctl(&["audit", "export", "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(json)
+        .collect()
+}
+
+/// Refusals of `kind` recorded for a worker: (one by one, the sum of the coalesced ones' counts, how
+/// many coalesced records).
+fn by_worker(records: &[serde_json::Value], kind: &str) -> (u64, u64, u64) {
+    let mut out = (0, 0, 0);
+    for r in records {
+        let actor = r["actor"].as_str().unwrap_or("");
+        if r["kind"] != kind || !actor.starts_with("worker:") || r["detail"]["allowed"] == true {
+            continue;
+        }
+        match r["detail"]["coalesced"].as_u64() {
+            Some(n) => {
+                out.1 += n;
+                out.2 += 1;
+            }
+            None => out.0 += 1,
+        }
+    }
+    out
+}
+
+/// A flood of refused bearers (made-up secrets to gateway_auth and gateway_invoke) and of
+/// kernel calls the gateway may not make, sent by the worker past its own budget: each is
+/// refused, at most the refusal budget is recorded one by one, and the rest are counted in
+/// coalesced records, so that none goes unrecorded and the trail grows by a bounded number
+/// of records. A live token is served all along (the control).
+#[test]
+fn gateway_guard_coalesces_a_flood_of_refusals_into_counted_records() {
+    const AUTHS: u64 = 600;
+    const INVOKES: u64 = 300;
+    const VIOLATIONS: u64 = 400;
+    let (home, port) = hostile_gateway("");
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let started = Instant::now();
+    let a = calls(
+        port,
+        serde_json::json!({"kind": "gateway_auth", "bearer": "made-up-{i}", "count": AUTHS}),
+    );
+    assert_eq!(a["errors"]["Denied"], AUTHS, "{a}");
+    let b = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": "made-up-b{i}", "tool": "echo", "count": INVOKES}),
+    );
+    assert_eq!(b["errors"]["Denied"], INVOKES, "{b}");
+    let v = calls(
+        port,
+        serde_json::json!({"kind": "channel_send", "pad": 8, "count": VIOLATIONS}),
+    );
+    assert_eq!(v["errors"]["Denied"], VIOLATIONS, "{v}");
+    let elapsed = started.elapsed().as_secs() + 1;
+    // The control: a live token is authenticated and its call served.
+    let ok = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": good, "tool": "echo", "count": 1}),
+    );
+    assert_eq!(count(&ok, "ok"), 1, "{ok}");
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/models",
+        &[("Authorization", format!("Bearer {good}").as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    // The windows' records are written a second after they open.
+    std::thread::sleep(Duration::from_secs(3));
+    let all = records(&home);
+    let (one_by_one, coalesced, windows) = by_worker(&all, "policy.decision");
+    let (v_one, v_coalesced, v_windows) = by_worker(&all, "protocol.violation");
+    // Every refusal is recorded, one by one or counted.
+    assert_eq!(
+        one_by_one + coalesced,
+        AUTHS + INVOKES,
+        "refused bearers: {one_by_one} one by one + {coalesced} counted"
+    );
+    assert_eq!(v_one + v_coalesced, VIOLATIONS, "{v_one} + {v_coalesced}");
+    // One by one only within the budget; the rest in few records.
+    assert!(
+        one_by_one + v_one <= RECORD_BURST + RECORDS_PER_SECOND * elapsed,
+        "{one_by_one} + {v_one} records one by one in {elapsed} s"
+    );
+    assert!(
+        windows >= 1 && windows <= elapsed + 1,
+        "{windows} coalesced records"
+    );
+    assert!(v_windows >= 1 && v_windows <= elapsed + 1, "{v_windows}");
+    assert!(home.ctl(&["audit", "verify"]).status.success());
+}
+
+/// A token's kernel calls through a worker that ignores its own limits: loongd serves at
+/// most CALLS_PER_REQUEST (4) times `burst` at once and refuses the rest (Overloaded, named
+/// for the token), and as many in flight as 4 × `max_streams_per_token`; another token is
+/// served meanwhile, and the first again once its bucket refills (the controls).
+#[test]
+fn gateway_guard_bounds_a_tokens_kernel_calls_per_second_and_in_flight() {
+    let (home, port) =
+        hostile_gateway("max_streams_per_token = 2\nrequests_per_second = 5\nburst = 10\n");
+    let (a, a_id) = issue(&home, &["tool.invoke:echo"]);
+    let (b, _) = issue(&home, &["tool.invoke:echo"]);
+    let (c, c_id) = issue(&home, &["tool.invoke:echo"]);
+    let started = Instant::now();
+    let r = calls(
+        port,
+        serde_json::json!({"kind": "gateway_auth", "bearer": a, "count": 300}),
+    );
+    let elapsed = started.elapsed().as_secs() + 1;
+    let served = count(&r, "ok");
+    assert!(
+        served >= 8 && served <= 40 + 20 * elapsed,
+        "{served} of token a's calls served in {elapsed} s: {r}"
+    );
+    assert_eq!(served + count(&r["errors"], "Overloaded"), 300, "{r}");
+    assert!(
+        r["messages"].to_string().contains(&a_id),
+        "the refusal names the token: {r}"
+    );
+    // Another token is served meanwhile; token a again a few seconds later.
+    let other = calls(
+        port,
+        serde_json::json!({"kind": "gateway_auth", "bearer": b, "count": 5}),
+    );
+    assert_eq!(count(&other, "ok"), 5, "{other}");
+    std::thread::sleep(Duration::from_secs(3));
+    let again = calls(
+        port,
+        serde_json::json!({"kind": "gateway_auth", "bearer": a, "count": 5}),
+    );
+    assert_eq!(count(&again, "ok"), 5, "{again}");
+
+    // In flight: 40 calls at once (within the burst of 40) of a fresh token; loongd serves
+    // at most 8 at a time, so some are refused for that.
+    let r = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": c, "tool": "echo", "count": 40}),
+    );
+    let messages = r["messages"].to_string();
+    assert!(
+        count(&r, "ok") >= 1 && messages.contains("in flight") && messages.contains(&c_id),
+        "{r}"
+    );
+}
+
+/// A kernel call above `max_body_bytes` × 2 + 64 KiB is refused before it is decoded; one
+/// within it is served (the control).
+#[test]
+fn gateway_guard_refuses_a_kernel_call_larger_than_the_body_limit_allows() {
+    let (home, port) = hostile_gateway("max_body_bytes = 65536\n");
+    let (good, _) = issue(&home, &["tool.invoke:echo"]);
+    let within = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": good, "tool": "echo", "pad": 150_000, "count": 1}),
+    );
+    assert_eq!(count(&within, "ok"), 1, "{within}");
+    let above = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": good, "tool": "echo", "pad": 200_000, "count": 1}),
+    );
+    assert_eq!(above["errors"]["BadRequest"], 1, "{above}");
+    assert!(
+        above["messages"].to_string().contains("max_body_bytes"),
+        "{above}"
+    );
+}
