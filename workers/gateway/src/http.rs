@@ -164,13 +164,27 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body_> {
     )
 }
 
-/// The secret of `Authorization: Bearer SECRET`, if the request has one.
-fn bearer(req: &Request<Incoming>) -> Option<BearerSecret> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, secret) = value.trim().split_once(' ')?;
-    let secret = secret.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then(|| BearerSecret::new(secret))
+/// The secret of `Authorization: Bearer SECRET`, or on `/v1/messages` of `x-api-key: SECRET`
+/// when the request has no `Authorization`.
+fn bearer(req: &Request<Incoming>, path: &str) -> Option<BearerSecret> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, secret) = value.trim().split_once(' ')?;
+        let secret = secret.trim();
+        return (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty())
+            .then(|| BearerSecret::new(secret));
+    }
+    // The Anthropic SDK's own header, on its route only; `Authorization`, when sent, is the
+    // one credential read (a request never carries two).
+    if path != "/v1/messages" {
+        return None;
+    }
+    let secret = req.headers().get(API_KEY)?.to_str().ok()?.trim();
+    (!secret.is_empty()).then(|| BearerSecret::new(secret))
 }
+
+/// The header the Anthropic SDK sends its key in.
+const API_KEY: &str = "x-api-key";
 
 /// Serves `listener` until loongd withdraws the `Serve` request; then stops accepting,
 /// waits for the requests in flight, and closes the streams.
@@ -404,11 +418,11 @@ async fn answer(
             );
         }
     }
-    let Some(secret) = bearer(&req) else {
+    let Some(secret) = bearer(&req, path) else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "no bearer token: send `Authorization: Bearer SECRET` with a token's secret (`loongctl gateway pair` or `loongctl tokens issue`)",
+            "no bearer token: send `Authorization: Bearer SECRET` (or `x-api-key: SECRET` on /v1/messages) with a token's secret (`loongctl gateway pair` or `loongctl tokens issue`)",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
