@@ -1023,3 +1023,37 @@ fn gateway_runs_stops_and_pairs_from_the_cli_and_status_counts_its_requests() {
     assert!(home.ctl(&["gateway", "run"]).status.success());
     wait_for_gateway(&home, port);
 }
+
+/// Over `/mcp`, a client that sends a `progressToken` is told of an approval wait by progress
+/// notifications naming the approval (loongd tells the worker which approval its call waits
+/// for: `gateway_waiting`), and answered with the tool's result once it is approved, a tool
+/// error once denied.
+#[test]
+fn gateway_mcp_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided() {
+    const TEST: &str =
+        "gateway_mcp_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let port = free_port();
+    let home = gateway_home(port, "");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let how = serde_json::json!({
+        "transport": "http", "url": format!("http://127.0.0.1:{port}/mcp"), "secret": secret,
+    });
+    let mut plan = crate::mcp_serve::approval_progress_plan();
+    if let Some(steps) = plan.as_array_mut() {
+        // The call without progress waits CALL_TIMEOUT (120 s) here: `mcp serve`'s test
+        // shows that answer.
+        steps.truncate(2);
+    }
+    let got = crate::mcp_serve::progress_client(&home, &how, &plan);
+    crate::mcp_serve::check_approval_progress(&got);
+}

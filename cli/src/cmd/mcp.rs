@@ -487,17 +487,11 @@ async fn report_approvals<T>(
             reports += 1;
             let note =
                 rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(reports))
-                    .with_message(approval_progress(id));
+                    .with_message(names::approval_progress(id));
             // A client that left is found out by the call's answer.
             let _ = peer.notify_progress(note).await;
         }
     }
-}
-
-/// The progress message of a call waiting for approval `id` (the gateway's `/mcp` says the
-/// same).
-pub fn approval_progress(id: &str) -> String {
-    format!("waiting for approval {id}: an operator approves it with `loongctl approvals approve {id}` (or denies it); the call is answered then")
 }
 
 /// One `invoke` under `token`, as `loongctl invoke` makes it; the approvals it waits for are

@@ -9,7 +9,11 @@
 //!   with the token's public id when the secret names one).
 //! - `gateway_list`: the tools the token may invoke, each decided as `mcp serve`'s dry run
 //!   decides it and recorded; one that needs an approval is offered and says so.
-//! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
+//! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited;
+//!   past the wait the worker gives it, answered `ApprovalPending` naming the approval it
+//!   waits for.
+//! - `gateway_waiting`: the approvals a `gateway_invoke` of this worker in flight waits for
+//!   (by its tag), so that `/mcp` reports them as MCP progress.
 //! - `gateway_chat_start`: decodes the caller's `ChatRequest` and spawns `chat_turn` under
 //!   the bearer, its events queued in this gateway worker's stream table (at most
 //!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped at the next
@@ -38,7 +42,7 @@ use tokio::sync::mpsc;
 use loong_ipc::{
     message::gateway::{
         self as wire, GatewayAuth, GatewayAuthed, GatewayChatNext, GatewayChatStart, GatewayInvoke,
-        GatewayList, GatewayStats, GatewayTool,
+        GatewayList, GatewayStats, GatewayTool, GatewayWaiting,
     },
     BearerSecret, DenialStage, ErrorKind, RemoteError, ServiceCall,
 };
@@ -49,6 +53,7 @@ use crate::{
     authority::{Bearer, Decision},
     config::{GatewayConfig, GatewayListen},
     effects::{self, Actor, Chain, Principal},
+    request::{RequestIo, StopCell, WaitCell, OUTPUT_BUDGET_BYTES},
     workers::plugins::State,
     workers::WorkerKind,
     Kernel,
@@ -111,11 +116,11 @@ pub(crate) async fn handle(
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
-            let chain = root_chain(worker);
-            let actor = actor(worker, b.bearer.expose(), chain);
-            effects::invoke::call(kernel, &actor, b.tool, b.input)
-                .await
-                .map(|r| r.output.into_bytes())
+            invoke(kernel, worker, b).await
+        }
+        wire::KIND_GATEWAY_WAITING => {
+            let b: GatewayWaiting = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            answer(&waiting_for(worker, b.tag))
         }
         wire::KIND_GATEWAY_STATS => {
             let b: GatewayStats = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -352,6 +357,107 @@ pub(crate) fn close_worker_streams(worker: u64) {
     let mut table = lock_streams();
     table.retain(|_, s| s.worker != worker);
     sweep(&mut table, Instant::now());
+}
+
+/// The approvals each `gateway_invoke` in flight waits for, by its worker and tag.
+type Waits = HashMap<(u64, u64), WaitCell>;
+
+fn waits() -> std::sync::MutexGuard<'static, Waits> {
+    static WAITS: OnceLock<Mutex<Waits>> = OnceLock::new();
+    WAITS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A call's entry in [`waits`], removed when the call ends.
+struct Registered((u64, u64));
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        waits().remove(&self.0);
+    }
+}
+
+/// The approvals call `tag` of `worker` waits for now (none: no such call in flight).
+fn waiting_for(worker: u64, tag: u64) -> Vec<String> {
+    waits()
+        .get(&(worker, tag))
+        .map(|w| {
+            w.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+        .unwrap_or_default()
+}
+
+/// `gateway_invoke`: the same call as `loongctl invoke --token`, with a request handle whose
+/// approvals the worker can ask for while it waits (`gateway_waiting`, for MCP progress);
+/// past `wait_ms`, answered `ApprovalPending` naming the approval it waits for.
+async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8>, RemoteError> {
+    let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+    // Its output (an approval's note and typed id) has no reader: read and dropped, so that
+    // a note never holds the call; the worker asks for the approvals instead.
+    let (out, mut notes) = mpsc::channel(1);
+    let (_input_tx, input) = mpsc::channel(1);
+    let io = RequestIo {
+        id: n,
+        conn: 0,
+        out,
+        budget: Arc::new(tokio::sync::Semaphore::new(OUTPUT_BUDGET_BYTES)),
+        stop: StopCell::default(),
+        waiting: WaitCell::default(),
+        input,
+        chat: None,
+    };
+    let key = (worker, b.tag);
+    let _registered = {
+        let mut table = waits();
+        if table.contains_key(&key) {
+            return Err(RemoteError::new(
+                ErrorKind::DuplicateId,
+                format!("kernel call gateway_invoke: call tag {} of this gateway is in flight already; use a new tag", b.tag),
+            ));
+        }
+        table.insert(key, io.waiting.clone());
+        Registered(key)
+    };
+    let actor = Actor {
+        who: Principal::Worker { worker },
+        bearer: Bearer::Secret(b.bearer.expose()),
+        chain: Chain::root(format!("gateway-{worker}/req-{n}")),
+        io: Some(&io),
+    };
+    let wait = Duration::from_millis(b.wait_ms.clamp(1, wire::MAX_GATEWAY_INVOKE_WAIT_MS));
+    let call = effects::invoke::call(kernel, &actor, b.tool, b.input);
+    tokio::pin!(call);
+    let until = tokio::time::sleep(wait);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            r = &mut call => return r.map(|r| r.output.into_bytes()),
+            Some(_note) = notes.recv() => {}
+            () = &mut until => break,
+        }
+    }
+    let first = io
+        .waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .first()
+        .cloned();
+    let ms = wait.as_millis();
+    Err(match first {
+        Some(approval) => RemoteError::new(
+            ErrorKind::ApprovalPending,
+            format!("the call did not finish within {ms} ms: approval {approval} is still pending; approve it with `loongctl approvals approve {approval}` and call again"),
+        )
+        .with_detail(loong_ipc::ErrorDetail::ApprovalPending { approval }),
+        None => RemoteError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("the call did not finish within {ms} ms"),
+        ),
+    })
 }
 
 fn root_chain(worker: u64) -> Chain {

@@ -21,6 +21,8 @@ use crate::http::{error, json, Body_};
 pub const PATH: &str = "/__test/kernel-calls";
 /// The most calls one script sends.
 const MAX_CALLS: usize = 5000;
+/// Numbers the hook's calls, far from the worker's own tags.
+static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
 /// The largest script.
 const MAX_SCRIPT_BYTES: usize = 64 << 20;
 
@@ -52,6 +54,8 @@ fn call(s: &Script, i: usize) -> Option<KernelRequest> {
                     bearer,
                     tool,
                     input,
+                    tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    wait_ms: 60_000,
                 },
             )
             .ok()
