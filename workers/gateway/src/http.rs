@@ -81,14 +81,33 @@ struct Shared {
     mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
     /// rmcp's sessions (the same manager `mcp` serves from).
     sessions: Arc<LocalSessionManager>,
-    /// The token (its limits key) each session was opened under, by session id.
-    session_owners: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+    /// The token each session was opened under, by session id.
+    session_owners: std::sync::Mutex<std::collections::HashMap<String, Owner>>,
     requests: AtomicU64,
     /// Requests and streams open (every route).
     open: AtomicU64,
     /// Requests in flight that a stop waits for (all but `/mcp`'s standalone GET streams).
     draining: AtomicU64,
 }
+
+/// The token an MCP session was opened under: its limits key, and the sha256 of the secret
+/// it was authenticated with (a secret names one token, so a later request of the session
+/// with the same secret is of that token: its checks need not wait for loongd's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    key: [u8; 32],
+    secret: [u8; 32],
+}
+
+fn secret_hash(secret: &BearerSecret) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose().as_bytes()).into()
+}
+
+/// A `gateway_auth` in flight.
+type Authenticating = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<String, Response<Body_>>> + Send + 'static>,
+>;
 
 /// Counts one open request or stream while it lives.
 struct Counted {
@@ -465,16 +484,42 @@ async fn answer(
             .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
         return (r, None);
     }
-    let token = match authenticate(&shared.link, &secret).await {
-        Ok(t) => t,
-        Err(r) => {
-            if r.status() == StatusCode::UNAUTHORIZED {
-                shared.failures.failed(Instant::now());
-            }
-            return (r, None);
+    // A request of an MCP session opened under this very secret: its token is known, so its
+    // limits, session checks and call go ahead while loongd authenticates the secret again
+    // (`pending`); it is answered only once loongd has, and refused as any other request is
+    // if the secret no longer names a live token (its call, decided in loongd under the same
+    // secret, was refused there too). Any other request waits for loongd's answer first.
+    let hash = secret_hash(&secret);
+    let known = (path == "/mcp")
+        .then(|| req.headers().get(SESSION_ID))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| {
+            shared
+                .session_owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(id)
+                .copied()
+        })
+        .filter(|o| o.secret == hash);
+    let (key, pending) = match known {
+        Some(owner) => {
+            let (link, s) = (shared.link.clone(), secret.clone());
+            let pending: Authenticating = Box::pin(async move { authenticate(&link, &s).await });
+            (owner.key, Some(pending))
         }
+        None => match authenticate(&shared.link, &secret).await {
+            Ok(t) => (limits::key(&t), None),
+            Err(r) => {
+                if r.status() == StatusCode::UNAUTHORIZED {
+                    shared.failures.failed(Instant::now());
+                }
+                return (r, None);
+            }
+        },
     };
-    let open = match shared.limits.admit(limits::key(&token), Instant::now()) {
+    let open = match shared.limits.admit(key, Instant::now()) {
         Ok(o) => o,
         Err(why) => {
             let mut r = error(
@@ -491,7 +536,6 @@ async fn answer(
     };
     let resp = match path {
         "/mcp" => {
-            let key = limits::key(&token);
             let opens = req.method() == Method::POST && !req.headers().contains_key(SESSION_ID);
             if opens {
                 if let Err(r) = session_room(shared, key).await {
@@ -511,7 +555,7 @@ async fn answer(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .get(id)
-                    .copied();
+                    .map(|o| o.key);
                 if owner != Some(key) {
                     return (
                         error(
@@ -559,7 +603,21 @@ async fn answer(
             };
             let req = Request::from_parts(parts, Full::new(bytes));
             let mut svc = shared.mcp.clone();
-            let r = match tower_service::Service::call(&mut svc, req).await {
+            let call = tower_service::Service::call(&mut svc, req);
+            let r = match pending {
+                None => call.await,
+                Some(pending) => {
+                    let (authed, r) = tokio::join!(pending, call);
+                    if let Err(refused) = authed {
+                        if refused.status() == StatusCode::UNAUTHORIZED {
+                            shared.failures.failed(Instant::now());
+                        }
+                        return (refused, Some(open));
+                    }
+                    r
+                }
+            };
+            let r = match r {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
@@ -569,7 +627,7 @@ async fn answer(
                         .session_owners
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id.to_string(), key);
+                        .insert(id.to_string(), Owner { key, secret: hash });
                 }
             }
             r
@@ -610,7 +668,7 @@ async fn session_room(shared: &Shared, key: [u8; 32]) -> Result<(), Response<Bod
     owners.retain(|id, _| ids.contains(id.as_str()));
     drop(ids);
     drop(live);
-    let mine = owners.values().filter(|k| **k == key).count();
+    let mine = owners.values().filter(|o| o.key == key).count();
     let why = if total >= MAX_MCP_SESSIONS {
         format!("the gateway holds {MAX_MCP_SESSIONS} MCP sessions, the most it serves; retry when one closes")
     } else if mine >= MAX_MCP_SESSIONS_PER_TOKEN {
