@@ -215,3 +215,38 @@ fn gateway_guard_refuses_a_kernel_call_larger_than_the_body_limit_allows() {
         "{above}"
     );
 }
+
+/// Refusals counted past the budget and not yet recorded when loongd stops are recorded at
+/// the gateway's stop, before loongd's last record: none is lost (a window's record was
+/// written a second after it opened, by a task the shutdown dropped).
+#[test]
+fn gateway_guard_records_the_counted_refusals_when_loongd_stops() {
+    const AUTHS: u64 = 2000;
+    let (home, port) = hostile_gateway("");
+    let a = calls(
+        port,
+        serde_json::json!({"kind": "gateway_auth", "bearer": "made-up-{i}", "count": AUTHS}),
+    );
+    assert_eq!(a["errors"]["Denied"], AUTHS, "{a}");
+    // At once, while the last window is open.
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    home.start();
+    let all = records(&home);
+    let (one_by_one, coalesced, windows) = by_worker(&all, "policy.decision");
+    assert!(windows >= 1, "the control: refusals were counted");
+    assert_eq!(
+        one_by_one + coalesced,
+        AUTHS,
+        "refused bearers: {one_by_one} one by one + {coalesced} counted"
+    );
+    // Recorded before loongd's last record.
+    let stopped = all
+        .iter()
+        .position(|r| r["kind"] == "daemon.stopped")
+        .expect("loongd's stop is recorded");
+    let last_counted = all
+        .iter()
+        .rposition(|r| r["detail"]["coalesced"].is_u64())
+        .expect("a counted record");
+    assert!(last_counted < stopped, "{last_counted} after {stopped}");
+}
