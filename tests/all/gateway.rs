@@ -1059,7 +1059,7 @@ fn gateway_mcp_reports_an_approval_wait_as_progress_and_answers_when_it_is_decid
 }
 
 /// One `/mcp` POST of `message` under `bearer` in session `session` (none: a new one).
-fn mcp_post(
+pub(crate) fn mcp_post(
     port: u16,
     bearer: &str,
     session: Option<&str>,

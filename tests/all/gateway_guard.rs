@@ -216,6 +216,118 @@ fn gateway_guard_refuses_a_kernel_call_larger_than_the_body_limit_allows() {
     );
 }
 
+/// The approvals pending now.
+fn pending_approvals(home: &Home) -> Vec<String> {
+    let out = home.ctl(&["approvals", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["state"] == "pending")
+                .filter_map(|x| x["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A warm `/mcp` session's request goes ahead while loongd authenticates its secret again,
+/// but makes no kernel call under it before loongd has confirmed it: when the confirmation
+/// is refused (here loongd's limit on the token's calls in flight, held full but for one
+/// place by the hook's calls waiting for approvals), nothing took effect for a request
+/// answered with the refusal. Each call is answered 200 and makes exactly one approval
+/// request (the control: the confirmation takes the free place first, then the call does);
+/// before, the confirmation and the call raced for the place, and a call whose confirmation
+/// lost asked for an approval and was answered 503.
+#[test]
+fn gateway_mcp_warm_session_calls_nothing_before_loongd_confirms_its_secret() {
+    let port = free_port();
+    let home = gateway_home(port, "max_streams_per_token = 1\n");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    // Three of the token's four places (4 × max_streams_per_token) held by calls waiting.
+    let holders = {
+        let secret = secret.clone();
+        std::thread::spawn(move || {
+            calls(
+                port,
+                serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo", "count": 3}),
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending_approvals(&home).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "three held calls: {}",
+            home.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut seen = pending_approvals(&home);
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let (status, headers, body) = crate::gateway::mcp_post(port, &secret, None, &init);
+    assert_eq!(status, 200, "{body}");
+    let session = headers
+        .iter()
+        .find(|(n, _)| n == "mcp-session-id")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("a session id: {headers:?}"));
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = crate::gateway::mcp_post(port, &secret, Some(&session), &initialized);
+    assert!(status == 202 || status == 200, "{status} {body}");
+    for n in 2..10u64 {
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"call": n}}});
+        let (secret, session) = (secret.clone(), session.clone());
+        let posted = std::thread::spawn(move || {
+            crate::gateway::mcp_post(port, &secret, Some(&session), &call)
+        });
+        // Its approval, denied at once, so that the call is answered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut asked = Vec::new();
+        while Instant::now() < deadline && !(posted.is_finished() && !asked.is_empty()) {
+            for id in pending_approvals(&home) {
+                if !seen.contains(&id) {
+                    assert!(home.ctl(&["approvals", "deny", &id]).status.success());
+                    seen.push(id.clone());
+                    asked.push(id);
+                }
+            }
+            if posted.is_finished() && asked.is_empty() {
+                // Give a call that went on after its answer the time to ask.
+                std::thread::sleep(Duration::from_millis(500));
+                for id in pending_approvals(&home) {
+                    if !seen.contains(&id) {
+                        seen.push(id.clone());
+                        asked.push(id);
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (status, _, body) = posted.join().expect("the call");
+        assert_eq!(
+            (status, asked.len()),
+            (200, 1),
+            "call {n}: answered {status} {body}, approvals asked {asked:?}\n{}",
+            home.log()
+        );
+    }
+    for id in pending_approvals(&home) {
+        let _ = home.ctl(&["approvals", "deny", &id]);
+    }
+    let _ = holders.join();
+}
+
 /// Refusals counted past the budget and not yet recorded when loongd stops are recorded at
 /// the gateway's stop, before loongd's last record: none is lost (a window's record was
 /// written a second after it opened, by a task the shutdown dropped).

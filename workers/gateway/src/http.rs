@@ -485,10 +485,11 @@ async fn answer(
         return (r, None);
     }
     // A request of an MCP session opened under this very secret: its token is known, so its
-    // limits, session checks and call go ahead while loongd authenticates the secret again
-    // (`pending`); it is answered only once loongd has, and refused as any other request is
-    // if the secret no longer names a live token (its call, decided in loongd under the same
-    // secret, was refused there too). Any other request waits for loongd's answer first.
+    // limits, session checks and MCP parsing go ahead while loongd authenticates the secret
+    // again (`pending`); its kernel calls (a tool's call, a listing) wait for loongd's answer
+    // (`confirmed`), so that nothing takes effect for a request then refused, and it is
+    // refused as any other request is if loongd did not confirm the secret (a token revoked,
+    // or loongd's limits). Any other request waits for loongd's answer first.
     let hash = secret_hash(&secret);
     let known = (path == "/mcp")
         .then(|| req.headers().get(SESSION_ID))
@@ -503,14 +504,20 @@ async fn answer(
                 .copied()
         })
         .filter(|o| o.secret == hash);
-    let (key, pending) = match known {
+    let (key, pending, confirmed) = match known {
         Some(owner) => {
             let (link, s) = (shared.link.clone(), secret.clone());
-            let pending: Authenticating = Box::pin(async move { authenticate(&link, &s).await });
-            (owner.key, Some(pending))
+            // The MCP handler makes no kernel call under the secret before this answer.
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let pending: Authenticating = Box::pin(async move {
+                let authed = authenticate(&link, &s).await;
+                let _ = tx.send(Some(authed.is_ok()));
+                authed
+            });
+            (owner.key, Some(pending), Some(rx))
         }
         None => match authenticate(&shared.link, &secret).await {
-            Ok(t) => (limits::key(&t), None),
+            Ok(t) => (limits::key(&t), None, None),
             Err(r) => {
                 if r.status() == StatusCode::UNAUTHORIZED {
                     shared.failures.failed(Instant::now());
@@ -568,7 +575,7 @@ async fn answer(
                 }
             }
             let (mut parts, body) = req.into_parts();
-            parts.extensions.insert(mcp::Bearer(secret));
+            parts.extensions.insert(mcp::Bearer { secret, confirmed });
             // Read here, under the limit, so that a chunked body past it (no Content-Length
             // to refuse it by) is a typed 413 rather than rmcp's 500.
             let limited = http_body_util::Limited::new(

@@ -42,9 +42,18 @@ const MCP_BRIDGE: &str = "mcp_stdio";
 /// Numbers this worker's `gateway_invoke` calls (`gateway_waiting` asks by it).
 static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The bearer of the HTTP request an MCP message came in (put there by the router).
+/// The bearer of the HTTP request an MCP message came in (put there by the router), and,
+/// for a request served while loongd authenticates its secret again (a warm session's), the
+/// answer to wait for: no kernel call is made under the secret before loongd has confirmed
+/// it, so that nothing takes effect (a tool's call, its approval request, a listing's
+/// records) for a request then refused.
 #[derive(Debug, Clone)]
-pub struct Bearer(pub BearerSecret);
+pub struct Bearer {
+    pub secret: BearerSecret,
+    /// `None`: confirmed already; else `Some(true)` once loongd confirms it, `Some(false)`
+    /// (or the sender gone) when it refused it.
+    pub confirmed: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+}
 
 /// The names of one session.
 type Table = names::SessionNames;
@@ -96,12 +105,28 @@ impl Mcp {
     }
 }
 
-fn bearer_of(ctx: &RequestContext<RoleServer>) -> Result<BearerSecret, ErrorData> {
-    ctx.extensions
+/// The request's bearer, once loongd has confirmed it (see [`Bearer`]).
+async fn bearer_of(ctx: &RequestContext<RoleServer>) -> Result<BearerSecret, ErrorData> {
+    let bearer = ctx
+        .extensions
         .get::<hyper::http::request::Parts>()
         .and_then(|p| p.extensions.get::<Bearer>())
-        .map(|b| b.0.clone())
-        .ok_or_else(|| ErrorData::internal_error("the request carries no bearer", None))
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("the request carries no bearer", None))?;
+    if let Some(mut confirmed) = bearer.confirmed {
+        let ok = confirmed
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
+        if !ok {
+            return Err(ErrorData::invalid_request(
+                "the request's bearer was refused by loongd; nothing was called under it",
+                None,
+            ));
+        }
+    }
+    Ok(bearer.secret)
 }
 
 /// The schema given for every tool: loongd does not hand out input schemas yet.
@@ -125,7 +150,7 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let bearer = bearer_of(&context)?;
+        let bearer = bearer_of(&context).await?;
         let tools = self
             .list(&bearer)
             .await?
@@ -140,7 +165,7 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let bearer = bearer_of(&context)?;
+        let bearer = bearer_of(&context).await?;
         let name = request.name.to_string();
         let known = self.table().offered.get(&name).cloned();
         let (loong, bridge_kind) = match known {
