@@ -362,3 +362,44 @@ fn gateway_guard_records_the_counted_refusals_when_loongd_stops() {
         .expect("a counted record");
     assert!(last_counted < stopped, "{last_counted} after {stopped}");
 }
+
+/// A token's chat turns hold its place among its kernel calls in flight until each ends,
+/// its stream read or not: a worker that starts turns and never reads them (their streams
+/// dropped, the turns still running) is refused past loongd's limit for the token (4 ×
+/// max_streams_per_token), while another token starts its own (the control). Before, a turn
+/// gave its place back once started, so that a token's turns at once were bounded only by
+/// the streams the worker holds for all tokens together.
+#[test]
+fn gateway_guard_bounds_a_tokens_chat_turns_running_at_once() {
+    const TURNS: u64 = 10;
+    const LIMIT: u64 = 4;
+    // Every answer stalls: the turns run on.
+    let provider = crate::agent::Provider::start(vec![crate::agent::Reply::Stall(Vec::new())]);
+    let port = free_port();
+    let home = Home::with_config(&provider.config(&format!(
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmax_streams_per_token = 1\n"
+    )));
+    std::fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"never\"\n",
+    )
+    .expect("pack");
+    crate::workers::install_examples(&home);
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:agent.turn"]);
+    let (other, _) = issue(&home, &["tool.invoke:agent.turn"]);
+    let started = calls(
+        port,
+        serde_json::json!({"kind": "gateway_chat_start", "bearer": secret, "count": TURNS}),
+    );
+    assert_eq!(count(&started, "ok"), LIMIT, "{started}");
+    assert_eq!(started["errors"]["Overloaded"], TURNS - LIMIT, "{started}");
+    // The control: another token's turn starts.
+    let control = calls(
+        port,
+        serde_json::json!({"kind": "gateway_chat_start", "bearer": other, "count": 1}),
+    );
+    assert_eq!(count(&control, "ok"), 1, "{control}");
+}

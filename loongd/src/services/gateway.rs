@@ -95,9 +95,9 @@ pub(crate) async fn handle(
         wire::KIND_GATEWAY_CHAT_START => {
             let b: GatewayChatStart =
                 wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
             let req: ChatRequest = wire::decode(&b.request).map_err(|e| bad(&call.kind, e))?;
-            answer(&chat_start(host, worker, b.bearer, req)?)
+            answer(&chat_start(host, worker, b.bearer, req, held)?)
         }
         wire::KIND_GATEWAY_CHAT_NEXT => {
             let b: GatewayChatNext = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -254,12 +254,16 @@ fn room(
     Ok(())
 }
 
-/// Starts a chat turn under `bearer`; its stream id.
+/// Starts a chat turn under `bearer`; its stream id. The turn holds its token's place among
+/// its kernel calls in flight (`held`) until it ends, its stream read or not: a turn whose
+/// stream was dropped still runs, so that the token's turns at once are bounded by loongd's
+/// own limit (`gateway_guard`), not by the streams the worker keeps open.
 fn chat_start(
     host: &ServiceHost,
     worker: u64,
     bearer: BearerSecret,
     req: ChatRequest,
+    held: Option<gateway_guard::InFlight>,
 ) -> Result<u64, RemoteError> {
     let now = Instant::now();
     let mut table = lock_streams();
@@ -269,6 +273,7 @@ fn chat_start(
     // The turn runs to its end (its records are written) even when its stream is dropped:
     // its events then go nowhere.
     tokio::spawn(async move {
+        let _held = held;
         if let Err(e) =
             crate::control::chat_api::chat_turn(&kernel, worker, &bearer, req, tx.clone()).await
         {

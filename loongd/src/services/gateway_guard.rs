@@ -13,8 +13,9 @@
 //! - serves a token's calls at most [`CALLS_PER_REQUEST`] times the rate and burst the
 //!   worker is configured to allow it in HTTP requests (`[gateway] requests_per_second`,
 //!   `burst`), and [`CALLS_PER_REQUEST`] times its open requests and streams
-//!   (`max_streams_per_token`) in flight at once: an honest worker never reaches these, as
-//!   each request makes its calls one after another;
+//!   (`max_streams_per_token`) in flight at once (a chat turn is in flight until it ends,
+//!   its stream read or not): an honest worker never reaches these, as each request makes
+//!   its calls one after another;
 //! - decodes no kernel call above `max_body_bytes` times [`BODY_EXPANSION`] plus
 //!   [`CALL_OVERHEAD_BYTES`] (what an honest worker sends for the largest body it accepts).
 //!

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, Request, Response, StatusCode};
 use loong_ipc::{
-    message::gateway::{self as wire, GatewayAuth, GatewayInvoke, GatewayList},
+    message::gateway::{self as wire, GatewayAuth, GatewayChatStart, GatewayInvoke, GatewayList},
     BearerSecret, KernelRequest, ServiceCall,
 };
 use loong_worker_runtime::{service::AsyncLink, KernelLinkError};
@@ -59,6 +59,16 @@ fn call(s: &Script, i: usize) -> Option<KernelRequest> {
                 },
             )
             .ok()
+        }
+        wire::KIND_GATEWAY_CHAT_START => {
+            let request = loong_agent_wire::chat::ChatRequest {
+                messages: vec![loong_agent_wire::chat::ChatMessage::User {
+                    text: format!("call {i}"),
+                }],
+                ..Default::default()
+            };
+            let request = wire::encode(&request).ok()?;
+            wire::request(&s.kind, &GatewayChatStart { bearer, request }).ok()
         }
         other => Some(KernelRequest::Service(ServiceCall {
             kind: other.to_string(),
