@@ -403,3 +403,49 @@ fn gateway_guard_bounds_a_tokens_chat_turns_running_at_once() {
     );
     assert_eq!(count(&control, "ok"), 1, "{control}");
 }
+
+/// A `gateway_invoke` asking for a short wait is given loongd's shortest
+/// (`MIN_GATEWAY_INVOKE_WAIT_MS`): a call waiting for an approval keeps its token's place
+/// among its calls in flight that long, so that a worker taken over cannot ask for
+/// approvals faster than its token's calls in flight allow (past them: `Overloaded`, no
+/// approval asked). Before, a call asking for a 200 ms wait was answered then and gave its
+/// place back while its approval stayed pending, and each batch asked for more.
+#[test]
+fn gateway_guard_a_short_invoke_wait_does_not_free_a_place_while_its_approval_is_pending() {
+    const LIMIT: u64 = 4;
+    let port = free_port();
+    let home = gateway_home(port, "max_streams_per_token = 1\n");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let script = serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
+        "count": LIMIT, "wait_ms": 200});
+    let first = {
+        let script = script.clone();
+        std::thread::spawn(move || calls(port, script))
+    };
+    // The control: the first batch's calls each ask for an approval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (pending_approvals(&home).len() as u64) < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "the first batch's approvals: {}",
+            home.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let second = calls(port, script);
+    let asked = pending_approvals(&home);
+    for id in &asked {
+        let _ = home.ctl(&["approvals", "deny", id]);
+    }
+    let _ = first.join();
+    assert_eq!(second["errors"]["Overloaded"], LIMIT, "{second}");
+    assert_eq!(asked.len() as u64, LIMIT, "{asked:?}");
+}

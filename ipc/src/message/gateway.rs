@@ -76,13 +76,20 @@ pub struct GatewayInvoke {
     /// approvals it waits for.
     pub tag: u64,
     /// How long loongd lets it wait (an approval's wait included, bounded by
-    /// [`MAX_GATEWAY_INVOKE_WAIT_MS`]): past it, the call is answered `ApprovalPending`
+    /// [`MIN_GATEWAY_INVOKE_WAIT_MS`] and [`MAX_GATEWAY_INVOKE_WAIT_MS`]): past it, the call
+    /// is answered `ApprovalPending`
     /// naming the approval it waits for (or `DeadlineExceeded`).
     pub wait_ms: u64,
 }
 
 /// The longest wait a [`GatewayInvoke`] may ask for (a day: an approval expires before).
 pub const MAX_GATEWAY_INVOKE_WAIT_MS: u64 = 86_400_000;
+/// The shortest wait loongd gives a [`GatewayInvoke`], whatever it asks for (the worker's
+/// own wait for a call whose client asked for no progress): a call answered early gives its
+/// token's place among its calls in flight back while the approval it asked for stays
+/// pending, so that a shorter wait would let a worker taken over ask for approvals far
+/// faster than calls waiting for them could.
+pub const MIN_GATEWAY_INVOKE_WAIT_MS: u64 = 120_000;
 
 /// [`KIND_GATEWAY_WAITING`]'s body: the [`GatewayInvoke::tag`] of a call in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -433,7 +433,10 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
         chain: Chain::root(format!("gateway-{worker}/req-{n}")),
         io: Some(&io),
     };
-    let wait = Duration::from_millis(b.wait_ms.clamp(1, wire::MAX_GATEWAY_INVOKE_WAIT_MS));
+    let wait = Duration::from_millis(b.wait_ms.clamp(
+        wire::MIN_GATEWAY_INVOKE_WAIT_MS,
+        wire::MAX_GATEWAY_INVOKE_WAIT_MS,
+    ));
     let call = effects::invoke::call(kernel, &actor, b.tool, b.input);
     tokio::pin!(call);
     let until = tokio::time::sleep(wait);

@@ -38,6 +38,13 @@ struct Script {
     #[serde(default)]
     pad: usize,
     count: usize,
+    /// A `gateway_invoke`'s wait (`wait_ms`).
+    #[serde(default = "default_wait_ms")]
+    wait_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    60_000
 }
 
 fn call(s: &Script, i: usize) -> Option<KernelRequest> {
@@ -55,7 +62,7 @@ fn call(s: &Script, i: usize) -> Option<KernelRequest> {
                     tool,
                     input,
                     tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    wait_ms: 60_000,
+                    wait_ms: s.wait_ms,
                 },
             )
             .ok()
