@@ -449,3 +449,42 @@ fn gateway_guard_a_short_invoke_wait_does_not_free_a_place_while_its_approval_is
     assert_eq!(second["errors"]["Overloaded"], LIMIT, "{second}");
     assert_eq!(asked.len() as u64, LIMIT, "{asked:?}");
 }
+
+/// A `gateway_invoke` the worker withdraws once it has asked for an approval gives its
+/// token's place among its calls in flight back, and the approval stays pending: loongd
+/// lets a token ask for approvals through the gateway only while it has fewer pending than
+/// its calls in flight may be (4 × max_streams_per_token); past it, a call is `Overloaded`
+/// and asks for none. Before, each batch of withdrawn calls asked for more.
+#[test]
+fn gateway_guard_bounds_a_tokens_pending_approvals_when_its_calls_are_withdrawn() {
+    const LIMIT: u64 = 4;
+    let port = free_port();
+    let home = gateway_home(port, "max_streams_per_token = 1\n");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let script = serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
+        "count": LIMIT, "timeout_ms": 1000});
+    let first = calls(port, script.clone());
+    // The control: the first batch's calls each asked for an approval.
+    assert_eq!(pending_approvals(&home).len() as u64, LIMIT, "{first}");
+    let second = calls(port, script);
+    let asked = pending_approvals(&home);
+    assert_eq!(second["errors"]["Overloaded"], LIMIT, "{second}");
+    assert_eq!(asked.len() as u64, LIMIT, "{asked:?}");
+    // Decided, they make room again.
+    for id in &asked {
+        assert!(home.ctl(&["approvals", "deny", id]).status.success());
+    }
+    let third = calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
+            "count": 1, "timeout_ms": 1000}),
+    );
+    assert_eq!(pending_approvals(&home).len(), 1, "{third}");
+}

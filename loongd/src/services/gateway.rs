@@ -115,7 +115,17 @@ pub(crate) async fn handle(
         }
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            if let Some(h) = &held {
+                let pending = kernel
+                    .authority
+                    .approvals
+                    .pending_of_token(h.token())
+                    .map_err(effects::internal)?;
+                if let Err(why) = host.guard.admit_approvals(h.token(), pending) {
+                    return Err(limited(host, worker, &call.kind, why).await);
+                }
+            }
             invoke(kernel, worker, b).await
         }
         wire::KIND_GATEWAY_WAITING => {

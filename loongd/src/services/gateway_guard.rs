@@ -15,7 +15,8 @@
 //!   `burst`), and [`CALLS_PER_REQUEST`] times its open requests and streams
 //!   (`max_streams_per_token`) in flight at once (a chat turn is in flight until it ends,
 //!   its stream read or not): an honest worker never reaches these, as each request makes
-//!   its calls one after another;
+//!   its calls one after another; and a token's `gateway_invoke` only while it has fewer
+//!   approvals pending than that (a call that ended gives its place back, its approval not);
 //! - decodes no kernel call above `max_body_bytes` times [`BODY_EXPANSION`] plus
 //!   [`CALL_OVERHEAD_BYTES`] (what an honest worker sends for the largest body it accepts).
 //!
@@ -126,6 +127,8 @@ pub(crate) enum Limited {
     Rate { token: String, limit: u32 },
     #[error("loongd counts the calls of {MAX_TRACKED_TOKENS} tokens through the gateway already; retry shortly")]
     Full,
+    #[error("token {token} has {pending} approvals pending, the most loongd lets it ask for through the gateway ({CALLS_PER_REQUEST} × gateway.max_streams_per_token); decide or let them expire, then retry")]
+    Approvals { token: String, pending: u64 },
     #[error("kernel call {kind} carries {bytes} bytes, above the {limit} loongd accepts from the gateway (gateway.max_body_bytes × {BODY_EXPANSION} + {CALL_OVERHEAD_BYTES}); send a smaller body")]
     TooLarge {
         kind: String,
@@ -164,6 +167,13 @@ pub(crate) struct Guard {
 pub(crate) struct InFlight {
     guard: Arc<Guard>,
     token: String,
+}
+
+impl InFlight {
+    /// The token's public id.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 impl Drop for InFlight {
@@ -255,6 +265,20 @@ impl Guard {
         })
     }
 
+    /// Admits a call of the token `token` that may ask for an approval, given its
+    /// `pending` approvals: at most as many as its calls in flight. A call that ended (its
+    /// wait over, or withdrawn by the worker) gives its place back while its approval stays
+    /// pending, so that the calls in flight alone do not bound the approvals asked.
+    pub(crate) fn admit_approvals(&self, token: &str, pending: u64) -> Result<(), Limited> {
+        if pending >= u64::from(self.in_flight) {
+            return Err(Limited::Approvals {
+                token: token.to_string(),
+                pending,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether one refusal of `kind` is recorded now or counted.
     pub(crate) fn refusal(&self, kind: Refusal, now: Instant) -> Record {
         let mut r = lock(&self.records);
@@ -333,6 +357,17 @@ mod tests {
         assert!(matches!(g.admit_token("a", now), Err(Limited::Rate { .. })));
         let later = now + Duration::from_secs(1);
         assert!(g.admit_token("a", later).is_ok(), "refilled by its rate");
+    }
+
+    #[test]
+    fn a_tokens_pending_approvals_are_bounded_by_its_calls_in_flight() {
+        let g = Guard::new(&config(2, 1, 1), Instant::now());
+        let limit = u64::from(2 * CALLS_PER_REQUEST);
+        assert!(g.admit_approvals("a", limit - 1).is_ok());
+        assert!(matches!(
+            g.admit_approvals("a", limit),
+            Err(Limited::Approvals { pending, .. }) if pending == limit
+        ));
     }
 
     #[test]

@@ -41,6 +41,9 @@ struct Script {
     /// A `gateway_invoke`'s wait (`wait_ms`).
     #[serde(default = "default_wait_ms")]
     wait_ms: u64,
+    /// How long the hook waits for each answer before it withdraws the call.
+    #[serde(default = "default_wait_ms")]
+    timeout_ms: u64,
 }
 
 fn default_wait_ms() -> u64 {
@@ -103,7 +106,8 @@ pub async fn serve(link: &AsyncLink, req: Request<Incoming>) -> Response<Body_> 
             return fail("a call does not encode");
         };
         let link = link.clone();
-        set.spawn(async move { link.call(req, std::time::Duration::from_secs(60)).await });
+        let timeout = std::time::Duration::from_millis(script.timeout_ms);
+        set.spawn(async move { link.call(req, timeout).await });
     }
     let (mut ok, mut errors, mut messages) = (0u64, BTreeMap::<String, u64>::new(), Vec::new());
     while let Some(done) = set.join_next().await {
