@@ -488,3 +488,43 @@ fn gateway_guard_bounds_a_tokens_pending_approvals_when_its_calls_are_withdrawn(
     );
     assert_eq!(pending_approvals(&home).len(), 1, "{third}");
 }
+
+/// A chat turn may ask for approvals as a tool's call does: a token with as many approvals
+/// pending as its calls in flight may be starts no turn (`Overloaded`), while another token
+/// starts one (the control).
+#[test]
+fn gateway_guard_refuses_a_chat_turn_of_a_token_with_its_approvals_pending() {
+    const LIMIT: u64 = 4;
+    let provider = crate::agent::Provider::start(vec![crate::agent::Reply::Stall(Vec::new())]);
+    let port = free_port();
+    let home = Home::with_config(&provider.config(&format!(
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmax_streams_per_token = 1\n"
+    )));
+    std::fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    std::fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    crate::workers::install_examples(&home);
+    home.start_env(&[(RAW_CALLS_ENV, "1")]);
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo", "tool.invoke:agent.turn"]);
+    let (other, _) = issue(&home, &["tool.invoke:agent.turn"]);
+    calls(
+        port,
+        serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
+            "count": LIMIT, "timeout_ms": 1000}),
+    );
+    assert_eq!(pending_approvals(&home).len() as u64, LIMIT);
+    let refused = calls(
+        port,
+        serde_json::json!({"kind": "gateway_chat_start", "bearer": secret, "count": 1}),
+    );
+    assert_eq!(refused["errors"]["Overloaded"], 1, "{refused}");
+    let control = calls(
+        port,
+        serde_json::json!({"kind": "gateway_chat_start", "bearer": other, "count": 1}),
+    );
+    assert_eq!(count(&control, "ok"), 1, "{control}");
+}

@@ -96,6 +96,7 @@ pub(crate) async fn handle(
             let b: GatewayChatStart =
                 wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            admit_approvals(host, worker, &call.kind, held.as_ref()).await?;
             let req: ChatRequest = wire::decode(&b.request).map_err(|e| bad(&call.kind, e))?;
             answer(&chat_start(host, worker, b.bearer, req, held)?)
         }
@@ -116,16 +117,7 @@ pub(crate) async fn handle(
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
-            if let Some(h) = &held {
-                let pending = kernel
-                    .authority
-                    .approvals
-                    .pending_of_token(h.token())
-                    .map_err(effects::internal)?;
-                if let Err(why) = host.guard.admit_approvals(h.token(), pending) {
-                    return Err(limited(host, worker, &call.kind, why).await);
-                }
-            }
+            admit_approvals(host, worker, &call.kind, held.as_ref()).await?;
             invoke(kernel, worker, b).await
         }
         wire::KIND_GATEWAY_WAITING => {
@@ -197,6 +189,30 @@ async fn admit_bearer(
                 &format!("the bearer's token is not valid: {denial}"),
             ))
         }
+    }
+}
+
+/// A call that may ask for an approval (a tool's call, a chat turn's) of the token holding
+/// `held`, or the refusal: loongd's limit on the approvals the token has pending
+/// (`gateway_guard`).
+async fn admit_approvals(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    held: Option<&gateway_guard::InFlight>,
+) -> Result<(), RemoteError> {
+    let Some(h) = held else {
+        return Ok(());
+    };
+    let pending = host
+        .kernel
+        .authority
+        .approvals
+        .pending_of_token(h.token())
+        .map_err(effects::internal)?;
+    match host.guard.admit_approvals(h.token(), pending) {
+        Ok(()) => Ok(()),
+        Err(why) => Err(limited(host, worker, kind, why).await),
     }
 }
 
