@@ -16,6 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The longest MCP tool name.
 pub const MAX_MCP_NAME_CHARS: usize = 64;
 
+/// The MCP progress message of a call waiting for approval `id` (`mcp serve` and the
+/// gateway's `/mcp` report the same, to a client that sent a `progressToken`).
+pub fn approval_progress(id: &str) -> String {
+    format!("waiting for approval {id}: an operator approves it with `loongctl approvals approve {id}` (or denies it); the call is answered then")
+}
+
 /// `name` escaped, before uniqueness.
 pub fn escape(name: &str) -> String {
     let mut out = String::new();

@@ -133,7 +133,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// A home whose gateway starts with loongd on `port`, with `extra` `[gateway]` keys.
-fn gateway_home(port: u16, extra: &str) -> Home {
+pub(crate) fn gateway_home(port: u16, extra: &str) -> Home {
     let home = Home::with_config(&format!(
         "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{extra}"
     ));
@@ -1022,4 +1022,107 @@ fn gateway_runs_stops_and_pairs_from_the_cli_and_status_counts_its_requests() {
     // And it runs again on the same address.
     assert!(home.ctl(&["gateway", "run"]).status.success());
     wait_for_gateway(&home, port);
+}
+
+/// Over `/mcp`, a client that sends a `progressToken` is told of an approval wait by progress
+/// notifications naming the approval (loongd tells the worker which approval its call waits
+/// for: `gateway_waiting`), and answered with the tool's result once it is approved, a tool
+/// error once denied.
+#[test]
+fn gateway_mcp_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided() {
+    const TEST: &str =
+        "gateway_mcp_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let port = free_port();
+    let home = gateway_home(port, "");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let how = serde_json::json!({
+        "transport": "http", "url": format!("http://127.0.0.1:{port}/mcp"), "secret": secret,
+    });
+    let mut plan = crate::mcp_serve::approval_progress_plan();
+    if let Some(steps) = plan.as_array_mut() {
+        // The call without progress waits CALL_TIMEOUT (120 s) here: `mcp serve`'s test
+        // shows that answer.
+        steps.truncate(2);
+    }
+    let got = crate::mcp_serve::progress_client(&home, &how, &plan);
+    crate::mcp_serve::check_approval_progress(&got);
+}
+
+/// One `/mcp` POST of `message` under `bearer` in session `session` (none: a new one).
+pub(crate) fn mcp_post(
+    port: u16,
+    bearer: &str,
+    session: Option<&str>,
+    message: &serde_json::Value,
+) -> (u16, Vec<(String, String)>, String) {
+    let auth = format!("Bearer {bearer}");
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2025-06-18"),
+    ];
+    if let Some(id) = session {
+        headers.push(("Mcp-Session-Id", id));
+    }
+    http(port, "POST", "/mcp", &headers, &message.to_string())
+}
+
+/// A request of an MCP session is answered only once loongd has authenticated its bearer
+/// again (the worker may start serving it meanwhile, from the session's known token): a
+/// token revoked mid-session is refused 401 on the session's next request, and its call ran
+/// nowhere; the same call just before the revocation is answered (the control).
+#[test]
+fn gateway_mcp_session_of_a_token_revoked_mid_session_is_refused_on_its_next_request() {
+    let port = free_port();
+    let home = gateway_home(port, "");
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let (status, headers, body) = mcp_post(port, &secret, None, &init);
+    assert_eq!(status, 200, "{body}");
+    let session = headers
+        .iter()
+        .find(|(n, _)| n == "mcp-session-id")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("a session id: {headers:?}"));
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = mcp_post(port, &secret, Some(&session), &initialized);
+    assert!(status == 202 || status == 200, "{status} {body}");
+    let call = |n: u64| {
+        serde_json::json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"call": n}}})
+    };
+    let (status, _, body) = mcp_post(port, &secret, Some(&session), &call(2));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#"\"call\":2"#) || body.contains(r#""call":2"#),
+        "{body}"
+    );
+    assert!(home.ctl(&["tokens", "revoke", &id]).status.success());
+    let (status, _, body) = mcp_post(port, &secret, Some(&session), &call(3));
+    assert_eq!(
+        (status, error_type(&body).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    // Only the call before the revocation ran.
+    let invoked = crate::kernel_calls::trail(&home, &id)
+        .iter()
+        .filter(|r| r["kind"] == "tool.invoked")
+        .count();
+    assert_eq!(invoked, 1, "{}", home.log());
 }

@@ -37,6 +37,12 @@ def oa_client(key, header):
     return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
 
 def an_client(key, header):
+    if header == "x-api-key":
+        # The key in x-api-key alone, as Anthropic's SDKs send `api_key` (this one would
+        # send it as a bearer: that header is omitted).
+        # A wrong api_key: were its Authorization sent, the request would be refused.
+        return anthropic.Anthropic(base_url=base, api_key="not-the-key", max_retries=0,
+                                   default_headers={"Authorization": anthropic.Omit(), "X-Api-Key": key})
     if header == "basic":
         # No bearer: another scheme in Authorization.
         return anthropic.Anthropic(base_url=base, api_key=key, max_retries=0,
@@ -292,6 +298,53 @@ fn gateway_chat_without_the_turn_grant_is_403_and_without_a_token_401_in_each_sd
         "{refused}"
     );
     // Nothing reached the provider but the two allowed turns.
+    assert_eq!(provider.requests().len(), 2, "{:?}", provider.requests());
+}
+
+/// `x-api-key`, the header Anthropic's SDKs send `api_key` in, is the bearer on
+/// `/v1/messages` (and only there) when the request has no `Authorization`: the SDK's turn is
+/// served, streaming and not, with its caller tools; refused as a bearer is, 403 for a token
+/// without the turn's grant and 401 for a made-up key; on `/v1/chat/completions` it is no
+/// bearer (401).
+#[test]
+fn gateway_chat_the_anthropic_sdk_authenticates_with_x_api_key() {
+    let Some(py) = python() else {
+        return skip(
+            "gateway chat SDKs",
+            &format!("{VENV_PYTHON} cannot import openai and anthropic (`.ci/run` installs them)"),
+        );
+    };
+    let provider = Provider::start(vec![text_answer("hello there"), text_answer("hello again")]);
+    let port = free_port();
+    let home = chat_home(&provider, port);
+    home.start();
+    wait_for_gateway(&home, port);
+    let (allowed, _) = issue(&home, &[ASK]);
+    let (grantless, _) = issue(&home, &["tool.invoke:echo"]);
+    let plan = serde_json::json!([
+        {"sdk": "anthropic", "stream": false, "header": "x-api-key"},
+        {"sdk": "anthropic", "stream": true, "header": "x-api-key"},
+        {"sdk": "anthropic", "stream": false, "header": "x-api-key", "secret": grantless},
+        {"sdk": "anthropic", "stream": false, "header": "x-api-key", "secret": "made-up"},
+    ]);
+    let got = client(&home, py, port, &allowed, &plan);
+    assert_eq!(got[0]["text"], "hello there", "{}\n{}", got[0], home.log());
+    assert_eq!(got[1]["text"], "hello again", "{}", got[1]);
+    assert_eq!(got[2]["status"], 403, "{}", got[2]);
+    assert_eq!(got[3]["status"], 401, "{}", got[3]);
+    // Another route, or beside an `Authorization` of another scheme: no bearer.
+    let body = r#"{"model": "test-model", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}"#;
+    for (path, basic) in [("/v1/chat/completions", false), ("/v1/messages", true)] {
+        let mut headers = vec![
+            ("x-api-key", allowed.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        if basic {
+            headers.push(("Authorization", "Basic dXNlcjpwYXNz"));
+        }
+        let (status, _, answer) = http(port, "POST", path, &headers, body);
+        assert_eq!(status, 401, "{path}: {answer}");
+    }
     assert_eq!(provider.requests().len(), 2, "{:?}", provider.requests());
 }
 

@@ -25,6 +25,7 @@ mod egress_limits;
 mod file_binding;
 mod gateway;
 mod gateway_chat;
+mod gateway_guard;
 mod kernel_calls;
 mod keys;
 mod lists;

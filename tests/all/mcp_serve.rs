@@ -736,3 +736,171 @@ fn mcp_serve_answers_calls_beyond_those_it_holds_at_once() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The client for approval waits: each step calls a tool, with a progress callback when
+/// `progress` is set; the callback answers the approval its first report names (`answer`:
+/// `approve` or `deny`) with loongctl. Prints each call's result and the progress messages
+/// it saw. Over stdio (`mcp serve`) or streamable HTTP (the gateway's `/mcp`).
+pub(crate) const PROGRESS_CLIENT: &str = r#"
+import asyncio, json, re, sys
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+ctl, home, how, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+
+async def steps(s):
+    await s.initialize()
+    out = []
+    for step in plan:
+        seen, acted = [], []
+        async def on_progress(progress, total, message, step=step, seen=seen, acted=acted):
+            seen.append({"progress": progress, "message": message})
+            m = re.search(r"approval (\S+?):", message or "")
+            if m and not acted:
+                acted.append(m.group(1))
+                p = await asyncio.create_subprocess_exec(
+                    ctl, "--home", home, "approvals", step["answer"], m.group(1),
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                await p.wait()
+        cb = on_progress if step.get("progress") else None
+        r = await s.call_tool(step["name"], step.get("arguments", {}), progress_callback=cb)
+        out.append({"is_error": bool(r.is_error),
+                    "text": "".join(c.text for c in r.content if c.type == "text"),
+                    "structured": r.structured_content, "progress": seen, "answered": acted})
+    return out
+
+async def main():
+    if how["transport"] == "stdio":
+        params = StdioServerParameters(command=ctl, args=["--home", home, "mcp", "serve",
+                                       "--token-file", how["token_file"], "--timeout", "3"])
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as s:
+                out = await steps(s)
+    else:
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {how['secret']}"})
+        async with client:
+            async with streamable_http_client(how["url"], http_client=client) as (read, write, *_):
+                async with ClientSession(read, write) as s:
+                    out = await steps(s)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+/// Runs [`PROGRESS_CLIENT`] with `how` (its transport); its report, one entry per step.
+pub(crate) fn progress_client(
+    home: &Home,
+    how: &serde_json::Value,
+    plan: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let py = python().expect("checked by the caller");
+    let script = home.path().join("progress_client.py");
+    fs::write(&script, PROGRESS_CLIENT).expect("client script");
+    let out = Command::new(py)
+        .arg(&script)
+        .arg(bin("loongctl"))
+        .arg(home.path())
+        .arg(how.to_string())
+        .arg(plan.to_string())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the MCP client failed: {}\n{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout),
+        home.log()
+    );
+    json(&text(&out.stdout))
+        .as_array()
+        .cloned()
+        .expect("a list of results")
+}
+
+/// Checks a report of [`PROGRESS_CLIENT`] for the plan [approve with progress, deny with
+/// progress, no progress]: the first is answered with the tool's result once approved, after
+/// progress naming its approval; the second is a tool error saying it was denied; the third
+/// (no progress token) the tool error naming the approval, as before (when the plan has it).
+pub(crate) fn check_approval_progress(got: &[serde_json::Value]) {
+    assert!(got.len() >= 2, "{got:?}");
+    let approved = &got[0];
+    let id = approved["answered"][0].as_str().unwrap_or_default();
+    assert!(
+        !id.is_empty(),
+        "the first report names the approval: {approved}"
+    );
+    assert!(
+        approved["progress"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("waiting for approval {id}"))),
+        "{approved}"
+    );
+    assert_eq!(approved["is_error"], false, "{approved}");
+    assert_eq!(
+        approved["structured"]["n"], 1,
+        "the tool's own result: {approved}"
+    );
+    let denied = &got[1];
+    assert!(
+        !denied["answered"][0]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{denied}"
+    );
+    assert_eq!(denied["is_error"], true, "{denied}");
+    assert!(
+        denied["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("denied:")),
+        "{denied}"
+    );
+    let Some(plain) = got.get(2) else {
+        return;
+    };
+    assert_eq!(plain["is_error"], true, "{plain}");
+    assert!(
+        plain["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("is pending")),
+        "{plain}"
+    );
+    assert_eq!(plain["progress"], serde_json::json!([]), "{plain}");
+}
+
+/// The plan [`check_approval_progress`] checks.
+pub(crate) fn approval_progress_plan() -> serde_json::Value {
+    serde_json::json!([
+        {"name": "echo", "arguments": {"n": 1}, "progress": true, "answer": "approve"},
+        {"name": "echo", "arguments": {"n": 2}, "progress": true, "answer": "deny"},
+        {"name": "echo", "arguments": {"n": 3}},
+    ])
+}
+
+/// A client that sends a `progressToken` is told of an approval wait by progress
+/// notifications naming the approval, and answered with the tool's result once it is
+/// approved (a tool error once denied); without a progress token the call still ends at
+/// `--timeout` with the tool error naming the approval.
+#[test]
+fn mcp_serve_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided() {
+    const TEST: &str =
+        "mcp_serve_reports_an_approval_wait_as_progress_and_answers_when_it_is_decided";
+    if let Err(why) = python() {
+        return skip(TEST, &why);
+    }
+    let home = Home::new();
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    let (file, _) = token_file(&home, &["tool.invoke:echo"], "token");
+    let how = serde_json::json!({"transport": "stdio", "token_file": file});
+    let got = progress_client(&home, &how, &approval_progress_plan());
+    check_approval_progress(&got);
+}

@@ -24,7 +24,7 @@ use loong_ipc::{
     message::control::{BearerSecret, DecisionView, ToolSearchRequest, MAX_SEARCH_LIMIT},
     paths::Layout,
     ControlRequest, ControlResponse, ErrorDetail, ErrorKind, InvokeRequest, InvokeResult,
-    PluginView,
+    PluginView, StreamChunk,
 };
 use rmcp::{
     model::{
@@ -54,6 +54,11 @@ pub const MAX_MCP_CALLS_WAITING: usize = 64;
 pub const DEFAULT_MCP_CALL_TIMEOUT_SECS: f64 = 120.0;
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
 const MCP_BRIDGE: &str = "mcp_stdio";
+/// How long a call whose client asked for progress (a `progressToken`) may wait, an approval
+/// included: loongd's approval expires first (`[approvals] timeout_ms`), answering the call.
+pub const MAX_PROGRESS_CALL_SECS: u64 = 86_400;
+/// How often a call waiting for an approval reports progress again (each report names it).
+pub const APPROVAL_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest token file read (`--token-file`); a secret is far shorter.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
@@ -284,7 +289,7 @@ impl ServerHandler for Server {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
@@ -313,12 +318,26 @@ impl ServerHandler for Server {
             self.calls.acquire().await.map_err(|e| {
                 ErrorData::internal_error(format!("the call queue closed: {e}"), None)
             })?;
-        let (layout, token, deadline) = (self.layout.clone(), self.token.clone(), self.deadline);
+        let (layout, token) = (self.layout.clone(), self.token.clone());
         let tool = loong.clone();
-        let answer =
-            tokio::task::spawn_blocking(move || invoke(&layout, tool, input, token, deadline))
-                .await
-                .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None))?;
+        // A client that asked for progress is told of an approval wait while it lasts and
+        // answered when it ends; without, the call ends at the deadline naming the approval.
+        let progress = context.meta.get_progress_token();
+        let deadline = match progress {
+            Some(_) => self
+                .deadline
+                .max(Duration::from_secs(MAX_PROGRESS_CALL_SECS)),
+            None => self.deadline,
+        };
+        let (pending_tx, pending) = tokio::sync::mpsc::unbounded_channel();
+        let call = tokio::task::spawn_blocking(move || {
+            invoke(&layout, tool, input, token, deadline, pending_tx)
+        });
+        let answer = match progress {
+            Some(t) => report_approvals(&context.peer, t, pending, call).await,
+            None => call.await,
+        }
+        .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None))?;
         Ok(result(&loong, &bridge_kind, answer).into())
     }
 }
@@ -447,13 +466,43 @@ fn describe(p: &PluginView, tool: &str, own: Option<&String>, d: &DecisionView) 
     Some(text)
 }
 
-/// One `invoke` under `token`, as `loongctl invoke` makes it.
+/// Waits for `call`, reporting to the client each approval it waits for (`pending`) as a
+/// progress notification naming it, again every [`APPROVAL_PROGRESS_INTERVAL`].
+async fn report_approvals<T>(
+    peer: &rmcp::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut call: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let mut waiting: Option<String> = None;
+    let mut reports = 0u32;
+    let mut tick = tokio::time::interval(APPROVAL_PROGRESS_INTERVAL);
+    loop {
+        tokio::select! {
+            done = &mut call => return done,
+            Some(id) = pending.recv() => waiting = Some(id),
+            _ = tick.tick(), if waiting.is_some() => {}
+        }
+        if let Some(id) = &waiting {
+            reports += 1;
+            let note =
+                rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(reports))
+                    .with_message(names::approval_progress(id));
+            // A client that left is found out by the call's answer.
+            let _ = peer.notify_progress(note).await;
+        }
+    }
+}
+
+/// One `invoke` under `token`, as `loongctl invoke` makes it; the approvals it waits for are
+/// sent to `pending` as loongd names them.
 fn invoke(
     layout: &Layout,
     tool: String,
     input: String,
     token: Option<BearerSecret>,
     deadline: Duration,
+    pending: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> anyhow::Result<InvokeResult> {
     let mut client = crate::connect(layout).map_err(|f| f.error)?;
     let id = client.start(
@@ -463,6 +512,9 @@ fn invoke(
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
     loop {
         match client.next_event::<ControlResponse>(id, until)? {
+            Event::Chunk(StreamChunk::ApprovalPending(id)) => {
+                let _ = pending.send(id);
+            }
             // Notes for people (an approval's instructions): the answer names the approval.
             Event::Chunk(_) => {}
             Event::Done(ControlResponse::Invoked(r)) => return Ok(r),

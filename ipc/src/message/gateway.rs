@@ -26,6 +26,9 @@ pub const KIND_GATEWAY_CHAT_START: &str = "gateway_chat_start";
 /// `ChatEvent`): empty when none arrived within loongd's wait (ask again); the last batch
 /// ends with `Done` or `Failed`, and the stream is gone after it.
 pub const KIND_GATEWAY_CHAT_NEXT: &str = "gateway_chat_next";
+/// The approvals a call of this worker in flight waits for now: [`GatewayWaiting`] →
+/// `Vec<String>` (their ids, oldest first; empty: none, or no such call).
+pub const KIND_GATEWAY_WAITING: &str = "gateway_waiting";
 /// The worker's figures for `loongctl gateway status`: [`GatewayStats`] → nothing.
 pub const KIND_GATEWAY_STATS: &str = "gateway_stats";
 
@@ -69,6 +72,29 @@ pub struct GatewayInvoke {
     pub tool: String,
     /// Its JSON input.
     pub input: String,
+    /// The worker's number for this call, by which [`KIND_GATEWAY_WAITING`] asks for the
+    /// approvals it waits for.
+    pub tag: u64,
+    /// How long loongd lets it wait (an approval's wait included, bounded by
+    /// [`MIN_GATEWAY_INVOKE_WAIT_MS`] and [`MAX_GATEWAY_INVOKE_WAIT_MS`]): past it, the call
+    /// is answered `ApprovalPending`
+    /// naming the approval it waits for (or `DeadlineExceeded`).
+    pub wait_ms: u64,
+}
+
+/// The longest wait a [`GatewayInvoke`] may ask for (a day: an approval expires before).
+pub const MAX_GATEWAY_INVOKE_WAIT_MS: u64 = 86_400_000;
+/// The shortest wait loongd gives a [`GatewayInvoke`], whatever it asks for (the worker's
+/// own wait for a call whose client asked for no progress): a call answered early gives its
+/// token's place among its calls in flight back while the approval it asked for stays
+/// pending, so that a shorter wait would let a worker taken over ask for approvals far
+/// faster than calls waiting for them could.
+pub const MIN_GATEWAY_INVOKE_WAIT_MS: u64 = 120_000;
+
+/// [`KIND_GATEWAY_WAITING`]'s body: the [`GatewayInvoke::tag`] of a call in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayWaiting {
+    pub tag: u64,
 }
 
 /// [`KIND_GATEWAY_CHAT_START`]'s body.
@@ -130,6 +156,8 @@ mod tests {
             bearer: BearerSecret::new("s3cret"),
             tool: "echo".into(),
             input: "{}".into(),
+            tag: 7,
+            wait_ms: 1000,
         };
         let req = request(KIND_GATEWAY_INVOKE, &body).expect("encodes");
         let call = req.encode(1, 1, 100).expect("a service kind");

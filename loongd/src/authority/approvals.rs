@@ -277,6 +277,18 @@ impl ApprovalStore {
         })
     }
 
+    /// How many requests asked under token `token` (its public id) are pending.
+    pub fn pending_of_token(&self, token: &str) -> Result<u64, TokenError> {
+        self.db(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND token = ?1",
+                params![token],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
     /// Moves a pending request to `state` (approved, denied, expired); `None` if it was not
     /// pending.
     pub fn resolve(

@@ -9,7 +9,11 @@
 //!   with the token's public id when the secret names one).
 //! - `gateway_list`: the tools the token may invoke, each decided as `mcp serve`'s dry run
 //!   decides it and recorded; one that needs an approval is offered and says so.
-//! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited.
+//! - `gateway_invoke`: the same call as `loongctl invoke --token`: decided, confined, audited;
+//!   past the wait the worker gives it, answered `ApprovalPending` naming the approval it
+//!   waits for.
+//! - `gateway_waiting`: the approvals a `gateway_invoke` of this worker in flight waits for
+//!   (by its tag), so that `/mcp` reports them as MCP progress.
 //! - `gateway_chat_start`: decodes the caller's `ChatRequest` and spawns `chat_turn` under
 //!   the bearer, its events queued in this gateway worker's stream table (at most
 //!   [`MAX_CHAT_STREAMS`] open; one not polled for [`CHAT_IDLE`] is dropped at the next
@@ -38,17 +42,18 @@ use tokio::sync::mpsc;
 use loong_ipc::{
     message::gateway::{
         self as wire, GatewayAuth, GatewayAuthed, GatewayChatNext, GatewayChatStart, GatewayInvoke,
-        GatewayList, GatewayStats, GatewayTool,
+        GatewayList, GatewayStats, GatewayTool, GatewayWaiting,
     },
     BearerSecret, DenialStage, ErrorKind, RemoteError, ServiceCall,
 };
 use loong_profiles::pack::Capability;
 
-use super::{Service, ServiceDef, ServiceError, ServiceHost, ServiceState};
+use super::{gateway_guard, Service, ServiceDef, ServiceError, ServiceHost, ServiceState};
 use crate::{
     authority::{Bearer, Decision},
     config::{GatewayConfig, GatewayListen},
     effects::{self, Actor, Chain, Principal},
+    request::{RequestIo, StopCell, WaitCell, OUTPUT_BUDGET_BYTES},
     workers::plugins::State,
     workers::WorkerKind,
     Kernel,
@@ -71,19 +76,29 @@ fn answer<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, RemoteError> {
     wire::encode(v).map_err(effects::internal)
 }
 
-/// Serves one `gateway_*` kernel call.
+/// Serves one `gateway_*` kernel call, within loongd's own limits on the gateway
+/// (`gateway_guard`: its size, the gateway's rate, the bearer's token's calls in flight and
+/// rate, and the records of its refusals).
 pub(crate) async fn handle(
     host: &ServiceHost,
     worker: u64,
     call: ServiceCall,
 ) -> Result<Vec<u8>, RemoteError> {
+    if let Err(why) = host
+        .guard
+        .admit_call(&call.kind, call.payload.len(), Instant::now())
+    {
+        return Err(limited(host, worker, &call.kind, why).await);
+    }
     let kernel = &*host.kernel;
     match call.kind.as_str() {
         wire::KIND_GATEWAY_CHAT_START => {
             let b: GatewayChatStart =
                 wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            admit_approvals(host, worker, &call.kind, held.as_ref()).await?;
             let req: ChatRequest = wire::decode(&b.request).map_err(|e| bad(&call.kind, e))?;
-            answer(&chat_start(host, worker, b.bearer, req)?)
+            answer(&chat_start(host, worker, b.bearer, req, held)?)
         }
         wire::KIND_GATEWAY_CHAT_NEXT => {
             let b: GatewayChatNext = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -91,19 +106,23 @@ pub(crate) async fn handle(
         }
         wire::KIND_GATEWAY_AUTH => {
             let b: GatewayAuth = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            auth(kernel, worker, b.bearer.expose()).await
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            auth(host, worker, b.bearer.expose()).await
         }
         wire::KIND_GATEWAY_LIST => {
             let b: GatewayList = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
             answer(&list(kernel, worker, b.bearer.expose()).await?)
         }
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            let chain = root_chain(worker);
-            let actor = actor(worker, b.bearer.expose(), chain);
-            effects::invoke::call(kernel, &actor, b.tool, b.input)
-                .await
-                .map(|r| r.output.into_bytes())
+            let held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
+            admit_approvals(host, worker, &call.kind, held.as_ref()).await?;
+            invoke(kernel, worker, b).await
+        }
+        wire::KIND_GATEWAY_WAITING => {
+            let b: GatewayWaiting = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            answer(&waiting_for(worker, b.tag))
         }
         wire::KIND_GATEWAY_STATS => {
             let b: GatewayStats = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -118,6 +137,82 @@ pub(crate) async fn handle(
             ErrorKind::NotFound,
             format!("kernel call {other} is not a gateway kernel call this loongd knows"),
         )),
+    }
+}
+
+/// A call past loongd's limits: refused, and recorded as a violation (coalesced past the
+/// budget): an honest worker's own limits keep it below them.
+async fn limited(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    why: gateway_guard::Limited,
+) -> RemoteError {
+    let message = why.to_string();
+    host.violation(worker, kind, &message).await;
+    let kind = match why {
+        gateway_guard::Limited::TooLarge { .. } => ErrorKind::BadRequest,
+        _ => ErrorKind::Overloaded,
+    };
+    RemoteError::new(kind, message)
+}
+
+/// The bearer's token's place among its calls in flight (held while the call runs), or the
+/// refusal: loongd's limits for a live token; for a secret that names none, `None` while
+/// refusals are recorded one by one (the call goes on, to be refused and recorded as
+/// before), else the refusal at once, counted into the window's one record.
+async fn admit_bearer(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    secret: &str,
+) -> Result<Option<gateway_guard::InFlight>, RemoteError> {
+    let checked = host
+        .kernel
+        .authority
+        .tokens
+        .check(secret)
+        .map_err(effects::internal)?;
+    match checked {
+        Ok(token) => match host.guard.admit_token(&token.id, Instant::now()) {
+            Ok(held) => Ok(Some(held)),
+            Err(why) => Err(limited(host, worker, kind, why).await),
+        },
+        Err(denial) => {
+            if host.record_refusal(gateway_guard::Refusal::Bearer, worker) {
+                return Ok(None);
+            }
+            Err(effects::denied(
+                DenialStage::Token,
+                Capability::ToolInvoke,
+                "gateway",
+                &format!("the bearer's token is not valid: {denial}"),
+            ))
+        }
+    }
+}
+
+/// A call that may ask for an approval (a tool's call, a chat turn's) of the token holding
+/// `held`, or the refusal: loongd's limit on the approvals the token has pending
+/// (`gateway_guard`).
+async fn admit_approvals(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    held: Option<&gateway_guard::InFlight>,
+) -> Result<(), RemoteError> {
+    let Some(h) = held else {
+        return Ok(());
+    };
+    let pending = host
+        .kernel
+        .authority
+        .approvals
+        .pending_of_token(h.token())
+        .map_err(effects::internal)?;
+    match host.guard.admit_approvals(h.token(), pending) {
+        Ok(()) => Ok(()),
+        Err(why) => Err(limited(host, worker, kind, why).await),
     }
 }
 
@@ -185,12 +280,16 @@ fn room(
     Ok(())
 }
 
-/// Starts a chat turn under `bearer`; its stream id.
+/// Starts a chat turn under `bearer`; its stream id. The turn holds its token's place among
+/// its kernel calls in flight (`held`) until it ends, its stream read or not: a turn whose
+/// stream was dropped still runs, so that the token's turns at once are bounded by loongd's
+/// own limit (`gateway_guard`), not by the streams the worker keeps open.
 fn chat_start(
     host: &ServiceHost,
     worker: u64,
     bearer: BearerSecret,
     req: ChatRequest,
+    held: Option<gateway_guard::InFlight>,
 ) -> Result<u64, RemoteError> {
     let now = Instant::now();
     let mut table = lock_streams();
@@ -200,6 +299,7 @@ fn chat_start(
     // The turn runs to its end (its records are written) even when its stream is dropped:
     // its events then go nowhere.
     tokio::spawn(async move {
+        let _held = held;
         if let Err(e) =
             crate::control::chat_api::chat_turn(&kernel, worker, &bearer, req, tx.clone()).await
         {
@@ -290,6 +390,110 @@ pub(crate) fn close_worker_streams(worker: u64) {
     sweep(&mut table, Instant::now());
 }
 
+/// The approvals each `gateway_invoke` in flight waits for, by its worker and tag.
+type Waits = HashMap<(u64, u64), WaitCell>;
+
+fn waits() -> std::sync::MutexGuard<'static, Waits> {
+    static WAITS: OnceLock<Mutex<Waits>> = OnceLock::new();
+    WAITS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A call's entry in [`waits`], removed when the call ends.
+struct Registered((u64, u64));
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        waits().remove(&self.0);
+    }
+}
+
+/// The approvals call `tag` of `worker` waits for now (none: no such call in flight).
+fn waiting_for(worker: u64, tag: u64) -> Vec<String> {
+    waits()
+        .get(&(worker, tag))
+        .map(|w| {
+            w.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+        .unwrap_or_default()
+}
+
+/// `gateway_invoke`: the same call as `loongctl invoke --token`, with a request handle whose
+/// approvals the worker can ask for while it waits (`gateway_waiting`, for MCP progress);
+/// past `wait_ms`, answered `ApprovalPending` naming the approval it waits for.
+async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8>, RemoteError> {
+    let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+    // Its output (an approval's note and typed id) has no reader: read and dropped, so that
+    // a note never holds the call; the worker asks for the approvals instead.
+    let (out, mut notes) = mpsc::channel(1);
+    let (_input_tx, input) = mpsc::channel(1);
+    let io = RequestIo {
+        id: n,
+        conn: 0,
+        out,
+        budget: Arc::new(tokio::sync::Semaphore::new(OUTPUT_BUDGET_BYTES)),
+        stop: StopCell::default(),
+        waiting: WaitCell::default(),
+        input,
+        chat: None,
+    };
+    let key = (worker, b.tag);
+    let _registered = {
+        let mut table = waits();
+        if table.contains_key(&key) {
+            return Err(RemoteError::new(
+                ErrorKind::DuplicateId,
+                format!("kernel call gateway_invoke: call tag {} of this gateway is in flight already; use a new tag", b.tag),
+            ));
+        }
+        table.insert(key, io.waiting.clone());
+        Registered(key)
+    };
+    let actor = Actor {
+        who: Principal::Worker { worker },
+        bearer: Bearer::Secret(b.bearer.expose()),
+        chain: Chain::root(format!("gateway-{worker}/req-{n}")),
+        io: Some(&io),
+    };
+    let wait = Duration::from_millis(b.wait_ms.clamp(
+        wire::MIN_GATEWAY_INVOKE_WAIT_MS,
+        wire::MAX_GATEWAY_INVOKE_WAIT_MS,
+    ));
+    let call = effects::invoke::call(kernel, &actor, b.tool, b.input);
+    tokio::pin!(call);
+    let until = tokio::time::sleep(wait);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            r = &mut call => return r.map(|r| r.output.into_bytes()),
+            Some(_note) = notes.recv() => {}
+            () = &mut until => break,
+        }
+    }
+    let first = io
+        .waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .first()
+        .cloned();
+    let ms = wait.as_millis();
+    Err(match first {
+        Some(approval) => RemoteError::new(
+            ErrorKind::ApprovalPending,
+            format!("the call did not finish within {ms} ms: approval {approval} is still pending; approve it with `loongctl approvals approve {approval}` and call again"),
+        )
+        .with_detail(loong_ipc::ErrorDetail::ApprovalPending { approval }),
+        None => RemoteError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("the call did not finish within {ms} ms"),
+        ),
+    })
+}
+
 fn root_chain(worker: u64) -> Chain {
     let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     Chain::root(format!("gateway-{worker}/req-{n}"))
@@ -352,8 +556,10 @@ fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
     out
 }
 
-/// The bearer's token, or why not (recorded).
-async fn auth(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
+/// The bearer's token, or why not (recorded; a token that may invoke no tool, past the
+/// refusal budget, is counted into the window's one record as a dead one is).
+async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
+    let kernel = &*host.kernel;
     let chain = root_chain(worker);
     let actor = actor(worker, secret, chain);
     // Decided without a record for each tool: the check is whether any is allowed.
@@ -404,12 +610,15 @@ async fn auth(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<u8>, Rem
             o.reason().unwrap_or_default()
         ),
     };
-    let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
-    effects::record(
-        kernel,
-        actor.event(crate::audit::Kind::PolicyDecision, detail),
-    )
-    .await?;
+    // A dead token's refusal was admitted to the record by `admit_bearer`.
+    if stage == DenialStage::Token || host.record_refusal(gateway_guard::Refusal::Bearer, worker) {
+        let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
+        effects::record(
+            kernel,
+            actor.event(crate::audit::Kind::PolicyDecision, detail),
+        )
+        .await?;
+    }
     Err(effects::denied(stage, cap, "gateway", &reason))
 }
 
@@ -483,7 +692,25 @@ pub(crate) fn worker_config(kernel: &Kernel, cfg: &GatewayConfig) -> serde_json:
         "requests_per_second": cfg.requests_per_second,
         "burst": cfg.burst,
         "models": models,
+        "test_raw_calls": test_raw_calls(),
     })
+}
+
+/// The environment variable that makes a debug build's gateway worker serve its test hook,
+/// which sends loongd the kernel calls a test describes as a compromised worker would
+/// (`workers/gateway/src/test_hook.rs`; tests/all/gateway_guard.rs). A release loongd never
+/// reads it.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_RAW_CALLS_ENV: &str = "LOONG_TEST_GATEWAY_RAW_CALLS";
+
+#[cfg(debug_assertions)]
+fn test_raw_calls() -> bool {
+    std::env::var_os(TEST_RAW_CALLS_ENV).is_some()
+}
+
+#[cfg(not(debug_assertions))]
+fn test_raw_calls() -> bool {
+    false
 }
 
 /// Binds `[gateway] listen` and starts the gateway worker under supervision.

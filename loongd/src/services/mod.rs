@@ -20,6 +20,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod gateway;
+pub(crate) mod gateway_guard;
 
 use std::{
     collections::BTreeMap,
@@ -235,7 +236,7 @@ async fn supervise(
     def: ServiceDef,
     spec: ServeSpec,
     state: Arc<ServiceState>,
-    mut stop: watch::Receiver<Option<Duration>>,
+    stop: watch::Receiver<Option<Duration>>,
 ) {
     let mut kind = def.kind.clone();
     kind.egress_limits = (
@@ -257,7 +258,22 @@ async fn supervise(
         name: def.name.clone(),
         token: def.token.clone(),
         worker: AtomicU64::new(0),
+        guard: gateway_guard::Guard::new(&kernel.config.gateway, Instant::now()),
     };
+    serve_until_stopped(&kernel, &def, &spec, &state, stop, &pool, &host).await;
+    host.flush_refusals().await;
+}
+
+/// Serves the service with restarts until it is stopped (or loongd shuts down).
+async fn serve_until_stopped(
+    kernel: &Arc<Kernel>,
+    def: &ServiceDef,
+    spec: &ServeSpec,
+    state: &Arc<ServiceState>,
+    mut stop: watch::Receiver<Option<Duration>>,
+    pool: &Arc<Supervisor>,
+    host: &ServiceHost,
+) {
     let mut delay = SERVICE_BACKOFF.0;
     let mut attempt: u32 = 0;
     loop {
@@ -274,7 +290,7 @@ async fn supervise(
         let body = WorkerRequest::Serve(Box::new(spec.clone()));
         let st = state.clone();
         let ended = pool
-            .serve_service(body, &host, stopped, |id, pid| {
+            .serve_service(body, host, stopped, |id, pid| {
                 st.worker.store(id, Ordering::Relaxed);
                 st.pid.store(pid, Ordering::Relaxed);
                 st.worker_started_ms.store(
@@ -337,6 +353,9 @@ pub(crate) struct ServiceHost {
     pub token: Option<String>,
     /// The worker serving now.
     pub worker: AtomicU64,
+    /// loongd's own limits on what the worker makes it do, and the coalescing of the
+    /// refusals it records (`gateway_guard`).
+    pub guard: Arc<gateway_guard::Guard>,
 }
 
 impl KernelCalls for ServiceHost {
@@ -366,8 +385,11 @@ impl ServiceHost {
     }
 
     /// Audits a kernel call a service worker must not make (the call is refused; the worker
-    /// keeps serving).
-    async fn violation(&self, worker: u64, kind: &str, why: &str) {
+    /// keeps serving). Past the refusal budget, counted into one record a window.
+    pub(crate) async fn violation(&self, worker: u64, kind: &str, why: &str) {
+        if !self.record_refusal(gateway_guard::Refusal::Violation, worker) {
+            return;
+        }
         self.kernel
             .audit
             .record_later(Event {
@@ -381,6 +403,89 @@ impl ServiceHost {
             })
             .await;
     }
+}
+
+impl ServiceHost {
+    /// Whether a refusal of `kind` by `worker` is recorded now (within the budget); else it
+    /// is counted, and the first of a window schedules the window's one record.
+    pub(crate) fn record_refusal(&self, kind: gateway_guard::Refusal, worker: u64) -> bool {
+        use gateway_guard::Record;
+        match self.guard.refusal(kind, Instant::now()) {
+            Record::Now => true,
+            Record::Counted(false) => false,
+            Record::Counted(true) => {
+                let (guard, kernel) = (self.guard.clone(), self.kernel.clone());
+                let (service, name) = (self.service, self.name.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(gateway_guard::COALESCE_WINDOW).await;
+                    let n = guard.take_counted(kind);
+                    record_coalesced(&kernel, service, &name, worker, kind, n).await;
+                });
+                false
+            }
+        }
+    }
+}
+
+impl ServiceHost {
+    /// Records the refusals counted and not yet recorded (the service stops: a window's
+    /// scheduled record would be written after loongd's last, or never).
+    async fn flush_refusals(&self) {
+        let worker = self.worker.load(Ordering::Relaxed);
+        for kind in [
+            gateway_guard::Refusal::Bearer,
+            gateway_guard::Refusal::Violation,
+        ] {
+            let n = self.guard.take_counted(kind);
+            record_coalesced(&self.kernel, self.service, &self.name, worker, kind, n).await;
+        }
+    }
+}
+
+/// The one record of `n` refusals of `kind` counted in a window (none when `n` is 0: the
+/// window was recorded already, at the service's stop).
+async fn record_coalesced(
+    kernel: &Kernel,
+    service: Service,
+    name: &str,
+    worker: u64,
+    kind: gateway_guard::Refusal,
+    n: u64,
+) {
+    use gateway_guard::Refusal;
+    if n == 0 {
+        return;
+    }
+    let service = service.as_str();
+    let window_ms = u64::try_from(gateway_guard::COALESCE_WINDOW.as_millis()).unwrap_or(0);
+    let (event_kind, detail) = match kind {
+        Refusal::Bearer => (
+            Kind::PolicyDecision,
+            serde_json::json!({
+                "allowed": false, "stage": "token", "coalesced": n,
+                "window_ms": window_ms, "service": service, "name": name,
+                "worker": worker,
+                "reason": "gateway authentications refused (a secret that names no live token, or a token that may invoke no tool), past the refusals recorded one by one",
+            }),
+        ),
+        Refusal::Violation => (
+            Kind::ProtocolViolation,
+            serde_json::json!({
+                "coalesced": n, "window_ms": window_ms, "service": service,
+                "name": name, "worker": worker, "retired": false,
+                "violation": "kernel calls refused, past the refusals recorded one by one",
+            }),
+        ),
+    };
+    kernel
+        .audit
+        .record_later(Event {
+            kind: event_kind,
+            actor: format!("worker:{worker}"),
+            correlation: String::new(),
+            detail,
+        })
+        .await;
 }
 
 #[derive(Debug, PartialEq, Eq)]

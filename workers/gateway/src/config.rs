@@ -18,6 +18,11 @@ pub struct Config {
     pub burst: u32,
     /// The agent's configured model names (`/v1/models`).
     pub models: Vec<String>,
+    /// Whether the debug-build test hook is served (`test_hook.rs`; a release loongd never
+    /// sets it and a release worker has no hook).
+    #[serde(default)]
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    pub test_raw_calls: bool,
 }
 
 /// The `Host` names answered when `[gateway] allowed_hosts` is empty (any port).
@@ -106,6 +111,7 @@ mod tests {
             requests_per_second: 1,
             burst: 1,
             models: Vec::new(),
+            test_raw_calls: false,
         }
     }
 

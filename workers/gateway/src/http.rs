@@ -81,14 +81,33 @@ struct Shared {
     mcp: StreamableHttpService<mcp::Mcp, LocalSessionManager>,
     /// rmcp's sessions (the same manager `mcp` serves from).
     sessions: Arc<LocalSessionManager>,
-    /// The token (its limits key) each session was opened under, by session id.
-    session_owners: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+    /// The token each session was opened under, by session id.
+    session_owners: std::sync::Mutex<std::collections::HashMap<String, Owner>>,
     requests: AtomicU64,
     /// Requests and streams open (every route).
     open: AtomicU64,
     /// Requests in flight that a stop waits for (all but `/mcp`'s standalone GET streams).
     draining: AtomicU64,
 }
+
+/// The token an MCP session was opened under: its limits key, and the sha256 of the secret
+/// it was authenticated with (a secret names one token, so a later request of the session
+/// with the same secret is of that token: its checks need not wait for loongd's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    key: [u8; 32],
+    secret: [u8; 32],
+}
+
+fn secret_hash(secret: &BearerSecret) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose().as_bytes()).into()
+}
+
+/// A `gateway_auth` in flight.
+type Authenticating = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<String, Response<Body_>>> + Send + 'static>,
+>;
 
 /// Counts one open request or stream while it lives.
 struct Counted {
@@ -146,7 +165,7 @@ impl Body for Held {
 }
 
 /// A typed refusal or answer.
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body_> {
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body_> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -164,13 +183,27 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body_> {
     )
 }
 
-/// The secret of `Authorization: Bearer SECRET`, if the request has one.
-fn bearer(req: &Request<Incoming>) -> Option<BearerSecret> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, secret) = value.trim().split_once(' ')?;
-    let secret = secret.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then(|| BearerSecret::new(secret))
+/// The secret of `Authorization: Bearer SECRET`, or on `/v1/messages` of `x-api-key: SECRET`
+/// when the request has no `Authorization`.
+fn bearer(req: &Request<Incoming>, path: &str) -> Option<BearerSecret> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, secret) = value.trim().split_once(' ')?;
+        let secret = secret.trim();
+        return (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty())
+            .then(|| BearerSecret::new(secret));
+    }
+    // The Anthropic SDK's own header, on its route only; `Authorization`, when sent, is the
+    // one credential read (a request never carries two).
+    if path != "/v1/messages" {
+        return None;
+    }
+    let secret = req.headers().get(API_KEY)?.to_str().ok()?.trim();
+    (!secret.is_empty()).then(|| BearerSecret::new(secret))
 }
+
+/// The header the Anthropic SDK sends its key in.
+const API_KEY: &str = "x-api-key";
 
 /// Serves `listener` until loongd withdraws the `Serve` request; then stops accepting,
 /// waits for the requests in flight, and closes the streams.
@@ -359,6 +392,10 @@ async fn answer(
             None,
         );
     }
+    #[cfg(debug_assertions)]
+    if path == crate::test_hook::PATH && cfg.test_raw_calls {
+        return (crate::test_hook::serve(&shared.link, req).await, None);
+    }
     if !matches!(
         path,
         "/mcp" | "/v1/models" | "/v1/chat/completions" | "/v1/messages"
@@ -400,11 +437,11 @@ async fn answer(
             );
         }
     }
-    let Some(secret) = bearer(&req) else {
+    let Some(secret) = bearer(&req, path) else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "no bearer token: send `Authorization: Bearer SECRET` with a token's secret (`loongctl gateway pair` or `loongctl tokens issue`)",
+            "no bearer token: send `Authorization: Bearer SECRET` (or `x-api-key: SECRET` on /v1/messages) with a token's secret (`loongctl gateway pair` or `loongctl tokens issue`)",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -447,16 +484,49 @@ async fn answer(
             .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
         return (r, None);
     }
-    let token = match authenticate(&shared.link, &secret).await {
-        Ok(t) => t,
-        Err(r) => {
-            if r.status() == StatusCode::UNAUTHORIZED {
-                shared.failures.failed(Instant::now());
-            }
-            return (r, None);
+    // A request of an MCP session opened under this very secret: its token is known, so its
+    // limits, session checks and MCP parsing go ahead while loongd authenticates the secret
+    // again (`pending`); its kernel calls (a tool's call, a listing) wait for loongd's answer
+    // (`confirmed`), so that nothing takes effect for a request then refused, and it is
+    // refused as any other request is if loongd did not confirm the secret (a token revoked,
+    // or loongd's limits). Any other request waits for loongd's answer first.
+    let hash = secret_hash(&secret);
+    let known = (path == "/mcp")
+        .then(|| req.headers().get(SESSION_ID))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| {
+            shared
+                .session_owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(id)
+                .copied()
+        })
+        .filter(|o| o.secret == hash);
+    let (key, pending, confirmed) = match known {
+        Some(owner) => {
+            let (link, s) = (shared.link.clone(), secret.clone());
+            // The MCP handler makes no kernel call under the secret before this answer.
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let pending: Authenticating = Box::pin(async move {
+                let authed = authenticate(&link, &s).await;
+                let _ = tx.send(Some(authed.is_ok()));
+                authed
+            });
+            (owner.key, Some(pending), Some(rx))
         }
+        None => match authenticate(&shared.link, &secret).await {
+            Ok(t) => (limits::key(&t), None, None),
+            Err(r) => {
+                if r.status() == StatusCode::UNAUTHORIZED {
+                    shared.failures.failed(Instant::now());
+                }
+                return (r, None);
+            }
+        },
     };
-    let open = match shared.limits.admit(limits::key(&token), Instant::now()) {
+    let open = match shared.limits.admit(key, Instant::now()) {
         Ok(o) => o,
         Err(why) => {
             let mut r = error(
@@ -473,7 +543,6 @@ async fn answer(
     };
     let resp = match path {
         "/mcp" => {
-            let key = limits::key(&token);
             let opens = req.method() == Method::POST && !req.headers().contains_key(SESSION_ID);
             if opens {
                 if let Err(r) = session_room(shared, key).await {
@@ -493,7 +562,7 @@ async fn answer(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .get(id)
-                    .copied();
+                    .map(|o| o.key);
                 if owner != Some(key) {
                     return (
                         error(
@@ -506,7 +575,7 @@ async fn answer(
                 }
             }
             let (mut parts, body) = req.into_parts();
-            parts.extensions.insert(mcp::Bearer(secret));
+            parts.extensions.insert(mcp::Bearer { secret, confirmed });
             // Read here, under the limit, so that a chunked body past it (no Content-Length
             // to refuse it by) is a typed 413 rather than rmcp's 500.
             let limited = http_body_util::Limited::new(
@@ -541,7 +610,21 @@ async fn answer(
             };
             let req = Request::from_parts(parts, Full::new(bytes));
             let mut svc = shared.mcp.clone();
-            let r = match tower_service::Service::call(&mut svc, req).await {
+            let call = tower_service::Service::call(&mut svc, req);
+            let r = match pending {
+                None => call.await,
+                Some(pending) => {
+                    let (authed, r) = tokio::join!(pending, call);
+                    if let Err(refused) = authed {
+                        if refused.status() == StatusCode::UNAUTHORIZED {
+                            shared.failures.failed(Instant::now());
+                        }
+                        return (refused, Some(open));
+                    }
+                    r
+                }
+            };
+            let r = match r {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
@@ -551,7 +634,7 @@ async fn answer(
                         .session_owners
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id.to_string(), key);
+                        .insert(id.to_string(), Owner { key, secret: hash });
                 }
             }
             r
@@ -592,7 +675,7 @@ async fn session_room(shared: &Shared, key: [u8; 32]) -> Result<(), Response<Bod
     owners.retain(|id, _| ids.contains(id.as_str()));
     drop(ids);
     drop(live);
-    let mine = owners.values().filter(|k| **k == key).count();
+    let mine = owners.values().filter(|o| o.key == key).count();
     let why = if total >= MAX_MCP_SESSIONS {
         format!("the gateway holds {MAX_MCP_SESSIONS} MCP sessions, the most it serves; retry when one closes")
     } else if mine >= MAX_MCP_SESSIONS_PER_TOKEN {

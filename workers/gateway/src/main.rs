@@ -15,6 +15,8 @@ mod config;
 mod http;
 mod limits;
 mod mcp;
+#[cfg(debug_assertions)]
+mod test_hook;
 
 use std::os::fd::OwnedFd;
 

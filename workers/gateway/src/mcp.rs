@@ -11,7 +11,7 @@ use std::{
 
 use loong_ipc::{
     mcp_names as names,
-    message::gateway::{self as wire, GatewayInvoke, GatewayList, GatewayTool},
+    message::gateway::{self as wire, GatewayInvoke, GatewayList, GatewayTool, GatewayWaiting},
     BearerSecret, ErrorDetail, ErrorKind,
 };
 use loong_worker_runtime::{service::AsyncLink, KernelLinkError};
@@ -25,16 +25,35 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
 };
 
-/// How long a tool call may take, an approval's wait included.
+/// How long a tool call may take, an approval's wait included, when its client asked for no
+/// progress: past it, loongd answers naming the approval it waits for.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How much longer than the wait it asks loongd for the worker waits for loongd's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// How often a call whose client asked for progress asks loongd which approvals it waits for.
+pub const WAITING_POLL: Duration = Duration::from_secs(1);
+/// How often a call waiting for an approval reports progress again (each report names it).
+pub const APPROVAL_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a listing may take.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `bridge_kind` of an MCP server's plugin: its calls answer an MCP `CallToolResult`.
 const MCP_BRIDGE: &str = "mcp_stdio";
 
-/// The bearer of the HTTP request an MCP message came in (put there by the router).
+/// Numbers this worker's `gateway_invoke` calls (`gateway_waiting` asks by it).
+static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The bearer of the HTTP request an MCP message came in (put there by the router), and,
+/// for a request served while loongd authenticates its secret again (a warm session's), the
+/// answer to wait for: no kernel call is made under the secret before loongd has confirmed
+/// it, so that nothing takes effect (a tool's call, its approval request, a listing's
+/// records) for a request then refused.
 #[derive(Debug, Clone)]
-pub struct Bearer(pub BearerSecret);
+pub struct Bearer {
+    pub secret: BearerSecret,
+    /// `None`: confirmed already; else `Some(true)` once loongd confirms it, `Some(false)`
+    /// (or the sender gone) when it refused it.
+    pub confirmed: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+}
 
 /// The names of one session.
 type Table = names::SessionNames;
@@ -86,12 +105,28 @@ impl Mcp {
     }
 }
 
-fn bearer_of(ctx: &RequestContext<RoleServer>) -> Result<BearerSecret, ErrorData> {
-    ctx.extensions
+/// The request's bearer, once loongd has confirmed it (see [`Bearer`]).
+async fn bearer_of(ctx: &RequestContext<RoleServer>) -> Result<BearerSecret, ErrorData> {
+    let bearer = ctx
+        .extensions
         .get::<hyper::http::request::Parts>()
         .and_then(|p| p.extensions.get::<Bearer>())
-        .map(|b| b.0.clone())
-        .ok_or_else(|| ErrorData::internal_error("the request carries no bearer", None))
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("the request carries no bearer", None))?;
+    if let Some(mut confirmed) = bearer.confirmed {
+        let ok = confirmed
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
+        if !ok {
+            return Err(ErrorData::invalid_request(
+                "the request's bearer was refused by loongd; nothing was called under it",
+                None,
+            ));
+        }
+    }
+    Ok(bearer.secret)
 }
 
 /// The schema given for every tool: loongd does not hand out input schemas yet.
@@ -115,7 +150,7 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let bearer = bearer_of(&context)?;
+        let bearer = bearer_of(&context).await?;
         let tools = self
             .list(&bearer)
             .await?
@@ -130,7 +165,7 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let bearer = bearer_of(&context)?;
+        let bearer = bearer_of(&context).await?;
         let name = request.name.to_string();
         let known = self.table().offered.get(&name).cloned();
         let (loong, bridge_kind) = match known {
@@ -148,17 +183,77 @@ impl ServerHandler for Mcp {
             }
         };
         let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
+        // A client that asked for progress is told of an approval wait while it lasts and
+        // answered when it ends; without, the call ends at CALL_TIMEOUT naming the approval.
+        let progress = context.meta.get_progress_token();
+        let wait_ms = match progress {
+            Some(_) => wire::MAX_GATEWAY_INVOKE_WAIT_MS,
+            None => u64::try_from(CALL_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        };
+        let tag = NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = wire::request(
             wire::KIND_GATEWAY_INVOKE,
             &GatewayInvoke {
                 bearer,
                 tool: loong.clone(),
                 input,
+                tag,
+                wait_ms,
             },
         )
         .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let answer = self.link.call(req, CALL_TIMEOUT).await;
+        let call = self
+            .link
+            .call(req, Duration::from_millis(wait_ms) + ANSWER_GRACE);
+        let answer = match progress {
+            Some(token) => report_approvals(&self.link, &context.peer, token, tag, call).await,
+            None => call.await,
+        };
         Ok(result(&loong, &bridge_kind, answer).into())
+    }
+}
+
+/// Waits for `call` (tag `tag`), asking loongd every [`WAITING_POLL`] which approvals it
+/// waits for and reporting each to the client as a progress notification naming it, again
+/// every [`APPROVAL_PROGRESS_INTERVAL`].
+async fn report_approvals(
+    link: &AsyncLink,
+    peer: &rmcp::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+    tag: u64,
+    call: impl std::future::Future<Output = Result<Vec<u8>, KernelLinkError>>,
+) -> Result<Vec<u8>, KernelLinkError> {
+    tokio::pin!(call);
+    let mut poll =
+        tokio::time::interval_at(tokio::time::Instant::now() + WAITING_POLL, WAITING_POLL);
+    let (mut reported, mut last, mut reports) = (None::<String>, tokio::time::Instant::now(), 0u32);
+    loop {
+        tokio::select! {
+            done = &mut call => return done,
+            _ = poll.tick() => {}
+        }
+        let Ok(req) = wire::request(wire::KIND_GATEWAY_WAITING, &GatewayWaiting { tag }) else {
+            continue;
+        };
+        let Ok(bytes) = link.call(req, LIST_TIMEOUT).await else {
+            continue;
+        };
+        let Ok(ids) = wire::decode::<Vec<String>>(&bytes) else {
+            continue;
+        };
+        let Some(id) = ids.first() else {
+            continue;
+        };
+        if reported.as_ref() == Some(id) && last.elapsed() < APPROVAL_PROGRESS_INTERVAL {
+            continue;
+        }
+        reports += 1;
+        let note = rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(reports))
+            .with_message(names::approval_progress(id));
+        // A client that left is found out by the call's answer.
+        let _ = peer.notify_progress(note).await;
+        reported = Some(id.clone());
+        last = tokio::time::Instant::now();
     }
 }
 
