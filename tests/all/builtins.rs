@@ -118,8 +118,12 @@ fn builtin_tools_are_confined_to_their_grants_and_decided_on_their_effect() {
     assert_eq!(output(&out)["timed_out"], true);
     // What a command leaves running, even in a session of its own, ends with its call; while
     // the call runs, it runs (the control).
+    // The command waits up to 3 s (within the call's 5 s) for the first tick (a loaded machine
+    // may start the loop late), so the control does not depend on the machine's speed.
     let daemon = "setsid -f sh -c 'while :; do date +%s%N > tick; sleep 0.05; done' \
-                  </dev/null >/dev/null 2>&1; sleep 0.5; test -s tick && echo ticking";
+                  </dev/null >/dev/null 2>&1; \
+                  for i in $(seq 60); do test -s tick && break; sleep 0.05; done; \
+                  test -s tick && echo ticking";
     let (code, out, err) = call("shell.exec", serde_json::json!({"command": daemon}));
     assert_eq!(code, 0, "{err}");
     assert_eq!(output(&out)["stdout"], "ticking\n", "{out}");
