@@ -421,3 +421,28 @@ fn the_agent_is_offered_the_browser_tools_only_when_its_token_holds_browser_cont
         requests[1]
     );
 }
+
+#[test]
+fn tool_search_finds_the_browser_tools_exactly_when_the_browser_is_enabled() {
+    for enabled in [false, true] {
+        let home = Home::with_config(&format!(
+            "[browser]\nenabled = {enabled}\nchromium = \"/usr/bin/true\"\n"
+        ));
+        home.start();
+        let hits = crate::bridges::search(&home, &["screenshot of a page"]);
+        let browser: Vec<String> = hits
+            .iter()
+            .filter_map(|h| h["name"].as_str().map(String::from))
+            .filter(|n| n.starts_with("browser."))
+            .collect();
+        if enabled {
+            assert!(
+                browser.iter().any(|n| n == "browser.screenshot"),
+                "{hits:?}"
+            );
+        } else {
+            // The control: the same search without the browser finds none of its tools.
+            assert_eq!(browser, Vec::<String>::new(), "{hits:?}");
+        }
+    }
+}
