@@ -42,10 +42,34 @@ pub enum Setup {
     /// As above, with the idmap server (`loong-spawn --idmap`, as `loong-idmap.socket`
     /// runs it) listening on `/run/loong-idmap.sock` outside `no_new_privs`.
     NoNewPrivsWithIdmap,
-    /// Both ranges, and `/proc/sys` covered by a read-only bind of itself, as systemd's
-    /// `ProtectKernelTunables=` leaves it.
-    ProcSysOvermount,
+    /// Both ranges, and `/proc` as systemd 252 leaves it under `ProtectKernelTunables=` and
+    /// `ProtectKernelLogs=` alone: read-only binds over `/proc/sys`, `/proc/sysrq-trigger`
+    /// and the rest of its list, an inaccessible file over `/proc/kmsg`, `/proc/kcore` and
+    /// `/proc/kallsyms` ([`UNIT_PROC_LAYOUT`]).
+    ProtectKernelProc,
+    /// As above, with a `/proc` of `subset=pid,hidepid=invisible` mounted over it: the
+    /// rootless unit's layout (`ProcSubset=pid`, `ProtectProc=invisible`).
+    UnitProc,
 }
+
+/// The shell that gives the namespace's `/proc` the layout of [`Setup::ProtectKernelProc`]
+/// (`$1` is a directory for the inaccessible file), and with `$2 = subset` the instance of
+/// [`Setup::UnitProc`] over it. The lists are systemd 252's (`src/core/namespace.c`,
+/// `protect_kernel_tunables_proc_table` and `protect_kernel_logs_proc_table`); the lower
+/// `/proc` keeps these mounts under the new instance, as the host's `/proc` under the unit's
+/// root keeps its own.
+pub const UNIT_PROC_LAYOUT: &str = r#"
+    : > "$1/inaccessible"; chmod 0 "$1/inaccessible"
+    for p in acpi apm asound bus fs irq latency_stats mtrr scsi sys sysrq-trigger timer_stats; do
+        if [ -e "/proc/$p" ]; then mount --bind "/proc/$p" "/proc/$p"; mount -o remount,bind,ro "/proc/$p"; fi
+    done
+    for p in kallsyms kcore kmsg; do
+        if [ -e "/proc/$p" ]; then mount --bind "$1/inaccessible" "/proc/$p"; fi
+    done
+    if [ "$2" = subset ]; then
+        mount -t proc -o nosuid,nodev,noexec,subset=pid,hidepid=invisible loong-unit-proc /proc
+    fi
+"#;
 
 /// A mount namespace's files for the rootless user: `/etc` entries and a scratch directory
 /// for the overlay's layers.
@@ -125,14 +149,17 @@ impl Rootless {
             mount -t overlay loong-etc -o "lowerdir=/etc,upperdir=$1/layers/u,workdir=$1/layers/w" /etc
             for f in passwd group subuid subgid; do cat "$1/etc/$f" > "/etc/$f"; done
             if [ "$2" = no-tool ]; then mount --bind /dev/null /usr/bin/newuidmap; fi
-            if [ "$2" = proc-sys ]; then mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; fi
+            case "$2" in
+                unit-proc) sh -c "$6" sh "$1/layers" subset ;;
+                protect-kernel-proc) sh -c "$6" sh "$1/layers" - ;;
+            esac
             if [ "$2" = idmap ]; then
                 mount -t tmpfs -o mode=1777 loong-run /run
                 "$3" --reuid="$4" --regid="$4" --clear-groups "$5" --idmap /run/loong-idmap.sock </dev/null >/dev/null 2>"$1/idmap.log" &
                 echo $! > "$1/idmap.pid"
                 n=0; while [ ! -S /run/loong-idmap.sock ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
             fi
-            shift 5
+            shift 6
             exec "$@""#;
         let mut cmd = Command::new("unshare");
         cmd.args([
@@ -149,12 +176,14 @@ impl Rootless {
         .arg(match self.setup {
             Setup::NoTool => "no-tool",
             Setup::NoNewPrivsWithIdmap => "idmap",
-            Setup::ProcSysOvermount => "proc-sys",
+            Setup::ProtectKernelProc => "protect-kernel-proc",
+            Setup::UnitProc => "unit-proc",
             _ => "-",
         })
         .arg("setpriv")
         .arg(UID.to_string())
-        .arg(bin("loong-spawn"));
+        .arg(bin("loong-spawn"))
+        .arg(UNIT_PROC_LAYOUT);
         cmd.args(setpriv(matches!(
             self.setup,
             Setup::NoNewPrivs | Setup::NoNewPrivsWithIdmap
@@ -580,32 +609,99 @@ fn under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid() {
     assert!(answer.starts_with("error uid 0 may not ask"), "{answer}");
 }
 
-/// Why the rootless unit leaves `ProtectKernelTunables=` (and `ProtectKernelLogs=`) off: a
-/// mount over part of `/proc` is locked in every namespace a user namespace owns, and the
-/// kernel then refuses that namespace a new `/proc`, which every sandbox mounts for its pid
-/// namespace. Control: the same loongd without the overmount runs the sandbox.
+/// The rootless unit's `/proc` (`ProcSubset=pid` and `ProtectProc=invisible` over the mounts of
+/// `ProtectKernelTunables=` and `ProtectKernelLogs=`, [`Setup::UnitProc`]): sandboxes of every
+/// tier start, each in a `/proc` of its own (its pid namespace: its payload is pid 2, its
+/// reaper pid 1), and loongd's host report is the same as without the layout. Control, the
+/// kernel behaviour the unit relies on: the same locked mounts without the `subset=pid`
+/// instance over them, and the kernel refuses every sandbox its `/proc`.
 #[test]
-fn a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount() {
-    let test =
-        "rootless::a_rootless_sandbox_cannot_mount_its_proc_under_a_locked_proc_sys_overmount";
+fn rootless_sandboxes_run_under_the_rootless_units_proc_layout() {
+    let test = "rootless::rootless_sandboxes_run_under_the_rootless_units_proc_layout";
     if let Some(why) = unavailable() {
         skip(test, why);
         return;
     }
-    let run = |setup| {
-        let ns = Rootless::new(setup);
-        let home = ns.home("");
-        ns.start(&home);
-        ctl(
-            &home,
-            &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+    let doctor = |home: &Home| {
+        let out = ctl(home, &["doctor", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&out.stderr)));
+        (
+            v["mechanisms"].clone(),
+            v["tiers"].clone(),
+            v["error"].clone(),
         )
     };
-    let out = run(Setup::ProcSysOvermount);
+    let plain = Rootless::new(Setup::Ranges);
+    let plain_home = plain.home("");
+    plain.start(&plain_home);
+    let ns = Rootless::new(Setup::UnitProc);
+    let home = ns.home("");
+    let loongd = ns.start(&home);
+    // The layout is in place in loongd's namespace: the subset instance on top, the locked
+    // read-only `/proc/sys` under it.
+    let mountinfo = fs::read_to_string(format!("/proc/{loongd}/mountinfo")).expect("mountinfo");
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.contains(" /proc ") && l.contains("subset=pid")),
+        "{mountinfo}"
+    );
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.contains(" /proc/sys ") && l.contains(" ro,")),
+        "{mountinfo}"
+    );
+    assert!(!Path::new(&format!("/proc/{loongd}/root/proc/sys")).exists());
+    // The restricted tier's filter admits no shell (no `fork`): a program alone.
+    let out = ctl(
+        &home,
+        &["sandbox", "run", "--tier", "restricted", "--", "/bin/true"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "restricted: {}\n{}",
+        text(&out.stderr),
+        home.log()
+    );
+    for tier in ["balanced", "trusted"] {
+        let out = ctl(
+            &home,
+            &[
+                "sandbox",
+                "run",
+                "--tier",
+                tier,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo $$; ls /proc/sys",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tier}: {}\n{}",
+            text(&out.stderr),
+            home.log()
+        );
+        let stdout = text(&out.stdout);
+        assert_eq!(stdout.lines().next(), Some("2"), "{tier}: {stdout}");
+        assert!(stdout.lines().any(|l| l == "kernel"), "{tier}: {stdout}");
+    }
+    assert_eq!(doctor(&home), doctor(&plain_home));
+    // Control: the locked mounts alone.
+    let locked = Rootless::new(Setup::ProtectKernelProc);
+    let locked_home = locked.home("");
+    locked.start(&locked_home);
+    let out = ctl(
+        &locked_home,
+        &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+    );
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));
-    let out = run(Setup::Ranges);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 /// The idmap server answers a peer of another uid at once, before reading anything from it:

@@ -81,7 +81,11 @@ impl Lab {
     fn new(mode: Mode) -> Lab {
         use std::os::linux::net::SocketAddrExt;
         let as_nobody = mode == Mode::Nobody;
-        let rootless = (mode == Mode::Subordinate).then(|| Rootless::new(Setup::Ranges));
+        let rootless = match mode {
+            Mode::Subordinate => Some(Rootless::new(Setup::Ranges)),
+            Mode::SubordinateUnitProc => Some(Rootless::new(Setup::UnitProc)),
+            _ => None,
+        };
         // Unprivileged here means loongd's own uid (no subordinate ids): the degraded mode,
         // which must be chosen.
         let home = if let Some(ns) = &rootless {
@@ -263,6 +267,21 @@ fn escape_catalogue_rootless_with_subordinate_ids() {
     run_catalogue(&probe, Mode::Subordinate);
 }
 
+/// The rootless column again, with loongd's namespace given the rootless unit's `/proc`
+/// (`crate::rootless::Setup::UnitProc`): every row holds as without it.
+#[test]
+fn escape_catalogue_rootless_under_the_rootless_units_proc_layout() {
+    let test = "escape_catalogue_rootless_under_the_rootless_units_proc_layout";
+    let Some(probe) = probe_path(test) else {
+        return;
+    };
+    if let Some(why) = crate::rootless::unavailable() {
+        skip(test, why);
+        return;
+    }
+    run_catalogue(&probe, Mode::SubordinateUnitProc);
+}
+
 #[test]
 fn escape_catalogue_unprivileged() {
     let Some(probe) = probe_path("escape_catalogue_unprivileged") else {
@@ -304,6 +323,8 @@ enum Mode {
     Unprivileged,
     /// An ordinary user with subordinate ranges, in a mount namespace (`crate::rootless`).
     Subordinate,
+    /// As above, the namespace's `/proc` laid out as the rootless unit's.
+    SubordinateUnitProc,
 }
 
 /// Runs every row under `mode`.
@@ -345,7 +366,7 @@ fn run_catalogue(probe: &Path, mode: Mode) {
             ("trusted", row.trusted),
         ] {
             let Some(mut expect) = expect else { continue };
-            if mode == Mode::Subordinate {
+            if matches!(mode, Mode::Subordinate | Mode::SubordinateUnitProc) {
                 if let Some((_, _, e, _)) = ROOTLESS
                     .iter()
                     .find(|(n, t, _, _)| *n == row.name && *t == tier)
