@@ -548,6 +548,52 @@ fn plugins_run_under_a_rootless_loongd_with_subordinate_ids() {
     assert!(in_range(uid), "the worker runs as uid {uid}");
 }
 
+/// Two loongds of one user (two homes) share its subordinate ranges and each numbers its
+/// slots from 0; a slot is claimed across processes, so their live sandboxes never run as one
+/// id (before, both ran as the range's first id and could signal each other). Both loongds
+/// run their sandbox: the second takes the next slot rather than refuse.
+#[test]
+fn two_loongds_of_one_user_never_give_two_live_sandboxes_one_subordinate_id() {
+    let test = "rootless::two_loongds_of_one_user_never_give_two_live_sandboxes_one_subordinate_id";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let (first, second) = (Rootless::new(Setup::Ranges), Rootless::new(Setup::Ranges));
+    let (first_home, second_home) = (first.home(""), second.home(""));
+    first.start(&first_home);
+    second.start(&second_home);
+    let tag = std::process::id();
+    let markers = [
+        format!("{}3", 900_000 + tag % 1000),
+        format!("{}4", 900_000 + tag % 1000),
+    ];
+    let a = sleeper(&first_home, "balanced", &markers[0]);
+    assert!(
+        wait_until(Duration::from_secs(20), || find_sleep(&markers[0])
+            .is_some()),
+        "the first loongd's sandbox never started: {}",
+        first_home.log()
+    );
+    let b = sleeper(&second_home, "balanced", &markers[1]);
+    assert!(
+        wait_until(Duration::from_secs(20), || find_sleep(&markers[1])
+            .is_some()),
+        "the second loongd's sandbox never started: {}",
+        second_home.log()
+    );
+    let uid = |m: &str| {
+        find_sleep(m)
+            .and_then(|pid| status_field(pid, "Uid:"))
+            .expect("payload uid")
+    };
+    let (ua, ub) = (uid(&markers[0]), uid(&markers[1]));
+    assert!(in_range(ua) && in_range(ub), "{ua} {ub}");
+    assert_ne!(ua, ub, "two loongds' sandboxes run as one subordinate uid");
+    stop(a);
+    stop(b);
+}
+
 /// Under `no_new_privs` (as every hardened unit without capabilities runs), the setuid
 /// `newuidmap` cannot map ids; the idmap server (`loong-idmap.socket`), running as the same
 /// user outside `no_new_privs`, runs it for loongd, and the sandbox still gets its own

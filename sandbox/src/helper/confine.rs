@@ -77,7 +77,7 @@ fn unshare_subordinate(
         Failure::new(
             "subordinate ids",
             libc::EAGAIN,
-            format!("every one of the {count} subordinate ids of loongd's range is held by a live sandbox; widen loongd's user's ranges in /etc/subuid and /etc/subgid"),
+            format!("no slot of the {count} subordinate ids of loongd's range could be claimed: each is held by a live sandbox of this loongd or another of its user, or claiming its name failed; widen the user's ranges in /etc/subuid and /etc/subgid or stop the other loongd"),
         )
     };
     let slot = *server::SLOT

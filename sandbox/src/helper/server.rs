@@ -91,7 +91,13 @@ pub fn main() -> ! {
             let _ = SHARED_NETNS.set(fd);
         }
     }
-    let mut slots = Slots::default();
+    // Subordinate ids are the user's, not this server's: rootless, every slot is claimed
+    // across processes too (see `Slots`).
+    let mut slots = Slots {
+        claim_uid: (!nix::unistd::Uid::effective().is_root())
+            .then(|| nix::unistd::Uid::effective().as_raw()),
+        ..Slots::default()
+    };
     loop {
         let mut buf = [0u8; 16];
         let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
@@ -161,9 +167,10 @@ pub fn main() -> ! {
                     sys::exit_now(super::SETUP_FAILED);
                 }
                 drop(go_r);
-                if let Some(s) = slot {
-                    let _ = SLOT.set(s);
+                if let Some(s) = &slot {
+                    let _ = SLOT.set(s.index);
                 }
+                drop(slot);
                 child(fds)
             }
             Ok(Forked::Parent(pid)) => {
@@ -190,19 +197,42 @@ pub fn main() -> ! {
 /// ([`crate::subids`]). Unset when every slot is taken.
 pub(crate) static SLOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
+/// The abstract Unix socket name that claims slot `slot` of uid `uid`'s subordinate ranges
+/// across processes (NUL first, as the kernel names abstract sockets; built by `nix`).
+pub fn slot_claim_name(uid: u32, slot: u32) -> String {
+    format!("loong-subids/{uid}/{slot}")
+}
+
+/// A slot chosen for one sandbox: its index, and, rootless, the socket bound to its
+/// [`slot_claim_name`] (held until the sandbox's helper has exited).
+struct Slot {
+    index: u32,
+    claim: Option<OwnedFd>,
+}
+
 /// Which slots live sandboxes hold: the pidfd of each slot's helper. A helper outlives every
 /// process of its sandbox (it waits for the reaper, pid 1 of the sandbox's pid namespace, and
 /// the kernel ends the namespace's other processes before the reaper is reaped), so a slot
 /// is free again once its helper has exited.
+///
+/// A slot's subordinate ids belong to the user, not to this server: another loongd of the
+/// same user (another home) numbers slots from 0 too. So, rootless, a slot is also claimed by
+/// binding its [`slot_claim_name`] in the abstract socket namespace, which the kernel gives to
+/// one socket at a time and frees when the last descriptor closes (a killed server frees its
+/// names); a slot whose name is bound elsewhere is skipped. Abstract names are per network
+/// namespace: loongd and its server stay in the one they started in.
 #[derive(Default)]
 struct Slots {
-    held: Vec<Option<OwnedFd>>,
+    held: Vec<Option<(OwnedFd, Option<OwnedFd>)>>,
+    /// The uid whose slots are claimed across processes; `None` as root (sandboxes drop to
+    /// `sandbox.uid`, no range is shared).
+    claim_uid: Option<u32>,
 }
 
 impl Slots {
     /// The lowest free slot, after releasing those whose helper has exited; `None` when
-    /// [`crate::subids::MAX_SLOTS`] are held.
-    fn free(&mut self) -> Option<u32> {
+    /// [`crate::subids::MAX_SLOTS`] are held, here or (rootless) by other processes.
+    fn free(&mut self) -> Option<Slot> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let idx: Vec<usize> = (0..self.held.len())
@@ -212,7 +242,7 @@ impl Slots {
             let mut polls: Vec<PollFd> = idx
                 .iter()
                 .filter_map(|&i| self.held[i].as_ref())
-                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
                 .collect();
             if poll(&mut polls, PollTimeout::ZERO).is_err() {
                 return None;
@@ -227,32 +257,65 @@ impl Slots {
         for i in exited {
             self.held[i] = None;
         }
-        if let Some(i) = self.held.iter().position(Option::is_none) {
-            return Some(i as u32);
+        for index in 0..crate::subids::MAX_SLOTS {
+            if self.held.get(index as usize).is_some_and(Option::is_some) {
+                continue;
+            }
+            let claim = match self.claim_uid {
+                None => None,
+                Some(uid) => match claim(uid, index) {
+                    Ok(fd) => Some(fd),
+                    // Held by another process (another loongd of this user): the next one.
+                    Err(nix::Error::EADDRINUSE) => continue,
+                    Err(_) => return None,
+                },
+            };
+            while self.held.len() <= index as usize {
+                self.held.push(None);
+            }
+            return Some(Slot { index, claim });
         }
-        let n = self.held.len() as u32;
-        if n >= crate::subids::MAX_SLOTS {
-            return None;
-        }
-        self.held.push(None);
-        Some(n)
+        None
     }
 
-    /// Marks `slot` held by the helper behind `pidfd` (a copy kept above the descriptors a
+    /// Marks `slot` held by the helper behind `pidfd` (copies kept above the descriptors a
     /// forked child places, which it closes).
-    fn hold(&mut self, slot: Option<u32>, pidfd: &OwnedFd) -> std::io::Result<()> {
+    fn hold(&mut self, slot: Option<Slot>, pidfd: &OwnedFd) -> std::io::Result<()> {
         let Some(slot) = slot else { return Ok(()) };
-        let raw = nix::fcntl::fcntl(
-            pidfd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(STAGE_MIN),
-        )
-        .map_err(std::io::Error::from)?;
-        let kept = sys::adopt_fd(raw)?;
-        if let Some(s) = self.held.get_mut(slot as usize) {
-            *s = Some(kept);
+        let kept = above_staging(pidfd)?;
+        let claim = slot.claim.as_ref().map(above_staging).transpose()?;
+        if let Some(s) = self.held.get_mut(slot.index as usize) {
+            *s = Some((kept, claim));
         }
         Ok(())
     }
+}
+
+/// A close-on-exec copy of `fd` at or above `STAGE_MIN`, which every forked child closes
+/// before it runs the helper.
+fn above_staging(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let raw = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(STAGE_MIN),
+    )
+    .map_err(std::io::Error::from)?;
+    sys::adopt_fd(raw)
+}
+
+/// Binds a socket to `uid`'s slot `slot` name: `EADDRINUSE` when another socket holds it.
+fn claim(uid: u32, slot: u32) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &UnixAddr::new_abstract(slot_claim_name(uid, slot).as_bytes())?,
+    )?;
+    Ok(fd)
 }
 
 /// The shared empty network namespace, when the server holds one.
@@ -319,4 +382,45 @@ fn child(fds: Vec<OwnedFd>) -> ! {
     // The staged copies (all at or above STAGE_MIN) go; the helper closes anything else.
     let _ = sys::close_from(STAGE_MIN as u32);
     super::main()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uid of no account here, so no loongd of the machine holds its names; one per test
+    /// (`n`), as tests run at once.
+    fn test_uid(n: u32) -> u32 {
+        4_000_000_000 - 2 * std::process::id() - n
+    }
+
+    #[test]
+    fn a_slot_whose_name_another_process_holds_is_skipped_and_taken_once_released() {
+        let uid = test_uid(0);
+        let mut slots = Slots {
+            claim_uid: Some(uid),
+            ..Slots::default()
+        };
+        // Another server of the same user holds slot 0.
+        let other = claim(uid, 0).expect("claim slot 0");
+        let first = slots.free().expect("a slot");
+        assert_eq!(first.index, 1);
+        // The chosen slot's name is held now: no third server can take it.
+        assert_eq!(claim(uid, 1).err(), Some(nix::Error::EADDRINUSE));
+        // Control: once the other server lets go, slot 0 is this one's.
+        drop(other);
+        let second = slots.free().expect("a slot");
+        assert_eq!(second.index, 0);
+        drop((first, second));
+        assert!(claim(uid, 1).is_ok());
+    }
+
+    #[test]
+    fn as_root_no_name_is_claimed() {
+        let uid = test_uid(1);
+        let _other = claim(uid, 0).expect("claim slot 0");
+        let mut slots = Slots::default();
+        let slot = slots.free().expect("a slot");
+        assert_eq!((slot.index, slot.claim.is_none()), (0, true));
+    }
 }
