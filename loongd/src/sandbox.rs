@@ -12,7 +12,8 @@ use loong_ipc::{
     SandboxRunRequest, StreamChunk, TierReport, INTERRUPTS_TO_KILL, MAX_CHUNK_BYTES,
 };
 use loong_sandbox::{
-    subids::IdMode, Killer, Limits, NetGrant, SandboxSpec, SpawnError, SpecError, StdioSpec, Tier,
+    host::CgroupSupport, subids::IdMode, Killer, Limits, NetGrant, SandboxSpec, SpawnError,
+    SpecError, StdioSpec, Tier,
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
@@ -48,7 +49,9 @@ fn ids_report(kernel: &Kernel) -> (String, Option<String>, Vec<String>) {
             None
         }
         IdMode::Subordinate { user, uid, gid } => {
-            if cgroup {
+            if let CgroupSupport::V2Placement { missing, .. } = &spawner.host().cgroup {
+                lacks.push(format!("the delegated cgroup v2 subtree lacks the {} controller{}: each sandbox gets a child cgroup of its own (killed through cgroup.kill), but --memory is RLIMIT_AS per process and --pids is RLIMIT_NPROC (which counts the sandbox's own uid only)", missing.join(" and "), if missing.len() > 1 { "s" } else { "" }));
+            } else if cgroup {
                 lacks.push("no delegated cgroup v2 subtree: --memory and --pids are rlimits (RLIMIT_NPROC counts the sandbox's own uid only)".into());
             }
             lacks.push(

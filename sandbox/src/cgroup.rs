@@ -12,6 +12,17 @@ use crate::host::CgroupSupport;
 pub const JOIN_V1: &str = "tasks";
 /// The file a process writes `0` to, to move itself into a v2 cgroup.
 pub const JOIN_V2: &str = "cgroup.procs";
+/// The v2 file that kills every process of a cgroup when `1` is written to it.
+pub const KILL_V2: &str = "cgroup.kill";
+
+/// Kills every process of the v2 cgroup whose [`KILL_V2`] file is `file`. A cgroup already
+/// removed (its sandbox gone) is not an error.
+pub fn kill(file: &Path) -> std::io::Result<()> {
+    match fs::write(file, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
 
 /// Moves the calling process into the cgroup whose `file` ([`JOIN_V1`] or [`JOIN_V2`]) is
 /// given. Through `tasks` only the calling thread moves, so the process must have exactly one
@@ -64,6 +75,10 @@ impl SandboxCgroup {
         };
         match support {
             CgroupSupport::None => {}
+            // Placement only: the limits are rlimits (the plan knows: no cgroup mechanism).
+            CgroupSupport::V2Placement { dir, .. } => {
+                mk(&mut cg, dir)?;
+            }
             CgroupSupport::V2 { dir } => {
                 let d = mk(&mut cg, dir)?;
                 if let Some(m) = limits.memory_bytes {
@@ -98,6 +113,15 @@ impl SandboxCgroup {
         Ok((cg, files))
     }
 
+    /// The `cgroup.kill` file of this sandbox's v2 cgroup, where the kernel has one (5.14):
+    /// writing `1` kills every process in the cgroup at once.
+    pub fn kill_file(&self) -> Option<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.join(KILL_V2))
+            .find(|f| f.exists())
+    }
+
     /// Whether the kernel OOM-killed something in this cgroup.
     pub fn oom_killed(&self) -> bool {
         self.dirs.iter().any(|d| {
@@ -116,7 +140,7 @@ impl SandboxCgroup {
 pub fn sweep_stale(support: &CgroupSupport) -> usize {
     let bases: Vec<&Path> = match support {
         CgroupSupport::None => Vec::new(),
-        CgroupSupport::V2 { dir } => vec![dir.as_path()],
+        CgroupSupport::V2 { dir } | CgroupSupport::V2Placement { dir, .. } => vec![dir.as_path()],
         CgroupSupport::V1 { memory, pids, .. } => vec![memory.as_path(), pids.as_path()],
     };
     let mut removed = 0;
@@ -148,12 +172,26 @@ pub fn sweep_stale(support: &CgroupSupport) -> usize {
     removed
 }
 
+/// How many times a sandbox's cgroup is tried for removal, [`REMOVE_RETRY_PAUSE`] apart: the
+/// helper's exit, which the drop follows, may be seen before the kernel has let go of the
+/// cgroup's last task (`rmdir` says `EBUSY`).
+pub const REMOVE_TRIES: u32 = 50;
+/// The pause between two tries.
+pub const REMOVE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         for d in self.dirs.iter().rev() {
             // Empty once every process of the sandbox is gone; a leftover is retried by the
             // next loongd start (it removes stale `loong-*` children).
-            let _ = fs::remove_dir(d);
+            for _ in 0..REMOVE_TRIES {
+                match fs::remove_dir(d) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(REMOVE_RETRY_PAUSE);
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 }
@@ -202,5 +240,61 @@ mod tests {
         assert_eq!(sweep_stale(&support), 1);
         assert!(!dead.exists());
         assert!(live.exists() && other.exists() && busy.exists());
+    }
+
+    /// A writable cgroup v2 directory of this process's hierarchy (root's), if there is one.
+    fn writable_v2() -> Option<PathBuf> {
+        let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = info.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+        })?;
+        nix::unistd::access(&mount, nix::unistd::AccessFlags::W_OK)
+            .is_ok()
+            .then_some(mount)
+    }
+
+    #[test]
+    fn cgroup_kill_ends_every_process_of_the_cgroup_and_a_removed_one_is_no_error() {
+        let Some(mount) = writable_v2() else {
+            eprintln!("SKIPPED cgroup::tests::cgroup_kill_…: no writable cgroup v2 hierarchy");
+            return;
+        };
+        let dir = mount.join(format!("loong-test-kill-{}", std::process::id()));
+        fs::create_dir(&dir).expect("create cgroup");
+        if !dir.join(KILL_V2).exists() {
+            let _ = fs::remove_dir(&dir);
+            eprintln!("SKIPPED cgroup::tests::cgroup_kill_…: no cgroup.kill (Linux 5.14)");
+            return;
+        }
+        let spawn = || {
+            let c = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("sleep");
+            fs::write(dir.join(JOIN_V2), c.id().to_string()).expect("move into the cgroup");
+            c
+        };
+        let (mut a, mut b) = (spawn(), spawn());
+        // Control: both live in the cgroup until it is killed.
+        assert_eq!(a.try_wait().expect("wait"), None);
+        assert_eq!(b.try_wait().expect("wait"), None);
+        kill(&dir.join(KILL_V2)).expect("cgroup.kill");
+        for c in [&mut a, &mut b] {
+            let status = c.wait().expect("wait");
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+        }
+        for _ in 0..REMOVE_TRIES {
+            if fs::remove_dir(&dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(REMOVE_RETRY_PAUSE);
+        }
+        assert!(!dir.exists());
+        kill(&dir.join(KILL_V2)).expect("a removed cgroup is no error");
     }
 }

@@ -111,9 +111,19 @@ pub enum CgroupSupport {
         pids: PathBuf,
         cpu: Option<PathBuf>,
     },
-    /// Neither: limits fall back to rlimits.
+    /// A writable (delegated) cgroup v2 directory without the memory or pids controller
+    /// (`missing` names them): each sandbox is still placed in a child cgroup of its own and
+    /// killed through its `cgroup.kill`, but memory and process limits are rlimits.
+    V2Placement {
+        dir: PathBuf,
+        missing: Vec<&'static str>,
+    },
+    /// None of these: limits fall back to rlimits.
     None,
 }
+
+/// The cgroup v2 controllers the per-sandbox limits are written to.
+pub const LIMIT_CONTROLLERS: [&str; 2] = ["memory", "pids"];
 
 /// The host report.
 #[derive(Debug, Clone)]
@@ -202,6 +212,15 @@ impl Host {
             match &cgroup {
                 CgroupSupport::V2 { dir } => ok(format!("cgroup v2 delegated at {}", dir.display())),
                 CgroupSupport::V1 { memory, pids, .. } => ok(format!("cgroup v1 ({}, {})", memory.display(), pids.display())),
+                CgroupSupport::V2Placement { dir, missing: lacks } => missing(
+                    format!(
+                        "cgroup v2 delegated at {} without the {} controller{}: each sandbox gets a child cgroup there (killed through cgroup.kill), but --memory and --pids are rlimits (RLIMIT_AS, RLIMIT_NPROC), not cgroup limits",
+                        dir.display(),
+                        lacks.join(" and "),
+                        if lacks.len() > 1 { "s" } else { "" }
+                    ),
+                    "enable the controllers in the parent cgroup's cgroup.subtree_control before delegating (systemd: a host whose cgroup v2 hierarchy has memory and pids, with Delegate=yes)",
+                ),
                 CgroupSupport::None => missing(
                     "no writable cgroup with memory and pids controllers".into(),
                     "delegate a cgroup v2 subtree to loongd (systemd Delegate=yes) or run loongd as root; limits fall back to rlimits",
@@ -216,7 +235,7 @@ impl Host {
                 Err(e) => missing(format!("pidfd_open failed: {e}"), "a kernel ≥ 5.3"),
             },
         );
-        for d in disabled {
+        for &d in &disabled {
             m.insert(
                 d,
                 missing(
@@ -225,7 +244,10 @@ impl Host {
                 ),
             );
         }
-        let cgroup = if m.get(&Mechanism::Cgroup).is_some_and(|a| a.available) {
+        // A cgroup that places sandboxes but limits nothing stays, unless disabled.
+        let placement = matches!(cgroup, CgroupSupport::V2Placement { .. })
+            && !disabled.contains(&Mechanism::Cgroup);
+        let cgroup = if m.get(&Mechanism::Cgroup).is_some_and(|a| a.available) || placement {
             cgroup
         } else {
             CgroupSupport::None
@@ -283,7 +305,9 @@ fn writable_dir(p: &std::path::Path) -> bool {
 }
 
 fn detect_cgroup(root: bool) -> CgroupSupport {
-    // v2: our own cgroup, writable, with memory and pids available to children.
+    // v2: our own cgroup, writable, with memory and pids available to children; failing
+    // those controllers, a writable one places sandboxes (after root's v1, which limits).
+    let mut placement = None;
     for mount in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let base = PathBuf::from(mount);
         if !base.join("cgroup.controllers").exists() {
@@ -291,15 +315,23 @@ fn detect_cgroup(root: bool) -> CgroupSupport {
         }
         if let Some(path) = own_cgroup("") {
             let dir = base.join(path.trim_start_matches('/'));
+            if !writable_dir(&dir) || !dir.join("cgroup.procs").exists() {
+                continue;
+            }
             let ctrls =
                 std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-            if ctrls.contains("memory") && ctrls.contains("pids") && writable_dir(&dir) {
+            let missing: Vec<&'static str> = LIMIT_CONTROLLERS
+                .into_iter()
+                .filter(|c| !ctrls.split_whitespace().any(|e| e == *c))
+                .collect();
+            if missing.is_empty() {
                 return CgroupSupport::V2 { dir };
             }
+            placement.get_or_insert(CgroupSupport::V2Placement { dir, missing });
         }
     }
     if !root {
-        return CgroupSupport::None;
+        return placement.unwrap_or(CgroupSupport::None);
     }
     let v1 = |ctrl: &str| {
         let own = own_cgroup(ctrl)?;
@@ -314,7 +346,7 @@ fn detect_cgroup(root: bool) -> CgroupSupport {
             pids,
             cpu: v1("cpu"),
         },
-        _ => CgroupSupport::None,
+        _ => placement.unwrap_or(CgroupSupport::None),
     }
 }
 

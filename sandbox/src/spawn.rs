@@ -24,7 +24,7 @@ use std::{
 use crate::{
     cgroup::{CgroupLimits, SandboxCgroup},
     helper::server,
-    host::{Host, Mechanism},
+    host::{CgroupSupport, Host, Mechanism},
     profile::{Tier, TierProfile},
     seccomp,
     spec::{PlanContext, SandboxSpec, SpecError, DEFAULT_SANDBOX_ID},
@@ -147,11 +147,9 @@ impl Child {
 
     /// Kills the whole sandbox: the helper dies, its reaper follows (parent-death signal),
     /// and with the reaper (pid 1) every process of the pid namespace.
+    /// With a v2 cgroup, every process in it dies at once through its `cgroup.kill` first.
     pub fn kill(&self) -> io::Result<()> {
-        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
-        }
+        self.killer()?.kill()
     }
 
     /// A handle that can kill this sandbox after the `Child` has moved elsewhere (to a thread
@@ -159,6 +157,7 @@ impl Child {
     pub fn killer(&self) -> io::Result<Killer> {
         Ok(Killer {
             pidfd: self.pidfd.try_clone()?,
+            cgroup_kill: self.cgroup.as_ref().and_then(SandboxCgroup::kill_file),
         })
     }
 
@@ -192,12 +191,19 @@ impl Child {
 #[derive(Debug)]
 pub struct Killer {
     pidfd: OwnedFd,
+    /// The sandbox's v2 `cgroup.kill`, when it has one.
+    cgroup_kill: Option<PathBuf>,
 }
 
 impl Killer {
-    /// Sends SIGKILL to the sandbox's helper, which takes the whole sandbox down.
+    /// Kills the sandbox: every process of its v2 cgroup through `cgroup.kill` where it has
+    /// one, and SIGKILL to its helper, which takes the whole sandbox down in any case.
     pub fn kill(&self) -> io::Result<()> {
-        self.signal(libc::SIGKILL)
+        let by_cgroup = self
+            .cgroup_kill
+            .as_deref()
+            .map_or(Ok(()), crate::cgroup::kill);
+        self.signal(libc::SIGKILL).and(by_cgroup)
     }
 
     /// Sends SIGINT to the sandbox's helper, which passes it to every process of the sandbox
@@ -604,7 +610,10 @@ fn spawn_one(
     spec.pass_fds = pass.len() as u32;
     let n = ctx.seq.fetch_add(1, Ordering::Relaxed);
     let wants_cgroup = spec.limits.memory_bytes.is_some() || spec.limits.pids.is_some();
-    let (cgroup, procs) = if wants_cgroup && ctx.host.has(Mechanism::Cgroup) {
+    // A delegated cgroup v2 without the limit controllers still places every sandbox in a
+    // child of its own (killed through `cgroup.kill`); its limits stay rlimits.
+    let placement = matches!(ctx.host.cgroup, CgroupSupport::V2Placement { .. });
+    let (cgroup, procs) = if (wants_cgroup && ctx.host.has(Mechanism::Cgroup)) || placement {
         let (c, p) = SandboxCgroup::create(
             &ctx.host.cgroup,
             &format!("{}-{n}", config.cgroup_prefix),

@@ -463,7 +463,9 @@ impl SandboxSpec {
         // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and
         // processes its pids.max, and the rlimits keep the tier's bounds; without one, the
         // rlimits carry the request too (RLIMIT_NPROC counts every process of the uid).
-        let cgroup = !ctx.cgroup_join.is_empty();
+        // A cgroup that only places the sandbox (no cgroup mechanism: no memory or pids
+        // controller) limits nothing.
+        let cgroup = !ctx.cgroup_join.is_empty() && ctx.host.has(Mechanism::Cgroup);
         let mem = if self.kernel.unbounded_address_space {
             None
         } else if cgroup {

@@ -11,7 +11,7 @@
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
@@ -50,6 +50,20 @@ pub enum Setup {
     /// As above, with a `/proc` of `subset=pid,hidepid=invisible` mounted over it: the
     /// rootless unit's layout (`ProcSubset=pid`, `ProtectProc=invisible`).
     UnitProc,
+    /// Both ranges, and loongd started in a cgroup v2 directory delegated to the user (owned
+    /// by it, with its `cgroup.procs`, `cgroup.subtree_control` and `cgroup.threads`, as
+    /// systemd's `Delegate=yes` leaves it) with no controller enabled: [`Rootless::cgroup`].
+    DelegatedCgroup,
+}
+
+/// The mount point of the host's cgroup v2 hierarchy, if it has one.
+pub fn cgroup_v2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+    })
 }
 
 /// The shell that gives the namespace's `/proc` the layout of [`Setup::ProtectKernelProc`]
@@ -76,6 +90,8 @@ pub const UNIT_PROC_LAYOUT: &str = r#"
 pub struct Rootless {
     dir: tempfile::TempDir,
     setup: Setup,
+    /// [`Setup::DelegatedCgroup`]'s directory, removed on drop.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Why this machine cannot run the rootless tests, if it cannot.
@@ -131,7 +147,22 @@ impl Rootless {
             fs::write(etc.join(f), &range).expect("sub ranges");
         }
         fs::create_dir(dir.path().join("layers")).expect("layers");
-        Rootless { dir, setup }
+        let cgroup = (setup == Setup::DelegatedCgroup).then(|| {
+            let mount = cgroup_v2_mount().expect("a cgroup v2 hierarchy (see cgroup_v2_mount)");
+            let name = dir.path().file_name().expect("temp dir name").to_owned();
+            let cg = mount.join(name);
+            fs::create_dir(&cg).expect("create the delegated cgroup");
+            for f in [
+                "",
+                "cgroup.procs",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+            ] {
+                std::os::unix::fs::chown(cg.join(f), Some(UID), Some(UID)).expect("delegate");
+            }
+            cg
+        });
+        Rootless { dir, setup, cgroup }
     }
 
     /// A home owned by the rootless user, with `config` as its `loongd.toml`.
@@ -150,6 +181,7 @@ impl Rootless {
             for f in passwd group subuid subgid; do cat "$1/etc/$f" > "/etc/$f"; done
             if [ "$2" = no-tool ]; then mount --bind /dev/null /usr/bin/newuidmap; fi
             case "$2" in
+                cgroup) echo $$ > "$7/cgroup.procs" ;;
                 unit-proc) sh -c "$6" sh "$1/layers" subset ;;
                 protect-kernel-proc) sh -c "$6" sh "$1/layers" - ;;
             esac
@@ -159,7 +191,7 @@ impl Rootless {
                 echo $! > "$1/idmap.pid"
                 n=0; while [ ! -S /run/loong-idmap.sock ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
             fi
-            shift 6
+            shift 7
             exec "$@""#;
         let mut cmd = Command::new("unshare");
         cmd.args([
@@ -178,12 +210,14 @@ impl Rootless {
             Setup::NoNewPrivsWithIdmap => "idmap",
             Setup::ProtectKernelProc => "protect-kernel-proc",
             Setup::UnitProc => "unit-proc",
+            Setup::DelegatedCgroup => "cgroup",
             _ => "-",
         })
         .arg("setpriv")
         .arg(UID.to_string())
         .arg(bin("loong-spawn"))
-        .arg(UNIT_PROC_LAYOUT);
+        .arg(UNIT_PROC_LAYOUT)
+        .arg(self.cgroup.as_deref().unwrap_or(Path::new("-")));
         cmd.args(setpriv(matches!(
             self.setup,
             Setup::NoNewPrivs | Setup::NoNewPrivsWithIdmap
@@ -206,6 +240,20 @@ impl Rootless {
 
 impl Drop for Rootless {
     fn drop(&mut self) {
+        // Everything in the delegated cgroup (loongd, its sandboxes), then the directories.
+        if let Some(cg) = &self.cgroup {
+            let _ = fs::write(cg.join("cgroup.kill"), "1");
+            wait_until(Duration::from_secs(10), || {
+                fs::read_to_string(cg.join("cgroup.events"))
+                    .is_ok_and(|e| e.lines().any(|l| l == "populated 0"))
+            });
+            for e in fs::read_dir(cg).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+            let _ = fs::remove_dir(cg);
+        }
         // The idmap server started in the namespace.
         if let Some(pid) = fs::read_to_string(self.dir.path().join("idmap.pid"))
             .ok()
@@ -748,6 +796,137 @@ fn rootless_sandboxes_run_under_the_rootless_units_proc_layout() {
     );
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));
+}
+
+/// A cgroup v2 subtree delegated to loongd's user without the memory and pids controllers
+/// (this machine's v2 hierarchy has neither): loongd places each sandbox in a child cgroup of
+/// its own there and kills it through the cgroup, and `doctor` names the missing controllers
+/// and says that `--memory` and `--pids` are rlimits. Control for the placement: a loongd
+/// without the delegation (`Setup::Ranges`) runs its sandbox in the cgroup it was started in.
+#[test]
+fn a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_kills_it_there() {
+    let test = "rootless::a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_kills_it_there";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    if cgroup_v2_mount().is_none() {
+        skip(test, "no cgroup v2 hierarchy is mounted");
+        return;
+    }
+    let ns = Rootless::new(Setup::DelegatedCgroup);
+    let cg = ns.cgroup.clone().expect("the delegated cgroup");
+    if !cg.join("cgroup.kill").exists() {
+        skip(test, "the kernel has no cgroup.kill (Linux 5.14)");
+        return;
+    }
+    let name = cg
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("cgroup name")
+        .to_string();
+    let home = ns.home("");
+    let loongd = ns.start(&home);
+    let v2_path = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            })
+    };
+    assert_eq!(v2_path(loongd), Some(format!("/{name}")));
+    let out = ctl(&home, &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let cgroup = v["mechanisms"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "cgroup"))
+        .cloned()
+        .unwrap_or_default();
+    let detail = cgroup["detail"].as_str().unwrap_or_default();
+    assert_eq!(cgroup["available"], false, "{cgroup}");
+    assert!(
+        detail.contains(&format!(
+            "{} without the memory and pids controllers",
+            cg.display()
+        )) && detail.contains("--memory and --pids are rlimits"),
+        "{detail}"
+    );
+    let lacks = v["ids_lacks"].to_string();
+    assert!(
+        lacks.contains("lacks the memory and pids controllers: each sandbox gets a child cgroup"),
+        "{lacks}"
+    );
+    let tag = std::process::id();
+    let markers = [
+        format!("{}5", 900_000 + tag % 1000),
+        format!("{}6", 900_000 + tag % 1000),
+    ];
+    let a = sleeper(&home, "balanced", &markers[0]);
+    let b = sleeper(&home, "trusted", &markers[1]);
+    let mut children = Vec::new();
+    for m in &markers {
+        assert!(
+            wait_until(Duration::from_secs(20), || find_sleep(m).is_some()),
+            "sandbox {m} never started: {}",
+            home.log()
+        );
+        let pid = find_sleep(m).unwrap_or_default();
+        let path = v2_path(pid).unwrap_or_default();
+        let child = path
+            .strip_prefix(&format!("/{name}/"))
+            .unwrap_or_else(|| panic!("sandbox {pid} is in {path}, not a child of /{name}"))
+            .to_string();
+        assert!(!child.contains('/') && cg.join(&child).is_dir(), "{path}");
+        children.push(child);
+    }
+    assert_ne!(children[0], children[1]);
+    // Killed at its timeout: the sandbox's cgroup is emptied and removed.
+    let out = ctl(
+        &home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--timeout",
+            "1",
+            "--",
+            "/bin/sleep",
+            "30",
+        ],
+    );
+    assert!(
+        text(&out.stderr).contains("killed at the --timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    stop(a);
+    stop(b);
+    let leftover = || {
+        fs::read_dir(&cg)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || leftover() == 0),
+        "{} sandbox cgroups left under {}",
+        leftover(),
+        cg.display()
+    );
+    // Control: without the delegation the sandbox stays in loongd's own cgroup.
+    let plain = Rootless::new(Setup::Ranges);
+    let plain_home = plain.home("");
+    let plain_loongd = plain.start(&plain_home);
+    let marker = format!("{}7", 900_000 + tag % 1000);
+    let c = sleeper(&plain_home, "balanced", &marker);
+    assert!(wait_until(Duration::from_secs(20), || find_sleep(&marker).is_some()));
+    let pid = find_sleep(&marker).unwrap_or_default();
+    assert_eq!(v2_path(pid), v2_path(plain_loongd));
+    stop(c);
 }
 
 /// The idmap server answers a peer of another uid at once, before reading anything from it:
