@@ -160,6 +160,29 @@ pub(crate) fn doctor(kernel: &Kernel) -> DoctorReport {
     }
 }
 
+/// Refuses a run whose `--memory` or `--pids` this host can hold only as rlimits (no cgroup
+/// with the memory and pids controllers), unless it runs degraded (`--allow-degraded`,
+/// `[sandbox] allow_degraded`): `RLIMIT_AS` bounds each process, not the sandbox, and
+/// `RLIMIT_NPROC` counts every process of the uid.
+fn limits_enforceable(host: &loong_sandbox::Host, spec: &SandboxSpec) -> Result<(), RemoteError> {
+    let asked = spec.limits.memory_bytes.is_some() || spec.limits.pids.is_some();
+    if !asked || spec.allow_degraded || host.has(loong_sandbox::Mechanism::Cgroup) {
+        return Ok(());
+    }
+    let lacks = match &host.cgroup {
+        CgroupSupport::V2Placement { dir, missing } => format!(
+            "the delegated cgroup {} lacks the {} controller{}",
+            dir.display(),
+            missing.join(" and "),
+            if missing.len() > 1 { "s" } else { "" }
+        ),
+        _ => "loongd has no writable cgroup with the memory and pids controllers".to_string(),
+    };
+    Err(unavailable(format!(
+        "--memory and --pids cannot be enforced as cgroup limits: {lacks}; pass --allow-degraded (or set [sandbox] allow_degraded = true) to run with RLIMIT_AS per process and RLIMIT_NPROC per uid instead, or delegate a cgroup v2 subtree with those controllers"
+    )))
+}
+
 fn spec_from(
     req: &SandboxRunRequest,
     decided: DecidedGrants,
@@ -345,6 +368,7 @@ async fn spawn(
         .clone()
         .map_err(|e| unavailable(e.to_string()))?;
     let mut spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
+    limits_enforceable(spawner.host(), &spec)?;
     // A network grant is served by the egress broker: each connection is decided on this
     // request's effect path (the run's own task answers), then vetted and audited.
     let mut asks = None;

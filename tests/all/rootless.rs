@@ -801,7 +801,8 @@ fn rootless_sandboxes_run_under_the_rootless_units_proc_layout() {
 /// A cgroup v2 subtree delegated to loongd's user without the memory and pids controllers
 /// (this machine's v2 hierarchy has neither): loongd places each sandbox in a child cgroup of
 /// its own there and kills it through the cgroup, and `doctor` names the missing controllers
-/// and says that `--memory` and `--pids` are rlimits. Control for the placement: a loongd
+/// and says that `--memory` and `--pids` are rlimits; a run asking for them is refused unless
+/// degraded (control: with `--allow-degraded` it runs). Control for the placement: a loongd
 /// without the delegation (`Setup::Ranges`) runs its sandbox in the cgroup it was started in.
 #[test]
 fn a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_kills_it_there() {
@@ -857,6 +858,28 @@ fn a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_
         lacks.contains("lacks the memory and pids controllers: each sandbox gets a child cgroup"),
         "{lacks}"
     );
+    // Limits it cannot hold as cgroup limits are refused, naming what is missing, unless the
+    // run is degraded (then they are rlimits).
+    let limited = |home: &Home, degraded: bool| {
+        let mut args = vec!["sandbox", "run", "--tier", "balanced", "--memory", "64M"];
+        if degraded {
+            args.push("--allow-degraded");
+        }
+        args.extend(["--", "/bin/true"]);
+        ctl(home, &args)
+    };
+    let out = limited(&home, false);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "the delegated cgroup {} lacks the memory and pids controllers",
+            cg.display()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = limited(&home, true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let tag = std::process::id();
     let markers = [
         format!("{}5", 900_000 + tag % 1000),
@@ -927,6 +950,12 @@ fn a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_
     let pid = find_sleep(&marker).unwrap_or_default();
     assert_eq!(v2_path(pid), v2_path(plain_loongd));
     stop(c);
+    let out = limited(&plain_home, false);
+    assert!(
+        text(&out.stderr).contains("no writable cgroup with the memory and pids controllers"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The idmap server answers a peer of another uid at once, before reading anything from it:
