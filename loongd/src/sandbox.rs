@@ -505,11 +505,20 @@ pub(crate) async fn run(
         .unwrap_or(kernel.config.sandbox.max_output_bytes);
     crate::metrics::sandbox_spawned(tier);
     let program = req.program.clone();
-    let degraded: Vec<String> = child
+    let mut degraded: Vec<String> = child
         .degraded
         .iter()
         .map(|m| m.name().to_string())
         .collect();
+    // Limits no cgroup holds ran as rlimits only because the run is degraded
+    // (`limits_enforceable`): recorded as such.
+    let cgroup = loong_sandbox::Mechanism::Cgroup;
+    if (req.memory_bytes.is_some() || req.pids.is_some())
+        && kernel.spawner.as_ref().is_ok_and(|s| !s.host().has(cgroup))
+        && !degraded.iter().any(|d| d == cgroup.name())
+    {
+        degraded.push(cgroup.name().to_string());
+    }
     let spawned_detail =
         serde_json::json!({ "request": asked, "pid": child.pid(), "degraded": degraded });
     kernel

@@ -880,6 +880,11 @@ fn a_rootless_loongd_places_each_sandbox_in_a_child_of_its_delegated_cgroup_and_
     );
     let out = limited(&home, true);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ran DEGRADED, without cgroup"),
+        "{}",
+        text(&out.stderr)
+    );
     let tag = std::process::id();
     let markers = [
         format!("{}5", 900_000 + tag % 1000),
