@@ -29,11 +29,12 @@ pub enum Mechanism {
     UtsNs,
     Cgroup,
     Pidfd,
+    Procfs,
 }
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 11] = [
+    pub const ALL: [Mechanism; 12] = [
         Mechanism::Landlock,
         Mechanism::Seccomp,
         Mechanism::NoNewPrivs,
@@ -45,6 +46,7 @@ impl Mechanism {
         Mechanism::UtsNs,
         Mechanism::Cgroup,
         Mechanism::Pidfd,
+        Mechanism::Procfs,
     ];
 
     /// The name used in reports, errors and `LOONG_SANDBOX_DISABLE`.
@@ -61,6 +63,7 @@ impl Mechanism {
             Mechanism::UtsNs => "utsns",
             Mechanism::Cgroup => "cgroup",
             Mechanism::Pidfd => "pidfd",
+            Mechanism::Procfs => "procfs",
         }
     }
 
@@ -206,6 +209,20 @@ impl Host {
             };
             m.insert(mech, a);
         }
+        m.insert(
+            Mechanism::Procfs,
+            match namespaces.get(&Mechanism::Procfs) {
+                Some(Ok(())) => ok("a new /proc mounts in a new pid namespace".into()),
+                Some(Err(e)) => missing(
+                    format!(
+                        "a new /proc in a new pid namespace is refused: {}",
+                        nix::Error::from_raw(*e)
+                    ),
+                    "a mount over part of /proc (systemd's ProtectKernelTunables=, ProtectKernelLogs=) is locked in a sandbox's user namespace: add ProcSubset=pid, as the rootless unit does, or drop those directives (docs/SECURITY.md, \"Rootless mode\")",
+                ),
+                None => missing("not probed".into(), "install loong-spawn next to loongd"),
+            },
+        );
         let cgroup = detect_cgroup(root);
         m.insert(
             Mechanism::Cgroup,
@@ -278,11 +295,12 @@ impl Host {
 /// root (root builds namespaces directly and drops to an unprivileged uid).
 pub fn required(tier: Tier, root: bool) -> Vec<Mechanism> {
     use Mechanism::*;
+    // Every tier mounts a /proc of its own pid namespace.
     let mut v = match tier {
         Tier::Restricted | Tier::Balanced => vec![
-            Landlock, Seccomp, NoNewPrivs, PidNs, MountNs, NetNs, IpcNs, UtsNs,
+            Landlock, Seccomp, NoNewPrivs, PidNs, MountNs, NetNs, IpcNs, UtsNs, Procfs,
         ],
-        Tier::Trusted => vec![Seccomp, NoNewPrivs, PidNs, MountNs],
+        Tier::Trusted => vec![Seccomp, NoNewPrivs, PidNs, MountNs, Procfs],
     };
     if !root {
         v.push(UserNs);
@@ -382,8 +400,68 @@ pub fn probe_namespaces_main() -> ! {
         };
         out.push_str(&format!("{} {result}\n", mech.name()));
     }
+    out.push_str(&format!(
+        "{} {}\n",
+        Mechanism::Procfs.name(),
+        probe_procfs()
+    ));
     print!("{out}");
     sys::exit_now(0)
+}
+
+/// Whether a sandbox could mount its `/proc`: in a child, new mount and pid namespaces (and a
+/// user namespace when not root, as the plans make them), then, in the pid namespace's first
+/// process, a private copy of the mounts and `proc` mounted over `/proc` there. The kernel
+/// refuses it to a user namespace when no `/proc` instance is fully visible (a locked mount
+/// covers part of each). `OK` or the errno.
+fn probe_procfs() -> String {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    if !nix::unistd::Uid::effective().is_root() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let code_of = |pid: i32| match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+        _ => libc::EINVAL,
+    };
+    let code = match sys::fork() {
+        Ok(sys::Forked::Child) => {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::from_bits_truncate(flags)) {
+                sys::exit_now(e as i32);
+            }
+            let code = match sys::fork() {
+                Ok(sys::Forked::Child) => {
+                    use nix::mount::{mount, MsFlags};
+                    let private = mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    );
+                    let proc = private.and_then(|()| {
+                        mount(
+                            Some("proc"),
+                            "/proc",
+                            Some("proc"),
+                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                            None::<&str>,
+                        )
+                    });
+                    sys::exit_now(proc.map_or_else(|e| e as i32, |()| 0))
+                }
+                Ok(sys::Forked::Parent(pid)) => code_of(pid),
+                Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+            };
+            sys::exit_now(code)
+        }
+        Ok(sys::Forked::Parent(pid)) => code_of(pid),
+        Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+    };
+    if code == 0 {
+        "OK".into()
+    } else {
+        code.to_string()
+    }
 }
 
 /// Parses `loong-spawn --probe` output.

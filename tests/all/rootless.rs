@@ -708,7 +708,8 @@ fn under_no_new_privs_the_idmap_server_maps_a_sandbox_to_its_subordinate_uid() {
 /// tier start, each in a `/proc` of its own (its pid namespace: its payload is pid 2, its
 /// reaper pid 1), and loongd's host report is the same as without the layout. Control, the
 /// kernel behaviour the unit relies on: the same locked mounts without the `subset=pid`
-/// instance over them, and the kernel refuses every sandbox its `/proc`.
+/// instance over them, and the kernel refuses every sandbox its `/proc` (`doctor` shows
+/// `procfs` missing with the fix, and every tier refused).
 #[test]
 fn rootless_sandboxes_run_under_the_rootless_units_proc_layout() {
     let test = "rootless::rootless_sandboxes_run_under_the_rootless_units_proc_layout";
@@ -786,13 +787,54 @@ fn rootless_sandboxes_run_under_the_rootless_units_proc_layout() {
         assert!(stdout.lines().any(|l| l == "kernel"), "{tier}: {stdout}");
     }
     assert_eq!(doctor(&home), doctor(&plain_home));
-    // Control: the locked mounts alone.
+    // Control: the locked mounts alone. doctor says so, with the fix, and every tier is
+    // refused up front; degraded, the helper's own mount is refused.
     let locked = Rootless::new(Setup::ProtectKernelProc);
     let locked_home = locked.home("");
     locked.start(&locked_home);
+    let (mechanisms, tiers, _) = doctor(&locked_home);
+    let procfs = mechanisms
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "procfs"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(procfs["available"], false, "{procfs}");
+    assert!(
+        procfs["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("refused: EPERM"))
+            && procfs["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("ProcSubset=pid")),
+        "{procfs}"
+    );
+    assert!(
+        tiers
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["enforceable"] == false)),
+        "{tiers}"
+    );
     let out = ctl(
         &locked_home,
         &["sandbox", "run", "--tier", "balanced", "--", "/bin/true"],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("procfs"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl(
+        &locked_home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-degraded",
+            "--",
+            "/bin/true",
+        ],
     );
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("proc"), "{}", text(&out.stderr));

@@ -243,6 +243,7 @@ fn doctor_reports_every_mechanism_and_tier() {
         "utsns",
         "cgroup",
         "pidfd",
+        "procfs",
     ] {
         assert!(names.contains(&n), "doctor lacks {n}: {names:?}");
     }
