@@ -313,6 +313,16 @@ fn feishu_challenges_and_a_signed_encrypted_message_are_answered_through_the_gat
         api.calls("").is_empty(),
         "a challenge makes no platform call"
     );
+    // `channels status` shows the URL to enter in the platform's console.
+    let shown = home.ctl(&["channels", "status", "fs"]);
+    let url = format!("http://127.0.0.1:{port}{PATH}");
+    assert!(
+        text(&shown.stdout).contains(&url),
+        "{}",
+        text(&shown.stdout)
+    );
+    let status = json_list(&home, &["channels", "status", "fs", "--json"]);
+    assert_eq!(status[0]["webhook"], url.as_str(), "{status:?}");
 
     // A signed, encrypted message from the allowed chat: taken, answered once.
     let event = message_event("ev-answered", CHAT, "om_question", "hello");
@@ -449,6 +459,14 @@ fn feishu_bad_signature_stale_timestamp_and_replay_are_refused_and_nothing_reach
     std::thread::sleep(Duration::from_secs(2));
     assert!(provider.requests().is_empty(), "nothing reached the agent");
     assert!(details(&home, "channel.received").is_empty());
+    // `channels status` names the last refusal (a wrong encrypt key shows so).
+    let status = json_list(&home, &["channels", "status", "fs", "--json"]);
+    assert!(
+        status[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timestamp")),
+        "{status:?}"
+    );
     // Positive control: the same event signed now is taken and answered.
     let good = signed(
         &message_event("ev-once", CHAT, "om_3", "good"),
@@ -487,6 +505,8 @@ fn feishu_bad_signature_stale_timestamp_and_replay_are_refused_and_nothing_reach
         .is_some_and(|r| r.contains("signature")));
     let status = json_list(&home, &["channels", "status", "fs", "--json"]);
     assert_eq!(status[0]["refused"], 3, "{status:?}");
+    // An event taken clears it.
+    assert!(status[0]["last_error"].is_null(), "{status:?}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ struct Config {
     kind: String,
     api_base: String,
     /// A Feishu app's id.
+    #[cfg(feature = "feishu")]
     #[serde(default)]
     app_id: Option<String>,
 }
@@ -145,8 +146,9 @@ fn serve_feishu(
         .map_err(|e| internal(format!("starting the runtime: {e}")))?;
     let kernel: Arc<dyn serve::Kernel> = Arc::new(kernel_link::Link(link.clone()));
     runtime.block_on(async {
-        let hooks = serve::feishu::webhook_loop(hook, kernel.clone());
-        let send = serve::feishu::send_loop(fs, kernel);
+        let errors = Arc::new(serve::feishu::Errors::default());
+        let hooks = serve::feishu::webhook_loop(hook, kernel.clone(), errors.clone());
+        let send = serve::feishu::send_loop(fs, kernel, errors);
         tokio::select! {
             () = link.stopped() => {}
             () = hooks => {}

@@ -126,8 +126,57 @@ pub async fn judge(
     }
 }
 
+/// What `channels status` shows as the channel's last error: the webhook loop's (the last
+/// refusal, until an event is taken) and the send loop's (the last failed reply, until one
+/// is sent), reported to loongd when either changes.
+#[derive(Debug, Default)]
+pub struct Errors {
+    slots: std::sync::Mutex<(Option<String>, Option<String>)>,
+}
+
+impl Errors {
+    async fn set(
+        &self,
+        kernel: &dyn Kernel,
+        webhook: Option<Option<String>>,
+        send: Option<Option<String>>,
+    ) {
+        let (before, now) = {
+            let mut s = self
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = s.clone();
+            if let Some(w) = webhook {
+                s.0 = w;
+            }
+            if let Some(x) = send {
+                s.1 = x;
+            }
+            (before, s.clone())
+        };
+        if before == now {
+            return;
+        }
+        let text = match (&now.0, &now.1) {
+            (None, None) => None,
+            (Some(w), None) => Some(format!("webhook: {w}")),
+            (None, Some(x)) => Some(format!("reply: {x}")),
+            (Some(w), Some(x)) => Some(format!("webhook: {w}; reply: {x}")),
+        };
+        let text = text.map(|t| crate::error::printable(&t, MAX_STATUS_CHARS));
+        if let Err(e) = kernel.status(None, text).await {
+            tracing::debug!(error = %e, "reporting the channel's state");
+        }
+    }
+}
+
+/// The longest status text reported (loongd's bound is 1,024 bytes; a character is at most
+/// four).
+const MAX_STATUS_CHARS: usize = 250;
+
 /// The webhook loop: runs until the worker stops.
-pub async fn webhook_loop(hook: Arc<Webhook>, kernel: Arc<dyn Kernel>) {
+pub async fn webhook_loop(hook: Arc<Webhook>, kernel: Arc<dyn Kernel>, errors: Arc<Errors>) {
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
     loop {
         let requests = match kernel.webhooks().await {
@@ -143,6 +192,13 @@ pub async fn webhook_loop(hook: Arc<Webhook>, kernel: Arc<dyn Kernel>) {
         };
         for req in requests {
             let a = judge(&hook, kernel.as_ref(), &req, SystemTime::now()).await;
+            if let Some(why) = &a.refused {
+                errors
+                    .set(kernel.as_ref(), Some(Some(format!("refused: {why}"))), None)
+                    .await;
+            } else if a.status == 200 {
+                errors.set(kernel.as_ref(), Some(None), None).await;
+            }
             if let Err(e) = kernel.answer_webhook(a).await {
                 tracing::debug!(error = %e, "answering a webhook request");
             }
@@ -163,7 +219,7 @@ pub fn refused_for_good(e: &ChannelError) -> bool {
 }
 
 /// The send loop: runs until the worker stops.
-pub async fn send_loop(fs: Arc<Feishu>, kernel: Arc<dyn Kernel>) {
+pub async fn send_loop(fs: Arc<Feishu>, kernel: Arc<dyn Kernel>, errors: Arc<Errors>) {
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
     loop {
         let items = match kernel.outbox().await {
@@ -175,13 +231,19 @@ pub async fn send_loop(fs: Arc<Feishu>, kernel: Arc<dyn Kernel>) {
             }
         };
         for item in items {
-            send_one(&fs, kernel.as_ref(), &mut backoff, item).await;
+            send_one(&fs, kernel.as_ref(), &errors, &mut backoff, item).await;
         }
     }
 }
 
 /// Replies one answer until the platform takes it, then acks it.
-async fn send_one(fs: &Feishu, kernel: &dyn Kernel, backoff: &mut Backoff, item: Outgoing) {
+async fn send_one(
+    fs: &Feishu,
+    kernel: &dyn Kernel,
+    errors: &Errors,
+    backoff: &mut Backoff,
+    item: Outgoing,
+) {
     loop {
         let (ids, failed) = if let Some(o) = &item.offer {
             // Approvals are offered with buttons over Telegram only; a Feishu channel has no
@@ -193,13 +255,18 @@ async fn send_one(fs: &Feishu, kernel: &dyn Kernel, backoff: &mut Backoff, item:
             )
         } else {
             match fs.reply(&item.reply_to, &item.text).await {
-                Ok(ids) => (ids, None),
+                Ok(ids) => {
+                    errors.set(kernel, None, Some(None)).await;
+                    (ids, None)
+                }
                 Err(e) if refused_for_good(&e) => {
                     tracing::warn!(error = %e, "an answer refused by the platform; given up");
+                    errors.set(kernel, None, Some(Some(e.to_string()))).await;
                     (Vec::new(), Some(e.to_string()))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sending an answer; tried again");
+                    errors.set(kernel, None, Some(Some(e.to_string()))).await;
                     tokio::time::sleep(backoff.fail(e.retry_after())).await;
                     continue;
                 }
