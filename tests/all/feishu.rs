@@ -614,3 +614,80 @@ fn feishu_kill_9_of_the_channel_worker_between_receipt_and_answer_answers_exactl
     assert_eq!(provider.requests().len(), 1);
     assert!(!details(&home, "worker.restarted").is_empty());
 }
+
+#[test]
+fn feishu_an_unauthenticated_flood_is_limited_per_account_and_recorded_bounded() {
+    let provider =
+        crate::agent::Provider::start(vec![crate::agent::text_answer("after the flood")]);
+    let api = OpenApi::start();
+    let (home, _pid, port) = feishu_home(&provider, &api);
+    // 300 unsigned requests as fast as one client sends them: past the account's burst
+    // (100) and rate (20 a second), 429 at once; none reaches the agent.
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = (0..300)
+        .map(|_| post(port, PATH, &[], b"{\"not\": \"signed\"}").0)
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    let judged = statuses.iter().filter(|s| **s == 401 || **s == 400).count();
+    assert_eq!(limited + judged, 300, "{statuses:?}");
+    let most = 100.0 + 20.0 * elapsed + 2.0;
+    assert!(
+        (judged as f64) <= most && limited > 0,
+        "{judged} judged in {elapsed:.1} s (at most {most:.0}): {statuses:?}"
+    );
+    assert!(
+        home.ctl(&["status"]).status.success(),
+        "loongd keeps serving"
+    );
+    // Recorded bounded: one record for the minute, every refusal counted.
+    let refused = details(&home, "channel.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let status = json_list(&home, &["channels", "status", "fs", "--json"]);
+    assert_eq!(status[0]["refused"], judged as u64, "{status:?}");
+    // Positive control: once the rate allows again, a signed event is taken and answered.
+    std::thread::sleep(Duration::from_millis(1500));
+    let good = signed(
+        &message_event("ev-after-flood", CHAT, "om_f", "hi"),
+        now_secs(),
+        "nf",
+    );
+    let (status, body) = post(port, PATH, &good.headers, &good.body);
+    assert_eq!(status, 200, "{body}");
+    assert!(wait_until(Duration::from_secs(30), || !api
+        .replies()
+        .is_empty()));
+    assert_eq!(provider.requests().len(), 1);
+}
+
+#[test]
+fn feishu_a_channel_that_is_not_running_is_answered_503() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (home, _pid, port) = feishu_home(&provider, &api);
+    // Its app secret gone, the channel does not start again after loongd restarts.
+    let out = home.ctl(&["secrets", "rm", "channel.fs.app_secret"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home.start();
+    wait_for_gateway(&home, port);
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    let (status, body) = post(port, PATH, &[], plain.to_string().as_bytes());
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        crate::kernel_calls::json(&body)["error"]["type"],
+        "unavailable"
+    );
+    assert!(body.contains("channels status fs"), "{body}");
+    // `channels status` says why.
+    let status = json_list(&home, &["channels", "status", "fs", "--json"]);
+    assert!(
+        status[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not started")),
+        "{status:?}"
+    );
+    // Positive control: another path of the gateway is served.
+    assert_eq!(crate::gateway::http(port, "GET", "/health", &[], "").0, 200);
+}
