@@ -228,9 +228,18 @@ const PATH: &str = "/channels/feishu/fs/events";
 /// Feishu channel `fs` added against `api`, and its worker answering. Returns the home,
 /// loongd's pid and the gateway's port.
 fn feishu_home(provider: &crate::agent::Provider, api: &OpenApi) -> (Home, u32, u16) {
+    feishu_home_with(provider, api, "")
+}
+
+/// [`feishu_home`] with `extra` `[gateway]` keys.
+fn feishu_home_with(
+    provider: &crate::agent::Provider,
+    api: &OpenApi,
+    extra: &str,
+) -> (Home, u32, u16) {
     let port = free_port();
     let home = Home::with_config(&format!(
-        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"test-model\"\nidle_timeout_secs = 120\n\n[agent]\nprovider = \"local\"\nmax_steps = 4\nturn_budget_secs = 120\n",
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"test-model\"\nidle_timeout_secs = 120\n\n[agent]\nprovider = \"local\"\nmax_steps = 4\nturn_budget_secs = 120\n",
         provider.port
     ));
     let pid = home.start();
@@ -690,4 +699,24 @@ fn feishu_a_channel_that_is_not_running_is_answered_503() {
     );
     // Positive control: another path of the gateway is served.
     assert_eq!(crate::gateway::http(port, "GET", "/health", &[], "").0, 200);
+}
+
+#[test]
+fn feishu_webhook_bodies_keep_to_the_gateways_lower_body_bound_without_a_violation() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (home, _pid, port) = feishu_home_with(&provider, &api, "max_body_bytes = 4096\n");
+    // Past gateway.max_body_bytes (below the webhook's 1 MiB): 413 in the gateway, and
+    // loongd is asked nothing it would call a protocol violation.
+    let (status, body) = post(port, PATH, &[], &vec![b' '; 5000]);
+    assert_eq!(status, 413, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        details(&home, "protocol.violation").is_empty(),
+        "{:?}",
+        details(&home, "protocol.violation")
+    );
+    // Positive control: a challenge within it is answered.
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
 }

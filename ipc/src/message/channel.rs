@@ -258,6 +258,14 @@ pub struct WebhookAnswer {
 impl WebhookAnswer {
     /// Checks every variable-size field against its bound.
     pub fn check_bounds(&self) -> Result<(), BoundError> {
+        // A final HTTP status (2xx to 5xx): anything else would be no answer to the platform.
+        if !(200..=599).contains(&self.reply.status) {
+            return Err(BoundError {
+                field: "status",
+                len: usize::from(self.reply.status),
+                max: 599,
+            });
+        }
         if self.reply.body.len() > MAX_WEBHOOK_ANSWER_BYTES {
             return Err(BoundError {
                 field: "body",
@@ -385,6 +393,46 @@ mod tests {
             sender: "4".into(),
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn webhook_bodies_are_bounded_and_answers_are_final_statuses() {
+        let req = WebhookRequest {
+            id: 1,
+            headers: vec![("x-lark-signature".into(), "ab".into())],
+            body: vec![b'{'; MAX_WEBHOOK_BODY_BYTES],
+        };
+        req.check_bounds().expect("control");
+        let big = WebhookRequest {
+            body: vec![b'{'; MAX_WEBHOOK_BODY_BYTES + 1],
+            ..req.clone()
+        };
+        assert_eq!(big.check_bounds().expect_err("big").field, "body");
+        let many = WebhookRequest {
+            headers: vec![("a".into(), "b".into()); MAX_WEBHOOK_HEADERS + 1],
+            ..req.clone()
+        };
+        assert_eq!(many.check_bounds().expect_err("many").field, "headers");
+        let answer = |status: u16, len: usize| WebhookAnswer {
+            id: 1,
+            reply: WebhookReply {
+                status,
+                body: vec![b' '; len],
+            },
+            refused: None,
+        };
+        answer(200, MAX_WEBHOOK_ANSWER_BYTES)
+            .check_bounds()
+            .expect("control");
+        answer(503, 0).check_bounds().expect("control");
+        for status in [0, 101, 199, 600, u16::MAX] {
+            assert_eq!(
+                answer(status, 0).check_bounds().expect_err("status").field,
+                "status"
+            );
+        }
+        let long = answer(200, MAX_WEBHOOK_ANSWER_BYTES + 1);
+        assert_eq!(long.check_bounds().expect_err("long").field, "body");
     }
 
     #[test]

@@ -399,7 +399,8 @@ async fn answer(
     }
     // A chat platform's webhook: no bearer (the channel worker checks its signature).
     if let Some((platform, account)) = crate::webhook::route(path) {
-        let r = crate::webhook::serve(&shared.link, &shared.webhooks, req, platform, account);
+        let (link, rates, max) = (&shared.link, &shared.webhooks, cfg.max_body_bytes);
+        let r = crate::webhook::serve(link, rates, max, req, platform, account);
         return (r.await, None);
     }
     #[cfg(debug_assertions)]

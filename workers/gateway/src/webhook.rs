@@ -116,10 +116,15 @@ fn valid_account(account: &str) -> bool {
 pub(crate) async fn serve(
     link: &AsyncLink,
     rates: &Rates,
+    max_body_bytes: u64,
     req: Request<Incoming>,
     platform: &str,
     account: &str,
 ) -> Response<Body_> {
+    // The gateway's own body bound applies too (loongd takes no call past what it allows).
+    let limit = usize::try_from(max_body_bytes)
+        .unwrap_or(usize::MAX)
+        .min(MAX_WEBHOOK_BODY_BYTES);
     if !PLATFORMS.contains(&platform) || !valid_account(account) {
         return error(
             StatusCode::NOT_FOUND,
@@ -153,10 +158,10 @@ pub(crate) async fn serve(
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            &format!("a webhook body is at most {MAX_WEBHOOK_BODY_BYTES} bytes"),
+            &format!("a webhook body is at most {limit} bytes (1 MiB, or gateway.max_body_bytes when lower)"),
         )
     };
-    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
     let headers: Vec<(String, String)> = KEPT_HEADERS
@@ -166,7 +171,7 @@ pub(crate) async fn serve(
             (v.len() <= MAX_WEBHOOK_HEADER_BYTES).then(|| ((*name).to_owned(), v.to_owned()))
         })
         .collect();
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES)
+    let body = match http_body_util::Limited::new(req.into_body(), limit)
         .collect()
         .await
     {
@@ -209,7 +214,11 @@ pub(crate) async fn serve(
         rates.forget(account);
     }
     let mut r = Response::new(Full::new(Bytes::from(reply.body)).boxed());
-    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    // A final status only (loongd checks it too): a 1xx would be no answer at all.
+    *r.status_mut() = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
