@@ -720,3 +720,55 @@ fn feishu_webhook_bodies_keep_to_the_gateways_lower_body_bound_without_a_violati
     let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
     assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
 }
+
+#[test]
+fn feishu_kill_9_of_loongd_mid_turn_answers_once_and_the_platforms_retry_is_a_replay() {
+    // The first turn stalls (loongd is killed during it); the turn runs again at start.
+    let provider = crate::agent::Provider::start(vec![
+        crate::agent::Reply::Stall(Vec::new()),
+        crate::agent::text_answer("answered after the restart"),
+    ]);
+    let api = OpenApi::start();
+    let (home, pid, port) = feishu_home(&provider, &api);
+    let req = signed(
+        &message_event("ev-loongd", CHAT, "om_l", "hello"),
+        now_secs(),
+        "nl",
+    );
+    assert_eq!(post(port, PATH, &req.headers, &req.body).0, 200);
+    assert!(wait_until(Duration::from_secs(20), || provider
+        .requests()
+        .len()
+        == 1));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    assert!(wait_until(Duration::from_secs(5), || {
+        !crate::support::process_alive(pid)
+    }));
+    assert!(api.replies().is_empty());
+    home.start();
+    wait_for_gateway(&home, port);
+    // The platform sends the event again (it saw no answer it trusts): a replay, once the
+    // channel serves again.
+    let retried = wait_until(Duration::from_secs(30), || {
+        let (status, body) = post(port, PATH, &req.headers, &req.body);
+        status == 200 && body.contains("duplicate")
+    });
+    assert!(retried, "{}", home.log());
+    assert!(
+        wait_until(Duration::from_secs(30), || !api.replies().is_empty()),
+        "{:?}",
+        json_list(&home, &["channels", "status", "fs", "--json"])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let replies = api.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let content: Value =
+        serde_json::from_str(replies[0].body["content"].as_str().unwrap_or("")).expect("content");
+    assert_eq!(content["text"], "answered after the restart");
+    assert_eq!(details(&home, "channel.received").len(), 1);
+    assert_eq!(provider.requests().len(), 2);
+}
