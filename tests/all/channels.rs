@@ -503,15 +503,16 @@ fn bad_channels_are_refused_before_anything_is_stored() {
             "channel.lark.verification_token"
         ]
     );
-    // It is not served (no webhook route yet), and its status says so rather than a worker
-    // restarting in a loop.
+    // It is served through the gateway's webhook route, whose URL its status shows
+    // (tests/all/feishu.rs drives it).
     let status = json_list(&home, &["channels", "status", "lark", "--json"]);
     assert!(
-        status[0]["last_error"]
+        status[0]["webhook"]
             .as_str()
-            .is_some_and(|e| e.contains("webhook route")),
+            .is_some_and(|u| u.ends_with("/channels/feishu/lark/events")),
         "{status:?}"
     );
+    assert!(status[0]["last_error"].is_null(), "{status:?}");
 }
 
 /// `loongd.toml` naming the local provider `provider` as the agent's.

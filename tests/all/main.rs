@@ -22,6 +22,7 @@ mod dns;
 mod dns_server;
 mod egress;
 mod egress_limits;
+mod feishu;
 mod file_binding;
 mod gateway;
 mod gateway_chat;

@@ -90,6 +90,10 @@ pub enum AddCommand {
         encrypt_key_stdin: bool,
         #[arg(long, required = true)]
         verification_token_stdin: bool,
+        /// A chat (`oc_...`) whose messages become turns; every other chat's are ignored
+        /// and audited. Repeat for more.
+        #[arg(long = "allowed-chat", value_name = "ID")]
+        allowed_chats: Vec<String>,
         /// The open API base URL (default https://open.feishu.cn; Lark's is
         /// https://open.larksuite.com).
         #[arg(long, value_name = "URL")]
@@ -151,6 +155,7 @@ fn json(c: &ChannelView) -> serde_json::Value {
         "pending": c.pending, "running": c.running, "answered": c.answered,
         "ignored": c.ignored, "unsent": c.unsent, "sent": c.sent, "offset": c.offset,
         "conflict": c.conflict, "last_error": c.last_error,
+        "webhook": c.webhook, "refused": c.refused,
     })
 }
 
@@ -172,6 +177,13 @@ fn print(c: &ChannelView, detail: bool) {
     );
     if let Some(o) = c.offset {
         println!("  next getUpdates offset: {o}");
+    }
+    if let Some(url) = &c.webhook {
+        println!(
+            "  webhook: POST {} (the request URL in the platform's event subscription, through your public https name); {} refused since loongd started",
+            Esc(url),
+            c.refused
+        );
     }
     if let Some(conflict) = &c.conflict {
         println!("  CONFLICT: {}", Esc(conflict));
@@ -224,6 +236,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
             name,
             app_id,
             api_base,
+            allowed_chats,
             pack,
             json,
             ..
@@ -240,7 +253,7 @@ fn add(layout: &Layout, cmd: AddCommand) -> Result<(Vec<ChannelView>, bool), Fai
                     name,
                     kind: ChannelKind::Feishu,
                     api_base,
-                    allowed_chats: Vec::new(),
+                    allowed_chats,
                     operator_chats: Vec::new(),
                     app_id: Some(app_id),
                     secrets,

@@ -11,6 +11,13 @@
 //! - [`KIND_CHANNEL_ACK`]: [`ChannelAck`] once an item was sent; answered by an empty body.
 //! - [`KIND_CHANNEL_STATUS`]: [`ChannelStatus`] (a 409 conflict, a failure, or all clear);
 //!   answered by an empty body.
+//! - [`KIND_CHANNEL_WEBHOOK_NEXT`]: [`WebhookWait`]; answered by `Vec<WebhookRequest>`, the
+//!   webhook requests the gateway relayed for this channel (loongd does not parse them).
+//! - [`KIND_CHANNEL_WEBHOOK_ANSWER`]: [`WebhookAnswer`] (the status and body the gateway
+//!   answers the platform with); answered by an empty body.
+//! - [`KIND_CHANNEL_EVENT`]: [`ChannelEvent`] (a Feishu event id and its message, if it is
+//!   one taken); answered by [`ChannelEventTaken`]. The id is marked seen and the message
+//!   enqueued in one transaction; an id seen before is a replay, and nothing is taken.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +28,23 @@ pub const KIND_CHANNEL_RECEIVED: &str = "channel_received";
 pub const KIND_CHANNEL_OUTBOX: &str = "channel_outbox";
 pub const KIND_CHANNEL_ACK: &str = "channel_ack";
 pub const KIND_CHANNEL_STATUS: &str = "channel_status";
+pub const KIND_CHANNEL_WEBHOOK_NEXT: &str = "channel_webhook_next";
+pub const KIND_CHANNEL_WEBHOOK_ANSWER: &str = "channel_webhook_answer";
+pub const KIND_CHANNEL_EVENT: &str = "channel_event";
+
+/// The largest webhook request body relayed (Feishu's event bodies are a few KiB; the
+/// channel worker's `MAX_EVENT_BYTES`).
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 1024 * 1024;
+/// The most headers one webhook request carries (Feishu's three `X-Lark-*`).
+pub const MAX_WEBHOOK_HEADERS: usize = 8;
+/// Bound on a webhook header's name and value.
+pub const MAX_WEBHOOK_HEADER_BYTES: usize = 256;
+/// Bound on a webhook answer's body (a challenge echoed, a short refusal).
+pub const MAX_WEBHOOK_ANSWER_BYTES: usize = 16 * 1024;
+/// The most webhook requests one [`KIND_CHANNEL_WEBHOOK_NEXT`] answer carries, and the
+/// longest it waits for one.
+pub const MAX_WEBHOOK_BATCH: usize = 16;
+pub const MAX_WEBHOOK_WAIT_MS: u32 = 30_000;
 
 /// The most messages one [`ChannelReceived`] carries (a `getUpdates` answer's maximum).
 pub const MAX_CHANNEL_BATCH: usize = 100;
@@ -172,6 +196,122 @@ pub struct ChannelStatus {
     pub last_error: Option<String>,
 }
 
+/// A webhook request as the gateway received it: the headers the platform's check needs
+/// (lowercase names) and the raw body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRequest {
+    /// loongd's number for it, by which it is answered (0 from the gateway).
+    pub id: u64,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl WebhookRequest {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        if self.headers.len() > MAX_WEBHOOK_HEADERS {
+            return Err(BoundError {
+                field: "headers",
+                len: self.headers.len(),
+                max: MAX_WEBHOOK_HEADERS,
+            });
+        }
+        for (n, v) in &self.headers {
+            check_len("header", n, MAX_WEBHOOK_HEADER_BYTES)?;
+            check_len("header", v, MAX_WEBHOOK_HEADER_BYTES)?;
+        }
+        if self.body.len() > MAX_WEBHOOK_BODY_BYTES {
+            return Err(BoundError {
+                field: "body",
+                len: self.body.len(),
+                max: MAX_WEBHOOK_BODY_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Ask for the webhook requests relayed to this channel, waiting up to `wait_ms` for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookWait {
+    pub wait_ms: u32,
+}
+
+/// What the gateway answers a webhook request with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookReply {
+    pub status: u16,
+    /// A JSON body.
+    pub body: Vec<u8>,
+}
+
+/// The channel worker's answer to the webhook request `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAnswer {
+    pub id: u64,
+    pub reply: WebhookReply,
+    /// Why the request was refused (a bad signature, a stale timestamp, a body that does not
+    /// parse), for the trail; `None` when it was taken or answered.
+    pub refused: Option<String>,
+}
+
+impl WebhookAnswer {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        // A final HTTP status (2xx to 5xx): anything else would be no answer to the platform.
+        if !(200..=599).contains(&self.reply.status) {
+            return Err(BoundError {
+                field: "status",
+                len: usize::from(self.reply.status),
+                max: 599,
+            });
+        }
+        if self.reply.body.len() > MAX_WEBHOOK_ANSWER_BYTES {
+            return Err(BoundError {
+                field: "body",
+                len: self.reply.body.len(),
+                max: MAX_WEBHOOK_ANSWER_BYTES,
+            });
+        }
+        check_len(
+            "refused",
+            self.refused.as_deref().unwrap_or_default(),
+            MAX_CHANNEL_STATUS_BYTES,
+        )
+    }
+}
+
+/// A Feishu event judged and signed: its id (the delivery key), and its message when it is
+/// one to hand over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEvent {
+    pub event_id: String,
+    pub message: Option<ChannelMessage>,
+}
+
+impl ChannelEvent {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), BoundError> {
+        ChannelReceived {
+            next_offset: None,
+            messages: self.message.iter().cloned().collect(),
+            skipped: 0,
+            presses: Vec::new(),
+        }
+        .check_bounds()?;
+        id("event_id", &self.event_id)
+    }
+}
+
+/// What loongd took of a [`ChannelEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEventTaken {
+    /// The event id was seen before: nothing was taken.
+    pub replayed: bool,
+    /// The message waits for its turn (from an allowed chat).
+    pub taken: bool,
+}
+
 fn id(field: &'static str, v: &str) -> Result<(), BoundError> {
     check_len(field, v, MAX_CHANNEL_ID_BYTES)
 }
@@ -253,6 +393,46 @@ mod tests {
             sender: "4".into(),
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn webhook_bodies_are_bounded_and_answers_are_final_statuses() {
+        let req = WebhookRequest {
+            id: 1,
+            headers: vec![("x-lark-signature".into(), "ab".into())],
+            body: vec![b'{'; MAX_WEBHOOK_BODY_BYTES],
+        };
+        req.check_bounds().expect("control");
+        let big = WebhookRequest {
+            body: vec![b'{'; MAX_WEBHOOK_BODY_BYTES + 1],
+            ..req.clone()
+        };
+        assert_eq!(big.check_bounds().expect_err("big").field, "body");
+        let many = WebhookRequest {
+            headers: vec![("a".into(), "b".into()); MAX_WEBHOOK_HEADERS + 1],
+            ..req.clone()
+        };
+        assert_eq!(many.check_bounds().expect_err("many").field, "headers");
+        let answer = |status: u16, len: usize| WebhookAnswer {
+            id: 1,
+            reply: WebhookReply {
+                status,
+                body: vec![b' '; len],
+            },
+            refused: None,
+        };
+        answer(200, MAX_WEBHOOK_ANSWER_BYTES)
+            .check_bounds()
+            .expect("control");
+        answer(503, 0).check_bounds().expect("control");
+        for status in [0, 101, 199, 600, u16::MAX] {
+            assert_eq!(
+                answer(status, 0).check_bounds().expect_err("status").field,
+                "status"
+            );
+        }
+        let long = answer(200, MAX_WEBHOOK_ANSWER_BYTES + 1);
+        assert_eq!(long.check_bounds().expect_err("long").field, "body");
     }
 
     #[test]

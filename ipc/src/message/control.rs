@@ -415,6 +415,12 @@ pub struct ChannelView {
     pub conflict: Option<String>,
     /// The poller's last failure (while polls keep failing).
     pub last_error: Option<String>,
+    /// A webhook channel's (Feishu's) URL on the gateway, to enter in the platform's console
+    /// (behind the operator's public https name); `None` for a polling channel.
+    pub webhook: Option<String>,
+    /// Webhook requests refused (a bad signature, a stale timestamp, a replay, a body that
+    /// does not parse) since loongd started.
+    pub refused: u64,
 }
 
 /// Bound on [`AskRequest::prompt`].

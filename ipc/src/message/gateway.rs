@@ -31,6 +31,11 @@ pub const KIND_GATEWAY_CHAT_NEXT: &str = "gateway_chat_next";
 pub const KIND_GATEWAY_WAITING: &str = "gateway_waiting";
 /// The worker's figures for `loongctl gateway status`: [`GatewayStats`] → nothing.
 pub const KIND_GATEWAY_STATS: &str = "gateway_stats";
+/// A chat platform's webhook request, relayed to its channel's worker unparsed:
+/// [`GatewayWebhook`] → [`super::channel::WebhookReply`] (the HTTP status and body to
+/// answer). No bearer: the platform's signature, checked in the channel worker, is the
+/// authentication.
+pub const KIND_GATEWAY_WEBHOOK: &str = "gateway_webhook";
 
 /// Bound on the tools one [`KIND_GATEWAY_LIST`] answer names.
 pub const MAX_GATEWAY_TOOLS: usize = 4096;
@@ -118,6 +123,34 @@ pub struct GatewayStats {
     pub requests: u64,
     /// Requests and streams open now.
     pub open_streams: u64,
+}
+
+/// [`KIND_GATEWAY_WEBHOOK`]'s body: `POST /channels/PLATFORM/ACCOUNT/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayWebhook {
+    /// `feishu`.
+    pub platform: String,
+    /// The channel's name.
+    pub account: String,
+    /// The request, as the channel worker receives it.
+    pub request: super::channel::WebhookRequest,
+}
+
+impl GatewayWebhook {
+    /// Checks every variable-size field against its bound.
+    pub fn check_bounds(&self) -> Result<(), super::BoundError> {
+        super::check_len(
+            "platform",
+            &self.platform,
+            super::channel::MAX_CHANNEL_ID_BYTES,
+        )?;
+        super::check_len(
+            "account",
+            &self.account,
+            super::channel::MAX_CHANNEL_ID_BYTES,
+        )?;
+        self.request.check_bounds()
+    }
 }
 
 /// Why a body or answer does not encode or decode.

@@ -140,6 +140,10 @@ pub enum Kind {
     /// A chat channel's worker sent an answer (channel, chat id, the message it answers, the
     /// platform's ids of what was sent).
     ChannelSent,
+    /// A chat channel refused a webhook request (channel, why: a bad signature, a stale
+    /// timestamp, a replayed event id, a body that does not parse); one a channel a minute,
+    /// the rest counted in the next (`unrecorded_before`) and in `channels status`.
+    ChannelRefused,
     /// A browser session navigated (`browser.open`: each navigation and redirect with its
     /// host and outcome, the subresource hosts summarised), or ended because its worker failed.
     BrowserNavigated,
@@ -147,7 +151,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 46] = [
+    pub const ALL: [Kind; 47] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -193,6 +197,7 @@ impl Kind {
         Kind::ChannelReceived,
         Kind::ChannelIgnored,
         Kind::ChannelSent,
+        Kind::ChannelRefused,
         Kind::BrowserNavigated,
     ];
 
@@ -244,6 +249,7 @@ impl Kind {
             Kind::ChannelReceived => "channel.received",
             Kind::ChannelIgnored => "channel.ignored",
             Kind::ChannelSent => "channel.sent",
+            Kind::ChannelRefused => "channel.refused",
             Kind::BrowserNavigated => "browser.navigated",
         }
     }

@@ -592,6 +592,30 @@ impl ChannelStore {
         next_offset: Option<i64>,
         messages: &[Received],
     ) -> Result<Vec<Taken>, ChannelStoreError> {
+        self.receive_with(channel, next_offset, None, messages)
+    }
+
+    /// Takes a Feishu event: its id marked seen ([`Self::see_event`]'s table) and its
+    /// message (if any) into the inbox, in ONE transaction. An id seen before is
+    /// [`ChannelStoreError::Replayed`] and nothing is taken; a kill before the commit
+    /// leaves neither (the platform's retry is taken), after it both (the retry is a replay).
+    pub fn receive_event(
+        &self,
+        channel: &str,
+        event_id: &str,
+        message: Option<&Received>,
+    ) -> Result<Vec<Taken>, ChannelStoreError> {
+        let messages: Vec<Received> = message.into_iter().cloned().collect();
+        self.receive_with(channel, None, Some(event_id), &messages)
+    }
+
+    fn receive_with(
+        &self,
+        channel: &str,
+        next_offset: Option<i64>,
+        event_id: Option<&str>,
+        messages: &[Received],
+    ) -> Result<Vec<Taken>, ChannelStoreError> {
         if messages.len() > MAX_RECEIVED_BATCH {
             return Err(ChannelStoreError::BatchTooLarge {
                 channel: channel.to_owned(),
@@ -626,6 +650,23 @@ impl ChannelStore {
                     |r| r.get(0),
                 )
                 .optional()?;
+            if let Some(event_id) = event_id {
+                let at = now_ms();
+                tx.execute(
+                    "DELETE FROM channel_events WHERE seen_ms < ?1",
+                    params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
+                )?;
+                let fresh = tx.execute(
+                    "INSERT OR IGNORE INTO channel_events (channel, event_id, seen_ms) VALUES (?1, ?2, ?3)",
+                    params![channel, event_id, at],
+                )?;
+                if fresh == 0 {
+                    return Ok(Err(ChannelStoreError::Replayed {
+                        channel: channel.to_owned(),
+                        event_id: event_id.to_owned(),
+                    }));
+                }
+            }
             let taken_before = |m: &Received| {
                 committed.is_some_and(|c| m.key.parse::<i64>().is_ok_and(|k| k < c))
             };

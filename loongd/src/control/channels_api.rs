@@ -475,7 +475,19 @@ fn view(kernel: &Kernel, row: &ChannelRow) -> Result<ChannelView, RemoteError> {
         offset: counts.offset,
         conflict: poll.conflict,
         last_error: poll.last_error,
+        webhook: (row.kind == "feishu").then(|| webhook_url(kernel, &row.name)),
+        refused: crate::services::webhook::refused_count(&row.name),
     })
+}
+
+/// The URL of a Feishu channel's webhook on the gateway's listener (`[gateway] listen`):
+/// the platform reaches it through the operator's public https name, which fronts it.
+fn webhook_url(kernel: &Kernel, name: &str) -> String {
+    let path = crate::services::webhook::webhook_path("feishu", name);
+    match &kernel.config.gateway.listen {
+        crate::config::GatewayListen::Tcp(a) => format!("http://{a}{path}"),
+        crate::config::GatewayListen::Unix(p) => format!("unix:{}{path}", p.display()),
+    }
 }
 
 /// `channels list`.
@@ -532,6 +544,7 @@ pub(crate) async fn remove(
         }
     }
     crate::channel_status::forget(&name);
+    crate::services::webhook::forget(&name);
     Ok(ControlResponse::Channels(vec![shown]))
 }
 

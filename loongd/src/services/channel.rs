@@ -15,14 +15,21 @@
 //!   chats (one still pending), waiting a while for one.
 //! - `channel_ack`: an answer (or an offer) sent (`channel.sent`).
 //! - `channel_status`: the poller's state (a 409 conflict, a failure), for `channels status`.
+//! - `channel_webhook_next`, `channel_webhook_answer`: the webhook requests the gateway
+//!   relayed for this channel, and the worker's answers to them (`webhook.rs`).
+//! - `channel_event`: a Feishu event's id marked seen and its message taken as
+//!   `channel_received` takes one, in one transaction; a replayed id takes nothing
+//!   (`channel.refused`, one a minute).
 
 use std::time::{Duration, Instant};
 
 use loong_ipc::{
     message::channel::{
-        ChannelAck, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait, ChannelPress,
-        ChannelReceived, ChannelStatus, ChannelTaken, OutboxKind, PressAnswer, KIND_CHANNEL_ACK,
-        KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS,
+        ChannelAck, ChannelEvent, ChannelEventTaken, ChannelMessage, ChannelOffset,
+        ChannelOutboxItem, ChannelOutboxWait, ChannelPress, ChannelReceived, ChannelStatus,
+        ChannelTaken, OutboxKind, PressAnswer, WebhookAnswer, WebhookWait, KIND_CHANNEL_ACK,
+        KIND_CHANNEL_EVENT, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED,
+        KIND_CHANNEL_STATUS, KIND_CHANNEL_WEBHOOK_ANSWER, KIND_CHANNEL_WEBHOOK_NEXT,
         MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS, MAX_PRESS_ANSWER_BYTES, PRESS_APPROVE, PRESS_DENY,
     },
     ErrorKind, RemoteError, ServiceCall,
@@ -31,7 +38,7 @@ use loong_ipc::{
 use super::ServiceHost;
 use crate::{
     audit::{Event, Kind},
-    authority::channels::{ChannelStoreError, Received},
+    authority::channels::{ChannelStoreError, Received, Taken},
     channel_status::{self, PollStatus},
 };
 
@@ -59,10 +66,10 @@ fn started(kernel: &std::sync::Arc<crate::Kernel>, name: &str) -> Result<(), Str
         .channels
         .get(name)
         .map_err(|e| e.to_string())?;
-    if row.kind != "telegram" {
+    if row.kind != "telegram" && row.kind != "feishu" {
         // Not restarted in a loop: a kind this loongd has no service for is reported once.
         return Err(format!(
-            "a {} channel is served through the gateway's webhook route, which this loongd does not have yet",
+            "a {} channel is not a kind this loongd serves",
             row.kind
         ));
     }
@@ -93,7 +100,10 @@ fn started(kernel: &std::sync::Arc<crate::Kernel>, name: &str) -> Result<(), Str
         service: super::Service::Channel,
         name: name.to_owned(),
         kind: crate::workers::WorkerKind::channel(name, vec![grant]),
-        config_json: serde_json::json!({ "kind": row.kind, "api_base": api_base }).to_string(),
+        config_json: serde_json::json!({
+            "kind": row.kind, "api_base": api_base, "app_id": config["app_id"],
+        })
+        .to_string(),
         secrets,
         token: Some(row.token_id),
     };
@@ -282,15 +292,7 @@ pub(crate) async fn handle(
             let messages: Vec<Received> = body
                 .messages
                 .into_iter()
-                .map(|m| Received {
-                    allowed: allow.contains(&m.chat),
-                    key: m.key,
-                    chat: m.chat,
-                    message_id: m.message_id,
-                    thread: m.thread,
-                    sender: m.sender,
-                    text: m.text,
-                })
+                .map(|m| received(m, &allow))
                 .collect();
             let taken = store
                 .receive(name, body.next_offset, &messages)
@@ -304,40 +306,46 @@ pub(crate) async fn handle(
             for p in body.presses {
                 answer.presses.push(press(host, worker, p).await);
             }
-            for t in &taken {
-                if !t.audited {
-                    // A stranger's message within the window of its chat's last audited one:
-                    // counted in `channels status`, not one record a message.
-                    answer.ignored += 1;
-                    continue;
-                }
-                let kind = if t.allowed {
-                    answer.taken += 1;
-                    if !answer.typing.contains(&t.chat) {
-                        answer.typing.push(t.chat.clone());
-                    }
-                    Kind::ChannelReceived
-                } else {
-                    answer.ignored += 1;
-                    Kind::ChannelIgnored
-                };
-                let mut detail = serde_json::json!({
-                    "channel": name, "chat": t.chat, "message": t.message_id,
-                    "sender": t.sender, "key": t.key, "token": host.token,
-                });
-                if !t.allowed {
-                    detail["note"] = format!(
-                        "further ignored messages of this chat within {} s are counted in `channels status`, not audited one by one",
-                        crate::authority::channels::IGNORED_AUDIT_WINDOW_MS / 1000
-                    )
-                    .into();
-                }
-                if !t.allowed && allow.contains(&t.chat) {
-                    detail["reason"] = "the chat has the most messages waiting a chat may".into();
-                }
-                record(host, worker, kind, detail).await;
-            }
+            audit_taken(host, worker, &taken, &allow, &mut answer).await;
             encode(&answer)
+        }
+        KIND_CHANNEL_EVENT => {
+            let body: ChannelEvent = decode(&call)?;
+            body.check_bounds()
+                .map_err(|e| bad(format!("kernel call {}: {e}", call.kind)))?;
+            let allow = chats(host, "allowed_chats")?;
+            let message = body.message.map(|m| received(m, &allow));
+            let taken = match store.receive_event(name, &body.event_id, message.as_ref()) {
+                Ok(t) => t,
+                Err(e @ ChannelStoreError::Replayed { .. }) => {
+                    super::webhook::refused(host, worker, &e.to_string()).await;
+                    return encode(&ChannelEventTaken {
+                        replayed: true,
+                        taken: false,
+                    });
+                }
+                Err(e) => return Err(store_error(e)),
+            };
+            let mut answer = ChannelTaken {
+                taken: 0,
+                ignored: 0,
+                typing: Vec::new(),
+                presses: Vec::new(),
+            };
+            audit_taken(host, worker, &taken, &allow, &mut answer).await;
+            encode(&ChannelEventTaken {
+                replayed: false,
+                taken: answer.taken > 0,
+            })
+        }
+        KIND_CHANNEL_WEBHOOK_NEXT => {
+            let wait: WebhookWait = decode(&call)?;
+            encode(&super::webhook::next(host, worker, wait).await?)
+        }
+        KIND_CHANNEL_WEBHOOK_ANSWER => {
+            let a: WebhookAnswer = decode(&call)?;
+            super::webhook::answer(host, worker, a).await?;
+            encode(&())
         }
         KIND_CHANNEL_OUTBOX => {
             let wait: ChannelOutboxWait = decode(&call)?;
@@ -404,6 +412,64 @@ pub(crate) async fn handle(
             ErrorKind::NotFound,
             format!("kernel call {other}: no such channel kernel call (channel {name})"),
         )),
+    }
+}
+
+/// Audits what a batch (or an event) took: each message taken for a turn
+/// (`channel.received`), each stranger's first of the window (`channel.ignored`); counted in
+/// `answer`.
+async fn audit_taken(
+    host: &ServiceHost,
+    worker: u64,
+    taken: &[Taken],
+    allow: &[String],
+    answer: &mut ChannelTaken,
+) {
+    for t in taken {
+        if !t.audited {
+            // A stranger's message within the window of its chat's last audited one:
+            // counted in `channels status`, not one record a message.
+            answer.ignored += 1;
+            continue;
+        }
+        let kind = if t.allowed {
+            answer.taken += 1;
+            if !answer.typing.contains(&t.chat) {
+                answer.typing.push(t.chat.clone());
+            }
+            Kind::ChannelReceived
+        } else {
+            answer.ignored += 1;
+            Kind::ChannelIgnored
+        };
+        let mut detail = serde_json::json!({
+            "channel": host.name, "chat": t.chat, "message": t.message_id,
+            "sender": t.sender, "key": t.key, "token": host.token,
+        });
+        if !t.allowed {
+            detail["note"] = format!(
+                "further ignored messages of this chat within {} s are counted in `channels status`, not audited one by one",
+                crate::authority::channels::IGNORED_AUDIT_WINDOW_MS / 1000
+            )
+            .into();
+        }
+        if !t.allowed && allow.contains(&t.chat) {
+            detail["reason"] = "the chat has the most messages waiting a chat may".into();
+        }
+        record(host, worker, kind, detail).await;
+    }
+}
+
+/// A message handed over, as the store takes it: allowed when its chat is in `allow`.
+fn received(m: ChannelMessage, allow: &[String]) -> Received {
+    Received {
+        allowed: allow.contains(&m.chat),
+        key: m.key,
+        chat: m.chat,
+        message_id: m.message_id,
+        thread: m.thread,
+        sender: m.sender,
+        text: m.text,
     }
 }
 

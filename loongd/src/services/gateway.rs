@@ -26,6 +26,8 @@
 //!   or `Failed` and the stream is gone after it. A stream id from another gateway worker,
 //!   or unknown, is an error.
 //! - `gateway_stats`: the worker's request and stream counts, for `gateway status`.
+//! - `gateway_webhook`: a chat platform's webhook request, relayed unparsed to its channel's
+//!   worker (`webhook.rs`).
 
 use std::{
     collections::HashMap,
@@ -123,6 +125,11 @@ pub(crate) async fn handle(
         wire::KIND_GATEWAY_WAITING => {
             let b: GatewayWaiting = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             answer(&waiting_for(worker, b.tag))
+        }
+        wire::KIND_GATEWAY_WEBHOOK => {
+            let b: wire::GatewayWebhook =
+                wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
+            answer(&super::webhook::relay(host, b).await?)
         }
         wire::KIND_GATEWAY_STATS => {
             let b: GatewayStats = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;

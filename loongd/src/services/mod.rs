@@ -21,6 +21,7 @@
 pub(crate) mod channel;
 pub(crate) mod gateway;
 pub(crate) mod gateway_guard;
+pub(crate) mod webhook;
 
 use std::{
     collections::BTreeMap,

@@ -5,14 +5,20 @@ use std::time::Duration;
 
 use loong_ipc::{
     message::channel::{
-        ChannelAck, ChannelMessage, ChannelOffset, ChannelOutboxItem, ChannelOutboxWait,
-        ChannelPress, ChannelReceived, ChannelStatus, ChannelTaken, OutboxKind, KIND_CHANNEL_ACK,
-        KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX, KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS,
-        MAX_CHANNEL_STATUS_BYTES, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+        ChannelAck, ChannelEvent, ChannelEventTaken, ChannelMessage, ChannelOffset,
+        ChannelOutboxItem, ChannelOutboxWait, ChannelPress, ChannelReceived, ChannelStatus,
+        ChannelTaken, OutboxKind, WebhookAnswer, WebhookReply, WebhookRequest, WebhookWait,
+        KIND_CHANNEL_ACK, KIND_CHANNEL_EVENT, KIND_CHANNEL_OFFSET, KIND_CHANNEL_OUTBOX,
+        KIND_CHANNEL_RECEIVED, KIND_CHANNEL_STATUS, KIND_CHANNEL_WEBHOOK_ANSWER,
+        KIND_CHANNEL_WEBHOOK_NEXT, MAX_CHANNEL_STATUS_BYTES, MAX_OUTBOX_ITEMS, MAX_OUTBOX_WAIT_MS,
+        MAX_WEBHOOK_ANSWER_BYTES, MAX_WEBHOOK_WAIT_MS,
     },
     KernelRequest, ServiceCall,
 };
-use loong_worker_channel::serve::{Batch, BoxFuture, Kernel, KernelError, Offer, Outgoing, Taken};
+use loong_worker_channel::serve::{
+    Batch, BoxFuture, EventTaken, HookAnswer, HookRequest, Incoming, Kernel, KernelError, Offer,
+    Outgoing, Taken,
+};
 
 // What the worker hands over is what loongd takes: a batch past either bound would be
 // refused whole, and the offset would never pass it.
@@ -191,6 +197,73 @@ impl Kernel for Link {
                 last_error,
             };
             self.call(KIND_CHANNEL_STATUS, &body).await.map(drop)
+        })
+    }
+
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<HookRequest>, KernelError>> {
+        Box::pin(async move {
+            let wait = WebhookWait {
+                wait_ms: MAX_WEBHOOK_WAIT_MS,
+            };
+            let bytes = self.call(KIND_CHANNEL_WEBHOOK_NEXT, &wait).await?;
+            let items: Vec<WebhookRequest> = decode(KIND_CHANNEL_WEBHOOK_NEXT, &bytes)?;
+            Ok(items
+                .into_iter()
+                .map(|r| HookRequest {
+                    id: r.id,
+                    headers: r.headers,
+                    body: r.body,
+                })
+                .collect())
+        })
+    }
+
+    fn answer_webhook(&self, a: HookAnswer) -> BoxFuture<'_, Result<(), KernelError>> {
+        // Bounded as loongd checks it (a refusal's body names the error, which is short).
+        let mut body = a.body;
+        body.truncate(MAX_WEBHOOK_ANSWER_BYTES);
+        let refused = a
+            .refused
+            .map(|f| loong_worker_channel::error::printable(&f, MAX_CHANNEL_STATUS_BYTES / 4));
+        Box::pin(async move {
+            let answer = WebhookAnswer {
+                id: a.id,
+                reply: WebhookReply {
+                    status: a.status,
+                    body,
+                },
+                refused,
+            };
+            self.call(KIND_CHANNEL_WEBHOOK_ANSWER, &answer)
+                .await
+                .map(drop)
+        })
+    }
+
+    fn event(
+        &self,
+        event_id: String,
+        message: Option<Incoming>,
+    ) -> BoxFuture<'_, Result<EventTaken, KernelError>> {
+        Box::pin(async move {
+            let body = ChannelEvent {
+                event_id,
+                message: message.map(|m| ChannelMessage {
+                    key: m.key,
+                    chat: m.chat,
+                    message_id: m.message_id,
+                    thread: m.thread,
+                    sender: m.sender,
+                    text: m.text,
+                }),
+            };
+            let bytes = self.call(KIND_CHANNEL_EVENT, &body).await?;
+            let taken: ChannelEventTaken = decode(KIND_CHANNEL_EVENT, &bytes)?;
+            Ok(if taken.replayed {
+                EventTaken::Replayed
+            } else {
+                EventTaken::Fresh
+            })
         })
     }
 }

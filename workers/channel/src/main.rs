@@ -13,7 +13,7 @@ use loong_ipc::{
 };
 use loong_worker_runtime::{internal, refused, service::AsyncLink, Final, Handler, KernelLink};
 
-#[cfg(feature = "telegram")]
+#[cfg(any(feature = "telegram", feature = "feishu"))]
 mod kernel_link;
 
 /// The configuration loongd passes (`config_json`).
@@ -21,6 +21,10 @@ mod kernel_link;
 struct Config {
     kind: String,
     api_base: String,
+    /// A Feishu app's id.
+    #[cfg(feature = "feishu")]
+    #[serde(default)]
+    app_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +37,7 @@ fn failed(message: String) -> Result<WorkerResponse, RemoteError> {
     )))
 }
 
-#[cfg(feature = "telegram")]
+#[cfg(any(feature = "telegram", feature = "feishu"))]
 fn secret<'a>(spec: &'a ServeSpec, role: &str) -> Option<&'a str> {
     spec.secrets
         .iter()
@@ -53,6 +57,8 @@ fn serve(spec: &ServeSpec, link: AsyncLink) -> Result<WorkerResponse, RemoteErro
     match config.kind.as_str() {
         #[cfg(feature = "telegram")]
         "telegram" => serve_telegram(spec, &config, link),
+        #[cfg(feature = "feishu")]
+        "feishu" => serve_feishu(spec, &config, link),
         other => {
             link.close();
             failed(format!(
@@ -94,6 +100,58 @@ fn serve_telegram(
         tokio::select! {
             () = link.stopped() => {}
             r = poll => if let Err(e) = r { tracing::warn!(error = %e, "the poll loop ended") },
+            () = send => {}
+        }
+    });
+    link.close();
+    Ok(WorkerResponse::Stopped)
+}
+
+/// A Feishu/Lark app: the webhook and send loops until loongd withdraws the request.
+#[cfg(feature = "feishu")]
+fn serve_feishu(
+    spec: &ServeSpec,
+    config: &Config,
+    link: AsyncLink,
+) -> Result<WorkerResponse, RemoteError> {
+    use loong_worker_channel::{feishu, serve};
+    use std::sync::Arc;
+    let secrets = (
+        secret(spec, "app_secret"),
+        secret(spec, "encrypt_key"),
+        secret(spec, "verification_token"),
+        config.app_id.as_deref(),
+    );
+    let (Some(app_secret), Some(encrypt_key), Some(verification_token), Some(app_id)) = secrets
+    else {
+        link.close();
+        return failed(format!(
+            "channel {}: the app id, or the app_secret, encrypt_key or verification_token secret, is missing; add the channel again",
+            spec.name
+        ));
+    };
+    let built = feishu::Webhook::new(encrypt_key, verification_token).and_then(|hook| {
+        feishu::Feishu::new(&config.api_base, app_id, app_secret).map(|fs| (hook, fs))
+    });
+    let (hook, fs) = match built {
+        Ok((h, f)) => (Arc::new(h), Arc::new(f)),
+        Err(e) => {
+            link.close();
+            return failed(format!("channel {}: {e}", spec.name));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| internal(format!("starting the runtime: {e}")))?;
+    let kernel: Arc<dyn serve::Kernel> = Arc::new(kernel_link::Link(link.clone()));
+    runtime.block_on(async {
+        let errors = Arc::new(serve::feishu::Errors::default());
+        let hooks = serve::feishu::webhook_loop(hook, kernel.clone(), errors.clone());
+        let send = serve::feishu::send_loop(fs, kernel, errors);
+        tokio::select! {
+            () = link.stopped() => {}
+            () = hooks => {}
             () = send => {}
         }
     });

@@ -120,6 +120,76 @@ pub trait Kernel: Send + Sync {
         conflict: Option<String>,
         last_error: Option<String>,
     ) -> BoxFuture<'_, Result<(), KernelError>>;
+    /// The webhook requests the gateway relayed to this channel (waits a while for one).
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<HookRequest>, KernelError>> {
+        Box::pin(async {
+            Err(KernelError {
+                call: "channel_webhook_next",
+                message: "this kernel serves no webhooks".into(),
+            })
+        })
+    }
+    /// Answers a webhook request.
+    fn answer_webhook(&self, _answer: HookAnswer) -> BoxFuture<'_, Result<(), KernelError>> {
+        Box::pin(async {
+            Err(KernelError {
+                call: "channel_webhook_answer",
+                message: "this kernel serves no webhooks".into(),
+            })
+        })
+    }
+    /// Hands over a signed event: its id marked seen and its message (if one to take)
+    /// enqueued, in one transaction.
+    fn event(
+        &self,
+        _event_id: String,
+        _message: Option<Incoming>,
+    ) -> BoxFuture<'_, Result<EventTaken, KernelError>> {
+        Box::pin(async {
+            Err(KernelError {
+                call: "channel_event",
+                message: "this kernel takes no events".into(),
+            })
+        })
+    }
+}
+
+/// A webhook request relayed by the gateway: the platform's headers (lowercase names) and
+/// the raw body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRequest {
+    pub id: u64,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HookRequest {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// The answer to a webhook request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookAnswer {
+    pub id: u64,
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Why it was refused, for the trail.
+    pub refused: Option<String>,
+}
+
+/// What loongd made of an event handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTaken {
+    /// Its id is new: its message (if any) is in the inbox.
+    Fresh,
+    /// Its id was seen before: nothing was taken.
+    Replayed,
 }
 
 #[cfg(feature = "telegram")]
@@ -308,6 +378,9 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
         return;
     }
 }
+
+#[cfg(feature = "feishu")]
+pub mod feishu;
 
 #[cfg(all(test, feature = "telegram"))]
 mod tests;

@@ -2,7 +2,9 @@
 //! streamable-HTTP service. hyper 1 directly: six routes, and `/mcp` is rmcp's own tower
 //! service, so a router framework would add dependencies and nothing else.
 //!
-//! Every route but `/health` checks, in order: `Host` and `Origin` against the allowlists
+//! `POST /channels/feishu/ACCOUNT/events` is a chat platform's webhook (`webhook.rs`: no
+//! bearer, the channel worker checks the platform's signature). Every other route but
+//! `/health` checks, in order: `Host` and `Origin` against the allowlists
 //! (403, against DNS rebinding), the bearer (401 without one), the body's declared size
 //! (413), the bearer in loongd (`gateway_auth`: 401 for a secret that names no live token,
 //! 403 for a token that may invoke nothing), then that token's open streams and rate (429
@@ -88,6 +90,8 @@ struct Shared {
     open: AtomicU64,
     /// Requests in flight that a stop waits for (all but `/mcp`'s standalone GET streams).
     draining: AtomicU64,
+    /// The chat platforms' webhooks' rates, by account.
+    webhooks: crate::webhook::Rates,
 }
 
 /// The token an MCP session was opened under: its limits key, and the sha256 of the secret
@@ -248,6 +252,7 @@ pub async fn serve(cfg: Config, listener: OwnedFd, link: AsyncLink) -> Result<()
         requests: AtomicU64::new(0),
         open: AtomicU64::new(0),
         draining: AtomicU64::new(0),
+        webhooks: crate::webhook::Rates::default(),
     });
     let accepting = accept_loop(shared.clone(), listener, unix);
     let stats = report_stats(shared.clone());
@@ -391,6 +396,12 @@ async fn answer(
             json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             None,
         );
+    }
+    // A chat platform's webhook: no bearer (the channel worker checks its signature).
+    if let Some((platform, account)) = crate::webhook::route(path) {
+        let (link, rates, max) = (&shared.link, &shared.webhooks, cfg.max_body_bytes);
+        let r = crate::webhook::serve(link, rates, max, req, platform, account);
+        return (r.await, None);
     }
     #[cfg(debug_assertions)]
     if path == crate::test_hook::PATH && cfg.test_raw_calls {

@@ -17,6 +17,7 @@ mod limits;
 mod mcp;
 #[cfg(debug_assertions)]
 mod test_hook;
+mod webhook;
 
 use std::os::fd::OwnedFd;
 

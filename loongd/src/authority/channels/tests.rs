@@ -544,3 +544,52 @@ fn writers_on_other_connections_wait_their_turn_rather_than_fail() {
         .sum();
     assert_eq!(pending, 3 * 150);
 }
+
+#[test]
+fn an_event_and_its_message_are_taken_together_once_and_a_full_inbox_takes_neither() {
+    let (_d, s) = store();
+    let ev = |id: &str, k: i64| Received {
+        key: id.into(),
+        ..msg(k, 1, "hi")
+    };
+    let taken = s
+        .receive_event("tg", "ev-1", Some(&ev("ev-1", 1)))
+        .expect("first");
+    assert_eq!(taken.len(), 1);
+    // Its id again (a replay, or the platform's retry after a kill): refused, nothing taken.
+    assert!(matches!(
+        s.receive_event("tg", "ev-1", Some(&ev("ev-1", 1))),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    assert_eq!(s.counts("tg").expect("counts").pending, 1);
+    // An event without a message to take is marked seen all the same.
+    assert!(s
+        .receive_event("tg", "ev-2", None)
+        .expect("seen")
+        .is_empty());
+    assert!(s.receive_event("tg", "ev-2", None).is_err());
+    // A full inbox refuses the message and leaves the id unseen, so the platform's retry is
+    // taken once there is room.
+    for round in 0.. {
+        let pending = s.counts("tg").expect("counts").pending;
+        if pending >= MAX_PENDING_INBOX {
+            break;
+        }
+        let n = (MAX_PENDING_INBOX - pending).min(MAX_RECEIVED_BATCH as u64) as i64;
+        let b: Vec<Received> = (0..n)
+            .map(|k| Received {
+                key: format!("{round}-{k}"),
+                ..msg(k, k + 10, "x")
+            })
+            .collect();
+        s.receive("tg", None, &b).expect("fits");
+    }
+    let err = s
+        .receive_event("tg", "ev-3", Some(&ev("ev-3", 3)))
+        .expect_err("full");
+    assert!(matches!(err, ChannelStoreError::InboxFull { .. }), "{err}");
+    assert!(
+        s.see_event("tg", "ev-3").is_ok(),
+        "the refused event's id was not marked seen"
+    );
+}
