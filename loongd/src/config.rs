@@ -77,7 +77,7 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # wasm_spare = true
 # Agent worker processes (`loongctl ask` and the channels' turns): turns run at once, one per
 # worker; a turn waiting for an approval holds its worker (1..=64). Workers start on demand,
-# each about 5 MiB resident (256 MiB at most, its cgroup's memory.max).
+# each about 11 MiB resident (256 MiB at most, its cgroup's memory.max).
 # agent_pool_size = 4
 
 [kernel_calls]
@@ -762,7 +762,7 @@ pub struct WorkersConfig {
 pub const MAX_WASM_POOL_SIZE: u32 = 64;
 /// Agent workers by default: an `ask` and a few chats' turns run at once, and a turn
 /// waiting for an approval holds none of the others. Each is started on demand and costs
-/// about 5 MiB resident while it lives (docs/performance.md).
+/// about 11 MiB resident while it lives (docs/agent.md).
 pub const DEFAULT_AGENT_POOL_SIZE: u32 = 4;
 
 impl Default for WorkersConfig {

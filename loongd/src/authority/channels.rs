@@ -12,7 +12,9 @@
 //! after the commit but before it polled again) is taken once. A message's answer is written
 //! to the outbox in the same transaction that marks it answered ([`ChannelStore::answer`]),
 //! at most one outbox row per message. A turn that was running when loongd died is run again
-//! at start ([`ChannelStore::recover`]): its answer had not been committed. The one boundary
+//! at start ([`ChannelStore::recover`]): its answer had not been committed. The claim itself
+//! (pending → running) waits for no fsync: lost with the machine, the message is still
+//! pending; the answer's synchronous commit carries it to disk. The one boundary
 //! that is at least once is the platform's send: an outbox row is acked after the platform
 //! answered 200, so a kill between that 200 and the ack sends it again (once more per kill;
 //! the platform offers no idempotency key). See docs/channels.md.
@@ -813,7 +815,10 @@ impl ChannelStore {
         let throttled =
             serde_json::to_string(&self.throttled(now, limits.per_minute)).unwrap_or_default();
         let at_once = i64::try_from(limits.at_once).unwrap_or(i64::MAX);
-        let claimed = self.db.with(|c| {
+        // No fsync: a claim lost with the machine is a message still pending, and a claim
+        // kept is made pending again at the start anyway (`recover`); the answer's commit
+        // (synchronous) carries it to disk in any case.
+        let claimed = self.db.with_unsynced(|c| {
             let tx = StateDb::write(c)?;
             let item = tx
                 .query_row(

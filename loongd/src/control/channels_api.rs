@@ -673,6 +673,8 @@ async fn agent_turn(
         Some(row.token_id.clone()),
         Some(session),
         item.text.clone(),
+        // The answer's commit (`ChannelStore::answer`, synchronous) follows at once.
+        super::agent_api::SessionCommit::CarriedByAnswer,
     )
     .await;
     match turn {

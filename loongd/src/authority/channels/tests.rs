@@ -613,3 +613,30 @@ fn a_chats_turns_run_one_at_a_time_and_a_channels_at_most_its_bound_at_once() {
         .expect("claim")
         .is_none());
 }
+
+#[test]
+fn a_claim_waits_for_no_fsync_and_leaves_the_connection_synchronous() {
+    // The claim commits without an fsync (it is made again at the next start if lost);
+    // every commit after it on the same connection (the answer's) is synchronous again.
+    let (_d, s) = store();
+    let synchronous = |s: &ChannelStore| {
+        s.db.with(|c| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)))
+            .expect("pragma")
+    };
+    const FULL: i64 = 2;
+    assert_eq!(synchronous(&s), FULL);
+    s.receive("tg", Some(2), &[msg(1, 1, "a")])
+        .expect("receive");
+    let i = s.claim(LIMITS).expect("claim").expect("item");
+    assert_eq!(
+        synchronous(&s),
+        FULL,
+        "the claim left the connection unsynced"
+    );
+    // Positive control: inside, the commit is unsynced (NORMAL).
+    let inside =
+        s.db.with_unsynced(|c| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)))
+            .expect("pragma");
+    assert_eq!(inside, 1);
+    assert!(s.answer(i.id, "ok").expect("answer"));
+}
