@@ -75,6 +75,10 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # Keep one spare WASM worker started ahead of need (counted in the pool's size), so the first
 # call after a start, a reload or `workers kill` does not wait for a spawn.
 # wasm_spare = true
+# Agent worker processes (`loongctl ask` and the channels' turns): turns run at once, one per
+# worker; a turn waiting for an approval holds its worker (1..=64). Workers start on demand,
+# each about 11 MiB resident (256 MiB at most, its cgroup's memory.max).
+# agent_pool_size = 4
 
 [kernel_calls]
 # Calls a worker makes through loongd while it serves a call (a plugin's call_tool).
@@ -199,6 +203,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # The most turns one chat channel starts a minute (a compromised channel worker makes
 # messages up at will; past it, the channel's messages wait, none lost).
 # turns_per_minute = 30
+# The most channel turns running at once, over every channel (1..=64), and of one channel
+# (1..=64). A chat's turns always run one at a time, in order. Below the agent pool's size,
+# so a `loongctl ask` finds a worker while every channel turn waits for an approval.
+# max_turns_at_once = 3
+# max_turns_at_once_per_channel = 2
 
 [log]
 # The tracing filter (RUST_LOG syntax). The LOONG_LOG environment variable overrides it.
@@ -663,6 +672,25 @@ pub struct ChannelsConfig {
     /// The most turns one channel starts a minute.
     #[serde(deserialize_with = "turns_per_minute")]
     pub turns_per_minute: u32,
+    /// The most channel turns running at once, over every channel.
+    #[serde(deserialize_with = "turns_at_once")]
+    pub max_turns_at_once: u32,
+    /// The most turns of one channel running at once (a chat's run one at a time).
+    #[serde(deserialize_with = "turns_at_once")]
+    pub max_turns_at_once_per_channel: u32,
+}
+
+/// The channel turns running at once, over every channel, by default: below the agent
+/// pool's default size, so an operator's `ask` finds a worker while each channel turn waits
+/// for an approval.
+pub const DEFAULT_CHANNEL_TURNS_AT_ONCE: u32 = 3;
+/// The turns of one channel running at once, by default.
+pub const DEFAULT_CHANNEL_TURNS_AT_ONCE_PER_CHANNEL: u32 = 2;
+/// The most `[channels] max_turns_at_once` (and `_per_channel`) may be.
+pub const MAX_CHANNEL_TURNS_AT_ONCE: u32 = 64;
+
+fn turns_at_once<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_CHANNEL_TURNS_AT_ONCE, "turns")
 }
 
 /// The turns one channel starts a minute, by default.
@@ -678,6 +706,8 @@ impl Default for ChannelsConfig {
     fn default() -> Self {
         ChannelsConfig {
             turns_per_minute: DEFAULT_CHANNEL_TURNS_PER_MINUTE,
+            max_turns_at_once: DEFAULT_CHANNEL_TURNS_AT_ONCE,
+            max_turns_at_once_per_channel: DEFAULT_CHANNEL_TURNS_AT_ONCE_PER_CHANNEL,
         }
     }
 }
@@ -723,16 +753,24 @@ pub struct WorkersConfig {
     /// Keep one spare WASM worker started ahead of need (within the pool's size), so the
     /// first call after loongd starts, a reload or a kill does not wait for a spawn.
     pub wasm_spare: bool,
+    /// Agent workers in the agent's pool (and so agent turns at once).
+    #[serde(deserialize_with = "pool_size")]
+    pub agent_pool_size: u32,
 }
 
-/// The largest WASM pool.
+/// The largest WASM pool (and agent pool).
 pub const MAX_WASM_POOL_SIZE: u32 = 64;
+/// Agent workers by default: an `ask` and a few chats' turns run at once, and a turn
+/// waiting for an approval holds none of the others. Each is started on demand and costs
+/// about 11 MiB resident while it lives (docs/agent.md).
+pub const DEFAULT_AGENT_POOL_SIZE: u32 = 4;
 
 impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig {
             wasm_pool_size: 2,
             wasm_spare: true,
+            agent_pool_size: DEFAULT_AGENT_POOL_SIZE,
         }
     }
 }

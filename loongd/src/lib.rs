@@ -216,8 +216,15 @@ impl Kernel {
         !Arc::ptr_eq(pool, &self.workers)
     }
 
-    /// A pool of one worker of `kind` (a foreign program's), with its health checks.
+    /// A pool of `kind`'s workers (a foreign program's), with its health checks: one worker,
+    /// or `[workers] agent_pool_size` of the agent's (each turn holds its worker to the end,
+    /// an approval's wait included, so one worker would hold every other turn behind it).
     fn new_pool(&self, mut kind: workers::WorkerKind) -> Arc<workers::Supervisor> {
+        let size = if kind.name == workers::WorkerKind::AGENT {
+            self.config.workers.agent_pool_size as usize
+        } else {
+            1
+        };
         kind.egress_limits = egress::limits_for(
             kind.net_owner.as_deref(),
             &kind.egress_asked,
@@ -230,7 +237,7 @@ impl Kernel {
             kind,
             self.spawner.clone(),
             self.config.sandbox.allow_degraded,
-            1,
+            size,
             self.audit.clone(),
             self.resolver.clone(),
         ));

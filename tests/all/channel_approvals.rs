@@ -19,7 +19,7 @@ use crate::{
 /// A pack whose turns may run programs (after an approval for a risky one).
 const CHATOPS_PACK: &str = "id = \"chatops\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\", \"memory.read\", \"memory.write\", \"channel.send\", \"process.exec\"]\napproval = \"on-high-risk\"\n";
 
-fn home_with_pack(provider: &Provider, workspace: &Path) -> Home {
+pub(crate) fn home_with_pack(provider: &Provider, workspace: &Path) -> Home {
     let home = Home::with_config(&provider.config(&format!(
         "[builtins]\nworkspace = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n",
         workspace.display()
@@ -37,7 +37,7 @@ fn press(id: i64, chat: i64, user: i64, data: &str) -> Value {
 }
 
 /// The offers sent so far: (chat, approve button's data, deny button's data).
-fn offers(api: &BotApi) -> Vec<(i64, String, String)> {
+pub(crate) fn offers(api: &BotApi) -> Vec<(i64, String, String)> {
     api.calls("sendMessage")
         .iter()
         .filter(|m| m.get("reply_markup").is_some())
@@ -57,7 +57,7 @@ fn answered(api: &BotApi, id: i64) -> Option<String> {
         .map(|b| b["text"].as_str().unwrap_or("").to_owned())
 }
 
-fn sent_texts(api: &BotApi, chat: i64) -> Vec<String> {
+pub(crate) fn sent_texts(api: &BotApi, chat: i64) -> Vec<String> {
     api.calls("sendMessage")
         .iter()
         .filter(|m| m["chat_id"] == chat && m.get("reply_markup").is_none())
@@ -65,7 +65,7 @@ fn sent_texts(api: &BotApi, chat: i64) -> Vec<String> {
         .collect()
 }
 
-fn approval_state(home: &Home, id: &str) -> String {
+pub(crate) fn approval_state(home: &Home, id: &str) -> String {
     let shown = json_list(home, &["approvals", "list", "--json"]);
     shown
         .iter()

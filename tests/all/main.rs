@@ -12,6 +12,7 @@ mod bridges;
 mod browser;
 mod builtins;
 mod channel_approvals;
+mod channel_turns;
 mod channels;
 mod chat;
 mod cold_start;

@@ -12,7 +12,9 @@
 //! after the commit but before it polled again) is taken once. A message's answer is written
 //! to the outbox in the same transaction that marks it answered ([`ChannelStore::answer`]),
 //! at most one outbox row per message. A turn that was running when loongd died is run again
-//! at start ([`ChannelStore::recover`]): its answer had not been committed. The one boundary
+//! at start ([`ChannelStore::recover`]): its answer had not been committed. The claim itself
+//! (pending → running) waits for no fsync: lost with the machine, the message is still
+//! pending; the answer's synchronous commit carries it to disk. The one boundary
 //! that is at least once is the platform's send: an outbox row is acked after the platform
 //! answered 200, so a kill between that 200 and the ack sends it again (once more per kill;
 //! the platform offers no idempotency key). See docs/channels.md.
@@ -148,8 +150,12 @@ pub const OFFERS_SCHEMA_STEP: &str = concat!(
 pub const MAX_OFFER_TEXT_BYTES: usize = 1024;
 /// The most offers kept per channel: the newest (an offer settled keeps no text, only what
 /// judges a press on it). Older ones go as new ones come: their approvals were settled
-/// long before (a channel's turns run one at a time, each waiting for its approval), so
-/// every approval its turns ask for grows no table.
+/// long before (a channel runs a few turns at once, `[channels]
+/// max_turns_at_once_per_channel`, each waiting for one approval at a time, offered to each
+/// operator chat once), so every approval its turns ask for grows no table. Were more
+/// offers pending than this (64 turns at once with 256 operator chats), the oldest would
+/// go: a press on it is refused as not offered, and `approvals approve|deny` still
+/// resolves it (fail closed).
 pub const MAX_OFFERS_KEPT: i64 = 4 * loong_ipc::message::control::MAX_CHANNEL_CHATS as i64;
 
 /// A channel store operation refused.
@@ -221,6 +227,15 @@ pub struct Taken {
     /// Audited one by one: every message taken for a turn, and a chat's first ignored
     /// message in [`IGNORED_AUDIT_WINDOW_MS`] (the rest are counted in `channels status`).
     pub audited: bool,
+}
+
+/// What [`ChannelStore::claim`] keeps each channel within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// The turns a channel may start in [`TURN_RATE_WINDOW_MS`] (`[channels] turns_per_minute`).
+    pub per_minute: usize,
+    /// The turns of a channel running at once (`[channels] max_turns_at_once_per_channel`).
+    pub at_once: usize,
 }
 
 /// A message waiting for (or running) its turn.
@@ -799,15 +814,17 @@ impl ChannelStore {
 
     /// Claims a pending message for its turn (pending → running): the chats (of every
     /// channel) take turns, each chat's messages oldest first, so one chat's many messages
-    /// hold no other chat's (or channel's) turn behind them.
-    /// A channel that started `max_turns` turns in the last [`TURN_RATE_WINDOW_MS`] is
-    /// passed over until the window moves.
-    pub fn claim(&self, max_turns: usize) -> Result<Option<InboxItem>, ChannelStoreError> {
-        self.claim_at(monotonic_ms(), max_turns)
+    /// hold no other chat's (or channel's) turn behind them. A chat whose turn is running is
+    /// passed over until it is settled (a chat's turns run one at a time, in order: the
+    /// next one reads the session the last one wrote), and so is a channel with
+    /// `limits.at_once` turns running, or that started `limits.per_minute` turns in the last
+    /// [`TURN_RATE_WINDOW_MS`] (until the window moves).
+    pub fn claim(&self, limits: ClaimLimits) -> Result<Option<InboxItem>, ChannelStoreError> {
+        self.claim_at(monotonic_ms(), limits)
     }
 
-    /// The channels that started `max_turns` turns in the window before `now`.
-    fn throttled(&self, now: i64, max_turns: usize) -> Vec<String> {
+    /// The channels that started `per_minute` turns in the window before `now`.
+    fn throttled(&self, now: i64, per_minute: usize) -> Vec<String> {
         let mut claimed = lock(&self.claimed_at);
         claimed.retain(|_, at| {
             while at
@@ -820,7 +837,7 @@ impl ChannelStore {
         });
         claimed
             .iter()
-            .filter(|(_, at)| at.len() >= max_turns)
+            .filter(|(_, at)| at.len() >= per_minute)
             .map(|(c, _)| c.clone())
             .collect()
     }
@@ -829,23 +846,32 @@ impl ChannelStore {
     pub fn claim_at(
         &self,
         now: i64,
-        max_turns: usize,
+        limits: ClaimLimits,
     ) -> Result<Option<InboxItem>, ChannelStoreError> {
         let mut last = self
             .last_claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let after = last.clone().unwrap_or_default();
-        let throttled = serde_json::to_string(&self.throttled(now, max_turns)).unwrap_or_default();
-        let claimed = self.db.with(|c| {
+        let throttled =
+            serde_json::to_string(&self.throttled(now, limits.per_minute)).unwrap_or_default();
+        let at_once = i64::try_from(limits.at_once).unwrap_or(i64::MAX);
+        // No fsync: a claim lost with the machine is a message still pending, and a claim
+        // kept is made pending again at the start anyway (`recover`); the answer's commit
+        // (synchronous) carries it to disk in any case.
+        let claimed = self.db.with_unsynced(|c| {
             let tx = StateDb::write(c)?;
             let item = tx
                 .query_row(
-                    "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox
+                    "SELECT id, channel, chat, message_id, thread, sender, text FROM channel_inbox p
                      WHERE state = 'pending'
                      AND channel NOT IN (SELECT value FROM json_each(?3))
+                     AND NOT EXISTS (SELECT 1 FROM channel_inbox r WHERE r.channel = p.channel
+                                     AND r.state = 'running' AND r.chat = p.chat)
+                     AND channel NOT IN (SELECT channel FROM channel_inbox WHERE state = 'running'
+                                         GROUP BY channel HAVING COUNT(*) >= ?4)
                      ORDER BY (channel, chat) <= (?1, ?2), channel, chat, id LIMIT 1",
-                    params![after.0, after.1, throttled],
+                    params![after.0, after.1, throttled, at_once],
                     |r| {
                         Ok(InboxItem {
                             id: r.get(0)?,

@@ -52,6 +52,25 @@ impl StateDb {
         })
     }
 
+    /// Runs `f` on the connection with commits that wait for no fsync (`synchronous =
+    /// NORMAL` in WAL mode): what `f` commits survives loongd's crash (`kill -9`), not the
+    /// machine's, until the next synchronous commit on the file (any store's), whose fsync of
+    /// the log carries it too. Only for a write whose loss with the machine loses nothing: a
+    /// claim that is made again at the next start.
+    pub fn with_unsynced<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, TokenError> {
+        self.with(|c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let out = f(c);
+            let restored = c.pragma_update(None, "synchronous", "FULL");
+            let out = out?;
+            restored?;
+            Ok(out)
+        })
+    }
+
     /// A write transaction on `c` that takes the database's write lock at its start (waiting
     /// out another connection's, up to the busy timeout). A deferred one that reads first
     /// fails at its first write, at once ("database is locked"), when another connection

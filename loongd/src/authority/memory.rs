@@ -165,7 +165,31 @@ impl MemoryStore {
         messages: &[(String, String)],
         summary: Option<(&str, u64)>,
     ) -> Result<(), TokenError> {
-        self.db.with(|c| {
+        self.db
+            .with(|c| Self::append_in(c, session, messages, summary))
+    }
+
+    /// [`MemoryStore::append_folded`] committed without waiting for an fsync
+    /// ([`StateDb::with_unsynced`]): for a caller whose next commit to state.db is
+    /// synchronous and comes before anyone is answered (a channel's answer), which carries
+    /// these rows to disk with it.
+    pub fn append_folded_unsynced(
+        &self,
+        session: &str,
+        messages: &[(String, String)],
+        summary: Option<(&str, u64)>,
+    ) -> Result<(), TokenError> {
+        self.db
+            .with_unsynced(|c| Self::append_in(c, session, messages, summary))
+    }
+
+    fn append_in(
+        c: &rusqlite::Connection,
+        session: &str,
+        messages: &[(String, String)],
+        summary: Option<(&str, u64)>,
+    ) -> rusqlite::Result<()> {
+        {
             let tx = StateDb::write(c)?;
             if let Some((text, through)) = summary {
                 tx.execute(
@@ -194,7 +218,7 @@ impl MemoryStore {
                 )?;
             }
             tx.commit()
-        })
+        }
     }
 
     /// The sessions after `after`, by id: each with its message count and last change

@@ -73,7 +73,29 @@ fn channel_turns_are_bounded() {
     let mut c = Config::default();
     c.channels.turns_per_minute = 600;
     check("[channels]\nturns_per_minute = 600\n", Ok(c));
+    let mut c = Config::default();
+    c.channels.max_turns_at_once = 64;
+    c.channels.max_turns_at_once_per_channel = 1;
+    check(
+        "[channels]\nmax_turns_at_once = 64\nmax_turns_at_once_per_channel = 1\n",
+        Ok(c),
+    );
+    let mut c = Config::default();
+    c.workers.agent_pool_size = 8;
+    check("[workers]\nagent_pool_size = 8\n", Ok(c));
     for (text, want) in [
+        (
+            "[channels]\nmax_turns_at_once = 0\n",
+            ":2: 0 is outside 1..=64 turns",
+        ),
+        (
+            "[channels]\nmax_turns_at_once_per_channel = 65\n",
+            ":2: 65 is outside 1..=64 turns",
+        ),
+        (
+            "[workers]\nagent_pool_size = 0\n",
+            ":2: 0 is outside 1..=64 workers",
+        ),
         (
             "[channels]\nturns_per_minute = 0\n",
             ":2: 0 is outside 1..=60000 turns a minute",

@@ -128,6 +128,32 @@ async fn decide_memory(
     effects::authorize(kernel, actor, &effect).await.map(|_| ())
 }
 
+/// Decides `cap` on the session `session` for `actor` as [`decide_memory`] does, but an
+/// allowed decision's record is only queued: its commit (returned) overlaps what follows
+/// and is awaited before anyone is answered. For reading the session, which has no effect
+/// outside loongd: the turn's own records, queued after it, are committed with it or after
+/// it, and the turn waits for those before its worker's answer is used.
+async fn decide_memory_queued(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    cap: Capability,
+    session: &str,
+) -> Result<Option<crate::audit::Commit>, RemoteError> {
+    let target = format!("session:{session}");
+    let effect = Effect {
+        cap,
+        target: &target,
+        command: None,
+        call: None,
+        run: None,
+    };
+    let decided = effects::authorize_unrecorded(kernel, actor, &effect).await?;
+    match decided.record {
+        Some(event) => Ok(Some(kernel.audit.queue(event).await.map_err(internal)?)),
+        None => Ok(None),
+    }
+}
+
 /// The tools `bearer` may call, as the model is offered them: a plugin's tool when
 /// `tool.invoke` on its name is allowed (or needs an approval), a built-in when the bearer
 /// holds its effect's capability at all (each call is still decided on its target). The
@@ -311,9 +337,26 @@ pub(crate) async fn ask(
             .map_err(internal)?,
         None => None,
     };
-    turn(kernel, &actor, token, req.session, req.prompt)
-        .await
-        .map(ControlResponse::Asked)
+    turn(
+        kernel,
+        &actor,
+        token,
+        req.session,
+        req.prompt,
+        SessionCommit::Synced,
+    )
+    .await
+    .map(ControlResponse::Asked)
+}
+
+/// How a turn's session rows are committed to state.db.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionCommit {
+    /// With an fsync of their own (`loongctl ask`: the answer is the reply on the socket).
+    Synced,
+    /// Without one: the caller's next state.db commit is synchronous and comes before anyone
+    /// is answered (a channel's answer goes to its outbox so), and carries them to disk.
+    CarriedByAnswer,
 }
 
 /// One agent turn for `actor` (whose token, by public id, is `token`): the session's window,
@@ -325,11 +368,11 @@ pub(crate) async fn turn(
     token: Option<String>,
     session: Option<String>,
     prompt: String,
+    commit: SessionCommit,
 ) -> Result<AskResult, RemoteError> {
-    let settings = &kernel.config.agent;
-    let Some(agent) = settings.agent.as_ref() else {
+    if kernel.config.agent.agent.is_none() {
         return Err(no_agent());
-    };
+    }
     let actor = actor.clone();
     let req = AskRequest {
         prompt,
@@ -337,10 +380,33 @@ pub(crate) async fn turn(
         token: None,
     };
     let mut recall = Recall::default();
+    let mut read = None;
     if let Some(session) = &req.session {
-        decide_memory(kernel, &actor, Capability::MemoryRead, session).await?;
+        read = decide_memory_queued(kernel, &actor, Capability::MemoryRead, session).await?;
         recall = kernel.authority.memory.recall(session).map_err(internal)?;
     }
+    let turned = turn_with(kernel, &actor, token, req, recall, commit).await;
+    // The session's read is on disk before the turn is answered, whatever it answers.
+    if let Some(read) = read {
+        read.committed().await.map_err(internal)?;
+    }
+    turned
+}
+
+/// [`turn`] once the session was read (`recall`).
+async fn turn_with(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    token: Option<String>,
+    req: AskRequest,
+    recall: Recall,
+    commit: SessionCommit,
+) -> Result<AskResult, RemoteError> {
+    let settings = &kernel.config.agent;
+    let Some(agent) = settings.agent.as_ref() else {
+        return Err(no_agent());
+    };
+    let actor = actor.clone();
     let mut messages = parsed(&recall.window);
     let user = Message::User {
         text: req.prompt.clone(),
@@ -403,11 +469,14 @@ pub(crate) async fn turn(
             (Some(through), true, _) => Some((recall.summary.as_deref().unwrap_or(""), through)),
             _ => None,
         };
-        kernel
-            .authority
-            .memory
-            .append_folded(session, &rows, summary)
-            .map_err(internal)?;
+        let memory = &kernel.authority.memory;
+        match commit {
+            SessionCommit::Synced => memory.append_folded(session, &rows, summary),
+            SessionCommit::CarriedByAnswer => {
+                memory.append_folded_unsynced(session, &rows, summary)
+            }
+        }
+        .map_err(internal)?;
     }
     Ok(AskResult {
         answer: output.answer,

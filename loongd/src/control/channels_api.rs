@@ -19,7 +19,7 @@ use tokio::net::unix::UCred;
 use crate::{
     audit::Kind,
     authority::{
-        channels::{ChannelRow, ChannelStoreError},
+        channels::{ChannelRow, ChannelStoreError, ClaimLimits},
         tokens::MAX_TTL_MS,
     },
     effects::Actor,
@@ -577,18 +577,41 @@ pub fn command(text: &str) -> Option<&str> {
 
 /// The channels' turns: each pending inbox message, oldest first, becomes one agent turn
 /// under its channel's token, and its answer goes to the outbox in the same transaction that
-/// marks it answered. Runs until loongd stops.
+/// marks it answered. Turns of different chats run at once (at most `[channels]
+/// max_turns_at_once`, and `max_turns_at_once_per_channel` of one channel: the claim passes
+/// over a channel at its bound and a chat whose turn runs), so a turn waiting for an
+/// approval holds no other chat's, channel's or `loongctl ask`'s turn; a chat's turns run
+/// one at a time, in order. Runs until loongd stops; the turns still running then are
+/// dropped with it (their messages stay `running` and run again at the next start:
+/// `ChannelStore::recover`).
 pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
+    let config = &kernel.config.channels;
+    let limits = ClaimLimits {
+        per_minute: config.turns_per_minute as usize,
+        at_once: config.max_turns_at_once_per_channel as usize,
+    };
+    let at_once = config.max_turns_at_once as usize;
+    let mut running = tokio::task::JoinSet::new();
     loop {
         if *kernel.shutdown.borrow() {
             return;
         }
-        let max_turns = kernel.config.channels.turns_per_minute as usize;
-        match kernel.authority.channels.claim(max_turns) {
-            Ok(Some(item)) => turn_for(&kernel, item).await,
+        while running.try_join_next().is_some() {}
+        if running.len() >= at_once {
+            // Every slot is taken: the next one frees when a turn ends.
+            let _ = running.join_next().await;
+            continue;
+        }
+        match kernel.authority.channels.claim(limits) {
+            Ok(Some(item)) => {
+                let kernel = kernel.clone();
+                running.spawn(async move { turn_for(&kernel, item).await });
+            }
             Ok(None) => {
+                // A new message, or a turn's end (its chat's next message may go now).
                 tokio::select! {
                     () = kernel.authority.channels.inbox_ready.notified() => {}
+                    Some(_) = running.join_next() => {}
                     () = tokio::time::sleep(TURN_POLL) => {}
                 }
             }
@@ -663,6 +686,8 @@ async fn agent_turn(
         Some(row.token_id.clone()),
         Some(session),
         item.text.clone(),
+        // The answer's commit (`ChannelStore::answer`, synchronous) follows at once.
+        super::agent_api::SessionCommit::CarriedByAnswer,
     )
     .await;
     match turn {

@@ -161,6 +161,8 @@ fn next_to_loongd(name: &str) -> PathBuf {
 impl WorkerKind {
     /// `name` of the plan worker's kind.
     pub(crate) const PLAN: &'static str = "plan";
+    /// `name` of the agent worker's kind.
+    pub(crate) const AGENT: &'static str = "agent";
 
     /// The WASM worker: restricted, no grant at all.
     pub(crate) fn wasm() -> WorkerKind {
@@ -209,7 +211,7 @@ impl WorkerKind {
     /// providers' `HOST:PORT`).
     pub(crate) fn agent(net: Vec<NetGrant>) -> WorkerKind {
         WorkerKind {
-            name: "agent",
+            name: WorkerKind::AGENT,
             program: next_to_loongd(AGENT_WORKER_NAME),
             tier: Tier::Balanced,
             memory_bytes: AGENT_WORKER_MEMORY_BYTES,

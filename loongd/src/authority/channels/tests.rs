@@ -4,6 +4,11 @@ use super::*;
 
 /// The turns a channel may start a window, in these tests.
 const TURNS: usize = 30;
+/// The limits of these tests' claims: [`TURNS`] a window, any number at once.
+const LIMITS: ClaimLimits = ClaimLimits {
+    per_minute: TURNS,
+    at_once: usize::MAX,
+};
 
 fn store() -> (tempfile::TempDir, ChannelStore) {
     let dir = tempfile::tempdir().expect("dir");
@@ -66,7 +71,7 @@ fn a_batch_and_its_offset_are_taken_once() {
     let c = s.counts("tg").expect("counts");
     assert_eq!((c.pending, c.ignored), (2, 1));
     assert!(s
-        .claim(TURNS)
+        .claim(LIMITS)
         .expect("claim")
         .is_some_and(|i| i.chat == "1"));
     // An unknown channel is refused.
@@ -92,16 +97,16 @@ fn every_message_is_answered_once_across_a_restart() {
         .expect("add");
         s.receive("tg", Some(3), &[msg(1, 7, "one"), msg(2, 7, "two")])
             .expect("receive");
-        let first = s.claim(TURNS).expect("claim").expect("item");
+        let first = s.claim(LIMITS).expect("claim").expect("item");
         assert!(s.answer(first.id, "answer one").expect("answer"));
         // The second turn is running when loongd dies.
-        let second = s.claim(TURNS).expect("claim").expect("item");
+        let second = s.claim(LIMITS).expect("claim").expect("item");
         assert_eq!(second.text, "two");
-        assert!(s.claim(TURNS).expect("claim").is_none());
+        assert!(s.claim(LIMITS).expect("claim").is_none());
     }
     let s = ChannelStore::open(&path).expect("reopen");
     assert_eq!(s.recover().expect("recover"), 1);
-    let again = s.claim(TURNS).expect("claim").expect("item");
+    let again = s.claim(LIMITS).expect("claim").expect("item");
     assert_eq!(again.text, "two");
     assert!(s.answer(again.id, "answer two").expect("answer"));
     // A late second answer for either message is no second outbox row.
@@ -302,7 +307,8 @@ fn one_chat_flooding_neither_starves_the_others_nor_fills_the_inbox() {
     // Turns go round the chats: the second and third turns are chat 2's and tg2's.
     let chats: Vec<(String, String)> = (0..4)
         .map(|_| {
-            let i = s.claim(TURNS).expect("claim").expect("item");
+            let i = s.claim(LIMITS).expect("claim").expect("item");
+            assert!(s.answer(i.id, "ok").expect("answer"));
             (i.channel, i.chat)
         })
         .collect();
@@ -474,7 +480,7 @@ fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
         .expect("tg2");
     let at = 1_000_000_000;
     let mut claimed = Vec::new();
-    while let Some(i) = s.claim_at(at, TURNS).expect("claim") {
+    while let Some(i) = s.claim_at(at, LIMITS).expect("claim") {
         claimed.push(i.channel);
     }
     let of = |c: &str| claimed.iter().filter(|x| *x == c).count();
@@ -483,13 +489,13 @@ fn a_channel_starts_at_most_its_turns_a_window_and_the_others_go_on() {
     assert_eq!(s.counts("tg").expect("counts").pending, 10);
     // Still within the window: nothing more.
     assert!(s
-        .claim_at(at + TURN_RATE_WINDOW_MS - 1, TURNS)
+        .claim_at(at + TURN_RATE_WINDOW_MS - 1, LIMITS)
         .expect("claim")
         .is_none());
     // Once it moves, the waiting messages are taken (none was lost).
     let mut later = 0;
     while s
-        .claim_at(at + TURN_RATE_WINDOW_MS, TURNS)
+        .claim_at(at + TURN_RATE_WINDOW_MS, LIMITS)
         .expect("claim")
         .is_some()
     {
@@ -592,4 +598,94 @@ fn an_event_and_its_message_are_taken_together_once_and_a_full_inbox_takes_neith
         s.see_event("tg", "ev-3").is_ok(),
         "the refused event's id was not marked seen"
     );
+}
+
+#[test]
+fn a_chats_turns_run_one_at_a_time_and_a_channels_at_most_its_bound_at_once() {
+    let (_d, s) = store();
+    s.add(&ChannelRow {
+        name: "tg2".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+        generation: 1,
+    })
+    .expect("add");
+    // Chat 1 sends two, chats 2 and 3 one each; another channel's chat one.
+    s.receive(
+        "tg",
+        Some(5),
+        &[
+            msg(1, 1, "1a"),
+            msg(2, 1, "1b"),
+            msg(3, 2, "2"),
+            msg(4, 3, "3"),
+        ],
+    )
+    .expect("receive");
+    s.receive("tg2", Some(2), &[msg(1, 9, "other")])
+        .expect("tg2");
+    let two = ClaimLimits {
+        per_minute: TURNS,
+        at_once: 2,
+    };
+    let mut texts = Vec::new();
+    let mut running = Vec::new();
+    while let Some(i) = s.claim(two).expect("claim") {
+        texts.push(i.text.clone());
+        running.push(i);
+    }
+    // Chat 1's second waits for its first; chat 3 waits for one of tg's two to end; the
+    // other channel goes on.
+    assert_eq!(texts, ["1a", "2", "other"]);
+    assert_eq!(s.counts("tg").expect("counts").running, 2);
+    // Chat 2's turn ends: chat 3's may go (chat 1's second still waits for its first).
+    assert!(s.answer(running[1].id, "answer 2").expect("answer"));
+    let next = s.claim(two).expect("claim").expect("item");
+    assert_eq!(next.text, "3");
+    assert!(s.claim(two).expect("claim").is_none());
+    // Chat 1's first ends: its second goes, the older first.
+    assert!(s.answer(running[0].id, "answer 1a").expect("answer"));
+    let next = s.claim(two).expect("claim").expect("item");
+    assert_eq!(next.text, "1b");
+    // A requeued turn (a restart's) is its chat's next again, before any later message.
+    s.receive("tg", Some(6), &[msg(5, 1, "1c")])
+        .expect("receive");
+    assert!(s.requeue(next.id).expect("requeue"));
+    let again = s
+        .claim(ClaimLimits { at_once: 3, ..two })
+        .expect("claim")
+        .expect("item");
+    assert_eq!(again.text, "1b");
+    assert!(s
+        .claim(ClaimLimits { at_once: 3, ..two })
+        .expect("claim")
+        .is_none());
+}
+
+#[test]
+fn a_claim_waits_for_no_fsync_and_leaves_the_connection_synchronous() {
+    // The claim commits without an fsync (it is made again at the next start if lost);
+    // every commit after it on the same connection (the answer's) is synchronous again.
+    let (_d, s) = store();
+    let synchronous = |s: &ChannelStore| {
+        s.db.with(|c| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)))
+            .expect("pragma")
+    };
+    const FULL: i64 = 2;
+    assert_eq!(synchronous(&s), FULL);
+    s.receive("tg", Some(2), &[msg(1, 1, "a")])
+        .expect("receive");
+    let i = s.claim(LIMITS).expect("claim").expect("item");
+    assert_eq!(
+        synchronous(&s),
+        FULL,
+        "the claim left the connection unsynced"
+    );
+    // Positive control: inside, the commit is unsynced (NORMAL).
+    let inside =
+        s.db.with_unsynced(|c| c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)))
+            .expect("pragma");
+    assert_eq!(inside, 1);
+    assert!(s.answer(i.id, "ok").expect("answer"));
 }

@@ -1,0 +1,170 @@
+//! The channels' turns run at once, each chat's in order: a turn waiting for an approval
+//! holds no other chat's, no other channel's and no `loongctl ask`'s turn (the turn runner
+//! runs turns of different chats at once and the agent's pool has more than one worker),
+//! while two messages of one chat are answered one after the other, the second turn reading
+//! what the first one kept.
+
+use std::{sync::mpsc, time::Duration};
+
+use serde_json::json;
+
+use crate::{
+    agent::{ask, text_answer, tool_answer, Gate, Provider, Reply},
+    channel_approvals::{approval_state, home_with_pack, offers, sent_texts},
+    channels::{add_telegram, update, wait_until, BotApi, Mode},
+    support::{text, Home},
+};
+
+/// How long a turn that is not held may take on a loaded machine.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_turn_waiting_for_an_approval_holds_no_other_chat_channel_or_ask() {
+    let ws = tempfile::Builder::new()
+        .prefix("lchanturns")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    // Chat 111's turn asks for a risky call and waits for its approval; the next three
+    // turns (chat 222's, the other channel's, the ask), in whatever order they reach the
+    // provider, answer at once; the fifth request is chat 111's turn going on once approved.
+    let provider = Provider::start(vec![
+        tool_answer(
+            "shell_exec",
+            &json!({"command": "rm -rf /tmp/loong-channel-turns-nothing-here"}),
+        ),
+        text_answer("fine"),
+        text_answer("fine"),
+        text_answer("fine"),
+        text_answer("removed"),
+    ]);
+    let home = home_with_pack(&provider, ws.path());
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![update(100, 111, "clean up")]));
+    let other = BotApi::start(Mode::Updates(Vec::new()));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let other_base = format!("http://127.0.0.1:{}", other.port);
+    let out = add_telegram(
+        &home,
+        "ops",
+        &[
+            "--allowed-chat",
+            "111",
+            "--allowed-chat",
+            "222",
+            "--operator-chat",
+            "42",
+            "--api-base",
+            &base,
+            "--pack",
+            "chatops",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = add_telegram(
+        &home,
+        "other",
+        &["--allowed-chat", "333", "--api-base", &other_base],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || !offers(&api).is_empty()),
+        "the approval was not offered: {}",
+        home.log()
+    );
+    let approve = offers(&api)[0].1.clone();
+    let id = approve
+        .strip_prefix("approve:")
+        .expect("approve data")
+        .to_owned();
+
+    // While it waits: another chat of the channel, another channel, and an ask.
+    api.push(update(101, 222, "hello"));
+    other.push(update(1, 333, "hello"));
+    let (tx, asked) = mpsc::channel();
+    std::thread::scope(|s| {
+        let home = &home;
+        s.spawn(move || {
+            let _ = tx.send(ask(home, &["hello"]));
+        });
+        let answered = asked.recv_timeout(ANSWERED_WITHIN);
+        let Ok((code, out, err)) = answered else {
+            panic!(
+                "the ask waited behind the channel's turn; provider requests: {}",
+                provider.requests().len()
+            )
+        };
+        assert_eq!((code, out.trim()), (0, "fine"), "{err}");
+    });
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 222) == ["fine"]),
+        "chat 222 waited behind chat 111's turn: {:?}",
+        api.calls("sendMessage")
+    );
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&other, 333) == ["fine"]),
+        "the other channel waited behind ops' turn: {:?}",
+        other.calls("sendMessage")
+    );
+    // All the while, chat 111's turn waited for its approval, unanswered.
+    assert_eq!(approval_state(&home, &id), "pending");
+    assert!(sent_texts(&api, 111).is_empty());
+
+    // The positive control: approved, it goes on to its answer.
+    let out = home.ctl(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111) == ["removed"]),
+        "{:?}",
+        api.calls("sendMessage")
+    );
+    assert_eq!(provider.requests().len(), 5);
+}
+
+#[test]
+fn two_messages_of_one_chat_are_answered_in_order() {
+    let Reply::Sse(events) = text_answer("one") else {
+        unreachable!("a text answer is an SSE reply")
+    };
+    let gate = Gate::default();
+    let provider = Provider::start(vec![
+        Reply::Gated(events[..1].to_vec(), gate.clone(), events[1..].to_vec()),
+        text_answer("two"),
+    ]);
+    let home = Home::with_config(&provider.config(""));
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![
+        update(200, 111, "first"),
+        update(201, 111, "second"),
+    ]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wait_until(ANSWERED_WITHIN, || provider.requests().len() == 1));
+    // The first turn is held at the provider: the second does not start beside it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        provider.requests().len(),
+        1,
+        "the chat's second turn ran at once"
+    );
+    gate.open();
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111).len() == 2),
+        "{:?}",
+        api.calls("sendMessage")
+    );
+    assert_eq!(sent_texts(&api, 111), ["one", "two"]);
+    // The second turn read what the first kept in the chat's session.
+    let requests = provider.requests();
+    let said: Vec<String> = requests[1]["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        said.iter().any(|c| c == "first") && said.iter().any(|c| c == "one"),
+        "{said:?}"
+    );
+}
