@@ -5,6 +5,7 @@
 
 mod agent;
 mod agent_tools;
+mod approval_bounds;
 mod approvals;
 mod audit;
 mod authority;
