@@ -27,6 +27,8 @@ mod file_binding;
 mod gateway;
 mod gateway_chat;
 mod gateway_guard;
+mod gateway_listen;
+mod gateway_streams;
 mod kernel_calls;
 mod keys;
 mod lists;
