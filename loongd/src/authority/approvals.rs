@@ -326,11 +326,10 @@ impl ApprovalStore {
     /// How many requests asked under token `token` (its public id) are pending.
     pub fn pending_of_token(&self, token: &str) -> Result<u64, TokenError> {
         self.db(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND token = ?1",
-                params![token],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row(params![token], |r| r.get::<_, i64>(0))
         })
         .map(|n| u64::try_from(n).unwrap_or(0))
     }
