@@ -198,6 +198,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 [approvals]
 # How long a request that needs approval waits for an operator before it is denied, in ms.
 # timeout_ms = 300000
+# The most requests one token may have pending at once; past it, its next request is denied
+# without asking, naming the token (the operator's own requests are not counted).
+# max_pending_per_token = 32
 
 [channels]
 # The most turns one chat channel starts a minute (a compromised channel worker makes
@@ -655,12 +658,27 @@ pub struct ApprovalsConfig {
     /// How long a request waits for an approval, ms.
     #[serde(deserialize_with = "timeout_ms")]
     pub timeout_ms: u64,
+    /// The most requests one token (by its public id) may have pending at once.
+    #[serde(deserialize_with = "max_pending_per_token")]
+    pub max_pending_per_token: u32,
+}
+
+/// The requests one token may have pending at once, by default: enough for an agent's
+/// parallel tool calls and a gateway client's sessions, few enough that a holder who asks
+/// and goes away cannot bury an operator's queue.
+pub const DEFAULT_MAX_PENDING_APPROVALS_PER_TOKEN: u32 = 32;
+/// The most `[approvals] max_pending_per_token` may be.
+pub const MAX_MAX_PENDING_APPROVALS_PER_TOKEN: u32 = 10_000;
+
+fn max_pending_per_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, 1, MAX_MAX_PENDING_APPROVALS_PER_TOKEN, "approvals")
 }
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         ApprovalsConfig {
             timeout_ms: 300_000,
+            max_pending_per_token: DEFAULT_MAX_PENDING_APPROVALS_PER_TOKEN,
         }
     }
 }

@@ -451,12 +451,13 @@ fn gateway_guard_a_short_invoke_wait_does_not_free_a_place_while_its_approval_is
 }
 
 /// A `gateway_invoke` the worker withdraws once it has asked for an approval gives its
-/// token's place among its calls in flight back, and the approval stays pending: loongd
-/// lets a token ask for approvals through the gateway only while it has fewer pending than
-/// its calls in flight may be (4 × max_streams_per_token); past it, a call is `Overloaded`
-/// and asks for none. Before, each batch of withdrawn calls asked for more.
+/// token's place among its calls in flight back, and its approval is withdrawn with it
+/// (expired by loongd, recorded as `approval.expired` under the token): withdrawn calls
+/// leave nothing pending for an operator to approve on behalf of nobody, and the next batch
+/// asks again (the control: each call asked). Before, each batch of withdrawn calls left its
+/// approvals pending until their deadline.
 #[test]
-fn gateway_guard_bounds_a_tokens_pending_approvals_when_its_calls_are_withdrawn() {
+fn gateway_guard_a_withdrawn_calls_approval_is_withdrawn_with_it() {
     const LIMIT: u64 = 4;
     let port = free_port();
     let home = gateway_home(port, "max_streams_per_token = 1\n");
@@ -467,34 +468,53 @@ fn gateway_guard_bounds_a_tokens_pending_approvals_when_its_calls_are_withdrawn(
     .expect("pack");
     home.start_env(&[(RAW_CALLS_ENV, "1")]);
     wait_for_gateway(&home, port);
-    let (secret, _) = issue(&home, &["tool.invoke:echo"]);
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
     let script = serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
         "count": LIMIT, "timeout_ms": 1000});
-    let first = calls(port, script.clone());
-    // The control: the first batch's calls each asked for an approval.
-    assert_eq!(pending_approvals(&home).len() as u64, LIMIT, "{first}");
-    let second = calls(port, script);
-    let asked = pending_approvals(&home);
-    assert_eq!(second["errors"]["Overloaded"], LIMIT, "{second}");
-    assert_eq!(asked.len() as u64, LIMIT, "{asked:?}");
-    // Decided, they make room again.
-    for id in &asked {
-        assert!(home.ctl(&["approvals", "deny", id]).status.success());
+    let of_token = |kind: &str| -> Vec<serde_json::Value> {
+        records(&home)
+            .into_iter()
+            .filter(|r| r["kind"] == kind && r["detail"]["token"] == id.as_str())
+            .collect()
+    };
+    for batch in 1..=2u64 {
+        let answered = calls(port, script.clone());
+        assert_eq!(count(&answered, "ok"), 0, "{answered}");
+        // Each call asked for an approval (the control), and each was withdrawn with it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pending_approvals(&home).is_empty()
+            || of_token("approval.expired").len() as u64 != batch * LIMIT
+        {
+            assert!(
+                Instant::now() < deadline,
+                "batch {batch}: {answered}\n{:?}",
+                of_token("approval.expired")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            of_token("approval.requested").len() as u64,
+            batch * LIMIT,
+            "{answered}"
+        );
+        assert!(of_token("approval.expired")
+            .iter()
+            .all(|r| r["detail"]["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("its caller went away"))));
     }
-    let third = calls(
-        port,
-        serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
-            "count": 1, "timeout_ms": 1000}),
-    );
-    assert_eq!(pending_approvals(&home).len(), 1, "{third}");
 }
 
 /// A chat turn may ask for approvals as a tool's call does: a token with as many approvals
-/// pending as its calls in flight may be starts no turn (`Overloaded`), while another token
-/// starts one (the control).
+/// pending as its calls in flight through the gateway may be (here asked by `loongctl invoke`,
+/// as an honest gateway meets it) starts no turn. The refusal is labelled for what it is: a
+/// denial at the approval stage naming the token and what to do, recorded as the token's
+/// `policy.decision`, not as a protocol violation of the worker (which it was before).
+/// Another token starts one (the control); once the waiting callers go away, their
+/// approvals are withdrawn and the first token starts one too.
 #[test]
-fn gateway_guard_refuses_a_chat_turn_of_a_token_with_its_approvals_pending() {
-    const LIMIT: u64 = 4;
+fn gateway_guard_refuses_a_chat_turn_of_a_token_with_its_approvals_pending_as_a_policy_denial() {
+    const LIMIT: usize = 4;
     let provider = crate::agent::Provider::start(vec![crate::agent::Reply::Stall(Vec::new())]);
     let port = free_port();
     let home = Home::with_config(&provider.config(&format!(
@@ -509,22 +529,84 @@ fn gateway_guard_refuses_a_chat_turn_of_a_token_with_its_approvals_pending() {
     crate::workers::install_examples(&home);
     home.start_env(&[(RAW_CALLS_ENV, "1")]);
     wait_for_gateway(&home, port);
-    let (secret, _) = issue(&home, &["tool.invoke:echo", "tool.invoke:agent.turn"]);
+    let (secret, id) = issue(&home, &["tool.invoke:echo", "tool.invoke:agent.turn"]);
     let (other, _) = issue(&home, &["tool.invoke:agent.turn"]);
-    calls(
-        port,
-        serde_json::json!({"kind": "gateway_invoke", "bearer": secret, "tool": "echo",
-            "count": LIMIT, "timeout_ms": 1000}),
-    );
-    assert_eq!(pending_approvals(&home).len() as u64, LIMIT);
+    let mut callers: Vec<std::process::Child> = (0..LIMIT)
+        .map(|_| {
+            std::process::Command::new(crate::support::bin("loongctl"))
+                .arg("--home")
+                .arg(home.path())
+                .args(["invoke", "echo", "--token", &secret, "--input", "{}"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("loongctl")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending_approvals(&home).len() < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "the callers' approvals: {}",
+            home.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let refused = calls(
         port,
         serde_json::json!({"kind": "gateway_chat_start", "bearer": secret, "count": 1}),
     );
-    assert_eq!(refused["errors"]["Overloaded"], 1, "{refused}");
+    assert_eq!(refused["errors"]["Denied"], 1, "{refused}");
+    let message = refused["messages"][0].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("token {id} has {LIMIT} approvals pending"))
+            && message.contains("loongctl approvals list"),
+        "{refused}"
+    );
+    let all = records(&home);
+    let decisions: Vec<_> = all
+        .iter()
+        .filter(|r| {
+            r["kind"] == "policy.decision"
+                && r["detail"]["token"] == id.as_str()
+                && r["detail"]["stage"] == "approval"
+                && r["detail"]["kernel_call"] == "gateway_chat_start"
+        })
+        .collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["detail"]["allowed"], false);
+    assert_eq!(by_worker(&all, "protocol.violation"), (0, 0, 0));
     let control = calls(
         port,
         serde_json::json!({"kind": "gateway_chat_start", "bearer": other, "count": 1}),
     );
     assert_eq!(count(&control, "ok"), 1, "{control}");
+
+    for c in &mut callers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Their approvals withdrawn (the other token's turn still waits for its own).
+    let of_first = || -> usize {
+        let out = home.ctl(&["approvals", "list", "--json"]);
+        json(&text(&out.stdout))
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r["state"] == "pending" && r["token"] == id.as_str())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while of_first() > 0 {
+        assert!(Instant::now() < deadline, "withdrawn: {}", of_first());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = calls(
+        port,
+        serde_json::json!({"kind": "gateway_chat_start", "bearer": secret, "count": 1}),
+    );
+    assert_eq!(count(&again, "ok"), 1, "{again}");
 }

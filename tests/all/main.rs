@@ -5,6 +5,7 @@
 
 mod agent;
 mod agent_tools;
+mod approval_bounds;
 mod approvals;
 mod audit;
 mod authority;
@@ -28,6 +29,8 @@ mod file_binding;
 mod gateway;
 mod gateway_chat;
 mod gateway_guard;
+mod gateway_listen;
+mod gateway_streams;
 mod kernel_calls;
 mod keys;
 mod lists;

@@ -415,23 +415,38 @@ fn mcp_serve_reports_an_approval_wait_as_a_tool_error_naming_the_approval() {
     let why = waited["result"]["content"][0]["text"]
         .as_str()
         .expect("text");
-    // The approval it names is the one waiting, and the command named approves it.
-    let list: serde_json::Value =
-        serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
-            .expect("approvals");
-    let pending: Vec<&str> = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|a| a["state"] == "pending")
-        .filter_map(|a| a["id"].as_str())
-        .collect();
-    assert_eq!(pending.len(), 1, "{list}");
+    // The approval it names is the one the call asked for, withdrawn with the call (expired
+    // by loongd, noted): nothing waits for it, so no operator approves it for nothing.
+    let states = || -> Vec<(String, String, String)> {
+        let list: serde_json::Value =
+            serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
+                .expect("approvals");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|a| {
+                let field = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+                (field("id"), field("state"), field("note"))
+            })
+            .collect()
+    };
+    let mut asked = states();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let id = asked[0].0.clone();
     assert!(
-        why.contains(&format!("approval {} is pending", pending[0]))
-            && why.contains(&format!("loongctl approvals approve {}", pending[0])),
+        why.contains(&format!(
+            "approval {id} of this call of echo was not decided"
+        )) && why.contains("is withdrawn with it"),
         "{why}"
     );
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            asked = states();
+            asked[0].1 == "expired"
+        }),
+        "{asked:?}"
+    );
+    assert!(asked[0].2.contains("its caller went away"), "{asked:?}");
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }
@@ -822,7 +837,8 @@ pub(crate) fn progress_client(
 /// Checks a report of [`PROGRESS_CLIENT`] for the plan [approve with progress, deny with
 /// progress, no progress]: the first is answered with the tool's result once approved, after
 /// progress naming its approval; the second is a tool error saying it was denied; the third
-/// (no progress token) the tool error naming the approval, as before (when the plan has it).
+/// (no progress token) the tool error naming the approval, withdrawn with the call (when the
+/// plan has it).
 pub(crate) fn check_approval_progress(got: &[serde_json::Value]) {
     assert!(got.len() >= 2, "{got:?}");
     let approved = &got[0];
@@ -862,9 +878,9 @@ pub(crate) fn check_approval_progress(got: &[serde_json::Value]) {
     };
     assert_eq!(plain["is_error"], true, "{plain}");
     assert!(
-        plain["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("is pending")),
+        plain["text"].as_str().is_some_and(
+            |t| t.contains("was not decided while the call waited, and is withdrawn with it")
+        ),
         "{plain}"
     );
     assert_eq!(plain["progress"], serde_json::json!([]), "{plain}");

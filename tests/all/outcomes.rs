@@ -61,18 +61,19 @@ fn token(home: &Home, pack: &str, cap: &str) -> String {
     text(&out.stdout).trim().to_string()
 }
 
-fn pending(home: &Home) -> Vec<String> {
+fn approvals(home: &Home) -> Vec<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_slice(&home.ctl(&["approvals", "list", "--json"]).stdout)
             .unwrap_or_default();
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|x| x["state"] == "pending")
-                .filter_map(|x| x["id"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn pending(home: &Home) -> Vec<String> {
+    approvals(home)
+        .iter()
+        .filter(|x| x["state"] == "pending")
+        .filter_map(|x| x["id"].as_str().map(String::from))
+        .collect()
 }
 
 /// A home with the example plugins and a pack that asks for approval of every call, whose
@@ -107,15 +108,28 @@ fn a_deadline_passed_during_an_approval_is_a_typed_approval_pending() {
     let careful = token(&home, "careful", "tool.invoke:echo");
     let err = invoke(&home, "echo", Some(&careful), Duration::from_millis(1500))
         .expect_err("held for an approval");
-    let waiting = pending(&home);
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    // The approval it waited for is named, and withdrawn with the request.
+    let asked: Vec<String> = approvals(&home)
+        .iter()
+        .filter_map(|x| x["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
     assert_eq!(err.kind, ErrorKind::ApprovalPending, "{err}");
     assert_eq!(
         err.detail,
         Some(ErrorDetail::ApprovalPending {
-            approval: waiting[0].clone()
+            approval: asked[0].clone()
         }),
         "{err}"
+    );
+    assert!(
+        err.message.contains("is withdrawn with the request"),
+        "{err}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&home).is_empty()),
+        "{:?}",
+        approvals(&home)
     );
     // The same through loongctl: exit 5, from the class.
     let out = home.ctl(&["invoke", "echo", "--token", &careful, "--timeout", "1"]);

@@ -17,6 +17,19 @@ pub const MAX_WINDOW_USES: u32 = 1000;
 /// Longest a full-access window may last.
 pub const MAX_WINDOW_TTL_MS: i64 = 86_400_000;
 
+/// Why a request was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error(transparent)]
+    Store(#[from] TokenError),
+    #[error("token {token} has {pending} approvals pending, the most one token may have (approvals.max_pending_per_token = {limit}); decide them (`loongctl approvals list`) or let them expire, then retry")]
+    TooManyPending {
+        token: String,
+        pending: u64,
+        limit: u32,
+    },
+}
+
 /// One approval request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -157,6 +170,13 @@ CREATE TABLE IF NOT EXISTS windows (
 );
 ";
 
+/// The pending requests by token: a token's are counted on every request it makes (its
+/// bound) and on each of its gateway calls, and requests are kept after they are decided, so
+/// the count must not read the whole history. Partial: it holds the pending rows only.
+/// Made after [`ADDED_COLUMNS`] (the `token` column may be added by them).
+const PENDING_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS approvals_pending_by_token ON approvals (token) WHERE state = 'pending';";
+
 /// Columns added since the table was first written: `(name, declaration)`.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("token", "TEXT"),
@@ -210,6 +230,7 @@ impl ApprovalStore {
     pub fn open(path: &Path) -> Result<ApprovalStore, TokenError> {
         let db = super::db::StateDb::open(path, SCHEMA)?;
         db.add_columns("approvals", ADDED_COLUMNS)?;
+        db.with(|c| c.execute_batch(PENDING_INDEX))?;
         Ok(ApprovalStore { db })
     }
 
@@ -217,20 +238,45 @@ impl ApprovalStore {
         self.db.with(f)
     }
 
-    /// Records `a` as a pending request (its id and creation time are set here).
-    pub fn create(&self, mut a: Approval) -> Result<Approval, TokenError> {
+    /// Records `a` as a pending request (its id and creation time are set here), unless it
+    /// was asked under a token that has `max_per_token` requests pending already
+    /// ([`ApprovalError::TooManyPending`]): counted and inserted in one write transaction,
+    /// so requests asked at once cannot pass the bound together. The operator's own requests
+    /// (no token) are not bounded here.
+    pub fn create(&self, mut a: Approval, max_per_token: u32) -> Result<Approval, ApprovalError> {
         a.id = random_id()?;
         a.created_ms = crate::now_ms();
         a.state = "pending".into();
         a.resolver = None;
         a.note = None;
         let effect = a.effect.to_json().to_string();
-        self.db(|c| {
-            c.execute(
+        let pending = self.db(|c| {
+            let tx = super::db::StateDb::write(c)?;
+            if let Some(token) = &a.token {
+                let pending: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND token = ?1",
+                    params![token],
+                    |r| r.get(0),
+                )?;
+                let pending = u64::try_from(pending).unwrap_or(0);
+                if pending >= u64::from(max_per_token) {
+                    return Ok(Some(pending));
+                }
+            }
+            tx.execute(
                 &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11, ?12, ?13, NULL)"),
                 params![a.id, a.created_ms, a.deadline_ms, a.state, a.actor, a.pack, a.capability, a.target, a.score, a.reasons, a.token, a.agent, effect],
-            )
+            )?;
+            tx.commit()?;
+            Ok(None)
         })?;
+        if let Some(pending) = pending {
+            return Err(ApprovalError::TooManyPending {
+                token: a.token.unwrap_or_default(),
+                pending,
+                limit: max_per_token,
+            });
+        }
         Ok(a)
     }
 
@@ -280,11 +326,10 @@ impl ApprovalStore {
     /// How many requests asked under token `token` (its public id) are pending.
     pub fn pending_of_token(&self, token: &str) -> Result<u64, TokenError> {
         self.db(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND token = ?1",
-                params![token],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row(params![token], |r| r.get::<_, i64>(0))
         })
         .map(|n| u64::try_from(n).unwrap_or(0))
     }
@@ -422,7 +467,7 @@ mod tests {
         let mut effect = EffectDetail::tool_call("shell.exec", &input);
         effect.argv = vec!["/bin/sh".into(), "-c".into(), "rm -rf / # \u{1b}[2K".into()];
         let a = store
-            .create(request(Some("tok_1"), effect.clone()))
+            .create(request(Some("tok_1"), effect.clone()), 10)
             .expect("create");
         let back = store.get(&a.id).expect("get").expect("row");
         assert_eq!(back.effect, effect);
@@ -441,7 +486,7 @@ mod tests {
         assert_eq!(effect.input_sha256.as_deref().map(str::len), Some(64));
         // Only requests under a token are listed for re-checking.
         store
-            .create(request(None, EffectDetail::default()))
+            .create(request(None, EffectDetail::default()), 10)
             .expect("operator's");
         let under: Vec<String> = store
             .pending_under_tokens()
@@ -458,13 +503,76 @@ mod tests {
         assert!(store.pending_under_tokens().expect("pending").is_empty());
     }
 
+    /// A token with `max_per_token` requests pending is refused the next, typed and naming
+    /// it; another token, and the operator, still ask (the controls); a request decided or
+    /// expired makes room again.
+    #[test]
+    fn a_tokens_pending_requests_are_bounded() {
+        const LIMIT: u32 = 2;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
+        let ask =
+            |token: Option<&str>| store.create(request(token, EffectDetail::default()), LIMIT);
+        let first = ask(Some("tok_a")).expect("first");
+        ask(Some("tok_a")).expect("second");
+        match ask(Some("tok_a")) {
+            Err(e @ ApprovalError::TooManyPending { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("token tok_a has 2 approvals pending")
+                        && text.contains("max_pending_per_token = 2")
+                        && text.contains("loongctl approvals list"),
+                    "{text}"
+                );
+            }
+            other => panic!("the third of tok_a: {other:?}"),
+        }
+        assert_eq!(store.pending_of_token("tok_a").expect("count"), 2);
+        ask(Some("tok_b")).expect("another token asks");
+        for _ in 0..=LIMIT {
+            ask(None).expect("the operator's requests are not bounded");
+        }
+        store
+            .resolve(&first.id, "denied", "uid:0")
+            .expect("resolve")
+            .expect("was pending");
+        ask(Some("tok_a")).expect("room again once one is decided");
+        assert!(matches!(
+            ask(Some("tok_a")),
+            Err(ApprovalError::TooManyPending { .. })
+        ));
+    }
+
+    /// A token's pending requests are counted from the partial index, not by reading every
+    /// request ever kept (the count runs on each request and each gateway call).
+    #[test]
+    fn a_tokens_pending_count_reads_the_pending_index_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
+        let plan = |sql: &str| -> String {
+            store
+                .db(|c| {
+                    let mut s = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = s.query_map(params!["tok_a"], |r| r.get::<_, String>(3))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .expect("plan")
+                .join("; ")
+        };
+        let counted = plan("SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND token = ?1");
+        assert!(counted.contains("approvals_pending_by_token"), "{counted}");
+        // The control: a query the index cannot serve scans the table.
+        let all = plan("SELECT COUNT(*) FROM approvals WHERE token = ?1");
+        assert!(!all.contains("approvals_pending_by_token"), "{all}");
+    }
+
     #[test]
     fn a_request_resolved_between_pages_keeps_its_place() {
         let dir = tempfile::tempdir().expect("dir");
         let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
         for _ in 0..5 {
             store
-                .create(request(Some("tok_1"), EffectDetail::default()))
+                .create(request(Some("tok_1"), EffectDetail::default()), 10)
                 .expect("create");
         }
         let ids = |after: Option<&str>, limit| -> Vec<String> {

@@ -182,14 +182,13 @@ impl TokenStore {
 
     /// The current generation of `pack`.
     pub fn generation(&self, pack: &str) -> Result<u64, TokenError> {
+        // Prepared once per connection: every token check (each kernel call of a gateway
+        // request, each decision) reads it.
         self.db(|c| {
-            c.query_row(
-                "SELECT generation FROM pack_generations WHERE pack = ?1",
-                [pack],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|g| g.unwrap_or(0) as u64)
+            c.prepare_cached("SELECT generation FROM pack_generations WHERE pack = ?1")?
+                .query_row([pack], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|g| g.unwrap_or(0) as u64)
         })
     }
 
@@ -322,13 +321,12 @@ impl TokenStore {
         column: &'static str,
         value: &str,
     ) -> Result<Result<Token, TokenDenial>, TokenError> {
+        // Prepared once per connection and column (the statement cache): a token is checked
+        // on every kernel call a gateway request makes and every decision.
         let found = self.db(|c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM tokens WHERE {column} = ?1"),
-                [value],
-                read_token,
-            )
-            .optional()
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE {column} = ?1"))?
+                .query_row([value], read_token)
+                .optional()
         })?;
         let Some(t) = found else {
             return Ok(Err(TokenDenial::Unknown));

@@ -69,6 +69,28 @@ fn defaults_text_parses_to_the_defaults() {
 }
 
 #[test]
+fn pending_approvals_per_token_are_bounded() {
+    let mut c = Config::default();
+    c.approvals.max_pending_per_token = 3;
+    check("[approvals]\nmax_pending_per_token = 3\n", Ok(c));
+    for (text, want) in [
+        (
+            "[approvals]\nmax_pending_per_token = 0\n",
+            ":2: 0 is outside 1..=10000 approvals",
+        ),
+        (
+            "[approvals]\nmax_pending_per_token = 10001\n",
+            ":2: 10001 is outside 1..=10000 approvals",
+        ),
+    ] {
+        let err = Config::parse(text, Path::new("/h/loongd.toml"))
+            .expect_err(text)
+            .to_string();
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
+
+#[test]
 fn channel_turns_are_bounded() {
     let mut c = Config::default();
     c.channels.turns_per_minute = 600;

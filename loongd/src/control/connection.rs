@@ -53,6 +53,8 @@ struct Entry {
     abort: AbortHandle,
     input: mpsc::Sender<StreamChunk>,
     stop: StopCell,
+    /// The approvals it waits for: withdrawn when its client goes away.
+    waiting: WaitCell,
     /// Whether the request lives only for its client (a sandbox run): it is stopped when the
     /// client's connection ends. Other requests run to their end and are audited; their
     /// answers are dropped.
@@ -300,6 +302,24 @@ async fn run(
             }
             !stop
         });
+        // The requests that run on are answered to nobody: what they wait for an approver to
+        // decide is withdrawn (expired and recorded), their waits end, and none is approved on
+        // behalf of a client that left. A request that asks later finds its client gone and
+        // withdraws that request itself (`effects::approval::wait`).
+        let waited: Vec<String> = lock(&in_flight)
+            .values()
+            .flat_map(|e| {
+                e.waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .collect();
+        for id in waited {
+            if let Err(e) = crate::effects::approval::withdraw(kernel, &id).await {
+                tracing::warn!(approval = %id, error = %e, "withdrawing an approval whose client went away");
+            }
+        }
     }
     drop(tx);
     let flushed = tokio::time::timeout(WRITER_FLUSH, writer_task).await;
@@ -386,6 +406,7 @@ fn start(
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let stop = StopCell::default();
     let waiting = WaitCell::default();
+    let waiting_entry = waiting.clone();
     let ends_with_client = matches!(body, ControlRequest::SandboxRun(_));
     let io = RequestIo {
         id,
@@ -430,6 +451,7 @@ fn start(
             abort: task.abort_handle(),
             input: input_tx,
             stop,
+            waiting: waiting_entry,
             ends_with_client,
         },
     );
@@ -437,14 +459,15 @@ fn start(
 }
 
 /// The answer to a request whose deadline passed: `ApprovalPending`, naming the approval,
-/// when it was waiting for one (the approval stays pending and may still be answered), else
+/// when it was waiting for one (the approval is withdrawn as the request's handler is
+/// dropped: `effects::approval::Withdraw`), else
 /// `DeadlineExceeded`.
 fn past_deadline(id: RequestId, deadline_ms: u32, approval: Option<String>) -> RemoteError {
     match approval {
         Some(approval) => RemoteError::new(
             ErrorKind::ApprovalPending,
             format!(
-                "request {id} did not finish within {deadline_ms} ms: approval {approval} is still pending; approve it with `loongctl approvals approve {approval}` and ask again"
+                "request {id} did not finish within {deadline_ms} ms: approval {approval} is still pending at the deadline, and is withdrawn with the request (an approval given now would run nothing); ask again, and have the new request approved while it waits (`loongctl approvals list`)"
             ),
         )
         .with_detail(ErrorDetail::ApprovalPending { approval }),

@@ -13,7 +13,7 @@ use super::{decide, decision_detail, denial_stage, denied, internal, record, Act
 use crate::{
     audit::Kind,
     authority::{
-        approvals::{Approval, ChainDetail},
+        approvals::{Approval, ApprovalError, ChainDetail},
         tokens::agent_key,
         Decision, Outcome, TokenDenial,
     },
@@ -100,22 +100,11 @@ pub(crate) async fn wait(
         let why = format!(
             "the effect is {shown_bytes} bytes, over the {MAX_APPROVAL_SHOWN_BYTES} an approver is shown whole; denied without asking"
         );
-        let detail = serde_json::json!({ "state": "denied", "resolver": "loongd", "reason": why, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
-        record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
-        return Err(RemoteError::new(
-            ErrorKind::Denied,
-            format!("{cap} needs approval, and {why}"),
-        )
-        .with_detail(ErrorDetail::Denied(loong_ipc::Denial::new(
-            DenialStage::Approval,
-            cap.as_str(),
-            target,
-            why,
-        ))));
+        return Err(denied_without_asking(kernel, actor, o, effect, score, why).await);
     }
     let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
-    let a = store
-        .create(Approval {
+    let asked = store.create(
+        Approval {
             id: String::new(),
             created_ms: 0,
             deadline_ms: crate::now_ms() + timeout.as_millis() as i64,
@@ -131,8 +120,28 @@ pub(crate) async fn wait(
             agent: o.agent.clone(),
             effect: shown,
             note: None,
-        })
-        .map_err(internal)?;
+        },
+        kernel.config.approvals.max_pending_per_token,
+    );
+    let a = match asked {
+        Ok(a) => a,
+        // Denied, not waited for: the holder decides or lets expire what it asked already.
+        Err(why @ ApprovalError::TooManyPending { .. }) => {
+            let why = format!("{why}; denied without asking");
+            return Err(denied_without_asking(kernel, actor, o, effect, score, why).await);
+        }
+        Err(ApprovalError::Store(e)) => return Err(internal(e)),
+    };
+    // From here the request lives as long as its waiter: a waiter that goes away unanswered
+    // withdraws it.
+    let mut withdraw = Withdraw {
+        kernel,
+        id: a.id.clone(),
+        event: Some(actor.event(
+            Kind::ApprovalExpired,
+            serde_json::json!({ "approval": a.id, "why": WITHDRAWN_NOTE, "token": a.token, "agent": a.agent }),
+        )),
+    };
     // The effect's parts sit beside the capability and target, as argv does in
     // policy.decision.
     let mut detail = a.effect.to_json();
@@ -165,11 +174,125 @@ pub(crate) async fn wait(
             "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); see it with `loongctl approvals show {}`, approve with `loongctl approvals approve {}`\n",
             a.id, a.id, a.id
         );
-        io.emit(StreamChunk::Stderr(note.into_bytes())).await;
+        let noted = io.emit(StreamChunk::Stderr(note.into_bytes())).await;
         // For clients: the id, typed (`loongctl chat` offers to approve it).
-        io.emit(StreamChunk::ApprovalPending(a.id.clone())).await;
+        let told = noted && io.emit(StreamChunk::ApprovalPending(a.id.clone())).await;
+        // Its client is gone (the request runs on after a disconnect): nobody waits for this
+        // request, which `withdraw` expires and records as the wait ends here.
+        if !told {
+            return Err(RemoteError::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "approval {}: the request's client went away before it was decided; withdrawn",
+                    a.id
+                ),
+            ));
+        }
     }
-    wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await
+    let answered = wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await;
+    withdraw.event = None;
+    answered
+}
+
+/// Withdraws the pending request `id` whose caller went away (its client disconnected while
+/// the request waits): expired by loongd with [`WITHDRAWN_NOTE`], recorded
+/// (`approval.expired`), and its waiter woken (its wait ends as expired). `false` when it was
+/// no longer pending.
+pub(crate) async fn withdraw(kernel: &Kernel, id: &str) -> Result<bool, RemoteError> {
+    let withdrawn = kernel
+        .authority
+        .approvals
+        .resolve_noted(id, "expired", "loongd", Some(WITHDRAWN_NOTE))
+        .map_err(internal)?;
+    let Some(a) = withdrawn else {
+        return Ok(false);
+    };
+    let detail = serde_json::json!({ "approval": id, "why": WITHDRAWN_NOTE, "token": a.token, "agent": a.agent });
+    record(
+        kernel,
+        crate::audit::Event::daemon(Kind::ApprovalExpired, detail),
+    )
+    .await?;
+    wake(kernel, id);
+    Ok(true)
+}
+
+/// The note of a request withdrawn because its waiter went away.
+pub const WITHDRAWN_NOTE: &str =
+    "withdrawn: its caller went away (disconnected, cancelled or answered at its own deadline) before it was decided";
+
+/// Withdraws a pending request whose waiter is dropped before its answer (its client
+/// disconnected, cancelled the request, or a gateway call was answered at its wait): it is
+/// expired by loongd with [`WITHDRAWN_NOTE`] and recorded (`approval.expired`), so that no
+/// request is left for an operator to approve on behalf of nobody (an approval given then
+/// would run nothing), and none counts against its token's pending bound. While loongd shuts
+/// down, the request is left to the next start's expiry, which records it.
+struct Withdraw<'k> {
+    kernel: &'k Kernel,
+    id: String,
+    /// The record to write; `None` once the wait was answered.
+    event: Option<crate::audit::Event>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let Some(event) = self.event.take() else {
+            return;
+        };
+        let (Some(kernel), Ok(rt)) = (self.kernel.arc(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if *kernel.shutdown.borrow() {
+            return;
+        }
+        let id = std::mem::take(&mut self.id);
+        rt.spawn(async move {
+            match kernel.authority.approvals.resolve_noted(
+                &id,
+                "expired",
+                "loongd",
+                Some(WITHDRAWN_NOTE),
+            ) {
+                Ok(Some(_)) => {
+                    kernel.audit.record_later(event).await;
+                    wake(&kernel, &id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(approval = %id, error = %e, "withdrawing an approval whose caller went away");
+                }
+            }
+        });
+    }
+}
+
+/// An effect that needs approval denied by loongd without asking an approver (`why`): the
+/// denial is recorded (`approval.resolved`, state `denied`, resolver `loongd`) and answered
+/// as an approval-stage denial naming why. A record that cannot be written is the answer.
+async fn denied_without_asking(
+    kernel: &Kernel,
+    actor: &Actor<'_>,
+    o: &Outcome,
+    effect: &Effect<'_>,
+    score: u32,
+    why: String,
+) -> RemoteError {
+    let (cap, target) = (effect.cap, effect.target);
+    let detail = serde_json::json!({ "state": "denied", "resolver": "loongd", "reason": why, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
+    if let Err(e) = record(kernel, actor.event(Kind::ApprovalResolved, detail)).await {
+        return e;
+    }
+    RemoteError::new(
+        ErrorKind::Denied,
+        format!("{cap} needs approval, and {why}"),
+    )
+    .with_detail(ErrorDetail::Denied(loong_ipc::Denial::new(
+        DenialStage::Approval,
+        cap.as_str(),
+        target,
+        why,
+    )))
 }
 
 /// The most bytes of an effect's target, and of its reasons, an operator chat is shown in an

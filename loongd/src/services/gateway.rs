@@ -200,8 +200,12 @@ async fn admit_bearer(
 }
 
 /// A call that may ask for an approval (a tool's call, a chat turn's) of the token holding
-/// `held`, or the refusal: loongd's limit on the approvals the token has pending
-/// (`gateway_guard`).
+/// `held`, or the refusal: loongd's limit on the approvals the token has pending through the
+/// gateway (`gateway_guard`). An honest worker meets it when its callers (or the token's other
+/// holders: `loongctl invoke`, channels, plans) have that many pending, so it is no protocol
+/// violation: a `policy.decision` refusal under the token, each recorded (the token's calls
+/// are bounded by its rate already), answered as an approval-stage denial naming the token
+/// and what to do (a tool error over `/mcp`, a 403 on the chat routes).
 async fn admit_approvals(
     host: &ServiceHost,
     worker: u64,
@@ -217,10 +221,28 @@ async fn admit_approvals(
         .approvals
         .pending_of_token(h.token())
         .map_err(effects::internal)?;
-    match host.guard.admit_approvals(h.token(), pending) {
-        Ok(()) => Ok(()),
-        Err(why) => Err(limited(host, worker, kind, why).await),
-    }
+    let Err(why) = host.guard.admit_approvals(h.token(), pending) else {
+        return Ok(());
+    };
+    let reason = why.to_string();
+    let cap = Capability::ToolInvoke;
+    let event = crate::audit::Event {
+        kind: crate::audit::Kind::PolicyDecision,
+        actor: format!("worker:{worker}"),
+        correlation: String::new(),
+        detail: serde_json::json!({
+            "allowed": false, "capability": cap.as_str(), "target": "gateway",
+            "stage": "approval", "reason": reason, "token": h.token(),
+            "kernel_call": kind, "pending_approvals": pending,
+        }),
+    };
+    effects::record(&host.kernel, event).await?;
+    Err(effects::denied(
+        DenialStage::Approval,
+        cap,
+        "gateway",
+        &reason,
+    ))
 }
 
 /// The most chat streams one gateway worker has open at once.
@@ -431,7 +453,8 @@ fn waiting_for(worker: u64, tag: u64) -> Vec<String> {
 
 /// `gateway_invoke`: the same call as `loongctl invoke --token`, with a request handle whose
 /// approvals the worker can ask for while it waits (`gateway_waiting`, for MCP progress);
-/// past `wait_ms`, answered `ApprovalPending` naming the approval it waits for.
+/// past `wait_ms`, answered `ApprovalPending` naming the approval it waited for, which is
+/// withdrawn as the call ends (`effects::approval::Withdraw`).
 async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8>, RemoteError> {
     let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     // Its output (an approval's note and typed id) has no reader: read and dropped, so that
@@ -491,7 +514,7 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
     Err(match first {
         Some(approval) => RemoteError::new(
             ErrorKind::ApprovalPending,
-            format!("the call did not finish within {ms} ms: approval {approval} is still pending; approve it with `loongctl approvals approve {approval}` and call again"),
+            format!("the call did not finish within {ms} ms: approval {approval} is still pending at the call's deadline, and is withdrawn with the call (an approval given now would run nothing); call again, and have the new request approved while the call waits (`loongctl approvals list`), or send an MCP progress token to wait until it is decided"),
         )
         .with_detail(loong_ipc::ErrorDetail::ApprovalPending { approval }),
         None => RemoteError::new(

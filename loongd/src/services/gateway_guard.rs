@@ -22,6 +22,9 @@
 //!
 //! A call past a limit is answered `Overloaded` (or `BadRequest` for its size) and recorded
 //! as a `protocol.violation` (coalesced as above): an honest worker never makes one. The
+//! pending approvals' limit is the exception, as an honest worker meets it when its callers
+//! leave approvals pending: a `policy.decision` refusal under the token, answered as an
+//! approval-stage denial (`services::gateway::admit_approvals`). The
 //! state is in memory: it bounds rates, and a restarted loongd starts with full buckets.
 
 use std::{
@@ -127,7 +130,7 @@ pub(crate) enum Limited {
     Rate { token: String, limit: u32 },
     #[error("loongd counts the calls of {MAX_TRACKED_TOKENS} tokens through the gateway already; retry shortly")]
     Full,
-    #[error("token {token} has {pending} approvals pending, the most loongd lets it ask for through the gateway ({CALLS_PER_REQUEST} × gateway.max_streams_per_token); decide or let them expire, then retry")]
+    #[error("token {token} has {pending} approvals pending, the most loongd lets it ask for through the gateway ({CALLS_PER_REQUEST} × gateway.max_streams_per_token); have them decided (`loongctl approvals list`) or let them expire, then retry")]
     Approvals { token: String, pending: u64 },
     #[error("kernel call {kind} carries {bytes} bytes, above the {limit} loongd accepts from the gateway (gateway.max_body_bytes × {BODY_EXPANSION} + {CALL_OVERHEAD_BYTES}); send a smaller body")]
     TooLarge {

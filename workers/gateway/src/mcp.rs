@@ -285,7 +285,7 @@ fn result(
             let text = match (&e.kind, &e.detail) {
                 (ErrorKind::Denied, _) => format!("denied: {} (tool {tool})", e.message),
                 (_, Some(ErrorDetail::ApprovalPending { approval })) => format!(
-                    "approval {approval} is pending for this call of {tool}: an operator approves it with `loongctl approvals approve {approval}`; call the tool again once it is approved ({})",
+                    "approval {approval} of this call of {tool} was not decided while the call waited, and is withdrawn with it; call the tool again, and have an operator approve the new request while it waits ({})",
                     e.message
                 ),
                 (kind, _) => format!("{kind}: {} (tool {tool})", e.message),

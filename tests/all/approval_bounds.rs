@@ -1,0 +1,223 @@
+//! The approvals one token may leave pending (`[approvals] max_pending_per_token`, enforced
+//! in the approvals store, so every path that asks is covered), and the withdrawal of a
+//! request whose caller went away (`effects::approval::Withdraw`).
+
+use std::{
+    fs,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    kernel_calls::{issue, json},
+    support::{bin, text, wait_until, Home},
+    workers::install_examples,
+};
+
+/// The bound these tests configure.
+const LIMIT: usize = 2;
+/// loongctl's exit code for a denial.
+const EXIT_DENIED: i32 = 4;
+
+/// A home whose pack `t` asks for approval of every call, with the example plugins.
+fn careful_home() -> Home {
+    let home = Home::with_config(&format!(
+        "[approvals]\ntimeout_ms = 120000\nmax_pending_per_token = {LIMIT}\n"
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    home
+}
+
+/// `loongctl invoke echo --token SECRET`, waiting for its approval in the background.
+fn invoke_in_background(home: &Home, secret: &str) -> Child {
+    Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "invoke",
+            "echo",
+            "--token",
+            secret,
+            "--input",
+            r#"{"ping":1}"#,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl")
+}
+
+/// Every request, as `approvals list --json` shows it.
+fn requests(home: &Home) -> Vec<serde_json::Value> {
+    let out = home.ctl(&["approvals", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    json(&text(&out.stdout))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The pending requests of token `id` (its public id).
+fn pending_of(home: &Home, id: &str) -> Vec<String> {
+    requests(home)
+        .into_iter()
+        .filter(|r| r["state"] == "pending" && r["token"] == id)
+        .filter_map(|r| r["id"].as_str().map(String::from))
+        .collect()
+}
+
+fn wait_for_pending(home: &Home, id: &str, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            seen = pending_of(home, id);
+            seen.len() == n
+        }),
+        "token {id}: {} pending, expected {n}\n{}",
+        seen.len(),
+        home.log()
+    );
+    seen
+}
+
+fn records(home: &Home, kind: &str) -> Vec<serde_json::Value> {
+    let out = home.ctl(&[
+        "audit", "recent", "--kind", kind, "--limit", "1000", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    json(&text(&out.stdout))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn finish(c: Child) -> (Option<i32>, String) {
+    let out = c.wait_with_output().expect("wait");
+    (out.status.code(), text(&out.stderr))
+}
+
+/// A token with `max_pending_per_token` approvals pending is denied its next one at once,
+/// without asking: typed (a denial naming the token and what to do) and recorded; another
+/// token still asks (the control); once one of the first token's is decided, it asks again.
+/// Before, every request was kept pending, without bound.
+#[test]
+fn a_tokens_pending_approvals_are_bounded_and_another_token_still_asks() {
+    let home = careful_home();
+    let (first, first_id) = issue(&home, &["tool.invoke:echo"]);
+    let (other, other_id) = issue(&home, &["tool.invoke:echo"]);
+    let mut waiting: Vec<Child> = (0..LIMIT)
+        .map(|_| invoke_in_background(&home, &first))
+        .collect();
+    let asked = wait_for_pending(&home, &first_id, LIMIT);
+
+    // One past the bound: denied at once, naming the token and the key, nothing asked.
+    let out = home.ctl(&["invoke", "echo", "--token", &first, "--input", "{}"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_DENIED), "{err}");
+    assert!(
+        err.contains(&format!("token {first_id} has {LIMIT} approvals pending"))
+            && err.contains("approvals.max_pending_per_token")
+            && err.contains("loongctl approvals list"),
+        "{err}"
+    );
+    assert_eq!(pending_of(&home, &first_id), asked);
+    let denied: Vec<_> = records(&home, "approval.resolved")
+        .into_iter()
+        .filter(|r| {
+            r["detail"]["state"] == "denied"
+                && r["detail"]["token"] == first_id.as_str()
+                && r["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("max_pending_per_token"))
+        })
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+
+    // The control: another token asks.
+    waiting.push(invoke_in_background(&home, &other));
+    wait_for_pending(&home, &other_id, 1);
+
+    // One of the first token's decided: it asks again.
+    assert!(home.ctl(&["approvals", "deny", &asked[0]]).status.success());
+    waiting.push(invoke_in_background(&home, &first));
+    wait_for_pending(&home, &first_id, LIMIT);
+
+    for id in pending_of(&home, &first_id)
+        .into_iter()
+        .chain(pending_of(&home, &other_id))
+    {
+        let _ = home.ctl(&["approvals", "deny", &id]);
+    }
+    for c in waiting {
+        let (code, err) = finish(c);
+        assert_eq!(code, Some(EXIT_DENIED), "{err}");
+    }
+}
+
+/// A caller that goes away while it waits (killed, or its request's deadline passed)
+/// withdraws its request: loongd expires it, noted and recorded (`approval.expired`), so no
+/// operator approves on behalf of nobody, and it no longer counts against the token's bound
+/// (the token asks again). A caller that stays keeps its request pending (the control).
+/// Before, the request stayed pending until its own deadline.
+#[test]
+fn a_caller_that_goes_away_withdraws_the_approval_it_waited_for() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let mut gone = invoke_in_background(&home, &secret);
+    let first = wait_for_pending(&home, &id, 1);
+    let stays = invoke_in_background(&home, &secret);
+    let both = wait_for_pending(&home, &id, 2);
+    let kept: Vec<String> = both.into_iter().filter(|a| *a != first[0]).collect();
+
+    gone.kill().expect("kill the caller");
+    let _ = gone.wait();
+    let left = wait_for_pending(&home, &id, 1);
+    assert_eq!(left, kept, "the other caller's request stays pending");
+    let shown = json(&text(
+        &home.ctl(&["approvals", "show", &first[0], "--json"]).stdout,
+    ));
+    assert_eq!(shown["state"], "expired", "{shown}");
+    assert!(
+        shown["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("its caller went away")),
+        "{shown}"
+    );
+    let expired: Vec<_> = records(&home, "approval.expired")
+        .into_iter()
+        .filter(|r| r["detail"]["approval"] == first[0].as_str())
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["detail"]["token"], id.as_str(), "{expired:?}");
+    // Approving it now is refused: there is nothing to approve.
+    let late = home.ctl(&["approvals", "approve", &first[0]]);
+    assert!(!late.status.success(), "{}", text(&late.stdout));
+
+    // A request whose deadline passes is withdrawn with it, and named in the answer.
+    let out = home.ctl(&[
+        "invoke",
+        "echo",
+        "--token",
+        &secret,
+        "--input",
+        "{}",
+        "--timeout",
+        "1",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("is withdrawn with the request"), "{err}");
+    assert_eq!(wait_for_pending(&home, &id, 1), kept);
+
+    assert!(home.ctl(&["approvals", "deny", &kept[0]]).status.success());
+    let (code, err) = finish(stays);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+}
