@@ -222,6 +222,91 @@ fn requests_are_bounded_deadlined_and_matched_by_id() {
     }
 }
 
+/// The next response on `c`, skipping stream chunks.
+fn next_response(c: &mut Raw) -> (u64, Result<ControlResponse, loong_ipc::RemoteError>) {
+    loop {
+        match c.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Response { id, result }) => return (id, result),
+            Some(Reply::Stream { .. }) => {}
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}
+
+/// A request that stays in flight until it is cancelled: a confined `sleep`.
+fn held(id: u64) -> Call<ControlRequest> {
+    Call::Request {
+        id,
+        deadline_ms: 60_000,
+        body: ControlRequest::SandboxRun(Box::new(loong_ipc::SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            ..Default::default()
+        })),
+    }
+}
+
+fn status_call(id: u64) -> Call<ControlRequest> {
+    Call::Request {
+        id,
+        deadline_ms: 5000,
+        body: ControlRequest::Status,
+    }
+}
+
+/// A status is answered by the connection's reading loop, without a task of its own, and
+/// still as any request is: the id of a request in flight is refused (`DuplicateId`), a full
+/// in-flight budget refuses it (`Overloaded`), and otherwise it is answered under its own id.
+#[test]
+fn a_status_answered_at_once_is_still_matched_by_id_and_bounded() {
+    let home = Home::with_config("[ipc]\nmax_in_flight = 2\n");
+    home.start();
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&held(1)).expect("send");
+    c.send(&status_call(1)).expect("send");
+    match next_response(&mut c) {
+        (1, Err(e)) => assert_eq!(e.kind, ErrorKind::DuplicateId, "{e}"),
+        other => panic!("a status reusing id 1 in flight: expected DuplicateId, got {other:?}"),
+    }
+    // The control: a fresh id is answered, under its own id, while the run is in flight.
+    c.send(&status_call(2)).expect("send");
+    match next_response(&mut c) {
+        (2, Ok(ControlResponse::Status(s))) => {
+            assert_eq!(s.protocol_version, loong_ipc::PROTOCOL_VERSION)
+        }
+        other => panic!("expected the status of id 2, got {other:?}"),
+    }
+    // Two runs fill the budget of 2: a status is refused, not answered past it.
+    c.send(&held(3)).expect("send");
+    c.send(&status_call(4)).expect("send");
+    match next_response(&mut c) {
+        (4, Err(e)) => assert_eq!(e.kind, ErrorKind::Overloaded, "{e}"),
+        other => panic!("a status past max_in_flight: expected Overloaded, got {other:?}"),
+    }
+    // Once the runs are cancelled, a status is answered again.
+    for id in [1, 3] {
+        c.send(&Call::<ControlRequest>::Cancel { id })
+            .expect("send");
+    }
+    let mut cancelled = Vec::new();
+    for _ in 0..2 {
+        match next_response(&mut c) {
+            (id, Err(e)) if e.kind == ErrorKind::Cancelled => cancelled.push(id),
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
+    }
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, vec![1, 3]);
+    c.send(&status_call(5)).expect("send");
+    assert!(
+        matches!(next_response(&mut c), (5, Ok(ControlResponse::Status(_)))),
+        "a status after the runs ended is answered\n{}",
+        home.log()
+    );
+}
+
 #[test]
 fn peers_are_checked_with_so_peercred() {
     if !is_root() {

@@ -66,14 +66,18 @@ const OUTBOX_SLACK: usize = 16;
 /// How long a closing connection waits for its writer to flush.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 
-/// Queues a reply the reading loop itself makes (a pong, a refusal, a cancellation's
-/// answer), waiting at most `wait` (the idle timeout) for room: a client that takes none of
-/// its replies for that long is gone. `false` when it is.
-async fn queue(tx: &Outbox, reply: Reply<ControlResponse>, wait: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(wait, tx.send(reply.into())).await,
-        Ok(Ok(()))
-    )
+/// Queues a reply the reading loop itself makes (a pong, a refusal, an answer given at once,
+/// a cancellation's answer), waiting at most `wait` (the idle timeout) for room: a client
+/// that takes none of its replies for that long is gone. `false` when it is.
+async fn queue(tx: &Outbox, reply: impl Into<Box<Outgoing>>, wait: Duration) -> bool {
+    let reply = reply.into();
+    // Room in the outbox (the usual case) needs no timer.
+    let reply = match tx.try_send(reply) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(reply)) => reply,
+    };
+    matches!(tokio::time::timeout(wait, tx.send(reply)).await, Ok(Ok(())))
 }
 
 /// Writes a refusal without waiting; used when the daemon will not even read the hello.
@@ -229,7 +233,7 @@ async fn run(
                     answers: &answers,
                     request_ended: &request_ended,
                 };
-                if let Some(refusal) = start(
+                let now = start(
                     kernel,
                     conn,
                     shared,
@@ -238,12 +242,9 @@ async fn run(
                     deadline_ms,
                     body,
                     max_in_flight,
-                ) {
-                    let refused = Reply::Response {
-                        id,
-                        result: Err(refusal),
-                    };
-                    if !queue(&tx, refused, ipc.idle_timeout()).await {
+                );
+                if let Some(now) = now {
+                    if !queue(&tx, now, ipc.idle_timeout()).await {
                         break Ok(());
                     }
                 }
@@ -364,7 +365,20 @@ struct Shared<'a> {
     request_ended: &'a Arc<Notify>,
 }
 
-/// Starts a request, or says why it is refused at once.
+/// The answer to `body` when the reading loop can give it at once, without a task of its own
+/// (no deadline's timer, in-flight entry or input channel): a request that reads loongd's
+/// state and waits for nothing. `None`: the request runs in its own task.
+fn answered_inline(kernel: &Kernel, body: &ControlRequest) -> Option<ControlResponse> {
+    match body {
+        ControlRequest::Status => Some(ControlResponse::Status(handlers::status(kernel))),
+        _ => None,
+    }
+}
+
+/// Starts a request in a task of its own (`None`), or gives the reply to send at once: its
+/// refusal (its id in flight, the connection's in-flight budget full), or its answer when the
+/// reading loop gives it ([`answered_inline`]), which holds its slot of the in-flight budget
+/// until it is written, like any answer.
 #[allow(clippy::too_many_arguments)]
 fn start(
     kernel: &Arc<Kernel>,
@@ -375,17 +389,23 @@ fn start(
     deadline_ms: u32,
     body: ControlRequest,
     max_in_flight: usize,
-) -> Option<RemoteError> {
+) -> Option<Box<Outgoing>> {
+    let refused = |error: RemoteError| {
+        Some(Box::<Outgoing>::from(Reply::Response {
+            id,
+            result: Err(error),
+        }))
+    };
     let mut map = lock(shared.in_flight);
     if map.contains_key(&id) {
-        return Some(RemoteError::new(
+        return refused(RemoteError::new(
             ErrorKind::DuplicateId,
             format!("request {id} is already in flight"),
         ));
     }
     // In flight, or answered and waiting for the client to read the answer.
     let Ok(answer_slot) = shared.answers.clone().try_acquire_owned() else {
-        return Some(
+        return refused(
             RemoteError::new(
                 ErrorKind::Overloaded,
                 format!(
@@ -399,6 +419,15 @@ fn start(
             })),
         );
     };
+    if let Some(answer) = answered_inline(kernel, &body) {
+        return Some(Box::new(Outgoing {
+            reply: Reply::Response {
+                id,
+                result: Ok(answer),
+            },
+            _held: Some(answer_slot),
+        }));
+    }
     let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) =
         (kernel.clone(), shared.in_flight.clone(), shared.tx.clone());

@@ -136,7 +136,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn status(kernel: &Kernel) -> StatusReport {
+pub(super) fn status(kernel: &Kernel) -> StatusReport {
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: PROTOCOL_VERSION,
