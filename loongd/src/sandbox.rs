@@ -218,6 +218,7 @@ fn spec_from(
         kernel: Default::default(),
         package: None,
         egress: None,
+        gate: None,
     })
 }
 
@@ -248,16 +249,27 @@ struct DecidedGrants {
     write: Vec<PathBuf>,
 }
 
+/// What a run's decisions left: the grants as decided, and the commits of the allowed
+/// decisions' records, queued but perhaps not yet durable. The sandbox is built while they
+/// commit; its payload waits on a gate that opens only once every one of them has (an
+/// allowed decision is recorded before its effect, the payload running).
+#[derive(Debug, Default)]
+struct Decided {
+    grants: DecidedGrants,
+    commits: Vec<crate::audit::Commit>,
+}
+
 /// Decides every effect a run asks for; the first denial is the answer. Once all are allowed
 /// (some perhaps after waiting for an approval), the token is checked once more, so nothing
 /// spawns under a token that died meanwhile. Returns the resolved paths of the file grants,
-/// which are what the sandbox binds.
+/// which are what the sandbox binds, and the commits of the allowed decisions' records
+/// (queued in order, each before the next decision's, so the trail reads as before).
 async fn authorize(
     kernel: &Kernel,
     req: &SandboxRunRequest,
     cred: &UCred,
     io: &RequestIo,
-) -> Result<DecidedGrants, RemoteError> {
+) -> Result<Decided, RemoteError> {
     use loong_profiles::pack::Capability;
     // What is decided (and shown to an approver) is the program and its arguments: a variable
     // that makes it run other code (LD_PRELOAD of a library in a granted directory) or another
@@ -305,6 +317,7 @@ async fn authorize(
     }
     let mut token = None;
     let mut decided = DecidedGrants::default();
+    let mut commits = Vec::new();
     let argv_all = argv.clone();
     let actor = Actor::operator(
         cred.uid(),
@@ -319,7 +332,10 @@ async fn authorize(
             call: None,
             run: Some(&argv_all),
         };
-        let allowed = effects::authorize(kernel, &actor, &effect).await?;
+        let mut allowed = effects::authorize_unrecorded(kernel, &actor, &effect).await?;
+        if let Some(event) = allowed.record.take() {
+            commits.push(kernel.audit.queue(event).await.map_err(effects::internal)?);
+        }
         token = allowed.token;
         let into = match cap {
             Capability::FsRead => &mut decided.read,
@@ -344,15 +360,20 @@ async fn authorize(
         &req.program,
     )
     .await?;
-    Ok(decided)
+    Ok(Decided {
+        grants: decided,
+        commits,
+    })
 }
 
 /// Builds the spec for `req` with the grants as decided and spawns it on the spawner's
-/// thread; returns the child with the tier and timeout it runs under.
+/// thread, its payload behind a gate that opens once the decisions' records are committed
+/// (a failed commit closes it: nothing runs, and the run is refused with the audit error);
+/// returns the child with the tier and timeout it runs under.
 async fn spawn(
     kernel: &Kernel,
     req: &SandboxRunRequest,
-    decided: DecidedGrants,
+    decided: Decided,
     cred: &UCred,
     correlation: String,
 ) -> Result<
@@ -367,8 +388,21 @@ async fn spawn(
         .spawner
         .clone()
         .map_err(|e| unavailable(e.to_string()))?;
+    let Decided {
+        grants: decided,
+        commits,
+    } = decided;
     let mut spec = spec_from(req, decided, kernel.config.sandbox.allow_degraded)?;
     limits_enforceable(spawner.host(), &spec)?;
+    // Without records to wait for (none, or all committed already), no gate.
+    let gate = if commits.is_empty() {
+        None
+    } else {
+        let (r, w) = std::io::pipe()
+            .map_err(|e| unavailable(format!("cannot create the sandbox's gate pipe: {e}")))?;
+        spec.gate = Some(Arc::new(std::os::fd::OwnedFd::from(r)));
+        Some(w)
+    };
     // A network grant is served by the egress broker: each connection is decided on this
     // request's effect path (the run's own task answers), then vetted and audited.
     let mut asks = None;
@@ -413,11 +447,42 @@ async fn spawn(
             }),
         )
         .map_err(spawn_error)?;
-    let child = rx
-        .await
+    // The sandbox is built on the spawner's thread while the records commit here.
+    let (opened, spawned) = tokio::join!(open_gate(commits, gate), rx);
+    let child = spawned
         .map_err(|_| unavailable("the spawner thread has stopped"))?
-        .map_err(spawn_error)?;
-    Ok((child, limits, asks))
+        .map_err(spawn_error);
+    match (opened, child) {
+        (Ok(()), Ok(child)) => Ok((child, limits, asks)),
+        (Ok(()), Err(e)) => Err(e),
+        (Err(e), child) => {
+            // Unreachable with a gate that stayed shut; killed all the same.
+            if let Ok(child) = child {
+                let _ = child.kill();
+                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits for every commit of a run's decisions, then opens its payload's gate. A failed
+/// commit returns its error with the gate shut: its end (dropped here) makes the payload exit
+/// without running.
+async fn open_gate(
+    commits: Vec<crate::audit::Commit>,
+    gate: Option<std::io::PipeWriter>,
+) -> Result<(), RemoteError> {
+    use std::io::Write;
+    for c in commits {
+        c.committed().await.map_err(effects::internal)?;
+    }
+    if let Some(mut gate) = gate {
+        // One byte into an empty pipe: never blocks. A helper that died first is the
+        // spawn's error, reported by the spawner.
+        let _ = gate.write_all(&[loong_sandbox::plan::GATE_OPEN]);
+    }
+    Ok(())
 }
 
 /// Answers the egress broker's questions for a run: `net.egress` on each connection's

@@ -19,7 +19,7 @@ pub const MAX_PLAN_BYTES: usize = 4 << 20;
 /// The most items in any list of a plan.
 pub const MAX_PLAN_ITEMS: usize = 4096;
 /// Plan format version, checked by the helper.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// One step of building the new root, relative to it (paths are absolute inside the sandbox).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,16 @@ pub struct Plan {
     pub share_netns: bool,
     /// Loopback listeners and the relay to loongd's broker (a network grant).
     pub egress: Option<EgressPlan>,
+    /// The payload waits on a gate before its `execve` (the descriptor after the payload's
+    /// and the egress socket): one byte [`GATE_OPEN`] lets it run; anything else, or the
+    /// gate's end without a byte, and it exits without running. loongd opens the gate once
+    /// the run's decisions are durable in the audit trail, so the sandbox is built while they
+    /// commit and nothing runs before they are recorded.
+    pub gate: bool,
 }
+
+/// The byte that opens a payload's gate ([`Plan::gate`]).
+pub const GATE_OPEN: u8 = b'g';
 
 /// A plan that did not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -328,6 +337,7 @@ impl Plan {
                 e.forwards.iter().for_each(|p| w.u32(u32::from(*p)));
             }
         }
+        w.u8(u8::from(self.gate));
         w.0
     }
 
@@ -432,6 +442,11 @@ impl Plan {
             }),
             t => return Err(PlanError::Tag(t)),
         };
+        let gate = match r.u8()? {
+            0 => false,
+            1 => true,
+            t => return Err(PlanError::Tag(t)),
+        };
         if r.pos != b.len() {
             return Err(PlanError::Trailing(b.len() - r.pos));
         }
@@ -452,6 +467,7 @@ impl Plan {
             pass_fds,
             share_netns,
             egress,
+            gate,
         })
     }
 }
@@ -526,6 +542,7 @@ mod tests {
                 proxy_port: 3128,
                 forwards: vec![8080, 5432],
             }),
+            gate: true,
         }
     }
 

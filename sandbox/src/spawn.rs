@@ -597,8 +597,10 @@ fn spawn_one(
     };
     let tier = spec.tier.ok_or(SpecError::NoTier)?;
     let profile = config.profiles.get(&tier).ok_or(SpecError::NoTier)?;
-    // The egress socket travels after the payload's descriptors (one more slot).
-    if pass.len() + usize::from(!spec.net.is_empty()) > MAX_PASS_FDS {
+    // The egress socket and the gate travel after the payload's descriptors (a slot each).
+    if pass.len() + usize::from(!spec.net.is_empty()) + usize::from(spec.gate.is_some())
+        > MAX_PASS_FDS
+    {
         return Err(SpecError::TooMany {
             what: "handed-over descriptors",
             count: pass.len(),
@@ -663,6 +665,12 @@ fn spawn_one(
     if planned.plan.egress.is_some() {
         if let Some(e) = &spec.egress {
             fds.push(e.as_raw_fd());
+        }
+    }
+    // The gate, last: the payload waits on it before its execve.
+    if planned.plan.gate {
+        if let Some(g) = &spec.gate {
+            fds.push(g.as_raw_fd());
         }
     }
     let sent = (fds.len() - server::FIXED_FDS) as u32;

@@ -125,6 +125,11 @@ pub struct SandboxSpec {
     /// loongd's broker reads). Required with a network grant;
     /// only the sandbox's relay holds it, never the payload.
     pub egress: Option<Arc<OwnedFd>>,
+    /// The read end of a gate pipe: the payload waits before its `execve` until the other
+    /// end's holder writes [`crate::plan::GATE_OPEN`], and exits without running when the
+    /// other end closes first ([`crate::plan::Plan::gate`]). loongd's `sandbox run` opens it
+    /// once the run's decisions are committed to the audit trail.
+    pub gate: Option<Arc<OwnedFd>>,
 }
 
 /// Departures from a tier's rlimits that loongd makes for its own worker programs (a request
@@ -554,6 +559,7 @@ impl SandboxSpec {
                 pass_fds: self.pass_fds,
                 share_netns,
                 egress,
+                gate: self.gate.is_some(),
             },
             degraded,
         })

@@ -199,6 +199,81 @@ fn acknowledged_runs_survive_kill_9() {
     assert!(acked.len() >= 30, "only {} runs acknowledged", acked.len());
 }
 
+/// `sandbox run` builds the sandbox while its decision commits, but the payload waits on a
+/// gate that opens only once the decision is recorded: when the record cannot be committed
+/// (here a fail-closed syslog lane whose receiver went away), the run is refused and the
+/// program never runs. The control: the same run while the lane is up runs.
+#[test]
+fn a_run_whose_decision_cannot_be_recorded_never_runs_its_program() {
+    let dir = tempfile::Builder::new()
+        .prefix("lg")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    // The trusted tier runs as an unprivileged uid on the host's file system: the program
+    // leaves its mark in a directory anyone may write.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let sock_path = dir.path().join("log.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("syslog socket");
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::SeqCst) {
+                let _ = syslog.recv(&mut buf);
+            }
+        })
+    };
+    let config = format!(
+        "[audit]\nsyslog = true\nsyslog_socket = \"{}\"\nsyslog_failure = \"closed\"\n",
+        sock_path.display()
+    );
+    let home = Home::with_config(&config);
+    home.start();
+    let run = |mark: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "trusted",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo ran > {}", marks.join(mark).display()),
+        ])
+    };
+    // The control: with the lane up, the run is recorded and runs.
+    let out = run("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(marks.join("up").exists(), "the control run did not run");
+    // The lane's receiver goes: every commit now fails closed.
+    stop.store(true, Ordering::SeqCst);
+    reader.join().expect("syslog reader");
+    std::fs::remove_file(&sock_path).expect("remove the syslog socket");
+    let out = run("down");
+    assert!(
+        !out.status.success(),
+        "a run whose decision failed to commit succeeded"
+    );
+    assert!(
+        text(&out.stderr).contains("syslog"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A payload let through would have written its mark at once; give it time to.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marks.join("down").exists(),
+        "the program ran although its decision was not recorded"
+    );
+}
+
 #[test]
 fn siem_lanes_get_every_record_and_fail_closed_refuses_the_effect() {
     let dir = tempfile::Builder::new()

@@ -14,7 +14,7 @@ use nix::{
 
 use super::{idmap, mounts, nix_fail, server, Failure, FIRST_PASSED_FD};
 use crate::{
-    plan::{IdMap, Plan},
+    plan::{IdMap, Plan, GATE_OPEN},
     subids::{SubRange, INSIDE_SANDBOX_ID},
     sys,
 };
@@ -222,6 +222,11 @@ pub(super) fn setup_root(plan: &Plan) -> Result<(), Failure> {
 /// `no_new_privs`, landlock, and seccomp last.
 pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+    // The gate first, while the descriptors are still where the helper received them:
+    // nothing of the payload runs until loongd says what it decided is recorded.
+    if plan.gate {
+        wait_gate(plan)?;
+    }
     // Handed-over fds: 5, 6, … become 3, 4, …; each target is below its source and every
     // lower source was consumed already, so no source is overwritten before it is used.
     let n = plan.pass_fds as i32;
@@ -272,6 +277,29 @@ pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
             .map_err(|e| Failure::new("seccomp", libc::EINVAL, e.to_string()))?;
     }
     Ok(())
+}
+
+/// Waits for the gate ([`crate::plan::Plan::gate`]): the descriptor after the handed-over
+/// ones and the egress socket. Only [`GATE_OPEN`] lets the payload run; the gate's end without
+/// it (loongd could not commit the run's decisions, or is gone) refuses the run.
+fn wait_gate(plan: &Plan) -> Result<(), Failure> {
+    let gate = FIRST_PASSED_FD + plan.pass_fds as i32 + i32::from(plan.egress.is_some());
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match nix::unistd::read(gate, &mut byte) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    match got {
+        Ok(1) if byte[0] == GATE_OPEN => Ok(()),
+        Ok(_) => Err(Failure::new(
+            "gate",
+            libc::ECANCELED,
+            "the run's decisions were not recorded; nothing ran",
+        )),
+        Err(e) => Err(Failure::new("gate", e as i32, "")),
+    }
 }
 
 fn set_rlimit(res: u32, soft: u64, hard: u64) -> Result<(), Failure> {

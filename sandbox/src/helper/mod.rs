@@ -132,7 +132,10 @@ fn run(report: &mut File) -> Result<i32, Failure> {
         }
     }
     // Only stdio, the report fd, the handed-over fds and the egress socket survive.
-    let keep_to = FIRST_PASSED_FD as u32 + plan.pass_fds + u32::from(plan.egress.is_some());
+    let keep_to = FIRST_PASSED_FD as u32
+        + plan.pass_fds
+        + u32::from(plan.egress.is_some())
+        + u32::from(plan.gate);
     sys::close_from(keep_to)
         .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
     nix::fcntl::fcntl(
