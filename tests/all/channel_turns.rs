@@ -168,3 +168,31 @@ fn two_messages_of_one_chat_are_answered_in_order() {
         "{said:?}"
     );
 }
+
+#[test]
+fn an_answer_the_outbox_refuses_settles_its_message_and_the_chat_goes_on() {
+    // Chat 111's first answer is above the outbox's bound: the message is answered with the
+    // failure text, not left running (which would hold the chat's every later message, and
+    // a slot of its channel, until loongd restarts). The second message is answered.
+    let big = "x".repeat(300 * 1024);
+    let provider = Provider::start(vec![text_answer(&big), text_answer("two")]);
+    let home = Home::with_config(&provider.config(""));
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![
+        update(300, 111, "first"),
+        update(301, 111, "second"),
+    ]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111).len() == 2),
+        "the chat's second message waited behind its first: {:?}; {}",
+        sent_texts(&api, 111),
+        home.log()
+    );
+    let sent = sent_texts(&api, 111);
+    assert_eq!(sent[1], "two");
+    assert!(sent[0].starts_with("Sorry"), "{:?}", sent[0]);
+    assert_eq!(provider.requests().len(), 2);
+}

@@ -638,8 +638,34 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
     if !same_generation(kernel, &row, &item, &root).await {
         return;
     }
-    if let Err(e) = store.answer(item.id, &answer) {
-        tracing::warn!(error = %e, "keeping a channel's answer");
+    settle(store, &item, &answer);
+}
+
+/// Settles `item` with `answer`, whatever the store says of it: a message left `running`
+/// holds its chat's every later message (a chat's turns run one at a time) and a slot of its
+/// channel (`max_turns_at_once_per_channel`) until loongd restarts, and runs again then. An
+/// answer the outbox refuses for its size (a model or an agent worker taken over may answer
+/// any length) is replaced by [`FAILED_TEXT`]; a commit that failed leaves the message to
+/// run again now, as a restart would (pending).
+fn settle(
+    store: &crate::authority::channels::ChannelStore,
+    item: &crate::authority::channels::InboxItem,
+    answer: &str,
+) {
+    let refused = match store.answer(item.id, answer) {
+        Ok(_) => return,
+        Err(e @ ChannelStoreError::TextTooLarge { .. }) => {
+            tracing::warn!(channel = %item.channel, error = %e, "a channel's answer is refused; the failure text is sent");
+            match store.answer(item.id, FAILED_TEXT) {
+                Ok(_) => return,
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    tracing::warn!(channel = %item.channel, error = %refused, "keeping a channel's answer; its message waits for its turn again");
+    if let Err(e) = store.requeue(item.id) {
+        tracing::warn!(channel = %item.channel, error = %e, "a message whose answer was not kept");
     }
 }
 
