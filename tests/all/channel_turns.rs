@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     agent::{ask, text_answer, tool_answer, Gate, Provider, Reply},
-    channel_approvals::{approval_state, home_with_pack, offers, sent_texts},
+    channel_approvals::{approval_state, home_with_pack, home_with_pack_and, offers, sent_texts},
     channels::{add_telegram, update, wait_until, BotApi, Mode},
     support::{text, Home},
 };
@@ -195,4 +195,73 @@ fn an_answer_the_outbox_refuses_settles_its_message_and_the_chat_goes_on() {
     assert_eq!(sent[1], "two");
     assert!(sent[0].starts_with("Sorry"), "{:?}", sent[0]);
     assert_eq!(provider.requests().len(), 2);
+}
+
+/// How long a turn's call waits for an agent worker before it fails
+/// (`effects::invoke::QUEUE_DEADLINE`), and a margin.
+const PAST_THE_QUEUE_DEADLINE: Duration = Duration::from_secs(36);
+
+#[test]
+fn channel_turns_run_at_once_no_more_than_the_agent_pool_serves() {
+    // One agent worker: chat 111's turn holds it while it waits for an approval. Chat 222's
+    // message waits in the inbox (pending), rather than being claimed and failing on the
+    // pool's queue deadline with the failure text sent; approved, both are answered.
+    let ws = tempfile::Builder::new()
+        .prefix("lchanpool")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let provider = Provider::start(vec![
+        tool_answer(
+            "shell_exec",
+            &json!({"command": "rm -rf /tmp/loong-channel-pool-nothing-here"}),
+        ),
+        text_answer("removed"),
+        text_answer("fine"),
+    ]);
+    let home = home_with_pack_and(&provider, ws.path(), "[workers]\nagent_pool_size = 1\n");
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![update(100, 111, "clean up")]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(
+        &home,
+        "ops",
+        &[
+            "--allowed-chat",
+            "111",
+            "--allowed-chat",
+            "222",
+            "--operator-chat",
+            "42",
+            "--api-base",
+            &base,
+            "--pack",
+            "chatops",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || !offers(&api).is_empty()),
+        "the approval was not offered: {}",
+        home.log()
+    );
+    let approve = offers(&api)[0].1.clone();
+    let id = approve
+        .strip_prefix("approve:")
+        .expect("approve data")
+        .to_owned();
+    api.push(update(101, 222, "hello"));
+    std::thread::sleep(PAST_THE_QUEUE_DEADLINE);
+    assert_eq!(
+        sent_texts(&api, 222),
+        Vec::<String>::new(),
+        "chat 222's turn failed waiting for the agent's one worker"
+    );
+    let out = home.ctl(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111) == ["removed"]
+            && sent_texts(&api, 222) == ["fine"]),
+        "{:?}",
+        api.calls("sendMessage")
+    );
 }

@@ -565,7 +565,8 @@ pub fn command(text: &str) -> Option<&str> {
 /// The channels' turns: each pending inbox message, oldest first, becomes one agent turn
 /// under its channel's token, and its answer goes to the outbox in the same transaction that
 /// marks it answered. Turns of different chats run at once (at most `[channels]
-/// max_turns_at_once`, and `max_turns_at_once_per_channel` of one channel: the claim passes
+/// max_turns_at_once`, and no more than the agent's pool serves beside an `ask`:
+/// [`crate::config::Config::channel_turns_at_once`]; and `max_turns_at_once_per_channel` of one channel: the claim passes
 /// over a channel at its bound and a chat whose turn runs), so a turn waiting for an
 /// approval holds no other chat's, channel's or `loongctl ask`'s turn; a chat's turns run
 /// one at a time, in order. Runs until loongd stops; the turns still running then are
@@ -577,7 +578,7 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
         per_minute: config.turns_per_minute as usize,
         at_once: config.max_turns_at_once_per_channel as usize,
     };
-    let at_once = config.max_turns_at_once as usize;
+    let at_once = kernel.config.channel_turns_at_once() as usize;
     let mut running = tokio::task::JoinSet::new();
     loop {
         if *kernel.shutdown.borrow() {
