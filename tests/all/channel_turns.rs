@@ -265,3 +265,75 @@ fn channel_turns_run_at_once_no_more_than_the_agent_pool_serves() {
         api.calls("sendMessage")
     );
 }
+
+#[test]
+fn kill_9_of_loongd_with_two_turns_in_flight_answers_each_message_once_in_its_chats_order() {
+    // Two chats of two messages each; loongd is killed while both chats' first turns run.
+    // After the restart every message is answered once, each chat's first before its second.
+    let provider = Provider::start(vec![
+        Reply::Stall(Vec::new()),
+        Reply::Stall(Vec::new()),
+        text_answer("a"),
+        text_answer("b"),
+        text_answer("c"),
+        text_answer("d"),
+    ]);
+    let home = Home::with_config(&provider.config(""));
+    let pid = home.start();
+    let api = BotApi::start(Mode::Updates(vec![
+        update(400, 111, "111 first"),
+        update(401, 111, "111 second"),
+        update(402, 222, "222 first"),
+        update(403, 222, "222 second"),
+    ]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(
+        &home,
+        "tg",
+        &[
+            "--allowed-chat",
+            "111",
+            "--allowed-chat",
+            "222",
+            "--api-base",
+            &base,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || provider.requests().len() == 2),
+        "two turns in flight"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    assert!(wait_until(Duration::from_secs(5), || {
+        !crate::support::process_alive(pid)
+    }));
+    assert!(api.calls("sendMessage").is_empty());
+    home.start();
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111).len() == 2
+            && sent_texts(&api, 222).len() == 2),
+        "{:?}",
+        api.calls("sendMessage")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.calls("sendMessage").len(), 4);
+    // The turns after the restart: each chat's first before its second.
+    let last_said: Vec<String> = provider.requests()[2..]
+        .iter()
+        .filter_map(|r| r["messages"].as_array().and_then(|m| m.last()).cloned())
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(last_said.len(), 4, "{last_said:?}");
+    for chat in ["111", "222"] {
+        let at = |t: &str| last_said.iter().position(|s| s == &format!("{chat} {t}"));
+        assert!(
+            at("first") < at("second") && at("first").is_some(),
+            "{last_said:?}"
+        );
+    }
+}
