@@ -1190,6 +1190,16 @@ impl Config {
         self.channels.max_turns_at_once.min(served)
     }
 
+    /// The channel turns that may wait for approvals at once, of one channel and of all
+    /// channels: one fewer than the turns that run at once (at least one), so a turn slot
+    /// is always left for the chats whose turns ask for none.
+    pub fn channel_approvals_waiting(&self) -> (u32, u32) {
+        let kept = |at_once: u32| at_once.saturating_sub(1).max(1);
+        let in_all = self.channel_turns_at_once();
+        let per_channel = self.channels.max_turns_at_once_per_channel.min(in_all);
+        (kept(per_channel), kept(in_all))
+    }
+
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {

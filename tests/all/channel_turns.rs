@@ -337,3 +337,82 @@ fn kill_9_of_loongd_with_two_turns_in_flight_answers_each_message_once_in_its_ch
         );
     }
 }
+
+#[test]
+fn turns_waiting_for_approvals_never_hold_every_turn_slot_of_a_channel() {
+    // Two turns of one channel may run at once. Chat 111's waits for an approval; chat
+    // 222's asks for one too, and is denied without asking (it would hold the channel's
+    // last slot): it answers, and chat 333's turn runs at once, not after the approvals.
+    let ws = tempfile::Builder::new()
+        .prefix("lchanwait")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let risky = |n: &str| {
+        tool_answer(
+            "shell_exec",
+            &json!({"command": format!("rm -rf /tmp/loong-channel-wait-nothing-here-{n}")}),
+        )
+    };
+    let provider = Provider::start(vec![
+        risky("1"),
+        risky("2"),
+        text_answer("not allowed"),
+        text_answer("fine"),
+        text_answer("removed"),
+    ]);
+    let home = home_with_pack(&provider, ws.path());
+    home.start();
+    let api = BotApi::start(Mode::Updates(vec![update(500, 111, "clean up")]));
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let out = add_telegram(
+        &home,
+        "ops",
+        &[
+            "--allowed-chat",
+            "111",
+            "--allowed-chat",
+            "222",
+            "--allowed-chat",
+            "333",
+            "--operator-chat",
+            "42",
+            "--api-base",
+            &base,
+            "--pack",
+            "chatops",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || offers(&api).len() == 1),
+        "the approval was not offered: {}",
+        home.log()
+    );
+    let approve = offers(&api)[0].1.clone();
+    let id = approve
+        .strip_prefix("approve:")
+        .expect("approve data")
+        .to_owned();
+    api.push(update(501, 222, "clean up too"));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 222) == ["not allowed"]),
+        "chat 222's turn waited for an approval beside chat 111's: {:?}",
+        api.calls("sendMessage")
+    );
+    api.push(update(502, 333, "hello"));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 333) == ["fine"]),
+        "chat 333 waited behind the approvals: {:?}",
+        api.calls("sendMessage")
+    );
+    assert_eq!(offers(&api).len(), 1, "the second approval was offered");
+    // The positive control: chat 111's approval waited all along; approved, it goes on.
+    assert_eq!(approval_state(&home, &id), "pending");
+    let out = home.ctl(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111) == ["removed"]),
+        "{:?}",
+        api.calls("sendMessage")
+    );
+}

@@ -351,3 +351,15 @@ fn channel_turns_at_once_are_no_more_than_the_agent_pool_serves_beside_an_ask() 
         );
     }
 }
+
+#[test]
+fn channel_turns_waiting_for_approvals_leave_a_turn_slot() {
+    let mut c = Config::default();
+    assert_eq!(c.channel_approvals_waiting(), (1, 2));
+    c.channels.max_turns_at_once = 8;
+    c.channels.max_turns_at_once_per_channel = 4;
+    c.workers.agent_pool_size = 16;
+    assert_eq!(c.channel_approvals_waiting(), (3, 7));
+    c.workers.agent_pool_size = 1;
+    assert_eq!(c.channel_approvals_waiting(), (1, 1));
+}
