@@ -619,6 +619,12 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
     };
     let session = session_of(&row.kind, &item.channel, &item.chat);
     let root = format!("channel-{}/msg-{}", item.channel, item.id);
+    let mut end = TurnEnd {
+        store,
+        id: item.id,
+        root: None,
+        settled: false,
+    };
     let answer = match command(&item.text) {
         Some("/new") => {
             if let Err(e) = kernel.authority.memory.clear(&session) {
@@ -631,15 +637,44 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
             // While it runs, an approval its tool calls wait for is offered to the
             // channel's operator chats (effects::approval).
             store.turn_started(&root, &item.channel);
+            end.root = Some(root.clone());
             let answer = agent_turn(kernel, &row, &item, &root, session).await;
             store.turn_ended(&root);
+            end.root = None;
             answer
         }
     };
+    end.settled = true;
     if !same_generation(kernel, &row, &item, &root).await {
         return;
     }
     settle(store, &item, &answer);
+}
+
+/// What a channel turn's task leaves however it ends: its chain forgotten (offers,
+/// approvals), and, when it panicked before its answer was settled, its message answered
+/// with [`FAILED_TEXT`], as a failed turn's is. Left `running`, it would hold its chat's
+/// every later message and a slot of its channel until loongd restarted (and run again,
+/// and panic again, then). A turn dropped at loongd's stop leaves it running: it runs
+/// again at the next start (`ChannelStore::recover`).
+struct TurnEnd<'a> {
+    store: &'a crate::authority::channels::ChannelStore,
+    id: i64,
+    root: Option<String>,
+    settled: bool,
+}
+
+impl Drop for TurnEnd<'_> {
+    fn drop(&mut self) {
+        if let Some(root) = &self.root {
+            self.store.turn_ended(root);
+        }
+        if !self.settled && std::thread::panicking() {
+            if let Err(e) = self.store.answer(self.id, FAILED_TEXT) {
+                tracing::warn!(error = %e, "settling the message of a turn that panicked");
+            }
+        }
+    }
 }
 
 /// Settles `item` with `answer`, whatever the store says of it: a message left `running`
@@ -769,6 +804,62 @@ async fn same_generation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_that_panics_settles_its_message_and_one_dropped_at_the_stop_leaves_it() {
+        use crate::authority::channels::{ChannelStore, Received};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ChannelStore::open(&dir.path().join("state.db")).expect("open");
+        store
+            .add(&ChannelRow {
+                name: "tg".into(),
+                kind: "telegram".into(),
+                config_json: "{}".into(),
+                token_id: "tok-1".into(),
+                generation: 1,
+            })
+            .expect("add");
+        let msg = |key: i64, chat: i64| Received {
+            key: key.to_string(),
+            chat: chat.to_string(),
+            message_id: key.to_string(),
+            thread: None,
+            sender: "42".into(),
+            text: "hi".into(),
+            allowed: true,
+        };
+        store
+            .receive("tg", Some(3), &[msg(1, 1), msg(2, 2)])
+            .expect("receive");
+        let limits = ClaimLimits {
+            per_minute: 10,
+            at_once: 10,
+        };
+        let first = store.claim(limits).expect("claim").expect("item");
+        store.turn_started("root-1", "tg");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _end = TurnEnd {
+                store: &store,
+                id: first.id,
+                root: Some("root-1".into()),
+                settled: false,
+            };
+            panic!("a bug in a turn");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(store.turn_channel("root-1"), None);
+        // Settled: a second answer is refused as already settled.
+        assert!(!store.answer(first.id, "late").expect("answer"));
+        // Positive control: dropped without a panic (loongd's stop), it stays running.
+        let second = store.claim(limits).expect("claim").expect("item");
+        drop(TurnEnd {
+            store: &store,
+            id: second.id,
+            root: None,
+            settled: false,
+        });
+        assert_eq!(store.counts("tg").expect("counts").running, 1);
+    }
 
     #[test]
     fn api_bases_are_checked_and_bound() {
