@@ -207,8 +207,9 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # messages up at will; past it, the channel's messages wait, none lost).
 # turns_per_minute = 30
 # The most channel turns running at once, over every channel (1..=64), and of one channel
-# (1..=64). A chat's turns always run one at a time, in order. Below the agent pool's size,
-# so a `loongctl ask` finds a worker while every channel turn waits for an approval.
+# (1..=64). A chat's turns always run one at a time, in order. Never more than
+# `[workers] agent_pool_size` - 1 (at least 1) run at once, so a `loongctl ask` finds a
+# worker while every channel turn waits for an approval.
 # max_turns_at_once = 3
 # max_turns_at_once_per_channel = 2
 
@@ -1188,7 +1189,35 @@ pub enum ConfigError {
     },
 }
 
+/// The agent workers a channel turn never takes: `loongctl ask` (and the gateway's turns)
+/// find one while every channel turn waits for an approval.
+pub const AGENT_WORKERS_KEPT_FROM_CHANNELS: u32 = 1;
+
 impl Config {
+    /// The channel turns that run at once: `[channels] max_turns_at_once`, but no more than
+    /// the agent's pool serves beside [`AGENT_WORKERS_KEPT_FROM_CHANNELS`] (at least one). A
+    /// turn claimed past the pool would wait for a worker a turn waiting for an approval
+    /// holds, and fail at the pool's queue deadline with the failure text sent, where a
+    /// message not claimed waits in the inbox, none lost.
+    pub fn channel_turns_at_once(&self) -> u32 {
+        let served = self
+            .workers
+            .agent_pool_size
+            .saturating_sub(AGENT_WORKERS_KEPT_FROM_CHANNELS)
+            .max(1);
+        self.channels.max_turns_at_once.min(served)
+    }
+
+    /// The channel turns that may wait for approvals at once, of one channel and of all
+    /// channels: one fewer than the turns that run at once (at least one), so a turn slot
+    /// is always left for the chats whose turns ask for none.
+    pub fn channel_approvals_waiting(&self) -> (u32, u32) {
+        let kept = |at_once: u32| at_once.saturating_sub(1).max(1);
+        let in_all = self.channel_turns_at_once();
+        let per_channel = self.channels.max_turns_at_once_per_channel.min(in_all);
+        (kept(per_channel), kept(in_all))
+    }
+
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {

@@ -20,8 +20,13 @@ use crate::{
 const CHATOPS_PACK: &str = "id = \"chatops\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\", \"memory.read\", \"memory.write\", \"channel.send\", \"process.exec\"]\napproval = \"on-high-risk\"\n";
 
 pub(crate) fn home_with_pack(provider: &Provider, workspace: &Path) -> Home {
+    home_with_pack_and(provider, workspace, "")
+}
+
+/// [`home_with_pack`] with `extra` configuration appended.
+pub(crate) fn home_with_pack_and(provider: &Provider, workspace: &Path, extra: &str) -> Home {
     let home = Home::with_config(&provider.config(&format!(
-        "[builtins]\nworkspace = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n",
+        "[builtins]\nworkspace = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{extra}",
         workspace.display()
     )));
     fs::create_dir_all(home.path().join("packs")).expect("packs dir");

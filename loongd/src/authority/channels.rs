@@ -296,6 +296,8 @@ pub struct ChannelStore {
     /// The turns running now, by their chain's root: which channel each is for (an
     /// approval one asks for is offered to that channel's operator chats).
     turns: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Each channel's turns waiting for an approval now.
+    approvals_waiting: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Woken when a message is new to the inbox (the turn runner waits on it rather than
     /// polling), and when an answer or an offer is new to an outbox (the workers' outbox
     /// waits): a message's way through loongd waits on no timer.
@@ -346,6 +348,7 @@ impl ChannelStore {
             db,
             last_claimed: std::sync::Mutex::new(None),
             turns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            approvals_waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
             claimed_at: std::sync::Mutex::new(std::collections::HashMap::new()),
             inbox_ready: tokio::sync::Notify::new(),
             outbox_ready: tokio::sync::Notify::new(),
@@ -361,6 +364,33 @@ impl ChannelStore {
     /// The turn of chain `root` ended.
     pub fn turn_ended(&self, root: &str) {
         lock(&self.turns).remove(root);
+    }
+
+    /// A turn of `channel` starts waiting for an approval: counted, unless `per_channel` of
+    /// its turns, or `in_all` of every channel's, wait already (false then: it is denied
+    /// without asking, so turns waiting for approvals never hold every turn slot of a
+    /// channel, or of all channels, and a chat user who can make turns ask for approvals
+    /// cannot stop the other chats). [`ChannelStore::approval_wait_ended`] when it ends.
+    pub fn approval_wait_started(&self, channel: &str, per_channel: usize, in_all: usize) -> bool {
+        let mut waiting = lock(&self.approvals_waiting);
+        let all: usize = waiting.values().sum();
+        let mine = waiting.get(channel).copied().unwrap_or(0);
+        if mine >= per_channel || all >= in_all {
+            return false;
+        }
+        waiting.insert(channel.to_owned(), mine + 1);
+        true
+    }
+
+    /// A wait counted by [`ChannelStore::approval_wait_started`] ended.
+    pub fn approval_wait_ended(&self, channel: &str) {
+        let mut waiting = lock(&self.approvals_waiting);
+        if let Some(n) = waiting.get_mut(channel) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(channel);
+            }
+        }
     }
 
     /// The channel whose turn runs under the chain `root`, if one does.

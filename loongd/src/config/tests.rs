@@ -351,3 +351,37 @@ fn values_and_errors() {
         Err("/h/loongd.toml:1: invalid table header\nexpected `.`, `]`"),
     );
 }
+
+#[test]
+fn channel_turns_at_once_are_no_more_than_the_agent_pool_serves_beside_an_ask() {
+    let mut c = Config::default();
+    assert_eq!(c.channel_turns_at_once(), DEFAULT_CHANNEL_TURNS_AT_ONCE);
+    for (pool, at_once, want) in [
+        (1, 3, 1),
+        (2, 3, 1),
+        (3, 3, 2),
+        (4, 3, 3),
+        (64, 64, 63),
+        (8, 2, 2),
+    ] {
+        c.workers.agent_pool_size = pool;
+        c.channels.max_turns_at_once = at_once;
+        assert_eq!(
+            c.channel_turns_at_once(),
+            want,
+            "pool {pool}, at once {at_once}"
+        );
+    }
+}
+
+#[test]
+fn channel_turns_waiting_for_approvals_leave_a_turn_slot() {
+    let mut c = Config::default();
+    assert_eq!(c.channel_approvals_waiting(), (1, 2));
+    c.channels.max_turns_at_once = 8;
+    c.channels.max_turns_at_once_per_channel = 4;
+    c.workers.agent_pool_size = 16;
+    assert_eq!(c.channel_approvals_waiting(), (3, 7));
+    c.workers.agent_pool_size = 1;
+    assert_eq!(c.channel_approvals_waiting(), (1, 1));
+}

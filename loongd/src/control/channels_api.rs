@@ -578,7 +578,8 @@ pub fn command(text: &str) -> Option<&str> {
 /// The channels' turns: each pending inbox message, oldest first, becomes one agent turn
 /// under its channel's token, and its answer goes to the outbox in the same transaction that
 /// marks it answered. Turns of different chats run at once (at most `[channels]
-/// max_turns_at_once`, and `max_turns_at_once_per_channel` of one channel: the claim passes
+/// max_turns_at_once`, and no more than the agent's pool serves beside an `ask`:
+/// [`crate::config::Config::channel_turns_at_once`]; and `max_turns_at_once_per_channel` of one channel: the claim passes
 /// over a channel at its bound and a chat whose turn runs), so a turn waiting for an
 /// approval holds no other chat's, channel's or `loongctl ask`'s turn; a chat's turns run
 /// one at a time, in order. Runs until loongd stops; the turns still running then are
@@ -590,7 +591,7 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
         per_minute: config.turns_per_minute as usize,
         at_once: config.max_turns_at_once_per_channel as usize,
     };
-    let at_once = config.max_turns_at_once as usize;
+    let at_once = kernel.config.channel_turns_at_once() as usize;
     let mut running = tokio::task::JoinSet::new();
     loop {
         if *kernel.shutdown.borrow() {
@@ -631,6 +632,12 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
     };
     let session = session_of(&row.kind, &item.channel, &item.chat);
     let root = format!("channel-{}/msg-{}", item.channel, item.id);
+    let mut end = TurnEnd {
+        store,
+        id: item.id,
+        root: None,
+        settled: false,
+    };
     let answer = match command(&item.text) {
         Some("/new") => {
             if let Err(e) = kernel.authority.memory.clear(&session) {
@@ -643,16 +650,71 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
             // While it runs, an approval its tool calls wait for is offered to the
             // channel's operator chats (effects::approval).
             store.turn_started(&root, &item.channel);
+            end.root = Some(root.clone());
             let answer = agent_turn(kernel, &row, &item, &root, session).await;
             store.turn_ended(&root);
+            end.root = None;
             answer
         }
     };
+    end.settled = true;
     if !same_generation(kernel, &row, &item, &root).await {
         return;
     }
-    if let Err(e) = store.answer(item.id, &answer) {
-        tracing::warn!(error = %e, "keeping a channel's answer");
+    settle(store, &item, &answer);
+}
+
+/// What a channel turn's task leaves however it ends: its chain forgotten (offers,
+/// approvals), and, when it panicked before its answer was settled, its message answered
+/// with [`FAILED_TEXT`], as a failed turn's is. Left `running`, it would hold its chat's
+/// every later message and a slot of its channel until loongd restarted (and run again,
+/// and panic again, then). A turn dropped at loongd's stop leaves it running: it runs
+/// again at the next start (`ChannelStore::recover`).
+struct TurnEnd<'a> {
+    store: &'a crate::authority::channels::ChannelStore,
+    id: i64,
+    root: Option<String>,
+    settled: bool,
+}
+
+impl Drop for TurnEnd<'_> {
+    fn drop(&mut self) {
+        if let Some(root) = &self.root {
+            self.store.turn_ended(root);
+        }
+        if !self.settled && std::thread::panicking() {
+            if let Err(e) = self.store.answer(self.id, FAILED_TEXT) {
+                tracing::warn!(error = %e, "settling the message of a turn that panicked");
+            }
+        }
+    }
+}
+
+/// Settles `item` with `answer`, whatever the store says of it: a message left `running`
+/// holds its chat's every later message (a chat's turns run one at a time) and a slot of its
+/// channel (`max_turns_at_once_per_channel`) until loongd restarts, and runs again then. An
+/// answer the outbox refuses for its size (a model or an agent worker taken over may answer
+/// any length) is replaced by [`FAILED_TEXT`]; a commit that failed leaves the message to
+/// run again now, as a restart would (pending).
+fn settle(
+    store: &crate::authority::channels::ChannelStore,
+    item: &crate::authority::channels::InboxItem,
+    answer: &str,
+) {
+    let refused = match store.answer(item.id, answer) {
+        Ok(_) => return,
+        Err(e @ ChannelStoreError::TextTooLarge { .. }) => {
+            tracing::warn!(channel = %item.channel, error = %e, "a channel's answer is refused; the failure text is sent");
+            match store.answer(item.id, FAILED_TEXT) {
+                Ok(_) => return,
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    tracing::warn!(channel = %item.channel, error = %refused, "keeping a channel's answer; its message waits for its turn again");
+    if let Err(e) = store.requeue(item.id) {
+        tracing::warn!(channel = %item.channel, error = %e, "a message whose answer was not kept");
     }
 }
 
@@ -755,6 +817,62 @@ async fn same_generation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_that_panics_settles_its_message_and_one_dropped_at_the_stop_leaves_it() {
+        use crate::authority::channels::{ChannelStore, Received};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ChannelStore::open(&dir.path().join("state.db")).expect("open");
+        store
+            .add(&ChannelRow {
+                name: "tg".into(),
+                kind: "telegram".into(),
+                config_json: "{}".into(),
+                token_id: "tok-1".into(),
+                generation: 1,
+            })
+            .expect("add");
+        let msg = |key: i64, chat: i64| Received {
+            key: key.to_string(),
+            chat: chat.to_string(),
+            message_id: key.to_string(),
+            thread: None,
+            sender: "42".into(),
+            text: "hi".into(),
+            allowed: true,
+        };
+        store
+            .receive("tg", Some(3), &[msg(1, 1), msg(2, 2)])
+            .expect("receive");
+        let limits = ClaimLimits {
+            per_minute: 10,
+            at_once: 10,
+        };
+        let first = store.claim(limits).expect("claim").expect("item");
+        store.turn_started("root-1", "tg");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _end = TurnEnd {
+                store: &store,
+                id: first.id,
+                root: Some("root-1".into()),
+                settled: false,
+            };
+            panic!("a bug in a turn");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(store.turn_channel("root-1"), None);
+        // Settled: a second answer is refused as already settled.
+        assert!(!store.answer(first.id, "late").expect("answer"));
+        // Positive control: dropped without a panic (loongd's stop), it stays running.
+        let second = store.claim(limits).expect("claim").expect("item");
+        drop(TurnEnd {
+            store: &store,
+            id: second.id,
+            root: None,
+            settled: false,
+        });
+        assert_eq!(store.counts("tg").expect("counts").running, 1);
+    }
 
     #[test]
     fn api_bases_are_checked_and_bound() {

@@ -56,6 +56,46 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A channel turn's wait for an approval, counted against its channel's and all channels'
+/// bounds ([`crate::config::Config::channel_approvals_waiting`]) while it lasts, however it
+/// ends (answered, expired, the turn dropped).
+struct ChannelWait<'k> {
+    kernel: &'k Kernel,
+    channel: Option<String>,
+}
+
+impl<'k> ChannelWait<'k> {
+    /// Counts `actor`'s wait when it is a channel turn's; the reason it may not wait when
+    /// its channel's (or all channels') bound of waiting turns is reached.
+    fn start(kernel: &'k Kernel, actor: &Actor<'_>) -> Result<ChannelWait<'k>, String> {
+        let channels = &kernel.authority.channels;
+        let Some(channel) = channels.turn_channel(&actor.chain.root) else {
+            return Ok(ChannelWait {
+                kernel,
+                channel: None,
+            });
+        };
+        let (per_channel, in_all) = kernel.config.channel_approvals_waiting();
+        if !channels.approval_wait_started(&channel, per_channel as usize, in_all as usize) {
+            return Err(format!(
+                "channel {channel} has {per_channel} turns waiting for approvals (or all channels {in_all}), the most that may wait while other chats' turns go on; denied without asking"
+            ));
+        }
+        Ok(ChannelWait {
+            kernel,
+            channel: Some(channel),
+        })
+    }
+}
+
+impl Drop for ChannelWait<'_> {
+    fn drop(&mut self) {
+        if let Some(channel) = &self.channel {
+            self.kernel.authority.channels.approval_wait_ended(channel);
+        }
+    }
+}
+
 /// An effect that needs approval (`o`): a live full-access window approves it at once;
 /// otherwise it waits for an operator until the approval's timeout, telling its asker how to
 /// approve.
@@ -102,6 +142,23 @@ pub(crate) async fn wait(
         );
         return Err(denied_without_asking(kernel, actor, o, effect, score, why).await);
     }
+    let _channel_wait = match ChannelWait::start(kernel, actor) {
+        Ok(w) => w,
+        Err(why) => {
+            let detail = serde_json::json!({ "state": "denied", "resolver": "loongd", "reason": why, "capability": cap.as_str(), "target": target, "pack": o.pack, "score": score, "token": o.token, "agent": o.agent });
+            record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
+            return Err(RemoteError::new(
+                ErrorKind::Denied,
+                format!("{cap} needs approval, and {why}"),
+            )
+            .with_detail(ErrorDetail::Denied(loong_ipc::Denial::new(
+                DenialStage::Approval,
+                cap.as_str(),
+                target,
+                why,
+            ))));
+        }
+    };
     let timeout = Duration::from_millis(kernel.config.approvals.timeout_ms);
     let asked = store.create(
         Approval {

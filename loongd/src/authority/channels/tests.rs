@@ -689,3 +689,19 @@ fn a_claim_waits_for_no_fsync_and_leaves_the_connection_synchronous() {
     assert_eq!(inside, 1);
     assert!(s.answer(i.id, "ok").expect("answer"));
 }
+
+#[test]
+fn turns_waiting_for_approvals_are_counted_per_channel_and_in_all() {
+    let (_d, s) = store();
+    // One a channel, two in all.
+    assert!(s.approval_wait_started("a", 1, 2));
+    assert!(!s.approval_wait_started("a", 1, 2));
+    assert!(s.approval_wait_started("b", 1, 2));
+    assert!(!s.approval_wait_started("c", 1, 2));
+    // A wait that ends frees its place, of its channel and in all.
+    s.approval_wait_ended("a");
+    assert!(s.approval_wait_started("c", 1, 2));
+    assert!(!s.approval_wait_started("a", 1, 2));
+    s.approval_wait_ended("b");
+    assert!(s.approval_wait_started("a", 1, 2));
+}
