@@ -635,6 +635,27 @@ fn plugins_run_under_a_rootless_loongd_with_subordinate_ids() {
     let worker = crate::workers::find_descendant(pid, "loong-worker-wa").expect("worker process");
     let uid = status_field(worker as u32, "Uid:").expect("worker uid");
     assert!(in_range(uid), "the worker runs as uid {uid}");
+    // Its address space is unbounded (wasmtime's reservations); its memory is bounded all the
+    // same: by its cgroup's memory.max where a cgroup holds it, else by RLIMIT_DATA.
+    let limits = fs::read_to_string(format!("/proc/{worker}/limits")).expect("limits");
+    let data = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("Max data size")
+        .to_string();
+    let cgroup = fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap_or_default();
+    let by_cgroup = cgroup
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .flat_map(|p| {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].map(|m| format!("{m}{p}/memory.max"))
+        })
+        .any(|f| fs::read_to_string(f).is_ok_and(|v| v.trim() != "max"));
+    assert!(
+        data != "unlimited" || by_cgroup,
+        "the worker's memory is unbounded:\n{limits}\n{cgroup}"
+    );
 }
 
 /// Two loongds of one user (two homes) share its subordinate ranges and each numbers its

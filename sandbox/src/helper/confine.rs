@@ -278,6 +278,7 @@ fn set_rlimit(res: u32, soft: u64, hard: u64) -> Result<(), Failure> {
     use nix::sys::resource::Resource as R;
     let resource = match res {
         libc::RLIMIT_AS => R::RLIMIT_AS,
+        libc::RLIMIT_DATA => R::RLIMIT_DATA,
         libc::RLIMIT_CORE => R::RLIMIT_CORE,
         libc::RLIMIT_CPU => R::RLIMIT_CPU,
         libc::RLIMIT_FSIZE => R::RLIMIT_FSIZE,
