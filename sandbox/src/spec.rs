@@ -478,6 +478,15 @@ impl SandboxSpec {
         } else {
             tighter(self.limits.memory_bytes, r.address_space)
         };
+        // A sandbox whose address space is left unbounded (a worker's runtime reserves far
+        // more than it uses) and that no cgroup holds still has its memory bounded: by
+        // RLIMIT_DATA, which counts the private writable mappings (what it allocates), not
+        // the inaccessible reservations.
+        let data = if self.kernel.unbounded_address_space && !cgroup {
+            self.limits.memory_bytes
+        } else {
+            None
+        };
         let nproc = match self.kernel.threads {
             // RLIMIT_NPROC counts every task of the uid host-wide; pids.max counts this one.
             Some(_) if cgroup => None,
@@ -492,6 +501,7 @@ impl SandboxSpec {
         };
         for (res, v) in [
             (libc::RLIMIT_AS, mem),
+            (libc::RLIMIT_DATA, data),
             (libc::RLIMIT_CPU, cpu),
             (libc::RLIMIT_FSIZE, r.file_size),
             (libc::RLIMIT_NOFILE, r.open_files),
@@ -1047,6 +1057,49 @@ mod tests {
         assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(64 << 20));
         assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(2));
         assert_eq!(rlimit(&plan, libc::RLIMIT_CORE), Some(0));
+    }
+
+    /// A worker's address space is unbounded (its runtime reserves gigabytes); with no cgroup
+    /// to hold its memory, RLIMIT_DATA bounds what it allocates. Control: with a cgroup
+    /// joined, the cgroup's memory.max does, and no RLIMIT_DATA is set.
+    #[test]
+    fn an_unbounded_address_space_without_a_cgroup_is_bounded_by_rlimit_data() {
+        let (mut h, p) = (host(), profile());
+        h.mechanisms
+            .entry(Mechanism::Cgroup)
+            .and_modify(|a| a.available = false);
+        let spec = SandboxSpec {
+            tier: Some(Tier::Restricted),
+            program: "/bin/true".into(),
+            limits: Limits {
+                memory_bytes: Some(768 << 20),
+                ..Limits::default()
+            },
+            kernel: KernelOverrides {
+                unbounded_address_space: true,
+                ..KernelOverrides::default()
+            },
+            ..SandboxSpec::default()
+        };
+        let plan = |h: &Host, join: Vec<PathBuf>| {
+            spec.plan(PlanContext {
+                host: h,
+                profile: &p,
+                sandbox_id: DEFAULT_SANDBOX_ID,
+                hidden: &[],
+                seccomp: Vec::new(),
+                cgroup_join: join,
+                subordinate: None,
+            })
+            .expect("plans")
+            .plan
+        };
+        let bare = plan(&h, Vec::new());
+        assert_eq!(rlimit(&bare, libc::RLIMIT_AS), None);
+        assert_eq!(rlimit(&bare, libc::RLIMIT_DATA), Some(768 << 20));
+        let with_cgroup = plan(&host(), vec!["/sys/fs/cgroup/x/cgroup.procs".into()]);
+        assert_eq!(rlimit(&with_cgroup, libc::RLIMIT_DATA), None);
+        assert_eq!(rlimit(&with_cgroup, libc::RLIMIT_AS), None);
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub const UNIT_PROC_LAYOUT: &str = r#"
 pub struct Rootless {
     dir: tempfile::TempDir,
     setup: Setup,
+    /// The user's home directory (its passwd entry's), where the spawn server keeps the
+    /// slot claim file; its own unless shared ([`Rootless::sharing_user_home`]).
+    user_home: PathBuf,
+    _own_user_home: Option<tempfile::TempDir>,
     /// [`Setup::DelegatedCgroup`]'s directory, removed on drop.
     pub cgroup: Option<PathBuf>,
 }
@@ -118,6 +122,36 @@ pub fn unavailable() -> Option<&'static str> {
 
 impl Rootless {
     pub fn new(setup: Setup) -> Rootless {
+        Rootless::build(setup, None)
+    }
+
+    /// As [`Rootless::new`], with `other`'s user home: the namespaces of two loongds of one
+    /// user, which share its slot claim file.
+    pub fn sharing_user_home(setup: Setup, other: &Rootless) -> Rootless {
+        Rootless::build(setup, Some(other.user_home.clone()))
+    }
+
+    /// The user's home directory.
+    pub fn user_home(&self) -> &Path {
+        &self.user_home
+    }
+
+    fn build(setup: Setup, shared_home: Option<PathBuf>) -> Rootless {
+        let own_user_home = shared_home.is_none().then(|| {
+            let d = tempfile::Builder::new()
+                .prefix("lrlhome")
+                .tempdir_in("/tmp")
+                .expect("user home");
+            std::os::unix::fs::chown(d.path(), Some(UID), Some(UID)).expect("chown user home");
+            d
+        });
+        let user_home = shared_home.unwrap_or_else(|| {
+            own_user_home
+                .as_ref()
+                .expect("own user home")
+                .path()
+                .to_path_buf()
+        });
         let dir = tempfile::Builder::new()
             .prefix("lrl")
             .tempdir_in("/tmp")
@@ -128,8 +162,9 @@ impl Rootless {
         fs::write(
             etc.join("passwd"),
             format!(
-                "{}{USER}:x:{UID}:{UID}:Loong rootless test:/nonexistent:/usr/sbin/nologin\n",
-                host("passwd")
+                "{}{USER}:x:{UID}:{UID}:Loong rootless test:{}:/usr/sbin/nologin\n",
+                host("passwd"),
+                user_home.display()
             ),
         )
         .expect("passwd");
@@ -162,7 +197,13 @@ impl Rootless {
             }
             cg
         });
-        Rootless { dir, setup, cgroup }
+        Rootless {
+            dir,
+            setup,
+            user_home,
+            _own_user_home: own_user_home,
+            cgroup,
+        }
     }
 
     /// A home owned by the rootless user, with `config` as its `loongd.toml`.
@@ -594,6 +635,27 @@ fn plugins_run_under_a_rootless_loongd_with_subordinate_ids() {
     let worker = crate::workers::find_descendant(pid, "loong-worker-wa").expect("worker process");
     let uid = status_field(worker as u32, "Uid:").expect("worker uid");
     assert!(in_range(uid), "the worker runs as uid {uid}");
+    // Its address space is unbounded (wasmtime's reservations); its memory is bounded all the
+    // same: by its cgroup's memory.max where a cgroup holds it, else by RLIMIT_DATA.
+    let limits = fs::read_to_string(format!("/proc/{worker}/limits")).expect("limits");
+    let data = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("Max data size")
+        .to_string();
+    let cgroup = fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap_or_default();
+    let by_cgroup = cgroup
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .flat_map(|p| {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].map(|m| format!("{m}{p}/memory.max"))
+        })
+        .any(|f| fs::read_to_string(f).is_ok_and(|v| v.trim() != "max"));
+    assert!(
+        data != "unlimited" || by_cgroup,
+        "the worker's memory is unbounded:\n{limits}\n{cgroup}"
+    );
 }
 
 /// Two loongds of one user (two homes) share its subordinate ranges and each numbers its
@@ -607,7 +669,8 @@ fn two_loongds_of_one_user_never_give_two_live_sandboxes_one_subordinate_id() {
         skip(test, why);
         return;
     }
-    let (first, second) = (Rootless::new(Setup::Ranges), Rootless::new(Setup::Ranges));
+    let first = Rootless::new(Setup::Ranges);
+    let second = Rootless::sharing_user_home(Setup::Ranges, &first);
     let (first_home, second_home) = (first.home(""), second.home(""));
     first.start(&first_home);
     second.start(&second_home);
@@ -640,6 +703,72 @@ fn two_loongds_of_one_user_never_give_two_live_sandboxes_one_subordinate_id() {
     assert_ne!(ua, ub, "two loongds' sandboxes run as one subordinate uid");
     stop(a);
     stop(b);
+}
+
+/// No other account can hold a slot of the user's: the abstract socket names that claimed
+/// slots before (`loong-subids/UID/SLOT`, which any account may bind, so one could deny every
+/// spawn) claim nothing, and the slot claim file in the user's home is the user's alone to
+/// open. Control: the sandbox runs as slot 0's id with slot 0's old name held by root.
+#[test]
+fn another_account_holding_a_slots_name_or_file_takes_no_slot() {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let test = "rootless::another_account_holding_a_slots_name_or_file_takes_no_slot";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::Ranges);
+    let home = ns.home("");
+    ns.start(&home);
+    // The old claim: a SOCK_SEQPACKET socket bound to the name (the kernel keeps abstract
+    // names apart by socket type).
+    let squat = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let name = UnixAddr::new_abstract(format!("loong-subids/{UID}/0").as_bytes()).expect("name");
+    bind(std::os::fd::AsRawFd::as_raw_fd(&squat), &name).expect("squat slot 0");
+    let out = ctl(
+        &home,
+        &[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/cat",
+            "/proc/self/uid_map",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let map = text(&out.stdout);
+    let outside: Vec<u32> = map
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .filter(|&id| in_range(id))
+        .collect();
+    assert_eq!(outside, [SUB_START], "slot 0's id: {map}");
+    let file = ns.user_home().join(".loong-subids.lock");
+    assert!(file.is_file(), "no claim file at {}", file.display());
+    for open in [": < \"$0\"", ": <> \"$0\""] {
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(open)
+            .arg(&file)
+            .stderr(Stdio::null())
+            .status()
+            .expect("setpriv");
+        assert!(!status.success(), "nobody opened the claim file ({open})");
+    }
 }
 
 /// Under `no_new_privs` (as every hardened unit without capabilities runs), the setuid
@@ -1030,7 +1159,7 @@ fn the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it() {
             .spawn()
             .expect("start idmap server"),
     );
-    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    assert!(answers(&sock), "the idmap server never listened");
     let ask = |send: &[u8]| {
         let t = std::time::Instant::now();
         let mut conn = std::os::unix::net::UnixStream::connect(&sock)
@@ -1058,9 +1187,18 @@ fn the_idmap_server_turns_a_peer_of_another_uid_away_without_reading_it() {
             .spawn()
             .expect("start idmap server"),
     );
-    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    assert!(answers(&sock), "the idmap server never listened");
     let (answer, _) = ask(b"1 2 3\n");
     assert!(answer.starts_with("error request \"1 2 3\""), "{answer}");
+}
+
+/// Whether the server on `sock` takes a connection within 10 s. The socket's file exists from
+/// `bind`, before the server's `listen`, when a connect is still refused; an empty connection
+/// is answered at once (another uid's) or read to its end (the server's own uid's).
+fn answers(sock: &Path) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(sock).is_ok()
+    })
 }
 
 /// A child killed and reaped when dropped (also when a test panics).

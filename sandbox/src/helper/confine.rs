@@ -77,7 +77,7 @@ fn unshare_subordinate(
         Failure::new(
             "subordinate ids",
             libc::EAGAIN,
-            format!("no slot of the {count} subordinate ids of loongd's range could be claimed: each is held by a live sandbox of this loongd or another of its user, or claiming its name failed; widen the user's ranges in /etc/subuid and /etc/subgid or stop the other loongd"),
+            format!("no slot of the {count} subordinate ids of loongd's range could be claimed: each is held by a live sandbox of this loongd or another of its user, or the slot claim file (.loong-subids.lock in the user's home directory, the user's alone; the spawn server logs why) cannot be used; widen the user's ranges in /etc/subuid and /etc/subgid, stop the other loongd, or give the user a home directory only it may write"),
         )
     };
     let slot = *server::SLOT
@@ -306,6 +306,7 @@ fn set_rlimit(res: u32, soft: u64, hard: u64) -> Result<(), Failure> {
     use nix::sys::resource::Resource as R;
     let resource = match res {
         libc::RLIMIT_AS => R::RLIMIT_AS,
+        libc::RLIMIT_DATA => R::RLIMIT_DATA,
         libc::RLIMIT_CORE => R::RLIMIT_CORE,
         libc::RLIMIT_CPU => R::RLIMIT_CPU,
         libc::RLIMIT_FSIZE => R::RLIMIT_FSIZE,

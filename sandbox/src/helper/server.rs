@@ -92,10 +92,16 @@ pub fn main() -> ! {
         }
     }
     // Subordinate ids are the user's, not this server's: rootless, every slot is claimed
-    // across processes too (see `Slots`).
+    // across processes too (see `Slots`). A claim file that cannot be used claims nothing,
+    // and no sandbox is given subordinate ids.
+    let me = nix::unistd::Uid::effective();
+    let claims = (!me.is_root()).then(|| {
+        claim_file(me.as_raw()).inspect_err(|why| {
+            eprintln!("loong-spawn --serve: no subordinate ids can be claimed: {why}");
+        })
+    });
     let mut slots = Slots {
-        claim_uid: (!nix::unistd::Uid::effective().is_root())
-            .then(|| nix::unistd::Uid::effective().as_raw()),
+        claims,
         ..Slots::default()
     };
     loop {
@@ -197,14 +203,64 @@ pub fn main() -> ! {
 /// ([`crate::subids`]). Unset when every slot is taken.
 pub(crate) static SLOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// The abstract Unix socket name that claims slot `slot` of uid `uid`'s subordinate ranges
-/// across processes (NUL first, as the kernel names abstract sockets; built by `nix`).
-pub fn slot_claim_name(uid: u32, slot: u32) -> String {
-    format!("loong-subids/{uid}/{slot}")
+/// The file, in the home directory of the user whose subordinate ranges are drawn on, whose
+/// byte `N` an open file description write-locks (`F_OFD_SETLK`) to claim slot `N` across
+/// processes. Only that user may open it (see [`claim_file`]), so no other account can hold a
+/// slot; the kernel drops the lock with the description's last descriptor (a killed server
+/// frees its slots).
+pub const SLOT_CLAIM_FILE: &str = ".loong-subids.lock";
+
+/// The mode bits of the claim file and of its directory that would let another account in: a
+/// group or others who may write the directory could replace the file, and one who may open
+/// the file could read-lock every byte of it.
+const FOREIGN_DIR_BITS: u32 = 0o022;
+const FOREIGN_FILE_BITS: u32 = 0o077;
+
+/// The claim file of `uid` ([`SLOT_CLAIM_FILE`] in its home directory), created `0600` if
+/// missing: an error naming the path when the home directory is not `uid`'s alone to write or
+/// the file is not `uid`'s alone to open.
+pub fn claim_file(uid: u32) -> Result<std::path::PathBuf, String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .map_err(|e| format!("uid {uid}: {e}"))?
+        .ok_or_else(|| format!("uid {uid} has no passwd entry"))?;
+    claim_file_in(&user.dir, uid)
 }
 
-/// A slot chosen for one sandbox: its index, and, rootless, the socket bound to its
-/// [`slot_claim_name`] (held until the sandbox's helper has exited).
+/// [`claim_file`] in the directory `home`.
+fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dir =
+        std::fs::metadata(home).map_err(|e| format!("home directory {}: {e}", home.display()))?;
+    if !dir.is_dir() || dir.uid() != uid || dir.mode() & FOREIGN_DIR_BITS != 0 {
+        return Err(format!(
+            "home directory {} is not a directory that uid {uid} alone may write",
+            home.display()
+        ));
+    }
+    let path = home.join(SLOT_CLAIM_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("slot claim file {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("slot claim file {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.uid() != uid || meta.mode() & FOREIGN_FILE_BITS != 0 {
+        return Err(format!(
+            "slot claim file {} is not a file that uid {uid} alone may open (mode 0600)",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// A slot chosen for one sandbox: its index, and, rootless, the open file description that
+/// write-locks its byte of the [`SLOT_CLAIM_FILE`] (held until the sandbox's helper has
+/// exited).
 struct Slot {
     index: u32,
     claim: Option<OwnedFd>,
@@ -217,16 +273,15 @@ struct Slot {
 ///
 /// A slot's subordinate ids belong to the user, not to this server: another loongd of the
 /// same user (another home) numbers slots from 0 too. So, rootless, a slot is also claimed by
-/// binding its [`slot_claim_name`] in the abstract socket namespace, which the kernel gives to
-/// one socket at a time and frees when the last descriptor closes (a killed server frees its
-/// names); a slot whose name is bound elsewhere is skipped. Abstract names are per network
-/// namespace: loongd and its server stay in the one they started in.
+/// write-locking its byte of the user's [`SLOT_CLAIM_FILE`], which no other account may open
+/// (an abstract socket name, which any account may bind, would let one deny every slot); a
+/// slot locked by another open file description is skipped.
 #[derive(Default)]
 struct Slots {
     held: Vec<Option<(OwnedFd, Option<OwnedFd>)>>,
-    /// The uid whose slots are claimed across processes; `None` as root (sandboxes drop to
-    /// `sandbox.uid`, no range is shared).
-    claim_uid: Option<u32>,
+    /// The claim file of the user whose slots are claimed across processes, or why it cannot
+    /// be used; `None` as root (sandboxes drop to `sandbox.uid`, no range is shared).
+    claims: Option<Result<std::path::PathBuf, String>>,
 }
 
 impl Slots {
@@ -261,12 +316,13 @@ impl Slots {
             if self.held.get(index as usize).is_some_and(Option::is_some) {
                 continue;
             }
-            let claim = match self.claim_uid {
+            let claim = match &self.claims {
                 None => None,
-                Some(uid) => match claim(uid, index) {
-                    Ok(fd) => Some(fd),
+                Some(Err(_)) => return None,
+                Some(Ok(file)) => match claim(file, index) {
+                    Ok(Some(fd)) => Some(fd),
                     // Held by another process (another loongd of this user): the next one.
-                    Err(nix::Error::EADDRINUSE) => continue,
+                    Ok(None) => continue,
                     Err(_) => return None,
                 },
             };
@@ -302,20 +358,28 @@ fn above_staging(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
     sys::adopt_fd(raw)
 }
 
-/// Binds a socket to `uid`'s slot `slot` name: `EADDRINUSE` when another socket holds it.
-fn claim(uid: u32, slot: u32) -> nix::Result<OwnedFd> {
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(
-        fd.as_raw_fd(),
-        &UnixAddr::new_abstract(slot_claim_name(uid, slot).as_bytes())?,
-    )?;
-    Ok(fd)
+/// Write-locks byte `slot` of the claim file `file` through an open file description of its
+/// own: `None` when another description holds a lock there.
+fn claim(file: &std::path::Path, slot: u32) -> std::io::Result<Option<OwnedFd>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(file)?
+        .into();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: libc::off_t::from(slot),
+        l_len: 1,
+        l_pid: 0,
+    };
+    match nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)) {
+        Ok(_) => Ok(Some(fd)),
+        Err(nix::Error::EAGAIN | nix::Error::EACCES) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The shared empty network namespace, when the server holds one.
@@ -387,40 +451,75 @@ fn child(fds: Vec<OwnedFd>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
-    /// A uid of no account here, so no loongd of the machine holds its names; one per test
-    /// (`n`), as tests run at once.
-    fn test_uid(n: u32) -> u32 {
-        4_000_000_000 - 2 * std::process::id() - n
+    /// A claim file of this process's uid in a fresh directory of its own.
+    fn claim_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = nix::unistd::Uid::effective().as_raw();
+        let file = claim_file_in(dir.path(), me).expect("claim file");
+        (dir, file)
     }
 
     #[test]
-    fn a_slot_whose_name_another_process_holds_is_skipped_and_taken_once_released() {
-        let uid = test_uid(0);
+    fn a_slot_another_process_holds_is_skipped_and_taken_once_released() {
+        let (_dir, file) = claim_dir();
         let mut slots = Slots {
-            claim_uid: Some(uid),
+            claims: Some(Ok(file.clone())),
             ..Slots::default()
         };
         // Another server of the same user holds slot 0.
-        let other = claim(uid, 0).expect("claim slot 0");
+        let other = claim(&file, 0).expect("claim").expect("slot 0 free");
         let first = slots.free().expect("a slot");
         assert_eq!(first.index, 1);
-        // The chosen slot's name is held now: no third server can take it.
-        assert_eq!(claim(uid, 1).err(), Some(nix::Error::EADDRINUSE));
+        // The chosen slot is held now: no third server can take it.
+        assert!(claim(&file, 1).expect("claim").is_none());
         // Control: once the other server lets go, slot 0 is this one's.
         drop(other);
         let second = slots.free().expect("a slot");
         assert_eq!(second.index, 0);
         drop((first, second));
-        assert!(claim(uid, 1).is_ok());
+        assert!(claim(&file, 1).expect("claim").is_some());
     }
 
     #[test]
-    fn as_root_no_name_is_claimed() {
-        let uid = test_uid(1);
-        let _other = claim(uid, 0).expect("claim slot 0");
+    fn as_root_nothing_is_claimed() {
+        let (_dir, file) = claim_dir();
+        let _other = claim(&file, 0).expect("claim").expect("slot 0 free");
         let mut slots = Slots::default();
         let slot = slots.free().expect("a slot");
         assert_eq!((slot.index, slot.claim.is_none()), (0, true));
+    }
+
+    /// No other account may write the claim file's directory or open the file; one that
+    /// could would hold every slot (a read lock on each byte). An unusable file claims
+    /// nothing.
+    #[test]
+    fn a_claim_file_another_account_could_reach_is_refused() {
+        let me = nix::unistd::Uid::effective().as_raw();
+        let (dir, file) = claim_dir();
+        assert_eq!(
+            std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = claim_file_in(dir.path(), me).expect_err("a readable file");
+        assert!(err.contains("alone may open"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let err = claim_file_in(dir.path(), me).expect_err("a writable directory");
+        assert!(err.contains("alone may write"), "{err}");
+        let err = claim_file_in(dir.path(), me.wrapping_add(1)).expect_err("another uid's");
+        assert!(err.contains("alone may write"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        // Control: the directory and the file restored.
+        assert_eq!(claim_file_in(dir.path(), me), Ok(file.clone()));
+        let mut slots = Slots {
+            claims: Some(Err("unusable".into())),
+            ..Slots::default()
+        };
+        assert!(slots.free().is_none());
     }
 }
