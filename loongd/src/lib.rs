@@ -75,6 +75,8 @@ pub struct Kernel {
     workers: Arc<workers::Supervisor>,
     /// Discovered plugins, replaced whole by a reload.
     plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
+    /// `tools search`'s index of the plugin set it was made from (`registry::search`).
+    search_index: registry::search::IndexCache,
     /// Held by whatever changes the plugin set (reload, install, enable, …), one at a time.
     plugin_ops: tokio::sync::Mutex<()>,
     /// The one resolver every connection's name is looked up and vetted with (`[egress]`).
@@ -114,6 +116,7 @@ impl Kernel {
             browser: workers::browser::Sessions::default(),
             workers,
             plugins: std::sync::RwLock::default(),
+            search_index: std::sync::Mutex::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
             spawner,
             audit,
@@ -194,13 +197,24 @@ impl Kernel {
                 if !self.is_own_pool(pool))
         });
         self.workers.want_spare(wasm);
+        let registry = Arc::new(registry);
+        // The search index is made here, off any query's path.
+        self.search_index(&registry);
         std::mem::replace(
             &mut *self
                 .plugins
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-            Arc::new(registry),
+            registry,
         )
+    }
+
+    /// `tools search`'s index of `registry` (made once per plugin set).
+    fn search_index(
+        &self,
+        registry: &Arc<workers::plugins::Registry>,
+    ) -> Arc<registry::search::SearchIndex> {
+        registry::search::index_for(&self.search_index, registry)
     }
 
     /// The pool a plugin runs in: the shared WASM pool (`None`), or a new pool of its own.

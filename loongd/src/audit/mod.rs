@@ -856,4 +856,98 @@ mod tests {
             );
         }
     }
+
+    /// One run of loongd in `dir`'s trail: `daemon.started` (with `reconciled` failures of
+    /// earlier calls in its commit, as a start records them), `calls` calls each invoked
+    /// and answered but those in `open`, then `daemon.stopped`.
+    fn run(dir: &Path, reconciled: u64, calls: u64, open_calls: &[u64]) {
+        let audit = open(dir).expect("opens");
+        let call = |kind: Kind, i: u64| Event {
+            kind,
+            actor: "uid:0".into(),
+            correlation: format!("conn-1/req-{i}"),
+            detail: serde_json::json!({ "tool": "echo", "i": i }),
+        };
+        runtime().block_on(async {
+            let mut start = vec![Event::daemon(Kind::DaemonStarted, serde_json::json!({}))];
+            start.extend((0..reconciled).map(|i| Event {
+                detail: serde_json::json!({ "tool": "echo", "failure": "kernel_stopped", "invoked_seq": i + 1 }),
+                ..call(Kind::ToolFailed, 1_000_000 + i)
+            }));
+            audit.queue_all(start).await.expect("queued").committed().await.expect("start");
+            let mut commits = Vec::new();
+            for i in 0..calls {
+                let mut events = vec![call(Kind::ToolInvoked, i)];
+                if !open_calls.contains(&i) {
+                    events.push(call(Kind::ToolCompleted, i));
+                }
+                commits.push(audit.queue_all(events).await.expect("queued"));
+            }
+            for c in commits {
+                c.committed().await.expect("call");
+            }
+            audit
+                .record(Event::daemon(Kind::DaemonStopped, serde_json::json!({})))
+                .await
+                .expect("stop");
+            audit.shutdown().await;
+        });
+    }
+
+    /// What a start reads of `dir`'s trail: the records the verification walked, the tool
+    /// records read to find open calls, and the open calls.
+    fn start_reads(dir: &Path) -> (u64, u64, Vec<u64>) {
+        let audit = open(dir).expect("opens");
+        let s = audit.startup().clone();
+        runtime().block_on(audit.shutdown());
+        assert_eq!(s.integrity.first_bad, None);
+        let open: Vec<u64> = s.previous.dangling.iter().map(|d| d.seq).collect();
+        (s.integrity.records, s.previous.scanned, open)
+    }
+
+    #[test]
+    fn a_start_after_a_long_run_reads_only_the_tail_and_no_answered_call() {
+        let dir = tempfile::tempdir().expect("dir");
+        let calls = 4 * CHECKPOINT_EVERY;
+        run(dir.path(), 0, calls, &[]);
+        let (walked, scanned, open) = start_reads(dir.path());
+        // 2 + 2 × 1,024 records, none of them read but the few since the last checkpoint.
+        assert!(
+            walked < CHECKPOINT_EVERY,
+            "the start walked {walked} records"
+        );
+        assert_eq!((scanned, open), (0, vec![]));
+        // A whole verification reads every one.
+        assert_eq!(verify_at(dir.path()).records, 2 * calls + 2);
+    }
+
+    #[test]
+    fn a_start_still_finds_the_calls_a_run_left_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        run(dir.path(), 0, 300, &[7, 250]);
+        let (_, scanned, open) = start_reads(dir.path());
+        // Records 1 (started), then two per answered call: call i's invocation is 2 + 2i.
+        assert_eq!(open, vec![16, 501]);
+        assert!(scanned > 0);
+    }
+
+    #[test]
+    fn a_runs_failures_of_earlier_calls_neither_hide_nor_invent_open_calls() {
+        // The start's failures of the run before's calls are outcomes without an invocation
+        // in this run: they are set aside, not taken for answers of this run's calls.
+        for (open_calls, scanned, found) in [
+            (&[][..], Some(0), 0),
+            (&[10, 11, 12][..], None, 3),
+            (&[10][..], None, 1),
+        ] {
+            let dir = tempfile::tempdir().expect("dir");
+            run(dir.path(), 0, 3, &[0, 1, 2]);
+            run(dir.path(), 3, 50, open_calls);
+            let (_, read, open) = start_reads(dir.path());
+            assert_eq!(open.len(), found, "open calls {open_calls:?}");
+            if let Some(s) = scanned {
+                assert_eq!(read, s, "open calls {open_calls:?}");
+            }
+        }
+    }
 }

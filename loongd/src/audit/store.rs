@@ -140,6 +140,10 @@ pub struct PreviousRun {
     pub last_seq: u64,
     /// Its `tool.invoked` records that have no outcome.
     pub dangling: Vec<Dangling>,
+    /// The tool records read to find them: none when the index counts one outcome per
+    /// invocation (the usual case, whatever the run's length), every one of the run's
+    /// otherwise.
+    pub scanned: u64,
 }
 
 /// A `tool.invoked` record without a `tool.completed` or `tool.failed`.
@@ -804,7 +808,18 @@ fn previous_run(conn: &Connection) -> rusqlite::Result<PreviousRun> {
         });
     };
     let stopped = last_of(Kind::DaemonStopped)?.is_some_and(|s| s > started);
+    let unclean = (!stopped).then_some(started as u64);
+    let last_seq = last_seq.map_or(0, |s| s as u64);
+    if every_call_answered(conn, started)? {
+        return Ok(PreviousRun {
+            unclean,
+            last_seq,
+            dangling: Vec::new(),
+            scanned: 0,
+        });
+    }
     // Correlations are unique within one run: an outcome after the invocation closes it.
+    let mut scanned = 0u64;
     let mut answered = std::collections::HashSet::new();
     let mut stmt =
         conn.prepare("SELECT correlation FROM audit WHERE kind IN (?1, ?2) AND seq > ?3")?;
@@ -814,6 +829,7 @@ fn previous_run(conn: &Connection) -> rusqlite::Result<PreviousRun> {
         started
     ])?;
     while let Some(r) = rows.next()? {
+        scanned += 1;
         answered.insert(r.get::<_, String>(0)?);
     }
     let mut stmt = conn.prepare(
@@ -828,14 +844,57 @@ fn previous_run(conn: &Connection) -> rusqlite::Result<PreviousRun> {
                 tool: r.get::<_, Option<String>>(3).ok().flatten(),
             })
         })?
+        .inspect(|_| scanned += 1)
         .filter(|d| {
             d.as_ref()
                 .map_or(true, |d| !answered.contains(&d.correlation))
         })
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(PreviousRun {
-        unclean: (!stopped).then_some(started as u64),
-        last_seq: last_seq.map_or(0, |s| s as u64),
+        unclean,
+        last_seq,
         dangling,
+        scanned,
     })
+}
+
+/// Whether every `tool.invoked` of the run that began at `started` has its outcome, told
+/// from counts of the kind index alone (no record is read but the few after `started`):
+/// each invocation records exactly one outcome (`tool.completed` or `tool.failed`) in its
+/// own run, and the only other outcomes in a run are the `tool.failed` its start recorded
+/// for the run before's unanswered calls, in the start's own commit (`invoked_seq` before
+/// `started`). So the counts balance exactly when no call is left open; when they do not,
+/// the caller reads the run's tool records to name the open ones.
+fn every_call_answered(conn: &Connection, started: i64) -> rusqlite::Result<bool> {
+    let count = |kinds: &[Kind]| -> rusqlite::Result<i64> {
+        let mut n = 0;
+        for k in kinds {
+            n += conn.query_row(
+                "SELECT COUNT(*) FROM audit WHERE kind = ?1 AND seq > ?2",
+                params![k.as_str(), started],
+                |r| r.get::<_, i64>(0),
+            )?;
+        }
+        Ok(n)
+    };
+    let invoked = count(&[Kind::ToolInvoked])?;
+    let outcomes = count(&[Kind::ToolCompleted, Kind::ToolFailed])?;
+    // The start's commit: its unclean-stop note, then one failure per earlier open call.
+    let mut stmt = conn.prepare(
+        "SELECT kind, json_extract(detail, '$.invoked_seq') FROM audit WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([started])?;
+    let mut earlier = 0i64;
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let invoked_seq: Option<i64> = r.get::<_, Option<i64>>(1).ok().flatten();
+        if kind == Kind::DaemonUncleanStop.as_str() {
+            continue;
+        }
+        match invoked_seq {
+            Some(s) if kind == Kind::ToolFailed.as_str() && s < started => earlier += 1,
+            _ => break,
+        }
+    }
+    Ok(outcomes - earlier == invoked)
 }

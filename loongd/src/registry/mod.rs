@@ -4,6 +4,7 @@
 //! into these calls, and a tool call finds its plugin in the set they keep.
 
 pub(crate) mod lifecycle;
+pub(crate) mod search;
 
 use std::sync::Arc;
 

@@ -13,8 +13,12 @@
 //!   call, both whole processes (and `plugins remove` between samples, untimed).
 //!
 //! - scale: [`SCALE_PLUGINS`] WASM plugins installed (`LOONG_SCALE_PLUGINS` overrides; 0
-//!   skips): loongd's start (discovery loads each once), `plugins reload`, `tools search`
-//!   (p50, p99) and loongd's resident memory.
+//!   skips them) and MCP servers advertising [`SCALE_MCP_TOOLS`] tools in all
+//!   (`LOONG_SCALE_MCP_TOOLS` overrides; each server is `scale_mcp.py`, a stdio MCP server
+//!   listing [`TOOLS_PER_SERVER`] tools with realistic descriptions and input schemas, in
+//!   pages): loongd's start (discovery loads each once), `plugins reload`, `tools search`
+//!   (p50, p99), `plugins list` and loongd's resident memory. `LOONG_SCALE_ONLY=1` runs
+//!   this part alone.
 //!
 //! It drives the binaries in `LOONG_BIN_DIR`, or the release directory it runs from
 //! (`cargo build --release --bins`, which `scripts/bench` does); without them it says so.
@@ -34,7 +38,7 @@ use loong_ipc::{
 
 #[path = "../../bench_support.rs"]
 mod bench_support;
-use bench_support::{percentile, release_dir};
+use bench_support::{figure, percentile, release_dir, Figure};
 
 /// Samples of each figure (`LOONG_COLD_SAMPLES` overrides).
 const SAMPLES: usize = 30;
@@ -42,6 +46,12 @@ const SAMPLES: usize = 30;
 const INSTALL_SAMPLES: usize = 10;
 /// Plugins installed for the scale figures.
 const SCALE_PLUGINS: usize = 500;
+/// MCP tools advertised for the scale figures, by servers of [`TOOLS_PER_SERVER`] tools.
+const SCALE_MCP_TOOLS: usize = 20_000;
+/// Tools one scale MCP server lists (at most `MAX_TOOLS`, 256, a server).
+const TOOLS_PER_SERVER: usize = 250;
+/// Tools on one page of its `tools/list`.
+const TOOLS_PAGE: usize = 100;
 /// Searches timed at that scale.
 const SEARCHES: usize = 200;
 /// Reloads timed at that scale.
@@ -193,6 +203,10 @@ fn main() {
         );
         return;
     };
+    if std::env::var_os("LOONG_SCALE_ONLY").is_some() {
+        scale_figures(&bin);
+        return;
+    }
     let home = tempfile::tempdir_in("/tmp").expect("home");
     let plugins = home.path().join("plugins/echo");
     std::fs::create_dir_all(&plugins).expect("plugins");
@@ -275,12 +289,21 @@ fn main() {
     drop(c);
     loongctl(&bin, home.path(), &["daemon", "stop"]);
 
+    scale_figures(&bin);
+}
+
+/// The scale part, at the sizes the environment asks for.
+fn scale_figures(bin: &Path) {
     let n = std::env::var("LOONG_SCALE_PLUGINS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SCALE_PLUGINS);
-    if n > 0 {
-        scale(&bin, n);
+    let tools = std::env::var("LOONG_SCALE_MCP_TOOLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SCALE_MCP_TOOLS);
+    if n > 0 || tools > 0 {
+        scale(bin, n, tools);
     }
 }
 
@@ -295,9 +318,62 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Times `req` `n` times over `c`; reports the samples' median and p99 beside `floor`'s.
+fn timed(
+    c: &mut Client,
+    name: &str,
+    n: usize,
+    floor: (&str, Duration),
+    req: impl Fn(usize) -> ControlRequest,
+) {
+    let mut samples: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            let r = call(c, req(i));
+            assert!(
+                matches!(
+                    r,
+                    ControlResponse::ToolHits(_) | ControlResponse::Plugins(_)
+                ),
+                "{r:?}"
+            );
+            t.elapsed()
+        })
+        .collect();
+    report(name, &mut samples);
+    figure(&Figure {
+        name,
+        value: percentile(&mut samples, 0.5).as_secs_f64() * 1e3,
+        unit: "ms",
+        p99: Some(percentile(&mut samples, 0.99).as_secs_f64() * 1e3),
+        floor: Some((floor.0, floor.1.as_secs_f64() * 1e3)),
+        goal: "p99 ≤ 50 ms",
+    });
+}
+
+/// Every page of `plugins list`; returns the plugins listed.
+fn list_all(c: &mut Client) -> usize {
+    let mut after = None;
+    let mut n = 0;
+    loop {
+        let ControlResponse::Plugins(page) = call(
+            c,
+            ControlRequest::PluginList(loong_ipc::Page { after, limit: 0 }),
+        ) else {
+            panic!("plugins list answered something else")
+        };
+        let Some(last) = page.last() else {
+            return n;
+        };
+        n += page.len();
+        after = Some(last.id.clone());
+    }
+}
+
 /// `n` copies of echo, each its own plugin (the same module: one compilation, then the
-/// compiled-module cache), with words to search for in their summaries.
-fn scale(bin: &Path, n: usize) {
+/// compiled-module cache), with words to search for in their summaries; and MCP servers
+/// (`scale_mcp.py`, [`TOOLS_PER_SERVER`] tools each) advertising `tools` tools in all.
+fn scale(bin: &Path, n: usize, tools: usize) {
     let home = tempfile::tempdir_in("/tmp").expect("home");
     let manifest =
         std::fs::read_to_string(examples().join("echo/loong.plugin.json")).expect("manifest");
@@ -321,6 +397,40 @@ fn scale(bin: &Path, n: usize) {
         std::fs::copy(examples().join("echo/plugin.wasm"), dir.join("plugin.wasm"))
             .expect("module");
     }
+    // The server's script, where the sandbox may read it (the home is private).
+    let servers = tempfile::tempdir_in("/tmp").expect("server dir");
+    let script = servers.path().join("scale_mcp.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/scale_mcp.py"),
+        &script,
+    )
+    .expect("copy the server");
+    for (path, mode) in [(servers.path(), 0o755), (script.as_path(), 0o644)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+    }
+    let server_count = tools.div_ceil(TOOLS_PER_SERVER);
+    for s in 0..server_count {
+        let id = format!("mcp-{s:03}");
+        let dir = home.path().join("plugins").join(&id);
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        let count = TOOLS_PER_SERVER.min(tools - s * TOOLS_PER_SERVER);
+        let args = [
+            script.display().to_string(),
+            s.to_string(),
+            count.to_string(),
+            TOOLS_PAGE.to_string(),
+        ];
+        let m = serde_json::json!({
+            "api_version": "v1alpha1", "plugin_id": id, "version": "0.1.0",
+            "summary": format!("service {s}'s records: issues, invoices, tickets and reports"),
+            "capabilities": ["filesystem_read"],
+            "metadata": {"bridge_kind": "mcp_stdio", "command": "/usr/bin/python3",
+                "args_json": serde_json::to_string(&args).expect("args")},
+            "sandbox": {"read": [servers.path().display().to_string()], "timeout_ms": 20000},
+        });
+        std::fs::write(dir.join("loong.plugin.json"), m.to_string()).expect("manifest");
+    }
     let t = Instant::now();
     loongctl(bin, home.path(), &["daemon", "start"]);
     let start = t.elapsed();
@@ -328,12 +438,36 @@ fn scale(bin: &Path, n: usize) {
     let ControlResponse::Status(st) = call(&mut c, ControlRequest::Status) else {
         panic!("status answered something else")
     };
-    println!("scale: {n} WASM plugins");
+    let ControlResponse::ToolHits(every) = call(
+        &mut c,
+        ControlRequest::ToolSearch(loong_ipc::ToolSearchRequest {
+            query: "records".into(),
+            trust: None,
+            limit: 1,
+        }),
+    ) else {
+        panic!("tools search answered something else")
+    };
+    println!(
+        "scale: {n} WASM plugins, {server_count} MCP servers with {tools} tools ({} plugins listed)",
+        list_all(&mut c)
+    );
+    assert!(
+        server_count == 0 || !every.is_empty(),
+        "no MCP tool is searchable"
+    );
     println!(
         "{:44} {:8.2} ms",
         "loongd start (discovery loads each)",
         start.as_secs_f64() * 1e3
     );
+    figure(&Figure {
+        name: "loongd start (scale)",
+        value: start.as_secs_f64() * 1e3,
+        unit: "ms",
+        goal: "≤ 2 s (500 plugins); reported (20,000 MCP tools)",
+        ..Default::default()
+    });
     let mut reloads: Vec<Duration> = (0..RELOADS)
         .map(|_| {
             let t = Instant::now();
@@ -342,23 +476,67 @@ fn scale(bin: &Path, n: usize) {
         })
         .collect();
     report("plugins reload", &mut reloads);
-    let mut searches: Vec<Duration> = (0..SEARCHES)
-        .map(|i| {
+    figure(&Figure {
+        name: "plugins reload (scale)",
+        value: percentile(&mut reloads, 0.5).as_secs_f64() * 1e3,
+        unit: "ms",
+        goal: "≤ 1 s (500 plugins); reported (20,000 MCP tools)",
+        ..Default::default()
+    });
+    let queries = [
+        "alpha input",
+        "create invoice",
+        "search ticket gamma",
+        "export report workspace",
+        "delete",
+    ];
+    // The floor: a control round trip that neither searches nor writes a record.
+    let mut statuses: Vec<Duration> = (0..SEARCHES)
+        .map(|_| {
             let t = Instant::now();
-            let r = call(
-                &mut c,
-                ControlRequest::ToolSearch(loong_ipc::ToolSearchRequest {
-                    query: format!("{} input", words[i % words.len()]),
-                    trust: None,
-                    limit: 20,
-                }),
-            );
-            assert!(matches!(r, ControlResponse::ToolHits(_)), "{r:?}");
+            call(&mut c, ControlRequest::Status);
             t.elapsed()
         })
         .collect();
-    report("tools search (20 hits)", &mut searches);
-    println!("{:44} {} KiB", "loongd resident memory", rss_kib(st.pid));
+    let status = report("control status (floor)", &mut statuses);
+    let floor = ("status round trip", status);
+    timed(&mut c, "tools search (20 hits)", SEARCHES, floor, |i| {
+        ControlRequest::ToolSearch(loong_ipc::ToolSearchRequest {
+            query: queries[i % queries.len()].into(),
+            trust: None,
+            limit: 20,
+        })
+    });
+    timed(
+        &mut c,
+        "tools search \"\" (every tool, first 100)",
+        SEARCHES / 4,
+        floor,
+        |_| {
+            ControlRequest::ToolSearch(loong_ipc::ToolSearchRequest {
+                query: String::new(),
+                trust: None,
+                limit: 100,
+            })
+        },
+    );
+    let mut lists: Vec<Duration> = (0..SEARCHES / 4)
+        .map(|_| {
+            let t = Instant::now();
+            list_all(&mut c);
+            t.elapsed()
+        })
+        .collect();
+    report("plugins list (every page)", &mut lists);
+    let rss = rss_kib(st.pid);
+    println!("{:44} {} KiB", "loongd resident memory", rss);
+    figure(&Figure {
+        name: "loongd resident memory (scale)",
+        value: rss as f64 / 1024.0,
+        unit: "MiB",
+        goal: "≤ 64 MiB (500 plugins); ≤ 128 MiB (and 20,000 MCP tools)",
+        ..Default::default()
+    });
     drop(c);
     loongctl(bin, home.path(), &["daemon", "stop"]);
 }
