@@ -4,13 +4,16 @@
 
 use std::{
     fs,
+    net::Shutdown,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
+use loong_ipc::{BearerSecret, Call, ControlRequest, InvokeRequest};
+
 use crate::{
     kernel_calls::{issue, json},
-    support::{bin, text, wait_until, Home},
+    support::{bin, text, wait_until, Home, Raw},
     workers::install_examples,
 };
 
@@ -217,6 +220,78 @@ fn a_caller_that_goes_away_withdraws_the_approval_it_waited_for() {
     assert!(err.contains("is withdrawn with the request"), "{err}");
     assert_eq!(wait_for_pending(&home, &id, 1), kept);
 
+    assert!(home.ctl(&["approvals", "deny", &kept[0]]).status.success());
+    let (code, err) = finish(stays);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+}
+
+/// A client that sends its request and half-closes its socket (it writes no more, and may
+/// read on) is gone to loongd from that end of stream: the approval its request asks for
+/// afterwards is withdrawn (expired, noted, recorded), as one asked before the end is.
+/// Before, one asked after the connection had taken stock of what its requests waited for
+/// (its writer still flushing) stayed pending for its whole timeout, for an operator to
+/// approve on behalf of a client loongd had let go. The control: the same request from a
+/// client that stays keeps its approval pending.
+#[test]
+fn an_approval_asked_after_its_client_half_closed_is_withdrawn() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let stays = invoke_in_background(&home, &secret);
+    let kept = wait_for_pending(&home, &id, 1);
+
+    let mut raw = Raw::connect(&home.socket());
+    raw.handshake();
+    raw.send(&Call::Request {
+        id: 1,
+        deadline_ms: 60_000,
+        body: ControlRequest::Invoke(InvokeRequest {
+            tool: "echo".into(),
+            input: r#"{"ping":1}"#.into(),
+            token: Some(BearerSecret::new(secret.clone())),
+        }),
+    })
+    .expect("send the request");
+    raw.stream
+        .shutdown(Shutdown::Write)
+        .expect("half-close the socket");
+    let mut asked = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            asked = requests(&home)
+                .into_iter()
+                .find(|r| r["token"] == id.as_str() && r["id"] != kept[0].as_str());
+            asked.is_some()
+        }),
+        "the half-closed client's request was never asked\n{}",
+        home.log()
+    );
+    let asked = asked
+        .and_then(|r| r["id"].as_str().map(String::from))
+        .unwrap_or_default();
+    let mut shown = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            shown = json(&text(
+                &home.ctl(&["approvals", "show", &asked, "--json"]).stdout,
+            ));
+            shown["state"] == "expired"
+        }),
+        "the request of a client that went away stays {shown}"
+    );
+    assert!(
+        shown["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("its caller went away")),
+        "{shown}"
+    );
+    let expired = records(&home, "approval.expired")
+        .into_iter()
+        .filter(|r| r["detail"]["approval"] == asked.as_str())
+        .count();
+    assert_eq!(expired, 1);
+    // The control: the caller that stays still waits.
+    assert_eq!(pending_of(&home, &id), kept);
+    drop(raw);
     assert!(home.ctl(&["approvals", "deny", &kept[0]]).status.success());
     let (code, err) = finish(stays);
     assert_eq!(code, Some(EXIT_DENIED), "{err}");
