@@ -296,3 +296,70 @@ fn an_approval_asked_after_its_client_half_closed_is_withdrawn() {
     let (code, err) = finish(stays);
     assert_eq!(code, Some(EXIT_DENIED), "{err}");
 }
+
+/// How each request of a token ended is in the token's trail (`audit token-trail`), by
+/// every path that ends one: approved or denied by an operator, expired at its deadline,
+/// expired by `approvals list` past its deadline, and expired as loongd starts again. The
+/// control: each request's `approval.requested` is there. Before, only a withdrawal and
+/// loongd's own denials named the token: the others were recorded without it, and
+/// `approvals list` expired requests without any record.
+#[test]
+fn every_end_of_a_tokens_request_is_in_its_trail() {
+    let home = Home::with_config("[approvals]\ntimeout_ms = 1500\n");
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let ends = |approval: &str| -> Vec<String> {
+        crate::kernel_calls::trail(&home, &id)
+            .into_iter()
+            .filter(|r| r["detail"]["approval"] == approval)
+            .filter_map(|r| r["kind"].as_str().map(String::from))
+            .collect()
+    };
+
+    // Approved, then denied, by the operator.
+    for verb in ["approve", "deny"] {
+        let waiting = invoke_in_background(&home, &secret);
+        let asked = wait_for_pending(&home, &id, 1);
+        assert!(home.ctl(&["approvals", verb, &asked[0]]).status.success());
+        let _ = finish(waiting);
+        assert_eq!(
+            ends(&asked[0]),
+            ["approval.requested", "approval.resolved"],
+            "{verb}"
+        );
+    }
+
+    // Expired at its deadline by its waiter.
+    let out = home.ctl(&["invoke", "echo", "--token", &secret, "--input", "{}"]);
+    assert!(!out.status.success());
+    let expired: Vec<String> = requests(&home)
+        .into_iter()
+        .filter(|r| r["state"] == "expired")
+        .filter_map(|r| r["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(
+        ends(&expired[0]),
+        ["approval.requested", "approval.expired"]
+    );
+
+    // Expired as loongd starts again (its waiter died with the daemon).
+    let waiting = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let _ = finish(waiting);
+    home.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || ends(&asked[0]).len() == 2),
+        "{:?}",
+        ends(&asked[0])
+    );
+    assert_eq!(ends(&asked[0]), ["approval.requested", "approval.expired"]);
+}

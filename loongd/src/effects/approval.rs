@@ -387,8 +387,8 @@ async fn wait_for_answer(
         tokio::select! {
             _ = notify.notified() => {}
             _ = tokio::time::sleep_until(until) => {
-                if store.resolve(id, "expired", "loongd").map_err(internal)?.is_some() {
-                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline" });
+                if let Some(a) = store.resolve(id, "expired", "loongd").map_err(internal)? {
+                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline", "token": a.token, "agent": a.agent });
                     record(kernel, actor.event(Kind::ApprovalExpired, detail)).await?;
                     return Err(expired(format!(
                         "approval {id} was not answered within {} ms: denied",
@@ -506,10 +506,13 @@ pub(crate) async fn resolve(
         ),
         None => None,
     };
+    // Under the token that asked too (`token`), so its trail shows how each of its requests
+    // ended; the resolver's are `resolver_token` and `resolver_agent`.
     let detail = serde_json::json!({
         "approval": id, "state": state, "resolver": resolver, "window": window,
         "full_access": full_access.map(|f| serde_json::json!({ "ttl_ms": f.ttl_ms, "uses": f.uses, "pack": f.pack })),
         "resolver_token": by.token, "resolver_agent": by.agent,
+        "token": a.token, "agent": a.agent,
     });
     record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
     wake(kernel, id);
