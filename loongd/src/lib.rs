@@ -505,7 +505,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             .await
             .context("recording the start in the audit trail")?;
         // Requests that were waiting for an approval died with the previous daemon.
-        for id in kernel
+        // Each recorded under the token that asked, so its trail shows how it ended.
+        for a in kernel
             .authority
             .approvals
             .expire_all_pending()
@@ -515,7 +516,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 .audit
                 .record_later(audit::Event::daemon(
                     audit::Kind::ApprovalExpired,
-                    serde_json::json!({ "approval": id, "why": "loongd restarted" }),
+                    serde_json::json!({ "approval": a.id, "why": "loongd restarted", "token": a.token, "agent": a.agent }),
                 ))
                 .await;
         }

@@ -48,8 +48,28 @@ pub(crate) type StopCell = Arc<OnceLock<StopCause>>;
 /// The approvals a request waits for, in the order they were asked, while it waits (a root
 /// call and its nested calls may wait for several at once, each its own entry): read by the
 /// connection when the request's deadline passes, so the answer is the typed
-/// `ApprovalPending` naming the oldest still waited for, not a bare deadline.
-pub(crate) type WaitCell = Arc<Mutex<Vec<String>>>;
+/// `ApprovalPending` naming the oldest still waited for, not a bare deadline; and whether
+/// its client is gone, after which it waits for none.
+pub(crate) type WaitCell = Arc<Mutex<Waits>>;
+
+/// What a [`WaitCell`] holds.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    /// The approvals waited for, oldest first.
+    pub(crate) ids: Vec<String>,
+    /// Set once its client went away ([`Waits::close`]): no approval is waited for after.
+    gone: bool,
+}
+
+impl Waits {
+    /// Its client went away: what it waits for now, to withdraw; an approval it asks for
+    /// later is refused by [`RequestIo::wait_on`] (under the same lock, so none slips
+    /// between the two).
+    pub(crate) fn close(&mut self) -> Vec<String> {
+        self.gone = true;
+        self.ids.clone()
+    }
+}
 
 /// A reply on its way to the writer. A stream chunk holds its share of the connection's
 /// [`OUTPUT_BUDGET_BYTES`], and a request's answer its request's slot of `max_in_flight`,
@@ -94,12 +114,16 @@ impl RequestIo {
         self.stop.clone()
     }
 
-    /// Notes that the request (or a nested call of its chain) waits for approval `id`.
-    pub(crate) fn wait_on(&self, id: &str) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(id.to_string());
+    /// Notes that the request (or a nested call of its chain) waits for approval `id`;
+    /// `false`, noting nothing, when its client went away already ([`Waits::close`]): the
+    /// approval is then asked for nobody, and must be withdrawn.
+    pub(crate) fn wait_on(&self, id: &str) -> bool {
+        let mut waits = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waits.gone {
+            return false;
+        }
+        waits.ids.push(id.to_string());
+        true
     }
 
     /// Notes that the wait for approval `id` ended; the others' entries stay.
@@ -107,6 +131,7 @@ impl RequestIo {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .ids
             .retain(|w| w != id);
     }
 

@@ -4,13 +4,16 @@
 
 use std::{
     fs,
+    net::Shutdown,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
+use loong_ipc::{BearerSecret, Call, ControlRequest, InvokeRequest};
+
 use crate::{
     kernel_calls::{issue, json},
-    support::{bin, text, wait_until, Home},
+    support::{bin, text, wait_until, Home, Raw},
     workers::install_examples,
 };
 
@@ -220,4 +223,143 @@ fn a_caller_that_goes_away_withdraws_the_approval_it_waited_for() {
     assert!(home.ctl(&["approvals", "deny", &kept[0]]).status.success());
     let (code, err) = finish(stays);
     assert_eq!(code, Some(EXIT_DENIED), "{err}");
+}
+
+/// A client that sends its request and half-closes its socket (it writes no more, and may
+/// read on) is gone to loongd from that end of stream: the approval its request asks for
+/// afterwards is withdrawn (expired, noted, recorded), as one asked before the end is.
+/// Before, one asked after the connection had taken stock of what its requests waited for
+/// (its writer still flushing) stayed pending for its whole timeout, for an operator to
+/// approve on behalf of a client loongd had let go. The control: the same request from a
+/// client that stays keeps its approval pending.
+#[test]
+fn an_approval_asked_after_its_client_half_closed_is_withdrawn() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let stays = invoke_in_background(&home, &secret);
+    let kept = wait_for_pending(&home, &id, 1);
+
+    let mut raw = Raw::connect(&home.socket());
+    raw.handshake();
+    raw.send(&Call::Request {
+        id: 1,
+        deadline_ms: 60_000,
+        body: ControlRequest::Invoke(InvokeRequest {
+            tool: "echo".into(),
+            input: r#"{"ping":1}"#.into(),
+            token: Some(BearerSecret::new(secret.clone())),
+        }),
+    })
+    .expect("send the request");
+    raw.stream
+        .shutdown(Shutdown::Write)
+        .expect("half-close the socket");
+    let mut asked = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            asked = requests(&home)
+                .into_iter()
+                .find(|r| r["token"] == id.as_str() && r["id"] != kept[0].as_str());
+            asked.is_some()
+        }),
+        "the half-closed client's request was never asked\n{}",
+        home.log()
+    );
+    let asked = asked
+        .and_then(|r| r["id"].as_str().map(String::from))
+        .unwrap_or_default();
+    let mut shown = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            shown = json(&text(
+                &home.ctl(&["approvals", "show", &asked, "--json"]).stdout,
+            ));
+            shown["state"] == "expired"
+        }),
+        "the request of a client that went away stays {shown}"
+    );
+    assert!(
+        shown["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("its caller went away")),
+        "{shown}"
+    );
+    let expired = records(&home, "approval.expired")
+        .into_iter()
+        .filter(|r| r["detail"]["approval"] == asked.as_str())
+        .count();
+    assert_eq!(expired, 1);
+    // The control: the caller that stays still waits.
+    assert_eq!(pending_of(&home, &id), kept);
+    drop(raw);
+    assert!(home.ctl(&["approvals", "deny", &kept[0]]).status.success());
+    let (code, err) = finish(stays);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+}
+
+/// How each request of a token ended is in the token's trail (`audit token-trail`), by
+/// every path that ends one: approved or denied by an operator, expired at its deadline,
+/// expired by `approvals list` past its deadline, and expired as loongd starts again. The
+/// control: each request's `approval.requested` is there. Before, only a withdrawal and
+/// loongd's own denials named the token: the others were recorded without it, and
+/// `approvals list` expired requests without any record.
+#[test]
+fn every_end_of_a_tokens_request_is_in_its_trail() {
+    let home = Home::with_config("[approvals]\ntimeout_ms = 1500\n");
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let ends = |approval: &str| -> Vec<String> {
+        crate::kernel_calls::trail(&home, &id)
+            .into_iter()
+            .filter(|r| r["detail"]["approval"] == approval)
+            .filter_map(|r| r["kind"].as_str().map(String::from))
+            .collect()
+    };
+
+    // Approved, then denied, by the operator.
+    for verb in ["approve", "deny"] {
+        let waiting = invoke_in_background(&home, &secret);
+        let asked = wait_for_pending(&home, &id, 1);
+        assert!(home.ctl(&["approvals", verb, &asked[0]]).status.success());
+        let _ = finish(waiting);
+        assert_eq!(
+            ends(&asked[0]),
+            ["approval.requested", "approval.resolved"],
+            "{verb}"
+        );
+    }
+
+    // Expired at its deadline by its waiter.
+    let out = home.ctl(&["invoke", "echo", "--token", &secret, "--input", "{}"]);
+    assert!(!out.status.success());
+    let expired: Vec<String> = requests(&home)
+        .into_iter()
+        .filter(|r| r["state"] == "expired")
+        .filter_map(|r| r["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(
+        ends(&expired[0]),
+        ["approval.requested", "approval.expired"]
+    );
+
+    // Expired as loongd starts again (its waiter died with the daemon).
+    let waiting = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let _ = finish(waiting);
+    home.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || ends(&asked[0]).len() == 2),
+        "{:?}",
+        ends(&asked[0])
+    );
+    assert_eq!(ends(&asked[0]), ["approval.requested", "approval.expired"]);
 }

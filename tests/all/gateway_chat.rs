@@ -431,3 +431,81 @@ fn gateway_chat_waiting_for_approvals_goes_on_once_each_is_approved() {
     assert_eq!(status, 200, "{body}\n{}", home.log());
     assert!(body.contains("echo said hi"), "{body}");
 }
+
+/// A chat turn whose caller goes away (its stream dropped: here its gateway stopped) runs on
+/// to its end, but the approval it waits for is withdrawn (expired, noted, recorded), so no
+/// operator approves its effect on behalf of a caller that left. The control: while the
+/// caller is there, the request stays pending. Before, it stayed pending for its whole
+/// timeout.
+#[test]
+fn gateway_chat_whose_caller_went_away_withdraws_the_approval_it_waits_for() {
+    let provider = Provider::start(vec![text_answer("never asked")]);
+    let port = free_port();
+    let home = Home::with_config(&provider.config(&format!(
+        "[gateway]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[approvals]\ntimeout_ms = 120000\n"
+    )));
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start();
+    wait_for_gateway(&home, port);
+    let (secret, token) = issue(&home, &[ASK]);
+    let body = serde_json::json!({
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "hello"}],
+    })
+    .to_string();
+    let _asking = std::thread::spawn(move || {
+        let auth = format!("Bearer {secret}");
+        http(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+    });
+    let mut asked = Vec::new();
+    assert!(
+        crate::support::wait_until(std::time::Duration::from_secs(20), || {
+            asked = pending(&home);
+            asked.len() == 1
+        }),
+        "the turn never asked: {asked:?}\n{}",
+        home.log()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(pending(&home), asked, "pending while its caller is there");
+
+    let out = home.ctl(&["gateway", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut shown = serde_json::Value::Null;
+    assert!(
+        crate::support::wait_until(std::time::Duration::from_secs(10), || {
+            shown = json(&text(
+                &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+            ));
+            shown["state"] == "expired"
+        }),
+        "the approval of a chat whose caller went away stays {shown}\n{}",
+        home.log()
+    );
+    assert!(
+        shown["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("its caller went away")),
+        "{shown}"
+    );
+    let expired = trail(&home, &token)
+        .into_iter()
+        .filter(|r| r["kind"] == "approval.expired" && r["detail"]["approval"] == asked[0].as_str())
+        .count();
+    assert_eq!(expired, 1);
+}

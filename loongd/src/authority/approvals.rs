@@ -30,6 +30,15 @@ pub enum ApprovalError {
     },
 }
 
+/// A request loongd ended without an approver (expired): what its record names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub id: String,
+    /// The public id of the token it was asked under (`None`: the operator's).
+    pub token: Option<String>,
+    pub agent: Option<String>,
+}
+
 /// One approval request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -365,26 +374,34 @@ impl ApprovalStore {
         self.get(id)
     }
 
-    /// Expires pending requests whose deadline passed (their waiter gave up or is gone).
-    pub fn expire_overdue(&self) -> Result<usize, TokenError> {
-        self.db(|c| {
-            c.execute(
-                "UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 WHERE state = 'pending' AND deadline_ms <= ?1",
-                [crate::now_ms()],
-            )
-        })
+    /// Expires pending requests whose deadline passed (their waiter gave up or is gone):
+    /// each one's id, token and agent, for its record.
+    pub fn expire_overdue(&self) -> Result<Vec<Ended>, TokenError> {
+        self.expire_where("deadline_ms <= ?1")
     }
 
-    /// Expires every pending request (their waiters died with the previous daemon).
-    pub fn expire_all_pending(&self) -> Result<Vec<String>, TokenError> {
+    /// Expires every pending request (their waiters died with the previous daemon): each
+    /// one's id, token and agent, for its record.
+    pub fn expire_all_pending(&self) -> Result<Vec<Ended>, TokenError> {
+        self.expire_where("?1 = ?1")
+    }
+
+    /// Expires the pending requests that also match `filter` (`?1` is now), in one
+    /// statement: what it expired, so that each is recorded under its token.
+    fn expire_where(&self, filter: &str) -> Result<Vec<Ended>, TokenError> {
         self.db(|c| {
-            let ids: Vec<String> = {
-                let mut s = c.prepare("SELECT id FROM approvals WHERE state = 'pending'")?;
-                let rows = s.query_map([], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            c.execute("UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 WHERE state = 'pending'", [crate::now_ms()])?;
-            Ok(ids)
+            let mut s = c.prepare(&format!(
+                "UPDATE approvals SET state = 'expired', resolver = 'loongd', resolved_ms = ?1 \
+                 WHERE state = 'pending' AND {filter} RETURNING id, token, agent"
+            ))?;
+            let rows = s.query_map([crate::now_ms()], |r| {
+                Ok(Ended {
+                    id: r.get(0)?,
+                    token: r.get(1)?,
+                    agent: r.get(2)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
@@ -441,6 +458,42 @@ mod tests {
             effect,
             note: None,
         }
+    }
+
+    /// What loongd expires without an approver is returned with its token and agent, for
+    /// the record under the token; a request still in time, or decided, is not.
+    #[test]
+    fn expired_requests_name_their_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
+        let mut overdue = request(Some("tok_a"), EffectDetail::default());
+        overdue.deadline_ms = 1;
+        let overdue = store.create(overdue, 10).expect("overdue");
+        let in_time = store
+            .create(request(Some("tok_a"), EffectDetail::default()), 10)
+            .expect("in time");
+        let decided = store
+            .create(request(None, EffectDetail::default()), 10)
+            .expect("decided");
+        store
+            .resolve(&decided.id, "denied", "uid:0")
+            .expect("resolve")
+            .expect("was pending");
+        let ended = store.expire_overdue().expect("expire overdue");
+        assert_eq!(
+            ended,
+            vec![Ended {
+                id: overdue.id,
+                token: Some("tok_a".into()),
+                agent: Some("bot".into()),
+            }]
+        );
+        let ended = store.expire_all_pending().expect("expire all");
+        assert_eq!(
+            ended.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            [in_time.id.as_str()]
+        );
+        assert_eq!(ended[0].token.as_deref(), Some("tok_a"));
     }
 
     #[test]

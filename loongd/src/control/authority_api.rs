@@ -291,12 +291,25 @@ fn fit_page(mut view: ApprovalView) -> ApprovalView {
 }
 
 /// `approvals list`.
-pub(crate) fn approvals(kernel: &Kernel, page: &Page) -> Result<ControlResponse, RemoteError> {
-    kernel
+pub(crate) async fn approvals(
+    kernel: &Kernel,
+    page: &Page,
+) -> Result<ControlResponse, RemoteError> {
+    // Each expired here is recorded under the token that asked (its waiter, gone, did not).
+    for a in kernel
         .authority
         .approvals
         .expire_overdue()
-        .map_err(internal)?;
+        .map_err(internal)?
+    {
+        kernel
+            .audit
+            .record_later(Event::daemon(
+                Kind::ApprovalExpired,
+                serde_json::json!({ "approval": a.id, "why": "unanswered before its deadline", "token": a.token, "agent": a.agent }),
+            ))
+            .await;
+    }
     // As for tokens: a cursor names a request that exists, or the list would seem to end.
     if let Some(a) = page.after.as_deref() {
         if kernel

@@ -21,7 +21,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, PoisonError,
     },
     time::Duration,
 };
@@ -148,9 +148,11 @@ pub(crate) async fn chat_turn(
     }
 
     let mut relay = Relay::new(&req.caller_tools);
+    let watch = events.clone();
     let mut caller = Caller::new(events, CALLER_READ_WAIT);
     let turn = effects::invoke::agent_turn(kernel, &actor, input);
     tokio::pin!(turn);
+    let mut left = false;
     let result = loop {
         tokio::select! {
             r = &mut turn => break r,
@@ -160,6 +162,20 @@ pub(crate) async fn chat_turn(
                 }
             }
             Some(_note) = notes.recv() => {}
+            // Its caller went away (the stream was dropped: not polled for its idle time, or
+            // its gateway ended): the turn runs on to its end (it holds its token's place),
+            // but what it waits for an approver to decide is withdrawn, and what it asks
+            // later is refused as it is noted (`RequestIo::wait_on`): none is approved on
+            // behalf of a caller that left.
+            () = watch.closed(), if !left => {
+                left = true;
+                let waited = io.waiting.lock().unwrap_or_else(PoisonError::into_inner).close();
+                for id in waited {
+                    if let Err(e) = effects::approval::withdraw(kernel, &id).await {
+                        tracing::warn!(approval = %id, error = %e, "withdrawing an approval whose chat caller went away");
+                    }
+                }
+            }
         }
     };
     while let Ok(e) = arriving.try_recv() {

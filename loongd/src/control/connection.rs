@@ -305,15 +305,17 @@ async fn run(
         });
         // The requests that run on are answered to nobody: what they wait for an approver to
         // decide is withdrawn (expired and recorded), their waits end, and none is approved on
-        // behalf of a client that left. A request that asks later finds its client gone and
-        // withdraws that request itself (`effects::approval::wait`).
+        // behalf of a client that left. A request that asks later finds its client gone as
+        // it notes the wait (the cell is closed here, under its lock) and withdraws that
+        // request itself (`effects::approval::wait`): its output may still be taken while
+        // the writer flushes, so that is no sign the client is there.
         let waited: Vec<String> = lock(&in_flight)
             .values()
             .flat_map(|e| {
                 e.waiting
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
+                    .close()
             })
             .collect();
         for id in waited {
@@ -457,7 +459,7 @@ fn start(
                 approval = async {
                     tokio::time::sleep(deadline).await;
                     let _ = stop_task.set(StopCause::Deadline);
-                    waiting.lock().unwrap_or_else(PoisonError::into_inner).first().cloned()
+                    waiting.lock().unwrap_or_else(PoisonError::into_inner).ids.first().cloned()
                 } => Err(past_deadline(id, deadline_ms, approval)),
             };
             // Whoever removes the entry answers: this task, or a Cancel that got there first.

@@ -62,7 +62,7 @@ pub(crate) async fn handle(
             super::authority_api::revoke_generation(kernel, cred, &io, pack).await
         }
         ControlRequest::PackList(page) => super::authority_api::packs(kernel, &page),
-        ControlRequest::ApprovalList(page) => super::authority_api::approvals(kernel, &page),
+        ControlRequest::ApprovalList(page) => super::authority_api::approvals(kernel, &page).await,
         r @ (ControlRequest::KeyAdd { .. }
         | ControlRequest::KeyList(_)
         | ControlRequest::KeyRevoke { .. }

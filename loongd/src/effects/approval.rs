@@ -225,7 +225,12 @@ pub(crate) async fn wait(
         io: actor.io,
     };
     if let Some(io) = actor.io {
-        io.wait_on(&a.id);
+        // Its client is gone (the request runs on after a disconnect): nobody waits for this
+        // request, which `withdraw` expires and records as the wait ends here. Output taken
+        // is no sign of a client (a closing connection's writer still flushes).
+        if !io.wait_on(&a.id) {
+            return Err(gone(&a.id));
+        }
         // For people: what a client acts on is the typed answer, never this text.
         let note = format!(
             "loongd: approval {} pending: {cap} on {target} (risk {score}: {reasons}); see it with `loongctl approvals show {}`, approve with `loongctl approvals approve {}`\n",
@@ -234,21 +239,22 @@ pub(crate) async fn wait(
         let noted = io.emit(StreamChunk::Stderr(note.into_bytes())).await;
         // For clients: the id, typed (`loongctl chat` offers to approve it).
         let told = noted && io.emit(StreamChunk::ApprovalPending(a.id.clone())).await;
-        // Its client is gone (the request runs on after a disconnect): nobody waits for this
-        // request, which `withdraw` expires and records as the wait ends here.
         if !told {
-            return Err(RemoteError::new(
-                ErrorKind::Cancelled,
-                format!(
-                    "approval {}: the request's client went away before it was decided; withdrawn",
-                    a.id
-                ),
-            ));
+            return Err(gone(&a.id));
         }
     }
     let answered = wait_for_answer(kernel, actor, &a.id, effect, &notify, timeout).await;
     withdraw.event = None;
     answered
+}
+
+/// The answer of a wait for approval `id` whose request's client went away before it was
+/// decided (the approval is withdrawn as the wait ends).
+fn gone(id: &str) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::Cancelled,
+        format!("approval {id}: the request's client went away before it was decided; withdrawn"),
+    )
 }
 
 /// Withdraws the pending request `id` whose caller went away (its client disconnected while
@@ -438,8 +444,8 @@ async fn wait_for_answer(
         tokio::select! {
             _ = notify.notified() => {}
             _ = tokio::time::sleep_until(until) => {
-                if store.resolve(id, "expired", "loongd").map_err(internal)?.is_some() {
-                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline" });
+                if let Some(a) = store.resolve(id, "expired", "loongd").map_err(internal)? {
+                    let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline", "token": a.token, "agent": a.agent });
                     record(kernel, actor.event(Kind::ApprovalExpired, detail)).await?;
                     return Err(expired(format!(
                         "approval {id} was not answered within {} ms: denied",
@@ -557,10 +563,13 @@ pub(crate) async fn resolve(
         ),
         None => None,
     };
+    // Under the token that asked too (`token`), so its trail shows how each of its requests
+    // ended; the resolver's are `resolver_token` and `resolver_agent`.
     let detail = serde_json::json!({
         "approval": id, "state": state, "resolver": resolver, "window": window,
         "full_access": full_access.map(|f| serde_json::json!({ "ttl_ms": f.ttl_ms, "uses": f.uses, "pack": f.pack })),
         "resolver_token": by.token, "resolver_agent": by.agent,
+        "token": a.token, "agent": a.agent,
     });
     record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
     wake(kernel, id);

@@ -446,6 +446,7 @@ fn waiting_for(worker: u64, tag: u64) -> Vec<String> {
         .map(|w| {
             w.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .ids
                 .clone()
         })
         .unwrap_or_default()
@@ -508,6 +509,7 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
         .waiting
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .ids
         .first()
         .cloned();
     let ms = wait.as_millis();
