@@ -772,3 +772,41 @@ fn feishu_kill_9_of_loongd_mid_turn_answers_once_and_the_platforms_retry_is_a_re
     assert_eq!(details(&home, "channel.received").len(), 1);
     assert_eq!(provider.requests().len(), 2);
 }
+
+#[test]
+fn feishu_a_webhook_body_sent_a_byte_at_a_time_is_cut_off_and_the_gateway_keeps_serving() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (_home, _pid, port) = feishu_home(&provider, &api);
+    // An unauthenticated sender declares a body and sends it a byte every half second: it
+    // would hold one of the gateway's connections for minutes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST {PATH} HTTP/1.1\r\nHost: feishu.example.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    .expect("head");
+    let mut writer = s.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        for _ in 0..999 {
+            std::thread::sleep(Duration::from_millis(500));
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut head = String::new();
+    let _ = BufReader::new(&s).read_line(&mut head);
+    assert!(
+        head.starts_with("HTTP/1.1 408"),
+        "cut off after {:?}: {head:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Positive control: a challenge sent whole is answered.
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
+}

@@ -49,6 +49,10 @@ pub const WEBHOOK_BURST: u32 = 100;
 /// Accounts whose rate is tracked at once; past it, a request of an account not tracked
 /// is answered 429 until an idle one is forgotten.
 pub const MAX_TRACKED_ACCOUNTS: usize = 256;
+/// How long a webhook's body may take to arrive once its head has (408 past it): the route
+/// is unauthenticated, so a body sent a byte at a time would hold one of the gateway's
+/// connections (and so every route's) for as long as the sender likes.
+pub const WEBHOOK_BODY_TIMEOUT: Duration = crate::http::HEADER_READ_TIMEOUT;
 /// How long the kernel call may take (loongd answers within its own deadline, 10 s).
 pub const WEBHOOK_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -171,12 +175,20 @@ pub(crate) async fn serve(
             (v.len() <= MAX_WEBHOOK_HEADER_BYTES).then(|| ((*name).to_owned(), v.to_owned()))
         })
         .collect();
-    let body = match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(_) => return too_large(),
+    let read = http_body_util::Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(WEBHOOK_BODY_TIMEOUT, read).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "a webhook body must arrive within {} s of its head",
+                    WEBHOOK_BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let call = GatewayWebhook {
         platform: platform.to_owned(),
