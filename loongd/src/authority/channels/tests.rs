@@ -593,3 +593,48 @@ fn an_event_and_its_message_are_taken_together_once_and_a_full_inbox_takes_neith
         "the refused event's id was not marked seen"
     );
 }
+
+#[test]
+fn seen_event_ids_made_up_without_end_grow_no_table_and_recent_ones_stay_replays() {
+    let (_d, s) = store();
+    let rows = |s: &ChannelStore, channel: &str| -> i64 {
+        s.db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM channel_events WHERE channel = ?1",
+                params![channel],
+                |r| r.get(0),
+            )
+        })
+        .expect("count")
+    };
+    s.see_event("other", "ev-other").expect("other channel");
+    // A worker taken over hands over a new id each call, far past the bound.
+    let many = MAX_SEEN_EVENTS + 3 * SEEN_EVENTS_PRUNE_EVERY;
+    s.db.with(|c| {
+        let tx = StateDb::write(c)?;
+        for n in 0..many {
+            assert!(mark_seen(&tx, "tg", &format!("made-up-{n}"))?);
+        }
+        tx.commit()
+    })
+    .expect("flood");
+    let kept = rows(&s, "tg");
+    assert!(
+        kept <= MAX_SEEN_EVENTS + SEEN_EVENTS_PRUNE_EVERY,
+        "{kept} seen ids kept"
+    );
+    // Positive controls: the newest ids are still replays, the other channel's id is kept,
+    // and a new id is taken.
+    assert!(matches!(
+        s.see_event("tg", &format!("made-up-{}", many - 1)),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    assert!(matches!(
+        s.see_event("other", "ev-other"),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    assert!(s
+        .receive_event("tg", "ev-new", None)
+        .expect("new")
+        .is_empty());
+}
