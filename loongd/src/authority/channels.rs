@@ -583,18 +583,16 @@ impl ChannelStore {
         })?)
     }
 
-    /// Removes the channel and everything kept for it, in one transaction.
+    /// Removes the channel and everything kept for it, in one transaction, but the event ids
+    /// it saw: removed and added again (how its settings change), a channel that forgot them
+    /// would take again a signed event captured within the platform's timestamp window. They
+    /// go with age and with the channel's bound ([`mark_seen`]).
     pub fn remove(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
         let row = self.get(name)?;
         self.db.with(|c| {
             let tx = StateDb::write(c)?;
             tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
-            for table in [
-                "channel_inbox",
-                "channel_outbox",
-                "channel_events",
-                "channel_offers",
-            ] {
+            for table in ["channel_inbox", "channel_outbox", "channel_offers"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE channel = ?1"),
                     params![name],

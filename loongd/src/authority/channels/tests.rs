@@ -638,3 +638,28 @@ fn seen_event_ids_made_up_without_end_grow_no_table_and_recent_ones_stay_replays
         .expect("new")
         .is_empty());
 }
+
+#[test]
+fn a_channel_removed_and_added_again_still_refuses_the_event_ids_it_saw() {
+    let (_d, s) = store();
+    s.see_event("tg", "ev-seen").expect("first");
+    s.remove("tg").expect("remove");
+    s.add(&ChannelRow {
+        name: "tg".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+        generation: 1,
+    })
+    .expect("add again");
+    // A signed event captured before the remove, sent again within its timestamp window.
+    assert!(matches!(
+        s.receive_event("tg", "ev-seen", None),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    // Positive control: a new event is taken.
+    assert!(s
+        .receive_event("tg", "ev-new", None)
+        .expect("new")
+        .is_empty());
+}
