@@ -810,3 +810,46 @@ fn feishu_a_webhook_body_sent_a_byte_at_a_time_is_cut_off_and_the_gateway_keeps_
     let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
     assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
 }
+
+#[test]
+fn feishu_a_flood_of_the_largest_bodies_does_not_retire_the_channels_worker() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (home, pid, port) = feishu_home(&provider, &api);
+    let before = channel_workers(pid);
+    assert!(!before.is_empty(), "the channel worker runs");
+    // Unsigned bodies of the most the route takes (1 MiB), sent at once: queued together in
+    // loongd, they were handed to the worker in one answer past its frame limit.
+    let mut body = br#"{"pad":""#.to_vec();
+    body.resize(
+        loong_ipc::message::channel::MAX_WEBHOOK_BODY_BYTES - 2,
+        b'a',
+    );
+    body.extend_from_slice(br#""}"#);
+    let body = Arc::new(body);
+    let senders: Vec<_> = (0..48)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || post(port, PATH, &[], &body).0)
+        })
+        .collect();
+    let statuses: Vec<u16> = senders
+        .into_iter()
+        .map(|t| t.join().expect("sender"))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| [400, 401, 503].contains(s)),
+        "{statuses:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        details(&home, "worker.restarted").is_empty(),
+        "{:?}\n{}",
+        details(&home, "worker.restarted"),
+        home.log()
+    );
+    assert_eq!(channel_workers(pid), before, "the same worker serves");
+    // Positive control: the channel answers a challenge.
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
+}
