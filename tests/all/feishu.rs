@@ -772,3 +772,82 @@ fn feishu_kill_9_of_loongd_mid_turn_answers_once_and_the_platforms_retry_is_a_re
     assert_eq!(details(&home, "channel.received").len(), 1);
     assert_eq!(provider.requests().len(), 2);
 }
+
+#[test]
+fn feishu_a_webhook_body_sent_a_byte_at_a_time_is_cut_off_and_the_gateway_keeps_serving() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (_home, _pid, port) = feishu_home(&provider, &api);
+    // An unauthenticated sender declares a body and sends it a byte every half second: it
+    // would hold one of the gateway's connections for minutes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST {PATH} HTTP/1.1\r\nHost: feishu.example.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    .expect("head");
+    let mut writer = s.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        for _ in 0..999 {
+            std::thread::sleep(Duration::from_millis(500));
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut head = String::new();
+    let _ = BufReader::new(&s).read_line(&mut head);
+    assert!(
+        head.starts_with("HTTP/1.1 408"),
+        "cut off after {:?}: {head:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Positive control: a challenge sent whole is answered.
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
+}
+
+#[test]
+fn feishu_a_flood_of_the_largest_bodies_does_not_retire_the_channels_worker() {
+    let provider = crate::agent::Provider::start(vec![crate::agent::text_answer("unused")]);
+    let api = OpenApi::start();
+    let (home, pid, port) = feishu_home(&provider, &api);
+    let before = channel_workers(pid);
+    assert!(!before.is_empty(), "the channel worker runs");
+    // Unsigned bodies of the most the route takes (1 MiB), sent at once: queued together in
+    // loongd, they were handed to the worker in one answer past its frame limit.
+    let mut body = br#"{"pad":""#.to_vec();
+    body.resize(
+        loong_ipc::message::channel::MAX_WEBHOOK_BODY_BYTES - 2,
+        b'a',
+    );
+    body.extend_from_slice(br#""}"#);
+    let body = Arc::new(body);
+    let senders: Vec<_> = (0..48)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || post(port, PATH, &[], &body).0)
+        })
+        .collect();
+    let statuses: Vec<u16> = senders
+        .into_iter()
+        .map(|t| t.join().expect("sender"))
+        .collect();
+    // Refused (400/401), or not judged in time on a loaded machine (503/504): none taken.
+    assert!(!statuses.contains(&200), "{statuses:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        details(&home, "worker.restarted").is_empty(),
+        "{:?}\n{}",
+        details(&home, "worker.restarted"),
+        home.log()
+    );
+    assert_eq!(channel_workers(pid), before, "the same worker serves");
+    // Positive control: the channel answers a challenge.
+    let plain = json!({"challenge": "c", "token": TOKEN, "type": "url_verification"});
+    assert_eq!(post(port, PATH, &[], plain.to_string().as_bytes()).0, 200);
+}

@@ -45,6 +45,22 @@ pub const MAX_WEBHOOK_ANSWER_BYTES: usize = 16 * 1024;
 /// longest it waits for one.
 pub const MAX_WEBHOOK_BATCH: usize = 16;
 pub const MAX_WEBHOOK_WAIT_MS: u32 = 30_000;
+/// Bound on the bytes of the requests one [`KIND_CHANNEL_WEBHOOK_NEXT`] answer carries
+/// ([`WebhookRequest::wire_bytes`]); one request is handed whatever its size. Without it,
+/// [`MAX_WEBHOOK_BATCH`] unauthenticated bodies of [`MAX_WEBHOOK_BODY_BYTES`] made an answer
+/// past the worker's frame limit, and loongd retired the channel's worker for it.
+pub const MAX_WEBHOOK_BATCH_BYTES: usize = 4 * MAX_WEBHOOK_BODY_BYTES;
+/// Bytes counted for one webhook request besides its headers and body (its id and lengths).
+pub const WEBHOOK_REQUEST_OVERHEAD_BYTES: usize = 64;
+
+// A batch (within its bound, plus the one request past it) fits a worker's frame.
+const _: () = assert!(
+    MAX_WEBHOOK_BATCH_BYTES
+        + MAX_WEBHOOK_BODY_BYTES
+        + MAX_WEBHOOK_HEADERS * 2 * MAX_WEBHOOK_HEADER_BYTES
+        + WEBHOOK_REQUEST_OVERHEAD_BYTES
+        < super::worker::WORKER_MAX_FRAME_BYTES as usize / 2
+);
 
 /// The most messages one [`ChannelReceived`] carries (a `getUpdates` answer's maximum).
 pub const MAX_CHANNEL_BATCH: usize = 100;
@@ -207,6 +223,17 @@ pub struct WebhookRequest {
 }
 
 impl WebhookRequest {
+    /// The bytes this request adds to a batch: its body, its headers and
+    /// [`WEBHOOK_REQUEST_OVERHEAD_BYTES`] (at least its encoded size).
+    pub fn wire_bytes(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + self.body.len()
+            + WEBHOOK_REQUEST_OVERHEAD_BYTES
+    }
+
     /// Checks every variable-size field against its bound.
     pub fn check_bounds(&self) -> Result<(), BoundError> {
         if self.headers.len() > MAX_WEBHOOK_HEADERS {

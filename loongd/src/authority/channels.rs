@@ -67,6 +67,45 @@ pub const TURN_RATE_WINDOW_MS: i64 = 60 * 1000;
 
 /// How long a seen Feishu event id is kept (the platform retries for hours, not days).
 pub const SEEN_EVENT_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The most seen event ids kept for one channel (its newest): the ids are the worker's word,
+/// and a worker taken over hands over a new one each call; kept a week each, they grew
+/// state.db without bound. The platform's retries of an id come within hours, far fewer.
+pub const MAX_SEEN_EVENTS: i64 = 100_000;
+/// The ids past [`MAX_SEEN_EVENTS`] (or older than [`SEEN_EVENT_KEEP_MS`]) are forgotten
+/// once this many more were seen (the prune reads the table; done at every event, it cost
+/// each one that much).
+pub const SEEN_EVENTS_PRUNE_EVERY: i64 = 1_000;
+
+/// Marks `event_id` seen for `channel` in `tx`; false when it was seen before. Ids older
+/// than [`SEEN_EVENT_KEEP_MS`], and each channel's past its newest [`MAX_SEEN_EVENTS`], are
+/// forgotten every [`SEEN_EVENTS_PRUNE_EVERY`] ids.
+fn mark_seen(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &str,
+    event_id: &str,
+) -> Result<bool, rusqlite::Error> {
+    let at = now_ms();
+    let fresh = tx.execute(
+        "INSERT OR IGNORE INTO channel_events (channel, event_id, seen_ms) VALUES (?1, ?2, ?3)",
+        params![channel, event_id, at],
+    )? == 1;
+    // Every channel's, whichever channel's id lands on the mark: between two marks, at most
+    // SEEN_EVENTS_PRUNE_EVERY ids were added in all. Both prunes read the whole table (no
+    // index on the time), so not at every event.
+    if fresh && tx.last_insert_rowid() % SEEN_EVENTS_PRUNE_EVERY == 0 {
+        tx.execute(
+            "DELETE FROM channel_events WHERE seen_ms < ?1",
+            params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
+        )?;
+        tx.execute(
+            "DELETE FROM channel_events WHERE rowid IN (SELECT rowid FROM
+             (SELECT rowid, ROW_NUMBER() OVER (PARTITION BY channel ORDER BY rowid DESC) AS n
+              FROM channel_events) WHERE n > ?1)",
+            params![MAX_SEEN_EVENTS],
+        )?;
+    }
+    Ok(fresh)
+}
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -589,18 +628,16 @@ impl ChannelStore {
         })?)
     }
 
-    /// Removes the channel and everything kept for it, in one transaction.
+    /// Removes the channel and everything kept for it, in one transaction, but the event ids
+    /// it saw: removed and added again (how its settings change), a channel that forgot them
+    /// would take again a signed event captured within the platform's timestamp window. They
+    /// go with age and with the channel's bound ([`mark_seen`]).
     pub fn remove(&self, name: &str) -> Result<ChannelRow, ChannelStoreError> {
         let row = self.get(name)?;
         self.db.with(|c| {
             let tx = StateDb::write(c)?;
             tx.execute("DELETE FROM channels WHERE name = ?1", params![name])?;
-            for table in [
-                "channel_inbox",
-                "channel_outbox",
-                "channel_events",
-                "channel_offers",
-            ] {
+            for table in ["channel_inbox", "channel_outbox", "channel_offers"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE channel = ?1"),
                     params![name],
@@ -696,16 +733,7 @@ impl ChannelStore {
                 )
                 .optional()?;
             if let Some(event_id) = event_id {
-                let at = now_ms();
-                tx.execute(
-                    "DELETE FROM channel_events WHERE seen_ms < ?1",
-                    params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
-                )?;
-                let fresh = tx.execute(
-                    "INSERT OR IGNORE INTO channel_events (channel, event_id, seen_ms) VALUES (?1, ?2, ?3)",
-                    params![channel, event_id, at],
-                )?;
-                if fresh == 0 {
+                if !mark_seen(&tx, channel, event_id)? {
                     return Ok(Err(ChannelStoreError::Replayed {
                         channel: channel.to_owned(),
                         event_id: event_id.to_owned(),
@@ -817,23 +845,15 @@ impl ChannelStore {
     }
 
     /// Records a Feishu event id as seen; a second time is [`ChannelStoreError::Replayed`].
-    /// Ids older than [`SEEN_EVENT_KEEP_MS`] are forgotten on the way.
+    /// Ids are forgotten as [`mark_seen`] says.
     pub fn see_event(&self, channel: &str, event_id: &str) -> Result<(), ChannelStoreError> {
-        let at = now_ms();
-        let n = self.db.with(|c| {
+        let fresh = self.db.with(|c| {
             let tx = StateDb::write(c)?;
-            tx.execute(
-                "DELETE FROM channel_events WHERE seen_ms < ?1",
-                params![at.saturating_sub(SEEN_EVENT_KEEP_MS)],
-            )?;
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO channel_events (channel, event_id, seen_ms) VALUES (?1, ?2, ?3)",
-                params![channel, event_id, at],
-            )?;
+            let fresh = mark_seen(&tx, channel, event_id)?;
             tx.commit()?;
-            Ok(n)
+            Ok(fresh)
         })?;
-        if n == 0 {
+        if !fresh {
             return Err(ChannelStoreError::Replayed {
                 channel: channel.to_owned(),
                 event_id: event_id.to_owned(),

@@ -26,7 +26,7 @@ use std::{
 use loong_ipc::{
     message::channel::{
         WebhookAnswer, WebhookReply, WebhookRequest, WebhookWait, MAX_WEBHOOK_BATCH,
-        MAX_WEBHOOK_WAIT_MS,
+        MAX_WEBHOOK_BATCH_BYTES, MAX_WEBHOOK_WAIT_MS,
     },
     message::gateway::GatewayWebhook,
     ErrorKind, RemoteError,
@@ -258,6 +258,35 @@ pub(crate) async fn relay(
 /// Numbers the requests handed to channel workers.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Hands `worker` the requests waiting, at most [`MAX_WEBHOOK_BATCH`] of them and
+/// [`MAX_WEBHOOK_BATCH_BYTES`] (one whatever its size): an answer past the worker's frame
+/// limit would retire the worker. Requests handed to an earlier worker are answered 503 (their
+/// senders dropped).
+fn hand(q: &mut Queue, worker: u64) -> Vec<WebhookRequest> {
+    q.handed.retain(|_, (w, t)| *w == worker && !t.is_closed());
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    while batch.len() < MAX_WEBHOOK_BATCH {
+        let Some((mut req, tx)) = q.waiting.pop_front() else {
+            break;
+        };
+        if tx.is_closed() {
+            continue;
+        }
+        let size = req.wire_bytes();
+        if !batch.is_empty() && bytes.saturating_add(size) > MAX_WEBHOOK_BATCH_BYTES {
+            // The next answer's.
+            q.waiting.push_front((req, tx));
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        req.id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        q.handed.insert(req.id, (worker, tx));
+        batch.push(req);
+    }
+    batch
+}
+
 /// `channel_webhook_next`: the requests queued for this channel, waiting a while for one.
 /// Requests handed to an earlier worker of the channel (it died before it answered) are
 /// answered 503 now: the platform sends them again.
@@ -269,22 +298,7 @@ pub(crate) async fn next(
     let until =
         Instant::now() + Duration::from_millis(u64::from(wait.wait_ms.min(MAX_WEBHOOK_WAIT_MS)));
     loop {
-        let (batch, ready) = with_queue(&host.name, |q| {
-            q.handed.retain(|_, (w, t)| *w == worker && !t.is_closed());
-            let mut batch = Vec::new();
-            while batch.len() < MAX_WEBHOOK_BATCH {
-                let Some((mut req, tx)) = q.waiting.pop_front() else {
-                    break;
-                };
-                if tx.is_closed() {
-                    continue;
-                }
-                req.id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                q.handed.insert(req.id, (worker, tx));
-                batch.push(req);
-            }
-            (batch, q.ready.clone())
-        });
+        let (batch, ready) = with_queue(&host.name, |q| (hand(q, worker), q.ready.clone()));
         if !batch.is_empty() || Instant::now() >= until {
             return Ok(batch);
         }
@@ -380,6 +394,62 @@ mod tests {
         let later = at + Duration::from_secs(1);
         let taken = (0..1000).filter(|_| q.take_token(later)).count();
         assert_eq!(taken, WEBHOOKS_PER_SECOND as usize);
+    }
+
+    #[test]
+    fn a_batch_of_the_largest_webhook_requests_fits_the_workers_frame() {
+        use loong_ipc::{
+            frame::{encode, FrameLimit},
+            message::{
+                channel::{MAX_WEBHOOK_BODY_BYTES, MAX_WEBHOOK_HEADERS, MAX_WEBHOOK_HEADER_BYTES},
+                worker::WORKER_MAX_FRAME_BYTES,
+            },
+        };
+        let mut q = Queue::new(Instant::now());
+        let mut receivers = Vec::new();
+        let request = WebhookRequest {
+            id: 0,
+            headers: vec![
+                (
+                    "h".repeat(MAX_WEBHOOK_HEADER_BYTES),
+                    "v".repeat(MAX_WEBHOOK_HEADER_BYTES)
+                );
+                MAX_WEBHOOK_HEADERS
+            ],
+            body: vec![b' '; MAX_WEBHOOK_BODY_BYTES],
+        };
+        for _ in 0..2 * MAX_WEBHOOK_BATCH {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            q.waiting.push_back((request.clone(), tx));
+        }
+        let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES)).expect("limit");
+        let mut handed = 0;
+        while !q.waiting.is_empty() {
+            let batch = hand(&mut q, 1);
+            assert!(!batch.is_empty(), "a request is handed whatever its size");
+            handed += batch.len();
+            // The kernel call's answer (the encoded batch) in a frame, as loongd sends it.
+            let answer = loong_ipc::message::gateway::encode(&batch).expect("encodes");
+            let mut out = Vec::new();
+            encode(&(u64::MAX, Ok::<_, ()>(answer)), limit, &mut out)
+                .expect("the answer fits the worker's frame");
+        }
+        // Positive control: every request was handed, none lost.
+        assert_eq!(handed, 2 * MAX_WEBHOOK_BATCH);
+        assert_eq!(q.handed.len(), 2 * MAX_WEBHOOK_BATCH);
+        // Small requests still go MAX_WEBHOOK_BATCH at a time.
+        let small = WebhookRequest {
+            body: b"{}".to_vec(),
+            ..request
+        };
+        for _ in 0..MAX_WEBHOOK_BATCH + 1 {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            q.waiting.push_back((small.clone(), tx));
+        }
+        assert_eq!(hand(&mut q, 1).len(), MAX_WEBHOOK_BATCH);
+        assert_eq!(hand(&mut q, 1).len(), 1);
     }
 
     #[test]

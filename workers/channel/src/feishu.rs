@@ -26,8 +26,9 @@ use subtle::ConstantTimeEq;
 use crate::error::{printable, ChannelError};
 use crate::http::{self, read_bounded};
 use crate::limits::{
-    FEISHU_MAX_MESSAGE_UNITS, FEISHU_TIMESTAMP_WINDOW, FEISHU_TOKEN_REFRESH_MARGIN,
-    MAX_DESCRIPTION_CHARS, MAX_EVENT_BYTES, MAX_MESSAGE_PARTS, MAX_RESPONSE_BYTES, REQUEST_GRACE,
+    FEISHU_MAX_MESSAGE_UNITS, FEISHU_MAX_TOKEN_LIFE, FEISHU_TIMESTAMP_WINDOW,
+    FEISHU_TOKEN_REFRESH_MARGIN, MAX_DESCRIPTION_CHARS, MAX_EVENT_BYTES, MAX_MESSAGE_PARTS,
+    MAX_RESPONSE_BYTES, REQUEST_GRACE,
 };
 
 /// Feishu's open API host (Lark's is `https://open.larksuite.com`).
@@ -343,9 +344,12 @@ impl Webhook {
 }
 
 /// When a token that lives `expire` from `fetched` is refreshed: `FEISHU_TOKEN_REFRESH_MARGIN`
-/// before it expires, or half way through a shorter life.
+/// before it expires, or half way through a shorter life; a life past
+/// `FEISHU_MAX_TOKEN_LIFE` is taken as that.
 pub fn refresh_at(fetched: Instant, expire: Duration) -> Instant {
-    fetched + expire - FEISHU_TOKEN_REFRESH_MARGIN.min(expire / 2)
+    let expire = expire.min(FEISHU_MAX_TOKEN_LIFE);
+    let life = expire - FEISHU_TOKEN_REFRESH_MARGIN.min(expire / 2);
+    fetched.checked_add(life).unwrap_or(fetched)
 }
 
 #[derive(Debug, Clone)]

@@ -35,6 +35,10 @@ pub const MAX_DESCRIPTION_CHARS: usize = 200;
 pub const FEISHU_TIMESTAMP_WINDOW: Duration = Duration::from_secs(300);
 /// How long before its expiry a tenant access token is refreshed (at most half its life).
 pub const FEISHU_TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(30 * 60);
+/// The longest a tenant access token is taken to live, whatever `expire` the platform gives
+/// (its tokens live 2 hours): a hostile or broken host's `expire` near `u64::MAX` overflowed
+/// the refresh time and panicked the send loop, and a very long one kept a token for good.
+pub const FEISHU_MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// The largest `update_id` taken: the Bot API documents it without the note it gives ids
 /// past 32 bits, and the offset past a larger (hostile) one would never come back down.
 pub const MAX_UPDATE_ID: i64 = i32::MAX as i64;

@@ -47,8 +47,12 @@ pub const WEBHOOKS_PER_SECOND: u32 = 20;
 /// Webhook requests one account is served at once before [`WEBHOOKS_PER_SECOND`] applies.
 pub const WEBHOOK_BURST: u32 = 100;
 /// Accounts whose rate is tracked at once; past it, a request of an account not tracked
-/// is answered 429 until an idle one is forgotten.
+/// keeps to loongd's bound alone (an idle one is forgotten first).
 pub const MAX_TRACKED_ACCOUNTS: usize = 256;
+/// How long a webhook's body may take to arrive once its head has (408 past it): the route
+/// is unauthenticated, so a body sent a byte at a time would hold one of the gateway's
+/// connections (and so every route's) for as long as the sender likes.
+pub const WEBHOOK_BODY_TIMEOUT: Duration = crate::http::HEADER_READ_TIMEOUT;
 /// How long the kernel call may take (loongd answers within its own deadline, 10 s).
 pub const WEBHOOK_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -75,7 +79,10 @@ impl Rates {
                 b.0 < burst
             });
             if table.len() >= MAX_TRACKED_ACCOUNTS {
-                return false;
+                // Made-up names in flight (each held until loongd answers 404) fill the table:
+                // refusing here would let them starve the real accounts. Not tracked, the
+                // request keeps to loongd's own bound of the account.
+                return true;
             }
         }
         let b = table.entry(account.to_owned()).or_insert((burst, now));
@@ -171,12 +178,20 @@ pub(crate) async fn serve(
             (v.len() <= MAX_WEBHOOK_HEADER_BYTES).then(|| ((*name).to_owned(), v.to_owned()))
         })
         .collect();
-    let body = match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(_) => return too_large(),
+    let read = http_body_util::Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(WEBHOOK_BODY_TIMEOUT, read).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "a webhook body must arrive within {} s of its head",
+                    WEBHOOK_BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let call = GatewayWebhook {
         platform: platform.to_owned(),
@@ -260,5 +275,21 @@ mod tests {
         }
         // Positive control: a second later, the account is served again.
         assert!(rates.admit("ops", at + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn made_up_accounts_in_flight_do_not_starve_a_real_one() {
+        let rates = Rates::default();
+        let at = Instant::now();
+        // Made-up names whose bodies are still arriving (loongd has not answered 404 yet)
+        // fill the table.
+        for n in 0..MAX_TRACKED_ACCOUNTS {
+            assert!(rates.admit(&format!("made-up-{n}"), at));
+        }
+        // A real account's first request is served all the same (loongd bounds its rate).
+        assert!(rates.admit("ops", at));
+        // Positive control: a tracked account is still limited.
+        let served = (0..1000).filter(|_| rates.admit("made-up-0", at)).count();
+        assert_eq!(served, WEBHOOK_BURST as usize - 1);
     }
 }

@@ -705,3 +705,74 @@ fn turns_waiting_for_approvals_are_counted_per_channel_and_in_all() {
     s.approval_wait_ended("b");
     assert!(s.approval_wait_started("a", 1, 2));
 }
+
+#[test]
+fn seen_event_ids_made_up_without_end_grow_no_table_and_recent_ones_stay_replays() {
+    let (_d, s) = store();
+    let rows = |s: &ChannelStore, channel: &str| -> i64 {
+        s.db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM channel_events WHERE channel = ?1",
+                params![channel],
+                |r| r.get(0),
+            )
+        })
+        .expect("count")
+    };
+    s.see_event("other", "ev-other").expect("other channel");
+    // A worker taken over hands over a new id each call, far past the bound.
+    let many = MAX_SEEN_EVENTS + 3 * SEEN_EVENTS_PRUNE_EVERY;
+    s.db.with(|c| {
+        let tx = StateDb::write(c)?;
+        for n in 0..many {
+            assert!(mark_seen(&tx, "tg", &format!("made-up-{n}"))?);
+        }
+        tx.commit()
+    })
+    .expect("flood");
+    let kept = rows(&s, "tg");
+    assert!(
+        kept <= MAX_SEEN_EVENTS + SEEN_EVENTS_PRUNE_EVERY,
+        "{kept} seen ids kept"
+    );
+    // Positive controls: the newest ids are still replays, the other channel's id is kept,
+    // and a new id is taken.
+    assert!(matches!(
+        s.see_event("tg", &format!("made-up-{}", many - 1)),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    assert!(matches!(
+        s.see_event("other", "ev-other"),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    assert!(s
+        .receive_event("tg", "ev-new", None)
+        .expect("new")
+        .is_empty());
+}
+
+
+#[test]
+fn a_channel_removed_and_added_again_still_refuses_the_event_ids_it_saw() {
+    let (_d, s) = store();
+    s.see_event("tg", "ev-seen").expect("first");
+    s.remove("tg").expect("remove");
+    s.add(&ChannelRow {
+        name: "tg".into(),
+        kind: "telegram".into(),
+        config_json: "{}".into(),
+        token_id: "tok-2".into(),
+        generation: 1,
+    })
+    .expect("add again");
+    // A signed event captured before the remove, sent again within its timestamp window.
+    assert!(matches!(
+        s.receive_event("tg", "ev-seen", None),
+        Err(ChannelStoreError::Replayed { .. })
+    ));
+    // Positive control: a new event is taken.
+    assert!(s
+        .receive_event("tg", "ev-new", None)
+        .expect("new")
+        .is_empty());
+}

@@ -242,6 +242,11 @@ fn tokens_refresh_before_expiry() {
         t0 + Duration::from_secs(30)
     );
     assert_eq!(refresh_at(t0, Duration::ZERO), t0);
+    // A hostile host's `expire` neither panics nor keeps a token for good.
+    let life = crate::limits::FEISHU_MAX_TOKEN_LIFE;
+    let capped = t0 + life - crate::limits::FEISHU_TOKEN_REFRESH_MARGIN;
+    assert_eq!(refresh_at(t0, Duration::from_secs(u64::MAX)), capped);
+    assert_eq!(refresh_at(t0, life * 1000), capped);
 }
 
 fn token_answer(token: &str, expire: u64) -> crate::testserver::Canned {
