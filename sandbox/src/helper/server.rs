@@ -219,41 +219,76 @@ const FOREIGN_FILE_BITS: u32 = 0o077;
 /// The claim file of `uid` ([`SLOT_CLAIM_FILE`] in its home directory), created `0600` if
 /// missing: an error naming the path when the home directory is not `uid`'s alone to write or
 /// the file is not `uid`'s alone to open.
-pub fn claim_file(uid: u32) -> Result<std::path::PathBuf, String> {
+pub fn claim_file(uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .map_err(|e| format!("uid {uid}: {e}"))?
-        .ok_or_else(|| format!("uid {uid} has no passwd entry"))?;
+        .map_err(|e| ClaimFileError::NoUser {
+            uid,
+            why: e.to_string(),
+        })?
+        .ok_or_else(|| ClaimFileError::NoUser {
+            uid,
+            why: "no passwd entry".to_owned(),
+        })?;
     claim_file_in(&user.dir, uid)
 }
 
+/// Why a user's slot claim file cannot be used (no sandbox then gets subordinate ids).
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimFileError {
+    /// The user's passwd entry (its home directory) cannot be read.
+    #[error("uid {uid}: {why}; give the user a passwd entry with a home directory")]
+    NoUser { uid: u32, why: String },
+    /// The home directory cannot be read.
+    #[error("home directory {}: {source}", path.display())]
+    Home {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The home directory is not the user's own, or others may write it.
+    #[error("home directory {} is not a directory that uid {uid} alone may write", path.display())]
+    HomeNotPrivate { path: std::path::PathBuf, uid: u32 },
+    /// The claim file cannot be opened or read.
+    #[error("slot claim file {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The claim file is not the user's own with mode 0600.
+    #[error("slot claim file {} is not a file that uid {uid} alone may open (mode 0600)", path.display())]
+    FileNotPrivate { path: std::path::PathBuf, uid: u32 },
+}
+
 /// [`claim_file`] in the directory `home`.
-fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<std::path::PathBuf, String> {
+fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let dir =
-        std::fs::metadata(home).map_err(|e| format!("home directory {}: {e}", home.display()))?;
+    let dir = std::fs::metadata(home).map_err(|source| ClaimFileError::Home {
+        path: home.to_owned(),
+        source,
+    })?;
     if !dir.is_dir() || dir.uid() != uid || dir.mode() & FOREIGN_DIR_BITS != 0 {
-        return Err(format!(
-            "home directory {} is not a directory that uid {uid} alone may write",
-            home.display()
-        ));
+        return Err(ClaimFileError::HomeNotPrivate {
+            path: home.to_owned(),
+            uid,
+        });
     }
     let path = home.join(SLOT_CLAIM_FILE);
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| format!("slot claim file {}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("slot claim file {}: {e}", path.display()))?;
+    {
+        Ok(file) => file,
+        Err(source) => return Err(ClaimFileError::File { path, source }),
+    };
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(source) => return Err(ClaimFileError::File { path, source }),
+    };
     if !meta.is_file() || meta.uid() != uid || meta.mode() & FOREIGN_FILE_BITS != 0 {
-        return Err(format!(
-            "slot claim file {} is not a file that uid {uid} alone may open (mode 0600)",
-            path.display()
-        ));
+        return Err(ClaimFileError::FileNotPrivate { path, uid });
     }
     Ok(path)
 }
@@ -281,7 +316,7 @@ struct Slots {
     held: Vec<Option<(OwnedFd, Option<OwnedFd>)>>,
     /// The claim file of the user whose slots are claimed across processes, or why it cannot
     /// be used; `None` as root (sandboxes drop to `sandbox.uid`, no range is shared).
-    claims: Option<Result<std::path::PathBuf, String>>,
+    claims: Option<Result<std::path::PathBuf, ClaimFileError>>,
 }
 
 impl Slots {
@@ -504,20 +539,23 @@ mod tests {
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = claim_file_in(dir.path(), me).expect_err("a readable file");
-        assert!(err.contains("alone may open"), "{err}");
+        assert!(err.to_string().contains("alone may open"), "{err}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
             .expect("chmod");
         let err = claim_file_in(dir.path(), me).expect_err("a writable directory");
-        assert!(err.contains("alone may write"), "{err}");
+        assert!(err.to_string().contains("alone may write"), "{err}");
         let err = claim_file_in(dir.path(), me.wrapping_add(1)).expect_err("another uid's");
-        assert!(err.contains("alone may write"), "{err}");
+        assert!(err.to_string().contains("alone may write"), "{err}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .expect("chmod");
         // Control: the directory and the file restored.
-        assert_eq!(claim_file_in(dir.path(), me), Ok(file.clone()));
+        assert_eq!(claim_file_in(dir.path(), me).expect("usable"), file.clone());
         let mut slots = Slots {
-            claims: Some(Err("unusable".into())),
+            claims: Some(Err(ClaimFileError::NoUser {
+                uid: 0,
+                why: "unusable".into(),
+            })),
             ..Slots::default()
         };
         assert!(slots.free().is_none());

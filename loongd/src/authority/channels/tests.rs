@@ -751,7 +751,6 @@ fn seen_event_ids_made_up_without_end_grow_no_table_and_recent_ones_stay_replays
         .is_empty());
 }
 
-
 #[test]
 fn a_channel_removed_and_added_again_still_refuses_the_event_ids_it_saw() {
     let (_d, s) = store();
