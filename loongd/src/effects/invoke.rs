@@ -175,12 +175,6 @@ async fn run(
         .await
         .map_err(internal)?
         .committed();
-    let committed = if overlaps {
-        Some(committed)
-    } else {
-        committed.await.map_err(internal)?;
-        None
-    };
     let mut open = Unanswered(Some((
         kernel.audit.clone(),
         actor.event(
@@ -189,6 +183,16 @@ async fn run(
                 "message": "the request ended (deadline or client gone) before the worker answered" }),
         ),
     )));
+    // Waited for under the guard above: a request that ends meanwhile still closes its record.
+    let committed = if overlaps {
+        Some(committed)
+    } else {
+        if let Err(e) = committed.await {
+            open.0 = None;
+            return Err(internal(e));
+        }
+        None
+    };
     let correlation = actor.correlation();
     let dispatched = async {
         if let Some(closed) = session.as_ref().and_then(super::browser::closed_answer) {
