@@ -1292,3 +1292,109 @@ fn a_run_whose_decision_is_stuck_in_the_trail_is_refused_in_bounded_time() {
         "the program ran although its decision was not recorded"
     );
 }
+
+/// An approval acts only once its resolution is on record: while `approvals approve` cannot
+/// commit it (a fail-closed lane that stopped reading right after the approver's own
+/// decision), its run keeps waiting, even past its deadline, and never runs; once the lane
+/// fails outright the approval becomes a denial. The control: the same approval while the lane
+/// reads.
+#[test]
+fn an_approval_whose_resolution_is_not_recorded_lets_nothing_run() {
+    let dir = tempfile::Builder::new()
+        .prefix("lg")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let mut lane = SyslogLane::up(dir.path());
+    let home = Home::with_config(&format!(
+        "{}[approvals]\ntimeout_ms = 3000\n",
+        lane.config()
+    ));
+    let token = crate::support::start_with_careful_token(&home, "process.exec:echo");
+    let run = |word: &str| {
+        Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["sandbox", "run", "--tier", "balanced", "--token", &token])
+            .args(["--", "/bin/echo", word])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loongctl")
+    };
+    let pending = || -> String {
+        let mut id = None;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let out = home.ctl(&["approvals", "list", "--json"]);
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                id = v.as_array().and_then(|a| {
+                    a.iter()
+                        .find(|x| x["state"] == "pending")
+                        .and_then(|x| x["id"].as_str().map(String::from))
+                });
+                id.is_some()
+            }),
+            "no pending approval appeared"
+        );
+        id.unwrap_or_default()
+    };
+    let child = run("approved-up");
+    let out = home.ctl(&["approvals", "approve", &pending()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = child.wait_with_output().expect("control run");
+    assert_eq!(text(&out.stdout), "approved-up\n", "{}", text(&out.stderr));
+
+    let mut child = run("approved-down");
+    let id = pending();
+    // Room for one record: the approver's own decision; its resolution's send then blocks.
+    lane.stall();
+    if let Some(held) = &lane.held {
+        let mut buf = [0u8; 65536];
+        held.recv(&mut buf).expect("one datagram");
+    }
+    let approver = {
+        let (ctl, home_path, id) = (bin("loongctl"), home.path().to_path_buf(), id.clone());
+        std::thread::spawn(move || {
+            Command::new(ctl)
+                .arg("--home")
+                .arg(home_path)
+                .args(["approvals", "approve", &id])
+                .output()
+                .expect("approve")
+        })
+    };
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s);
+        let _ = tx.send(s);
+    });
+    // Past the approval's deadline, with its resolution still not on record.
+    std::thread::sleep(Duration::from_secs(5));
+    let early = rx.try_recv().ok();
+    // The lane fails outright: the resolution's commit fails, and everything ends.
+    lane.down();
+    let approved = approver.join().expect("approver");
+    let rest = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let out = child.wait_with_output().expect("run");
+    assert!(
+        !early
+            .as_deref()
+            .unwrap_or_default()
+            .contains("approved-down")
+            && !rest.contains("approved-down"),
+        "the program ran although its approval was not recorded: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !approved.status.success(),
+        "an approval whose resolution failed to commit was accepted"
+    );
+    assert!(
+        text(&out.stderr).contains("could not be recorded"),
+        "{}",
+        text(&out.stderr)
+    );
+}
