@@ -466,6 +466,14 @@ async fn spawn(
     }
 }
 
+/// How long a run's payload waits at its gate for its decisions' commit: half the spawner's
+/// setup timeout, which starts later (when the spawner takes the job). So the gate opens only
+/// while the spawner still waits for the payload's `execve`, never for a payload it gave up on,
+/// and a stuck audit trail holds the spawner's thread (every sandbox's and worker's spawn) for
+/// a bounded time; the run is refused, and nothing ran.
+const GATE_DEADLINE: Duration =
+    Duration::from_secs(loong_sandbox::spawn::SETUP_TIMEOUT.as_secs() / 2);
+
 /// Waits for every commit of a run's decisions, then opens its payload's gate. A failed
 /// commit returns its error with the gate shut: its end (dropped here) makes the payload exit
 /// without running.
@@ -474,9 +482,20 @@ async fn open_gate(
     gate: Option<std::io::PipeWriter>,
 ) -> Result<(), RemoteError> {
     use std::io::Write;
-    for c in commits {
-        c.committed().await.map_err(effects::internal)?;
-    }
+    let all = async {
+        for c in commits {
+            c.committed().await.map_err(effects::internal)?;
+        }
+        Ok::<(), RemoteError>(())
+    };
+    tokio::time::timeout(GATE_DEADLINE, all)
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "the run's decisions were not recorded within {} s (the audit trail is stuck); nothing ran",
+                GATE_DEADLINE.as_secs()
+            ))
+        })??;
     if let Some(mut gate) = gate {
         // One byte into an empty pipe: never blocks. A helper that died first is the
         // spawn's error, reported by the spawner.
@@ -508,10 +527,13 @@ async fn answer_egress(
             None,
         ) {
             Err(e) => Err(e.message),
-            Ok((outcome, event)) => {
-                kernel.audit.record_later(event).await;
-                let approved_at_start = granted.iter().any(|g| g.eq_ignore_ascii_case(&target));
-                match &outcome.decision {
+            // The decision is on disk before the connection it allows is made: a commit that
+            // fails (disk full, a fail-closed lane down) refuses the connection.
+            Ok((outcome, event)) => match effects::record(kernel, event).await {
+                Err(e) => Err(format!("its decision could not be recorded: {}", e.message)),
+                Ok(()) => {
+                    let approved_at_start = granted.iter().any(|g| g.eq_ignore_ascii_case(&target));
+                    match &outcome.decision {
                     Ok(crate::authority::Decision::Allow) => Ok(()),
                     Ok(crate::authority::Decision::NeedsApproval { .. }) if approved_at_start => Ok(()),
                     Ok(crate::authority::Decision::NeedsApproval { .. }) => Err(
@@ -519,7 +541,8 @@ async fn answer_egress(
                     ),
                     _ => Err(outcome.reason().unwrap_or_else(|| "not allowed".into())),
                 }
-            }
+                }
+            },
         };
         let _ = reply.send(answer);
     }

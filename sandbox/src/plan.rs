@@ -562,4 +562,32 @@ mod tests {
         long.push(0);
         assert_eq!(Plan::decode(&long), Err(PlanError::Trailing(1)));
     }
+
+    /// A helper and a loongd of different plan formats refuse each other's plans by the
+    /// version word, before any field: a version-1 plan (no gate byte) is not read as this
+    /// format, nor this format by a version-1 helper; and a gate that is neither on nor off
+    /// is refused, never taken as open.
+    #[test]
+    fn another_format_s_plan_and_an_unknown_gate_are_refused() {
+        let bytes = sample().encode();
+        let mut v1 = bytes[..bytes.len() - 1].to_vec();
+        v1[..4].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(Plan::decode(&v1), Err(PlanError::Version(1)));
+        let mut later = bytes.clone();
+        later[..4].copy_from_slice(&(PLAN_VERSION + 1).to_le_bytes());
+        assert_eq!(
+            Plan::decode(&later),
+            Err(PlanError::Version(PLAN_VERSION + 1))
+        );
+        let mut odd_gate = bytes.clone();
+        if let Some(g) = odd_gate.last_mut() {
+            *g = 2;
+        }
+        assert_eq!(Plan::decode(&odd_gate), Err(PlanError::Tag(2)));
+        // The control: the plan itself, gate on and off.
+        let mut off = sample();
+        off.gate = false;
+        assert_eq!(Plan::decode(&off.encode()), Ok(off));
+        assert!(Plan::decode(&bytes).is_ok_and(|p| p.gate));
+    }
 }

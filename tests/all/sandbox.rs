@@ -698,3 +698,40 @@ fn a_variable_that_changes_what_runs_is_not_passed_in() {
         "{records}"
     );
 }
+
+/// A run's payload holds its stdio and nothing else: the gate it waited on before its
+/// `execve` and the egress socket (a network grant) are closed by then, under each tier. The
+/// control: a descriptor the program opens itself is listed.
+#[test]
+fn a_run_s_payload_holds_neither_its_gate_nor_the_egress_socket() {
+    let home = Home::new();
+    home.start();
+    let fds = |args: &[&str], script: &str| -> Vec<String> {
+        let mut all = vec!["sandbox", "run"];
+        all.extend_from_slice(args);
+        all.extend(["--", "/bin/sh", "-c", script]);
+        let out = home.ctl(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let listed = "exec 7</dev/null; ls /proc/self/fd";
+    assert!(
+        fds(&["--tier", "trusted"], listed).contains(&"7".to_string()),
+        "the control's own descriptor is not listed"
+    );
+    for args in [
+        &["--tier", "trusted"][..],
+        &["--tier", "balanced"][..],
+        &["--tier", "balanced", "--allow-net", "127.0.0.1:9"][..],
+    ] {
+        // ls's own directory descriptor is the lowest free one: 3.
+        assert_eq!(
+            fds(args, "ls /proc/self/fd"),
+            ["0", "1", "2", "3"],
+            "{args:?}"
+        );
+    }
+}

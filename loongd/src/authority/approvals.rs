@@ -374,6 +374,31 @@ impl ApprovalStore {
         self.get(id)
     }
 
+    /// Moves a resolved request from `from` to `to` (an approval whose resolution could not be
+    /// recorded becomes a denial); `false` if it was not in `from`.
+    pub fn overrule(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        resolver: &str,
+        note: &str,
+    ) -> Result<bool, TokenError> {
+        let n = self.db(|c| {
+            c.execute(
+                "UPDATE approvals SET state = ?3, resolver = ?4, resolved_ms = ?5, note = ?6 WHERE id = ?1 AND state = ?2",
+                params![id, from, to, resolver, crate::now_ms(), note],
+            )
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Closes a full-access window (no use left).
+    pub fn close_window(&self, id: &str) -> Result<(), TokenError> {
+        self.db(|c| c.execute("UPDATE windows SET uses_left = 0 WHERE id = ?1", [id]))?;
+        Ok(())
+    }
+
     /// Expires pending requests whose deadline passed (their waiter gave up or is gone):
     /// each one's id, token and agent, for its record.
     pub fn expire_overdue(&self) -> Result<Vec<Ended>, TokenError> {

@@ -215,8 +215,8 @@ pub(crate) async fn wait(
     ] {
         detail[k] = v;
     }
-    record(kernel, actor.event(Kind::ApprovalRequested, detail)).await?;
-    offer_to_channel(kernel, actor, &a);
+    // The waiter is in the table before anything awaits, so the wake of a resolution that
+    // comes at once (it follows the resolution's commit) is never lost.
     let notify = Arc::new(Notify::new());
     waiters(kernel).insert(a.id.clone(), notify.clone());
     let _waiting = Waiting {
@@ -224,6 +224,8 @@ pub(crate) async fn wait(
         id: a.id.clone(),
         io: actor.io,
     };
+    record(kernel, actor.event(Kind::ApprovalRequested, detail)).await?;
+    offer_to_channel(kernel, actor, &a);
     if let Some(io) = actor.io {
         // Its client is gone (the request runs on after a disconnect): nobody waits for this
         // request, which `withdraw` expires and records as the wait ends here. Output taken
@@ -417,10 +419,20 @@ async fn wait_for_answer(
             },
         )
     };
+    // Set once the resolver woke this waiter, which it does only once its resolution is on
+    // record (see [`resolve`]).
+    let mut woken = false;
     loop {
         let current = store.get(id).map_err(internal)?;
         match current.as_ref().map(|s| s.state.as_str()) {
-            Some("approved") => return Ok(()),
+            Some("approved") if woken => return Ok(()),
+            // Approved, its record not yet committed: the resolver wakes this waiter once it
+            // is, or after turning the approval into a denial.
+            Some("approved") => {
+                notify.notified().await;
+                woken = true;
+                continue;
+            }
             Some("denied") => {
                 let (by, note) = current
                     .map(|s| (s.resolver.unwrap_or_default(), s.note))
@@ -442,7 +454,7 @@ async fn wait_for_answer(
             _ => return Err(expired(format!("approval {id} expired"))),
         }
         tokio::select! {
-            _ = notify.notified() => {}
+            _ = notify.notified() => woken = true,
             _ = tokio::time::sleep_until(until) => {
                 if let Some(a) = store.resolve(id, "expired", "loongd").map_err(internal)? {
                     let detail = serde_json::json!({ "approval": id, "why": "unanswered before its deadline", "token": a.token, "agent": a.agent });
@@ -571,7 +583,23 @@ pub(crate) async fn resolve(
         "resolver_token": by.token, "resolver_agent": by.agent,
         "token": a.token, "agent": a.agent,
     });
-    record(kernel, actor.event(Kind::ApprovalResolved, detail)).await?;
+    // Nothing acts on a resolution before it is on record: its waiter goes ahead on an
+    // approval only once woken here. One that cannot be recorded (disk full, a fail-closed
+    // lane down) becomes a denial (and its window closes) before the waiter is woken; were
+    // even that refused, the waiter is left waiting until its request ends.
+    if let Err(e) = record(kernel, actor.event(Kind::ApprovalResolved, detail)).await {
+        let note = format!("its resolution could not be recorded: {}", e.message);
+        if let Some(w) = &window {
+            let _ = store.close_window(w);
+        }
+        if store
+            .overrule(id, state, "denied", "loongd", &note)
+            .is_ok_and(|done| done)
+        {
+            wake(kernel, id);
+        }
+        return Err(e);
+    }
     wake(kernel, id);
     Ok(a)
 }

@@ -27,7 +27,7 @@ use crate::{
     audit::{Audit, Event, Kind},
     authority::shell::CommandLine,
     workers::{
-        plugins::{self, State},
+        plugins::{self, State, WASM_BRIDGE},
         CallError, Called, Loadable, Supervisor,
     },
     Kernel,
@@ -155,8 +155,14 @@ async fn run(
         "input_bytes": input.len(), "token": decided.token,
     });
     // The decision's and the invocation's records go to the writer as one message, so they
-    // share one commit (one fsync), which runs while the worker runs the call: a WASM call
-    // has no effect outside its worker, and nothing is answered before both are on disk.
+    // share one commit (one fsync). Only a WASM call's commit runs while its worker runs the
+    // call: it has no effect outside its worker (what it asks of the host is decided and
+    // committed on its own), and nothing is answered before both are on disk. Every other
+    // bridge acts on the host (a built-in writes a file, runs a command, connects; a native
+    // program acts within its grants), so its call waits for the commit: an effect is never
+    // ahead of its record, and a commit that fails (disk full, a fail-closed lane down)
+    // leaves it undone.
+    let overlaps = target.plugin.bridge_kind == WASM_BRIDGE;
     let committed = kernel
         .audit
         .queue_all(
@@ -177,6 +183,16 @@ async fn run(
                 "message": "the request ended (deadline or client gone) before the worker answered" }),
         ),
     )));
+    // Waited for under the guard above: a request that ends meanwhile still closes its record.
+    let committed = if overlaps {
+        Some(committed)
+    } else {
+        if let Err(e) = committed.await {
+            open.0 = None;
+            return Err(internal(e));
+        }
+        None
+    };
     let correlation = actor.correlation();
     let dispatched = async {
         if let Some(closed) = session.as_ref().and_then(super::browser::closed_answer) {
@@ -195,6 +211,12 @@ async fn run(
                 actor.chain.depth > 0,
             )
             .await
+    };
+    let committed = async {
+        match committed {
+            Some(c) => c.await.map(|_| ()),
+            None => Ok(()),
+        }
     };
     let (mut called, committed) = tokio::join!(dispatched, committed);
     open.0 = None;

@@ -58,6 +58,10 @@ pub(crate) fn next_generation() -> u64 {
     GENERATION.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The bridge kind of a WASM plugin ([`Plugin::bridge_kind`]): its calls run in a WASM worker
+/// and have no effect outside it but what they ask of the host.
+pub(crate) const WASM_BRIDGE: &str = "wasm";
+
 /// A discovered plugin.
 #[derive(Debug, Clone)]
 pub(crate) struct Plugin {
@@ -468,7 +472,7 @@ fn ready(
         Bridge::Wasm => {
             // `check_package` read and checked it (magic number, the manifest's pin).
             let module = module.ok_or_else(|| format!("{}: no module read", m.path.display()))?;
-            ("wasm", Wire::Wasm(wire(m.clone(), module)), None)
+            (WASM_BRIDGE, Wire::Wasm(wire(m.clone(), module)), None)
         }
         Bridge::Foreign(f) => {
             // The program's working directory: its first writable grant, else its first
