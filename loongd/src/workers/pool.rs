@@ -81,9 +81,13 @@ pub(crate) enum CallError {
     /// which) and was retired.
     #[error("{1}")]
     Worker(FailureClass, String),
-    /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    /// No worker could be had (sandbox unavailable, spawn failed, the pool closed).
     #[error("{0}")]
     Unavailable(String),
+    /// Every worker stayed busy until the call's queue deadline passed: nothing is wrong but
+    /// the load, and the call may be made again later (answered as `overloaded`).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl CallError {
@@ -92,7 +96,7 @@ impl CallError {
         match self {
             CallError::Plugin(f) => FailureClass::Plugin(f.kind),
             CallError::Worker(class, _) => *class,
-            CallError::Unavailable(_) => FailureClass::Unavailable,
+            CallError::Unavailable(_) | CallError::Busy(_) => FailureClass::Unavailable,
         }
     }
 
@@ -100,7 +104,7 @@ impl CallError {
     pub(crate) fn message(&self) -> &str {
         match self {
             CallError::Plugin(f) => &f.message,
-            CallError::Worker(_, why) | CallError::Unavailable(why) => why,
+            CallError::Worker(_, why) | CallError::Unavailable(why) | CallError::Busy(why) => why,
         }
     }
 }
@@ -385,10 +389,14 @@ impl Supervisor {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
                     Err(_) => {
-                        return unavailable(format!(
-                            "no worker became free within {} ms",
-                            queue_deadline.as_millis()
-                        ))
+                        return (
+                            0,
+                            Err(CallError::Busy(format!(
+                                "no {} worker became free within {} ms; try again later",
+                                self.kind.name,
+                                queue_deadline.as_millis()
+                            ))),
+                        )
                     }
                 },
             },
@@ -1182,6 +1190,7 @@ impl From<&CallError> for RemoteError {
         let kind = match e {
             CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
             CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
+            CallError::Busy(_) => ErrorKind::Overloaded,
         };
         let detail = match e {
             CallError::Plugin(PluginFailure {
