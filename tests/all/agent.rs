@@ -957,4 +957,14 @@ fn an_agent_worker_never_serves_a_second_principal_and_one_principals_turns_shar
     let a_workers = of(&a_id);
     assert_eq!(a_workers[0], a_workers[1], "{turns:?}");
     assert_eq!(of(&b_id).len(), 3, "{turns:?}");
+    // A third principal on a full pool retired an idle worker of another one, audited.
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            records(&home, "worker.exited")
+                .iter()
+                .any(|r| detail(r)["why"] == "it served another principal")
+        }),
+        "{:?}",
+        records(&home, "worker.exited")
+    );
 }
