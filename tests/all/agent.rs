@@ -886,3 +886,85 @@ fn loongds_home_inside_a_system_path_is_masked_from_the_agent_worker() {
     }
     assert_eq!(provider.requests().len(), 0);
 }
+
+/// Which principal (a token's public id; `None`: the operator's own) each agent turn ran
+/// for, and on which worker, oldest first.
+fn agent_turn_workers(home: &Home) -> Vec<(Option<String>, u64)> {
+    let invoked: std::collections::HashMap<String, Option<String>> = records(home, "tool.invoked")
+        .iter()
+        .filter(|r| detail(r)["tool"] == "agent.turn")
+        .map(|r| {
+            (
+                r["correlation"].as_str().unwrap_or_default().to_string(),
+                detail(r)["token"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    let mut turns: Vec<(Option<String>, u64)> = records(home, "tool.completed")
+        .iter()
+        .filter(|r| detail(r)["tool"] == "agent.turn")
+        .map(|r| {
+            let corr = r["correlation"].as_str().unwrap_or_default();
+            let who = invoked
+                .get(corr)
+                .unwrap_or_else(|| panic!("no tool.invoked of {corr}"))
+                .clone();
+            (who, detail(r)["worker"].as_u64().expect("worker id"))
+        })
+        .collect();
+    // `audit recent` lists newest first.
+    turns.reverse();
+    turns
+}
+
+#[test]
+fn an_agent_worker_never_serves_a_second_principal_and_one_principals_turns_share_one() {
+    let provider = Provider::start(vec![text_answer("ok")]);
+    let home = Home::with_config(&provider.config("[workers]\nagent_pool_size = 2\n"));
+    pack(&home);
+    home.start();
+    let (a, a_id) = issue(&home, &[ASK]);
+    let (b, b_id) = issue(&home, &[ASK]);
+    // Two tokens alternate, then the operator's own turns (a third principal, past the
+    // pool's size of two) come between them.
+    for who in [&a, &b, &a, &b, "", &a, "", &b] {
+        let mut args = vec!["hello"];
+        if !who.is_empty() {
+            args.extend(["--token", who]);
+        }
+        let (code, _, err) = ask(&home, &args);
+        assert_eq!(code, 0, "{err}\n{}", home.log());
+    }
+    let turns = agent_turn_workers(&home);
+    assert_eq!(turns.len(), 8, "{turns:?}");
+    let mut served: std::collections::HashMap<u64, Option<String>> = Default::default();
+    for (who, worker) in &turns {
+        let first = served.entry(*worker).or_insert_with(|| who.clone());
+        assert_eq!(
+            first, who,
+            "worker {worker} served two principals: {turns:?}"
+        );
+    }
+    // Positive control: one token's turns may share a worker (A's first and second turns
+    // ran on the same one: the pool had room for B's beside it).
+    let of = |id: &str| -> Vec<u64> {
+        turns
+            .iter()
+            .filter(|(w, _)| w.as_deref() == Some(id))
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let a_workers = of(&a_id);
+    assert_eq!(a_workers[0], a_workers[1], "{turns:?}");
+    assert_eq!(of(&b_id).len(), 3, "{turns:?}");
+    // A third principal on a full pool retired an idle worker of another one, audited.
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            records(&home, "worker.exited")
+                .iter()
+                .any(|r| detail(r)["why"] == "it served another principal")
+        }),
+        "{:?}",
+        records(&home, "worker.exited")
+    );
+}

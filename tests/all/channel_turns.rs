@@ -416,3 +416,53 @@ fn turns_waiting_for_approvals_never_hold_every_turn_slot_of_a_channel() {
         api.calls("sendMessage")
     );
 }
+
+#[test]
+fn a_channel_turn_that_finds_every_agent_worker_held_waits_and_is_answered_later() {
+    // A pool of two agent workers, both held by `loongctl ask`s whose answers wait at the
+    // provider. A channel message is claimed (one channel turn may run beside an ask) and
+    // finds no free worker within the pool's queue deadline: it goes back to pending, not
+    // answered with the failure text; once the asks end, it is answered.
+    let Reply::Sse(events) = text_answer("held") else {
+        unreachable!("a text answer is an SSE reply")
+    };
+    let gate = Gate::default();
+    let held = Reply::Gated(events[..1].to_vec(), gate.clone(), events[1..].to_vec());
+    let provider = Provider::start(vec![held.clone(), held, text_answer("fine")]);
+    let home = Home::with_config(&provider.config("[workers]\nagent_pool_size = 2\n"));
+    home.start();
+    std::thread::scope(|s| {
+        let asks: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| ask(&home, &["hold a worker"])))
+            .collect();
+        assert!(
+            wait_until(ANSWERED_WITHIN, || provider.requests().len() == 2),
+            "{}",
+            home.log()
+        );
+        let api = BotApi::start(Mode::Updates(vec![update(400, 111, "hello")]));
+        let base = format!("http://127.0.0.1:{}", api.port);
+        let out = add_telegram(&home, "tg", &["--allowed-chat", "111", "--api-base", &base]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::thread::sleep(PAST_THE_QUEUE_DEADLINE);
+        assert_eq!(
+            sent_texts(&api, 111),
+            Vec::<String>::new(),
+            "the channel's turn was used up while every agent worker was held"
+        );
+        gate.open();
+        for a in asks {
+            let (code, out, err) = a.join().expect("ask");
+            assert_eq!((code, out.trim()), (0, "held"), "{err}");
+        }
+        assert!(
+            wait_until(ANSWERED_WITHIN, || sent_texts(&api, 111) == ["fine"]),
+            "{:?}; {}",
+            api.calls("sendMessage"),
+            home.log()
+        );
+        // Answered exactly once.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(sent_texts(&api, 111), ["fine"]);
+    });
+}

@@ -553,6 +553,10 @@ pub(crate) async fn remove(
 /// minute is looked at again after this).
 pub const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// How long a turn that found no free agent worker (or could not read its channel) waits
+/// before its message is pending again (so a pool kept busy is not polled in a loop).
+pub const BUSY_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// What `/start` and `/help` answer.
 pub const HELP_TEXT: &str = "Send a message and the agent answers it here. /new starts a new conversation; /help shows this.";
 /// What a chat is answered when its turn failed (the trail and the log say why; the chat
@@ -626,9 +630,14 @@ pub(crate) async fn run_turns(kernel: std::sync::Arc<Kernel>) {
 
 async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) {
     let store = &kernel.authority.channels;
-    let Ok(row) = store.get(&item.channel) else {
-        let _ = store.ignore(item.id);
-        return;
+    let row = match turn_start(store, &item) {
+        Start::Run(row) => row,
+        Start::Removed => return,
+        Start::Retry => {
+            // Held a moment, so that a failing state.db is not read in a loop.
+            tokio::time::sleep(BUSY_RETRY_PAUSE).await;
+            return;
+        }
     };
     let session = session_of(&row.kind, &item.channel, &item.chat);
     let root = format!("channel-{}/msg-{}", item.channel, item.id);
@@ -654,7 +663,19 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
             let answer = agent_turn(kernel, &row, &item, &root, session).await;
             store.turn_ended(&root);
             end.root = None;
-            answer
+            match answer {
+                Some(answer) => answer,
+                None => {
+                    // No agent worker was free (gateway turns and asks held every one):
+                    // the message was not answered and waits for its turn again.
+                    end.settled = true;
+                    tokio::time::sleep(BUSY_RETRY_PAUSE).await;
+                    if let Err(e) = store.requeue(item.id) {
+                        tracing::warn!(channel = %item.channel, error = %e, "putting back a message that found no agent worker");
+                    }
+                    return;
+                }
+            }
         }
     };
     end.settled = true;
@@ -662,6 +683,42 @@ async fn turn_for(kernel: &Kernel, item: crate::authority::channels::InboxItem) 
         return;
     }
     settle(store, &item, &answer);
+}
+
+/// What a claimed message's turn starts with.
+#[derive(Debug)]
+enum Start {
+    /// Its channel, as it is now.
+    Run(ChannelRow),
+    /// Its channel was removed: the message is ignored.
+    Removed,
+    /// Its channel could not be read (state.db failed to answer): the message is pending
+    /// again, to be claimed later, not lost.
+    Retry,
+}
+
+/// Reads `item`'s channel at its turn's start, settling the message when the turn cannot
+/// run: ignored when the channel is gone, pending again when state.db failed.
+fn turn_start(
+    store: &crate::authority::channels::ChannelStore,
+    item: &crate::authority::channels::InboxItem,
+) -> Start {
+    match store.get(&item.channel) {
+        Ok(row) => Start::Run(row),
+        Err(ChannelStoreError::NoSuchChannel(_)) => {
+            if let Err(e) = store.ignore(item.id) {
+                tracing::warn!(channel = %item.channel, error = %e, "ignoring a removed channel's message");
+            }
+            Start::Removed
+        }
+        Err(e) => {
+            tracing::warn!(channel = %item.channel, error = %e, "reading a channel at its turn; its message waits for its turn again");
+            if let Err(e) = store.requeue(item.id) {
+                tracing::warn!(channel = %item.channel, error = %e, "putting back a message whose channel could not be read");
+            }
+            Start::Retry
+        }
+    }
 }
 
 /// What a channel turn's task leaves however it ends: its chain forgotten (offers,
@@ -726,14 +783,16 @@ fn channel_worker(kernel: &Kernel, name: &str) -> u64 {
         .map_or(0, |s| s.worker.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// One agent turn for `item` under the channel's token, in its chat's session; its answer.
+/// One agent turn for `item` under the channel's token, in its chat's session; its answer,
+/// or `None` when it could not run for the load (`Overloaded`: no agent worker became free
+/// within the pool's queue deadline), so that the message is put back.
 async fn agent_turn(
     kernel: &Kernel,
     row: &ChannelRow,
     item: &crate::authority::channels::InboxItem,
     root: &str,
     session: String,
-) -> String {
+) -> Option<String> {
     let actor = Actor {
         who: crate::effects::Principal::Worker {
             worker: channel_worker(kernel, &item.channel),
@@ -753,10 +812,14 @@ async fn agent_turn(
     )
     .await;
     match turn {
-        Ok(asked) => asked.answer,
+        Ok(asked) => Some(asked.answer),
+        Err(e) if e.kind == loong_ipc::ErrorKind::Overloaded => {
+            tracing::info!(channel = %item.channel, error = %e.message, "a channel's turn found no free agent worker; its message waits");
+            None
+        }
         Err(e) => {
             tracing::warn!(channel = %item.channel, error = %e.message, "a channel's turn failed");
-            FAILED_TEXT.to_owned()
+            Some(FAILED_TEXT.to_owned())
         }
     }
 }
@@ -872,6 +935,59 @@ mod tests {
             settled: false,
         });
         assert_eq!(store.counts("tg").expect("counts").running, 1);
+    }
+
+    #[test]
+    fn a_channel_unreadable_at_a_turns_start_leaves_its_message_pending_and_a_removed_one_ignored()
+    {
+        use crate::authority::channels::{ChannelStore, Received};
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("state.db");
+        let store = ChannelStore::open(&db).expect("open");
+        let row = |name: &str| ChannelRow {
+            name: name.into(),
+            kind: "telegram".into(),
+            config_json: "{}".into(),
+            token_id: "tok-1".into(),
+            generation: 1,
+        };
+        store.add(&row("tg")).expect("add");
+        let msg = |key: i64| Received {
+            key: key.to_string(),
+            chat: "1".into(),
+            message_id: key.to_string(),
+            thread: None,
+            sender: "42".into(),
+            text: "hi".into(),
+            allowed: true,
+        };
+        store.receive("tg", Some(3), &[msg(1)]).expect("receive");
+        let limits = ClaimLimits {
+            per_minute: 10,
+            at_once: 10,
+        };
+        // Positive control: a readable channel runs its turn.
+        let item = store.claim(limits).expect("claim").expect("item");
+        assert!(matches!(turn_start(&store, &item), Start::Run(r) if r.name == "tg"));
+        // state.db fails to answer the channel's read (its table is gone for a moment):
+        // the message is pending again, not ignored.
+        let other = rusqlite::Connection::open(&db).expect("second connection");
+        other
+            .execute_batch("ALTER TABLE channels RENAME TO channels_away")
+            .expect("rename");
+        assert!(matches!(turn_start(&store, &item), Start::Retry));
+        other
+            .execute_batch("ALTER TABLE channels_away RENAME TO channels")
+            .expect("rename back");
+        let counts = store.counts("tg").expect("counts");
+        assert_eq!((counts.pending, counts.ignored), (1, 0));
+        // Claimed again later, it runs.
+        let again = store.claim(limits).expect("claim").expect("item again");
+        assert_eq!(again.id, item.id);
+        // Removed: the message is ignored.
+        store.remove("tg").expect("remove");
+        assert!(matches!(turn_start(&store, &again), Start::Removed));
+        assert!(!store.requeue(again.id).expect("requeue"), "left running");
     }
 
     #[test]

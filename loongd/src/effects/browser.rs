@@ -305,7 +305,7 @@ pub(crate) async fn after(
     let Some(h) = &b.ran_in else { return };
     let failed_worker = matches!(
         &called.result,
-        Err(CallError::Worker(..) | CallError::Unavailable(_))
+        Err(CallError::Worker(..) | CallError::Unavailable(_) | CallError::Busy(_))
     );
     if b.op == "close" || failed_worker {
         if let Some(pool) = kernel.browser.remove(None, &h.id) {

@@ -194,6 +194,8 @@ async fn run(
         None
     };
     let correlation = actor.correlation();
+    // Whose call it is, for a pool that keeps one principal per worker (the agent's).
+    let principal = principal_of(decided.token.as_deref());
     let dispatched = async {
         if let Some(closed) = session.as_ref().and_then(super::browser::closed_answer) {
             return closed;
@@ -209,6 +211,7 @@ async fn run(
                 &correlation,
                 Some(&host),
                 actor.chain.depth > 0,
+                &principal,
             )
             .await
     };
@@ -228,6 +231,11 @@ async fn run(
     }
     let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     record_outcome(kernel, actor, tool, called, wall_us).await
+}
+
+/// The principal a call is made for: the token's public id, or the operator's own (no token).
+fn principal_of(token: Option<&str>) -> String {
+    token.map_or_else(|| "operator".to_owned(), |t| format!("token:{t}"))
 }
 
 /// What the kernel calls of a call may have, given what the plugins above it declare

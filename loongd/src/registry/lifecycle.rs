@@ -112,6 +112,8 @@ async fn prove(kernel: &Kernel, p: &mut Plugin, correlation: &str) -> Result<(),
                 // A probe runs under no call chain: its kernel calls are refused.
                 None,
                 false,
+                // Loongd's own: no caller's input reaches it.
+                "loongd",
             )
             .await;
         if let Err(e) = called.result {

@@ -81,9 +81,13 @@ pub(crate) enum CallError {
     /// which) and was retired.
     #[error("{1}")]
     Worker(FailureClass, String),
-    /// No worker could be had (sandbox unavailable, spawn failed, queue deadline passed).
+    /// No worker could be had (sandbox unavailable, spawn failed, the pool closed).
     #[error("{0}")]
     Unavailable(String),
+    /// Every worker stayed busy until the call's queue deadline passed: nothing is wrong but
+    /// the load, and the call may be made again later (answered as `overloaded`).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl CallError {
@@ -92,7 +96,7 @@ impl CallError {
         match self {
             CallError::Plugin(f) => FailureClass::Plugin(f.kind),
             CallError::Worker(class, _) => *class,
-            CallError::Unavailable(_) => FailureClass::Unavailable,
+            CallError::Unavailable(_) | CallError::Busy(_) => FailureClass::Unavailable,
         }
     }
 
@@ -100,7 +104,7 @@ impl CallError {
     pub(crate) fn message(&self) -> &str {
         match self {
             CallError::Plugin(f) => &f.message,
-            CallError::Worker(_, why) | CallError::Unavailable(why) => why,
+            CallError::Worker(_, why) | CallError::Unavailable(why) | CallError::Busy(why) => why,
         }
     }
 }
@@ -199,6 +203,10 @@ pub(crate) struct Supervisor {
     starting: std::sync::atomic::AtomicUsize,
     /// The compiled-module cache, for a pool of WASM workers.
     compiled: Option<Arc<compiled::Store>>,
+    /// Each worker serves the calls of one principal only (the agent's pool: a worker keeps
+    /// what a turn sent it, and one taken over would see the next turn's whole input): a
+    /// worker that served one is retired rather than given to another.
+    one_principal: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,6 +223,7 @@ impl Supervisor {
         audit: Audit,
         resolver: Arc<crate::egress::resolve::Resolver>,
     ) -> Supervisor {
+        let kind_is_agent = kind.name == WorkerKind::AGENT;
         Supervisor {
             resolver,
             kind,
@@ -233,6 +242,7 @@ impl Supervisor {
             spare_ready: tokio::sync::Notify::new(),
             starting: std::sync::atomic::AtomicUsize::new(0),
             compiled: None,
+            one_principal: kind_is_agent,
         }
     }
 
@@ -288,7 +298,9 @@ impl Supervisor {
     /// Waits for a free worker at most `queue_deadline`, except a nested call (`nested`),
     /// which never waits for a worker its own chain may hold: when the pool is busy it runs
     /// on an extra worker (at most [`NESTED_OVERFLOW_FACTOR`] times the pool's size live),
-    /// stopped when it is given back.
+    /// stopped when it is given back. `principal` names whose call it is (a token's public
+    /// id, or the operator's own): in a pool that keeps one principal per worker, it runs
+    /// only on a worker that has served no one else.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call(
         self: &Arc<Self>,
@@ -300,6 +312,7 @@ impl Supervisor {
         correlation: &str,
         host: Option<&dyn KernelCalls>,
         nested: bool,
+        principal: &str,
     ) -> Called {
         let job = Job::Call {
             tool: tool.to_string(),
@@ -307,7 +320,15 @@ impl Supervisor {
             decided,
         };
         let (worker, result) = self
-            .run(plugin, job, queue_deadline, correlation, host, nested)
+            .run(
+                plugin,
+                job,
+                queue_deadline,
+                correlation,
+                host,
+                nested,
+                Some(principal),
+            )
             .await;
         let mut loaded = None;
         let result = result.and_then(|done| match done {
@@ -334,7 +355,7 @@ impl Supervisor {
         plugin: &Loadable,
     ) -> Result<LoadInfo, CallError> {
         let (_, result) = self
-            .run(plugin, Job::Check, LOAD_TIMEOUT, "", None, false)
+            .run(plugin, Job::Check, LOAD_TIMEOUT, "", None, false, None)
             .await;
         match result? {
             Done::Loaded(info) => Ok(info),
@@ -347,6 +368,8 @@ impl Supervisor {
 
     /// Checks a worker out under a permit, runs `job` on it and gives it back, or retires it
     /// (and starts a replacement) when it failed. Returns the worker's id (0: none was had).
+    /// A call's `principal` is kept on the worker it ran on (a check's, `None`, is not).
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         self: &Arc<Self>,
         plugin: &Loadable,
@@ -355,6 +378,7 @@ impl Supervisor {
         correlation: &str,
         host: Option<&dyn KernelCalls>,
         nested: bool,
+        principal: Option<&str>,
     ) -> (u64, Result<Done, CallError>) {
         let unavailable = |why: String| (0, Err(CallError::Unavailable(why)));
         let permit = match self.permits.try_acquire() {
@@ -365,18 +389,27 @@ impl Supervisor {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return unavailable("the worker pool is closed".into()),
                     Err(_) => {
-                        return unavailable(format!(
-                            "no worker became free within {} ms",
-                            queue_deadline.as_millis()
-                        ))
+                        return (
+                            0,
+                            Err(CallError::Busy(format!(
+                                "no {} worker became free within {} ms; try again later",
+                                self.kind.name,
+                                queue_deadline.as_millis()
+                            ))),
+                        )
                     }
                 },
             },
         };
-        let worker = match self.take_or_spawn().await {
+        let mut worker = match self.take_or_spawn(principal).await {
             Ok(w) => w,
             Err(why) => return unavailable(why),
         };
+        if self.one_principal {
+            if let Some(p) = principal {
+                worker.principal = Some(p.to_owned());
+            }
+        }
         let id = worker.id;
         self.mark(id, Some(&plugin.id));
         // The next call should not wait for a spawn either.
@@ -571,10 +604,17 @@ impl Supervisor {
         lock(&self.table).len()
     }
 
-    /// An idle worker that is still alive, or a new one.
-    async fn take_or_spawn(self: &Arc<Self>) -> Result<Worker, String> {
+    /// An idle worker that is still alive, or a new one. In a pool that keeps one principal
+    /// per worker, only one that has served `principal` or no one is taken; when every idle
+    /// one has served someone else, a new one is spawned, and when the pool is full one of
+    /// those is retired first (the pool keeps its size).
+    async fn take_or_spawn(self: &Arc<Self>, principal: Option<&str>) -> Result<Worker, String> {
         loop {
-            let w = lock(&self.idle).pop();
+            let w = if self.one_principal {
+                self.take_for(principal)
+            } else {
+                lock(&self.idle).pop()
+            };
             match w {
                 Some(w) if w.exited() => {
                     // Reaped (its sandbox and cgroup removed) and audited in the background:
@@ -601,6 +641,33 @@ impl Supervisor {
                 None => return self.spawn().await,
             }
         }
+    }
+
+    /// An idle worker that has served `principal` or no one; when there is none and the pool
+    /// is full, an idle one that served someone else is retired to make room for a new one.
+    fn take_for(self: &Arc<Self>, principal: Option<&str>) -> Option<Worker> {
+        // The table's lock is never taken under the idle list's.
+        let room = self.live() + self.starting.load(Ordering::Acquire) < self.pool_size;
+        let other = {
+            let mut idle = lock(&self.idle);
+            let mine = idle
+                .iter()
+                .position(|w| w.principal.as_deref() == principal)
+                .or_else(|| idle.iter().position(|w| w.principal.is_none()));
+            match mine {
+                Some(i) => return Some(idle.swap_remove(i)),
+                None if room => return None,
+                None => idle.pop()?,
+            }
+        };
+        // Out of the table now, so that the new one is counted in its place.
+        let killed_by = self.unregister(&other);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.reap(other, killed_by, "it served another principal", "")
+                .await;
+        });
+        None
     }
 
     fn give_back(self: &Arc<Self>, worker: Worker) {
@@ -791,6 +858,7 @@ impl Supervisor {
             next_req: 0,
             broker,
             served: false,
+            principal: None,
         })
     }
 
@@ -1122,6 +1190,7 @@ impl From<&CallError> for RemoteError {
         let kind = match e {
             CallError::Plugin(_) | CallError::Worker(..) => ErrorKind::WorkerFailed,
             CallError::Unavailable(_) => ErrorKind::SandboxUnavailable,
+            CallError::Busy(_) => ErrorKind::Overloaded,
         };
         let detail = match e {
             CallError::Plugin(PluginFailure {

@@ -39,6 +39,9 @@ pub(super) struct Worker {
     /// It has been sent a call (guest code may have run in it): loongd takes no compiled
     /// module from it any more.
     pub(super) served: bool,
+    /// The principal (a token's public id, or the operator's own) whose calls it has served,
+    /// in a pool that keeps one principal per worker ([`super::Supervisor`]'s agent pool).
+    pub(super) principal: Option<String>,
 }
 
 /// Why a request to a worker failed (the worker is retired for each).
@@ -412,6 +415,7 @@ mod tests {
             next_req: 0,
             broker: None,
             served: false,
+            principal: None,
         };
         let side = (
             FrameReader::new(br, FrameLimit::DEFAULT, t),
