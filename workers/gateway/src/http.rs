@@ -619,6 +619,9 @@ async fn answer(
                     );
                 }
             };
+            // A session's end (DELETE) is answered 200, as the MCP SDKs' own servers do: rmcp
+            // answers 202, which the Python SDK logs as "Session termination failed".
+            let ends_session = parts.method == hyper::Method::DELETE;
             let req = Request::from_parts(parts, Full::new(bytes));
             let mut svc = shared.mcp.clone();
             let call = tower_service::Service::call(&mut svc, req);
@@ -635,10 +638,13 @@ async fn answer(
                     r
                 }
             };
-            let r = match r {
+            let mut r = match r {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
+            if ends_session && r.status() == StatusCode::ACCEPTED {
+                *r.status_mut() = StatusCode::OK;
+            }
             if let Some(id) = r.headers().get(SESSION_ID).and_then(|v| v.to_str().ok()) {
                 if opens {
                     shared
