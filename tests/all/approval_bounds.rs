@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use loong_ipc::{BearerSecret, Call, ControlRequest, InvokeRequest};
+use loong_ipc::{BearerSecret, Call, ControlRequest, ControlResponse, InvokeRequest, Reply};
 
 use crate::{
     kernel_calls::{issue, json},
@@ -362,4 +362,174 @@ fn every_end_of_a_tokens_request_is_in_its_trail() {
         ends(&asked[0])
     );
     assert_eq!(ends(&asked[0]), ["approval.requested", "approval.expired"]);
+}
+
+/// How long (ms) loongd's test hook holds a withdrawal's record, and a resolver's wake of
+/// its waiter after the approval is recorded (`LOONG_TEST_APPROVAL_DELAY_MS`): the gaps an
+/// approve or a cancellation lands in below.
+const RACE_DELAY_MS: &str = "3000";
+
+/// [`careful_home`] with loongd's approval-race hook set.
+fn racing_home() -> Home {
+    let home = Home::with_config(&format!(
+        "[approvals]\ntimeout_ms = 120000\nmax_pending_per_token = {LIMIT}\n"
+    ));
+    fs::create_dir_all(home.path().join("packs")).expect("packs dir");
+    fs::write(
+        home.path().join("packs/t.toml"),
+        "id = \"t\"\ndomain = \"test\"\nversion = \"1\"\ngrants = [\"tool.invoke\"]\napproval = \"always\"\n",
+    )
+    .expect("pack");
+    install_examples(&home);
+    home.start_env(&[("LOONG_TEST_APPROVAL_DELAY_MS", RACE_DELAY_MS)]);
+    home
+}
+
+/// A raw client's `invoke echo` under `secret`, as request 1, left waiting for its approval.
+fn raw_invoke(home: &Home, secret: &str) -> Raw {
+    let mut raw = Raw::connect(&home.socket());
+    raw.handshake();
+    raw.send(&Call::Request {
+        id: 1,
+        deadline_ms: 60_000,
+        body: ControlRequest::Invoke(InvokeRequest {
+            tool: "echo".into(),
+            input: r#"{"ping":1}"#.into(),
+            token: Some(BearerSecret::new(secret.to_string())),
+        }),
+    })
+    .expect("send the request");
+    raw
+}
+
+/// Cancels request 1 of `raw` and reads on to its answer (the cancellation's).
+fn cancel(raw: &mut Raw) {
+    raw.send(&Call::<ControlRequest>::Cancel { id: 1 })
+        .expect("send the cancel");
+    loop {
+        match raw.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Response { id: 1, result }) => {
+                assert!(result.is_err(), "a cancelled request answered {result:?}");
+                return;
+            }
+            Some(_) => {}
+            None => panic!("the connection closed before the cancellation was answered"),
+        }
+    }
+}
+
+fn records_of(home: &Home, kind: &str, approval: &str) -> Vec<serde_json::Value> {
+    records(home, kind)
+        .into_iter()
+        .filter(|r| r["detail"]["approval"] == approval)
+        .collect()
+}
+
+/// An approve landing the instant its waiter leaves (the request cancelled, the withdrawal's
+/// record held back by the test hook) finds the request withdrawn and is refused saying so;
+/// the trail has the withdrawal (`approval.expired`) and no approval. Before, the request
+/// stayed pending until a task spawned by the waiter's drop ran, and an approve in that gap
+/// was recorded `approved` though nothing ran.
+#[test]
+fn an_approve_after_its_waiter_left_is_refused_as_withdrawn() {
+    let home = racing_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let mut raw = raw_invoke(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    cancel(&mut raw);
+    let late = home.ctl(&["approvals", "approve", &asked[0]]);
+    let err = text(&late.stderr);
+    assert!(!late.status.success(), "{}", text(&late.stdout));
+    assert!(
+        err.contains(&format!(
+            "approval {} was withdrawn: its caller went away",
+            asked[0]
+        )),
+        "{err}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || records_of(
+            &home,
+            "approval.expired",
+            &asked[0]
+        )
+        .len()
+            == 1),
+        "the withdrawal is recorded once\n{}",
+        home.log()
+    );
+    let approved: Vec<_> = records_of(&home, "approval.resolved", &asked[0]);
+    assert!(approved.is_empty(), "{approved:?}");
+    assert!(records(&home, "tool.invoked").is_empty());
+}
+
+/// An approve that wins the race with its waiter's leaving (the request approved, the
+/// waiter cancelled before the resolver wakes it, held back by the test hook) is recorded
+/// as approved and then as unused (`approval.unused`: nothing ran), and nothing runs.
+/// Before, the trail said approved and nothing followed. The control, in the same home: an
+/// approve of a waiter that stays runs its effect once, and no `approval.unused` is written.
+#[test]
+fn an_approval_its_waiter_left_before_taking_is_recorded_unused() {
+    let home = racing_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let mut raw = raw_invoke(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    let approve = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["approvals", "approve", &asked[0]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let shown = json(&text(
+                &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+            ));
+            shown["state"] == "approved"
+        }),
+        "the request was never approved\n{}",
+        home.log()
+    );
+    cancel(&mut raw);
+    let (code, err) = finish(approve);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        wait_until(Duration::from_secs(20), || records_of(
+            &home,
+            "approval.unused",
+            &asked[0]
+        )
+        .len()
+            == 1),
+        "no record that the approved effect did not run\n{}",
+        home.log()
+    );
+    let unused = records_of(&home, "approval.unused", &asked[0]);
+    assert_eq!(unused[0]["detail"]["token"], id.as_str(), "{unused:?}");
+    assert!(
+        unused[0]["detail"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("nothing ran")),
+        "{unused:?}"
+    );
+    assert_eq!(records_of(&home, "approval.resolved", &asked[0]).len(), 1);
+    assert!(records_of(&home, "approval.expired", &asked[0]).is_empty());
+    assert!(records(&home, "tool.invoked").is_empty());
+    drop(raw);
+
+    // The control: a waiter that stays runs the approved effect, once.
+    let stays = invoke_in_background(&home, &secret);
+    let kept = wait_for_pending(&home, &id, 1);
+    assert!(home
+        .ctl(&["approvals", "approve", &kept[0]])
+        .status
+        .success());
+    let (code, err) = finish(stays);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(records(&home, "tool.invoked").len(), 1);
+    assert!(records_of(&home, "approval.unused", &kept[0]).is_empty());
+    assert_eq!(records(&home, "approval.unused").len(), 1);
 }

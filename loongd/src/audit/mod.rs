@@ -82,6 +82,9 @@ pub enum Kind {
     ApprovalResolved,
     /// An approval request went unanswered past its deadline (denied).
     ApprovalExpired,
+    /// An approved request's caller went away before it took the approval: its effect did
+    /// not run.
+    ApprovalUnused,
     /// A trust anchor was added to the keyring.
     KeyAdded,
     /// A trust anchor was revoked.
@@ -151,7 +154,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 47] = [
+    pub const ALL: [Kind; 48] = [
         Kind::DaemonStarted,
         Kind::DaemonStopped,
         Kind::DaemonUncleanStop,
@@ -169,6 +172,7 @@ impl Kind {
         Kind::ApprovalRequested,
         Kind::ApprovalResolved,
         Kind::ApprovalExpired,
+        Kind::ApprovalUnused,
         Kind::KeyAdded,
         Kind::KeyRevoked,
         Kind::KeyRotated,
@@ -221,6 +225,7 @@ impl Kind {
             Kind::ApprovalRequested => "approval.requested",
             Kind::ApprovalResolved => "approval.resolved",
             Kind::ApprovalExpired => "approval.expired",
+            Kind::ApprovalUnused => "approval.unused",
             Kind::KeyAdded => "key.added",
             Kind::KeyRevoked => "key.revoked",
             Kind::KeyRotated => "key.rotated",

@@ -39,6 +39,17 @@ pub struct Ended {
     pub agent: Option<String>,
 }
 
+/// What an attempt to end a pending request came to ([`ApprovalStore::end`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// This attempt ended it: the request as it now is.
+    Ended(Approval),
+    /// It had ended already (another end won): the request as that end left it.
+    AlreadyEnded(Approval),
+    /// No request has that id.
+    Unknown,
+}
+
 /// One approval request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -362,16 +373,50 @@ impl ApprovalStore {
         resolver: &str,
         note: Option<&str>,
     ) -> Result<Option<Approval>, TokenError> {
-        let n = self.db(|c| {
-            c.execute(
-                "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4, note = ?5 WHERE id = ?1 AND state = 'pending'",
-                params![id, state, resolver, crate::now_ms(), note],
-            )
-        })?;
-        if n == 0 {
-            return Ok(None);
-        }
-        self.get(id)
+        Ok(match self.end(id, state, resolver, note)? {
+            Ending::Ended(a) => Some(a),
+            Ending::AlreadyEnded(_) | Ending::Unknown => None,
+        })
+    }
+
+    /// Ends the pending request `id` in `state` (approved, denied, expired) by `resolver`,
+    /// noting why (`note`): the one transition out of `pending`, made and read back in one
+    /// write transaction, so of the approve, the deny, the withdrawal and the expiry that race
+    /// for a request exactly one wins, and each loser learns which end it lost to
+    /// ([`Ending::AlreadyEnded`] with the request as the winner left it).
+    pub fn end(
+        &self,
+        id: &str,
+        state: &str,
+        resolver: &str,
+        note: Option<&str>,
+    ) -> Result<Ending, TokenError> {
+        self.db(|c| {
+            let tx = super::db::StateDb::write(c)?;
+            let won = tx
+                .query_row(
+                    &format!(
+                        "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4, note = ?5 \
+                         WHERE id = ?1 AND state = 'pending' RETURNING {COLUMNS}"
+                    ),
+                    params![id, state, resolver, crate::now_ms(), note],
+                    read,
+                )
+                .optional()?;
+            let ending = match won {
+                Some(a) => Ending::Ended(a),
+                None => tx
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+                        [id],
+                        read,
+                    )
+                    .optional()?
+                    .map_or(Ending::Unknown, Ending::AlreadyEnded),
+            };
+            tx.commit()?;
+            Ok(ending)
+        })
     }
 
     /// Moves a resolved request from `from` to `to` (an approval whose resolution could not be
@@ -579,6 +624,100 @@ mod tests {
             .expect("was pending");
         assert_eq!(denied.note.as_deref(), Some("its token died"));
         assert!(store.pending_under_tokens().expect("pending").is_empty());
+    }
+
+    /// The end of a request is one transition with one winner: a withdrawal that comes first
+    /// leaves an approve nothing but the news that it was withdrawn, an approve that comes
+    /// first leaves the withdrawal the news that it was approved; ends racing on threads
+    /// have exactly one winner, and every loser reads the winner's state.
+    #[test]
+    fn one_end_of_a_request_wins_and_the_others_learn_which() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ApprovalStore::open(&dir.path().join("state.db")).expect("open");
+        let ask = || {
+            store
+                .create(request(Some("tok_a"), EffectDetail::default()), 100)
+                .expect("create")
+        };
+        // The withdrawal first: the approve loses, and sees why.
+        let a = ask();
+        let withdrawn = store
+            .end(&a.id, "expired", "loongd", Some("withdrawn"))
+            .expect("withdraw");
+        assert!(
+            matches!(&withdrawn, Ending::Ended(e) if e.state == "expired"),
+            "{withdrawn:?}"
+        );
+        match store
+            .end(&a.id, "approved", "uid:0", None)
+            .expect("approve")
+        {
+            Ending::AlreadyEnded(e) => {
+                assert_eq!(
+                    (e.state.as_str(), e.note.as_deref()),
+                    ("expired", Some("withdrawn"))
+                );
+            }
+            other => panic!("an approve after the withdrawal: {other:?}"),
+        }
+        // The approve first: the withdrawal loses, and sees the approval.
+        let b = ask();
+        let approved = store
+            .end(&b.id, "approved", "uid:0", None)
+            .expect("approve");
+        assert!(
+            matches!(&approved, Ending::Ended(e) if e.state == "approved" && e.resolver.as_deref() == Some("uid:0")),
+            "{approved:?}"
+        );
+        match store
+            .end(&b.id, "expired", "loongd", Some("withdrawn"))
+            .expect("withdraw")
+        {
+            Ending::AlreadyEnded(e) => assert_eq!(e.state, "approved"),
+            other => panic!("a withdrawal after the approve: {other:?}"),
+        }
+        assert_eq!(
+            store
+                .end("nope", "approved", "uid:0", None)
+                .expect("unknown"),
+            Ending::Unknown
+        );
+        // Ends at once, on threads: one winner, each loser reads its state.
+        for _ in 0..20 {
+            let c = ask();
+            let ends = [
+                "approved", "denied", "expired", "approved", "expired", "denied",
+            ];
+            let results: Vec<(String, Ending)> = std::thread::scope(|s| {
+                let handles: Vec<_> = ends
+                    .iter()
+                    .map(|state| {
+                        let (store, id) = (&store, c.id.clone());
+                        s.spawn(move || {
+                            (
+                                state.to_string(),
+                                store.end(&id, state, "r", None).expect("end"),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread"))
+                    .collect()
+            });
+            let winners: Vec<&str> = results
+                .iter()
+                .filter_map(|(s, e)| matches!(e, Ending::Ended(_)).then_some(s.as_str()))
+                .collect();
+            assert_eq!(winners.len(), 1, "{results:?}");
+            for (_, e) in &results {
+                match e {
+                    Ending::Ended(a) | Ending::AlreadyEnded(a) => assert_eq!(a.state, winners[0]),
+                    Ending::Unknown => panic!("{results:?}"),
+                }
+            }
+        }
     }
 
     /// A token with `max_per_token` requests pending is refused the next, typed and naming

@@ -13,7 +13,7 @@ use super::{decide, decision_detail, denial_stage, denied, internal, record, Act
 use crate::{
     audit::Kind,
     authority::{
-        approvals::{Approval, ApprovalError, ChainDetail},
+        approvals::{Approval, ApprovalError, ChainDetail, Ending},
         tokens::agent_key,
         Decision, Outcome, TokenDenial,
     },
@@ -198,6 +198,10 @@ pub(crate) async fn wait(
             Kind::ApprovalExpired,
             serde_json::json!({ "approval": a.id, "why": WITHDRAWN_NOTE, "token": a.token, "agent": a.agent }),
         )),
+        unused: actor.event(
+            Kind::ApprovalUnused,
+            serde_json::json!({ "approval": a.id, "why": UNUSED_NOTE, "capability": cap.as_str(), "target": target, "token": a.token, "agent": a.agent }),
+        ),
     };
     // The effect's parts sit beside the capability and target, as argv does in
     // policy.decision.
@@ -286,22 +290,37 @@ pub(crate) async fn withdraw(kernel: &Kernel, id: &str) -> Result<bool, RemoteEr
 pub const WITHDRAWN_NOTE: &str =
     "withdrawn: its caller went away (disconnected, cancelled or answered at its own deadline) before it was decided";
 
+/// What [`Withdraw`] records of an approval that won the race with its waiter's leaving: it
+/// was approved, and then its waiter went away before it took the approval, so its effect
+/// never ran.
+pub const UNUSED_NOTE: &str =
+    "approved, but its caller went away (disconnected, cancelled or answered at its own deadline) before the effect ran: nothing ran";
+
 /// Withdraws a pending request whose waiter is dropped before its answer (its client
 /// disconnected, cancelled the request, or a gateway call was answered at its wait): it is
 /// expired by loongd with [`WITHDRAWN_NOTE`] and recorded (`approval.expired`), so that no
 /// request is left for an operator to approve on behalf of nobody (an approval given then
 /// would run nothing), and none counts against its token's pending bound. While loongd shuts
 /// down, the request is left to the next start's expiry, which records it.
+///
+/// The withdrawal is made in the store as the waiter is dropped (not in a task that runs
+/// later), in the one transition that ends a request ([`crate::authority::approvals::ApprovalStore::end`]):
+/// an approve that comes after it is refused as withdrawn, and one that came before it (the
+/// request is approved, its waiter gone before it took the approval) is recorded as
+/// `approval.unused` ([`UNUSED_NOTE`]), so the trail never shows an approval that seems to
+/// have run an effect nobody ran.
 struct Withdraw<'k> {
     kernel: &'k Kernel,
     id: String,
-    /// The record to write; `None` once the wait was answered.
+    /// The record of a withdrawal; `None` once the wait was answered.
     event: Option<crate::audit::Event>,
+    /// The record of an approval given before the waiter left, which it never took.
+    unused: crate::audit::Event,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        let Some(event) = self.event.take() else {
+        let Some(withdrawn) = self.event.take() else {
             return;
         };
         let (Some(kernel), Ok(rt)) = (self.kernel.arc(), tokio::runtime::Handle::try_current())
@@ -312,25 +331,47 @@ impl Drop for Withdraw<'_> {
             return;
         }
         let id = std::mem::take(&mut self.id);
-        rt.spawn(async move {
-            match kernel.authority.approvals.resolve_noted(
-                &id,
-                "expired",
-                "loongd",
-                Some(WITHDRAWN_NOTE),
-            ) {
-                Ok(Some(_)) => {
-                    kernel.audit.record_later(event).await;
-                    wake(&kernel, &id);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(approval = %id, error = %e, "withdrawing an approval whose caller went away");
-                }
+        let ending = kernel
+            .authority
+            .approvals
+            .end(&id, "expired", "loongd", Some(WITHDRAWN_NOTE));
+        let event = match ending {
+            Ok(Ending::Ended(_)) => withdrawn,
+            Ok(Ending::AlreadyEnded(a)) if a.state == "approved" => self.unused.clone(),
+            // Denied or expired by another end, recorded by it; or gone.
+            Ok(Ending::AlreadyEnded(_) | Ending::Unknown) => return,
+            Err(e) => {
+                tracing::error!(approval = %id, error = %e, "withdrawing an approval whose caller went away");
+                return;
             }
+        };
+        rt.spawn(async move {
+            test_delay().await;
+            kernel.audit.record_later(event).await;
+            wake(&kernel, &id);
         });
     }
 }
+
+/// Test builds only: the environment variable (on loongd) naming milliseconds that the
+/// record of a withdrawal (and a resolver's wake of its waiter, after its record) waits, so
+/// that a test can land an approve or a cancellation in that gap (tests/all/approval_bounds.rs).
+/// A release loongd never reads it.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_DELAY_ENV: &str = "LOONG_TEST_APPROVAL_DELAY_MS";
+
+#[cfg(debug_assertions)]
+async fn test_delay() {
+    let ms = std::env::var(TEST_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(not(debug_assertions))]
+async fn test_delay() {}
 
 /// An effect that needs approval denied by loongd without asking an approver (`why`): the
 /// denial is recorded (`approval.resolved`, state `denied`, resolver `loongd`) and answered
@@ -531,11 +572,10 @@ pub(crate) async fn resolve(
 ) -> Result<Approval, RemoteError> {
     let not_pending = || RemoteError::new(ErrorKind::NotFound, format!("no pending approval {id}"));
     let store = &kernel.authority.approvals;
-    let asked = store
-        .get(id)
-        .map_err(internal)?
-        .filter(|a| a.state == "pending")
-        .ok_or_else(not_pending)?;
+    let asked = store.get(id).map_err(internal)?.ok_or_else(not_pending)?;
+    if asked.state != "pending" {
+        return Err(ended_already(&asked));
+    }
     let by = approver(kernel, actor, &asked).await?;
     // The authority that asked must still hold when the request is approved.
     if let (true, Some(tid)) = (approve, asked.token.as_deref()) {
@@ -563,10 +603,13 @@ pub(crate) async fn resolve(
         _ => uid,
     };
     let state = if approve { "approved" } else { "denied" };
-    let a = store
-        .resolve(id, state, &resolver)
-        .map_err(internal)?
-        .ok_or_else(not_pending)?;
+    // The one transition out of `pending`: a withdrawal (or expiry, or another approver) that
+    // got there first wins, and this resolution is refused naming it.
+    let a = match store.end(id, state, &resolver, None).map_err(internal)? {
+        Ending::Ended(a) => a,
+        Ending::AlreadyEnded(a) => return Err(ended_already(&a)),
+        Ending::Unknown => return Err(not_pending()),
+    };
     let window = match full_access {
         Some(f) => Some(
             store
@@ -600,8 +643,25 @@ pub(crate) async fn resolve(
         }
         return Err(e);
     }
+    test_delay().await;
     wake(kernel, id);
     Ok(a)
+}
+
+/// The refusal of a resolution of `a`, which has ended already: withdrawn because its caller
+/// went away, or resolved or expired before.
+fn ended_already(a: &Approval) -> RemoteError {
+    let id = &a.id;
+    let message = if a.state == "expired" && a.note.as_deref() == Some(WITHDRAWN_NOTE) {
+        format!("approval {id} was withdrawn: its caller went away before it was decided, so nothing waits for it; have the caller ask again and decide the new request")
+    } else {
+        let by = a.resolver.as_deref().unwrap_or("loongd");
+        format!(
+            "no pending approval {id}: it was {} by {by} already",
+            a.state
+        )
+    };
+    RemoteError::new(ErrorKind::NotFound, message)
 }
 
 /// Turns the pending request `a`, whose token is dead, into a denial by loongd, audited with
