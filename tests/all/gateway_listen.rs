@@ -177,3 +177,48 @@ fn gateway_worker_runs_confined_without_a_network_of_its_own() {
     assert_eq!(field("NoNewPrivs:"), "1", "{proc_status}");
     assert_ne!(field("Uid:"), "0", "{proc_status}");
 }
+
+/// The most connections one uid may hold on a Unix-socket listener
+/// (`workers/gateway/src/http.rs`, `MAX_CONNECTIONS_PER_PEER`).
+const CONNECTIONS_PER_UID: usize = 192;
+
+/// On a Unix socket a peer is its uid (`SO_PEERCRED`, read by the confined worker): holding
+/// its bound, the uid's next connection is closed unanswered; once one of its connections
+/// closes, it is served again (the control). Before, one local user could hold all 768.
+#[test]
+fn gateway_bounds_the_connections_of_one_uid_on_a_unix_socket() {
+    let (home, socket) = home_listening_on("gw.sock", true);
+    home.start();
+    let until = Instant::now() + Duration::from_secs(30);
+    while http_unix(&socket, "/health", &[("Host", "localhost")]).0 != 200 {
+        assert!(Instant::now() < until, "no gateway: {}", home.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let mut held: Vec<UnixStream> = (0..CONNECTIONS_PER_UID)
+        .map(|_| UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    assert_eq!(
+        http_unix(&socket, "/health", &[("Host", "localhost")]).0,
+        0,
+        "a connection past its uid's bound was served\n{}",
+        home.log()
+    );
+    // The held connections are within the gateway's header deadline (10 s) still.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held.pop());
+    let until = Instant::now() + Duration::from_secs(5);
+    while http_unix(&socket, "/health", &[("Host", "localhost")]).0 != 200 {
+        assert!(
+            Instant::now() < until,
+            "a closed connection's place was not given back\n{}",
+            home.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+}
