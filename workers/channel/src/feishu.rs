@@ -499,6 +499,28 @@ impl Feishu {
     /// Replies `text` to the message `message_id` (split into parts); returns the sent ids. A
     /// token the platform calls invalid is fetched again once.
     pub async fn reply(&self, message_id: &str, text: &str) -> Result<Vec<String>, ChannelError> {
+        let mut sent = Vec::new();
+        self.reply_parts(message_id, &self.parts(text), &mut sent)
+            .await?;
+        Ok(sent)
+    }
+
+    /// `text` cut into the parts [`Feishu::reply_parts`] sends.
+    pub fn parts(&self, text: &str) -> Vec<String> {
+        crate::text::split(text, FEISHU_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS)
+    }
+
+    /// Replies the `parts` of an answer not sent yet (those past `sent.len()`) to the message
+    /// `message_id`, pushing each sent message's id to `sent` as the platform takes it: a
+    /// reply cut short (a failure, a refusal) is resumed at the part that did not go out, so
+    /// no part reaches the chat twice (as Telegram's `send_parts`). A token the platform
+    /// calls invalid is fetched again once a part.
+    pub async fn reply_parts(
+        &self,
+        message_id: &str,
+        parts: &[String],
+        sent: &mut Vec<String>,
+    ) -> Result<(), ChannelError> {
         if message_id.is_empty()
             || !message_id
                 .bytes()
@@ -507,8 +529,7 @@ impl Feishu {
             return Err(malformed("a message id of letters, digits, _ and -"));
         }
         let path = format!("/open-apis/im/v1/messages/{message_id}/reply");
-        let mut ids = Vec::new();
-        for part in crate::text::split(text, FEISHU_MAX_MESSAGE_UNITS, MAX_MESSAGE_PARTS) {
+        for part in parts.iter().skip(sent.len()) {
             let body = json!({
                 "msg_type": "text",
                 "content": json!({ "text": part }).to_string(),
@@ -520,7 +541,7 @@ impl Feishu {
                     .post("im/v1/messages", &path, Some(&token), &body)
                     .await?;
                 if answer.code == 0 {
-                    ids.push(
+                    sent.push(
                         answer
                             .data
                             .as_ref()
@@ -539,7 +560,7 @@ impl Feishu {
                 return Err(api_error("im/v1/messages", status, &answer));
             }
         }
-        Ok(ids)
+        Ok(())
     }
 }
 

@@ -236,7 +236,9 @@ pub async fn send_loop(fs: Arc<Feishu>, kernel: Arc<dyn Kernel>, errors: Arc<Err
     }
 }
 
-/// Replies one answer until the platform takes it, then acks it.
+/// Replies one answer until the platform takes it, then acks it. A long answer goes out in
+/// parts; the parts the platform took are kept across tries, so a try after a failure sends
+/// only the rest (each part reaches the chat once, in order).
 async fn send_one(
     fs: &Feishu,
     kernel: &dyn Kernel,
@@ -244,25 +246,25 @@ async fn send_one(
     backoff: &mut Backoff,
     item: Outgoing,
 ) {
+    let parts = fs.parts(&item.text);
+    let mut sent = Vec::new();
     loop {
-        let (ids, failed) = if let Some(o) = &item.offer {
+        let failed = if let Some(o) = &item.offer {
             // Approvals are offered with buttons over Telegram only; a Feishu channel has no
             // operator chats, so loongd offers it none. Closed, not sent.
             let _ = o;
-            (
-                Vec::new(),
-                Some("approvals are offered over Telegram channels only".to_owned()),
-            )
+            Some("approvals are offered over Telegram channels only".to_owned())
         } else {
-            match fs.reply(&item.reply_to, &item.text).await {
-                Ok(ids) => {
+            match fs.reply_parts(&item.reply_to, &parts, &mut sent).await {
+                Ok(()) => {
                     errors.set(kernel, None, Some(None)).await;
-                    (ids, None)
+                    None
                 }
+                // Given up: the parts sent are acked with the refusal.
                 Err(e) if refused_for_good(&e) => {
                     tracing::warn!(error = %e, "an answer refused by the platform; given up");
                     errors.set(kernel, None, Some(Some(e.to_string()))).await;
-                    (Vec::new(), Some(e.to_string()))
+                    Some(e.to_string())
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sending an answer; tried again");
@@ -274,7 +276,7 @@ async fn send_one(
         };
         backoff.succeed();
         let offer = item.offer.as_ref().map(|o| o.approval);
-        if let Err(e) = kernel.ack(item.id, offer, ids, failed).await {
+        if let Err(e) = kernel.ack(item.id, offer, sent, failed).await {
             tracing::warn!(error = %e, "acking a sent answer");
         }
         return;

@@ -18,6 +18,8 @@ const TOKEN: &str = "verification-token";
 struct Fake {
     seen: Mutex<Vec<String>>,
     taken: Mutex<Vec<Incoming>>,
+    /// The answers acked: `(id, sent message ids, failure)`.
+    acks: Mutex<Vec<(i64, Vec<String>, Option<String>)>>,
 }
 
 impl Kernel for Fake {
@@ -32,11 +34,12 @@ impl Kernel for Fake {
     }
     fn ack(
         &self,
-        _id: i64,
+        id: i64,
         _offer: Option<[u8; 8]>,
-        _sent: Vec<String>,
-        _failed: Option<String>,
+        sent: Vec<String>,
+        failed: Option<String>,
     ) -> BoxFuture<'_, Result<(), KernelError>> {
+        self.acks.lock().expect("lock").push((id, sent, failed));
         Box::pin(async { Ok(()) })
     }
     fn status(
@@ -160,4 +163,81 @@ fn hostile_bodies_are_answered_400_and_take_nothing() {
         assert_eq!((a.status, a.refused.is_some()), (400, true), "{a:?}");
     }
     assert!(kernel.seen.lock().expect("lock").is_empty());
+}
+
+fn canned(v: Value) -> crate::testserver::Canned {
+    (200, "application/json", v.to_string().into_bytes())
+}
+
+/// A long answer goes out in three parts; the platform fails the second once (a 500): the
+/// try after it sends the second and third only, so each part reaches the chat once, in
+/// order, and the ack names the three messages. Before, the try started again from the
+/// first part, which the chat then saw twice.
+#[tokio::test]
+async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
+    let (base, seen) = crate::testserver::serve(vec![
+        canned(json!({"code": 0, "msg": "ok", "tenant_access_token": "t-1", "expire": 7200})),
+        canned(json!({"code": 0, "msg": "success", "data": {"message_id": "om_a"}})),
+        (
+            500,
+            "application/json",
+            json!({"code": 1, "msg": "internal error"})
+                .to_string()
+                .into_bytes(),
+        ),
+        canned(json!({"code": 0, "msg": "success", "data": {"message_id": "om_b"}})),
+        canned(json!({"code": 0, "msg": "success", "data": {"message_id": "om_c"}})),
+    ])
+    .await;
+    let fs = Feishu::new(&base, "cli_a", "app-secret").expect("client");
+    let units = crate::limits::FEISHU_MAX_MESSAGE_UNITS;
+    let text = format!(
+        "{}{}{}",
+        "a".repeat(units),
+        "b".repeat(units),
+        "c".repeat(10)
+    );
+    assert_eq!(fs.parts(&text).len(), 3);
+    let kernel = Fake::default();
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_millis(10),
+    );
+    let item = Outgoing {
+        id: 4,
+        chat: "oc_1".into(),
+        reply_to: "om_1".into(),
+        thread: None,
+        text,
+        offer: None,
+    };
+    send_one(&fs, &kernel, &Errors::default(), &mut backoff, item).await;
+    let parts: Vec<String> = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| s.head.contains("/reply"))
+        .map(|s| {
+            let body: Value = serde_json::from_slice(&s.body).expect("json");
+            let content: Value = serde_json::from_str(body["content"].as_str().unwrap_or_default())
+                .expect("content");
+            content["text"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .next()
+                .map(String::from)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(parts, ["a", "b", "b", "c"], "each part sent once, in order");
+    let acks = kernel.acks.lock().expect("lock").clone();
+    assert_eq!(
+        acks,
+        [(
+            4,
+            vec!["om_a".to_string(), "om_b".into(), "om_c".into()],
+            None
+        )]
+    );
 }
