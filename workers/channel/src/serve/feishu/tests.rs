@@ -18,9 +18,12 @@ const TOKEN: &str = "verification-token";
 struct Fake {
     seen: Mutex<Vec<String>>,
     taken: Mutex<Vec<Incoming>>,
-    /// The answers acked: `(id, sent message ids, failure)`.
-    acks: Mutex<Vec<(i64, Vec<String>, Option<String>)>>,
+    /// The answers acked.
+    acks: Mutex<Vec<Acked>>,
 }
+
+/// An ack: the answer's id, its sent message ids, and its failure.
+type Acked = (i64, Vec<String>, Option<String>);
 
 impl Kernel for Fake {
     fn offset(&self) -> BoxFuture<'_, Result<Option<i64>, KernelError>> {
