@@ -655,11 +655,8 @@ fn ended_already(a: &Approval) -> RemoteError {
     let message = if a.state == "expired" && a.note.as_deref() == Some(WITHDRAWN_NOTE) {
         format!("approval {id} was withdrawn: its caller went away before it was decided, so nothing waits for it; have the caller ask again and decide the new request")
     } else {
-        let by = a.resolver.as_deref().unwrap_or("loongd");
-        format!(
-            "no pending approval {id}: it was {} by {by} already",
-            a.state
-        )
+        // Who resolved it is not told: a press from a chat may be what asks.
+        format!("no pending approval {id}: it was {} already", a.state)
     };
     RemoteError::new(ErrorKind::NotFound, message)
 }
