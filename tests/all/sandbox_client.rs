@@ -538,13 +538,25 @@ fn the_fast_command_line_keeps_claps_errors_and_the_programs_code() {
             .output()
             .expect("loongctl")
     };
-    // A reader of /dev/null sees its end, and the program's code and output come back.
-    // (A shell builtin: the balanced tier lets the program fork no child.)
+    // A reader of /dev/null sees its end (a missing end would run into the timeout), and the
+    // program's code and output come back. (A shell builtin: the balanced tier lets the
+    // program fork no child.)
     let prog = "if read line; then echo \"got:$line\"; else echo eof; fi; echo err:1 >&2; exit 7";
     for stdin in [Stdio::null(), Stdio::piped()] {
         let out = ctl(
             &[
-                "--home", &h, "sandbox", "run", "--tier", "balanced", "--", "/bin/sh", "-c", prog,
+                "--home",
+                &h,
+                "sandbox",
+                "run",
+                "--tier",
+                "balanced",
+                "--timeout",
+                "10",
+                "--",
+                "/bin/sh",
+                "-c",
+                prog,
             ],
             stdin,
         );
