@@ -6,6 +6,7 @@
 mod cmd;
 mod duration;
 pub mod exit;
+pub mod fast;
 mod paging;
 pub mod text;
 

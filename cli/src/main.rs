@@ -1,12 +1,13 @@
-//! `loongctl`: parses arguments, calls [`loongctl::run`] and maps the outcome to one of the
-//! exit codes in [`loongctl::exit`].
+//! `loongctl`: parses arguments (the hot command lines without clap's tree, see
+//! [`loongctl::fast`]), calls [`loongctl::run`] and maps the outcome to one of the exit codes
+//! in [`loongctl::exit`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = loongctl::Cli::parse();
+    let cli = loongctl::fast::parse(std::env::args_os()).unwrap_or_else(loongctl::Cli::parse);
     match loongctl::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {

@@ -520,3 +520,139 @@ fn a_run_sent_with_its_hello_relays_stdio_exits_with_its_code_and_is_recorded_fi
         assert!(n >= 1, "no {kind} record for the run {correlation}");
     }
 }
+
+/// loongctl parses its hot command lines without clap's tree (`loongctl::fast`) and, with
+/// stdin on `/dev/null`, starts no thread to read it: what a user sees stays the same. A
+/// program reading `/dev/null` gets its end at once, a failing program's code is loongctl's,
+/// the output is relayed, and every malformed line still gets clap's error and exit 2, and
+/// `--help` clap's help (the positive control: the same lines well formed run).
+#[test]
+fn the_fast_command_line_keeps_claps_errors_and_the_programs_code() {
+    let home = Home::new();
+    home.start();
+    let h = home.path().display().to_string();
+    let ctl = |args: &[&str], stdin: Stdio| {
+        Command::new(bin("loongctl"))
+            .args(args)
+            .stdin(stdin)
+            .output()
+            .expect("loongctl")
+    };
+    // A reader of /dev/null sees its end (a missing end would run into the timeout), and the
+    // program's code and output come back. (A shell builtin: the balanced tier lets the
+    // program fork no child.)
+    let prog = "if read line; then echo \"got:$line\"; else echo eof; fi; echo err:1 >&2; exit 7";
+    for stdin in [Stdio::null(), Stdio::piped()] {
+        let out = ctl(
+            &[
+                "--home",
+                &h,
+                "sandbox",
+                "run",
+                "--tier",
+                "balanced",
+                "--timeout",
+                "10",
+                "--",
+                "/bin/sh",
+                "-c",
+                prog,
+            ],
+            stdin,
+        );
+        assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "eof\n");
+        assert!(text(&out.stderr).contains("err:1"), "{}", text(&out.stderr));
+    }
+    let ok = ctl(
+        &[
+            "sandbox",
+            "--home",
+            &h,
+            "run",
+            "--tier=balanced",
+            "/bin/true",
+        ],
+        Stdio::null(),
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let ok = ctl(&["status", "--home", &h, "--json"], Stdio::null());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("\"protocol_version\""),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    let run = |extra: &[&str]| {
+        let mut a = vec!["--home", h.as_str(), "sandbox", "run"];
+        a.extend_from_slice(extra);
+        ctl(&a, Stdio::null())
+    };
+    for (out, want) in [
+        (
+            run(&["--tier", "balanced", "--pids", "x", "--", "/bin/true"]),
+            "invalid value 'x' for '--pids <N>'",
+        ),
+        (
+            run(&["--tier", "balanced", "--timeout", "soon", "/bin/true"]),
+            "invalid value 'soon' for '--timeout <SECS>'",
+        ),
+        (
+            run(&["--tier", "a", "--tier", "b", "/bin/true"]),
+            "cannot be used multiple times",
+        ),
+        (
+            ctl(&["--home", &h, "status", "--bogus"], Stdio::null()),
+            "unexpected argument '--bogus'",
+        ),
+        (
+            run(&["--tier", "balanced"]),
+            "the following required arguments were not provided",
+        ),
+        (run(&["/bin/true"]), "--tier <TIER>"),
+        (
+            ctl(&["--home", &h, "--system", "status"], Stdio::null()),
+            "cannot be used with",
+        ),
+        (
+            ctl(&["--home", &h, "status", "--json=1"], Stdio::null()),
+            "unexpected value '1' for '--json'",
+        ),
+        (
+            ctl(&["--home", &h, "invoke", "a", "b"], Stdio::null()),
+            "unexpected argument 'b'",
+        ),
+        (ctl(&["--home", &h, "invoke"], Stdio::null()), "<TOOL>"),
+    ] {
+        assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(want),
+            "{want}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).starts_with("error: "),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    for args in [
+        &["sandbox", "run", "--help"][..],
+        &["status", "--help"],
+        &["invoke", "-h"],
+    ] {
+        let out = ctl(args, Stdio::null());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("Usage: loongctl "),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+    }
+}

@@ -41,46 +41,46 @@ pub enum SandboxCommand {
     Run(RunArgs),
 }
 
-/// Arguments of `sandbox run`.
-#[derive(Debug, Args)]
+/// Arguments of `sandbox run` (also built by the fast parse, `crate::fast`).
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// restricted, balanced or trusted.
     #[arg(long)]
-    tier: String,
+    pub(crate) tier: String,
     /// A path the program may read (same path inside the sandbox).
     #[arg(long = "read", value_name = "PATH")]
-    read: Vec<PathBuf>,
+    pub(crate) read: Vec<PathBuf>,
     /// A path the program may read and write (same path inside the sandbox).
     #[arg(long = "write", value_name = "PATH")]
-    write: Vec<PathBuf>,
+    pub(crate) write: Vec<PathBuf>,
     /// A TCP destination the program may connect to (balanced and trusted tiers).
     #[arg(long = "allow-net", value_name = "HOST:PORT")]
-    allow_net: Vec<String>,
+    pub(crate) allow_net: Vec<String>,
     /// Wall-clock limit in seconds.
     #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    pub(crate) timeout: Option<f64>,
     /// Memory limit in bytes (suffixes K, M, G allowed).
     #[arg(long, value_name = "BYTES")]
-    memory: Option<String>,
+    pub(crate) memory: Option<String>,
     /// Process limit.
     #[arg(long, value_name = "N")]
-    pids: Option<u64>,
+    pub(crate) pids: Option<u64>,
     /// CPU-time limit in seconds (RLIMIT_CPU: SIGXCPU, exit 152).
     #[arg(long, value_name = "SECS")]
-    cpu: Option<u64>,
+    pub(crate) cpu: Option<u64>,
     /// Pass this variable from loongctl's environment (the rest is cleared).
     #[arg(long = "env", value_name = "NAME")]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Run even where this host cannot fully enforce the tier (logged and audited).
     #[arg(long)]
-    allow_degraded: bool,
+    pub(crate) allow_degraded: bool,
     /// Decide the run under this capability token, given by its secret (default:
     /// $LOONG_TOKEN, else the operator's own authority).
     #[arg(long, value_name = "SECRET")]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Output (stdout + stderr) relayed before the program is killed (suffixes K, M, G).
     #[arg(long, value_name = "BYTES")]
-    max_output: Option<String>,
+    pub(crate) max_output: Option<String>,
     /// The program and its arguments.
     #[arg(
         required = true,
@@ -88,7 +88,7 @@ pub struct RunArgs {
         allow_hyphen_values = true,
         value_name = "PROGRAM"
     )]
-    command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// Parses `123`, `64K`, `16M`, `1G`.
@@ -199,8 +199,14 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
     let input = Arc::new(Mutex::new(client.input()?));
     let interrupts = Arc::new(AtomicU32::new(0));
-    spawn_stdin_feeder(input.clone(), id);
-    spawn_interrupter(sigint, input, id, interrupts.clone());
+    if stdin_is_dev_null() {
+        // Nothing to read: the end is sent here, without a thread. A send that fails means
+        // the connection is gone, which the next event reports.
+        let _ = lock(&input).send(id, StreamChunk::StdinEnd);
+    } else {
+        spawn_stdin_feeder(input.clone(), id)?;
+    }
+    spawn_interrupter(sigint, input, id, interrupts.clone())?;
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
     // Stderr stays unlocked between writes: the interrupt thread reports on it too.
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
@@ -268,9 +274,41 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// How long an interrupt waits for the connection while stdin is being sent.
 pub const INTERRUPT_SEND_WAIT: Duration = Duration::from_millis(500);
 
+/// The stack of each of `sandbox run`'s two threads (std's default is 2 MiB): they hold
+/// their buffers on the heap and call nothing deep (a send, an `eprintln!`).
+pub const RELAY_THREAD_STACK_BYTES: usize = 64 * 1024;
+
+/// `/dev/null`'s device number (major 1, minor 3, as Linux fixes it).
+const DEV_NULL_RDEV: u64 = 0x103;
+
+/// Whether loongctl's stdin is `/dev/null` (a script's or an agent's `</dev/null`): its
+/// end is known without reading, so no thread is started to read it.
+fn stdin_is_dev_null() -> bool {
+    use std::os::{
+        fd::AsFd,
+        unix::fs::{FileTypeExt, MetadataExt},
+    };
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == DEV_NULL_RDEV)
+}
+
+/// Starts one of `sandbox run`'s threads, on a small stack.
+fn spawn_small(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(RELAY_THREAD_STACK_BYTES)
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| anyhow!("cannot start loongctl's {name} thread: {e}").into())
+}
+
 /// Sends loongctl's stdin as input chunks; the process exits without waiting for it.
-fn spawn_stdin_feeder(input: Arc<Mutex<InputWriter>>, id: RequestId) {
-    std::thread::spawn(move || {
+fn spawn_stdin_feeder(input: Arc<Mutex<InputWriter>>, id: RequestId) -> Result<(), Failure> {
+    spawn_small("stdin", move || {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
         let mut stdin = std::io::stdin().lock();
         loop {
@@ -284,7 +322,7 @@ fn spawn_stdin_feeder(input: Arc<Mutex<InputWriter>>, id: RequestId) {
                 return;
             }
         }
-    });
+    })
 }
 
 /// Takes SIGINT (Ctrl-C): each one up to [`INTERRUPTS_TO_KILL`] is sent to loongd, which
@@ -295,8 +333,8 @@ fn spawn_interrupter(
     input: Arc<Mutex<InputWriter>>,
     id: RequestId,
     count: Arc<AtomicU32>,
-) {
-    std::thread::spawn(move || {
+) -> Result<(), Failure> {
+    spawn_small("interrupt", move || {
         while sigint.wait().is_ok() {
             let n = count.fetch_add(1, Ordering::Relaxed) + 1;
             if n > INTERRUPTS_TO_KILL {
@@ -327,7 +365,7 @@ fn spawn_interrupter(
                 ),
             }
         }
-    });
+    })
 }
 
 fn lock(m: &Mutex<InputWriter>) -> std::sync::MutexGuard<'_, InputWriter> {

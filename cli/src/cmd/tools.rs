@@ -226,8 +226,9 @@ pub(crate) fn invoke(layout: &Layout, args: InvokeArgs) -> Result<u8, Failure> {
     }
     let deadline = Duration::from_secs_f64(secs);
     let input = read_input(&args.input)?;
-    let mut client = crate::connect(layout)?;
-    let id = client.start(
+    // The request travels in the same write as the hello (one round trip for both).
+    let (mut client, id) = crate::start(
+        layout,
         ControlRequest::Invoke(InvokeRequest {
             tool: args.tool,
             input,
