@@ -735,3 +735,45 @@ fn a_run_s_payload_holds_neither_its_gate_nor_the_egress_socket() {
         );
     }
 }
+
+/// A balanced run's root holds what its plan put there and nothing of how it was built: the
+/// old root's mount point is gone (it was removed, not only detached), no mount lies at or
+/// below it, and the root's own tmpfs is read-only, where its private `/tmp` takes a write
+/// (the control, with the system paths the plan binds listed in its mount table).
+#[test]
+fn a_balanced_root_keeps_no_trace_of_the_old_root() {
+    let home = Home::new();
+    home.start();
+    // `/` itself is not readable under landlock: names are looked up, not listed.
+    let script = "for n in usr tmp oldroot; do test -e /$n && echo $n; done; echo MOUNTS; cut -d' ' -f5 /proc/self/mountinfo; echo WRITES; \
+                  (echo x > /x) 2>/dev/null && echo root-written; \
+                  echo y > /tmp/y && cat /tmp/y";
+    let out = home.ctl(&[
+        "sandbox", "run", "--tier", "balanced", "--", "/bin/sh", "-c", script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let (listing, rest) = stdout.split_once("MOUNTS").expect("listing");
+    let (mounts, writes) = rest.split_once("WRITES").expect("mounts");
+    let names: Vec<&str> = listing.split_whitespace().collect();
+    let points: Vec<&str> = mounts.split_whitespace().collect();
+    // Controls: the root lists the plan's paths and its mount table the system binds.
+    assert!(
+        names.contains(&"usr") && names.contains(&"tmp"),
+        "{names:?}"
+    );
+    assert!(
+        points.contains(&"/usr") && points.contains(&"/proc"),
+        "{points:?}"
+    );
+    assert!(!names.contains(&"oldroot"), "{names:?}");
+    assert!(
+        !points.iter().any(|p| p.starts_with("/oldroot")),
+        "{points:?}"
+    );
+    assert_eq!(
+        writes.split_whitespace().collect::<Vec<_>>(),
+        ["y"],
+        "the root tmpfs took a write, or /tmp did not"
+    );
+}

@@ -396,8 +396,50 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The old root's mount point while the root is built; no step may name a sandbox path
+/// below it ([`reserved_dst`]).
+const OLD_ROOT: &str = "/oldroot";
+
+/// The first plan step, if any, whose sandbox path lies at or below [`OLD_ROOT`]: built there,
+/// it would be made in the old root (the host's), not in the sandbox's.
+fn reserved_dst(ops: &[MountOp]) -> Option<&Path> {
+    let old = Path::new(OLD_ROOT);
+    ops.iter()
+        .map(|op| match op {
+            MountOp::Tmpfs { dst, .. }
+            | MountOp::Bind { dst, .. }
+            | MountOp::Symlink { dst, .. }
+            | MountOp::Proc { dst }
+            | MountOp::Dev { dst } => dst.as_path(),
+        })
+        .find(|dst| under(Path::new("/"), dst).starts_with(old))
+}
+
+/// Whether the plan binds the host's root as the sandbox's (the trusted tier).
+fn binds_root(ops: &[MountOp]) -> bool {
+    ops.iter()
+        .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
+}
+
 /// Builds the new root from `ops` and makes it `/`. Runs in a new mount namespace.
+///
+/// One `pivot_root`: the root's own tmpfs (mounted over `/tmp` in this private namespace)
+/// becomes `/` at once with the old root below it at [`OLD_ROOT`]; the steps are built in place
+/// with their sources read from the old root, which is then detached and its mount point
+/// removed. A root that is a bind of the host's (the trusted tier) cannot be built in place
+/// (a mount over `/` would not be the process's root): it is assembled under `/newroot` of a
+/// tmpfs base, then made `/` by a second `pivot_root`, as bubblewrap does.
 pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+    if let Some(dst) = reserved_dst(ops) {
+        return Err(Failure::new(
+            "mount point",
+            libc::EINVAL,
+            format!(
+                "{}: sandbox paths below {OLD_ROOT} are reserved while the root is built; grant another path",
+                dst.display()
+            ),
+        ));
+    }
     let root = Path::new("/");
     // Nothing we do may propagate back to the host.
     mount(
@@ -408,16 +450,27 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(fail("make mounts private", root))?;
+    let old = Path::new(OLD_ROOT);
+    let in_place = !binds_root(ops);
     let base = Path::new("/tmp");
-    tmpfs(base, BASE_TMPFS_BYTES, 0o755)?;
-    mkdirs(&base.join("newroot"))?;
-    mkdirs(&base.join("oldroot"))?;
-    nix::unistd::pivot_root(base, &base.join("oldroot"))
-        .map_err(fail("pivot_root into the base", base))?;
-    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
-    let old = Path::new("/oldroot");
-    let new = Path::new("/newroot");
-    tmpfs(new, ROOT_TMPFS_BYTES, 0o755)?;
+    let new = if in_place {
+        tmpfs(base, ROOT_TMPFS_BYTES, 0o755)?;
+        mkdirs(&base.join("oldroot"))?;
+        nix::unistd::pivot_root(base, &base.join("oldroot"))
+            .map_err(fail("pivot_root into the new root", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        root
+    } else {
+        tmpfs(base, BASE_TMPFS_BYTES, 0o755)?;
+        mkdirs(&base.join("newroot"))?;
+        mkdirs(&base.join("oldroot"))?;
+        nix::unistd::pivot_root(base, &base.join("oldroot"))
+            .map_err(fail("pivot_root into the base", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        let new = Path::new("/newroot");
+        tmpfs(new, ROOT_TMPFS_BYTES, 0o755)?;
+        new
+    };
 
     for op in ops {
         match op {
@@ -463,18 +516,18 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
     }
 
     umount2(old, MntFlags::MNT_DETACH).map_err(fail("detach the old root", old))?;
-    nix::unistd::chdir(new).map_err(fail("chdir", new))?;
-    nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
-    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
-    // The root's own tmpfs holds only mount points: make it read-only (unless the root is a
-    // bind of the host's, as in the trusted tier, which keeps its own flags).
-    if ops
-        .iter()
-        .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
-    {
+    if in_place {
+        // Its mount point goes too: the sandbox sees only what the plan put in its root.
+        fs::remove_dir(old).map_err(io_fail("remove the old root's mount point", old))?;
+    } else {
+        nix::unistd::chdir(new).map_err(fail("chdir", new))?;
+        nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        // The root is a bind of the host's, which keeps its own flags.
         return Ok(());
     }
+    // The root's own tmpfs holds only mount points: make it read-only.
     remount_bind(
         root,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -484,6 +537,58 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step whose sandbox path lies at or below the old root's mount point would be built in
+    /// the host's root (the old root is there while the root is built): refused, whatever the
+    /// spelling; its neighbours are not.
+    #[test]
+    fn a_step_below_the_old_root_s_mount_point_is_refused() {
+        let bind = |dst: &str| MountOp::Bind {
+            src: "/srv".into(),
+            dst: dst.into(),
+            writable: true,
+        };
+        for dst in ["/oldroot", "/oldroot/etc", "//oldroot/x", "/./oldroot/y"] {
+            assert!(reserved_dst(&[bind("/usr"), bind(dst)]).is_some(), "{dst}");
+        }
+        for op in [
+            MountOp::Tmpfs {
+                dst: "/oldroot/t".into(),
+                size: 1,
+                mode: 0o755,
+            },
+            MountOp::Symlink {
+                target: "/".into(),
+                dst: "/oldroot/l".into(),
+            },
+            MountOp::Proc {
+                dst: "/oldroot/proc".into(),
+            },
+            MountOp::Dev {
+                dst: "/oldroot/dev".into(),
+            },
+        ] {
+            assert!(reserved_dst(std::slice::from_ref(&op)).is_some(), "{op:?}");
+        }
+        // Controls: neighbouring names and the root itself are ordinary sandbox paths.
+        for dst in ["/", "/oldroots", "/old", "/srv/oldroot", "/oldroo"] {
+            assert!(reserved_dst(&[bind(dst)]).is_none(), "{dst}");
+        }
+    }
+
+    #[test]
+    fn only_a_root_bound_from_the_host_is_built_under_a_base() {
+        let bind = |dst: &str| MountOp::Bind {
+            src: "/".into(),
+            dst: dst.into(),
+            writable: false,
+        };
+        assert!(binds_root(&[bind("/")]));
+        assert!(!binds_root(&[
+            bind("/usr"),
+            MountOp::Proc { dst: "/".into() }
+        ]));
+    }
 
     #[test]
     fn a_dev_node_is_bound_only_when_it_is_that_character_device() {
