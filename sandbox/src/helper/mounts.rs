@@ -1,6 +1,7 @@
-//! Building the sandbox's root, bubblewrap style: a tmpfs base, `pivot_root` into it with the
-//! old root kept at `/oldroot`, the new root assembled under `/newroot` from the plan's
-//! steps, then a second `pivot_root` that leaves the old root unreachable. Every bind source
+//! Building the sandbox's root: its own tmpfs, `pivot_root` into it with the old root kept at
+//! `/oldroot`, the root assembled in place from the plan's steps, then the old root detached
+//! and its mount point removed (a root bound from the host's takes bubblewrap's path instead:
+//! a tmpfs base, the root under `/newroot`, a second `pivot_root`). Every bind source
 //! (resolved by the plan) is opened without following a symlink and bound through that
 //! descriptor, so a name swapped for a symlink after planning is refused, not followed. Every
 //! mount point is reached the same way from the base, name by name (a deeper grant's lies in
