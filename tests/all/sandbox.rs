@@ -777,3 +777,69 @@ fn a_balanced_root_keeps_no_trace_of_the_old_root() {
         "the root tmpfs took a write, or /tmp did not"
     );
 }
+
+/// A grant's bind is recursive, so a mount below the granted directory on the host (a tmpfs
+/// here, writable by every uid) comes into the sandbox too: under a read-only grant it is
+/// read-only, `nosuid` and `nodev` like the grant itself, where a writable grant of the same
+/// directory writes through to it (the control). (The trusted tier binds the host's root
+/// whole, its mounts with their own flags, and no grant.)
+#[test]
+fn a_mount_below_a_read_only_grant_is_read_only_too() {
+    let host = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sub = host.path().join("sub");
+    fs::create_dir(&sub).expect("sub");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=1777,size=65536", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skip(
+            "a_mount_below_a_read_only_grant_is_read_only_too",
+            "cannot mount a tmpfs (not root)",
+        );
+        return;
+    }
+    let home = Home::new();
+    home.start();
+    let dir = host.path().display().to_string();
+    let script = format!(
+        "grep ' {dir}/sub ' /proc/self/mountinfo | cut -d' ' -f6; \
+         (echo x > {dir}/sub/x) 2>/dev/null && echo WROTE; true"
+    );
+    let run = |tier: &str, grant: &str| {
+        let out = home.ctl(&[
+            "sandbox", "run", "--tier", tier, grant, &dir, "--", "/bin/sh", "-c", &script,
+        ]);
+        let _ = fs::remove_file(sub.join("x"));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let results: Vec<_> = [("balanced", "--read"), ("balanced", "--write")]
+        .iter()
+        .map(|&(tier, grant)| (tier, grant, run(tier, grant)))
+        .collect();
+    let _ = Command::new("umount").arg(&sub).status();
+    for (tier, grant, (stdout, stderr)) in results {
+        let opts: Vec<&str> = stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .collect();
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"nodev"),
+            "{tier} {grant}: {stdout} {stderr}"
+        );
+        if grant == "--read" {
+            assert!(opts.contains(&"ro"), "{tier}: {stdout} {stderr}");
+            assert!(!stdout.contains("WROTE"), "{tier}: {stdout}");
+        } else {
+            // The control: a writable grant writes through to the mount below it.
+            assert!(
+                stdout.contains("WROTE"),
+                "{tier} {grant}: {stdout} {stderr}"
+            );
+        }
+    }
+}

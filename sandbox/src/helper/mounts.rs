@@ -111,8 +111,11 @@ fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
     .map_err(fail("remount bind", dst))
 }
 
-fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
-    bind_with(src, dst, writable, MsFlags::MS_NODEV)
+/// A grant's or a system path's bind; `below` says whether its flags are set on the mounts
+/// below it too (all but the trusted tier's root, a bind of the host's whole tree whose
+/// `/dev`, `/proc` and the rest keep their own flags).
+fn bind(src: &Path, dst: &Path, writable: bool, below: bool) -> Result<(), Failure> {
+    bind_with(src, dst, writable, MsFlags::MS_NODEV, below)
 }
 
 /// Opens `src` (absolute) for a bind without following any symlink on its path
@@ -270,10 +273,16 @@ fn child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path) -> Result<Owne
 /// source is pinned first ([`pin_source`]) and bound through its descriptor onto a mount
 /// point reached without symlinks ([`Target`]), so what is bound is what was opened, where
 /// it was planned; the remount acts on that mount only.
-fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
+fn bind_with(
+    src: &Path,
+    dst: &Path,
+    writable: bool,
+    extra: MsFlags,
+    below: bool,
+) -> Result<(), Failure> {
     let pinned = pin_source(src)?;
     let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
-    bind_pinned(&pinned, &meta, dst, writable, extra)
+    bind_pinned(&pinned, &meta, dst, writable, extra, below)
 }
 
 /// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
@@ -290,7 +299,7 @@ fn bind_node(src: &Path, dst: &Path, major: u64, minor: u64) -> Result<(), Failu
             format!("{} (want {major}:{minor})", src.display()),
         ));
     }
-    bind_pinned(&pinned, &meta, dst, true, MsFlags::empty())
+    bind_pinned(&pinned, &meta, dst, true, MsFlags::empty(), true)
 }
 
 /// Whether `meta` is the character device (`major`, `minor`).
@@ -306,6 +315,7 @@ fn bind_pinned(
     dst: &Path,
     writable: bool,
     extra: MsFlags,
+    below: bool,
 ) -> Result<(), Failure> {
     let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let target = Target::make(dst, is_dir)?;
@@ -323,7 +333,22 @@ fn bind_pinned(
     if !writable {
         flags |= MsFlags::MS_RDONLY;
     }
-    remount_bind(&fd_path(&mounted), flags)
+    remount_bind(&fd_path(&mounted), flags)?;
+    if !below {
+        return Ok(());
+    }
+    // The bind is recursive (MS_REC), the remount is not: a mount below the source on the
+    // host (a tmpfs, another file system) would keep its own flags, writable under a
+    // read-only grant. The same flags, set on every mount of the bind at once.
+    let mut attrs = crate::sys::MOUNT_ATTR_NOSUID;
+    if extra.contains(MsFlags::MS_NODEV) {
+        attrs |= crate::sys::MOUNT_ATTR_NODEV;
+    }
+    if !writable {
+        attrs |= crate::sys::MOUNT_ATTR_RDONLY;
+    }
+    crate::sys::mount_set_recursive(mounted.as_fd(), attrs)
+        .map_err(io_fail("set flags on the mounts below a bind", dst))
 }
 
 /// A file system of its own (`tmpfs`, `proc`) mounted at `dst`, reached without symlinks.
@@ -484,9 +509,12 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
                     Some(data.as_str()),
                 )?;
             }
-            MountOp::Bind { src, dst, writable } => {
-                bind(&under(old, src), &under(new, dst), *writable)?
-            }
+            MountOp::Bind { src, dst, writable } => bind(
+                &under(old, src),
+                &under(new, dst),
+                *writable,
+                dst != Path::new("/"),
+            )?,
             MountOp::Symlink { target, dst } => {
                 let d = under(new, dst);
                 let t = Target::walk(&d)?;
