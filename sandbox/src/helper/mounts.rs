@@ -329,17 +329,17 @@ fn bind_pinned(
     )
     .map_err(fail("bind", dst))?;
     let mounted = target.mounted(meta)?;
-    let mut flags = MsFlags::MS_NOSUID | extra;
-    if !writable {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    remount_bind(&fd_path(&mounted), flags)?;
     if !below {
-        return Ok(());
+        let mut flags = MsFlags::MS_NOSUID | extra;
+        if !writable {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        return remount_bind(&fd_path(&mounted), flags);
     }
-    // The bind is recursive (MS_REC), the remount is not: a mount below the source on the
-    // host (a tmpfs, another file system) would keep its own flags, writable under a
-    // read-only grant. The same flags, set on every mount of the bind at once.
+    // The bind is recursive (MS_REC); a remount would not be: a mount below the source on
+    // the host (a tmpfs, another file system) would keep its own flags, writable under a
+    // read-only grant. The flags are set on every mount of the bind at once, in one call
+    // that only sets (the flags the kernel locked on a bind made in a user namespace stay).
     let mut attrs = crate::sys::MOUNT_ATTR_NOSUID;
     if extra.contains(MsFlags::MS_NODEV) {
         attrs |= crate::sys::MOUNT_ATTR_NODEV;
