@@ -44,6 +44,51 @@ pub(crate) fn close_from(first: u32) -> io::Result<()> {
     }
 }
 
+/// `MOUNT_ATTR_RDONLY` of `<linux/mount.h>`.
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`.
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV`.
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` of `<linux/mount.h>` (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE)`: sets `attr_set` (only sets, never
+/// clears) on the mount whose root `fd` holds and on every mount below it.
+pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a NUL-terminated static string and `attr` a live, initialised
+    // `struct mount_attr` whose size is passed with it; the kernel only reads both for the
+    // duration of the call, and `fd` is a descriptor borrowed for that duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `pidfd_open(pid, 0)`.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; on success the kernel returns a new descriptor that

@@ -735,3 +735,111 @@ fn a_run_s_payload_holds_neither_its_gate_nor_the_egress_socket() {
         );
     }
 }
+
+/// A balanced run's root holds what its plan put there and nothing of how it was built: the
+/// old root's mount point is gone (it was removed, not only detached), no mount lies at or
+/// below it, and the root's own tmpfs is read-only, where its private `/tmp` takes a write
+/// (the control, with the system paths the plan binds listed in its mount table).
+#[test]
+fn a_balanced_root_keeps_no_trace_of_the_old_root() {
+    let home = Home::new();
+    home.start();
+    // `/` itself is not readable under landlock: names are looked up, not listed.
+    let script = "for n in usr tmp oldroot; do test -e /$n && echo $n; done; echo MOUNTS; cut -d' ' -f5 /proc/self/mountinfo; echo WRITES; \
+                  (echo x > /x) 2>/dev/null && echo root-written; \
+                  echo y > /tmp/y && cat /tmp/y";
+    let out = home.ctl(&[
+        "sandbox", "run", "--tier", "balanced", "--", "/bin/sh", "-c", script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let (listing, rest) = stdout.split_once("MOUNTS").expect("listing");
+    let (mounts, writes) = rest.split_once("WRITES").expect("mounts");
+    let names: Vec<&str> = listing.split_whitespace().collect();
+    let points: Vec<&str> = mounts.split_whitespace().collect();
+    // Controls: the root lists the plan's paths and its mount table the system binds.
+    assert!(
+        names.contains(&"usr") && names.contains(&"tmp"),
+        "{names:?}"
+    );
+    assert!(
+        points.contains(&"/usr") && points.contains(&"/proc"),
+        "{points:?}"
+    );
+    assert!(!names.contains(&"oldroot"), "{names:?}");
+    assert!(
+        !points.iter().any(|p| p.starts_with("/oldroot")),
+        "{points:?}"
+    );
+    assert_eq!(
+        writes.split_whitespace().collect::<Vec<_>>(),
+        ["y"],
+        "the root tmpfs took a write, or /tmp did not"
+    );
+}
+
+/// A grant's bind is recursive, so a mount below the granted directory on the host (a tmpfs
+/// here, writable by every uid) comes into the sandbox too: under a read-only grant it is
+/// read-only, `nosuid` and `nodev` like the grant itself, where a writable grant of the same
+/// directory writes through to it (the control). (The trusted tier binds the host's root
+/// whole, its mounts with their own flags, and no grant.)
+#[test]
+fn a_mount_below_a_read_only_grant_is_read_only_too() {
+    let host = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sub = host.path().join("sub");
+    fs::create_dir(&sub).expect("sub");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=1777,size=65536", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skip(
+            "a_mount_below_a_read_only_grant_is_read_only_too",
+            "cannot mount a tmpfs (not root)",
+        );
+        return;
+    }
+    let home = Home::new();
+    home.start();
+    let dir = host.path().display().to_string();
+    let script = format!(
+        "grep ' {dir}/sub ' /proc/self/mountinfo | cut -d' ' -f6; \
+         (echo x > {dir}/sub/x) 2>/dev/null && echo WROTE; true"
+    );
+    let run = |tier: &str, grant: &str| {
+        let out = home.ctl(&[
+            "sandbox", "run", "--tier", tier, grant, &dir, "--", "/bin/sh", "-c", &script,
+        ]);
+        let _ = fs::remove_file(sub.join("x"));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let results: Vec<_> = [("balanced", "--read"), ("balanced", "--write")]
+        .iter()
+        .map(|&(tier, grant)| (tier, grant, run(tier, grant)))
+        .collect();
+    let _ = Command::new("umount").arg(&sub).status();
+    for (tier, grant, (stdout, stderr)) in results {
+        let opts: Vec<&str> = stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .collect();
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"nodev"),
+            "{tier} {grant}: {stdout} {stderr}"
+        );
+        if grant == "--read" {
+            assert!(opts.contains(&"ro"), "{tier}: {stdout} {stderr}");
+            assert!(!stdout.contains("WROTE"), "{tier}: {stdout}");
+        } else {
+            // The control: a writable grant writes through to the mount below it.
+            assert!(
+                stdout.contains("WROTE"),
+                "{tier} {grant}: {stdout} {stderr}"
+            );
+        }
+    }
+}

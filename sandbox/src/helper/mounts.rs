@@ -1,6 +1,7 @@
-//! Building the sandbox's root, bubblewrap style: a tmpfs base, `pivot_root` into it with the
-//! old root kept at `/oldroot`, the new root assembled under `/newroot` from the plan's
-//! steps, then a second `pivot_root` that leaves the old root unreachable. Every bind source
+//! Building the sandbox's root: its own tmpfs, `pivot_root` into it with the old root kept at
+//! `/oldroot`, the root assembled in place from the plan's steps, then the old root detached
+//! and its mount point removed (a root bound from the host's takes bubblewrap's path instead:
+//! a tmpfs base, the root under `/newroot`, a second `pivot_root`). Every bind source
 //! (resolved by the plan) is opened without following a symlink and bound through that
 //! descriptor, so a name swapped for a symlink after planning is refused, not followed. Every
 //! mount point is reached the same way from the base, name by name (a deeper grant's lies in
@@ -110,8 +111,11 @@ fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
     .map_err(fail("remount bind", dst))
 }
 
-fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), Failure> {
-    bind_with(src, dst, writable, MsFlags::MS_NODEV)
+/// A grant's or a system path's bind; `below` says whether its flags are set on the mounts
+/// below it too (all but the trusted tier's root, a bind of the host's whole tree whose
+/// `/dev`, `/proc` and the rest keep their own flags).
+fn bind(src: &Path, dst: &Path, writable: bool, below: bool) -> Result<(), Failure> {
+    bind_with(src, dst, writable, MsFlags::MS_NODEV, below)
 }
 
 /// Opens `src` (absolute) for a bind without following any symlink on its path
@@ -269,10 +273,16 @@ fn child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path) -> Result<Owne
 /// source is pinned first ([`pin_source`]) and bound through its descriptor onto a mount
 /// point reached without symlinks ([`Target`]), so what is bound is what was opened, where
 /// it was planned; the remount acts on that mount only.
-fn bind_with(src: &Path, dst: &Path, writable: bool, extra: MsFlags) -> Result<(), Failure> {
+fn bind_with(
+    src: &Path,
+    dst: &Path,
+    writable: bool,
+    extra: MsFlags,
+    below: bool,
+) -> Result<(), Failure> {
     let pinned = pin_source(src)?;
     let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
-    bind_pinned(&pinned, &meta, dst, writable, extra)
+    bind_pinned(&pinned, &meta, dst, writable, extra, below)
 }
 
 /// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
@@ -289,7 +299,7 @@ fn bind_node(src: &Path, dst: &Path, major: u64, minor: u64) -> Result<(), Failu
             format!("{} (want {major}:{minor})", src.display()),
         ));
     }
-    bind_pinned(&pinned, &meta, dst, true, MsFlags::empty())
+    bind_pinned(&pinned, &meta, dst, true, MsFlags::empty(), true)
 }
 
 /// Whether `meta` is the character device (`major`, `minor`).
@@ -305,6 +315,7 @@ fn bind_pinned(
     dst: &Path,
     writable: bool,
     extra: MsFlags,
+    below: bool,
 ) -> Result<(), Failure> {
     let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let target = Target::make(dst, is_dir)?;
@@ -318,11 +329,26 @@ fn bind_pinned(
     )
     .map_err(fail("bind", dst))?;
     let mounted = target.mounted(meta)?;
-    let mut flags = MsFlags::MS_NOSUID | extra;
-    if !writable {
-        flags |= MsFlags::MS_RDONLY;
+    if !below {
+        let mut flags = MsFlags::MS_NOSUID | extra;
+        if !writable {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        return remount_bind(&fd_path(&mounted), flags);
     }
-    remount_bind(&fd_path(&mounted), flags)
+    // The bind is recursive (MS_REC); a remount would not be: a mount below the source on
+    // the host (a tmpfs, another file system) would keep its own flags, writable under a
+    // read-only grant. The flags are set on every mount of the bind at once, in one call
+    // that only sets (the flags the kernel locked on a bind made in a user namespace stay).
+    let mut attrs = crate::sys::MOUNT_ATTR_NOSUID;
+    if extra.contains(MsFlags::MS_NODEV) {
+        attrs |= crate::sys::MOUNT_ATTR_NODEV;
+    }
+    if !writable {
+        attrs |= crate::sys::MOUNT_ATTR_RDONLY;
+    }
+    crate::sys::mount_set_recursive(mounted.as_fd(), attrs)
+        .map_err(io_fail("set flags on the mounts below a bind", dst))
 }
 
 /// A file system of its own (`tmpfs`, `proc`) mounted at `dst`, reached without symlinks.
@@ -396,8 +422,50 @@ fn dev_nodes(host_dev: &Path, d: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The old root's mount point while the root is built; no step may name a sandbox path
+/// below it ([`reserved_dst`]).
+const OLD_ROOT: &str = "/oldroot";
+
+/// The first plan step, if any, whose sandbox path lies at or below [`OLD_ROOT`]: built there,
+/// it would be made in the old root (the host's), not in the sandbox's.
+fn reserved_dst(ops: &[MountOp]) -> Option<&Path> {
+    let old = Path::new(OLD_ROOT);
+    ops.iter()
+        .map(|op| match op {
+            MountOp::Tmpfs { dst, .. }
+            | MountOp::Bind { dst, .. }
+            | MountOp::Symlink { dst, .. }
+            | MountOp::Proc { dst }
+            | MountOp::Dev { dst } => dst.as_path(),
+        })
+        .find(|dst| under(Path::new("/"), dst).starts_with(old))
+}
+
+/// Whether the plan binds the host's root as the sandbox's (the trusted tier).
+fn binds_root(ops: &[MountOp]) -> bool {
+    ops.iter()
+        .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
+}
+
 /// Builds the new root from `ops` and makes it `/`. Runs in a new mount namespace.
+///
+/// One `pivot_root`: the root's own tmpfs (mounted over `/tmp` in this private namespace)
+/// becomes `/` at once with the old root below it at [`OLD_ROOT`]; the steps are built in place
+/// with their sources read from the old root, which is then detached and its mount point
+/// removed. A root that is a bind of the host's (the trusted tier) cannot be built in place
+/// (a mount over `/` would not be the process's root): it is assembled under `/newroot` of a
+/// tmpfs base, then made `/` by a second `pivot_root`, as bubblewrap does.
 pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+    if let Some(dst) = reserved_dst(ops) {
+        return Err(Failure::new(
+            "mount point",
+            libc::EINVAL,
+            format!(
+                "{}: sandbox paths below {OLD_ROOT} are reserved while the root is built; grant another path",
+                dst.display()
+            ),
+        ));
+    }
     let root = Path::new("/");
     // Nothing we do may propagate back to the host.
     mount(
@@ -408,16 +476,27 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(fail("make mounts private", root))?;
+    let old = Path::new(OLD_ROOT);
+    let in_place = !binds_root(ops);
     let base = Path::new("/tmp");
-    tmpfs(base, BASE_TMPFS_BYTES, 0o755)?;
-    mkdirs(&base.join("newroot"))?;
-    mkdirs(&base.join("oldroot"))?;
-    nix::unistd::pivot_root(base, &base.join("oldroot"))
-        .map_err(fail("pivot_root into the base", base))?;
-    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
-    let old = Path::new("/oldroot");
-    let new = Path::new("/newroot");
-    tmpfs(new, ROOT_TMPFS_BYTES, 0o755)?;
+    let new = if in_place {
+        tmpfs(base, ROOT_TMPFS_BYTES, 0o755)?;
+        mkdirs(&base.join("oldroot"))?;
+        nix::unistd::pivot_root(base, &base.join("oldroot"))
+            .map_err(fail("pivot_root into the new root", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        root
+    } else {
+        tmpfs(base, BASE_TMPFS_BYTES, 0o755)?;
+        mkdirs(&base.join("newroot"))?;
+        mkdirs(&base.join("oldroot"))?;
+        nix::unistd::pivot_root(base, &base.join("oldroot"))
+            .map_err(fail("pivot_root into the base", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        let new = Path::new("/newroot");
+        tmpfs(new, ROOT_TMPFS_BYTES, 0o755)?;
+        new
+    };
 
     for op in ops {
         match op {
@@ -430,9 +509,12 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
                     Some(data.as_str()),
                 )?;
             }
-            MountOp::Bind { src, dst, writable } => {
-                bind(&under(old, src), &under(new, dst), *writable)?
-            }
+            MountOp::Bind { src, dst, writable } => bind(
+                &under(old, src),
+                &under(new, dst),
+                *writable,
+                dst != Path::new("/"),
+            )?,
             MountOp::Symlink { target, dst } => {
                 let d = under(new, dst);
                 let t = Target::walk(&d)?;
@@ -463,18 +545,18 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
     }
 
     umount2(old, MntFlags::MNT_DETACH).map_err(fail("detach the old root", old))?;
-    nix::unistd::chdir(new).map_err(fail("chdir", new))?;
-    nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
-    nix::unistd::chdir("/").map_err(fail("chdir", root))?;
-    // The root's own tmpfs holds only mount points: make it read-only (unless the root is a
-    // bind of the host's, as in the trusted tier, which keeps its own flags).
-    if ops
-        .iter()
-        .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
-    {
+    if in_place {
+        // Its mount point goes too: the sandbox sees only what the plan put in its root.
+        fs::remove_dir(old).map_err(io_fail("remove the old root's mount point", old))?;
+    } else {
+        nix::unistd::chdir(new).map_err(fail("chdir", new))?;
+        nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root into the new root", new))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
+        nix::unistd::chdir("/").map_err(fail("chdir", root))?;
+        // The root is a bind of the host's, which keeps its own flags.
         return Ok(());
     }
+    // The root's own tmpfs holds only mount points: make it read-only.
     remount_bind(
         root,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -484,6 +566,58 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step whose sandbox path lies at or below the old root's mount point would be built in
+    /// the host's root (the old root is there while the root is built): refused, whatever the
+    /// spelling; its neighbours are not.
+    #[test]
+    fn a_step_below_the_old_root_s_mount_point_is_refused() {
+        let bind = |dst: &str| MountOp::Bind {
+            src: "/srv".into(),
+            dst: dst.into(),
+            writable: true,
+        };
+        for dst in ["/oldroot", "/oldroot/etc", "//oldroot/x", "/./oldroot/y"] {
+            assert!(reserved_dst(&[bind("/usr"), bind(dst)]).is_some(), "{dst}");
+        }
+        for op in [
+            MountOp::Tmpfs {
+                dst: "/oldroot/t".into(),
+                size: 1,
+                mode: 0o755,
+            },
+            MountOp::Symlink {
+                target: "/".into(),
+                dst: "/oldroot/l".into(),
+            },
+            MountOp::Proc {
+                dst: "/oldroot/proc".into(),
+            },
+            MountOp::Dev {
+                dst: "/oldroot/dev".into(),
+            },
+        ] {
+            assert!(reserved_dst(std::slice::from_ref(&op)).is_some(), "{op:?}");
+        }
+        // Controls: neighbouring names and the root itself are ordinary sandbox paths.
+        for dst in ["/", "/oldroots", "/old", "/srv/oldroot", "/oldroo"] {
+            assert!(reserved_dst(&[bind(dst)]).is_none(), "{dst}");
+        }
+    }
+
+    #[test]
+    fn only_a_root_bound_from_the_host_is_built_under_a_base() {
+        let bind = |dst: &str| MountOp::Bind {
+            src: "/".into(),
+            dst: dst.into(),
+            writable: false,
+        };
+        assert!(binds_root(&[bind("/")]));
+        assert!(!binds_root(&[
+            bind("/usr"),
+            MountOp::Proc { dst: "/".into() }
+        ]));
+    }
 
     #[test]
     fn a_dev_node_is_bound_only_when_it_is_that_character_device() {
