@@ -561,7 +561,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         if let Some(n) = &opts.notify {
             tell_manager(n.clone(), kernel.clone());
         }
-        control::serve(listener, kernel.clone()).await;
+        // On a worker thread, not this one: a connection's task then starts on the worker
+        // that accepted it, without waking another thread (two hand-offs a connection).
+        if let Err(e) = tokio::spawn(control::serve(listener, kernel.clone())).await {
+            tracing::error!(error = %e, "the control socket's accept loop failed");
+        }
         // The services drain their open streams and stop.
         kernel.services.stop_all(services::DEFAULT_DRAIN).await;
         // Open egress connections end, recorded closed before the daemon's last record.

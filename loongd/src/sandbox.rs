@@ -609,20 +609,21 @@ pub(crate) async fn run(
     }
     let spawned_detail =
         serde_json::json!({ "request": asked, "pid": child.pid(), "degraded": degraded });
-    kernel
-        .audit
-        .record_later(event(Kind::SandboxSpawned, spawned_detail))
-        .await;
+    let mut held = vec![event(Kind::SandboxSpawned, spawned_detail)];
     if degraded.is_empty() {
         tracing::info!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), "sandbox started");
     } else {
         tracing::warn!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), degraded = ?degraded, "sandbox started DEGRADED: the tier is not fully enforced");
         let detail =
             serde_json::json!({ "tier": req.tier, "program": req.program, "missing": degraded });
-        kernel
-            .audit
-            .record_later(event(Kind::SandboxDegraded, detail))
-            .await;
+        held.push(event(Kind::SandboxDegraded, detail));
+    }
+    // A run with a network grant records its connections (and their decisions) as they are
+    // made: its start is queued at once, so that it precedes them in the trail.
+    if !req.allow_net.is_empty() {
+        for e in held.drain(..) {
+            kernel.audit.record_later(e).await;
+        }
     }
     let killer = Arc::new(
         child
@@ -656,16 +657,22 @@ pub(crate) async fn run(
             relay_done: relay_done_rx,
             ended: ended.clone(),
             degraded,
+            held,
             exit: exit_tx,
         })
         .in_current_span(),
     );
 
-    // Stdin and interrupts: read by their own task, so a program that does not read its
-    // stdin stalls neither its output nor the queue behind it once its stdin is closed.
+    // Stdin and interrupts: fed beside the relay (a branch of its `select!`, polled with it,
+    // not a task of its own that another thread would be woken for), so a program that does
+    // not read its stdin stalls neither its output nor the queue behind it once its stdin
+    // is closed.
     let (interrupt_tx, interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
     let input = std::mem::replace(&mut io.input, mpsc::channel(1).1);
-    let feeder = tokio::spawn(feed(stdin, input, interrupt_tx));
+    let feeder = async {
+        feed(stdin, input, interrupt_tx).await;
+        std::future::pending::<()>().await
+    };
 
     let egress_actor = Actor::operator(
         cred.uid(),
@@ -685,8 +692,8 @@ pub(crate) async fn run(
             interrupts,
         ) => {}
         () = answer_egress(kernel, &egress_actor, &req.allow_net, asks) => {}
+        () = feeder => {}
     }
-    feeder.abort();
     guard.finish();
     exit_rx.await.map_err(|_| {
         RemoteError::new(
@@ -818,25 +825,12 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Everything the exit record needs, owned by the task that writes it.
-struct Reaper {
-    audit: crate::audit::Audit,
-    event: crate::audit::Event,
-    child: loong_sandbox::Child,
-    relay_done: oneshot::Receiver<()>,
-    ended: Arc<Mutex<Ended>>,
-    degraded: Vec<String>,
-    exit: oneshot::Sender<Result<ControlResponse, RemoteError>>,
-}
-
-/// Waits for the relay to end (or be dropped) and the sandbox to exit, records
-/// `sandbox.exited` with the cause, then hands the exit to the request if it still waits:
-/// the client hears of the exit only once it is in the audit trail.
-async fn record_exit(r: Reaper) {
-    let _ = r.relay_done.await;
-    // The helper's exit is awaited on the runtime (its pidfd turns readable), not on a
-    // blocking thread per sandbox; reading its report is then immediate.
-    if let Ok(pidfd) = r.child.pidfd().try_clone_to_owned() {
+/// Resolves once the relay has ended (or been dropped) and the helper has exited. The exit
+/// is awaited on the runtime (the helper's pidfd turns readable), not on a blocking thread
+/// per sandbox; reading its report is then immediate.
+async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::Child) {
+    let _ = relay_done.await;
+    if let Ok(pidfd) = child.pidfd().try_clone_to_owned() {
         // The safe constructor is deprecated for descriptors a type could swap or close
         // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and the
         // replacement is `unsafe`, which this crate does not allow.
@@ -846,8 +840,65 @@ async fn record_exit(r: Reaper) {
             let _ = fd.readable().await;
         }
     }
-    let child = r.child;
-    let report = match tokio::task::spawn_blocking(move || child.wait()).await {
+}
+
+/// Everything the exit record needs, owned by the task that writes it.
+struct Reaper {
+    audit: crate::audit::Audit,
+    event: crate::audit::Event,
+    child: loong_sandbox::Child,
+    relay_done: oneshot::Receiver<()>,
+    ended: Arc<Mutex<Ended>>,
+    degraded: Vec<String>,
+    /// The run's start records (`sandbox.spawned`, `sandbox.degraded`) not yet queued: they
+    /// go with `sandbox.exited` when the run ends within `LINGER`, else when it passes.
+    held: Vec<crate::audit::Event>,
+    exit: oneshot::Sender<Result<ControlResponse, RemoteError>>,
+}
+
+/// Waits for the relay to end (or be dropped) and the sandbox to exit, records
+/// `sandbox.exited` with the cause, then hands the exit to the request if it still waits:
+/// the client hears of the exit only once it is in the audit trail.
+async fn record_exit(mut r: Reaper) {
+    {
+        let ended = helper_gone(r.relay_done, &r.child);
+        tokio::pin!(ended);
+        // The run's start records wait for its end, to share its commit (one writer wake-up and
+        // one `fsync` for the run's end instead of two), for at most `LINGER`: a run that lasts
+        // longer has them committed then, as `record_later` would have.
+        if !r.held.is_empty() {
+            tokio::select! {
+                () = &mut ended => {}
+                () = tokio::time::sleep(crate::audit::LINGER) => {
+                    let held = std::mem::take(&mut r.held);
+                    // Acknowledged to nobody, but not "later": the writer commits it at once
+                    // instead of lingering once more.
+                    if r.audit.queue_all(held).await.is_err() {
+                        tracing::error!("the audit writer has stopped; a sandbox's start could not be queued");
+                    }
+                    (&mut ended).await;
+                }
+            }
+        } else {
+            (&mut ended).await;
+        }
+    }
+    let mut child = r.child;
+    // Once the helper is gone its report is read here, on the runtime, without a hand-off
+    // to the blocking pool; a cgroup's removal (which may pause while the kernel empties
+    // it) and a pidfd that could not be watched still go there.
+    let waited = match child.try_wait() {
+        Some(report) if !child.holds_cgroup() => Ok(report),
+        Some(report) => {
+            tokio::task::spawn_blocking(move || {
+                drop(child);
+                report
+            })
+            .await
+        }
+        None => tokio::task::spawn_blocking(move || child.wait()).await,
+    };
+    let report = match waited {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "waiting for a sandbox failed");
@@ -895,7 +946,14 @@ async fn record_exit(r: Reaper) {
             detail.extend(more);
         }
     }
-    let answer = match r.audit.record(event).await {
+    // The start records still held, then the exit: one group, committed together.
+    let mut events = std::mem::take(&mut r.held);
+    events.push(event);
+    let recorded = match r.audit.queue_all(events).await {
+        Ok(commit) => commit.committed().await,
+        Err(e) => Err(e),
+    };
+    let answer = match recorded {
         Ok(_) => Ok(ControlResponse::SandboxExited(exit)),
         Err(e) => {
             tracing::error!(error = %e, "a sandbox's exit could not be recorded");

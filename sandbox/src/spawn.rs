@@ -40,6 +40,9 @@ const FD_STAGING_MIN: i32 = 64;
 pub const MAX_PASS_FDS: usize = server::MAX_PASS_FDS;
 /// The buffer a [`Child`] reads its helper's report lines through.
 const REPORT_BUFFER_BYTES: usize = 512;
+/// The most of a helper's report [`Child::try_wait`] reads after its exit (a few short lines
+/// are all a helper writes).
+const REPORT_MAX_BYTES: usize = 64 * 1024;
 /// How long the helper may take to report `exec` or a failed step.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,6 +177,58 @@ impl Child {
             line.clear();
         }
         while !wait_readable(self.pidfd.as_fd(), Duration::from_secs(60)) {}
+        Ok(self.ended(report))
+    }
+
+    /// How the sandbox ended, without blocking, once its helper has exited (its pidfd is
+    /// readable): what the helper reported is already in its pipe, so an async caller takes
+    /// it on its own thread instead of handing [`Child::wait`] to a blocking one. `None`
+    /// while the helper still runs. Dropping the `Child` afterwards removes its cgroup, which
+    /// may wait ([`Child::holds_cgroup`]).
+    pub fn try_wait(&mut self) -> Option<io::Result<ExitReport>> {
+        if !wait_readable(self.pidfd.as_fd(), Duration::ZERO) {
+            return None;
+        }
+        // The helper, the only writer of report lines, is gone: everything it wrote is
+        // buffered or in the pipe. The pipe is read without blocking, so a descriptor of it
+        // left open elsewhere cannot hold the caller.
+        let mut text = self.report.buffer().to_vec();
+        let file = self.report.get_mut();
+        let unblocked = nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        if let Err(e) = unblocked {
+            return Some(Err(e.into()));
+        }
+        let mut chunk = [0u8; REPORT_BUFFER_BYTES];
+        while text.len() < REPORT_MAX_BYTES {
+            match io::Read::read(file, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let mut report = None;
+        for line in String::from_utf8_lossy(&text).lines() {
+            if let Some(rest) = line.trim_end().strip_prefix("exit ") {
+                report = parse_exit(rest);
+            }
+        }
+        Some(Ok(self.ended(report)))
+    }
+
+    /// Whether the sandbox has a cgroup of its own, which dropping the `Child` removes
+    /// (retrying, with pauses, while the kernel still empties it).
+    pub fn holds_cgroup(&self) -> bool {
+        self.cgroup.is_some()
+    }
+
+    /// The exit as reported (a helper that was killed reports none: SIGKILL), with the
+    /// cgroup's OOM kills.
+    fn ended(&self, report: Option<ExitReport>) -> ExitReport {
         let mut r = report.unwrap_or(ExitReport {
             code: None,
             signal: Some(libc::SIGKILL),
@@ -183,7 +238,7 @@ impl Child {
             oom_killed: false,
         });
         r.oom_killed = self.cgroup.as_ref().is_some_and(SandboxCgroup::oom_killed);
-        Ok(r)
+        r
     }
 }
 

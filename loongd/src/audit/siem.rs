@@ -66,8 +66,18 @@ impl Siem {
         }
     }
 
+    /// Whether any transport is configured.
+    fn any(&self) -> bool {
+        self.config.jsonl.is_some() || self.config.syslog.is_some()
+    }
+
     /// Ships `records`; `Err` only when a fail-closed transport failed.
     pub(super) fn ship(&mut self, records: &[Record]) -> Result<(), LaneError> {
+        // Without a lane (the default) no line is built: each would parse the record's detail
+        // back and serialise it again, on the writer's thread, for nobody.
+        if !self.any() {
+            return Ok(());
+        }
         let lines: Vec<String> = records.iter().map(json_line).collect();
         self.ship_lines(&lines)
     }
@@ -112,6 +122,9 @@ impl Siem {
     /// signature, format}}` on every lane, so that a trail cut back behind it is caught from
     /// outside the host too.
     pub(super) fn ship_checkpoint(&mut self, w: &super::witness::Witness) -> Result<(), LaneError> {
+        if !self.any() {
+            return Ok(());
+        }
         let line = serde_json::json!({ "checkpoint": w.to_json() }).to_string();
         self.ship_lines(&[line])
     }

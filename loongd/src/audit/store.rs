@@ -690,19 +690,12 @@ fn commit(
             ])?;
             records.push(Record {
                 seq,
-
                 time_ms: time,
-
                 kind: e.kind.as_str().to_string(),
-
                 actor: e.actor.clone(),
-
                 correlation: e.correlation.clone(),
-
-                detail: detail.clone(),
-
+                detail,
                 prev_hash: prev,
-
                 hash,
             });
             // A clean stop carries its own checkpoint, in its own transaction, so that no
