@@ -1100,3 +1100,164 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
     );
     assert_eq!(home.status().pid, daemon);
 }
+
+/// `scale_peer.py` copied into a directory every sandbox uid may write (the servers leave
+/// their marks there); returns (dir, script path).
+fn scale_peer() -> (tempfile::TempDir, PathBuf) {
+    let dir = shared_dir("lsp");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let script = dir.path().join("scale_peer.py");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("all/peers/scale_peer.py");
+    write_file(
+        &script,
+        &fs::read_to_string(src).expect("peer script"),
+        0o644,
+    );
+    (dir, script)
+}
+
+/// Installs `scale_peer.py` as the MCP server `id` in `role`, listing `tools` tools.
+fn install_scale_peer(home: &Home, dir: &Path, script: &Path, id: &str, role: &str, tools: u32) {
+    let d = dir.display().to_string();
+    install_foreign(
+        home,
+        id,
+        &format!(
+            r#""bridge_kind": "mcp_stdio", "command": "/usr/bin/python3", "args_json": {}"#,
+            args_json(&[
+                &script.display().to_string(),
+                role,
+                &d,
+                id,
+                &tools.to_string()
+            ])
+        ),
+        &format!(r#""write": [{d:?}], "timeout_ms": 30000"#),
+    );
+}
+
+#[test]
+fn plugins_load_side_by_side_and_a_slow_or_failing_server_holds_no_other() {
+    if !is_root() {
+        return skip(
+            "plugins_load_side_by_side_and_a_slow_or_failing_server_holds_no_other",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    // `a-gate` sorts first and answers only once two servers after it have started: loaded
+    // one after another, it would wait for them in vain and be refused.
+    install_scale_peer(&home, dir.path(), &script, "a-gate", "gate", 2);
+    install_scale_peer(&home, dir.path(), &script, "b-fast-1", "mark", 3);
+    install_scale_peer(&home, dir.path(), &script, "b-fast-2", "mark", 3);
+    install_scale_peer(&home, dir.path(), &script, "c-broken", "exit", 1);
+    install_scale_peer(&home, dir.path(), &script, "d-after", "serve", 1);
+    home.start();
+    let check = |when: &str| {
+        let ps = plugins(&home);
+        let state = |id: &str| {
+            ps.iter()
+                .find(|p| p["id"] == id)
+                .map(|p| p["state"].as_str().unwrap_or_default().to_string())
+        };
+        for id in ["a-gate", "b-fast-1", "b-fast-2", "d-after"] {
+            assert_eq!(state(id).as_deref(), Some("ready"), "{when}: {id}: {ps:?}");
+        }
+        assert_eq!(
+            state("c-broken").as_deref(),
+            Some("failed"),
+            "{when}: {ps:?}"
+        );
+        // The records of one discovery follow the set's order, whatever order the loads
+        // finished in: the newest record of each, by sequence number.
+        let mut all = records(&home, "plugin.loaded");
+        all.extend(records(&home, "plugin.refused"));
+        let mut newest: Vec<(u64, String)> = Vec::new();
+        for id in ["a-gate", "b-fast-1", "b-fast-2", "c-broken", "d-after"] {
+            let seq = all
+                .iter()
+                .filter(|r| crate::workers::detail(r)["plugin"] == id)
+                .filter_map(|r| r["seq"].as_u64())
+                .max()
+                .unwrap_or_else(|| panic!("{when}: no record of {id}"));
+            newest.push((seq, id.to_string()));
+        }
+        let mut by_seq = newest.clone();
+        by_seq.sort();
+        assert_eq!(by_seq, newest, "{when}: records in the set's order");
+    };
+    check("at start");
+    // A reload loads them side by side again.
+    for f in fs::read_dir(dir.path()).expect("dir").flatten() {
+        if f.file_name().to_string_lossy().starts_with("started-") {
+            fs::remove_file(f.path()).expect("remove mark");
+        }
+    }
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    check("after a reload");
+    let (code, _, err) = invoke(&home, &["d-after/tool_0", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_list_page_names_a_plugins_first_tools_and_their_count_and_show_names_all() {
+    if !is_root() {
+        return skip(
+            "a_list_page_names_a_plugins_first_tools_and_their_count_and_show_names_all",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    install_scale_peer(&home, dir.path(), &script, "many", "serve", 40);
+    // Control: a server of few tools is listed whole.
+    install_scale_peer(&home, dir.path(), &script, "few", "serve", 3);
+    home.start();
+    let ps = plugins(&home);
+    let many = ps.iter().find(|p| p["id"] == "many").expect("listed");
+    assert_eq!(many["tool_count"], 40, "{many}");
+    let listed: Vec<&str> = many["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(listed.len(), 16, "{many}");
+    assert_eq!(listed[0], "many/tool_0");
+    let few = ps.iter().find(|p| p["id"] == "few").expect("listed");
+    assert_eq!(few["tool_count"], 3, "{few}");
+    assert_eq!(few["tools"].as_array().map(Vec::len), Some(3), "{few}");
+    // The text list says how many more there are and where to see them.
+    let out = home.ctl(&["plugins", "list"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("… and 24 more (`loongctl plugins show many`)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("more (`loongctl plugins show few`)"),
+        "{shown}"
+    );
+    // `plugins show` names every tool, with its schema.
+    let out = home.ctl(&["plugins", "show", "many", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let all = v[0]["tools"].as_array().expect("tools");
+    assert_eq!(all.len(), 40, "{v}");
+    assert_eq!(all[39], "many/tool_39");
+    let schemas = v[0]["input_schemas"].as_array().expect("schemas");
+    assert_eq!(schemas.len(), 40, "{v}");
+    assert!(
+        schemas[39].as_str().unwrap_or_default().contains("\"n\""),
+        "{v}"
+    );
+    let out = home.ctl(&["plugins", "show", "no-such-plugin"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no plugin no-such-plugin"),
+        "{}",
+        text(&out.stderr)
+    );
+}

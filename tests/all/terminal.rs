@@ -262,6 +262,7 @@ fn plugin(error: Option<String>) -> PluginView {
         trust: h(),
         signer: Some(h()),
         lock_digest: Some(h()),
+        tool_count: 2,
     }
 }
 

@@ -420,10 +420,28 @@ pub(crate) fn offered(
         _ => BTreeMap::new(),
     };
     let mut out = Vec::new();
-    for p in plugins
+    for listed in plugins
         .iter()
         .filter(|p| p.state == "ready" || p.state == "deferred")
     {
+        // A page carries the first tools' names alone: every tool, with its schema, is shown
+        // one plugin at a time. One removed since the page was read offers nothing.
+        let p = match client.call(
+            ControlRequest::PluginShow {
+                id: listed.id.clone(),
+            },
+            crate::REQUEST_DEADLINE,
+        ) {
+            Ok(ControlResponse::Plugins(mut shown)) if shown.len() == 1 => shown.remove(0),
+            Err(loong_ipc::client::ClientError::Remote(e))
+                if e.kind == loong_ipc::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Ok(other) => return Err(anyhow!("unexpected answer to plugins show: {other:?}").into()),
+            Err(e) => return Err(e.into()),
+        };
+        let p = &p;
         for (i, tool) in p.tools.iter().enumerate() {
             let (cap, target) = decided_on(p, tool);
             let answer = client.call(
@@ -700,6 +718,7 @@ mod tests {
             trust: "unverified".into(),
             signer: None,
             lock_digest: None,
+            tool_count: 1,
         };
         assert_eq!(
             decided_on(&view("file.read", "builtin"), "file.read"),

@@ -52,11 +52,19 @@ pub struct InvokeArgs {
 pub enum PluginsCommand {
     /// The plugins in HOME/plugins by id, with their state and any load error.
     List {
-        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools, trust, signer}).
+        /// Print JSON (an array of {id, version, summary, bridge_kind, state, error, sha256, path, tools (the first 16), tool_count, trust, signer}).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         page: PageArgs,
+    },
+    /// One plugin with every tool it offers (a page of `plugins list` shows the first
+    /// few of a plugin's tools and their count).
+    Show {
+        id: String,
+        /// Print JSON ({id, ..., tools, tool_count, input_schemas, ...}).
+        #[arg(long)]
+        json: bool,
     },
     /// Discover HOME/plugins again and load each plugin once in a worker, then list them.
     Reload {
@@ -448,13 +456,35 @@ fn plugin_json(p: &PluginView) -> serde_json::Value {
     serde_json::json!({
         "id": p.id, "version": p.version, "summary": p.summary, "bridge_kind": p.bridge_kind,
         "state": p.state, "error": p.error, "sha256": p.sha256, "path": p.path,
-        "tools": p.tools, "trust": p.trust, "signer": p.signer, "lock_digest": p.lock_digest,
+        "tools": p.tools, "tool_count": p.tool_count, "trust": p.trust, "signer": p.signer,
+        "lock_digest": p.lock_digest,
     })
 }
 
 pub(crate) fn plugins(layout: &Layout, cmd: PluginsCommand) -> Result<u8, Failure> {
     let (req, json) = match cmd {
         PluginsCommand::List { json, page } => return list_plugins(layout, &page, json),
+        PluginsCommand::Show { id, json } => {
+            let ControlResponse::Plugins(ps) =
+                crate::request(layout, ControlRequest::PluginShow { id })?
+            else {
+                return Err(anyhow!("unexpected answer to plugins show").into());
+            };
+            if json {
+                let all: Vec<serde_json::Value> = ps
+                    .iter()
+                    .map(|p| {
+                        let mut v = plugin_json(p);
+                        v["input_schemas"] = serde_json::json!(p.input_schemas);
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                ps.iter().for_each(print_plugin);
+            }
+            return Ok(exit::OK);
+        }
         PluginsCommand::Reload { json } => {
             // The answer is the first page; the list is shown whole, a page at a time.
             crate::request_within(
@@ -613,11 +643,18 @@ fn print_plugin(p: &PluginView) {
             Esc(e)
         ),
     }
-    // An MCP server's tools, one per line under it.
+    // An MCP server's tools, one per line under it (a page of the list carries the first).
     if p.tools.len() > 1 || p.tools.first().is_some_and(|t| *t != p.id) {
         for t in &p.tools {
             println!("    {}", Esc(t));
         }
+    }
+    let more = (p.tool_count as usize).saturating_sub(p.tools.len());
+    if more > 0 {
+        println!(
+            "    … and {more} more (`loongctl plugins show {}`)",
+            Esc(&p.id)
+        );
     }
 }
 

@@ -314,6 +314,11 @@ pub enum ControlRequest {
     ChannelRestart {
         name: String,
     },
+    /// One plugin with every tool's name and input schema; answered by
+    /// [`ControlResponse::Plugins`] (that one).
+    PluginShow {
+        id: String,
+    },
 }
 
 /// What `loongctl gateway status` shows.
@@ -600,11 +605,15 @@ pub struct PluginView {
     pub sha256: Option<String>,
     /// The plugin's directory.
     pub path: String,
-    /// The tools it offers (`PLUGIN_ID/TOOL` for an MCP server; its own id otherwise).
+    /// The tools it offers (`PLUGIN_ID/TOOL` for an MCP server; its own id otherwise): every
+    /// one in the answer to [`ControlRequest::PluginShow`], an install or an enable; the first
+    /// [`MAX_LISTED_TOOLS`] in a page of [`ControlRequest::PluginList`] (`tool_count` says
+    /// how many there are).
     pub tools: Vec<String>,
     /// The JSON schema of each tool's input, in the order of `tools`, as compact JSON text
     /// (`{"type":"object"}` when the plugin gives none; each bounded by
-    /// [`crate::schema::MAX_INPUT_SCHEMA_BYTES`]).
+    /// [`crate::schema::MAX_INPUT_SCHEMA_BYTES`]); empty in a page of
+    /// [`ControlRequest::PluginList`].
     pub input_schemas: Vec<String>,
     /// The effective trust tier: the lowest of what the manifest claims and what its
     /// signature proves (`unverified` when unsigned).
@@ -613,7 +622,14 @@ pub struct PluginView {
     pub signer: Option<String>,
     /// The package digest in the lockfile, for an installed plugin.
     pub lock_digest: Option<String>,
+    /// How many tools it offers (`tools` may list only the first of them).
+    pub tool_count: u32,
 }
+
+/// The most tool names a plugin carries in a page of [`ControlRequest::PluginList`]: a page
+/// of MCP servers of hundreds of tools each would otherwise carry every name (and schema)
+/// of every one; [`ControlRequest::PluginShow`] gives them all.
+pub const MAX_LISTED_TOOLS: usize = 16;
 
 /// A worker process as `loongctl workers list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,7 @@ pub(crate) async fn handle(
         ControlRequest::Invoke(req) => super::tools_api::invoke(kernel, cred, &io, req).await,
         ControlRequest::PluginList(page) => Ok(super::tools_api::list(kernel, &page)),
         ControlRequest::PluginReload => Ok(super::tools_api::reload(kernel).await),
+        ControlRequest::PluginShow { id } => super::tools_api::show(kernel, &id),
         ControlRequest::WorkerList(page) => super::tools_api::workers(kernel, &page),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
         ControlRequest::ToolSearch(req) => super::tools_api::search(kernel, cred, &io, req).await,

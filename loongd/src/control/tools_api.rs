@@ -34,14 +34,27 @@ pub(crate) async fn invoke(
         .map(ControlResponse::Invoked)
 }
 
-/// `plugins list`: a page of the plugins, by id.
+/// `plugins list`: a page of the plugins, by id, each with its first tools' names and their
+/// count (`plugins show` gives every tool).
 pub(crate) fn list(kernel: &Kernel, page: &Page) -> ControlResponse {
     let snapshot = kernel.plugins_snapshot();
     let after = snapshot
         .values()
         .filter(|p| after_text(page, &p.id))
-        .map(|p| p.view());
+        .map(|p| p.listed_view());
     ControlResponse::Plugins(page_of(after, |_| true, page))
+}
+
+/// `plugins show ID`: one plugin with every tool's name and input schema.
+pub(crate) fn show(kernel: &Kernel, id: &str) -> Result<ControlResponse, RemoteError> {
+    let snapshot = kernel.plugins_snapshot();
+    let p = snapshot.get(id).ok_or_else(|| {
+        RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no plugin {id}; `loongctl plugins list` shows them"),
+        )
+    })?;
+    Ok(ControlResponse::Plugins(vec![p.view()]))
 }
 
 /// `plugins reload`: the set discovered and loaded again, then its first page.

@@ -12,7 +12,7 @@ use crate::{
     audit::{Event, Kind},
     workers::{
         plugins::{self, State},
-        CallError, Supervisor,
+        CallError, LoadInfo, Supervisor,
     },
     Kernel,
 };
@@ -52,44 +52,26 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
     // A plugin directory named after a built-in tool failed discovery (and is audited as
     // refused below); the built-in, last in the list, keeps the name in the registry.
     found.extend(builtins);
-    for p in &mut found {
-        let outcome = match &mut p.state {
-            State::Disabled(_) => continue,
-            State::Failed(why) => Err(why.clone()),
-            State::Ready {
-                plugin, kind, pool, ..
-            } => {
-                let runner = kernel.pool_for(kind.as_deref());
-                *pool = Some(runner.clone());
-                if p.catalog.defer_loading {
-                    // Started by its first call; its manifest was checked above.
-                    kernel
-                        .audit
-                        .record_later(Event::daemon(
-                            Kind::PluginLoaded,
-                            serde_json::json!({
-                                "plugin": p.id, "version": p.version,
-                                "bridge_kind": p.bridge_kind, "deferred": true,
-                            }),
-                        ))
-                        .await;
-                    continue;
-                }
-                match runner.check_load(plugin).await {
-                    Ok(info) => Ok(info),
-                    Err(e) => {
-                        if kernel.is_own_pool(&runner) {
-                            runner.shutdown();
-                        }
-                        Err(match e {
-                            CallError::Plugin(f) => f.message,
-                            other => {
-                                format!("could not be loaded in a worker: {}", other.message())
-                            }
-                        })
-                    }
-                }
+    let outcomes = load_all(kernel, &mut found).await;
+    // Recorded and applied in the set's order, whatever order the loads finished in.
+    for (p, outcome) in found.iter_mut().zip(outcomes) {
+        let outcome = match outcome {
+            Outcome::Skipped => continue,
+            Outcome::Deferred => {
+                // Started by its first call; its manifest was checked at discovery.
+                kernel
+                    .audit
+                    .record_later(Event::daemon(
+                        Kind::PluginLoaded,
+                        serde_json::json!({
+                            "plugin": p.id, "version": p.version,
+                            "bridge_kind": p.bridge_kind, "deferred": true,
+                        }),
+                    ))
+                    .await;
+                continue;
             }
+            Outcome::Done(outcome) => outcome,
         };
         let detail = match &outcome {
             Ok(info) => serde_json::json!({
@@ -124,6 +106,77 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
     for pool in own_pools(&old, kernel) {
         tokio::spawn(pool.drain_then_shutdown());
     }
+}
+
+/// The most plugins a discovery loads at once: each load of a foreign program starts it in
+/// its own sandbox and waits for its listing (an MCP server's `initialize` and `tools/list`
+/// pages), which is mostly waiting, so loads overlap; the bound keeps a set of hundreds of
+/// servers from starting hundreds of processes at once.
+pub const MAX_CONCURRENT_LOADS: usize = 8;
+
+/// What the load of one discovered plugin came to.
+enum Outcome {
+    /// Disabled: nothing is loaded or recorded.
+    Skipped,
+    /// Deferred to its first call.
+    Deferred,
+    /// Its load in a worker (or the reason it was refused before one).
+    Done(Result<LoadInfo, String>),
+}
+
+/// Loads every ready, not deferred plugin of `found` in a worker, at most
+/// [`MAX_CONCURRENT_LOADS`] at once, each on its own pool (a foreign program's) or the
+/// shared WASM pool; gives each plugin of `found` its pool and returns the outcomes in the
+/// order of `found`. A load that fails or stalls (each is bounded by the pool's load
+/// deadline) holds only its own place: the others go on.
+async fn load_all(kernel: &Kernel, found: &mut [plugins::Plugin]) -> Vec<Outcome> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS));
+    let mut started = Vec::with_capacity(found.len());
+    for p in found.iter_mut() {
+        let job = match &mut p.state {
+            State::Disabled(_) => Err(Outcome::Skipped),
+            State::Failed(why) => Err(Outcome::Done(Err(why.clone()))),
+            State::Ready {
+                plugin, kind, pool, ..
+            } => {
+                let runner = kernel.pool_for(kind.as_deref());
+                *pool = Some(runner.clone());
+                if p.catalog.defer_loading {
+                    Err(Outcome::Deferred)
+                } else {
+                    let (plugin, own, permits) =
+                        (plugin.clone(), kernel.is_own_pool(&runner), permits.clone());
+                    Ok(tokio::spawn(async move {
+                        // The semaphore is never closed, so a permit always comes.
+                        let _permit = permits.acquire_owned().await;
+                        let loaded = runner.check_load(&plugin).await;
+                        if loaded.is_err() && own {
+                            runner.shutdown();
+                        }
+                        loaded.map_err(|e| match e {
+                            CallError::Plugin(f) => f.message,
+                            other => {
+                                format!("could not be loaded in a worker: {}", other.message())
+                            }
+                        })
+                    }))
+                }
+            }
+        };
+        started.push(job);
+    }
+    let mut outcomes = Vec::with_capacity(started.len());
+    for job in started {
+        outcomes.push(match job {
+            Err(outcome) => outcome,
+            Ok(load) => {
+                Outcome::Done(load.await.unwrap_or_else(|e| {
+                    Err(format!("could not be loaded: its load stopped ({e})"))
+                }))
+            }
+        });
+    }
+    outcomes
 }
 
 /// The pools of foreign programs in `registry` (not the shared WASM pool).

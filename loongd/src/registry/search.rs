@@ -14,43 +14,55 @@ use crate::workers::plugins::{Registry, State};
 /// The most words of a query that count.
 pub const MAX_QUERY_WORDS: usize = 16;
 
-/// One tool, as search compares it.
+/// What the tools of one plugin share in the index: made once per plugin, not per tool.
 #[derive(Debug)]
-struct Entry {
+struct Owner {
     /// The plugin's id (its key in the registry the index was made from).
-    plugin: String,
-    /// What `invoke` takes.
-    name: String,
-    /// The MCP tool's own description (empty for a plugin that is one tool).
-    description: String,
-    /// `name`, lowercased.
-    name_lower: String,
-    /// The letters-and-digits parts of `name_lower`.
-    parts: Vec<String>,
-    /// The summary and the description, lowercased.
-    text: String,
-    /// The plugin's tags, lowercased.
+    id: String,
+    /// Its summary, lowercased.
+    summary: String,
+    /// Its tags, lowercased.
     tags: Vec<String>,
     trust: TrustTier,
 }
 
+/// One tool, as search compares it. Its description is not copied: a hit reads it from the
+/// plugin set the index was made from.
+#[derive(Debug)]
+struct Entry {
+    /// Its plugin, in [`SearchIndex::owners`].
+    owner: u32,
+    /// Its place in its plugin's tool list (`None`: a plugin that is one tool).
+    tool: Option<u32>,
+    /// What `invoke` takes.
+    name: String,
+    /// `name`, lowercased.
+    name_lower: String,
+    /// The MCP tool's own description, lowercased (empty for a plugin that is one tool).
+    description: String,
+}
+
 impl Entry {
-    /// Per word, 8 for a whole name part, 4 for a part of the name, 3 for a tag, 2 for the
-    /// summary or the description.
-    fn score(&self, words: &[String]) -> u32 {
+    /// Per word, 8 for a whole name part (a run of letters and digits), 4 for a part of the
+    /// name, 3 for a tag, 2 for the summary or the description.
+    fn score(&self, owner: &Owner, words: &[String]) -> u32 {
         words
             .iter()
             .map(|w| {
                 let mut s = 0;
-                if self.parts.iter().any(|p| p == w) {
-                    s += 8;
-                } else if self.name_lower.contains(w.as_str()) {
-                    s += 4;
+                // A whole part is in the name, so the parts are split only when it is.
+                if self.name_lower.contains(w.as_str()) {
+                    let whole = self
+                        .name_lower
+                        .split(|c: char| !c.is_alphanumeric())
+                        .any(|p| p == w);
+                    s += if whole { 8 } else { 4 };
                 }
-                if self.tags.iter().any(|t| t == w) {
+                if owner.tags.iter().any(|t| t == w) {
                     s += 3;
                 }
-                if self.text.contains(w.as_str()) {
+                // A word is letters and digits, so none spans the summary and the description.
+                if owner.summary.contains(w.as_str()) || self.description.contains(w.as_str()) {
                     s += 2;
                 }
                 s
@@ -62,47 +74,55 @@ impl Entry {
 /// Every tool of the ready and deferred plugins of one plugin set.
 #[derive(Debug, Default)]
 pub(crate) struct SearchIndex {
+    owners: Vec<Owner>,
     entries: Vec<Entry>,
 }
 
 impl SearchIndex {
     /// The index of `registry`'s tools.
     pub(crate) fn build(registry: &Registry) -> SearchIndex {
-        let mut entries = Vec::new();
+        let mut index = SearchIndex::default();
         for p in registry.values() {
             let State::Ready { info, .. } = &p.state else {
                 continue;
             };
-            let summary = p.summary.to_lowercase();
-            let tags: Vec<String> = p.catalog.tags.iter().map(|t| t.to_lowercase()).collect();
-            let tools: Vec<(String, &str)> = if p.has_named_tools() && !info.tools.is_empty() {
-                info.tools
-                    .iter()
-                    .map(|t| (format!("{}/{}", p.id, t.name), t.description.as_str()))
-                    .collect()
-            } else {
-                vec![(p.id.clone(), "")]
+            let Ok(owner) = u32::try_from(index.owners.len()) else {
+                break;
             };
-            for (name, description) in tools {
-                let name_lower = name.to_lowercase();
-                let parts = name_lower
-                    .split(|c: char| !c.is_alphanumeric())
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                entries.push(Entry {
-                    plugin: p.id.clone(),
-                    text: format!("{summary} {}", description.to_lowercase()),
-                    description: description.to_string(),
-                    name,
-                    name_lower,
-                    parts,
-                    tags: tags.clone(),
-                    trust: p.trust,
+            index.owners.push(Owner {
+                id: p.id.clone(),
+                summary: p.summary.to_lowercase(),
+                tags: p.catalog.tags.iter().map(|t| t.to_lowercase()).collect(),
+                trust: p.trust,
+            });
+            if p.has_named_tools() && !info.tools.is_empty() {
+                for (i, t) in (0u32..).zip(info.tools.iter()) {
+                    let name = format!("{}/{}", p.id, t.name);
+                    index.entries.push(Entry {
+                        owner,
+                        tool: Some(i),
+                        name_lower: name.to_lowercase(),
+                        name,
+                        description: t.description.to_lowercase(),
+                    });
+                }
+            } else {
+                index.entries.push(Entry {
+                    owner,
+                    tool: None,
+                    name_lower: p.id.to_lowercase(),
+                    name: p.id.clone(),
+                    description: String::new(),
                 });
             }
         }
-        SearchIndex { entries }
+        index.owners.shrink_to_fit();
+        index.entries.shrink_to_fit();
+        index
+    }
+
+    fn owner(&self, e: &Entry) -> &Owner {
+        &self.owners[e.owner as usize]
     }
 
     /// The best `limit` (at most [`MAX_SEARCH_LIMIT`]) tools of plugins trusted at `floor`
@@ -119,8 +139,8 @@ impl SearchIndex {
         let mut scored: Vec<(u32, &Entry)> = self
             .entries
             .iter()
-            .filter(|e| e.trust <= floor)
-            .map(|e| (e.score(&words), e))
+            .filter(|e| self.owner(e).trust <= floor)
+            .map(|e| (e.score(self.owner(e), &words), e))
             .filter(|(s, _)| *s > 0 || words.is_empty())
             .collect();
         best(&mut scored, limit.min(MAX_SEARCH_LIMIT as usize), |e| {
@@ -129,16 +149,25 @@ impl SearchIndex {
         scored
             .into_iter()
             .filter_map(|(score, e)| {
-                let p = registry.get(&e.plugin)?;
+                let owner = self.owner(e);
+                let p = registry.get(&owner.id)?;
+                let description = match (&p.state, e.tool) {
+                    (State::Ready { info, .. }, Some(i)) => info
+                        .tools
+                        .get(i as usize)
+                        .map(|t| t.description.clone())
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
                 Some(ToolHit {
                     name: e.name.clone(),
                     plugin: p.id.clone(),
                     summary: p.summary.clone(),
-                    description: e.description.clone(),
+                    description,
                     tags: p.catalog.tags.clone(),
                     input_examples: p.catalog.input_examples.clone(),
                     output_examples: p.catalog.output_examples.clone(),
-                    trust: e.trust.as_str().into(),
+                    trust: owner.trust.as_str().into(),
                     claimed_trust: p.catalog.claimed_trust.map(|t| t.as_str().into()),
                     state: if p.deferred() { "deferred" } else { "active" }.into(),
                     bridge_kind: p.bridge_kind.into(),
@@ -200,33 +229,40 @@ pub(crate) fn query_words(query: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn entry(name: &str, summary: &str, tags: &[&str]) -> Entry {
-        let name_lower = name.to_lowercase();
-        Entry {
-            plugin: "p".into(),
-            name: name.into(),
-            description: String::new(),
-            parts: name_lower
-                .split(|c: char| !c.is_alphanumeric())
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect(),
-            name_lower,
-            text: format!("{} ", summary.to_lowercase()),
-            tags: tags.iter().map(|t| t.to_lowercase()).collect(),
-            trust: TrustTier::Unverified,
-        }
+    fn entry(name: &str, summary: &str, tags: &[&str]) -> (Entry, Owner) {
+        (
+            Entry {
+                owner: 0,
+                tool: None,
+                name: name.into(),
+                name_lower: name.to_lowercase(),
+                description: String::new(),
+            },
+            Owner {
+                id: "p".into(),
+                summary: summary.to_lowercase(),
+                tags: tags.iter().map(|t| t.to_lowercase()).collect(),
+                trust: TrustTier::Unverified,
+            },
+        )
+    }
+
+    fn score(e: (Entry, Owner), words: &[String]) -> u32 {
+        e.0.score(&e.1, words)
     }
 
     #[test]
     fn search_scores_names_above_tags_above_text() {
         let words = query_words("Read FILE, read!");
         assert_eq!(words, ["read", "file"]);
-        assert_eq!(entry("fs/read_file", "", &[]).score(&words), 16);
-        assert_eq!(entry("fs/cat", "", &["READ"]).score(&words), 3);
-        assert_eq!(entry("fs/cat", "Reads a file", &["files"]).score(&words), 4);
-        assert_eq!(entry("fs/readers", "", &[]).score(&words), 4);
-        assert_eq!(entry("time/now", "the time", &["files"]).score(&words), 0);
+        assert_eq!(score(entry("fs/read_file", "", &[]), &words), 16);
+        assert_eq!(score(entry("fs/cat", "", &["READ"]), &words), 3);
+        assert_eq!(
+            score(entry("fs/cat", "Reads a file", &["files"]), &words),
+            4
+        );
+        assert_eq!(score(entry("fs/readers", "", &[]), &words), 4);
+        assert_eq!(score(entry("time/now", "the time", &["files"]), &words), 0);
     }
 
     #[test]

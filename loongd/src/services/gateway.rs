@@ -564,14 +564,13 @@ fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
         let State::Ready { info, .. } = &p.state else {
             continue;
         };
-        let view = p.view();
         let own: std::collections::BTreeMap<String, String> = info
             .tools
             .iter()
             .filter(|t| !t.description.is_empty())
             .map(|t| (format!("{}/{}", p.id, t.name), t.description.clone()))
             .collect();
-        for tool in &view.tools {
+        for tool in &p.tool_names() {
             let description = match own.get(tool) {
                 Some(d) => d.clone(),
                 None if *tool == p.id => p.summary.clone(),

@@ -168,13 +168,39 @@ impl Plugin {
             && matches!(&self.state, State::Ready { info, .. } if !info.loaded)
     }
 
+    /// The plugin with every tool's name and input schema (`plugins show`, an install).
     pub(crate) fn view(&self) -> PluginView {
+        self.view_of(usize::MAX, true)
+    }
+
+    /// The plugin as a page of `plugins list` carries it: its first
+    /// [`MAX_LISTED_TOOLS`](loong_ipc::message::control::MAX_LISTED_TOOLS) tool names and
+    /// their count, no schema.
+    pub(crate) fn listed_view(&self) -> PluginView {
+        self.view_of(loong_ipc::message::control::MAX_LISTED_TOOLS, false)
+    }
+
+    /// The view with at most `names` tool names, and their schemas when `schemas`.
+    fn view_of(&self, names: usize, schemas: bool) -> PluginView {
         let (state, error, sha256) = match &self.state {
             State::Ready { .. } if self.deferred() => ("deferred", None, None),
             State::Ready { info, .. } => ("ready", None, info.sha256.clone()),
             State::Failed(why) => ("failed", Some(why.clone()), None),
             State::Disabled(why) => ("disabled", Some(why.clone()), None),
         };
+        // Each tool's name with the schema text it was listed with (its manifest's, for a
+        // plugin that is one tool), read once each.
+        let tools: Vec<(String, Option<&str>)> = match &self.state {
+            State::Ready { info, .. } if self.has_named_tools() => info
+                .tools
+                .iter()
+                .map(|t| (format!("{}/{}", self.id, t.name), t.input_schema.as_deref()))
+                .collect(),
+            State::Ready { .. } => vec![(self.id.clone(), self.catalog.input_schema.as_deref())],
+            State::Failed(_) | State::Disabled(_) => Vec::new(),
+        };
+        let tool_count = u32::try_from(tools.len()).unwrap_or(u32::MAX);
+        let shown = &tools[..tools.len().min(names)];
         PluginView {
             id: self.id.clone(),
             version: self.version.clone(),
@@ -184,17 +210,26 @@ impl Plugin {
             error,
             sha256,
             path: self.dir.display().to_string(),
-            input_schemas: self
-                .tool_names()
-                .iter()
-                .map(|t| self.input_schema(t).to_string())
-                .collect(),
-            tools: self.tool_names(),
+            input_schemas: if schemas {
+                shown.iter().map(|(_, text)| schema_text(*text)).collect()
+            } else {
+                Vec::new()
+            },
+            tools: shown.iter().map(|(name, _)| name.clone()).collect(),
             trust: self.trust.as_str().into(),
             signer: self.signer.clone(),
             lock_digest: self.lock_digest.clone(),
+            tool_count,
         }
     }
+}
+
+/// The schema a tool is offered with, as compact JSON text: `text` when it passes the input
+/// schema check again, otherwise `{"type":"object"}` (see [`Plugin::input_schema`]).
+fn schema_text(text: Option<&str>) -> String {
+    text.and_then(|t| loong_ipc::schema::parse_input_schema(t).ok())
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}))
+        .to_string()
 }
 
 /// Checks a package's signature against the keyring. `Ok(None)`: unsigned. An error (the

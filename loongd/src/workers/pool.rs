@@ -141,8 +141,9 @@ pub(crate) struct LoadInfo {
     pub loaded: bool,
     /// A WASM module's sha256.
     pub sha256: Option<String>,
-    /// A foreign program's tools.
-    pub tools: Vec<ToolInfo>,
+    /// A foreign program's tools: shared by every copy of the plugin set that holds them
+    /// (a set is copied whole by an install, a revocation or a deferred plugin's first load).
+    pub tools: Arc<[ToolInfo]>,
     /// A WASM module's compiled form: `mapped` (from the cache), `compiled`, or `refused:
     /// WHY; compiled`.
     pub compiled: Option<String>,
@@ -482,7 +483,7 @@ impl Supervisor {
                     LoadInfo {
                         loaded: true,
                         sha256: Some(sha256),
-                        tools: Vec::new(),
+                        tools: Arc::default(),
                         compiled: Some(compiled_note(&prepared, &compiled_use)),
                     }
                 }
@@ -492,7 +493,7 @@ impl Supervisor {
                     LoadInfo {
                         loaded: true,
                         sha256: None,
-                        tools,
+                        tools: tools.into(),
                         compiled: None,
                     }
                 }
