@@ -47,8 +47,11 @@ impl From<&str> for VerifyError {
     }
 }
 
-/// The most plugin directories read.
-pub const MAX_PLUGINS: usize = 256;
+/// The most plugin directories read, in name order. Sized for the scale goal of
+/// docs/performance.md (500 WASM plugins beside 80 MCP servers) with room to spare; it bounds
+/// what a start or a reload reads and holds, not what an operator is expected to install.
+/// Directories past it are not loaded, and a start or reload says so in loongd's log.
+pub const MAX_PLUGINS: usize = 1024;
 
 /// Each discovery's plugins get a new generation, so workers reload changed modules.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -448,6 +451,14 @@ pub(crate) fn discover(
         .map(|e| e.path())
         .collect();
     dirs.sort();
+    if dirs.len() > MAX_PLUGINS {
+        tracing::warn!(
+            found = dirs.len(),
+            limit = MAX_PLUGINS,
+            "more plugin directories than loongd loads: the ones after the first {MAX_PLUGINS} \
+             by name are not loaded; remove plugins you do not use"
+        );
+    }
     let mut out: Vec<Plugin> = Vec::new();
     for dir in dirs.into_iter().take(MAX_PLUGINS) {
         let name = dir
