@@ -11,6 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "../../workers/bench_support.rs"]
+mod bench_support;
+use bench_support::{figure, Figure};
+
 /// Rounds when `LOONG_WHOLE_N` is unset.
 const DEFAULT_ROUNDS: usize = 200;
 /// Untimed rounds first (page cache, the daemon's first spawn server).
@@ -201,5 +205,26 @@ fn main() {
             run.quantile(0.5).as_secs_f64() / bw.quantile(0.5).as_secs_f64(),
             run.quantile(0.99).as_secs_f64() / bw.quantile(0.99).as_secs_f64()
         );
+    }
+    // The summary table's rows (scripts/bench): the floors, the whole command against
+    // bubblewrap (issue 23's item 1), `status` against `/bin/true`.
+    let row = |c: &Case, floor: Option<&Case>, goal: &str| {
+        figure(&Figure {
+            name: c.name,
+            value: ms(c.quantile(0.5)),
+            unit: "ms",
+            p99: Some(ms(c.quantile(0.99))),
+            floor: floor.map(|f| (f.name, ms(f.quantile(0.5)))),
+            goal,
+        });
+    };
+    let bw = by("bwrap");
+    for c in &cases {
+        match c.name {
+            n if n.starts_with("loongctl sandbox") => row(c, bw, "≤ 0.7× bwrap"),
+            n if n.starts_with("loongctl status") => row(c, Some(&cases[0]), "reported"),
+            n if n.starts_with("bwrap") => row(c, Some(&cases[0]), ""),
+            _ => row(c, None, ""),
+        }
     }
 }

@@ -229,8 +229,10 @@ for wait in (0.1, 2.0):
 }
 
 /// New connections above `[egress] connections_per_second` and its burst are refused: `429`
-/// through the proxy with the reason, `net.denied` code `rate_limited`; those within the
-/// burst are relayed (positive control), and the bucket refills with time.
+/// through the proxy with the reason, marked `Proxy-Status: loongd` as the broker's own (a
+/// channel worker retries it on a short step, not the platform's 2 s), `net.denied` code
+/// `rate_limited`; those within the burst are relayed (positive control: the destination's
+/// answers are not marked), and the bucket refills with time.
 #[test]
 fn a_sandbox_s_new_connections_are_rate_limited() {
     let (port, seen) = saw_server();
@@ -254,6 +256,7 @@ def once():
 first = [once() for _ in range(6)]
 print("STATUS", " ".join(a.split(" ")[1] for a in first))
 print("REASON", [a for a in first if " 429 " in a][:1])
+print("MARKED", " ".join(str("\r\nproxy-status: loongd\r\n" in a.lower()) for a in first))
 time.sleep(2.2)
 print("LATER", once().split(" ")[1])
 "#
@@ -261,6 +264,10 @@ print("LATER", once().split(" ")[1])
     let (code, out) = run_python(&home, &grant, &script);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("STATUS 200 200 200 429 429 429"), "{out}");
+    assert!(
+        out.contains("MARKED False False False True True True"),
+        "{out}"
+    );
     assert!(
         out.contains("faster than 1 per second (at most 3 at once)"),
         "{out}"

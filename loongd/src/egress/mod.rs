@@ -653,11 +653,14 @@ async fn dial(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), String> {
     Err(why)
 }
 
-/// A plain-text answer to the sandbox's program, then the connection is closed.
+/// A plain-text answer to the sandbox's program, then the connection is closed. It carries
+/// `Proxy-Status: loongd` (RFC 9209): the answer is the broker's, not the destination's (a
+/// channel worker retries the broker's `429` on a short back-off of its own, not the
+/// platform's seconds).
 async fn answer(client: &mut TcpStream, status: &str, body: &str) {
     let body = format!("loong egress: {body}\n");
     let text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nProxy-Status: loongd\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = client.write_all(text.as_bytes()).await;

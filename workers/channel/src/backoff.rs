@@ -46,6 +46,54 @@ impl Backoff {
     }
 }
 
+/// The waits after failed platform calls: the platform's back-off, and a shorter one of its
+/// own for the egress broker's rate refusals (the broker's bucket refills in milliseconds;
+/// the platform's step is seconds). Each doubles while its failures last; a success resets
+/// both.
+#[derive(Debug, Clone)]
+pub struct Waits {
+    platform: Backoff,
+    broker: Backoff,
+}
+
+impl Waits {
+    /// The platform's back-off from `start` to `cap`; the broker's from
+    /// [`crate::limits::BROKER_RETRY_START`] to `cap`.
+    pub fn new(start: Duration, cap: Duration) -> Self {
+        Self {
+            platform: Backoff::new(start, cap),
+            broker: Backoff::new(crate::limits::BROKER_RETRY_START.min(start), cap),
+        }
+    }
+
+    /// A failure: the wait before the next attempt.
+    pub fn fail(&mut self, e: &crate::error::ChannelError) -> Duration {
+        if e.is_broker_refusal() {
+            self.broker.fail(None)
+        } else {
+            self.platform.fail(e.retry_after())
+        }
+    }
+
+    /// A failed kernel call (not the platform's): the platform's back-off.
+    pub fn fail_kernel(&mut self) -> Duration {
+        self.platform.fail(None)
+    }
+
+    /// A success: both back-offs start again.
+    pub fn succeed(&mut self) {
+        self.platform.succeed();
+        self.broker.succeed();
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.platform
+            .failures()
+            .saturating_add(self.broker.failures())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +126,28 @@ mod tests {
             t += b.fail(None);
         }
         assert!(polls < 10, "{polls} polls");
+    }
+
+    #[test]
+    fn the_brokers_refusals_have_their_own_short_steps_and_a_success_resets_both() {
+        use crate::error::ChannelError;
+        use crate::limits::{BACKOFF_CAP, BACKOFF_START, BROKER_RETRY_START};
+        let broker = ChannelError::BrokerRefused {
+            method: "getUpdates",
+        };
+        let platform = ChannelError::RateLimited {
+            method: "getUpdates",
+            retry_after: Duration::from_secs(3),
+        };
+        let mut w = Waits::new(BACKOFF_START, BACKOFF_CAP);
+        assert_eq!(w.fail(&broker), BROKER_RETRY_START);
+        assert_eq!(w.fail(&broker), BROKER_RETRY_START * 2);
+        // The platform's back-off is its own: its first step, at least its retry_after.
+        assert_eq!(w.fail(&platform), Duration::from_secs(3));
+        assert_eq!(w.failures(), 3);
+        w.succeed();
+        assert_eq!(w.failures(), 0);
+        assert_eq!(w.fail(&broker), BROKER_RETRY_START);
+        assert_eq!(w.fail_kernel(), BACKOFF_START);
     }
 }

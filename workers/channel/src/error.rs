@@ -20,6 +20,8 @@ pub enum ChannelError {
         method: &'static str,
         retry_after: Duration,
     },
+    #[error("{method}: loongd's egress broker refused the connection for the channel's connection rate (429); tried again shortly ([egress] connections_per_second)")]
+    BrokerRefused { method: &'static str },
     #[error("{method}: the platform answered {status}: {description}")]
     Api {
         method: &'static str,
@@ -55,6 +57,12 @@ impl ChannelError {
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// Whether loongd's egress broker (not the platform) refused the request for the
+    /// sandbox's connection rate: tried again on a short back-off of its own.
+    pub fn is_broker_refusal(&self) -> bool {
+        matches!(self, Self::BrokerRefused { .. })
     }
 
     /// Whether this is Telegram's `409 Conflict` (another poller or a webhook).

@@ -431,6 +431,9 @@ impl Feishu {
             source: e.without_url(),
         })?;
         let status = response.status().as_u16();
+        if status == 429 && response.headers().contains_key(http::PROXY_STATUS) {
+            return Err(ChannelError::BrokerRefused { method });
+        }
         if status == 429 {
             return Err(ChannelError::RateLimited {
                 method,

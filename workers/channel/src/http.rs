@@ -9,6 +9,11 @@ use std::time::Duration;
 use crate::error::ChannelError;
 use crate::limits::CONNECT_TIMEOUT;
 
+/// The header loongd's egress broker puts on an answer it made itself (RFC 9209), such as its
+/// `429` when the sandbox opens connections faster than `[egress] connections_per_second`:
+/// that refusal is the broker's, over in milliseconds, not the platform's rate limit.
+pub const PROXY_STATUS: &str = "proxy-status";
+
 /// The TLS configuration: rustls with the ring provider and the compiled-in roots.
 fn tls_config() -> Result<rustls::ClientConfig, ChannelError> {
     let roots = rustls::RootCertStore {

@@ -25,6 +25,12 @@ pub const REQUEST_GRACE: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait after a `409 Conflict` (or another failed poll); doubled each time.
 pub const BACKOFF_START: Duration = Duration::from_secs(2);
+/// The first wait after loongd's egress broker refused a request for the sandbox's connection
+/// rate (its own `429`, marked `Proxy-Status`; not the platform's); doubled while it keeps
+/// refusing. Its bucket gives a connection back every `1 / [egress] connections_per_second`
+/// (20 ms by default): the platform's back-off ([`BACKOFF_START`]) held a message 2 s for a
+/// refusal that was over in milliseconds.
+pub const BROKER_RETRY_START: Duration = Duration::from_millis(100);
 /// The longest wait between two polls while they keep failing.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(120);
 /// The longest `retry_after` honoured; a larger one is clamped to it.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "telegram")]
-use crate::backoff::Backoff;
+use crate::backoff::Waits;
 #[cfg(feature = "telegram")]
 use crate::limits::{BACKOFF_CAP, BACKOFF_START};
 #[cfg(feature = "telegram")]
@@ -306,13 +306,13 @@ pub async fn poll_telegram(
 #[cfg(feature = "telegram")]
 /// The send loop: runs until the worker stops.
 pub async fn send_telegram(tg: Arc<Telegram>, kernel: Arc<dyn Kernel>) {
-    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
+    let mut backoff = Waits::new(BACKOFF_START, BACKOFF_CAP);
     loop {
         let items = match kernel.outbox().await {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "asking for answers to send");
-                tokio::time::sleep(backoff.fail(None)).await;
+                tokio::time::sleep(backoff.fail_kernel()).await;
                 continue;
             }
         };
@@ -324,7 +324,7 @@ pub async fn send_telegram(tg: Arc<Telegram>, kernel: Arc<dyn Kernel>) {
 
 #[cfg(feature = "telegram")]
 /// Sends one answer until the platform takes it, then acks it.
-async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, item: Outgoing) {
+async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Waits, item: Outgoing) {
     let parse = |s: &str| s.parse::<i64>().ok();
     let Some(chat) = parse(&item.chat) else {
         tracing::warn!(chat = %item.chat, "an answer to a chat id that is not a number; dropped");
@@ -364,7 +364,7 @@ async fn send_one(tg: &Telegram, kernel: &dyn Kernel, backoff: &mut Backoff, ite
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sending an answer; tried again");
-                let wait = backoff.fail(e.retry_after());
+                let wait = backoff.fail(&e);
                 tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
                 continue;
             }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backoff::Backoff;
+use crate::backoff::Waits;
 use crate::error::{printable, ChannelError};
 use crate::http::{self, read_bounded};
 use crate::limits::{
@@ -273,7 +273,7 @@ pub fn check_token(token: &str) -> Result<(), ChannelError> {
 /// A poller's view of its last polls, for `channels status`.
 #[derive(Debug, Clone)]
 pub struct Poller {
-    backoff: Backoff,
+    backoff: Waits,
     /// The last 409 (with what to do) while polls keep conflicting.
     pub conflict: Option<String>,
     /// The last failure's message while polls keep failing.
@@ -290,7 +290,7 @@ impl Poller {
     /// A poller backing off from `start` to `cap`.
     pub fn new(start: Duration, cap: Duration) -> Self {
         Self {
-            backoff: Backoff::new(start, cap),
+            backoff: Waits::new(start, cap),
             conflict: None,
             last_error: None,
         }
@@ -310,7 +310,7 @@ impl Poller {
                 // The conflict's message says what to do, for `channels status`.
                 self.conflict = e.is_conflict().then(|| e.to_string());
                 self.last_error = Some(e.to_string());
-                self.backoff.fail(e.retry_after())
+                self.backoff.fail(e)
             }
         }
     }
@@ -362,6 +362,9 @@ impl Telegram {
                 source: e.without_url(),
             })?;
         let status = response.status().as_u16();
+        if status == 429 && response.headers().contains_key(http::PROXY_STATUS) {
+            return Err(ChannelError::BrokerRefused { method });
+        }
         let body = read_bounded(response, MAX_RESPONSE_BYTES, method).await?;
         outcome(method, status, &body).map_err(|e| self.redacted(e))
     }

@@ -71,6 +71,19 @@ fn report(name: &str, samples: &mut [Duration]) -> Duration {
     med
 }
 
+/// `samples`' row of the summary table (scripts/bench), against `floor` when there is one.
+fn row(name: &str, samples: &mut [Duration], floor: Option<(&str, Duration)>, goal: &str) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    figure(&Figure {
+        name,
+        value: ms(percentile(samples, 0.5)),
+        unit: "ms",
+        p99: Some(ms(percentile(samples, 0.99))),
+        floor: floor.map(|(n, d)| (n, ms(d))),
+        goal,
+    });
+}
+
 fn ratio(name: &str, what: Duration, floor: Option<Duration>) {
     if let Some(floor) = floor {
         println!(
@@ -256,6 +269,25 @@ fn main() {
     ratio("call at once after kill", d, floor);
     let d = report("first call after plugins reload", &mut after_reload);
     ratio("first call after reload", d, floor);
+    let bw = floor.map(|d| ("bwrap … /bin/true", d));
+    row(
+        "cold call: first after workers kill",
+        &mut after_kill,
+        bw,
+        "< 1× bwrap",
+    );
+    row(
+        "cold call: at once after workers kill",
+        &mut at_once,
+        bw,
+        "< 1× bwrap",
+    );
+    row(
+        "cold call: first after plugins reload",
+        &mut after_reload,
+        bw,
+        "< 1× bwrap",
+    );
 
     // Install to first answer: a second copy of echo under another id.
     let package = tempfile::tempdir_in("/tmp").expect("package");
@@ -286,6 +318,12 @@ fn main() {
         loongctl(&bin, home.path(), &["plugins", "remove", "echo-installed"]);
     }
     report("install to first answer (two loongctl)", &mut installs);
+    row(
+        "install to first answer (two loongctl)",
+        &mut installs,
+        bw,
+        "reported",
+    );
     drop(c);
     loongctl(&bin, home.path(), &["daemon", "stop"]);
 

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{EventTaken, HookAnswer, HookRequest, Incoming, Kernel, Outgoing};
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, Waits},
     error::ChannelError,
     feishu::{Feishu, Judged, ReceivedMessage, SignatureHeaders, Webhook},
     limits::{BACKOFF_CAP, BACKOFF_START, MAX_HANDED_ID_BYTES, MAX_HANDED_TEXT_BYTES},
@@ -220,13 +220,13 @@ pub fn refused_for_good(e: &ChannelError) -> bool {
 
 /// The send loop: runs until the worker stops.
 pub async fn send_loop(fs: Arc<Feishu>, kernel: Arc<dyn Kernel>, errors: Arc<Errors>) {
-    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
+    let mut backoff = Waits::new(BACKOFF_START, BACKOFF_CAP);
     loop {
         let items = match kernel.outbox().await {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "asking for answers to send");
-                tokio::time::sleep(backoff.fail(None)).await;
+                tokio::time::sleep(backoff.fail_kernel()).await;
                 continue;
             }
         };
@@ -243,7 +243,7 @@ async fn send_one(
     fs: &Feishu,
     kernel: &dyn Kernel,
     errors: &Errors,
-    backoff: &mut Backoff,
+    backoff: &mut Waits,
     item: Outgoing,
 ) {
     let parts = fs.parts(&item.text);
@@ -269,7 +269,7 @@ async fn send_one(
                 Err(e) => {
                     tracing::warn!(error = %e, "sending an answer; tried again");
                     errors.set(kernel, None, Some(Some(e.to_string()))).await;
-                    tokio::time::sleep(backoff.fail(e.retry_after())).await;
+                    tokio::time::sleep(backoff.fail(&e)).await;
                     continue;
                 }
             }

@@ -523,3 +523,87 @@ async fn a_press_is_handed_over_and_answered_and_an_offer_goes_with_its_buttons(
 fn body_ok(id: i64) -> crate::testserver::Canned {
     body(json!({"ok": true, "result": {"message_id": id}}))
 }
+
+/// The `429` loongd's egress broker answers when the channel opens connections faster than
+/// its `[egress] connections_per_second` (marked `Proxy-Status`, as the broker marks every
+/// answer of its own).
+fn broker_429() -> crate::testserver::Canned {
+    (
+        429,
+        "text/plain; charset=utf-8\r\nproxy-status: loongd",
+        b"loong egress: plugin channel:bench opens new connections faster than 50 per second"
+            .to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_poll_the_egress_broker_refused_for_its_rate_waits_the_brokers_step_not_the_platforms() {
+    // The bench's 2 s stalls: the broker's 429 (its bucket refills in 20 ms) was taken for
+    // the platform's rate limit without `retry_after`, and the poll waited BACKOFF_START.
+    let (base, seen) = serve(vec![
+        broker_429(),
+        broker_429(),
+        body(json!({"ok": true, "result": []})),
+        (429, "text/plain", b"too many requests".to_vec()),
+    ])
+    .await;
+    let tg = Telegram::new(&base, "1:k", 0).expect("client");
+    let mut poller = Poller::default();
+    let first = tg.get_updates(None).await;
+    assert!(
+        first
+            .as_ref()
+            .is_err_and(crate::error::ChannelError::is_broker_refusal),
+        "{first:?}"
+    );
+    assert_eq!(poller.record(&first), crate::limits::BROKER_RETRY_START);
+    // Still refused: doubled, never a hot loop.
+    let second = tg.get_updates(None).await;
+    assert_eq!(
+        poller.record(&second),
+        crate::limits::BROKER_RETRY_START * 2
+    );
+    assert!(poller.last_error.is_some() && poller.conflict.is_none());
+    // A successful exchange: no wait at all (the long poll is the wait), and the state clear.
+    let ok = tg.get_updates(None).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(poller.record(&ok), Duration::ZERO);
+    assert!(poller.last_error.is_none() && poller.failures() == 0);
+    // The positive control: a 429 the broker did not mark is the platform's, and waits the
+    // platform's step.
+    let platform = tg.get_updates(None).await;
+    assert!(
+        matches!(
+            platform,
+            Err(crate::error::ChannelError::RateLimited { .. })
+        ),
+        "{platform:?}"
+    );
+    assert_eq!(poller.record(&platform), BACKOFF_START);
+    assert_eq!(seen.lock().expect("lock").len(), 4);
+}
+
+#[tokio::test]
+async fn an_answer_the_egress_broker_refused_for_its_rate_is_sent_again_on_the_brokers_step() {
+    let (base, seen) = serve(vec![
+        broker_429(),
+        body(json!({"ok": true, "result": {"message_id": 501}})),
+    ])
+    .await;
+    let tg = Arc::new(Telegram::new(&base, "1:k", 0).expect("client"));
+    let fake = Arc::new(Fake::default());
+    fake.outbox.lock().expect("lock").push(Outgoing {
+        id: 4,
+        chat: "7".into(),
+        reply_to: "1".into(),
+        thread: None,
+        text: "y".into(),
+        offer: None,
+    });
+    let task = tokio::spawn(send_telegram(tg, fake.clone()));
+    // Well within BACKOFF_START (the platform's step): only the broker's step was waited.
+    let acks = acks_within(&fake, 1, BACKOFF_START / 2).await;
+    task.abort();
+    assert_eq!(acks, [(4, vec!["501".to_string()])]);
+    assert_eq!(seen.lock().expect("lock").len(), 2);
+}
