@@ -161,6 +161,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.limit = limit;
     }
 
+    /// The underlying writer, for a caller that writes frames itself from now on.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
     /// Sends one message as one frame.
     pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
         self.out.clear();

@@ -466,6 +466,70 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_queued_later_follows_its_calls_records_while_calls_race() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        const CALLS: u64 = 400;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let calls: Vec<_> = (0..CALLS)
+                .map(|i| {
+                    let audit = audit.clone();
+                    tokio::spawn(async move {
+                        let invoked =
+                            Event::daemon(Kind::ToolInvoked, serde_json::json!({ "i": i }));
+                        let done =
+                            Event::daemon(Kind::ToolCompleted, serde_json::json!({ "i": i }));
+                        audit.record(invoked).await.expect("records");
+                        audit.record_later(done).await;
+                    })
+                })
+                .collect();
+            for c in calls {
+                c.await.expect("call");
+            }
+            audit.flush().await.expect("flushes");
+        });
+        let all = Query {
+            kind: None,
+            since_ms: None,
+            until_ms: None,
+            after_seq: None,
+            limit: 10_000,
+            ascending: true,
+        };
+        let records = audit.query(&all).expect("query");
+        let mut seen = std::collections::HashMap::<(String, u64), u64>::new();
+        for r in &records {
+            let detail: serde_json::Value = serde_json::from_str(&r.detail).expect("json");
+            let i = detail["i"].as_u64().expect("numbered");
+            assert!(
+                seen.insert((r.kind.clone(), i), r.seq).is_none(),
+                "{i} twice"
+            );
+        }
+        for i in 0..CALLS {
+            let invoked = seen[&(Kind::ToolInvoked.as_str().to_string(), i)];
+            let done = seen[&(Kind::ToolCompleted.as_str().to_string(), i)];
+            assert!(
+                invoked < done,
+                "call {i}: outcome {done} before invocation {invoked}"
+            );
+        }
+        assert_eq!(records.len() as u64, 2 * CALLS);
+        rt.block_on(audit.shutdown());
+        let report = verify_at(dir.path());
+        assert_eq!(
+            (report.records, report.first_bad.is_none()),
+            (2 * CALLS, true)
+        );
+    }
+
+    #[test]
     fn an_untouched_trail_verifies_with_its_checkpoints() {
         let (dir, _) = trail(600);
         let r = verify_at(dir.path());

@@ -23,7 +23,10 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::handlers;
+use super::{
+    handlers,
+    sink::{Now, Sink},
+};
 use crate::{
     audit,
     request::{Outbox, Outgoing, RequestIo, StopCause, StopCell, WaitCell, OUTPUT_BUDGET_BYTES},
@@ -63,14 +66,24 @@ struct Entry {
 
 /// Replies queued for the writer beyond the in-flight bound (pongs, refusals).
 const OUTBOX_SLACK: usize = 16;
+
 /// How long a closing connection waits for its writer to flush.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 
-/// Queues a reply the reading loop itself makes (a pong, a refusal, an answer given at once,
-/// a cancellation's answer), waiting at most `wait` (the idle timeout) for room: a client
-/// that takes none of its replies for that long is gone. `false` when it is.
-async fn queue(tx: &Outbox, reply: impl Into<Box<Outgoing>>, wait: Duration) -> bool {
-    let reply = reply.into();
+/// Sends a reply the reading loop itself makes (a pong, a refusal, an answer given at once,
+/// a cancellation's answer): written at once when nothing is queued ([`Sink::write_now`]),
+/// else queued for the writer task, waiting at most `wait` (the idle timeout) for the socket
+/// or for room: a client that takes none of its replies for that long is gone. `false` when
+/// it is.
+async fn queue(sink: &Sink, tx: &Outbox, reply: impl Into<Box<Outgoing>>, wait: Duration) -> bool {
+    let reply = match sink
+        .write_now(tx, reply.into(), tokio::time::sleep(wait))
+        .await
+    {
+        Now::Written => return true,
+        Now::Broken => return false,
+        Now::Queue(reply) => reply,
+    };
     // Room in the outbox (the usual case) needs no timer.
     let reply = match tx.try_send(reply) {
         Ok(()) => return true,
@@ -182,20 +195,19 @@ async fn run(
 
     let max_in_flight = ipc.max_in_flight as usize;
     let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(max_in_flight + OUTBOX_SLACK);
+    let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+    let sink = Arc::new(Sink::new(writer.into_inner(), limit, budget.clone()));
+    // Closed when the connection ends: a request's task still writing the rest of an answer
+    // the socket took in part gives up then.
+    let ended = Arc::new(Semaphore::new(0));
     // A client that reads slowly is back-pressure, not an error: the writer waits for it as
     // long as the connection lives, and the connection's end stops the writer (below).
-    let writer_task = tokio::spawn(
-        async move {
-            while let Some(out) = rx.recv().await {
-                writer.write_waiting(&out.reply).await?;
-            }
-            Ok::<_, ConnError>(())
-        }
-        .in_current_span(),
-    );
+    let writer_task = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.drain(&mut rx).await }.in_current_span()
+    });
     let writer_abort = writer_task.abort_handle();
     let in_flight: InFlight = Arc::default();
-    let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
     // A request holds one of these from its start until its answer is written, so a client
     // that sends requests and reads no answers holds at most `max_in_flight` of them (and
     // their tasks) in loongd, then is refused, then is no longer read.
@@ -229,6 +241,8 @@ async fn run(
                 let shared = Shared {
                     in_flight: &in_flight,
                     tx: &tx,
+                    sink: &sink,
+                    ended: &ended,
                     budget: &budget,
                     answers: &answers,
                     request_ended: &request_ended,
@@ -244,7 +258,7 @@ async fn run(
                     max_in_flight,
                 );
                 if let Some(now) = now {
-                    if !queue(&tx, now, ipc.idle_timeout()).await {
+                    if !queue(&sink, &tx, now, ipc.idle_timeout()).await {
                         break Ok(());
                     }
                 }
@@ -279,13 +293,13 @@ async fn run(
                         format!("request {id} cancelled by the client"),
                     ));
                     let answer = Reply::Response { id, result };
-                    if !queue(&tx, answer, ipc.idle_timeout()).await {
+                    if !queue(&sink, &tx, answer, ipc.idle_timeout()).await {
                         break Ok(());
                     }
                 }
             }
             Call::Ping { nonce } => {
-                if !queue(&tx, Reply::Pong { nonce }, ipc.idle_timeout()).await {
+                if !queue(&sink, &tx, Reply::Pong { nonce }, ipc.idle_timeout()).await {
                     break Ok(());
                 }
             }
@@ -326,8 +340,11 @@ async fn run(
     }
     drop(tx);
     let flushed = tokio::time::timeout(WRITER_FLUSH, writer_task).await;
-    // A writer still waiting for a client that does not read ends with the connection.
+    // A writer still waiting for a client that does not read ends with the connection, and
+    // so does a request's task writing the rest of its answer.
     writer_abort.abort();
+    ended.close();
+    sink.close().await;
     match flushed {
         Ok(Ok(Err(e))) if outcome.is_ok() => return Err(e),
         Ok(_) => {}
@@ -362,6 +379,8 @@ async fn hang_up(watch: Option<&UnixStream>) {
 struct Shared<'a> {
     in_flight: &'a InFlight,
     tx: &'a Outbox,
+    sink: &'a Arc<Sink>,
+    ended: &'a Arc<Semaphore>,
     budget: &'a Arc<Semaphore>,
     answers: &'a Arc<Semaphore>,
     request_ended: &'a Arc<Notify>,
@@ -434,6 +453,7 @@ fn start(
     let (kernel, in_flight_task, tx) =
         (kernel.clone(), shared.in_flight.clone(), shared.tx.clone());
     let ended = shared.request_ended.clone();
+    let (sink, conn_ended) = (shared.sink.clone(), shared.ended.clone());
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let stop = StopCell::default();
     let waiting = WaitCell::default();
@@ -470,7 +490,13 @@ fn start(
                     reply: Reply::Response { id, result },
                     _held: Some(answer_slot),
                 });
-                let _ = tx.send(answer).await;
+                // Written here when nothing is queued; else the writer task writes it.
+                let gone = async {
+                    let _ = conn_ended.acquire().await;
+                };
+                if let Now::Queue(answer) = sink.write_now(&tx, answer, gone).await {
+                    let _ = tx.send(answer).await;
+                }
             }
         }
         .in_current_span(),

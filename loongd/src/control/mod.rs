@@ -11,6 +11,7 @@ mod paging;
 mod peer;
 mod plugins_api;
 mod secrets_api;
+mod sink;
 mod tools_api;
 
 use std::{

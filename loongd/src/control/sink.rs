@@ -1,0 +1,364 @@
+//! A connection's write half, shared by its writer task and by whoever makes a reply when
+//! nothing is queued: the reading loop (a pong, a refusal, an answer given at once) and a
+//! request's task (its answer) then write it themselves, without waking the writer task.
+//! The writer task writes what is queued (back-pressure: a client that reads slowly), several
+//! queued frames in one write.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use loong_ipc::{connection::ConnError, frame::FrameLimit};
+use tokio::{
+    io::AsyncWriteExt,
+    net::unix::OwnedWriteHalf,
+    sync::{mpsc, Mutex, Semaphore},
+};
+
+use crate::request::{Outbox, Outgoing, OUTPUT_BUDGET_BYTES};
+
+/// Frames the writer task takes from the outbox for one write at most.
+pub(super) const WRITE_BATCH: usize = 32;
+
+/// The write half and its frame buffer.
+#[derive(Debug)]
+struct Half {
+    w: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+/// What [`Sink::write_now`] did with a reply.
+#[derive(Debug)]
+pub(super) enum Now {
+    /// Written whole.
+    Written,
+    /// Not written (something is queued, the writer is busy, the socket is full): queue it.
+    Queue(Box<Outgoing>),
+    /// The connection is unusable: the peer is gone, or a frame was cut short.
+    Broken,
+}
+
+/// A connection's write half.
+#[derive(Debug)]
+pub(super) struct Sink {
+    half: Mutex<Half>,
+    limit: FrameLimit,
+    /// The connection's output budget: while all of it is free, no stream chunk is between
+    /// its producer and the socket, so an answer written at once cannot overtake its own
+    /// request's output.
+    budget: Arc<Semaphore>,
+    /// A frame was cut short, or the connection ended: nothing more may be written.
+    closed: AtomicBool,
+}
+
+impl Sink {
+    pub(super) fn new(w: OwnedWriteHalf, limit: FrameLimit, budget: Arc<Semaphore>) -> Sink {
+        Sink {
+            half: Mutex::new(Half { w, buf: Vec::new() }),
+            limit,
+            budget,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes `out` at once when nothing is queued for the writer task (the outbox empty, no
+    /// stream chunk anywhere between its producer and the socket), the writer is free and the
+    /// socket takes the frame's first bytes without waiting; the rest of a frame the socket
+    /// took only in part is written waiting, until `give_up` resolves (the frame is then cut
+    /// short: [`Now::Broken`]). Anything else gives `out` back to be queued.
+    pub(super) async fn write_now(
+        &self,
+        tx: &Outbox,
+        out: Box<Outgoing>,
+        give_up: impl Future<Output = ()>,
+    ) -> Now {
+        if tx.capacity() != tx.max_capacity()
+            || self.budget.available_permits() != OUTPUT_BUDGET_BYTES
+        {
+            return Now::Queue(out);
+        }
+        let Ok(mut half) = self.half.try_lock() else {
+            return Now::Queue(out);
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Now::Broken;
+        }
+        let Half { w, buf } = &mut *half;
+        buf.clear();
+        // A reply that cannot be encoded is the writer task's to fail on, as before.
+        if loong_ipc::frame::encode(&out.reply, self.limit, buf).is_err() {
+            return Now::Queue(out);
+        }
+        let n = match w.try_write(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Now::Queue(out),
+            Err(_) => return Now::Broken,
+        };
+        if n == buf.len() {
+            return Now::Written;
+        }
+        // Part of the frame is out: only its rest may follow.
+        let rest = tokio::select! {
+            r = w.write_all(&buf[n..]) => r.is_ok(),
+            () = give_up => false,
+        };
+        if rest {
+            Now::Written
+        } else {
+            self.closed.store(true, Ordering::Release);
+            Now::Broken
+        }
+    }
+
+    /// Closes the sink once the connection has ended: a request that finishes later is
+    /// answered to nobody, as when its client left. Waits for a write under way (a writer
+    /// task's is aborted first, a request's gives up when the connection ends).
+    pub(super) async fn close(&self) {
+        let _half = self.half.lock().await;
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The writer task: writes what is queued, in order, several frames per write when
+    /// several are queued, waiting for a slow client as long as the connection lives.
+    pub(super) async fn drain(
+        &self,
+        rx: &mut mpsc::Receiver<Box<Outgoing>>,
+    ) -> Result<(), ConnError> {
+        let mut taken: Vec<Box<Outgoing>> = Vec::with_capacity(WRITE_BATCH);
+        while let Some(first) = rx.recv().await {
+            taken.push(first);
+            while taken.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(out) => taken.push(out),
+                    Err(_) => break,
+                }
+            }
+            let mut half = self.half.lock().await;
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            let Half { w, buf } = &mut *half;
+            buf.clear();
+            // A reply that cannot be encoded ends the writer, after those before it.
+            let encoded = taken
+                .iter()
+                .try_for_each(|out| loong_ipc::frame::encode(&out.reply, self.limit, buf));
+            w.write_all(buf).await?;
+            encoded?;
+            // Their budget shares and in-flight slots are released once they are written.
+            taken.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loong_ipc::{
+        connection::FrameReader, ControlResponse, ErrorKind, RemoteError, Reply, StreamChunk,
+    };
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    const LIMIT: FrameLimit = FrameLimit::DEFAULT;
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn pair() -> (
+        Arc<Sink>,
+        Outbox,
+        mpsc::Receiver<Box<Outgoing>>,
+        FrameReader<UnixStream>,
+    ) {
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let (_, w) = ours.into_split();
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+        let (tx, rx) = mpsc::channel(8);
+        (
+            Arc::new(Sink::new(w, LIMIT, budget)),
+            tx,
+            rx,
+            FrameReader::new(theirs, LIMIT, WAIT),
+        )
+    }
+
+    fn answer(id: u64, message_bytes: usize) -> Box<Outgoing> {
+        Box::from(Reply::Response {
+            id,
+            result: Err(RemoteError::new(
+                ErrorKind::Internal,
+                "x".repeat(message_bytes),
+            )),
+        })
+    }
+
+    async fn next(peer: &mut FrameReader<UnixStream>) -> Reply<ControlResponse> {
+        peer.read::<Reply<ControlResponse>>(Some(WAIT))
+            .await
+            .expect("a whole frame")
+            .expect("not the end")
+    }
+
+    fn id_of(reply: &Reply<ControlResponse>) -> Option<u64> {
+        match reply {
+            Reply::Response { id, .. } | Reply::Stream { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_written_at_once_when_nothing_is_queued() {
+        let (sink, tx, mut rx, mut peer) = pair();
+        let now = sink
+            .write_now(&tx, answer(1, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+        assert_eq!(id_of(&next(&mut peer).await), Some(1));
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing went through the writer task"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_never_overtakes_queued_replies_or_output() {
+        let (sink, tx, mut rx, mut peer) = pair();
+        // A stream chunk of request 1 holds a share of the output budget until it is written:
+        // request 1's answer made now must follow it, not overtake it.
+        let share = sink
+            .budget
+            .clone()
+            .acquire_many_owned(3)
+            .await
+            .expect("budget");
+        tx.send(Box::new(Outgoing {
+            reply: Reply::Stream {
+                id: 1,
+                chunk: StreamChunk::Stdout(b"out".to_vec()),
+            },
+            _held: Some(share),
+        }))
+        .await
+        .expect("queued");
+        let now = sink
+            .write_now(&tx, answer(1, 10), std::future::pending())
+            .await;
+        let Now::Queue(first) = now else {
+            panic!("written ahead of queued output: {now:?}")
+        };
+        // The chunk taken by the writer task (out of the outbox, not yet written) still holds
+        // its share: the answer waits for it all the same.
+        let taken = rx.recv().await.expect("the chunk");
+        let now = sink.write_now(&tx, first, std::future::pending()).await;
+        let Now::Queue(first) = now else {
+            panic!("written ahead of a chunk the writer holds: {now:?}")
+        };
+        let (held, mut writing) = mpsc::channel(8);
+        held.send(taken).await.expect("requeued");
+        held.send(first).await.expect("requeued");
+        drop(held);
+        sink.drain(&mut writing).await.expect("drained");
+        // A queued pong (no budget) keeps its place too.
+        tx.send(Box::from(Reply::Pong { nonce: 7 }))
+            .await
+            .expect("queued");
+        let now = sink
+            .write_now(&tx, answer(2, 10), std::future::pending())
+            .await;
+        let Now::Queue(second) = now else {
+            panic!("written ahead of a queued pong: {now:?}")
+        };
+        tx.send(second).await.expect("queued");
+        drop(tx);
+        sink.drain(&mut rx).await.expect("drained");
+        let got: Vec<_> = [
+            next(&mut peer).await,
+            next(&mut peer).await,
+            next(&mut peer).await,
+            next(&mut peer).await,
+        ]
+        .iter()
+        .map(|r| (matches!(r, Reply::Stream { .. }), id_of(r)))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                (true, Some(1)),
+                (false, Some(1)),
+                (false, None),
+                (false, Some(2))
+            ]
+        );
+        // Once everything is written, the budget is whole again and answers go at once.
+        let now = sink
+            .write_now(&tx_closed_free(), answer(3, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+    }
+
+    fn big(id: u64, bytes: usize) -> Box<Outgoing> {
+        Box::from(Reply::Stream {
+            id,
+            chunk: StreamChunk::Stdout(vec![b'x'; bytes]),
+        })
+    }
+
+    fn tx_closed_free() -> Outbox {
+        mpsc::channel(1).0
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_takes_in_part_is_finished_or_ends_the_connection() {
+        // Larger than a Unix socket's buffer: the first write takes only part of it.
+        const BIG: usize = 900 * 1024;
+        let (sink, tx, mut rx, mut peer) = pair();
+        let reading = tokio::spawn(async move {
+            let got = next(&mut peer).await;
+            (got, peer)
+        });
+        let now = sink
+            .write_now(&tx, big(1, BIG), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+        let (got, _peer) = reading.await.expect("reader");
+        assert!(
+            matches!(&got, Reply::Stream { id: 1, chunk: StreamChunk::Stdout(b) } if b.len() == BIG),
+            "the whole frame arrived"
+        );
+
+        // Nobody reads: the rest waits until the connection gives up, then nothing more is
+        // written (the frame was cut short), by the reply path or the writer task.
+        let (sink, tx, mut rx2, _peer) = pair();
+        let now = sink
+            .write_now(&tx, big(1, BIG), std::future::ready(()))
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+        let now = sink
+            .write_now(&tx, answer(2, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+        tx.send(answer(3, 10)).await.expect("queued");
+        drop(tx);
+        assert!(sink.drain(&mut rx2).await.is_err());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_the_connection_ended_is_written_to_nobody() {
+        let (sink, tx, _rx, mut peer) = pair();
+        sink.close().await;
+        let now = sink
+            .write_now(&tx, answer(1, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+        drop(sink);
+        let end = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+}
