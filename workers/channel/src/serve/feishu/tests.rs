@@ -202,7 +202,7 @@ async fn a_long_answer_cut_short_resumes_at_the_part_not_sent() {
     );
     assert_eq!(fs.parts(&text).len(), 3);
     let kernel = Fake::default();
-    let mut backoff = Backoff::new(
+    let mut backoff = Waits::new(
         std::time::Duration::from_millis(10),
         std::time::Duration::from_millis(10),
     );
