@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     kernel_calls::{issue, json},
-    support::{skip, text, wait_until, Home},
+    support::{skip, text, Home},
     workers::{details, install_examples},
 };
 
@@ -553,97 +553,6 @@ fn gateway_closes_a_connection_that_never_finishes_its_headers() {
         started.elapsed()
     );
     assert_eq!(http(port, "GET", "/health", &[], "").0, 200);
-}
-
-/// The most connections one source address may hold at once
-/// (`workers/gateway/src/http.rs`, `MAX_CONNECTIONS_PER_PEER`: a quarter of 768).
-const CONNECTIONS_PER_PEER: usize = 192;
-
-/// A TCP connection to `127.0.0.1:port` from the loopback address `source`.
-fn connect_from(source: std::net::Ipv4Addr, port: u16) -> TcpStream {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    use std::os::fd::AsRawFd;
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("socket");
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
-    )
-    .expect("bind the source address");
-    let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
-    TcpStream::from(fd)
-}
-
-/// Whether `GET /health` on `s` is answered 200 (a connection closed unread answers nothing).
-fn health_answered(mut s: TcpStream, port: u16) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let req =
-        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    raw.starts_with(b"HTTP/1.1 200")
-}
-
-/// One source address holding its bound of connections is refused the next at accept
-/// (closed unread: no answer), while another address (127.0.0.2) is still served; once one
-/// of its connections closes, the first address is served again. Before, one local sender
-/// reconnecting could hold all 768 connections and every other client waited.
-#[test]
-fn gateway_bounds_the_connections_of_one_peer_and_serves_another() {
-    let port = free_port();
-    let home = gateway_home(port, "");
-    home.start();
-    wait_for_gateway(&home, port);
-    let (one, other) = (
-        std::net::Ipv4Addr::new(127, 0, 0, 1),
-        std::net::Ipv4Addr::new(127, 0, 0, 2),
-    );
-    let started = Instant::now();
-    let mut held: Vec<TcpStream> = (0..CONNECTIONS_PER_PEER)
-        .map(|_| connect_from(one, port))
-        .collect();
-    // Accepted in order, after the ones held: past the bound.
-    assert!(
-        !health_answered(connect_from(one, port), port),
-        "a connection past its address's bound was served\n{}",
-        home.log()
-    );
-    assert!(
-        health_answered(connect_from(other, port), port),
-        "another address was not served\n{}",
-        home.log()
-    );
-    // The held connections are within the gateway's header deadline (10 s) still.
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
-    drop(held.pop());
-    assert!(
-        wait_until(Duration::from_secs(5), || health_answered(
-            connect_from(one, port),
-            port
-        )),
-        "a closed connection's place was not given back\n{}",
-        home.log()
-    );
-    assert!(
-        home.log().contains("refused") && home.log().contains("connection(s) of peers"),
-        "the refusal is logged\n{}",
-        home.log()
-    );
-    drop(held);
 }
 
 /// Made-up secrets, more than the limits table holds (4,096) within one refill of the

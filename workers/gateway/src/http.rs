@@ -9,10 +9,8 @@
 //! (413), the bearer in loongd (`gateway_auth`: 401 for a secret that names no live token,
 //! 403 for a token that may invoke nothing), then that token's open streams and rate (429
 //! with `Retry-After`). Refusals are typed JSON: `{"error": {"type", "message"}}`.
-//! A connection must send each request's head within [`HEADER_READ_TIMEOUT`], at most
-//! [`MAX_CONNECTIONS`] are served at once, and at most [`MAX_CONNECTIONS_PER_PEER`] of them
-//! for one peer (a source address over TCP, a uid over a Unix socket): a peer's connection
-//! past it is closed as it is accepted, unread.
+//! A connection must send each request's head within [`HEADER_READ_TIMEOUT`], and at most
+//! [`MAX_CONNECTIONS`] are served at once.
 
 use std::{
     convert::Infallible,
@@ -72,15 +70,6 @@ pub const MAX_MCP_SESSIONS_PER_TOKEN: usize = 64;
 /// Connections served at once; the next waits in the listener's backlog until one closes.
 /// Below the balanced tier's descriptors (1,024), so that the worker never runs out of them.
 pub const MAX_CONNECTIONS: usize = 768;
-/// Connections one peer may hold at once: one source address over TCP (an IPv6 one by its
-/// /64, which one host is given whole), one uid over a Unix socket (`SO_PEERCRED`). A
-/// connection past it is closed as it is accepted, before anything is read from it, so that a
-/// sender reconnecting without end holds at most a quarter of [`MAX_CONNECTIONS`] and every
-/// other peer is still served.
-pub const MAX_CONNECTIONS_PER_PEER: usize = MAX_CONNECTIONS / 4;
-/// How often at most the worker logs (on stderr, into loongd's log) how many connections it
-/// refused a peer past [`MAX_CONNECTIONS_PER_PEER`] since the last line.
-pub const PEER_REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) type Body_ = BoxBody<Bytes, Infallible>;
 
@@ -320,40 +309,27 @@ async fn accept_loop(
         L::Tcp(tokio::net::TcpListener::from_std(std).map_err(GatewayError::Listener)?)
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let peers = Arc::new(PeerSlots::new(MAX_CONNECTIONS_PER_PEER));
-    let mut refusals = PeerRefusals::new();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
         };
         let accepted = match &l {
-            L::Tcp(t) => t.accept().await.map(|(s, addr)| {
+            L::Tcp(t) => t.accept().await.map(|(s, _)| {
                 let _ = s.set_nodelay(true);
-                (Peer::of_ip(addr.ip()), Conn::Tcp(s))
+                Conn::Tcp(s)
             }),
-            L::Unix(u) => u.accept().await.map(|(s, _)| {
-                // A peer whose credentials cannot be read shares one bound with every other
-                // such peer.
-                let peer = s.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()));
-                (peer, Conn::Unix(s))
-            }),
+            L::Unix(u) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
         };
-        let (peer, conn) = match accepted {
+        let conn = match accepted {
             Ok(c) => c,
             Err(_) => {
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        // A peer at its bound: closed unread, its global slot given back at once.
-        let Some(peer_slot) = peers.take(peer) else {
-            drop((conn, slot));
-            refusals.note(Instant::now());
-            continue;
-        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _slot = (slot, peer_slot);
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(shared, req).await) }
@@ -381,129 +357,6 @@ async fn accept_loop(
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
-}
-
-/// Whom a connection is counted against for [`MAX_CONNECTIONS_PER_PEER`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Peer {
-    /// A TCP peer by its source address (an IPv6 one by its /64).
-    Ip(std::net::IpAddr),
-    /// A Unix-socket peer by its uid.
-    Uid(u32),
-    /// A Unix-socket peer whose credentials could not be read.
-    Unknown,
-}
-
-impl Peer {
-    fn of_ip(ip: std::net::IpAddr) -> Peer {
-        use std::net::{IpAddr, Ipv6Addr};
-        // An IPv4 peer seen through an IPv6 socket is that IPv4 address; an IPv6 host is
-        // given a /64, so its bound covers the whole of it.
-        Peer::Ip(match ip.to_canonical() {
-            IpAddr::V6(v6) if !v6.is_loopback() => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            other => other,
-        })
-    }
-}
-
-/// The connections each peer holds, bounded.
-#[derive(Debug)]
-struct PeerSlots {
-    limit: usize,
-    held: std::sync::Mutex<std::collections::HashMap<Peer, usize>>,
-}
-
-impl PeerSlots {
-    fn new(limit: usize) -> PeerSlots {
-        PeerSlots {
-            limit,
-            held: std::sync::Mutex::default(),
-        }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Peer, usize>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// One more connection of `peer`, held until the slot is dropped; `None` at its bound.
-    fn take(self: &Arc<Self>, peer: Peer) -> Option<PeerSlot> {
-        let mut held = self.held();
-        let n = held.entry(peer).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot {
-            slots: self.clone(),
-            peer,
-        })
-    }
-}
-
-/// A peer's place among [`PeerSlots`], given back when its connection ends.
-#[derive(Debug)]
-struct PeerSlot {
-    slots: Arc<PeerSlots>,
-    peer: Peer,
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut held = self.slots.held();
-        if let Some(n) = held.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// The connections refused a peer at its bound: counted, and logged at most once every
-/// [`PEER_REFUSALS_LOG_INTERVAL`] with the count since the last line.
-#[derive(Debug)]
-struct PeerRefusals {
-    since_logged: u64,
-    logged_at: Option<Instant>,
-}
-
-impl PeerRefusals {
-    fn new() -> PeerRefusals {
-        PeerRefusals {
-            since_logged: 0,
-            logged_at: None,
-        }
-    }
-
-    /// Counts one refusal; the line to log, when one is due.
-    fn count(&mut self, now: Instant) -> Option<String> {
-        self.since_logged += 1;
-        if self
-            .logged_at
-            .is_some_and(|at| now.duration_since(at) < PEER_REFUSALS_LOG_INTERVAL)
-        {
-            return None;
-        }
-        let line = format!(
-            "gateway: refused {} connection(s) of peers already holding {MAX_CONNECTIONS_PER_PEER} connections (the most one source address or uid may hold) since the last such line",
-            self.since_logged
-        );
-        self.since_logged = 0;
-        self.logged_at = Some(now);
-        Some(line)
-    }
-
-    fn note(&mut self, now: Instant) {
-        if let Some(line) = self.count(now) {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
-    }
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Held> {
@@ -915,59 +768,5 @@ pub fn refusal(e: &KernelLinkError) -> Response<Body_> {
             "kernel_unavailable",
             &other.to_string(),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A peer at its bound is refused its next connection while another peer is still given
-    /// one (the control); a connection that ends gives its peer's place back.
-    #[test]
-    fn a_peer_past_its_bound_is_refused_and_another_still_served() {
-        let slots = Arc::new(PeerSlots::new(2));
-        let a = Peer::of_ip("127.0.0.1".parse().expect("ip"));
-        let b = Peer::of_ip("127.0.0.2".parse().expect("ip"));
-        let first = slots.take(a).expect("first");
-        let _second = slots.take(a).expect("second");
-        assert!(slots.take(a).is_none(), "a third of the same peer");
-        assert!(slots.take(b).is_some(), "another peer is served");
-        drop(first);
-        assert!(slots.take(a).is_some(), "a place freed is taken again");
-        // A uid over a Unix socket is its own peer.
-        let u = slots.take(Peer::Uid(1000)).expect("a uid");
-        drop(u);
-        assert!(
-            slots.held().get(&Peer::Uid(1000)).is_none(),
-            "no entry kept"
-        );
-    }
-
-    /// One IPv6 host (its /64) is one peer, and an IPv4 address seen through an IPv6 socket
-    /// is that IPv4 peer.
-    #[test]
-    fn an_ipv6_host_is_one_peer_by_its_prefix() {
-        let ip = |s: &str| Peer::of_ip(s.parse().expect("ip"));
-        assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
-        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
-        assert_eq!(ip("::ffff:127.0.0.1"), ip("127.0.0.1"));
-        assert_ne!(ip("::1"), ip("127.0.0.1"));
-    }
-
-    /// Refusals are counted, and logged at most once an interval with the count since.
-    #[test]
-    fn refusals_are_logged_a_bounded_number_of_times() {
-        let t0 = Instant::now();
-        let mut r = PeerRefusals::new();
-        let first = r.count(t0).expect("the first is logged");
-        assert!(first.contains("refused 1 connection"), "{first}");
-        for i in 1..1000 {
-            assert!(r.count(t0 + Duration::from_millis(i)).is_none());
-        }
-        let next = r
-            .count(t0 + PEER_REFUSALS_LOG_INTERVAL)
-            .expect("logged again after the interval");
-        assert!(next.contains("refused 1000 connection"), "{next}");
     }
 }
