@@ -937,3 +937,53 @@ fn a_host_mount_made_during_a_run_does_not_appear_inside() {
         text(&before.stderr)
     );
 }
+
+/// A program path is bound into the sandbox as the kernel resolves it or not at all: a `..`
+/// in it (`DIR/private/../tool`, which names `DIR/tool`) must not bind `DIR/private/tool`, a
+/// file the caller never named, from behind a directory the sandbox uid cannot search (the
+/// helper, root, can), where the private `/tmp` would let the run read it. The control: the
+/// same program named plainly runs and reads nothing of the private directory.
+#[test]
+fn a_dotdot_in_the_program_path_binds_nothing_it_does_not_name() {
+    if !is_root() {
+        skip(
+            "a_dotdot_in_the_program_path_binds_nothing_it_does_not_name",
+            "the private directory is only private to a uid other than the helper's",
+        );
+        return;
+    }
+    let top = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let private = top.path().join("private");
+    fs::create_dir(&private).expect("private");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let secret = private.join("tool");
+    fs::write(&secret, "SECRET\n").expect("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let tool = top.path().join("tool");
+    fs::write(
+        &tool,
+        format!("#!/bin/sh\necho RAN; cat {} 2>&1\n", secret.display()),
+    )
+    .expect("tool");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = Home::new();
+    home.start();
+    let tool_s = tool.display().to_string();
+    let dotted = format!("{}/private/../tool", top.path().display());
+    let run = |program: &str| {
+        let out = home.ctl(&[
+            "sandbox", "run", "--tier", "balanced", "--read", &tool_s, "--", program,
+        ]);
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (plain, plain_err) = run(&tool_s);
+    assert!(plain.contains("RAN"), "{plain} {plain_err}");
+    assert!(!plain.contains("SECRET"), "{plain}");
+    let (stdout, stderr) = run(&dotted);
+    assert!(
+        !stdout.contains("SECRET"),
+        "a file behind the private directory was bound in: {stdout} {stderr}"
+    );
+    assert!(stderr.contains("`..` is not allowed"), "{stdout} {stderr}");
+}
