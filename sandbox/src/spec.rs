@@ -160,6 +160,8 @@ pub enum SpecError {
     PathNotFound { flag: &'static str, path: String },
     #[error("{flag} {path}: give an absolute path")]
     NotAbsolute { flag: &'static str, path: String },
+    #[error("{flag} {path}: `..` is not allowed in the path; give the path it names")]
+    DotDot { flag: &'static str, path: String },
     #[error("{flag} {path} changed after it was decided (it now resolves to {now}); nothing was run, run again")]
     GrantChanged {
         flag: &'static str,
@@ -577,6 +579,18 @@ impl SandboxSpec {
 
     fn resolve_program(&self) -> Result<PathBuf, SpecError> {
         let shown = self.program.display().to_string();
+        // The program's path is bound into the sandbox name by name: a `..` would name one
+        // file to the checks here and the kernel's exec, another to the bind.
+        if self
+            .program
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(SpecError::DotDot {
+                flag: "program",
+                path: shown,
+            });
+        }
         let p = if self.program.is_absolute() {
             self.program.clone()
         } else if self.program.components().count() == 1 {

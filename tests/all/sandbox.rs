@@ -843,3 +843,147 @@ fn a_mount_below_a_read_only_grant_is_read_only_too() {
         }
     }
 }
+
+/// A run's mounts are its own from the moment its root is built: a mount made on the host
+/// below a granted directory (a shared mount on the host) while the run is under way does not
+/// appear inside (the sandbox's mounts are private, so nothing propagates in, writable or
+/// not). The control: the same mount, made before the next run, is bound with the grant.
+#[test]
+fn a_host_mount_made_during_a_run_does_not_appear_inside() {
+    let host = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    for d in [host.path(), work.path()] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let sub = host.path().join("sub");
+    fs::create_dir(&sub).expect("sub");
+    let mount = || {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=1777,size=65536", "tmpfs"])
+            .arg(&sub)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !is_root() {
+        skip(
+            "a_host_mount_made_during_a_run_does_not_appear_inside",
+            "cannot mount a tmpfs (not root)",
+        );
+        return;
+    }
+    // The granted directory is a shared mount on the host, so a mount below it propagates to
+    // every copy that stayed its peer or slave: only the sandbox's own private mounts keep
+    // it out.
+    let shared = Command::new("mount")
+        .arg("--bind")
+        .arg(host.path())
+        .arg(host.path())
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("mount")
+            .arg("--make-shared")
+            .arg(host.path())
+            .status()
+            .is_ok_and(|s| s.success());
+    let home = Home::new();
+    home.start();
+    let (dir, w) = (
+        host.path().display().to_string(),
+        work.path().display().to_string(),
+    );
+    let script = format!(
+        "touch {w}/ready; i=0; while [ ! -e {dir}/go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+         test -e {dir}/go && echo GO; grep -c ' {dir}/sub ' /proc/self/mountinfo; ls {dir}/sub; \
+         (echo x > {dir}/sub/x) 2>/dev/null && echo WROTE; true"
+    );
+    let args = [
+        "sandbox", "run", "--tier", "balanced", "--read", &dir, "--write", &w, "--", "/bin/sh",
+        "-c", &script,
+    ];
+    let child = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loongctl");
+    let ready = wait_until(Duration::from_secs(20), || {
+        work.path().join("ready").exists()
+    });
+    let mounted = ready && mount();
+    if mounted {
+        fs::write(sub.join("marker"), "m").expect("marker");
+    }
+    fs::write(host.path().join("go"), "").expect("go");
+    let during = child.wait_with_output().expect("wait");
+    let (stdout, stderr) = (text(&during.stdout), text(&during.stderr));
+    // The control: the mount is there before this run starts.
+    let before = home.ctl(&args);
+    let _ = Command::new("umount").arg(&sub).status();
+    let _ = Command::new("umount").arg(host.path()).status();
+    assert!(shared && ready && mounted, "{stdout} {stderr}");
+    assert_eq!(
+        stdout.split_whitespace().collect::<Vec<_>>(),
+        ["GO", "0"],
+        "a host mount made during the run appeared inside: {stderr}"
+    );
+    let control = text(&before.stdout);
+    assert_eq!(
+        control.split_whitespace().collect::<Vec<_>>(),
+        ["GO", "1", "marker"],
+        "{}",
+        text(&before.stderr)
+    );
+}
+
+/// A program path is bound into the sandbox as the kernel resolves it or not at all: a `..`
+/// in it (`DIR/private/../tool`, which names `DIR/tool`) must not bind `DIR/private/tool`, a
+/// file the caller never named, from behind a directory the sandbox uid cannot search (the
+/// helper, root, can), where the private `/tmp` would let the run read it. The control: the
+/// same program named plainly runs and reads nothing of the private directory.
+#[test]
+fn a_dotdot_in_the_program_path_binds_nothing_it_does_not_name() {
+    if !is_root() {
+        skip(
+            "a_dotdot_in_the_program_path_binds_nothing_it_does_not_name",
+            "the private directory is only private to a uid other than the helper's",
+        );
+        return;
+    }
+    let top = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let private = top.path().join("private");
+    fs::create_dir(&private).expect("private");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let secret = private.join("tool");
+    fs::write(&secret, "SECRET\n").expect("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let tool = top.path().join("tool");
+    fs::write(
+        &tool,
+        format!("#!/bin/sh\necho RAN; cat {} 2>&1\n", secret.display()),
+    )
+    .expect("tool");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = Home::new();
+    home.start();
+    let tool_s = tool.display().to_string();
+    let dotted = format!("{}/private/../tool", top.path().display());
+    let run = |program: &str| {
+        let out = home.ctl(&[
+            "sandbox", "run", "--tier", "balanced", "--read", &tool_s, "--", program,
+        ]);
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (plain, plain_err) = run(&tool_s);
+    assert!(plain.contains("RAN"), "{plain} {plain_err}");
+    assert!(!plain.contains("SECRET"), "{plain}");
+    let (stdout, stderr) = run(&dotted);
+    assert!(
+        !stdout.contains("SECRET"),
+        "a file behind the private directory was bound in: {stdout} {stderr}"
+    );
+    assert!(stderr.contains("`..` is not allowed"), "{stdout} {stderr}");
+}

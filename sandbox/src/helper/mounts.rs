@@ -441,6 +441,28 @@ fn reserved_dst(ops: &[MountOp]) -> Option<&Path> {
         .find(|dst| under(Path::new("/"), dst).starts_with(old))
 }
 
+/// The first path of a plan step (a source or a sandbox path; a symlink's target is its
+/// content, not a path walked here) that is not absolute or holds a `..`: the root is built
+/// name by name ([`under`], [`Target::walk`]), which would read `a/../b` as `a/b`, a path the
+/// plan never named, where the kernel (an exec, landlock) reads `b`.
+fn unwalkable_path(ops: &[MountOp]) -> Option<&Path> {
+    let walkable = |p: &Path| {
+        p.is_absolute()
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    };
+    ops.iter()
+        .flat_map(|op| match op {
+            MountOp::Bind { src, dst, .. } => [Some(src.as_path()), Some(dst.as_path())],
+            MountOp::Tmpfs { dst, .. }
+            | MountOp::Symlink { dst, .. }
+            | MountOp::Proc { dst }
+            | MountOp::Dev { dst } => [Some(dst.as_path()), None],
+        })
+        .flatten()
+        .find(|p| !walkable(p))
+}
+
 /// Whether the plan binds the host's root as the sandbox's (the trusted tier).
 fn binds_root(ops: &[MountOp]) -> bool {
     ops.iter()
@@ -456,6 +478,16 @@ fn binds_root(ops: &[MountOp]) -> bool {
 /// (a mount over `/` would not be the process's root): it is assembled under `/newroot` of a
 /// tmpfs base, then made `/` by a second `pivot_root`, as bubblewrap does.
 pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+    if let Some(p) = unwalkable_path(ops) {
+        return Err(Failure::new(
+            "mount point",
+            libc::EINVAL,
+            format!(
+                "{}: a plan path must be absolute, without `..`",
+                p.display()
+            ),
+        ));
+    }
     if let Some(dst) = reserved_dst(ops) {
         return Err(Failure::new(
             "mount point",
@@ -602,6 +634,62 @@ mod tests {
         // Controls: neighbouring names and the root itself are ordinary sandbox paths.
         for dst in ["/", "/oldroots", "/old", "/srv/oldroot", "/oldroo"] {
             assert!(reserved_dst(&[bind(dst)]).is_none(), "{dst}");
+        }
+    }
+
+    /// A source or sandbox path with `..` (or not absolute) is refused before anything is
+    /// mounted: built name by name, `/a/../b` would be `/a/b`. Plain paths, the root and a
+    /// symlink's relative target pass.
+    #[test]
+    fn a_step_path_with_dotdot_is_refused() {
+        let bind = |src: &str, dst: &str| MountOp::Bind {
+            src: src.into(),
+            dst: dst.into(),
+            writable: false,
+        };
+        for op in [
+            bind("/srv/private/../tool", "/srv/tool"),
+            bind("/srv/tool", "/srv/private/../tool"),
+            bind("srv/tool", "/srv/tool"),
+            bind("/srv/tool", "srv/tool"),
+            MountOp::Tmpfs {
+                dst: "/tmp/../x".into(),
+                size: 1,
+                mode: 0o755,
+            },
+            MountOp::Symlink {
+                target: "usr/bin".into(),
+                dst: "/a/../bin".into(),
+            },
+            MountOp::Proc {
+                dst: "/proc/..".into(),
+            },
+            MountOp::Dev {
+                dst: "/x/../dev".into(),
+            },
+        ] {
+            assert!(
+                unwalkable_path(std::slice::from_ref(&op)).is_some(),
+                "{op:?}"
+            );
+        }
+        // Controls.
+        for op in [
+            bind("/", "/"),
+            bind("/srv/tool", "/srv/tool"),
+            bind("/srv/./tool", "//srv/tool/"),
+            MountOp::Symlink {
+                target: "../usr/bin".into(),
+                dst: "/bin".into(),
+            },
+            MountOp::Proc {
+                dst: "/proc".into(),
+            },
+        ] {
+            assert!(
+                unwalkable_path(std::slice::from_ref(&op)).is_none(),
+                "{op:?}"
+            );
         }
     }
 
