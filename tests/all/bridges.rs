@@ -13,10 +13,11 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use crate::{
-    support::{is_root, skip, text, Home},
+    support::{is_root, skip, text, wait_until, Home},
     workers::{
         details, echo_works, find_descendant, install_examples, invoke, plugins, records,
         status_field, workers,
@@ -1259,5 +1260,83 @@ fn a_list_page_names_a_plugins_first_tools_and_their_count_and_show_names_all() 
         text(&out.stderr).contains("no plugin no-such-plugin"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// How many processes run `script` as the server `id`.
+fn servers_running(script: &Path, id: &str) -> usize {
+    let needle = format!("{}\0mark\0", script.display());
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&needle) && c.contains(&format!("\0{id}\0"))
+            })
+        })
+        .count()
+}
+
+#[test]
+fn a_reload_that_ends_before_its_loads_leaves_no_server_running() {
+    use loong_ipc::{Call, ControlRequest, ControlResponse, ErrorKind, Reply};
+    if !is_root() {
+        return skip(
+            "a_reload_that_ends_before_its_loads_leaves_no_server_running",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    install_scale_peer(&home, dir.path(), &script, "a-mark", "mark", 1);
+    install_scale_peer(&home, dir.path(), &script, "b-slow", "slow", 1);
+    home.start();
+    // Control: the set in place runs one server of each.
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "one a-mark server at start"
+    );
+    // A reload whose deadline passes while `b-slow` still loads: its handler is dropped and
+    // the set in place stays. Neither what it loaded (`a-mark`) nor what it was loading may
+    // go on running outside every set.
+    let mut c = crate::support::Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 1500,
+        body: ControlRequest::PluginReload,
+    })
+    .expect("send");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 1,
+            result: Err(e),
+        }) => assert_eq!(e.kind, ErrorKind::DeadlineExceeded, "{e:?}"),
+        other => panic!("expected the reload past its deadline, got {other:?}"),
+    }
+    // Past the slow server's answer, and then some: what the dropped reload started is gone.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "a-mark servers: {} (one is the set's)",
+        servers_running(&script, "a-mark")
+    );
+    // The set in place still serves, and a reload after it loads as before.
+    let (code, _, err) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "one a-mark server after a reload: {}",
+        servers_running(&script, "a-mark")
     );
 }
