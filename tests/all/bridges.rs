@@ -1340,3 +1340,66 @@ fn a_reload_that_ends_before_its_loads_leaves_no_server_running() {
         servers_running(&script, "a-mark")
     );
 }
+
+#[test]
+fn a_removal_whose_request_ends_during_its_reload_still_takes_the_plugin_away() {
+    use loong_ipc::{Call, ControlRequest, ControlResponse, ErrorKind, Reply};
+    if !is_root() {
+        return skip(
+            "a_removal_whose_request_ends_during_its_reload_still_takes_the_plugin_away",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    // `a-mark` is installed (a package with a lock entry), `b-slow` lies in the directory.
+    install_scale_peer(&home, dir.path(), &script, "a-mark", "mark", 1);
+    let package = shared_dir("lpk");
+    let staged = package.path().join("a-mark");
+    fs::rename(home.path().join("plugins/a-mark"), &staged).expect("move the package");
+    install_scale_peer(&home, dir.path(), &script, "b-slow", "slow", 1);
+    home.start();
+    let out = home.ctl(&["plugins", "install", &staged.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    if plugins(&home)
+        .iter()
+        .any(|p| p["id"] == "a-mark" && p["state"] == "disabled")
+    {
+        let out = home.ctl(&["plugins", "enable", "a-mark"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let (code, _, err) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_eq!(code, 0, "control: a-mark serves before its removal: {err}");
+    // The removal's reload waits for `b-slow` past the request's deadline: the package and
+    // its lock entry are gone by then, so the set must lose it too, answered or not.
+    let mut c = crate::support::Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 1500,
+        body: ControlRequest::PluginRemove {
+            id: "a-mark".into(),
+        },
+    })
+    .expect("send");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 1,
+            result: Err(e),
+        }) => assert_eq!(e.kind, ErrorKind::DeadlineExceeded, "{e:?}"),
+        other => panic!("expected the removal past its deadline, got {other:?}"),
+    }
+    let gone = wait_until(Duration::from_secs(20), || {
+        !plugins(&home).iter().any(|p| p["id"] == "a-mark")
+    });
+    assert!(gone, "a-mark is still in the set: {:?}", plugins(&home));
+    let (code, _, _) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_ne!(code, 0, "a removed plugin still serves");
+    assert!(
+        plugins(&home)
+            .iter()
+            .any(|p| p["id"] == "b-slow" && p["state"] == "ready"),
+        "{:?}",
+        plugins(&home)
+    );
+}
