@@ -442,36 +442,53 @@ pub(crate) fn discover(
     pins: &PluginsConfig,
     resolver: &Resolver,
 ) -> Vec<Plugin> {
+    let mut out: Vec<Plugin> = Vec::new();
+    for dir in plugin_dirs(root) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
+    }
+    refuse_slot_conflicts(&mut out);
+    out
+}
+
+/// The plugin directories under `root` that discovery reads: the first [`MAX_PLUGINS`] by
+/// name, in name order, loongd's own staging and removed copies (names starting with `.`)
+/// not among them. Only those are held while the directory is read, however many entries it
+/// has; loongd's log says how many more there are, in one line.
+fn plugin_dirs(root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    if dirs.len() > MAX_PLUGINS {
+    // The first MAX_PLUGINS by name seen so far; the greatest of them on top.
+    let mut first: std::collections::BinaryHeap<PathBuf> = std::collections::BinaryHeap::new();
+    let mut found = 0usize;
+    for e in entries.flatten() {
+        if e.file_name().as_encoded_bytes().starts_with(b".")
+            || !e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        found += 1;
+        let dir = e.path();
+        if first.len() < MAX_PLUGINS {
+            first.push(dir);
+        } else if first.peek().is_some_and(|last| dir < *last) {
+            first.pop();
+            first.push(dir);
+        }
+    }
+    if found > MAX_PLUGINS {
         tracing::warn!(
-            found = dirs.len(),
+            found,
             limit = MAX_PLUGINS,
             "more plugin directories than loongd loads: the ones after the first {MAX_PLUGINS} \
              by name are not loaded; remove plugins you do not use"
         );
     }
-    let mut out: Vec<Plugin> = Vec::new();
-    for dir in dirs.into_iter().take(MAX_PLUGINS) {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') {
-            continue;
-        }
-        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
-    }
-    refuse_slot_conflicts(&mut out);
-    out
+    first.into_sorted_vec()
 }
 
 /// Two ready plugins may not hold the same slot and key when either claims it exclusively:
@@ -761,6 +778,34 @@ mod tests {
                 .is_some_and(|o| o.as_ref().is_err_and(|e| e.0.contains("over"))),
             "{outcome:?}"
         );
+    }
+
+    #[test]
+    fn staging_directories_take_no_plugins_place_and_the_listing_is_bounded() {
+        let root = tempfile::tempdir().expect("dir");
+        // loongd's own staging and removed copies (`.`-named) sort before every plugin.
+        for i in 0..MAX_PLUGINS {
+            std::fs::create_dir(root.path().join(format!(".staging-{i}"))).expect("dir");
+        }
+        for id in ["a-first", "b-second"] {
+            std::fs::create_dir(root.path().join(id)).expect("dir");
+        }
+        // Control: a file is no plugin.
+        std::fs::write(root.path().join("c-file"), b"").expect("file");
+        let names = |dirs: Vec<PathBuf>| -> Vec<String> {
+            dirs.iter()
+                .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+                .collect()
+        };
+        assert_eq!(names(plugin_dirs(root.path())), ["a-first", "b-second"]);
+        // Past the bound, the first by name are read, in name order.
+        for i in 0..MAX_PLUGINS {
+            std::fs::create_dir(root.path().join(format!("p-{i:05}"))).expect("dir");
+        }
+        let read = names(plugin_dirs(root.path()));
+        assert_eq!(read.len(), MAX_PLUGINS);
+        assert_eq!(read[..3], ["a-first", "b-second", "p-00000"]);
+        assert_eq!(read[MAX_PLUGINS - 1], format!("p-{:05}", MAX_PLUGINS - 3));
     }
 
     fn package_bound() -> u64 {
