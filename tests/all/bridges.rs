@@ -1403,3 +1403,45 @@ fn a_removal_whose_request_ends_during_its_reload_still_takes_the_plugin_away() 
         plugins(&home)
     );
 }
+
+#[test]
+fn plugins_show_past_the_frame_limit_is_a_clear_refusal_and_the_connection_serves_on() {
+    if !is_root() {
+        return skip(
+            "plugins_show_past_the_frame_limit_is_a_clear_refusal_and_the_connection_serves_on",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::with_config("[ipc]\nmax_frame_bytes = 16384\n");
+    crate::kernel_calls::pack(&home);
+    let (dir, script) = scale_peer();
+    // 250 tools with their schemas: over 16 KiB; a page of the list carries 16 names.
+    install_scale_peer(&home, dir.path(), &script, "many", "serve", 250);
+    install_scale_peer(&home, dir.path(), &script, "few", "serve", 3);
+    home.start();
+    let ps = plugins(&home);
+    let many = ps.iter().find(|p| p["id"] == "many").expect("listed");
+    assert_eq!(many["tool_count"], 250, "{many}");
+    // Control: a plugin whose answer fits is shown whole.
+    let out = home.ctl(&["plugins", "show", "few", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = home.ctl(&["plugins", "show", "many", "--json"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("many") && err.contains("frame limit of 16384 bytes"),
+        "{err}"
+    );
+    // The daemon still serves.
+    let out = home.ctl(&["plugins", "show", "few"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `mcp serve` offers the plugins that fit and leaves out the one that does not.
+    let (file, _) = crate::mcp_serve::token_file(
+        &home,
+        &["tool.invoke:few/tool_0", "tool.invoke:many/tool_0"],
+        "tok",
+    );
+    let offered = crate::mcp_serve::listed(&home, &file);
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert!(offered[0].contains("few"), "{offered:?}");
+}

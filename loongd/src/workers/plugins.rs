@@ -53,6 +53,10 @@ impl From<&str> for VerifyError {
 /// Directories past it are not loaded, and a start or reload says so in loongd's log.
 pub const MAX_PLUGINS: usize = 1024;
 
+/// What an answer carrying one [`PluginView`] adds to the view's own encoding (the reply's
+/// envelope and the frame's header), with room to spare.
+pub const VIEW_ANSWER_OVERHEAD_BYTES: usize = 1024;
+
 /// Each discovery's plugins get a new generation, so workers reload changed modules.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -174,6 +178,19 @@ impl Plugin {
     /// The plugin with every tool's name and input schema (`plugins show`, an install).
     pub(crate) fn view(&self) -> PluginView {
         self.view_of(usize::MAX, true)
+    }
+
+    /// [`Plugin::view`] when it fits one answer on a connection whose frame limit is `room`
+    /// bytes (with room for the answer's envelope), `Err` with its encoded size otherwise: a
+    /// program of many tools with large schemas may not fit a small limit, and an answer
+    /// past the limit would close the connection with no word of why.
+    pub(crate) fn view_within(&self, room: usize) -> Result<PluginView, usize> {
+        let view = self.view();
+        let size = loong_ipc::frame::encoded_len(&view).unwrap_or(usize::MAX);
+        if size.saturating_add(VIEW_ANSWER_OVERHEAD_BYTES) > room {
+            return Err(size);
+        }
+        Ok(view)
     }
 
     /// The plugin as a page of `plugins list` carries it: its first
