@@ -13,10 +13,11 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use crate::{
-    support::{is_root, skip, text, Home},
+    support::{is_root, skip, text, wait_until, Home},
     workers::{
         details, echo_works, find_descendant, install_examples, invoke, plugins, records,
         status_field, workers,
@@ -1260,4 +1261,187 @@ fn a_list_page_names_a_plugins_first_tools_and_their_count_and_show_names_all() 
         "{}",
         text(&out.stderr)
     );
+}
+
+/// How many processes run `script` as the server `id`.
+fn servers_running(script: &Path, id: &str) -> usize {
+    let needle = format!("{}\0mark\0", script.display());
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&needle) && c.contains(&format!("\0{id}\0"))
+            })
+        })
+        .count()
+}
+
+#[test]
+fn a_reload_that_ends_before_its_loads_leaves_no_server_running() {
+    use loong_ipc::{Call, ControlRequest, ControlResponse, ErrorKind, Reply};
+    if !is_root() {
+        return skip(
+            "a_reload_that_ends_before_its_loads_leaves_no_server_running",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    install_scale_peer(&home, dir.path(), &script, "a-mark", "mark", 1);
+    install_scale_peer(&home, dir.path(), &script, "b-slow", "slow", 1);
+    home.start();
+    // Control: the set in place runs one server of each.
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "one a-mark server at start"
+    );
+    // A reload whose deadline passes while `b-slow` still loads: its handler is dropped and
+    // the set in place stays. Neither what it loaded (`a-mark`) nor what it was loading may
+    // go on running outside every set.
+    let mut c = crate::support::Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 1500,
+        body: ControlRequest::PluginReload,
+    })
+    .expect("send");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 1,
+            result: Err(e),
+        }) => assert_eq!(e.kind, ErrorKind::DeadlineExceeded, "{e:?}"),
+        other => panic!("expected the reload past its deadline, got {other:?}"),
+    }
+    // Past the slow server's answer, and then some: what the dropped reload started is gone.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "a-mark servers: {} (one is the set's)",
+        servers_running(&script, "a-mark")
+    );
+    // The set in place still serves, and a reload after it loads as before.
+    let (code, _, err) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_eq!(code, 0, "{err}");
+    let out = home.ctl(&["plugins", "reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || servers_running(
+            &script, "a-mark"
+        ) == 1),
+        "one a-mark server after a reload: {}",
+        servers_running(&script, "a-mark")
+    );
+}
+
+#[test]
+fn a_removal_whose_request_ends_during_its_reload_still_takes_the_plugin_away() {
+    use loong_ipc::{Call, ControlRequest, ControlResponse, ErrorKind, Reply};
+    if !is_root() {
+        return skip(
+            "a_removal_whose_request_ends_during_its_reload_still_takes_the_plugin_away",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    // `a-mark` is installed (a package with a lock entry), `b-slow` lies in the directory.
+    install_scale_peer(&home, dir.path(), &script, "a-mark", "mark", 1);
+    let package = shared_dir("lpk");
+    let staged = package.path().join("a-mark");
+    fs::rename(home.path().join("plugins/a-mark"), &staged).expect("move the package");
+    install_scale_peer(&home, dir.path(), &script, "b-slow", "slow", 1);
+    home.start();
+    let out = home.ctl(&["plugins", "install", &staged.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    if plugins(&home)
+        .iter()
+        .any(|p| p["id"] == "a-mark" && p["state"] == "disabled")
+    {
+        let out = home.ctl(&["plugins", "enable", "a-mark"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let (code, _, err) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_eq!(code, 0, "control: a-mark serves before its removal: {err}");
+    // The removal's reload waits for `b-slow` past the request's deadline: the package and
+    // its lock entry are gone by then, so the set must lose it too, answered or not.
+    let mut c = crate::support::Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 1500,
+        body: ControlRequest::PluginRemove {
+            id: "a-mark".into(),
+        },
+    })
+    .expect("send");
+    match c.recv::<Reply<ControlResponse>>() {
+        Some(Reply::Response {
+            id: 1,
+            result: Err(e),
+        }) => assert_eq!(e.kind, ErrorKind::DeadlineExceeded, "{e:?}"),
+        other => panic!("expected the removal past its deadline, got {other:?}"),
+    }
+    let gone = wait_until(Duration::from_secs(20), || {
+        !plugins(&home).iter().any(|p| p["id"] == "a-mark")
+    });
+    assert!(gone, "a-mark is still in the set: {:?}", plugins(&home));
+    let (code, _, _) = invoke(&home, &["a-mark/tool_0", "--input", "{}"]);
+    assert_ne!(code, 0, "a removed plugin still serves");
+    assert!(
+        plugins(&home)
+            .iter()
+            .any(|p| p["id"] == "b-slow" && p["state"] == "ready"),
+        "{:?}",
+        plugins(&home)
+    );
+}
+
+#[test]
+fn plugins_show_past_the_frame_limit_is_a_clear_refusal_and_the_connection_serves_on() {
+    if !is_root() {
+        return skip(
+            "plugins_show_past_the_frame_limit_is_a_clear_refusal_and_the_connection_serves_on",
+            "sandboxed stdio workers need root",
+        );
+    }
+    let home = Home::with_config("[ipc]\nmax_frame_bytes = 16384\n");
+    crate::kernel_calls::pack(&home);
+    let (dir, script) = scale_peer();
+    // 250 tools with their schemas: over 16 KiB; a page of the list carries 16 names.
+    install_scale_peer(&home, dir.path(), &script, "many", "serve", 250);
+    install_scale_peer(&home, dir.path(), &script, "few", "serve", 3);
+    home.start();
+    let ps = plugins(&home);
+    let many = ps.iter().find(|p| p["id"] == "many").expect("listed");
+    assert_eq!(many["tool_count"], 250, "{many}");
+    // Control: a plugin whose answer fits is shown whole.
+    let out = home.ctl(&["plugins", "show", "few", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = home.ctl(&["plugins", "show", "many", "--json"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("many") && err.contains("frame limit of 16384 bytes"),
+        "{err}"
+    );
+    // The daemon still serves.
+    let out = home.ctl(&["plugins", "show", "few"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `mcp serve` offers the plugins that fit and leaves out the one that does not.
+    let (file, _) = crate::mcp_serve::token_file(
+        &home,
+        &["tool.invoke:few/tool_0", "tool.invoke:many/tool_0"],
+        "tok",
+    );
+    let offered = crate::mcp_serve::listed(&home, &file);
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert!(offered[0].contains("few"), "{offered:?}");
 }

@@ -113,7 +113,7 @@ fn pack(home: &Home) {
 
 /// Issues a token of pack `t` with `caps` and writes its secret to a file only root reads;
 /// the file and the token's public id.
-fn token_file(home: &Home, caps: &[&str], name: &str) -> (std::path::PathBuf, String) {
+pub(crate) fn token_file(home: &Home, caps: &[&str], name: &str) -> (std::path::PathBuf, String) {
     let (secret, id) = crate::kernel_calls::issue(home, caps);
     let path = home.path().join(name);
     fs::write(&path, format!("{secret}\n")).expect("token file");
@@ -452,7 +452,7 @@ fn mcp_serve_reports_an_approval_wait_as_a_tool_error_naming_the_approval() {
 }
 
 /// The names `tools/list` gives under the token in `file`.
-fn listed(home: &Home, file: &Path) -> Vec<String> {
+pub(crate) fn listed(home: &Home, file: &Path) -> Vec<String> {
     let (mut stdin, rx, mut child) = raw_server(home, file, &[]);
     let mut seen = Vec::new();
     let mut send = |line: &str| {

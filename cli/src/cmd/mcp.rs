@@ -438,6 +438,18 @@ pub(crate) fn offered(
             {
                 continue
             }
+            // Too large for one answer on this connection: its tools are not offered, and the
+            // others still are.
+            Err(loong_ipc::client::ClientError::Remote(e))
+                if e.kind == loong_ipc::ErrorKind::BadRequest =>
+            {
+                eprintln!(
+                    "loongctl mcp serve: {} is not offered: {}",
+                    crate::text::Esc(&listed.id),
+                    crate::text::Esc(&e.message)
+                );
+                continue;
+            }
             Ok(other) => return Err(anyhow!("unexpected answer to plugins show: {other:?}").into()),
             Err(e) => return Err(e.into()),
         };

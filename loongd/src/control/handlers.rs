@@ -3,13 +3,33 @@
 use loong_ipc::{
     ControlRequest, ControlResponse, ErrorKind, RemoteError, StatusReport, PROTOCOL_VERSION,
 };
+use std::{future::Future, sync::Arc};
+
 use tokio::net::unix::UCred;
 
 use crate::{request::RequestIo, Kernel};
 
+/// Runs a request that changes what is trusted or what runs (a token's or a key's
+/// revocation, a plugin's install, enable, disable or removal, a reload) in a task of its
+/// own, so that once begun it runs to its end whatever becomes of its answer: its request's
+/// deadline or cancellation drops only the wait for it. Dropped midway, the change was on
+/// disk (the keyring, the token store, the lockfile, the plugins directory) and not in force
+/// (the plugin set still served a removed, disabled or revoked plugin; a revoked token's
+/// open connections and browser sessions went on).
+async fn to_the_end(
+    work: impl Future<Output = Result<ControlResponse, RemoteError>> + Send + 'static,
+) -> Result<ControlResponse, RemoteError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(RemoteError::new(
+            ErrorKind::Internal,
+            format!("the request stopped before its end: {e}"),
+        ))
+    })
+}
+
 /// Serves one control request for the peer `cred`.
 pub(crate) async fn handle(
-    kernel: &Kernel,
+    kernel: &Arc<Kernel>,
     req: ControlRequest,
     cred: &UCred,
     io: RequestIo,
@@ -56,10 +76,16 @@ pub(crate) async fn handle(
         } => super::authority_api::issue(kernel, cred, &io, pack, agent, grants, ttl_ms).await,
         ControlRequest::TokenList(page) => super::authority_api::list(kernel, &page),
         ControlRequest::TokenRevoke { id } => {
-            super::authority_api::revoke(kernel, cred, &io, id).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move { super::authority_api::revoke(&kernel, &cred, &io, id).await })
+                .await
         }
         ControlRequest::TokenRevokeGeneration { pack } => {
-            super::authority_api::revoke_generation(kernel, cred, &io, pack).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move {
+                super::authority_api::revoke_generation(&kernel, &cred, &io, pack).await
+            })
+            .await
         }
         ControlRequest::PackList(page) => super::authority_api::packs(kernel, &page),
         ControlRequest::ApprovalList(page) => super::authority_api::approvals(kernel, &page).await,
@@ -67,7 +93,9 @@ pub(crate) async fn handle(
         | ControlRequest::KeyList(_)
         | ControlRequest::KeyRevoke { .. }
         | ControlRequest::KeyRotate { .. }) => {
-            super::authority_api::keys(kernel, cred, &io, r).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move { super::authority_api::keys(&kernel, &cred, &io, r).await })
+                .await
         }
         ControlRequest::ApprovalResolve {
             id,
@@ -82,7 +110,10 @@ pub(crate) async fn handle(
         }
         ControlRequest::Invoke(req) => super::tools_api::invoke(kernel, cred, &io, req).await,
         ControlRequest::PluginList(page) => Ok(super::tools_api::list(kernel, &page)),
-        ControlRequest::PluginReload => Ok(super::tools_api::reload(kernel).await),
+        ControlRequest::PluginReload => {
+            let kernel = kernel.clone();
+            to_the_end(async move { Ok(super::tools_api::reload(&kernel).await) }).await
+        }
         ControlRequest::PluginShow { id } => super::tools_api::show(kernel, &id),
         ControlRequest::WorkerList(page) => super::tools_api::workers(kernel, &page),
         ControlRequest::WorkerKill { id } => super::tools_api::kill(kernel, cred, id),
@@ -91,15 +122,31 @@ pub(crate) async fn handle(
             path,
             upgrade_only,
             trust,
-        } => super::plugins_api::install(kernel, cred, &io, path, upgrade_only, trust).await,
+        } => {
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move {
+                super::plugins_api::install(&kernel, &cred, &io, path, upgrade_only, trust).await
+            })
+            .await
+        }
         ControlRequest::PluginEnable { id } => {
-            super::plugins_api::set_enabled(kernel, cred, &io, id, true).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move {
+                super::plugins_api::set_enabled(&kernel, &cred, &io, id, true).await
+            })
+            .await
         }
         ControlRequest::PluginDisable { id } => {
-            super::plugins_api::set_enabled(kernel, cred, &io, id, false).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move {
+                super::plugins_api::set_enabled(&kernel, &cred, &io, id, false).await
+            })
+            .await
         }
         ControlRequest::PluginRemove { id } => {
-            super::plugins_api::remove(kernel, cred, &io, id).await
+            let (kernel, cred) = (kernel.clone(), *cred);
+            to_the_end(async move { super::plugins_api::remove(&kernel, &cred, &io, id).await })
+                .await
         }
         ControlRequest::PluginVerifyLock => super::plugins_api::verify_lock(kernel).await,
         ControlRequest::Metrics => Ok(ControlResponse::Metrics(

@@ -54,7 +54,18 @@ pub(crate) fn show(kernel: &Kernel, id: &str) -> Result<ControlResponse, RemoteE
             format!("no plugin {id}; `loongctl plugins list` shows them"),
         )
     })?;
-    Ok(ControlResponse::Plugins(vec![p.view()]))
+    let room = kernel.config.ipc.max_frame_bytes as usize;
+    let view = p.view_within(room).map_err(|size| {
+        RemoteError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "plugin {id} with every tool's input schema is {size} bytes, above this \
+                 connection's frame limit of {room} bytes; raise ipc.max_frame_bytes, or see its \
+                 first tools with `loongctl plugins list`"
+            ),
+        )
+    })?;
+    Ok(ControlResponse::Plugins(vec![view]))
 }
 
 /// `plugins reload`: the set discovered and loaded again, then its first page.

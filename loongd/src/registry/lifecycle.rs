@@ -385,7 +385,15 @@ async fn stage_and_switch(
             }),
         ))
         .await;
-    Ok(vec![p.view()])
+    Ok(vec![answer_view(kernel, &p)])
+}
+
+/// The view an install or an enable answers with: every tool with its schema, or, when
+/// that would not fit the connection's frame limit, the first tools' names and their count
+/// as a page of the list carries them (`plugins show` says why the rest does not fit).
+fn answer_view(kernel: &Kernel, p: &Plugin) -> PluginView {
+    p.view_within(kernel.config.ipc.max_frame_bytes as usize)
+        .unwrap_or_else(|_| p.listed_view())
 }
 
 fn not_installed(id: &str) -> RemoteError {
@@ -428,7 +436,7 @@ pub(crate) async fn set_enabled(
     Ok(kernel
         .plugins_snapshot()
         .get(&id)
-        .map(|p| p.view())
+        .map(|p| answer_view(kernel, p))
         .into_iter()
         .collect())
 }

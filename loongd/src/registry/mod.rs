@@ -52,7 +52,10 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
     // A plugin directory named after a built-in tool failed discovery (and is audited as
     // refused below); the built-in, last in the list, keeps the name in the registry.
     found.extend(builtins);
-    let outcomes = load_all(kernel, &mut found).await;
+    // What this discovery starts is stopped if it ends before its set is in place (its
+    // request's deadline or cancellation drops it mid-load): nothing else would stop it.
+    let mut started = Started::default();
+    let outcomes = load_all(kernel, &mut found, &mut started).await;
     // Recorded and applied in the set's order, whatever order the loads finished in.
     for (p, outcome) in found.iter_mut().zip(outcomes) {
         let outcome = match outcome {
@@ -102,6 +105,7 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
     }
     let registry: plugins::Registry = found.into_iter().map(|p| (p.id.clone(), p)).collect();
     let old = kernel.set_plugins(registry);
+    started.keep();
     // The calls the previous set's own pools are running finish first.
     for pool in own_pools(&old, kernel) {
         tokio::spawn(pool.drain_then_shutdown());
@@ -129,7 +133,11 @@ enum Outcome {
 /// shared WASM pool; gives each plugin of `found` its pool and returns the outcomes in the
 /// order of `found`. A load that fails or stalls (each is bounded by the pool's load
 /// deadline) holds only its own place: the others go on.
-async fn load_all(kernel: &Kernel, found: &mut [plugins::Plugin]) -> Vec<Outcome> {
+async fn load_all(
+    kernel: &Kernel,
+    found: &mut [plugins::Plugin],
+    started_here: &mut Started,
+) -> Vec<Outcome> {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS));
     let mut started = Vec::with_capacity(found.len());
     for p in found.iter_mut() {
@@ -141,12 +149,15 @@ async fn load_all(kernel: &Kernel, found: &mut [plugins::Plugin]) -> Vec<Outcome
             } => {
                 let runner = kernel.pool_for(kind.as_deref());
                 *pool = Some(runner.clone());
+                let own = kernel.is_own_pool(&runner);
+                if own {
+                    started_here.pools.push(runner.clone());
+                }
                 if p.catalog.defer_loading {
                     Err(Outcome::Deferred)
                 } else {
-                    let (plugin, own, permits) =
-                        (plugin.clone(), kernel.is_own_pool(&runner), permits.clone());
-                    Ok(tokio::spawn(async move {
+                    let (plugin, permits) = (plugin.clone(), permits.clone());
+                    let load = tokio::spawn(async move {
                         // The semaphore is never closed, so a permit always comes.
                         let _permit = permits.acquire_owned().await;
                         let loaded = runner.check_load(&plugin).await;
@@ -159,7 +170,9 @@ async fn load_all(kernel: &Kernel, found: &mut [plugins::Plugin]) -> Vec<Outcome
                                 format!("could not be loaded in a worker: {}", other.message())
                             }
                         })
-                    }))
+                    });
+                    started_here.loads.push(load.abort_handle());
+                    Ok(load)
                 }
             }
         };
@@ -177,6 +190,43 @@ async fn load_all(kernel: &Kernel, found: &mut [plugins::Plugin]) -> Vec<Outcome
         });
     }
     outcomes
+}
+
+/// What one discovery started: its loads and the pools of its foreign programs. Dropped
+/// before [`Started::keep`] (the discovery ended before its set was put in place: its
+/// request's deadline passed, or it was cancelled), it aborts the loads and stops the pools
+/// with the programs they run; kept, the pools belong to the set in place.
+#[derive(Default)]
+struct Started {
+    loads: Vec<tokio::task::AbortHandle>,
+    pools: Vec<Arc<Supervisor>>,
+    kept: bool,
+}
+
+impl Started {
+    /// The set they belong to is in place: it owns the pools from now on.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for load in &self.loads {
+            load.abort();
+        }
+        let reaper = tokio::runtime::Handle::try_current().ok();
+        for pool in self.pools.drain(..) {
+            pool.shutdown();
+            // Their sandboxes are removed once the killed programs are waited for.
+            if let Some(rt) = &reaper {
+                rt.spawn(async move { pool.reap_idle().await });
+            }
+        }
+    }
 }
 
 /// The pools of foreign programs in `registry` (not the shared WASM pool).

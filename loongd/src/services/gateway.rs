@@ -557,10 +557,15 @@ fn decided_on(bridge_kind: &str, tool: &str) -> (Capability, Option<String>) {
     }
 }
 
-/// Every tool of a usable plugin with its description and bridge kind.
+/// Every tool of a usable plugin with its description and bridge kind, the first
+/// [`wire::MAX_GATEWAY_TOOLS`] of them: made for each bearer's request, so no more than those
+/// are made (a set of 1,024 programs of 256 tools each made 262,144 descriptions to keep 4,096).
 fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
     let mut out = Vec::new();
     for p in kernel.plugins_snapshot().values() {
+        if out.len() >= wire::MAX_GATEWAY_TOOLS {
+            break;
+        }
         let State::Ready { info, .. } = &p.state else {
             continue;
         };
@@ -570,7 +575,11 @@ fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
             .filter(|t| !t.description.is_empty())
             .map(|t| (format!("{}/{}", p.id, t.name), t.description.clone()))
             .collect();
-        for tool in &p.tool_names() {
+        for tool in p
+            .tool_names()
+            .iter()
+            .take(wire::MAX_GATEWAY_TOOLS - out.len())
+        {
             let description = match own.get(tool) {
                 Some(d) => d.clone(),
                 None if *tool == p.id => p.summary.clone(),
@@ -583,7 +592,6 @@ fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
             });
         }
     }
-    out.truncate(wire::MAX_GATEWAY_TOOLS);
     out
 }
 

@@ -53,6 +53,10 @@ impl From<&str> for VerifyError {
 /// Directories past it are not loaded, and a start or reload says so in loongd's log.
 pub const MAX_PLUGINS: usize = 1024;
 
+/// What an answer carrying one [`PluginView`] adds to the view's own encoding (the reply's
+/// envelope and the frame's header), with room to spare.
+pub const VIEW_ANSWER_OVERHEAD_BYTES: usize = 1024;
+
 /// Each discovery's plugins get a new generation, so workers reload changed modules.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -174,6 +178,19 @@ impl Plugin {
     /// The plugin with every tool's name and input schema (`plugins show`, an install).
     pub(crate) fn view(&self) -> PluginView {
         self.view_of(usize::MAX, true)
+    }
+
+    /// [`Plugin::view`] when it fits one answer on a connection whose frame limit is `room`
+    /// bytes (with room for the answer's envelope), `Err` with its encoded size otherwise: a
+    /// program of many tools with large schemas may not fit a small limit, and an answer
+    /// past the limit would close the connection with no word of why.
+    pub(crate) fn view_within(&self, room: usize) -> Result<PluginView, usize> {
+        let view = self.view();
+        let size = loong_ipc::frame::encoded_len(&view).unwrap_or(usize::MAX);
+        if size.saturating_add(VIEW_ANSWER_OVERHEAD_BYTES) > room {
+            return Err(size);
+        }
+        Ok(view)
     }
 
     /// The plugin as a page of `plugins list` carries it: its first
@@ -442,36 +459,53 @@ pub(crate) fn discover(
     pins: &PluginsConfig,
     resolver: &Resolver,
 ) -> Vec<Plugin> {
+    let mut out: Vec<Plugin> = Vec::new();
+    for dir in plugin_dirs(root) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
+    }
+    refuse_slot_conflicts(&mut out);
+    out
+}
+
+/// The plugin directories under `root` that discovery reads: the first [`MAX_PLUGINS`] by
+/// name, in name order, loongd's own staging and removed copies (names starting with `.`)
+/// not among them. Only those are held while the directory is read, however many entries it
+/// has; loongd's log says how many more there are, in one line.
+fn plugin_dirs(root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    if dirs.len() > MAX_PLUGINS {
+    // The first MAX_PLUGINS by name seen so far; the greatest of them on top.
+    let mut first: std::collections::BinaryHeap<PathBuf> = std::collections::BinaryHeap::new();
+    let mut found = 0usize;
+    for e in entries.flatten() {
+        if e.file_name().as_encoded_bytes().starts_with(b".")
+            || !e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        found += 1;
+        let dir = e.path();
+        if first.len() < MAX_PLUGINS {
+            first.push(dir);
+        } else if first.peek().is_some_and(|last| dir < *last) {
+            first.pop();
+            first.push(dir);
+        }
+    }
+    if found > MAX_PLUGINS {
         tracing::warn!(
-            found = dirs.len(),
+            found,
             limit = MAX_PLUGINS,
             "more plugin directories than loongd loads: the ones after the first {MAX_PLUGINS} \
              by name are not loaded; remove plugins you do not use"
         );
     }
-    let mut out: Vec<Plugin> = Vec::new();
-    for dir in dirs.into_iter().take(MAX_PLUGINS) {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') {
-            continue;
-        }
-        out.push(read_package(&dir, &name, keys, lock, pins, resolver));
-    }
-    refuse_slot_conflicts(&mut out);
-    out
+    first.into_sorted_vec()
 }
 
 /// Two ready plugins may not hold the same slot and key when either claims it exclusively:
@@ -761,6 +795,34 @@ mod tests {
                 .is_some_and(|o| o.as_ref().is_err_and(|e| e.0.contains("over"))),
             "{outcome:?}"
         );
+    }
+
+    #[test]
+    fn staging_directories_take_no_plugins_place_and_the_listing_is_bounded() {
+        let root = tempfile::tempdir().expect("dir");
+        // loongd's own staging and removed copies (`.`-named) sort before every plugin.
+        for i in 0..MAX_PLUGINS {
+            std::fs::create_dir(root.path().join(format!(".staging-{i}"))).expect("dir");
+        }
+        for id in ["a-first", "b-second"] {
+            std::fs::create_dir(root.path().join(id)).expect("dir");
+        }
+        // Control: a file is no plugin.
+        std::fs::write(root.path().join("c-file"), b"").expect("file");
+        let names = |dirs: Vec<PathBuf>| -> Vec<String> {
+            dirs.iter()
+                .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+                .collect()
+        };
+        assert_eq!(names(plugin_dirs(root.path())), ["a-first", "b-second"]);
+        // Past the bound, the first by name are read, in name order.
+        for i in 0..MAX_PLUGINS {
+            std::fs::create_dir(root.path().join(format!("p-{i:05}"))).expect("dir");
+        }
+        let read = names(plugin_dirs(root.path()));
+        assert_eq!(read.len(), MAX_PLUGINS);
+        assert_eq!(read[..3], ["a-first", "b-second", "p-00000"]);
+        assert_eq!(read[MAX_PLUGINS - 1], format!("p-{:05}", MAX_PLUGINS - 3));
     }
 
     fn package_bound() -> u64 {

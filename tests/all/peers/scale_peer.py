@@ -5,6 +5,7 @@ Usage: scale_peer.py ROLE DIR NAME TOOLS
   gate: answers `initialize` only once DIR holds two `started-` files (what two other
         servers write as they start), or exits 1 after 20 s without them.
   exit: exits 3 at once (a server that cannot start).
+  slow: answers `initialize` only after 4 s (a load still under way when its reload ends).
 It lists TOOLS tools (tool_0 ...), each with a one-property input schema."""
 import json
 import os
@@ -33,6 +34,8 @@ for line in sys.stdin:
                     sys.exit(1)
                 time.sleep(0.05)
                 waited += 0.05
+        if role == "slow":
+            time.sleep(4)
         result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
                   "serverInfo": {"name": name, "version": "1"}}
     elif method == "tools/list":
