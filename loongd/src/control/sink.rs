@@ -24,6 +24,10 @@ use crate::request::{Outbox, Outgoing, OUTPUT_BUDGET_BYTES};
 /// Frames the writer task takes from the outbox for one write at most.
 pub(super) const WRITE_BATCH: usize = 32;
 
+/// The frame buffer's capacity a connection keeps between writes; a larger one (a batch of
+/// large frames, one large answer) is given back once written.
+const RETAINED_BUF_BYTES: usize = 64 * 1024;
+
 /// The write half and its frame buffer.
 #[derive(Debug)]
 struct Half {
@@ -54,6 +58,13 @@ impl Drop for Unfinished<'_> {
             self.closed.store(true, Ordering::Release);
         }
     }
+}
+
+/// Empties the frame buffer once its frames are written, keeping at most
+/// [`RETAINED_BUF_BYTES`] of it for the next.
+fn written(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.shrink_to(RETAINED_BUF_BYTES);
 }
 
 /// What [`Sink::write_now`] did with a reply.
@@ -130,6 +141,7 @@ impl Sink {
             }
         };
         if n == buf.len() {
+            written(buf);
             return Now::Written;
         }
         // Part of the frame is out: only its rest may follow, or nothing (also when this
@@ -144,6 +156,7 @@ impl Sink {
         };
         if rest {
             unfinished.done();
+            written(buf);
             Now::Written
         } else {
             Now::Broken
@@ -192,8 +205,8 @@ impl Sink {
                 closed: &self.closed,
                 armed: true,
             };
-            let written = w.write_all(buf).await;
-            let ended = match written {
+            let sent = w.write_all(buf).await;
+            let ended = match sent {
                 Ok(()) => encoded.map_err(ConnError::from),
                 Err(e) => Err(ConnError::from(e)),
             };
@@ -206,6 +219,7 @@ impl Sink {
                 return Err(e);
             }
             unfinished.done();
+            written(buf);
             // Their budget shares and in-flight slots are released once they are written.
             taken.clear();
         }
@@ -522,5 +536,38 @@ mod tests {
         assert_eq!(id_of(&next(&mut peer).await), Some(1));
         let end = peer.read::<Reply<ControlResponse>>(Some(END)).await;
         assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_keeps_no_large_buffer_once_its_frames_are_written() {
+        // A batch of large frames (a client that read slowly, then reads) is encoded in one
+        // buffer; once written, the connection does not keep that much memory for its life.
+        const FRAME: usize = 100 * 1024;
+        let (sink, _tx, _rx, mut peer) = pair();
+        let reading = tokio::spawn(async move {
+            for _ in 0..WRITE_BATCH {
+                next(&mut peer).await;
+            }
+            peer
+        });
+        let (held, mut queued) = mpsc::channel(WRITE_BATCH);
+        for id in 0..WRITE_BATCH as u64 {
+            held.send(big(id, FRAME)).await.expect("queued");
+        }
+        drop(held);
+        sink.drain(&mut queued).await.expect("drained");
+        let _peer = reading.await.expect("reader");
+        let kept = sink.half.try_lock().expect("free").buf.capacity();
+        assert!(kept <= RETAINED_BUF_BYTES, "{kept} bytes kept");
+        // The same for one large answer written at once.
+        let (sink, tx, _rx, mut peer) = pair();
+        let reading = tokio::spawn(async move { next(&mut peer).await });
+        let now = sink
+            .write_now(&tx, big(1, 4 * FRAME), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+        reading.await.expect("reader");
+        let kept = sink.half.try_lock().expect("free").buf.capacity();
+        assert!(kept <= RETAINED_BUF_BYTES, "{kept} bytes kept");
     }
 }
