@@ -435,9 +435,14 @@ mod tests {
 
     /// Waits until a write holds the sink's lock (a task writing the rest of a frame).
     async fn writing(sink: &Sink) {
-        while sink.half.try_lock().is_ok() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let held = async {
+            while sink.half.try_lock().is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, held)
+            .await
+            .expect("a write holds the sink: the socket took the frame only in part");
     }
 
     #[tokio::test]
