@@ -844,7 +844,7 @@ fn a_runs_output_precedes_its_answer_while_pings_and_statuses_flood() {
     let mut k = 0u64;
     while let Some(r) = c.recv::<Reply<ControlResponse>>() {
         k += 1;
-        if k % 50 == 0 {
+        if k.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(2));
         }
         match r {
