@@ -798,3 +798,121 @@ fn a_client_that_reads_no_answers_is_no_longer_read() {
     );
     still_serving(&home, &mut loyal, 2);
 }
+
+/// A run's output and its answer keep their order, and every frame arrives whole, while the
+/// same client floods pings and statuses (answered at once by the reading loop) and reads
+/// slowly (the writer task draining what is queued).
+#[test]
+fn a_runs_output_precedes_its_answer_while_pings_and_statuses_flood() {
+    use loong_ipc::StreamChunk;
+    const BYTES: usize = 2_000_000;
+    let home = Home::new();
+    home.start();
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 120_000,
+        body: ControlRequest::SandboxRun(Box::new(loong_ipc::SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/usr/bin/head".into(),
+            args: vec!["-c".into(), BYTES.to_string(), "/dev/zero".into()],
+            ..Default::default()
+        })),
+    })
+    .expect("send");
+    let mut sender = Raw {
+        stream: c.stream.try_clone().expect("clone"),
+    };
+    let flood = std::thread::spawn(move || {
+        let mut n = 0u64;
+        for i in 0..3000u64 {
+            let call = if i % 2 == 0 {
+                Call::<ControlRequest>::Ping { nonce: i }
+            } else {
+                status_call(100 + i)
+            };
+            if sender.send(&call).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    });
+    let (mut out, mut done, mut after, mut pongs, mut statuses, mut overloaded) =
+        (0usize, false, 0, Vec::new(), 0, 0);
+    let mut k = 0u64;
+    while let Some(r) = c.recv::<Reply<ControlResponse>>() {
+        k += 1;
+        if k.is_multiple_of(50) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match r {
+            Reply::Stream { id: 1, chunk } => {
+                if done {
+                    after += 1;
+                }
+                if let StreamChunk::Stdout(b) = chunk {
+                    out += b.len();
+                }
+            }
+            Reply::Response { id: 1, result } => {
+                done = true;
+                eprintln!("run answered: {result:?}");
+            }
+            Reply::Pong { nonce } => pongs.push(nonce),
+            Reply::Response { result: Ok(_), .. } => statuses += 1,
+            Reply::Response { result: Err(e), .. } if e.kind == ErrorKind::Overloaded => {
+                overloaded += 1
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        if done && pongs.len() == 1500 && statuses + overloaded == 1500 {
+            break;
+        }
+    }
+    let sent = flood.join().expect("flood");
+    let inversions = pongs.windows(2).filter(|w| w[0] > w[1]).count();
+    eprintln!(
+        "sent {sent} out {out} done {done} after {after} pongs {} inversions {inversions} statuses {statuses} overloaded {overloaded}",
+        pongs.len()
+    );
+    assert!(done && after == 0 && out == BYTES);
+}
+
+/// An answer too large for the connection's frame limit ends the writer, and with it the
+/// connection's output: the client sees the end at once, instead of waiting for an answer
+/// that was lost while later ones were still written (the reading loop and the requests'
+/// tasks kept the socket open). A ping before it is answered (the control).
+#[test]
+fn an_answer_too_large_for_a_frame_hangs_up_at_once() {
+    const SMALL_FRAMES: &str = "[ipc]\nmax_frame_bytes = 600\n";
+    let home = Home::with_config(SMALL_FRAMES);
+    home.start();
+    let mut loyal = Raw::connect(&home.socket());
+    loyal.handshake();
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    c.send(&Call::<ControlRequest>::Ping { nonce: 1 })
+        .expect("send");
+    assert_eq!(
+        c.recv::<Reply<ControlResponse>>(),
+        Some(Reply::Pong { nonce: 1 })
+    );
+    // loongd's metrics are far larger than 600 bytes.
+    c.send(&Call::Request {
+        id: 1,
+        deadline_ms: 5000,
+        body: ControlRequest::Metrics,
+    })
+    .expect("send");
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .expect("timeout");
+    assert!(
+        c.closed_by_peer(),
+        "the connection whose answer was lost was not hung up on\n{}",
+        home.log()
+    );
+    still_serving(&home, &mut loyal, 1);
+}

@@ -24,11 +24,47 @@ use crate::request::{Outbox, Outgoing, OUTPUT_BUDGET_BYTES};
 /// Frames the writer task takes from the outbox for one write at most.
 pub(super) const WRITE_BATCH: usize = 32;
 
+/// The frame buffer's capacity a connection keeps between writes; a larger one (a batch of
+/// large frames, one large answer) is given back once written.
+const RETAINED_BUF_BYTES: usize = 64 * 1024;
+
 /// The write half and its frame buffer.
 #[derive(Debug)]
 struct Half {
-    w: OwnedWriteHalf,
+    /// `None` once the connection ended: dropping the write half hangs up on the client even
+    /// while a request that runs on still holds the sink.
+    w: Option<OwnedWriteHalf>,
     buf: Vec<u8>,
+}
+
+/// Marks the sink closed when dropped armed: a frame whose writing stopped part-way (the
+/// socket failed, the writer gave up, or its task was aborted or cancelled mid-write) may be
+/// followed by nothing, since the client would read the next frame's bytes as its rest.
+struct Unfinished<'a> {
+    closed: &'a AtomicBool,
+    armed: bool,
+}
+
+impl Unfinished<'_> {
+    /// The frame is whole.
+    fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.closed.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Empties the frame buffer once its frames are written, keeping at most
+/// [`RETAINED_BUF_BYTES`] of it for the next.
+fn written(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.shrink_to(RETAINED_BUF_BYTES);
 }
 
 /// What [`Sink::write_now`] did with a reply.
@@ -58,7 +94,10 @@ pub(super) struct Sink {
 impl Sink {
     pub(super) fn new(w: OwnedWriteHalf, limit: FrameLimit, budget: Arc<Semaphore>) -> Sink {
         Sink {
-            half: Mutex::new(Half { w, buf: Vec::new() }),
+            half: Mutex::new(Half {
+                w: Some(w),
+                buf: Vec::new(),
+            }),
             limit,
             budget,
             closed: AtomicBool::new(false),
@@ -84,10 +123,10 @@ impl Sink {
         let Ok(mut half) = self.half.try_lock() else {
             return Now::Queue(out);
         };
-        if self.closed.load(Ordering::Acquire) {
-            return Now::Broken;
-        }
         let Half { w, buf } = &mut *half;
+        let Some(w) = w.as_mut().filter(|_| !self.closed.load(Ordering::Acquire)) else {
+            return Now::Broken;
+        };
         buf.clear();
         // A reply that cannot be encoded is the writer task's to fail on, as before.
         if loong_ipc::frame::encode(&out.reply, self.limit, buf).is_err() {
@@ -96,20 +135,30 @@ impl Sink {
         let n = match w.try_write(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Now::Queue(out),
-            Err(_) => return Now::Broken,
+            Err(_) => {
+                self.closed.store(true, Ordering::Release);
+                return Now::Broken;
+            }
         };
         if n == buf.len() {
+            written(buf);
             return Now::Written;
         }
-        // Part of the frame is out: only its rest may follow.
+        // Part of the frame is out: only its rest may follow, or nothing (also when this
+        // future is dropped here: its task aborted).
+        let unfinished = Unfinished {
+            closed: &self.closed,
+            armed: true,
+        };
         let rest = tokio::select! {
             r = w.write_all(&buf[n..]) => r.is_ok(),
             () = give_up => false,
         };
         if rest {
+            unfinished.done();
+            written(buf);
             Now::Written
         } else {
-            self.closed.store(true, Ordering::Release);
             Now::Broken
         }
     }
@@ -118,8 +167,9 @@ impl Sink {
     /// answered to nobody, as when its client left. Waits for a write under way (a writer
     /// task's is aborted first, a request's gives up when the connection ends).
     pub(super) async fn close(&self) {
-        let _half = self.half.lock().await;
+        let mut half = self.half.lock().await;
         self.closed.store(true, Ordering::Release);
+        half.w = None;
     }
 
     /// The writer task: writes what is queued, in order, several frames per write when
@@ -138,17 +188,38 @@ impl Sink {
                 }
             }
             let mut half = self.half.lock().await;
-            if self.closed.load(Ordering::Acquire) {
+            let Half { w: slot, buf } = &mut *half;
+            let Some(w) = slot
+                .as_mut()
+                .filter(|_| !self.closed.load(Ordering::Acquire))
+            else {
                 return Err(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()));
-            }
-            let Half { w, buf } = &mut *half;
+            };
             buf.clear();
             // A reply that cannot be encoded ends the writer, after those before it.
             let encoded = taken
                 .iter()
                 .try_for_each(|out| loong_ipc::frame::encode(&out.reply, self.limit, buf));
-            w.write_all(buf).await?;
-            encoded?;
+            // A write that fails or is stopped part-way (the task aborted) closes the sink.
+            let unfinished = Unfinished {
+                closed: &self.closed,
+                armed: true,
+            };
+            let sent = w.write_all(buf).await;
+            let ended = match sent {
+                Ok(()) => encoded.map_err(ConnError::from),
+                Err(e) => Err(ConnError::from(e)),
+            };
+            if let Err(e) = ended {
+                // The writer ends, and the connection's output with it: nothing is written
+                // after a reply that was lost, and the client is hung up on at once, though
+                // the reading loop or a request's task still holds the sink.
+                drop(unfinished);
+                *slot = None;
+                return Err(e);
+            }
+            unfinished.done();
+            written(buf);
             // Their budget shares and in-flight slots are released once they are written.
             taken.clear();
         }
@@ -360,5 +431,148 @@ mod tests {
         drop(sink);
         let end = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
         assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    /// Waits until a write holds the sink's lock (a task writing the rest of a frame).
+    async fn writing(sink: &Sink) {
+        let held = async {
+            while sink.half.try_lock().is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, held)
+            .await
+            .expect("a write holds the sink: the socket took the frame only in part");
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_by_cancellation_ends_the_connections_output() {
+        // Larger than a Unix socket's buffer: the socket takes only part of it.
+        const BIG: usize = 900 * 1024;
+        // A reply's writer (the reading loop, a request's task) stopped mid-frame.
+        let (sink, tx, _rx, _peer) = pair();
+        let task = tokio::spawn({
+            let (sink, tx) = (sink.clone(), tx.clone());
+            async move {
+                sink.write_now(&tx, big(1, BIG), std::future::pending())
+                    .await
+            }
+        });
+        writing(&sink).await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        let now = sink
+            .write_now(&tx, answer(2, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+        let (held, mut writing_rx) = mpsc::channel(1);
+        held.send(answer(3, 10)).await.expect("queued");
+        drop(held);
+        assert!(sink.drain(&mut writing_rx).await.is_err());
+
+        // The writer task stopped mid-frame (the connection's end aborts it).
+        let (sink, _tx, _rx, _peer) = pair();
+        let (held, mut queued) = mpsc::channel(1);
+        held.send(big(1, BIG)).await.expect("queued");
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.drain(&mut queued).await }
+        });
+        writing(&sink).await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        let now = sink
+            .write_now(&tx_closed_free(), answer(2, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+
+        // The control: a writer that is not stopped finishes its frame, and the next follows.
+        let (sink, tx, _rx, mut peer) = pair();
+        let task = tokio::spawn({
+            let (sink, tx) = (sink.clone(), tx.clone());
+            async move {
+                sink.write_now(&tx, big(1, BIG), std::future::pending())
+                    .await
+            }
+        });
+        writing(&sink).await;
+        let first = next(&mut peer).await;
+        assert!(matches!(task.await, Ok(Now::Written)));
+        let now = sink
+            .write_now(&tx, answer(2, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+        assert_eq!(
+            (id_of(&first), id_of(&next(&mut peer).await)),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_sees_the_end_while_a_request_still_holds_the_sink() {
+        // A request that runs on after its client left (answered to nobody) keeps a handle on
+        // the sink; the connection's end still hangs up on the client.
+        const END: Duration = Duration::from_secs(2);
+        let (sink, _tx, _rx, mut peer) = pair();
+        let request = sink.clone();
+        sink.close().await;
+        let end = peer.read::<Reply<ControlResponse>>(Some(END)).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        drop(request);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_fails_ends_the_connections_output_and_hangs_up() {
+        const END: Duration = Duration::from_secs(2);
+        let too_large = LIMIT.get() as usize + 1;
+        // A reply that cannot be encoded ends the writer task after those before it, and the
+        // connection's output with it: no answer is written after the one that was lost, and
+        // the client sees the end although the reading loop and requests still hold the sink.
+        let (sink, tx, _rx, mut peer) = pair();
+        let (held, mut queued) = mpsc::channel(2);
+        held.send(answer(1, 10)).await.expect("queued");
+        held.send(big(2, too_large)).await.expect("queued");
+        drop(held);
+        assert!(sink.drain(&mut queued).await.is_err());
+        let now = sink
+            .write_now(&tx, answer(3, 10), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Broken), "{now:?}");
+        assert_eq!(id_of(&next(&mut peer).await), Some(1));
+        let end = peer.read::<Reply<ControlResponse>>(Some(END)).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_keeps_no_large_buffer_once_its_frames_are_written() {
+        // A batch of large frames (a client that read slowly, then reads) is encoded in one
+        // buffer; once written, the connection does not keep that much memory for its life.
+        const FRAME: usize = 100 * 1024;
+        let (sink, _tx, _rx, mut peer) = pair();
+        let reading = tokio::spawn(async move {
+            for _ in 0..WRITE_BATCH {
+                next(&mut peer).await;
+            }
+            peer
+        });
+        let (held, mut queued) = mpsc::channel(WRITE_BATCH);
+        for id in 0..WRITE_BATCH as u64 {
+            held.send(big(id, FRAME)).await.expect("queued");
+        }
+        drop(held);
+        sink.drain(&mut queued).await.expect("drained");
+        let _peer = reading.await.expect("reader");
+        let kept = sink.half.try_lock().expect("free").buf.capacity();
+        assert!(kept <= RETAINED_BUF_BYTES, "{kept} bytes kept");
+        // The same for one large answer written at once.
+        let (sink, tx, _rx, mut peer) = pair();
+        let reading = tokio::spawn(async move { next(&mut peer).await });
+        let now = sink
+            .write_now(&tx, big(1, 4 * FRAME), std::future::pending())
+            .await;
+        assert!(matches!(now, Now::Written), "{now:?}");
+        reading.await.expect("reader");
+        let kept = sink.half.try_lock().expect("free").buf.capacity();
+        assert!(kept <= RETAINED_BUF_BYTES, "{kept} bytes kept");
     }
 }
