@@ -575,10 +575,21 @@ pub(crate) async fn run(
         "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
         "env": req.env.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
     });
+    // Counted from here, so that loongd's stop waits for a run still deciding or starting
+    // too (its records queued before `daemon.stopped`), and refuses to start it.
+    let slot = kernel.reapers.enter();
     // The decision pipeline first: every effect the run asks for, under the presented token
     // (or the operator's pack). Nothing spawns unless all are allowed.
-    let spawned = match authorize(kernel, &req, cred, &io).await {
+    // A run still deciding (an approval may wait long) when loongd's stop ends runs is
+    // refused then, not waited for.
+    let stopping = || unavailable("loongd is stopping; the run was not started");
+    let decided = tokio::select! {
+        () = kernel.reapers.stopping() => Err(stopping()),
+        d = authorize(kernel, &req, cred, &io) => d,
+    };
+    let spawned = match decided {
         Err(e) => Err(e),
+        Ok(_) if kernel.reapers.is_stopping() => Err(stopping()),
         Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone()).await,
     };
     let (mut child, (tier, timeout), asks) = match spawned {
@@ -651,7 +662,7 @@ pub(crate) async fn run(
     let detail = serde_json::json!({ "tier": req.tier, "program": req.program });
     tokio::spawn(
         record_exit(Reaper {
-            _slot: kernel.reapers.enter(),
+            _slot: slot,
             audit: kernel.audit.clone(),
             event: event(Kind::SandboxExited, detail),
             child,
@@ -873,7 +884,7 @@ async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::C
 /// `sandbox.exited`'s cause for a run killed by loongd's stop.
 const STOPPED: &str = "loongd_stopped";
 
-/// How long loongd's stop waits for the exit tasks of the runs its connections' end killed.
+/// How long loongd's stop waits for the runs it kills (and those still deciding) to record their ends.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// The exit tasks of sandbox runs still to record their end: counted from before the task is
@@ -895,6 +906,11 @@ impl Default for Reapers {
 }
 
 impl Reapers {
+    /// Whether loongd's stop has begun ending runs: a run decided after that is not started.
+    fn is_stopping(&self) -> bool {
+        *self.1.borrow()
+    }
+
     /// Resolves once loongd's stop ends the runs still going ([`Reapers::stop_all`]).
     async fn stopping(&self) {
         let mut rx = self.1.subscribe();
