@@ -569,6 +569,8 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // that accepted it, without waking another thread (two hand-offs a connection).
         if let Err(e) = tokio::spawn(control::serve(listener, kernel.clone())).await {
             tracing::error!(error = %e, "the control socket's accept loop failed");
+            // Everything else stops as on a requested stop (runs killed and recorded below).
+            kernel.shutdown();
         }
         // The services drain their open streams and stop.
         kernel.services.stop_all(services::DEFAULT_DRAIN).await;
