@@ -884,12 +884,13 @@ async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::C
 /// `sandbox.exited`'s cause for a run killed by loongd's stop.
 const STOPPED: &str = "loongd_stopped";
 
-/// How long loongd's stop waits for the runs it kills (and those still deciding) to record their ends.
+/// How long loongd's stop waits for the runs it kills (and those it refuses while they are
+/// still deciding) to record their ends.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(5);
 
-/// The exit tasks of sandbox runs still to record their end: counted from before the task is
-/// spawned until its records are committed (or have failed), so that loongd's stop waits for
-/// them instead of dropping them with its runtime.
+/// The sandbox runs still to record their end: each counted from its request's start until
+/// its exit task's records are committed (or have failed), so that loongd's stop ends them
+/// and waits for their records instead of dropping them with its runtime.
 #[derive(Debug)]
 pub(crate) struct Reapers(
     Arc<tokio::sync::watch::Sender<usize>>,
@@ -924,13 +925,13 @@ impl Reapers {
         self.drained(limit).await
     }
 
-    /// Counts one more exit task, until the returned slot is dropped.
+    /// Counts one more run, until the returned slot is dropped.
     fn enter(&self) -> ReaperSlot {
         self.0.send_modify(|n| *n += 1);
         ReaperSlot(self.0.clone())
     }
 
-    /// Waits up to `limit` for every exit task to finish; `false` if some still run.
+    /// Waits up to `limit` for every run's records; `false` if some are still to come.
     async fn drained(&self, limit: Duration) -> bool {
         let mut rx = self.0.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
@@ -939,7 +940,7 @@ impl Reapers {
     }
 }
 
-/// One exit task counted in [`Reapers`].
+/// One run counted in [`Reapers`].
 struct ReaperSlot(Arc<tokio::sync::watch::Sender<usize>>);
 
 impl Drop for ReaperSlot {
