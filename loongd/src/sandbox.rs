@@ -376,6 +376,7 @@ async fn spawn(
     decided: Decided,
     cred: &UCred,
     correlation: String,
+    asked: &serde_json::Value,
 ) -> Result<
     (
         loong_sandbox::Child,
@@ -414,7 +415,7 @@ async fn spawn(
             egress::Egress {
                 owner: egress::Owner {
                     actor: format!("uid:{}", cred.uid()),
-                    correlation,
+                    correlation: correlation.clone(),
                     plugin: None,
                 },
                 grants: spec.net.clone(),
@@ -434,7 +435,15 @@ async fn spawn(
     let limits = (spec.tier, spec.limits.timeout);
     // Queued on the spawner's thread, not on a blocking thread per request; a request dropped
     // while its sandbox starts (its client gone) never receives the child, which is killed.
+    // Its program may have run (its gate was opened): its start and end are recorded.
     let (tx, rx) = oneshot::channel();
+    let orphan = Orphan {
+        audit: kernel.audit.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        actor: format!("uid:{}", cred.uid()),
+        correlation: correlation.clone(),
+        asked: asked.clone(),
+    };
     spawner
         .submit(
             spec,
@@ -443,6 +452,7 @@ async fn spawn(
             Box::new(move |r| {
                 if let Err(Ok(child)) = tx.send(r) {
                     let _ = child.kill();
+                    orphan.record(child);
                 }
             }),
         )
@@ -463,6 +473,58 @@ async fn spawn(
             }
             Err(e)
         }
+    }
+}
+
+/// What records a run whose request was dropped after its gate opened and before it
+/// received its child: the program ran, killed as soon as the child was taken.
+struct Orphan {
+    audit: crate::audit::Audit,
+    runtime: tokio::runtime::Handle,
+    actor: String,
+    correlation: String,
+    /// What the run asked for, as `sandbox.spawned` records it.
+    asked: serde_json::Value,
+}
+
+impl Orphan {
+    /// Records the killed run's start and end (`cause: client_gone`) once it has exited.
+    fn record(self, child: loong_sandbox::Child) {
+        let Orphan {
+            audit,
+            runtime,
+            actor,
+            correlation,
+            asked,
+        } = self;
+        runtime.spawn(async move {
+            let pid = child.pid();
+            let report = tokio::task::spawn_blocking(move || child.wait()).await;
+            let (code, signal) = match report {
+                Ok(Ok(r)) => (r.code, r.signal),
+                _ => (None, Some(nix::sys::signal::Signal::SIGKILL as i32)),
+            };
+            let event = |kind, detail| crate::audit::Event {
+                kind,
+                actor: actor.clone(),
+                correlation: correlation.clone(),
+                detail,
+            };
+            let exited = serde_json::json!({
+                "tier": asked["tier"], "program": asked["program"],
+                "cause": StopCause::ClientGone.name(), "code": code, "signal": signal,
+            });
+            let events = vec![
+                event(
+                    Kind::SandboxSpawned,
+                    serde_json::json!({ "request": asked, "pid": pid }),
+                ),
+                event(Kind::SandboxExited, exited),
+            ];
+            if audit.queue_all(events).await.is_err() {
+                tracing::error!("the audit writer has stopped; a dropped run's start and end could not be queued");
+            }
+        });
     }
 }
 
@@ -590,7 +652,7 @@ pub(crate) async fn run(
     let spawned = match decided {
         Err(e) => Err(e),
         Ok(_) if kernel.reapers.is_stopping() => Err(stopping()),
-        Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone()).await,
+        Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone(), &asked).await,
     };
     let (mut child, (tier, timeout), asks) = match spawned {
         Ok(c) => c,
