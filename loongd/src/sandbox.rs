@@ -449,11 +449,13 @@ async fn spawn(
             spec,
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
+            // Not taken (the request is gone, or goes before it reads the channel): the
+            // child is killed and recorded as it is dropped (`Started`).
             Box::new(move |r| {
-                if let Err(Ok(child)) = tx.send(r) {
-                    let _ = child.kill();
-                    orphan.record(child);
-                }
+                let _ = tx.send(r.map(|child| Started {
+                    child: Some(child),
+                    orphan: Some(orphan),
+                }));
             }),
         )
         .map_err(spawn_error)?;
@@ -461,7 +463,11 @@ async fn spawn(
     let (opened, spawned) = tokio::join!(open_gate(commits, gate), rx);
     let child = spawned
         .map_err(|_| unavailable("the spawner thread has stopped"))?
-        .map_err(spawn_error);
+        .map_err(spawn_error)
+        .and_then(|s| {
+            s.into_child()
+                .ok_or_else(|| unavailable("the spawner answered without a sandbox"))
+        });
     match (opened, child) {
         (Ok(()), Ok(child)) => Ok((child, limits, asks)),
         (Ok(()), Err(e)) => Err(e),
@@ -472,6 +478,30 @@ async fn spawn(
                 let _ = tokio::task::spawn_blocking(move || child.wait()).await;
             }
             Err(e)
+        }
+    }
+}
+
+/// A started sandbox on its way to its request: dropped before the request takes it (the
+/// request is gone), it kills the sandbox and records the run ([`Orphan`]).
+struct Started {
+    child: Option<loong_sandbox::Child>,
+    orphan: Option<Orphan>,
+}
+
+impl Started {
+    /// The child, taken by its request: nothing is recorded here any more.
+    fn into_child(mut self) -> Option<loong_sandbox::Child> {
+        self.orphan = None;
+        self.child.take()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let (Some(child), Some(orphan)) = (self.child.take(), self.orphan.take()) {
+            let _ = child.kill();
+            orphan.record(child);
         }
     }
 }

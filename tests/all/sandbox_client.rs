@@ -663,6 +663,7 @@ fn the_fast_command_line_keeps_claps_errors_and_the_programs_code() {
 #[test]
 fn a_run_whose_client_leaves_while_it_starts_is_recorded_whenever_its_program_ran() {
     const RUNS: u64 = 40;
+    const LATE_RUNS: u64 = 3;
     let home = Home::new();
     home.start();
     let out = tempfile::Builder::new()
@@ -693,7 +694,14 @@ fn a_run_whose_client_leaves_while_it_starts_is_recorded_whenever_its_program_ra
             .stderr(Stdio::null())
             .spawn()
             .expect("loongctl");
-        std::thread::sleep(Duration::from_micros(500 * (i % 40) + 2_000));
+        // From 2 ms to 21.5 ms after the start (the spawn's every step); the last runs a
+        // while longer, so that some program runs however loaded the host is.
+        let pause = if i + LATE_RUNS >= RUNS {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_micros(500 * i + 2_000)
+        };
+        std::thread::sleep(pause);
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -724,4 +732,10 @@ fn a_run_whose_client_leaves_while_it_starts_is_recorded_whenever_its_program_ra
             home.log()
         );
     }
+    // And none outlives its client.
+    assert!(
+        wait_until(Duration::from_secs(10), || payloads(&dir).is_empty()),
+        "programs outlived their clients: {:?}",
+        payloads(&dir)
+    );
 }
