@@ -83,6 +83,9 @@ pub struct Kernel {
     resolver: Arc<egress::resolve::Resolver>,
     /// The service workers (the gateway, channels) and their supervisors.
     services: services::Services,
+    /// The exit tasks of sandbox runs whose ends are not yet recorded (`sandbox::Reapers`):
+    /// loongd's stop waits for them before its last record.
+    reapers: sandbox::Reapers,
     /// The kernel itself, for what must outlive a request (a service's supervisor).
     me: std::sync::Weak<Kernel>,
     /// The browser tools' sessions, each a pool of its own.
@@ -129,6 +132,7 @@ impl Kernel {
             connected: AtomicU32::new(0),
             shutdown: watch::Sender::new(false),
             services: services::Services::default(),
+            reapers: sandbox::Reapers::default(),
             me: std::sync::Weak::new(),
         }
     }
@@ -565,11 +569,21 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         // that accepted it, without waking another thread (two hand-offs a connection).
         if let Err(e) = tokio::spawn(control::serve(listener, kernel.clone())).await {
             tracing::error!(error = %e, "the control socket's accept loop failed");
+            // Everything else stops as on a requested stop (runs killed and recorded below).
+            kernel.shutdown();
         }
         // The services drain their open streams and stop.
         kernel.services.stop_all(services::DEFAULT_DRAIN).await;
         // Open egress connections end, recorded closed before the daemon's last record.
         egress::stop_all().await;
+        // Sandbox runs still going (their requests outlive their connections) are killed, and
+        // their ends (and starts still held) recorded, before the daemon's last record.
+        if !kernel.reapers.stop_all(sandbox::REAP_GRACE).await {
+            tracing::error!(
+                "sandbox runs still unrecorded {} s after the stop; their ends are missing from the trail",
+                sandbox::REAP_GRACE.as_secs()
+            );
+        }
         kernel.workers.shutdown();
         kernel.workers.reap_idle().await;
         for pool in registry::own_pools(&kernel.plugins_snapshot(), &kernel)

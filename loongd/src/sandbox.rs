@@ -376,11 +376,12 @@ async fn spawn(
     decided: Decided,
     cred: &UCred,
     correlation: String,
+    asked: &serde_json::Value,
 ) -> Result<
     (
         loong_sandbox::Child,
         (Option<Tier>, Option<Duration>),
-        Option<mpsc::Receiver<egress::Ask>>,
+        Option<(mpsc::Receiver<egress::Ask>, Broker)>,
     ),
     RemoteError,
 > {
@@ -410,11 +411,11 @@ async fn spawn(
         let (ours, theirs) = loong_sandbox::egress::pair()
             .map_err(|e| unavailable(format!("cannot create the egress socket: {e}")))?;
         let (tx, rx) = mpsc::channel(egress::DECISION_QUEUE);
-        egress::serve(
+        let broker = Broker(
             egress::Egress {
                 owner: egress::Owner {
                     actor: format!("uid:{}", cred.uid()),
-                    correlation,
+                    correlation: correlation.clone(),
                     plugin: None,
                 },
                 grants: spec.net.clone(),
@@ -429,21 +430,32 @@ async fn spawn(
             ours,
         );
         spec.egress = Some(Arc::new(theirs));
-        asks = Some(rx);
+        asks = Some((rx, broker));
     }
     let limits = (spec.tier, spec.limits.timeout);
     // Queued on the spawner's thread, not on a blocking thread per request; a request dropped
     // while its sandbox starts (its client gone) never receives the child, which is killed.
+    // Its program may have run (its gate was opened): its start and end are recorded.
     let (tx, rx) = oneshot::channel();
+    let orphan = Orphan {
+        audit: kernel.audit.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        actor: format!("uid:{}", cred.uid()),
+        correlation: correlation.clone(),
+        asked: asked.clone(),
+    };
     spawner
         .submit(
             spec,
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
+            // Not taken (the request is gone, or goes before it reads the channel): the
+            // child is killed and recorded as it is dropped (`Started`).
             Box::new(move |r| {
-                if let Err(Ok(child)) = tx.send(r) {
-                    let _ = child.kill();
-                }
+                let _ = tx.send(r.map(|child| Started {
+                    child: Some(child),
+                    orphan: Some(orphan),
+                }));
             }),
         )
         .map_err(spawn_error)?;
@@ -451,7 +463,11 @@ async fn spawn(
     let (opened, spawned) = tokio::join!(open_gate(commits, gate), rx);
     let child = spawned
         .map_err(|_| unavailable("the spawner thread has stopped"))?
-        .map_err(spawn_error);
+        .map_err(spawn_error)
+        .and_then(|s| {
+            s.into_child()
+                .ok_or_else(|| unavailable("the spawner answered without a sandbox"))
+        });
     match (opened, child) {
         (Ok(()), Ok(child)) => Ok((child, limits, asks)),
         (Ok(()), Err(e)) => Err(e),
@@ -465,6 +481,87 @@ async fn spawn(
         }
     }
 }
+
+/// A started sandbox on its way to its request: dropped before the request takes it (the
+/// request is gone), it kills the sandbox and records the run ([`Orphan`]).
+struct Started {
+    child: Option<loong_sandbox::Child>,
+    orphan: Option<Orphan>,
+}
+
+impl Started {
+    /// The child, taken by its request: nothing is recorded here any more.
+    fn into_child(mut self) -> Option<loong_sandbox::Child> {
+        self.orphan = None;
+        self.child.take()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let (Some(child), Some(orphan)) = (self.child.take(), self.orphan.take()) {
+            let _ = child.kill();
+            orphan.record(child);
+        }
+    }
+}
+
+/// What records a run whose request was dropped after its gate opened and before it
+/// received its child: the program ran, killed as soon as the child was taken.
+struct Orphan {
+    audit: crate::audit::Audit,
+    runtime: tokio::runtime::Handle,
+    actor: String,
+    correlation: String,
+    /// What the run asked for, as `sandbox.spawned` records it.
+    asked: serde_json::Value,
+}
+
+impl Orphan {
+    /// Records the killed run's start and end (`cause: client_gone`) once it has exited.
+    fn record(self, child: loong_sandbox::Child) {
+        let Orphan {
+            audit,
+            runtime,
+            actor,
+            correlation,
+            asked,
+        } = self;
+        runtime.spawn(async move {
+            let pid = child.pid();
+            let report = tokio::task::spawn_blocking(move || child.wait()).await;
+            let (code, signal) = match report {
+                Ok(Ok(r)) => (r.code, r.signal),
+                _ => (None, Some(nix::sys::signal::Signal::SIGKILL as i32)),
+            };
+            let event = |kind, detail| crate::audit::Event {
+                kind,
+                actor: actor.clone(),
+                correlation: correlation.clone(),
+                detail,
+            };
+            let exited = serde_json::json!({
+                "tier": asked["tier"], "program": asked["program"],
+                "cause": StopCause::ClientGone.name(), "code": code, "signal": signal,
+            });
+            let events = vec![
+                event(
+                    Kind::SandboxSpawned,
+                    serde_json::json!({ "request": asked, "pid": pid }),
+                ),
+                event(Kind::SandboxExited, exited),
+            ];
+            if audit.queue_all(events).await.is_err() {
+                tracing::error!("the audit writer has stopped; a dropped run's start and end could not be queued");
+            }
+        });
+    }
+}
+
+/// A run's egress broker, not yet serving: its exit task starts it once the run's start
+/// records are queued, so that every record of the run's connections (a decision, a
+/// refusal the broker counts) follows them in the trail.
+struct Broker(egress::Egress, std::os::fd::OwnedFd);
 
 /// How long a run's payload waits at its gate for its decisions' commit: half the spawner's
 /// setup timeout, which starts later (when the spawner takes the job). So the gate opens only
@@ -570,11 +667,22 @@ pub(crate) async fn run(
         "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
         "env": req.env.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
     });
+    // Counted from here, so that loongd's stop waits for a run still deciding or starting
+    // too (its records queued before `daemon.stopped`), and refuses to start it.
+    let slot = kernel.reapers.enter();
     // The decision pipeline first: every effect the run asks for, under the presented token
     // (or the operator's pack). Nothing spawns unless all are allowed.
-    let spawned = match authorize(kernel, &req, cred, &io).await {
+    // A run still deciding (an approval may wait long) when loongd's stop ends runs is
+    // refused then, not waited for.
+    let stopping = || unavailable("loongd is stopping; the run was not started");
+    let decided = tokio::select! {
+        () = kernel.reapers.stopping() => Err(stopping()),
+        d = authorize(kernel, &req, cred, &io) => d,
+    };
+    let spawned = match decided {
         Err(e) => Err(e),
-        Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone()).await,
+        Ok(_) if kernel.reapers.is_stopping() => Err(stopping()),
+        Ok(decided) => spawn(kernel, &req, decided, cred, correlation.clone(), &asked).await,
     };
     let (mut child, (tier, timeout), asks) = match spawned {
         Ok(c) => c,
@@ -619,17 +727,14 @@ pub(crate) async fn run(
         held.push(event(Kind::SandboxDegraded, detail));
     }
     // A run with a network grant records its connections (and their decisions) as they are
-    // made: its start is queued at once, so that it precedes them in the trail.
-    if !req.allow_net.is_empty() {
-        for e in held.drain(..) {
-            kernel.audit.record_later(e).await;
-        }
-    }
-    let killer = Arc::new(
-        child
-            .killer()
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?,
-    );
+    // made: its exit task queues its start at once and only then starts its egress broker,
+    // so the start precedes every record of them in the trail. Queued by the exit task, not
+    // here: a request dropped while the queue is full would lose the start and leave its
+    // program running unkilled, with no task to record its end.
+    let (asks, broker) = asks.unzip();
+    // A killer that cannot be made (no descriptor left) fails the run only after its exit
+    // task is started: the program is killed, and its start and end are still recorded.
+    let killer = child.killer();
     let stdin = child
         .stdin
         .take()
@@ -642,15 +747,14 @@ pub(crate) async fn run(
     // deadline), in which case the guard kills the sandbox and the record says why.
     let (relay_done, relay_done_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
-    let mut guard = KillOnDrop {
-        killer: killer.clone(),
-        ended: ended.clone(),
-        stop: io.stop_cell(),
-        relay_done: Some(relay_done),
-    };
+    if killer.is_err() {
+        lock(&ended).killed.get_or_insert("internal");
+        let _ = child.kill();
+    }
     let detail = serde_json::json!({ "tier": req.tier, "program": req.program });
     tokio::spawn(
         record_exit(Reaper {
+            _slot: slot,
             audit: kernel.audit.clone(),
             event: event(Kind::SandboxExited, detail),
             child,
@@ -658,10 +762,28 @@ pub(crate) async fn run(
             ended: ended.clone(),
             degraded,
             held,
+            broker,
             exit: exit_tx,
         })
         .in_current_span(),
     );
+    let killer = match killer {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            // `relay_done`, dropped here, lets the exit task record the killed run.
+            drop(relay_done);
+            return Err(RemoteError::new(
+                ErrorKind::Internal,
+                format!("cannot hold the sandbox's pidfd: {e}"),
+            ));
+        }
+    };
+    let mut guard = KillOnDrop {
+        killer: killer.clone(),
+        ended: ended.clone(),
+        stop: io.stop_cell(),
+        relay_done: Some(relay_done),
+    };
 
     // Stdin and interrupts: fed beside the relay (a branch of its `select!`, polled with it,
     // not a task of its own that another thread would be woken for), so a program that does
@@ -693,6 +815,15 @@ pub(crate) async fn run(
         ) => {}
         () = answer_egress(kernel, &egress_actor, &req.allow_net, asks) => {}
         () = feeder => {}
+        // loongd's stop does not wait for a run: once its connections are closed (as
+        // `loongd_stopped`), it is killed, its relay drains, and its end is recorded before
+        // the daemon's last record (`Reapers::stop_all`).
+        () = async {
+            kernel.reapers.stopping().await;
+            lock(&ended).killed.get_or_insert(STOPPED);
+            let _ = killer.kill();
+            std::future::pending::<()>().await
+        } => {}
     }
     guard.finish();
     exit_rx.await.map_err(|_| {
@@ -842,8 +973,78 @@ async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::C
     }
 }
 
+/// `sandbox.exited`'s cause for a run killed by loongd's stop.
+const STOPPED: &str = "loongd_stopped";
+
+/// How long loongd's stop waits for the runs it kills (and those it refuses while they are
+/// still deciding) to record their ends.
+pub(crate) const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// The sandbox runs still to record their end: each counted from its request's start until
+/// its exit task's records are committed (or have failed), so that loongd's stop ends them
+/// and waits for their records instead of dropping them with its runtime.
+#[derive(Debug)]
+pub(crate) struct Reapers(
+    Arc<tokio::sync::watch::Sender<usize>>,
+    tokio::sync::watch::Sender<bool>,
+);
+
+impl Default for Reapers {
+    fn default() -> Reapers {
+        Reapers(
+            Arc::new(tokio::sync::watch::Sender::new(0)),
+            tokio::sync::watch::Sender::new(false),
+        )
+    }
+}
+
+impl Reapers {
+    /// Whether loongd's stop has begun ending runs: a run decided after that is not started.
+    fn is_stopping(&self) -> bool {
+        *self.1.borrow()
+    }
+
+    /// Resolves once loongd's stop ends the runs still going ([`Reapers::stop_all`]).
+    async fn stopping(&self) {
+        let mut rx = self.1.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Kills every run still going (their requests outlive their connections at loongd's
+    /// stop) and waits up to `limit` for their ends to be recorded; `false` if some are not.
+    pub(crate) async fn stop_all(&self, limit: Duration) -> bool {
+        self.1.send_replace(true);
+        self.drained(limit).await
+    }
+
+    /// Counts one more run, until the returned slot is dropped.
+    fn enter(&self) -> ReaperSlot {
+        self.0.send_modify(|n| *n += 1);
+        ReaperSlot(self.0.clone())
+    }
+
+    /// Waits up to `limit` for every run's records; `false` if some are still to come.
+    async fn drained(&self, limit: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// One run counted in [`Reapers`].
+struct ReaperSlot(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for ReaperSlot {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Everything the exit record needs, owned by the task that writes it.
 struct Reaper {
+    /// Held until the run's records are written: loongd's stop waits for it.
+    _slot: ReaperSlot,
     audit: crate::audit::Audit,
     event: crate::audit::Event,
     child: loong_sandbox::Child,
@@ -853,6 +1054,9 @@ struct Reaper {
     /// The run's start records (`sandbox.spawned`, `sandbox.degraded`) not yet queued: they
     /// go with `sandbox.exited` when the run ends within `LINGER`, else when it passes.
     held: Vec<crate::audit::Event>,
+    /// A run with a network grant: its egress broker, started once the run's start is
+    /// queued (its connections wait in the egress socket until then).
+    broker: Option<Broker>,
     exit: oneshot::Sender<Result<ControlResponse, RemoteError>>,
 }
 
@@ -860,6 +1064,13 @@ struct Reaper {
 /// `sandbox.exited` with the cause, then hands the exit to the request if it still waits:
 /// the client hears of the exit only once it is in the audit trail.
 async fn record_exit(mut r: Reaper) {
+    if let Some(Broker(egress, ours)) = r.broker.take() {
+        let held = std::mem::take(&mut r.held);
+        if r.audit.queue_all(held).await.is_err() {
+            tracing::error!("the audit writer has stopped; a sandbox's start could not be queued");
+        }
+        egress::serve(egress, ours);
+    }
     {
         let ended = helper_gone(r.relay_done, &r.child);
         tokio::pin!(ended);

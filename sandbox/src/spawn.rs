@@ -151,8 +151,14 @@ impl Child {
     /// Kills the whole sandbox: the helper dies, its reaper follows (parent-death signal),
     /// and with the reaper (pid 1) every process of the pid namespace.
     /// With a v2 cgroup, every process in it dies at once through its `cgroup.kill` first.
+    /// Needs no new descriptor, so it works when the process is out of them.
     pub fn kill(&self) -> io::Result<()> {
-        self.killer()?.kill()
+        let by_cgroup = self
+            .cgroup
+            .as_ref()
+            .and_then(SandboxCgroup::kill_file)
+            .map_or(Ok(()), |f| crate::cgroup::kill(&f));
+        signal_pidfd(self.pidfd.as_raw_fd(), libc::SIGKILL).and(by_cgroup)
     }
 
     /// A handle that can kill this sandbox after the `Child` has moved elsewhere (to a thread
@@ -268,10 +274,15 @@ impl Killer {
     }
 
     fn signal(&self, sig: i32) -> io::Result<()> {
-        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), sig) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
-        }
+        signal_pidfd(self.pidfd.as_raw_fd(), sig)
+    }
+}
+
+/// Sends `sig` through a pidfd; a process already gone is not an error.
+fn signal_pidfd(pidfd: i32, sig: i32) -> io::Result<()> {
+    match sys::pidfd_send_signal(pidfd, sig) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
     }
 }
 

@@ -772,3 +772,35 @@ fn a_request_too_large_to_show_is_denied_and_never_stops_the_list() {
         &listed[..listed.len().min(2000)]
     );
 }
+
+/// A run waiting for its approval when loongd stops does not hold the stop (nor is it waited
+/// for): it is refused, never started, and its refusal is in the trail before
+/// `daemon.stopped`.
+#[test]
+fn a_run_waiting_for_its_approval_when_loongd_stops_is_refused_and_recorded() {
+    let (home, token) = home_with(60_000);
+    let child = run(&home, &["--token", &token, "--", "/bin/echo", "never-run"]);
+    one_pending(&home);
+    let asked = std::time::Instant::now();
+    assert!(home.ctl(&["daemon", "stop"]).status.success());
+    let took = asked.elapsed();
+    let (_, out, err) = finish(child);
+    assert!(!out.contains("never-run"), "{out}{err}");
+    assert!(took < Duration::from_secs(4), "the stop took {took:?}");
+    home.start();
+    let refused = kinds(&home, "sandbox.refused");
+    let r = refused
+        .iter()
+        .find(|r| r["detail"]["request"]["args"] == serde_json::json!(["never-run"]))
+        .unwrap_or_else(|| panic!("no refusal: {refused:?}\n{}", home.log()));
+    let stopped = kinds(&home, "daemon.stopped");
+    let stop = stopped
+        .iter()
+        .filter_map(|s| s["seq"].as_u64())
+        .min()
+        .expect("daemon.stopped");
+    assert!(r["seq"].as_u64() < Some(stop), "{r} after {stopped:?}");
+    assert!(kinds(&home, "sandbox.spawned")
+        .iter()
+        .all(|s| s["detail"]["request"]["args"] != serde_json::json!(["never-run"])));
+}

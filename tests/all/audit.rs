@@ -1472,3 +1472,77 @@ fn an_approval_whose_resolution_is_not_recorded_lets_nothing_run() {
         text(&out.stderr)
     );
 }
+
+/// A run still going when loongd stops is killed and its start and end are in the trail,
+/// both before `daemon.stopped` (the trail's last record of that run of loongd).
+#[test]
+fn a_run_going_when_loongd_stops_is_recorded_ended_before_the_stop() {
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "landlock")]);
+    let mut long = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "restricted",
+            "--allow-degraded",
+            "--",
+            "/bin/sleep",
+            "60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loongctl");
+    let is_long =
+        |r: &serde_json::Value| r["detail"]["request"]["args"] == serde_json::json!(["60"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        recent(&home, "sandbox.spawned").iter().any(is_long)
+    }));
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = long.wait();
+    home.start();
+    let spawned = recent(&home, "sandbox.spawned");
+    let s = spawned
+        .iter()
+        .find(|r| is_long(r))
+        .expect("the run's start");
+    let exited = recent(&home, "sandbox.exited");
+    let e = exited
+        .iter()
+        .find(|r| r["correlation"] == s["correlation"])
+        .unwrap_or_else(|| {
+            panic!(
+                "the run's end is not in the trail: {exited:?}\n{}",
+                home.log()
+            )
+        });
+    let stopped = recent(&home, "daemon.stopped");
+    let last_stop = stopped
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .min()
+        .expect("daemon.stopped");
+    assert!(
+        e["seq"].as_u64() < Some(last_stop),
+        "end {e} after the stop {stopped:?}"
+    );
+    assert_eq!(e["detail"]["cause"], "loongd_stopped", "{e}");
+    assert!(
+        s["seq"].as_u64() < e["seq"].as_u64(),
+        "start {s} after end {e}"
+    );
+    let degraded = recent(&home, "sandbox.degraded");
+    assert!(
+        degraded
+            .iter()
+            .any(|r| r["correlation"] == s["correlation"]),
+        "{degraded:?}"
+    );
+    let unclean = recent(&home, "daemon.unclean_stop");
+    assert!(unclean.is_empty(), "{unclean:?}");
+}

@@ -401,6 +401,28 @@ fn sandbox_run_with_a_grant_uses_the_broker_and_is_refused_elsewhere() {
         "{out}"
     );
     assert_eq!(other.accepted(), 0);
+    // The run's start precedes every record of its connections: its broker serves only once
+    // `sandbox.spawned` is queued.
+    let records = |kind: &str| -> Vec<serde_json::Value> {
+        let out = home.ctl(&[
+            "audit", "recent", "--kind", kind, "--limit", "1000", "--json",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let spawned = records("sandbox.spawned");
+    let mut connections = records("net.denied");
+    connections.extend(records("net.connected"));
+    assert!(connections.len() >= 2, "{connections:?}");
+    for c in &connections {
+        let s = spawned
+            .iter()
+            .find(|s| s["correlation"] == c["correlation"])
+            .unwrap_or_else(|| panic!("no start for {c}"));
+        assert!(s["seq"].as_u64() < c["seq"].as_u64(), "start {s} after {c}");
+    }
     // A name that resolves to a loopback address is refused (its server sees nothing): a
     // run reaches a private address only by granting the address itself, as above.
     let by_name = format!("localhost:{}", other.port);

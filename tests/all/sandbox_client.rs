@@ -656,3 +656,86 @@ fn the_fast_command_line_keeps_claps_errors_and_the_programs_code() {
         );
     }
 }
+
+/// A client that leaves while its run starts (loongctl killed at any instant of the spawn):
+/// whenever the program ran (its marker file exists), the run's start and end are in the
+/// trail, however the request was dropped.
+#[test]
+fn a_run_whose_client_leaves_while_it_starts_is_recorded_whenever_its_program_ran() {
+    const RUNS: u64 = 40;
+    const LATE_RUNS: u64 = 3;
+    let home = Home::new();
+    home.start();
+    let out = tempfile::Builder::new()
+        .prefix("loong-orphan")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let dir = out.path().display().to_string();
+    for i in 0..RUNS {
+        let mut c = Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args([
+                "sandbox", "run", "--tier", "balanced", "--write", &dir, "--",
+            ])
+            .args([
+                "/bin/sh",
+                "-c",
+                &format!("echo > {dir}/m{i}; sleep 30"),
+                "orphan",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loongctl");
+        // From 2 ms to 21.5 ms after the start (the spawn's every step); the last runs a
+        // while longer, so that some program runs however loaded the host is.
+        let pause = if i + LATE_RUNS >= RUNS {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_micros(500 * i + 2_000)
+        };
+        std::thread::sleep(pause);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let ran: Vec<u64> = (0..RUNS)
+        .filter(|i| out.path().join(format!("m{i}")).exists())
+        .collect();
+    // Positive control: some programs ran before their client left.
+    assert!(!ran.is_empty(), "no run got as far as its program");
+    let recorded = |i: u64| {
+        let needle = format!("m{i};");
+        home.ctl(&[
+            "audit",
+            "recent",
+            "--kind",
+            "sandbox.spawned",
+            "--limit",
+            "1000",
+            "--json",
+        ])
+        .stdout
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+    };
+    for i in &ran {
+        assert!(
+            wait_until(Duration::from_secs(10), || recorded(*i)),
+            "run {i} ran (its marker exists) but its start is not in the trail; ran: {ran:?}\n{}",
+            home.log()
+        );
+    }
+    // And none outlives its client.
+    assert!(
+        wait_until(Duration::from_secs(10), || payloads(&dir).is_empty()),
+        "programs outlived their clients: {:?}",
+        payloads(&dir)
+    );
+}
