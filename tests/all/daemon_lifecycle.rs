@@ -2,7 +2,7 @@
 
 use std::{process::Command, time::Duration};
 
-use crate::support::{bin, process_alive, text, wait_until, Home};
+use crate::support::{bin, process_alive, process_gone, text, wait_until, Home};
 
 #[test]
 fn no_daemon_means_exit_3_and_a_hint() {
@@ -99,7 +99,7 @@ fn kill_9_then_start_recovers_the_stale_socket() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill -9");
-    assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)));
+    assert!(wait_until(Duration::from_secs(5), || process_gone(pid)));
     assert!(
         home.socket().exists(),
         "a killed daemon leaves its socket behind"

@@ -183,6 +183,21 @@ pub fn process_alive(pid: u32) -> bool {
     })
 }
 
+/// Whether every thread of `pid` has exited (or the process is gone): a killed process's
+/// leader turns zombie while its other threads still hold its descriptors (a listening
+/// socket among them), so [`process_alive`] can say "dead" before they are released.
+pub fn process_gone(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        fs::read_to_string(t.path().join("stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
+    })
+}
+
 pub fn cmdline_has(pid: u32, needle: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
