@@ -8,6 +8,7 @@ mod agent_tools;
 mod approval_bounds;
 mod approvals;
 mod audit;
+mod audit_runs;
 mod authority;
 mod bridges;
 mod browser;
