@@ -425,9 +425,15 @@ pub(crate) static SHARED_NETNS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLo
 /// own (the largest fixed cost of a spawn); its loopback is down and, without capabilities,
 /// stays down.
 fn shared_netns() -> Option<OwnedFd> {
+    let server = nix::unistd::getpid();
     match sys::fork().ok()? {
         Forked::Child => {
-            let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+            // A server killed between the fork and the parent-death signal never sends it:
+            // the holder, orphaned already, would wait for ever (found as namespace holders
+            // left behind by loongds killed as they started).
+            if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
+                sys::exit_now(1);
+            }
             let _ = sys::close_from(0);
             if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
                 sys::exit_now(1);
