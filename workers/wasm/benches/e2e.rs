@@ -11,7 +11,7 @@
 //! - resident memory of an idle loongd and an idle worker.
 //!
 //! It drives the release binaries (`cargo build --release --bins`, which `scripts/bench`
-//! does) on a temporary home; without them it says so and measures only the floor. Times are
+//! does), or those in `LOONG_BIN_DIR`, on a temporary home; without them it says so and measures only the floor. Times are
 //! medians and 99th percentiles of hand-timed samples: the goal is stated as a ratio to the
 //! floors measured here, in the same run, on the same machine.
 
@@ -39,6 +39,17 @@ const RTT_SAMPLES: usize = 20_000;
 const COLD_SAMPLES: usize = 20;
 const CONCURRENT_THREADS: usize = 50;
 const CONCURRENT_PER_THREAD: usize = 20;
+/// Calls per connection in the concurrent burst, in place of [`CONCURRENT_PER_THREAD`]: a
+/// burst long enough to profile (`perf stat -p`, `perf record -p`).
+const BURST_ENV: &str = "LOONG_E2E_BURST_PER_CONNECTION";
+/// Set to `1`: only the concurrent burst runs (after the warm-up), and the bench prints
+/// loongd's pid and waits `LOONG_E2E_BURST_DELAY_MS` before it, to attach a profiler.
+const BURST_ONLY_ENV: &str = "LOONG_E2E_BURST_ONLY";
+const BURST_DELAY_ENV: &str = "LOONG_E2E_BURST_DELAY_MS";
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
+}
 
 fn report(name: &str, samples: &mut [Duration]) -> Duration {
     report_p99(name, samples).0
@@ -314,6 +325,16 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
     for i in 0..200 {
         invoke(&mut c, i);
     }
+    if std::env::var(BURST_ONLY_ENV).is_ok_and(|v| v == "1") {
+        let status = ctl(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
+        println!("loongd pid {}", status["pid"]);
+        let delay = env_usize(BURST_DELAY_ENV).unwrap_or(0) as u64;
+        std::thread::sleep(Duration::from_millis(delay));
+        burst(&socket);
+        ctl(&["daemon", "stop"]);
+        return;
+    }
 
     let mut samples: Vec<Duration> = (0..WARM_CALLS as u64)
         .map(|i| {
@@ -412,17 +433,23 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
         cold.push(t.elapsed());
     }
     report("cold call: spawn + load + call", &mut cold);
+    burst(&socket);
+    ctl(&["daemon", "stop"]);
+}
 
+/// 50 connections at once, each making its calls one after the other; every answer must
+/// carry its own call's input back.
+fn burst(socket: &Path) {
+    let per_thread = env_usize(BURST_ENV).unwrap_or(CONCURRENT_PER_THREAD);
     let t = Instant::now();
     let answered: Vec<(u64, u64, Duration)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONCURRENT_THREADS)
             .map(|th| {
-                let socket = socket.clone();
                 s.spawn(move || {
-                    let mut c = connect(&socket);
-                    (0..CONCURRENT_PER_THREAD)
+                    let mut c = connect(socket);
+                    (0..per_thread)
                         .map(|i| {
-                            let n = (th * CONCURRENT_PER_THREAD + i) as u64;
+                            let n = (th * per_thread + i) as u64;
                             let t = Instant::now();
                             let echoed = invoke_echoed(&mut c, n);
                             (n, echoed, t.elapsed())
@@ -448,7 +475,7 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
     );
     println!(
         "{:40} {} calls, {} answered with their own input, {} distinct, {:.0} ms, {:.0} calls/s, median {:.1} µs, p99 {:.1} µs",
-        "concurrent: 50 connections × 20",
+        format!("concurrent: {CONCURRENT_THREADS} connections × {per_thread}"),
         answered.len(),
         own,
         unique.len(),
@@ -473,14 +500,16 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
         p99: Some(us(p99)),
         ..Figure::default()
     });
-    ctl(&["daemon", "stop"]);
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; this binary takes no options.
     let floor = floor();
     let rtt = unix_round_trip();
-    match release_dir("loong-worker-wasm") {
+    let bins = std::env::var_os("LOONG_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| release_dir("loong-worker-wasm"));
+    match bins {
         Some(dir) => end_to_end(&dir, floor, rtt),
         None => println!(
             "end to end: skipped: the release binaries are missing; run `cargo build --release --bins` (scripts/bench does)"
