@@ -310,16 +310,28 @@ impl Conn {
             } else {
                 idle
             };
-            // poll(2), not SO_RCVTIMEO: the restricted tier refuses setsockopt.
-            if let Some(limit) = waiting {
-                let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
-                let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
-                if poll(&mut fds, PollTimeout::from(ms)).map_err(io::Error::from)? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no data within {} ms", limit.as_millis()),
-                    ));
+            // poll(2), not SO_RCVTIMEO: the restricted tier refuses setsockopt. Without a
+            // limit too: a read(2) that sleeps on a Unix stream socket is woken each time
+            // loongd consumes a frame this worker wrote (the kernel's write-space wake-up,
+            // which a blocked read does not filter), so a worker blocked between calls would
+            // be woken once more per answer; a poll for POLLIN sleeps through those.
+            let ms = match waiting {
+                Some(limit) => {
+                    PollTimeout::from(u16::try_from(limit.as_millis()).unwrap_or(u16::MAX))
                 }
+                None => PollTimeout::NONE,
+            };
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            let ready = match poll(&mut fds, ms) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.map_err(io::Error::from)?,
+            };
+            if ready == 0 {
+                let limit = waiting.unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no data within {} ms", limit.as_millis()),
+                ));
             }
             let sock = &self.sock;
             let n = self
@@ -452,6 +464,81 @@ pub fn stats(loaded: Vec<String>, calls: u64) -> WorkerResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread's state letter and voluntary context switches, from /proc.
+    fn thread_sched(tid: i32) -> (char, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .expect("state");
+        let status =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("status");
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches");
+        (state, switches)
+    }
+
+    /// Waits until thread `tid` sleeps and has not switched for a while; its switches then.
+    fn settled(tid: i32) -> u64 {
+        let mut last = None;
+        for _ in 0..500 {
+            std::thread::sleep(Duration::from_millis(10));
+            let (state, switches) = thread_sched(tid);
+            if state == 'S' && last == Some(switches) {
+                return switches;
+            }
+            last = (state == 'S').then_some(switches);
+        }
+        panic!("thread {tid} never settled asleep");
+    }
+
+    /// A worker waiting for loongd's next request is not woken when loongd reads the answer
+    /// it wrote before (the socket's write-space wake-up, one more context switch per call),
+    /// only by the request itself.
+    #[test]
+    fn a_worker_waiting_for_a_request_sleeps_through_loongd_reading_its_answer() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiting = std::thread::spawn(move || {
+            let mut conn = Conn::new(theirs).expect("conn");
+            tid_tx.send(nix::unistd::gettid().as_raw()).expect("tid");
+            // An answer, then the wait for the next request, as `serve` does.
+            conn.write(&Reply::<WorkerResponse>::Pong { nonce: 1 })
+                .expect("answer");
+            conn.read::<Call<WorkerRequest>>(None)
+        });
+        let tid = tid_rx.recv().expect("tid");
+        let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES)).expect("limit");
+        let mut loongd = std::fs::File::from(std::os::fd::OwnedFd::from(ours));
+        let before = settled(tid);
+        // loongd reads the answer: the worker's wait must not end for it.
+        let mut buf = FrameBuffer::new(limit);
+        let answer = loop {
+            if let Some(body) = buf.next_body().expect("frame") {
+                break body;
+            }
+            buf.fill(|space| loongd.read(space))
+                .expect("fill")
+                .expect("read");
+        };
+        let pong: Reply<WorkerResponse> = frame::decode_body(&answer).expect("pong");
+        assert!(matches!(pong, Reply::Pong { nonce: 1 }), "{pong:?}");
+        let after = settled(tid);
+        assert_eq!(
+            after, before,
+            "the waiting worker was woken by loongd reading its answer"
+        );
+        // The control: the request itself wakes it, and it is read.
+        let mut out = Vec::new();
+        frame::encode(&Call::<WorkerRequest>::Ping { nonce: 2 }, limit, &mut out).expect("encode");
+        loongd.write_all(&out).expect("request");
+        let got = waiting.join().expect("thread").expect("read");
+        assert!(matches!(got, Some(Call::Ping { nonce: 2 })), "{got:?}");
+    }
 
     #[test]
     fn a_request_for_another_worker_names_the_one_that_runs_it() {
