@@ -5,6 +5,8 @@
 //! - `worker.rs`: one worker process and loongd's end of its socket (requests with deadlines,
 //!   the kernel calls it makes while it serves one, pings, a passed connection, its faults
 //!   and their classes).
+//! - `socket.rs`: loongd's end of a worker's socket, registered for reading only (a worker
+//!   reading a request does not wake loongd).
 //! - `pool.rs`: a pool of workers of one kind (`Supervisor`): permits, check-out, spawn
 //!   through the spawner, retire and replace with backoff, health pings, drain, and the call
 //!   path (`call`, `check_load`), which has no branch for any one kind.
@@ -26,6 +28,7 @@ pub(crate) mod lock;
 pub(crate) mod net;
 pub(crate) mod plugins;
 mod pool;
+mod socket;
 pub(crate) mod staging;
 pub(crate) mod trust;
 mod worker;

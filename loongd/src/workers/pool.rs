@@ -34,7 +34,7 @@ use loong_ipc::{
     WorkerResponse, WorkerView,
 };
 use loong_sandbox::{KernelOverrides, Killer, Limits, SandboxSpec, Spawner, StdioSpec};
-use tokio::{net::UnixStream, sync::Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{
     broker, compiled,
@@ -800,8 +800,7 @@ impl Supervisor {
             tokio::spawn(log_stderr(id, err));
         }
         let connected = async {
-            ours.set_nonblocking(true)?;
-            let (r, w) = UnixStream::from_std(ours)?.into_split();
+            let (r, w) = super::socket::split(ours)?;
             let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES))
                 .map_err(std::io::Error::other)?;
             let mut reader = FrameReader::new(r, limit, WORKER_START_TIMEOUT);

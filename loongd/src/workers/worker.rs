@@ -11,10 +11,9 @@ use loong_ipc::{
     Reply, RequestId, WorkerRequest, WorkerResponse,
 };
 use loong_sandbox::Child;
-use tokio::{
-    io::AsyncReadExt,
-    net::unix::{OwnedReadHalf, OwnedWriteHalf},
-};
+use tokio::io::AsyncReadExt;
+
+use super::socket::{ReadHalf, WriteHalf};
 
 /// How long a worker has from spawn to a finished handshake.
 pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,8 +28,8 @@ pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Worker {
     pub(super) id: u64,
     pub(super) pid: u32,
-    pub(super) reader: FrameReader<OwnedReadHalf>,
-    pub(super) writer: FrameWriter<OwnedWriteHalf>,
+    pub(super) reader: FrameReader<ReadHalf>,
+    pub(super) writer: FrameWriter<WriteHalf>,
     pub(super) child: Option<Child>,
     pub(super) loaded: HashMap<String, u64>,
     pub(super) next_req: u64,
@@ -366,7 +365,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use loong_ipc::{frame::FrameLimit, InvokeTool, KernelRequest};
-    use tokio::net::UnixStream;
+    use tokio::net::{
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+        UnixStream,
+    };
 
     use super::*;
 
@@ -401,9 +403,10 @@ mod tests {
     type Side = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
 
     fn pair() -> (Worker, Side) {
-        let (a, b) = UnixStream::pair().expect("pair");
-        let (ar, aw) = a.into_split();
-        let (br, bw) = b.into_split();
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let (ar, aw) = super::super::socket::split(a).expect("split");
+        b.set_nonblocking(true).expect("nonblocking");
+        let (br, bw) = UnixStream::from_std(b).expect("tokio").into_split();
         let t = Duration::from_secs(5);
         let worker = Worker {
             id: 1,
