@@ -1111,7 +1111,7 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
 
 /// `scale_peer.py` copied into a directory every sandbox uid may write (the servers leave
 /// their marks there); returns (dir, script path).
-fn scale_peer() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn scale_peer() -> (tempfile::TempDir, PathBuf) {
     let dir = shared_dir("lsp");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
     let script = dir.path().join("scale_peer.py");
@@ -1125,7 +1125,14 @@ fn scale_peer() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Installs `scale_peer.py` as the MCP server `id` in `role`, listing `tools` tools.
-fn install_scale_peer(home: &Home, dir: &Path, script: &Path, id: &str, role: &str, tools: u32) {
+pub(crate) fn install_scale_peer(
+    home: &Home,
+    dir: &Path,
+    script: &Path,
+    id: &str,
+    role: &str,
+    tools: u32,
+) {
     let d = dir.display().to_string();
     install_foreign(
         home,
