@@ -695,6 +695,7 @@ async fn list(
     let mut permitted: u64 = 0;
     let mut tools = Vec::new();
     let mut next = None;
+    let mut commits = Vec::new();
     for (decided, (plugin, tool)) in candidates(&set).enumerate() {
         let name = tool_name(plugin, tool);
         let (cap, target) = decided_on(plugin.bridge_kind, &name);
@@ -716,13 +717,15 @@ async fn list(
         if in_page || refused_early || o.decision.is_err() {
             crate::metrics::decided(cap, o.allowed(), needs_approval);
             let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
-            effects::record(
-                kernel,
-                actor.event(crate::audit::Kind::PolicyDecision, detail),
-            )
-            .await?;
+            let event = actor.event(crate::audit::Kind::PolicyDecision, detail);
+            // Queued in order and waited for all together before the answer: one commit
+            // round for the page, not one for each of its thousands of records.
+            commits.push(kernel.audit.queue(event).await.map_err(effects::internal)?);
         }
         if let Err(why) = &o.decision {
+            for c in commits {
+                c.committed().await.map_err(effects::internal)?;
+            }
             return Err(effects::denied(
                 DenialStage::Token,
                 cap,
@@ -742,6 +745,9 @@ async fn list(
             );
         }
         tools.push(t);
+    }
+    for c in commits {
+        c.committed().await.map_err(effects::internal)?;
     }
     Ok(wire::GatewayListed { tools, next })
 }
