@@ -68,6 +68,25 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
         let outcome = match outcome {
             Outcome::Skipped => continue,
             Outcome::Deferred => {
+                // Its tools are known only once its first call loads it: counted at the
+                // most a plugin may list, so that what it learns then cannot pass the bound.
+                let most = loong_ipc::message::worker::MAX_TOOLS;
+                if tools_in_set.saturating_add(most) > max_tools {
+                    let why = past_the_tool_bound(&p.id, most, tools_in_set, max_tools);
+                    let why = format!("{why} (deferred: its tools are not known before its first call, so it counts as the most a plugin may list, {most})");
+                    stop_own_pool(kernel, p);
+                    tracing::warn!(plugin = %p.id, "plugin refused: {why}");
+                    kernel
+                        .audit
+                        .record_later(Event::daemon(
+                            Kind::PluginRefused,
+                            serde_json::json!({ "plugin": p.id, "reason": why }),
+                        ))
+                        .await;
+                    p.state = State::Failed(why);
+                    continue;
+                }
+                tools_in_set += most;
                 // Started by its first call; its manifest was checked at discovery.
                 kernel
                     .audit
@@ -189,7 +208,7 @@ fn discovery_time() -> std::time::Duration {
 /// pass `max`.
 fn past_the_tool_bound(id: &str, tools: usize, in_set: usize, max: usize) -> String {
     format!(
-        "refused: plugin {id} lists {tools} tools and the plugins before it in the set (by id) hold {in_set}, past the bound of {max} tools in one plugin set (MAX_SET_TOOLS); disable or remove plugins (`loongctl plugins disable ID`) to make room, then `loongctl plugins reload`"
+        "not loaded: plugin {id} lists {tools} tools and the plugins before it in the set (by id) hold {in_set}, past the bound of {max} tools in one plugin set (MAX_SET_TOOLS); disable or remove plugins (`loongctl plugins disable ID`) to make room, then `loongctl plugins reload`"
     )
 }
 
