@@ -68,9 +68,14 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
         let outcome = match outcome {
             Outcome::Skipped => continue,
             Outcome::Deferred => {
-                // Its tools are known only once its first call loads it: counted at the
-                // most a plugin may list, so that what it learns then cannot pass the bound.
-                let most = loong_ipc::message::worker::MAX_TOOLS;
+                // An MCP server's tools are known only once its first call loads it: counted
+                // at the most a plugin may list, so that what it learns then cannot pass the
+                // bound (any other plugin is its one tool).
+                let most = if p.has_named_tools() {
+                    loong_ipc::message::worker::MAX_TOOLS
+                } else {
+                    1
+                };
                 if tools_in_set.saturating_add(most) > max_tools {
                     let why = past_the_tool_bound(&p.id, most, tools_in_set, max_tools);
                     let why = format!("{why} (deferred: its tools are not known before its first call, so it counts as the most a plugin may list, {most})");
