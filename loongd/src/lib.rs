@@ -524,6 +524,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 ))
                 .await;
         }
+        // Approvals given and never taken: their waiters died with the previous daemon
+        // between the approve and the taking, so nothing ran (`approval.unused`, once).
+        effects::approval::record_untaken(&kernel)
+            .await
+            .map_err(|e| anyhow::anyhow!("recording approvals left untaken: {}", e.message))?;
         // A token from before ids and secrets were split has its secret in the trail: it is
         // revoked, and the revocation audited, before any request is served.
         for id in kernel

@@ -533,3 +533,87 @@ fn an_approval_its_waiter_left_before_taking_is_recorded_unused() {
     assert!(records_of(&home, "approval.unused", &kept[0]).is_empty());
     assert_eq!(records(&home, "approval.unused").len(), 1);
 }
+
+/// loongd killed (`kill -9`) between an approve and its waiter's taking of it (the wake held
+/// back by the test hook): the next start records `approval.unused` for it (nothing ran),
+/// under the token that asked, and the start after records it no more. Before, the trail
+/// said approved and nothing followed, for ever. The control, in the same home: an approval
+/// its waiter took (the effect ran) is never recorded unused by a restart.
+#[test]
+fn an_approval_left_untaken_by_a_killed_loongd_is_recorded_unused_once_at_the_next_start() {
+    let home = racing_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+
+    // The control first: approved and taken, the effect ran.
+    let stays = invoke_in_background(&home, &secret);
+    let kept = wait_for_pending(&home, &id, 1);
+    assert!(home
+        .ctl(&["approvals", "approve", &kept[0]])
+        .status
+        .success());
+    let (code, err) = finish(stays);
+    assert_eq!(code, Some(0), "{err}");
+
+    let waiter = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    let approve = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["approvals", "approve", &asked[0]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let shown = json(&text(
+                &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+            ));
+            shown["state"] == "approved"
+        }),
+        "the request was never approved\n{}",
+        home.log()
+    );
+    let pid = home.status().pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = finish(approve);
+    let _ = finish(waiter);
+    assert!(
+        wait_until(Duration::from_secs(20), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "loongd {pid} is still there"
+    );
+    home.start();
+    let unused = records_of(&home, "approval.unused", &asked[0]);
+    assert_eq!(unused.len(), 1, "{unused:?}\n{}", home.log());
+    assert_eq!(unused[0]["detail"]["token"], id.as_str(), "{unused:?}");
+    assert!(
+        unused[0]["detail"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("nothing ran")),
+        "{unused:?}"
+    );
+    assert!(
+        records_of(&home, "approval.unused", &kept[0]).is_empty(),
+        "the approval its waiter took is not unused"
+    );
+    assert_eq!(
+        records(&home, "tool.invoked").len(),
+        1,
+        "the control's call"
+    );
+
+    // Once: the next start does not record it again.
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home.start();
+    assert_eq!(records_of(&home, "approval.unused", &asked[0]).len(), 1);
+    assert_eq!(records(&home, "approval.unused").len(), 1);
+}

@@ -1111,7 +1111,7 @@ fn http_json_connectors_reach_only_their_pinned_endpoint() {
 
 /// `scale_peer.py` copied into a directory every sandbox uid may write (the servers leave
 /// their marks there); returns (dir, script path).
-fn scale_peer() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn scale_peer() -> (tempfile::TempDir, PathBuf) {
     let dir = shared_dir("lsp");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
     let script = dir.path().join("scale_peer.py");
@@ -1125,7 +1125,14 @@ fn scale_peer() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Installs `scale_peer.py` as the MCP server `id` in `role`, listing `tools` tools.
-fn install_scale_peer(home: &Home, dir: &Path, script: &Path, id: &str, role: &str, tools: u32) {
+pub(crate) fn install_scale_peer(
+    home: &Home,
+    dir: &Path,
+    script: &Path,
+    id: &str,
+    role: &str,
+    tools: u32,
+) {
     let d = dir.display().to_string();
     install_foreign(
         home,
@@ -1451,4 +1458,163 @@ fn plugins_show_past_the_frame_limit_is_a_clear_refusal_and_the_connection_serve
     let offered = crate::mcp_serve::listed(&home, &file);
     assert_eq!(offered.len(), 1, "{offered:?}");
     assert!(offered[0].contains("few"), "{offered:?}");
+}
+
+/// The state of each plugin of `ids` in `plugins list`.
+fn states(home: &Home, ids: &[&str]) -> Vec<String> {
+    let ps = plugins(home);
+    ids.iter()
+        .map(|id| {
+            ps.iter()
+                .find(|p| p["id"] == *id)
+                .and_then(|p| p["state"].as_str())
+                .unwrap_or("absent")
+                .to_string()
+        })
+        .collect()
+}
+
+/// A plugin set past its bound on tools (`MAX_SET_TOOLS`, made small for the test) keeps the
+/// plugins that fit, in id order, and refuses the rest with a record naming the plugin and
+/// the bound (its program stopped); a smaller plugin after the refused one still fits; a
+/// deferred one counts as the most tools a plugin may list (the control: under the default
+/// bound, every plugin loads).
+#[test]
+fn a_plugin_set_past_its_tool_bound_loads_what_fits_in_id_order_and_refuses_the_rest() {
+    const TEST: &str =
+        "a_plugin_set_past_its_tool_bound_loads_what_fits_in_id_order_and_refuses_the_rest";
+    if !is_root() {
+        return skip(TEST, "sandboxed stdio workers need root");
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    for (id, tools) in [
+        ("t-a", 100),
+        ("t-b", 100),
+        ("t-c", 100),
+        ("t-d", 1),
+        ("t-e", 1),
+    ] {
+        install_scale_peer(&home, dir.path(), &script, id, "serve", tools);
+    }
+    // t-e is deferred: its tools are unknown until its first call.
+    let manifest = home.path().join("plugins/t-e/loong.plugin.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&manifest).expect("manifest")).expect("json");
+    m["defer_loading"] = true.into();
+    fs::write(&manifest, m.to_string()).expect("manifest");
+    // The built-ins (a few tools) and t-a and t-b fit in 260; t-c does not; t-d does; t-e,
+    // counted at the most a plugin may list (256), does not.
+    home.start_env(&[("LOONG_TEST_MAX_SET_TOOLS", "260")]);
+    let ids = ["t-a", "t-b", "t-c", "t-d", "t-e"];
+    assert_eq!(
+        states(&home, &ids),
+        ["ready", "ready", "failed", "ready", "failed"],
+        "{}",
+        home.log()
+    );
+    let refused = details(&home, "plugin.refused");
+    let why = refused
+        .iter()
+        .find(|d| d["plugin"] == "t-c")
+        .and_then(|d| d["reason"].as_str())
+        .unwrap_or_else(|| panic!("no refusal of t-c: {refused:?}"));
+    assert!(
+        why.contains("t-c") && why.contains("260") && why.contains("MAX_SET_TOOLS"),
+        "{why}"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|d| d["plugin"] != "t-a" && d["plugin"] != "t-d"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|d| d["plugin"] == "t-e"
+            && d["reason"].as_str().is_some_and(|r| r.contains("deferred"))),
+        "{refused:?}"
+    );
+    assert!(home.log().contains("t-c"), "logged: {}", home.log());
+    // The refused plugin's program is stopped: no process of it is left.
+    let marker = format!("{} t-c ", dir.path().display());
+    assert!(
+        wait_until(Duration::from_secs(20), || !running_with(&marker)),
+        "t-c's server still runs"
+    );
+    // The control: under the default bound, every plugin loads.
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home.start();
+    let got = states(&home, &ids);
+    assert!(
+        got.iter().all(|s| s != "failed" && s != "absent"),
+        "{got:?}\n{}",
+        home.log()
+    );
+}
+
+/// Whether some process's command line holds `marker` (its arguments joined by spaces).
+fn running_with(marker: &str) -> bool {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().any(|e| {
+                fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let line = String::from_utf8_lossy(&c).replace('\0', " ");
+                    line.contains(marker)
+                })
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A discovery whose loads all stall answers within its whole bound (`MAX_DISCOVERY_TIME`,
+/// made 3 s for the test) rather than each stalled load's own deadline (30 s) over eight
+/// lanes, which held the reload over a minute: the stalled loads are refused naming the
+/// bound, and their programs stopped; the control: a server that answers loads in the same
+/// discovery.
+#[test]
+fn a_discovery_whose_loads_stall_answers_within_its_whole_bound() {
+    const TEST: &str = "a_discovery_whose_loads_stall_answers_within_its_whole_bound";
+    if !is_root() {
+        return skip(TEST, "sandboxed stdio workers need root");
+    }
+    let home = Home::new();
+    let (dir, script) = scale_peer();
+    install_scale_peer(&home, dir.path(), &script, "a-ok", "serve", 1);
+    let stalled: Vec<String> = (0..10).map(|n| format!("s-{n:02}")).collect();
+    for id in &stalled {
+        install_scale_peer(&home, dir.path(), &script, id, "stall", 1);
+    }
+    let started = std::time::Instant::now();
+    home.start_env(&[("LOONG_TEST_DISCOVERY_MS", "3000")]);
+    let start = started.elapsed();
+    let started = std::time::Instant::now();
+    let out = home.ctl(&["plugins", "reload"]);
+    let reload = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Each stalled load alone takes 30 s; ten over eight lanes took 60 s and more.
+    assert!(
+        start < Duration::from_secs(25) && reload < Duration::from_secs(25),
+        "start {start:?}, reload {reload:?}"
+    );
+    let mut ids = vec!["a-ok"];
+    ids.extend(stalled.iter().map(String::as_str));
+    let got = states(&home, &ids);
+    assert_eq!(got[0], "ready", "{got:?}\n{}", home.log());
+    assert!(got[1..].iter().all(|s| s == "failed"), "{got:?}");
+    let refused = details(&home, "plugin.refused");
+    for id in &stalled {
+        assert!(
+            refused.iter().any(|d| d["plugin"] == id.as_str()
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("MAX_DISCOVERY_TIME"))),
+            "{id}: {refused:?}"
+        );
+    }
+    let marker = format!("{} s-", dir.path().display());
+    assert!(
+        wait_until(Duration::from_secs(20), || !running_with(&marker)),
+        "a stalled server still runs"
+    );
 }

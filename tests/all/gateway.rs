@@ -1129,3 +1129,153 @@ fn gateway_mcp_session_of_a_token_revoked_mid_session_is_refused_on_its_next_req
         .count();
     assert_eq!(invoked, 1, "{}", home.log());
 }
+
+/// A client that lists every page of `tools/list` (following `nextCursor`), then calls one
+/// tool by name and lists once with a cursor the server never gave; prints each page's names
+/// and cursor, the call's outcome and the bad cursor's error.
+const PAGING_CLIENT: &str = r#"
+import asyncio, json, sys
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+url, secret, call = sys.argv[1], sys.argv[2], sys.argv[3]
+
+async def main():
+    out = {"pages": []}
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {secret}"})
+    async with client:
+        async with streamable_http_client(url, http_client=client) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                cursor = None
+                while True:
+                    params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                    page = await s.list_tools(params=params)
+                    out["pages"].append({"names": [t.name for t in page.tools],
+                                         "next": page.next_cursor})
+                    cursor = page.next_cursor
+                    if cursor is None or len(out["pages"]) > 10:
+                        break
+                if call:
+                    try:
+                        r = await s.call_tool(call, {})
+                        out["call"] = {"is_error": bool(r.is_error)}
+                    except MCPError as e:
+                        out["call"] = {"protocol_error": e.error.message}
+                try:
+                    await s.list_tools(params=types.PaginatedRequestParams(cursor="not-ours"))
+                    out["bad_cursor"] = "accepted"
+                except MCPError as e:
+                    out["bad_cursor"] = e.error.message
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+/// A token granted tools past the first `MAX_GATEWAY_TOOLS` (4,096) of the plugin set is
+/// offered them: `tools/list` is cut from the tools the token may invoke, not from every
+/// tool before its grants are checked (which offered such a token nothing, and refused its
+/// requests as a token that may invoke no tool). The control: a token granted every tool is
+/// offered all of them over two pages, the first of 4,096 with a `nextCursor`, the second
+/// the rest and none again, and may call a tool of the second page; a cursor the server
+/// never gave is refused.
+#[test]
+fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_rest() {
+    const TEST: &str =
+        "gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_rest";
+    if !crate::support::is_root() {
+        return skip(TEST, "sandboxed stdio workers need root");
+    }
+    let py = match python() {
+        Ok(p) => p,
+        Err(e) => return skip(TEST, &e),
+    };
+    const SERVERS: u32 = 17;
+    const TOOLS: u32 = 256;
+    let port = free_port();
+    let home = gateway_home(port, "");
+    let (dir, script) = crate::bridges::scale_peer();
+    // `zz-` sorts after the examples: zz-16's tools come after 4,096 others.
+    for n in 0..SERVERS {
+        let id = format!("zz-{n:02}");
+        crate::bridges::install_scale_peer(&home, dir.path(), &script, &id, "serve", TOOLS);
+    }
+    home.start();
+    wait_for_gateway(&home, port);
+    let script_path = home.path().join("paging_client.py");
+    fs::write(&script_path, PAGING_CLIENT).expect("client script");
+    let run = |secret: &str, call: &str| {
+        let out = Command::new(&py)
+            .arg(&script_path)
+            .arg(format!("http://127.0.0.1:{port}/mcp"))
+            .arg(secret)
+            .arg(call)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "{}\n{}\n{}",
+            text(&out.stderr),
+            text(&out.stdout),
+            home.log()
+        );
+        json(&text(&out.stdout))
+    };
+
+    let late = "zz-16--tool_200";
+    let (secret, id) = issue(&home, &["tool.invoke:zz-16/tool_200"]);
+    let report = run(&secret, late);
+    let pages = report["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 1, "{report}");
+    assert_eq!(pages[0]["names"], serde_json::json!([late]), "{report}");
+    assert!(pages[0]["next"].is_null(), "{report}");
+    assert_eq!(report["call"]["is_error"], false, "{report}");
+    // The listing's records: the tool it offered, after the refusals of the tools before it.
+    let out = home.ctl(&["audit", "token-trail", &id, "--json", "--limit", "10000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let trail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("trail");
+    assert!(
+        trail.iter().any(|r| r["kind"] == "policy.decision"
+            && crate::workers::detail(r)["target"] == "zz-16/tool_200"
+            && crate::workers::detail(r)["allowed"] == true),
+        "the offered tool's decision is recorded"
+    );
+
+    // The control: every tool, over two pages.
+    let (secret, _) = issue(&home, &["tool.invoke"]);
+    let report = run(&secret, "zz-16--tool_255");
+    let pages = report["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 2, "{}", report["pages"][0]["next"]);
+    let first = pages[0]["names"].as_array().expect("names");
+    assert_eq!(first.len(), loong_ipc::message::gateway::MAX_GATEWAY_TOOLS);
+    assert_eq!(pages[0]["next"], "4096");
+    assert!(pages[1]["next"].is_null());
+    let mut all: Vec<&str> = pages
+        .iter()
+        .flat_map(|p| p["names"].as_array().expect("names"))
+        .filter_map(|n| n.as_str())
+        .collect();
+    let listed = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), listed, "no tool on two pages");
+    for n in 0..SERVERS {
+        for t in [0, TOOLS - 1] {
+            let name = format!("zz-{n:02}--tool_{t}");
+            assert!(all.contains(&name.as_str()), "{name} is listed");
+        }
+    }
+    assert!(all.contains(&"echo"), "the examples are listed too");
+    assert_eq!(
+        report["call"]["is_error"], false,
+        "a second page's tool is callable: {report}"
+    );
+    assert!(
+        report["bad_cursor"]
+            .as_str()
+            .is_some_and(|m| m.contains("not-ours")),
+        "{report}"
+    );
+}

@@ -1210,3 +1210,56 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Rootless without subordinate ids (`rootless_own_uid`) the reaper keeps loongd's uid: it
+/// is not dumpable, so a process of loongd's uid outside the sandbox (no capability over it)
+/// can neither read its `/proc/PID/environ` nor open its `/proc/PID/mem` (what a ptrace
+/// attach gives); the control: the same process opens the payload's, which it may (it owns
+/// the sandbox's user namespace). Before, the reaper was made undumpable only with
+/// subordinate ids, and any process of loongd's user could ptrace it.
+#[test]
+fn a_degraded_sandboxs_reaper_is_undumpable_and_out_of_a_same_uid_process_reach() {
+    let test =
+        "rootless::a_degraded_sandboxs_reaper_is_undumpable_and_out_of_a_same_uid_process_reach";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let ns = Rootless::new(Setup::NoRange);
+    let home = ns.home("[sandbox]\nrootless_own_uid = true\n");
+    ns.start(&home);
+    let marker = "31.41592";
+    let run = sleeper(&home, "balanced", marker);
+    let mut payload = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            payload = find_sleep(marker);
+            payload.is_some()
+        }),
+        "the sandbox's sleep never ran"
+    );
+    let payload = payload.unwrap_or_default();
+    let reaper = status_field(payload, "PPid:").unwrap_or_default();
+    // The same uid on both sides: only the reaper's being undumpable keeps the process out.
+    assert_eq!(status_field(reaper, "Uid:"), Some(UID));
+    assert_eq!(status_field(payload, "Uid:"), Some(UID));
+    let probe = format!(
+        "for f in /proc/{reaper}/environ /proc/{reaper}/mem /proc/{payload}/environ /proc/{payload}/mem; do \
+         if (exec 3<\"$f\") 2>/dev/null; then echo \"$f open\"; else echo \"$f refused\"; fi; done"
+    );
+    let p = setpriv(false);
+    let out = Command::new(&p[0])
+        .args(&p[1..])
+        .args(["sh", "-c", &probe])
+        .output()
+        .expect("setpriv sh");
+    stop(run);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}\n{}", text(&out.stderr));
+    for f in ["environ", "mem"] {
+        let line = format!("/proc/{reaper}/{f} refused");
+        assert!(said.contains(&line), "{line}: {said}");
+        let line = format!("/proc/{payload}/{f} open");
+        assert!(said.contains(&line), "the control, {line}: {said}");
+    }
+}

@@ -16,7 +16,9 @@ use super::{
 /// [`crate::DenialStage::Token`] detail for an unknown, expired or revoked secret (HTTP 401),
 /// and `Denied` with another stage for a token that may invoke nothing (HTTP 403).
 pub const KIND_GATEWAY_AUTH: &str = "gateway_auth";
-/// The tools the bearer may invoke: [`GatewayList`] → `Vec<`[`GatewayTool`]`>`.
+/// The tools the bearer may invoke, a page at a time: [`GatewayList`] → [`GatewayListed`]
+/// (at most [`MAX_GATEWAY_TOOLS`] of them, chosen among the tools the token may invoke, and
+/// where the next page starts when there are more).
 pub const KIND_GATEWAY_LIST: &str = "gateway_list";
 /// Invoke a tool under the bearer: [`GatewayInvoke`] → the tool's JSON output (raw bytes).
 pub const KIND_GATEWAY_INVOKE: &str = "gateway_invoke";
@@ -37,7 +39,7 @@ pub const KIND_GATEWAY_STATS: &str = "gateway_stats";
 /// authentication.
 pub const KIND_GATEWAY_WEBHOOK: &str = "gateway_webhook";
 
-/// Bound on the tools one [`KIND_GATEWAY_LIST`] answer names.
+/// Bound on the tools one [`KIND_GATEWAY_LIST`] answer (one page) names.
 pub const MAX_GATEWAY_TOOLS: usize = 4096;
 
 /// [`KIND_GATEWAY_AUTH`]'s body.
@@ -57,6 +59,18 @@ pub struct GatewayAuthed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayList {
     pub bearer: BearerSecret,
+    /// Where the page starts: `None` for the first, else the previous page's
+    /// [`GatewayListed::next`] (the count of the bearer's tools before it).
+    pub cursor: Option<u64>,
+}
+
+/// [`KIND_GATEWAY_LIST`]'s answer: one page of the tools the bearer may invoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayListed {
+    pub tools: Vec<GatewayTool>,
+    /// The next page's cursor when the bearer may invoke more tools than this page names;
+    /// `None` on the last page.
+    pub next: Option<u64>,
 }
 
 /// One tool the bearer may invoke, as `mcp serve` offers it.

@@ -197,13 +197,23 @@ CREATE TABLE IF NOT EXISTS windows (
 const PENDING_INDEX: &str =
     "CREATE INDEX IF NOT EXISTS approvals_pending_by_token ON approvals (token) WHERE state = 'pending';";
 
-/// Columns added since the table was first written: `(name, declaration)`.
+/// Columns added since the table was first written: `(name, declaration)`. `taken`: what
+/// became of an approved request's approval, once settled: `taken` (its waiter took it and
+/// went on to the effect), `unused` (recorded `approval.unused`: nothing ran), `before`
+/// (approved before the column existed, settled as it was then); `NULL` while nobody took
+/// it, which after a restart means its waiter died with the previous loongd.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("token", "TEXT"),
     ("agent", "TEXT"),
     ("effect", "TEXT"),
     ("note", "TEXT"),
+    ("taken", "TEXT"),
 ];
+
+/// The approved requests nobody took yet, read at each start: partial, so the start does not
+/// read the whole history of requests. Made after [`ADDED_COLUMNS`].
+const UNTAKEN_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS approvals_untaken ON approvals (id) WHERE state = 'approved' AND taken IS NULL;";
 
 const COLUMNS: &str =
     "id, created_ms, deadline_ms, state, actor, pack, capability, target, score, reasons, resolver, token, agent, effect, note";
@@ -249,8 +259,26 @@ impl ApprovalStore {
     /// Opens (creating) the tables in `path`.
     pub fn open(path: &Path) -> Result<ApprovalStore, TokenError> {
         let db = super::db::StateDb::open(path, SCHEMA)?;
+        let had_taken = db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('approvals') WHERE name = 'taken'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })? > 0;
         db.add_columns("approvals", ADDED_COLUMNS)?;
+        if !had_taken {
+            // Approved before their taking was noted: settled then, one way or the other
+            // (not to be recorded unused now).
+            db.with(|c| {
+                c.execute(
+                    "UPDATE approvals SET taken = 'before' WHERE state = 'approved'",
+                    [],
+                )
+            })?;
+        }
         db.with(|c| c.execute_batch(PENDING_INDEX))?;
+        db.with(|c| c.execute_batch(UNTAKEN_INDEX))?;
         Ok(ApprovalStore { db })
     }
 
@@ -475,6 +503,30 @@ impl ApprovalStore {
         })
     }
 
+    /// Notes that the approved request `id` was settled as `how` (`taken` by its waiter, or
+    /// recorded `unused`); `false` when it was not approved or was settled already.
+    pub fn settle(&self, id: &str, how: &str) -> Result<bool, TokenError> {
+        let n = self.db(|c| {
+            c.execute(
+                "UPDATE approvals SET taken = ?2 WHERE id = ?1 AND state = 'approved' AND taken IS NULL",
+                params![id, how],
+            )
+        })?;
+        Ok(n > 0)
+    }
+
+    /// The approved requests nobody took (see [`ADDED_COLUMNS`]): at a start, those whose
+    /// waiters died with the previous loongd before taking them.
+    pub fn approved_untaken(&self) -> Result<Vec<Approval>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE state = 'approved' AND taken IS NULL ORDER BY created_ms, id"
+            ))?;
+            let rows = s.query_map([], read)?;
+            rows.collect()
+        })
+    }
+
     /// Opens a full-access window for `pack` (every pack when `None`).
     pub fn open_window(
         &self,
@@ -528,6 +580,67 @@ mod tests {
             effect,
             note: None,
         }
+    }
+
+    /// An approved request is untaken until its waiter takes it or it is recorded unused,
+    /// each once; one approved before the `taken` column existed is settled as it was (a
+    /// store from before is not read as a history of unused approvals), and a pending or
+    /// denied one is never untaken.
+    #[test]
+    fn approved_requests_are_untaken_until_settled_once_and_older_ones_are_settled() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        let store = ApprovalStore::open(&path).expect("open");
+        let old = store
+            .create(request(Some("tok_a"), EffectDetail::default()), 10)
+            .expect("old");
+        store
+            .resolve(&old.id, "approved", "uid:0")
+            .expect("resolve");
+        // As a store from before the column: its approvals' taking was never noted.
+        store
+            .db(|c| {
+                c.execute_batch(
+                    "DROP INDEX approvals_untaken; ALTER TABLE approvals DROP COLUMN taken",
+                )
+            })
+            .expect("drop the column");
+        drop(store);
+        let store = ApprovalStore::open(&path).expect("open again");
+        assert!(store.approved_untaken().expect("untaken").is_empty());
+
+        let ids: Vec<String> = (0..4)
+            .map(|_| {
+                store
+                    .create(request(Some("tok_a"), EffectDetail::default()), 10)
+                    .expect("create")
+                    .id
+            })
+            .collect();
+        for (id, state) in ids.iter().zip(["approved", "approved", "denied"]) {
+            store.resolve(id, state, "uid:0").expect("resolve");
+        }
+        let untaken = |s: &ApprovalStore| -> Vec<String> {
+            s.approved_untaken()
+                .expect("untaken")
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
+        };
+        let mut both = vec![ids[0].clone(), ids[1].clone()];
+        both.sort();
+        let mut got = untaken(&store);
+        got.sort();
+        assert_eq!(got, both);
+        assert!(store.settle(&ids[0], "taken").expect("settle"));
+        assert!(!store.settle(&ids[0], "unused").expect("settled once"));
+        assert!(!store.settle(&ids[2], "unused").expect("a denial"));
+        assert!(!store.settle(&ids[3], "unused").expect("pending"));
+        assert_eq!(untaken(&store), [ids[1].clone()]);
+        assert!(store.settle(&ids[1], "unused").expect("settle"));
+        drop(store);
+        let store = ApprovalStore::open(&path).expect("open once more");
+        assert!(untaken(&store).is_empty());
     }
 
     /// What loongd expires without an approver is returned with its token and agent, for

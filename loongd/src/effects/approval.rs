@@ -335,9 +335,9 @@ impl Drop for Withdraw<'_> {
             .authority
             .approvals
             .end(&id, "expired", "loongd", Some(WITHDRAWN_NOTE));
-        let event = match ending {
-            Ok(Ending::Ended(_)) => withdrawn,
-            Ok(Ending::AlreadyEnded(a)) if a.state == "approved" => self.unused.clone(),
+        let (event, unused) = match ending {
+            Ok(Ending::Ended(_)) => (withdrawn, false),
+            Ok(Ending::AlreadyEnded(a)) if a.state == "approved" => (self.unused.clone(), true),
             // Denied or expired by another end, recorded by it; or gone.
             Ok(Ending::AlreadyEnded(_) | Ending::Unknown) => return,
             Err(e) => {
@@ -347,10 +347,42 @@ impl Drop for Withdraw<'_> {
         };
         rt.spawn(async move {
             test_delay().await;
-            kernel.audit.record_later(event).await;
+            if !unused {
+                kernel.audit.record_later(event).await;
+            } else if kernel.audit.record(event).await.is_ok() {
+                // Settled once its record is committed: killed before, loongd records it at
+                // its next start instead (never not at all).
+                if let Err(e) = kernel.authority.approvals.settle(&id, "unused") {
+                    tracing::error!(approval = %id, error = %e, "noting an unused approval");
+                }
+            }
             wake(&kernel, &id);
         });
     }
+}
+
+/// The note of an approval whose waiter died with the previous loongd before taking it.
+pub const UNTAKEN_NOTE: &str =
+    "approved, but loongd stopped (or was killed) before its caller took the approval: nothing ran";
+
+/// At a start: records `approval.unused` ([`UNTAKEN_NOTE`]) for each approved request that
+/// nobody took (its waiter, and its request, died with the previous loongd between the
+/// approve and the taking), each under the token that asked, then notes it settled, so the
+/// next start does not record it again. Noted only once its record is committed: a start
+/// killed between the two records it again at the following one.
+pub(crate) async fn record_untaken(kernel: &Kernel) -> Result<usize, RemoteError> {
+    let store = &kernel.authority.approvals;
+    let untaken = store.approved_untaken().map_err(internal)?;
+    for a in &untaken {
+        let detail = serde_json::json!({ "approval": a.id, "why": UNTAKEN_NOTE, "capability": a.capability, "target": a.target, "token": a.token, "agent": a.agent });
+        record(
+            kernel,
+            crate::audit::Event::daemon(Kind::ApprovalUnused, detail),
+        )
+        .await?;
+        store.settle(&a.id, "unused").map_err(internal)?;
+    }
+    Ok(untaken.len())
 }
 
 /// Test builds only: the environment variable (on loongd) naming milliseconds that the
@@ -466,7 +498,13 @@ async fn wait_for_answer(
     loop {
         let current = store.get(id).map_err(internal)?;
         match current.as_ref().map(|s| s.state.as_str()) {
-            Some("approved") if woken => return Ok(()),
+            // Taken: noted before the effect runs, so that a restart never calls an approval
+            // its waiter went on with unused; one not noted (loongd killed first) is recorded
+            // `approval.unused` at the next start ([`record_untaken`]).
+            Some("approved") if woken => {
+                store.settle(id, "taken").map_err(internal)?;
+                return Ok(());
+            }
             // Approved, its record not yet committed: the resolver wakes this waiter once it
             // is, or after turning the approval into a denial.
             Some("approved") => {

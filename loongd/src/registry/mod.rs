@@ -55,12 +55,43 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
     // What this discovery starts is stopped if it ends before its set is in place (its
     // request's deadline or cancellation drops it mid-load): nothing else would stop it.
     let mut started = Started::default();
-    let outcomes = load_all(kernel, &mut found, &mut started).await;
+    let outcomes = load_all(kernel, &mut found, &mut started, discovery_time()).await;
+    // The built-ins' tools are counted first: the bound refuses plugins, never a built-in.
+    let max_tools = max_set_tools();
+    let mut tools_in_set: usize = found
+        .iter()
+        .filter(|p| p.bridge_kind == crate::workers::builtins::BUILTIN)
+        .map(|p| p.tool_names().len())
+        .sum();
     // Recorded and applied in the set's order, whatever order the loads finished in.
     for (p, outcome) in found.iter_mut().zip(outcomes) {
         let outcome = match outcome {
             Outcome::Skipped => continue,
             Outcome::Deferred => {
+                // An MCP server's tools are known only once its first call loads it: counted
+                // at the most a plugin may list, so that what it learns then cannot pass the
+                // bound (any other plugin is its one tool).
+                let most = if p.has_named_tools() {
+                    loong_ipc::message::worker::MAX_TOOLS
+                } else {
+                    1
+                };
+                if tools_in_set.saturating_add(most) > max_tools {
+                    let why = past_the_tool_bound(&p.id, most, tools_in_set, max_tools);
+                    let why = format!("{why} (deferred: its tools are not known before its first call, so it counts as the most a plugin may list, {most})");
+                    stop_own_pool(kernel, p);
+                    tracing::warn!(plugin = %p.id, "plugin refused: {why}");
+                    kernel
+                        .audit
+                        .record_later(Event::daemon(
+                            Kind::PluginRefused,
+                            serde_json::json!({ "plugin": p.id, "reason": why }),
+                        ))
+                        .await;
+                    p.state = State::Failed(why);
+                    continue;
+                }
+                tools_in_set += most;
                 // Started by its first call; its manifest was checked at discovery.
                 kernel
                     .audit
@@ -75,6 +106,19 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
                 continue;
             }
             Outcome::Done(outcome) => outcome,
+        };
+        let outcome = match outcome {
+            Ok(info) if p.bridge_kind != crate::workers::builtins::BUILTIN => {
+                let tools = info.tools.len().max(1);
+                if tools_in_set.saturating_add(tools) > max_tools {
+                    stop_own_pool(kernel, p);
+                    Err(past_the_tool_bound(&p.id, tools, tools_in_set, max_tools))
+                } else {
+                    tools_in_set += tools;
+                    Ok(info)
+                }
+            }
+            other => other,
         };
         let detail = match &outcome {
             Ok(info) => serde_json::json!({
@@ -118,6 +162,75 @@ pub(crate) async fn reload_locked(kernel: &Kernel) {
 /// servers from starting hundreds of processes at once.
 pub const MAX_CONCURRENT_LOADS: usize = 8;
 
+/// The most tools one plugin set holds, its built-ins' included: each costs loongd about
+/// 4 KiB (its description and input schema, held once by the set, and its search entry;
+/// docs/performance.md, "Scale"), so the bound keeps the set near 256 MiB, against about
+/// 1 GiB for `MAX_PLUGINS` (1,024) programs of 256 tools each. A discovery past it keeps the
+/// plugins that fit, in the set's (id) order, and refuses the rest (`plugin.refused`, naming
+/// the bound).
+pub const MAX_SET_TOOLS: usize = 65_536;
+
+/// The longest one discovery (a start's, a reload's, an install's) waits for its loads, all
+/// together: each load has its own deadline (`LOAD_TIMEOUT`, 30 s), but a set of stalled
+/// programs, [`MAX_CONCURRENT_LOADS`] at a time, would otherwise hold a reload for
+/// `MAX_PLUGINS` / 8 × 30 s. Past it the loads not finished are stopped and refused, so a
+/// reload answers within it (below `loongctl plugins reload`'s own wait, 120 s).
+pub const MAX_DISCOVERY_TIME: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The environment variables that make a debug build's loongd use smaller scale bounds than
+/// [`MAX_SET_TOOLS`] and [`MAX_DISCOVERY_TIME`] (in ms), so that the tests reach them with a
+/// few plugins (tests/all/bridges.rs). A release loongd never reads them.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_MAX_SET_TOOLS_ENV: &str = "LOONG_TEST_MAX_SET_TOOLS";
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const TEST_DISCOVERY_MS_ENV: &str = "LOONG_TEST_DISCOVERY_MS";
+
+#[cfg(debug_assertions)]
+fn test_bound(var: &str) -> Option<u64> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
+#[cfg(not(debug_assertions))]
+fn test_bound(_var: &str) -> Option<u64> {
+    None
+}
+
+/// [`MAX_SET_TOOLS`] (a smaller one in a test's debug build).
+fn max_set_tools() -> usize {
+    test_bound(TEST_MAX_SET_TOOLS_ENV)
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(MAX_SET_TOOLS, |n| n.min(MAX_SET_TOOLS))
+}
+
+/// [`MAX_DISCOVERY_TIME`] (a shorter one in a test's debug build).
+fn discovery_time() -> std::time::Duration {
+    test_bound(TEST_DISCOVERY_MS_ENV).map_or(MAX_DISCOVERY_TIME, |ms| {
+        std::time::Duration::from_millis(ms).min(MAX_DISCOVERY_TIME)
+    })
+}
+
+/// Why a plugin that loaded is refused: with its `tools`, the set (`in_set` before it) would
+/// pass `max`.
+fn past_the_tool_bound(id: &str, tools: usize, in_set: usize, max: usize) -> String {
+    format!(
+        "not loaded: plugin {id} lists {tools} tools and the plugins before it in the set (by id) hold {in_set}, past the bound of {max} tools in one plugin set (MAX_SET_TOOLS); disable or remove plugins (`loongctl plugins disable ID`) to make room, then `loongctl plugins reload`"
+    )
+}
+
+/// Stops the pool of `p`'s own program (refused after its load): nothing else would.
+fn stop_own_pool(kernel: &Kernel, p: &plugins::Plugin) {
+    if let State::Ready {
+        pool: Some(pool), ..
+    } = &p.state
+    {
+        if kernel.is_own_pool(pool) {
+            pool.shutdown();
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.reap_idle().await });
+        }
+    }
+}
+
 /// What the load of one discovered plugin came to.
 enum Outcome {
     /// Disabled: nothing is loaded or recorded.
@@ -132,12 +245,15 @@ enum Outcome {
 /// [`MAX_CONCURRENT_LOADS`] at once, each on its own pool (a foreign program's) or the
 /// shared WASM pool; gives each plugin of `found` its pool and returns the outcomes in the
 /// order of `found`. A load that fails or stalls (each is bounded by the pool's load
-/// deadline) holds only its own place: the others go on.
+/// deadline) holds only its own place: the others go on. The loads are waited for `within`
+/// all together: one not finished by then is stopped (with its program) and refused.
 async fn load_all(
     kernel: &Kernel,
     found: &mut [plugins::Plugin],
     started_here: &mut Started,
+    within: std::time::Duration,
 ) -> Vec<Outcome> {
+    let until = tokio::time::Instant::now() + within;
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS));
     let mut started = Vec::with_capacity(found.len());
     for p in found.iter_mut() {
@@ -157,6 +273,7 @@ async fn load_all(
                     Err(Outcome::Deferred)
                 } else {
                     let (plugin, permits) = (plugin.clone(), permits.clone());
+                    let own_pool = own.then(|| runner.clone());
                     let load = tokio::spawn(async move {
                         // The semaphore is never closed, so a permit always comes.
                         let _permit = permits.acquire_owned().await;
@@ -172,7 +289,7 @@ async fn load_all(
                         })
                     });
                     started_here.loads.push(load.abort_handle());
-                    Ok(load)
+                    Ok((load, own_pool))
                 }
             }
         };
@@ -182,11 +299,21 @@ async fn load_all(
     for job in started {
         outcomes.push(match job {
             Err(outcome) => outcome,
-            Ok(load) => {
-                Outcome::Done(load.await.unwrap_or_else(|e| {
+            Ok((mut load, own)) => match tokio::time::timeout_at(until, &mut load).await {
+                Ok(done) => Outcome::Done(done.unwrap_or_else(|e| {
                     Err(format!("could not be loaded: its load stopped ({e})"))
-                }))
-            }
+                })),
+                Err(_) => {
+                    load.abort();
+                    if let Some(pool) = own {
+                        pool.shutdown();
+                    }
+                    Outcome::Done(Err(format!(
+                        "could not be loaded: the discovery's loads, all together, passed their bound of {} ms (MAX_DISCOVERY_TIME) before this one finished; loads stalled (`loongctl plugins list` shows which failed); fix or remove them, then `loongctl plugins reload`",
+                        within.as_millis()
+                    )))
+                }
+            },
         });
     }
     outcomes

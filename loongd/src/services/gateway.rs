@@ -114,7 +114,7 @@ pub(crate) async fn handle(
         wire::KIND_GATEWAY_LIST => {
             let b: GatewayList = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
             let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
-            answer(&list(kernel, worker, b.bearer.expose()).await?)
+            answer(&list(kernel, worker, b.bearer.expose(), b.cursor).await?)
         }
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -557,42 +557,54 @@ fn decided_on(bridge_kind: &str, tool: &str) -> (Capability, Option<String>) {
     }
 }
 
-/// Every tool of a usable plugin with its description and bridge kind, the first
-/// [`wire::MAX_GATEWAY_TOOLS`] of them: made for each bearer's request, so no more than those
-/// are made (a set of 1,024 programs of 256 tools each made 262,144 descriptions to keep 4,096).
-fn tools(kernel: &Kernel) -> Vec<GatewayTool> {
-    let mut out = Vec::new();
-    for p in kernel.plugins_snapshot().values() {
-        if out.len() >= wire::MAX_GATEWAY_TOOLS {
-            break;
-        }
-        let State::Ready { info, .. } = &p.state else {
-            continue;
+/// Every tool of a usable plugin, in the set's order (plugin id, then the plugin's own
+/// order): the plugin and its tool (`None`: the plugin is its one tool), nothing made yet, so
+/// that a listing or an authentication decides every tool of the set (262,144 at 1,024
+/// programs of 256 tools) and makes a description only for the tools it offers.
+fn candidates(
+    set: &crate::workers::plugins::Registry,
+) -> impl Iterator<
+    Item = (
+        &crate::workers::plugins::Plugin,
+        Option<&loong_ipc::ToolInfo>,
+    ),
+> {
+    set.values().flat_map(|p| {
+        let tools: Box<dyn Iterator<Item = Option<&loong_ipc::ToolInfo>> + Send> = match &p.state {
+            State::Ready { info, .. } if p.has_named_tools() => {
+                Box::new(info.tools.iter().map(Some))
+            }
+            State::Ready { .. } => Box::new(std::iter::once(None)),
+            _ => Box::new(std::iter::empty()),
         };
-        let own: std::collections::BTreeMap<String, String> = info
-            .tools
-            .iter()
-            .filter(|t| !t.description.is_empty())
-            .map(|t| (format!("{}/{}", p.id, t.name), t.description.clone()))
-            .collect();
-        for tool in p
-            .tool_names()
-            .iter()
-            .take(wire::MAX_GATEWAY_TOOLS - out.len())
-        {
-            let description = match own.get(tool) {
-                Some(d) => d.clone(),
-                None if *tool == p.id => p.summary.clone(),
-                None => format!("{tool} (a tool of {}: {})", p.id, p.summary),
-            };
-            out.push(GatewayTool {
-                name: tool.clone(),
-                description,
-                bridge_kind: p.bridge_kind.to_string(),
-            });
-        }
+        tools.map(move |t| (p, t))
+    })
+}
+
+/// Loong's name of a tool of [`candidates`] (`Plugin::tool_names`).
+fn tool_name(p: &crate::workers::plugins::Plugin, tool: Option<&loong_ipc::ToolInfo>) -> String {
+    match tool {
+        Some(t) => format!("{}/{}", p.id, t.name),
+        None => p.id.clone(),
     }
-    out
+}
+
+/// A tool of [`candidates`] as the gateway offers it, with its description and bridge kind.
+fn describe(
+    p: &crate::workers::plugins::Plugin,
+    tool: Option<&loong_ipc::ToolInfo>,
+    name: String,
+) -> GatewayTool {
+    let description = match tool {
+        Some(t) if !t.description.is_empty() => t.description.clone(),
+        None => p.summary.clone(),
+        Some(_) => format!("{name} (a tool of {}: {})", p.id, p.summary),
+    };
+    GatewayTool {
+        name,
+        description,
+        bridge_kind: p.bridge_kind.to_string(),
+    }
 }
 
 /// The bearer's token, or why not (recorded; a token that may invoke no tool, past the
@@ -603,8 +615,10 @@ async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, 
     let actor = actor(worker, secret, chain);
     // Decided without a record for each tool: the check is whether any is allowed.
     let mut first: Option<(crate::authority::Outcome, Capability, Option<String>)> = None;
-    for t in tools(kernel) {
-        let (cap, target) = decided_on(&t.bridge_kind, &t.name);
+    let set = kernel.plugins_snapshot();
+    for (plugin, tool) in candidates(&set) {
+        let name = tool_name(plugin, tool);
+        let (cap, target) = decided_on(plugin.bridge_kind, &name);
         let o = kernel
             .authority
             .decide_as(actor.bearer, cap, target.as_deref(), None)
@@ -661,16 +675,57 @@ async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, 
     Err(effects::denied(stage, cap, "gateway", &reason))
 }
 
-/// The tools the bearer may invoke, each decided and recorded as a dry run.
-async fn list(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<GatewayTool>, RemoteError> {
+/// One page of the tools the bearer may invoke, each decided as a dry run: the page is cut
+/// from the tools the token may invoke (after the first `cursor` of them), never from every
+/// tool, so that a token granted tools past the first [`wire::MAX_GATEWAY_TOOLS`] of the set
+/// is offered them. Recorded: each decision of a tool the page offers, and on the first page
+/// the refusals among the first [`wire::MAX_GATEWAY_TOOLS`] tools decided (every decision,
+/// as before, for a set of fewer tools), so that one listing writes at most twice that many
+/// records whatever the size of the set.
+async fn list(
+    kernel: &Kernel,
+    worker: u64,
+    secret: &str,
+    cursor: Option<u64>,
+) -> Result<wire::GatewayListed, RemoteError> {
     let chain = root_chain(worker);
     let actor = actor(worker, secret, chain);
-    let mut out = Vec::new();
-    for mut t in tools(kernel) {
-        let (cap, target) = decided_on(&t.bridge_kind, &t.name);
-        let (o, record) = effects::decide(kernel, &actor, cap, target.as_deref(), None)?;
-        effects::record(kernel, record).await?;
+    let set = kernel.plugins_snapshot();
+    let skip = cursor.unwrap_or(0);
+    let mut permitted: u64 = 0;
+    let mut tools = Vec::new();
+    let mut next = None;
+    let mut commits = Vec::new();
+    for (decided, (plugin, tool)) in candidates(&set).enumerate() {
+        let name = tool_name(plugin, tool);
+        let (cap, target) = decided_on(plugin.bridge_kind, &name);
+        let o = kernel
+            .authority
+            .decide_as(actor.bearer, cap, target.as_deref(), None)
+            .map_err(effects::internal)?;
+        let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
+        let offered = o.decision.is_ok() && (o.allowed() || needs_approval);
+        let in_page = offered && permitted >= skip;
+        if in_page && tools.len() == wire::MAX_GATEWAY_TOOLS {
+            next = Some(permitted);
+            break;
+        }
+        if offered {
+            permitted += 1;
+        }
+        let refused_early = !offered && cursor.is_none() && decided < wire::MAX_GATEWAY_TOOLS;
+        if in_page || refused_early || o.decision.is_err() {
+            crate::metrics::decided(cap, o.allowed(), needs_approval);
+            let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
+            let event = actor.event(crate::audit::Kind::PolicyDecision, detail);
+            // Queued in order and waited for all together before the answer: one commit
+            // round for the page, not one for each of its thousands of records.
+            commits.push(kernel.audit.queue(event).await.map_err(effects::internal)?);
+        }
         if let Err(why) = &o.decision {
+            for c in commits {
+                c.committed().await.map_err(effects::internal)?;
+            }
             return Err(effects::denied(
                 DenialStage::Token,
                 cap,
@@ -678,10 +733,10 @@ async fn list(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<GatewayT
                 &format!("the bearer's token is not valid: {why}"),
             ));
         }
-        let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
-        if !(o.allowed() || needs_approval) {
+        if !in_page {
             continue;
         }
+        let mut t = describe(plugin, tool, name);
         t.description
             .push_str(&format!(" [Loong tool `{}`]", t.name));
         if needs_approval {
@@ -689,9 +744,12 @@ async fn list(kernel: &Kernel, worker: u64, secret: &str) -> Result<Vec<GatewayT
                 " Each call waits for an operator's approval (`loongctl approvals list`).",
             );
         }
-        out.push(t);
+        tools.push(t);
     }
-    Ok(out)
+    for c in commits {
+        c.committed().await.map_err(effects::internal)?;
+    }
+    Ok(wire::GatewayListed { tools, next })
 }
 
 /// The service's name for the gateway.

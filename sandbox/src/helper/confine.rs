@@ -178,6 +178,17 @@ fn mapper(pid: i32, uid_map: [u32; 4], gid_map: [u32; 4], go_r: OwnedFd, ans_w: 
     }
 }
 
+/// In the reaper, first, in every mode: not dumpable, so that no process of its uid that
+/// lacks `CAP_SYS_PTRACE` over it can ptrace it, read or write its memory
+/// (`/proc/1/mem` from the payload's pid namespace) or take its descriptors. Rootless without
+/// subordinate ids (`rootless_own_uid`) the reaper keeps loongd's uid, which the payload
+/// shares; in the other modes it holds another uid than the payload's as well. The payload,
+/// forked after, is not dumpable until its `execve` (which makes a program dumpable again
+/// unless its credentials changed, as before).
+pub(super) fn reaper_undumpable() -> Result<(), Failure> {
+    prctl::set_dumpable(false).map_err(nix_fail("reaper set dumpable"))
+}
+
 /// In the reaper, once the payload is forked, rootless with subordinate ids only: the reaper
 /// takes the sandbox's ids too, so no process of the sandbox keeps loongd's uid. It stays
 /// undumpable (no payload of the same uid can ptrace it or take its descriptors) and dies

@@ -233,6 +233,10 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
         send_failure(&err_w, &f);
         sys::exit_now(SETUP_FAILED)
     };
+    // Not dumpable in every mode, before anything of the sandbox runs beside it.
+    if let Err(f) = confine::reaper_undumpable() {
+        report(f);
+    }
     if let Err(f) = confine::setup_root(plan) {
         report(f);
     }

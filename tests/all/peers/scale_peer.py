@@ -6,6 +6,7 @@ Usage: scale_peer.py ROLE DIR NAME TOOLS
         servers write as they start), or exits 1 after 20 s without them.
   exit: exits 3 at once (a server that cannot start).
   slow: answers `initialize` only after 4 s (a load still under way when its reload ends).
+  stall: never answers `initialize` (a load that stalls until its deadline).
 It lists TOOLS tools (tool_0 ...), each with a one-property input schema."""
 import json
 import os
@@ -36,6 +37,8 @@ for line in sys.stdin:
                 waited += 0.05
         if role == "slow":
             time.sleep(4)
+        if role == "stall":
+            time.sleep(3600)
         result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
                   "serverInfo": {"name": name, "version": "1"}}
     elif method == "tools/list":

@@ -77,32 +77,58 @@ impl Mcp {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The tools the bearer may invoke, named; remembers the names.
-    async fn list(&self, bearer: &BearerSecret) -> Result<Vec<(String, GatewayTool)>, ErrorData> {
+    /// One page of the tools the bearer may invoke (`cursor`: from where), named, and the
+    /// next page's cursor; remembers the names: the first page's replace the names offered,
+    /// a later page's add to them (the client lists the pages in turn).
+    async fn list(
+        &self,
+        bearer: &BearerSecret,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<(String, GatewayTool)>, Option<u64>), ErrorData> {
         let req = wire::request(
             wire::KIND_GATEWAY_LIST,
             &GatewayList {
                 bearer: bearer.clone(),
+                cursor,
             },
         )
         .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let bytes = self.link.call(req, LIST_TIMEOUT).await.map_err(|e| {
             ErrorData::internal_error(format!("listing the tools failed: {e}"), None)
         })?;
-        let tools: Vec<GatewayTool> = wire::decode(&bytes)
+        let listed: wire::GatewayListed = wire::decode(&bytes)
             .map_err(|e| ErrorData::internal_error(format!("listing the tools: {e}"), None))?;
         let mut table = self.table();
+        let before = match cursor {
+            Some(_) => std::mem::take(&mut table.offered),
+            None => Default::default(),
+        };
         let named = table.list(
-            tools
+            listed
+                .tools
                 .iter()
                 .map(|t| (t.name.as_str(), t.bridge_kind.as_str())),
         );
+        table.offered.extend(before);
         drop(table);
-        Ok(tools
+        let tools = listed
+            .tools
             .into_iter()
             .filter_map(|t| named.get(&t.name).map(|mcp| (mcp.clone(), t)))
-            .collect())
+            .collect();
+        Ok((tools, listed.next))
     }
+}
+
+/// An MCP cursor of this server's `tools/list` (the decimal count of the tools before the
+/// page), or why not.
+fn parse_cursor(cursor: &str) -> Result<u64, ErrorData> {
+    cursor.parse().map_err(|_| {
+        ErrorData::invalid_params(
+            format!("tools/list: cursor {cursor:?} is not one this server gave; list again without a cursor"),
+            None,
+        )
+    })
 }
 
 /// The request's bearer, once loongd has confirmed it (see [`Bearer`]).
@@ -147,17 +173,23 @@ impl ServerHandler for Mcp {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let cursor = match request.and_then(|r| r.cursor) {
+            Some(c) => Some(parse_cursor(&c)?),
+            None => None,
+        };
         let bearer = bearer_of(&context).await?;
-        let tools = self
-            .list(&bearer)
-            .await?
+        let (tools, next) = self.list(&bearer, cursor).await?;
+        let tools = tools
             .into_iter()
             .map(|(mcp, t)| Tool::new(mcp, t.description, any_object()))
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        // More than one page's worth: the client learns the listing goes on (MCP's cursor).
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next.map(|n| n.to_string());
+        Ok(result)
     }
 
     async fn call_tool(
@@ -171,7 +203,7 @@ impl ServerHandler for Mcp {
         let (loong, bridge_kind) = match known {
             Some(l) => l,
             None => {
-                self.list(&bearer).await?;
+                self.list(&bearer, None).await?;
                 self.table().offered.get(&name).cloned().ok_or_else(|| {
                     ErrorData::invalid_params(
                         format!(

@@ -54,7 +54,14 @@ fn call(s: &Script, i: usize) -> Option<KernelRequest> {
     let bearer = BearerSecret::new(s.bearer.replace("{i}", &i.to_string()));
     match s.kind.as_str() {
         wire::KIND_GATEWAY_AUTH => wire::request(&s.kind, &GatewayAuth { bearer }).ok(),
-        wire::KIND_GATEWAY_LIST => wire::request(&s.kind, &GatewayList { bearer }).ok(),
+        wire::KIND_GATEWAY_LIST => wire::request(
+            &s.kind,
+            &GatewayList {
+                bearer,
+                cursor: None,
+            },
+        )
+        .ok(),
         wire::KIND_GATEWAY_INVOKE => {
             let input = serde_json::json!({ "call": i, "pad": "x".repeat(s.pad) }).to_string();
             let tool = s.tool.clone();
