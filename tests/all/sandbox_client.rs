@@ -206,6 +206,33 @@ fn repeated_interrupts_escalate_to_a_kill() {
         == 1));
 }
 
+/// loongctl takes Ctrl-C on the thread that relays the run (a signalfd polled beside the
+/// connection), not on a thread of its own: with stdin on `/dev/null` a run's loongctl is one
+/// thread, and its first Ctrl-C still interrupts the program (the control: the run ends as
+/// SIGINT's, recorded with its interrupt).
+#[test]
+fn ctrl_c_is_taken_without_a_thread_of_its_own() {
+    let home = Home::new();
+    home.start();
+    let m = marker(41);
+    let ctl = run(&home, &["/bin/sleep", &m], Stdio::null());
+    let pid = payload_of(&m);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", ctl.id()))
+        .expect("loongctl's threads")
+        .count();
+    assert_eq!(threads, 1, "loongctl runs {threads} threads");
+    signal(&ctl, Signal::SIGINT);
+    let out = ctl.wait_with_output().expect("loongctl");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    let exited = exits_with(&home, "exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    assert_eq!(
+        (exited[0]["signal"].clone(), exited[0]["interrupts"].clone()),
+        (2.into(), 1.into())
+    );
+}
+
 /// Resident and peak resident memory of `pid`, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
