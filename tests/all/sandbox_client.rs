@@ -233,6 +233,60 @@ fn ctrl_c_is_taken_without_a_thread_of_its_own() {
     );
 }
 
+/// A run is planned and handed to the spawn server on loongd's runtime, but a server that
+/// died is still replaced (by the spawner thread, which its parent-death signal follows):
+/// the run after its death runs. The control: a run before it.
+#[test]
+fn a_run_after_the_spawn_server_died_starts_a_new_one() {
+    let home = Home::new();
+    let loongd = home.start();
+    let servers = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                cmdline_has(*p, "--serve")
+                    && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                            == Some(loongd.to_string().as_str())
+                    })
+            })
+            .collect()
+    };
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let echo = |word: &str| {
+        ok(home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            word,
+        ]))
+    };
+    assert_eq!(echo("before"), "before\n");
+    let before = servers();
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    nix::sys::signal::kill(Pid::from_raw(before[0] as i32), Signal::SIGKILL)
+        .expect("kill the spawn server");
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(
+        before[0]
+    )));
+    assert_eq!(echo("after"), "after\n");
+    let after = servers();
+    assert!(
+        after.len() == 1 && after != before,
+        "spawn servers before {before:?}, after {after:?}"
+    );
+}
+
 /// Resident and peak resident memory of `pid`, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
