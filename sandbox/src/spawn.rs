@@ -358,7 +358,7 @@ pub type SpawnReply = Box<dyn FnOnce(Result<Child, SpawnError>) + Send>;
 enum Job {
     /// A whole spawn, its payload's `exec` awaited on the spawner thread.
     Spawn {
-        spec: SandboxSpec,
+        spec: Box<SandboxSpec>,
         stdio: [StdioSpec; 3],
         pass: Vec<OwnedFd>,
         reply: SpawnReply,
@@ -447,7 +447,7 @@ impl Spawner {
                             pass,
                             reply,
                         } => {
-                            let r = prepare(&shared, &restart, spec, stdio, pass)
+                            let r = prepare(&shared, &restart, *spec, stdio, pass)
                                 .and_then(Pending::finish);
                             reply(r);
                         }
@@ -517,7 +517,7 @@ impl Spawner {
     ) -> Result<(), SpawnError> {
         self.jobs
             .send(Job::Spawn {
-                spec,
+                spec: Box::new(spec),
                 stdio,
                 pass,
                 reply,
