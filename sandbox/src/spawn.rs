@@ -47,6 +47,11 @@ const REPORT_BUFFER_BYTES: usize = 512;
 const REPORT_MAX_BYTES: usize = 64 * 1024;
 /// How long the helper may take to report `exec` or a failed step.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the spawn server may take to answer a request (it forks the helper and answers
+/// at once). A server that does not answer in time is killed and replaced, so a hung one
+/// neither holds the thread that asked (a runtime worker of loongd's) for ever nor has its
+/// late answer read as the next request's.
+pub const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a payload's standard stream is connected.
 #[derive(Debug, Default)]
@@ -659,6 +664,14 @@ impl Server {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(io::Error::from)?;
+        let answer_timeout =
+            nix::sys::time::TimeVal::new(SERVER_ANSWER_TIMEOUT.as_secs() as libc::time_t, 0);
+        nix::sys::socket::setsockopt(
+            &ours,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &answer_timeout,
+        )
+        .map_err(io::Error::from)?;
         let staged_theirs = staged(&theirs)?;
         let mut cmd = Command::new(helper);
         cmd.arg("--serve")
@@ -884,9 +897,31 @@ fn prepare(
     }
     let sent = (fds.len() - server::FIXED_FDS) as u32;
     // A server that died is replaced once, then the request is retried.
-    let request = || match lock_server(&ctx.server).as_ref() {
-        Some(s) => s.request(&fds, sent),
-        None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+    let request = || {
+        let mut server = lock_server(&ctx.server);
+        let answer = match server.as_ref() {
+            Some(s) => s.request(&fds, sent),
+            None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+        };
+        match answer {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Killed (dropped) here, under the lock: the next request starts another.
+                *server = None;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the spawn server did not answer within {} s; it is replaced for the next sandbox",
+                        SERVER_ANSWER_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+            other => other,
+        }
     };
     let mut answer = request();
     if answer.as_ref().is_err_and(|e| {

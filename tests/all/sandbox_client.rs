@@ -233,6 +233,98 @@ fn ctrl_c_is_taken_without_a_thread_of_its_own() {
     );
 }
 
+/// loongd's spawn servers (`loong-spawn --serve`, its children).
+fn spawn_servers(loongd: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            cmdline_has(*p, "--serve")
+                && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                        == Some(loongd.to_string().as_str())
+                })
+        })
+        .collect()
+}
+
+/// How long a run may wait for a spawn server that does not answer: loongd's bound
+/// (`SERVER_ANSWER_TIMEOUT`, 5 s) with room for a loaded machine.
+const STUCK_SERVER_WAIT: Duration = Duration::from_secs(30);
+
+/// The spawn server's answer is read on loongd's runtime, so a server that never answers
+/// (here stopped) must not hold a run, or the runtime, for ever: the run that asked fails
+/// within loongd's bound, saying so, and the server is replaced, so the next run runs. The
+/// control: a run before it stopped.
+#[test]
+fn a_spawn_server_that_does_not_answer_fails_its_run_and_is_replaced() {
+    let home = Home::new();
+    let loongd = home.start();
+    let echo = |word: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            word,
+        ])
+    };
+    let out = echo("before");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = spawn_servers(loongd);
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    let server = Pid::from_raw(before[0] as i32);
+    nix::sys::signal::kill(server, Signal::SIGSTOP).expect("stop the spawn server");
+    let mut stuck = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            "stuck",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    let ended = wait_until(STUCK_SERVER_WAIT, || {
+        stuck.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !ended {
+        let _ = stuck.kill();
+        let _ = nix::sys::signal::kill(server, Signal::SIGKILL);
+        panic!("a run waited {STUCK_SERVER_WAIT:?} for a spawn server that does not answer");
+    }
+    let out = stuck.wait_with_output().expect("the stuck run");
+    assert!(
+        !out.status.success(),
+        "a run without a server's answer succeeded"
+    );
+    assert!(
+        text(&out.stderr).contains("did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = echo("after");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "after\n");
+    let after = spawn_servers(loongd);
+    assert!(
+        after.len() == 1 && after != before,
+        "spawn servers before {before:?}, after {after:?}"
+    );
+}
+
 /// A run is planned and handed to the spawn server on loongd's runtime, but a server that
 /// died is still replaced (by the spawner thread, which its parent-death signal follows):
 /// the run after its death runs. The control: a run before it.
@@ -240,22 +332,7 @@ fn ctrl_c_is_taken_without_a_thread_of_its_own() {
 fn a_run_after_the_spawn_server_died_starts_a_new_one() {
     let home = Home::new();
     let loongd = home.start();
-    let servers = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|p| {
-                cmdline_has(*p, "--serve")
-                    && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                        s.rsplit_once(')')
-                            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                            == Some(loongd.to_string().as_str())
-                    })
-            })
-            .collect()
-    };
+    let servers = || spawn_servers(loongd);
     let ok = |out: std::process::Output| {
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
