@@ -331,6 +331,13 @@ impl Client {
         }
     }
 
+    /// Whether a whole frame is already read and waiting: the next [`Client::next_event`]
+    /// then returns without reading the socket. A caller that polls the socket ([`AsFd`])
+    /// beside other descriptors takes these first, or it would wait for bytes it has.
+    pub fn has_frame(&self) -> bool {
+        self.buf.has_frame()
+    }
+
     /// A second handle on the connection that sends input chunks, for a thread feeding a
     /// streaming request while this client reads its events.
     pub fn input(&self) -> Result<InputWriter, ClientError> {
@@ -385,6 +392,14 @@ impl Client {
                 Err(e) => return Err(io_error(e)),
             }
         }
+    }
+}
+
+/// The connection's socket, for a caller that polls it beside other descriptors (see
+/// [`Client::has_frame`]).
+impl std::os::fd::AsFd for Client {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }
 

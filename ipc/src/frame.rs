@@ -181,6 +181,12 @@ impl FrameBuffer {
         self.filled
     }
 
+    /// Whether the buffer holds a whole frame (or a prefix no frame can start with, which
+    /// the next [`next_message`](Self::next_message) reports): taking it needs no read.
+    pub fn has_frame(&self) -> bool {
+        !matches!(split(&self.buf[..self.filled], self.limit), Ok(None))
+    }
+
     fn take(&mut self, used: usize) {
         self.buf.copy_within(used..self.filled, 0);
         self.filled -= used;
@@ -273,6 +279,34 @@ mod tests {
             decode(&out, FrameLimit::DEFAULT),
             Ok(Some((msg, out.len())))
         );
+    }
+
+    /// A caller polling the socket must know when a frame already waits in the buffer (two
+    /// frames read at once): `has_frame` says so for a whole frame only, not for a part.
+    #[test]
+    fn has_frame_tells_a_whole_buffered_frame_from_a_part() {
+        let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+        assert!(!buf.has_frame());
+        let two = [frame(b"\x01"), frame(b"\x02")].concat();
+        let first = two.len() / 2;
+        let read = |buf: &mut FrameBuffer, bytes: &[u8]| {
+            buf.fill(|space: &mut [u8]| {
+                space[..bytes.len()].copy_from_slice(bytes);
+                Ok::<usize, ()>(bytes.len())
+            })
+            .expect("fill")
+            .expect("read");
+        };
+        // A part of the first frame: nothing to take yet.
+        read(&mut buf, &two[..first - 1]);
+        assert!(!buf.has_frame());
+        // Both frames, read at once: the second waits in the buffer after the first.
+        read(&mut buf, &two[first - 1..]);
+        assert!(buf.has_frame());
+        assert_eq!(buf.next_body().expect("first"), Some(b"\x01".to_vec()));
+        assert!(buf.has_frame());
+        assert_eq!(buf.next_body().expect("second"), Some(b"\x02".to_vec()));
+        assert!(!buf.has_frame());
     }
 
     #[test]

@@ -433,10 +433,11 @@ async fn spawn(
         asks = Some((rx, broker));
     }
     let limits = (spec.tier, spec.limits.timeout);
-    // Queued on the spawner's thread, not on a blocking thread per request; a request dropped
-    // while its sandbox starts (its client gone) never receives the child, which is killed.
-    // Its program may have run (its gate was opened): its start and end are recorded.
-    let (tx, rx) = oneshot::channel();
+    // Planned and handed to the spawn server here, on the runtime, and the helper's report
+    // watched here too: no other thread is woken for the run, and the spawner thread is not
+    // held while the decisions commit. A request dropped before its sandbox is reported
+    // started (its client gone) kills it; its program may have run (its gate was opened):
+    // its start and end are recorded (`Started`).
     let orphan = Orphan {
         audit: kernel.audit.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -444,30 +445,19 @@ async fn spawn(
         correlation: correlation.clone(),
         asked: asked.clone(),
     };
-    spawner
-        .submit(
+    let pending = spawner
+        .start_spawn(
             spec,
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
-            // Not taken (the request is gone, or goes before it reads the channel): the
-            // child is killed and recorded as it is dropped (`Started`).
-            Box::new(move |r| {
-                let _ = tx.send(r.map(|child| Started {
-                    child: Some(child),
-                    orphan: Some(orphan),
-                }));
-            }),
         )
         .map_err(spawn_error)?;
-    // The sandbox is built on the spawner's thread while the records commit here.
-    let (opened, spawned) = tokio::join!(open_gate(commits, gate), rx);
-    let child = spawned
-        .map_err(|_| unavailable("the spawner thread has stopped"))?
-        .map_err(spawn_error)
-        .and_then(|s| {
-            s.into_child()
-                .ok_or_else(|| unavailable("the spawner answered without a sandbox"))
-        });
+    let started = Started {
+        pending: Some(pending),
+        orphan: Some(orphan),
+    };
+    // The sandbox is built by the spawn side while the records commit here.
+    let (opened, child) = tokio::join!(open_gate(commits, gate), started.exec());
     match (opened, child) {
         (Ok(()), Ok(child)) => Ok((child, limits, asks)),
         (Ok(()), Err(e)) => Err(e),
@@ -482,24 +472,53 @@ async fn spawn(
     }
 }
 
-/// A started sandbox on its way to its request: dropped before the request takes it (the
-/// request is gone), it kills the sandbox and records the run ([`Orphan`]).
+/// A started sandbox on its way to its request: dropped before the helper reported its
+/// payload running (the request is gone), it kills the sandbox and records the run
+/// ([`Orphan`]).
 struct Started {
-    child: Option<loong_sandbox::Child>,
+    pending: Option<loong_sandbox::Pending>,
     orphan: Option<Orphan>,
 }
 
 impl Started {
-    /// The child, taken by its request: nothing is recorded here any more.
-    fn into_child(mut self) -> Option<loong_sandbox::Child> {
+    /// Waits on the runtime for the helper's report (readable once the payload exec'd or a
+    /// step failed, or when it is due), then takes the child: nothing is recorded here any
+    /// more. A failed setup is waited for on the blocking pool (the helper is killed and
+    /// reaped there).
+    async fn exec(mut self) -> Result<loong_sandbox::Child, RemoteError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(unavailable("the spawn was already taken"));
+        };
+        if let Ok(fd) = pending.report().try_clone_to_owned() {
+            // As in `helper_gone`: an `OwnedFd` owned by the `AsyncFd` cannot be swapped or
+            // closed under the registration.
+            #[allow(deprecated)]
+            let registered = AsyncFd::with_interest(fd, Interest::READABLE);
+            if let Ok(fd) = registered {
+                let due = tokio::time::Instant::from_std(pending.due());
+                let _ = tokio::time::timeout_at(due, fd.readable()).await;
+            }
+        }
+        // Readable (or due): the line is read without waiting.
+        let ran = pending.exec_reported();
         self.orphan = None;
-        self.child.take()
+        let Some(pending) = self.pending.take() else {
+            return Err(unavailable("the spawn was already taken"));
+        };
+        if ran {
+            return pending.finish().map_err(spawn_error);
+        }
+        tokio::task::spawn_blocking(move || pending.finish())
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+            .map_err(spawn_error)
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let (Some(child), Some(orphan)) = (self.child.take(), self.orphan.take()) {
+        if let (Some(pending), Some(orphan)) = (self.pending.take(), self.orphan.take()) {
+            let child = pending.abandon();
             let _ = child.kill();
             orphan.record(child);
         }
@@ -563,11 +582,11 @@ impl Orphan {
 /// refusal the broker counts) follows them in the trail.
 struct Broker(egress::Egress, std::os::fd::OwnedFd);
 
-/// How long a run's payload waits at its gate for its decisions' commit: half the spawner's
-/// setup timeout, which starts later (when the spawner takes the job). So the gate opens only
-/// while the spawner still waits for the payload's `execve`, never for a payload it gave up on,
-/// and a stuck audit trail holds the spawner's thread (every sandbox's and worker's spawn) for
-/// a bounded time; the run is refused, and nothing ran.
+/// How long a run's payload waits at its gate for its decisions' commit: half the spawn's
+/// setup timeout, which starts earlier (when the plan is sent). So the gate opens only while
+/// the run still waits for the payload's `execve`, never for a payload it gave up on, and a
+/// stuck audit trail holds the run's helper for a bounded time; the run is refused, and
+/// nothing ran.
 const GATE_DEADLINE: Duration =
     Duration::from_secs(loong_sandbox::spawn::SETUP_TIMEOUT.as_secs() / 2);
 

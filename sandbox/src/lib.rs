@@ -30,5 +30,7 @@ pub use profile::{
     LandlockMode, Namespaces, RlimitProfile, SeccompMode, SyscallEntry, SystemPath, Tier,
     TierProfile, UnknownTier,
 };
-pub use spawn::{Child, ExitReport, Killer, SpawnError, Spawner, SpawnerConfig, StdioSpec};
+pub use spawn::{
+    Child, ExitReport, Killer, Pending, SpawnError, Spawner, SpawnerConfig, StdioSpec,
+};
 pub use spec::{KernelOverrides, Limits, NetGrant, NetGrantError, SandboxSpec, SpecError};

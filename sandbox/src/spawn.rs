@@ -1,11 +1,13 @@
 //! The parent side: a dedicated spawner thread owns the spawn server (`loong-spawn --serve`)
 //! and sends it one request per sandbox; a [`Child`] tracks the sandbox by pidfd until it
-//! exits.
+//! exits. A caller with an event loop of its own (loongd's `sandbox run`) makes the request
+//! on its own thread instead and watches the helper's report itself ([`Pending`]), so the
+//! spawner thread is neither woken nor held for it.
 //!
 //! The server is started from one long-lived thread because its parent-death signal fires
 //! when the *thread* that forked it exits; a short-lived thread (a runtime's blocking pool)
 //! would kill every sandbox when it retired. The thread lives as long as the [`Spawner`]. A
-//! server that died is restarted on the next spawn.
+//! server that died is restarted on the next spawn, always by that thread.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +18,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     time::Duration,
 };
@@ -45,6 +47,11 @@ const REPORT_BUFFER_BYTES: usize = 512;
 const REPORT_MAX_BYTES: usize = 64 * 1024;
 /// How long the helper may take to report `exec` or a failed step.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the spawn server may take to answer a request (it forks the helper and answers
+/// at once). A server that does not answer in time is killed and replaced, so a hung one
+/// neither holds the thread that asked (a runtime worker of loongd's) for ever nor has its
+/// late answer read as the next request's.
+pub const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a payload's standard stream is connected.
 #[derive(Debug, Default)]
@@ -353,19 +360,50 @@ impl SpawnerConfig {
 /// wants the [`Child`] (its request was dropped) must kill it, so no sandbox runs unwatched.
 pub type SpawnReply = Box<dyn FnOnce(Result<Child, SpawnError>) + Send>;
 
-struct Job {
-    spec: SandboxSpec,
-    stdio: [StdioSpec; 3],
-    pass: Vec<OwnedFd>,
-    reply: SpawnReply,
+enum Job {
+    /// A whole spawn, its payload's `exec` awaited on the spawner thread.
+    Spawn {
+        spec: Box<SandboxSpec>,
+        stdio: [StdioSpec; 3],
+        pass: Vec<OwnedFd>,
+        reply: SpawnReply,
+    },
+    /// The spawn server died: the spawner thread (whose death the server's parent-death
+    /// signal follows) starts a new one for a spawn made on another thread.
+    Restart(mpsc::Sender<io::Result<()>>),
 }
 
-/// Starts sandboxes from one long-lived thread.
+/// What every spawn works with, on the spawner thread or on a caller's
+/// ([`Spawner::start_spawn`]).
+struct Shared {
+    config: SpawnerConfig,
+    host: Arc<Host>,
+    compiled: BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
+    seq: AtomicU64,
+    ids: Arc<IdMode>,
+    /// The spawn server, one request at a time; `None` once it died, until the spawner
+    /// thread starts another.
+    server: Mutex<Option<Server>>,
+}
+
+/// Starts sandboxes from one long-lived thread, or from a caller's thread with the
+/// payload's `exec` awaited by the caller ([`Spawner::start_spawn`]).
 #[derive(Debug)]
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
     host: Arc<Host>,
     ids: Arc<IdMode>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+fn lock_server(m: &Mutex<Option<Server>>) -> std::sync::MutexGuard<'_, Option<Server>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Spawner {
@@ -373,42 +411,58 @@ impl Spawner {
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
         let ids = Arc::new(IdMode::detect());
-        let thread_ids = ids.clone();
         crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
             compiled.insert((*tier, false), seccomp::compile(p, false)?);
             compiled.insert((*tier, true), seccomp::compile(p, true)?);
         }
+        let shared = Arc::new(Shared {
+            config,
+            host: host.clone(),
+            compiled,
+            seq: AtomicU64::new(0),
+            ids: ids.clone(),
+            server: Mutex::new(None),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let thread_host = host.clone();
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("loong-spawner".into())
             .spawn(move || {
+                let shared = thread_shared;
                 // The server must be forked by this thread (see the module docs).
-                let mut server = match Server::start(&config.helper) {
+                match Server::start(&shared.config.helper) {
                     Ok(s) => {
+                        *lock_server(&shared.server) = Some(s);
                         let _ = ready_tx.send(Ok(()));
-                        Some(s)
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
-                };
-                let seq = AtomicU64::new(0);
-                for job in rx {
-                    let ctx = Ctx {
-                        config: &config,
-                        host: &thread_host,
-                        compiled: &compiled,
-                        seq: &seq,
-                        ids: &thread_ids,
-                    };
-                    let r = spawn_one(&ctx, &mut server, job.spec, job.stdio, job.pass);
-                    (job.reply)(r);
                 }
+                let restart = || restart_here(&shared);
+                for job in rx {
+                    match job {
+                        Job::Spawn {
+                            spec,
+                            stdio,
+                            pass,
+                            reply,
+                        } => {
+                            let r = prepare(&shared, &restart, *spec, stdio, pass)
+                                .and_then(Pending::finish);
+                            reply(r);
+                        }
+                        Job::Restart(done) => {
+                            let _ = done.send(restart());
+                        }
+                    }
+                }
+                // The server goes with this thread (its parent-death signal fires now).
+                *lock_server(&shared.server) = None;
             })
             .map_err(|source| SpawnError::Helper {
                 helper: PathBuf::from("loong-spawner thread"),
@@ -419,6 +473,7 @@ impl Spawner {
                 jobs: tx,
                 host,
                 ids,
+                shared,
             }),
             Ok(Err(source)) => Err(SpawnError::Helper {
                 helper: PathBuf::from(HELPER_NAME),
@@ -466,13 +521,113 @@ impl Spawner {
         reply: SpawnReply,
     ) -> Result<(), SpawnError> {
         self.jobs
-            .send(Job {
-                spec,
+            .send(Job::Spawn {
+                spec: Box::new(spec),
                 stdio,
                 pass,
                 reply,
             })
             .map_err(|_| SpawnError::Stopped)
+    }
+
+    /// Starts a spawn on the calling thread, without the spawner thread: plans it, asks the
+    /// spawn server for the helper and sends it the plan, then returns at once. The caller
+    /// waits for the helper's report ([`Pending::report`] turns readable when the payload
+    /// has exec'd or a step failed) and takes the outcome with [`Pending::finish`]. Blocks
+    /// only for the server's answer (its fork of the helper); a dead server is restarted by
+    /// the spawner thread, waited for here.
+    pub fn start_spawn(
+        &self,
+        spec: SandboxSpec,
+        stdio: [StdioSpec; 3],
+        pass: Vec<OwnedFd>,
+    ) -> Result<Pending, SpawnError> {
+        let restart = || {
+            let (done, rx) = mpsc::channel();
+            self.jobs
+                .send(Job::Restart(done))
+                .map_err(|_| io::Error::other("the spawner thread has stopped"))?;
+            rx.recv()
+                .map_err(|_| io::Error::other("the spawner thread has stopped"))?
+        };
+        prepare(&self.shared, &restart, spec, stdio, pass)
+    }
+}
+
+/// Starts a new spawn server from the spawner thread, replacing a dead one.
+fn restart_here(shared: &Shared) -> io::Result<()> {
+    let mut server = lock_server(&shared.server);
+    *server = None;
+    *server = Some(Server::start(&shared.config.helper)?);
+    Ok(())
+}
+
+/// A sandbox whose plan is sent, its payload not yet reported as running.
+#[derive(Debug)]
+pub struct Pending {
+    child: Child,
+    /// When the helper's report is due ([`SETUP_TIMEOUT`] after the plan was sent).
+    due: std::time::Instant,
+    /// The report's first line, once read.
+    line: Option<String>,
+}
+
+impl Pending {
+    /// The helper's report pipe: readable once the payload has exec'd, a step failed or the
+    /// helper died.
+    pub fn report(&self) -> BorrowedFd<'_> {
+        self.child.report.get_ref().as_fd()
+    }
+
+    /// The sandbox, for a caller that gives up on it: killing it is then the caller's.
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+
+    /// When the helper's report is due; [`Pending::finish`] waits no longer.
+    pub fn due(&self) -> std::time::Instant {
+        self.due
+    }
+
+    /// Gives the sandbox up whatever its setup became: the caller kills it.
+    pub fn abandon(self) -> Child {
+        self.child
+    }
+
+    /// Reads the report's first line, waiting for it until it is due; `true` when it says
+    /// the payload exec'd. After a `false`, [`Pending::finish`] kills and waits (it blocks).
+    pub fn exec_reported(&mut self) -> bool {
+        if self.line.is_none() {
+            let wait = self
+                .due
+                .saturating_duration_since(std::time::Instant::now());
+            let mut line = String::new();
+            if wait_readable(self.report(), wait) {
+                if let Err(e) = self.child.report.read_line(&mut line) {
+                    line = format!("reading the helper's report: {e}");
+                }
+            }
+            self.line = Some(line);
+        }
+        self.line.as_deref().is_some_and(|l| l.trim_end() == "exec")
+    }
+
+    /// The running sandbox once its payload exec'd; else the failed step, the sandbox
+    /// killed and waited for. Waits for the report until it is due.
+    pub fn finish(mut self) -> Result<Child, SpawnError> {
+        if self.exec_reported() {
+            return Ok(self.child);
+        }
+        let other = self.line.take().unwrap_or_default();
+        let child = self.child;
+        let _ = child.kill();
+        let (step, errno, detail) = parse_error(other.trim_end());
+        let _ = child.wait();
+        Err(SpawnError::Setup {
+            step,
+            errno,
+            detail,
+        })
     }
 }
 
@@ -507,6 +662,14 @@ impl Server {
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let answer_timeout =
+            nix::sys::time::TimeVal::new(SERVER_ANSWER_TIMEOUT.as_secs() as libc::time_t, 0);
+        nix::sys::socket::setsockopt(
+            &ours,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &answer_timeout,
         )
         .map_err(io::Error::from)?;
         let staged_theirs = staged(&theirs)?;
@@ -638,24 +801,17 @@ fn staged(fd: &OwnedFd) -> io::Result<OwnedFd> {
     sys::adopt_fd(raw)
 }
 
-/// What the spawner thread keeps between jobs.
-struct Ctx<'a> {
-    config: &'a SpawnerConfig,
-    host: &'a Host,
-    compiled: &'a BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
-    seq: &'a AtomicU64,
-    ids: &'a IdMode,
-}
-
-fn spawn_one(
-    ctx: &Ctx<'_>,
-    server: &mut Option<Server>,
+/// Plans a spawn, has the server fork its helper and sends it the plan; `restart` starts a
+/// new server (on the spawner thread) when the one running died.
+fn prepare(
+    ctx: &Shared,
+    restart: &dyn Fn() -> io::Result<()>,
     spec: SandboxSpec,
     stdio: [StdioSpec; 3],
     pass: Vec<OwnedFd>,
-) -> Result<Child, SpawnError> {
-    let config = ctx.config;
-    let subordinate = match ctx.ids {
+) -> Result<Pending, SpawnError> {
+    let config = &ctx.config;
+    let subordinate = match &*ctx.ids {
         IdMode::Root => None,
         IdMode::Subordinate { uid, gid, .. } => Some((*uid, *gid)),
         IdMode::OwnUid(_) if config.rootless_own_uid => None,
@@ -701,7 +857,7 @@ fn spawn_one(
         .cloned()
         .unwrap_or_default();
     let planned = spec.plan(PlanContext {
-        host: ctx.host,
+        host: &ctx.host,
         profile,
         sandbox_id: config.sandbox_id,
         hidden: &config.hidden,
@@ -741,18 +897,39 @@ fn spawn_one(
     }
     let sent = (fds.len() - server::FIXED_FDS) as u32;
     // A server that died is replaced once, then the request is retried.
-    let mut answer = match server.as_ref() {
-        Some(s) => s.request(&fds, sent),
-        None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+    let request = || {
+        let mut server = lock_server(&ctx.server);
+        let answer = match server.as_ref() {
+            Some(s) => s.request(&fds, sent),
+            None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+        };
+        match answer {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Killed (dropped) here, under the lock: the next request starts another.
+                *server = None;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the spawn server did not answer within {} s; it is replaced for the next sandbox",
+                        SERVER_ANSWER_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+            other => other,
+        }
     };
+    let mut answer = request();
     if answer.as_ref().is_err_and(|e| {
         matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
             || e.kind() == io::ErrorKind::UnexpectedEof
     }) {
-        *server = None;
-        let restarted = Server::start(&config.helper).map_err(helper_err)?;
-        answer = restarted.request(&fds, sent);
-        *server = Some(restarted);
+        restart().map_err(helper_err)?;
+        answer = request();
     }
     let (pid, pidfd) = answer.map_err(helper_err)?;
     // Our copies of the sandbox's ends go now, so EOFs mean what they should.
@@ -762,37 +939,24 @@ fn spawn_one(
     // A failed write means the helper died early; its report says why.
     let _ = plan_w.write_all(&planned.plan.encode());
     drop(plan_w);
+    let due = std::time::Instant::now() + SETUP_TIMEOUT;
 
     // Report lines are short; a sandbox can live long, so its reader stays small.
-    let mut report = BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(rep_r));
-    let ready = wait_readable(report.get_ref().as_fd(), SETUP_TIMEOUT);
-    let mut line = String::new();
-    if ready {
-        report.read_line(&mut line).map_err(helper_err)?;
-    }
-    let child = Child {
-        pid,
-        pidfd,
-        report,
-        cgroup,
-        stdin: pin,
-        stdout: pout,
-        stderr: perr,
-        degraded: planned.degraded,
-    };
-    match line.trim_end() {
-        "exec" => Ok(child),
-        other => {
-            let _ = child.kill();
-            let (step, errno, detail) = parse_error(other);
-            let _ = child.wait();
-            Err(SpawnError::Setup {
-                step,
-                errno,
-                detail,
-            })
-        }
-    }
+    let report = BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(rep_r));
+    Ok(Pending {
+        child: Child {
+            pid,
+            pidfd,
+            report,
+            cgroup,
+            stdin: pin,
+            stdout: pout,
+            stderr: perr,
+            degraded: planned.degraded,
+        },
+        due,
+        line: None,
+    })
 }
 
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {

@@ -1087,21 +1087,33 @@ impl SyslogLane {
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                while !stop.load(Ordering::SeqCst) {
-                    let _ = syslog.recv(&mut buf);
-                }
-                syslog
-            })
-        };
+        let reader = SyslogLane::read_until_stopped(syslog, stop.clone());
         SyslogLane {
             sock,
             stop,
             reader: Some(reader),
             held: None,
+        }
+    }
+
+    fn read_until_stopped(
+        syslog: std::os::unix::net::UnixDatagram,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<std::os::unix::net::UnixDatagram> {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::SeqCst) {
+                let _ = syslog.recv(&mut buf);
+            }
+            syslog
+        })
+    }
+
+    /// A stalled receiver reads again: the commits it held complete.
+    fn resume(&mut self) {
+        if let Some(syslog) = self.held.take() {
+            self.stop.store(false, Ordering::SeqCst);
+            self.reader = Some(SyslogLane::read_until_stopped(syslog, self.stop.clone()));
         }
     }
 
@@ -1130,6 +1142,134 @@ impl SyslogLane {
         self.held = None;
         std::fs::remove_file(&self.sock).expect("remove the syslog socket");
     }
+}
+
+/// The processes `depth` generations below `pid` (its children are depth 1).
+fn descendants_at(pid: u32, depth: usize) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // The parent is the second field after the command's closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut level = vec![pid];
+    for _ in 0..depth {
+        level = parents
+            .iter()
+            .filter(|(_, ppid)| level.contains(ppid))
+            .map(|(p, _)| *p)
+            .collect();
+    }
+    level
+}
+
+/// How far below loongd a sandbox's payload runs: the spawn server, the helper, the reaper,
+/// the payload.
+const PAYLOAD_DEPTH: usize = 4;
+
+/// The sandbox is built while its decision commits, and its payload `execve`s only once the
+/// commit is durable: with the commit held (a fail-closed syslog lane whose receiver stopped
+/// reading), the payload is forked and waits at its gate, and loongd killed then leaves a
+/// program that never ran (the gate's end closes with loongd). The control: the same held
+/// run, its lane read again, runs its program, and its trail shows the decision before
+/// `sandbox.spawned`.
+#[test]
+fn a_run_whose_loongd_dies_before_its_decision_is_recorded_never_runs_its_program() {
+    let dir = tempfile::Builder::new()
+        .prefix("lg")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    // The trusted tier runs as an unprivileged uid on the host's file system: the program
+    // leaves its mark in a directory anyone may write.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let mut lane = SyslogLane::up(dir.path());
+    let home = Home::with_config(&lane.config());
+    let loongd = home.start();
+    let run = |mark: &str| {
+        Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["sandbox", "run", "--tier", "trusted", "--", "/bin/sh", "-c"])
+            .arg(format!("echo ran > {}", marks.join(mark).display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run loongctl")
+    };
+    // The payload is forked (or, let through, has left its mark already).
+    let waiting = |mark: &str| {
+        wait_until(Duration::from_secs(20), || {
+            !descendants_at(loongd, PAYLOAD_DEPTH).is_empty() || marks.join(mark).exists()
+        })
+    };
+    // The control: held at its gate, then let through once the lane reads again.
+    lane.stall();
+    let held = run("held");
+    assert!(waiting("held"), "the control's payload was never forked");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !marks.join("held").exists(),
+        "the program ran while its decision was not recorded"
+    );
+    lane.resume();
+    let out = held.wait_with_output().expect("the control run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(marks.join("held").exists(), "the control run did not run");
+    let spawned = recent(&home, "sandbox.spawned");
+    let start = spawned
+        .iter()
+        .find(|s| s["detail"]["request"]["program"] == "/bin/sh")
+        .expect("the control's sandbox.spawned");
+    let decided = recent(&home, "policy.decision")
+        .into_iter()
+        .filter(|d| d["correlation"] == start["correlation"])
+        .filter_map(|d| d["seq"].as_u64())
+        .min()
+        .expect("the control's decision");
+    assert!(
+        start["seq"].as_u64().is_some_and(|s| decided < s),
+        "the decision (seq {decided}) does not precede {start}"
+    );
+    // loongd dies while the decision is held: the payload, waiting at its gate, never runs.
+    lane.stall();
+    let mut killed = run("killed");
+    assert!(waiting("killed"), "the payload was never forked");
+    let payloads = descendants_at(loongd, PAYLOAD_DEPTH);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(loongd as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill loongd");
+    let status = killed.wait().expect("the killed run");
+    assert!(!status.success(), "a run whose loongd died succeeded");
+    assert!(
+        wait_until(Duration::from_secs(10), || payloads
+            .iter()
+            .all(|p| crate::support::process_gone(*p))),
+        "the payload outlived loongd"
+    );
+    // A payload let through would have written its mark at once; give it time to.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marks.join("killed").exists(),
+        "the program ran although loongd died before its decision was recorded"
+    );
 }
 
 /// A built-in tool acts on the host (file.write writes a file), so its call waits for the

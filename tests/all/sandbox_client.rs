@@ -206,6 +206,164 @@ fn repeated_interrupts_escalate_to_a_kill() {
         == 1));
 }
 
+/// loongctl takes Ctrl-C on the thread that relays the run (a signalfd polled beside the
+/// connection), not on a thread of its own: with stdin on `/dev/null` a run's loongctl is one
+/// thread, and its first Ctrl-C still interrupts the program (the control: the run ends as
+/// SIGINT's, recorded with its interrupt).
+#[test]
+fn ctrl_c_is_taken_without_a_thread_of_its_own() {
+    let home = Home::new();
+    home.start();
+    let m = marker(41);
+    let ctl = run(&home, &["/bin/sleep", &m], Stdio::null());
+    let pid = payload_of(&m);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", ctl.id()))
+        .expect("loongctl's threads")
+        .count();
+    assert_eq!(threads, 1, "loongctl runs {threads} threads");
+    signal(&ctl, Signal::SIGINT);
+    let out = ctl.wait_with_output().expect("loongctl");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+    let exited = exits_with(&home, "exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    assert_eq!(
+        (exited[0]["signal"].clone(), exited[0]["interrupts"].clone()),
+        (2.into(), 1.into())
+    );
+}
+
+/// loongd's spawn servers (`loong-spawn --serve`, its children).
+fn spawn_servers(loongd: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            cmdline_has(*p, "--serve")
+                && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                        == Some(loongd.to_string().as_str())
+                })
+        })
+        .collect()
+}
+
+/// How long a run may wait for a spawn server that does not answer: loongd's bound
+/// (`SERVER_ANSWER_TIMEOUT`, 5 s) with room for a loaded machine.
+const STUCK_SERVER_WAIT: Duration = Duration::from_secs(30);
+
+/// The spawn server's answer is read on loongd's runtime, so a server that never answers
+/// (here stopped) must not hold a run, or the runtime, for ever: the run that asked fails
+/// within loongd's bound, saying so, and the server is replaced, so the next run runs. The
+/// control: a run before it stopped.
+#[test]
+fn a_spawn_server_that_does_not_answer_fails_its_run_and_is_replaced() {
+    let home = Home::new();
+    let loongd = home.start();
+    let echo = |word: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            word,
+        ])
+    };
+    let out = echo("before");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = spawn_servers(loongd);
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    let server = Pid::from_raw(before[0] as i32);
+    nix::sys::signal::kill(server, Signal::SIGSTOP).expect("stop the spawn server");
+    let mut stuck = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            "stuck",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    let ended = wait_until(STUCK_SERVER_WAIT, || {
+        stuck.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !ended {
+        let _ = stuck.kill();
+        let _ = nix::sys::signal::kill(server, Signal::SIGKILL);
+        panic!("a run waited {STUCK_SERVER_WAIT:?} for a spawn server that does not answer");
+    }
+    let out = stuck.wait_with_output().expect("the stuck run");
+    assert!(
+        !out.status.success(),
+        "a run without a server's answer succeeded"
+    );
+    assert!(
+        text(&out.stderr).contains("did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = echo("after");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "after\n");
+    let after = spawn_servers(loongd);
+    assert!(
+        after.len() == 1 && after != before,
+        "spawn servers before {before:?}, after {after:?}"
+    );
+}
+
+/// A run is planned and handed to the spawn server on loongd's runtime, but a server that
+/// died is still replaced (by the spawner thread, which its parent-death signal follows):
+/// the run after its death runs. The control: a run before it.
+#[test]
+fn a_run_after_the_spawn_server_died_starts_a_new_one() {
+    let home = Home::new();
+    let loongd = home.start();
+    let servers = || spawn_servers(loongd);
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let echo = |word: &str| {
+        ok(home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            word,
+        ]))
+    };
+    assert_eq!(echo("before"), "before\n");
+    let before = servers();
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    nix::sys::signal::kill(Pid::from_raw(before[0] as i32), Signal::SIGKILL)
+        .expect("kill the spawn server");
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(
+        before[0]
+    )));
+    assert_eq!(echo("after"), "after\n");
+    let after = servers();
+    assert!(
+        after.len() == 1 && after != before,
+        "spawn servers before {before:?}, after {after:?}"
+    );
+}
+
 /// Resident and peak resident memory of `pid`, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -5,22 +5,22 @@ use std::{
     ffi::OsString,
     io::{Read, Write},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use loong_ipc::{
-    client::{Event, InputWriter},
+    client::{Client, Event, InputWriter},
     paths::Layout,
     ControlRequest, ControlResponse, RequestId, SandboxRunRequest, StreamChunk, INTERRUPTS_TO_KILL,
     MAX_CHUNK_BYTES,
 };
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::{
+    signal::{SigSet, Signal},
+    signalfd::{SfdFlags, SignalFd},
+};
 
 use crate::{start, Failure};
 
@@ -190,15 +190,18 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .unwrap_or(NO_TIMEOUT_DEADLINE);
     // The request travels in the same write as the hello (one round trip for both).
     let (mut client, id) = start(layout, ControlRequest::SandboxRun(Box::new(req)), deadline)?;
-    // From here on SIGINT is taken by a thread of its own (blocked before any thread starts,
-    // and only once connected, so a daemon that `connect` started never inherits the mask).
-    // Before this an interrupt ends loongctl, and its connection's end ends the run.
+    // From here on SIGINT is taken through a signalfd polled beside the connection on this
+    // thread (blocked before any thread starts, and only once connected, so a daemon that
+    // `connect` started never inherits the mask). Before this an interrupt ends loongctl,
+    // and its connection's end ends the run.
     let sigint = SigSet::from(Signal::SIGINT);
     sigint
         .thread_block()
         .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
+    let signals = SignalFd::with_flags(&sigint, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
     let input = Arc::new(Mutex::new(client.input()?));
-    let interrupts = Arc::new(AtomicU32::new(0));
+    let mut interrupts = 0u32;
     if stdin_is_dev_null() {
         // Nothing to read: the end is sent here, without a thread. A send that fails means
         // the connection is gone, which the next event reports.
@@ -206,11 +209,18 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
     } else {
         spawn_stdin_feeder(input.clone(), id)?;
     }
-    spawn_interrupter(sigint, input, id, interrupts.clone())?;
     let until = Instant::now() + deadline + loong_ipc::client::DEADLINE_GRACE;
-    // Stderr stays unlocked between writes: the interrupt thread reports on it too.
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     loop {
+        // A frame already read is taken first; else the connection and SIGINT are waited
+        // for together (a deadline that passes is the read's to report).
+        if !client.has_frame() && wait_event(&client, &signals, until) == Woken::Signal {
+            while let Ok(Some(_)) = signals.read_signal() {
+                interrupts += 1;
+                interrupted(&input, id, interrupts);
+            }
+            continue;
+        }
         match client.next_event::<ControlResponse>(id, until)? {
             Event::Chunk(StreamChunk::Stdout(b)) => {
                 if let Err(e) = out.write_all(&b).and_then(|()| out.flush()) {
@@ -243,9 +253,7 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
                 if e.oom_killed {
                     eprintln!("loongctl: the kernel OOM-killed a process at the memory limit");
                 }
-                if interrupts.load(Ordering::Relaxed) >= INTERRUPTS_TO_KILL
-                    && e.signal == Some(Signal::SIGKILL as i32)
-                {
+                if interrupts >= INTERRUPTS_TO_KILL && e.signal == Some(Signal::SIGKILL as i32) {
                     eprintln!("loongctl: killed at interrupt {INTERRUPTS_TO_KILL}");
                 }
                 return Ok(u8::try_from(e.shell_code.clamp(0, 255)).unwrap_or(1));
@@ -274,8 +282,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// How long an interrupt waits for the connection while stdin is being sent.
 pub const INTERRUPT_SEND_WAIT: Duration = Duration::from_millis(500);
 
-/// The stack of each of `sandbox run`'s two threads (std's default is 2 MiB): they hold
-/// their buffers on the heap and call nothing deep (a send, an `eprintln!`).
+/// The stack of `sandbox run`'s stdin thread (std's default is 2 MiB): it holds its buffer
+/// on the heap and calls nothing deep (a read, a send).
 pub const RELAY_THREAD_STACK_BYTES: usize = 64 * 1024;
 
 /// `/dev/null`'s device number (major 1, minor 3, as Linux fixes it).
@@ -296,7 +304,7 @@ fn stdin_is_dev_null() -> bool {
         .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == DEV_NULL_RDEV)
 }
 
-/// Starts one of `sandbox run`'s threads, on a small stack.
+/// Starts `sandbox run`'s stdin thread, on a small stack.
 fn spawn_small(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
     std::thread::Builder::new()
         .name(name.to_string())
@@ -325,47 +333,75 @@ fn spawn_stdin_feeder(input: Arc<Mutex<InputWriter>>, id: RequestId) -> Result<(
     })
 }
 
-/// Takes SIGINT (Ctrl-C): each one up to [`INTERRUPTS_TO_KILL`] is sent to loongd, which
-/// delivers SIGINT to the program and kills it at the last; one more and loongctl leaves at
-/// once (its connection's end makes loongd kill the program, recorded as `client_gone`).
-fn spawn_interrupter(
-    sigint: SigSet,
-    input: Arc<Mutex<InputWriter>>,
-    id: RequestId,
-    count: Arc<AtomicU32>,
-) -> Result<(), Failure> {
-    spawn_small("interrupt", move || {
-        while sigint.wait().is_ok() {
-            let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-            if n > INTERRUPTS_TO_KILL {
-                eprintln!("loongctl: interrupted {n} times; leaving (loongd kills the program)");
-                std::process::exit(i32::from(EXIT_INTERRUPTED));
+/// What woke [`wait_event`].
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The connection is readable (or closed, or the deadline passed): read it.
+    Connection,
+    /// A SIGINT waits in the signalfd.
+    Signal,
+}
+
+/// Waits until the connection is readable or a SIGINT arrives, at most until `until`.
+fn wait_event(client: &Client, signals: &SignalFd, until: Instant) -> Woken {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(client.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(n) if n > 0 => {
+                let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
+                // Both: the interrupt first, the connection on the next turn.
+                return if signalled {
+                    Woken::Signal
+                } else {
+                    Woken::Connection
+                };
             }
-            // The stdin thread may be blocked sending to a program that does not read: then
-            // the interrupt cannot pass, and the next Ctrl-C leaves.
-            let until = Instant::now() + INTERRUPT_SEND_WAIT;
-            let sent = loop {
-                if let Ok(mut w) = input.try_lock() {
-                    break w.send(id, StreamChunk::Interrupt).is_ok();
-                }
-                if Instant::now() >= until {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            match (sent, n < INTERRUPTS_TO_KILL) {
-                (true, true) => eprintln!(
-                    "loongctl: interrupt passed to the program; Ctrl-C again kills it"
-                ),
-                (true, false) => {
-                    eprintln!("loongctl: killing the program; Ctrl-C again leaves at once")
-                }
-                (false, _) => eprintln!(
-                    "loongctl: the interrupt could not reach loongd (the program is not reading its input); Ctrl-C again leaves at once"
-                ),
-            }
+            // The deadline passed, or poll failed: the read reports it.
+            _ => return Woken::Connection,
         }
-    })
+    }
+}
+
+/// One SIGINT (Ctrl-C), the `n`th: each one up to [`INTERRUPTS_TO_KILL`] is sent to loongd,
+/// which delivers SIGINT to the program and kills it at the last; one more and loongctl
+/// leaves at once (its connection's end makes loongd kill the program, recorded as
+/// `client_gone`).
+fn interrupted(input: &Mutex<InputWriter>, id: RequestId, n: u32) {
+    if n > INTERRUPTS_TO_KILL {
+        eprintln!("loongctl: interrupted {n} times; leaving (loongd kills the program)");
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
+    // The stdin thread may be blocked sending to a program that does not read: then the
+    // interrupt cannot pass, and the next Ctrl-C leaves.
+    let until = Instant::now() + INTERRUPT_SEND_WAIT;
+    let sent = loop {
+        if let Ok(mut w) = input.try_lock() {
+            break w.send(id, StreamChunk::Interrupt).is_ok();
+        }
+        if Instant::now() >= until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    match (sent, n < INTERRUPTS_TO_KILL) {
+        (true, true) => {
+            eprintln!("loongctl: interrupt passed to the program; Ctrl-C again kills it")
+        }
+        (true, false) => {
+            eprintln!("loongctl: killing the program; Ctrl-C again leaves at once")
+        }
+        (false, _) => eprintln!(
+            "loongctl: the interrupt could not reach loongd (the program is not reading its input); Ctrl-C again leaves at once"
+        ),
+    }
 }
 
 fn lock(m: &Mutex<InputWriter>) -> std::sync::MutexGuard<'_, InputWriter> {
