@@ -31,6 +31,87 @@ pub(crate) fn fork() -> io::Result<Forked> {
     }
 }
 
+/// The stack a child of [`vfork_exec`] runs on (its own mapping, reserved, not committed: only
+/// the pages it touches are made), with [`GUARD_BYTES`] at its low end that fault.
+const VFORK_STACK_BYTES: usize = 1 << 20;
+/// The inaccessible low end of that stack: an overflow faults there instead of writing the
+/// memory below it, which the parent shares.
+const GUARD_BYTES: usize = 64 << 10;
+
+/// The exit code of a child of [`vfork_exec`] whose closure returned.
+pub(crate) const VFORK_CHILD_RETURNED: i32 = 125;
+
+/// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)`: runs `child` in a new process that shares this
+/// one's memory (no copy of the address space, no copy-on-write faults, nothing for the
+/// child's `execve` to tear down), on a stack of its own, while the calling thread waits until
+/// the child has called `execve` or exited; returns the child's pid.
+///
+/// The child has its own descriptor table, working directory, credentials, seccomp filters
+/// and landlock domain (none of `CLONE_FILES`, `CLONE_FS`, `CLONE_THREAD` is given): only
+/// memory is shared, and only while the caller waits. `child` must end in `execve` or `_exit`
+/// (one that returns exits with [`VFORK_CHILD_RETURNED`]) and must not unwind. Only the single-threaded reaper calls this, so no
+/// other thread runs on the shared memory while the child does.
+pub(crate) fn vfork_exec<F: FnOnce()>(child: F) -> io::Result<i32> {
+    extern "C" fn entry<F: FnOnce()>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points to the `Option<F>` in `vfork_exec`'s frame, which stays alive
+        // and untouched while this child runs: the thread that owns the frame is suspended
+        // (`CLONE_VFORK`) until the child has exec'd or exited.
+        let slot = unsafe { &mut *(arg as *mut Option<F>) };
+        if let Some(f) = slot.take() {
+            f();
+        }
+        exit_now(VFORK_CHILD_RETURNED)
+    }
+    // SAFETY: an anonymous private mapping at an address the kernel chooses; no existing
+    // memory is touched, and the result is checked before use.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            VFORK_STACK_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let unmap = || {
+        // SAFETY: `stack` is the mapping made above, of that length, used by nothing once the
+        // child has exec'd or exited (or was never started).
+        unsafe { libc::munmap(stack, VFORK_STACK_BYTES) };
+    };
+    // SAFETY: the low end of the mapping made above, which nothing uses yet.
+    if unsafe { libc::mprotect(stack, GUARD_BYTES, libc::PROT_NONE) } != 0 {
+        let e = io::Error::last_os_error();
+        unmap();
+        return Err(e);
+    }
+    let mut slot = Some(child);
+    // The stack grows down from the mapping's end (page-aligned, so 16-byte aligned).
+    let top = (stack as usize + VFORK_STACK_BYTES) as *mut libc::c_void;
+    // SAFETY: `entry::<F>` never returns (it runs `F`, which ends in execve or _exit); `top`
+    // is the end of a writable mapping of this process that nothing else uses; the argument
+    // is the live `slot` (see `entry`). With CLONE_VM | CLONE_VFORK this thread resumes only
+    // once the child has exec'd or exited, so it never runs beside the child on the shared
+    // memory, and the caller is single-threaded (see above).
+    let pid = unsafe {
+        libc::clone(
+            entry::<F>,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut slot as *mut Option<F> as *mut libc::c_void,
+        )
+    };
+    let err = io::Error::last_os_error();
+    unmap();
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(pid)
+}
+
 /// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
 pub(crate) fn close_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range takes plain integers and only closes descriptors; no memory is
@@ -463,4 +544,35 @@ pub(crate) fn malloc_arena_max(n: i32) -> bool {
     // SAFETY: mallopt sets one of malloc's parameters from a plain integer; it takes malloc's
     // own lock and touches no memory of the caller's.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// The child runs on the caller's memory (what it writes there is seen) and the caller
+    /// resumes only once it has exited (it writes after a pause); its descriptor table is its
+    /// own (a descriptor it closes stays open in the caller).
+    #[test]
+    fn a_vforked_child_shares_only_memory_and_its_parent_waits_for_it() {
+        let seen = AtomicU32::new(0);
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let raw = r.as_raw_fd();
+        let pid = vfork_exec(|| {
+            let _ = nix::unistd::close(raw);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            seen.store(7, Ordering::SeqCst);
+            exit_now(3)
+        })
+        .expect("clone");
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait");
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
+        );
+        // Control: the caller's descriptor is still open.
+        assert!(nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+    }
 }

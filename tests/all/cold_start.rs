@@ -205,13 +205,14 @@ fn a_worker_that_served_a_call_gives_no_artifact() {
     );
 }
 
-/// The spare's confinement, as the restricted tier's: no new privileges, the tier's filters
-/// plus the worker's own, no capabilities, nobody when loongd is root.
+/// The spare's confinement, as the restricted tier's: no new privileges, the tier's filter
+/// (its guard and allowlist as one program) plus the worker's own, no capabilities, nobody
+/// when loongd is root.
 fn assert_confined(helper: u64) {
     let pid = find_descendant(helper, "loong-worker-wa").expect("worker process");
     assert_eq!(status_field(pid, "NoNewPrivs").as_deref(), Some("1"));
     assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
-    assert_eq!(status_field(pid, "Seccomp_filters").as_deref(), Some("3"));
+    assert_eq!(status_field(pid, "Seccomp_filters").as_deref(), Some("2"));
     assert_eq!(
         status_field(pid, "CapEff").as_deref(),
         Some("0000000000000000")

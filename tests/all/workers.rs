@@ -415,10 +415,11 @@ fn example_plugins_run_confined_and_audited() {
     let worker_pid = find_descendant(pid, "loong-worker-wa").expect("worker process");
     assert_eq!(status_field(worker_pid, "NoNewPrivs").as_deref(), Some("1"));
     assert_eq!(status_field(worker_pid, "Seccomp").as_deref(), Some("2"));
-    // The tier's guard and allowlist, then the worker's own final filter.
+    // The tier's guard and allowlist (one program: `seccomp::chain`), then the worker's own
+    // final filter.
     assert_eq!(
         status_field(worker_pid, "Seccomp_filters").as_deref(),
-        Some("3")
+        Some("2")
     );
     // Every thread, the epoch ticker included, carries the final filter.
     let tasks: Vec<String> = fs::read_dir(format!("/proc/{worker_pid}/task"))
@@ -432,7 +433,7 @@ fn example_plugins_run_confined_and_audited() {
     );
     for t in &tasks {
         let st = fs::read_to_string(format!("/proc/{worker_pid}/task/{t}/status")).expect("status");
-        assert!(st.contains("Seccomp_filters:\t3"), "thread {t}: {st}");
+        assert!(st.contains("Seccomp_filters:\t2"), "thread {t}: {st}");
     }
     assert_eq!(
         status_field(worker_pid, "CapEff").as_deref(),
@@ -888,9 +889,10 @@ fn plugins_run_under_an_unprivileged_loongd() {
     let ws: serde_json::Value = serde_json::from_slice(&out.stdout).expect("workers JSON");
     let pid = ws[0]["pid"].as_u64().expect("pid");
     let worker = find_descendant(pid, "loong-worker-wa").expect("worker process");
+    // The tier's program and the worker's own final filter.
     assert_eq!(
         status_field(worker, "Seccomp_filters").as_deref(),
-        Some("3")
+        Some("2")
     );
     // A second plugin, with a fuel budget, loads into the same confined worker.
     let out = ctl(&["invoke", "config-reader"]);

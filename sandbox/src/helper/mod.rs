@@ -248,12 +248,30 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
             report(f);
         }
     }
-    let payload = match sys::fork() {
-        Ok(Forked::Child) => {
-            drop(st_w);
-            payload(plan, err_w)
+    // The payload shares the reaper's memory until its `execve` (no copy of the address
+    // space, which `execve` would drop at once), the reaper waiting meanwhile: it has nothing
+    // to do until then, except, rootless with subordinate ids, leave loongd's uid, which must
+    // happen while the payload is still ours (before its `execve`), so that case forks.
+    let subordinate = plan.id_map.is_some_and(|m| m.subordinate.is_some());
+    let started = if subordinate {
+        match sys::fork() {
+            Ok(Forked::Child) => {
+                drop(st_w);
+                payload(plan, &err_w)
+            }
+            Ok(Forked::Parent(pid)) => Ok(pid),
+            Err(e) => Err(e),
         }
-        Ok(Forked::Parent(pid)) => Pid::from_raw(pid),
+    } else {
+        // The payload closes the status pipe's writing end with the rest (`close_range`), and
+        // `execve` its copy of the error pipe's. From its start on, this path of the reaper
+        // allocates nothing (`drop_reaper` has nothing to do, then polls, waits and writes
+        // from the stack): a payload killed inside `malloc` before its `execve` (an OOM kill)
+        // would leave the shared allocator's lock held.
+        sys::vfork_exec(|| payload(plan, &err_w))
+    };
+    let payload = match started {
+        Ok(pid) => Pid::from_raw(pid),
         Err(e) => report(Failure::new(
             "fork payload",
             e.raw_os_error().unwrap_or(0),
@@ -300,8 +318,8 @@ fn finish(st_w: &OwnedFd, code: i32, signal: i32) -> ! {
 }
 
 /// The payload: final confinement, then `execve`. On failure it reports on `err_w`.
-fn payload(plan: &Plan, err_w: OwnedFd) -> ! {
-    let f = match confine::payload(plan, &err_w) {
+fn payload(plan: &Plan, err_w: &OwnedFd) -> ! {
+    let f = match confine::payload(plan, err_w) {
         Err(f) => f,
         Ok(()) => {
             let c = |b: &[u8]| CString::new(b).unwrap_or_default();
@@ -314,7 +332,7 @@ fn payload(plan: &Plan, err_w: OwnedFd) -> ! {
             Failure::new("execve", e as i32, plan.program.display().to_string())
         }
     };
-    send_failure(&err_w, &f);
+    send_failure(err_w, &f);
     sys::exit_now(SETUP_FAILED)
 }
 
