@@ -8,13 +8,14 @@ use std::{
 
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     canonical, chain_hash, checkpoint_message,
+    queue::{Msg, Pending, Producer, Queue},
     verify::{Scope, VerifyReport},
     witness::{self, Witness},
-    AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, GROUP_MAX, LINGER, QUEUE_DEPTH,
+    AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, LINGER, QUEUE_DEPTH,
 };
 
 /// Why the audit trail failed.
@@ -85,9 +86,6 @@ pub struct Query {
     pub ascending: bool,
 }
 
-/// Where the writer acknowledges an append: its sequence number, or why the commit failed.
-type Ack = oneshot::Sender<Result<u64, String>>;
-
 /// A queued record's commit (see [`Audit::queue`]).
 #[derive(Debug)]
 pub struct Commit(oneshot::Receiver<Result<u64, String>>);
@@ -102,19 +100,10 @@ impl Commit {
     }
 }
 
-enum Msg {
-    Append(Event, Option<Ack>),
-    /// Commit whatever is queued (a reader wants to see it).
-    Flush(Ack),
-    /// Records appended together, acknowledged once, for the last of them.
-    Batch(Vec<Event>, Ack),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// A handle on the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<Msg>,
+    tx: Arc<Producer>,
     db: Arc<PathBuf>,
     witness: Arc<PathBuf>,
     verifying: VerifyingKey,
@@ -249,7 +238,7 @@ impl Audit {
             integrity: integrity(&conn, &verifying, witness, Scope::Tail).map_err(db_err(db))?,
             previous: previous_run(&conn).map_err(db_err(db))?,
         };
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (rx, tx) = Queue::new(QUEUE_DEPTH);
         let witness_path = witness.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("loong-audit".into())
@@ -268,7 +257,7 @@ impl Audit {
                 source,
             })?;
         Ok(Audit {
-            tx,
+            tx: Arc::new(tx),
             db: Arc::new(db.to_path_buf()),
             witness: Arc::new(witness.to_path_buf()),
             verifying,
@@ -284,7 +273,13 @@ impl Audit {
 
     /// Messages queued for the writer and not yet taken (at most [`QUEUE_DEPTH`]).
     pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.depth()
+    }
+
+    /// The writer's wake-ups so far.
+    #[cfg(test)]
+    pub(super) fn writer_wakeups(&self) -> u64 {
+        self.tx.queue().wakeups()
     }
 
     /// Appends `event` and waits until it is committed; returns its sequence number.
@@ -299,16 +294,19 @@ impl Audit {
     pub async fn queue(&self, event: Event) -> Result<Commit, AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Msg::Append(event, Some(ack)))
+            .send(Msg::Append(event, ack))
             .await
             .map_err(|_| AuditError::Stopped)?;
         Ok(Commit(done))
     }
 
     /// Appends `event` without waiting for the commit (it is still queued in order; a failed
-    /// commit is logged by the writer).
+    /// commit is logged by the writer). It wakes the writer only when the writer waits
+    /// without end; queued while a commit or its linger is under way, it rides the next
+    /// commit, at the latest [`LINGER`] after now.
     pub async fn record_later(&self, event: Event) {
-        if self.tx.send(Msg::Append(event, None)).await.is_err() {
+        let queued = Msg::Later(event, std::time::Instant::now());
+        if self.tx.send(queued).await.is_err() {
             tracing::error!("the audit writer has stopped; an audit record could not be queued");
         }
     }
@@ -457,56 +455,46 @@ impl Audit {
 fn writer(
     mut conn: Connection,
     key: AuditKey,
-    mut rx: mpsc::Receiver<Msg>,
+    queue: Arc<Queue>,
     (mut last_seq, mut last_hash): (u64, [u8; 32]),
     mut siem: super::siem::Siem,
     witness_path: PathBuf,
 ) {
-    let mut batch: Vec<(Event, Option<Ack>)> = Vec::new();
+    // However the writer ends, its queue is closed: a producer hears that it stopped.
+    struct Closed(Arc<Queue>);
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let queue = Closed(queue);
     // The final checkpoint signs only what this run appended: a trail that failed its start
     // check and was closed at once keeps its evidence unsigned.
     let mut appended = false;
-    let mut flushes: Vec<Ack> = Vec::new();
-    // A timer for the linger only; the writer stays a plain thread.
-    let timer = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .ok();
+    let mut pending = Pending::default();
+    // After a commit someone waited for, the writer lingers for what follows it (a call's
+    // outcome rides the next call's commit instead of waking the writer on its own).
+    let mut window: Option<std::time::Instant> = None;
     loop {
-        let mut shutdown = None;
-        match rx.blocking_recv() {
-            Some(m) => take(m, &mut batch, &mut flushes, &mut shutdown),
-            None => break,
+        if !queue.0.next(&mut pending, window) {
+            break;
         }
-        let mut lingered = false;
-        loop {
-            while batch.len() < GROUP_MAX && shutdown.is_none() {
-                match rx.try_recv() {
-                    Ok(m) => take(m, &mut batch, &mut flushes, &mut shutdown),
-                    Err(_) => break,
-                }
-            }
-            // Only records nobody waits for: linger once for company.
-            let unwaited = flushes.is_empty() && batch.iter().all(|(_, ack)| ack.is_none());
-            let Some(rt) = timer
-                .as_ref()
-                .filter(|_| unwaited && !lingered && shutdown.is_none())
-            else {
-                break;
-            };
-            lingered = true;
-            // The timer is made inside the runtime (a `Sleep` needs its time driver).
-            match rt.block_on(async { tokio::time::timeout(LINGER, rx.recv()).await }) {
-                Ok(Some(m)) => take(m, &mut batch, &mut flushes, &mut shutdown),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let Pending {
+            batch,
+            flushes,
+            shutdown,
+            ..
+        } = &mut pending;
+        let shutdown = shutdown.take();
+        window = None;
         if batch.is_empty() && shutdown.is_none() {
             for a in flushes.drain(..) {
                 let _ = a.send(Ok(last_seq));
             }
+            pending.clear();
             continue;
         }
+        let waited = batch.iter().any(|(_, ack)| ack.is_some());
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
         // This run's first records are signed at once: records after a clean stop that no
         // checkpoint covers were not written by loongd.
@@ -556,9 +544,13 @@ fn writer(
                 }
             }
         }
+        pending.clear();
         if let Some(a) = shutdown {
             let _ = a.send(());
             break;
+        }
+        if waited {
+            window = Some(std::time::Instant::now() + LINGER);
         }
     }
 }
@@ -594,31 +586,6 @@ fn log_records(records: &[super::Record]) {
 
 /// The log target of [`log_records`] (`LOONG_LOG=loongd::audit=debug` shows only these).
 pub const AUDIT_LOG_TARGET: &str = "loongd::audit";
-
-/// Sorts one message into the writer's pending work.
-fn take(
-    msg: Msg,
-    batch: &mut Vec<(Event, Option<Ack>)>,
-    flushes: &mut Vec<Ack>,
-    shutdown: &mut Option<oneshot::Sender<()>>,
-) {
-    match msg {
-        Msg::Append(e, a) => batch.push((e, a)),
-        Msg::Flush(a) => flushes.push(a),
-        Msg::Batch(events, a) => {
-            let last = events.len().saturating_sub(1);
-            let mut ack = Some(a);
-            for (i, e) in events.into_iter().enumerate() {
-                batch.push((e, if i == last { ack.take() } else { None }));
-            }
-            // An empty batch has nothing to acknowledge later: answer with the current tail.
-            if let Some(a) = ack {
-                flushes.push(a);
-            }
-        }
-        Msg::Shutdown(a) => *shutdown = Some(a),
-    }
-}
 
 /// What one transaction committed: the new tail (sequence number and hash), its records, and
 /// the newest checkpoint it signed.

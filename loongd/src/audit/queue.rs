@@ -1,0 +1,381 @@
+//! The audit writer's queue: one ordered queue under a mutex, bounded, whose producers wake
+//! the writer only when it must be woken.
+//!
+//! Records are committed in the order they are queued: every message goes to the back of
+//! the one queue, and the writer takes from its front. A producer wakes the writer only when
+//! the writer waits without end (nothing queued, no linger), or when its message is waited
+//! for (an acknowledged record, a flush, a stop) or fills a group while the writer lingers.
+//! A record nobody waits for, queued while the writer commits or lingers, wakes nobody: it
+//! rides the next commit, at the latest [`LINGER`] after it was queued. After a commit that
+//! someone waited for, the writer lingers up to [`LINGER`] for what follows (a call's
+//! outcome, the next call's records), so a call answered between two calls costs the writer
+//! one wake-up, not two. The queue holds at most `bound` messages ([`super::QUEUE_DEPTH`]):
+//! past it, producers wait for room, as they did on the channel this replaced.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+    },
+    time::Instant,
+};
+
+use tokio::sync::{oneshot, Semaphore};
+
+use super::{Event, GROUP_MAX, LINGER};
+
+/// Where the writer acknowledges an append: its sequence number, or why the commit failed.
+pub(super) type Ack = oneshot::Sender<Result<u64, String>>;
+
+/// One message to the writer.
+pub(super) enum Msg {
+    /// A record someone waits for.
+    Append(Event, Ack),
+    /// A record nobody waits for, and when it was queued.
+    Later(Event, Instant),
+    /// Commit whatever is queued (a reader wants to see it).
+    Flush(Ack),
+    /// Records appended together, acknowledged once, for the last of them.
+    Batch(Vec<Event>, Ack),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Msg {
+    /// Whether someone waits for the message: queuing it wakes a lingering writer.
+    fn waited(&self) -> bool {
+        !matches!(self, Msg::Later(..))
+    }
+
+    fn records(&self) -> usize {
+        match self {
+            Msg::Append(..) | Msg::Later(..) => 1,
+            Msg::Batch(events, _) => events.len(),
+            Msg::Flush(_) | Msg::Shutdown(_) => 0,
+        }
+    }
+}
+
+/// What the writer is doing, as its producers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Taking messages or committing: it looks at the queue again before it waits.
+    Busy,
+    /// Waiting for any message.
+    Endless,
+    /// Waiting until a deadline: only a waited message, or a full group, wakes it earlier.
+    Lingering,
+}
+
+struct State {
+    msgs: VecDeque<Msg>,
+    /// Records in `msgs`.
+    records: usize,
+    writer: Writer,
+    /// Every producer is gone: the writer commits what is left and stops.
+    producers_gone: bool,
+    /// The writer has stopped: nothing more is queued.
+    closed: bool,
+}
+
+/// The queue shared by the producers and the writer.
+pub(super) struct Queue {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Room for messages: a producer takes a permit per message and the writer gives it back
+    /// when it takes the message.
+    room: Semaphore,
+    bound: usize,
+    /// The writer's wake-ups: each return from a wait (woken, or its deadline passed).
+    wakeups: AtomicU64,
+}
+
+/// What the writer took for its next commit.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub batch: Vec<(Event, Option<Ack>)>,
+    pub flushes: Vec<Ack>,
+    pub shutdown: Option<oneshot::Sender<()>>,
+    /// When the oldest record in `batch` that nobody waits for was queued.
+    oldest_later: Option<Instant>,
+}
+
+impl Pending {
+    /// Whether someone waits for what was taken.
+    pub fn waited(&self) -> bool {
+        !self.flushes.is_empty()
+            || self.shutdown.is_some()
+            || self.batch.iter().any(|(_, ack)| ack.is_some())
+    }
+
+    /// Forgets what was taken, once it is committed (or failed).
+    pub fn clear(&mut self) {
+        self.batch.clear();
+        self.flushes.clear();
+        self.shutdown = None;
+        self.oldest_later = None;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.flushes.is_empty() && self.shutdown.is_none()
+    }
+
+    /// Sorts one message into the pending work.
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Append(e, a) => self.batch.push((e, Some(a))),
+            Msg::Later(e, at) => {
+                self.batch.push((e, None));
+                self.oldest_later.get_or_insert(at);
+            }
+            Msg::Flush(a) => self.flushes.push(a),
+            Msg::Batch(events, a) => {
+                let last = events.len().saturating_sub(1);
+                let mut ack = Some(a);
+                for (i, e) in events.into_iter().enumerate() {
+                    self.batch
+                        .push((e, if i == last { ack.take() } else { None }));
+                }
+                // An empty batch has nothing to acknowledge later: answer with the current tail.
+                if let Some(a) = ack {
+                    self.flushes.push(a);
+                }
+            }
+            Msg::Shutdown(a) => self.shutdown = Some(a),
+        }
+    }
+}
+
+impl Queue {
+    /// A queue of at most `bound` messages, and the producers' handle on it.
+    pub fn new(bound: usize) -> (Arc<Queue>, Producer) {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State {
+                msgs: VecDeque::new(),
+                records: 0,
+                writer: Writer::Busy,
+                producers_gone: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            room: Semaphore::new(bound),
+            bound,
+            wakeups: AtomicU64::new(0),
+        });
+        (queue.clone(), Producer(queue))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer's wake-ups so far.
+    #[cfg(test)]
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the writer's next commit and takes it into `p` (at most [`GROUP_MAX`]
+    /// records, and nothing after a stop): it is due when someone waits for what was taken,
+    /// when it is a full group, when its oldest unwaited record has waited [`LINGER`], or
+    /// when the linger after the last commit (`window`, its end) is over with something taken.
+    /// Returns false when every producer is gone and nothing is left to commit.
+    pub fn next(&self, p: &mut Pending, mut window: Option<Instant>) -> bool {
+        let mut s = self.lock();
+        loop {
+            let mut taken = 0;
+            while p.batch.len() < GROUP_MAX && p.shutdown.is_none() {
+                let Some(m) = s.msgs.pop_front() else {
+                    break;
+                };
+                s.records -= m.records();
+                taken += 1;
+                p.take(m);
+            }
+            if taken > 0 {
+                self.room.add_permits(taken);
+            }
+            if p.waited() || p.batch.len() >= GROUP_MAX {
+                s.writer = Writer::Busy;
+                return true;
+            }
+            if s.producers_gone && s.msgs.is_empty() {
+                s.writer = Writer::Busy;
+                return !p.is_empty();
+            }
+            let deadline = match (p.oldest_later.map(|t| t + LINGER), window) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let now = Instant::now();
+            s = match deadline {
+                Some(d) if d <= now => {
+                    if !p.is_empty() {
+                        s.writer = Writer::Busy;
+                        return true;
+                    }
+                    window = None;
+                    continue;
+                }
+                Some(d) => {
+                    s.writer = Writer::Lingering;
+                    self.wake
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => {
+                    s.writer = Writer::Endless;
+                    self.wake.wait(s).unwrap_or_else(PoisonError::into_inner)
+                }
+            };
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            s.writer = Writer::Busy;
+        }
+    }
+
+    /// The writer has stopped: what is still queued is dropped (its waiters hear that the
+    /// writer stopped) and nothing more is queued.
+    pub fn close(&self) {
+        let dropped = {
+            let mut s = self.lock();
+            s.closed = true;
+            s.records = 0;
+            std::mem::take(&mut s.msgs)
+        };
+        self.room.close();
+        drop(dropped);
+    }
+}
+
+/// The producers' handle on the queue; when the last one goes (with the last `Audit`), the
+/// writer commits what is left and stops.
+pub(super) struct Producer(Arc<Queue>);
+
+impl Producer {
+    /// Queues `msg` behind every message queued before it, waiting for room while the queue
+    /// is full; gives it back when the writer has stopped.
+    pub async fn send(&self, msg: Msg) -> Result<(), Msg> {
+        let q = &self.0;
+        match q.room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(msg),
+        }
+        let wake = {
+            let mut s = q.lock();
+            if s.closed {
+                return Err(msg);
+            }
+            let wake = match s.writer {
+                Writer::Busy => false,
+                Writer::Endless => true,
+                Writer::Lingering => msg.waited() || s.records + msg.records() >= GROUP_MAX,
+            };
+            s.records += msg.records();
+            s.msgs.push_back(msg);
+            if wake {
+                // Woken once: the writer looks at the whole queue when it runs.
+                s.writer = Writer::Busy;
+            }
+            wake
+        };
+        if wake {
+            q.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Messages queued and not yet taken by the writer (at most the bound).
+    pub fn depth(&self) -> usize {
+        self.0.bound.saturating_sub(self.0.room.available_permits())
+    }
+
+    /// The queue itself (for tests).
+    #[cfg(test)]
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.0
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let wake = {
+            let mut s = self.0.lock();
+            s.producers_gone = true;
+            s.writer != Writer::Busy
+        };
+        if wake {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::Kind;
+
+    fn later(i: u64) -> Msg {
+        Msg::Later(
+            Event::daemon(Kind::WorkerExited, serde_json::json!({ "i": i })),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn a_full_queue_holds_its_producers_until_the_writer_takes_from_it() {
+        const BOUND: usize = 3;
+        let (queue, producer) = Queue::new(BOUND);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // With room, a message is queued at once (the positive control) …
+            for i in 0..BOUND as u64 {
+                let sent = tokio::time::timeout(Duration::from_secs(5), producer.send(later(i)));
+                assert!(sent.await.expect("queued at once").is_ok());
+            }
+            assert_eq!(producer.depth(), BOUND);
+            // … a full queue holds the next producer …
+            let next = producer.send(later(BOUND as u64));
+            tokio::pin!(next);
+            let held = tokio::time::timeout(Duration::from_millis(100), &mut next).await;
+            assert!(held.is_err(), "a full queue took one more message");
+            // … until the writer takes what is queued; the held message follows it.
+            let mut taken = Pending::default();
+            assert!(queue.next(&mut taken, None));
+            assert_eq!(taken.batch.len(), BOUND);
+            let sent = tokio::time::timeout(Duration::from_secs(5), &mut next).await;
+            assert!(sent.expect("queued once there was room").is_ok());
+            let mut after = Pending::default();
+            assert!(queue.next(&mut after, None));
+            let order: Vec<_> = taken
+                .batch
+                .iter()
+                .chain(&after.batch)
+                .map(|(e, _)| e.detail["i"].as_u64())
+                .collect();
+            assert_eq!(order, (0..=BOUND as u64).map(Some).collect::<Vec<_>>());
+            // A stopped writer refuses producers, also one that waited for room.
+            for i in 0..BOUND as u64 {
+                assert!(producer.send(later(i)).await.is_ok());
+            }
+            let waiting = producer.send(later(9));
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                    .await
+                    .is_err()
+            );
+            queue.close();
+            assert!(
+                waiting.await.is_err(),
+                "a producer queued behind a stopped writer"
+            );
+            assert!(producer.send(later(10)).await.is_err());
+        });
+    }
+}
