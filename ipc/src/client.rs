@@ -7,6 +7,7 @@ use std::{
     io::{self, Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -86,6 +87,70 @@ fn deadline_ms(deadline: Duration) -> u32 {
 /// How long a blocking write of one frame may take.
 pub const CONNECT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How far past its own bound a socket timeout already set may let one read or write wait
+/// before it is set again. A call sets `SO_RCVTIMEO`/`SO_SNDTIMEO` only when the timeout in
+/// place is longer than what remains of its bound by more than this (or when none is set
+/// yet), so calls in a row with the same deadline set none; a timeout in place that is
+/// shorter than what remains ends the wait early, and the wait is taken up again with what
+/// remains. So a call returns [`ClientError::Timeout`] at most `TIMEOUT_SLACK` after its
+/// bound, never before it.
+pub const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
+
+/// The socket timeout in place on one direction of a socket (shared by the handles of one
+/// socket: a socket option is the socket's, not the handle's), so that it is set only when
+/// it must change.
+#[derive(Debug, Clone, Default)]
+struct SetTimeout(Arc<Mutex<Option<Duration>>>);
+
+impl SetTimeout {
+    /// Bounds the next blocking read or write to about `left` (within [`TIMEOUT_SLACK`]):
+    /// sets the timeout through `set` only when none is in place, or when the one in place
+    /// would wait longer than `left` plus the slack.
+    fn bound(
+        &self,
+        left: Duration,
+        set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let mut in_place = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if in_place.is_some_and(|t| t <= left + TIMEOUT_SLACK) {
+            return Ok(());
+        }
+        // Unknown if setting it fails part-way.
+        *in_place = None;
+        set(Some(left)).map_err(ClientError::Io)?;
+        *in_place = Some(left);
+        Ok(())
+    }
+
+    /// Sets the timeout to exactly `left`: after a wait the timeout in place ended early.
+    fn reset(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Writes all of `bytes` to `stream`, each blocking write bounded by `until` (within
+/// [`TIMEOUT_SLACK`]): a timeout in place that ends a write before `until` is set again to
+/// what remains, and the write goes on where it stopped.
+fn write_until(
+    stream: &mut UnixStream,
+    timeout: &SetTimeout,
+    mut bytes: &[u8],
+    until: Instant,
+) -> Result<(), ClientError> {
+    while !bytes.is_empty() {
+        let s = &*stream;
+        timeout.bound(remaining(until)?, |t| s.set_write_timeout(t))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(ClientError::Closed),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => timeout.reset(),
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(())
+}
+
 /// An event of a streaming request.
 #[derive(Debug)]
 pub enum Event<Resp> {
@@ -99,6 +164,7 @@ pub enum Event<Resp> {
 #[derive(Debug)]
 pub struct InputWriter {
     stream: UnixStream,
+    write_timeout: SetTimeout,
     out: Vec<u8>,
     limit: FrameLimit,
 }
@@ -108,10 +174,12 @@ impl InputWriter {
     pub fn send(&mut self, id: RequestId, chunk: StreamChunk) -> Result<(), ClientError> {
         self.out.clear();
         frame::encode(&Call::<()>::Stream { id, chunk }, self.limit, &mut self.out)?;
-        self.stream
-            .set_write_timeout(Some(CONNECT_WRITE_TIMEOUT))
-            .map_err(ClientError::Io)?;
-        self.stream.write_all(&self.out).map_err(io_error)
+        write_until(
+            &mut self.stream,
+            &self.write_timeout,
+            &self.out,
+            Instant::now() + CONNECT_WRITE_TIMEOUT,
+        )
     }
 }
 
@@ -119,6 +187,10 @@ impl InputWriter {
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
+    /// The socket's receive and send timeouts in place (the send one shared with the
+    /// connection's [`InputWriter`]s).
+    read_timeout: SetTimeout,
+    write_timeout: SetTimeout,
     buf: FrameBuffer,
     out: Vec<u8>,
     welcome: Welcome,
@@ -196,6 +268,8 @@ impl Client {
         })?;
         Ok(Client {
             stream,
+            read_timeout: SetTimeout::default(),
+            write_timeout: SetTimeout::default(),
             buf: FrameBuffer::new(FrameLimit::DEFAULT),
             out: Vec::new(),
             welcome: Welcome {
@@ -343,6 +417,7 @@ impl Client {
     pub fn input(&self) -> Result<InputWriter, ClientError> {
         Ok(InputWriter {
             stream: self.stream.try_clone().map_err(ClientError::Io)?,
+            write_timeout: self.write_timeout.clone(),
             out: Vec::new(),
             limit: self.buf.limit(),
         })
@@ -370,10 +445,7 @@ impl Client {
     }
 
     fn write_out(&mut self, until: Instant) -> Result<(), ClientError> {
-        self.stream
-            .set_write_timeout(Some(remaining(until)?))
-            .map_err(ClientError::Io)?;
-        self.stream.write_all(&self.out).map_err(io_error)
+        write_until(&mut self.stream, &self.write_timeout, &self.out, until)
     }
 
     fn receive<T: DeserializeOwned>(&mut self, until: Instant) -> Result<T, ClientError> {
@@ -381,14 +453,16 @@ impl Client {
             if let Some(msg) = self.buf.next_message()? {
                 return Ok(msg);
             }
-            self.stream
-                .set_read_timeout(Some(remaining(until)?))
-                .map_err(ClientError::Io)?;
+            let s = &self.stream;
+            self.read_timeout
+                .bound(remaining(until)?, |t| s.set_read_timeout(t))?;
             let stream = &mut self.stream;
             match self.buf.fill(|space| stream.read(space))? {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The timeout in place was shorter than what remains: wait on with the rest.
+                Err(e) if is_timeout(&e) => self.read_timeout.reset(),
                 Err(e) => return Err(io_error(e)),
             }
         }
@@ -408,6 +482,14 @@ fn remaining(until: Instant) -> Result<Duration, ClientError> {
         Some(d) if !d.is_zero() => Ok(d),
         _ => Err(ClientError::Timeout),
     }
+}
+
+/// A blocking read or write that ended at its socket timeout.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn io_error(e: io::Error) -> ClientError {
@@ -525,5 +607,87 @@ mod tests {
             "{answer:?}"
         );
         assert_eq!(server.join().expect("callee"), big);
+    }
+
+    /// A callee that welcomes the hello, then answers each request after the milliseconds
+    /// its body names, or never when it names none.
+    fn slow_callee(listener: UnixListener) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+            let _: Hello = read_message(&mut s, &mut buf);
+            let mut out = Vec::new();
+            let welcome = HandshakeReply::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                build: "test".into(),
+                connection_id: 1,
+                limits: crate::Limits {
+                    max_frame_bytes: FrameLimit::DEFAULT.get(),
+                    max_in_flight: 4,
+                    frame_read_timeout_ms: 1000,
+                },
+            });
+            frame::encode(&welcome, FrameLimit::DEFAULT, &mut out).expect("welcome");
+            s.write_all(&out).expect("write welcome");
+            loop {
+                let request = loop {
+                    match buf.next_message::<Call<String>>() {
+                        Ok(Some(m)) => break m,
+                        Ok(None) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    match buf.fill(|space| s.read(space)) {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                };
+                let Call::Request { id, body, .. } = request else {
+                    continue;
+                };
+                let Ok(ms) = body.parse::<u64>() else {
+                    continue;
+                };
+                thread::sleep(Duration::from_millis(ms));
+                out.clear();
+                let answer: Reply<String> = Reply::Response {
+                    id,
+                    result: Ok(body),
+                };
+                frame::encode(&answer, FrameLimit::DEFAULT, &mut out).expect("answer");
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The socket timeout a call leaves in place neither stretches a later call's bound (a
+    /// long one, then a short one that is never answered: it ends at its own bound) nor
+    /// shortens it (a short one that ended, then a long one answered after the short one's
+    /// bound: it waits on and gets its answer).
+    #[test]
+    fn a_timeout_left_in_place_neither_stretches_nor_shortens_the_next_calls_bound() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let server = slow_callee(UnixListener::bind(&path).expect("bind"));
+        let mut client = Client::connect(&path, &options()).expect("connect");
+        let answer: Result<String, _> = client.call("0".to_string(), Duration::from_secs(20));
+        assert_eq!(answer.ok().as_deref(), Some("0"));
+        // Never answered, with a bound of 100 ms + DEADLINE_GRACE.
+        let short = Duration::from_millis(100);
+        let t = Instant::now();
+        let answer: Result<String, _> = client.call("never".to_string(), short);
+        let took = t.elapsed();
+        assert!(matches!(answer, Err(ClientError::Timeout)), "{answer:?}");
+        let bound = short + DEADLINE_GRACE;
+        assert!(
+            took >= bound && took < bound + TIMEOUT_SLACK + Duration::from_secs(1),
+            "{took:?}"
+        );
+        // Answered after 1.2 s, past the bound the socket timeout was last set to.
+        let answer: Result<String, _> = client.call("1200".to_string(), Duration::from_secs(5));
+        assert_eq!(answer.ok().as_deref(), Some("1200"));
+        drop(client);
+        server.join().expect("callee");
     }
 }

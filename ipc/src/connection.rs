@@ -73,6 +73,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.set_limit(limit);
     }
 
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Reads the next message. Waits up to `idle` (forever when `None`) for a frame to
     /// begin; `Ok(None)` is a clean end of stream between frames.
     pub async fn read<T: DeserializeOwned>(
@@ -270,6 +275,82 @@ mod tests {
             "{got:?}"
         );
         trickle.abort();
+    }
+
+    /// Reads in a row on one reader keep their own bounds: an earlier read's bound neither
+    /// ends a later read that waits longer, nor lets one with a shorter bound wait past it;
+    /// and a frame begun after a long idle wait is still held to the frame deadline.
+    #[tokio::test]
+    async fn reads_in_a_row_keep_their_own_idle_and_frame_bounds() {
+        const FRAME: Duration = Duration::from_millis(150);
+        let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+        let mut reader = FrameReader::new(a, FrameLimit::DEFAULT, FRAME);
+        let mut ping = Vec::new();
+        frame::encode(
+            &Call::<ControlRequest>::Ping { nonce: 1 },
+            FrameLimit::DEFAULT,
+            &mut ping,
+        )
+        .expect("encodes");
+        let idle = |ms| Some(Duration::from_millis(ms));
+        // Armed at about 300 ms by a read that gets its frame after 50 ms.
+        let sent = ping.clone();
+        let send = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            b.write_all(&sent).await.expect("write");
+            b
+        });
+        let got = reader.read::<Call<ControlRequest>>(idle(300)).await;
+        assert!(matches!(got, Ok(Some(Call::Ping { nonce: 1 }))), "{got:?}");
+        let mut b = send.await.expect("sender");
+        // Longer: that earlier bound passes during this read and does not end it.
+        let t = Instant::now();
+        let got = reader.read::<Call<ControlRequest>>(idle(600)).await;
+        let waited = t.elapsed();
+        assert!(
+            matches!(got, Err(ConnError::IdleTimeout { timeout_ms: 600 })),
+            "{got:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(600),
+            "ended early: {waited:?}"
+        );
+        // Armed at 5 s by a read that gets its frame at once; then a shorter bound holds.
+        b.write_all(&ping).await.expect("write");
+        let got = reader.read::<Call<ControlRequest>>(idle(5_000)).await;
+        assert!(matches!(got, Ok(Some(Call::Ping { .. }))), "{got:?}");
+        let t = Instant::now();
+        let got = reader.read::<Call<ControlRequest>>(idle(100)).await;
+        let waited = t.elapsed();
+        assert!(
+            matches!(got, Err(ConnError::IdleTimeout { timeout_ms: 100 })),
+            "{got:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        // A long idle bound armed, then a frame begins and stalls: the frame deadline holds.
+        let t = Instant::now();
+        let begun = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            b.write_all(&ping[..3]).await.expect("write");
+            b
+        });
+        let got = reader.read::<Call<ControlRequest>>(idle(10_000)).await;
+        let waited = t.elapsed();
+        assert!(
+            matches!(
+                got,
+                Err(ConnError::FrameTimeout {
+                    timeout_ms: 150,
+                    buffered: 3
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        drop(begun.await);
     }
 
     #[tokio::test]

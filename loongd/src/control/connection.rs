@@ -3,20 +3,18 @@
 
 use std::{
     collections::HashMap,
-    os::fd::AsFd,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use loong_ipc::{
-    connection::{read_hello, ConnError, FrameReader, FrameWriter},
+    connection::{read_hello, ConnError, FrameReader},
     frame::FrameLimit,
     Budget, BudgetExceeded, Call, ControlRequest, ControlResponse, ErrorDetail, ErrorKind,
     HandshakeError, HandshakeReply, Limits, PeerKind, RejectReason, RemoteError, Reply, RequestId,
     StreamChunk, Welcome, PROTOCOL_VERSION,
 };
 use tokio::{
-    io::Interest,
     net::{unix::UCred, UnixStream},
     sync::{mpsc, Notify, Semaphore},
     task::AbortHandle,
@@ -26,6 +24,7 @@ use tracing::Instrument;
 use super::{
     handlers,
     sink::{Now, Sink},
+    wire::{self, WriteSide},
 };
 use crate::{
     audit,
@@ -71,15 +70,13 @@ const OUTBOX_SLACK: usize = 16;
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 
 /// Sends a reply the reading loop itself makes (a pong, a refusal, an answer given at once,
-/// a cancellation's answer): written at once when nothing is queued ([`Sink::write_now`]),
-/// else queued for the writer task, waiting at most `wait` (the idle timeout) for the socket
-/// or for room: a client that takes none of its replies for that long is gone. `false` when
-/// it is.
+/// a cancellation's answer): written at once when nothing is queued, the rest of a frame the
+/// socket takes only in part left to the writer task ([`Sink::write_or_hand_off`]), so the
+/// loop never waits on the socket for it; else queued for the writer task, waiting at most
+/// `wait` (the idle timeout) for room: a client that takes none of its replies for that long
+/// is gone. `false` when it is.
 async fn queue(sink: &Sink, tx: &Outbox, reply: impl Into<Box<Outgoing>>, wait: Duration) -> bool {
-    let reply = match sink
-        .write_now(tx, reply.into(), tokio::time::sleep(wait))
-        .await
-    {
+    let reply = match sink.write_or_hand_off(tx, reply.into()) {
         Now::Written => return true,
         Now::Broken => return false,
         Now::Queue(reply) => reply,
@@ -144,16 +141,11 @@ async fn run(
 ) -> Result<(), ConnError> {
     let ipc = &kernel.config.ipc;
     let limit = FrameLimit::new(u64::from(ipc.max_frame_bytes))?;
-    // A second handle on the socket that only watches for the peer's hang-up, for the times
-    // the connection stops reading (a program's stdin queue is full).
-    let watch = stream.as_fd().try_clone_to_owned().ok().and_then(|fd| {
-        let std = std::os::unix::net::UnixStream::from(fd);
-        std.set_nonblocking(true).ok()?;
-        UnixStream::from_std(std).ok()
-    });
-    let (r, w) = stream.into_split();
+    // Registered for what the connection waits for only (`wire`): no wake-up per answer
+    // when the client reads it.
+    let (r, w) = wire::split(stream)?;
     let mut reader = FrameReader::new(r, limit, ipc.frame_read_timeout());
-    let mut writer = FrameWriter::new(w, limit, ipc.frame_read_timeout());
+    let mut w = Some(w);
 
     let refusal = match read_hello(&mut reader, ipc.handshake_timeout()).await {
         Err(ConnError::Handshake(HandshakeError::VersionMismatch { ours, theirs })) => Some((
@@ -172,31 +164,35 @@ async fn run(
         Ok(_) => None,
     };
     if let Some((reason, cause)) = refusal {
-        let _ = writer
-            .write(&HandshakeReply::Rejected(reason.clone()))
-            .await;
+        let _ = write_frame(
+            &mut w,
+            &HandshakeReply::Rejected(reason.clone()),
+            limit,
+            ipc.frame_read_timeout(),
+        )
+        .await;
         return match cause {
             Some(e) => Err(e),
             None => Err(ConnError::Handshake(HandshakeError::Rejected(reason))),
         };
     }
-    writer
-        .write(&HandshakeReply::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            build: concat!("loongd ", env!("CARGO_PKG_VERSION")).to_string(),
-            connection_id: conn,
-            limits: Limits {
-                max_frame_bytes: limit.get(),
-                max_in_flight: ipc.max_in_flight,
-                frame_read_timeout_ms: u32::try_from(ipc.frame_read_timeout_ms).unwrap_or(u32::MAX),
-            },
-        }))
-        .await?;
+    let welcome = HandshakeReply::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        build: concat!("loongd ", env!("CARGO_PKG_VERSION")).to_string(),
+        connection_id: conn,
+        limits: Limits {
+            max_frame_bytes: limit.get(),
+            max_in_flight: ipc.max_in_flight,
+            frame_read_timeout_ms: u32::try_from(ipc.frame_read_timeout_ms).unwrap_or(u32::MAX),
+        },
+    });
+    write_frame(&mut w, &welcome, limit, ipc.frame_read_timeout()).await?;
+    let w = w.ok_or(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
 
     let max_in_flight = ipc.max_in_flight as usize;
     let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(max_in_flight + OUTBOX_SLACK);
     let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
-    let sink = Arc::new(Sink::new(writer.into_inner(), limit, budget.clone()));
+    let sink = Arc::new(Sink::new(w, limit, budget.clone()));
     // Closed when the connection ends: a request's task still writing the rest of an answer
     // the socket took in part gives up then.
     let ended = Arc::new(Semaphore::new(0));
@@ -215,6 +211,9 @@ async fn run(
     // Signalled when a request ends, so the idle timeout starts once none is in flight.
     let request_ended = Arc::new(Notify::new());
     let mut shutting_down = false;
+    // Made once for the connection, not once per request.
+    let shutdown = kernel.shut_down();
+    tokio::pin!(shutdown);
     let outcome = loop {
         // The idle timeout is for connections with nothing in flight: a long sandbox run or an
         // approval wait is not idleness.
@@ -222,7 +221,7 @@ async fn run(
         let call = tokio::select! {
             call = reader.read::<Call<ControlRequest>>(idle) => call,
             () = request_ended.notified(), if idle.is_none() => continue,
-            _ = kernel.shut_down() => {
+            () = &mut shutdown => {
                 shutting_down = true;
                 break Ok(());
             }
@@ -273,13 +272,18 @@ async fn run(
                     }));
                 }
                 let input = lock(&in_flight).get(&id).map(|e| e.input.clone());
-                if let Some(input) = input {
+                let full = match input.as_ref().map(|input| input.try_send(chunk)) {
+                    Some(Err(mpsc::error::TrySendError::Full(chunk))) => Some(chunk),
+                    _ => None,
+                };
+                if let (Some(input), Some(chunk)) = (input, full) {
                     // Back-pressure: a program that does not read its stdin stalls this
                     // connection's reading, and only this connection's. A client that leaves
-                    // meanwhile is still noticed.
+                    // meanwhile is still noticed (a watch registered for this wait only).
+                    let watch = reader.get_ref().watch();
                     tokio::select! {
                         _ = input.send(chunk) => {}
-                        () = hang_up(watch.as_ref()) => break Ok(()),
+                        () = wire::hang_up(watch.as_ref()) => break Ok(()),
                     }
                 }
             }
@@ -353,25 +357,28 @@ async fn run(
     outcome
 }
 
-/// Resolves once the peer has hung up, without reading from the socket; never when there is
-/// no watch handle.
-async fn hang_up(watch: Option<&UnixStream>) {
-    let Some(watch) = watch else {
-        return std::future::pending().await;
+/// Writes one frame of the handshake within `timeout` (a peer that takes none is gone); the
+/// write side is dropped (the client hung up on) when a frame is cut short.
+async fn write_frame(
+    w: &mut Option<WriteSide>,
+    msg: &HandshakeReply,
+    limit: FrameLimit,
+    timeout: Duration,
+) -> Result<(), ConnError> {
+    let Some(side) = w.as_ref() else {
+        return Err(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()));
     };
-    loop {
-        match watch.ready(Interest::READABLE).await {
-            Ok(ready) if ready.is_read_closed() => return,
-            // Bytes are waiting that this connection will read later: forget this readiness
-            // and wait for the next event (more bytes, or the hang-up, which stays set).
-            Ok(_) => {
-                let _ = watch.try_io(Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
-            }
-            Err(_) => return,
-        }
-    }
+    let mut out = Vec::new();
+    loong_ipc::frame::encode(msg, limit, &mut out)?;
+    let written = match tokio::time::timeout(timeout, side.write_all(&out)).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => ConnError::Io(e),
+        Err(_) => ConnError::WriteTimeout {
+            timeout_ms: timeout.as_millis(),
+        },
+    };
+    *w = None;
+    Err(written)
 }
 
 /// What requests of one connection share.
@@ -537,4 +544,61 @@ fn past_deadline(id: RequestId, deadline_ms: u32, approval: Option<String>) -> R
 
 fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RequestId, Entry>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use loong_ipc::StreamChunk;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A reply of the reading loop that the socket takes only in part (a client that stops
+    /// reading mid-answer) does not hold the loop until the client reads, as it did for up to
+    /// the idle timeout: the loop goes on at once, the writer task finishes the frame, and
+    /// the reply made after it follows it whole.
+    #[tokio::test]
+    async fn a_reply_taken_in_part_does_not_hold_the_reading_loop() {
+        // Larger than a Unix socket's buffer: the socket takes only part of it.
+        const BIG: usize = 900 * 1024;
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let (_r, w) = wire::split(ours).expect("split");
+        let limit = FrameLimit::DEFAULT;
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+        let sink = Arc::new(Sink::new(w, limit, budget));
+        let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(8);
+        let writer = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.drain(&mut rx).await }
+        });
+        let big = Reply::<ControlResponse>::Stream {
+            id: 1,
+            chunk: StreamChunk::Stdout(vec![b'x'; BIG]),
+        };
+        let went_on = tokio::time::timeout(Duration::from_secs(2), queue(&sink, &tx, big, WAIT))
+            .await
+            .ok();
+        assert_eq!(
+            went_on,
+            Some(true),
+            "the reading loop waited for the client"
+        );
+        let pong = Reply::<ControlResponse>::Pong { nonce: 9 };
+        assert!(queue(&sink, &tx, pong, WAIT).await);
+        let mut peer = FrameReader::new(theirs, limit, WAIT);
+        let first = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
+        assert!(
+            matches!(&first, Ok(Some(Reply::Stream { id: 1, chunk: StreamChunk::Stdout(b) })) if b.len() == BIG),
+            "the whole frame arrived"
+        );
+        let second = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
+        assert!(
+            matches!(second, Ok(Some(Reply::Pong { nonce: 9 }))),
+            "{second:?}"
+        );
+        drop(tx);
+        let ended = tokio::time::timeout(WAIT, writer).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    }
 }

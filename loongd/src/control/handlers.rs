@@ -185,10 +185,13 @@ pub(crate) async fn handle(
 }
 
 pub(super) fn status(kernel: &Kernel) -> StatusReport {
+    // A system call each time otherwise, on the path of every `status`; loongd's pid does
+    // not change while it serves (it forks nothing that serves the control socket).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: PROTOCOL_VERSION,
-        pid: std::process::id(),
+        pid: *PID.get_or_init(std::process::id),
         uptime_ms: u64::try_from(kernel.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         home: kernel.layout.home.to_string_lossy().into_owned(),
         socket_path: kernel.layout.socket.to_string_lossy().into_owned(),

@@ -13,6 +13,7 @@ mod plugins_api;
 mod secrets_api;
 mod sink;
 mod tools_api;
+mod wire;
 
 use std::{
     sync::{atomic::Ordering, Arc},

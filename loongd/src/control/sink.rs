@@ -2,7 +2,7 @@
 //! nothing is queued: the reading loop (a pong, a refusal, an answer given at once) and a
 //! request's task (its answer) then write it themselves, without waking the writer task.
 //! The writer task writes what is queued (back-pressure: a client that reads slowly), several
-//! queued frames in one write.
+//! queued frames in one write, and the rest of a frame the reading loop's write left to it.
 
 use std::{
     future::Future,
@@ -13,11 +13,9 @@ use std::{
 };
 
 use loong_ipc::{connection::ConnError, frame::FrameLimit};
-use tokio::{
-    io::AsyncWriteExt,
-    net::unix::OwnedWriteHalf,
-    sync::{mpsc, Mutex, Semaphore},
-};
+use tokio::sync::{mpsc, Mutex, Notify, Semaphore};
+
+use super::wire::WriteSide;
 
 use crate::request::{Outbox, Outgoing, OUTPUT_BUDGET_BYTES};
 
@@ -33,8 +31,12 @@ const RETAINED_BUF_BYTES: usize = 64 * 1024;
 struct Half {
     /// `None` once the connection ended: dropping the write half hangs up on the client even
     /// while a request that runs on still holds the sink.
-    w: Option<OwnedWriteHalf>,
+    w: Option<WriteSide>,
     buf: Vec<u8>,
+    /// A frame the socket took in part, left to the writer task: its reply (which holds its
+    /// budget share and in-flight slot until it is written), and where in `buf` its rest
+    /// begins. Nothing else is written before that rest.
+    rest: Option<(Box<Outgoing>, usize)>,
 }
 
 /// Marks the sink closed when dropped armed: a frame whose writing stopped part-way (the
@@ -67,6 +69,16 @@ fn written(buf: &mut Vec<u8>) {
     buf.shrink_to(RETAINED_BUF_BYTES);
 }
 
+/// What [`Sink::try_write`] did.
+enum Tried {
+    Whole,
+    /// Not written: queue it.
+    Not,
+    Broken,
+    /// The socket took this many of the frame's bytes.
+    Part(usize),
+}
+
 /// What [`Sink::write_now`] did with a reply.
 #[derive(Debug)]
 pub(super) enum Now {
@@ -89,18 +101,85 @@ pub(super) struct Sink {
     budget: Arc<Semaphore>,
     /// A frame was cut short, or the connection ended: nothing more may be written.
     closed: AtomicBool,
+    /// A rest of a frame waits in `half` for the writer task.
+    rest_left: AtomicBool,
+    /// Wakes the writer task for such a rest.
+    rest_queued: Notify,
 }
 
 impl Sink {
-    pub(super) fn new(w: OwnedWriteHalf, limit: FrameLimit, budget: Arc<Semaphore>) -> Sink {
+    pub(super) fn new(w: WriteSide, limit: FrameLimit, budget: Arc<Semaphore>) -> Sink {
         Sink {
             half: Mutex::new(Half {
                 w: Some(w),
                 buf: Vec::new(),
+                rest: None,
             }),
             limit,
             budget,
             closed: AtomicBool::new(false),
+            rest_left: AtomicBool::new(false),
+            rest_queued: Notify::new(),
+        }
+    }
+
+    /// Writes `out` at once as [`write_now`](Self::write_now) does, without ever waiting: the
+    /// rest of a frame the socket took only in part is left to the writer task (written
+    /// before anything else, as a queued reply waits for a slow client), so the caller (the
+    /// reading loop) goes on reading. [`Now::Written`] then means the frame is whole or is
+    /// the writer task's to finish.
+    pub(super) fn write_or_hand_off(&self, tx: &Outbox, out: Box<Outgoing>) -> Now {
+        let Ok(mut half) = self.half.try_lock() else {
+            return Now::Queue(out);
+        };
+        let n = match self.try_write(tx, &mut half, &out) {
+            Tried::Whole => return Now::Written,
+            Tried::Not => return Now::Queue(out),
+            Tried::Broken => return Now::Broken,
+            Tried::Part(n) => n,
+        };
+        half.rest = Some((out, n));
+        self.rest_left.store(true, Ordering::Release);
+        self.rest_queued.notify_one();
+        Now::Written
+    }
+
+    /// Tries to write `out` whole without waiting, holding the write half: when nothing is
+    /// queued for the writer task (the outbox empty, no stream chunk anywhere between its
+    /// producer and the socket, no rest of a frame left to it) and the socket takes the
+    /// frame's first bytes. [`Tried::Part`]: the frame is in `half.buf`, its first bytes out.
+    fn try_write(&self, tx: &Outbox, half: &mut Half, out: &Outgoing) -> Tried {
+        if tx.capacity() != tx.max_capacity()
+            || self.budget.available_permits() != OUTPUT_BUDGET_BYTES
+        {
+            return Tried::Not;
+        }
+        let Half { w, buf, rest } = half;
+        let Some(w) = w.as_mut().filter(|_| !self.closed.load(Ordering::Acquire)) else {
+            return Tried::Broken;
+        };
+        if rest.is_some() {
+            return Tried::Not;
+        }
+        buf.clear();
+        // A reply that cannot be encoded is the writer task's to fail on, as before.
+        if loong_ipc::frame::encode(&out.reply, self.limit, buf).is_err() {
+            written(buf);
+            return Tried::Not;
+        }
+        let n = match w.try_write(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Tried::Not,
+            Err(_) => {
+                self.closed.store(true, Ordering::Release);
+                return Tried::Broken;
+            }
+        };
+        if n == buf.len() {
+            written(buf);
+            Tried::Whole
+        } else {
+            Tried::Part(n)
         }
     }
 
@@ -123,27 +202,16 @@ impl Sink {
         let Ok(mut half) = self.half.try_lock() else {
             return Now::Queue(out);
         };
-        let Half { w, buf } = &mut *half;
-        let Some(w) = w.as_mut().filter(|_| !self.closed.load(Ordering::Acquire)) else {
+        let n = match self.try_write(tx, &mut half, &out) {
+            Tried::Whole => return Now::Written,
+            Tried::Not => return Now::Queue(out),
+            Tried::Broken => return Now::Broken,
+            Tried::Part(n) => n,
+        };
+        let Half { w, buf, .. } = &mut *half;
+        let Some(w) = w.as_mut() else {
             return Now::Broken;
         };
-        buf.clear();
-        // A reply that cannot be encoded is the writer task's to fail on, as before.
-        if loong_ipc::frame::encode(&out.reply, self.limit, buf).is_err() {
-            return Now::Queue(out);
-        }
-        let n = match w.try_write(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Now::Queue(out),
-            Err(_) => {
-                self.closed.store(true, Ordering::Release);
-                return Now::Broken;
-            }
-        };
-        if n == buf.len() {
-            written(buf);
-            return Now::Written;
-        }
         // Part of the frame is out: only its rest may follow, or nothing (also when this
         // future is dropped here: its task aborted).
         let unfinished = Unfinished {
@@ -179,22 +247,57 @@ impl Sink {
         rx: &mut mpsc::Receiver<Box<Outgoing>>,
     ) -> Result<(), ConnError> {
         let mut taken: Vec<Box<Outgoing>> = Vec::with_capacity(WRITE_BATCH);
-        while let Some(first) = rx.recv().await {
-            taken.push(first);
-            while taken.len() < WRITE_BATCH {
+        loop {
+            let end = tokio::select! {
+                biased;
+                () = self.rest_queued.notified() => false,
+                first = rx.recv() => match first {
+                    Some(first) => {
+                        taken.push(first);
+                        false
+                    }
+                    None => true,
+                },
+            };
+            if end && !self.rest_left.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            while !end && taken.len() < WRITE_BATCH {
                 match rx.try_recv() {
                     Ok(out) => taken.push(out),
                     Err(_) => break,
                 }
             }
             let mut half = self.half.lock().await;
-            let Half { w: slot, buf } = &mut *half;
+            let Half { w: slot, buf, rest } = &mut *half;
             let Some(w) = slot
                 .as_mut()
                 .filter(|_| !self.closed.load(Ordering::Acquire))
             else {
                 return Err(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()));
             };
+            // The rest of a frame the reading loop's write left comes first.
+            if let Some((_reply, from)) = rest.as_ref() {
+                let unfinished = Unfinished {
+                    closed: &self.closed,
+                    armed: true,
+                };
+                if let Err(e) = w.write_all(&buf[*from..]).await {
+                    drop(unfinished);
+                    *slot = None;
+                    return Err(ConnError::from(e));
+                }
+                unfinished.done();
+                written(buf);
+                *rest = None;
+                self.rest_left.store(false, Ordering::Release);
+            }
+            if end {
+                return Ok(());
+            }
+            if taken.is_empty() {
+                continue;
+            }
             buf.clear();
             // A reply that cannot be encoded ends the writer, after those before it.
             let encoded = taken
@@ -223,7 +326,6 @@ impl Sink {
             // Their budget shares and in-flight slots are released once they are written.
             taken.clear();
         }
-        Ok(())
     }
 }
 
@@ -248,7 +350,7 @@ mod tests {
         FrameReader<UnixStream>,
     ) {
         let (ours, theirs) = UnixStream::pair().expect("socket pair");
-        let (_, w) = ours.into_split();
+        let (_, w) = super::super::wire::split(ours).expect("split");
         let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
         let (tx, rx) = mpsc::channel(8);
         (
@@ -574,5 +676,37 @@ mod tests {
         reading.await.expect("reader");
         let kept = sink.half.try_lock().expect("free").buf.capacity();
         assert!(kept <= RETAINED_BUF_BYTES, "{kept} bytes kept");
+    }
+
+    #[tokio::test]
+    async fn a_rest_left_to_the_writer_goes_first_and_a_rest_cut_short_ends_the_output() {
+        // Larger than a Unix socket's buffer: the socket takes only part of it.
+        const BIG: usize = 900 * 1024;
+        // Nobody reads: the rest waits for the writer task, and nothing is written before it.
+        let (sink, tx, mut rx, _peer) = pair();
+        let now = sink.write_or_hand_off(&tx, big(1, BIG));
+        assert!(matches!(now, Now::Written), "{now:?}");
+        let now = sink.write_or_hand_off(&tx, answer(2, 10));
+        assert!(
+            matches!(now, Now::Queue(_)),
+            "written ahead of the rest: {now:?}"
+        );
+        let now = sink
+            .write_now(&tx, answer(3, 10), std::future::pending())
+            .await;
+        assert!(
+            matches!(now, Now::Queue(_)),
+            "written ahead of the rest: {now:?}"
+        );
+        // The writer task stopped mid-rest (the connection's end aborts it): nothing more.
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.drain(&mut rx).await }
+        });
+        writing(&sink).await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        let now = sink.write_or_hand_off(&tx_closed_free(), answer(4, 10));
+        assert!(matches!(now, Now::Broken), "{now:?}");
     }
 }
