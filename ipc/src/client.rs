@@ -5,12 +5,16 @@
 
 use std::{
     io::{self, Read, Write},
-    os::unix::net::UnixStream,
+    os::{fd::AsFd, unix::net::UnixStream},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use nix::{
+    errno::Errno,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
@@ -189,7 +193,6 @@ pub struct Client {
     stream: UnixStream,
     /// The socket's receive and send timeouts in place (the send one shared with the
     /// connection's [`InputWriter`]s).
-    read_timeout: SetTimeout,
     write_timeout: SetTimeout,
     buf: FrameBuffer,
     out: Vec<u8>,
@@ -268,7 +271,6 @@ impl Client {
         })?;
         Ok(Client {
             stream,
-            read_timeout: SetTimeout::default(),
             write_timeout: SetTimeout::default(),
             buf: FrameBuffer::new(FrameLimit::DEFAULT),
             out: Vec::new(),
@@ -453,16 +455,20 @@ impl Client {
             if let Some(msg) = self.buf.next_message()? {
                 return Ok(msg);
             }
-            let s = &self.stream;
-            self.read_timeout
-                .bound(remaining(until)?, |t| s.set_read_timeout(t))?;
+            // Waits in poll(2) for POLLIN, not in a read(2) bounded by SO_RCVTIMEO: a read
+            // asleep on a Unix stream socket is woken each time the peer takes a frame this
+            // client wrote (the kernel's write-space wake-up, which a sleeping read does not
+            // filter), so every call would wake its client once for nothing; a poll for
+            // POLLIN sleeps through those, and its limit is the call's own (no socket option
+            // to set). The read that follows finds bytes or the end, and does not sleep.
+            if !readable(&self.stream, remaining(until)?)? {
+                continue;
+            }
             let stream = &mut self.stream;
             match self.buf.fill(|space| stream.read(space))? {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The timeout in place was shorter than what remains: wait on with the rest.
-                Err(e) if is_timeout(&e) => self.read_timeout.reset(),
                 Err(e) => return Err(io_error(e)),
             }
         }
@@ -471,9 +477,23 @@ impl Client {
 
 /// The connection's socket, for a caller that polls it beside other descriptors (see
 /// [`Client::has_frame`]).
-impl std::os::fd::AsFd for Client {
+impl AsFd for Client {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+/// Waits up to `left` (rounded up to whole milliseconds, so never less) for `stream` to have
+/// bytes to read or its end; `false` when `left` passed first or a signal interrupted the wait.
+fn readable(stream: &UnixStream, left: Duration) -> Result<bool, ClientError> {
+    let ms = left.as_micros().div_ceil(1000);
+    let timeout = PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
+        .unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(ClientError::Io(io::Error::from(e))),
     }
 }
 
