@@ -524,8 +524,9 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
                 ))
                 .await;
         }
-        // Approvals given and never taken: their waiters died with the previous daemon
-        // between the approve and the taking, so nothing ran (`approval.unused`, once).
+        // Approvals the store shows given and never taken: their waiters died with the
+        // previous daemon between the approve and the taking (or before the approve was
+        // recorded), so nothing ran; recorded once, as the trail (not the store) shows them.
         effects::approval::record_untaken(&kernel)
             .await
             .map_err(|e| anyhow::anyhow!("recording approvals left untaken: {}", e.message))?;

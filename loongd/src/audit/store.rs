@@ -146,6 +146,22 @@ pub struct PreviousRun {
     pub scanned: u64,
 }
 
+/// What the trail says of one approval (read at a start, for an approval the store shows
+/// approved and not yet taken): the store only names candidates; a record loongd signs of
+/// one follows from this.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalTrail {
+    /// Its `approval.requested` was recorded.
+    pub requested: bool,
+    /// The state of its `approval.resolved` (`approved`, `denied`), when one was recorded.
+    pub resolved: Option<String>,
+    /// An `approval.unused` or `approval.expired` was recorded for it already.
+    pub ended: bool,
+    /// A record other than an approval's follows its resolution in the correlation of its
+    /// request, in the same run: its waiter went on with it (the effect was recorded).
+    pub acted_on: bool,
+}
+
 /// A `tool.invoked` record without a `tool.completed` or `tool.failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dangling {
@@ -445,6 +461,51 @@ impl Audit {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err(&self.db))?;
         Ok(rows)
+    }
+
+    /// What the trail says of approval `id` ([`ApprovalTrail`]). Reads the approval records
+    /// by the kind index, and the records of its request's correlation from its resolution to
+    /// the next start (correlations repeat across runs).
+    pub fn approval_trail(&self, id: &str) -> Result<ApprovalTrail, AuditError> {
+        let conn = self.reader()?;
+        let first = |kind: Kind| -> rusqlite::Result<Option<(i64, String, Option<String>)>> {
+            conn.query_row(
+                "SELECT seq, correlation, json_extract(detail, '$.state') FROM audit \
+                 WHERE kind = ?1 AND json_extract(detail, '$.approval') = ?2 ORDER BY seq LIMIT 1",
+                params![kind.as_str(), id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, Option<String>>(2).ok().flatten(),
+                    ))
+                },
+            )
+            .optional()
+        };
+        let read = || -> rusqlite::Result<ApprovalTrail> {
+            let requested = first(Kind::ApprovalRequested)?;
+            let resolved = first(Kind::ApprovalResolved)?;
+            let ended =
+                first(Kind::ApprovalUnused)?.is_some() || first(Kind::ApprovalExpired)?.is_some();
+            let acted_on = match (&requested, &resolved) {
+                (Some((_, correlation, _)), Some((at, _, _))) => conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > ?1 AND correlation = ?2 \
+                     AND kind NOT LIKE 'approval.%' AND seq < COALESCE((SELECT MIN(seq) FROM audit \
+                     WHERE kind = ?3 AND seq > ?1), 9223372036854775807))",
+                    params![at, correlation, Kind::DaemonStarted.as_str()],
+                    |r| r.get::<_, bool>(0),
+                )?,
+                _ => false,
+            };
+            Ok(ApprovalTrail {
+                requested: requested.is_some(),
+                resolved: resolved.map(|(_, _, state)| state.unwrap_or_default()),
+                ended,
+                acted_on,
+            })
+        };
+        read().map_err(db_err(&self.db))
     }
 
     /// Verifies the whole trail against the chain, the signed checkpoints and the witness.
