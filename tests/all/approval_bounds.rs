@@ -751,3 +751,40 @@ fn an_approve_killed_before_its_record_is_recorded_expired_once_at_the_next_star
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 }
+
+/// A request left pending by a killed loongd is recorded expired ("loongd restarted") at the
+/// next start, once; and once only when that start was killed between its record's commit
+/// and the store's expiry (the request still pending in state.db, its ending on record).
+/// Before, the start expired the requests in the store and recorded them later, so a kill
+/// in between lost their records, and one killed after the record recorded it again.
+#[test]
+fn a_request_left_pending_by_a_killed_loongd_is_recorded_expired_once() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let waiter = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    kill_loongd(&home);
+    let _ = finish(waiter);
+    for round in 0..2 {
+        home.start();
+        let expired = records_of(&home, "approval.expired", &asked[0]);
+        assert_eq!(
+            expired.len(),
+            1,
+            "round {round}: {expired:?}\n{}",
+            home.log()
+        );
+        assert_eq!(
+            expired[0]["detail"]["why"], "loongd restarted",
+            "{expired:?}"
+        );
+        assert_eq!(expired[0]["detail"]["token"], id.as_str(), "{expired:?}");
+        let shown = json(&text(
+            &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+        ));
+        assert_eq!(shown["state"], "expired", "{shown}");
+        let out = home.ctl(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        edit_approval(&home, &asked[0], "pending", None);
+    }
+}

@@ -508,6 +508,34 @@ impl Audit {
         read().map_err(db_err(&self.db))
     }
 
+    /// The approvals named by the `kind` records whose `why` is `why` (read at a start: the
+    /// requests an earlier start recorded ended, so that one killed before it ended them in
+    /// the store records none twice). Reads that kind's records by the kind index.
+    pub fn approvals_recorded(
+        &self,
+        kind: Kind,
+        why: &str,
+    ) -> Result<std::collections::HashSet<String>, AuditError> {
+        let conn = self.reader()?;
+        let read = || -> rusqlite::Result<std::collections::HashSet<String>> {
+            let mut stmt = conn.prepare(
+                "SELECT json_extract(detail, '$.approval') FROM audit \
+                 WHERE kind = ?1 AND json_extract(detail, '$.why') = ?2",
+            )?;
+            let rows = stmt.query_map(params![kind.as_str(), why], |r| {
+                r.get::<_, Option<String>>(0)
+            })?;
+            let mut ids = std::collections::HashSet::new();
+            for id in rows {
+                if let Some(id) = id? {
+                    ids.insert(id);
+                }
+            }
+            Ok(ids)
+        };
+        read().map_err(db_err(&self.db))
+    }
+
     /// Verifies the whole trail against the chain, the signed checkpoints and the witness.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
         integrity(&self.reader()?, &self.verifying, &self.witness, Scope::Full)

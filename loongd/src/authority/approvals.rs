@@ -462,6 +462,25 @@ impl ApprovalStore {
         Ok(())
     }
 
+    /// Every pending request: at a start, those whose waiters died with the previous
+    /// daemon, each one's id, token and agent, for its record (made before they are expired,
+    /// [`ApprovalStore::expire_all_pending`]).
+    pub fn pending_all(&self) -> Result<Vec<Ended>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(
+                "SELECT id, token, agent FROM approvals WHERE state = 'pending' ORDER BY created_ms, id",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(Ended {
+                    id: r.get(0)?,
+                    token: r.get(1)?,
+                    agent: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Expires pending requests whose deadline passed (their waiter gave up or is gone):
     /// each one's id, token and agent, for its record.
     pub fn expire_overdue(&self) -> Result<Vec<Ended>, TokenError> {

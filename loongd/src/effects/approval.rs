@@ -361,6 +361,49 @@ impl Drop for Withdraw<'_> {
     }
 }
 
+/// The note of a request left pending by the previous loongd, expired at the next start.
+pub const RESTARTED_NOTE: &str = "loongd restarted";
+
+/// At a start: ends every request left pending (its waiter died with the previous daemon),
+/// each recorded `approval.expired` ([`RESTARTED_NOTE`]) under the token that asked. The
+/// records are committed together before the requests are expired in the store, so a start
+/// killed in between loses none (they are still pending at the next start); one recorded
+/// by such a start already is not recorded again.
+pub(crate) async fn expire_left_pending(kernel: &Kernel) -> Result<usize, RemoteError> {
+    let store = &kernel.authority.approvals;
+    let pending = store.pending_all().map_err(internal)?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let recorded = kernel
+        .audit
+        .approvals_recorded(Kind::ApprovalExpired, RESTARTED_NOTE)
+        .map_err(internal)?;
+    let events: Vec<_> = pending
+        .iter()
+        .filter(|a| !recorded.contains(&a.id))
+        .map(|a| {
+            crate::audit::Event::daemon(
+                Kind::ApprovalExpired,
+                serde_json::json!({ "approval": a.id, "why": RESTARTED_NOTE, "token": a.token, "agent": a.agent }),
+            )
+        })
+        .collect();
+    let n = events.len();
+    if n > 0 {
+        kernel
+            .audit
+            .queue_all(events)
+            .await
+            .map_err(internal)?
+            .committed()
+            .await
+            .map_err(internal)?;
+    }
+    store.expire_all_pending().map_err(internal)?;
+    Ok(n)
+}
+
 /// The note of an approval whose waiter died with the previous loongd before taking it.
 pub const UNTAKEN_NOTE: &str =
     "approved, but loongd stopped (or was killed) before its caller took the approval: nothing ran";
