@@ -514,6 +514,11 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
         effects::approval::expire_left_pending(&kernel)
             .await
             .map_err(|e| anyhow::anyhow!("expiring approvals left pending: {}", e.message))?;
+        // A full-access window grants only what the trail shows granted: one whose record
+        // never committed (loongd killed after the store opened it) is closed.
+        effects::approval::close_unrecorded_windows(&kernel).map_err(|e| {
+            anyhow::anyhow!("closing full-access windows not on record: {}", e.message)
+        })?;
         // Approvals the store shows given and never taken: their waiters died with the
         // previous daemon between the approve and the taking (or before the approve was
         // recorded), so nothing ran; recorded once, as the trail (not the store) shows them.

@@ -788,3 +788,62 @@ fn a_request_left_pending_by_a_killed_loongd_is_recorded_expired_once() {
         edit_approval(&home, &asked[0], "pending", None);
     }
 }
+
+/// A full-access window in state.db that the trail never recorded opening (its approve
+/// committed it in the store and loongd was killed before the record, or the store was
+/// edited while loongd was stopped) is closed at the next start: the next call asks. The
+/// control: a window on record survives a restart and approves a call at once. Before, the
+/// unrecorded window approved every call of every pack.
+#[test]
+fn a_full_access_window_the_trail_never_recorded_is_closed_at_the_next_start() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let first = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    let out = home.ctl(&[
+        "approvals",
+        "approve",
+        &asked[0],
+        "--full-access",
+        "--ttl",
+        "1h",
+        "--uses",
+        "1",
+        "--pack",
+        "t",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, err) = finish(first);
+    assert_eq!(code, Some(0), "{err}");
+
+    // The control: the recorded window survives a restart and approves the next call.
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home.start();
+    let (code, err) = finish(invoke_in_background(&home, &secret));
+    assert_eq!(code, Some(0), "the recorded window: {err}\n{}", home.log());
+    assert!(pending_of(&home, &id).is_empty());
+
+    kill_loongd(&home);
+    {
+        let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+        db.execute(
+            "INSERT INTO windows (id, pack, expires_ms, uses_left, creator) VALUES \
+             ('w-unrecorded', NULL, 9000000000000, 100, 'uid:0')",
+            [],
+        )
+        .expect("a window the trail never saw");
+    }
+    home.start();
+    let asks = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home.ctl(&["approvals", "deny", &asked[0]]).status.success());
+    let (code, err) = finish(asks);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+    assert!(
+        records(&home, "approval.resolved")
+            .iter()
+            .all(|r| r["detail"]["window"] != "w-unrecorded"),
+        "the unrecorded window approved a call"
+    );
+}

@@ -536,6 +536,20 @@ impl Audit {
         read().map_err(db_err(&self.db))
     }
 
+    /// Whether the trail records the opening of full-access window `id` (an
+    /// `approval.resolved` naming it with its `full_access`). Reads that kind's records by the
+    /// kind index.
+    pub fn window_opened(&self, id: &str) -> Result<bool, AuditError> {
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audit WHERE kind = ?1 \
+             AND json_extract(detail, '$.window') = ?2 AND json_extract(detail, '$.full_access') IS NOT NULL)",
+            params![Kind::ApprovalResolved.as_str(), id],
+            |r| r.get::<_, bool>(0),
+        )
+        .map_err(db_err(&self.db))
+    }
+
     /// Verifies the whole trail against the chain, the signed checkpoints and the witness.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
         integrity(&self.reader()?, &self.verifying, &self.witness, Scope::Full)

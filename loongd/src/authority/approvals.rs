@@ -552,6 +552,18 @@ impl ApprovalStore {
         Ok(id)
     }
 
+    /// The full-access windows still live (a use left, not expired): at a start, each must
+    /// be on record ([`crate::effects::approval::close_unrecorded_windows`]).
+    pub fn live_windows(&self) -> Result<Vec<String>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(
+                "SELECT id FROM windows WHERE uses_left > 0 AND expires_ms > ?1 ORDER BY id",
+            )?;
+            let rows = s.query_map([crate::now_ms()], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     /// Spends one use of a live window covering `pack`; its id, or `None`.
     pub fn take_window_use(&self, pack: &str) -> Result<Option<String>, TokenError> {
         self.db(|c| {

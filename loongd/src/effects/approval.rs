@@ -361,6 +361,23 @@ impl Drop for Withdraw<'_> {
     }
 }
 
+/// At a start: closes every live full-access window the trail does not record opening
+/// (its approve committed the window in the store and loongd was killed before the record;
+/// or state.db was edited while loongd was stopped), so no window grants what the trail
+/// never shows granted. Each is logged; nothing is recorded (the trail never had it).
+pub(crate) fn close_unrecorded_windows(kernel: &Kernel) -> Result<usize, RemoteError> {
+    let store = &kernel.authority.approvals;
+    let mut closed = 0;
+    for id in store.live_windows().map_err(internal)? {
+        if !kernel.audit.window_opened(&id).map_err(internal)? {
+            tracing::warn!(window = %id, "closing a full-access window the audit trail never recorded opening");
+            store.close_window(&id).map_err(internal)?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
 /// The note of a request left pending by the previous loongd, expired at the next start.
 pub const RESTARTED_NOTE: &str = "loongd restarted";
 
