@@ -509,23 +509,19 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             .await
             .context("recording the start in the audit trail")?;
         // Requests that were waiting for an approval died with the previous daemon.
-        // Each recorded under the token that asked, so its trail shows how it ended.
-        for a in kernel
-            .authority
-            .approvals
-            .expire_all_pending()
-            .context("expiring approvals left pending")?
-        {
-            kernel
-                .audit
-                .record_later(audit::Event::daemon(
-                    audit::Kind::ApprovalExpired,
-                    serde_json::json!({ "approval": a.id, "why": "loongd restarted", "token": a.token, "agent": a.agent }),
-                ))
-                .await;
-        }
-        // Approvals given and never taken: their waiters died with the previous daemon
-        // between the approve and the taking, so nothing ran (`approval.unused`, once).
+        // Each recorded under the token that asked, so its trail shows how it ended; on
+        // record before the store ends them, so a kill in between loses none.
+        effects::approval::expire_left_pending(&kernel)
+            .await
+            .map_err(|e| anyhow::anyhow!("expiring approvals left pending: {}", e.message))?;
+        // A full-access window grants only what the trail shows granted: one whose record
+        // never committed (loongd killed after the store opened it) is closed.
+        effects::approval::close_unrecorded_windows(&kernel).map_err(|e| {
+            anyhow::anyhow!("closing full-access windows not on record: {}", e.message)
+        })?;
+        // Approvals the store shows given and never taken: their waiters died with the
+        // previous daemon between the approve and the taking (or before the approve was
+        // recorded), so nothing ran; recorded once, as the trail (not the store) shows them.
         effects::approval::record_untaken(&kernel)
             .await
             .map_err(|e| anyhow::anyhow!("recording approvals left untaken: {}", e.message))?;

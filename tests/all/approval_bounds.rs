@@ -610,10 +610,240 @@ fn an_approval_left_untaken_by_a_killed_loongd_is_recorded_unused_once_at_the_ne
         "the control's call"
     );
 
-    // Once: the next start does not record it again.
+    // Once: the next start does not record it again; nor one after a start killed between
+    // the record's commit and the store's note (its approval left unmarked, or left `open`):
+    // the trail has the record.
+    for taken in [None, Some("open")] {
+        let out = home.ctl(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        edit_approval(&home, &asked[0], "approved", taken);
+        home.start();
+        assert_eq!(
+            records_of(&home, "approval.unused", &asked[0]).len(),
+            1,
+            "taken {taken:?}\n{}",
+            home.log()
+        );
+        assert_eq!(records(&home, "approval.unused").len(), 1);
+    }
+}
+
+/// Sets approval `id`'s `state` and `taken` mark in state.db (loongd stopped): what a crash
+/// at some point, or an edit of the store, leaves there.
+fn edit_approval(home: &Home, id: &str, state: &str, taken: Option<&str>) {
+    let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+    let n = db
+        .execute(
+            "UPDATE approvals SET state = ?2, taken = ?3 WHERE id = ?1",
+            rusqlite::params![id, state, taken],
+        )
+        .expect("edit the approval");
+    assert_eq!(n, 1, "approval {id}");
+}
+
+/// Kills loongd (`kill -9`) and waits until it is gone.
+fn kill_loongd(home: &Home) {
+    let pid = home.status().pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    assert!(
+        wait_until(Duration::from_secs(20), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "loongd {pid} is still there"
+    );
+}
+
+/// The store is not the authority for what a start records: state.db edited while loongd is
+/// stopped (an approval whose effect ran, a denied one and one the trail never saw, each
+/// shown approved and untaken, unmarked and then `open`) makes loongd sign no
+/// `approval.unused` nor `approval.expired` for any of them. Before, each was recorded
+/// "approved ... nothing ran", contradicting the trail (the effect's records, the denial).
+/// The positive control, the real crash, is
+/// [`an_approval_left_untaken_by_a_killed_loongd_is_recorded_unused_once_at_the_next_start`].
+#[test]
+fn a_store_edited_while_loongd_is_stopped_makes_it_sign_no_false_approval_record() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let ran = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home
+        .ctl(&["approvals", "approve", &asked[0]])
+        .status
+        .success());
+    let (code, err) = finish(ran);
+    assert_eq!(code, Some(0), "{err}");
+    let ran = asked[0].clone();
+    let refused = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home.ctl(&["approvals", "deny", &asked[0]]).status.success());
+    let (code, err) = finish(refused);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+    let denied = asked[0].clone();
+    let expired_before = records(&home, "approval.expired").len();
+
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    {
+        // One the trail never saw: a copy of the denied one under another id.
+        let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+        db.execute_batch(&format!(
+            "CREATE TEMP TABLE f AS SELECT * FROM approvals WHERE id = '{denied}'; \
+             UPDATE f SET id = 'ap-forged'; INSERT INTO approvals SELECT * FROM f;"
+        ))
+        .expect("forge an approval");
+    }
+    for taken in [None, Some("open")] {
+        for a in [ran.as_str(), denied.as_str(), "ap-forged"] {
+            edit_approval(&home, a, "approved", taken);
+        }
+        home.start();
+        assert!(
+            records(&home, "approval.unused").is_empty(),
+            "taken {taken:?}: {:?}",
+            records(&home, "approval.unused")
+        );
+        assert_eq!(
+            records(&home, "approval.expired").len(),
+            expired_before,
+            "taken {taken:?}"
+        );
+        let out = home.ctl(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+/// loongd killed between an approve's commit in the store and its record (state.db shows it
+/// approved and `open`, the trail has its request and no resolution): the next start records
+/// it ended without running (`approval.expired`, "before the approval ... was recorded"),
+/// once, and the store says so too; never `approval.unused` of an approval the trail never
+/// had. Before, it stayed approved in the store and unended in the trail for ever.
+#[test]
+fn an_approve_killed_before_its_record_is_recorded_expired_once_at_the_next_start() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let waiter = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    kill_loongd(&home);
+    let _ = finish(waiter);
+    edit_approval(&home, &asked[0], "approved", Some("open"));
+    for _ in 0..2 {
+        home.start();
+        let expired = records_of(&home, "approval.expired", &asked[0]);
+        assert_eq!(expired.len(), 1, "{expired:?}\n{}", home.log());
+        assert!(
+            expired[0]["detail"]["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("before the approval") && w.contains("nothing ran")),
+            "{expired:?}"
+        );
+        assert_eq!(expired[0]["detail"]["token"], id.as_str(), "{expired:?}");
+        assert!(records(&home, "approval.unused").is_empty());
+        let shown = json(&text(
+            &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+        ));
+        assert_eq!(shown["state"], "expired", "{shown}");
+        let out = home.ctl(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+/// A request left pending by a killed loongd is recorded expired ("loongd restarted") at the
+/// next start, once; and once only when that start was killed between its record's commit
+/// and the store's expiry (the request still pending in state.db, its ending on record).
+/// Before, the start expired the requests in the store and recorded them later, so a kill
+/// in between lost their records, and one killed after the record recorded it again.
+#[test]
+fn a_request_left_pending_by_a_killed_loongd_is_recorded_expired_once() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let waiter = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    kill_loongd(&home);
+    let _ = finish(waiter);
+    for round in 0..2 {
+        home.start();
+        let expired = records_of(&home, "approval.expired", &asked[0]);
+        assert_eq!(
+            expired.len(),
+            1,
+            "round {round}: {expired:?}\n{}",
+            home.log()
+        );
+        assert_eq!(
+            expired[0]["detail"]["why"], "loongd restarted",
+            "{expired:?}"
+        );
+        assert_eq!(expired[0]["detail"]["token"], id.as_str(), "{expired:?}");
+        let shown = json(&text(
+            &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
+        ));
+        assert_eq!(shown["state"], "expired", "{shown}");
+        let out = home.ctl(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        edit_approval(&home, &asked[0], "pending", None);
+    }
+}
+
+/// A full-access window in state.db that the trail never recorded opening (its approve
+/// committed it in the store and loongd was killed before the record, or the store was
+/// edited while loongd was stopped) is closed at the next start: the next call asks. The
+/// control: a window on record survives a restart and approves a call at once. Before, the
+/// unrecorded window approved every call of every pack.
+#[test]
+fn a_full_access_window_the_trail_never_recorded_is_closed_at_the_next_start() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let first = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    let out = home.ctl(&[
+        "approvals",
+        "approve",
+        &asked[0],
+        "--full-access",
+        "--ttl",
+        "1h",
+        "--uses",
+        "1",
+        "--pack",
+        "t",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, err) = finish(first);
+    assert_eq!(code, Some(0), "{err}");
+
+    // The control: the recorded window survives a restart and approves the next call.
     let out = home.ctl(&["daemon", "stop"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     home.start();
-    assert_eq!(records_of(&home, "approval.unused", &asked[0]).len(), 1);
-    assert_eq!(records(&home, "approval.unused").len(), 1);
+    let (code, err) = finish(invoke_in_background(&home, &secret));
+    assert_eq!(code, Some(0), "the recorded window: {err}\n{}", home.log());
+    assert!(pending_of(&home, &id).is_empty());
+
+    kill_loongd(&home);
+    {
+        let db = rusqlite::Connection::open(home.path().join("state.db")).expect("state.db");
+        db.execute(
+            "INSERT INTO windows (id, pack, expires_ms, uses_left, creator) VALUES \
+             ('w-unrecorded', NULL, 9000000000000, 100, 'uid:0')",
+            [],
+        )
+        .expect("a window the trail never saw");
+    }
+    home.start();
+    let asks = invoke_in_background(&home, &secret);
+    let asked = wait_for_pending(&home, &id, 1);
+    assert!(home.ctl(&["approvals", "deny", &asked[0]]).status.success());
+    let (code, err) = finish(asks);
+    assert_eq!(code, Some(EXIT_DENIED), "{err}");
+    assert!(
+        records(&home, "approval.resolved")
+            .iter()
+            .all(|r| r["detail"]["window"] != "w-unrecorded"),
+        "the unrecorded window approved a call"
+    );
 }

@@ -25,7 +25,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use key::AuditKey;
-pub use store::{Audit, AuditError, Commit, Dangling, PreviousRun, Query, Startup};
+pub use store::{ApprovalTrail, Audit, AuditError, Commit, Dangling, PreviousRun, Query, Startup};
 pub use verify::{verify, verify_scope, Scope, VerifyReport};
 
 /// Records committed in one transaction at most.

@@ -135,6 +135,22 @@ pub struct PreviousRun {
     pub scanned: u64,
 }
 
+/// What the trail says of one approval (read at a start, for an approval the store shows
+/// approved and not yet taken): the store only names candidates; a record loongd signs of
+/// one follows from this.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalTrail {
+    /// Its `approval.requested` was recorded.
+    pub requested: bool,
+    /// The state of its `approval.resolved` (`approved`, `denied`), when one was recorded.
+    pub resolved: Option<String>,
+    /// An `approval.unused` or `approval.expired` was recorded for it already.
+    pub ended: bool,
+    /// A record other than an approval's follows its resolution in the correlation of its
+    /// request, in the same run: its waiter went on with it (the effect was recorded).
+    pub acted_on: bool,
+}
+
 /// A `tool.invoked` record without a `tool.completed` or `tool.failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dangling {
@@ -443,6 +459,93 @@ impl Audit {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err(&self.db))?;
         Ok(rows)
+    }
+
+    /// What the trail says of approval `id` ([`ApprovalTrail`]). Reads the approval records
+    /// by the kind index, and the records of its request's correlation from its resolution to
+    /// the next start (correlations repeat across runs).
+    pub fn approval_trail(&self, id: &str) -> Result<ApprovalTrail, AuditError> {
+        let conn = self.reader()?;
+        let first = |kind: Kind| -> rusqlite::Result<Option<(i64, String, Option<String>)>> {
+            conn.query_row(
+                "SELECT seq, correlation, json_extract(detail, '$.state') FROM audit \
+                 WHERE kind = ?1 AND json_extract(detail, '$.approval') = ?2 ORDER BY seq LIMIT 1",
+                params![kind.as_str(), id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, Option<String>>(2).ok().flatten(),
+                    ))
+                },
+            )
+            .optional()
+        };
+        let read = || -> rusqlite::Result<ApprovalTrail> {
+            let requested = first(Kind::ApprovalRequested)?;
+            let resolved = first(Kind::ApprovalResolved)?;
+            let ended =
+                first(Kind::ApprovalUnused)?.is_some() || first(Kind::ApprovalExpired)?.is_some();
+            let acted_on = match (&requested, &resolved) {
+                (Some((_, correlation, _)), Some((at, _, _))) => conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > ?1 AND correlation = ?2 \
+                     AND kind NOT LIKE 'approval.%' AND seq < COALESCE((SELECT MIN(seq) FROM audit \
+                     WHERE kind = ?3 AND seq > ?1), 9223372036854775807))",
+                    params![at, correlation, Kind::DaemonStarted.as_str()],
+                    |r| r.get::<_, bool>(0),
+                )?,
+                _ => false,
+            };
+            Ok(ApprovalTrail {
+                requested: requested.is_some(),
+                resolved: resolved.map(|(_, _, state)| state.unwrap_or_default()),
+                ended,
+                acted_on,
+            })
+        };
+        read().map_err(db_err(&self.db))
+    }
+
+    /// The approvals named by the `kind` records whose `why` is `why` (read at a start: the
+    /// requests an earlier start recorded ended, so that one killed before it ended them in
+    /// the store records none twice). Reads that kind's records by the kind index.
+    pub fn approvals_recorded(
+        &self,
+        kind: Kind,
+        why: &str,
+    ) -> Result<std::collections::HashSet<String>, AuditError> {
+        let conn = self.reader()?;
+        let read = || -> rusqlite::Result<std::collections::HashSet<String>> {
+            let mut stmt = conn.prepare(
+                "SELECT json_extract(detail, '$.approval') FROM audit \
+                 WHERE kind = ?1 AND json_extract(detail, '$.why') = ?2",
+            )?;
+            let rows = stmt.query_map(params![kind.as_str(), why], |r| {
+                r.get::<_, Option<String>>(0)
+            })?;
+            let mut ids = std::collections::HashSet::new();
+            for id in rows {
+                if let Some(id) = id? {
+                    ids.insert(id);
+                }
+            }
+            Ok(ids)
+        };
+        read().map_err(db_err(&self.db))
+    }
+
+    /// Whether the trail records the opening of full-access window `id` (an
+    /// `approval.resolved` naming it with its `full_access`). Reads that kind's records by the
+    /// kind index.
+    pub fn window_opened(&self, id: &str) -> Result<bool, AuditError> {
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audit WHERE kind = ?1 \
+             AND json_extract(detail, '$.window') = ?2 AND json_extract(detail, '$.full_access') IS NOT NULL)",
+            params![Kind::ApprovalResolved.as_str(), id],
+            |r| r.get::<_, bool>(0),
+        )
+        .map_err(db_err(&self.db))
     }
 
     /// Verifies the whole trail against the chain, the signed checkpoints and the witness.

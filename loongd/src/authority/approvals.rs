@@ -198,10 +198,13 @@ const PENDING_INDEX: &str =
     "CREATE INDEX IF NOT EXISTS approvals_pending_by_token ON approvals (token) WHERE state = 'pending';";
 
 /// Columns added since the table was first written: `(name, declaration)`. `taken`: what
-/// became of an approved request's approval, once settled: `taken` (its waiter took it and
-/// went on to the effect), `unused` (recorded `approval.unused`: nothing ran), `before`
-/// (approved before the column existed, settled as it was then); `NULL` while nobody took
-/// it, which after a restart means its waiter died with the previous loongd.
+/// became of an approved request's approval, marked positively: `open` is set in the same
+/// statement as the approve ([`ApprovalStore::end`]), and moved on once: `taken` (its waiter
+/// took it and went on to the effect), `unused` (recorded `approval.unused`: nothing ran), or
+/// what a start found in the trail ([`ApprovalStore::settle`]). A row approved by a binary
+/// from before the column (or one that never writes it) has `NULL`, which no start reads:
+/// adding the column needs no backfill, so a start killed half-way through the migration
+/// changes nothing's meaning.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("token", "TEXT"),
     ("agent", "TEXT"),
@@ -210,10 +213,11 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("taken", "TEXT"),
 ];
 
-/// The approved requests nobody took yet, read at each start: partial, so the start does not
-/// read the whole history of requests. Made after [`ADDED_COLUMNS`].
-const UNTAKEN_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS approvals_untaken ON approvals (id) WHERE state = 'approved' AND taken IS NULL;";
+/// The approved requests whose approval is still `open`, read at each start: partial, so
+/// the start does not read the whole history of requests. Made after [`ADDED_COLUMNS`]; the
+/// index of an earlier build (which read `NULL` as untaken) is dropped.
+const OPEN_INDEX: &str = "DROP INDEX IF EXISTS approvals_untaken; \
+     CREATE INDEX IF NOT EXISTS approvals_open ON approvals (id) WHERE taken = 'open';";
 
 const COLUMNS: &str =
     "id, created_ms, deadline_ms, state, actor, pack, capability, target, score, reasons, resolver, token, agent, effect, note";
@@ -259,26 +263,9 @@ impl ApprovalStore {
     /// Opens (creating) the tables in `path`.
     pub fn open(path: &Path) -> Result<ApprovalStore, TokenError> {
         let db = super::db::StateDb::open(path, SCHEMA)?;
-        let had_taken = db.with(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('approvals') WHERE name = 'taken'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-        })? > 0;
         db.add_columns("approvals", ADDED_COLUMNS)?;
-        if !had_taken {
-            // Approved before their taking was noted: settled then, one way or the other
-            // (not to be recorded unused now).
-            db.with(|c| {
-                c.execute(
-                    "UPDATE approvals SET taken = 'before' WHERE state = 'approved'",
-                    [],
-                )
-            })?;
-        }
         db.with(|c| c.execute_batch(PENDING_INDEX))?;
-        db.with(|c| c.execute_batch(UNTAKEN_INDEX))?;
+        db.with(|c| c.execute_batch(OPEN_INDEX))?;
         Ok(ApprovalStore { db })
     }
 
@@ -424,7 +411,8 @@ impl ApprovalStore {
             let won = tx
                 .query_row(
                     &format!(
-                        "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4, note = ?5 \
+                        "UPDATE approvals SET state = ?2, resolver = ?3, resolved_ms = ?4, note = ?5, \
+                         taken = CASE WHEN ?2 = 'approved' THEN 'open' ELSE NULL END \
                          WHERE id = ?1 AND state = 'pending' RETURNING {COLUMNS}"
                     ),
                     params![id, state, resolver, crate::now_ms(), note],
@@ -448,7 +436,8 @@ impl ApprovalStore {
     }
 
     /// Moves a resolved request from `from` to `to` (an approval whose resolution could not be
-    /// recorded becomes a denial); `false` if it was not in `from`.
+    /// recorded becomes a denial); `false` if it was not in `from`. A request moved out of
+    /// `approved` has no approval left to take (its `taken` is cleared).
     pub fn overrule(
         &self,
         id: &str,
@@ -459,7 +448,8 @@ impl ApprovalStore {
     ) -> Result<bool, TokenError> {
         let n = self.db(|c| {
             c.execute(
-                "UPDATE approvals SET state = ?3, resolver = ?4, resolved_ms = ?5, note = ?6 WHERE id = ?1 AND state = ?2",
+                "UPDATE approvals SET state = ?3, resolver = ?4, resolved_ms = ?5, note = ?6, \
+                 taken = CASE WHEN ?3 = 'approved' THEN taken ELSE NULL END WHERE id = ?1 AND state = ?2",
                 params![id, from, to, resolver, crate::now_ms(), note],
             )
         })?;
@@ -470,6 +460,25 @@ impl ApprovalStore {
     pub fn close_window(&self, id: &str) -> Result<(), TokenError> {
         self.db(|c| c.execute("UPDATE windows SET uses_left = 0 WHERE id = ?1", [id]))?;
         Ok(())
+    }
+
+    /// Every pending request: at a start, those whose waiters died with the previous
+    /// daemon, each one's id, token and agent, for its record (made before they are expired,
+    /// [`ApprovalStore::expire_all_pending`]).
+    pub fn pending_all(&self) -> Result<Vec<Ended>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(
+                "SELECT id, token, agent FROM approvals WHERE state = 'pending' ORDER BY created_ms, id",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(Ended {
+                    id: r.get(0)?,
+                    token: r.get(1)?,
+                    agent: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Expires pending requests whose deadline passed (their waiter gave up or is gone):
@@ -503,24 +512,27 @@ impl ApprovalStore {
         })
     }
 
-    /// Notes that the approved request `id` was settled as `how` (`taken` by its waiter, or
-    /// recorded `unused`); `false` when it was not approved or was settled already.
+    /// Moves the approval of the approved request `id` from `open` to `how` (`taken` by its
+    /// waiter, `unused` once recorded so, or what a start found in the trail); `false` when it
+    /// was not approved or not open (settled already, or approved by an older binary).
     pub fn settle(&self, id: &str, how: &str) -> Result<bool, TokenError> {
         let n = self.db(|c| {
             c.execute(
-                "UPDATE approvals SET taken = ?2 WHERE id = ?1 AND state = 'approved' AND taken IS NULL",
+                "UPDATE approvals SET taken = ?2 WHERE id = ?1 AND state = 'approved' AND taken = 'open'",
                 params![id, how],
             )
         })?;
         Ok(n > 0)
     }
 
-    /// The approved requests nobody took (see [`ADDED_COLUMNS`]): at a start, those whose
-    /// waiters died with the previous loongd before taking them.
-    pub fn approved_untaken(&self) -> Result<Vec<Approval>, TokenError> {
+    /// The approved requests whose approval is still `open` (see [`ADDED_COLUMNS`]): at a
+    /// start, those whose waiters died with the previous loongd before taking them, or whose
+    /// approval's record never committed. Only candidates: what is recorded of each is the
+    /// trail's to say ([`crate::effects::approval::record_untaken`]).
+    pub fn approved_open(&self) -> Result<Vec<Approval>, TokenError> {
         self.db(|c| {
             let mut s = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE state = 'approved' AND taken IS NULL ORDER BY created_ms, id"
+                "SELECT {COLUMNS} FROM approvals WHERE state = 'approved' AND taken = 'open' ORDER BY created_ms, id"
             ))?;
             let rows = s.query_map([], read)?;
             rows.collect()
@@ -538,6 +550,18 @@ impl ApprovalStore {
         let id = random_id()?;
         self.db(|c| c.execute("INSERT INTO windows (id, pack, expires_ms, uses_left, creator) VALUES (?1, ?2, ?3, ?4, ?5)", params![id, pack, crate::now_ms() + ttl_ms, uses, creator]))?;
         Ok(id)
+    }
+
+    /// The full-access windows still live (a use left, not expired): at a start, each must
+    /// be on record ([`crate::effects::approval::close_unrecorded_windows`]).
+    pub fn live_windows(&self) -> Result<Vec<String>, TokenError> {
+        self.db(|c| {
+            let mut s = c.prepare(
+                "SELECT id FROM windows WHERE uses_left > 0 AND expires_ms > ?1 ORDER BY id",
+            )?;
+            let rows = s.query_map([crate::now_ms()], |r| r.get(0))?;
+            rows.collect()
+        })
     }
 
     /// Spends one use of a live window covering `pack`; its id, or `None`.
@@ -582,34 +606,54 @@ mod tests {
         }
     }
 
-    /// An approved request is untaken until its waiter takes it or it is recorded unused,
-    /// each once; one approved before the `taken` column existed is settled as it was (a
-    /// store from before is not read as a history of unused approvals), and a pending or
-    /// denied one is never untaken.
+    /// An approval is `open` from the statement that approves it until it is settled, once;
+    /// a denied, expired or pending request is never open. Rows with no mark (approved by an
+    /// older binary, or the column added by a start killed before anything else) are never
+    /// open, so no start reads a history of approvals as unused; and a request overruled out
+    /// of `approved` is no longer open.
     #[test]
-    fn approved_requests_are_untaken_until_settled_once_and_older_ones_are_settled() {
+    fn approvals_are_open_from_the_approve_until_settled_once_and_unmarked_rows_never() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("state.db");
         let store = ApprovalStore::open(&path).expect("open");
+        let open = |s: &ApprovalStore| -> Vec<String> {
+            let mut ids: Vec<String> = s
+                .approved_open()
+                .expect("open")
+                .into_iter()
+                .map(|a| a.id)
+                .collect();
+            ids.sort();
+            ids
+        };
         let old = store
             .create(request(Some("tok_a"), EffectDetail::default()), 10)
             .expect("old");
         store
             .resolve(&old.id, "approved", "uid:0")
             .expect("resolve");
-        // As a store from before the column: its approvals' taking was never noted.
+        // As a store from before the column, then one whose start added the column and was
+        // killed: the approval was never marked.
         store
             .db(|c| {
                 c.execute_batch(
-                    "DROP INDEX approvals_untaken; ALTER TABLE approvals DROP COLUMN taken",
+                    "DROP INDEX approvals_open; ALTER TABLE approvals DROP COLUMN taken",
                 )
             })
             .expect("drop the column");
         drop(store);
         let store = ApprovalStore::open(&path).expect("open again");
-        assert!(store.approved_untaken().expect("untaken").is_empty());
+        assert!(open(&store).is_empty());
+        assert!(!store.settle(&old.id, "taken").expect("unmarked"));
+        // As a start killed after adding the column, before any backfill.
+        store
+            .db(|c| c.execute("UPDATE approvals SET taken = NULL", []))
+            .expect("unmark");
+        drop(store);
+        let store = ApprovalStore::open(&path).expect("open once more");
+        assert!(open(&store).is_empty());
 
-        let ids: Vec<String> = (0..4)
+        let ids: Vec<String> = (0..5)
             .map(|_| {
                 store
                     .create(request(Some("tok_a"), EffectDetail::default()), 10)
@@ -617,30 +661,28 @@ mod tests {
                     .id
             })
             .collect();
-        for (id, state) in ids.iter().zip(["approved", "approved", "denied"]) {
+        for (id, state) in ids
+            .iter()
+            .zip(["approved", "approved", "denied", "approved"])
+        {
             store.resolve(id, state, "uid:0").expect("resolve");
         }
-        let untaken = |s: &ApprovalStore| -> Vec<String> {
-            s.approved_untaken()
-                .expect("untaken")
-                .into_iter()
-                .map(|a| a.id)
-                .collect()
-        };
+        assert!(store
+            .overrule(&ids[3], "approved", "denied", "loongd", "not recorded")
+            .expect("overrule"));
         let mut both = vec![ids[0].clone(), ids[1].clone()];
         both.sort();
-        let mut got = untaken(&store);
-        got.sort();
-        assert_eq!(got, both);
+        assert_eq!(open(&store), both);
         assert!(store.settle(&ids[0], "taken").expect("settle"));
         assert!(!store.settle(&ids[0], "unused").expect("settled once"));
         assert!(!store.settle(&ids[2], "unused").expect("a denial"));
-        assert!(!store.settle(&ids[3], "unused").expect("pending"));
-        assert_eq!(untaken(&store), [ids[1].clone()]);
+        assert!(!store.settle(&ids[3], "unused").expect("overruled"));
+        assert!(!store.settle(&ids[4], "unused").expect("pending"));
+        assert_eq!(open(&store), [ids[1].clone()]);
         assert!(store.settle(&ids[1], "unused").expect("settle"));
         drop(store);
-        let store = ApprovalStore::open(&path).expect("open once more");
-        assert!(untaken(&store).is_empty());
+        let store = ApprovalStore::open(&path).expect("open at last");
+        assert!(open(&store).is_empty());
     }
 
     /// What loongd expires without an approver is returned with its token and agent, for

@@ -361,28 +361,146 @@ impl Drop for Withdraw<'_> {
     }
 }
 
+/// At a start: closes every live full-access window the trail does not record opening
+/// (its approve committed the window in the store and loongd was killed before the record;
+/// or state.db was edited while loongd was stopped), so no window grants what the trail
+/// never shows granted. Each is logged; nothing is recorded (the trail never had it).
+pub(crate) fn close_unrecorded_windows(kernel: &Kernel) -> Result<usize, RemoteError> {
+    let store = &kernel.authority.approvals;
+    let mut closed = 0;
+    for id in store.live_windows().map_err(internal)? {
+        if !kernel.audit.window_opened(&id).map_err(internal)? {
+            tracing::warn!(window = %id, "closing a full-access window the audit trail never recorded opening");
+            store.close_window(&id).map_err(internal)?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
+/// The note of a request left pending by the previous loongd, expired at the next start.
+pub const RESTARTED_NOTE: &str = "loongd restarted";
+
+/// At a start: ends every request left pending (its waiter died with the previous daemon),
+/// each recorded `approval.expired` ([`RESTARTED_NOTE`]) under the token that asked. The
+/// records are committed together before the requests are expired in the store, so a start
+/// killed in between loses none (they are still pending at the next start); one recorded
+/// by such a start already is not recorded again.
+pub(crate) async fn expire_left_pending(kernel: &Kernel) -> Result<usize, RemoteError> {
+    let store = &kernel.authority.approvals;
+    let pending = store.pending_all().map_err(internal)?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let recorded = kernel
+        .audit
+        .approvals_recorded(Kind::ApprovalExpired, RESTARTED_NOTE)
+        .map_err(internal)?;
+    let events: Vec<_> = pending
+        .iter()
+        .filter(|a| !recorded.contains(&a.id))
+        .map(|a| {
+            crate::audit::Event::daemon(
+                Kind::ApprovalExpired,
+                serde_json::json!({ "approval": a.id, "why": RESTARTED_NOTE, "token": a.token, "agent": a.agent }),
+            )
+        })
+        .collect();
+    let n = events.len();
+    if n > 0 {
+        kernel
+            .audit
+            .queue_all(events)
+            .await
+            .map_err(internal)?
+            .committed()
+            .await
+            .map_err(internal)?;
+    }
+    store.expire_all_pending().map_err(internal)?;
+    Ok(n)
+}
+
 /// The note of an approval whose waiter died with the previous loongd before taking it.
 pub const UNTAKEN_NOTE: &str =
     "approved, but loongd stopped (or was killed) before its caller took the approval: nothing ran";
 
-/// At a start: records `approval.unused` ([`UNTAKEN_NOTE`]) for each approved request that
-/// nobody took (its waiter, and its request, died with the previous loongd between the
-/// approve and the taking), each under the token that asked, then notes it settled, so the
-/// next start does not record it again. Noted only once its record is committed: a start
-/// killed between the two records it again at the following one.
+/// The note of an approval whose approve committed in the store but whose record never did
+/// (loongd killed in between): the trail never said it was approved, and nothing ran.
+pub const UNRECORDED_NOTE: &str =
+    "loongd stopped (or was killed) before the approval of this request was recorded; its caller never took it: nothing ran";
+
+/// At a start: settles each approval the store shows approved and `open` (nobody took it:
+/// its waiter, and its request, died with the previous loongd), recording what the trail
+/// does not say yet, each under the token that asked. The store only names candidates; the
+/// trail decides ([`crate::audit::ApprovalTrail`]), so that a store edited while loongd was
+/// stopped never makes it sign a record that contradicts the trail:
+/// - approved on record, nothing after it (no `approval.unused`, no `approval.expired`, no
+///   record of the effect in its request's correlation): `approval.unused` ([`UNTAKEN_NOTE`]);
+/// - requested on record, never resolved (killed between the approve's commit in the store
+///   and its record): `approval.expired` ([`UNRECORDED_NOTE`]), as a request left pending is;
+/// - anything else (its ending recorded already, the effect went on, denied on record, or not
+///   in the trail at all): nothing is recorded, and the contradiction is logged.
+///
+/// The records are committed together, and only then is each approval settled: a start
+/// killed in between finds them on record at the next start, and records none twice.
 pub(crate) async fn record_untaken(kernel: &Kernel) -> Result<usize, RemoteError> {
     let store = &kernel.authority.approvals;
-    let untaken = store.approved_untaken().map_err(internal)?;
-    for a in &untaken {
-        let detail = serde_json::json!({ "approval": a.id, "why": UNTAKEN_NOTE, "capability": a.capability, "target": a.target, "token": a.token, "agent": a.agent });
-        record(
-            kernel,
-            crate::audit::Event::daemon(Kind::ApprovalUnused, detail),
-        )
-        .await?;
-        store.settle(&a.id, "unused").map_err(internal)?;
+    let mut events = Vec::new();
+    let mut settled = Vec::new();
+    for a in store.approved_open().map_err(internal)? {
+        let trail = kernel.audit.approval_trail(&a.id).map_err(internal)?;
+        let ids = serde_json::json!({ "approval": a.id, "token": a.token, "agent": a.agent });
+        let (how, record) = match trail {
+            // Recorded by a start killed before it settled the store, or by the waiter's
+            // leaving ([`Withdraw`]).
+            t if t.ended && t.resolved.is_none() => ("unrecorded", None),
+            t if t.ended => ("unused", None),
+            t if t.acted_on => ("taken", None),
+            t if t.resolved.as_deref() == Some("approved") => {
+                let mut detail = ids;
+                detail["why"] = UNTAKEN_NOTE.into();
+                detail["capability"] = a.capability.clone().into();
+                detail["target"] = a.target.clone().into();
+                ("unused", Some((Kind::ApprovalUnused, detail)))
+            }
+            t if t.requested && t.resolved.is_none() => {
+                let mut detail = ids;
+                detail["why"] = UNRECORDED_NOTE.into();
+                ("unrecorded", Some((Kind::ApprovalExpired, detail)))
+            }
+            t => {
+                tracing::error!(approval = %a.id, trail = ?t, "the store shows an approval open that the audit trail contradicts; nothing recorded of it");
+                ("contradicted", None)
+            }
+        };
+        if let Some((kind, detail)) = record {
+            events.push(crate::audit::Event::daemon(kind, detail));
+        }
+        settled.push((a.id, how));
     }
-    Ok(untaken.len())
+    let recorded = events.len();
+    if !events.is_empty() {
+        kernel
+            .audit
+            .queue_all(events)
+            .await
+            .map_err(internal)?
+            .committed()
+            .await
+            .map_err(internal)?;
+    }
+    for (id, how) in &settled {
+        if *how == "unrecorded" {
+            // The trail says it ended unapproved: so does the store.
+            store
+                .overrule(id, "approved", "expired", "loongd", UNRECORDED_NOTE)
+                .map_err(internal)?;
+        } else {
+            store.settle(id, how).map_err(internal)?;
+        }
+    }
+    Ok(recorded)
 }
 
 /// Test builds only: the environment variable (on loongd) naming milliseconds that the
