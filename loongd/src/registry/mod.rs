@@ -217,6 +217,49 @@ fn past_the_tool_bound(id: &str, tools: usize, in_set: usize, max: usize) -> Str
     )
 }
 
+/// The tools `p` holds in a set, as a discovery counts them: a built-in's tools; a ready
+/// plugin's listed tools (at least its one), or, deferred, the most a plugin may list; none
+/// for a plugin that is disabled or failed.
+fn tools_held(p: &plugins::Plugin) -> usize {
+    match &p.state {
+        State::Ready { .. } if p.bridge_kind == crate::workers::builtins::BUILTIN => {
+            p.tool_names().len()
+        }
+        State::Ready { .. } if p.deferred() && p.has_named_tools() => {
+            loong_ipc::message::worker::MAX_TOOLS
+        }
+        State::Ready { info, .. } => info.tools.len().max(1),
+        _ => 0,
+    }
+}
+
+/// Why `set` (the set an install or an upgrade of `id` would make) is past
+/// [`MAX_SET_TOOLS`] or `MAX_PLUGINS`, counted as a discovery counts them; `None` within
+/// both. An install is refused past them rather than making a set the next reload would cut
+/// in id order (perhaps refusing a plugin serving now).
+fn past_the_set_bounds(set: &plugins::Registry, id: &str) -> Option<String> {
+    let programs = set
+        .values()
+        .filter(|p| p.bridge_kind != crate::workers::builtins::BUILTIN)
+        .count();
+    if programs > plugins::MAX_PLUGINS {
+        return Some(format!(
+            "plugin {id} would make {programs} plugins, past the bound of {} in one plugin set (MAX_PLUGINS); remove a plugin (`loongctl plugins remove ID`) to make room, then install again",
+            plugins::MAX_PLUGINS
+        ));
+    }
+    let max = max_set_tools();
+    let tools = set
+        .values()
+        .fold(0usize, |n, p| n.saturating_add(tools_held(p)));
+    let own = set.get(id).map_or(0, tools_held);
+    (tools > max).then(|| {
+        format!(
+            "plugin {id} lists {own} tools and the set would hold {tools} with it, past the bound of {max} tools in one plugin set (MAX_SET_TOOLS); disable or remove plugins (`loongctl plugins disable ID`) to make room, then install again"
+        )
+    })
+}
+
 /// Stops the pool of `p`'s own program (refused after its load): nothing else would.
 fn stop_own_pool(kernel: &Kernel, p: &plugins::Plugin) {
     if let State::Ready {
