@@ -418,3 +418,39 @@ pub(crate) fn all_pools(kernel: &Kernel) -> Vec<Arc<Supervisor>> {
     pools.extend(own_pools(&kernel.plugins_snapshot(), kernel));
     pools
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(id: &str) -> plugins::Plugin {
+        plugins::Plugin {
+            id: id.to_string(),
+            version: "1".into(),
+            summary: String::new(),
+            dir: std::path::PathBuf::new(),
+            bridge_kind: "wasm",
+            catalog: loong_profiles::plugin::Catalog::default(),
+            trust: loong_profiles::plugin::TrustTier::Unverified,
+            signer: None,
+            lock_digest: None,
+            capabilities: Vec::new(),
+            state: State::Failed("test".into()),
+        }
+    }
+
+    /// A set an install would make with more than MAX_PLUGINS plugins is refused naming the
+    /// bound, whatever tools they hold (failed ones hold none); the control: MAX_PLUGINS fit.
+    #[test]
+    fn a_set_past_max_plugins_is_refused_and_one_at_it_is_not() {
+        let mut set = plugins::Registry::new();
+        for n in 0..plugins::MAX_PLUGINS {
+            let id = format!("p{n:05}");
+            set.insert(id.clone(), failed(&id));
+        }
+        assert_eq!(past_the_set_bounds(&set, "p00000"), None);
+        set.insert("z".into(), failed("z"));
+        let why = past_the_set_bounds(&set, "z").expect("past MAX_PLUGINS");
+        assert!(why.contains("MAX_PLUGINS") && why.contains('z'), "{why}");
+    }
+}
