@@ -93,9 +93,17 @@ impl Mcp {
             },
         )
         .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let bytes = self.link.call(req, LIST_TIMEOUT).await.map_err(|e| {
-            ErrorData::internal_error(format!("listing the tools failed: {e}"), None)
-        })?;
+        let bytes = self
+            .link
+            .call(req, LIST_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                // A cursor loongd did not give: the client's params, not a failure here.
+                KernelLinkError::Remote(r) if r.kind == loong_ipc::ErrorKind::BadRequest => {
+                    ErrorData::invalid_params(r.message, None)
+                }
+                e => ErrorData::internal_error(format!("listing the tools failed: {e}"), None),
+            })?;
         let listed: wire::GatewayListed = wire::decode(&bytes)
             .map_err(|e| ErrorData::internal_error(format!("listing the tools: {e}"), None))?;
         let mut table = self.table();
