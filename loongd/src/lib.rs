@@ -75,6 +75,10 @@ pub struct Kernel {
     workers: Arc<workers::Supervisor>,
     /// Discovered plugins, replaced whole by a reload.
     plugins: std::sync::RwLock<Arc<workers::plugins::Registry>>,
+    /// The plugin set's generation: changed (under `plugins`' write lock) with every set it
+    /// holds, so that what was worked out from one set (a gateway cursor's position, a
+    /// token's gateway authentication) is known stale once the set changes.
+    plugins_generation: std::sync::atomic::AtomicU64,
     /// `tools search`'s index of the plugin set it was made from (`registry::search`).
     search_index: registry::search::IndexCache,
     /// Held by whatever changes the plugin set (reload, install, enable, …), one at a time.
@@ -119,6 +123,7 @@ impl Kernel {
             browser: workers::browser::Sessions::default(),
             workers,
             plugins: std::sync::RwLock::default(),
+            plugins_generation: std::sync::atomic::AtomicU64::new(0),
             search_index: std::sync::Mutex::default(),
             plugin_ops: tokio::sync::Mutex::new(()),
             spawner,
@@ -161,6 +166,18 @@ impl Kernel {
             .clone()
     }
 
+    /// The plugins as they stand now and their generation (`plugins_generation`).
+    fn plugins_versioned(&self) -> (u64, Arc<workers::plugins::Registry>) {
+        let guard = self
+            .plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = self
+            .plugins_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        (generation, guard.clone())
+    }
+
     /// Records what a deferred plugin's first load told (its tools, or its module's digest),
     /// so that listing and search show it. Only while the registry still holds that plugin
     /// at that generation on that pool: a reload in between made a new entry, which learns
@@ -190,6 +207,8 @@ impl Kernel {
             *info = learned;
         }
         *guard = Arc::new(next);
+        self.plugins_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         true
     }
 
@@ -204,13 +223,13 @@ impl Kernel {
         let registry = Arc::new(registry);
         // The search index is made here, off any query's path.
         self.search_index(&registry);
-        std::mem::replace(
-            &mut *self
-                .plugins
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            registry,
-        )
+        let mut guard = self
+            .plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.plugins_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        std::mem::replace(&mut *guard, registry)
     }
 
     /// `tools search`'s index of `registry` (made once per plugin set).

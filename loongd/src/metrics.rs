@@ -65,6 +65,7 @@ pub struct Metrics {
     audit_queue_depth: Gauge,
     audit_commit_seconds: Histogram,
     audit_commits: Counter,
+    token_lookups: Counter,
     sandbox_spawns: Family<Labels, Counter>,
     /// The tool names that have series of their own.
     tools: Mutex<HashSet<String>>,
@@ -95,6 +96,7 @@ impl Metrics {
             audit_queue_depth: Gauge::default(),
             audit_commit_seconds: seconds_histogram(),
             audit_commits: Counter::default(),
+            token_lookups: Counter::default(),
             sandbox_spawns: Family::default(),
             tools: Mutex::default(),
         };
@@ -157,6 +159,11 @@ impl Metrics {
             "audit_commits",
             "Audit commits that succeeded",
             m.audit_commits.clone(),
+        );
+        registry.register(
+            "token_lookups",
+            "Bearer tokens looked up in the token store (by secret or public id)",
+            m.token_lookups.clone(),
         );
         registry.register(
             "sandbox_spawns",
@@ -293,6 +300,11 @@ pub(crate) fn worker_killed(kind: &'static str) {
 pub(crate) fn audit_committed(took: Duration) {
     METRICS.audit_commits.inc();
     METRICS.audit_commit_seconds.observe(took.as_secs_f64());
+}
+
+/// A bearer token was looked up in the token store.
+pub(crate) fn token_looked_up() {
+    METRICS.token_lookups.inc();
 }
 
 /// A sandboxed program started under `tier` (`None`: a spec without a tier, `none`).

@@ -1618,3 +1618,60 @@ fn a_discovery_whose_loads_stall_answers_within_its_whole_bound() {
         "a stalled server still runs"
     );
 }
+
+/// An install or an upgrade counts the set it would make against `MAX_SET_TOOLS` (here the
+/// debug build's override, one tool more than the set holds at start): past it the install
+/// is refused naming the bound, the set in place kept, rather than switched in for the next
+/// reload to cut in id order. The controls: an install that fits is taken, and an upgrade of
+/// it (the same count) too.
+#[test]
+fn an_install_past_the_sets_tool_bound_is_refused_and_the_set_in_place_kept() {
+    use crate::supply_chain::{ctl_ok, example_module, wasm_package};
+    const TEST: &str = "an_install_past_the_sets_tool_bound_is_refused_and_the_set_in_place_kept";
+    if !is_root() {
+        return skip(TEST, "sandboxed workers need root");
+    }
+    let home = Home::new();
+    home.start();
+    let held = |home: &Home| -> u64 {
+        plugins(home)
+            .iter()
+            .filter(|p| p["state"] == "ready")
+            .map(|p| p["tool_count"].as_u64().unwrap_or(0).max(1))
+            .sum()
+    };
+    let at_start = held(&home);
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bound = (at_start + 1).to_string();
+    home.start_env(&[("LOONG_TEST_MAX_SET_TOOLS", &bound)]);
+    assert_eq!(held(&home), at_start, "{}", home.log());
+    let work = tempfile::Builder::new()
+        .prefix("lsb")
+        .tempdir_in("/tmp")
+        .expect("work");
+    let (one, two) = (work.path().join("one"), work.path().join("two"));
+    wasm_package(&one, "one", "1", &example_module("echo"), None);
+    wasm_package(&two, "two", "1", &example_module("echo"), None);
+    // The control: one more tool fits.
+    ctl_ok(&home, &["plugins", "install", &one.display().to_string()]);
+    assert_eq!(held(&home), at_start + 1);
+    // Past the bound: refused, naming it; the set keeps what it held.
+    let out = home.ctl(&["plugins", "install", &two.display().to_string()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "installed past the bound");
+    assert!(
+        err.contains("two") && err.contains("MAX_SET_TOOLS") && err.contains(&bound),
+        "{err}"
+    );
+    assert!(plugins(&home).iter().all(|p| p["id"] != "two"));
+    assert_eq!(held(&home), at_start + 1);
+    assert!(!home.path().join("plugins/two").exists());
+    // An upgrade replaces its plugin's tools: it fits.
+    let one2 = work.path().join("one-2");
+    wasm_package(&one2, "one", "2", &example_module("echo"), None);
+    ctl_ok(&home, &["plugins", "install", &one2.display().to_string()]);
+    assert!(plugins(&home)
+        .iter()
+        .any(|p| p["id"] == "one" && p["version"] == "2" && p["state"] == "ready"));
+}

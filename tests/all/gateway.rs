@@ -1130,9 +1130,10 @@ fn gateway_mcp_session_of_a_token_revoked_mid_session_is_refused_on_its_next_req
     assert_eq!(invoked, 1, "{}", home.log());
 }
 
-/// A client that lists every page of `tools/list` (following `nextCursor`), then calls one
-/// tool by name and lists once with a cursor the server never gave; prints each page's names
-/// and cursor, the call's outcome and the bad cursor's error.
+/// A client that lists every page of `tools/list` (following `nextCursor`), calls a name no
+/// page offered, then one tool by name, and lists with cursors the server never gave (made
+/// up, or a position written as a number); prints each page's names and cursor, the calls'
+/// outcomes and each bad cursor's error.
 const PAGING_CLIENT: &str = r#"
 import asyncio, json, sys
 from mcp import ClientSession, types
@@ -1158,17 +1159,24 @@ async def main():
                     cursor = page.next_cursor
                     if cursor is None or len(out["pages"]) > 10:
                         break
+                try:
+                    r = await s.call_tool("no-such-tool", {})
+                    out["unknown"] = {"is_error": bool(r.is_error)}
+                except MCPError as e:
+                    out["unknown"] = {"protocol_error": e.error.message}
                 if call:
                     try:
                         r = await s.call_tool(call, {})
                         out["call"] = {"is_error": bool(r.is_error)}
                     except MCPError as e:
                         out["call"] = {"protocol_error": e.error.message}
-                try:
-                    await s.list_tools(params=types.PaginatedRequestParams(cursor="not-ours"))
-                    out["bad_cursor"] = "accepted"
-                except MCPError as e:
-                    out["bad_cursor"] = e.error.message
+                out["bad_cursors"] = {}
+                for bad in ["not-ours", "0", "4096"]:
+                    try:
+                        await s.list_tools(params=types.PaginatedRequestParams(cursor=bad))
+                        out["bad_cursors"][bad] = "accepted"
+                    except MCPError as e:
+                        out["bad_cursors"][bad] = e.error.message
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -1177,10 +1185,12 @@ asyncio.run(main())
 /// A token granted tools past the first `MAX_GATEWAY_TOOLS` (4,096) of the plugin set is
 /// offered them: `tools/list` is cut from the tools the token may invoke, not from every
 /// tool before its grants are checked (which offered such a token nothing, and refused its
-/// requests as a token that may invoke no tool). The control: a token granted every tool is
-/// offered all of them over two pages, the first of 4,096 with a `nextCursor`, the second
-/// the rest and none again, and may call a tool of the second page; a cursor the server
-/// never gave is refused.
+/// requests as a token that may invoke no tool). Its token is looked up in the token store
+/// a few times for each request, not once for each of the set's 4,352 tools. The control: a
+/// token granted every tool is offered all of them over two pages, the first of 4,096 with a
+/// `nextCursor`, the second the rest and none again, and may call a tool of the second page
+/// after a call of a name no page offered; a cursor the server never gave (made up, or a
+/// position written as a number) is refused.
 #[test]
 fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_rest() {
     const TEST: &str =
@@ -1194,6 +1204,7 @@ fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_res
     };
     const SERVERS: u32 = 17;
     const TOOLS: u32 = 256;
+    const MAX_LOOKUPS_PER_CLIENT_RUN: u32 = 64;
     let port = free_port();
     let home = gateway_home(port, "");
     let (dir, script) = crate::bridges::scale_peer();
@@ -1224,9 +1235,27 @@ fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_res
         json(&text(&out.stdout))
     };
 
+    let lookups = || {
+        let out = home.ctl(&["metrics"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("loong_token_lookups_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no loong_token_lookups_total"))
+    };
     let late = "zz-16--tool_200";
     let (secret, id) = issue(&home, &["tool.invoke:zz-16/tool_200"]);
+    let before = lookups();
     let report = run(&secret, late);
+    // initialize, a listing, two calls and three bad cursors, each request authenticated
+    // and admitted: a few lookups each, whatever the size of the set.
+    let looked_up = lookups() - before;
+    assert!(
+        looked_up <= f64::from(MAX_LOOKUPS_PER_CLIENT_RUN),
+        "{looked_up} token lookups for one client's run over {} tools",
+        SERVERS * TOOLS
+    );
     let pages = report["pages"].as_array().expect("pages");
     assert_eq!(pages.len(), 1, "{report}");
     assert_eq!(pages[0]["names"], serde_json::json!([late]), "{report}");
@@ -1250,7 +1279,7 @@ fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_res
     assert_eq!(pages.len(), 2, "{}", report["pages"][0]["next"]);
     let first = pages[0]["names"].as_array().expect("names");
     assert_eq!(first.len(), loong_ipc::message::gateway::MAX_GATEWAY_TOOLS);
-    assert_eq!(pages[0]["next"], "4096");
+    assert!(pages[0]["next"].is_string(), "{}", pages[0]["next"]);
     assert!(pages[1]["next"].is_null());
     let mut all: Vec<&str> = pages
         .iter()
@@ -1268,14 +1297,17 @@ fn gateway_lists_a_tokens_tools_past_the_first_page_of_the_set_and_pages_the_res
         }
     }
     assert!(all.contains(&"echo"), "the examples are listed too");
+    assert!(report["unknown"].is_object(), "{report}");
     assert_eq!(
         report["call"]["is_error"], false,
-        "a second page's tool is callable: {report}"
+        "a second page's tool is callable after a call of an unknown name: {report}"
     );
-    assert!(
-        report["bad_cursor"]
-            .as_str()
-            .is_some_and(|m| m.contains("not-ours")),
-        "{report}"
-    );
+    for bad in ["not-ours", "0", "4096"] {
+        assert!(
+            report["bad_cursors"][bad]
+                .as_str()
+                .is_some_and(|m| m.contains("is not one this server gave")),
+            "{bad}: {report}"
+        );
+    }
 }

@@ -42,6 +42,9 @@ pub const KIND_GATEWAY_WEBHOOK: &str = "gateway_webhook";
 /// Bound on the tools one [`KIND_GATEWAY_LIST`] answer (one page) names.
 pub const MAX_GATEWAY_TOOLS: usize = 4096;
 
+/// Longest cursor of [`GatewayList`] (loongd's are far shorter).
+pub const MAX_GATEWAY_CURSOR_BYTES: usize = 256;
+
 /// [`KIND_GATEWAY_AUTH`]'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayAuth {
@@ -60,8 +63,9 @@ pub struct GatewayAuthed {
 pub struct GatewayList {
     pub bearer: BearerSecret,
     /// Where the page starts: `None` for the first, else the previous page's
-    /// [`GatewayListed::next`] (the count of the bearer's tools before it).
-    pub cursor: Option<u64>,
+    /// [`GatewayListed::next`], opaque (loongd refuses one it did not give this token for
+    /// the set as it stands; at most [`MAX_GATEWAY_CURSOR_BYTES`]).
+    pub cursor: Option<String>,
 }
 
 /// [`KIND_GATEWAY_LIST`]'s answer: one page of the tools the bearer may invoke.
@@ -70,7 +74,7 @@ pub struct GatewayListed {
     pub tools: Vec<GatewayTool>,
     /// The next page's cursor when the bearer may invoke more tools than this page names;
     /// `None` on the last page.
-    pub next: Option<u64>,
+    pub next: Option<String>,
 }
 
 /// One tool the bearer may invoke, as `mcp serve` offers it.

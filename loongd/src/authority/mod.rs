@@ -371,18 +371,41 @@ impl Authority {
                 });
             }
         };
+        Ok(self.decide_checked(checked.as_ref(), cap, target, command))
+    }
+
+    /// Decides `cap` on `target` under `token`, a token checked already (valid when it was
+    /// checked): no lookup of the token store, so that one request that decides many tools
+    /// (a gateway listing) checks its bearer once.
+    pub fn decide_for(
+        &self,
+        token: &Token,
+        cap: Capability,
+        target: Option<&str>,
+        command: Option<shell::CommandLine<'_>>,
+    ) -> Outcome {
+        self.decide_checked(Some(token), cap, target, command)
+    }
+
+    /// Decides `cap` on `target` under `checked` (the operator's pack when `None`).
+    fn decide_checked(
+        &self,
+        checked: Option<&Token>,
+        cap: Capability,
+        target: Option<&str>,
+        command: Option<shell::CommandLine<'_>>,
+    ) -> Outcome {
         let pack_id = checked
-            .as_ref()
             .map_or(OPERATOR_PACK, |t| t.pack.as_str())
             .to_string();
         let Some(pack) = self.packs.get(&pack_id) else {
-            return Ok(Outcome {
+            return Outcome {
                 decision: Ok(Decision::Deny(Deny::NotInPack)),
                 pack: pack_id,
-                token: checked.as_ref().map(|t| t.id.clone()),
-                agent: checked.map(|t| t.agent),
+                token: checked.map(|t| t.id.clone()),
+                agent: checked.map(|t| t.agent.clone()),
                 file: None,
-            });
+            };
         };
         // A file target is resolved once: the decision and the effect use the same path.
         let resolved = match cap {
@@ -392,7 +415,7 @@ impl Authority {
             _ => None,
         };
         let req = decide::Request {
-            token: checked.as_ref(),
+            token: checked,
             cap,
             target,
             command,
@@ -409,12 +432,12 @@ impl Authority {
             (Decision::Deny(_), _) | (_, None) => None,
             (_, Some(real)) => decide::file_scope(req.token, pack, cap, real),
         };
-        Ok(Outcome {
+        Outcome {
             decision: Ok(decision),
             pack: pack_id,
-            token: checked.as_ref().map(|t| t.id.clone()),
-            agent: checked.map(|t| t.agent),
+            token: checked.map(|t| t.id.clone()),
+            agent: checked.map(|t| t.agent.clone()),
             file,
-        })
+        }
     }
 }

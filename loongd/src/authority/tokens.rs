@@ -300,6 +300,7 @@ impl TokenStore {
     /// The public id of the token whose secret is `secret`, live or not (`None`: no token).
     pub fn id_of(&self, secret: &str) -> Result<Option<String>, TokenError> {
         let hash = secret_hash(secret);
+        crate::metrics::token_looked_up();
         self.db(|c| {
             c.query_row(
                 "SELECT id FROM tokens WHERE secret_sha256 = ?1",
@@ -323,6 +324,7 @@ impl TokenStore {
     ) -> Result<Result<Token, TokenDenial>, TokenError> {
         // Prepared once per connection and column (the statement cache): a token is checked
         // on every kernel call a gateway request makes and every decision.
+        crate::metrics::token_looked_up();
         let found = self.db(|c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE {column} = ?1"))?
                 .query_row([value], read_token)

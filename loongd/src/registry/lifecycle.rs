@@ -280,6 +280,21 @@ async fn stage_and_switch(
             p.id
         ));
     }
+    // The set it would make is counted as a discovery counts it: past MAX_SET_TOOLS or
+    // MAX_PLUGINS the install is refused here, the set in place untouched (`plugin_ops` is
+    // held, so no other change comes between this count and the switch below).
+    let mut would = (*kernel.plugins_snapshot()).clone();
+    would.insert(p.id.clone(), p.clone());
+    if let Some(why) = super::past_the_set_bounds(&would, &p.id) {
+        if let State::Ready {
+            pool: Some(pool), ..
+        } = &p.state
+        {
+            stop_if_own(kernel, pool);
+        }
+        return refuse(why).await;
+    }
+    drop(would);
     // Proved: move the files, write the lock entry, switch the registry.
     let digest = package::digest(staging).map_err(|e| internal(e.to_string()))?;
     let dir = root.join(&p.id);

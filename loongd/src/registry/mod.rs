@@ -217,6 +217,49 @@ fn past_the_tool_bound(id: &str, tools: usize, in_set: usize, max: usize) -> Str
     )
 }
 
+/// The tools `p` holds in a set, as a discovery counts them: a built-in's tools; a ready
+/// plugin's listed tools (at least its one), or, deferred, the most a plugin may list; none
+/// for a plugin that is disabled or failed.
+fn tools_held(p: &plugins::Plugin) -> usize {
+    match &p.state {
+        State::Ready { .. } if p.bridge_kind == crate::workers::builtins::BUILTIN => {
+            p.tool_names().len()
+        }
+        State::Ready { .. } if p.deferred() && p.has_named_tools() => {
+            loong_ipc::message::worker::MAX_TOOLS
+        }
+        State::Ready { info, .. } => info.tools.len().max(1),
+        _ => 0,
+    }
+}
+
+/// Why `set` (the set an install or an upgrade of `id` would make) is past
+/// [`MAX_SET_TOOLS`] or `MAX_PLUGINS`, counted as a discovery counts them; `None` within
+/// both. An install is refused past them rather than making a set the next reload would cut
+/// in id order (perhaps refusing a plugin serving now).
+fn past_the_set_bounds(set: &plugins::Registry, id: &str) -> Option<String> {
+    let programs = set
+        .values()
+        .filter(|p| p.bridge_kind != crate::workers::builtins::BUILTIN)
+        .count();
+    if programs > plugins::MAX_PLUGINS {
+        return Some(format!(
+            "plugin {id} would make {programs} plugins, past the bound of {} in one plugin set (MAX_PLUGINS); remove a plugin (`loongctl plugins remove ID`) to make room, then install again",
+            plugins::MAX_PLUGINS
+        ));
+    }
+    let max = max_set_tools();
+    let tools = set
+        .values()
+        .fold(0usize, |n, p| n.saturating_add(tools_held(p)));
+    let own = set.get(id).map_or(0, tools_held);
+    (tools > max).then(|| {
+        format!(
+            "plugin {id} lists {own} tools and the set would hold {tools} with it, past the bound of {max} tools in one plugin set (MAX_SET_TOOLS); disable or remove plugins (`loongctl plugins disable ID`) to make room, then install again"
+        )
+    })
+}
+
 /// Stops the pool of `p`'s own program (refused after its load): nothing else would.
 fn stop_own_pool(kernel: &Kernel, p: &plugins::Plugin) {
     if let State::Ready {
@@ -374,4 +417,40 @@ pub(crate) fn all_pools(kernel: &Kernel) -> Vec<Arc<Supervisor>> {
     let mut pools = vec![kernel.workers.clone()];
     pools.extend(own_pools(&kernel.plugins_snapshot(), kernel));
     pools
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(id: &str) -> plugins::Plugin {
+        plugins::Plugin {
+            id: id.to_string(),
+            version: "1".into(),
+            summary: String::new(),
+            dir: std::path::PathBuf::new(),
+            bridge_kind: "wasm",
+            catalog: loong_profiles::plugin::Catalog::default(),
+            trust: loong_profiles::plugin::TrustTier::Unverified,
+            signer: None,
+            lock_digest: None,
+            capabilities: Vec::new(),
+            state: State::Failed("test".into()),
+        }
+    }
+
+    /// A set an install would make with more than MAX_PLUGINS plugins is refused naming the
+    /// bound, whatever tools they hold (failed ones hold none); the control: MAX_PLUGINS fit.
+    #[test]
+    fn a_set_past_max_plugins_is_refused_and_one_at_it_is_not() {
+        let mut set = plugins::Registry::new();
+        for n in 0..plugins::MAX_PLUGINS {
+            let id = format!("p{n:05}");
+            set.insert(id.clone(), failed(&id));
+        }
+        assert_eq!(past_the_set_bounds(&set, "p00000"), None);
+        set.insert("z".into(), failed("z"));
+        let why = past_the_set_bounds(&set, "z").expect("past MAX_PLUGINS");
+        assert!(why.contains("MAX_PLUGINS") && why.contains('z'), "{why}");
+    }
 }

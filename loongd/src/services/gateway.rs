@@ -108,13 +108,15 @@ pub(crate) async fn handle(
         }
         wire::KIND_GATEWAY_AUTH => {
             let b: GatewayAuth = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
-            auth(host, worker, b.bearer.expose()).await
+            let (_held, checked) =
+                admit_checked(host, worker, &call.kind, b.bearer.expose()).await?;
+            auth(host, worker, b.bearer.expose(), checked).await
         }
         wire::KIND_GATEWAY_LIST => {
             let b: GatewayList = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
-            let _held = admit_bearer(host, worker, &call.kind, b.bearer.expose()).await?;
-            answer(&list(kernel, worker, b.bearer.expose(), b.cursor).await?)
+            let (_held, checked) =
+                admit_checked(host, worker, &call.kind, b.bearer.expose()).await?;
+            answer(&list(kernel, worker, b.bearer.expose(), checked, b.cursor).await?)
         }
         wire::KIND_GATEWAY_INVOKE => {
             let b: GatewayInvoke = wire::decode(&call.payload).map_err(|e| bad(&call.kind, e))?;
@@ -174,6 +176,19 @@ async fn admit_bearer(
     kind: &str,
     secret: &str,
 ) -> Result<Option<gateway_guard::InFlight>, RemoteError> {
+    admit_checked(host, worker, kind, secret)
+        .await
+        .map(|(held, _)| held)
+}
+
+/// [`admit_bearer`], with the token it checked (or why it is not valid), so that the call
+/// decides under it without looking it up again: one lookup for the request.
+async fn admit_checked(
+    host: &ServiceHost,
+    worker: u64,
+    kind: &str,
+    secret: &str,
+) -> Result<(Option<gateway_guard::InFlight>, Checked), RemoteError> {
     let checked = host
         .kernel
         .authority
@@ -182,12 +197,12 @@ async fn admit_bearer(
         .map_err(effects::internal)?;
     match checked {
         Ok(token) => match host.guard.admit_token(&token.id, Instant::now()) {
-            Ok(held) => Ok(Some(held)),
+            Ok(held) => Ok((Some(held), Ok(token))),
             Err(why) => Err(limited(host, worker, kind, why).await),
         },
         Err(denial) => {
             if host.record_refusal(gateway_guard::Refusal::Bearer, worker) {
-                return Ok(None);
+                return Ok((None, Err(denial)));
             }
             Err(effects::denied(
                 DenialStage::Token,
@@ -198,6 +213,9 @@ async fn admit_bearer(
         }
     }
 }
+
+/// The bearer's token as checked once for a request, or why it is not valid.
+type Checked = Result<crate::authority::Token, crate::authority::TokenDenial>;
 
 /// A call that may ask for an approval (a tool's call, a chat turn's) of the token holding
 /// `held`, or the refusal: loongd's limit on the approvals the token has pending through the
@@ -607,43 +625,107 @@ fn describe(
     }
 }
 
-/// The bearer's token, or why not (recorded; a token that may invoke no tool, past the
-/// refusal budget, is counted into the window's one record as a dead one is).
-async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, RemoteError> {
-    let kernel = &*host.kernel;
-    let chain = root_chain(worker);
-    let actor = actor(worker, secret, chain);
-    // Decided without a record for each tool: the check is whether any is allowed.
-    let mut first: Option<(crate::authority::Outcome, Capability, Option<String>)> = None;
-    let set = kernel.plugins_snapshot();
-    for (plugin, tool) in candidates(&set) {
+/// Most tools one page of a listing decides (and records), whatever the cursor and the set:
+/// a page ends after [`wire::MAX_GATEWAY_TOOLS`] tools offered or this many decided, the
+/// next cursor then naming the position in the set where the next page starts (a token
+/// granted few tools of a large set is offered them over pages that may be short or empty).
+pub(crate) const MAX_PAGE_DECISIONS: usize = 2 * wire::MAX_GATEWAY_TOOLS;
+
+/// Most tokens whose gateway authentication (whether they may invoke some tool of the set)
+/// is remembered; past it the table is emptied and filled again as requests come.
+pub(crate) const MAX_AUTH_REMEMBERED: usize = 4096;
+
+/// Length in bytes of a cursor's MAC (HMAC-SHA-256 cut to 128 bits).
+const CURSOR_MAC_BYTES: usize = 16;
+
+/// What a token's walk of the whole set found: some tool it may invoke (`None`), or the
+/// first tool refused (its capability and target, for the refusal's record) when none is.
+type AuthWalk = Option<(Capability, Option<String>)>;
+
+/// Tokens' gateway authentications by token id, each with the generation of the plugin set
+/// it walked: a token's grants and its pack do not change while loongd runs (its validity is
+/// checked on every request), so one walk of the set answers every request until the set
+/// changes.
+fn remembered() -> std::sync::MutexGuard<'static, HashMap<String, (u64, AuthWalk)>> {
+    static AUTHED: OnceLock<Mutex<HashMap<String, (u64, AuthWalk)>>> = OnceLock::new();
+    AUTHED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Walks the set for `token`: `None` at the first tool it may invoke, else the first refused.
+fn walk_for_auth(
+    kernel: &Kernel,
+    set: &crate::workers::plugins::Registry,
+    token: &crate::authority::Token,
+) -> AuthWalk {
+    let mut first = None;
+    for (plugin, tool) in candidates(set) {
         let name = tool_name(plugin, tool);
         let (cap, target) = decided_on(plugin.bridge_kind, &name);
         let o = kernel
             .authority
-            .decide_as(actor.bearer, cap, target.as_deref(), None)
-            .map_err(effects::internal)?;
-        match &o.decision {
-            Ok(Decision::Allow | Decision::NeedsApproval { .. }) => {
-                let token = o.token.clone().unwrap_or_default();
-                return answer(&GatewayAuthed { token });
-            }
-            // A dead or unknown token: no other tool changes that.
-            Err(_) => {
-                first = Some((o, cap, target));
-                break;
-            }
-            Ok(Decision::Deny(_)) => {
-                if first.is_none() {
-                    first = Some((o, cap, target));
-                }
-            }
+            .decide_for(token, cap, target.as_deref(), None);
+        if matches!(
+            o.decision,
+            Ok(Decision::Allow | Decision::NeedsApproval { .. })
+        ) {
+            return None;
+        }
+        if first.is_none() {
+            first = Some((cap, target));
         }
     }
-    let (o, cap, target) = match first {
-        Some(f) => f,
-        // No tool at all: the token is still checked (a dead one is a 401).
-        None => {
+    Some(first.unwrap_or((Capability::ToolInvoke, Some("gateway".to_string()))))
+}
+
+/// The bearer's token, or why not (recorded; a token that may invoke no tool, past the
+/// refusal budget, is counted into the window's one record as a dead one is), under the
+/// token [`admit_checked`] looked up for the request; whether it may invoke some tool is worked out once for each plugin set
+/// (off the async threads) and remembered ([`remembered`]).
+async fn auth(
+    host: &ServiceHost,
+    worker: u64,
+    secret: &str,
+    checked: Checked,
+) -> Result<Vec<u8>, RemoteError> {
+    let kernel = &*host.kernel;
+    let chain = root_chain(worker);
+    let actor = actor(worker, secret, chain);
+    let (o, cap, target) = match checked {
+        Ok(token) => {
+            let (generation, set) = kernel.plugins_versioned();
+            let known = remembered()
+                .get(&token.id)
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, w)| w.clone());
+            let walk = match known {
+                Some(w) => w,
+                None => {
+                    let k = host.kernel.clone();
+                    let t = token.clone();
+                    let w = tokio::task::spawn_blocking(move || walk_for_auth(&k, &set, &t))
+                        .await
+                        .map_err(effects::internal)?;
+                    let mut table = remembered();
+                    if table.len() >= MAX_AUTH_REMEMBERED {
+                        table.clear();
+                    }
+                    table.insert(token.id.clone(), (generation, w.clone()));
+                    w
+                }
+            };
+            let Some((cap, target)) = walk else {
+                return answer(&GatewayAuthed { token: token.id });
+            };
+            let o = kernel
+                .authority
+                .decide_for(&token, cap, target.as_deref(), None);
+            (o, cap, target)
+        }
+        // A dead or unknown token: decided as such once, for the record.
+        Err(_) => {
             let o = kernel
                 .authority
                 .decide_as(actor.bearer, Capability::ToolInvoke, Some("gateway"), None)
@@ -675,57 +757,157 @@ async fn auth(host: &ServiceHost, worker: u64, secret: &str) -> Result<Vec<u8>, 
     Err(effects::denied(stage, cap, "gateway", &reason))
 }
 
-/// One page of the tools the bearer may invoke, each decided as a dry run: the page is cut
-/// from the tools the token may invoke (after the first `cursor` of them), never from every
-/// tool, so that a token granted tools past the first [`wire::MAX_GATEWAY_TOOLS`] of the set
-/// is offered them. Recorded: each decision of a tool the page offers, and on the first page
-/// the refusals among the first [`wire::MAX_GATEWAY_TOOLS`] tools decided (every decision,
-/// as before, for a set of fewer tools), so that one listing writes at most twice that many
-/// records whatever the size of the set.
+/// One page's walk of `items` from position `start`: each decided (`decide` says whether it
+/// is offered) until [`wire::MAX_GATEWAY_TOOLS`] are offered or [`MAX_PAGE_DECISIONS`] are
+/// decided; the decisions in order, and the position of the next page when items remain.
+/// The items before `start` are passed over without being decided.
+fn walk_page<I, T>(
+    items: impl Iterator<Item = I>,
+    start: u64,
+    mut decide: impl FnMut(I) -> (T, bool),
+) -> (Vec<(T, bool)>, Option<u64>) {
+    let mut items = items.skip(usize::try_from(start).unwrap_or(usize::MAX));
+    let mut page = Vec::new();
+    let mut offered = 0;
+    let mut position = start;
+    while page.len() < MAX_PAGE_DECISIONS && offered < wire::MAX_GATEWAY_TOOLS {
+        let Some(item) = items.next() else {
+            return (page, None);
+        };
+        let (decided, ok) = decide(item);
+        if ok {
+            offered += 1;
+        }
+        page.push((decided, ok));
+        position += 1;
+    }
+    let next = items.next().is_some().then_some(position);
+    (page, next)
+}
+
+/// The key of this run's cursors (random, made at the first use; `None`: no randomness, and
+/// then no cursor is given or taken: a listing is its first page).
+fn cursor_key() -> Option<&'static [u8; 32]> {
+    static KEY: OnceLock<Option<[u8; 32]>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).ok().map(|()| key)
+    })
+    .as_ref()
+}
+
+/// HMAC-SHA-256 of `message` under `key` (RFC 2104).
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The MAC of a cursor at `position` of the set at `generation`, given to token `token`.
+fn cursor_mac(key: &[u8; 32], token: &str, generation: u64, position: u64) -> [u8; 32] {
+    let mut message = Vec::with_capacity(token.len() + 24);
+    message.extend_from_slice(&(token.len() as u64).to_be_bytes());
+    message.extend_from_slice(token.as_bytes());
+    message.extend_from_slice(&generation.to_be_bytes());
+    message.extend_from_slice(&position.to_be_bytes());
+    hmac_sha256(key, &message)
+}
+
+/// The cursor of the page at `position`, given to `token` for the set at `generation`:
+/// `POSITION.GENERATION.MAC` (`None` without a key: the listing then ends at this page).
+fn give_cursor(token: &str, generation: u64, position: u64) -> Option<String> {
+    let key = cursor_key()?;
+    let mac = cursor_mac(key, token, generation, position);
+    Some(format!(
+        "{position}.{generation}.{}",
+        hex::encode(&mac[..CURSOR_MAC_BYTES])
+    ))
+}
+
+/// The position a cursor names, if loongd gave it to `token` for the set at `generation`;
+/// else why not (a cursor made up, another token's, another run's, or of a set changed
+/// since).
+fn take_cursor(cursor: &str, token: &str, generation: u64) -> Result<u64, RemoteError> {
+    let refused = |why: &str| {
+        let shown: String = cursor
+            .chars()
+            .take(wire::MAX_GATEWAY_CURSOR_BYTES)
+            .collect();
+        RemoteError::new(
+            ErrorKind::BadRequest,
+            format!("tools/list: cursor {shown:?} {why}; list again without a cursor"),
+        )
+    };
+    let mut parts = cursor.splitn(3, '.');
+    let (Some(p), Some(g), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(refused("is not one this server gave"));
+    };
+    let (Ok(position), Ok(given_at), Ok(mac)) =
+        (p.parse::<u64>(), g.parse::<u64>(), hex::decode(m))
+    else {
+        return Err(refused("is not one this server gave"));
+    };
+    let Some(key) = cursor_key() else {
+        return Err(refused("is not one this server gave"));
+    };
+    let expected = cursor_mac(key, token, given_at, position);
+    let same = mac.len() == CURSOR_MAC_BYTES
+        && mac
+            .iter()
+            .zip(&expected[..CURSOR_MAC_BYTES])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(refused("is not one this server gave"));
+    }
+    if given_at != generation {
+        return Err(refused("was given for a plugin set that has changed since"));
+    }
+    Ok(position)
+}
+
+/// One page of the tools the bearer may invoke, each decided as a dry run under the token
+/// [`admit_checked`] looked up for the request: the page is cut at a position in the set (the cursor's, one loongd gave
+/// this token for the set as it stands) and decides at most [`MAX_PAGE_DECISIONS`] tools
+/// ([`walk_page`]), so that its work is bounded whatever the cursor and the set, and a token
+/// granted tools past the first [`wire::MAX_GATEWAY_TOOLS`] of the set is offered them.
+/// Recorded: every decision of the page, offered or refused, whichever the page.
 async fn list(
     kernel: &Kernel,
     worker: u64,
     secret: &str,
-    cursor: Option<u64>,
+    checked: Checked,
+    cursor: Option<String>,
 ) -> Result<wire::GatewayListed, RemoteError> {
     let chain = root_chain(worker);
     let actor = actor(worker, secret, chain);
-    let set = kernel.plugins_snapshot();
-    let skip = cursor.unwrap_or(0);
-    let mut permitted: u64 = 0;
-    let mut tools = Vec::new();
-    let mut next = None;
-    let mut commits = Vec::new();
-    for (decided, (plugin, tool)) in candidates(&set).enumerate() {
-        let name = tool_name(plugin, tool);
-        let (cap, target) = decided_on(plugin.bridge_kind, &name);
-        let o = kernel
-            .authority
-            .decide_as(actor.bearer, cap, target.as_deref(), None)
-            .map_err(effects::internal)?;
-        let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
-        let offered = o.decision.is_ok() && (o.allowed() || needs_approval);
-        let in_page = offered && permitted >= skip;
-        if in_page && tools.len() == wire::MAX_GATEWAY_TOOLS {
-            next = Some(permitted);
-            break;
-        }
-        if offered {
-            permitted += 1;
-        }
-        let refused_early = !offered && cursor.is_none() && decided < wire::MAX_GATEWAY_TOOLS;
-        if in_page || refused_early || o.decision.is_err() {
-            crate::metrics::decided(cap, o.allowed(), needs_approval);
-            let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
-            let event = actor.event(crate::audit::Kind::PolicyDecision, detail);
-            // Queued in order and waited for all together before the answer: one commit
-            // round for the page, not one for each of its thousands of records.
-            commits.push(kernel.audit.queue(event).await.map_err(effects::internal)?);
-        }
-        if let Err(why) = &o.decision {
-            for c in commits {
-                c.committed().await.map_err(effects::internal)?;
-            }
+    let token = match checked {
+        Ok(t) => t,
+        Err(why) => {
+            let (cap, target) = (Capability::ToolInvoke, "gateway");
+            let o = kernel
+                .authority
+                .decide_as(actor.bearer, cap, Some(target), None)
+                .map_err(effects::internal)?;
+            let detail = effects::decision_detail(&o, cap, Some(target), None);
+            effects::record(
+                kernel,
+                actor.event(crate::audit::Kind::PolicyDecision, detail),
+            )
+            .await?;
             return Err(effects::denied(
                 DenialStage::Token,
                 cap,
@@ -733,7 +915,35 @@ async fn list(
                 &format!("the bearer's token is not valid: {why}"),
             ));
         }
-        if !in_page {
+    };
+    let (generation, set) = kernel.plugins_versioned();
+    let start = match &cursor {
+        Some(c) => take_cursor(c, &token.id, generation)?,
+        None => 0,
+    };
+    let (page, next) = walk_page(candidates(&set), start, |(plugin, tool)| {
+        let name = tool_name(plugin, tool);
+        let (cap, target) = decided_on(plugin.bridge_kind, &name);
+        let o = kernel
+            .authority
+            .decide_for(&token, cap, target.as_deref(), None);
+        let needs_approval = matches!(o.decision, Ok(Decision::NeedsApproval { .. }));
+        let offered = o.decision.is_ok() && (o.allowed() || needs_approval);
+        (
+            (plugin, tool, name, cap, target, o, needs_approval),
+            offered,
+        )
+    });
+    let mut tools = Vec::new();
+    let mut commits = Vec::with_capacity(page.len());
+    for ((plugin, tool, name, cap, target, o, needs_approval), offered) in page {
+        crate::metrics::decided(cap, o.allowed(), needs_approval);
+        let detail = effects::decision_detail(&o, cap, target.as_deref(), None);
+        let event = actor.event(crate::audit::Kind::PolicyDecision, detail);
+        // Queued in order and waited for all together before the answer: one commit
+        // round for the page, not one for each of its thousands of records.
+        commits.push(kernel.audit.queue(event).await.map_err(effects::internal)?);
+        if !offered {
             continue;
         }
         let mut t = describe(plugin, tool, name);
@@ -749,6 +959,7 @@ async fn list(
     for c in commits {
         c.committed().await.map_err(effects::internal)?;
     }
+    let next = next.and_then(|position| give_cursor(&token.id, generation, position));
     Ok(wire::GatewayListed { tools, next })
 }
 
@@ -1072,6 +1283,68 @@ mod tests {
         assert_eq!(first.len(), CHAT_BATCH_EVENTS);
         let rest = chat_next(9004, id).await.expect("batch");
         assert_eq!(rest.len(), 3);
+    }
+
+    /// A page decides at most MAX_PAGE_DECISIONS tools whatever the cursor and the set: a
+    /// cursor past the end decides none, a token offered nothing decides the budget and is
+    /// given the next position; the control: a token offered everything gets a full page.
+    #[test]
+    fn a_page_decides_a_bounded_number_of_tools_from_its_position() {
+        let set = 0..100_000u64;
+        let mut decided = 0;
+        let (page, next) = walk_page(set.clone(), u64::MAX, |i| {
+            decided += 1;
+            (i, true)
+        });
+        assert_eq!((decided, page.len(), next), (0, 0, None));
+        let (page, next) = walk_page(set.clone(), 10, |i| (i, false));
+        assert_eq!(page.len(), MAX_PAGE_DECISIONS);
+        assert_eq!(page[0].0, 10);
+        assert_eq!(next, Some(10 + MAX_PAGE_DECISIONS as u64));
+        let (page, next) = walk_page(set.clone(), 0, |i| (i, true));
+        assert_eq!(page.len(), wire::MAX_GATEWAY_TOOLS);
+        assert_eq!(next, Some(wire::MAX_GATEWAY_TOOLS as u64));
+        // The last page: what remains, and no next.
+        let (page, next) = walk_page(set, 99_990, |i| (i, true));
+        assert_eq!((page.len(), next), (10, None));
+    }
+
+    /// A cursor is taken only from the token it was given to, for the set it was given for,
+    /// as given: another token's, another set generation's, an altered or a made-up one is
+    /// refused; the control: the cursor as given names its position.
+    #[test]
+    fn a_cursor_is_taken_only_as_given_to_its_token_for_its_set() {
+        let given = give_cursor("tok-a", 7, 4096).expect("a key");
+        assert_eq!(take_cursor(&given, "tok-a", 7).expect("as given"), 4096);
+        for (cursor, token, generation) in [
+            (given.as_str(), "tok-b", 7),
+            (given.as_str(), "tok-a", 8),
+            ("4096", "tok-a", 7),
+            ("0", "tok-a", 7),
+            ("", "tok-a", 7),
+        ] {
+            let e = take_cursor(cursor, token, generation).expect_err(cursor);
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{cursor}");
+        }
+        let mac = given.rsplit('.').next().expect("mac");
+        let moved = format!("8192.7.{mac}");
+        assert!(take_cursor(&moved, "tok-a", 7).is_err(), "another position");
+        let mut flipped = given.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).expect("text");
+        assert!(take_cursor(&flipped, "tok-a", 7).is_err(), "an altered mac");
+    }
+
+    /// The cursor's MAC is HMAC-SHA-256: the value Python's `hmac` module computes for the
+    /// same key and message (`hmac.new(b"\x0b" * 32, b"Hi There", sha256)`).
+    #[test]
+    fn the_cursor_mac_is_hmac_sha256() {
+        let mac = hmac_sha256(&[0x0b; 32], b"Hi There");
+        assert_eq!(
+            hex::encode(mac),
+            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"
+        );
     }
 
     #[test]

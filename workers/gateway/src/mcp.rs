@@ -78,13 +78,13 @@ impl Mcp {
     }
 
     /// One page of the tools the bearer may invoke (`cursor`: from where), named, and the
-    /// next page's cursor; remembers the names: the first page's replace the names offered,
-    /// a later page's add to them (the client lists the pages in turn).
+    /// next page's cursor; remembers the names: every page's add to the names offered (a
+    /// name listed again takes its new bridge kind), none is dropped.
     async fn list(
         &self,
         bearer: &BearerSecret,
-        cursor: Option<u64>,
-    ) -> Result<(Vec<(String, GatewayTool)>, Option<u64>), ErrorData> {
+        cursor: Option<String>,
+    ) -> Result<(Vec<(String, GatewayTool)>, Option<String>), ErrorData> {
         let req = wire::request(
             wire::KIND_GATEWAY_LIST,
             &GatewayList {
@@ -93,23 +93,33 @@ impl Mcp {
             },
         )
         .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let bytes = self.link.call(req, LIST_TIMEOUT).await.map_err(|e| {
-            ErrorData::internal_error(format!("listing the tools failed: {e}"), None)
-        })?;
+        let bytes = self
+            .link
+            .call(req, LIST_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                // A cursor loongd did not give: the client's params, not a failure here.
+                KernelLinkError::Remote(r) if r.kind == loong_ipc::ErrorKind::BadRequest => {
+                    ErrorData::invalid_params(r.message, None)
+                }
+                e => ErrorData::internal_error(format!("listing the tools failed: {e}"), None),
+            })?;
         let listed: wire::GatewayListed = wire::decode(&bytes)
             .map_err(|e| ErrorData::internal_error(format!("listing the tools: {e}"), None))?;
         let mut table = self.table();
-        let before = match cursor {
-            Some(_) => std::mem::take(&mut table.offered),
-            None => Default::default(),
-        };
+        // Merged, never replaced: a tool named on any page stays callable by its name (a
+        // first page listed again, or the listing a call of an unknown name makes, must not
+        // strand the later pages' tools); each call is decided by loongd whatever is here.
+        let before = std::mem::take(&mut table.offered);
         let named = table.list(
             listed
                 .tools
                 .iter()
                 .map(|t| (t.name.as_str(), t.bridge_kind.as_str())),
         );
-        table.offered.extend(before);
+        for (mcp, tool) in before {
+            table.offered.entry(mcp).or_insert(tool);
+        }
         drop(table);
         let tools = listed
             .tools
@@ -120,15 +130,19 @@ impl Mcp {
     }
 }
 
-/// An MCP cursor of this server's `tools/list` (the decimal count of the tools before the
-/// page), or why not.
-fn parse_cursor(cursor: &str) -> Result<u64, ErrorData> {
-    cursor.parse().map_err(|_| {
-        ErrorData::invalid_params(
-            format!("tools/list: cursor {cursor:?} is not one this server gave; list again without a cursor"),
+/// An MCP cursor of this server's `tools/list`: opaque, loongd's (it refuses one it did not
+/// give), bounded here by [`wire::MAX_GATEWAY_CURSOR_BYTES`].
+fn parse_cursor(cursor: String) -> Result<String, ErrorData> {
+    if cursor.len() > wire::MAX_GATEWAY_CURSOR_BYTES {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "tools/list: a cursor of {} bytes is not one this server gave; list again without a cursor",
+                cursor.len()
+            ),
             None,
-        )
-    })
+        ));
+    }
+    Ok(cursor)
 }
 
 /// The request's bearer, once loongd has confirmed it (see [`Bearer`]).
@@ -177,7 +191,7 @@ impl ServerHandler for Mcp {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let cursor = match request.and_then(|r| r.cursor) {
-            Some(c) => Some(parse_cursor(&c)?),
+            Some(c) => Some(parse_cursor(c)?),
             None => None,
         };
         let bearer = bearer_of(&context).await?;
@@ -188,7 +202,7 @@ impl ServerHandler for Mcp {
             .collect();
         // More than one page's worth: the client learns the listing goes on (MCP's cursor).
         let mut result = ListToolsResult::with_all_items(tools);
-        result.next_cursor = next.map(|n| n.to_string());
+        result.next_cursor = next;
         Ok(result)
     }
 
