@@ -258,6 +258,41 @@ impl ExecArgs {
     }
 }
 
+/// `setgroups`, `setresgid`, `setresuid` as the system calls themselves: the change is this
+/// process's alone. glibc's wrappers would pass it to every thread it knows of, and in a
+/// child of [`vfork_exec`] those are the caller's (whose memory the child shares).
+pub(crate) fn set_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: a pointer to `groups.len()` live gid values, which the kernel only reads.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setresgid(2)` as the system call (see [`set_groups`]).
+pub(crate) fn set_resgid(r: u32, e: u32, s: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresgid, r, e, s) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setresuid(2)` as the system call (see [`set_groups`]).
+pub(crate) fn set_resuid(r: u32, e: u32, s: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
 pub(crate) fn close_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range takes plain integers and only closes descriptors; no memory is
