@@ -289,18 +289,33 @@ fn search(runs: &[(u32, Dispatch)], out: &mut BpfProgram, to_rules: &mut Vec<(us
     search(&runs[mid..], out, to_rules);
 }
 
-/// The calls the guard of `sockets` may answer other than by allowing or killing.
+/// The calls the guard of `sockets` may answer other than by allowing or killing: read off
+/// its dispatch table ([`guard_dispatch`]), the only place the guard looks at a syscall
+/// number (past the architecture and x32 checks), so a call the guard comes to decide is on
+/// this list without anyone keeping it.
 fn guard_decides(sockets: Option<SocketPolicy>) -> Vec<i64> {
-    let mut nrs = vec![libc::SYS_clone3];
-    if sockets.is_some() {
-        nrs.extend([libc::SYS_socket, libc::SYS_socketpair]);
+    guard_dispatch(sockets)
+        .into_iter()
+        .map(|(nr, _)| nr)
+        .collect()
+}
+
+/// The guard's dispatch table: each syscall number it checks, and the label of its check
+/// (an answer, or the argument checks that answer). Every other number is allowed.
+fn guard_dispatch(sockets: Option<SocketPolicy>) -> Vec<(i64, &'static str)> {
+    let mut t = vec![(libc::SYS_clone3, "enosys")];
+    if let Some(policy) = sockets {
+        t.extend([
+            (libc::SYS_socket, "family"),
+            (libc::SYS_socketpair, "family"),
+        ]);
+        if policy == SocketPolicy::UnixAndTcp {
+            t.extend(SEND_FLAGS_ARG.iter().map(|&(name, nr, _)| (nr, name)));
+            t.push((libc::SYS_setsockopt, "sockopt"));
+            t.extend(HOST_LISTEN_SYSCALLS.iter().map(|&(_, nr)| (nr, "eperm")));
+        }
     }
-    if sockets == Some(SocketPolicy::UnixAndTcp) {
-        nrs.extend(SEND_FLAGS_ARG.iter().map(|(_, nr, _)| *nr));
-        nrs.push(libc::SYS_setsockopt);
-        nrs.extend(HOST_LISTEN_SYSCALLS.iter().map(|(_, nr)| *nr));
-    }
-    nrs
+    t
 }
 
 /// `first` then `then` as one program: each of `first`'s allowing returns becomes a jump to
@@ -443,16 +458,13 @@ pub fn guard(sockets: Option<SocketPolicy>) -> BpfProgram {
         Jeq(AUDIT_ARCH_X86_64, None, Some("kill")),
         Ld(NR),
         Jge(X32_SYSCALL_BIT, Some("kill"), None),
-        Jeq(libc::SYS_clone3 as u32, Some("enosys"), None),
     ];
+    p.extend(
+        guard_dispatch(sockets)
+            .into_iter()
+            .map(|(nr, check)| Jeq(nr as u32, Some(check), None)),
+    );
     if let Some(policy) = sockets {
-        p.extend([
-            Jeq(libc::SYS_socket as u32, Some("family"), None),
-            Jeq(libc::SYS_socketpair as u32, Some("family"), None),
-        ]);
-        if policy == SocketPolicy::UnixAndTcp {
-            p.extend(host_network_dispatch());
-        }
         p.extend([
             Ret(libc::SECCOMP_RET_ALLOW),
             Label("family"),
@@ -476,21 +488,6 @@ pub fn guard(sockets: Option<SocketPolicy>) -> BpfProgram {
         Ret(libc::SECCOMP_RET_KILL_PROCESS),
     ]);
     assemble(&p)
-}
-
-/// With a TCP grant: which syscalls go to which check (the accumulator holds the number;
-/// each `send*` call's check is labelled with its name).
-fn host_network_dispatch() -> Vec<Ins> {
-    use Ins::*;
-    let mut p = Vec::new();
-    for (name, nr, _) in SEND_FLAGS_ARG {
-        p.push(Jeq(nr as u32, Some(name), None));
-    }
-    p.push(Jeq(libc::SYS_setsockopt as u32, Some("sockopt"), None));
-    for (_, nr) in HOST_LISTEN_SYSCALLS {
-        p.push(Jeq(nr as u32, Some("eperm"), None));
-    }
-    p
 }
 
 /// With a TCP grant, after the domain was loaded: `AF_INET`/`AF_INET6` only as plain TCP

@@ -41,23 +41,110 @@ const GUARD_BYTES: usize = 64 << 10;
 /// The exit code of a child of [`vfork_exec`] whose closure returned.
 pub(crate) const VFORK_CHILD_RETURNED: i32 = 125;
 
+/// The highest signal number of the kernel (`_NSIG`), the last one whose handler a child of
+/// [`vfork_exec`] resets.
+const KERNEL_SIGNALS: i32 = 64;
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (not libc's: glibc refuses the numbers
+/// it keeps for itself, whose handlers a child must not keep either).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// In a child of [`vfork_exec`] (with every signal blocked) and in a forked payload: every
+/// signal the parent handles goes back to its default action (an ignored one stays ignored,
+/// as across `execve`), so no handler of the parent's runs in the child (on the memory they
+/// share, when vforked).
+pub(crate) fn reset_handlers() {
+    for sig in 1..=KERNEL_SIGNALS {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut now = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: rt_sigaction with a null new action and a live `KernelSigaction` (the
+        // kernel's layout, of the size passed) to write the current one into; no handler is
+        // installed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut now as *mut KernelSigaction,
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if rc != 0 || now.handler == libc::SIG_DFL || now.handler == libc::SIG_IGN {
+            continue;
+        }
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: as above; the new action is SIG_DFL, which is no function, so no restorer
+        // is needed and no code of this process runs for the signal.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
+/// Sets the calling thread's signal mask to `to`; returns the one it had.
+fn set_signal_mask(to: &libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is a valid (empty) set.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are live values of the right type for the duration of the call;
+    // pthread_sigmask only changes this thread's mask (SIGKILL and SIGSTOP stay unblockable).
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, to, &mut old) };
+    old
+}
+
+/// What a child of [`vfork_exec`] starts with: its closure and the signal mask to restore.
+struct VforkStart<F> {
+    child: Option<F>,
+    mask: libc::sigset_t,
+}
+
 /// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)`: runs `child` in a new process that shares this
 /// one's memory (no copy of the address space, no copy-on-write faults, nothing for the
 /// child's `execve` to tear down), on a stack of its own, while the calling thread waits until
 /// the child has called `execve` or exited; returns the child's pid.
 ///
-/// The child has its own descriptor table, working directory, credentials, seccomp filters
-/// and landlock domain (none of `CLONE_FILES`, `CLONE_FS`, `CLONE_THREAD` is given): only
-/// memory is shared, and only while the caller waits. `child` must end in `execve` or `_exit`
-/// (one that returns exits with [`VFORK_CHILD_RETURNED`]) and must not unwind. Only the single-threaded reaper calls this, so no
-/// other thread runs on the shared memory while the child does.
+/// The child has its own descriptor table, working directory, credentials, seccomp filters,
+/// landlock domain and signal handlers (none of `CLONE_FILES`, `CLONE_FS`, `CLONE_THREAD`,
+/// `CLONE_SIGHAND` is given): only memory is shared, and only while the caller waits. Every
+/// signal is blocked from before the clone; the child resets every handled signal to its
+/// default action, then takes the caller's mask back, before `child` runs (so a signal
+/// never runs a handler of the caller's on the shared memory), and the caller takes its mask
+/// back once the child has exec'd or exited. `child` must end in `execve` or `_exit` (one
+/// that returns exits with [`VFORK_CHILD_RETURNED`]) and must not unwind. Only the
+/// single-threaded reaper calls this, so no other thread runs on the shared memory while the
+/// child does.
 pub(crate) fn vfork_exec<F: FnOnce()>(child: F) -> io::Result<i32> {
     extern "C" fn entry<F: FnOnce()>(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` points to the `Option<F>` in `vfork_exec`'s frame, which stays alive
-        // and untouched while this child runs: the thread that owns the frame is suspended
-        // (`CLONE_VFORK`) until the child has exec'd or exited.
-        let slot = unsafe { &mut *(arg as *mut Option<F>) };
-        if let Some(f) = slot.take() {
+        // SAFETY: `arg` points to the `VforkStart<F>` in `vfork_exec`'s frame, which stays
+        // alive and untouched while this child runs: the thread that owns the frame is
+        // suspended (`CLONE_VFORK`) until the child has exec'd or exited.
+        let start = unsafe { &mut *(arg as *mut VforkStart<F>) };
+        reset_handlers();
+        set_signal_mask(&start.mask);
+        if let Some(f) = start.child.take() {
             f();
         }
         exit_now(VFORK_CHILD_RETURNED)
@@ -88,12 +175,20 @@ pub(crate) fn vfork_exec<F: FnOnce()>(child: F) -> io::Result<i32> {
         unmap();
         return Err(e);
     }
-    let mut slot = Some(child);
+    // SAFETY: a zeroed sigset_t is valid; sigfillset only writes the set it is given.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sigfillset(&mut all) };
+    let mask = set_signal_mask(&all);
+    let mut start = VforkStart {
+        child: Some(child),
+        mask,
+    };
     // The stack grows down from the mapping's end (page-aligned, so 16-byte aligned).
     let top = (stack as usize + VFORK_STACK_BYTES) as *mut libc::c_void;
     // SAFETY: `entry::<F>` never returns (it runs `F`, which ends in execve or _exit); `top`
     // is the end of a writable mapping of this process that nothing else uses; the argument
-    // is the live `slot` (see `entry`). With CLONE_VM | CLONE_VFORK this thread resumes only
+    // is the live `start` (see `entry`). With CLONE_VM | CLONE_VFORK this thread resumes only
     // once the child has exec'd or exited, so it never runs beside the child on the shared
     // memory, and the caller is single-threaded (see above).
     let pid = unsafe {
@@ -101,15 +196,101 @@ pub(crate) fn vfork_exec<F: FnOnce()>(child: F) -> io::Result<i32> {
             entry::<F>,
             top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &mut slot as *mut Option<F> as *mut libc::c_void,
+            &mut start as *mut VforkStart<F> as *mut libc::c_void,
         )
     };
     let err = io::Error::last_os_error();
+    set_signal_mask(&start.mask);
     unmap();
     if pid < 0 {
         return Err(err);
     }
     Ok(pid)
+}
+
+/// A program, its arguments and its environment made ready for `execve` before the child
+/// that runs it starts (a child of [`vfork_exec`] allocates nothing for its `execve`). An
+/// argument with a NUL byte inside becomes empty (the plan refuses such input before).
+pub(crate) struct ExecArgs {
+    prog: std::ffi::CString,
+    _strings: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl ExecArgs {
+    pub(crate) fn new<'a>(
+        prog: &[u8],
+        argv: impl IntoIterator<Item = &'a [u8]>,
+        envp: impl IntoIterator<Item = &'a [u8]>,
+    ) -> ExecArgs {
+        let c = |b: &[u8]| std::ffi::CString::new(b).unwrap_or_default();
+        let args: Vec<std::ffi::CString> = argv.into_iter().map(c).collect();
+        let env: Vec<std::ffi::CString> = envp.into_iter().map(c).collect();
+        // The pointers point into each string's own heap buffer, which moving the strings
+        // into `_strings` below does not move.
+        let ptrs = |v: &[std::ffi::CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let (argv, envp) = (ptrs(&args), ptrs(&env));
+        let mut strings = args;
+        strings.extend(env);
+        ExecArgs {
+            prog: c(prog),
+            _strings: strings,
+            argv,
+            envp,
+        }
+    }
+
+    /// `execve`; returns only on failure, with the errno.
+    pub(crate) fn exec(&self) -> i32 {
+        // SAFETY: the program is a NUL-terminated string and both arrays are null-terminated
+        // arrays of pointers to NUL-terminated strings, all owned by `self`, which outlives
+        // the call; execve reads them and, on success, does not return.
+        unsafe { libc::execve(self.prog.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)
+    }
+}
+
+/// `setgroups`, `setresgid`, `setresuid` as the system calls themselves: the change is this
+/// process's alone. glibc's wrappers would pass it to every thread it knows of, and in a
+/// child of [`vfork_exec`] those are the caller's (whose memory the child shares).
+pub(crate) fn set_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: a pointer to `groups.len()` live gid values, which the kernel only reads.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setresgid(2)` as the system call (see [`set_groups`]).
+pub(crate) fn set_resgid(r: u32, e: u32, s: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresgid, r, e, s) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setresuid(2)` as the system call (see [`set_groups`]).
+pub(crate) fn set_resuid(r: u32, e: u32, s: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
@@ -287,9 +468,10 @@ static INTERRUPT_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::Atomic
 /// The SIGINT handler of the helper and the reaper. The helper (outside the sandbox) passes
 /// the signal to its reaper through the reaper's pidfd; the reaper, pid 1 of the sandbox's
 /// pid namespace, passes it to every other process of that namespace (`kill(-1)`, what a
-/// terminal's Ctrl-C does to a foreground process group). Any other process (the payload
-/// between fork and `execve`, which resets handlers) does nothing: `kill(-1)` is only ever
-/// sent from pid 1 of a new pid namespace, never on the host.
+/// terminal's Ctrl-C does to a foreground process group). Any other process does nothing (the
+/// payload, forked or vforked, resets every handler to the default first thing, see
+/// [`reset_handlers`], so it never runs this): `kill(-1)` is only ever sent from pid 1 of a
+/// new pid namespace, never on the host.
 extern "C" fn forward_interrupt(_sig: libc::c_int) {
     // SAFETY: errno is thread-local and this process has one thread; saving and restoring it
     // keeps the interrupted code's errno. getpid, kill and pidfd_send_signal take integers
@@ -549,7 +731,7 @@ pub(crate) fn malloc_arena_max(n: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
     /// The child runs on the caller's memory (what it writes there is seen) and the caller
     /// resumes only once it has exited (it writes after a pause); its descriptor table is its
@@ -574,5 +756,84 @@ mod tests {
         );
         // Control: the caller's descriptor is still open.
         assert!(nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+    }
+
+    fn handler_of(sig: i32) -> usize {
+        let mut now = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: a query (null new action) into a live struct of the kernel's layout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut now as *mut KernelSigaction,
+                std::mem::size_of::<u64>(),
+            )
+        };
+        now.handler
+    }
+
+    fn blocked(sig: i32) -> bool {
+        // SAFETY: a zeroed sigset_t is valid; a query with a null new set only writes `now`.
+        let mut now: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
+            libc::sigismember(&now, sig) == 1
+        }
+    }
+
+    /// A vforked child runs none of its parent's signal handlers: a signal the caller handles
+    /// is at its default action in the child before its closure runs, and the child's mask is
+    /// the caller's (not the everything-blocked one of the clone); the caller keeps its
+    /// handler and gets its mask back.
+    #[test]
+    fn a_vforked_child_starts_with_default_handlers_and_its_callers_mask() {
+        extern "C" fn noop(_: libc::c_int) {}
+        use nix::sys::signal::{pthread_sigmask, signal, SigHandler, SigSet, SigmaskHow, Signal};
+        // SAFETY: a handler that does nothing, for a signal nothing sends in this test.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::Handler(noop)) }.expect("handler");
+        let mut winch = SigSet::empty();
+        winch.add(Signal::SIGWINCH);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&winch), None).expect("mask");
+        let (handler, winch_blocked, usr1_blocked) =
+            (AtomicUsize::new(7), AtomicU32::new(9), AtomicU32::new(9));
+        let pid = vfork_exec(|| {
+            handler.store(handler_of(libc::SIGUSR2), Ordering::SeqCst);
+            winch_blocked.store(u32::from(blocked(libc::SIGWINCH)), Ordering::SeqCst);
+            usr1_blocked.store(u32::from(blocked(libc::SIGUSR1)), Ordering::SeqCst);
+            exit_now(0)
+        })
+        .expect("clone");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let in_parent = handler_of(libc::SIGUSR2);
+        let parent_winch = blocked(libc::SIGWINCH);
+        let parent_usr1 = blocked(libc::SIGUSR1);
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&winch), None).expect("mask");
+        // SAFETY: the default action, no code.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::SigDfl) }.expect("default");
+        assert_eq!(
+            handler.load(Ordering::SeqCst),
+            libc::SIG_DFL,
+            "the child kept the handler"
+        );
+        assert_eq!(
+            winch_blocked.load(Ordering::SeqCst),
+            1,
+            "the caller's mask in the child"
+        );
+        assert_eq!(
+            usr1_blocked.load(Ordering::SeqCst),
+            0,
+            "all signals blocked in the child"
+        );
+        // Control: the caller keeps its handler, and its own mask.
+        assert_eq!(in_parent, noop as extern "C" fn(libc::c_int) as usize);
+        assert!(parent_winch && !parent_usr1);
     }
 }

@@ -736,6 +736,39 @@ fn a_run_s_payload_holds_neither_its_gate_nor_the_egress_socket() {
     }
 }
 
+/// A run's payload starts with no signal blocked and none caught (balanced and trusted; the
+/// restricted tier may not read `/proc`): the
+/// reaper blocks every signal before it starts the payload (which shares its memory until
+/// its `execve`), and the payload resets the reaper's handlers and takes the reaper's mask
+/// back before it runs anything of the plan. The control: the fields are read (a program
+/// that blocks nothing shows the mask as zeros, not as nothing).
+#[test]
+fn a_run_s_payload_starts_with_no_signal_blocked_or_caught() {
+    let home = Home::new();
+    home.start();
+    for tier in ["balanced", "trusted"] {
+        let out = home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            tier,
+            "--",
+            "/bin/cat",
+            "/proc/self/status",
+        ]);
+        assert!(out.status.success(), "{tier}: {}", text(&out.stderr));
+        let status = text(&out.stdout);
+        for field in ["SigBlk:", "SigCgt:"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{tier}: no {field} in {status}"));
+            assert_eq!(value, "0000000000000000", "{tier}: {field}");
+        }
+    }
+}
+
 /// A balanced run's root holds what its plan put there and nothing of how it was built: the
 /// old root's mount point is gone (it was removed, not only detached), no mount lies at or
 /// below it, and the root's own tmpfs is read-only, where its private `/tmp` takes a write

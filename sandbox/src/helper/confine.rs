@@ -183,8 +183,9 @@ fn mapper(pid: i32, uid_map: [u32; 4], gid_map: [u32; 4], go_r: OwnedFd, ans_w: 
 /// (`/proc/1/mem` from the payload's pid namespace) or take its descriptors. Rootless without
 /// subordinate ids (`rootless_own_uid`) the reaper keeps loongd's uid, which the payload
 /// shares; in the other modes it holds another uid than the payload's as well. The payload,
-/// forked after, is not dumpable until its `execve` (which makes a program dumpable again
-/// unless its credentials changed, as before).
+/// started after (vforked, on this very memory until its `execve`), is not dumpable until its
+/// `execve`, its id change included ([`take_ids`]); `execve` makes a program dumpable again
+/// unless its credentials changed, as before.
 pub(super) fn reaper_undumpable() -> Result<(), Failure> {
     prctl::set_dumpable(false).map_err(nix_fail("reaper set dumpable"))
 }
@@ -198,12 +199,47 @@ pub(super) fn drop_reaper(plan: &Plan) -> Result<(), Failure> {
     let Some((uid, gid)) = plan.creds.filter(|_| subordinate) else {
         return Ok(());
     };
-    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-    nix::unistd::setgroups(&[g]).map_err(nix_fail("reaper setgroups"))?;
-    nix::unistd::setresgid(g, g, g).map_err(nix_fail("reaper setresgid"))?;
-    nix::unistd::setresuid(u, u, u).map_err(nix_fail("reaper setresuid"))?;
+    take_ids(uid, gid, "reaper ")?;
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
-    prctl::set_dumpable(false).map_err(nix_fail("set dumpable"))?;
+    Ok(())
+}
+
+/// Takes `uid` and `gid` (the only group) for good, so that the memory of this process is
+/// never dumpable to them meanwhile, whatever `fs.suid_dumpable` says: the kernel makes it
+/// dumpable per that sysctl when the effective or filesystem ids change (a payload started
+/// by `vfork_exec` shares that memory with the root reaper until its `execve`). Each id
+/// changes first with the saved one kept (a process of the new ids alone may not ptrace a
+/// process whose saved ids differ from its own), the memory is made undumpable, then the
+/// saved ids follow (a change of the saved ids alone leaves the flag as it is). Undumpable
+/// memory is checked for at the end: no uid or gid change leaves it dumpable. `prefix` names
+/// whose step failed ("reaper " or "").
+pub(crate) fn take_ids(uid: u32, gid: u32, prefix: &'static str) -> Result<(), Failure> {
+    let (kept_uid, kept_gid) = (Uid::effective().as_raw(), Gid::effective().as_raw());
+    let step = |name: &'static str| -> &'static str {
+        match (prefix.is_empty(), name) {
+            (true, n) => n,
+            (false, "setgroups") => "reaper setgroups",
+            (false, "setresgid") => "reaper setresgid",
+            (false, "setresuid") => "reaper setresuid",
+            (false, _) => "reaper set dumpable",
+        }
+    };
+    let fail = |name: &'static str| {
+        move |e: std::io::Error| Failure::new(step(name), e.raw_os_error().unwrap_or(0), "")
+    };
+    sys::set_groups(&[gid]).map_err(fail("setgroups"))?;
+    sys::set_resgid(gid, gid, kept_gid).map_err(fail("setresgid"))?;
+    sys::set_resuid(uid, uid, kept_uid).map_err(fail("setresuid"))?;
+    prctl::set_dumpable(false).map_err(|e| Failure::new(step("set dumpable"), e as i32, ""))?;
+    sys::set_resgid(gid, gid, gid).map_err(fail("setresgid"))?;
+    sys::set_resuid(uid, uid, uid).map_err(fail("setresuid"))?;
+    if prctl::get_dumpable() != Ok(false) {
+        return Err(Failure::new(
+            step("set dumpable"),
+            libc::EPERM,
+            "the memory became dumpable with the id change",
+        ));
+    }
     Ok(())
 }
 
@@ -262,11 +298,8 @@ pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
     nix::unistd::chdir(&plan.cwd)
         .map_err(|e| Failure::new("chdir", e as i32, plan.cwd.display().to_string()))?;
     if let Some((uid, gid)) = plan.creds {
-        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-        nix::unistd::setgroups(&[g]).map_err(nix_fail("setgroups"))?;
-        nix::unistd::setresgid(g, g, g).map_err(nix_fail("setresgid"))?;
-        nix::unistd::setresuid(u, u, u).map_err(nix_fail("setresuid"))?;
-        if nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+        take_ids(uid, gid, "")?;
+        if sys::set_resuid(0, 0, 0).is_ok() {
             return Err(Failure::new(
                 "drop root",
                 libc::EPERM,
@@ -395,5 +428,113 @@ mod tests {
         assert!(!helper_gone(&w));
         drop(r);
         assert!(helper_gone(&w));
+    }
+
+    /// The uid and gid a sandbox drops to in these tests (the host's `nobody`).
+    const SANDBOX_ID: u32 = 65534;
+    const SUID_DUMPABLE: &str = "/proc/sys/fs/suid_dumpable";
+    /// What the probe writes into the shared memory.
+    const MARK: [u8; 8] = *b"LOONGMEM";
+
+    /// `fs.suid_dumpable` set for a test, restored when dropped.
+    struct SuidDumpable(String);
+
+    impl SuidDumpable {
+        fn set(to: &str) -> Option<SuidDumpable> {
+            let old = std::fs::read_to_string(SUID_DUMPABLE).ok()?;
+            std::fs::write(SUID_DUMPABLE, to).ok()?;
+            Some(SuidDumpable(old.trim().to_string()))
+        }
+    }
+
+    impl Drop for SuidDumpable {
+        fn drop(&mut self) {
+            let _ = std::fs::write(SUID_DUMPABLE, &self.0);
+        }
+    }
+
+    /// Runs `change` (an id change to [`SANDBOX_ID`]) in a child of `vfork_exec`, which then
+    /// holds the window before its `execve` open while a probe process of the sandbox uid
+    /// writes [`MARK`] into the memory the child shares with this process (through
+    /// `/proc/CHILD/mem`, at the address of `target`); returns whether the write landed.
+    fn probe_write(change: fn() -> bool, target: &std::sync::atomic::AtomicU64) -> bool {
+        use std::{io::Read, os::unix::process::CommandExt, sync::atomic::Ordering};
+        target.store(0, Ordering::SeqCst);
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let at = target as *const _ as usize;
+        let probe = std::thread::spawn(move || {
+            let mut pid = [0u8; 4];
+            std::fs::File::from(ready_r)
+                .read_exact(&mut pid)
+                .expect("the child's pid");
+            let pid = i32::from_le_bytes(pid);
+            assert!(pid > 0, "the id change failed in the child");
+            let script = format!(
+                "printf {} | dd of=/proc/{pid}/mem bs=1 seek={at} conv=notrunc status=none",
+                std::str::from_utf8(&MARK).expect("ascii")
+            );
+            let status = std::process::Command::new("/bin/sh")
+                .args(["-c", &script])
+                .uid(SANDBOX_ID)
+                .gid(SANDBOX_ID)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run the probe");
+            nix::unistd::write(&gate_w, b"g").expect("open the gate");
+            status.success()
+        });
+        let pid = sys::vfork_exec(|| {
+            let me = if change() {
+                nix::unistd::getpid().as_raw()
+            } else {
+                0
+            };
+            let _ = nix::unistd::write(&ready_w, &me.to_le_bytes());
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(gate_r.as_raw_fd(), &mut b);
+            sys::exit_now(0)
+        })
+        .expect("clone");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let wrote = probe.join().expect("probe");
+        let landed = target.load(Ordering::SeqCst) == u64::from_le_bytes(MARK);
+        assert_eq!(wrote, landed, "the probe's exit and the memory disagree");
+        landed
+    }
+
+    /// With `fs.suid_dumpable` at 1, a payload's id change (here in a child of `vfork_exec`,
+    /// sharing this process's memory as the payload shares the root reaper's) never leaves
+    /// that memory open to a process of the sandbox uid before the `execve`: the probe cannot
+    /// write into it. The control: the plain change (`setresuid(u, u, u)`) leaves it open, and
+    /// the probe's write lands.
+    #[test]
+    fn an_id_change_never_opens_the_shared_memory_to_the_sandbox_uid() {
+        use std::sync::atomic::AtomicU64;
+        static TARGET: AtomicU64 = AtomicU64::new(0);
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: the id change needs root");
+            return;
+        }
+        let Some(_sysctl) = SuidDumpable::set("1") else {
+            eprintln!("skipped: {SUID_DUMPABLE} cannot be written here");
+            return;
+        };
+        fn plain() -> bool {
+            sys::set_groups(&[SANDBOX_ID]).is_ok()
+                && sys::set_resgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID).is_ok()
+                && sys::set_resuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID).is_ok()
+        }
+        fn taken() -> bool {
+            take_ids(SANDBOX_ID, SANDBOX_ID, "").is_ok()
+        }
+        assert!(
+            probe_write(plain, &TARGET),
+            "control: the plain id change leaves the memory writable to the sandbox uid"
+        );
+        assert!(
+            !probe_write(taken, &TARGET),
+            "the sandbox uid wrote into the memory shared before the execve"
+        );
     }
 }

@@ -18,7 +18,6 @@ mod relay;
 pub mod server;
 
 use std::{
-    ffi::CString,
     fs::File,
     io::{Read, Write},
     os::{
@@ -253,11 +252,18 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
     // to do until then, except, rootless with subordinate ids, leave loongd's uid, which must
     // happen while the payload is still ours (before its `execve`), so that case forks.
     let subordinate = plan.id_map.is_some_and(|m| m.subordinate.is_some());
+    // Made before the payload starts: the vforked payload allocates nothing for its `execve`.
+    let exec = sys::ExecArgs::new(
+        plan.program.as_os_str().as_bytes(),
+        plan.argv.iter().map(|a| a.as_bytes()),
+        plan.env.iter().map(|e| e.as_bytes()),
+    );
     let started = if subordinate {
         match sys::fork() {
             Ok(Forked::Child) => {
+                sys::reset_handlers();
                 drop(st_w);
-                payload(plan, &err_w)
+                payload(plan, &exec, &err_w)
             }
             Ok(Forked::Parent(pid)) => Ok(pid),
             Err(e) => Err(e),
@@ -268,7 +274,7 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
         // allocates nothing (`drop_reaper` has nothing to do, then polls, waits and writes
         // from the stack): a payload killed inside `malloc` before its `execve` (an OOM kill)
         // would leave the shared allocator's lock held.
-        sys::vfork_exec(|| payload(plan, &err_w))
+        sys::vfork_exec(|| payload(plan, &exec, &err_w))
     };
     let payload = match started {
         Ok(pid) => Pid::from_raw(pid),
@@ -318,18 +324,12 @@ fn finish(st_w: &OwnedFd, code: i32, signal: i32) -> ! {
 }
 
 /// The payload: final confinement, then `execve`. On failure it reports on `err_w`.
-fn payload(plan: &Plan, err_w: &OwnedFd) -> ! {
+fn payload(plan: &Plan, exec: &sys::ExecArgs, err_w: &OwnedFd) -> ! {
     let f = match confine::payload(plan, err_w) {
         Err(f) => f,
         Ok(()) => {
-            let c = |b: &[u8]| CString::new(b).unwrap_or_default();
-            let prog = c(plan.program.as_os_str().as_bytes());
-            let argv: Vec<CString> = plan.argv.iter().map(|a| c(a.as_bytes())).collect();
-            let env: Vec<CString> = plan.env.iter().map(|e| c(e.as_bytes())).collect();
-            let e = nix::unistd::execve(&prog, &argv, &env)
-                .err()
-                .unwrap_or(nix::Error::EINVAL);
-            Failure::new("execve", e as i32, plan.program.display().to_string())
+            let errno = exec.exec();
+            Failure::new("execve", errno, plan.program.display().to_string())
         }
     };
     send_failure(err_w, &f);

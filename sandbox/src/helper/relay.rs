@@ -21,7 +21,6 @@ use nix::{
         signal::Signal,
         socket::{accept4, sendmsg, ControlMessage, MsgFlags, SockFlag},
     },
-    unistd::{Gid, Uid},
 };
 
 use super::{nix_fail, Failure};
@@ -126,11 +125,10 @@ fn confine(plan: &Plan, listeners: &[TcpListener], sock: &OwnedFd) -> Result<(),
         from = k + 1;
     }
     sys::close_from(from).map_err(io_fail("close_range", String::new()))?;
+    // Undumpable from within the id change on (`take_ids`): no process of the sandbox's uid
+    // reaches the relay's memory or descriptors at any point, whatever `fs.suid_dumpable`.
     if let Some((uid, gid)) = plan.creds {
-        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-        nix::unistd::setgroups(&[g]).map_err(nix_fail("setgroups"))?;
-        nix::unistd::setresgid(g, g, g).map_err(nix_fail("setresgid"))?;
-        nix::unistd::setresuid(u, u, u).map_err(nix_fail("setresuid"))?;
+        super::confine::take_ids(uid, gid, "")?;
     }
     // After the uid change, which clears a parent-death signal: the relay (and with it the
     // egress socket) dies with the reaper even without a pid namespace; if the reaper is gone
