@@ -175,20 +175,13 @@ async fn run(
         .await
         .map_err(internal)?
         .committed();
-    let mut open = Unanswered(Some((
-        kernel.audit.clone(),
-        actor.event(
-            Kind::ToolFailed,
-            serde_json::json!({ "tool": tool, "failure": loong_ipc::FailureClass::Abandoned.name(),
-                "message": "the request ended (deadline or client gone) before the worker answered" }),
-        ),
-    )));
+    let open = Unanswered(Some((&kernel.audit, actor, &tool)));
     // Waited for under the guard above: a request that ends meanwhile still closes its record.
     let committed = if overlaps {
         Some(committed)
     } else {
         if let Err(e) = committed.await {
-            open.0 = None;
+            open.answered();
             return Err(internal(e));
         }
         None
@@ -222,7 +215,7 @@ async fn run(
         }
     };
     let (mut called, committed) = tokio::join!(dispatched, committed);
-    open.0 = None;
+    open.answered();
     committed.map_err(internal)?;
     if let Some(b) = &session {
         super::browser::after(kernel, actor, b, &mut called).await;
@@ -473,15 +466,33 @@ async fn record_outcome(
 }
 
 /// Closes a `tool.invoked` record with a `tool.failed` one when the call is dropped before it
-/// answered, so that every invocation record has its outcome.
-struct Unanswered(Option<(Audit, Event)>);
+/// answered, so that every invocation record has its outcome. The record is built only then:
+/// a call that answers builds none.
+struct Unanswered<'a, 'b>(Option<(&'a Audit, &'a Actor<'b>, &'a str)>);
 
-impl Drop for Unanswered {
+impl Unanswered<'_, '_> {
+    /// The call answered (or failed on its own): nothing is left to close.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered<'_, '_> {
     fn drop(&mut self) {
-        if let Some((audit, event)) = self.0.take() {
+        if let Some((audit, actor, tool)) = self.0.take() {
+            let (audit, event) = (audit.clone(), abandoned(actor, tool));
             tokio::spawn(async move { audit.record_later(event).await });
         }
     }
+}
+
+/// The `tool.failed` record of a call dropped before its worker answered.
+fn abandoned(actor: &Actor<'_>, tool: &str) -> Event {
+    actor.event(
+        Kind::ToolFailed,
+        serde_json::json!({ "tool": tool, "failure": loong_ipc::FailureClass::Abandoned.name(),
+            "message": "the request ended (deadline or client gone) before the worker answered" }),
+    )
 }
 
 /// What a built-in call would do, for the decision: `fs.read` or `fs.write` on its path,
@@ -591,4 +602,41 @@ fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), Rem
         }
     }
     Ok((p.clone(), tool.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{authority::Bearer, effects::Principal};
+
+    fn actor(chain: super::super::Chain) -> Actor<'static> {
+        Actor {
+            who: Principal::Operator { uid: 1000 },
+            bearer: Bearer::Operator,
+            chain,
+            io: None,
+        }
+    }
+
+    /// The record of an abandoned call, now built only when the call is dropped, is the one
+    /// built (for every call) before: the same kind, actor, correlation and detail bytes.
+    #[test]
+    fn an_abandoned_calls_record_keeps_its_bytes() {
+        let root = actor(super::super::Chain::root("conn-3/req-7".into()));
+        let e = abandoned(&root, "echo");
+        assert!(matches!(e.kind, Kind::ToolFailed));
+        assert_eq!(e.actor, "uid:1000");
+        assert_eq!(e.correlation, "conn-3/req-7");
+        assert_eq!(
+            e.detail.to_string(),
+            r#"{"failure":"abandoned","message":"the request ended (deadline or client gone) before the worker answered","tool":"echo"}"#
+        );
+        let nested = actor(root.chain.child(2));
+        let e = abandoned(&nested, "echo");
+        assert_eq!(e.correlation, "conn-3/req-7.2");
+        assert_eq!(
+            e.detail.to_string(),
+            r#"{"chain":{"depth":1,"parent":"conn-3/req-7","root":"conn-3/req-7"},"failure":"abandoned","message":"the request ended (deadline or client gone) before the worker answered","tool":"echo"}"#
+        );
+    }
 }
