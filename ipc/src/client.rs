@@ -487,8 +487,8 @@ impl AsFd for Client {
 /// bytes to read or its end; `false` when `left` passed first or a signal interrupted the wait.
 fn readable(stream: &UnixStream, left: Duration) -> Result<bool, ClientError> {
     let ms = left.as_micros().div_ceil(1000);
-    let timeout = PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
-        .unwrap_or(PollTimeout::MAX);
+    let timeout =
+        PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, timeout) {
         Ok(n) => Ok(n > 0),
