@@ -20,6 +20,8 @@ pub mod message;
 pub mod package;
 pub mod paths;
 pub mod schema;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use frame::{FrameError, FrameLimit};
 pub use message::{

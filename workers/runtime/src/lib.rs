@@ -463,38 +463,9 @@ pub fn stats(loaded: Vec<String>, calls: u64) -> WorkerResponse {
 
 #[cfg(test)]
 mod tests {
+    use loong_ipc::test_support::settled;
+
     use super::*;
-
-    /// A thread's state letter and voluntary context switches, from /proc.
-    fn thread_sched(tid: i32) -> (char, u64) {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .expect("state");
-        let status =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("status");
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("voluntary_ctxt_switches");
-        (state, switches)
-    }
-
-    /// Waits until thread `tid` sleeps and has not switched for a while; its switches then.
-    fn settled(tid: i32) -> u64 {
-        let mut last = None;
-        for _ in 0..500 {
-            std::thread::sleep(Duration::from_millis(10));
-            let (state, switches) = thread_sched(tid);
-            if state == 'S' && last == Some(switches) {
-                return switches;
-            }
-            last = (state == 'S').then_some(switches);
-        }
-        panic!("thread {tid} never settled asleep");
-    }
 
     /// A worker waiting for loongd's next request is not woken when loongd reads the answer
     /// it wrote before (the socket's write-space wake-up, one more context switch per call),

@@ -1,0 +1,36 @@
+//! What tests of both ends of a Unix socket share to show that a thread sleeps through a
+//! wake-up (the socket's write-space wake-up): a thread's scheduling state and its voluntary
+//! context switches, read from /proc. Built only with the `test-support` feature, which only
+//! dev-dependencies turn on.
+
+use std::time::Duration;
+
+/// Thread `tid`'s state letter and voluntary context switches, from /proc.
+fn thread_sched(tid: i32) -> (char, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .expect("state");
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("status");
+    let switches = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches");
+    (state, switches)
+}
+
+/// Waits until thread `tid` sleeps and has not switched for a while; its switches then.
+pub fn settled(tid: i32) -> u64 {
+    let mut last = None;
+    for _ in 0..500 {
+        std::thread::sleep(Duration::from_millis(10));
+        let (state, switches) = thread_sched(tid);
+        if state == 'S' && last == Some(switches) {
+            return switches;
+        }
+        last = (state == 'S').then_some(switches);
+    }
+    panic!("thread {tid} never settled asleep");
+}
