@@ -463,6 +463,31 @@ fn an_approve_after_its_waiter_left_is_refused_as_withdrawn() {
     assert!(records(&home, "tool.invoked").is_empty());
 }
 
+/// Starts `loongctl approvals approve ID` and returns it once the store shows the request
+/// approved (the approver's command still running: it waits for its record).
+fn approve_in_background(home: &Home, id: &str) -> std::process::Child {
+    let approve = Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["approvals", "approve", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loongctl");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let shown = json(&text(
+                &home.ctl(&["approvals", "show", id, "--json"]).stdout,
+            ));
+            shown["state"] == "approved"
+        }),
+        "the request was never approved\n{}",
+        home.log()
+    );
+    approve
+}
+
 /// An approve that wins the race with its waiter's leaving (the request approved, the
 /// waiter cancelled before the resolver wakes it, held back by the test hook) is recorded
 /// as approved and then as unused (`approval.unused`: nothing ran), and nothing runs.
@@ -474,25 +499,7 @@ fn an_approval_its_waiter_left_before_taking_is_recorded_unused() {
     let (secret, id) = issue(&home, &["tool.invoke:echo"]);
     let mut raw = raw_invoke(&home, &secret);
     let asked = wait_for_pending(&home, &id, 1);
-    let approve = Command::new(bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["approvals", "approve", &asked[0]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loongctl");
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let shown = json(&text(
-                &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
-            ));
-            shown["state"] == "approved"
-        }),
-        "the request was never approved\n{}",
-        home.log()
-    );
+    let approve = approve_in_background(&home, &asked[0]);
     cancel(&mut raw);
     let (code, err) = finish(approve);
     assert_eq!(code, Some(0), "{err}");
@@ -556,25 +563,7 @@ fn an_approval_left_untaken_by_a_killed_loongd_is_recorded_unused_once_at_the_ne
 
     let waiter = invoke_in_background(&home, &secret);
     let asked = wait_for_pending(&home, &id, 1);
-    let approve = Command::new(bin("loongctl"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["approvals", "approve", &asked[0]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loongctl");
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let shown = json(&text(
-                &home.ctl(&["approvals", "show", &asked[0], "--json"]).stdout,
-            ));
-            shown["state"] == "approved"
-        }),
-        "the request was never approved\n{}",
-        home.log()
-    );
+    let approve = approve_in_background(&home, &asked[0]);
     let pid = home.status().pid;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
