@@ -381,6 +381,10 @@ struct Shared {
     compiled: BTreeMap<(Tier, bool), Vec<seccompiler::BpfProgram>>,
     seq: AtomicU64,
     ids: Arc<IdMode>,
+    /// Where the spawn server claims slots (rootless: loongd's user's home directory, looked
+    /// up here, never by the server); `None` as root, or when the user has no passwd entry
+    /// (the server then claims nothing and gives no sandbox subordinate ids).
+    claims_in: Option<PathBuf>,
     /// The spawn server, one request at a time; `None` once it died, until the spawner
     /// thread starts another.
     server: Mutex<Option<Server>>,
@@ -411,6 +415,10 @@ impl Spawner {
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
         let ids = Arc::new(IdMode::detect());
+        let me = nix::unistd::Uid::effective();
+        let claims_in = (!me.is_root())
+            .then(|| server::claim_dir(me.as_raw()).ok())
+            .flatten();
         crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
@@ -423,6 +431,7 @@ impl Spawner {
             compiled,
             seq: AtomicU64::new(0),
             ids: ids.clone(),
+            claims_in,
             server: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<Job>();
@@ -433,7 +442,7 @@ impl Spawner {
             .spawn(move || {
                 let shared = thread_shared;
                 // The server must be forked by this thread (see the module docs).
-                match Server::start(&shared.config.helper) {
+                match Server::start(&shared.config.helper, shared.claims_in.as_deref()) {
                     Ok(s) => {
                         *lock_server(&shared.server) = Some(s);
                         let _ = ready_tx.send(Ok(()));
@@ -558,7 +567,10 @@ impl Spawner {
 fn restart_here(shared: &Shared) -> io::Result<()> {
     let mut server = lock_server(&shared.server);
     *server = None;
-    *server = Some(Server::start(&shared.config.helper)?);
+    *server = Some(Server::start(
+        &shared.config.helper,
+        shared.claims_in.as_deref(),
+    )?);
     Ok(())
 }
 
@@ -655,7 +667,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(helper: &Path) -> io::Result<Server> {
+    /// Starts `helper --serve`, giving it `claims_in` (see [`server::CLAIMS_IN_ARG`]).
+    fn start(helper: &Path, claims_in: Option<&Path>) -> io::Result<Server> {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -674,10 +687,11 @@ impl Server {
         .map_err(io::Error::from)?;
         let staged_theirs = staged(&theirs)?;
         let mut cmd = Command::new(helper);
-        cmd.arg("--serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .env_clear();
+        cmd.arg("--serve");
+        if let Some(dir) = claims_in {
+            cmd.arg(server::CLAIMS_IN_ARG).arg(dir);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).env_clear();
         sys::map_fds(
             &mut cmd,
             vec![(staged_theirs.as_raw_fd(), server::SERVER_FD)],

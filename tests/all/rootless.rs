@@ -1263,3 +1263,108 @@ fn a_degraded_sandboxs_reaper_is_undumpable_and_out_of_a_same_uid_process_reach(
         assert!(said.contains(&line), "the control, {line}: {said}");
     }
 }
+
+/// Starts `loong-spawn --serve` as [`UID`] (which the host's user database does not hold),
+/// with `--claims-in DIR` when `claims_in` is given, asks it one malformed request (answered
+/// once its claim file is settled), closes its socket and returns whether it answered and
+/// what it wrote to stderr.
+fn serve_as_the_user(claims_in: Option<&Path>) -> (bool, String) {
+    use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    // The server's end goes to the shell only (fd 3 there); cloexec again once it started.
+    let inherit = |on: bool| {
+        let flags = if on {
+            nix::fcntl::FdFlag::empty()
+        } else {
+            nix::fcntl::FdFlag::FD_CLOEXEC
+        };
+        nix::fcntl::fcntl(theirs.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(flags))
+            .expect("F_SETFD");
+    };
+    let p = setpriv(false);
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<&\"$0\"; exec \"$@\""])
+        .arg(theirs.as_raw_fd().to_string())
+        .args(&p)
+        .arg(bin("loong-spawn"))
+        .arg("--serve");
+    if let Some(dir) = claims_in {
+        cmd.arg("--claims-in").arg(dir);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    inherit(true);
+    let spawned = cmd.spawn();
+    inherit(false);
+    let server = Killed(spawned.expect("start the spawn server"));
+    drop(theirs);
+    send(ours.as_raw_fd(), b"X", MsgFlags::MSG_NOSIGNAL).expect("send a request");
+    nix::sys::socket::setsockopt(
+        &ours,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(10, 0),
+    )
+    .expect("SO_RCVTIMEO");
+    let mut answer = [0u8; 16];
+    let answered = recv(ours.as_raw_fd(), &mut answer, MsgFlags::empty()).is_ok_and(|n| n >= 5)
+        && answer[0] == b'E';
+    // Its socket closed, the server exits.
+    drop(ours);
+    let mut server = server;
+    let mut stderr = String::new();
+    if let Some(mut err) = server.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+    }
+    (answered, stderr)
+}
+
+/// The spawn server looks no user up (a static `loong-spawn` reaches no NSS module, so an
+/// LDAP or sssd account would have no home there): loongd gives it the directory of its slot
+/// claim file (its user's home, looked up by loongd), and the server checks and uses that.
+/// Run as a uid the host's user database does not hold, it claims in the directory given
+/// (before, it looked the uid up and claimed nothing); a directory another account may
+/// write, or none, claims nothing, and the server says why and still answers.
+#[test]
+fn the_spawn_server_claims_slots_where_loongd_says_and_looks_no_user_up() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "rootless::the_spawn_server_claims_slots_where_loongd_says_and_looks_no_user_up";
+    if let Some(why) = unavailable() {
+        skip(test, why);
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("lrlclaims")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    chown_tree(dir.path());
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    let file = dir.path().join(".loong-subids.lock");
+    let (answered, stderr) = serve_as_the_user(Some(dir.path()));
+    assert!(answered, "the server did not answer: {stderr}");
+    let meta = fs::metadata(&file)
+        .unwrap_or_else(|e| panic!("no claim file at {}: {e}; {stderr}", file.display()));
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (UID, 0o600));
+    assert!(!stderr.contains("no subordinate ids"), "{stderr}");
+    // A directory others may write: refused, nothing created there.
+    fs::remove_file(&file).expect("remove the claim file");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (answered, stderr) = serve_as_the_user(Some(dir.path()));
+    assert!(answered, "the server did not answer: {stderr}");
+    assert!(stderr.contains("alone may write"), "{stderr}");
+    assert!(
+        !file.exists(),
+        "a claim file in a directory others may write"
+    );
+    // No directory given: refused, saying what loongd gives.
+    let (answered, stderr) = serve_as_the_user(None);
+    assert!(answered, "the server did not answer: {stderr}");
+    assert!(stderr.contains("--claims-in"), "{stderr}");
+}

@@ -15,7 +15,17 @@ fn main() {
             let path = std::env::args_os().nth(2).map(std::path::PathBuf::from);
             loong_sandbox::helper::idmap::main(path.as_deref())
         }
-        Some("--serve") => loong_sandbox::helper::server::main(),
+        Some("--serve") => {
+            use loong_sandbox::helper::server;
+            let mut args = std::env::args_os().skip(2);
+            let claims_in = match (args.next(), args.next()) {
+                (Some(flag), Some(dir)) if flag == server::CLAIMS_IN_ARG => {
+                    Some(std::path::PathBuf::from(dir))
+                }
+                _ => None,
+            };
+            server::main(claims_in.as_deref())
+        }
         _ => loong_sandbox::helper::main(),
     }
 }

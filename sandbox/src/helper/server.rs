@@ -61,8 +61,14 @@ fn answer(sock: &OwnedFd, tag: u8, value: i32, fd: Option<&OwnedFd>) {
     );
 }
 
-/// Entry point of `loong-spawn --serve`. Never returns.
-pub fn main() -> ! {
+/// The argument that gives the server the directory its slot claim file is in
+/// (`loong-spawn --serve --claims-in DIR`): loongd's user's home directory, which loongd
+/// looks up ([`claim_dir`]) so that the server looks no user up.
+pub const CLAIMS_IN_ARG: &str = "--claims-in";
+
+/// Entry point of `loong-spawn --serve`, `claims_in` the directory given with
+/// [`CLAIMS_IN_ARG`]. Never returns.
+pub fn main(claims_in: Option<&std::path::Path>) -> ! {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let Ok(sock) = sys::adopt_fd(SERVER_FD) else {
         eprintln!("loong-spawn --serve is started by loongd only (fd 3 is not open)");
@@ -93,10 +99,11 @@ pub fn main() -> ! {
     }
     // Subordinate ids are the user's, not this server's: rootless, every slot is claimed
     // across processes too (see `Slots`). A claim file that cannot be used claims nothing,
-    // and no sandbox is given subordinate ids.
+    // and no sandbox is given subordinate ids. Its directory is loongd's to name: the server
+    // looks no user up (a static build reaches no NSS module).
     let me = nix::unistd::Uid::effective();
     let claims = (!me.is_root()).then(|| {
-        claim_file(me.as_raw()).inspect_err(|why| {
+        claims_at(claims_in, me.as_raw()).inspect_err(|why| {
             eprintln!("loong-spawn --serve: no subordinate ids can be claimed: {why}");
         })
     });
@@ -205,7 +212,7 @@ pub(crate) static SLOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// The file, in the home directory of the user whose subordinate ranges are drawn on, whose
 /// byte `N` an open file description write-locks (`F_OFD_SETLK`) to claim slot `N` across
-/// processes. Only that user may open it (see [`claim_file`]), so no other account can hold a
+/// processes. Only that user may open it (see [`claims_at`]), so no other account can hold a
 /// slot; the kernel drops the lock with the description's last descriptor (a killed server
 /// frees its slots).
 pub const SLOT_CLAIM_FILE: &str = ".loong-subids.lock";
@@ -216,20 +223,31 @@ pub const SLOT_CLAIM_FILE: &str = ".loong-subids.lock";
 const FOREIGN_DIR_BITS: u32 = 0o022;
 const FOREIGN_FILE_BITS: u32 = 0o077;
 
-/// The claim file of `uid` ([`SLOT_CLAIM_FILE`] in its home directory), created `0600` if
-/// missing: an error naming the path when the home directory is not `uid`'s alone to write or
-/// the file is not `uid`'s alone to open.
-pub fn claim_file(uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+/// The directory whose [`SLOT_CLAIM_FILE`] claims `uid`'s slots: its home directory, from the
+/// user database. loongd looks it up (through NSS, so an LDAP or sssd account has one too)
+/// and gives it to the server ([`CLAIMS_IN_ARG`]); the server never calls this.
+pub fn claim_dir(uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .map_err(|e| ClaimFileError::NoUser {
             uid,
             why: e.to_string(),
         })?
+        .map(|user| user.dir)
         .ok_or_else(|| ClaimFileError::NoUser {
             uid,
             why: "no passwd entry".to_owned(),
-        })?;
-    claim_file_in(&user.dir, uid)
+        })
+}
+
+/// The claim file of `uid` in the directory loongd gave (`claims_in`), created `0600` if
+/// missing: an error when none was given, or naming the path when the directory is not
+/// `uid`'s alone to write or the file is not `uid`'s alone to open.
+fn claims_at(
+    claims_in: Option<&std::path::Path>,
+    uid: u32,
+) -> Result<std::path::PathBuf, ClaimFileError> {
+    let dir = claims_in.ok_or(ClaimFileError::NotGiven)?;
+    claim_file_in(dir, uid)
 }
 
 /// Why a user's slot claim file cannot be used (no sandbox then gets subordinate ids).
@@ -238,6 +256,12 @@ pub enum ClaimFileError {
     /// The user's passwd entry (its home directory) cannot be read.
     #[error("uid {uid}: {why}; give the user a passwd entry with a home directory")]
     NoUser { uid: u32, why: String },
+    /// loongd gave the spawn server no directory for the claim file.
+    #[error("no directory for the slot claim file was given ({CLAIMS_IN_ARG} DIR); loongd gives its user's home directory when it has a passwd entry")]
+    NotGiven,
+    /// The directory given is not an absolute path.
+    #[error("slot claim directory {} is not an absolute path", path.display())]
+    NotAbsolute { path: std::path::PathBuf },
     /// The home directory cannot be read.
     #[error("home directory {}: {source}", path.display())]
     Home {
@@ -258,9 +282,14 @@ pub enum ClaimFileError {
     FileNotPrivate { path: std::path::PathBuf, uid: u32 },
 }
 
-/// [`claim_file`] in the directory `home`.
+/// The claim file in the directory `home` (see [`claims_at`]).
 fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if !home.is_absolute() {
+        return Err(ClaimFileError::NotAbsolute {
+            path: home.to_owned(),
+        });
+    }
     let dir = std::fs::metadata(home).map_err(|source| ClaimFileError::Home {
         path: home.to_owned(),
         source,
@@ -521,6 +550,22 @@ mod tests {
         assert_eq!(second.index, 0);
         drop((first, second));
         assert!(claim(&file, 1).expect("claim").is_some());
+    }
+
+    /// The server claims in the directory loongd gave, for a uid the user database does not
+    /// know (the server looks no user up); without one, or with a relative one, it claims
+    /// nothing and says why.
+    #[test]
+    fn the_claim_file_is_in_the_directory_given_and_none_is_looked_up() {
+        let me = nix::unistd::Uid::effective().as_raw();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = claims_at(Some(dir.path()), me).expect("the given directory");
+        assert_eq!(file, dir.path().join(SLOT_CLAIM_FILE));
+        assert!(file.is_file());
+        let err = claims_at(None, me).expect_err("no directory given");
+        assert!(err.to_string().contains(CLAIMS_IN_ARG), "{err}");
+        let err = claims_at(Some(std::path::Path::new("home/x")), me).expect_err("relative");
+        assert!(err.to_string().contains("not an absolute path"), "{err}");
     }
 
     #[test]
