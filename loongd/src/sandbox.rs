@@ -451,6 +451,7 @@ async fn spawn(
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
         )
+        .await
         .map_err(spawn_error)?;
     let started = Started {
         pending: Some(pending),

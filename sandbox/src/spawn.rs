@@ -18,7 +18,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc, Mutex,
+        mpsc, Arc,
     },
     time::Duration,
 };
@@ -370,7 +370,7 @@ enum Job {
     },
     /// The spawn server died: the spawner thread (whose death the server's parent-death
     /// signal follows) starts a new one for a spawn made on another thread.
-    Restart(mpsc::Sender<io::Result<()>>),
+    Restart(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// What every spawn works with, on the spawner thread or on a caller's
@@ -385,9 +385,10 @@ struct Shared {
     /// up here, never by the server); `None` as root, or when the user has no passwd entry
     /// (the server then claims nothing and gives no sandbox subordinate ids).
     claims_in: Option<PathBuf>,
-    /// The spawn server, one request at a time; `None` once it died, until the spawner
-    /// thread starts another.
-    server: Mutex<Option<Server>>,
+    /// The spawn server, one request at a time (held until the request's answer, by the
+    /// spawner thread blocking, by a runtime's task awaiting it); `None` once it died, until
+    /// the spawner thread starts another.
+    server: tokio::sync::Mutex<Option<Server>>,
 }
 
 /// Starts sandboxes from one long-lived thread, or from a caller's thread with the
@@ -406,8 +407,11 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn lock_server(m: &Mutex<Option<Server>>) -> std::sync::MutexGuard<'_, Option<Server>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The server, locked from a thread outside any async runtime (the spawner thread).
+fn lock_server(
+    m: &tokio::sync::Mutex<Option<Server>>,
+) -> tokio::sync::MutexGuard<'_, Option<Server>> {
+    m.blocking_lock()
 }
 
 impl Spawner {
@@ -432,7 +436,7 @@ impl Spawner {
             seq: AtomicU64::new(0),
             ids: ids.clone(),
             claims_in,
-            server: Mutex::new(None),
+            server: tokio::sync::Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -461,8 +465,11 @@ impl Spawner {
                             pass,
                             reply,
                         } => {
-                            let r = prepare(&shared, &restart, *spec, stdio, pass)
-                                .and_then(Pending::finish);
+                            let r = prepare(&shared, *spec, stdio, pass).and_then(|p| {
+                                let (pid, pidfd) = exchange(&shared, &restart, &p)
+                                    .map_err(|e| helper_error(&shared, e))?;
+                                p.sent(pid, pidfd).finish()
+                            });
                             reply(r);
                         }
                         Job::Restart(done) => {
@@ -539,27 +546,24 @@ impl Spawner {
             .map_err(|_| SpawnError::Stopped)
     }
 
-    /// Starts a spawn on the calling thread, without the spawner thread: plans it, asks the
-    /// spawn server for the helper and sends it the plan, then returns at once. The caller
-    /// waits for the helper's report ([`Pending::report`] turns readable when the payload
-    /// has exec'd or a step failed) and takes the outcome with [`Pending::finish`]. Blocks
-    /// only for the server's answer (its fork of the helper); a dead server is restarted by
-    /// the spawner thread, waited for here.
-    pub fn start_spawn(
+    /// Starts a spawn on the calling task of a tokio runtime, without the spawner thread:
+    /// plans it, asks the spawn server for the helper and sends it the plan, then returns.
+    /// The caller waits for the helper's report ([`Pending::report`] turns readable when the
+    /// payload has exec'd or a step failed) and takes the outcome with [`Pending::finish`].
+    /// The server's answer (its fork of the helper) is awaited, its socket watched by the
+    /// runtime, never blocking a thread, for [`SERVER_ANSWER_TIMEOUT`] at most; a dead server
+    /// is restarted by the spawner thread, awaited here.
+    pub async fn start_spawn(
         &self,
         spec: SandboxSpec,
         stdio: [StdioSpec; 3],
         pass: Vec<OwnedFd>,
     ) -> Result<Pending, SpawnError> {
-        let restart = || {
-            let (done, rx) = mpsc::channel();
-            self.jobs
-                .send(Job::Restart(done))
-                .map_err(|_| io::Error::other("the spawner thread has stopped"))?;
-            rx.recv()
-                .map_err(|_| io::Error::other("the spawner thread has stopped"))?
-        };
-        prepare(&self.shared, &restart, spec, stdio, pass)
+        let prepared = prepare(&self.shared, spec, stdio, pass)?;
+        let (pid, pidfd) = exchange_async(&self.shared, &self.jobs, &prepared)
+            .await
+            .map_err(|e| helper_error(&self.shared, e))?;
+        Ok(prepared.sent(pid, pidfd))
     }
 }
 
@@ -659,12 +663,18 @@ pub fn probe_host(helper: &Path) -> Result<Host, SpawnError> {
     )))
 }
 
-/// The running spawn server and our end of its socket.
+/// The running spawn server and our end of its socket (non-blocking: a blocking caller waits
+/// with `poll`, an async one through the runtime).
 #[derive(Debug)]
 struct Server {
     sock: OwnedFd,
     process: std::process::Child,
+    /// The sequence number of the next request.
+    next: u64,
 }
+
+/// What a request's answer carries: the new helper's pid and pidfd.
+type Answer = (u32, OwnedFd);
 
 impl Server {
     /// Starts `helper --serve`, giving it `claims_in` (see [`server::CLAIMS_IN_ARG`]).
@@ -674,85 +684,179 @@ impl Server {
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::SOCK_CLOEXEC,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )
         .map_err(io::Error::from)?;
-        let answer_timeout =
-            nix::sys::time::TimeVal::new(SERVER_ANSWER_TIMEOUT.as_secs() as libc::time_t, 0);
-        nix::sys::socket::setsockopt(
-            &ours,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &answer_timeout,
+        // The server's end blocks (its loop waits for requests); only ours does not.
+        let theirs = staged(&theirs)?;
+        nix::fcntl::fcntl(
+            theirs.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
         )
         .map_err(io::Error::from)?;
-        let staged_theirs = staged(&theirs)?;
         let mut cmd = Command::new(helper);
         cmd.arg("--serve");
         if let Some(dir) = claims_in {
             cmd.arg(server::CLAIMS_IN_ARG).arg(dir);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).env_clear();
-        sys::map_fds(
-            &mut cmd,
-            vec![(staged_theirs.as_raw_fd(), server::SERVER_FD)],
-        );
+        sys::map_fds(&mut cmd, vec![(theirs.as_raw_fd(), server::SERVER_FD)]);
         let process = cmd.spawn()?;
         Ok(Server {
             sock: ours,
             process,
+            next: 0,
         })
     }
 
-    /// Sends one request; returns the new helper's pid and pidfd.
-    fn request(&self, fds: &[RawFd], pass: u32) -> io::Result<(u32, OwnedFd)> {
-        use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-        let mut req = [0u8; 5];
+    /// Sends one request without waiting (`WouldBlock` when the socket is full); returns its
+    /// sequence number.
+    fn send(&mut self, fds: &[RawFd], pass: u32) -> io::Result<u64> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let seq = self.next;
+        let mut req = [0u8; server::MESSAGE_BYTES];
         req[0] = server::SPAWN;
-        req[1..].copy_from_slice(&pass.to_le_bytes());
+        req[1..5].copy_from_slice(&pass.to_le_bytes());
+        req[5..].copy_from_slice(&seq.to_le_bytes());
         sendmsg::<()>(
             self.sock.as_raw_fd(),
             &[io::IoSlice::new(&req)],
             &[ControlMessage::ScmRights(fds)],
-            MsgFlags::MSG_NOSIGNAL,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
         )
         .map_err(io::Error::from)?;
-        let mut buf = [0u8; 16];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            self.sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
-        let mut got = Vec::new();
-        for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(r) = c {
-                got.extend(r);
+        self.next = seq.wrapping_add(1);
+        Ok(seq)
+    }
+
+    /// The answer to request `seq` if it has come (`WouldBlock` if not yet). Answers to
+    /// earlier requests, whose callers gave up on them, are read and dropped (their helpers,
+    /// never sent a plan, exit).
+    fn answer(&self, seq: u64) -> io::Result<Answer> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        loop {
+            let mut buf = [0u8; 16];
+            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)?;
+            let mut got = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    got.extend(r);
+                }
             }
-        }
-        let received: Vec<OwnedFd> = got
-            .into_iter()
-            .filter_map(|fd| sys::adopt_fd(fd).ok())
-            .collect();
-        if msg.bytes < 5 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the spawn server closed its socket",
-            ));
-        }
-        let value = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        match (buf[0], received.into_iter().next()) {
-            (server::SPAWNED, Some(pidfd)) => Ok((value as u32, pidfd)),
-            (server::FAILED, _) => Err(io::Error::from_raw_os_error(value)),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed answer from the spawn server",
-            )),
+            let received: Vec<OwnedFd> = got
+                .into_iter()
+                .filter_map(|fd| sys::adopt_fd(fd).ok())
+                .collect();
+            if msg.bytes == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the spawn server closed its socket",
+                ));
+            }
+            if msg.bytes != server::MESSAGE_BYTES {
+                return Err(malformed());
+            }
+            let value = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            let mut answered = [0u8; 8];
+            answered.copy_from_slice(&buf[5..server::MESSAGE_BYTES]);
+            if u64::from_le_bytes(answered) != seq {
+                continue;
+            }
+            return match (buf[0], received.into_iter().next()) {
+                (server::SPAWNED, Some(pidfd)) => Ok((value as u32, pidfd)),
+                (server::FAILED, _) => Err(io::Error::from_raw_os_error(value)),
+                _ => Err(malformed()),
+            };
         }
     }
+
+    /// Sends one request and waits for its answer on this thread, [`SERVER_ANSWER_TIMEOUT`]
+    /// at most (`TimedOut` after).
+    fn request(&mut self, fds: &[RawFd], pass: u32) -> io::Result<Answer> {
+        use nix::poll::PollFlags;
+        let due = std::time::Instant::now() + SERVER_ANSWER_TIMEOUT;
+        let wait = |fd: BorrowedFd<'_>, events: PollFlags| {
+            let left = due.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !wait_for(fd, events, left) {
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+            Ok(())
+        };
+        let seq = loop {
+            match self.send(fds, pass) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(self.sock.as_fd(), PollFlags::POLLOUT)?
+                }
+                other => break other?,
+            }
+        };
+        loop {
+            match self.answer(seq) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(self.sock.as_fd(), PollFlags::POLLIN)?
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Server::request`] on a tokio runtime: the socket is watched by the runtime's
+    /// reactor while the answer is awaited (the caller bounds the wait).
+    async fn request_async(&mut self, fds: &[RawFd], pass: u32) -> io::Result<Answer> {
+        use tokio::io::Interest;
+        // Copies of our end registered for this request, each for the one readiness it waits
+        // for (a writable edge would wake the reactor for nothing at every request read): an
+        // `OwnedFd` owned by the `AsyncFd` cannot be closed under the registration.
+        let seq = match self.send(fds, pass) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let full = watch(&self.sock, Interest::WRITABLE)?;
+                loop {
+                    let mut ready = full.writable().await?;
+                    match self.send(fds, pass) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                        other => break other?,
+                    }
+                }
+            }
+            other => other?,
+        };
+        let watched = watch(&self.sock, Interest::READABLE)?;
+        loop {
+            let mut ready = watched.readable().await?;
+            match self.answer(seq) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A copy of `fd` registered with the current runtime's reactor for `interest`.
+fn watch(
+    fd: &OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // Deprecated for inner values that could change their descriptor under the
+    // registration; an `OwnedFd` owned by the `AsyncFd` can be neither swapped nor closed
+    // (the replacement is `unsafe`, which this crate keeps to `sys`).
+    #[allow(deprecated)]
+    tokio::io::unix::AsyncFd::with_interest(fd.try_clone()?, interest)
+}
+
+fn malformed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "malformed answer from the spawn server",
+    )
 }
 
 impl Drop for Server {
@@ -815,15 +919,13 @@ fn staged(fd: &OwnedFd) -> io::Result<OwnedFd> {
     sys::adopt_fd(raw)
 }
 
-/// Plans a spawn, has the server fork its helper and sends it the plan; `restart` starts a
-/// new server (on the spawner thread) when the one running died.
+/// Plans a spawn and makes the descriptors of its request to the spawn server.
 fn prepare(
     ctx: &Shared,
-    restart: &dyn Fn() -> io::Result<()>,
     spec: SandboxSpec,
     stdio: [StdioSpec; 3],
     pass: Vec<OwnedFd>,
-) -> Result<Pending, SpawnError> {
+) -> Result<Prepared, SpawnError> {
     let config = &ctx.config;
     let subordinate = match &*ctx.ids {
         IdMode::Root => None,
@@ -879,10 +981,7 @@ fn prepare(
         cgroup_join: procs,
         subordinate,
     })?;
-    let helper_err = |source| SpawnError::Helper {
-        helper: config.helper.clone(),
-        source,
-    };
+    let helper_err = |source| helper_error(ctx, source);
 
     let [i, o, e] = stdio;
     let (si, pin) = stdio_fd(i, true).map_err(helper_err)?;
@@ -910,72 +1009,188 @@ fn prepare(
         }
     }
     let sent = (fds.len() - server::FIXED_FDS) as u32;
-    // A server that died is replaced once, then the request is retried.
-    let request = || {
-        let mut server = lock_server(&ctx.server);
-        let answer = match server.as_ref() {
-            Some(s) => s.request(&fds, sent),
-            None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
-        };
-        match answer {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                // Killed (dropped) here, under the lock: the next request starts another.
-                *server = None;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the spawn server did not answer within {} s; it is replaced for the next sandbox",
-                        SERVER_ANSWER_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
-            other => other,
-        }
-    };
-    let mut answer = request();
-    if answer.as_ref().is_err_and(|e| {
-        matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
-            || e.kind() == io::ErrorKind::UnexpectedEof
-    }) {
-        restart().map_err(helper_err)?;
-        answer = request();
-    }
-    let (pid, pidfd) = answer.map_err(helper_err)?;
-    // Our copies of the sandbox's ends go now, so EOFs mean what they should.
-    drop((plan_r, rep_w, si, so, se, pass));
-    drop(spec);
-    let mut plan_w = File::from(plan_w);
-    // A failed write means the helper died early; its report says why.
-    let _ = plan_w.write_all(&planned.plan.encode());
-    drop(plan_w);
-    let due = std::time::Instant::now() + SETUP_TIMEOUT;
-
-    // Report lines are short; a sandbox can live long, so its reader stays small.
-    let report = BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(rep_r));
-    Ok(Pending {
-        child: Child {
-            pid,
-            pidfd,
-            report,
-            cgroup,
-            stdin: pin,
-            stdout: pout,
-            stderr: perr,
-            degraded: planned.degraded,
-        },
-        due,
-        line: None,
+    Ok(Prepared {
+        fds,
+        sent,
+        keep: (plan_r, rep_w, si, so, se, pass),
+        spec,
+        plan: planned.plan.encode(),
+        degraded: planned.degraded,
+        plan_w,
+        rep_r,
+        cgroup,
+        parent_ends: [pin, pout, perr],
     })
 }
 
+fn helper_error(ctx: &Shared, source: io::Error) -> SpawnError {
+    SpawnError::Helper {
+        helper: ctx.config.helper.clone(),
+        source,
+    }
+}
+
+/// A planned spawn and the descriptors of its request to the spawn server.
+struct Prepared {
+    /// The request's descriptors, in order (borrowed from `keep` and `spec`).
+    fds: Vec<RawFd>,
+    /// How many of them are handed over (after the fixed ones).
+    sent: u32,
+    /// The sandbox's ends (plan reader, report writer, stdio, handed-over): ours are closed
+    /// once the server has them, so EOFs mean what they should.
+    keep: (OwnedFd, OwnedFd, OwnedFd, OwnedFd, OwnedFd, Vec<OwnedFd>),
+    /// Holds the egress socket and the gate until they are sent.
+    spec: SandboxSpec,
+    plan: Vec<u8>,
+    degraded: Vec<Mechanism>,
+    plan_w: OwnedFd,
+    rep_r: OwnedFd,
+    cgroup: Option<SandboxCgroup>,
+    parent_ends: [Option<OwnedFd>; 3],
+}
+
+impl Prepared {
+    /// Sends the plan to the helper the server forked (`pid`, `pidfd`): the sandbox is on its
+    /// way, its report due within [`SETUP_TIMEOUT`].
+    fn sent(self, pid: u32, pidfd: OwnedFd) -> Pending {
+        let Prepared {
+            keep,
+            spec,
+            plan,
+            degraded,
+            plan_w,
+            rep_r,
+            cgroup,
+            parent_ends: [pin, pout, perr],
+            ..
+        } = self;
+        // Our copies of the sandbox's ends go now, so EOFs mean what they should.
+        drop((keep, spec));
+        let mut plan_w = File::from(plan_w);
+        // A failed write means the helper died early; its report says why.
+        let _ = plan_w.write_all(&plan);
+        drop(plan_w);
+        let due = std::time::Instant::now() + SETUP_TIMEOUT;
+        // Report lines are short; a sandbox can live long, so its reader stays small.
+        let report = BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(rep_r));
+        Pending {
+            child: Child {
+                pid,
+                pidfd,
+                report,
+                cgroup,
+                stdin: pin,
+                stdout: pout,
+                stderr: perr,
+                degraded,
+            },
+            due,
+            line: None,
+        }
+    }
+}
+
+/// The error of a server that did not answer within [`SERVER_ANSWER_TIMEOUT`] (it is
+/// replaced).
+fn not_answering() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the spawn server did not answer within {} s; it is replaced for the next sandbox",
+            SERVER_ANSWER_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// Whether `answer` says the server is gone (its socket closed): a new one is started and
+/// the request made again, once.
+fn server_gone<T>(answer: &io::Result<T>) -> bool {
+    answer.as_ref().is_err_and(|e| {
+        matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
+            || e.kind() == io::ErrorKind::UnexpectedEof
+    })
+}
+
+/// One request on the spawn server, on the calling thread, blocking for its answer (the
+/// spawner thread's spawns); `restart` replaces a dead server.
+fn exchange(
+    ctx: &Shared,
+    restart: &dyn Fn() -> io::Result<()>,
+    prepared: &Prepared,
+) -> io::Result<(u32, OwnedFd)> {
+    let request = || {
+        let mut server = lock_server(&ctx.server);
+        let answer = match server.as_mut() {
+            Some(s) => s.request(&prepared.fds, prepared.sent),
+            None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+        };
+        if answer
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            // Killed (dropped) here, under the lock: the next request starts another.
+            *server = None;
+            return Err(not_answering());
+        }
+        answer
+    };
+    let answer = request();
+    if server_gone(&answer) {
+        restart()?;
+        return request();
+    }
+    answer
+}
+
+/// [`exchange`] on an async runtime: the server's answer is awaited on the runtime (its
+/// socket watched, no thread blocked), one request in flight at a time (the lock is held
+/// until the answer, or until the caller gives up: the late answer is then skipped by the
+/// next request, which knows it by its sequence number). A dead server is replaced by the
+/// spawner thread, awaited here.
+async fn exchange_async(
+    ctx: &Shared,
+    jobs: &mpsc::Sender<Job>,
+    prepared: &Prepared,
+) -> io::Result<(u32, OwnedFd)> {
+    let request = || async {
+        let mut server = ctx.server.lock().await;
+        let answer = match server.as_mut() {
+            Some(s) => tokio::time::timeout(
+                SERVER_ANSWER_TIMEOUT,
+                s.request_async(&prepared.fds, prepared.sent),
+            )
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+            None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
+        };
+        if answer
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            *server = None;
+            return Err(not_answering());
+        }
+        answer
+    };
+    let answer = request().await;
+    if server_gone(&answer) {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let stopped = || io::Error::other("the spawner thread has stopped");
+        jobs.send(Job::Restart(done)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())??;
+        return request().await;
+    }
+    answer
+}
+
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    wait_for(fd, nix::poll::PollFlags::POLLIN, timeout)
+}
+
+/// Whether `fd` has one of `events` (or an error or hang-up) within `timeout`.
+fn wait_for(fd: BorrowedFd<'_>, events: nix::poll::PollFlags, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollTimeout};
+    let mut fds = [PollFd::new(fd, events)];
     let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
         .unwrap_or(PollTimeout::MAX);
     matches!(poll(&mut fds, ms), Ok(n) if n > 0)
@@ -1013,5 +1228,146 @@ mod tests {
         let err = open_null(f.path()).expect_err("a regular file");
         assert!(err.to_string().contains("is not the null device"), "{err}");
         assert!(open_null(Path::new("/dev/zero")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use nix::sys::socket::{
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    };
+
+    /// A spawn server played by the test: our end in a [`Server`] (its process a `true`),
+    /// the server's end returned, and a descriptor to send in requests and answers.
+    fn fake_server() -> (Server, OwnedFd, OwnedFd) {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .expect("socketpair");
+        let process = Command::new("true").spawn().expect("true");
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let server = Server {
+            sock: ours,
+            process,
+            next: 0,
+        };
+        (server, theirs, r)
+    }
+
+    /// The sequence number of the request waiting on `theirs`, if one is.
+    fn take_request(theirs: &OwnedFd) -> Option<u64> {
+        let mut buf = [0u8; 16];
+        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            theirs.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        )
+        .ok()?;
+        for c in msg.cmsgs().expect("cmsgs") {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                drop(fds.into_iter().map(sys::adopt_fd).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(msg.bytes, server::MESSAGE_BYTES);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&buf[5..server::MESSAGE_BYTES]);
+        Some(u64::from_le_bytes(seq))
+    }
+
+    /// Answers request `seq`: spawned as `pid`, with `fd` for its pidfd.
+    fn give_answer(theirs: &OwnedFd, pid: i32, seq: u64, fd: &OwnedFd) {
+        let mut bytes = [0u8; server::MESSAGE_BYTES];
+        bytes[0] = server::SPAWNED;
+        bytes[1..5].copy_from_slice(&pid.to_le_bytes());
+        bytes[5..].copy_from_slice(&seq.to_le_bytes());
+        sendmsg::<()>(
+            theirs.as_raw_fd(),
+            &[io::IoSlice::new(&bytes)],
+            &[ControlMessage::ScmRights(&[fd.as_raw_fd()])],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("answer");
+    }
+
+    /// A request whose caller gave up (loongd's request task dropped while it awaited the
+    /// answer) leaves its answer on the socket; the next request must not take it for its
+    /// own (it would watch and kill another sandbox's helper). Control: the next request's
+    /// own answer is taken.
+    #[test]
+    fn a_late_answer_to_a_request_given_up_is_never_taken_for_the_next() {
+        let (mut server, theirs, fd) = fake_server();
+        let given_up = server.send(&[fd.as_raw_fd()], 0).expect("send");
+        let played = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                match take_request(&theirs) {
+                    Some(seq) => seen.push(seq),
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            give_answer(&theirs, 100, seen[0], &fd);
+            give_answer(&theirs, 101, seen[1], &fd);
+            (theirs, seen)
+        });
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let (pid, _pidfd) = server.request(&[r.as_raw_fd()], 0).expect("answer");
+        let (_theirs, seen) = played.join().expect("fake server");
+        assert_eq!(seen, [given_up, given_up + 1]);
+        assert_eq!(pid, 101, "the answer to the request given up was taken");
+    }
+
+    /// The server's answer is awaited on the runtime, not read by a blocking call: on a
+    /// runtime of one thread the fake server is a task beside the request, so a blocking
+    /// read would keep it from ever answering (the request would time out). A request given
+    /// up while it waits (its future dropped) frees the lock, and its late answer is skipped.
+    #[test]
+    fn the_servers_answer_is_awaited_without_blocking_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (mut server, theirs, fd) = fake_server();
+            let send_fd = fd.try_clone().expect("dup");
+            let played = tokio::spawn(async move {
+                let watched = watch(&theirs, tokio::io::Interest::READABLE).expect("watch");
+                let mut seen = Vec::new();
+                while seen.len() < 2 {
+                    let mut ready = watched.readable().await.expect("readable");
+                    match take_request(&theirs) {
+                        Some(seq) => seen.push(seq),
+                        None => ready.clear_ready(),
+                    }
+                }
+                give_answer(&theirs, 100, seen[0], &fd);
+                give_answer(&theirs, 101, seen[1], &fd);
+                (theirs, seen)
+            });
+            // Given up: the fake server answers nothing until a second request comes.
+            let first = tokio::time::timeout(
+                Duration::from_millis(50),
+                server.request_async(&[send_fd.as_raw_fd()], 0),
+            )
+            .await;
+            assert!(first.is_err(), "answered before a second request");
+            let (pid, _pidfd) = tokio::time::timeout(
+                SERVER_ANSWER_TIMEOUT,
+                server.request_async(&[send_fd.as_raw_fd()], 0),
+            )
+            .await
+            .expect("the fake server answered on the same thread")
+            .expect("answer");
+            assert_eq!(pid, 101);
+            let (_theirs, seen) = played.await.expect("fake server");
+            assert_eq!(seen, [0, 1]);
+        });
     }
 }

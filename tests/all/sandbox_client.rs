@@ -325,6 +325,99 @@ fn a_spawn_server_that_does_not_answer_fails_its_run_and_is_replaced() {
     );
 }
 
+/// loongd's runtime threads (`worker_threads` in loongd/src/lib.rs).
+const LOONGD_RUNTIME_WORKERS: usize = 2;
+/// How long the stuck runs below are given to reach the spawn server before `status` is
+/// asked: a run slower than this makes the test pass without showing anything (never fail).
+const STUCK_RUNS_SETTLE: Duration = Duration::from_secs(1);
+
+/// The spawn server's answer is awaited on loongd's runtime, not read by a blocking call on
+/// one of its threads: with more runs waiting for a server that does not answer (here
+/// stopped) than the runtime has threads, loongd still answers `status`, while the stopped
+/// server is still the one it waits for (before, each run held a runtime thread, in the
+/// read or on the lock, and nothing was answered until the server's bound had passed and
+/// the server been killed). The waiting runs then end (the first saying the server did not
+/// answer), and a run after them runs.
+#[test]
+fn a_spawn_server_that_does_not_answer_holds_no_runtime_thread() {
+    let home = Home::new();
+    let loongd = home.start();
+    let echo = |word: &str| {
+        home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--",
+            "/bin/echo",
+            word,
+        ])
+    };
+    let out = echo("before");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = spawn_servers(loongd);
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    let server = Pid::from_raw(before[0] as i32);
+    nix::sys::signal::kill(server, Signal::SIGSTOP).expect("stop the spawn server");
+    let mut stuck: Vec<std::process::Child> = (0..=LOONGD_RUNTIME_WORKERS)
+        .map(|i| {
+            Command::new(bin("loongctl"))
+                .arg("--home")
+                .arg(home.path())
+                .args(["sandbox", "run", "--tier", "balanced", "--", "/bin/echo"])
+                .arg(format!("stuck{i}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("loongctl")
+        })
+        .collect();
+    std::thread::sleep(STUCK_RUNS_SETTLE);
+    let status = home.ctl(&["status"]);
+    let server_alive = std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')').is_some_and(|(_, rest)| {
+            rest.trim_start().starts_with('t') || rest.trim_start().starts_with('T')
+        })
+    });
+    let pending = stuck
+        .iter_mut()
+        .map(|c| c.try_wait())
+        .filter(|w| w.as_ref().is_ok_and(Option::is_none))
+        .count();
+    let ended = wait_until(STUCK_SERVER_WAIT, || {
+        stuck
+            .iter_mut()
+            .all(|c| c.try_wait().is_ok_and(|s| s.is_some()))
+    });
+    if !ended {
+        for c in &mut stuck {
+            let _ = c.kill();
+        }
+        let _ = nix::sys::signal::kill(server, Signal::SIGKILL);
+        panic!("runs waited {STUCK_SERVER_WAIT:?} for a spawn server that does not answer");
+    }
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(
+        server_alive && pending > 0,
+        "status was answered only once the stopped server was replaced (still stopped: \
+         {server_alive}, runs waiting: {pending})"
+    );
+    let errors: Vec<String> = stuck
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("a stuck run"))
+        .filter(|o| !o.status.success())
+        .map(|o| text(&o.stderr))
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("did not answer")),
+        "{errors:?}"
+    );
+    let out = echo("after");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "after\n");
+}
+
 /// A run is planned and handed to the spawn server on loongd's runtime, but a server that
 /// died is still replaced (by the spawner thread, which its parent-death signal follows):
 /// the run after its death runs. The control: a run before it.

@@ -3,11 +3,14 @@
 //! ([`super::main`]) on the descriptors the request carried. Forking this small process is
 //! far cheaper than loongd forking itself and exec'ing a helper for every sandbox.
 //!
-//! Protocol on fd 3 (a `SOCK_SEQPACKET` socket): a request is one message, `b'S'` and the
-//! number of handed-over descriptors (u32 LE), carrying by SCM_RIGHTS the plan pipe's read
-//! end, the report pipe's write end, stdin, stdout, stderr and the handed-over descriptors.
-//! The answer is `b'P'` and the child's pid (i32 LE) with a pidfd for it, or `b'E'` and an
-//! errno. The server ignores SIGCHLD, so the kernel reaps its children; how a sandbox ended
+//! Protocol on fd 3 (a `SOCK_SEQPACKET` socket): a request is one message, `b'S'`, the
+//! number of handed-over descriptors (u32 LE) and the request's sequence number (u64 LE),
+//! carrying by SCM_RIGHTS the plan pipe's read end, the report pipe's write end, stdin,
+//! stdout, stderr and the handed-over descriptors. The answer is `b'P'` and the child's pid
+//! (i32 LE) with a pidfd for it, or `b'E'` and an errno, then the request's sequence number
+//! (u64 LE): a caller that gave up on a request before its answer came (loongd's request
+//! task dropped) leaves that answer to the next caller, which knows it is not its own. The
+//! server answers requests one by one, in order. The server ignores SIGCHLD, so the kernel reaps its children; how a sandbox ended
 //! travels on its report pipe.
 
 use std::{
@@ -36,16 +39,19 @@ pub const FAILED: u8 = b'E';
 pub const MAX_PASS_FDS: usize = 32;
 /// Descriptors in a request besides the handed-over ones.
 pub const FIXED_FDS: usize = 5;
+/// The bytes of a request and of an answer: the tag, a u32 or i32, the sequence number.
+pub const MESSAGE_BYTES: usize = 13;
 /// Received descriptors are moved at least this high before being placed, so no source
 /// collides with a target (targets stay below `FIRST_PASSED_FD + MAX_PASS_FDS`).
 const STAGE_MIN: RawFd = 64;
 /// Where the shared network namespace's descriptor lives in the server and its children.
 const SHARED_NETNS_FD: RawFd = STAGE_MIN - 1;
 
-fn answer(sock: &OwnedFd, tag: u8, value: i32, fd: Option<&OwnedFd>) {
-    let mut bytes = [0u8; 5];
+fn answer(sock: &OwnedFd, tag: u8, value: i32, seq: u64, fd: Option<&OwnedFd>) {
+    let mut bytes = [0u8; MESSAGE_BYTES];
     bytes[0] = tag;
-    bytes[1..].copy_from_slice(&value.to_le_bytes());
+    bytes[1..5].copy_from_slice(&value.to_le_bytes());
+    bytes[5..].copy_from_slice(&seq.to_le_bytes());
     let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
         Vec::new()
@@ -143,13 +149,18 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
         if n == 0 {
             sys::exit_now(0); // loongd closed its end
         }
-        let pass = if n >= 5 {
-            u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+        let (pass, seq) = if n == MESSAGE_BYTES {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&buf[5..MESSAGE_BYTES]);
+            (
+                u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize,
+                u64::from_le_bytes(seq),
+            )
         } else {
-            usize::MAX
+            (usize::MAX, 0)
         };
         if buf[0] != SPAWN || truncated || pass > MAX_PASS_FDS || fds.len() != FIXED_FDS + pass {
-            answer(&sock, FAILED, libc::EINVAL, None);
+            answer(&sock, FAILED, libc::EINVAL, seq, None);
             continue;
         }
         let slot = slots.free();
@@ -159,7 +170,7 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
         let (go_r, go_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(p) => p,
             Err(e) => {
-                answer(&sock, FAILED, e as i32, None);
+                answer(&sock, FAILED, e as i32, seq, None);
                 continue;
             }
         };
@@ -196,11 +207,23 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
                 // Without the byte (go_w closed here), the child exits.
                 drop(go_w);
                 match held {
-                    Ok(pidfd) => answer(&sock, SPAWNED, pid, Some(&pidfd)),
-                    Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
+                    Ok(pidfd) => answer(&sock, SPAWNED, pid, seq, Some(&pidfd)),
+                    Err(e) => answer(
+                        &sock,
+                        FAILED,
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        seq,
+                        None,
+                    ),
                 }
             }
-            Err(e) => answer(&sock, FAILED, e.raw_os_error().unwrap_or(libc::EIO), None),
+            Err(e) => answer(
+                &sock,
+                FAILED,
+                e.raw_os_error().unwrap_or(libc::EIO),
+                seq,
+                None,
+            ),
         }
     }
 }
