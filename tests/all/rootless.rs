@@ -1368,3 +1368,61 @@ fn the_spawn_server_claims_slots_where_loongd_says_and_looks_no_user_up() {
     assert!(answered, "the server did not answer: {stderr}");
     assert!(stderr.contains("--claims-in"), "{stderr}");
 }
+
+/// The user and group database lookups of glibc (through NSS): a static `loong-spawn` (as the
+/// package links it) would reach only the `files` database with them, so it must call none.
+const NSS_LOOKUPS: &[&str] = &[
+    "getpwuid_r",
+    "getpwnam_r",
+    "getpwuid",
+    "getpwnam",
+    "getpwent",
+    "getpwent_r",
+    "getgrgid_r",
+    "getgrnam_r",
+    "getgrgid",
+    "getgrnam",
+    "getgrent",
+    "getgrent_r",
+    "getgrouplist",
+    "initgroups",
+    "getspnam",
+    "getspnam_r",
+];
+
+/// The glibc functions `binary` imports (`nm -D --undefined-only`), or `None` without `nm`.
+fn imports(binary: &Path) -> Option<Vec<String>> {
+    let out = Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(binary)
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "nm: {}", text(&out.stderr));
+    Some(
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .map(|s| s.split('@').next().unwrap_or(s).to_string())
+            .collect(),
+    )
+}
+
+/// `loong-spawn` (the helper, the spawn server, the idmap server, the probe) calls no user
+/// or group database lookup: loongd looks up what it needs and gives it to the server
+/// (`--claims-in`), so linking it statically loses no LDAP or sssd account. Control: loongd,
+/// which looks its user up, imports `getpwuid_r`, so the check sees such an import.
+#[test]
+fn loong_spawn_looks_up_no_user_or_group() {
+    let test = "rootless::loong_spawn_looks_up_no_user_or_group";
+    let Some(spawn) = imports(&bin("loong-spawn")) else {
+        skip(test, "nm is not installed (binutils)");
+        return;
+    };
+    let found: Vec<&String> = spawn
+        .iter()
+        .filter(|s| NSS_LOOKUPS.contains(&s.as_str()))
+        .collect();
+    assert!(found.is_empty(), "loong-spawn imports {found:?}");
+    let loongd = imports(&bin("loongd")).expect("nm");
+    assert!(loongd.iter().any(|s| s == "getpwuid_r"), "{loongd:?}");
+}
