@@ -144,7 +144,9 @@ fn headless(v: &Value) -> Value {
 /// `detail` as stored: its JSON text, at most [`MAX_DETAIL_BYTES`], with over-long fields
 /// cut and marked and identity fields whole.
 pub fn bound(detail: &Value) -> String {
-    let text = detail.to_string();
+    // The same compact text as `Display`, written straight into a buffer rather than through
+    // a formatter (serialising a `Value` cannot fail: its keys are strings).
+    let text = serde_json::to_string(detail).unwrap_or_else(|_| detail.to_string());
     if text.len() <= MAX_DETAIL_BYTES {
         return text;
     }
@@ -217,6 +219,12 @@ mod tests {
     #[test]
     fn a_small_detail_is_stored_as_it_is() {
         let d = json!({ "tool": "echo", "message": "short", "n": 3 });
+        assert_eq!(bound(&d), d.to_string());
+        // The text is `Display`'s compact JSON, escapes, numbers and nesting included.
+        let d = json!({
+            "s": "quote \" back \\ tab \t nul \u{0} é \u{1f600}", "f": 1.5, "neg": -7,
+            "big": u64::MAX, "list": [null, true, [], {}], "nested": { "a": { "b": [1] } },
+        });
         assert_eq!(bound(&d), d.to_string());
     }
 

@@ -336,6 +336,30 @@ pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// [`chain_hash`] of [`canonical`]'s encoding of these fields, fed to the hash field by
+/// field instead of copied into one buffer first (the writer's path: no allocation, no copy
+/// of the detail).
+pub fn chain_hash_of(
+    prev: &[u8; 32],
+    seq: u64,
+    time_ms: i64,
+    kind: &str,
+    actor: &str,
+    correlation: &str,
+    detail: &str,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(b"loong-audit-v1\0");
+    h.update(seq.to_be_bytes());
+    h.update(time_ms.to_be_bytes());
+    for field in [kind, actor, correlation, detail] {
+        h.update((field.len() as u32).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// The message a checkpoint signs.
 pub fn checkpoint_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     let mut m = b"loong-audit-checkpoint-v1\0".to_vec();
@@ -399,6 +423,45 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
+    }
+
+    #[test]
+    fn the_writers_chain_hash_is_the_hash_of_the_canonical_encoding() {
+        // The writer hashes the fields as it goes; verification hashes `canonical`'s buffer.
+        // Both must agree byte for byte, or every trail written would fail verification.
+        let prev = [7u8; 32];
+        let cases: [(u64, i64, &str, &str, &str, &str); 4] = [
+            (1, 0, "daemon.started", "loongd", "", "{}"),
+            (
+                256,
+                -5,
+                "tool.invoked",
+                "uid:0",
+                "conn-1/req-2",
+                r#"{"tool":"echo.echo"}"#,
+            ),
+            (u64::MAX, i64::MAX, "", "", "", ""),
+            (
+                9,
+                1,
+                "policy.decision",
+                "agent:é",
+                "ç",
+                "{\"x\":\"\u{1f600}\"}",
+            ),
+        ];
+        for (seq, t, k, a, c, d) in cases {
+            assert_eq!(
+                chain_hash_of(&prev, seq, t, k, a, c, d),
+                chain_hash(&prev, &canonical(seq, t, k, a, c, d)),
+                "seq {seq}"
+            );
+        }
+        // The control: a field moved to its neighbour changes the hash.
+        assert_ne!(
+            chain_hash_of(&prev, 1, 0, "ab", "", "", "{}"),
+            chain_hash_of(&prev, 1, 0, "a", "b", "", "{}")
+        );
     }
 
     /// A trail of `n` records (with a final checkpoint), and its database path.
@@ -700,6 +763,65 @@ mod tests {
             (report.records, report.first_bad.is_none()),
             (3 * (CALLS + 1), true)
         );
+    }
+
+    #[test]
+    fn a_commit_that_fails_midway_leaves_nothing_and_the_next_one_continues_the_chain() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let ev = |i: u64| Event {
+            kind: Kind::SandboxExited,
+            actor: "uid:0".into(),
+            correlation: format!("c-{i}"),
+            detail: serde_json::json!({ "i": i }),
+        };
+        let all = Query {
+            limit: u32::MAX,
+            ascending: true,
+            ..Query::default()
+        };
+        runtime().block_on(async {
+            let tail = audit.record(ev(0)).await.expect("records");
+            // A row slipped in by another connection (the writer holds no lock between
+            // commits) takes the second sequence number of the next group: its first insert
+            // succeeds, its second fails.
+            let other = Connection::open(dir.path().join(DB_FILE)).expect("db");
+            let taken = tail as i64 + 2;
+            assert_eq!(tail, 1, "a fresh trail starts at 1");
+            other
+                .execute(
+                    "INSERT INTO audit VALUES (?1, 0, 'x', 'x', '', '{}', x'', x'')",
+                    params![taken],
+                )
+                .expect("a second connection writes between commits");
+            let failed = audit
+                .queue_all(vec![ev(1), ev(2)])
+                .await
+                .expect("queued")
+                .committed()
+                .await;
+            assert!(
+                failed.is_err(),
+                "a group whose insert failed was acknowledged"
+            );
+            // Nothing of the group stays: its first record was rolled back with it.
+            let seqs: Vec<u64> = audit
+                .query(&all)
+                .expect("query")
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(seqs, vec![tail, tail + 2], "the failed group left a record");
+            other
+                .execute("DELETE FROM audit WHERE seq = ?1", params![taken])
+                .expect("the slipped row removed");
+            // The positive control: the writer goes on from the tail it had.
+            let next = audit.record(ev(3)).await.expect("the next commit succeeds");
+            assert_eq!(next, tail + 1);
+            audit.shutdown().await;
+        });
+        let report = verify_at(dir.path());
+        assert_eq!(report.first_bad, None);
     }
 
     #[test]

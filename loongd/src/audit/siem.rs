@@ -67,7 +67,7 @@ impl Siem {
     }
 
     /// Whether any transport is configured.
-    fn any(&self) -> bool {
+    pub(super) fn any(&self) -> bool {
         self.config.jsonl.is_some() || self.config.syslog.is_some()
     }
 

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    canonical, chain_hash, checkpoint_message,
+    chain_hash_of, checkpoint_message,
     queue::{Msg, Pending, Producer, Queue},
     verify::{Scope, VerifyReport},
     witness::{self, Witness},
@@ -604,12 +604,16 @@ fn writer(
         let first = !appended && !events.is_empty();
         appended |= !events.is_empty();
         let began = std::time::Instant::now();
+        // The committed records are built only for whoever reads them: a SIEM lane or the
+        // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
+        let keep = siem.any() || log_wanted();
         match commit(
             &mut conn,
             &key,
             &events,
             (last_seq, last_hash),
             first || (shutdown.is_some() && appended),
+            keep,
         ) {
             Ok((seq, hash, records, signed)) => {
                 crate::metrics::audit_committed(began.elapsed());
@@ -662,7 +666,7 @@ fn writer(
 /// them by (in the journal: `LOONG_KIND`, `LOONG_CORRELATION`, `LOONG_PLUGIN`,
 /// `LOONG_WORKER_PID`, `LOONG_SEQ`). The trail stays the record; this is an index into it.
 fn log_records(records: &[super::Record]) {
-    if !tracing::enabled!(target: AUDIT_LOG_TARGET, tracing::Level::DEBUG) {
+    if !log_wanted() {
         return;
     }
     for r in records {
@@ -687,25 +691,52 @@ fn log_records(records: &[super::Record]) {
     }
 }
 
+/// Whether [`log_records`] logs anything.
+fn log_wanted() -> bool {
+    tracing::enabled!(target: AUDIT_LOG_TARGET, tracing::Level::DEBUG)
+}
+
 /// The log target of [`log_records`] (`LOONG_LOG=loongd::audit=debug` shows only these).
 pub const AUDIT_LOG_TARGET: &str = "loongd::audit";
 
-/// What one transaction committed: the new tail (sequence number and hash), its records, and
-/// the newest checkpoint it signed.
+/// What one transaction committed: the new tail (sequence number and hash), its records
+/// (when asked for), and the newest checkpoint it signed.
 type Committed = (u64, [u8; 32], Vec<Record>, Option<Witness>);
 
 /// Appends `events` in one transaction after the tail `(seq, hash)`, signing a checkpoint at
 /// every multiple of [`CHECKPOINT_EVERY`], every `daemon.started` and `daemon.stopped`, and at
-/// the end when `sign_last`; returns the new tail. Nothing changes on error.
+/// the end when `sign_last`; returns the new tail, and the records when `keep`. Nothing
+/// changes on error. The transaction's `BEGIN` and `COMMIT` are prepared once, like its
+/// inserts, not parsed again for every commit.
 fn commit(
     conn: &mut Connection,
     key: &AuditKey,
     events: &[&Event],
+    tail: (u64, [u8; 32]),
+    sign_last: bool,
+    keep: bool,
+) -> rusqlite::Result<Committed> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let done = append(conn, key, events, tail, sign_last, keep)
+        .and_then(|c| conn.prepare_cached("COMMIT")?.execute([]).map(|_| c));
+    if done.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "could not roll back a failed audit commit");
+        }
+    }
+    done
+}
+
+/// The inserts of [`commit`], inside its transaction.
+fn append(
+    tx: &Connection,
+    key: &AuditKey,
+    events: &[&Event],
     (mut seq, mut hash): (u64, [u8; 32]),
     sign_last: bool,
+    keep: bool,
 ) -> rusqlite::Result<Committed> {
-    let tx = conn.transaction()?;
-    let mut records = Vec::with_capacity(events.len());
+    let mut records = Vec::with_capacity(if keep { events.len() } else { 0 });
     let mut signed = None;
     {
         let mut insert = tx.prepare_cached(
@@ -737,16 +768,14 @@ fn commit(
             let detail = super::bound::bound(&e.detail);
             let prev = hash;
             seq += 1;
-            hash = chain_hash(
+            hash = chain_hash_of(
                 &prev,
-                &canonical(
-                    seq,
-                    time,
-                    e.kind.as_str(),
-                    &e.actor,
-                    &e.correlation,
-                    &detail,
-                ),
+                seq,
+                time,
+                e.kind.as_str(),
+                &e.actor,
+                &e.correlation,
+                &detail,
             );
             insert.execute(params![
                 seq as i64,
@@ -758,16 +787,18 @@ fn commit(
                 prev.as_slice(),
                 hash.as_slice()
             ])?;
-            records.push(Record {
-                seq,
-                time_ms: time,
-                kind: e.kind.as_str().to_string(),
-                actor: e.actor.clone(),
-                correlation: e.correlation.clone(),
-                detail,
-                prev_hash: prev,
-                hash,
-            });
+            if keep {
+                records.push(Record {
+                    seq,
+                    time_ms: time,
+                    kind: e.kind.as_str().to_string(),
+                    actor: e.actor.clone(),
+                    correlation: e.correlation.clone(),
+                    detail,
+                    prev_hash: prev,
+                    hash,
+                });
+            }
             // A clean stop carries its own checkpoint, in its own transaction, so that no
             // crash can leave a `daemon.stopped` unsigned; a start carries one too, so that a
             // run appended by someone else after a clean stop cannot pass for loongd's.
@@ -781,7 +812,6 @@ fn commit(
             sign(seq, &hash, crate::now_ms())?;
         }
     }
-    tx.commit()?;
     Ok((seq, hash, records, signed))
 }
 
