@@ -220,7 +220,8 @@ async fn run(
     open.answered();
     committed.map_err(internal)?;
     if let Some(b) = &session {
-        super::browser::after(kernel, actor, b, &mut called).await;
+        // On the heap, as a browser call's only: it would size every call's future.
+        Box::pin(super::browser::after(kernel, actor, b, &mut called)).await;
     } else {
         learn(kernel, &target, &called).await;
     }
