@@ -438,7 +438,7 @@ async fn record_outcome(
                 .await;
             Ok(InvokeResult {
                 tool,
-                output: String::from_utf8_lossy(&out.output).into_owned(),
+                output: output_text(out.output),
                 worker: called.worker,
                 logs: out.logs,
                 wall_us,
@@ -469,6 +469,13 @@ async fn record_outcome(
             Err(RemoteError::from(&e))
         }
     }
+}
+
+/// A worker's output as the answer's text: the bytes themselves when they are UTF-8 (a
+/// checked answer is JSON, so they are), not a copy; else with each invalid sequence
+/// replaced, as `String::from_utf8_lossy` does.
+fn output_text(output: Vec<u8>) -> String {
+    String::from_utf8(output).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Closes a `tool.invoked` record with a `tool.failed` one when the call is dropped before it
@@ -624,6 +631,25 @@ mod tests {
             chain,
             io: None,
         }
+    }
+
+    /// The answer's text is the worker's output, the same as a lossy conversion gives: the
+    /// bytes kept when they are UTF-8, each invalid sequence replaced when not.
+    #[test]
+    fn an_answers_text_is_its_output_or_its_lossy_conversion() {
+        for bytes in [
+            "{\"echo\":\"caf\u{e9}\"}".as_bytes().to_vec(),
+            b"{\"a\":\"\xff\xfe\"}".to_vec(),
+            b"\xc3".to_vec(),
+            Vec::new(),
+        ] {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            assert_eq!(output_text(bytes), lossy);
+        }
+        let valid = b"{\"k\":1}".to_vec();
+        let at = valid.as_ptr();
+        let text = output_text(valid);
+        assert_eq!(text.as_ptr(), at, "valid UTF-8 was copied");
     }
 
     /// The record of an abandoned call, now built only when the call is dropped, is the one
