@@ -48,16 +48,22 @@ pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
+/// A label whose value is one of a closed set: looked up with no allocation.
+type Fixed<const N: usize> = [(&'static str, &'static str); N];
+/// The tool label: its value shared with the set of names that have series
+/// ([`Metrics::tool_label`]), so a call's lookup allocates nothing.
+type ToolLabel = [(&'static str, Arc<str>); 1];
 
 /// Every series loongd exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    effect_calls: Family<Labels, Counter>,
-    effect_denials: Family<Labels, Counter>,
-    effect_approvals: Family<Labels, Counter>,
-    tool_calls: Family<Labels, Counter>,
-    tool_seconds: Family<Labels, Histogram>,
+    effect_calls: Family<Fixed<1>, Counter>,
+    effect_denials: Family<Fixed<1>, Counter>,
+    effect_approvals: Family<Fixed<2>, Counter>,
+    /// By tool, then outcome (the exposition's order of the labels).
+    tool_calls: Family<(ToolLabel, Fixed<1>), Counter>,
+    tool_seconds: Family<ToolLabel, Histogram>,
     worker_spawns: Family<Labels, Counter>,
     worker_restarts: Family<Labels, Counter>,
     worker_kills: Family<Labels, Counter>,
@@ -68,7 +74,9 @@ pub struct Metrics {
     token_lookups: Counter,
     sandbox_spawns: Family<Labels, Counter>,
     /// The tool names that have series of their own.
-    tools: Mutex<HashSet<String>>,
+    tools: Mutex<HashSet<Arc<str>>>,
+    /// [`OTHER_TOOL`], shared by every call counted under it.
+    other_tool: Arc<str>,
 }
 
 /// The process's metrics.
@@ -99,6 +107,7 @@ impl Metrics {
             token_lookups: Counter::default(),
             sandbox_spawns: Family::default(),
             tools: Mutex::default(),
+            other_tool: Arc::from(OTHER_TOOL),
         };
         registry.register(
             "effect_calls",
@@ -196,24 +205,25 @@ impl Metrics {
 
     /// The label value for `tool`: itself while fewer than [`MAX_TOOL_LABELS`] names have
     /// series, [`OTHER_TOOL`] after that or when the name is unusual.
-    fn tool_label(&self, tool: &str) -> String {
+    fn tool_label(&self, tool: &str) -> Arc<str> {
         let plain = !tool.is_empty()
             && tool.len() <= MAX_TOOL_LABEL_BYTES
             && tool
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@".contains(&b));
         if !plain {
-            return OTHER_TOOL.to_string();
+            return self.other_tool.clone();
         }
         let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
-        if tools.contains(tool) {
-            return tool.to_string();
+        if let Some(known) = tools.get(tool) {
+            return known.clone();
         }
         if tools.len() >= MAX_TOOL_LABELS || tool == OTHER_TOOL {
-            return OTHER_TOOL.to_string();
+            return self.other_tool.clone();
         }
-        tools.insert(tool.to_string());
-        tool.to_string()
+        let name: Arc<str> = Arc::from(tool);
+        tools.insert(name.clone());
+        name
     }
 }
 
@@ -225,7 +235,7 @@ fn label(key: &'static str, value: &str) -> Labels {
 /// (neither) denied.
 pub(crate) fn decided(cap: Capability, allowed: bool, needs_approval: bool) {
     let m = &*METRICS;
-    let l = label("capability", cap.as_str());
+    let l = [("capability", cap.as_str())];
     m.effect_calls.get_or_create(&l).inc();
     if needs_approval {
         approval(cap, "requested");
@@ -238,7 +248,7 @@ pub(crate) fn decided(cap: Capability, allowed: bool, needs_approval: bool) {
 pub(crate) fn denied_at_dispatch(cap: Capability) {
     METRICS
         .effect_denials
-        .get_or_create(&label("capability", cap.as_str()))
+        .get_or_create(&[("capability", cap.as_str())])
         .inc();
 }
 
@@ -247,28 +257,20 @@ pub(crate) fn approval_waited(cap: Capability, granted: bool) {
     approval(cap, if granted { "granted" } else { "refused" });
 }
 
-fn approval(cap: Capability, outcome: &str) {
+fn approval(cap: Capability, outcome: &'static str) {
     METRICS
         .effect_approvals
-        .get_or_create(&vec![
-            ("capability", cap.as_str().to_string()),
-            ("outcome", outcome.to_string()),
-        ])
+        .get_or_create(&[("capability", cap.as_str()), ("outcome", outcome)])
         .inc();
 }
 
 /// A dispatched tool call ended with `outcome` after `wall_us` microseconds.
 pub(crate) fn tool_call(tool: &str, outcome: &'static str, wall_us: u64) {
     let m = &*METRICS;
-    let tool = m.tool_label(tool);
-    m.tool_calls
-        .get_or_create(&vec![
-            ("tool", tool.clone()),
-            ("outcome", outcome.to_string()),
-        ])
-        .inc();
+    let labels = ([("tool", m.tool_label(tool))], [("outcome", outcome)]);
+    m.tool_calls.get_or_create(&labels).inc();
     m.tool_seconds
-        .get_or_create(&vec![("tool", tool)])
+        .get_or_create(&labels.0)
         .observe(wall_us as f64 / 1e6);
 }
 
@@ -522,14 +524,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_calls_series_are_labelled_as_before_without_allocating_per_call() {
+        // The exposition's lines for a decision and a tool call: the labels' names, values
+        // and order are what they were when each call built them as owned strings.
+        decided(Capability::FsRead, true, false);
+        decided(Capability::FsRead, false, false);
+        approval_waited(Capability::FsRead, true);
+        tool_call("labels-probe", "completed", 1_000);
+        tool_call("labels-probe", "timeout", 1_000);
+        let mut text = String::new();
+        encode(&mut text, &METRICS.registry).expect("encode");
+        for line in [
+            "loong_effect_calls_total{capability=\"fs.read\"} ",
+            "loong_effect_denials_total{capability=\"fs.read\"} ",
+            "loong_effect_approvals_total{capability=\"fs.read\",outcome=\"granted\"} ",
+            "loong_tool_calls_total{tool=\"labels-probe\",outcome=\"completed\"} 1",
+            "loong_tool_calls_total{tool=\"labels-probe\",outcome=\"timeout\"} 1",
+            "loong_tool_call_duration_seconds_count{tool=\"labels-probe\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} is missing from\n{text}");
+        }
+    }
+
+    #[test]
     fn tool_labels_are_capped_and_unusual_names_fold_into_other() {
         let m = Metrics::new();
         for i in 0..MAX_TOOL_LABELS {
-            assert_eq!(m.tool_label(&format!("t{i}")), format!("t{i}"));
+            assert_eq!(&*m.tool_label(&format!("t{i}")), format!("t{i}"));
         }
         // The cap: the next new name folds; a known one keeps its own series.
-        assert_eq!(m.tool_label("one-too-many"), OTHER_TOOL);
-        assert_eq!(m.tool_label("t0"), "t0");
+        assert_eq!(&*m.tool_label("one-too-many"), OTHER_TOOL);
+        assert_eq!(&*m.tool_label("t0"), "t0");
         let fresh = Metrics::new();
         for odd in [
             "",
@@ -538,8 +563,8 @@ mod tests {
             "a\nb",
             &"x".repeat(MAX_TOOL_LABEL_BYTES + 1),
         ] {
-            assert_eq!(fresh.tool_label(odd), OTHER_TOOL, "{odd:?}");
+            assert_eq!(&*fresh.tool_label(odd), OTHER_TOOL, "{odd:?}");
         }
-        assert_eq!(fresh.tool_label("echo.v2:run"), "echo.v2:run");
+        assert_eq!(&*fresh.tool_label("echo.v2:run"), "echo.v2:run");
     }
 }

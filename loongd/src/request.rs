@@ -96,8 +96,10 @@ pub(crate) struct RequestIo {
     pub(crate) budget: Arc<Semaphore>,
     pub(crate) stop: StopCell,
     pub(crate) waiting: WaitCell,
-    /// Input chunks (a sandboxed program's stdin, the operator's interrupts).
-    pub(crate) input: mpsc::Receiver<StreamChunk>,
+    /// Input chunks (a sandboxed program's stdin, the operator's interrupts): a sandbox run
+    /// only, the one request that reads input; `None` for every other, whose input chunks
+    /// are dropped as they arrive.
+    pub(crate) input: Option<mpsc::Receiver<StreamChunk>>,
     /// The gateway's chat turn only: where the agent's text deltas and the caller's tool
     /// calls go as they arrive (kernel calls `show_text` and `chat_event`), in order.
     pub(crate) chat: Option<mpsc::Sender<loong_agent_wire::chat::ChatEvent>>,

@@ -810,7 +810,8 @@ pub(crate) async fn run(
     // not read its stdin stalls neither its output nor the queue behind it once its stdin
     // is closed.
     let (interrupt_tx, interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
-    let input = std::mem::replace(&mut io.input, mpsc::channel(1).1);
+    // A request without an input channel (none but a sandbox run has one) feeds an empty stdin.
+    let input = io.input.take().unwrap_or_else(|| mpsc::channel(1).1);
     let feeder = async {
         feed(stdin, input, interrupt_tx).await;
         std::future::pending::<()>().await

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use loong_ipc::{BearerSecret, Call, ControlRequest, ControlResponse, InvokeRequest, Reply};
+use loong_ipc::{
+    BearerSecret, Call, ControlRequest, ControlResponse, InvokeRequest, Reply, SandboxRunRequest,
+    StreamChunk,
+};
 
 use crate::{
     kernel_calls::{issue, json},
@@ -461,6 +464,70 @@ fn an_approve_after_its_waiter_left_is_refused_as_withdrawn() {
     let approved: Vec<_> = records_of(&home, "approval.resolved", &asked[0]);
     assert!(approved.is_empty(), "{approved:?}");
     assert!(records(&home, "tool.invoked").is_empty());
+}
+
+/// Input chunks for a request that reads none (an `invoke` waiting for its approval) are
+/// dropped as they arrive: they hold neither the connection's reading nor the request (it
+/// has no input channel; before, the third chunk held the connection's reading until the
+/// request ended). A sandbox run on the same connection still gets its input (the control).
+#[test]
+fn input_for_a_request_that_reads_none_is_dropped_and_holds_nothing() {
+    let home = careful_home();
+    let (secret, id) = issue(&home, &["tool.invoke:echo"]);
+    let mut raw = raw_invoke(&home, &secret);
+    wait_for_pending(&home, &id, 1);
+    for _ in 0..8 {
+        raw.send(&Call::<ControlRequest>::Stream {
+            id: 1,
+            chunk: StreamChunk::Stdin(b"ignored".to_vec()),
+        })
+        .expect("send a chunk");
+    }
+    raw.send(&Call::<ControlRequest>::Ping { nonce: 7 })
+        .expect("send a ping");
+    // The request's own notes (its approval's) may come first.
+    loop {
+        match raw.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Pong { nonce: 7 }) => break,
+            Some(Reply::Stream { id: 1, .. }) => {}
+            other => panic!(
+                "the connection stopped reading behind input for a request that reads none: \
+                 {other:?}"
+            ),
+        }
+    }
+    // The control: a sandbox run's input reaches its program.
+    raw.send(&Call::Request {
+        id: 2,
+        deadline_ms: 60_000,
+        body: ControlRequest::SandboxRun(Box::new(SandboxRunRequest {
+            tier: "balanced".into(),
+            program: "/bin/cat".into(),
+            ..Default::default()
+        })),
+    })
+    .expect("send the run");
+    for chunk in [StreamChunk::Stdin(b"fed".to_vec()), StreamChunk::StdinEnd] {
+        raw.send(&Call::<ControlRequest>::Stream { id: 2, chunk })
+            .expect("send the run's input");
+    }
+    let mut out = Vec::new();
+    loop {
+        match raw.recv::<Reply<ControlResponse>>() {
+            Some(Reply::Stream {
+                id: 2,
+                chunk: StreamChunk::Stdout(b),
+            }) => out.extend(b),
+            Some(Reply::Response { id: 2, result }) => {
+                assert!(result.is_ok(), "{result:?}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the connection closed before the run ended\n{}", home.log()),
+        }
+    }
+    assert_eq!(out, b"fed");
+    cancel(&mut raw);
 }
 
 /// Starts `loongctl approvals approve ID` and returns it once the store shows the request

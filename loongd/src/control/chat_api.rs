@@ -75,7 +75,6 @@ pub(crate) async fn chat_turn(
     // it is read and dropped while the turn runs, so a note never holds the turn (an unread
     // queue would, from its second chunk on, forever).
     let (out, mut notes) = mpsc::channel(1);
-    let (_input_tx, input_rx) = mpsc::channel(1);
     let io = RequestIo {
         id: n,
         conn: 0,
@@ -83,7 +82,7 @@ pub(crate) async fn chat_turn(
         budget: Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES)),
         stop: StopCell::default(),
         waiting: WaitCell::default(),
-        input: input_rx,
+        input: None,
         chat: Some(chat),
     };
     let actor = Actor {

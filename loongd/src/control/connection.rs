@@ -53,7 +53,8 @@ impl Drop for ClientSlot {
 #[derive(Debug)]
 struct Entry {
     abort: AbortHandle,
-    input: mpsc::Sender<StreamChunk>,
+    /// A sandbox run's input; `None` for a request that reads none (its chunks are dropped).
+    input: Option<mpsc::Sender<StreamChunk>>,
     stop: StopCell,
     /// The approvals it waits for: withdrawn when its client goes away.
     waiting: WaitCell,
@@ -271,7 +272,8 @@ async fn run(
                         limit: loong_ipc::MAX_CHUNK_BYTES as u32,
                     }));
                 }
-                let input = lock(&in_flight).get(&id).map(|e| e.input.clone());
+                // A chunk for a request that reads no input is dropped, as one for no request is.
+                let input = lock(&in_flight).get(&id).and_then(|e| e.input.clone());
                 let full = match input.as_ref().map(|input| input.try_send(chunk)) {
                     Some(Err(mpsc::error::TrySendError::Full(chunk))) => Some(chunk),
                     _ => None,
@@ -456,16 +458,23 @@ fn start(
             _held: Some(answer_slot),
         }));
     }
-    let deadline = Duration::from_millis(u64::from(deadline_ms));
     let (kernel, in_flight_task, tx) =
         (kernel.clone(), shared.in_flight.clone(), shared.tx.clone());
     let ended = shared.request_ended.clone();
     let (sink, conn_ended) = (shared.sink.clone(), shared.ended.clone());
-    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let ends_with_client = matches!(body, ControlRequest::SandboxRun(_));
+    // Only a sandbox run reads input (its program's stdin, interrupts): no other request
+    // gets a channel.
+    let reads_input = matches!(body, ControlRequest::SandboxRun(_));
+    let (input_tx, input_rx) = if reads_input {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let stop = StopCell::default();
     let waiting = WaitCell::default();
     let waiting_entry = waiting.clone();
-    let ends_with_client = matches!(body, ControlRequest::SandboxRun(_));
     let io = RequestIo {
         id,
         conn,
@@ -476,37 +485,25 @@ fn start(
         input: input_rx,
         chat: None,
     };
-    let stop_task = stop.clone();
+    let answering = Answering {
+        id,
+        deadline_ms,
+        stop: stop.clone(),
+        waiting,
+        in_flight: in_flight_task,
+        ended,
+        answer_slot,
+        sink,
+        conn_ended,
+        tx,
+    };
+    // The handler's future (the largest of any request's: an `invoke`'s is about 14 KiB) is
+    // made on the heap when the task first runs, so the task that is moved into place at its
+    // spawn and overwritten at its end holds only the request and a pointer.
     let task = tokio::spawn(
-        async move {
-            let result = tokio::select! {
-                r = handlers::handle(&kernel, body, &cred, io) => r,
-                // The cause is set before the handler is dropped, so its cleanup sees it; and
-                // what it waits for is read before that cleanup clears it.
-                approval = async {
-                    tokio::time::sleep(deadline).await;
-                    let _ = stop_task.set(StopCause::Deadline);
-                    waiting.lock().unwrap_or_else(PoisonError::into_inner).ids.first().cloned()
-                } => Err(past_deadline(id, deadline_ms, approval)),
-            };
-            // Whoever removes the entry answers: this task, or a Cancel that got there first.
-            let mine = lock(&in_flight_task).remove(&id).is_some();
-            ended.notify_one();
-            if mine {
-                let answer = Box::new(Outgoing {
-                    reply: Reply::Response { id, result },
-                    _held: Some(answer_slot),
-                });
-                // Written here when nothing is queued; else the writer task writes it.
-                let gone = async {
-                    let _ = conn_ended.acquire().await;
-                };
-                if let Now::Queue(answer) = sink.write_now(&tx, answer, gone).await {
-                    let _ = tx.send(answer).await;
-                }
-            }
-        }
-        .in_current_span(),
+        answering
+            .answer(async move { Box::pin(handlers::handle(&kernel, body, &cred, io)).await })
+            .in_current_span(),
     );
     // The map is still locked, so the task cannot finish before its entry exists.
     map.insert(
@@ -520,6 +517,69 @@ fn start(
         },
     );
     None
+}
+
+/// What a request's task needs to answer it: within its deadline, once, unless a
+/// cancellation answered first.
+struct Answering {
+    id: RequestId,
+    deadline_ms: u32,
+    stop: StopCell,
+    waiting: WaitCell,
+    in_flight: InFlight,
+    ended: Arc<Notify>,
+    answer_slot: tokio::sync::OwnedSemaphorePermit,
+    sink: Arc<Sink>,
+    conn_ended: Arc<Semaphore>,
+    tx: Outbox,
+}
+
+impl Answering {
+    /// Runs `handler` until it answers or the deadline passes, then answers the client.
+    async fn answer(
+        self,
+        handler: impl std::future::Future<Output = Result<ControlResponse, RemoteError>>,
+    ) {
+        let Answering {
+            id,
+            deadline_ms,
+            stop,
+            waiting,
+            in_flight,
+            ended,
+            answer_slot,
+            sink,
+            conn_ended,
+            tx,
+        } = self;
+        let deadline = Duration::from_millis(u64::from(deadline_ms));
+        let result = tokio::select! {
+            r = handler => r,
+            // The cause is set before the handler is dropped, so its cleanup sees it; and
+            // what it waits for is read before that cleanup clears it.
+            approval = async {
+                tokio::time::sleep(deadline).await;
+                let _ = stop.set(StopCause::Deadline);
+                waiting.lock().unwrap_or_else(PoisonError::into_inner).ids.first().cloned()
+            } => Err(past_deadline(id, deadline_ms, approval)),
+        };
+        // Whoever removes the entry answers: this task, or a Cancel that got there first.
+        let mine = lock(&in_flight).remove(&id).is_some();
+        ended.notify_one();
+        if mine {
+            let answer = Box::new(Outgoing {
+                reply: Reply::Response { id, result },
+                _held: Some(answer_slot),
+            });
+            // Written here when nothing is queued; else the writer task writes it.
+            let gone = async {
+                let _ = conn_ended.acquire().await;
+            };
+            if let Now::Queue(answer) = sink.write_now(&tx, answer, gone).await {
+                let _ = tx.send(answer).await;
+            }
+        }
+    }
 }
 
 /// The answer to a request whose deadline passed: `ApprovalPending`, naming the approval,

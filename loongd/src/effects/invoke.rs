@@ -6,6 +6,7 @@
 //! is answered with.
 
 use std::{
+    borrow::Cow,
     sync::{atomic::AtomicU64, Arc},
     time::{Duration, Instant},
 };
@@ -46,13 +47,14 @@ fn bad(m: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, m)
 }
 
-/// A ready plugin, as a call needs it.
-struct Target {
-    plugin: plugins::Plugin,
+/// A ready plugin, as a call needs it: borrowed from the snapshot of the plugin set the
+/// call took (not copied per call); a browser call's loadable is its session's own.
+struct Target<'r> {
+    plugin: &'r plugins::Plugin,
     /// The tool name its worker knows.
     tool: String,
-    loadable: Loadable,
-    sha256: Option<String>,
+    loadable: Cow<'r, Loadable>,
+    sha256: Option<&'r str>,
     pool: std::sync::Arc<Supervisor>,
 }
 
@@ -111,7 +113,8 @@ async fn run(
 ) -> Result<InvokeResult, RemoteError> {
     let started = Instant::now();
     check_input(&input)?;
-    let mut target = ready(kernel, &tool)?;
+    let registry = kernel.plugins_snapshot();
+    let mut target = ready(&registry, &tool)?;
     // A browser tool is decided as `browser.control` on its session's `HOST:PORT` and run in
     // that session's own pool (`super::browser`).
     let mut session = if target.plugin.bridge_kind == crate::workers::builtins::BUILTIN
@@ -127,7 +130,7 @@ async fn run(
     let decided = decide(kernel, actor, &target, &tool, &input, over).await?;
     let mut input = input;
     if let Some(b) = &mut session {
-        input = super::browser::admit(kernel, b, &mut target.pool, &mut target.loadable)?;
+        input = super::browser::admit(kernel, b, &mut target.pool, target.loadable.to_mut())?;
         target.tool = crate::workers::browser::WORKER_TOOL.to_string();
     }
     let host = Host {
@@ -186,7 +189,6 @@ async fn run(
         }
         None
     };
-    let correlation = actor.correlation();
     // Whose call it is, for a pool that keeps one principal per worker (the agent's).
     let principal = principal_of(decided.token.as_deref());
     let dispatched = async {
@@ -201,7 +203,7 @@ async fn run(
                 input.into_bytes(),
                 file,
                 QUEUE_DEADLINE,
-                &correlation,
+                &actor.chain.call,
                 Some(&host),
                 actor.chain.depth > 0,
                 &principal,
@@ -218,7 +220,8 @@ async fn run(
     open.answered();
     committed.map_err(internal)?;
     if let Some(b) = &session {
-        super::browser::after(kernel, actor, b, &mut called).await;
+        // On the heap, as a browser call's only: it would size every call's future.
+        Box::pin(super::browser::after(kernel, actor, b, &mut called)).await;
     } else {
         learn(kernel, &target, &called).await;
     }
@@ -227,8 +230,10 @@ async fn run(
 }
 
 /// The principal a call is made for: the token's public id, or the operator's own (no token).
-fn principal_of(token: Option<&str>) -> String {
-    token.map_or_else(|| "operator".to_owned(), |t| format!("token:{t}"))
+fn principal_of(token: Option<&str>) -> Cow<'static, str> {
+    token.map_or(Cow::Borrowed("operator"), |t| {
+        Cow::Owned(format!("token:{t}"))
+    })
 }
 
 /// What the kernel calls of a call may have, given what the plugins above it declare
@@ -253,7 +258,8 @@ fn narrowed(
 /// The effect a call of built-in `tool` with `input` would have (`None`: `tool` is not a
 /// built-in, or the call is malformed and fails as [`call_in`] finds it).
 pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Option<Capability> {
-    let (plugin, _) = resolve(kernel, tool).ok()?;
+    let registry = kernel.plugins_snapshot();
+    let (plugin, _) = resolve(&registry, tool).ok()?;
     if plugin.bridge_kind != crate::workers::builtins::BUILTIN {
         return None;
     }
@@ -265,7 +271,7 @@ pub(crate) fn builtin_capability(kernel: &Kernel, tool: &str, input: &str) -> Op
 pub(crate) fn precheck(kernel: &Kernel, tool: &str, input: &str) -> Result<(), RemoteError> {
     not_the_agent(tool)?;
     check_input(input)?;
-    ready(kernel, tool).map(|_| ())
+    ready(&kernel.plugins_snapshot(), tool).map(|_| ())
 }
 
 /// The input's size and syntax, checked before anything is decided.
@@ -287,9 +293,9 @@ fn check_input(input: &str) -> Result<(), RemoteError> {
 }
 
 /// The plugin that serves `name`, ready to run.
-fn ready(kernel: &Kernel, name: &str) -> Result<Target, RemoteError> {
-    let (plugin, tool) = resolve(kernel, name)?;
-    match plugin.state.clone() {
+fn ready<'r>(registry: &'r plugins::Registry, name: &str) -> Result<Target<'r>, RemoteError> {
+    let (plugin, tool) = resolve(registry, name)?;
+    match &plugin.state {
         State::Ready {
             plugin: loadable,
             info,
@@ -298,9 +304,9 @@ fn ready(kernel: &Kernel, name: &str) -> Result<Target, RemoteError> {
         } => Ok(Target {
             plugin,
             tool,
-            loadable,
-            sha256: info.sha256,
-            pool,
+            loadable: Cow::Borrowed(loadable),
+            sha256: info.sha256.as_deref(),
+            pool: pool.clone(),
         }),
         State::Ready { .. } => Err(bad(format!(
             "plugin {} has not been loaded yet; run `loongctl plugins reload`",
@@ -320,7 +326,7 @@ fn ready(kernel: &Kernel, name: &str) -> Result<Target, RemoteError> {
 async fn decide(
     kernel: &Kernel,
     actor: &Actor<'_>,
-    target: &Target,
+    target: &Target<'_>,
     tool: &str,
     input: &str,
     over: Option<(Capability, String)>,
@@ -358,7 +364,7 @@ async fn decide(
 
 /// A deferred plugin's first load tells its tools (or its module's digest): listing and
 /// search show them from now on, and the trail records what was loaded.
-async fn learn(kernel: &Kernel, target: &Target, called: &Called) {
+async fn learn(kernel: &Kernel, target: &Target<'_>, called: &Called) {
     let plugin = &target.plugin;
     let Some(info) = called.loaded.as_ref().filter(|_| plugin.deferred()) else {
         return;
@@ -432,7 +438,7 @@ async fn record_outcome(
                 .await;
             Ok(InvokeResult {
                 tool,
-                output: String::from_utf8_lossy(&out.output).into_owned(),
+                output: output_text(out.output),
                 worker: called.worker,
                 logs: out.logs,
                 wall_us,
@@ -463,6 +469,13 @@ async fn record_outcome(
             Err(RemoteError::from(&e))
         }
     }
+}
+
+/// A worker's output as the answer's text: the bytes themselves when they are UTF-8 (a
+/// checked answer is JSON, so they are), not a copy; else with each invalid sequence
+/// replaced, as `String::from_utf8_lossy` does.
+fn output_text(output: Vec<u8>) -> String {
+    String::from_utf8(output).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Closes a `tool.invoked` record with a `tool.failed` one when the call is dropped before it
@@ -563,8 +576,10 @@ fn builtin_effect(
 
 /// The plugin that serves `name`, and the tool name its worker knows: a plugin's own id
 /// (WASM, JSON lines), or `PLUGIN_ID/TOOL` for one of an MCP server's tools.
-fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), RemoteError> {
-    let registry = kernel.plugins_snapshot();
+fn resolve<'r>(
+    registry: &'r plugins::Registry,
+    name: &str,
+) -> Result<(&'r plugins::Plugin, String), RemoteError> {
     let not_found = || {
         RemoteError::new(
             ErrorKind::NotFound,
@@ -581,7 +596,7 @@ fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), Rem
                 ),
             ));
         }
-        return Ok((p.clone(), name.to_string()));
+        return Ok((p, name.to_string()));
     }
     let (id, tool) = name.split_once('/').ok_or_else(not_found)?;
     let p = registry
@@ -601,7 +616,7 @@ fn resolve(kernel: &Kernel, name: &str) -> Result<(plugins::Plugin, String), Rem
             ));
         }
     }
-    Ok((p.clone(), tool.to_string()))
+    Ok((p, tool.to_string()))
 }
 
 #[cfg(test)]
@@ -616,6 +631,25 @@ mod tests {
             chain,
             io: None,
         }
+    }
+
+    /// The answer's text is the worker's output, the same as a lossy conversion gives: the
+    /// bytes kept when they are UTF-8, each invalid sequence replaced when not.
+    #[test]
+    fn an_answers_text_is_its_output_or_its_lossy_conversion() {
+        for bytes in [
+            "{\"echo\":\"caf\u{e9}\"}".as_bytes().to_vec(),
+            b"{\"a\":\"\xff\xfe\"}".to_vec(),
+            b"\xc3".to_vec(),
+            Vec::new(),
+        ] {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            assert_eq!(output_text(bytes), lossy);
+        }
+        let valid = b"{\"k\":1}".to_vec();
+        let at = valid.as_ptr();
+        let text = output_text(valid);
+        assert_eq!(text.as_ptr(), at, "valid UTF-8 was copied");
     }
 
     /// The record of an abandoned call, now built only when the call is dropped, is the one

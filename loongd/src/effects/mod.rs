@@ -327,7 +327,9 @@ pub(crate) async fn authorize_unrecorded(
     }
     record(kernel, event).await?;
     if matches!(o.decision, Ok(Decision::NeedsApproval { .. })) {
-        let waited = approval::wait(kernel, actor, &o, effect).await;
+        // On the heap: a rare wait's large future would otherwise size every decision's
+        // (and every call's) future, copied at each move.
+        let waited = Box::pin(approval::wait(kernel, actor, &o, effect)).await;
         crate::metrics::approval_waited(cap, waited.is_ok());
         waited?;
         return Ok(Authorized {

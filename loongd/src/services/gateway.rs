@@ -479,7 +479,6 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
     // Its output (an approval's note and typed id) has no reader: read and dropped, so that
     // a note never holds the call; the worker asks for the approvals instead.
     let (out, mut notes) = mpsc::channel(1);
-    let (_input_tx, input) = mpsc::channel(1);
     let io = RequestIo {
         id: n,
         conn: 0,
@@ -487,7 +486,7 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
         budget: Arc::new(tokio::sync::Semaphore::new(OUTPUT_BUDGET_BYTES)),
         stop: StopCell::default(),
         waiting: WaitCell::default(),
-        input,
+        input: None,
         chat: None,
     };
     let key = (worker, b.tag);

@@ -418,7 +418,7 @@ impl Supervisor {
         let mut out = Checkout {
             sup: self.clone(),
             worker: Some(worker),
-            correlation: correlation.to_string(),
+            correlation,
         };
         let result = self.run_on(out.worker(), plugin, job, host).await;
         let worker = out.release();
@@ -1108,13 +1108,14 @@ impl Supervisor {
 /// A worker out on one job. Dropped before [`Checkout::release`] (the job's future was
 /// dropped: a deadline, a client gone), it kills the worker, whose state is then unknown, and
 /// retires it in the background.
-struct Checkout {
+struct Checkout<'a> {
     sup: Arc<Supervisor>,
     worker: Option<Worker>,
-    correlation: String,
+    /// Copied only when the job is abandoned, for the retirement's record.
+    correlation: &'a str,
 }
 
-impl Checkout {
+impl Checkout<'_> {
     fn worker(&mut self) -> &mut Worker {
         self.worker
             .as_mut()
@@ -1128,12 +1129,12 @@ impl Checkout {
     }
 }
 
-impl Drop for Checkout {
+impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.worker.take() {
             kill_now(&w);
             let sup = self.sup.clone();
-            let correlation = std::mem::take(&mut self.correlation);
+            let correlation = self.correlation.to_owned();
             tokio::spawn(async move {
                 sup.retire(
                     w,
