@@ -368,9 +368,10 @@ enum Job {
         pass: Vec<OwnedFd>,
         reply: SpawnReply,
     },
-    /// The spawn server died: the spawner thread (whose death the server's parent-death
-    /// signal follows) starts a new one for a spawn made on another thread.
-    Restart(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// The spawn server of this generation died: the spawner thread (whose death the
+    /// server's parent-death signal follows) starts a new one for a spawn made on another
+    /// thread, unless another waiter's restart already replaced it.
+    Restart(u64, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// What every spawn works with, on the spawner thread or on a caller's
@@ -386,9 +387,19 @@ struct Shared {
     /// (the server then claims nothing and gives no sandbox subordinate ids).
     claims_in: Option<PathBuf>,
     /// The spawn server, one request at a time (held until the request's answer, by the
-    /// spawner thread blocking, by a runtime's task awaiting it); `None` once it died, until
-    /// the spawner thread starts another.
-    server: tokio::sync::Mutex<Option<Server>>,
+    /// spawner thread blocking, by a runtime's task awaiting it).
+    server: tokio::sync::Mutex<ServerSlot>,
+}
+
+/// The spawn server and its generation: each server started is one more. A request that
+/// finds its server gone (or not answering) empties the slot under the lock and asks for a
+/// restart naming the generation it found; the spawner thread replaces only that generation
+/// (or an empty slot), so many runs that saw one server die start one new server between
+/// them, and none kills a healthy replacement with the sandboxes started on it.
+#[derive(Debug, Default)]
+struct ServerSlot {
+    current: Option<Server>,
+    generation: u64,
 }
 
 /// Starts sandboxes from one long-lived thread, or from a caller's thread with the
@@ -408,9 +419,7 @@ impl std::fmt::Debug for Shared {
 }
 
 /// The server, locked from a thread outside any async runtime (the spawner thread).
-fn lock_server(
-    m: &tokio::sync::Mutex<Option<Server>>,
-) -> tokio::sync::MutexGuard<'_, Option<Server>> {
+fn lock_server(m: &tokio::sync::Mutex<ServerSlot>) -> tokio::sync::MutexGuard<'_, ServerSlot> {
     m.blocking_lock()
 }
 
@@ -436,7 +445,7 @@ impl Spawner {
             seq: AtomicU64::new(0),
             ids: ids.clone(),
             claims_in,
-            server: tokio::sync::Mutex::new(None),
+            server: tokio::sync::Mutex::new(ServerSlot::default()),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -448,7 +457,7 @@ impl Spawner {
                 // The server must be forked by this thread (see the module docs).
                 match Server::start(&shared.config.helper, shared.claims_in.as_deref()) {
                     Ok(s) => {
-                        *lock_server(&shared.server) = Some(s);
+                        lock_server(&shared.server).current = Some(s);
                         let _ = ready_tx.send(Ok(()));
                     }
                     Err(e) => {
@@ -456,7 +465,7 @@ impl Spawner {
                         return;
                     }
                 }
-                let restart = || restart_here(&shared);
+                let restart = |generation| restart_here(&shared, generation);
                 for job in rx {
                     match job {
                         Job::Spawn {
@@ -472,13 +481,13 @@ impl Spawner {
                             });
                             reply(r);
                         }
-                        Job::Restart(done) => {
-                            let _ = done.send(restart());
+                        Job::Restart(generation, done) => {
+                            let _ = done.send(restart(generation));
                         }
                     }
                 }
                 // The server goes with this thread (its parent-death signal fires now).
-                *lock_server(&shared.server) = None;
+                lock_server(&shared.server).current = None;
             })
             .map_err(|source| SpawnError::Helper {
                 helper: PathBuf::from("loong-spawner thread"),
@@ -567,14 +576,18 @@ impl Spawner {
     }
 }
 
-/// Starts a new spawn server from the spawner thread, replacing a dead one.
-fn restart_here(shared: &Shared) -> io::Result<()> {
-    let mut server = lock_server(&shared.server);
-    *server = None;
-    *server = Some(Server::start(
-        &shared.config.helper,
-        shared.claims_in.as_deref(),
-    )?);
+/// Starts a new spawn server from the spawner thread, replacing the dead one of
+/// `generation`: a server of a later generation already running (another waiter's restart
+/// started it) is kept, with its sandboxes.
+fn restart_here(shared: &Shared, generation: u64) -> io::Result<()> {
+    let mut slot = lock_server(&shared.server);
+    if slot.current.is_some() && slot.generation != generation {
+        return Ok(());
+    }
+    slot.current = None;
+    let started = Server::start(&shared.config.helper, shared.claims_in.as_deref())?;
+    slot.current = Some(started);
+    slot.generation = slot.generation.wrapping_add(1);
     Ok(())
 }
 
@@ -668,7 +681,8 @@ pub fn probe_host(helper: &Path) -> Result<Host, SpawnError> {
 #[derive(Debug)]
 struct Server {
     sock: OwnedFd,
-    process: std::process::Child,
+    /// `None` once handed to its reaper.
+    process: Option<std::process::Child>,
     /// The sequence number of the next request.
     next: u64,
 }
@@ -701,7 +715,7 @@ impl Server {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).env_clear();
         sys::map_fds(&mut cmd, vec![(theirs.as_raw_fd(), server::SERVER_FD)]);
-        let process = cmd.spawn()?;
+        let process = Some(cmd.spawn()?);
         Ok(Server {
             sock: ours,
             process,
@@ -860,11 +874,31 @@ fn malformed() -> io::Error {
 }
 
 impl Drop for Server {
+    /// Kills the server (and, through their parent-death signal, the helpers of every
+    /// sandbox still running on it) and leaves its reaping to a thread of its own: a server
+    /// stuck in uninterruptible sleep would otherwise hold the dropping thread (a runtime
+    /// worker of loongd's, under the server's lock) until the kernel let it go.
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        let _ = process.kill();
+        if let Ok(Some(_)) = process.try_wait() {
+            return;
+        }
+        let reaper = std::thread::Builder::new()
+            .name(SERVER_REAPER_THREAD.into())
+            .spawn(move || {
+                let _ = process.wait();
+            });
+        // No thread to be had: the zombie is left (a process entry, nothing running) rather
+        // than the caller held.
+        drop(reaper);
     }
 }
+
+/// The name of the short-lived thread that reaps a spawn server killed on replacement.
+const SERVER_REAPER_THREAD: &str = "loong-spawn-reaper";
 
 /// The null device a payload's `Null` stdio is opened from.
 const NULL_DEVICE: &str = "/dev/null";
@@ -1115,31 +1149,42 @@ fn server_gone<T>(answer: &io::Result<T>) -> bool {
 /// spawner thread's spawns); `restart` replaces a dead server.
 fn exchange(
     ctx: &Shared,
-    restart: &dyn Fn() -> io::Result<()>,
+    restart: &dyn Fn(u64) -> io::Result<()>,
     prepared: &Prepared,
 ) -> io::Result<(u32, OwnedFd)> {
     let request = || {
-        let mut server = lock_server(&ctx.server);
-        let answer = match server.as_mut() {
+        let mut slot = lock_server(&ctx.server);
+        let answer = match slot.current.as_mut() {
             Some(s) => s.request(&prepared.fds, prepared.sent),
             None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
         };
-        if answer
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            // Killed (dropped) here, under the lock: the next request starts another.
-            *server = None;
-            return Err(not_answering());
-        }
-        answer
+        settle(&mut slot, answer)
     };
-    let answer = request();
+    let (answer, generation) = request();
     if server_gone(&answer) {
-        restart()?;
-        return request();
+        restart(generation)?;
+        return request().0;
     }
     answer
+}
+
+/// A request's answer as its caller sees it, with the generation of the server it was made
+/// on (under the lock): a server that did not answer, or is gone, is dropped from the slot
+/// here (killed, reaped elsewhere), so no later request is made on it and a restart naming
+/// this generation replaces it.
+fn settle(slot: &mut ServerSlot, answer: io::Result<Answer>) -> (io::Result<Answer>, u64) {
+    let generation = slot.generation;
+    if answer
+        .as_ref()
+        .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+    {
+        slot.current = None;
+        return (Err(not_answering()), generation);
+    }
+    if server_gone(&answer) {
+        slot.current = None;
+    }
+    (answer, generation)
 }
 
 /// [`exchange`] on an async runtime: the server's answer is awaited on the runtime (its
@@ -1153,8 +1198,8 @@ async fn exchange_async(
     prepared: &Prepared,
 ) -> io::Result<(u32, OwnedFd)> {
     let request = || async {
-        let mut server = ctx.server.lock().await;
-        let answer = match server.as_mut() {
+        let mut slot = ctx.server.lock().await;
+        let answer = match slot.current.as_mut() {
             Some(s) => tokio::time::timeout(
                 SERVER_ANSWER_TIMEOUT,
                 s.request_async(&prepared.fds, prepared.sent),
@@ -1163,22 +1208,16 @@ async fn exchange_async(
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
             None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
         };
-        if answer
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            *server = None;
-            return Err(not_answering());
-        }
-        answer
+        settle(&mut slot, answer)
     };
-    let answer = request().await;
+    let (answer, generation) = request().await;
     if server_gone(&answer) {
         let (done, rx) = tokio::sync::oneshot::channel();
         let stopped = || io::Error::other("the spawner thread has stopped");
-        jobs.send(Job::Restart(done)).map_err(|_| stopped())?;
+        jobs.send(Job::Restart(generation, done))
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())??;
-        return request().await;
+        return request().await.0;
     }
     answer
 }
@@ -1252,7 +1291,7 @@ mod server_tests {
         let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let server = Server {
             sock: ours,
-            process,
+            process: Some(process),
             next: 0,
         };
         (server, theirs, r)
@@ -1295,6 +1334,26 @@ mod server_tests {
             None,
         )
         .expect("answer");
+    }
+
+    /// A server dropped (replaced, or not answering, under the lock on a runtime thread) is
+    /// killed at once and reaped by a thread of its own: the process is gone soon after,
+    /// leaving no zombie.
+    #[test]
+    fn a_dropped_server_is_killed_and_reaped_off_the_dropping_thread() {
+        let (mut server, _theirs, _fd) = fake_server();
+        let sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+        let pid = sleeper.id();
+        server.process = Some(sleeper);
+        drop(server);
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(
+            gone,
+            "the dropped server {pid} is still running or unreaped"
+        );
     }
 
     /// A request whose caller gave up (loongd's request task dropped while it awaited the
