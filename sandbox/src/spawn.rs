@@ -427,11 +427,13 @@ impl Spawner {
     /// Probes the host (with the helper), starts the spawner thread and its spawn server.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
-        let ids = Arc::new(IdMode::detect());
         let me = nix::unistd::Uid::effective();
-        let claims_in = (!me.is_root())
-            .then(|| server::claim_dir(me.as_raw()).ok())
-            .flatten();
+        let (ids, claims_in) = if me.is_root() {
+            (IdMode::Root, None)
+        } else {
+            with_claims(IdMode::detect(), me.as_raw(), server::claim_dir)
+        };
+        let ids = Arc::new(ids);
         crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
@@ -573,6 +575,30 @@ impl Spawner {
             .await
             .map_err(|e| helper_error(&self.shared, e))?;
         Ok(prepared.sent(pid, pidfd))
+    }
+}
+
+/// Rootless, the ids sandboxes get and the directory the spawn server claims slots in:
+/// loongd's user's home (`lookup`, through NSS), checked here as the server will check it.
+/// Subordinate ids need it: a failed lookup (even a transient NSS failure) or a directory or
+/// claim file another account could reach gives no sandbox subordinate ids, and the mode
+/// says why ([`Missing::NoClaims`]: `doctor`, `daemon.started` and every refusal show it),
+/// rather than leave them refused for loongd's life with no word of it.
+fn with_claims(
+    ids: IdMode,
+    uid: u32,
+    lookup: impl FnOnce(u32) -> Result<PathBuf, server::ClaimFileError>,
+) -> (IdMode, Option<PathBuf>) {
+    let usable = lookup(uid).and_then(|dir| server::check_claim_dir(&dir, uid).map(|()| dir));
+    match (ids, usable) {
+        (ids, Ok(dir)) => (ids, Some(dir)),
+        (IdMode::Subordinate { .. }, Err(why)) => (
+            IdMode::OwnUid(crate::subids::Missing::NoClaims {
+                why: why.to_string(),
+            }),
+            None,
+        ),
+        (ids, Err(_)) => (ids, None),
     }
 }
 
@@ -1257,6 +1283,56 @@ fn parse_error(line: &str) -> (String, i32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rootless with subordinate ids, a claim directory that cannot be had (the user's home
+    /// not looked up, as on a transient NSS failure, or one another account may write) turns
+    /// the mode into "without subordinate ids", saying why, so `doctor` and each refusal
+    /// name the cause (before, the lookup's error was dropped: the mode still read
+    /// "subordinate" and every sandbox was refused for want of a slot, with no word of why).
+    /// Control: the user's own private directory keeps the mode and is given to the server.
+    #[test]
+    fn subordinate_ids_without_a_usable_claim_directory_are_refused_saying_why() {
+        use crate::subids::{Missing, SubRange};
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::Uid::effective().as_raw();
+        let range = SubRange {
+            start: 200_000,
+            count: 65536,
+        };
+        let subordinate = IdMode::Subordinate {
+            user: "loong".into(),
+            uid: range,
+            gid: range,
+        };
+        let nss_down = |uid| {
+            Err(server::ClaimFileError::NoUser {
+                uid,
+                why: "the user database did not answer".into(),
+            })
+        };
+        let (ids, dir) = with_claims(subordinate.clone(), me, nss_down);
+        assert!(dir.is_none());
+        let IdMode::OwnUid(missing @ Missing::NoClaims { .. }) = &ids else {
+            panic!("the mode after a failed lookup: {ids:?}");
+        };
+        let refusal = SpawnError::OwnUid(missing.clone()).to_string();
+        assert!(refusal.contains("did not answer"), "{refusal}");
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let given = home.path().to_path_buf();
+        let (ids, dir) = with_claims(subordinate.clone(), me, |_| Ok(given.clone()));
+        assert!(dir.is_none());
+        assert!(
+            matches!(&ids, IdMode::OwnUid(Missing::NoClaims { why }) if why.contains("alone may write")),
+            "{ids:?}"
+        );
+        // Control: the directory made private.
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let (ids, dir) = with_claims(subordinate.clone(), me, |_| Ok(given.clone()));
+        assert_eq!((ids, dir), (subordinate, Some(given)));
+    }
 
     #[test]
     fn a_payloads_null_stdio_is_the_null_device_or_nothing() {
