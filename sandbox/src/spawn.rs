@@ -715,6 +715,8 @@ struct Server {
 
 /// What a request's answer carries: the new helper's pid and pidfd.
 type Answer = (u32, OwnedFd);
+/// The descriptors an answer carries: the pidfd.
+const ANSWER_FDS: usize = 1;
 
 impl Server {
     /// Starts `helper --serve`, giving it `claims_in` (see [`server::CLAIMS_IN_ARG`]).
@@ -774,35 +776,20 @@ impl Server {
     /// earlier requests, whose callers gave up on them, are read and dropped (their helpers,
     /// never sent a plan, exit).
     fn answer(&self, seq: u64) -> io::Result<Answer> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         loop {
             let mut buf = [0u8; 16];
-            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)?;
-            let mut got = Vec::new();
-            for c in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    got.extend(r);
-                }
-            }
-            let received: Vec<OwnedFd> = got
-                .into_iter()
-                .filter_map(|fd| sys::adopt_fd(fd).ok())
-                .collect();
+            // Every descriptor received is owned, those of an answer carrying more than its
+            // one (truncated, refused) too.
+            let msg =
+                sys::recv_owning_fds(self.sock.as_fd(), &mut buf, ANSWER_FDS, libc::MSG_DONTWAIT)?;
+            let received = msg.fds;
             if msg.bytes == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the spawn server closed its socket",
                 ));
             }
-            if msg.bytes != server::MESSAGE_BYTES {
+            if msg.bytes != server::MESSAGE_BYTES || msg.truncated {
                 return Err(malformed());
             }
             let value = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);

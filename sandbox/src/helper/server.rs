@@ -14,14 +14,14 @@
 //! travels on its report pipe.
 
 use std::{
-    io::{IoSlice, IoSliceMut},
+    io::IoSlice,
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
 use nix::sys::{
     prctl,
     signal::Signal,
-    socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags},
+    socket::{sendmsg, ControlMessage, MsgFlags},
 };
 
 use super::{FIRST_PASSED_FD, PLAN_FD, REPORT_FD};
@@ -119,33 +119,13 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
     };
     loop {
         let mut buf = [0u8; 16];
-        let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let (n, truncated, raw) = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let mut raw = Vec::new();
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            raw.extend(fds);
-                        }
-                    }
-                }
-                (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC), raw)
-            }
-            Err(nix::Error::EINTR) => continue,
+        // Every received descriptor owned at once, so each is closed whatever happens next,
+        // those of a request whose control data was truncated too (it is refused).
+        let (n, truncated, fds) = match receive_request(&sock, &mut buf) {
+            Ok(r) => (r.bytes, r.truncated, r.fds),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => sys::exit_now(0),
         };
-        // Own every received descriptor first, so each is closed whatever happens next.
-        let fds: Vec<OwnedFd> = raw
-            .into_iter()
-            .filter_map(|fd| sys::adopt_fd(fd).ok())
-            .collect();
         if n == 0 {
             sys::exit_now(0); // loongd closed its end
         }
@@ -226,6 +206,13 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
             ),
         }
     }
+}
+
+/// One request read from the server's socket into `buf`, with every descriptor it carried
+/// owned ([`sys::recv_owning_fds`]), room made for the most a request may carry.
+fn receive_request(sock: &OwnedFd, buf: &mut [u8]) -> std::io::Result<sys::Received> {
+    use std::os::fd::AsFd;
+    sys::recv_owning_fds(sock.as_fd(), buf, FIXED_FDS + MAX_PASS_FDS, 0)
 }
 
 /// The slot of the sandbox this forked child runs: an index no other live sandbox of this
@@ -689,6 +676,57 @@ mod tests {
         std::fs::create_dir(dir.path()).expect("a new directory at the path");
         assert!(claim(&file, 2).expect("the held directory").is_some());
         assert!(!dir.path().join(SLOT_CLAIM_FILE).exists());
+    }
+
+    /// A request whose control data does not fit (more descriptors than any request may
+    /// carry) is read as truncated, to be refused, and every descriptor the kernel installed
+    /// for it is owned, so closed: a pipe's write end sent in every slot leaves its reader at
+    /// EOF once the request is dropped. Before, nix refused to parse a truncated message and
+    /// the installed descriptors stayed open in the server. Control: a request that fits is
+    /// read whole.
+    #[test]
+    fn a_truncated_requests_descriptors_are_all_closed() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let send = |fds: &[RawFd]| {
+            let mut req = [0u8; MESSAGE_BYTES];
+            req[0] = SPAWN;
+            sendmsg::<()>(
+                ours.as_raw_fd(),
+                &[IoSlice::new(&req)],
+                &[ControlMessage::ScmRights(fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .expect("send a request");
+        };
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .expect("pipe");
+        send(&vec![w.as_raw_fd(); FIXED_FDS + MAX_PASS_FDS + 3]);
+        // Control: one that fits.
+        send(&[w.as_raw_fd(); FIXED_FDS]);
+        drop(w);
+        let mut buf = [0u8; 16];
+        let got = receive_request(&theirs, &mut buf).expect("the truncated request");
+        assert!(got.truncated);
+        assert_eq!(got.bytes, MESSAGE_BYTES);
+        drop(got);
+        let got = receive_request(&theirs, &mut buf).expect("the request that fits");
+        assert_eq!((got.truncated, got.fds.len()), (false, FIXED_FDS));
+        drop(got);
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut byte),
+            Ok(0),
+            "a descriptor of a request is still open"
+        );
     }
 
     #[test]
