@@ -709,7 +709,7 @@ mod tests {
         let (r, w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .expect("pipe");
-        send(&vec![w.as_raw_fd(); FIXED_FDS + MAX_PASS_FDS + 3]);
+        send(&[w.as_raw_fd(); FIXED_FDS + MAX_PASS_FDS + 3]);
         // Control: one that fits.
         send(&[w.as_raw_fd(); FIXED_FDS]);
         drop(w);
