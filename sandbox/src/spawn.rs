@@ -1419,6 +1419,58 @@ mod server_tests {
         );
     }
 
+    /// How long dropping a server may take on the dropping thread in the test below.
+    const DROP_RETURNS_WITHIN: Duration = Duration::from_secs(2);
+
+    /// A server that cannot be reaped yet (here: traced by a stopped `strace`, so its exit is
+    /// seen by no one but the tracer, as a server stuck in uninterruptible sleep is not
+    /// reaped) does not hold the thread that drops it: before, the drop waited for the reap
+    /// on that thread (a runtime worker of loongd's, the server's lock held). Control: once
+    /// the tracer is gone, the server is reaped (by its reaper thread).
+    #[test]
+    fn a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread() {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let (mut server, _theirs, _fd) = fake_server();
+        let sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+        let pid = sleeper.id();
+        let tracer = Command::new("strace")
+            .args(["-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut tracer) = tracer else {
+            eprintln!("SKIPPED a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread: strace is not installed");
+            return;
+        };
+        let traced = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            })
+        });
+        assert!(traced, "strace did not attach to {pid}");
+        kill(Pid::from_raw(tracer.id() as i32), Signal::SIGSTOP).expect("stop the tracer");
+        server.process = Some(sleeper);
+        let (done, returned) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = done.send(());
+        });
+        let returned = returned.recv_timeout(DROP_RETURNS_WITHIN).is_ok();
+        let _ = tracer.kill();
+        let _ = tracer.wait();
+        assert!(
+            returned,
+            "dropping the server held its thread until the server could be reaped"
+        );
+        let reaped = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(reaped, "the dropped server {pid} was never reaped");
+    }
+
     /// A request whose caller gave up (loongd's request task dropped while it awaited the
     /// answer) leaves its answer on the socket; the next request must not take it for its
     /// own (it would watch and kill another sandbox's helper). Control: the next request's
