@@ -1432,13 +1432,15 @@ mod server_tests {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         let (mut server, _theirs, _fd) = fake_server();
-        let sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+        let mut sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
         let pid = sleeper.id();
         let tracer = Command::new("strace")
             .args(["-qq", "-o", "/dev/null", "-p", &pid.to_string()])
             .stderr(Stdio::null())
             .spawn();
         let Ok(mut tracer) = tracer else {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
             eprintln!("SKIPPED a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread: strace is not installed");
             return;
         };
