@@ -445,17 +445,20 @@ async fn spawn(
         correlation: correlation.clone(),
         asked: asked.clone(),
     };
+    // Awaited (the server's lock, its answer, its restart): a request dropped here (its
+    // client gone) records its refusal (`Unstarted`); nothing ran.
+    let mut unstarted = Unstarted(Some(orphan));
     let pending = spawner
         .start_spawn(
             spec,
             [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
             Vec::new(),
         )
-        .await
-        .map_err(spawn_error)?;
+        .await;
+    let orphan = unstarted.0.take();
     let started = Started {
-        pending: Some(pending),
-        orphan: Some(orphan),
+        pending: Some(pending.map_err(spawn_error)?),
+        orphan,
     };
     // The sandbox is built by the spawn side while the records commit here.
     let (opened, child) = tokio::join!(open_gate(commits, gate), started.exec());
@@ -526,6 +529,20 @@ impl Drop for Started {
     }
 }
 
+/// A run whose decisions allowed it, while its sandbox is asked of the spawn server: dropped
+/// there (its client gone), it records the run's refusal (`cause: client_gone`), so the
+/// trail never holds an allowed run with neither a refusal nor an end. Nothing ran: the plan
+/// is sent only once the server has answered, and a helper it forked without one exits.
+struct Unstarted(Option<Orphan>);
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(orphan) = self.0.take() {
+            orphan.refuse();
+        }
+    }
+}
+
 /// What records a run whose request was dropped after its gate opened and before it
 /// received its child: the program ran, killed as soon as the child was taken.
 struct Orphan {
@@ -538,6 +555,30 @@ struct Orphan {
 }
 
 impl Orphan {
+    /// Records the refusal of a run dropped before its sandbox was started (`Unstarted`).
+    fn refuse(self) {
+        let Orphan {
+            audit,
+            runtime,
+            actor,
+            correlation,
+            asked,
+        } = self;
+        let why =
+            unavailable("the client went away while the sandbox was being started; nothing ran");
+        let detail = serde_json::json!({
+            "request": asked, "reason": why.message, "class": why.kind.to_string(),
+            "cause": StopCause::ClientGone.name(),
+        });
+        let event = crate::audit::Event {
+            kind: Kind::SandboxRefused,
+            actor,
+            correlation,
+            detail,
+        };
+        runtime.spawn(async move { audit.record_later(event).await });
+    }
+
     /// Records the killed run's start and end (`cause: client_gone`) once it has exited.
     fn record(self, child: loong_sandbox::Child) {
         let Orphan {

@@ -39,7 +39,9 @@ pub(crate) fn start_spawner(
     if !config.helper.exists() {
         return Err(SpawnerUnavailable::HelperMissing(config.helper.clone()));
     }
-    Spawner::start(config)
-        .map(Arc::new)
-        .map_err(|e| SpawnerUnavailable::Start(Arc::new(e)))
+    let spawner = Spawner::start(config).map_err(|e| SpawnerUnavailable::Start(Arc::new(e)))?;
+    if let loong_sandbox::subids::IdMode::OwnUid(missing) = spawner.ids() {
+        tracing::warn!(%missing, "rootless without subordinate ids");
+    }
+    Ok(Arc::new(spawner))
 }

@@ -368,9 +368,10 @@ enum Job {
         pass: Vec<OwnedFd>,
         reply: SpawnReply,
     },
-    /// The spawn server died: the spawner thread (whose death the server's parent-death
-    /// signal follows) starts a new one for a spawn made on another thread.
-    Restart(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// The spawn server of this generation died: the spawner thread (whose death the
+    /// server's parent-death signal follows) starts a new one for a spawn made on another
+    /// thread, unless another waiter's restart already replaced it.
+    Restart(u64, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// What every spawn works with, on the spawner thread or on a caller's
@@ -386,9 +387,19 @@ struct Shared {
     /// (the server then claims nothing and gives no sandbox subordinate ids).
     claims_in: Option<PathBuf>,
     /// The spawn server, one request at a time (held until the request's answer, by the
-    /// spawner thread blocking, by a runtime's task awaiting it); `None` once it died, until
-    /// the spawner thread starts another.
-    server: tokio::sync::Mutex<Option<Server>>,
+    /// spawner thread blocking, by a runtime's task awaiting it).
+    server: tokio::sync::Mutex<ServerSlot>,
+}
+
+/// The spawn server and its generation: each server started is one more. A request that
+/// finds its server gone (or not answering) empties the slot under the lock and asks for a
+/// restart naming the generation it found; the spawner thread replaces only that generation
+/// (or an empty slot), so many runs that saw one server die start one new server between
+/// them, and none kills a healthy replacement with the sandboxes started on it.
+#[derive(Debug, Default)]
+struct ServerSlot {
+    current: Option<Server>,
+    generation: u64,
 }
 
 /// Starts sandboxes from one long-lived thread, or from a caller's thread with the
@@ -408,9 +419,7 @@ impl std::fmt::Debug for Shared {
 }
 
 /// The server, locked from a thread outside any async runtime (the spawner thread).
-fn lock_server(
-    m: &tokio::sync::Mutex<Option<Server>>,
-) -> tokio::sync::MutexGuard<'_, Option<Server>> {
+fn lock_server(m: &tokio::sync::Mutex<ServerSlot>) -> tokio::sync::MutexGuard<'_, ServerSlot> {
     m.blocking_lock()
 }
 
@@ -418,11 +427,13 @@ impl Spawner {
     /// Probes the host (with the helper), starts the spawner thread and its spawn server.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnError> {
         let host = Arc::new(probe_host(&config.helper)?);
-        let ids = Arc::new(IdMode::detect());
         let me = nix::unistd::Uid::effective();
-        let claims_in = (!me.is_root())
-            .then(|| server::claim_dir(me.as_raw()).ok())
-            .flatten();
+        let (ids, claims_in) = if me.is_root() {
+            (IdMode::Root, None)
+        } else {
+            with_claims(IdMode::detect(), me.as_raw(), server::claim_dir)
+        };
+        let ids = Arc::new(ids);
         crate::cgroup::sweep_stale(&host.cgroup);
         let mut compiled = BTreeMap::new();
         for (tier, p) in &config.profiles {
@@ -436,7 +447,7 @@ impl Spawner {
             seq: AtomicU64::new(0),
             ids: ids.clone(),
             claims_in,
-            server: tokio::sync::Mutex::new(None),
+            server: tokio::sync::Mutex::new(ServerSlot::default()),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -448,7 +459,7 @@ impl Spawner {
                 // The server must be forked by this thread (see the module docs).
                 match Server::start(&shared.config.helper, shared.claims_in.as_deref()) {
                     Ok(s) => {
-                        *lock_server(&shared.server) = Some(s);
+                        lock_server(&shared.server).current = Some(s);
                         let _ = ready_tx.send(Ok(()));
                     }
                     Err(e) => {
@@ -456,7 +467,7 @@ impl Spawner {
                         return;
                     }
                 }
-                let restart = || restart_here(&shared);
+                let restart = |generation| restart_here(&shared, generation);
                 for job in rx {
                     match job {
                         Job::Spawn {
@@ -472,13 +483,13 @@ impl Spawner {
                             });
                             reply(r);
                         }
-                        Job::Restart(done) => {
-                            let _ = done.send(restart());
+                        Job::Restart(generation, done) => {
+                            let _ = done.send(restart(generation));
                         }
                     }
                 }
                 // The server goes with this thread (its parent-death signal fires now).
-                *lock_server(&shared.server) = None;
+                lock_server(&shared.server).current = None;
             })
             .map_err(|source| SpawnError::Helper {
                 helper: PathBuf::from("loong-spawner thread"),
@@ -567,14 +578,42 @@ impl Spawner {
     }
 }
 
-/// Starts a new spawn server from the spawner thread, replacing a dead one.
-fn restart_here(shared: &Shared) -> io::Result<()> {
-    let mut server = lock_server(&shared.server);
-    *server = None;
-    *server = Some(Server::start(
-        &shared.config.helper,
-        shared.claims_in.as_deref(),
-    )?);
+/// Rootless, the ids sandboxes get and the directory the spawn server claims slots in:
+/// loongd's user's home (`lookup`, through NSS), checked here as the server will check it.
+/// Subordinate ids need it: a failed lookup (even a transient NSS failure) or a directory or
+/// claim file another account could reach gives no sandbox subordinate ids, and the mode
+/// says why ([`Missing::NoClaims`]: `doctor`, `daemon.started` and every refusal show it),
+/// rather than leave them refused for loongd's life with no word of it.
+fn with_claims(
+    ids: IdMode,
+    uid: u32,
+    lookup: impl FnOnce(u32) -> Result<PathBuf, server::ClaimFileError>,
+) -> (IdMode, Option<PathBuf>) {
+    let usable = lookup(uid).and_then(|dir| server::check_claim_dir(&dir, uid).map(|()| dir));
+    match (ids, usable) {
+        (ids, Ok(dir)) => (ids, Some(dir)),
+        (IdMode::Subordinate { .. }, Err(why)) => (
+            IdMode::OwnUid(crate::subids::Missing::NoClaims {
+                why: why.to_string(),
+            }),
+            None,
+        ),
+        (ids, Err(_)) => (ids, None),
+    }
+}
+
+/// Starts a new spawn server from the spawner thread, replacing the dead one of
+/// `generation`: a server of a later generation already running (another waiter's restart
+/// started it) is kept, with its sandboxes.
+fn restart_here(shared: &Shared, generation: u64) -> io::Result<()> {
+    let mut slot = lock_server(&shared.server);
+    if slot.current.is_some() && slot.generation != generation {
+        return Ok(());
+    }
+    slot.current = None;
+    let started = Server::start(&shared.config.helper, shared.claims_in.as_deref())?;
+    slot.current = Some(started);
+    slot.generation = slot.generation.wrapping_add(1);
     Ok(())
 }
 
@@ -668,13 +707,16 @@ pub fn probe_host(helper: &Path) -> Result<Host, SpawnError> {
 #[derive(Debug)]
 struct Server {
     sock: OwnedFd,
-    process: std::process::Child,
+    /// `None` once handed to its reaper.
+    process: Option<std::process::Child>,
     /// The sequence number of the next request.
     next: u64,
 }
 
 /// What a request's answer carries: the new helper's pid and pidfd.
 type Answer = (u32, OwnedFd);
+/// The descriptors an answer carries: the pidfd.
+const ANSWER_FDS: usize = 1;
 
 impl Server {
     /// Starts `helper --serve`, giving it `claims_in` (see [`server::CLAIMS_IN_ARG`]).
@@ -701,7 +743,7 @@ impl Server {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).env_clear();
         sys::map_fds(&mut cmd, vec![(theirs.as_raw_fd(), server::SERVER_FD)]);
-        let process = cmd.spawn()?;
+        let process = Some(cmd.spawn()?);
         Ok(Server {
             sock: ours,
             process,
@@ -734,35 +776,20 @@ impl Server {
     /// earlier requests, whose callers gave up on them, are read and dropped (their helpers,
     /// never sent a plan, exit).
     fn answer(&self, seq: u64) -> io::Result<Answer> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         loop {
             let mut buf = [0u8; 16];
-            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)?;
-            let mut got = Vec::new();
-            for c in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    got.extend(r);
-                }
-            }
-            let received: Vec<OwnedFd> = got
-                .into_iter()
-                .filter_map(|fd| sys::adopt_fd(fd).ok())
-                .collect();
+            // Every descriptor received is owned, those of an answer carrying more than its
+            // one (truncated, refused) too.
+            let msg =
+                sys::recv_owning_fds(self.sock.as_fd(), &mut buf, ANSWER_FDS, libc::MSG_DONTWAIT)?;
+            let received = msg.fds;
             if msg.bytes == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the spawn server closed its socket",
                 ));
             }
-            if msg.bytes != server::MESSAGE_BYTES {
+            if msg.bytes != server::MESSAGE_BYTES || msg.truncated {
                 return Err(malformed());
             }
             let value = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -860,11 +887,31 @@ fn malformed() -> io::Error {
 }
 
 impl Drop for Server {
+    /// Kills the server (and, through their parent-death signal, the helpers of every
+    /// sandbox still running on it) and leaves its reaping to a thread of its own: a server
+    /// stuck in uninterruptible sleep would otherwise hold the dropping thread (a runtime
+    /// worker of loongd's, under the server's lock) until the kernel let it go.
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        let _ = process.kill();
+        if let Ok(Some(_)) = process.try_wait() {
+            return;
+        }
+        let reaper = std::thread::Builder::new()
+            .name(SERVER_REAPER_THREAD.into())
+            .spawn(move || {
+                let _ = process.wait();
+            });
+        // No thread to be had: the zombie is left (a process entry, nothing running) rather
+        // than the caller held.
+        drop(reaper);
     }
 }
+
+/// The name of the short-lived thread that reaps a spawn server killed on replacement.
+const SERVER_REAPER_THREAD: &str = "loong-spawn-reaper";
 
 /// The null device a payload's `Null` stdio is opened from.
 const NULL_DEVICE: &str = "/dev/null";
@@ -1115,31 +1162,42 @@ fn server_gone<T>(answer: &io::Result<T>) -> bool {
 /// spawner thread's spawns); `restart` replaces a dead server.
 fn exchange(
     ctx: &Shared,
-    restart: &dyn Fn() -> io::Result<()>,
+    restart: &dyn Fn(u64) -> io::Result<()>,
     prepared: &Prepared,
 ) -> io::Result<(u32, OwnedFd)> {
     let request = || {
-        let mut server = lock_server(&ctx.server);
-        let answer = match server.as_mut() {
+        let mut slot = lock_server(&ctx.server);
+        let answer = match slot.current.as_mut() {
             Some(s) => s.request(&prepared.fds, prepared.sent),
             None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
         };
-        if answer
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            // Killed (dropped) here, under the lock: the next request starts another.
-            *server = None;
-            return Err(not_answering());
-        }
-        answer
+        settle(&mut slot, answer)
     };
-    let answer = request();
+    let (answer, generation) = request();
     if server_gone(&answer) {
-        restart()?;
-        return request();
+        restart(generation)?;
+        return request().0;
     }
     answer
+}
+
+/// A request's answer as its caller sees it, with the generation of the server it was made
+/// on (under the lock): a server that did not answer, or is gone, is dropped from the slot
+/// here (killed, reaped elsewhere), so no later request is made on it and a restart naming
+/// this generation replaces it.
+fn settle(slot: &mut ServerSlot, answer: io::Result<Answer>) -> (io::Result<Answer>, u64) {
+    let generation = slot.generation;
+    if answer
+        .as_ref()
+        .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+    {
+        slot.current = None;
+        return (Err(not_answering()), generation);
+    }
+    if server_gone(&answer) {
+        slot.current = None;
+    }
+    (answer, generation)
 }
 
 /// [`exchange`] on an async runtime: the server's answer is awaited on the runtime (its
@@ -1153,8 +1211,8 @@ async fn exchange_async(
     prepared: &Prepared,
 ) -> io::Result<(u32, OwnedFd)> {
     let request = || async {
-        let mut server = ctx.server.lock().await;
-        let answer = match server.as_mut() {
+        let mut slot = ctx.server.lock().await;
+        let answer = match slot.current.as_mut() {
             Some(s) => tokio::time::timeout(
                 SERVER_ANSWER_TIMEOUT,
                 s.request_async(&prepared.fds, prepared.sent),
@@ -1163,22 +1221,16 @@ async fn exchange_async(
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
             None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
         };
-        if answer
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            *server = None;
-            return Err(not_answering());
-        }
-        answer
+        settle(&mut slot, answer)
     };
-    let answer = request().await;
+    let (answer, generation) = request().await;
     if server_gone(&answer) {
         let (done, rx) = tokio::sync::oneshot::channel();
         let stopped = || io::Error::other("the spawner thread has stopped");
-        jobs.send(Job::Restart(done)).map_err(|_| stopped())?;
+        jobs.send(Job::Restart(generation, done))
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())??;
-        return request().await;
+        return request().await.0;
     }
     answer
 }
@@ -1219,6 +1271,56 @@ fn parse_error(line: &str) -> (String, i32, String) {
 mod tests {
     use super::*;
 
+    /// Rootless with subordinate ids, a claim directory that cannot be had (the user's home
+    /// not looked up, as on a transient NSS failure, or one another account may write) turns
+    /// the mode into "without subordinate ids", saying why, so `doctor` and each refusal
+    /// name the cause (before, the lookup's error was dropped: the mode still read
+    /// "subordinate" and every sandbox was refused for want of a slot, with no word of why).
+    /// Control: the user's own private directory keeps the mode and is given to the server.
+    #[test]
+    fn subordinate_ids_without_a_usable_claim_directory_are_refused_saying_why() {
+        use crate::subids::{Missing, SubRange};
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::Uid::effective().as_raw();
+        let range = SubRange {
+            start: 200_000,
+            count: 65536,
+        };
+        let subordinate = IdMode::Subordinate {
+            user: "loong".into(),
+            uid: range,
+            gid: range,
+        };
+        let nss_down = |uid| {
+            Err(server::ClaimFileError::NoUser {
+                uid,
+                why: "the user database did not answer".into(),
+            })
+        };
+        let (ids, dir) = with_claims(subordinate.clone(), me, nss_down);
+        assert!(dir.is_none());
+        let IdMode::OwnUid(missing @ Missing::NoClaims { .. }) = &ids else {
+            panic!("the mode after a failed lookup: {ids:?}");
+        };
+        let refusal = SpawnError::OwnUid(missing.clone()).to_string();
+        assert!(refusal.contains("did not answer"), "{refusal}");
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let given = home.path().to_path_buf();
+        let (ids, dir) = with_claims(subordinate.clone(), me, |_| Ok(given.clone()));
+        assert!(dir.is_none());
+        assert!(
+            matches!(&ids, IdMode::OwnUid(Missing::NoClaims { why }) if why.contains("alone may write")),
+            "{ids:?}"
+        );
+        // Control: the directory made private.
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let (ids, dir) = with_claims(subordinate.clone(), me, |_| Ok(given.clone()));
+        assert_eq!((ids, dir), (subordinate, Some(given)));
+    }
+
     #[test]
     fn a_payloads_null_stdio_is_the_null_device_or_nothing() {
         // Positive control: the host's /dev/null.
@@ -1252,7 +1354,7 @@ mod server_tests {
         let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let server = Server {
             sock: ours,
-            process,
+            process: Some(process),
             next: 0,
         };
         (server, theirs, r)
@@ -1295,6 +1397,80 @@ mod server_tests {
             None,
         )
         .expect("answer");
+    }
+
+    /// A server dropped (replaced, or not answering, under the lock on a runtime thread) is
+    /// killed at once and reaped by a thread of its own: the process is gone soon after,
+    /// leaving no zombie.
+    #[test]
+    fn a_dropped_server_is_killed_and_reaped_off_the_dropping_thread() {
+        let (mut server, _theirs, _fd) = fake_server();
+        let sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+        let pid = sleeper.id();
+        server.process = Some(sleeper);
+        drop(server);
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(
+            gone,
+            "the dropped server {pid} is still running or unreaped"
+        );
+    }
+
+    /// How long dropping a server may take on the dropping thread in the test below.
+    const DROP_RETURNS_WITHIN: Duration = Duration::from_secs(2);
+
+    /// A server that cannot be reaped yet (here: traced by a stopped `strace`, so its exit is
+    /// seen by no one but the tracer, as a server stuck in uninterruptible sleep is not
+    /// reaped) does not hold the thread that drops it: before, the drop waited for the reap
+    /// on that thread (a runtime worker of loongd's, the server's lock held). Control: once
+    /// the tracer is gone, the server is reaped (by its reaper thread).
+    #[test]
+    fn a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread() {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let (mut server, _theirs, _fd) = fake_server();
+        let mut sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+        let pid = sleeper.id();
+        let tracer = Command::new("strace")
+            .args(["-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut tracer) = tracer else {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            eprintln!("SKIPPED a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread: strace is not installed");
+            return;
+        };
+        let traced = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            })
+        });
+        assert!(traced, "strace did not attach to {pid}");
+        kill(Pid::from_raw(tracer.id() as i32), Signal::SIGSTOP).expect("stop the tracer");
+        server.process = Some(sleeper);
+        let (done, returned) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = done.send(());
+        });
+        let returned = returned.recv_timeout(DROP_RETURNS_WITHIN).is_ok();
+        let _ = tracer.kill();
+        let _ = tracer.wait();
+        assert!(
+            returned,
+            "dropping the server held its thread until the server could be reaped"
+        );
+        let reaped = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(reaped, "the dropped server {pid} was never reaped");
     }
 
     /// A request whose caller gave up (loongd's request task dropped while it awaited the

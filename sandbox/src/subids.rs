@@ -68,6 +68,10 @@ pub enum Missing {
     },
     #[error("loongd runs with no_new_privs (systemd's NoNewPrivileges=, or a directive that implies it for a unit without capabilities), so the setuid newuidmap cannot map ids and no idmap server listens on {}: start loong-idmap.socket (the package ships it), or run loongd without no_new_privs", crate::helper::idmap::IDMAP_SOCKET)]
     NoNewPrivs,
+    /// The slot claim file, which keeps two live sandboxes of this user (of two loongds) off
+    /// one subordinate id, cannot be used, so no sandbox gets one.
+    #[error("the slot claim file cannot be used, so no sandbox can be given a subordinate id without risking one another loongd of this user gives too: {why}; fix it and restart loongd")]
+    NoClaims { why: String },
 }
 
 impl IdMode {

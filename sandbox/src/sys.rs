@@ -582,35 +582,106 @@ pub(crate) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()
     Ok(())
 }
 
+/// One message received with [`recv_owning_fds`].
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// The bytes of the message read into the buffer.
+    pub bytes: usize,
+    /// The control data did not fit (`MSG_CTRUNC`): descriptors beyond `max_fds` were
+    /// closed by the kernel, and the message is to be refused.
+    pub truncated: bool,
+    /// Every descriptor installed for the message (close-on-exec), owned.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// `recvmsg` of one message into `buf` with room for `max_fds` descriptors, every
+/// descriptor the kernel installed owned, even when the control data was truncated
+/// (`MSG_CTRUNC`: the kernel installs those that fit and closes the rest; nix's parser
+/// refuses such a message, which would leave the installed ones open for ever).
+pub(crate) fn recv_owning_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    flags: libc::c_int,
+) -> io::Result<Received> {
+    let fd_bytes = u32::try_from(max_fds * std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: CMSG_SPACE computes a length from an integer; it reads no memory.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    // u64 words: aligned for a cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data (integers and pointers); all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `iov` (over `buf`, live and writable for its length) and at
+    // `control` (live and writable for `space` bytes), both outliving the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    let end = control.as_ptr() as usize + (msg.msg_controllen as usize).min(space);
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR and CMSG_NXTHDR stay within its
+    // `msg_controllen` bytes of `control`, which is live.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is a header CMSG_FIRSTHDR/CMSG_NXTHDR found inside `control`.
+        let header = unsafe { std::ptr::read_unaligned(c) };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: the data of the header `c`, inside `control`.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            let data_len = (c as usize + header.cmsg_len as usize)
+                .min(end)
+                .saturating_sub(data as usize);
+            for i in 0..data_len / std::mem::size_of::<libc::c_int>() {
+                // SAFETY: the i-th descriptor of the header's data, inside `control` (bounded
+                // by the header's length and the control data's end above).
+                let raw = unsafe { std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
+                // SAFETY: each descriptor was just installed by SCM_RIGHTS for this process;
+                // nothing else refers to it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; `c` is a header inside the control data.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok(Received {
+        bytes: n as usize,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        fds,
+    })
+}
+
 /// Receives the descriptors of one `SCM_RIGHTS` message (close-on-exec); an empty list when
 /// the message carried none, an error at the end of the stream.
 pub(crate) fn receive_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let msg = recv_owning_fds(sock, &mut byte, MESSAGE_FDS, 0)?;
     if msg.bytes == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let mut out = Vec::new();
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: each descriptor was just received with SCM_RIGHTS; this process owns
-            // it and nothing else refers to it.
-            out.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
+    if msg.truncated {
+        return Err(truncated());
     }
-    Ok(out)
+    Ok(msg.fds)
+}
+
+/// The most descriptors [`receive_fds`] and [`recv_tagged`] take from one message; one
+/// carrying more is refused, every descriptor of it closed.
+const MESSAGE_FDS: usize = 4;
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a message carried more than {MESSAGE_FDS} descriptors; refused, all closed"),
+    )
 }
 
 /// `SO_PEERGROUPS` (Linux 4.13; the same number on x86_64 and every generic architecture).
@@ -691,32 +762,15 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// Receives one message of an egress socket without blocking: its first byte (the tag) and
 /// the descriptors it carried (close-on-exec); `None` at the end of the stream.
 pub(crate) fn recv_tagged(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Vec<OwnedFd>)>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
-    let mut out = Vec::new();
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: each descriptor was just received with SCM_RIGHTS; this process owns
-            // it and nothing else refers to it.
-            out.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
+    let msg = recv_owning_fds(sock, &mut byte, MESSAGE_FDS, libc::MSG_DONTWAIT)?;
+    if msg.truncated {
+        return Err(truncated());
     }
-    if msg.bytes == 0 && out.is_empty() {
+    if msg.bytes == 0 && msg.fds.is_empty() {
         return Ok(None);
     }
-    Ok(Some((byte[0], out)))
+    Ok(Some((byte[0], msg.fds)))
 }
 
 /// Sets glibc malloc's `M_ARENA_MAX` to `n`. Beyond the main arena, malloc opens files a

@@ -1369,8 +1369,10 @@ fn the_spawn_server_claims_slots_where_loongd_says_and_looks_no_user_up() {
     assert!(stderr.contains("--claims-in"), "{stderr}");
 }
 
-/// The user and group database lookups of glibc (through NSS): a static `loong-spawn` (as the
-/// package links it) would reach only the `files` database with them, so it must call none.
+/// glibc's lookups through NSS (users, groups, shadow, hosts, services, protocols,
+/// netgroups, the login name): a static `loong-spawn` (as the package links it) would still
+/// `dlopen` the `libnss_*` modules for any of them, so it must call none. Checked on the
+/// dynamic build the tests run, whose imports show them.
 const NSS_LOOKUPS: &[&str] = &[
     "getpwuid_r",
     "getpwnam_r",
@@ -1388,6 +1390,34 @@ const NSS_LOOKUPS: &[&str] = &[
     "initgroups",
     "getspnam",
     "getspnam_r",
+    "getaddrinfo",
+    "gethostbyname",
+    "gethostbyname_r",
+    "gethostbyname2",
+    "gethostbyname2_r",
+    "gethostbyaddr",
+    "gethostbyaddr_r",
+    "gethostent",
+    "gethostent_r",
+    "getnameinfo",
+    "getservbyname",
+    "getservbyname_r",
+    "getservbyport",
+    "getservbyport_r",
+    "getservent",
+    "getservent_r",
+    "getprotobyname",
+    "getprotobyname_r",
+    "getprotobynumber",
+    "getprotobynumber_r",
+    "getprotoent",
+    "getprotoent_r",
+    "innetgr",
+    "getnetgrent",
+    "getnetgrent_r",
+    "setnetgrent",
+    "getlogin",
+    "getlogin_r",
 ];
 
 /// The glibc functions `binary` imports (`nm -D --undefined-only`), or `None` without `nm`.

@@ -418,6 +418,185 @@ fn a_spawn_server_that_does_not_answer_holds_no_runtime_thread() {
     assert_eq!(text(&out.stdout), "after\n");
 }
 
+/// Runs waiting on one spawn server when it dies (here stopped, so that they queue, then
+/// killed).
+const WAITERS_ON_A_DEAD_SERVER: usize = 3;
+
+/// Several runs waiting on a spawn server that dies each find it gone, but it is replaced
+/// once: a restart names the server it found dead, and one that another waiter's restart
+/// already replaced is kept. Before, every waiter's restart killed the server then running,
+/// and with it (parent-death signal) the sandboxes the other waiters had started on it. So
+/// every waiting run, its payload outliving the others' recovery, runs to its end, and one
+/// new server is seen. The control: a run before the server stopped.
+#[test]
+fn runs_waiting_on_a_dead_spawn_server_replace_it_once() {
+    let home = Home::new();
+    let loongd = home.start();
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        "/bin/echo",
+        "before",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = spawn_servers(loongd);
+    assert_eq!(before.len(), 1, "loongd's spawn servers: {before:?}");
+    // A sandbox live on the server that dies: it dies with it, and its end is recorded.
+    let live_marker = marker(23);
+    let mut live = run(&home, &["/bin/sleep", &live_marker], Stdio::null());
+    payload_of(&live_marker);
+    let server = Pid::from_raw(before[0] as i32);
+    nix::sys::signal::kill(server, Signal::SIGSTOP).expect("stop the spawn server");
+    let waiting: Vec<std::process::Child> = (0..WAITERS_ON_A_DEAD_SERVER)
+        .map(|i| {
+            Command::new(bin("loongctl"))
+                .arg("--home")
+                .arg(home.path())
+                .args([
+                    "sandbox", "run", "--tier", "balanced", "--", "/bin/sh", "-c",
+                ])
+                .arg(format!("sleep 2; echo waited{i}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("loongctl")
+        })
+        .collect();
+    std::thread::sleep(STUCK_RUNS_SETTLE);
+    nix::sys::signal::kill(server, Signal::SIGKILL).expect("kill the spawn server");
+    // Every server seen while the runs recover and run.
+    let mut seen = std::collections::BTreeSet::new();
+    let due = Instant::now() + STUCK_SERVER_WAIT;
+    let mut waiting = waiting;
+    while Instant::now() < due
+        && !waiting
+            .iter_mut()
+            .all(|c| c.try_wait().is_ok_and(|s| s.is_some()))
+    {
+        seen.extend(spawn_servers(loongd));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    seen.extend(spawn_servers(loongd));
+    seen.remove(&before[0]);
+    for (i, c) in waiting.into_iter().enumerate() {
+        let out = c.wait_with_output().expect("a waiting run");
+        assert!(
+            out.status.success() && text(&out.stdout) == format!("waited{i}\n"),
+            "run {i} (servers seen after the first: {seen:?}): {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "spawn servers started after the first: {seen:?}"
+    );
+    let live_status = live.wait().expect("the live run");
+    assert!(
+        !live_status.success(),
+        "a sandbox outlived its spawn server"
+    );
+    let recorded = wait_until(Duration::from_secs(10), || {
+        details(&home, "sandbox.exited").iter().any(|d| {
+            d["program"] == "/bin/sleep" && d["signal"] == i64::from(Signal::SIGKILL as i32)
+        })
+    });
+    assert!(
+        recorded,
+        "the end of the sandbox killed with its server is not recorded: {:?}",
+        details(&home, "sandbox.exited")
+    );
+}
+
+/// The trail's records of `kind` for the run `correlation`, oldest first.
+fn run_records(home: &Home, kind: &str, correlation: &str) -> Vec<serde_json::Value> {
+    let mut rs: Vec<serde_json::Value> = crate::workers::records(home, kind)
+        .into_iter()
+        .filter(|r| r["correlation"] == correlation)
+        .collect();
+    rs.reverse();
+    rs
+}
+
+/// The sequence number of a run's first decision and of its first record of `kind`.
+fn decided_then(home: &Home, kind: &str, correlation: &str) -> (Option<u64>, Option<u64>) {
+    let first = |k: &str| {
+        run_records(home, k, correlation)
+            .first()
+            .and_then(|r| r["seq"].as_u64())
+    };
+    (first("policy.decision"), first(kind))
+}
+
+/// A run whose client leaves while the run waits for the spawn server (its lock, its
+/// answer, its restart; here the server is stopped) was allowed but never started: the
+/// trail shows its decision followed by its refusal (`cause: client_gone`), never a decision
+/// left without either a refusal or an end. The control: a run that completes has its
+/// decision followed by its end.
+#[test]
+fn a_run_whose_client_leaves_while_it_waits_for_the_spawn_server_is_recorded_refused() {
+    let home = Home::new();
+    let loongd = home.start();
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--",
+        "/bin/echo",
+        "before",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exited = details(&home, "sandbox.exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    let done = crate::workers::records(&home, "sandbox.exited")[0]["correlation"]
+        .as_str()
+        .expect("a correlation")
+        .to_string();
+    let (decided, ended) = decided_then(&home, "sandbox.exited", &done);
+    assert!(
+        decided.is_some() && ended > decided,
+        "a completed run: decision {decided:?}, end {ended:?}"
+    );
+    let servers = spawn_servers(loongd);
+    assert_eq!(servers.len(), 1, "loongd's spawn servers: {servers:?}");
+    let server = Pid::from_raw(servers[0] as i32);
+    nix::sys::signal::kill(server, Signal::SIGSTOP).expect("stop the spawn server");
+    let mut waiting = run(&home, &["/bin/echo", "left"], Stdio::null());
+    std::thread::sleep(STUCK_RUNS_SETTLE);
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+    let refused = || {
+        crate::workers::records(&home, "sandbox.refused")
+            .into_iter()
+            .find(|r| crate::workers::detail(r)["cause"] == "client_gone")
+    };
+    let found = wait_until(Duration::from_secs(10), || refused().is_some());
+    let _ = nix::sys::signal::kill(server, Signal::SIGKILL);
+    assert!(
+        found,
+        "a run whose client left while it waited has no refusal: {:?}\n{}",
+        details(&home, "sandbox.refused"),
+        home.log()
+    );
+    let refusal = refused().expect("the refusal");
+    let correlation = refusal["correlation"].as_str().expect("a correlation");
+    let (decided, refused_at) = decided_then(&home, "sandbox.refused", correlation);
+    assert!(
+        decided.is_some() && refused_at > decided,
+        "decision {decided:?}, refusal {refused_at:?}"
+    );
+    assert!(
+        run_records(&home, "sandbox.spawned", correlation).is_empty(),
+        "a refused run is recorded started"
+    );
+}
+
 /// A run is planned and handed to the spawn server on loongd's runtime, but a server that
 /// died is still replaced (by the spawner thread, which its parent-death signal follows):
 /// the run after its death runs. The control: a run before it.

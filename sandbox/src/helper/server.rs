@@ -14,14 +14,14 @@
 //! travels on its report pipe.
 
 use std::{
-    io::{IoSlice, IoSliceMut},
+    io::IoSlice,
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
 use nix::sys::{
     prctl,
     signal::Signal,
-    socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags},
+    socket::{sendmsg, ControlMessage, MsgFlags},
 };
 
 use super::{FIRST_PASSED_FD, PLAN_FD, REPORT_FD};
@@ -119,33 +119,13 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
     };
     loop {
         let mut buf = [0u8; 16];
-        let mut cmsg = nix::cmsg_space!([RawFd; FIXED_FDS + MAX_PASS_FDS]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let (n, truncated, raw) = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let mut raw = Vec::new();
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            raw.extend(fds);
-                        }
-                    }
-                }
-                (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC), raw)
-            }
-            Err(nix::Error::EINTR) => continue,
+        // Every received descriptor owned at once, so each is closed whatever happens next,
+        // those of a request whose control data was truncated too (it is refused).
+        let (n, truncated, fds) = match receive_request(&sock, &mut buf) {
+            Ok(r) => (r.bytes, r.truncated, r.fds),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => sys::exit_now(0),
         };
-        // Own every received descriptor first, so each is closed whatever happens next.
-        let fds: Vec<OwnedFd> = raw
-            .into_iter()
-            .filter_map(|fd| sys::adopt_fd(fd).ok())
-            .collect();
         if n == 0 {
             sys::exit_now(0); // loongd closed its end
         }
@@ -228,6 +208,13 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
     }
 }
 
+/// One request read from the server's socket into `buf`, with every descriptor it carried
+/// owned ([`sys::recv_owning_fds`]), room made for the most a request may carry.
+fn receive_request(sock: &OwnedFd, buf: &mut [u8]) -> std::io::Result<sys::Received> {
+    use std::os::fd::AsFd;
+    sys::recv_owning_fds(sock.as_fd(), buf, FIXED_FDS + MAX_PASS_FDS, 0)
+}
+
 /// The slot of the sandbox this forked child runs: an index no other live sandbox of this
 /// server holds, which a rootless helper turns into its subordinate ids
 /// ([`crate::subids`]). Unset when every slot is taken.
@@ -262,13 +249,30 @@ pub fn claim_dir(uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
         })
 }
 
+/// Whether the directory `dir` can hold `uid`'s claim file (created `0600` if missing):
+/// loongd checks what it will give the server as it starts, so a claim file the server
+/// would refuse is reported (and the mode said) there, not only on the server's stderr.
+pub fn check_claim_dir(dir: &std::path::Path, uid: u32) -> Result<(), ClaimFileError> {
+    claim_file_in(dir, uid).map(drop)
+}
+
+/// The claim file as checked when the server started: its directory held open (never
+/// resolved by path again) and the file's identity, which every claim compares with the
+/// file it opens there, refusing (claiming nothing) one replaced since.
+#[derive(Debug)]
+struct ClaimFile {
+    dir: OwnedFd,
+    /// The file's path as given, for messages.
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+    uid: u32,
+}
+
 /// The claim file of `uid` in the directory loongd gave (`claims_in`), created `0600` if
 /// missing: an error when none was given, or naming the path when the directory is not
 /// `uid`'s alone to write or the file is not `uid`'s alone to open.
-fn claims_at(
-    claims_in: Option<&std::path::Path>,
-    uid: u32,
-) -> Result<std::path::PathBuf, ClaimFileError> {
+fn claims_at(claims_in: Option<&std::path::Path>, uid: u32) -> Result<ClaimFile, ClaimFileError> {
     let dir = claims_in.ok_or(ClaimFileError::NotGiven)?;
     claim_file_in(dir, uid)
 }
@@ -303,46 +307,90 @@ pub enum ClaimFileError {
     /// The claim file is not the user's own with mode 0600.
     #[error("slot claim file {} is not a file that uid {uid} alone may open (mode 0600)", path.display())]
     FileNotPrivate { path: std::path::PathBuf, uid: u32 },
+    /// The claim file is not the one checked when the server started.
+    #[error("slot claim file {} is not the file checked when the spawn server started (replaced, or its mode or owner changed since); no slot is claimed: restore it, or restart loongd to check it again", path.display())]
+    Replaced { path: std::path::PathBuf },
 }
 
-/// The claim file in the directory `home` (see [`claims_at`]).
-fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<std::path::PathBuf, ClaimFileError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+/// Opening flags of the claim file's directory: held open, never resolved by path again; a
+/// symbolic link at its path is refused.
+const CLAIM_DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
+    .union(nix::fcntl::OFlag::O_DIRECTORY)
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
+/// Opening flags of the claim file, in its held directory.
+const CLAIM_FILE_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDWR
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
+
+/// The claim file in the directory `home` (see [`claims_at`]): the directory opened once
+/// (`O_DIRECTORY | O_NOFOLLOW`) and checked through its descriptor, the file opened in it
+/// (`openat`, `O_NOFOLLOW`, created `0600` if missing) and checked through its own.
+fn claim_file_in(home: &std::path::Path, uid: u32) -> Result<ClaimFile, ClaimFileError> {
+    use nix::sys::stat::{fstat, Mode};
     if !home.is_absolute() {
         return Err(ClaimFileError::NotAbsolute {
             path: home.to_owned(),
         });
     }
-    let dir = std::fs::metadata(home).map_err(|source| ClaimFileError::Home {
+    let home_error = |e: nix::Error| ClaimFileError::Home {
+        path: home.to_owned(),
+        source: e.into(),
+    };
+    let dir = nix::fcntl::open(home, CLAIM_DIR_FLAGS, Mode::empty()).map_err(home_error)?;
+    let dir = sys::adopt_fd(dir).map_err(|source| ClaimFileError::Home {
         path: home.to_owned(),
         source,
     })?;
-    if !dir.is_dir() || dir.uid() != uid || dir.mode() & FOREIGN_DIR_BITS != 0 {
+    let st = fstat(dir.as_raw_fd()).map_err(home_error)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR
+        || st.st_uid != uid
+        || st.st_mode & FOREIGN_DIR_BITS != 0
+    {
         return Err(ClaimFileError::HomeNotPrivate {
             path: home.to_owned(),
             uid,
         });
     }
     let path = home.join(SLOT_CLAIM_FILE);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(source) => return Err(ClaimFileError::File { path, source }),
-    };
-    let meta = match file.metadata() {
-        Ok(meta) => meta,
-        Err(source) => return Err(ClaimFileError::File { path, source }),
-    };
-    if !meta.is_file() || meta.uid() != uid || meta.mode() & FOREIGN_FILE_BITS != 0 {
+    let file = open_claim_file(&dir, nix::fcntl::OFlag::O_CREAT).map_err(|source| {
+        ClaimFileError::File {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let st = fstat(file.as_raw_fd()).map_err(|e| ClaimFileError::File {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    if !private_file(&st, uid) {
         return Err(ClaimFileError::FileNotPrivate { path, uid });
     }
-    Ok(path)
+    Ok(ClaimFile {
+        dir,
+        path,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        uid,
+    })
+}
+
+/// The claim file opened in its held directory, with `extra` flags.
+fn open_claim_file(dir: &OwnedFd, extra: nix::fcntl::OFlag) -> std::io::Result<OwnedFd> {
+    let raw = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        SLOT_CLAIM_FILE,
+        CLAIM_FILE_FLAGS | extra,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )?;
+    sys::adopt_fd(raw)
+}
+
+/// Whether `st` is a regular file of `uid` that no other account may open.
+fn private_file(st: &libc::stat, uid: u32) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_uid == uid
+        && st.st_mode & FOREIGN_FILE_BITS == 0
 }
 
 /// A slot chosen for one sandbox: its index, and, rootless, the open file description that
@@ -368,7 +416,7 @@ struct Slots {
     held: Vec<Option<(OwnedFd, Option<OwnedFd>)>>,
     /// The claim file of the user whose slots are claimed across processes, or why it cannot
     /// be used; `None` as root (sandboxes drop to `sandbox.uid`, no range is shared).
-    claims: Option<Result<std::path::PathBuf, ClaimFileError>>,
+    claims: Option<Result<ClaimFile, ClaimFileError>>,
 }
 
 impl Slots {
@@ -410,7 +458,10 @@ impl Slots {
                     Ok(Some(fd)) => Some(fd),
                     // Held by another process (another loongd of this user): the next one.
                     Ok(None) => continue,
-                    Err(_) => return None,
+                    Err(why) => {
+                        eprintln!("loong-spawn --serve: no slot is claimed: {why}");
+                        return None;
+                    }
                 },
             };
             while self.held.len() <= index as usize {
@@ -446,15 +497,17 @@ fn above_staging(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
 }
 
 /// Write-locks byte `slot` of the claim file `file` through an open file description of its
-/// own: `None` when another description holds a lock there.
-fn claim(file: &std::path::Path, slot: u32) -> std::io::Result<Option<OwnedFd>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let fd: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(file)?
-        .into();
+/// own, opened in the directory held since the start and refused unless it is the file
+/// checked then (same device and inode, still the user's alone): `None` when another
+/// description holds a lock there.
+fn claim(file: &ClaimFile, slot: u32) -> std::io::Result<Option<OwnedFd>> {
+    let fd = open_claim_file(&file.dir, nix::fcntl::OFlag::empty())?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    if (st.st_dev, st.st_ino) != (file.dev, file.ino) || !private_file(&st, file.uid) {
+        return Err(std::io::Error::other(ClaimFileError::Replaced {
+            path: file.path.clone(),
+        }));
+    }
     let lock = libc::flock {
         l_type: libc::F_WRLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
@@ -547,7 +600,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     /// A claim file of this process's uid in a fresh directory of its own.
-    fn claim_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    fn claim_dir() -> (tempfile::TempDir, ClaimFile) {
         let dir = tempfile::tempdir().expect("tempdir");
         let me = nix::unistd::Uid::effective().as_raw();
         let file = claim_file_in(dir.path(), me).expect("claim file");
@@ -557,8 +610,10 @@ mod tests {
     #[test]
     fn a_slot_another_process_holds_is_skipped_and_taken_once_released() {
         let (_dir, file) = claim_dir();
+        let other_file =
+            claim_file_in(_dir.path(), nix::unistd::Uid::effective().as_raw()).expect("claim file");
         let mut slots = Slots {
-            claims: Some(Ok(file.clone())),
+            claims: Some(Ok(other_file)),
             ..Slots::default()
         };
         // Another server of the same user holds slot 0.
@@ -583,12 +638,95 @@ mod tests {
         let me = nix::unistd::Uid::effective().as_raw();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = claims_at(Some(dir.path()), me).expect("the given directory");
-        assert_eq!(file, dir.path().join(SLOT_CLAIM_FILE));
-        assert!(file.is_file());
+        assert_eq!(file.path, dir.path().join(SLOT_CLAIM_FILE));
+        assert!(file.path.is_file());
         let err = claims_at(None, me).expect_err("no directory given");
         assert!(err.to_string().contains(CLAIMS_IN_ARG), "{err}");
         let err = claims_at(Some(std::path::Path::new("home/x")), me).expect_err("relative");
         assert!(err.to_string().contains("not an absolute path"), "{err}");
+    }
+
+    /// A claim opens the file in the directory held since the start and checks it is the file
+    /// checked then: one replaced since (renamed over, or the directory's path pointed
+    /// elsewhere) claims nothing and says so. Before, each claim reopened the path unchecked.
+    /// Control: the unchanged file claims, and a directory renamed away is still the one used.
+    #[test]
+    fn a_claim_file_replaced_after_the_start_claims_nothing() {
+        let (dir, file) = claim_dir();
+        // Control: the file checked at the start claims.
+        assert!(claim(&file, 0).expect("the unchanged file").is_some());
+        // Replaced by another file of the same owner and mode: refused, saying why.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"").expect("another file");
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::rename(&other, &file.path).expect("replace the claim file");
+        let err = claim(&file, 1).expect_err("a replaced file");
+        assert!(err.to_string().contains("not the file checked"), "{err}");
+        let mut slots = Slots {
+            claims: Some(Ok(file)),
+            ..Slots::default()
+        };
+        assert!(slots.free().is_none(), "a slot claimed in a replaced file");
+        // The directory held, not its path: a checked file in a directory renamed away still
+        // claims there, and a new directory at the old path is not used.
+        let (dir, file) = claim_dir();
+        let moved = tempfile::tempdir().expect("tempdir");
+        let away = moved.path().join("away");
+        std::fs::rename(dir.path(), &away).expect("move the directory");
+        std::fs::create_dir(dir.path()).expect("a new directory at the path");
+        assert!(claim(&file, 2).expect("the held directory").is_some());
+        assert!(!dir.path().join(SLOT_CLAIM_FILE).exists());
+    }
+
+    /// A request whose control data does not fit (more descriptors than any request may
+    /// carry) is read as truncated, to be refused, and every descriptor the kernel installed
+    /// for it is owned, so closed: a pipe's write end sent in every slot leaves its reader at
+    /// EOF once the request is dropped. Before, nix refused to parse a truncated message and
+    /// the installed descriptors stayed open in the server. Control: a request that fits is
+    /// read whole.
+    #[test]
+    fn a_truncated_requests_descriptors_are_all_closed() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let send = |fds: &[RawFd]| {
+            let mut req = [0u8; MESSAGE_BYTES];
+            req[0] = SPAWN;
+            sendmsg::<()>(
+                ours.as_raw_fd(),
+                &[IoSlice::new(&req)],
+                &[ControlMessage::ScmRights(fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .expect("send a request");
+        };
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .expect("pipe");
+        send(&[w.as_raw_fd(); FIXED_FDS + MAX_PASS_FDS + 3]);
+        // Control: one that fits.
+        send(&[w.as_raw_fd(); FIXED_FDS]);
+        drop(w);
+        let mut buf = [0u8; 16];
+        let got = receive_request(&theirs, &mut buf).expect("the truncated request");
+        assert!(got.truncated);
+        assert_eq!(got.bytes, MESSAGE_BYTES);
+        drop(got);
+        let got = receive_request(&theirs, &mut buf).expect("the request that fits");
+        assert_eq!((got.truncated, got.fds.len()), (false, FIXED_FDS));
+        drop(got);
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut byte),
+            Ok(0),
+            "a descriptor of a request is still open"
+        );
     }
 
     #[test]
@@ -607,6 +745,7 @@ mod tests {
     fn a_claim_file_another_account_could_reach_is_refused() {
         let me = nix::unistd::Uid::effective().as_raw();
         let (dir, file) = claim_dir();
+        let file = file.path;
         assert_eq!(
             std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777,
             0o600
@@ -624,7 +763,7 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .expect("chmod");
         // Control: the directory and the file restored.
-        assert_eq!(claim_file_in(dir.path(), me).expect("usable"), file.clone());
+        assert_eq!(claim_file_in(dir.path(), me).expect("usable").path, file);
         let mut slots = Slots {
             claims: Some(Err(ClaimFileError::NoUser {
                 uid: 0,
