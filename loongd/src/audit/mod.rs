@@ -972,6 +972,62 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_queued_while_another_connection_holds_the_write_lock_lands_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let ev = |kind: Kind| Event {
+            kind,
+            actor: "uid:0".into(),
+            correlation: "c".into(),
+            detail: serde_json::json!({}),
+        };
+        let kinds = || -> Vec<String> {
+            audit
+                .query(&Query {
+                    limit: u32::MAX,
+                    ascending: true,
+                    ..Query::default()
+                })
+                .expect("query")
+                .into_iter()
+                .map(|r| r.kind)
+                .collect()
+        };
+        runtime().block_on(async {
+            audit.record(ev(Kind::ToolInvoked)).await.expect("records");
+            // The control: with the database free, a flush commits at once.
+            audit.flush().await.expect("a flush on a free database");
+            let other = Connection::open(dir.path().join(DB_FILE)).expect("db");
+            other
+                .execute_batch("BEGIN IMMEDIATE")
+                .expect("a second connection takes the write lock");
+            // The call's outcome, queued without a waiter (its answer went out), while the
+            // lock is held past the writer's busy timeout: its commit fails …
+            audit.record_later(ev(Kind::ToolCompleted)).await;
+            assert!(
+                audit.flush().await.is_err(),
+                "a commit succeeded while another connection held the write lock"
+            );
+            other.execute_batch("ROLLBACK").expect("the lock released");
+            // … and the outcome lands once the lock is released.
+            audit
+                .flush()
+                .await
+                .expect("a flush after the lock was released");
+            audit.shutdown().await;
+        });
+        assert_eq!(
+            kinds(),
+            vec![
+                Kind::ToolInvoked.as_str().to_string(),
+                Kind::ToolCompleted.as_str().to_string()
+            ],
+            "the outcome queued during a failed commit was lost"
+        );
+        assert_eq!(verify_at(dir.path()).first_bad, None);
+    }
+
+    #[test]
     fn records_kept_past_a_full_group_hold_new_effects_until_a_commit_succeeds() {
         let dir = tempfile::tempdir().expect("dir");
         let audit = open(dir.path()).expect("opens");
