@@ -30,6 +30,15 @@ pub use verify::{verify, verify_scope, Scope, VerifyReport};
 
 /// Records committed in one transaction at most.
 pub const GROUP_MAX: usize = 4096;
+/// Records kept after failed commits, to be committed first by the next one that succeeds,
+/// at most: one group. While that many are kept the writer takes nothing new from its queue,
+/// so the queue fills ([`QUEUE_DEPTH`]) and its producers wait for room: every effect that
+/// waits for its record (or to queue one) waits until a commit succeeds, and no record is
+/// dropped.
+pub const KEPT_MAX: usize = GROUP_MAX;
+/// How long the writer waits after a failed commit before it tries again (the database
+/// locked by another connection past its busy timeout, a full disk).
+pub const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long a record that nobody waits for (`record_later`) waits at most for company: it
 /// rides the next commit, or is committed alone when `LINGER` has passed since it was queued.
 /// After a commit someone waited for, the writer lingers as long for what follows (a call's
@@ -158,6 +167,24 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Whether a record of this kind, when someone waits for it, announces an effect that
+    /// runs only once the record is committed, so that its waiter, told that the commit
+    /// failed, refuses the effect: an allowed decision (`policy.decision`), a call handed to a
+    /// worker (`tool.invoked`), an approval asked or given (`approval.requested`,
+    /// `approval.resolved`). Such a record is dropped after a failed commit whose refusal its
+    /// waiter heard (the trail must not show an effect that did not run). Every other record
+    /// is of something that happened before it was queued (an outcome, a revocation, a
+    /// process's end, an operator's change, a start) and is kept for the next commit.
+    pub fn gates_its_effect(self) -> bool {
+        matches!(
+            self,
+            Kind::PolicyDecision
+                | Kind::ToolInvoked
+                | Kind::ApprovalRequested
+                | Kind::ApprovalResolved
+        )
+    }
+
     /// Every kind.
     pub const ALL: [Kind; 48] = [
         Kind::DaemonStarted,
@@ -414,7 +441,7 @@ pub fn open_with(
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::{params, Connection};
+    use rusqlite::{params, Connection, OptionalExtension};
 
     use super::*;
 
@@ -794,8 +821,14 @@ mod tests {
                     params![taken],
                 )
                 .expect("a second connection writes between commits");
+            // Calls handed to a worker: their waiter, told the commit failed, refuses them,
+            // so they are dropped (records of effects that happened are kept; see below).
+            let invoked = |i: u64| Event {
+                kind: Kind::ToolInvoked,
+                ..ev(i)
+            };
             let failed = audit
-                .queue_all(vec![ev(1), ev(2)])
+                .queue_all(vec![invoked(1), invoked(2)])
                 .await
                 .expect("queued")
                 .committed()
@@ -822,6 +855,267 @@ mod tests {
         });
         let report = verify_at(dir.path());
         assert_eq!(report.first_bad, None);
+    }
+
+    /// Records of a failed commit, then of the commit after it: with `fail`, a second
+    /// connection holds seq 2 while they are queued (every group fails at its first insert);
+    /// without, the same records are queued on a free trail. Returns the trail's records as
+    /// (kind, correlation) and what each waiter heard.
+    fn across_a_failed_commit(fail: bool) -> (Vec<(String, String)>, Vec<bool>, VerifyReport) {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let ev = |kind: Kind, c: &str| Event {
+            kind,
+            actor: "uid:0".into(),
+            correlation: c.into(),
+            detail: serde_json::json!({}),
+        };
+        let all = Query {
+            limit: u32::MAX,
+            ascending: true,
+            ..Query::default()
+        };
+        let heard = runtime().block_on(async {
+            let tail = audit
+                .record(ev(Kind::ToolInvoked, "a"))
+                .await
+                .expect("records");
+            assert_eq!(tail, 1, "a fresh trail starts at 1");
+            let other = Connection::open(dir.path().join(DB_FILE)).expect("db");
+            if fail {
+                other
+                    .execute(
+                        "INSERT INTO audit VALUES (2, 0, 'x', 'x', '', '{}', x'', x'')",
+                        [],
+                    )
+                    .expect("a second connection writes between commits");
+            }
+            // Call a's outcome, queued without a waiter (its answer already went out) …
+            audit.record_later(ev(Kind::ToolCompleted, "a")).await;
+            // … call b handed to a worker: its waiter refuses it when told the commit failed …
+            let b = audit.record(ev(Kind::ToolInvoked, "b")).await.is_ok();
+            // … a revocation that happened before its record: its waiter waits only for it
+            // to be durable …
+            let revoked = audit.record(ev(Kind::TokenRevoked, "r")).await.is_ok();
+            // … a sandbox's start and end, whose waiter went away.
+            drop(
+                audit
+                    .queue_all(vec![
+                        ev(Kind::SandboxSpawned, "s"),
+                        ev(Kind::SandboxExited, "s"),
+                    ])
+                    .await
+                    .expect("queued"),
+            );
+            audit.record_later(ev(Kind::NetClosed, "n")).await;
+            let flushed = audit.flush().await.is_ok();
+            if fail {
+                // Still failing: nothing of the queued records is in yet.
+                assert_eq!(audit.query(&all).expect("query").len(), 2);
+                other
+                    .execute("DELETE FROM audit WHERE seq = 2", [])
+                    .expect("the slipped row removed");
+            }
+            audit
+                .flush()
+                .await
+                .expect("a flush after the failure commits");
+            audit.shutdown().await;
+            vec![b, revoked, flushed]
+        });
+        let records = audit
+            .query(&all)
+            .expect("query")
+            .into_iter()
+            .map(|r| (r.kind, r.correlation))
+            .collect();
+        (records, heard, verify_at(dir.path()))
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_records_of_effects_that_happened_in_order() {
+        let kc = |k: Kind, c: &str| (k.as_str().to_string(), c.to_string());
+        // The control: without a failure, every record lands in the order it was queued.
+        let (records, heard, report) = across_a_failed_commit(false);
+        assert_eq!(heard, vec![true, true, true]);
+        assert_eq!(
+            records,
+            vec![
+                kc(Kind::ToolInvoked, "a"),
+                kc(Kind::ToolCompleted, "a"),
+                kc(Kind::ToolInvoked, "b"),
+                kc(Kind::TokenRevoked, "r"),
+                kc(Kind::SandboxSpawned, "s"),
+                kc(Kind::SandboxExited, "s"),
+                kc(Kind::NetClosed, "n"),
+            ]
+        );
+        assert_eq!(report.first_bad, None);
+        // With failed commits: the waiters hear the failure; call b (refused by its waiter)
+        // is the only record dropped; every record of an effect that happened lands, in
+        // order, once a commit succeeds, and the chain verifies.
+        let (records, heard, report) = across_a_failed_commit(true);
+        assert_eq!(heard, vec![false, false, false]);
+        assert_eq!(
+            records,
+            vec![
+                kc(Kind::ToolInvoked, "a"),
+                kc(Kind::ToolCompleted, "a"),
+                kc(Kind::TokenRevoked, "r"),
+                kc(Kind::SandboxSpawned, "s"),
+                kc(Kind::SandboxExited, "s"),
+                kc(Kind::NetClosed, "n"),
+            ],
+            "a failed commit lost or reordered a record of an effect that happened"
+        );
+        assert_eq!(report.first_bad, None);
+    }
+
+    #[test]
+    fn an_outcome_queued_while_another_connection_holds_the_write_lock_lands_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let ev = |kind: Kind| Event {
+            kind,
+            actor: "uid:0".into(),
+            correlation: "c".into(),
+            detail: serde_json::json!({}),
+        };
+        let kinds = || -> Vec<String> {
+            audit
+                .query(&Query {
+                    limit: u32::MAX,
+                    ascending: true,
+                    ..Query::default()
+                })
+                .expect("query")
+                .into_iter()
+                .map(|r| r.kind)
+                .collect()
+        };
+        runtime().block_on(async {
+            audit.record(ev(Kind::ToolInvoked)).await.expect("records");
+            // The control: with the database free, a flush commits at once.
+            audit.flush().await.expect("a flush on a free database");
+            let other = Connection::open(dir.path().join(DB_FILE)).expect("db");
+            other
+                .execute_batch("BEGIN IMMEDIATE")
+                .expect("a second connection takes the write lock");
+            // The call's outcome, queued without a waiter (its answer went out), while the
+            // lock is held past the writer's busy timeout: its commit fails …
+            audit.record_later(ev(Kind::ToolCompleted)).await;
+            assert!(
+                audit.flush().await.is_err(),
+                "a commit succeeded while another connection held the write lock"
+            );
+            other.execute_batch("ROLLBACK").expect("the lock released");
+            // … and the outcome lands once the lock is released.
+            audit
+                .flush()
+                .await
+                .expect("a flush after the lock was released");
+            audit.shutdown().await;
+        });
+        assert_eq!(
+            kinds(),
+            vec![
+                Kind::ToolInvoked.as_str().to_string(),
+                Kind::ToolCompleted.as_str().to_string()
+            ],
+            "the outcome queued during a failed commit was lost"
+        );
+        assert_eq!(verify_at(dir.path()).first_bad, None);
+    }
+
+    #[test]
+    fn records_kept_past_a_full_group_hold_new_effects_until_a_commit_succeeds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = open(dir.path()).expect("opens");
+        let all = Query {
+            limit: u32::MAX,
+            ascending: true,
+            ..Query::default()
+        };
+        let n = KEPT_MAX as u64 + 10;
+        runtime().block_on(async {
+            let tail = audit
+                .record(Event::daemon(Kind::SandboxExited, serde_json::json!({})))
+                .await
+                .expect("records");
+            let other = Connection::open(dir.path().join(DB_FILE)).expect("db");
+            other
+                .execute(
+                    "INSERT INTO audit VALUES (?1, 0, 'x', 'x', '', '{}', x'', x'')",
+                    params![tail as i64 + 1],
+                )
+                .expect("a second connection writes between commits");
+            // More outcomes than a group, none waited for, while every commit fails …
+            for i in 0..n {
+                let e = Event::daemon(Kind::WorkerExited, serde_json::json!({ "i": i }));
+                audit.record_later(e).await;
+            }
+            // … then a call: it is neither refused nor let through while the kept records
+            // fill the writer's group; it waits (fail closed), and nothing is dropped.
+            let call = audit
+                .queue(Event::daemon(Kind::ToolInvoked, serde_json::json!({})))
+                .await
+                .expect("queued");
+            let committed = call.committed();
+            tokio::pin!(committed);
+            let held = tokio::time::timeout(COMMIT_RETRY * 10, &mut committed).await;
+            assert!(
+                held.is_err(),
+                "a call was answered while the kept records filled a group: {held:?}"
+            );
+            other
+                .execute("DELETE FROM audit WHERE seq = ?1", params![tail as i64 + 1])
+                .expect("the slipped row removed");
+            // Once a commit succeeds, the call follows every kept record.
+            let seq = committed.await.expect("the call commits after the failure");
+            assert_eq!(seq, tail + n + 1);
+            audit.shutdown().await;
+        });
+        let records = audit.query(&all).expect("query");
+        let order: Vec<Option<u64>> = records[1..records.len() - 1]
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.detail).expect("json")["i"].as_u64()
+            })
+            .collect();
+        assert_eq!(order, (0..n).map(Some).collect::<Vec<_>>());
+        assert_eq!(verify_at(dir.path()).first_bad, None);
+    }
+
+    #[test]
+    fn a_commit_after_a_transaction_left_open_rolls_it_back_and_succeeds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join(DB_FILE);
+        drop(open(dir.path()).expect("opens"));
+        let key = AuditKey::load_or_create(&dir.path().join("keys")).expect("key");
+        let mut conn = Connection::open(&db).expect("db");
+        let ev = Event::daemon(Kind::SandboxExited, serde_json::json!({}));
+        // The control: a connection in autocommit commits.
+        let (seq, hash, _, _) =
+            store::commit_for_test(&mut conn, &key, &[&ev], (0, [0; 32])).expect("commits");
+        assert_eq!(seq, 1);
+        // A connection left inside a transaction (as a failed ROLLBACK leaves it) …
+        conn.execute_batch("BEGIN; INSERT INTO meta (key, value) VALUES ('left', 'open')")
+            .expect("a transaction left open");
+        assert!(!conn.is_autocommit());
+        // … still commits the next group, without what the open transaction held.
+        let (seq, _, _, _) =
+            store::commit_for_test(&mut conn, &key, &[&ev], (seq, hash)).expect("the next commit");
+        assert_eq!(seq, 2);
+        assert!(conn.is_autocommit());
+        let left: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'left'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .expect("query");
+        assert_eq!(left, None, "the open transaction's write was committed");
+        drop(conn);
+        assert_eq!(verify_at(dir.path()).first_bad, None);
     }
 
     #[test]

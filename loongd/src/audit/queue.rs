@@ -25,6 +25,10 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::{Event, GROUP_MAX, LINGER};
 
+// Records kept after a failed commit stay in the writer's group, which takes nothing new
+// while it holds a full group: what is kept is bounded by the group.
+const _: () = assert!(super::KEPT_MAX <= GROUP_MAX);
+
 /// Where the writer acknowledges an append: its sequence number, or why the commit failed.
 pub(super) type Ack = oneshot::Sender<Result<u64, String>>;
 
@@ -90,10 +94,20 @@ pub(super) struct Queue {
     wakeups: AtomicU64,
 }
 
+/// Who waits for a taken record's commit.
+pub(super) enum Waiter {
+    /// Nobody: a `record_later` record, or one kept after a failed commit.
+    Nobody,
+    /// An earlier record of a [`Msg::Batch`], acknowledged with the batch's last record.
+    Batch,
+    /// The record's own waiter (or, for a batch's last record, the batch's).
+    Ack(Ack),
+}
+
 /// What the writer took for its next commit.
 #[derive(Default)]
 pub(super) struct Pending {
-    pub batch: Vec<(Event, Option<Ack>)>,
+    pub batch: Vec<(Event, Waiter)>,
     pub flushes: Vec<Ack>,
     pub shutdown: Option<oneshot::Sender<()>>,
     /// When the oldest record in `batch` that nobody waits for was queued.
@@ -105,7 +119,50 @@ impl Pending {
     pub fn waited(&self) -> bool {
         !self.flushes.is_empty()
             || self.shutdown.is_some()
-            || self.batch.iter().any(|(_, ack)| ack.is_some())
+            || self.batch.iter().any(|(_, w)| matches!(w, Waiter::Ack(_)))
+    }
+
+    /// After a failed commit of `batch`: tells each waiter, and keeps, in order at the front
+    /// of the next group, every record whose effect happened or may happen. A message is
+    /// dropped whole, and only when its waiter heard the refusal and one of its records
+    /// announces an effect that waits for it ([`super::Kind::gates_its_effect`]): that waiter
+    /// refuses the effect. Every other record is kept (a waiter that went away hears nothing,
+    /// so its effect may have happened), its waiter (if any) told that it is kept; the kept
+    /// records are due again [`LINGER`] after now. Returns how many records were dropped.
+    pub fn fail(&mut self, why: &str) -> usize {
+        let taken = std::mem::take(&mut self.batch);
+        let mut kept = Vec::with_capacity(taken.len());
+        let mut span: Vec<Event> = Vec::new();
+        let mut dropped = 0;
+        for (event, waiter) in taken {
+            match waiter {
+                Waiter::Nobody => kept.push((event, Waiter::Nobody)),
+                Waiter::Batch => span.push(event),
+                Waiter::Ack(ack) => {
+                    span.push(event);
+                    let heard = if span.iter().any(|e| e.kind.gates_its_effect()) {
+                        ack.send(Err(why.to_string())).is_ok()
+                    } else {
+                        let _ = ack.send(Err(format!(
+                            "{why}; the record is kept and committed with the next group that commits"
+                        )));
+                        false
+                    };
+                    if heard {
+                        dropped += span.len();
+                        span.clear();
+                    } else {
+                        kept.extend(span.drain(..).map(|e| (e, Waiter::Nobody)));
+                    }
+                }
+            }
+        }
+        // A batch ends with its acknowledged record; anything left is kept all the same.
+        kept.extend(span.drain(..).map(|e| (e, Waiter::Nobody)));
+        self.batch = kept;
+        // What is kept is due again at once; with nothing kept, nothing is due.
+        self.oldest_later = (!self.batch.is_empty()).then(Instant::now);
+        dropped
     }
 
     /// Forgets what was taken, once it is committed (or failed).
@@ -123,9 +180,9 @@ impl Pending {
     /// Sorts one message into the pending work.
     fn take(&mut self, msg: Msg) {
         match msg {
-            Msg::Append(e, a) => self.batch.push((e, Some(a))),
+            Msg::Append(e, a) => self.batch.push((e, Waiter::Ack(a))),
             Msg::Later(e, at) => {
-                self.batch.push((e, None));
+                self.batch.push((e, Waiter::Nobody));
                 self.oldest_later.get_or_insert(at);
             }
             Msg::Flush(a) => self.flushes.push(a),
@@ -133,8 +190,11 @@ impl Pending {
                 let last = events.len().saturating_sub(1);
                 let mut ack = Some(a);
                 for (i, e) in events.into_iter().enumerate() {
-                    self.batch
-                        .push((e, if i == last { ack.take() } else { None }));
+                    let waiter = match ack.take_if(|_| i == last) {
+                        Some(a) => Waiter::Ack(a),
+                        None => Waiter::Batch,
+                    };
+                    self.batch.push((e, waiter));
                 }
                 // An empty batch has nothing to acknowledge later: answer with the current tail.
                 if let Some(a) = ack {

@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 
 use super::{
     chain_hash_of, checkpoint_message,
-    queue::{Msg, Pending, Producer, Queue},
+    queue::{Msg, Pending, Producer, Queue, Waiter},
     verify::{Scope, VerifyReport},
     witness::{self, Witness},
-    AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, LINGER, QUEUE_DEPTH,
+    AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, COMMIT_RETRY, LINGER, QUEUE_DEPTH,
 };
 
 /// Why the audit trail failed.
@@ -317,9 +317,9 @@ impl Audit {
     }
 
     /// Appends `event` without waiting for the commit (it is still queued in order; a failed
-    /// commit is logged by the writer). It wakes the writer only when the writer waits
-    /// without end; queued while a commit or its linger is under way, it rides the next
-    /// commit, at the latest [`LINGER`] after now.
+    /// commit keeps it, in order, for the next one: see [`super::KEPT_MAX`]). It wakes the
+    /// writer only when the writer waits without end; queued while a commit or its linger is
+    /// under way, it rides the next commit, at the latest [`LINGER`] after now.
     pub async fn record_later(&self, event: Event) {
         let queued = Msg::Later(event, std::time::Instant::now());
         if self.tx.send(queued).await.is_err() {
@@ -597,12 +597,12 @@ fn writer(
             pending.clear();
             continue;
         }
-        let waited = batch.iter().any(|(_, ack)| ack.is_some());
+        let waited = batch.iter().any(|(_, w)| matches!(w, Waiter::Ack(_)));
+        let mut failed = false;
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
         // This run's first records are signed at once: records after a clean stop that no
         // checkpoint covers were not written by loongd.
         let first = !appended && !events.is_empty();
-        appended |= !events.is_empty();
         let began = std::time::Instant::now();
         // The committed records are built only for whoever reads them: a SIEM lane or the
         // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
@@ -616,6 +616,7 @@ fn writer(
             keep,
         ) {
             Ok((seq, hash, records, signed)) => {
+                appended |= seq > last_seq;
                 crate::metrics::audit_committed(began.elapsed());
                 log_records(&records);
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
@@ -629,8 +630,8 @@ fn writer(
                         .and(siem.ship_checkpoint(&w).map_err(|e| e.to_string()))
                         .and(witnessed);
                 }
-                for (n, (_, ack)) in batch.drain(..).enumerate() {
-                    if let Some(ack) = ack {
+                for (n, (_, waiter)) in batch.drain(..).enumerate() {
+                    if let Waiter::Ack(ack) = waiter {
                         let _ = ack.send(shipped.clone().map(|()| last_seq + 1 + n as u64));
                     }
                 }
@@ -640,21 +641,33 @@ fn writer(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "audit commit failed");
-                for (_, ack) in batch.drain(..) {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Err(e.to_string()));
-                    }
-                }
+                let why = e.to_string();
                 for a in flushes.drain(..) {
-                    let _ = a.send(Err(e.to_string()));
+                    let _ = a.send(Err(why.clone()));
                 }
+                // The records of effects that happened stay, in order, at the front of the
+                // next group: a failure loses no record (see [`Pending::fail`]).
+                let dropped = pending.fail(&why);
+                tracing::error!(error = %e, kept = pending.batch.len(), dropped, "audit commit failed; its records are kept for the next commit");
+                if shutdown.is_some() && !pending.batch.is_empty() {
+                    tracing::error!(
+                        records = pending.batch.len(),
+                        "the audit writer stops with records it could not commit"
+                    );
+                }
+                failed = true;
             }
         }
-        pending.clear();
+        if !failed {
+            pending.clear();
+        }
         if let Some(a) = shutdown {
             let _ = a.send(());
             break;
+        }
+        if failed {
+            std::thread::sleep(COMMIT_RETRY);
+            continue;
         }
         if waited {
             window = Some(std::time::Instant::now() + LINGER);
@@ -716,6 +729,11 @@ fn commit(
     sign_last: bool,
     keep: bool,
 ) -> rusqlite::Result<Committed> {
+    // A connection left inside a transaction (a ROLLBACK that failed) is rolled back first:
+    // otherwise every later BEGIN fails and the writer never commits again.
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
     conn.prepare_cached("BEGIN")?.execute([])?;
     let done = append(conn, key, events, tail, sign_last, keep)
         .and_then(|c| conn.prepare_cached("COMMIT")?.execute([]).map(|_| c));
@@ -725,6 +743,17 @@ fn commit(
         }
     }
     done
+}
+
+/// [`commit`] without a final checkpoint or kept records, for tests.
+#[cfg(test)]
+pub(super) fn commit_for_test(
+    conn: &mut Connection,
+    key: &AuditKey,
+    events: &[&Event],
+    tail: (u64, [u8; 32]),
+) -> rusqlite::Result<Committed> {
+    commit(conn, key, events, tail, false, false)
 }
 
 /// The inserts of [`commit`], inside its transaction.
