@@ -215,9 +215,7 @@ impl Drop for WriteSide {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use std::io::Write;
+    use std::{io::Write, time::Duration};
 
     use loong_ipc::test_support;
     use tokio::io::AsyncReadExt;
