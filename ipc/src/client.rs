@@ -23,6 +23,7 @@ use crate::{
         envelope::{Call, RemoteError, Reply, RequestId, StreamChunk, MAX_DEADLINE_MS},
         handshake::{HandshakeError, HandshakeReply, Hello, PeerKind, Welcome},
     },
+    spin::SpinWindow,
 };
 
 /// Extra time the client waits past a request's deadline for the callee's own
@@ -198,6 +199,8 @@ pub struct Client {
     out: Vec<u8>,
     welcome: Welcome,
     next_id: RequestId,
+    /// How long a wait for the callee polls before it sleeps ([`crate::spin`]).
+    spin: SpinWindow,
 }
 
 impl Client {
@@ -285,6 +288,7 @@ impl Client {
                 },
             },
             next_id: 1,
+            spin: SpinWindow::default(),
         })
     }
 
@@ -461,7 +465,7 @@ impl Client {
             // filter), so every call would wake its client once for nothing; a poll for
             // POLLIN sleeps through those, and its limit is the call's own (no socket option
             // to set). The read that follows finds bytes or the end, and does not sleep.
-            if !readable(&self.stream, remaining(until)?)? {
+            if !self.wait_readable(until)? {
                 continue;
             }
             let stream = &mut self.stream;
@@ -472,6 +476,29 @@ impl Client {
                 Err(e) => return Err(io_error(e)),
             }
         }
+    }
+}
+
+impl Client {
+    /// Waits until `until` for bytes or the end, polling without sleeping for the spin
+    /// window first ([`crate::spin`]: an answer that comes within it finds this thread, and
+    /// its CPU, awake), then asleep in poll(2); adapts the window to how long the wait took.
+    /// `false` when `until` passed first or a signal interrupted the sleep.
+    fn wait_readable(&mut self, until: Instant) -> Result<bool, ClientError> {
+        let start = Instant::now();
+        let spin_until = until.min(start + self.spin.window());
+        let mut ready = false;
+        while !ready && Instant::now() < spin_until {
+            ready = readable(&self.stream, Duration::ZERO)?;
+            std::hint::spin_loop();
+        }
+        if !ready {
+            ready = readable(&self.stream, remaining(until)?)?;
+        }
+        if ready {
+            self.spin.record(start.elapsed());
+        }
+        Ok(ready)
     }
 }
 
@@ -709,5 +736,91 @@ mod tests {
         assert_eq!(answer.ok().as_deref(), Some("1200"));
         drop(client);
         server.join().expect("callee");
+    }
+
+    /// The client's thread id, the signal it sends just before its last call, the thread
+    /// (its voluntary switches before and after that call, and the answer), and the home of
+    /// the callee's socket.
+    type ClientThread = (
+        i32,
+        std::sync::mpsc::Receiver<()>,
+        thread::JoinHandle<(u64, u64, String)>,
+        tempfile::TempDir,
+    );
+
+    /// Makes one call `last` (a request body: answered after the milliseconds it names) on
+    /// a client of its own thread whose spin window is `spin` (the default when `None`),
+    /// after `warm` calls answered at once.
+    fn client_thread(spin: Option<SpinWindow>, warm: usize, last: &'static str) -> ClientThread {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let server = slow_callee(UnixListener::bind(&path).expect("bind"));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let client = thread::spawn(move || {
+            let tid = crate::test_support::thread_id();
+            tid_tx.send(tid).expect("tid");
+            let mut client = Client::connect(&path, &options()).expect("connect");
+            if let Some(spin) = spin {
+                client.spin = spin;
+            }
+            for _ in 0..warm {
+                let answer: Result<String, _> = client.call("0".to_string(), WAIT);
+                assert_eq!(answer.ok().as_deref(), Some("0"));
+            }
+            let before = crate::test_support::sleeps(tid);
+            go_tx.send(()).expect("go");
+            let answer: String = client.call(last.to_string(), WAIT).expect("answer");
+            let after = crate::test_support::sleeps(tid);
+            drop(client);
+            server.join().expect("callee");
+            (before, after, answer)
+        });
+        let tid = tid_rx.recv().expect("tid");
+        (tid, go_rx, client, dir)
+    }
+
+    /// An answer that comes within the spin window finds the client awake: the call does not
+    /// sleep (no voluntary switch), and the answer is its own. (Without the spin the client
+    /// sleeps in poll(2) until the answer wakes it.)
+    #[test]
+    fn an_answer_within_the_spin_window_finds_the_client_awake() {
+        let spin = SpinWindow::fixed(Duration::from_secs(3));
+        let (_tid, _go, client, _dir) = client_thread(Some(spin), 0, "20");
+        let (before, after, answer) = client.join().expect("client");
+        assert_eq!(answer, "20");
+        assert_eq!(
+            after, before,
+            "the client slept while the answer was on its way"
+        );
+    }
+
+    /// A client whose window grew with answers given at once, then waits long for one, is
+    /// asleep well before that answer: the spin is bounded (SPIN_MAX). The control: a client
+    /// whose window outlasts the wait is still awake at the same point.
+    #[test]
+    fn a_client_that_waits_long_is_asleep_within_the_spin_bound() {
+        let probe = Duration::from_millis(200);
+        let (tid, go, client, _dir) = client_thread(None, 50, "600");
+        go.recv().expect("go");
+        thread::sleep(probe);
+        let slept = crate::test_support::asleep(tid);
+        let (before, after, answer) = client.join().expect("client");
+        assert_eq!(answer, "600");
+        assert!(slept, "the client was still awake {probe:?} into its wait");
+        assert!(after > before, "the client never slept while it waited");
+
+        let spin = SpinWindow::fixed(Duration::from_secs(3));
+        let (tid, go, client, _dir) = client_thread(Some(spin), 0, "600");
+        go.recv().expect("go");
+        thread::sleep(probe);
+        let slept = crate::test_support::asleep(tid);
+        let (before, after, answer) = client.join().expect("client");
+        assert_eq!(answer, "600");
+        assert!(
+            !slept,
+            "the control: a client spinning through the wait is awake"
+        );
+        assert_eq!(after, before);
     }
 }

@@ -7,6 +7,7 @@
 //!   message families (the control API spoken by loongctl and loongd).
 //! - [`connection`] (feature `tokio`): async framed reading and writing with deadlines.
 //! - [`client`]: a small blocking client, so loongctl stays light and needs no runtime.
+//! - [`spin`]: how long an end busy-polls its socket before it sleeps (both ends' waits).
 //!
 //! Every wire type is a closed enum or struct defined here, with a doc comment per variant.
 //! Kernel-internal types never derive `Serialize`; they are converted at the edge.
@@ -20,7 +21,8 @@ pub mod message;
 pub mod package;
 pub mod paths;
 pub mod schema;
-#[cfg(feature = "test-support")]
+pub mod spin;
+#[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 
 pub use frame::{FrameError, FrameLimit};

@@ -1,7 +1,8 @@
 //! What tests of both ends of a Unix socket share to show that a thread sleeps through a
-//! wake-up (the socket's write-space wake-up): a thread's scheduling state and its voluntary
-//! context switches, read from /proc. Built only with the `test-support` feature, which only
-//! dev-dependencies turn on.
+//! wake-up (the socket's write-space wake-up), or stays awake through a short wait (a spin):
+//! a thread's scheduling state and its voluntary context switches, read from /proc. Built
+//! only with the `test-support` feature, which only dev-dependencies turn on (and for this
+//! crate's own tests).
 
 use std::time::Duration;
 
@@ -19,6 +20,24 @@ fn thread_sched(tid: i32) -> (char, u64) {
         .and_then(|v| v.trim().parse().ok())
         .expect("voluntary_ctxt_switches");
     (state, switches)
+}
+
+/// The calling thread's id.
+pub fn thread_id() -> i32 {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|t| t.to_str()?.parse().ok())
+        .expect("a thread id")
+}
+
+/// Thread `tid`'s voluntary context switches so far (one per sleep).
+pub fn sleeps(tid: i32) -> u64 {
+    thread_sched(tid).1
+}
+
+/// Whether thread `tid` sleeps now (state `S`), rather than running or waiting for a CPU.
+pub fn asleep(tid: i32) -> bool {
+    thread_sched(tid).0 == 'S'
 }
 
 /// Waits until thread `tid` sleeps and has not switched for a while; its switches then.

@@ -8,15 +8,26 @@
 //! thread's wake-up per request on a kept connection, and the client's read paying for
 //! waking it. Here the socket is registered for readability only; a write that finds it
 //! full registers a second handle on it for writability until it has room, then drops it.
+//!
+//! Without that wake-up loongd's runtime thread parks after each answer, and on a virtual
+//! machine whose idle CPU halts at once the client's next request pays for waking that CPU.
+//! So a read that finds nothing first polls the socket for an adaptive window
+//! ([`loong_ipc::spin`]: zero until the connection's waits prove short, zero again after a
+//! long one), giving the runtime back between polls so that its other tasks run and its
+//! driver is polled; only then does it wait for the runtime to wake it.
 
 use std::{
+    future::Future,
     io::{self, Read},
     net::Shutdown,
     os::{fd::AsRawFd, unix::net::UnixStream as StdStream},
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
+    time::Instant,
 };
+
+use loong_ipc::spin::SpinWindow;
 
 use nix::{
     errno::Errno,
@@ -38,21 +49,50 @@ pub(super) fn split(stream: tokio::net::UnixStream) -> io::Result<(ReadSide, Wri
     let std = stream.into_std()?;
     std.set_nonblocking(true)?;
     let fd = Arc::new(register(std, Interest::READABLE)?);
-    Ok((ReadSide(fd.clone()), WriteSide(fd)))
+    Ok((ReadSide::new(fd.clone()), WriteSide(fd)))
 }
 
-/// The reading side: an [`AsyncRead`] woken by readability only.
+/// The reading side: an [`AsyncRead`] woken by readability only, that polls the socket for
+/// its spin window before it waits.
 #[derive(Debug)]
-pub(super) struct ReadSide(Arc<AsyncFd<StdStream>>);
+pub(super) struct ReadSide {
+    fd: Arc<AsyncFd<StdStream>>,
+    spin: SpinWindow,
+    /// The wait under way: when it began, and until when it polls.
+    wait: Option<(Instant, Instant)>,
+}
 
 impl ReadSide {
+    fn new(fd: Arc<AsyncFd<StdStream>>) -> ReadSide {
+        ReadSide {
+            fd,
+            spin: SpinWindow::default(),
+            wait: None,
+        }
+    }
+
     /// A second handle on the socket that only watches for the peer's hang-up (see
     /// [`hang_up`]), for the times the connection stops reading; `None` if the socket cannot
     /// be duplicated or registered.
     pub(super) fn watch(&self) -> Option<AsyncFd<StdStream>> {
-        let dup = self.0.get_ref().try_clone().ok()?;
+        let dup = self.fd.get_ref().try_clone().ok()?;
         register(dup, Interest::READABLE).ok()
     }
+
+    /// A read ended the wait under way (if any): the window adapts to how long it took.
+    fn waited(&mut self) {
+        if let Some((since, _)) = self.wait.take() {
+            self.spin.record(since.elapsed());
+        }
+    }
+}
+
+/// Has the runtime poll the task again once it has run its other ready tasks and polled its
+/// driver (what `tokio::task::yield_now` does), from inside a `poll` function.
+fn yield_to_runtime(cx: &mut Context<'_>) {
+    let yielded = std::pin::pin!(tokio::task::yield_now());
+    // Its first poll hands the task's waker to the runtime and is always pending.
+    let _pending = yielded.poll(cx);
 }
 
 impl AsyncRead for ReadSide {
@@ -61,8 +101,32 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
         loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let Poll::Ready(guard) = me.fd.poll_read_ready(cx) else {
+                // Nothing to read that the runtime knows of: poll the socket itself while the
+                // window lasts, giving the runtime back between polls; then wait for the
+                // runtime (the task's waker is registered for readability either way).
+                let now = Instant::now();
+                let (_, spin_until) = *me.wait.get_or_insert_with(|| (now, now + me.spin.window()));
+                if now >= spin_until {
+                    return Poll::Pending;
+                }
+                match me.fd.get_ref().read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        me.waited();
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        yield_to_runtime(cx);
+                        return Poll::Pending;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            };
+            let mut guard = guard?;
             let unfilled = buf.initialize_unfilled();
             let room = unfilled.len();
             match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
@@ -74,6 +138,7 @@ impl AsyncRead for ReadSide {
                     if n < room {
                         guard.clear_ready();
                     }
+                    me.waited();
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -150,8 +215,9 @@ impl Drop for WriteSide {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{io::Write, time::Duration};
 
+    use loong_ipc::test_support;
     use tokio::io::AsyncReadExt;
 
     use super::*;
@@ -209,5 +275,118 @@ mod tests {
         tokio::time::timeout(WAIT, hang_up(watch.as_ref()))
             .await
             .expect("the hang-up is seen");
+    }
+
+    /// Runs `read` on a current-thread runtime of its own thread over the reading side of a
+    /// socket whose spin window is `spin` (the default when `None`); gives the thread's id
+    /// and the peer's end of the socket.
+    fn reading_thread<T: Send + 'static>(
+        spin: Option<SpinWindow>,
+        read: impl FnOnce(ReadSide, i32) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
+    ) -> (i32, StdStream, std::thread::JoinHandle<T>) {
+        let (ours, theirs) = StdStream::pair().expect("socket pair");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let tid = test_support::thread_id();
+                ours.set_nonblocking(true).expect("non-blocking");
+                let ours = tokio::net::UnixStream::from_std(ours).expect("register");
+                let (mut r, _w) = split(ours).expect("split");
+                if let Some(spin) = spin {
+                    r.spin = spin;
+                }
+                tid_tx.send(tid).expect("tid");
+                read(r, tid).await
+            })
+        });
+        (tid_rx.recv().expect("tid"), theirs, handle)
+    }
+
+    /// Bytes that come within the spin window, in pieces, are read in order by a runtime
+    /// thread that never sleeps for them. (Without the spin it sleeps in the runtime's park
+    /// until each piece's readiness wakes it.)
+    #[test]
+    fn bytes_within_the_spin_window_are_read_in_order_without_sleeping() {
+        let spin = SpinWindow::fixed(Duration::from_secs(3));
+        let (_tid, mut peer, reader) = reading_thread(Some(spin), |mut r, tid| {
+            Box::pin(async move {
+                let before = test_support::sleeps(tid);
+                let mut got = [0u8; 6];
+                r.read_exact(&mut got).await.expect("read");
+                (before, test_support::sleeps(tid), got)
+            })
+        });
+        for piece in [&b"ab"[..], b"cd", b"ef"] {
+            std::thread::sleep(Duration::from_millis(20));
+            peer.write_all(piece).expect("write");
+        }
+        let (before, after, got) = reader.join().expect("reader");
+        assert_eq!(&got, b"abcdef");
+        assert_eq!(
+            after, before,
+            "the runtime thread slept while the bytes came"
+        );
+    }
+
+    /// A read that spins gives the runtime back between its polls: another task of the same
+    /// single-threaded runtime (a timer) runs on time while the read spins with nothing to
+    /// read.
+    #[test]
+    fn a_spinning_read_lets_the_runtimes_other_tasks_run() {
+        let spin = SpinWindow::fixed(Duration::from_secs(30));
+        let (_tid, _peer, reader) = reading_thread(Some(spin), |mut r, _| {
+            Box::pin(async move {
+                let t = std::time::Instant::now();
+                let timer = tokio::spawn(tokio::time::sleep(Duration::from_millis(20)));
+                let mut byte = [0u8; 1];
+                tokio::select! {
+                    _ = r.read(&mut byte) => None,
+                    _ = timer => Some(t.elapsed()),
+                }
+            })
+        });
+        let took = reader.join().expect("reader");
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(10)),
+            "the timer task did not run while the read spun: {took:?}"
+        );
+    }
+
+    /// A connection whose window grew with bytes that came at once, then goes quiet, leaves
+    /// its runtime thread asleep well before long: the spin is bounded (SPIN_MAX). The
+    /// control: a window that outlasts the quiet keeps the thread awake at the same point.
+    #[test]
+    fn a_quiet_connection_leaves_its_runtime_thread_asleep() {
+        let probe = Duration::from_millis(200);
+        for (spin, asleep) in [
+            (None, true),
+            (Some(SpinWindow::fixed(Duration::from_secs(2))), false),
+        ] {
+            let fixed = spin.as_ref().map(SpinWindow::window);
+            let (tid, mut peer, reader) = reading_thread(spin, |mut r, _| {
+                Box::pin(async move {
+                    let mut byte = [0u8; 1];
+                    while r.read(&mut byte).await.is_ok_and(|n| n > 0) {}
+                })
+            });
+            for _ in 0..50 {
+                peer.write_all(b"x").expect("write");
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            std::thread::sleep(probe);
+            let slept = test_support::asleep(tid);
+            drop(peer);
+            reader.join().expect("reader");
+            assert_eq!(
+                slept, asleep,
+                "asleep {probe:?} after the last byte (fixed window {fixed:?})"
+            );
+        }
     }
 }
