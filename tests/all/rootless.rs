@@ -1289,7 +1289,7 @@ fn serve_as_the_user(claims_in: Option<&Path>) -> (bool, String) {
             .expect("F_SETFD");
     };
     let p = setpriv(false);
-    let mut cmd = Command::new("sh");
+    let mut cmd = Command::new("bash");
     cmd.args(["-c", "exec 3<&\"$0\"; exec \"$@\""])
         .arg(theirs.as_raw_fd().to_string())
         .args(&p)
