@@ -21,7 +21,7 @@ use std::{
     time::Instant,
 };
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use super::{Event, GROUP_MAX, LINGER};
 
@@ -316,11 +316,36 @@ impl Producer {
     /// Queues `msg` behind every message queued before it, waiting for room while the queue
     /// is full; gives it back when the writer has stopped.
     pub async fn send(&self, msg: Msg) -> Result<(), Msg> {
-        let q = &self.0;
-        match q.room.acquire().await {
+        match self.0.room.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(msg),
         }
+        self.push(msg)
+    }
+
+    /// Queues `msg` as [`Producer::send`] does, except that a caller dropped while it waits
+    /// for room (a request whose client went away) does not take the message with it: with
+    /// room the message is queued at once, and without it the wait is a task of its own,
+    /// which queues the message whatever becomes of the caller (who still waits for it, so a
+    /// full queue holds its producers as before). False when the writer has stopped.
+    pub async fn send_detached(self: &Arc<Self>, msg: Msg) -> bool {
+        let msg = match self.0.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                return self.push(msg).is_ok();
+            }
+            Err(TryAcquireError::Closed) => return false,
+            Err(TryAcquireError::NoPermits) => msg,
+        };
+        let producer = Arc::clone(self);
+        let queued = tokio::spawn(async move { producer.send(msg).await.is_ok() });
+        matches!(queued.await, Ok(true))
+    }
+
+    /// Puts `msg`, whose room is taken, behind every message queued before it, and wakes the
+    /// writer if it must; gives it back when the writer has stopped.
+    fn push(&self, msg: Msg) -> Result<(), Msg> {
+        let q = &self.0;
         let wake = {
             let mut s = q.lock();
             if s.closed {
@@ -382,6 +407,48 @@ mod tests {
             Event::daemon(Kind::WorkerExited, serde_json::json!({ "i": i })),
             Instant::now(),
         )
+    }
+
+    /// A record of an effect that happened is queued even when its caller is dropped while a
+    /// full queue holds it (a client gone mid-request): the detached send's wait outlives
+    /// the caller. The control is the plain send, which a dropped caller takes with it.
+    #[test]
+    fn a_detached_send_whose_caller_is_dropped_while_the_queue_is_full_is_still_queued() {
+        const BOUND: usize = 2;
+        let (queue, producer) = Queue::new(BOUND);
+        let producer = Arc::new(producer);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for i in 0..BOUND as u64 {
+                assert!(producer.send_detached(later(i)).await, "queued at once");
+            }
+            // Both sends wait for room, and both callers are dropped while they wait.
+            for send in [
+                Box::pin(async { producer.send(later(100)).await.is_ok() })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>,
+                Box::pin(producer.send_detached(later(200))),
+            ] {
+                let held = tokio::time::timeout(Duration::from_millis(50), send).await;
+                assert!(held.is_err(), "a full queue took one more message");
+            }
+            let mut taken = Pending::default();
+            assert!(queue.next(&mut taken, None));
+            assert_eq!(taken.batch.len(), BOUND);
+            // The room made by the writer goes to the detached send's own task only.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(producer.depth(), 1, "the dropped detached send was lost");
+            let mut after = Pending::default();
+            assert!(queue.next(&mut after, None));
+            let queued: Vec<_> = after
+                .batch
+                .iter()
+                .map(|(e, _)| e.detail["i"].as_u64())
+                .collect();
+            assert_eq!(queued, vec![Some(200)]);
+        });
     }
 
     #[test]

@@ -320,9 +320,12 @@ impl Audit {
     /// commit keeps it, in order, for the next one: see [`super::KEPT_MAX`]). It wakes the
     /// writer only when the writer waits without end; queued while a commit or its linger is
     /// under way, it rides the next commit, at the latest [`LINGER`] after now.
+    ///
+    /// The record is of an effect that has happened, so a caller dropped while a full queue
+    /// holds it (a client gone mid-request) does not lose it ([`Producer::send_detached`]).
     pub async fn record_later(&self, event: Event) {
         let queued = Msg::Later(event, std::time::Instant::now());
-        if self.tx.send(queued).await.is_err() {
+        if !self.tx.send_detached(queued).await {
             tracing::error!("the audit writer has stopped; an audit record could not be queued");
         }
     }
