@@ -307,6 +307,48 @@ fn a_status_answered_at_once_is_still_matched_by_id_and_bounded() {
     );
 }
 
+/// A cancelled request's place in the in-flight budget is free once its cancellation has been
+/// read: the budget goes with the answer (here the `Cancelled` one), not with the cancelled
+/// task, which the runtime drops some time later. With a budget of one, each round holds the
+/// budget with a run, cancels it, and asks for a status at once; before, a status that
+/// arrived before the runtime had dropped the cancelled task was refused `Overloaded` (seen
+/// under a loaded machine's scheduling). The control is the same status asked while the run
+/// holds the budget: refused.
+#[test]
+fn a_cancelled_requests_budget_is_free_once_its_cancellation_is_read() {
+    const ROUNDS: u64 = 100;
+    let home = Home::with_config("[ipc]\nmax_in_flight = 1\n");
+    home.start();
+    let mut c = Raw::connect(&home.socket());
+    c.handshake();
+    for round in 0..ROUNDS {
+        let (run, status) = (2 * round + 1, 2 * round + 2);
+        c.send(&held(run)).expect("send");
+        if round == 0 {
+            c.send(&status_call(status)).expect("send");
+            match next_response(&mut c) {
+                (id, Err(e)) if id == status => assert_eq!(e.kind, ErrorKind::Overloaded, "{e}"),
+                other => {
+                    panic!("a status past a budget of one: expected Overloaded, got {other:?}")
+                }
+            }
+        }
+        c.send(&Call::<ControlRequest>::Cancel { id: run })
+            .expect("send");
+        match next_response(&mut c) {
+            (id, Err(e)) if id == run && e.kind == ErrorKind::Cancelled => {}
+            other => panic!("round {round}: expected run {run} cancelled, got {other:?}"),
+        }
+        c.send(&status_call(status)).expect("send");
+        match next_response(&mut c) {
+            (id, Ok(ControlResponse::Status(_))) if id == status => {}
+            other => panic!(
+                "round {round}: a status after the cancellation was read: expected it answered, got {other:?}"
+            ),
+        }
+    }
+}
+
 #[test]
 fn peers_are_checked_with_so_peercred() {
     if !is_root() {

@@ -62,6 +62,11 @@ struct Entry {
     /// client's connection ends. Other requests run to their end and are audited; their
     /// answers are dropped.
     ends_with_client: bool,
+    /// Its place in the connection's answer budget (`answers`): held until its answer is
+    /// written, and taken into that answer by whoever removes the entry to answer (its task,
+    /// or a `Cancel`), so the budget is free again once the client has read the answer, not
+    /// when the runtime gets round to dropping a cancelled task.
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Replies queued for the writer beyond the in-flight bound (pongs, refusals).
@@ -298,7 +303,10 @@ async fn run(
                         ErrorKind::Cancelled,
                         format!("request {id} cancelled by the client"),
                     ));
-                    let answer = Reply::Response { id, result };
+                    let answer = Box::new(Outgoing {
+                        reply: Reply::Response { id, result },
+                        _held: Some(entry.slot),
+                    });
                     if !queue(&sink, &tx, answer, ipc.idle_timeout()).await {
                         break Ok(());
                     }
@@ -492,7 +500,6 @@ fn start(
         waiting,
         in_flight: in_flight_task,
         ended,
-        answer_slot,
         sink,
         conn_ended,
         tx,
@@ -514,6 +521,7 @@ fn start(
             stop,
             waiting: waiting_entry,
             ends_with_client,
+            slot: answer_slot,
         },
     );
     None
@@ -528,7 +536,6 @@ struct Answering {
     waiting: WaitCell,
     in_flight: InFlight,
     ended: Arc<Notify>,
-    answer_slot: tokio::sync::OwnedSemaphorePermit,
     sink: Arc<Sink>,
     conn_ended: Arc<Semaphore>,
     tx: Outbox,
@@ -547,7 +554,6 @@ impl Answering {
             waiting,
             in_flight,
             ended,
-            answer_slot,
             sink,
             conn_ended,
             tx,
@@ -564,12 +570,12 @@ impl Answering {
             } => Err(past_deadline(id, deadline_ms, approval)),
         };
         // Whoever removes the entry answers: this task, or a Cancel that got there first.
-        let mine = lock(&in_flight).remove(&id).is_some();
+        let mine = lock(&in_flight).remove(&id);
         ended.notify_one();
-        if mine {
+        if let Some(entry) = mine {
             let answer = Box::new(Outgoing {
                 reply: Reply::Response { id, result },
-                _held: Some(answer_slot),
+                _held: Some(entry.slot),
             });
             // Written here when nothing is queued; else the writer task writes it.
             let gone = async {
