@@ -567,19 +567,7 @@ mod tests {
             let request: Option<Call<String>> =
                 (frames > 1).then(|| read_message(&mut s, &mut buf));
             assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
-            let mut out = Vec::new();
-            let welcome = HandshakeReply::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                build: "test".into(),
-                connection_id: 1,
-                limits: crate::Limits {
-                    max_frame_bytes: FrameLimit::DEFAULT.get(),
-                    max_in_flight: 4,
-                    frame_read_timeout_ms: 1000,
-                },
-            });
-            frame::encode(&welcome, FrameLimit::DEFAULT, &mut out).expect("welcome");
-            s.write_all(&out).expect("write welcome");
+            write_welcome(&mut s);
             let request = match request {
                 Some(r) => r,
                 None => read_message(&mut s, &mut buf),
@@ -587,7 +575,7 @@ mod tests {
             let Call::Request { id, body, .. } = request else {
                 panic!("not a request")
             };
-            out.clear();
+            let mut out = Vec::new();
             let answer: Reply<String> = Reply::Response {
                 id,
                 result: Ok(format!("answer to {}", body.len())),
@@ -656,6 +644,23 @@ mod tests {
         assert_eq!(server.join().expect("callee"), big);
     }
 
+    /// Answers a client's hello as loongd does: a welcome with the default limits.
+    fn write_welcome(s: &mut UnixStream) {
+        let mut out = Vec::new();
+        let welcome = HandshakeReply::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            build: "test".into(),
+            connection_id: 1,
+            limits: crate::Limits {
+                max_frame_bytes: FrameLimit::DEFAULT.get(),
+                max_in_flight: 4,
+                frame_read_timeout_ms: 1000,
+            },
+        });
+        frame::encode(&welcome, FrameLimit::DEFAULT, &mut out).expect("welcome");
+        s.write_all(&out).expect("write welcome");
+    }
+
     /// A callee that welcomes the hello, then answers each request after the milliseconds
     /// its body names, or never when it names none.
     fn slow_callee(listener: UnixListener) -> thread::JoinHandle<()> {
@@ -663,19 +668,7 @@ mod tests {
             let (mut s, _) = listener.accept().expect("accept");
             let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
             let _: Hello = read_message(&mut s, &mut buf);
-            let mut out = Vec::new();
-            let welcome = HandshakeReply::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                build: "test".into(),
-                connection_id: 1,
-                limits: crate::Limits {
-                    max_frame_bytes: FrameLimit::DEFAULT.get(),
-                    max_in_flight: 4,
-                    frame_read_timeout_ms: 1000,
-                },
-            });
-            frame::encode(&welcome, FrameLimit::DEFAULT, &mut out).expect("welcome");
-            s.write_all(&out).expect("write welcome");
+            write_welcome(&mut s);
             loop {
                 let request = loop {
                     match buf.next_message::<Call<String>>() {
@@ -695,7 +688,7 @@ mod tests {
                     continue;
                 };
                 thread::sleep(Duration::from_millis(ms));
-                out.clear();
+                let mut out = Vec::new();
                 let answer: Reply<String> = Reply::Response {
                     id,
                     result: Ok(body),
