@@ -10,8 +10,74 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use loong_ipc::{ControlResponse, Reply, RequestId, StreamChunk};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Boxed, so the channel's slots (allocated in blocks) stay small for every connection.
-pub(crate) type Outbox = mpsc::Sender<Box<Outgoing>>;
+/// Where a request's replies go when they are not written at once: the connection's queue
+/// for its writer task, which the first reply queued starts ([`StartWriter`]), so a
+/// connection whose replies are all written at once never has one. Its items are boxed, so
+/// the channel's slots (allocated in blocks) stay small for every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Box<Outgoing>>,
+    writer: Option<Arc<dyn StartWriter>>,
+}
+
+/// Starts a connection's writer task if it is not running yet; called after each reply is
+/// queued.
+pub(crate) trait StartWriter: std::fmt::Debug + Send + Sync {
+    fn start(&self);
+}
+
+impl From<mpsc::Sender<Box<Outgoing>>> for Outbox {
+    /// A queue whose receiver its owner reads itself (no writer task to start).
+    fn from(tx: mpsc::Sender<Box<Outgoing>>) -> Outbox {
+        Outbox { tx, writer: None }
+    }
+}
+
+impl Outbox {
+    /// A queue read by the writer task that `writer` starts.
+    pub(crate) fn new(tx: mpsc::Sender<Box<Outgoing>>, writer: Arc<dyn StartWriter>) -> Outbox {
+        Outbox {
+            tx,
+            writer: Some(writer),
+        }
+    }
+
+    fn queued(&self) {
+        if let Some(w) = &self.writer {
+            w.start();
+        }
+    }
+
+    /// Queues `out`, waiting for room; the writer task is started if it is not running.
+    pub(crate) async fn send(
+        &self,
+        out: Box<Outgoing>,
+    ) -> Result<(), mpsc::error::SendError<Box<Outgoing>>> {
+        self.tx.send(out).await?;
+        self.queued();
+        Ok(())
+    }
+
+    /// Queues `out` if there is room now; the writer task is started if it is not running.
+    pub(crate) fn try_send(
+        &self,
+        out: Box<Outgoing>,
+    ) -> Result<(), mpsc::error::TrySendError<Box<Outgoing>>> {
+        self.tx.try_send(out)?;
+        self.queued();
+        Ok(())
+    }
+
+    /// Whether nothing is queued (every slot free).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Has the writer task started (to write the rest of a frame left to it).
+    pub(crate) fn start_writer(&self) {
+        self.queued();
+    }
+}
 
 /// Output bytes (stream chunks) queued per connection for a client that reads slowly, the
 /// chunk being written included. A producer that finds the budget spent waits for the

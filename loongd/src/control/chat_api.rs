@@ -78,7 +78,7 @@ pub(crate) async fn chat_turn(
     let io = RequestIo {
         id: n,
         conn: 0,
-        out,
+        out: out.into(),
         budget: Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES)),
         stop: StopCell::default(),
         waiting: WaitCell::default(),

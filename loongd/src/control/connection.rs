@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     handlers,
-    sink::{Now, Sink},
+    sink::{Now, Sink, Writer},
     wire::{self, WriteSide},
 };
 use crate::{
@@ -196,19 +196,17 @@ async fn run(
     let w = w.ok_or(ConnError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
 
     let max_in_flight = ipc.max_in_flight as usize;
-    let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(max_in_flight + OUTBOX_SLACK);
+    let (tx, rx) = mpsc::channel::<Box<Outgoing>>(max_in_flight + OUTBOX_SLACK);
     let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
     let sink = Arc::new(Sink::new(w, limit, budget.clone()));
     // Closed when the connection ends: a request's task still writing the rest of an answer
     // the socket took in part gives up then.
     let ended = Arc::new(Semaphore::new(0));
     // A client that reads slowly is back-pressure, not an error: the writer waits for it as
-    // long as the connection lives, and the connection's end stops the writer (below).
-    let writer_task = tokio::spawn({
-        let sink = sink.clone();
-        async move { sink.drain(&mut rx).await }.in_current_span()
-    });
-    let writer_abort = writer_task.abort_handle();
+    // long as the connection lives, and the connection's end stops the writer (below). It
+    // is started by the first reply queued for it, not before.
+    let writer = Writer::new(sink.clone(), rx);
+    let tx = Outbox::new(tx, writer.clone());
     let in_flight: InFlight = Arc::default();
     // A request holds one of these from its start until its answer is written, so a client
     // that sends requests and reads no answers holds at most `max_in_flight` of them (and
@@ -353,16 +351,23 @@ async fn run(
         }
     }
     drop(tx);
-    let flushed = tokio::time::timeout(WRITER_FLUSH, writer_task).await;
-    // A writer still waiting for a client that does not read ends with the connection, and
-    // so does a request's task writing the rest of its answer.
-    writer_abort.abort();
+    let flushed = match writer.finish() {
+        Some(task) => {
+            let abort = task.abort_handle();
+            let flushed = tokio::time::timeout(WRITER_FLUSH, task).await;
+            // A writer still waiting for a client that does not read ends with the
+            // connection, and so does a request's task writing the rest of its answer.
+            abort.abort();
+            Some(flushed)
+        }
+        None => None,
+    };
     ended.close();
     sink.close().await;
     match flushed {
-        Ok(Ok(Err(e))) if outcome.is_ok() => return Err(e),
-        Ok(_) => {}
-        Err(_) => tracing::debug!("writer did not flush in time"),
+        Some(Ok(Ok(Err(e)))) if outcome.is_ok() => return Err(e),
+        Some(Err(_)) => tracing::debug!("writer did not flush in time"),
+        _ => {}
     }
     outcome
 }
@@ -633,11 +638,10 @@ mod tests {
         let limit = FrameLimit::DEFAULT;
         let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
         let sink = Arc::new(Sink::new(w, limit, budget));
-        let (tx, mut rx) = mpsc::channel::<Box<Outgoing>>(8);
-        let writer = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.drain(&mut rx).await }
-        });
+        let (tx, rx) = mpsc::channel::<Box<Outgoing>>(8);
+        // Started by the rest of the frame left to it.
+        let writer = Writer::new(sink.clone(), rx);
+        let tx = Outbox::new(tx, writer.clone());
         let big = Reply::<ControlResponse>::Stream {
             id: 1,
             chunk: StreamChunk::Stdout(vec![b'x'; BIG]),
@@ -664,7 +668,72 @@ mod tests {
             "{second:?}"
         );
         drop(tx);
-        let ended = tokio::time::timeout(WAIT, writer).await;
+        let task = writer
+            .finish()
+            .expect("the rest of the frame started the writer");
+        let ended = tokio::time::timeout(WAIT, task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    }
+
+    /// A connection whose replies are all written at once by whoever makes them never
+    /// starts its writer task (one task fewer, and no other runtime thread woken for it);
+    /// the first reply that must be queued starts it, and it writes that reply in order.
+    #[tokio::test]
+    async fn the_writer_task_starts_with_the_first_reply_queued() {
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let (_r, w) = wire::split(ours).expect("split");
+        let limit = FrameLimit::DEFAULT;
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+        let sink = Arc::new(Sink::new(w, limit, budget.clone()));
+        let (tx, rx) = mpsc::channel::<Box<Outgoing>>(8);
+        let writer = Writer::new(sink.clone(), rx);
+        let tx = Outbox::new(tx, writer.clone());
+        let mut peer = FrameReader::new(theirs, limit, WAIT);
+        for nonce in 1..=3 {
+            assert!(queue(&sink, &tx, Reply::Pong { nonce }, WAIT).await);
+            let got = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
+            assert!(
+                matches!(got, Ok(Some(Reply::Pong { nonce: n })) if n == nonce),
+                "{got:?}"
+            );
+        }
+        assert!(
+            !writer.started(),
+            "replies written at once started the writer"
+        );
+        // A stream chunk on its way holds a share of the output budget: a reply made now
+        // must not overtake it, so it is queued, and that starts the writer.
+        let share = budget.clone().acquire_owned().await.expect("budget");
+        assert!(queue(&sink, &tx, Reply::Pong { nonce: 4 }, WAIT).await);
+        assert!(writer.started(), "a queued reply did not start the writer");
+        drop(share);
+        let got = peer.read::<Reply<ControlResponse>>(Some(WAIT)).await;
+        assert!(matches!(got, Ok(Some(Reply::Pong { nonce: 4 }))), "{got:?}");
+        drop(tx);
+        let task = writer.finish().expect("started");
+        let ended = tokio::time::timeout(WAIT, task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    }
+
+    /// At the connection's end a writer never started is not started when nothing can be
+    /// queued any more; it is when a request still running holds the queue (its answer may
+    /// still be flushed to a client that reads, as before).
+    #[tokio::test]
+    async fn an_idle_writer_starts_at_the_end_only_for_requests_still_running() {
+        let (ours, _theirs) = UnixStream::pair().expect("socket pair");
+        let (_r, w) = wire::split(ours).expect("split");
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET_BYTES));
+        let sink = Arc::new(Sink::new(w, FrameLimit::DEFAULT, budget));
+        let (tx, rx) = mpsc::channel::<Box<Outgoing>>(8);
+        let writer = Writer::new(sink.clone(), rx);
+        drop(Outbox::new(tx, writer.clone()));
+        assert!(writer.finish().is_none(), "nothing could be queued");
+        let (tx, rx) = mpsc::channel::<Box<Outgoing>>(8);
+        let writer = Writer::new(sink, rx);
+        let running = Outbox::new(tx, writer.clone());
+        let task = writer.finish().expect("a request still holds the queue");
+        drop(running);
+        let ended = tokio::time::timeout(WAIT, task).await;
         assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     }
 }

@@ -8,16 +8,20 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, PoisonError,
     },
 };
 
 use loong_ipc::{connection::ConnError, frame::FrameLimit};
-use tokio::sync::{mpsc, Mutex, Notify, Semaphore};
+use tokio::{
+    sync::{mpsc, Mutex, Notify, Semaphore},
+    task::JoinHandle,
+};
+use tracing::Instrument;
 
 use super::wire::WriteSide;
 
-use crate::request::{Outbox, Outgoing, OUTPUT_BUDGET_BYTES};
+use crate::request::{Outbox, Outgoing, StartWriter, OUTPUT_BUDGET_BYTES};
 
 /// Frames the writer task takes from the outbox for one write at most.
 pub(super) const WRITE_BATCH: usize = 32;
@@ -90,6 +94,85 @@ pub(super) enum Now {
     Broken,
 }
 
+/// A connection's writer task, started by the first reply queued for it ([`StartWriter`]):
+/// a connection whose replies are all written at once by whoever makes them (a `status`,
+/// a sandbox run of a program that writes nothing) never spawns one, so the runtime neither
+/// makes nor polls that task, nor wakes its other thread for it (a task spawned while the
+/// request's task is queued to run next is offered to a parked thread).
+#[derive(Debug)]
+pub(super) struct Writer {
+    state: std::sync::Mutex<WriterState>,
+    /// The connection's span, which the task runs in.
+    span: tracing::Span,
+}
+
+#[derive(Debug)]
+enum WriterState {
+    /// Nothing queued yet: what the task will own.
+    Idle {
+        sink: Arc<Sink>,
+        rx: mpsc::Receiver<Box<Outgoing>>,
+    },
+    Running(JoinHandle<Result<(), ConnError>>),
+    /// The connection ended ([`Writer::finish`]).
+    Ended,
+}
+
+impl Writer {
+    /// The writer of `sink`'s connection, reading the queue `rx`; not started yet.
+    pub(super) fn new(sink: Arc<Sink>, rx: mpsc::Receiver<Box<Outgoing>>) -> Arc<Writer> {
+        Arc::new(Writer {
+            state: std::sync::Mutex::new(WriterState::Idle { sink, rx }),
+            span: tracing::Span::current(),
+        })
+    }
+
+    fn spawn(&self, sink: Arc<Sink>, mut rx: mpsc::Receiver<Box<Outgoing>>) -> WriterState {
+        let task = async move { sink.drain(&mut rx).await }.instrument(self.span.clone());
+        WriterState::Running(tokio::spawn(task))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection has ended: the writer task to let flush, if one runs, or if a request
+    /// still running holds the queue and may fill it (started now, as it would have been);
+    /// `None` when nothing was queued and nothing can be. Nothing starts it afterwards.
+    pub(super) fn finish(&self) -> Option<JoinHandle<Result<(), ConnError>>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, WriterState::Ended) {
+            WriterState::Running(task) => Some(task),
+            WriterState::Idle { sink, rx } if rx.sender_strong_count() > 0 || !rx.is_empty() => {
+                match self.spawn(sink, rx) {
+                    WriterState::Running(task) => Some(task),
+                    _ => None,
+                }
+            }
+            WriterState::Idle { .. } | WriterState::Ended => None,
+        }
+    }
+
+    /// Whether the task was ever started.
+    #[cfg(test)]
+    pub(super) fn started(&self) -> bool {
+        !matches!(*self.lock(), WriterState::Idle { .. })
+    }
+}
+
+impl StartWriter for Writer {
+    fn start(&self) {
+        let mut state = self.lock();
+        if matches!(*state, WriterState::Idle { .. }) {
+            if let WriterState::Idle { sink, rx } =
+                std::mem::replace(&mut *state, WriterState::Ended)
+            {
+                *state = self.spawn(sink, rx);
+            }
+        }
+    }
+}
+
 /// A connection's write half.
 #[derive(Debug)]
 pub(super) struct Sink {
@@ -141,6 +224,7 @@ impl Sink {
         half.rest = Some((out, n));
         self.rest_left.store(true, Ordering::Release);
         self.rest_queued.notify_one();
+        tx.start_writer();
         Now::Written
     }
 
@@ -149,9 +233,7 @@ impl Sink {
     /// producer and the socket, no rest of a frame left to it) and the socket takes the
     /// frame's first bytes. [`Tried::Part`]: the frame is in `half.buf`, its first bytes out.
     fn try_write(&self, tx: &Outbox, half: &mut Half, out: &Outgoing) -> Tried {
-        if tx.capacity() != tx.max_capacity()
-            || self.budget.available_permits() != OUTPUT_BUDGET_BYTES
-        {
+        if !tx.is_empty() || self.budget.available_permits() != OUTPUT_BUDGET_BYTES {
             return Tried::Not;
         }
         let Half { w, buf, rest } = half;
@@ -194,9 +276,7 @@ impl Sink {
         out: Box<Outgoing>,
         give_up: impl Future<Output = ()>,
     ) -> Now {
-        if tx.capacity() != tx.max_capacity()
-            || self.budget.available_permits() != OUTPUT_BUDGET_BYTES
-        {
+        if !tx.is_empty() || self.budget.available_permits() != OUTPUT_BUDGET_BYTES {
             return Now::Queue(out);
         }
         let Ok(mut half) = self.half.try_lock() else {
@@ -355,7 +435,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         (
             Arc::new(Sink::new(w, LIMIT, budget)),
-            tx,
+            tx.into(),
             rx,
             FrameReader::new(theirs, LIMIT, WAIT),
         )
@@ -483,7 +563,7 @@ mod tests {
     }
 
     fn tx_closed_free() -> Outbox {
-        mpsc::channel(1).0
+        mpsc::channel(1).0.into()
     }
 
     #[tokio::test]

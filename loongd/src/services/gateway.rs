@@ -482,7 +482,7 @@ async fn invoke(kernel: &Kernel, worker: u64, b: GatewayInvoke) -> Result<Vec<u8
     let io = RequestIo {
         id: n,
         conn: 0,
-        out,
+        out: out.into(),
         budget: Arc::new(tokio::sync::Semaphore::new(OUTPUT_BUDGET_BYTES)),
         stop: StopCell::default(),
         waiting: WaitCell::default(),
