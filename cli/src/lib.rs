@@ -275,6 +275,24 @@ pub(crate) fn start(
         .map_err(|e| not_running(layout, e))
 }
 
+/// [`start`], with the request's first input chunk in the same write when it fits there
+/// (`Client::connect_with_input`); the `bool` says whether it went.
+pub(crate) fn start_with_input(
+    layout: &Layout,
+    req: loong_ipc::message::control::ControlRequest,
+    deadline: Duration,
+    input: loong_ipc::StreamChunk,
+) -> Result<(Client, loong_ipc::RequestId, bool), Failure> {
+    Client::connect_with_input(
+        &layout.socket,
+        &connect_options(),
+        req,
+        deadline,
+        Some(input),
+    )
+    .map_err(|e| not_running(layout, e))
+}
+
 fn connect_options() -> ConnectOptions {
     ConnectOptions {
         peer_kind: PeerKind::Operator,

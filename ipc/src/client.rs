@@ -229,6 +229,22 @@ impl Client {
         body: Req,
         deadline: Duration,
     ) -> Result<(Client, RequestId), ClientError> {
+        let (client, id, _) = Client::connect_with_input(socket, opts, body, deadline, None)?;
+        Ok((client, id))
+    }
+
+    /// [`Client::connect_with`], with `input`, the request's first input chunk (a stdin's
+    /// end known before connecting), sent in the same write behind a request that went with
+    /// the hello: the callee reads hello, request and chunk at once instead of being woken
+    /// again for the chunk. Returns whether the chunk went (not when the request waited for
+    /// the handshake: the caller then sends it itself).
+    pub fn connect_with_input<Req: Serialize>(
+        socket: &Path,
+        opts: &ConnectOptions,
+        body: Req,
+        deadline: Duration,
+        input: Option<StreamChunk>,
+    ) -> Result<(Client, RequestId, bool), ClientError> {
         let mut client = Client::open(socket)?;
         client.out.clear();
         let hello = Hello::new(opts.peer_kind, opts.build.clone());
@@ -242,11 +258,20 @@ impl Client {
         let hello_len = client.out.len();
         let small = FrameLimit::new(PIPELINED_MAX_BYTES as u64)?;
         let pipelined = frame::encode(&request, small, &mut client.out).is_ok();
+        let request_end = client.out.len();
+        let input_sent = match input {
+            Some(chunk) if pipelined => {
+                let chunk = Call::<()>::Stream { id, chunk };
+                let fits = frame::encode(&chunk, small, &mut client.out).is_ok();
+                if !fits {
+                    client.out.truncate(request_end);
+                }
+                fits
+            }
+            _ => false,
+        };
         client.handshake(Instant::now() + opts.timeout)?;
-        let sent = client
-            .out
-            .len()
-            .saturating_sub(hello_len + frame::LEN_PREFIX_BYTES);
+        let sent = request_end.saturating_sub(hello_len + frame::LEN_PREFIX_BYTES);
         if !pipelined {
             client.send(&request, Instant::now() + CONNECT_WRITE_TIMEOUT)?;
         } else if sent > client.buf.limit().get() as usize {
@@ -258,7 +283,7 @@ impl Client {
             }
             .into());
         }
-        Ok((client, id))
+        Ok((client, id, input_sent))
     }
 
     /// A connected client that has not yet sent anything.
@@ -641,6 +666,78 @@ mod tests {
             matches!(answer, Ok(Event::Done(ref a)) if *a == want),
             "{answer:?}"
         );
+        assert_eq!(server.join().expect("callee"), big);
+    }
+
+    /// A first input chunk given with a small first request reaches the callee with hello
+    /// and request, before it welcomed anything (a callee that reads all three before writing
+    /// answers it; sent after the welcome, the chunk would leave it waiting until its read
+    /// timeout); the client is told it went.
+    #[test]
+    fn a_first_input_chunk_travels_with_hello_and_request() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+            let _: Hello = read_message(&mut s, &mut buf);
+            let request: Call<String> = read_message(&mut s, &mut buf);
+            let chunk: Call<String> = read_message(&mut s, &mut buf);
+            write_welcome(&mut s);
+            let Call::Request { id, .. } = request else {
+                panic!("not a request")
+            };
+            let mut out = Vec::new();
+            let answer: Reply<String> = Reply::Response {
+                id,
+                result: Ok("done".into()),
+            };
+            frame::encode(&answer, FrameLimit::DEFAULT, &mut out).expect("answer");
+            s.write_all(&out).expect("write answer");
+            chunk
+        });
+        let (mut client, id, sent) = Client::connect_with_input(
+            &path,
+            &options(),
+            "run".to_string(),
+            WAIT,
+            Some(StreamChunk::StdinEnd),
+        )
+        .expect("connect");
+        assert!(sent, "the chunk did not go with the request");
+        let answer = client.next_event::<String>(id, Instant::now() + WAIT);
+        assert!(
+            matches!(answer, Ok(Event::Done(ref a)) if a == "done"),
+            "{answer:?}"
+        );
+        let chunk = server.join().expect("callee");
+        assert!(
+            matches!(chunk, Call::Stream { id: got, chunk: StreamChunk::StdinEnd } if got == id),
+            "{chunk:?}"
+        );
+    }
+
+    /// The control: behind a first request too large to go with the hello the chunk is not
+    /// sent either (the caller sends it after), and the request is still answered.
+    #[test]
+    fn no_input_chunk_goes_behind_a_request_that_waits_for_the_welcome() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let server = callee(UnixListener::bind(&path).expect("bind"), 1);
+        let big = "x".repeat(PIPELINED_MAX_BYTES + 1);
+        let (mut client, id, sent) = Client::connect_with_input(
+            &path,
+            &options(),
+            big.clone(),
+            WAIT,
+            Some(StreamChunk::StdinEnd),
+        )
+        .expect("connect");
+        assert!(!sent, "a chunk went ahead of its request");
+        let answer = client.next_event::<String>(id, Instant::now() + WAIT);
+        assert!(matches!(answer, Ok(Event::Done(_))), "{answer:?}");
         assert_eq!(server.join().expect("callee"), big);
     }
 

@@ -796,9 +796,16 @@ pub(crate) async fn run(
     // A killer that cannot be made (no descriptor left) fails the run only after its exit
     // task is started: the program is killed, and its start and end are still recorded.
     let killer = child.killer();
+    // A request without an input channel (none but a sandbox run has one) feeds an empty
+    // stdin. An input that ended before the run started (loongctl with stdin on
+    // `/dev/null` sends its end with the request) closes the program's stdin here, without
+    // the pipe's registration with the runtime and its removal.
+    let mut input = io.input.take().unwrap_or_else(|| mpsc::channel(1).1);
+    let first = input.try_recv().ok();
     let stdin = child
         .stdin
         .take()
+        .filter(|_| !matches!(first, Some(StreamChunk::StdinEnd)))
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
     let stdout = receiver(child.stdout.take());
     let stderr = receiver(child.stderr.take());
@@ -851,10 +858,8 @@ pub(crate) async fn run(
     // not read its stdin stalls neither its output nor the queue behind it once its stdin
     // is closed.
     let (interrupt_tx, interrupts) = mpsc::channel::<()>(INTERRUPTS_TO_KILL as usize);
-    // A request without an input channel (none but a sandbox run has one) feeds an empty stdin.
-    let input = io.input.take().unwrap_or_else(|| mpsc::channel(1).1);
     let feeder = async {
-        feed(stdin, input, interrupt_tx).await;
+        feed(stdin, first, input, interrupt_tx).await;
         std::future::pending::<()>().await
     };
 
@@ -1023,16 +1028,58 @@ impl Drop for KillOnDrop {
 /// per sandbox; reading its report is then immediate.
 async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::Child) {
     let _ = relay_done.await;
-    if let Ok(pidfd) = child.pidfd().try_clone_to_owned() {
-        // The safe constructor is deprecated for descriptors a type could swap or close
-        // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and the
-        // replacement is `unsafe`, which this crate does not allow.
-        #[allow(deprecated)]
-        let registered = AsyncFd::with_interest(pidfd, Interest::READABLE);
-        if let Ok(fd) = registered {
-            let _ = fd.readable().await;
+    readable(child.pidfd(), &HELPER_EXIT_SPIN).await;
+}
+
+/// How long a run's exit task polls its helper's pidfd, once the relay has ended, before it
+/// waits for the runtime to wake it: the helper exits right after its payload (the pipes'
+/// end is the payload's exit), so the wait is usually short, and a runtime thread that
+/// slept through it would pay for waking its CPU. Adapted to the runs' waits, as a
+/// connection's reads are ([`loong_ipc::spin`]); zero on a machine without CPUs to spare.
+static HELPER_EXIT_SPIN: std::sync::LazyLock<Mutex<loong_ipc::spin::SpinWindow>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// Resolves once `fd` is readable (or has hung up). A descriptor readable already (a helper
+/// gone by the time its relay ended) is seen without registering it with the runtime's
+/// reactor: no copy of it, no registration and removal, no round of the reactor. Else it is
+/// polled for `spin`'s window, giving the runtime back between polls, and then registered
+/// and awaited; the wait's length adapts the window.
+async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin::SpinWindow>) {
+    let ready = || {
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        !matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        )
+    };
+    if ready() {
+        return;
+    }
+    let since = std::time::Instant::now();
+    let window = spin.lock().unwrap_or_else(PoisonError::into_inner).window();
+    let mut seen = false;
+    while since.elapsed() < window {
+        tokio::task::yield_now().await;
+        if ready() {
+            seen = true;
+            break;
         }
     }
+    if !seen {
+        if let Ok(fd) = fd.try_clone_to_owned() {
+            // The safe constructor is deprecated for descriptors a type could swap or close
+            // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and
+            // the replacement is `unsafe`, which this crate does not allow.
+            #[allow(deprecated)]
+            let registered = AsyncFd::with_interest(fd, Interest::READABLE);
+            if let Ok(fd) = registered {
+                let _ = fd.readable().await;
+            }
+        }
+    }
+    spin.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(since.elapsed());
 }
 
 /// `sandbox.exited`'s cause for a run killed by loongd's stop.
@@ -1239,15 +1286,23 @@ async fn record_exit(mut r: Reaper) {
     let _ = r.exit.send(answer);
 }
 
-/// Feeds a program's stdin from the request's input and passes interrupts on. Input that
-/// arrives after the program's stdin closed is read and dropped, so it never stalls the
-/// connection.
+/// Feeds a program's stdin from the request's input (`first`, taken from it before the
+/// run started, then the rest) and passes interrupts on. Input that arrives after the
+/// program's stdin closed is read and dropped, so it never stalls the connection.
 async fn feed(
     mut stdin: Option<pipe::Sender>,
+    mut first: Option<StreamChunk>,
     mut input: mpsc::Receiver<StreamChunk>,
     interrupts: mpsc::Sender<()>,
 ) {
-    while let Some(chunk) = input.recv().await {
+    loop {
+        let chunk = match first.take() {
+            Some(chunk) => chunk,
+            None => match input.recv().await {
+                Some(chunk) => chunk,
+                None => break,
+            },
+        };
         match chunk {
             StreamChunk::Stdin(bytes) => {
                 if let Some(pipe) = &mut stdin {
@@ -1319,3 +1374,6 @@ enum Relayed {
 
 /// The scratch buffer a killed sandbox's output is drained through.
 const DRAIN_BYTES: usize = 4096;
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use nix::sys::{
     signalfd::{SfdFlags, SignalFd},
 };
 
-use crate::{start, Failure};
+use crate::{start, start_with_input, Failure};
 
 /// Added to `--timeout` for the request's own deadline, so loongd reports the timeout itself.
 pub const DEADLINE_SLACK: Duration = Duration::from_secs(30);
@@ -188,8 +188,17 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .timeout_ms
         .map(|t| Duration::from_millis(t) + DEADLINE_SLACK)
         .unwrap_or(NO_TIMEOUT_DEADLINE);
-    // The request travels in the same write as the hello (one round trip for both).
-    let (mut client, id) = start(layout, ControlRequest::SandboxRun(Box::new(req)), deadline)?;
+    // The request travels in the same write as the hello (one round trip for both); with
+    // stdin on `/dev/null` its end goes in that write too, so loongd reads all three at once
+    // instead of being woken again for the end.
+    let body = ControlRequest::SandboxRun(Box::new(req));
+    let no_stdin = stdin_is_dev_null();
+    let (mut client, id, stdin_ended) = if no_stdin {
+        start_with_input(layout, body, deadline, StreamChunk::StdinEnd)?
+    } else {
+        let (client, id) = start(layout, body, deadline)?;
+        (client, id, false)
+    };
     // From here on SIGINT is taken through a signalfd polled beside the connection on this
     // thread (blocked before any thread starts, and only once connected, so a daemon that
     // `connect` started never inherits the mask). Before this an interrupt ends loongctl,
@@ -202,10 +211,13 @@ pub(crate) fn run(layout: &Layout, cmd: SandboxCommand) -> Result<u8, Failure> {
         .map_err(|e| anyhow!("cannot take SIGINT for the sandbox's interrupts: {e}"))?;
     let input = Arc::new(Mutex::new(client.input()?));
     let mut interrupts = 0u32;
-    if stdin_is_dev_null() {
-        // Nothing to read: the end is sent here, without a thread. A send that fails means
-        // the connection is gone, which the next event reports.
-        let _ = lock(&input).send(id, StreamChunk::StdinEnd);
+    if no_stdin {
+        // Nothing to read: the end is sent here (unless it went with the request), without
+        // a thread. A send that fails means the connection is gone, which the next event
+        // reports.
+        if !stdin_ended {
+            let _ = lock(&input).send(id, StreamChunk::StdinEnd);
+        }
     } else {
         spawn_stdin_feeder(input.clone(), id)?;
     }
