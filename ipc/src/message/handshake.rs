@@ -11,7 +11,7 @@ use super::{check_len, BoundError};
 use crate::frame::{self, FrameError};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Bound on [`Hello::build`] and [`Welcome::build`].
 pub const MAX_BUILD_BYTES: usize = 128;
 

@@ -81,6 +81,12 @@ pub enum WorkerRequest {
         /// [`MAX_CALL_HEADERS`]); empty for every other call. A value's `Debug` form is
         /// redacted, so no log line that prints a request carries a secret.
         headers: Vec<(String, super::control::SecretValue)>,
+        /// Whether the machine had CPUs to spare when loongd sent the call (its spin gate,
+        /// [`crate::spin::cpus_to_spare`]). A worker cannot read the machine's load itself
+        /// (its sandbox does not grant `/proc`), so after answering it polls for the next
+        /// request, for its own adaptive window, only when the call said so; otherwise it
+        /// sleeps at once.
+        cpus_to_spare: bool,
     },
     /// Drop a plugin; answered by [`WorkerResponse::Unloaded`].
     Unload { plugin_id: String },

@@ -11,15 +11,23 @@
 //! outcome, the next call's records), so a call answered between two calls costs the writer
 //! one wake-up, not two. The queue holds at most `bound` messages ([`super::QUEUE_DEPTH`]):
 //! past it, producers wait for room, as they did on the channel this replaced.
+//!
+//! Before it sleeps, the writer polls the queue for an adaptive window ([`loong_ipc::spin`]:
+//! zero until its waits prove short, zero again after a long one, and only while the machine
+//! has CPUs to spare): a producer that would wake it while it polls only tells it so, and the
+//! next call's records, queued within the window, find the writer's thread (and its CPU)
+//! awake. A queue that goes quiet costs the writer one window at most, then it sleeps.
 
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
     },
     time::Instant,
 };
+
+use loong_ipc::spin::SpinWindow;
 
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
@@ -80,6 +88,8 @@ struct State {
     producers_gone: bool,
     /// The writer has stopped: nothing more is queued.
     closed: bool,
+    /// The writer polls `Queue::poked` before it sleeps: waking it is telling it there.
+    spinning: bool,
 }
 
 /// The queue shared by the producers and the writer.
@@ -92,6 +102,10 @@ pub(super) struct Queue {
     bound: usize,
     /// The writer's wake-ups: each return from a wait (woken, or its deadline passed).
     wakeups: AtomicU64,
+    /// Set by a producer that wakes the writer while it polls (`State::spinning`).
+    poked: AtomicBool,
+    /// How long the writer polls before it sleeps (its own; a mutex only to share the queue).
+    spin: Mutex<SpinWindow>,
 }
 
 /// Who waits for a taken record's commit.
@@ -216,11 +230,14 @@ impl Queue {
                 writer: Writer::Busy,
                 producers_gone: false,
                 closed: false,
+                spinning: false,
             }),
             wake: Condvar::new(),
             room: Semaphore::new(bound),
             bound,
             wakeups: AtomicU64::new(0),
+            poked: AtomicBool::new(false),
+            spin: Mutex::new(SpinWindow::default()),
         });
         (queue.clone(), Producer(queue))
     }
@@ -268,29 +285,78 @@ impl Queue {
                 (a, b) => a.or(b),
             };
             let now = Instant::now();
-            s = match deadline {
-                Some(d) if d <= now => {
-                    if !p.is_empty() {
-                        s.writer = Writer::Busy;
-                        return true;
-                    }
-                    window = None;
-                    continue;
+            if deadline.is_some_and(|d| d <= now) {
+                if !p.is_empty() {
+                    s.writer = Writer::Busy;
+                    return true;
                 }
+                window = None;
+                continue;
+            }
+            s.writer = match deadline {
+                Some(_) => Writer::Lingering,
+                None => Writer::Endless,
+            };
+            s = self.wait(s, deadline);
+            s.writer = Writer::Busy;
+        }
+    }
+
+    /// The writer waits, as `s.writer` says, until a producer wakes it or `deadline` passes:
+    /// first polling for its spin window, then asleep on the condition variable.
+    fn wait<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
+        let mut spin = self.spin.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = Instant::now();
+        let window = spin.window();
+        if !window.is_zero() {
+            let until = deadline.map_or(start + window, |d| d.min(start + window));
+            s.spinning = true;
+            self.poked.store(false, Ordering::Relaxed);
+            drop(s);
+            while !self.poked.load(Ordering::Acquire) && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            s = self.lock();
+            s.spinning = false;
+        }
+        // A producer that found the writer polling set it busy, under the lock.
+        if s.writer != Writer::Busy {
+            let now = Instant::now();
+            match deadline {
+                // The deadline passed while the writer polled: no sleep.
+                Some(d) if d <= now => {}
                 Some(d) => {
-                    s.writer = Writer::Lingering;
-                    self.wake
+                    s = self
+                        .wake
                         .wait_timeout(s, d - now)
                         .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                        .0;
+                    self.wakeups.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
-                    s.writer = Writer::Endless;
-                    self.wake.wait(s).unwrap_or_else(PoisonError::into_inner)
+                    s = self.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+                    self.wakeups.fetch_add(1, Ordering::Relaxed);
                 }
-            };
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-            s.writer = Writer::Busy;
+            }
+        }
+        spin.record(start.elapsed());
+        s
+    }
+
+    /// Wakes the writer (its state is set busy): tells it so while it polls, or wakes it
+    /// from its sleep. Called under the lock; true when the caller must notify the condition
+    /// variable once it has released it.
+    fn rouse(&self, s: &mut State) -> bool {
+        s.writer = Writer::Busy;
+        if s.spinning {
+            self.poked.store(true, Ordering::Release);
+            false
+        } else {
+            true
         }
     }
 
@@ -358,11 +424,8 @@ impl Producer {
             };
             s.records += msg.records();
             s.msgs.push_back(msg);
-            if wake {
-                // Woken once: the writer looks at the whole queue when it runs.
-                s.writer = Writer::Busy;
-            }
-            wake
+            // Woken once: the writer looks at the whole queue when it runs.
+            wake && q.rouse(&mut s)
         };
         if wake {
             q.wake.notify_one();
@@ -387,7 +450,7 @@ impl Drop for Producer {
         let wake = {
             let mut s = self.0.lock();
             s.producers_gone = true;
-            s.writer != Writer::Busy
+            s.writer != Writer::Busy && self.0.rouse(&mut s)
         };
         if wake {
             self.0.wake.notify_one();
@@ -504,5 +567,81 @@ mod tests {
             );
             assert!(producer.send(later(10)).await.is_err());
         });
+    }
+
+    /// Runs the writer's wait for its next commit on a thread of its own, with its spin
+    /// window `window`; gives the thread's id, and at the end whether it took something and
+    /// whether it slept (a voluntary switch) while it waited.
+    fn waiting_writer(
+        window: SpinWindow,
+    ) -> (
+        Arc<Queue>,
+        Producer,
+        i32,
+        std::thread::JoinHandle<(bool, bool)>,
+    ) {
+        let (queue, producer) = Queue::new(16);
+        *queue.spin.lock().expect("spin") = window;
+        let writer = queue.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let tid = loong_ipc::test_support::thread_id();
+            tid_tx.send(tid).expect("tid");
+            let before = loong_ipc::test_support::sleeps(tid);
+            let mut taken = Pending::default();
+            let took = writer.next(&mut taken, None);
+            let slept = loong_ipc::test_support::sleeps(tid) != before;
+            (took && taken.waited(), slept)
+        });
+        (queue, producer, tid_rx.recv().expect("tid"), handle)
+    }
+
+    fn flush(producer: &Producer) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (ack, _done) = oneshot::channel();
+        assert!(rt.block_on(producer.send(Msg::Flush(ack))).is_ok());
+    }
+
+    /// A message someone waits for, queued within the writer's spin window, finds the
+    /// writer awake: it takes it without having slept. The control: without a window the
+    /// writer sleeps until the producer wakes it.
+    #[test]
+    fn a_message_queued_within_the_writers_window_finds_it_awake() {
+        for (window, sleeps) in [
+            (SpinWindow::fixed(Duration::from_secs(3)), false),
+            (SpinWindow::default(), true),
+        ] {
+            let (_queue, producer, _tid, writer) = waiting_writer(window);
+            std::thread::sleep(Duration::from_millis(20));
+            flush(&producer);
+            let (took, slept) = writer.join().expect("writer");
+            assert!(took, "the writer took the message");
+            assert_eq!(slept, sleeps, "the writer slept while it waited");
+        }
+    }
+
+    /// A writer whose window grew with short waits, then waits long (a quiet queue), is
+    /// asleep well before long: the spin is bounded (SPIN_MAX). The control: a window that
+    /// outlasts the quiet keeps it awake at the same point. Either way a message wakes it.
+    #[test]
+    fn a_quiet_queue_leaves_the_writer_asleep() {
+        let probe = Duration::from_millis(200);
+        let mut grown = SpinWindow::default();
+        grown.record(Duration::from_micros(10));
+        grown.record(loong_ipc::spin::SPIN_MAX);
+        for (window, asleep) in [
+            (grown, true),
+            (SpinWindow::fixed(Duration::from_secs(2)), false),
+        ] {
+            let (_queue, producer, tid, writer) = waiting_writer(window);
+            std::thread::sleep(probe);
+            let slept = loong_ipc::test_support::asleep(tid);
+            flush(&producer);
+            let (took, _) = writer.join().expect("writer");
+            assert!(took, "the writer took the message");
+            assert_eq!(slept, asleep, "asleep {probe:?} into a quiet queue");
+        }
     }
 }

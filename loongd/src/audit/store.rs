@@ -7,6 +7,7 @@ use std::{
 };
 
 use ed25519_dalek::VerifyingKey;
+use loong_ipc::spin::{SpinWait, SpinWindow};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -88,14 +89,27 @@ pub struct Query {
 
 /// A queued record's commit (see [`Audit::queue`]).
 #[derive(Debug)]
-pub struct Commit(oneshot::Receiver<Result<u64, String>>);
+pub struct Commit {
+    done: oneshot::Receiver<Result<u64, String>>,
+    /// The spin window of the trail's waits for commits ([`Audit::commit_spin`]).
+    spin: Arc<Mutex<SpinWindow>>,
+}
 
 impl Commit {
-    /// Waits until the record is on disk; returns its sequence number.
+    /// Waits until the record is on disk; returns its sequence number. The wait polls for
+    /// the commit for the trail's spin window before it sleeps ([`loong_ipc::spin`]): a
+    /// commit that comes within it (a warm call's, with `normal`) finds the waiting runtime
+    /// thread awake.
     pub async fn committed(self) -> Result<u64, AuditError> {
-        self.0
-            .await
-            .map_err(|_| AuditError::Stopped)?
+        let window = self
+            .spin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut wait = SpinWait::new(window);
+        let done = wait.on(self.done).await;
+        *self.spin.lock().unwrap_or_else(PoisonError::into_inner) = wait.window;
+        done.map_err(|_| AuditError::Stopped)?
             .map_err(AuditError::Commit)
     }
 }
@@ -109,6 +123,9 @@ pub struct Audit {
     verifying: VerifyingKey,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     startup: Arc<Startup>,
+    /// How long a wait for a commit polls before it sleeps, adapted to how long the waits for
+    /// commits lately lasted (one window for the trail: its commits come one after another).
+    commit_spin: Arc<Mutex<SpinWindow>>,
 }
 
 /// What the trail said when it was opened, before anything was appended.
@@ -279,7 +296,26 @@ impl Audit {
             verifying,
             thread: Arc::new(Mutex::new(Some(thread))),
             startup: Arc::new(startup),
+            commit_spin: Arc::default(),
         })
+    }
+
+    /// Sets the window of the waits for commits (for tests that need a spin of a known
+    /// length).
+    #[cfg(test)]
+    pub(super) fn set_commit_spin(&self, window: SpinWindow) {
+        *self
+            .commit_spin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = window;
+    }
+
+    /// The commit `done` acknowledges.
+    fn commit(&self, done: oneshot::Receiver<Result<u64, String>>) -> Commit {
+        Commit {
+            done,
+            spin: self.commit_spin.clone(),
+        }
     }
 
     /// What the trail said when it was opened.
@@ -313,7 +349,7 @@ impl Audit {
             .send(Msg::Append(event, ack))
             .await
             .map_err(|_| AuditError::Stopped)?;
-        Ok(Commit(done))
+        Ok(self.commit(done))
     }
 
     /// Appends `event` without waiting for the commit (it is still queued in order; a failed
@@ -338,7 +374,7 @@ impl Audit {
             .send(Msg::Batch(events, ack))
             .await
             .map_err(|_| AuditError::Stopped)?;
-        Ok(Commit(done))
+        Ok(self.commit(done))
     }
 
     /// Commits every record queued so far (lingering ones included); readers call it first so
@@ -349,7 +385,7 @@ impl Audit {
             .send(Msg::Flush(ack))
             .await
             .map_err(|_| AuditError::Stopped)?;
-        Commit(done).committed().await.map(|_| ())
+        self.commit(done).committed().await.map(|_| ())
     }
 
     /// Commits what is queued, signs a final checkpoint and stops the writer.

@@ -1166,3 +1166,35 @@ fn a_runs_failures_of_earlier_calls_neither_hide_nor_invent_open_calls() {
         }
     }
 }
+
+/// A commit that comes within the trail's spin window finds the runtime thread that waits
+/// for it awake: the thread does not sleep for it (a commit with `full` takes an fsync). The
+/// control: without a window the thread sleeps until the writer's acknowledgement wakes it.
+#[test]
+fn a_commit_within_the_spin_window_finds_its_waiter_awake() {
+    use loong_ipc::{spin::SpinWindow, test_support};
+    let dir = tempfile::tempdir().expect("dir");
+    let audit = open(dir.path()).expect("opens");
+    for (window, sleeps) in [
+        (SpinWindow::fixed(std::time::Duration::from_secs(3)), false),
+        (SpinWindow::default(), true),
+    ] {
+        audit.set_commit_spin(window);
+        let waiting = audit.clone();
+        let slept = std::thread::spawn(move || {
+            let tid = test_support::thread_id();
+            runtime().block_on(async {
+                let commit = waiting
+                    .queue(Event::daemon(Kind::WorkerExited, serde_json::json!({})))
+                    .await
+                    .expect("queued");
+                let before = test_support::sleeps(tid);
+                commit.committed().await.expect("committed");
+                test_support::sleeps(tid) != before
+            })
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(slept, sleeps, "the waiting thread slept for the commit");
+    }
+}

@@ -17,17 +17,15 @@
 //! driver is polled; only then does it wait for the runtime to wake it.
 
 use std::{
-    future::Future,
     io::{self, Read},
     net::Shutdown,
     os::{fd::AsRawFd, unix::net::UnixStream as StdStream},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
 };
 
-use loong_ipc::spin::SpinWindow;
+use loong_ipc::spin::{yield_to_runtime, SpinWait};
 
 use nix::{
     errno::Errno,
@@ -57,17 +55,14 @@ pub(super) fn split(stream: tokio::net::UnixStream) -> io::Result<(ReadSide, Wri
 #[derive(Debug)]
 pub(super) struct ReadSide {
     fd: Arc<AsyncFd<StdStream>>,
-    spin: SpinWindow,
-    /// The wait under way: when it began, and until when it polls.
-    wait: Option<(Instant, Instant)>,
+    spin: SpinWait,
 }
 
 impl ReadSide {
     fn new(fd: Arc<AsyncFd<StdStream>>) -> ReadSide {
         ReadSide {
             fd,
-            spin: SpinWindow::default(),
-            wait: None,
+            spin: SpinWait::default(),
         }
     }
 
@@ -78,21 +73,6 @@ impl ReadSide {
         let dup = self.fd.get_ref().try_clone().ok()?;
         register(dup, Interest::READABLE).ok()
     }
-
-    /// A read ended the wait under way (if any): the window adapts to how long it took.
-    fn waited(&mut self) {
-        if let Some((since, _)) = self.wait.take() {
-            self.spin.record(since.elapsed());
-        }
-    }
-}
-
-/// Has the runtime poll the task again once it has run its other ready tasks and polled its
-/// driver (what `tokio::task::yield_now` does), from inside a `poll` function.
-fn yield_to_runtime(cx: &mut Context<'_>) {
-    let yielded = std::pin::pin!(tokio::task::yield_now());
-    // Its first poll hands the task's waker to the runtime and is always pending.
-    let _pending = yielded.poll(cx);
 }
 
 impl AsyncRead for ReadSide {
@@ -107,14 +87,12 @@ impl AsyncRead for ReadSide {
                 // Nothing to read that the runtime knows of: poll the socket itself while the
                 // window lasts, giving the runtime back between polls; then wait for the
                 // runtime (the task's waker is registered for readability either way).
-                let now = Instant::now();
-                let (_, spin_until) = *me.wait.get_or_insert_with(|| (now, now + me.spin.window()));
-                if now >= spin_until {
+                if !me.spin.again() {
                     return Poll::Pending;
                 }
                 match me.fd.get_ref().read(buf.initialize_unfilled()) {
                     Ok(n) => {
-                        me.waited();
+                        me.spin.ended();
                         buf.advance(n);
                         return Poll::Ready(Ok(()));
                     }
@@ -138,7 +116,7 @@ impl AsyncRead for ReadSide {
                     if n < room {
                         guard.clear_ready();
                     }
-                    me.waited();
+                    me.spin.ended();
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -217,7 +195,7 @@ impl Drop for WriteSide {
 mod tests {
     use std::{io::Write, time::Duration};
 
-    use loong_ipc::test_support;
+    use loong_ipc::{spin::SpinWindow, test_support};
     use tokio::io::AsyncReadExt;
 
     use super::*;
@@ -299,7 +277,7 @@ mod tests {
                 let ours = tokio::net::UnixStream::from_std(ours).expect("register");
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
-                    r.spin = spin;
+                    r.spin = SpinWait::new(spin);
                 }
                 tid_tx.send(tid).expect("tid");
                 read(r, tid).await

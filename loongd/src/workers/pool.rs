@@ -544,6 +544,7 @@ impl Supervisor {
                 .into_iter()
                 .map(|(name, value)| (name, loong_ipc::SecretValue::new(value)))
                 .collect(),
+            cpus_to_spare: loong_ipc::spin::cpus_to_spare(),
         };
         let answer = worker.serve(invoke, deadline, host).await?;
         if let Some(e) = lock(&self.table).get_mut(&worker.id) {

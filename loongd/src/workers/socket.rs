@@ -7,6 +7,13 @@
 //! Here the socket is registered for readability only, and a write that finds the socket
 //! full (a module being loaded, larger than the socket's buffer) registers a duplicate of it
 //! for writability for as long as writes keep blocking.
+//!
+//! A read that finds nothing polls the socket for an adaptive window first
+//! ([`loong_ipc::spin`], as a control connection's reading side does), giving the runtime back
+//! between polls: a warm call's answer, which a worker writes within a few tens of
+//! microseconds, then finds loongd's runtime thread, and its CPU, awake. The window is zero
+//! until the worker's answers prove quick, and zero again after one that was not (a slow
+//! call, an idle worker): such a wait costs one window at most, then sleeps.
 
 use std::{
     io::{self, Read, Write},
@@ -16,6 +23,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use loong_ipc::spin::{yield_to_runtime, SpinWait};
 use tokio::io::{unix::AsyncFd, AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// The reading half.
@@ -24,6 +32,8 @@ pub(super) struct ReadHalf {
     sock: Arc<UnixStream>,
     /// A duplicate of the socket, registered for readability: it only tells when to read.
     readable: AsyncFd<OwnedFd>,
+    /// How long a read that finds nothing polls before it waits for the runtime.
+    spin: SpinWait,
 }
 
 /// The writing half.
@@ -52,6 +62,7 @@ pub(super) fn split(sock: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
         ReadHalf {
             sock: sock.clone(),
             readable,
+            spin: SpinWait::default(),
         },
         WriteHalf {
             sock,
@@ -68,10 +79,32 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         loop {
-            let mut guard = ready!(me.readable.poll_read_ready(cx))?;
+            let Poll::Ready(guard) = me.readable.poll_read_ready(cx) else {
+                // Nothing to read that the runtime knows of: poll the socket itself while the
+                // window lasts, giving the runtime back between polls; then wait for the
+                // runtime (the task's waker is registered for readability either way).
+                if !me.spin.again() {
+                    return Poll::Pending;
+                }
+                match (&*me.sock).read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        me.spin.ended();
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        yield_to_runtime(cx);
+                        return Poll::Pending;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            };
+            let mut guard = guard?;
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|_| (&*me.sock).read(unfilled)) {
                 Ok(Ok(n)) => {
+                    me.spin.ended();
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -133,9 +166,11 @@ mod tests {
     use loong_ipc::{
         connection::{FrameReader, FrameWriter},
         frame::{self, FrameBuffer, FrameLimit},
-        test_support::settled,
+        spin::SpinWindow,
+        test_support::{self, settled},
         Call, Reply, WorkerRequest, WorkerResponse,
     };
+    use tokio::io::AsyncReadExt;
 
     use super::*;
 
@@ -221,5 +256,120 @@ mod tests {
             matches!(second, Ok(Some(Reply::Pong { nonce: 2 }))),
             "{second:?}"
         );
+    }
+
+    /// Runs `read` on a current-thread runtime of its own thread over the reading half of a
+    /// worker socket whose spin window is `spin` (the default when `None`); gives the
+    /// thread's id and the worker's end of the socket.
+    fn reading_thread<T: Send + 'static>(
+        spin: Option<SpinWindow>,
+        read: impl FnOnce(ReadHalf) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    ) -> (i32, UnixStream, std::thread::JoinHandle<T>) {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (mut r, _w) = split(ours).expect("split");
+                if let Some(spin) = spin {
+                    r.spin = SpinWait::new(spin);
+                }
+                tid_tx.send(test_support::thread_id()).expect("tid");
+                read(r).await
+            })
+        });
+        (tid_rx.recv().expect("tid"), theirs, handle)
+    }
+
+    /// A worker's answer that comes within the spin window, in pieces, is read in order by a
+    /// runtime thread that never sleeps for it. (Without the spin it sleeps in the runtime's
+    /// park until each piece's readiness wakes it.)
+    #[test]
+    fn an_answer_within_the_spin_window_is_read_without_sleeping() {
+        for (spin, sleeps) in [
+            (Some(SpinWindow::fixed(Duration::from_secs(3))), false),
+            (None, true),
+        ] {
+            let (_tid, mut worker, reader) = reading_thread(spin, |mut r| {
+                Box::pin(async move {
+                    let tid = test_support::thread_id();
+                    let before = test_support::sleeps(tid);
+                    let mut got = [0u8; 6];
+                    r.read_exact(&mut got).await.expect("read");
+                    (before, test_support::sleeps(tid), got)
+                })
+            });
+            for piece in [&b"ab"[..], b"cd", b"ef"] {
+                std::thread::sleep(Duration::from_millis(20));
+                worker.write_all(piece).expect("write");
+            }
+            let (before, after, got) = reader.join().expect("reader");
+            assert_eq!(&got, b"abcdef");
+            assert_eq!(
+                after != before,
+                sleeps,
+                "the runtime thread slept while the answer came in pieces"
+            );
+        }
+    }
+
+    /// A read that spins gives the runtime back between its polls: another task of the same
+    /// single-threaded runtime (a timer) runs on time while the read spins with nothing to
+    /// read.
+    #[test]
+    fn a_spinning_read_lets_the_runtimes_other_tasks_run() {
+        let spin = SpinWindow::fixed(Duration::from_secs(30));
+        let (_tid, _worker, reader) = reading_thread(Some(spin), |mut r| {
+            Box::pin(async move {
+                let t = std::time::Instant::now();
+                let timer = tokio::spawn(tokio::time::sleep(Duration::from_millis(20)));
+                let mut byte = [0u8; 1];
+                tokio::select! {
+                    _ = r.read(&mut byte) => None,
+                    _ = timer => Some(t.elapsed()),
+                }
+            })
+        });
+        let took = reader.join().expect("reader");
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(10)),
+            "the timer task did not run while the read spun: {took:?}"
+        );
+    }
+
+    /// A worker connection whose window grew with answers that came at once, then goes
+    /// quiet (a slow call, an idle worker), leaves its runtime thread asleep well before
+    /// long: the spin is bounded (SPIN_MAX). The control: a window that outlasts the quiet
+    /// keeps the thread awake at the same point.
+    #[test]
+    fn a_quiet_worker_leaves_the_runtime_thread_asleep() {
+        let probe = Duration::from_millis(200);
+        for (spin, asleep) in [
+            (None, true),
+            (Some(SpinWindow::fixed(Duration::from_secs(2))), false),
+        ] {
+            let fixed = spin.is_some();
+            let (tid, mut worker, reader) = reading_thread(spin, |mut r| {
+                Box::pin(async move {
+                    let mut byte = [0u8; 1];
+                    while r.read(&mut byte).await.is_ok_and(|n| n > 0) {}
+                })
+            });
+            for _ in 0..50 {
+                worker.write_all(b"x").expect("write");
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            std::thread::sleep(probe);
+            let slept = test_support::asleep(tid);
+            drop(worker);
+            reader.join().expect("reader");
+            assert_eq!(
+                slept, asleep,
+                "asleep {probe:?} after the last byte (fixed window: {fixed})"
+            );
+        }
     }
 }

@@ -8,7 +8,10 @@
 //!    ([`descendants`]).
 //! 4. Answer loongd's handshake as the callee; only `PeerKind::Kernel` is served.
 //! 5. Serve: one request at a time, pings answered between requests (loongd's health
-//!    checks), until loongd closes the socket.
+//!    checks), until loongd closes the socket. After answering a call that says the machine
+//!    has CPUs to spare, the worker polls for the next request for an adaptive window
+//!    before it sleeps ([`loong_ipc::spin`]; loongd reads the machine's load, which the
+//!    worker's sandbox does not let it read).
 //!
 //! The loop is blocking and single-threaded: a worker runs one call at a time and loongd
 //! keeps a pool. A worker holds no secrets and never mints tokens; it only answers.
@@ -28,6 +31,7 @@ pub mod service;
 use loong_ipc::{
     frame::{self, FrameBuffer, FrameLimit},
     message::worker::WORKER_MAX_FRAME_BYTES,
+    spin::SpinWindow,
     Call, ErrorKind, HandshakeReply, Hello, Limits, PeerKind, RejectReason, RemoteError, Reply,
     Welcome, WorkerRequest, WorkerResponse, PROTOCOL_VERSION,
 };
@@ -175,10 +179,21 @@ fn serve<H: Handler>(conn: kernel::Shared, handler: &mut H) -> Stop {
             Err(e) => return Stop::Failed(format!("reading a request: {e}")),
         };
         let reply = match call {
-            Call::Request { id, body, .. } => Reply::Response {
-                id,
-                result: handler.handle_with(body, KernelLink::new(conn.clone(), id)),
-            },
+            Call::Request { id, body, .. } => {
+                // Whether to poll for the next request, as the one that came now says.
+                let spare = matches!(
+                    body,
+                    WorkerRequest::Invoke {
+                        cpus_to_spare: true,
+                        ..
+                    }
+                );
+                kernel::lock(&conn).spare = spare;
+                Reply::Response {
+                    id,
+                    result: handler.handle_with(body, KernelLink::new(conn.clone(), id)),
+                }
+            }
             Call::Ping { nonce } => Reply::Pong { nonce },
             // One call at a time: a request is finished before the next frame is read, so
             // there is nothing in flight to cancel or to stream into; an answer to a kernel
@@ -200,6 +215,12 @@ pub(crate) struct Conn {
     sock: Arc<std::fs::File>,
     buf: FrameBuffer,
     writer: Arc<Mutex<Writer>>,
+    /// How long a wait for the next frame polls before it sleeps, adapted to how long such
+    /// waits lately lasted.
+    spin: SpinWindow,
+    /// Whether the machine had CPUs to spare, as the last call said (see
+    /// [`WorkerRequest::Invoke`]): a wait polls only then.
+    pub(crate) spare: bool,
 }
 
 /// The writing side of [`Conn`].
@@ -231,6 +252,8 @@ impl Conn {
                 limit,
                 out: Vec::new(),
             })),
+            spin: SpinWindow::default(),
+            spare: false,
         })
     }
 
@@ -296,6 +319,8 @@ impl Conn {
     fn read_body(&mut self, idle: Option<Duration>) -> io::Result<Option<Vec<u8>>> {
         // Set at the frame's first byte: the rest must arrive by then.
         let mut frame_deadline: Option<Instant> = None;
+        // A wait for a frame not yet begun polls for the spin window first.
+        let mut spun: Option<Instant> = None;
         loop {
             if let Some(body) = self
                 .buf
@@ -322,6 +347,16 @@ impl Conn {
                 None => PollTimeout::NONE,
             };
             let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            if self.buf.buffered() == 0 {
+                let start = Instant::now();
+                spun = Some(start);
+                let until = start + self.spin.window_given(self.spare);
+                while Instant::now() < until
+                    && matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0) | Err(_))
+                {
+                    std::hint::spin_loop();
+                }
+            }
             let ready = match poll(&mut fds, ms) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => other.map_err(io::Error::from)?,
@@ -338,6 +373,12 @@ impl Conn {
                 .buf
                 .fill(|space| (&**sock).read(space))
                 .map_err(|e| io::Error::other(e.to_string()))??;
+            if n > 0 {
+                if let Some(start) = spun.take() {
+                    // The wait for this frame's first bytes ended: the window adapts to it.
+                    self.spin.record(start.elapsed());
+                }
+            }
             if n == 0 {
                 return if self.buf.buffered() == 0 {
                     Ok(None)
@@ -463,6 +504,7 @@ pub fn stats(loaded: Vec<String>, calls: u64) -> WorkerResponse {
 
 #[cfg(test)]
 mod tests {
+    use loong_ipc::spin::SpinWindow;
     use loong_ipc::test_support::settled;
 
     use super::*;
@@ -536,5 +578,129 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    /// A handler that answers every request at once.
+    struct Quick;
+
+    impl Handler for Quick {
+        fn handle(&mut self, _req: WorkerRequest) -> Result<WorkerResponse, RemoteError> {
+            Ok(stats(Vec::new(), 0))
+        }
+    }
+
+    /// loongd's end of a worker serving with `Quick` on a thread of its own, whose wait for
+    /// the next request has the spin window `spin`.
+    struct Served {
+        loongd: std::fs::File,
+        buf: FrameBuffer,
+        limit: FrameLimit,
+        tid: i32,
+        worker: std::thread::JoinHandle<Stop>,
+        next_id: u64,
+    }
+
+    impl Served {
+        fn new(spin: SpinWindow) -> Served {
+            let (ours, theirs) = UnixStream::pair().expect("pair");
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let worker = std::thread::spawn(move || {
+                let mut conn = Conn::new(theirs).expect("conn");
+                conn.spin = spin;
+                tid_tx.send(nix::unistd::gettid().as_raw()).expect("tid");
+                serve(conn.shared(), &mut Quick)
+            });
+            let limit = FrameLimit::new(u64::from(WORKER_MAX_FRAME_BYTES)).expect("limit");
+            Served {
+                loongd: std::fs::File::from(std::os::fd::OwnedFd::from(ours)),
+                buf: FrameBuffer::new(limit),
+                limit,
+                tid: tid_rx.recv().expect("tid"),
+                worker,
+                next_id: 0,
+            }
+        }
+
+        /// Sends a call saying whether the machine has CPUs to spare, and reads its answer.
+        fn call(&mut self, cpus_to_spare: bool) {
+            self.next_id += 1;
+            let call = Call::Request {
+                id: self.next_id,
+                deadline_ms: 10_000,
+                body: WorkerRequest::Invoke {
+                    plugin_id: "echo".into(),
+                    input: b"{}".to_vec(),
+                    decided: None,
+                    headers: Vec::new(),
+                    cpus_to_spare,
+                },
+            };
+            let mut out = Vec::new();
+            frame::encode(&call, self.limit, &mut out).expect("encode");
+            self.loongd.write_all(&out).expect("request");
+            let body = loop {
+                if let Some(body) = self.buf.next_body().expect("frame") {
+                    break body;
+                }
+                let loongd = &mut self.loongd;
+                self.buf
+                    .fill(|space| loongd.read(space))
+                    .expect("fill")
+                    .expect("read");
+            };
+            let reply: Reply<WorkerResponse> = frame::decode_body(&body).expect("reply");
+            assert!(
+                matches!(reply, Reply::Response { id, result: Ok(_) } if id == self.next_id),
+                "{reply:?}"
+            );
+        }
+
+        fn close(self) {
+            drop(self.loongd);
+            let stop = self.worker.join().expect("worker");
+            assert!(matches!(stop, Stop::Closed), "{stop:?}");
+        }
+    }
+
+    /// After answering a call that says the machine has CPUs to spare, a worker polls for
+    /// the next request: a request within its window finds it awake (no sleep between the
+    /// two calls). Told that the machine has none, it sleeps at once, whatever its window.
+    #[test]
+    fn a_worker_told_there_are_cpus_to_spare_finds_the_next_request_awake() {
+        for (spare, sleeps) in [(true, false), (false, true)] {
+            let mut served = Served::new(SpinWindow::fixed(Duration::from_secs(3)));
+            served.call(spare);
+            let before = loong_ipc::test_support::sleeps(served.tid);
+            std::thread::sleep(Duration::from_millis(20));
+            served.call(spare);
+            let after = loong_ipc::test_support::sleeps(served.tid);
+            served.close();
+            assert_eq!(
+                after != before,
+                sleeps,
+                "the worker slept between two calls (CPUs to spare: {spare})"
+            );
+        }
+    }
+
+    /// A worker whose window grew with requests that came at once, then goes quiet, is
+    /// asleep well before long: the spin is bounded (SPIN_MAX). The control: a window that
+    /// outlasts the quiet keeps it awake at the same point.
+    #[test]
+    fn a_quiet_worker_is_asleep_within_the_spin_bound() {
+        let probe = Duration::from_millis(200);
+        for (spin, asleep) in [
+            (SpinWindow::default(), true),
+            (SpinWindow::fixed(Duration::from_secs(2)), false),
+        ] {
+            let mut served = Served::new(spin);
+            for _ in 0..20 {
+                served.call(true);
+            }
+            std::thread::sleep(probe);
+            let slept = loong_ipc::test_support::asleep(served.tid);
+            served.close();
+            assert_eq!(slept, asleep, "asleep {probe:?} after the last call");
+        }
     }
 }
