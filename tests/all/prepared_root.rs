@@ -48,10 +48,10 @@ fn section(seen: &Seen, tag: &str) -> Vec<String> {
 
 /// No run's state reaches the next on a template: a run that writes to every place it might
 /// (`/tmp`, the root, `/dev`, a remount of the root) is followed by a run on the same template
-/// (the same root directory) that finds none of it; the root and `/dev` refuse writes (the template's
-/// superblocks are shared) where `/tmp`, the run's own, takes one (the control). The template
-/// run's mount table is the one a root built for the run alone has: no old root, no host
-/// mount, the same mount points.
+/// (the same root directory) that finds none of it; the root and `/dev` refuse writes (the
+/// template's superblocks are shared; both are read-only mounts) where `/tmp`, the run's own,
+/// takes one (the control). The template run's mount table is the one a root built for the run alone
+/// has: no old root, no host mount, the same mount points.
 #[test]
 fn a_run_on_a_prepared_root_leaves_nothing_to_the_next() {
     if !is_root() {
@@ -77,7 +77,8 @@ fn a_run_on_a_prepared_root_leaves_nothing_to_the_next() {
     let mut paired = false;
     for _ in 0..PAIR_TRIES {
         let writer = run(&home, &[], &format!("{look}; {write}"));
-        let reader = run(&home, &[], &format!("{look}; {mounts}"));
+        let opts = "echo OPTIONS; awk '$5 == \"/\" || $5 == \"/dev\" { print $5 \" \" $6 }' /proc/self/mountinfo";
+        let reader = run(&home, &[], &format!("{look}; {opts}; {mounts}"));
         // Controls: the run's own /tmp takes a write, and a device node stays usable.
         assert_eq!(
             section(&writer, "WROTE"),
@@ -100,6 +101,14 @@ fn a_run_on_a_prepared_root_leaves_nothing_to_the_next() {
             "a run on a template has other mounts than a root built for it"
         );
         if writer.dev == reader.dev {
+            // On a template, the root's tmpfs and /dev (shared by every run on it) are
+            // read-only mounts.
+            let options = section(&reader, "OPTIONS");
+            assert_eq!(options.len(), 2, "{options:?}");
+            for line in &options {
+                let flags = line.split_once(' ').map(|(_, f)| f).unwrap_or_default();
+                assert!(flags.split(',').any(|f| f == "ro"), "{options:?}");
+            }
             paired = true;
             break;
         }
