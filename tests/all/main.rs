@@ -46,6 +46,7 @@ mod package_copy;
 mod packaging;
 mod plans;
 mod plugin_sets;
+mod prepared_root;
 mod revocation;
 mod rootless;
 mod sandbox;

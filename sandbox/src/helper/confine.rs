@@ -254,12 +254,15 @@ pub(super) fn helper_gone(w: &OwnedFd) -> bool {
     })
 }
 
-/// In the reaper: hostname and the new root.
-pub(super) fn setup_root(plan: &Plan) -> Result<(), Failure> {
+/// In the reaper: hostname and the new root (`entered`: a copy of a prepared root, which
+/// only takes the run's own mounts).
+pub(super) fn setup_root(plan: &Plan, entered: bool) -> Result<(), Failure> {
     if plan.namespaces & libc::CLONE_NEWUTS != 0 && !plan.hostname.is_empty() {
         nix::unistd::sethostname(&plan.hostname).map_err(nix_fail("sethostname"))?;
     }
-    if !plan.mounts.is_empty() {
+    if entered {
+        mounts::enter(&plan.mounts)?;
+    } else if !plan.mounts.is_empty() {
         mounts::build_root(&plan.mounts)?;
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod idmap;
 mod mounts;
 mod relay;
 pub mod server;
+mod template;
 
 use std::{
     fs::File,
@@ -130,13 +131,25 @@ fn run(report: &mut File) -> Result<i32, Failure> {
             plan.namespaces &= !libc::CLONE_NEWNET;
         }
     }
-    // Only stdio, the report fd, the handed-over fds and the egress socket survive.
+    // Only stdio, the report fd, the handed-over fds and the egress socket survive, and the
+    // prepared root this run enters, if the server holds one for it (parked above them).
     let keep_to = FIRST_PASSED_FD as u32
         + plan.pass_fds
         + u32::from(plan.egress.is_some())
         + u32::from(plan.gate);
-    sys::close_from(keep_to)
-        .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
+    let close_fail =
+        |e: std::io::Error| Failure::new("close_range", e.raw_os_error().unwrap_or(0), "");
+    let template = match template::choose(&plan) {
+        Some(fd) if fd as u32 > keep_to => {
+            sys::close_between(keep_to, fd as u32 - 1).map_err(close_fail)?;
+            sys::close_from(fd as u32 + 1).map_err(close_fail)?;
+            sys::adopt_fd(fd).ok()
+        }
+        _ => {
+            sys::close_from(keep_to).map_err(close_fail)?;
+            None
+        }
+    };
     nix::fcntl::fcntl(
         report.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -152,6 +165,11 @@ fn run(report: &mut File) -> Result<i32, Failure> {
             )
         })?;
     }
+    // Entering the template sets this process's root and working directory to the template's
+    // root; the unshare below makes the run's mount namespace a private copy of it. A
+    // template that cannot be entered leaves everything as it was: the run builds its root.
+    let entered = template
+        .is_some_and(|ns| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).is_ok());
     confine::unshare(&plan)?;
 
     // The payload reports a failed step (or nothing, when execve succeeds) on this pipe.
@@ -165,7 +183,7 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     {
         Forked::Child => {
             drop((err_r, st_r));
-            reaper(&plan, err_w, st_w)
+            reaper(&plan, entered, err_w, st_w)
         }
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
@@ -223,7 +241,7 @@ fn run(report: &mut File) -> Result<i32, Failure> {
 
 /// The reaper: pid 1 of the new pid namespace. Builds the root, forks the payload, waits
 /// for it and reports its status; its exit takes every process left in the namespace down.
-fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
+fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd) -> ! {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
     // to every process of the namespace.
@@ -236,7 +254,7 @@ fn reaper(plan: &Plan, err_w: OwnedFd, st_w: OwnedFd) -> ! {
     if let Err(f) = confine::reaper_undumpable() {
         report(f);
     }
-    if let Err(f) = confine::setup_root(plan) {
+    if let Err(f) = confine::setup_root(plan, entered) {
         report(f);
     }
     // With a network grant: the loopback, the listeners and the relay, which alone holds them

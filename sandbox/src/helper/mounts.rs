@@ -114,9 +114,13 @@ fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
 /// A grant's or a system path's bind; `below` says whether its flags are set on the mounts
 /// below it too (all but the trusted tier's root, a bind of the host's whole tree whose
 /// `/dev`, `/proc` and the rest keep their own flags).
-fn bind(src: &Path, dst: &Path, writable: bool, below: bool) -> Result<(), Failure> {
+fn bind(src: &Path, dst: &Path, writable: bool, below: bool) -> Result<SourceId, Failure> {
     bind_with(src, dst, writable, MsFlags::MS_NODEV, below)
 }
+
+/// The identity (`st_dev`, `st_ino`) of a bind source as it was pinned: what a prepared
+/// root is keyed on, so a name swapped for another object builds another root.
+pub(crate) type SourceId = (u64, u64);
 
 /// Opens `src` (absolute) for a bind without following any symlink on its path
 /// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from `/`): the plan resolved every source
@@ -279,10 +283,28 @@ fn bind_with(
     writable: bool,
     extra: MsFlags,
     below: bool,
-) -> Result<(), Failure> {
+) -> Result<SourceId, Failure> {
     let pinned = pin_source(src)?;
     let meta = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
-    bind_pinned(&pinned, &meta, dst, writable, extra, below)
+    bind_pinned(&pinned, &meta, dst, writable, extra, below)?;
+    Ok((meta.st_dev, meta.st_ino))
+}
+
+/// The identity of every bind source of `ops`, in order, pinned as a bind pins it (from `/`,
+/// without following a symlink): what [`build_template`] reports for the same sources.
+pub(crate) fn source_ids(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
+    ops.iter()
+        .filter_map(|op| match op {
+            MountOp::Bind { src, .. } => Some(src),
+            _ => None,
+        })
+        .map(|src| {
+            let pinned = pin_source(src)?;
+            let meta =
+                nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+            Ok((meta.st_dev, meta.st_ino))
+        })
+        .collect()
 }
 
 /// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
@@ -469,7 +491,146 @@ fn binds_root(ops: &[MountOp]) -> bool {
         .any(|op| matches!(op, MountOp::Bind { dst, .. } if dst == Path::new("/")))
 }
 
+/// The sandbox path a step acts on.
+fn op_dst(op: &MountOp) -> &Path {
+    match op {
+        MountOp::Tmpfs { dst, .. }
+        | MountOp::Bind { dst, .. }
+        | MountOp::Symlink { dst, .. }
+        | MountOp::Proc { dst }
+        | MountOp::Dev { dst } => dst,
+    }
+}
+
+/// Whether sandbox path `p` is `at` or lies below it.
+fn at_or_below(p: &Path, at: &Path) -> bool {
+    under(Path::new("/"), p).starts_with(under(Path::new("/"), at))
+}
+
+/// Whether step `i` of `ops` is mounted fresh by every run on a prepared root rather than
+/// kept in the template: a procfs (it belongs to the run's pid namespace), and a tmpfs that
+/// is not below a bind (writable scratch space such as `/tmp`; a tmpfs below a bind masks a
+/// host path, and is kept, read-only).
+fn fresh_per_run(ops: &[MountOp], i: usize) -> bool {
+    match &ops[i] {
+        MountOp::Proc { .. } => true,
+        MountOp::Tmpfs { dst, .. } => !ops
+            .iter()
+            .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b))),
+        _ => false,
+    }
+}
+
+/// Whether a root built from `ops` may be prepared once and entered by many runs
+/// ([`build_template`], [`enter`]): a root of its own (not the host's bound whole), every
+/// path walkable, and every step a run mounts fresh reachable inside the template's own
+/// read-only tmpfs (below no bind) with nothing of the plan at or below it after it (a later
+/// step there would be built in the template and then covered by the run's fresh mount).
+pub(crate) fn preparable(ops: &[MountOp]) -> bool {
+    if ops.is_empty()
+        || binds_root(ops)
+        || unwalkable_path(ops).is_some()
+        || reserved_dst(ops).is_some()
+    {
+        return false;
+    }
+    (0..ops.len()).filter(|&i| fresh_per_run(ops, i)).all(|i| {
+        let dst = op_dst(&ops[i]);
+        under(Path::new("/"), dst) != Path::new("/")
+            && !ops
+                .iter()
+                .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b)))
+            && !ops[i + 1..]
+                .iter()
+                .any(|later| at_or_below(op_dst(later), dst))
+    })
+}
+
+/// How [`build`] treats the steps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// A run's own root, every step mounted.
+    Run,
+    /// A template ([`build_template`]).
+    Template,
+}
+
 /// Builds the new root from `ops` and makes it `/`. Runs in a new mount namespace.
+pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+    build(ops, Build::Run).map(|_| ())
+}
+
+/// Builds a prepared root (a template) from `ops` (which [`preparable`] accepts) in this
+/// process's own new mount namespace, exactly as [`build_root`] builds a run's, except for
+/// the steps every run mounts fresh ([`fresh_per_run`]), whose mount points are only made,
+/// and except that nothing of it is writable: the root's tmpfs, `/dev` and the masks are
+/// read-only mounts (a run shares their superblocks with every other run on the template).
+/// Returns the identity of each bind source as it was bound.
+pub(crate) fn build_template(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
+    if !preparable(ops) {
+        return Err(Failure::new(
+            "prepare root",
+            libc::EINVAL,
+            "this plan's root cannot be prepared",
+        ));
+    }
+    build(ops, Build::Template)
+}
+
+/// In a run whose mount namespace is a copy of a template's (entered with `setns`, then
+/// unshared): mounts what is the run's own, the fresh procfs and tmpfs of
+/// [`fresh_per_run`]. Each mount point is reached without following a symlink and lies in
+/// the template's read-only tmpfs (never below a bind, [`preparable`]), which nothing can
+/// change, so its path names the directory checked.
+pub(super) fn enter(ops: &[MountOp]) -> Result<(), Failure> {
+    for (i, op) in ops.iter().enumerate() {
+        if !fresh_per_run(ops, i) {
+            continue;
+        }
+        let dst = under(Path::new("/"), op_dst(op));
+        let at = Target::walk(&dst)?.open()?;
+        let st = nix::sys::stat::fstat(at.as_raw_fd()).map_err(fail("stat mount point", &dst))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(Failure::new(
+                "mount point",
+                libc::ENOTDIR,
+                dst.display().to_string(),
+            ));
+        }
+        match op {
+            MountOp::Tmpfs { size, mode, .. } => {
+                let data = format!("size={size},mode={mode:o}");
+                mount(
+                    Some("tmpfs"),
+                    &dst,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(data.as_str()),
+                )
+                .map_err(fail("mount", &dst))?;
+            }
+            MountOp::Proc { .. } => mount(
+                Some("proc"),
+                &dst,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(fail("mount", &dst))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The mount at `dst` (reached without symlinks) and every mount below it made read-only.
+fn read_only(dst: &Path) -> Result<(), Failure> {
+    let at = Target::walk(dst)?.open()?;
+    crate::sys::mount_set_recursive(at.as_fd(), crate::sys::MOUNT_ATTR_RDONLY)
+        .map_err(io_fail("make a prepared mount read-only", dst))
+}
+
+/// [`build_root`] and [`build_template`].
 ///
 /// One `pivot_root`: the root's own tmpfs (mounted over `/tmp` in this private namespace)
 /// becomes `/` at once with the old root below it at [`OLD_ROOT`]; the steps are built in place
@@ -477,7 +638,9 @@ fn binds_root(ops: &[MountOp]) -> bool {
 /// removed. A root that is a bind of the host's (the trusted tier) cannot be built in place
 /// (a mount over `/` would not be the process's root): it is assembled under `/newroot` of a
 /// tmpfs base, then made `/` by a second `pivot_root`, as bubblewrap does.
-pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
+fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
+    let template = how == Build::Template;
+    let mut ids = Vec::new();
     if let Some(p) = unwalkable_path(ops) {
         return Err(Failure::new(
             "mount point",
@@ -530,23 +693,32 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
         new
     };
 
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
+        // A template only makes the mount points of what each run mounts fresh.
+        if template && fresh_per_run(ops, i) {
+            Target::make(&under(new, op_dst(op)), true)?;
+            continue;
+        }
         match op {
             MountOp::Tmpfs { dst, size, mode } => {
                 let data = format!("size={size},mode={mode:o}");
+                let d = under(new, dst);
                 mount_fs(
                     "tmpfs",
-                    &under(new, dst),
+                    &d,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(data.as_str()),
                 )?;
+                if template {
+                    read_only(&d)?;
+                }
             }
-            MountOp::Bind { src, dst, writable } => bind(
+            MountOp::Bind { src, dst, writable } => ids.push(bind(
                 &under(old, src),
                 &under(new, dst),
                 *writable,
                 dst != Path::new("/"),
-            )?,
+            )?),
             MountOp::Symlink { target, dst } => {
                 let d = under(new, dst);
                 let t = Target::walk(&d)?;
@@ -572,6 +744,11 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
                 ] {
                     symlink(target, d.join(name)).map_err(io_fail("symlink", &d))?;
                 }
+                // Shared by every run on the template: nothing there takes a write but the
+                // device nodes themselves (a write to a device is no file's state).
+                if template {
+                    read_only(&d)?;
+                }
             }
         }
     }
@@ -586,13 +763,14 @@ pub(super) fn build_root(ops: &[MountOp]) -> Result<(), Failure> {
         umount2(".", MntFlags::MNT_DETACH).map_err(fail("detach the base", base))?;
         nix::unistd::chdir("/").map_err(fail("chdir", root))?;
         // The root is a bind of the host's, which keeps its own flags.
-        return Ok(());
+        return Ok(ids);
     }
     // The root's own tmpfs holds only mount points: make it read-only.
     remount_bind(
         root,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )
+    )?;
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -691,6 +869,72 @@ mod tests {
                 "{op:?}"
             );
         }
+    }
+
+    /// A balanced root (system binds, a mask below one, `/proc`, `/dev`, `/tmp`, grants) is
+    /// prepared, with `/proc` and `/tmp` left to each run and the mask kept; roots whose fresh
+    /// mounts would cover a step of the template, or lie below a bind, or that bind the
+    /// host's root, are not.
+    #[test]
+    fn only_a_root_whose_fresh_mounts_cover_nothing_is_prepared() {
+        let bind = |p: &str| MountOp::Bind {
+            src: p.into(),
+            dst: p.into(),
+            writable: false,
+        };
+        let tmpfs = |p: &str| MountOp::Tmpfs {
+            dst: p.into(),
+            size: 4096,
+            mode: 0o1777,
+        };
+        let proc_ = MountOp::Proc {
+            dst: "/proc".into(),
+        };
+        let dev = MountOp::Dev { dst: "/dev".into() };
+        let balanced = vec![
+            bind("/usr"),
+            bind("/etc"),
+            MountOp::Symlink {
+                target: "usr/bin".into(),
+                dst: "/bin".into(),
+            },
+            tmpfs("/etc/loong"),
+            proc_.clone(),
+            dev.clone(),
+            tmpfs("/tmp"),
+            bind("/srv/grant"),
+        ];
+        assert!(preparable(&balanced));
+        let fresh: Vec<usize> = (0..balanced.len())
+            .filter(|&i| fresh_per_run(&balanced, i))
+            .collect();
+        assert_eq!(fresh, [4, 6], "only /proc and /tmp are the run's own");
+        // A grant below /tmp would be covered by the run's fresh /tmp.
+        let mut below_tmp = balanced.clone();
+        below_tmp.push(bind("/tmp/work"));
+        assert!(!preparable(&below_tmp));
+        // A procfs below a bind, or at the root.
+        assert!(!preparable(&[
+            bind("/srv"),
+            MountOp::Proc {
+                dst: "/srv/proc".into()
+            }
+        ]));
+        assert!(!preparable(&[MountOp::Proc { dst: "/".into() }]));
+        // The host's root bound whole (the trusted tier), and no root at all.
+        assert!(!preparable(&[
+            MountOp::Bind {
+                src: "/".into(),
+                dst: "/".into(),
+                writable: true
+            },
+            proc_
+        ]));
+        assert!(!preparable(&[]));
+        // Control: a grant before /tmp, beside it, is fine.
+        let mut beside = balanced.clone();
+        beside.insert(0, bind("/tmpx"));
+        assert!(preparable(&beside));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub const MESSAGE_BYTES: usize = 13;
 /// collides with a target (targets stay below `FIRST_PASSED_FD + MAX_PASS_FDS`).
 const STAGE_MIN: RawFd = 64;
 /// Where the shared network namespace's descriptor lives in the server and its children.
-const SHARED_NETNS_FD: RawFd = STAGE_MIN - 1;
+pub(super) const SHARED_NETNS_FD: RawFd = STAGE_MIN - 1;
 
 fn answer(sock: &OwnedFd, tag: u8, value: i32, seq: u64, fd: Option<&OwnedFd>) {
     let mut bytes = [0u8; MESSAGE_BYTES];
@@ -117,7 +117,16 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
         claims,
         ..Slots::default()
     };
+    // Root only: prepared roots, built between requests (see `template`).
+    let mut templates = if me.is_root() {
+        super::template::Templates::start(STAGE_MIN)
+    } else {
+        None
+    };
     loop {
+        if let Some(t) = &mut templates {
+            t.wait_for(&sock);
+        }
         let mut buf = [0u8; 16];
         // Every received descriptor owned at once, so each is closed whatever happens next,
         // those of a request whose control data was truncated too (it is refused).

@@ -1,0 +1,516 @@
+//! Prepared roots: the spawn server keeps, per distinct root, a *template* mount namespace
+//! built once by a short-lived child exactly as a run's root is built
+//! ([`mounts::build_template`]), held as an nsfs descriptor. A run whose root matches one
+//! enters it (`setns`, which sets its root and working directory to the template's root),
+//! unshares a private copy, and mounts only what is its own ([`mounts::enter`]): no tmpfs
+//! root, no `pivot_root`, no binds, no detach of the old root.
+//!
+//! A template is keyed on everything that shapes the root: the plan's mount steps, encoded
+//! whole, and the identity (device, inode) of every bind source as a bind pins it, so a
+//! grant whose path was swapped for another directory (or a symlink, which pinning refuses)
+//! builds another template rather than reusing the old bind. Any change to the server's
+//! mount table (a host mount below a grant, an unmount) drops them all. The server keeps at
+//! most [`MAX_TEMPLATES`], the least recently used dropped; a restarted server has none.
+//! Only root mode without a user namespace uses them (the helper enters a template while it
+//! is still privileged over the namespace's owner); rootless runs and the trusted tier (whose
+//! root is the host's, bound whole) build their root as before.
+//!
+//! The helper asks the server for a template it missed on the server's template socket
+//! (fd [`TEMPLATE_SOCK_FD`] in each helper, a `SOCK_SEQPACKET` pair): `b'B'` and the key it
+//! computed; it says which template it used with `b'U'` and the template's serial (u64 LE),
+//! for the least-recently-used order. The server builds between requests, never during one.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::{
+        prctl,
+        signal::Signal,
+        socket::{recv, send, MsgFlags},
+    },
+};
+
+use super::{mounts, server::SHARED_NETNS_FD};
+use crate::{
+    plan::{MountOp, Plan},
+    sys::{self, Forked},
+};
+
+/// The most templates the server keeps.
+pub const MAX_TEMPLATES: usize = 8;
+/// The helper's end of the template socket, below the shared network namespace's descriptor.
+pub(super) const TEMPLATE_SOCK_FD: RawFd = SHARED_NETNS_FD - 1;
+/// Where the templates' descriptors are parked, one each from here: above every placement
+/// target, below the template socket.
+const FIRST_TEMPLATE_FD: RawFd = TEMPLATE_SOCK_FD - MAX_TEMPLATES as RawFd;
+/// The largest key (a plan's mount steps and its sources' identities) a template is made for.
+pub const MAX_KEY_BYTES: usize = 64 << 10;
+/// How long the server waits for a template's builder before it gives up on it.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Message tags on the template socket.
+const BUILD: u8 = b'B';
+const USED: u8 = b'U';
+
+/// One template as a forked helper sees it: its key, where its descriptor is parked, its
+/// serial.
+struct Known {
+    key: Vec<u8>,
+    fd: RawFd,
+    serial: u64,
+}
+
+/// The server's templates as its forked helpers inherit them; `None` outside a server that
+/// keeps templates (the helper then builds every root).
+static KNOWN: Mutex<Option<Vec<Known>>> = Mutex::new(None);
+
+/// A template's key: the mount steps (the plan encoding of a plan holding only them) and the
+/// identity of each bind source, each length-prefixed.
+pub(crate) fn key(ops: &[MountOp], ids: &[mounts::SourceId]) -> Vec<u8> {
+    let steps = Plan {
+        mounts: ops.to_vec(),
+        ..Plan::default()
+    }
+    .encode();
+    let mut k = Vec::with_capacity(8 + steps.len() + ids.len() * 16);
+    k.extend_from_slice(&(steps.len() as u32).to_le_bytes());
+    k.extend_from_slice(&steps);
+    k.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for (dev, ino) in ids {
+        k.extend_from_slice(&dev.to_le_bytes());
+        k.extend_from_slice(&ino.to_le_bytes());
+    }
+    k
+}
+
+/// The mount steps a key was made from.
+fn steps_of(key: &[u8]) -> Option<Vec<MountOp>> {
+    let len = u32::from_le_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let steps = key.get(4..4usize.checked_add(len)?)?;
+    Plan::decode(steps).ok().map(|p| p.mounts)
+}
+
+/// Whether `plan`'s root may come from a template: root mode without a user namespace (the
+/// helper must be privileged over the template's owner), a new mount namespace to copy it
+/// into, ids to drop to, and a root [`mounts::preparable`] accepts.
+fn applies(plan: &Plan) -> bool {
+    nix::unistd::Uid::effective().is_root()
+        && plan.id_map.is_none()
+        && plan.creds.is_some()
+        && plan.namespaces & libc::CLONE_NEWNS != 0
+        && plan.namespaces & libc::CLONE_NEWUSER == 0
+        && mounts::preparable(&plan.mounts)
+}
+
+/// In the helper, before it closes the server's descriptors: the template matching `plan`,
+/// if the server has one (its parked descriptor, still open; the helper keeps it through its
+/// descriptor cleanup, enters it and closes it). On a miss the server is asked to build one
+/// for the next run; this run builds its root itself.
+pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
+    if !applies(plan) {
+        return None;
+    }
+    let known = KNOWN.lock().ok()?;
+    let known = known.as_ref()?;
+    // A source that cannot be pinned now fails this run's own build the same way.
+    let ids = mounts::source_ids(&plan.mounts).ok()?;
+    let key = key(&plan.mounts, &ids);
+    match known.iter().find(|k| k.key == key) {
+        Some(k) => {
+            let mut msg = [0u8; 9];
+            msg[0] = USED;
+            msg[1..].copy_from_slice(&k.serial.to_le_bytes());
+            tell(&msg);
+            Some(k.fd)
+        }
+        None => {
+            if key.len() <= MAX_KEY_BYTES {
+                let mut msg = Vec::with_capacity(1 + key.len());
+                msg.push(BUILD);
+                msg.extend_from_slice(&key);
+                tell(&msg);
+            }
+            None
+        }
+    }
+}
+
+/// Sends `msg` to the server without waiting: a full queue loses a hint, nothing else.
+fn tell(msg: &[u8]) {
+    let _ = send(
+        TEMPLATE_SOCK_FD,
+        msg,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
+/// The server's templates, least recently used first out. `H` is what holds one (its
+/// descriptor; anything in tests).
+pub(super) struct Table<H> {
+    entries: Vec<Entry<H>>,
+    clock: u64,
+    serial: u64,
+}
+
+struct Entry<H> {
+    key: Vec<u8>,
+    slot: usize,
+    held: H,
+    used: u64,
+    serial: u64,
+}
+
+impl<H> Default for Table<H> {
+    fn default() -> Table<H> {
+        Table {
+            entries: Vec::new(),
+            clock: 0,
+            serial: 0,
+        }
+    }
+}
+
+impl<H> Table<H> {
+    fn has(&self, key: &[u8]) -> bool {
+        self.entries.iter().any(|e| e.key == key)
+    }
+
+    /// The slot a new template goes to, and the template dropped to free it (the least
+    /// recently used, when all [`MAX_TEMPLATES`] are taken), which the caller closes before
+    /// it fills the slot.
+    fn make_room(&mut self) -> (usize, Option<H>) {
+        if let Some(slot) = (0..MAX_TEMPLATES).find(|s| !self.entries.iter().any(|e| e.slot == *s))
+        {
+            return (slot, None);
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| e.used)
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let e = self.entries.swap_remove(oldest);
+        (e.slot, Some(e.held))
+    }
+
+    fn put(&mut self, slot: usize, key: Vec<u8>, held: H) {
+        self.clock += 1;
+        self.serial += 1;
+        self.entries.push(Entry {
+            key,
+            slot,
+            held,
+            used: self.clock,
+            serial: self.serial,
+        });
+    }
+
+    fn touch(&mut self, serial: u64) {
+        self.clock += 1;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.serial == serial) {
+            e.used = self.clock;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// The server's side: the templates, the socket helpers ask on, and its own mount table,
+/// watched for changes.
+pub(super) struct Templates {
+    asks: OwnedFd,
+    mountinfo: Option<File>,
+    table: Table<OwnedFd>,
+}
+
+impl Templates {
+    /// Set up in the server (root only), its ends moved at or above `stage_min` (closed by
+    /// every forked child before it runs the helper) and the helpers' end parked at
+    /// [`TEMPLATE_SOCK_FD`]. `None` when any of it fails: every root is built as before.
+    pub(super) fn start(stage_min: RawFd) -> Option<Templates> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .ok()?;
+        let high = |fd: OwnedFd| -> Option<OwnedFd> {
+            let raw = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(stage_min),
+            )
+            .ok()?;
+            sys::adopt_fd(raw).ok()
+        };
+        let asks = high(ours)?;
+        let mountinfo = File::open("/proc/self/mountinfo")
+            .ok()
+            .and_then(|f| high(f.into()))
+            .map(File::from);
+        let parked = park(&theirs, TEMPLATE_SOCK_FD)?;
+        // Held for the server's life: every helper it forks inherits it.
+        std::mem::forget(parked);
+        *KNOWN.lock().ok()? = Some(Vec::new());
+        Some(Templates {
+            asks,
+            mountinfo,
+            table: Table::default(),
+        })
+    }
+
+    /// Waits until `requests` is readable (or closed), meanwhile building the templates
+    /// helpers asked for and dropping every template when the server's mount table changes.
+    pub(super) fn wait_for(&mut self, requests: &OwnedFd) {
+        loop {
+            let mut polls = vec![
+                PollFd::new(requests.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.asks.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(m) = &self.mountinfo {
+                polls.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
+            }
+            match poll(&mut polls, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+            let (request, asked, moved) = (
+                ready(&polls[0]),
+                ready(&polls[1]),
+                polls.get(2).is_some_and(ready),
+            );
+            drop(polls);
+            if moved {
+                // A mount or unmount on the host: a template's binds may no longer be what a
+                // run built now would bind (a mount below a grant, a file system gone).
+                self.table.clear();
+                self.publish();
+            }
+            if asked {
+                self.serve_asks();
+            }
+            if request {
+                return;
+            }
+        }
+    }
+
+    /// Reads every message waiting on the template socket.
+    fn serve_asks(&mut self) {
+        let mut buf = vec![0u8; 1 + MAX_KEY_BYTES + 1];
+        loop {
+            let n = match recv(self.asks.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => n,
+                Err(nix::Error::EINTR) => continue,
+                _ => return,
+            };
+            match buf[0] {
+                USED if n == 9 => {
+                    let serial = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default());
+                    self.table.touch(serial);
+                }
+                BUILD if n > 1 && n <= 1 + MAX_KEY_BYTES => {
+                    let asked = buf[1..n].to_vec();
+                    if !self.table.has(&asked) {
+                        if let Some(steps) = steps_of(&asked) {
+                            self.build(&steps);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Builds a template for `steps` in a child and keeps it, keyed on what the child bound.
+    fn build(&mut self, steps: &[MountOp]) {
+        let Some((key, ns)) = build_in_child(steps) else {
+            return;
+        };
+        if self.table.has(&key) {
+            return;
+        }
+        let (slot, dropped) = self.table.make_room();
+        drop(dropped);
+        if let Some(parked) = park(&ns, FIRST_TEMPLATE_FD + slot as RawFd) {
+            self.table.put(slot, key, parked);
+        }
+        self.publish();
+    }
+
+    /// What forked helpers see of the table.
+    fn publish(&self) {
+        if let Ok(mut known) = KNOWN.lock() {
+            *known = Some(
+                self.table
+                    .entries
+                    .iter()
+                    .map(|e| Known {
+                        key: e.key.clone(),
+                        fd: FIRST_TEMPLATE_FD + e.slot as RawFd,
+                        serial: e.serial,
+                    })
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// A close-on-exec copy of `fd` at exactly `at` (whatever was there is closed).
+fn park(fd: &OwnedFd, at: RawFd) -> Option<OwnedFd> {
+    let raw = nix::unistd::dup3(fd.as_raw_fd(), at, nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    (raw == at).then(|| sys::adopt_fd(raw).ok()).flatten()
+}
+
+/// Forks a builder that unshares a mount namespace, builds the template there and writes its
+/// key; the namespace is then opened from `/proc/PID/ns/mnt` before the builder is killed.
+/// `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the namespace opened
+/// is the server's own.
+fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    let server = nix::unistd::getpid();
+    let pid = match sys::fork().ok()? {
+        Forked::Child => {
+            drop(r);
+            if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
+                sys::exit_now(1);
+            }
+            let keep = w.as_raw_fd() as u32;
+            if sys::close_between(3, keep.saturating_sub(1)).is_err()
+                || sys::close_from(keep + 1).is_err()
+                || nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err()
+            {
+                sys::exit_now(1);
+            }
+            let Ok(ids) = mounts::build_template(steps) else {
+                sys::exit_now(1)
+            };
+            let key = key(steps, &ids);
+            let mut msg = (key.len() as u32).to_le_bytes().to_vec();
+            msg.extend_from_slice(&key);
+            if nix::unistd::write(&w, &msg) != Ok(msg.len()) {
+                sys::exit_now(1);
+            }
+            loop {
+                nix::unistd::pause();
+            }
+        }
+        Forked::Parent(pid) => nix::unistd::Pid::from_raw(pid),
+    };
+    drop(w);
+    let got = read_key(r);
+    let ns = got.as_ref().and_then(|_| {
+        let theirs = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+        let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
+        let st = nix::sys::stat::fstat(theirs.as_raw_fd()).ok()?;
+        // Never the server's own namespace (the host's root): only a namespace of its own.
+        ((st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)).then(|| OwnedFd::from(theirs))
+    });
+    // SIGCHLD is ignored in the server: the kernel reaps it.
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    Some((got?, ns?))
+}
+
+/// The builder's key: a u32 LE length and that many bytes, within [`BUILD_TIMEOUT`].
+fn read_key(r: OwnedFd) -> Option<Vec<u8>> {
+    let due = Instant::now() + BUILD_TIMEOUT;
+    let mut file = File::from(r);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if got.len() >= 4 {
+            let len = u32::from_le_bytes(got[..4].try_into().ok()?) as usize;
+            if len > MAX_KEY_BYTES * 2 {
+                return None;
+            }
+            if got.len() == 4 + len {
+                return Some(got.split_off(4));
+            }
+        }
+        let left = due.checked_duration_since(Instant::now())?;
+        let mut p = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut p, PollTimeout::from(ms)) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return None,
+        }
+        match file.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(src: &str, writable: bool) -> MountOp {
+        MountOp::Bind {
+            src: src.into(),
+            dst: src.into(),
+            writable,
+        }
+    }
+
+    /// Everything that shapes a root is in its key: the steps (a read-only and a writable
+    /// grant of the same path differ) and each source's identity (the same path, another
+    /// directory). Control: the same steps and identities give the same key, and the steps
+    /// are read back from it.
+    #[test]
+    fn a_key_differs_with_every_thing_that_shapes_the_root() {
+        let ro = [bind("/srv/a", false)];
+        let rw = [bind("/srv/a", true)];
+        let k = key(&ro, &[(1, 2)]);
+        assert_eq!(k, key(&ro, &[(1, 2)]));
+        assert_ne!(k, key(&rw, &[(1, 2)]));
+        assert_ne!(k, key(&ro, &[(1, 3)]));
+        assert_ne!(k, key(&ro, &[(2, 2)]));
+        assert_ne!(
+            k,
+            key(&[bind("/srv/a", false), bind("/srv/b", false)], &[(1, 2)])
+        );
+        assert_eq!(steps_of(&k).expect("steps"), ro.to_vec());
+        assert!(steps_of(&k[..k.len() / 2]).is_none());
+        assert!(steps_of(b"\xff\xff\xff\xff").is_none());
+    }
+
+    /// At most [`MAX_TEMPLATES`] are kept; a new one takes the slot of the least recently
+    /// used, and a template a run used recently is kept over one it did not.
+    #[test]
+    fn the_least_recently_used_template_goes_first() {
+        let mut t: Table<u32> = Table::default();
+        for i in 0..MAX_TEMPLATES as u32 {
+            let (slot, dropped) = t.make_room();
+            assert_eq!((slot, dropped), (i as usize, None));
+            t.put(slot, vec![i as u8], i);
+        }
+        // The first one built is used again: the second is now the oldest.
+        let first = t.entries[0].serial;
+        t.touch(first);
+        let (slot, dropped) = t.make_room();
+        assert_eq!((slot, dropped), (1, Some(1)));
+        t.put(slot, vec![100], 100);
+        assert_eq!(t.entries.len(), MAX_TEMPLATES);
+        assert!(t.has(&[0]) && t.has(&[100]) && !t.has(&[1]));
+        t.clear();
+        assert!(!t.has(&[0]));
+        assert_eq!(t.make_room(), (0, None));
+    }
+}
