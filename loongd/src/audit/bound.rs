@@ -12,7 +12,8 @@
 //! no source accepts) is cut like any other field. When the bounded detail is still above
 //! [`MAX_DETAIL_BYTES`], the largest other fields lose their heads, largest first; as a last
 //! resort the detail keeps only its top-level identity fields beside the whole detail's length
-//! and digest.
+//! and digest: whole while they fit, the rest as markers without a head. Every marker describes
+//! the caller's value, not what an earlier cut left of it.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -162,8 +163,11 @@ pub fn bound(detail: &Value) -> String {
             if size <= MAX_DETAIL_BYTES {
                 break;
             }
+            // The marker describes what the caller gave, not what the first pass left: a
+            // list whose items were cut keeps the digest of its original items.
+            let original = detail.pointer(&at);
             if let Some(slot) = v.pointer_mut(&at) {
-                let m = headless(slot);
+                let m = headless(original.unwrap_or(slot));
                 let mlen = m.to_string().len();
                 if mlen < len {
                     *slot = m;
@@ -176,13 +180,41 @@ pub fn bound(detail: &Value) -> String {
     if bounded.len() <= MAX_DETAIL_BYTES {
         return bounded;
     }
-    // Only identity fields are left that large: keep those at the top level.
+    // Only identity fields are left that large: keep those at the top level, whole while they
+    // fit beside the whole detail's length and digest, then as headless markers (every
+    // identity field may hold up to MAX_IDENTITY_BYTES, more than the bound together).
+    last_resort(&v, &text)
+}
+
+/// Room the last resort keeps for its own `truncated`, `bytes` and `sha256` and the braces.
+const LAST_RESORT_RESERVE: usize = 128;
+
+fn last_resort(v: &Value, text: &str) -> String {
     let mut m = Map::new();
-    if let Value::Object(map) = &v {
-        for (k, child) in map {
-            if is_identity(k, child) {
-                m.insert(k.clone(), child.clone());
-            }
+    let mut size = LAST_RESORT_RESERVE;
+    if let Value::Object(map) = v {
+        // In the order of IDENTITY_KEYS: who acted and what was decided first.
+        for key in IDENTITY_KEYS {
+            let Some(child) = map.get(key).filter(|c| is_identity(key, c)) else {
+                continue;
+            };
+            let whole = child.to_string().len() + key.len() + 4;
+            let kept = if size + whole <= MAX_DETAIL_BYTES {
+                size += whole;
+                child.clone()
+            } else {
+                let marker = match child {
+                    Value::String(s) => string_marker(s, false),
+                    other => string_marker(&other.to_string(), false),
+                };
+                let len = marker.to_string().len() + key.len() + 4;
+                if size + len > MAX_DETAIL_BYTES {
+                    continue;
+                }
+                size += len;
+                marker
+            };
+            m.insert(key.to_string(), kept);
         }
     }
     m.insert("truncated".into(), Value::Bool(true));
@@ -327,6 +359,44 @@ mod tests {
         let b = bounded(&json!({ "agent": agent, "allowed": true }));
         check_cut(&b["agent"], &agent);
         assert_eq!(b["allowed"], true);
+    }
+
+    #[test]
+    fn a_list_whose_items_were_cut_is_marked_with_the_digest_of_its_original_items() {
+        // 64 items (not too many) of 3,000 bytes: each item is cut first, then the list loses
+        // its head; its marker must still describe the command line as it was given.
+        let argv: Vec<String> = (0..MAX_LIST_ITEMS)
+            .map(|i| format!("{i:0>3000}"))
+            .collect();
+        let b = bounded(&json!({ "capability": "process.exec", "argv": argv }));
+        let text = Value::from(argv.clone()).to_string();
+        assert_eq!(b["capability"], "process.exec");
+        assert_eq!(b["argv"]["truncated"], true, "{b}");
+        assert_eq!(b["argv"]["items"], MAX_LIST_ITEMS);
+        assert_eq!(b["argv"]["bytes"], text.len());
+        assert_eq!(b["argv"]["sha256"], sha256_hex(text.as_bytes()));
+    }
+
+    #[test]
+    fn every_identity_field_at_its_bound_still_fits_the_last_resort() {
+        // Each identity field just within MAX_IDENTITY_BYTES: together past the detail's
+        // bound, so the last resort must mark some rather than keep them all.
+        let mut d = Map::new();
+        for key in IDENTITY_KEYS {
+            d.insert(key.into(), "i".repeat(MAX_IDENTITY_BYTES - 2).into());
+        }
+        d.insert("message".into(), "m".repeat(100_000).into());
+        let d = Value::Object(d);
+        let b = bounded(&d);
+        assert_eq!(b["truncated"], true, "{b}");
+        assert_eq!(b["bytes"], d.to_string().len());
+        // The first identity fields are whole, the rest marked by their length and digest.
+        assert_eq!(b["agent"], d["agent"]);
+        let last = IDENTITY_KEYS[IDENTITY_KEYS.len() - 1];
+        let s = d[last].as_str().expect("string");
+        assert_eq!(b[last]["bytes"], s.len(), "{b}");
+        assert_eq!(b[last]["sha256"], sha256_hex(s.as_bytes()));
+        assert!(b.get("message").is_none());
     }
 
     #[test]
