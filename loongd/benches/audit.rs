@@ -36,8 +36,8 @@ fn appends(c: &mut Criterion) {
                                 let e = Event {
                                     kind: Kind::SandboxExited,
                                     actor: "uid:0".into(),
-                                    correlation: format!("conn-{w}/req-{i}"),
-                                    detail: serde_json::json!({ "tier": "balanced", "code": 0, "user_us": i }),
+                                    correlation: format!("conn-{w}/req-{i}").into(),
+                                    detail: serde_json::json!({ "tier": "balanced", "code": 0, "user_us": i }).into(),
                                 };
                                 trail.record(e).await.expect("recorded");
                             }

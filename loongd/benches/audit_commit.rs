@@ -65,13 +65,14 @@ fn event(kind: Kind, i: usize) -> Event {
     Event {
         kind,
         actor: "uid:0/conn-1".into(),
-        correlation: format!("conn-1/req-{i}"),
+        correlation: format!("conn-1/req-{i}").into(),
         detail: serde_json::json!({
             "tool": "echo.echo", "version": "0.1.0",
             "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
             "input_bytes": 10, "token": "tok_0123456789abcdef", "allowed": true,
             "capability": "tool.invoke", "agent": "bench",
-        }),
+        })
+        .into(),
     }
 }
 

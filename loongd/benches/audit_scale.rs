@@ -44,8 +44,8 @@ const VERIFY_LIMIT: Duration = Duration::from_secs(600);
 
 /// One call's records, as loongd writes them: the decision, the invocation and the outcome.
 fn call_events(i: u64) -> [Event; 3] {
-    let correlation = format!("conn-{}/req-{i}", i % 97);
-    let actor = format!("token:tok_{:016x}", i % 13);
+    let correlation: std::sync::Arc<str> = format!("conn-{}/req-{i}", i % 97).into();
+    let actor: std::sync::Arc<str> = format!("token:tok_{:016x}", i % 13).into();
     let input_digest = format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     [
         Event {
@@ -58,7 +58,7 @@ fn call_events(i: u64) -> [Event; 3] {
                 "token": format!("tok_{:016x}", i % 13), "pack": "developer",
                 "capabilities": ["fs.read", "fs.list", "net.egress:api.example.com:443"],
                 "input_sha256": input_digest, "risk": "low", "generation": 7,
-            }),
+            }).into(),
         },
         Event {
             kind: Kind::ToolInvoked,
@@ -69,7 +69,7 @@ fn call_events(i: u64) -> [Event; 3] {
                 "worker": i % 8, "input_sha256": input_digest, "bridge_kind": "mcp_stdio",
                 "input": {"path": format!("/srv/data/projects/p{}/src/module_{}.rs", i % 31, i % 1000),
                           "offset": 0, "length": 65536},
-            }),
+            }).into(),
         },
         Event {
             kind: Kind::ToolCompleted,
@@ -79,7 +79,7 @@ fn call_events(i: u64) -> [Event; 3] {
                 "tool": format!("files-{}/read_file", i % 500), "worker": i % 8,
                 "wall_us": 800 + i % 900, "cpu_us": 300 + i % 400, "peak_memory_bytes": 24_117_248,
                 "output_bytes": 4096 + i % 60_000, "output_sha256": format!("{:064x}", i ^ 0x5a5a),
-            }),
+            }).into(),
         },
     ]
 }

@@ -650,12 +650,13 @@ fn after_previous_run(previous: &audit::PreviousRun) -> Vec<audit::Event> {
     for d in &previous.dangling {
         events.push(audit::Event {
             kind: audit::Kind::ToolFailed,
-            actor: d.actor.clone(),
-            correlation: d.correlation.clone(),
+            actor: d.actor.as_str().into(),
+            correlation: d.correlation.as_str().into(),
             detail: serde_json::json!({
                 "tool": d.tool, "failure": "kernel_stopped", "message": how,
                 "invoked_seq": d.seq,
-            }),
+            })
+            .into(),
         });
     }
     events

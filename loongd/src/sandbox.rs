@@ -23,8 +23,8 @@ use tokio::{
 use tracing::Instrument;
 
 use crate::{
-    audit::Kind,
-    effects::{self, Actor, Effect},
+    audit::{Field, Kind},
+    effects::{self, Actor, Effect, Principal},
     egress,
     request::{RequestIo, StopCause, StopCell},
     Kernel,
@@ -375,8 +375,8 @@ async fn spawn(
     req: &SandboxRunRequest,
     decided: Decided,
     cred: &UCred,
-    correlation: String,
-    asked: &serde_json::Value,
+    correlation: Arc<str>,
+    asked: &Arc<serde_json::Value>,
 ) -> Result<
     (
         loong_sandbox::Child,
@@ -415,7 +415,7 @@ async fn spawn(
             egress::Egress {
                 owner: egress::Owner {
                     actor: format!("uid:{}", cred.uid()),
-                    correlation: correlation.clone(),
+                    correlation: correlation.to_string(),
                     plugin: None,
                 },
                 grants: spec.net.clone(),
@@ -441,7 +441,7 @@ async fn spawn(
     let orphan = Orphan {
         audit: kernel.audit.clone(),
         runtime: tokio::runtime::Handle::current(),
-        actor: format!("uid:{}", cred.uid()),
+        actor: Principal::Operator { uid: cred.uid() }.shared_name(),
         correlation: correlation.clone(),
         asked: asked.clone(),
     };
@@ -548,10 +548,10 @@ impl Drop for Unstarted {
 struct Orphan {
     audit: crate::audit::Audit,
     runtime: tokio::runtime::Handle,
-    actor: String,
-    correlation: String,
+    actor: Arc<str>,
+    correlation: Arc<str>,
     /// What the run asked for, as `sandbox.spawned` records it.
-    asked: serde_json::Value,
+    asked: Arc<serde_json::Value>,
 }
 
 impl Orphan {
@@ -567,14 +567,14 @@ impl Orphan {
         let why =
             unavailable("the client went away while the sandbox was being started; nothing ran");
         let detail = serde_json::json!({
-            "request": asked, "reason": why.message, "class": why.kind.to_string(),
+            "request": &*asked, "reason": why.message, "class": why.kind.to_string(),
             "cause": StopCause::ClientGone.name(),
         });
         let event = crate::audit::Event {
             kind: Kind::SandboxRefused,
             actor,
             correlation,
-            detail,
+            detail: detail.into(),
         };
         runtime.spawn(async move { audit.record_later(event).await });
     }
@@ -605,12 +605,10 @@ impl Orphan {
                 "tier": asked["tier"], "program": asked["program"],
                 "cause": StopCause::ClientGone.name(), "code": code, "signal": signal,
             });
+            let spawned = spawned_detail(&asked, pid, None);
             let events = vec![
-                event(
-                    Kind::SandboxSpawned,
-                    serde_json::json!({ "request": asked, "pid": pid }),
-                ),
-                event(Kind::SandboxExited, exited),
+                event(Kind::SandboxSpawned, spawned),
+                event(Kind::SandboxExited, exited.into()),
             ];
             if audit.queue_all(events).await.is_err() {
                 tracing::error!("the audit writer has stopped; a dropped run's start and end could not be queued");
@@ -714,20 +712,21 @@ pub(crate) async fn run(
     cred: &UCred,
     mut io: RequestIo,
 ) -> Result<ControlResponse, RemoteError> {
-    let actor = format!("uid:{}", cred.uid());
-    let correlation = io.correlation();
+    // Shared by the run's records, not copied for each.
+    let actor = Principal::Operator { uid: cred.uid() }.shared_name();
+    let correlation: Arc<str> = io.correlation().into();
     let event = |kind, detail| crate::audit::Event {
         kind,
         actor: actor.clone(),
         correlation: correlation.clone(),
         detail,
     };
-    let asked = serde_json::json!({
+    let asked = Arc::new(serde_json::json!({
         "tier": req.tier, "program": req.program, "args": req.args, "read": req.read, "write": req.write,
         "allow_net": req.allow_net, "timeout_ms": req.timeout_ms, "memory_bytes": req.memory_bytes,
         "pids": req.pids, "cpu_secs": req.cpu_secs, "allow_degraded": req.allow_degraded,
         "env": req.env.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
-    });
+    }));
     // Counted from here, so that loongd's stop waits for a run still deciding or starting
     // too (its records queued before `daemon.stopped`), and refuses to start it.
     let slot = kernel.reapers.enter();
@@ -749,10 +748,10 @@ pub(crate) async fn run(
         Ok(c) => c,
         Err(e) => {
             // Every refusal, by the pipeline or by the spawner, records what was asked.
-            let detail = serde_json::json!({ "request": asked, "reason": e.message, "class": e.kind.to_string() });
+            let detail = serde_json::json!({ "request": &*asked, "reason": e.message, "class": e.kind.to_string() });
             kernel
                 .audit
-                .record_later(event(Kind::SandboxRefused, detail))
+                .record_later(event(Kind::SandboxRefused, detail.into()))
                 .await;
             return Err(e);
         }
@@ -776,8 +775,7 @@ pub(crate) async fn run(
     {
         degraded.push(cgroup.name().to_string());
     }
-    let spawned_detail =
-        serde_json::json!({ "request": asked, "pid": child.pid(), "degraded": degraded });
+    let spawned_detail = spawned_detail(&asked, child.pid(), Some(&degraded));
     let mut held = vec![event(Kind::SandboxSpawned, spawned_detail)];
     if degraded.is_empty() {
         tracing::info!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), "sandbox started");
@@ -785,7 +783,7 @@ pub(crate) async fn run(
         tracing::warn!(uid = cred.uid(), tier = ?tier, program, pid = child.pid(), degraded = ?degraded, "sandbox started DEGRADED: the tier is not fully enforced");
         let detail =
             serde_json::json!({ "tier": req.tier, "program": req.program, "missing": degraded });
-        held.push(event(Kind::SandboxDegraded, detail));
+        held.push(event(Kind::SandboxDegraded, detail.into()));
     }
     // A run with a network grant records its connections (and their decisions) as they are
     // made: its exit task queues its start at once and only then starts its egress broker,
@@ -824,7 +822,7 @@ pub(crate) async fn run(
         record_exit(Reaper {
             _slot: slot,
             audit: kernel.audit.clone(),
-            event: event(Kind::SandboxExited, detail),
+            event: event(Kind::SandboxExited, detail.into()),
             child,
             relay_done: relay_done_rx,
             ended: ended.clone(),
@@ -1255,7 +1253,7 @@ async fn record_exit(mut r: Reaper) {
         degraded: r.degraded,
     };
     let mut event = r.event;
-    if let Some(detail) = event.detail.as_object_mut() {
+    if let Some(detail) = event.detail.as_json_mut().and_then(|d| d.as_object_mut()) {
         let more = serde_json::json!({
             "code": exit.code, "signal": exit.signal, "cause": cause, "interrupts": interrupts,
             "timed_out": exit.timed_out, "output_limit_exceeded": exit.output_limit_exceeded,
@@ -1374,6 +1372,23 @@ enum Relayed {
 
 /// The scratch buffer a killed sandbox's output is drained through.
 const DRAIN_BYTES: usize = 4096;
+
+/// A `sandbox.spawned` record's detail: what was asked, the pid, and what the run lacks of
+/// its tier (`None`: not known, for a run whose request was dropped while it started),
+/// written once as its stored text, the request's JSON borrowed rather than copied.
+fn spawned_detail(
+    asked: &serde_json::Value,
+    pid: u32,
+    degraded: Option<&[String]>,
+) -> crate::audit::Detail {
+    let fields = [
+        ("request", Field::Value(asked)),
+        ("pid", Field::U64(u64::from(pid))),
+        ("degraded", Field::Strs(degraded)),
+    ];
+    let known = if degraded.is_some() { 3 } else { 2 };
+    crate::audit::detail::object(&fields[..known], None)
+}
 
 #[cfg(test)]
 mod tests;

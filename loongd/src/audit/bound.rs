@@ -365,9 +365,7 @@ mod tests {
     fn a_list_whose_items_were_cut_is_marked_with_the_digest_of_its_original_items() {
         // 64 items (not too many) of 3,000 bytes: each item is cut first, then the list loses
         // its head; its marker must still describe the command line as it was given.
-        let argv: Vec<String> = (0..MAX_LIST_ITEMS)
-            .map(|i| format!("{i:0>3000}"))
-            .collect();
+        let argv: Vec<String> = (0..MAX_LIST_ITEMS).map(|i| format!("{i:0>3000}")).collect();
         let b = bounded(&json!({ "capability": "process.exec", "argv": argv }));
         let text = Value::from(argv.clone()).to_string();
         assert_eq!(b["capability"], "process.exec");

@@ -13,6 +13,7 @@
 //! `audit verify` checks the whole stream.
 
 pub mod bound;
+pub mod detail;
 mod key;
 mod queue;
 pub mod siem;
@@ -20,10 +21,14 @@ mod store;
 mod verify;
 pub mod witness;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, LazyLock},
+};
 
 use sha2::{Digest, Sha256};
 
+pub use detail::{Detail, Field};
 pub use key::AuditKey;
 pub use store::{ApprovalTrail, Audit, AuditError, Commit, Dangling, PreviousRun, Query, Startup};
 pub use verify::{verify, verify_scope, Scope, VerifyReport};
@@ -297,27 +302,54 @@ impl Kind {
     }
 }
 
-/// An event to record. Kernel-internal: the detail is built explicitly as JSON.
+/// An event to record. Kernel-internal: the detail is built explicitly as JSON, or as its
+/// stored text ([`detail::object`]).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: Kind,
     /// Who caused it: `uid:N` for a control-socket peer, `loongd` for the daemon itself.
-    pub actor: String,
-    /// Ties records of one request together (`conn-N/req-M`).
-    pub correlation: String,
-    pub detail: serde_json::Value,
+    /// Shared by the records of one actor, not copied per record.
+    pub actor: Arc<str>,
+    /// Ties records of one request together (`conn-N/req-M`); shared like the actor.
+    pub correlation: Arc<str>,
+    pub detail: Detail,
 }
+
+/// The actor of loongd's own records.
+static LOONGD: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("loongd"));
+/// The empty correlation of records that belong to no request.
+static NO_CORRELATION: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 impl Event {
     /// An event by loongd itself.
-    pub fn daemon(kind: Kind, detail: serde_json::Value) -> Event {
+    pub fn daemon(kind: Kind, detail: impl Into<Detail>) -> Event {
         Event {
             kind,
-            actor: "loongd".into(),
-            correlation: String::new(),
-            detail,
+            actor: LOONGD.clone(),
+            correlation: no_correlation(),
+            detail: detail.into(),
         }
     }
+
+    /// An event by `actor` in request `correlation`.
+    pub fn new(
+        kind: Kind,
+        actor: impl Into<Arc<str>>,
+        correlation: impl Into<Arc<str>>,
+        detail: impl Into<Detail>,
+    ) -> Event {
+        Event {
+            kind,
+            actor: actor.into(),
+            correlation: correlation.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The correlation of a record that belongs to no request (shared, not allocated).
+pub fn no_correlation() -> Arc<str> {
+    NO_CORRELATION.clone()
 }
 
 /// A stored record.

@@ -508,7 +508,7 @@ mod tests {
             let queued: Vec<_> = after
                 .batch
                 .iter()
-                .map(|(e, _)| e.detail["i"].as_u64())
+                .map(|(e, _)| e.detail.value()["i"].as_u64())
                 .collect();
             assert_eq!(queued, vec![Some(200)]);
         });
@@ -546,7 +546,7 @@ mod tests {
                 .batch
                 .iter()
                 .chain(&after.batch)
-                .map(|(e, _)| e.detail["i"].as_u64())
+                .map(|(e, _)| e.detail.value()["i"].as_u64())
                 .collect();
             assert_eq!(order, (0..=BOUND as u64).map(Some).collect::<Vec<_>>());
             // A stopped writer refuses producers, also one that waited for room.

@@ -833,7 +833,7 @@ fn append(
         };
         for e in events {
             let time = crate::now_ms();
-            let detail = super::bound::bound(&e.detail);
+            let detail = e.detail.bounded();
             let prev = hash;
             seq += 1;
             hash = chain_hash_of(
@@ -849,9 +849,9 @@ fn append(
                 seq as i64,
                 time,
                 e.kind.as_str(),
-                e.actor,
-                e.correlation,
-                detail,
+                &*e.actor,
+                &*e.correlation,
+                &*detail,
                 prev.as_slice(),
                 hash.as_slice()
             ])?;
@@ -860,9 +860,9 @@ fn append(
                     seq,
                     time_ms: time,
                     kind: e.kind.as_str().to_string(),
-                    actor: e.actor.clone(),
-                    correlation: e.correlation.clone(),
-                    detail,
+                    actor: e.actor.to_string(),
+                    correlation: e.correlation.to_string(),
+                    detail: detail.into_owned(),
                     prev_hash: prev,
                     hash,
                 });

@@ -60,8 +60,8 @@ fn trail(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
             let e = Event {
                 kind: Kind::SandboxExited,
                 actor: "uid:0".into(),
-                correlation: format!("c-{i}"),
-                detail: serde_json::json!({ "i": i }),
+                correlation: format!("c-{i}").into(),
+                detail: serde_json::json!({ "i": i }).into(),
             };
             audit.record(e).await.expect("records");
         }
@@ -359,8 +359,8 @@ fn a_commit_that_fails_midway_leaves_nothing_and_the_next_one_continues_the_chai
     let ev = |i: u64| Event {
         kind: Kind::SandboxExited,
         actor: "uid:0".into(),
-        correlation: format!("c-{i}"),
-        detail: serde_json::json!({ "i": i }),
+        correlation: format!("c-{i}").into(),
+        detail: serde_json::json!({ "i": i }).into(),
     };
     let all = Query {
         limit: u32::MAX,
@@ -428,7 +428,7 @@ fn across_a_failed_commit(fail: bool) -> (Vec<(String, String)>, Vec<bool>, Veri
         kind,
         actor: "uid:0".into(),
         correlation: c.into(),
-        detail: serde_json::json!({}),
+        detail: serde_json::json!({}).into(),
     };
     let all = Query {
         limit: u32::MAX,
@@ -539,7 +539,7 @@ fn an_outcome_queued_while_another_connection_holds_the_write_lock_lands_after_i
         kind,
         actor: "uid:0".into(),
         correlation: "c".into(),
-        detail: serde_json::json!({}),
+        detail: serde_json::json!({}).into(),
     };
     let kinds = || -> Vec<String> {
         audit
@@ -1081,13 +1081,13 @@ fn run(dir: &Path, reconciled: u64, calls: u64, open_calls: &[u64]) {
     let call = |kind: Kind, i: u64| Event {
         kind,
         actor: "uid:0".into(),
-        correlation: format!("conn-1/req-{i}"),
-        detail: serde_json::json!({ "tool": "echo", "i": i }),
+        correlation: format!("conn-1/req-{i}").into(),
+        detail: serde_json::json!({ "tool": "echo", "i": i }).into(),
     };
     runtime().block_on(async {
         let mut start = vec![Event::daemon(Kind::DaemonStarted, serde_json::json!({}))];
         start.extend((0..reconciled).map(|i| Event {
-            detail: serde_json::json!({ "tool": "echo", "failure": "kernel_stopped", "invoked_seq": i + 1 }),
+            detail: serde_json::json!({ "tool": "echo", "failure": "kernel_stopped", "invoked_seq": i + 1 }).into(),
             ..call(Kind::ToolFailed, 1_000_000 + i)
         }));
         audit.queue_all(start).await.expect("queued").committed().await.expect("start");
@@ -1196,5 +1196,164 @@ fn a_commit_within_the_spin_window_finds_its_waiter_awake() {
         .join()
         .expect("thread");
         assert_eq!(slept, sleeps, "the waiting thread slept for the commit");
+    }
+}
+
+/// Records whose detail is written once as its text ([`detail::object`]) are stored, hashed,
+/// verified and shipped as the same records built as JSON values: in one trail, each pair
+/// (the value's, then the text's) has the same kind, actor, correlation and detail, the
+/// text's record hashed with the value's fields gives its stored hash, the trail verifies,
+/// and the SIEM lines differ only in their sequence number, time and hash.
+#[test]
+fn a_detail_written_once_is_stored_hashed_and_shipped_as_its_value() {
+    use detail::{object, Field};
+    let dir = tempfile::tempdir().expect("dir");
+    let jsonl = dir.path().join("audit.jsonl");
+    let siem = siem::SiemConfig {
+        jsonl: Some((jsonl.clone(), siem::FailureMode::Closed)),
+        syslog: None,
+    };
+    let witness = dir.path().join(witness::DEFAULT_WITNESS_FILE);
+    let audit = open_with(dir.path(), siem, Durability::Full, &witness).expect("opens");
+    let hostile = "a \"quoted\" \\ path\u{0}\u{2028} é \u{1f600}";
+    let long = "x".repeat(MAX_DETAIL_BYTES + 100);
+    let argv = vec!["/bin/sh".to_string(), "-c".into(), hostile.into()];
+    let chain = [
+        ("root", Field::Str("conn-1/req-2")),
+        ("parent", Field::OptStr(Some("conn-1/req-2"))),
+        ("depth", Field::U64(1)),
+    ];
+    let pairs: Vec<(Event, Event)> = vec![
+        (
+            Event::new(
+                Kind::PolicyDecision,
+                "uid:0",
+                "conn-1/req-2.1",
+                serde_json::json!({
+                    "capability": "process.exec", "target": hostile, "argv": argv,
+                    "script": null, "token": "tok-1", "pack": "ops", "agent": null,
+                    "allowed": true, "reason": null,
+                    "chain": { "root": "conn-1/req-2", "parent": "conn-1/req-2", "depth": 1 },
+                }),
+            ),
+            Event::new(
+                Kind::PolicyDecision,
+                "uid:0",
+                "conn-1/req-2.1",
+                object(
+                    &[
+                        ("capability", Field::Str("process.exec")),
+                        ("target", Field::OptStr(Some(hostile))),
+                        ("argv", Field::Strs(Some(&argv))),
+                        ("script", Field::OptStr(None)),
+                        ("token", Field::OptStr(Some("tok-1"))),
+                        ("pack", Field::Str("ops")),
+                        ("agent", Field::OptStr(None)),
+                        ("allowed", Field::Bool(true)),
+                        ("reason", Field::OptStr(None)),
+                    ],
+                    Some(("chain", Field::Object(&chain))),
+                ),
+            ),
+        ),
+        (
+            Event::new(
+                Kind::ToolInvoked,
+                "uid:0",
+                "conn-1/req-3",
+                serde_json::json!({ "tool": hostile, "version": "1.0.0", "sha256": null,
+                    "input_bytes": 12, "token": null }),
+            ),
+            Event::new(
+                Kind::ToolInvoked,
+                "uid:0",
+                "conn-1/req-3",
+                object(
+                    &[
+                        ("tool", Field::Str(hostile)),
+                        ("version", Field::Str("1.0.0")),
+                        ("sha256", Field::OptStr(None)),
+                        ("input_bytes", Field::U64(12)),
+                        ("token", Field::OptStr(None)),
+                    ],
+                    None,
+                ),
+            ),
+        ),
+        (
+            Event::new(
+                Kind::ToolCompleted,
+                "uid:0",
+                "conn-1/req-3",
+                serde_json::json!({ "tool": "echo", "message": long, "fuel_consumed": 9 }),
+            ),
+            Event::new(
+                Kind::ToolCompleted,
+                "uid:0",
+                "conn-1/req-3",
+                object(
+                    &[
+                        ("tool", Field::Str("echo")),
+                        ("message", Field::Str(&long)),
+                        ("fuel_consumed", Field::OptU64(Some(9))),
+                    ],
+                    None,
+                ),
+            ),
+        ),
+    ];
+    let n = pairs.len();
+    runtime().block_on(async {
+        for (old, new) in pairs {
+            audit.queue_all(vec![old, new]).await.expect("queues");
+        }
+        audit.flush().await.expect("flushes");
+        audit.shutdown().await;
+    });
+    let conn = Connection::open(dir.path().join(DB_FILE)).expect("db");
+    type Row = (i64, i64, String, String, String, String, Vec<u8>, Vec<u8>);
+    let rows: Vec<Row> = conn
+        .prepare("SELECT seq, time_ms, kind, actor, correlation, detail, prev_hash, hash FROM audit WHERE kind != 'daemon.started' AND kind != 'daemon.stopped' ORDER BY seq")
+        .expect("prepares")
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+        })
+        .expect("queries")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 2 * n);
+    for pair in rows.chunks(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        assert_eq!(
+            (&old.2, &old.3, &old.4, &old.5),
+            (&new.2, &new.3, &new.4, &new.5)
+        );
+        assert!(new.5.len() <= MAX_DETAIL_BYTES);
+        let prev: [u8; 32] = new.6.as_slice().try_into().expect("prev hash");
+        let hashed = chain_hash_of(&prev, new.0 as u64, new.1, &old.2, &old.3, &old.4, &old.5);
+        assert_eq!(hashed.as_slice(), new.7.as_slice(), "seq {}", new.0);
+    }
+    // The over-long detail was bounded: its message is a marker.
+    assert!(rows[5].5.contains("\"truncated\":true"), "{}", rows[5].5);
+    assert_eq!(verify_at(dir.path()).first_bad, None);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .filter(|l: &serde_json::Value| {
+            l.get("checkpoint").is_none()
+                && l["kind"] != "daemon.started"
+                && l["kind"] != "daemon.stopped"
+        })
+        .map(|mut l| {
+            for k in ["seq", "time_ms", "hash"] {
+                l.as_object_mut().expect("object").remove(k);
+            }
+            l
+        })
+        .collect();
+    assert_eq!(lines.len(), 2 * n);
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0], pair[1]);
     }
 }

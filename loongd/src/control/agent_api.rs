@@ -481,7 +481,7 @@ async fn turn_with(
     Ok(AskResult {
         answer: output.answer,
         session: req.session,
-        correlation: actor.correlation(),
+        correlation: actor.correlation().to_string(),
         tool_calls: output
             .tool_calls
             .into_iter()

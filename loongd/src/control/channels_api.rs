@@ -853,20 +853,22 @@ async fn same_generation(
     };
     let cap = loong_profiles::pack::Capability::ChannelSend;
     match crate::effects::decide(kernel, &actor, cap, Some(&item.chat), None) {
-        Ok((o, mut event)) => {
+        Ok((o, _)) => {
             let allowed = matches!(o.decision, Ok(crate::authority::Decision::Allow));
-            event.detail["channel"] = item.channel.clone().into();
-            event.detail["channel_generation"] = row.generation.into();
+            let mut detail = crate::effects::decision_detail(&o, cap, Some(&item.chat), None);
+            detail["channel"] = item.channel.clone().into();
+            detail["channel_generation"] = row.generation.into();
             if allowed {
                 // Not revoked (a token restored by hand): the answer is refused all the
                 // same, as the generation it was made under is gone.
-                event.detail["allowed"] = false.into();
-                event.detail["reason"] = format!(
+                detail["allowed"] = false.into();
+                detail["reason"] = format!(
                     "channel {} was restarted under generation {} during this turn",
                     item.channel, current.generation
                 )
                 .into();
             }
+            let event = actor.event(crate::audit::Kind::PolicyDecision, detail);
             let _ = crate::effects::record(kernel, event).await;
         }
         Err(e) => tracing::warn!(error = %e.message, "deciding an old generation's answer"),

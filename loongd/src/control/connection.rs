@@ -131,7 +131,7 @@ pub(crate) async fn serve(
                 tracing::warn!(error = %e, "protocol violation; connection closed");
                 let detail = serde_json::json!({ "conn": conn, "uid": cred.uid(), "pid": cred.pid(), "error": e.to_string() });
                 let actor = format!("uid:{}", cred.uid());
-                kernel.audit.record_later(audit::Event { kind: audit::Kind::ProtocolViolation, actor, correlation: format!("conn-{conn}"), detail }).await;
+                kernel.audit.record_later(audit::Event::new(audit::Kind::ProtocolViolation, actor, format!("conn-{conn}"), detail)).await;
             }
         }
     }

@@ -110,9 +110,9 @@ impl Refusals {
             self.recorded += 1;
             out.push(audit::Event {
                 kind: audit::Kind::PeerRefused,
-                actor: format!("uid:{uid}"),
-                correlation: format!("conn-{conn}"),
-                detail: serde_json::json!({ "conn": conn, "uid": uid, "pid": pid }),
+                actor: format!("uid:{uid}").into(),
+                correlation: format!("conn-{conn}").into(),
+                detail: serde_json::json!({ "conn": conn, "uid": uid, "pid": pid }).into(),
             });
             return (out, true);
         }
@@ -148,22 +148,23 @@ impl Refusals {
             .into_iter()
             .map(|(uid, c)| audit::Event {
                 kind: audit::Kind::PeerRefused,
-                actor: format!("uid:{uid}"),
-                correlation: format!("conn-{}", c.first_conn),
+                actor: format!("uid:{uid}").into(),
+                correlation: format!("conn-{}", c.first_conn).into(),
                 detail: serde_json::json!({
                     "uid": uid,
                     "refusals": c.refusals,
                     "first_conn": c.first_conn,
                     "last_conn": c.last_conn,
                     "counted_over_secs": secs,
-                }),
+                })
+                .into(),
             })
             .collect();
         if let Some(c) = self.beyond.take() {
             out.push(audit::Event {
                 kind: audit::Kind::PeerRefused,
                 actor: "uids:uncounted".into(),
-                correlation: format!("conn-{}", c.first_conn),
+                correlation: format!("conn-{}", c.first_conn).into(),
                 detail: serde_json::json!({
                     "uid": null,
                     "refusals": c.refusals,
@@ -171,7 +172,8 @@ impl Refusals {
                     "last_conn": c.last_conn,
                     "counted_over_secs": secs,
                     "why": format!("more than {MAX_COUNTED_UIDS} uids were refused in one window"),
-                }),
+                })
+                .into(),
             });
         }
         out
@@ -227,18 +229,18 @@ mod tests {
         assert_eq!(counted.len(), MAX_COUNTED_UIDS + 1, "{counted:?}");
         let flood = counted
             .iter()
-            .find(|e| e.actor == "uid:65534")
+            .find(|e| &*e.actor == "uid:65534")
             .expect("the flooding uid is named");
         let refusals = 10_000 - u64::from(REFUSALS_RECORDED_PER_WINDOW);
-        assert_eq!(flood.detail["refusals"], refusals);
+        assert_eq!(flood.detail.value()["refusals"], refusals);
         assert_eq!(
-            flood.detail["first_conn"],
+            flood.detail.value()["first_conn"],
             u64::from(REFUSALS_RECORDED_PER_WINDOW)
         );
-        assert_eq!(flood.detail["last_conn"], 9_999);
+        assert_eq!(flood.detail.value()["last_conn"], 9_999);
         let beyond = counted.last().expect("beyond");
-        assert_eq!(beyond.actor, "uids:uncounted");
-        assert_eq!(beyond.detail["refusals"], 11);
+        assert_eq!(&*beyond.actor, "uids:uncounted");
+        assert_eq!(beyond.detail.value()["refusals"], 11);
         assert!(counted.iter().all(|e| e.kind == audit::Kind::PeerRefused));
         // What is counted at shutdown is recorded too.
         assert!(r.drain().is_empty());
@@ -248,6 +250,6 @@ mod tests {
         }
         let last = r.drain();
         assert_eq!(last.len(), 1);
-        assert_eq!(last[0].detail["refusals"], 3);
+        assert_eq!(last[0].detail.value()["refusals"], 3);
     }
 }

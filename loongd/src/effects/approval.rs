@@ -127,7 +127,7 @@ pub(crate) async fn wait(
     if let Some(parent) = actor.chain.parent.clone() {
         shown.caller = actor.chain.caller.clone();
         shown.chain = Some(ChainDetail {
-            root: actor.chain.root.clone(),
+            root: actor.chain.root.to_string(),
             parent,
             depth: actor.chain.depth,
         });

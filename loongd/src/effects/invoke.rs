@@ -25,7 +25,7 @@ use super::{
     internal, recheck, Actor, Authorized, Effect,
 };
 use crate::{
-    audit::{Audit, Event, Kind},
+    audit::{Audit, Event, Field, Kind},
     authority::shell::CommandLine,
     workers::{
         plugins::{self, State, WASM_BRIDGE},
@@ -153,10 +153,14 @@ async fn run(
         path: f.path.to_string_lossy().into_owned(),
         scope: f.scope.to_string_lossy().into_owned(),
     });
-    let invoked = serde_json::json!({
-        "tool": tool, "version": target.plugin.version, "sha256": target.sha256,
-        "input_bytes": input.len(), "token": decided.token,
-    });
+    let invoked = invoked_record(
+        actor,
+        &tool,
+        &target.plugin.version,
+        target.sha256,
+        input.len(),
+        decided.token.as_deref(),
+    );
     // The decision's and the invocation's records go to the writer as one message, so they
     // share one commit (one fsync). Only a WASM call's commit runs while its worker runs the
     // call: it has no effect outside its worker (what it asks of the host is decided and
@@ -168,13 +172,7 @@ async fn run(
     let overlaps = target.plugin.bridge_kind == WASM_BRIDGE;
     let committed = kernel
         .audit
-        .queue_all(
-            decided
-                .record
-                .into_iter()
-                .chain([actor.event(Kind::ToolInvoked, invoked)])
-                .collect(),
-        )
+        .queue_all(decided.record.into_iter().chain([invoked]).collect())
         .await
         .map_err(internal)?
         .committed();
@@ -426,16 +424,8 @@ async fn record_outcome(
     crate::metrics::tool_call(&tool, outcome, wall_us);
     match result {
         Ok(out) => {
-            let detail = serde_json::json!({
-                "tool": tool, "worker": called.worker, "wall_us": wall_us,
-                "worker_wall_us": out.wall_us, "cpu_us": out.cpu_us,
-                "fuel_consumed": out.fuel_consumed, "peak_memory_bytes": out.peak_memory_bytes,
-                "output_bytes": out.output.len(), "logs_dropped": out.logs_dropped,
-            });
-            kernel
-                .audit
-                .record_later(actor.event(Kind::ToolCompleted, detail))
-                .await;
+            let completed = completed_record(actor, &tool, called.worker, wall_us, &out);
+            kernel.audit.record_later(completed).await;
             Ok(InvokeResult {
                 tool,
                 output: output_text(out.output),
@@ -469,6 +459,53 @@ async fn record_outcome(
             Err(RemoteError::from(&e))
         }
     }
+}
+
+/// The `tool.invoked` record of a call of `tool` (its plugin's version and module digest,
+/// its input's size, the token it was decided under), written once as its stored text.
+fn invoked_record(
+    actor: &Actor<'_>,
+    tool: &str,
+    version: &str,
+    sha256: Option<&str>,
+    input_bytes: usize,
+    token: Option<&str>,
+) -> Event {
+    actor.record(
+        Kind::ToolInvoked,
+        &[
+            ("tool", Field::Str(tool)),
+            ("version", Field::Str(version)),
+            ("sha256", Field::OptStr(sha256)),
+            ("input_bytes", Field::U64(input_bytes as u64)),
+            ("token", Field::OptStr(token)),
+        ],
+    )
+}
+
+/// The `tool.completed` record of a call answered by `worker` (its wall time, the worker's
+/// measures, the output's size), written once as its stored text.
+fn completed_record(
+    actor: &Actor<'_>,
+    tool: &str,
+    worker: u64,
+    wall_us: u64,
+    out: &loong_ipc::CallOutput,
+) -> Event {
+    actor.record(
+        Kind::ToolCompleted,
+        &[
+            ("tool", Field::Str(tool)),
+            ("worker", Field::U64(worker)),
+            ("wall_us", Field::U64(wall_us)),
+            ("worker_wall_us", Field::U64(out.wall_us)),
+            ("cpu_us", Field::U64(out.cpu_us)),
+            ("fuel_consumed", Field::OptU64(out.fuel_consumed)),
+            ("peak_memory_bytes", Field::U64(out.peak_memory_bytes)),
+            ("output_bytes", Field::U64(out.output.len() as u64)),
+            ("logs_dropped", Field::U64(u64::from(out.logs_dropped))),
+        ],
+    )
 }
 
 /// A worker's output as the answer's text: the bytes themselves when they are UTF-8 (a
@@ -656,21 +693,98 @@ mod tests {
     /// built (for every call) before: the same kind, actor, correlation and detail bytes.
     #[test]
     fn an_abandoned_calls_record_keeps_its_bytes() {
-        let root = actor(super::super::Chain::root("conn-3/req-7".into()));
+        let root = actor(super::super::Chain::root("conn-3/req-7"));
         let e = abandoned(&root, "echo");
         assert!(matches!(e.kind, Kind::ToolFailed));
-        assert_eq!(e.actor, "uid:1000");
-        assert_eq!(e.correlation, "conn-3/req-7");
+        assert_eq!(&*e.actor, "uid:1000");
+        assert_eq!(&*e.correlation, "conn-3/req-7");
         assert_eq!(
-            e.detail.to_string(),
+            e.detail.bounded(),
             r#"{"failure":"abandoned","message":"the request ended (deadline or client gone) before the worker answered","tool":"echo"}"#
         );
         let nested = actor(root.chain.child(2));
         let e = abandoned(&nested, "echo");
-        assert_eq!(e.correlation, "conn-3/req-7.2");
+        assert_eq!(&*e.correlation, "conn-3/req-7.2");
         assert_eq!(
-            e.detail.to_string(),
+            e.detail.bounded(),
             r#"{"chain":{"depth":1,"parent":"conn-3/req-7","root":"conn-3/req-7"},"failure":"abandoned","message":"the request ended (deadline or client gone) before the worker answered","tool":"echo"}"#
         );
+    }
+
+    /// What the writer stores of an event: kind, actor, correlation and detail text.
+    fn stored(e: &Event) -> (Kind, String, String, String) {
+        (
+            e.kind,
+            e.actor.to_string(),
+            e.correlation.to_string(),
+            e.detail.bounded().into_owned(),
+        )
+    }
+
+    /// A call's `tool.invoked` and `tool.completed`, written once as their text, store the
+    /// bytes their JSON values stored (at the root and nested, hostile names, a null digest
+    /// and fuel, an input over the detail bound being only counted).
+    #[test]
+    fn a_calls_records_written_once_keep_their_bytes() {
+        let root = actor(super::super::Chain::root("conn-3/req-7"));
+        let nested = actor(root.chain.child(2));
+        let deeper = actor(nested.chain.child(9));
+        let tool = "ech\"o\u{0}\u{1f600}";
+        for a in [&root, &nested, &deeper] {
+            for (sha, token, fuel) in [(Some("ab12"), Some("tok-1"), Some(42)), (None, None, None)]
+            {
+                let new = invoked_record(a, tool, "1.0.0-\u{e9}", sha, 70_000, token);
+                let old = a.event(
+                    Kind::ToolInvoked,
+                    serde_json::json!({
+                        "tool": tool, "version": "1.0.0-\u{e9}", "sha256": sha,
+                        "input_bytes": 70_000, "token": token,
+                    }),
+                );
+                assert_eq!(stored(&new), stored(&old));
+                let out = loong_ipc::CallOutput {
+                    output: b"{}".to_vec(),
+                    logs: Vec::new(),
+                    logs_dropped: 3,
+                    wall_us: 17,
+                    cpu_us: 11,
+                    fuel_consumed: fuel,
+                    peak_memory_bytes: u64::MAX,
+                };
+                let new = completed_record(a, tool, 5, 123, &out);
+                let old = a.event(
+                    Kind::ToolCompleted,
+                    serde_json::json!({
+                        "tool": tool, "worker": 5, "wall_us": 123,
+                        "worker_wall_us": out.wall_us, "cpu_us": out.cpu_us,
+                        "fuel_consumed": out.fuel_consumed,
+                        "peak_memory_bytes": out.peak_memory_bytes,
+                        "output_bytes": out.output.len(), "logs_dropped": out.logs_dropped,
+                    }),
+                );
+                assert_eq!(stored(&new), stored(&old));
+            }
+        }
+        // The records of one actor share its name and correlation, not copies of them.
+        let (a, b) = (
+            invoked_record(&nested, tool, "1", None, 0, None),
+            completed_record(
+                &nested,
+                tool,
+                1,
+                1,
+                &loong_ipc::CallOutput {
+                    output: Vec::new(),
+                    logs: Vec::new(),
+                    logs_dropped: 0,
+                    wall_us: 0,
+                    cpu_us: 0,
+                    fuel_consumed: None,
+                    peak_memory_bytes: 0,
+                },
+            ),
+        );
+        assert!(std::sync::Arc::ptr_eq(&a.actor, &b.actor));
+        assert!(std::sync::Arc::ptr_eq(&a.correlation, &b.correlation));
     }
 }

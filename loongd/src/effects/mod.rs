@@ -30,8 +30,10 @@ pub(crate) mod invoke;
 use loong_ipc::{Denial, DenialStage, ErrorDetail, ErrorKind, RemoteError};
 use loong_profiles::pack::Capability;
 
+use std::sync::Arc;
+
 use crate::{
-    audit::{Event, Kind},
+    audit::{detail, Event, Field, Kind},
     authority::{
         approvals::EffectDetail,
         decide::{Deny, FileScope},
@@ -69,6 +71,26 @@ impl Principal {
             }
         }
     }
+
+    /// [`Principal::name`], shared: each thread keeps the last principal it named, so the
+    /// records of one operator's calls share one name instead of formatting it per record.
+    pub(crate) fn shared_name(self) -> Arc<str> {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(Principal, Arc<str>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((p, name)) if *p == self => name.clone(),
+                _ => {
+                    let name: Arc<str> = Arc::from(self.name());
+                    *last = Some((self, name.clone()));
+                    name
+                }
+            }
+        })
+    }
 }
 
 /// The call chain an effect belongs to. An operator's request is the root of its own chain
@@ -77,14 +99,14 @@ impl Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Chain {
     /// The root call's correlation id.
-    pub root: String,
+    pub root: Arc<str>,
     /// The call that asked for this one (`None` at the root).
     pub parent: Option<String>,
     /// How many calls lie between this one and the root (0 at the root).
     pub depth: u32,
     /// This call's own id, its records' correlation: the root's correlation at the root,
     /// `PARENT.N` for the parent's `N`th kernel call.
-    pub call: String,
+    pub call: Arc<str>,
     /// The manifest capabilities every plugin above this call declares (`None`: no plugin
     /// asked for it): a nested call of a built-in has its effect only within them, so that no
     /// plugin gets through another plugin or a built-in what its own manifest does not say.
@@ -95,7 +117,8 @@ pub(crate) struct Chain {
 
 impl Chain {
     /// The chain a request starts: itself, at depth 0.
-    pub(crate) fn root(correlation: String) -> Chain {
+    pub(crate) fn root(correlation: impl Into<Arc<str>>) -> Chain {
+        let correlation = correlation.into();
         Chain {
             root: correlation.clone(),
             parent: None,
@@ -110,9 +133,9 @@ impl Chain {
     pub(crate) fn child(&self, n: u64) -> Chain {
         Chain {
             root: self.root.clone(),
-            parent: Some(self.call.clone()),
+            parent: Some(self.call.to_string()),
             depth: self.depth.saturating_add(1),
-            call: format!("{}.{n}", self.call),
+            call: Arc::from(format!("{}.{n}", self.call)),
             declared: self.declared.clone(),
             caller: None,
         }
@@ -121,7 +144,7 @@ impl Chain {
     /// What a record says of the chain beyond its correlation: nothing at the root.
     fn detail(&self) -> Option<serde_json::Value> {
         (self.depth > 0).then(
-            || serde_json::json!({ "root": self.root, "parent": self.parent, "depth": self.depth }),
+            || serde_json::json!({ "root": &*self.root, "parent": self.parent, "depth": self.depth }),
         )
     }
 }
@@ -150,8 +173,8 @@ impl<'a> Actor<'a> {
         }
     }
 
-    /// The correlation id of this actor's records.
-    pub(crate) fn correlation(&self) -> String {
+    /// The correlation id of this actor's records (shared, not copied).
+    pub(crate) fn correlation(&self) -> Arc<str> {
         self.chain.call.clone()
     }
 
@@ -160,12 +183,25 @@ impl<'a> Actor<'a> {
         if let (Some(chain), Some(map)) = (self.chain.detail(), detail.as_object_mut()) {
             map.insert("chain".into(), chain);
         }
-        Event {
+        Event::new(kind, self.who.shared_name(), self.correlation(), detail)
+    }
+
+    /// A record of `kind` by this actor, in its chain, its detail the object of `fields`
+    /// written once as its stored text: the bytes [`Actor::event`] stores for the same fields
+    /// as a JSON object.
+    pub(crate) fn record(&self, kind: Kind, fields: &[(&str, Field<'_>)]) -> Event {
+        let chain = [
+            ("root", Field::Str(&self.chain.root)),
+            ("parent", Field::OptStr(self.chain.parent.as_deref())),
+            ("depth", Field::U64(u64::from(self.chain.depth))),
+        ];
+        let extra = (self.chain.depth > 0).then_some(("chain", Field::Object(&chain)));
+        Event::new(
             kind,
-            actor: self.who.name(),
-            correlation: self.correlation(),
-            detail,
-        }
+            self.who.shared_name(),
+            self.correlation(),
+            detail::object(fields, extra),
+        )
     }
 }
 
@@ -258,6 +294,37 @@ pub(crate) fn decision_detail(
     })
 }
 
+/// The `policy.decision` record of `o` by `actor`: [`decision_detail`]'s fields, written
+/// once as the record's stored text (the same bytes).
+pub(crate) fn decision_record(
+    actor: &Actor<'_>,
+    o: &Outcome,
+    cap: Capability,
+    target: Option<&str>,
+    command: Option<CommandLine<'_>>,
+) -> Event {
+    let (argv, script) = match command {
+        Some(CommandLine::Argv(a)) => (Some(a), None),
+        Some(CommandLine::Script(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    let reason = o.reason();
+    actor.record(
+        Kind::PolicyDecision,
+        &[
+            ("capability", Field::Str(cap.as_str())),
+            ("target", Field::OptStr(target)),
+            ("argv", Field::Strs(argv)),
+            ("script", Field::OptStr(script)),
+            ("token", Field::OptStr(o.token.as_deref())),
+            ("pack", Field::Str(&o.pack)),
+            ("agent", Field::OptStr(o.agent.as_deref())),
+            ("allowed", Field::Bool(o.allowed())),
+            ("reason", Field::OptStr(reason.as_deref())),
+        ],
+    )
+}
+
 /// Decides `cap` on `target` for `actor`; returns the outcome and its `policy.decision`
 /// record, not yet queued.
 pub(crate) fn decide(
@@ -276,8 +343,8 @@ pub(crate) fn decide(
         outcome.allowed(),
         matches!(outcome.decision, Ok(Decision::NeedsApproval { .. })),
     );
-    let detail = decision_detail(&outcome, cap, target, command);
-    Ok((outcome, actor.event(Kind::PolicyDecision, detail)))
+    let event = decision_record(actor, &outcome, cap, target, command);
+    Ok((outcome, event))
 }
 
 /// Records `event` and waits until it is committed.
@@ -367,4 +434,80 @@ pub(crate) async fn recheck(
     crate::metrics::denied_at_dispatch(cap);
     record(kernel, actor.event(Kind::PolicyDecision, detail)).await?;
     Err(denied(DenialStage::Dispatch, cap, target, &reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::decide::Deny;
+
+    fn actor(chain: Chain) -> Actor<'static> {
+        Actor {
+            who: Principal::Operator { uid: 1000 },
+            bearer: Bearer::Operator,
+            chain,
+            io: None,
+        }
+    }
+
+    /// A `policy.decision` written once as its text stores the bytes its JSON value stored
+    /// (`decision_detail` through `Actor::event`): every outcome, with and without a token,
+    /// agent, command line or script, at the root and nested, hostile text included.
+    #[test]
+    fn a_decision_written_once_keeps_its_bytes() {
+        let root = actor(Chain::root("conn-1/req-2"));
+        let nested = actor(root.chain.child(3));
+        let hostile = "rm -rf \"/\" \\ \u{0} \u{2028} é";
+        let argv = vec!["/bin/sh".to_string(), "-c".into(), hostile.into()];
+        let padded = format!("{hostile}{}", " ".repeat(20_000));
+        let outcome = |decision, token: Option<&str>, agent: Option<&str>| Outcome {
+            decision,
+            pack: "ops".into(),
+            agent: agent.map(String::from),
+            token: token.map(String::from),
+            file: None,
+        };
+        let outcomes = [
+            outcome(Ok(Decision::Allow), None, None),
+            outcome(Ok(Decision::Allow), Some("tok-1"), Some("bot")),
+            outcome(Ok(Decision::Deny(Deny::NotInToken)), Some("tok-1"), None),
+            outcome(
+                Ok(Decision::Deny(Deny::Denylisted(hostile.into()))),
+                None,
+                Some(hostile),
+            ),
+            outcome(
+                Ok(Decision::NeedsApproval {
+                    score: 7,
+                    reasons: vec!["a".into(), hostile.into()],
+                }),
+                Some("tok-2"),
+                None,
+            ),
+        ];
+        let commands = [
+            None,
+            Some(CommandLine::Argv(&argv)),
+            Some(CommandLine::Script(hostile)),
+            Some(CommandLine::Script(&padded)),
+        ];
+        for a in [&root, &nested] {
+            for o in &outcomes {
+                for command in commands {
+                    for target in [None, Some(hostile), Some(padded.as_str())] {
+                        let cap = Capability::ProcessExec;
+                        let new = decision_record(a, o, cap, target, command);
+                        let old = a.event(
+                            Kind::PolicyDecision,
+                            decision_detail(o, cap, target, command),
+                        );
+                        assert_eq!(new.kind, old.kind);
+                        assert_eq!(new.actor, old.actor);
+                        assert_eq!(new.correlation, old.correlation);
+                        assert_eq!(new.detail.bounded(), old.detail.bounded());
+                    }
+                }
+            }
+        }
+    }
 }

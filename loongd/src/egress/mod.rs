@@ -456,9 +456,9 @@ impl Shared {
         }
         Event {
             kind,
-            actor: self.egress.owner.actor.clone(),
-            correlation: self.egress.owner.correlation.clone(),
-            detail,
+            actor: self.egress.owner.actor.as_str().into(),
+            correlation: self.egress.owner.correlation.as_str().into(),
+            detail: detail.into(),
         }
     }
 

@@ -2,7 +2,7 @@ use std::{io::Write, os::fd::AsFd, sync::Mutex, time::Duration};
 
 use loong_ipc::spin::SpinWindow;
 
-use super::readable;
+use super::{readable, spawned_detail};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -61,4 +61,29 @@ fn a_descriptor_that_turns_readable_later_is_waited_for() {
             .expect("the wait ended once the descriptor was readable");
     });
     writer.join().expect("writer");
+}
+
+/// A run's `sandbox.spawned`, written once as its text, stores the bytes its JSON value
+/// stored: with and without its degraded list, a hostile or padded argument included.
+#[test]
+fn a_runs_start_record_written_once_keeps_its_bytes() {
+    let hostile = "a \"b\" \\ \u{0} \u{2028} é";
+    let padded = "x".repeat(crate::audit::MAX_DETAIL_BYTES);
+    for arg in [hostile, padded.as_str()] {
+        let asked = serde_json::json!({
+            "tier": "balanced", "program": "/bin/echo", "args": [arg, "two"],
+            "read": ["/tmp"], "write": [], "allow_net": [], "timeout_ms": null,
+            "memory_bytes": 1, "env": ["HOME"],
+        });
+        for degraded in [Vec::new(), vec!["landlock".to_string(), "cgroup".into()]] {
+            let new = spawned_detail(&asked, 4242, Some(&degraded));
+            let old = crate::audit::Detail::from(
+                serde_json::json!({ "request": asked, "pid": 4242u32, "degraded": degraded }),
+            );
+            assert_eq!(new.bounded(), old.bounded());
+        }
+        let new = spawned_detail(&asked, 7, None);
+        let old = crate::audit::Detail::from(serde_json::json!({ "request": asked, "pid": 7u32 }));
+        assert_eq!(new.bounded(), old.bounded());
+    }
 }

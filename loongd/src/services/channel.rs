@@ -265,9 +265,9 @@ async fn record(host: &ServiceHost, worker: u64, kind: Kind, detail: serde_json:
         .audit
         .record_later(Event {
             kind,
-            actor: format!("worker:{worker}"),
-            correlation: String::new(),
-            detail,
+            actor: format!("worker:{worker}").into(),
+            correlation: crate::audit::no_correlation(),
+            detail: detail.into(),
         })
         .await;
 }

@@ -246,13 +246,14 @@ async fn admit_approvals(
     let cap = Capability::ToolInvoke;
     let event = crate::audit::Event {
         kind: crate::audit::Kind::PolicyDecision,
-        actor: format!("worker:{worker}"),
-        correlation: String::new(),
+        actor: format!("worker:{worker}").into(),
+        correlation: crate::audit::no_correlation(),
         detail: serde_json::json!({
             "allowed": false, "capability": cap.as_str(), "target": "gateway",
             "stage": "approval", "reason": reason, "token": h.token(),
             "kernel_call": kind, "pending_approvals": pending,
-        }),
+        })
+        .into(),
     };
     effects::record(&host.kernel, event).await?;
     Err(effects::denied(

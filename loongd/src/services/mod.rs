@@ -395,12 +395,13 @@ impl ServiceHost {
             .audit
             .record_later(Event {
                 kind: Kind::ProtocolViolation,
-                actor: format!("worker:{worker}"),
-                correlation: String::new(),
+                actor: format!("worker:{worker}").into(),
+                correlation: crate::audit::no_correlation(),
                 detail: serde_json::json!({
                     "worker": worker, "service": self.service.as_str(), "name": self.name,
                     "kernel_call": kind, "violation": why, "retired": false,
-                }),
+                })
+                .into(),
             })
             .await;
     }
@@ -482,9 +483,9 @@ async fn record_coalesced(
         .audit
         .record_later(Event {
             kind: event_kind,
-            actor: format!("worker:{worker}"),
-            correlation: String::new(),
-            detail,
+            actor: format!("worker:{worker}").into(),
+            correlation: crate::audit::no_correlation(),
+            detail: detail.into(),
         })
         .await;
 }

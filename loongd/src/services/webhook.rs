@@ -367,15 +367,15 @@ pub(crate) async fn refused(host: &ServiceHost, worker: u64, why: &str) {
         .audit
         .record_later(Event {
             kind: Kind::ChannelRefused,
-            actor: format!("worker:{worker}"),
-            correlation: String::new(),
+            actor: format!("worker:{worker}").into(),
+            correlation: crate::audit::no_correlation(),
             detail: serde_json::json!({
                 "channel": host.name, "reason": why, "unrecorded_before": unrecorded,
                 "note": format!(
                     "further refused webhook requests of this channel within {} s are counted in `channels status`, not audited one by one",
                     WEBHOOK_REFUSAL_WINDOW_MS / 1000
                 ),
-            }),
+            }).into(),
         })
         .await;
 }

@@ -438,12 +438,13 @@ impl Supervisor {
                     self.audit
                         .record_later(Event {
                             kind: Kind::ProtocolViolation,
-                            actor: format!("worker:{id}"),
-                            correlation: correlation.to_string(),
+                            actor: format!("worker:{id}").into(),
+                            correlation: correlation.into(),
                             detail: serde_json::json!({
                                 "worker": id, "plugin": plugin.id, "kind": self.kind.name,
                                 "violation": what, "retired": true,
-                            }),
+                            })
+                            .into(),
                         })
                         .await;
                 }
@@ -890,12 +891,13 @@ impl Supervisor {
                     self.audit
                         .record_later(Event {
                             kind: Kind::ProtocolViolation,
-                            actor: format!("worker:{id}"),
-                            correlation: String::new(),
+                            actor: format!("worker:{id}").into(),
+                            correlation: crate::audit::no_correlation(),
                             detail: serde_json::json!({
                                 "worker": id, "kind": self.kind.name,
                                 "violation": what, "retired": true,
-                            }),
+                            })
+                            .into(),
                         })
                         .await;
                 }
@@ -957,7 +959,8 @@ impl Supervisor {
                 detail: serde_json::json!({
                     "worker": worker.id, "pid": worker.pid, "why": why, "exit_code": code,
                     "signal": signal, "oom_killed": oom, "killed_by": killed_by,
-                }),
+                })
+                .into(),
             })
             .await;
     }
