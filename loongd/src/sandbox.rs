@@ -1253,7 +1253,7 @@ async fn record_exit(mut r: Reaper) {
         degraded: r.degraded,
     };
     let mut event = r.event;
-    if let Some(detail) = event.detail.as_json_mut().and_then(|d| d.as_object_mut()) {
+    if let Some(detail) = event.detail.object_mut() {
         let more = serde_json::json!({
             "code": exit.code, "signal": exit.signal, "cause": cause, "interrupts": interrupts,
             "timed_out": exit.timed_out, "output_limit_exceeded": exit.output_limit_exceeded,

@@ -19,8 +19,18 @@ use super::{bound, MAX_DETAIL_BYTES};
 pub enum Detail {
     /// A JSON value, bounded into its text by the writer.
     Json(Value),
-    /// The stored text, bounded where it was made.
-    Text(String),
+    /// The stored text, bounded where it was made (only [`object`] makes one).
+    Text(Bounded),
+}
+
+/// A detail's stored text, made only by [`object`]: JSON, at most [`MAX_DETAIL_BYTES`].
+#[derive(Debug, Clone)]
+pub struct Bounded(String);
+
+impl Bounded {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Detail {
@@ -29,15 +39,20 @@ impl Detail {
     pub fn bounded(&self) -> Cow<'_, str> {
         match self {
             Detail::Json(v) => Cow::Owned(bound::bound(v)),
-            Detail::Text(t) => Cow::Borrowed(t),
+            Detail::Text(t) => Cow::Borrowed(&t.0),
         }
     }
 
-    /// The JSON value of a detail not yet bounded, to add to (`None`: a text, already
-    /// bounded and final).
-    pub fn as_json_mut(&mut self) -> Option<&mut Value> {
+    /// The detail's top-level object, to add fields to: a text is parsed back into its value
+    /// first (and bounded again by the writer), so a field added to any record is kept, never
+    /// dropped. `None` only for a detail that is not an object.
+    pub fn object_mut(&mut self) -> Option<&mut Map<String, Value>> {
+        if let Detail::Text(t) = self {
+            let v = serde_json::from_str(&t.0).unwrap_or(Value::Null);
+            *self = Detail::Json(v);
+        }
         match self {
-            Detail::Json(v) => Some(v),
+            Detail::Json(v) => v.as_object_mut(),
             Detail::Text(_) => None,
         }
     }
@@ -46,7 +61,7 @@ impl Detail {
     pub fn value(&self) -> Value {
         match self {
             Detail::Json(v) => v.clone(),
-            Detail::Text(t) => serde_json::from_str(t).unwrap_or(Value::Null),
+            Detail::Text(t) => serde_json::from_str(&t.0).unwrap_or(Value::Null),
         }
     }
 }
@@ -87,13 +102,13 @@ pub fn object(fields: &[(&str, Field<'_>)], extra: Option<(&str, Field<'_>)>) ->
     let text = String::from_utf8(out)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     if text.len() <= MAX_DETAIL_BYTES {
-        return Detail::Text(text);
+        return Detail::Text(Bounded(text));
     }
     let mut map = Map::new();
     for (k, f) in fields.iter().chain(extra) {
         map.insert((*k).to_string(), f.to_value());
     }
-    Detail::Text(bound::bound(&Value::Object(map)))
+    Detail::Text(Bounded(bound::bound(&Value::Object(map))))
 }
 
 /// About how many bytes `fields` take as JSON (a capacity, not a bound).
@@ -146,6 +161,9 @@ fn write_object(out: &mut Vec<u8>, parts: &[&[(&str, Field<'_>)]]) {
     out.push(b'}');
 }
 
+// Writing JSON into a `Vec` cannot fail: the writer is infallible and every serialised type
+// here (strings, integers, `Value`, whose keys are strings) serialises without error, so the
+// results below are dropped; a `Field` of another type would have to keep that true.
 fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json's own string escaping, as a `Value::String` is written.
     let _ = serde_json::to_writer(&mut *out, s);
