@@ -351,6 +351,34 @@ pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Resu
     }
 }
 
+/// `statx(fd, "", AT_EMPTY_PATH)`: the object's (`st_dev`, `st_ino`) and whether it is the
+/// root of a mount (`STATX_ATTR_MOUNT_ROOT`); an error when the kernel does not report that
+/// attribute (before Linux 5.8).
+pub(crate) fn mount_root_id(fd: BorrowedFd<'_>) -> io::Result<((u64, u64), bool)> {
+    // SAFETY: `statx` is plain data; all-zero is a valid value that the call overwrites.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated static path, a descriptor borrowed for the call and a pointer
+    // to a live `statx` the kernel writes within its size.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & attr == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    Ok(((dev, stx.stx_ino), stx.stx_attributes & attr != 0))
+}
+
 /// `pidfd_open(pid, 0)`.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; on success the kernel returns a new descriptor that

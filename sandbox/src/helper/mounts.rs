@@ -623,6 +623,48 @@ pub(super) fn enter(ops: &[MountOp]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether step `i` of `ops` is a mount a template keeps (a bind, `/dev`, a mask): what
+/// [`template_marks`] checks is still in place.
+fn kept_mount(ops: &[MountOp], i: usize) -> bool {
+    match &ops[i] {
+        MountOp::Bind { .. } | MountOp::Dev { .. } => true,
+        MountOp::Tmpfs { .. } => !fresh_per_run(ops, i),
+        MountOp::Symlink { .. } | MountOp::Proc { .. } => false,
+    }
+}
+
+/// The identity (`st_dev`, `st_ino`) of the root of every mount a template keeps
+/// ([`kept_mount`]), in plan order, each checked to be a mount's root at its path (reached
+/// from `/` without following a symlink, nothing created on the way). A host user who
+/// unlinks or renames the host directory entry a mask or a nested grant is mounted on makes
+/// the kernel detach that mount from every namespace, a template's included, or moves it
+/// with the entry: what is then at the path is no mount root, or another object. The builder
+/// records them once the template is built; a run on a copy of it compares before it uses
+/// the copy, and any difference (or a kernel that does not say what a mount root is) means
+/// the template is not used.
+pub(crate) fn template_marks(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
+    let top = base()?;
+    (0..ops.len())
+        .filter(|&i| kept_mount(ops, i))
+        .map(|i| {
+            let dst = op_dst(&ops[i]);
+            let rel = under(Path::new(""), dst);
+            let fd = open_beneath(top.as_fd(), &rel, libc::O_PATH, 0)
+                .map_err(io_fail("open a prepared mount without symlinks", dst))?;
+            let (id, root) = crate::sys::mount_root_id(fd.as_fd())
+                .map_err(io_fail("statx a prepared mount", dst))?;
+            if !root {
+                return Err(Failure::new(
+                    "a prepared mount is gone",
+                    libc::ESTALE,
+                    dst.display().to_string(),
+                ));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
 /// The mount at `dst` (reached without symlinks) and every mount below it made read-only.
 fn read_only(dst: &Path) -> Result<(), Failure> {
     let at = Target::walk(dst)?.open()?;

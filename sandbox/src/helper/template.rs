@@ -57,6 +57,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Message tags on the template socket.
 const BUILD: u8 = b'B';
 const USED: u8 = b'U';
+/// A helper found the template it entered changed since it was built (a kept mount gone or
+/// replaced, [`mounts::template_marks`]): the server drops it.
+const CHANGED: u8 = b'X';
 
 /// One template as a forked helper sees it: its key, where its descriptor is parked, its
 /// serial.
@@ -64,6 +67,15 @@ struct Known {
     key: Vec<u8>,
     fd: RawFd,
     serial: u64,
+    marks: Vec<mounts::SourceId>,
+}
+
+/// The template a run enters: its parked descriptor, its serial, and the identity of each
+/// mount it keeps as its builder saw them ([`mounts::template_marks`]).
+pub(super) struct Chosen {
+    pub fd: RawFd,
+    pub serial: u64,
+    pub marks: Vec<mounts::SourceId>,
 }
 
 /// The server's templates as its forked helpers inherit them; `None` outside a server that
@@ -112,7 +124,7 @@ fn applies(plan: &Plan) -> bool {
 /// if the server has one (its parked descriptor, still open; the helper keeps it through its
 /// descriptor cleanup, enters it and closes it). On a miss the server is asked to build one
 /// for the next run; this run builds its root itself.
-pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
+pub(super) fn choose(plan: &Plan) -> Option<Chosen> {
     if !applies(plan) {
         return None;
     }
@@ -127,7 +139,11 @@ pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
             msg[0] = USED;
             msg[1..].copy_from_slice(&k.serial.to_le_bytes());
             tell(&msg);
-            Some(k.fd)
+            Some(Chosen {
+                fd: k.fd,
+                serial: k.serial,
+                marks: k.marks.clone(),
+            })
         }
         None => {
             if key.len() <= MAX_KEY_BYTES {
@@ -139,6 +155,20 @@ pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
             None
         }
     }
+}
+
+/// In the helper, in its private copy of the template `chosen` (after `setns` and
+/// `unshare`): whether every mount the template keeps is still in place as it was built. When
+/// it is not, the server is told to drop the template.
+pub(super) fn intact(plan: &Plan, chosen: &Chosen) -> bool {
+    let ok = mounts::template_marks(&plan.mounts).is_ok_and(|m| m == chosen.marks);
+    if !ok {
+        let mut msg = [0u8; 9];
+        msg[0] = CHANGED;
+        msg[1..].copy_from_slice(&chosen.serial.to_le_bytes());
+        tell(&msg);
+    }
+    ok
 }
 
 /// Sends `msg` to the server without waiting: a full queue loses a hint, nothing else.
@@ -219,9 +249,23 @@ impl<H> Table<H> {
         }
     }
 
+    /// Drops the template `serial`, if it is still kept.
+    fn remove(&mut self, serial: u64) -> Option<H> {
+        let i = self.entries.iter().position(|e| e.serial == serial)?;
+        Some(self.entries.swap_remove(i).held)
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
     }
+}
+
+/// What holds a template in the server: its descriptor, and the identity of every mount it
+/// keeps.
+pub(super) struct Held {
+    /// Open for as long as the template is kept.
+    _ns: OwnedFd,
+    marks: Vec<mounts::SourceId>,
 }
 
 /// The server's side: the templates, the socket helpers ask on, and its own mount table,
@@ -229,7 +273,7 @@ impl<H> Table<H> {
 pub(super) struct Templates {
     asks: OwnedFd,
     mountinfo: Option<File>,
-    table: Table<OwnedFd>,
+    table: Table<Held>,
 }
 
 impl Templates {
@@ -321,6 +365,12 @@ impl Templates {
                     let serial = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default());
                     self.table.touch(serial);
                 }
+                CHANGED if n == 9 => {
+                    let serial = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default());
+                    if self.table.remove(serial).is_some() {
+                        self.publish();
+                    }
+                }
                 BUILD if n > 1 && n <= 1 + MAX_KEY_BYTES => {
                     let asked = buf[1..n].to_vec();
                     if !self.table.has(&asked) {
@@ -336,7 +386,7 @@ impl Templates {
 
     /// Builds a template for `steps` in a child and keeps it, keyed on what the child bound.
     fn build(&mut self, steps: &[MountOp]) {
-        let Some((key, ns)) = build_in_child(steps) else {
+        let Some((key, marks, ns)) = build_in_child(steps) else {
             return;
         };
         if self.table.has(&key) {
@@ -345,7 +395,7 @@ impl Templates {
         let (slot, dropped) = self.table.make_room();
         drop(dropped);
         if let Some(parked) = park(&ns, FIRST_TEMPLATE_FD + slot as RawFd) {
-            self.table.put(slot, key, parked);
+            self.table.put(slot, key, Held { _ns: parked, marks });
         }
         self.publish();
     }
@@ -361,6 +411,7 @@ impl Templates {
                         key: e.key.clone(),
                         fd: FIRST_TEMPLATE_FD + e.slot as RawFd,
                         serial: e.serial,
+                        marks: e.held.marks.clone(),
                     })
                     .collect(),
             );
@@ -378,7 +429,7 @@ fn park(fd: &OwnedFd, at: RawFd) -> Option<OwnedFd> {
 /// key; the namespace is then opened from `/proc/PID/ns/mnt` before the builder is killed.
 /// `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the namespace opened
 /// is the server's own.
-fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
+fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, Vec<mounts::SourceId>, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     let server = nix::unistd::getpid();
     let pid = match sys::fork().ok()? {
@@ -397,9 +448,18 @@ fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
             let Ok(ids) = mounts::build_template(steps) else {
                 sys::exit_now(1)
             };
+            let Ok(marks) = mounts::template_marks(steps) else {
+                sys::exit_now(1)
+            };
             let key = key(steps, &ids);
-            let mut msg = (key.len() as u32).to_le_bytes().to_vec();
+            let mut msg = ((key.len() + marks.len() * 16) as u32)
+                .to_le_bytes()
+                .to_vec();
             msg.extend_from_slice(&key);
+            for (dev, ino) in marks {
+                msg.extend_from_slice(&dev.to_le_bytes());
+                msg.extend_from_slice(&ino.to_le_bytes());
+            }
             if nix::unistd::write(&w, &msg) != Ok(msg.len()) {
                 sys::exit_now(1);
             }
@@ -410,7 +470,7 @@ fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
         Forked::Parent(pid) => nix::unistd::Pid::from_raw(pid),
     };
     drop(w);
-    let got = read_key(r);
+    let got = read_key(r).and_then(|m| split_marks(steps, m));
     let ns = got.as_ref().and_then(|_| {
         let theirs = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
         let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
@@ -420,7 +480,32 @@ fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
     });
     // SIGCHLD is ignored in the server: the kernel reaps it.
     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-    Some((got?, ns?))
+    let (key, marks) = got?;
+    Some((key, marks, ns?))
+}
+
+/// The builder's message split into its key and the identities of the mounts the template
+/// keeps (16 bytes each, at its end): the key's length is its own first field and what
+/// follows.
+fn split_marks(steps: &[MountOp], mut msg: Vec<u8>) -> Option<(Vec<u8>, Vec<mounts::SourceId>)> {
+    let steps_len = u32::from_le_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+    let at = 4usize.checked_add(steps_len)?;
+    let ids = u32::from_le_bytes(msg.get(at..at + 4)?.try_into().ok()?) as usize;
+    let key_len = at.checked_add(4)?.checked_add(ids.checked_mul(16)?)?;
+    let tail = msg.get(key_len..)?;
+    if tail.len() % 16 != 0 {
+        return None;
+    }
+    let marks: Vec<mounts::SourceId> = tail
+        .chunks_exact(16)
+        .map(|c| {
+            let n = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+            (n(&c[..8]), n(&c[8..]))
+        })
+        .collect();
+    // The key is of the steps asked for.
+    msg.truncate(key_len);
+    (steps_of(&msg)? == steps).then_some((msg, marks))
 }
 
 /// The builder's key: a u32 LE length and that many bytes, within [`BUILD_TIMEOUT`].
