@@ -272,7 +272,7 @@ pub(super) struct Held {
 /// watched for changes.
 pub(super) struct Templates {
     asks: OwnedFd,
-    mountinfo: Option<File>,
+    mountinfo: File,
     table: Table<Held>,
 }
 
@@ -281,7 +281,15 @@ impl Templates {
     /// every forked child before it runs the helper) and the helpers' end parked at
     /// [`TEMPLATE_SOCK_FD`]. `None` when any of it fails: every root is built as before.
     pub(super) fn start(stage_min: RawFd) -> Option<Templates> {
+        Templates::start_with(stage_min, File::open(MOUNTINFO))
+    }
+
+    /// [`Templates::start`] with the server's mount table as opened: templates are kept only
+    /// while a change of it can drop them, so none are when it cannot be watched (not
+    /// opened, or not moved out of the way of the helpers' descriptors).
+    fn start_with(stage_min: RawFd, opened: std::io::Result<File>) -> Option<Templates> {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let mountinfo = watch(opened, stage_min)?;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -298,10 +306,6 @@ impl Templates {
             sys::adopt_fd(raw).ok()
         };
         let asks = high(ours)?;
-        let mountinfo = File::open("/proc/self/mountinfo")
-            .ok()
-            .and_then(|f| high(f.into()))
-            .map(File::from);
         let parked = park(&theirs, TEMPLATE_SOCK_FD)?;
         // Held for the server's life: every helper it forks inherits it.
         std::mem::forget(parked);
@@ -320,10 +324,8 @@ impl Templates {
             let mut polls = vec![
                 PollFd::new(requests.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.asks.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.mountinfo.as_fd(), PollFlags::POLLPRI),
             ];
-            if let Some(m) = &self.mountinfo {
-                polls.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
-            }
             match poll(&mut polls, PollTimeout::NONE) {
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return,
@@ -417,6 +419,21 @@ impl Templates {
             );
         }
     }
+}
+
+/// The server's own mount table, whose changes `poll` reports (`POLLPRI`).
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// `opened` (the mount table) moved to a close-on-exec descriptor at or above `stage_min`;
+/// `None` when it was not opened or cannot be moved.
+fn watch(opened: std::io::Result<File>, stage_min: RawFd) -> Option<File> {
+    let f = opened.ok()?;
+    let raw = nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(stage_min),
+    )
+    .ok()?;
+    sys::adopt_fd(raw).ok().map(File::from)
 }
 
 /// A close-on-exec copy of `fd` at exactly `at` (whatever was there is closed).
@@ -574,6 +591,19 @@ mod tests {
         assert_eq!(steps_of(&k).expect("steps"), ro.to_vec());
         assert!(steps_of(&k[..k.len() / 2]).is_none());
         assert!(steps_of(b"\xff\xff\xff\xff").is_none());
+    }
+
+    /// A server whose mount table cannot be watched keeps no templates (a template would
+    /// outlive a host mount below one of its grants): starting fails before anything is set
+    /// up or published. The control: an opened mount table is watched.
+    #[test]
+    fn no_templates_are_kept_when_the_mount_table_cannot_be_watched() {
+        let refused = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(Templates::start_with(64, Err(refused)).is_none());
+        assert!(KNOWN.lock().expect("known").is_none(), "published a table");
+        assert!(watch(Err(std::io::Error::from_raw_os_error(libc::EMFILE)), 64).is_none());
+        let watched = watch(File::open(MOUNTINFO), 64).expect("the mount table is watched");
+        assert!(watched.as_raw_fd() >= 64);
     }
 
     /// At most [`MAX_TEMPLATES`] are kept; a new one takes the slot of the least recently
