@@ -444,6 +444,53 @@ pub(crate) fn map_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
     }
 }
 
+/// `struct clone_args` of `<linux/sched.h>` (`CLONE_ARGS_SIZE_VER0`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// A fork (`clone3` with `CLONE_PIDFD`) that gives the parent a pidfd of its child made with
+/// it: the child is named by its pidfd whatever happens to its pid (a caller that ignores
+/// `SIGCHLD` has its dead children reaped at once, and their pids reused). The caller is
+/// single-threaded, as for [`fork`].
+pub(crate) fn fork_pidfd() -> io::Result<Option<OwnedFd>> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+    };
+    // SAFETY: `args` is a live, initialised `struct clone_args` whose size is passed with it,
+    // and `pidfd` a live int the kernel writes once; without a stack the child continues on
+    // a copy of this (single-threaded) process's memory, as after `fork`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => Ok(None),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        // SAFETY: `pidfd` is a new descriptor the kernel made for us alone.
+        _ => Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd) })),
+    }
+}
+
 /// A raw system call with up to six integer arguments; returns the result or `-errno`.
 /// Used only by the host probe (`host.rs`) to ask the kernel whether a mechanism exists.
 pub(crate) fn raw_syscall(nr: i64, args: [u64; 6]) -> i64 {

@@ -22,7 +22,6 @@
 
 use std::{
     fs::File,
-    io::Read,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     sync::Mutex,
     time::{Duration, Instant},
@@ -40,7 +39,7 @@ use nix::{
 use super::{mounts, server::SHARED_NETNS_FD};
 use crate::{
     plan::{MountOp, Plan},
-    sys::{self, Forked},
+    sys,
 };
 
 /// The most templates the server keeps.
@@ -388,7 +387,8 @@ impl Templates {
 
     /// Builds a template for `steps` in a child and keeps it, keyed on what the child bound.
     fn build(&mut self, steps: &[MountOp]) {
-        let Some((key, marks, ns)) = build_in_child(steps) else {
+        let (built, _builder) = build_in_child(steps);
+        let Some(Built { key, marks, ns }) = built else {
             return;
         };
         if self.table.has(&key) {
@@ -442,63 +442,114 @@ fn park(fd: &OwnedFd, at: RawFd) -> Option<OwnedFd> {
     (raw == at).then(|| sys::adopt_fd(raw).ok()).flatten()
 }
 
-/// Forks a builder that unshares a mount namespace, builds the template there and writes its
-/// key; the namespace is then opened from `/proc/PID/ns/mnt` before the builder is killed.
-/// `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the namespace opened
-/// is the server's own.
-fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, Vec<mounts::SourceId>, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+/// Forks a builder (named by a pidfd) that unshares a mount namespace, opens it, builds the
+/// template there and sends its key, the identities of its mounts and the namespace's
+/// descriptor (`SCM_RIGHTS`) over a socket pair, then exits: the namespace kept is the one
+/// the builder built in, never one found by pid (a dead builder's pid may be another
+/// process's). `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the
+/// namespace received is the server's own. The builder is killed through its pidfd
+/// whatever happens; the pidfd is returned so that the server sees when it is gone.
+fn build_in_child(steps: &[MountOp]) -> (Option<Built>, Option<OwnedFd>) {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let Ok((ours, theirs)) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ) else {
+        return (None, None);
+    };
     let server = nix::unistd::getpid();
-    let pid = match sys::fork().ok()? {
-        Forked::Child => {
-            drop(r);
+    let pidfd = match sys::fork_pidfd() {
+        Err(_) => return (None, None),
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => {
+            drop(ours);
             if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
                 sys::exit_now(1);
             }
-            let keep = w.as_raw_fd() as u32;
+            let keep = theirs.as_raw_fd() as u32;
             if sys::close_between(3, keep.saturating_sub(1)).is_err()
                 || sys::close_from(keep + 1).is_err()
                 || nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err()
             {
                 sys::exit_now(1);
             }
+            // Opened now, while the host's procfs is still reachable: the namespace this
+            // process unshared.
+            let Ok(ns) = File::open("/proc/self/ns/mnt") else {
+                sys::exit_now(1)
+            };
             let Ok(ids) = mounts::build_template(steps) else {
                 sys::exit_now(1)
             };
             let Ok(marks) = mounts::template_marks(steps) else {
                 sys::exit_now(1)
             };
-            let key = key(steps, &ids);
-            let mut msg = ((key.len() + marks.len() * 16) as u32)
-                .to_le_bytes()
-                .to_vec();
-            msg.extend_from_slice(&key);
+            let mut msg = key(steps, &ids);
             for (dev, ino) in marks {
                 msg.extend_from_slice(&dev.to_le_bytes());
                 msg.extend_from_slice(&ino.to_le_bytes());
             }
-            if nix::unistd::write(&w, &msg) != Ok(msg.len()) {
-                sys::exit_now(1);
-            }
-            loop {
-                nix::unistd::pause();
-            }
+            let fds = [ns.as_raw_fd()];
+            let sent = nix::sys::socket::sendmsg::<()>(
+                theirs.as_raw_fd(),
+                &[std::io::IoSlice::new(&msg)],
+                &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            sys::exit_now(i32::from(sent != Ok(msg.len())))
         }
-        Forked::Parent(pid) => nix::unistd::Pid::from_raw(pid),
     };
-    drop(w);
-    let got = read_key(r).and_then(|m| split_marks(steps, m));
-    let ns = got.as_ref().and_then(|_| {
-        let theirs = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
-        let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
-        let st = nix::sys::stat::fstat(theirs.as_raw_fd()).ok()?;
-        // Never the server's own namespace (the host's root): only a namespace of its own.
-        ((st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)).then(|| OwnedFd::from(theirs))
-    });
-    // SIGCHLD is ignored in the server: the kernel reaps it.
-    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-    let (key, marks) = got?;
-    Some((key, marks, ns?))
+    drop(theirs);
+    let built = receive_built(&ours, steps);
+    // Gone already after a message; stuck (an uninterruptible sleep) it stays counted.
+    let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+    (built, Some(pidfd))
+}
+
+/// A template as its builder sent it.
+struct Built {
+    key: Vec<u8>,
+    marks: Vec<mounts::SourceId>,
+    ns: OwnedFd,
+}
+
+/// The builder's one message, within [`BUILD_TIMEOUT`]: the key of `steps`, the marks after
+/// it, and exactly one descriptor, a mount namespace other than the server's.
+fn receive_built(sock: &OwnedFd, steps: &[MountOp]) -> Option<Built> {
+    let due = Instant::now() + BUILD_TIMEOUT;
+    loop {
+        let left = due.checked_duration_since(Instant::now())?;
+        let mut p = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut p, PollTimeout::from(ms)) {
+            Ok(0) => return None,
+            Ok(_) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    let mut buf = vec![0u8; MAX_KEY_BYTES * 2 + 1];
+    let msg = sys::recv_owning_fds(sock.as_fd(), &mut buf, 1, libc::MSG_DONTWAIT).ok()?;
+    if msg.truncated || msg.bytes == 0 || msg.bytes > MAX_KEY_BYTES * 2 {
+        return None;
+    }
+    let mut fds = msg.fds;
+    let ns = fds.pop()?;
+    if !fds.is_empty() {
+        return None;
+    }
+    let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
+    let st = nix::sys::stat::fstat(ns.as_raw_fd()).ok()?;
+    // Never the server's own namespace (the host's root): only a namespace of its own.
+    if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) {
+        return None;
+    }
+    buf.truncate(msg.bytes);
+    let (key, marks) = split_marks(steps, buf)?;
+    Some(Built { key, marks, ns })
 }
 
 /// The builder's message split into its key and the identities of the mounts the template
@@ -507,7 +558,7 @@ fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, Vec<mounts::SourceId>, 
 fn split_marks(steps: &[MountOp], mut msg: Vec<u8>) -> Option<(Vec<u8>, Vec<mounts::SourceId>)> {
     let steps_len = u32::from_le_bytes(msg.get(..4)?.try_into().ok()?) as usize;
     let at = 4usize.checked_add(steps_len)?;
-    let ids = u32::from_le_bytes(msg.get(at..at + 4)?.try_into().ok()?) as usize;
+    let ids = u32::from_le_bytes(msg.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize;
     let key_len = at.checked_add(4)?.checked_add(ids.checked_mul(16)?)?;
     let tail = msg.get(key_len..)?;
     if tail.len() % 16 != 0 {
@@ -523,40 +574,6 @@ fn split_marks(steps: &[MountOp], mut msg: Vec<u8>) -> Option<(Vec<u8>, Vec<moun
     // The key is of the steps asked for.
     msg.truncate(key_len);
     (steps_of(&msg)? == steps).then_some((msg, marks))
-}
-
-/// The builder's key: a u32 LE length and that many bytes, within [`BUILD_TIMEOUT`].
-fn read_key(r: OwnedFd) -> Option<Vec<u8>> {
-    let due = Instant::now() + BUILD_TIMEOUT;
-    let mut file = File::from(r);
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        if got.len() >= 4 {
-            let len = u32::from_le_bytes(got[..4].try_into().ok()?) as usize;
-            if len > MAX_KEY_BYTES * 2 {
-                return None;
-            }
-            if got.len() == 4 + len {
-                return Some(got.split_off(4));
-            }
-        }
-        let left = due.checked_duration_since(Instant::now())?;
-        let mut p = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        match poll(&mut p, PollTimeout::from(ms)) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => return None,
-        }
-        match file.read(&mut buf) {
-            Ok(0) => return None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -604,6 +621,50 @@ mod tests {
         assert!(watch(Err(std::io::Error::from_raw_os_error(libc::EMFILE)), 64).is_none());
         let watched = watch(File::open(MOUNTINFO), 64).expect("the mount table is watched");
         assert!(watched.as_raw_fd() >= 64);
+    }
+
+    /// The server keeps only the namespace descriptor its builder sent with its key (never one
+    /// looked up by pid): a message without one, with two, or carrying the server's own
+    /// namespace is refused, as is a key of other steps. The control: the key of the steps
+    /// asked for with one other namespace's descriptor is taken, marks and all.
+    #[test]
+    fn only_a_namespace_the_builder_sent_is_kept() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag};
+        let steps = [bind("/srv/a", false)];
+        let mut msg = key(&steps, &[(1, 2)]);
+        msg.extend_from_slice(&7u64.to_le_bytes());
+        msg.extend_from_slice(&8u64.to_le_bytes());
+        let own = File::open("/proc/self/ns/mnt").expect("own ns");
+        let other = File::open("/proc/self/ns/net").expect("another ns");
+        let send = |bytes: &[u8], fds: &[RawFd]| {
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .expect("pair");
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+            sendmsg::<()>(
+                b.as_raw_fd(),
+                &[std::io::IoSlice::new(bytes)],
+                cmsgs,
+                MsgFlags::empty(),
+                None,
+            )
+            .expect("send");
+            receive_built(&a, &steps)
+        };
+        assert!(send(&msg, &[]).is_none(), "a key without a namespace");
+        assert!(send(&msg, &[own.as_raw_fd()]).is_none(), "the server's own");
+        let two = [other.as_raw_fd(), other.as_raw_fd()];
+        assert!(send(&msg, &two).is_none(), "two descriptors");
+        let other_steps = key(&[bind("/srv/b", false)], &[(1, 2)]);
+        assert!(send(&other_steps, &[other.as_raw_fd()]).is_none());
+        let got = send(&msg, &[other.as_raw_fd()]).expect("taken");
+        assert_eq!(got.key, key(&steps, &[(1, 2)]));
+        assert_eq!(got.marks, [(7, 8)]);
     }
 
     /// At most [`MAX_TEMPLATES`] are kept; a new one takes the slot of the least recently
