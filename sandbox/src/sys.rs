@@ -325,6 +325,16 @@ struct MountAttr {
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE)`: sets `attr_set` (only sets, never
 /// clears) on the mount whose root `fd` holds and on every mount below it.
 pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_set(fd, attr_set, libc::AT_RECURSIVE)
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH)`: sets `attr_set` on the mount whose root `fd`
+/// holds only, not on the mounts below it.
+pub(crate) fn mount_set_one(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_set(fd, attr_set, 0)
+}
+
+fn mount_set(fd: BorrowedFd<'_>, attr_set: u64, recursive: libc::c_int) -> io::Result<()> {
     let attr = MountAttr {
         attr_set,
         attr_clr: 0,
@@ -339,7 +349,7 @@ pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Resu
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            (libc::AT_EMPTY_PATH | recursive) as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

@@ -302,9 +302,39 @@ pub(crate) fn source_ids(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
             let pinned = pin_source(src)?;
             let meta =
                 nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+            let fs = nix::sys::statfs::fstatfs(&pinned).map_err(fail("statfs bind source", src))?;
+            if unpreparable_fs(fs.filesystem_type().0 as i64) {
+                return Err(Failure::new(
+                    "bind source on a FUSE or network file system (its root is not prepared)",
+                    libc::EREMOTE,
+                    src.display().to_string(),
+                ));
+            }
             Ok((meta.st_dev, meta.st_ino))
         })
         .collect()
+}
+
+/// File systems no prepared root binds from (`statfs` magic numbers): FUSE (a server that
+/// may stall a builder in an uninterruptible sleep) and network file systems (which may
+/// stall the same way, and whose objects the host does not alone decide).
+const UNPREPARABLE_FS: [i64; 11] = [
+    0x6573_5546, // FUSE (fuse, fuseblk)
+    0x6969,      // NFS
+    0x517b,      // SMB
+    0xff53_4d42, // CIFS
+    0xfe53_4d42, // SMB2
+    0x00c3_6400, // Ceph
+    0x0102_1997, // 9P
+    0x5346_414f, // AFS (kAFS)
+    0x6b41_4653, // AFS (OpenAFS)
+    0x7375_7245, // Coda
+    0x0bd0_0bd0, // Lustre
+];
+
+/// Whether a file system of `magic` is one no prepared root binds from.
+fn unpreparable_fs(magic: i64) -> bool {
+    UNPREPARABLE_FS.contains(&magic)
 }
 
 /// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
@@ -574,6 +604,8 @@ pub(crate) fn build_template(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> 
             "this plan's root cannot be prepared",
         ));
     }
+    // Every source checked where the run checks it, FUSE and network file systems refused.
+    source_ids(ops)?;
     build(ops, Build::Template)
 }
 
@@ -665,10 +697,11 @@ pub(crate) fn template_marks(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> 
         .collect()
 }
 
-/// The mount at `dst` (reached without symlinks) and every mount below it made read-only.
+/// The mount at `dst` (reached without symlinks) made read-only, not the mounts below it (a
+/// later step's bind keeps the flags the plan gives it).
 fn read_only(dst: &Path) -> Result<(), Failure> {
     let at = Target::walk(dst)?.open()?;
-    crate::sys::mount_set_recursive(at.as_fd(), crate::sys::MOUNT_ATTR_RDONLY)
+    crate::sys::mount_set_one(at.as_fd(), crate::sys::MOUNT_ATTR_RDONLY)
         .map_err(io_fail("make a prepared mount read-only", dst))
 }
 
@@ -683,6 +716,9 @@ fn read_only(dst: &Path) -> Result<(), Failure> {
 fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
     let template = how == Build::Template;
     let mut ids = Vec::new();
+    // A template's own tmpfs mounts (masks, `/dev`), made read-only once every step is in
+    // place: a later step below one (a grant below `/dev`) is still mounted on it.
+    let mut read_only_after = Vec::new();
     if let Some(p) = unwalkable_path(ops) {
         return Err(Failure::new(
             "mount point",
@@ -752,7 +788,7 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
                     Some(data.as_str()),
                 )?;
                 if template {
-                    read_only(&d)?;
+                    read_only_after.push(d);
                 }
             }
             MountOp::Bind { src, dst, writable } => ids.push(bind(
@@ -789,10 +825,13 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
                 // Shared by every run on the template: nothing there takes a write but the
                 // device nodes themselves (a write to a device is no file's state).
                 if template {
-                    read_only(&d)?;
+                    read_only_after.push(d);
                 }
             }
         }
+    }
+    for d in &read_only_after {
+        read_only(d)?;
     }
 
     umount2(old, MntFlags::MNT_DETACH).map_err(fail("detach the old root", old))?;
@@ -940,7 +979,12 @@ mod tests {
                 target: "usr/bin".into(),
                 dst: "/bin".into(),
             },
-            tmpfs("/etc/loong"),
+            // A mask, as plans make them (no access but its owner's).
+            MountOp::Tmpfs {
+                dst: "/etc/loong".into(),
+                size: 4096,
+                mode: 0o700,
+            },
             proc_.clone(),
             dev.clone(),
             tmpfs("/tmp"),
@@ -977,6 +1021,27 @@ mod tests {
         let mut beside = balanced.clone();
         beside.insert(0, bind("/tmpx"));
         assert!(preparable(&beside));
+    }
+
+    /// A root bound from a FUSE or network file system is not prepared (its builder could
+    /// stall); the control: a local file system's root is.
+    #[test]
+    fn a_root_bound_from_fuse_or_a_network_file_system_is_not_prepared() {
+        for magic in [0x6573_5546, 0x6969, 0xff53_4d42, 0x0102_1997] {
+            assert!(unpreparable_fs(magic), "{magic:x}");
+        }
+        let local = |p: &str| {
+            let fs = nix::sys::statfs::statfs(p).expect("statfs");
+            unpreparable_fs(fs.filesystem_type().0 as i64)
+        };
+        assert!(!local("/"));
+        assert!(!local(env!("CARGO_MANIFEST_DIR")));
+        assert!(source_ids(&[MountOp::Bind {
+            src: env!("CARGO_MANIFEST_DIR").into(),
+            dst: "/x".into(),
+            writable: false,
+        }])
+        .is_ok());
     }
 
     #[test]

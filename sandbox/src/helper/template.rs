@@ -53,6 +53,10 @@ const FIRST_TEMPLATE_FD: RawFd = TEMPLATE_SOCK_FD - MAX_TEMPLATES as RawFd;
 pub const MAX_KEY_BYTES: usize = 64 << 10;
 /// How long the server waits for a template's builder before it gives up on it.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most roots remembered as failed to prepare, the oldest forgotten first.
+pub const MAX_FAILED: usize = 32;
+/// How long a root that failed to prepare is not tried again.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(60);
 /// Message tags on the template socket.
 const BUILD: u8 = b'B';
 const USED: u8 = b'U';
@@ -273,6 +277,37 @@ pub(super) struct Templates {
     asks: OwnedFd,
     mountinfo: File,
     table: Table<Held>,
+    /// The last builder's pidfd, until it is gone.
+    builder: Option<OwnedFd>,
+    failed: Failed,
+}
+
+/// Whether the process of `pidfd` has not exited (a pidfd polls readable once it has).
+fn alive(pidfd: &OwnedFd) -> bool {
+    let mut p = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
+}
+
+/// Roots whose build failed lately (their keys as asked), at most [`MAX_FAILED`].
+#[derive(Default)]
+struct Failed {
+    keys: std::collections::VecDeque<(Vec<u8>, Instant)>,
+}
+
+impl Failed {
+    /// Whether `key` failed less than [`RETRY_FAILED_AFTER`] before `now`.
+    fn holds(&mut self, key: &[u8], now: Instant) -> bool {
+        self.keys
+            .retain(|(_, at)| now.saturating_duration_since(*at) < RETRY_FAILED_AFTER);
+        self.keys.iter().any(|(k, _)| k == key)
+    }
+
+    fn add(&mut self, key: Vec<u8>, now: Instant) {
+        if self.keys.len() >= MAX_FAILED {
+            self.keys.pop_front();
+        }
+        self.keys.push_back((key, now));
+    }
 }
 
 impl Templates {
@@ -313,6 +348,8 @@ impl Templates {
             asks,
             mountinfo,
             table: Table::default(),
+            builder: None,
+            failed: Failed::default(),
         })
     }
 
@@ -376,7 +413,7 @@ impl Templates {
                     let asked = buf[1..n].to_vec();
                     if !self.table.has(&asked) {
                         if let Some(steps) = steps_of(&asked) {
-                            self.build(&steps);
+                            self.build(&asked, &steps);
                         }
                     }
                 }
@@ -386,9 +423,17 @@ impl Templates {
     }
 
     /// Builds a template for `steps` in a child and keeps it, keyed on what the child bound.
-    fn build(&mut self, steps: &[MountOp]) {
-        let (built, _builder) = build_in_child(steps);
+    /// At most one builder is alive: one stuck (an uninterruptible sleep in a file system)
+    /// holds off every later build until it is gone, and each run builds its own root
+    /// meanwhile. A root whose build failed is not tried again for [`RETRY_FAILED_AFTER`].
+    fn build(&mut self, asked: &[u8], steps: &[MountOp]) {
+        if self.builder.as_ref().is_some_and(alive) || self.failed.holds(asked, Instant::now()) {
+            return;
+        }
+        let (built, builder) = build_in_child(steps);
+        self.builder = builder;
         let Some(Built { key, marks, ns }) = built else {
+            self.failed.add(asked.to_vec(), Instant::now());
             return;
         };
         if self.table.has(&key) {
@@ -665,6 +710,25 @@ mod tests {
         let got = send(&msg, &[other.as_raw_fd()]).expect("taken");
         assert_eq!(got.key, key(&steps, &[(1, 2)]));
         assert_eq!(got.marks, [(7, 8)]);
+    }
+
+    /// A root that failed to prepare is not tried again for a while, and at most
+    /// [`MAX_FAILED`] are remembered; the control: another root, and the same root once the
+    /// while is over, are tried.
+    #[test]
+    fn a_root_that_failed_is_not_retried_for_a_while() {
+        let now = Instant::now();
+        let mut f = Failed::default();
+        f.add(vec![1], now);
+        assert!(f.holds(&[1], now + Duration::from_secs(1)));
+        assert!(!f.holds(&[2], now));
+        assert!(!f.holds(&[1], now + RETRY_FAILED_AFTER));
+        for i in 0..=MAX_FAILED as u32 {
+            f.add(i.to_le_bytes().to_vec(), now);
+        }
+        assert_eq!(f.keys.len(), MAX_FAILED);
+        assert!(!f.holds(&0u32.to_le_bytes(), now));
+        assert!(f.holds(&(MAX_FAILED as u32).to_le_bytes(), now));
     }
 
     /// At most [`MAX_TEMPLATES`] are kept; a new one takes the slot of the least recently
