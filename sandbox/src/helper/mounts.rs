@@ -564,17 +564,32 @@ pub(crate) fn preparable(ops: &[MountOp]) -> bool {
     {
         return false;
     }
-    (0..ops.len()).filter(|&i| fresh_per_run(ops, i)).all(|i| {
-        let dst = op_dst(&ops[i]);
-        under(Path::new("/"), dst) != Path::new("/")
-            && !ops
-                .iter()
-                .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b)))
-            && !ops[i + 1..]
-                .iter()
-                .any(|later| at_or_below(op_dst(later), dst))
-    })
+    // A tmpfs kept in the template (below a bind) is shared and read-only there: only a
+    // mask, which gives no one but its owner (root) any access, may be; a writable one would
+    // be the run's own in a root built for it.
+    let kept_tmpfs_masks = ops.iter().enumerate().all(|(i, op)| match op {
+        MountOp::Tmpfs { mode, .. } if !fresh_per_run(ops, i) => mode & MASK_ACCESS == 0,
+        _ => true,
+    });
+    kept_tmpfs_masks
+        && (0..ops.len()).filter(|&i| fresh_per_run(ops, i)).all(|i| {
+            let dst = op_dst(&ops[i]);
+            under(Path::new("/"), dst) != Path::new("/")
+                && !ops
+                    .iter()
+                    .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b)))
+                // A later step below it (built in the template, then covered by the run's
+                // fresh mount) or covering it (in a root built for the run, it hides the fresh
+                // mount; in a copy of the template, the run's fresh mount would be on top).
+                && !ops[i + 1..].iter().any(|later| {
+                    at_or_below(op_dst(later), dst) || at_or_below(dst, op_dst(later))
+                })
+        })
 }
+
+/// The mode bits of a tmpfs root that give anyone but its owner access: a tmpfs below a bind
+/// with none of them is a mask (loongd's own paths hidden inside a bound system path).
+const MASK_ACCESS: u32 = 0o077;
 
 /// How [`build`] treats the steps.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1042,6 +1057,41 @@ mod tests {
             writable: false,
         }])
         .is_ok());
+    }
+
+    /// Two more shapes a template would change are not prepared: a step after a fresh mount
+    /// that covers it (a root built for the run hides the fresh mount under it; a copy of the
+    /// template would show it), and a tmpfs below a bind that is not a mask (kept, it would
+    /// be shared and read-only instead of the run's own and writable). Controls: the same
+    /// step before the fresh mount, and a mask (mode 0700) below a bind, are prepared.
+    #[test]
+    fn a_root_whose_steps_cover_a_fresh_mount_or_share_a_writable_tmpfs_is_not_prepared() {
+        let bind = |p: &str| MountOp::Bind {
+            src: p.into(),
+            dst: p.into(),
+            writable: false,
+        };
+        let tmpfs = |p: &str, mode: u32| MountOp::Tmpfs {
+            dst: p.into(),
+            size: 4096,
+            mode,
+        };
+        let dev = MountOp::Dev { dst: "/dev".into() };
+        // A later tmpfs at /var covering the run's fresh /var/tmp, and a later /dev over a
+        // fresh /dev/shm.
+        assert!(!preparable(&[
+            bind("/usr"),
+            tmpfs("/var/tmp", 0o1777),
+            tmpfs("/var", 0o755)
+        ]));
+        assert!(!preparable(&[tmpfs("/dev/shm", 0o1777), dev.clone()]));
+        // A writable tmpfs below a bind.
+        assert!(!preparable(&[bind("/srv"), tmpfs("/srv/cache", 0o1777)]));
+        assert!(!preparable(&[bind("/srv"), tmpfs("/srv/cache", 0o750)]));
+        // Controls.
+        assert!(preparable(&[dev, tmpfs("/dev/shm", 0o1777)]));
+        assert!(preparable(&[bind("/usr"), tmpfs("/var", 0o755)]));
+        assert!(preparable(&[bind("/etc"), tmpfs("/etc/loong", 0o700)]));
     }
 
     #[test]
