@@ -325,6 +325,16 @@ struct MountAttr {
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE)`: sets `attr_set` (only sets, never
 /// clears) on the mount whose root `fd` holds and on every mount below it.
 pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_set(fd, attr_set, libc::AT_RECURSIVE)
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH)`: sets `attr_set` on the mount whose root `fd`
+/// holds only, not on the mounts below it.
+pub(crate) fn mount_set_one(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_set(fd, attr_set, 0)
+}
+
+fn mount_set(fd: BorrowedFd<'_>, attr_set: u64, recursive: libc::c_int) -> io::Result<()> {
     let attr = MountAttr {
         attr_set,
         attr_clr: 0,
@@ -339,7 +349,7 @@ pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Resu
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            (libc::AT_EMPTY_PATH | recursive) as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -349,6 +359,34 @@ pub(crate) fn mount_set_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Resu
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH)`: the object's (`st_dev`, `st_ino`) and whether it is the
+/// root of a mount (`STATX_ATTR_MOUNT_ROOT`); an error when the kernel does not report that
+/// attribute (before Linux 5.8).
+pub(crate) fn mount_root_id(fd: BorrowedFd<'_>) -> io::Result<((u64, u64), bool)> {
+    // SAFETY: `statx` is plain data; all-zero is a valid value that the call overwrites.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated static path, a descriptor borrowed for the call and a pointer
+    // to a live `statx` the kernel writes within its size.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & attr == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    Ok(((dev, stx.stx_ino), stx.stx_attributes & attr != 0))
 }
 
 /// `pidfd_open(pid, 0)`.
@@ -413,6 +451,53 @@ pub(crate) fn map_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
     // no memory other than its own captured vector (allocated before the fork).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(cmd, closure);
+    }
+}
+
+/// `struct clone_args` of `<linux/sched.h>` (`CLONE_ARGS_SIZE_VER0`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// A fork (`clone3` with `CLONE_PIDFD`) that gives the parent a pidfd of its child made with
+/// it: the child is named by its pidfd whatever happens to its pid (a caller that ignores
+/// `SIGCHLD` has its dead children reaped at once, and their pids reused). The caller is
+/// single-threaded, as for [`fork`].
+pub(crate) fn fork_pidfd() -> io::Result<Option<OwnedFd>> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+    };
+    // SAFETY: `args` is a live, initialised `struct clone_args` whose size is passed with it,
+    // and `pidfd` a live int the kernel writes once; without a stack the child continues on
+    // a copy of this (single-threaded) process's memory, as after `fork`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => Ok(None),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        // SAFETY: `pidfd` is a new descriptor the kernel made for us alone.
+        _ => Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd) })),
     }
 }
 

@@ -236,3 +236,63 @@ fn a_host_mount_made_after_a_template_was_built_is_in_the_next_run() {
         "a run did not see a mount the host made before it started"
     );
 }
+
+/// A template whose kept mount the kernel removed is not used: a host user who may write a
+/// granted directory replaces the entry a read-only grant below it is bound on with the same
+/// file (`ln f .t; rm f; mv .t f`: same inode, same key), which makes the kernel detach that
+/// bind from every namespace, the template's included. The next run still finds the file
+/// read-only (its root is checked and, changed, built anew). The controls: before, runs of
+/// the plan share a template and find the file read-only and its directory writable.
+#[test]
+fn a_template_whose_nested_grant_the_host_unlinked_is_not_used() {
+    if !is_root() {
+        skip(
+            "a_template_whose_nested_grant_the_host_unlinked_is_not_used",
+            "prepared roots are root mode's",
+        );
+        return;
+    }
+    let host = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = host.path().join("p");
+    fs::create_dir(&dir).expect("dir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let cfg = dir.join("deploy.cfg");
+    fs::write(&cfg, "v1\n").expect("cfg");
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let home = Home::new();
+    home.start();
+    let (d, c) = (dir.display().to_string(), cfg.display().to_string());
+    let grants = ["--write", d.as_str(), "--read", c.as_str()];
+    let probe = format!(
+        "echo WROTE; (echo x >> {c}) 2>/dev/null && echo cfg; \
+         (echo x > {d}/other) 2>/dev/null && echo other; true"
+    );
+    let mut paired = false;
+    for _ in 0..PAIR_TRIES {
+        let a = run(&home, &grants, &probe);
+        let b = run(&home, &grants, &probe);
+        for s in [&a, &b] {
+            assert_eq!(section(s, "WROTE"), ["other"], "{:?}", s.lines);
+        }
+        if a.dev == b.dev {
+            paired = true;
+            break;
+        }
+    }
+    assert!(paired, "no two runs of the same plan shared a template");
+    // The host's entry replaced by the same inode.
+    let tmp = dir.join(".t");
+    fs::hard_link(&cfg, &tmp).expect("link");
+    fs::remove_file(&cfg).expect("unlink");
+    fs::rename(&tmp, &cfg).expect("rename");
+    for _ in 0..2 {
+        let after = run(&home, &grants, &probe);
+        assert_eq!(
+            section(&after, "WROTE"),
+            ["other"],
+            "a read-only grant took a write after the host replaced its entry"
+        );
+    }
+    assert_eq!(fs::read_to_string(&cfg).expect("cfg"), "v1\n");
+}

@@ -140,10 +140,10 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     let close_fail =
         |e: std::io::Error| Failure::new("close_range", e.raw_os_error().unwrap_or(0), "");
     let template = match template::choose(&plan) {
-        Some(fd) if fd as u32 > keep_to => {
-            sys::close_between(keep_to, fd as u32 - 1).map_err(close_fail)?;
-            sys::close_from(fd as u32 + 1).map_err(close_fail)?;
-            sys::adopt_fd(fd).ok()
+        Some(c) if c.fd as u32 > keep_to => {
+            sys::close_between(keep_to, c.fd as u32 - 1).map_err(close_fail)?;
+            sys::close_from(c.fd as u32 + 1).map_err(close_fail)?;
+            sys::adopt_fd(c.fd).ok().map(|fd| (fd, c))
         }
         _ => {
             sys::close_from(keep_to).map_err(close_fail)?;
@@ -168,9 +168,29 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     // Entering the template sets this process's root and working directory to the template's
     // root; the unshare below makes the run's mount namespace a private copy of it. A
     // template that cannot be entered leaves everything as it was: the run builds its root.
-    let entered = template
-        .is_some_and(|ns| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).is_ok());
+    // The server's namespace is kept to come back to: a template whose mounts changed since
+    // it was built is left for a root built here.
+    let (mut entered, mut chosen, mut home_ns) = (false, None, None);
+    if let Some((ns, c)) = template {
+        let home = File::open("/proc/self/ns/mnt").ok();
+        if home.is_some() && nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).is_ok() {
+            (entered, chosen, home_ns) = (true, Some(c), home);
+        }
+    }
     confine::unshare(&plan)?;
+    // Before anything else in the private copy: every mount the template keeps is still the
+    // one its builder made (a host user can make the kernel detach a mask or a nested grant
+    // mounted on a host directory entry, in every namespace). If not, the server drops it
+    // and this run goes back to the server's namespace and builds its root there.
+    if let (Some(c), Some(home)) = (chosen.take(), home_ns.take()) {
+        if !template::intact(&plan, &c) {
+            nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(nix_fail("setns back from a changed prepared root"))?;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(nix_fail("unshare after a changed prepared root"))?;
+            entered = false;
+        }
+    }
 
     // The payload reports a failed step (or nothing, when execve succeeds) on this pipe.
     let (err_r, err_w) =

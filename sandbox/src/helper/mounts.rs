@@ -302,9 +302,39 @@ pub(crate) fn source_ids(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
             let pinned = pin_source(src)?;
             let meta =
                 nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
+            let fs = nix::sys::statfs::fstatfs(&pinned).map_err(fail("statfs bind source", src))?;
+            if unpreparable_fs(fs.filesystem_type().0 as i64) {
+                return Err(Failure::new(
+                    "bind source on a FUSE or network file system (its root is not prepared)",
+                    libc::EREMOTE,
+                    src.display().to_string(),
+                ));
+            }
             Ok((meta.st_dev, meta.st_ino))
         })
         .collect()
+}
+
+/// File systems no prepared root binds from (`statfs` magic numbers): FUSE (a server that
+/// may stall a builder in an uninterruptible sleep) and network file systems (which may
+/// stall the same way, and whose objects the host does not alone decide).
+const UNPREPARABLE_FS: [i64; 11] = [
+    0x6573_5546, // FUSE (fuse, fuseblk)
+    0x6969,      // NFS
+    0x517b,      // SMB
+    0xff53_4d42, // CIFS
+    0xfe53_4d42, // SMB2
+    0x00c3_6400, // Ceph
+    0x0102_1997, // 9P
+    0x5346_414f, // AFS (kAFS)
+    0x6b41_4653, // AFS (OpenAFS)
+    0x7375_7245, // Coda
+    0x0bd0_0bd0, // Lustre
+];
+
+/// Whether a file system of `magic` is one no prepared root binds from.
+fn unpreparable_fs(magic: i64) -> bool {
+    UNPREPARABLE_FS.contains(&magic)
 }
 
 /// One of the minimal `/dev`'s nodes bound from `src`, writable, once the descriptor bound
@@ -534,17 +564,32 @@ pub(crate) fn preparable(ops: &[MountOp]) -> bool {
     {
         return false;
     }
-    (0..ops.len()).filter(|&i| fresh_per_run(ops, i)).all(|i| {
-        let dst = op_dst(&ops[i]);
-        under(Path::new("/"), dst) != Path::new("/")
-            && !ops
-                .iter()
-                .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b)))
-            && !ops[i + 1..]
-                .iter()
-                .any(|later| at_or_below(op_dst(later), dst))
-    })
+    // A tmpfs kept in the template (below a bind) is shared and read-only there: only a
+    // mask, which gives no one but its owner (root) any access, may be; a writable one would
+    // be the run's own in a root built for it.
+    let kept_tmpfs_masks = ops.iter().enumerate().all(|(i, op)| match op {
+        MountOp::Tmpfs { mode, .. } if !fresh_per_run(ops, i) => mode & MASK_ACCESS == 0,
+        _ => true,
+    });
+    kept_tmpfs_masks
+        && (0..ops.len()).filter(|&i| fresh_per_run(ops, i)).all(|i| {
+            let dst = op_dst(&ops[i]);
+            under(Path::new("/"), dst) != Path::new("/")
+                && !ops
+                    .iter()
+                    .any(|op| matches!(op, MountOp::Bind { dst: b, .. } if at_or_below(dst, b)))
+                // A later step below it (built in the template, then covered by the run's
+                // fresh mount) or covering it (in a root built for the run, it hides the fresh
+                // mount; in a copy of the template, the run's fresh mount would be on top).
+                && !ops[i + 1..].iter().any(|later| {
+                    at_or_below(op_dst(later), dst) || at_or_below(dst, op_dst(later))
+                })
+        })
 }
+
+/// The mode bits of a tmpfs root that give anyone but its owner access: a tmpfs below a bind
+/// with none of them is a mask (loongd's own paths hidden inside a bound system path).
+const MASK_ACCESS: u32 = 0o077;
 
 /// How [`build`] treats the steps.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -574,6 +619,8 @@ pub(crate) fn build_template(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> 
             "this plan's root cannot be prepared",
         ));
     }
+    // Every source checked where the run checks it, FUSE and network file systems refused.
+    source_ids(ops)?;
     build(ops, Build::Template)
 }
 
@@ -623,10 +670,53 @@ pub(super) fn enter(ops: &[MountOp]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The mount at `dst` (reached without symlinks) and every mount below it made read-only.
+/// Whether step `i` of `ops` is a mount a template keeps (a bind, `/dev`, a mask): what
+/// [`template_marks`] checks is still in place.
+fn kept_mount(ops: &[MountOp], i: usize) -> bool {
+    match &ops[i] {
+        MountOp::Bind { .. } | MountOp::Dev { .. } => true,
+        MountOp::Tmpfs { .. } => !fresh_per_run(ops, i),
+        MountOp::Symlink { .. } | MountOp::Proc { .. } => false,
+    }
+}
+
+/// The identity (`st_dev`, `st_ino`) of the root of every mount a template keeps
+/// ([`kept_mount`]), in plan order, each checked to be a mount's root at its path (reached
+/// from `/` without following a symlink, nothing created on the way). A host user who
+/// unlinks or renames the host directory entry a mask or a nested grant is mounted on makes
+/// the kernel detach that mount from every namespace, a template's included, or moves it
+/// with the entry: what is then at the path is no mount root, or another object. The builder
+/// records them once the template is built; a run on a copy of it compares before it uses
+/// the copy, and any difference (or a kernel that does not say what a mount root is) means
+/// the template is not used.
+pub(crate) fn template_marks(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
+    let top = base()?;
+    (0..ops.len())
+        .filter(|&i| kept_mount(ops, i))
+        .map(|i| {
+            let dst = op_dst(&ops[i]);
+            let rel = under(Path::new(""), dst);
+            let fd = open_beneath(top.as_fd(), &rel, libc::O_PATH, 0)
+                .map_err(io_fail("open a prepared mount without symlinks", dst))?;
+            let (id, root) = crate::sys::mount_root_id(fd.as_fd())
+                .map_err(io_fail("statx a prepared mount", dst))?;
+            if !root {
+                return Err(Failure::new(
+                    "a prepared mount is gone",
+                    libc::ESTALE,
+                    dst.display().to_string(),
+                ));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+/// The mount at `dst` (reached without symlinks) made read-only, not the mounts below it (a
+/// later step's bind keeps the flags the plan gives it).
 fn read_only(dst: &Path) -> Result<(), Failure> {
     let at = Target::walk(dst)?.open()?;
-    crate::sys::mount_set_recursive(at.as_fd(), crate::sys::MOUNT_ATTR_RDONLY)
+    crate::sys::mount_set_one(at.as_fd(), crate::sys::MOUNT_ATTR_RDONLY)
         .map_err(io_fail("make a prepared mount read-only", dst))
 }
 
@@ -641,6 +731,9 @@ fn read_only(dst: &Path) -> Result<(), Failure> {
 fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
     let template = how == Build::Template;
     let mut ids = Vec::new();
+    // A template's own tmpfs mounts (masks, `/dev`), made read-only once every step is in
+    // place: a later step below one (a grant below `/dev`) is still mounted on it.
+    let mut read_only_after = Vec::new();
     if let Some(p) = unwalkable_path(ops) {
         return Err(Failure::new(
             "mount point",
@@ -710,7 +803,7 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
                     Some(data.as_str()),
                 )?;
                 if template {
-                    read_only(&d)?;
+                    read_only_after.push(d);
                 }
             }
             MountOp::Bind { src, dst, writable } => ids.push(bind(
@@ -747,10 +840,13 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
                 // Shared by every run on the template: nothing there takes a write but the
                 // device nodes themselves (a write to a device is no file's state).
                 if template {
-                    read_only(&d)?;
+                    read_only_after.push(d);
                 }
             }
         }
+    }
+    for d in &read_only_after {
+        read_only(d)?;
     }
 
     umount2(old, MntFlags::MNT_DETACH).map_err(fail("detach the old root", old))?;
@@ -898,7 +994,12 @@ mod tests {
                 target: "usr/bin".into(),
                 dst: "/bin".into(),
             },
-            tmpfs("/etc/loong"),
+            // A mask, as plans make them (no access but its owner's).
+            MountOp::Tmpfs {
+                dst: "/etc/loong".into(),
+                size: 4096,
+                mode: 0o700,
+            },
             proc_.clone(),
             dev.clone(),
             tmpfs("/tmp"),
@@ -935,6 +1036,62 @@ mod tests {
         let mut beside = balanced.clone();
         beside.insert(0, bind("/tmpx"));
         assert!(preparable(&beside));
+    }
+
+    /// A root bound from a FUSE or network file system is not prepared (its builder could
+    /// stall); the control: a local file system's root is.
+    #[test]
+    fn a_root_bound_from_fuse_or_a_network_file_system_is_not_prepared() {
+        for magic in [0x6573_5546, 0x6969, 0xff53_4d42, 0x0102_1997] {
+            assert!(unpreparable_fs(magic), "{magic:x}");
+        }
+        let local = |p: &str| {
+            let fs = nix::sys::statfs::statfs(p).expect("statfs");
+            unpreparable_fs(fs.filesystem_type().0 as i64)
+        };
+        assert!(!local("/"));
+        assert!(!local(env!("CARGO_MANIFEST_DIR")));
+        assert!(source_ids(&[MountOp::Bind {
+            src: env!("CARGO_MANIFEST_DIR").into(),
+            dst: "/x".into(),
+            writable: false,
+        }])
+        .is_ok());
+    }
+
+    /// Two more shapes a template would change are not prepared: a step after a fresh mount
+    /// that covers it (a root built for the run hides the fresh mount under it; a copy of the
+    /// template would show it), and a tmpfs below a bind that is not a mask (kept, it would
+    /// be shared and read-only instead of the run's own and writable). Controls: the same
+    /// step before the fresh mount, and a mask (mode 0700) below a bind, are prepared.
+    #[test]
+    fn a_root_whose_steps_cover_a_fresh_mount_or_share_a_writable_tmpfs_is_not_prepared() {
+        let bind = |p: &str| MountOp::Bind {
+            src: p.into(),
+            dst: p.into(),
+            writable: false,
+        };
+        let tmpfs = |p: &str, mode: u32| MountOp::Tmpfs {
+            dst: p.into(),
+            size: 4096,
+            mode,
+        };
+        let dev = MountOp::Dev { dst: "/dev".into() };
+        // A later tmpfs at /var covering the run's fresh /var/tmp, and a later /dev over a
+        // fresh /dev/shm.
+        assert!(!preparable(&[
+            bind("/usr"),
+            tmpfs("/var/tmp", 0o1777),
+            tmpfs("/var", 0o755)
+        ]));
+        assert!(!preparable(&[tmpfs("/dev/shm", 0o1777), dev.clone()]));
+        // A writable tmpfs below a bind.
+        assert!(!preparable(&[bind("/srv"), tmpfs("/srv/cache", 0o1777)]));
+        assert!(!preparable(&[bind("/srv"), tmpfs("/srv/cache", 0o750)]));
+        // Controls.
+        assert!(preparable(&[dev, tmpfs("/dev/shm", 0o1777)]));
+        assert!(preparable(&[bind("/usr"), tmpfs("/var", 0o755)]));
+        assert!(preparable(&[bind("/etc"), tmpfs("/etc/loong", 0o700)]));
     }
 
     #[test]

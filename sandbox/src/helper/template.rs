@@ -22,7 +22,6 @@
 
 use std::{
     fs::File,
-    io::Read,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     sync::Mutex,
     time::{Duration, Instant},
@@ -40,7 +39,7 @@ use nix::{
 use super::{mounts, server::SHARED_NETNS_FD};
 use crate::{
     plan::{MountOp, Plan},
-    sys::{self, Forked},
+    sys,
 };
 
 /// The most templates the server keeps.
@@ -54,9 +53,16 @@ const FIRST_TEMPLATE_FD: RawFd = TEMPLATE_SOCK_FD - MAX_TEMPLATES as RawFd;
 pub const MAX_KEY_BYTES: usize = 64 << 10;
 /// How long the server waits for a template's builder before it gives up on it.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most roots remembered as failed to prepare, the oldest forgotten first.
+pub const MAX_FAILED: usize = 32;
+/// How long a root that failed to prepare is not tried again.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(60);
 /// Message tags on the template socket.
 const BUILD: u8 = b'B';
 const USED: u8 = b'U';
+/// A helper found the template it entered changed since it was built (a kept mount gone or
+/// replaced, [`mounts::template_marks`]): the server drops it.
+const CHANGED: u8 = b'X';
 
 /// One template as a forked helper sees it: its key, where its descriptor is parked, its
 /// serial.
@@ -64,6 +70,15 @@ struct Known {
     key: Vec<u8>,
     fd: RawFd,
     serial: u64,
+    marks: Vec<mounts::SourceId>,
+}
+
+/// The template a run enters: its parked descriptor, its serial, and the identity of each
+/// mount it keeps as its builder saw them ([`mounts::template_marks`]).
+pub(super) struct Chosen {
+    pub fd: RawFd,
+    pub serial: u64,
+    pub marks: Vec<mounts::SourceId>,
 }
 
 /// The server's templates as its forked helpers inherit them; `None` outside a server that
@@ -112,7 +127,7 @@ fn applies(plan: &Plan) -> bool {
 /// if the server has one (its parked descriptor, still open; the helper keeps it through its
 /// descriptor cleanup, enters it and closes it). On a miss the server is asked to build one
 /// for the next run; this run builds its root itself.
-pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
+pub(super) fn choose(plan: &Plan) -> Option<Chosen> {
     if !applies(plan) {
         return None;
     }
@@ -127,7 +142,11 @@ pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
             msg[0] = USED;
             msg[1..].copy_from_slice(&k.serial.to_le_bytes());
             tell(&msg);
-            Some(k.fd)
+            Some(Chosen {
+                fd: k.fd,
+                serial: k.serial,
+                marks: k.marks.clone(),
+            })
         }
         None => {
             if key.len() <= MAX_KEY_BYTES {
@@ -139,6 +158,20 @@ pub(super) fn choose(plan: &Plan) -> Option<RawFd> {
             None
         }
     }
+}
+
+/// In the helper, in its private copy of the template `chosen` (after `setns` and
+/// `unshare`): whether every mount the template keeps is still in place as it was built. When
+/// it is not, the server is told to drop the template.
+pub(super) fn intact(plan: &Plan, chosen: &Chosen) -> bool {
+    let ok = mounts::template_marks(&plan.mounts).is_ok_and(|m| m == chosen.marks);
+    if !ok {
+        let mut msg = [0u8; 9];
+        msg[0] = CHANGED;
+        msg[1..].copy_from_slice(&chosen.serial.to_le_bytes());
+        tell(&msg);
+    }
+    ok
 }
 
 /// Sends `msg` to the server without waiting: a full queue loses a hint, nothing else.
@@ -219,17 +252,62 @@ impl<H> Table<H> {
         }
     }
 
+    /// Drops the template `serial`, if it is still kept.
+    fn remove(&mut self, serial: u64) -> Option<H> {
+        let i = self.entries.iter().position(|e| e.serial == serial)?;
+        Some(self.entries.swap_remove(i).held)
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
     }
+}
+
+/// What holds a template in the server: its descriptor, and the identity of every mount it
+/// keeps.
+pub(super) struct Held {
+    /// Open for as long as the template is kept.
+    _ns: OwnedFd,
+    marks: Vec<mounts::SourceId>,
 }
 
 /// The server's side: the templates, the socket helpers ask on, and its own mount table,
 /// watched for changes.
 pub(super) struct Templates {
     asks: OwnedFd,
-    mountinfo: Option<File>,
-    table: Table<OwnedFd>,
+    mountinfo: File,
+    table: Table<Held>,
+    /// The last builder's pidfd, until it is gone.
+    builder: Option<OwnedFd>,
+    failed: Failed,
+}
+
+/// Whether the process of `pidfd` has not exited (a pidfd polls readable once it has).
+fn alive(pidfd: &OwnedFd) -> bool {
+    let mut p = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
+}
+
+/// Roots whose build failed lately (their keys as asked), at most [`MAX_FAILED`].
+#[derive(Default)]
+struct Failed {
+    keys: std::collections::VecDeque<(Vec<u8>, Instant)>,
+}
+
+impl Failed {
+    /// Whether `key` failed less than [`RETRY_FAILED_AFTER`] before `now`.
+    fn holds(&mut self, key: &[u8], now: Instant) -> bool {
+        self.keys
+            .retain(|(_, at)| now.saturating_duration_since(*at) < RETRY_FAILED_AFTER);
+        self.keys.iter().any(|(k, _)| k == key)
+    }
+
+    fn add(&mut self, key: Vec<u8>, now: Instant) {
+        if self.keys.len() >= MAX_FAILED {
+            self.keys.pop_front();
+        }
+        self.keys.push_back((key, now));
+    }
 }
 
 impl Templates {
@@ -237,7 +315,15 @@ impl Templates {
     /// every forked child before it runs the helper) and the helpers' end parked at
     /// [`TEMPLATE_SOCK_FD`]. `None` when any of it fails: every root is built as before.
     pub(super) fn start(stage_min: RawFd) -> Option<Templates> {
+        Templates::start_with(stage_min, File::open(MOUNTINFO))
+    }
+
+    /// [`Templates::start`] with the server's mount table as opened: templates are kept only
+    /// while a change of it can drop them, so none are when it cannot be watched (not
+    /// opened, or not moved out of the way of the helpers' descriptors).
+    fn start_with(stage_min: RawFd, opened: std::io::Result<File>) -> Option<Templates> {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let mountinfo = watch(opened, stage_min)?;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -254,10 +340,6 @@ impl Templates {
             sys::adopt_fd(raw).ok()
         };
         let asks = high(ours)?;
-        let mountinfo = File::open("/proc/self/mountinfo")
-            .ok()
-            .and_then(|f| high(f.into()))
-            .map(File::from);
         let parked = park(&theirs, TEMPLATE_SOCK_FD)?;
         // Held for the server's life: every helper it forks inherits it.
         std::mem::forget(parked);
@@ -266,6 +348,8 @@ impl Templates {
             asks,
             mountinfo,
             table: Table::default(),
+            builder: None,
+            failed: Failed::default(),
         })
     }
 
@@ -276,10 +360,8 @@ impl Templates {
             let mut polls = vec![
                 PollFd::new(requests.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.asks.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.mountinfo.as_fd(), PollFlags::POLLPRI),
             ];
-            if let Some(m) = &self.mountinfo {
-                polls.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
-            }
             match poll(&mut polls, PollTimeout::NONE) {
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return,
@@ -321,11 +403,17 @@ impl Templates {
                     let serial = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default());
                     self.table.touch(serial);
                 }
+                CHANGED if n == 9 => {
+                    let serial = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default());
+                    if self.table.remove(serial).is_some() {
+                        self.publish();
+                    }
+                }
                 BUILD if n > 1 && n <= 1 + MAX_KEY_BYTES => {
                     let asked = buf[1..n].to_vec();
                     if !self.table.has(&asked) {
                         if let Some(steps) = steps_of(&asked) {
-                            self.build(&steps);
+                            self.build(&asked, &steps);
                         }
                     }
                 }
@@ -335,8 +423,17 @@ impl Templates {
     }
 
     /// Builds a template for `steps` in a child and keeps it, keyed on what the child bound.
-    fn build(&mut self, steps: &[MountOp]) {
-        let Some((key, ns)) = build_in_child(steps) else {
+    /// At most one builder is alive: one stuck (an uninterruptible sleep in a file system)
+    /// holds off every later build until it is gone, and each run builds its own root
+    /// meanwhile. A root whose build failed is not tried again for [`RETRY_FAILED_AFTER`].
+    fn build(&mut self, asked: &[u8], steps: &[MountOp]) {
+        if self.builder.as_ref().is_some_and(alive) || self.failed.holds(asked, Instant::now()) {
+            return;
+        }
+        let (built, builder) = build_in_child(steps);
+        self.builder = builder;
+        let Some(Built { key, marks, ns }) = built else {
+            self.failed.add(asked.to_vec(), Instant::now());
             return;
         };
         if self.table.has(&key) {
@@ -345,7 +442,7 @@ impl Templates {
         let (slot, dropped) = self.table.make_room();
         drop(dropped);
         if let Some(parked) = park(&ns, FIRST_TEMPLATE_FD + slot as RawFd) {
-            self.table.put(slot, key, parked);
+            self.table.put(slot, key, Held { _ns: parked, marks });
         }
         self.publish();
     }
@@ -361,11 +458,27 @@ impl Templates {
                         key: e.key.clone(),
                         fd: FIRST_TEMPLATE_FD + e.slot as RawFd,
                         serial: e.serial,
+                        marks: e.held.marks.clone(),
                     })
                     .collect(),
             );
         }
     }
+}
+
+/// The server's own mount table, whose changes `poll` reports (`POLLPRI`).
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// `opened` (the mount table) moved to a close-on-exec descriptor at or above `stage_min`;
+/// `None` when it was not opened or cannot be moved.
+fn watch(opened: std::io::Result<File>, stage_min: RawFd) -> Option<File> {
+    let f = opened.ok()?;
+    let raw = nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(stage_min),
+    )
+    .ok()?;
+    sys::adopt_fd(raw).ok().map(File::from)
 }
 
 /// A close-on-exec copy of `fd` at exactly `at` (whatever was there is closed).
@@ -374,87 +487,138 @@ fn park(fd: &OwnedFd, at: RawFd) -> Option<OwnedFd> {
     (raw == at).then(|| sys::adopt_fd(raw).ok()).flatten()
 }
 
-/// Forks a builder that unshares a mount namespace, builds the template there and writes its
-/// key; the namespace is then opened from `/proc/PID/ns/mnt` before the builder is killed.
-/// `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the namespace opened
-/// is the server's own.
-fn build_in_child(steps: &[MountOp]) -> Option<(Vec<u8>, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+/// Forks a builder (named by a pidfd) that unshares a mount namespace, opens it, builds the
+/// template there and sends its key, the identities of its mounts and the namespace's
+/// descriptor (`SCM_RIGHTS`) over a socket pair, then exits: the namespace kept is the one
+/// the builder built in, never one found by pid (a dead builder's pid may be another
+/// process's). `None` when anything fails or takes longer than [`BUILD_TIMEOUT`], or the
+/// namespace received is the server's own. The builder is killed through its pidfd
+/// whatever happens; the pidfd is returned so that the server sees when it is gone.
+fn build_in_child(steps: &[MountOp]) -> (Option<Built>, Option<OwnedFd>) {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let Ok((ours, theirs)) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ) else {
+        return (None, None);
+    };
     let server = nix::unistd::getpid();
-    let pid = match sys::fork().ok()? {
-        Forked::Child => {
-            drop(r);
+    let pidfd = match sys::fork_pidfd() {
+        Err(_) => return (None, None),
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => {
+            drop(ours);
             if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
                 sys::exit_now(1);
             }
-            let keep = w.as_raw_fd() as u32;
+            let keep = theirs.as_raw_fd() as u32;
             if sys::close_between(3, keep.saturating_sub(1)).is_err()
                 || sys::close_from(keep + 1).is_err()
                 || nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err()
             {
                 sys::exit_now(1);
             }
+            // Opened now, while the host's procfs is still reachable: the namespace this
+            // process unshared.
+            let Ok(ns) = File::open("/proc/self/ns/mnt") else {
+                sys::exit_now(1)
+            };
             let Ok(ids) = mounts::build_template(steps) else {
                 sys::exit_now(1)
             };
-            let key = key(steps, &ids);
-            let mut msg = (key.len() as u32).to_le_bytes().to_vec();
-            msg.extend_from_slice(&key);
-            if nix::unistd::write(&w, &msg) != Ok(msg.len()) {
-                sys::exit_now(1);
+            let Ok(marks) = mounts::template_marks(steps) else {
+                sys::exit_now(1)
+            };
+            let mut msg = key(steps, &ids);
+            for (dev, ino) in marks {
+                msg.extend_from_slice(&dev.to_le_bytes());
+                msg.extend_from_slice(&ino.to_le_bytes());
             }
-            loop {
-                nix::unistd::pause();
-            }
+            let fds = [ns.as_raw_fd()];
+            let sent = nix::sys::socket::sendmsg::<()>(
+                theirs.as_raw_fd(),
+                &[std::io::IoSlice::new(&msg)],
+                &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            sys::exit_now(i32::from(sent != Ok(msg.len())))
         }
-        Forked::Parent(pid) => nix::unistd::Pid::from_raw(pid),
     };
-    drop(w);
-    let got = read_key(r);
-    let ns = got.as_ref().and_then(|_| {
-        let theirs = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
-        let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
-        let st = nix::sys::stat::fstat(theirs.as_raw_fd()).ok()?;
-        // Never the server's own namespace (the host's root): only a namespace of its own.
-        ((st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)).then(|| OwnedFd::from(theirs))
-    });
-    // SIGCHLD is ignored in the server: the kernel reaps it.
-    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-    Some((got?, ns?))
+    drop(theirs);
+    let built = receive_built(&ours, steps);
+    // Gone already after a message; stuck (an uninterruptible sleep) it stays counted.
+    let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+    (built, Some(pidfd))
 }
 
-/// The builder's key: a u32 LE length and that many bytes, within [`BUILD_TIMEOUT`].
-fn read_key(r: OwnedFd) -> Option<Vec<u8>> {
+/// A template as its builder sent it.
+struct Built {
+    key: Vec<u8>,
+    marks: Vec<mounts::SourceId>,
+    ns: OwnedFd,
+}
+
+/// The builder's one message, within [`BUILD_TIMEOUT`]: the key of `steps`, the marks after
+/// it, and exactly one descriptor, a mount namespace other than the server's.
+fn receive_built(sock: &OwnedFd, steps: &[MountOp]) -> Option<Built> {
     let due = Instant::now() + BUILD_TIMEOUT;
-    let mut file = File::from(r);
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 4096];
     loop {
-        if got.len() >= 4 {
-            let len = u32::from_le_bytes(got[..4].try_into().ok()?) as usize;
-            if len > MAX_KEY_BYTES * 2 {
-                return None;
-            }
-            if got.len() == 4 + len {
-                return Some(got.split_off(4));
-            }
-        }
         let left = due.checked_duration_since(Instant::now())?;
-        let mut p = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        let mut p = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         match poll(&mut p, PollTimeout::from(ms)) {
             Ok(0) => return None,
-            Ok(_) => {}
+            Ok(_) => break,
             Err(nix::Error::EINTR) => continue,
             Err(_) => return None,
         }
-        match file.read(&mut buf) {
-            Ok(0) => return None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
     }
+    let mut buf = vec![0u8; MAX_KEY_BYTES * 2 + 1];
+    let msg = sys::recv_owning_fds(sock.as_fd(), &mut buf, 1, libc::MSG_DONTWAIT).ok()?;
+    if msg.truncated || msg.bytes == 0 || msg.bytes > MAX_KEY_BYTES * 2 {
+        return None;
+    }
+    let mut fds = msg.fds;
+    let ns = fds.pop()?;
+    if !fds.is_empty() {
+        return None;
+    }
+    let ours = nix::sys::stat::stat("/proc/self/ns/mnt").ok()?;
+    let st = nix::sys::stat::fstat(ns.as_raw_fd()).ok()?;
+    // Never the server's own namespace (the host's root): only a namespace of its own.
+    if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) {
+        return None;
+    }
+    buf.truncate(msg.bytes);
+    let (key, marks) = split_marks(steps, buf)?;
+    Some(Built { key, marks, ns })
+}
+
+/// The builder's message split into its key and the identities of the mounts the template
+/// keeps (16 bytes each, at its end): the key's length is its own first field and what
+/// follows.
+fn split_marks(steps: &[MountOp], mut msg: Vec<u8>) -> Option<(Vec<u8>, Vec<mounts::SourceId>)> {
+    let steps_len = u32::from_le_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+    let at = 4usize.checked_add(steps_len)?;
+    let ids = u32::from_le_bytes(msg.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize;
+    let key_len = at.checked_add(4)?.checked_add(ids.checked_mul(16)?)?;
+    let tail = msg.get(key_len..)?;
+    if tail.len() % 16 != 0 {
+        return None;
+    }
+    let marks: Vec<mounts::SourceId> = tail
+        .chunks_exact(16)
+        .map(|c| {
+            let n = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+            (n(&c[..8]), n(&c[8..]))
+        })
+        .collect();
+    // The key is of the steps asked for.
+    msg.truncate(key_len);
+    (steps_of(&msg)? == steps).then_some((msg, marks))
 }
 
 #[cfg(test)]
@@ -489,6 +653,82 @@ mod tests {
         assert_eq!(steps_of(&k).expect("steps"), ro.to_vec());
         assert!(steps_of(&k[..k.len() / 2]).is_none());
         assert!(steps_of(b"\xff\xff\xff\xff").is_none());
+    }
+
+    /// A server whose mount table cannot be watched keeps no templates (a template would
+    /// outlive a host mount below one of its grants): starting fails before anything is set
+    /// up or published. The control: an opened mount table is watched.
+    #[test]
+    fn no_templates_are_kept_when_the_mount_table_cannot_be_watched() {
+        let refused = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(Templates::start_with(64, Err(refused)).is_none());
+        assert!(KNOWN.lock().expect("known").is_none(), "published a table");
+        assert!(watch(Err(std::io::Error::from_raw_os_error(libc::EMFILE)), 64).is_none());
+        let watched = watch(File::open(MOUNTINFO), 64).expect("the mount table is watched");
+        assert!(watched.as_raw_fd() >= 64);
+    }
+
+    /// The server keeps only the namespace descriptor its builder sent with its key (never one
+    /// looked up by pid): a message without one, with two, or carrying the server's own
+    /// namespace is refused, as is a key of other steps. The control: the key of the steps
+    /// asked for with one other namespace's descriptor is taken, marks and all.
+    #[test]
+    fn only_a_namespace_the_builder_sent_is_kept() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag};
+        let steps = [bind("/srv/a", false)];
+        let mut msg = key(&steps, &[(1, 2)]);
+        msg.extend_from_slice(&7u64.to_le_bytes());
+        msg.extend_from_slice(&8u64.to_le_bytes());
+        let own = File::open("/proc/self/ns/mnt").expect("own ns");
+        let other = File::open("/proc/self/ns/net").expect("another ns");
+        let send = |bytes: &[u8], fds: &[RawFd]| {
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .expect("pair");
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+            sendmsg::<()>(
+                b.as_raw_fd(),
+                &[std::io::IoSlice::new(bytes)],
+                cmsgs,
+                MsgFlags::empty(),
+                None,
+            )
+            .expect("send");
+            receive_built(&a, &steps)
+        };
+        assert!(send(&msg, &[]).is_none(), "a key without a namespace");
+        assert!(send(&msg, &[own.as_raw_fd()]).is_none(), "the server's own");
+        let two = [other.as_raw_fd(), other.as_raw_fd()];
+        assert!(send(&msg, &two).is_none(), "two descriptors");
+        let other_steps = key(&[bind("/srv/b", false)], &[(1, 2)]);
+        assert!(send(&other_steps, &[other.as_raw_fd()]).is_none());
+        let got = send(&msg, &[other.as_raw_fd()]).expect("taken");
+        assert_eq!(got.key, key(&steps, &[(1, 2)]));
+        assert_eq!(got.marks, [(7, 8)]);
+    }
+
+    /// A root that failed to prepare is not tried again for a while, and at most
+    /// [`MAX_FAILED`] are remembered; the control: another root, and the same root once the
+    /// while is over, are tried.
+    #[test]
+    fn a_root_that_failed_is_not_retried_for_a_while() {
+        let now = Instant::now();
+        let mut f = Failed::default();
+        f.add(vec![1], now);
+        assert!(f.holds(&[1], now + Duration::from_secs(1)));
+        assert!(!f.holds(&[2], now));
+        assert!(!f.holds(&[1], now + RETRY_FAILED_AFTER));
+        for i in 0..=MAX_FAILED as u32 {
+            f.add(i.to_le_bytes().to_vec(), now);
+        }
+        assert_eq!(f.keys.len(), MAX_FAILED);
+        assert!(!f.holds(&0u32.to_le_bytes(), now));
+        assert!(f.holds(&(MAX_FAILED as u32).to_le_bytes(), now));
     }
 
     /// At most [`MAX_TEMPLATES`] are kept; a new one takes the slot of the least recently
