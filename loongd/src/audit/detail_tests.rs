@@ -221,9 +221,15 @@ fn an_identity_past_its_bound_and_a_cut_inside_a_character_are_bounded_as_their_
 /// made a value again (before, such fields were dropped without a word).
 #[test]
 fn fields_added_to_a_text_detail_are_kept() {
-    let mut d = object(&[("pid", Field::U64(7)), ("tool", Field::Str("echo"))], None);
+    let mut d = object(
+        &[("pid", Field::U64(7)), ("tool", Field::Str("echo"))],
+        None,
+    );
     let more = d.object_mut().expect("an object");
     more.insert("code".into(), Value::from(0));
     assert_eq!(d.value(), json!({ "pid": 7, "tool": "echo", "code": 0 }));
-    assert_eq!(d.bounded(), json!({ "code": 0, "pid": 7, "tool": "echo" }).to_string());
+    assert_eq!(
+        d.bounded(),
+        json!({ "code": 0, "pid": 7, "tool": "echo" }).to_string()
+    );
 }
