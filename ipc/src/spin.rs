@@ -13,6 +13,11 @@
 //! waited for a CPU lately): on a busy machine no CPU halts, and a spin would only take the
 //! CPU other work needs.
 
+#[cfg(feature = "tokio")]
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 use std::{
     sync::{Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
@@ -60,7 +65,16 @@ struct Reading {
 pub fn cpus_to_spare() -> bool {
     static CPUS: OnceLock<f64> = OnceLock::new();
     static LAST: Mutex<Option<Reading>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    // The answer most recently read, for a caller that finds another reading the file: it
+    // never waits on that reading (callers hold locks and run on runtime threads).
+    static SPARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut last = match LAST.try_lock() {
+        Ok(last) => last,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return SPARE.load(std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     if let Some(r) = *last {
         if r.at.elapsed() < LOAD_READ_EVERY {
             return r.spare;
@@ -88,6 +102,7 @@ pub fn cpus_to_spare() -> bool {
         }
     };
     *last = Some(reading);
+    SPARE.store(reading.spare, std::sync::atomic::Ordering::Relaxed);
     reading.spare
 }
 
@@ -210,25 +225,60 @@ pub struct SpinWait {
     pub window: SpinWindow,
     /// The wait under way: when it began, and until when it polls.
     wait: Option<(Instant, Instant)>,
+    /// For an end that reads a peer it does not trust ([`SpinWait::asked_by`]): set by this
+    /// end's own writes. Such an end spins only within one window after each write, so a peer
+    /// that trickles bytes it was not asked for (one at a time, or frames nobody waits for)
+    /// finds it asleep, not polling a CPU for as long as it keeps sending.
+    asked: Option<Arc<AtomicBool>>,
+    /// The end of the window the last write opened.
+    asked_until: Option<Instant>,
+}
+
+/// Marks that an end which reads through a [`SpinWait::asked_by`] wrote to its peer: its
+/// next wait may spin, for one window.
+#[cfg(feature = "tokio")]
+pub fn asked(flag: &AtomicBool) {
+    flag.store(true, Ordering::Release);
 }
 
 #[cfg(feature = "tokio")]
 impl SpinWait {
     /// A wait with `window`.
     pub fn new(window: SpinWindow) -> SpinWait {
-        SpinWait { window, wait: None }
+        SpinWait {
+            window,
+            ..SpinWait::default()
+        }
+    }
+
+    /// The same wait, spinning only within one window after each write its end marks on
+    /// `flag` ([`asked`]): for reading a peer that could otherwise keep it polling.
+    pub fn asked_by(mut self, flag: Arc<AtomicBool>) -> SpinWait {
+        self.asked = Some(flag);
+        self
     }
 
     /// Whether a poll that found nothing polls again: the wait under way (begun now if none
     /// is) is still within its window. When it does, the caller tries once more, and if that
     /// finds nothing either, hands the runtime back ([`yield_to_runtime`]) and returns
-    /// `Pending`; when it does not, the caller returns `Pending` to wait for its waker.
+    /// `Pending`; when it does not, the caller returns `Pending` to wait for its waker. An
+    /// end [`SpinWait::asked_by`] a flag polls only until one window after its last write,
+    /// however many reads that window holds.
     pub fn again(&mut self) -> bool {
         let now = Instant::now();
-        let (_, until) = *self
-            .wait
-            .get_or_insert_with(|| (now, now + self.window.window()));
-        now < until
+        if self.wait.is_none() {
+            let until = match &self.asked {
+                None => now + self.window.window(),
+                Some(flag) if flag.swap(false, Ordering::AcqRel) => {
+                    let until = now + self.window.window();
+                    self.asked_until = Some(until);
+                    until
+                }
+                Some(_) => self.asked_until.unwrap_or(now),
+            };
+            self.wait = Some((now, until));
+        }
+        self.wait.is_some_and(|(_, until)| now < until)
     }
 
     /// The wait under way (if any) ended: the window adapts to how long it took.
@@ -442,7 +492,14 @@ mod tests {
             go_rx.recv().expect("go");
             let before = crate::test_support::sleeps(tid);
             std::thread::sleep(Duration::from_millis(20));
-            let during = crate::test_support::sleeps(tid);
+            let mut during = crate::test_support::sleeps(tid);
+            // On a loaded machine the waiting thread may not have run yet: one expected to
+            // sleep is given until it has (the spinning one must not sleep in any case).
+            let patience = Instant::now() + Duration::from_secs(10);
+            while sleeps && during == before && Instant::now() < patience {
+                std::thread::sleep(Duration::from_millis(1));
+                during = crate::test_support::sleeps(tid);
+            }
             tx.send(7).expect("send");
             assert_eq!(waiting.join().expect("thread"), Ok(7));
             assert_eq!(

@@ -21,11 +21,11 @@ use std::{
     net::Shutdown,
     os::{fd::AsRawFd, unix::net::UnixStream as StdStream},
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::AtomicBool, Arc},
     task::{Context, Poll},
 };
 
-use loong_ipc::spin::{yield_to_runtime, SpinWait};
+use loong_ipc::spin::{self, yield_to_runtime, SpinWait};
 
 use nix::{
     errno::Errno,
@@ -47,7 +47,11 @@ pub(super) fn split(stream: tokio::net::UnixStream) -> io::Result<(ReadSide, Wri
     let std = stream.into_std()?;
     std.set_nonblocking(true)?;
     let fd = Arc::new(register(std, Interest::READABLE)?);
-    Ok((ReadSide::new(fd.clone()), WriteSide(fd)))
+    let asked = Arc::new(AtomicBool::new(false));
+    Ok((
+        ReadSide::new(fd.clone(), asked.clone()),
+        WriteSide(fd, asked),
+    ))
 }
 
 /// The reading side: an [`AsyncRead`] woken by readability only, that polls the socket for
@@ -55,14 +59,18 @@ pub(super) fn split(stream: tokio::net::UnixStream) -> io::Result<(ReadSide, Wri
 #[derive(Debug)]
 pub(super) struct ReadSide {
     fd: Arc<AsyncFd<StdStream>>,
+    /// Polls only within one window after loongd wrote to the client (`asked`): a client that
+    /// trickles bytes without being answered cannot keep a runtime thread polling.
     spin: SpinWait,
+    asked: Arc<AtomicBool>,
 }
 
 impl ReadSide {
-    fn new(fd: Arc<AsyncFd<StdStream>>) -> ReadSide {
+    fn new(fd: Arc<AsyncFd<StdStream>>, asked: Arc<AtomicBool>) -> ReadSide {
         ReadSide {
             fd,
-            spin: SpinWait::default(),
+            spin: SpinWait::default().asked_by(asked.clone()),
+            asked,
         }
     }
 
@@ -148,7 +156,7 @@ pub(super) async fn hang_up(watch: Option<&AsyncFd<StdStream>>) {
 /// The writing side. Dropping it hangs up on the client (its write direction is shut down)
 /// even while the reading side lives on.
 #[derive(Debug)]
-pub(super) struct WriteSide(Arc<AsyncFd<StdStream>>);
+pub(super) struct WriteSide(Arc<AsyncFd<StdStream>>, Arc<AtomicBool>);
 
 impl WriteSide {
     /// Writes what the socket takes of `buf` now, without waiting (a client that left is an
@@ -157,6 +165,10 @@ impl WriteSide {
         loop {
             match send(self.0.get_ref().as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
                 Err(Errno::EINTR) => {}
+                Ok(n) => {
+                    spin::asked(&self.1);
+                    return Ok(n);
+                }
                 r => return r.map_err(io::Error::from),
             }
         }
@@ -277,8 +289,10 @@ mod tests {
                 let ours = tokio::net::UnixStream::from_std(ours).expect("register");
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
-                    r.spin = SpinWait::new(spin);
+                    r.spin = SpinWait::new(spin).asked_by(r.asked.clone());
                 }
+                // As after loongd answered: the next wait may spin.
+                spin::asked(&r.asked);
                 tid_tx.send(tid).expect("tid");
                 read(r, tid).await
             })

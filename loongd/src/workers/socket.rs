@@ -19,11 +19,11 @@ use std::{
     io::{self, Read, Write},
     os::{fd::OwnedFd, unix::net::UnixStream},
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::AtomicBool, Arc},
     task::{ready, Context, Poll},
 };
 
-use loong_ipc::spin::{yield_to_runtime, SpinWait};
+use loong_ipc::spin::{self, yield_to_runtime, SpinWait};
 use tokio::io::{unix::AsyncFd, AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// The reading half.
@@ -32,8 +32,12 @@ pub(super) struct ReadHalf {
     sock: Arc<UnixStream>,
     /// A duplicate of the socket, registered for readability: it only tells when to read.
     readable: AsyncFd<OwnedFd>,
-    /// How long a read that finds nothing polls before it waits for the runtime.
+    /// How long a read that finds nothing polls before it waits for the runtime: only within
+    /// one window after loongd wrote to the worker (`asked`), so a worker that sends what
+    /// nobody asked for, a byte at a time, cannot keep a runtime thread polling.
     spin: SpinWait,
+    /// Set by the writing half's writes.
+    asked: Arc<AtomicBool>,
 }
 
 /// The writing half.
@@ -42,6 +46,8 @@ pub(super) struct WriteHalf {
     sock: Arc<UnixStream>,
     /// A duplicate of the socket registered for writability, while writes block.
     waiting: Option<AsyncFd<OwnedFd>>,
+    /// Tells the reading half that loongd wrote (its next wait may spin).
+    asked: Arc<AtomicBool>,
 }
 
 /// A duplicate of `sock` registered with the runtime for `interest` only. The registration
@@ -58,15 +64,18 @@ pub(super) fn split(sock: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     sock.set_nonblocking(true)?;
     let readable = register(&sock, Interest::READABLE)?;
     let sock = Arc::new(sock);
+    let asked = Arc::new(AtomicBool::new(false));
     Ok((
         ReadHalf {
             sock: sock.clone(),
             readable,
-            spin: SpinWait::default(),
+            spin: SpinWait::default().asked_by(asked.clone()),
+            asked: asked.clone(),
         },
         WriteHalf {
             sock,
             waiting: None,
+            asked,
         },
     ))
 }
@@ -127,6 +136,7 @@ impl AsyncWrite for WriteHalf {
             match (&*me.sock).write(data) {
                 Ok(n) => {
                     me.waiting = None;
+                    spin::asked(&me.asked);
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -259,10 +269,19 @@ mod tests {
     }
 
     /// Runs `read` on a current-thread runtime of its own thread over the reading half of a
-    /// worker socket whose spin window is `spin` (the default when `None`); gives the
-    /// thread's id and the worker's end of the socket.
+    /// worker socket whose spin window is `spin` (the default when `None`), as loongd reads
+    /// after it sent the worker a request; gives the thread's id and the worker's end.
     fn reading_thread<T: Send + 'static>(
         spin: Option<SpinWindow>,
+        read: impl FnOnce(ReadHalf) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    ) -> (i32, UnixStream, std::thread::JoinHandle<T>) {
+        reading_thread_asked(spin, true, read)
+    }
+
+    /// [`reading_thread`], loongd having sent the worker something (`asked`) or not.
+    fn reading_thread_asked<T: Send + 'static>(
+        spin: Option<SpinWindow>,
+        asked: bool,
         read: impl FnOnce(ReadHalf) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
     ) -> (i32, UnixStream, std::thread::JoinHandle<T>) {
         let (ours, theirs) = UnixStream::pair().expect("pair");
@@ -275,7 +294,10 @@ mod tests {
             rt.block_on(async move {
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
-                    r.spin = SpinWait::new(spin);
+                    r.spin = SpinWait::new(spin).asked_by(r.asked.clone());
+                }
+                if asked {
+                    spin::asked(&r.asked);
                 }
                 tid_tx.send(test_support::thread_id()).expect("tid");
                 read(r).await
@@ -313,6 +335,41 @@ mod tests {
                 sleeps,
                 "the runtime thread slept while the answer came in pieces"
             );
+        }
+    }
+
+    /// A worker that sends what loongd did not ask for (here a byte at a time, with a window
+    /// that would outlast them all) finds loongd's runtime thread asleep for each piece: a
+    /// read spins only within one window after loongd wrote, so a worker cannot keep a
+    /// runtime thread polling for as long as it trickles bytes. The control: the same pieces
+    /// after loongd wrote are read without sleeping.
+    #[test]
+    fn a_worker_that_trickles_bytes_nobody_asked_for_finds_loongd_asleep() {
+        for asked in [false, true] {
+            let spin = Some(SpinWindow::fixed(Duration::from_secs(3)));
+            let (_tid, mut worker, reader) = reading_thread_asked(spin, asked, |mut r| {
+                Box::pin(async move {
+                    let tid = test_support::thread_id();
+                    let before = test_support::sleeps(tid);
+                    let mut got = [0u8; 4];
+                    r.read_exact(&mut got).await.expect("read");
+                    (test_support::sleeps(tid) - before, got)
+                })
+            });
+            for piece in [&b"a"[..], b"b", b"c", b"d"] {
+                std::thread::sleep(Duration::from_millis(20));
+                worker.write_all(piece).expect("write");
+            }
+            let (slept, got) = reader.join().expect("reader");
+            assert_eq!(&got, b"abcd");
+            if asked {
+                assert_eq!(
+                    slept, 0,
+                    "asked, the pieces within the window find it awake"
+                );
+            } else {
+                assert!(slept >= 4, "unasked, it slept {slept} times for 4 pieces");
+            }
         }
     }
 
