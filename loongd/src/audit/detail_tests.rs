@@ -1,3 +1,5 @@
+//! Tests of a detail written once: its text against the JSON value's, byte for byte, bounds included.
+
 use serde_json::{json, Value};
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Tests of a confined run's pieces that need no sandbox: the helper's exit seen without the reactor, and its start record written once.
+
 use std::{io::Write, os::fd::AsFd, sync::Mutex, time::Duration};
 
 use loong_ipc::spin::SpinWindow;
