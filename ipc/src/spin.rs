@@ -19,7 +19,7 @@ use std::sync::{
     Arc,
 };
 use std::{
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
