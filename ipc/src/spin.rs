@@ -258,6 +258,14 @@ impl SpinWait {
         self
     }
 
+    /// Marks that this end wrote, as its writing half does ([`asked`]): its next wait may
+    /// spin for one window. Nothing for a wait not [`SpinWait::asked_by`] a flag.
+    pub fn ask(&self) {
+        if let Some(flag) = &self.asked {
+            asked(flag);
+        }
+    }
+
     /// Whether a poll that found nothing polls again: the wait under way (begun now if none
     /// is) is still within its window. When it does, the caller tries once more, and if that
     /// finds nothing either, hands the runtime back ([`yield_to_runtime`]) and returns

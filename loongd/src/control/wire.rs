@@ -62,15 +62,13 @@ pub(super) struct ReadSide {
     /// Polls only within one window after loongd wrote to the client (`asked`): a client that
     /// trickles bytes without being answered cannot keep a runtime thread polling.
     spin: SpinWait,
-    asked: Arc<AtomicBool>,
 }
 
 impl ReadSide {
     fn new(fd: Arc<AsyncFd<StdStream>>, asked: Arc<AtomicBool>) -> ReadSide {
         ReadSide {
             fd,
-            spin: SpinWait::default().asked_by(asked.clone()),
-            asked,
+            spin: SpinWait::default().asked_by(asked),
         }
     }
 
@@ -289,10 +287,10 @@ mod tests {
                 let ours = tokio::net::UnixStream::from_std(ours).expect("register");
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
-                    r.spin = SpinWait::new(spin).asked_by(r.asked.clone());
+                    r.spin.window = spin;
                 }
                 // As after loongd answered: the next wait may spin.
-                spin::asked(&r.asked);
+                r.spin.ask();
                 tid_tx.send(tid).expect("tid");
                 read(r, tid).await
             })

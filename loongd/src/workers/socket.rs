@@ -36,8 +36,6 @@ pub(super) struct ReadHalf {
     /// one window after loongd wrote to the worker (`asked`), so a worker that sends what
     /// nobody asked for, a byte at a time, cannot keep a runtime thread polling.
     spin: SpinWait,
-    /// Set by the writing half's writes.
-    asked: Arc<AtomicBool>,
 }
 
 /// The writing half.
@@ -70,7 +68,6 @@ pub(super) fn split(sock: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
             sock: sock.clone(),
             readable,
             spin: SpinWait::default().asked_by(asked.clone()),
-            asked: asked.clone(),
         },
         WriteHalf {
             sock,
@@ -294,10 +291,10 @@ mod tests {
             rt.block_on(async move {
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
-                    r.spin = SpinWait::new(spin).asked_by(r.asked.clone());
+                    r.spin.window = spin;
                 }
                 if asked {
-                    spin::asked(&r.asked);
+                    r.spin.ask();
                 }
                 tid_tx.send(test_support::thread_id()).expect("tid");
                 read(r).await
