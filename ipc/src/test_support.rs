@@ -53,3 +53,21 @@ pub fn settled(tid: i32) -> u64 {
     }
     panic!("thread {tid} never settled asleep");
 }
+
+/// Runs `wait` on a current-thread runtime of its own thread (as a runtime thread of loongd
+/// waits); gives the thread's id, known before `wait` starts, and its handle.
+#[cfg(feature = "tokio")]
+pub fn runtime_thread<T: Send + 'static>(
+    wait: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> (i32, std::thread::JoinHandle<T>) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tid_tx.send(thread_id()).expect("tid");
+        rt.block_on(wait())
+    });
+    (tid_rx.recv().expect("tid"), handle)
+}

@@ -275,13 +275,8 @@ mod tests {
             + 'static,
     ) -> (i32, StdStream, std::thread::JoinHandle<T>) {
         let (ours, theirs) = StdStream::pair().expect("socket pair");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
+        let (tid, handle) = test_support::runtime_thread(move || {
+            Box::pin(async move {
                 let tid = test_support::thread_id();
                 ours.set_nonblocking(true).expect("non-blocking");
                 let ours = tokio::net::UnixStream::from_std(ours).expect("register");
@@ -291,11 +286,10 @@ mod tests {
                 }
                 // As after loongd answered: the next wait may spin.
                 r.spin.ask();
-                tid_tx.send(tid).expect("tid");
                 read(r, tid).await
             })
         });
-        (tid_rx.recv().expect("tid"), theirs, handle)
+        (tid, theirs, handle)
     }
 
     /// Bytes that come within the spin window, in pieces, are read in order by a runtime

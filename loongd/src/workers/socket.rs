@@ -282,13 +282,8 @@ mod tests {
         read: impl FnOnce(ReadHalf) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
     ) -> (i32, UnixStream, std::thread::JoinHandle<T>) {
         let (ours, theirs) = UnixStream::pair().expect("pair");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
+        let (tid, handle) = test_support::runtime_thread(move || {
+            Box::pin(async move {
                 let (mut r, _w) = split(ours).expect("split");
                 if let Some(spin) = spin {
                     r.spin.window = spin;
@@ -296,11 +291,10 @@ mod tests {
                 if asked {
                     r.spin.ask();
                 }
-                tid_tx.send(test_support::thread_id()).expect("tid");
                 read(r).await
             })
         });
-        (tid_rx.recv().expect("tid"), theirs, handle)
+        (tid, theirs, handle)
     }
 
     /// A worker's answer that comes within the spin window, in pieces, is read in order by a
