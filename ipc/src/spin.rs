@@ -9,9 +9,9 @@
 //! longer than it but within [`SPIN_MAX`], and drops to zero at the first wait longer than
 //! that: a connection that goes quiet costs one window at most, then sleeps.
 //!
-//! An end spins only while the machine has CPUs to spare ([`cpus_to_spare`]: tasks seldom
-//! waited for a CPU lately): on a busy machine no CPU halts, and a spin would only take the
-//! CPU other work needs.
+//! An end spins only while the machine has CPUs to spare ([`cpus_to_spare`]: lately, at least
+//! one CPU's time went idle or to this process): on a busy machine no CPU halts, and a spin
+//! would only take the CPU other work needs.
 
 #[cfg(feature = "tokio")]
 use std::sync::{
@@ -32,42 +32,61 @@ pub const SPIN_MAX: Duration = Duration::from_micros(100);
 /// How long the machine's load, once read, stands for it.
 pub const LOAD_READ_EVERY: Duration = Duration::from_millis(100);
 
-/// The share of the last ten seconds (in percent) in which some task waited for a CPU, from
-/// which on the machine has no CPU to spare.
-pub const CPU_PRESSURE_MAX_PERCENT: f64 = 10.0;
+/// How much CPU time, in CPUs, must have gone idle or to this process since the last reading
+/// for the machine to have CPUs to spare: one whole CPU that other work did not use, which a
+/// spin can take without making any of that work wait.
+pub const SPARE_CPUS: f64 = 1.0;
 
-/// Where the machine's CPU pressure is read (Linux's pressure stall information).
-const CPU_PRESSURE: &str = "/proc/pressure/cpu";
+/// Where the machine's idle time is read: `/proc/uptime`'s second field, the seconds all
+/// CPUs have spent idle (summed over CPUs, in hundredths).
+const UPTIME: &str = "/proc/uptime";
 
-/// Where the machine's load average is read, when it has no pressure file.
+/// Where the number of tasks running or ready to run now is read (`/proc/loadavg`'s fourth
+/// field, `running/total`), for a process's first reading, which has no interval to measure.
 const LOADAVG: &str = "/proc/loadavg";
 
-/// How recent the last reading of the pressure file must be for the stall since it to stand
-/// for the machine's load (instead of the file's ten-second average).
-pub const STALL_DELTA_MAX_AGE: Duration = Duration::from_secs(1);
+/// How old the last reading may be for the interval since it to stand for the machine's load
+/// now; past it, a reading counts as a process's first.
+pub const READING_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// One reading of the machine's load: when, what it said, and the pressure file's
-/// cumulative stall (`some total=`, µs) if it had one.
+/// One reading of the machine's load: when, what it said, and the CPU time the interval to
+/// the next one is measured from.
 #[derive(Debug, Clone, Copy)]
 struct Reading {
     at: Instant,
     spare: bool,
-    stall_us: Option<u64>,
+    times: Option<CpuTimes>,
 }
 
-/// Whether the machine has CPUs to spare: tasks waited for a CPU less than
-/// [`CPU_PRESSURE_MAX_PERCENT`] of the time (`/proc/pressure/cpu`): of the time since the
-/// last reading, when that is at most [`STALL_DELTA_MAX_AGE`] old (the `total=` stall's
-/// growth, which follows a burst of load within [`LOAD_READ_EVERY`]), else of the last ten
-/// seconds (`avg10`); on a kernel without that file, its one-minute load average
-/// (`/proc/loadavg`) is below its number of CPUs. Read at most once per [`LOAD_READ_EVERY`]
-/// in a process; a load that cannot be read is none to spare.
+/// The machine's idle CPU time and this process's own CPU time, both cumulative.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuTimes {
+    idle: Duration,
+    own: Duration,
+}
+
+/// Whether the machine has CPUs to spare for a spin. Never on a machine of one CPU (a spin
+/// there holds the only CPU its peer needs to answer). Otherwise: of the time since the last
+/// reading, when that is at most [`READING_MAX_AGE`] old, the CPU time that went idle
+/// (`/proc/uptime`) or to this process (`getrusage`: its own threads, spin included, so a
+/// spin does not count against itself) came to at least [`SPARE_CPUS`]; at a process's
+/// first reading, fewer tasks are running or ready to run (`/proc/loadavg`, this thread
+/// included) than the machine has CPUs. Read at most once per [`LOAD_READ_EVERY`] in a
+/// process; a load that cannot be read is none to spare.
+///
+/// Linux's CPU pressure (`/proc/pressure/cpu`) is not the measure: a task woken by a peer
+/// waits on its waker's CPU until the waker sleeps, and the pressure file counts that wait,
+/// so two threads handing a message back and forth on an idle machine read as 13-70 % stall.
 pub fn cpus_to_spare() -> bool {
-    static CPUS: OnceLock<f64> = OnceLock::new();
+    static CPUS: OnceLock<usize> = OnceLock::new();
     static LAST: Mutex<Option<Reading>> = Mutex::new(None);
     // The answer most recently read, for a caller that finds another reading the file: it
     // never waits on that reading (callers hold locks and run on runtime threads).
     static SPARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if cpus < 2 {
+        return false;
+    }
     let mut last = match LAST.try_lock() {
         Ok(last) => last,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -81,79 +100,67 @@ pub fn cpus_to_spare() -> bool {
         }
     }
     let now = Instant::now();
-    let reading = match std::fs::read_to_string(CPU_PRESSURE) {
-        Ok(pressure) => {
-            let before = last.and_then(|r| Some((now.duration_since(r.at), r.stall_us?)));
-            Reading {
-                at: now,
-                spare: little_pressure_since(&pressure, before),
-                stall_us: stall_total(&pressure),
-            }
-        }
-        Err(_) => {
-            let cpus = *CPUS.get_or_init(|| {
-                std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-            });
-            Reading {
-                at: now,
-                spare: std::fs::read_to_string(LOADAVG).is_ok_and(|l| below(&l, cpus)),
-                stall_us: None,
-            }
-        }
+    let times = std::fs::read_to_string(UPTIME)
+        .ok()
+        .and_then(|u| idle_time(&u))
+        .zip(own_cpu_time())
+        .map(|(idle, own)| CpuTimes { idle, own });
+    let since = last.and_then(|r| Some((now.duration_since(r.at), r.times?)));
+    let spare = match (since, times) {
+        (Some((age, then)), Some(times)) if age <= READING_MAX_AGE => spare_since(age, then, times),
+        _ => std::fs::read_to_string(LOADAVG).is_ok_and(|l| fewer_running(&l, cpus)),
+    };
+    let reading = Reading {
+        at: now,
+        spare,
+        times,
     };
     *last = Some(reading);
     SPARE.store(reading.spare, std::sync::atomic::Ordering::Relaxed);
     reading.spare
 }
 
-/// The `some` line of a pressure file, without its `some ` prefix.
-fn some_line(pressure: &str) -> Option<&str> {
-    pressure.lines().find_map(|l| l.strip_prefix("some "))
+/// The idle time of all CPUs together, from `/proc/uptime` (`<up> <idle>`, seconds).
+fn idle_time(uptime: &str) -> Option<Duration> {
+    let idle: f64 = uptime.split_whitespace().nth(1)?.parse().ok()?;
+    Duration::try_from_secs_f64(idle).ok()
 }
 
-/// The cumulative stall of a pressure file's `some` line (`total=`, µs).
-fn stall_total(pressure: &str) -> Option<u64> {
-    some_line(pressure)?
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("total="))?
-        .parse()
-        .ok()
+/// This process's CPU time so far, its threads' user and system time together.
+fn own_cpu_time() -> Option<Duration> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    let micros = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec())
+            .ok()?
+            .checked_mul(1_000_000)?
+            .checked_add(u64::try_from(t.tv_usec()).ok()?)
+    };
+    Some(Duration::from_micros(
+        micros(usage.user_time())?.checked_add(micros(usage.system_time())?)?,
+    ))
 }
 
-/// Whether a pressure file (as `/proc/pressure/cpu` reads) shows little stall: given
-/// `before`, the age and the `total=` stall of the last reading, the stall grown since then
-/// is below [`CPU_PRESSURE_MAX_PERCENT`] of that age, when the age is at most
-/// [`STALL_DELTA_MAX_AGE`] and both totals parse; otherwise [`little_pressure`]'s ten-second
-/// average decides. No when nothing parses.
-fn little_pressure_since(pressure: &str, before: Option<(Duration, u64)>) -> bool {
-    let delta = before
-        .filter(|(age, _)| *age <= STALL_DELTA_MAX_AGE && !age.is_zero())
-        .and_then(|(age, then)| Some((age, stall_total(pressure)?.checked_sub(then)?)));
-    match delta {
-        Some((age, stalled_us)) => {
-            (stalled_us as f64) < age.as_micros() as f64 * CPU_PRESSURE_MAX_PERCENT / 100.0
-        }
-        None => little_pressure(pressure),
-    }
+/// Whether, over `age` from the reading `then` to `now`, the CPU time that went idle or to
+/// this process came to at least [`SPARE_CPUS`] CPUs. None when a time went back.
+fn spare_since(age: Duration, then: CpuTimes, now: CpuTimes) -> bool {
+    let (Some(idle), Some(own)) = (
+        now.idle.checked_sub(then.idle),
+        now.own.checked_sub(then.own),
+    ) else {
+        return false;
+    };
+    !age.is_zero() && (idle + own).as_secs_f64() >= SPARE_CPUS * age.as_secs_f64()
 }
 
-/// Whether the `some` line of a pressure file (as `/proc/pressure/cpu` reads) has its
-/// ten-second average below [`CPU_PRESSURE_MAX_PERCENT`]; no when it does not parse.
-fn little_pressure(pressure: &str) -> bool {
-    some_line(pressure)
-        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
-        .and_then(|v| v.parse::<f64>().ok())
-        .is_some_and(|p| p < CPU_PRESSURE_MAX_PERCENT)
-}
-
-/// Whether the one-minute load average `loadavg` (as `/proc/loadavg` reads) is below `cpus`;
-/// no when it does not parse.
-fn below(loadavg: &str, cpus: f64) -> bool {
+/// Whether fewer tasks are running or ready to run now than `cpus`, from `/proc/loadavg`
+/// (`<1m> <5m> <15m> <running>/<total> <last pid>`); no when it does not parse.
+fn fewer_running(loadavg: &str, cpus: usize) -> bool {
     loadavg
         .split_whitespace()
-        .next()
-        .and_then(|l| l.parse::<f64>().ok())
-        .is_some_and(|l| l < cpus)
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(running, _)| running.parse::<usize>().ok())
+        .is_some_and(|running| running < cpus)
 }
 
 /// One end's busy-poll window, adapted wait by wait.
@@ -372,33 +379,17 @@ mod tests {
         assert_eq!(w.window, Duration::from_millis(300));
     }
 
-    /// The machine has CPUs to spare only while tasks seldom waited for one in the last ten
-    /// seconds; a pressure file that does not parse is none to spare.
+    /// At a process's first reading, the machine has CPUs to spare only while fewer tasks
+    /// run or wait to run than it has CPUs; a count that does not parse is none to spare.
     #[test]
-    fn cpus_are_spare_while_tasks_seldom_wait_for_one() {
-        let file = |some: &str| {
-            format!("some avg10={some} avg60=34.62 avg300=70.52 total=46256205956\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-        };
-        assert!(little_pressure(&file("0.00")));
-        assert!(little_pressure(&file("6.93")));
-        assert!(!little_pressure(&file("10.00")));
-        assert!(!little_pressure(&file("71.20")));
-        assert!(!little_pressure(
-            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-        ));
-        assert!(!little_pressure("some avg10=low"));
-        assert!(!little_pressure(""));
-    }
-
-    /// Without a pressure file, the machine has CPUs to spare only while its one-minute load
-    /// is below their number; a load that does not parse is none to spare.
-    #[test]
-    fn cpus_are_spare_below_the_load_of_all_of_them() {
-        assert!(below("0.52 0.80 1.10 1/136 4242", 2.0));
-        assert!(!below("2.00 0.80 1.10 3/136 4242", 2.0));
-        assert!(!below("6.75 7.17 6.25 6/136 4242", 2.0));
-        assert!(!below("", 2.0));
-        assert!(!below("high", 64.0));
+    fn a_first_reading_finds_cpus_to_spare_while_fewer_tasks_run_than_there_are_cpus() {
+        assert!(fewer_running("0.52 0.80 1.10 1/136 4242", 2));
+        assert!(!fewer_running("0.10 0.80 1.10 2/136 4242", 2));
+        assert!(!fewer_running("6.75 7.17 6.25 6/136 4242", 2));
+        assert!(fewer_running("6.75 7.17 6.25 6/136 4242", 64));
+        assert!(!fewer_running("", 2));
+        assert!(!fewer_running("0.52 0.80 1.10 many/136 4242", 64));
+        assert!(!fewer_running("0.52 0.80 1.10", 64));
     }
 
     /// A test's fixed window is given whatever the machine's load.
@@ -409,42 +400,53 @@ mod tests {
         assert_eq!(SpinWindow::default().window(), Duration::ZERO);
     }
 
-    /// With a reading of the pressure file at most `STALL_DELTA_MAX_AGE` old, the stall grown
-    /// since it decides (so the gate follows a burst of load within a reading's interval),
-    /// whatever the ten-second average says; an older reading, a total that does not parse
-    /// or one that went back leaves it to the average.
+    /// Over an interval, the machine has CPUs to spare when the CPU time that went idle or to
+    /// this process (a spin's own included) comes to one CPU's worth; a time that went back, or
+    /// an interval of nothing, is none to spare.
     #[test]
-    fn the_gate_follows_the_stall_since_the_last_reading() {
-        let file = |avg10: &str, total: u64| {
-            format!("some avg10={avg10} avg60=1.00 avg300=1.00 total={total}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    fn the_gate_counts_idle_time_and_its_own_as_spare() {
+        let ms = Duration::from_millis;
+        let at = |idle, own| CpuTimes {
+            idle: ms(idle),
+            own: ms(own),
         };
-        let tenth = Duration::from_millis(100);
-        // 100 ms since a reading at 1,000,000 µs of stall.
-        let since = Some((tenth, 1_000_000));
-        // A burst just ended: the average still high, the last 100 ms quiet (5 ms stalled).
-        assert!(little_pressure_since(&file("60.00", 1_005_000), since));
-        // Load just began: the average still low, 50 of the last 100 ms stalled.
-        assert!(!little_pressure_since(&file("0.50", 1_050_000), since));
-        // At the bound (10 % of 100 ms): none to spare.
-        assert!(!little_pressure_since(&file("0.00", 1_010_000), since));
-        assert!(little_pressure_since(&file("0.00", 1_009_999), since));
-        // A reading too old, or none: the average decides.
-        let old = Some((STALL_DELTA_MAX_AGE + tenth, 1_000_000));
-        assert!(!little_pressure_since(&file("60.00", 1_005_000), old));
-        assert!(little_pressure_since(&file("0.50", 1_050_000), old));
-        assert!(!little_pressure_since(&file("60.00", 1_005_000), None));
-        // A total that went back, or does not parse: the average decides.
-        assert!(!little_pressure_since(&file("60.00", 999_000), since));
-        assert!(!little_pressure_since(
-            "some avg10=60.00 avg60=1.00 avg300=1.00 total=many\n",
-            since
-        ));
-        // Nothing parses: none to spare.
-        assert!(!little_pressure_since("", since));
+        let then = at(10_000, 500);
+        let tenth = ms(100);
+        // One CPU idle throughout.
+        assert!(spare_since(tenth, then, at(10_100, 500)));
+        // Part idle, part this process's own (its spin): still one CPU others did not use.
+        assert!(spare_since(tenth, then, at(10_060, 540)));
+        // Others took more than one CPU's time.
+        assert!(!spare_since(tenth, then, at(10_050, 520)));
+        assert!(!spare_since(tenth, then, at(10_000, 500)));
+        // Times that went back, or no time at all.
+        assert!(!spare_since(tenth, then, at(9_000, 700)));
+        assert!(!spare_since(tenth, then, at(10_200, 400)));
+        assert!(!spare_since(Duration::ZERO, then, at(10_100, 500)));
+    }
+
+    /// `/proc/uptime`'s idle field parses (and nothing else does), and this machine gives
+    /// both times the gate measures, this process's own growing with the CPU it uses.
+    #[test]
+    fn the_times_the_gate_measures_are_read_here() {
         assert_eq!(
-            stall_total(&file("1.00", 46_256_205_956)),
-            Some(46_256_205_956)
+            idle_time("12240.14 4582.02\n"),
+            Some(Duration::from_millis(4_582_020))
         );
+        assert_eq!(idle_time(""), None);
+        assert_eq!(idle_time("12240.14"), None);
+        assert_eq!(idle_time("12240.14 idle"), None);
+        assert_eq!(idle_time("12240.14 -1.00"), None);
+        let uptime = std::fs::read_to_string(UPTIME).expect("/proc/uptime");
+        assert!(idle_time(&uptime).is_some(), "{uptime:?}");
+        let before = own_cpu_time().expect("getrusage");
+        let busy = Instant::now();
+        let mut x = 0u64;
+        while busy.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = own_cpu_time().expect("getrusage");
+        assert!(after > before, "{before:?} then {after:?}");
     }
 
     /// An end told that the machine has no CPU to spare does not spin, however its window
