@@ -517,6 +517,11 @@ impl Client {
             ready = readable(&self.stream, Duration::ZERO)?;
             std::hint::spin_loop();
         }
+        crate::spin::spun(
+            Instant::now()
+                .min(spin_until)
+                .saturating_duration_since(start),
+        );
         if !ready {
             ready = readable(&self.stream, remaining(until)?)?;
         }

@@ -9,17 +9,18 @@
 //! longer than it but within [`SPIN_MAX`], and drops to zero at the first wait longer than
 //! that: a connection that goes quiet costs one window at most, then sleeps.
 //!
-//! An end spins only while the machine has CPUs to spare ([`cpus_to_spare`]: lately, at least
-//! one CPU's time went idle or to this process): on a busy machine no CPU halts, and a spin
-//! would only take the CPU other work needs.
+//! An end spins only while the machine has CPUs to spare ([`cpus_to_spare`]: no task is
+//! waiting for a CPU now, and lately at least half a CPU's time went idle or to spins of this
+//! process): on a busy machine no CPU halts, and a spin would only take the CPU other work
+//! needs.
 
 #[cfg(feature = "tokio")]
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 use std::{
-    sync::{Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -32,24 +33,32 @@ pub const SPIN_MAX: Duration = Duration::from_micros(100);
 /// How long the machine's load, once read, stands for it.
 pub const LOAD_READ_EVERY: Duration = Duration::from_millis(100);
 
-/// How much CPU time, in CPUs, must have gone idle or to this process since the last reading
-/// for the machine to have CPUs to spare: one whole CPU that other work did not use, which a
-/// spin can take without making any of that work wait.
-pub const SPARE_CPUS: f64 = 1.0;
+/// How much CPU time, in CPUs, must have gone idle or to this process's spins since the last
+/// reading for the machine to have CPUs to spare. Half a CPU: on two CPUs, a client and
+/// loongd handing requests back and forth, both spinning, leave about that (a peer's spin is
+/// another process's time, which cannot be told from any other work).
+pub const SPARE_CPUS: f64 = 0.5;
 
-/// Where the machine's idle time is read: `/proc/uptime`'s second field, the seconds all
-/// CPUs have spent idle (summed over CPUs, in hundredths).
-const UPTIME: &str = "/proc/uptime";
-
-/// Where the number of tasks running or ready to run now is read (`/proc/loadavg`'s fourth
-/// field, `running/total`), for a process's first reading, which has no interval to measure.
-const LOADAVG: &str = "/proc/loadavg";
+/// Where the machine's CPU times (its `cpu` line: idle, iowait and steal) and the number of
+/// tasks running or ready to run now (`procs_running`) are read.
+const STAT: &str = "/proc/stat";
 
 /// How old the last reading may be for the interval since it to stand for the machine's load
 /// now; past it, a reading counts as a process's first.
 pub const READING_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// One reading of the machine's load: when, what it said, and the CPU time the interval to
+/// The time this process's ends have spent polling (ns, all threads): what a spin took of the
+/// CPU time other work could have used, and gives back by sleeping.
+static SPUN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `spun`, the part of a wait an end spent polling, towards this process's spin time
+/// ([`cpus_to_spare`] counts it as spare: a spin does not shut the gate on itself).
+pub fn spun(spun: Duration) {
+    let ns = u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX);
+    SPUN_NS.fetch_add(ns, Ordering::Relaxed);
+}
+
+/// One reading of the machine's load: when, what it said, and the CPU times the interval to
 /// the next one is measured from.
 #[derive(Debug, Clone, Copy)]
 struct Reading {
@@ -58,40 +67,56 @@ struct Reading {
     times: Option<CpuTimes>,
 }
 
-/// The machine's idle CPU time and this process's own CPU time, both cumulative.
+/// Cumulative CPU times: the machine's idle (with iowait: a CPU waiting on a disk is free to
+/// run), its steal (what the hypervisor gave other guests while this one wanted to run), this
+/// process's own CPU time, and the part of it its ends spent spinning (wall time, at most
+/// the process's own CPU time over an interval).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct CpuTimes {
     idle: Duration,
+    steal: Duration,
     own: Duration,
+    spun: Duration,
 }
 
-/// Whether the machine has CPUs to spare for a spin. Never on a machine of one CPU (a spin
-/// there holds the only CPU its peer needs to answer). Otherwise: of the time since the last
-/// reading, when that is at most [`READING_MAX_AGE`] old, the CPU time that went idle
-/// (`/proc/uptime`) or to this process (`getrusage`: its own threads, spin included, so a
-/// spin does not count against itself) came to at least [`SPARE_CPUS`]; at a process's
-/// first reading, fewer tasks are running or ready to run (`/proc/loadavg`, this thread
-/// included) than the machine has CPUs. Read at most once per [`LOAD_READ_EVERY`] in a
-/// process; a load that cannot be read is none to spare.
+/// What one reading found: the CPUs this process may use (affinity and quota), the CPUs
+/// online, the tasks running or ready to run now (this thread included), and the times.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    usable: usize,
+    online: usize,
+    running: Option<usize>,
+    times: Option<CpuTimes>,
+}
+
+/// Whether the machine has CPUs to spare for a spin.
+///
+/// Never when this process may use fewer than two CPUs, or fewer than the machine has online
+/// (a CPU quota or an affinity mask: the machine's idle time would not be its own). Otherwise
+/// no more tasks are running or ready to run now than there are CPUs (`/proc/stat`'s
+/// `procs_running`, this thread included), and, over the interval since the last reading
+/// when that is at most [`READING_MAX_AGE`] old, the CPU time that went idle (iowait
+/// included) or to this process's spins ([`spun`]), less the time stolen by the hypervisor,
+/// came to at least [`SPARE_CPUS`]; a process's first reading has the running count alone.
+/// Read at most once per [`LOAD_READ_EVERY`] in a process; a load that cannot be read is
+/// none to spare (so a process whose `/proc` shows only process directories, as under
+/// systemd's `ProcSubset=pid`, never spins).
 ///
 /// Linux's CPU pressure (`/proc/pressure/cpu`) is not the measure: a task woken by a peer
 /// waits on its waker's CPU until the waker sleeps, and the pressure file counts that wait,
-/// so two threads handing a message back and forth on an idle machine read as 13-70 % stall.
+/// so two processes handing a message back and forth on an idle machine read as 13-70 %
+/// stall. Nor is the process's whole CPU time: its own work, a flood of requests included,
+/// is not CPU to spare.
 pub fn cpus_to_spare() -> bool {
-    static CPUS: OnceLock<usize> = OnceLock::new();
     static LAST: Mutex<Option<Reading>> = Mutex::new(None);
     // The answer most recently read, for a caller that finds another reading the file: it
     // never waits on that reading (callers hold locks and run on runtime threads).
-    static SPARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if cpus < 2 {
-        return false;
-    }
+    static SPARE: AtomicBool = AtomicBool::new(false);
     let mut last = match LAST.try_lock() {
         Ok(last) => last,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => {
-            return SPARE.load(std::sync::atomic::Ordering::Relaxed);
+            return SPARE.load(Ordering::Relaxed);
         }
     };
     if let Some(r) = *last {
@@ -100,30 +125,118 @@ pub fn cpus_to_spare() -> bool {
         }
     }
     let now = Instant::now();
-    let times = std::fs::read_to_string(UPTIME)
-        .ok()
-        .and_then(|u| idle_time(&u))
-        .zip(own_cpu_time())
-        .map(|(idle, own)| CpuTimes { idle, own });
+    let load = read_load();
     let since = last.and_then(|r| Some((now.duration_since(r.at), r.times?)));
-    let spare = match (since, times) {
-        (Some((age, then)), Some(times)) if age <= READING_MAX_AGE => spare_since(age, then, times),
-        _ => std::fs::read_to_string(LOADAVG).is_ok_and(|l| fewer_running(&l, cpus)),
-    };
     let reading = Reading {
         at: now,
-        spare,
-        times,
+        spare: decide(&load, since),
+        times: load.times,
     };
     *last = Some(reading);
-    SPARE.store(reading.spare, std::sync::atomic::Ordering::Relaxed);
+    SPARE.store(reading.spare, Ordering::Relaxed);
     reading.spare
 }
 
-/// The idle time of all CPUs together, from `/proc/uptime` (`<up> <idle>`, seconds).
-fn idle_time(uptime: &str) -> Option<Duration> {
-    let idle: f64 = uptime.split_whitespace().nth(1)?.parse().ok()?;
-    Duration::try_from_secs_f64(idle).ok()
+/// Reads the machine's load now (see [`Load`]).
+fn read_load() -> Load {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX);
+    let stat = std::fs::read_to_string(STAT).unwrap_or_default();
+    let own = own_cpu_time();
+    let spun = Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed));
+    Load {
+        usable,
+        online,
+        running: procs_running(&stat),
+        times: cpu_idle_and_steal(&stat)
+            .zip(own)
+            .map(|((idle, steal), own)| CpuTimes {
+                idle,
+                steal,
+                own,
+                spun,
+            }),
+    }
+}
+
+/// The rule of [`cpus_to_spare`] on one reading, given the age and times of the last one.
+fn decide(load: &Load, since: Option<(Duration, CpuTimes)>) -> bool {
+    if load.usable < 2 || load.usable < load.online {
+        return false;
+    }
+    if load.running.is_none_or(|running| running > load.online) {
+        return false;
+    }
+    match (since, load.times) {
+        (Some((age, then)), Some(now)) if age <= READING_MAX_AGE => spare_since(age, then, now),
+        _ => true,
+    }
+}
+
+/// Whether, over `age` from the reading `then` to `now`, the CPU time that went idle or to
+/// this process's spins (at most its own CPU time over the interval), less the time stolen,
+/// came to at least [`SPARE_CPUS`] CPUs. None when a time went back or no time passed.
+fn spare_since(age: Duration, then: CpuTimes, now: CpuTimes) -> bool {
+    let grown = |now: Duration, then: Duration| now.checked_sub(then);
+    let (Some(idle), Some(steal), Some(own), Some(spun)) = (
+        grown(now.idle, then.idle),
+        grown(now.steal, then.steal),
+        grown(now.own, then.own),
+        grown(now.spun, then.spun),
+    ) else {
+        return false;
+    };
+    let free = idle.saturating_add(spun.min(own)).saturating_sub(steal);
+    !age.is_zero() && free.as_secs_f64() >= SPARE_CPUS * age.as_secs_f64()
+}
+
+/// The clock ticks per second `/proc/stat` counts in (`USER_HZ`).
+fn user_hz() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// The machine's idle time (idle and iowait) and stolen time, all CPUs together, from
+/// `/proc/stat`'s `cpu` line (`cpu user nice system idle iowait irq softirq steal ...`, in
+/// `USER_HZ` ticks); none when it does not parse.
+fn cpu_idle_and_steal(stat: &str) -> Option<(Duration, Duration)> {
+    let line = stat.lines().find_map(|l| l.strip_prefix("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let at = |i: usize| ticks.get(i).copied();
+    let idle = at(3)?.checked_add(at(4)?)?;
+    let steal = at(7)?;
+    let time = |t: u64| {
+        let hz = user_hz();
+        Some(
+            Duration::from_secs(t / hz)
+                + Duration::from_nanos((t % hz).checked_mul(1_000_000_000)? / hz),
+        )
+    };
+    Some((time(idle)?, time(steal)?))
+}
+
+/// The tasks running or ready to run now, from `/proc/stat`'s `procs_running` line.
+fn procs_running(stat: &str) -> Option<usize> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// This process's CPU time so far, its threads' user and system time together.
@@ -138,29 +251,6 @@ fn own_cpu_time() -> Option<Duration> {
     Some(Duration::from_micros(
         micros(usage.user_time())?.checked_add(micros(usage.system_time())?)?,
     ))
-}
-
-/// Whether, over `age` from the reading `then` to `now`, the CPU time that went idle or to
-/// this process came to at least [`SPARE_CPUS`] CPUs. None when a time went back.
-fn spare_since(age: Duration, then: CpuTimes, now: CpuTimes) -> bool {
-    let (Some(idle), Some(own)) = (
-        now.idle.checked_sub(then.idle),
-        now.own.checked_sub(then.own),
-    ) else {
-        return false;
-    };
-    !age.is_zero() && (idle + own).as_secs_f64() >= SPARE_CPUS * age.as_secs_f64()
-}
-
-/// Whether fewer tasks are running or ready to run now than `cpus`, from `/proc/loadavg`
-/// (`<1m> <5m> <15m> <running>/<total> <last pid>`); no when it does not parse.
-fn fewer_running(loadavg: &str, cpus: usize) -> bool {
-    loadavg
-        .split_whitespace()
-        .nth(3)
-        .and_then(|f| f.split_once('/'))
-        .and_then(|(running, _)| running.parse::<usize>().ok())
-        .is_some_and(|running| running < cpus)
 }
 
 /// One end's busy-poll window, adapted wait by wait.
@@ -230,8 +320,8 @@ impl SpinWindow {
 pub struct SpinWait {
     /// The window, adapted to this end's waits.
     pub window: SpinWindow,
-    /// The wait under way: when it began, and until when it polls.
-    wait: Option<(Instant, Instant)>,
+    /// The wait under way.
+    wait: Option<Wait>,
     /// For an end that reads a peer it does not trust ([`SpinWait::asked_by`]): set by this
     /// end's own writes. Such an end spins only within one window after each write, so a peer
     /// that trickles bytes it was not asked for (one at a time, or frames nobody waits for)
@@ -239,6 +329,17 @@ pub struct SpinWait {
     asked: Option<Arc<AtomicBool>>,
     /// The end of the window the last write opened.
     asked_until: Option<Instant>,
+}
+
+/// One wait of a [`SpinWait`]: when it began, until when it polls, and whether it waits for
+/// what this end asked (the first wait after its write, or any wait of an end that reads no
+/// untrusted peer).
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    since: Instant,
+    until: Instant,
+    answers: bool,
 }
 
 /// Marks that an end which reads through a [`SpinWait::asked_by`] wrote to its peer: its
@@ -282,24 +383,40 @@ impl SpinWait {
     pub fn again(&mut self) -> bool {
         let now = Instant::now();
         if self.wait.is_none() {
-            let until = match &self.asked {
-                None => now + self.window.window(),
+            let (until, answers) = match &self.asked {
+                None => (now + self.window.window(), true),
                 Some(flag) if flag.swap(false, Ordering::AcqRel) => {
                     let until = now + self.window.window();
                     self.asked_until = Some(until);
-                    until
+                    (until, true)
                 }
-                Some(_) => self.asked_until.unwrap_or(now),
+                Some(_) => (self.asked_until.unwrap_or(now), false),
             };
-            self.wait = Some((now, until));
+            self.wait = Some(Wait {
+                since: now,
+                until,
+                answers,
+            });
         }
-        self.wait.is_some_and(|(_, until)| now < until)
+        self.wait.is_some_and(|w| now < w.until)
     }
 
-    /// The wait under way (if any) ended: the window adapts to how long it took.
+    /// The wait under way (if any) ended: the window adapts to how long it took. For an end
+    /// [`SpinWait::asked_by`] a flag, only a wait for what its last write asked (the first
+    /// after it) grows the window: one that follows bytes the peer sent unasked (a client's
+    /// first frames, before this end wrote anything) can only end the spinning, so a
+    /// connection that is opened, asked once and closed never learns to spin.
     pub fn ended(&mut self) {
-        if let Some((since, _)) = self.wait.take() {
-            self.window.record(since.elapsed());
+        if let Some(w) = self.wait.take() {
+            spun(
+                Instant::now()
+                    .min(w.until)
+                    .saturating_duration_since(w.since),
+            );
+            let waited = w.since.elapsed();
+            if w.answers || waited > SPIN_MAX {
+                self.window.record(waited);
+            }
         }
     }
 
@@ -379,19 +496,6 @@ mod tests {
         assert_eq!(w.window, Duration::from_millis(300));
     }
 
-    /// At a process's first reading, the machine has CPUs to spare only while fewer tasks
-    /// run or wait to run than it has CPUs; a count that does not parse is none to spare.
-    #[test]
-    fn a_first_reading_finds_cpus_to_spare_while_fewer_tasks_run_than_there_are_cpus() {
-        assert!(fewer_running("0.52 0.80 1.10 1/136 4242", 2));
-        assert!(!fewer_running("0.10 0.80 1.10 2/136 4242", 2));
-        assert!(!fewer_running("6.75 7.17 6.25 6/136 4242", 2));
-        assert!(fewer_running("6.75 7.17 6.25 6/136 4242", 64));
-        assert!(!fewer_running("", 2));
-        assert!(!fewer_running("0.52 0.80 1.10 many/136 4242", 64));
-        assert!(!fewer_running("0.52 0.80 1.10", 64));
-    }
-
     /// A test's fixed window is given whatever the machine's load.
     #[test]
     fn a_fixed_window_is_given_whatever_the_load() {
@@ -400,53 +504,145 @@ mod tests {
         assert_eq!(SpinWindow::default().window(), Duration::ZERO);
     }
 
-    /// Over an interval, the machine has CPUs to spare when the CPU time that went idle or to
-    /// this process (a spin's own included) comes to one CPU's worth; a time that went back, or
-    /// an interval of nothing, is none to spare.
-    #[test]
-    fn the_gate_counts_idle_time_and_its_own_as_spare() {
+    fn times(idle: u64, steal: u64, own: u64, spun: u64) -> CpuTimes {
         let ms = Duration::from_millis;
-        let at = |idle, own| CpuTimes {
+        CpuTimes {
             idle: ms(idle),
+            steal: ms(steal),
             own: ms(own),
-        };
-        let then = at(10_000, 500);
-        let tenth = ms(100);
-        // One CPU idle throughout.
-        assert!(spare_since(tenth, then, at(10_100, 500)));
-        // Part idle, part this process's own (its spin): still one CPU others did not use.
-        assert!(spare_since(tenth, then, at(10_060, 540)));
-        // Others took more than one CPU's time.
-        assert!(!spare_since(tenth, then, at(10_050, 520)));
-        assert!(!spare_since(tenth, then, at(10_000, 500)));
-        // Times that went back, or no time at all.
-        assert!(!spare_since(tenth, then, at(9_000, 700)));
-        assert!(!spare_since(tenth, then, at(10_200, 400)));
-        assert!(!spare_since(Duration::ZERO, then, at(10_100, 500)));
+            spun: ms(spun),
+        }
     }
 
-    /// `/proc/uptime`'s idle field parses (and nothing else does), and this machine gives
-    /// both times the gate measures, this process's own growing with the CPU it uses.
+    /// Over an interval, the machine has CPUs to spare when the time that went idle or to this
+    /// process's spins (no more than its CPU time), less the time stolen, comes to half a CPU
+    /// of the interval, whatever its length; a time that went back, or no time, is none.
+    #[test]
+    fn the_gate_counts_idle_time_and_its_own_spins_as_spare() {
+        let then = times(10_000, 300, 500, 200);
+        for (age, half) in [(100, 50), (400, 200)] {
+            let age = Duration::from_millis(age);
+            // Half a CPU idle, or idle and spun together; just short of it.
+            assert!(spare_since(age, then, times(10_000 + half, 300, 500, 200)));
+            assert!(spare_since(
+                age,
+                then,
+                times(10_000 + half / 2, 300, 500 + half, 200 + half / 2)
+            ));
+            assert!(!spare_since(
+                age,
+                then,
+                times(10_000 + half - 1, 300, 500, 200)
+            ));
+            // The process's own work that is not a spin is not spare (a flood of requests).
+            assert!(!spare_since(
+                age,
+                then,
+                times(10_000, 300, 500 + 4 * half, 200)
+            ));
+            // Spin time counts up to the process's CPU time (a spinner preempted is not ours).
+            assert!(!spare_since(
+                age,
+                then,
+                times(10_000, 300, 500 + half / 2, 200 + 4 * half)
+            ));
+            // Stolen time comes off.
+            assert!(!spare_since(age, then, times(10_000 + half, 301, 500, 200)));
+            assert!(spare_since(
+                age,
+                then,
+                times(10_000 + half + 1, 301, 500, 200)
+            ));
+        }
+        let tenth = Duration::from_millis(100);
+        // Times that went back, or no time at all.
+        assert!(!spare_since(tenth, then, times(9_000, 300, 700, 200)));
+        assert!(!spare_since(tenth, then, times(10_200, 300, 400, 200)));
+        assert!(!spare_since(tenth, then, times(10_200, 299, 500, 200)));
+        assert!(!spare_since(tenth, then, times(10_200, 300, 500, 199)));
+        assert!(!spare_since(
+            Duration::ZERO,
+            then,
+            times(10_100, 300, 500, 200)
+        ));
+    }
+
+    /// The rule's order: a process that may use fewer than two CPUs, or fewer than are online,
+    /// never spins; nor while more tasks run than there are CPUs; then the interval since a
+    /// recent reading decides, and without one (a first reading, an old one, times that could
+    /// not be read) the running count alone.
+    #[test]
+    fn the_gate_decides_on_cpus_then_running_tasks_then_the_interval() {
+        let quiet = times(10_100, 0, 0, 0);
+        let busy = times(10_000, 0, 0, 0);
+        let then = times(10_000, 0, 0, 0);
+        let load = |usable, online, running, times| Load {
+            usable,
+            online,
+            running,
+            times: Some(times),
+        };
+        let recent = Some((Duration::from_millis(100), then));
+        let old = Some((READING_MAX_AGE + Duration::from_millis(1), then));
+        let edge = Some((READING_MAX_AGE, then));
+        assert!(decide(&load(2, 2, Some(2), quiet), recent));
+        assert!(!decide(&load(2, 2, Some(2), busy), recent));
+        assert!(!decide(&load(1, 1, Some(1), quiet), recent));
+        assert!(!decide(&load(2, 8, Some(1), quiet), recent));
+        assert!(decide(&load(4, 4, Some(4), quiet), recent));
+        assert!(!decide(&load(2, 2, Some(3), quiet), recent));
+        assert!(!decide(&load(2, 2, None, quiet), recent));
+        // A first or old reading: the running count alone.
+        assert!(decide(&load(2, 2, Some(2), busy), None));
+        assert!(!decide(&load(2, 2, Some(3), busy), None));
+        assert!(decide(&load(2, 2, Some(1), busy), old));
+        assert!(!decide(&load(2, 2, Some(2), busy), edge));
+        let unread = Load {
+            times: None,
+            ..load(2, 2, Some(2), busy)
+        };
+        assert!(decide(&unread, recent));
+    }
+
+    /// `/proc/stat`'s `cpu` and `procs_running` lines parse (and nothing else does), and this
+    /// machine gives every time the gate measures: the process's own CPU time grows with what
+    /// any of its threads uses.
     #[test]
     fn the_times_the_gate_measures_are_read_here() {
-        assert_eq!(
-            idle_time("12240.14 4582.02\n"),
-            Some(Duration::from_millis(4_582_020))
-        );
-        assert_eq!(idle_time(""), None);
-        assert_eq!(idle_time("12240.14"), None);
-        assert_eq!(idle_time("12240.14 idle"), None);
-        assert_eq!(idle_time("12240.14 -1.00"), None);
-        let uptime = std::fs::read_to_string(UPTIME).expect("/proc/uptime");
-        assert!(idle_time(&uptime).is_some(), "{uptime:?}");
+        let stat = "cpu  1083277 738403 256419 464268 7962 0 2788 3809 0 0\n\
+                    cpu0 542761 320525 116702 236562 2358 0 220 1781 0 0\n\
+                    intr 1 2 3\nprocs_running 3\nprocs_blocked 0\n";
+        let hz = user_hz();
+        let ticks = |t: u64| Duration::from_secs_f64(t as f64 / hz as f64);
+        let (idle, steal) = cpu_idle_and_steal(stat).expect("cpu line");
+        assert!(idle.abs_diff(ticks(464_268 + 7_962)) < Duration::from_millis(1));
+        assert!(steal.abs_diff(ticks(3_809)) < Duration::from_millis(1));
+        assert_eq!(procs_running(stat), Some(3));
+        assert_eq!(cpu_idle_and_steal("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(cpu_idle_and_steal("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(cpu_idle_and_steal("cpu  1 2 3 x 5 6 7 8\n"), None);
+        assert_eq!(cpu_idle_and_steal(""), None);
+        assert_eq!(procs_running("procs_running many\n"), None);
+        assert_eq!(procs_running(""), None);
+        let here = read_load();
+        assert!(here.usable >= 1 && here.online >= 1, "{here:?}");
+        assert!(here.running.is_some_and(|r| r >= 1), "{here:?}");
+        assert!(here.times.is_some(), "{here:?}");
         let before = own_cpu_time().expect("getrusage");
-        let busy = Instant::now();
-        let mut x = 0u64;
-        while busy.elapsed() < Duration::from_millis(30) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
+        std::thread::spawn(|| {
+            let busy = Instant::now();
+            let mut x = 0u64;
+            while busy.elapsed() < Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .join()
+        .expect("busy thread");
         let after = own_cpu_time().expect("getrusage");
-        assert!(after > before, "{before:?} then {after:?}");
+        assert!(
+            after >= before + Duration::from_millis(10),
+            "{before:?} then {after:?}"
+        );
     }
 
     /// An end told that the machine has no CPU to spare does not spin, however its window
@@ -507,6 +703,59 @@ mod tests {
                 "the runtime thread slept while it waited (fixed window: {fixed})"
             );
         }
+    }
+
+    /// An end that reads an untrusted peer learns to spin only from waits for what it asked:
+    /// waits for bytes the peer sent unasked (a client's first frames) never grow its window,
+    /// however short (so a connection opened, asked once and closed never spins), while the
+    /// first wait after its write does; a long unasked wait still ends the spinning.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn only_a_wait_for_what_the_end_asked_grows_its_window() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut unasked = SpinWait::default().asked_by(flag.clone());
+        for _ in 0..100 {
+            unasked.again();
+            unasked.ended();
+        }
+        assert_eq!(unasked.window.window, Duration::ZERO);
+        // The control: the same quick waits, each after a write, grow it (a try preempted for
+        // longer than SPIN_MAX does not count, so a few are allowed).
+        let mut asked = SpinWait::default().asked_by(flag.clone());
+        let grown = (0..100).any(|_| {
+            asked.ask();
+            asked.again();
+            asked.ended();
+            !asked.window.window.is_zero()
+        });
+        assert!(grown, "no wait after a write grew the window");
+        // A long wait nobody asked for ends the spinning.
+        asked.again();
+        asked.wait = asked.wait.map(|w| Wait {
+            since: w.since - 2 * SPIN_MAX,
+            ..w
+        });
+        asked.ended();
+        assert_eq!(asked.window.window, Duration::ZERO);
+    }
+
+    /// A wait counts the part of it that spun towards the process's spin time (which the gate
+    /// counts as spare): all of a window that ends before what it waits for.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_spinning_wait_counts_its_spin() {
+        let window = Duration::from_millis(20);
+        let before = SPUN_NS.load(Ordering::Relaxed);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let mut wait = SpinWait::new(SpinWindow::fixed(window));
+                wait.on(tokio::time::sleep(3 * window)).await;
+            });
+        let spun = Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed) - before);
+        assert!(spun >= window, "{spun:?} counted for a {window:?} spin");
     }
 
     /// A wait that spins gives the runtime back between its polls: another task of the same

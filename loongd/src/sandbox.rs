@@ -1063,6 +1063,7 @@ async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin:
             break;
         }
     }
+    loong_ipc::spin::spun(since.elapsed().min(window));
     if !seen {
         if let Ok(fd) = fd.try_clone_to_owned() {
             // The safe constructor is deprecated for descriptors a type could swap or close

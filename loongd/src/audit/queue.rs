@@ -320,6 +320,7 @@ impl Queue {
             while !self.poked.load(Ordering::Acquire) && Instant::now() < until {
                 std::hint::spin_loop();
             }
+            loong_ipc::spin::spun(Instant::now().min(until).saturating_duration_since(start));
             s = self.lock();
             s.spinning = false;
         }
