@@ -39,6 +39,11 @@ pub const LOAD_READ_EVERY: Duration = Duration::from_millis(100);
 /// another process's time, which cannot be told from any other work).
 pub const SPARE_CPUS: f64 = 0.5;
 
+/// How much of the CPU time since the last reading, in CPUs, must have gone idle in fact
+/// (not to this process's spins) for the machine to have CPUs to spare: spins alone never
+/// keep the gate open, so neither does work a spinning end let run between its polls.
+pub const MIN_IDLE_CPUS: f64 = 0.125;
+
 /// Where the machine's CPU times (its `cpu` line: idle, iowait and steal) and the number of
 /// tasks running or ready to run now (`procs_running`) are read.
 const STAT: &str = "/proc/stat";
@@ -96,8 +101,9 @@ struct Load {
 /// no more tasks are running or ready to run now than there are CPUs (`/proc/stat`'s
 /// `procs_running`, this thread included), and, over the interval since the last reading
 /// when that is at most [`READING_MAX_AGE`] old, the CPU time that went idle (iowait
-/// included) or to this process's spins ([`spun`]), less the time stolen by the hypervisor,
-/// came to at least [`SPARE_CPUS`]; a process's first reading has the running count alone.
+/// included, less the time stolen by the hypervisor) came to at least [`MIN_IDLE_CPUS`], and
+/// with this process's spins ([`spun`]) to at least [`SPARE_CPUS`]; a process's first reading
+/// has the running count alone.
 /// Read at most once per [`LOAD_READ_EVERY`] in a process; a load that cannot be read is
 /// none to spare (so a process whose `/proc` shows only process directories, as under
 /// systemd's `ProcSubset=pid`, never spins).
@@ -172,14 +178,16 @@ fn decide(load: &Load, since: Option<(Duration, CpuTimes)>) -> bool {
         return false;
     }
     match (since, load.times) {
+        (_, None) => false,
         (Some((age, then)), Some(now)) if age <= READING_MAX_AGE => spare_since(age, then, now),
-        _ => true,
+        (_, Some(_)) => true,
     }
 }
 
-/// Whether, over `age` from the reading `then` to `now`, the CPU time that went idle or to
-/// this process's spins (at most its own CPU time over the interval), less the time stolen,
-/// came to at least [`SPARE_CPUS`] CPUs. None when a time went back or no time passed.
+/// Whether, over `age` from the reading `then` to `now`, the CPU time that went idle (less the
+/// time stolen) came to at least [`MIN_IDLE_CPUS`], and with this process's spins (at most its
+/// own CPU time over the interval) to at least [`SPARE_CPUS`]. None when a time went back or
+/// no time passed.
 fn spare_since(age: Duration, then: CpuTimes, now: CpuTimes) -> bool {
     let grown = |now: Duration, then: Duration| now.checked_sub(then);
     let (Some(idle), Some(steal), Some(own), Some(spun)) = (
@@ -190,8 +198,11 @@ fn spare_since(age: Duration, then: CpuTimes, now: CpuTimes) -> bool {
     ) else {
         return false;
     };
-    let free = idle.saturating_add(spun.min(own)).saturating_sub(steal);
-    !age.is_zero() && free.as_secs_f64() >= SPARE_CPUS * age.as_secs_f64()
+    let idle = idle.saturating_sub(steal);
+    let free = idle.saturating_add(spun.min(own));
+    !age.is_zero()
+        && idle.as_secs_f64() >= MIN_IDLE_CPUS * age.as_secs_f64()
+        && free.as_secs_f64() >= SPARE_CPUS * age.as_secs_f64()
 }
 
 /// The clock ticks per second `/proc/stat` counts in (`USER_HZ`).
@@ -329,6 +340,9 @@ pub struct SpinWait {
     asked: Option<Arc<AtomicBool>>,
     /// The end of the window the last write opened.
     asked_until: Option<Instant>,
+    /// The time this end's waits have spent polling, all told ([`spun`] counts it for the
+    /// process).
+    spun: Duration,
 }
 
 /// One wait of a [`SpinWait`]: when it began, until when it polls, and whether it waits for
@@ -382,6 +396,19 @@ impl SpinWait {
     /// however many reads that window holds.
     pub fn again(&mut self) -> bool {
         let now = Instant::now();
+        // This end wrote while the wait was under way (a reply it sent while reading): what
+        // comes next is what it asked, so the wait starts again from now as one for that,
+        // its part before not counted.
+        let asked_meanwhile = self.wait.is_some_and(|w| !w.answers)
+            && self
+                .asked
+                .as_ref()
+                .is_some_and(|flag| flag.load(Ordering::Acquire));
+        if asked_meanwhile {
+            if let Some(w) = self.wait.take() {
+                self.count_spin(now.min(w.until).saturating_duration_since(w.since));
+            }
+        }
         if self.wait.is_none() {
             let (until, answers) = match &self.asked {
                 None => (now + self.window.window(), true),
@@ -408,7 +435,7 @@ impl SpinWait {
     /// connection that is opened, asked once and closed never learns to spin.
     pub fn ended(&mut self) {
         if let Some(w) = self.wait.take() {
-            spun(
+            self.count_spin(
                 Instant::now()
                     .min(w.until)
                     .saturating_duration_since(w.since),
@@ -418,6 +445,13 @@ impl SpinWait {
                 self.window.record(waited);
             }
         }
+    }
+
+    /// Counts `polled`, the part of a wait this end spent polling, for the end and for the
+    /// process ([`spun`]).
+    fn count_spin(&mut self, polled: Duration) {
+        self.spun = self.spun.saturating_add(polled);
+        spun(polled);
     }
 
     /// Waits for `fut`, polling it for the window before it sleeps.
@@ -514,39 +548,41 @@ mod tests {
         }
     }
 
-    /// Over an interval, the machine has CPUs to spare when the time that went idle or to this
-    /// process's spins (no more than its CPU time), less the time stolen, comes to half a CPU
-    /// of the interval, whatever its length; a time that went back, or no time, is none.
+    /// Over an interval, the machine has CPUs to spare when an eighth of a CPU went idle in
+    /// fact and, with this process's spins (no more than its CPU time), half a CPU, less the
+    /// time stolen, whatever the interval's length; spins alone, the process's other work, a
+    /// time that went back, or no time, are none.
     #[test]
     fn the_gate_counts_idle_time_and_its_own_spins_as_spare() {
         let then = times(10_000, 300, 500, 200);
-        for (age, half) in [(100, 50), (400, 200)] {
+        for (age, half, eighth) in [(160, 80, 20), (400, 200, 50)] {
             let age = Duration::from_millis(age);
-            // Half a CPU idle, or idle and spun together; just short of it.
+            let rest = half - eighth;
+            // Half a CPU idle; an eighth idle and the rest spun; just short of either.
             assert!(spare_since(age, then, times(10_000 + half, 300, 500, 200)));
             assert!(spare_since(
                 age,
                 then,
-                times(10_000 + half / 2, 300, 500 + half, 200 + half / 2)
+                times(10_000 + eighth, 300, 500 + rest, 200 + rest)
             ));
             assert!(!spare_since(
                 age,
                 then,
                 times(10_000 + half - 1, 300, 500, 200)
             ));
+            // Spins with less than an eighth idle: spins alone never hold the gate open.
+            let spins = times(10_000 + eighth - 1, 300, 500 + 2 * half, 200 + 2 * half);
+            assert!(!spare_since(age, then, spins));
             // The process's own work that is not a spin is not spare (a flood of requests).
             assert!(!spare_since(
                 age,
                 then,
-                times(10_000, 300, 500 + 4 * half, 200)
+                times(10_000 + eighth, 300, 500 + 4 * half, 200)
             ));
-            // Spin time counts up to the process's CPU time (a spinner preempted is not ours).
-            assert!(!spare_since(
-                age,
-                then,
-                times(10_000, 300, 500 + half / 2, 200 + 4 * half)
-            ));
-            // Stolen time comes off.
+            // Spin time counts up to the process's CPU time over the interval.
+            let capped = times(10_000 + eighth, 300, 500 + rest / 2, 200 + 4 * half);
+            assert!(!spare_since(age, then, capped));
+            // Stolen time comes off the idle time.
             assert!(!spare_since(age, then, times(10_000 + half, 301, 500, 200)));
             assert!(spare_since(
                 age,
@@ -597,11 +633,13 @@ mod tests {
         assert!(!decide(&load(2, 2, Some(3), busy), None));
         assert!(decide(&load(2, 2, Some(1), busy), old));
         assert!(!decide(&load(2, 2, Some(2), busy), edge));
+        // Times that cannot be read: none to spare, whatever the count.
         let unread = Load {
             times: None,
-            ..load(2, 2, Some(2), busy)
+            ..load(2, 2, Some(1), quiet)
         };
-        assert!(decide(&unread, recent));
+        assert!(!decide(&unread, recent));
+        assert!(!decide(&unread, None));
     }
 
     /// `/proc/stat`'s `cpu` and `procs_running` lines parse (and nothing else does), and this
@@ -629,19 +667,26 @@ mod tests {
         assert!(here.running.is_some_and(|r| r >= 1), "{here:?}");
         assert!(here.times.is_some(), "{here:?}");
         let before = own_cpu_time().expect("getrusage");
-        std::thread::spawn(|| {
-            let busy = Instant::now();
+        // Another thread works until the process's time has grown by 10 ms (at most 10 s of
+        // the machine's time, however loaded).
+        let grew = std::thread::spawn(move || {
+            let give_up = Instant::now() + Duration::from_secs(10);
             let mut x = 0u64;
-            while busy.elapsed() < Duration::from_millis(30) {
-                x = std::hint::black_box(x.wrapping_add(1));
+            while Instant::now() < give_up {
+                for _ in 0..100_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                if own_cpu_time().is_some_and(|t| t >= before + Duration::from_millis(10)) {
+                    return true;
+                }
             }
+            false
         })
         .join()
         .expect("busy thread");
-        let after = own_cpu_time().expect("getrusage");
         assert!(
-            after >= before + Duration::from_millis(10),
-            "{before:?} then {after:?}"
+            grew,
+            "the process's CPU time did not grow with another thread's work"
         );
     }
 
@@ -739,6 +784,29 @@ mod tests {
         assert_eq!(asked.window.window, Duration::ZERO);
     }
 
+    /// A write made while a wait for unasked bytes is under way makes what comes next a
+    /// wait for what the end asked: it spins for its window.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_write_during_a_wait_makes_it_one_for_what_was_asked() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let window = SpinWindow::fixed(Duration::from_secs(2));
+        let mut end = SpinWait::new(window.clone()).asked_by(flag.clone());
+        // Unasked: no spin at all, whatever the window.
+        assert!(!end.again());
+        assert!(end.wait.is_some_and(|w| !w.answers));
+        // This end writes meanwhile: the wait starts again as one for what it asked.
+        end.ask();
+        assert!(end.again(), "the wait after the write spins");
+        assert!(end.wait.is_some_and(|w| w.answers));
+        end.ended();
+        // The control: without a write the unasked wait stays one.
+        let mut plain = SpinWait::new(window).asked_by(flag);
+        assert!(!plain.again());
+        assert!(!plain.again());
+        assert!(plain.wait.is_some_and(|w| !w.answers));
+    }
+
     /// A wait counts the part of it that spun towards the process's spin time (which the gate
     /// counts as spare): all of a window that ends before what it waits for.
     #[cfg(feature = "tokio")]
@@ -746,16 +814,23 @@ mod tests {
     fn a_spinning_wait_counts_its_spin() {
         let window = Duration::from_millis(20);
         let before = SPUN_NS.load(Ordering::Relaxed);
-        tokio::runtime::Builder::new_current_thread()
+        let wait = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("runtime")
             .block_on(async {
                 let mut wait = SpinWait::new(SpinWindow::fixed(window));
                 wait.on(tokio::time::sleep(3 * window)).await;
+                wait
             });
-        let spun = Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed) - before);
-        assert!(spun >= window, "{spun:?} counted for a {window:?} spin");
+        assert_eq!(wait.spun, window, "the spin counted for the wait");
+        let process = Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed) - before);
+        assert!(process >= window, "{process:?} counted for the process");
+        // The control: a wait that does not spin counts nothing.
+        let mut quiet = SpinWait::default();
+        quiet.again();
+        quiet.ended();
+        assert_eq!(quiet.spun, Duration::ZERO);
     }
 
     /// A wait that spins gives the runtime back between its polls: another task of the same

@@ -356,7 +356,11 @@ mod tests {
             let (tid, mut peer, reader) = reading_thread(spin, |mut r, _| {
                 Box::pin(async move {
                     let mut byte = [0u8; 1];
-                    while r.read(&mut byte).await.is_ok_and(|n| n > 0) {}
+                    // Each byte answered, as loongd answers a request: the next wait is one
+                    // for what it asked, so the window grows while the bytes come quickly.
+                    while r.read(&mut byte).await.is_ok_and(|n| n > 0) {
+                        r.spin.ask();
+                    }
                 })
             });
             for _ in 0..50 {
