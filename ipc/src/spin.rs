@@ -40,9 +40,11 @@ pub const LOAD_READ_EVERY: Duration = Duration::from_millis(100);
 pub const SPARE_CPUS: f64 = 0.5;
 
 /// How much of the CPU time since the last reading, in CPUs, must have gone idle in fact
-/// (not to this process's spins) for the machine to have CPUs to spare: spins alone never
-/// keep the gate open, so neither does work a spinning end let run between its polls.
-pub const MIN_IDLE_CPUS: f64 = 0.125;
+/// (not to this process's spins) for the machine to have CPUs to spare: a twentieth, over a
+/// 100 ms reading one clock tick of `/proc/stat` (`USER_HZ` 100), so some CPU went idle and the
+/// machine was not saturated. Spins alone never keep the gate open, so neither does work a
+/// spinning end let run between its polls.
+pub const MIN_IDLE_CPUS: f64 = 0.05;
 
 /// Where the machine's CPU times (its `cpu` line: idle, iowait and steal) and the number of
 /// tasks running or ready to run now (`procs_running`) are read.
@@ -548,39 +550,40 @@ mod tests {
         }
     }
 
-    /// Over an interval, the machine has CPUs to spare when an eighth of a CPU went idle in
+    /// Over an interval, the machine has CPUs to spare when a twentieth of a CPU went idle in
     /// fact and, with this process's spins (no more than its CPU time), half a CPU, less the
     /// time stolen, whatever the interval's length; spins alone, the process's other work, a
     /// time that went back, or no time, are none.
     #[test]
     fn the_gate_counts_idle_time_and_its_own_spins_as_spare() {
         let then = times(10_000, 300, 500, 200);
-        for (age, half, eighth) in [(160, 80, 20), (400, 200, 50)] {
+        // `floor` is a millisecond above a twentieth of the interval (8 and 20 ms).
+        for (age, half, floor) in [(160, 80, 9), (400, 200, 21)] {
             let age = Duration::from_millis(age);
-            let rest = half - eighth;
-            // Half a CPU idle; an eighth idle and the rest spun; just short of either.
+            let rest = half - floor;
+            // Half a CPU idle; a twentieth idle and the rest spun; just short of either.
             assert!(spare_since(age, then, times(10_000 + half, 300, 500, 200)));
             assert!(spare_since(
                 age,
                 then,
-                times(10_000 + eighth, 300, 500 + rest, 200 + rest)
+                times(10_000 + floor, 300, 500 + rest, 200 + rest)
             ));
             assert!(!spare_since(
                 age,
                 then,
                 times(10_000 + half - 1, 300, 500, 200)
             ));
-            // Spins with less than an eighth idle: spins alone never hold the gate open.
-            let spins = times(10_000 + eighth - 1, 300, 500 + 2 * half, 200 + 2 * half);
+            // Spins with less than a twentieth idle: spins alone never hold the gate open.
+            let spins = times(10_000 + floor - 2, 300, 500 + 2 * half, 200 + 2 * half);
             assert!(!spare_since(age, then, spins));
             // The process's own work that is not a spin is not spare (a flood of requests).
             assert!(!spare_since(
                 age,
                 then,
-                times(10_000 + eighth, 300, 500 + 4 * half, 200)
+                times(10_000 + floor, 300, 500 + 4 * half, 200)
             ));
             // Spin time counts up to the process's CPU time over the interval.
-            let capped = times(10_000 + eighth, 300, 500 + rest / 2, 200 + 4 * half);
+            let capped = times(10_000 + floor, 300, 500 + rest / 2, 200 + 4 * half);
             assert!(!spare_since(age, then, capped));
             // Stolen time comes off the idle time.
             assert!(!spare_since(age, then, times(10_000 + half, 301, 500, 200)));
