@@ -10,9 +10,9 @@
 //! that: a connection that goes quiet costs one window at most, then sleeps.
 //!
 //! An end spins only while the machine has CPUs to spare ([`cpus_to_spare`]: no task is
-//! waiting for a CPU now, and lately at least half a CPU's time went idle or to spins of this
-//! process): on a busy machine no CPU halts, and a spin would only take the CPU other work
-//! needs.
+//! waiting for a CPU now, and lately some CPU went idle and, with this process's spins, half a
+//! CPU's time did): on a busy machine no CPU halts, and a spin would only take the CPU other
+//! work needs.
 
 #[cfg(feature = "tokio")]
 use std::sync::Arc;
