@@ -12,6 +12,20 @@ use crate::support::{is_root, skip, text, Home};
 /// (another test mounting) drops every template, so a pair may straddle a rebuild.
 const PAIR_TRIES: usize = 6;
 
+/// A directory to hold a test's grants, not below `/tmp` (a run's fresh `/tmp` would cover a
+/// grant there, so its root would not be prepared): the target's temporary directory, or
+/// `/var/tmp` when the target itself is below `/tmp` (a clone there).
+fn grants_dir() -> tempfile::TempDir {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if target.starts_with("/tmp") {
+        std::path::Path::new("/var/tmp")
+    } else {
+        target
+    };
+    fs::create_dir_all(base).expect("a directory for grants");
+    tempfile::tempdir_in(base).expect("tempdir")
+}
+
 /// What one run printed, split at its `KEY` lines.
 struct Seen {
     dev: String,
@@ -130,9 +144,7 @@ fn a_template_is_used_only_for_the_root_it_was_built_for() {
         );
         return;
     }
-    // Not below /tmp: a run's fresh /tmp would cover a grant there, so its root is not
-    // prepared.
-    let host = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let host = grants_dir();
     fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let grant = host.path().join("grant");
     let make = |file: &str| {
@@ -198,7 +210,7 @@ fn a_host_mount_made_after_a_template_was_built_is_in_the_next_run() {
         );
         return;
     }
-    let host = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let host = grants_dir();
     fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let sub = host.path().join("sub");
     fs::create_dir(&sub).expect("sub");
@@ -252,7 +264,7 @@ fn a_template_whose_nested_grant_the_host_unlinked_is_not_used() {
         );
         return;
     }
-    let host = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let host = grants_dir();
     fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let dir = host.path().join("p");
     fs::create_dir(&dir).expect("dir");
