@@ -658,17 +658,8 @@ fn resolve<'r>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::operator as actor;
     use super::*;
-    use crate::{authority::Bearer, effects::Principal};
-
-    fn actor(chain: super::super::Chain) -> Actor<'static> {
-        Actor {
-            who: Principal::Operator { uid: 1000 },
-            bearer: Bearer::Operator,
-            chain,
-            io: None,
-        }
-    }
 
     /// The answer's text is the worker's output, the same as a lossy conversion gives: the
     /// bytes kept when they are UTF-8, each invalid sequence replaced when not.

@@ -436,18 +436,24 @@ pub(crate) async fn recheck(
     Err(denied(DenialStage::Dispatch, cap, target, &reason))
 }
 
+/// An operator (uid 1000) acting on `chain` with no relay, for the effects' tests.
+#[cfg(test)]
+pub(crate) fn operator(chain: Chain) -> Actor<'static> {
+    Actor {
+        who: Principal::Operator { uid: 1000 },
+        bearer: Bearer::Operator,
+        chain,
+        io: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authority::decide::Deny;
 
     fn actor(chain: Chain) -> Actor<'static> {
-        Actor {
-            who: Principal::Operator { uid: 1000 },
-            bearer: Bearer::Operator,
-            chain,
-            io: None,
-        }
+        operator(chain)
     }
 
     /// A `policy.decision` written once as its text stores the bytes its JSON value stored
