@@ -323,7 +323,13 @@ impl Client {
         // A daemon that refuses the peer at accept writes its refusal and closes without
         // reading the hello: sending may then fail, but the refusal is still there to read.
         let sent = self.write_out(deadline);
-        let reply: HandshakeReply = match (self.receive(deadline), sent) {
+        // The hello's answer teaches the spin window nothing: it comes once a connection,
+        // so a connection used for one call (`loongctl status`, `sandbox run`) never reads
+        // the machine's load nor spins, and a window grows from the calls' own answers.
+        let window = self.spin.clone();
+        let received = self.receive(deadline);
+        self.spin = window;
+        let reply: HandshakeReply = match (received, sent) {
             (Ok(reply), _) => reply,
             (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
         };
@@ -766,11 +772,27 @@ mod tests {
     /// A callee that welcomes the hello, then answers each request after the milliseconds
     /// its body names, or never when it names none.
     fn slow_callee(listener: UnixListener) -> thread::JoinHandle<()> {
+        answering_callee(listener, None)
+    }
+
+    /// [`slow_callee`], its welcome written as it accepts when `welcome_first` is given (and
+    /// told there), before the hello is read: the client's wait for it then ends at once.
+    fn answering_callee(
+        listener: UnixListener,
+        welcome_first: Option<std::sync::mpsc::Sender<()>>,
+    ) -> thread::JoinHandle<()> {
         thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
             let mut buf = FrameBuffer::new(FrameLimit::DEFAULT);
+            let early = welcome_first.is_some();
+            if let Some(welcomed) = welcome_first {
+                write_welcome(&mut s);
+                welcomed.send(()).expect("welcomed");
+            }
             let _: Hello = read_message(&mut s, &mut buf);
-            write_welcome(&mut s);
+            if !early {
+                write_welcome(&mut s);
+            }
             loop {
                 let request = loop {
                     match buf.next_message::<Call<String>>() {
@@ -917,5 +939,47 @@ mod tests {
             "the control: a client spinning through the wait is awake"
         );
         assert_eq!(after, before);
+    }
+
+    /// The hello's answer teaches the spin window nothing: a welcome that was waiting when
+    /// the client read it leaves the window zero, so a connection used for one call never
+    /// reads the machine's load nor spins. The control: answers to calls given at once grow
+    /// it (the first of up to 100 calls whose wait was short enough).
+    #[test]
+    fn the_hello_s_answer_teaches_the_spin_window_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sock");
+        let (welcomed_tx, welcomed) = std::sync::mpsc::channel();
+        let server = answering_callee(UnixListener::bind(&path).expect("bind"), Some(welcomed_tx));
+        // The hello is sent once the welcome waits in the socket, as `connect` sends it.
+        let mut client = Client::open(&path).expect("open");
+        welcomed.recv().expect("welcomed");
+        let opts = options();
+        frame::encode(
+            &Hello::new(opts.peer_kind, opts.build.clone()),
+            client.buf.limit(),
+            &mut client.out,
+        )
+        .expect("hello");
+        client
+            .handshake(Instant::now() + opts.timeout)
+            .expect("handshake");
+        assert_eq!(
+            client.spin.window_given(true),
+            Duration::ZERO,
+            "the window grew from the hello's answer"
+        );
+        let mut grew = false;
+        for _ in 0..100 {
+            let answer: String = client.call("0".to_string(), WAIT).expect("answer");
+            assert_eq!(answer, "0");
+            if !client.spin.window_given(true).is_zero() {
+                grew = true;
+                break;
+            }
+        }
+        assert!(grew, "the control: no call's answer grew the window");
+        drop(client);
+        server.join().expect("callee");
     }
 }

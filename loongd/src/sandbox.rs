@@ -1021,12 +1021,30 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Resolves once the relay has ended (or been dropped) and the helper has exited. The exit
-/// is awaited on the runtime (the helper's pidfd turns readable), not on a blocking thread
-/// per sandbox; reading its report is then immediate.
-async fn helper_gone(relay_done: oneshot::Receiver<()>, child: &loong_sandbox::Child) {
+/// Resolves once the relay has ended (or been dropped) and the sandbox has: its helper's
+/// `exit` line read (every process of the sandbox gone; the helper, which tears the run's
+/// namespaces down as it exits, is not waited for), which it returns; or, for a sandbox with
+/// a cgroup of its own (removed only once the helper has left it) or a report that ended
+/// without that line (a helper killed), the helper gone, its pidfd readable: the caller
+/// then reads the report. Both are awaited on the runtime, not on a blocking thread per
+/// sandbox.
+async fn helper_gone(
+    relay_done: oneshot::Receiver<()>,
+    child: &mut loong_sandbox::Child,
+) -> Option<std::io::Result<loong_sandbox::ExitReport>> {
     let _ = relay_done.await;
+    if !child.holds_cgroup() {
+        loop {
+            match child.try_exit_line() {
+                Ok(Some(report)) => return Some(Ok(report)),
+                Err(e) => return Some(Err(e)),
+                Ok(None) if child.report_closed() => break,
+                Ok(None) => readable(child.report_fd(), &HELPER_EXIT_SPIN).await,
+            }
+        }
+    }
     readable(child.pidfd(), &HELPER_EXIT_SPIN).await;
+    None
 }
 
 /// How long a run's exit task polls its helper's pidfd, once the relay has ended, before it
@@ -1179,15 +1197,15 @@ async fn record_exit(mut r: Reaper) {
         }
         egress::serve(egress, ours);
     }
-    {
-        let ended = helper_gone(r.relay_done, &r.child);
+    let reported = {
+        let ended = helper_gone(r.relay_done, &mut r.child);
         tokio::pin!(ended);
         // The run's start records wait for its end, to share its commit (one writer wake-up and
         // one `fsync` for the run's end instead of two), for at most `LINGER`: a run that lasts
         // longer has them committed then, as `record_later` would have.
         if !r.held.is_empty() {
             tokio::select! {
-                () = &mut ended => {}
+                reported = &mut ended => reported,
                 () = tokio::time::sleep(crate::audit::LINGER) => {
                     let held = std::mem::take(&mut r.held);
                     // Acknowledged to nobody, but not "later": the writer commits it at once
@@ -1195,18 +1213,18 @@ async fn record_exit(mut r: Reaper) {
                     if r.audit.queue_all(held).await.is_err() {
                         tracing::error!("the audit writer has stopped; a sandbox's start could not be queued");
                     }
-                    (&mut ended).await;
+                    (&mut ended).await
                 }
             }
         } else {
-            (&mut ended).await;
+            (&mut ended).await
         }
-    }
+    };
     let mut child = r.child;
     // Once the helper is gone its report is read here, on the runtime, without a hand-off
     // to the blocking pool; a cgroup's removal (which may pause while the kernel empties
     // it) and a pidfd that could not be watched still go there.
-    let waited = match child.try_wait() {
+    let waited = match reported.or_else(|| child.try_wait()) {
         Some(report) if !child.holds_cgroup() => Ok(report),
         Some(report) => {
             tokio::task::spawn_blocking(move || {

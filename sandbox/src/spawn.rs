@@ -133,6 +133,12 @@ pub struct Child {
     pid: u32,
     pidfd: OwnedFd,
     report: BufReader<File>,
+    /// What [`Child::try_exit_line`] and [`Child::try_wait`] read of the report, unparsed.
+    report_text: Vec<u8>,
+    /// The report's end was read, or as much of it as is read at all ([`REPORT_MAX_BYTES`]).
+    report_closed: bool,
+    /// The report's descriptor was made non-blocking.
+    report_nonblocking: bool,
     cgroup: Option<SandboxCgroup>,
     /// The parent's end of the payload's stdin, when it was [`StdioSpec::Pipe`].
     pub stdin: Option<OwnedFd>,
@@ -181,9 +187,17 @@ impl Child {
     /// an `exit` line last; a helper that was killed writes none, and is reported as killed
     /// by SIGKILL once its pidfd says it is gone.
     pub fn wait(mut self) -> io::Result<ExitReport> {
-        let mut report = None;
+        // What an earlier non-blocking read took is read again here, with the rest.
+        if self.report_nonblocking {
+            nix::fcntl::fcntl(
+                self.report.get_ref().as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            )?;
+            self.report_nonblocking = false;
+        }
+        let mut report = exit_line(&self.report_text);
         let mut line = String::new();
-        while self.report.read_line(&mut line)? > 0 {
+        while !self.report_closed && self.report.read_line(&mut line)? > 0 {
             if let Some(rest) = line.trim_end().strip_prefix("exit ") {
                 report = parse_exit(rest);
             }
@@ -205,32 +219,87 @@ impl Child {
         // The helper, the only writer of report lines, is gone: everything it wrote is
         // buffered or in the pipe. The pipe is read without blocking, so a descriptor of it
         // left open elsewhere cannot hold the caller.
-        let mut text = self.report.buffer().to_vec();
+        if let Err(e) = self.read_report() {
+            return Some(Err(e));
+        }
+        Some(Ok(self.ended(exit_line(&self.report_text))))
+    }
+
+    /// The helper's report: readable once it has written its `exit` line, or has ended.
+    pub fn report_fd(&self) -> BorrowedFd<'_> {
+        self.report.get_ref().as_fd()
+    }
+
+    /// How the sandbox ended, without blocking, as soon as its helper has written its `exit`
+    /// line, before the helper itself is gone. The helper writes that line only once it has
+    /// reaped the reaper, pid 1 of the sandbox's pid namespace, whose exit takes every other
+    /// process of that namespace down first: no process of the sandbox is left. What the
+    /// helper still does (its own exit, which tears the run's namespaces down) is not waited
+    /// for. `None` until the line is there; and for a sandbox with a cgroup of its own, which
+    /// is removed only once the helper has left it, always (wait for the pidfd and
+    /// [`Child::try_wait`]), as when the report ended without the line
+    /// ([`Child::report_closed`]: a helper killed).
+    pub fn try_exit_line(&mut self) -> io::Result<Option<ExitReport>> {
+        if self.cgroup.is_some() {
+            return Ok(None);
+        }
+        self.read_report()?;
+        // Only a whole line: the helper writes it in one write, read here perhaps in parts.
+        let whole = match self.report_text.iter().rposition(|&b| b == b'\n') {
+            Some(end) => &self.report_text[..=end],
+            None => return Ok(None),
+        };
+        Ok(exit_line(whole).map(|r| self.ended(Some(r))))
+    }
+
+    /// Whether the report has nothing more to give: its end was read, or all of it that is
+    /// read at all.
+    pub fn report_closed(&self) -> bool {
+        self.report_closed
+    }
+
+    /// Reads what the report holds now, without blocking, after what was read before (the
+    /// buffered part first); stops at its end or at [`REPORT_MAX_BYTES`].
+    fn read_report(&mut self) -> io::Result<()> {
+        use std::io::BufRead;
+        let buffered = self.report.buffer().len();
+        if buffered > 0 {
+            let take = buffered.min(REPORT_MAX_BYTES.saturating_sub(self.report_text.len()));
+            self.report_text
+                .extend_from_slice(&self.report.buffer()[..take]);
+            self.report.consume(buffered);
+        }
+        if self.report_closed {
+            return Ok(());
+        }
         let file = self.report.get_mut();
-        let unblocked = nix::fcntl::fcntl(
-            file.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        if let Err(e) = unblocked {
-            return Some(Err(e.into()));
+        if !self.report_nonblocking {
+            nix::fcntl::fcntl(
+                file.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
+            self.report_nonblocking = true;
         }
         let mut chunk = [0u8; REPORT_BUFFER_BYTES];
-        while text.len() < REPORT_MAX_BYTES {
+        loop {
+            if self.report_text.len() >= REPORT_MAX_BYTES {
+                self.report_closed = true;
+                return Ok(());
+            }
             match io::Read::read(file, &mut chunk) {
-                Ok(0) => break,
-                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Ok(0) => {
+                    self.report_closed = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    let take = n.min(REPORT_MAX_BYTES - self.report_text.len());
+                    self.report_text.extend_from_slice(&chunk[..take]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Some(Err(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
-        let mut report = None;
-        for line in String::from_utf8_lossy(&text).lines() {
-            if let Some(rest) = line.trim_end().strip_prefix("exit ") {
-                report = parse_exit(rest);
-            }
-        }
-        Some(Ok(self.ended(report)))
     }
 
     /// Whether the sandbox has a cgroup of its own, which dropping the `Child` removes
@@ -291,6 +360,15 @@ fn signal_pidfd(pidfd: i32, sig: i32) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
         other => other,
     }
+}
+
+/// The last `exit` line of a report's text, parsed.
+fn exit_line(text: &[u8]) -> Option<ExitReport> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .rev()
+        .find_map(|line| line.trim_end().strip_prefix("exit ").map(parse_exit))
+        .flatten()
 }
 
 fn parse_exit(s: &str) -> Option<ExitReport> {
@@ -1125,6 +1203,9 @@ impl Prepared {
                 pid,
                 pidfd,
                 report,
+                report_text: Vec::new(),
+                report_closed: false,
+                report_nonblocking: false,
                 cgroup,
                 stdin: pin,
                 stdout: pout,
@@ -1270,6 +1351,74 @@ fn parse_error(line: &str) -> (String, i32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Child` whose helper is `helper` (a live process) and whose report is read from
+    /// the pipe returned with it.
+    fn child_of(helper: &std::process::Child) -> (Child, File) {
+        let (r, w) = std::io::pipe().expect("pipe");
+        let child = Child {
+            pid: helper.id(),
+            pidfd: sys::pidfd_open(helper.id() as i32).expect("pidfd"),
+            report: BufReader::with_capacity(REPORT_BUFFER_BYTES, File::from(OwnedFd::from(r))),
+            report_text: Vec::new(),
+            report_closed: false,
+            report_nonblocking: false,
+            cgroup: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            degraded: Vec::new(),
+        };
+        (child, File::from(OwnedFd::from(w)))
+    }
+
+    /// The `exit` line ends the sandbox for its caller as soon as it is read, the helper
+    /// still alive (it has reaped the reaper: no process of the sandbox is left; its own exit
+    /// is not waited for), and only once the line is whole; `try_wait`, which waits for the
+    /// helper, has nothing yet (the control). A report that ends without the line says so,
+    /// for the caller to wait for the helper instead.
+    #[test]
+    fn the_exit_line_ends_a_sandbox_before_its_helper_is_gone() {
+        let mut helper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("a live process for the helper");
+        let (mut child, mut w) = child_of(&helper);
+        assert_eq!(child.try_exit_line().expect("read"), None);
+        w.write_all(b"exit 3 0 11 22").expect("write");
+        assert_eq!(
+            child.try_exit_line().expect("read"),
+            None,
+            "a part of the line"
+        );
+        w.write_all(b" 33\n").expect("write");
+        let report = child.try_exit_line().expect("read").expect("the exit");
+        assert_eq!(
+            (
+                report.code,
+                report.signal,
+                report.user_us,
+                report.system_us,
+                report.max_rss_kib
+            ),
+            (Some(3), None, 11, 22, 33)
+        );
+        assert!(child.try_wait().is_none(), "the helper still runs");
+        assert!(!child.report_closed());
+
+        let (mut child, w) = child_of(&helper);
+        drop(w);
+        assert_eq!(child.try_exit_line().expect("read"), None);
+        assert!(child.report_closed(), "the report ended without the line");
+        let _ = helper.kill();
+        let _ = helper.wait();
+        let ended = child.try_wait().expect("the helper is gone").expect("read");
+        assert_eq!(
+            ended.signal,
+            Some(libc::SIGKILL),
+            "killed, with no exit line"
+        );
+    }
 
     /// Rootless with subordinate ids, a claim directory that cannot be had (the user's home
     /// not looked up, as on a transient NSS failure, or one another account may write) turns

@@ -129,6 +129,82 @@ fn confined_process_seen_from_the_host_and_killed_with_loongd() {
     }
 }
 
+/// What `/proc/PID/fd/FD` names.
+fn fd_target(pid: u32, fd: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| format!("unreadable: {e}"))
+}
+
+/// The run's stdio is its payload's alone: once the payload runs, neither the reaper (its
+/// parent, pid 1 of its namespace) nor the helper (the reaper's parent) holds the run's
+/// pipes, each having put /dev/null in their place, so the output ends with the payload's
+/// exit and not with the helper's, which tears the run's namespaces down as it exits. The
+/// control: the payload's own stdio is the run's pipes. In every tier.
+#[test]
+fn only_the_payload_holds_the_run_s_stdio() {
+    let test = "only_the_payload_holds_the_run_s_stdio";
+    let Some(probe) = probe(test) else {
+        return;
+    };
+    if !is_root() {
+        skip(
+            test,
+            "reads the descriptors of processes of other uids in /proc",
+        );
+        return;
+    }
+    let home = Home::new();
+    let loongd = home.start();
+    let marker = format!("stdio-{}-{loongd}", std::process::id());
+    for tier in ["restricted", "balanced", "trusted"] {
+        let m = format!("{marker}-{tier}");
+        let mut child = Command::new(bin("loongctl"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["sandbox", "run", "--tier", tier, "--"])
+            .arg(&probe)
+            .args(["spin", &m])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loongctl");
+        assert!(
+            wait_until(Duration::from_secs(10), || !pids_with(&m).is_empty()),
+            "{tier} payload never appeared"
+        );
+        let payload = pids_with(&m)[0];
+        let parent = |pid: u32| {
+            status_field(pid, "PPid:")
+                .and_then(|p| p.parse::<u32>().ok())
+                .expect("a parent")
+        };
+        let reaper = parent(payload);
+        let helper = parent(reaper);
+        for fd in 0..3 {
+            let own = fd_target(payload, fd);
+            assert!(
+                own.starts_with("pipe:["),
+                "{tier}: the payload's fd {fd} is {own}"
+            );
+            for (who, pid) in [("reaper", reaper), ("helper", helper)] {
+                assert_eq!(
+                    fd_target(pid, fd),
+                    "/dev/null",
+                    "{tier}: the {who}'s fd {fd} (the payload's is {own})"
+                );
+            }
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(payload as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the payload");
+        let _ = child.wait();
+    }
+}
+
 #[test]
 fn missing_mechanism_fails_closed_unless_degraded_is_asked() {
     let home = Home::new();

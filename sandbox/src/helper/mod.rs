@@ -155,6 +155,15 @@ fn run(report: &mut File) -> Result<i32, Failure> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(nix_fail("cloexec report fd"))?;
+    // The run's stdio is the payload's alone: once the payload has started, the helper and
+    // the reaper each put the host's /dev/null (opened here, close-on-exec, before any root
+    // is entered) in its place, so the output's end is the payload's exit, not the helper's
+    // (whose exit tears the run's namespaces down). Without /dev/null they keep it, as before.
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok();
     nix::unistd::setsid().map_err(nix_fail("setsid"))?;
     for file in &plan.cgroup_join {
         crate::cgroup::join_self(file).map_err(|e| {
@@ -203,11 +212,13 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     {
         Forked::Child => {
             drop((err_r, st_r));
-            reaper(&plan, entered, err_w, st_w)
+            reaper(&plan, entered, err_w, st_w, null.as_ref())
         }
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
     drop((err_w, st_w));
+    leave_stdio(null.as_ref());
+    drop(null);
     // loongd interrupts a sandbox (an operator's Ctrl-C) by sending SIGINT to this helper,
     // which passes it on to the reaper by pidfd (no pid-reuse race). Installed before `exec`
     // is reported, so loongd never interrupts a helper that would die of it.
@@ -261,7 +272,7 @@ fn run(report: &mut File) -> Result<i32, Failure> {
 
 /// The reaper: pid 1 of the new pid namespace. Builds the root, forks the payload, waits
 /// for it and reports its status; its exit takes every process left in the namespace down.
-fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd) -> ! {
+fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Option<&File>) -> ! {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
     // to every process of the namespace.
@@ -322,6 +333,8 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd) -> ! {
             "",
         )),
     };
+    // The payload has its own descriptor table (a copy, whether forked or vforked).
+    leave_stdio(null);
     // Rootless with subordinate ids: the reaper, too, leaves loongd's uid for the sandbox's.
     if let Err(f) = confine::drop_reaper(plan) {
         let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
@@ -345,6 +358,17 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd) -> ! {
             }
             Ok(_) | Err(nix::Error::EINTR) => continue,
             Err(_) => finish(&st_w, -1, libc::SIGKILL),
+        }
+    }
+}
+
+/// Puts `null` (the host's /dev/null) in place of this process's stdio, which is the run's,
+/// so that only the payload (and what it starts) holds the run's pipes. Nothing is changed
+/// without it. Allocates nothing (the reaper calls it after the payload shares its memory).
+fn leave_stdio(null: Option<&File>) {
+    if let Some(null) = null {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
 }

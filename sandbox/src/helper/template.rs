@@ -280,6 +280,11 @@ pub(super) struct Templates {
     /// The last builder's pidfd, until it is gone.
     builder: Option<OwnedFd>,
     failed: Failed,
+    /// Where the helpers' messages are read: allocated once, not zeroed per message. The
+    /// server forks a helper per run, and each page of a buffer zeroed after a fork is a
+    /// copy-on-write fault while that helper lives (17 of them for the 64 KiB a key may
+    /// take, against the one page a `USED` message writes).
+    ask_buf: Vec<u8>,
 }
 
 /// Whether the process of `pidfd` has not exited (a pidfd polls readable once it has).
@@ -350,6 +355,7 @@ impl Templates {
             table: Table::default(),
             builder: None,
             failed: Failed::default(),
+            ask_buf: vec![0u8; 1 + MAX_KEY_BYTES + 1],
         })
     }
 
@@ -391,9 +397,14 @@ impl Templates {
 
     /// Reads every message waiting on the template socket.
     fn serve_asks(&mut self) {
-        let mut buf = vec![0u8; 1 + MAX_KEY_BYTES + 1];
+        let mut buf = std::mem::take(&mut self.ask_buf);
+        self.serve_asks_into(&mut buf);
+        self.ask_buf = buf;
+    }
+
+    fn serve_asks_into(&mut self, buf: &mut [u8]) {
         loop {
-            let n = match recv(self.asks.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            let n = match recv(self.asks.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) if n > 0 => n,
                 Err(nix::Error::EINTR) => continue,
                 _ => return,
