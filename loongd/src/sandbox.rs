@@ -813,6 +813,10 @@ pub(crate) async fn run(
     // deadline), in which case the guard kills the sandbox and the record says why.
     let (relay_done, relay_done_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
+    // Told by the exit task once every process of the sandbox is gone: the relay supervises
+    // the run (its limits, interrupts, loongd's stop, the client) until then, whether or not
+    // the program's output has ended (a program may close its stdout and stderr and run on).
+    let (exited_tx, mut exited) = oneshot::channel();
     if killer.is_err() {
         lock(&ended).killed.get_or_insert("internal");
         let _ = child.kill();
@@ -825,6 +829,7 @@ pub(crate) async fn run(
             event: event(Kind::SandboxExited, detail.into()),
             child,
             relay_done: relay_done_rx,
+            exited: exited_tx,
             ended: ended.clone(),
             degraded,
             held,
@@ -877,6 +882,7 @@ pub(crate) async fn run(
             },
             [stdout, stderr],
             interrupts,
+            &mut exited,
         ) => {}
         () = answer_egress(kernel, &egress_actor, &req.allow_net, asks) => {}
         () = feeder => {}
@@ -916,20 +922,28 @@ impl Relay<'_> {
     }
 }
 
-/// Relays the program's stdout and stderr until both end, acting on interrupts, the
-/// wall-clock limit, the output limit and a client that is gone; after a kill the pipes are
-/// drained to their end.
+/// Relays the program's stdout and stderr until both end and the sandbox has exited
+/// (`exited`: its exit task saw every process of it gone; a program may close its output and
+/// run on), acting meanwhile on interrupts, the wall-clock limit, the output limit and a
+/// client that is gone; after a kill the pipes are drained to their end.
 async fn relay(
     r: Relay<'_>,
     [mut stdout, mut stderr]: [Option<pipe::Receiver>; 2],
     mut interrupts: mpsc::Receiver<()>,
+    exited: &mut oneshot::Receiver<()>,
 ) {
     let (mut relayed, mut interrupted) = (0u64, 0u32);
-    while stdout.is_some() || stderr.is_some() {
+    let mut gone = false;
+    while stdout.is_some() || stderr.is_some() || !gone {
         let killed = lock(r.ended).killed.is_some();
         let (read, which_out) = tokio::select! {
             x = relay_read(&mut stdout, r.io, killed), if stdout.is_some() => (x, true),
             x = relay_read(&mut stderr, r.io, killed), if stderr.is_some() => (x, false),
+            // Sent, or dropped by an exit task that ended without it: gone either way.
+            _ = &mut *exited, if !gone => {
+                gone = true;
+                continue;
+            }
             Some(()) = interrupts.recv(), if !killed => {
                 interrupted += 1;
                 lock(r.ended).interrupts = interrupted;
@@ -1021,30 +1035,33 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Resolves once the relay has ended (or been dropped) and the sandbox has: its helper's
-/// `exit` line read (every process of the sandbox gone; the helper, which tears the run's
-/// namespaces down as it exits, is not waited for), which it returns; or, for a sandbox with
-/// a cgroup of its own (removed only once the helper has left it) or a report that ended
-/// without that line (a helper killed), the helper gone, its pidfd readable: the caller
-/// then reads the report. Both are awaited on the runtime, not on a blocking thread per
-/// sandbox.
-async fn helper_gone(
+/// Resolves once the sandbox has ended and then its relay has (or was dropped): the relay
+/// supervises the run until told (`exited`) that the sandbox has ended. The end is the
+/// helper's `exit` line ([`loong_sandbox::Child::try_exit_line`]: every process of the
+/// sandbox gone; the helper, which tears the run's namespaces down as it exits, is not waited
+/// for), which is returned; or, where that line does not end a run (a cgroup of its own,
+/// subordinate ids) or the report ended without it (a helper killed), the helper gone, its
+/// pidfd readable: the caller then reads the report. Both are awaited on the runtime, not on
+/// a blocking thread per sandbox.
+async fn run_ended(
     relay_done: oneshot::Receiver<()>,
+    exited: oneshot::Sender<()>,
     child: &mut loong_sandbox::Child,
 ) -> Option<std::io::Result<loong_sandbox::ExitReport>> {
-    let _ = relay_done.await;
-    if !child.holds_cgroup() {
-        loop {
-            match child.try_exit_line() {
-                Ok(Some(report)) => return Some(Ok(report)),
-                Err(e) => return Some(Err(e)),
-                Ok(None) if child.report_closed() => break,
-                Ok(None) => readable(child.report_fd(), &HELPER_EXIT_SPIN).await,
+    let reported = loop {
+        match child.try_exit_line() {
+            Ok(Some(report)) => break Some(Ok(report)),
+            Err(e) => break Some(Err(e)),
+            Ok(None) if child.report_closed() || !child.ends_at_exit_line() => {
+                readable(child.pidfd(), &HELPER_EXIT_SPIN).await;
+                break None;
             }
+            Ok(None) => readable(child.report_fd(), &HELPER_EXIT_SPIN).await,
         }
-    }
-    readable(child.pidfd(), &HELPER_EXIT_SPIN).await;
-    None
+    };
+    let _ = exited.send(());
+    let _ = relay_done.await;
+    reported
 }
 
 /// How long a run's exit task polls its helper's pidfd, once the relay has ended, before it
@@ -1059,7 +1076,9 @@ static HELPER_EXIT_SPIN: std::sync::LazyLock<Mutex<loong_ipc::spin::SpinWindow>>
 /// gone by the time its relay ended) is seen without registering it with the runtime's
 /// reactor: no copy of it, no registration and removal, no round of the reactor. Else it is
 /// polled for `spin`'s window, giving the runtime back between polls, and then registered
-/// and awaited; the wait's length adapts the window.
+/// and awaited; the wait's length adapts the window. One the reactor cannot watch (no
+/// descriptor left to copy it, or the reactor refuses it) is polled every
+/// [`UNWATCHED_POLL`] instead: never a return before it is readable, never a busy loop.
 async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin::SpinWindow>) {
     let ready = || {
         let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
@@ -1083,14 +1102,21 @@ async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin:
     }
     loong_ipc::spin::spun(since.elapsed().min(window));
     if !seen {
-        if let Ok(fd) = fd.try_clone_to_owned() {
-            // The safe constructor is deprecated for descriptors a type could swap or close
-            // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and
-            // the replacement is `unsafe`, which this crate does not allow.
-            #[allow(deprecated)]
-            let registered = AsyncFd::with_interest(fd, Interest::READABLE);
-            if let Ok(fd) = registered {
+        // The safe constructor is deprecated for descriptors a type could swap or close
+        // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and
+        // the replacement is `unsafe`, which this crate does not allow.
+        #[allow(deprecated)]
+        let registered = fd
+            .try_clone_to_owned()
+            .and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE));
+        match registered {
+            Ok(fd) => {
                 let _ = fd.readable().await;
+            }
+            Err(_) => {
+                while !ready() {
+                    tokio::time::sleep(UNWATCHED_POLL).await;
+                }
             }
         }
     }
@@ -1098,6 +1124,9 @@ async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin:
         .unwrap_or_else(PoisonError::into_inner)
         .record(since.elapsed());
 }
+
+/// How often a descriptor the runtime cannot watch ([`readable`]) is polled.
+const UNWATCHED_POLL: Duration = Duration::from_millis(5);
 
 /// `sandbox.exited`'s cause for a run killed by loongd's stop.
 const STOPPED: &str = "loongd_stopped";
@@ -1175,6 +1204,8 @@ struct Reaper {
     event: crate::audit::Event,
     child: loong_sandbox::Child,
     relay_done: oneshot::Receiver<()>,
+    /// Sent once every process of the sandbox is gone (the relay supervises until then).
+    exited: oneshot::Sender<()>,
     ended: Arc<Mutex<Ended>>,
     degraded: Vec<String>,
     /// The run's start records (`sandbox.spawned`, `sandbox.degraded`) not yet queued: they
@@ -1198,7 +1229,7 @@ async fn record_exit(mut r: Reaper) {
         egress::serve(egress, ours);
     }
     let reported = {
-        let ended = helper_gone(r.relay_done, &mut r.child);
+        let ended = run_ended(r.relay_done, r.exited, &mut r.child);
         tokio::pin!(ended);
         // The run's start records wait for its end, to share its commit (one writer wake-up and
         // one `fsync` for the run's end instead of two), for at most `LINGER`: a run that lasts

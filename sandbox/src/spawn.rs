@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{self, BufRead, BufReader, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -139,6 +139,9 @@ pub struct Child {
     report_closed: bool,
     /// The report's descriptor was made non-blocking.
     report_nonblocking: bool,
+    /// Whether the helper's `exit` line ends the run ([`Child::try_exit_line`]): not with a
+    /// cgroup of its own, nor with subordinate ids (a slot, freed at the helper's exit).
+    exit_line_ends: bool,
     cgroup: Option<SandboxCgroup>,
     /// The parent's end of the payload's stdin, when it was [`StdioSpec::Pipe`].
     pub stdin: Option<OwnedFd>,
@@ -195,14 +198,13 @@ impl Child {
             )?;
             self.report_nonblocking = false;
         }
-        let mut report = exit_line(&self.report_text);
-        let mut line = String::new();
-        while !self.report_closed && self.report.read_line(&mut line)? > 0 {
-            if let Some(rest) = line.trim_end().strip_prefix("exit ") {
-                report = parse_exit(rest);
-            }
-            line.clear();
+        // Everything left, after what was read before (a line may straddle the two): parsed
+        // once, whole.
+        if !self.report_closed {
+            let left = REPORT_MAX_BYTES.saturating_sub(self.report_text.len()) as u64;
+            io::Read::take(&mut self.report, left).read_to_end(&mut self.report_text)?;
         }
+        let report = exit_line(&self.report_text);
         while !wait_readable(self.pidfd.as_fd(), Duration::from_secs(60)) {}
         Ok(self.ended(report))
     }
@@ -232,15 +234,15 @@ impl Child {
 
     /// How the sandbox ended, without blocking, as soon as its helper has written its `exit`
     /// line, before the helper itself is gone. The helper writes that line only once it has
-    /// reaped the reaper, pid 1 of the sandbox's pid namespace, whose exit takes every other
-    /// process of that namespace down first: no process of the sandbox is left. What the
-    /// helper still does (its own exit, which tears the run's namespaces down) is not waited
-    /// for. `None` until the line is there; and for a sandbox with a cgroup of its own, which
-    /// is removed only once the helper has left it, always (wait for the pidfd and
-    /// [`Child::try_wait`]), as when the report ended without the line
-    /// ([`Child::report_closed`]: a helper killed).
+    /// reaped the reaper, pid 1 of the sandbox's pid namespace (every tier has one unless
+    /// degraded), whose exit takes every other process of that namespace down first: no
+    /// process of the sandbox is left. What the helper still does (its own exit, which tears
+    /// the run's namespaces down) is not waited for. `None` until the line is there; and
+    /// always where the line does not end a run ([`Child::ends_at_exit_line`]), as when the
+    /// report ended without it ([`Child::report_closed`]: a helper killed): wait for the pidfd
+    /// and [`Child::try_wait`] then.
     pub fn try_exit_line(&mut self) -> io::Result<Option<ExitReport>> {
-        if self.cgroup.is_some() {
+        if !self.exit_line_ends {
             return Ok(None);
         }
         self.read_report()?;
@@ -250,6 +252,14 @@ impl Child {
             None => return Ok(None),
         };
         Ok(exit_line(whole).map(|r| self.ended(Some(r))))
+    }
+
+    /// Whether the helper's `exit` line ends the run. Not for a sandbox with a cgroup of its
+    /// own, which is removed only once the helper has left it, nor for one with subordinate
+    /// ids, whose slot the server frees at the helper's exit (a caller answered before that
+    /// could find no slot for its next run): those end when the helper is gone.
+    pub fn ends_at_exit_line(&self) -> bool {
+        self.exit_line_ends
     }
 
     /// Whether the report has nothing more to give: its end was read, or all of it that is
@@ -1141,6 +1151,7 @@ fn prepare(
         spec,
         plan: planned.plan.encode(),
         degraded: planned.degraded,
+        subordinate: subordinate.is_some(),
         plan_w,
         rep_r,
         cgroup,
@@ -1168,6 +1179,8 @@ struct Prepared {
     spec: SandboxSpec,
     plan: Vec<u8>,
     degraded: Vec<Mechanism>,
+    /// The sandbox gets subordinate ids (and so a slot of the server's).
+    subordinate: bool,
     plan_w: OwnedFd,
     rep_r: OwnedFd,
     cgroup: Option<SandboxCgroup>,
@@ -1183,6 +1196,7 @@ impl Prepared {
             spec,
             plan,
             degraded,
+            subordinate,
             plan_w,
             rep_r,
             cgroup,
@@ -1206,6 +1220,7 @@ impl Prepared {
                 report_text: Vec::new(),
                 report_closed: false,
                 report_nonblocking: false,
+                exit_line_ends: cgroup.is_none() && !subordinate,
                 cgroup,
                 stdin: pin,
                 stdout: pout,
@@ -1363,6 +1378,7 @@ mod tests {
             report_text: Vec::new(),
             report_closed: false,
             report_nonblocking: false,
+            exit_line_ends: true,
             cgroup: None,
             stdin: None,
             stdout: None,
@@ -1410,6 +1426,14 @@ mod tests {
         drop(w);
         assert_eq!(child.try_exit_line().expect("read"), None);
         assert!(child.report_closed(), "the report ended without the line");
+
+        // A blocking wait after a part of the line was read without blocking joins the two.
+        let (mut partial, mut w) = child_of(&helper);
+        w.write_all(b"exit 5 0 1 2").expect("write");
+        assert_eq!(partial.try_exit_line().expect("read"), None);
+        w.write_all(b" 3\n").expect("write");
+        drop(w);
+
         let _ = helper.kill();
         let _ = helper.wait();
         let ended = child.try_wait().expect("the helper is gone").expect("read");
@@ -1418,6 +1442,8 @@ mod tests {
             Some(libc::SIGKILL),
             "killed, with no exit line"
         );
+        let waited = partial.wait().expect("wait");
+        assert_eq!((waited.code, waited.max_rss_kib), (Some(5), 3));
     }
 
     /// Rootless with subordinate ids, a claim directory that cannot be had (the user's home

@@ -156,3 +156,76 @@ fn a_run_going_when_loongd_stops_is_recorded_ended_before_the_stop() {
     let unclean = recent(&home, "daemon.unclean_stop");
     assert!(unclean.is_empty(), "{unclean:?}");
 }
+
+/// A program that closes its stdout and stderr and runs on is still supervised until it
+/// exits: its wall-clock limit kills it (the end recorded as a timeout), and so does loongd's
+/// stop (recorded before `daemon.stopped`). The end of a run's output is not the end of the
+/// run: the helper and reaper no longer hold the run's pipes, so the output ends when the
+/// program closes it. Control: the same program with its output open meets the same limit.
+#[test]
+fn a_run_that_closes_its_output_is_still_supervised_until_it_exits() {
+    let home = Home::new();
+    home.start();
+    let run = |script: &str, timeout: Option<&str>| {
+        let mut c = Command::new(bin("loongctl"));
+        c.arg("--home")
+            .arg(home.path())
+            .args(["sandbox", "run", "--tier", "balanced"]);
+        if let Some(t) = timeout {
+            c.args(["--timeout", t]);
+        }
+        c.args(["--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loongctl")
+    };
+    let ended_within = |child: &mut std::process::Child, limit: Duration| {
+        let ended = wait_until(limit, || child.try_wait().ok().flatten().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        ended
+    };
+    let cause = |args: &str| {
+        recent(&home, "sandbox.exited")
+            .iter()
+            .find(|r| {
+                r["detail"]["program"] == "/bin/sh"
+                    && recent(&home, "sandbox.spawned").iter().any(|s| {
+                        s["correlation"] == r["correlation"]
+                            && s["detail"]["request"]["args"][1] == args
+                    })
+            })
+            .map(|r| r["detail"]["cause"].clone())
+    };
+    for script in ["exec >&- 2>&-; exec sleep 60", "exec sleep 60"] {
+        let mut child = run(script, Some("1"));
+        assert!(
+            ended_within(&mut child, Duration::from_secs(20)),
+            "{script}: the run outlived its 1 s limit"
+        );
+        assert_eq!(
+            cause(script),
+            Some(serde_json::json!("timeout")),
+            "{script}"
+        );
+    }
+    let closed = "exec >&- 2>&-; exec sleep 61";
+    let mut child = run(closed, None);
+    assert!(wait_until(Duration::from_secs(10), || {
+        recent(&home, "sandbox.spawned")
+            .iter()
+            .any(|s| s["detail"]["request"]["args"][1] == closed)
+    }));
+    let out = home.ctl(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        ended_within(&mut child, Duration::from_secs(20)),
+        "the run outlived loongd's stop"
+    );
+    home.start();
+    assert_eq!(cause(closed), Some(serde_json::json!("loongd_stopped")));
+}

@@ -189,6 +189,9 @@ fn only_the_payload_holds_the_run_s_stdio() {
                 "{tier}: the payload's fd {fd} is {own}"
             );
             for (who, pid) in [("reaper", reaper), ("helper", helper)] {
+                // The reaper puts /dev/null in place once the payload's `execve` has
+                // returned to it: a moment after the payload appears.
+                wait_until(Duration::from_secs(5), || fd_target(pid, fd) == "/dev/null");
                 assert_eq!(
                     fd_target(pid, fd),
                     "/dev/null",

@@ -274,6 +274,8 @@ fn run(report: &mut File) -> Result<i32, Failure> {
 /// for it and reports its status; its exit takes every process left in the namespace down.
 fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Option<&File>) -> ! {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    // The report is the helper's alone to write: its `exit` line ends the run for loongd.
+    let _ = nix::unistd::close(REPORT_FD);
     // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
     // to every process of the namespace.
     let _ = sys::forward_interrupts(None);
