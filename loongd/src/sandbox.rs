@@ -939,8 +939,12 @@ async fn relay(
         let (read, which_out) = tokio::select! {
             x = relay_read(&mut stdout, r.io, killed), if stdout.is_some() => (x, true),
             x = relay_read(&mut stderr, r.io, killed), if stderr.is_some() => (x, false),
-            // Sent, or dropped by an exit task that ended without it: gone either way.
-            _ = &mut *exited, if !gone => {
+            // Dropped unsent, the exit task ended without seeing the end (it panicked or was
+            // aborted): the sandbox is killed, not left running unsupervised.
+            told = &mut *exited, if !gone => {
+                if told.is_err() {
+                    r.kill("internal");
+                }
                 gone = true;
                 continue;
             }
@@ -1038,11 +1042,12 @@ impl Drop for KillOnDrop {
 /// Resolves once the sandbox has ended and then its relay has (or was dropped): the relay
 /// supervises the run until told (`exited`) that the sandbox has ended. The end is the
 /// helper's `exit` line ([`loong_sandbox::Child::try_exit_line`]: every process of the
-/// sandbox gone; the helper, which tears the run's namespaces down as it exits, is not waited
-/// for), which is returned; or, where that line does not end a run (a cgroup of its own,
-/// subordinate ids) or the report ended without it (a helper killed), the helper gone, its
-/// pidfd readable: the caller then reads the report. Both are awaited on the runtime, not on
-/// a blocking thread per sandbox.
+/// sandbox gone, its pid namespace's init reaped; the helper, which tears the run's
+/// namespaces down as it exits, is not waited for), which is returned; or, where that line
+/// does not end a run ([`loong_sandbox::Child::ends_at_exit_line`]) or the report ended
+/// without it (a helper killed), the helper gone, its pidfd readable: the caller then reads
+/// the report. A report that cannot be read kills the sandbox and waits for its helper the
+/// same way. Both are awaited on the runtime, not on a blocking thread per sandbox.
 async fn run_ended(
     relay_done: oneshot::Receiver<()>,
     exited: oneshot::Sender<()>,
@@ -1051,12 +1056,17 @@ async fn run_ended(
     let reported = loop {
         match child.try_exit_line() {
             Ok(Some(report)) => break Some(Ok(report)),
-            Err(e) => break Some(Err(e)),
-            Ok(None) if child.report_closed() || !child.ends_at_exit_line() => {
-                readable(child.pidfd(), &HELPER_EXIT_SPIN).await;
+            Ok(None) if !child.report_closed() && child.ends_at_exit_line() => {
+                readable(child.report_fd()).await;
+            }
+            other => {
+                if let Err(e) = &other {
+                    tracing::error!(error = %e, "a sandbox's report could not be read; killing it");
+                    let _ = child.kill();
+                }
+                readable(child.pidfd()).await;
                 break None;
             }
-            Ok(None) => readable(child.report_fd(), &HELPER_EXIT_SPIN).await,
         }
     };
     let _ = exited.send(());
@@ -1064,22 +1074,12 @@ async fn run_ended(
     reported
 }
 
-/// How long a run's exit task polls its helper's pidfd, once the relay has ended, before it
-/// waits for the runtime to wake it: the helper exits right after its payload (the pipes'
-/// end is the payload's exit), so the wait is usually short, and a runtime thread that
-/// slept through it would pay for waking its CPU. Adapted to the runs' waits, as a
-/// connection's reads are ([`loong_ipc::spin`]); zero on a machine without CPUs to spare.
-static HELPER_EXIT_SPIN: std::sync::LazyLock<Mutex<loong_ipc::spin::SpinWindow>> =
-    std::sync::LazyLock::new(Mutex::default);
-
-/// Resolves once `fd` is readable (or has hung up). A descriptor readable already (a helper
-/// gone by the time its relay ended) is seen without registering it with the runtime's
-/// reactor: no copy of it, no registration and removal, no round of the reactor. Else it is
-/// polled for `spin`'s window, giving the runtime back between polls, and then registered
-/// and awaited; the wait's length adapts the window. One the reactor cannot watch (no
-/// descriptor left to copy it, or the reactor refuses it) is polled every
-/// [`UNWATCHED_POLL`] instead: never a return before it is readable, never a busy loop.
-async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin::SpinWindow>) {
+/// Resolves once `fd` is readable (or has hung up). A descriptor readable already is seen
+/// without registering it with the runtime's reactor: no copy of it, no registration and
+/// removal, no round of the reactor. One the reactor cannot watch (no descriptor left to
+/// copy it, or the reactor refuses it) is polled every [`UNWATCHED_POLL`], its registration
+/// tried again each time: never a return before it is readable, never a busy loop.
+async fn readable(fd: std::os::fd::BorrowedFd<'_>) {
     let ready = || {
         let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
         !matches!(
@@ -1087,21 +1087,7 @@ async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin:
             Ok(0)
         )
     };
-    if ready() {
-        return;
-    }
-    let since = std::time::Instant::now();
-    let window = spin.lock().unwrap_or_else(PoisonError::into_inner).window();
-    let mut seen = false;
-    while since.elapsed() < window {
-        tokio::task::yield_now().await;
-        if ready() {
-            seen = true;
-            break;
-        }
-    }
-    loong_ipc::spin::spun(since.elapsed().min(window));
-    if !seen {
+    while !ready() {
         // The safe constructor is deprecated for descriptors a type could swap or close
         // under the registration; an `OwnedFd` owned by the `AsyncFd` can do neither, and
         // the replacement is `unsafe`, which this crate does not allow.
@@ -1112,17 +1098,11 @@ async fn readable(fd: std::os::fd::BorrowedFd<'_>, spin: &Mutex<loong_ipc::spin:
         match registered {
             Ok(fd) => {
                 let _ = fd.readable().await;
+                return;
             }
-            Err(_) => {
-                while !ready() {
-                    tokio::time::sleep(UNWATCHED_POLL).await;
-                }
-            }
+            Err(_) => tokio::time::sleep(UNWATCHED_POLL).await,
         }
     }
-    spin.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .record(since.elapsed());
 }
 
 /// How often a descriptor the runtime cannot watch ([`readable`]) is polled.

@@ -139,8 +139,9 @@ pub struct Child {
     report_closed: bool,
     /// The report's descriptor was made non-blocking.
     report_nonblocking: bool,
-    /// Whether the helper's `exit` line ends the run ([`Child::try_exit_line`]): not with a
-    /// cgroup of its own, nor with subordinate ids (a slot, freed at the helper's exit).
+    /// Whether the helper's `exit` line ends the run ([`Child::try_exit_line`]): only with a
+    /// pid namespace, and not with a cgroup of its own, nor with subordinate ids (a slot,
+    /// freed at the helper's exit).
     exit_line_ends: bool,
     cgroup: Option<SandboxCgroup>,
     /// The parent's end of the payload's stdin, when it was [`StdioSpec::Pipe`].
@@ -254,10 +255,12 @@ impl Child {
         Ok(exit_line(whole).map(|r| self.ended(Some(r))))
     }
 
-    /// Whether the helper's `exit` line ends the run. Not for a sandbox with a cgroup of its
-    /// own, which is removed only once the helper has left it, nor for one with subordinate
-    /// ids, whose slot the server frees at the helper's exit (a caller answered before that
-    /// could find no slot for its next run): those end when the helper is gone.
+    /// Whether the helper's `exit` line ends the run. Only for a sandbox with a pid namespace
+    /// of its own, where the line (written once the namespace's init is reaped) means every
+    /// process of it is gone; not for one with a cgroup of its own, which is removed only once
+    /// the helper has left it, nor for one with subordinate ids, whose slot the server frees
+    /// at the helper's exit (a caller answered before that could find no slot for its next
+    /// run): those end when the helper is gone.
     pub fn ends_at_exit_line(&self) -> bool {
         self.exit_line_ends
     }
@@ -1152,6 +1155,7 @@ fn prepare(
         plan: planned.plan.encode(),
         degraded: planned.degraded,
         subordinate: subordinate.is_some(),
+        pid_namespace: planned.plan.namespaces & libc::CLONE_NEWPID != 0,
         plan_w,
         rep_r,
         cgroup,
@@ -1181,6 +1185,8 @@ struct Prepared {
     degraded: Vec<Mechanism>,
     /// The sandbox gets subordinate ids (and so a slot of the server's).
     subordinate: bool,
+    /// The sandbox has a pid namespace of its own (its init's exit takes every process of it).
+    pid_namespace: bool,
     plan_w: OwnedFd,
     rep_r: OwnedFd,
     cgroup: Option<SandboxCgroup>,
@@ -1197,6 +1203,7 @@ impl Prepared {
             plan,
             degraded,
             subordinate,
+            pid_namespace,
             plan_w,
             rep_r,
             cgroup,
@@ -1220,7 +1227,7 @@ impl Prepared {
                 report_text: Vec::new(),
                 report_closed: false,
                 report_nonblocking: false,
-                exit_line_ends: cgroup.is_none() && !subordinate,
+                exit_line_ends: cgroup.is_none() && !subordinate && pid_namespace,
                 cgroup,
                 stdin: pin,
                 stdout: pout,
@@ -1421,6 +1428,14 @@ mod tests {
         );
         assert!(child.try_wait().is_none(), "the helper still runs");
         assert!(!child.report_closed());
+
+        // Where the line does not end a run (no pid namespace, a cgroup, subordinate ids),
+        // the same line is left for the helper's exit.
+        let (mut other, mut w) = child_of(&helper);
+        other.exit_line_ends = false;
+        w.write_all(b"exit 3 0 11 22 33\n").expect("write");
+        assert_eq!(other.try_exit_line().expect("read"), None);
+        assert!(!other.ends_at_exit_line());
 
         let (mut child, w) = child_of(&helper);
         drop(w);

@@ -228,4 +228,18 @@ fn a_run_that_closes_its_output_is_still_supervised_until_it_exits() {
     );
     home.start();
     assert_eq!(cause(closed), Some(serde_json::json!("loongd_stopped")));
+    let end = recent(&home, "sandbox.exited")
+        .iter()
+        .filter(|r| r["detail"]["cause"] == "loongd_stopped")
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .expect("the stopped run's end");
+    let stop = recent(&home, "daemon.stopped")
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .min()
+        .expect("daemon.stopped");
+    assert!(end < stop, "the run's end ({end}) after the stop ({stop})");
+    let unclean = recent(&home, "daemon.unclean_stop");
+    assert!(unclean.is_empty(), "{unclean:?}");
 }
