@@ -208,6 +208,54 @@ fn only_the_payload_holds_the_run_s_stdio() {
     }
 }
 
+/// A run degraded without a pid namespace has no init whose exit takes its other processes
+/// down: its reaper adopts them (a child subreaper) and kills what is left when the payload
+/// ends, so a process the run started and detached (a new session, its output closed) is gone
+/// by the time the run is answered. Before, it ran on past `sandbox.exited`. The positive
+/// control: the detached process was running (the payload saw it alive before it exited).
+#[test]
+fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
+    let test = "a_run_without_a_pid_namespace_leaves_no_process_behind";
+    if !is_root() {
+        skip(
+            test,
+            "a root loongd runs without a pid namespace here (rootless needs one)",
+        );
+        return;
+    }
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
+    let marker = format!("8000.{}", std::process::id());
+    let script = format!(
+        "setsid sleep {marker} </dev/null >/dev/null 2>&1 & sleep 0.3; kill -0 $! && echo ALIVE"
+    );
+    let out = home.ctl(&[
+        "sandbox",
+        "run",
+        "--tier",
+        "balanced",
+        "--allow-degraded",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "ALIVE",
+        "the detached process never ran"
+    );
+    let left = pids_with(&marker);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(left.is_empty(), "left behind after the run: {left:?}");
+}
+
 #[test]
 fn missing_mechanism_fails_closed_unless_degraded_is_asked() {
     let home = Home::new();

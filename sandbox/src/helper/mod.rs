@@ -279,6 +279,13 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
     // to every process of the namespace.
     let _ = sys::forward_interrupts(None);
+    // Without a pid namespace (a degraded run) no init's exit takes the run's other processes
+    // down: the reaper adopts every orphan of the run instead, to kill it when the payload
+    // ends (`kill_the_rest`).
+    let own_init = plan.namespaces & libc::CLONE_NEWPID != 0;
+    if !own_init {
+        let _ = prctl::set_child_subreaper(true);
+    }
     let report = |f: Failure| -> ! {
         send_failure(&err_w, &f);
         sys::exit_now(SETUP_FAILED)
@@ -353,13 +360,60 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     }
     drop(err_w);
     loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == payload => finish(&st_w, code, 0),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => {
-                finish(&st_w, -1, sig as i32)
-            }
+        let (code, signal) = match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == payload => (code, 0),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => (-1, sig as i32),
             Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(_) => finish(&st_w, -1, libc::SIGKILL),
+            Err(_) => (-1, libc::SIGKILL),
+        };
+        if !own_init {
+            kill_the_rest();
+        }
+        finish(&st_w, code, signal)
+    }
+}
+
+/// The most of `/proc/thread-self/children` read at once (the rest is read in the next
+/// round).
+const CHILDREN_READ_BYTES: usize = 4096;
+
+/// In a reaper without a pid namespace of its own, once the payload has ended: kills every
+/// process left below it and reaps it, round after round (a process whose parent is killed
+/// is reparented to the reaper, a child subreaper since before anything of the run started,
+/// and killed in the next round), until it has no child left. Its children are read from
+/// `/proc/thread-self/children` (the reaper is one thread) into a buffer on the stack; where
+/// that cannot be read nothing is killed, never a process the run did not start (no
+/// `kill(-1)` outside a pid namespace of its own).
+fn kill_the_rest() {
+    loop {
+        let fd = match nix::fcntl::open(
+            "/proc/thread-self/children",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => return,
+        };
+        let mut buf = [0u8; CHILDREN_READ_BYTES];
+        let n = nix::unistd::read(fd, &mut buf).unwrap_or(0);
+        let _ = nix::unistd::close(fd);
+        let mut pid: i32 = 0;
+        for &b in buf[..n].iter().chain(std::iter::once(&b' ')) {
+            if b.is_ascii_digit() {
+                pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+            } else {
+                if pid > 1 {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                pid = 0;
+            }
+        }
+        loop {
+            match waitpid(None, None) {
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => break,
+            }
         }
     }
 }
