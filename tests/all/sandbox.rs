@@ -226,8 +226,10 @@ fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
     let home = Home::new();
     home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
     let marker = format!("8000.{}", std::process::id());
+    // The run's pid namespace is the host's: the payload's pid is a host pid, not 2 (the
+    // first child of a namespace's init, as in every run with a pid namespace).
     let script = format!(
-        "setsid sleep {marker} </dev/null >/dev/null 2>&1 & sleep 0.3; kill -0 $! && echo ALIVE"
+        "echo PID $$; setsid sleep {marker} </dev/null >/dev/null 2>&1 & sleep 0.3; kill -0 $! && echo ALIVE"
     );
     let out = home.ctl(&[
         "sandbox",
@@ -241,10 +243,18 @@ fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
         &script,
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let pid: u32 = lines
+        .first()
+        .and_then(|l| l.strip_prefix("PID "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default();
+    assert!(pid > 2, "the run had a pid namespace of its own: {stdout}");
     assert_eq!(
-        text(&out.stdout).trim(),
-        "ALIVE",
-        "the detached process never ran"
+        lines.get(1),
+        Some(&"ALIVE"),
+        "the detached process never ran: {stdout}"
     );
     let left = pids_with(&marker);
     for pid in &left {

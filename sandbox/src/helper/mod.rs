@@ -381,9 +381,11 @@ const CHILDREN_READ_BYTES: usize = 4096;
 /// process left below it and reaps it, round after round (a process whose parent is killed
 /// is reparented to the reaper, a child subreaper since before anything of the run started,
 /// and killed in the next round), until it has no child left. Its children are read from
-/// `/proc/thread-self/children` (the reaper is one thread) into a buffer on the stack; where
-/// that cannot be read nothing is killed, never a process the run did not start (no
-/// `kill(-1)` outside a pid namespace of its own).
+/// `/proc/thread-self/children` (the reaper is one thread) into a buffer on the stack; only
+/// a number the kernel ended with its space is taken (a read may end inside the next one,
+/// which the next round reads whole); where the list cannot be read nothing is killed, never
+/// a process the run did not start (no `kill(-1)` outside a pid namespace of its own). Each
+/// round reaps every child dead already before it waits for the next.
 fn kill_the_rest() {
     loop {
         let fd = match nix::fcntl::open(
@@ -398,14 +400,22 @@ fn kill_the_rest() {
         let n = nix::unistd::read(fd, &mut buf).unwrap_or(0);
         let _ = nix::unistd::close(fd);
         let mut pid: i32 = 0;
-        for &b in buf[..n].iter().chain(std::iter::once(&b' ')) {
+        for &b in &buf[..n] {
             if b.is_ascii_digit() {
                 pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
             } else {
-                if pid > 1 {
+                if b == b' ' && pid > 1 {
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 pid = 0;
+            }
+        }
+        // Every child dead already, reaped; then, with some still alive, a wait for the next.
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
             }
         }
         loop {
