@@ -38,6 +38,22 @@ fn pids_with(marker: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// `loongctl sandbox run --tier TIER -- PROBE spin MARKER`, stdio on `/dev/null`: a payload
+/// that runs until killed, found by `MARKER` in its command line.
+fn spin_run(home: &Home, tier: &str, probe: &Path, marker: &str) -> std::process::Child {
+    Command::new(bin("loongctl"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["sandbox", "run", "--tier", tier, "--"])
+        .arg(probe)
+        .args(["spin", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loongctl")
+}
+
 fn status_field(pid: u32, field: &str) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -55,17 +71,7 @@ fn confined_process_seen_from_the_host_and_killed_with_loongd() {
     let mut runs = Vec::new();
     for tier in ["restricted", "balanced", "trusted"] {
         let m = format!("{marker}-{tier}");
-        let child = Command::new(bin("loongctl"))
-            .arg("--home")
-            .arg(home.path())
-            .args(["sandbox", "run", "--tier", tier, "--"])
-            .arg(&probe)
-            .args(["spin", &m])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("loongctl");
+        let child = spin_run(&home, tier, &probe, &m);
         runs.push((tier, m, child));
     }
     let mut payloads = Vec::new();
@@ -159,17 +165,7 @@ fn only_the_payload_holds_the_run_s_stdio() {
     let marker = format!("stdio-{}-{loongd}", std::process::id());
     for tier in ["restricted", "balanced", "trusted"] {
         let m = format!("{marker}-{tier}");
-        let mut child = Command::new(bin("loongctl"))
-            .arg("--home")
-            .arg(home.path())
-            .args(["sandbox", "run", "--tier", tier, "--"])
-            .arg(&probe)
-            .args(["spin", &m])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("loongctl");
+        let mut child = spin_run(&home, tier, &probe, &m);
         assert!(
             wait_until(Duration::from_secs(10), || !pids_with(&m).is_empty()),
             "{tier} payload never appeared"
