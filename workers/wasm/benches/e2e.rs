@@ -7,7 +7,8 @@
 //! - a nested kernel call: `tool-caller` calling echo through `call_tool`, against a
 //!   control-socket invoke of echo, interleaved;
 //! - the cold call: a worker killed, then the next call (spawn, handshake, load, call);
-//! - 1,000 concurrent calls over 50 connections, each answered exactly once;
+//! - 1,000 concurrent calls over 50 connections, each answered exactly once, against the same
+//!   burst's shape with none of its work (`e2e/burst_floor.rs`) run just before it;
 //! - resident memory of an idle loongd and an idle worker.
 //!
 //! It drives the release binaries (`cargo build --release --bins`, which `scripts/bench`
@@ -32,6 +33,8 @@ use loong_worker_wasm::{PluginSpec, WasmEngine};
 #[path = "../../bench_support.rs"]
 mod bench_support;
 use bench_support::{figure, percentile, release_dir, us, Figure};
+#[path = "e2e/burst_floor.rs"]
+mod burst_floor;
 
 const WARM_CALLS: usize = 3_000;
 const FLOOR_CALLS: usize = 20_000;
@@ -311,7 +314,7 @@ fn warm_without_fsync(bin: &Path, budget: Duration) {
 }
 
 fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
-    let home = home_with_echo("");
+    let home = home_with_echo(&std::env::var("LOONG_E2E_CONFIG").unwrap_or_default());
     let ctl = |args: &[&str]| loongctl(bin, home.path(), args);
     let sync = fsync_floor(home.path());
     let out = ctl(&["daemon", "start"]);
@@ -328,10 +331,11 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
     if std::env::var(BURST_ONLY_ENV).is_ok_and(|v| v == "1") {
         let status = ctl(&["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
-        println!("loongd pid {}", status["pid"]);
+        let loongd = status["pid"].as_u64().expect("pid") as u32;
+        println!("loongd pid {loongd}");
         let delay = env_usize(BURST_DELAY_ENV).unwrap_or(0) as u64;
         std::thread::sleep(Duration::from_millis(delay));
-        burst(&socket);
+        burst(&socket, loongd);
         ctl(&["daemon", "stop"]);
         return;
     }
@@ -433,14 +437,37 @@ fn end_to_end(bin: &Path, floor: Duration, rtt: Duration) {
         cold.push(t.elapsed());
     }
     report("cold call: spawn + load + call", &mut cold);
-    burst(&socket);
+    burst(&socket, loongd_pid);
     ctl(&["daemon", "stop"]);
 }
 
 /// 50 connections at once, each making its calls one after the other; every answer must
 /// carry its own call's input back.
-fn burst(socket: &Path) {
+fn burst(socket: &Path, loongd: u32) {
     let per_thread = env_usize(BURST_ENV).unwrap_or(CONCURRENT_PER_THREAD);
+    let dir = socket.parent().expect("the socket's directory");
+    let floor = burst_floor::run(dir, CONCURRENT_THREADS, per_thread);
+    let floor_rate = floor.rate;
+    println!(
+        "{:40} {} calls, {:.0} calls/s, median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs a call",
+        "floor: the same burst, no work",
+        CONCURRENT_THREADS * per_thread,
+        floor.rate,
+        us(floor.median),
+        us(floor.p99),
+        floor.cpu_per_call_us
+    );
+    figure(&Figure {
+        name: "floor: the burst, no work",
+        value: floor_rate,
+        unit: "calls/s",
+        p99: None,
+        floor: None,
+        goal: "",
+    });
+    // loongd and every process below it (its workers), and this bench (the clients' threads).
+    let cpu = || burst_floor::tree_cpu_ticks(loongd) + burst_floor::cpu_ticks("self");
+    let cpu_before = cpu();
     let t = Instant::now();
     let answered: Vec<(u64, u64, Duration)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONCURRENT_THREADS)
@@ -464,6 +491,8 @@ fn burst(socket: &Path) {
             .collect()
     });
     let wall = t.elapsed();
+    let cpu_per_call =
+        burst_floor::ticks_us(cpu() - cpu_before) / (CONCURRENT_THREADS * per_thread) as f64;
     // Each call's answer carries its own input back: every call answered, once, with its own.
     let own = answered.iter().filter(|(n, echoed, _)| n == echoed).count();
     let unique: std::collections::BTreeSet<u64> = answered.iter().map(|(_, e, _)| *e).collect();
@@ -485,12 +514,19 @@ fn burst(socket: &Path) {
         us(p99)
     );
     assert_eq!((own, unique.len()), (answered.len(), answered.len()));
+    println!(
+        "{:40} {:.2}× the floor's rate (goal ≥ 20,000 calls/s); CPU {:.1} µs a call, {:.2}× the floor's",
+        "  … / the same burst with no work",
+        rate / floor_rate,
+        cpu_per_call,
+        cpu_per_call / floor.cpu_per_call_us
+    );
     figure(&Figure {
         name: "1,000 concurrent calls over 50 connections (sync = full)",
         value: rate,
         unit: "calls/s",
         p99: None,
-        floor: None,
+        floor: Some(("the burst's shape, no work", floor_rate)),
         goal: "≥ 20000 calls/s",
     });
     figure(&Figure {
@@ -503,6 +539,9 @@ fn burst(socket: &Path) {
 }
 
 fn main() {
+    if std::env::var(burst_floor::ECHO_WORKER_ENV).is_ok_and(|v| v == "1") {
+        burst_floor::echo_worker();
+    }
     // `cargo bench` passes `--bench`; this binary takes no options.
     let floor = floor();
     let rtt = unix_round_trip();
