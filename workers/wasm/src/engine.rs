@@ -1,8 +1,8 @@
 //! The engine, plugin loading and the per-call store.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use wasmtime::{
 
 use crate::abi::{self, HostState, HostStop, OutputRefusal};
 use crate::{
-    ALWAYS_BLOCKED_IMPORT_PREFIXES, COMPILE_TIMEOUT, EPOCH_TICK_MS, HOST_MODULE,
+    ALWAYS_BLOCKED_IMPORT_PREFIXES, COMPILE_TIMEOUT, EPOCH_IDLE_TICKS, EPOCH_TICK_MS, HOST_MODULE,
     KEEP_RESIDENT_BYTES, MAX_INPUT_BYTES, MAX_MEMORY_BYTES_CEILING, MAX_MODULE_BYTES_CEILING,
     MAX_OUTPUT_BYTES_CEILING, MAX_TABLES, MAX_TIMEOUT_MS, POOL_SLOTS,
 };
@@ -264,15 +264,105 @@ pub struct Invocation {
     pub peak_memory_bytes: usize,
 }
 
-/// Stops the epoch ticker when the last engine handle is dropped.
+/// The epoch ticker and the calls that need it. The ticker advances the engine's epoch every
+/// [`EPOCH_TICK_MS`] while calls run, and for [`EPOCH_IDLE_TICKS`] after the last tick that saw
+/// a call running or begun since the one before, then sleeps until a call begins: an idle
+/// worker (the pool's spare among them) is not woken 200 times a second for nothing. Every call
+/// wakes a sleeping ticker before its deadline is set and before its guest runs, so the
+/// deadline is counted from the call's start as before.
+#[derive(Debug, Default)]
+struct Clock {
+    /// Calls begun so far: a call too short for a tick to see it running still counts.
+    began: AtomicU64,
+    /// Calls under way ([`Clock::begin`] to the end of their [`Running`]).
+    running: AtomicUsize,
+    /// The ticker sleeps until a call begins (set and cleared under `lock`).
+    parked: AtomicBool,
+    /// The engine and every plugin loaded in it are gone: the ticker ends.
+    stop: AtomicBool,
+    /// Epochs advanced so far.
+    ticks: AtomicU64,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Clock {
+    /// A call begins: the ticker ticks until it ends, woken first if it sleeps. Each call
+    /// checks, not only the first of several at once: none runs its guest on another's wake.
+    fn begin(&self) -> Running<'_> {
+        // Sequentially consistent with the ticker's own order (`parked` set, then `running`
+        // and `began` read): either the ticker sees this call and does not sleep, or this call
+        // sees the ticker parked and wakes it, under the lock the ticker holds until it waits.
+        self.began.fetch_add(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.wake.notify_one();
+        }
+        Running(self)
+    }
+
+    /// The ticker's loop: tick while calls run or ran lately, sleep while none does.
+    fn tick(&self, engine: wasmtime::EngineWeak) {
+        let mut idle = 0u32;
+        let mut seen = self.began.load(Ordering::SeqCst);
+        while !self.stop.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+            let began = self.began.load(Ordering::SeqCst);
+            if self.running.load(Ordering::SeqCst) > 0 || began != seen {
+                (seen, idle) = (began, 0);
+                continue;
+            }
+            idle += 1;
+            if idle < EPOCH_IDLE_TICKS {
+                continue;
+            }
+            let mut held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.parked.store(true, Ordering::SeqCst);
+            while self.running.load(Ordering::SeqCst) == 0
+                && self.began.load(Ordering::SeqCst) == seen
+                && !self.stop.load(Ordering::SeqCst)
+            {
+                held = self.wake.wait(held).unwrap_or_else(PoisonError::into_inner);
+            }
+            self.parked.store(false, Ordering::SeqCst);
+            (seen, idle) = (self.began.load(Ordering::SeqCst), 0);
+        }
+    }
+}
+
+/// A call under way, for the ticker ([`Clock::begin`]).
+#[must_use = "the ticker counts the call only while its `Running` lives"]
+struct Running<'a>(&'a Clock);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The epoch ticker's handle, shared by the engine and every plugin loaded in it: the ticker
+/// stops when the last of them is dropped (a plugin that outlived its engine would otherwise
+/// run with its epoch frozen).
 #[derive(Debug)]
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.clock.stop.store(true, Ordering::SeqCst);
+        let _held = self
+            .clock
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.clock.wake.notify_one();
     }
 }
 
@@ -286,7 +376,7 @@ pub struct WasmEngine {
     engine_key: String,
     /// The compiler thread's queue (see [`WasmEngine::compile`]).
     compiler: Mutex<mpsc::Sender<CompileJob>>,
-    _ticker: Ticker,
+    ticker: Arc<Ticker>,
 }
 
 /// A module's bytes and where its compiled form goes.
@@ -341,20 +431,12 @@ impl WasmEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         abi::link(&mut linker)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(Clock::default());
         let weak = engine.weak();
-        let flag = stop.clone();
+        let ticking = clock.clone();
         // Unnamed: naming a thread takes `prctl`, which the restricted tier refuses.
         thread::Builder::new()
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(move || ticking.tick(weak))
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
         let compiler = Mutex::new(start_compiler(&engine)?);
         Ok(Self {
@@ -363,8 +445,27 @@ impl WasmEngine {
             linker,
             compile_timeout: COMPILE_TIMEOUT,
             compiler,
-            _ticker: Ticker { stop },
+            ticker: Arc::new(Ticker { clock }),
         })
+    }
+
+    /// Epochs the ticker has advanced so far, and whether it sleeps now (for the tests).
+    #[cfg(test)]
+    pub(crate) fn ticker(&self) -> (u64, bool) {
+        let clock = &self.ticker.clock;
+        (
+            clock.ticks.load(Ordering::Relaxed),
+            clock.parked.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Advances the epoch `n` times at once: a test that failed ends the runaway guest it
+    /// left running.
+    #[cfg(test)]
+    pub(crate) fn advance_epoch(&self, n: u32) {
+        for _ in 0..n {
+            self.engine.increment_epoch();
+        }
     }
 
     /// The same engine with another compile deadline (the tests shorten it).
@@ -480,6 +581,7 @@ impl WasmEngine {
         let plugin = LoadedPlugin {
             plugin_id: plugin,
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             pre,
             entrypoint,
             returns_code,
@@ -598,6 +700,8 @@ fn check_entrypoint(plugin: &str, module: &Module, entrypoint: &str) -> Result<b
 pub struct LoadedPlugin {
     plugin_id: String,
     engine: Engine,
+    /// The engine's epoch ticker, which each call keeps ticking while it runs.
+    ticker: Arc<Ticker>,
     pre: InstancePre<HostState>,
     entrypoint: String,
     returns_code: bool,
@@ -680,6 +784,8 @@ impl LoadedPlugin {
         kernel: Option<Box<dyn crate::ToolCaller>>,
     ) -> Result<Invocation, InvokeError> {
         let input = self.guest_input(input)?;
+        // Before the deadline is set and any guest code runs: a sleeping ticker ticks again.
+        let _running = self.ticker.clock.begin();
         let started = Instant::now();
         let limits = &self.limits;
         let mut store = Store::new(

@@ -94,6 +94,9 @@ pub const POOL_SLOTS: u32 = 64;
 pub const KEEP_RESIDENT_BYTES: usize = 128 * 1024;
 /// How often the epoch ticker advances; deadlines are rounded up to it.
 pub const EPOCH_TICK_MS: u64 = 5;
+/// Ticks the epoch ticker goes on with after the last tick that saw a call (100 ms), before
+/// it sleeps until a call begins: calls less than that apart never find it asleep.
+pub const EPOCH_IDLE_TICKS: u32 = 20;
 /// Import module prefixes refused for every plugin.
 pub const ALWAYS_BLOCKED_IMPORT_PREFIXES: &[&str] = &["wasi"];
 

@@ -156,6 +156,71 @@ fn infinite_loop_times_out() {
     echo_still_works();
 }
 
+/// An idle engine's epoch ticker sleeps (an idle worker was woken 200 times a second), and a
+/// call wakes it before its guest runs: a runaway guest still stops at its deadline. Its own
+/// engine: the shared one's ticker runs while other tests call.
+#[test]
+fn an_idle_engine_s_ticker_sleeps_and_a_call_still_stops_at_its_deadline() {
+    use std::time::{Duration, Instant};
+    // The runaway call's deadline (200 ms) is longer than the ticker's idle window: a call
+    // whose guard ended early would be caught by the ticker's sleep.
+    const _: () = assert!(200 / crate::EPOCH_TICK_MS > crate::EPOCH_IDLE_TICKS as u64);
+    let engine = WasmEngine::new().expect("engine");
+    let looping = engine
+        .load(spec(
+            "loop",
+            r#"(module (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#,
+        ))
+        .expect("loads");
+    let echo = engine
+        .load(spec(
+            "quick",
+            r#"(module (func (export "run") (result i32) (i32.const 0)))"#,
+        ))
+        .expect("loads");
+    // Just after a call, it ticks (the control; waited for, not timed: a loaded machine
+    // stretches its sleeps).
+    echo.invoke(b"{}").expect("quick call");
+    let (before, _) = engine.ticker();
+    let until = Instant::now() + Duration::from_secs(10);
+    while engine.ticker().0 < before + 3 {
+        assert!(
+            Instant::now() < until,
+            "the ticker did not tick after a call"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Then it sleeps: no tick at all over 300 ms.
+    while !engine.ticker().1 {
+        assert!(Instant::now() < until, "the ticker never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (asleep, _) = engine.ticker();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(engine.ticker().0, asleep, "an idle ticker ticked");
+    // A call wakes it: the runaway guest stops at its 200 ms deadline (on a thread, so that a
+    // ticker left asleep fails this test instead of hanging the suite).
+    let (done, result) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(looping.invoke(b"{}"));
+    });
+    let err = match result.recv_timeout(Duration::from_secs(20)) {
+        Ok(r) => r.expect_err("must be refused"),
+        Err(_) => {
+            // Ends the guest left running, so that it does not spin through the other tests.
+            engine.advance_epoch(1_000);
+            panic!("the runaway call never stopped: the ticker was left asleep");
+        }
+    };
+    assert_eq!(err, InvokeError::Timeout { timeout_ms: 200 });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn fuel_runs_out() {
     let mut s = spec(
