@@ -746,7 +746,7 @@ fn the_witness_and_the_siem_lane_hold_the_latest_signed_checkpoint() {
 
 /// A durable commit syncs the trail's WAL with fdatasync(2), never fsync(2): fsync also
 /// flushes the file's timestamps, which on ext4 waits for a journal commit of everything the
-/// machine wrote (docs/performance.md, "Warm calls"). Traced with strace through a start and
+/// machine wrote (docs/performance-log.md, "One fsync is `fdatasync`"). Traced with strace through a start and
 /// a clean stop (each a `synchronous = FULL` commit).
 #[test]
 fn the_audit_trail_syncs_its_commits_with_fdatasync() {
@@ -796,7 +796,7 @@ fn the_audit_trail_syncs_its_commits_with_fdatasync() {
     );
 }
 
-/// What an answered tool call promises (docs/performance.md, "Warm calls"): its decision and
+/// What an answered tool call promises (docs/performance.md, "4. loongd's fixed cost per call"): its decision and
 /// its `tool.invoked` record were committed before the answer, so `kill -9` of loongd right
 /// after answers leaves every answered call in the trail; calls from several connections at
 /// once, so that the records share group commits.

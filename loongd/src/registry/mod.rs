@@ -164,7 +164,7 @@ pub const MAX_CONCURRENT_LOADS: usize = 8;
 
 /// The most tools one plugin set holds, its built-ins' included: each costs loongd about
 /// 4 KiB (its description and input schema, held once by the set, and its search entry;
-/// docs/performance.md, "Scale"), so the bound keeps the set near 256 MiB, against about
+/// docs/performance-log.md, "Scale"), so the bound keeps the set near 256 MiB, against about
 /// 1 GiB for `MAX_PLUGINS` (1,024) programs of 256 tools each. A discovery past it keeps the
 /// plugins that fit, in the set's (id) order, and refuses the rest (`plugin.refused`, naming
 /// the bound).
