@@ -547,6 +547,25 @@ pub(crate) fn sigchld(ignore: bool) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Installs `handler` for `sig`, every other signal blocked while it runs (it is meant to end
+/// the process: see the reaper's `helper_died`).
+pub(crate) fn on_signal(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the mask is filled
+    // by `sigfillset` on that value, and the handler is an `extern "C"` function whose
+    // callers promise it does only async-signal-safe work.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler as usize;
+    // SAFETY: `act.sa_mask` is a valid sigset_t owned by `act`.
+    unsafe { libc::sigfillset(&mut act.sa_mask) };
+    // SAFETY: `act` is a valid sigaction that outlives the call; the old action is not asked
+    // for (null), which the call documents as valid.
+    let rc = unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Where [`forward_interrupt`] sends SIGINT: a pidfd (the helper's reaper), or -1.
 static INTERRUPT_PIDFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 

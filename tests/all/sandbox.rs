@@ -262,6 +262,107 @@ fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
     assert!(left.is_empty(), "left behind after the run: {left:?}");
 }
 
+/// The same run killed while it goes (its `--timeout`): loongd kills the helper, and without a
+/// pid namespace nothing else ends the run's processes. The reaper hears the helper's death
+/// (SIGTERM, its parent-death signal in such a run) and kills and reaps every process below it,
+/// then exits: the payload, what it detached and the reaper are gone, and the run is answered
+/// at its timeout. Before, the reaper died of SIGKILL, the payload and its detached child ran
+/// on, and loongctl waited for the request's deadline (the timeout + 30 s) for output that
+/// never ended. Three runs: the reaper's clean-up once waited for any child after reaping a
+/// killed one, and so for ever on that one's orphan, not yet killed (a race no test makes
+/// certain). The positive control: the detached process was running before the kill.
+#[test]
+fn a_run_without_a_pid_namespace_killed_while_it_goes_leaves_no_process_behind() {
+    let test = "a_run_without_a_pid_namespace_killed_while_it_goes_leaves_no_process_behind";
+    if !is_root() {
+        skip(
+            test,
+            "a root loongd runs without a pid namespace here (rootless needs one)",
+        );
+        return;
+    }
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
+    let mut failures = Vec::new();
+    for round in 0..3 {
+        // Whole seconds, so that `sleep` takes them; long and distinct for this test process
+        // and round, as every process whose command line holds one is killed below.
+        let (detached, payload) = (
+            format!("8197353{round}{}", std::process::id()),
+            format!("8297353{round}{}", std::process::id()),
+        );
+        let script = format!(
+            "echo REAPER $PPID; setsid sleep {detached} </dev/null >/dev/null 2>&1 & sleep 0.3; kill -0 $! && echo ALIVE; sleep {payload}"
+        );
+        let started = std::time::Instant::now();
+        let out = home.ctl(&[
+            "sandbox",
+            "run",
+            "--tier",
+            "balanced",
+            "--allow-degraded",
+            "--timeout",
+            "2",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ]);
+        let took = started.elapsed();
+        let stdout = text(&out.stdout);
+        let reaper: Option<u32> = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("REAPER "))
+            .and_then(|p| p.trim().parse().ok());
+        let reaper_alive = |pid: u32| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("loong-spawn"))
+        };
+        // The kill is the helper's; the reaper's clean-up follows it within moments. What is
+        // left is killed here before anything is judged, so a failure leaves nothing running.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let left = || {
+            let mut left = pids_with(&detached);
+            left.extend(pids_with(&payload));
+            left.extend(reaper.filter(|p| reaper_alive(*p)));
+            left
+        };
+        let mut remaining = left();
+        while !remaining.is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            remaining = left();
+        }
+        for pid in &remaining {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let stderr = text(&out.stderr);
+        if !stdout.contains("ALIVE") || reaper.is_none() {
+            failures.push(format!(
+                "round {round}: the detached process never ran: {stdout} {stderr}"
+            ));
+        }
+        if !remaining.is_empty() {
+            failures.push(format!(
+                "round {round}: left behind after the kill (the reaper {reaper:?} among them?): {remaining:?}"
+            ));
+        }
+        if !stderr.contains("killed at the --timeout") {
+            failures.push(format!(
+                "round {round}: not killed at its timeout: {stderr}"
+            ));
+        }
+        if took > std::time::Duration::from_secs(20) {
+            failures.push(format!(
+                "round {round}: answered after {took:?}, not at its 2 s timeout"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 #[test]
 fn missing_mechanism_fails_closed_unless_degraded_is_asked() {
     let home = Home::new();

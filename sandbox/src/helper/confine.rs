@@ -192,15 +192,16 @@ pub(super) fn reaper_undumpable() -> Result<(), Failure> {
 
 /// In the reaper, once the payload is forked, rootless with subordinate ids only: the reaper
 /// takes the sandbox's ids too, so no process of the sandbox keeps loongd's uid. It stays
-/// undumpable (no payload of the same uid can ptrace it or take its descriptors) and dies
-/// with the helper as before (the uid change clears the parent-death signal).
-pub(super) fn drop_reaper(plan: &Plan) -> Result<(), Failure> {
+/// undumpable (no payload of the same uid can ptrace it or take its descriptors) and hears of
+/// the helper's death as before, by `pdeathsig` (the uid change clears the parent-death
+/// signal; it is set again).
+pub(super) fn drop_reaper(plan: &Plan, pdeathsig: Signal) -> Result<(), Failure> {
     let subordinate = plan.id_map.is_some_and(|m| m.subordinate.is_some());
     let Some((uid, gid)) = plan.creds.filter(|_| subordinate) else {
         return Ok(());
     };
     take_ids(uid, gid, "reaper ")?;
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+    prctl::set_pdeathsig(pdeathsig).map_err(nix_fail("set parent-death signal"))?;
     Ok(())
 }
 

@@ -281,14 +281,30 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     let _ = sys::forward_interrupts(None);
     // Without a pid namespace (a degraded run) no init's exit takes the run's other processes
     // down: the reaper adopts every orphan of the run instead, to kill it when the payload
-    // ends (`kill_the_rest`).
+    // ends (`kill_the_rest`), or when the helper dies (loongd killing the run: its timeout, a
+    // Ctrl-C's kill, its client gone, loongd's stop): then the reaper hears it as SIGTERM, its
+    // parent-death signal here, instead of dying of SIGKILL, and kills and reaps everything
+    // below it before it exits (`helper_died`).
     let own_init = plan.namespaces & libc::CLONE_NEWPID != 0;
-    if !own_init {
-        let _ = prctl::set_child_subreaper(true);
-    }
     let report = |f: Failure| -> ! {
         send_failure(&err_w, &f);
         sys::exit_now(SETUP_FAILED)
+    };
+    let pdeathsig = if own_init {
+        Signal::SIGKILL
+    } else {
+        let _ = prctl::set_child_subreaper(true);
+        if let Err(e) = sys::on_signal(libc::SIGTERM, helper_died) {
+            report(Failure::new(
+                "reaper SIGTERM handler",
+                e.raw_os_error().unwrap_or(0),
+                "",
+            ));
+        }
+        if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
+            report(Failure::new("reaper parent-death signal", e as i32, ""));
+        }
+        Signal::SIGTERM
     };
     // Not dumpable in every mode, before anything of the sandbox runs beside it.
     if let Err(f) = confine::reaper_undumpable() {
@@ -345,8 +361,11 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     // The payload has its own descriptor table (a copy, whether forked or vforked).
     leave_stdio(null);
     // Rootless with subordinate ids: the reaper, too, leaves loongd's uid for the sandbox's.
-    if let Err(f) = confine::drop_reaper(plan) {
+    if let Err(f) = confine::drop_reaper(plan, pdeathsig) {
         let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
+        if !own_init {
+            kill_the_rest();
+        }
         report(f);
     }
     // A helper that died before the parent-death signal was set (at the reaper's start, or
@@ -356,6 +375,9 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     // the reaper's exit takes the rest of the namespace down.
     if confine::helper_gone(&st_w) {
         let _ = nix::sys::signal::kill(payload, Signal::SIGKILL);
+        if !own_init {
+            kill_the_rest();
+        }
         sys::exit_now(SETUP_FAILED);
     }
     drop(err_w);
@@ -373,19 +395,42 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     }
 }
 
+/// The reaper's SIGTERM handler in a run without a pid namespace, where SIGTERM is its
+/// parent-death signal: the helper is gone (loongd killed the run), so is every process
+/// below the reaper once this returns, and the reaper exits. It never returns to the code it
+/// interrupted (a wait, a mount, the payload's start), and does only what is safe in a
+/// handler: system calls (`open`, `read`, `close`, `kill`, `waitpid`, `_exit`) on the stack.
+extern "C" fn helper_died(_sig: libc::c_int) {
+    kill_the_rest();
+    sys::exit_now(128 + libc::SIGKILL)
+}
+
 /// The most of `/proc/thread-self/children` read at once (the rest is read in the next
 /// round).
 const CHILDREN_READ_BYTES: usize = 4096;
+/// The most children one round kills (each pid takes at least two bytes of the list).
+const CHILDREN_PER_ROUND: usize = CHILDREN_READ_BYTES / 2;
+/// How long a round waits, at most, for one of the children it killed to be reapable before
+/// it reads the list again, and in how many steps.
+const ROUND_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+const ROUND_WAIT_STEPS: u32 = 10;
 
-/// In a reaper without a pid namespace of its own, once the payload has ended: kills every
-/// process left below it and reaps it, round after round (a process whose parent is killed
-/// is reparented to the reaper, a child subreaper since before anything of the run started,
-/// and killed in the next round), until it has no child left. Its children are read from
-/// `/proc/thread-self/children` (the reaper is one thread) into a buffer on the stack; only
-/// a number the kernel ended with its space is taken (a read may end inside the next one,
-/// which the next round reads whole); where the list cannot be read nothing is killed, never
-/// a process the run did not start (no `kill(-1)` outside a pid namespace of its own). Each
-/// round reaps every child dead already before it waits for the next.
+/// In a reaper without a pid namespace of its own, once the payload has ended or the helper
+/// is gone: kills every process left below it and reaps it, round after round (a process
+/// whose parent is killed is reparented to the reaper, a child subreaper since before
+/// anything of the run started, and killed in the next round), until it has no child left.
+/// Its children are read from `/proc/thread-self/children` (the reaper is one thread) into a
+/// buffer on the stack; only a number the kernel ended with its space is taken (a read may
+/// end inside the next one, which the next round reads whole); where the list cannot be read
+/// nothing is killed, never a process the run did not start (no `kill(-1)` outside a pid
+/// namespace of its own). A round reaps the children it killed, each by its pid (a listed pid
+/// is the reaper's child until the reaper reaps it, so it cannot have been reused), and never
+/// blocks: a wait for any child would wait on the orphans of the killed ones, alive until the
+/// next round kills them, and a wait for one killed child would wait on whatever keeps it
+/// from being reaped (a tracer's hold on its zombie, a file system daemon it waits on), which
+/// the next round kills. When none of them is reapable yet, the round looks again at most
+/// [`ROUND_WAIT_STEPS`] times over [`ROUND_WAIT`] before it reads the list again. Allocates
+/// nothing (the reaper's SIGTERM handler runs it).
 fn kill_the_rest() {
     loop {
         let fd = match nix::fcntl::open(
@@ -399,31 +444,42 @@ fn kill_the_rest() {
         let mut buf = [0u8; CHILDREN_READ_BYTES];
         let n = nix::unistd::read(fd, &mut buf).unwrap_or(0);
         let _ = nix::unistd::close(fd);
+        let mut killed = [0i32; CHILDREN_PER_ROUND];
+        let mut count = 0;
         let mut pid: i32 = 0;
         for &b in &buf[..n] {
             if b.is_ascii_digit() {
                 pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
             } else {
-                if b == b' ' && pid > 1 {
+                if b == b' ' && pid > 1 && count < killed.len() {
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    killed[count] = pid;
+                    count += 1;
                 }
                 pid = 0;
             }
         }
-        // Every child dead already, reaped; then, with some still alive, a wait for the next.
-        loop {
-            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) | Err(nix::Error::EINTR) => continue,
-                Err(_) => return,
-            }
+        if count == 0 {
+            return;
         }
-        loop {
-            match waitpid(None, None) {
-                Err(nix::Error::EINTR) => continue,
-                Err(_) => return,
-                Ok(_) => break,
+        for _ in 0..ROUND_WAIT_STEPS {
+            let mut reaped = false;
+            for &p in &killed[..count] {
+                let done = loop {
+                    match waitpid(Pid::from_raw(p), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                        Err(nix::Error::EINTR) => continue,
+                        Ok(WaitStatus::StillAlive) => break false,
+                        // Reaped, or no longer the reaper's to reap.
+                        _ => break true,
+                    }
+                };
+                reaped |= done;
             }
+            if reaped {
+                break;
+            }
+            // nanosleep(2) on the stack: no lock, no allocation.
+            std::thread::sleep(ROUND_WAIT / ROUND_WAIT_STEPS);
         }
     }
 }

@@ -57,6 +57,8 @@ pub(super) fn start(plan: &Plan, egress: &EgressPlan, sock: RawFd) -> Result<(),
 
 /// The relay process. Never returns.
 fn relay(plan: &Plan, listeners: Vec<TcpListener>, sock: OwnedFd) -> ! {
+    // Not the reaper's handlers (its SIGTERM handler kills the reaper's children).
+    sys::reset_handlers();
     if confine(plan, &listeners, &sock).is_err() {
         sys::exit_now(super::SETUP_FAILED);
     }
