@@ -204,6 +204,31 @@ fn only_the_payload_holds_the_run_s_stdio() {
     }
 }
 
+/// A started loongd whose sandboxes have no pid namespace (`LOONG_SANDBOX_DISABLE=pidns`);
+/// `None`, the test reported skipped, where loongd is not root (rootless needs one).
+fn home_without_pid_namespaces(test: &str) -> Option<Home> {
+    if !is_root() {
+        skip(
+            test,
+            "a root loongd runs without a pid namespace here (rootless needs one)",
+        );
+        return None;
+    }
+    let home = Home::new();
+    home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
+    Some(home)
+}
+
+/// SIGKILL to each of `pids` (what a failed test left running).
+fn kill_all(pids: &[u32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// A run degraded without a pid namespace has no init whose exit takes its other processes
 /// down: its reaper adopts them (a child subreaper) and kills what is left when the payload
 /// ends, so a process the run started and detached (a new session, its output closed) is gone
@@ -212,15 +237,9 @@ fn only_the_payload_holds_the_run_s_stdio() {
 #[test]
 fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
     let test = "a_run_without_a_pid_namespace_leaves_no_process_behind";
-    if !is_root() {
-        skip(
-            test,
-            "a root loongd runs without a pid namespace here (rootless needs one)",
-        );
+    let Some(home) = home_without_pid_namespaces(test) else {
         return;
-    }
-    let home = Home::new();
-    home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
+    };
     let marker = format!("8000.{}", std::process::id());
     // The run's pid namespace is the host's: the payload's pid is a host pid, not 2 (the
     // first child of a namespace's init, as in every run with a pid namespace).
@@ -253,12 +272,7 @@ fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
         "the detached process never ran: {stdout}"
     );
     let left = pids_with(&marker);
-    for pid in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_all(&left);
     assert!(left.is_empty(), "left behind after the run: {left:?}");
 }
 
@@ -274,15 +288,9 @@ fn a_run_without_a_pid_namespace_leaves_no_process_behind() {
 #[test]
 fn a_run_without_a_pid_namespace_killed_while_it_goes_leaves_no_process_behind() {
     let test = "a_run_without_a_pid_namespace_killed_while_it_goes_leaves_no_process_behind";
-    if !is_root() {
-        skip(
-            test,
-            "a root loongd runs without a pid namespace here (rootless needs one)",
-        );
+    let Some(home) = home_without_pid_namespaces(test) else {
         return;
-    }
-    let home = Home::new();
-    home.start_env(&[("LOONG_SANDBOX_DISABLE", "pidns")]);
+    };
     let mut failures = Vec::new();
     for round in 0..3 {
         // Whole seconds, so that `sleep` takes them; long and distinct for this test process
@@ -332,12 +340,7 @@ fn a_run_without_a_pid_namespace_killed_while_it_goes_leaves_no_process_behind()
             std::thread::sleep(std::time::Duration::from_millis(50));
             remaining = left();
         }
-        for pid in &remaining {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_all(&remaining);
         let stderr = text(&out.stderr);
         if !stdout.contains("ALIVE") || reaper.is_none() {
             failures.push(format!(
