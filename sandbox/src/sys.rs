@@ -550,13 +550,27 @@ pub(crate) fn sigchld(ignore: bool) -> io::Result<()> {
 /// Installs `handler` for `sig`, every other signal blocked while it runs (it is meant to end
 /// the process: see the reaper's `helper_died`).
 pub(crate) fn on_signal(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
-    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the mask is filled
-    // by `sigfillset` on that value, and the handler is an `extern "C"` function whose
-    // callers promise it does only async-signal-safe work.
+    install_handler(sig, handler, 0, true)
+}
+
+/// `sigaction(sig)` with `handler`, `flags`, and every signal blocked while it runs when
+/// `block_all` (else none). The handler must do only async-signal-safe work.
+fn install_handler(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+    flags: libc::c_int,
+    block_all: bool,
+) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the fields set
+    // below are plain integers and the address of an `extern "C"` handler whose callers
+    // promise it does only async-signal-safe work.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = handler as usize;
-    // SAFETY: `act.sa_mask` is a valid sigset_t owned by `act`.
-    unsafe { libc::sigfillset(&mut act.sa_mask) };
+    act.sa_flags = flags;
+    if block_all {
+        // SAFETY: `act.sa_mask` is a valid sigset_t owned by `act`.
+        unsafe { libc::sigfillset(&mut act.sa_mask) };
+    }
     // SAFETY: `act` is a valid sigaction that outlives the call; the old action is not asked
     // for (null), which the call documents as valid.
     let rc = unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
@@ -605,19 +619,8 @@ pub(crate) fn forward_interrupts(to: Option<OwnedFd>) -> io::Result<()> {
     if let Some(fd) = to {
         INTERRUPT_PIDFD.store(fd.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
     }
-    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the fields set
-    // below are plain integers and the address of an `extern "C"` handler that only does
-    // async-signal-safe work (see `forward_interrupt`).
-    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = forward_interrupt as extern "C" fn(libc::c_int) as usize;
-    act.sa_flags = libc::SA_RESTART;
-    // SAFETY: `act` is a valid sigaction that outlives the call; the old action is not asked
-    // for (null), which the call documents as valid.
-    let rc = unsafe { libc::sigaction(libc::SIGINT, &act, std::ptr::null_mut()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // `forward_interrupt` does only async-signal-safe work.
+    install_handler(libc::SIGINT, forward_interrupt, libc::SA_RESTART, false)
 }
 
 /// `_exit(code)`: leaves a forked child without running the parent's exit handlers.

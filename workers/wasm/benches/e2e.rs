@@ -176,20 +176,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn descendant(pid: u32, comm: &str) -> Option<u32> {
-    let mut queue = vec![pid];
-    while let Some(p) = queue.pop() {
-        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        if name.trim().starts_with(comm) {
-            return Some(p);
-        }
-        let kids =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        queue.extend(
-            kids.split_whitespace()
-                .filter_map(|k| k.parse::<u32>().ok()),
-        );
-    }
-    None
+    burst_floor::process_tree(pid).into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|n| n.trim().starts_with(comm))
+    })
 }
 
 fn invoke(c: &mut Client, n: u64) -> u64 {

@@ -296,10 +296,15 @@ impl Clock {
         self.began.fetch_add(1, Ordering::SeqCst);
         self.running.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) {
-            let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-            self.wake.notify_one();
+            self.rouse();
         }
         Running(self)
+    }
+
+    /// Wakes a sleeping ticker, under the lock it holds until it waits (no lost wake-up).
+    fn rouse(&self) {
+        let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wake.notify_one();
     }
 
     /// The ticker's loop: tick while calls run or ran lately, sleep while none does.
@@ -357,12 +362,7 @@ struct Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.clock.stop.store(true, Ordering::SeqCst);
-        let _held = self
-            .clock
-            .lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.clock.wake.notify_one();
+        self.clock.rouse();
     }
 }
 

@@ -275,9 +275,9 @@ pub fn ticks_us(ticks: u64) -> f64 {
     ticks as f64 / USER_HZ * 1e6
 }
 
-/// CPU time (clock ticks) of process `root` and of every process below it, as `/proc` shows
-/// them now (a process in another pid namespace is there under its host pid).
-pub fn tree_cpu_ticks(root: u32) -> u64 {
+/// Process `root` and every process below it, as `/proc` shows them now (a process in another
+/// pid namespace is there under its host pid; children of every thread, by their parent pid).
+pub fn process_tree(root: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -303,5 +303,13 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
-    tree.iter().map(|p| cpu_ticks(&p.to_string())).sum()
+    tree
+}
+
+/// CPU time (clock ticks) of process `root` and of every process below it.
+pub fn tree_cpu_ticks(root: u32) -> u64 {
+    process_tree(root)
+        .iter()
+        .map(|p| cpu_ticks(&p.to_string()))
+        .sum()
 }
