@@ -845,20 +845,28 @@ impl Server {
 
     /// Sends one request without waiting (`WouldBlock` when the socket is full); returns its
     /// sequence number.
-    fn send(&mut self, fds: &[RawFd], pass: u32) -> io::Result<u64> {
+    fn send(&mut self, fds: &[RawFd], pass: u32, shape: &[u8]) -> io::Result<u64> {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let seq = self.next;
         let mut req = [0u8; server::MESSAGE_BYTES];
         req[0] = server::SPAWN;
         req[1..5].copy_from_slice(&pass.to_le_bytes());
         req[5..].copy_from_slice(&seq.to_le_bytes());
-        sendmsg::<()>(
-            self.sock.as_raw_fd(),
-            &[io::IoSlice::new(&req)],
-            &[ControlMessage::ScmRights(fds)],
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            None,
-        )
+        let send = |shape: &[u8]| {
+            sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &[io::IoSlice::new(&req), io::IoSlice::new(shape)],
+                &[ControlMessage::ScmRights(fds)],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+        };
+        match send(shape) {
+            // A shape above what the socket takes in one message (a small send buffer): the
+            // request without it, built as any other.
+            Err(nix::Error::EMSGSIZE) if !shape.is_empty() => send(&[]),
+            other => other,
+        }
         .map_err(io::Error::from)?;
         self.next = seq.wrapping_add(1);
         Ok(seq)
@@ -900,7 +908,7 @@ impl Server {
 
     /// Sends one request and waits for its answer on this thread, [`SERVER_ANSWER_TIMEOUT`]
     /// at most (`TimedOut` after).
-    fn request(&mut self, fds: &[RawFd], pass: u32) -> io::Result<Answer> {
+    fn request(&mut self, fds: &[RawFd], pass: u32, shape: &[u8]) -> io::Result<Answer> {
         use nix::poll::PollFlags;
         let due = std::time::Instant::now() + SERVER_ANSWER_TIMEOUT;
         let wait = |fd: BorrowedFd<'_>, events: PollFlags| {
@@ -911,7 +919,7 @@ impl Server {
             Ok(())
         };
         let seq = loop {
-            match self.send(fds, pass) {
+            match self.send(fds, pass, shape) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait(self.sock.as_fd(), PollFlags::POLLOUT)?
                 }
@@ -930,17 +938,22 @@ impl Server {
 
     /// [`Server::request`] on a tokio runtime: the socket is watched by the runtime's
     /// reactor while the answer is awaited (the caller bounds the wait).
-    async fn request_async(&mut self, fds: &[RawFd], pass: u32) -> io::Result<Answer> {
+    async fn request_async(
+        &mut self,
+        fds: &[RawFd],
+        pass: u32,
+        shape: &[u8],
+    ) -> io::Result<Answer> {
         use tokio::io::Interest;
         // Copies of our end registered for this request, each for the one readiness it waits
         // for (a writable edge would wake the reactor for nothing at every request read): an
         // `OwnedFd` owned by the `AsyncFd` cannot be closed under the registration.
-        let seq = match self.send(fds, pass) {
+        let seq = match self.send(fds, pass, shape) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let full = watch(&self.sock, Interest::WRITABLE)?;
                 loop {
                     let mut ready = full.writable().await?;
-                    match self.send(fds, pass) {
+                    match self.send(fds, pass, shape) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
                         other => break other?,
                     }
@@ -1153,6 +1166,7 @@ fn prepare(
         sent,
         keep: (plan_r, rep_w, si, so, se, pass),
         spec,
+        shape: crate::helper::shape(&planned.plan).unwrap_or_default(),
         plan: planned.plan.encode(),
         degraded: planned.degraded,
         exit_line_ends: cgroup.is_none()
@@ -1183,6 +1197,9 @@ struct Prepared {
     keep: (OwnedFd, OwnedFd, OwnedFd, OwnedFd, OwnedFd, Vec<OwnedFd>),
     /// Holds the egress socket and the gate until they are sent.
     spec: SandboxSpec,
+    /// The run's shape, when a sandbox built ahead may run it ([`crate::helper::shape`]);
+    /// empty when not.
+    shape: Vec<u8>,
     plan: Vec<u8>,
     degraded: Vec<Mechanism>,
     /// Whether the helper's `exit` line will end the run ([`Child::ends_at_exit_line`]).
@@ -1270,7 +1287,7 @@ fn exchange(
     let request = || {
         let mut slot = lock_server(&ctx.server);
         let answer = match slot.current.as_mut() {
-            Some(s) => s.request(&prepared.fds, prepared.sent),
+            Some(s) => s.request(&prepared.fds, prepared.sent, &prepared.shape),
             None => Err(io::Error::from_raw_os_error(libc::EPIPE)),
         };
         settle(&mut slot, answer)
@@ -1317,7 +1334,7 @@ async fn exchange_async(
         let answer = match slot.current.as_mut() {
             Some(s) => tokio::time::timeout(
                 SERVER_ANSWER_TIMEOUT,
-                s.request_async(&prepared.fds, prepared.sent),
+                s.request_async(&prepared.fds, prepared.sent, &prepared.shape),
             )
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),

@@ -401,6 +401,19 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets (the spawn server's and
+/// its helpers' message channels).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
 pub(crate) fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
     // SAFETY: integer arguments and a null siginfo pointer, which the call documents as valid.

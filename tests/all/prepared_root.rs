@@ -298,13 +298,102 @@ fn a_template_whose_nested_grant_the_host_unlinked_is_not_used() {
     fs::hard_link(&cfg, &tmp).expect("link");
     fs::remove_file(&cfg).expect("unlink");
     fs::rename(&tmp, &cfg).expect("rename");
-    for _ in 0..2 {
+    // The changed template is dropped (the run that found it changed tells the server) and
+    // another built: runs share a root again, and the grant still holds in each. Before, the
+    // helper had closed the socket it tells the server on, the changed template was kept, and
+    // every later run found it changed and built its own root.
+    let mut rebuilt = false;
+    let mut before = run(&home, &grants, &probe);
+    for _ in 0..PAIR_TRIES + 2 {
         let after = run(&home, &grants, &probe);
-        assert_eq!(
-            section(&after, "WROTE"),
-            ["other"],
-            "a read-only grant took a write after the host replaced its entry"
-        );
+        for s in [&before, &after] {
+            assert_eq!(
+                section(s, "WROTE"),
+                ["other"],
+                "a read-only grant took a write after the host replaced its entry"
+            );
+        }
+        if before.dev == after.dev {
+            rebuilt = true;
+            break;
+        }
+        before = after;
     }
+    assert!(
+        rebuilt,
+        "no two runs shared a template after the changed one"
+    );
     assert_eq!(fs::read_to_string(&cfg).expect("cfg"), "v1\n");
+}
+
+/// When the run's `/tmp` was mounted, as the host's clock gives it (seconds since the epoch;
+/// a tmpfs root's time is the kernel's coarse clock, a tick behind at most).
+fn tmp_made(seen: &Seen) -> f64 {
+    section(seen, "TMP")
+        .first()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the time /tmp was made")
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// How long the tests wait between runs so that a sandbox built ahead is told by its age
+/// from one built for its run.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// A run of a shape runs lately is served by a sandbox the spawn server built ahead for it
+/// (its `/tmp` mounted before the run was asked for), which is the sandbox a run built for
+/// it would be: an empty, writable `/tmp` of its own, the payload pid 2 under the reaper,
+/// nothing of the run before it. A run of another shape is not (its `/tmp` is mounted after
+/// it was asked for), and does not use up the spare, which the next run of its shape finds.
+#[test]
+fn a_sandbox_built_ahead_serves_only_runs_of_its_shape() {
+    if !is_root() {
+        skip(
+            "a_sandbox_built_ahead_serves_only_runs_of_its_shape",
+            "sandboxes built ahead are root mode's",
+        );
+        return;
+    }
+    let host = grants_dir();
+    fs::set_permissions(host.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = Home::new();
+    home.start();
+    let probe = "echo TMP; date +%s.%N -r /tmp; echo FOUND; ls -A /tmp; \
+                 echo WROTE; (echo x > /tmp/mark) && echo /tmp/mark; echo PID; echo $$";
+    let other_grant = host.path().display().to_string();
+    let mut seen = None;
+    for _ in 0..PAIR_TRIES {
+        // The shape asked twice in a row: the server keeps a spare for it once its template
+        // is built (after the first run).
+        for _ in 0..3 {
+            run(&home, &[], probe);
+        }
+        std::thread::sleep(IDLE);
+        let asked = now();
+        let other = run(&home, &["--read", &other_grant], probe);
+        let served = run(&home, &[], probe);
+        // A host mount change meanwhile (another test's) drops every template and spare.
+        if tmp_made(&served) < asked - IDLE.as_secs_f64() / 2.0 {
+            seen = Some((asked, other, served));
+            break;
+        }
+    }
+    let (asked, other, served) = seen.expect("no run was served by a sandbox built ahead");
+    // The run of another shape had its sandbox built for it, after it was asked for.
+    assert!(
+        tmp_made(&other) > asked - 0.05,
+        "a run of another shape ran in a sandbox built ahead: /tmp made at {}, asked at {asked}",
+        tmp_made(&other)
+    );
+    for s in [&other, &served] {
+        assert!(section(s, "FOUND").is_empty(), "{:?}", section(s, "FOUND"));
+        assert_eq!(section(s, "WROTE"), ["/tmp/mark"]);
+        assert_eq!(section(s, "PID"), ["2"]);
+    }
 }

@@ -273,25 +273,43 @@ pub(super) fn setup_root(plan: &Plan, entered: bool) -> Result<(), Failure> {
 /// `no_new_privs`, landlock, and seccomp last.
 pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
-    // The gate first, while the descriptors are still where the helper received them:
-    // nothing of the payload runs until loongd says what it decided is recorded.
-    if plan.gate {
-        wait_gate(plan)?;
-    }
-    // Handed-over fds: 5, 6, … become 3, 4, …; each target is below its source and every
-    // lower source was consumed already, so no source is overwritten before it is used.
     let n = plan.pass_fds as i32;
     let err = err_w.as_raw_fd();
+    // The gate is kept (close-on-exec, just above the error pipe) through the confinement
+    // below and waited for last, just before `execve`: nothing of the program runs until
+    // loongd says what it decided is recorded, and the run's confinement is made while the
+    // record commits, not after.
+    let gate = if plan.gate {
+        let at = nix::fcntl::fcntl(
+            gate_fd(plan),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(err + 1),
+        )
+        .map_err(nix_fail("keep the gate"))?;
+        Some(at)
+    } else {
+        None
+    };
+    // Handed-over fds: 5, 6, … become 3, 4, …; each target is below its source and every
+    // lower source was consumed already, so no source is overwritten before it is used.
     for i in 0..n {
         nix::unistd::dup2(FIRST_PASSED_FD + i, 3 + i).map_err(nix_fail("dup2 handed-over fd"))?;
     }
-    // Everything else goes, except the error pipe (close-on-exec) until execve.
+    // Everything else goes, except the error pipe and the gate (close-on-exec) until execve.
     let keep_from = (3 + n) as u32;
     if err >= 3 + n {
-        sys::close_between(keep_from, err as u32 - 1)
-            .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
-        sys::close_between(err as u32 + 1, u32::MAX)
-            .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))?;
+        let close = |from: i32, to: u32| {
+            sys::close_between(from as u32, to)
+                .map_err(|e| Failure::new("close_range", e.raw_os_error().unwrap_or(0), ""))
+        };
+        close(keep_from as i32, err as u32 - 1)?;
+        match gate {
+            // Above the error pipe (it was copied there).
+            Some(gate) => {
+                close(err + 1, gate as u32 - 1)?;
+                close(gate + 1, u32::MAX)?;
+            }
+            None => close(err + 1, u32::MAX)?,
+        }
     } else {
         return Err(Failure::new(
             "close_range",
@@ -324,14 +342,23 @@ pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
         seccompiler::apply_filter(prog)
             .map_err(|e| Failure::new("seccomp", libc::EINVAL, e.to_string()))?;
     }
+    // Under the run's own filter: a read of the gate, then (from the caller) `execve`.
+    if let Some(gate) = gate {
+        wait_gate(gate)?;
+    }
     Ok(())
 }
 
-/// Waits for the gate ([`crate::plan::Plan::gate`]): the descriptor after the handed-over
-/// ones and the egress socket. Only [`GATE_OPEN`] lets the payload run; the gate's end without
-/// it (loongd could not commit the run's decisions, or is gone) refuses the run.
-fn wait_gate(plan: &Plan) -> Result<(), Failure> {
-    let gate = FIRST_PASSED_FD + plan.pass_fds as i32 + i32::from(plan.egress.is_some());
+/// Where the payload finds the gate ([`crate::plan::Plan::gate`]): the descriptor after the
+/// handed-over ones and the egress socket.
+fn gate_fd(plan: &Plan) -> i32 {
+    FIRST_PASSED_FD + plan.pass_fds as i32 + i32::from(plan.egress.is_some())
+}
+
+/// Waits for the gate ([`crate::plan::Plan::gate`]) on `gate`. Only [`GATE_OPEN`] lets the
+/// payload run; the gate's end without it (loongd could not commit the run's decisions, or is
+/// gone) refuses the run.
+fn wait_gate(gate: i32) -> Result<(), Failure> {
     let mut byte = [0u8; 1];
     let got = loop {
         match nix::unistd::read(gate, &mut byte) {

@@ -16,7 +16,10 @@ pub mod idmap;
 mod mounts;
 mod relay;
 pub mod server;
+mod spare;
 mod template;
+
+pub(crate) use template::shape;
 
 use std::{
     fs::File,
@@ -139,10 +142,14 @@ fn run(report: &mut File) -> Result<i32, Failure> {
         + u32::from(plan.gate);
     let close_fail =
         |e: std::io::Error| Failure::new("close_range", e.raw_os_error().unwrap_or(0), "");
+    // The template socket stays open until the template is checked: a changed one is told
+    // to the server on it ([`template::intact`]).
     let template = match template::choose(&plan) {
         Some(c) if c.fd as u32 > keep_to => {
             sys::close_between(keep_to, c.fd as u32 - 1).map_err(close_fail)?;
-            sys::close_from(c.fd as u32 + 1).map_err(close_fail)?;
+            sys::close_between(c.fd as u32 + 1, template::TEMPLATE_SOCK_FD as u32 - 1)
+                .map_err(close_fail)?;
+            sys::close_from(template::TEMPLATE_SOCK_FD as u32 + 1).map_err(close_fail)?;
             sys::adopt_fd(c.fd).ok().map(|fd| (fd, c))
         }
         _ => {
@@ -200,6 +207,7 @@ fn run(report: &mut File) -> Result<i32, Failure> {
             entered = false;
         }
     }
+    let _ = nix::unistd::close(template::TEMPLATE_SOCK_FD);
 
     // The payload reports a failed step (or nothing, when execve succeeds) on this pipe.
     let (err_r, err_w) =
@@ -219,6 +227,13 @@ fn run(report: &mut File) -> Result<i32, Failure> {
     drop((err_w, st_w));
     leave_stdio(null.as_ref());
     drop(null);
+    attend(report, reaper, err_r, st_r)
+}
+
+/// The helper once its reaper is forked: passes loongd's interrupts on to it, reports the
+/// payload's `execve` (or the failed step) and, at the end, how the run ended; returns the
+/// helper's exit code.
+fn attend(report: &mut File, reaper: Pid, err_r: OwnedFd, st_r: OwnedFd) -> Result<i32, Failure> {
     // loongd interrupts a sandbox (an operator's Ctrl-C) by sending SIGINT to this helper,
     // which passes it on to the reaper by pidfd (no pid-reuse race). Installed before `exec`
     // is reported, so loongd never interrupts a helper that would die of it.
@@ -273,9 +288,25 @@ fn run(report: &mut File) -> Result<i32, Failure> {
 /// The reaper: pid 1 of the new pid namespace. Builds the root, forks the payload, waits
 /// for it and reports its status; its exit takes every process left in the namespace down.
 fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Option<&File>) -> ! {
-    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     // The report is the helper's alone to write: its `exit` line ends the run for loongd.
     let _ = nix::unistd::close(REPORT_FD);
+    let pdeathsig = reaper_start(plan, &err_w);
+    if let Err(f) = confine::setup_root(plan, entered) {
+        fail(&err_w, &f);
+    }
+    reaper_run(plan, pdeathsig, err_w, st_w, null)
+}
+
+/// Reports the failed step `f` to the helper and exits: nothing of the run ran.
+fn fail(err_w: &OwnedFd, f: &Failure) -> ! {
+    send_failure(err_w, f);
+    sys::exit_now(SETUP_FAILED)
+}
+
+/// The reaper's start, before its root: its parent-death signal (returned), its interrupts
+/// and, without a pid namespace, its clean-up when the helper dies; not dumpable.
+fn reaper_start(plan: &Plan, err_w: &OwnedFd) -> Signal {
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     // As pid 1 the reaper gets only the signals it handles: SIGINT from the helper is passed
     // to every process of the namespace.
     let _ = sys::forward_interrupts(None);
@@ -286,10 +317,7 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     // parent-death signal here, instead of dying of SIGKILL, and kills and reaps everything
     // below it before it exits (`helper_died`).
     let own_init = plan.namespaces & libc::CLONE_NEWPID != 0;
-    let report = |f: Failure| -> ! {
-        send_failure(&err_w, &f);
-        sys::exit_now(SETUP_FAILED)
-    };
+    let report = |f: Failure| -> ! { fail(err_w, &f) };
     let pdeathsig = if own_init {
         Signal::SIGKILL
     } else {
@@ -310,9 +338,20 @@ fn reaper(plan: &Plan, entered: bool, err_w: OwnedFd, st_w: OwnedFd, null: Optio
     if let Err(f) = confine::reaper_undumpable() {
         report(f);
     }
-    if let Err(f) = confine::setup_root(plan, entered) {
-        report(f);
-    }
+    pdeathsig
+}
+
+/// The reaper once its root is built: the relay of a network grant, the payload started,
+/// waited for and its status reported.
+fn reaper_run(
+    plan: &Plan,
+    pdeathsig: Signal,
+    err_w: OwnedFd,
+    st_w: OwnedFd,
+    null: Option<&File>,
+) -> ! {
+    let own_init = plan.namespaces & libc::CLONE_NEWPID != 0;
+    let report = |f: Failure| -> ! { fail(&err_w, &f) };
     // With a network grant: the loopback, the listeners and the relay, which alone holds them
     // and the egress socket from here on.
     if let Some(egress) = &plan.egress {

@@ -21,6 +21,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::Failure;
 use crate::{plan::MountOp, worker::open_beneath};
+use std::os::fd::BorrowedFd;
 
 /// Where the helper's own descriptors are named while the root is built: the host's procfs,
 /// under the old root (the mount follows `N` there to the object the descriptor holds).
@@ -126,18 +127,23 @@ pub(crate) type SourceId = (u64, u64);
 /// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from `/`): the plan resolved every source
 /// already, so a symlink met now was swapped in since, and is refused (`ELOOP`), not followed.
 fn pin_source(src: &Path) -> Result<OwnedFd, Failure> {
-    use std::os::unix::ffi::OsStrExt;
     let top = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open("/")
         .map_err(io_fail("open / for a bind source", src))?;
+    pin_source_in(top.as_fd(), src)
+}
+
+/// [`pin_source`] below the root `top` (a host root held from before a template was entered).
+fn pin_source_in(top: BorrowedFd<'_>, src: &Path) -> Result<OwnedFd, Failure> {
+    use std::os::unix::ffi::OsStrExt;
     let rel = src.strip_prefix("/").unwrap_or(src).as_os_str().as_bytes();
     let rel = if rel.is_empty() { b"." } else { rel };
     let rel = std::ffi::CString::new(rel)
         .map_err(|_| Failure::new("bind source", libc::EINVAL, src.display().to_string()))?;
     crate::openat::openat2_bits(
-        top.as_fd(),
+        top,
         &rel,
         libc::O_PATH,
         0,
@@ -293,13 +299,31 @@ fn bind_with(
 /// The identity of every bind source of `ops`, in order, pinned as a bind pins it (from `/`,
 /// without following a symlink): what [`build_template`] reports for the same sources.
 pub(crate) fn source_ids(ops: &[MountOp]) -> Result<Vec<SourceId>, Failure> {
+    source_ids_in(host_root()?.as_fd(), ops)
+}
+
+/// This process's root, held (`O_PATH`) to find bind sources from once another root is entered.
+pub(crate) fn host_root() -> Result<OwnedFd, Failure> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open("/")
+        .map(OwnedFd::from)
+        .map_err(io_fail("open / for the bind sources", Path::new("/")))
+}
+
+/// [`source_ids`] with each source found below `top`.
+pub(crate) fn source_ids_in(
+    top: BorrowedFd<'_>,
+    ops: &[MountOp],
+) -> Result<Vec<SourceId>, Failure> {
     ops.iter()
         .filter_map(|op| match op {
             MountOp::Bind { src, .. } => Some(src),
             _ => None,
         })
         .map(|src| {
-            let pinned = pin_source(src)?;
+            let pinned = pin_source_in(top, src)?;
             let meta =
                 nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(fail("stat bind source", src))?;
             let fs = nix::sys::statfs::fstatfs(&pinned).map_err(fail("statfs bind source", src))?;

@@ -39,8 +39,12 @@ pub const FAILED: u8 = b'E';
 pub const MAX_PASS_FDS: usize = 32;
 /// Descriptors in a request besides the handed-over ones.
 pub const FIXED_FDS: usize = 5;
-/// The bytes of a request and of an answer: the tag, a u32 or i32, the sequence number.
+/// The bytes of a request and of an answer: the tag, a u32 or i32, the sequence number. A
+/// request may carry its run's shape after them ([`super::template::shape`], at most
+/// [`MAX_SHAPE_BYTES`]): a request with one may be run by a sandbox built ahead for that
+/// shape ([`super::spare`]).
 pub const MESSAGE_BYTES: usize = 13;
+pub use super::template::MAX_SHAPE_BYTES;
 /// Received descriptors are moved at least this high before being placed, so no source
 /// collides with a target (targets stay below `FIRST_PASSED_FD + MAX_PASS_FDS`).
 const STAGE_MIN: RawFd = 64;
@@ -123,11 +127,15 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
     } else {
         None
     };
+    // Root only, with templates: a sandbox built ahead for the runs asked for lately.
+    let mut spares = super::spare::Spares::default();
+    // A request and its shape; allocated once.
+    let mut buf = vec![0u8; MESSAGE_BYTES + MAX_SHAPE_BYTES + 1];
     loop {
         if let Some(t) = &mut templates {
+            spares.prepare(t, STAGE_MIN);
             t.wait_for(&sock);
         }
-        let mut buf = [0u8; 16];
         // Every received descriptor owned at once, so each is closed whatever happens next,
         // those of a request whose control data was truncated too (it is refused).
         let (n, truncated, fds) = match receive_request(&sock, &mut buf) {
@@ -138,7 +146,7 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
         if n == 0 {
             sys::exit_now(0); // loongd closed its end
         }
-        let (pass, seq) = if n == MESSAGE_BYTES {
+        let (pass, seq) = if (MESSAGE_BYTES..buf.len()).contains(&n) {
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&buf[5..MESSAGE_BYTES]);
             (
@@ -151,6 +159,13 @@ pub fn main(claims_in: Option<&std::path::Path>) -> ! {
         if buf[0] != SPAWN || truncated || pass > MAX_PASS_FDS || fds.len() != FIXED_FDS + pass {
             answer(&sock, FAILED, libc::EINVAL, seq, None);
             continue;
+        }
+        if let (Some(t), true) = (&templates, n > MESSAGE_BYTES) {
+            if let Some((pid, pidfd)) = spares.hand(t, &buf[MESSAGE_BYTES..n], &fds, pass as u32) {
+                drop(fds);
+                answer(&sock, SPAWNED, pid, seq, Some(&pidfd));
+                continue;
+            }
         }
         let slot = slots.free();
         // The child waits for a byte on this pipe, sent once its slot is recorded as held:

@@ -79,6 +79,8 @@ pub(super) struct Chosen {
     pub fd: RawFd,
     pub serial: u64,
     pub marks: Vec<mounts::SourceId>,
+    /// The identity of each bind source when it was chosen (the template's key has them).
+    pub ids: Vec<mounts::SourceId>,
 }
 
 /// The server's templates as its forked helpers inherit them; `None` outside a server that
@@ -123,6 +125,36 @@ fn applies(plan: &Plan) -> bool {
         && mounts::preparable(&plan.mounts)
 }
 
+/// The most bytes a run's shape ([`shape`]) may take; a larger one is built as any other run.
+pub const MAX_SHAPE_BYTES: usize = MAX_KEY_BYTES;
+
+/// The *shape* of `plan`: what a sandbox built ahead of its request ([`super::spare`]) was
+/// built for, everything the helper and the reaper use before the payload starts (its
+/// namespaces, hostname, mount steps, ids and shared network namespace), encoded as a plan
+/// holding only them. `None` for a run no spare may serve: one whose root no template may
+/// prepare ([`applies`]), one without a pid namespace of its own (its reaper is not the
+/// init whose exit ends the run), one that joins a cgroup or has a network grant (both per
+/// run, before the payload), and one whose shape is above [`MAX_SHAPE_BYTES`].
+pub fn shape(plan: &Plan) -> Option<Vec<u8>> {
+    if !applies(plan)
+        || plan.namespaces & libc::CLONE_NEWPID == 0
+        || !plan.cgroup_join.is_empty()
+        || plan.egress.is_some()
+    {
+        return None;
+    }
+    let shape = Plan {
+        namespaces: plan.namespaces,
+        hostname: plan.hostname.clone(),
+        mounts: plan.mounts.clone(),
+        creds: plan.creds,
+        share_netns: plan.share_netns,
+        ..Plan::default()
+    }
+    .encode();
+    (shape.len() <= MAX_SHAPE_BYTES).then_some(shape)
+}
+
 /// In the helper, before it closes the server's descriptors: the template matching `plan`,
 /// if the server has one (its parked descriptor, still open; the helper keeps it through its
 /// descriptor cleanup, enters it and closes it). On a miss the server is asked to build one
@@ -146,6 +178,7 @@ pub(super) fn choose(plan: &Plan) -> Option<Chosen> {
                 fd: k.fd,
                 serial: k.serial,
                 marks: k.marks.clone(),
+                ids,
             })
         }
         None => {
@@ -172,6 +205,22 @@ pub(super) fn intact(plan: &Plan, chosen: &Chosen) -> bool {
         tell(&msg);
     }
     ok
+}
+
+/// In a sandbox built ahead on the template `chosen` ([`super::spare`]), when a run is handed
+/// to it: whether the template is still the one the run's helper would choose now. Each bind
+/// source, found below `host_root` (the root the spare had before it entered the template),
+/// is the object it was when the template was chosen (a grant's path swapped for another
+/// directory since names another root: its run is built as any other, on its own template),
+/// and every mount the template keeps is in place ([`intact`], which tells the server when
+/// one is not).
+pub(super) fn still_chosen(
+    plan: &Plan,
+    chosen: &Chosen,
+    host_root: std::os::fd::BorrowedFd<'_>,
+) -> bool {
+    mounts::source_ids_in(host_root, &plan.mounts).is_ok_and(|ids| ids == chosen.ids)
+        && intact(plan, chosen)
 }
 
 /// Sends `msg` to the server without waiting: a full queue loses a hint, nothing else.
@@ -285,6 +334,8 @@ pub(super) struct Templates {
     /// copy-on-write fault while that helper lives (17 of them for the 64 KiB a key may
     /// take, against the one page a `USED` message writes).
     ask_buf: Vec<u8>,
+    /// Changed with every change of the table ([`Templates::generation`]).
+    generation: u64,
 }
 
 /// Whether the process of `pidfd` has not exited (a pidfd polls readable once it has).
@@ -327,15 +378,8 @@ impl Templates {
     /// while a change of it can drop them, so none are when it cannot be watched (not
     /// opened, or not moved out of the way of the helpers' descriptors).
     fn start_with(stage_min: RawFd, opened: std::io::Result<File>) -> Option<Templates> {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         let mountinfo = watch(opened, stage_min)?;
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .ok()?;
+        let (ours, theirs) = sys::seqpacket_pair().ok()?;
         let high = |fd: OwnedFd| -> Option<OwnedFd> {
             let raw = nix::fcntl::fcntl(
                 fd.as_raw_fd(),
@@ -356,6 +400,7 @@ impl Templates {
             builder: None,
             failed: Failed::default(),
             ask_buf: vec![0u8; 1 + MAX_KEY_BYTES + 1],
+            generation: 0,
         })
     }
 
@@ -458,8 +503,33 @@ impl Templates {
         self.publish();
     }
 
+    /// A number that changes whenever the table does: a sandbox built ahead on a template is
+    /// dropped when it has changed since ([`super::spare`]).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a template is kept for the mount steps `steps` (as a plan holding only them
+    /// encodes them; its sources' identities are checked by the helper that enters it).
+    pub(super) fn serves(&self, steps: &[MountOp]) -> bool {
+        let steps = Plan {
+            mounts: steps.to_vec(),
+            ..Plan::default()
+        }
+        .encode();
+        self.table.entries.iter().any(|e| {
+            let len = e
+                .key
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes);
+            len.and_then(|l| e.key.get(4..4 + l as usize)) == Some(&steps[..])
+        })
+    }
+
     /// What forked helpers see of the table.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.generation += 1;
         if let Ok(mut known) = KNOWN.lock() {
             *known = Some(
                 self.table
@@ -506,13 +576,7 @@ fn park(fd: &OwnedFd, at: RawFd) -> Option<OwnedFd> {
 /// namespace received is the server's own. The builder is killed through its pidfd
 /// whatever happens; the pidfd is returned so that the server sees when it is gone.
 fn build_in_child(steps: &[MountOp]) -> (Option<Built>, Option<OwnedFd>) {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let Ok((ours, theirs)) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    ) else {
+    let Ok((ours, theirs)) = sys::seqpacket_pair() else {
         return (None, None);
     };
     let server = nix::unistd::getpid();

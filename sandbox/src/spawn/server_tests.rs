@@ -146,7 +146,7 @@ fn a_dropped_server_that_cannot_be_reaped_yet_does_not_hold_the_dropping_thread(
 #[test]
 fn a_late_answer_to_a_request_given_up_is_never_taken_for_the_next() {
     let (mut server, theirs, fd) = fake_server();
-    let given_up = server.send(&[fd.as_raw_fd()], 0).expect("send");
+    let given_up = server.send(&[fd.as_raw_fd()], 0, &[]).expect("send");
     let played = std::thread::spawn(move || {
         let mut seen = Vec::new();
         while seen.len() < 2 {
@@ -160,7 +160,7 @@ fn a_late_answer_to_a_request_given_up_is_never_taken_for_the_next() {
         (theirs, seen)
     });
     let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let (pid, _pidfd) = server.request(&[r.as_raw_fd()], 0).expect("answer");
+    let (pid, _pidfd) = server.request(&[r.as_raw_fd()], 0, &[]).expect("answer");
     let (_theirs, seen) = played.join().expect("fake server");
     assert_eq!(seen, [given_up, given_up + 1]);
     assert_eq!(pid, 101, "the answer to the request given up was taken");
@@ -196,13 +196,13 @@ fn the_servers_answer_is_awaited_without_blocking_the_runtime() {
         // Given up: the fake server answers nothing until a second request comes.
         let first = tokio::time::timeout(
             Duration::from_millis(50),
-            server.request_async(&[send_fd.as_raw_fd()], 0),
+            server.request_async(&[send_fd.as_raw_fd()], 0, &[]),
         )
         .await;
         assert!(first.is_err(), "answered before a second request");
         let (pid, _pidfd) = tokio::time::timeout(
             SERVER_ANSWER_TIMEOUT,
-            server.request_async(&[send_fd.as_raw_fd()], 0),
+            server.request_async(&[send_fd.as_raw_fd()], 0, &[]),
         )
         .await
         .expect("the fake server answered on the same thread")
