@@ -269,16 +269,16 @@ pub(super) fn setup_root(plan: &Plan, entered: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// In the payload, just before `execve`: descriptors, cwd, credentials, rlimits,
-/// `no_new_privs`, landlock, and seccomp last.
+/// In the payload, just before `execve`: descriptors, cwd, `no_new_privs`, landlock, the
+/// gate, credentials, rlimits, and seccomp last.
 pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
     let n = plan.pass_fds as i32;
     let err = err_w.as_raw_fd();
-    // The gate is kept (close-on-exec, just above the error pipe) through the confinement
-    // below and waited for last, just before `execve`: nothing of the program runs until
-    // loongd says what it decided is recorded, and the run's confinement is made while the
-    // record commits, not after.
+    // The gate is kept (close-on-exec, above the error pipe) through the first steps of the
+    // confinement below (descriptors, directory, `no_new_privs`, landlock) and waited for
+    // then: nothing of the program runs until loongd says what it decided is recorded, and
+    // those steps are made while the record commits, not after.
     let gate = if plan.gate {
         let at = nix::fcntl::fcntl(
             gate_fd(plan),
@@ -319,7 +319,19 @@ pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
     }
     nix::unistd::chdir(&plan.cwd)
         .map_err(|e| Failure::new("chdir", e as i32, plan.cwd.display().to_string()))?;
+    // `no_new_privs` and landlock (a ruleset applies whatever the ids) before the gate, so
+    // they are made while the run's records commit; the gate is waited for with the ids the
+    // payload started with, so no host process of the sandbox's uid can signal it meanwhile
+    // (its kill would read as an `execve`).
+    prctl::set_no_new_privs().map_err(nix_fail("no_new_privs"))?;
+    if let Some(l) = &plan.landlock {
+        landlock(l)?;
+    }
+    if let Some(gate) = gate {
+        wait_gate(gate)?;
+    }
     if let Some((uid, gid)) = plan.creds {
+        let reaper = nix::unistd::getppid();
         take_ids(uid, gid, "")?;
         if sys::set_resuid(0, 0, 0).is_ok() {
             return Err(Failure::new(
@@ -328,23 +340,25 @@ pub(super) fn payload(plan: &Plan, err_w: &OwnedFd) -> Result<(), Failure> {
                 "root could be regained",
             ));
         }
+        // The id change cleared the parent-death signal: set again, and a reaper that died
+        // meanwhile (no signal sent) seen by the parent's change.
+        prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_fail("set parent-death signal"))?;
+        if nix::unistd::getppid() != reaper {
+            return Err(Failure::new(
+                "set parent-death signal",
+                libc::ESRCH,
+                "the reaper is gone",
+            ));
+        }
     }
     // After the uid change: an RLIMIT_NPROC set before it would make execve fail with EAGAIN
     // (the kernel marks a setuid over the limit).
     for &(res, soft, hard) in &plan.rlimits {
         set_rlimit(res, soft, hard)?;
     }
-    prctl::set_no_new_privs().map_err(nix_fail("no_new_privs"))?;
-    if let Some(l) = &plan.landlock {
-        landlock(l)?;
-    }
     for prog in &plan.seccomp {
         seccompiler::apply_filter(prog)
             .map_err(|e| Failure::new("seccomp", libc::EINVAL, e.to_string()))?;
-    }
-    // Under the run's own filter: a read of the gate, then (from the caller) `execve`.
-    if let Some(gate) = gate {
-        wait_gate(gate)?;
     }
     Ok(())
 }

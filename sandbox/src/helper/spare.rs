@@ -21,10 +21,10 @@
 //! parent-death signal).
 //!
 //! Protocol on the spare's socket (a `SOCK_SEQPACKET` pair, the server's end and the
-//! helper's): the helper sends [`READY`] once its reaper's root is built; the server hands a
-//! request as the number of handed-over descriptors (u32 LE) with the request's descriptors
-//! (`SCM_RIGHTS`, in the request's order); the helper answers [`TAKEN`] and waits for the
-//! server's [`GO`], or answers [`STALE`] and exits. Between the helper and its reaper, on a
+//! helper's): the helper sends [`READY`] once its reaper's root is built; the server offers a
+//! request as the number of handed-over descriptors and of all its descriptors (u32 LE
+//! each); the helper answers [`TAKEN`], or [`STALE`] and exits; after `TAKEN` the server
+//! sends [`GO`] with the request's descriptors (`SCM_RIGHTS`, in the request's order). Between the helper and its reaper, on a
 //! pair of their own: [`READY`] from the reaper, then the run's descriptors (the plan's pipe,
 //! stdio, the handed-over ones and the gate).
 
@@ -32,7 +32,7 @@ use std::{
     fs::File,
     io::Read,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::{
@@ -62,13 +62,17 @@ const TAKEN: u8 = b'K';
 /// The spare's answer to a request handed to it: its template changed since it was built; it
 /// runs nothing and exits.
 const STALE: u8 = b'S';
-/// The server's word after [`TAKEN`]: run it. Until it comes the spare has done nothing a
-/// run would see, so a server that gave up waiting (and forks the request as any other)
-/// kills a spare that can run nothing: a run is never started twice.
+/// The server's word after [`TAKEN`], carrying the request's descriptors: run it. Until it
+/// comes the spare has none of them, so a server that gave up waiting (and forks the request
+/// as any other) kills a spare that can run nothing and holds nothing of the run: a run is
+/// never started twice.
 const GO: u8 = b'G';
 /// How long the server waits for the spare's answer to a request before it drops the spare
 /// and forks the request as any other.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a shape whose spare failed waits before another is built for it (sooner when the
+/// templates change): a spare that keeps failing costs a fork a while, not one per request.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
 /// Where the spare's and its reaper's own descriptors are moved: above every descriptor a run
 /// places (stdio, the handed-over ones, the egress socket and the gate) and below the
 /// templates' parked descriptors, so placing a run's descriptors overwrites none of them.
@@ -203,15 +207,13 @@ impl Spare {
         let Ok(answer) = self.pidfd.try_clone() else {
             return Handed::Refused(self);
         };
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let sent = nix::sys::socket::sendmsg::<()>(
-            self.sock.as_raw_fd(),
-            &[std::io::IoSlice::new(&pass.to_le_bytes())],
-            &[nix::sys::socket::ControlMessage::ScmRights(&raw)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-        if sent.is_err() {
+        // The request's size first, without its descriptors: a spare the server gives up on
+        // holds none of them (the run forked instead would wait for its end).
+        let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+        let mut offer = [0u8; 8];
+        offer[..4].copy_from_slice(&pass.to_le_bytes());
+        offer[4..].copy_from_slice(&count.to_le_bytes());
+        if send(self.sock.as_raw_fd(), &offer, MsgFlags::MSG_NOSIGNAL).is_err() {
             return Handed::Failed;
         }
         let mut polls = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
@@ -224,9 +226,17 @@ impl Spare {
             }
         };
         let mut b = [0u8; 1];
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         if answered
             && matches!(recv(self.sock.as_raw_fd(), &mut b, MsgFlags::MSG_DONTWAIT), Ok(1) if b[0] == TAKEN)
-            && send(self.sock.as_raw_fd(), &[GO], MsgFlags::MSG_NOSIGNAL).is_ok()
+            && nix::sys::socket::sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &[std::io::IoSlice::new(&[GO])],
+                &[nix::sys::socket::ControlMessage::ScmRights(&raw)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .is_ok()
         {
             self.taken = true;
             return Handed::Taken(self.pid, answer);
@@ -335,27 +345,37 @@ fn build(shape_bytes: &[u8], sock: OwnedFd) -> ! {
     {
         quit();
     }
-    // The run.
-    let mut count = [0u8; 4];
-    let Ok(got) = sys::recv_owning_fds(sock.as_fd(), &mut count, FIXED_FDS + MAX_PASS_FDS, 0)
-    else {
-        quit()
-    };
-    let pass = u32::from_le_bytes(count) as usize;
-    if got.bytes != 4 || got.truncated || pass > MAX_PASS_FDS || got.fds.len() != FIXED_FDS + pass {
+    // The run: its size, then (once the spare takes it and the server says go) its
+    // descriptors.
+    let mut offer = [0u8; 8];
+    if !matches!(recv(sock.as_raw_fd(), &mut offer, MsgFlags::empty()), Ok(8)) {
+        quit();
+    }
+    let pass = u32::from_le_bytes([offer[0], offer[1], offer[2], offer[3]]) as usize;
+    let count = u32::from_le_bytes([offer[4], offer[5], offer[6], offer[7]]) as usize;
+    if pass > MAX_PASS_FDS || count != FIXED_FDS + pass {
         quit();
     }
     // The checks a run's own helper makes, now, when the run starts: the template is the one
-    // it would choose (the same bind sources) and still intact.
-    if !template::still_chosen(&shape, &chosen, host_root.as_fd()) {
+    // it would choose (the same bind sources) and still intact; and the reaper is alive (its
+    // end of the pair not closed).
+    let reaper_alive = {
+        let mut p = [PollFd::new(hand.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
+    };
+    if !reaper_alive || !template::still_chosen(&shape, &chosen, host_root.as_fd()) {
         let _ = send(sock.as_raw_fd(), &[STALE], MsgFlags::MSG_NOSIGNAL);
         quit();
     }
     let _ = nix::unistd::close(template::TEMPLATE_SOCK_FD);
     drop(host_root);
-    if send(sock.as_raw_fd(), &[TAKEN], MsgFlags::MSG_NOSIGNAL).is_err()
-        || !matches!(recv(sock.as_raw_fd(), &mut b, MsgFlags::empty()), Ok(1) if b[0] == GO)
-    {
+    if send(sock.as_raw_fd(), &[TAKEN], MsgFlags::MSG_NOSIGNAL).is_err() {
+        quit();
+    }
+    let Ok(got) = sys::recv_owning_fds(sock.as_fd(), &mut b, FIXED_FDS + MAX_PASS_FDS, 0) else {
+        quit()
+    };
+    if got.bytes != 1 || b[0] != GO || got.truncated || got.fds.len() != count {
         quit();
     }
     drop(sock);
@@ -524,9 +544,10 @@ pub(super) struct Spares {
     last: Option<Vec<u8>>,
     /// The shape a spare is kept for.
     wanted: Option<Vec<u8>>,
-    /// A shape whose spare ended before it was ready, and the templates' generation then: not
-    /// built again until the templates change.
-    failed: Option<(Vec<u8>, u64)>,
+    /// A shape whose spare failed (ended before it was ready, or did not take a run in
+    /// time), the templates' generation then, and when: not built again in that generation
+    /// for [`RETRY_FAILED_AFTER`].
+    failed: Option<(Vec<u8>, u64, Instant)>,
 }
 
 impl Spares {
@@ -541,7 +562,7 @@ impl Spares {
         }
         if let Some(s) = &mut self.spare {
             if s.ready().is_none() {
-                self.failed = Some((s.shape().to_vec(), s.generation()));
+                self.failed = Some((s.shape().to_vec(), s.generation(), Instant::now()));
                 self.spare = None;
             }
         }
@@ -549,10 +570,9 @@ impl Spares {
             return;
         };
         if self.spare.is_some()
-            || self
-                .failed
-                .as_ref()
-                .is_some_and(|(f, g)| f == wanted && *g == generation)
+            || self.failed.as_ref().is_some_and(|(f, g, at)| {
+                f == wanted && *g == generation && at.elapsed() < RETRY_FAILED_AFTER
+            })
         {
             return;
         }
@@ -581,7 +601,7 @@ impl Spares {
         if spare.generation() != templates.generation() {
             return None;
         }
-        let failed = (spare.shape().to_vec(), spare.generation());
+        let failed = (spare.shape().to_vec(), spare.generation(), Instant::now());
         match spare.hand(shape, fds, pass) {
             Handed::Taken(pid, pidfd) => Some((pid, pidfd)),
             Handed::Refused(back) => {
