@@ -68,6 +68,11 @@ pub const DEFAULT_CONFIG_TEXT: &str = r#"# loongd configuration. Every key is op
 # rootless_own_uid = false
 # Output (stdout + stderr) relayed from one `sandbox run` before the program is killed.
 # max_output_bytes = 67108864
+# loongd as root: keep one sandbox built ahead for the runs of the shape asked for lately
+# (its namespaces entered and its /proc and /tmp mounted before the run is asked for; checked
+# again when the run comes). A run served by one can tell when its sandbox was built, soon
+# after the last run of the same shape: false builds every sandbox for its run.
+# spare = true
 
 [workers]
 # WASM worker processes kept in the pool: calls run at once, one per worker (1..=64).
@@ -748,6 +753,9 @@ pub struct SandboxConfig {
     pub rootless_own_uid: bool,
     /// Output cap per run.
     pub max_output_bytes: u64,
+    /// Root mode: keep a sandbox built ahead for the runs of the shape asked for lately
+    /// (`loong-sandbox`'s spare; docs/SECURITY.md, "Sandboxes built ahead").
+    pub spare: bool,
 }
 
 impl Default for SandboxConfig {
@@ -758,6 +766,7 @@ impl Default for SandboxConfig {
             gid: 65534,
             rootless_own_uid: false,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            spare: true,
         }
     }
 }

@@ -373,12 +373,7 @@ pub fn run(opts: Options, init_log: impl FnOnce(&str)) -> anyhow::Result<()> {
             *h = real;
         }
     }
-    let spawner = spawner::start_spawner(
-        hidden,
-        config.sandbox.uid,
-        config.sandbox.gid,
-        config.sandbox.rootless_own_uid,
-    );
+    let spawner = spawner::start_spawner(hidden, &config.sandbox);
     match &spawner {
         Ok(s) => {
             for t in loong_sandbox::Tier::ALL {

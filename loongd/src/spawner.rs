@@ -25,17 +25,16 @@ pub(crate) enum SpawnerUnavailable {
 /// every sandbox.
 pub(crate) fn start_spawner(
     kernel_paths: Vec<PathBuf>,
-    uid: u32,
-    gid: u32,
-    rootless_own_uid: bool,
+    sandbox: &crate::config::SandboxConfig,
 ) -> Result<Arc<Spawner>, SpawnerUnavailable> {
     let profiles = loong_profiles::bundled()
         .map_err(|ps| SpawnerUnavailable::Profiles(ps.iter().map(ToString::to_string).collect()))?;
     let mut config = SpawnerConfig::new(profiles);
     config.helper = crate::programs::find(loong_sandbox::spawn::HELPER_NAME);
     config.hidden = kernel_paths;
-    config.sandbox_id = (uid, gid);
-    config.rootless_own_uid = rootless_own_uid;
+    config.sandbox_id = (sandbox.uid, sandbox.gid);
+    config.rootless_own_uid = sandbox.rootless_own_uid;
+    config.spare = sandbox.spare;
     if !config.helper.exists() {
         return Err(SpawnerUnavailable::HelperMissing(config.helper.clone()));
     }

@@ -419,6 +419,9 @@ pub struct SpawnerConfig {
     /// loongd is not root and has no subordinate ids: run sandboxes as loongd's own uid
     /// (degraded) instead of refusing them.
     pub rootless_own_uid: bool,
+    /// Offer the spawn server each run's shape, so that a sandbox built ahead may run it
+    /// ([`crate::helper::shape`]; root mode only).
+    pub spare: bool,
 }
 
 impl SpawnerConfig {
@@ -434,6 +437,7 @@ impl SpawnerConfig {
             sandbox_id: DEFAULT_SANDBOX_ID,
             hidden: Vec::new(),
             rootless_own_uid: false,
+            spare: true,
             // The pid and the start time: a pid is reused, and a cgroup left by a process
             // that was killed must not collide with a new one's.
             cgroup_prefix: format!(
@@ -1166,7 +1170,11 @@ fn prepare(
         sent,
         keep: (plan_r, rep_w, si, so, se, pass),
         spec,
-        shape: crate::helper::shape(&planned.plan).unwrap_or_default(),
+        shape: if config.spare {
+            crate::helper::shape(&planned.plan).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
         plan: planned.plan.encode(),
         degraded: planned.degraded,
         exit_line_ends: cgroup.is_none()

@@ -8,6 +8,9 @@ use std::{fs, os::unix::fs::PermissionsExt};
 
 use crate::support::{is_root, skip, text, Home};
 
+/// The configuration without sandboxes built ahead.
+const NO_SPARE: &str = "[sandbox]\nspare = false\n";
+
 /// Tries for a pair of runs on the same template: the host's mount table changing meanwhile
 /// (another test mounting) drops every template, so a pair may straddle a rebuild.
 const PAIR_TRIES: usize = 6;
@@ -395,5 +398,34 @@ fn a_sandbox_built_ahead_serves_only_runs_of_its_shape() {
         assert!(section(s, "FOUND").is_empty(), "{:?}", section(s, "FOUND"));
         assert_eq!(section(s, "WROTE"), ["/tmp/mark"]);
         assert_eq!(section(s, "PID"), ["2"]);
+    }
+}
+
+/// `[sandbox] spare = false` keeps no sandbox built ahead: after the same runs that have one
+/// served by a spare with the default, every run's `/tmp` is mounted after it was asked for.
+#[test]
+fn without_spares_every_sandbox_is_built_for_its_run() {
+    if !is_root() {
+        skip(
+            "without_spares_every_sandbox_is_built_for_its_run",
+            "sandboxes built ahead are root mode's",
+        );
+        return;
+    }
+    let home = Home::with_config(NO_SPARE);
+    home.start();
+    let probe = "echo TMP; date +%s.%N -r /tmp";
+    for _ in 0..3 {
+        run(&home, &[], probe);
+    }
+    for _ in 0..2 {
+        std::thread::sleep(IDLE);
+        let asked = now();
+        let seen = run(&home, &[], probe);
+        assert!(
+            tmp_made(&seen) > asked - 0.05,
+            "a run ran in a sandbox built ahead with spares off: /tmp made at {}, asked at {asked}",
+            tmp_made(&seen)
+        );
     }
 }

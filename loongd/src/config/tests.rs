@@ -331,6 +331,10 @@ fn values_and_errors() {
     assert!(c.workers.wasm_spare, "a spare WASM worker by default");
     c.workers.wasm_spare = false;
     check("[workers]\nwasm_spare = false\n", Ok(c));
+    let mut c = Config::default();
+    assert!(c.sandbox.spare, "a sandbox built ahead by default");
+    c.sandbox.spare = false;
+    check("[sandbox]\nspare = false\n", Ok(c));
     let mut e = Config::default();
     e.egress.resolver = Some("[::1]:5353".parse().expect("addr"));
     e.egress.lookup_timeout_ms = 250;
