@@ -4,9 +4,10 @@
 //! far cheaper than loongd forking itself and exec'ing a helper for every sandbox.
 //!
 //! Protocol on fd 3 (a `SOCK_SEQPACKET` socket): a request is one message, `b'S'`, the
-//! number of handed-over descriptors (u32 LE) and the request's sequence number (u64 LE),
-//! carrying by SCM_RIGHTS the plan pipe's read end, the report pipe's write end, stdin,
-//! stdout, stderr and the handed-over descriptors. The answer is `b'P'` and the child's pid
+//! number of handed-over descriptors (u32 LE), the request's sequence number (u64 LE) and,
+//! when a sandbox built ahead may run it, the run's shape ([`super::spare`]), carrying by
+//! SCM_RIGHTS the plan pipe's read end, the report pipe's write end, stdin, stdout, stderr
+//! and the handed-over descriptors. The answer is `b'P'` and the child's pid
 //! (i32 LE) with a pidfd for it, or `b'E'` and an errno, then the request's sequence number
 //! (u64 LE): a caller that gave up on a request before its answer came (loongd's request
 //! task dropped) leaves that answer to the next caller, which knows it is not its own. The
