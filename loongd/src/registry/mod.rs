@@ -297,7 +297,7 @@ async fn load_all(
     within: std::time::Duration,
 ) -> Vec<Outcome> {
     let until = tokio::time::Instant::now() + within;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS));
+    let mut lanes = Lanes::new(MAX_CONCURRENT_LOADS);
     let mut started = Vec::with_capacity(found.len());
     for p in found.iter_mut() {
         let job = match &mut p.state {
@@ -315,11 +315,10 @@ async fn load_all(
                 if p.catalog.defer_loading {
                     Err(Outcome::Deferred)
                 } else {
-                    let (plugin, permits) = (plugin.clone(), permits.clone());
+                    let (plugin, lane) = (plugin.clone(), lanes.next());
                     let own_pool = own.then(|| runner.clone());
                     let load = tokio::spawn(async move {
-                        // The semaphore is never closed, so a permit always comes.
-                        let _permit = permits.acquire_owned().await;
+                        let _lane = lane.await;
                         let loaded = runner.check_load(&plugin).await;
                         if loaded.is_err() && own {
                             runner.shutdown();
@@ -360,6 +359,48 @@ async fn load_all(
         });
     }
     outcomes
+}
+
+/// The places for a discovery's loads, taken in the order the loads were started: a load
+/// waits for the one started before it to have its place before it asks for one. Without
+/// the order, the runtime's scheduling decided (a task spawned last often runs first), so a
+/// load early in the set could wait behind stalled ones until the discovery's bound refused
+/// it, although it came before them.
+struct Lanes {
+    places: Arc<tokio::sync::Semaphore>,
+    /// Resolves once the load started last has its place (or was dropped before).
+    last: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Lanes {
+    fn new(places: usize) -> Self {
+        Lanes {
+            places: Arc::new(tokio::sync::Semaphore::new(places)),
+            last: None,
+        }
+    }
+
+    /// The next load's place: resolves to it once every load started before has its own.
+    /// The semaphore is never closed, so a place always comes.
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<
+        Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+    > + Send
+           + 'static {
+        let (placed, turn) = tokio::sync::oneshot::channel();
+        let before = self.last.replace(turn);
+        let places = self.places.clone();
+        async move {
+            if let Some(before) = before {
+                // An error: the load before was dropped; the turn is this one's anyway.
+                let _ = before.await;
+            }
+            let place = places.acquire_owned().await;
+            let _ = placed.send(());
+            place
+        }
+    }
 }
 
 /// What one discovery started: its loads and the pools of its foreign programs. Dropped
@@ -422,6 +463,51 @@ pub(crate) fn all_pools(kernel: &Kernel) -> Vec<Arc<Supervisor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads take their places in the order they were started, wherever the runtime runs
+    /// them first (here the task spawned last, from the runtime's own thread, which was
+    /// given the first place before the order was kept).
+    #[test]
+    fn loads_take_their_places_in_the_order_they_were_started() {
+        const LOADS: usize = 11;
+        const PLACES: usize = 8;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let placed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (held, seen) = (placed.clone(), placed.clone());
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let mut lanes = Lanes::new(PLACES);
+                for n in 0..LOADS {
+                    let (lane, placed) = (lanes.next(), held.clone());
+                    tokio::spawn(async move {
+                        let place = lane.await;
+                        placed.lock().expect("list").push(n);
+                        // A stalled load: it holds its place.
+                        std::future::pending::<()>().await;
+                        drop(place);
+                    });
+                }
+            })
+            .await
+            .expect("the loads started");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while seen.lock().expect("list").len() < PLACES
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // Room for a load past the places to take one it should not have.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        });
+        let mut got = placed.lock().expect("list").clone();
+        got.sort_unstable();
+        assert_eq!(got, (0..PLACES).collect::<Vec<_>>());
+        rt.shutdown_background();
+    }
 
     fn failed(id: &str) -> plugins::Plugin {
         plugins::Plugin {
