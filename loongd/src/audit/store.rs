@@ -114,6 +114,55 @@ impl Commit {
     }
 }
 
+/// Lays out the trail's write-ahead log (`<db>-wal`) up to the size it reaches before
+/// SQLite's automatic checkpoint restarts it (`wal_autocheckpoint` frames of `page_size`
+/// bytes and their headers), in written zeros, once per open. SQLite deletes the log at a
+/// clean close and grows it from nothing after each start; a commit that extends the file
+/// changes its size, so its `fdatasync` waits for a journal commit of the file system (a
+/// kernel thread woken on a busy CPU), and one that overwrites written blocks does not.
+/// Zeros past the log's valid frames are what SQLite's recovery reads as the log's end (a
+/// frame whose salt and checksum do not match its header's, or a header without the log's
+/// magic number): <https://www.sqlite.org/fileformat2.html#walformat>. The file is opened
+/// without following a link; nothing is done to a log larger already, nor past
+/// [`MAX_WAL_LAYOUT_BYTES`].
+fn lay_out_wal(conn: &Connection, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let pragma = |name: &str| -> std::io::Result<u64> {
+        conn.pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+            .map_err(std::io::Error::other)
+            .map(|v| u64::try_from(v).unwrap_or(0))
+    };
+    let (frames, page) = (pragma("wal_autocheckpoint")?, pragma("page_size")?);
+    let want = (WAL_HEADER_BYTES + frames.saturating_mul(page + WAL_FRAME_HEADER_BYTES))
+        .min(MAX_WAL_LAYOUT_BYTES);
+    let mut path = db.as_os_str().to_owned();
+    path.push("-wal");
+    let wal = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)?;
+    let mut at = wal.metadata()?.len();
+    if at >= want {
+        return Ok(());
+    }
+    let zeros = vec![0u8; WAL_LAYOUT_CHUNK_BYTES];
+    while at < want {
+        let n = usize::try_from(want - at).map_or(zeros.len(), |left| left.min(zeros.len()));
+        wal.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    wal.sync_data()
+}
+
+/// The write-ahead log's header and each frame's (SQLite's file format).
+pub(super) const WAL_HEADER_BYTES: u64 = 32;
+pub(super) const WAL_FRAME_HEADER_BYTES: u64 = 24;
+/// The most of the write-ahead log laid out ahead: SQLite's default (1,000 frames of 4 KiB)
+/// is about 4 MiB; a configuration past this one is laid out only up to it.
+const MAX_WAL_LAYOUT_BYTES: u64 = 16 << 20;
+/// Zeros written at once while laying the log out.
+const WAL_LAYOUT_CHUNK_BYTES: usize = 256 << 10;
+
 /// A handle on the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
@@ -266,6 +315,11 @@ impl Audit {
         let (last_seq, last_hash) = tail
             .map(|(s, h)| (s as u64, hash32(h)))
             .unwrap_or((0, [0u8; 32]));
+        // Best effort: a trail whose log cannot be laid out ahead commits as before, each
+        // commit extending the file.
+        if let Err(e) = lay_out_wal(&conn, db) {
+            tracing::warn!(error = %e, db = %db.display(), "the audit trail's write-ahead log could not be laid out ahead; commits extend it (each a journal commit of the file system)");
+        }
         let verifying = key.verifying();
         let startup = Startup {
             integrity: integrity(&conn, &verifying, witness, Scope::Tail).map_err(db_err(db))?,

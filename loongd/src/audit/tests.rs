@@ -1357,3 +1357,53 @@ fn a_detail_written_once_is_stored_hashed_and_shipped_as_its_value() {
         assert_eq!(pair[0], pair[1]);
     }
 }
+
+/// The trail's write-ahead log is laid out ahead, in written zeros, to the size at which
+/// SQLite's automatic checkpoint restarts it, so a commit overwrites blocks instead of
+/// extending the file (whose `fdatasync` would wait for a journal commit of the file
+/// system); and the files as a crash leaves them (copied after commits, without SQLite's
+/// shared index, so the copy is recovered from the log) hold every committed record, the
+/// zeros past the last frame read as the log's end.
+#[test]
+fn the_write_ahead_log_is_laid_out_ahead_and_a_crash_keeps_every_commit() {
+    use super::store::{WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES};
+    const RECORDS: u64 = 40;
+    let dir = tempfile::tempdir().expect("dir");
+    let audit = open(dir.path()).expect("opens");
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let laid = std::fs::metadata(&wal).expect("the log").len();
+    // SQLite's defaults: 1,000 frames of 4 KiB before a checkpoint.
+    assert!(
+        laid >= WAL_HEADER_BYTES + 1000 * (4096 + WAL_FRAME_HEADER_BYTES),
+        "the log is {laid} bytes"
+    );
+    let all = Query {
+        limit: u32::MAX,
+        ..Query::default()
+    };
+    let held = runtime().block_on(async {
+        for i in 0..RECORDS {
+            let e = Event::daemon(Kind::SandboxExited, serde_json::json!({ "i": i }));
+            audit.record(e).await.expect("records");
+        }
+        audit.query(&all).expect("query").len() as u64
+    });
+    assert_eq!(held, RECORDS);
+    // The commits overwrote the zeros: the log did not grow.
+    assert_eq!(std::fs::metadata(&wal).expect("the log").len(), laid);
+    let crash = tempfile::tempdir().expect("dir");
+    for name in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
+        std::fs::copy(dir.path().join(&name), crash.path().join(&name)).expect("copies");
+    }
+    copy_dir(&dir.path().join("keys"), &crash.path().join("keys"));
+    let report = verify_at(crash.path());
+    assert_eq!((report.records, report.first_bad), (held, None));
+    runtime().block_on(audit.shutdown());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for e in std::fs::read_dir(from).expect("dir").flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copies");
+    }
+}
