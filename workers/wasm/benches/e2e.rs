@@ -138,26 +138,59 @@ fn unix_round_trip() -> Duration {
     med
 }
 
-/// One `fsync` of a small append in `dir`: the floor of a durable audit commit, which every
-/// allowed call waits for (overlapped with the worker's run).
+/// Bytes of the file the overwrite floor writes into, laid out first (the trail's
+/// write-ahead log is laid out to about 4 MiB: `loongd/src/audit/store.rs`).
+const FSYNC_FLOOR_FILE_BYTES: usize = 4 << 20;
+/// Stride of the overwrite floor's writes: one SQLite frame (a 4 KiB page and its header).
+const FSYNC_FLOOR_STRIDE: usize = 4096 + 24;
+
+/// One `fdatasync` of a small write in `dir`, the floor of a durable audit commit, which
+/// every allowed call waits for (overlapped with the worker's run). The trail's log is laid
+/// out ahead, so a commit overwrites written blocks: the floor is 256 bytes written over a
+/// file laid out the same way, at each frame's place in turn. The `fdatasync` of an append,
+/// which also waits for a journal commit of the file system (the floor before the log was
+/// laid out, and larger), is printed beside it.
 fn fsync_floor(dir: &Path) -> Duration {
-    let path = dir.join("fsync-floor");
-    let mut f = std::fs::File::create(&path).expect("fsync file");
-    let mut samples: Vec<Duration> = (0..500)
-        .map(|_| {
-            f.write_all(&[0u8; 256]).expect("write");
-            let t = Instant::now();
-            f.sync_data().expect("fsync");
-            t.elapsed()
-        })
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    let (med, p99) = report_p99("floor: fsync of an append (audit commit)", &mut samples);
+    use std::os::unix::fs::FileExt;
+    let sample = |path: &Path, overwrite: bool| -> Vec<Duration> {
+        let mut f = std::fs::File::create(path).expect("fsync file");
+        if overwrite {
+            f.write_all(&vec![0u8; FSYNC_FLOOR_FILE_BYTES])
+                .expect("lay out");
+            f.sync_all().expect("fsync");
+        }
+        let v = (0..500)
+            .map(|i| {
+                if overwrite {
+                    let at = (i * FSYNC_FLOOR_STRIDE) % (FSYNC_FLOOR_FILE_BYTES - 256);
+                    f.write_all_at(&[1u8; 256], at as u64).expect("write");
+                } else {
+                    f.write_all(&[1u8; 256]).expect("write");
+                }
+                let t = Instant::now();
+                f.sync_data().expect("fsync");
+                t.elapsed()
+            })
+            .collect();
+        let _ = std::fs::remove_file(path);
+        v
+    };
+    let mut appends = sample(&dir.join("fsync-floor-append"), false);
+    let (append, append_p99) = report_p99("fsync of an append (the file grows)", &mut appends);
+    let mut samples = sample(&dir.join("fsync-floor"), true);
+    let (med, p99) = report_p99("floor: fsync of an overwrite (audit commit)", &mut samples);
     figure(&Figure {
-        name: "fsync of a small append",
+        name: "fsync of a small overwrite",
         value: us(med),
         unit: "µs",
         p99: Some(us(p99)),
+        ..Figure::default()
+    });
+    figure(&Figure {
+        name: "fsync of a small append",
+        value: us(append),
+        unit: "µs",
+        p99: Some(us(append_p99)),
         ..Figure::default()
     });
     med
