@@ -19,6 +19,7 @@ mod queue;
 pub mod siem;
 mod store;
 mod verify;
+mod wal;
 pub mod witness;
 
 use std::{

@@ -1369,12 +1369,12 @@ fn a_detail_written_once_is_stored_hashed_and_shipped_as_its_value() {
 /// frames of the earlier pass and zeros past the new ones.
 #[test]
 fn the_write_ahead_log_is_laid_out_ahead_and_a_crash_keeps_every_commit() {
-    use super::store::{WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES, WAL_LAYOUT_MARGIN_FRAMES};
+    use super::wal::{WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES, WAL_LAYOUT_MARGIN_FRAMES};
     const FIRST: u64 = 40;
     /// Far more single-record commits than 1,000 frames take.
     const MOST: u64 = 5_000;
     let dir = tempfile::tempdir().expect("dir");
-    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let wal = super::wal::path(&dir.path().join(DB_FILE));
     let first = open(dir.path()).expect("opens");
     runtime().block_on(first.shutdown());
     drop(first);
@@ -1457,98 +1457,4 @@ fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).expect("dir").flatten() {
         std::fs::copy(e.path(), to.join(e.file_name())).expect("copies");
     }
-}
-
-/// The log is laid out only under SQLite's write lock (another connection committing
-/// between the read of the log's end and the zeros would have its frames overwritten), and
-/// not at all when it ends inside a frame (zeros could complete a frame a crash cut short,
-/// a commit never acknowledged); with each obstacle gone, it is, and the records in it are
-/// kept.
-#[test]
-fn the_log_is_laid_out_only_under_the_write_lock_and_never_after_a_cut_frame() {
-    use super::store::{lay_out_wal, WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES};
-    let wal_of = |db: &Path| {
-        let mut p = db.as_os_str().to_owned();
-        p.push("-wal");
-        std::path::PathBuf::from(p)
-    };
-    let len = |p: &Path| std::fs::metadata(p).expect("the log").len();
-    let rows = |db: &Path| -> i64 {
-        Connection::open(db)
-            .expect("db")
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .expect("count")
-    };
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("t.db");
-    let ours = Connection::open(&db).expect("db");
-    ours.pragma_update(None, "journal_mode", "WAL")
-        .expect("wal");
-    ours.busy_timeout(std::time::Duration::from_millis(50))
-        .expect("timeout");
-    ours.execute_batch("CREATE TABLE t (x BLOB)")
-        .expect("table");
-    let theirs = Connection::open(&db).expect("db");
-    theirs
-        .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (zeroblob(10000));")
-        .expect("their write");
-    let before = len(&wal_of(&db));
-    assert!(
-        lay_out_wal(&ours, &db).is_err(),
-        "laid out while another connection held the write lock"
-    );
-    assert_eq!(
-        len(&wal_of(&db)),
-        before,
-        "the log was written without the lock"
-    );
-    assert!(ours.is_autocommit());
-    theirs.execute_batch("COMMIT").expect("their commit");
-    lay_out_wal(&ours, &db).expect("laid out once the lock is free");
-    let laid = len(&wal_of(&db));
-    assert!(
-        laid > 1000 * (4096 + WAL_FRAME_HEADER_BYTES),
-        "the log is {laid} bytes"
-    );
-    assert!(ours.is_autocommit());
-
-    // Crash copies: the files as they are now (the log holds their commit), and the same
-    // with the log cut inside its last frame.
-    let copy = |cut: Option<u64>| -> (tempfile::TempDir, std::path::PathBuf) {
-        let to = tempfile::tempdir().expect("dir");
-        let copied = to.path().join("t.db");
-        std::fs::copy(&db, &copied).expect("copies");
-        std::fs::copy(wal_of(&db), wal_of(&copied)).expect("copies");
-        if let Some(at) = cut {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(wal_of(&copied))
-                .expect("the log");
-            f.set_len(at).expect("cut");
-        }
-        (to, copied)
-    };
-    let (_kept, whole) = copy(None);
-    assert_eq!(
-        rows(&whole),
-        1,
-        "their committed row is recovered from the log"
-    );
-    // The log holds more than three frames (the table's, their row's): cut it inside its
-    // third, as a crash in that frame's write would.
-    let frame = 4096 + WAL_FRAME_HEADER_BYTES;
-    let frames_end = WAL_HEADER_BYTES + 3 * frame;
-    let (_cut_dir, cut) = copy(Some(frames_end - 100));
-    let conn = Connection::open(&cut).expect("db");
-    lay_out_wal(&conn, &cut).expect("nothing to do is not an error");
-    assert_eq!(
-        len(&wal_of(&cut)),
-        frames_end - 100,
-        "a cut log was laid out"
-    );
-    // The positive control: the same log cut at a frame's end is laid out.
-    let (_whole_dir, at_end) = copy(Some(frames_end));
-    let conn = Connection::open(&at_end).expect("db");
-    lay_out_wal(&conn, &at_end).expect("laid out");
-    assert!(len(&wal_of(&at_end)) > frames_end);
 }

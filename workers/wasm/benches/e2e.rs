@@ -71,6 +71,18 @@ fn report_p99(name: &str, samples: &mut [Duration]) -> (Duration, Duration) {
     (med, p99)
 }
 
+/// A figure in µs with its p99 and no floor of its own (a floor, or a figure printed beside
+/// one).
+fn figure_us(name: &str, med: Duration, p99: Duration) {
+    figure(&Figure {
+        name,
+        value: us(med),
+        unit: "µs",
+        p99: Some(us(p99)),
+        ..Figure::default()
+    });
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins")
 }
@@ -95,13 +107,7 @@ fn floor() -> Duration {
         })
         .collect();
     let (med, p99) = report_p99("floor: in-process call (fresh Store)", &mut samples);
-    figure(&Figure {
-        name: "in-process plugin call (fresh Store)",
-        value: us(med),
-        unit: "µs",
-        p99: Some(us(p99)),
-        ..Figure::default()
-    });
+    figure_us("in-process plugin call (fresh Store)", med, p99);
     med
 }
 
@@ -128,18 +134,12 @@ fn unix_round_trip() -> Duration {
     drop(a);
     let _ = echo.join();
     let (med, p99) = report_p99("floor: raw unix-socket round trip", &mut samples);
-    figure(&Figure {
-        name: "raw Unix round trip (64 B)",
-        value: us(med),
-        unit: "µs",
-        p99: Some(us(p99)),
-        ..Figure::default()
-    });
+    figure_us("raw Unix round trip (64 B)", med, p99);
     med
 }
 
 /// Bytes of the file the overwrite floor writes into, laid out first (the trail's
-/// write-ahead log is laid out to about 4 MiB: `loongd/src/audit/store.rs`).
+/// write-ahead log is laid out to about 4.6 MiB: `loongd/src/audit/wal.rs`).
 const FSYNC_FLOOR_FILE_BYTES: usize = 4 << 20;
 /// Stride of the overwrite floor's writes: one SQLite frame (a 4 KiB page and its header).
 const FSYNC_FLOOR_STRIDE: usize = 4096 + 24;
@@ -179,20 +179,8 @@ fn fsync_floor(dir: &Path) -> Duration {
     let (append, append_p99) = report_p99("fsync of an append (the file grows)", &mut appends);
     let mut samples = sample(&dir.join("fsync-floor"), true);
     let (med, p99) = report_p99("floor: fsync of an overwrite (audit commit)", &mut samples);
-    figure(&Figure {
-        name: "fsync of a small overwrite",
-        value: us(med),
-        unit: "µs",
-        p99: Some(us(p99)),
-        ..Figure::default()
-    });
-    figure(&Figure {
-        name: "fsync of a small append",
-        value: us(append),
-        unit: "µs",
-        p99: Some(us(append_p99)),
-        ..Figure::default()
-    });
+    figure_us("fsync of a small overwrite", med, p99);
+    figure_us("fsync of a small append", append, append_p99);
     med
 }
 
@@ -551,13 +539,7 @@ fn burst(socket: &Path, loongd: u32) {
         floor: Some(("the burst's shape, no work", floor_rate)),
         goal: "≥ 20000 calls/s",
     });
-    figure(&Figure {
-        name: "  latency of one of them",
-        value: us(med),
-        unit: "µs",
-        p99: Some(us(p99)),
-        ..Figure::default()
-    });
+    figure_us("  latency of one of them", med, p99);
 }
 
 fn main() {
