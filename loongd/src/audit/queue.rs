@@ -614,8 +614,19 @@ mod tests {
             (SpinWindow::fixed(Duration::from_secs(3)), false),
             (SpinWindow::default(), true),
         ] {
-            let (_queue, producer, _tid, writer) = waiting_writer(window);
+            let (_queue, producer, tid, writer) = waiting_writer(window);
             std::thread::sleep(Duration::from_millis(20));
+            if sleeps {
+                // The message must come once the writer waits, not before (a writer slow to
+                // start would find it queued and have nothing to sleep for): up to a second.
+                let asleep = (0..100).any(|_| {
+                    loong_ipc::test_support::asleep(tid) || {
+                        std::thread::sleep(Duration::from_millis(10));
+                        false
+                    }
+                });
+                assert!(asleep, "the writer without a window never slept");
+            }
             flush(&producer);
             let (took, slept) = writer.join().expect("writer");
             assert!(took, "the writer took the message");

@@ -1168,11 +1168,15 @@ fn a_runs_failures_of_earlier_calls_neither_hide_nor_invent_open_calls() {
 }
 
 /// A commit that comes within the trail's spin window finds the runtime thread that waits
-/// for it awake: the thread does not sleep for it (a commit with `full` takes an fsync). The
-/// control: without a window the thread sleeps until the writer's acknowledgement wakes it.
+/// for it awake: the thread does not sleep for it. The control: without a window the thread
+/// sleeps until the writer's acknowledgement wakes it. Each commit is held back 50 ms by
+/// another connection's write lock, so that it cannot be done before the thread waits for
+/// it (a commit as quick as one `fdatasync` of a laid-out log could be, and the control then
+/// found nothing to sleep for).
 #[test]
 fn a_commit_within_the_spin_window_finds_its_waiter_awake() {
     use loong_ipc::{spin::SpinWindow, test_support};
+    const HELD: std::time::Duration = std::time::Duration::from_millis(50);
     let dir = tempfile::tempdir().expect("dir");
     let audit = open(dir.path()).expect("opens");
     for (window, sleeps) in [
@@ -1180,6 +1184,14 @@ fn a_commit_within_the_spin_window_finds_its_waiter_awake() {
         (SpinWindow::default(), true),
     ] {
         audit.set_commit_spin(window);
+        let blocker = Connection::open(dir.path().join(DB_FILE)).expect("db");
+        blocker
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("the write lock");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(HELD);
+            blocker.execute_batch("COMMIT").expect("released");
+        });
         let waiting = audit.clone();
         let slept = std::thread::spawn(move || {
             let tid = test_support::thread_id();
@@ -1195,6 +1207,7 @@ fn a_commit_within_the_spin_window_finds_its_waiter_awake() {
         })
         .join()
         .expect("thread");
+        release.join().expect("release");
         assert_eq!(slept, sleeps, "the waiting thread slept for the commit");
     }
 }
