@@ -71,6 +71,7 @@ pub struct Metrics {
     audit_queue_depth: Gauge,
     audit_commit_seconds: Histogram,
     audit_commits: Counter,
+    audit_commits_by_waiters: Counter,
     token_lookups: Counter,
     sandbox_spawns: Family<Labels, Counter>,
     /// The tool names that have series of their own.
@@ -104,6 +105,7 @@ impl Metrics {
             audit_queue_depth: Gauge::default(),
             audit_commit_seconds: seconds_histogram(),
             audit_commits: Counter::default(),
+            audit_commits_by_waiters: Counter::default(),
             token_lookups: Counter::default(),
             sandbox_spawns: Family::default(),
             tools: Mutex::default(),
@@ -168,6 +170,11 @@ impl Metrics {
             "audit_commits",
             "Audit commits that succeeded",
             m.audit_commits.clone(),
+        );
+        registry.register(
+            "audit_commits_by_waiters",
+            "Audit commits made by a waiting request's thread in the writer's stead (the writer thread not yet running)",
+            m.audit_commits_by_waiters.clone(),
         );
         registry.register(
             "token_lookups",
@@ -302,6 +309,11 @@ pub(crate) fn worker_killed(kind: &'static str) {
 pub(crate) fn audit_committed(took: Duration) {
     METRICS.audit_commits.inc();
     METRICS.audit_commit_seconds.observe(took.as_secs_f64());
+}
+
+/// A waiting request's thread committed a group in the audit writer's stead.
+pub(crate) fn audit_committed_by_waiter() {
+    METRICS.audit_commits_by_waiters.inc();
 }
 
 /// A bearer token was looked up in the token store.

@@ -42,6 +42,10 @@ pub const GROUP_MAX: usize = 4096;
 /// waits for its record (or to queue one) waits until a commit succeeds, and no record is
 /// dropped.
 pub const KEPT_MAX: usize = GROUP_MAX;
+/// Records a waiting request's thread commits at most in the writer's stead (see
+/// [`Commit::committed`]): a commit on a runtime thread holds that thread, so a larger group
+/// (a burst's, or the records a lingering writer holds) is left to the writer.
+pub const HELP_MAX: usize = 64;
 /// How long the writer waits after a failed commit before it tries again (the database
 /// locked by another connection past its busy timeout, a full disk).
 pub const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);

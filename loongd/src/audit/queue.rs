@@ -31,7 +31,7 @@ use loong_ipc::spin::SpinWindow;
 
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
-use super::{Event, GROUP_MAX, LINGER};
+use super::{Event, GROUP_MAX, HELP_MAX, LINGER};
 
 // Records kept after a failed commit stay in the writer's group, which takes nothing new
 // while it holds a full group: what is kept is bounded by the group.
@@ -106,6 +106,9 @@ pub(super) struct Queue {
     poked: AtomicBool,
     /// How long the writer polls before it sleeps (its own; a mutex only to share the queue).
     spin: Mutex<SpinWindow>,
+    /// While set, the writer takes nothing (a writer thread woken late, for tests).
+    #[cfg(test)]
+    paused: AtomicBool,
 }
 
 /// Who waits for a taken record's commit.
@@ -116,6 +119,27 @@ pub(super) enum Waiter {
     Batch,
     /// The record's own waiter (or, for a batch's last record, the batch's).
     Ack(Ack),
+}
+
+/// What was taken for the next commit, and when the linger after the last commit ends: held
+/// with the trail's connection, by whoever commits (the writer, or a waiter in its stead).
+#[derive(Default)]
+pub(super) struct Taken {
+    pub pending: Pending,
+    /// After a commit someone waited for, the end of the linger for what follows it (a
+    /// call's outcome rides the next call's commit instead of waking the writer on its own).
+    pub window: Option<Instant>,
+}
+
+/// What holds the [`Taken`] of a trail's commits (with its connection).
+pub(super) trait HoldsTaken {
+    fn taken(&mut self) -> &mut Taken;
+}
+
+impl HoldsTaken for Taken {
+    fn taken(&mut self) -> &mut Taken {
+        self
+    }
 }
 
 /// What the writer took for its next commit.
@@ -238,6 +262,8 @@ impl Queue {
             wakeups: AtomicU64::new(0),
             poked: AtomicBool::new(false),
             spin: Mutex::new(SpinWindow::default()),
+            #[cfg(test)]
+            paused: AtomicBool::new(false),
         });
         (queue.clone(), Producer(queue))
     }
@@ -246,41 +272,72 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holds the writer before it takes anything (`true`), as a writer thread woken late
+    /// would be, or lets it go.
+    #[cfg(test)]
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
     /// The writer's wake-ups so far.
     #[cfg(test)]
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
     }
 
-    /// Waits for the writer's next commit and takes it into `p` (at most [`GROUP_MAX`]
-    /// records, and nothing after a stop): it is due when someone waits for what was taken,
-    /// when it is a full group, when its oldest unwaited record has waited [`LINGER`], or
-    /// when the linger after the last commit (`window`, its end) is over with something taken.
-    /// Returns false when every producer is gone and nothing is left to commit.
-    pub fn next(&self, p: &mut Pending, mut window: Option<Instant>) -> bool {
-        let mut s = self.lock();
+    /// Moves queued messages to `p`, in order, until it holds a group ([`GROUP_MAX`] records)
+    /// or a stop, or the queue is empty; a waiter committing in the writer's stead
+    /// (`helper`) takes no stop, nor anything behind one (the stop is the writer's).
+    fn take_into(&self, s: &mut State, p: &mut Pending, helper: bool) {
+        let mut taken = 0;
+        while p.batch.len() < GROUP_MAX && p.shutdown.is_none() {
+            if helper && matches!(s.msgs.front(), Some(Msg::Shutdown(_))) {
+                break;
+            }
+            let Some(m) = s.msgs.pop_front() else {
+                break;
+            };
+            s.records -= m.records();
+            taken += 1;
+            p.take(m);
+        }
+        if taken > 0 {
+            self.room.add_permits(taken);
+        }
+    }
+
+    /// Waits for the writer's next commit and takes it into the [`Taken`] that `core` holds,
+    /// which it returns locked (at most [`GROUP_MAX`] records, and nothing after a stop): it
+    /// is due when someone waits for what was taken, when it is a full group, when its
+    /// oldest unwaited record has waited [`LINGER`], or when the linger after the last
+    /// commit is over with something taken. `core` is not held while the writer waits, so
+    /// that a waiter can commit in its stead ([`Queue::take_for_helper`]). Returns `None`
+    /// when every producer is gone and nothing is left to commit, or `core` is empty.
+    pub fn next<'a, C: HoldsTaken>(
+        &self,
+        core: &'a Mutex<Option<C>>,
+    ) -> Option<MutexGuard<'a, Option<C>>> {
         loop {
-            let mut taken = 0;
-            while p.batch.len() < GROUP_MAX && p.shutdown.is_none() {
-                let Some(m) = s.msgs.pop_front() else {
-                    break;
-                };
-                s.records -= m.records();
-                taken += 1;
-                p.take(m);
+            #[cfg(test)]
+            while self.paused.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            if taken > 0 {
-                self.room.add_permits(taken);
-            }
+            let mut held = core.lock().unwrap_or_else(PoisonError::into_inner);
+            let Taken { pending: p, window } = held.as_mut()?.taken();
+            let mut s = self.lock();
+            self.take_into(&mut s, p, false);
             if p.waited() || p.batch.len() >= GROUP_MAX {
                 s.writer = Writer::Busy;
-                return true;
+                drop(s);
+                return Some(held);
             }
             if s.producers_gone && s.msgs.is_empty() {
                 s.writer = Writer::Busy;
-                return !p.is_empty();
+                let any = !p.is_empty();
+                drop(s);
+                return any.then_some(held);
             }
-            let deadline = match (p.oldest_later.map(|t| t + LINGER), window) {
+            let deadline = match (p.oldest_later.map(|t| t + LINGER), *window) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -288,17 +345,46 @@ impl Queue {
             if deadline.is_some_and(|d| d <= now) {
                 if !p.is_empty() {
                     s.writer = Writer::Busy;
-                    return true;
+                    drop(s);
+                    return Some(held);
                 }
-                window = None;
+                *window = None;
                 continue;
             }
             s.writer = match deadline {
                 Some(_) => Writer::Lingering,
                 None => Writer::Endless,
             };
-            s = self.wait(s, deadline);
+            // Lock order: the core, then the queue; the core is free while the writer waits.
+            drop(held);
+            let mut s = self.wait(s, deadline);
             s.writer = Writer::Busy;
+        }
+    }
+
+    /// For a waiter that commits in the writer's stead, holding the trail's core while the
+    /// writer does not: takes into `p` what is queued, as the writer would, but never a stop.
+    /// False, and nothing taken, when there is nothing to commit, when the group would be
+    /// larger than [`HELP_MAX`] records (the writer's to commit), or when the writer has
+    /// stopped.
+    pub fn take_for_helper(&self, p: &mut Pending) -> bool {
+        let mut s = self.lock();
+        if s.closed || p.shutdown.is_some() || p.batch.len() + s.records > HELP_MAX {
+            return false;
+        }
+        self.take_into(&mut s, p, true);
+        !p.is_empty()
+    }
+
+    /// After a waiter committed in the writer's stead and left records in its group (a failed
+    /// commit keeps them, due at once): wakes the writer to commit them, unless it is busy.
+    pub fn rouse_for_kept(&self) {
+        let wake = {
+            let mut s = self.lock();
+            s.writer != Writer::Busy && self.rouse(&mut s)
+        };
+        if wake {
+            self.wake.notify_one();
         }
     }
 
@@ -466,6 +552,14 @@ mod tests {
     use super::*;
     use crate::audit::Kind;
 
+    /// The writer's next commit, taken as the writer takes it (with nothing held before).
+    fn next_taken(queue: &Queue) -> Option<Pending> {
+        let core = Mutex::new(Some(Taken::default()));
+        let mut held = queue.next(&core)?;
+        let taken = held.as_mut()?;
+        Some(std::mem::take(&mut taken.pending))
+    }
+
     fn later(i: u64) -> Msg {
         Msg::Later(
             Event::daemon(Kind::WorkerExited, serde_json::json!({ "i": i })),
@@ -498,14 +592,12 @@ mod tests {
                 let held = tokio::time::timeout(Duration::from_millis(50), send).await;
                 assert!(held.is_err(), "a full queue took one more message");
             }
-            let mut taken = Pending::default();
-            assert!(queue.next(&mut taken, None));
+            let taken = next_taken(&queue).expect("took");
             assert_eq!(taken.batch.len(), BOUND);
             // The room made by the writer goes to the detached send's own task only.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(producer.depth(), 1, "the dropped detached send was lost");
-            let mut after = Pending::default();
-            assert!(queue.next(&mut after, None));
+            let after = next_taken(&queue).expect("took");
             let queued: Vec<_> = after
                 .batch
                 .iter()
@@ -536,13 +628,11 @@ mod tests {
             let held = tokio::time::timeout(Duration::from_millis(100), &mut next).await;
             assert!(held.is_err(), "a full queue took one more message");
             // … until the writer takes what is queued; the held message follows it.
-            let mut taken = Pending::default();
-            assert!(queue.next(&mut taken, None));
+            let taken = next_taken(&queue).expect("took");
             assert_eq!(taken.batch.len(), BOUND);
             let sent = tokio::time::timeout(Duration::from_secs(5), &mut next).await;
             assert!(sent.expect("queued once there was room").is_ok());
-            let mut after = Pending::default();
-            assert!(queue.next(&mut after, None));
+            let after = next_taken(&queue).expect("took");
             let order: Vec<_> = taken
                 .batch
                 .iter()
@@ -589,10 +679,9 @@ mod tests {
             let tid = loong_ipc::test_support::thread_id();
             tid_tx.send(tid).expect("tid");
             let before = loong_ipc::test_support::sleeps(tid);
-            let mut taken = Pending::default();
-            let took = writer.next(&mut taken, None);
+            let took = next_taken(&writer).is_some_and(|taken| taken.waited());
             let slept = loong_ipc::test_support::sleeps(tid) != before;
-            (took && taken.waited(), slept)
+            (took, slept)
         });
         (queue, producer, tid_rx.recv().expect("tid"), handle)
     }

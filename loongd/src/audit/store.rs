@@ -1,4 +1,5 @@
-//! The SQLite store and its single writer thread (group commit).
+//! The SQLite store and its writer thread (group commit), in whose stead a waiter commits when
+//! the writer has not yet taken its record and is not committing ([`Commit::committed`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::{
     chain_hash_of, checkpoint_message,
-    queue::{Msg, Pending, Producer, Queue, Waiter},
+    queue::{HoldsTaken, Msg, Pending, Producer, Queue, Taken, Waiter},
     verify::{Scope, VerifyReport},
     witness::{self, Witness},
     AuditKey, Event, Kind, Record, CHECKPOINT_EVERY, COMMIT_RETRY, LINGER, QUEUE_DEPTH,
@@ -88,19 +89,33 @@ pub struct Query {
 }
 
 /// A queued record's commit (see [`Audit::queue`]).
-#[derive(Debug)]
 pub struct Commit {
     done: oneshot::Receiver<Result<u64, String>>,
     /// The spin window of the trail's waits for commits ([`Audit::commit_spin`]).
     spin: Arc<Mutex<SpinWindow>>,
+    /// The writer's core, for committing in its stead ([`Commit::help`]).
+    writer: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit").finish_non_exhaustive()
+    }
 }
 
 impl Commit {
-    /// Waits until the record is on disk; returns its sequence number. The wait polls for
-    /// the commit for the trail's spin window before it sleeps ([`loong_ipc::spin`]): a
-    /// commit that comes within it (a warm call's, with `normal`) finds the waiting runtime
-    /// thread awake.
-    pub async fn committed(self) -> Result<u64, AuditError> {
+    /// Waits until the record is on disk; returns its sequence number.
+    ///
+    /// When the writer thread has not yet taken the record (woken, it may wait for a halted
+    /// CPU for a millisecond or more) and is not committing, the waiting runtime thread
+    /// commits in its stead ([`Commit::help`]): what is queued, in order, as one group, as
+    /// the writer would. Otherwise the wait polls for the commit for the trail's spin window
+    /// before it sleeps ([`loong_ipc::spin`]): a commit that comes within it (a warm call's,
+    /// with `normal`) finds the waiting runtime thread awake.
+    pub async fn committed(mut self) -> Result<u64, AuditError> {
+        if let Some(done) = self.help() {
+            return done;
+        }
         let window = self
             .spin
             .lock()
@@ -112,12 +127,105 @@ impl Commit {
         done.map_err(|_| AuditError::Stopped)?
             .map_err(AuditError::Commit)
     }
+
+    /// Commits in the writer's stead when the record is not yet committed and nobody is
+    /// committing: takes the trail's core (never waits for it), takes what is queued (never
+    /// a stop) and commits it as the writer would, then reads its own acknowledgement. Only
+    /// on a multi-thread runtime (another thread runs the runtime's other tasks while this
+    /// one commits); `None` when it did not commit (the caller waits as before).
+    fn help(&mut self) -> Option<Result<u64, AuditError>> {
+        use tokio::{runtime::RuntimeFlavor, sync::oneshot::error::TryRecvError};
+        let acknowledged = |done: Result<Result<u64, String>, TryRecvError>| match done {
+            Ok(r) => Some(r.map_err(AuditError::Commit)),
+            Err(TryRecvError::Closed) => Some(Err(AuditError::Stopped)),
+            Err(TryRecvError::Empty) => None,
+        };
+        if let Some(done) = acknowledged(self.done.try_recv()) {
+            return Some(done);
+        }
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if !multi {
+            return None;
+        }
+        let writer = &self.writer;
+        let Ok(mut held) = writer.core.try_lock() else {
+            // The writer (or another waiter) commits: wait for it.
+            return None;
+        };
+        let core = held.as_mut()?;
+        // Committed between the first look and the lock.
+        if let Some(done) = acknowledged(self.done.try_recv()) {
+            return Some(done);
+        }
+        // After a failed commit, the writer retries after its pause: waiters do not add
+        // attempts of their own.
+        if core.retrying || !writer.queue.take_for_helper(&mut core.taken.pending) {
+            return None;
+        }
+        // On this runtime thread, not handed to another (`block_in_place` wakes a thread to
+        // take over this one's tasks, which measured as much as the wake-up it saves): one
+        // group of at most HELP_MAX records, by one waiter at a time.
+        let step = core.commit_taken();
+        let kept = matches!(step, Step::Failed);
+        drop(held);
+        writer
+            .helped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::audit_committed_by_waiter();
+        if kept {
+            writer.queue.rouse_for_kept();
+        }
+        acknowledged(self.done.try_recv())
+    }
+}
+
+/// What the writer thread and a waiter committing in its stead share: the queue, and the
+/// core that commits (taken by one at a time; `None` once the writer has stopped).
+pub(super) struct Shared {
+    queue: Arc<Queue>,
+    core: Mutex<Option<Core>>,
+    /// Commits made by waiters in the writer's stead.
+    helped: std::sync::atomic::AtomicU64,
+}
+
+/// What a commit needs: the trail's one connection, its key, its tail, its SIEM lanes and
+/// its witness, and what was taken for the next commit.
+struct Core {
+    conn: Connection,
+    key: AuditKey,
+    last_seq: u64,
+    last_hash: [u8; 32],
+    siem: super::siem::Siem,
+    witness_path: PathBuf,
+    /// The final checkpoint signs only what this run appended: a trail that failed its start
+    /// check and was closed at once keeps its evidence unsigned.
+    appended: bool,
+    /// The last commit failed: the writer retries after [`COMMIT_RETRY`].
+    retrying: bool,
+    taken: Taken,
+}
+
+impl HoldsTaken for Core {
+    fn taken(&mut self) -> &mut Taken {
+        &mut self.taken
+    }
+}
+
+/// What became of a commit of what was taken.
+enum Step {
+    Done,
+    /// It failed: the records of effects that happened are kept for the next.
+    Failed,
+    /// A stop was taken: the writer stops.
+    Stop,
 }
 
 /// A handle on the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
     tx: Arc<Producer>,
+    writer: Arc<Shared>,
     db: Arc<PathBuf>,
     witness: Arc<PathBuf>,
     verifying: VerifyingKey,
@@ -282,25 +390,32 @@ impl Audit {
             previous: previous_run(&conn).map_err(db_err(db))?,
         };
         let (rx, tx) = Queue::new(QUEUE_DEPTH);
-        let witness_path = witness.to_path_buf();
+        let shared = Arc::new(Shared {
+            queue: rx,
+            core: Mutex::new(Some(Core {
+                conn,
+                key,
+                last_seq,
+                last_hash,
+                siem: super::siem::Siem::new(siem),
+                witness_path: witness.to_path_buf(),
+                appended: false,
+                retrying: false,
+                taken: Taken::default(),
+            })),
+            helped: Default::default(),
+        });
+        let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("loong-audit".into())
-            .spawn(move || {
-                writer(
-                    conn,
-                    key,
-                    rx,
-                    (last_seq, last_hash),
-                    super::siem::Siem::new(siem),
-                    witness_path,
-                )
-            })
+            .spawn(move || writer(&writer_shared))
             .map_err(|source| AuditError::Key {
                 path: db.to_path_buf(),
                 source,
             })?;
         Ok(Audit {
             tx: Arc::new(tx),
+            writer: shared,
             db: Arc::new(db.to_path_buf()),
             witness: Arc::new(witness.to_path_buf()),
             verifying,
@@ -325,6 +440,7 @@ impl Audit {
         Commit {
             done,
             spin: self.commit_spin.clone(),
+            writer: self.writer.clone(),
         }
     }
 
@@ -342,6 +458,21 @@ impl Audit {
     #[cfg(test)]
     pub(super) fn writer_wakeups(&self) -> u64 {
         self.tx.queue().wakeups()
+    }
+
+    /// Holds the writer thread before it takes anything, as one woken late would be (`true`),
+    /// or lets it go.
+    #[cfg(test)]
+    pub(super) fn pause_writer(&self, paused: bool) {
+        self.writer.queue.pause(paused);
+    }
+
+    /// Commits made so far by waiters in the writer's stead ([`Commit::committed`]).
+    #[cfg(test)]
+    pub(super) fn commits_by_waiters(&self) -> u64 {
+        self.writer
+            .helped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends `event` and waits until it is committed; returns its sequence number.
@@ -604,89 +735,102 @@ impl Audit {
     }
 }
 
-fn writer(
-    mut conn: Connection,
-    key: AuditKey,
-    queue: Arc<Queue>,
-    (mut last_seq, mut last_hash): (u64, [u8; 32]),
-    mut siem: super::siem::Siem,
-    witness_path: PathBuf,
-) {
-    // However the writer ends, its queue is closed: a producer hears that it stopped.
-    struct Closed(Arc<Queue>);
-    impl Drop for Closed {
+fn writer(shared: &Shared) {
+    // However the writer ends, its queue is closed (a producer hears that it stopped) and its
+    // core dropped (the connection closed; no waiter commits after it).
+    struct Closed<'a>(&'a Shared);
+    impl Drop for Closed<'_> {
         fn drop(&mut self) {
-            self.0.close();
+            self.0.queue.close();
+            let core = self
+                .0
+                .core
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            drop(core);
         }
     }
-    let queue = Closed(queue);
-    // The final checkpoint signs only what this run appended: a trail that failed its start
-    // check and was closed at once keeps its evidence unsigned.
-    let mut appended = false;
-    let mut pending = Pending::default();
-    // After a commit someone waited for, the writer lingers for what follows it (a call's
-    // outcome rides the next call's commit instead of waking the writer on its own).
-    let mut window: Option<std::time::Instant> = None;
+    let shared = Closed(shared);
     loop {
-        if !queue.0.next(&mut pending, window) {
+        let Some(mut held) = shared.0.queue.next(&shared.0.core) else {
             break;
+        };
+        let Some(core) = held.as_mut() else {
+            break;
+        };
+        match core.commit_taken() {
+            Step::Done => {}
+            Step::Stop => break,
+            Step::Failed => {
+                drop(held);
+                std::thread::sleep(COMMIT_RETRY);
+            }
         }
+    }
+}
+
+impl Core {
+    /// Commits what was taken in one transaction and acknowledges it (each waiter its
+    /// record's sequence number, or why it failed); a failure keeps the records of effects
+    /// that happened, in order, for the next commit ([`Pending::fail`]).
+    fn commit_taken(&mut self) -> Step {
         let Pending {
             batch,
             flushes,
             shutdown,
             ..
-        } = &mut pending;
+        } = &mut self.taken.pending;
         let shutdown = shutdown.take();
-        window = None;
+        self.taken.window = None;
         if batch.is_empty() && shutdown.is_none() {
             for a in flushes.drain(..) {
-                let _ = a.send(Ok(last_seq));
+                let _ = a.send(Ok(self.last_seq));
             }
-            pending.clear();
-            continue;
+            self.taken.pending.clear();
+            return Step::Done;
         }
         let waited = batch.iter().any(|(_, w)| matches!(w, Waiter::Ack(_)));
         let mut failed = false;
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
         // This run's first records are signed at once: records after a clean stop that no
         // checkpoint covers were not written by loongd.
-        let first = !appended && !events.is_empty();
+        let first = !self.appended && !events.is_empty();
         let began = std::time::Instant::now();
         // The committed records are built only for whoever reads them: a SIEM lane or the
         // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
-        let keep = siem.any() || log_wanted();
+        let keep = self.siem.any() || log_wanted();
         match commit(
-            &mut conn,
-            &key,
+            &mut self.conn,
+            &self.key,
             &events,
-            (last_seq, last_hash),
-            first || (shutdown.is_some() && appended),
+            (self.last_seq, self.last_hash),
+            first || (shutdown.is_some() && self.appended),
             keep,
         ) {
             Ok((seq, hash, records, signed)) => {
-                appended |= seq > last_seq;
+                self.appended |= seq > self.last_seq;
                 crate::metrics::audit_committed(began.elapsed());
                 log_records(&records);
                 // The records are committed; a fail-closed SIEM lane that failed still refuses
                 // the effects they record.
-                let mut shipped = siem.ship(&records).map_err(|e| e.to_string());
+                let mut shipped = self.siem.ship(&records).map_err(|e| e.to_string());
                 if let Some(w) = signed {
                     // Like a fail-closed lane: an unwritten witness refuses the effects
                     // recorded with its checkpoint (the records stay in the trail).
-                    let witnessed = witness_out(&conn, &witness_path, &w);
+                    let witnessed = witness_out(&self.conn, &self.witness_path, &w);
                     shipped = shipped
-                        .and(siem.ship_checkpoint(&w).map_err(|e| e.to_string()))
+                        .and(self.siem.ship_checkpoint(&w).map_err(|e| e.to_string()))
                         .and(witnessed);
                 }
                 for (n, (_, waiter)) in batch.drain(..).enumerate() {
                     if let Waiter::Ack(ack) = waiter {
-                        let _ = ack.send(shipped.clone().map(|()| last_seq + 1 + n as u64));
+                        let _ = ack.send(shipped.clone().map(|()| self.last_seq + 1 + n as u64));
                     }
                 }
-                (last_seq, last_hash) = (seq, hash);
+                (self.last_seq, self.last_hash) = (seq, hash);
                 for a in flushes.drain(..) {
-                    let _ = a.send(Ok(last_seq));
+                    let _ = a.send(Ok(self.last_seq));
                 }
             }
             Err(e) => {
@@ -696,31 +840,32 @@ fn writer(
                 }
                 // The records of effects that happened stay, in order, at the front of the
                 // next group: a failure loses no record (see [`Pending::fail`]).
-                let dropped = pending.fail(&why);
-                tracing::error!(error = %e, kept = pending.batch.len(), dropped, "audit commit failed; its records are kept for the next commit");
-                if shutdown.is_some() && !pending.batch.is_empty() {
+                let dropped = self.taken.pending.fail(&why);
+                tracing::error!(error = %e, kept = self.taken.pending.batch.len(), dropped, "audit commit failed; its records are kept for the next commit");
+                if shutdown.is_some() && !self.taken.pending.batch.is_empty() {
                     tracing::error!(
-                        records = pending.batch.len(),
+                        records = self.taken.pending.batch.len(),
                         "the audit writer stops with records it could not commit"
                     );
                 }
                 failed = true;
             }
         }
+        self.retrying = failed;
         if !failed {
-            pending.clear();
+            self.taken.pending.clear();
         }
         if let Some(a) = shutdown {
             let _ = a.send(());
-            break;
+            return Step::Stop;
         }
         if failed {
-            std::thread::sleep(COMMIT_RETRY);
-            continue;
+            return Step::Failed;
         }
         if waited {
-            window = Some(std::time::Instant::now() + LINGER);
+            self.taken.window = Some(std::time::Instant::now() + LINGER);
         }
+        Step::Done
     }
 }
 
@@ -1069,3 +1214,7 @@ fn every_call_answered(conn: &Connection, started: i64) -> rusqlite::Result<bool
     }
     Ok(outcomes - earlier == invoked)
 }
+
+#[cfg(test)]
+#[path = "help_tests.rs"]
+mod help_tests;
