@@ -109,6 +109,9 @@ pub(super) struct Queue {
     /// While set, the writer takes nothing (a writer thread woken late, for tests).
     #[cfg(test)]
     paused: AtomicBool,
+    /// While set, a writer that stopped does not end (for tests).
+    #[cfg(test)]
+    hold_stopped: AtomicBool,
 }
 
 /// Who waits for a taken record's commit.
@@ -264,6 +267,8 @@ impl Queue {
             spin: Mutex::new(SpinWindow::default()),
             #[cfg(test)]
             paused: AtomicBool::new(false),
+            #[cfg(test)]
+            hold_stopped: AtomicBool::new(false),
         });
         (queue.clone(), Producer(queue))
     }
@@ -277,6 +282,21 @@ impl Queue {
     #[cfg(test)]
     pub fn pause(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
+    }
+
+    /// Holds a writer that stopped before it ends (`true`), or lets it end.
+    #[cfg(test)]
+    pub fn hold_stopped_writer(&self, held: bool) {
+        self.hold_stopped.store(held, Ordering::Release);
+    }
+
+    /// Where the writer's thread, stopped, waits while [`Queue::hold_stopped_writer`] holds
+    /// it.
+    #[cfg(test)]
+    pub fn hold_stopped(&self) {
+        while self.hold_stopped.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The writer's wake-ups so far.
@@ -376,9 +396,10 @@ impl Queue {
         !p.is_empty()
     }
 
-    /// After a waiter committed in the writer's stead and left records in its group (a failed
-    /// commit keeps them, due at once): wakes the writer to commit them, unless it is busy.
-    pub fn rouse_for_kept(&self) {
+    /// After a waiter took records it leaves to the writer (kept after its failed commit,
+    /// met with another connection's lock, or signing a checkpoint): wakes the writer to
+    /// commit them, unless it is busy.
+    pub fn rouse_writer(&self) {
         let wake = {
             let mut s = self.lock();
             s.writer != Writer::Busy && self.rouse(&mut s)

@@ -104,18 +104,11 @@ impl std::fmt::Debug for Commit {
 }
 
 impl Commit {
-    /// Waits until the record is on disk; returns its sequence number.
-    ///
-    /// When the writer thread has not yet taken the record (woken, it may wait for a halted
-    /// CPU for a millisecond or more) and is not committing, the waiting runtime thread
-    /// commits in its stead ([`Commit::help`]): what is queued, in order, as one group, as
-    /// the writer would. Otherwise the wait polls for the commit for the trail's spin window
-    /// before it sleeps ([`loong_ipc::spin`]): a commit that comes within it (a warm call's,
-    /// with `normal`) finds the waiting runtime thread awake.
-    pub async fn committed(mut self) -> Result<u64, AuditError> {
-        if let Some(done) = self.help() {
-            return done;
-        }
+    /// Waits until the record is on disk; returns its sequence number. The wait polls for
+    /// the commit for the trail's spin window before it sleeps ([`loong_ipc::spin`]): a
+    /// commit that comes within it (a warm call's, with `normal`) finds the waiting runtime
+    /// thread awake.
+    pub async fn committed(self) -> Result<u64, AuditError> {
         let window = self
             .spin
             .lock()
@@ -128,11 +121,32 @@ impl Commit {
             .map_err(AuditError::Commit)
     }
 
+    /// [`Commit::committed`] for a waiter with nothing else to do until the record is on
+    /// disk (a sandbox run's gate, its answer): when the writer thread has not yet taken the
+    /// record (woken, it may wait for a halted CPU for a millisecond or more) and is not
+    /// committing, this runtime thread commits in its stead ([`Commit::help`]): what is
+    /// queued, in order, as one group, as the writer would. A waiter whose commit overlaps
+    /// other work of its own (a WASM call's, while its worker runs the call) waits with
+    /// [`Commit::committed`]: committing here would hold that work behind the commit.
+    pub async fn commit_here(mut self) -> Result<u64, AuditError> {
+        if let Some(done) = self.help() {
+            return done;
+        }
+        self.committed().await
+    }
+
     /// Commits in the writer's stead when the record is not yet committed and nobody is
     /// committing: takes the trail's core (never waits for it), takes what is queued (never
-    /// a stop) and commits it as the writer would, then reads its own acknowledgement. Only
-    /// on a multi-thread runtime (another thread runs the runtime's other tasks while this
-    /// one commits); `None` when it did not commit (the caller waits as before).
+    /// a stop) and commits it as the writer would, then reads its own acknowledgement.
+    ///
+    /// Only on a multi-thread runtime (its other thread runs the runtime's other tasks), and
+    /// on this thread: [`tokio::task::block_in_place`] hands the thread's tasks to another
+    /// thread it wakes, which measured as costly as the wake-up it saves. So only a plain
+    /// group: at most [`HELP_MAX`](super::HELP_MAX) records, no checkpoint to sign (no
+    /// witness to write), no SIEM lane, never a failed commit's retry; a commit that meets
+    /// another connection's write lock goes back to the writer at once. What holds the thread
+    /// is the group's SQLite work and one `fdatasync`, as long as the disk takes. `None` when
+    /// it did not commit (the caller waits as before).
     fn help(&mut self) -> Option<Result<u64, AuditError>> {
         use tokio::{runtime::RuntimeFlavor, sync::oneshot::error::TryRecvError};
         let acknowledged = |done: Result<Result<u64, String>, TryRecvError>| match done {
@@ -159,22 +173,30 @@ impl Commit {
             return Some(done);
         }
         // After a failed commit, the writer retries after its pause: waiters do not add
-        // attempts of their own.
-        if core.retrying || !writer.queue.take_for_helper(&mut core.taken.pending) {
+        // attempts of their own. A commit that signs a checkpoint (its witness written and
+        // synced too) or ships to a SIEM lane is the writer's as well.
+        if core.retry_at.is_some()
+            || core.siem.any()
+            || !writer.queue.take_for_helper(&mut core.taken.pending)
+        {
             return None;
         }
-        // On this runtime thread, not handed to another (`block_in_place` wakes a thread to
-        // take over this one's tasks, which measured as much as the wake-up it saves): one
-        // group of at most HELP_MAX records, by one waiter at a time.
-        let step = core.commit_taken();
-        let kept = matches!(step, Step::Failed);
+        if core.signs() {
+            // Taken, in order, for the writer to commit: it is woken for them.
+            writer.queue.rouse_writer();
+            return None;
+        }
+        let records = !core.taken.pending.batch.is_empty();
+        let step = core.commit_taken(true);
         drop(held);
-        writer
-            .helped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::metrics::audit_committed_by_waiter();
-        if kept {
-            writer.queue.rouse_for_kept();
+        if records && matches!(step, Step::Done) {
+            writer
+                .helped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::audit_committed_by_waiter();
+        }
+        if matches!(step, Step::Failed | Step::Busy) {
+            writer.queue.rouse_writer();
         }
         acknowledged(self.done.try_recv())
     }
@@ -201,8 +223,9 @@ struct Core {
     /// The final checkpoint signs only what this run appended: a trail that failed its start
     /// check and was closed at once keeps its evidence unsigned.
     appended: bool,
-    /// The last commit failed: the writer retries after [`COMMIT_RETRY`].
-    retrying: bool,
+    /// The last commit failed: the next is not tried before this (its failure plus
+    /// [`COMMIT_RETRY`]).
+    retry_at: Option<std::time::Instant>,
     taken: Taken,
 }
 
@@ -212,9 +235,21 @@ impl HoldsTaken for Core {
     }
 }
 
+/// How long the writer waits for another connection's write lock before its commit fails
+/// (rusqlite's default, set here by name).
+const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a commit failed on another connection's write lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+}
+
 /// What became of a commit of what was taken.
 enum Step {
     Done,
+    /// A waiter's commit met another connection's write lock: nothing was written, and what
+    /// was taken is the writer's to commit.
+    Busy,
     /// It failed: the records of effects that happened are kept for the next.
     Failed,
     /// A stop was taken: the writer stops.
@@ -345,6 +380,7 @@ impl Audit {
         };
         conn.pragma_update(None, "synchronous", sync)
             .map_err(db_err(db))?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT).map_err(db_err(db))?;
         conn.execute_batch(SCHEMA).map_err(db_err(db))?;
         // Only loongd's tables and indexes: a trigger, or a constraint's index with ON
         // CONFLICT IGNORE, slipped in while loongd was stopped would run inside every append.
@@ -400,7 +436,7 @@ impl Audit {
                 siem: super::siem::Siem::new(siem),
                 witness_path: witness.to_path_buf(),
                 appended: false,
-                retrying: false,
+                retry_at: None,
                 taken: Taken::default(),
             })),
             helped: Default::default(),
@@ -465,6 +501,12 @@ impl Audit {
     #[cfg(test)]
     pub(super) fn pause_writer(&self, paused: bool) {
         self.writer.queue.pause(paused);
+    }
+
+    /// Holds the writer's thread, once it stopped, before it ends (`true`), or lets it end.
+    #[cfg(test)]
+    pub(super) fn hold_stopped_writer(&self, held: bool) {
+        self.writer.queue.hold_stopped_writer(held);
     }
 
     /// Commits made so far by waiters in the writer's stead ([`Commit::committed`]).
@@ -759,22 +801,45 @@ fn writer(shared: &Shared) {
         let Some(core) = held.as_mut() else {
             break;
         };
-        match core.commit_taken() {
-            Step::Done => {}
-            Step::Stop => break,
-            Step::Failed => {
-                drop(held);
-                std::thread::sleep(COMMIT_RETRY);
-            }
+        // After a failed commit (the writer's or a waiter's), the next waits out its pause.
+        let now = std::time::Instant::now();
+        if let Some(wait) = core.retry_at.and_then(|at| at.checked_duration_since(now)) {
+            drop(held);
+            std::thread::sleep(wait);
+            continue;
+        }
+        if let Step::Stop = core.commit_taken(false) {
+            // Nothing commits after the stop: the queue is closed and the core dropped before
+            // the core is let go, so no waiter can take it in between.
+            shared.0.queue.close();
+            *held = None;
+            break;
         }
     }
+    #[cfg(test)]
+    shared.0.queue.hold_stopped();
 }
 
 impl Core {
+    /// Whether committing what was taken signs a checkpoint (and writes the witness): this
+    /// run's first records, a group that reaches a multiple of [`CHECKPOINT_EVERY`], a start
+    /// or a stop (as [`append`] signs).
+    fn signs(&self) -> bool {
+        let pending = &self.taken.pending;
+        let n = pending.batch.len() as u64;
+        (!self.appended && n > 0)
+            || (self.last_seq + n) / CHECKPOINT_EVERY > self.last_seq / CHECKPOINT_EVERY
+            || pending.shutdown.is_some()
+            || pending
+                .batch
+                .iter()
+                .any(|(e, _)| matches!(e.kind, Kind::DaemonStarted | Kind::DaemonStopped))
+    }
+
     /// Commits what was taken in one transaction and acknowledges it (each waiter its
     /// record's sequence number, or why it failed); a failure keeps the records of effects
     /// that happened, in order, for the next commit ([`Pending::fail`]).
-    fn commit_taken(&mut self) -> Step {
+    fn commit_taken(&mut self, helping: bool) -> Step {
         let Pending {
             batch,
             flushes,
@@ -800,14 +865,27 @@ impl Core {
         // The committed records are built only for whoever reads them: a SIEM lane or the
         // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
         let keep = self.siem.any() || log_wanted();
-        match commit(
+        // A waiter does not wait for another connection's write lock: its group goes back
+        // to the writer untouched (nothing was written, nobody acknowledged), and the writer
+        // waits for the lock as it always did.
+        if helping {
+            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+        }
+        let done = commit(
             &mut self.conn,
             &self.key,
             &events,
             (self.last_seq, self.last_hash),
             first || (shutdown.is_some() && self.appended),
             keep,
-        ) {
+        );
+        if helping {
+            let _ = self.conn.busy_timeout(WRITER_BUSY_TIMEOUT);
+            if done.as_ref().is_err_and(is_busy) && shutdown.is_none() {
+                return Step::Busy;
+            }
+        }
+        match done {
             Ok((seq, hash, records, signed)) => {
                 self.appended |= seq > self.last_seq;
                 crate::metrics::audit_committed(began.elapsed());
@@ -851,7 +929,7 @@ impl Core {
                 failed = true;
             }
         }
-        self.retrying = failed;
+        self.retry_at = failed.then(|| std::time::Instant::now() + COMMIT_RETRY);
         if !failed {
             self.taken.pending.clear();
         }
