@@ -448,30 +448,20 @@ async fn spawn(
     // Awaited (the server's lock, its answer, its restart): a request dropped here (its
     // client gone) records its refusal (`Unstarted`); nothing ran.
     let mut unstarted = Unstarted(Some(orphan));
-    let spawned = async {
-        let pending = spawner
-            .start_spawn(
-                spec,
-                [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
-                Vec::new(),
-            )
-            .await;
-        let orphan = unstarted.0.take();
-        pending.map(|pending| Started {
-            pending: Some(pending),
-            orphan,
-        })
+    let pending = spawner
+        .start_spawn(
+            spec,
+            [StdioSpec::Pipe, StdioSpec::Pipe, StdioSpec::Pipe],
+            Vec::new(),
+        )
+        .await;
+    let orphan = unstarted.0.take();
+    let started = Started {
+        pending: Some(pending.map_err(spawn_error)?),
+        orphan,
     };
-    // The request goes to the spawn server first (`biased`); the decisions' records commit
-    // (made here, in the audit writer's stead, when the writer has not taken them yet) while
-    // the server answers and the sandbox is built, its payload waiting at the gate. The gate
-    // opens once both are done, so a request dropped before the server answered opened none
-    // (`Unstarted`: nothing ran).
-    let (started, committed) = tokio::join!(biased; spawned, committed_all(commits));
-    let started = started.map_err(spawn_error)?;
-    // A failed commit drops the gate shut: the helper reads its end and runs nothing.
-    let opened = committed.map(|()| open_gate(gate));
-    let child = started.exec().await;
+    // The sandbox is built by the spawn side while the records commit here.
+    let (opened, child) = tokio::join!(open_gate(commits, gate), started.exec());
     match (opened, child) {
         (Ok(()), Ok(child)) => Ok((child, limits, asks)),
         (Ok(()), Err(e)) => Err(e),
@@ -640,32 +630,43 @@ struct Broker(egress::Egress, std::os::fd::OwnedFd);
 const GATE_DEADLINE: Duration =
     Duration::from_secs(loong_sandbox::spawn::SETUP_TIMEOUT.as_secs() / 2);
 
-/// Waits until the run's decisions are committed (at most [`GATE_DEADLINE`]).
-async fn committed_all(commits: Vec<crate::audit::Commit>) -> Result<(), RemoteError> {
+/// Waits for every commit of a run's decisions, then opens its payload's gate. A failed
+/// commit returns its error with the gate shut: its end (dropped here) makes the payload exit
+/// without running.
+async fn open_gate(
+    commits: Vec<crate::audit::Commit>,
+    gate: Option<std::io::PipeWriter>,
+) -> Result<(), RemoteError> {
+    use std::io::Write;
+    let deadline = tokio::time::Instant::now() + GATE_DEADLINE;
+    let stuck = || {
+        unavailable(format!(
+            "the run's decisions were not recorded within {} s (the audit trail is stuck); nothing ran",
+            GATE_DEADLINE.as_secs()
+        ))
+    };
+    // Nothing else to do for the run until its records are on disk: this thread commits
+    // them when the audit writer has not taken them yet (`commit_here`).
     let all = async {
         for c in commits {
             c.commit_here().await.map_err(effects::internal)?;
         }
         Ok::<(), RemoteError>(())
     };
-    tokio::time::timeout(GATE_DEADLINE, all)
+    tokio::time::timeout_at(deadline, all)
         .await
-        .map_err(|_| {
-            unavailable(format!(
-                "the run's decisions were not recorded within {} s (the audit trail is stuck); nothing ran",
-                GATE_DEADLINE.as_secs()
-            ))
-        })?
-}
-
-/// Opens the gate of a run whose decisions are committed: its payload may start.
-fn open_gate(gate: Option<std::io::PipeWriter>) {
-    use std::io::Write;
+        .map_err(|_| stuck())??;
+    // A commit made here cannot be cut short by the deadline: one that ended past it leaves
+    // the gate shut, as the deadline promises (the run's setup may have given up on it).
+    if tokio::time::Instant::now() > deadline {
+        return Err(stuck());
+    }
     if let Some(mut gate) = gate {
         // One byte into an empty pipe: never blocks. A helper that died first is the
         // spawn's error, reported by the spawner.
         let _ = gate.write_all(&[loong_sandbox::plan::GATE_OPEN]);
     }
+    Ok(())
 }
 
 /// Answers the egress broker's questions for a run: `net.egress` on each connection's

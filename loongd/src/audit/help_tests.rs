@@ -495,3 +495,73 @@ fn waiters_and_the_writer_racing_for_commits_keep_one_chain() {
     // deterministically); it is printed, not asserted.
     eprintln!("{} commits made by waiters", audit.commits_by_waiters());
 }
+
+/// A waiter's commit does not checkpoint the write-ahead log into the database (several MiB
+/// written and synced on a runtime thread), and leaves the connection as the writer had it
+/// (its busy timeout, its automatic checkpoint); the writer's next commit checkpoints. The
+/// automatic checkpoint is set to one page here, so that any commit crosses it; the database
+/// file grows only when the log is checkpointed into it.
+#[test]
+fn a_waiters_commit_does_not_checkpoint_the_log_and_leaves_the_connection_as_it_was() {
+    let dir = tempfile::tempdir().expect("dir");
+    let audit = held_trail(dir.path());
+    let pragma = |name: &str| -> i64 {
+        let held = audit.writer.core.lock().expect("the core");
+        let core = held.as_ref().expect("open");
+        core.conn
+            .pragma_query_value(None, name, |r| r.get(0))
+            .expect("pragma")
+    };
+    {
+        let mut held = audit.writer.core.lock().expect("the core");
+        let core = held.as_mut().expect("open");
+        core.conn
+            .pragma_update(None, "wal_autocheckpoint", 1)
+            .expect("pragma");
+        core.autocheckpoint = 1;
+    }
+    let timeout_before = pragma("busy_timeout");
+    let size = || {
+        std::fs::metadata(dir.path().join(DB_FILE))
+            .expect("the database")
+            .len()
+    };
+    let wide = |i: u64| {
+        Event::daemon(
+            Kind::WorkerExited,
+            serde_json::json!({ "i": i, "pad": "x".repeat(2000) }),
+        )
+    };
+    let before = size();
+    multi_thread().block_on(async {
+        for i in 1..=20 {
+            audit.record_later(wide(i)).await;
+        }
+        let commit = audit
+            .queue(ev(Kind::ToolInvoked, 21))
+            .await
+            .expect("queued");
+        tokio::time::timeout(DUE, commit.commit_here())
+            .await
+            .expect("the waiter committed")
+            .expect("committed");
+    });
+    assert_eq!(audit.commits_by_waiters(), 1);
+    assert_eq!(size(), before, "the waiter's commit checkpointed the log");
+    assert_eq!(pragma("wal_autocheckpoint"), 1);
+    assert_eq!(pragma("busy_timeout"), timeout_before);
+    // The control: the writer's commit checkpoints.
+    audit.pause_writer(false);
+    current_thread().block_on(async {
+        audit
+            .record(ev(Kind::ToolInvoked, 22))
+            .await
+            .expect("records");
+    });
+    assert!(
+        size() > before,
+        "the writer's commit did not checkpoint the log"
+    );
+    current_thread().block_on(audit.shutdown());
+    assert!(verifies(dir.path()));
+}

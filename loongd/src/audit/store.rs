@@ -223,6 +223,8 @@ struct Core {
     /// The final checkpoint signs only what this run appended: a trail that failed its start
     /// check and was closed at once keeps its evidence unsigned.
     appended: bool,
+    /// The write-ahead log's automatic checkpoint (pages), as the trail was opened with it.
+    autocheckpoint: i64,
     /// The last commit failed: the next is not tried before this (its failure plus
     /// [`COMMIT_RETRY`]).
     retry_at: Option<std::time::Instant>,
@@ -238,6 +240,36 @@ impl HoldsTaken for Core {
 /// How long the writer waits for another connection's write lock before its commit fails
 /// (rusqlite's default, set here by name).
 const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A waiter's commit, while it lasts (restored when dropped, a panic included): the
+/// connection does not wait for another connection's write lock (the group goes back to
+/// the writer untouched, nothing written and nobody acknowledged, and the writer waits for
+/// the lock as it always did), and does not checkpoint the write-ahead log into the
+/// database (several MiB written and synced: the writer's next commit does it).
+struct Helping<'a> {
+    conn: &'a Connection,
+    autocheckpoint: i64,
+}
+
+impl<'a> Helping<'a> {
+    fn begin(conn: &'a Connection, autocheckpoint: i64) -> Helping<'a> {
+        let _ = conn.busy_timeout(std::time::Duration::ZERO);
+        let _ = conn.pragma_update(None, "wal_autocheckpoint", 0);
+        Helping {
+            conn,
+            autocheckpoint,
+        }
+    }
+}
+
+impl Drop for Helping<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.busy_timeout(WRITER_BUSY_TIMEOUT);
+        let _ = self
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", self.autocheckpoint);
+    }
+}
 
 /// Whether a commit failed on another connection's write lock.
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -381,6 +413,9 @@ impl Audit {
         conn.pragma_update(None, "synchronous", sync)
             .map_err(db_err(db))?;
         conn.busy_timeout(WRITER_BUSY_TIMEOUT).map_err(db_err(db))?;
+        let autocheckpoint: i64 = conn
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .map_err(db_err(db))?;
         conn.execute_batch(SCHEMA).map_err(db_err(db))?;
         // Only loongd's tables and indexes: a trigger, or a constraint's index with ON
         // CONFLICT IGNORE, slipped in while loongd was stopped would run inside every append.
@@ -437,6 +472,7 @@ impl Audit {
                 witness_path: witness.to_path_buf(),
                 appended: false,
                 retry_at: None,
+                autocheckpoint,
                 taken: Taken::default(),
             })),
             helped: Default::default(),
@@ -865,25 +901,18 @@ impl Core {
         // The committed records are built only for whoever reads them: a SIEM lane or the
         // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
         let keep = self.siem.any() || log_wanted();
-        // A waiter does not wait for another connection's write lock: its group goes back
-        // to the writer untouched (nothing was written, nobody acknowledged), and the writer
-        // waits for the lock as it always did.
-        if helping {
-            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
-        }
+        let helped = helping.then(|| Helping::begin(&self.conn, self.autocheckpoint));
         let done = commit(
-            &mut self.conn,
+            &self.conn,
             &self.key,
             &events,
             (self.last_seq, self.last_hash),
             first || (shutdown.is_some() && self.appended),
             keep,
         );
-        if helping {
-            let _ = self.conn.busy_timeout(WRITER_BUSY_TIMEOUT);
-            if done.as_ref().is_err_and(is_busy) && shutdown.is_none() {
-                return Step::Busy;
-            }
+        drop(helped);
+        if helping && done.as_ref().is_err_and(is_busy) && shutdown.is_none() {
+            return Step::Busy;
         }
         match done {
             Ok((seq, hash, records, signed)) => {
@@ -994,7 +1023,7 @@ type Committed = (u64, [u8; 32], Vec<Record>, Option<Witness>);
 /// changes on error. The transaction's `BEGIN` and `COMMIT` are prepared once, like its
 /// inserts, not parsed again for every commit.
 fn commit(
-    conn: &mut Connection,
+    conn: &Connection,
     key: &AuditKey,
     events: &[&Event],
     tail: (u64, [u8; 32]),
