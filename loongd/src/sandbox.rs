@@ -461,7 +461,7 @@ async fn spawn(
         orphan,
     };
     // The sandbox is built by the spawn side while the records commit here.
-    let (opened, child) = tokio::join!(open_gate(commits, gate), started.exec());
+    let (opened, child) = tokio::join!(open_gate(commits, gate, GATE_DEADLINE), started.exec());
     match (opened, child) {
         (Ok(()), Ok(child)) => Ok((child, limits, asks)),
         (Ok(()), Err(e)) => Err(e),
@@ -630,19 +630,20 @@ struct Broker(egress::Egress, std::os::fd::OwnedFd);
 const GATE_DEADLINE: Duration =
     Duration::from_secs(loong_sandbox::spawn::SETUP_TIMEOUT.as_secs() / 2);
 
-/// Waits for every commit of a run's decisions, then opens its payload's gate. A failed
-/// commit returns its error with the gate shut: its end (dropped here) makes the payload exit
-/// without running.
+/// Waits for every commit of a run's decisions, then opens its payload's gate, if they are
+/// committed `within` ([`GATE_DEADLINE`] for a run). A failed or late commit returns its
+/// error with the gate shut: its end (dropped here) makes the payload exit without running.
 async fn open_gate(
     commits: Vec<crate::audit::Commit>,
     gate: Option<std::io::PipeWriter>,
+    within: Duration,
 ) -> Result<(), RemoteError> {
     use std::io::Write;
-    let deadline = tokio::time::Instant::now() + GATE_DEADLINE;
+    let deadline = tokio::time::Instant::now() + within;
     let stuck = || {
         unavailable(format!(
-            "the run's decisions were not recorded within {} s (the audit trail is stuck); nothing ran",
-            GATE_DEADLINE.as_secs()
+            "the run's decisions were not recorded within {:?} (the audit trail is stuck); nothing ran",
+            within
         ))
     };
     // Nothing else to do for the run until its records are on disk: this thread commits

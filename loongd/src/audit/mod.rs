@@ -43,7 +43,7 @@ pub const GROUP_MAX: usize = 4096;
 /// dropped.
 pub const KEPT_MAX: usize = GROUP_MAX;
 /// Records a waiting request's thread commits at most in the writer's stead (see
-/// [`Commit::committed`]): a commit on a runtime thread holds that thread, so a larger group
+/// [`Commit::commit_here`]): a commit on a runtime thread holds that thread, so a larger group
 /// (a burst's, or the records a lingering writer holds) is left to the writer.
 pub const HELP_MAX: usize = 64;
 /// How long the writer waits after a failed commit before it tries again (the database

@@ -389,7 +389,7 @@ impl Queue {
     /// stopped.
     pub fn take_for_helper(&self, p: &mut Pending) -> bool {
         let mut s = self.lock();
-        if s.closed || p.shutdown.is_some() || p.batch.len() + s.records > HELP_MAX {
+        if s.closed || p.batch.len() + s.records > HELP_MAX {
             return false;
         }
         self.take_into(&mut s, p, true);

@@ -1,5 +1,5 @@
 //! The SQLite store and its writer thread (group commit), in whose stead a waiter commits when
-//! the writer has not yet taken its record and is not committing ([`Commit::committed`]).
+//! the writer has not yet taken its record and is not committing ([`Commit::commit_here`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -535,7 +535,7 @@ impl Audit {
     /// Holds the writer thread before it takes anything, as one woken late would be (`true`),
     /// or lets it go.
     #[cfg(test)]
-    pub(super) fn pause_writer(&self, paused: bool) {
+    pub(crate) fn pause_writer(&self, paused: bool) {
         self.writer.queue.pause(paused);
     }
 
@@ -545,7 +545,7 @@ impl Audit {
         self.writer.queue.hold_stopped_writer(held);
     }
 
-    /// Commits made so far by waiters in the writer's stead ([`Commit::committed`]).
+    /// Commits made so far by waiters in the writer's stead ([`Commit::commit_here`]).
     #[cfg(test)]
     pub(super) fn commits_by_waiters(&self) -> u64 {
         self.writer
@@ -857,19 +857,17 @@ fn writer(shared: &Shared) {
 }
 
 impl Core {
-    /// Whether committing what was taken signs a checkpoint (and writes the witness): this
-    /// run's first records, a group that reaches a multiple of [`CHECKPOINT_EVERY`], a start
-    /// or a stop (as [`append`] signs).
+    /// Whether committing what was taken signs a checkpoint (and writes the witness), by the
+    /// rules [`commit`] signs by.
     fn signs(&self) -> bool {
         let pending = &self.taken.pending;
-        let n = pending.batch.len() as u64;
-        (!self.appended && n > 0)
-            || (self.last_seq + n) / CHECKPOINT_EVERY > self.last_seq / CHECKPOINT_EVERY
-            || pending.shutdown.is_some()
-            || pending
-                .batch
-                .iter()
-                .any(|(e, _)| matches!(e.kind, Kind::DaemonStarted | Kind::DaemonStopped))
+        signs_last(
+            self.appended,
+            pending.batch.len(),
+            pending.shutdown.is_some(),
+        ) || (pending.batch.iter())
+            .zip(self.last_seq + 1..)
+            .any(|((e, _), seq)| signed_at(seq, e.kind))
     }
 
     /// Commits what was taken in one transaction and acknowledges it (each waiter its
@@ -894,9 +892,6 @@ impl Core {
         let waited = batch.iter().any(|(_, w)| matches!(w, Waiter::Ack(_)));
         let mut failed = false;
         let events: Vec<&Event> = batch.iter().map(|(e, _)| e).collect();
-        // This run's first records are signed at once: records after a clean stop that no
-        // checkpoint covers were not written by loongd.
-        let first = !self.appended && !events.is_empty();
         let began = std::time::Instant::now();
         // The committed records are built only for whoever reads them: a SIEM lane or the
         // debug log. Otherwise each would copy its kind, actor and correlation for nobody.
@@ -907,7 +902,7 @@ impl Core {
             &self.key,
             &events,
             (self.last_seq, self.last_hash),
-            first || (shutdown.is_some() && self.appended),
+            signs_last(self.appended, events.len(), shutdown.is_some()),
             keep,
         );
         drop(helped);
@@ -1012,6 +1007,23 @@ fn log_wanted() -> bool {
 
 /// The log target of [`log_records`] (`LOONG_LOG=loongd::audit=debug` shows only these).
 pub const AUDIT_LOG_TARGET: &str = "loongd::audit";
+
+/// Whether the record `seq` of `kind` gets a checkpoint of its own: at every multiple of
+/// [`CHECKPOINT_EVERY`], and every start and stop. A clean stop carries its own checkpoint,
+/// in its own transaction, so that no crash can leave a `daemon.stopped` unsigned; a start
+/// carries one too, so that a run appended by someone else after a clean stop cannot pass
+/// for loongd's.
+fn signed_at(seq: u64, kind: Kind) -> bool {
+    seq.is_multiple_of(CHECKPOINT_EVERY)
+        || matches!(kind, Kind::DaemonStopped | Kind::DaemonStarted)
+}
+
+/// Whether [`commit`] signs a checkpoint after a group's last record, `records` of them, in
+/// a run that `appended` already: this run's first records (records after a clean stop that
+/// no checkpoint covers were not written by loongd), and at a stop what this run appended.
+fn signs_last(appended: bool, records: usize, stopping: bool) -> bool {
+    (!appended && records > 0) || (stopping && appended)
+}
 
 /// What one transaction committed: the new tail (sequence number and hash), its records
 /// (when asked for), and the newest checkpoint it signed.
@@ -1129,12 +1141,7 @@ fn append(
                     hash,
                 });
             }
-            // A clean stop carries its own checkpoint, in its own transaction, so that no
-            // crash can leave a `daemon.stopped` unsigned; a start carries one too, so that a
-            // run appended by someone else after a clean stop cannot pass for loongd's.
-            if seq.is_multiple_of(CHECKPOINT_EVERY)
-                || matches!(e.kind, Kind::DaemonStopped | Kind::DaemonStarted)
-            {
+            if signed_at(seq, e.kind) {
                 sign(seq, &hash, time)?;
             }
         }

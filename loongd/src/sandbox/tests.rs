@@ -85,3 +85,58 @@ fn a_runs_start_record_written_once_keeps_its_bytes() {
         assert_eq!(new.bounded(), old.bounded());
     }
 }
+
+/// A gate whose decisions' commit ends past its deadline stays shut although the commit
+/// succeeded (a commit made on the gate's own thread cannot be cut short, and a timeout
+/// looks at what it waits for before its deadline): the run is refused and the payload
+/// reads the gate's end. The control: the same commit, ending within its deadline, opens
+/// the gate.
+#[test]
+fn a_gate_whose_commit_ends_past_its_deadline_stays_shut() {
+    use std::{future::Future, io::Read, task::Poll};
+
+    use crate::audit::{Event, Kind};
+    const LATE: Duration = Duration::from_millis(200);
+    for (within, opens) in [(WAIT * 6, true), (LATE / 4, false)] {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = crate::audit::open(dir.path()).expect("opens");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ev = || Event::daemon(Kind::PolicyDecision, serde_json::json!({}));
+        rt.block_on(audit.record(ev())).expect("records");
+        // Past the writer's linger: it waits for the next record, and is held before it
+        // takes it.
+        std::thread::sleep(LATE);
+        audit.pause_writer(true);
+        let (mut payload_end, gate) = std::io::pipe().expect("pipe");
+        let opened = rt.block_on(async {
+            let commit = audit.queue(ev()).await.expect("queued");
+            let opening = super::open_gate(vec![commit], Some(gate), within);
+            tokio::pin!(opening);
+            let first = std::future::poll_fn(|cx| Poll::Ready(opening.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "the gate opened before its commit");
+            // The commit ends LATE after the gate began waiting, which is not polled meanwhile.
+            audit.pause_writer(false);
+            std::thread::sleep(LATE);
+            assert!(
+                audit.get(2).expect("reads").is_some(),
+                "the writer did not commit"
+            );
+            opening.await
+        });
+        let mut byte = Vec::new();
+        payload_end.read_to_end(&mut byte).expect("the gate's end");
+        assert_eq!(opened.is_ok(), opens, "within {within:?}: {opened:?}");
+        assert_eq!(
+            byte,
+            if opens {
+                vec![loong_sandbox::plan::GATE_OPEN]
+            } else {
+                Vec::new()
+            },
+            "within {within:?}: what the payload read at its gate"
+        );
+    }
+}
