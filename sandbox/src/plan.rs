@@ -14,6 +14,12 @@ use seccompiler::sock_filter;
 
 use crate::subids::SubRange;
 
+/// A resource's number in a plan's rlimits: the kernel's, which libc types as unsigned on
+/// glibc and signed on musl (loongctl's target); nix's enum holds the same numbers on both.
+pub(crate) fn rlimit(resource: nix::sys::resource::Resource) -> u32 {
+    resource as u32
+}
+
 /// The largest plan the helper reads.
 pub const MAX_PLAN_BYTES: usize = 4 << 20;
 /// The most items in any list of a plan.
@@ -476,6 +482,22 @@ impl Plan {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_plans_rlimit_numbers_are_the_kernels() {
+        use nix::sys::resource::Resource as R;
+        for (ours, kernels) in [
+            (R::RLIMIT_AS, libc::RLIMIT_AS),
+            (R::RLIMIT_DATA, libc::RLIMIT_DATA),
+            (R::RLIMIT_CORE, libc::RLIMIT_CORE),
+            (R::RLIMIT_CPU, libc::RLIMIT_CPU),
+            (R::RLIMIT_FSIZE, libc::RLIMIT_FSIZE),
+            (R::RLIMIT_NOFILE, libc::RLIMIT_NOFILE),
+            (R::RLIMIT_NPROC, libc::RLIMIT_NPROC),
+        ] {
+            assert_eq!(u64::from(rlimit(ours)), u64::from(kernels), "{ours:?}");
+        }
+    }
+
     fn sample() -> Plan {
         Plan {
             namespaces: libc::CLONE_NEWPID | libc::CLONE_NEWNS,
@@ -523,7 +545,7 @@ mod tests {
                 scopes: true,
                 required: true,
             }),
-            rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
+            rlimits: vec![(rlimit(nix::sys::resource::Resource::RLIMIT_CORE), 0, 0)],
             cgroup_join: vec!["/sys/fs/cgroup/pids/loong/1/cgroup.procs".into()],
             seccomp: vec![vec![sock_filter {
                 code: 6,

@@ -12,9 +12,11 @@ use std::{
     time::Duration,
 };
 
+use nix::sys::resource::Resource;
+
 use crate::{
     host::{Host, Mechanism},
-    plan::{EgressPlan, IdMap, LandlockPlan, MountOp, Plan},
+    plan::{rlimit, EgressPlan, IdMap, LandlockPlan, MountOp, Plan},
     profile::{LandlockMode, TierProfile},
     subids::{SubRange, INSIDE_SANDBOX_ID},
     Tier,
@@ -458,7 +460,7 @@ impl SandboxSpec {
             && egress.is_none()
             && flags & libc::CLONE_NEWNET != 0
             && landlock.as_ref().is_some_and(|l| l.scopes && l.required);
-        let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
+        let mut rlimits = vec![(rlimit(Resource::RLIMIT_CORE), 0, 0)];
         let r = &profile.rlimits;
         // With a cgroup, memory is its memory.max (an over-limit sandbox is OOM-killed) and the
         // address space keeps the tier's bound; without one, RLIMIT_AS carries the limit.
@@ -502,16 +504,20 @@ impl SandboxSpec {
             tighter(self.limits.cpu_secs, r.cpu_secs)
         };
         for (res, v) in [
-            (libc::RLIMIT_AS, mem),
-            (libc::RLIMIT_DATA, data),
-            (libc::RLIMIT_CPU, cpu),
-            (libc::RLIMIT_FSIZE, r.file_size),
-            (libc::RLIMIT_NOFILE, r.open_files),
-            (libc::RLIMIT_NPROC, nproc),
+            (rlimit(Resource::RLIMIT_AS), mem),
+            (rlimit(Resource::RLIMIT_DATA), data),
+            (rlimit(Resource::RLIMIT_CPU), cpu),
+            (rlimit(Resource::RLIMIT_FSIZE), r.file_size),
+            (rlimit(Resource::RLIMIT_NOFILE), r.open_files),
+            (rlimit(Resource::RLIMIT_NPROC), nproc),
         ] {
             if let Some(v) = v {
                 // CPU: SIGXCPU at the soft limit, SIGKILL a second later.
-                let hard = if res == libc::RLIMIT_CPU { v + 1 } else { v };
+                let hard = if res == rlimit(Resource::RLIMIT_CPU) {
+                    v + 1
+                } else {
+                    v
+                };
                 rlimits.push((res, v, hard));
             }
         }
@@ -820,10 +826,10 @@ mod tests {
         }
     }
 
-    fn rlimit(plan: &Plan, res: u32) -> Option<u64> {
+    fn soft_limit(plan: &Plan, res: Resource) -> Option<u64> {
         plan.rlimits
             .iter()
-            .find(|(r, _, _)| *r == res)
+            .find(|(r, _, _)| *r == rlimit(res))
             .map(|(_, soft, _)| *soft)
     }
 
@@ -1057,9 +1063,9 @@ mod tests {
             cpu_secs: Some(600),
         });
         let plan = wide.plan(ctx()).expect("plans").plan;
-        assert_eq!(rlimit(&plan, libc::RLIMIT_NPROC), Some(0));
-        assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(1 << 30));
-        assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(60));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_NPROC), Some(0));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_AS), Some(1 << 30));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_CPU), Some(60));
         // Tighter requests do apply.
         let tight = spec(Limits {
             memory_bytes: Some(64 << 20),
@@ -1068,9 +1074,9 @@ mod tests {
             cpu_secs: Some(2),
         });
         let plan = tight.plan(ctx()).expect("plans").plan;
-        assert_eq!(rlimit(&plan, libc::RLIMIT_AS), Some(64 << 20));
-        assert_eq!(rlimit(&plan, libc::RLIMIT_CPU), Some(2));
-        assert_eq!(rlimit(&plan, libc::RLIMIT_CORE), Some(0));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_AS), Some(64 << 20));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_CPU), Some(2));
+        assert_eq!(soft_limit(&plan, Resource::RLIMIT_CORE), Some(0));
     }
 
     /// A worker's address space is unbounded (its runtime reserves gigabytes); with no cgroup
@@ -1109,11 +1115,11 @@ mod tests {
             .plan
         };
         let bare = plan(&h, Vec::new());
-        assert_eq!(rlimit(&bare, libc::RLIMIT_AS), None);
-        assert_eq!(rlimit(&bare, libc::RLIMIT_DATA), Some(768 << 20));
+        assert_eq!(soft_limit(&bare, Resource::RLIMIT_AS), None);
+        assert_eq!(soft_limit(&bare, Resource::RLIMIT_DATA), Some(768 << 20));
         let with_cgroup = plan(&host(), vec!["/sys/fs/cgroup/x/cgroup.procs".into()]);
-        assert_eq!(rlimit(&with_cgroup, libc::RLIMIT_DATA), None);
-        assert_eq!(rlimit(&with_cgroup, libc::RLIMIT_AS), None);
+        assert_eq!(soft_limit(&with_cgroup, Resource::RLIMIT_DATA), None);
+        assert_eq!(soft_limit(&with_cgroup, Resource::RLIMIT_AS), None);
     }
 
     #[test]

@@ -865,7 +865,7 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     }
     // SAFETY: `req` is a live ifreq the kernel reads the name from and writes the flags into;
     // the socket is borrowed for the call.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: SIOCGIFFLAGS filled `ifru_flags`, the union member read and written here.
@@ -873,7 +873,7 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
     }
     // SAFETY: as above; the kernel only reads `req`.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -896,10 +896,18 @@ pub(crate) fn recv_tagged(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Vec<Ow
 /// Sets glibc malloc's `M_ARENA_MAX` to `n`. Beyond the main arena, malloc opens files a
 /// worker confined by [`crate::worker::confine_self`] may no longer open
 /// ([`crate::worker::CONFINED_MALLOC_ARENAS`]). Returns whether malloc took it.
+#[cfg(target_env = "gnu")]
 pub(crate) fn malloc_arena_max(n: i32) -> bool {
     // SAFETY: mallopt sets one of malloc's parameters from a plain integer; it takes malloc's
     // own lock and touches no memory of the caller's.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+}
+
+/// Built for another libc (loongctl on musl, which never confines a worker): malloc is not
+/// glibc's, and nothing is set.
+#[cfg(not(target_env = "gnu"))]
+pub(crate) fn malloc_arena_max(_n: i32) -> bool {
+    false
 }
 
 #[cfg(test)]

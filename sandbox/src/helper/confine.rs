@@ -393,21 +393,26 @@ fn wait_gate(gate: i32) -> Result<(), Failure> {
 
 fn set_rlimit(res: u32, soft: u64, hard: u64) -> Result<(), Failure> {
     use nix::sys::resource::Resource as R;
-    let resource = match res {
-        libc::RLIMIT_AS => R::RLIMIT_AS,
-        libc::RLIMIT_DATA => R::RLIMIT_DATA,
-        libc::RLIMIT_CORE => R::RLIMIT_CORE,
-        libc::RLIMIT_CPU => R::RLIMIT_CPU,
-        libc::RLIMIT_FSIZE => R::RLIMIT_FSIZE,
-        libc::RLIMIT_NOFILE => R::RLIMIT_NOFILE,
-        libc::RLIMIT_NPROC => R::RLIMIT_NPROC,
-        libc::RLIMIT_STACK => R::RLIMIT_STACK,
-        libc::RLIMIT_MEMLOCK => R::RLIMIT_MEMLOCK,
-        other => {
+    let resource = [
+        R::RLIMIT_AS,
+        R::RLIMIT_DATA,
+        R::RLIMIT_CORE,
+        R::RLIMIT_CPU,
+        R::RLIMIT_FSIZE,
+        R::RLIMIT_NOFILE,
+        R::RLIMIT_NPROC,
+        R::RLIMIT_STACK,
+        R::RLIMIT_MEMLOCK,
+    ]
+    .into_iter()
+    .find(|r| crate::plan::rlimit(*r) == res);
+    let resource = match resource {
+        Some(r) => r,
+        None => {
             return Err(Failure::new(
                 "setrlimit",
                 libc::EINVAL,
-                format!("resource {other}"),
+                format!("resource {res}"),
             ))
         }
     };

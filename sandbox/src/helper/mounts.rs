@@ -84,6 +84,11 @@ fn tmpfs(dst: &Path, size: u64, mode: u32) -> Result<(), Failure> {
     .map_err(fail("mount tmpfs", dst))
 }
 
+/// The kernel's `ST_RELATIME` (`linux/statfs.h`), which nix names on glibc only (loongctl,
+/// built for musl, compiles this crate).
+const ST_RELATIME: nix::sys::statvfs::FsFlags =
+    nix::sys::statvfs::FsFlags::from_bits_retain(0x1000);
+
 /// Re-applies a bind mount's flags, keeping those the kernel has locked (a bind made inside
 /// a user namespace may not drop `nosuid`, `nodev`, `noexec` or `ro` inherited from the host).
 fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
@@ -96,7 +101,7 @@ fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (ST_RELATIME, MsFlags::MS_RELATIME),
     ] {
         if st.flags().contains(have) {
             flags |= keep;
@@ -896,6 +901,12 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn st_relatime_is_the_kernels() {
+        assert_eq!(ST_RELATIME.bits(), libc::ST_RELATIME);
+        assert_eq!(ST_RELATIME, nix::sys::statvfs::FsFlags::ST_RELATIME);
+    }
 
     /// A step whose sandbox path lies at or below the old root's mount point would be built in
     /// the host's root (the old root is there while the root is built): refused, whatever the

@@ -677,7 +677,11 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
             env: vec!["A=b".into()],
             cwd: "/tmp".into(),
-            rlimits: vec![(libc::RLIMIT_NOFILE, 64, 64)],
+            rlimits: vec![(
+                crate::plan::rlimit(nix::sys::resource::Resource::RLIMIT_NOFILE),
+                64,
+                64,
+            )],
             pass_fds: 2,
             ..base.clone()
         };
