@@ -148,12 +148,9 @@ pub fn cpus_to_spare() -> bool {
 /// Reads the machine's load now (see [`Load`]).
 fn read_load() -> Load {
     let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
-        .ok()
-        .flatten()
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(usize::MAX);
     let stat = std::fs::read_to_string(STAT).unwrap_or_default();
+    // Unknown: more than any process may use, so no spin.
+    let online = online_cpus(&stat).unwrap_or(usize::MAX);
     let own = own_cpu_time();
     let spun = Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed));
     Load {
@@ -250,6 +247,21 @@ fn procs_running(stat: &str) -> Option<usize> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The machine's online CPUs: `/proc/stat` has a `cpuN` line for each. Not
+/// `sysconf(_NPROCESSORS_ONLN)`, which musl (loongctl's libc) answers with the CPUs of this
+/// process's affinity mask, the very count [`decide`] compares it with. None when it has no
+/// such line.
+fn online_cpus(stat: &str) -> Option<usize> {
+    let n = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    (n > 0).then_some(n)
 }
 
 /// This process's CPU time so far, its threads' user and system time together.
@@ -491,6 +503,35 @@ mod tests {
 
     const SHORT: Duration = Duration::from_micros(10);
     const LONG: Duration = Duration::from_millis(5);
+
+    /// The online count is the machine's, from `/proc/stat`'s per-CPU lines, whatever this
+    /// process's affinity (failed when read through musl's `sysconf`, which counts the
+    /// affinity mask: an affinity-bound loongctl spun where the glibc build did not).
+    #[test]
+    fn online_cpus_are_the_per_cpu_lines_of_proc_stat() {
+        let stat = "cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 5 0 2 50 0 0 0 0 0 0\ncpu3 5 0 3 50 0 0 0 0 0 0\nintr 1\nctxt 9\nprocs_running 1\n";
+        assert_eq!(online_cpus(stat), Some(2));
+        assert_eq!(online_cpus("cpu  1 2 3\nintr 1\n"), None);
+        assert_eq!(online_cpus(""), None);
+        // This machine's own file: as many lines as CPUs online, at least the usable ones.
+        let real = std::fs::read_to_string(STAT).expect("/proc/stat");
+        let online = online_cpus(&real).expect("per-CPU lines");
+        let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(online >= usable, "{online} online, {usable} usable");
+        let sysfs = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("sysfs");
+        let listed: usize = sysfs
+            .trim()
+            .split(',')
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    let n = |x: &str| x.parse::<usize>().expect("a CPU number");
+                    n(b) - n(a) + 1
+                }
+                None => 1,
+            })
+            .sum();
+        assert_eq!(online, listed, "/proc/stat against {sysfs:?}");
+    }
 
     /// No spin until a wait proves short; then the window grows while waits outlast it
     /// within the bound, up to the bound, and is kept while the poll sees the waits end.

@@ -893,6 +893,23 @@ pub(crate) fn recv_tagged(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Vec<Ow
     Ok(Some((byte[0], msg.fds)))
 }
 
+/// The mount flags `statvfs(3)` reports for `path` (`f_flag`), every bit the kernel set: nix's
+/// `FsFlags` keeps only the bits it names for the libc it was built for (no `ST_NOSYMFOLLOW`
+/// at all, no `ST_RELATIME` on musl), so a flag it does not name would be lost.
+pub(crate) fn statvfs_flags(path: &std::path::Path) -> io::Result<libc::c_ulong> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `st` points to
+    // writable memory of the size of the struct statvfs fills.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() }.f_flag)
+}
+
 /// Sets glibc malloc's `M_ARENA_MAX` to `n`. Beyond the main arena, malloc opens files a
 /// worker confined by [`crate::worker::confine_self`] may no longer open
 /// ([`crate::worker::CONFINED_MALLOC_ARENAS`]). Returns whether malloc took it.

@@ -41,19 +41,50 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The package, built once per test run from the binaries the tests use (`--bins`).
+/// The loongctl the package ships: built for musl (`scripts/musl-target`), here of the tests'
+/// profile, as the test command builds it; `None`, and the skip said, when it is not built.
+fn musl_loongctl() -> Option<PathBuf> {
+    let triple = Command::new(workspace().join("scripts/musl-target"))
+        .output()
+        .expect("run scripts/musl-target");
+    assert!(triple.status.success(), "{}", text(&triple.stderr));
+    let triple = text(&triple.stdout).trim().to_string();
+    let dir = bin_dir();
+    let ctl = dir
+        .parent()
+        .expect("the target directory")
+        .join(&triple)
+        .join(dir.file_name().expect("the profile's directory"))
+        .join("loongctl");
+    if ctl.exists() {
+        return Some(ctl);
+    }
+    skip(
+        "packaging::the_package_holds_the_musl_loongctl",
+        &format!(
+            "{} is not built (the test command builds it: cargo build -p loongctl --target {triple}); the package holds the development loongctl",
+            ctl.display()
+        ),
+    );
+    None
+}
+
+/// The package, built once per test run from the binaries the tests use (`--bins`), with the
+/// loongctl that ships (`musl_loongctl`).
 fn package() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
         // Under a lax umask: the package's modes must not depend on the builder's.
-        let out = Command::new("sh")
-            .arg("-c")
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg("umask 002 && exec \"$0\" \"$@\"")
             .arg(workspace().join("scripts/package"))
             .arg("--bins")
-            .arg(bin_dir())
-            .output()
-            .expect("run scripts/package");
+            .arg(bin_dir());
+        if let Some(ctl) = musl_loongctl() {
+            cmd.arg("--ctl").arg(ctl);
+        }
+        let out = cmd.output().expect("run scripts/package");
         assert!(
             out.status.success(),
             "scripts/package failed: {}{}",

@@ -1437,22 +1437,26 @@ fn imports(binary: &Path) -> Option<Vec<String>> {
     )
 }
 
-/// `loong-spawn` (the helper, the spawn server, the idmap server, the probe) calls no user
-/// or group database lookup: loongd looks up what it needs and gives it to the server
-/// (`--claims-in`), so linking it statically loses no LDAP or sssd account. Control: loongd,
-/// which looks its user up, imports `getpwuid_r`, so the check sees such an import.
+/// `loong-spawn` (the helper, the spawn server, the idmap server, the probe) and loongctl call
+/// no user, group, host or service database lookup: loongd looks up what it needs and gives
+/// it to the server (`--claims-in`), so linking it statically loses no LDAP or sssd account;
+/// and loongctl, which the package builds for musl (whose NSS and resolver are not glibc's),
+/// does nothing musl would do differently there. Control: loongd, which looks its user up,
+/// imports `getpwuid_r`, so the check sees such an import.
 #[test]
-fn loong_spawn_looks_up_no_user_or_group() {
-    let test = "rootless::loong_spawn_looks_up_no_user_or_group";
-    let Some(spawn) = imports(&bin("loong-spawn")) else {
-        skip(test, "nm is not installed (binutils)");
-        return;
-    };
-    let found: Vec<&String> = spawn
-        .iter()
-        .filter(|s| NSS_LOOKUPS.contains(&s.as_str()))
-        .collect();
-    assert!(found.is_empty(), "loong-spawn imports {found:?}");
+fn loongctl_and_loong_spawn_look_up_no_user_or_name() {
+    let test = "rootless::loongctl_and_loong_spawn_look_up_no_user_or_name";
+    for name in ["loong-spawn", "loongctl"] {
+        let Some(imported) = imports(&bin(name)) else {
+            skip(test, "nm is not installed (binutils)");
+            return;
+        };
+        let found: Vec<&String> = imported
+            .iter()
+            .filter(|s| NSS_LOOKUPS.contains(&s.as_str()))
+            .collect();
+        assert!(found.is_empty(), "{name} imports {found:?}");
+    }
     let loongd = imports(&bin("loongd")).expect("nm");
     assert!(loongd.iter().any(|s| s == "getpwuid_r"), "{loongd:?}");
 }

@@ -84,29 +84,43 @@ fn tmpfs(dst: &Path, size: u64, mode: u32) -> Result<(), Failure> {
     .map_err(fail("mount tmpfs", dst))
 }
 
-/// The kernel's `ST_RELATIME` (`linux/statfs.h`), which nix names on glibc only (loongctl,
-/// built for musl, compiles this crate).
-const ST_RELATIME: nix::sys::statvfs::FsFlags =
-    nix::sys::statvfs::FsFlags::from_bits_retain(0x1000);
+/// The mount flags a bind's remount keeps from what it binds: each of the kernel's `ST_*`
+/// bits (`linux/statfs.h`, as `statvfs` reports them) with the `MS_*` flag that keeps it.
+/// Named by value and read raw ([`sys::statvfs_flags`]): nix names `ST_NOSYMFOLLOW` on no
+/// libc and `ST_RELATIME` on glibc only, and drops the bits it does not name, so a
+/// `nosymfollow` bind came back without it.
+const KEPT_FLAGS: [(libc::c_ulong, MsFlags); 8] = [
+    (0x0001, MsFlags::MS_RDONLY),     // ST_RDONLY
+    (0x0002, MsFlags::MS_NOSUID),     // ST_NOSUID
+    (0x0004, MsFlags::MS_NODEV),      // ST_NODEV
+    (0x0008, MsFlags::MS_NOEXEC),     // ST_NOEXEC
+    (0x0400, MsFlags::MS_NOATIME),    // ST_NOATIME
+    (0x0800, MsFlags::MS_NODIRATIME), // ST_NODIRATIME
+    (0x1000, MsFlags::MS_RELATIME),   // ST_RELATIME
+    (ST_NOSYMFOLLOW, MS_NOSYMFOLLOW),
+];
+
+/// `MS_NOSYMFOLLOW`, which nix does not name.
+const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+/// `ST_NOSYMFOLLOW` (`linux/statfs.h`).
+const ST_NOSYMFOLLOW: libc::c_ulong = 0x2000;
+
+/// The `MS_*` flags a remount must keep for a mount whose `statvfs` flags are `raw`.
+fn kept_flags(raw: libc::c_ulong) -> MsFlags {
+    let mut kept = MsFlags::empty();
+    for (have, keep) in KEPT_FLAGS {
+        if raw & have != 0 {
+            kept |= keep;
+        }
+    }
+    kept
+}
 
 /// Re-applies a bind mount's flags, keeping those the kernel has locked (a bind made inside
 /// a user namespace may not drop `nosuid`, `nodev`, `noexec` or `ro` inherited from the host).
 fn remount_bind(dst: &Path, mut flags: MsFlags) -> Result<(), Failure> {
-    let st = nix::sys::statvfs::statvfs(dst).map_err(fail("statvfs", dst))?;
-    use nix::sys::statvfs::FsFlags;
-    for (have, keep) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if st.flags().contains(have) {
-            flags |= keep;
-        }
-    }
+    let raw = crate::sys::statvfs_flags(dst).map_err(io_fail("statvfs", dst))?;
+    flags |= kept_flags(raw);
     mount(
         None::<&str>,
         dst,
@@ -902,10 +916,127 @@ fn build(ops: &[MountOp], how: Build) -> Result<Vec<SourceId>, Failure> {
 mod tests {
     use super::*;
 
+    /// A bind of a `nosymfollow` mount, remounted as the helper remounts a bind (as root, where
+    /// no flag is locked and a remount sets exactly the flags it is given), stays
+    /// `nosymfollow`: the remount dropped it while the flags were read through nix's, which
+    /// do not name it. On a thread of its own, in a mount namespace of its own, all private.
     #[test]
-    fn st_relatime_is_the_kernels() {
-        assert_eq!(ST_RELATIME.bits(), libc::ST_RELATIME);
-        assert_eq!(ST_RELATIME, nix::sys::statvfs::FsFlags::ST_RELATIME);
+    fn a_remounted_bind_of_a_nosymfollow_mount_still_follows_no_symlink() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED mounts::tests::a_remounted_bind_…: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        fs::create_dir(&src).expect("src");
+        fs::create_dir(&dst).expect("dst");
+        let (src2, dst2) = (src.clone(), dst.clone());
+        let outcome = std::thread::spawn(
+            move || -> Result<(libc::c_ulong, libc::c_ulong, libc::c_ulong), String> {
+                let e = |what: &'static str| move |e: nix::Error| format!("{what}: {e}");
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(e("unshare"))?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(e("make / private"))?;
+                mount(
+                    Some("tmpfs"),
+                    &src2,
+                    Some("tmpfs"),
+                    MS_NOSYMFOLLOW | MsFlags::MS_NOSUID,
+                    Some("size=64k"),
+                )
+                .map_err(e("tmpfs"))?;
+                mount(
+                    Some(&src2),
+                    &dst2,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(e("bind"))?;
+                let raw = |p: &Path| crate::sys::statvfs_flags(p).map_err(|e| e.to_string());
+                let bound = raw(&dst2)?;
+                remount_bind(&dst2, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY)
+                    .map_err(|f| format!("remount: {f:?}"))?;
+                let remounted = raw(&dst2)?;
+                let source = raw(&src2)?;
+                Ok((bound, remounted, source))
+            },
+        )
+        .join()
+        .expect("the mounting thread");
+        let (bound, remounted, source) = match outcome {
+            Ok(flags) => flags,
+            Err(e) if e.starts_with("unshare") || e.starts_with("tmpfs") => {
+                eprintln!("SKIPPED mounts::tests::a_remounted_bind_…: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let nosymfollow = ST_NOSYMFOLLOW;
+        // Positive controls: the bind took the source's flags, and the remount took effect.
+        assert_ne!(
+            source & nosymfollow,
+            0,
+            "the tmpfs is nosymfollow: {source:#x}"
+        );
+        assert_ne!(
+            bound & nosymfollow,
+            0,
+            "the bind is nosymfollow: {bound:#x}"
+        );
+        assert_ne!(
+            remounted & 0x0001,
+            0,
+            "the remount made it read-only: {remounted:#x}"
+        );
+        assert_ne!(
+            remounted & nosymfollow,
+            0,
+            "the remount kept nosymfollow: {remounted:#x}"
+        );
+    }
+
+    /// Each kept flag's bit is the kernel's (`linux/statfs.h`), and each maps to the mount
+    /// flag that keeps it, `nosymfollow` included (a remount dropped it: nix's flags lack it).
+    #[test]
+    fn a_remount_keeps_every_flag_statvfs_reports_nosymfollow_included() {
+        use nix::sys::statvfs::FsFlags as F;
+        let named = [
+            (F::ST_RDONLY, MsFlags::MS_RDONLY),
+            (F::ST_NOSUID, MsFlags::MS_NOSUID),
+            (F::ST_NODEV, MsFlags::MS_NODEV),
+            (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (F::ST_NOATIME, MsFlags::MS_NOATIME),
+            (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (F::ST_RELATIME, MsFlags::MS_RELATIME),
+        ];
+        for ((bit, keep), (theirs, their_keep)) in KEPT_FLAGS.iter().zip(named) {
+            assert_eq!(*bit, theirs.bits());
+            assert_eq!(*keep, their_keep);
+            assert_eq!(kept_flags(*bit), *keep);
+        }
+        assert_eq!(MS_NOSYMFOLLOW.bits(), 0x100);
+        assert_eq!(kept_flags(ST_NOSYMFOLLOW), MS_NOSYMFOLLOW);
+        assert_eq!(
+            kept_flags(0x0001 | 0x2000 | 0x1000),
+            MsFlags::MS_RDONLY | MS_NOSYMFOLLOW | MsFlags::MS_RELATIME
+        );
+        // Bits a remount does not carry (ST_SYNCHRONOUS, ST_MANDLOCK) keep nothing.
+        assert_eq!(kept_flags(0x0010 | 0x0040), MsFlags::empty());
+        // The raw read agrees with nix's on a real mount, for the bits nix names.
+        let raw = crate::sys::statvfs_flags(Path::new("/proc")).expect("statvfs /proc");
+        let named = nix::sys::statvfs::statvfs("/proc")
+            .expect("statvfs")
+            .flags()
+            .bits();
+        assert_eq!(raw & named, named);
+        assert_ne!(named, 0, "/proc is mounted nosuid, nodev, noexec");
     }
 
     /// A step whose sandbox path lies at or below the old root's mount point would be built in
