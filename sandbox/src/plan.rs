@@ -20,6 +20,28 @@ pub(crate) fn rlimit(resource: nix::sys::resource::Resource) -> u32 {
     resource as u32
 }
 
+/// The resources a plan's rlimits may name, each set by the helper as it is; a plan naming
+/// any other is refused ([`resource`]).
+pub(crate) const RLIMITS: [nix::sys::resource::Resource; 9] = {
+    use nix::sys::resource::Resource as R;
+    [
+        R::RLIMIT_AS,
+        R::RLIMIT_DATA,
+        R::RLIMIT_CORE,
+        R::RLIMIT_CPU,
+        R::RLIMIT_FSIZE,
+        R::RLIMIT_NOFILE,
+        R::RLIMIT_NPROC,
+        R::RLIMIT_STACK,
+        R::RLIMIT_MEMLOCK,
+    ]
+};
+
+/// The resource a plan's rlimit number names, if it is one of [`RLIMITS`].
+pub(crate) fn resource(number: u32) -> Option<nix::sys::resource::Resource> {
+    RLIMITS.into_iter().find(|r| rlimit(*r) == number)
+}
+
 /// The largest plan the helper reads.
 pub const MAX_PLAN_BYTES: usize = 4 << 20;
 /// The most items in any list of a plan.
@@ -482,19 +504,29 @@ impl Plan {
 mod tests {
     use super::*;
 
+    /// The numbers are the kernel's (`asm-generic/resource.h`), not merely libc's (which nix
+    /// takes its own from), and each maps back to its resource; others are refused.
     #[test]
     fn a_plans_rlimit_numbers_are_the_kernels() {
         use nix::sys::resource::Resource as R;
-        for (ours, kernels) in [
-            (R::RLIMIT_AS, libc::RLIMIT_AS),
-            (R::RLIMIT_DATA, libc::RLIMIT_DATA),
-            (R::RLIMIT_CORE, libc::RLIMIT_CORE),
-            (R::RLIMIT_CPU, libc::RLIMIT_CPU),
-            (R::RLIMIT_FSIZE, libc::RLIMIT_FSIZE),
-            (R::RLIMIT_NOFILE, libc::RLIMIT_NOFILE),
-            (R::RLIMIT_NPROC, libc::RLIMIT_NPROC),
+        for (r, kernels) in [
+            (R::RLIMIT_CPU, 0),
+            (R::RLIMIT_FSIZE, 1),
+            (R::RLIMIT_DATA, 2),
+            (R::RLIMIT_STACK, 3),
+            (R::RLIMIT_CORE, 4),
+            (R::RLIMIT_NPROC, 6),
+            (R::RLIMIT_NOFILE, 7),
+            (R::RLIMIT_MEMLOCK, 8),
+            (R::RLIMIT_AS, 9),
         ] {
-            assert_eq!(u64::from(rlimit(ours)), u64::from(kernels), "{ours:?}");
+            assert_eq!(rlimit(r), kernels, "{r:?}");
+            assert_eq!(resource(kernels), Some(r), "{r:?}");
+            assert!(RLIMITS.contains(&r), "{r:?}");
+        }
+        // RLIMIT_RSS (5), RLIMIT_LOCKS (10), and numbers past the kernel's: refused.
+        for other in [5, 10, 11, 15, 16, u32::MAX] {
+            assert_eq!(resource(other), None, "{other}");
         }
     }
 

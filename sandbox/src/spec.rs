@@ -827,6 +827,10 @@ mod tests {
     }
 
     fn soft_limit(plan: &Plan, res: Resource) -> Option<u64> {
+        // Every rlimit a spec plans is one the helper sets (`helper::confine::set_rlimit`).
+        for (r, _, _) in &plan.rlimits {
+            assert!(crate::plan::resource(*r).is_some(), "resource {r}");
+        }
         plan.rlimits
             .iter()
             .find(|(r, _, _)| *r == rlimit(res))

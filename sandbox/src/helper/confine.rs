@@ -392,29 +392,12 @@ fn wait_gate(gate: i32) -> Result<(), Failure> {
 }
 
 fn set_rlimit(res: u32, soft: u64, hard: u64) -> Result<(), Failure> {
-    use nix::sys::resource::Resource as R;
-    let resource = [
-        R::RLIMIT_AS,
-        R::RLIMIT_DATA,
-        R::RLIMIT_CORE,
-        R::RLIMIT_CPU,
-        R::RLIMIT_FSIZE,
-        R::RLIMIT_NOFILE,
-        R::RLIMIT_NPROC,
-        R::RLIMIT_STACK,
-        R::RLIMIT_MEMLOCK,
-    ]
-    .into_iter()
-    .find(|r| crate::plan::rlimit(*r) == res);
-    let resource = match resource {
-        Some(r) => r,
-        None => {
-            return Err(Failure::new(
-                "setrlimit",
-                libc::EINVAL,
-                format!("resource {res}"),
-            ))
-        }
+    let Some(resource) = crate::plan::resource(res) else {
+        return Err(Failure::new(
+            "setrlimit",
+            libc::EINVAL,
+            format!("resource {res}"),
+        ));
     };
     nix::sys::resource::setrlimit(resource, soft, hard)
         .map_err(|e| Failure::new("setrlimit", e as i32, format!("{resource:?}")))
