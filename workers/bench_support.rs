@@ -17,15 +17,19 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[i]
 }
 
-/// The directory of the binaries this bench was built with (`target/release` or
-/// `target/fast`), when it holds loongd, loongctl, loong-spawn and `worker`: the bench runs
-/// from `<profile>/deps/`.
+/// The directory of the binaries to drive: `LOONG_BIN_DIR` when set (`scripts/bench` sets it
+/// to the binaries as the package builds them, in a directory cargo never writes), else those
+/// this bench was built with (`target/release` or `target/fast`: the bench runs from
+/// `<profile>/deps/`); when it holds loongd, loongctl, loong-spawn and `worker`.
 pub fn release_dir(worker: &str) -> Option<PathBuf> {
-    let dir = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
+    let dir = match std::env::var_os("LOONG_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .ok()?
+            .parent()?
+            .parent()?
+            .to_path_buf(),
+    };
     ["loongd", "loongctl", "loong-spawn", worker]
         .iter()
         .all(|b| dir.join(b).exists())

@@ -41,32 +41,17 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The loongctl the package ships: built for musl (`scripts/musl-target`), here of the tests'
-/// profile, as the test command builds it; `None`, and the skip said, when it is not built.
+/// The loongctl the package ships (`support::musl_loongctl`); the skip said when it is not
+/// built.
 fn musl_loongctl() -> Option<PathBuf> {
-    let triple = Command::new(workspace().join("scripts/musl-target"))
-        .output()
-        .expect("run scripts/musl-target");
-    assert!(triple.status.success(), "{}", text(&triple.stderr));
-    let triple = text(&triple.stdout).trim().to_string();
-    let dir = bin_dir();
-    let ctl = dir
-        .parent()
-        .expect("the target directory")
-        .join(&triple)
-        .join(dir.file_name().expect("the profile's directory"))
-        .join("loongctl");
-    if ctl.exists() {
-        return Some(ctl);
+    let ctl = crate::support::musl_loongctl();
+    if ctl.is_none() {
+        skip(
+            "packaging::the_package_holds_the_musl_loongctl",
+            "the musl loongctl is not built (the test command builds it: cargo build -p loongctl --target $(scripts/musl-target)); the package holds the development loongctl",
+        );
     }
-    skip(
-        "packaging::the_package_holds_the_musl_loongctl",
-        &format!(
-            "{} is not built (the test command builds it: cargo build -p loongctl --target {triple}); the package holds the development loongctl",
-            ctl.display()
-        ),
-    );
-    None
+    ctl
 }
 
 /// The package, built once per test run from the binaries the tests use (`--bins`), with the
@@ -181,6 +166,60 @@ fn the_package_and_install_sh_carry_every_binary_the_workspace_builds() {
     let mut in_install = script_list("scripts/install.sh", "COMMANDS");
     in_install.extend(script_list("scripts/install.sh", "PRIVATE"));
     assert_eq!(in_install, built, "scripts/install.sh's lists");
+}
+
+/// The package's loongctl is the musl build the test command makes, linked static (no
+/// dynamic loader), and runs: the libc that ships is the one the package tests see.
+#[test]
+fn the_package_holds_the_musl_loongctl() {
+    let test = "packaging::the_package_holds_the_musl_loongctl";
+    if !have("dpkg-deb") || !have("readelf") {
+        skip(test, "dpkg-deb or readelf is missing (dpkg, binutils)");
+        return;
+    }
+    let deb = package();
+    let Some(musl) = crate::support::musl_loongctl() else {
+        // `package` said why.
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let packaged = dir.path().join("loongctl");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("dpkg-deb --fsys-tarfile \"$0\" | tar -xO ./usr/bin/loongctl > \"$1\" && chmod 0755 \"$1\"")
+        .arg(deb)
+        .arg(&packaged)
+        .output()
+        .expect("extract loongctl");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let headers = |f: &Path| {
+        let out = Command::new("readelf")
+            .arg("-lW")
+            .arg(f)
+            .output()
+            .expect("readelf");
+        assert!(out.status.success(), "readelf: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let theirs = headers(&packaged);
+    assert!(
+        !theirs.contains("INTERP"),
+        "the packaged loongctl needs a loader: {theirs}"
+    );
+    // Control: the development loongctl, which the package no longer holds, has one.
+    assert!(headers(&bin("loongctl")).contains("INTERP"));
+    // The packaged file is the musl build (stripped, so compared by what it runs as).
+    let version = Command::new(&packaged)
+        .arg("--version")
+        .output()
+        .expect("run the packaged loongctl");
+    assert!(version.status.success(), "{}", text(&version.stderr));
+    assert!(
+        text(&version.stdout).starts_with("loongctl "),
+        "{}",
+        text(&version.stdout)
+    );
+    assert!(musl.exists());
 }
 
 #[test]

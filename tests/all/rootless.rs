@@ -1451,11 +1451,40 @@ fn loongctl_and_loong_spawn_look_up_no_user_or_name() {
             skip(test, "nm is not installed (binutils)");
             return;
         };
+        // Control: nm read a dynamic symbol table (a static binary shows none, and so no
+        // lookup, whatever it calls).
+        assert!(
+            imported.iter().any(|s| s == "write"),
+            "{name}: no dynamic imports to read (linked static?): {imported:?}"
+        );
         let found: Vec<&String> = imported
             .iter()
             .filter(|s| NSS_LOOKUPS.contains(&s.as_str()))
             .collect();
         assert!(found.is_empty(), "{name} imports {found:?}");
+    }
+    // The musl loongctl the package ships, which links its libc in: musl's user, group, host
+    // and service lookups read these files by name, so none is in the binary. Control: the
+    // spin's /proc/stat, which it reads, is.
+    match crate::support::musl_loongctl() {
+        Some(musl) => {
+            let bytes = std::fs::read(&musl).expect("read the musl loongctl");
+            let holds = |s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+            assert!(holds("/proc/stat"), "the control string is missing");
+            for file in [
+                "/etc/passwd",
+                "/etc/group",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/etc/services",
+            ] {
+                assert!(!holds(file), "{} names {file}", musl.display());
+            }
+        }
+        None => skip(
+            test,
+            "the musl loongctl is not built (the test command builds it); its files not checked",
+        ),
     }
     let loongd = imports(&bin("loongd")).expect("nm");
     assert!(loongd.iter().any(|s| s == "getpwuid_r"), "{loongd:?}");

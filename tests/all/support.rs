@@ -24,6 +24,32 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The loongctl the package ships: built for musl (`scripts/musl-target`) in the tests'
+/// profile, as the test command builds it (`scripts/test`); `None` when it is not built.
+pub fn musl_loongctl() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let out = std::process::Command::new(root.join("scripts/musl-target"))
+        .output()
+        .expect("run scripts/musl-target");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let triple = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dir = bin_dir();
+    let ctl = dir
+        .parent()
+        .expect("the target directory")
+        .join(triple)
+        .join(dir.file_name().expect("the profile's directory"))
+        .join("loongctl");
+    ctl.exists().then_some(ctl)
+}
+
 /// A built binary of the workspace.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
