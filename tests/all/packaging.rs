@@ -178,10 +178,10 @@ fn the_package_holds_the_musl_loongctl() {
         return;
     }
     let deb = package();
-    let Some(musl) = crate::support::musl_loongctl() else {
+    if crate::support::musl_loongctl().is_none() {
         // `package` said why.
         return;
-    };
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let packaged = dir.path().join("loongctl");
     let out = Command::new("sh")
@@ -219,7 +219,6 @@ fn the_package_holds_the_musl_loongctl() {
         "{}",
         text(&version.stdout)
     );
-    assert!(musl.exists());
 }
 
 #[test]
